@@ -1,0 +1,66 @@
+# The two commands of the quickstart are `make demo` (or `make run`) and `make test`.
+# Everything else is a step they call; each step is idempotent and quick when already done.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+DEVDB_DIR := .devdb
+DEVDB_PORT ?= 54329
+DEVDB_NAME ?= embed
+DEVDB_URL := postgresql://postgres@127.0.0.1:$(DEVDB_PORT)/$(DEVDB_NAME)
+STAMP := $(VENV)/.installed
+
+.PHONY: help install db db-stop migrate run demo test lint bench postgres-deps clean
+
+help:
+	@echo "make demo    local cluster + migrations + worker + sample data + two searches"
+	@echo "make run     local cluster + migrations + worker in the foreground"
+	@echo "make test    lint, then the whole test suite on a throwaway cluster"
+	@echo "make db | db-stop | migrate | install | lint | bench"
+
+install: $(STAMP)
+$(STAMP): pyproject.toml
+	@$(PYTHON) -c 'import ensurepip, venv' 2>/dev/null || scripts/apt-install.sh python3-venv
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	@$(BIN)/python -m pip install -q --upgrade pip
+	@$(BIN)/python -m pip install -q -e '.[dev]'
+	@touch $@
+
+postgres-deps: $(STAMP)
+	@scripts/postgres-deps.sh $(BIN)/python
+
+db: postgres-deps
+	@scripts/pgcluster.sh start $(DEVDB_DIR) $(DEVDB_PORT) $(DEVDB_NAME)
+
+db-stop:
+	@scripts/pgcluster.sh stop $(DEVDB_DIR)
+
+# DATABASE_URL from the environment wins; otherwise the local cluster.
+migrate: db
+	@DATABASE_URL=$${DATABASE_URL:-$(DEVDB_URL)} $(BIN)/embed-worker migrate
+
+run: migrate
+	@DATABASE_URL=$${DATABASE_URL:-$(DEVDB_URL)} $(BIN)/embed-worker run
+
+demo: migrate
+	@DATABASE_URL=$${DATABASE_URL:-$(DEVDB_URL)} $(BIN)/python -m bench.demo
+
+lint: $(STAMP)
+	@$(BIN)/ruff check .
+	@$(BIN)/ruff format --check .
+	@$(BIN)/mypy
+
+# The suite starts its own throwaway cluster (tests/conftest.py) on a free port in a temporary
+# directory, so it never collides with `make db`; TEST_DATABASE_URL points it at a server instead.
+test: lint postgres-deps
+	@$(BIN)/pytest $(PYTEST_ARGS)
+
+bench: postgres-deps
+	@$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@$(BIN)/python -m bench $(BENCH_ARGS)
+
+clean:
+	@scripts/pgcluster.sh stop $(DEVDB_DIR)
+	rm -rf $(VENV) $(DEVDB_DIR) .mypy_cache .ruff_cache .pytest_cache

@@ -1,0 +1,97 @@
+#!/usr/bin/env bash
+# A private PostgreSQL cluster in a directory of our own: used by `make db` (.devdb/) and by the
+# test suite (a throwaway directory and port). Listens on 127.0.0.1 only, trusts local TCP
+# connections (it is a development cluster), preloads pg_cron.
+#
+#   pgcluster.sh start DIR PORT [DBNAME] [--fast]   idempotent; last line: DATABASE_URL=...
+#   pgcluster.sh stop DIR                           fast shutdown; no-op when not running
+#   pgcluster.sh status DIR                         exit 0 when running
+#
+# initdb refuses to run as root: as root the cluster belongs to the OS user `postgres`
+# (created by Debian's postgresql-common). When that user cannot reach DIR (a checkout under
+# /root, say) the data lives under /var/lib/postgresql and DIR/data links to it.
+set -euo pipefail
+
+cmd=${1:?usage: pgcluster.sh start|stop|status DIR [PORT] [DBNAME] [--fast]}
+dir=${2:?missing DIR}
+mkdir -p "$dir"
+dir=$(cd "$dir" && pwd)
+data=$dir/data
+
+pg_major=$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -n 1)
+[ -n "$pg_major" ] || { echo "pgcluster: no PostgreSQL server installed (run scripts/postgres-deps.sh)" >&2; exit 1; }
+PG_BIN=/usr/lib/postgresql/$pg_major/bin
+
+if [ "$(id -u)" -eq 0 ]; then
+    owner=postgres
+    id -u "$owner" >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash "$owner"
+    as_owner() { runuser -u "$owner" -- "$@"; }
+else
+    owner=$(id -un)
+    as_owner() { "$@"; }
+fi
+
+running() { [ -e "$data/PG_VERSION" ] && as_owner "$PG_BIN/pg_ctl" -D "$data" status >/dev/null 2>&1; }
+
+case "$cmd" in
+status)
+    running
+    exit $?
+    ;;
+stop)
+    if running; then as_owner "$PG_BIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null; fi
+    exit 0
+    ;;
+start) ;;
+*)
+    echo "pgcluster: unknown command $cmd" >&2
+    exit 2
+    ;;
+esac
+
+port=${3:?missing PORT}
+dbname=${4:-postgres}
+fast=false
+[ "${5:-}" = "--fast" ] && fast=true
+
+if [ ! -e "$data/PG_VERSION" ]; then
+    if [ "$(id -u)" -eq 0 ]; then
+        chown "$owner" "$dir"
+        if ! as_owner test -w "$dir"; then
+            real=/var/lib/postgresql/embed-worker/$(printf '%s' "$dir" | md5sum | cut -c1-16)
+            mkdir -p "$real"
+            chown -R "$owner" /var/lib/postgresql/embed-worker
+            ln -sfn "$real" "$data"
+        fi
+    fi
+    [ -e "$data" ] || mkdir -p "$data"
+    [ "$(id -u)" -eq 0 ] && chown "$owner" "$data"
+    as_owner "$PG_BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
+        || { cat "$dir/initdb.log" >&2; exit 1; }
+    {
+        echo "# written by scripts/pgcluster.sh"
+        echo "listen_addresses = '127.0.0.1'"
+        echo "port = $port"
+        echo "unix_socket_directories = ''"
+        echo "shared_preload_libraries = 'pg_cron'"
+        echo "cron.database_name = '$dbname'"
+        echo "max_connections = 200"
+        if $fast; then
+            # A throwaway cluster for tests: durability buys nothing here.
+            echo "fsync = off"
+            echo "full_page_writes = off"
+            echo "synchronous_commit = off"
+        fi
+    } | as_owner tee -a "$data/postgresql.conf" >/dev/null
+fi
+
+if ! running; then
+    as_owner "$PG_BIN/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null \
+        || { tail -n 20 "$data/server.log" >&2; exit 1; }
+fi
+
+psql_() { "$PG_BIN/psql" -X -q -h 127.0.0.1 -p "$port" -U postgres "$@"; }
+if [ "$(psql_ -d postgres -tAc "SELECT 1 FROM pg_database WHERE datname = '$dbname'")" != 1 ]; then
+    psql_ -d postgres -c "CREATE DATABASE \"$dbname\"" >/dev/null
+fi
+echo "DATABASE_URL=postgresql://postgres@127.0.0.1:$port/$dbname"
