@@ -1,0 +1,46 @@
+"""Alembic environment for embed-worker.
+
+`embed-worker migrate` passes an open SQLAlchemy connection in `config.attributes`. Run through
+the `alembic` command instead (`alembic -c migrations/alembic.ini upgrade head`), it connects to
+DATABASE_URL (or the PG* environment).
+"""
+
+from __future__ import annotations
+
+import os
+
+import psycopg
+from alembic import context
+from sqlalchemy import create_engine, text
+from sqlalchemy.engine import Connection
+from sqlalchemy.pool import NullPool
+
+from worker import schema
+
+
+def run(connection: Connection) -> None:
+    context.configure(
+        connection=connection,
+        target_metadata=None,
+        version_table=schema.VERSION_TABLE,
+        transactional_ddl=True,
+    )
+    with context.begin_transaction():
+        # One migrator at a time; the lock ends with the transaction.
+        connection.execute(
+            text("SELECT pg_advisory_xact_lock(:key)"), {"key": schema.MIGRATION_LOCK_KEY}
+        )
+        context.run_migrations()
+
+
+given = context.config.attributes.get("connection")
+if given is not None:
+    run(given)
+else:
+    dsn = os.environ.get("DATABASE_URL", "")
+    engine = create_engine(
+        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=NullPool
+    )
+    with engine.begin() as connection:
+        run(connection)
+    engine.dispose()

@@ -1,0 +1,28 @@
+-- Removes everything embed-worker installed: the triggers on watched tables, the queues it
+-- created (a queue that existed before it keeps its messages and only loses our notification
+-- trigger), and the `embeddings` schema. User tables, their rows, embedding columns and HNSW
+-- indexes stay. Extensions stay too: other code may use them, and the embedding columns need
+-- `vector`.
+
+DO $$
+DECLARE
+    t embeddings.targets;
+    q embeddings.queues;
+BEGIN
+    FOR t IN SELECT * FROM embeddings.targets LOOP
+        IF EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN
+            PERFORM embeddings.drop_triggers(t);
+        END IF;
+    END LOOP;
+    FOR q IN SELECT * FROM embeddings.queues LOOP
+        IF q.created_here THEN
+            PERFORM pgmq.drop_queue(q.name);
+        ELSE
+            EXECUTE format('DROP TRIGGER IF EXISTS embeddings_notify_workers ON pgmq.%I',
+                           pgmq.format_table_name(q.name, 'q'));
+        END IF;
+    END LOOP;
+END
+$$;
+
+DROP SCHEMA embeddings CASCADE;

@@ -1,0 +1,54 @@
+"""Shared fixtures: the session's Postgres cluster and a fresh database per test.
+
+Integration tests get a database cloned from a template that already carries the migrated
+schema (CREATE DATABASE ... TEMPLATE is much faster than migrating each time). Unit tests use
+none of this, and the cluster starts only when a test first asks for a database.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.cluster import Cluster, session_cluster
+from worker import schema
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    with session_cluster() as found:
+        yield found
+
+
+@pytest.fixture(scope="session")
+def template_db(cluster: Cluster) -> Iterator[str]:
+    """A migrated database that per-test databases are cloned from."""
+    name = cluster.create_database(prefix="template")
+    schema.migrate(cluster.dsn(name))
+    yield name
+    cluster.drop_database(name)
+
+
+@pytest.fixture
+def dsn(cluster: Cluster, template_db: str) -> Iterator[str]:
+    """A fresh, migrated database for this test."""
+    name = cluster.create_database(template=template_db)
+    yield cluster.dsn(name)
+    cluster.drop_database(name)
+
+
+@pytest.fixture
+def empty_dsn(cluster: Cluster) -> Iterator[str]:
+    """A fresh database without our schema."""
+    name = cluster.create_database(prefix="empty")
+    yield cluster.dsn(name)
+    cluster.drop_database(name)
+
+
+@pytest.fixture
+def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection

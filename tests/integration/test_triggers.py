@@ -1,0 +1,163 @@
+"""Statement-level triggers: exactly which statements enqueue what."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.jobs import clear_queue, messages, queued_keys
+
+Conn = psycopg.Connection[Any]
+VEC = "array_fill(0.1, ARRAY[384])::halfvec"
+
+
+@pytest.fixture
+def docs(conn: Conn) -> Iterator[int]:
+    """A watched table with rows 1..3, each already embedded, and an empty queue."""
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, title text, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 't1', 'one'), (2, 't2', 'two'), (3, 't3', 'three')")
+    row = conn.execute("SELECT embeddings.watch('docs', 'body')").fetchone()
+    assert row is not None
+    conn.execute(f"UPDATE docs SET embedding = {VEC}")
+    clear_queue(conn)
+    yield int(row[0])
+
+
+def embedded(conn: Conn) -> dict[int, bool]:
+    return dict(conn.execute("SELECT id, embedding IS NOT NULL FROM docs ORDER BY id").fetchall())
+
+
+def test_insert_enqueues_rows_with_content(conn: Conn, docs: int) -> None:
+    conn.execute("INSERT INTO docs (id, body) VALUES (10, 'ten')")
+    conn.execute(
+        "INSERT INTO docs (id, body) VALUES (11, 'eleven'), (12, ''), (13, NULL), (14, 'x')"
+    )
+    assert [m["keys"] for m in messages(conn)] == [[10], [11, 14]]
+
+
+def test_a_bulk_insert_is_one_call_with_up_to_128_keys_per_message(conn: Conn, docs: int) -> None:
+    conn.execute(
+        "INSERT INTO docs (id, body) SELECT g, 'row ' || g FROM generate_series(100, 399) g"
+    )
+    sizes = [len(m["keys"]) for m in messages(conn)]
+    assert sizes == [128, 128, 44]
+    assert sorted(queued_keys(conn, docs)) == list(range(100, 400))
+
+
+def test_rows_inserted_with_an_embedding_are_trusted(conn: Conn, docs: int) -> None:
+    conn.execute(f"INSERT INTO docs (id, body, embedding) VALUES (20, 'restored', {VEC})")
+    assert messages(conn) == []
+
+
+def test_update_of_content_enqueues_and_clears_the_stale_embedding(conn: Conn, docs: int) -> None:
+    conn.execute("UPDATE docs SET body = 'changed' WHERE id IN (1, 2)")
+    assert queued_keys(conn, docs) == [1, 2]
+    assert embedded(conn) == {1: False, 2: False, 3: True}
+
+
+def test_updates_that_do_not_change_content_enqueue_nothing(conn: Conn, docs: int) -> None:
+    conn.execute("UPDATE docs SET title = 'other'")
+    conn.execute("UPDATE docs SET body = body")
+    conn.execute("UPDATE docs SET body = 'one' WHERE id = 1")
+    assert messages(conn) == []
+    assert embedded(conn) == {1: True, 2: True, 3: True}
+
+
+def test_update_to_blank_content_clears_without_a_job(conn: Conn, docs: int) -> None:
+    conn.execute("UPDATE docs SET body = NULL WHERE id = 1")
+    conn.execute("UPDATE docs SET body = '' WHERE id = 2")
+    assert messages(conn) == []
+    assert embedded(conn) == {1: False, 2: False, 3: True}
+
+
+def test_keep_mode_keeps_the_old_embedding_until_the_new_one_lands(conn: Conn, docs: int) -> None:
+    conn.execute("SELECT embeddings.watch('docs', 'body', clear_on_update => false)")
+    conn.execute("UPDATE docs SET body = 'changed' WHERE id = 1")
+    conn.execute("UPDATE docs SET body = NULL WHERE id = 2")  # the worker clears it
+    assert queued_keys(conn, docs) == [1, 2]
+    assert embedded(conn) == {1: True, 2: True, 3: True}
+
+
+def test_delete_and_truncate_enqueue_nothing(conn: Conn, docs: int) -> None:
+    conn.execute("DELETE FROM docs WHERE id = 1")
+    conn.execute("TRUNCATE docs")
+    assert messages(conn) == []
+
+
+def test_upsert_enqueues_inserted_and_changed_rows(conn: Conn, docs: int) -> None:
+    conn.execute(
+        "INSERT INTO docs (id, body) VALUES (1, 'one'), (2, 'new two'), (30, 'thirty')"
+        " ON CONFLICT (id) DO UPDATE SET body = excluded.body"
+    )
+    assert sorted(queued_keys(conn, docs)) == [2, 30]
+
+
+def test_a_changed_primary_key_counts_as_changed(conn: Conn, docs: int) -> None:
+    conn.execute("UPDATE docs SET id = 40 WHERE id = 3")
+    assert queued_keys(conn, docs) == [40]
+
+
+def test_content_function_changes_are_compared_through_the_function(conn: Conn) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, title text, body text, views int)")
+    conn.execute(
+        "CREATE FUNCTION doc_input(d docs) RETURNS text LANGUAGE sql IMMUTABLE"
+        " AS $$ SELECT d.title || ': ' || d.body $$"
+    )
+    conn.execute("INSERT INTO docs VALUES (1, 'a', 'b', 0), (2, 'c', 'd', 0)")
+    target = conn.execute("SELECT embeddings.watch('docs', 'doc_input')").fetchone()
+    assert target is not None
+    conn.execute(f"UPDATE docs SET embedding = {VEC}")
+    clear_queue(conn)
+
+    conn.execute("UPDATE docs SET views = views + 1")  # not part of the content
+    assert messages(conn) == []
+    conn.execute("UPDATE docs SET title = 'new' WHERE id = 2")
+    assert queued_keys(conn, target[0]) == [2]
+    assert embedded(conn) == {1: True, 2: False}
+
+
+def test_a_raising_content_function_never_breaks_the_write(conn: Conn) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute(
+        "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql AS $$ BEGIN"
+        " IF d.body = 'poison' THEN RAISE EXCEPTION 'cannot read %', d.id; END IF;"
+        " RETURN d.body; END $$"
+    )
+    target = conn.execute("SELECT embeddings.watch('docs', 'picky')").fetchone()
+    assert target is not None
+    conn.execute("INSERT INTO docs VALUES (1, 'fine'), (2, 'poison')")
+    # Enqueued unfiltered: the worker meets the error and dead-letters row 2 with it.
+    assert sorted(queued_keys(conn, target[0])) == [1, 2]
+
+
+def test_writers_need_no_rights_on_the_queue(conn: Conn, docs: int) -> None:
+    conn.execute("CREATE ROLE app_writer")
+    conn.execute("GRANT INSERT, UPDATE, SELECT ON docs TO app_writer")
+    conn.execute("SET ROLE app_writer")
+    try:
+        conn.execute("INSERT INTO docs (id, body) VALUES (50, 'from the app')")
+        conn.execute("UPDATE docs SET body = 'changed by the app' WHERE id = 1")
+    finally:
+        conn.execute("RESET ROLE")
+    assert queued_keys(conn, docs) == [50, 1]
+
+
+def test_enqueueing_notifies_listening_workers(conn: Conn, dsn: str, docs: int) -> None:
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN embeddings_jobs")
+        conn.execute("INSERT INTO docs (id, body) VALUES (60, 'a'), (61, 'b')")
+        received = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+    assert received == ["embedding_jobs"]
+
+
+def test_supabase_style_sends_also_notify(conn: Conn, dsn: str) -> None:
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN embeddings_jobs")
+        conn.execute(
+            """SELECT pgmq.send('embedding_jobs', '{"id": 1, "schema": "public", "table": "docs"}')"""
+        )
+        received = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
+    assert received == ["embedding_jobs"]

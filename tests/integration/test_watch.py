@@ -1,0 +1,304 @@
+"""embeddings.watch() and unwatch(): what they create, accept and refuse."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.jobs import messages, queued_keys
+
+Conn = psycopg.Connection[Any]
+
+
+def column_type(conn: Conn, table: str, column: str) -> str | None:
+    row = conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = %s::regclass AND attname = %s AND NOT attisdropped",
+        (table, column),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+def hnsw_indexes(conn: Conn, table: str) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT pg_get_indexdef(i.indexrelid) FROM pg_index i"
+            " JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam"
+            " WHERE i.indrelid = %s::regclass AND am.amname = 'hnsw'",
+            (table,),
+        )
+    ]
+
+
+def trigger_names(conn: Conn, table: str) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT tgname FROM pg_trigger WHERE tgrelid = %s::regclass AND NOT tgisinternal ORDER BY 1",
+            (table,),
+        )
+    ]
+
+
+@pytest.mark.parametrize(
+    ("key_sql", "values", "expected_keys"),
+    [
+        ("id bigint PRIMARY KEY", "(1, 'a'), (2, 'b')", [1, 2]),
+        ("id integer PRIMARY KEY", "(1, 'a'), (2, 'b')", [1, 2]),
+        ("id text PRIMARY KEY", "('x', 'a'), ('y''s', 'b')", ["x", "y's"]),
+        (
+            "id uuid PRIMARY KEY",
+            "('00000000-0000-0000-0000-000000000001', 'a'), ('00000000-0000-0000-0000-000000000002', 'b')",
+            ["00000000-0000-0000-0000-000000000001", "00000000-0000-0000-0000-000000000002"],
+        ),
+    ],
+)
+def test_watch_each_key_type(
+    conn: Conn, key_sql: str, values: str, expected_keys: list[Any]
+) -> None:
+    conn.execute(f"CREATE TABLE docs ({key_sql}, body text)")
+    conn.execute(f"INSERT INTO docs VALUES {values}")
+    target = conn.execute("SELECT embeddings.watch('docs', 'body')").fetchone()
+    assert target is not None
+    assert column_type(conn, "docs", "embedding") == "halfvec(384)"
+    assert hnsw_indexes(conn, "docs") == [
+        "CREATE INDEX docs_embedding_idx ON public.docs USING hnsw (embedding halfvec_cosine_ops)"
+    ]
+    assert sorted(queued_keys(conn, target[0])) == sorted(expected_keys)
+    registered = conn.execute(
+        "SELECT source::text, content_column, key_column, key_type::text, model FROM embeddings.targets"
+    ).fetchall()
+    assert registered == [
+        ("docs", "body", "id", key_sql.split()[1].replace("integer", "integer"), "gte-small")
+    ]
+
+
+def test_watch_quoted_names_in_another_schema(conn: Conn) -> None:
+    conn.execute('CREATE SCHEMA "My Schema"')
+    conn.execute(
+        'CREATE TABLE "My Schema"."Weird Table" ("Key" uuid PRIMARY KEY DEFAULT gen_random_uuid(), "Body Text" text)'
+    )
+    target_id = conn.execute(
+        """SELECT embeddings.watch('"My Schema"."Weird Table"', 'Body Text', embedding_column => 'The Vector')"""
+    ).fetchone()
+    assert target_id is not None
+    conn.execute("""INSERT INTO "My Schema"."Weird Table" ("Body Text") VALUES ('a'), ('b')""")
+    assert len(queued_keys(conn, target_id[0])) == 2
+    assert column_type(conn, '"My Schema"."Weird Table"', "The Vector") == "halfvec(384)"
+    status = conn.execute(
+        "SELECT target, total_rows, pending_jobs FROM embeddings.status"
+    ).fetchone()
+    assert status == ('"My Schema"."Weird Table"."The Vector"', 2, 2)
+
+
+def test_watch_accepts_existing_vector_and_halfvec_columns(conn: Conn) -> None:
+    conn.execute("CREATE TABLE a (id int PRIMARY KEY, body text, embedding vector(384))")
+    conn.execute("CREATE TABLE b (id int PRIMARY KEY, body text, embedding halfvec(384))")
+    conn.execute("SELECT embeddings.watch('a', 'body'), embeddings.watch('b', 'body')")
+    assert column_type(conn, "a", "embedding") == "vector(384)"
+    assert "vector_cosine_ops" in hnsw_indexes(conn, "a")[0]
+    assert "halfvec_cosine_ops" in hnsw_indexes(conn, "b")[0]
+
+
+def test_watch_keeps_an_existing_hnsw_index(conn: Conn) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding halfvec(384))")
+    conn.execute("CREATE INDEX my_index ON docs USING hnsw (embedding halfvec_cosine_ops)")
+    conn.execute("SELECT embeddings.watch('docs', 'body')")
+    assert len(hnsw_indexes(conn, "docs")) == 1
+
+
+def test_watch_with_a_content_function(conn: Conn) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, title text, body text)")
+    conn.execute(
+        "CREATE FUNCTION doc_input(d docs) RETURNS text LANGUAGE sql IMMUTABLE"
+        " AS $$ SELECT '# ' || d.title || E'\\n\\n' || d.body $$"
+    )
+    conn.execute("INSERT INTO docs VALUES (1, 't', 'b'), (2, NULL, NULL)")
+    target = conn.execute("SELECT embeddings.watch('docs', 'doc_input')").fetchone()
+    assert target is not None
+    # '# ' || NULL is NULL: row 2 has no content and is not queued.
+    assert queued_keys(conn, target[0]) == [1]
+    assert conn.execute("SELECT content_function::text FROM embeddings.targets").fetchone() == (
+        "doc_input(docs)",
+    )
+
+
+def test_watch_again_with_the_same_arguments_changes_nothing(conn: Conn) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'a')")
+    first = conn.execute("SELECT embeddings.watch('docs', 'body')").fetchone()
+    before = (messages(conn), trigger_names(conn, "docs"))
+    second = conn.execute("SELECT embeddings.watch('docs', 'body')").fetchone()
+    assert first == second
+    assert (messages(conn), trigger_names(conn, "docs")) == before
+
+
+def test_watch_again_with_new_arguments_updates_the_registration(conn: Conn) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, title text, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'a', 'b')")
+    conn.execute("SELECT embeddings.watch('docs', 'body')")
+    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    conn.execute("UPDATE docs SET embedding = array_fill(0.1, ARRAY[384])::halfvec")
+
+    # Only the trigger options change: no re-embedding, the clear trigger goes away.
+    conn.execute("SELECT embeddings.watch('docs', 'body', clear_on_update => false)")
+    assert trigger_names(conn, "docs") == ["embeddings_1_insert", "embeddings_1_update"]
+    assert messages(conn) == []
+
+    # The content source changes: every row with content is queued again.
+    conn.execute("SELECT embeddings.watch('docs', 'title', clear_on_update => false)")
+    assert queued_keys(conn, 1) == [1]
+    assert conn.execute("SELECT content_column FROM embeddings.targets").fetchone() == ("title",)
+
+    # No triggers: registered, triggers gone.
+    conn.execute("SELECT embeddings.watch('docs', 'title', triggers => false)")
+    assert trigger_names(conn, "docs") == []
+    assert conn.execute("SELECT count(*) FROM embeddings.targets").fetchone() == (1,)
+
+
+def test_watch_without_triggers_registers_only(conn: Conn) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', triggers => false)")
+    assert trigger_names(conn, "docs") == []
+    conn.execute("INSERT INTO docs VALUES (1, 'a')")
+    assert messages(conn) == []
+
+
+def test_unwatch_removes_triggers_registration_and_jobs_and_keeps_data(conn: Conn) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("CREATE TABLE other (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'a'), (2, 'b')")
+    conn.execute("INSERT INTO other VALUES (1, 'a')")
+    conn.execute("SELECT embeddings.watch('docs', 'body'), embeddings.watch('other', 'body')")
+    conn.execute("UPDATE docs SET embedding = array_fill(0.1, ARRAY[384])::halfvec WHERE id = 1")
+
+    assert conn.execute("SELECT embeddings.unwatch('docs')").fetchone() == (True,)
+
+    assert trigger_names(conn, "docs") == []
+    assert conn.execute("SELECT source::text FROM embeddings.targets").fetchall() == [("other",)]
+    assert [m["target"] for m in messages(conn)] == [2]  # other's job stays
+    assert conn.execute("SELECT count(embedding), count(*) FROM docs").fetchone() == (1, 2)
+    assert len(hnsw_indexes(conn, "docs")) == 1
+    assert conn.execute("SELECT embeddings.unwatch('docs')").fetchone() == (False,)
+
+
+@pytest.mark.parametrize(
+    ("setup", "call", "error", "message"),
+    [
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, n int)",
+            "embeddings.watch('t', 'n')",
+            psycopg.errors.DatatypeMismatch,
+            "content column t.n has type integer, not text",
+        ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, body text)",
+            "embeddings.watch('t', 'nope')",
+            psycopg.errors.UndefinedColumn,
+            'content "nope" is neither a column of t nor a function nope',
+        ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, body text)",
+            "embeddings.watch('t', 'x); DROP TABLE t; --')",
+            psycopg.errors.UndefinedColumn,
+            "is neither a column of t nor a function",
+        ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, body text);"
+            " CREATE FUNCTION f(r t) RETURNS integer LANGUAGE sql AS 'SELECT 1'",
+            "embeddings.watch('t', 'f')",
+            psycopg.errors.DatatypeMismatch,
+            r"content function f\(t\) returns integer, not text",
+        ),
+        (
+            "CREATE TABLE t (body text)",
+            "embeddings.watch('t', 'body')",
+            psycopg.errors.ObjectNotInPrerequisiteState,
+            "table t has no primary key",
+        ),
+        (
+            "CREATE TABLE t (a int, b int, body text, PRIMARY KEY (a, b))",
+            "embeddings.watch('t', 'body')",
+            psycopg.errors.FeatureNotSupported,
+            r"table t has a composite primary key \(a, b\)",
+        ),
+        (
+            "CREATE TABLE t (id numeric PRIMARY KEY, body text)",
+            "embeddings.watch('t', 'body')",
+            psycopg.errors.FeatureNotSupported,
+            "primary key t.id has type numeric",
+        ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, body text, embedding vector(768))",
+            "embeddings.watch('t', 'body')",
+            psycopg.errors.DatatypeMismatch,
+            r'embedding column t.embedding is vector\(768\), but model "gte-small" produces 384 dimensions',
+        ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, body text, embedding real[])",
+            "embeddings.watch('t', 'body')",
+            psycopg.errors.DatatypeMismatch,
+            r"has type real\[\], expected vector\(384\) or halfvec\(384\)",
+        ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, body text)",
+            "embeddings.watch('t', 'body', model => 'nope')",
+            psycopg.errors.InvalidParameterValue,
+            'unknown model "nope"',
+        ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, body text)",
+            "embeddings.watch('t', 'body', embedding_column => 'body')",
+            psycopg.errors.DatatypeMismatch,
+            "embedding column t.body has type text",
+        ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, body text)",
+            "embeddings.watch('t', 'body', queue => 'Bad-Name')",
+            psycopg.errors.InvalidParameterValue,
+            'invalid queue name "Bad-Name"',
+        ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, body text); CREATE VIEW v AS SELECT * FROM t",
+            "embeddings.watch('v', 'body')",
+            psycopg.errors.WrongObjectType,
+            "v is not a table",
+        ),
+        (
+            "",
+            "embeddings.watch('missing', 'body')",
+            psycopg.errors.UndefinedTable,
+            'relation "missing" does not exist',
+        ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, body text)",
+            "embeddings.watch('t', NULL)",
+            psycopg.errors.NullValueNotAllowed,
+            "must not be NULL",
+        ),
+    ],
+)
+def test_bad_input_is_a_clear_error_and_creates_nothing(
+    conn: Conn, setup: str, call: str, error: type[Exception], message: str
+) -> None:
+    if setup:
+        conn.execute(setup)
+    columns_before = conn.execute(
+        "SELECT count(*) FROM pg_attribute WHERE attnum > 0 AND NOT attisdropped"
+    ).fetchone()
+    with pytest.raises(error, match=message):
+        conn.execute(f"SELECT {call}")
+    assert conn.execute("SELECT count(*) FROM embeddings.targets").fetchone() == (0,)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgname ~ '^embeddings_[0-9]'"
+    ).fetchone() == (0,)
+    assert (
+        conn.execute(
+            "SELECT count(*) FROM pg_attribute WHERE attnum > 0 AND NOT attisdropped"
+        ).fetchone()
+        == columns_before
+    )
+    assert messages(conn) == []

@@ -1,0 +1,93 @@
+"""Settings: every knob of the worker, read from the environment and overridden by CLI flags.
+
+Each setting has one environment variable (the table in the README lists them all). Values are
+validated here, once, with errors that name the variable.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields, replace
+from typing import Any
+
+from worker import exceptions
+
+QUEUE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,46}$")  # what pgmq accepts as a table suffix
+
+
+@dataclass(frozen=True)
+class Settings:
+    """Worker configuration. Field metadata `env` names the environment variable."""
+
+    database_url: str | None = field(default=None, metadata={"env": "DATABASE_URL"})
+    model: str = field(default="gte-small", metadata={"env": "EMBED_MODEL"})
+    model_variant: str = field(default="fp32", metadata={"env": "EMBED_MODEL_VARIANT"})
+    queue: str = field(default="embedding_jobs", metadata={"env": "EMBED_QUEUE"})
+    batch_size: int = field(default=128, metadata={"env": "EMBED_BATCH_SIZE"})
+    threads: int | None = field(default=None, metadata={"env": "EMBED_THREADS"})
+    vt_seconds: int = field(default=30, metadata={"env": "EMBED_VT_SECONDS"})
+    max_attempts: int = field(default=5, metadata={"env": "EMBED_MAX_ATTEMPTS"})
+    backoff_base_seconds: float = field(default=5.0, metadata={"env": "EMBED_BACKOFF_BASE_SECONDS"})
+    backoff_max_seconds: float = field(default=900.0, metadata={"env": "EMBED_BACKOFF_MAX_SECONDS"})
+    poll_seconds: float = field(default=5.0, metadata={"env": "EMBED_POLL_SECONDS"})
+    grace_seconds: float = field(default=25.0, metadata={"env": "EMBED_GRACE_SECONDS"})
+    http_port: int | None = field(default=None, metadata={"env": "EMBED_HTTP_PORT"})
+    http_host: str = field(default="127.0.0.1", metadata={"env": "EMBED_HTTP_HOST"})
+    http_token: str | None = field(default=None, metadata={"env": "EMBED_HTTP_TOKEN"})
+    log_format: str = field(default="text", metadata={"env": "EMBED_LOG_FORMAT"})
+    log_level: str = field(default="INFO", metadata={"env": "EMBED_LOG_LEVEL"})
+
+    @classmethod
+    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
+        """Settings from `env` (default: os.environ); `overrides` (CLI flags) win when not None."""
+        env = os.environ if env is None else env
+        values: dict[str, Any] = {}
+        for f in fields(cls):
+            raw = env.get(f.metadata["env"], "").strip()
+            if raw:
+                values[f.name] = _parse(f.metadata["env"], str(f.type), raw)
+        values.update({k: v for k, v in overrides.items() if v is not None})
+        return cls(**values).validated()
+
+    def validated(self) -> Settings:
+        def fail(name: str, problem: str) -> exceptions.ConfigError:
+            env = next(f.metadata["env"] for f in fields(self) if f.name == name)
+            return exceptions.ConfigError(f"{env}: {problem}")
+
+        if self.model_variant not in ("fp32", "int8"):
+            raise fail("model_variant", f"expected fp32 or int8, got {self.model_variant!r}")
+        if not QUEUE_NAME.match(self.queue):
+            raise fail("queue", f"{self.queue!r} is not a valid pgmq queue name")
+        if self.log_format not in ("text", "json"):
+            raise fail("log_format", f"expected text or json, got {self.log_format!r}")
+        for name in ("batch_size", "vt_seconds", "max_attempts"):
+            if getattr(self, name) < 1:
+                raise fail(name, "must be at least 1")
+        if self.threads is not None and self.threads < 1:
+            raise fail("threads", "must be at least 1")
+        if self.vt_seconds < 3:
+            raise fail("vt_seconds", "must be at least 3 (leases are renewed every third of it)")
+        for name in ("backoff_base_seconds", "backoff_max_seconds", "poll_seconds"):
+            if getattr(self, name) <= 0:
+                raise fail(name, "must be positive")
+        if self.grace_seconds < 0:
+            raise fail("grace_seconds", "must not be negative")
+        if self.http_port is not None and not 0 <= self.http_port <= 65535:
+            raise fail("http_port", "must be a TCP port (0 picks a free one)")
+        return self
+
+    def with_overrides(self, **overrides: Any) -> Settings:
+        return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
+
+
+def _parse(env: str, type_name: str, raw: str) -> Any:
+    try:
+        if type_name.startswith("int"):
+            return int(raw)
+        if type_name.startswith("float"):
+            return float(raw)
+    except ValueError:
+        raise exceptions.ConfigError(f"{env}: expected a number, got {raw!r}") from None
+    return raw

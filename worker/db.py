@@ -1,0 +1,158 @@
+"""Connections: finding the database, connecting, reconnecting, and translating errors.
+
+This is the one boundary where psycopg errors become `worker.exceptions` errors: a broken
+connection becomes `ConnectionLost` (the caller reconnects), anything else `DatabaseError`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager, suppress
+from typing import Any
+
+import psycopg
+import tenacity
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from worker import exceptions
+
+logger = logging.getLogger(__name__)
+
+DEVDB_PORT = 54329
+APPLICATION_NAME = "embed-worker"
+_PG_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+
+Connection = psycopg.Connection[Any]
+
+
+def resolve_dsn(url: str | None, env: dict[str, str] | None = None) -> str:
+    """DATABASE_URL when given; else the standard PG* variables (libpq reads them itself, so
+    the empty conninfo); else the local `make db` cluster."""
+    env = dict(os.environ) if env is None else env
+    if url:
+        return url
+    if any(env.get(name) for name in _PG_ENV):
+        return ""
+    port = env.get("DEVDB_PORT") or str(DEVDB_PORT)
+    return f"postgresql://postgres@127.0.0.1:{port}/embed"
+
+
+_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@")
+_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+
+
+def redact(text: str) -> str:
+    """`text` with any password in a connection string replaced by ***."""
+    text = _URL_PASSWORD.sub(r"\1***@", text)
+    return _KV_PASSWORD.sub(r"\1***", text)
+
+
+def describe(dsn: str) -> str:
+    """A password-free summary of where `dsn` points, for logs."""
+    try:
+        params = conninfo_to_dict(dsn)
+    except psycopg.ProgrammingError:
+        return "<invalid connection string>"
+    params.pop("password", None)
+    host = params.get("host") or os.environ.get("PGHOST") or "localhost"
+    port = params.get("port") or os.environ.get("PGPORT") or "5432"
+    db = params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user") or ""
+    return f"{host}:{port}/{db}"
+
+
+def connect(dsn: str, *, autocommit: bool = True, connect_timeout: int = 10) -> Connection:
+    """A new connection, autocommit by default: every transaction of ours is explicit."""
+    try:
+        conninfo = make_conninfo(
+            dsn, application_name=APPLICATION_NAME, connect_timeout=str(connect_timeout)
+        )
+        return psycopg.connect(conninfo, autocommit=autocommit)
+    except psycopg.OperationalError as exc:
+        raise exceptions.ConnectionLost(
+            f"cannot connect to {describe(dsn)}: {redact(str(exc).strip())}"
+        ) from None
+    except psycopg.ProgrammingError as exc:
+        raise exceptions.ConfigError(f"invalid DATABASE_URL: {redact(str(exc))}") from None
+
+
+@contextmanager
+def translated() -> Iterator[None]:
+    """Translates psycopg errors raised inside into our exceptions."""
+    try:
+        yield
+    except psycopg.OperationalError as exc:
+        if _is_connection_failure(exc):
+            raise exceptions.ConnectionLost(redact(str(exc).strip())) from exc
+        raise exceptions.DatabaseError(redact(str(exc).strip())) from exc
+    except psycopg.Error as exc:
+        raise exceptions.DatabaseError(redact(str(exc).strip())) from exc
+
+
+def _is_connection_failure(exc: psycopg.OperationalError) -> bool:
+    # Lost sockets have no SQLSTATE; admin shutdown (57P01) and friends are class 57/08.
+    state = exc.sqlstate or ""
+    return not state or state.startswith(("08", "57P"))
+
+
+def is_connection_error(exc: BaseException) -> bool:
+    return isinstance(exc, exceptions.ConnectionLost) or (
+        isinstance(exc, psycopg.OperationalError) and _is_connection_failure(exc)
+    )
+
+
+class Session:
+    """One connection that comes back when lost.
+
+    `get()` returns the live connection, reconnecting with exponential backoff and jitter
+    (0.5 s doubling to 30 s, like psycopg_pool) until it succeeds or `stop` is set. It never
+    gives up on its own: a worker waits out a database restart instead of crash-looping.
+    """
+
+    def __init__(self, dsn: str, name: str, stop: threading.Event, *, max_wait: float = 30.0):
+        self.dsn = dsn
+        self.name = name
+        self.stop = stop
+        self.max_wait = max_wait
+        self._conn: Connection | None = None
+
+    def get(self) -> Connection:
+        if self._conn is not None and not self._conn.closed:
+            return self._conn
+        self._conn = None
+        for attempt in tenacity.Retrying(
+            wait=tenacity.wait_exponential_jitter(initial=0.5, max=self.max_wait, jitter=0.5),
+            retry=tenacity.retry_if_exception_type(exceptions.ConnectionLost),
+            stop=lambda _state: self.stop.is_set(),
+            sleep=self._sleep,
+            before_sleep=self._log_retry,
+            reraise=True,
+        ):
+            with attempt:
+                self._conn = connect(self.dsn)
+                if attempt.retry_state.attempt_number > 1:
+                    logger.info("%s: reconnected to %s", self.name, describe(self.dsn))
+        assert self._conn is not None
+        return self._conn
+
+    def _sleep(self, seconds: float) -> None:
+        self.stop.wait(seconds)  # a stop request cuts the wait short
+
+    def _log_retry(self, state: tenacity.RetryCallState) -> None:
+        outcome = state.outcome
+        error = outcome.exception() if outcome is not None else None
+        delay = state.next_action.sleep if state.next_action else 0.0
+        logger.warning("%s: database unavailable (%s); retrying in %.1f s", self.name, error, delay)
+
+    def lost(self) -> None:
+        """Drops the connection after a failure; the next `get()` reconnects."""
+        if self._conn is not None:
+            with suppress(psycopg.Error):
+                self._conn.close()
+        self._conn = None
+
+    def close(self) -> None:
+        self.lost()
