@@ -100,8 +100,9 @@ BEGIN
 END
 $$;
 
--- BEFORE UPDATE, FOR EACH ROW, fired only when the content changed (the trigger's WHEN clause
--- compares old and new content). Clears the now-stale embedding in the same row version, so
+-- BEFORE UPDATE OF the content column, FOR EACH ROW, fired only when the content changed (the
+-- trigger's WHEN clause compares old and new content). Targets with a content function get a
+-- function of their own instead (install_triggers). Clears the now-stale embedding in the same row version, so
 -- a search never returns the vector of text that is gone. TG_ARGV[0]: the embedding column.
 CREATE FUNCTION embeddings.clear_embedding() RETURNS trigger
 LANGUAGE plpgsql AS $$
@@ -138,13 +139,26 @@ BEGIN
                 'EXECUTE FUNCTION embeddings.clear_embedding(%4$L)',
                 prefix || '_clear', t.content_column, t.source, t.embedding_column);
         ELSE
+            -- A content function is user code and may raise (for the very row being fixed):
+            -- a WHEN clause would then fail the UPDATE. A function of this target's own, with
+            -- static SQL (a cached plan) and an exception handler, compares instead.
             EXECUTE format(
-                'CREATE TRIGGER %I BEFORE UPDATE ON %s FOR EACH ROW '
-                'WHEN (%s IS DISTINCT FROM %s) '
-                'EXECUTE FUNCTION embeddings.clear_embedding(%L)',
-                prefix || '_clear', t.source,
-                embeddings.content_sql(t, 'old'), embeddings.content_sql(t, 'new'),
+                $f$CREATE FUNCTION embeddings.%1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
+                BEGIN
+                    IF %2$s IS DISTINCT FROM %3$s THEN
+                        NEW.%4$I := NULL;
+                    END IF;
+                    RETURN NEW;
+                EXCEPTION WHEN OTHERS THEN
+                    NEW.%4$I := NULL;  -- cannot compare: the embedding may be stale
+                    RETURN NEW;
+                END
+                $body$ $f$,
+                prefix || '_clear', embeddings.content_sql(t, 'old'), embeddings.content_sql(t, 'new'),
                 t.embedding_column);
+            EXECUTE format(
+                'CREATE TRIGGER %I BEFORE UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION embeddings.%I()',
+                prefix || '_clear', t.source, prefix || '_clear');
         END IF;
     END IF;
 END
@@ -163,5 +177,6 @@ BEGIN
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, t.source);
     END LOOP;
+    EXECUTE format('DROP FUNCTION IF EXISTS embeddings.%I()', 'embeddings_' || t.id || '_clear');
 END
 $$;

@@ -51,6 +51,7 @@ DECLARE
     t embeddings.targets;
     fresh boolean;
     reembed boolean := false;
+    backfill text;
 BEGIN
     IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
        OR triggers IS NULL OR clear_on_update IS NULL OR queue IS NULL THEN
@@ -215,11 +216,22 @@ BEGIN
     PERFORM embeddings.install_triggers(t);
 
     -- Existing rows, in one statement: those with content and no embedding, or every row with
-    -- content when the content source or the model changed.
-    EXECUTE embeddings.enqueue_sql(t, format(
-        'FROM %s n WHERE %s %s', source, embeddings.has_content_sql(t, 'n'),
-        CASE WHEN reembed THEN '' ELSE format('AND n.%I IS NULL', t.embedding_column) END))
-        USING t.id;
+    -- content when the content source or the model changed. A content function that raises
+    -- for some row must not make watch() fail: then the rows go unfiltered, and the worker
+    -- dead-letters the culprits with their error.
+    backfill := format('FROM %s n WHERE %s', source,
+        CASE WHEN reembed THEN 'true' ELSE format('n.%I IS NULL', t.embedding_column) END);
+    BEGIN
+        EXECUTE embeddings.enqueue_sql(t, backfill || ' AND ' || embeddings.has_content_sql(t, 'n'))
+            USING t.id;
+    EXCEPTION WHEN OTHERS THEN
+        IF t.content_function IS NULL THEN
+            RAISE;
+        END IF;
+        RAISE WARNING 'embeddings: content function of % failed (%); enqueued the rows unfiltered',
+            source, SQLERRM;
+        EXECUTE embeddings.enqueue_sql(t, backfill) USING t.id;
+    END;
 
     PERFORM pg_notify('embeddings_targets', t.id::text);
     RETURN t.id;

@@ -36,6 +36,7 @@ class Settings:
     http_port: int | None = field(default=None, metadata={"env": "EMBED_HTTP_PORT"})
     http_host: str = field(default="127.0.0.1", metadata={"env": "EMBED_HTTP_HOST"})
     http_token: str | None = field(default=None, metadata={"env": "EMBED_HTTP_TOKEN"})
+    http_max_body: int = field(default=1_048_576, metadata={"env": "EMBED_HTTP_MAX_BODY"})
     log_format: str = field(default="text", metadata={"env": "EMBED_LOG_FORMAT"})
     log_level: str = field(default="INFO", metadata={"env": "EMBED_LOG_LEVEL"})
 

@@ -104,6 +104,30 @@ def is_connection_error(exc: BaseException) -> bool:
     )
 
 
+def register_vector_types(conn: Connection) -> None:
+    """Teaches `conn` to send pgvector's Vector and HalfVector, wherever `vector` is installed
+    (public here, `extensions` on Supabase)."""
+    from pgvector.psycopg.halfvec import register_halfvec_info
+    from pgvector.psycopg.vector import register_vector_info
+    from psycopg.types import TypeInfo
+
+    with translated():
+        row = conn.execute(
+            "SELECT quote_ident(n.nspname) FROM pg_extension e"
+            " JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
+        ).fetchone()
+        if row is None:
+            raise exceptions.DatabaseError("pgvector is not installed in this database")
+        for name, register in (
+            ("vector", register_vector_info),
+            ("halfvec", register_halfvec_info),
+        ):
+            info = TypeInfo.fetch(conn, f"{row[0]}.{name}")
+            if info is None:
+                raise exceptions.DatabaseError(f"pgvector type {name} missing (pgvector >= 0.7?)")
+            register(conn, info)
+
+
 class Session:
     """One connection that comes back when lost.
 
@@ -112,8 +136,17 @@ class Session:
     gives up on its own: a worker waits out a database restart instead of crash-looping.
     """
 
-    def __init__(self, dsn: str, name: str, stop: threading.Event, *, max_wait: float = 30.0):
+    def __init__(
+        self,
+        dsn: str,
+        name: str,
+        stop: threading.Event,
+        *,
+        max_wait: float = 30.0,
+        vectors: bool = False,
+    ):
         self.dsn = dsn
+        self.vectors = vectors
         self.name = name
         self.stop = stop
         self.max_wait = max_wait
@@ -124,7 +157,8 @@ class Session:
             return self._conn
         self._conn = None
         for attempt in tenacity.Retrying(
-            wait=tenacity.wait_exponential_jitter(initial=0.5, max=self.max_wait, jitter=0.5),
+            wait=tenacity.wait_exponential(multiplier=0.5, max=self.max_wait)
+            + tenacity.wait_random(0, 0.5),
             retry=tenacity.retry_if_exception_type(exceptions.ConnectionLost),
             stop=lambda _state: self.stop.is_set(),
             sleep=self._sleep,
@@ -132,7 +166,14 @@ class Session:
             reraise=True,
         ):
             with attempt:
-                self._conn = connect(self.dsn)
+                conn = connect(self.dsn)
+                if self.vectors:
+                    try:
+                        register_vector_types(conn)
+                    except BaseException:
+                        conn.close()
+                        raise
+                self._conn = conn
                 if attempt.retry_state.attempt_number > 1:
                     logger.info("%s: reconnected to %s", self.name, describe(self.dsn))
         assert self._conn is not None

@@ -1,0 +1,64 @@
+"""Settings from the environment and flags; secrets out of logs."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker import db, exceptions
+from worker.config import Settings
+
+
+def test_defaults_and_environment() -> None:
+    s = Settings.from_env(
+        {"EMBED_BATCH_SIZE": "64", "EMBED_MODEL": "all-MiniLM-L6-v2", "EMBED_THREADS": ""}
+    )
+    assert (s.batch_size, s.model, s.threads, s.queue) == (
+        64,
+        "all-MiniLM-L6-v2",
+        None,
+        "embedding_jobs",
+    )
+
+
+def test_flags_win_over_the_environment() -> None:
+    s = Settings.from_env({"EMBED_BATCH_SIZE": "64"}, batch_size=8, model=None)
+    assert s.batch_size == 8 and s.model == "gte-small"
+
+
+@pytest.mark.parametrize(
+    ("env", "message"),
+    [
+        ({"EMBED_BATCH_SIZE": "lots"}, "EMBED_BATCH_SIZE: expected a number"),
+        ({"EMBED_BATCH_SIZE": "0"}, "EMBED_BATCH_SIZE: must be at least 1"),
+        ({"EMBED_MODEL_VARIANT": "fp16"}, "EMBED_MODEL_VARIANT: expected fp32 or int8"),
+        ({"EMBED_QUEUE": "Jobs; DROP"}, "EMBED_QUEUE"),
+        ({"EMBED_LOG_FORMAT": "xml"}, "EMBED_LOG_FORMAT"),
+        ({"EMBED_VT_SECONDS": "1"}, "EMBED_VT_SECONDS"),
+        ({"EMBED_HTTP_PORT": "70000"}, "EMBED_HTTP_PORT"),
+    ],
+)
+def test_invalid_settings_name_their_variable(env: dict[str, str], message: str) -> None:
+    with pytest.raises(exceptions.ConfigError, match=message):
+        Settings.from_env(env)
+
+
+def test_database_url_resolution() -> None:
+    assert db.resolve_dsn("postgresql://x@h/db", {}) == "postgresql://x@h/db"
+    assert db.resolve_dsn(None, {"PGHOST": "db.internal"}) == ""
+    assert db.resolve_dsn(None, {}) == "postgresql://postgres@127.0.0.1:54329/embed"
+    assert db.resolve_dsn(None, {"DEVDB_PORT": "6000"}).endswith(":6000/embed")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("postgresql://app:s3cret@db:5432/x failed", "postgresql://app:***@db:5432/x failed"),
+        ("postgres://app:p%40ss@db/x", "postgres://app:***@db/x"),
+        ("host=db password=s3cret user=app", "host=db password=*** user=app"),
+        ("host=db password='a b c' user=app", "host=db password=*** user=app"),
+        ("postgresql://app@db/x", "postgresql://app@db/x"),
+    ],
+)
+def test_passwords_are_redacted(text: str, expected: str) -> None:
+    assert db.redact(text) == expected
+    assert db.describe("postgresql://app:s3cret@db:5433/x") == "db:5433/x"

@@ -1,0 +1,110 @@
+"""Parsing job messages: our shape, the Supabase guide's shape, and everything malformed."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+
+from tests.support.factories import job, target
+from worker import queue
+
+
+def test_our_message_with_keys_and_attempts() -> None:
+    t = target()
+    parsed = job({"target": 1, "keys": [3, "4", 3], "attempts": 2}, {1: t}, read_ct=1)
+    assert parsed.target is t
+    assert parsed.keys == ["3", "4"]  # canonical text, duplicates folded
+    assert parsed.raw_keys == {"3": 3, "4": "4"}
+    assert parsed.attempts == 3
+    assert parsed.error is None
+
+
+def test_invalid_keys_are_set_aside_and_the_rest_kept() -> None:
+    parsed = job({"target": 1, "keys": [1, "x", True, None, 2**70, [1]]}, {1: target()})
+    assert parsed.keys == ["1"]
+    assert [raw for raw, _ in parsed.bad_keys] == ["x", True, None, 2**70, [1]]
+
+
+def test_uuid_keys_are_canonicalised() -> None:
+    t = target(key_type="uuid")
+    parsed = job({"target": 1, "keys": ["A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"]}, {1: t})
+    assert parsed.keys == ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]
+
+
+def test_an_unknown_target_is_an_error_that_says_how_to_register() -> None:
+    parsed = job({"target": 9, "keys": [1]}, {1: target()})
+    assert parsed.target is None
+    assert parsed.error is not None and "embeddings.watch()" in parsed.error
+
+
+def test_supabase_shape_maps_to_the_registered_target() -> None:
+    t = target(content_column=None, content_function=("public", "embedding_input"))
+    message = {
+        "id": 7,
+        "schema": "public",
+        "table": "docs",
+        "contentFunction": "embedding_input",
+        "embeddingColumn": "embedding",
+    }
+    parsed = job(message, {1: t})
+    assert parsed.target is t and parsed.supabase_shape and parsed.keys == ["7"]
+    assert parsed.single_key_message("7") == message
+
+
+def test_supabase_shape_for_an_unregistered_table_names_the_fix() -> None:
+    message = {
+        "id": 7,
+        "schema": "public",
+        "table": "other",
+        "contentFunction": "f",
+        "embeddingColumn": "embedding",
+    }
+    parsed = job(message, {1: target()})
+    assert parsed.target is None
+    assert parsed.error == (
+        "public.other.embedding is not watched; register it with: SELECT embeddings.watch("
+        "'public.other', 'f', embedding_column => 'embedding', triggers => false);"
+    )
+
+
+def test_supabase_shape_naming_another_function_is_refused() -> None:
+    """Nothing named in a message runs unless it is the registered content function."""
+    t = target(content_column=None, content_function=("public", "embedding_input"))
+    message = {
+        "id": 7,
+        "schema": "public",
+        "table": "docs",
+        "contentFunction": "pg_read_file",
+        "embeddingColumn": "embedding",
+    }
+    parsed = job(message, {1: t})
+    assert parsed.target is None
+    assert parsed.error is not None and "pg_read_file" in parsed.error
+
+
+@pytest.mark.parametrize(
+    "message",
+    [
+        "just text",
+        [1, 2],
+        {"nothing": "useful"},
+        {"target": "1", "keys": [1]},
+        {"target": 1, "keys": "1"},
+        {"target": True, "keys": [1]},
+        {"id": 1, "schema": ["public"], "table": "docs"},
+    ],
+)
+def test_malformed_messages_are_errors(message: object) -> None:
+    parsed = job(message, {1: target()})
+    assert parsed.target is None and parsed.error
+
+
+def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
+    rng = random.Random(1)
+    delays = [queue.backoff_seconds(n, 5, 300, rng) for n in range(1, 9)]
+    for attempt, delay in enumerate(delays, start=1):
+        expected = min(300, 5 * 2 ** (attempt - 1))
+        assert 0.8 * expected - 0.5 <= delay <= 1.2 * expected + 0.5
+    assert max(delays) <= 360
+    assert queue.backoff_seconds(1, 0.01, 300) == 0

@@ -1,0 +1,299 @@
+"""What each `embed-worker` subcommand does (the parser lives in worker.cli)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from psycopg import sql
+
+from worker import db, exceptions, schema
+from worker.config import Settings
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+
+
+def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    handler = {
+        "migrate": migrate,
+        "run": run,
+        "status": status,
+        "embed": embed,
+        "search": search,
+        "failures": failures,
+        "model": model,
+    }[args.command]
+    return handler(args, settings)
+
+
+def _connect(settings: Settings) -> db.Connection:
+    return db.connect(db.resolve_dsn(settings.database_url))
+
+
+def migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    dsn = db.resolve_dsn(settings.database_url)
+    try:
+        schema.migrate(dsn)
+    except exceptions.EmbedWorkerError:
+        raise
+    except Exception as exc:  # psycopg/SQLAlchemy errors from inside Alembic
+        raise exceptions.DatabaseError(f"migration failed: {db.redact(str(exc))}") from exc
+    with db.connect(dsn) as conn:
+        revision = schema.current_revision(conn)
+    print(f"database {db.describe(dsn)} is at revision {revision}", file=sys.stderr)
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.runner import Worker
+
+    worker = Worker(settings, once=args.once, progress=False if args.no_progress else None)
+    server = None
+    if settings.http_port is not None:
+        from worker import http
+
+        server = http.serve(worker, settings)
+    try:
+        return worker.run()
+    finally:
+        if server is not None:
+            server.shutdown()
+
+
+# --- status -----------------------------------------------------------------------------------
+STATUS_COLUMNS = (
+    "target",
+    "total_rows",
+    "embedded_rows",
+    "pending_jobs",
+    "failed_jobs",
+    "oldest_pending_seconds",
+    "rows_per_second",
+    "model",
+)
+
+
+def status(args: argparse.Namespace, settings: Settings) -> int:
+    with _connect(settings) as conn, db.translated():
+        cur = conn.execute(
+            sql.SQL("SELECT {} FROM embeddings.status ORDER BY target").format(
+                sql.SQL(", ").join(map(sql.Identifier, STATUS_COLUMNS))
+            )
+        )
+        rows = [dict(zip(STATUS_COLUMNS, r, strict=True)) for r in cur.fetchall()]
+    if args.json:
+        _print_json(rows)
+        return EXIT_OK
+    if not rows:
+        print("no watched tables: register one with SELECT embeddings.watch('table', 'column');")
+        return EXIT_OK
+    table = [
+        [
+            r["target"],
+            r["model"],
+            f"{r['total_rows']:,}",
+            f"{r['embedded_rows']:,}",
+            f"{r['pending_jobs']:,}",
+            f"{r['failed_jobs']:,}",
+            _age(r["oldest_pending_seconds"]),
+            f"{r['rows_per_second']:.1f}/s",
+        ]
+        for r in rows
+    ]
+    _print_table(
+        [
+            "target",
+            "model",
+            "rows",
+            "embedded",
+            "pending",
+            "failed",
+            "oldest pending",
+            "recent rate",
+        ],
+        table,
+    )
+    return EXIT_OK
+
+
+def _age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+# --- embed and search -------------------------------------------------------------------------
+def embed(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.embedder import Embedder
+
+    model = Embedder.load(
+        args.model or settings.model, variant=settings.model_variant, threads=settings.threads
+    )
+    vectors = model.embed(list(args.texts))
+    _print_json([[round(float(x), 7) for x in row] for row in vectors])
+    return EXIT_OK
+
+
+def search(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import targets as targets_mod
+    from worker.embedder import Embedder
+
+    if args.k < 1:
+        raise exceptions.ConfigError("-k must be at least 1")
+    with _connect(settings) as conn:
+        with db.translated():
+            row = conn.execute("SELECT to_regclass(%s)::oid", (args.table,)).fetchone()
+        if row is None or row[0] is None:
+            raise exceptions.TargetError(f"no table {args.table!r}")
+        with db.translated():
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM embeddings.targets WHERE source = %s::oid"
+                    " AND (%s::name IS NULL OR embedding_column = %s::name) ORDER BY id",
+                    (row[0], args.column, args.column),
+                )
+            ]
+        if not ids:
+            hint = f"SELECT embeddings.watch('{args.table}', 'content_column');"
+            raise exceptions.TargetError(f"{args.table} is not watched: {hint}")
+        if len(ids) > 1:
+            raise exceptions.ConfigError(
+                f"{args.table} has several embedding columns: pass --column"
+            )
+        db.register_vector_types(conn)
+        target = targets_mod.load(conn)[ids[0]]
+        model = Embedder.load(
+            target.model, variant=settings.model_variant, threads=settings.threads
+        )
+        if (problem := target.problem(model.dim)) is not None:
+            raise exceptions.TargetError(problem)
+        query_vector = model.embed([args.query])[0]
+        results = _nearest(conn, target, query_vector, args.k)
+    if args.json:
+        _print_json(results)
+        return EXIT_OK
+    _print_table(
+        ["similarity", "key", "content"],
+        [[f"{r['similarity']:.3f}", str(r["key"]), _preview(r["content"])] for r in results],
+    )
+    return EXIT_OK
+
+
+def _nearest(conn: db.Connection, target: Any, vector: Any, k: int) -> list[dict[str, Any]]:
+    from pgvector import HalfVector, Vector
+
+    with db.translated():
+        row = conn.execute("SELECT embeddings.vector_schema()").fetchone()
+        assert row is not None
+        names = target.sql_names()
+        distance = sql.SQL("t.{emb} OPERATOR({schema}.<=>) %(q)s::{schema}.{type}").format(
+            emb=names["embedding"],
+            schema=sql.Identifier(row[0]),
+            type=sql.Identifier(target.embedding_type),
+        )
+        query = sql.SQL(
+            "SELECT t.{key}::text, {content}, 1 - ({distance}) FROM {table} t "
+            "WHERE t.{emb} IS NOT NULL ORDER BY {distance} LIMIT %(k)s"
+        ).format(
+            key=names["key"],
+            content=names["content"],
+            distance=distance,
+            table=names["table"],
+            emb=names["embedding"],
+        )
+        wrap = HalfVector if target.embedding_type == "halfvec" else Vector
+        rows = conn.execute(query, {"q": wrap(vector), "k": k}).fetchall()
+    return [
+        {"key": key, "content": content, "similarity": float(sim)} for key, content, sim in rows
+    ]
+
+
+def _preview(text: str | None, width: int = 90) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+# --- failures ---------------------------------------------------------------------------------
+def failures(args: argparse.Namespace, settings: Settings) -> int:
+    with _connect(settings) as conn, db.translated():
+        rows = conn.execute(
+            "SELECT id, target, row_key, attempts, last_error, failed_at"
+            " FROM embeddings.failures ORDER BY id"
+        ).fetchall()
+        if args.retry:
+            retried_row = conn.execute("SELECT embeddings.retry_failures()").fetchone()
+            retried = retried_row[0] if retried_row else 0
+            print(f"re-queued {retried} dead-lettered job(s)", file=sys.stderr)
+            return EXIT_OK
+    keys = ("id", "target", "row_key", "attempts", "last_error", "failed_at")
+    if args.json:
+        _print_json([dict(zip(keys, r, strict=True)) for r in rows])
+        return EXIT_OK
+    if not rows:
+        print("no dead-lettered jobs")
+        return EXIT_OK
+    _print_table(
+        ["id", "target", "row key", "attempts", "failed at", "last error"],
+        [
+            [
+                str(r[0]),
+                r[1],
+                json.dumps(r[2]),
+                str(r[3]),
+                f"{r[5]:%Y-%m-%d %H:%M:%S}",
+                _preview(r[4], 70),
+            ]
+            for r in rows
+        ],
+    )
+    print(f"\n{len(rows)} dead-lettered; re-queue with: embed-worker failures --retry")
+    return EXIT_OK
+
+
+# --- models -----------------------------------------------------------------------------------
+def model(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import models
+
+    if args.model_command == "list":
+        rows = models.list_models()
+        _print_table(
+            ["name", "dim", "pooling", "max tokens", "present", "where"],
+            [
+                [
+                    r.name,
+                    str(r.dim),
+                    r.pooling,
+                    str(r.max_tokens),
+                    "yes" if r.present else "no",
+                    str(r.location or "-"),
+                ]
+                for r in rows
+            ],
+        )
+        return EXIT_OK
+    path = models.download(args.name, variant=settings.model_variant)
+    print(f"{args.name} is in {path}", file=sys.stderr)
+    return EXIT_OK
+
+
+# --- output helpers ---------------------------------------------------------------------------
+def _print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, default=str, indent=2)
+    sys.stdout.write("\n")
+
+
+def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
+    print(line.rstrip())
+    print("  ".join("-" * w for w in widths))
+    for row in rows:
+        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -1,0 +1,153 @@
+-- The worker's runtime SQL. Each query starts with `-- name: NAME` and a one-line description;
+-- worker/queries.py loads them. `{queue_table}`, `{table}`, `{key}`, `{key_type}`,
+-- `{content}` and `{embedding}` are filled with psycopg.sql identifiers of registered targets
+-- only; values are always bound parameters.
+
+-- name: read_jobs
+-- Leases visible jobs, oldest first, until about %(max_keys)s row keys are leased. Same effect
+-- as pgmq.read (vt, read_ct, SKIP LOCKED) but bounded by keys, since one message carries up to
+-- 128 of them and pgmq.read can only count messages.
+WITH visible AS (
+    SELECT msg_id,
+           CASE WHEN jsonb_typeof(message -> 'keys') = 'array'
+                THEN greatest(jsonb_array_length(message -> 'keys'), 1) ELSE 1 END AS keys
+    FROM {queue_table}
+    WHERE vt <= clock_timestamp()
+    ORDER BY msg_id
+    LIMIT %(max_keys)s
+    FOR UPDATE SKIP LOCKED
+), chosen AS (
+    SELECT msg_id FROM (
+        SELECT msg_id, sum(keys) OVER (ORDER BY msg_id) - keys AS before FROM visible
+    ) v
+    WHERE before < %(max_keys)s
+)
+UPDATE {queue_table} q
+SET vt = clock_timestamp() + make_interval(secs => %(vt)s),
+    read_ct = q.read_ct + 1,
+    last_read_at = clock_timestamp()
+FROM chosen
+WHERE q.msg_id = chosen.msg_id
+RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
+
+-- name: extend_leases
+-- Pushes back the visibility timeout of jobs we still hold (vt unchanged since we set it).
+UPDATE {queue_table} q
+SET vt = clock_timestamp() + make_interval(secs => %(vt)s)
+FROM unnest(%(msg_ids)s::bigint[], %(vts)s::timestamptz[]) AS l(msg_id, vt)
+WHERE q.msg_id = l.msg_id AND q.vt = l.vt
+RETURNING q.msg_id, q.vt;
+
+-- name: release_leases
+-- Hands jobs we still hold back to the queue at once, without counting the attempt.
+UPDATE {queue_table} q
+SET vt = clock_timestamp(), read_ct = greatest(q.read_ct - 1, 0)
+FROM unnest(%(msg_ids)s::bigint[], %(vts)s::timestamptz[]) AS l(msg_id, vt)
+WHERE q.msg_id = l.msg_id AND q.vt = l.vt
+RETURNING q.msg_id;
+
+-- name: defer_jobs
+-- Makes jobs visible again after %(delay)s seconds without counting the attempt: their target
+-- cannot be served now (model missing, dimension mismatch), which is not the jobs' fault.
+UPDATE {queue_table} q
+SET vt = clock_timestamp() + make_interval(secs => %(delay)s), read_ct = greatest(q.read_ct - 1, 0)
+WHERE q.msg_id = ANY(%(msg_ids)s::bigint[]);
+
+-- name: retry_jobs
+-- Backs failed jobs off: each becomes visible again after its own delay (pgmq.set_vt).
+SELECT pgmq.set_vt(%(queue)s, d.msg_id, d.delay)
+FROM unnest(%(msg_ids)s::bigint[], %(delays)s::integer[]) AS d(msg_id, delay);
+
+-- name: delete_jobs
+-- Acknowledges finished jobs.
+SELECT pgmq.delete(%(queue)s, %(msg_ids)s::bigint[]);
+
+-- name: archive_jobs
+-- Moves dead jobs to the queue's archive table (their rows are in embeddings.failures).
+SELECT pgmq.archive(%(queue)s, %(msg_ids)s::bigint[]);
+
+-- name: send_jobs
+-- Sends new jobs, each with its own delay in seconds (the failed part of a split message).
+SELECT pgmq.send(%(queue)s, m.message, m.delay)
+FROM unnest(%(messages)s::jsonb[], %(delays)s::integer[]) AS m(message, delay);
+
+-- name: record_failures
+-- Dead-letters rows: one embeddings.failures row each.
+INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts, last_error)
+SELECT * FROM unnest(%(target_ids)s::integer[], %(targets)s::text[], %(row_keys)s::jsonb[],
+                     %(queues)s::text[], %(messages)s::jsonb[], %(attempts)s::integer[],
+                     %(errors)s::text[]);
+
+-- name: record_throughput
+-- Counts rows embedded for a target in the current minute (feeds embeddings.status).
+INSERT INTO embeddings.throughput AS tp (target_id, minute, rows)
+VALUES (%(target_id)s, date_trunc('minute', clock_timestamp()), %(rows)s)
+ON CONFLICT (target_id, minute) DO UPDATE SET rows = tp.rows + excluded.rows;
+
+-- name: prune_throughput
+-- Forgets throughput older than a day.
+DELETE FROM embeddings.throughput WHERE minute < clock_timestamp() - interval '1 day';
+
+-- name: load_targets
+-- Every registered target with what the worker needs to serve it, from the catalog.
+SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
+       t.content_column, fn_ns.nspname, p.proname, t.model, t.key_column,
+       key_ty.typname, t.queue
+FROM embeddings.targets t
+LEFT JOIN pg_class c ON c.oid = t.source
+LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
+LEFT JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = t.embedding_column
+                        AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_type ty ON ty.oid = a.atttypid
+LEFT JOIN pg_proc p ON p.oid = t.content_function
+LEFT JOIN pg_namespace fn_ns ON fn_ns.oid = p.pronamespace
+LEFT JOIN pg_type key_ty ON key_ty.oid = t.key_type
+ORDER BY t.id;
+
+-- name: next_visible
+-- Seconds until the next job of the queue becomes visible (NULL when the queue is empty).
+SELECT extract(epoch FROM min(vt) - clock_timestamp())::float8 FROM {queue_table};
+
+-- name: queue_depth
+-- Jobs in the queue, how many are visible now, and the age of the oldest in seconds.
+SELECT count(*), count(*) FILTER (WHERE vt <= clock_timestamp()),
+       coalesce(extract(epoch FROM clock_timestamp() - min(enqueued_at)), 0)::float8
+FROM {queue_table};
+
+-- name: pending_keys
+-- Row keys waiting in the queue (messages count their keys).
+SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array'
+                         THEN jsonb_array_length(message -> 'keys') ELSE 1 END), 0)::bigint
+FROM {queue_table};
+
+-- name: load_content
+-- The content of a target's rows by primary key, with its md5 for the stale-write guard.
+SELECT t.{key}::text, {content}, md5({content})
+FROM {table} t
+WHERE t.{key} = ANY(%(keys)s::text[]::{key_type}[]);
+
+-- name: write_vectors
+-- Stores embeddings, except where the content changed since it was loaded (its md5 differs):
+-- that row's newer content has its own job. Returns the keys written.
+UPDATE {table} t
+SET {embedding} = v.embedding
+FROM unnest(%(keys)s::text[]::{key_type}[], %(embeddings)s, %(hashes)s::text[])
+     AS v(key, embedding, hash)
+WHERE t.{key} = v.key AND md5({content}) = v.hash
+RETURNING t.{key}::text;
+
+-- name: clear_vectors
+-- Clears the embedding of rows whose content is blank, unless it changed since it was loaded.
+UPDATE {table} t
+SET {embedding} = NULL
+FROM unnest(%(keys)s::text[]::{key_type}[], %(hashes)s::text[]) AS v(key, hash)
+WHERE t.{key} = v.key AND md5({content}) IS NOT DISTINCT FROM v.hash AND t.{embedding} IS NOT NULL
+RETURNING t.{key}::text;
+
+-- name: lease_jobs_by_id
+-- Leases the named jobs (push mode: util.process_embeddings already leased them with
+-- pgmq.read; this renews the lease for our own processing without counting another attempt).
+UPDATE {queue_table} q
+SET vt = clock_timestamp() + make_interval(secs => %(vt)s)
+WHERE q.msg_id = ANY(%(msg_ids)s::bigint[])
+RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;

@@ -1,0 +1,310 @@
+"""The job queue: pgmq messages in, leases, and every way a job leaves the queue.
+
+A job is one pgmq message. Ours carry many row keys of one target
+(`{"target": 3, "keys": [...], "attempts": n}`); messages in the Supabase guide's shape
+(`{"id", "schema", "table", "contentFunction", "embeddingColumn"}`) carry one. Attempts are
+pgmq's read count plus what a re-sent message carries over from the message it split from.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import random
+import threading
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from psycopg.types.json import Jsonb
+
+from worker import db, queries
+from worker.targets import Target
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Job:
+    msg_id: int
+    read_ct: int
+    enqueued_at: datetime
+    vt: datetime
+    message: Any
+    prior_attempts: int = 0
+    target: Target | None = None
+    keys: list[str] = field(default_factory=list)  # canonical text of each valid key
+    raw_keys: dict[str, Any] = field(default_factory=dict)  # canonical -> as in the message
+    bad_keys: list[tuple[Any, str]] = field(default_factory=list)  # (raw key, why invalid)
+    error: str | None = None  # the job as a whole cannot be served (unknown target, ...)
+    supabase_shape: bool = False
+
+    @property
+    def attempts(self) -> int:
+        return self.prior_attempts + self.read_ct
+
+    def single_key_message(self, canonical: str) -> dict[str, Any]:
+        """A job for one of this job's rows, as dead letters keep it for re-sending."""
+        if self.supabase_shape:
+            return dict(self.message)
+        assert self.target is not None
+        return {"target": self.target.id, "keys": [self.raw_keys[canonical]]}
+
+
+# --- parsing ----------------------------------------------------------------------------------
+def register_hint(schema: str, table: str, content: str, column: str) -> str:
+    return (
+        f"register it with: SELECT embeddings.watch('{schema}.{table}', '{content}', "
+        f"embedding_column => '{column}', triggers => false);"
+    )
+
+
+def parse(row: Sequence[Any], targets: Mapping[int, Target]) -> Job:
+    msg_id, read_ct, enqueued_at, vt, message = row
+    job = Job(msg_id=msg_id, read_ct=read_ct, enqueued_at=enqueued_at, vt=vt, message=message)
+    if not isinstance(message, dict):
+        job.error = f"unrecognised job message (not a JSON object): {_clip(message)}"
+        return job
+    if "target" in message:
+        _parse_ours(job, message, targets)
+    elif {"id", "schema", "table"} <= message.keys():
+        _parse_supabase(job, message, targets)
+    else:
+        job.error = f"unrecognised job message: {_clip(message)}"
+    return job
+
+
+def _parse_ours(job: Job, message: dict[str, Any], targets: Mapping[int, Target]) -> None:
+    target_id, keys = message.get("target"), message.get("keys")
+    attempts = message.get("attempts", 0)
+    if not isinstance(target_id, int) or isinstance(target_id, bool) or not isinstance(keys, list):
+        job.error = f"malformed job message: {_clip(message)}"
+        return
+    job.prior_attempts = attempts if isinstance(attempts, int) and attempts > 0 else 0
+    target = targets.get(target_id)
+    if target is None:
+        job.error = (
+            f"target {target_id} is not registered (was the table unwatched?); "
+            "register the table again with embeddings.watch()"
+        )
+        return
+    job.target = target
+    _add_keys(job, target, keys)
+
+
+def _parse_supabase(job: Job, message: dict[str, Any], targets: Mapping[int, Target]) -> None:
+    job.supabase_shape = True
+    schema, table = message.get("schema"), message.get("table")
+    column = message.get("embeddingColumn") or "embedding"
+    function = message.get("contentFunction")
+    if not all(isinstance(v, str) for v in (schema, table, column)) or not (
+        function is None or isinstance(function, str)
+    ):
+        job.error = f"malformed job message: {_clip(message)}"
+        return
+    assert isinstance(schema, str) and isinstance(table, str) and isinstance(column, str)
+    target = next((t for t in targets.values() if t.matches_supabase(schema, table, column)), None)
+    if target is None:
+        job.error = f"{schema}.{table}.{column} is not watched; " + register_hint(
+            schema, table, function or "<content column or function>", column
+        )
+        return
+    if function is not None and not _same_function(target, function):
+        registered = (
+            ".".join(target.content_function)
+            if target.content_function
+            else f"column {target.content_column}"
+        )
+        job.error = (
+            f"{target.name} is registered with content {registered}, but the job names "
+            f"function {function!r}; re-register with: SELECT embeddings.watch("
+            f"'{schema}.{table}', '{function}', embedding_column => '{column}', triggers => false);"
+        )
+        return
+    job.target = target
+    _add_keys(job, target, [message["id"]])
+
+
+def _same_function(target: Target, name: str) -> bool:
+    if target.content_function is None:
+        return False
+    schema, proname = target.content_function
+    return name in (proname, f"{schema}.{proname}")
+
+
+def _add_keys(job: Job, target: Target, keys: Iterable[Any]) -> None:
+    for raw in keys:
+        try:
+            canonical = target.canonical_key(raw)
+        except ValueError as exc:
+            job.bad_keys.append((raw, str(exc)))
+            continue
+        if canonical not in job.raw_keys:
+            job.raw_keys[canonical] = raw
+            job.keys.append(canonical)
+
+
+def _clip(value: Any, limit: int = 200) -> str:
+    text = json.dumps(value, default=str)
+    return text if len(text) <= limit else text[:limit] + "..."
+
+
+# --- backoff ----------------------------------------------------------------------------------
+def backoff_seconds(
+    attempts: int, base: float, cap: float, rng: random.Random | None = None
+) -> int:
+    """Exponential backoff with ±20% jitter: base, 2·base, 4·base, ... capped at `cap`, in whole
+    seconds (what pgmq.set_vt takes); a sub-second base retries at once."""
+    rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
+    delay = min(cap, base * 2 ** max(attempts - 1, 0))
+    jittered: float = delay * rng.uniform(0.8, 1.2)
+    return max(0, round(jittered))
+
+
+# --- operations -------------------------------------------------------------------------------
+class Queue:
+    """pgmq operations on one queue, each a single statement (callers own transactions)."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.table = queries.queue_table(name)
+
+    def _q(self, name: str) -> Any:
+        return queries.compose(name, queue_table=self.table)
+
+    def read(self, conn: db.Connection, *, max_keys: int, vt: int) -> list[tuple[Any, ...]]:
+        with db.translated():
+            return conn.execute(self._q("read_jobs"), {"max_keys": max_keys, "vt": vt}).fetchall()
+
+    def extend(
+        self, conn: db.Connection, leases: Mapping[int, datetime], vt: int
+    ) -> dict[int, datetime]:
+        if not leases:
+            return {}
+        with db.translated():
+            rows = conn.execute(
+                self._q("extend_leases"),
+                {"msg_ids": list(leases), "vts": list(leases.values()), "vt": vt},
+            ).fetchall()
+        return {msg_id: new_vt for msg_id, new_vt in rows}
+
+    def release(self, conn: db.Connection, leases: Mapping[int, datetime]) -> int:
+        if not leases:
+            return 0
+        with db.translated():
+            rows = conn.execute(
+                self._q("release_leases"), {"msg_ids": list(leases), "vts": list(leases.values())}
+            ).fetchall()
+        return len(rows)
+
+    def defer(self, conn: db.Connection, msg_ids: Sequence[int], delay: int) -> None:
+        if msg_ids:
+            with db.translated():
+                conn.execute(self._q("defer_jobs"), {"msg_ids": list(msg_ids), "delay": delay})
+
+    def retry(self, conn: db.Connection, delays: Mapping[int, int]) -> None:
+        if delays:
+            with db.translated():
+                conn.execute(
+                    self._q("retry_jobs"),
+                    {"queue": self.name, "msg_ids": list(delays), "delays": list(delays.values())},
+                )
+
+    def delete(self, conn: db.Connection, msg_ids: Sequence[int]) -> None:
+        if msg_ids:
+            with db.translated():
+                conn.execute(self._q("delete_jobs"), {"queue": self.name, "msg_ids": list(msg_ids)})
+
+    def archive(self, conn: db.Connection, msg_ids: Sequence[int]) -> None:
+        if msg_ids:
+            with db.translated():
+                conn.execute(
+                    self._q("archive_jobs"), {"queue": self.name, "msg_ids": list(msg_ids)}
+                )
+
+    def send(self, conn: db.Connection, messages: Sequence[tuple[dict[str, Any], int]]) -> None:
+        if messages:
+            with db.translated():
+                conn.execute(
+                    self._q("send_jobs"),
+                    {
+                        "queue": self.name,
+                        "messages": [Jsonb(m) for m, _ in messages],
+                        "delays": [d for _, d in messages],
+                    },
+                )
+
+    def next_visible_in(self, conn: db.Connection) -> float | None:
+        with db.translated():
+            row = conn.execute(self._q("next_visible")).fetchone()
+        return None if row is None or row[0] is None else float(row[0])
+
+    def depth(self, conn: db.Connection) -> tuple[int, int, float]:
+        """(jobs, visible jobs, age of the oldest in seconds)."""
+        with db.translated():
+            row = conn.execute(self._q("queue_depth")).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1]), float(row[2])
+
+
+@dataclass
+class DeadLetter:
+    target: Target | None
+    target_label: str
+    row_key: Any
+    message: dict[str, Any] | Any
+    attempts: int
+    error: str
+
+
+def record_failures(conn: db.Connection, queue: str, letters: Sequence[DeadLetter]) -> None:
+    if not letters:
+        return
+    with db.translated():
+        conn.execute(
+            queries.compose("record_failures"),
+            {
+                "target_ids": [d.target.id if d.target else None for d in letters],
+                "targets": [d.target_label for d in letters],
+                "row_keys": [None if d.row_key is None else Jsonb(d.row_key) for d in letters],
+                "queues": [queue] * len(letters),
+                "messages": [Jsonb(d.message) for d in letters],
+                "attempts": [d.attempts for d in letters],
+                "errors": [d.error for d in letters],
+            },
+        )
+
+
+class Leases:
+    """Jobs this process holds, with the vt it set: only those are renewed or handed back."""
+
+    def __init__(self) -> None:
+        self._held: dict[int, datetime] = {}
+        self._lock = threading.Lock()
+
+    def add(self, jobs: Iterable[Job]) -> None:
+        with self._lock:
+            for job in jobs:
+                self._held[job.msg_id] = job.vt
+
+    def drop(self, msg_ids: Iterable[int]) -> None:
+        with self._lock:
+            for msg_id in msg_ids:
+                self._held.pop(msg_id, None)
+
+    def renewed(self, vts: Mapping[int, datetime]) -> None:
+        with self._lock:
+            for msg_id, vt in vts.items():
+                if msg_id in self._held:
+                    self._held[msg_id] = vt
+
+    def held(self, msg_ids: Iterable[int] | None = None) -> dict[int, datetime]:
+        with self._lock:
+            if msg_ids is None:
+                return dict(self._held)
+            return {m: self._held[m] for m in msg_ids if m in self._held}
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._held)

@@ -1,0 +1,497 @@
+"""The worker process: pipeline threads, waiting for work, leases, signals and shutdown.
+
+Threads, each with its own connection:
+  fetcher  waits for work (a NOTIFY from the queue, the poll interval, or the next retry
+           becoming visible, whichever comes first), leases a batch, loads its content
+  embedder runs the model (onnxruntime releases the GIL, so the others keep going)
+  writer   stores vectors and settles jobs in one short transaction, or hands batches back
+  keeper   renews the leases of jobs in flight, refreshes queue gauges, shows progress
+At most one batch waits between two stages, so database I/O overlaps inference without
+leasing far ahead.
+
+SIGTERM/SIGINT: stop reading; the batch being embedded is finished and written, batches not
+started are handed back; after `grace_seconds` whatever is still held is handed back and the
+process exits 0. A second signal hands back at once and exits. A thread that dies of a bug
+stops the whole worker (exit 1) rather than leaving it half-alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue as stdqueue
+import select
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+from typing import Any
+
+from worker import db, exceptions, metrics, pipeline, queries
+from worker import queue as jobqueue
+from worker.config import Settings
+from worker.embedders import Embedders
+from worker.targets import Registry, Target
+
+logger = logging.getLogger(__name__)
+
+JOBS_CHANNEL = "embeddings_jobs"
+TARGETS_CHANNEL = "embeddings_targets"
+MISSING_SCHEMA = "the embeddings schema is not installed: run `embed-worker migrate`"
+
+
+@dataclass
+class Handoff:
+    batch: pipeline.Batch
+    release: bool = False  # hand the jobs back instead of writing
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        once: bool = False,
+        embedders: Embedders | None = None,
+        progress: bool | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.once = once
+        self.dsn = db.resolve_dsn(settings.database_url)
+        self.queue = jobqueue.Queue(settings.queue)
+        self.leases = jobqueue.Leases()
+        self.registry = Registry()
+        self.embedders = embedders or Embedders(
+            variant=settings.model_variant, threads=settings.threads
+        )
+        self.stopping = threading.Event()  # no more reading
+        self.finished = threading.Event()  # the pipeline has drained
+        self.ready = threading.Event()  # database reachable and default model loaded
+        self.failure: BaseException | None = None
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.handle_signals = handle_signals
+        self._loaded: stdqueue.Queue[Handoff | None] = stdqueue.Queue(maxsize=1)
+        self._embedded: stdqueue.Queue[Handoff | None] = stdqueue.Queue(maxsize=1)
+        self._in_flight = 0
+        self._flight = threading.Condition()
+        self._wake_r, self._wake_w = os.pipe()
+        self._threads: list[threading.Thread] = []
+        self._stop_requested_at: float | None = None
+        self.rows_done = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Runs until stopped (with `once`: until the queue is drained); returns the exit code."""
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        logger.info(
+            "embed-worker starting: database %s, queue %s, model %s (%s), batch %d",
+            db.describe(self.dsn),
+            self.settings.queue,
+            self.settings.model,
+            self.settings.model_variant,
+            self.settings.batch_size,
+        )
+        try:
+            self.start()
+        except exceptions.EmbedWorkerError as exc:
+            logger.error("%s", exc)
+            return 1
+        if self.stopping.is_set() and not self._threads:
+            return 0
+        return self.wait()
+
+    def start(self) -> None:
+        """Connects, checks the schema and the models, then starts the pipeline threads."""
+        self._startup()
+        for name, target in (
+            ("fetcher", self._fetcher),
+            ("embedder", self._embedder),
+            ("writer", self._writer),
+            ("keeper", self._keeper),
+        ):
+            thread = threading.Thread(target=self._guarded(target), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wait(self) -> int:
+        while not self.finished.is_set():
+            self.finished.wait(0.2)
+            if self.failure is not None:
+                break
+            if (
+                self._stop_requested_at is not None
+                and time.monotonic() - self._stop_requested_at > self.settings.grace_seconds
+            ):
+                logger.warning("grace period over: handing back what is still in flight")
+                self.hand_back_all()
+                break
+        self.finished.set()
+        self._wake()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        if self.failure is not None:
+            logger.error("worker stopped by an internal error: %r", self.failure)
+            self.hand_back_all()
+            return 1
+        logger.info("embed-worker stopped")
+        return 0
+
+    def request_stop(self, why: str = "requested") -> None:
+        if not self.stopping.is_set():
+            logger.info("stopping (%s): finishing the batch in flight", why)
+            self._stop_requested_at = time.monotonic()
+        self.stopping.set()
+        self._wake()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.stopping.is_set():
+            logger.warning("second %s: handing back jobs in flight and exiting now", name)
+            self.hand_back_all()
+            logging.shutdown()
+            os._exit(0)
+        self.request_stop(name)
+
+    def hand_back_all(self) -> None:
+        """Makes every job we hold visible again at once (a fresh, short-lived connection)."""
+        held = self.leases.held()
+        if not held:
+            return
+        try:
+            conn = db.connect(self.dsn, connect_timeout=3)
+            try:
+                conn.execute("SET statement_timeout = '3s'")
+                released = self.queue.release(conn, held)
+                metrics.JOBS.labels("released").inc(released)
+                logger.info("handed back %d of %d jobs", released, len(held))
+            finally:
+                conn.close()
+        except exceptions.EmbedWorkerError as exc:
+            logger.warning("could not hand jobs back (%s); they return after their lease", exc)
+        self.leases.drop(held)
+
+    def _guarded(self, body: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:
+                logger.exception("%s thread failed", threading.current_thread().name)
+                self.failure = exc
+                self.stopping.set()
+                self.finished.set()
+                self._wake()
+
+        return run
+
+    def _wake(self) -> None:
+        with contextlib.suppress(OSError):  # a full pipe already wakes the fetcher
+            os.write(self._wake_w, b"x")
+
+    # --- startup --------------------------------------------------------------------------------
+    def _startup(self) -> None:
+        targets = self._connect_and_read_targets()
+        if targets is None:
+            return  # stopped while waiting for the database
+        metrics.DATABASE_UP.set(1)
+        self._load_models(targets)
+
+    def _connect_and_read_targets(self) -> dict[int, Target] | None:
+        """Waits for the database and our schema (a worker may start before `migrate` ran)."""
+        session = db.Session(self.dsn, "startup", self.stopping)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    conn = session.get()
+                    if not self._schema_missing(conn):
+                        return self.registry.refresh(conn)
+                except exceptions.ConnectionLost:
+                    session.lost()
+                    continue
+                if self.once:
+                    raise exceptions.DatabaseError(MISSING_SCHEMA)
+                logger.error("%s; retrying in 10 s", MISSING_SCHEMA)
+                self.stopping.wait(10)
+            return None
+        finally:
+            session.close()
+
+    def _load_models(self, targets: dict[int, Target]) -> None:
+        """Loads the default model and those of our queue's targets; reports unservable targets."""
+        ours = [t for t in targets.values() if t.queue == self.settings.queue]
+        for model in sorted({self.settings.model} | {t.model for t in ours}):
+            try:
+                embedder = self.embedders.get(model)
+            except exceptions.ModelError:
+                continue  # logged; its targets are deferred until it loads
+            for target in ours:
+                if target.model == model and (problem := target.problem(embedder.dim)):
+                    logger.error("target not servable: %s", problem)
+        for target in ours:
+            if problem := target.problem():
+                logger.error("target not servable: %s", problem)
+        default = self.embedders.loaded().get(self.settings.model)
+        if default is not None:
+            metrics.MODEL.info(
+                {
+                    "name": self.settings.model,
+                    "variant": self.settings.model_variant,
+                    "dimensions": str(default.dim),
+                    "max_tokens": str(default.max_tokens),
+                }
+            )
+            self.ready.set()
+
+    @staticmethod
+    def _schema_missing(conn: db.Connection) -> bool:
+        with db.translated():
+            row = conn.execute("SELECT to_regclass('embeddings.targets') IS NULL").fetchone()
+        return bool(row and row[0])
+
+    # --- fetcher --------------------------------------------------------------------------------
+    def _fetcher(self) -> None:
+        session = db.Session(self.dsn, "fetcher", self.stopping)
+        listener = Listener(self.dsn, self.stopping, self._wake_r, self.registry)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    batch = self._next_batch(session, listener)
+                except exceptions.ConnectionLost as exc:
+                    logger.warning("fetcher: connection lost (%s)", exc)
+                    metrics.DATABASE_UP.set(0)
+                    session.lost()
+                    continue
+                if batch is None:
+                    break  # drained (--once) or stopping
+                self._pass(self._loaded, Handoff(batch, release=self.stopping.is_set()))
+        finally:
+            listener.close()
+            session.close()
+            self._loaded.put(None)
+
+    def _next_batch(self, session: db.Session, listener: Listener) -> pipeline.Batch | None:
+        while not self.stopping.is_set():
+            conn = session.get()
+            listener.ensure()
+            batch = pipeline.read(conn, self.queue, self.registry, self.settings)
+            metrics.DATABASE_UP.set(1)
+            if batch is not None:
+                self._begin(batch)
+                try:
+                    pipeline.load(conn, batch)
+                except BaseException:
+                    self._end(batch)
+                    raise
+                return batch
+            if self.once and self._drained():
+                return None
+            timeout = self.settings.poll_seconds
+            next_visible = self.queue.next_visible_in(conn)
+            if next_visible is not None:
+                timeout = min(timeout, max(next_visible, 0.005))
+            if self.once:
+                timeout = min(timeout, 0.05)
+            listener.wait(timeout)
+        return None
+
+    def _drained(self) -> bool:
+        with self._flight:
+            return self._in_flight == 0
+
+    def _begin(self, batch: pipeline.Batch) -> None:
+        self.leases.add(batch.jobs)
+        with self._flight:
+            self._in_flight += 1
+        metrics.IN_FLIGHT.set(len(self.leases))
+
+    def _end(self, batch: pipeline.Batch) -> None:
+        self.leases.drop(batch.msg_ids)
+        with self._flight:
+            self._in_flight -= 1
+            self._flight.notify_all()
+        metrics.IN_FLIGHT.set(len(self.leases))
+
+    def _pass(self, q: stdqueue.Queue[Handoff | None], item: Handoff) -> None:
+        """Hands a batch to the next stage, waiting while it is busy."""
+        while True:
+            try:
+                q.put(item, timeout=0.2)
+                return
+            except stdqueue.Full:
+                if self.finished.is_set():
+                    return
+
+    # --- embedder -------------------------------------------------------------------------------
+    def _embedder(self) -> None:
+        try:
+            while True:
+                item = self._loaded.get()
+                if item is None:
+                    return
+                if self.stopping.is_set():
+                    item.release = True  # not started: hand it back rather than keep it
+                if not item.release:
+                    pipeline.embed(self.embedders, item.batch)
+                self._pass(self._embedded, item)
+        finally:
+            self._embedded.put(None)
+
+    # --- writer ---------------------------------------------------------------------------------
+    def _writer(self) -> None:
+        session = db.Session(self.dsn, "writer", self.finished, vectors=True)
+        try:
+            while True:
+                item = self._embedded.get()
+                if item is None:
+                    return
+                try:
+                    self._write(session, item)
+                finally:
+                    self._end(item.batch)
+        finally:
+            session.close()
+            self.finished.set()
+            self._wake()
+
+    def _write(self, session: db.Session, item: Handoff) -> None:
+        batch = item.batch
+        held = self.leases.held(batch.msg_ids)
+        # Settled jobs are no longer ours to renew.
+        self.leases.drop(batch.msg_ids)
+        for attempt in range(2):  # once more after a reconnect; then the leases expire
+            try:
+                conn = session.get()
+                if item.release:
+                    released = self.queue.release(conn, held)
+                    metrics.JOBS.labels("released").inc(released)
+                    logger.info("handed back %d jobs", released)
+                    return
+                pipeline.write(conn, self.queue, batch, self.settings)
+                pipeline.log_batch(batch)
+                self.rows_done += sum(
+                    1 for r in batch.rows.values() if r.state is pipeline.RowState.WRITTEN
+                )
+                return
+            except exceptions.ConnectionLost as exc:
+                metrics.DATABASE_UP.set(0)
+                session.lost()
+                logger.warning(
+                    "writer: connection lost (%s)%s",
+                    exc,
+                    "; retrying" if attempt == 0 else "; its jobs return after their lease",
+                )
+            except exceptions.DatabaseError as exc:
+                logger.error("writing a batch failed (%s); its jobs return after their lease", exc)
+                return
+
+    # --- keeper ---------------------------------------------------------------------------------
+    def _keeper(self) -> None:
+        session = db.Session(self.dsn, "keeper", self.finished)
+        renew_every = self.settings.vt_seconds / 3
+        last_renew = last_gauges = time.monotonic()
+        progress = ProgressLine(self) if self.progress and self.once else None
+        try:
+            while not self.finished.wait(0.5 if progress else 1.0):
+                now = time.monotonic()
+                try:
+                    conn = session.get()
+                    if now - last_renew >= renew_every:
+                        held = self.leases.held()
+                        self.leases.renewed(self.queue.extend(conn, held, self.settings.vt_seconds))
+                        last_renew = now
+                    if now - last_gauges >= 5 or progress:
+                        jobs, visible, oldest = self.queue.depth(conn)
+                        metrics.QUEUE_JOBS.set(jobs)
+                        metrics.QUEUE_VISIBLE.set(visible)
+                        metrics.QUEUE_OLDEST.set(oldest)
+                        last_gauges = now
+                        if progress:
+                            progress.show(conn)
+                except exceptions.ConnectionLost:
+                    session.lost()
+                except exceptions.DatabaseError as exc:
+                    logger.warning("keeper: %s", exc)
+        finally:
+            if progress:
+                progress.close()
+            session.close()
+
+
+class Listener:
+    """LISTENs for new jobs and target changes; `wait` returns on a notification, the stop
+    pipe, or the timeout, whichever comes first."""
+
+    def __init__(self, dsn: str, stop: threading.Event, wake_fd: int, registry: Registry) -> None:
+        self.session = db.Session(dsn, "listener", stop)
+        self.stop = stop
+        self.wake_fd = wake_fd
+        self.registry = registry
+        self._conn: db.Connection | None = None
+
+    def ensure(self) -> None:
+        if self._conn is not None and not self._conn.closed:
+            return
+        try:
+            conn = self.session.get()
+            conn.add_notify_handler(self._on_notify)
+            with db.translated():
+                conn.execute(f"LISTEN {JOBS_CHANNEL}")
+                conn.execute(f"LISTEN {TARGETS_CHANNEL}")
+            self._conn = conn
+        except exceptions.ConnectionLost:
+            self.session.lost()
+            self._conn = None
+
+    def _on_notify(self, notify: Any) -> None:
+        if notify.channel == TARGETS_CHANNEL:
+            self.registry.invalidate()
+
+    def wait(self, timeout: float) -> None:
+        fds = [self.wake_fd]
+        if self._conn is not None and not self._conn.closed:
+            fds.append(self._conn.fileno())
+        readable, _, _ = select.select(fds, [], [], timeout)
+        if self.wake_fd in readable:
+            os.read(self.wake_fd, 4096)
+        if self._conn is not None and self._conn.fileno() in readable:
+            try:
+                with db.translated():
+                    self._conn.execute("SELECT 1")  # delivers the pending notifications
+            except exceptions.ConnectionLost:
+                self.session.lost()
+                self._conn = None
+
+    def close(self) -> None:
+        self.session.close()
+
+
+class ProgressLine:
+    """A one-line progress display for `run --once` on a terminal."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self.started = time.monotonic()
+        self.pending_query = queries.compose("pending_keys", queue_table=worker.queue.table)
+
+    def show(self, conn: db.Connection) -> None:
+        with db.translated():
+            row = conn.execute(self.pending_query).fetchone()
+        pending = int(row[0]) if row else 0
+        done = self.worker.rows_done
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        rate = done / elapsed
+        eta = f"{pending / rate:,.0f} s" if rate > 0 else "?"
+        sys.stderr.write(
+            f"\r\x1b[Kembedded {done:,} rows · {rate:,.1f} rows/s · {pending:,} pending · ETA {eta}"
+        )
+        sys.stderr.flush()
+
+    def close(self) -> None:
+        sys.stderr.write("\n")
+        sys.stderr.flush()

@@ -1,0 +1,178 @@
+"""Targets: the watched tables the worker serves, as registered by embeddings.watch().
+
+A target knows how to name its table, key, content and embedding column in SQL (through
+psycopg.sql identifiers only), how to turn the row keys that jobs carry into canonical text,
+and what is wrong with it, if anything, for the worker to serve it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from worker import db, queries
+
+# Key types watch() accepts, with the SQL type their text form is cast to.
+KEY_TYPES = {
+    "int2": "smallint",
+    "int4": "integer",
+    "int8": "bigint",
+    "uuid": "uuid",
+    "text": "text",
+    "varchar": "text",
+}
+_INT_RANGES = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
+
+
+@dataclass(frozen=True)
+class Target:
+    id: int
+    schema: str | None  # None: the table is gone
+    table: str | None
+    embedding_column: str
+    embedding_type: str | None  # "vector" or "halfvec"; None when the column is gone
+    embedding_dims: int
+    content_column: str | None
+    content_function: tuple[str, str] | None  # (schema, name)
+    model: str
+    key_column: str
+    key_type: str
+    queue: str
+
+    @property
+    def name(self) -> str:
+        """schema.table.column, as embeddings.status shows it."""
+        return f"{self.schema}.{self.table}.{self.embedding_column}"
+
+    def matches_supabase(self, schema: str, table: str, column: str) -> bool:
+        return (self.schema, self.table, self.embedding_column) == (schema, table, column)
+
+    def problem(self, model_dims: int | None = None) -> str | None:
+        """Why this target cannot be served, or None."""
+        if self.table is None:
+            return f"target {self.id}: its table no longer exists (run embeddings.unwatch)"
+        if self.embedding_type not in ("vector", "halfvec"):
+            return f"{self.name}: the embedding column is missing or not vector/halfvec"
+        if self.key_type not in KEY_TYPES:
+            return f"{self.name}: primary key type {self.key_type} is not supported"
+        if model_dims is not None and model_dims != self.embedding_dims:
+            return (
+                f"{self.name} is {self.embedding_type}({self.embedding_dims}) but model "
+                f"{self.model!r} produces {model_dims} dimensions; alter the column or "
+                f"re-watch with a matching model"
+            )
+        return None
+
+    # --- SQL -------------------------------------------------------------------------------
+    def sql_names(self) -> dict[str, sql.Composable]:
+        if self.table is None or self.schema is None:
+            raise ValueError(self.problem())
+        content: sql.Composable
+        if self.content_function is not None:
+            content = sql.SQL("{}(t.*)").format(sql.Identifier(*self.content_function))
+        else:
+            assert self.content_column is not None
+            content = sql.Identifier("t", self.content_column)
+        return {
+            "table": sql.Identifier(self.schema, self.table),
+            "key": sql.Identifier(self.key_column),
+            "key_type": sql.SQL(KEY_TYPES[self.key_type]),
+            "content": content,
+            "embedding": sql.Identifier(self.embedding_column),
+        }
+
+    def query(self, name: str) -> sql.Composed:
+        return queries.compose(name, **self.sql_names())
+
+    # --- keys ------------------------------------------------------------------------------
+    def canonical_key(self, raw: Any) -> str:
+        """The text form Postgres gives this key (`key::text`), or ValueError."""
+        if isinstance(raw, bool) or raw is None or isinstance(raw, (list, dict, float)):
+            raise ValueError(f"invalid row key {raw!r} for a {self.key_type} primary key")
+        if self.key_type in _INT_RANGES:
+            try:
+                value = int(raw) if isinstance(raw, int) else int(str(raw).strip())
+            except ValueError:
+                raise ValueError(f"invalid row key {raw!r} for a {self.key_type} key") from None
+            limit = _INT_RANGES[self.key_type]
+            if not -limit <= value < limit:
+                raise ValueError(f"row key {value} is out of range for {self.key_type}")
+            return str(value)
+        if self.key_type == "uuid":
+            try:
+                return str(uuid.UUID(str(raw)))
+            except ValueError:
+                raise ValueError(f"invalid row key {raw!r} for a uuid key") from None
+        text = str(raw)
+        if "\x00" in text:
+            raise ValueError("row key contains a NUL character")
+        return text
+
+
+def load(conn: db.Connection) -> dict[int, Target]:
+    with db.translated():
+        rows = conn.execute(queries.compose("load_targets")).fetchall()
+    found: dict[int, Target] = {}
+    for row in rows:
+        (tid, schema, table, column, etype, dims, ccol, fschema, fname, model, kcol, ktype, q) = row
+        found[tid] = Target(
+            id=tid,
+            schema=schema,
+            table=table,
+            embedding_column=column,
+            embedding_type=etype,
+            embedding_dims=dims if dims is not None else -1,
+            content_column=ccol,
+            content_function=(fschema, fname) if fname is not None else None,
+            model=model,
+            key_column=kcol,
+            key_type=ktype or "",
+            queue=q,
+        )
+    return found
+
+
+class Registry:
+    """The targets as last read, refreshed when asked for an unknown one or when stale."""
+
+    def __init__(self, max_age: float = 60.0) -> None:
+        self.max_age = max_age
+        self._targets: dict[int, Target] = {}
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
+        self.generation = 0
+
+    def refresh(self, conn: db.Connection) -> dict[int, Target]:
+        targets = load(conn)
+        with self._lock:
+            self._targets = targets
+            self._loaded_at = time.monotonic()
+            self.generation += 1
+        return targets
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._loaded_at = float("-inf")
+
+    def current(self, conn: db.Connection) -> dict[int, Target]:
+        with self._lock:
+            fresh = time.monotonic() - self._loaded_at < self.max_age
+            targets = self._targets
+        return targets if fresh else self.refresh(conn)
+
+    def resolve(self, conn: db.Connection, ids: Iterable[int]) -> dict[int, Target]:
+        """Targets by id, re-reading the registry once if some id is unknown."""
+        targets = self.current(conn)
+        if any(i not in targets for i in ids):
+            targets = self.refresh(conn)
+        return targets
+
+    def snapshot(self) -> dict[int, Target]:
+        with self._lock:
+            return dict(self._targets)
