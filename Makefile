@@ -45,7 +45,7 @@ run: migrate
 	@DATABASE_URL=$${DATABASE_URL:-$(DEVDB_URL)} $(BIN)/embed-worker run
 
 demo: migrate
-	@DATABASE_URL=$${DATABASE_URL:-$(DEVDB_URL)} $(BIN)/python -m bench.demo
+	@DATABASE_URL=$${DATABASE_URL:-$(DEVDB_URL)} $(BIN)/python demo/demo.py
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .

@@ -137,7 +137,8 @@ def embed(args: argparse.Namespace, settings: Settings) -> int:
         args.model or settings.model, variant=settings.model_variant, threads=settings.threads
     )
     vectors = model.embed(list(args.texts))
-    _print_json([[round(float(x), 7) for x in row] for row in vectors])
+    json.dump([[round(float(x), 7) for x in row] for row in vectors], sys.stdout)
+    sys.stdout.write("\n")
     return EXIT_OK
 
 

@@ -450,7 +450,12 @@ def log_batch(batch: Batch) -> None:
             extra={
                 "target": names[target_id],
                 "jobs": stats.jobs,
+                "rows": sum(states.values()),
+                "embedded": states["written"],
+                "failed": states["failed"],
+                "stale": states["stale"],
                 "tokens": stats.tokens,
+                "load_ms": round(batch.load_ms, 1),
                 "embed_ms": round(stats.embed_ms, 1),
                 "write_ms": round(batch.write_ms, 1),
             },

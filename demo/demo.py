@@ -1,0 +1,193 @@
+"""`make demo`: a watched table, ~50 real paragraphs, the worker, two semantic searches.
+
+The paragraphs are the opening paragraphs of Python standard library modules' docstrings: real
+text, written by others, present on every machine that runs this. Everything lives in the
+schema `embed_demo`, recreated on each run; nothing else in the database is touched.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+import textwrap
+import time
+
+from pgvector import HalfVector
+
+from worker import db, exceptions, logs
+from worker.config import Settings
+from worker.runner import Worker
+
+MODULES = [
+    "abc",
+    "argparse",
+    "array",
+    "ast",
+    "asyncio",
+    "base64",
+    "bisect",
+    "bz2",
+    "calendar",
+    "cmd",
+    "codecs",
+    "collections",
+    "colorsys",
+    "concurrent.futures",
+    "configparser",
+    "contextlib",
+    "copy",
+    "csv",
+    "dataclasses",
+    "datetime",
+    "decimal",
+    "difflib",
+    "email",
+    "enum",
+    "filecmp",
+    "fileinput",
+    "fnmatch",
+    "fractions",
+    "ftplib",
+    "functools",
+    "getopt",
+    "gettext",
+    "glob",
+    "graphlib",
+    "gzip",
+    "hashlib",
+    "heapq",
+    "hmac",
+    "html",
+    "http",
+    "imaplib",
+    "inspect",
+    "ipaddress",
+    "json",
+    "keyword",
+    "linecache",
+    "locale",
+    "logging",
+    "lzma",
+    "mailbox",
+    "mimetypes",
+    "netrc",
+    "numbers",
+    "operator",
+    "optparse",
+    "pathlib",
+    "pickle",
+    "pprint",
+    "queue",
+    "quopri",
+    "random",
+    "re",
+    "sched",
+    "secrets",
+    "selectors",
+    "shelve",
+    "shlex",
+    "shutil",
+    "signal",
+    "smtplib",
+    "socket",
+    "sqlite3",
+    "statistics",
+    "string",
+    "struct",
+    "subprocess",
+    "tarfile",
+    "tempfile",
+    "textwrap",
+    "threading",
+    "timeit",
+    "tokenize",
+    "tomllib",
+    "trace",
+    "traceback",
+    "typing",
+    "unittest",
+    "urllib",
+    "uuid",
+    "wave",
+    "weakref",
+    "zipfile",
+    "zlib",
+]
+QUERIES = ("compressing and decompressing data files", "running work in parallel threads")
+PARAGRAPHS = 50
+
+
+def paragraphs() -> list[tuple[str, str]]:
+    found = []
+    for name in MODULES:
+        try:
+            doc = importlib.import_module(name).__doc__ or ""
+        except ImportError:
+            continue
+        first = " ".join(doc.strip().split("\n\n")[0].split())
+        if len(first) >= 40:
+            found.append((name, first))
+        if len(found) == PARAGRAPHS:
+            break
+    return found
+
+
+def main() -> int:
+    settings = Settings.from_env()
+    logs.configure(settings.log_format, "WARNING")
+    dsn = db.resolve_dsn(settings.database_url)
+    model = settings.model
+    texts = paragraphs()
+    with db.connect(dsn) as conn:
+        conn.execute("DROP SCHEMA IF EXISTS embed_demo CASCADE")
+        conn.execute("CREATE SCHEMA embed_demo")
+        conn.execute(
+            "CREATE TABLE embed_demo.documents ("
+            " id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY, module text NOT NULL, body text)"
+        )
+        conn.execute(
+            "SELECT embeddings.watch('embed_demo.documents', 'body', model => %s)", (model,)
+        )
+        with conn.cursor() as cur:
+            cur.executemany(
+                "INSERT INTO embed_demo.documents (module, body) VALUES (%s, %s)", texts
+            )
+    print(f"inserted {len(texts)} paragraphs into embed_demo.documents (model {model})")
+
+    started = time.perf_counter()
+    worker = Worker(settings, once=True, progress=False, handle_signals=False)
+    if worker.run() != 0:
+        return 1
+    with db.connect(dsn) as conn:
+        row = conn.execute("SELECT count(embedding), count(*) FROM embed_demo.documents").fetchone()
+    assert row is not None
+    print(f"worker embedded {row[0]} of {row[1]} rows in {time.perf_counter() - started:.1f} s\n")
+    if row[0] != row[1]:
+        print("not every row was embedded: see `embed-worker status` and `embed-worker failures`")
+        return 1
+
+    model_embedder = worker.embedders.get(model)
+    with db.connect(dsn) as conn:
+        db.register_vector_types(conn)
+        for query in QUERIES:
+            vector = model_embedder.embed([query])[0]
+            rows = conn.execute(
+                "SELECT module, body, 1 - (embedding <=> %s) FROM embed_demo.documents"
+                " ORDER BY embedding <=> %s LIMIT 3",
+                (HalfVector(vector), HalfVector(vector)),
+            ).fetchall()
+            print(f"search: {query!r}")
+            for module, body, similarity in rows:
+                line = textwrap.shorten(body, 70)
+                print(f"  {similarity:.3f}  {module:<20} {line}")
+            print()
+    print("try: embed-worker search embed_demo.documents 'your question'")
+    return 0
+
+
+if __name__ == "__main__":
+    try:
+        sys.exit(main())
+    except exceptions.EmbedWorkerError as exc:
+        print(f"demo: {exc}", file=sys.stderr)
+        sys.exit(1)

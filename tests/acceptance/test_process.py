@@ -1,0 +1,134 @@
+"""The real process: idle wake-up, SIGTERM and a second signal, concurrent workers, --once."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.process import WorkerProcess, wait_for
+
+Conn = psycopg.Connection[Any]
+
+
+def make_docs(conn: Conn, rows: int) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'all-MiniLM-L6-v2')")
+    if rows:
+        conn.execute(
+            "INSERT INTO docs SELECT g, 'document ' || g || ': ' || repeat('words about topic ' || (g %% 17) || ' ', 1 + g %% 9)"
+            " FROM generate_series(1, %s) g",
+            (rows,),
+        )
+
+
+def embedded(conn: Conn) -> int:
+    row = conn.execute("SELECT count(embedding) FROM docs").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def queue_empty(conn: Conn) -> bool:
+    return conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,)
+
+
+def test_an_idle_worker_embeds_a_new_row(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    make_docs(conn, 0)
+    worker = start_worker(EMBED_POLL_SECONDS=60)  # a poll would be too late: the NOTIFY wakes it
+    worker.wait_ready()
+    conn.execute("INSERT INTO docs VALUES (1, 'hello there')")
+    wait_for(lambda: embedded(conn) == 1, timeout=20, what="the row to be embedded")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait_exit(30) == 0
+
+
+def test_sigterm_mid_drain_exits_0_and_loses_nothing(
+    conn: Conn, dsn: str, start_worker: Callable[..., WorkerProcess], worker_env: dict[str, str]
+) -> None:
+    make_docs(conn, 3000)
+    worker = start_worker()
+    wait_for(lambda: embedded(conn) >= 100, timeout=60, what="the drain to start")
+    worker.signal(signal.SIGTERM)
+    assert worker.wait_exit(30) == 0
+    done = embedded(conn)
+    assert 100 <= done < 3000
+    assert any("stopping (SIGTERM)" in r.get("message", "") for r in worker.log_records())
+
+    rest = subprocess.run(
+        [sys.executable, "-m", "worker", "run", "--once"],
+        env={**os.environ, **worker_env, "DATABASE_URL": dsn},
+        capture_output=True,
+        timeout=300,
+    )
+    assert rest.returncode == 0, rest.stderr.decode()[-2000:]
+    assert embedded(conn) == 3000
+    assert queue_empty(conn)
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+
+
+def test_a_second_signal_exits_at_once_and_hands_jobs_back(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    make_docs(conn, 3000)
+    worker = start_worker(EMBED_GRACE_SECONDS=120, EMBED_VT_SECONDS=300)
+    wait_for(lambda: embedded(conn) >= 32, timeout=60, what="the drain to start")
+    worker.signal(signal.SIGTERM)
+    worker.signal(signal.SIGINT)
+    started = time.monotonic()
+    assert worker.wait_exit(30) == 0
+    assert time.monotonic() - started < 10
+    # Jobs it held are visible again now, not after the 300 s lease.
+    wait_for(
+        lambda: (
+            conn.execute(
+                "SELECT count(*) FROM pgmq.q_embedding_jobs WHERE vt > now() + interval '60 seconds'"
+            ).fetchone()
+            == (0,)
+        ),
+        timeout=10,
+        what="leases to be handed back",
+    )
+
+
+def test_two_workers_drain_one_queue_each_row_once(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    make_docs(conn, 1000)
+    workers = [start_worker(http=False), start_worker(http=False)]
+    wait_for(lambda: queue_empty(conn) and embedded(conn) == 1000, timeout=240, what="the drain")
+    for worker in workers:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait_exit(30) == 0
+    written = [w.rows_written() for w in workers]
+    assert sum(written) == 1000, written  # no row embedded twice (leases never expired here)
+    assert all(n > 0 for n in written), written  # both took part
+
+
+def test_run_once_exits_0_on_an_empty_queue(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    make_docs(conn, 0)
+    worker = start_worker("--once", http=False)
+    assert worker.wait_exit(60) == 0
+
+
+@pytest.mark.parametrize("args", [["--batch-size", "0"], ["--queue", "No-Such"]])
+def test_bad_configuration_exits_2_with_the_variable_named(args: list[str], dsn: str) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "worker", "run", *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "DATABASE_URL": dsn},
+    )
+    assert result.returncode == 2
+    assert "EMBED_BATCH_SIZE" in result.stderr or "EMBED_QUEUE" in result.stderr

@@ -1,0 +1,5 @@
+"""`python -m worker` is `embed-worker`."""
+
+from worker.cli import main
+
+raise SystemExit(main())
