@@ -75,6 +75,7 @@ if [ ! -e "$data/PG_VERSION" ]; then
         echo "unix_socket_directories = ''"
         echo "shared_preload_libraries = 'pg_cron'"
         echo "cron.database_name = '$dbname'"
+        echo "cron.host = '127.0.0.1'"   # pg_cron connects over TCP: there is no Unix socket
         echo "max_connections = 200"
         if $fast; then
             # A throwaway cluster for tests: durability buys nothing here.

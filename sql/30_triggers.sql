@@ -177,6 +177,8 @@ BEGIN
     LOOP
         EXECUTE format('DROP TRIGGER %I ON %s', trigger_name, t.source);
     END LOOP;
-    EXECUTE format('DROP FUNCTION IF EXISTS embeddings.%I()', 'embeddings_' || t.id || '_clear');
+    IF to_regprocedure(format('embeddings.%I()', 'embeddings_' || t.id || '_clear')) IS NOT NULL THEN
+        EXECUTE format('DROP FUNCTION embeddings.%I()', 'embeddings_' || t.id || '_clear');
+    END IF;
 END
 $$;

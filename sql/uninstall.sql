@@ -9,6 +9,9 @@ DECLARE
     t embeddings.targets;
     q embeddings.queues;
 BEGIN
+    IF to_regclass('cron.job') IS NOT NULL THEN
+        PERFORM cron.unschedule(jobid) FROM cron.job WHERE jobname LIKE 'embeddings-%';
+    END IF;
     FOR t IN SELECT * FROM embeddings.targets LOOP
         IF EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN
             PERFORM embeddings.drop_triggers(t);

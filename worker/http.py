@@ -229,8 +229,9 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {limit} bytes")
         raw = self.rfile.read(length) if length > 0 else b""
         if content_type != "application/json":
+            # 400 rather than 415: the Supabase Edge Function contract answers 400 here.
             raise BadRequest(
-                HTTPStatus.UNSUPPORTED_MEDIA_TYPE,
+                HTTPStatus.BAD_REQUEST,
                 f"expected Content-Type application/json, got {content_type or 'none'}",
             )
         try:

@@ -54,3 +54,9 @@ DATABASE_UP = Gauge(
     "embed_worker_database_up", "1 when the last database operation succeeded", registry=REGISTRY
 )
 MODEL = Info("embed_worker_model", "The default model of this worker", registry=REGISTRY)
+
+# Series exist from the start (at zero), so dashboards and alerts see them before any work.
+for _stage in ("read", "load", "embed", "write"):
+    STAGE_SECONDS.labels(_stage)
+for _outcome in ("done", "retried", "dead", "deferred", "released"):
+    JOBS.labels(_outcome)

@@ -60,7 +60,8 @@ class WorkerProcess:
             with urllib.request.urlopen(self.url + path, timeout=5) as response:
                 return response.status, response.read()
         except urllib.error.HTTPError as error:
-            return error.code, error.read()
+            with error:
+                return error.code, error.read()
 
     def wait_ready(self, timeout: float = 60) -> None:
         def ready() -> bool:

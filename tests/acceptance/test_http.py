@@ -1,0 +1,223 @@
+"""The HTTP routes of a running worker, and the Supabase Edge Function contract (push mode)."""
+
+from __future__ import annotations
+
+import json
+import urllib.error
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from tests.support.process import WorkerProcess, wait_for
+
+Conn = psycopg.Connection[Any]
+TOKEN = "s3cret-token-value"
+
+
+def post(
+    worker: WorkerProcess,
+    path: str,
+    body: Any,
+    *,
+    token: str | None = TOKEN,
+    content_type: str = "application/json",
+    raw: bytes | None = None,
+) -> tuple[int, dict[str, str], Any]:
+    data = raw if raw is not None else json.dumps(body).encode()
+    request = urllib.request.Request(worker.url + path, data=data, method="POST")
+    request.add_header("Content-Type", content_type)
+    if token:
+        request.add_header("Authorization", f"Bearer {token}")
+    try:
+        with urllib.request.urlopen(request, timeout=60) as response:
+            return response.status, dict(response.headers), json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        with error:
+            return error.code, dict(error.headers), json.loads(error.read())
+
+
+@pytest.fixture
+def http_worker(conn: Conn, start_worker: Callable[..., WorkerProcess]) -> WorkerProcess:
+    worker = start_worker(EMBED_HTTP_TOKEN=TOKEN)
+    worker.wait_ready()
+    return worker
+
+
+def test_health_readiness_and_metrics(http_worker: WorkerProcess) -> None:
+    assert http_worker.get("/healthz") == (200, b'{"status": "ok"}')
+    status, body = http_worker.get("/readyz")
+    assert status == 200 and json.loads(body) == {"status": "ready"}
+    status, body = http_worker.get("/metrics")
+    text = body.decode()
+    assert status == 200
+    for name in (
+        "embed_worker_jobs_total",
+        "embed_worker_queue_jobs",
+        "embed_worker_model_info{",
+        "embed_worker_batch_stage_seconds_bucket",
+        "embed_worker_tokens_total",
+    ):
+        assert name in text, name
+    assert 'name="all-MiniLM-L6-v2"' in text
+
+
+def test_embed_matches_the_supabase_quickstart_shape(http_worker: WorkerProcess) -> None:
+    status, _, body = post(http_worker, "/embed", {"input": "hello world"})
+    assert status == 200
+    vector = np.array(body["embedding"])
+    assert vector.shape == (384,) and abs(np.linalg.norm(vector) - 1) < 1e-3
+    status, _, many = post(http_worker, "/embed", {"input": ["hello world", "bye"]})
+    assert status == 200 and len(many["embeddings"]) == 2
+    assert np.allclose(many["embeddings"][0], vector, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "status", "message"),
+    [
+        ({"raw": b"{not json"}, 400, "malformed JSON"),
+        ({"body": {"text": "x"}}, 400, '"input"'),
+        ({"body": {"input": 42}}, 400, '"input" must be a string'),
+        ({"body": {"input": []}}, 400, "1 to 256 texts"),
+        (
+            {"body": {"input": "x"}, "content_type": "text/plain"},
+            400,
+            "expected Content-Type application/json",
+        ),
+        ({"body": {"input": "x"}, "token": None}, 401, "bearer token"),
+        ({"body": {"input": "x"}, "token": "wrong"}, 401, "bearer token"),
+        ({"raw": b"x" * (1_048_576 + 1)}, 413, "body over"),
+        ({"body": {"input": "x", "model": "no-such-model"}}, 503, "no-such-model"),
+    ],
+)
+def test_bad_requests_get_a_clear_status_and_reason(
+    http_worker: WorkerProcess, kwargs: dict[str, Any], status: int, message: str
+) -> None:
+    got, _, body = post(http_worker, "/embed", kwargs.pop("body", None), **kwargs)
+    assert got == status
+    assert message in body["error"]
+    assert TOKEN not in json.dumps(body)
+
+
+def test_wrong_methods_and_routes(http_worker: WorkerProcess) -> None:
+    assert http_worker.get("/embed")[0] == 405
+    assert http_worker.get("/functions/v1/embed")[0] == 405
+    assert http_worker.get("/nope")[0] == 404
+    request = urllib.request.Request(
+        http_worker.url + "/functions/v1/embed", method="PUT", data=b"[]"
+    )
+    with pytest.raises(urllib.error.HTTPError) as raised:
+        urllib.request.urlopen(request, timeout=10)
+    with raised.value as error:
+        assert error.code == 405 and error.headers["Allow"] == "POST"
+
+
+def guide_batches(conn: Conn, batch_size: int = 2) -> list[list[dict[str, Any]]]:
+    """The request bodies exactly as the Supabase guide's util.process_embeddings() builds them
+    (minus the pg_net call, which this machine cannot make)."""
+    rows = conn.execute(
+        """
+        WITH numbered_jobs AS (
+            SELECT message || jsonb_build_object('jobId', msg_id) AS job_info,
+                   (row_number() OVER (ORDER BY 1) - 1) / %(batch_size)s AS batch_num
+            FROM pgmq.read(queue_name => 'embedding_jobs', vt => 300, qty => 10 * %(batch_size)s)
+        ),
+        batched_jobs AS (
+            SELECT jsonb_agg(job_info) AS batch_array, batch_num FROM numbered_jobs GROUP BY batch_num
+        )
+        SELECT batch_array FROM batched_jobs ORDER BY batch_num
+        """,
+        {"batch_size": batch_size},
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+def supabase_table(conn: Conn) -> None:
+    conn.execute(
+        "CREATE TABLE documents (id integer PRIMARY KEY GENERATED ALWAYS AS IDENTITY, title text NOT NULL, content text NOT NULL, embedding halfvec(384))"
+    )
+    conn.execute("CREATE INDEX ON documents USING hnsw (embedding halfvec_cosine_ops)")
+    conn.execute(
+        "CREATE FUNCTION embedding_input(doc documents) RETURNS text LANGUAGE plpgsql IMMUTABLE"
+        " AS $$ BEGIN RETURN '# ' || doc.title || E'\\n\\n' || doc.content; END; $$"
+    )
+    conn.execute(
+        "SELECT embeddings.watch('documents', 'embedding_input', model => 'all-MiniLM-L6-v2', triggers => false)"
+    )
+    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    conn.execute(
+        "INSERT INTO documents (title, content) SELECT 'Title ' || g, 'Body text ' || g FROM generate_series(1, 5) g"
+    )
+    conn.execute(
+        "SELECT pgmq.send('embedding_jobs', jsonb_build_object('id', id, 'schema', 'public', 'table', 'documents',"
+        " 'contentFunction', 'embedding_input', 'embeddingColumn', 'embedding')) FROM documents ORDER BY id"
+    )
+
+
+def test_push_mode_follows_the_edge_function_contract(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    supabase_table(conn)
+    # One job for a table nobody registered, and one whose row is gone.
+    conn.execute(
+        """SELECT pgmq.send('embedding_jobs', '{"id": 1, "schema": "public", "table": "nope", "contentFunction": "f", "embeddingColumn": "embedding"}')"""
+    )
+    batches = guide_batches(conn)  # leased for 300 s: the worker's own pull loop cannot see them
+    conn.execute("DELETE FROM documents WHERE id = 5")
+    worker = start_worker(EMBED_HTTP_TOKEN=TOKEN)
+    worker.wait_ready()
+
+    completed, failed = [], []
+    for batch in batches:
+        status, headers, body = post(worker, "/functions/v1/embed", batch)
+        assert status == 207
+        assert headers["x-completed-jobs"] == str(len(body["completedJobs"]))
+        assert headers["x-failed-jobs"] == str(len(body["failedJobs"]))
+        completed += body["completedJobs"]
+        failed += body["failedJobs"]
+
+    assert sorted(job["id"] for job in completed) == [
+        1,
+        2,
+        3,
+        4,
+        5,
+    ]  # a gone row is done, not failed
+    assert [job["table"] for job in failed] == ["nope"]
+    assert "register it with: SELECT embeddings.watch('public.nope'" in failed[0]["error"]
+    assert conn.execute("SELECT count(*) FROM documents WHERE embedding IS NULL").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,)
+
+    # A job id that is not queued (processed already) fails with the reason; an invalid body is a 400.
+    status, _, body = post(worker, "/functions/v1/embed", [{"jobId": 999999, "id": 1}])
+    assert status == 207 and "no such job" in body["failedJobs"][0]["error"]
+    assert post(worker, "/functions/v1/embed", {"jobs": []})[0] == 400
+    assert post(worker, "/functions/v1/embed", [{"id": 1}])[0] == 400
+    assert post(worker, "/functions/v1/embed", [], token=None)[0] == 401
+
+
+def test_dispatch_batches_are_what_the_endpoint_takes(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """embeddings.dispatch() posts these bodies with pg_net; here the test posts them itself
+    (pg_net has no package for these machines)."""
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g, 'text number ' || g FROM generate_series(1, 300) g")
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => 'all-MiniLM-L6-v2')"
+    )  # 3 jobs of <=128 keys
+    bodies = [
+        r[0] for r in conn.execute("SELECT * FROM embeddings.dispatch_batches(2, 10)").fetchall()
+    ]
+    assert [len(b) for b in bodies] == [2, 1]
+    worker = start_worker(EMBED_HTTP_TOKEN=TOKEN)
+    worker.wait_ready()
+    for body in bodies:
+        status, _, result = post(worker, "/functions/v1/embed", body)
+        assert status == 207 and result["failedJobs"] == []
+    wait_for(
+        lambda: conn.execute("SELECT count(embedding) FROM docs").fetchone() == (300,), timeout=30
+    )

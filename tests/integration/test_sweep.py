@@ -1,0 +1,97 @@
+"""embeddings.sweep(): re-queues rows that lost their job, a bounded slice at a time."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.jobs import clear_queue, queued_keys
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def docs(conn: Conn) -> int:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g, 'row ' || g FROM generate_series(1, 25) g")
+    conn.execute("INSERT INTO docs VALUES (100, '   '), (101, NULL)")
+    row = conn.execute("SELECT embeddings.watch('docs', 'body')").fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def sweep(conn: Conn, max_rows: int = 1000) -> int:
+    row = conn.execute("SELECT embeddings.sweep(%s)", (max_rows,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def test_nothing_to_do_when_every_row_has_a_job(conn: Conn, docs: int) -> None:
+    assert sweep(conn) == 0
+    # watch() queued whitespace-only row 100 too (the write path does not regex-scan text)
+    assert sorted(queued_keys(conn, docs)) == [*range(1, 26), 100]
+
+
+def test_rows_without_a_job_are_queued_once(conn: Conn, docs: int) -> None:
+    clear_queue(conn)  # jobs lost
+    conn.execute("UPDATE docs SET embedding = array_fill(0.1, ARRAY[384])::halfvec WHERE id <= 5")
+    assert sweep(conn) == 20
+    assert sorted(queued_keys(conn, docs)) == list(range(6, 26))  # blank rows never
+    assert sweep(conn) == 0  # now pending
+
+
+def test_work_per_run_is_bounded_and_wraps_around(conn: Conn, docs: int) -> None:
+    clear_queue(conn)
+    assert [sweep(conn, max_rows=10) for _ in range(4)] == [10, 10, 5, 0]
+    assert sorted(queued_keys(conn, docs)) == list(range(1, 26))
+
+
+def test_dead_lettered_rows_wait_for_a_retry(conn: Conn, docs: int) -> None:
+    clear_queue(conn)
+    conn.execute(
+        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts, last_error)"
+        """ VALUES (%s, 'public.docs.embedding', '7', 'embedding_jobs', '{"target": 1, "keys": [7]}', 5, 'boom')""",
+        (docs,),
+    )
+    assert sweep(conn) == 24
+    assert 7 not in queued_keys(conn, docs)
+
+
+def test_supabase_shaped_jobs_count_as_pending(conn: Conn) -> None:
+    conn.execute("CREATE TABLE documents (id int PRIMARY KEY, content text)")
+    conn.execute("INSERT INTO documents VALUES (1, 'a'), (2, 'b')")
+    conn.execute("SELECT embeddings.watch('documents', 'content', triggers => false)")
+    clear_queue(conn)
+    conn.execute(
+        """SELECT pgmq.send('embedding_jobs', '{"id": 1, "schema": "public", "table": "documents", "contentFunction": "x", "embeddingColumn": "embedding"}')"""
+    )
+    assert sweep(conn) == 1
+
+
+def test_old_archived_jobs_are_pruned(conn: Conn, docs: int) -> None:
+    conn.execute("INSERT INTO docs VALUES (200, 'a second job')")
+    conn.execute(
+        "SELECT pgmq.archive('embedding_jobs', array_agg(msg_id)) FROM pgmq.q_embedding_jobs"
+    )
+    conn.execute(
+        "UPDATE pgmq.a_embedding_jobs SET archived_at = now() - interval '8 days' WHERE msg_id = 1"
+    )
+    conn.execute("SELECT embeddings.sweep(1000, '7 days')")
+    assert conn.execute(
+        "SELECT count(*) FROM pgmq.a_embedding_jobs WHERE msg_id = 1"
+    ).fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM pgmq.a_embedding_jobs").fetchone() != (0,)
+
+
+def test_scheduling_needs_pg_cron_and_says_so(conn: Conn) -> None:
+    installed = conn.execute(
+        "SELECT count(*) FROM pg_extension WHERE extname = 'pg_cron'"
+    ).fetchone()
+    assert installed == (0,), "test databases are not cron.database_name"
+    with pytest.raises(
+        psycopg.errors.RaiseException, match="pg_cron is not installed in this database"
+    ):
+        conn.execute("SELECT embeddings.schedule_sweep()")
+    assert conn.execute("SELECT embeddings.unschedule_sweep()").fetchone() == (False,)
