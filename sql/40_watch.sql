@@ -214,6 +214,9 @@ BEGIN
     END IF;
 
     PERFORM embeddings.install_triggers(t);
+    -- Worker roles set up by embeddings.grant_worker() serve this table too. (The function is
+    -- defined in 80_roles.sql; plpgsql resolves it when this line runs.)
+    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
 
     -- Existing rows, in one statement: those with content and no embedding, or every row with
     -- content when the content source or the model changed. A content function that raises
@@ -254,6 +257,7 @@ BEGIN
         RETURN false;
     END IF;
     PERFORM embeddings.drop_triggers(t);
+    PERFORM embeddings.drop_worker_policies(t);
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',
                    pgmq.format_table_name(t.queue, 'q')) USING t.id;
     DELETE FROM embeddings.targets tg WHERE tg.id = t.id;

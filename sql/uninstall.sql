@@ -15,6 +15,8 @@ BEGIN
     FOR t IN SELECT * FROM embeddings.targets LOOP
         IF EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN
             PERFORM embeddings.drop_triggers(t);
+            -- Row-level security policies embeddings.grant_worker() added for worker roles.
+            PERFORM embeddings.drop_worker_policies(t);
         END IF;
     END LOOP;
     FOR q IN SELECT * FROM embeddings.queues LOOP

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.support.models import MINILM, require_minilm
 from tests.support.process import WorkerProcess
@@ -23,13 +26,28 @@ def worker_env() -> dict[str, str]:
 
 
 @pytest.fixture
-def start_worker(dsn: str, worker_env: dict[str, str]) -> Iterator[Callable[..., WorkerProcess]]:
+def worker_dsn(dsn: str) -> Iterator[str]:
+    """The database as a least-privilege worker role (embeddings.grant_worker): every
+    acceptance test runs the worker the way the README tells operators to."""
+    role = f"embed_worker_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE ROLE {role} LOGIN")
+        conn.execute("SELECT embeddings.grant_worker(%s)", (role,))
+    yield make_conninfo(dsn, user=role)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP OWNED BY {role}")
+        conn.execute(f"DROP ROLE {role}")
+
+
+@pytest.fixture
+def start_worker(
+    worker_dsn: str, worker_env: dict[str, str]
+) -> Iterator[Callable[..., WorkerProcess]]:
     started: list[WorkerProcess] = []
 
     def start(*args: str, http: bool = True, **env: Any) -> WorkerProcess:
-        process = WorkerProcess(
-            dsn, {**worker_env, **{k: str(v) for k, v in env.items()}}, *args, http=http
-        )
+        overrides = {k: str(v) for k, v in env.items()}
+        process = WorkerProcess(worker_dsn, {**worker_env, **overrides}, *args, http=http)
         started.append(process)
         return process
 

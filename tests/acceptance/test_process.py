@@ -52,7 +52,10 @@ def test_an_idle_worker_embeds_a_new_row(
 
 
 def test_sigterm_mid_drain_exits_0_and_loses_nothing(
-    conn: Conn, dsn: str, start_worker: Callable[..., WorkerProcess], worker_env: dict[str, str]
+    conn: Conn,
+    worker_dsn: str,
+    start_worker: Callable[..., WorkerProcess],
+    worker_env: dict[str, str],
 ) -> None:
     make_docs(conn, 3000)
     worker = start_worker()
@@ -65,7 +68,7 @@ def test_sigterm_mid_drain_exits_0_and_loses_nothing(
 
     rest = subprocess.run(
         [sys.executable, "-m", "worker", "run", "--once"],
-        env={**os.environ, **worker_env, "DATABASE_URL": dsn},
+        env={**os.environ, **worker_env, "DATABASE_URL": worker_dsn},
         capture_output=True,
         timeout=300,
     )
