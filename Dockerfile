@@ -1,0 +1,81 @@
+# syntax=docker/dockerfile:1
+# The embed-worker container image.
+#
+#   docker build -t embed-worker .                               # gte-small baked in
+#   docker build -t embed-worker --build-arg BAKE_MODEL=false .  # no model inside; see below
+#
+# Stage `build` turns the checkout into wheels: ours, and every dependency (all of them ship
+# binary wheels for CPython 3.11 on x86_64, so nothing is compiled). Stage `runtime` installs
+# those wheels with --no-index from a bind mount, so the wheels never become a layer of the final
+# image, which has no compiler, no pip cache and no source checkout, and runs unprivileged.
+#
+# Without a baked model the worker needs one at run time: mount a model directory and set
+# EMBED_MODEL_PATH to its parent (`-v /srv/models:/models:ro -e EMBED_MODEL_PATH=/models`), or let
+# it download into EMBED_CACHE_DIR (a volume, so that it survives the container).
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+
+FROM ${PYTHON_IMAGE} AS build
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
+WORKDIR /src
+# Only what the wheel is built from: pyproject force-includes sql/ and migrations/ into the
+# package (as worker/_sql, worker/_migrations), so the image migrates without a checkout.
+COPY pyproject.toml README.md ./
+COPY worker/ worker/
+COPY sql/ sql/
+COPY migrations/ migrations/
+RUN pip wheel --wheel-dir /wheels .
+
+
+FROM ${PYTHON_IMAGE} AS runtime
+# BAKE_MODEL=false skips the download (offline builds, or models mounted at run time).
+ARG BAKE_MODEL=true
+ARG MODEL=gte-small
+# fp32 is the default (numerically compatible with Supabase's gte-small); int8 is the faster
+# variant (EMBED_MODEL_VARIANT=int8). Baking both costs ~35 MB more than fp32 alone.
+ARG MODEL_VARIANTS="fp32 int8"
+ARG UID=10001
+
+LABEL org.opencontainers.image.title="embed-worker" \
+      org.opencontainers.image.description="Postgres-native embedding worker: pgmq queue, pgvector storage, gte-small on the CPU" \
+      org.opencontainers.image.licenses="Apache-2.0"
+
+ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PYTHONUNBUFFERED=1 \
+    EMBED_CACHE_DIR=/var/cache/embed-worker \
+    HF_HOME=/var/cache/embed-worker/huggingface \
+    EMBED_HTTP_HOST=0.0.0.0 \
+    EMBED_HTTP_PORT=8080
+
+RUN useradd --system --uid "${UID}" --user-group --create-home --home-dir /home/embed-worker \
+        --shell /usr/sbin/nologin embed-worker \
+    && install -d -o embed-worker -g embed-worker -m 0755 /var/cache/embed-worker
+
+RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
+    pip install --no-index --find-links /wheels embed-worker \
+    && embed-worker --version
+
+USER embed-worker
+WORKDIR /home/embed-worker
+
+# As the runtime user, so that the cache belongs to it. A failed download fails the build rather
+# than producing an image that cannot embed.
+RUN if [ "${BAKE_MODEL}" = "true" ]; then \
+        for variant in ${MODEL_VARIANTS}; do \
+            embed-worker --variant "${variant}" model download "${MODEL}" || exit 1; \
+        done; \
+    fi
+
+EXPOSE 8080
+# Liveness only (the process and its pipeline threads): readiness (/readyz) also needs the
+# database, and an orchestrator should not kill a worker that is waiting for one. Slim images
+# have no curl, hence python; urlopen raises on any non-2xx answer.
+HEALTHCHECK --interval=30s --timeout=5s --start-period=60s --retries=3 \
+    CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:%s/healthz' % os.environ.get('EMBED_HTTP_PORT', '8080'), timeout=4)"]
+# SIGTERM: stop reading, finish the batch in flight, hand back the rest, exit 0 within
+# EMBED_GRACE_SECONDS (25 s by default): give the container longer than that to stop
+# (`docker stop -t 45`, compose `stop_grace_period: 45s`).
+STOPSIGNAL SIGTERM
+ENTRYPOINT ["embed-worker"]
+CMD ["run"]
