@@ -67,8 +67,9 @@ class ReadinessProbe:
 
     def problems(self) -> list[str]:
         found = []
-        if not self.worker.ready.is_set():
-            found.append(f"model {self.worker.settings.model} not loaded")
+        model_problem = self.worker.default_model_problem()
+        if model_problem:
+            found.append(f"model {self.worker.settings.model}: {model_problem}")
         if self.worker.failure is not None or self.worker.finished.is_set():
             found.append("worker stopped")
         db_error = self._database()

@@ -6,7 +6,8 @@
 -- name: read_jobs
 -- Leases visible jobs, oldest first, until about %(max_keys)s row keys are leased. Same effect
 -- as pgmq.read (vt, read_ct, SKIP LOCKED) but bounded by keys, since one message carries up to
--- 128 of them and pgmq.read can only count messages.
+-- 128 of them and pgmq.read can only count messages. {read_stamp} sets last_read_at where the
+-- queue has it (pgmq >= 1.8; Supabase ships older pgmq without the column).
 WITH visible AS (
     SELECT msg_id,
            CASE WHEN jsonb_typeof(message -> 'keys') = 'array'
@@ -24,8 +25,8 @@ WITH visible AS (
 )
 UPDATE {queue_table} q
 SET vt = clock_timestamp() + make_interval(secs => %(vt)s),
-    read_ct = q.read_ct + 1,
-    last_read_at = clock_timestamp()
+    read_ct = q.read_ct + 1
+    {read_stamp}
 FROM chosen
 WHERE q.msg_id = chosen.msg_id
 RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from worker import db, queries
@@ -169,13 +170,26 @@ class Queue:
     def __init__(self, name: str) -> None:
         self.name = name
         self.table = queries.queue_table(name)
+        self._read_query: Any = None
 
     def _q(self, name: str) -> Any:
         return queries.compose(name, queue_table=self.table)
 
     def read(self, conn: db.Connection, *, max_keys: int, vt: int) -> list[tuple[Any, ...]]:
         with db.translated():
-            return conn.execute(self._q("read_jobs"), {"max_keys": max_keys, "vt": vt}).fetchall()
+            if self._read_query is None:
+                self._read_query = self._compose_read(conn)
+            return conn.execute(self._read_query, {"max_keys": max_keys, "vt": vt}).fetchall()
+
+    def _compose_read(self, conn: db.Connection) -> Any:
+        # pgmq before 1.8 (what Supabase ships) has no last_read_at column.
+        row = conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%s)"
+            " AND attname = 'last_read_at' AND NOT attisdropped)",
+            (f"pgmq.q_{self.name}",),
+        ).fetchone()
+        stamp = sql.SQL(", last_read_at = clock_timestamp()" if row and row[0] else "")
+        return queries.compose("read_jobs", queue_table=self.table, read_stamp=stamp)
 
     def extend(
         self, conn: db.Connection, leases: Mapping[int, datetime], vt: int

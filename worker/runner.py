@@ -71,7 +71,8 @@ class Worker:
         )
         self.stopping = threading.Event()  # no more reading
         self.finished = threading.Event()  # the pipeline has drained
-        self.ready = threading.Event()  # database reachable and default model loaded
+        self.started = threading.Event()  # connected, schema present, models tried
+        self.ready = threading.Event()  # ... and the default model loaded
         self.failure: BaseException | None = None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.handle_signals = handle_signals
@@ -236,17 +237,31 @@ class Worker:
         for target in ours:
             if problem := target.problem():
                 logger.error("target not servable: %s", problem)
-        default = self.embedders.loaded().get(self.settings.model)
-        if default is not None:
-            metrics.MODEL.info(
-                {
-                    "name": self.settings.model,
-                    "variant": self.settings.model_variant,
-                    "dimensions": str(default.dim),
-                    "max_tokens": str(default.max_tokens),
-                }
-            )
-            self.ready.set()
+        self.started.set()
+        self.default_model_problem()
+
+    def default_model_problem(self) -> str | None:
+        """Why the default model is not loaded (None when it is). Tries to load it, at most
+        every `retry_after` seconds, so a model downloaded after startup makes the worker
+        ready without a restart."""
+        if not self.started.is_set():
+            return "starting (waiting for the database and the schema)"
+        if self.ready.is_set():
+            return None
+        try:
+            default = self.embedders.get(self.settings.model)
+        except exceptions.ModelError as exc:
+            return str(exc)
+        metrics.MODEL.info(
+            {
+                "name": self.settings.model,
+                "variant": self.settings.model_variant,
+                "dimensions": str(default.dim),
+                "max_tokens": str(default.max_tokens),
+            }
+        )
+        self.ready.set()
+        return None
 
     @staticmethod
     def _schema_missing(conn: db.Connection) -> bool:

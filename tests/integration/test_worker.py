@@ -289,3 +289,13 @@ def test_a_dimension_mismatch_is_deferred_for_that_target_only(
     assert all(v is not None for v in stored(conn).values())  # the other target proceeds
     assert conn.execute("SELECT embedding FROM wide").fetchone() == (None,)
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+
+
+def test_older_pgmq_without_last_read_at_works(
+    conn: Conn, docs: int, run_once: Callable[..., Worker]
+) -> None:
+    """Supabase ships pgmq 1.4/1.5, whose queue tables lack last_read_at (added in 1.8)."""
+    conn.execute("ALTER TABLE pgmq.q_embedding_jobs DROP COLUMN last_read_at")
+    run_once()
+    assert all(v is not None for v in stored(conn).values())
+    assert messages(conn) == []
