@@ -76,15 +76,26 @@ class Cluster:
 
 
 @contextlib.contextmanager
-def session_cluster() -> Iterator[Cluster]:
-    external = os.environ.get("TEST_DATABASE_URL")
+def session_cluster(
+    *, fast: bool = True, external_env: str = "TEST_DATABASE_URL"
+) -> Iterator[Cluster]:
+    """A cluster for the session: tests run with fsync off (`fast`); benchmarks keep the
+    durable defaults so that write costs are real."""
+    external = os.environ.get(external_env)
     if external:
         yield Cluster(admin_dsn=external)
         return
     directory = Path(tempfile.mkdtemp(prefix="embed-worker-test-"))
     port = free_port()
     result = subprocess.run(
-        [str(PGCLUSTER), "start", str(directory), str(port), "postgres", "--fast"],
+        [
+            str(PGCLUSTER),
+            "start",
+            str(directory),
+            str(port),
+            "postgres",
+            *(["--fast"] if fast else []),
+        ],
         capture_output=True,
         text=True,
     )

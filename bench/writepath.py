@@ -1,0 +1,87 @@
+"""Write-path cost: a bulk INSERT (and UPDATE) into a watched table vs the same statement on an
+unwatched one, with the per-row `pgmq.send` trigger of Supabase's guide for comparison.
+
+Each variant runs in its own fresh table, alternating, several rounds; the report is the median
+time and its ratio to the unwatched median. Both tables carry the same halfvec column and HNSW
+index (empty at insert time), so the only difference is the triggers.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from typing import Any
+
+import psycopg
+
+ROWS = 100_000
+BODY = "'Row ' || g || ': ' || repeat('some representative words of text ', 8)"
+SUPABASE_TRIGGER = """
+CREATE OR REPLACE FUNCTION bench_queue_embeddings() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+  PERFORM pgmq.send('bench_jobs', jsonb_build_object('id', NEW.id, 'schema', TG_TABLE_SCHEMA,
+    'table', TG_TABLE_NAME, 'contentFunction', 'body', 'embeddingColumn', 'embedding'));
+  RETURN NEW;
+END $$;
+"""
+
+
+def _table(conn: psycopg.Connection[Any], name: str, variant: str) -> None:
+    conn.execute(f"DROP TABLE IF EXISTS {name}")
+    conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, body text, embedding halfvec(384))")
+    conn.execute(f"CREATE INDEX ON {name} USING hnsw (embedding halfvec_cosine_ops)")
+    if variant == "watched":
+        conn.execute(f"SELECT embeddings.watch('{name}', 'body')")
+    elif variant == "per_row_send":
+        conn.execute(
+            f"CREATE TRIGGER q AFTER INSERT OR UPDATE OF body ON {name}"
+            " FOR EACH ROW EXECUTE FUNCTION bench_queue_embeddings()"
+        )
+
+
+def _timed(conn: psycopg.Connection[Any], sql: str) -> float:
+    started = time.perf_counter()
+    conn.execute(sql)
+    return time.perf_counter() - started
+
+
+def run(dsn: str, rows: int = ROWS, rounds: int = 5) -> dict[str, Any]:
+    variants = ("unwatched", "watched", "per_row_send")
+    insert: dict[str, list[float]] = {v: [] for v in variants}
+    update: dict[str, list[float]] = {v: [] for v in variants}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SELECT pgmq.create('bench_jobs')")
+        conn.execute(SUPABASE_TRIGGER)
+        for _ in range(rounds):
+            for variant in variants:
+                name = f"bench_{variant}"
+                _table(conn, name, variant)
+                conn.execute("CHECKPOINT")
+                insert[variant].append(
+                    _timed(
+                        conn,
+                        f"INSERT INTO {name} (id, body)"
+                        f" SELECT g, {BODY} FROM generate_series(1, {rows}) g",
+                    )
+                )
+                update[variant].append(
+                    _timed(conn, f"UPDATE {name} SET body = body || ' (edited)'")
+                )
+                conn.execute(f"DROP TABLE {name}")
+                conn.execute(
+                    "SELECT pgmq.purge_queue('embedding_jobs'), pgmq.purge_queue('bench_jobs')"
+                )
+        conn.execute("SELECT pgmq.drop_queue('bench_jobs')")
+
+    def summary(times: dict[str, list[float]]) -> dict[str, Any]:
+        base = statistics.median(times["unwatched"])
+        return {
+            v: {
+                "median_s": round(statistics.median(t), 4),
+                "ratio": round(statistics.median(t) / base, 2),
+                "runs_s": [round(x, 4) for x in t],
+            }
+            for v, t in times.items()
+        }
+
+    return {"rows": rows, "rounds": rounds, "insert": summary(insert), "update": summary(update)}
