@@ -93,6 +93,12 @@ def build_parser() -> argparse.ArgumentParser:
     model_commands.add_parser("list", help="known models and which are present")
     download = model_commands.add_parser("download", help="fetch a model from the Hugging Face hub")
     download.add_argument("name", metavar="NAME")
+    download.add_argument(
+        "--variant",
+        dest="download_variant",
+        choices=("fp32", "int8", "all"),
+        help="which ONNX file(s) to fetch (default: EMBED_MODEL_VARIANT)",
+    )
     return parser
 
 

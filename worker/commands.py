@@ -6,7 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, Literal
 
 from psycopg import sql
 
@@ -266,21 +266,23 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
     if args.model_command == "list":
         rows = models.list_models()
         _print_table(
-            ["name", "dim", "pooling", "max tokens", "present", "where"],
+            ["name", "dim", "pooling", "max tokens", "present", "where", "source"],
             [
                 [
                     r.name,
-                    str(r.dim),
+                    str(r.dim or "?"),
                     r.pooling,
                     str(r.max_tokens),
                     "yes" if r.present else "no",
                     str(r.location or "-"),
+                    r.source,
                 ]
                 for r in rows
             ],
         )
         return EXIT_OK
-    path = models.download(args.name, variant=settings.model_variant)
+    variant: models.Variant | Literal["all"] = args.download_variant or settings.model_variant
+    path = models.download(args.name, variant=variant)
     print(f"{args.name} is in {path}", file=sys.stderr)
     return EXIT_OK
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from worker import exceptions
+from worker.models import Variant
 
 QUEUE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,46}$")  # what pgmq accepts as a table suffix
 
@@ -23,7 +24,7 @@ class Settings:
 
     database_url: str | None = field(default=None, metadata={"env": "DATABASE_URL"})
     model: str = field(default="gte-small", metadata={"env": "EMBED_MODEL"})
-    model_variant: str = field(default="fp32", metadata={"env": "EMBED_MODEL_VARIANT"})
+    model_variant: Variant = field(default="fp32", metadata={"env": "EMBED_MODEL_VARIANT"})
     queue: str = field(default="embedding_jobs", metadata={"env": "EMBED_QUEUE"})
     batch_size: int = field(default=128, metadata={"env": "EMBED_BATCH_SIZE"})
     threads: int | None = field(default=None, metadata={"env": "EMBED_THREADS"})

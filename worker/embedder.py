@@ -1,73 +1,467 @@
-"""TEMPORARY development stand-in (replaced by the embedder branch)."""
+"""Text in, unit vectors out: a WordPiece tokenizer and a BERT encoder on the CPU (onnxruntime).
+
+The numerics follow Supabase's runtime for gte-small (and sentence-transformers): the tokenizer
+comes from `tokenizer.json` with its baked-in truncation and fixed padding replaced (truncate at
+`max_tokens`, pad each batch to its longest input), only the inputs the graph declares are fed,
+hidden states are mean-pooled over the attention mask (or the CLS token is taken, where the model
+says so), and each vector is L2-normalized.
+
+For speed, inputs are sorted by token count and cut into batches by a token budget (rows times
+padded length), so short texts are not padded to the length of long ones; results come back in
+the caller's order. Tokenization (`encode_batch`) and inference (`InferenceSession.run`) both
+release the GIL, and pooling is vectorized numpy, so other threads (database I/O) keep running
+while a batch is embedded.
+
+Empty and blank strings are embedded like any other text: they tokenize to `[CLS] [SEP]` and give
+the model's (unit-norm, deterministic) vector for empty input, as sentence-transformers and
+Supabase's runtime do. The library does not invent a zero vector or an error for them; the worker
+never sends them (blank content clears the embedding instead).
+"""
 
 from __future__ import annotations
 
-import json
+import logging
 import os
+import unicodedata
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Literal, Protocol
 
 import numpy as np
-import onnxruntime as ort
-from tokenizers import Tokenizer
+import numpy.typing as npt
 
-from worker import exceptions
+from worker import exceptions, models, quantization
+
+logger = logging.getLogger(__name__)
+
+Variant = Literal["fp32", "int8"]
+FloatMatrix = npt.NDArray[np.float32]
+
+# Rows x padded length per inference call. Measured on the 2-core benchmark machine (see
+# bench/embedder.py): throughput is flat from 2k to 16k tokens per call for 128-token texts and
+# drops for larger budgets at 512 tokens, where attention scores alone need ~50 bytes x budget x
+# sequence length (200 MB at 8192 x 512). 8192 keeps the peak near 250 MB.
+DEFAULT_TOKEN_BUDGET = 8192
+
+# Texts longer than this many characters per allowed token are tokenized from a prefix first:
+# the tokenizer would otherwise turn all of a 1 MB string into tokens only to keep 512 of them.
+PREFIX_CHARS_PER_TOKEN = 16
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+ONNX_INT_TYPES: dict[str, type[np.signedinteger[Any]]] = {
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, eq=False)
 class EmbedResult:
-    vectors: np.ndarray[Any, np.dtype[np.float32]]
-    tokens: int
-    padded_tokens: int
+    """Vectors in the caller's order, with the token counts of the work done."""
+
+    vectors: FloatMatrix  # (n, dim) float32, rows L2-normalized
+    tokens: int  # real tokens, special tokens included, after truncation
+    padded_tokens: int  # tokens fed to the model, padding included
+
+
+class _Encoding(Protocol):
+    @property
+    def ids(self) -> list[int]: ...
+    @property
+    def type_ids(self) -> list[int]: ...
+    @property
+    def offsets(self) -> list[tuple[int, int]]: ...
+    @property
+    def special_tokens_mask(self) -> list[int]: ...
+    @property
+    def overflowing(self) -> list[Any]: ...
 
 
 class Embedder:
-    def __init__(self, path: Path, threads: int | None) -> None:
-        self.name = path.name
-        self.variant = "fp32"
-        self.tokenizer = Tokenizer.from_file(str(path / "tokenizer.json"))
-        cfg = json.loads((path / "config.json").read_text())
-        self.max_tokens = (
-            256 if (path / "sentence_bert_config.json").exists() else cfg["max_position_embeddings"]
+    """A loaded model. Build it with `Embedder.load`; it is safe to share between threads."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        variant: Variant,
+        model_file: Path,
+        session: Any,
+        tokenizer: Any,
+        max_tokens: int,
+        pooling: models.Pooling,
+        threads: int,
+        hidden_size: int | None = None,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+    ) -> None:
+        if token_budget < 1:
+            raise ValueError(f"token_budget must be positive, not {token_budget}")
+        self.name = name
+        self.variant = variant
+        self.model_file = model_file
+        self.max_tokens = max_tokens
+        self.pooling = pooling
+        self.threads = threads
+        self.token_budget = token_budget
+        self._session = session
+        self._tokenizer = tokenizer
+        self._inputs = _graph_inputs(session, model_file)
+        self._output = _hidden_state_output(session, model_file)
+        self._pad_id = _pad_id(tokenizer)
+        self.dim: int = _output_dim(session, self._output) or hidden_size or self._probe_dim()
+
+    def __repr__(self) -> str:
+        return (
+            f"Embedder(name={self.name!r}, variant={self.variant!r}, dim={self.dim}, "
+            f"max_tokens={self.max_tokens}, pooling={self.pooling!r}, threads={self.threads})"
         )
-        self.tokenizer.enable_truncation(self.max_tokens)
-        self.tokenizer.no_padding()
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = threads or len(os.sched_getaffinity(0))
-        model = path / "model.onnx"
-        if not model.exists():
-            model = path / "onnx" / "model.onnx"
-        self.session = ort.InferenceSession(str(model), opts, providers=["CPUExecutionProvider"])
-        self.inputs = {i.name for i in self.session.get_inputs()}
-        self.dim = int(cfg["hidden_size"])
 
     @classmethod
-    def load(cls, name: str, *, variant: str = "fp32", threads: int | None = None) -> Embedder:
-        for d in os.environ.get("EMBED_MODEL_PATH", "").split(":"):
-            if d and (Path(d) / name).is_dir():
-                return cls(Path(d) / name, threads)
-        if Path(name).is_dir():
-            return cls(Path(name), threads)
-        raise exceptions.ModelNotFound(f"model {name!r} not found")
+    def load(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        variant: Variant = "fp32",
+        threads: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+    ) -> Embedder:
+        """Load a registry model by name, a model directory on `EMBED_MODEL_PATH`, or a path.
 
-    def embed(self, texts: list[str]) -> np.ndarray[Any, np.dtype[np.float32]]:
+        Never opens a network connection: a model that is not on disk raises `ModelNotFound`
+        saying how to get it. `variant="int8"` uses the model's `model_quantized.onnx`, else an
+        int8 copy quantized on first use and kept in the cache (`cache_dir`, default
+        `EMBED_CACHE_DIR`). `threads` defaults to `EMBED_THREADS`, else the cores this process
+        may run on.
+        """
+        if variant not in ("fp32", "int8"):
+            raise ValueError(f"variant must be 'fp32' or 'int8', not {variant!r}")
+        spec = os.fspath(name_or_path)
+        directory = models.locate(spec, cache_dir=cache_dir)
+        name = spec if spec in models.REGISTRY else directory.name
+        info = models.ModelDir.read(directory, name=name)
+        model_file = info.fp32_file
+        if variant == "int8":
+            model_file = info.int8_file or quantization.cached_int8(
+                info.fp32_file, cache_dir=models.cache_root(cache_dir)
+            )
+        n_threads = resolve_threads(threads)
+        embedder = cls(
+            name=name,
+            variant=variant,
+            model_file=model_file,
+            session=_create_session(model_file, n_threads),
+            tokenizer=_load_tokenizer(info.tokenizer_file, info.max_tokens),
+            max_tokens=info.max_tokens,
+            pooling=info.pooling,
+            threads=n_threads,
+            hidden_size=info.hidden_size,
+            token_budget=token_budget,
+        )
+        expected = models.REGISTRY[name].dim if name in models.REGISTRY else None
+        if expected is not None and embedder.dim != expected:
+            raise exceptions.ModelError(
+                f"{model_file} produces {embedder.dim}-dimensional vectors, but {name} has "
+                f"{expected}: the directory does not hold {name}"
+            )
+        logger.info(
+            "loaded %s (%s, %d-d, %s pooling, %d max tokens, %d threads) from %s",
+            name,
+            variant,
+            embedder.dim,
+            embedder.pooling,
+            embedder.max_tokens,
+            n_threads,
+            model_file,
+        )
+        return embedder
+
+    def embed(self, texts: Sequence[str]) -> FloatMatrix:
+        """Vectors for `texts`: float32, shape (len(texts), dim), each row of unit length."""
         return self.embed_with_stats(texts).vectors
 
-    def embed_with_stats(self, texts: list[str]) -> EmbedResult:
-        for t in texts:
-            if not isinstance(t, str):
-                raise TypeError("texts must be strings")
-        encs = self.tokenizer.encode_batch(texts)
-        n = max(len(e.ids) for e in encs)
-        ids = np.zeros((len(encs), n), dtype=np.int64)
-        mask = np.zeros_like(ids)
-        for i, e in enumerate(encs):
-            ids[i, : len(e.ids)] = e.ids
-            mask[i, : len(e.ids)] = 1
-        feed = {"input_ids": ids, "attention_mask": mask, "token_type_ids": np.zeros_like(ids)}
-        out = self.session.run(None, {k: v for k, v in feed.items() if k in self.inputs})[0]
-        m = mask[..., None].astype(np.float32)
-        pooled = (out * m).sum(1) / m.sum(1)
-        pooled /= np.linalg.norm(pooled, axis=1, keepdims=True)
-        return EmbedResult(pooled.astype(np.float32), int(mask.sum()), int(mask.size))
+    def embed_with_stats(self, texts: Sequence[str]) -> EmbedResult:
+        """Like `embed`, with the real and padded token counts of the work (for metrics)."""
+        checked = _checked_texts(texts)
+        vectors = np.zeros((len(checked), self.dim), dtype=np.float32)
+        if not checked:
+            return EmbedResult(vectors=vectors, tokens=0, padded_tokens=0)
+        tokens = padded = 0
+        for batch in batches(self._encode(checked), self.token_budget):
+            vectors[batch.rows] = self._run(batch)
+            tokens += sum(len(e.ids) for e in batch.encodings)
+            padded += len(batch.encodings) * batch.length
+        return EmbedResult(vectors=vectors, tokens=tokens, padded_tokens=padded)
+
+    def _encode(self, texts: list[str]) -> list[_Encoding]:
+        """Encodings truncated at max_tokens; very long texts are tokenized from a prefix."""
+        limit = self.max_tokens * PREFIX_CHARS_PER_TOKEN
+        heads = [t if len(t) <= limit else t[:limit] for t in texts]
+        try:
+            encodings: list[_Encoding] = self._tokenizer.encode_batch(heads)
+        except TypeError:
+            _raise_for_invalid_unicode(texts)
+            raise
+        for i, text in enumerate(texts):
+            if len(text) > limit and not _prefix_suffices(heads[i], encodings[i]):
+                encodings[i] = self._tokenizer.encode(text)  # the prefix did not fill the window
+        return encodings
+
+    def _run(self, batch: Batch) -> FloatMatrix:
+        """One inference call: pad, feed the declared inputs, pool, normalize."""
+        hidden, mask = self._hidden_states(batch)
+        pooled = cls_pool(hidden) if self.pooling == "cls" else mean_pool(hidden, mask)
+        return l2_normalize(pooled)
+
+    def _hidden_states(self, batch: Batch) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        ids, mask, type_ids = pad_batch(batch, self._pad_id)
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
+        feed: dict[str, npt.NDArray[Any]] = {}
+        for name, dtype in self._inputs.items():
+            if name == "position_ids":
+                positions = np.arange(batch.length, dtype=dtype)
+                feed[name] = np.ascontiguousarray(np.broadcast_to(positions, ids.shape))
+            else:
+                feed[name] = arrays[name].astype(dtype, copy=False)
+        (hidden,) = self._session.run([self._output], feed)
+        return hidden, mask
+
+    def _probe_dim(self) -> int:
+        """Hidden size from one tiny inference, for graphs that leave it symbolic."""
+        encodings: list[_Encoding] = self._tokenizer.encode_batch([""])
+        hidden, _ = self._hidden_states(Batch(np.arange(1), encodings, len(encodings[0].ids)))
+        return int(hidden.shape[-1])
+
+
+# --- batching ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Batch:
+    """Inputs embedded in one inference call."""
+
+    rows: npt.NDArray[np.intp]  # positions in the caller's list
+    encodings: list[_Encoding]
+    length: int  # padded length: the longest input of the batch
+
+
+def batches(encodings: list[_Encoding], token_budget: int) -> Iterator[Batch]:
+    """Shortest first; each batch holds as many inputs as fit `token_budget` once padded.
+
+    An input longer than the budget still gets a batch of its own.
+    """
+    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    order = np.argsort(lengths, kind="stable")
+    start = 0
+    for end in range(1, len(order) + 1):
+        longest = int(lengths[order[end - 1]])  # sorted: the newest input is the longest
+        if end - start > 1 and (end - start) * longest > token_budget:
+            yield _batch(order[start : end - 1], encodings, lengths)
+            start = end - 1
+    if start < len(order):
+        yield _batch(order[start:], encodings, lengths)
+
+
+def _batch(
+    rows: npt.NDArray[np.intp], encodings: list[_Encoding], lengths: npt.NDArray[np.int64]
+) -> Batch:
+    return Batch(rows=rows, encodings=[encodings[i] for i in rows], length=int(lengths[rows].max()))
+
+
+def pad_batch(
+    batch: Batch, pad_id: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """input_ids, attention_mask and token_type_ids, right-padded to the batch length."""
+    shape = (len(batch.encodings), batch.length)
+    ids = np.full(shape, pad_id, dtype=np.int64)
+    mask = np.zeros(shape, dtype=np.int64)
+    type_ids = np.zeros(shape, dtype=np.int64)
+    for row, enc in enumerate(batch.encodings):
+        n = len(enc.ids)
+        ids[row, :n] = enc.ids
+        mask[row, :n] = 1
+        type_ids[row, :n] = enc.type_ids
+    return ids, mask, type_ids
+
+
+# --- pooling and normalization -------------------------------------------------------------------
+
+
+def mean_pool(hidden: npt.NDArray[np.float32], mask: npt.NDArray[np.int64]) -> FloatMatrix:
+    """Average of the hidden states of real tokens (attention mask 1), per row."""
+    weights = mask.astype(np.float32)
+    summed: FloatMatrix = np.matmul(weights[:, None, :], hidden)[:, 0, :]  # one batched BLAS call
+    counts = np.maximum(weights.sum(axis=1, keepdims=True), np.float32(1e-9))
+    pooled: FloatMatrix = summed / counts
+    return pooled
+
+
+def cls_pool(hidden: npt.NDArray[np.float32]) -> FloatMatrix:
+    """The hidden state of the first ([CLS]) token, per row."""
+    return np.ascontiguousarray(hidden[:, 0, :], dtype=np.float32)
+
+
+def l2_normalize(vectors: FloatMatrix) -> FloatMatrix:
+    """Rows scaled to unit length (an all-zero row stays zero)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    normalized: FloatMatrix = vectors / np.maximum(norms, np.float32(1e-12))
+    return normalized
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def resolve_threads(threads: int | None) -> int:
+    """`threads`, else EMBED_THREADS, else the number of cores this process may run on."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        return threads
+    raw = os.environ.get("EMBED_THREADS", "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise exceptions.ConfigError(f"EMBED_THREADS: expected a positive integer, got {raw!r}")
+        return value
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def session_options(threads: int) -> Any:
+    """onnxruntime options, every one set on purpose: Postgres shares the machine."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle worker threads sleep instead of spinning: spinning burns the cores Postgres needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    options.log_severity_level = 3  # errors only; onnxruntime's warnings go to stderr otherwise
+    return options
+
+
+def _create_session(model_file: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    missing = [p for p in providers if p not in ort.get_available_providers()]
+    if missing:
+        raise exceptions.ModelError(
+            f"onnxruntime {ort.__version__} lacks {', '.join(missing)} "
+            f"(it offers {', '.join(ort.get_available_providers())})"
+        )
+    try:
+        return ort.InferenceSession(
+            str(model_file), sess_options=session_options(threads), providers=providers
+        )
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        raise exceptions.ModelError(f"cannot load {model_file}: {exc}") from exc
+
+
+def _load_tokenizer(path: Path, max_tokens: int) -> Any:
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+        raise exceptions.ModelError(f"cannot load {path}: {exc}") from exc
+    # tokenizer.json may carry a fixed padding and a shorter truncation (gte-small's: 128 and 128).
+    tokenizer.no_padding()
+    tokenizer.enable_truncation(max_length=max_tokens)
+    return tokenizer
+
+
+def _pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.token_to_id("[PAD]")
+    return int(pad) if pad is not None else 0
+
+
+def _graph_inputs(session: Any, model_file: Path) -> dict[str, type[np.signedinteger[Any]]]:
+    inputs: dict[str, type[np.signedinteger[Any]]] = {}
+    for arg in session.get_inputs():
+        if arg.name not in MODEL_INPUTS or arg.type not in ONNX_INT_TYPES:
+            raise exceptions.ModelError(
+                f"{model_file}: unsupported graph input {arg.name} ({arg.type}); "
+                f"expected int64 inputs among {', '.join(MODEL_INPUTS)}"
+            )
+        inputs[arg.name] = ONNX_INT_TYPES[arg.type]
+    if "input_ids" not in inputs:
+        raise exceptions.ModelError(f"{model_file}: the graph has no input_ids input")
+    return inputs
+
+
+def _hidden_state_output(session: Any, model_file: Path) -> str:
+    outputs = session.get_outputs()
+    for out in outputs:
+        if out.name == "last_hidden_state":
+            return str(out.name)
+    for out in outputs:
+        if len(out.shape) == 3:
+            return str(out.name)
+    raise exceptions.ModelError(f"{model_file}: no (batch, tokens, hidden) output to pool")
+
+
+def _output_dim(session: Any, output: str) -> int | None:
+    shape = next(o.shape for o in session.get_outputs() if o.name == output)
+    return shape[-1] if isinstance(shape[-1], int) and shape[-1] > 0 else None
+
+
+# --- input checks --------------------------------------------------------------------------------
+
+
+def _checked_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str | bytes):
+        raise TypeError(
+            "texts must be a sequence of strings, not a single string; wrap it in a list"
+        )
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(
+            f"texts must be a sequence of strings, not {type(texts).__name__}"
+        ) from None
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+    return items
+
+
+def _raise_for_invalid_unicode(texts: list[str]) -> None:
+    """The tokenizer rejects strings that cannot be UTF-8 (lone surrogates): name the culprit."""
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"texts[{i}] is not valid Unicode: {exc.reason} at character {exc.start}"
+            ) from None
+
+
+def _prefix_suffices(head: str, encoding: _Encoding) -> bool:
+    """Whether tokenizing only `head` kept exactly the tokens the whole text would keep.
+
+    True when truncation happened within the head and the word holding the last kept token ends
+    inside the head: the BERT pre-tokenizer splits at whitespace and punctuation, so every token up
+    to that split is the same with or without the rest of the text.
+    """
+    if not encoding.overflowing:
+        return False  # the head has fewer tokens than the window: the rest of the text matters
+    kept = [
+        end
+        for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask, strict=True)
+        if not special
+    ]
+    if not kept:
+        return False
+    return any(_splits_words(ch) for ch in head[kept[-1] :])
+
+
+def _splits_words(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch).startswith("P")

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 
 from worker import exceptions
 from worker.embedder import Embedder
+from worker.models import Variant
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +27,7 @@ class LoadFailure:
 
 class Embedders:
     def __init__(
-        self, *, variant: str = "fp32", threads: int | None = None, retry_after: float = 30.0
+        self, *, variant: Variant = "fp32", threads: int | None = None, retry_after: float = 30.0
     ):
         self.variant = variant
         self.threads = threads

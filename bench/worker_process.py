@@ -1,0 +1,62 @@
+"""Running `embed-worker` for a benchmark and reading what it cost: wall time, CPU time and
+peak RSS of that one process (os.wait4 gives its own rusage, no polling)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+
+@dataclass(frozen=True)
+class ProcessCost:
+    wall_s: float
+    cpu_s: float
+    peak_rss_mb: float
+    returncode: int
+
+    def cpu_utilisation(self, cores: int) -> float:
+        """Share of the cores kept busy over the run (1.0 = all of them, all the time)."""
+        return self.cpu_s / (self.wall_s * cores) if self.wall_s > 0 else 0.0
+
+
+def worker_env(dsn: str, model: str, model_path: Path, **settings: str | int) -> dict[str, str]:
+    env = {
+        **os.environ,
+        "DATABASE_URL": dsn,
+        "EMBED_MODEL": model,
+        "EMBED_MODEL_PATH": str(model_path),
+        "EMBED_LOG_LEVEL": "WARNING",
+    }
+    env.update({k: str(v) for k, v in settings.items()})
+    return env
+
+
+def start(env: dict[str, str], *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    out = log.open("wb") if log else subprocess.DEVNULL
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", *args],
+        env=env,
+        stdout=out,
+        stderr=subprocess.STDOUT,
+    )
+
+
+def wait(process: subprocess.Popen[bytes], started: float) -> ProcessCost:
+    _, status, usage = os.wait4(process.pid, 0)
+    process.returncode = os.waitstatus_to_exitcode(status)
+    return ProcessCost(
+        wall_s=time.perf_counter() - started,
+        cpu_s=usage.ru_utime + usage.ru_stime,
+        peak_rss_mb=usage.ru_maxrss / 1024,
+        returncode=process.returncode,
+    )
+
+
+def run_once(env: dict[str, str]) -> ProcessCost:
+    """`embed-worker run --once`, timed from process start (model load included)."""
+    started = time.perf_counter()
+    return wait(start(env, "--once", "--no-progress"), started)

@@ -1,0 +1,450 @@
+"""The model registry, name resolution, model directories, `model list` and `model download`."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+import socket
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fakehub import COMMIT, FakeHub
+from worker import exceptions, models
+from worker.embedder import Embedder
+
+pytestmark = pytest.mark.usefixtures("embed_env")
+
+
+# --- registry ------------------------------------------------------------------------------------
+
+
+def test_registry_lists_the_default_model_first() -> None:
+    names = [spec.name for spec in models.known_models()]
+
+    assert names[0] == models.DEFAULT_MODEL == "gte-small"
+    assert set(names) == {"gte-small", "all-MiniLM-L6-v2", "bge-small-en-v1.5"}
+
+
+@pytest.mark.parametrize(
+    ("name", "repo_id", "pooling", "max_tokens"),
+    [
+        ("gte-small", "Supabase/gte-small", "mean", 512),
+        ("all-MiniLM-L6-v2", "sentence-transformers/all-MiniLM-L6-v2", "mean", 256),
+        ("bge-small-en-v1.5", "BAAI/bge-small-en-v1.5", "cls", 512),
+    ],
+)
+def test_registry_entries(name: str, repo_id: str, pooling: str, max_tokens: int) -> None:
+    spec = models.REGISTRY[name]
+
+    assert (spec.repo_id, spec.dim, spec.pooling, spec.max_tokens) == (
+        repo_id,
+        384,
+        pooling,
+        max_tokens,
+    )
+    assert models.GIT_SHA1.match(spec.revision), "revisions are commits, never branches"
+    assert all(f.sha256 is None or models.SHA256.match(f.sha256) for f in spec.files)
+    paths = {f.path for f in spec.files}
+    assert {"tokenizer.json", "onnx/model.onnx"} <= paths
+
+
+def test_gte_small_ships_its_int8_file() -> None:
+    spec = models.REGISTRY["gte-small"]
+
+    assert spec.int8_file == "onnx/model_quantized.onnx"
+    assert [f.path for f in spec.files_for("int8") if f.path.endswith(".onnx")] == [
+        "onnx/model_quantized.onnx"
+    ]
+    assert [f.path for f in spec.files_for("fp32") if f.path.endswith(".onnx")] == [
+        "onnx/model.onnx"
+    ]
+
+
+def test_int8_of_a_model_without_int8_file_downloads_fp32() -> None:
+    onnx_files = [
+        f.path for f in models.REGISTRY["all-MiniLM-L6-v2"].files_for("int8") if ".onnx" in f.path
+    ]
+
+    assert onnx_files == ["onnx/model.onnx"]
+
+
+@pytest.mark.parametrize(
+    ("name", "files"),
+    [
+        ("gte-small", ["tokenizer.json", "special_tokens_map.json"]),
+        (
+            "all-MiniLM-L6-v2",
+            [
+                "tokenizer.json",
+                "config.json",
+                "tokenizer_config.json",
+                "special_tokens_map.json",
+                "1_Pooling/config.json",
+            ],
+        ),
+    ],
+)
+def test_pinned_checksums_match_the_shared_copies(name: str, files: list[str]) -> None:
+    """The pins are real: the hub's files that we also have locally hash to them."""
+    from tests.unit.conftest import shared_models_dir
+
+    local = shared_models_dir() / name
+    if not local.is_dir():
+        pytest.skip(f"{local} is absent")
+    pins = {f.path: f.sha256 for f in models.REGISTRY[name].files}
+    for path in files:
+        assert hashlib.sha256((local / path).read_bytes()).hexdigest() == pins[path], path
+
+
+# --- resolution ----------------------------------------------------------------------------------
+
+
+def _model_dir(base: Path, name: str, *, hf_layout: bool = False) -> Path:
+    path = base / name
+    onnx_file = path / ("onnx/model.onnx" if hf_layout else "model.onnx")
+    onnx_file.parent.mkdir(parents=True)
+    onnx_file.write_bytes(b"not really onnx")
+    (path / "tokenizer.json").write_text("{}")
+    return path
+
+
+def test_model_path_comes_before_the_cache(
+    tmp_path: Path, embed_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _model_dir(embed_env, "gte-small")
+    first, second = tmp_path / "a", tmp_path / "b"
+    in_second = _model_dir(second, "gte-small", hf_layout=True)
+    first.mkdir()
+    monkeypatch.setenv("EMBED_MODEL_PATH", f"{first}:{second}")
+
+    assert models.locate("gte-small") == in_second
+
+
+def test_cache_is_searched_last(embed_env: Path) -> None:
+    cached = _model_dir(embed_env, "gte-small")
+
+    assert models.locate("gte-small") == cached
+
+
+def test_a_path_is_used_as_is(tmp_path: Path) -> None:
+    path = _model_dir(tmp_path, "anything")
+
+    assert models.locate(str(path)) == path
+
+
+def test_missing_registry_model_names_the_command_and_the_variable(embed_env: Path) -> None:
+    with pytest.raises(exceptions.ModelNotFound) as info:
+        models.locate("gte-small")
+
+    message = str(info.value)
+    assert "embed-worker model download gte-small" in message
+    assert "EMBED_MODEL_PATH" in message
+    assert str(embed_env) in message
+
+
+def test_unknown_model_lists_the_known_ones() -> None:
+    with pytest.raises(exceptions.ModelNotFound, match=r"unknown model 'nope'.*gte-small"):
+        models.locate("nope")
+
+
+def test_a_directory_without_model_files_is_refused(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+
+    with pytest.raises(exceptions.ModelNotFound, match="is not a model directory"):
+        models.locate(str(tmp_path / "empty"))
+    with pytest.raises(exceptions.ModelNotFound, match="does not exist"):
+        models.locate(str(tmp_path / "absent"))
+
+
+def test_loading_a_missing_model_opens_no_connection(monkeypatch: pytest.MonkeyPatch) -> None:
+    def refuse(*args: object, **kwargs: object) -> None:
+        raise AssertionError("loading a model must not touch the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+
+    with pytest.raises(exceptions.ModelNotFound, match="embed-worker model download gte-small"):
+        Embedder.load("gte-small")
+
+
+# --- model directories ---------------------------------------------------------------------------
+
+
+def test_max_tokens_prefers_sentence_bert_config(minilm_dir: Path) -> None:
+    info = models.ModelDir.read(minilm_dir)
+
+    assert info.max_tokens == 256  # sentence_bert_config.json, not max_position_embeddings 512
+    assert info.pooling == "mean"
+    assert info.hidden_size == 384
+    assert info.int8_file is None
+
+
+def test_max_tokens_falls_back_to_max_position_embeddings(tiny_model_dir: Path) -> None:
+    info = models.ModelDir.read(tiny_model_dir)
+
+    assert info.max_tokens == 512
+
+
+def test_hf_layout_and_quantized_file_are_found(tmp_path: Path, tiny_model_dir: Path) -> None:
+    path = tmp_path / "hf"
+    (path / "onnx").mkdir(parents=True)
+    shutil.copy(tiny_model_dir / "model.onnx", path / "onnx" / "model.onnx")
+    shutil.copy(tiny_model_dir / "model.onnx", path / "onnx" / "model_quantized.onnx")
+    shutil.copy(tiny_model_dir / "tokenizer.json", path / "tokenizer.json")
+    pooling = {"pooling_mode_cls_token": True, "pooling_mode_mean_tokens": False}
+    (path / "1_Pooling").mkdir()
+    (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
+
+    info = models.ModelDir.read(path)
+
+    assert info.fp32_file == path / "onnx" / "model.onnx"
+    assert info.int8_file == path / "onnx" / "model_quantized.onnx"
+    assert info.pooling == "cls"
+
+
+def test_registry_settings_fill_gaps_of_a_directory_named_like_the_model(
+    tmp_path: Path, tiny_model_dir: Path
+) -> None:
+    path = tmp_path / "bge-small-en-v1.5"
+    shutil.copytree(tiny_model_dir, path)
+
+    assert models.ModelDir.read(path).pooling == "cls"
+
+
+# --- model list ----------------------------------------------------------------------------------
+
+
+def test_list_shows_known_models_and_local_directories(
+    tmp_path: Path, embed_env: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "my-model")
+    _model_dir(embed_env, "all-MiniLM-L6-v2")
+    monkeypatch.setenv("EMBED_MODEL_PATH", str(tmp_path / "models"))
+
+    rows = {row.name: row for row in models.list_models()}
+
+    assert list(rows)[:3] == ["gte-small", "all-MiniLM-L6-v2", "bge-small-en-v1.5"]
+    assert not rows["gte-small"].present and rows["gte-small"].location is None
+    assert rows["all-MiniLM-L6-v2"].present
+    assert rows["all-MiniLM-L6-v2"].location == embed_env / "all-MiniLM-L6-v2"
+    assert rows["gte-small"].source.startswith("Supabase/gte-small@93b36ff09519")
+    local = rows["my-model"]
+    assert (local.dim, local.pooling, local.max_tokens, local.source) == (32, "mean", 512, "local")
+
+
+# --- download ------------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def hub() -> Iterator[FakeHub]:
+    with FakeHub() as server:
+        yield server
+
+
+def _entries(directory: Path) -> list[str]:
+    """Names in `directory`, hidden ones (staging) included; none when it does not exist."""
+    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+
+
+@pytest.fixture
+def repo_files(tiny_model_dir: Path) -> dict[str, bytes]:
+    return {
+        "config.json": (tiny_model_dir / "config.json").read_bytes(),
+        "tokenizer.json": (tiny_model_dir / "tokenizer.json").read_bytes(),
+        "onnx/model.onnx": (tiny_model_dir / "model.onnx").read_bytes(),
+        "onnx/model_quantized.onnx": (tiny_model_dir / "model.onnx").read_bytes(),
+        "README.md": b"not downloaded",
+    }
+
+
+def _register(
+    monkeypatch: pytest.MonkeyPatch,
+    files: dict[str, bytes],
+    *,
+    pin: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
+    int8: bool = True,
+) -> models.ModelSpec:
+    """A registry entry for the fake repo: `pin` files carry their sha256, others use the hub."""
+    remote = [
+        models.RemoteFile(
+            path,
+            hashlib.sha256(files[path]).hexdigest() if path in pin else None,
+            variant="fp32"
+            if path == "onnx/model.onnx"
+            else "int8"
+            if "quantized" in path
+            else "any",
+            optional=path in optional,
+        )
+        for path in ("config.json", "tokenizer.json", "onnx/model.onnx", *optional)
+    ]
+    if int8:
+        remote.append(models.RemoteFile("onnx/model_quantized.onnx", variant="int8"))
+    spec = models.ModelSpec(
+        name="tiny",
+        repo_id="test-org/tiny",
+        revision=COMMIT,
+        dim=32,
+        pooling="mean",
+        max_tokens=512,
+        files=tuple(remote),
+        int8_file="onnx/model_quantized.onnx" if int8 else None,
+        description="generated test model",
+    )
+    monkeypatch.setitem(models.REGISTRY, "tiny", spec)
+    return spec
+
+
+def test_download_fetches_the_pinned_revision_and_loads(
+    hub: FakeHub, repo_files: dict[str, bytes], embed_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.add("test-org/tiny", repo_files)
+    _register(monkeypatch, repo_files, pin=("tokenizer.json", "onnx/model.onnx"))
+
+    path = models.download("tiny", endpoint=hub.endpoint)
+
+    assert path == embed_env / "tiny"
+    for name in ("config.json", "tokenizer.json", "onnx/model.onnx"):
+        assert (path / name).read_bytes() == repo_files[name]
+    assert not (path / "onnx" / "model_quantized.onnx").exists()  # fp32 only
+    assert not (path / ".cache").exists()
+    manifest = json.loads((path / models.MANIFEST).read_text())
+    assert manifest["revision"] == COMMIT
+    assert manifest["files"]["config.json"] == hashlib.sha256(repo_files["config.json"]).hexdigest()
+    resolved = [p for _, p in hub.requests if "/resolve/" in p]
+    assert resolved and all(f"/resolve/{COMMIT}/" in p for p in resolved)
+    assert _entries(embed_env) == ["tiny"]  # no staging directory left behind
+    assert Embedder.load("tiny").embed(["hello"]).shape == (1, 32)
+
+
+def test_download_again_fetches_nothing(
+    hub: FakeHub, repo_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.add("test-org/tiny", repo_files)
+    _register(monkeypatch, repo_files)
+    models.download("tiny", endpoint=hub.endpoint)
+    before = len(hub.requests)
+
+    models.download("tiny", endpoint=hub.endpoint)
+
+    assert len(hub.requests) == before
+
+
+def test_int8_is_added_to_an_existing_download(
+    hub: FakeHub, repo_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.add("test-org/tiny", repo_files)
+    _register(monkeypatch, repo_files)
+    path = models.download("tiny", endpoint=hub.endpoint)
+    fetched = len(hub.downloads())
+
+    models.download("tiny", variant="int8", endpoint=hub.endpoint)
+
+    assert (path / "onnx" / "model_quantized.onnx").read_bytes() == repo_files[
+        "onnx/model_quantized.onnx"
+    ]
+    assert len(hub.downloads()) == fetched + 1
+    manifest = json.loads((path / models.MANIFEST).read_text())
+    assert set(manifest["files"]) == {
+        "config.json",
+        "tokenizer.json",
+        "onnx/model.onnx",
+        "onnx/model_quantized.onnx",
+    }
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        ("onnx/model.onnx", True, "pinned sha256"),
+        ("onnx/model.onnx", False, "sha256 reported by the hub"),
+        ("tokenizer.json", False, "git blob sha1 reported by the hub"),
+    ],
+)
+def test_a_corrupted_file_is_rejected_and_not_cached(
+    hub: FakeHub,
+    repo_files: dict[str, bytes],
+    embed_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    case: tuple[str, bool, str],
+) -> None:
+    corrupted, pinned, kind = case
+    hub.add("test-org/tiny", repo_files)
+    hub.corrupt("test-org/tiny", corrupted)
+    _register(monkeypatch, repo_files, pin=(corrupted,) if pinned else ())
+
+    with pytest.raises(exceptions.DownloadError, match=f"checksum mismatch \\({kind}"):
+        models.download("tiny", endpoint=hub.endpoint)
+
+    assert _entries(embed_env) == []  # neither the model nor a staging directory
+
+
+def test_a_pin_that_disagrees_with_the_hub_refuses_before_downloading(
+    hub: FakeHub, repo_files: dict[str, bytes], embed_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = _register(monkeypatch, repo_files, pin=("onnx/model.onnx",))
+    hub.add("test-org/tiny", {**repo_files, "onnx/model.onnx": b"other weights"})
+
+    with pytest.raises(exceptions.DownloadError, match="refusing to download"):
+        models.download("tiny", endpoint=hub.endpoint)
+
+    assert not any(p.endswith("model.onnx") for p in hub.downloads())
+    assert spec.name == "tiny" and _entries(embed_env) == []
+
+
+def test_optional_files_may_be_absent(
+    hub: FakeHub, repo_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.add("test-org/tiny", repo_files)
+    files = {**repo_files, "1_Pooling/config.json": b"{}"}
+    _register(monkeypatch, files, optional=("1_Pooling/config.json",))
+
+    path = models.download("tiny", endpoint=hub.endpoint)
+
+    assert not (path / "1_Pooling").exists()
+
+
+def test_a_missing_required_file_fails(
+    hub: FakeHub, repo_files: dict[str, bytes], embed_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.add("test-org/tiny", {k: v for k, v in repo_files.items() if k != "config.json"})
+    _register(monkeypatch, repo_files)
+
+    with pytest.raises(exceptions.DownloadError, match=r"has no config\.json"):
+        models.download("tiny", endpoint=hub.endpoint)
+    assert _entries(embed_env) == []
+
+
+def test_an_unknown_revision_fails(
+    hub: FakeHub, repo_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    hub.add("test-org/tiny", repo_files, commit="f" * 40)
+    _register(monkeypatch, repo_files)
+
+    with pytest.raises(
+        exceptions.DownloadError, match=f"has no test-org/tiny at revision {COMMIT}"
+    ):
+        models.download("tiny", endpoint=hub.endpoint)
+
+
+def test_offline_download_says_what_to_do(embed_env: Path) -> None:
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+
+    with pytest.raises(exceptions.DownloadError) as info:
+        models.download("gte-small", endpoint=f"http://127.0.0.1:{port}")
+
+    message = str(info.value)
+    assert f"cannot download gte-small from http://127.0.0.1:{port}" in message
+    assert "embed-worker model download gte-small" in message
+    assert "EMBED_MODEL_PATH" in message
+    assert _entries(embed_env) == []
+
+
+def test_download_of_an_unknown_model_fails() -> None:
+    with pytest.raises(exceptions.ModelNotFound, match="knows: gte-small"):
+        models.download("nope")
