@@ -45,13 +45,31 @@ def start(env: dict[str, str], *args: str, log: Path | None = None) -> subproces
     )
 
 
+def _high_water_kb(pid: int) -> int:
+    """VmHWM: the process's own peak RSS. (rusage's ru_maxrss would not do: Linux carries the
+    forking parent's peak across exec, so every child would report at least this script's.)"""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except (OSError, ValueError):
+        pass
+    return 0
+
+
 def wait(process: subprocess.Popen[bytes], started: float) -> ProcessCost:
+    peak_kb = 0
+    # WNOWAIT: look without reaping, so that wait4 below still gets the child's rusage.
+    while os.waitid(os.P_PID, process.pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) is None:
+        peak_kb = max(peak_kb, _high_water_kb(process.pid))
+        time.sleep(0.05)
+    peak_kb = max(peak_kb, _high_water_kb(process.pid))  # a zombie still has its status
     _, status, usage = os.wait4(process.pid, 0)
     process.returncode = os.waitstatus_to_exitcode(status)
     return ProcessCost(
         wall_s=time.perf_counter() - started,
         cpu_s=usage.ru_utime + usage.ru_stime,
-        peak_rss_mb=usage.ru_maxrss / 1024,
+        peak_rss_mb=peak_kb / 1024,
         returncode=process.returncode,
     )
 

@@ -132,7 +132,7 @@ WHERE t.{key} = ANY(%(keys)s::text[]::{key_type}[]);
 -- that row's newer content has its own job. Returns the keys written.
 UPDATE {table} t
 SET {embedding} = v.embedding
-FROM unnest(%(keys)s::text[]::{key_type}[], %(embeddings)s, %(hashes)s::text[])
+FROM unnest(%(keys)s::text[]::{key_type}[], %(embeddings)b, %(hashes)s::text[])
      AS v(key, embedding, hash)
 WHERE t.{key} = v.key AND md5({content}) = v.hash
 RETURNING t.{key}::text;

@@ -287,7 +287,7 @@ def test_bad_input_is_a_clear_error_and_creates_nothing(
     if setup:
         conn.execute(setup)
     columns_before = conn.execute(
-        "SELECT count(*) FROM pg_attribute WHERE attnum > 0 AND NOT attisdropped"
+        "SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped"
     ).fetchone()
     with pytest.raises(error, match=message):
         conn.execute(f"SELECT {call}")
@@ -297,7 +297,7 @@ def test_bad_input_is_a_clear_error_and_creates_nothing(
     ).fetchone() == (0,)
     assert (
         conn.execute(
-            "SELECT count(*) FROM pg_attribute WHERE attnum > 0 AND NOT attisdropped"
+            "SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped"
         ).fetchone()
         == columns_before
     )

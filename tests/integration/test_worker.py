@@ -299,3 +299,16 @@ def test_older_pgmq_without_last_read_at_works(
     run_once()
     assert all(v is not None for v in stored(conn).values())
     assert messages(conn) == []
+
+
+def test_an_existing_vector_column_is_filled_too(
+    conn: Conn, run_once: Callable[..., Worker], embedders: Embedders, minilm: str
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(384))")
+    conn.execute("INSERT INTO docs VALUES (1, 'full precision please')")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    run_once()
+    vector = stored(conn)[1]
+    assert vector is not None
+    expected = embedders.get(minilm).embed(["full precision please"])[0]
+    assert np.allclose(vector, expected, atol=1e-6)  # no half-precision rounding here

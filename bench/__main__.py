@@ -1,0 +1,146 @@
+"""`make bench`: the product measured as users run it, side by side with what they would use
+instead, in one run on one machine. Results go to bench/results/*.json; `python -m bench.report`
+turns them into the README table and the plots.
+
+    python -m bench [--only writepath,latency,drain,scaling,embedder] [--rows N] [--quick]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from bench import corpus, endtoend, latency, writepath
+from tests.support.cluster import Cluster, session_cluster
+from tests.support.modelgen import GTE_SMALL, cached_model_dir
+from worker import schema
+
+ROOT = Path(__file__).resolve().parent
+RESULTS = ROOT / "results"
+SHARED_MODELS = Path(
+    os.environ.get("EMBED_TEST_MODELS") or ROOT.parent.parent / "shared" / "models"
+)
+SECTIONS = ("writepath", "latency", "drain", "scaling", "embedder")
+
+
+def machine() -> dict[str, Any]:
+    cpu = "unknown"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    return {
+        "cpu": cpu,
+        "cores": len(os.sched_getaffinity(0)),
+        "python": platform.python_version(),
+        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
+    }
+
+
+def models() -> dict[str, tuple[str, Path]]:
+    """name -> (model name, directory to put on EMBED_MODEL_PATH)."""
+    found = {"all-MiniLM-L6-v2": ("all-MiniLM-L6-v2", SHARED_MODELS)}
+    gte = cached_model_dir(
+        Path(tempfile.gettempdir()) / "embed-worker-bench-models",
+        name="gte-small",
+        tokenizer_dir=SHARED_MODELS / "gte-small",
+        **GTE_SMALL,
+    )
+    found["gte-small (random weights)"] = ("gte-small", gte.parent)
+    return found
+
+
+def fresh_db(cluster: Cluster, template: str) -> str:
+    return cluster.dsn(cluster.create_database(template=template, prefix="bench"))
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(prog="python -m bench")
+    parser.add_argument("--only", default=",".join(SECTIONS))
+    parser.add_argument("--rows", type=int, default=1000, help="corpus rows per drain")
+    parser.add_argument("--quick", action="store_true", help="fewer rounds and samples")
+    args = parser.parse_args()
+    wanted = set(args.only.split(","))
+    RESULTS.mkdir(exist_ok=True)
+    texts = corpus.load(args.rows)
+    found = models()
+
+    def save(name: str, value: dict[str, Any]) -> None:
+        value = {"machine": machine(), "corpus": corpus.describe(), **value}
+        (RESULTS / f"{name}.json").write_text(json.dumps(value, indent=2) + "\n")
+        print(f"bench: wrote bench/results/{name}.json", file=sys.stderr)
+
+    def section(name: str, body: Callable[[], dict[str, Any]]) -> None:
+        if name not in wanted:
+            return
+        started = time.monotonic()
+        print(f"bench: {name}...", file=sys.stderr)
+        save(name, body())
+        print(f"bench: {name} took {time.monotonic() - started:.0f} s", file=sys.stderr)
+
+    with session_cluster(fast=False, external_env="BENCH_DATABASE_URL") as cluster:
+        template = cluster.create_database(prefix="benchtemplate")
+        schema.migrate(cluster.dsn(template))
+
+        section(
+            "writepath",
+            lambda: writepath.run(fresh_db(cluster, template), rounds=3 if args.quick else 7),
+        )
+        section(
+            "latency",
+            lambda: {
+                label: latency.run(
+                    fresh_db(cluster, template), name, path, samples=50 if args.quick else 200
+                )
+                for label, (name, path) in found.items()
+            },
+        )
+
+        def drains() -> dict[str, Any]:
+            out: dict[str, Any] = {}
+            for label, (name, path) in found.items():
+                out[label] = {
+                    variant: endtoend.drain(
+                        fresh_db(cluster, template), name, path, texts, variant=variant
+                    )
+                    for variant in ("fp32", "int8")
+                }
+            return out
+
+        section("drain", drains)
+
+        def scaling() -> dict[str, Any]:
+            name, path = found["gte-small (random weights)"]
+            return {
+                "1 worker x 2 threads": endtoend.drain(
+                    fresh_db(cluster, template), name, path, texts, workers=1, threads=2
+                ),
+                "2 workers x 1 thread": endtoend.drain(
+                    fresh_db(cluster, template), name, path, texts, workers=2, threads=1
+                ),
+            }
+
+        section("scaling", scaling)
+
+    if "embedder" in wanted and (ROOT / "embedder.py").is_file():
+        # Model-only figures (raw onnxruntime, sentence-transformers side by side, int8 fidelity,
+        # padding) come from their own module, in their own process.
+        subprocess.run([sys.executable, "-m", "bench.embedder"], check=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
