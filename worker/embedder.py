@@ -7,10 +7,10 @@ hidden states are mean-pooled over the attention mask (or the CLS token is taken
 says so), and each vector is L2-normalized.
 
 For speed, inputs are sorted by token count and cut into batches by a token budget (rows times
-padded length), so short texts are not padded to the length of long ones; results come back in
-the caller's order. Tokenization (`encode_batch`) and inference (`InferenceSession.run`) both
-release the GIL, and pooling is vectorized numpy, so other threads (database I/O) keep running
-while a batch is embedded.
+padded length) with at most 5% padding per batch, so short texts are not padded to the length of
+long ones; results come back in the caller's order. Tokenization (`encode_batch`) and inference
+(`InferenceSession.run`, 90%+ of the time) release the GIL, and pooling is vectorized numpy, so
+other threads (database I/O) keep running while a batch is embedded.
 
 Empty and blank strings are embedded like any other text: they tokenize to `[CLS] [SEP]` and give
 the model's (unit-norm, deterministic) vector for empty input, as sentence-transformers and
@@ -39,10 +39,11 @@ Variant = Literal["fp32", "int8"]
 FloatMatrix = npt.NDArray[np.float32]
 
 # Rows x padded length per inference call. Measured with gte-small's architecture on the 2-core
-# benchmark machine (bench/embedder.py), padding capped as below: on the mixed-length corpus 2048
-# to 16384 run at the same speed (129-137 texts/s); on uniform 128- and 512-token texts 4096 is
-# as fast as or faster than larger budgets, which only add memory: attention scores alone take
-# ~50 bytes x budget x sequence length (100 MB per layer at 4096 x 512, 800 MB at 16384 x 512).
+# benchmark machine (bench/embedder.py), padding capped as below: speed is flat from 1024 to
+# 32768 (141-153 texts/s on the mixed corpus, 12.1-13.2 texts/s on 512-token texts, within
+# noise), while memory grows with the budget: attention scores alone take ~50 bytes x budget x
+# sequence length (100 MB per layer at 4096 x 512, 800 MB at 32768 x 512). 4096 keeps that low
+# and still packs 256 rows of short (16-token) texts into one call.
 DEFAULT_TOKEN_BUDGET = 4096
 
 # Most padding a batch may carry, as a share of its real tokens. Sorting alone leaves a long run
