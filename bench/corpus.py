@@ -15,24 +15,13 @@ import sys
 import sysconfig
 from collections.abc import Iterator, Sequence
 from pathlib import Path
-from typing import Protocol
 
 import numpy as np
+from tokenizers import Tokenizer
 
 # Test suites and vendored third-party code are not the standard library's own prose.
 EXCLUDED_PARTS = frozenset({"site-packages", "dist-packages", "test", "tests", "idle_test"})
 MIN_CHARS = 20  # shorter docstrings are mostly "Deprecated." or "Return self."
-
-
-class Encoder(Protocol):
-    """What `token_lengths` needs from a `tokenizers.Tokenizer`."""
-
-    def encode_batch(self, inputs: list[str]) -> list[_Encoding]: ...
-
-
-class _Encoding(Protocol):
-    @property
-    def ids(self) -> list[int]: ...
 
 
 def stdlib_dir() -> Path:
@@ -77,7 +66,7 @@ def load(n: int = 1000, *, seed: int = 0) -> list[str]:
     return random.Random(seed).sample(texts, n)
 
 
-def token_lengths(texts: Sequence[str], tokenizer: Encoder) -> np.ndarray:
+def token_lengths(texts: Sequence[str], tokenizer: Tokenizer) -> np.ndarray:
     """Token count of each text (special tokens included, no truncation applied by us)."""
     return np.array([len(e.ids) for e in tokenizer.encode_batch(list(texts))], dtype=np.int64)
 

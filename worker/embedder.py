@@ -7,10 +7,10 @@ hidden states are mean-pooled over the attention mask (or the CLS token is taken
 says so), and each vector is L2-normalized.
 
 For speed, inputs are sorted by token count and cut into batches by a token budget (rows times
-padded length), so short texts are not padded to the length of long ones; results come back in
-the caller's order. Tokenization (`encode_batch`) and inference (`InferenceSession.run`) both
-release the GIL, and pooling is vectorized numpy, so other threads (database I/O) keep running
-while a batch is embedded.
+padded length) with at most 5% padding per batch, so short texts are not padded to the length of
+long ones; results come back in the caller's order. Tokenization (`encode_batch`) and inference
+(`InferenceSession.run`, 90%+ of the time) release the GIL, and pooling is vectorized numpy, so
+other threads (database I/O) keep running while a batch is embedded.
 
 Empty and blank strings are embedded like any other text: they tokenize to `[CLS] [SEP]` and give
 the model's (unit-norm, deterministic) vector for empty input, as sentence-transformers and
@@ -38,11 +38,19 @@ logger = logging.getLogger(__name__)
 Variant = Literal["fp32", "int8"]
 FloatMatrix = npt.NDArray[np.float32]
 
-# Rows x padded length per inference call. Measured on the 2-core benchmark machine (see
-# bench/embedder.py): throughput is flat from 2k to 16k tokens per call for 128-token texts and
-# drops for larger budgets at 512 tokens, where attention scores alone need ~50 bytes x budget x
-# sequence length (200 MB at 8192 x 512). 8192 keeps the peak near 250 MB.
-DEFAULT_TOKEN_BUDGET = 8192
+# Rows x padded length per inference call. Measured with gte-small's architecture on the 2-core
+# benchmark machine (bench/embedder.py), padding capped as below: speed is flat from 1024 to
+# 32768 (141-153 texts/s on the mixed corpus, 12.1-13.2 texts/s on 512-token texts, within
+# noise), while memory grows with the budget: attention scores alone take ~50 bytes x budget x
+# sequence length (100 MB per layer at 4096 x 512, 800 MB at 32768 x 512). 4096 keeps that low
+# and still packs 256 rows of short (16-token) texts into one call.
+DEFAULT_TOKEN_BUDGET = 4096
+
+# Most padding a batch may carry, as a share of its real tokens. Sorting alone leaves a long run
+# of short texts padded to the longest one the budget admits (1.13 padded/real tokens on the
+# benchmark corpus at budget 4096, 1.26 at 8192); a 5% cap gives 1.03 and was the fastest
+# setting at every budget measured (137 against 123 texts/s at 2048, 129 against 94 at 8192).
+MAX_PADDING = 0.05
 
 # Texts longer than this many characters per allowed token are tokenized from a prefix first:
 # the tokenizer would otherwise turn all of a 1 MB string into tokens only to keep 512 of them.
@@ -245,19 +253,26 @@ class Batch:
     length: int  # padded length: the longest input of the batch
 
 
-def batches(encodings: list[_Encoding], token_budget: int) -> Iterator[Batch]:
-    """Shortest first; each batch holds as many inputs as fit `token_budget` once padded.
+def batches(
+    encodings: list[_Encoding], token_budget: int, *, max_padding: float = MAX_PADDING
+) -> Iterator[Batch]:
+    """Shortest first; a batch closes when one more input would break either limit.
 
-    An input longer than the budget still gets a batch of its own.
+    The limits: rows x padded length at most `token_budget`, and padding at most `max_padding`
+    of the batch's real tokens (without it, a long tail of short texts would be padded to the
+    longest that still fits the budget). An input longer than the budget gets a batch of its own.
     """
     lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
     order = np.argsort(lengths, kind="stable")
-    start = 0
-    for end in range(1, len(order) + 1):
-        longest = int(lengths[order[end - 1]])  # sorted: the newest input is the longest
-        if end - start > 1 and (end - start) * longest > token_budget:
-            yield _batch(order[start : end - 1], encodings, lengths)
-            start = end - 1
+    start = real = 0
+    for end in range(len(order)):
+        length = int(lengths[order[end]])  # sorted: each new input is the batch's longest
+        rows = end - start + 1
+        padded = rows * length
+        if rows > 1 and (padded > token_budget or padded > (1 + max_padding) * (real + length)):
+            yield _batch(order[start:end], encodings, lengths)
+            start, real = end, 0
+        real += length
     if start < len(order):
         yield _batch(order[start:], encodings, lengths)
 

@@ -250,7 +250,8 @@ def is_model_dir(path: Path) -> bool:
 
 
 def looks_like_path(name_or_path: str) -> bool:
-    return os.sep in name_or_path or name_or_path.startswith((".", "~")) or "/" in name_or_path
+    """Paths contain a separator or start with . or ~; model names do neither."""
+    return os.sep in name_or_path or "/" in name_or_path or name_or_path.startswith((".", "~"))
 
 
 def locate(name_or_path: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path:
@@ -258,8 +259,8 @@ def locate(name_or_path: str, *, cache_dir: str | os.PathLike[str] | None = None
 
     Never opens a network connection. Raises `ModelNotFound` with one message naming the fix.
     """
-    direct = Path(name_or_path).expanduser()
-    if looks_like_path(name_or_path) or direct.is_dir():
+    if looks_like_path(name_or_path):
+        direct = Path(name_or_path).expanduser()
         if is_model_dir(direct):
             return direct
         raise exceptions.ModelNotFound(_not_a_model_dir(direct))
@@ -268,6 +269,8 @@ def locate(name_or_path: str, *, cache_dir: str | os.PathLike[str] | None = None
         candidate = base / name_or_path
         if is_model_dir(candidate):
             return candidate
+    if is_model_dir(Path(name_or_path)):  # a bare directory name relative to the working directory
+        return Path(name_or_path)
     raise exceptions.ModelNotFound(_missing_message(name_or_path, searched))
 
 
@@ -410,7 +413,11 @@ def list_models(*, cache_dir: str | os.PathLike[str] | None = None) -> list[Mode
             if candidate.name in seen or not is_model_dir(candidate):
                 continue
             seen.add(candidate.name)
-            info = ModelDir.read(candidate)
+            try:
+                info = ModelDir.read(candidate)
+            except exceptions.ModelError as exc:
+                logger.warning("skipping %s in the model list: %s", candidate, exc)
+                continue
             rows.append(
                 ModelRow(
                     name=candidate.name,

@@ -135,6 +135,18 @@ def test_a_path_is_used_as_is(tmp_path: Path) -> None:
     assert models.locate(str(path)) == path
 
 
+def test_a_bare_name_in_the_working_directory_does_not_shadow_the_search_path(
+    tmp_path: Path, embed_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    cached = _model_dir(embed_env, "gte-small")
+    (tmp_path / "gte-small").mkdir()  # an unrelated directory of the same name
+    local = _model_dir(tmp_path, "my-model")
+    monkeypatch.chdir(tmp_path)
+
+    assert models.locate("gte-small") == cached
+    assert models.locate("my-model").resolve() == local
+
+
 def test_missing_registry_model_names_the_command_and_the_variable(embed_env: Path) -> None:
     with pytest.raises(exceptions.ModelNotFound) as info:
         models.locate("gte-small")
@@ -232,6 +244,16 @@ def test_list_shows_known_models_and_local_directories(
     assert rows["gte-small"].source.startswith("Supabase/gte-small@93b36ff09519")
     local = rows["my-model"]
     assert (local.dim, local.pooling, local.max_tokens, local.source) == (32, "mean", 512, "local")
+
+
+def test_list_skips_an_unreadable_local_directory(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    broken = _model_dir(tmp_path, "broken")
+    (broken / "config.json").write_text("{not json")
+    monkeypatch.setenv("EMBED_MODEL_PATH", str(tmp_path))
+
+    assert "broken" not in {row.name for row in models.list_models()}
 
 
 # --- download ------------------------------------------------------------------------------------
