@@ -245,6 +245,20 @@ def test_batches_respect_the_budget_and_cover_every_input(tiny_model_dir: Path) 
     assert lengths == sorted(lengths)  # shortest first
 
 
+def test_long_inputs_are_batched_by_attention_cells_not_only_tokens(tiny_model_dir: Path) -> None:
+    embedder = Embedder.load(tiny_model_dir)
+    long_texts = [" ".join(["word"] * 600)] * 6 + [" ".join(["word"] * 200)] * 8
+    encodings = embedder._encode(long_texts)
+
+    produced = list(batches(encodings, token_budget=4096, attention_budget=2**18))
+
+    assert sorted(np.concatenate([b.rows for b in produced]).tolist()) == list(range(14))
+    for batch in produced:
+        assert len(batch.rows) == 1 or len(batch.rows) * batch.length**2 <= 2**18
+    # 512-token rows go one per call (4096 tokens would have allowed eight).
+    assert [len(b.rows) for b in produced if b.length == 512] == [1] * 6
+
+
 # --- bad input -----------------------------------------------------------------------------------
 
 
