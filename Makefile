@@ -57,9 +57,12 @@ lint: $(STAMP)
 test: lint postgres-deps
 	@$(BIN)/pytest $(PYTEST_ARGS)
 
+# The sentence-transformers column needs `$(BIN)/pip install torch sentence-transformers` first
+# (a benchmark-only install: several hundred MB, never a dependency of the worker).
 bench: postgres-deps
 	@$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	@$(BIN)/python -m bench $(BENCH_ARGS)
+	@$(BIN)/python -m bench.report
 
 clean:
 	@scripts/pgcluster.sh stop $(DEVDB_DIR)

@@ -20,7 +20,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from bench import corpus, endtoend, latency, writepath
+from tokenizers import Tokenizer
+
+from bench import backlog, corpus, endtoend, latency, raw, writepath
 from tests.support.cluster import Cluster, session_cluster
 from tests.support.modelgen import GTE_SMALL, cached_model_dir
 from worker import schema
@@ -30,7 +32,7 @@ RESULTS = ROOT / "results"
 SHARED_MODELS = Path(
     os.environ.get("EMBED_TEST_MODELS") or ROOT.parent.parent / "shared" / "models"
 )
-SECTIONS = ("writepath", "latency", "drain", "scaling", "embedder")
+SECTIONS = ("writepath", "latency", "drain", "ceiling", "scaling", "backlog", "embedder")
 
 
 def machine() -> dict[str, Any]:
@@ -110,17 +112,35 @@ def main() -> int:
         )
 
         def drains() -> dict[str, Any]:
+            # Side by side in one run: the whole worker (process start and model load
+            # included), then the model alone on the same texts and threads.
             out: dict[str, Any] = {}
             for label, (name, path) in found.items():
-                out[label] = {
-                    variant: endtoend.drain(
+                out[label] = {}
+                for variant in ("fp32", "int8"):
+                    result = endtoend.drain(
                         fresh_db(cluster, template), name, path, texts, variant=variant
                     )
-                    for variant in ("fp32", "int8")
-                }
+                    result["raw_onnxruntime"] = raw.run(path / name, texts, variant=variant)
+                    out[label][variant] = result
             return out
 
         section("drain", drains)
+
+        def ceiling() -> dict[str, Any]:
+            # The workload of the quoted ceiling: gte-small at 128-token inputs, fp32.
+            name, path = found["gte-small (random weights)"]
+            fixed = corpus.fixed_length(500, 128, SHARED_MODELS / "gte-small" / "tokenizer.json")
+            result = endtoend.drain(fresh_db(cluster, template), name, path, fixed)
+            result["raw_onnxruntime"] = raw.run(path / name, fixed)
+            result["quoted_ceiling_docs_per_s"] = {"measured matmul-bound": 37, "theoretical": 56}
+            tokenizer = Tokenizer.from_file(str(SHARED_MODELS / "gte-small" / "tokenizer.json"))
+            tokenizer.no_truncation()  # the file truncates and pads to 128 itself:
+            tokenizer.no_padding()  # measure the real lengths
+            result["tokens"] = corpus.length_distribution(corpus.token_lengths(fixed, tokenizer))
+            return result
+
+        section("ceiling", ceiling)
 
         def scaling() -> dict[str, Any]:
             name, path = found["gte-small (random weights)"]
@@ -134,6 +154,14 @@ def main() -> int:
             }
 
         section("scaling", scaling)
+        section(
+            "backlog",
+            lambda: backlog.run(
+                fresh_db(cluster, template),
+                *found["all-MiniLM-L6-v2"],
+                rows=5000 if args.quick else 20000,
+            ),
+        )
 
     if "embedder" in wanted and (ROOT / "embedder.py").is_file():
         # Model-only figures (raw onnxruntime, sentence-transformers side by side, int8 fidelity,

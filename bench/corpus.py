@@ -87,3 +87,25 @@ def length_distribution(lengths: np.ndarray) -> dict[str, float]:
 
 def describe() -> str:
     return f"docstrings of the Python {sys.version.split()[0]} standard library"
+
+
+def fixed_length(n: int, tokens: int, tokenizer_file: Path, *, seed: int = 0) -> list[str]:
+    """`n` texts of about `tokens` tokens each ([CLS] and [SEP] included), cut from the corpus:
+    the workload of the quoted ceilings (gte-small at 128-token inputs)."""
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(tokenizer_file))
+    tokenizer.no_truncation()
+    tokenizer.no_padding()
+    words = " ".join(load(5000, seed=seed)).split()
+    texts: list[str] = []
+    start, step = 0, tokens  # words per text, adjusted so each lands on the target
+    while len(texts) < n and start < len(words):
+        chunk = words[start : start + step]
+        ids = tokenizer.encode(" ".join(chunk)).ids
+        while len(ids) > tokens and len(chunk) > 1:
+            chunk = chunk[: max(1, len(chunk) * tokens // len(ids))]
+            ids = tokenizer.encode(" ".join(chunk)).ids
+        texts.append(" ".join(chunk))
+        start += len(chunk)
+    return texts
