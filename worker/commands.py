@@ -35,6 +35,7 @@ def _connect(settings: Settings) -> db.Connection:
 
 def migrate(_args: argparse.Namespace, settings: Settings) -> int:
     dsn = db.resolve_dsn(settings.database_url)
+    db.connect(dsn).close()  # an unreachable database is reported plainly, not through Alembic
     try:
         schema.migrate(dsn)
     except exceptions.EmbedWorkerError:

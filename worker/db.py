@@ -132,8 +132,11 @@ class Session:
     """One connection that comes back when lost.
 
     `get()` returns the live connection, reconnecting with exponential backoff and jitter
-    (0.5 s doubling to 30 s, like psycopg_pool) until it succeeds or `stop` is set. It never
-    gives up on its own: a worker waits out a database restart instead of crash-looping.
+    (0.5 s doubling to 30 s, like psycopg_pool) until it succeeds or `stop` is set. By default it
+    never gives up on its own: a worker waits out a database restart instead of crash-looping.
+    With `deadline` (seconds) it raises ConnectionLost once that much time has gone by, which is
+    what a one-shot run wants: fail with the reason rather than wait for a database that is not
+    there.
     """
 
     def __init__(
@@ -144,8 +147,10 @@ class Session:
         *,
         max_wait: float = 30.0,
         vectors: bool = False,
+        deadline: float | None = None,
     ):
         self.dsn = dsn
+        self.deadline = deadline
         self.vectors = vectors
         self.name = name
         self.stop = stop
@@ -160,7 +165,7 @@ class Session:
             wait=tenacity.wait_exponential(multiplier=0.5, max=self.max_wait)
             + tenacity.wait_random(0, 0.5),
             retry=tenacity.retry_if_exception_type(exceptions.ConnectionLost),
-            stop=lambda _state: self.stop.is_set(),
+            stop=self._should_give_up,
             sleep=self._sleep,
             before_sleep=self._log_retry,
             reraise=True,
@@ -178,6 +183,12 @@ class Session:
                     logger.info("%s: reconnected to %s", self.name, describe(self.dsn))
         assert self._conn is not None
         return self._conn
+
+    def _should_give_up(self, state: tenacity.RetryCallState) -> bool:
+        if self.stop.is_set():
+            return True
+        elapsed = state.seconds_since_start or 0.0
+        return self.deadline is not None and elapsed >= self.deadline
 
     def _sleep(self, seconds: float) -> None:
         self.stop.wait(seconds)  # a stop request cuts the wait short

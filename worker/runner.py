@@ -205,7 +205,9 @@ class Worker:
 
     def _connect_and_read_targets(self) -> dict[int, Target] | None:
         """Waits for the database and our schema (a worker may start before `migrate` ran)."""
-        session = db.Session(self.dsn, "startup", self.stopping)
+        # A one-shot run reports an unreachable database at once (exit 1) instead of waiting.
+        deadline = 0.0 if self.once else None
+        session = db.Session(self.dsn, "startup", self.stopping, deadline=deadline)
         try:
             while not self.stopping.is_set():
                 try:
@@ -213,6 +215,8 @@ class Worker:
                     if not self._schema_missing(conn):
                         return self.registry.refresh(conn)
                 except exceptions.ConnectionLost:
+                    if self.once:
+                        raise
                     session.lost()
                     continue
                 if self.once:

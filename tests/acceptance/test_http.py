@@ -221,3 +221,29 @@ def test_dispatch_batches_are_what_the_endpoint_takes(
     wait_for(
         lambda: conn.execute("SELECT count(embedding) FROM docs").fetchone() == (300,), timeout=30
     )
+
+
+def test_dispatch_posts_through_pg_net_where_it_exists(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    available = conn.execute(
+        "SELECT count(*) FROM pg_available_extensions WHERE name = 'pg_net'"
+    ).fetchone()
+    if available != (1,):
+        pytest.skip(
+            "pg_net is not installed on this server (it has no Debian package, so not on these "
+            "machines); this test runs embeddings.dispatch() for real where it is, e.g. on "
+            "Supabase's Postgres image. Its request bodies are tested above."
+        )
+    conn.execute("CREATE EXTENSION IF NOT EXISTS pg_net")
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g, 'text number ' || g FROM generate_series(1, 20) g")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'all-MiniLM-L6-v2')")
+    worker = start_worker(EMBED_HTTP_TOKEN=TOKEN, EMBED_POLL_SECONDS=3600)
+    worker.wait_ready()
+    conn.execute(
+        "SELECT embeddings.dispatch(%s, token => %s)", (worker.url + "/functions/v1/embed", TOKEN)
+    )
+    wait_for(
+        lambda: conn.execute("SELECT count(embedding) FROM docs").fetchone() == (20,), timeout=60
+    )

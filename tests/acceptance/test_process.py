@@ -135,3 +135,20 @@ def test_bad_configuration_exits_2_with_the_variable_named(args: list[str], dsn:
     )
     assert result.returncode == 2
     assert "EMBED_BATCH_SIZE" in result.stderr or "EMBED_QUEUE" in result.stderr
+
+
+def test_no_password_reaches_the_output(worker_env: dict[str, str]) -> None:
+    """A failing connection's error names where, never the password."""
+    secret = "Sup3r-s3cret-pw"
+    url = f"postgresql://app:{secret}@127.0.0.1:1/nowhere"
+    for args in (["status"], ["migrate"], ["run", "--once"]):
+        result = subprocess.run(
+            [sys.executable, "-m", "worker", *args],
+            env={**os.environ, **worker_env, "DATABASE_URL": url, "EMBED_LOG_FORMAT": "json"},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 1, (args, result.stderr)
+        assert "127.0.0.1:1/nowhere" in result.stderr
+        assert secret not in result.stdout + result.stderr, args
