@@ -256,12 +256,23 @@ BEGIN
         RAISE NOTICE '%.% is not watched', source, embedding_column;
         RETURN false;
     END IF;
-    PERFORM embeddings.drop_triggers(t);
-    PERFORM embeddings.drop_worker_policies(t);
+    PERFORM embeddings.forget_target(t);
+    RETURN true;
+END
+$$;
+
+-- Unregisters target t: its triggers and worker policies (where its table still exists), its
+-- queued jobs, its registration (failures and throughput go with it), and tells workers.
+CREATE FUNCTION embeddings.forget_target(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN
+        PERFORM embeddings.drop_triggers(t);
+        PERFORM embeddings.drop_worker_policies(t);
+    END IF;
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',
                    pgmq.format_table_name(t.queue, 'q')) USING t.id;
     DELETE FROM embeddings.targets tg WHERE tg.id = t.id;
     PERFORM pg_notify('embeddings_targets', t.id::text);
-    RETURN true;
 END
 $$;

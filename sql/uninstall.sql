@@ -4,6 +4,8 @@
 -- indexes stay. Extensions stay too: other code may use them, and the embedding columns need
 -- `vector`.
 
+DROP EVENT TRIGGER IF EXISTS embeddings_forget_dropped;
+
 DO $$
 DECLARE
     t embeddings.targets;

@@ -56,7 +56,15 @@ class Target:
     def problem(self, model_dims: int | None = None) -> str | None:
         """Why this target cannot be served, or None."""
         if self.table is None:
-            return f"target {self.id}: its table no longer exists (run embeddings.unwatch)"
+            return (
+                f"target {self.id}: its table no longer exists"
+                " (run SELECT embeddings.unwatch_dropped())"
+            )
+        if self.content_column is None and self.content_function is None:
+            return (
+                f"{self.name}: its content function no longer exists; create it again and"
+                " re-run embeddings.watch() with its name"
+            )
         if self.embedding_type not in ("vector", "halfvec"):
             return f"{self.name}: the embedding column is missing or not vector/halfvec"
         if self.key_type not in KEY_TYPES:

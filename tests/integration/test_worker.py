@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -289,6 +290,25 @@ def test_a_dimension_mismatch_is_deferred_for_that_target_only(
     assert all(v is not None for v in stored(conn).values())  # the other target proceeds
     assert conn.execute("SELECT embedding FROM wide").fetchone() == (None,)
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+
+
+def test_a_dropped_content_function_defers_its_target_only(
+    conn: Conn, docs: int, run_once: Callable[..., Worker], caplog: pytest.LogCaptureFixture
+) -> None:
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute(
+        "CREATE FUNCTION note_text(n notes) RETURNS text LANGUAGE sql IMMUTABLE"
+        " AS $$ SELECT n.body $$"
+    )
+    conn.execute("SELECT embeddings.watch('notes', 'note_text', model => 'all-MiniLM-L6-v2')")
+    conn.execute("DROP FUNCTION note_text(notes)")
+    conn.execute("INSERT INTO notes VALUES (1, 'hello')")  # the write still succeeds
+    caplog.set_level(logging.INFO, logger="worker")
+    run_once()
+    assert all(v is not None for v in stored(conn).values())  # the other target proceeds
+    assert conn.execute("SELECT embedding FROM notes").fetchone() == (None,)
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    assert "its content function no longer exists" in caplog.text
 
 
 def test_older_pgmq_without_last_read_at_works(

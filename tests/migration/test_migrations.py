@@ -40,10 +40,16 @@ def objects_of_ours(conn: psycopg.Connection[Any]) -> dict[str, int]:
     row = conn.execute(
         """SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'embeddings'),
                   (SELECT count(*) FROM pg_trigger WHERE tgname ~ '^embeddings_[0-9]+_'),
-                  (SELECT count(*) FROM pgmq.meta WHERE queue_name = 'embedding_jobs')"""
+                  (SELECT count(*) FROM pgmq.meta WHERE queue_name = 'embedding_jobs'),
+                  (SELECT count(*) FROM pg_event_trigger WHERE evtname ~ '^embeddings_')"""
     ).fetchone()
     assert row is not None
-    return {"schema": int(row[0]), "triggers": int(row[1]), "queue": int(row[2])}
+    return {
+        "schema": int(row[0]),
+        "triggers": int(row[1]),
+        "queue": int(row[2]),
+        "event_triggers": int(row[3]),
+    }
 
 
 def test_upgrade_twice_is_a_no_op(empty_dsn: str) -> None:
@@ -62,12 +68,22 @@ def test_up_down_up_keeps_user_data(empty_dsn: str) -> None:
         conn.execute(
             "UPDATE docs SET embedding = array_fill(0.5, ARRAY[384])::halfvec WHERE id = 1"
         )
-        assert objects_of_ours(conn) == {"schema": 1, "triggers": 3, "queue": 1}
+        assert objects_of_ours(conn) == {
+            "schema": 1,
+            "triggers": 3,
+            "queue": 1,
+            "event_triggers": 1,
+        }
 
     schema.downgrade(empty_dsn)
 
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
-        assert objects_of_ours(conn) == {"schema": 0, "triggers": 0, "queue": 0}
+        assert objects_of_ours(conn) == {
+            "schema": 0,
+            "triggers": 0,
+            "queue": 0,
+            "event_triggers": 0,
+        }
         rows = conn.execute(
             "SELECT id, body, embedding IS NOT NULL FROM docs ORDER BY id"
         ).fetchall()
@@ -78,7 +94,12 @@ def test_up_down_up_keeps_user_data(empty_dsn: str) -> None:
 
     schema.migrate(empty_dsn)
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
-        assert objects_of_ours(conn) == {"schema": 1, "triggers": 0, "queue": 1}
+        assert objects_of_ours(conn) == {
+            "schema": 1,
+            "triggers": 0,
+            "queue": 1,
+            "event_triggers": 1,
+        }
         assert conn.execute("SELECT embeddings.watch('docs', 'body')").fetchone() == (1,)
         # The existing 384-d column is reused; rows 2 and 3 lack an embedding and are queued.
         keys = conn.execute(
