@@ -31,7 +31,7 @@ from dataclasses import dataclass
 from types import FrameType
 from typing import Any
 
-from worker import db, exceptions, metrics, pipeline, queries
+from worker import db, exceptions, metrics, pipeline, queries, systemd
 from worker import queue as jobqueue
 from worker.config import Settings
 from worker.embedders import Embedders
@@ -147,6 +147,7 @@ class Worker:
     def request_stop(self, why: str = "requested") -> None:
         if not self.stopping.is_set():
             logger.info("stopping (%s): finishing the batch in flight", why)
+            systemd.notify(stopping=True, status=f"stopping ({why})")
             self._stop_requested_at = time.monotonic()
         self.stopping.set()
         self._wake()
@@ -208,6 +209,7 @@ class Worker:
         # A one-shot run reports an unreachable database at once (exit 1) instead of waiting.
         deadline = 0.0 if self.once else None
         session = db.Session(self.dsn, "startup", self.stopping, deadline=deadline)
+        systemd.notify(status=f"connecting to {db.describe(self.dsn)}")
         try:
             while not self.stopping.is_set():
                 try:
@@ -222,6 +224,7 @@ class Worker:
                 if self.once:
                     raise exceptions.DatabaseError(MISSING_SCHEMA)
                 logger.error("%s; retrying in 10 s", MISSING_SCHEMA)
+                systemd.notify(status=f"waiting: {MISSING_SCHEMA}")
                 self.stopping.wait(10)
             return None
         finally:
@@ -242,7 +245,14 @@ class Worker:
             if problem := target.problem():
                 logger.error("target not servable: %s", problem)
         self.started.set()
-        self.default_model_problem()
+        problem = self.default_model_problem()
+        # Ready for systemd means started: a missing model is reported, not waited for (the
+        # worker loads it when it appears; /readyz says 503 until then).
+        systemd.notify(
+            ready=True,
+            status=f"serving queue {self.settings.queue} with {self.settings.model}"
+            + (f"; not ready: {problem}" if problem else ""),
+        )
 
     def default_model_problem(self) -> str | None:
         """Why the default model is not loaded (None when it is). Tries to load it, at most

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -49,6 +51,25 @@ def test_an_idle_worker_embeds_a_new_row(
     wait_for(lambda: embedded(conn) == 1, timeout=20, what="the row to be embedded")
     worker.signal(signal.SIGTERM)
     assert worker.wait_exit(30) == 0
+
+
+def test_systemd_hears_ready_and_stopping(
+    conn: Conn, start_worker: Callable[..., WorkerProcess], tmp_path: Path
+) -> None:
+    """Under `Type=notify`, systemd learns from the process when it is ready and stopping."""
+    make_docs(conn, 0)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as notify_socket:
+        notify_socket.bind(str(tmp_path / "notify"))
+        notify_socket.settimeout(60)
+        worker = start_worker(NOTIFY_SOCKET=str(tmp_path / "notify"), http=False)
+        received = [notify_socket.recv(4096).decode()]
+        while "READY=1" not in received[-1]:
+            received.append(notify_socket.recv(4096).decode())
+        assert received[0].startswith("STATUS=connecting to "), received
+        assert "STATUS=serving queue embedding_jobs with all-MiniLM-L6-v2" in received[-1]
+        worker.signal(signal.SIGTERM)
+        assert notify_socket.recv(4096).decode().startswith("STOPPING=1\nSTATUS=stopping")
+        assert worker.wait_exit(30) == 0
 
 
 def test_sigterm_mid_drain_exits_0_and_loses_nothing(

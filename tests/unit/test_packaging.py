@@ -264,7 +264,10 @@ def test_unit_file_runs_the_worker_as_a_hardened_service() -> None:
     service = unit["Service"]
     assert one(service, "ExecStart").endswith("/embed-worker run")
     assert one(service, "ExecStart").startswith("/")
-    assert one(service, "Type") in ("exec", "notify")
+    # The worker sends READY=1 (worker/systemd.py), and start-up may wait for the database.
+    assert one(service, "Type") == "notify"
+    assert one(service, "NotifyAccess") == "main"
+    assert one(service, "TimeoutStartSec") == "infinity"
     assert one(service, "EnvironmentFile") == "/etc/embed-worker/embed-worker.env"
     assert one(service, "Restart") == "on-failure"
     assert seconds(one(service, "RestartSec")) > 0
