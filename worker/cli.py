@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--http-host", help="bind address for HTTP (default 127.0.0.1) [EMBED_HTTP_HOST]"
     )
+    run.add_argument(
+        "--no-pull",
+        dest="pull",
+        action="store_const",
+        const=False,
+        help="lease no jobs; serve only those POSTed to /functions/v1/embed [EMBED_PULL=false]",
+    )
     run.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
 
     status = commands.add_parser(
@@ -121,6 +128,7 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "max_attempts",
         "http_port",
         "http_host",
+        "pull",
     )
     return Settings.from_env(**{n: getattr(args, n, None) for n in names})
 

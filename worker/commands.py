@@ -51,6 +51,10 @@ def migrate(_args: argparse.Namespace, settings: Settings) -> int:
 def run(args: argparse.Namespace, settings: Settings) -> int:
     from worker.runner import Worker
 
+    if args.once and not settings.pull:
+        raise exceptions.ConfigError(
+            "run --once drains the queue: it cannot go with EMBED_PULL=false"
+        )
     worker = Worker(settings, once=args.once, progress=False if args.no_progress else None)
     server = None
     if settings.http_port is not None:

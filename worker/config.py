@@ -33,6 +33,8 @@ class Settings:
     backoff_base_seconds: float = field(default=5.0, metadata={"env": "EMBED_BACKOFF_BASE_SECONDS"})
     backoff_max_seconds: float = field(default=900.0, metadata={"env": "EMBED_BACKOFF_MAX_SECONDS"})
     poll_seconds: float = field(default=5.0, metadata={"env": "EMBED_POLL_SECONDS"})
+    # False: the worker leases nothing itself; jobs arrive by POST /functions/v1/embed only.
+    pull: bool = field(default=True, metadata={"env": "EMBED_PULL"})
     grace_seconds: float = field(default=25.0, metadata={"env": "EMBED_GRACE_SECONDS"})
     http_port: int | None = field(default=None, metadata={"env": "EMBED_HTTP_PORT"})
     http_host: str = field(default="127.0.0.1", metadata={"env": "EMBED_HTTP_HOST"})
@@ -78,13 +80,27 @@ class Settings:
             raise fail("grace_seconds", "must not be negative")
         if self.http_port is not None and not 0 <= self.http_port <= 65535:
             raise fail("http_port", "must be a TCP port (0 picks a free one)")
+        if not self.pull and self.http_port is None:
+            raise fail(
+                "pull",
+                "false (push only) needs EMBED_HTTP_PORT: jobs would arrive only through "
+                "POST /functions/v1/embed",
+            )
         return self
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
 
 
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+
+
 def _parse(env: str, type_name: str, raw: str) -> Any:
+    if type_name == "bool":
+        if raw.lower() in _TRUE + _FALSE:
+            return raw.lower() in _TRUE
+        raise exceptions.ConfigError(f"{env}: expected true or false, got {raw!r}")
     try:
         if type_name.startswith("int"):
             return int(raw)

@@ -92,9 +92,10 @@ class Worker:
             signal.signal(signal.SIGTERM, self._on_signal)
             signal.signal(signal.SIGINT, self._on_signal)
         logger.info(
-            "embed-worker starting: database %s, queue %s, model %s (%s), batch %d",
+            "embed-worker starting: database %s, queue %s%s, model %s (%s), batch %d",
             db.describe(self.dsn),
             self.settings.queue,
+            "" if self.settings.pull else " (push only: no pulling)",
             self.settings.model,
             self.settings.model_variant,
             self.settings.batch_size,
@@ -308,6 +309,10 @@ class Worker:
         while not self.stopping.is_set():
             conn = session.get()
             listener.ensure()
+            if not self.settings.pull:
+                # Push only: stay connected for target changes, lease nothing.
+                listener.wait(self.settings.poll_seconds)
+                continue
             batch = pipeline.read(conn, self.queue, self.registry, self.settings)
             metrics.DATABASE_UP.set(1)
             if batch is not None:

@@ -247,3 +247,26 @@ def test_dispatch_posts_through_pg_net_where_it_exists(
     wait_for(
         lambda: conn.execute("SELECT count(embedding) FROM docs").fetchone() == (20,), timeout=60
     )
+
+
+def test_a_push_only_worker_leases_nothing_itself(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """EMBED_PULL=false: jobs are done when POSTed, and the queue is otherwise left alone."""
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'all-MiniLM-L6-v2')")
+    worker = start_worker(EMBED_HTTP_TOKEN=TOKEN, EMBED_PULL="false", EMBED_POLL_SECONDS=0.05)
+    worker.wait_ready()
+    conn.execute("INSERT INTO docs SELECT g, 'text number ' || g FROM generate_series(1, 10) g")
+    # A pulling worker is woken by the insert's NOTIFY (or its 50 ms poll) and leases the job at
+    # once; each of these round trips through the worker and its database takes longer than that.
+    for _ in range(3):
+        status, _, result = post(worker, "/functions/v1/embed", [{"jobId": 999999, "id": 1}])
+        assert status == 207 and result["failedJobs"]
+    assert conn.execute("SELECT read_ct FROM pgmq.q_embedding_jobs").fetchall() == [(0,)]
+
+    for body in [r[0] for r in conn.execute("SELECT * FROM embeddings.dispatch_batches(5, 2)")]:
+        status, _, result = post(worker, "/functions/v1/embed", body)
+        assert status == 207 and result["failedJobs"] == [], result
+    assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (10,)
+    assert conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,)

@@ -62,3 +62,30 @@ def test_database_url_resolution() -> None:
 def test_passwords_are_redacted(text: str, expected: str) -> None:
     assert db.redact(text) == expected
     assert db.describe("postgresql://app:s3cret@db:5433/x") == "db:5433/x"
+
+
+@pytest.mark.parametrize(
+    ("raw", "expected"), [("false", False), ("0", False), ("Off", False), ("yes", True)]
+)
+def test_pull_is_a_boolean(raw: str, expected: bool) -> None:
+    env = {"EMBED_PULL": raw, "EMBED_HTTP_PORT": "8080"}
+    assert Settings.from_env(env).pull is expected
+
+
+def test_pull_rejects_what_is_not_a_boolean() -> None:
+    with pytest.raises(
+        exceptions.ConfigError, match="EMBED_PULL: expected true or false, got 'maybe'"
+    ):
+        Settings.from_env({"EMBED_PULL": "maybe"})
+
+
+def test_push_only_needs_the_http_server() -> None:
+    with pytest.raises(exceptions.ConfigError, match=r"EMBED_PULL: false .* needs EMBED_HTTP_PORT"):
+        Settings.from_env({"EMBED_PULL": "false"})
+
+
+def test_run_once_cannot_be_push_only(capsys: pytest.CaptureFixture[str]) -> None:
+    from worker import cli
+
+    assert cli.main(["run", "--once", "--no-pull", "--http-port", "0"]) == cli.EXIT_USAGE
+    assert "run --once drains the queue" in capsys.readouterr().err
