@@ -28,6 +28,15 @@ class RedactingFilter(logging.Filter):
         return True
 
 
+class RootChatterFilter(logging.Filter):
+    """Drops INFO and DEBUG records sent straight to the root logger. Only third-party code
+    does that (onnxruntime's quantizer prints a line per tensor while it makes an int8 model);
+    ours logs under `worker.*`, and warnings from anywhere still pass."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return record.name != "root" or record.levelno >= logging.WARNING
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry: dict[str, Any] = {
@@ -53,6 +62,7 @@ class TextFormatter(logging.Formatter):
 def configure(log_format: str = "text", level: str = "INFO") -> None:
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
+    handler.addFilter(RootChatterFilter())
     handler.addFilter(RedactingFilter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

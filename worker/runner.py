@@ -234,6 +234,7 @@ class Worker:
     def _load_models(self, targets: dict[int, Target]) -> None:
         """Loads the default model and those of our queue's targets; reports unservable targets."""
         ours = [t for t in targets.values() if t.queue == self.settings.queue]
+        problems: dict[int, str] = {}  # target id -> why; each reported once
         for model in sorted({self.settings.model} | {t.model for t in ours}):
             try:
                 embedder = self.embedders.get(model)
@@ -241,10 +242,12 @@ class Worker:
                 continue  # logged; its targets are deferred until it loads
             for target in ours:
                 if target.model == model and (problem := target.problem(embedder.dim)):
-                    logger.error("target not servable: %s", problem)
+                    problems[target.id] = problem
         for target in ours:
-            if problem := target.problem():
-                logger.error("target not servable: %s", problem)
+            if target.id not in problems and (problem := target.problem()):
+                problems[target.id] = problem
+        for problem in problems.values():
+            logger.error("target not servable: %s", problem)
         self.started.set()
         problem = self.default_model_problem()
         # Ready for systemd means started: a missing model is reported, not waited for (the
