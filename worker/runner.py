@@ -515,6 +515,16 @@ class ProgressLine:
         self.worker = worker
         self.started = time.monotonic()
         self.pending_query = queries.compose("pending_keys", queue_table=worker.queue.table)
+        # A log record first erases the progress line, so that it prints on a line of its
+        # own; the next refresh draws the progress below it again.
+        self._handlers = logging.getLogger().handlers[:]
+        for handler in self._handlers:
+            handler.addFilter(self._erase)
+
+    @staticmethod
+    def _erase(_record: logging.LogRecord) -> bool:
+        sys.stderr.write("\r\x1b[K")
+        return True
 
     def show(self, conn: db.Connection) -> None:
         with db.translated():
@@ -530,5 +540,11 @@ class ProgressLine:
         sys.stderr.flush()
 
     def close(self) -> None:
-        sys.stderr.write("\n")
+        for handler in self._handlers:
+            handler.removeFilter(self._erase)
+        done = self.worker.rows_done
+        elapsed = max(time.monotonic() - self.started, 1e-6)
+        sys.stderr.write(
+            f"\r\x1b[Kembedded {done:,} rows in {elapsed:,.1f} s ({done / elapsed:,.1f} rows/s)\n"
+        )
         sys.stderr.flush()

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import pty
+import re
 import signal
 import socket
 import subprocess
@@ -173,3 +175,37 @@ def test_no_password_reaches_the_output(worker_env: dict[str, str]) -> None:
         assert result.returncode == 1, (args, result.stderr)
         assert "127.0.0.1:1/nowhere" in result.stderr
         assert secret not in result.stdout + result.stderr, args
+
+
+def test_a_long_run_once_on_a_terminal_shows_progress(
+    conn: Conn, worker_dsn: str, worker_env: dict[str, str]
+) -> None:
+    make_docs(conn, 300)
+    controller, terminal = pty.openpty()
+    process = subprocess.Popen(
+        [sys.executable, "-m", "worker", "run", "--once", "--batch-size", "64"],
+        env={**os.environ, **worker_env, "DATABASE_URL": worker_dsn},
+        stdin=subprocess.DEVNULL,
+        stdout=terminal,
+        stderr=terminal,
+    )
+    os.close(terminal)
+    screen = b""
+    while True:  # until the process closes its end of the terminal
+        try:
+            chunk = os.read(controller, 65536)
+        except OSError:  # EIO: no writer left
+            break
+        if not chunk:
+            break
+        screen += chunk
+    os.close(controller)
+    assert process.wait(60) == 0
+    text = screen.decode()
+    assert "pending · ETA" in text
+    assert re.search(r"\r\x1b\[Kembedded 300 rows in [\d.]+ s \([\d,.]+ rows/s\)\r?\n", text)
+    # Every log line starts on a line of its own, never glued to the progress line.
+    for match in re.finditer(r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3} (INFO|WARNING|ERROR)", text):
+        before = text[max(match.start() - 4, 0) : match.start()]
+        assert before.endswith(("\n", "\r\x1b[K")) or match.start() == 0, repr(before)
+    assert embedded(conn) == 300
