@@ -87,7 +87,13 @@ if [ ! -e "$data/PG_VERSION" ]; then
 fi
 
 if ! running; then
-    as_owner "$PG_BIN/pg_ctl" -D "$data" -l "$data/server.log" -w -t 60 start >/dev/null \
+    if (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null; then
+        echo "pgcluster: 127.0.0.1:$port is already taken by another server (a \`make db\` of another checkout?)." >&2
+        echo "pgcluster: pick a free port, e.g. DEVDB_PORT=$((port + 1)) make db" >&2
+        exit 1
+    fi
+    # -p: the port asked for now wins over the one written at initdb time.
+    as_owner "$PG_BIN/pg_ctl" -D "$data" -l "$data/server.log" -o "-p $port" -w -t 60 start >/dev/null \
         || { tail -n 20 "$data/server.log" >&2; exit 1; }
 fi
 

@@ -310,12 +310,12 @@ class Worker:
 
     def _next_batch(self, session: db.Session, listener: Listener) -> pipeline.Batch | None:
         while not self.stopping.is_set():
-            conn = session.get()
             listener.ensure()
             if not self.settings.pull:
-                # Push only: stay connected for target changes, lease nothing.
+                # Push only: listen for target changes, lease nothing.
                 listener.wait(self.settings.poll_seconds)
                 continue
+            conn = session.get()
             batch = pipeline.read(conn, self.queue, self.registry, self.settings)
             metrics.DATABASE_UP.set(1)
             if batch is not None:
