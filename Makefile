@@ -62,6 +62,7 @@ test: lint postgres-deps
 bench: postgres-deps
 	@$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	@$(BIN)/python -m bench $(BENCH_ARGS)
+	@$(BIN)/python -m bench.faults
 	@$(BIN)/python -m bench.report
 
 clean:

@@ -2,7 +2,8 @@
 instead, in one run on one machine. Results go to bench/results/*.json; `python -m bench.report`
 turns them into the README table and the plots.
 
-    python -m bench [--only writepath,latency,drain,scaling,embedder] [--rows N] [--quick]
+    python -m bench [--only writepath,latency,drain,ceiling,scaling,backlog,index,embedder]
+                    [--rows N] [--quick]
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from bench import backlog, corpus, endtoend, latency, raw, writepath
+from bench import backlog, corpus, endtoend, index, latency, raw, writepath
 from tests.support.cluster import Cluster, session_cluster
 from tests.support.modelgen import GTE_SMALL, cached_model_dir
 from worker import schema
@@ -32,7 +33,7 @@ RESULTS = ROOT / "results"
 SHARED_MODELS = Path(
     os.environ.get("EMBED_TEST_MODELS") or ROOT.parent.parent / "shared" / "models"
 )
-SECTIONS = ("writepath", "latency", "drain", "ceiling", "scaling", "backlog", "embedder")
+SECTIONS = ("writepath", "latency", "drain", "ceiling", "scaling", "backlog", "index", "embedder")
 
 
 def machine() -> dict[str, Any]:
@@ -111,19 +112,32 @@ def main() -> int:
             },
         )
 
+        rounds = 1 if args.quick else 3
+
+        def worker_and_model(name: str, path: Path, inputs: list[str], **kw: Any) -> dict[str, Any]:
+            # Side by side, alternating round by round (the machine's speed drifts): the whole
+            # worker (process start and model load included), then the model alone on the same
+            # texts and threads. Each is the median of its rounds.
+            workers, alone = [], []
+            for _ in range(rounds):
+                workers.append(
+                    endtoend.drain(fresh_db(cluster, template), name, path, inputs, **kw)
+                )
+                alone.append(
+                    raw.run(path / name, inputs, variant=kw.get("variant", "fp32"), repeats=1)
+                )
+            result = endtoend.median(workers)
+            result["raw_onnxruntime"] = endtoend.median(alone)
+            return result
+
         def drains() -> dict[str, Any]:
-            # Side by side in one run: the whole worker (process start and model load
-            # included), then the model alone on the same texts and threads.
-            out: dict[str, Any] = {}
-            for label, (name, path) in found.items():
-                out[label] = {}
-                for variant in ("fp32", "int8"):
-                    result = endtoend.drain(
-                        fresh_db(cluster, template), name, path, texts, variant=variant
-                    )
-                    result["raw_onnxruntime"] = raw.run(path / name, texts, variant=variant)
-                    out[label][variant] = result
-            return out
+            return {
+                label: {
+                    variant: worker_and_model(name, path, texts, variant=variant)
+                    for variant in ("fp32", "int8")
+                }
+                for label, (name, path) in found.items()
+            }
 
         section("drain", drains)
 
@@ -131,8 +145,7 @@ def main() -> int:
             # The workload of the quoted ceiling: gte-small at 128-token inputs, fp32.
             name, path = found["gte-small (random weights)"]
             fixed = corpus.fixed_length(500, 128, SHARED_MODELS / "gte-small" / "tokenizer.json")
-            result = endtoend.drain(fresh_db(cluster, template), name, path, fixed)
-            result["raw_onnxruntime"] = raw.run(path / name, fixed)
+            result = worker_and_model(name, path, fixed)
             result["quoted_ceiling_docs_per_s"] = {"measured matmul-bound": 37, "theoretical": 56}
             tokenizer = Tokenizer.from_file(str(SHARED_MODELS / "gte-small" / "tokenizer.json"))
             tokenizer.no_truncation()  # the file truncates and pads to 128 itself:
@@ -144,16 +157,27 @@ def main() -> int:
 
         def scaling() -> dict[str, Any]:
             name, path = found["gte-small (random weights)"]
-            return {
-                "1 worker x 2 threads": endtoend.drain(
-                    fresh_db(cluster, template), name, path, texts, workers=1, threads=2
-                ),
-                "2 workers x 1 thread": endtoend.drain(
-                    fresh_db(cluster, template), name, path, texts, workers=2, threads=1
-                ),
-            }
+            shapes = {"1 worker x 2 threads": (1, 2), "2 workers x 1 thread": (2, 1)}
+            samples: dict[str, list[dict[str, Any]]] = {shape: [] for shape in shapes}
+            for _ in range(rounds):  # alternating, as above
+                for shape, (workers, threads) in shapes.items():
+                    samples[shape].append(
+                        endtoend.drain(
+                            fresh_db(cluster, template),
+                            name,
+                            path,
+                            texts,
+                            workers=workers,
+                            threads=threads,
+                        )
+                    )
+            return {shape: endtoend.median(runs) for shape, runs in samples.items()}
 
         section("scaling", scaling)
+        section(
+            "index",
+            lambda: index.run(fresh_db(cluster, template), rounds=3 if args.quick else 7),
+        )
         section(
             "backlog",
             lambda: backlog.run(

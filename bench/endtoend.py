@@ -4,6 +4,7 @@ their CPU time and peak RSS."""
 
 from __future__ import annotations
 
+import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -68,3 +69,17 @@ def drain(
         "peak_rss_mb": round(max(c.peak_rss_mb for c in costs), 1),
         "failed": int(failed[0]),
     }
+
+
+def median(samples: list[dict[str, Any]]) -> dict[str, Any]:
+    """The sample with the median rate (the lower middle one of an even count), with every
+    round's rate beside it, so the spread is on record."""
+    ordered = sorted(samples, key=lambda sample: sample["docs_per_s"])
+    chosen = dict(ordered[(len(ordered) - 1) // 2])
+    chosen["rounds_docs_per_s"] = [sample["docs_per_s"] for sample in samples]
+    chosen["spread"] = round(
+        (ordered[-1]["docs_per_s"] - ordered[0]["docs_per_s"])
+        / statistics.median(s["docs_per_s"] for s in samples),
+        3,
+    )
+    return chosen

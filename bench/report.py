@@ -28,18 +28,33 @@ def st_rate(embedder: dict[str, Any], model: str) -> float | None:
     return None
 
 
+def rounds_note(drain: dict[str, Any]) -> str:
+    """How the drain figures were taken, when they are medians of several rounds."""
+    results = [r for label in (MINILM, GTE) for r in drain.get(label, {}).values()]
+    rounds = max((len(r.get("rounds_docs_per_s", [])) for r in results), default=0)
+    if rounds < 2:
+        return ""
+    spreads = [r.get("spread", 0.0) for r in results]
+    spreads += [r["raw_onnxruntime"].get("spread", 0.0) for r in results]
+    return (
+        f" Each rate is the median of {rounds} rounds alternating the worker and the model"
+        f" alone; the rounds of one measurement differed by up to {max(spreads):.0%}."
+    )
+
+
 def markdown() -> str:
     drain, embedder = load("drain"), load("embedder")
     writepath, latency = load("writepath"), load("latency")
     scaling, backlog = load("scaling"), load("backlog")
     ceiling, faults = load("ceiling"), load("faults")
+    index = load("index")
     lines = []
     machine = drain.get("machine", {})
     first: dict[str, Any] = next(iter(drain.get(MINILM, {}).values()), {})
     lines.append(
         f"Measured {machine.get('date', '?')} on {machine.get('cores', '?')} cores "
         f"({machine.get('cpu', '?')}), Python {machine.get('python', '?')}; corpus: "
-        f"{drain.get('corpus', '?')}, {first.get('rows', '?')} texts."
+        f"{drain.get('corpus', '?')}, {first.get('rows', '?')} texts." + rounds_note(drain)
     )
     lines.append("")
     lines.append(
@@ -104,6 +119,13 @@ def markdown() -> str:
             f"- Backlog of {backlog['rows']:,} rows ({backlog['model']}): {backlog['docs_per_s']} docs/s; "
             f"worker RSS {backlog['rss_mb_first_tenth_max']} MB during the first tenth, "
             f"{backlog['rss_mb_last_tenth_max']} MB during the last."
+        )
+    if index:
+        lines.append(
+            f"- HNSW index upkeep: the worker's write of {index['rows_per_update']} vectors into a "
+            f"{index['rows_in_table']:,}-row `halfvec(384)` table takes {index['update_ms_with_index']} ms "
+            f"with the index, {index['update_ms_without_index']} ms without "
+            f"({index['ms_per_row_for_the_index']} ms of server time per row; median of {index['rounds']})."
         )
     if ceiling:
         tokens = ceiling["tokens"]["mean"]

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
@@ -15,7 +14,7 @@ Conn = psycopg.Connection[Any]
 
 
 @pytest.fixture
-def two_targets(conn: Conn) -> Iterator[tuple[int, int]]:
+def two_targets(conn: Conn) -> tuple[int, int]:
     """docs and other, both watched, each with queued jobs."""
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute("CREATE TABLE other (id int PRIMARY KEY, body text)")
@@ -25,7 +24,7 @@ def two_targets(conn: Conn) -> Iterator[tuple[int, int]]:
         "SELECT embeddings.watch('docs', 'body'), embeddings.watch('other', 'body')"
     ).fetchone()
     assert row is not None
-    yield row[0], row[1]
+    return row[0], row[1]
 
 
 def target_ids(conn: Conn) -> list[int]:
