@@ -11,19 +11,18 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import subprocess
 import sys
 import tempfile
 import time
 from collections.abc import Callable
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 from tokenizers import Tokenizer
 
 from bench import backlog, corpus, endtoend, index, latency, raw, writepath
+from bench.machine import describe as machine
 from tests.support.cluster import Cluster, session_cluster
 from tests.support.modelgen import GTE_SMALL, cached_model_dir
 from worker import schema
@@ -34,23 +33,6 @@ SHARED_MODELS = Path(
     os.environ.get("EMBED_TEST_MODELS") or ROOT.parent.parent / "shared" / "models"
 )
 SECTIONS = ("writepath", "latency", "drain", "ceiling", "scaling", "backlog", "index", "embedder")
-
-
-def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    return {
-        "cpu": cpu,
-        "cores": len(os.sched_getaffinity(0)),
-        "python": platform.python_version(),
-        "date": datetime.now(UTC).strftime("%Y-%m-%d"),
-    }
 
 
 def models() -> dict[str, tuple[str, Path]]:

@@ -14,12 +14,10 @@ benchmark machine is shared. Writes bench/results/embedder.json.
 from __future__ import annotations
 
 import argparse
-import datetime
 import functools
 import importlib
 import json
 import os
-import platform
 import statistics
 import sys
 import tempfile
@@ -32,6 +30,7 @@ import numpy as np
 import onnxruntime
 
 from bench import corpus
+from bench.machine import describe as describe_machine
 from tests.support import modelgen
 from worker.embedder import DEFAULT_TOKEN_BUDGET, MAX_PADDING, Batch, Embedder, batches
 
@@ -123,22 +122,10 @@ def log(message: str) -> None:
 
 
 def machine() -> dict[str, Any]:
-    cpu = "unknown"
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
     return {
-        "date": datetime.date.today().isoformat(),
-        "cpus_available": len(os.sched_getaffinity(0)),
-        "cpu": cpu,
-        "python": platform.python_version(),
+        **describe_machine(),
         "onnxruntime": onnxruntime.__version__,
         "numpy": np.__version__,
-        "load_average_before": os.getloadavg(),
     }
 
 
