@@ -1,8 +1,12 @@
 """The database schema: where its SQL lives, installing it, and migrating with Alembic.
 
-`sql/` holds the schema as readable SQL files, applied in name order (`00_extensions.sql`,
-`10_schema.sql`, ...); `sql/uninstall.sql` removes it. The Alembic revisions in `migrations/`
-apply those files. A wheel carries both directories inside the package (`worker/_sql`,
+`sql/` holds the current schema as readable SQL files, applied in name order
+(`00_extensions.sql`, `10_schema.sql`, ...); `sql/uninstall.sql` removes it, whatever revision
+installed it. The Alembic revisions in `migrations/versions/` are frozen once released: 0001
+applies its own copy of the 0.1.0 files (`0001_initial/`), and each later revision applies only
+its difference (`NNNN_name.sql`, optionally `NNNN_name.down.sql` for a step back). A test keeps
+the two paths equal: a database migrated from any revision to head has the schema of a fresh
+`sql/` install. A wheel carries both directories inside the package (`worker/_sql`,
 `worker/_migrations`), so an installed worker migrates without a checkout.
 """
 
@@ -71,13 +75,59 @@ def ensure_pgmq(conn: Connection) -> None:
     conn.execute(bundled_pgmq_sql().encode())
 
 
-def install(conn: Connection) -> None:
-    """Installs the whole schema on `conn`, inside the caller's transaction."""
-    ensure_pgmq(conn)
-    for path in install_files():
+def run_files(conn: Connection, files: list[Path]) -> None:
+    for path in files:
         logger.debug("running %s", path.name)
         # Bytes: the files are run as written, with no client-side parameter parsing of `%`.
         conn.execute(path.read_bytes())
+
+
+def install(conn: Connection) -> None:
+    """Installs the whole current schema on `conn`, inside the caller's transaction."""
+    ensure_pgmq(conn)
+    run_files(conn, install_files())
+
+
+def revision_files(name: str) -> list[Path]:
+    """A revision's SQL: `versions/<name>/*.sql` in name order, or `versions/<name>.sql`."""
+    versions = migrations_dir() / "versions"
+    folder = versions / name
+    files = sorted(folder.glob("*.sql")) if folder.is_dir() else [versions / f"{name}.sql"]
+    missing = [p for p in files if not p.is_file()]
+    if not files or missing:
+        raise exceptions.EmbedWorkerError(f"revision {name}: no SQL at {missing or folder}")
+    return files
+
+
+def revision_connection() -> Connection:
+    """The psycopg connection under the Alembic operation context (inside a revision)."""
+    from alembic import op
+
+    conn = op.get_bind().connection.driver_connection
+    assert isinstance(conn, psycopg.Connection)
+    return conn
+
+
+def upgrade_revision(name: str) -> None:
+    """Body of a revision's upgrade(): runs its frozen SQL."""
+    run_files(revision_connection(), revision_files(name))
+
+
+def downgrade_revision(name: str) -> None:
+    """Body of a revision's downgrade() (after 0001). Going down to base, nothing: revision
+    0001's downgrade runs sql/uninstall.sql, which removes the schema of any revision. One step
+    down runs `<name>.down.sql`; a revision without one cannot be stepped back (restore a
+    backup, or downgrade to base and migrate again)."""
+    from alembic import context
+
+    if context.get_revision_argument() in (None, "base"):
+        return
+    down = migrations_dir() / "versions" / f"{name}.down.sql"
+    if not down.is_file():
+        raise exceptions.EmbedWorkerError(
+            f"revision {name} cannot be stepped back; downgrade to base removes the schema"
+        )
+    run_files(revision_connection(), [down])
 
 
 def uninstall(conn: Connection) -> None:

@@ -1,20 +1,15 @@
-"""The initial schema: extensions, the embeddings schema, the embedding_jobs queue.
+"""The 0.1.0 schema: extensions, the embeddings schema, the embedding_jobs queue.
 
 Revision ID: 0001
 Revises:
 Create Date: 2026-11-21
 
-Until the first release this revision applies the current `sql/` files. When a release ships,
-the files it applied are frozen: later schema changes go into `sql/` *and* into a new revision
-that applies only the difference (tests/migration checks both paths give the same schema).
+Frozen: it applies its own copy of the files `sql/` held at 0.1.0 (`0001_initial/`). Later
+changes go into `sql/` (a fresh install's schema) *and* into a new revision with only the
+difference; tests/migration checks that both paths give the same schema.
 """
 
 from __future__ import annotations
-
-from typing import Any
-
-import psycopg
-from alembic import op
 
 from worker import schema
 
@@ -24,15 +19,12 @@ branch_labels = None
 depends_on = None
 
 
-def _driver_connection() -> psycopg.Connection[Any]:
-    conn = op.get_bind().connection.driver_connection
-    assert isinstance(conn, psycopg.Connection)
-    return conn
-
-
 def upgrade() -> None:
-    schema.install(_driver_connection())
+    conn = schema.revision_connection()
+    schema.ensure_pgmq(conn)
+    schema.run_files(conn, schema.revision_files("0001_initial"))
 
 
 def downgrade() -> None:
-    schema.uninstall(_driver_connection())
+    # The current uninstall script: it removes what any revision installed.
+    schema.uninstall(schema.revision_connection())

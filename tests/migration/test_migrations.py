@@ -164,3 +164,68 @@ def test_missing_pgvector_is_a_clear_error(empty_dsn: str) -> None:
         conn.execute("SET search_path = pg_temp, pg_catalog, public")
         with pytest.raises(psycopg.errors.RaiseException, match="pgvector"):
             schema.install(conn)
+
+
+def released_revisions() -> list[str]:
+    """Every revision but head, oldest first: the schemas users may be upgrading from."""
+    from alembic.config import Config
+    from alembic.script import ScriptDirectory
+
+    config = Config()
+    config.set_main_option("script_location", str(schema.migrations_dir()))
+    scripts = ScriptDirectory.from_config(config)
+    chain = [s.revision for s in scripts.walk_revisions()]  # head first
+    return list(reversed(chain[1:]))
+
+
+def test_frozen_revisions_are_not_the_current_sql() -> None:
+    """0001 applies its own copy of the 0.1.0 files, never whatever sql/ holds today."""
+    frozen = schema.revision_files("0001_initial")
+    assert [p.name for p in frozen][:2] == ["00_extensions.sql", "10_schema.sql"]
+    assert all(p.parent.name == "0001_initial" for p in frozen)
+
+
+@pytest.mark.parametrize("start", [*released_revisions(), None])
+def test_upgrade_keeps_jobs_and_failures_and_equals_fresh_install(
+    cluster: Cluster, start: str | None
+) -> None:
+    """A database created at an older revision, with rows, queued jobs and dead letters,
+    upgraded to head: same schema as a fresh install, nothing queued or dead-lettered lost."""
+    if start is None:
+        pytest.skip("head is the only revision: nothing to upgrade from")
+    upgraded = cluster.create_database(prefix="upgraded")
+    fresh = cluster.create_database(prefix="fresh")
+    try:
+        schema.migrate(cluster.dsn(upgraded), start)
+        with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
+            conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+            conn.execute("INSERT INTO docs SELECT i, 'text ' || i FROM generate_series(1, 300) i")
+            conn.execute("SELECT embeddings.watch('docs', 'body')")
+            conn.execute("INSERT INTO docs VALUES (301, 'late')")
+            conn.execute(
+                "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message,"
+                " attempts, last_error) SELECT id, 'public.docs.embedding', '7', 'embedding_jobs',"
+                """ '{"target": 1, "keys": [7]}', 5, 'boom' FROM embeddings.targets"""
+            )
+            jobs_before = conn.execute(
+                "SELECT msg_id, message FROM pgmq.q_embedding_jobs ORDER BY msg_id"
+            ).fetchall()
+        assert sum(len(m["keys"]) for _, m in jobs_before) == 301
+
+        schema.migrate(cluster.dsn(upgraded))
+        with psycopg.connect(cluster.dsn(fresh)) as conn:
+            schema.install(conn)
+            conn.commit()
+        assert pg_dump_schema(cluster.dsn(upgraded)) == pg_dump_schema(cluster.dsn(fresh))
+        with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
+            jobs_after = conn.execute(
+                "SELECT msg_id, message FROM pgmq.q_embedding_jobs ORDER BY msg_id"
+            ).fetchall()
+            failures = conn.execute(
+                "SELECT row_key, last_error FROM embeddings.failures"
+            ).fetchall()
+        assert jobs_after == jobs_before
+        assert failures == [(7, "boom")]
+    finally:
+        cluster.drop_database(upgraded)
+        cluster.drop_database(fresh)

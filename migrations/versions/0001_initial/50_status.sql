@@ -1,0 +1,83 @@
+-- What is going on: per-target progress, and the dead letters.
+
+-- A target's display name: schema.table.column, quoted where needed.
+CREATE FUNCTION embeddings.target_name(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('%I.%I.%I', n.nspname, c.relname, t.embedding_column)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = t.source
+$$;
+
+-- Jobs of target t waiting in its queue (in flight included): our messages count their keys,
+-- messages in the Supabase guide's shape count one row each.
+CREATE FUNCTION embeddings.pending_sql(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format(
+        'SELECT coalesce(sum(CASE WHEN message ? ''keys'' THEN jsonb_array_length(message->''keys'') ELSE 1 END), 0)::bigint, '
+        '       extract(epoch FROM clock_timestamp() - min(enqueued_at))::double precision '
+        'FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', %s) '
+        '   OR message @> jsonb_build_object(''schema'', %L, ''table'', %L, ''embeddingColumn'', %L)',
+        pgmq.format_table_name(t.queue, 'q'), t.id, n.nspname, c.relname, t.embedding_column)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = t.source
+$$;
+
+-- One row per target. Counts are exact, so this scans each watched table.
+CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
+    target                 text,
+    total_rows             bigint,
+    embedded_rows          bigint,
+    pending_jobs           bigint,
+    failed_jobs            bigint,
+    oldest_pending_seconds double precision,
+    target_id              integer,
+    model                  text,
+    rows_per_second        double precision
+)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t embeddings.targets;
+BEGIN
+    FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
+        target := embeddings.target_name(t);
+        target_id := t.id;
+        model := t.model;
+        EXECUTE format('SELECT count(*), count(%I) FROM %s', t.embedding_column, t.source)
+            INTO total_rows, embedded_rows;
+        EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
+        SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
+        -- The last five whole minutes plus the current one, as a rate per second.
+        SELECT coalesce(sum(tp.rows), 0) / greatest(extract(epoch FROM clock_timestamp() - min(tp.minute)), 60)
+        INTO rows_per_second
+        FROM embeddings.throughput tp
+        WHERE tp.target_id = t.id AND tp.minute >= date_trunc('minute', clock_timestamp()) - interval '5 minutes';
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+CREATE VIEW embeddings.status AS
+    SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
+           target_id, model, rows_per_second
+    FROM embeddings.target_status();
+COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job';
+
+-- Re-queues dead letters (all, or those with the given ids) and removes them from
+-- embeddings.failures. Returns how many were re-queued.
+CREATE FUNCTION embeddings.retry_failures(ids bigint[] DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    f embeddings.failures;
+    retried integer := 0;
+BEGIN
+    FOR f IN
+        DELETE FROM embeddings.failures WHERE ids IS NULL OR id = ANY(ids) RETURNING *
+    LOOP
+        PERFORM embeddings.ensure_queue(f.queue);
+        PERFORM pgmq.send(f.queue, f.message);
+        retried := retried + 1;
+    END LOOP;
+    RETURN retried;
+END
+$$;

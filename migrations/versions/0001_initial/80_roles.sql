@@ -1,0 +1,85 @@
+-- A least-privilege role for the worker. `SELECT embeddings.grant_worker('embed_worker');` gives
+-- an existing role exactly what `embed-worker run` needs, and watch() extends it to every table
+-- registered later:
+--   * USAGE on the schemas embeddings and pgmq; the registry tables to read, dead letters and
+--     throughput to write
+--   * its queues' tables (leasing, acknowledging, retrying, archiving: pgmq's functions run
+--     with the caller's rights)
+--   * per watched table: SELECT (keys, content, whatever a content function reads) and UPDATE of
+--     the embedding column only
+--   * where a table has row-level security, a policy that lets the worker see and update every
+--     row: otherwise rows it cannot see look deleted and their jobs would be dropped
+-- The role needs no superuser, no BYPASSRLS, no ownership of anything.
+
+CREATE TABLE embeddings.worker_roles (
+    role_name name PRIMARY KEY
+);
+
+-- Grants `role_name` what the worker needs on one target (also called by watch()).
+CREATE FUNCTION embeddings.grant_worker_target(role_name name, t embeddings.targets) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    policy name := 'embeddings_worker_' || role_name;
+BEGIN
+    EXECUTE format('GRANT SELECT ON %s TO %I', t.source, role_name);
+    EXECUTE format('GRANT UPDATE (%I) ON %s TO %I', t.embedding_column, t.source, role_name);
+    IF (SELECT relrowsecurity FROM pg_class WHERE oid = t.source)
+       AND NOT EXISTS (SELECT FROM pg_policy WHERE polrelid = t.source AND polname = policy) THEN
+        EXECUTE format('CREATE POLICY %I ON %s FOR ALL TO %I USING (true) WITH CHECK (true)',
+                       policy, t.source, role_name);
+    END IF;
+    PERFORM embeddings.grant_worker_queue(role_name, t.queue);
+END
+$$;
+
+CREATE FUNCTION embeddings.grant_worker_queue(role_name name, queue_name text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON pgmq.%I TO %I',
+                   pgmq.format_table_name(queue_name, 'q'), role_name);
+    EXECUTE format('GRANT SELECT, INSERT ON pgmq.%I TO %I',
+                   pgmq.format_table_name(queue_name, 'a'), role_name);
+END
+$$;
+
+CREATE FUNCTION embeddings.grant_worker(role_name name) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t embeddings.targets;
+    q embeddings.queues;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
+        RAISE EXCEPTION 'role "%" does not exist', role_name
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('CREATE ROLE %I LOGIN PASSWORD ''...''; first.', role_name);
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA embeddings, pgmq TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON embeddings.targets, embeddings.models, embeddings.queues, embeddings.status TO %I', role_name);
+    EXECUTE format('GRANT SELECT, INSERT, DELETE ON embeddings.failures TO %I', role_name);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON embeddings.throughput TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON pgmq.meta TO %I', role_name);
+    FOR q IN SELECT * FROM embeddings.queues LOOP
+        PERFORM embeddings.grant_worker_queue(role_name, q.name);
+    END LOOP;
+    FOR t IN SELECT * FROM embeddings.targets LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);
+        PERFORM embeddings.grant_worker_target(role_name, t);
+    END LOOP;
+    INSERT INTO embeddings.worker_roles VALUES (role_name) ON CONFLICT DO NOTHING;
+END
+$$;
+
+CREATE FUNCTION embeddings.drop_worker_policies(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    policy name;
+BEGIN
+    FOR policy IN
+        SELECT p.polname FROM pg_policy p
+        JOIN embeddings.worker_roles r ON p.polname = 'embeddings_worker_' || r.role_name
+        WHERE p.polrelid = t.source
+    LOOP
+        EXECUTE format('DROP POLICY %I ON %s', policy, t.source);
+    END LOOP;
+END
+$$;
