@@ -66,5 +66,5 @@ bench: postgres-deps
 	@$(BIN)/python -m bench.report
 
 clean:
-	@scripts/pgcluster.sh stop $(DEVDB_DIR)
+	@scripts/pgcluster.sh destroy $(DEVDB_DIR)
 	rm -rf $(VENV) $(DEVDB_DIR) .mypy_cache .ruff_cache .pytest_cache
