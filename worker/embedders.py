@@ -12,7 +12,7 @@ import threading
 import time
 from dataclasses import dataclass
 
-from worker import exceptions
+from worker import exceptions, metrics
 from worker.embedder import Embedder
 from worker.models import Variant
 
@@ -49,15 +49,18 @@ class Embedders:
                 embedder = Embedder.load(model, variant=self.variant, threads=self.threads)
             except exceptions.ModelError as exc:
                 self._failed[model] = LoadFailure(str(exc), time.monotonic())
+                metrics.model_load_failed(model)
                 logger.error("model %s unavailable: %s", model, exc)
                 raise
             except Exception as exc:  # a corrupt file surfaces as onnxruntime's own errors
                 message = f"model {model!r} failed to load: {exc}"
                 self._failed[model] = LoadFailure(message, time.monotonic())
+                metrics.model_load_failed(model)
                 logger.error("%s", message)
                 raise exceptions.ModelError(message) from exc
             self._failed.pop(model, None)
             self._loaded[model] = embedder
+            metrics.model_loaded(model)
             logger.info(
                 "model %s loaded (%s, %d dimensions, %d max tokens) in %.1f s",
                 model,

@@ -58,7 +58,7 @@ def test_health_readiness_and_metrics(http_worker: WorkerProcess) -> None:
         "embed_worker_jobs_total",
         "embed_worker_queue_jobs",
         "embed_worker_model_info{",
-        "embed_worker_batch_stage_seconds_bucket",
+        "embed_worker_batch_stage_duration_seconds_bucket",
         "embed_worker_tokens_total",
     ):
         assert name in text, name
