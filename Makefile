@@ -12,7 +12,7 @@ DEVDB_NAME ?= embed
 DEVDB_URL := postgresql://postgres@127.0.0.1:$(DEVDB_PORT)/$(DEVDB_NAME)
 STAMP := $(VENV)/.installed
 
-.PHONY: help install db db-stop migrate run demo test lint bench postgres-deps clean
+.PHONY: help install db db-stop migrate run demo test lint bench postgres-deps test-deps clean
 
 help:
 	@echo "make demo    local cluster + migrations + worker + sample data + two searches"
@@ -54,8 +54,15 @@ lint: $(STAMP)
 
 # The suite starts its own throwaway cluster (tests/conftest.py) on a free port in a temporary
 # directory, so it never collides with `make db`; TEST_DATABASE_URL points it at a server instead.
-test: lint postgres-deps
+test: lint postgres-deps test-deps
 	@$(BIN)/pytest $(PYTEST_ARGS)
+
+# Tools the deploy/ tests run: promtool and a Prometheus server (Debian's `prometheus`). Without
+# apt the tests that need them skip and say why.
+test-deps:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null \
+		|| scripts/apt-install.sh prometheus \
+		|| echo "make test-deps: could not install prometheus; its tests will skip" >&2
 
 # The sentence-transformers column needs `$(BIN)/pip install torch sentence-transformers` first
 # (a benchmark-only install: several hundred MB, never a dependency of the worker).
