@@ -84,7 +84,9 @@ def test_every_alert_has_a_summary_and_a_runbook_entry_in_the_docs() -> None:
 
 
 def test_the_docs_list_every_alert_with_its_duration() -> None:
-    listed = dict(re.findall(r"^\| `(EmbedWorker\w+)` \|.*\| (\w+) \|$", OPERATING.read_text(), re.M))
+    listed = dict(
+        re.findall(r"^\| `(EmbedWorker\w+)` \|.*\| (\w+) \|$", OPERATING.read_text(), re.M)
+    )
     assert listed == {rule["alert"]: rule.get("for", "0m") for rule in alerting_rules()}
 
 

@@ -4,46 +4,16 @@ row outcomes are counted from RowState in one place (worker.metrics), deferred r
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
 
 from prometheus_client import generate_latest
 from prometheus_client.metrics import MetricWrapperBase
 from prometheus_client.parser import text_string_to_metric_families
 
+from tests.support.docs import Documented, documented_metrics
 from tests.support.factories import job, target
 from worker import metrics, pipeline
 from worker.config import Settings
-
-DOC = Path(__file__).resolve().parents[2] / "docs" / "operating.md"
-
-
-@dataclass(frozen=True)
-class Documented:
-    type: str
-    labels: frozenset[str]
-    values: dict[str, tuple[str, ...]]  # enumerated labels only
-
-
-def documented_metrics(text: str | None = None) -> dict[str, Documented]:
-    """The `| metric | type | labels | what |` table of docs/operating.md."""
-    text = DOC.read_text() if text is None else text
-    found: dict[str, Documented] = {}
-    for line in text.splitlines():
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) != 4 or not re.fullmatch(r"`[a-z_]+`", cells[0]):
-            continue
-        labels: set[str] = set()
-        values: dict[str, tuple[str, ...]] = {}
-        for part in filter(None, (p.strip() for p in cells[2].split(";"))):
-            name, _, listed = part.partition(":")
-            name = name.strip().strip("`")
-            labels.add(name)
-            if listed:
-                values[name] = tuple(v.strip().strip("`") for v in listed.split(","))
-        found[cells[0].strip("`")] = Documented(cells[1], frozenset(labels), values)
-    return found
 
 
 def exported_name(wrapper: MetricWrapperBase) -> str:
