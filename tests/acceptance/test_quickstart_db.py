@@ -90,7 +90,10 @@ def _make(
     command = ["make", target, f"DEVDB_PORT={port}"]
     if user is not None:
         command = ["runuser", "-u", user, "--", *command]
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("PG", "DATABASE_URL"))}
+    # A newcomer's shell: no database settings, and no make of ours around (`make test` exports
+    # MAKEFLAGS and MAKELEVEL, which would make this one print "Entering directory" lines).
+    inherited = ("PG", "DATABASE_URL", "MAKE", "MFLAGS")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(inherited)}
     return subprocess.run(
         command, cwd=checkout, capture_output=True, text=True, env=env, timeout=600
     )
