@@ -57,12 +57,16 @@ lint: $(STAMP)
 test: lint postgres-deps test-deps
 	@$(BIN)/pytest $(PYTEST_ARGS)
 
-# Tools the deploy/ tests run: promtool and a Prometheus server (Debian's `prometheus`). Without
-# apt the tests that need them skip and say why.
+# Tools the deploy/ tests run: promtool and a Prometheus server (Debian's `prometheus`); dockerd
+# and debootstrap for the image test (Debian's `docker.io`, `debootstrap`). Without apt the tests
+# that need them skip and say why.
 test-deps:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null \
 		|| scripts/apt-install.sh prometheus \
 		|| echo "make test-deps: could not install prometheus; its tests will skip" >&2
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null \
+		|| scripts/apt-install.sh docker.io debootstrap \
+		|| echo "make test-deps: could not install docker.io; the image test will skip" >&2
 
 # The sentence-transformers column needs `$(BIN)/pip install torch sentence-transformers` first
 # (a benchmark-only install: several hundred MB, never a dependency of the worker).
