@@ -122,6 +122,15 @@ def engine() -> Iterator[Docker]:
             except subprocess.TimeoutExpired:
                 daemon.kill()
                 daemon.wait(10)
+        _unmount_leftovers()
+
+
+def _unmount_leftovers() -> None:
+    """dockerd leaves its network namespace bind-mounted under its exec root."""
+    mounts = Path("/proc/mounts").read_text().splitlines()
+    for point in (line.split()[1] for line in mounts):
+        if point.startswith(f"{ROOT}/"):
+            subprocess.run(["umount", point], check=False, capture_output=True)
 
 
 def python_base(docker: Docker) -> str:
