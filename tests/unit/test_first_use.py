@@ -64,10 +64,10 @@ def test_the_first_use_downloads_and_loads(
     embedder = Embedders().get("tiny")
 
     assert embedder.embed(["hello"]).shape == (1, 32)
-    assert (embed_env / "tiny" / "onnx" / "model.onnx").read_bytes() == tiny_repo[
-        "onnx/model.onnx"
-    ]
-    assert sorted(p.rsplit("/", 1)[-1] for p in hub.downloads() if "/resolve/" in p or "__cdn" in p) == [
+    assert (embed_env / "tiny" / "onnx" / "model.onnx").read_bytes() == tiny_repo["onnx/model.onnx"]
+    assert sorted(
+        p.rsplit("/", 1)[-1] for p in hub.downloads() if "/resolve/" in p or "__cdn" in p
+    ) == [
         "config.json",
         "model.onnx",
         "tokenizer.json",
