@@ -3,6 +3,7 @@ says what each option does, `embed -`, hints that work as printed, status bars, 
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import pty
@@ -40,10 +41,10 @@ def test_an_unmigrated_database_says_to_migrate_and_names_it(empty_dsn: str, com
     assert result.returncode == 1
     name = psycopg.conninfo.conninfo_to_dict(empty_dsn)["dbname"]
     assert "does not exist" not in result.stderr
-    assert f"the embeddings schema is not installed in 127.0.0.1:" in result.stderr
+    assert "the embeddings schema is not installed in 127.0.0.1:" in result.stderr
     assert f"/{name}: run `DATABASE_URL=" in result.stderr
     assert " migrate`" in result.stderr
-    assert f"embed-worker: database 127.0.0.1:" in result.stderr  # which database, always
+    assert "embed-worker: database 127.0.0.1:" in result.stderr  # which database, always
 
 
 def test_without_database_url_it_says_it_uses_the_local_cluster(dsn: str) -> None:
@@ -55,13 +56,15 @@ def test_without_database_url_it_says_it_uses_the_local_cluster(dsn: str) -> Non
 
 def test_every_subcommand_help_describes_every_option() -> None:
     parser = cli.build_parser()
-    subparsers = next(a for a in parser._actions if a.dest == "command")
-    for name, sub in subparsers.choices.items():  # type: ignore[attr-defined]
-        for action in sub._actions:
-            if action.dest in ("help", "model_command"):
+    action = next(a for a in parser._actions if a.dest == "command")
+    assert isinstance(action.choices, dict)
+    subparsers: dict[str, argparse.ArgumentParser] = action.choices
+    for name, sub in subparsers.items():
+        for option in sub._actions:
+            if option.dest in ("help", "model_command"):
                 continue
-            assert action.help, f"{name}: {action.dest} has no description"
-    migrate_help = subparsers.choices["migrate"].format_help()  # type: ignore[attr-defined]
+            assert option.help, f"{name}: {option.dest} has no description"
+    migrate_help = subparsers["migrate"].format_help()
     assert "Install the embeddings schema" in migrate_help
 
 
