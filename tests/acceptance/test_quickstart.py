@@ -103,7 +103,7 @@ def test_the_quickstart_downloads_the_model_and_finds_by_meaning(
             timeout=300,
         )
         assert searched.returncode == 0, searched.stderr
-        assert COMPRESSION & set(searched.stdout.split())
+        assert any(word in searched.stdout.lower() for word in ("gzip", "compress", "archiv"))
 
         again = run(clone, env, "demo/demo.py")  # a second run downloads nothing
         assert again.returncode == 0 and "downloading" not in again.stdout
