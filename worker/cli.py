@@ -37,10 +37,13 @@ DESCRIPTIONS = {
 }
 
 
-def _global_options(defaults: str | None, *, variant: bool = True) -> argparse.ArgumentParser:
+def _global_options(
+    defaults: str | None, *, models: bool = True, variant: bool = True
+) -> argparse.ArgumentParser:
     """The options accepted before and after the subcommand. `defaults` is None for the
     top-level parser and argparse.SUPPRESS for subcommands, so a value given before the
-    subcommand is not reset by the subparser."""
+    subcommand is not reset by the subparser. Subcommands that load no model do not list the
+    model options (they are still accepted before the subcommand)."""
     parent = argparse.ArgumentParser(add_help=False, argument_default=defaults)
     common = parent.add_argument_group("connection and logging")
     common.add_argument(
@@ -57,6 +60,8 @@ def _global_options(defaults: str | None, *, variant: bool = True) -> argparse.A
     common.add_argument(
         "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING... [EMBED_LOG_LEVEL]"
     )
+    if not models:
+        return parent
     model = parent.add_argument_group("model location")
     model.add_argument(
         "--model-path",
@@ -75,7 +80,7 @@ def _global_options(defaults: str | None, *, variant: bool = True) -> argparse.A
             choices=("fp32", "int8"),
             help="model weights to run [EMBED_MODEL_VARIANT]",
         )
-    model.add_argument("--threads", type=int, help="inference threads [EMBED_THREADS]")
+    model.add_argument("--threads", type=int, metavar="N", help="inference threads [EMBED_THREADS]")
     return parent
 
 
@@ -91,14 +96,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("--version", action="version", version=f"embed-worker {__version__}")
     shared = _global_options(argparse.SUPPRESS)
+    connection_only = _global_options(argparse.SUPPRESS, models=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    def command(name: str, short: str) -> argparse.ArgumentParser:
+    def command(name: str, short: str, *, loads_models: bool = True) -> argparse.ArgumentParser:
         return commands.add_parser(
-            name, help=short, description=DESCRIPTIONS[name], parents=[shared]
+            name,
+            help=short,
+            description=DESCRIPTIONS[name],
+            parents=[shared if loads_models else connection_only],
         )
 
-    command("migrate", "install or upgrade the database schema")
+    command("migrate", "install or upgrade the database schema", loads_models=False)
 
     run = command("run", "run the worker")
     run.add_argument("--once", action="store_true", help="drain the queue, then exit 0")
@@ -124,7 +133,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
 
-    status = command("status", "per watched table: rows, embedded, pending, failed, ETA")
+    status = command(
+        "status", "per watched table: rows, embedded, pending, failed, ETA", loads_models=False
+    )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument(
         "--watch",
@@ -151,7 +162,7 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("--column", help="embedding column, when the table has several")
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    failures = command("failures", "list dead-lettered jobs")
+    failures = command("failures", "list dead-lettered jobs", loads_models=False)
     failures.add_argument("--retry", action="store_true", help="re-queue them all")
     failures.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

@@ -12,7 +12,7 @@ import pytest
 
 from tests.support.fakehub import COMMIT, FakeHub
 from worker import exceptions, models
-from worker.embedders import Embedders
+from worker.embedders import MAX_REMEMBERED_FAILURES, Embedders
 
 
 @pytest.fixture
@@ -146,3 +146,17 @@ def test_a_relative_model_path_is_shown_absolute(
         models.locate("some-local-model")
 
     assert f"looked in {tmp_path.parent / 'nowhere'}" in str(info.value)
+
+
+def test_load_failures_are_remembered_in_bounded_memory(
+    embed_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMBED_OFFLINE", "1")
+    embedders = Embedders()
+    for i in range(100):
+        with pytest.raises(exceptions.ModelNotFound):
+            embedders.get(f"no-such-model-{i}")
+
+    remembered = embedders.failures()
+    assert len(remembered) == MAX_REMEMBERED_FAILURES
+    assert "no-such-model-99" in remembered and "no-such-model-0" not in remembered
