@@ -55,6 +55,7 @@ def doctor(args: argparse.Namespace, settings: Settings) -> int:
 
 def migrate(_args: argparse.Namespace, settings: Settings) -> int:
     dsn = db.resolve_dsn(settings.database_url)
+    output.say_database(dsn, settings.database_url)
     db.connect(dsn).close()  # an unreachable database is reported plainly, not through Alembic
     try:
         schema.migrate(dsn)

@@ -4,6 +4,7 @@ model on the machine, the hub reachable (the local stand-in, HF_ENDPOINT). `make
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -135,3 +136,26 @@ def test_the_demo_judges_by_the_table_when_another_worker_runs(
             assert "50 of 50 rows embedded" in demo.stdout
     finally:
         other.stop()
+
+
+def test_concurrent_processes_download_the_model_once(
+    clone: Path, newcomer_env: dict[str, str], tmp_path: Path
+) -> None:
+    with FakeHub() as hub:
+        env = {**newcomer_env, **serve_gte_small(hub, shared_models_dir(), tmp_path / "pins")}
+        processes = [
+            subprocess.Popen(
+                [sys.executable, "-m", "worker", "embed", "hello world"],
+                cwd=clone,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+            )
+            for _ in range(3)
+        ]
+        results = [p.communicate(timeout=600) for p in processes]
+
+        assert [p.returncode for p in processes] == [0, 0, 0], results
+        assert all(len(json.loads(out)[0]) == 384 for out, _ in results)
+        assert len([p for p in hub.downloads() if p.endswith("model.onnx")]) == 1
