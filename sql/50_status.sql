@@ -56,8 +56,14 @@ BEGIN
                            t.embedding_column, content_sql, content_sql, t.source)
                 INTO total_rows, embedded_rows, cleared_rows;
         EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
-            EXECUTE format('SELECT count(*), count(s.%I), NULL::bigint FROM %s s', t.embedding_column, t.source)
-                INTO total_rows, embedded_rows, cleared_rows;
+            BEGIN
+                EXECUTE format('SELECT count(*), count(s.%I), NULL::bigint FROM %s s', t.embedding_column, t.source)
+                    INTO total_rows, embedded_rows, cleared_rows;
+            EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone: the other targets still show
+                total_rows := NULL;
+                embedded_rows := NULL;
+                cleared_rows := NULL;
+            END;
         END;
         EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;

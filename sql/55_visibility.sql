@@ -14,6 +14,18 @@ CREATE TABLE embeddings.deferrals (
 GRANT SELECT ON embeddings.deferrals TO PUBLIC;
 COMMENT ON TABLE embeddings.deferrals IS 'Targets whose jobs the worker defers, with the reason; shown by embeddings.status';
 
+-- Whether the current role may write target t's embeddings: UPDATE of its embedding column,
+-- or of the table where that column is gone (a deferral says so). Never raises.
+CREATE FUNCTION embeddings.may_write_embeddings(t embeddings.targets) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = t.source
+                     AND a.attname = t.embedding_column AND a.attnum > 0 AND NOT a.attisdropped)
+        THEN has_column_privilege(t.source, t.embedding_column, 'UPDATE')
+        ELSE coalesce(has_table_privilege(t.source, 'UPDATE'), false)
+    END
+$$;
+
 -- Records deferrals (one reason per target). Only a role that may write the target's embedding
 -- column (a worker) may say why its jobs wait.
 CREATE FUNCTION embeddings.note_deferrals(target_ids integer[], reasons text[], job_counts integer[])
@@ -23,7 +35,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT n.target_id, n.reason, n.jobs
     FROM unnest(target_ids, reasons, job_counts) AS n(target_id, reason, jobs)
     JOIN embeddings.targets t ON t.id = n.target_id
-    WHERE has_column_privilege(t.source, t.embedding_column, 'UPDATE')
+    WHERE embeddings.may_write_embeddings(t)
     ON CONFLICT (target_id) DO UPDATE
     SET reason = excluded.reason, jobs = excluded.jobs, last_seen = now(),
         since = CASE WHEN d.reason = excluded.reason THEN d.since ELSE now() END
@@ -37,7 +49,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM embeddings.deferrals d
     USING embeddings.targets t
     WHERE d.target_id = ANY(target_ids) AND t.id = d.target_id
-      AND has_column_privilege(t.source, t.embedding_column, 'UPDATE')
+      AND embeddings.may_write_embeddings(t)
 $$;
 
 -- The model watch() uses when none is named.

@@ -8,19 +8,24 @@
   `failures` and `status` agree.
 
 Called by `pipeline.write` inside its transaction, after the rows' states are final for it: a
-rollback takes these notes back with everything else.
+rollback takes these notes back with everything else. Each note runs in a savepoint and a
+failure is only logged: these notes never cost the batch its write.
 """
 
 from __future__ import annotations
 
+import logging
 from collections import defaultdict
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
-from worker import queries
+import psycopg
+
+from worker import db, queries
 
 if TYPE_CHECKING:
-    from worker import db
     from worker.pipeline import Batch
+
+logger = logging.getLogger(__name__)
 
 SETTLED = ("written", "cleared")  # RowState values whose dead letters are resolved
 
@@ -31,25 +36,37 @@ def record(conn: db.Connection, batch: Batch) -> None:
         if row.target.id not in batch.deferred and row.state.value in SETTLED:
             served[row.target.id].append(row.key)
     if served:
-        conn.execute(
-            queries.compose("resolve_failures"),
+        _note(
+            conn,
+            "resolve_failures",
             {
                 "target_ids": [t for t, keys in served.items() for _ in keys],
                 "keys": [k for keys in served.values() for k in keys],
             },
         )
-        conn.execute(queries.compose("clear_deferrals"), {"target_ids": list(served)})
+        _note(conn, "clear_deferrals", {"target_ids": list(served)})
     if batch.deferred:
         jobs: dict[int, int] = defaultdict(int)
         for job in batch.jobs:
             if job.target is not None and job.target.id in batch.deferred:
                 jobs[job.target.id] += 1
         ids = list(batch.deferred)
-        conn.execute(
-            queries.compose("note_deferrals"),
+        _note(
+            conn,
+            "note_deferrals",
             {
                 "target_ids": ids,
                 "reasons": [batch.deferred[i] for i in ids],
                 "jobs": [jobs[i] for i in ids],
             },
         )
+
+
+def _note(conn: db.Connection, query: str, params: dict[str, Any]) -> None:
+    try:
+        with conn.transaction():  # a savepoint: a failure here leaves the batch's write intact
+            conn.execute(queries.compose(query), params)
+    except psycopg.Error as exc:
+        if db.is_connection_error(exc):
+            raise
+        logger.warning("%s failed (status may lag): %s", query, db.redact(str(exc).strip()))

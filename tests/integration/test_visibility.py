@@ -125,3 +125,22 @@ def test_dead_letters_of_rows_embedded_later_are_resolved(
     keys = conn.execute("SELECT row_key FROM embeddings.failures").fetchall()
     assert keys == [(2,)]  # row 1 was embedded; row 2 still has no embedding
     assert status_row(conn)["failed_jobs"] == 1
+
+
+def test_a_target_without_its_embedding_column_is_deferred_and_shown(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    conn.execute("SELECT embeddings.watch('notes', 'body', model => %s)", (minilm,))
+    conn.execute("INSERT INTO docs VALUES (1, 'hello')")
+    conn.execute("INSERT INTO notes VALUES (1, 'hello')")
+    conn.execute("ALTER TABLE docs RENAME COLUMN embedding TO old_embedding")
+
+    run_once()
+
+    assert conn.execute("SELECT embedding IS NOT NULL FROM notes").fetchone() == (True,)
+    reasons = dict(conn.execute("SELECT target, deferred_reason FROM embeddings.status").fetchall())
+    assert "embedding column is missing" in reasons["public.docs.embedding"]
+    assert reasons["public.notes.embedding"] is None
