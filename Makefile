@@ -35,7 +35,10 @@ db: postgres-deps
 	@scripts/pgcluster.sh start $(DEVDB_DIR) $(DEVDB_PORT) $(DEVDB_NAME)
 
 db-stop:
-	@scripts/pgcluster.sh stop $(DEVDB_DIR)
+	@if scripts/pgcluster.sh status $(DEVDB_DIR) >/dev/null 2>&1; then \
+		scripts/pgcluster.sh stop $(DEVDB_DIR) && \
+		echo "stopped the local cluster in $(DEVDB_DIR)/ (its data stays there; \`make db\` starts it again)"; \
+	else echo "the local cluster in $(DEVDB_DIR)/ is not running: nothing to stop"; fi
 
 # DATABASE_URL from the environment wins; otherwise the local cluster.
 migrate: db

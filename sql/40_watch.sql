@@ -27,7 +27,7 @@ CREATE FUNCTION embeddings.watch(
     source regclass,
     content text,
     embedding_column name DEFAULT 'embedding',
-    model text DEFAULT 'gte-small',
+    model text DEFAULT NULL,  -- NULL: embeddings.default_model(), see embeddings.set_default_model()
     triggers boolean DEFAULT true,
     clear_on_update boolean DEFAULT true,
     queue text DEFAULT 'embedding_jobs'
@@ -53,6 +53,7 @@ DECLARE
     reembed boolean := false;
     backfill text;
 BEGIN
+    model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
     IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
        OR triggers IS NULL OR clear_on_update IS NULL OR queue IS NULL THEN
         RAISE EXCEPTION 'embeddings.watch(): arguments must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -154,6 +155,8 @@ BEGIN
         RAISE EXCEPTION 'invalid queue name "%": lower-case letters, digits and _ only, at most 47', queue
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+
+    PERFORM embeddings.refuse_guide_triggers(source, triggers);  -- newcomer: never two sets of triggers
 
     -- Everything is valid: act.
     SELECT * INTO previous FROM embeddings.targets tg

@@ -22,7 +22,9 @@ LANGUAGE sql STABLE AS $$
     WHERE c.oid = t.source
 $$;
 
--- One row per target. Counts are exact, so this scans each watched table.
+-- One row per target. Counts are exact, so this scans each watched table. Rows whose content is
+-- NULL or blank (whitespace only) are `cleared_rows`: the worker keeps them without an embedding
+-- on purpose. `deferred_reason` says why the pending jobs wait, when the worker defers them.
 CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     target                 text,
     total_rows             bigint,
@@ -32,19 +34,37 @@ CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     oldest_pending_seconds double precision,
     target_id              integer,
     model                  text,
-    rows_per_second        double precision
+    rows_per_second        double precision,
+    cleared_rows           bigint,
+    deferred_reason        text,
+    deferred_since         timestamptz
 )
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     t embeddings.targets;
+    content_sql text;
 BEGIN
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
         target := embeddings.target_name(t);
         target_id := t.id;
         model := t.model;
-        EXECUTE format('SELECT count(*), count(%I) FROM %s', t.embedding_column, t.source)
-            INTO total_rows, embedded_rows;
+        content_sql := CASE WHEN t.content_column IS NOT NULL THEN format('s.%I', t.content_column)
+                            ELSE format('%s(s)', t.content_function::regproc) END;
+        BEGIN
+            EXECUTE format('SELECT count(*), count(s.%I), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
+                           t.embedding_column, content_sql, content_sql, t.source)
+                INTO total_rows, embedded_rows, cleared_rows;
+        EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
+            BEGIN
+                EXECUTE format('SELECT count(*), count(s.%I), NULL::bigint FROM %s s', t.embedding_column, t.source)
+                    INTO total_rows, embedded_rows, cleared_rows;
+            EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone: the other targets still show
+                total_rows := NULL;
+                embedded_rows := NULL;
+                cleared_rows := NULL;
+            END;
+        END;
         EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
         -- The last five whole minutes plus the current one, as a rate per second.
@@ -52,6 +72,10 @@ BEGIN
         INTO rows_per_second
         FROM embeddings.throughput tp
         WHERE tp.target_id = t.id AND tp.minute >= date_trunc('minute', clock_timestamp()) - interval '5 minutes';
+        deferred_reason := NULL;
+        deferred_since := NULL;
+        SELECT d.reason, d.since INTO deferred_reason, deferred_since
+        FROM embeddings.deferrals d WHERE d.target_id = t.id AND pending_jobs > 0;
         RETURN NEXT;
     END LOOP;
 END
@@ -59,9 +83,9 @@ $$;
 
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
-           target_id, model, rows_per_second
+           target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since
     FROM embeddings.target_status();
-COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job';
+COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait';
 
 -- Re-queues dead letters (all, or those with the given ids) and removes them from
 -- embeddings.failures. Returns how many were re-queued.

@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
 
-from worker import db, exceptions, metrics, queries
+from worker import db, exceptions, metrics, queries, visibility
 from worker import queue as jobqueue
 from worker.config import Settings
 from worker.embedders import Embedders
@@ -240,6 +240,7 @@ def write(
         queue.defer(conn, settlement.defer, DEFER_SECONDS)
         queue.send(conn, settlement.resend)
         jobqueue.record_failures(conn, queue.name, settlement.dead)
+        visibility.record(conn, batch)  # deferral reasons for status; dead letters resolved
         for target_id, count in _written_per_target(batch).items():
             conn.execute(
                 queries.compose("record_throughput"), {"target_id": target_id, "rows": count}
