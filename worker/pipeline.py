@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
 
-from worker import db, exceptions, metrics, queries
+from worker import db, exceptions, faults, metrics, queries
 from worker import queue as jobqueue
 from worker.config import Settings
 from worker.embedders import Embedders
@@ -102,6 +102,7 @@ def read(
     metrics.STAGE_SECONDS.labels("read").observe(time.perf_counter() - started)
     if not raw:
         return None
+    faults.reached("leased")
     targets = registry.current(conn)
     jobs = [jobqueue.parse(r, targets) for r in raw]
     if any(job.error and job.target is None for job in jobs):
@@ -131,6 +132,7 @@ def load(conn: db.Connection, batch: Batch) -> None:
     """Loads the content of every row, one query per target. If a target's query fails (a
     content function raising for some row), rows are loaded one by one to find the culprits."""
     started = time.perf_counter()
+    faults.reached("load")
     for target, rows in batch.by_target(RowState.PENDING).items():
         try:
             found = _load_rows(conn, target, [r.key for r in rows])
@@ -172,6 +174,7 @@ def embed(embedders: Embedders, batch: Batch) -> None:
     """Embeds every loaded row with its target's model. A model that cannot be loaded, or whose
     dimensions do not fit the column, defers the target; a text the model fails on fails only
     its own row (the batch is split until the culprit is alone)."""
+    faults.reached("embed")
     for target, rows in batch.by_target(RowState.READY).items():
         try:
             model = embedders.get(target.model)
@@ -228,52 +231,107 @@ def write(
     settings: Settings,
     now: Callable[[], datetime] = lambda: datetime.now(UTC),
 ) -> Settlement:
-    """Stores vectors, clears blank rows and settles every job, in one transaction."""
+    """Stores vectors, clears blank rows and settles every job, in one transaction.
+
+    The rows' states are those of before the write until the transaction has committed: what
+    the write did is collected in a WriteOutcome and applied to the rows only after COMMIT. A
+    connection lost at any point of the transaction (COMMIT included) leaves the batch as it was
+    read, so writing it again on a new connection redoes everything."""
     started = time.perf_counter()
+    outcome = WriteOutcome()
     with db.translated(), conn.transaction():
         for target, rows in batch.by_target().items():
-            _write_target(conn, target, rows)
-        settlement = settle(batch, settings, now())
+            _write_target(conn, target, rows, outcome)
+        faults.reached("after_vectors")
+        settlement = settle(batch, settings, now(), outcome)
         queue.delete(conn, settlement.delete)
         queue.archive(conn, settlement.archive)
         queue.retry(conn, settlement.retry)
         queue.defer(conn, settlement.defer, DEFER_SECONDS)
         queue.send(conn, settlement.resend)
         jobqueue.record_failures(conn, queue.name, settlement.dead)
-        for target_id, count in _written_per_target(batch).items():
+        for target_id, count in outcome.written_per_target().items():
             conn.execute(
                 queries.compose("record_throughput"), {"target_id": target_id, "rows": count}
             )
+        faults.reached("before_commit")
+    outcome.apply(batch)  # committed: now the rows may say what happened to them
     batch.write_ms = (time.perf_counter() - started) * 1000
     metrics.STAGE_SECONDS.labels("write").observe(batch.write_ms / 1000)
     _count(batch, settlement)
     return settlement
 
 
-def _write_target(conn: db.Connection, target: Target, rows: list[Row]) -> None:
+RowKey = tuple[int, str]  # (target id, canonical key)
+
+
+@dataclass
+class WriteOutcome:
+    """What a write transaction did to each row (its new state, its error), kept apart from the
+    rows until the transaction commits."""
+
+    states: dict[RowKey, RowState] = field(default_factory=dict)
+    errors: dict[RowKey, str] = field(default_factory=dict)
+
+    def state(self, row: Row) -> RowState:
+        return self.states.get((row.target.id, row.key), row.state)
+
+    def error(self, row: Row) -> str | None:
+        return self.errors.get((row.target.id, row.key), row.error)
+
+    def record(self, states: dict[RowKey, RowState]) -> None:
+        self.states.update(states)
+
+    def fail(self, row: Row, error: str) -> None:
+        self.states[(row.target.id, row.key)] = RowState.FAILED
+        self.errors[(row.target.id, row.key)] = error
+
+    def written_per_target(self) -> dict[int, int]:
+        counts: dict[int, int] = defaultdict(int)
+        for (target_id, _), state in self.states.items():
+            if state is RowState.WRITTEN:
+                counts[target_id] += 1
+        return counts
+
+    def apply(self, batch: Batch) -> None:
+        for key, state in self.states.items():
+            row = batch.rows[key]
+            row.state = state
+            if key in self.errors:
+                row.error = self.errors[key]
+
+
+def _write_target(
+    conn: db.Connection, target: Target, rows: list[Row], outcome: WriteOutcome
+) -> None:
     embedded = [r for r in rows if r.state is RowState.EMBEDDED]
     blank = [r for r in rows if r.state is RowState.BLANK]
     if not embedded and not blank:
         return
     try:
         with conn.transaction():  # a savepoint: a failure here fails only this target's rows
-            _store(conn, target, embedded, blank)
+            stored = _store(conn, target, embedded, blank)
+        outcome.record(stored)  # the savepoint was released: its effect stands (until COMMIT)
     except psycopg.Error as exc:
         if db.is_connection_error(exc):
             raise
         # Something in the table refused the write (a trigger, a constraint): one row at a
-        # time, to fail only the rows it refuses.
+        # time, to fail only the rows it refuses. Each row goes where its state before this
+        # write says (a vector, or a clear): the rolled-back savepoint changed nothing.
         for row in embedded + blank:
             try:
                 with conn.transaction():
                     if row.state is RowState.EMBEDDED:
-                        _store(conn, target, [row], [])
+                        stored = _store(conn, target, [row], [])
                     else:
-                        _store(conn, target, [], [row])
+                        stored = _store(conn, target, [], [row])
+                outcome.record(stored)
             except psycopg.Error as row_exc:
                 if db.is_connection_error(row_exc):
                     raise
-                row.fail(f"storing the embedding failed: {db.redact(str(row_exc).strip())}")
+                outcome.fail(
+                    row, f"storing the embedding failed: {db.redact(str(row_exc).strip())}"
+                )
 
 
 def _vector(row: Row) -> np.ndarray[Any, np.dtype[np.float32]]:
@@ -281,7 +339,12 @@ def _vector(row: Row) -> np.ndarray[Any, np.dtype[np.float32]]:
     return row.vector
 
 
-def _store(conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]) -> None:
+def _store(
+    conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]
+) -> dict[RowKey, RowState]:
+    """Writes the vectors of `embedded` and clears `blank`; returns each row's new state
+    (leaving the rows untouched: the caller's transaction may still roll back)."""
+    states: dict[RowKey, RowState] = {}
     if embedded:
         wrap = HalfVector if target.embedding_type == "halfvec" else Vector
         written = {
@@ -296,7 +359,9 @@ def _store(conn: db.Connection, target: Target, embedded: list[Row], blank: list
             )
         }
         for row in embedded:
-            row.state = RowState.WRITTEN if row.key in written else RowState.STALE
+            states[(target.id, row.key)] = (
+                RowState.WRITTEN if row.key in written else RowState.STALE
+            )
     if blank:
         cleared = {
             key
@@ -307,12 +372,19 @@ def _store(conn: db.Connection, target: Target, embedded: list[Row], blank: list
         }
         for row in blank:
             # Not cleared: already NULL, or the content changed since (its own job handles it).
-            row.state = RowState.CLEARED if row.key in cleared else RowState.BLANK
+            states[(target.id, row.key)] = (
+                RowState.CLEARED if row.key in cleared else RowState.BLANK
+            )
+    return states
 
 
-def settle(batch: Batch, settings: Settings, now: datetime) -> Settlement:
-    """Decides each job's fate from its rows' outcomes (pure; no database)."""
+def settle(
+    batch: Batch, settings: Settings, now: datetime, outcome: WriteOutcome | None = None
+) -> Settlement:
+    """Decides each job's fate from its rows' outcomes (pure; no database): the rows' states,
+    overlaid with what the write transaction in progress did to them (`outcome`)."""
     out = Settlement()
+    outcome = outcome or WriteOutcome()
     for job in batch.jobs:
         target = job.target
         if target is None:
@@ -333,9 +405,9 @@ def settle(batch: Batch, settings: Settings, now: datetime) -> Settlement:
             out.defer.append(job.msg_id)
             continue
         failed = [
-            (key, row.error or "failed")
+            (key, outcome.error(row) or "failed")
             for key in job.keys
-            if (row := batch.rows[(target.id, key)]).state is RowState.FAILED
+            if outcome.state(row := batch.rows[(target.id, key)]) is RowState.FAILED
         ]
         if not failed and not job.bad_keys:
             out.delete.append(job.msg_id)
@@ -393,14 +465,6 @@ def _label(job: jobqueue.Job) -> str:
     if "target" in message:
         return f"target {message['target']}"
     return "unknown"
-
-
-def _written_per_target(batch: Batch) -> dict[int, int]:
-    counts: dict[int, int] = defaultdict(int)
-    for row in batch.rows.values():
-        if row.state is RowState.WRITTEN:
-            counts[row.target.id] += 1
-    return counts
 
 
 def _count(batch: Batch, settlement: Settlement) -> None:
