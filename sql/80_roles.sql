@@ -58,6 +58,8 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, DELETE ON embeddings.failures TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON embeddings.throughput TO %I', role_name);
     EXECUTE format('GRANT SELECT ON pgmq.meta TO %I', role_name);
+    -- Its write transaction locks the registrations it writes for (definition versions).
+    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.lock_target_version(integer) TO %I', role_name);
     FOR q IN SELECT * FROM embeddings.queues LOOP
         PERFORM embeddings.grant_worker_queue(role_name, q.name);
     END LOOP;

@@ -44,6 +44,7 @@ class RowState(enum.Enum):
     WRITTEN = "written"
     CLEARED = "cleared"
     STALE = "stale"  # content changed since loading: its newer job embeds it
+    OUTDATED = "outdated"  # the target was redefined (watch()) since the batch was read: redone
 
 
 @dataclass
@@ -103,7 +104,7 @@ def read(
     if not raw:
         return None
     faults.reached("leased")
-    targets = registry.current(conn)
+    targets = registry.current_definitions(conn)
     jobs = [jobqueue.parse(r, targets) for r in raw]
     if any(job.error and job.target is None for job in jobs):
         # A target registered since we last looked: read the registry again, once.
@@ -219,6 +220,7 @@ class Settlement:
     archive: list[int] = field(default_factory=list)
     retry: dict[int, int] = field(default_factory=dict)  # msg_id -> delay
     defer: list[int] = field(default_factory=list)
+    release: list[int] = field(default_factory=list)  # target redefined: redo at once
     resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)
     dead: list[jobqueue.DeadLetter] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
@@ -240,14 +242,20 @@ def write(
     started = time.perf_counter()
     outcome = WriteOutcome()
     with db.translated(), conn.transaction():
-        for target, rows in batch.by_target().items():
-            _write_target(conn, target, rows, outcome)
+        groups = batch.by_target()
+        outcome.outdated = _outdated_targets(conn, groups)
+        for target, rows in groups.items():
+            if target.id in outcome.outdated:
+                outcome.record({(target.id, r.key): RowState.OUTDATED for r in rows})
+            else:
+                _write_target(conn, target, rows, outcome)
         faults.reached("after_vectors")
         settlement = settle(batch, settings, now(), outcome)
         queue.delete(conn, settlement.delete)
         queue.archive(conn, settlement.archive)
         queue.retry(conn, settlement.retry)
         queue.defer(conn, settlement.defer, DEFER_SECONDS)
+        queue.defer(conn, settlement.release, 0)
         queue.send(conn, settlement.resend)
         jobqueue.record_failures(conn, queue.name, settlement.dead)
         for target_id, count in outcome.written_per_target().items():
@@ -272,6 +280,7 @@ class WriteOutcome:
 
     states: dict[RowKey, RowState] = field(default_factory=dict)
     errors: dict[RowKey, str] = field(default_factory=dict)
+    outdated: set[int] = field(default_factory=set)  # targets redefined since the batch was read
 
     def state(self, row: Row) -> RowState:
         return self.states.get((row.target.id, row.key), row.state)
@@ -299,6 +308,21 @@ class WriteOutcome:
             row.state = state
             if key in self.errors:
                 row.error = self.errors[key]
+
+
+def _outdated_targets(conn: db.Connection, groups: dict[Target, list[Row]]) -> set[int]:
+    """Locks the registration of every target of the batch (in id order: two writers never
+    wait for each other crosswise) and returns those whose definition version is no longer the
+    one the batch was read under. The locks hold until COMMIT, so a concurrent watch() waits for
+    this write, and a write that starts after watch() sees its new version."""
+    outdated = set()
+    for target in sorted(groups, key=lambda t: t.id):
+        row = conn.execute(
+            queries.compose("lock_target_version"), {"target_id": target.id}
+        ).fetchone()
+        if row is None or row[0] != target.version:
+            outdated.add(target.id)
+    return outdated
 
 
 def _write_target(
@@ -404,6 +428,9 @@ def settle(
         if target.id in batch.deferred:
             out.defer.append(job.msg_id)
             continue
+        if target.id in outcome.outdated:
+            out.release.append(job.msg_id)  # not done: redone under the new definition
+            continue
         failed = [
             (key, outcome.error(row) or "failed")
             for key in job.keys
@@ -472,6 +499,7 @@ def _count(batch: Batch, settlement: Settlement) -> None:
     metrics.JOBS.labels("retried").inc(len(settlement.retry) + len(settlement.resend))
     metrics.JOBS.labels("dead").inc(len(settlement.dead))
     metrics.JOBS.labels("deferred").inc(len(settlement.defer))
+    metrics.JOBS.labels("released").inc(len(settlement.release))
     for row in batch.rows.values():
         metrics.ROWS.labels(row.target.name, row.state.value).inc()
     for latency in settlement.latencies:

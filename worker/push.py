@@ -67,7 +67,7 @@ def process(worker: Worker, body: Any) -> PushResult:
                 queries.compose("lease_jobs_by_id", queue_table=worker.queue.table),
                 {"msg_ids": [job_id for job_id, _ in requested], "vt": worker.settings.vt_seconds},
             ).fetchall()
-        targets = worker.registry.current(conn)
+        targets = worker.registry.current_definitions(conn)
         jobs = [jobqueue.parse(row, targets) for row in rows]
         if any(job.error and job.target is None for job in jobs):
             targets = worker.registry.refresh(conn)

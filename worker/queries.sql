@@ -93,7 +93,7 @@ DELETE FROM embeddings.throughput WHERE minute < clock_timestamp() - interval '1
 -- Every registered target with what the worker needs to serve it, from the catalog.
 SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
        t.content_column, fn_ns.nspname, p.proname, t.model, t.key_column,
-       key_ty.typname, t.queue
+       key_ty.typname, t.queue, t.version
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
 LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -104,6 +104,16 @@ LEFT JOIN pg_proc p ON p.oid = t.content_function
 LEFT JOIN pg_namespace fn_ns ON fn_ns.oid = p.pronamespace
 LEFT JOIN pg_type key_ty ON key_ty.oid = t.key_type
 ORDER BY t.id;
+
+-- name: target_versions
+-- The definition version of every registered target (a registry read under an older one is
+-- refreshed before a batch is served with it).
+SELECT id, version FROM embeddings.targets;
+
+-- name: lock_target_version
+-- Locks a target's registration until the write transaction ends; returns its current
+-- definition version (NULL when it was unwatched).
+SELECT embeddings.lock_target_version(%(target_id)s);
 
 -- name: next_visible
 -- Seconds until the next job of the queue becomes visible (NULL when the queue is empty).
