@@ -126,6 +126,7 @@ BEGIN
                          THEN 'a set of ' ELSE '' END || content_type
                 USING ERRCODE = 'datatype_mismatch';
         END IF;
+        PERFORM embeddings.check_content_function(source, content_fn);  -- trusted, not VOLATILE
     END IF;
 
     -- The embedding column: absent (we add it), or vector(dims) / halfvec(dims).

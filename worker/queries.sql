@@ -139,12 +139,15 @@ WHERE t.{key} = ANY(%(keys)s::text[]::{key_type}[]);
 
 -- name: write_vectors
 -- Stores embeddings, except where the content changed since it was loaded (its md5 differs):
--- that row's newer content has its own job. Returns the keys written.
+-- that row's newer content has its own job. Returns the keys written. IS NOT DISTINCT FROM,
+-- not =: an equality between the two sides would let the planner hash-join on md5(content),
+-- evaluating a STABLE or IMMUTABLE content function for every row of the table (slow, and one
+-- row it raises for would fail every write).
 UPDATE {table} t
 SET {embedding} = v.embedding
 FROM unnest(%(keys)s::text[]::{key_type}[], %(embeddings)b, %(hashes)s::text[])
      AS v(key, embedding, hash)
-WHERE t.{key} = v.key AND md5({content}) = v.hash
+WHERE t.{key} = v.key AND md5({content}) IS NOT DISTINCT FROM v.hash
 RETURNING t.{key}::text;
 
 -- name: clear_vectors

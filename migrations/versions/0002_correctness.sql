@@ -4,6 +4,7 @@
 --   * embeddings.lock_target_version(), embeddings.check_content_function() (42_definitions.sql)
 --   * watch(): bumps the version; refuses untrusted and VOLATILE content functions
 --   * sweep(): a raising content function is isolated per target and per row (sweep_rows)
+--   * grant_worker(): row-security policies FOR SELECT and FOR UPDATE instead of FOR ALL
 -- Functions are replaced with the same text as sql/ (a fresh install and a migrated database
 -- must dump identically).
 
@@ -159,6 +160,7 @@ BEGIN
                          THEN 'a set of ' ELSE '' END || content_type
                 USING ERRCODE = 'datatype_mismatch';
         END IF;
+        PERFORM embeddings.check_content_function(source, content_fn);  -- trusted, not VOLATILE
     END IF;
 
     -- The embedding column: absent (we add it), or vector(dims) / halfvec(dims).
@@ -276,6 +278,28 @@ END
 $$;
 
 -- from sql/80_roles.sql
+CREATE OR REPLACE FUNCTION embeddings.grant_worker_target(role_name name, t embeddings.targets) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    policy name := 'embeddings_worker_' || role_name;
+BEGIN
+    EXECUTE format('GRANT SELECT ON %s TO %I', t.source, role_name);
+    EXECUTE format('GRANT UPDATE (%I) ON %s TO %I', t.embedding_column, t.source, role_name);
+    IF (SELECT relrowsecurity FROM pg_class WHERE oid = t.source) THEN
+        IF NOT EXISTS (SELECT FROM pg_policy WHERE polrelid = t.source AND polname = policy) THEN
+            EXECUTE format('CREATE POLICY %I ON %s FOR SELECT TO %I USING (true)',
+                           policy, t.source, role_name);
+        END IF;
+        IF NOT EXISTS (SELECT FROM pg_policy WHERE polrelid = t.source AND polname = policy || '_update') THEN
+            EXECUTE format('CREATE POLICY %I ON %s FOR UPDATE TO %I USING (true) WITH CHECK (true)',
+                           policy || '_update', t.source, role_name);
+        END IF;
+    END IF;
+    PERFORM embeddings.grant_worker_queue(role_name, t.queue);
+END
+$$;
+
+-- from sql/80_roles.sql
 CREATE OR REPLACE FUNCTION embeddings.grant_worker(role_name name) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -302,6 +326,23 @@ BEGIN
         PERFORM embeddings.grant_worker_target(role_name, t);
     END LOOP;
     INSERT INTO embeddings.worker_roles VALUES (role_name) ON CONFLICT DO NOTHING;
+END
+$$;
+
+-- from sql/80_roles.sql
+CREATE OR REPLACE FUNCTION embeddings.drop_worker_policies(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    policy name;
+BEGIN
+    FOR policy IN
+        SELECT p.polname FROM pg_policy p
+        JOIN embeddings.worker_roles r
+          ON p.polname IN ('embeddings_worker_' || r.role_name, 'embeddings_worker_' || r.role_name || '_update')
+        WHERE p.polrelid = t.source
+    LOOP
+        EXECUTE format('DROP POLICY %I ON %s', policy, t.source);
+    END LOOP;
 END
 $$;
 
@@ -464,15 +505,22 @@ BEGIN
 END
 $$;
 
--- Roles granted before this revision need the new function too.
+-- Roles granted before this revision: the new function, and their FOR ALL row-security
+-- policies replaced by FOR SELECT + FOR UPDATE ones.
 DO $$
 DECLARE
     r embeddings.worker_roles;
+    t embeddings.targets;
 BEGIN
     FOR r IN SELECT * FROM embeddings.worker_roles LOOP
-        IF EXISTS (SELECT FROM pg_roles WHERE rolname = r.role_name) THEN
-            EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.lock_target_version(integer) TO %I', r.role_name);
-        END IF;
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_roles WHERE rolname = r.role_name);
+        EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.lock_target_version(integer) TO %I', r.role_name);
+        FOR t IN SELECT tg.* FROM embeddings.targets tg
+                 JOIN pg_policy p ON p.polrelid = tg.source
+                 WHERE p.polname = 'embeddings_worker_' || r.role_name AND p.polcmd = '*' LOOP
+            EXECUTE format('DROP POLICY %I ON %s', 'embeddings_worker_' || r.role_name, t.source);
+            PERFORM embeddings.grant_worker_target(r.role_name, t);
+        END LOOP;
     END LOOP;
 END
 $$;
