@@ -32,9 +32,10 @@ WHERE q.msg_id = chosen.msg_id
 RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
 
 -- name: extend_leases
--- Pushes back the visibility timeout of jobs we still hold (vt unchanged since we set it).
+-- Pushes back the visibility timeout of jobs we still hold (vt unchanged since we set it),
+-- never shortening a longer lease (a push job's dispatch() lease).
 UPDATE {queue_table} q
-SET vt = clock_timestamp() + make_interval(secs => %(vt)s)
+SET vt = greatest(q.vt, clock_timestamp() + make_interval(secs => %(vt)s))
 FROM unnest(%(msg_ids)s::bigint[], %(vts)s::timestamptz[]) AS l(msg_id, vt)
 WHERE q.msg_id = l.msg_id AND q.vt = l.vt
 RETURNING q.msg_id, q.vt;
@@ -159,9 +160,10 @@ WHERE t.{key} = v.key AND md5({content}) IS NOT DISTINCT FROM v.hash AND t.{embe
 RETURNING t.{key}::text;
 
 -- name: lease_jobs_by_id
--- Leases the named jobs (push mode: util.process_embeddings already leased them with
--- pgmq.read; this renews the lease for our own processing without counting another attempt).
+-- Leases the named jobs (push mode: dispatch() or util.process_embeddings already leased them
+-- with pgmq.read; this makes sure the lease lasts at least %(vt)s seconds, never shortening a
+-- longer one, without counting another attempt).
 UPDATE {queue_table} q
-SET vt = clock_timestamp() + make_interval(secs => %(vt)s)
+SET vt = greatest(q.vt, clock_timestamp() + make_interval(secs => %(vt)s))
 WHERE q.msg_id = ANY(%(msg_ids)s::bigint[])
 RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
