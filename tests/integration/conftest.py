@@ -105,3 +105,16 @@ def tiny_models(
             (name, TINY_DIMS),
         )
     return TINY_MODELS
+
+
+def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> None:
+    """Prints the fault matrix when the fault-injection harness ran, and keeps it in the cache."""
+    from tests.support import faultmatrix
+
+    if not faultmatrix.RESULTS:
+        return
+    terminalreporter.section("fault matrix (rows lost / stale / left queued, per cell)")
+    terminalreporter.write_line(faultmatrix.render())
+    cache = getattr(config, "cache", None)
+    if cache is not None:
+        cache.set("embed-worker/fault-matrix", faultmatrix.as_json())
