@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 import psycopg
+import pytest
 
 from tests.integration.conftest import TINY_DIMS
 from tests.support.jobs import messages
@@ -117,3 +118,20 @@ def test_watch_bumps_the_version_only_when_the_definition_changes(
     assert conn.execute(version).fetchone() == (1,)  # the same definition
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
     assert conn.execute(version).fetchone() == (2,)
+
+
+def test_watch_waits_for_a_write_in_progress_and_later_writes_see_its_version(
+    conn: Conn, dsn: str, tiny_models: tuple[str, str]
+) -> None:
+    first, second = tiny_models
+    make_docs(conn, first)
+    lock = "SELECT embeddings.lock_target_version(id) FROM embeddings.targets"
+    with psycopg.connect(dsn) as writer:  # a write transaction, as the worker's
+        assert writer.execute(lock).fetchone() == (1,)
+        conn.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
+        writer.commit()
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
+    with psycopg.connect(dsn) as writer:
+        assert writer.execute(lock).fetchone() == (2,)
