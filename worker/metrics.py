@@ -47,9 +47,10 @@ ROW_OUTCOME_OF_STATE = {
     "stale": "stale",
     "failed": "failed",
 }
-# States a row is in before its batch settles: never counted. Rows of a deferred target are not
-# counted either, whatever their state: their jobs go back to the queue untouched.
-UNSETTLED_STATES = frozenset({"pending", "ready", "embedded"})
+# States a row is in before its batch settles, or when its batch is redone (`outdated`: its
+# target was redefined meanwhile): never counted. Rows of a deferred target are not counted
+# either, whatever their state: their jobs go back to the queue untouched.
+UNSETTLED_STATES = frozenset({"pending", "ready", "embedded", "outdated"})
 
 # --- the metrics ------------------------------------------------------------------------------
 JOBS = Counter(

@@ -44,6 +44,7 @@ class Target:
     key_column: str
     key_type: str
     queue: str
+    version: int = 1  # of the definition (embeddings.targets.version) this object describes
 
     @property
     def name(self) -> str:
@@ -128,7 +129,22 @@ def load(conn: db.Connection) -> dict[int, Target]:
         rows = conn.execute(queries.compose("load_targets")).fetchall()
     found: dict[int, Target] = {}
     for row in rows:
-        (tid, schema, table, column, etype, dims, ccol, fschema, fname, model, kcol, ktype, q) = row
+        (
+            tid,
+            schema,
+            table,
+            column,
+            etype,
+            dims,
+            ccol,
+            fschema,
+            fname,
+            model,
+            kcol,
+            ktype,
+            q,
+            ver,
+        ) = row
         found[tid] = Target(
             id=tid,
             schema=schema,
@@ -142,6 +158,7 @@ def load(conn: db.Connection) -> dict[int, Target]:
             key_column=kcol,
             key_type=ktype or "",
             queue=q,
+            version=ver,
         )
     return found
 
@@ -173,6 +190,17 @@ class Registry:
             fresh = time.monotonic() - self._loaded_at < self.max_age
             targets = self._targets
         return targets if fresh else self.refresh(conn)
+
+    def current_definitions(self, conn: db.Connection) -> dict[int, Target]:
+        """The targets, re-read when any registration's definition version differs from the
+        cached one (or a target came or went): a batch is never served under a definition that
+        was already replaced when it was read."""
+        targets = self.current(conn)
+        with db.translated():
+            versions = dict(conn.execute(queries.compose("target_versions")).fetchall())
+        if versions != {t.id: t.version for t in targets.values()}:
+            targets = self.refresh(conn)
+        return targets
 
     def resolve(self, conn: db.Connection, ids: Iterable[int]) -> dict[int, Target]:
         """Targets by id, re-reading the registry once if some id is unknown."""
