@@ -4,7 +4,7 @@
 -- minute with embeddings.schedule_sweep() where pg_cron is installed, or call it from any
 -- scheduler.
 
--- Where each target's sweep left off: a primary key, as text. Work per run is bounded by
+-- Where each target's sweep left off: a row key in its JSON form, as text. Work per run is bounded by
 -- max_rows per target, so a huge table is swept a slice at a time and never stalls the job.
 CREATE TABLE embeddings.sweep_cursors (
     target_id integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
@@ -34,44 +34,51 @@ BEGIN
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         SELECT n.nspname, c.relname INTO rel_schema, rel_name
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
-        CONTINUE WHEN rel_name IS NULL;  -- table dropped
+        CONTINUE WHEN rel_name IS NULL OR t.problem IS NOT NULL;  -- table dropped, or not served
         SELECT after_key INTO cursor_key FROM embeddings.sweep_cursors WHERE target_id = t.id;
 
         -- One slice of the table in key order. A row is missing when it has real content
         -- (whitespace-only content would be cleared and queued again forever), no embedding,
         -- no pending job in either message shape, and no dead letter (those wait for
-        -- `failures --retry`).
+        -- `failures --retry`). Keys are compared in their JSON form, as messages carry them.
         EXECUTE format($q$
             WITH slice AS (
-                SELECT n.%1$I AS k, (n.%2$I IS NULL AND (%3$s) ~ '[^[:space:]]') AS missing
+                SELECT pg_catalog.to_jsonb(%1$s) AS k, (n.%2$I IS NULL AND (%3$s) ~ '[^[:space:]]') AS missing
                 FROM %4$s n
-                WHERE $2::text IS NULL OR n.%1$I > $2::%5$s
-                ORDER BY n.%1$I
+                WHERE $2::jsonb IS NULL OR (%5$s) > (%6$s)
+                ORDER BY %5$s
                 LIMIT $3
             ),
             pending AS (
-                SELECT key_text FROM pgmq.%6$I m,
-                     LATERAL jsonb_array_elements_text(m.message -> 'keys') AS key_text
+                SELECT key_json FROM pgmq.%7$I m,
+                     LATERAL jsonb_array_elements(m.message -> 'keys') AS key_json
                 WHERE m.message @> jsonb_build_object('target', $1)
                 UNION ALL
-                SELECT m.message ->> 'id' FROM pgmq.%6$I m
-                WHERE m.message @> jsonb_build_object('schema', %7$L, 'table', %8$L)
-                  AND coalesce(m.message ->> 'embeddingColumn', 'embedding') = %9$L
+                SELECT m.message -> 'id' FROM pgmq.%7$I m
+                WHERE m.message @> jsonb_build_object('schema', %8$L, 'table', %9$L)
+                  AND coalesce(m.message ->> 'embeddingColumn', 'embedding') = %10$L
                 UNION ALL
-                SELECT f.row_key #>> '{}' FROM embeddings.failures f WHERE f.target_id = $1
+                SELECT f.row_key FROM embeddings.failures f WHERE f.target_id = $1
+            ),
+            numbered AS (
+                SELECT s.*, row_number() OVER () AS ord FROM slice s
             ),
             queued AS (
                 SELECT embeddings.enqueue_keys($1, array_agg(s.k)) AS messages, count(*)::int AS keys
-                FROM slice s
+                FROM numbered s
                 WHERE s.missing
-                  AND s.k::text NOT IN (SELECT key_text FROM pending WHERE key_text IS NOT NULL)
+                  AND s.k NOT IN (SELECT key_json FROM pending WHERE key_json IS NOT NULL)
             )
-            SELECT (SELECT count(*) FROM slice)::int, (SELECT max(k)::text FROM slice), keys
+            SELECT (SELECT count(*) FROM numbered)::int,
+                   (SELECT k::text FROM numbered ORDER BY ord DESC LIMIT 1), keys
             FROM queued
             $q$,
-            t.key_column, t.embedding_column, embeddings.content_sql(t, 'n'), t.source,
-            format_type(t.key_type, NULL), pgmq.format_table_name(t.queue, 'q'),
-            rel_schema, rel_name, t.embedding_column)
+            embeddings.key_sql(t, 'n'), t.embedding_column, embeddings.content_sql(t, 'n'), t.source,
+            (SELECT string_agg(format('n.%I', c), ', ' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
+            (SELECT string_agg(CASE WHEN cardinality(t.key_columns) = 1 THEN format('($2::jsonb #>> ''{}'')::%s', ty)
+                                    ELSE format('($2::jsonb ->> %s)::%s', i - 1, ty) END, ', ' ORDER BY i)
+             FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)),
+            pgmq.format_table_name(t.queue, 'q'), rel_schema, rel_name, t.embedding_column)
         INTO scanned, last_key, enqueued
         USING t.id, cursor_key, max_rows;
 
