@@ -3,8 +3,9 @@
 -- A job message is {"target": <targets.id>, "keys": [<row key>, ...]} with up to
 -- keys_per_message() keys: one message per row would cost a bulk INSERT ~2.5x its own time,
 -- one per 128 keys ~1.3x (measured on bulk INSERTs of 100k rows). A row key is the key
--- column's JSON value, or for a composite key a JSON array of them in key-column order. Messages that the worker re-sends after a partial failure also carry
--- "attempts" (attempts already spent on those keys). Messages in the Supabase guide's shape
+-- column's JSON value, or for a composite key a JSON array of them in key-column order.
+-- Messages that the worker re-sends after a partial failure also carry "attempts" (attempts
+-- already spent on those keys). Messages in the Supabase guide's shape
 -- ({"id", "schema", "table", "contentFunction", "embeddingColumn"}) share the queue.
 
 CREATE FUNCTION embeddings.keys_per_message() RETURNS integer
@@ -39,9 +40,10 @@ END
 $$;
 
 -- The calling worker (its session) waits for jobs of `queue_name`; forgets workers that are
--- gone.
+-- gone. SECURITY DEFINER: worker roles need no rights on the table; a session can only
+-- register or remove itself (at worst, cause NOTIFYs).
 CREATE FUNCTION embeddings.worker_idle(queue_name text) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM embeddings.idle_workers w
     WHERE NOT EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = w.pid);
     INSERT INTO embeddings.idle_workers (queue, pid) VALUES (queue_name, pg_backend_pid())
@@ -50,7 +52,7 @@ $$;
 
 -- The calling worker has work again.
 CREATE FUNCTION embeddings.worker_busy(queue_name text) RETURNS void
-LANGUAGE sql AS $$
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM embeddings.idle_workers w WHERE w.queue = queue_name AND w.pid = pg_backend_pid();
 $$;
 

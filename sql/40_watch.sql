@@ -80,7 +80,7 @@ DECLARE
     rel_schema name;
     rel_name name;
     key_names name[];
-    key_types regtype[];
+    key_regtypes regtype[];
     key_nums smallint[];
     content_num smallint;
     content_col name;
@@ -121,7 +121,7 @@ BEGIN
     IF key IS NULL THEN
         SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
                array_agg(a.attnum ORDER BY k.ord)
-        INTO key_names, key_types, key_nums
+        INTO key_names, key_regtypes, key_nums
         FROM pg_index i
         CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
@@ -134,7 +134,7 @@ BEGIN
     ELSE
         SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
                array_agg(a.attnum ORDER BY k.ord)
-        INTO key_names, key_types, key_nums
+        INTO key_names, key_regtypes, key_nums
         FROM unnest(key) WITH ORDINALITY AS k(name, ord)
         JOIN pg_attribute a ON a.attrelid = source AND a.attname = k.name AND a.attnum > 0 AND NOT a.attisdropped;
         IF cardinality(key) = 0 OR coalesce(cardinality(key_names), 0) <> cardinality(key)
@@ -159,11 +159,11 @@ BEGIN
                       HINT = format('Add one: ALTER TABLE %s ADD UNIQUE (%s).', source, array_to_string(key, ', '));
         END IF;
     END IF;
-    FOR i IN 1 .. cardinality(key_types) LOOP
+    FOR i IN 1 .. cardinality(key_regtypes) LOOP
         BEGIN
-            EXECUTE format('SELECT NULL::%1$s = NULL::%1$s', key_types[i]);
+            EXECUTE format('SELECT NULL::%1$s = NULL::%1$s', key_regtypes[i]);
         EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'key column %.% has type %, which has no equality operator', source, key_names[i], key_types[i]
+            RAISE EXCEPTION 'key column %.% has type %, which has no equality operator', source, key_names[i], key_regtypes[i]
                 USING ERRCODE = 'feature_not_supported';
         END;
     END LOOP;
@@ -234,7 +234,7 @@ BEGIN
        AND previous.content_column IS NOT DISTINCT FROM content_col
        AND previous.content_function IS NOT DISTINCT FROM content_fn
        AND previous.model = watch.model
-       AND previous.key_columns = key_names AND previous.key_types = key_types
+       AND previous.key_columns = key_names AND previous.key_types = key_regtypes
        AND previous.has_triggers = triggers AND previous.clear_on_update = watch.clear_on_update
        AND previous.queue = watch.queue AND previous.replica = watch.replica
        AND previous.problem IS NULL THEN
@@ -267,7 +267,7 @@ BEGIN
                                               queue, has_triggers, clear_on_update, key_columns, key_types,
                                               key_attnums, content_attnum, embedding_attnum, replica)
         VALUES (source, embedding_column, content_col, content_fn, model,
-                queue, triggers, clear_on_update, key_names, key_types,
+                queue, triggers, clear_on_update, key_names, key_regtypes,
                 key_nums, content_num, embeddings.attnum_of(source, embedding_column), replica)
         RETURNING * INTO t;
     ELSE
@@ -283,8 +283,8 @@ BEGIN
         END IF;
         UPDATE embeddings.targets tg
         SET content_column = content_col, content_function = content_fn, model = watch.model,
-            key_columns = key_names, key_types = watch.key_types, key_attnums = key_nums,
-            content_attnum = content_num, embedding_attnum = embeddings.attnum_of(source, embedding_column),
+            key_columns = key_names, key_types = key_regtypes, key_attnums = key_nums,
+            content_attnum = content_num, embedding_attnum = embeddings.attnum_of(watch.source, watch.embedding_column),
             replica = watch.replica, problem = NULL, queue = watch.queue,
             has_triggers = triggers, clear_on_update = watch.clear_on_update, updated_at = now()
         WHERE tg.id = previous.id

@@ -155,7 +155,7 @@ def _load_rows(
     conn: db.Connection, target: Target, keys: list[str]
 ) -> dict[str, tuple[str | None, str | None]]:
     with db.translated():
-        rows = conn.execute(target.query("load_content"), {"keys": keys}).fetchall()
+        rows = conn.execute(target.query("load_content"), target.key_params(keys)).fetchall()
     return {key: (content, digest) for key, content, digest in rows}
 
 
@@ -289,7 +289,7 @@ def _store(conn: db.Connection, target: Target, embedded: list[Row], blank: list
             for (key,) in conn.execute(
                 target.query("write_vectors"),
                 {
-                    "keys": [r.key for r in embedded],
+                    **target.key_params([r.key for r in embedded]),
                     "embeddings": [wrap(_vector(r)) for r in embedded],
                     "hashes": [r.digest for r in embedded],
                 },
@@ -302,7 +302,7 @@ def _store(conn: db.Connection, target: Target, embedded: list[Row], blank: list
             key
             for (key,) in conn.execute(
                 target.query("clear_vectors"),
-                {"keys": [r.key for r in blank], "hashes": [r.digest for r in blank]},
+                {**target.key_params([r.key for r in blank]), "hashes": [r.digest for r in blank]},
             )
         }
         for row in blank:
