@@ -94,7 +94,8 @@ class Target:
             content = sql.SQL("{}(t.*)").format(sql.Identifier(*self.content_function))
         else:
             assert self.content_column is not None
-            content = sql.Identifier("t", self.content_column)
+            # As text: the column may have been retyped since watch() (xml, varchar(n), ...).
+            content = sql.SQL("{}::text").format(sql.Identifier("t", self.content_column))
         columns = [sql.Identifier(c) for c in self.key_columns]
         aliases = [sql.Identifier(f"k{i}") for i in range(len(columns))]
         types = [sql.SQL(t) for t in (self.key_sql_types or self.key_types)]

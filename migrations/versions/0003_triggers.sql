@@ -183,11 +183,14 @@ LANGUAGE sql STABLE AS $$
     SELECT CASE
         WHEN t.content_column IS NULL THEN NULL
         WHEN (SELECT a.attgenerated FROM pg_attribute a WHERE a.attrelid = t.source AND a.attnum = t.content_attnum) = 's' THEN
+            -- The generation expression (pg_attrdef) depends on the columns it reads.
             coalesce((SELECT array_agg(a.attname ORDER BY a.attnum)
-                      FROM pg_depend d JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
-                      WHERE d.classid = 'pg_class'::regclass AND d.objid = t.source AND d.objsubid = t.content_attnum
+                      FROM pg_attrdef ad
+                      JOIN pg_depend d ON d.classid = 'pg_attrdef'::regclass AND d.objid = ad.oid
+                      JOIN pg_attribute a ON a.attrelid = d.refobjid AND a.attnum = d.refobjsubid
+                      WHERE ad.adrelid = t.source AND ad.adnum = t.content_attnum
                         AND d.refclassid = 'pg_class'::regclass AND d.refobjid = t.source
-                        AND d.refobjsubid <> t.content_attnum), '{}')
+                        AND d.refobjsubid NOT IN (0, t.content_attnum)), '{}')
         ELSE ARRAY[t.content_column]
     END
 $$;
@@ -310,7 +313,8 @@ BEGIN
         RETURN;
     END IF;
     -- The clear trigger names no column (no UPDATE OF, no WHEN), so that dropping or retyping
-    -- the content column is never refused because of it; it compares in its body.
+    -- the content column is never refused because of it; it compares in its body, as text
+    -- (any type has a text form; not every type has an equality operator).
     IF by_function THEN
         -- A content function is user code and may raise (for the very row being fixed): then
         -- it cannot tell, and clears.
@@ -331,7 +335,8 @@ BEGIN
                     NEW.%2$I := NULL;
                 END IF;
                 RETURN NEW;$b$,
-            (SELECT string_agg(format('OLD.%1$I IS DISTINCT FROM NEW.%1$I', c), ' OR ') FROM unnest(inputs) AS c),
+            (SELECT string_agg(format('(OLD.%1$I)::pg_catalog.text IS DISTINCT FROM (NEW.%1$I)::pg_catalog.text', c), ' OR ')
+             FROM unnest(inputs) AS c),
             t.embedding_column);
     END IF;
     -- Invoker's rights: it only edits NEW.
