@@ -91,7 +91,7 @@ def test_a_content_function_runs_with_the_table_owners_rights(
     ran_as: list[str] = []
     # Written by the writer, and by a superuser: the function runs as the owner both times.
     for who in (roles["writer"], None):
-        with (connect_as(dsn, who) if who else psycopg.connect(dsn, autocommit=True)) as writer:
+        with connect_as(dsn, who) if who else psycopg.connect(dsn, autocommit=True) as writer:
             writer.add_notice_handler(lambda d: ran_as.append(d.message_primary or ""))
             writer.execute("INSERT INTO notes VALUES (%s, 'hello')", (len(ran_as) + 1,))
     assert ran_as and set(ran_as) == {f"content function ran as {roles['owner']}"}
@@ -99,6 +99,4 @@ def test_a_content_function_runs_with_the_table_owners_rights(
     # Its enqueue function is the owner's alone.
     with connect_as(dsn, roles["writer"]) as writer:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            writer.execute(
-                f"SELECT embeddings.embeddings_{target[0]}_enqueue(ARRAY['99'::jsonb])"
-            )
+            writer.execute(f"SELECT embeddings.embeddings_{target[0]}_enqueue(ARRAY['99'::jsonb])")
