@@ -97,6 +97,8 @@ def test_a_content_function_runs_with_the_table_owners_rights(
     assert ran_as and set(ran_as) == {f"content function ran as {roles['owner']}"}
     assert queued_keys(conn, target[0]) == [1, 2]
     # Its enqueue function is the owner's alone.
-    with connect_as(dsn, roles["writer"]) as writer:
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            writer.execute(f"SELECT embeddings.embeddings_{target[0]}_enqueue(ARRAY['99'::jsonb])")
+    with (
+        connect_as(dsn, roles["writer"]) as writer,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        writer.execute(f"SELECT embeddings.embeddings_{target[0]}_enqueue(ARRAY['99'::jsonb])")
