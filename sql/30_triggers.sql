@@ -93,12 +93,15 @@ $$;
 
 -- The statement that enqueues the keys of the rows `from_where` selects (it binds alias n),
 -- sliced into messages; 0 rows send nothing. `via_enqueue`: through embeddings_<id>_enqueue().
+-- A composite key is aggregated column by column and paired up per message: building one
+-- JSON array per row first costs a 100k-row INSERT three times as much.
 CREATE FUNCTION embeddings.enqueue_statement(t embeddings.targets, from_where text, via_enqueue boolean) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN via_enqueue THEN
+    SELECT CASE
+    WHEN via_enqueue THEN
         format('PERFORM embeddings.%I(ARRAY(SELECT pg_catalog.to_jsonb(%s) %s))',
                'embeddings_' || t.id || '_enqueue', embeddings.key_sql(t, 'n'), from_where)
-    ELSE format(
+    WHEN cardinality(t.key_columns) = 1 THEN format(
         'INSERT INTO pgmq.%1$I (vt, message) '
         'SELECT pg_catalog.clock_timestamp(), '
         'pg_catalog.jsonb_build_object(''target'', %2$s, ''keys'', pg_catalog.to_jsonb(s.keys[i : i + %3$s - 1])) '
@@ -106,6 +109,22 @@ LANGUAGE sql STABLE AS $$
         'pg_catalog.generate_series(1, pg_catalog.cardinality(s.keys), %3$s) AS i',
         pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.keys_per_message(),
         embeddings.key_sql(t, 'n'), from_where)
+    ELSE format(
+        'INSERT INTO pgmq.%1$I (vt, message) '
+        'SELECT pg_catalog.clock_timestamp(), '
+        'pg_catalog.jsonb_build_object(''target'', %2$s, ''keys'', '
+        '(SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(%4$s) ORDER BY u.ord) '
+        'FROM ROWS FROM (%5$s) WITH ORDINALITY AS u(%6$s, ord))) '
+        'FROM (SELECT %7$s %8$s) AS s, '
+        'pg_catalog.generate_series(1, pg_catalog.cardinality(s.k0), %3$s) AS i',
+        pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.keys_per_message(),
+        (SELECT string_agg(format('u.k%s', i - 1), ', ' ORDER BY i) FROM generate_series(1, cardinality(t.key_columns)) i),
+        (SELECT string_agg(format('pg_catalog.unnest(s.k%s[i : i + %s - 1])', i - 1, embeddings.keys_per_message()), ', ' ORDER BY i)
+         FROM generate_series(1, cardinality(t.key_columns)) i),
+        (SELECT string_agg(format('k%s', i - 1), ', ' ORDER BY i) FROM generate_series(1, cardinality(t.key_columns)) i),
+        (SELECT string_agg(format('pg_catalog.array_agg(n.%I) AS k%s', c, i - 1), ', ' ORDER BY i)
+         FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
+        from_where)
     END
 $$;
 
