@@ -32,7 +32,8 @@ CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     oldest_pending_seconds double precision,
     target_id              integer,
     model                  text,
-    rows_per_second        double precision
+    rows_per_second        double precision,
+    problem                text
 )
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -43,6 +44,7 @@ BEGIN
         target := embeddings.target_name(t);
         target_id := t.id;
         model := t.model;
+        problem := t.problem;  -- why it is not served (a schema change it cannot follow)
         EXECUTE format('SELECT count(*), count(%I) FROM %s', t.embedding_column, t.source)
             INTO total_rows, embedded_rows;
         EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
@@ -59,7 +61,7 @@ $$;
 
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
-           target_id, model, rows_per_second
+           target_id, model, rows_per_second, problem
     FROM embeddings.target_status();
 COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job';
 

@@ -890,6 +890,64 @@ BEGIN
 END
 $$;
 
+-- status gains a `problem` column.
+DROP VIEW embeddings.status;
+DROP FUNCTION embeddings.target_status();
+
+-- One row per target. Counts are exact, so this scans each watched table.
+CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
+    target                 text,
+    total_rows             bigint,
+    embedded_rows          bigint,
+    pending_jobs           bigint,
+    failed_jobs            bigint,
+    oldest_pending_seconds double precision,
+    target_id              integer,
+    model                  text,
+    rows_per_second        double precision,
+    problem                text
+)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t embeddings.targets;
+BEGIN
+    FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
+        target := embeddings.target_name(t);
+        target_id := t.id;
+        model := t.model;
+        problem := t.problem;  -- why it is not served (a schema change it cannot follow)
+        EXECUTE format('SELECT count(*), count(%I) FROM %s', t.embedding_column, t.source)
+            INTO total_rows, embedded_rows;
+        EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
+        SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
+        -- The last five whole minutes plus the current one, as a rate per second.
+        SELECT coalesce(sum(tp.rows), 0) / greatest(extract(epoch FROM clock_timestamp() - min(tp.minute)), 60)
+        INTO rows_per_second
+        FROM embeddings.throughput tp
+        WHERE tp.target_id = t.id AND tp.minute >= date_trunc('minute', clock_timestamp()) - interval '5 minutes';
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+CREATE VIEW embeddings.status AS
+    SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
+           target_id, model, rows_per_second, problem
+    FROM embeddings.target_status();
+
+COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job';
+
+DO $$
+DECLARE
+    r embeddings.worker_roles;
+BEGIN
+    FOR r IN SELECT * FROM embeddings.worker_roles LOOP
+        EXECUTE format('GRANT SELECT ON embeddings.status TO %I', r.role_name);
+    END LOOP;
+END
+$$;
+
 CREATE OR REPLACE FUNCTION embeddings.sweep(
     max_rows integer DEFAULT 1000,
     archive_retention interval DEFAULT '7 days'

@@ -137,3 +137,48 @@ def test_a_composite_key_row_changed_after_reading_is_not_overwritten(
     bad = conn.execute("SELECT row_key FROM embeddings.failures").fetchall()
     assert bad == [([1],)]
     assert messages(conn) == []
+
+
+def test_sweep_finds_composite_rows_without_jobs_in_slices(conn: Conn, minilm: str) -> None:
+    conn.execute("CREATE TABLE docs (a int, b text, body text, PRIMARY KEY (a, b))")
+    target = conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, triggers => false)", (minilm,)
+    ).fetchone()
+    assert target is not None
+    clear_queue(conn)
+    conn.execute(
+        "INSERT INTO docs SELECT g % 3, 'k' || g, 'text ' || g FROM generate_series(1, 7) g"
+    )
+    conn.execute(
+        "SELECT pgmq.send('embedding_jobs', jsonb_build_object('target', %s::int,"
+        " 'keys', '[[1, \"k1\"]]'::jsonb))",
+        (target[0],),
+    )
+    swept = [conn.execute("SELECT embeddings.sweep(max_rows => 3)").fetchone() for _ in range(4)]
+    # Slices of 3 in key order: (0,k3) (0,k6) (1,k1)*, (1,k4) (1,k7) (2,k2), (2,k5); the row
+    # with a pending job (*) is left alone; a short slice starts again from the top.
+    assert [s[0] for s in swept if s] == [2, 3, 1, 0]
+    assert sorted(map(tuple, queued_keys(conn, target[0]))) == sorted(
+        (g % 3, f"k{g}") for g in range(1, 8)
+    )
+
+
+def test_a_content_function_reading_several_columns_and_jsonb(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, title text, meta jsonb)")
+    conn.execute(
+        "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE sql IMMUTABLE AS"
+        " $$ SELECT d.title || ': ' || coalesce(d.meta ->> 'summary', '') $$"
+    )
+    target = conn.execute(
+        "SELECT embeddings.watch('docs', 'doc_text', model => %s)", (minilm,)
+    ).fetchone()
+    assert target is not None
+    conn.execute("""INSERT INTO docs VALUES (1, 'Cats', '{"summary": "they sleep"}')""")
+    conn.execute("""UPDATE docs SET meta = '{"summary": "they sleep", "tags": []}'""")
+    assert queued_keys(conn, target[0]) == [1]  # the text did not change
+    conn.execute("""UPDATE docs SET meta = '{"summary": "they purr"}'""")
+    assert queued_keys(conn, target[0]) == [1, 1]
+    run_once()
+    assert embedded(conn, "docs", "id") == {"1": True}

@@ -93,6 +93,8 @@ def test_dropping_the_content_column_defers_the_target_visibly(
     assert row is not None and "content column body was dropped" in str(row[0])
     target = load(conn)[docs]
     assert "body was dropped" in str(target.problem())
+    status = conn.execute("SELECT problem FROM embeddings.status").fetchone()
+    assert status is not None and "body was dropped" in str(status[0])
     # Its queued job waits (deferred, not failed) until the target is watched again.
     run_once()
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
