@@ -5,7 +5,11 @@ pgbench runs custom scripts with `clients` connections against three tables that
 their triggers: unwatched, watched by us, and the Supabase guide's per-row `pgmq.send` trigger.
 The variants alternate within each round (the machine's speed drifts), each for `seconds`; the
 report is the median TPS per variant and its ratio to the unwatched median. Two workloads:
-single-row INSERT, and single-row UPDATE that changes the content.
+single-row INSERT, and single-row UPDATE that changes the content. Beside TPS, the CPU the
+server spent per transaction (all its processes, from /proc, when the server runs on this
+machine): on a shared machine TPS moves with the neighbours' load, CPU per transaction much
+less. No worker runs, so the queue's NOTIFY trigger sends nothing (it only does while a worker
+waits), as in production while the worker is busy.
 
     python -m bench --only oltp [--quick]
 """
@@ -92,9 +96,45 @@ def _pgbench(dsn: str, script: Path, clients: int, seconds: int) -> float:
     return float(match.group(1))
 
 
+def _server_cpu(postmaster: int | None) -> float | None:
+    """CPU seconds the server has used: the postmaster, its exited children, its live ones."""
+    if postmaster is None:
+        return None
+    tick = os.sysconf("SC_CLK_TCK")
+
+    def fields(pid: int | str) -> list[str]:
+        text = Path(f"/proc/{pid}/stat").read_text()
+        return text[text.rindex(")") + 2 :].split()
+
+    try:
+        total = sum(int(x) for x in fields(postmaster)[11:15])
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    f = fields(entry.name)
+                except OSError:
+                    continue
+                if int(f[1]) == postmaster:
+                    total += int(f[11]) + int(f[12])
+    except OSError:
+        return None
+    return total / tick
+
+
+def _postmaster(conn: psycopg.Connection[Any]) -> int | None:
+    row = conn.execute("SELECT pg_backend_pid()").fetchone()
+    try:
+        stat = Path(f"/proc/{row[0] if row else 0}/stat").read_text()
+    except OSError:
+        return None  # the server runs elsewhere
+    return int(stat[stat.rindex(")") + 2 :].split()[1])
+
+
 def run(dsn: str, *, clients: int = 8, seconds: int = 10, rounds: int = 3) -> dict[str, Any]:
     tps: dict[str, dict[str, list[float]]] = {w: {v: [] for v in VARIANTS} for w in SCRIPTS}
+    cpu: dict[str, dict[str, list[float]]] = {w: {v: [] for v in VARIANTS} for w in SCRIPTS}
     with psycopg.connect(dsn, autocommit=True) as conn, tempfile.TemporaryDirectory() as tmp:
+        postmaster = _postmaster(conn)
         conn.execute("SELECT pgmq.create('bench_jobs')")
         conn.execute(SUPABASE_TRIGGER)
         for variant in VARIANTS:
@@ -105,7 +145,12 @@ def run(dsn: str, *, clients: int = 8, seconds: int = 10, rounds: int = 3) -> di
                     script = Path(tmp) / f"{workload}_{variant}.sql"
                     script.write_text(template.format(table=f"oltp_{variant}"))
                     conn.execute("CHECKPOINT")
-                    tps[workload][variant].append(_pgbench(dsn, script, clients, seconds))
+                    before = _server_cpu(postmaster)
+                    rate = _pgbench(dsn, script, clients, seconds)
+                    after = _server_cpu(postmaster)
+                    tps[workload][variant].append(rate)
+                    if before is not None and after is not None and rate > 0:
+                        cpu[workload][variant].append((after - before) / (rate * seconds) * 1e6)
                     # The queues grow as they would without a worker; start each run level.
                     conn.execute(
                         "SELECT pgmq.purge_queue('embedding_jobs'), pgmq.purge_queue('bench_jobs')"
@@ -114,23 +159,29 @@ def run(dsn: str, *, clients: int = 8, seconds: int = 10, rounds: int = 3) -> di
             conn.execute(f"DROP TABLE oltp_{variant}")
         conn.execute("SELECT pgmq.drop_queue('bench_jobs')")
 
-    def summary(runs: dict[str, list[float]]) -> dict[str, Any]:
+    def summary(runs: dict[str, list[float]], cpus: dict[str, list[float]]) -> dict[str, Any]:
         base = statistics.median(runs["unwatched"])
-        return {
-            v: {
+        out: dict[str, Any] = {}
+        for v, t in runs.items():
+            out[v] = {
                 "median_tps": round(statistics.median(t)),
                 "ratio": round(statistics.median(t) / base, 2),
                 "runs_tps": [round(x) for x in t],
             }
-            for v, t in runs.items()
-        }
+            if cpus[v] and cpus["unwatched"]:
+                out[v]["server_cpu_us_per_tx"] = round(statistics.median(cpus[v]), 1)
+                # Throughput ratio a CPU-bound server would reach: unwatched CPU / this CPU.
+                out[v]["cpu_ratio"] = round(
+                    statistics.median(cpus["unwatched"]) / statistics.median(cpus[v]), 2
+                )
+        return out
 
     return {
         "clients": clients,
         "seconds": seconds,
         "rounds": rounds,
         "cpu_flags": cpu_flags(),
-        **{workload: summary(runs) for workload, runs in tps.items()},
+        **{workload: summary(runs, cpu[workload]) for workload, runs in tps.items()},
     }
 
 
