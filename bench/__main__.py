@@ -2,7 +2,7 @@
 instead, in one run on one machine. Results go to bench/results/*.json; `python -m bench.report`
 turns them into the table of docs/performance.md and the plots.
 
-    python -m bench [--only writepath,latency,drain,ceiling,scaling,backlog,index,embedder]
+    python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,embedder]
                     [--rows N] [--quick]
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from bench import backlog, corpus, endtoend, index, latency, raw, writepath
+from bench import backlog, corpus, endtoend, index, latency, oltp, raw, writepath
 from bench.machine import describe as machine
 from tests.support.cluster import Cluster, session_cluster
 from tests.support.modelgen import GTE_SMALL, cached_model_dir
@@ -32,7 +32,17 @@ RESULTS = ROOT / "results"
 SHARED_MODELS = Path(
     os.environ.get("EMBED_TEST_MODELS") or ROOT.parent.parent / "shared" / "models"
 )
-SECTIONS = ("writepath", "latency", "drain", "ceiling", "scaling", "backlog", "index", "embedder")
+SECTIONS = (
+    "writepath",
+    "oltp",
+    "latency",
+    "drain",
+    "ceiling",
+    "scaling",
+    "backlog",
+    "index",
+    "embedder",
+)
 
 
 def models() -> dict[str, tuple[str, Path]]:
@@ -83,6 +93,14 @@ def main() -> int:
         section(
             "writepath",
             lambda: writepath.run(fresh_db(cluster, template), rounds=3 if args.quick else 7),
+        )
+        section(
+            "oltp",
+            lambda: oltp.run(
+                fresh_db(cluster, template),
+                seconds=5 if args.quick else 10,
+                rounds=2 if args.quick else 3,
+            ),
         )
         section(
             "latency",

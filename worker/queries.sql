@@ -1,7 +1,9 @@
 -- The worker's runtime SQL. Each query starts with `-- name: NAME` and a one-line description;
--- worker/queries.py loads them. `{queue_table}`, `{table}`, `{key}`, `{key_type}`,
--- `{content}` and `{embedding}` are filled with psycopg.sql identifiers of registered targets
--- only; values are always bound parameters.
+-- worker/queries.py loads them. `{queue_table}`, `{table}`, `{content}`, `{embedding}` and
+-- the key fragments (`{key_arrays}`, `{key_aliases}`, `{key_match}`: see Target.sql_names)
+-- are filled with psycopg.sql identifiers of registered targets only; values are always
+-- bound parameters. Row keys are matched by column (k0, k1, ...) and returned as the
+-- canonical key the worker passed in, never re-rendered by Postgres.
 
 -- name: read_jobs
 -- Leases visible jobs, oldest first, until about %(max_keys)s row keys are leased. Same effect
@@ -93,8 +95,12 @@ DELETE FROM embeddings.throughput WHERE minute < clock_timestamp() - interval '1
 -- name: load_targets
 -- Every registered target with what the worker needs to serve it, from the catalog.
 SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
-       t.content_column, fn_ns.nspname, p.proname, t.model, t.key_column,
-       key_ty.typname, t.queue, t.version
+       t.content_column, fn_ns.nspname, p.proname, t.model, t.key_columns::text[],
+       ARRAY(SELECT kt.typname::text FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
+             JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i),
+       ARRAY(SELECT format_type(k.ty, NULL) FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
+             ORDER BY k.i),
+       t.queue, t.problem, t.version
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
 LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -103,7 +109,6 @@ LEFT JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = t.embedding_co
 LEFT JOIN pg_type ty ON ty.oid = a.atttypid
 LEFT JOIN pg_proc p ON p.oid = t.content_function
 LEFT JOIN pg_namespace fn_ns ON fn_ns.oid = p.pronamespace
-LEFT JOIN pg_type key_ty ON key_ty.oid = t.key_type
 ORDER BY t.id;
 
 -- name: target_versions
@@ -133,10 +138,10 @@ SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array'
 FROM {queue_table};
 
 -- name: load_content
--- The content of a target's rows by primary key, with its md5 for the stale-write guard.
-SELECT t.{key}::text, {content}, md5({content})
-FROM {table} t
-WHERE t.{key} = ANY(%(keys)s::text[]::{key_type}[]);
+-- The content of a target's rows by key, with its md5 for the stale-write guard.
+SELECT v.key, {content}, md5({content})
+FROM unnest({key_arrays}, %(keys)s::text[]) AS v({key_aliases}, key)
+JOIN {table} t ON {key_match};
 
 -- name: write_vectors
 -- Stores embeddings, except where the content changed since it was loaded (its md5 differs):
@@ -146,18 +151,18 @@ WHERE t.{key} = ANY(%(keys)s::text[]::{key_type}[]);
 -- row it raises for would fail every write).
 UPDATE {table} t
 SET {embedding} = v.embedding
-FROM unnest(%(keys)s::text[]::{key_type}[], %(embeddings)b, %(hashes)s::text[])
-     AS v(key, embedding, hash)
-WHERE t.{key} = v.key AND md5({content}) IS NOT DISTINCT FROM v.hash
-RETURNING t.{key}::text;
+FROM unnest({key_arrays}, %(keys)s::text[], %(embeddings)b, %(hashes)s::text[])
+     AS v({key_aliases}, key, embedding, hash)
+WHERE {key_match} AND md5({content}) IS NOT DISTINCT FROM v.hash
+RETURNING v.key;
 
 -- name: clear_vectors
 -- Clears the embedding of rows whose content is blank, unless it changed since it was loaded.
 UPDATE {table} t
 SET {embedding} = NULL
-FROM unnest(%(keys)s::text[]::{key_type}[], %(hashes)s::text[]) AS v(key, hash)
-WHERE t.{key} = v.key AND md5({content}) IS NOT DISTINCT FROM v.hash AND t.{embedding} IS NOT NULL
-RETURNING t.{key}::text;
+FROM unnest({key_arrays}, %(keys)s::text[], %(hashes)s::text[]) AS v({key_aliases}, key, hash)
+WHERE {key_match} AND md5({content}) IS NOT DISTINCT FROM v.hash AND t.{embedding} IS NOT NULL
+RETURNING v.key;
 
 -- name: lease_jobs_by_id
 -- Leases the named jobs (push mode: dispatch() or util.process_embeddings already leased them
