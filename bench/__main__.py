@@ -8,6 +8,7 @@ turns them into the table of docs/performance.md and the plots.
 At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only million [--scale-rows N]   a 1M-row drain (bench/million.py)
     python -m bench --only workers [--scale-rows N]   1-8 workers, 100 tables (bench/manyworkers.py)
+    python -m bench --only hnsw [--scale-rows N]      HNSW insert vs build at 1M (bench/hnsw.py)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from bench import (
     backlog,
     corpus,
     endtoend,
+    hnsw,
     index,
     latency,
     manyworkers,
@@ -47,7 +49,7 @@ SHARED_MODELS = Path(
     os.environ.get("EMBED_TEST_MODELS") or ROOT.parent.parent / "shared" / "models"
 )
 SECTIONS = ("writepath", "latency", "drain", "ceiling", "scaling", "backlog", "index", "embedder")
-SCALE_SECTIONS = ("million", "workers")  # never by default: minutes each
+SCALE_SECTIONS = ("million", "workers", "hnsw")  # never by default: minutes each
 
 
 def models() -> dict[str, tuple[str, Path]]:
@@ -193,6 +195,15 @@ def main() -> int:
                 SHARED_MODELS / "gte-small",
                 rows_per_table=(args.scale_rows or 20_000) // manyworkers.TABLES,
                 rounds=1 if args.quick else 2,
+            ),
+        )
+        section(
+            "hnsw",
+            lambda: hnsw.run(
+                fresh_db(cluster, template),
+                SHARED_MODELS / "all-MiniLM-L6-v2",
+                rows=args.scale_rows or 1_000_000,
+                rounds=3 if args.quick else 8,
             ),
         )
         section(
