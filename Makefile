@@ -61,7 +61,8 @@ test: lint postgres-deps test-deps
 	@$(BIN)/pytest $(PYTEST_ARGS)
 
 # Tools the deploy/ tests run: promtool and a Prometheus server (Debian's `prometheus`); dockerd
-# and debootstrap for the image test (Debian's `docker.io`, `debootstrap`). Without apt the tests
+# and debootstrap for the image test (Debian's `docker.io`, `debootstrap`); a PgBouncer for the
+# pooler test (Debian's `pgbouncer`). Without apt the tests
 # that need them skip and say why.
 test-deps:
 	@command -v promtool >/dev/null && command -v prometheus >/dev/null \
@@ -70,6 +71,9 @@ test-deps:
 	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null \
 		|| scripts/apt-install.sh docker.io debootstrap \
 		|| echo "make test-deps: could not install docker.io; the image test will skip" >&2
+	@command -v pgbouncer >/dev/null \
+		|| scripts/apt-install.sh pgbouncer \
+		|| echo "make test-deps: could not install pgbouncer; the pooler test will skip" >&2
 
 # The sentence-transformers column needs `$(BIN)/pip install torch sentence-transformers` first
 # (a benchmark-only install: several hundred MB, never a dependency of the worker).

@@ -4,6 +4,11 @@ turns them into the table of docs/performance.md and the plots.
 
     python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,embedder]
                     [--rows N] [--quick]
+
+At scale, each run only when named in --only (each takes 5 to 15 minutes here):
+    python -m bench --only million [--scale-rows N]   a 1M-row drain (bench/million.py)
+    python -m bench --only workers [--scale-rows N]   1-8 workers, 100 tables (bench/manyworkers.py)
+    python -m bench --only hnsw [--scale-rows N]      HNSW insert vs build at 1M (bench/hnsw.py)
 """
 
 from __future__ import annotations
@@ -21,7 +26,19 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from bench import backlog, corpus, endtoend, index, latency, oltp, raw, writepath
+from bench import (
+    backlog,
+    corpus,
+    endtoend,
+    hnsw,
+    index,
+    latency,
+    manyworkers,
+    million,
+    oltp,
+    raw,
+    writepath,
+)
 from bench.machine import describe as machine
 from tests.support.cluster import Cluster, session_cluster
 from tests.support.modelgen import GTE_SMALL, cached_model_dir
@@ -43,6 +60,7 @@ SECTIONS = (
     "index",
     "embedder",
 )
+SCALE_SECTIONS = ("million", "workers", "hnsw")  # never by default: minutes each
 
 
 def models() -> dict[str, tuple[str, Path]]:
@@ -67,6 +85,9 @@ def main() -> int:
     parser.add_argument("--only", default=",".join(SECTIONS))
     parser.add_argument("--rows", type=int, default=1000, help="corpus rows per drain")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and samples")
+    parser.add_argument(
+        "--scale-rows", type=int, default=None, help="rows for the scale sections (smoke runs)"
+    )
     args = parser.parse_args()
     wanted = set(args.only.split(","))
     RESULTS.mkdir(exist_ok=True)
@@ -177,6 +198,32 @@ def main() -> int:
         section(
             "index",
             lambda: index.run(fresh_db(cluster, template), rounds=3 if args.quick else 7),
+        )
+        section(
+            "million",
+            lambda: million.run(
+                fresh_db(cluster, template),
+                SHARED_MODELS / "gte-small",
+                rows=args.scale_rows or 1_000_000,
+            ),
+        )
+        section(
+            "workers",
+            lambda: manyworkers.run(
+                lambda: fresh_db(cluster, template),
+                SHARED_MODELS / "gte-small",
+                rows_per_table=(args.scale_rows or 20_000) // manyworkers.TABLES,
+                rounds=1 if args.quick else 2,
+            ),
+        )
+        section(
+            "hnsw",
+            lambda: hnsw.run(
+                fresh_db(cluster, template),
+                SHARED_MODELS / "all-MiniLM-L6-v2",
+                rows=args.scale_rows or 1_000_000,
+                rounds=3 if args.quick else 8,
+            ),
         )
         section(
             "backlog",

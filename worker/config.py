@@ -15,6 +15,7 @@ from typing import Any
 from worker import exceptions
 from worker.models import Variant
 
+_LISTEN = ("auto", "true", "false")  # EMBED_LISTEN: see worker/listener.py
 QUEUE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,46}$")  # what pgmq accepts as a table suffix
 
 
@@ -35,6 +36,8 @@ class Settings:
     poll_seconds: float = field(default=5.0, metadata={"env": "EMBED_POLL_SECONDS"})
     # False: the worker leases nothing itself; jobs arrive by POST /functions/v1/embed only.
     pull: bool = field(default=True, metadata={"env": "EMBED_PULL"})
+    # auto: check that LISTEN delivers (not behind a transaction pooler), else poll.
+    listen: str = field(default="auto", metadata={"env": "EMBED_LISTEN"})
     grace_seconds: float = field(default=25.0, metadata={"env": "EMBED_GRACE_SECONDS"})
     http_port: int | None = field(default=None, metadata={"env": "EMBED_HTTP_PORT"})
     http_host: str = field(default="127.0.0.1", metadata={"env": "EMBED_HTTP_HOST"})
@@ -69,12 +72,17 @@ class Settings:
             env = next(f.metadata["env"] for f in fields(self) if f.name == name)
             return exceptions.ConfigError(f"{env}: {problem}")
 
-        if self.model_variant not in ("fp32", "int8"):
-            raise fail("model_variant", f"expected fp32 or int8, got {self.model_variant!r}")
+        choices = (
+            ("model_variant", ("fp32", "int8")),
+            ("log_format", ("text", "json")),
+            ("listen", _LISTEN),
+        )
+        for name, allowed in choices:
+            if getattr(self, name) not in allowed:
+                expected = ", ".join(allowed[:-1]) + " or " + allowed[-1]
+                raise fail(name, f"expected {expected}, got {getattr(self, name)!r}")
         if not QUEUE_NAME.match(self.queue):
             raise fail("queue", f"{self.queue!r} is not a valid pgmq queue name")
-        if self.log_format not in ("text", "json"):
-            raise fail("log_format", f"expected text or json, got {self.log_format!r}")
         for name in ("batch_size", "vt_seconds", "max_attempts", "http_max_connections"):
             if getattr(self, name) < 1:
                 raise fail(name, "must be at least 1")

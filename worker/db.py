@@ -70,7 +70,11 @@ def connect(dsn: str, *, autocommit: bool = True, connect_timeout: int = 10) -> 
         conninfo = make_conninfo(
             dsn, application_name=APPLICATION_NAME, connect_timeout=str(connect_timeout)
         )
-        return psycopg.connect(conninfo, autocommit=autocommit)
+        # No server-side prepared statements: behind a pooler in transaction mode (PgBouncer
+        # before 1.21, or without max_prepared_statements) the next execution may reach a server
+        # connection that never saw the PREPARE. Each of our statements serves a whole batch,
+        # so the planning saved would be small anyway.
+        return psycopg.connect(conninfo, autocommit=autocommit, prepare_threshold=None)
     except psycopg.OperationalError as exc:
         raise exceptions.ConnectionLost(
             f"cannot connect to {describe(dsn)}: {redact(str(exc).strip())}"

@@ -21,7 +21,6 @@ import contextlib
 import logging
 import os
 import queue as stdqueue
-import select
 import signal
 import sys
 import threading
@@ -29,18 +28,16 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
-from typing import Any
 
 from worker import db, exceptions, metrics, pipeline, queries, systemd
 from worker import queue as jobqueue
 from worker.config import Settings
 from worker.embedders import Embedders
+from worker.listener import Listener
 from worker.targets import Registry, Target
 
 logger = logging.getLogger(__name__)
 
-JOBS_CHANNEL = "embeddings_jobs"
-TARGETS_CHANNEL = "embeddings_targets"
 MISSING_SCHEMA = "the embeddings schema is not installed: run `embed-worker migrate`"
 
 
@@ -170,8 +167,11 @@ class Worker:
         try:
             conn = db.connect(self.dsn, connect_timeout=3)
             try:
-                conn.execute("SET statement_timeout = '3s'")
-                released = self.queue.release(conn, held)
+                # SET LOCAL: behind a transaction pooler a plain SET would outlive us on a
+                # server connection that other clients then get.
+                with db.translated(), conn.transaction():
+                    conn.execute("SET LOCAL statement_timeout = '3s'")
+                    released = self.queue.release(conn, held)
                 metrics.JOBS.labels("released").inc(released)
                 logger.info("handed back %d of %d jobs", released, len(held))
             finally:
@@ -290,7 +290,9 @@ class Worker:
     # --- fetcher --------------------------------------------------------------------------------
     def _fetcher(self) -> None:
         session = db.Session(self.dsn, "fetcher", self.stopping)
-        listener = Listener(self.dsn, self.stopping, self._wake_r, self.registry)
+        listener = Listener(
+            self.dsn, self.stopping, self._wake_r, self.registry, self.settings.listen
+        )
         try:
             while not self.stopping.is_set():
                 try:
@@ -468,54 +470,6 @@ class Worker:
             if progress:
                 progress.close()
             session.close()
-
-
-class Listener:
-    """LISTENs for new jobs and target changes; `wait` returns on a notification, the stop
-    pipe, or the timeout, whichever comes first."""
-
-    def __init__(self, dsn: str, stop: threading.Event, wake_fd: int, registry: Registry) -> None:
-        self.session = db.Session(dsn, "listener", stop)
-        self.stop = stop
-        self.wake_fd = wake_fd
-        self.registry = registry
-        self._conn: db.Connection | None = None
-
-    def ensure(self) -> None:
-        if self._conn is not None and not self._conn.closed:
-            return
-        try:
-            conn = self.session.get()
-            conn.add_notify_handler(self._on_notify)
-            with db.translated():
-                conn.execute(f"LISTEN {JOBS_CHANNEL}")
-                conn.execute(f"LISTEN {TARGETS_CHANNEL}")
-            self._conn = conn
-        except exceptions.ConnectionLost:
-            self.session.lost()
-            self._conn = None
-
-    def _on_notify(self, notify: Any) -> None:
-        if notify.channel == TARGETS_CHANNEL:
-            self.registry.invalidate()
-
-    def wait(self, timeout: float) -> None:
-        fds = [self.wake_fd]
-        if self._conn is not None and not self._conn.closed:
-            fds.append(self._conn.fileno())
-        readable, _, _ = select.select(fds, [], [], timeout)
-        if self.wake_fd in readable:
-            os.read(self.wake_fd, 4096)
-        if self._conn is not None and self._conn.fileno() in readable:
-            try:
-                with db.translated():
-                    self._conn.execute("SELECT 1")  # delivers the pending notifications
-            except exceptions.ConnectionLost:
-                self.session.lost()
-                self._conn = None
-
-    def close(self) -> None:
-        self.session.close()
 
 
 class ProgressLine:

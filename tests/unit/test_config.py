@@ -89,3 +89,10 @@ def test_run_once_cannot_be_push_only(capsys: pytest.CaptureFixture[str]) -> Non
 
     assert cli.main(["run", "--once", "--no-pull", "--http-port", "0"]) == cli.EXIT_USAGE
     assert "run --once drains the queue" in capsys.readouterr().err
+
+
+def test_listen_accepts_auto_true_false_only() -> None:
+    assert Settings.from_env({}).listen == "auto"
+    assert Settings.from_env({"EMBED_LISTEN": "false"}).listen == "false"
+    with pytest.raises(exceptions.ConfigError, match="EMBED_LISTEN: expected auto, true or false"):
+        Settings.from_env({"EMBED_LISTEN": "sometimes"})

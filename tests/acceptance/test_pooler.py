@@ -1,0 +1,157 @@
+"""The real worker through a real PgBouncer in transaction mode (docs/poolers.md).
+
+The pooler has one server connection per user, so the worker's four connections take turns on
+it: a prepared statement, a LISTEN or a SET of one of them is what the next one finds.
+"""
+
+from __future__ import annotations
+
+import signal
+from collections.abc import Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
+
+from tests.support import pgbouncer
+from tests.support.process import WorkerProcess, wait_for
+from worker import db
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def pooled_dsn(worker_dsn: str) -> Iterator[str]:
+    if reason := pgbouncer.available():
+        pytest.skip(reason)
+    params = conninfo_to_dict(worker_dsn)
+    port, user = str(params["port"]), str(params["user"])
+    with pgbouncer.transaction_pooler(int(port), [user, "postgres"]) as pooler_port:
+        yield make_conninfo(worker_dsn, port=str(pooler_port))
+
+
+def make_counted_docs(conn: Conn) -> None:
+    """docs, watched, with a trigger that counts every write of a vector per row."""
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'all-MiniLM-L6-v2')")
+    conn.execute("CREATE TABLE vector_writes (id bigint, at timestamptz DEFAULT clock_timestamp())")
+    conn.execute(
+        """CREATE FUNCTION count_vector_write() RETURNS trigger
+           LANGUAGE plpgsql SECURITY DEFINER SET search_path = public AS $$
+           BEGIN INSERT INTO vector_writes (id) VALUES (NEW.id); RETURN NULL; END $$"""
+    )
+    conn.execute(
+        "CREATE TRIGGER count_vector_write AFTER UPDATE OF embedding ON docs FOR EACH ROW"
+        " WHEN (NEW.embedding IS NOT NULL) EXECUTE FUNCTION count_vector_write()"
+    )
+
+
+def insert(conn: Conn, first: int, last: int) -> None:
+    conn.execute(
+        "INSERT INTO docs SELECT g, 'document ' || g || ' about topic ' || (g %% 13)"
+        " FROM generate_series(%s::int, %s::int) g",
+        (first, last),
+    )
+
+
+def count(conn: Conn, query: str) -> int:
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def pending_keys(conn: Conn) -> set[int]:
+    rows = conn.execute(
+        "SELECT (k #>> '{}')::bigint FROM pgmq.q_embedding_jobs,"
+        " jsonb_array_elements(message -> 'keys') k"
+    ).fetchall()
+    return {int(r[0]) for r in rows}
+
+
+def test_worker_through_pgbouncer_transaction_mode(
+    conn: Conn, pooled_dsn: str, worker_env: dict[str, str]
+) -> None:
+    make_counted_docs(conn)
+    # A poll interval longer than the test: rows inserted while the worker idles are found only
+    # because it noticed LISTEN is useless here and polls often instead.
+    worker = WorkerProcess(pooled_dsn, {**worker_env, "EMBED_POLL_SECONDS": "120"})
+    try:
+        worker.wait_ready()
+        wait_for(
+            lambda: any("polling the queue" in r.get("message", "") for r in worker.log_records()),
+            timeout=20,
+            what="the worker to find LISTEN unavailable",
+        )
+        for first in range(1, 200, 50):  # idle in between: each statement needs a poll
+            insert(conn, first, first + 49)
+            last = first + 49
+
+            def embedded_up_to(last: int = last) -> bool:
+                return count(conn, f"SELECT count(embedding) FROM docs WHERE id <= {last}") == last
+
+            wait_for(
+                embedded_up_to,
+                timeout=30,
+                what=f"rows up to {first + 49} to be embedded",
+            )
+        assert count(conn, "SELECT count(*) FROM vector_writes") == 200  # none written twice
+        assert worker.proc.poll() is None, worker.log_text()[-3000:]
+    finally:
+        worker.signal(signal.SIGTERM)
+        assert worker.wait_exit(30) == 0
+        worker.stop()
+
+
+def test_sigterm_through_pgbouncer_hands_back_and_leaves_no_session_state(
+    conn: Conn, pooled_dsn: str, worker_env: dict[str, str]
+) -> None:
+    make_counted_docs(conn)
+    insert(conn, 1, 2000)
+    # No grace: the batch in flight is handed back at once on a fresh connection, the path that
+    # sets a statement timeout.
+    worker = WorkerProcess(pooled_dsn, {**worker_env, "EMBED_GRACE_SECONDS": "0"})
+    try:
+        wait_for(
+            lambda: count(conn, "SELECT count(embedding) FROM docs") >= 64,
+            timeout=60,
+            what="the drain to start",
+        )
+        worker.signal(signal.SIGTERM)
+        assert worker.wait_exit(30) == 0
+        records = worker.log_records()
+        assert any("handed back" in r.get("message", "") for r in records), worker.log_text()
+    finally:
+        worker.stop()
+    embedded = {int(r[0]) for r in conn.execute("SELECT id FROM docs WHERE embedding IS NOT NULL")}
+    assert 64 <= len(embedded) < 2000
+    # Nothing lost: every row is embedded or still queued, visible again now.
+    assert embedded | pending_keys(conn) == set(range(1, 2001))
+    assert count(conn, "SELECT count(*) FROM pgmq.q_embedding_jobs WHERE vt > now()") == 0
+    assert count(conn, "SELECT count(*) - count(DISTINCT id) FROM vector_writes") == 0
+    # The pooler's one server connection for this user carries no statement timeout of ours.
+    with psycopg.connect(pooled_dsn, autocommit=True) as pooled:
+        assert (
+            count(pooled, "SELECT setting::int FROM pg_settings WHERE name = 'statement_timeout'")
+            == 0
+        )
+
+
+def test_worker_connections_prepare_nothing_a_pooler_could_lose(dsn: str) -> None:
+    """A statement run often enough to be prepared still runs when the pooler hands this client
+    another server connection (the first one busy in someone else's transaction)."""
+    if reason := pgbouncer.available():
+        pytest.skip(reason)
+    params = conninfo_to_dict(dsn)
+    with pgbouncer.transaction_pooler(int(str(params["port"])), ["postgres"], pool_size=2) as port:
+        pooled = make_conninfo(dsn, port=str(port))
+        ours, other = db.connect(pooled), db.connect(pooled)
+        try:
+            for i in range(8):
+                assert ours.execute("SELECT %s::int + 1", (i,)).fetchone() == (i + 1,)
+            with other.transaction():  # holds the server connection ours just used
+                other.execute("SELECT 1")
+                assert ours.execute("SELECT %s::int + 1", (41,)).fetchone() == (42,)
+        finally:
+            ours.close()
+            other.close()
