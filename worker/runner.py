@@ -29,11 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from worker import db, exceptions, metrics, pipeline, queries, systemd
+from worker import db, exceptions, metrics, pipeline, systemd
 from worker import queue as jobqueue
 from worker.config import Settings
 from worker.embedders import Embedders
 from worker.listener import Listener
+from worker.progress import ProgressLine
 from worker.targets import Registry, Target
 
 logger = logging.getLogger(__name__)
@@ -470,45 +471,3 @@ class Worker:
             if progress:
                 progress.close()
             session.close()
-
-
-class ProgressLine:
-    """A one-line progress display for `run --once` on a terminal."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self.started = time.monotonic()
-        self.pending_query = queries.compose("pending_keys", queue_table=worker.queue.table)
-        # A log record first erases the progress line, so that it prints on a line of its
-        # own; the next refresh draws the progress below it again.
-        self._handlers = logging.getLogger().handlers[:]
-        for handler in self._handlers:
-            handler.addFilter(self._erase)
-
-    @staticmethod
-    def _erase(_record: logging.LogRecord) -> bool:
-        sys.stderr.write("\r\x1b[K")
-        return True
-
-    def show(self, conn: db.Connection) -> None:
-        with db.translated():
-            row = conn.execute(self.pending_query).fetchone()
-        pending = int(row[0]) if row else 0
-        done = self.worker.rows_done
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        rate = done / elapsed
-        eta = f"{pending / rate:,.0f} s" if rate > 0 else "?"
-        sys.stderr.write(
-            f"\r\x1b[Kembedded {done:,} rows · {rate:,.1f} rows/s · {pending:,} pending · ETA {eta}"
-        )
-        sys.stderr.flush()
-
-    def close(self) -> None:
-        for handler in self._handlers:
-            handler.removeFilter(self._erase)
-        done = self.worker.rows_done
-        elapsed = max(time.monotonic() - self.started, 1e-6)
-        sys.stderr.write(
-            f"\r\x1b[Kembedded {done:,} rows in {elapsed:,.1f} s ({done / elapsed:,.1f} rows/s)\n"
-        )
-        sys.stderr.flush()
