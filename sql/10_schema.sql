@@ -52,6 +52,10 @@ CREATE TABLE embeddings.targets (
     clear_on_update  boolean NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- Chunked targets (sql/55_chunks.sql): the chunk table and the splitter's settings.
+    chunk_table      regclass,
+    chunk_tokens     integer,
+    chunk_overlap    integer,
     UNIQUE (source, embedding_column),
     CHECK ((content_column IS NULL) <> (content_function IS NULL))
 );

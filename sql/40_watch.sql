@@ -19,6 +19,9 @@ $$;
 --   clear_on_update   true: a content change clears the stale embedding at once;
 --                     false: the old embedding stays until the new one lands
 --   queue             the pgmq queue for this table's jobs
+--   chunk_tokens      not NULL: split each row's content into chunks of at most this many
+--                     tokens, one vector each, in a chunk table (see sql/55_chunks.sql);
+--                     chunk_overlap (default chunk_tokens / 10) and chunk_table go with it
 --
 -- Calling it again with the same arguments changes nothing; with other arguments it updates the
 -- registration (a new content source or model re-enqueues every row with content).
@@ -30,7 +33,10 @@ CREATE FUNCTION embeddings.watch(
     model text DEFAULT 'gte-small',
     triggers boolean DEFAULT true,
     clear_on_update boolean DEFAULT true,
-    queue text DEFAULT 'embedding_jobs'
+    queue text DEFAULT 'embedding_jobs',
+    chunk_tokens integer DEFAULT NULL,
+    chunk_overlap integer DEFAULT NULL,
+    chunk_table text DEFAULT NULL
 ) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -127,6 +133,15 @@ BEGIN
                 USING ERRCODE = 'datatype_mismatch';
         END IF;
     END IF;
+
+    -- >>> chunked targets (sql/55_chunks.sql): vectors in a chunk table, none in the source
+    IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
+       OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
+                  AND tg.embedding_column = watch.embedding_column AND tg.chunk_table IS NOT NULL) THEN
+        RETURN embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
+                                        queue, key_names, key_types, chunk_tokens, chunk_overlap, chunk_table);
+    END IF;
+    -- <<< chunked targets
 
     -- The embedding column: absent (we add it), or vector(dims) / halfvec(dims).
     SELECT a.atttypid::regtype, a.atttypmod INTO emb_type, emb_typmod

@@ -32,7 +32,8 @@ CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     oldest_pending_seconds double precision,
     target_id              integer,
     model                  text,
-    rows_per_second        double precision
+    rows_per_second        double precision,
+    chunks                 bigint
 )
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -43,8 +44,15 @@ BEGIN
         target := embeddings.target_name(t);
         target_id := t.id;
         model := t.model;
-        EXECUTE format('SELECT count(*), count(%I) FROM %s', t.embedding_column, t.source)
-            INTO total_rows, embedded_rows;
+        IF t.chunk_table IS NULL THEN
+            EXECUTE format('SELECT count(*), count(%I) FROM %s', t.embedding_column, t.source)
+                INTO total_rows, embedded_rows;
+            chunks := NULL;
+        ELSE
+            -- A chunked target: documents with chunks count as embedded (sql/55_chunks.sql).
+            EXECUTE format('SELECT count(*) FROM %s', t.source) INTO total_rows;
+            SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
+        END IF;
         EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
         -- The last five whole minutes plus the current one, as a rate per second.
@@ -59,9 +67,9 @@ $$;
 
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
-           target_id, model, rows_per_second
+           target_id, model, rows_per_second, chunks
     FROM embeddings.target_status();
-COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job';
+COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job; chunks of chunked targets';
 
 -- Re-queues dead letters (all, or those with the given ids) and removes them from
 -- embeddings.failures. Returns how many were re-queued.

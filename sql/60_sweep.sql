@@ -43,7 +43,7 @@ BEGIN
         -- `failures --retry`).
         EXECUTE format($q$
             WITH slice AS (
-                SELECT n.%1$I AS k, (n.%2$I IS NULL AND (%3$s) ~ '[^[:space:]]') AS missing
+                SELECT n.%1$I AS k, (%10$s AND (%3$s) ~ '[^[:space:]]') AS missing
                 FROM %4$s n
                 WHERE $2::text IS NULL OR n.%1$I > $2::%5$s
                 ORDER BY n.%1$I
@@ -71,7 +71,8 @@ BEGIN
             $q$,
             t.key_column, t.embedding_column, embeddings.content_sql(t, 'n'), t.source,
             format_type(t.key_type, NULL), pgmq.format_table_name(t.queue, 'q'),
-            rel_schema, rel_name, t.embedding_column)
+            rel_schema, rel_name, t.embedding_column,
+            embeddings.embedding_missing_sql(t, 'n'))  -- no embedding, or no chunk (55_chunks.sql)
         INTO scanned, last_key, enqueued
         USING t.id, cursor_key, max_rows;
 

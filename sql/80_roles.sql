@@ -6,7 +6,7 @@
 --   * its queues' tables (leasing, acknowledging, retrying, archiving: pgmq's functions run
 --     with the caller's rights)
 --   * per watched table: SELECT (keys, content, whatever a content function reads) and UPDATE of
---     the embedding column only
+--     the embedding column only; for a chunked target, its chunk table instead of the column
 --   * where a table has row-level security, a policy that lets the worker see and update every
 --     row: otherwise rows it cannot see look deleted and their jobs would be dropped
 -- The role needs no superuser, no BYPASSRLS, no ownership of anything.
@@ -22,7 +22,12 @@ DECLARE
     policy name := 'embeddings_worker_' || role_name;
 BEGIN
     EXECUTE format('GRANT SELECT ON %s TO %I', t.source, role_name);
-    EXECUTE format('GRANT UPDATE (%I) ON %s TO %I', t.embedding_column, t.source, role_name);
+    IF t.chunk_table IS NULL THEN
+        EXECUTE format('GRANT UPDATE (%I) ON %s TO %I', t.embedding_column, t.source, role_name);
+    ELSE
+        -- A chunked target's vectors live in its chunk table (sql/55_chunks.sql).
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', t.chunk_table, role_name);
+    END IF;
     IF (SELECT relrowsecurity FROM pg_class WHERE oid = t.source)
        AND NOT EXISTS (SELECT FROM pg_policy WHERE polrelid = t.source AND polname = policy) THEN
         EXECUTE format('CREATE POLICY %I ON %s FOR ALL TO %I USING (true) WITH CHECK (true)',

@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
 
-from worker import db, exceptions, metrics, queries
+from worker import chunkstore, db, exceptions, metrics, queries
 from worker import queue as jobqueue
 from worker.config import Settings
 from worker.embedders import Embedders
@@ -44,6 +44,8 @@ class RowState(enum.Enum):
     WRITTEN = "written"
     CLEARED = "cleared"
     STALE = "stale"  # content changed since loading: its newer job embeds it
+    # Chunked targets: past the batch's chunk budget; re-queued with no attempt counted.
+    POSTPONED = "postponed"
 
 
 @dataclass
@@ -55,6 +57,7 @@ class Row:
     digest: str | None = None
     vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
     error: str | None = None
+    chunks: chunkstore.DocumentChunks | None = None  # chunked targets: set by chunkstore.prepare
 
     def fail(self, error: str) -> None:
         self.state = RowState.FAILED
@@ -147,6 +150,7 @@ def load(conn: db.Connection, batch: Batch) -> None:
             continue
         for row in rows:
             _apply_loaded(row, found)
+    chunkstore.prepare(conn, batch)  # chunked targets: split, find the vectors already stored
     batch.load_ms = (time.perf_counter() - started) * 1000
     metrics.STAGE_SECONDS.labels("load").observe(batch.load_ms / 1000)
 
@@ -183,7 +187,10 @@ def embed(embedders: Embedders, batch: Batch) -> None:
             batch.deferred[target.id] = problem
             continue
         started = time.perf_counter()
-        tokens = _embed_isolating(model, rows)
+        if target.chunk_table is not None:  # chunked targets: only the chunks that changed
+            tokens = chunkstore.embed(model, rows)
+        else:
+            tokens = _embed_isolating(model, rows)
         stats = batch.stats[target.id]
         stats.tokens += tokens
         stats.embed_ms += (time.perf_counter() - started) * 1000
@@ -282,6 +289,11 @@ def _vector(row: Row) -> np.ndarray[Any, np.dtype[np.float32]]:
 
 
 def _store(conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]) -> None:
+    if target.chunk_table is not None:  # chunked targets: chunkstore writes, rows settle alike
+        outcome = chunkstore.store(conn, target, embedded, blank)
+        for row in embedded + blank:
+            row.state = outcome[row.key]
+        return
     if embedded:
         wrap = HalfVector if target.embedding_type == "halfvec" else Vector
         written = {
@@ -337,6 +349,17 @@ def settle(batch: Batch, settings: Settings, now: datetime) -> Settlement:
             for key in job.keys
             if (row := batch.rows[(target.id, key)]).state is RowState.FAILED
         ]
+        # >>> chunked targets: documents past the batch's chunk budget go back to the queue
+        # in a message of their own, visible at once, with the attempts spent before this one.
+        postponed = [
+            job.raw_keys[key]
+            for key in job.keys
+            if batch.rows[(target.id, key)].state is RowState.POSTPONED
+        ]
+        if postponed:
+            message = {"target": target.id, "keys": postponed, "attempts": job.attempts - 1}
+            out.resend.append((message, 0))
+        # <<< chunked targets
         if not failed and not job.bad_keys:
             out.delete.append(job.msg_id)
             out.latencies.append((now - job.enqueued_at).total_seconds())

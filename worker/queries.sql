@@ -1,6 +1,6 @@
 -- The worker's runtime SQL. Each query starts with `-- name: NAME` and a one-line description;
 -- worker/queries.py loads them. `{queue_table}`, `{table}`, `{key}`, `{key_type}`,
--- `{content}` and `{embedding}` are filled with psycopg.sql identifiers of registered targets
+-- `{content}`, `{embedding}` and `{chunks}` (a chunked target's chunk table) are filled with psycopg.sql identifiers of registered targets
 -- only; values are always bound parameters.
 
 -- name: read_jobs
@@ -91,13 +91,16 @@ DELETE FROM embeddings.throughput WHERE minute < clock_timestamp() - interval '1
 
 -- name: load_targets
 -- Every registered target with what the worker needs to serve it, from the catalog.
+-- A chunked target's embedding column is in its chunk table.
 SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
        t.content_column, fn_ns.nspname, p.proname, t.model, t.key_column,
-       key_ty.typname, t.queue
+       key_ty.typname, t.queue, chunk_ns.nspname, chunk_c.relname, t.chunk_tokens, t.chunk_overlap
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
 LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = t.embedding_column
+LEFT JOIN pg_class chunk_c ON chunk_c.oid = t.chunk_table
+LEFT JOIN pg_namespace chunk_ns ON chunk_ns.oid = chunk_c.relnamespace
+LEFT JOIN pg_attribute a ON a.attrelid = coalesce(t.chunk_table, t.source) AND a.attname = t.embedding_column
                         AND a.attnum > 0 AND NOT a.attisdropped
 LEFT JOIN pg_type ty ON ty.oid = a.atttypid
 LEFT JOIN pg_proc p ON p.oid = t.content_function
@@ -152,3 +155,46 @@ UPDATE {queue_table} q
 SET vt = clock_timestamp() + make_interval(secs => %(vt)s)
 WHERE q.msg_id = ANY(%(msg_ids)s::bigint[])
 RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
+
+-- Chunked targets (worker/chunkstore.py). A document's chunks are keyed by (key, seq); each
+-- carries the md5 of its model and text (chunk_hash), by which unchanged chunks keep their vector.
+
+-- name: load_reusable_chunks
+-- Vectors already stored for chunks of these documents with these hashes (the chunks that an
+-- edit left unchanged): they are not embedded again. (real[]: the loading connection needs
+-- no pgvector types.)
+SELECT DISTINCT ON (c.{key}, c.chunk_hash) c.{key}::text, c.chunk_hash, c.{embedding}::real[]
+FROM {chunks} c
+JOIN unnest(%(keys)s::text[]::{key_type}[], %(hashes)s::text[]) AS v(key, hash)
+  ON c.{key} = v.key AND c.chunk_hash = v.hash;
+
+-- name: lock_documents
+-- Serializes writers of the same documents until commit (advisory locks per target and key, in
+-- a fixed order so that two writers never deadlock): the stale-write check and the chunk writes
+-- that follow it see no other writer in between.
+SELECT count(pg_advisory_xact_lock(%(target_id)s, s.h))
+FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%(keys)s::text[]) AS k ORDER BY 1) s;
+
+-- name: current_documents
+-- The documents whose content is still what was loaded (same md5; NULL for NULL content).
+SELECT t.{key}::text
+FROM {table} t
+JOIN unnest(%(keys)s::text[]::{key_type}[], %(hashes)s::text[]) AS v(key, hash) ON t.{key} = v.key
+WHERE md5({content}) IS NOT DISTINCT FROM v.hash;
+
+-- name: upsert_chunks
+-- Writes chunks; a chunk whose text is unchanged at its position is left as it is.
+INSERT INTO {chunks} AS c ({key}, seq, chunk, chunk_hash, {embedding})
+SELECT v.key, v.seq, v.chunk, v.hash, v.embedding
+FROM unnest(%(keys)s::text[]::{key_type}[], %(seqs)s::integer[], %(chunks)s::text[],
+            %(hashes)s::text[], %(embeddings)b) AS v(key, seq, chunk, hash, embedding)
+ON CONFLICT ({key}, seq) DO UPDATE
+SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, {embedding} = excluded.{embedding}
+WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash;
+
+-- name: delete_vanished_chunks
+-- Deletes the chunks past each document's new chunk count (all of them for a count of 0).
+DELETE FROM {chunks} c
+USING unnest(%(keys)s::text[]::{key_type}[], %(counts)s::integer[]) AS v(key, n)
+WHERE c.{key} = v.key AND c.seq >= v.n
+RETURNING c.{key}::text;

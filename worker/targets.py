@@ -44,6 +44,10 @@ class Target:
     key_column: str
     key_type: str
     queue: str
+    # Chunked targets (worker/chunkstore.py): vectors in a chunk table, one per chunk.
+    chunk_table: tuple[str, str] | None = None  # (schema, table)
+    chunk_tokens: int | None = None
+    chunk_overlap: int | None = None
 
     @property
     def name(self) -> str:
@@ -93,6 +97,7 @@ class Target:
             "key_type": sql.SQL(KEY_TYPES[self.key_type]),
             "content": content,
             "embedding": sql.Identifier(self.embedding_column),
+            "chunks": sql.Identifier(*self.chunk_table) if self.chunk_table else sql.SQL("NULL"),
         }
 
     def query(self, name: str) -> sql.Composed:
@@ -128,7 +133,10 @@ def load(conn: db.Connection) -> dict[int, Target]:
         rows = conn.execute(queries.compose("load_targets")).fetchall()
     found: dict[int, Target] = {}
     for row in rows:
-        (tid, schema, table, column, etype, dims, ccol, fschema, fname, model, kcol, ktype, q) = row
+        (tid, schema, table, column, etype, dims, ccol, fschema, fname, model, kcol, ktype, q) = (
+            row[:13]
+        )
+        chunk_schema, chunk_name, chunk_tokens, chunk_overlap = row[13:]
         found[tid] = Target(
             id=tid,
             schema=schema,
@@ -142,6 +150,9 @@ def load(conn: db.Connection) -> dict[int, Target]:
             key_column=kcol,
             key_type=ktype or "",
             queue=q,
+            chunk_table=(chunk_schema, chunk_name) if chunk_name is not None else None,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
         )
     return found
 
