@@ -78,6 +78,7 @@ STATUS_COLUMNS = (
     "oldest_pending_seconds",
     "rows_per_second",
     "model",
+    "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
 )
 
 
@@ -100,7 +101,8 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
             r["target"],
             r["model"],
             f"{r['total_rows']:,}",
-            f"{r['embedded_rows']:,}",
+            f"{r['embedded_rows']:,}"
+            + (f" ({r['chunks']:,} chunks)" if r["chunks"] is not None else ""),
             f"{r['pending_jobs']:,}",
             f"{r['failed_jobs']:,}",
             _age(r["oldest_pending_seconds"]),
@@ -148,6 +150,7 @@ def embed(args: argparse.Namespace, settings: Settings) -> int:
 
 
 def search(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import search as search_mod
     from worker import targets as targets_mod
     from worker.embedder import Embedder
 
@@ -182,13 +185,19 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         if (problem := target.problem(model.dim)) is not None:
             raise exceptions.TargetError(problem)
         query_vector = model.embed([args.query])[0]
-        results = _nearest(conn, target, query_vector, args.k)
+        if target.chunk_table is not None:  # documents by their best chunk (worker/search.py)
+            results = search_mod.nearest_documents(conn, target, query_vector, args.k)
+        else:
+            results = _nearest(conn, target, query_vector, args.k)
     if args.json:
         _print_json(results)
         return EXIT_OK
     _print_table(
         ["similarity", "key", "content"],
-        [[f"{r['similarity']:.3f}", str(r["key"]), _preview(r["content"])] for r in results],
+        [
+            [f"{r['similarity']:.3f}", str(r["key"]), _preview(r.get("chunk", r.get("content")))]
+            for r in results
+        ],
     )
     return EXIT_OK
 
