@@ -2,7 +2,7 @@
 instead, in one run on one machine. Results go to bench/results/*.json; `python -m bench.report`
 turns them into the README table and the plots.
 
-    python -m bench [--only writepath,latency,drain,ceiling,scaling,backlog,index,embedder]
+    python -m bench [--only writepath,latency,drain,ceiling,scaling,backlog,index,chunks,embedder]
                     [--rows N] [--quick]
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from bench import backlog, corpus, endtoend, index, latency, raw, writepath
+from bench import backlog, chunks, corpus, endtoend, index, latency, raw, writepath
 from bench.machine import describe as machine
 from tests.support.cluster import Cluster, session_cluster
 from tests.support.modelgen import GTE_SMALL, cached_model_dir
@@ -32,7 +32,17 @@ RESULTS = ROOT / "results"
 SHARED_MODELS = Path(
     os.environ.get("EMBED_TEST_MODELS") or ROOT.parent.parent / "shared" / "models"
 )
-SECTIONS = ("writepath", "latency", "drain", "ceiling", "scaling", "backlog", "index", "embedder")
+SECTIONS = (
+    "writepath",
+    "latency",
+    "drain",
+    "ceiling",
+    "scaling",
+    "backlog",
+    "index",
+    "chunks",
+    "embedder",
+)
 
 
 def models() -> dict[str, tuple[str, Path]]:
@@ -166,6 +176,16 @@ def main() -> int:
                 fresh_db(cluster, template),
                 *found["all-MiniLM-L6-v2"],
                 rows=5000 if args.quick else 20000,
+            ),
+        )
+
+        section(
+            "chunks",  # chunked targets against one vector per row, on the same long documents
+            lambda: chunks.run(
+                lambda: fresh_db(cluster, template),
+                *found["all-MiniLM-L6-v2"],
+                max_tokens=256,
+                rounds=1 if args.quick else 3,
             ),
         )
 

