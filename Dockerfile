@@ -1,17 +1,20 @@
-# syntax=docker/dockerfile:1
 # The embed-worker container image.
 #
 #   docker build -t embed-worker .                               # gte-small baked in
 #   docker build -t embed-worker --build-arg BAKE_MODEL=false .  # no model inside; see below
 #
-# Stage `build` turns the checkout into wheels: ours, and every dependency (all of them ship
-# binary wheels for CPython 3.11 on x86_64, so nothing is compiled). Stage `runtime` installs
-# those wheels with --no-index from a bind mount, so the wheels never become a layer of the final
-# image, which has no compiler, no pip cache and no source checkout, and runs unprivileged.
+# Stage `build` installs the checkout and every dependency into a virtual environment at
+# /opt/embed-worker (all of them ship binary wheels for CPython 3.11 on x86_64, so nothing is
+# compiled), then removes pip and setuptools from it. Stage `runtime` copies that environment
+# and nothing else, so the final image has no compiler, no pip or pip cache, no wheels and no
+# source checkout, and runs unprivileged. Plain COPY --from: the classic builder builds it too.
 #
 # Without a baked model the worker needs one at run time: mount a model directory and set
 # EMBED_MODEL_PATH to its parent (`-v /srv/models:/models:ro -e EMBED_MODEL_PATH=/models`), or let
 # it download into EMBED_CACHE_DIR (a volume, so that it survives the container).
+#
+# PYTHON_IMAGE must provide `python3` with the venv module (python:3.11-slim-bookworm does; so
+# does Debian bookworm with python3-venv installed).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
@@ -24,7 +27,10 @@ COPY pyproject.toml README.md ./
 COPY worker/ worker/
 COPY sql/ sql/
 COPY migrations/ migrations/
-RUN pip wheel --wheel-dir /wheels .
+RUN python3 -m venv /opt/embed-worker \
+    && /opt/embed-worker/bin/pip install . \
+    && /opt/embed-worker/bin/pip uninstall -y pip setuptools \
+    && /opt/embed-worker/bin/embed-worker --version
 
 
 FROM ${PYTHON_IMAGE} AS runtime
@@ -40,8 +46,7 @@ LABEL org.opencontainers.image.title="embed-worker" \
       org.opencontainers.image.description="Postgres-native embedding worker: pgmq queue, pgvector storage, gte-small on the CPU" \
       org.opencontainers.image.licenses="Apache-2.0"
 
-ENV PIP_DISABLE_PIP_VERSION_CHECK=1 \
-    PIP_NO_CACHE_DIR=1 \
+ENV PATH=/opt/embed-worker/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     EMBED_CACHE_DIR=/var/cache/embed-worker \
     HF_HOME=/var/cache/embed-worker/huggingface \
@@ -52,9 +57,8 @@ RUN useradd --system --uid "${UID}" --user-group --create-home --home-dir /home/
         --shell /usr/sbin/nologin embed-worker \
     && install -d -o embed-worker -g embed-worker -m 0755 /var/cache/embed-worker
 
-RUN --mount=type=bind,from=build,source=/wheels,target=/wheels \
-    pip install --no-index --find-links /wheels embed-worker \
-    && embed-worker --version
+COPY --from=build /opt/embed-worker /opt/embed-worker
+RUN embed-worker --version
 
 USER embed-worker
 WORKDIR /home/embed-worker

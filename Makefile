@@ -12,7 +12,7 @@ DEVDB_NAME ?= embed
 DEVDB_URL := postgresql://postgres@127.0.0.1:$(DEVDB_PORT)/$(DEVDB_NAME)
 STAMP := $(VENV)/.installed
 
-.PHONY: help install db db-stop migrate run demo test lint bench postgres-deps clean
+.PHONY: help install db db-stop migrate run demo test lint bench postgres-deps test-deps clean
 
 help:
 	@echo "make demo    local cluster + migrations + worker + sample data + two searches"
@@ -35,7 +35,10 @@ db: postgres-deps
 	@scripts/pgcluster.sh start $(DEVDB_DIR) $(DEVDB_PORT) $(DEVDB_NAME)
 
 db-stop:
-	@scripts/pgcluster.sh stop $(DEVDB_DIR)
+	@if scripts/pgcluster.sh status $(DEVDB_DIR) >/dev/null 2>&1; then \
+		scripts/pgcluster.sh stop $(DEVDB_DIR) && \
+		echo "stopped the local cluster in $(DEVDB_DIR)/ (its data stays there; \`make db\` starts it again)"; \
+	else echo "the local cluster in $(DEVDB_DIR)/ is not running: nothing to stop"; fi
 
 # DATABASE_URL from the environment wins; otherwise the local cluster.
 migrate: db
@@ -54,8 +57,19 @@ lint: $(STAMP)
 
 # The suite starts its own throwaway cluster (tests/conftest.py) on a free port in a temporary
 # directory, so it never collides with `make db`; TEST_DATABASE_URL points it at a server instead.
-test: lint postgres-deps
+test: lint postgres-deps test-deps
 	@$(BIN)/pytest $(PYTEST_ARGS)
+
+# Tools the deploy/ tests run: promtool and a Prometheus server (Debian's `prometheus`); dockerd
+# and debootstrap for the image test (Debian's `docker.io`, `debootstrap`). Without apt the tests
+# that need them skip and say why.
+test-deps:
+	@command -v promtool >/dev/null && command -v prometheus >/dev/null \
+		|| scripts/apt-install.sh prometheus \
+		|| echo "make test-deps: could not install prometheus; its tests will skip" >&2
+	@command -v dockerd >/dev/null && command -v debootstrap >/dev/null \
+		|| scripts/apt-install.sh docker.io debootstrap \
+		|| echo "make test-deps: could not install docker.io; the image test will skip" >&2
 
 # The sentence-transformers column needs `$(BIN)/pip install torch sentence-transformers` first
 # (a benchmark-only install: several hundred MB, never a dependency of the worker).
@@ -66,5 +80,5 @@ bench: postgres-deps
 	@$(BIN)/python -m bench.report
 
 clean:
-	@scripts/pgcluster.sh stop $(DEVDB_DIR)
+	@scripts/pgcluster.sh destroy $(DEVDB_DIR)
 	rm -rf $(VENV) $(DEVDB_DIR) .mypy_cache .ruff_cache .pytest_cache

@@ -1,6 +1,6 @@
 """`make bench`: the product measured as users run it, side by side with what they would use
 instead, in one run on one machine. Results go to bench/results/*.json; `python -m bench.report`
-turns them into the README table and the plots.
+turns them into the table of docs/performance.md and the plots.
 
     python -m bench [--only writepath,latency,drain,ceiling,scaling,backlog,index,chunks,embedder]
                     [--rows N] [--quick]

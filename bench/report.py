@@ -1,4 +1,4 @@
-"""Turns bench/results/*.json into the README's performance table and bench/plots/*.png.
+"""Turns bench/results/*.json into the performance table of docs/performance.md and bench/plots/*.png.
 
 python -m bench.report          prints the Markdown; writes the plots
 """

@@ -3,6 +3,9 @@
 The paragraphs are the opening paragraphs of Python standard library modules' docstrings: real
 text, written by others, present on every machine that runs this. Everything lives in the
 schema `embed_demo`, recreated on each run; nothing else in the database is touched.
+
+The model (EMBED_MODEL, default gte-small) is downloaded on first use. The demo judges by the
+table, not by its own worker's count: another worker on the same database may embed the rows.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 
 from pgvector import HalfVector
 
-from worker import db, exceptions, logs
+from worker import db, exceptions, hints, logs, models
 from worker.config import Settings
 from worker.runner import Worker
 
@@ -115,6 +118,7 @@ MODULES = [
 ]
 QUERIES = ("compressing and decompressing data files", "running work in parallel threads")
 PARAGRAPHS = 50
+WAIT_SECONDS = 120.0  # for rows that another worker on this database leased
 
 
 def paragraphs() -> list[tuple[str, str]]:
@@ -137,6 +141,8 @@ def main() -> int:
     logs.configure(settings.log_format, "WARNING")
     dsn = db.resolve_dsn(settings.database_url)
     model = settings.model
+    # First: the model (a download on the first run; progress bars on a terminal).
+    print(f"model {model}: {_fetch(model, settings)}")
     texts = paragraphs()
     with db.connect(dsn) as conn:
         conn.execute("DROP SCHEMA IF EXISTS embed_demo CASCADE")
@@ -152,18 +158,18 @@ def main() -> int:
             cur.executemany(
                 "INSERT INTO embed_demo.documents (module, body) VALUES (%s, %s)", texts
             )
-    print(f"inserted {len(texts)} paragraphs into embed_demo.documents (model {model})")
+    print(f"inserted {len(texts)} paragraphs into embed_demo.documents ({db.describe(dsn)})")
 
     started = time.perf_counter()
     worker = Worker(settings, once=True, progress=False, handle_signals=False)
     if worker.run() != 0:
         return 1
-    with db.connect(dsn) as conn:
-        row = conn.execute("SELECT count(embedding), count(*) FROM embed_demo.documents").fetchone()
-    assert row is not None
-    print(f"worker embedded {row[0]} of {row[1]} rows in {time.perf_counter() - started:.1f} s\n")
-    if row[0] != row[1]:
-        print("not every row was embedded: see `embed-worker status` and `embed-worker failures`")
+    embedded, total = _wait_for_the_table(dsn)
+    print(f"{embedded} of {total} rows embedded in {time.perf_counter() - started:.1f} s\n")
+    if embedded != total:
+        status = hints.command("status", dsn)
+        failures = hints.command("failures", dsn)
+        print(f"not every row was embedded: see `{status}` and `{failures}`")
         return 1
 
     model_embedder = worker.embedders.get(model)
@@ -181,8 +187,38 @@ def main() -> int:
                 line = textwrap.shorten(body, 70)
                 print(f"  {similarity:.3f}  {module:<20} {line}")
             print()
-    print("try: embed-worker search embed_demo.documents 'your question'")
+    print("try your own question (copy and paste):")
+    print(f"  {hints.command('search embed_demo.documents ' + repr('your question'), dsn)}")
     return 0
+
+
+def _fetch(model: str, settings: Settings) -> str:
+    """Where the model is, downloading it first if needed."""
+    try:
+        found = models.locate(model)
+    except exceptions.ModelNotFound:
+        print(f"model {model}: not on this machine yet; downloading it (first run only)")
+        found = models.ensure(model, variant=settings.model_variant)
+    return f"in {found}"
+
+
+def _wait_for_the_table(dsn: str) -> tuple[int, int]:
+    """(embedded, total) rows once no demo job is left, or when WAIT_SECONDS are over. Our
+    worker's run may end while another worker still holds some of the demo's jobs."""
+    deadline = time.monotonic() + WAIT_SECONDS
+    with db.connect(dsn) as conn:
+        while True:
+            row = conn.execute(
+                "SELECT count(embedding), count(*) FILTER (WHERE body ~ '[^[:space:]]'),"
+                " (SELECT pending_jobs FROM embeddings.status"
+                "   WHERE target = 'embed_demo.documents.embedding')"
+                " FROM embed_demo.documents"
+            ).fetchone()
+            assert row is not None
+            embedded, total, pending = row
+            if embedded == total or not pending or time.monotonic() > deadline:
+                return embedded, total
+            time.sleep(0.2)
 
 
 if __name__ == "__main__":

@@ -7,16 +7,23 @@
 #   pgcluster.sh stop DIR                           fast shutdown; no-op when not running
 #   pgcluster.sh status DIR                         exit 0 when running
 #
+#   pgcluster.sh destroy DIR                        stop, then delete the data (and its link target)
+#
 # initdb refuses to run as root: as root the cluster belongs to the OS user `postgres`
 # (created by Debian's postgresql-common). When that user cannot reach DIR (a checkout under
-# /root, say) the data lives under /var/lib/postgresql and DIR/data links to it.
+# /root or inside a `mktemp -d` folder, say) the data lives under /var/lib/postgresql and
+# DIR/data links to it. Every path the postgres user opens (the data directory given to initdb
+# and pg_ctl, postgresql.conf, server.log) is then the link's target, never a path through DIR.
 set -euo pipefail
 
-cmd=${1:?usage: pgcluster.sh start|stop|status DIR [PORT] [DBNAME] [--fast]}
+cmd=${1:?usage: pgcluster.sh start|stop|status|destroy DIR [PORT] [DBNAME] [--fast]}
 dir=${2:?missing DIR}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
-data=$dir/data
+link=$dir/data
+# The data directory as the postgres user must name it: the link's target when DIR/data is one.
+resolve_data() { if [ -L "$link" ]; then readlink -f "$link"; else printf '%s\n' "$link"; fi; }
+data=$(resolve_data)
 
 pg_major=$(ls /usr/lib/postgresql 2>/dev/null | sort -n | tail -n 1)
 [ -n "$pg_major" ] || { echo "pgcluster: no PostgreSQL server installed (run scripts/postgres-deps.sh)" >&2; exit 1; }
@@ -25,7 +32,8 @@ PG_BIN=/usr/lib/postgresql/$pg_major/bin
 if [ "$(id -u)" -eq 0 ]; then
     owner=postgres
     id -u "$owner" >/dev/null 2>&1 || useradd --system --home-dir /var/lib/postgresql --shell /bin/bash "$owner"
-    as_owner() { runuser -u "$owner" -- "$@"; }
+    # From /: the postgres user may not be allowed into the caller's working directory.
+    as_owner() { (cd / && runuser -u "$owner" -- "$@"); }
 else
     owner=$(id -un)
     as_owner() { "$@"; }
@@ -40,6 +48,12 @@ status)
     ;;
 stop)
     if running; then as_owner "$PG_BIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null; fi
+    exit 0
+    ;;
+destroy)
+    if running; then as_owner "$PG_BIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null; fi
+    [ "$data" != "$link" ] && rm -rf "$data"
+    rm -rf "$link" "$dir/initdb.log"
     exit 0
     ;;
 start) ;;
@@ -59,9 +73,12 @@ if [ ! -e "$data/PG_VERSION" ]; then
         chown "$owner" "$dir"
         if ! as_owner test -w "$dir"; then
             real=/var/lib/postgresql/embed-worker/$(printf '%s' "$dir" | md5sum | cut -c1-16)
+            # Left over from an initdb that failed: it would refuse a non-empty directory.
+            [ -e "$real/PG_VERSION" ] || rm -rf "$real"
             mkdir -p "$real"
-            chown -R "$owner" /var/lib/postgresql/embed-worker
-            ln -sfn "$real" "$data"
+            chown "$owner" /var/lib/postgresql/embed-worker "$real"
+            ln -sfn "$real" "$link"
+            data=$real
         fi
     fi
     [ -e "$data" ] || mkdir -p "$data"

@@ -30,7 +30,7 @@ CREATE FUNCTION embeddings.watch(
     source regclass,
     content text,
     embedding_column name DEFAULT 'embedding',
-    model text DEFAULT 'gte-small',
+    model text DEFAULT NULL,  -- NULL: embeddings.default_model(), see embeddings.set_default_model()
     triggers boolean DEFAULT true,
     clear_on_update boolean DEFAULT true,
     queue text DEFAULT 'embedding_jobs',
@@ -59,6 +59,7 @@ DECLARE
     reembed boolean := false;
     backfill text;
 BEGIN
+    model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
     IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
        OR triggers IS NULL OR clear_on_update IS NULL OR queue IS NULL THEN
         RAISE EXCEPTION 'embeddings.watch(): arguments must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -134,15 +135,6 @@ BEGIN
         END IF;
     END IF;
 
-    -- >>> chunked targets (sql/55_chunks.sql): vectors in a chunk table, none in the source
-    IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
-       OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
-                  AND tg.embedding_column = watch.embedding_column AND tg.chunk_table IS NOT NULL) THEN
-        RETURN embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
-                                        queue, key_names, key_types, chunk_tokens, chunk_overlap, chunk_table);
-    END IF;
-    -- <<< chunked targets
-
     -- The embedding column: absent (we add it), or vector(dims) / halfvec(dims).
     SELECT a.atttypid::regtype, a.atttypmod INTO emb_type, emb_typmod
     FROM pg_attribute a
@@ -169,6 +161,17 @@ BEGIN
         RAISE EXCEPTION 'invalid queue name "%": lower-case letters, digits and _ only, at most 47', queue
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+
+    PERFORM embeddings.refuse_guide_triggers(source, triggers);  -- newcomer: never two sets of triggers
+
+    -- >>> chunked targets (sql/55_chunks.sql): vectors in a chunk table, none in the source
+    IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
+       OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
+                  AND tg.embedding_column = watch.embedding_column AND tg.chunk_table IS NOT NULL) THEN
+        RETURN embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
+                                        queue, key_names, key_types, chunk_tokens, chunk_overlap, chunk_table);
+    END IF;
+    -- <<< chunked targets
 
     -- Everything is valid: act.
     SELECT * INTO previous FROM embeddings.targets tg

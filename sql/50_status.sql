@@ -22,7 +22,9 @@ LANGUAGE sql STABLE AS $$
     WHERE c.oid = t.source
 $$;
 
--- One row per target. Counts are exact, so this scans each watched table.
+-- One row per target. Counts are exact, so this scans each watched table. Rows whose content is
+-- NULL or blank (whitespace only) are `cleared_rows`: the worker keeps them without an embedding
+-- on purpose. `deferred_reason` says why the pending jobs wait, when the worker defers them.
 CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     target                 text,
     total_rows             bigint,
@@ -33,25 +35,54 @@ CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     target_id              integer,
     model                  text,
     rows_per_second        double precision,
+    cleared_rows           bigint,
+    deferred_reason        text,
+    deferred_since         timestamptz,
     chunks                 bigint
 )
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     t embeddings.targets;
+    content_sql text;
 BEGIN
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
         target := embeddings.target_name(t);
         target_id := t.id;
         model := t.model;
+        content_sql := CASE WHEN t.content_column IS NOT NULL THEN format('s.%I', t.content_column)
+                            ELSE format('%s(s)', t.content_function::regproc) END;
         IF t.chunk_table IS NULL THEN
-            EXECUTE format('SELECT count(*), count(%I) FROM %s', t.embedding_column, t.source)
-                INTO total_rows, embedded_rows;
+            BEGIN
+                EXECUTE format('SELECT count(*), count(s.%I), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
+                               t.embedding_column, content_sql, content_sql, t.source)
+                    INTO total_rows, embedded_rows, cleared_rows;
+            EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
+                BEGIN
+                    EXECUTE format('SELECT count(*), count(s.%I), NULL::bigint FROM %s s', t.embedding_column, t.source)
+                        INTO total_rows, embedded_rows, cleared_rows;
+                EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone: the other targets still show
+                    total_rows := NULL;
+                    embedded_rows := NULL;
+                    cleared_rows := NULL;
+                END;
+            END;
             chunks := NULL;
         ELSE
             -- A chunked target: documents with chunks count as embedded (sql/55_chunks.sql).
-            EXECUTE format('SELECT count(*) FROM %s', t.source) INTO total_rows;
-            SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
+            BEGIN
+                EXECUTE format('SELECT count(*), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
+                               content_sql, content_sql, t.source)
+                    INTO total_rows, cleared_rows;
+            EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
+                EXECUTE format('SELECT count(*), NULL::bigint FROM %s', t.source) INTO total_rows, cleared_rows;
+            END;
+            BEGIN
+                SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
+            EXCEPTION WHEN OTHERS THEN  -- the chunk table is gone: the other targets still show
+                embedded_rows := NULL;
+                chunks := NULL;
+            END;
         END IF;
         EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
@@ -60,6 +91,10 @@ BEGIN
         INTO rows_per_second
         FROM embeddings.throughput tp
         WHERE tp.target_id = t.id AND tp.minute >= date_trunc('minute', clock_timestamp()) - interval '5 minutes';
+        deferred_reason := NULL;
+        deferred_since := NULL;
+        SELECT d.reason, d.since INTO deferred_reason, deferred_since
+        FROM embeddings.deferrals d WHERE d.target_id = t.id AND pending_jobs > 0;
         RETURN NEXT;
     END LOOP;
 END
@@ -67,9 +102,9 @@ $$;
 
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
-           target_id, model, rows_per_second, chunks
+           target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, chunks
     FROM embeddings.target_status();
-COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job; chunks of chunked targets';
+COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets';
 
 -- Re-queues dead letters (all, or those with the given ids) and removes them from
 -- embeddings.failures. Returns how many were re-queued.

@@ -7,6 +7,7 @@ none of this, and the cluster starts only when a test first asks for a database.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from typing import Any
 
@@ -15,6 +16,11 @@ import pytest
 
 from tests.support.cluster import Cluster, session_cluster
 from worker import schema
+
+# The suite never reaches the real Hugging Face hub: models are fetched on first use, so a test
+# that wants a download serves it from the stand-in (tests/support/fakehub.py, HF_ENDPOINT) and
+# clears this itself.
+os.environ.setdefault("EMBED_OFFLINE", "1")
 
 
 @pytest.fixture(scope="session")

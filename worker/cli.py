@@ -1,7 +1,8 @@
 """The `embed-worker` command line.
 
-Exit codes: 0 success; 1 a runtime failure (database, model, HTTP); 2 bad usage or
-configuration. Every environment variable has a flag; flags win.
+Exit codes: 0 success; 1 a runtime failure (database, model, HTTP) or, for `doctor`, a problem
+found; 2 bad usage or configuration. Every environment variable has a flag; flags win. Global
+options (connection, logging, model location) go before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -19,6 +20,69 @@ logger = logging.getLogger("worker.cli")
 
 EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
+DESCRIPTIONS = {
+    "migrate": "Install the embeddings schema in the database, or upgrade it to this version "
+    "(Alembic upgrade head). Safe to run again: an up-to-date database is left as it is.",
+    "run": "Run the worker: lease jobs from the queue, embed the rows' content, store the "
+    "vectors. Registry models are downloaded on first use unless EMBED_OFFLINE=1.",
+    "status": "One row per watched table: rows, embedded, cleared (blank content), pending jobs "
+    "with progress and ETA, dead letters, and why jobs wait (deferred).",
+    "embed": "Print the embeddings of TEXT... (or of standard input's lines with `-`) as a "
+    "JSON list of vectors.",
+    "search": "Embed QUERY with the model of TABLE's target and print the nearest rows.",
+    "failures": "List dead-lettered jobs (rows that exhausted their attempts), or re-queue them.",
+    "doctor": "Check the database, the models and the queue for common problems, and say what "
+    "to do about each. Exits 1 when it finds one.",
+    "model": "List the known models or download one.",
+}
+
+
+def _global_options(
+    defaults: str | None, *, models: bool = True, variant: bool = True
+) -> argparse.ArgumentParser:
+    """The options accepted before and after the subcommand. `defaults` is None for the
+    top-level parser and argparse.SUPPRESS for subcommands, so a value given before the
+    subcommand is not reset by the subparser. Subcommands that load no model do not list the
+    model options (they are still accepted before the subcommand)."""
+    parent = argparse.ArgumentParser(add_help=False, argument_default=defaults)
+    common = parent.add_argument_group("connection and logging")
+    common.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="libpq URL or conninfo [DATABASE_URL]; default: PG* variables, else the local "
+        "`make db` cluster",
+    )
+    common.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text or JSON [EMBED_LOG_FORMAT]",
+    )
+    common.add_argument(
+        "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING... [EMBED_LOG_LEVEL]"
+    )
+    if not models:
+        return parent
+    model = parent.add_argument_group("model location")
+    model.add_argument(
+        "--model-path",
+        metavar="DIRS",
+        help="colon-separated directories holding model directories [EMBED_MODEL_PATH]",
+    )
+    model.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="download cache (default ~/.cache/embed-worker) [EMBED_CACHE_DIR]",
+    )
+    if variant:  # `model download --variant` has its own meaning
+        model.add_argument(
+            "--variant",
+            dest="model_variant",
+            choices=("fp32", "int8"),
+            help="model weights to run [EMBED_MODEL_VARIANT]",
+        )
+    model.add_argument("--threads", type=int, metavar="N", help="inference threads [EMBED_THREADS]")
+    return parent
+
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -26,32 +90,26 @@ def build_parser() -> argparse.ArgumentParser:
         description="Postgres-native embedding worker: keeps the embedding columns of watched "
         "tables up to date, from a pgmq queue, with a local ONNX model.",
         epilog="Each option also reads an environment variable (shown in brackets); the option "
-        "wins. Without DATABASE_URL or PG* variables, the local `make db` cluster is used.",
+        "wins. Options of the first two groups go before or after the command. Without "
+        "DATABASE_URL or PG* variables, the local `make db` cluster is used.",
+        parents=[_global_options(None)],
     )
     parser.add_argument("--version", action="version", version=f"embed-worker {__version__}")
-    common = parser.add_argument_group("connection and logging")
-    common.add_argument(
-        "--database-url", metavar="URL", help="libpq URL or conninfo [DATABASE_URL]"
-    )
-    common.add_argument("--log-format", choices=("text", "json"), help="[EMBED_LOG_FORMAT]")
-    common.add_argument("--log-level", help="DEBUG, INFO, WARNING... [EMBED_LOG_LEVEL]")
-    model = parser.add_argument_group("model")
-    model.add_argument(
-        "--model-path", metavar="DIRS", help="colon-separated model directories [EMBED_MODEL_PATH]"
-    )
-    model.add_argument("--cache-dir", metavar="DIR", help="download cache [EMBED_CACHE_DIR]")
-    model.add_argument(
-        "--variant", dest="model_variant", choices=("fp32", "int8"), help="[EMBED_MODEL_VARIANT]"
-    )
-    model.add_argument("--threads", type=int, help="inference threads [EMBED_THREADS]")
-
+    shared = _global_options(argparse.SUPPRESS)
+    connection_only = _global_options(argparse.SUPPRESS, models=False)
     commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
-    commands.add_parser(
-        "migrate", help="install or upgrade the database schema (Alembic upgrade head)"
-    )
+    def command(name: str, short: str, *, loads_models: bool = True) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=short,
+            description=DESCRIPTIONS[name],
+            parents=[shared if loads_models else connection_only],
+        )
 
-    run = commands.add_parser("run", help="run the worker")
+    command("migrate", "install or upgrade the database schema", loads_models=False)
+
+    run = command("run", "run the worker")
     run.add_argument("--once", action="store_true", help="drain the queue, then exit 0")
     run.add_argument("--model", help="default model (for /embed) [EMBED_MODEL]")
     run.add_argument("--queue", help="pgmq queue [EMBED_QUEUE]")
@@ -75,31 +133,58 @@ def build_parser() -> argparse.ArgumentParser:
     )
     run.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
 
-    status = commands.add_parser(
-        "status", help="per watched table: rows, embedded, pending, failed"
+    status = command(
+        "status", "per watched table: rows, embedded, pending, failed, ETA", loads_models=False
     )
-    status.add_argument("--json", action="store_true", help="machine-readable output")
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=float,
+        metavar="SECONDS",
+        help="refresh in place every SECONDS (default 2) until Ctrl-C",
+    )
 
-    embed = commands.add_parser("embed", help="print the embeddings of TEXT... as a JSON list")
-    embed.add_argument("texts", nargs="+", metavar="TEXT")
-    embed.add_argument("--model", help="model name or directory [EMBED_MODEL]")
+    embed = command("embed", "print the embeddings of TEXT... as a JSON list")
+    embed.add_argument(
+        "texts",
+        nargs="+",
+        metavar="TEXT",
+        help="texts to embed; `-` reads one text per line from standard input",
+    )
+    embed.add_argument("--model", help="registry model name [EMBED_MODEL]")
 
-    search = commands.add_parser("search", help="rows of TABLE nearest in meaning to QUERY")
+    search = command("search", "rows of TABLE nearest in meaning to QUERY")
     search.add_argument("table", metavar="TABLE", help="a watched table, e.g. public.documents")
-    search.add_argument("query", metavar="QUERY")
+    search.add_argument("query", metavar="QUERY", help="what to look for, in plain words")
     search.add_argument("-k", type=int, default=5, help="how many rows (default 5)")
     search.add_argument("--column", help="embedding column, when the table has several")
-    search.add_argument("--json", action="store_true")
+    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    failures = commands.add_parser("failures", help="list dead-lettered jobs")
+    failures = command("failures", "list dead-lettered jobs", loads_models=False)
     failures.add_argument("--retry", action="store_true", help="re-queue them all")
-    failures.add_argument("--json", action="store_true")
+    failures.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    model_cmd = commands.add_parser("model", help="list or download models")
+    command("doctor", "check for common problems and say what to do")
+
+    model_cmd = command("model", "list or download models")
     model_commands = model_cmd.add_subparsers(dest="model_command", metavar="ACTION", required=True)
-    model_commands.add_parser("list", help="known models and which are present")
-    download = model_commands.add_parser("download", help="fetch a model from the Hugging Face hub")
-    download.add_argument("name", metavar="NAME")
+    model_commands.add_parser(
+        "list",
+        help="known models and which are present",
+        description="List the registry models and model directories on EMBED_MODEL_PATH, "
+        "with where each is found.",
+        parents=[shared],
+    )
+    download = model_commands.add_parser(
+        "download",
+        help="fetch a model from the Hugging Face hub",
+        description="Download a registry model at its pinned revision into the cache, "
+        "verifying every file's checksum.",
+        parents=[_global_options(argparse.SUPPRESS, variant=False)],
+    )
+    download.add_argument("name", metavar="NAME", help="a registry model (see `model list`)")
     download.add_argument(
         "--variant",
         dest="download_variant",
@@ -107,6 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="which ONNX file(s) to fetch (default: EMBED_MODEL_VARIANT)",
     )
     return parser
+
+
+GLOBAL_NAMES = ("database_url", "log_format", "log_level", "model_path", "cache_dir")
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
@@ -141,7 +229,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except exceptions.ConfigError as exc:
         print(f"embed-worker: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    logs.configure(settings.log_format, settings.log_level)
+    quiet = args.command in ("search", "embed") and getattr(args, "log_level", None) is None
+    # search and embed print results: their model loading is not news (warnings still show).
+    logs.configure(settings.log_format, "WARNING" if quiet else settings.log_level)
     from worker import commands  # the heavy imports (onnxruntime, alembic) only past parsing
 
     try:

@@ -5,12 +5,11 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from collections.abc import Sequence
 from typing import Any, Literal
 
 from psycopg import sql
 
-from worker import db, exceptions, schema
+from worker import db, exceptions, hints, output, schema
 from worker.config import Settings
 
 EXIT_OK, EXIT_FAILURE = 0, 1
@@ -25,16 +24,38 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "search": search,
         "failures": failures,
         "model": model,
+        "doctor": doctor,
     }[args.command]
     return handler(args, settings)
 
 
 def _connect(settings: Settings) -> db.Connection:
-    return db.connect(db.resolve_dsn(settings.database_url))
+    """A connection to the database with our schema; says on stderr which database it is."""
+    dsn = db.resolve_dsn(settings.database_url)
+    output.say_database(dsn, settings.database_url)
+    conn = db.connect(dsn)
+    with db.translated():
+        row = conn.execute("SELECT to_regclass('embeddings.targets') IS NULL").fetchone()
+    if row and row[0]:
+        conn.close()
+        raise exceptions.DatabaseError(
+            f"the embeddings schema is not installed in {db.describe(dsn)}: run "
+            f"`{hints.command('migrate', dsn)}` (or `make migrate` for the local cluster)"
+        )
+    return conn
+
+
+def doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.doctor import run as run_doctor
+
+    dsn = db.resolve_dsn(settings.database_url)
+    output.say_database(dsn, settings.database_url)
+    return run_doctor(dsn, settings)
 
 
 def migrate(_args: argparse.Namespace, settings: Settings) -> int:
     dsn = db.resolve_dsn(settings.database_url)
+    output.say_database(dsn, settings.database_url)
     db.connect(dsn).close()  # an unreachable database is reported plainly, not through Alembic
     try:
         schema.migrate(dsn)
@@ -69,90 +90,52 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # --- status -----------------------------------------------------------------------------------
-STATUS_COLUMNS = (
-    "target",
-    "total_rows",
-    "embedded_rows",
-    "pending_jobs",
-    "failed_jobs",
-    "oldest_pending_seconds",
-    "rows_per_second",
-    "model",
-    "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
-)
-
-
 def status(args: argparse.Namespace, settings: Settings) -> int:
-    with _connect(settings) as conn, db.translated():
-        cur = conn.execute(
-            sql.SQL("SELECT {} FROM embeddings.status ORDER BY target").format(
-                sql.SQL(", ").join(map(sql.Identifier, STATUS_COLUMNS))
-            )
-        )
-        rows = [dict(zip(STATUS_COLUMNS, r, strict=True)) for r in cur.fetchall()]
-    if args.json:
-        _print_json(rows)
-        return EXIT_OK
-    if not rows:
-        print("no watched tables: register one with SELECT embeddings.watch('table', 'column');")
-        return EXIT_OK
-    table = [
-        [
-            r["target"],
-            r["model"],
-            f"{r['total_rows']:,}",
-            f"{r['embedded_rows']:,}"
-            + (f" ({r['chunks']:,} chunks)" if r["chunks"] is not None else ""),
-            f"{r['pending_jobs']:,}",
-            f"{r['failed_jobs']:,}",
-            _age(r["oldest_pending_seconds"]),
-            f"{r['rows_per_second']:.1f}/s",
-        ]
-        for r in rows
-    ]
-    _print_table(
-        [
-            "target",
-            "model",
-            "rows",
-            "embedded",
-            "pending",
-            "failed",
-            "oldest pending",
-            "recent rate",
-        ],
-        table,
-    )
+    from worker import status_view
+
+    with _connect(settings) as conn:
+        if args.watch is not None:
+            if args.watch <= 0:
+                raise exceptions.ConfigError("--watch takes a positive number of seconds")
+            dsn = db.resolve_dsn(settings.database_url)
+            header = output.database_line(dsn, settings.database_url)
+            try:
+                status_view.watch(conn, args.watch, header)
+            except KeyboardInterrupt:
+                return EXIT_OK
+        status_view.show(conn, as_json=args.json)
     return EXIT_OK
-
-
-def _age(seconds: float | None) -> str:
-    if seconds is None:
-        return "-"
-    if seconds < 120:
-        return f"{seconds:.1f} s"
-    if seconds < 7200:
-        return f"{seconds / 60:.1f} min"
-    return f"{seconds / 3600:.1f} h"
 
 
 # --- embed and search -------------------------------------------------------------------------
 def embed(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.embedder import Embedder
-
-    model = Embedder.load(
-        args.model or settings.model, variant=settings.model_variant, threads=settings.threads
-    )
-    vectors = model.embed(list(args.texts))
+    texts = list(args.texts)
+    if texts == ["-"]:
+        texts = [line.rstrip("\r\n") for line in sys.stdin]
+        if not texts:
+            raise exceptions.ConfigError("embed -: standard input held no lines")
+    model = _load(args.model or settings.model, settings)
+    vectors = model.embed(texts)
     json.dump([[round(float(x), 7) for x in row] for row in vectors], sys.stdout)
     sys.stdout.write("\n")
     return EXIT_OK
 
 
+def _load(name: str, settings: Settings) -> Any:
+    """A model by registry name (downloaded on first use) or model directory."""
+    from worker import models
+    from worker.embedder import Embedder
+
+    return Embedder.load(
+        models.ensure(name, variant=settings.model_variant),
+        variant=settings.model_variant,
+        threads=settings.threads,
+    )
+
+
 def search(args: argparse.Namespace, settings: Settings) -> int:
     from worker import search as search_mod
     from worker import targets as targets_mod
-    from worker.embedder import Embedder
 
     if args.k < 1:
         raise exceptions.ConfigError("-k must be at least 1")
@@ -172,6 +155,8 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
             ]
         if not ids:
             hint = f"SELECT embeddings.watch('{args.table}', 'content_column');"
+            status_hint = hints.command("status", db.resolve_dsn(settings.database_url))
+            hint += f" then see `{status_hint}`"
             raise exceptions.TargetError(f"{args.table} is not watched: {hint}")
         if len(ids) > 1:
             raise exceptions.ConfigError(
@@ -179,9 +164,7 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
             )
         db.register_vector_types(conn)
         target = targets_mod.load(conn)[ids[0]]
-        model = Embedder.load(
-            target.model, variant=settings.model_variant, threads=settings.threads
-        )
+        model = _load(target.model, settings)
         if (problem := target.problem(model.dim)) is not None:
             raise exceptions.TargetError(problem)
         query_vector = model.embed([args.query])[0]
@@ -190,12 +173,16 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         else:
             results = _nearest(conn, target, query_vector, args.k)
     if args.json:
-        _print_json(results)
+        output.print_json(results)
         return EXIT_OK
-    _print_table(
+    output.print_table(
         ["similarity", "key", "content"],
         [
-            [f"{r['similarity']:.3f}", str(r["key"]), _preview(r.get("chunk", r.get("content")))]
+            [
+                f"{r['similarity']:.3f}",
+                str(r["key"]),
+                output.preview(r.get("chunk", r.get("content"))),
+            ]
             for r in results
         ],
     )
@@ -231,11 +218,6 @@ def _nearest(conn: db.Connection, target: Any, vector: Any, k: int) -> list[dict
     ]
 
 
-def _preview(text: str | None, width: int = 90) -> str:
-    flat = " ".join((text or "").split())
-    return flat if len(flat) <= width else flat[: width - 1] + "…"
-
-
 # --- failures ---------------------------------------------------------------------------------
 def failures(args: argparse.Namespace, settings: Settings) -> int:
     with _connect(settings) as conn, db.translated():
@@ -250,12 +232,12 @@ def failures(args: argparse.Namespace, settings: Settings) -> int:
             return EXIT_OK
     keys = ("id", "target", "row_key", "attempts", "last_error", "failed_at")
     if args.json:
-        _print_json([dict(zip(keys, r, strict=True)) for r in rows])
+        output.print_json([dict(zip(keys, r, strict=True)) for r in rows])
         return EXIT_OK
     if not rows:
         print("no dead-lettered jobs")
         return EXIT_OK
-    _print_table(
+    output.print_table(
         ["id", "target", "row key", "attempts", "failed at", "last error"],
         [
             [
@@ -264,12 +246,13 @@ def failures(args: argparse.Namespace, settings: Settings) -> int:
                 json.dumps(r[2]),
                 str(r[3]),
                 f"{r[5]:%Y-%m-%d %H:%M:%S}",
-                _preview(r[4], 70),
+                output.preview(r[4], 70),
             ]
             for r in rows
         ],
     )
-    print(f"\n{len(rows)} dead-lettered; re-queue with: embed-worker failures --retry")
+    retry = hints.command("failures --retry", db.resolve_dsn(settings.database_url))
+    print(f"\n{len(rows)} dead-lettered; re-queue with: {retry}")
     return EXIT_OK
 
 
@@ -279,7 +262,7 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.model_command == "list":
         rows = models.list_models()
-        _print_table(
+        output.print_table(
             ["name", "dim", "pooling", "max tokens", "present", "where", "source"],
             [
                 [
@@ -299,18 +282,3 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
     path = models.download(args.name, variant=variant)
     print(f"{args.name} is in {path}", file=sys.stderr)
     return EXIT_OK
-
-
-# --- output helpers ---------------------------------------------------------------------------
-def _print_json(value: Any) -> None:
-    json.dump(value, sys.stdout, default=str, indent=2)
-    sys.stdout.write("\n")
-
-
-def _print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
-    line = "  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True))
-    print(line.rstrip())
-    print("  ".join("-" * w for w in widths))
-    for row in rows:
-        print("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())

@@ -40,6 +40,15 @@ class Settings:
     http_host: str = field(default="127.0.0.1", metadata={"env": "EMBED_HTTP_HOST"})
     http_token: str | None = field(default=None, metadata={"env": "EMBED_HTTP_TOKEN"})
     http_max_body: int = field(default=1_048_576, metadata={"env": "EMBED_HTTP_MAX_BODY"})
+    # Seconds a connection may stay silent (slow-loris), and connections served at once.
+    http_timeout_seconds: float = field(
+        default=30.0, metadata={"env": "EMBED_HTTP_TIMEOUT_SECONDS"}
+    )
+    http_max_connections: int = field(default=16, metadata={"env": "EMBED_HTTP_MAX_CONNECTIONS"})
+    # POST routes on a non-loopback address without EMBED_HTTP_TOKEN need this explicit yes.
+    http_allow_unauthenticated: bool = field(
+        default=False, metadata={"env": "EMBED_HTTP_ALLOW_UNAUTHENTICATED"}
+    )
     log_format: str = field(default="text", metadata={"env": "EMBED_LOG_FORMAT"})
     log_level: str = field(default="INFO", metadata={"env": "EMBED_LOG_LEVEL"})
 
@@ -66,14 +75,19 @@ class Settings:
             raise fail("queue", f"{self.queue!r} is not a valid pgmq queue name")
         if self.log_format not in ("text", "json"):
             raise fail("log_format", f"expected text or json, got {self.log_format!r}")
-        for name in ("batch_size", "vt_seconds", "max_attempts"):
+        for name in ("batch_size", "vt_seconds", "max_attempts", "http_max_connections"):
             if getattr(self, name) < 1:
                 raise fail(name, "must be at least 1")
         if self.threads is not None and self.threads < 1:
             raise fail("threads", "must be at least 1")
         if self.vt_seconds < 3:
             raise fail("vt_seconds", "must be at least 3 (leases are renewed every third of it)")
-        for name in ("backoff_base_seconds", "backoff_max_seconds", "poll_seconds"):
+        for name in (
+            "backoff_base_seconds",
+            "backoff_max_seconds",
+            "poll_seconds",
+            "http_timeout_seconds",
+        ):
             if getattr(self, name) <= 0:
                 raise fail(name, "must be positive")
         if self.grace_seconds < 0:

@@ -1,32 +1,41 @@
 """The worker's HTTP side, on when EMBED_HTTP_PORT is set (bind address EMBED_HTTP_HOST).
 
   GET  /healthz             the process is alive and its pipeline threads are running
-  GET  /readyz              the database answers and the default model is loaded
+  GET  /readyz              the database answers and the default model is loaded (200
+                            "ready", or 200 "degraded" naming the targets it cannot serve)
   GET  /metrics             Prometheus text
   POST /embed               {"input": "text"} -> {"embedding": [...]} (Supabase's quickstart
-                            shape); "input" may also be a list -> {"embeddings": [[...], ...]}
-  POST /functions/v1/embed  the Supabase guide's Edge Function contract (worker.push)
+                            shape); "input" may also be a list -> {"embeddings": [[...], ...]};
+                            blank text (empty or whitespace) -> null, as the worker stores none
+  POST /functions/v1/embed  the Supabase guide's Edge Function contract (worker.push): 200
+                            with {completedJobs, failedJobs} and x-completed-jobs/x-failed-jobs
   POST /search              {"table", "query", "k"} -> {"results": [...]}: nearest rows, or for
                             a chunked target documents with their best chunk (worker.search)
 
-POST routes take an optional bearer token (EMBED_HTTP_TOKEN), compared in constant time.
-Bodies are limited to EMBED_HTTP_MAX_BODY bytes; malformed input is a 400 with the reason.
+POST routes take an optional bearer token (EMBED_HTTP_TOKEN), compared in constant time. Bound
+to anything but loopback without a token, they answer 403 unless the operator opts in with
+EMBED_HTTP_ALLOW_UNAUTHENTICATED=1. Bodies are limited to EMBED_HTTP_MAX_BODY bytes; malformed
+input (a lone surrogate included) is a 400 with the reason. A connection silent for
+EMBED_HTTP_TIMEOUT_SECONDS is closed (slow clients cannot pin threads), and at most
+EMBED_HTTP_MAX_CONNECTIONS are served at once; more get 503 with Retry-After.
 """
 
 from __future__ import annotations
 
 import hmac
+import ipaddress
 import json
 import logging
+import socket
 import threading
-import time
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from worker import db, exceptions, metrics
+from worker import db, exceptions, metrics, models
+from worker.readiness import ReadinessProbe
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -35,6 +44,11 @@ if TYPE_CHECKING:
 logger = logging.getLogger(__name__)
 
 MAX_INPUTS = 256  # texts per /embed request
+_BUSY = b'{"error": "too many concurrent requests; retry shortly"}'
+BUSY_RESPONSE = (
+    b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
+    b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY), _BUSY)
+)
 
 
 class BadRequest(Exception):
@@ -50,7 +64,31 @@ class Server(ThreadingHTTPServer):
         self.worker = worker
         self.settings = settings
         self.readiness = ReadinessProbe(worker)
+        self.slots = threading.BoundedSemaphore(settings.http_max_connections)
+        self.post_refusal = post_refusal(settings)
         super().__init__((settings.http_host, settings.http_port or 0), Handler)
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serves the connection in a thread if a slot is free; otherwise answers 503 at once."""
+        if not self.slots.acquire(blocking=False):
+            try:
+                request.settimeout(1.0)
+                request.sendall(BUSY_RESPONSE)
+            except OSError:
+                pass
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except BaseException:
+            self.slots.release()
+            raise
+
+    def process_request_thread(self, request: Any, client_address: Any) -> None:
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self.slots.release()
 
     @property
     def url(self) -> str:
@@ -58,45 +96,15 @@ class Server(ThreadingHTTPServer):
         return f"http://{host!s}:{port}"
 
 
-class ReadinessProbe:
-    """Database reachable (checked at most once a second) and the default model loaded."""
-
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
-        self._lock = threading.Lock()
-        self._checked_at = float("-inf")
-        self._db_error: str | None = "not checked yet"
-
-    def problems(self) -> list[str]:
-        found = []
-        model_problem = self.worker.default_model_problem()
-        if model_problem:
-            found.append(f"model {self.worker.settings.model}: {model_problem}")
-        if self.worker.failure is not None or self.worker.finished.is_set():
-            found.append("worker stopped")
-        db_error = self._database()
-        if db_error:
-            found.append(f"database: {db_error}")
-        return found
-
-    def _database(self) -> str | None:
-        with self._lock:
-            if time.monotonic() - self._checked_at < 1.0:
-                return self._db_error
-            try:
-                with db.connect(self.worker.dsn, connect_timeout=2) as conn:
-                    conn.execute("SELECT 1")
-                self._db_error = None
-            except exceptions.EmbedWorkerError as exc:
-                self._db_error = str(exc)
-            self._checked_at = time.monotonic()
-            return self._db_error
-
-
 class Handler(BaseHTTPRequestHandler):
     server: Server
     protocol_version = "HTTP/1.1"
     server_version = "embed-worker"
+
+    def setup(self) -> None:
+        super().setup()
+        # A socket timeout on every read and write: a client that stalls mid-request is cut off.
+        self.connection.settimeout(self.server.settings.http_timeout_seconds)
 
     # --- routing ----------------------------------------------------------------------------
     def do_GET(self) -> None:
@@ -118,6 +126,9 @@ class Handler(BaseHTTPRequestHandler):
                 self._error(HTTPStatus.NOT_FOUND, f"no route {path}")
             return
         try:
+            if self.server.post_refusal:
+                self._drain_body()
+                raise BadRequest(HTTPStatus.FORBIDDEN, self.server.post_refusal)
             self._authorize()
             body = self._json_body()
             POST_ROUTES[path](self, body)
@@ -159,6 +170,11 @@ class Handler(BaseHTTPRequestHandler):
             self._json(
                 HTTPStatus.SERVICE_UNAVAILABLE, {"status": "not ready", "problems": problems}
             )
+            return
+        # Serving, but some targets' jobs wait: ready (the process works), and says which.
+        unservable = self.server.readiness.unservable_targets()
+        if unservable:
+            self._json(HTTPStatus.OK, {"status": "degraded", "deferred_targets": unservable})
         else:
             self._json(HTTPStatus.OK, {"status": "ready"})
 
@@ -180,11 +196,42 @@ class Handler(BaseHTTPRequestHandler):
         model_name = body.get("model") or self.server.settings.model
         if not isinstance(model_name, str):
             raise BadRequest(HTTPStatus.BAD_REQUEST, '"model" must be a string')
-        vectors = self.server.worker.embedders.get(model_name).embed(texts)
-        rows = [[round(float(x), 7) for x in v] for v in vectors]
+        self._check_model(model_name)
+        # Blank text gets no vector, as the worker clears the embedding of a blank row.
+        wanted = [i for i, text in enumerate(texts) if text.strip()]
+        rows: list[list[float] | None] = [None] * len(texts)
+        if wanted:
+            vectors = self.server.worker.embedders.get(model_name).embed([texts[i] for i in wanted])
+            for i, vector in zip(wanted, vectors, strict=True):
+                rows[i] = [round(float(x), 7) for x in vector]
         self._json(
             HTTPStatus.OK,
             {"embeddings": rows} if isinstance(given, list) else {"embedding": rows[0]},
+        )
+
+    def _check_model(self, name: str) -> None:
+        """Only models already loaded or configured (the default, the targets'), or registry
+        models already on disk: a request never names a path, never starts a download."""
+        worker = self.server.worker
+        configured = {self.server.settings.model} | {
+            t.model for t in worker.registry.snapshot().values()
+        }
+        if name in worker.embedders.loaded() or name in configured:
+            return
+        if name in models.REGISTRY and not models.looks_like_path(name):
+            try:
+                models.locate(name)
+            except exceptions.ModelNotFound:
+                raise BadRequest(
+                    HTTPStatus.NOT_FOUND,
+                    f"model {name!r} is not present on this worker; requests never download "
+                    "models (set EMBED_MODEL, or run `embed-worker model download` here)",
+                ) from None
+            return
+        allowed = sorted(configured | set(models.REGISTRY))
+        raise BadRequest(
+            HTTPStatus.BAD_REQUEST,
+            f'"model" must name a known model ({", ".join(allowed)}), not a path or another name',
         )
 
     def _push(self, body: Any) -> None:
@@ -194,9 +241,10 @@ class Handler(BaseHTTPRequestHandler):
             result = push.process(self.server.worker, body)
         except push.InvalidRequest as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
-        # 207 Multi-Status, as the guide's Edge Function answers: jobs succeed one by one.
+        # 200 whatever the jobs' fates, exactly as the guide's Edge Function: monitoring
+        # written for it checks status_code = 200 and reads the counts from the headers.
         self._json(
-            HTTPStatus.MULTI_STATUS,
+            HTTPStatus.OK,
             {"completedJobs": result.completed, "failedJobs": result.failed},
             headers={
                 "x-completed-jobs": str(len(result.completed)),
@@ -253,9 +301,16 @@ class Handler(BaseHTTPRequestHandler):
                 f"expected Content-Type application/json, got {content_type or 'none'}",
             )
         try:
-            return json.loads(raw)
+            body = json.loads(raw)
+            # JSON escapes can spell lone surrogates ("\\ud800"), which no model can encode.
+            json.dumps(body, ensure_ascii=False).encode("utf-8")
+        except UnicodeEncodeError:
+            raise BadRequest(
+                HTTPStatus.BAD_REQUEST, "malformed JSON: a string holds a lone surrogate"
+            ) from None
         except (UnicodeDecodeError, json.JSONDecodeError) as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, f"malformed JSON: {exc}") from None
+        return body
 
     def _drain_body(self) -> None:
         length = int(self.headers.get("Content-Length") or 0)
@@ -298,10 +353,42 @@ POST_ROUTES = {
 }
 
 
+def post_refusal(settings: Settings) -> str | None:
+    """Why POST routes are refused, or None: bound beyond loopback with no token and no
+    explicit EMBED_HTTP_ALLOW_UNAUTHENTICATED=1, anyone who can reach the port could make the
+    worker embed (CPU) and enqueue work."""
+    if settings.http_token or _is_loopback(settings.http_host):
+        return None
+    if settings.http_allow_unauthenticated:
+        return None
+    return (
+        f"POST routes are off: HTTP listens on {settings.http_host} without EMBED_HTTP_TOKEN. "
+        "Set EMBED_HTTP_TOKEN (clients send Authorization: Bearer <token>), or "
+        "EMBED_HTTP_ALLOW_UNAUTHENTICATED=1 if the network in front of the worker is trusted."
+    )
+
+
+def _is_loopback(host: str) -> bool:
+    if host in ("localhost", ""):
+        return host == "localhost"
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        try:
+            return all(
+                ipaddress.ip_address(info[4][0]).is_loopback
+                for info in socket.getaddrinfo(host, None)
+            )
+        except (OSError, ValueError):
+            return False
+
+
 def serve(worker: Worker, settings: Settings) -> Server:
     """Starts the server in a background thread; `shutdown()` stops it."""
     server = Server(worker, settings)
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     logger.info("HTTP on %s", server.url)
+    if server.post_refusal:
+        logger.warning("%s", server.post_refusal)
     return server

@@ -52,8 +52,17 @@ class JsonFormatter(logging.Formatter):
 
 
 class TextFormatter(logging.Formatter):
+    """One line per record: Postgres errors carry `CONTEXT:`/`DETAIL:` on lines of their own,
+    which would read as separate records (and break line-based log shipping). Tracebacks,
+    which only bugs produce, keep their lines."""
+
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        lines = [line.strip() for line in record.message.splitlines() if line.strip()]
+        record.message = " | ".join(lines)
+        return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
         return db.redact(super().formatException(ei))

@@ -1,36 +1,82 @@
 """Prometheus metrics of the worker, served at GET /metrics.
 
+The one source of truth for what the worker exports: metric names, help texts and the values of
+enumerated labels are defined here, docs/operating.md's metrics table lists exactly these (a test
+compares them), and alerts and dashboards in deploy/ are written against that table.
+
+Names follow Prometheus conventions: `embed_worker_` prefix, base units in the name
+(`_seconds`, `_bytes`), `_total` on counters (prometheus_client adds it), `_info` on the info
+metric. The process collector adds the standard `process_*` series (CPU seconds, resident
+memory, open files) to our registry.
+
 Own registry (not the global default) so that tests and embedding programs get only ours.
 """
 
 from __future__ import annotations
 
-from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info
+from prometheus_client import (
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    Info,
+    ProcessCollector,
+    disable_created_metrics,
+)
+
+# The `_created` series (one per counter and histogram child) only double what Prometheus
+# stores: nothing reads them from the text format.
+disable_created_metrics()  # type: ignore[no-untyped-call]
 
 REGISTRY = CollectorRegistry(auto_describe=True)
+ProcessCollector(registry=REGISTRY)
 
+# --- enumerated label values ------------------------------------------------------------------
+JOB_OUTCOMES = ("done", "retried", "dead", "deferred", "released")
+ROW_OUTCOMES = ("embedded", "cleared", "gone", "stale", "failed")
+STAGES = ("read", "load", "embed", "write")
+
+# A settled row's outcome, by the value of its worker.pipeline.RowState (keyed by value so that
+# this module needs no import of the pipeline, which imports it). A blank row whose embedding
+# was already NULL ends as `blank`, not `cleared`: either way its embedding is cleared.
+ROW_OUTCOME_OF_STATE = {
+    "written": "embedded",
+    "cleared": "cleared",
+    "blank": "cleared",
+    "gone": "gone",
+    "stale": "stale",
+    "failed": "failed",
+}
+# States a row is in before its batch settles: never counted. Rows of a deferred target are not
+# counted either, whatever their state: their jobs go back to the queue untouched.
+# Chunked targets' rows past a batch's chunk budget ("postponed") go back to the queue too.
+UNSETTLED_STATES = frozenset({"pending", "ready", "embedded", "postponed"})
+
+# --- the metrics ------------------------------------------------------------------------------
 JOBS = Counter(
     "embed_worker_jobs",
-    "Jobs (queue messages) finished, by outcome: done, retried, dead (dead-lettered), "
-    "deferred (target not servable now), released (handed back at shutdown)",
+    "Jobs (queue messages) finished by this worker, by outcome: done, retried, dead "
+    "(dead-lettered), deferred (target not servable now; put back without an attempt), "
+    "released (handed back at shutdown)",
     ["outcome"],
     registry=REGISTRY,
 )
 ROWS = Counter(
     "embed_worker_rows",
-    "Rows handled, by target and outcome: embedded, cleared (blank content), gone (row "
-    "deleted), stale (content changed meanwhile; its newer job embeds it), failed",
+    "Rows settled, by target and outcome: embedded, cleared (blank content; embedding NULL), "
+    "gone (row deleted), stale (content changed meanwhile; its newer job embeds it), failed "
+    "(retried, then dead-lettered)",
     ["target", "outcome"],
     registry=REGISTRY,
 )
 TOKENS = Counter(
     "embed_worker_tokens",
-    "Tokens embedded (rate() gives tokens per second)",
+    "Tokens embedded, by model (rate() gives tokens per second)",
     ["model"],
     registry=REGISTRY,
 )
 STAGE_SECONDS = Histogram(
-    "embed_worker_batch_stage_seconds",
+    "embed_worker_batch_stage_duration_seconds",
     "Time per batch and stage: read (lease jobs), load (content), embed, write",
     ["stage"],
     buckets=(0.002, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
@@ -38,25 +84,82 @@ STAGE_SECONDS = Histogram(
 )
 JOB_LATENCY = Histogram(
     "embed_worker_job_latency_seconds",
-    "From a job's enqueue to its rows stored",
+    "From a job's enqueue to its rows stored (jobs finished as done)",
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 900, 3600),
     registry=REGISTRY,
 )
 QUEUE_JOBS = Gauge(
-    "embed_worker_queue_jobs", "Jobs in the queue (in flight included)", registry=REGISTRY
+    "embed_worker_queue_jobs",
+    "Jobs in the queue, in flight included (read from the database every 5 s)",
+    registry=REGISTRY,
 )
-QUEUE_VISIBLE = Gauge("embed_worker_queue_visible_jobs", "Jobs ready to be read", registry=REGISTRY)
+QUEUE_VISIBLE = Gauge(
+    "embed_worker_queue_visible_jobs", "Jobs in the queue ready to be read", registry=REGISTRY
+)
 QUEUE_OLDEST = Gauge(
-    "embed_worker_queue_oldest_seconds", "Age of the oldest job in the queue", registry=REGISTRY
+    "embed_worker_queue_oldest_job_age_seconds",
+    "Age of the oldest job in the queue (0 when empty)",
+    registry=REGISTRY,
 )
 IN_FLIGHT = Gauge("embed_worker_in_flight_jobs", "Jobs leased by this worker", registry=REGISTRY)
 DATABASE_UP = Gauge(
     "embed_worker_database_up", "1 when the last database operation succeeded", registry=REGISTRY
 )
-MODEL = Info("embed_worker_model", "The default model of this worker", registry=REGISTRY)
+MODEL_INFO_KEYS = ("name", "variant", "dimensions", "max_tokens")  # set by worker.runner
+MODEL = Info(
+    "embed_worker_model", "The default model of this worker, once loaded", registry=REGISTRY
+)
+MODEL_LOADED = Gauge(
+    "embed_worker_model_loaded",
+    "1 when the model is loaded, 0 when its last load failed (retried every 30 s)",
+    ["model"],
+    registry=REGISTRY,
+)
+MODEL_LOAD_FAILURES = Counter(
+    "embed_worker_model_load_failures",
+    "Failed attempts to load a model (not downloaded, corrupt file)",
+    ["model"],
+    registry=REGISTRY,
+)
+TARGET_DEFERRED = Gauge(
+    "embed_worker_target_deferred",
+    "1 when the target's last batch was deferred (model missing, dimension mismatch), "
+    "0 when it was served",
+    ["target"],
+    registry=REGISTRY,
+)
 
 # Series exist from the start (at zero), so dashboards and alerts see them before any work.
-for _stage in ("read", "load", "embed", "write"):
+for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
-for _outcome in ("done", "retried", "dead", "deferred", "released"):
+for _outcome in JOB_OUTCOMES:
     JOBS.labels(_outcome)
+
+# Enumerated labels, by exported metric name: what docs/operating.md must list.
+ENUMERATED_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
+    "embed_worker_jobs_total": {"outcome": JOB_OUTCOMES},
+    "embed_worker_rows_total": {"outcome": ROW_OUTCOMES},
+    "embed_worker_batch_stage_duration_seconds": {"stage": STAGES},
+}
+
+
+def row_outcome(state: str) -> str | None:
+    """The outcome counted for a row in RowState value `state`; None while unsettled."""
+    if state in UNSETTLED_STATES:
+        return None
+    return ROW_OUTCOME_OF_STATE[state]  # a KeyError names a new state nobody mapped
+
+
+def count_row(target: str, state: str) -> None:
+    outcome = row_outcome(state)
+    if outcome is not None:
+        ROWS.labels(target, outcome).inc()
+
+
+def model_loaded(model: str) -> None:
+    MODEL_LOADED.labels(model).set(1)
+
+
+def model_load_failed(model: str) -> None:
+    MODEL_LOADED.labels(model).set(0)
+    MODEL_LOAD_FAILURES.labels(model).inc()

@@ -11,7 +11,11 @@ What the CLI calls:
                                  → `embedder.Embedder.load(M or settings.model,
                                    variant=settings.model_variant, threads=settings.threads)`,
                                    then `.embed(texts).tolist()`.
-Loading never touches the network: `locate()` raises `exceptions.ModelNotFound` with the fix.
+`locate()` never touches the network. `ensure()` is what the worker, the demo, `embed` and
+`search` call: a registry model that is not on disk is downloaded on first use (checksum-verified,
+one download for all processes sharing the cache, thanks to a file lock), unless downloads are
+off (`EMBED_OFFLINE=1` or huggingface_hub's `HF_HUB_OFFLINE=1`); then `ModelNotFound` says which
+files to fetch and where to put them.
 
 A model directory holds `model.onnx` or `onnx/model.onnx`, `tokenizer.json`, and optionally
 `config.json`, `tokenizer_config.json`, `sentence_bert_config.json`, `1_Pooling/config.json`, and
@@ -22,12 +26,15 @@ directories of `EMBED_MODEL_PATH` (`<dir>/<name>/`), then the download cache `EM
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import hashlib
 import json
 import logging
 import os
 import re
 import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -235,9 +242,14 @@ def cache_root(explicit: str | os.PathLike[str] | None = None) -> Path:
 
 
 def model_path_dirs() -> list[Path]:
-    """The directories of `EMBED_MODEL_PATH`, in order (empty entries skipped)."""
+    """The directories of `EMBED_MODEL_PATH`, in order (empty entries skipped), made absolute
+    against the working directory so that messages name the directory really searched."""
     raw = os.environ.get("EMBED_MODEL_PATH", "")
-    return [Path(part).expanduser() for part in raw.split(os.pathsep) if part.strip()]
+    return [
+        Path(os.path.abspath(Path(part).expanduser()))
+        for part in raw.split(os.pathsep)
+        if part.strip()
+    ]
 
 
 def search_dirs(cache_dir: str | os.PathLike[str] | None = None) -> list[Path]:
@@ -275,15 +287,37 @@ def locate(name_or_path: str, *, cache_dir: str | os.PathLike[str] | None = None
 
 
 def _not_a_model_dir(path: Path) -> str:
-    what = "does not exist" if not path.exists() else "is not a model directory"
+    path = Path(os.path.abspath(path))
+    if not path.exists():
+        what = "does not exist"
+    elif not path.is_dir():
+        what = "is not a directory"
+    else:
+        missing = [
+            name
+            for name, present in (
+                ("model.onnx (or onnx/model.onnx)", _first_file(path, ONNX_FP32) is not None),
+                ("tokenizer.json", (path / "tokenizer.json").is_file()),
+            )
+            if not present
+        ]
+        what = f"is not a model directory: {' and '.join(missing)} missing"
     return (
-        f"{path} {what}: a model directory holds tokenizer.json and model.onnx "
+        f"{path} {what}. A model directory holds tokenizer.json and model.onnx "
         "(or onnx/model.onnx)."
     )
 
 
+def _incomplete_dirs(name: str, searched: list[Path]) -> list[Path]:
+    """Directories named `name` on the search path that lack a file a model needs."""
+    return [base / name for base in searched if (base / name).is_dir()]
+
+
 def _missing_message(name: str, searched: list[Path]) -> str:
     where = ", ".join(str(p) for p in searched)
+    incomplete = _incomplete_dirs(name, searched)
+    if incomplete:
+        return _not_a_model_dir(incomplete[0])
     if name in REGISTRY:
         return (
             f"model {name!r} is not present (looked in {where}). "
@@ -463,24 +497,27 @@ def download(
         )
     if variant not in ("fp32", "int8", "all"):
         raise ValueError(f"variant must be fp32, int8 or all, not {variant!r}")
+    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None  # read now, not at import
     root = cache_root(cache_dir)
     dest = root / spec.name
-    manifest = _read_manifest(dest, spec)
-    missing = [f for f in spec.files_for(variant) if f.path not in manifest]
-    if not missing:
-        logger.info("%s (%s) is already in %s", spec.name, variant, dest)
-        return dest
-    root.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=root))
-    try:
-        for remote in missing:
-            digest = _fetch_verified(spec, remote, staging, endpoint)
-            if digest is not None:
-                manifest[remote.path] = digest
-        shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
-        _install(staging, dest, spec, manifest)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
+    with _download_lock(root, spec.name):
+        manifest = _read_manifest(dest, spec)
+        missing = [f for f in spec.files_for(variant) if f.path not in manifest]
+        if not missing:
+            logger.info("%s (%s) is already in %s", spec.name, variant, dest)
+            return dest
+        staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=root))
+        try:
+            with _progress_bars():
+                for remote in missing:
+                    logger.info("downloading %s/%s", spec.repo_id, remote.path)
+                    digest = _fetch_verified(spec, remote, staging, endpoint)
+                    if digest is not None:
+                        manifest[remote.path] = digest
+            shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
+            _install(staging, dest, spec, manifest)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     logger.info("downloaded %s@%s (%s) into %s", spec.repo_id, spec.revision, variant, dest)
     return dest
 
@@ -635,3 +672,107 @@ def _network_errors() -> tuple[type[BaseException], ...]:
         if isinstance(base, type) and issubclass(base, BaseException):
             found.append(base)
     return tuple(found)
+
+
+# --- fetch on first use --------------------------------------------------------------------------
+
+_TRUE = ("1", "true", "yes", "on")
+
+
+def downloads_disabled() -> str | None:
+    """The variable that turns downloads off (`EMBED_OFFLINE` or `HF_HUB_OFFLINE`), or None."""
+    for variable in ("EMBED_OFFLINE", "HF_HUB_OFFLINE"):
+        if os.environ.get(variable, "").strip().lower() in _TRUE:
+            return variable
+    return None
+
+
+def ensure(
+    name_or_path: str,
+    *,
+    variant: Variant = "fp32",
+    cache_dir: str | os.PathLike[str] | None = None,
+    endpoint: str | None = None,
+) -> Path:
+    """The model directory for `name_or_path`, downloading a registry model on first use.
+
+    Anything found on disk wins (EMBED_MODEL_PATH, then the cache). A registry model that is
+    absent is downloaded into the cache unless downloads are off; then, and for unknown names,
+    `ModelNotFound` says exactly what to fetch and where to put it.
+    """
+    try:
+        return locate(name_or_path, cache_dir=cache_dir)
+    except exceptions.ModelNotFound as exc:
+        spec = REGISTRY.get(name_or_path)
+        if spec is None or looks_like_path(name_or_path):
+            raise
+        if any((base / name_or_path).is_dir() for base in model_path_dirs()):
+            raise  # the operator put an incomplete copy on EMBED_MODEL_PATH: say what it lacks
+        switch = downloads_disabled()
+        if switch is not None:
+            raise exceptions.ModelNotFound(
+                _offline_message(spec, variant, cache_dir, switch)
+            ) from exc
+    logger.info(
+        "model %s is not present: downloading %s@%s into %s",
+        spec.name,
+        spec.repo_id,
+        spec.revision[:12],
+        cache_root(cache_dir),
+    )
+    return download(spec.name, variant=variant, cache_dir=cache_dir, endpoint=endpoint)
+
+
+def _offline_message(
+    spec: ModelSpec, variant: Variant, cache_dir: str | os.PathLike[str] | None, switch: str
+) -> str:
+    dest = cache_root(cache_dir).absolute() / spec.name
+    files = ", ".join(f.path for f in spec.files_for(variant) if not f.optional)
+    return (
+        f"model {spec.name!r} is not present and downloads are off ({switch}=1). Fetch it where "
+        f"the hub is reachable with `embed-worker model download {spec.name}` and copy the "
+        f"directory to {dest}, or put it in a directory named {spec.name} under a directory of "
+        f"EMBED_MODEL_PATH (an absolute path, e.g. EMBED_MODEL_PATH=/srv/models). The files: "
+        f"{files} from https://huggingface.co/{spec.repo_id} at revision {spec.revision}."
+    )
+
+
+@contextlib.contextmanager
+def _download_lock(root: Path, name: str) -> Iterator[None]:
+    """An exclusive lock per model and cache: concurrent processes download once; the others
+    wait here, then find the files in the manifest."""
+    locks = root / ".locks"
+    locks.mkdir(parents=True, exist_ok=True)
+    with (locks / f"{name}.lock").open("a") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            logger.info("another process is downloading %s into %s; waiting for it", name, root)
+            fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
+def _progress_bars() -> contextlib.AbstractContextManager[None]:
+    """huggingface_hub's progress bars on a terminal; off in a service, which logs instead."""
+    from huggingface_hub.utils.tqdm import (
+        are_progress_bars_disabled,
+        disable_progress_bars,
+        enable_progress_bars,
+    )
+
+    @contextlib.contextmanager
+    def scoped() -> Iterator[None]:
+        was_disabled = are_progress_bars_disabled()
+        if sys.stderr.isatty():
+            enable_progress_bars()
+        else:
+            disable_progress_bars()
+        try:
+            yield
+        finally:
+            (disable_progress_bars if was_disabled else enable_progress_bars)()
+
+    return scoped()

@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
 
-from worker import chunkstore, db, exceptions, metrics, queries
+from worker import chunkstore, db, exceptions, metrics, queries, visibility
 from worker import queue as jobqueue
 from worker.config import Settings
 from worker.embedders import Embedders
@@ -247,6 +247,7 @@ def write(
         queue.defer(conn, settlement.defer, DEFER_SECONDS)
         queue.send(conn, settlement.resend)
         jobqueue.record_failures(conn, queue.name, settlement.dead)
+        visibility.record(conn, batch)  # deferral reasons for status; dead letters resolved
         for target_id, count in _written_per_target(batch).items():
             conn.execute(
                 queries.compose("record_throughput"), {"target_id": target_id, "rows": count}
@@ -427,12 +428,18 @@ def _written_per_target(batch: Batch) -> dict[int, int]:
 
 
 def _count(batch: Batch, settlement: Settlement) -> None:
+    """Metrics of a committed batch. Rows of deferred targets are not counted: their jobs went
+    back to the queue as they were (metrics.row_outcome maps the other states)."""
     metrics.JOBS.labels("done").inc(len(settlement.delete))
     metrics.JOBS.labels("retried").inc(len(settlement.retry) + len(settlement.resend))
     metrics.JOBS.labels("dead").inc(len(settlement.dead))
     metrics.JOBS.labels("deferred").inc(len(settlement.defer))
+    targets = {job.target.id: job.target.name for job in batch.jobs if job.target is not None}
+    for target_id, name in targets.items():
+        metrics.TARGET_DEFERRED.labels(name).set(1 if target_id in batch.deferred else 0)
     for row in batch.rows.values():
-        metrics.ROWS.labels(row.target.name, row.state.value).inc()
+        if row.target.id not in batch.deferred:
+            metrics.count_row(row.target.name, row.state.value)
     for latency in settlement.latencies:
         metrics.JOB_LATENCY.observe(latency)
 

@@ -156,6 +156,20 @@ SET vt = clock_timestamp() + make_interval(secs => %(vt)s)
 WHERE q.msg_id = ANY(%(msg_ids)s::bigint[])
 RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
 
+-- name: resolve_failures
+-- Removes the dead letters of rows just written or cleared (target ids and keys, pairwise).
+DELETE FROM embeddings.failures f
+USING unnest(%(target_ids)s::integer[], %(keys)s::text[]) AS r(target_id, key)
+WHERE f.target_id = r.target_id AND f.row_key #>> ARRAY[]::text[] = r.key;
+
+-- name: note_deferrals
+-- Records why targets' jobs were deferred (embeddings.status shows it).
+SELECT embeddings.note_deferrals(%(target_ids)s::integer[], %(reasons)s::text[], %(jobs)s::integer[]);
+
+-- name: clear_deferrals
+-- Forgets the deferrals of targets served again.
+SELECT embeddings.clear_deferrals(%(target_ids)s::integer[]);
+
 -- Chunked targets (worker/chunkstore.py). A document's chunks are keyed by (key, seq); each
 -- carries the md5 of its model and text (chunk_hash), by which unchanged chunks keep their vector.
 

@@ -1,6 +1,6 @@
 -- Revision 0005: chunked targets (long documents split into chunks, one vector per chunk).
 -- The same definitions as sql/ (10_schema, 40_watch, 45_dropped, 50_status, 55_chunks,
--- 60_sweep, 80_roles), applied as a difference.
+-- 55_visibility, 60_sweep, 80_roles), applied as a difference.
 
 ALTER TABLE embeddings.targets
     ADD COLUMN chunk_table regclass,
@@ -32,7 +32,7 @@ CREATE FUNCTION embeddings.watch(
     source regclass,
     content text,
     embedding_column name DEFAULT 'embedding',
-    model text DEFAULT 'gte-small',
+    model text DEFAULT NULL,  -- NULL: embeddings.default_model(), see embeddings.set_default_model()
     triggers boolean DEFAULT true,
     clear_on_update boolean DEFAULT true,
     queue text DEFAULT 'embedding_jobs',
@@ -61,6 +61,7 @@ DECLARE
     reembed boolean := false;
     backfill text;
 BEGIN
+    model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
     IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
        OR triggers IS NULL OR clear_on_update IS NULL OR queue IS NULL THEN
         RAISE EXCEPTION 'embeddings.watch(): arguments must not be NULL' USING ERRCODE = 'null_value_not_allowed';
@@ -136,15 +137,6 @@ BEGIN
         END IF;
     END IF;
 
-    -- >>> chunked targets (sql/55_chunks.sql): vectors in a chunk table, none in the source
-    IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
-       OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
-                  AND tg.embedding_column = watch.embedding_column AND tg.chunk_table IS NOT NULL) THEN
-        RETURN embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
-                                        queue, key_names, key_types, chunk_tokens, chunk_overlap, chunk_table);
-    END IF;
-    -- <<< chunked targets
-
     -- The embedding column: absent (we add it), or vector(dims) / halfvec(dims).
     SELECT a.atttypid::regtype, a.atttypmod INTO emb_type, emb_typmod
     FROM pg_attribute a
@@ -171,6 +163,17 @@ BEGIN
         RAISE EXCEPTION 'invalid queue name "%": lower-case letters, digits and _ only, at most 47', queue
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+
+    PERFORM embeddings.refuse_guide_triggers(source, triggers);  -- newcomer: never two sets of triggers
+
+    -- >>> chunked targets (sql/55_chunks.sql): vectors in a chunk table, none in the source
+    IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
+       OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
+                  AND tg.embedding_column = watch.embedding_column AND tg.chunk_table IS NOT NULL) THEN
+        RETURN embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
+                                        queue, key_names, key_types, chunk_tokens, chunk_overlap, chunk_table);
+    END IF;
+    -- <<< chunked targets
 
     -- Everything is valid: act.
     SELECT * INTO previous FROM embeddings.targets tg
@@ -313,7 +316,9 @@ $$;
 DROP VIEW embeddings.status;
 DROP FUNCTION embeddings.target_status();
 
--- One row per target. Counts are exact, so this scans each watched table.
+-- One row per target. Counts are exact, so this scans each watched table. Rows whose content is
+-- NULL or blank (whitespace only) are `cleared_rows`: the worker keeps them without an embedding
+-- on purpose. `deferred_reason` says why the pending jobs wait, when the worker defers them.
 CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     target                 text,
     total_rows             bigint,
@@ -324,25 +329,54 @@ CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     target_id              integer,
     model                  text,
     rows_per_second        double precision,
+    cleared_rows           bigint,
+    deferred_reason        text,
+    deferred_since         timestamptz,
     chunks                 bigint
 )
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     t embeddings.targets;
+    content_sql text;
 BEGIN
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
         target := embeddings.target_name(t);
         target_id := t.id;
         model := t.model;
+        content_sql := CASE WHEN t.content_column IS NOT NULL THEN format('s.%I', t.content_column)
+                            ELSE format('%s(s)', t.content_function::regproc) END;
         IF t.chunk_table IS NULL THEN
-            EXECUTE format('SELECT count(*), count(%I) FROM %s', t.embedding_column, t.source)
-                INTO total_rows, embedded_rows;
+            BEGIN
+                EXECUTE format('SELECT count(*), count(s.%I), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
+                               t.embedding_column, content_sql, content_sql, t.source)
+                    INTO total_rows, embedded_rows, cleared_rows;
+            EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
+                BEGIN
+                    EXECUTE format('SELECT count(*), count(s.%I), NULL::bigint FROM %s s', t.embedding_column, t.source)
+                        INTO total_rows, embedded_rows, cleared_rows;
+                EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone: the other targets still show
+                    total_rows := NULL;
+                    embedded_rows := NULL;
+                    cleared_rows := NULL;
+                END;
+            END;
             chunks := NULL;
         ELSE
             -- A chunked target: documents with chunks count as embedded (sql/55_chunks.sql).
-            EXECUTE format('SELECT count(*) FROM %s', t.source) INTO total_rows;
-            SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
+            BEGIN
+                EXECUTE format('SELECT count(*), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
+                               content_sql, content_sql, t.source)
+                    INTO total_rows, cleared_rows;
+            EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
+                EXECUTE format('SELECT count(*), NULL::bigint FROM %s', t.source) INTO total_rows, cleared_rows;
+            END;
+            BEGIN
+                SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
+            EXCEPTION WHEN OTHERS THEN  -- the chunk table is gone: the other targets still show
+                embedded_rows := NULL;
+                chunks := NULL;
+            END;
         END IF;
         EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
@@ -351,6 +385,10 @@ BEGIN
         INTO rows_per_second
         FROM embeddings.throughput tp
         WHERE tp.target_id = t.id AND tp.minute >= date_trunc('minute', clock_timestamp()) - interval '5 minutes';
+        deferred_reason := NULL;
+        deferred_since := NULL;
+        SELECT d.reason, d.since INTO deferred_reason, deferred_since
+        FROM embeddings.deferrals d WHERE d.target_id = t.id AND pending_jobs > 0;
         RETURN NEXT;
     END LOOP;
 END
@@ -358,10 +396,10 @@ $$;
 
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
-           target_id, model, rows_per_second, chunks
+           target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, chunks
     FROM embeddings.target_status();
 
-COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job; chunks of chunked targets';
+COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets';
 
 -- Worker roles lost their grant on the view with it.
 DO $$
@@ -821,4 +859,18 @@ BEGIN
     END IF;
     PERFORM embeddings.grant_worker_queue(role_name, t.queue);
 END
+$$;
+
+-- Whether the current role may write target t's embeddings: UPDATE of its embedding column,
+-- or of the table where that column is gone (a deferral says so); for a chunked target, INSERT
+-- into its chunk table (sql/55_chunks.sql). Never raises.
+CREATE OR REPLACE FUNCTION embeddings.may_write_embeddings(t embeddings.targets) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN t.chunk_table IS NOT NULL THEN coalesce(has_table_privilege(t.chunk_table, 'INSERT'), false)
+        WHEN EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = t.source
+                     AND a.attname = t.embedding_column AND a.attnum > 0 AND NOT a.attisdropped)
+        THEN has_column_privilege(t.source, t.embedding_column, 'UPDATE')
+        ELSE coalesce(has_table_privilege(t.source, 'UPDATE'), false)
+    END
 $$;

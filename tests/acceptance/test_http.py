@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import socket
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable
@@ -58,7 +60,7 @@ def test_health_readiness_and_metrics(http_worker: WorkerProcess) -> None:
         "embed_worker_jobs_total",
         "embed_worker_queue_jobs",
         "embed_worker_model_info{",
-        "embed_worker_batch_stage_seconds_bucket",
+        "embed_worker_batch_stage_duration_seconds_bucket",
         "embed_worker_tokens_total",
     ):
         assert name in text, name
@@ -90,7 +92,12 @@ def test_embed_matches_the_supabase_quickstart_shape(http_worker: WorkerProcess)
         ({"body": {"input": "x"}, "token": None}, 401, "bearer token"),
         ({"body": {"input": "x"}, "token": "wrong"}, 401, "bearer token"),
         ({"raw": b"x" * (1_048_576 + 1)}, 413, "body over"),
-        ({"body": {"input": "x", "model": "no-such-model"}}, 503, "no-such-model"),
+        ({"body": {"input": "x", "model": "no-such-model"}}, 400, "must name a known model"),
+        ({"body": {"input": "x", "model": "/etc"}}, 400, "not a path"),
+        ({"body": {"input": "x", "model": "../shared/models/x"}}, 400, "not a path"),
+        ({"body": {"input": "x", "model": "bge-small-en-v1.5"}}, 404, "never download"),
+        ({"raw": b'{"input": "\\ud800"}'}, 400, "lone surrogate"),
+        ({"raw": b'{"input": ["ok", "\\udfff x"]}'}, 400, "lone surrogate"),
     ],
 )
 def test_bad_requests_get_a_clear_status_and_reason(
@@ -173,7 +180,7 @@ def test_push_mode_follows_the_edge_function_contract(
     completed, failed = [], []
     for batch in batches:
         status, headers, body = post(worker, "/functions/v1/embed", batch)
-        assert status == 207
+        assert status == 200
         assert headers["x-completed-jobs"] == str(len(body["completedJobs"]))
         assert headers["x-failed-jobs"] == str(len(body["failedJobs"]))
         completed += body["completedJobs"]
@@ -193,7 +200,7 @@ def test_push_mode_follows_the_edge_function_contract(
 
     # A job id that is not queued (processed already) fails with the reason; an invalid body is a 400.
     status, _, body = post(worker, "/functions/v1/embed", [{"jobId": 999999, "id": 1}])
-    assert status == 207 and "no such job" in body["failedJobs"][0]["error"]
+    assert status == 200 and "no such job" in body["failedJobs"][0]["error"]
     assert post(worker, "/functions/v1/embed", {"jobs": []})[0] == 400
     assert post(worker, "/functions/v1/embed", [{"id": 1}])[0] == 400
     assert post(worker, "/functions/v1/embed", [], token=None)[0] == 401
@@ -217,7 +224,7 @@ def test_dispatch_batches_are_what_the_endpoint_takes(
     worker.wait_ready()
     for body in bodies:
         status, _, result = post(worker, "/functions/v1/embed", body)
-        assert status == 207 and result["failedJobs"] == []
+        assert status == 200 and result["failedJobs"] == []
     wait_for(
         lambda: conn.execute("SELECT count(embedding) FROM docs").fetchone() == (300,), timeout=30
     )
@@ -262,11 +269,106 @@ def test_a_push_only_worker_leases_nothing_itself(
     # once; each of these round trips through the worker and its database takes longer than that.
     for _ in range(3):
         status, _, result = post(worker, "/functions/v1/embed", [{"jobId": 999999, "id": 1}])
-        assert status == 207 and result["failedJobs"]
+        assert status == 200 and result["failedJobs"]
     assert conn.execute("SELECT read_ct FROM pgmq.q_embedding_jobs").fetchall() == [(0,)]
 
     for body in [r[0] for r in conn.execute("SELECT * FROM embeddings.dispatch_batches(5, 2)")]:
         status, _, result = post(worker, "/functions/v1/embed", body)
-        assert status == 207 and result["failedJobs"] == [], result
+        assert status == 200 and result["failedJobs"] == [], result
     assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (10,)
     assert conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,)
+
+
+def test_blank_input_gets_no_vector_as_the_worker_stores_none(http_worker: WorkerProcess) -> None:
+    status, _, body = post(http_worker, "/embed", {"input": ""})
+    assert (status, body) == (200, {"embedding": None})
+    status, _, body = post(http_worker, "/embed", {"input": ["hello", " \t\n", ""]})
+    assert status == 200
+    assert len(body["embeddings"][0]) == 384 and body["embeddings"][1:] == [None, None]
+
+
+def test_the_guides_request_gets_the_guides_answer(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """The Edge Function contract, replayed: a JSON array of jobs as util.process_embeddings
+    sends them; 200, the jobs echoed in completedJobs / failedJobs (with "error"), and the two
+    count headers, whatever the mix."""
+    supabase_table(conn)
+    batches = guide_batches(conn, batch_size=5)
+    worker = start_worker(EMBED_HTTP_TOKEN=TOKEN)
+    worker.wait_ready()
+    sent = [*batches[0], {**batches[0][0], "jobId": 987654321}]  # the last one is not queued
+
+    status, headers, body = post(worker, "/functions/v1/embed", sent)
+
+    assert status == 200
+    assert headers["Content-Type"] == "application/json"
+    assert set(body) == {"completedJobs", "failedJobs"}
+    assert body["completedJobs"] == sent[:-1]  # each job exactly as sent
+    assert [{k: v for k, v in job.items() if k != "error"} for job in body["failedJobs"]] == [
+        sent[-1]
+    ]
+    assert isinstance(body["failedJobs"][0]["error"], str)
+    assert (headers["x-completed-jobs"], headers["x-failed-jobs"]) == ("5", "1")
+
+
+def test_readyz_is_degraded_naming_the_targets_it_cannot_serve(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 384, 512, 'mean')"
+    )
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    worker = start_worker(EMBED_HTTP_TOKEN=TOKEN)
+    worker.wait_ready()
+
+    status, raw = worker.get("/readyz")
+
+    body = json.loads(raw)
+    assert status == 200 and body["status"] == "degraded"
+    assert "absent-model" in body["deferred_targets"]["public.docs.embedding"]
+
+
+def test_post_routes_are_off_beyond_loopback_without_a_token(
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    worker = start_worker(EMBED_HTTP_HOST="0.0.0.0")
+    worker.wait_ready()
+    status, _, body = post(worker, "/embed", {"input": "x"}, token=None)
+    assert status == 403 and "EMBED_HTTP_ALLOW_UNAUTHENTICATED=1" in body["error"]
+    assert worker.get("/healthz")[0] == 200
+
+    opted_in = start_worker(EMBED_HTTP_HOST="0.0.0.0", EMBED_HTTP_ALLOW_UNAUTHENTICATED="1")
+    opted_in.wait_ready()
+    assert post(opted_in, "/embed", {"input": "x"}, token=None)[0] == 200
+
+
+def test_slow_clients_are_cut_off_and_connections_bounded(
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    worker = start_worker(
+        EMBED_HTTP_TOKEN=TOKEN, EMBED_HTTP_TIMEOUT_SECONDS="1", EMBED_HTTP_MAX_CONNECTIONS="2"
+    )
+    worker.wait_ready()
+    assert worker.port is not None
+    stalled = [socket.create_connection(("127.0.0.1", worker.port)) for _ in range(2)]
+    for sock in stalled:
+        sock.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\n")  # and then nothing more
+    wait_for(lambda: _busy(worker.port), timeout=5, what="a third connection refused")
+
+    for sock in stalled:  # the server hangs up on each stalled client after its timeout
+        sock.settimeout(10)
+        started = time.monotonic()
+        assert sock.recv(1024) == b""
+        assert time.monotonic() - started < 5
+        sock.close()
+    wait_for(lambda: worker.get("/healthz")[0] == 200, timeout=10, what="served again")
+
+
+def _busy(port: int | None) -> bool:
+    assert port is not None
+    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        return sock.recv(1024).startswith(b"HTTP/1.1 503")

@@ -44,3 +44,25 @@ def test_passwords_never_reach_the_log(output: io.StringIO) -> None:
     )
     assert "hunter2-secret" not in output.getvalue()
     assert "db:5432/app" in output.getvalue()
+
+
+def test_a_postgres_error_with_context_is_one_text_line() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.configure("text", "INFO")
+        buffer = io.StringIO()
+        handler = root.handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(buffer)
+        logging.getLogger("worker.pipeline").warning(
+            "row failed: %s",
+            "loading the content failed: boom\nCONTEXT:  PL/pgSQL function body_of(docs) line 3"
+            " at RAISE",
+        )
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    text = buffer.getvalue()
+    assert text.count("\n") == 1
+    assert "boom | CONTEXT:  PL/pgSQL function body_of(docs) line 3 at RAISE" in text

@@ -266,8 +266,11 @@ def hub() -> Iterator[FakeHub]:
 
 
 def _entries(directory: Path) -> list[str]:
-    """Names in `directory`, hidden ones (staging) included; none when it does not exist."""
-    return sorted(p.name for p in directory.iterdir()) if directory.exists() else []
+    """Names in `directory`, hidden ones (staging) included, except the download locks; none when
+    it does not exist."""
+    if not directory.exists():
+        return []
+    return sorted(p.name for p in directory.iterdir() if p.name != ".locks")
 
 
 @pytest.fixture

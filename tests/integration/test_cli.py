@@ -1,0 +1,190 @@
+"""The CLI a newcomer types: which database, an unmigrated database, options anywhere, help that
+says what each option does, `embed -`, hints that work as printed, status bars, doctor."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import pty
+import re
+import select
+import signal
+import subprocess
+import sys
+import time
+from typing import Any
+
+import psycopg
+import pytest
+
+from worker import cli
+
+Conn = psycopg.Connection[Any]
+
+
+def run_cli(*argv: str, stdin: str | None = None, env: dict[str, str] | None = None) -> Any:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+    )
+
+
+@pytest.mark.parametrize("command", ["status", "failures"])
+def test_an_unmigrated_database_says_to_migrate_and_names_it(empty_dsn: str, command: str) -> None:
+    result = run_cli(command, "--database-url", empty_dsn)  # the option after the command
+
+    assert result.returncode == 1
+    name = psycopg.conninfo.conninfo_to_dict(empty_dsn)["dbname"]
+    assert "does not exist" not in result.stderr
+    assert "the embeddings schema is not installed in 127.0.0.1:" in result.stderr
+    assert f"/{name}: run `DATABASE_URL=" in result.stderr
+    assert " migrate`" in result.stderr
+    assert "embed-worker: database 127.0.0.1:" in result.stderr  # which database, always
+
+
+def test_without_database_url_it_says_it_uses_the_local_cluster(dsn: str) -> None:
+    env = {k: "" for k in ("DATABASE_URL", "PGHOST", "PGPORT", "PGDATABASE", "PGUSER")}
+    result = run_cli("status", env={**env, "DEVDB_PORT": "1"})
+
+    assert "database 127.0.0.1:1/embed (the local `make db` cluster" in result.stderr
+
+
+def test_every_subcommand_help_describes_every_option() -> None:
+    parser = cli.build_parser()
+    action = next(a for a in parser._actions if a.dest == "command")
+    assert isinstance(action.choices, dict)
+    subparsers: dict[str, argparse.ArgumentParser] = action.choices
+    for name, sub in subparsers.items():
+        for option in sub._actions:
+            if option.dest in ("help", "model_command"):
+                continue
+            assert option.help, f"{name}: {option.dest} has no description"
+    migrate_help = subparsers["migrate"].format_help()
+    assert "Install the embeddings schema" in migrate_help
+
+
+def test_embed_dash_reads_standard_input(monkeypatch: pytest.MonkeyPatch, minilm: str) -> None:
+    result = run_cli("embed", "--model", minilm, "-", stdin="hello world\nsecond line\n")
+
+    assert result.returncode == 0, result.stderr
+    vectors = json.loads(result.stdout)
+    assert len(vectors) == 2 and len(vectors[0]) == 384
+    assert "loaded" not in result.stderr  # no model-load INFO line in a command's output
+
+
+def test_search_prints_no_model_load_line_and_hints_work_as_printed(
+    conn: Conn, dsn: str, minilm: str
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'cats sleep'), (2, 'stocks fell')")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    assert run_cli("run", "--once", "--database-url", dsn).returncode == 0
+
+    result = run_cli("search", "docs", "kittens napping", "-k", "1", "--database-url", dsn)
+    assert result.returncode == 0, result.stderr
+    assert "cats sleep" in result.stdout
+    assert "INFO" not in result.stderr
+
+    conn.execute(
+        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
+        " last_error) SELECT id, 'public.docs.embedding', '2', 'embedding_jobs',"
+        """ '{"target": 1, "keys": [2]}', 5, 'boom' FROM embeddings.targets"""
+    )
+    listed = run_cli("failures", "--database-url", dsn)
+    hint = listed.stdout.strip().splitlines()[-1].split("re-queue with: ", 1)[1]
+    env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
+    env["PATH"] = "/usr/bin:/bin"  # no venv on PATH: the hint must name its executable
+    retried = subprocess.run(hint, shell=True, capture_output=True, text=True, env=env)
+    assert retried.returncode == 0, retried.stderr
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+
+
+def test_status_shows_progress_and_eta_for_pending_work(conn: Conn, dsn: str, minilm: str) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT i, 'text ' || i FROM generate_series(1, 10) i")
+    target = conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,)
+    ).fetchone()
+    assert target is not None
+    conn.execute("UPDATE docs SET embedding = NULL")
+    conn.execute("UPDATE docs SET embedding = array_fill(0.1, ARRAY[384])::halfvec WHERE id <= 4")
+    conn.execute(
+        "INSERT INTO embeddings.throughput (target_id, minute, rows)"
+        " VALUES (%s, date_trunc('minute', now()), 60)",
+        (target[0],),
+    )
+
+    result = run_cli("status", "--database-url", dsn)
+
+    assert result.returncode == 0, result.stderr
+    line = next(x for x in result.stdout.splitlines() if x.startswith("public.docs.embedding"))
+    assert "[########............]  40%" in line
+    assert re.search(r"\d+\.\d s\s*$", line)  # an ETA from the recent rate
+
+
+def test_status_watch_refreshes_in_place(conn: Conn, dsn: str) -> None:
+    primary, replica = pty.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "status", "--watch", "0.2", "--database-url", dsn],
+        stdout=replica,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(replica)
+    seen = b""
+    deadline = time.monotonic() + 30
+    while seen.count(b"\x1b[H\x1b[J") < 2 and time.monotonic() < deadline:
+        if select.select([primary], [], [], 0.5)[0]:
+            seen += os.read(primary, 65536)
+    proc.send_signal(signal.SIGINT)
+    assert proc.wait(timeout=10) == 0
+    os.close(primary)
+    assert seen.count(b"\x1b[H\x1b[J") >= 2
+    assert b"no watched tables" in seen
+
+
+def test_doctor_names_each_problem_with_its_fix(conn: Conn, dsn: str) -> None:
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 384, 512, 'mean')"
+    )
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'hello')")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    conn.execute("ALTER TABLE docs ALTER COLUMN embedding TYPE halfvec(768)")
+    conn.execute(
+        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
+        " last_error) SELECT id, 'public.docs.embedding', '1', 'embedding_jobs',"
+        """ '{"target": 1, "keys": [1]}', 5, 'boom' FROM embeddings.targets"""
+    )
+    conn.execute("UPDATE pgmq.q_embedding_jobs SET enqueued_at = now() - interval '1 hour'")
+    conn.execute("CREATE ROLE doctor_probe LOGIN")
+    conn.execute("GRANT USAGE ON SCHEMA embeddings, pgmq TO doctor_probe")
+
+    result = run_cli("doctor", "--database-url", dsn)
+    assert result.returncode == 1, result.stderr
+    out = result.stdout
+    assert "FAIL  model absent-model" in out, result.stderr
+    assert "FAIL  dimensions public.docs.embedding: the column holds 768" in out
+    assert "FAIL  queue public.docs.embedding: 1 job(s) pending, the oldest for 60" in out
+    assert "FAIL  dead letters public.docs.embedding" in out
+    assert "failures --retry" in out
+
+    probe = psycopg.conninfo.make_conninfo(dsn, user="doctor_probe")
+    denied = run_cli("doctor", "--database-url", probe)
+    assert "FAIL  grants public.docs.embedding: role doctor_probe lacks UPDATE" in denied.stdout
+    assert "SELECT embeddings.grant_worker('doctor_probe');" in denied.stdout
+    conn.execute("DROP OWNED BY doctor_probe")
+    conn.execute("DROP ROLE doctor_probe")
+
+
+def test_doctor_on_an_empty_database(empty_dsn: str) -> None:
+    result = run_cli("doctor", "--database-url", empty_dsn)
+
+    assert result.returncode == 1
+    assert "FAIL  pgvector: extension vector is not installed" in result.stdout
+    assert "FAIL  schema: the embeddings schema is not installed" in result.stdout

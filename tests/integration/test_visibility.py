@@ -1,0 +1,146 @@
+"""What a newcomer sees: why jobs wait, blank rows as cleared, a default model for watch(),
+the Supabase guide's triggers never doubled, dead letters resolved once their row is embedded."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.test_supabase import GUIDE_SETUP
+from worker.runner import Worker
+
+Conn = psycopg.Connection[Any]
+
+
+def status_row(conn: Conn, table: str = "docs") -> dict[str, Any]:
+    cur = conn.execute(
+        "SELECT * FROM embeddings.status WHERE target = %s", (f"public.{table}.embedding",)
+    )
+    row = cur.fetchone()
+    assert row is not None and cur.description is not None
+    return dict(zip([c.name for c in cur.description], row, strict=True))
+
+
+def test_status_says_why_jobs_wait_until_the_target_is_served(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 384, 512, 'mean')"
+    )
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'hello')")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+
+    run_once()
+
+    row = status_row(conn)
+    assert row["pending_jobs"] == 1
+    assert "model 'absent-model'" in row["deferred_reason"]
+    assert row["deferred_since"] is not None
+
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    conn.execute("UPDATE pgmq.q_embedding_jobs SET vt = now()")  # the deferral's wait, skipped
+    run_once()
+
+    row = status_row(conn)
+    assert (row["pending_jobs"], row["embedded_rows"], row["deferred_reason"]) == (0, 1, None)
+    assert conn.execute("SELECT count(*) FROM embeddings.deferrals").fetchone() == (0,)
+
+
+def test_blank_rows_count_as_cleared(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'hello'), (2, '   '), (3, NULL), (4, E'\\t\\n')")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    run_once()
+
+    row = status_row(conn)
+    assert (row["total_rows"], row["embedded_rows"], row["cleared_rows"]) == (4, 1, 3)
+
+
+def test_watch_follows_the_database_default_model(conn: Conn) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body')")
+
+    assert conn.execute("SELECT embeddings.set_default_model('all-MiniLM-L6-v2')").fetchone() == (
+        "all-MiniLM-L6-v2",
+    )
+    conn.execute("SELECT embeddings.watch('notes', 'body')")
+
+    models = dict(
+        conn.execute("SELECT source::text, model FROM embeddings.targets ORDER BY id").fetchall()
+    )
+    assert models == {"docs": "gte-small", "notes": "all-MiniLM-L6-v2"}
+    assert conn.execute("SELECT name FROM embeddings.models WHERE is_default").fetchall() == [
+        ("all-MiniLM-L6-v2",)
+    ]
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match='unknown model "nope"'):
+        conn.execute("SELECT embeddings.set_default_model('nope')")
+
+
+def test_watch_refuses_to_double_the_guides_triggers(conn: Conn) -> None:
+    conn.execute(GUIDE_SETUP)
+
+    with pytest.raises(psycopg.errors.ObjectNotInPrerequisiteState) as info:
+        conn.execute("SELECT embeddings.watch('documents', 'embedding_input')")
+
+    assert "util.queue_embeddings triggers" in str(info.value)
+    hint = info.value.diag.message_hint or ""
+    assert "triggers => false" in hint
+    assert "DROP TRIGGER embed_documents_on_insert ON documents;" in hint
+    assert conn.execute("SELECT count(*) FROM embeddings.targets").fetchone() == (0,)
+    # Either explicit choice works.
+    conn.execute("SELECT embeddings.watch('documents', 'embedding_input', triggers => false)")
+
+
+def test_dead_letters_of_rows_embedded_later_are_resolved(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'hello'), (2, 'world')")
+    target = conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,)
+    ).fetchone()
+    assert target is not None
+    # Both rows were dead-lettered once (say, a content function that raised back then).
+    conn.execute(
+        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
+        " last_error) SELECT %s, 'public.docs.embedding', to_jsonb(k), 'embedding_jobs',"
+        " jsonb_build_object('target', %s, 'keys', jsonb_build_array(k)), 5, 'boom'"
+        " FROM unnest(ARRAY[1, 2]) k",
+        (target[0], target[0]),
+    )
+    conn.execute("DELETE FROM pgmq.q_embedding_jobs WHERE message->'keys' @> '[2]'")
+    conn.execute("DELETE FROM pgmq.q_embedding_jobs WHERE message->'keys' @> '[1]'")
+    conn.execute("UPDATE docs SET body = 'hello again' WHERE id = 1")  # row 1 re-queued
+
+    run_once()
+
+    keys = conn.execute("SELECT row_key FROM embeddings.failures").fetchall()
+    assert keys == [(2,)]  # row 1 was embedded; row 2 still has no embedding
+    assert status_row(conn)["failed_jobs"] == 1
+
+
+def test_a_target_without_its_embedding_column_is_deferred_and_shown(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    conn.execute("SELECT embeddings.watch('notes', 'body', model => %s)", (minilm,))
+    conn.execute("INSERT INTO docs VALUES (1, 'hello')")
+    conn.execute("INSERT INTO notes VALUES (1, 'hello')")
+    conn.execute("ALTER TABLE docs RENAME COLUMN embedding TO old_embedding")
+
+    run_once()
+
+    assert conn.execute("SELECT embedding IS NOT NULL FROM notes").fetchone() == (True,)
+    reasons = dict(conn.execute("SELECT target, deferred_reason FROM embeddings.status").fetchall())
+    assert "embedding column is missing" in reasons["public.docs.embedding"]
+    assert reasons["public.notes.embedding"] is None

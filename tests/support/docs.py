@@ -1,0 +1,37 @@
+"""Tables of the user documentation, read by the tests that keep them equal to the code."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+DOCS = Path(__file__).resolve().parents[2] / "docs"
+OPERATING = DOCS / "operating.md"
+
+
+@dataclass(frozen=True)
+class Documented:
+    type: str
+    labels: frozenset[str]
+    values: dict[str, tuple[str, ...]]  # enumerated labels only
+
+
+def documented_metrics(text: str | None = None) -> dict[str, Documented]:
+    """The `| metric | type | labels | what |` table of docs/operating.md."""
+    text = OPERATING.read_text() if text is None else text
+    found: dict[str, Documented] = {}
+    for line in text.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) != 4 or not re.fullmatch(r"`[a-z_]+`", cells[0]):
+            continue
+        labels: set[str] = set()
+        values: dict[str, tuple[str, ...]] = {}
+        for part in filter(None, (p.strip() for p in cells[2].split(";"))):
+            name, _, listed = part.partition(":")
+            name = name.strip().strip("`")
+            labels.add(name)
+            if listed:
+                values[name] = tuple(v.strip().strip("`") for v in listed.split(","))
+        found[cells[0].strip("`")] = Documented(cells[1], frozenset(labels), values)
+    return found

@@ -1,0 +1,106 @@
+"""The user documentation agrees with the code: the settings table with what the worker reads and
+its defaults, every link resolves, the README stays a front page, and nothing in it is a
+development note. (The metrics table: tests/unit/test_metrics.py; alerts: tests/deploy.)"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import MISSING, fields
+
+from tests.support.docs import DOCS
+from worker.config import Settings
+
+ROOT = DOCS.parent
+README = ROOT / "README.md"
+CONFIGURATION = DOCS / "configuration.md"
+USER_DOCS = [README, *sorted(DOCS.glob("*.md"))]
+
+
+def settings_table() -> dict[str, str]:
+    """Variable -> its default cell, from docs/configuration.md."""
+    table: dict[str, str] = {}
+    for line in CONFIGURATION.read_text().splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        if len(cells) == 4 and cells[0].startswith("`"):
+            for name in re.findall(r"`([A-Z_]+)`", cells[0]):
+                table[name] = cells[1]
+    return table
+
+
+def variables_read_by_the_worker() -> set[str]:
+    names: set[str] = set()
+    for path in (ROOT / "worker").glob("*.py"):
+        names |= set(re.findall(r"""["'](EMBED_[A-Z_]+)["']""", path.read_text()))
+    return names
+
+
+def test_the_settings_table_lists_exactly_what_the_worker_reads() -> None:
+    documented = {n for n in settings_table() if n.startswith("EMBED_")}
+    assert documented == variables_read_by_the_worker()
+    assert "DATABASE_URL" in settings_table()
+
+
+def _parse(cell: str) -> object:
+    if cell in ("true", "false"):
+        return cell == "true"
+    try:
+        return float(cell)
+    except ValueError:
+        return cell
+
+
+def test_documented_defaults_are_the_code_defaults() -> None:
+    table = settings_table()
+    checked = 0
+    for f in fields(Settings):
+        cell = table[f.metadata["env"]]
+        default = None if f.default is MISSING else f.default
+        if cell.startswith("unset"):
+            assert default is None, f.metadata["env"]
+        elif re.fullmatch(r"`[^`]+`", cell):
+            expected = _parse(cell.strip("`"))
+            actual = (
+                float(default)
+                if isinstance(default, int | float) and not isinstance(default, bool)
+                else default
+            )
+            assert actual == expected, (f.metadata["env"], cell, default)
+        else:
+            continue  # prose (e.g. "every core the process may use")
+        checked += 1
+    assert checked >= len(fields(Settings)) - 2
+
+
+def test_every_relative_link_resolves() -> None:
+    for doc in USER_DOCS:
+        text = re.sub(r"```.*?```", "", doc.read_text(), flags=re.S)
+        for target in re.findall(r"\]\(([^)\s]+)\)", text):
+            if re.match(r"[a-z]+:", target):
+                continue
+            path, _, anchor = target.partition("#")
+            resolved = (doc.parent / path).resolve() if path else doc
+            assert resolved.exists(), f"{doc.name}: {target}"
+            if anchor and resolved.suffix == ".md":
+                headings = {
+                    re.sub(r"[^\w\- ]", "", h.strip().lower()).replace(" ", "-")
+                    for h in re.findall(r"(?m)^#+ (.+)$", resolved.read_text())
+                }
+                assert anchor in headings, f"{doc.name}: {target}"
+
+
+def test_the_readme_is_a_front_page() -> None:
+    text = README.read_text()
+    assert len(text.splitlines()) < 300
+    for part in ("make demo", "make test", "embeddings.watch(", "Measured 20", "docs/"):
+        assert part in text, part
+
+
+def test_no_development_notes_in_user_docs() -> None:
+    notes = re.compile(
+        r"from memory|never built here|not run here|this session|developed on|"
+        r"machines this was|was only read|TODO|FIXME",
+        re.I,
+    )
+    for doc in USER_DOCS:
+        found = notes.findall(doc.read_text())
+        assert not found, f"{doc.name}: {found}"

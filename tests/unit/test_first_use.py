@@ -1,0 +1,162 @@
+"""Registry models are fetched on first use (worker, demo, `embed`, `search`), once per cache,
+checksum-verified, and never when downloads are off."""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.fakehub import COMMIT, FakeHub
+from worker import exceptions, models
+from worker.embedders import MAX_REMEMBERED_FAILURES, Embedders
+
+
+@pytest.fixture
+def hub() -> Iterator[FakeHub]:
+    with FakeHub() as server:
+        yield server
+
+
+@pytest.fixture
+def tiny_repo(
+    hub: FakeHub, tiny_model_dir: Path, embed_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> dict[str, bytes]:
+    """A registry model `tiny` served by the stand-in hub (HF_ENDPOINT), its weights pinned."""
+    files = {
+        "config.json": (tiny_model_dir / "config.json").read_bytes(),
+        "tokenizer.json": (tiny_model_dir / "tokenizer.json").read_bytes(),
+        "onnx/model.onnx": (tiny_model_dir / "model.onnx").read_bytes(),
+    }
+    hub.add("test-org/tiny", files)
+    spec = models.ModelSpec(
+        name="tiny",
+        repo_id="test-org/tiny",
+        revision=COMMIT,
+        dim=32,
+        pooling="mean",
+        max_tokens=512,
+        files=(
+            models.RemoteFile("config.json"),
+            models.RemoteFile("tokenizer.json"),
+            models.RemoteFile(
+                "onnx/model.onnx",
+                hashlib.sha256(files["onnx/model.onnx"]).hexdigest(),
+                variant="fp32",
+            ),
+        ),
+        int8_file=None,
+        description="generated test model",
+    )
+    monkeypatch.setitem(models.REGISTRY, "tiny", spec)
+    monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
+    monkeypatch.delenv("EMBED_OFFLINE", raising=False)
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    return files
+
+
+def test_the_first_use_downloads_and_loads(
+    hub: FakeHub, tiny_repo: dict[str, bytes], embed_env: Path
+) -> None:
+    embedder = Embedders().get("tiny")
+
+    assert embedder.embed(["hello"]).shape == (1, 32)
+    assert (embed_env / "tiny" / "onnx" / "model.onnx").read_bytes() == tiny_repo["onnx/model.onnx"]
+    assert sorted(
+        p.rsplit("/", 1)[-1] for p in hub.downloads() if "/resolve/" in p or "__cdn" in p
+    ) == [
+        "config.json",
+        "model.onnx",
+        "tokenizer.json",
+    ]
+
+
+def test_concurrent_first_uses_download_once(hub: FakeHub, tiny_repo: dict[str, bytes]) -> None:
+    errors: list[BaseException] = []
+
+    def load() -> None:
+        try:
+            models.ensure("tiny")
+        except BaseException as exc:
+            errors.append(exc)
+
+    threads = [threading.Thread(target=load) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+    assert errors == []
+    model_gets = [p for p in hub.downloads() if p.endswith("model.onnx")]
+    assert len(model_gets) == 1
+
+
+def test_a_corrupted_download_is_not_loaded(hub: FakeHub, tiny_repo: dict[str, bytes]) -> None:
+    hub.corrupt("test-org/tiny", "onnx/model.onnx")
+
+    with pytest.raises(exceptions.DownloadError, match="checksum mismatch"):
+        Embedders().get("tiny")
+
+
+@pytest.mark.parametrize("switch", ["EMBED_OFFLINE", "HF_HUB_OFFLINE"])
+def test_offline_says_exactly_what_to_fetch(
+    hub: FakeHub, tiny_repo: dict[str, bytes], monkeypatch: pytest.MonkeyPatch, switch: str
+) -> None:
+    monkeypatch.setenv(switch, "1")
+
+    with pytest.raises(exceptions.ModelNotFound) as info:
+        Embedders().get("tiny")
+
+    message = str(info.value)
+    assert f"downloads are off ({switch}=1)" in message
+    assert "embed-worker model download tiny" in message
+    assert f"test-org/tiny at revision {COMMIT}" in message
+    assert "config.json, tokenizer.json, onnx/model.onnx" in message
+    assert hub.requests == []
+
+
+def test_a_model_directory_without_model_onnx_says_so(
+    tmp_path: Path, embed_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "models" / "gte-small").mkdir(parents=True)
+    (tmp_path / "models" / "gte-small" / "tokenizer.json").write_text("{}")
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EMBED_MODEL_PATH", "models")  # relative: resolved in the message
+
+    with pytest.raises(exceptions.ModelNotFound) as info:
+        models.ensure("gte-small")
+
+    message = str(info.value)
+    assert f"{tmp_path}/models/gte-small is not a model directory" in message
+    assert "model.onnx (or onnx/model.onnx) missing" in message
+    assert "tokenizer.json missing" not in message
+
+
+def test_a_relative_model_path_is_shown_absolute(
+    tmp_path: Path, embed_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("EMBED_MODEL_PATH", "../nowhere")
+    monkeypatch.setenv("EMBED_OFFLINE", "1")
+
+    with pytest.raises(exceptions.ModelNotFound) as info:
+        models.locate("some-local-model")
+
+    assert f"looked in {tmp_path.parent / 'nowhere'}" in str(info.value)
+
+
+def test_load_failures_are_remembered_in_bounded_memory(
+    embed_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("EMBED_OFFLINE", "1")
+    embedders = Embedders()
+    for i in range(100):
+        with pytest.raises(exceptions.ModelNotFound):
+            embedders.get(f"no-such-model-{i}")
+
+    remembered = embedders.failures()
+    assert len(remembered) == MAX_REMEMBERED_FAILURES
+    assert "no-such-model-99" in remembered and "no-such-model-0" not in remembered

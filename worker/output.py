@@ -1,0 +1,60 @@
+"""Printing for the CLI: tables, JSON, ages, previews, and which database a command talks to."""
+
+from __future__ import annotations
+
+import json
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from worker import db
+
+
+def print_json(value: Any) -> None:
+    json.dump(value, sys.stdout, default=str, indent=2)
+    sys.stdout.write("\n")
+
+
+def table_lines(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in rows:
+        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    return lines
+
+
+def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
+    print("\n".join(table_lines(header, rows)))
+
+
+def age(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 120:
+        return f"{seconds:.1f} s"
+    if seconds < 7200:
+        return f"{seconds / 60:.1f} min"
+    return f"{seconds / 3600:.1f} h"
+
+
+def preview(text: str | None, width: int = 90) -> str:
+    flat = " ".join((text or "").split())
+    return flat if len(flat) <= width else flat[: width - 1] + "…"
+
+
+def database_line(dsn: str, explicit: str | None) -> str:
+    """Which database a command talks to, and why that one."""
+    where = db.describe(dsn)
+    if explicit:
+        return f"database {where}"
+    if dsn == "":
+        return f"database {where} (from the PG* environment variables)"
+    return (
+        f"database {where} (the local `make db` cluster: DATABASE_URL and PG* variables are unset)"
+    )
+
+
+def say_database(dsn: str, explicit: str | None) -> None:
+    """Tells stderr which database this command uses (stdout stays for results)."""
+    print(f"embed-worker: {database_line(dsn, explicit)}", file=sys.stderr)

@@ -1,0 +1,138 @@
+"""`embed-worker status`: one row per target, with progress bars and an ETA where work is
+pending, why jobs wait when the worker defers them, and `--watch` to refresh in place."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import sql
+
+from worker import db, output
+
+COLUMNS = (
+    "target",
+    "total_rows",
+    "embedded_rows",
+    "pending_jobs",
+    "failed_jobs",
+    "oldest_pending_seconds",
+    "rows_per_second",
+    "model",
+    "cleared_rows",
+    "deferred_reason",
+    "deferred_since",
+    "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
+)
+CLEAR_SCREEN = "\x1b[H\x1b[J"  # cursor home, erase below: the next frame replaces this one
+BAR_WIDTH = 20
+
+
+def fetch(conn: db.Connection) -> list[dict[str, Any]]:
+    with db.translated():
+        cur = conn.execute(
+            sql.SQL("SELECT {} FROM embeddings.status ORDER BY target").format(
+                sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+            )
+        )
+        rows = [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]
+    for row in rows:
+        row["eta_seconds"] = eta_seconds(row)
+    return rows
+
+
+def eta_seconds(row: dict[str, Any]) -> float | None:
+    """Pending rows at the recent rate; None when nothing is pending or nothing moves."""
+    rate = row["rows_per_second"] or 0.0
+    if not row["pending_jobs"] or rate <= 0 or row["deferred_reason"]:
+        return None
+    return float(row["pending_jobs"]) / float(rate)
+
+
+def bar(done: int, total: int, *, width: int = BAR_WIDTH) -> str:
+    """`[########............]  40%`; ASCII so that every terminal and log shows it."""
+    fraction = 1.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
+    filled = int(fraction * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}%"
+
+
+def render(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return ["no watched tables: register one with SELECT embeddings.watch('table', 'column');"]
+    table = []
+    for r in rows:
+        cleared = r["cleared_rows"] or 0
+        wanted = r["total_rows"] - cleared  # rows that should have an embedding
+        pending = r["pending_jobs"]
+        progress = bar(r["embedded_rows"], wanted) if pending else "done" if wanted else "-"
+        if r["deferred_reason"]:
+            eta = "waiting (deferred)"
+        elif pending:
+            eta = output.age(r["eta_seconds"]) if r["eta_seconds"] is not None else "no rate yet"
+        else:
+            eta = "-"
+        table.append(
+            [
+                r["target"],
+                r["model"],
+                f"{r['total_rows']:,}",
+                f"{r['embedded_rows']:,}"
+                + (f" ({r['chunks']:,} chunks)" if r["chunks"] is not None else ""),
+                "?" if r["cleared_rows"] is None else f"{cleared:,}",
+                f"{pending:,}",
+                f"{r['failed_jobs']:,}",
+                output.age(r["oldest_pending_seconds"]),
+                f"{r['rows_per_second']:.1f}/s",
+                progress,
+                eta,
+            ]
+        )
+    lines = output.table_lines(
+        [
+            "target",
+            "model",
+            "rows",
+            "embedded",
+            "cleared",
+            "pending",
+            "failed",
+            "oldest pending",
+            "recent rate",
+            "progress",
+            "ETA",
+        ],
+        table,
+    )
+    for r in rows:
+        if r["deferred_reason"]:
+            since = r["deferred_since"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+            lines.append("")
+            lines.append(f"{r['target']}: {r['pending_jobs']:,} job(s) wait since {since}:")
+            lines.append(f"  {r['deferred_reason']}")
+    if any(r["cleared_rows"] for r in rows):
+        lines.append("")
+        lines.append("cleared: rows whose content is empty or blank; they get no embedding.")
+    return lines
+
+
+def show(conn: db.Connection, *, as_json: bool) -> None:
+    rows = fetch(conn)
+    if as_json:
+        output.print_json(rows)
+    else:
+        print("\n".join(render(rows)))
+
+
+def watch(conn: db.Connection, interval: float, header: str) -> None:
+    """Redraws the status every `interval` seconds until interrupted: in place on a terminal,
+    one timestamped frame after another otherwise."""
+    in_place = sys.stdout.isatty()
+    while True:
+        lines = render(fetch(conn))
+        stamp = datetime.now(UTC).strftime("%H:%M:%S UTC")
+        frame = [f"{header}, {stamp} (every {interval:g} s; Ctrl-C to stop)", "", *lines]
+        sys.stdout.write((CLEAR_SCREEN if in_place else "\n") + "\n".join(frame) + "\n")
+        sys.stdout.flush()
+        time.sleep(interval)
