@@ -52,6 +52,9 @@ CREATE TABLE embeddings.targets (
     clear_on_update  boolean NOT NULL,
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- Bumped by watch() whenever the registration changes: a worker's write is rejected when
+    -- the version it read the batch under is no longer current (embeddings.lock_target_version).
+    version          integer NOT NULL DEFAULT 1,
     -- Chunked targets (sql/55_chunks.sql): the chunk table and the splitter's settings.
     chunk_table      regclass,
     chunk_tokens     integer,

@@ -269,7 +269,8 @@ BEGIN
         SET content_column = content_col, content_function = content_fn, model = watch_chunked.model,
             key_column = key_names[1], key_type = key_types[1], queue = watch_chunked.queue,
             has_triggers = triggers, clear_on_update = false, chunk_table = chunks,
-            chunk_tokens = watch_chunked.chunk_tokens, chunk_overlap = overlap, updated_at = now()
+            chunk_tokens = watch_chunked.chunk_tokens, chunk_overlap = overlap, updated_at = now(),
+            version = tg.version + 1  -- in-flight writes under the old definition are rejected
         WHERE tg.id = previous.id
         RETURNING * INTO t;
     END IF;

@@ -7,8 +7,10 @@
 --     with the caller's rights)
 --   * per watched table: SELECT (keys, content, whatever a content function reads) and UPDATE of
 --     the embedding column only; for a chunked target, its chunk table instead of the column
---   * where a table has row-level security, a policy that lets the worker see and update every
---     row: otherwise rows it cannot see look deleted and their jobs would be dropped
+--   * where a table has row-level security, policies that let the worker see and update every
+--     row (FOR SELECT and FOR UPDATE only: a worker role that also inserts or deletes as an
+--     application stays under the table's own policies for that): otherwise rows it cannot
+--     see look deleted and their jobs would be dropped
 -- The role needs no superuser, no BYPASSRLS, no ownership of anything.
 
 CREATE TABLE embeddings.worker_roles (
@@ -28,10 +30,15 @@ BEGIN
         -- A chunked target's vectors live in its chunk table (sql/55_chunks.sql).
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', t.chunk_table, role_name);
     END IF;
-    IF (SELECT relrowsecurity FROM pg_class WHERE oid = t.source)
-       AND NOT EXISTS (SELECT FROM pg_policy WHERE polrelid = t.source AND polname = policy) THEN
-        EXECUTE format('CREATE POLICY %I ON %s FOR ALL TO %I USING (true) WITH CHECK (true)',
-                       policy, t.source, role_name);
+    IF (SELECT relrowsecurity FROM pg_class WHERE oid = t.source) THEN
+        IF NOT EXISTS (SELECT FROM pg_policy WHERE polrelid = t.source AND polname = policy) THEN
+            EXECUTE format('CREATE POLICY %I ON %s FOR SELECT TO %I USING (true)',
+                           policy, t.source, role_name);
+        END IF;
+        IF NOT EXISTS (SELECT FROM pg_policy WHERE polrelid = t.source AND polname = policy || '_update') THEN
+            EXECUTE format('CREATE POLICY %I ON %s FOR UPDATE TO %I USING (true) WITH CHECK (true)',
+                           policy || '_update', t.source, role_name);
+        END IF;
     END IF;
     PERFORM embeddings.grant_worker_queue(role_name, t.queue);
 END
@@ -63,6 +70,8 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, DELETE ON embeddings.failures TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON embeddings.throughput TO %I', role_name);
     EXECUTE format('GRANT SELECT ON pgmq.meta TO %I', role_name);
+    -- Its write transaction locks the registrations it writes for (definition versions).
+    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.lock_target_version(integer) TO %I', role_name);
     FOR q IN SELECT * FROM embeddings.queues LOOP
         PERFORM embeddings.grant_worker_queue(role_name, q.name);
     END LOOP;
@@ -81,7 +90,8 @@ DECLARE
 BEGIN
     FOR policy IN
         SELECT p.polname FROM pg_policy p
-        JOIN embeddings.worker_roles r ON p.polname = 'embeddings_worker_' || r.role_name
+        JOIN embeddings.worker_roles r
+          ON p.polname IN ('embeddings_worker_' || r.role_name, 'embeddings_worker_' || r.role_name || '_update')
         WHERE p.polrelid = t.source
     LOOP
         EXECUTE format('DROP POLICY %I ON %s', policy, t.source);

@@ -28,12 +28,12 @@ import numpy.typing as npt
 from pgvector import HalfVector
 
 from worker import db, exceptions, models
+from worker.batch import Batch, Row, RowState
 from worker.chunking import Chunk, Splitter, load_tokenizer
 from worker.targets import Target
 
 if TYPE_CHECKING:
     from worker.embedder import Embedder
-    from worker.pipeline import Batch, Row, RowState
 
 # Per batch, at most this many tokens of new chunks are embedded and this many chunks written:
 # what a batch of 128 rows of 512 tokens embeds, and a write transaction of a few seconds at
@@ -92,8 +92,6 @@ SPLITTERS = Splitters()
 # --- load stage ---------------------------------------------------------------------------------
 def prepare(conn: db.Connection, batch: Batch) -> None:
     """Splits the loaded documents of chunked targets and finds their reusable vectors."""
-    from worker.pipeline import RowState
-
     for target, rows in batch.by_target(RowState.READY).items():
         if target.chunk_table is None:
             continue
@@ -107,8 +105,6 @@ def prepare(conn: db.Connection, batch: Batch) -> None:
 
 
 def _split_within_budget(splitter: Splitter, target: Target, rows: list[Row]) -> list[Row]:
-    from worker.pipeline import RowState
-
     admitted: list[Row] = []
     chunks_total = 0
     for row in rows:
@@ -154,8 +150,6 @@ def _find_stored_vectors(conn: db.Connection, target: Target, rows: list[Row]) -
 
 def postpone_over_budget(rows: list[Row]) -> list[Row]:
     """Rows past the new-token budget are postponed (after reuse is known); returns the rest."""
-    from worker.pipeline import RowState
-
     kept: list[Row] = []
     tokens = 0
     for row in rows:
@@ -173,8 +167,6 @@ def postpone_over_budget(rows: list[Row]) -> list[Row]:
 def embed(model: Embedder, rows: Sequence[Row]) -> int:
     """Embeds the new chunks of each document; returns the tokens embedded. A document whose
     chunks the model fails on fails alone."""
-    from worker.pipeline import RowState
-
     kept = postpone_over_budget([r for r in rows if r.chunks is not None])
     tokens = 0
     pending: list[tuple[Row, int]] = [(row, i) for row in kept for i in _chunks_of(row).new]
@@ -188,8 +180,6 @@ def embed(model: Embedder, rows: Sequence[Row]) -> int:
 
 
 def _embed_group(model: Embedder, group: list[tuple[Row, int]]) -> int:
-    from worker.pipeline import RowState
-
     live = [(row, i) for row, i in group if row.state is RowState.READY]
     if not live:
         return 0
@@ -216,8 +206,6 @@ def store(
     """Writes the chunks of `embedded` documents and clears those of `blank` ones, for the
     documents whose content is still the one loaded. Returns each row's outcome (by key);
     runs inside the caller's transaction and changes no row itself."""
-    from worker.pipeline import RowState
-
     rows = embedded + blank
     if not rows:
         return {}

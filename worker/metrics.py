@@ -47,10 +47,11 @@ ROW_OUTCOME_OF_STATE = {
     "stale": "stale",
     "failed": "failed",
 }
-# States a row is in before its batch settles: never counted. Rows of a deferred target are not
-# counted either, whatever their state: their jobs go back to the queue untouched.
+# States a row is in before its batch settles, or when its batch is redone (`outdated`: its
+# target was redefined meanwhile): never counted. Rows of a deferred target are not counted
+# either, whatever their state: their jobs go back to the queue untouched.
 # Chunked targets' rows past a batch's chunk budget ("postponed") go back to the queue too.
-UNSETTLED_STATES = frozenset({"pending", "ready", "embedded", "postponed"})
+UNSETTLED_STATES = frozenset({"pending", "ready", "embedded", "outdated", "postponed"})
 
 # --- the metrics ------------------------------------------------------------------------------
 JOBS = Counter(

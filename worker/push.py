@@ -5,10 +5,19 @@ through pg_net. We take only the job ids from the request: the jobs themselves a
 from the queue, so a request cannot make the worker touch anything that is not both queued and
 registered. They then go through the same pipeline as pulled jobs (load, embed, write,
 settle), and the answer says which completed and which failed, with the error.
+
+Leases: reading the jobs back never shortens the lease dispatch() took (300 s by default), and
+the jobs are registered with the worker's leases, so its keeper renews them like pulled ones
+while the request is processed. Bounds: at most MAX_ROWS rows per request, embedded in batches
+of EMBED_BATCH_SIZE rows (each written and settled as it is done), and at most
+MAX_CONCURRENT_REQUESTS requests at a time; jobs past a bound are answered as failed and left to
+their dispatch lease, so the next dispatch() retries them.
 """
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -19,6 +28,10 @@ if TYPE_CHECKING:
     from worker.runner import Worker
 
 MAX_JOBS = 1000
+MAX_ROWS = 1024  # rows one request may make the worker embed
+MAX_CONCURRENT_REQUESTS = 2  # the model uses every core already: more would only queue
+BUSY_WAIT_SECONDS = 30.0  # how long a request waits for a slot before it is answered "busy"
+SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
 
 
 class InvalidRequest(ValueError):
@@ -56,9 +69,30 @@ def job_ids(body: Any) -> list[tuple[int, dict[str, Any]]]:
 
 def process(worker: Worker, body: Any) -> PushResult:
     requested = job_ids(body)
-    result = PushResult()
     if not requested:
-        return result
+        return PushResult()
+    if not SLOTS.acquire(timeout=BUSY_WAIT_SECONDS):
+        error = (
+            f"worker busy ({MAX_CONCURRENT_REQUESTS} requests in progress); "
+            "the job is retried after its lease"
+        )
+        return PushResult(failed=[{**sent, "error": error} for _, sent in requested])
+    try:
+        return _process(worker, requested)
+    finally:
+        SLOTS.release()
+
+
+@dataclass
+class _Done:
+    job: jobqueue.Job
+    batch: pipeline.Batch
+    settlement: pipeline.Settlement
+
+
+def _process(worker: Worker, requested: list[tuple[int, dict[str, Any]]]) -> PushResult:
+    done: dict[int, _Done] = {}
+    over: set[int] = set()
     conn = db.connect(worker.dsn)
     try:
         db.register_vector_types(conn)
@@ -67,36 +101,84 @@ def process(worker: Worker, body: Any) -> PushResult:
                 queries.compose("lease_jobs_by_id", queue_table=worker.queue.table),
                 {"msg_ids": [job_id for job_id, _ in requested], "vt": worker.settings.vt_seconds},
             ).fetchall()
-        targets = worker.registry.current(conn)
+        targets = worker.registry.current_definitions(conn)
         jobs = [jobqueue.parse(row, targets) for row in rows]
         if any(job.error and job.target is None for job in jobs):
             targets = worker.registry.refresh(conn)
             jobs = [jobqueue.parse(row, targets) for row in rows]
-        batch = pipeline.Batch(jobs=jobs)
-        pipeline.prepare(batch)
-        pipeline.load(conn, batch)
-        pipeline.embed(worker.embedders, batch)
-        settlement = pipeline.write(conn, worker.queue, batch, worker.settings)
-        pipeline.log_batch(batch)
+        jobs.sort(key=lambda job: job.msg_id)
+        taken = _within(jobs, MAX_ROWS)
+        over = {job.msg_id for job in jobs[len(taken) :]}
+        worker.leases.add(taken)  # the keeper renews them while we work
+        try:
+            for chunk in _batches(taken, worker.settings.batch_size):
+                batch = pipeline.Batch(jobs=list(chunk))
+                pipeline.prepare(batch)
+                pipeline.load(conn, batch)
+                pipeline.embed(worker.embedders, batch)
+                settlement = pipeline.write(conn, worker.queue, batch, worker.settings)
+                worker.leases.drop(batch.msg_ids)
+                pipeline.log_batch(batch)
+                done.update({job.msg_id: _Done(job, batch, settlement) for job in batch.jobs})
+        finally:
+            worker.leases.drop(job.msg_id for job in taken)
     finally:
         conn.close()
 
-    by_id = {job.msg_id: job for job in jobs}
-    done = set(settlement.delete)
+    result = PushResult()
     for job_id, sent in requested:
-        job = by_id.get(job_id)
-        if job is not None and job_id in done:
+        item = done.get(job_id)
+        if item is not None and job_id in item.settlement.delete:
             result.completed.append(sent)
+        elif job_id in over:
+            error = (
+                f"not processed: the request carries more than {MAX_ROWS} rows; the job is "
+                "retried after its lease (dispatch smaller batches)"
+            )
+            result.failed.append({**sent, "error": error})
         else:
-            result.failed.append({**sent, "error": _why(job, batch, worker.queue.name)})
+            result.failed.append({**sent, "error": _why(item, worker.queue.name)})
     return result
 
 
-def _why(job: jobqueue.Job | None, batch: pipeline.Batch, queue: str) -> str:
-    if job is None:
+def _rows(job: jobqueue.Job) -> int:
+    return max(len(job.keys) + len(job.bad_keys), 1)
+
+
+def _within(jobs: Sequence[jobqueue.Job], max_rows: int) -> list[jobqueue.Job]:
+    """The leading jobs whose rows add up to at most `max_rows` (the first one always)."""
+    taken: list[jobqueue.Job] = []
+    total = 0
+    for job in jobs:
+        if taken and total + _rows(job) > max_rows:
+            break
+        taken.append(job)
+        total += _rows(job)
+    return taken
+
+
+def _batches(jobs: Sequence[jobqueue.Job], batch_size: int) -> Iterator[list[jobqueue.Job]]:
+    """Consecutive groups of jobs of at most `batch_size` rows (one job at least)."""
+    group: list[jobqueue.Job] = []
+    rows = 0
+    for job in jobs:
+        if group and rows + _rows(job) > batch_size:
+            yield group
+            group, rows = [], 0
+        group.append(job)
+        rows += _rows(job)
+    if group:
+        yield group
+
+
+def _why(item: _Done | None, queue: str) -> str:
+    if item is None:
         return f"no such job in queue {queue} (already processed, or never queued there)"
+    job, batch = item.job, item.batch
     if job.error:
         return job.error
+    if job.msg_id in item.settlement.release:
+        return "the target was redefined (embeddings.watch()) while it was processed; retried"
     if job.target is not None and job.target.id in batch.deferred:
         return batch.deferred[job.target.id]
     errors = [

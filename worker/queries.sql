@@ -32,9 +32,10 @@ WHERE q.msg_id = chosen.msg_id
 RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
 
 -- name: extend_leases
--- Pushes back the visibility timeout of jobs we still hold (vt unchanged since we set it).
+-- Pushes back the visibility timeout of jobs we still hold (vt unchanged since we set it),
+-- never shortening a longer lease (a push job's dispatch() lease).
 UPDATE {queue_table} q
-SET vt = clock_timestamp() + make_interval(secs => %(vt)s)
+SET vt = greatest(q.vt, clock_timestamp() + make_interval(secs => %(vt)s))
 FROM unnest(%(msg_ids)s::bigint[], %(vts)s::timestamptz[]) AS l(msg_id, vt)
 WHERE q.msg_id = l.msg_id AND q.vt = l.vt
 RETURNING q.msg_id, q.vt;
@@ -94,7 +95,8 @@ DELETE FROM embeddings.throughput WHERE minute < clock_timestamp() - interval '1
 -- A chunked target's embedding column is in its chunk table.
 SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
        t.content_column, fn_ns.nspname, p.proname, t.model, t.key_column,
-       key_ty.typname, t.queue, chunk_ns.nspname, chunk_c.relname, t.chunk_tokens, t.chunk_overlap
+       key_ty.typname, t.queue, t.version, chunk_ns.nspname, chunk_c.relname, t.chunk_tokens,
+       t.chunk_overlap
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
 LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -107,6 +109,16 @@ LEFT JOIN pg_proc p ON p.oid = t.content_function
 LEFT JOIN pg_namespace fn_ns ON fn_ns.oid = p.pronamespace
 LEFT JOIN pg_type key_ty ON key_ty.oid = t.key_type
 ORDER BY t.id;
+
+-- name: target_versions
+-- The definition version of every registered target (a registry read under an older one is
+-- refreshed before a batch is served with it).
+SELECT id, version FROM embeddings.targets;
+
+-- name: lock_target_version
+-- Locks a target's registration until the write transaction ends; returns its current
+-- definition version (NULL when it was unwatched).
+SELECT embeddings.lock_target_version(%(target_id)s);
 
 -- name: next_visible
 -- Seconds until the next job of the queue becomes visible (NULL when the queue is empty).
@@ -132,12 +144,15 @@ WHERE t.{key} = ANY(%(keys)s::text[]::{key_type}[]);
 
 -- name: write_vectors
 -- Stores embeddings, except where the content changed since it was loaded (its md5 differs):
--- that row's newer content has its own job. Returns the keys written.
+-- that row's newer content has its own job. Returns the keys written. IS NOT DISTINCT FROM,
+-- not =: an equality between the two sides would let the planner hash-join on md5(content),
+-- evaluating a STABLE or IMMUTABLE content function for every row of the table (slow, and one
+-- row it raises for would fail every write).
 UPDATE {table} t
 SET {embedding} = v.embedding
 FROM unnest(%(keys)s::text[]::{key_type}[], %(embeddings)b, %(hashes)s::text[])
      AS v(key, embedding, hash)
-WHERE t.{key} = v.key AND md5({content}) = v.hash
+WHERE t.{key} = v.key AND md5({content}) IS NOT DISTINCT FROM v.hash
 RETURNING t.{key}::text;
 
 -- name: clear_vectors
@@ -149,10 +164,11 @@ WHERE t.{key} = v.key AND md5({content}) IS NOT DISTINCT FROM v.hash AND t.{embe
 RETURNING t.{key}::text;
 
 -- name: lease_jobs_by_id
--- Leases the named jobs (push mode: util.process_embeddings already leased them with
--- pgmq.read; this renews the lease for our own processing without counting another attempt).
+-- Leases the named jobs (push mode: dispatch() or util.process_embeddings already leased them
+-- with pgmq.read; this makes sure the lease lasts at least %(vt)s seconds, never shortening a
+-- longer one, without counting another attempt).
 UPDATE {queue_table} q
-SET vt = clock_timestamp() + make_interval(secs => %(vt)s)
+SET vt = greatest(q.vt, clock_timestamp() + make_interval(secs => %(vt)s))
 WHERE q.msg_id = ANY(%(msg_ids)s::bigint[])
 RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
 

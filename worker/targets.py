@@ -44,6 +44,7 @@ class Target:
     key_column: str
     key_type: str
     queue: str
+    version: int = 1  # of the definition (embeddings.targets.version) this object describes
     # Chunked targets (worker/chunkstore.py): vectors in a chunk table, one per chunk.
     chunk_table: tuple[str, str] | None = None  # (schema, table)
     chunk_tokens: int | None = None
@@ -133,10 +134,23 @@ def load(conn: db.Connection) -> dict[int, Target]:
         rows = conn.execute(queries.compose("load_targets")).fetchall()
     found: dict[int, Target] = {}
     for row in rows:
-        (tid, schema, table, column, etype, dims, ccol, fschema, fname, model, kcol, ktype, q) = (
-            row[:13]
-        )
-        chunk_schema, chunk_name, chunk_tokens, chunk_overlap = row[13:]
+        (
+            tid,
+            schema,
+            table,
+            column,
+            etype,
+            dims,
+            ccol,
+            fschema,
+            fname,
+            model,
+            kcol,
+            ktype,
+            q,
+            ver,
+        ) = row[:14]
+        chunk_schema, chunk_name, chunk_tokens, chunk_overlap = row[14:]
         found[tid] = Target(
             id=tid,
             schema=schema,
@@ -150,6 +164,7 @@ def load(conn: db.Connection) -> dict[int, Target]:
             key_column=kcol,
             key_type=ktype or "",
             queue=q,
+            version=ver,
             chunk_table=(chunk_schema, chunk_name) if chunk_name is not None else None,
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
@@ -184,6 +199,17 @@ class Registry:
             fresh = time.monotonic() - self._loaded_at < self.max_age
             targets = self._targets
         return targets if fresh else self.refresh(conn)
+
+    def current_definitions(self, conn: db.Connection) -> dict[int, Target]:
+        """The targets, re-read when any registration's definition version differs from the
+        cached one (or a target came or went): a batch is never served under a definition that
+        was already replaced when it was read."""
+        targets = self.current(conn)
+        with db.translated():
+            versions = dict(conn.execute(queries.compose("target_versions")).fetchall())
+        if versions != {t.id: t.version for t in targets.values()}:
+            targets = self.refresh(conn)
+        return targets
 
     def resolve(self, conn: db.Connection, ids: Iterable[int]) -> dict[int, Target]:
         """Targets by id, re-reading the registry once if some id is unknown."""

@@ -7,8 +7,9 @@
   later (its content changed, or someone re-queued it by hand) no longer counts as failed, so
   `failures` and `status` agree.
 
-Called by `pipeline.write` inside its transaction, after the rows' states are final for it: a
-rollback takes these notes back with everything else. Each note runs in a savepoint and a
+Called by `write.write` inside its transaction with the states the transaction gave the rows
+(the rows themselves change only after COMMIT): a rollback takes these notes back with
+everything else. Each note runs in a savepoint and a
 failure is only logged: these notes never cost the batch its write.
 """
 
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import logging
 from collections import defaultdict
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
@@ -23,17 +25,17 @@ import psycopg
 from worker import db, queries
 
 if TYPE_CHECKING:
-    from worker.pipeline import Batch
+    from worker.batch import Batch, Row, RowState
 
 logger = logging.getLogger(__name__)
 
 SETTLED = ("written", "cleared")  # RowState values whose dead letters are resolved
 
 
-def record(conn: db.Connection, batch: Batch) -> None:
+def record(conn: db.Connection, batch: Batch, state_of: Callable[[Row], RowState]) -> None:
     served: dict[int, list[str]] = defaultdict(list)
     for row in batch.rows.values():
-        if row.target.id not in batch.deferred and row.state.value in SETTLED:
+        if row.target.id not in batch.deferred and state_of(row).value in SETTLED:
             served[row.target.id].append(row.key)
     if served:
         _note(

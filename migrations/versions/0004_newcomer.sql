@@ -285,6 +285,7 @@ BEGIN
                          THEN 'a set of ' ELSE '' END || content_type
                 USING ERRCODE = 'datatype_mismatch';
         END IF;
+        PERFORM embeddings.check_content_function(source, content_fn);  -- trusted, not VOLATILE
     END IF;
 
     -- The embedding column: absent (we add it), or vector(dims) / halfvec(dims).
@@ -369,7 +370,8 @@ BEGIN
         UPDATE embeddings.targets tg
         SET content_column = content_col, content_function = content_fn, model = watch.model,
             key_column = key_names[1], key_type = key_types[1], queue = watch.queue,
-            has_triggers = triggers, clear_on_update = watch.clear_on_update, updated_at = now()
+            has_triggers = triggers, clear_on_update = watch.clear_on_update, updated_at = now(),
+            version = tg.version + 1  -- in-flight writes under the old definition are rejected
         WHERE tg.id = previous.id
         RETURNING * INTO t;
     END IF;

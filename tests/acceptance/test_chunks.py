@@ -106,7 +106,7 @@ def test_failures_retry_re_chunks_a_dead_lettered_document(
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO docs VALUES (%s, %s)", list(DOCS.items()))
     conn.execute(
-        "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql AS"
+        "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql STABLE AS"
         " $$ BEGIN IF d.id = 2 AND current_setting('test.fail', true) = 'on' THEN"
         " RAISE 'not today'; END IF; RETURN d.body; END $$"
     )

@@ -120,7 +120,7 @@ def test_a_poisoned_row_is_dead_lettered_and_retried_from_the_cli(
 ) -> None:
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute(
-        "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql AS $$ BEGIN"
+        "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql STABLE AS $$ BEGIN"
         " IF d.body LIKE 'poison%' THEN RAISE EXCEPTION 'refusing row %', d.id; END IF;"
         " RETURN d.body; END $$"
     )
@@ -142,7 +142,7 @@ def test_a_poisoned_row_is_dead_lettered_and_retried_from_the_cli(
     assert status[0]["failed_jobs"] == 1 and status[0]["pending_jobs"] == 0
 
     conn.execute(
-        "CREATE OR REPLACE FUNCTION picky(d docs) RETURNS text LANGUAGE sql AS $$ SELECT d.body $$"
+        "CREATE OR REPLACE FUNCTION picky(d docs) RETURNS text LANGUAGE sql STABLE AS $$ SELECT d.body $$"
     )
     retried = cli(worker_dsn, env, "failures", "--retry")
     assert retried.returncode == 0 and "re-queued 1" in retried.stderr

@@ -70,6 +70,32 @@ def test_unwatch_and_uninstall_remove_the_worker_policies(conn: Conn, worker_rol
     conn.execute("SELECT embeddings.watch('notes', 'body')")
     conn.execute("SELECT embeddings.grant_worker(%s)", (worker_role,))
     policies = "SELECT count(*) FROM pg_policy WHERE polrelid = 'notes'::regclass"
-    assert conn.execute(policies).fetchone() == (1,)
+    assert conn.execute(policies).fetchone() == (2,)  # SELECT and UPDATE
     conn.execute("SELECT embeddings.unwatch('notes')")
     assert conn.execute(policies).fetchone() == (0,)
+
+
+def test_the_worker_policy_lets_it_read_and_update_but_not_insert(
+    conn: Conn, dsn: str, worker_role: str
+) -> None:
+    """A worker role that also writes as an application (INSERT granted) gains nothing from
+    the worker policy: the table's own policies still decide what it may insert or delete."""
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, owner text NOT NULL, body text)")
+    conn.execute("ALTER TABLE notes ENABLE ROW LEVEL SECURITY")
+    conn.execute("CREATE POLICY own_notes ON notes USING (owner = current_user)")
+    conn.execute("INSERT INTO notes VALUES (1, 'alice', 'alice writes')")
+    conn.execute("SELECT embeddings.watch('notes', 'body')")
+    conn.execute("SELECT embeddings.grant_worker(%s)", (worker_role,))
+    conn.execute(f"GRANT INSERT, DELETE ON notes TO {worker_role}")
+    commands = conn.execute(
+        "SELECT string_agg(polcmd::text, '' ORDER BY polcmd) FROM pg_policy"
+        " WHERE polrelid = 'notes'::regclass AND polname ~ '^embeddings_worker_'"
+    ).fetchone()
+    assert commands == ("rw",)  # SELECT and UPDATE, not ALL
+
+    with psycopg.connect(make_conninfo(dsn, user=worker_role), autocommit=True) as worker_conn:
+        assert worker_conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
+        worker_conn.execute("UPDATE notes SET embedding = NULL WHERE id = 1")
+        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
+            worker_conn.execute("INSERT INTO notes VALUES (2, 'bob', 'forged')")
+        assert worker_conn.execute("DELETE FROM notes").rowcount == 0

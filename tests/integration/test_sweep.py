@@ -95,3 +95,25 @@ def test_scheduling_needs_pg_cron_and_says_so(conn: Conn) -> None:
     ):
         conn.execute("SELECT embeddings.schedule_sweep()")
     assert conn.execute("SELECT embeddings.unschedule_sweep()").fetchone() == (False,)
+
+
+def test_a_raising_content_function_is_isolated_per_target_and_per_row(
+    conn: Conn, docs: int
+) -> None:
+    conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text)")
+    conn.execute(
+        "CREATE FUNCTION picky(n notes) RETURNS text LANGUAGE plpgsql STABLE AS $$ BEGIN"
+        " IF n.id = 2 THEN RAISE EXCEPTION 'cannot read note %', n.id; END IF;"
+        " RETURN n.body; END $$"
+    )
+    conn.execute("INSERT INTO notes VALUES (1, 'one'), (2, 'two'), (3, 'three'), (4, '  ')")
+    row = conn.execute("SELECT embeddings.watch('notes', 'picky')").fetchone()
+    assert row is not None
+    notes = int(row[0])
+    clear_queue(conn)  # every job lost
+
+    assert sweep(conn) == 25 + 3
+    assert sorted(queued_keys(conn, docs)) == list(range(1, 26))  # the other target is swept
+    # The raising row is queued too: the worker dead-letters it with its error.
+    assert sorted(queued_keys(conn, notes)) == [1, 2, 3]
+    assert sweep(conn) == 0  # all pending now

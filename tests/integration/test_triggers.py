@@ -122,7 +122,7 @@ def test_content_function_changes_are_compared_through_the_function(conn: Conn) 
 def test_a_raising_content_function_never_breaks_the_write(conn: Conn) -> None:
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute(
-        "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql AS $$ BEGIN"
+        "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql STABLE AS $$ BEGIN"
         " IF d.body = 'poison' THEN RAISE EXCEPTION 'cannot read %', d.id; END IF;"
         " RETURN d.body; END $$"
     )

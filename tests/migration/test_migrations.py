@@ -185,6 +185,13 @@ def test_frozen_revisions_are_not_the_current_sql() -> None:
     assert all(p.parent.name == "0001_initial" for p in frozen)
 
 
+def watch_docs(conn: psycopg.Connection[Any]) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT i, 'text ' || i FROM generate_series(1, 300) i")
+    conn.execute("SELECT embeddings.watch('docs', 'body')")
+    conn.execute("INSERT INTO docs VALUES (301, 'late')")
+
+
 @pytest.mark.parametrize("start", [*released_revisions(), None])
 def test_upgrade_keeps_jobs_and_failures_and_equals_fresh_install(
     cluster: Cluster, start: str | None
@@ -198,10 +205,7 @@ def test_upgrade_keeps_jobs_and_failures_and_equals_fresh_install(
     try:
         schema.migrate(cluster.dsn(upgraded), start)
         with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
-            conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
-            conn.execute("INSERT INTO docs SELECT i, 'text ' || i FROM generate_series(1, 300) i")
-            conn.execute("SELECT embeddings.watch('docs', 'body')")
-            conn.execute("INSERT INTO docs VALUES (301, 'late')")
+            watch_docs(conn)
             conn.execute(
                 "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message,"
                 " attempts, last_error) SELECT id, 'public.docs.embedding', '7', 'embedding_jobs',"
@@ -217,9 +221,7 @@ def test_upgrade_keeps_jobs_and_failures_and_equals_fresh_install(
             schema.install(conn)
             conn.commit()
         with psycopg.connect(cluster.dsn(fresh), autocommit=True) as conn:
-            # The same watched table: its per-target trigger functions are part of the schema.
-            conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
-            conn.execute("SELECT embeddings.watch('docs', 'body')")
+            watch_docs(conn)  # the same user objects (table, index, triggers) on both sides
         assert pg_dump_schema(cluster.dsn(upgraded)) == pg_dump_schema(cluster.dsn(fresh))
         with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
             jobs_after = conn.execute(

@@ -12,7 +12,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.docs import Documented, documented_metrics
 from tests.support.factories import job, target
-from worker import metrics, pipeline
+from worker import metrics, pipeline, write
 from worker.config import Settings
 
 
@@ -128,7 +128,7 @@ def test_rows_of_a_deferred_target_are_not_counted_and_the_target_is_flagged() -
     before_deferred_jobs = _gauge("embed_worker_jobs_total", outcome="deferred") or 0
     settlement = pipeline.settle(batch, Settings(), datetime.now(UTC))
 
-    pipeline._count(batch, settlement)
+    write._count(batch, settlement)
 
     assert _rows_counted(served.name) == {"embedded": 1, "cleared": 1, "gone": 1}
     assert _rows_counted(deferred.name) == {}

@@ -1,0 +1,137 @@
+"""A target redefined by watch() while the worker drains (issue 12, item 3): no vector of the
+old definition is written or acknowledged once the new one is committed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from tests.integration.conftest import TINY_DIMS
+from tests.support.jobs import messages
+from worker import db, pipeline
+from worker import queue as jobqueue
+from worker.config import Settings
+from worker.embedders import Embedders
+from worker.runner import Worker
+from worker.targets import Registry
+
+Conn = psycopg.Connection[Any]
+
+TEXTS = {1: "alpha beta gamma", 2: "the quick brown fox", 3: "a third sentence"}
+
+
+def make_docs(conn: Conn, model: str) -> None:
+    conn.execute(
+        f"CREATE TABLE docs (id bigint PRIMARY KEY, body text, embedding halfvec({TINY_DIMS}))"
+    )
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO docs VALUES (%s, %s)", list(TEXTS.items()))
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (model,))
+
+
+def assert_vectors_of(conn: Conn, embedders: Embedders, model: str) -> None:
+    rows = conn.execute("SELECT id, body, embedding::real[] FROM docs ORDER BY id").fetchall()
+    expected = embedders.get(model).embed([body for _, body, _ in rows])
+    for (key, _, stored), want in zip(rows, expected, strict=True):
+        assert stored is not None, f"row {key} has no vector"
+        assert np.allclose(np.array(stored, dtype=np.float32), want, atol=2e-3), (
+            f"row {key} does not hold {model}'s vector"
+        )
+
+
+def drain(
+    conn: db.Connection, registry: Registry, settings: Settings, embedders: Embedders
+) -> None:
+    queue = jobqueue.Queue(settings.queue)
+    while (batch := pipeline.read(conn, queue, registry, settings)) is not None:
+        pipeline.load(conn, batch)
+        pipeline.embed(embedders, batch)
+        pipeline.write(conn, queue, batch, settings)
+
+
+def test_a_registry_cached_before_a_rewatch_is_not_used_after_it(
+    conn: Conn, dsn: str, tiny_models: tuple[str, str], settings: Settings, embedders: Embedders
+) -> None:
+    first, second = tiny_models
+    make_docs(conn, first)
+    registry = Registry()  # one worker's registry, kept across batches (it caches for a minute)
+    with db.connect(dsn) as worker_conn:
+        db.register_vector_types(worker_conn)
+        drain(worker_conn, registry, settings, embedders)
+        assert_vectors_of(conn, embedders, first)
+
+        conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
+        drain(worker_conn, registry, settings, embedders)
+
+    assert_vectors_of(conn, embedders, second)
+    assert messages(conn) == []
+
+
+def test_a_batch_read_before_a_rewatch_is_not_written_and_is_redone(
+    conn: Conn,
+    dsn: str,
+    tiny_models: tuple[str, str],
+    settings: Settings,
+    embedders: Embedders,
+    run_once: Callable[..., Worker],
+) -> None:
+    first, second = tiny_models
+    make_docs(conn, first)
+    queue = jobqueue.Queue(settings.queue)
+    with db.connect(dsn) as worker_conn:
+        db.register_vector_types(worker_conn)
+        batch = pipeline.read(worker_conn, queue, Registry(), settings)
+        assert batch is not None
+        pipeline.load(worker_conn, batch)
+        pipeline.embed(embedders, batch)  # with the first model
+
+        conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
+        settlement = pipeline.write(worker_conn, queue, batch, settings)
+
+    assert settlement.delete == []
+    assert sorted(settlement.release) == sorted(batch.msg_ids)
+    assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (0,)
+    # Handed back at once, the attempt not counted.
+    released = conn.execute(
+        "SELECT read_ct, vt <= clock_timestamp() FROM pgmq.q_embedding_jobs WHERE msg_id = ANY(%s)",
+        (batch.msg_ids,),
+    ).fetchall()
+    assert released and all(row == (0, True) for row in released)
+
+    run_once()
+    assert_vectors_of(conn, embedders, second)
+    assert messages(conn) == []
+
+
+def test_watch_bumps_the_version_only_when_the_definition_changes(
+    conn: Conn, tiny_models: tuple[str, str]
+) -> None:
+    first, second = tiny_models
+    make_docs(conn, first)
+    version = "SELECT version FROM embeddings.targets"
+    assert conn.execute(version).fetchone() == (1,)
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (first,))
+    assert conn.execute(version).fetchone() == (1,)  # the same definition
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
+    assert conn.execute(version).fetchone() == (2,)
+
+
+def test_watch_waits_for_a_write_in_progress_and_later_writes_see_its_version(
+    conn: Conn, dsn: str, tiny_models: tuple[str, str]
+) -> None:
+    first, second = tiny_models
+    make_docs(conn, first)
+    lock = "SELECT embeddings.lock_target_version(id) FROM embeddings.targets"
+    with psycopg.connect(dsn) as writer:  # a write transaction, as the worker's
+        assert writer.execute(lock).fetchone() == (1,)
+        conn.execute("SET lock_timeout = '200ms'")
+        with pytest.raises(psycopg.errors.LockNotAvailable):
+            conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
+        writer.commit()
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
+    with psycopg.connect(dsn) as writer:
+        assert writer.execute(lock).fetchone() == (2,)

@@ -1,0 +1,266 @@
+"""The fault-injection harness: the worker fails at each step of a batch, then recovers.
+
+Each cell of the matrix is one step of a batch's life crossed with one fault:
+
+  steps   read           inside the statement that leases the batch (before it commits)
+          leased         the lease committed, nothing loaded yet
+          load           before the content is loaded
+          embed          before inference
+          after_vectors  in the write transaction: vectors stored, jobs not yet settled
+          commit         at COMMIT of the write transaction (a deferred constraint trigger)
+  faults  connection_killed  the worker's connections are terminated there (pg_terminate_backend:
+                             a failover, a network cut); at `read` and `commit` the backend
+                             terminates itself from a trigger, exactly there
+          worker_crash       the worker dies there: an exception no stage handles (in-process
+                             stand-in for a crash); at `read` and `commit` the statement fails
+
+Scenario per cell: rows embedded once, then every row's content changed (the old vectors stay:
+clear_on_update => false, so a job acknowledged without its write leaves a *stale* vector) and new
+rows inserted (a job acknowledged without its write leaves them *lost*). The faulty run is hit
+once, and while it is hit a row is edited again. Then the worker recovers: leases are expired (what
+waiting EMBED_VT_SECONDS would do) and the worker runs again until the queue is empty. Asserted:
+0 rows lost, 0 stale vectors, nothing left in the queue, nothing dead-lettered. The matrix is
+printed at the end of the run (tests/support/faultmatrix.py) for the README's Reliability section.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from tests.support import faultmatrix
+from worker import db, faults
+from worker.config import Settings
+from worker.embedders import Embedders
+from worker.runner import Worker
+
+Conn = psycopg.Connection[Any]
+
+STEPS = ("read", "leased", "load", "embed", "after_vectors", "commit")
+FAULTS = ("connection_killed", "worker_crash")
+DB_SIDE_STEPS = {"read", "commit"}  # injected by a trigger inside the database
+ROWS = 12
+NEW_ROWS = 4
+
+
+class InjectedCrash(BaseException):
+    """Escapes every handler of the worker, as a crash would."""
+
+
+def run_worker(settings: Settings, embedders: Embedders) -> int:
+    worker = Worker(settings, once=True, embedders=embedders, progress=False, handle_signals=False)
+    return worker.run()
+
+
+def terminate_worker_connections(admin: Conn) -> None:
+    """Terminates every worker connection to this database and waits until they are gone."""
+    victims = [
+        r[0]
+        for r in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = %s",
+            (db.APPLICATION_NAME,),
+        ).fetchall()
+    ]
+    admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (victims,))
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline:
+        alive = admin.execute(
+            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (victims,)
+        ).fetchone()
+        if alive == (0,):
+            return
+        time.sleep(0.01)
+    raise AssertionError("worker connections survived pg_terminate_backend")
+
+
+def arm_in_database(conn: Conn, step: str, fault: str) -> None:
+    """A trigger that fails the first queue lease (`read`) or the first write COMMIT (`commit`)
+    that reaches it. A sequence counts, since it survives the rollback it causes."""
+    action = (
+        "PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5);"
+        if fault == "connection_killed"
+        else "RAISE EXCEPTION 'injected fault at %', TG_ARGV[0];"
+    )
+    conn.execute("CREATE SEQUENCE injected_faults")
+    conn.execute(
+        f"""CREATE FUNCTION inject_fault() RETURNS trigger LANGUAGE plpgsql AS $$
+        BEGIN
+            IF nextval('injected_faults') = 1 THEN
+                UPDATE docs SET body = 'edited while the worker failed' WHERE id = 1;
+                {action}
+            END IF;
+            RETURN NULL;
+        END $$"""
+    )
+    if step == "read":
+        # Runs as the worker's lease statement: the edit happens in the statement that fails,
+        # so it rolls back too; the in-process steps edit from another connection instead.
+        conn.execute(
+            "CREATE TRIGGER inject_fault AFTER UPDATE ON pgmq.q_embedding_jobs"
+            " FOR EACH ROW EXECUTE FUNCTION inject_fault('read')"
+        )
+    else:
+        conn.execute(
+            "CREATE CONSTRAINT TRIGGER inject_fault AFTER UPDATE ON docs"
+            " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
+            " WHEN (NEW.embedding IS NOT NULL) EXECUTE FUNCTION inject_fault('commit')"
+        )
+
+
+class Editor:
+    """Edits row 1 from an application connection of its own, in a thread: at `after_vectors`
+    the write transaction holds that row's lock, and the edit waits for it as an application's
+    UPDATE would."""
+
+    def __init__(self, dsn: str) -> None:
+        self.dsn = dsn
+        self.threads: list[threading.Thread] = []
+        self.errors: list[BaseException] = []
+
+    def start(self) -> None:
+        thread = threading.Thread(target=self._edit, daemon=True)
+        thread.start()
+        self.threads.append(thread)
+
+    def _edit(self) -> None:
+        try:
+            with psycopg.connect(self.dsn, autocommit=True) as conn:
+                conn.execute("UPDATE docs SET body = 'edited while the worker failed' WHERE id = 1")
+        except BaseException as exc:  # reported by join(): no application statement may fail
+            self.errors.append(exc)
+
+    def join(self) -> None:
+        for thread in self.threads:
+            thread.join(timeout=30)
+            assert not thread.is_alive(), "the application's edit never finished"
+        assert self.errors == []
+
+
+def in_process_fault(admin: Conn, editor: Editor, fault: str) -> Callable[[], None]:
+    """A one-shot handler for a worker.faults point."""
+    fired = False
+
+    def handler() -> None:
+        nonlocal fired
+        if fired:
+            return
+        fired = True
+        editor.start()
+        if fault == "connection_killed":
+            terminate_worker_connections(admin)
+        else:
+            raise InjectedCrash("injected crash")
+
+    return handler
+
+
+def expire_leases(conn: Conn) -> None:
+    """What waiting out EMBED_VT_SECONDS does to jobs a dead worker held."""
+    conn.execute("UPDATE pgmq.q_embedding_jobs SET vt = clock_timestamp()")
+
+
+def measure(
+    conn: Conn, embedders: Embedders, model: str, step: str, fault: str, exit_code: int
+) -> faultmatrix.Cell:
+    rows = conn.execute(
+        "SELECT id, body, embedding::real[] FROM docs WHERE body ~ '[^[:space:]]' ORDER BY id"
+    ).fetchall()
+    queued = {
+        str(k)
+        for (k,) in conn.execute(
+            "SELECT jsonb_array_elements_text(message -> 'keys') FROM pgmq.q_embedding_jobs"
+        ).fetchall()
+    }
+    dead = {
+        str(k)
+        for (k,) in conn.execute("SELECT row_key #>> '{}' FROM embeddings.failures").fetchall()
+    }
+    expected = embedders.get(model).embed([body for _, body, _ in rows])
+    lost = stale = 0
+    for (key, _, stored), want in zip(rows, expected, strict=True):
+        if stored is None:
+            lost += str(key) not in queued and str(key) not in dead
+        elif not np.allclose(np.array(stored, dtype=np.float32), want, atol=2e-3):
+            stale += 1
+    left = conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone()
+    assert left is not None
+    return faultmatrix.Cell(
+        step=step,
+        fault=fault,
+        rows=len(rows),
+        lost=lost,
+        stale=stale,
+        left_in_queue=int(left[0]),
+        dead_lettered=len(dead),
+        worker_exit=exit_code,
+    )
+
+
+@pytest.fixture
+def admin(dsn: str) -> Iterator[Conn]:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.mark.parametrize("fault", FAULTS)
+@pytest.mark.parametrize("step", STEPS)
+def test_a_fault_at_each_step_loses_nothing(
+    step: str,
+    fault: str,
+    conn: Conn,
+    admin: Conn,
+    dsn: str,
+    tiny_models: tuple[str, str],
+    settings: Settings,
+    embedders: Embedders,
+) -> None:
+    model = tiny_models[0]
+    # One batch holds every row: the fault hits all of them.
+    settings = settings.with_overrides(batch_size=ROWS + NEW_ROWS, max_attempts=5)
+    conn.execute(
+        f"CREATE TABLE docs (id bigint PRIMARY KEY, body text, embedding halfvec({embedders.get(model).dim}))"
+    )
+    conn.execute(
+        "INSERT INTO docs SELECT g, 'first text of row ' || g FROM generate_series(1, %s::int) g",
+        (ROWS,),
+    )
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false)", (model,)
+    )
+    assert run_worker(settings, embedders) == 0
+    conn.execute("UPDATE docs SET body = 'second text of row ' || id")  # old vectors stay
+    conn.execute(
+        "INSERT INTO docs SELECT g, 'new row ' || g FROM generate_series(%s::int, %s::int) g",
+        (ROWS + 1, ROWS + NEW_ROWS),
+    )
+
+    editor = Editor(dsn)
+    if step in DB_SIDE_STEPS:
+        arm_in_database(conn, step, fault)
+        exit_code = run_worker(settings, embedders)
+        fired = conn.execute("SELECT is_called FROM injected_faults").fetchone()
+        assert fired == (True,), "the fault was never reached"
+    else:
+        handler = in_process_fault(admin, editor, fault)
+        with faults.injected(step, handler):
+            exit_code = run_worker(settings, embedders)
+        editor.join()
+
+    # Recovery: the leases of the failed run run out; the worker drains what is left.
+    for _ in range(3):
+        expire_leases(conn)
+        assert run_worker(settings, embedders) == 0
+        if conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,):
+            break
+
+    cell = measure(conn, embedders, model, step, fault, exit_code)
+    faultmatrix.record(cell)
+    assert cell.rows == ROWS + NEW_ROWS
+    assert (cell.lost, cell.stale, cell.left_in_queue, cell.dead_lettered) == (0, 0, 0, 0), cell

@@ -1,0 +1,387 @@
+"""The stateful property test: random interleavings of application writes, re-registrations,
+worker runs, worker crashes and connection kills, against the real Postgres and the real
+in-process worker. At quiescence the invariant must hold:
+
+  * every row with content holds exactly the embedding of its current content under its
+    target's current model (compared with the embedder's own output; halfvec tolerance), or is
+    in embeddings.failures with its error; rows without content hold no embedding
+  * no job is left in the queue
+  * no application statement failed (any error in a rule fails the test)
+
+Models: two tiny random-weight models of the same dimension (tests/support/modelgen.py), so a
+re-registration really changes every vector.
+
+`make test` runs a fixed (derandomized) set of 25 examples of at most 20 steps: 25-35 s on these
+2-core machines. The soak run (deselected by default: pyproject's addopts has `-m 'not soak'`)
+explores much more, with a fresh seed each time:
+
+    .venv/bin/pytest tests/integration/test_stateful.py -m soak          # STATEFUL_EXAMPLES=200
+
+Adding rules: the SQL names of the watched table, its key and its content column live in
+`self.table`, `self.key` and `self.content_column`; a DDL rule (a rename, say) changes the
+database and those attributes together, and every other rule follows.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import time
+from typing import Any, ClassVar
+
+import numpy as np
+import psycopg
+import pytest
+from hypothesis import HealthCheck
+from hypothesis import settings as hypothesis_run
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+from psycopg import sql
+
+from worker import db, faults
+from worker.config import Settings
+from worker.embedders import Embedders
+from worker.runner import Worker
+from worker.targets import Registry
+
+Conn = psycopg.Connection[Any]
+
+KEYS = st.integers(min_value=1, max_value=24)
+WORDS = ("alpha", "beta", "gamma", "delta", "vector", "search", "postgres", "queue")
+CONTENT = st.one_of(
+    st.none(),
+    st.sampled_from(["", "   "]),
+    st.lists(st.sampled_from(WORDS), min_size=1, max_size=6).map(" ".join),
+)
+CRASH_POINTS = st.sampled_from(faults.POINTS)
+
+
+class InjectedCrash(BaseException):
+    """Escapes every handler of the worker, as a crash would."""
+
+
+def terminate_worker_connections(admin: Conn) -> None:
+    """Terminates the worker's connections and waits until they are gone."""
+    victims = [
+        pid
+        for (pid,) in admin.execute(
+            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = %s",
+            (db.APPLICATION_NAME,),
+        ).fetchall()
+    ]
+    admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (victims,))
+    deadline = time.monotonic() + 10
+    while admin.execute(
+        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (victims,)
+    ).fetchone() != (0,):
+        assert time.monotonic() < deadline, "connections survived pg_terminate_backend"
+        time.sleep(0.01)
+
+
+def has_content(text: str | None) -> bool:
+    return text is not None and text.strip() != ""
+
+
+class EmbeddingMachine(RuleBasedStateMachine):
+    # Set by the test function before the machine runs.
+    dsn: ClassVar[str]
+    settings: ClassVar[Settings]
+    embedders: ClassVar[Embedders]
+    models: ClassVar[tuple[str, str]]
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.conn: Conn = psycopg.connect(self.dsn, autocommit=True)
+        self.table = "docs"
+        self.key = "id"
+        self.content_column = "body"
+        self.model = self.models[0]
+        self.rows: dict[int, str | None] = {}  # what the application wrote: key -> content
+        self.exits: list[int] = []
+        self.registry = Registry()
+
+    # --- helpers --------------------------------------------------------------------------
+    def q(self, template: str) -> sql.Composed:
+        """`template` with {table}, {key} and {content} filled in as identifiers."""
+        return sql.SQL(template).format(
+            table=sql.Identifier(self.table),
+            key=sql.Identifier(self.key),
+            content=sql.Identifier(self.content_column),
+        )
+
+    def run_worker(self) -> int:
+        worker = Worker(
+            self.settings, once=True, embedders=self.embedders, progress=False, handle_signals=False
+        )
+        # One registry across runs, as one long-lived worker process keeps it.
+        worker.registry = self.registry
+        code = worker.run()
+        self.exits.append(code)
+        return code
+
+    def watch(self, model: str, clear_on_update: bool) -> None:
+        self.conn.execute(
+            "SELECT embeddings.watch(%s::regclass, %s, model => %s, clear_on_update => %s)",
+            (self.table, self.content_column, model, clear_on_update),
+        )
+        self.model = model
+
+    # --- setup ----------------------------------------------------------------------------
+    @initialize(clear_on_update=st.booleans())
+    def setup(self, clear_on_update: bool) -> None:
+        self.conn.execute(self.q("DROP TABLE IF EXISTS {table}"))
+        self.conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+        self.conn.execute("DELETE FROM embeddings.failures")
+        dims = self.embedders.get(self.models[0]).dim
+        self.conn.execute(
+            self.q(
+                "CREATE TABLE {table} ({key} integer PRIMARY KEY, {content} text, tag text,"
+                f" embedding halfvec({dims}))"
+            )
+        )
+        self.clear_on_update = clear_on_update
+        self.watch(self.models[0], clear_on_update)
+
+    # --- the application ------------------------------------------------------------------
+    @rule(key=KEYS, content=CONTENT)
+    def insert(self, key: int, content: str | None) -> None:
+        if key in self.rows:
+            return
+        self.conn.execute(
+            self.q("INSERT INTO {table} ({key}, {content}) VALUES (%s, %s)"), (key, content)
+        )
+        self.rows[key] = content
+
+    @rule(keys=st.lists(KEYS, min_size=2, max_size=10, unique=True), content=CONTENT)
+    def insert_many(self, keys: list[int], content: str | None) -> None:
+        fresh = [k for k in keys if k not in self.rows]
+        self.conn.execute(
+            self.q(
+                "INSERT INTO {table} ({key}, {content}) SELECT k, %s || k FROM unnest(%s::int[]) k"
+            ),
+            (content or "bulk row ", fresh),
+        )
+        for k in fresh:
+            self.rows[k] = (content or "bulk row ") + str(k)
+
+    @rule(key=KEYS, content=CONTENT)
+    def update_content(self, key: int, content: str | None) -> None:
+        self.conn.execute(
+            self.q("UPDATE {table} SET {content} = %s WHERE {key} = %s"), (content, key)
+        )
+        if key in self.rows:
+            self.rows[key] = content
+
+    @rule(suffix=st.sampled_from(WORDS))
+    def update_all_content(self, suffix: str) -> None:
+        self.conn.execute(
+            self.q("UPDATE {table} SET {content} = {content} || ' ' || %s"), (suffix,)
+        )
+        for k, v in self.rows.items():
+            self.rows[k] = None if v is None else f"{v} {suffix}"
+
+    @rule(key=KEYS)
+    def update_other_column(self, key: int) -> None:
+        self.conn.execute(
+            self.q("UPDATE {table} SET tag = md5(random()::text) WHERE {key} = %s"), (key,)
+        )
+
+    @rule(key=KEYS, content=CONTENT)
+    def upsert(self, key: int, content: str | None) -> None:
+        self.conn.execute(
+            self.q(
+                "INSERT INTO {table} ({key}, {content}) VALUES (%s, %s)"
+                " ON CONFLICT ({key}) DO UPDATE SET {content} = excluded.{content}"
+            ),
+            (key, content),
+        )
+        self.rows[key] = content
+
+    @rule(key=KEYS)
+    def delete(self, key: int) -> None:
+        self.conn.execute(self.q("DELETE FROM {table} WHERE {key} = %s"), (key,))
+        self.rows.pop(key, None)
+
+    @precondition(lambda self: len(self.rows) > 0)
+    @rule()
+    def truncate(self) -> None:
+        self.conn.execute(self.q("TRUNCATE {table}"))
+        self.rows.clear()
+
+    # --- operators ------------------------------------------------------------------------
+    @rule()
+    def rewatch_with_the_other_model(self) -> None:
+        other = self.models[1] if self.model == self.models[0] else self.models[0]
+        self.watch(other, self.clear_on_update)
+
+    @rule(point=st.sampled_from(["leased", "load", "embed"]))
+    def rewatch_during_a_batch(self, point: str) -> None:
+        """Re-registration with the other model while a batch is in flight (read under the old
+        definition, not yet written), and a second worker drains the re-embedding jobs before
+        the first one writes its batch."""
+        other = self.models[1] if self.model == self.models[0] else self.models[0]
+        fired = threading.Event()
+        with psycopg.connect(self.dsn, autocommit=True) as admin:
+
+            def rewatch() -> None:
+                if not fired.is_set():
+                    fired.set()
+                    admin.execute(
+                        "SELECT embeddings.watch(%s::regclass, %s, model => %s,"
+                        " clear_on_update => %s)",
+                        (self.table, self.content_column, other, self.clear_on_update),
+                    )
+                    assert self.run_worker() == 0  # the second worker
+
+            with faults.injected(point, rewatch):
+                assert self.run_worker() == 0
+        if fired.is_set():
+            self.model = other
+
+    # --- the worker and its faults --------------------------------------------------------
+    @rule()
+    def run_worker_once(self) -> None:
+        assert self.run_worker() == 0
+
+    @rule(point=CRASH_POINTS)
+    def crash_worker(self, point: str) -> None:
+        fired = threading.Event()
+
+        def crash() -> None:
+            if not fired.is_set():
+                fired.set()
+                raise InjectedCrash(point)
+
+        with faults.injected(point, crash):
+            self.run_worker()  # 1 when the crash was reached, 0 when there was nothing to do
+
+    @rule(point=CRASH_POINTS)
+    def kill_connections_at(self, point: str) -> None:
+        """The worker's connections die exactly at `point` of a batch (a failover there)."""
+        fired = threading.Event()
+        with psycopg.connect(self.dsn, autocommit=True) as admin:
+
+            def kill() -> None:
+                if not fired.is_set():
+                    fired.set()
+                    terminate_worker_connections(admin)
+
+            with faults.injected(point, kill):
+                self.run_worker()
+
+    @rule(delay=st.floats(min_value=0.0, max_value=0.4))
+    def kill_connections_while_a_worker_runs(self, delay: float) -> None:
+        worker = threading.Thread(target=self.run_worker)
+        worker.start()
+        time.sleep(delay)
+        terminate_worker_connections(self.conn)
+        worker.join(timeout=120)
+        assert not worker.is_alive()
+
+    # --- quiescence -----------------------------------------------------------------------
+    def quiesce(self) -> None:
+        """Leases of dead workers run out (what waiting EMBED_VT_SECONDS does); the worker
+        drains until nothing is left."""
+        for _ in range(5):
+            self.conn.execute("UPDATE pgmq.q_embedding_jobs SET vt = clock_timestamp()")
+            assert self.run_worker() == 0
+            if self.conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,):
+                return
+
+    def check(self) -> None:
+        left = self.conn.execute("SELECT message, read_ct FROM pgmq.q_embedding_jobs").fetchall()
+        assert left == [], f"jobs left in the queue: {left}"
+        stored = {
+            k: (body, vector)
+            for k, body, vector in self.conn.execute(
+                self.q("SELECT {key}, {content}, embedding::real[] FROM {table}")
+            ).fetchall()
+        }
+        assert {k: body for k, (body, _) in stored.items()} == self.rows  # no write was lost
+        dead = dict(
+            self.conn.execute(
+                "SELECT (row_key #>> '{}')::int, last_error FROM embeddings.failures"
+            ).fetchall()
+        )
+        texts = {k: body for k, body in self.rows.items() if body is not None and has_content(body)}
+        model = self.embedders.get(self.model)
+        expected = dict(zip(texts, model.embed(list(texts.values())), strict=True)) if texts else {}
+        for key, (body, vector) in stored.items():
+            if not has_content(body):
+                assert vector is None, f"row {key} has no content but a vector"
+            elif key in dead:
+                assert dead[key], f"row {key} is dead-lettered without an error"
+            else:
+                assert vector is not None, f"row {key} ({body!r}) has no vector and no failure"
+                assert np.allclose(np.array(vector, dtype=np.float32), expected[key], atol=2e-3), (
+                    f"row {key} ({body!r}) does not hold {self.model}'s vector of its content"
+                )
+
+    @rule()
+    def quiesce_and_check(self) -> None:
+        self.quiesce()
+        self.check()
+
+    def teardown(self) -> None:
+        try:
+            self.quiesce()
+            self.check()
+        finally:
+            self.conn.close()
+
+
+def run_machine(
+    dsn: str,
+    worker_settings: Settings,
+    embedders: Embedders,
+    models: tuple[str, str],
+    **hypothesis_settings: Any,
+) -> None:
+    EmbeddingMachine.dsn = dsn
+    EmbeddingMachine.settings = worker_settings.with_overrides(batch_size=8, max_attempts=5)
+    EmbeddingMachine.embedders = embedders
+    EmbeddingMachine.models = models
+    run_state_machine_as_test(
+        EmbeddingMachine,
+        settings=hypothesis_run(
+            deadline=None,
+            suppress_health_check=list(HealthCheck),
+            database=None,
+            **hypothesis_settings,
+        ),
+    )
+
+
+def test_the_invariant_holds_at_quiescence(
+    dsn: str, settings: Settings, embedders: Embedders, tiny_models: tuple[str, str]
+) -> None:
+    run_machine(
+        dsn,
+        settings,
+        embedders,
+        tiny_models,
+        derandomize=True,
+        max_examples=int(os.environ.get("STATEFUL_EXAMPLES", "25")),
+        stateful_step_count=20,
+    )
+
+
+@pytest.mark.soak
+def test_the_invariant_holds_at_quiescence_soak(
+    dsn: str, settings: Settings, embedders: Embedders, tiny_models: tuple[str, str]
+) -> None:
+    run_machine(
+        dsn,
+        settings,
+        embedders,
+        tiny_models,
+        max_examples=int(os.environ.get("STATEFUL_EXAMPLES", "200")),
+        stateful_step_count=40,
+    )

@@ -1,0 +1,54 @@
+"""The fault matrix: what each cell of the fault-injection harness measured, as a table.
+
+tests/integration/test_fault_matrix.py records one Cell per (step, fault); the integration
+conftest prints the table at the end of the run and keeps it in pytest's cache
+(`.pytest_cache/v/embed-worker/fault-matrix`), so the README's Reliability section can quote it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+@dataclass
+class Cell:
+    step: str
+    fault: str
+    rows: int  # rows with content at the end
+    lost: int  # no vector, no job, no dead letter
+    stale: int  # a vector, but not the one of the row's current content
+    left_in_queue: int  # jobs left once the worker recovered (live retries only would be ok)
+    dead_lettered: int
+    worker_exit: int  # of the run the fault hit (1: the worker died of it)
+
+
+RESULTS: dict[tuple[str, str], Cell] = {}
+
+
+def record(cell: Cell) -> None:
+    RESULTS[(cell.step, cell.fault)] = cell
+
+
+def as_json() -> list[dict[str, object]]:
+    return [asdict(c) for c in RESULTS.values()]
+
+
+def render() -> str:
+    """A Markdown table: one row per step, one column per fault, "lost / stale" per cell."""
+    steps = list(dict.fromkeys(step for step, _ in RESULTS))
+    faults = list(dict.fromkeys(fault for _, fault in RESULTS))
+    lines = [
+        "| step of the batch | " + " | ".join(faults) + " |",
+        "|---|" + "---|" * len(faults),
+    ]
+    for step in steps:
+        cells = []
+        for fault in faults:
+            c = RESULTS.get((step, fault))
+            cells.append(
+                "-"
+                if c is None
+                else f"{c.lost} lost, {c.stale} stale, {c.left_in_queue} queued (of {c.rows})"
+            )
+        lines.append(f"| {step} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)

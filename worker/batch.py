@@ -1,0 +1,82 @@
+"""A batch of jobs and its rows, as they go through the pipeline's stages.
+
+A Row is one (target, key) of the batch; its state says what the stages found or did. The write
+stage never changes a row's state before its transaction has committed (worker.write).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from worker import queue as jobqueue
+from worker.targets import Target
+
+if TYPE_CHECKING:
+    from worker.chunkstore import DocumentChunks
+
+
+class RowState(enum.Enum):
+    PENDING = "pending"  # not loaded yet
+    READY = "ready"  # content loaded, to embed
+    BLANK = "blank"  # NULL, empty or whitespace-only content: the embedding is cleared
+    GONE = "gone"  # no such row (deleted): acknowledged
+    EMBEDDED = "embedded"  # vector computed, to write
+    FAILED = "failed"  # this row's own error: retried, then dead-lettered
+    WRITTEN = "written"
+    CLEARED = "cleared"
+    STALE = "stale"  # content changed since loading: its newer job embeds it
+    OUTDATED = "outdated"  # the target was redefined (watch()) since the batch was read: redone
+    # Chunked targets: past the batch's chunk budget; re-queued with no attempt counted.
+    POSTPONED = "postponed"
+
+
+@dataclass
+class Row:
+    target: Target
+    key: str
+    state: RowState = RowState.PENDING
+    content: str | None = None
+    digest: str | None = None
+    vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
+    error: str | None = None
+    chunks: DocumentChunks | None = None  # chunked targets: set by chunkstore.prepare
+
+    def fail(self, error: str) -> None:
+        self.state = RowState.FAILED
+        self.error = error
+
+
+@dataclass
+class TargetStats:
+    jobs: int = 0
+    rows: int = 0
+    tokens: int = 0
+    embed_ms: float = 0.0
+
+
+@dataclass
+class Batch:
+    jobs: list[jobqueue.Job]
+    rows: dict[tuple[int, str], Row] = field(default_factory=dict)
+    deferred: dict[int, str] = field(default_factory=dict)  # target id -> why
+    stats: dict[int, TargetStats] = field(default_factory=lambda: defaultdict(TargetStats))
+    load_ms: float = 0.0
+    write_ms: float = 0.0
+
+    def by_target(self, state: RowState | None = None) -> dict[Target, list[Row]]:
+        groups: dict[Target, list[Row]] = defaultdict(list)
+        for row in self.rows.values():
+            if row.target.id in self.deferred:
+                continue
+            if state is None or row.state is state:
+                groups[row.target].append(row)
+        return groups
+
+    @property
+    def msg_ids(self) -> list[int]:
+        return [job.msg_id for job in self.jobs]

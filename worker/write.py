@@ -1,0 +1,348 @@
+"""The write stage: vectors stored, blank rows cleared and every job of a batch settled, in one
+short transaction (exactly-once effect per job).
+
+What the transaction does to each row is collected in a WriteOutcome and applied to the rows
+only once COMMIT succeeded: a transaction that rolls back (a connection lost at COMMIT included)
+leaves the batch as it was read, and writing it again redoes everything. Each target's
+registration is locked for the transaction and its definition version compared with the one the
+batch was read under; a redefined target's jobs are handed back, not acknowledged.
+"""
+
+from __future__ import annotations
+
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector import HalfVector, Vector
+
+from worker import chunkstore, db, faults, metrics, queries, visibility
+from worker import queue as jobqueue
+from worker.batch import Batch, Row, RowState
+from worker.config import Settings
+from worker.targets import Target
+
+# A target that cannot be served (model missing, dimension mismatch) has its jobs put back
+# this long, without counting an attempt.
+DEFER_SECONDS = 60
+
+
+@dataclass
+class Settlement:
+    """What happens to each job of a batch, decided before the write transaction."""
+
+    delete: list[int] = field(default_factory=list)
+    archive: list[int] = field(default_factory=list)
+    retry: dict[int, int] = field(default_factory=dict)  # msg_id -> delay
+    defer: list[int] = field(default_factory=list)
+    release: list[int] = field(default_factory=list)  # target redefined: redo at once
+    resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+    dead: list[jobqueue.DeadLetter] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+
+def write(
+    conn: db.Connection,
+    queue: jobqueue.Queue,
+    batch: Batch,
+    settings: Settings,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Settlement:
+    """Stores vectors, clears blank rows and settles every job, in one transaction.
+
+    The rows' states are those of before the write until the transaction has committed: what
+    the write did is collected in a WriteOutcome and applied to the rows only after COMMIT. A
+    connection lost at any point of the transaction (COMMIT included) leaves the batch as it was
+    read, so writing it again on a new connection redoes everything."""
+    started = time.perf_counter()
+    outcome = WriteOutcome()
+    with db.translated(), conn.transaction():
+        groups = batch.by_target()
+        outcome.outdated = _outdated_targets(conn, groups)
+        for target, rows in groups.items():
+            if target.id in outcome.outdated:
+                outcome.record({(target.id, r.key): RowState.OUTDATED for r in rows})
+            else:
+                _write_target(conn, target, rows, outcome)
+        faults.reached("after_vectors")
+        settlement = settle(batch, settings, now(), outcome)
+        queue.delete(conn, settlement.delete)
+        queue.archive(conn, settlement.archive)
+        queue.retry(conn, settlement.retry)
+        queue.defer(conn, settlement.defer, DEFER_SECONDS)
+        queue.defer(conn, settlement.release, 0)
+        queue.send(conn, settlement.resend)
+        jobqueue.record_failures(conn, queue.name, settlement.dead)
+        # Deferral reasons for status; dead letters of rows now written or cleared resolved.
+        visibility.record(conn, batch, outcome.state)
+        for target_id, count in outcome.written_per_target().items():
+            conn.execute(
+                queries.compose("record_throughput"), {"target_id": target_id, "rows": count}
+            )
+        faults.reached("before_commit")
+    outcome.apply(batch)  # committed: now the rows may say what happened to them
+    batch.write_ms = (time.perf_counter() - started) * 1000
+    metrics.STAGE_SECONDS.labels("write").observe(batch.write_ms / 1000)
+    _count(batch, settlement)
+    return settlement
+
+
+RowKey = tuple[int, str]  # (target id, canonical key)
+
+
+@dataclass
+class WriteOutcome:
+    """What a write transaction did to each row (its new state, its error), kept apart from the
+    rows until the transaction commits."""
+
+    states: dict[RowKey, RowState] = field(default_factory=dict)
+    errors: dict[RowKey, str] = field(default_factory=dict)
+    outdated: set[int] = field(default_factory=set)  # targets redefined since the batch was read
+
+    def state(self, row: Row) -> RowState:
+        return self.states.get((row.target.id, row.key), row.state)
+
+    def error(self, row: Row) -> str | None:
+        return self.errors.get((row.target.id, row.key), row.error)
+
+    def record(self, states: dict[RowKey, RowState]) -> None:
+        self.states.update(states)
+
+    def fail(self, row: Row, error: str) -> None:
+        self.states[(row.target.id, row.key)] = RowState.FAILED
+        self.errors[(row.target.id, row.key)] = error
+
+    def written_per_target(self) -> dict[int, int]:
+        counts: dict[int, int] = defaultdict(int)
+        for (target_id, _), state in self.states.items():
+            if state is RowState.WRITTEN:
+                counts[target_id] += 1
+        return counts
+
+    def apply(self, batch: Batch) -> None:
+        for key, state in self.states.items():
+            row = batch.rows[key]
+            row.state = state
+            if key in self.errors:
+                row.error = self.errors[key]
+
+
+def _outdated_targets(conn: db.Connection, groups: dict[Target, list[Row]]) -> set[int]:
+    """Locks the registration of every target of the batch (in id order: two writers never
+    wait for each other crosswise) and returns those whose definition version is no longer the
+    one the batch was read under. The locks hold until COMMIT, so a concurrent watch() waits for
+    this write, and a write that starts after watch() sees its new version."""
+    outdated = set()
+    for target in sorted(groups, key=lambda t: t.id):
+        row = conn.execute(
+            queries.compose("lock_target_version"), {"target_id": target.id}
+        ).fetchone()
+        if row is None or row[0] != target.version:
+            outdated.add(target.id)
+    return outdated
+
+
+def _write_target(
+    conn: db.Connection, target: Target, rows: list[Row], outcome: WriteOutcome
+) -> None:
+    embedded = [r for r in rows if r.state is RowState.EMBEDDED]
+    blank = [r for r in rows if r.state is RowState.BLANK]
+    if not embedded and not blank:
+        return
+    try:
+        with conn.transaction():  # a savepoint: a failure here fails only this target's rows
+            stored = _store(conn, target, embedded, blank)
+        outcome.record(stored)  # the savepoint was released: its effect stands (until COMMIT)
+    except psycopg.Error as exc:
+        if db.is_connection_error(exc):
+            raise
+        # Something in the table refused the write (a trigger, a constraint): one row at a
+        # time, to fail only the rows it refuses. Each row goes where its state before this
+        # write says (a vector, or a clear): the rolled-back savepoint changed nothing.
+        for row in embedded + blank:
+            try:
+                with conn.transaction():
+                    if row.state is RowState.EMBEDDED:
+                        stored = _store(conn, target, [row], [])
+                    else:
+                        stored = _store(conn, target, [], [row])
+                outcome.record(stored)
+            except psycopg.Error as row_exc:
+                if db.is_connection_error(row_exc):
+                    raise
+                outcome.fail(
+                    row, f"storing the embedding failed: {db.redact(str(row_exc).strip())}"
+                )
+
+
+def _vector(row: Row) -> np.ndarray[Any, np.dtype[np.float32]]:
+    assert row.vector is not None, "only embedded rows are stored"
+    return row.vector
+
+
+def _store(
+    conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]
+) -> dict[RowKey, RowState]:
+    """Writes the vectors of `embedded` and clears `blank`; returns each row's new state
+    (leaving the rows untouched: the caller's transaction may still roll back)."""
+    if target.chunk_table is not None:  # chunked targets: chunkstore writes, under the same rule
+        stored = chunkstore.store(conn, target, embedded, blank)
+        return {(target.id, key): state for key, state in stored.items()}
+    states: dict[RowKey, RowState] = {}
+    if embedded:
+        wrap = HalfVector if target.embedding_type == "halfvec" else Vector
+        written = {
+            key
+            for (key,) in conn.execute(
+                target.query("write_vectors"),
+                {
+                    "keys": [r.key for r in embedded],
+                    "embeddings": [wrap(_vector(r)) for r in embedded],
+                    "hashes": [r.digest for r in embedded],
+                },
+            )
+        }
+        for row in embedded:
+            states[(target.id, row.key)] = (
+                RowState.WRITTEN if row.key in written else RowState.STALE
+            )
+    if blank:
+        cleared = {
+            key
+            for (key,) in conn.execute(
+                target.query("clear_vectors"),
+                {"keys": [r.key for r in blank], "hashes": [r.digest for r in blank]},
+            )
+        }
+        for row in blank:
+            # Not cleared: already NULL, or the content changed since (its own job handles it).
+            states[(target.id, row.key)] = (
+                RowState.CLEARED if row.key in cleared else RowState.BLANK
+            )
+    return states
+
+
+def settle(
+    batch: Batch, settings: Settings, now: datetime, outcome: WriteOutcome | None = None
+) -> Settlement:
+    """Decides each job's fate from its rows' outcomes (pure; no database): the rows' states,
+    overlaid with what the write transaction in progress did to them (`outcome`)."""
+    out = Settlement()
+    outcome = outcome or WriteOutcome()
+    for job in batch.jobs:
+        target = job.target
+        if target is None:
+            # Nothing named in the message runs unless registered: dead-letter it as it is.
+            out.archive.append(job.msg_id)
+            out.dead.append(
+                jobqueue.DeadLetter(
+                    target=None,
+                    target_label=_label(job),
+                    row_key=job.message.get("id") if isinstance(job.message, dict) else None,
+                    message=job.message,
+                    attempts=job.attempts,
+                    error=job.error or "unknown target",
+                )
+            )
+            continue
+        if target.id in batch.deferred:
+            out.defer.append(job.msg_id)
+            continue
+        if target.id in outcome.outdated:
+            out.release.append(job.msg_id)  # not done: redone under the new definition
+            continue
+        failed = [
+            (key, outcome.error(row) or "failed")
+            for key in job.keys
+            if outcome.state(row := batch.rows[(target.id, key)]) is RowState.FAILED
+        ]
+        # >>> chunked targets: documents past the batch's chunk budget go back to the queue
+        # in a message of their own, visible at once, with the attempts spent before this one.
+        postponed = [
+            job.raw_keys[key]
+            for key in job.keys
+            if outcome.state(batch.rows[(target.id, key)]) is RowState.POSTPONED
+        ]
+        if postponed:
+            message = {"target": target.id, "keys": postponed, "attempts": job.attempts - 1}
+            out.resend.append((message, 0))
+        # <<< chunked targets
+        if not failed and not job.bad_keys:
+            out.delete.append(job.msg_id)
+            out.latencies.append((now - job.enqueued_at).total_seconds())
+            continue
+        exhausted = job.attempts >= settings.max_attempts
+        dead = (
+            [(job.raw_keys[k], job.single_key_message(k), e) for k, e in failed]
+            if exhausted
+            else []
+        )
+        # An invalid key can never succeed: dead at once.
+        dead += [
+            (
+                raw,
+                {"target": target.id, "keys": [raw]} if not job.supabase_shape else job.message,
+                e,
+            )
+            for raw, e in job.bad_keys
+        ]
+        retry_keys = [k for k, _ in failed] if not exhausted else []
+        for raw, message, error in dead:
+            out.dead.append(
+                jobqueue.DeadLetter(target, target.name, raw, message, job.attempts, error)
+            )
+        delay = jobqueue.backoff_seconds(
+            job.attempts, settings.backoff_base_seconds, settings.backoff_max_seconds
+        )
+        if retry_keys and len(retry_keys) == len(job.keys) and not job.bad_keys:
+            out.retry[job.msg_id] = delay  # the whole job failed: back it off as it is
+            continue
+        if retry_keys:
+            # Part of the job failed: its other rows are done. Re-send only the failed keys,
+            # carrying the attempts spent so far.
+            out.resend.append(
+                (
+                    {
+                        "target": target.id,
+                        "keys": [job.raw_keys[k] for k in retry_keys],
+                        "attempts": job.attempts,
+                    },
+                    delay,
+                )
+            )
+        (out.archive if dead else out.delete).append(job.msg_id)
+    return out
+
+
+def _label(job: jobqueue.Job) -> str:
+    message = job.message if isinstance(job.message, dict) else {}
+    if "schema" in message and "table" in message:
+        return (
+            f"{message['schema']}.{message['table']}.{message.get('embeddingColumn', 'embedding')}"
+        )
+    if "target" in message:
+        return f"target {message['target']}"
+    return "unknown"
+
+
+def _count(batch: Batch, settlement: Settlement) -> None:
+    """Metrics of a committed batch. Rows of deferred targets are not counted: their jobs went
+    back to the queue as they were (metrics.row_outcome maps the other states)."""
+    metrics.JOBS.labels("done").inc(len(settlement.delete))
+    metrics.JOBS.labels("retried").inc(len(settlement.retry) + len(settlement.resend))
+    metrics.JOBS.labels("dead").inc(len(settlement.dead))
+    metrics.JOBS.labels("deferred").inc(len(settlement.defer))
+    metrics.JOBS.labels("released").inc(len(settlement.release))
+    targets = {job.target.id: job.target.name for job in batch.jobs if job.target is not None}
+    for target_id, name in targets.items():
+        metrics.TARGET_DEFERRED.labels(name).set(1 if target_id in batch.deferred else 0)
+    for row in batch.rows.values():
+        if row.target.id not in batch.deferred:
+            metrics.count_row(row.target.name, row.state.value)
+    for latency in settlement.latencies:
+        metrics.JOB_LATENCY.observe(latency)
