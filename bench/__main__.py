@@ -2,7 +2,7 @@
 instead, in one run on one machine. Results go to bench/results/*.json; `python -m bench.report`
 turns them into the table of docs/performance.md and the plots.
 
-    python -m bench [--only writepath,latency,drain,ceiling,scaling,backlog,index,chunks,embedder]
+    python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,embedder]
                     [--rows N] [--quick]
 """
 
@@ -21,7 +21,7 @@ from typing import Any
 
 from tokenizers import Tokenizer
 
-from bench import backlog, chunks, corpus, endtoend, index, latency, raw, writepath
+from bench import backlog, chunks, corpus, endtoend, index, latency, oltp, raw, writepath
 from bench.machine import describe as machine
 from tests.support.cluster import Cluster, session_cluster
 from tests.support.modelgen import GTE_SMALL, cached_model_dir
@@ -34,6 +34,7 @@ SHARED_MODELS = Path(
 )
 SECTIONS = (
     "writepath",
+    "oltp",
     "latency",
     "drain",
     "ceiling",
@@ -93,6 +94,14 @@ def main() -> int:
         section(
             "writepath",
             lambda: writepath.run(fresh_db(cluster, template), rounds=3 if args.quick else 7),
+        )
+        section(
+            "oltp",
+            lambda: oltp.run(
+                fresh_db(cluster, template),
+                seconds=5 if args.quick else 10,
+                rounds=2 if args.quick else 3,
+            ),
         )
         section(
             "latency",

@@ -88,6 +88,8 @@ def markdown() -> str:
             f"(the Supabase guide's per-row `pgmq.send` trigger: {ins['per_row_send']['ratio']}x); "
             f"UPDATE of the content {upd['watched']['ratio']}x (per-row trigger {upd['per_row_send']['ratio']}x)."
         )
+        lines.extend(shape_lines(writepath))
+    lines.extend(oltp_lines(load("oltp")))
     if drain.get(GTE):
         fp32, int8 = drain[GTE]["fp32"], drain[GTE]["int8"]
         lines.append(
@@ -205,6 +207,47 @@ def plots() -> list[Path]:
         plt.close(fig)
         written.append(path)
     return written
+
+
+def shape_lines(writepath: dict[str, Any]) -> list[str]:
+    """The bulk INSERT into a composite-key table and into a partitioned one."""
+    shapes = writepath.get("shapes", {})
+    if not shapes:
+        return []
+    label = {
+        "composite": "composite primary key",
+        "partitioned": f"{writepath.get('partitions', 8)} partitions",
+    }
+    return [
+        "- Bulk INSERT of the same rows into other tables, watched vs unwatched: "
+        + "; ".join(
+            f"{label.get(name, name)} {shape['insert']['watched']['ratio']}x"
+            for name, shape in shapes.items()
+        )
+        + "."
+    ]
+
+
+def oltp_lines(oltp: dict[str, Any]) -> list[str]:
+    """Single-row statements from many connections (bench/oltp.py)."""
+    if not oltp:
+        return []
+    parts = []
+    for workload in ("insert", "update"):
+        r = oltp[workload]
+        cpu = (
+            f", server CPU per transaction {r['watched']['cpu_ratio']}x"
+            if "cpu_ratio" in r["watched"]
+            else ""
+        )
+        parts.append(
+            f"single-row {workload.upper()} {r['watched']['ratio']}x the unwatched TPS"
+            f" (the guide's per-row trigger {r['guide']['ratio']}x){cpu}"
+        )
+    return [
+        f"- OLTP write path, {oltp['clients']} pgbench clients, medians of {oltp['rounds']}"
+        f" alternating runs of {oltp['seconds']} s: " + "; ".join(parts) + "."
+    ]
 
 
 if __name__ == "__main__":

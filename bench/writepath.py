@@ -1,5 +1,6 @@
 """Write-path cost: a bulk INSERT (and UPDATE) into a watched table vs the same statement on an
-unwatched one, with the per-row `pgmq.send` trigger of Supabase's guide for comparison.
+unwatched one, with the per-row `pgmq.send` trigger of Supabase's guide for comparison; and the
+bulk INSERT into a composite-key table and into an 8-way partitioned table, watched or not.
 
 Each variant runs in its own fresh table, alternating, several rounds; the report is the median
 time and its ratio to the unwatched median. Both tables carry the same halfvec column and HNSW
@@ -26,9 +27,27 @@ END $$;
 """
 
 
-def _table(conn: psycopg.Connection[Any], name: str, variant: str) -> None:
+# Table shapes (issue 13): the single-key table of the first wave, a composite primary key,
+# and a table hash-partitioned 8 ways. Same columns, same rows.
+SHAPES = {
+    "single": "CREATE TABLE {name} (id bigint PRIMARY KEY, body text, embedding halfvec(384))",
+    "composite": "CREATE TABLE {name} (tenant integer, id bigint, body text,"
+    " embedding halfvec(384), PRIMARY KEY (tenant, id))",
+    "partitioned": "CREATE TABLE {name} (id bigint PRIMARY KEY, body text,"
+    " embedding halfvec(384)) PARTITION BY HASH (id)",
+}
+PARTITIONS = 8
+
+
+def _table(conn: psycopg.Connection[Any], name: str, variant: str, shape: str = "single") -> None:
     conn.execute(f"DROP TABLE IF EXISTS {name}")
-    conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, body text, embedding halfvec(384))")
+    conn.execute(SHAPES[shape].format(name=name))
+    if shape == "partitioned":
+        for i in range(PARTITIONS):
+            conn.execute(
+                f"CREATE TABLE {name}_{i} PARTITION OF {name}"
+                f" FOR VALUES WITH (MODULUS {PARTITIONS}, REMAINDER {i})"
+            )
     conn.execute(f"CREATE INDEX ON {name} USING hnsw (embedding halfvec_cosine_ops)")
     if variant == "watched":
         conn.execute(f"SELECT embeddings.watch('{name}', 'body')")
@@ -49,6 +68,19 @@ def run(dsn: str, rows: int = ROWS, rounds: int = 5) -> dict[str, Any]:
     variants = ("unwatched", "watched", "per_row_send")
     insert: dict[str, list[float]] = {v: [] for v in variants}
     update: dict[str, list[float]] = {v: [] for v in variants}
+    # The other shapes, watched or not, insert only.
+    shaped: dict[str, dict[str, list[float]]] = {
+        shape: {"unwatched": [], "watched": []} for shape in SHAPES if shape != "single"
+    }
+    columns = {"single": "id, body", "composite": "tenant, id, body", "partitioned": "id, body"}
+    values = {"single": "g", "composite": "g % 16, g", "partitioned": "g"}
+
+    def insert_sql(name: str, shape: str) -> str:
+        return (
+            f"INSERT INTO {name} ({columns[shape]})"
+            f" SELECT {values[shape]}, {BODY} FROM generate_series(1, {rows}) g"
+        )
+
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("SELECT pgmq.create('bench_jobs')")
         conn.execute(SUPABASE_TRIGGER)
@@ -57,13 +89,7 @@ def run(dsn: str, rows: int = ROWS, rounds: int = 5) -> dict[str, Any]:
                 name = f"bench_{variant}"
                 _table(conn, name, variant)
                 conn.execute("CHECKPOINT")
-                insert[variant].append(
-                    _timed(
-                        conn,
-                        f"INSERT INTO {name} (id, body)"
-                        f" SELECT g, {BODY} FROM generate_series(1, {rows}) g",
-                    )
-                )
+                insert[variant].append(_timed(conn, insert_sql(name, "single")))
                 update[variant].append(
                     _timed(conn, f"UPDATE {name} SET body = body || ' (edited)'")
                 )
@@ -71,6 +97,14 @@ def run(dsn: str, rows: int = ROWS, rounds: int = 5) -> dict[str, Any]:
                 conn.execute(
                     "SELECT pgmq.purge_queue('embedding_jobs'), pgmq.purge_queue('bench_jobs')"
                 )
+            for shape, times in shaped.items():
+                for variant in times:
+                    name = f"bench_{shape}_{variant}"
+                    _table(conn, name, variant, shape)
+                    conn.execute("CHECKPOINT")
+                    times[variant].append(_timed(conn, insert_sql(name, shape)))
+                    conn.execute(f"DROP TABLE {name}")
+                    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
         conn.execute("SELECT pgmq.drop_queue('bench_jobs')")
 
     def summary(times: dict[str, list[float]]) -> dict[str, Any]:
@@ -84,4 +118,11 @@ def run(dsn: str, rows: int = ROWS, rounds: int = 5) -> dict[str, Any]:
             for v, t in times.items()
         }
 
-    return {"rows": rows, "rounds": rounds, "insert": summary(insert), "update": summary(update)}
+    return {
+        "rows": rows,
+        "rounds": rounds,
+        "insert": summary(insert),
+        "update": summary(update),
+        "shapes": {shape: {"insert": summary(times)} for shape, times in shaped.items()},
+        "partitions": PARTITIONS,
+    }

@@ -45,8 +45,6 @@ CREATE TABLE embeddings.targets (
     content_column   name,
     content_function regprocedure,
     model            text NOT NULL REFERENCES embeddings.models (name),
-    key_column       name NOT NULL,
-    key_type         regtype NOT NULL,
     queue            text NOT NULL REFERENCES embeddings.queues (name),
     has_triggers     boolean NOT NULL,
     clear_on_update  boolean NOT NULL,
@@ -55,6 +53,22 @@ CREATE TABLE embeddings.targets (
     -- Bumped by watch() whenever the registration changes: a worker's write is rejected when
     -- the version it read the batch under is no longer current (embeddings.lock_target_version).
     version          integer NOT NULL DEFAULT 1,
+    -- The row key: the primary key's columns, or a unique not-null key named at watch().
+    -- Jobs carry a scalar per row for a one-column key, a JSON array in this order otherwise.
+    key_columns      name[] NOT NULL CHECK (cardinality(key_columns) >= 1),
+    key_types        regtype[] NOT NULL
+                     CONSTRAINT targets_key_types_check CHECK (cardinality(key_types) = cardinality(key_columns)),
+    -- Attribute numbers of the columns above in `source`: the names follow renames (the
+    -- ddl_command_end event trigger re-reads them and regenerates the trigger functions).
+    key_attnums      smallint[] NOT NULL,
+    content_attnum   smallint,
+    -- NULL for a chunked target: its embedding column is in its chunk table, not in `source`.
+    embedding_attnum smallint,
+    -- Triggers fire for rows applied by logical replication too (ENABLE ALWAYS TRIGGER).
+    replica          boolean NOT NULL DEFAULT false,
+    -- Why the target is not being served (its content column was dropped, say); NULL when fine.
+    -- Set by the schema-change event trigger; the worker defers its jobs and status shows it.
+    problem          text,
     -- Chunked targets (sql/55_chunks.sql): the chunk table and the splitter's settings.
     chunk_table      regclass,
     chunk_tokens     integer,

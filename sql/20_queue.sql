@@ -1,23 +1,59 @@
 -- Queueing: how jobs get into pgmq and how workers hear about them.
 --
--- A job message is {"target": <targets.id>, "keys": [<primary key>, ...]} with up to
+-- A job message is {"target": <targets.id>, "keys": [<row key>, ...]} with up to
 -- keys_per_message() keys: one message per row would cost a bulk INSERT ~2.5x its own time,
--- one per 128 keys ~1.3x (measured on bulk INSERTs of 100k rows). Messages that the worker re-sends after a partial failure also carry
--- "attempts" (attempts already spent on those keys). Messages in the Supabase guide's shape
+-- one per 128 keys ~1.3x (measured on bulk INSERTs of 100k rows). A row key is the key
+-- column's JSON value, or for a composite key a JSON array of them in key-column order.
+-- Messages that the worker re-sends after a partial failure also carry "attempts" (attempts
+-- already spent on those keys). Messages in the Supabase guide's shape
 -- ({"id", "schema", "table", "contentFunction", "embeddingColumn"}) share the queue.
 
 CREATE FUNCTION embeddings.keys_per_message() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 128;
 
--- Wakes listening workers once per statement that adds messages (NOTIFY folds duplicates
--- within a transaction), whoever enqueued them: our triggers, pgmq.send, the Supabase guide.
+-- Workers waiting for jobs: a worker with nothing to do registers here before it re-checks the
+-- queue and sleeps on LISTEN, and leaves when it finds work. Unlogged: after a crash it is
+-- empty, and waiting workers register again within one poll interval.
+CREATE UNLOGGED TABLE embeddings.idle_workers (
+    queue text NOT NULL,
+    pid   integer NOT NULL,
+    since timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (queue, pid)
+);
+GRANT SELECT ON embeddings.idle_workers TO PUBLIC;
+
+-- Wakes waiting workers when a statement adds messages, whoever enqueued them: our triggers,
+-- pgmq.send, the Supabase guide. Only when some worker waits: a NOTIFY serialises every
+-- committing writer on one lock (it cost a third of a single-row INSERT's throughput), and a
+-- busy worker reads the queue again anyway. A worker registers (worker_idle) before its last
+-- look at the queue, so a job committed after that look always finds it registered; at worst
+-- a race with a writer's snapshot delays a job by one poll interval, never loses it.
 CREATE FUNCTION embeddings.notify_workers() RETURNS trigger
 LANGUAGE plpgsql AS $$
 BEGIN
-    PERFORM pg_notify('embeddings_jobs', TG_ARGV[0]);
+    IF EXISTS (SELECT FROM embeddings.idle_workers w WHERE w.queue = TG_ARGV[0]) THEN
+        PERFORM pg_notify('embeddings_jobs', TG_ARGV[0]);
+    END IF;
     RETURN NULL;
 END
+$$;
+
+-- The calling worker (its session) waits for jobs of `queue_name`; forgets workers that are
+-- gone. SECURITY DEFINER: worker roles need no rights on the table; a session can only
+-- register or remove itself (at worst, cause NOTIFYs).
+CREATE FUNCTION embeddings.worker_idle(queue_name text) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM embeddings.idle_workers w
+    WHERE NOT EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = w.pid);
+    INSERT INTO embeddings.idle_workers (queue, pid) VALUES (queue_name, pg_backend_pid())
+    ON CONFLICT DO NOTHING;
+$$;
+
+-- The calling worker has work again.
+CREATE FUNCTION embeddings.worker_busy(queue_name text) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM embeddings.idle_workers w WHERE w.queue = queue_name AND w.pid = pg_backend_pid();
 $$;
 
 -- Creates the pgmq queue unless it exists, and the notification trigger on it.
@@ -41,9 +77,11 @@ BEGIN
 END
 $$;
 
--- Sends `keys` (primary keys of one target's rows) as job messages of up to
--- keys_per_message() keys each. SECURITY DEFINER so that roles writing to watched tables need
--- no rights on pgmq; it only ever sends well-formed jobs for registered targets.
+-- Sends `keys` (row keys of one target: scalars, or JSON arrays for composite keys) as job
+-- messages of up to keys_per_message() keys each. For watch()'s backfill and sweep(); the
+-- triggers insert into the queue themselves. SECURITY DEFINER so that its callers need no
+-- rights on pgmq, and so executable by no one but its owner unless granted: any role that
+-- could call it could flood any target's queue.
 CREATE FUNCTION embeddings.enqueue_keys(target_id integer, keys anyarray, delay integer DEFAULT 0)
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -68,6 +106,6 @@ BEGIN
     RETURN (total + per_message - 1) / per_message;
 END
 $$;
-GRANT EXECUTE ON FUNCTION embeddings.enqueue_keys(integer, anyarray, integer) TO PUBLIC;
+REVOKE ALL ON FUNCTION embeddings.enqueue_keys(integer, anyarray, integer) FROM PUBLIC;
 
 SELECT embeddings.ensure_queue('embedding_jobs');

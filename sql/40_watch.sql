@@ -8,6 +8,42 @@ LANGUAGE sql STABLE AS $$
     WHERE e.extname = 'vector'
 $$;
 
+-- The attribute number of column `col` of `rel`.
+CREATE FUNCTION embeddings.attnum_of(rel regclass, col name) RETURNS smallint
+LANGUAGE sql STABLE AS $$
+    SELECT a.attnum FROM pg_attribute a
+    WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+-- Enqueues the rows of `rel` (target t's table, or one of its partitions) that have content
+-- and no embedding (no chunk, for a chunked target), or with `every_row` all that have
+-- content. A content function that raises for some row must not make this fail: then the rows
+-- go unfiltered, and the worker dead-letters the culprits with their error. Returns the number
+-- of messages sent.
+CREATE FUNCTION embeddings.enqueue_rows(t embeddings.targets, rel regclass, every_row boolean DEFAULT false)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    row_type regclass := CASE WHEN rel <> t.source THEN t.source END;
+    from_where text := format('FROM %s n WHERE %s', rel,
+        CASE WHEN every_row THEN 'true' ELSE embeddings.embedding_missing_sql(t, 'n') END);  -- 55_chunks.sql
+    statement text := 'SELECT embeddings.enqueue_keys($1, array_agg(' || embeddings.key_sql(t, 'n') || ')) ';
+    sent integer;
+BEGIN
+    BEGIN
+        EXECUTE statement || from_where || format(' AND %s <> ''''', embeddings.content_sql(t, 'n', row_type))
+            INTO sent USING t.id;
+    EXCEPTION WHEN OTHERS THEN
+        IF t.content_function IS NULL THEN
+            RAISE;
+        END IF;
+        RAISE WARNING 'embeddings: content function of % failed (%); enqueued the rows unfiltered', rel, SQLERRM;
+        EXECUTE statement || from_where INTO sent USING t.id;
+    END;
+    RETURN sent;
+END
+$$;
+
 -- Validates everything, then registers `source` for embedding: creates the embedding column
 -- (halfvec(dim)) when missing, its HNSW index, the triggers, and enqueues existing rows that
 -- have content but no embedding. All or nothing: any error leaves no trace.
@@ -19,6 +55,10 @@ $$;
 --   clear_on_update   true: a content change clears the stale embedding at once;
 --                     false: the old embedding stays until the new one lands
 --   queue             the pgmq queue for this table's jobs
+--   key               the row key's columns when the table has no primary key (or another
+--                     key should be used): they must form a unique, not-null key
+--   replica           true: rows applied by logical replication enqueue too (a subscriber's
+--                     table); the triggers fire ALWAYS
 --   chunk_tokens      not NULL: split each row's content into chunks of at most this many
 --                     tokens, one vector each, in a chunk table (see sql/55_chunks.sql);
 --                     chunk_overlap (default chunk_tokens / 10) and chunk_table go with it
@@ -34,6 +74,8 @@ CREATE FUNCTION embeddings.watch(
     triggers boolean DEFAULT true,
     clear_on_update boolean DEFAULT true,
     queue text DEFAULT 'embedding_jobs',
+    key name[] DEFAULT NULL,
+    replica boolean DEFAULT false,
     chunk_tokens integer DEFAULT NULL,
     chunk_overlap integer DEFAULT NULL,
     chunk_table text DEFAULT NULL
@@ -45,7 +87,9 @@ DECLARE
     rel_schema name;
     rel_name name;
     key_names name[];
-    key_types regtype[];
+    key_regtypes regtype[];
+    key_nums smallint[];
+    content_num smallint;
     content_col name;
     content_fn regprocedure;
     content_type regtype;
@@ -57,11 +101,10 @@ DECLARE
     t embeddings.targets;
     fresh boolean;
     reembed boolean := false;
-    backfill text;
 BEGIN
     model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
     IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
-       OR triggers IS NULL OR clear_on_update IS NULL OR queue IS NULL THEN
+       OR triggers IS NULL OR clear_on_update IS NULL OR queue IS NULL OR replica IS NULL THEN
         RAISE EXCEPTION 'embeddings.watch(): arguments must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
 
@@ -81,31 +124,60 @@ BEGIN
                                 (SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM embeddings.models m));
     END IF;
 
-    -- The primary key: one column of a type jobs can carry in JSON.
-    SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord)
-    INTO key_names, key_types
-    FROM pg_index i
-    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-    WHERE i.indrelid = source AND i.indisprimary;
-    IF key_names IS NULL THEN
-        RAISE EXCEPTION 'table % has no primary key', source
-            USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = 'embed-worker finds rows by primary key; add one (e.g. id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY).';
-    ELSIF cardinality(key_names) > 1 THEN
-        RAISE EXCEPTION 'table % has a composite primary key (%), which is not supported', source,
-                array_to_string(key_names, ', ')
-            USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Add a single-column key (bigint, integer, uuid or text) and make it the primary key.';
-    ELSIF key_types[1] NOT IN ('smallint'::regtype, 'integer'::regtype, 'bigint'::regtype,
-                               'uuid'::regtype, 'text'::regtype, 'character varying'::regtype) THEN
-        RAISE EXCEPTION 'primary key %.% has type %; supported: bigint, integer, smallint, uuid, text, varchar',
-                source, key_names[1], key_types[1]
-            USING ERRCODE = 'feature_not_supported';
+    -- The row key: the primary key, or the unique not-null key named by `key`. Any number of
+    -- columns, of any types with an equality operator.
+    IF key IS NULL THEN
+        SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
+               array_agg(a.attnum ORDER BY k.ord)
+        INTO key_names, key_regtypes, key_nums
+        FROM pg_index i
+        CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = source AND i.indisprimary;
+        IF key_names IS NULL THEN
+            RAISE EXCEPTION 'table % has no primary key', source
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'embed-worker finds rows by their key: add a primary key, or name a unique not-null key with key => array[''col'', ...].';
+        END IF;
+    ELSE
+        SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
+               array_agg(a.attnum ORDER BY k.ord)
+        INTO key_names, key_regtypes, key_nums
+        FROM unnest(key) WITH ORDINALITY AS k(name, ord)
+        JOIN pg_attribute a ON a.attrelid = source AND a.attname = k.name AND a.attnum > 0 AND NOT a.attisdropped;
+        IF cardinality(key) = 0 OR coalesce(cardinality(key_names), 0) <> cardinality(key)
+           OR cardinality(key) <> (SELECT count(DISTINCT k) FROM unnest(key) AS k) THEN
+            RAISE EXCEPTION 'key % does not name distinct columns of %', key, source
+                USING ERRCODE = 'undefined_column';
+        END IF;
+        IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = source AND a.attnum = ANY(key_nums) AND NOT a.attnotnull) THEN
+            RAISE EXCEPTION 'key (%) of % has nullable columns', array_to_string(key, ', '), source
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Make the key columns NOT NULL.';
+        END IF;
+        IF NOT EXISTS (
+            SELECT FROM pg_index i
+            WHERE i.indrelid = source AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+              AND i.indimmediate AND i.indnkeyatts = cardinality(key_nums)
+              AND (SELECT array_agg(x ORDER BY x) FROM unnest(i.indkey[0:i.indnkeyatts - 1]) AS x)
+                  = (SELECT array_agg(x ORDER BY x) FROM unnest(key_nums) AS x)
+        ) THEN
+            RAISE EXCEPTION 'key (%) of % is not unique', array_to_string(key, ', '), source
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = format('Add one: ALTER TABLE %s ADD UNIQUE (%s).', source, array_to_string(key, ', '));
+        END IF;
     END IF;
+    FOR i IN 1 .. cardinality(key_regtypes) LOOP
+        BEGIN
+            EXECUTE format('SELECT NULL::%1$s = NULL::%1$s', key_regtypes[i]);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'key column %.% has type %, which has no equality operator', source, key_names[i], key_regtypes[i]
+                USING ERRCODE = 'feature_not_supported';
+        END;
+    END LOOP;
 
     -- The content: a text column, else a function of the row type returning text.
-    SELECT a.attname, a.atttypid::regtype INTO content_col, content_type
+    SELECT a.attname, a.atttypid::regtype, a.attnum INTO content_col, content_type, content_num
     FROM pg_attribute a
     WHERE a.attrelid = source AND a.attname = content AND a.attnum > 0 AND NOT a.attisdropped;
     IF content_col IS NOT NULL THEN
@@ -170,7 +242,8 @@ BEGIN
        OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
                   AND tg.embedding_column = watch.embedding_column AND tg.chunk_table IS NOT NULL) THEN
         RETURN embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
-                                        queue, key_names, key_types, chunk_tokens, chunk_overlap, chunk_table);
+                                        queue, key_names, key_regtypes, key_nums, content_num, replica,
+                                        chunk_tokens, chunk_overlap, chunk_table);
     END IF;
     -- <<< chunked targets
 
@@ -182,12 +255,15 @@ BEGIN
        AND previous.content_column IS NOT DISTINCT FROM content_col
        AND previous.content_function IS NOT DISTINCT FROM content_fn
        AND previous.model = watch.model
-       AND previous.key_column = key_names[1] AND previous.key_type = key_types[1]
+       AND previous.key_columns = key_names AND previous.key_types = key_regtypes
        AND previous.has_triggers = triggers AND previous.clear_on_update = watch.clear_on_update
-       AND previous.queue = watch.queue THEN
+       AND previous.queue = watch.queue AND previous.replica = watch.replica
+       AND previous.problem IS NULL THEN
         RETURN previous.id;
     END IF;
 
+    -- The DDL below is ours: the schema-change event trigger need not follow it.
+    PERFORM set_config('embeddings.following', 'on', true);
     PERFORM embeddings.ensure_queue(queue);
 
     IF NOT emb_exists THEN
@@ -209,9 +285,11 @@ BEGIN
 
     IF fresh THEN
         INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
-                                              key_column, key_type, queue, has_triggers, clear_on_update)
+                                              queue, has_triggers, clear_on_update, key_columns, key_types,
+                                              key_attnums, content_attnum, embedding_attnum, replica)
         VALUES (source, embedding_column, content_col, content_fn, model,
-                key_names[1], key_types[1], queue, triggers, clear_on_update)
+                queue, triggers, clear_on_update, key_names, key_regtypes,
+                key_nums, content_num, embeddings.attnum_of(source, embedding_column), replica)
         RETURNING * INTO t;
     ELSE
         reembed := previous.content_column IS DISTINCT FROM content_col
@@ -226,36 +304,26 @@ BEGIN
         END IF;
         UPDATE embeddings.targets tg
         SET content_column = content_col, content_function = content_fn, model = watch.model,
-            key_column = key_names[1], key_type = key_types[1], queue = watch.queue,
+            key_columns = key_names, key_types = key_regtypes, key_attnums = key_nums,
+            content_attnum = content_num, embedding_attnum = embeddings.attnum_of(watch.source, watch.embedding_column),
+            replica = watch.replica, problem = NULL, queue = watch.queue,
             has_triggers = triggers, clear_on_update = watch.clear_on_update, updated_at = now(),
             version = tg.version + 1  -- in-flight writes under the old definition are rejected
         WHERE tg.id = previous.id
         RETURNING * INTO t;
     END IF;
 
+    PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
     PERFORM embeddings.install_triggers(t);
     -- Worker roles set up by embeddings.grant_worker() serve this table too. (The function is
     -- defined in 80_roles.sql; plpgsql resolves it when this line runs.)
     PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
 
     -- Existing rows, in one statement: those with content and no embedding, or every row with
-    -- content when the content source or the model changed. A content function that raises
-    -- for some row must not make watch() fail: then the rows go unfiltered, and the worker
-    -- dead-letters the culprits with their error.
-    backfill := format('FROM %s n WHERE %s', source,
-        CASE WHEN reembed THEN 'true' ELSE format('n.%I IS NULL', t.embedding_column) END);
-    BEGIN
-        EXECUTE embeddings.enqueue_sql(t, backfill || ' AND ' || embeddings.has_content_sql(t, 'n'))
-            USING t.id;
-    EXCEPTION WHEN OTHERS THEN
-        IF t.content_function IS NULL THEN
-            RAISE;
-        END IF;
-        RAISE WARNING 'embeddings: content function of % failed (%); enqueued the rows unfiltered',
-            source, SQLERRM;
-        EXECUTE embeddings.enqueue_sql(t, backfill) USING t.id;
-    END;
+    -- content when the content source or the model changed.
+    PERFORM embeddings.enqueue_rows(t, source, reembed);
 
+    PERFORM set_config('embeddings.following', 'off', true);
     PERFORM pg_notify('embeddings_targets', t.id::text);
     RETURN t.id;
 END

@@ -63,3 +63,113 @@ BEGIN
     END IF;
 END
 $$;
+
+-- Schema changes of watched tables: renames of the table, its key (a chunked target's chunk
+-- table's key columns follow), content or embedding column, a move to another schema, a
+-- retyped content column, a new owner, partitions created, attached or detached. Target `target_id`'s registration is brought in line with its table:
+-- column names re-read from the attribute numbers, trigger functions regenerated, triggers on
+-- every partition (rows of newly attached partitions enqueued). What cannot be followed (the
+-- content or key column dropped) becomes the target's `problem`: its triggers go, the worker
+-- defers its jobs, status shows why; watch() again clears it.
+CREATE FUNCTION embeddings.refresh_target(target_id integer) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets;
+    before embeddings.targets;
+    rel regclass;
+BEGIN
+    SELECT * INTO before FROM embeddings.targets tg WHERE tg.id = target_id FOR UPDATE;
+    IF NOT FOUND OR NOT EXISTS (SELECT FROM pg_class WHERE oid = before.source) THEN
+        RETURN;
+    END IF;
+    UPDATE embeddings.targets tg
+    SET key_columns = coalesce(r.key_names, tg.key_columns),
+        key_types = coalesce(r.key_types, tg.key_types),
+        content_column = coalesce(r.content_name, tg.content_column),
+        embedding_column = coalesce(r.embedding_name, tg.embedding_column),
+        problem = CASE
+            WHEN r.key_names IS NULL OR cardinality(r.key_names) <> cardinality(tg.key_attnums) THEN
+                format('its key column (%s) was dropped; watch the table again with a key', array_to_string(tg.key_columns, ', '))
+            WHEN tg.content_function IS NULL AND r.content_name IS NULL THEN
+                format('its content column %I was dropped; watch the table again with its new content', tg.content_column)
+            WHEN tg.content_function IS NOT NULL AND NOT EXISTS (SELECT FROM pg_proc WHERE oid = tg.content_function) THEN
+                'its content function was dropped; create it again and watch the table again'
+        END
+    FROM (SELECT
+            (SELECT array_agg(a.attname ORDER BY k.i) FROM unnest(before.key_attnums) WITH ORDINALITY AS k(n, i)
+             JOIN pg_attribute a ON a.attrelid = before.source AND a.attnum = k.n AND NOT a.attisdropped) AS key_names,
+            (SELECT array_agg(a.atttypid::regtype ORDER BY k.i) FROM unnest(before.key_attnums) WITH ORDINALITY AS k(n, i)
+             JOIN pg_attribute a ON a.attrelid = before.source AND a.attnum = k.n AND NOT a.attisdropped) AS key_types,
+            (SELECT a.attname FROM pg_attribute a
+             WHERE a.attrelid = before.source AND a.attnum = before.content_attnum AND NOT a.attisdropped) AS content_name,
+            (SELECT a.attname FROM pg_attribute a
+             WHERE a.attrelid = before.source AND a.attnum = before.embedding_attnum AND NOT a.attisdropped) AS embedding_name
+         ) r
+    WHERE tg.id = target_id
+    RETURNING tg.* INTO t;
+    IF t.problem IS NOT NULL AND t.problem IS DISTINCT FROM before.problem THEN
+        RAISE WARNING 'embeddings: % is no longer embedded: %', embeddings.target_name(t), t.problem;
+    END IF;
+    IF t.chunk_table IS NOT NULL AND t.problem IS NULL THEN
+        PERFORM embeddings.follow_chunk_keys(t);  -- renamed key columns (55_chunks.sql)
+    END IF;
+    FOREACH rel IN ARRAY embeddings.install_triggers(t) LOOP
+        PERFORM embeddings.enqueue_rows(t, rel);  -- a partition attached with its rows
+    END LOOP;
+    IF (t.key_columns, t.key_types, t.content_column, t.embedding_column, t.problem)
+       IS DISTINCT FROM (before.key_columns, before.key_types, before.content_column, before.embedding_column, before.problem) THEN
+        UPDATE embeddings.targets tg SET updated_at = now() WHERE tg.id = target_id;
+    END IF;
+    PERFORM pg_notify('embeddings_targets', t.id::text);  -- workers re-read names
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.refresh_target(integer) FROM PUBLIC;
+
+-- Called at the end of every ALTER TABLE, CREATE TABLE and ALTER FUNCTION: refreshes the
+-- targets on the tables (or partition trees, or content functions) the command touched. It
+-- never fails the user's DDL: a target that cannot be refreshed gets a problem and a WARNING.
+CREATE FUNCTION embeddings.follow_schema_changes() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target_id integer;
+BEGIN
+    -- Our own DDL (watch(), regenerating triggers) runs inside; it needs no following.
+    IF current_setting('embeddings.following', true) = 'on' THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('embeddings.following', 'on', true);
+    FOR target_id IN
+        SELECT DISTINCT tg.id FROM embeddings.targets tg
+        JOIN pg_event_trigger_ddl_commands() c
+          ON (c.classid = 'pg_class'::regclass
+              AND (tg.source = c.objid OR tg.source IN (SELECT pg_partition_ancestors(c.objid))))
+          OR (c.classid = 'pg_proc'::regclass AND c.objid = tg.content_function)
+        ORDER BY tg.id
+    LOOP
+        BEGIN
+            PERFORM embeddings.refresh_target(target_id);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'embeddings: could not follow the change for target % (%)', target_id, SQLERRM;
+            UPDATE embeddings.targets tg SET problem = 'could not follow a schema change: ' || SQLERRM
+            WHERE tg.id = target_id;
+        END;
+    END LOOP;
+    PERFORM set_config('embeddings.following', 'off', true);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM set_config('embeddings.following', 'off', true);
+    RAISE WARNING 'embeddings: could not follow a schema change (%)', SQLERRM;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.follow_schema_changes() FROM PUBLIC;
+
+DO $$
+BEGIN
+    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        CREATE EVENT TRIGGER embeddings_follow_schema_changes ON ddl_command_end
+            WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER FUNCTION')
+            EXECUTE FUNCTION embeddings.follow_schema_changes();
+    ELSE
+        RAISE NOTICE 'embeddings: not a superuser, so no event trigger follows renames of watched tables'' columns; after one, call embeddings.watch() again';
+    END IF;
+END
+$$;

@@ -38,6 +38,7 @@ CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     cleared_rows           bigint,
     deferred_reason        text,
     deferred_since         timestamptz,
+    problem                text,
     chunks                 bigint
 )
 LANGUAGE plpgsql STABLE AS $$
@@ -50,6 +51,7 @@ BEGIN
         target := embeddings.target_name(t);
         target_id := t.id;
         model := t.model;
+        problem := t.problem;  -- why it is not served (a schema change it cannot follow)
         content_sql := CASE WHEN t.content_column IS NOT NULL THEN format('s.%I', t.content_column)
                             ELSE format('%s(s)', t.content_function::regproc) END;
         IF t.chunk_table IS NULL THEN
@@ -102,7 +104,8 @@ $$;
 
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
-           target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, chunks
+           target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
+           chunks
     FROM embeddings.target_status();
 COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets';
 

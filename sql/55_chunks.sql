@@ -13,24 +13,17 @@
 --                         chunk whose text did not change keeps its vector (no re-embedding)
 --   <embedding_column>  halfvec(dim)  ('embedding' by default), with an HNSW cosine index
 --
--- The source table gets no embedding column. A changed document keeps its old chunks until its
--- new ones land (clear_on_update does not apply: the old vectors are what makes reuse possible).
+-- The source table gets no embedding column (embeddings.targets.embedding_attnum is NULL). Its
+-- triggers are the generated ones of any target (sql/30_triggers.sql), minus the clear trigger: a
+-- changed document keeps its old chunks until its new ones land (the old vectors are what makes
+-- reuse possible). The chunk table's key columns follow renames of the source's
+-- (embeddings.follow_chunk_keys, called by the schema-change event trigger).
 
 -- "alias.k1 = chunk_alias.k1 AND ...": joins a source row to its chunks over the key columns.
 CREATE FUNCTION embeddings.chunk_join_sql(key_names name[], alias text, chunk_alias text) RETURNS text
 LANGUAGE sql IMMUTABLE AS $$
     SELECT string_agg(format('%1$I.%3$I = %2$I.%3$I', alias, chunk_alias, k), ' AND ' ORDER BY o)
     FROM unnest(key_names) WITH ORDINALITY AS u(k, o)
-$$;
-
--- The primary key column names of `source`, in key order.
-CREATE FUNCTION embeddings.primary_key_names(source regclass) RETURNS name[]
-LANGUAGE sql STABLE AS $$
-    SELECT array_agg(a.attname ORDER BY k.ord)
-    FROM pg_index i
-    CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-    JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-    WHERE i.indrelid = source AND i.indisprimary
 $$;
 
 -- A predicate true when the row of alias `alias` lacks its embedding: a NULL embedding column,
@@ -40,7 +33,7 @@ LANGUAGE sql STABLE AS $$
     SELECT CASE
         WHEN t.chunk_table IS NULL THEN format('%I.%I IS NULL', alias, t.embedding_column)
         ELSE format('NOT EXISTS (SELECT FROM %s c WHERE %s)', t.chunk_table,
-                    embeddings.chunk_join_sql(embeddings.primary_key_names(t.source), alias, 'c'))
+                    embeddings.chunk_join_sql(t.key_columns, alias, 'c'))
     END
 $$;
 
@@ -97,53 +90,26 @@ BEGIN
 END
 $$;
 
--- AFTER INSERT, FOR EACH STATEMENT, REFERENCING NEW TABLE AS new_rows, on chunked targets:
--- every inserted row with content is queued (a new row has no chunks yet).
-CREATE FUNCTION embeddings.enqueue_inserted_chunks() RETURNS trigger
+-- Renames the key columns of chunked target t's chunk table after the source's key columns
+-- (matched through the foreign key, which follows attribute numbers), so that the worker's
+-- queries name both alike. Called by embeddings.refresh_target() with the event trigger's DDL
+-- following switched off.
+CREATE FUNCTION embeddings.follow_chunk_keys(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    t embeddings.targets;
+    col record;
 BEGIN
-    SELECT * INTO t FROM embeddings.targets WHERE id = TG_ARGV[0]::integer;
-    IF NOT FOUND THEN
-        RETURN NULL;
-    END IF;
-    IF t.content_function IS NULL THEN
-        EXECUTE embeddings.enqueue_sql(t, 'FROM new_rows n WHERE ' || embeddings.has_content_sql(t, 'n'))
-            USING t.id;
-        RETURN NULL;
-    END IF;
-    -- A content function is user code: if it raises, the write must still succeed.
-    BEGIN
-        EXECUTE embeddings.enqueue_sql(t, 'FROM new_rows n WHERE ' || embeddings.has_content_sql(t, 'n'))
-            USING t.id;
-    EXCEPTION WHEN OTHERS THEN
-        RAISE WARNING 'embeddings: content function of % failed (%); enqueued the rows unfiltered',
-            t.source, SQLERRM;
-        EXECUTE embeddings.enqueue_sql(t, 'FROM new_rows n') USING t.id;
-    END;
-    RETURN NULL;
-END
-$$;
-
--- The triggers of a chunked target: inserts as above, updates as for any target
--- (embeddings.enqueue_updated: content changes only). Same trigger names as install_triggers(),
--- so drop_triggers() removes them.
-CREATE FUNCTION embeddings.install_chunk_triggers(t embeddings.targets) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    PERFORM embeddings.drop_triggers(t);
-    IF NOT t.has_triggers THEN
-        RETURN;
-    END IF;
-    EXECUTE format(
-        'CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
-        'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.enqueue_inserted_chunks(%L)',
-        'embeddings_' || t.id || '_insert', t.source, t.id);
-    EXECUTE format(
-        'CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
-        'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.enqueue_updated(%L)',
-        'embeddings_' || t.id || '_update', t.source, t.id);
+    FOR col IN
+        SELECT ca.attname AS chunk_name, sa.attname AS source_name
+        FROM pg_constraint fk
+        CROSS JOIN LATERAL unnest(fk.conkey, fk.confkey) AS k(chunk_num, source_num)
+        JOIN pg_attribute ca ON ca.attrelid = fk.conrelid AND ca.attnum = k.chunk_num
+        JOIN pg_attribute sa ON sa.attrelid = fk.confrelid AND sa.attnum = k.source_num
+        WHERE fk.conrelid = t.chunk_table AND fk.confrelid = t.source AND fk.contype = 'f'
+          AND ca.attname <> sa.attname
+    LOOP
+        EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', t.chunk_table, col.chunk_name, col.source_name);
+    END LOOP;
 END
 $$;
 
@@ -161,6 +127,9 @@ CREATE FUNCTION embeddings.watch_chunked(
     queue text,
     key_names name[],
     key_types regtype[],
+    key_nums smallint[],
+    content_num smallint,
+    replica boolean,
     chunk_tokens integer,
     chunk_overlap integer,
     chunk_table text
@@ -175,7 +144,6 @@ DECLARE
     table_name text;
     chunks regclass;
     reembed boolean := false;
-    backfill text;
 BEGIN
     SELECT * INTO previous FROM embeddings.targets tg
     WHERE tg.source = watch_chunked.source AND tg.embedding_column = watch_chunked.embedding_column;
@@ -233,22 +201,28 @@ BEGIN
        AND previous.content_column IS NOT DISTINCT FROM content_col
        AND previous.content_function IS NOT DISTINCT FROM content_fn
        AND previous.model = watch_chunked.model
-       AND previous.key_column = key_names[1] AND previous.key_type = key_types[1]
+       AND previous.key_columns = key_names AND previous.key_types = watch_chunked.key_types
        AND previous.has_triggers = triggers AND previous.queue = watch_chunked.queue
+       AND previous.replica = watch_chunked.replica AND previous.problem IS NULL
        AND previous.chunk_table = to_regclass(table_name)
        AND previous.chunk_tokens = watch_chunked.chunk_tokens AND previous.chunk_overlap = overlap THEN
         RETURN previous.id;
     END IF;
 
+    -- The DDL below is ours: the schema-change event trigger need not follow it.
+    PERFORM set_config('embeddings.following', 'on', true);
     PERFORM embeddings.ensure_queue(queue);
     chunks := embeddings.ensure_chunk_table(table_name, source, key_names, key_types, embedding_column, m.dimensions);
 
     IF previous.id IS NULL THEN
+        -- No embedding_attnum: the embedding column is in the chunk table.
         INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
-                                              key_column, key_type, queue, has_triggers, clear_on_update,
+                                              queue, has_triggers, clear_on_update, key_columns, key_types,
+                                              key_attnums, content_attnum, embedding_attnum, replica,
                                               chunk_table, chunk_tokens, chunk_overlap)
         VALUES (source, embedding_column, content_col, content_fn, model,
-                key_names[1], key_types[1], queue, triggers, false,
+                queue, triggers, false, key_names, key_types,
+                key_nums, content_num, NULL, replica,
                 chunks, chunk_tokens, overlap)
         RETURNING * INTO t;
     ELSE
@@ -267,31 +241,24 @@ BEGIN
         END IF;
         UPDATE embeddings.targets tg
         SET content_column = content_col, content_function = content_fn, model = watch_chunked.model,
-            key_column = key_names[1], key_type = key_types[1], queue = watch_chunked.queue,
-            has_triggers = triggers, clear_on_update = false, chunk_table = chunks,
-            chunk_tokens = watch_chunked.chunk_tokens, chunk_overlap = overlap, updated_at = now(),
+            key_columns = key_names, key_types = watch_chunked.key_types, key_attnums = key_nums,
+            content_attnum = content_num, embedding_attnum = NULL, replica = watch_chunked.replica,
+            problem = NULL, queue = watch_chunked.queue, has_triggers = triggers, clear_on_update = false,
+            chunk_table = chunks, chunk_tokens = watch_chunked.chunk_tokens, chunk_overlap = overlap, updated_at = now(),
             version = tg.version + 1  -- in-flight writes under the old definition are rejected
         WHERE tg.id = previous.id
         RETURNING * INTO t;
     END IF;
 
-    PERFORM embeddings.install_chunk_triggers(t);
+    PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
+    PERFORM embeddings.install_triggers(t);  -- the generated ones, chunk-aware (30_triggers.sql)
     PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
 
-    backfill := format('FROM %s n WHERE %s', source,
-        CASE WHEN reembed THEN 'true' ELSE embeddings.embedding_missing_sql(t, 'n') END);
-    BEGIN
-        EXECUTE embeddings.enqueue_sql(t, backfill || ' AND ' || embeddings.has_content_sql(t, 'n'))
-            USING t.id;
-    EXCEPTION WHEN OTHERS THEN
-        IF t.content_function IS NULL THEN
-            RAISE;
-        END IF;
-        RAISE WARNING 'embeddings: content function of % failed (%); enqueued the rows unfiltered',
-            source, SQLERRM;
-        EXECUTE embeddings.enqueue_sql(t, backfill) USING t.id;
-    END;
+    -- Documents with content and no chunks, or every document with content when the content
+    -- source, the model or the chunk settings changed.
+    PERFORM embeddings.enqueue_rows(t, source, reembed);
 
+    PERFORM set_config('embeddings.following', 'off', true);
     PERFORM pg_notify('embeddings_targets', t.id::text);
     RETURN t.id;
 END
@@ -301,7 +268,7 @@ $$;
 CREATE FUNCTION embeddings.chunk_counts(t embeddings.targets, OUT documents bigint, OUT chunks bigint)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    keys text := (SELECT string_agg(format('%I', k), ', ') FROM unnest(embeddings.primary_key_names(t.source)) AS k);
+    keys text := (SELECT string_agg(format('%I', k), ', ') FROM unnest(t.key_columns) AS k);
 BEGIN
     EXECUTE format('SELECT count(*), coalesce(sum(n), 0)::bigint FROM (SELECT count(*) AS n FROM %s GROUP BY %s) d',
                    t.chunk_table, keys)
@@ -318,7 +285,7 @@ RETURNS TABLE (key jsonb, seq integer, chunk text, distance double precision)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     t embeddings.targets;
-    key_names name[] := embeddings.primary_key_names(source);
+    key_names name[];
 BEGIN
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = match_chunks.source AND tg.chunk_table IS NOT NULL
@@ -328,6 +295,7 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'SELECT embeddings.watch(''<table>'', ''<content>'', chunk_tokens => 200) first.';
     END IF;
+    key_names := t.key_columns;  -- the chunk table's key columns are named alike (follow_chunk_keys)
     RETURN QUERY EXECUTE format(
         'SELECT %s, c.seq, c.chunk, (c.%I OPERATOR(%I.<=>) $1)::double precision '
         'FROM %s c ORDER BY c.%2$I OPERATOR(%3$I.<=>) $1 LIMIT $2',

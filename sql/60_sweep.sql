@@ -4,13 +4,54 @@
 -- minute with embeddings.schedule_sweep() where pg_cron is installed, or call it from any
 -- scheduler.
 
--- Where each target's sweep left off: a primary key, as text. Work per run is bounded by
+-- Where each target's sweep left off: a row key in its JSON form, as text. Work per run is bounded by
 -- max_rows per target, so a huge table is swept a slice at a time and never stalls the job.
 CREATE TABLE embeddings.sweep_cursors (
     target_id integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     after_key text,
     swept_at  timestamptz NOT NULL DEFAULT now()
 );
+
+-- The key columns of row alias `row_alias`, in key order (for row comparisons).
+CREATE FUNCTION embeddings.key_columns_sql(t embeddings.targets, row_alias text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT string_agg(format('%I.%I', row_alias, c), ', ' ORDER BY i)
+    FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)
+$$;
+
+-- The same key decoded from the jsonb expression `json_sql` (a scalar for a one-column key, an
+-- array otherwise, as messages carry keys), in key order.
+CREATE FUNCTION embeddings.key_from_json_sql(t embeddings.targets, json_sql text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT string_agg(CASE WHEN cardinality(t.key_columns) = 1 THEN format('(%s #>> ''{}'')::%s', json_sql, ty)
+                           ELSE format('(%s ->> %s)::%s', json_sql, i - 1, ty) END, ', ' ORDER BY i)
+    FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
+$$;
+
+-- Row keys (JSON form) of target t that need no sweeping: queued in either message shape, or
+-- dead-lettered (those wait for `failures --retry`).
+CREATE FUNCTION embeddings.pending_keys(t embeddings.targets) RETURNS TABLE (k jsonb)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    rel_schema name;
+    rel_name name;
+BEGIN
+    SELECT n.nspname, c.relname INTO rel_schema, rel_name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
+    RETURN QUERY EXECUTE format($q$
+        SELECT key_json FROM pgmq.%1$I m, LATERAL jsonb_array_elements(m.message -> 'keys') AS key_json
+        WHERE m.message @> jsonb_build_object('target', $1)
+        UNION ALL
+        SELECT m.message -> 'id' FROM pgmq.%1$I m
+        WHERE m.message @> jsonb_build_object('schema', %2$L, 'table', %3$L)
+          AND coalesce(m.message ->> 'embeddingColumn', 'embedding') = %4$L
+          AND m.message -> 'id' IS NOT NULL
+        UNION ALL
+        SELECT f.row_key FROM embeddings.failures f WHERE f.target_id = $1 AND f.row_key IS NOT NULL
+        $q$, pgmq.format_table_name(t.queue, 'q'), rel_schema, rel_name, t.embedding_column)
+    USING t.id;
+END
+$$;
 
 -- sweep()'s slice of target t, one row at a time: each row's content is evaluated in a
 -- subtransaction of its own. A row whose content function raises is queued (it has no
@@ -22,44 +63,27 @@ CREATE FUNCTION embeddings.sweep_rows(
 )
 LANGUAGE plpgsql AS $$
 DECLARE
-    rel_schema name;
-    rel_name name;
-    key_type text := format_type(t.key_type, NULL);
-    pending text[];
-    missing_keys text[] := '{}';
-    k text;
+    pending jsonb[] := ARRAY(SELECT p.k FROM embeddings.pending_keys(t) p);
+    missing_keys jsonb[] := '{}';
+    k jsonb;
     unembedded boolean;
     missing boolean;
 BEGIN
     scanned := 0;
-    SELECT n.nspname, c.relname INTO rel_schema, rel_name
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
-    EXECUTE format($q$
-        SELECT array_agg(key_text) FROM (
-            SELECT key_text FROM pgmq.%1$I m,
-                 LATERAL jsonb_array_elements_text(m.message -> 'keys') AS key_text
-            WHERE m.message @> jsonb_build_object('target', $1)
-            UNION ALL
-            SELECT m.message ->> 'id' FROM pgmq.%1$I m
-            WHERE m.message @> jsonb_build_object('schema', %2$L, 'table', %3$L)
-              AND coalesce(m.message ->> 'embeddingColumn', 'embedding') = %4$L
-            UNION ALL
-            SELECT f.row_key #>> '{}' FROM embeddings.failures f WHERE f.target_id = $1
-        ) p WHERE key_text IS NOT NULL
-        $q$, pgmq.format_table_name(t.queue, 'q'), rel_schema, rel_name, t.embedding_column)
-    INTO pending USING t.id;
     FOR k, unembedded IN EXECUTE format(
-        'SELECT n.%1$I::text, %2$s FROM %3$s n'
-        ' WHERE $1::text IS NULL OR n.%1$I > $1::%4$s ORDER BY n.%1$I LIMIT $2',
-        t.key_column, embeddings.embedding_missing_sql(t, 'n'), t.source, key_type)  -- 55_chunks.sql
+        'SELECT pg_catalog.to_jsonb(%1$s), %2$s FROM %3$s n'
+        ' WHERE $1::jsonb IS NULL OR (%4$s) > (%5$s) ORDER BY %4$s LIMIT $2',
+        embeddings.key_sql(t, 'n'), embeddings.embedding_missing_sql(t, 'n'), t.source,  -- 55_chunks.sql
+        embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$1::jsonb'))
         USING after_key, max_rows
     LOOP
         scanned := scanned + 1;
-        last_key := k;
-        CONTINUE WHEN NOT unembedded OR k = ANY(coalesce(pending, '{}'));
+        last_key := k::text;
+        CONTINUE WHEN NOT unembedded OR k = ANY(pending);
         BEGIN
-            EXECUTE format('SELECT (%s) ~ ''[^[:space:]]'' FROM %s n WHERE n.%I = $1::%s',
-                           embeddings.content_sql(t, 'n'), t.source, t.key_column, key_type)
+            EXECUTE format('SELECT (%s) ~ ''[^[:space:]]'' FROM %s n WHERE (%s) = (%s)',
+                           embeddings.content_sql(t, 'n'), t.source,
+                           embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$1'))
             INTO missing USING k;
         EXCEPTION WHEN OTHERS THEN
             missing := true;
@@ -70,8 +94,7 @@ BEGIN
     END LOOP;
     enqueued := cardinality(missing_keys);
     IF enqueued > 0 THEN
-        EXECUTE format('SELECT embeddings.enqueue_keys($1, $2::%s[])', key_type)
-            USING t.id, missing_keys;
+        PERFORM embeddings.enqueue_keys(t.id, missing_keys);
     END IF;
 END
 $$;
@@ -98,48 +121,40 @@ BEGIN
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         SELECT n.nspname, c.relname INTO rel_schema, rel_name
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
-        CONTINUE WHEN rel_name IS NULL;  -- table dropped
+        CONTINUE WHEN rel_name IS NULL OR t.problem IS NOT NULL;  -- table dropped, or not served
         SELECT after_key INTO cursor_key FROM embeddings.sweep_cursors WHERE target_id = t.id;
 
         BEGIN
             -- One slice of the table in key order. A row is missing when it has real content
             -- (whitespace-only content would be cleared and queued again forever), no embedding,
             -- no pending job in either message shape, and no dead letter (those wait for
-            -- `failures --retry`).
+            -- `failures --retry`). Keys are compared in their JSON form, as messages carry them.
             EXECUTE format($q$
                 WITH slice AS (
-                    SELECT n.%1$I AS k, (%10$s AND (%3$s) ~ '[^[:space:]]') AS missing
+                    SELECT pg_catalog.to_jsonb(%1$s) AS k, (%2$s AND (%3$s) ~ '[^[:space:]]') AS missing
                     FROM %4$s n
-                    WHERE $2::text IS NULL OR n.%1$I > $2::%5$s
-                    ORDER BY n.%1$I
+                    WHERE $2::jsonb IS NULL OR (%5$s) > (%6$s)
+                    ORDER BY %5$s
                     LIMIT $3
                 ),
-                pending AS (
-                    SELECT key_text FROM pgmq.%6$I m,
-                         LATERAL jsonb_array_elements_text(m.message -> 'keys') AS key_text
-                    WHERE m.message @> jsonb_build_object('target', $1)
-                    UNION ALL
-                    SELECT m.message ->> 'id' FROM pgmq.%6$I m
-                    WHERE m.message @> jsonb_build_object('schema', %7$L, 'table', %8$L)
-                      AND coalesce(m.message ->> 'embeddingColumn', 'embedding') = %9$L
-                    UNION ALL
-                    SELECT f.row_key #>> '{}' FROM embeddings.failures f WHERE f.target_id = $1
+                numbered AS (
+                    SELECT s.*, row_number() OVER () AS ord FROM slice s
                 ),
                 queued AS (
                     SELECT embeddings.enqueue_keys($1, array_agg(s.k)) AS messages, count(*)::int AS keys
-                    FROM slice s
+                    FROM numbered s
                     WHERE s.missing
-                      AND s.k::text NOT IN (SELECT key_text FROM pending WHERE key_text IS NOT NULL)
+                      AND s.k NOT IN (SELECT p.k FROM embeddings.pending_keys($4) p)
                 )
-                SELECT (SELECT count(*) FROM slice)::int, (SELECT max(k)::text FROM slice), keys
+                SELECT (SELECT count(*) FROM numbered)::int,
+                       (SELECT k::text FROM numbered ORDER BY ord DESC LIMIT 1), keys
                 FROM queued
                 $q$,
-                t.key_column, t.embedding_column, embeddings.content_sql(t, 'n'), t.source,
-                format_type(t.key_type, NULL), pgmq.format_table_name(t.queue, 'q'),
-                rel_schema, rel_name, t.embedding_column,
-                embeddings.embedding_missing_sql(t, 'n'))  -- no embedding, or no chunk (55_chunks.sql)
+                embeddings.key_sql(t, 'n'), embeddings.embedding_missing_sql(t, 'n'),  -- or no chunk (55_chunks.sql)
+                embeddings.content_sql(t, 'n'), t.source,
+                embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$2::jsonb'))
             INTO scanned, last_key, enqueued
-            USING t.id, cursor_key, max_rows;
+            USING t.id, cursor_key, max_rows, t;
         EXCEPTION WHEN OTHERS THEN
             -- User code failed (a content function raising for some row): the same slice one
             -- row at a time, so that one row stops neither its target nor the others.

@@ -5,6 +5,7 @@
 -- `vector`.
 
 DROP EVENT TRIGGER IF EXISTS embeddings_forget_dropped;
+DROP EVENT TRIGGER IF EXISTS embeddings_follow_schema_changes;
 
 DO $$
 DECLARE

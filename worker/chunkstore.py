@@ -137,7 +137,7 @@ def _find_stored_vectors(conn: db.Connection, target: Target, rows: list[Row]) -
         return
     with db.translated():
         found = conn.execute(
-            target.query("load_reusable_chunks"), {"keys": keys, "hashes": hashes}
+            target.query("load_reusable_chunks"), {**target.key_params(keys), "hashes": hashes}
         ).fetchall()
     stored = {(key, digest): vector for key, digest, vector in found}
     for row in rows:
@@ -214,7 +214,8 @@ def store(
     current = {
         key
         for (key,) in conn.execute(
-            target.query("current_documents"), {"keys": keys, "hashes": [r.digest for r in rows]}
+            target.query("current_documents"),
+            {**target.key_params(keys), "hashes": [r.digest for r in rows]},
         )
     }
     written = [r for r in embedded if r.key in current]
@@ -226,7 +227,7 @@ def store(
         for (key,) in conn.execute(
             target.query("delete_vanished_chunks"),
             {
-                "keys": [r.key for r in written + cleared],
+                **target.key_params([r.key for r in written + cleared]),
                 "counts": [len(_chunks_of(r).chunks) for r in written] + [0] * len(cleared),
             },
         )
@@ -266,7 +267,13 @@ def _upsert(conn: db.Connection, target: Target, rows: list[Row], start: int, st
             break
     conn.execute(
         target.query("upsert_chunks"),
-        {"keys": keys, "seqs": seqs, "chunks": texts, "hashes": hashes, "embeddings": vectors},
+        {
+            **target.key_params(keys),
+            "seqs": seqs,
+            "chunks": texts,
+            "hashes": hashes,
+            "embeddings": vectors,
+        },
     )
 
 

@@ -109,7 +109,7 @@ def _load_rows(
     conn: db.Connection, target: Target, keys: list[str]
 ) -> dict[str, tuple[str | None, str | None]]:
     with db.translated():
-        rows = conn.execute(target.query("load_content"), {"keys": keys}).fetchall()
+        rows = conn.execute(target.query("load_content"), target.key_params(keys)).fetchall()
     return {key: (content, digest) for key, content, digest in rows}
 
 

@@ -1,7 +1,10 @@
 -- The worker's runtime SQL. Each query starts with `-- name: NAME` and a one-line description;
--- worker/queries.py loads them. `{queue_table}`, `{table}`, `{key}`, `{key_type}`,
--- `{content}`, `{embedding}` and `{chunks}` (a chunked target's chunk table) are filled with psycopg.sql identifiers of registered targets
--- only; values are always bound parameters.
+-- worker/queries.py loads them. `{queue_table}`, `{table}`, `{content}`, `{embedding}`, `{chunks}`
+-- (a chunked target's chunk table, whose key columns have the table's key names) and
+-- the key fragments (`{key_arrays}`, `{key_aliases}`, `{key_match}`: see Target.sql_names)
+-- are filled with psycopg.sql identifiers of registered targets only; values are always
+-- bound parameters. Row keys are matched by column (k0, k1, ...) and returned as the
+-- canonical key the worker passed in, never re-rendered by Postgres.
 
 -- name: read_jobs
 -- Leases visible jobs, oldest first, until about %(max_keys)s row keys are leased. Same effect
@@ -94,8 +97,12 @@ DELETE FROM embeddings.throughput WHERE minute < clock_timestamp() - interval '1
 -- Every registered target with what the worker needs to serve it, from the catalog.
 -- A chunked target's embedding column is in its chunk table.
 SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
-       t.content_column, fn_ns.nspname, p.proname, t.model, t.key_column,
-       key_ty.typname, t.queue, t.version, chunk_ns.nspname, chunk_c.relname, t.chunk_tokens,
+       t.content_column, fn_ns.nspname, p.proname, t.model, t.key_columns::text[],
+       ARRAY(SELECT kt.typname::text FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
+             JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i),
+       ARRAY(SELECT format_type(k.ty, NULL) FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
+             ORDER BY k.i),
+       t.queue, t.problem, t.version, chunk_ns.nspname, chunk_c.relname, t.chunk_tokens,
        t.chunk_overlap
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
@@ -107,7 +114,6 @@ LEFT JOIN pg_attribute a ON a.attrelid = coalesce(t.chunk_table, t.source) AND a
 LEFT JOIN pg_type ty ON ty.oid = a.atttypid
 LEFT JOIN pg_proc p ON p.oid = t.content_function
 LEFT JOIN pg_namespace fn_ns ON fn_ns.oid = p.pronamespace
-LEFT JOIN pg_type key_ty ON key_ty.oid = t.key_type
 ORDER BY t.id;
 
 -- name: target_versions
@@ -137,10 +143,10 @@ SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array'
 FROM {queue_table};
 
 -- name: load_content
--- The content of a target's rows by primary key, with its md5 for the stale-write guard.
-SELECT t.{key}::text, {content}, md5({content})
-FROM {table} t
-WHERE t.{key} = ANY(%(keys)s::text[]::{key_type}[]);
+-- The content of a target's rows by key, with its md5 for the stale-write guard.
+SELECT v.key, {content}, md5({content})
+FROM unnest({key_arrays}, %(keys)s::text[]) AS v({key_aliases}, key)
+JOIN {table} t ON {key_match};
 
 -- name: write_vectors
 -- Stores embeddings, except where the content changed since it was loaded (its md5 differs):
@@ -150,18 +156,18 @@ WHERE t.{key} = ANY(%(keys)s::text[]::{key_type}[]);
 -- row it raises for would fail every write).
 UPDATE {table} t
 SET {embedding} = v.embedding
-FROM unnest(%(keys)s::text[]::{key_type}[], %(embeddings)b, %(hashes)s::text[])
-     AS v(key, embedding, hash)
-WHERE t.{key} = v.key AND md5({content}) IS NOT DISTINCT FROM v.hash
-RETURNING t.{key}::text;
+FROM unnest({key_arrays}, %(keys)s::text[], %(embeddings)b, %(hashes)s::text[])
+     AS v({key_aliases}, key, embedding, hash)
+WHERE {key_match} AND md5({content}) IS NOT DISTINCT FROM v.hash
+RETURNING v.key;
 
 -- name: clear_vectors
 -- Clears the embedding of rows whose content is blank, unless it changed since it was loaded.
 UPDATE {table} t
 SET {embedding} = NULL
-FROM unnest(%(keys)s::text[]::{key_type}[], %(hashes)s::text[]) AS v(key, hash)
-WHERE t.{key} = v.key AND md5({content}) IS NOT DISTINCT FROM v.hash AND t.{embedding} IS NOT NULL
-RETURNING t.{key}::text;
+FROM unnest({key_arrays}, %(keys)s::text[], %(hashes)s::text[]) AS v({key_aliases}, key, hash)
+WHERE {key_match} AND md5({content}) IS NOT DISTINCT FROM v.hash AND t.{embedding} IS NOT NULL
+RETURNING v.key;
 
 -- name: lease_jobs_by_id
 -- Leases the named jobs (push mode: dispatch() or util.process_embeddings already leased them
@@ -192,11 +198,10 @@ SELECT embeddings.clear_deferrals(%(target_ids)s::integer[]);
 -- name: load_reusable_chunks
 -- Vectors already stored for chunks of these documents with these hashes (the chunks that an
 -- edit left unchanged): they are not embedded again. (real[]: the loading connection needs
--- no pgvector types.)
-SELECT DISTINCT ON (c.{key}, c.chunk_hash) c.{key}::text, c.chunk_hash, c.{embedding}::real[]
-FROM {chunks} c
-JOIN unnest(%(keys)s::text[]::{key_type}[], %(hashes)s::text[]) AS v(key, hash)
-  ON c.{key} = v.key AND c.chunk_hash = v.hash;
+-- no pgvector types.) One entry per chunk: the key arrays repeat each document's key.
+SELECT DISTINCT ON (v.key, t.chunk_hash) v.key, t.chunk_hash, t.{embedding}::real[]
+FROM unnest({key_arrays}, %(keys)s::text[], %(hashes)s::text[]) AS v({key_aliases}, key, hash)
+JOIN {chunks} t ON {key_match} AND t.chunk_hash = v.hash;
 
 -- name: lock_documents
 -- Serializes writers of the same documents until commit (advisory locks per target and key, in
@@ -207,24 +212,25 @@ FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%(keys)s::text[]) AS k ORDER 
 
 -- name: current_documents
 -- The documents whose content is still what was loaded (same md5; NULL for NULL content).
-SELECT t.{key}::text
-FROM {table} t
-JOIN unnest(%(keys)s::text[]::{key_type}[], %(hashes)s::text[]) AS v(key, hash) ON t.{key} = v.key
+SELECT v.key
+FROM unnest({key_arrays}, %(keys)s::text[], %(hashes)s::text[]) AS v({key_aliases}, key, hash)
+JOIN {table} t ON {key_match}
 WHERE md5({content}) IS NOT DISTINCT FROM v.hash;
 
 -- name: upsert_chunks
 -- Writes chunks; a chunk whose text is unchanged at its position is left as it is.
-INSERT INTO {chunks} AS c ({key}, seq, chunk, chunk_hash, {embedding})
-SELECT v.key, v.seq, v.chunk, v.hash, v.embedding
-FROM unnest(%(keys)s::text[]::{key_type}[], %(seqs)s::integer[], %(chunks)s::text[],
-            %(hashes)s::text[], %(embeddings)b) AS v(key, seq, chunk, hash, embedding)
-ON CONFLICT ({key}, seq) DO UPDATE
+INSERT INTO {chunks} AS c ({key_list}, seq, chunk, chunk_hash, {embedding})
+SELECT {key_values}, v.seq, v.chunk, v.hash, v.embedding
+FROM unnest({key_arrays}, %(seqs)s::integer[], %(chunks)s::text[], %(hashes)s::text[], %(embeddings)b)
+     AS v({key_aliases}, seq, chunk, hash, embedding)
+ON CONFLICT ({key_list}, seq) DO UPDATE
 SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, {embedding} = excluded.{embedding}
 WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash;
 
 -- name: delete_vanished_chunks
--- Deletes the chunks past each document's new chunk count (all of them for a count of 0).
-DELETE FROM {chunks} c
-USING unnest(%(keys)s::text[]::{key_type}[], %(counts)s::integer[]) AS v(key, n)
-WHERE c.{key} = v.key AND c.seq >= v.n
-RETURNING c.{key}::text;
+-- Deletes the chunks past each document's new chunk count (all of them for a count of 0);
+-- returns the documents that lost chunks.
+DELETE FROM {chunks} t
+USING unnest({key_arrays}, %(keys)s::text[], %(counts)s::integer[]) AS v({key_aliases}, key, n)
+WHERE {key_match} AND t.seq >= v.n
+RETURNING v.key;

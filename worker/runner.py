@@ -309,6 +309,7 @@ class Worker:
             self._loaded.put(None)
 
     def _next_batch(self, session: db.Session, listener: Listener) -> pipeline.Batch | None:
+        waiting = False  # registered as waiting, so that writers NOTIFY
         while not self.stopping.is_set():
             listener.ensure()
             if not self.settings.pull:
@@ -318,6 +319,15 @@ class Worker:
             conn = session.get()
             batch = pipeline.read(conn, self.queue, self.registry, self.settings)
             metrics.DATABASE_UP.set(1)
+            if batch is not None and waiting:
+                self.queue.set_waiting(conn, False)
+                waiting = False
+            if batch is None and not waiting and not self.once:
+                # Register first, then look once more: a job committed after that look
+                # finds us registered and notifies.
+                self.queue.set_waiting(conn, True)
+                waiting = True
+                continue
             if batch is not None:
                 self._begin(batch)
                 try:

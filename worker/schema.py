@@ -26,6 +26,9 @@ from worker.db import Connection
 logger = logging.getLogger(__name__)
 
 VERSION_TABLE = "embed_worker_alembic_version"
+# Revisions that shipped in a release, oldest first: frozen, and upgraded from in the tests.
+# Revisions after the last of them are unreleased and may still change.
+RELEASED_REVISIONS = ("0001",)  # 0.1.0
 # Serialises concurrent `embed-worker migrate` runs (several containers starting at once).
 MIGRATION_LOCK_KEY = 0x656D6265  # "embe"
 

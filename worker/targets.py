@@ -3,10 +3,15 @@
 A target knows how to name its table, key, content and embedding column in SQL (through
 psycopg.sql identifiers only), how to turn the row keys that jobs carry into canonical text,
 and what is wrong with it, if anything, for the worker to serve it.
+
+Row keys: a one-column key travels as its JSON scalar and is canonically the text Postgres
+gives it; a composite key travels as a JSON array in key-column order and is canonically the
+compact JSON array of its columns' canonical texts (`["7","a1"]`).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 import time
 import uuid
@@ -18,15 +23,8 @@ from psycopg import sql
 
 from worker import db, queries
 
-# Key types watch() accepts, with the SQL type their text form is cast to.
-KEY_TYPES = {
-    "int2": "smallint",
-    "int4": "integer",
-    "int8": "bigint",
-    "uuid": "uuid",
-    "text": "text",
-    "varchar": "text",
-}
+# Key types whose text form the worker normalises itself; any other type's key is taken as the
+# text its JSON form carries (what to_jsonb() wrote) and cast by Postgres.
 _INT_RANGES = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
 
 
@@ -41,14 +39,24 @@ class Target:
     content_column: str | None
     content_function: tuple[str, str] | None  # (schema, name)
     model: str
-    key_column: str
-    key_type: str
+    key_columns: tuple[str, ...]
+    key_types: tuple[str, ...]  # pg_type.typname of each key column
     queue: str
     version: int = 1  # of the definition (embeddings.targets.version) this object describes
+    key_sql_types: tuple[str, ...] = ()  # format_type() of each; defaults to key_types
+    registry_problem: str | None = None  # embeddings.targets.problem
     # Chunked targets (worker/chunkstore.py): vectors in a chunk table, one per chunk.
     chunk_table: tuple[str, str] | None = None  # (schema, table)
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
+
+    @property
+    def key_column(self) -> str:
+        return self.key_columns[0]
+
+    @property
+    def composite(self) -> bool:
+        return len(self.key_columns) > 1
 
     @property
     def name(self) -> str:
@@ -65,6 +73,8 @@ class Target:
                 f"target {self.id}: its table no longer exists"
                 " (run SELECT embeddings.unwatch_dropped())"
             )
+        if self.registry_problem is not None:
+            return f"{self.name}: {self.registry_problem}"
         if self.content_column is None and self.content_function is None:
             return (
                 f"{self.name}: its content function no longer exists; create it again and"
@@ -72,8 +82,6 @@ class Target:
             )
         if self.embedding_type not in ("vector", "halfvec"):
             return f"{self.name}: the embedding column is missing or not vector/halfvec"
-        if self.key_type not in KEY_TYPES:
-            return f"{self.name}: primary key type {self.key_type} is not supported"
         if model_dims is not None and model_dims != self.embedding_dims:
             return (
                 f"{self.name} is {self.embedding_type}({self.embedding_dims}) but model "
@@ -91,42 +99,88 @@ class Target:
             content = sql.SQL("{}(t.*)").format(sql.Identifier(*self.content_function))
         else:
             assert self.content_column is not None
-            content = sql.Identifier("t", self.content_column)
+            # As text: the column may have been retyped since watch() (xml, varchar(n), ...).
+            content = sql.SQL("{}::text").format(sql.Identifier("t", self.content_column))
+        columns = [sql.Identifier(c) for c in self.key_columns]
+        aliases = [sql.Identifier(f"k{i}") for i in range(len(columns))]
+        types = [sql.SQL(t) for t in (self.key_sql_types or self.key_types)]
         return {
             "table": sql.Identifier(self.schema, self.table),
-            "key": sql.Identifier(self.key_column),
-            "key_type": sql.SQL(KEY_TYPES[self.key_type]),
+            # `t.{key}::text` shows the key (columns joined by commas when composite).
+            "key": sql.SQL("::text || ',' || t.").join(columns),
             "content": content,
             "embedding": sql.Identifier(self.embedding_column),
             "chunks": sql.Identifier(*self.chunk_table) if self.chunk_table else sql.SQL("NULL"),
+            # Keys as parameters: one text array per key column (%(k0)s, ...), unnested beside
+            # the canonical keys, and the join of those to the table's rows.
+            "key_arrays": sql.SQL(", ").join(
+                sql.SQL("{}::text[]").format(sql.Placeholder(f"k{i}")) for i in range(len(columns))
+            ),
+            "key_aliases": sql.SQL(", ").join(aliases),
+            "key_match": sql.SQL(" AND ").join(
+                sql.SQL("t.{} = v.{}::{}").format(c, a, ty)
+                for c, a, ty in zip(columns, aliases, types, strict=True)
+            ),
+            # Chunk tables (worker/chunkstore.py): the key columns, and the unnested keys cast
+            # to their types, in key order.
+            "key_list": sql.SQL(", ").join(columns),
+            "key_values": sql.SQL(", ").join(
+                sql.SQL("v.{}::{}").format(a, ty) for a, ty in zip(aliases, types, strict=True)
+            ),
         }
 
     def query(self, name: str) -> sql.Composed:
         return queries.compose(name, **self.sql_names())
 
+    def key_params(self, keys: list[str]) -> dict[str, list[str]]:
+        """Query parameters for canonical keys: "keys" and one array per key column."""
+        params: dict[str, list[str]] = {"keys": keys}
+        if not self.composite:
+            params["k0"] = keys
+            return params
+        parts = [json.loads(k) for k in keys]
+        for i in range(len(self.key_columns)):
+            params[f"k{i}"] = [p[i] for p in parts]
+        return params
+
     # --- keys ------------------------------------------------------------------------------
     def canonical_key(self, raw: Any) -> str:
-        """The text form Postgres gives this key (`key::text`), or ValueError."""
-        if isinstance(raw, bool) or raw is None or isinstance(raw, (list, dict, float)):
-            raise ValueError(f"invalid row key {raw!r} for a {self.key_type} primary key")
-        if self.key_type in _INT_RANGES:
-            try:
-                value = int(raw) if isinstance(raw, int) else int(str(raw).strip())
-            except ValueError:
-                raise ValueError(f"invalid row key {raw!r} for a {self.key_type} key") from None
-            limit = _INT_RANGES[self.key_type]
-            if not -limit <= value < limit:
-                raise ValueError(f"row key {value} is out of range for {self.key_type}")
-            return str(value)
-        if self.key_type == "uuid":
-            try:
-                return str(uuid.UUID(str(raw)))
-            except ValueError:
-                raise ValueError(f"invalid row key {raw!r} for a uuid key") from None
-        text = str(raw)
-        if "\x00" in text:
-            raise ValueError("row key contains a NUL character")
-        return text
+        """The canonical text of a row key as a job carries it, or ValueError."""
+        if not self.composite:
+            return _canonical_part(raw, self.key_types[0])
+        if not isinstance(raw, list) or len(raw) != len(self.key_columns):
+            raise ValueError(
+                f"invalid row key {raw!r}: expected a JSON array of"
+                f" {len(self.key_columns)} values ({', '.join(self.key_columns)})"
+            )
+        parts = [_canonical_part(v, t) for v, t in zip(raw, self.key_types, strict=True)]
+        return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+
+
+def _canonical_part(raw: Any, key_type: str) -> str:
+    """The text form of one key column's value (`key::text` for the types normalised here)."""
+    if isinstance(raw, bool) or raw is None or isinstance(raw, (list, dict)):
+        raise ValueError(f"invalid row key {raw!r} for a {key_type} key")
+    if key_type in _INT_RANGES:
+        if isinstance(raw, float):
+            raise ValueError(f"invalid row key {raw!r} for a {key_type} key")
+        try:
+            value = int(raw) if isinstance(raw, int) else int(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"invalid row key {raw!r} for a {key_type} key") from None
+        limit = _INT_RANGES[key_type]
+        if not -limit <= value < limit:
+            raise ValueError(f"row key {value} is out of range for {key_type}")
+        return str(value)
+    if key_type == "uuid":
+        try:
+            return str(uuid.UUID(str(raw)))
+        except ValueError:
+            raise ValueError(f"invalid row key {raw!r} for a uuid key") from None
+    text = raw if isinstance(raw, str) else json.dumps(raw)
+    if "\x00" in text:
+        raise ValueError("row key contains a NUL character")
+    return text
 
 
 def load(conn: db.Connection) -> dict[int, Target]:
@@ -134,23 +188,9 @@ def load(conn: db.Connection) -> dict[int, Target]:
         rows = conn.execute(queries.compose("load_targets")).fetchall()
     found: dict[int, Target] = {}
     for row in rows:
-        (
-            tid,
-            schema,
-            table,
-            column,
-            etype,
-            dims,
-            ccol,
-            fschema,
-            fname,
-            model,
-            kcol,
-            ktype,
-            q,
-            ver,
-        ) = row[:14]
-        chunk_schema, chunk_name, chunk_tokens, chunk_overlap = row[14:]
+        (tid, schema, table, column, etype, dims, ccol, fschema, fname, model) = row[:10]
+        (kcols, ktypes, ksqltypes, q, problem, ver) = row[10:16]
+        chunk_schema, chunk_name, chunk_tokens, chunk_overlap = row[16:]
         found[tid] = Target(
             id=tid,
             schema=schema,
@@ -161,10 +201,12 @@ def load(conn: db.Connection) -> dict[int, Target]:
             content_column=ccol,
             content_function=(fschema, fname) if fname is not None else None,
             model=model,
-            key_column=kcol,
-            key_type=ktype or "",
+            key_columns=tuple(kcols or ()),
+            key_types=tuple(ktypes or ()),
+            key_sql_types=tuple(ksqltypes or ()),
             queue=q,
             version=ver,
+            registry_problem=problem,
             chunk_table=(chunk_schema, chunk_name) if chunk_name is not None else None,
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,

@@ -201,7 +201,7 @@ def _store(
             for (key,) in conn.execute(
                 target.query("write_vectors"),
                 {
-                    "keys": [r.key for r in embedded],
+                    **target.key_params([r.key for r in embedded]),
                     "embeddings": [wrap(_vector(r)) for r in embedded],
                     "hashes": [r.digest for r in embedded],
                 },
@@ -216,7 +216,7 @@ def _store(
             key
             for (key,) in conn.execute(
                 target.query("clear_vectors"),
-                {"keys": [r.key for r in blank], "hashes": [r.digest for r in blank]},
+                {**target.key_params([r.key for r in blank]), "hashes": [r.digest for r in blank]},
             )
         }
         for row in blank:

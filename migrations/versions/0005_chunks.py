@@ -1,7 +1,7 @@
 """Chunked targets: long documents split into chunks, one vector each, in a chunk table
 
 Revision ID: 0005
-Revises: 0004
+Revises: 0003
 Create Date: 2026-11-22
 
 Applies `0005_<name>.sql` beside this file (frozen once released); sql/ gets the same
@@ -15,7 +15,7 @@ from pathlib import Path
 from worker import schema
 
 revision = "0005"
-down_revision = "0004"
+down_revision = "0003"
 branch_labels = None
 depends_on = None
 

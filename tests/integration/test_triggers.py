@@ -148,14 +148,30 @@ def test_writers_need_no_rights_on_the_queue(conn: Conn, docs: int) -> None:
 def test_enqueueing_notifies_listening_workers(conn: Conn, dsn: str, docs: int) -> None:
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN embeddings_jobs")
+        listener.execute("SELECT embeddings.worker_idle('embedding_jobs')")
         conn.execute("INSERT INTO docs (id, body) VALUES (60, 'a'), (61, 'b')")
         received = [n.payload for n in listener.notifies(timeout=5, stop_after=1)]
     assert received == ["embedding_jobs"]
 
 
+def test_no_notification_while_no_worker_waits(conn: Conn, dsn: str, docs: int) -> None:
+    """A NOTIFY serialises committing writers: it is only sent when some worker waits."""
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN embeddings_jobs")
+        conn.execute("INSERT INTO docs (id, body) VALUES (70, 'a')")
+        assert [n.payload for n in listener.notifies(timeout=0.5)] == []
+        listener.execute("SELECT embeddings.worker_idle('embedding_jobs')")
+        conn.execute("INSERT INTO docs (id, body) VALUES (71, 'b')")
+        assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == ["embedding_jobs"]
+        listener.execute("SELECT embeddings.worker_busy('embedding_jobs')")
+        conn.execute("INSERT INTO docs (id, body) VALUES (72, 'c')")
+        assert [n.payload for n in listener.notifies(timeout=0.5)] == []
+
+
 def test_supabase_style_sends_also_notify(conn: Conn, dsn: str) -> None:
     with psycopg.connect(dsn, autocommit=True) as listener:
         listener.execute("LISTEN embeddings_jobs")
+        listener.execute("SELECT embeddings.worker_idle('embedding_jobs')")
         conn.execute(
             """SELECT pgmq.send('embedding_jobs', '{"id": 1, "schema": "public", "table": "docs"}')"""
         )

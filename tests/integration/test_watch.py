@@ -69,11 +69,10 @@ def test_watch_each_key_type(
     ]
     assert sorted(queued_keys(conn, target[0])) == sorted(expected_keys)
     registered = conn.execute(
-        "SELECT source::text, content_column, key_column, key_type::text, model FROM embeddings.targets"
+        "SELECT source::text, content_column, key_columns::text[], key_types::text[], model"
+        " FROM embeddings.targets"
     ).fetchall()
-    assert registered == [
-        ("docs", "body", "id", key_sql.split()[1].replace("integer", "integer"), "gte-small")
-    ]
+    assert registered == [("docs", "body", ["id"], [key_sql.split()[1]], "gte-small")]
 
 
 def test_watch_quoted_names_in_another_schema(conn: Conn) -> None:
@@ -220,16 +219,28 @@ def test_unwatch_removes_triggers_registration_and_jobs_and_keeps_data(conn: Con
             "table t has no primary key",
         ),
         (
-            "CREATE TABLE t (a int, b int, body text, PRIMARY KEY (a, b))",
-            "embeddings.watch('t', 'body')",
-            psycopg.errors.FeatureNotSupported,
-            r"table t has a composite primary key \(a, b\)",
+            "CREATE TABLE t (a int NOT NULL, b int NOT NULL, body text)",
+            "embeddings.watch('t', 'body', key => array['a', 'b'])",
+            psycopg.errors.ObjectNotInPrerequisiteState,
+            r"key \(a, b\) of t is not unique",
         ),
         (
-            "CREATE TABLE t (id numeric PRIMARY KEY, body text)",
-            "embeddings.watch('t', 'body')",
-            psycopg.errors.FeatureNotSupported,
-            "primary key t.id has type numeric",
+            "CREATE TABLE t (a int, b int NOT NULL, body text, UNIQUE (a, b))",
+            "embeddings.watch('t', 'body', key => array['a', 'b'])",
+            psycopg.errors.ObjectNotInPrerequisiteState,
+            r"key \(a, b\) of t has nullable columns",
+        ),
+        (
+            "CREATE TABLE t (a int NOT NULL UNIQUE, body text)",
+            "embeddings.watch('t', 'body', key => array['nope'])",
+            psycopg.errors.UndefinedColumn,
+            "does not name distinct columns of t",
+        ),
+        (
+            "CREATE TABLE t (p point NOT NULL, body text); CREATE UNIQUE INDEX ON t ((p[0]))",
+            "embeddings.watch('t', 'body', key => array['p'])",
+            psycopg.errors.ObjectNotInPrerequisiteState,
+            r"key \(p\) of t is not unique",
         ),
         (
             "CREATE TABLE t (id int PRIMARY KEY, body text, embedding vector(768))",

@@ -103,7 +103,21 @@ def session_cluster(
         raise RuntimeError(f"could not start the test cluster:\n{result.stderr}")
     url = result.stdout.strip().splitlines()[-1].removeprefix("DATABASE_URL=")
     try:
-        yield Cluster(admin_dsn=url, directory=directory)
+        found = Cluster(admin_dsn=url, directory=directory)
+        if fast:
+            _logical_wal(found)
+        yield found
     finally:
         subprocess.run([str(PGCLUSTER), "stop", str(directory)], check=False)
         shutil.rmtree(directory, ignore_errors=True)
+
+
+def _logical_wal(cluster: Cluster) -> None:
+    """Tests replicate between two databases of the cluster (logical replication)."""
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:
+        row = conn.execute("SHOW wal_level").fetchone()
+        if row is not None and row[0] == "logical":
+            return
+        conn.execute("ALTER SYSTEM SET wal_level = 'logical'")
+    cluster.stop()
+    cluster.start()

@@ -20,8 +20,8 @@ def target(**overrides: Any) -> Target:
         "content_column": "body",
         "content_function": None,
         "model": "gte-small",
-        "key_column": "id",
-        "key_type": "int8",
+        "key_columns": ("id",),
+        "key_types": ("int8",),
         "queue": "embedding_jobs",
     }
     values.update(overrides)

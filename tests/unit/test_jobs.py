@@ -27,7 +27,7 @@ def test_invalid_keys_are_set_aside_and_the_rest_kept() -> None:
 
 
 def test_uuid_keys_are_canonicalised() -> None:
-    t = target(key_type="uuid")
+    t = target(key_types=("uuid",))
     parsed = job({"target": 1, "keys": ["A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11"]}, {1: t})
     assert parsed.keys == ["a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11"]
 

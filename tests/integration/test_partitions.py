@@ -1,0 +1,108 @@
+"""Partitioned tables (issue 13 §2): writes through the parent and straight into partitions,
+partitions created or attached later, rows moving between partitions, detaching."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.jobs import clear_queue, messages, queued_keys
+from worker.runner import Worker
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def docs(conn: Conn, minilm: str) -> int:
+    conn.execute(
+        "CREATE TABLE docs (region text, id bigint, body text, PRIMARY KEY (region, id))"
+        " PARTITION BY LIST (region)"
+    )
+    conn.execute("CREATE TABLE docs_eu PARTITION OF docs FOR VALUES IN ('eu')")
+    # A sub-partitioned partition.
+    conn.execute(
+        "CREATE TABLE docs_us PARTITION OF docs FOR VALUES IN ('us') PARTITION BY RANGE (id)"
+    )
+    conn.execute("CREATE TABLE docs_us_low PARTITION OF docs_us FOR VALUES FROM (0) TO (1000)")
+    conn.execute("INSERT INTO docs VALUES ('eu', 1, 'existing row')")
+    row = conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,)).fetchone()
+    assert row is not None
+    assert queued_keys(conn, row[0]) == [["eu", 1]]
+    clear_queue(conn)
+    return int(row[0])
+
+
+def embedded(conn: Conn) -> dict[tuple[str, int], bool]:
+    rows = conn.execute("SELECT region, id, embedding IS NOT NULL FROM docs").fetchall()
+    return {(r, i): e for r, i, e in rows}
+
+
+def test_writes_to_the_parent_and_to_each_partition_enqueue_once(conn: Conn, docs: int) -> None:
+    conn.execute("INSERT INTO docs VALUES ('eu', 2, 'via parent'), ('us', 3, 'via parent')")
+    conn.execute("INSERT INTO docs_eu VALUES ('eu', 4, 'straight into a partition')")
+    conn.execute("INSERT INTO docs_us VALUES ('us', 5, 'into a partitioned partition')")
+    conn.execute("INSERT INTO docs_us_low VALUES ('us', 6, 'into a sub-partition')")
+    conn.execute("UPDATE docs_eu SET body = 'edited in the partition' WHERE id = 4")
+    assert queued_keys(conn, docs) == [
+        ["eu", 2],
+        ["us", 3],
+        ["eu", 4],
+        ["us", 5],
+        ["us", 6],
+        ["eu", 4],
+    ]
+
+
+def test_partitions_created_or_attached_later_are_covered(
+    conn: Conn, docs: int, run_once: Callable[..., Worker]
+) -> None:
+    conn.execute("CREATE TABLE docs_ap PARTITION OF docs FOR VALUES IN ('ap')")
+    conn.execute("INSERT INTO docs_ap VALUES ('ap', 7, 'new partition')")
+    assert queued_keys(conn, docs) == [["ap", 7]]
+    # A table with rows, attached: its rows are enqueued, and its own writes from then on.
+    conn.execute("CREATE TABLE docs_sa (LIKE docs)")
+    conn.execute("INSERT INTO docs_sa VALUES ('sa', 8, 'was here before'), ('sa', 9, '')")
+    conn.execute("ALTER TABLE docs ATTACH PARTITION docs_sa FOR VALUES IN ('sa')")
+    assert queued_keys(conn, docs) == [["ap", 7], ["sa", 8]]
+    conn.execute("INSERT INTO docs_sa VALUES ('sa', 10, 'written after attaching')")
+    assert queued_keys(conn, docs) == [["ap", 7], ["sa", 8], ["sa", 10]]
+    run_once()
+    assert embedded(conn) == {
+        ("eu", 1): False,  # its job was cleared by the fixture
+        ("ap", 7): True,
+        ("sa", 8): True,
+        ("sa", 9): False,
+        ("sa", 10): True,
+    }
+    # search over the parent: one HNSW index per partition.
+    indexed = conn.execute(
+        "SELECT count(*) FROM pg_indexes WHERE tablename IN ('docs_sa', 'docs_ap')"
+        " AND indexdef LIKE '%hnsw%'"
+    ).fetchone()
+    assert indexed == (2,)
+
+
+def test_a_row_moving_between_partitions_is_embedded_under_its_new_key(
+    conn: Conn, docs: int, run_once: Callable[..., Worker]
+) -> None:
+    conn.execute("UPDATE docs SET region = 'us' WHERE id = 1")
+    assert queued_keys(conn, docs) == [["us", 1]]
+    run_once()
+    assert embedded(conn) == {("us", 1): True}
+    assert messages(conn) == []
+
+
+def test_a_detached_partition_is_no_longer_covered(conn: Conn, docs: int) -> None:
+    conn.execute("ALTER TABLE docs DETACH PARTITION docs_eu")
+    triggers = conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'docs_eu'::regclass AND NOT tgisinternal"
+    ).fetchone()
+    assert triggers == (0,)
+    conn.execute("INSERT INTO docs_eu VALUES ('eu', 11, 'not watched any more')")
+    conn.execute("UPDATE docs_eu SET body = 'still not' WHERE id = 1")
+    assert queued_keys(conn, docs) == []
+    conn.execute("INSERT INTO docs VALUES ('us', 12, 'the rest still is')")
+    assert queued_keys(conn, docs) == [["us", 12]]

@@ -1,0 +1,161 @@
+"""Routine DDL on a watched table never breaks the application's writes (issue 12 §4), and
+generated content columns work (§5). Renames are followed by the schema-change event trigger;
+what cannot be followed becomes a visible, logged deferral."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.jobs import queued_keys
+from worker.runner import Worker
+from worker.targets import load
+
+Conn = psycopg.Connection[Any]
+
+
+@pytest.fixture
+def docs(conn: Conn, minilm: str) -> int:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text, note text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'first text', NULL)")
+    row = conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,)).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def embedded(
+    conn: Conn, table: str = "docs", key: str = "id", vec: str = "embedding"
+) -> dict[int, bool]:
+    return dict(conn.execute(f"SELECT {key}, {vec} IS NOT NULL FROM {table} ORDER BY 1").fetchall())
+
+
+@pytest.mark.parametrize(
+    ("ddl", "table", "key", "content", "vec"),
+    [
+        ("ALTER TABLE docs RENAME COLUMN body TO content", "docs", "id", "content", "embedding"),
+        ("ALTER TABLE docs RENAME COLUMN id TO doc_id", "docs", "doc_id", "body", "embedding"),
+        ("ALTER TABLE docs RENAME COLUMN embedding TO vec", "docs", "id", "body", "vec"),
+        ("ALTER TABLE docs RENAME TO papers", "papers", "id", "body", "embedding"),
+        (
+            "CREATE SCHEMA archive; ALTER TABLE docs SET SCHEMA archive",
+            "archive.docs",
+            "id",
+            "body",
+            "embedding",
+        ),
+        ("ALTER TABLE docs ALTER COLUMN body TYPE varchar(200)", "docs", "id", "body", "embedding"),
+        (
+            "ALTER TABLE docs ALTER COLUMN body TYPE xml USING body::xml",
+            "docs",
+            "id",
+            "body",
+            "embedding",
+        ),
+    ],
+)
+def test_writes_keep_working_and_rows_get_embedded_after(
+    conn: Conn,
+    docs: int,
+    run_once: Callable[..., Worker],
+    ddl: str,
+    table: str,
+    key: str,
+    content: str,
+    vec: str,
+) -> None:
+    conn.execute(ddl)
+    conn.execute(f"INSERT INTO {table} ({key}, {content}) VALUES (2, 'second text')")
+    conn.execute(f"UPDATE {table} SET {content} = 'first text, edited' WHERE {key} = 1")
+    conn.execute(f"UPDATE {table} SET note = 'unrelated' WHERE {key} = 2")
+    assert queued_keys(conn, docs) == [1, 2, 1]
+    run_once()
+    assert embedded(conn, table, key, vec) == {1: True, 2: True}
+    registered = conn.execute(
+        "SELECT content_column, embedding_column, key_columns::text[], problem FROM embeddings.targets"
+    ).fetchone()
+    assert registered == (content, vec, [key], None)
+
+
+def test_dropping_the_content_column_defers_the_target_visibly(
+    conn: Conn, docs: int, run_once: Callable[..., Worker]
+) -> None:
+    with conn.cursor() as cur:
+        notices: list[str] = []
+        conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+        cur.execute("ALTER TABLE docs DROP COLUMN body")
+    assert any("no longer embedded" in n and "body was dropped" in n for n in notices)
+    conn.execute("INSERT INTO docs (id, note) VALUES (3, 'writes still work')")
+    conn.execute("UPDATE docs SET note = 'and updates' WHERE id = 1")
+    row = conn.execute("SELECT problem FROM embeddings.targets").fetchone()
+    assert row is not None and "content column body was dropped" in str(row[0])
+    target = load(conn)[docs]
+    assert "body was dropped" in str(target.problem())
+    status = conn.execute("SELECT problem FROM embeddings.status").fetchone()
+    assert status is not None and "body was dropped" in str(status[0])
+    # Its queued job waits (deferred, not failed) until the target is watched again.
+    run_once()
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    conn.execute("ALTER TABLE docs ADD COLUMN body text")
+    conn.execute("UPDATE docs SET body = 'new content'")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (target.model,))
+    assert conn.execute("SELECT problem FROM embeddings.targets").fetchone() == (None,)
+    run_once()
+    assert embedded(conn) == {1: True, 3: True}
+
+
+def test_a_generated_content_column_is_watched_and_follows_its_inputs(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    conn.execute(
+        "CREATE TABLE docs (id int PRIMARY KEY, title text, body text,"
+        " content text GENERATED ALWAYS AS (coalesce(title, '') || ': ' || coalesce(body, '')) STORED)"
+    )
+    conn.execute("INSERT INTO docs (id, title, body) VALUES (1, 'Cats', 'They sleep a lot.')")
+    target = conn.execute(
+        "SELECT embeddings.watch('docs', 'content', model => %s)", (minilm,)
+    ).fetchone()
+    assert target is not None
+    conn.execute("INSERT INTO docs (id, title, body) VALUES (2, 'Dogs', 'They bark.')")
+    assert queued_keys(conn, target[0]) == [1, 2]
+    run_once()
+    assert embedded(conn) == {1: True, 2: True}
+    # Changing an input of the expression changes the content: cleared at once, re-queued.
+    conn.execute("UPDATE docs SET body = 'They purr.' WHERE id = 1")
+    assert embedded(conn) == {1: False, 2: True}
+    assert queued_keys(conn, target[0]) == [1]
+    run_once()
+    assert embedded(conn) == {1: True, 2: True}
+
+
+def test_two_embeddings_of_one_table_are_independent(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, title text, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'Cats', 'They sleep.')")
+    first = conn.execute(
+        "SELECT embeddings.watch('docs', 'title', embedding_column => 'title_embedding', model => %s)",
+        (minilm,),
+    ).fetchone()
+    second = conn.execute(
+        "SELECT embeddings.watch('docs', 'body', embedding_column => 'body_embedding', model => %s)",
+        (minilm,),
+    ).fetchone()
+    assert first is not None and second is not None
+    run_once()
+    conn.execute("UPDATE docs SET body = 'They purr.'")
+    assert queued_keys(conn, first[0]) == []
+    assert queued_keys(conn, second[0]) == [1]
+    assert conn.execute(
+        "SELECT title_embedding IS NOT NULL, body_embedding IS NOT NULL FROM docs"
+    ).fetchone() == (True, False)
+    status = conn.execute(
+        "SELECT target, pending_jobs FROM embeddings.status ORDER BY 1"
+    ).fetchall()
+    assert status == [("public.docs.body_embedding", 1), ("public.docs.title_embedding", 0)]
+    run_once()
+    assert conn.execute(
+        "SELECT title_embedding IS NOT NULL, body_embedding IS NOT NULL FROM docs"
+    ).fetchone() == (True, True)
