@@ -5,8 +5,9 @@
 -- tokenizer and keeps its chunks in a table of their own, `<schema>.<table>_chunks` unless
 -- chunk_table names another:
 --
---   <the source's primary key column(s)>  same names and types; a foreign key to the source,
---                                          ON DELETE CASCADE: a deleted document takes its chunks
+--   <the source's key column(s)>  the primary key's, or the key named by watch(key => ...): same
+--                                  names and types; a foreign key to the source, ON DELETE
+--                                  CASCADE: a deleted document takes its chunks
 --   seq         integer   the chunk's position in the document, from 0
 --   chunk       text      the chunk's text, an exact slice of the document: what was embedded
 --   chunk_hash  text      md5 of the model name and the chunk text: when a document changes, a

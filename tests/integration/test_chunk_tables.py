@@ -52,7 +52,7 @@ def tenant_docs(conn: Conn, minilm: str) -> int:
     conn.execute(
         "INSERT INTO tenant_docs VALUES (1, 'a', %s), (2, 'a', %s), (1, 'b', 'Short one.'),"
         " (2, 'b', NULL)",
-        (long_text(8), long_text(3)),
+        (long_text(8), long_text(3, "Zebras graze on the open savanna at dawn.")),
     )
     return watch_chunked(conn, "tenant_docs", "body", minilm)
 
@@ -100,14 +100,15 @@ def test_a_composite_key_chunked_target_is_embedded_edited_and_searched(
         "SELECT total_rows, embedded_rows, chunks, pending_jobs, failed_jobs FROM embeddings.status"
     ).fetchone()
     assert status == (4, 2, after["1a"] + after["2a"], 0, 0)
-    # match_chunks returns composite keys as JSON arrays.
-    (query,) = conn.execute(
-        "SELECT embedding FROM tenant_docs_chunks WHERE (tenant, id, seq) = (2, 'a', 0)"
-    ).fetchone() or (None,)
+    # match_chunks returns composite keys as JSON arrays (the query: a chunk only 2a has).
+    last, query = conn.execute(
+        "SELECT seq, embedding FROM tenant_docs_chunks WHERE (tenant, id) = (2, 'a')"
+        " ORDER BY seq DESC LIMIT 1"
+    ).fetchone() or (None, None)
     found = conn.execute(
         "SELECT key, seq FROM embeddings.match_chunks('tenant_docs', %s::halfvec, 1)", (query,)
     ).fetchone()
-    assert found == ([2, "a"], 0)
+    assert found == ([2, "a"], last)
 
 
 def test_sweep_queues_composite_documents_without_chunks(
