@@ -2,7 +2,7 @@
 instead, in one run on one machine. Results go to bench/results/*.json; `python -m bench.report`
 turns them into the table of docs/performance.md and the plots.
 
-    python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,embedder]
+    python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,embedder]
                     [--rows N] [--quick]
 
 At scale, each run only when named in --only (each takes 5 to 15 minutes here):
@@ -28,6 +28,7 @@ from tokenizers import Tokenizer
 
 from bench import (
     backlog,
+    chunks,
     corpus,
     endtoend,
     hnsw,
@@ -58,6 +59,7 @@ SECTIONS = (
     "scaling",
     "backlog",
     "index",
+    "chunks",
     "embedder",
 )
 SCALE_SECTIONS = ("million", "workers", "hnsw")  # never by default: minutes each
@@ -231,6 +233,16 @@ def main() -> int:
                 fresh_db(cluster, template),
                 *found["all-MiniLM-L6-v2"],
                 rows=5000 if args.quick else 20000,
+            ),
+        )
+
+        section(
+            "chunks",  # chunked targets against one vector per row, on the same long documents
+            lambda: chunks.run(
+                lambda: fresh_db(cluster, template),
+                *found["all-MiniLM-L6-v2"],
+                max_tokens=256,
+                rounds=1 if args.quick else 3,
             ),
         )
 

@@ -62,12 +62,17 @@ CREATE TABLE embeddings.targets (
     -- ddl_command_end event trigger re-reads them and regenerates the trigger functions).
     key_attnums      smallint[] NOT NULL,
     content_attnum   smallint,
-    embedding_attnum smallint NOT NULL,
+    -- NULL for a chunked target: its embedding column is in its chunk table, not in `source`.
+    embedding_attnum smallint,
     -- Triggers fire for rows applied by logical replication too (ENABLE ALWAYS TRIGGER).
     replica          boolean NOT NULL DEFAULT false,
     -- Why the target is not being served (its content column was dropped, say); NULL when fine.
     -- Set by the schema-change event trigger; the worker defers its jobs and status shows it.
     problem          text,
+    -- Chunked targets (sql/55_chunks.sql): the chunk table and the splitter's settings.
+    chunk_table      regclass,
+    chunk_tokens     integer,
+    chunk_overlap    integer,
     UNIQUE (source, embedding_column),
     CHECK ((content_column IS NULL) <> (content_function IS NULL))
 );

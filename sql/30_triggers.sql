@@ -10,6 +10,10 @@
 --                            rows applied by logical replication (replica => true): the apply
 --                            worker fires row triggers only
 --
+-- A chunked target (sql/55_chunks.sql) gets the same functions, except that a new row is queued
+-- whenever it has content (its chunks, not the source, say whether it is embedded), and no
+-- clear trigger: the old chunks keep their vectors until the new ones land, for reuse.
+--
 -- One statement sends one message per keys_per_message() keys, inserted straight into the
 -- queue's table. On a partitioned table the statement triggers sit on the parent and on every
 -- partition (a statement fires those of the table it names only); the row trigger is cloned to
@@ -145,9 +149,13 @@ DECLARE
     body text;
     fallback text;
     inputs name[] := embeddings.content_inputs(t);
+    -- A new row needs a job when it has no embedding yet; a chunked target's new row has no
+    -- chunks yet (sql/55_chunks.sql), whatever the source holds.
+    unembedded text := CASE WHEN t.chunk_table IS NULL THEN format('n.%I IS NULL', t.embedding_column)
+                            ELSE 'true' END;
 BEGIN
-    inserted := format('FROM new_rows n WHERE n.%I IS NULL AND %s OPERATOR(pg_catalog.<>) ''''',
-                       t.embedding_column, new_content);
+    inserted := format('FROM new_rows n WHERE %s AND %s OPERATOR(pg_catalog.<>) ''''',
+                       unembedded, new_content);
     -- A row whose key changed has no old row: it counts as changed.
     changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s WHERE (o.%I IS NULL OR %s IS DISTINCT FROM %s)',
                       embeddings.key_equal_sql(t, 'o', 'n'), t.key_columns[1], new_content, old_content);
@@ -175,7 +183,7 @@ BEGIN
     -- INSERT and UPDATE. A content function that raises (for any row) must not fail the write:
     -- the rows then go unfiltered, and the worker dead-letters the culprit with its error.
     FOREACH body IN ARRAY ARRAY['insert', 'update'] LOOP
-        fallback := CASE body WHEN 'insert' THEN format('FROM new_rows n WHERE n.%I IS NULL', t.embedding_column)
+        fallback := CASE body WHEN 'insert' THEN 'FROM new_rows n WHERE ' || unembedded
                               ELSE 'FROM new_rows n' END;
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
@@ -207,7 +215,7 @@ BEGIN
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
             BEGIN
-                IF (TG_OP = 'INSERT' AND NEW.%2$I IS NULL AND %3$s OPERATOR(pg_catalog.<>) '')
+                IF (TG_OP = 'INSERT' AND %2$s AND %3$s OPERATOR(pg_catalog.<>) '')
                    OR (TG_OP = 'UPDATE' AND (NOT (%4$s) OR %3$s IS DISTINCT FROM %5$s) AND %3$s OPERATOR(pg_catalog.<>) '') THEN
                     INSERT INTO pgmq.%6$I (vt, message)
                     VALUES (pg_catalog.clock_timestamp(),
@@ -216,7 +224,8 @@ BEGIN
                 RETURN NULL;%9$s
             END
             $body$ $f$,
-            prefix || '_replica', t.embedding_column,
+            prefix || '_replica',
+            CASE WHEN t.chunk_table IS NULL THEN format('NEW.%I IS NULL', t.embedding_column) ELSE 'true' END,
             embeddings.content_sql(t, 'new', row_type), embeddings.key_equal_sql(t, 'old', 'new'),
             embeddings.content_sql(t, 'old', row_type),
             pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.key_sql(t, 'new'),
@@ -224,8 +233,8 @@ BEGIN
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_replica');
     END IF;
 
-    IF NOT t.clear_on_update THEN
-        RETURN;
+    IF NOT t.clear_on_update OR t.chunk_table IS NOT NULL THEN
+        RETURN;  -- a chunked target has no embedding column to clear
     END IF;
     -- The clear trigger names no column (no UPDATE OF, no WHEN), so that dropping or retyping
     -- the content column is never refused because of it; it compares in its body, as text
@@ -316,7 +325,7 @@ BEGIN
     END LOOP;
 
     -- Row triggers: on the table itself (Postgres clones them onto partitions).
-    IF t.clear_on_update THEN
+    IF t.clear_on_update AND t.chunk_table IS NULL THEN
         IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = prefix || '_clear') THEN
             EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION embeddings.%I()',
                            prefix || '_clear', t.source, prefix || '_clear');

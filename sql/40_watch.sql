@@ -16,16 +16,17 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Enqueues the rows of `rel` (target t's table, or one of its partitions) that have content
--- and no embedding, or with `every_row` all that have content. A content function that raises
--- for some row must not make this fail: then the rows go unfiltered, and the worker
--- dead-letters the culprits with their error. Returns the number of messages sent.
+-- and no embedding (no chunk, for a chunked target), or with `every_row` all that have
+-- content. A content function that raises for some row must not make this fail: then the rows
+-- go unfiltered, and the worker dead-letters the culprits with their error. Returns the number
+-- of messages sent.
 CREATE FUNCTION embeddings.enqueue_rows(t embeddings.targets, rel regclass, every_row boolean DEFAULT false)
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     row_type regclass := CASE WHEN rel <> t.source THEN t.source END;
     from_where text := format('FROM %s n WHERE %s', rel,
-        CASE WHEN every_row THEN 'true' ELSE format('n.%I IS NULL', t.embedding_column) END);
+        CASE WHEN every_row THEN 'true' ELSE embeddings.embedding_missing_sql(t, 'n') END);  -- 55_chunks.sql
     statement text := 'SELECT embeddings.enqueue_keys($1, array_agg(' || embeddings.key_sql(t, 'n') || ')) ';
     sent integer;
 BEGIN
@@ -58,6 +59,9 @@ $$;
 --                     key should be used): they must form a unique, not-null key
 --   replica           true: rows applied by logical replication enqueue too (a subscriber's
 --                     table); the triggers fire ALWAYS
+--   chunk_tokens      not NULL: split each row's content into chunks of at most this many
+--                     tokens, one vector each, in a chunk table (see sql/55_chunks.sql);
+--                     chunk_overlap (default chunk_tokens / 10) and chunk_table go with it
 --
 -- Calling it again with the same arguments changes nothing; with other arguments it updates the
 -- registration (a new content source or model re-enqueues every row with content).
@@ -71,7 +75,10 @@ CREATE FUNCTION embeddings.watch(
     clear_on_update boolean DEFAULT true,
     queue text DEFAULT 'embedding_jobs',
     key name[] DEFAULT NULL,
-    replica boolean DEFAULT false
+    replica boolean DEFAULT false,
+    chunk_tokens integer DEFAULT NULL,
+    chunk_overlap integer DEFAULT NULL,
+    chunk_table text DEFAULT NULL
 ) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -229,6 +236,16 @@ BEGIN
     END IF;
 
     PERFORM embeddings.refuse_guide_triggers(source, triggers);  -- newcomer: never two sets of triggers
+
+    -- >>> chunked targets (sql/55_chunks.sql): vectors in a chunk table, none in the source
+    IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
+       OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
+                  AND tg.embedding_column = watch.embedding_column AND tg.chunk_table IS NOT NULL) THEN
+        RETURN embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
+                                        queue, key_names, key_regtypes, key_nums, content_num, replica,
+                                        chunk_tokens, chunk_overlap, chunk_table);
+    END IF;
+    -- <<< chunked targets
 
     -- Everything is valid: act.
     SELECT * INTO previous FROM embeddings.targets tg

@@ -1,7 +1,8 @@
 -- Watched tables (or their embedding columns) that get dropped: their targets are forgotten
 -- with the drop, so that no worker dead-letters their queued jobs and `status` stays clean.
 
--- Forgets every target whose table, or whose embedding column, no longer exists; returns how
+-- Forgets every target whose table, or whose embedding column (in its chunk table for a chunked
+-- target), no longer exists; returns how
 -- many. Run it by hand where the event trigger below could not be installed (it needs a
 -- superuser). A renamed embedding column counts as gone: re-watch the table under its new name.
 CREATE FUNCTION embeddings.unwatch_dropped() RETURNS integer
@@ -14,7 +15,7 @@ BEGIN
         SELECT * FROM embeddings.targets tg
         WHERE NOT EXISTS (
             SELECT FROM pg_attribute a
-            WHERE a.attrelid = tg.source AND a.attname = tg.embedding_column
+            WHERE a.attrelid = coalesce(tg.chunk_table, tg.source) AND a.attname = tg.embedding_column
               AND a.attnum > 0 AND NOT a.attisdropped)
         ORDER BY tg.id
     LOOP
@@ -37,8 +38,8 @@ BEGIN
     FOR t IN
         SELECT DISTINCT tg.* FROM embeddings.targets tg
         JOIN pg_event_trigger_dropped_objects() d
-          ON d.classid = 'pg_class'::regclass AND d.objid = tg.source::oid
-        WHERE d.objsubid = 0                                     -- the table itself
+          ON d.classid = 'pg_class'::regclass AND d.objid IN (tg.source::oid, tg.chunk_table::oid)
+        WHERE d.objsubid = 0                                     -- the table (or chunk table)
            OR d.address_names[3] = tg.embedding_column::text     -- its embedding column
     LOOP
         BEGIN
@@ -63,9 +64,9 @@ BEGIN
 END
 $$;
 
--- Schema changes of watched tables: renames of the table, its key, content or embedding
--- column, a move to another schema, a retyped content column, a new owner, partitions created,
--- attached or detached. Target `target_id`'s registration is brought in line with its table:
+-- Schema changes of watched tables: renames of the table, its key (a chunked target's chunk
+-- table's key columns follow), content or embedding column, a move to another schema, a
+-- retyped content column, a new owner, partitions created, attached or detached. Target `target_id`'s registration is brought in line with its table:
 -- column names re-read from the attribute numbers, trigger functions regenerated, triggers on
 -- every partition (rows of newly attached partitions enqueued). What cannot be followed (the
 -- content or key column dropped) becomes the target's `problem`: its triggers go, the worker
@@ -108,6 +109,9 @@ BEGIN
     RETURNING tg.* INTO t;
     IF t.problem IS NOT NULL AND t.problem IS DISTINCT FROM before.problem THEN
         RAISE WARNING 'embeddings: % is no longer embedded: %', embeddings.target_name(t), t.problem;
+    END IF;
+    IF t.chunk_table IS NOT NULL AND t.problem IS NULL THEN
+        PERFORM embeddings.follow_chunk_keys(t);  -- renamed key columns (55_chunks.sql)
     END IF;
     FOREACH rel IN ARRAY embeddings.install_triggers(t) LOOP
         PERFORM embeddings.enqueue_rows(t, rel);  -- a partition attached with its rows

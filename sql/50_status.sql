@@ -38,7 +38,8 @@ CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     cleared_rows           bigint,
     deferred_reason        text,
     deferred_since         timestamptz,
-    problem                text
+    problem                text,
+    chunks                 bigint
 )
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -53,20 +54,38 @@ BEGIN
         problem := t.problem;  -- why it is not served (a schema change it cannot follow)
         content_sql := CASE WHEN t.content_column IS NOT NULL THEN format('s.%I', t.content_column)
                             ELSE format('%s(s)', t.content_function::regproc) END;
-        BEGIN
-            EXECUTE format('SELECT count(*), count(s.%I), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
-                           t.embedding_column, content_sql, content_sql, t.source)
-                INTO total_rows, embedded_rows, cleared_rows;
-        EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
+        IF t.chunk_table IS NULL THEN
             BEGIN
-                EXECUTE format('SELECT count(*), count(s.%I), NULL::bigint FROM %s s', t.embedding_column, t.source)
+                EXECUTE format('SELECT count(*), count(s.%I), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
+                               t.embedding_column, content_sql, content_sql, t.source)
                     INTO total_rows, embedded_rows, cleared_rows;
-            EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone: the other targets still show
-                total_rows := NULL;
-                embedded_rows := NULL;
-                cleared_rows := NULL;
+            EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
+                BEGIN
+                    EXECUTE format('SELECT count(*), count(s.%I), NULL::bigint FROM %s s', t.embedding_column, t.source)
+                        INTO total_rows, embedded_rows, cleared_rows;
+                EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone: the other targets still show
+                    total_rows := NULL;
+                    embedded_rows := NULL;
+                    cleared_rows := NULL;
+                END;
             END;
-        END;
+            chunks := NULL;
+        ELSE
+            -- A chunked target: documents with chunks count as embedded (sql/55_chunks.sql).
+            BEGIN
+                EXECUTE format('SELECT count(*), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
+                               content_sql, content_sql, t.source)
+                    INTO total_rows, cleared_rows;
+            EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
+                EXECUTE format('SELECT count(*), NULL::bigint FROM %s', t.source) INTO total_rows, cleared_rows;
+            END;
+            BEGIN
+                SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
+            EXCEPTION WHEN OTHERS THEN  -- the chunk table is gone: the other targets still show
+                embedded_rows := NULL;
+                chunks := NULL;
+            END;
+        END IF;
         EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
         -- The last five whole minutes plus the current one, as a rate per second.
@@ -85,9 +104,10 @@ $$;
 
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
-           target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem
+           target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
+           chunks
     FROM embeddings.target_status();
-COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait';
+COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets';
 
 -- Re-queues dead letters (all, or those with the given ids) and removes them from
 -- embeddings.failures. Returns how many were re-queued.

@@ -15,10 +15,12 @@ GRANT SELECT ON embeddings.deferrals TO PUBLIC;
 COMMENT ON TABLE embeddings.deferrals IS 'Targets whose jobs the worker defers, with the reason; shown by embeddings.status';
 
 -- Whether the current role may write target t's embeddings: UPDATE of its embedding column,
--- or of the table where that column is gone (a deferral says so). Never raises.
+-- or of the table where that column is gone (a deferral says so); for a chunked target, INSERT
+-- into its chunk table (sql/55_chunks.sql). Never raises.
 CREATE FUNCTION embeddings.may_write_embeddings(t embeddings.targets) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT CASE
+        WHEN t.chunk_table IS NOT NULL THEN coalesce(has_table_privilege(t.chunk_table, 'INSERT'), false)
         WHEN EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = t.source
                      AND a.attname = t.embedding_column AND a.attnum > 0 AND NOT a.attisdropped)
         THEN has_column_privilege(t.source, t.embedding_column, 'UPDATE')

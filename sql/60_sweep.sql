@@ -71,9 +71,9 @@ DECLARE
 BEGIN
     scanned := 0;
     FOR k, unembedded IN EXECUTE format(
-        'SELECT pg_catalog.to_jsonb(%1$s), n.%2$I IS NULL FROM %3$s n'
+        'SELECT pg_catalog.to_jsonb(%1$s), %2$s FROM %3$s n'
         ' WHERE $1::jsonb IS NULL OR (%4$s) > (%5$s) ORDER BY %4$s LIMIT $2',
-        embeddings.key_sql(t, 'n'), t.embedding_column, t.source,
+        embeddings.key_sql(t, 'n'), embeddings.embedding_missing_sql(t, 'n'), t.source,  -- 55_chunks.sql
         embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$1::jsonb'))
         USING after_key, max_rows
     LOOP
@@ -131,7 +131,7 @@ BEGIN
             -- `failures --retry`). Keys are compared in their JSON form, as messages carry them.
             EXECUTE format($q$
                 WITH slice AS (
-                    SELECT pg_catalog.to_jsonb(%1$s) AS k, (n.%2$I IS NULL AND (%3$s) ~ '[^[:space:]]') AS missing
+                    SELECT pg_catalog.to_jsonb(%1$s) AS k, (%2$s AND (%3$s) ~ '[^[:space:]]') AS missing
                     FROM %4$s n
                     WHERE $2::jsonb IS NULL OR (%5$s) > (%6$s)
                     ORDER BY %5$s
@@ -150,7 +150,8 @@ BEGIN
                        (SELECT k::text FROM numbered ORDER BY ord DESC LIMIT 1), keys
                 FROM queued
                 $q$,
-                embeddings.key_sql(t, 'n'), t.embedding_column, embeddings.content_sql(t, 'n'), t.source,
+                embeddings.key_sql(t, 'n'), embeddings.embedding_missing_sql(t, 'n'),  -- or no chunk (55_chunks.sql)
+                embeddings.content_sql(t, 'n'), t.source,
                 embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$2::jsonb'))
             INTO scanned, last_key, enqueued
             USING t.id, cursor_key, max_rows, t;

@@ -6,7 +6,7 @@
 --   * its queues' tables (leasing, acknowledging, retrying, archiving: pgmq's functions run
 --     with the caller's rights)
 --   * per watched table: SELECT (keys, content, whatever a content function reads) and UPDATE of
---     the embedding column only
+--     the embedding column only; for a chunked target, its chunk table instead of the column
 --   * where a table has row-level security, policies that let the worker see and update every
 --     row (FOR SELECT and FOR UPDATE only: a worker role that also inserts or deletes as an
 --     application stays under the table's own policies for that): otherwise rows it cannot
@@ -24,7 +24,12 @@ DECLARE
     policy name := 'embeddings_worker_' || role_name;
 BEGIN
     EXECUTE format('GRANT SELECT ON %s TO %I', t.source, role_name);
-    EXECUTE format('GRANT UPDATE (%I) ON %s TO %I', t.embedding_column, t.source, role_name);
+    IF t.chunk_table IS NULL THEN
+        EXECUTE format('GRANT UPDATE (%I) ON %s TO %I', t.embedding_column, t.source, role_name);
+    ELSE
+        -- A chunked target's vectors live in its chunk table (sql/55_chunks.sql).
+        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', t.chunk_table, role_name);
+    END IF;
     IF (SELECT relrowsecurity FROM pg_class WHERE oid = t.source) THEN
         IF NOT EXISTS (SELECT FROM pg_policy WHERE polrelid = t.source AND polname = policy) THEN
             EXECUTE format('CREATE POLICY %I ON %s FOR SELECT TO %I USING (true)',

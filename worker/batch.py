@@ -9,12 +9,15 @@ from __future__ import annotations
 import enum
 from collections import defaultdict
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from worker import queue as jobqueue
 from worker.targets import Target
+
+if TYPE_CHECKING:
+    from worker.chunkstore import DocumentChunks
 
 
 class RowState(enum.Enum):
@@ -28,6 +31,8 @@ class RowState(enum.Enum):
     CLEARED = "cleared"
     STALE = "stale"  # content changed since loading: its newer job embeds it
     OUTDATED = "outdated"  # the target was redefined (watch()) since the batch was read: redone
+    # Chunked targets: past the batch's chunk budget; re-queued with no attempt counted.
+    POSTPONED = "postponed"
 
 
 @dataclass
@@ -39,6 +44,7 @@ class Row:
     digest: str | None = None
     vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
     error: str | None = None
+    chunks: DocumentChunks | None = None  # chunked targets: set by chunkstore.prepare
 
     def fail(self, error: str) -> None:
         self.state = RowState.FAILED

@@ -134,6 +134,7 @@ def _load(name: str, settings: Settings) -> Any:
 
 
 def search(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import search as search_mod
     from worker import targets as targets_mod
 
     if args.k < 1:
@@ -167,13 +168,23 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         if (problem := target.problem(model.dim)) is not None:
             raise exceptions.TargetError(problem)
         query_vector = model.embed([args.query])[0]
-        results = _nearest(conn, target, query_vector, args.k)
+        if target.chunk_table is not None:  # documents by their best chunk (worker/search.py)
+            results = search_mod.nearest_documents(conn, target, query_vector, args.k)
+        else:
+            results = _nearest(conn, target, query_vector, args.k)
     if args.json:
         output.print_json(results)
         return EXIT_OK
     output.print_table(
         ["similarity", "key", "content"],
-        [[f"{r['similarity']:.3f}", str(r["key"]), output.preview(r["content"])] for r in results],
+        [
+            [
+                f"{r['similarity']:.3f}",
+                str(r["key"]),
+                output.preview(r.get("chunk", r.get("content"))),
+            ]
+            for r in results
+        ],
     )
     return EXIT_OK
 

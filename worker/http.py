@@ -9,6 +9,8 @@
                             blank text (empty or whitespace) -> null, as the worker stores none
   POST /functions/v1/embed  the Supabase guide's Edge Function contract (worker.push): 200
                             with {completedJobs, failedJobs} and x-completed-jobs/x-failed-jobs
+  POST /search              {"table", "query", "k"} -> {"results": [...]}: nearest rows, or for
+                            a chunked target documents with their best chunk (worker.search)
 
 POST routes take an optional bearer token (EMBED_HTTP_TOKEN), compared in constant time. Bound
 to anything but loopback without a token, they answer 403 unless the operator opts in with
@@ -250,6 +252,21 @@ class Handler(BaseHTTPRequestHandler):
             },
         )
 
+    def _search(self, body: Any) -> None:
+        from worker import search
+
+        try:
+            request = search.Request.parse(body)
+        except ValueError as exc:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        worker = self.server.worker
+        try:
+            with db.connect(worker.dsn, connect_timeout=5) as conn:
+                results = search.run(conn, worker.embedders.get, request)
+        except (exceptions.TargetError, exceptions.ConfigError) as exc:
+            raise BadRequest(HTTPStatus.NOT_FOUND, str(exc)) from None
+        self._json(HTTPStatus.OK, {"results": results})
+
     # --- plumbing ---------------------------------------------------------------------------
     def _authorize(self) -> None:
         token = self.server.settings.http_token
@@ -329,7 +346,11 @@ class Handler(BaseHTTPRequestHandler):
         logger.debug("%s %s", self.address_string(), format % args)
 
 
-POST_ROUTES = {"/embed": Handler._embed, "/functions/v1/embed": Handler._push}
+POST_ROUTES = {
+    "/embed": Handler._embed,
+    "/functions/v1/embed": Handler._push,
+    "/search": Handler._search,
+}
 
 
 def post_refusal(settings: Settings) -> str | None:

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from worker import db, exceptions, faults, metrics
+from worker import chunkstore, db, exceptions, faults, metrics
 from worker import queue as jobqueue
 from worker.batch import Batch, Row, RowState, TargetStats
 from worker.config import Settings
@@ -100,6 +100,7 @@ def load(conn: db.Connection, batch: Batch) -> None:
             continue
         for row in rows:
             _apply_loaded(row, found)
+    chunkstore.prepare(conn, batch)  # chunked targets: split, find the vectors already stored
     batch.load_ms = (time.perf_counter() - started) * 1000
     metrics.STAGE_SECONDS.labels("load").observe(batch.load_ms / 1000)
 
@@ -137,7 +138,10 @@ def embed(embedders: Embedders, batch: Batch) -> None:
             batch.deferred[target.id] = problem
             continue
         started = time.perf_counter()
-        tokens = _embed_isolating(model, rows)
+        if target.chunk_table is not None:  # chunked targets: only the chunks that changed
+            tokens = chunkstore.embed(model, rows)
+        else:
+            tokens = _embed_isolating(model, rows)
         stats = batch.stats[target.id]
         stats.tokens += tokens
         stats.embed_ms += (time.perf_counter() - started) * 1000

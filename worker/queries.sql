@@ -1,5 +1,6 @@
 -- The worker's runtime SQL. Each query starts with `-- name: NAME` and a one-line description;
--- worker/queries.py loads them. `{queue_table}`, `{table}`, `{content}`, `{embedding}` and
+-- worker/queries.py loads them. `{queue_table}`, `{table}`, `{content}`, `{embedding}`, `{chunks}`
+-- (a chunked target's chunk table, whose key columns have the table's key names) and
 -- the key fragments (`{key_arrays}`, `{key_aliases}`, `{key_match}`: see Target.sql_names)
 -- are filled with psycopg.sql identifiers of registered targets only; values are always
 -- bound parameters. Row keys are matched by column (k0, k1, ...) and returned as the
@@ -94,17 +95,21 @@ DELETE FROM embeddings.throughput WHERE minute < clock_timestamp() - interval '1
 
 -- name: load_targets
 -- Every registered target with what the worker needs to serve it, from the catalog.
+-- A chunked target's embedding column is in its chunk table.
 SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
        t.content_column, fn_ns.nspname, p.proname, t.model, t.key_columns::text[],
        ARRAY(SELECT kt.typname::text FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
              JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i),
        ARRAY(SELECT format_type(k.ty, NULL) FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
              ORDER BY k.i),
-       t.queue, t.problem, t.version
+       t.queue, t.problem, t.version, chunk_ns.nspname, chunk_c.relname, t.chunk_tokens,
+       t.chunk_overlap
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
 LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = t.embedding_column
+LEFT JOIN pg_class chunk_c ON chunk_c.oid = t.chunk_table
+LEFT JOIN pg_namespace chunk_ns ON chunk_ns.oid = chunk_c.relnamespace
+LEFT JOIN pg_attribute a ON a.attrelid = coalesce(t.chunk_table, t.source) AND a.attname = t.embedding_column
                         AND a.attnum > 0 AND NOT a.attisdropped
 LEFT JOIN pg_type ty ON ty.oid = a.atttypid
 LEFT JOIN pg_proc p ON p.oid = t.content_function
@@ -186,3 +191,46 @@ SELECT embeddings.note_deferrals(%(target_ids)s::integer[], %(reasons)s::text[],
 -- name: clear_deferrals
 -- Forgets the deferrals of targets served again.
 SELECT embeddings.clear_deferrals(%(target_ids)s::integer[]);
+
+-- Chunked targets (worker/chunkstore.py). A document's chunks are keyed by (key, seq); each
+-- carries the md5 of its model and text (chunk_hash), by which unchanged chunks keep their vector.
+
+-- name: load_reusable_chunks
+-- Vectors already stored for chunks of these documents with these hashes (the chunks that an
+-- edit left unchanged): they are not embedded again. (real[]: the loading connection needs
+-- no pgvector types.) One entry per chunk: the key arrays repeat each document's key.
+SELECT DISTINCT ON (v.key, t.chunk_hash) v.key, t.chunk_hash, t.{embedding}::real[]
+FROM unnest({key_arrays}, %(keys)s::text[], %(hashes)s::text[]) AS v({key_aliases}, key, hash)
+JOIN {chunks} t ON {key_match} AND t.chunk_hash = v.hash;
+
+-- name: lock_documents
+-- Serializes writers of the same documents until commit (advisory locks per target and key, in
+-- a fixed order so that two writers never deadlock): the stale-write check and the chunk writes
+-- that follow it see no other writer in between.
+SELECT count(pg_advisory_xact_lock(%(target_id)s, s.h))
+FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%(keys)s::text[]) AS k ORDER BY 1) s;
+
+-- name: current_documents
+-- The documents whose content is still what was loaded (same md5; NULL for NULL content).
+SELECT v.key
+FROM unnest({key_arrays}, %(keys)s::text[], %(hashes)s::text[]) AS v({key_aliases}, key, hash)
+JOIN {table} t ON {key_match}
+WHERE md5({content}) IS NOT DISTINCT FROM v.hash;
+
+-- name: upsert_chunks
+-- Writes chunks; a chunk whose text is unchanged at its position is left as it is.
+INSERT INTO {chunks} AS c ({key_list}, seq, chunk, chunk_hash, {embedding})
+SELECT {key_values}, v.seq, v.chunk, v.hash, v.embedding
+FROM unnest({key_arrays}, %(seqs)s::integer[], %(chunks)s::text[], %(hashes)s::text[], %(embeddings)b)
+     AS v({key_aliases}, seq, chunk, hash, embedding)
+ON CONFLICT ({key_list}, seq) DO UPDATE
+SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, {embedding} = excluded.{embedding}
+WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash;
+
+-- name: delete_vanished_chunks
+-- Deletes the chunks past each document's new chunk count (all of them for a count of 0);
+-- returns the documents that lost chunks.
+DELETE FROM {chunks} t
+USING unnest({key_arrays}, %(keys)s::text[], %(counts)s::integer[]) AS v({key_aliases}, key, n)
+WHERE {key_match} AND t.seq >= v.n
+RETURNING v.key;

@@ -24,6 +24,7 @@ COLUMNS = (
     "cleared_rows",
     "deferred_reason",
     "deferred_since",
+    "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
 )
 CLEAR_SCREEN = "\x1b[H\x1b[J"  # cursor home, erase below: the next frame replaces this one
 BAR_WIDTH = 20
@@ -77,7 +78,8 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
                 r["target"],
                 r["model"],
                 f"{r['total_rows']:,}",
-                f"{r['embedded_rows']:,}",
+                f"{r['embedded_rows']:,}"
+                + (f" ({r['chunks']:,} chunks)" if r["chunks"] is not None else ""),
                 "?" if r["cleared_rows"] is None else f"{cleared:,}",
                 f"{pending:,}",
                 f"{r['failed_jobs']:,}",

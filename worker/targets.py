@@ -45,6 +45,10 @@ class Target:
     version: int = 1  # of the definition (embeddings.targets.version) this object describes
     key_sql_types: tuple[str, ...] = ()  # format_type() of each; defaults to key_types
     registry_problem: str | None = None  # embeddings.targets.problem
+    # Chunked targets (worker/chunkstore.py): vectors in a chunk table, one per chunk.
+    chunk_table: tuple[str, str] | None = None  # (schema, table)
+    chunk_tokens: int | None = None
+    chunk_overlap: int | None = None
 
     @property
     def key_column(self) -> str:
@@ -106,6 +110,7 @@ class Target:
             "key": sql.SQL("::text || ',' || t.").join(columns),
             "content": content,
             "embedding": sql.Identifier(self.embedding_column),
+            "chunks": sql.Identifier(*self.chunk_table) if self.chunk_table else sql.SQL("NULL"),
             # Keys as parameters: one text array per key column (%(k0)s, ...), unnested beside
             # the canonical keys, and the join of those to the table's rows.
             "key_arrays": sql.SQL(", ").join(
@@ -115,6 +120,12 @@ class Target:
             "key_match": sql.SQL(" AND ").join(
                 sql.SQL("t.{} = v.{}::{}").format(c, a, ty)
                 for c, a, ty in zip(columns, aliases, types, strict=True)
+            ),
+            # Chunk tables (worker/chunkstore.py): the key columns, and the unnested keys cast
+            # to their types, in key order.
+            "key_list": sql.SQL(", ").join(columns),
+            "key_values": sql.SQL(", ").join(
+                sql.SQL("v.{}::{}").format(a, ty) for a, ty in zip(aliases, types, strict=True)
             ),
         }
 
@@ -178,7 +189,8 @@ def load(conn: db.Connection) -> dict[int, Target]:
     found: dict[int, Target] = {}
     for row in rows:
         (tid, schema, table, column, etype, dims, ccol, fschema, fname, model) = row[:10]
-        (kcols, ktypes, ksqltypes, q, problem, ver) = row[10:]
+        (kcols, ktypes, ksqltypes, q, problem, ver) = row[10:16]
+        chunk_schema, chunk_name, chunk_tokens, chunk_overlap = row[16:]
         found[tid] = Target(
             id=tid,
             schema=schema,
@@ -195,6 +207,9 @@ def load(conn: db.Connection) -> dict[int, Target]:
             queue=q,
             version=ver,
             registry_problem=problem,
+            chunk_table=(chunk_schema, chunk_name) if chunk_name is not None else None,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
         )
     return found
 

@@ -21,7 +21,7 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
 
-from worker import db, faults, metrics, queries, visibility
+from worker import chunkstore, db, faults, metrics, queries, visibility
 from worker import queue as jobqueue
 from worker.batch import Batch, Row, RowState
 from worker.config import Settings
@@ -190,6 +190,9 @@ def _store(
 ) -> dict[RowKey, RowState]:
     """Writes the vectors of `embedded` and clears `blank`; returns each row's new state
     (leaving the rows untouched: the caller's transaction may still roll back)."""
+    if target.chunk_table is not None:  # chunked targets: chunkstore writes, under the same rule
+        stored = chunkstore.store(conn, target, embedded, blank)
+        return {(target.id, key): state for key, state in stored.items()}
     states: dict[RowKey, RowState] = {}
     if embedded:
         wrap = HalfVector if target.embedding_type == "halfvec" else Vector
@@ -258,6 +261,17 @@ def settle(
             for key in job.keys
             if outcome.state(row := batch.rows[(target.id, key)]) is RowState.FAILED
         ]
+        # >>> chunked targets: documents past the batch's chunk budget go back to the queue
+        # in a message of their own, visible at once, with the attempts spent before this one.
+        postponed = [
+            job.raw_keys[key]
+            for key in job.keys
+            if outcome.state(batch.rows[(target.id, key)]) is RowState.POSTPONED
+        ]
+        if postponed:
+            message = {"target": target.id, "keys": postponed, "attempts": job.attempts - 1}
+            out.resend.append((message, 0))
+        # <<< chunked targets
         if not failed and not job.bad_keys:
             out.delete.append(job.msg_id)
             out.latencies.append((now - job.enqueued_at).total_seconds())

@@ -86,3 +86,22 @@ def test_jobs_of_a_deferred_target_are_deferred() -> None:
     batch.deferred[1] = "model missing"
     out = pipeline.settle(batch, SETTINGS, NOW)
     assert out.defer == [1] and not (out.delete or out.dead or out.retry)
+
+
+def test_postponed_rows_go_back_at_once_without_an_attempt() -> None:
+    """Chunked targets: rows past a batch's chunk budget (worker.chunkstore) are re-queued."""
+    P = pipeline.RowState.POSTPONED
+    j = job({"target": 1, "keys": [1, 2, 3], "attempts": 1}, T, read_ct=1)
+    out = pipeline.settle(batch_with((j, {"1": W, "2": P, "3": P})), SETTINGS, NOW)
+    assert out.delete == [1]
+    assert out.resend == [({"target": 1, "keys": [2, 3], "attempts": 1}, 0)]
+    assert not (out.retry or out.dead or out.archive)
+
+
+def test_postponed_and_failed_rows_of_one_job_go_back_separately() -> None:
+    P = pipeline.RowState.POSTPONED
+    j = job({"target": 1, "keys": [1, 2]}, T, read_ct=1)
+    out = pipeline.settle(batch_with((j, {"1": F, "2": P})), SETTINGS, NOW)
+    assert out.delete == [1] and not out.retry
+    messages = sorted((m["keys"], m["attempts"], delay > 0) for m, delay in out.resend)
+    assert messages == [([1], 1, True), ([2], 0, False)]

@@ -1,0 +1,310 @@
+-- Chunked targets: long documents split into chunks, one vector per chunk.
+--
+-- embeddings.watch(source, content, ..., chunk_tokens => N, chunk_overlap => M) hands over to
+-- embeddings.watch_chunked() below. The worker splits each document with the model's own
+-- tokenizer and keeps its chunks in a table of their own, `<schema>.<table>_chunks` unless
+-- chunk_table names another:
+--
+--   <the source's key column(s)>  the primary key's, or the key named by watch(key => ...): same
+--                                  names and types; a foreign key to the source, ON DELETE
+--                                  CASCADE: a deleted document takes its chunks
+--   seq         integer   the chunk's position in the document, from 0
+--   chunk       text      the chunk's text, an exact slice of the document: what was embedded
+--   chunk_hash  text      md5 of the model name and the chunk text: when a document changes, a
+--                         chunk whose text did not change keeps its vector (no re-embedding)
+--   <embedding_column>  halfvec(dim)  ('embedding' by default), with an HNSW cosine index
+--
+-- The source table gets no embedding column (embeddings.targets.embedding_attnum is NULL). Its
+-- triggers are the generated ones of any target (sql/30_triggers.sql), minus the clear trigger: a
+-- changed document keeps its old chunks until its new ones land (the old vectors are what makes
+-- reuse possible). The chunk table's key columns follow renames of the source's
+-- (embeddings.follow_chunk_keys, called by the schema-change event trigger).
+
+-- "alias.k1 = chunk_alias.k1 AND ...": joins a source row to its chunks over the key columns.
+CREATE FUNCTION embeddings.chunk_join_sql(key_names name[], alias text, chunk_alias text) RETURNS text
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT string_agg(format('%1$I.%3$I = %2$I.%3$I', alias, chunk_alias, k), ' AND ' ORDER BY o)
+    FROM unnest(key_names) WITH ORDINALITY AS u(k, o)
+$$;
+
+-- A predicate true when the row of alias `alias` lacks its embedding: a NULL embedding column,
+-- or, for a chunked target, no chunk at all. Used by backfills and embeddings.sweep().
+CREATE FUNCTION embeddings.embedding_missing_sql(t embeddings.targets, alias text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN t.chunk_table IS NULL THEN format('%I.%I IS NULL', alias, t.embedding_column)
+        ELSE format('NOT EXISTS (SELECT FROM %s c WHERE %s)', t.chunk_table,
+                    embeddings.chunk_join_sql(t.key_columns, alias, 'c'))
+    END
+$$;
+
+-- Creates the chunk table `chunk_table` (schema-qualified, quoted) for `source`, or checks that
+-- the existing one has the expected shape. Generic over the key: one or several columns.
+CREATE FUNCTION embeddings.ensure_chunk_table(
+    chunk_table text,
+    source regclass,
+    key_names name[],
+    key_types regtype[],
+    embedding_column name,
+    dims integer
+) RETURNS regclass
+LANGUAGE plpgsql AS $$
+DECLARE
+    vschema name := embeddings.vector_schema();
+    existing regclass := to_regclass(chunk_table);
+    columns text;
+    keys text;
+    problem text;
+BEGIN
+    IF existing IS NOT NULL THEN
+        SELECT string_agg(format_type(need.typ, need.typmod) || ' ' || quote_ident(need.col), ', ') INTO problem
+        FROM (SELECT k AS col, ty AS typ, NULL::integer AS typmod FROM unnest(key_names, key_types) AS u(k, ty)
+              UNION ALL VALUES ('seq'::name, 'integer'::regtype, NULL::integer), ('chunk', 'text', NULL),
+                               ('chunk_hash', 'text', NULL),
+                               (embedding_column, format('%I.halfvec', vschema)::regtype, dims)) need
+        WHERE NOT EXISTS (
+            SELECT FROM pg_attribute a
+            WHERE a.attrelid = existing AND a.attname = need.col AND a.attnum > 0 AND NOT a.attisdropped
+              AND a.atttypid = need.typ AND (need.typmod IS NULL OR a.atttypmod = need.typmod));
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION 'table % exists but is not a chunk table for % (missing or mistyped: %)',
+                    existing, source, problem
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = 'Drop it, or name another table with chunk_table => ...';
+        END IF;
+        RETURN existing;
+    END IF;
+    SELECT string_agg(format('%I %s NOT NULL', k, format_type(ty, NULL)), ', ' ORDER BY o),
+           string_agg(format('%I', k), ', ' ORDER BY o)
+    INTO columns, keys
+    FROM unnest(key_names, key_types) WITH ORDINALITY AS u(k, ty, o);
+    EXECUTE format(
+        'CREATE TABLE %1$s (%2$s, seq integer NOT NULL, chunk text NOT NULL, chunk_hash text NOT NULL, '
+        '%3$I %4$I.halfvec(%5$s) NOT NULL, PRIMARY KEY (%6$s, seq), '
+        'FOREIGN KEY (%6$s) REFERENCES %7$s (%6$s) ON DELETE CASCADE ON UPDATE CASCADE)',
+        chunk_table, columns, embedding_column, vschema, dims, keys, source);
+    existing := to_regclass(chunk_table);
+    EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.halfvec_cosine_ops)', existing, embedding_column, vschema);
+    EXECUTE format('COMMENT ON TABLE %s IS %L', existing,
+                   format('Chunks of %s and their embeddings, kept by embed-worker (embeddings.watch)', source));
+    RETURN existing;
+END
+$$;
+
+-- Renames the key columns of chunked target t's chunk table after the source's key columns
+-- (matched through the foreign key, which follows attribute numbers), so that the worker's
+-- queries name both alike. Called by embeddings.refresh_target() with the event trigger's DDL
+-- following switched off.
+CREATE FUNCTION embeddings.follow_chunk_keys(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    col record;
+BEGIN
+    FOR col IN
+        SELECT ca.attname AS chunk_name, sa.attname AS source_name
+        FROM pg_constraint fk
+        CROSS JOIN LATERAL unnest(fk.conkey, fk.confkey) AS k(chunk_num, source_num)
+        JOIN pg_attribute ca ON ca.attrelid = fk.conrelid AND ca.attnum = k.chunk_num
+        JOIN pg_attribute sa ON sa.attrelid = fk.confrelid AND sa.attnum = k.source_num
+        WHERE fk.conrelid = t.chunk_table AND fk.confrelid = t.source AND fk.contype = 'f'
+          AND ca.attname <> sa.attname
+    LOOP
+        EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', t.chunk_table, col.chunk_name, col.source_name);
+    END LOOP;
+END
+$$;
+
+-- watch() for chunked targets (called by it once the table, model, key and content are
+-- validated). Creates the chunk table, registers the target, installs its triggers and queues
+-- the documents that have content and no chunks (every document with content when the content
+-- source, the model or the chunk settings changed). Returns the target id.
+CREATE FUNCTION embeddings.watch_chunked(
+    source regclass,
+    content_col name,
+    content_fn regprocedure,
+    embedding_column name,
+    model text,
+    triggers boolean,
+    queue text,
+    key_names name[],
+    key_types regtype[],
+    key_nums smallint[],
+    content_num smallint,
+    replica boolean,
+    chunk_tokens integer,
+    chunk_overlap integer,
+    chunk_table text
+) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    m embeddings.models;
+    overlap integer := coalesce(chunk_overlap, chunk_tokens / 10);
+    previous embeddings.targets;
+    t embeddings.targets;
+    table_parts text[];
+    table_name text;
+    chunks regclass;
+    reembed boolean := false;
+BEGIN
+    SELECT * INTO previous FROM embeddings.targets tg
+    WHERE tg.source = watch_chunked.source AND tg.embedding_column = watch_chunked.embedding_column;
+    IF previous.id IS NOT NULL AND previous.chunk_table IS NULL THEN
+        RAISE EXCEPTION '%.% is watched with one vector per row, not in chunks', source, embedding_column
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Unwatch it first (SELECT embeddings.unwatch(%L)), or pass another embedding_column.', source::text);
+    ELSIF chunk_tokens IS NULL AND previous.id IS NULL THEN
+        RAISE EXCEPTION 'chunk_overlap and chunk_table need chunk_tokens' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF chunk_tokens IS NULL THEN
+        RAISE EXCEPTION '% is watched in chunks of % tokens: pass chunk_tokens', source, previous.chunk_tokens
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'To keep one vector per row instead, unwatch it first.';
+    END IF;
+
+    SELECT * INTO m FROM embeddings.models mo WHERE mo.name = watch_chunked.model;
+    IF chunk_tokens < 8 OR chunk_tokens > m.max_tokens - 2 THEN
+        RAISE EXCEPTION 'chunk_tokens must be between 8 and % for model "%", not %', m.max_tokens - 2, model, chunk_tokens
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('The model reads %s tokens, two of them [CLS] and [SEP].', m.max_tokens);
+    END IF;
+    IF overlap < 0 OR overlap > chunk_tokens / 2 THEN
+        RAISE EXCEPTION 'chunk_overlap must be between 0 and half of chunk_tokens (%), not %', chunk_tokens / 2, overlap
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF queue !~ '^[a-z_][a-z0-9_]{0,46}$' THEN
+        RAISE EXCEPTION 'invalid queue name "%": lower-case letters, digits and _ only, at most 47', queue
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- The chunk table: chunk_table as given (optionally schema-qualified), else <table>_chunks
+    -- beside the source.
+    IF chunk_table IS NULL THEN
+        SELECT format('%I.%I', n.nspname, c.relname || '_chunks') INTO table_name
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source;
+    ELSE
+        table_parts := parse_ident(chunk_table);
+        table_name := CASE cardinality(table_parts)
+            WHEN 1 THEN (SELECT format('%I.%I', n.nspname, table_parts[1])
+                         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source)
+            WHEN 2 THEN format('%I.%I', table_parts[1], table_parts[2])
+        END;
+        IF table_name IS NULL THEN
+            RAISE EXCEPTION 'invalid chunk_table "%": a table name, optionally schema-qualified', chunk_table
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    IF EXISTS (SELECT FROM embeddings.targets tg
+               WHERE tg.chunk_table = to_regclass(table_name) AND tg.id IS DISTINCT FROM previous.id) THEN
+        RAISE EXCEPTION 'table % already holds the chunks of another target', table_name
+            USING ERRCODE = 'duplicate_table', HINT = 'Name another table with chunk_table => ...';
+    END IF;
+
+    IF previous.id IS NOT NULL
+       AND previous.content_column IS NOT DISTINCT FROM content_col
+       AND previous.content_function IS NOT DISTINCT FROM content_fn
+       AND previous.model = watch_chunked.model
+       AND previous.key_columns = key_names AND previous.key_types = watch_chunked.key_types
+       AND previous.has_triggers = triggers AND previous.queue = watch_chunked.queue
+       AND previous.replica = watch_chunked.replica AND previous.problem IS NULL
+       AND previous.chunk_table = to_regclass(table_name)
+       AND previous.chunk_tokens = watch_chunked.chunk_tokens AND previous.chunk_overlap = overlap THEN
+        RETURN previous.id;
+    END IF;
+
+    -- The DDL below is ours: the schema-change event trigger need not follow it.
+    PERFORM set_config('embeddings.following', 'on', true);
+    PERFORM embeddings.ensure_queue(queue);
+    chunks := embeddings.ensure_chunk_table(table_name, source, key_names, key_types, embedding_column, m.dimensions);
+
+    IF previous.id IS NULL THEN
+        -- No embedding_attnum: the embedding column is in the chunk table.
+        INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
+                                              queue, has_triggers, clear_on_update, key_columns, key_types,
+                                              key_attnums, content_attnum, embedding_attnum, replica,
+                                              chunk_table, chunk_tokens, chunk_overlap)
+        VALUES (source, embedding_column, content_col, content_fn, model,
+                queue, triggers, false, key_names, key_types,
+                key_nums, content_num, NULL, replica,
+                chunks, chunk_tokens, overlap)
+        RETURNING * INTO t;
+    ELSE
+        reembed := previous.content_column IS DISTINCT FROM content_col
+                   OR previous.content_function IS DISTINCT FROM content_fn
+                   OR previous.model <> watch_chunked.model
+                   OR previous.chunk_tokens <> watch_chunked.chunk_tokens
+                   OR previous.chunk_overlap <> overlap
+                   OR previous.chunk_table <> chunks;
+        IF previous.queue <> watch_chunked.queue THEN
+            -- Pending jobs move with the target.
+            EXECUTE format(
+                'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
+                'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
+                pgmq.format_table_name(previous.queue, 'q'), queue) USING previous.id;
+        END IF;
+        UPDATE embeddings.targets tg
+        SET content_column = content_col, content_function = content_fn, model = watch_chunked.model,
+            key_columns = key_names, key_types = watch_chunked.key_types, key_attnums = key_nums,
+            content_attnum = content_num, embedding_attnum = NULL, replica = watch_chunked.replica,
+            problem = NULL, queue = watch_chunked.queue, has_triggers = triggers, clear_on_update = false,
+            chunk_table = chunks, chunk_tokens = watch_chunked.chunk_tokens, chunk_overlap = overlap, updated_at = now(),
+            version = tg.version + 1  -- in-flight writes under the old definition are rejected
+        WHERE tg.id = previous.id
+        RETURNING * INTO t;
+    END IF;
+
+    PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
+    PERFORM embeddings.install_triggers(t);  -- the generated ones, chunk-aware (30_triggers.sql)
+    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
+
+    -- Documents with content and no chunks, or every document with content when the content
+    -- source, the model or the chunk settings changed.
+    PERFORM embeddings.enqueue_rows(t, source, reembed);
+
+    PERFORM set_config('embeddings.following', 'off', true);
+    PERFORM pg_notify('embeddings_targets', t.id::text);
+    RETURN t.id;
+END
+$$;
+
+-- Documents with at least one chunk, and chunks, of chunked target t (for embeddings.status).
+CREATE FUNCTION embeddings.chunk_counts(t embeddings.targets, OUT documents bigint, OUT chunks bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    keys text := (SELECT string_agg(format('%I', k), ', ') FROM unnest(t.key_columns) AS k);
+BEGIN
+    EXECUTE format('SELECT count(*), coalesce(sum(n), 0)::bigint FROM (SELECT count(*) AS n FROM %s GROUP BY %s) d',
+                   t.chunk_table, keys)
+        INTO documents, chunks;
+END
+$$;
+
+-- The `k` chunks of `source`'s chunked target nearest to `query` (cosine distance), nearest
+-- first: the retrieval step of a RAG app that embeds its question itself (the pattern of
+-- Supabase's match_documents). `key` is the document's primary key as JSON (an array for a
+-- composite key). Raise hnsw.ef_search (default 40) to get more than 40 chunks.
+CREATE FUNCTION embeddings.match_chunks(source regclass, query halfvec, k integer DEFAULT 10)
+RETURNS TABLE (key jsonb, seq integer, chunk text, distance double precision)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t embeddings.targets;
+    key_names name[];
+BEGIN
+    SELECT * INTO t FROM embeddings.targets tg
+    WHERE tg.source = match_chunks.source AND tg.chunk_table IS NOT NULL
+    ORDER BY tg.id LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% is not watched in chunks', source
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT embeddings.watch(''<table>'', ''<content>'', chunk_tokens => 200) first.';
+    END IF;
+    key_names := t.key_columns;  -- the chunk table's key columns are named alike (follow_chunk_keys)
+    RETURN QUERY EXECUTE format(
+        'SELECT %s, c.seq, c.chunk, (c.%I OPERATOR(%I.<=>) $1)::double precision '
+        'FROM %s c ORDER BY c.%2$I OPERATOR(%3$I.<=>) $1 LIMIT $2',
+        CASE WHEN cardinality(key_names) = 1 THEN format('to_jsonb(c.%I)', key_names[1])
+             ELSE format('jsonb_build_array(%s)',
+                         (SELECT string_agg(format('c.%I', kn), ', ') FROM unnest(key_names) AS kn)) END,
+        t.embedding_column, embeddings.vector_schema(), t.chunk_table)
+        USING query, k;
+END
+$$;
+GRANT EXECUTE ON FUNCTION embeddings.match_chunks(regclass, halfvec, integer) TO PUBLIC;

@@ -1,0 +1,129 @@
+"""Chunked targets with the real `embed-worker` process, as the least-privilege worker role:
+the running worker keeps the chunk table in step; `search` and POST /search rank documents by
+their best chunk; status and failures --retry cover chunked targets."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.acceptance.test_http import TOKEN, post
+from tests.support.process import WorkerProcess, wait_for
+
+Conn = psycopg.Connection[Any]
+
+FILLER = (
+    "The planner estimates the cost of each scan from table statistics, and a vacuum "
+    "reclaims the space of dead row versions so that pages can be reused later on. "
+)
+DOCS = {
+    1: FILLER * 12 + "\n\nThe lighthouse keeper painted the heavy door violet in 1887.",
+    2: FILLER * 12 + "\n\nOur bakery proofs its rye sourdough for thirty hours in a cold cellar.",
+    3: "A short note about nothing in particular.",
+}
+
+
+@pytest.fixture
+def chunked(conn: Conn, worker_env: dict[str, str]) -> int:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO docs VALUES (%s, %s)", list(DOCS.items()))
+    row = conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 48,"
+        " chunk_overlap => 8)",
+        (worker_env["EMBED_MODEL"],),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def cli(dsn: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env={**os.environ, **env, "DATABASE_URL": dsn},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def documents_with_chunks(conn: Conn) -> set[int]:
+    return {r[0] for r in conn.execute("SELECT DISTINCT id FROM docs_chunks")}
+
+
+def test_the_running_worker_chunks_search_finds_documents_by_their_best_chunk(
+    conn: Conn,
+    chunked: int,
+    start_worker: Callable[..., WorkerProcess],
+    worker_dsn: str,
+    worker_env: dict[str, str],
+) -> None:
+    worker = start_worker(EMBED_HTTP_TOKEN=TOKEN)
+    wait_for(lambda: documents_with_chunks(conn) == {1, 2, 3}, what="chunks of every document")
+    # A new document is chunked by the running worker too.
+    conn.execute("INSERT INTO docs VALUES (4, %s)", (FILLER * 8,))
+    wait_for(lambda: 4 in documents_with_chunks(conn), what="chunks of the new document")
+
+    result = cli(
+        worker_dsn, worker_env, "search", "docs", "what colour was the door?", "-k", "2", "--json"
+    )
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    assert hits[0]["key"] == 1 and "violet" in hits[0]["chunk"]
+    assert len({h["key"] for h in hits}) == len(hits) == 2  # documents, not chunks
+    table = cli(worker_dsn, worker_env, "search", "docs", "how long does the rye bread rise?")
+    assert table.returncode == 0, table.stderr
+    first = table.stdout.splitlines()[2]
+    assert first.split()[1] == "2" and "sourdough" in first
+
+    status, _, body = post(worker, "/search", {"table": "docs", "query": "bread", "k": 1})
+    assert status == 200
+    (hit,) = body["results"]
+    assert hit["key"] == 2 and "sourdough" in hit["chunk"] and 0 < hit["similarity"] <= 1
+    status, _, body = post(worker, "/search", {"table": "nowhere", "query": "bread"})
+    assert status == 404 and "nowhere" in body["error"]
+    status, _, body = post(worker, "/search", {"table": "docs", "query": "", "k": 1})
+    assert status == 400
+
+    status_json = cli(worker_dsn, worker_env, "status", "--json")
+    assert status_json.returncode == 0, status_json.stderr
+    (row,) = json.loads(status_json.stdout)
+    assert row["total_rows"] == row["embedded_rows"] == 4
+    assert [(row["chunks"],)] == conn.execute("SELECT count(*) FROM docs_chunks").fetchall()
+
+
+def test_failures_retry_re_chunks_a_dead_lettered_document(
+    conn: Conn, worker_dsn: str, worker_env: dict[str, str]
+) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    with conn.cursor() as cur:
+        cur.executemany("INSERT INTO docs VALUES (%s, %s)", list(DOCS.items()))
+    conn.execute(
+        "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql STABLE AS"
+        " $$ BEGIN IF d.id = 2 AND current_setting('test.fail', true) = 'on' THEN"
+        " RAISE 'not today'; END IF; RETURN d.body; END $$"
+    )
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'picky', model => %s, chunk_tokens => 48,"
+        " chunk_overlap => 8)",
+        (worker_env["EMBED_MODEL"],),
+    )
+    dbname = conn.info.dbname
+    conn.execute(f"ALTER DATABASE {dbname} SET test.fail = 'on'")
+    env = {**worker_env, "EMBED_MAX_ATTEMPTS": "1"}
+    assert cli(worker_dsn, env, "run", "--once").returncode == 0
+    assert documents_with_chunks(conn) == {1, 3}
+    listed = cli(worker_dsn, env, "failures", "--json")
+    (failure,) = json.loads(listed.stdout)
+    assert failure["row_key"] == 2 and "not today" in failure["last_error"]
+    conn.execute(f"ALTER DATABASE {dbname} RESET test.fail")
+    assert cli(worker_dsn, env, "failures", "--retry").returncode == 0
+    assert cli(worker_dsn, env, "run", "--once").returncode == 0
+    assert documents_with_chunks(conn) == {1, 2, 3}

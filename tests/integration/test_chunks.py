@@ -1,0 +1,392 @@
+"""Chunked targets: watch(..., chunk_tokens => N) and the worker keeping chunk tables in step,
+with the real all-MiniLM-L6-v2 and a real database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from tests.integration.test_worker import finish, lease_and_load
+from tests.support.jobs import messages, queued_keys
+from tests.support.models import shared_models_dir
+from worker import chunking, chunkstore, pipeline
+from worker.config import Settings
+from worker.embedders import Embedders
+from worker.runner import Worker
+
+Conn = psycopg.Connection[Any]
+
+PARAGRAPH = (
+    "Postgres keeps rows in heap pages and finds them through indexes. A vacuum reclaims the "
+    "space of dead row versions, and the planner picks between scans by their estimated cost."
+)
+
+
+def long_text(n: int, marker: str = "") -> str:
+    """n paragraphs of ~40 tokens each, the i-th numbered, `marker` appended to the last."""
+    parts = [f"Paragraph {i}. {PARAGRAPH}" for i in range(n)]
+    parts[-1] += " " + marker
+    return "\n\n".join(parts)
+
+
+def chunks(conn: Conn, table: str = "docs_chunks") -> list[tuple[Any, ...]]:
+    return conn.execute(
+        f"SELECT id, seq, chunk, chunk_hash, embedding::real[] FROM {table} ORDER BY id, seq"
+    ).fetchall()
+
+
+def watch(conn: Conn, model: str, **options: Any) -> int:
+    args = ", ".join(f"{k} => %({k})s" for k in options)
+    row = conn.execute(
+        f"SELECT embeddings.watch('docs', 'body', model => %(model)s{', ' + args if args else ''})",
+        {"model": model, **options},
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+@pytest.fixture
+def docs(conn: Conn, minilm: str) -> int:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute(
+        "INSERT INTO docs VALUES (1, %s), (2, %s), (3, 'Short one.'), (4, NULL), (5, '')",
+        (long_text(12), long_text(5)),
+    )
+    return watch(conn, minilm, chunk_tokens=64, chunk_overlap=8)
+
+
+def column_types(conn: Conn, table: str) -> list[tuple[str, str]]:
+    return [
+        (r[0], r[1])
+        for r in conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (table,),
+        )
+    ]
+
+
+# --- SQL interface --------------------------------------------------------------------------------
+def test_watch_creates_the_chunk_table_and_no_embedding_column(conn: Conn, docs: int) -> None:
+    assert column_types(conn, "docs") == [("id", "bigint"), ("body", "text")]
+    assert column_types(conn, "docs_chunks") == [
+        ("id", "bigint"),
+        ("seq", "integer"),
+        ("chunk", "text"),
+        ("chunk_hash", "text"),
+        ("embedding", "halfvec(384)"),
+    ]
+    constraints = dict(
+        conn.execute(
+            "SELECT contype, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = 'docs_chunks'::regclass"
+        ).fetchall()
+    )
+    assert constraints["p"] == "PRIMARY KEY (id, seq)"
+    assert constraints["f"] == (
+        "FOREIGN KEY (id) REFERENCES docs(id) ON UPDATE CASCADE ON DELETE CASCADE"
+    )
+    indexes = [
+        r[0]
+        for r in conn.execute(
+            "SELECT indexdef FROM pg_indexes WHERE tablename = 'docs_chunks' AND indexdef ~ 'hnsw'"
+        )
+    ]
+    assert len(indexes) == 1 and "halfvec_cosine_ops" in indexes[0]
+    registered = conn.execute(
+        "SELECT chunk_table::text, chunk_tokens, chunk_overlap, clear_on_update"
+        " FROM embeddings.targets WHERE id = %s",
+        (docs,),
+    ).fetchone()
+    assert registered == ("docs_chunks", 64, 8, False)
+    # Backfill: the rows with content, not the NULL and empty ones.
+    assert sorted(queued_keys(conn, docs)) == [1, 2, 3]
+
+
+def test_watch_is_idempotent_and_re_watch_with_new_settings_re_queues(
+    conn: Conn, docs: int, minilm: str
+) -> None:
+    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    assert watch(conn, minilm, chunk_tokens=64, chunk_overlap=8) == docs
+    assert messages(conn) == []
+    assert watch(conn, minilm, chunk_tokens=100, chunk_overlap=8) == docs
+    assert sorted(queued_keys(conn, docs)) == [1, 2, 3]
+
+
+def test_default_overlap_and_named_chunk_table(conn: Conn, minilm: str) -> None:
+    conn.execute("CREATE SCHEMA rag")
+    conn.execute("CREATE TABLE docs (id text PRIMARY KEY, body text)")
+    watch(conn, minilm, chunk_tokens=200, chunk_table="rag.pieces")
+    assert conn.execute(
+        "SELECT chunk_table::text, chunk_overlap FROM embeddings.targets"
+    ).fetchone() == ("rag.pieces", 20)
+    assert column_types(conn, "rag.pieces")[0] == ("id", "text")
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        ({"chunk_tokens": 255}, "chunk_tokens must be between 8 and 254"),
+        ({"chunk_tokens": 4}, "chunk_tokens must be between 8"),
+        ({"chunk_tokens": 100, "chunk_overlap": 60}, "chunk_overlap must be between 0 and half"),
+        ({"chunk_overlap": 10}, "need chunk_tokens"),
+        ({"chunk_tokens": 100, "chunk_table": "a.b.c"}, "invalid chunk_table"),
+    ],
+)
+def test_invalid_chunk_settings_are_refused(
+    conn: Conn, minilm: str, options: dict[str, Any], message: str
+) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    with pytest.raises(psycopg.Error, match=message):
+        watch(conn, minilm, **options)
+
+
+def test_a_row_target_cannot_silently_become_chunked_or_back(conn: Conn, minilm: str) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    watch(conn, minilm)
+    with pytest.raises(psycopg.Error, match="one vector per row"):
+        watch(conn, minilm, chunk_tokens=100)
+    conn.execute("SELECT embeddings.unwatch('docs')")
+    conn.execute("ALTER TABLE docs DROP COLUMN embedding")
+    watch(conn, minilm, chunk_tokens=100)
+    with pytest.raises(psycopg.Error, match="pass chunk_tokens"):
+        watch(conn, minilm)
+
+
+def test_an_existing_table_of_the_wrong_shape_is_refused(conn: Conn, minilm: str) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("CREATE TABLE docs_chunks (id bigint, seq integer, chunk text)")
+    with pytest.raises(psycopg.Error, match="not a chunk table"):
+        watch(conn, minilm, chunk_tokens=100)
+
+
+def test_triggers_queue_inserts_and_content_changes_only(conn: Conn, docs: int) -> None:
+    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    conn.execute("INSERT INTO docs VALUES (10, 'new'), (11, NULL)")
+    conn.execute("UPDATE docs SET body = body WHERE id = 1")  # same content: nothing
+    conn.execute("UPDATE docs SET body = 'changed' WHERE id = 2")
+    assert queued_keys(conn, docs) == [10, 2]
+
+
+def test_insert_with_a_raising_content_function_still_succeeds(conn: Conn, minilm: str) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute(
+        "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE plpgsql STABLE AS"
+        " $$ BEGIN IF d.id = 13 THEN RAISE 'bad row'; END IF; RETURN d.body; END $$"
+    )
+    row = conn.execute(
+        "SELECT embeddings.watch('docs', 'doc_text', model => %s, chunk_tokens => 50)", (minilm,)
+    ).fetchone()
+    assert row is not None
+    conn.execute("INSERT INTO docs VALUES (12, 'fine'), (13, 'boom')")
+    assert sorted(queued_keys(conn, row[0])) == [12, 13]
+
+
+# --- the worker -------------------------------------------------------------------------------------
+def test_documents_are_chunked_within_budget_covering_the_text(
+    conn: Conn, docs: int, run_once: Callable[..., Worker], embedders: Embedders, minilm: str
+) -> None:
+    run_once()
+    rows = chunks(conn)
+    splitter = chunking.Splitter.from_file(shared_models_dir() / minilm / "tokenizer.json", 64, 8)
+    bodies = dict(conn.execute("SELECT id, body FROM docs").fetchall())
+    for key in (1, 2, 3):
+        mine = [r for r in rows if r[0] == key]
+        expected = splitter.split(bodies[key])
+        assert [r[2] for r in mine] == [c.text for c in expected]
+        assert [r[1] for r in mine] == list(range(len(expected)))
+        assert all(r[2] in bodies[key] for r in mine)
+    assert len([r for r in rows if r[0] == 1]) > 5
+    assert not [r for r in rows if r[0] in (4, 5)]
+    # Each stored vector is the model's vector of exactly that chunk's text.
+    model = embedders.get(minilm)
+    expected_vectors = model.embed([r[2] for r in rows])
+    for r, v in zip(rows, expected_vectors, strict=True):
+        assert float(np.dot(np.array(r[4]), v)) > 0.999
+    assert messages(conn) == []
+    status = conn.execute(
+        "SELECT total_rows, embedded_rows, chunks, pending_jobs, failed_jobs FROM embeddings.status"
+    ).fetchone()
+    assert status == (5, 3, len(rows), 0, 0)
+
+
+def test_an_edit_re_embeds_only_the_changed_chunks(
+    conn: Conn, docs: int, run_once: Callable[..., Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_once()
+    before = {(r[0], r[3]): r[4] for r in chunks(conn)}
+    (body,) = conn.execute("SELECT body FROM docs WHERE id = 1").fetchall()[0]
+    edited = body.replace("Paragraph 6.", "Paragraph six, rewritten with other words entirely.")
+    conn.execute("UPDATE docs SET body = %s WHERE id = 1", (edited,))
+    from worker.embedder import Embedder
+
+    embedded: list[str] = []
+    original = Embedder.embed_with_stats
+
+    def spy(self: Embedder, texts: Any) -> Any:
+        embedded.extend(texts)
+        return original(self, texts)
+
+    monkeypatch.setattr(Embedder, "embed_with_stats", spy)
+    run_once()
+    mine = [r for r in chunks(conn) if r[0] == 1]
+    new = [r[2] for r in mine if (1, r[3]) not in before]
+    assert 0 < len(new) <= 3, "only the chunks around the edit are new"
+    assert any("rewritten" in text for text in new)
+    assert sorted(embedded) == sorted(new)  # and only they went through the model
+    for r in mine:
+        if (1, r[3]) in before:
+            assert r[4] == before[(1, r[3])]  # the very same vector
+
+
+def test_a_shorter_document_loses_its_vanished_chunks_and_blank_clears_all(
+    conn: Conn, docs: int, run_once: Callable[..., Worker]
+) -> None:
+    run_once()
+    many = len([r for r in chunks(conn) if r[0] == 1])
+    conn.execute("UPDATE docs SET body = %s WHERE id = 1", (long_text(2),))
+    conn.execute("UPDATE docs SET body = '   ' WHERE id = 2")
+    run_once()
+    rows = chunks(conn)
+    assert 0 < len([r for r in rows if r[0] == 1]) < many
+    assert [r[1] for r in rows if r[0] == 1] == list(range(len([r for r in rows if r[0] == 1])))
+    assert not [r for r in rows if r[0] == 2]
+    assert messages(conn) == []
+
+
+def test_deleting_a_document_deletes_its_chunks(
+    conn: Conn, docs: int, run_once: Callable[..., Worker]
+) -> None:
+    run_once()
+    conn.execute("DELETE FROM docs WHERE id = 1")
+    assert not [r for r in chunks(conn) if r[0] == 1]
+
+
+def test_a_document_updated_while_in_flight_keeps_the_newest_contents_chunks(
+    conn: Conn,
+    docs: int,
+    settings: Settings,
+    dsn: str,
+    embedders: Embedders,
+    run_once: Callable[..., Worker],
+) -> None:
+    batch, queue = lease_and_load(settings, dsn)
+    conn.execute("UPDATE docs SET body = 'The newest content.' WHERE id = 3")
+    finish(batch, queue, settings, dsn, embedders)
+    assert batch.rows[(docs, "3")].state is pipeline.RowState.STALE
+    assert not [r for r in chunks(conn) if r[0] == 3]  # the stale text was not written
+    run_once()
+    assert [r[2] for r in chunks(conn) if r[0] == 3] == ["The newest content."]
+
+
+def test_a_batch_over_the_chunk_budget_postpones_documents_without_an_attempt(
+    conn: Conn,
+    docs: int,
+    run_once: Callable[..., Worker],
+    monkeypatch: pytest.MonkeyPatch,
+    settings: Settings,
+    dsn: str,
+    embedders: Embedders,
+) -> None:
+    monkeypatch.setattr(chunkstore, "MAX_CHUNKS", 3)
+    batch, queue = lease_and_load(settings, dsn)
+    states = {key: row.state for (_, key), row in batch.rows.items()}
+    assert states["1"] is pipeline.RowState.READY  # the first is always admitted
+    assert states["2"] is pipeline.RowState.POSTPONED
+    finish(batch, queue, settings, dsn, embedders)
+    assert queued_keys(conn, docs) == [2, 3]
+    (message,) = messages(conn)
+    assert message["attempts"] == 0
+    run_once()
+    assert sorted({r[0] for r in chunks(conn)}) == [1, 2, 3]
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+
+
+def test_a_document_the_model_fails_on_fails_alone(
+    conn: Conn, docs: int, run_once: Callable[..., Worker], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from worker.embedder import Embedder
+
+    original = Embedder.embed_with_stats
+
+    def picky(self: Embedder, texts: Any) -> Any:
+        if any("Short one" in t for t in texts):
+            raise RuntimeError("cannot embed this")
+        return original(self, texts)
+
+    monkeypatch.setattr(Embedder, "embed_with_stats", picky)
+    run_once(max_attempts=1)
+    assert sorted({r[0] for r in chunks(conn)}) == [1, 2]
+    failures = conn.execute("SELECT row_key, last_error FROM embeddings.failures").fetchall()
+    assert failures == [(3, "embedding failed: RuntimeError: cannot embed this")]
+    monkeypatch.setattr(Embedder, "embed_with_stats", original)
+    assert conn.execute("SELECT embeddings.retry_failures()").fetchone() == (1,)
+    run_once()
+    assert sorted({r[0] for r in chunks(conn)}) == [1, 2, 3]
+
+
+def test_sweep_queues_documents_without_chunks(
+    conn: Conn, docs: int, run_once: Callable[..., Worker]
+) -> None:
+    run_once()
+    conn.execute("DELETE FROM docs_chunks WHERE id = 2")
+    assert conn.execute("SELECT embeddings.sweep()").fetchone() == (1,)
+    assert queued_keys(conn, docs) == [2]
+    run_once()
+    assert {r[0] for r in chunks(conn)} == {1, 2, 3}
+
+
+def test_supabase_shaped_jobs_work_for_chunked_targets(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    conn.execute("CREATE TABLE documents (id int PRIMARY KEY, title text, content text)")
+    conn.execute(
+        "CREATE FUNCTION embedding_input(doc documents) RETURNS text LANGUAGE sql IMMUTABLE"
+        " RETURN '# ' || doc.title || E'\\n\\n' || doc.content"
+    )
+    conn.execute("INSERT INTO documents VALUES (1, 'Cats', %s)", (long_text(6),))
+    conn.execute(
+        "SELECT embeddings.watch('documents', 'embedding_input', model => %s, triggers => false,"
+        " chunk_tokens => 64)",
+        (minilm,),
+    )
+    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    conn.execute(
+        "SELECT pgmq.send('embedding_jobs', jsonb_build_object('id', 1, 'schema', 'public',"
+        " 'table', 'documents', 'contentFunction', 'embedding_input', 'embeddingColumn', 'embedding'))"
+    )
+    run_once()
+    first = conn.execute(
+        "SELECT chunk FROM documents_chunks WHERE id = 1 ORDER BY seq LIMIT 1"
+    ).fetchone()
+    assert first is not None and first[0].startswith("# Cats")
+    assert messages(conn) == []
+
+
+def test_match_chunks_returns_nearest_chunks_with_their_document_key(
+    conn: Conn, docs: int, run_once: Callable[..., Worker], embedders: Embedders, minilm: str
+) -> None:
+    run_once()
+    (query,) = embedders.get(minilm).embed(["Short one."])
+    found = conn.execute(
+        "SELECT key, seq, chunk, distance FROM embeddings.match_chunks('docs', %s::halfvec, 3)",
+        (str(list(map(float, query))),),
+    ).fetchall()
+    assert found[0][:3] == (3, 0, "Short one.")
+    assert found[0][3] < 0.01
+    assert [f[3] for f in found] == sorted(f[3] for f in found)
+    conn.execute("CREATE TABLE other (id int PRIMARY KEY)")
+    with pytest.raises(psycopg.Error, match="not watched in chunks"):
+        conn.execute(
+            "SELECT * FROM embeddings.match_chunks('other', %s::halfvec, 3)",
+            (str(list(map(float, query))),),
+        )
+
+
+def test_dropping_the_chunk_table_forgets_the_target(conn: Conn, docs: int) -> None:
+    conn.execute("DROP TABLE docs_chunks")
+    assert conn.execute("SELECT count(*) FROM embeddings.targets").fetchone() == (0,)

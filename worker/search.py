@@ -1,0 +1,151 @@
+"""Search by meaning: the rows of a watched table nearest to a query, or for a chunked target
+the documents whose best chunk is nearest, with that chunk (the retrieval step of a RAG app).
+
+`embed-worker search` and `POST /search` both end here: `run()` resolves the table's target,
+embeds the query with the target's model, and ranks.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pgvector import HalfVector, Vector
+from psycopg import sql
+
+from worker import db, exceptions
+from worker import targets as targets_mod
+from worker.embedder import Embedder
+from worker.targets import Target
+
+MAX_K = 100
+# Chunks fetched per document asked for: several chunks of one document are often the nearest,
+# and documents are ranked by their best one. hnsw.ef_search is raised to match (at most 1000).
+CHUNKS_PER_DOCUMENT = 10
+MAX_CANDIDATES = 1000
+
+
+@dataclass(frozen=True)
+class Request:
+    table: str
+    query: str
+    k: int = 5
+    column: str | None = None
+
+    @classmethod
+    def parse(cls, body: Any) -> Request:
+        """A request from a JSON body ({"table", "query", "k"?, "column"?}); ValueError if bad."""
+        if not isinstance(body, dict):
+            raise ValueError('expected a JSON object with "table" and "query"')
+        table, query, k = body.get("table"), body.get("query"), body.get("k", 5)
+        column = body.get("column")
+        if not isinstance(table, str) or not table:
+            raise ValueError('"table" must be a table name')
+        if not isinstance(query, str) or not query.strip():
+            raise ValueError('"query" must be a non-empty string')
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
+            raise ValueError(f'"k" must be an integer from 1 to {MAX_K}')
+        if column is not None and not isinstance(column, str):
+            raise ValueError('"column" must be a string')
+        return cls(table, query, k, column)
+
+
+def run(
+    conn: db.Connection, load_model: Callable[[str], Embedder], request: Request
+) -> list[dict[str, Any]]:
+    """Ranked results: {"key", "similarity", "content"} per row, or per document of a chunked
+    target {"key", "similarity", "seq", "chunk"} (its best chunk)."""
+    target = find_target(conn, request.table, request.column)
+    model = load_model(target.model)
+    if (problem := target.problem(model.dim)) is not None:
+        raise exceptions.TargetError(problem)
+    vector = model.embed([request.query])[0]
+    if target.chunk_table is not None:
+        return nearest_documents(conn, target, vector, request.k)
+    return nearest_rows(conn, target, vector, request.k)
+
+
+def find_target(conn: db.Connection, table: str, column: str | None = None) -> Target:
+    with db.translated():
+        row = conn.execute("SELECT to_regclass(%s)::oid", (table,)).fetchone()
+        if row is None or row[0] is None:
+            raise exceptions.TargetError(f"no table {table!r}")
+        ids = [
+            r[0]
+            for r in conn.execute(
+                "SELECT id FROM embeddings.targets WHERE source = %s::oid"
+                " AND (%s::name IS NULL OR embedding_column = %s::name) ORDER BY id",
+                (row[0], column, column),
+            )
+        ]
+    if not ids:
+        hint = f"SELECT embeddings.watch('{table}', 'content_column');"
+        raise exceptions.TargetError(f"{table} is not watched: {hint}")
+    if len(ids) > 1:
+        raise exceptions.ConfigError(f"{table} has several embedding columns: pass a column")
+    return targets_mod.load(conn)[ids[0]]
+
+
+def nearest_documents(
+    conn: db.Connection, target: Target, vector: npt.NDArray[np.float32], k: int
+) -> list[dict[str, Any]]:
+    """The k documents with the nearest chunks, each with its best chunk, nearest first."""
+    candidates = min(max(k * CHUNKS_PER_DOCUMENT, 40), MAX_CANDIDATES)
+    db.register_vector_types(conn)
+    with db.translated(), conn.transaction():
+        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(candidates)))
+        rows = conn.execute(
+            "SELECT key, seq, chunk, distance"
+            " FROM embeddings.match_chunks(%s::oid::regclass, %s, %s)",
+            (_source_oid(conn, target), HalfVector(vector), candidates),
+        ).fetchall()
+    best: dict[str, dict[str, Any]] = {}
+    for key, seq, chunk, distance in rows:  # nearest first: a document's first chunk is its best
+        name = repr(key)
+        if name not in best:
+            best[name] = {"key": key, "similarity": 1 - float(distance), "seq": seq, "chunk": chunk}
+    return list(best.values())[:k]
+
+
+def nearest_rows(
+    conn: db.Connection, target: Target, vector: npt.NDArray[np.float32], k: int
+) -> list[dict[str, Any]]:
+    """The k rows with the nearest embeddings, nearest first."""
+    db.register_vector_types(conn)
+    with db.translated():
+        names = target.sql_names()
+        distance = sql.SQL("t.{emb} OPERATOR({schema}.<=>) %(q)s::{schema}.{type}").format(
+            emb=names["embedding"],
+            schema=sql.Identifier(_vector_schema(conn)),
+            type=sql.Identifier(target.embedding_type or "halfvec"),
+        )
+        query = sql.SQL(
+            "SELECT t.{key}::text, {content}, 1 - ({distance}) FROM {table} t "
+            "WHERE t.{emb} IS NOT NULL ORDER BY {distance} LIMIT %(k)s"
+        ).format(
+            key=names["key"],
+            content=names["content"],
+            distance=distance,
+            table=names["table"],
+            emb=names["embedding"],
+        )
+        wrap = HalfVector if target.embedding_type == "halfvec" else Vector
+        rows = conn.execute(query, {"q": wrap(vector), "k": k}).fetchall()
+    return [{"key": key, "similarity": float(sim), "content": text} for key, text, sim in rows]
+
+
+def _vector_schema(conn: db.Connection) -> str:
+    row = conn.execute("SELECT embeddings.vector_schema()").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def _source_oid(conn: db.Connection, target: Target) -> int:
+    row = conn.execute("SELECT source::oid FROM embeddings.targets WHERE id = %s", (target.id,))
+    found = row.fetchone()
+    if found is None:
+        raise exceptions.TargetError(f"target {target.id} is no longer registered")
+    return int(found[0])
