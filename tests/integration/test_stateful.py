@@ -32,7 +32,7 @@ from typing import Any, ClassVar
 import numpy as np
 import psycopg
 import pytest
-from hypothesis import HealthCheck
+from hypothesis import HealthCheck, Phase
 from hypothesis import settings as hypothesis_run
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -457,6 +457,7 @@ def run_machine(
             deadline=None,
             suppress_health_check=list(HealthCheck),
             database=None,
+            phases=[Phase.explicit, Phase.reuse, Phase.generate],
             **hypothesis_settings,
         ),
     )
