@@ -164,9 +164,8 @@ def test_two_embeddings_of_one_table_are_independent(
 def test_watching_again_after_the_content_column_was_re_added_re_embeds_every_row(
     conn: Conn, docs: int, run_once: Callable[..., Worker]
 ) -> None:
-    """Found by the stateful test: the rows' old vectors (of the dropped column's content) stayed
-    when the user refilled the new column before watch() again, and rows left without content
-    kept a vector."""
+    """The user's fix for a dropped content column: added again, refilled before watch() again.
+    No row keeps the dropped column's vector; a row left without content holds none."""
     target = load(conn)[docs]
     conn.execute(
         "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false)",
