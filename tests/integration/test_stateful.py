@@ -1,5 +1,8 @@
 """The stateful property test: random interleavings of application writes, re-registrations,
-worker runs, worker crashes and connection kills, against the real Postgres and the real
+schema changes of the watched table (renames of the content, key and embedding columns and of
+the table, a move to another schema, the content column retyped, dropped and added again then
+watched again; each also landing in an in-flight batch), worker runs, worker crashes and
+connection kills, against the real Postgres and the real
 in-process worker. At quiescence the invariant must hold:
 
   * every row with content holds exactly the embedding of its current content under its
@@ -11,7 +14,7 @@ in-process worker. At quiescence the invariant must hold:
 Models: two tiny random-weight models of the same dimension (tests/support/modelgen.py), so a
 re-registration really changes every vector.
 
-`make test` runs a fixed (derandomized) set of 25 examples of at most 20 steps: 25-35 s on these
+`make test` runs a fixed (derandomized) set of 25 examples of at most 20 steps: 20-35 s on these
 2-core machines. The soak run (deselected by default: pyproject's addopts has `-m 'not soak'`)
 explores much more, with a fresh seed each time:
 
@@ -32,7 +35,7 @@ from typing import Any, ClassVar
 import numpy as np
 import psycopg
 import pytest
-from hypothesis import HealthCheck, Phase
+from hypothesis import HealthCheck
 from hypothesis import settings as hypothesis_run
 from hypothesis import strategies as st
 from hypothesis.stateful import (
@@ -457,7 +460,6 @@ def run_machine(
             deadline=None,
             suppress_health_check=list(HealthCheck),
             database=None,
-            phases=[Phase.explicit, Phase.reuse, Phase.generate],
             **hypothesis_settings,
         ),
     )
