@@ -165,7 +165,8 @@ def test_watching_again_after_the_content_column_was_re_added_re_embeds_every_ro
     conn: Conn, docs: int, run_once: Callable[..., Worker]
 ) -> None:
     """The user's fix for a dropped content column: added again, refilled before watch() again.
-    No row keeps the dropped column's vector; a row left without content holds none."""
+    No row keeps the dropped column's vector (it did: watch() saw the same column name and
+    enqueued only rows without a vector); a row left without content holds none."""
     target = load(conn)[docs]
     conn.execute(
         "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false)",
