@@ -31,7 +31,10 @@ DECLARE
     sent integer;
 BEGIN
     BEGIN
-        EXECUTE statement || from_where || format(' AND %s <> ''''', embeddings.content_sql(t, 'n', row_type))
+        -- Every row: those holding a vector but no content too (their content column was
+        -- dropped and added again), so that the worker clears their vectors.
+        EXECUTE statement || from_where || format(' AND (%s <> ''''%s)', embeddings.content_sql(t, 'n', row_type),
+                CASE WHEN every_row THEN format(' OR n.%I IS NOT NULL', t.embedding_column) ELSE '' END)
             INTO sent USING t.id;
     EXCEPTION WHEN OTHERS THEN
         IF t.content_function IS NULL THEN
@@ -292,8 +295,12 @@ BEGIN
                 key_nums, content_num, embeddings.attnum_of(source, embedding_column), replica)
         RETURNING * INTO t;
     ELSE
+        -- Another content column under the same name (dropped and added again), or a target
+        -- that was deferred (its triggers gone, so content changes went unseen): every row again.
         reembed := previous.content_column IS DISTINCT FROM content_col
+                   OR previous.content_attnum IS DISTINCT FROM content_num
                    OR previous.content_function IS DISTINCT FROM content_fn
+                   OR previous.problem IS NOT NULL
                    OR previous.model <> watch.model;
         IF previous.queue <> watch.queue THEN
             -- Pending jobs move with the target.

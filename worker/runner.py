@@ -99,13 +99,16 @@ class Worker:
             self.settings.batch_size,
         )
         try:
-            self.start()
-        except exceptions.EmbedWorkerError as exc:
-            logger.error("%s", exc)
-            return 1
-        if self.stopping.is_set() and not self._threads:
-            return 0
-        return self.wait()
+            try:
+                self.start()
+            except exceptions.EmbedWorkerError as exc:
+                logger.error("%s", exc)
+                return 1
+            if self.stopping.is_set() and not self._threads:
+                return 0
+            return self.wait()
+        finally:
+            self._close_wake_pipe()
 
     def start(self) -> None:
         """Connects, checks the schema and the models, then starts the pipeline threads."""
@@ -195,8 +198,20 @@ class Worker:
         return run
 
     def _wake(self) -> None:
+        if self._wake_w < 0:
+            return  # stopped: nothing left to wake
         with contextlib.suppress(OSError):  # a full pipe already wakes the fetcher
             os.write(self._wake_w, b"x")
+
+    def _close_wake_pipe(self) -> None:
+        """Closes the wake pipe once no pipeline thread can use it any more. A thread that
+        outlived its join keeps it open: a closed descriptor's number may be reused by another
+        file, and a late wake-up must not write into that."""
+        if self._wake_w < 0 or any(thread.is_alive() for thread in self._threads):
+            return
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_r = self._wake_w = -1
 
     # --- startup --------------------------------------------------------------------------------
     def _startup(self) -> None:

@@ -111,10 +111,14 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     """Prints the fault matrix when the fault-injection harness ran, and keeps it in the cache."""
     from tests.support import faultmatrix
 
-    if not faultmatrix.RESULTS:
+    if not faultmatrix.RESULTS and not faultmatrix.SCHEMA_CHANGES:
         return
     terminalreporter.section("fault matrix (rows lost / stale / left queued, per cell)")
-    terminalreporter.write_line(faultmatrix.render())
+    if faultmatrix.RESULTS:
+        terminalreporter.write_line(faultmatrix.render())
+    if faultmatrix.SCHEMA_CHANGES:
+        terminalreporter.write_line("")
+        terminalreporter.write_line(faultmatrix.render_schema_changes())
     cache = getattr(config, "cache", None)
     if cache is not None:
         cache.set("embed-worker/fault-matrix", faultmatrix.as_json())

@@ -159,3 +159,31 @@ def test_two_embeddings_of_one_table_are_independent(
     assert conn.execute(
         "SELECT title_embedding IS NOT NULL, body_embedding IS NOT NULL FROM docs"
     ).fetchone() == (True, True)
+
+
+def test_watching_again_after_the_content_column_was_re_added_re_embeds_every_row(
+    conn: Conn, docs: int, run_once: Callable[..., Worker]
+) -> None:
+    """The user's fix for a dropped content column: added again, refilled before watch() again.
+    No row keeps the dropped column's vector (it did: watch() saw the same column name and
+    enqueued only rows without a vector); a row left without content holds none."""
+    target = load(conn)[docs]
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false)",
+        (target.model,),
+    )
+    conn.execute("INSERT INTO docs (id, body) VALUES (2, 'second text')")
+    run_once()
+    old = dict(conn.execute("SELECT id, embedding::text FROM docs").fetchall())
+    conn.execute("ALTER TABLE docs DROP COLUMN body")
+    conn.execute("ALTER TABLE docs ADD COLUMN body text")
+    conn.execute("UPDATE docs SET body = 'refilled text' WHERE id = 1")  # row 2 stays blank
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false)",
+        (target.model,),
+    )
+    run_once()
+    now = dict(conn.execute("SELECT id, embedding::text FROM docs").fetchall())
+    assert now[1] is not None and now[1] != old[1], "row 1 kept the old content's vector"
+    assert now[2] is None, "row 2 has no content but kept a vector"
+    assert conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from collections.abc import Callable
 from typing import Any
 
@@ -332,3 +333,15 @@ def test_an_existing_vector_column_is_filled_too(
     assert vector is not None
     expected = embedders.get(minilm).embed(["full precision please"])[0]
     assert np.allclose(vector, expected, atol=1e-6)  # no half-precision rounding here
+
+
+def test_a_finished_worker_leaves_no_file_descriptor_open(
+    docs: int, settings: Settings, embedders: Embedders
+) -> None:
+    """Each Worker's wake pipe is closed once it stopped: a process (the test suite, an embedding
+    host) running many workers in turn ran out of select()able descriptors."""
+    Worker(settings, once=True, embedders=embedders, progress=False, handle_signals=False).run()
+    before = len(os.listdir("/proc/self/fd"))
+    for _ in range(5):
+        Worker(settings, once=True, embedders=embedders, progress=False, handle_signals=False).run()
+    assert len(os.listdir("/proc/self/fd")) == before

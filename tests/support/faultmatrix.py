@@ -23,28 +23,40 @@ class Cell:
 
 
 RESULTS: dict[tuple[str, str], Cell] = {}
+# tests/integration/test_schema_change_matrix.py: step = the schema change, fault = the moment
+# of the batch it landed in.
+SCHEMA_CHANGES: dict[tuple[str, str], Cell] = {}
 
 
 def record(cell: Cell) -> None:
     RESULTS[(cell.step, cell.fault)] = cell
 
 
+def record_schema_change(cell: Cell) -> None:
+    SCHEMA_CHANGES[(cell.step, cell.fault)] = cell
+
+
 def as_json() -> list[dict[str, object]]:
-    return [asdict(c) for c in RESULTS.values()]
+    return [asdict(c) for c in RESULTS.values()] + [
+        {**asdict(c), "kind": "schema change"} for c in SCHEMA_CHANGES.values()
+    ]
 
 
-def render() -> str:
+def render(
+    results: dict[tuple[str, str], Cell] | None = None, first: str = "step of the batch"
+) -> str:
     """A Markdown table: one row per step, one column per fault, "lost / stale" per cell."""
-    steps = list(dict.fromkeys(step for step, _ in RESULTS))
-    faults = list(dict.fromkeys(fault for _, fault in RESULTS))
+    results = RESULTS if results is None else results
+    steps = list(dict.fromkeys(step for step, _ in results))
+    faults = list(dict.fromkeys(fault for _, fault in results))
     lines = [
-        "| step of the batch | " + " | ".join(faults) + " |",
+        f"| {first} | " + " | ".join(faults) + " |",
         "|---|" + "---|" * len(faults),
     ]
     for step in steps:
         cells = []
         for fault in faults:
-            c = RESULTS.get((step, fault))
+            c = results.get((step, fault))
             cells.append(
                 "-"
                 if c is None
@@ -52,3 +64,8 @@ def render() -> str:
             )
         lines.append(f"| {step} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def render_schema_changes() -> str:
+    """The schema-change rows: one row per change, one column per moment it landed in."""
+    return render(SCHEMA_CHANGES, "schema change while a batch is in flight")

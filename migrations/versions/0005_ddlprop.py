@@ -1,0 +1,30 @@
+"""watch() again after a dropped content column re-embeds every row and clears rows left blank.
+
+Revision ID: 0005
+Revises: 0003
+Create Date: 2026-11-22
+
+Applies `0005_ddlprop.sql` beside this file (frozen once released); sql/ gets the same
+change for fresh installs.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from worker import schema
+
+revision = "0005"
+down_revision = "0003"
+branch_labels = None
+depends_on = None
+
+NAME = Path(__file__).stem
+
+
+def upgrade() -> None:
+    schema.upgrade_revision(NAME)
+
+
+def downgrade() -> None:
+    schema.downgrade_revision(NAME)

@@ -1,0 +1,236 @@
+"""Schema changes while a batch is in flight: the fault matrix's schema-change rows.
+
+Each cell is one schema change of the watched table (issue 12 §4) crossed with the moment of a
+batch it lands in:
+
+  moments  before_load   the batch is leased and the worker has read the registry (old names);
+                         the DDL commits before the content is loaded
+           before_write  the content is loaded and about to be embedded; the DDL commits before
+                         the vectors are written (they are written under the old names)
+
+Scenario per cell, as in test_fault_matrix.py: rows embedded once, every row's content changed
+(clear_on_update => false: a job acknowledged without its write leaves a *stale* vector), new rows
+inserted (one acknowledged without its write is *lost*); the DDL lands in the batch; then the
+worker recovers (leases expired, runs until the queue is empty). Asserted per cell: 0 rows lost,
+0 stale, nothing left queued, nothing dead-lettered, and no application statement failed (an
+INSERT and an UPDATE under the new names right after the DDL). The rows are printed with the fault
+matrix at the end of the run (tests/support/faultmatrix.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.support import faultmatrix
+from worker import faults
+from worker.config import Settings
+from worker.embedders import Embedders
+from worker.runner import Worker
+
+Conn = psycopg.Connection[Any]
+
+ROWS = 12
+NEW_ROWS = 4
+MOMENTS = {"before_load": "load", "before_write": "embed"}  # moment -> worker.faults point
+
+
+@dataclass(frozen=True)
+class Names:
+    """Where the watched table's parts are after the change."""
+
+    schema: str = "public"
+    table: str = "docs"
+    key: str = "id"
+    content: str = "body"
+    embedding: str = "embedding"
+
+    def q(self, template: str) -> sql.Composed:
+        return sql.SQL(template).format(
+            table=sql.Identifier(self.schema, self.table),
+            key=sql.Identifier(self.key),
+            content=sql.Identifier(self.content),
+            embedding=sql.Identifier(self.embedding),
+        )
+
+
+@dataclass(frozen=True)
+class Change:
+    statements: tuple[str, ...]
+    after: Names
+    rewatch: bool = False  # the user's fix for a deferral: watch() again
+
+
+CHANGES = {
+    "rename content column": Change(
+        ("ALTER TABLE docs RENAME COLUMN body TO content",), Names(content="content")
+    ),
+    "rename key column": Change(
+        ("ALTER TABLE docs RENAME COLUMN id TO doc_id",), Names(key="doc_id")
+    ),
+    "rename embedding column": Change(
+        ("ALTER TABLE docs RENAME COLUMN embedding TO vec",), Names(embedding="vec")
+    ),
+    "rename table": Change(("ALTER TABLE docs RENAME TO papers",), Names(table="papers")),
+    "move to another schema": Change(
+        ("CREATE SCHEMA archive", "ALTER TABLE docs SET SCHEMA archive"), Names(schema="archive")
+    ),
+    "retype content (varchar(2000) and back)": Change(
+        (
+            "ALTER TABLE docs ALTER COLUMN body TYPE varchar(2000)",
+            "ALTER TABLE docs ALTER COLUMN body TYPE text",
+        ),
+        Names(),
+    ),
+    "drop + re-add content, watch() again": Change(
+        (
+            "ALTER TABLE docs DROP COLUMN body",
+            "ALTER TABLE docs ADD COLUMN body text",
+            "UPDATE docs SET body = 'third text of row ' || id",
+        ),
+        Names(),
+        rewatch=True,
+    ),
+}
+
+
+def run_worker(settings: Settings, embedders: Embedders) -> int:
+    worker = Worker(settings, once=True, embedders=embedders, progress=False, handle_signals=False)
+    return worker.run()
+
+
+def application_writes(conn: Conn, names: Names) -> None:
+    """The application right after the change, under the new names: must not fail."""
+    conn.execute(
+        names.q("INSERT INTO {table} ({key}, {content}) VALUES (%s, 'written after the change')"),
+        (ROWS + NEW_ROWS + 1,),
+    )
+    conn.execute(
+        names.q("UPDATE {table} SET {content} = 'edited after the change' WHERE {key} = 2")
+    )
+
+
+def measure(
+    conn: Conn, embedders: Embedders, model: str, names: Names, change: str, moment: str, code: int
+) -> faultmatrix.Cell:
+    rows = conn.execute(
+        names.q(
+            "SELECT {key}, {content}::text, {embedding}::real[] FROM {table}"
+            " WHERE {content} ~ '[^[:space:]]' ORDER BY {key}"
+        )
+    ).fetchall()
+    queued = {
+        str(k)
+        for (k,) in conn.execute(
+            "SELECT jsonb_array_elements_text(message -> 'keys') FROM pgmq.q_embedding_jobs"
+        ).fetchall()
+    }
+    dead = {
+        str(k)
+        for (k,) in conn.execute("SELECT row_key #>> '{}' FROM embeddings.failures").fetchall()
+    }
+    expected = embedders.get(model).embed([body for _, body, _ in rows])
+    lost = stale = 0
+    for (key, _, stored), want in zip(rows, expected, strict=True):
+        if stored is None:
+            lost += str(key) not in queued and str(key) not in dead
+        elif not np.allclose(np.array(stored, dtype=np.float32), want, atol=2e-3):
+            stale += 1
+    left = conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone()
+    assert left is not None
+    return faultmatrix.Cell(
+        step=change,
+        fault=moment,
+        rows=len(rows),
+        lost=lost,
+        stale=stale,
+        left_in_queue=int(left[0]),
+        dead_lettered=len(dead),
+        worker_exit=code,
+    )
+
+
+@pytest.fixture
+def admin(dsn: str) -> Iterator[Conn]:
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
+
+
+def one_shot(body: Callable[[], None]) -> Callable[[], None]:
+    fired = False
+
+    def handler() -> None:
+        nonlocal fired
+        if not fired:
+            fired = True
+            body()
+
+    return handler
+
+
+@pytest.mark.parametrize("moment", list(MOMENTS))
+@pytest.mark.parametrize("change", list(CHANGES))
+def test_a_schema_change_in_flight_loses_nothing(
+    change: str,
+    moment: str,
+    conn: Conn,
+    admin: Conn,
+    tiny_models: tuple[str, str],
+    settings: Settings,
+    embedders: Embedders,
+) -> None:
+    model = tiny_models[0]
+    ddl = CHANGES[change]
+    settings = settings.with_overrides(batch_size=ROWS + NEW_ROWS, max_attempts=5)
+    conn.execute(
+        "CREATE TABLE docs (id bigint PRIMARY KEY, body text,"
+        f" embedding halfvec({embedders.get(model).dim}))"
+    )
+    conn.execute(
+        "INSERT INTO docs SELECT g, 'first text of row ' || g FROM generate_series(1, %s::int) g",
+        (ROWS,),
+    )
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false)", (model,)
+    )
+    assert run_worker(settings, embedders) == 0
+    conn.execute("UPDATE docs SET body = 'second text of row ' || id")  # old vectors stay
+    conn.execute(
+        "INSERT INTO docs SELECT g, 'new row ' || g FROM generate_series(%s::int, %s::int) g",
+        (ROWS + 1, ROWS + NEW_ROWS),
+    )
+
+    applied: list[bool] = []
+
+    def apply_change() -> None:
+        for statement in ddl.statements:
+            admin.execute(statement)
+        if ddl.rewatch:
+            admin.execute(
+                "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false)",
+                (model,),
+            )
+        application_writes(admin, ddl.after)
+        applied.append(True)
+
+    with faults.injected(MOMENTS[moment], one_shot(apply_change)):
+        code = run_worker(settings, embedders)
+    assert applied == [True], "the change never landed in a batch"
+
+    for _ in range(3):
+        conn.execute("UPDATE pgmq.q_embedding_jobs SET vt = clock_timestamp()")
+        assert run_worker(settings, embedders) == 0
+        if conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,):
+            break
+
+    cell = measure(conn, embedders, model, ddl.after, change, moment, code)
+    faultmatrix.record_schema_change(cell)
+    assert cell.rows == ROWS + NEW_ROWS + 1
+    assert (cell.lost, cell.stale, cell.left_in_queue, cell.dead_lettered) == (0, 0, 0, 0), cell
+    assert conn.execute("SELECT problem FROM embeddings.targets").fetchone() == (None,)
