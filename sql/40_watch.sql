@@ -32,9 +32,11 @@ DECLARE
 BEGIN
     BEGIN
         -- Every row: those holding a vector but no content too (their content column was
-        -- dropped and added again), so that the worker clears their vectors.
+        -- dropped and added again), so that the worker clears their vectors. (A chunked target
+        -- keeps no vector in the row.)
         EXECUTE statement || from_where || format(' AND (%s <> ''''%s)', embeddings.content_sql(t, 'n', row_type),
-                CASE WHEN every_row THEN format(' OR n.%I IS NOT NULL', t.embedding_column) ELSE '' END)
+                CASE WHEN every_row AND t.chunk_table IS NULL
+                     THEN format(' OR n.%I IS NOT NULL', t.embedding_column) ELSE '' END)
             INTO sent USING t.id;
     EXCEPTION WHEN OTHERS THEN
         IF t.content_function IS NULL THEN

@@ -7,15 +7,17 @@ LANGUAGE plpgsql AS $$
 DECLARE
     row_type regclass := CASE WHEN rel <> t.source THEN t.source END;
     from_where text := format('FROM %s n WHERE %s', rel,
-        CASE WHEN every_row THEN 'true' ELSE format('n.%I IS NULL', t.embedding_column) END);
+        CASE WHEN every_row THEN 'true' ELSE embeddings.embedding_missing_sql(t, 'n') END);  -- 55_chunks.sql
     statement text := 'SELECT embeddings.enqueue_keys($1, array_agg(' || embeddings.key_sql(t, 'n') || ')) ';
     sent integer;
 BEGIN
     BEGIN
         -- Every row: those holding a vector but no content too (their content column was
-        -- dropped and added again), so that the worker clears their vectors.
+        -- dropped and added again), so that the worker clears their vectors. (A chunked target
+        -- keeps no vector in the row.)
         EXECUTE statement || from_where || format(' AND (%s <> ''''%s)', embeddings.content_sql(t, 'n', row_type),
-                CASE WHEN every_row THEN format(' OR n.%I IS NOT NULL', t.embedding_column) ELSE '' END)
+                CASE WHEN every_row AND t.chunk_table IS NULL
+                     THEN format(' OR n.%I IS NOT NULL', t.embedding_column) ELSE '' END)
             INTO sent USING t.id;
     EXCEPTION WHEN OTHERS THEN
         IF t.content_function IS NULL THEN
@@ -37,7 +39,10 @@ CREATE OR REPLACE FUNCTION embeddings.watch(
     clear_on_update boolean DEFAULT true,
     queue text DEFAULT 'embedding_jobs',
     key name[] DEFAULT NULL,
-    replica boolean DEFAULT false
+    replica boolean DEFAULT false,
+    chunk_tokens integer DEFAULT NULL,
+    chunk_overlap integer DEFAULT NULL,
+    chunk_table text DEFAULT NULL
 ) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -195,6 +200,16 @@ BEGIN
     END IF;
 
     PERFORM embeddings.refuse_guide_triggers(source, triggers);  -- newcomer: never two sets of triggers
+
+    -- >>> chunked targets (sql/55_chunks.sql): vectors in a chunk table, none in the source
+    IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
+       OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
+                  AND tg.embedding_column = watch.embedding_column AND tg.chunk_table IS NOT NULL) THEN
+        RETURN embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
+                                        queue, key_names, key_regtypes, key_nums, content_num, replica,
+                                        chunk_tokens, chunk_overlap, chunk_table);
+    END IF;
+    -- <<< chunked targets
 
     -- Everything is valid: act.
     SELECT * INTO previous FROM embeddings.targets tg

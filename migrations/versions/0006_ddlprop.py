@@ -1,10 +1,10 @@
 """watch() again after a dropped content column re-embeds every row and clears rows left blank.
 
-Revision ID: 0005
-Revises: 0003
+Revision ID: 0006
+Revises: 0005
 Create Date: 2026-11-22
 
-Applies `0005_ddlprop.sql` beside this file (frozen once released); sql/ gets the same
+Applies `0006_ddlprop.sql` beside this file (frozen once released); sql/ gets the same
 change for fresh installs.
 """
 
@@ -14,8 +14,8 @@ from pathlib import Path
 
 from worker import schema
 
-revision = "0005"
-down_revision = "0003"
+revision = "0006"
+down_revision = "0005"
 branch_labels = None
 depends_on = None
 
