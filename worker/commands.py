@@ -7,8 +7,6 @@ import json
 import sys
 from typing import Any, Literal
 
-from psycopg import sql
-
 from worker import db, exceptions, hints, output, schema
 from worker.config import Settings
 
@@ -171,7 +169,7 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         if target.chunk_table is not None:  # documents by their best chunk (worker/search.py)
             results = search_mod.nearest_documents(conn, target, query_vector, args.k)
         else:
-            results = _nearest(conn, target, query_vector, args.k)
+            results = search_mod.nearest_rows(conn, target, query_vector, args.k)
     if args.json:
         output.print_json(results)
         return EXIT_OK
@@ -187,35 +185,6 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         ],
     )
     return EXIT_OK
-
-
-def _nearest(conn: db.Connection, target: Any, vector: Any, k: int) -> list[dict[str, Any]]:
-    from pgvector import HalfVector, Vector
-
-    with db.translated():
-        row = conn.execute("SELECT embeddings.vector_schema()").fetchone()
-        assert row is not None
-        names = target.sql_names()
-        distance = sql.SQL("t.{emb} OPERATOR({schema}.<=>) %(q)s::{schema}.{type}").format(
-            emb=names["embedding"],
-            schema=sql.Identifier(row[0]),
-            type=sql.Identifier(target.embedding_type),
-        )
-        query = sql.SQL(
-            "SELECT t.{key}::text, {content}, 1 - ({distance}) FROM {table} t "
-            "WHERE t.{emb} IS NOT NULL ORDER BY {distance} LIMIT %(k)s"
-        ).format(
-            key=names["key"],
-            content=names["content"],
-            distance=distance,
-            table=names["table"],
-            emb=names["embedding"],
-        )
-        wrap = HalfVector if target.embedding_type == "halfvec" else Vector
-        rows = conn.execute(query, {"q": wrap(vector), "k": k}).fetchall()
-    return [
-        {"key": key, "content": content, "similarity": float(sim)} for key, content, sim in rows
-    ]
 
 
 # --- failures ---------------------------------------------------------------------------------
