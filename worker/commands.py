@@ -121,11 +121,11 @@ def embed(args: argparse.Namespace, settings: Settings) -> int:
 
 def _load(name: str, settings: Settings) -> Any:
     """A model by registry name (downloaded on first use) or model directory."""
-    from worker import models
+    from worker import fetch
     from worker.embedder import Embedder
 
     return Embedder.load(
-        models.ensure(name, variant=settings.model_variant),
+        fetch.ensure(name, variant=settings.model_variant),
         variant=settings.model_variant,
         threads=settings.threads,
     )
@@ -227,7 +227,7 @@ def failures(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- models -----------------------------------------------------------------------------------
 def model(args: argparse.Namespace, settings: Settings) -> int:
-    from worker import models
+    from worker import fetch, models, registry
 
     if args.model_command == "list":
         rows = models.list_models()
@@ -247,7 +247,7 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
             ],
         )
         return EXIT_OK
-    variant: models.Variant | Literal["all"] = args.download_variant or settings.model_variant
-    path = models.download(args.name, variant=variant)
+    variant: registry.Variant | Literal["all"] = args.download_variant or settings.model_variant
+    path = fetch.download(args.name, variant=variant)
     print(f"{args.name} is in {path}", file=sys.stderr)
     return EXIT_OK

@@ -12,7 +12,7 @@ from typing import Literal
 
 import psycopg
 
-from worker import db, exceptions, hints, models, output
+from worker import db, exceptions, fetch, hints, models, output, registry
 from worker.config import Settings
 
 Level = Literal["ok", "warn", "FAIL"]
@@ -202,7 +202,7 @@ def _model(name: str) -> Finding:
     try:
         where = models.locate(name)
     except exceptions.ModelNotFound as exc:
-        if name in models.REGISTRY and models.downloads_disabled() is None:
+        if name in registry.REGISTRY and fetch.downloads_disabled() is None:
             return Finding(
                 "warn",
                 f"model {name}",

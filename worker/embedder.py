@@ -31,7 +31,7 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from worker import exceptions, models, quantization
+from worker import exceptions, loading, models, quantization, registry
 
 logger = logging.getLogger(__name__)
 
@@ -60,12 +60,6 @@ MAX_PADDING = 0.05
 # Texts longer than this many characters per allowed token are tokenized from a prefix first:
 # the tokenizer would otherwise turn all of a 1 MB string into tokens only to keep 512 of them.
 PREFIX_CHARS_PER_TOKEN = 16
-
-MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
-ONNX_INT_TYPES: dict[str, type[np.signedinteger[Any]]] = {
-    "tensor(int64)": np.int64,
-    "tensor(int32)": np.int32,
-}
 
 
 @dataclass(frozen=True, eq=False)
@@ -102,7 +96,7 @@ class Embedder:
         session: Any,
         tokenizer: Any,
         max_tokens: int,
-        pooling: models.Pooling,
+        pooling: registry.Pooling,
         threads: int,
         hidden_size: int | None = None,
         token_budget: int = DEFAULT_TOKEN_BUDGET,
@@ -118,10 +112,12 @@ class Embedder:
         self.token_budget = token_budget
         self._session = session
         self._tokenizer = tokenizer
-        self._inputs = _graph_inputs(session, model_file)
-        self._output = _hidden_state_output(session, model_file)
-        self._pad_id = _pad_id(tokenizer)
-        self.dim: int = _output_dim(session, self._output) or hidden_size or self._probe_dim()
+        self._inputs = loading.graph_inputs(session, model_file)
+        self._output = loading.hidden_state_output(session, model_file)
+        self._pad_id = loading.pad_id(tokenizer)
+        self.dim: int = (
+            loading.output_dim(session, self._output) or hidden_size or self._probe_dim()
+        )
 
     def __repr__(self) -> str:
         return (
@@ -151,27 +147,27 @@ class Embedder:
             raise ValueError(f"variant must be 'fp32' or 'int8', not {variant!r}")
         spec = os.fspath(name_or_path)
         directory = models.locate(spec, cache_dir=cache_dir)
-        name = spec if spec in models.REGISTRY else directory.name
+        name = spec if spec in registry.REGISTRY else directory.name
         info = models.ModelDir.read(directory, name=name)
         model_file = info.fp32_file
         if variant == "int8":
             model_file = info.int8_file or quantization.cached_int8(
                 info.fp32_file, cache_dir=models.cache_root(cache_dir)
             )
-        n_threads = resolve_threads(threads)
+        n_threads = loading.resolve_threads(threads)
         embedder = cls(
             name=name,
             variant=variant,
             model_file=model_file,
-            session=_create_session(model_file, n_threads),
-            tokenizer=_load_tokenizer(info.tokenizer_file, info.max_tokens),
+            session=loading.create_session(model_file, n_threads),
+            tokenizer=loading.load_tokenizer(info.tokenizer_file, info.max_tokens),
             max_tokens=info.max_tokens,
             pooling=info.pooling,
             threads=n_threads,
             hidden_size=info.hidden_size,
             token_budget=token_budget,
         )
-        expected = models.REGISTRY[name].dim if name in models.REGISTRY else None
+        expected = registry.REGISTRY[name].dim if name in registry.REGISTRY else None
         if expected is not None and embedder.dim != expected:
             raise exceptions.ModelError(
                 f"{model_file} produces {embedder.dim}-dimensional vectors, but {name} has "
@@ -339,113 +335,6 @@ def l2_normalize(vectors: FloatMatrix) -> FloatMatrix:
 
 
 # --- loading -------------------------------------------------------------------------------------
-
-
-def resolve_threads(threads: int | None) -> int:
-    """`threads`, else EMBED_THREADS, else the number of cores this process may run on."""
-    if threads is not None:
-        if threads < 1:
-            raise ValueError(f"threads must be at least 1, not {threads}")
-        return threads
-    raw = os.environ.get("EMBED_THREADS", "").strip()
-    if raw:
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise exceptions.ConfigError(f"EMBED_THREADS: expected a positive integer, got {raw!r}")
-        return value
-    if hasattr(os, "sched_getaffinity"):
-        return len(os.sched_getaffinity(0))
-    return os.cpu_count() or 1
-
-
-def session_options(threads: int) -> Any:
-    """onnxruntime options, every one set on purpose: Postgres shares the machine."""
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    # Idle worker threads sleep instead of spinning: spinning burns the cores Postgres needs.
-    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
-    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
-    # Shapes change with every batch: memory patterns cached per shape only grow the arena
-    # (measured: peak RSS 700 -> 584 MB over the benchmark corpus with gte-small).
-    options.enable_mem_pattern = False
-    options.log_severity_level = 3  # errors only; onnxruntime's warnings go to stderr otherwise
-    return options
-
-
-def _create_session(model_file: Path, threads: int) -> Any:
-    import onnxruntime as ort
-
-    providers = ["CPUExecutionProvider"]
-    missing = [p for p in providers if p not in ort.get_available_providers()]
-    if missing:
-        raise exceptions.ModelError(
-            f"onnxruntime {ort.__version__} lacks {', '.join(missing)} "
-            f"(it offers {', '.join(ort.get_available_providers())})"
-        )
-    try:
-        return ort.InferenceSession(
-            str(model_file), sess_options=session_options(threads), providers=providers
-        )
-    except Exception as exc:  # onnxruntime raises its own pybind exception types
-        raise exceptions.ModelError(f"cannot load {model_file}: {exc}") from exc
-
-
-def _load_tokenizer(path: Path, max_tokens: int) -> Any:
-    from tokenizers import Tokenizer
-
-    try:
-        tokenizer = Tokenizer.from_file(str(path))
-    except Exception as exc:  # tokenizers raises a bare Exception for malformed files
-        raise exceptions.ModelError(f"cannot load {path}: {exc}") from exc
-    # tokenizer.json may carry a fixed padding and a shorter truncation (gte-small's: 128 and 128).
-    tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_tokens)
-    return tokenizer
-
-
-def _pad_id(tokenizer: Any) -> int:
-    pad = tokenizer.token_to_id("[PAD]")
-    return int(pad) if pad is not None else 0
-
-
-def _graph_inputs(session: Any, model_file: Path) -> dict[str, type[np.signedinteger[Any]]]:
-    inputs: dict[str, type[np.signedinteger[Any]]] = {}
-    for arg in session.get_inputs():
-        if arg.name not in MODEL_INPUTS or arg.type not in ONNX_INT_TYPES:
-            raise exceptions.ModelError(
-                f"{model_file}: unsupported graph input {arg.name} ({arg.type}); "
-                f"expected int64 inputs among {', '.join(MODEL_INPUTS)}"
-            )
-        inputs[arg.name] = ONNX_INT_TYPES[arg.type]
-    if "input_ids" not in inputs:
-        raise exceptions.ModelError(f"{model_file}: the graph has no input_ids input")
-    return inputs
-
-
-def _hidden_state_output(session: Any, model_file: Path) -> str:
-    outputs = session.get_outputs()
-    for out in outputs:
-        if out.name == "last_hidden_state":
-            return str(out.name)
-    for out in outputs:
-        if len(out.shape) == 3:
-            return str(out.name)
-    raise exceptions.ModelError(f"{model_file}: no (batch, tokens, hidden) output to pool")
-
-
-def _output_dim(session: Any, output: str) -> int | None:
-    shape = next(o.shape for o in session.get_outputs() if o.name == output)
-    return shape[-1] if isinstance(shape[-1], int) and shape[-1] > 0 else None
-
-
 # --- input checks --------------------------------------------------------------------------------
 
 

@@ -1,6 +1,6 @@
 """The models this process has loaded: each once, shared by every target that uses it.
 
-A registry model that is not on disk is downloaded on first use (`models.ensure`). Loading can
+A registry model that is not on disk is downloaded on first use (`fetch.ensure`). Loading can
 fail (downloads off, hub unreachable, corrupt file). The failure is remembered and the load
 retried after `retry_after` seconds, so a worker started before the model arrived recovers by
 itself, without hammering the disk or the hub meanwhile. A model being loaded or downloaded
@@ -15,9 +15,9 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from worker import exceptions, metrics, models
+from worker import exceptions, fetch, metrics
 from worker.embedder import Embedder
-from worker.models import Variant
+from worker.registry import Variant
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class Embedders:
         started = time.monotonic()
         try:
             embedder = Embedder.load(
-                models.ensure(model, variant=self.variant),
+                fetch.ensure(model, variant=self.variant),
                 variant=self.variant,
                 threads=self.threads,
             )

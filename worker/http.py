@@ -34,7 +34,7 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from worker import db, exceptions, metrics, models
+from worker import db, exceptions, metrics, models, registry
 from worker.readiness import ReadinessProbe
 
 if TYPE_CHECKING:
@@ -218,7 +218,7 @@ class Handler(BaseHTTPRequestHandler):
         }
         if name in worker.embedders.loaded() or name in configured:
             return
-        if name in models.REGISTRY and not models.looks_like_path(name):
+        if name in registry.REGISTRY and not models.looks_like_path(name):
             try:
                 models.locate(name)
             except exceptions.ModelNotFound:
@@ -228,7 +228,7 @@ class Handler(BaseHTTPRequestHandler):
                     "models (set EMBED_MODEL, or run `embed-worker model download` here)",
                 ) from None
             return
-        allowed = sorted(configured | set(models.REGISTRY))
+        allowed = sorted(configured | set(registry.REGISTRY))
         raise BadRequest(
             HTTPStatus.BAD_REQUEST,
             f'"model" must name a known model ({", ".join(allowed)}), not a path or another name',

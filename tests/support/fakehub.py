@@ -8,7 +8,7 @@ corrupted (bytes flipped, same size) while the hub still reports the checksum of
 
     with FakeHub() as hub:
         hub.add("org/model", {"tokenizer.json": b"...", "onnx/model.onnx": b"..."})
-        models.download("name", endpoint=hub.endpoint)
+        fetch.download("name", endpoint=hub.endpoint)
 """
 
 from __future__ import annotations

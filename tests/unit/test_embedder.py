@@ -17,7 +17,8 @@ from tokenizers import Tokenizer
 
 from tests.support import modelgen
 from worker import exceptions, quantization
-from worker.embedder import Embedder, batches, resolve_threads, session_options
+from worker.embedder import Embedder, batches
+from worker.loading import resolve_threads, session_options
 
 pytestmark = pytest.mark.usefixtures("embed_env")
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fakehub import COMMIT, FakeHub
-from worker import exceptions, models
+from worker import exceptions, fetch, models, registry
 from worker.embedders import MAX_REMEMBERED_FAILURES, Embedders
 
 
@@ -32,7 +32,7 @@ def tiny_repo(
         "onnx/model.onnx": (tiny_model_dir / "model.onnx").read_bytes(),
     }
     hub.add("test-org/tiny", files)
-    spec = models.ModelSpec(
+    spec = registry.ModelSpec(
         name="tiny",
         repo_id="test-org/tiny",
         revision=COMMIT,
@@ -40,9 +40,9 @@ def tiny_repo(
         pooling="mean",
         max_tokens=512,
         files=(
-            models.RemoteFile("config.json"),
-            models.RemoteFile("tokenizer.json"),
-            models.RemoteFile(
+            registry.RemoteFile("config.json"),
+            registry.RemoteFile("tokenizer.json"),
+            registry.RemoteFile(
                 "onnx/model.onnx",
                 hashlib.sha256(files["onnx/model.onnx"]).hexdigest(),
                 variant="fp32",
@@ -51,7 +51,7 @@ def tiny_repo(
         int8_file=None,
         description="generated test model",
     )
-    monkeypatch.setitem(models.REGISTRY, "tiny", spec)
+    monkeypatch.setitem(registry.REGISTRY, "tiny", spec)
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     monkeypatch.delenv("EMBED_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -79,7 +79,7 @@ def test_concurrent_first_uses_download_once(hub: FakeHub, tiny_repo: dict[str, 
 
     def load() -> None:
         try:
-            models.ensure("tiny")
+            fetch.ensure("tiny")
         except BaseException as exc:
             errors.append(exc)
 
@@ -127,7 +127,7 @@ def test_a_model_directory_without_model_onnx_says_so(
     monkeypatch.setenv("EMBED_MODEL_PATH", "models")  # relative: resolved in the message
 
     with pytest.raises(exceptions.ModelNotFound) as info:
-        models.ensure("gte-small")
+        fetch.ensure("gte-small")
 
     message = str(info.value)
     assert f"{tmp_path}/models/gte-small is not a model directory" in message

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from tests.support.fakehub import COMMIT, FakeHub
-from worker import exceptions, models
+from worker import exceptions, fetch, models, registry
 from worker.embedder import Embedder
 
 pytestmark = pytest.mark.usefixtures("embed_env")
@@ -22,9 +22,9 @@ pytestmark = pytest.mark.usefixtures("embed_env")
 
 
 def test_registry_lists_the_default_model_first() -> None:
-    names = [spec.name for spec in models.known_models()]
+    names = [spec.name for spec in registry.known_models()]
 
-    assert names[0] == models.DEFAULT_MODEL == "gte-small"
+    assert names[0] == registry.DEFAULT_MODEL == "gte-small"
     assert set(names) == {"gte-small", "all-MiniLM-L6-v2", "bge-small-en-v1.5"}
 
 
@@ -37,7 +37,7 @@ def test_registry_lists_the_default_model_first() -> None:
     ],
 )
 def test_registry_entries(name: str, repo_id: str, pooling: str, max_tokens: int) -> None:
-    spec = models.REGISTRY[name]
+    spec = registry.REGISTRY[name]
 
     assert (spec.repo_id, spec.dim, spec.pooling, spec.max_tokens) == (
         repo_id,
@@ -45,14 +45,14 @@ def test_registry_entries(name: str, repo_id: str, pooling: str, max_tokens: int
         pooling,
         max_tokens,
     )
-    assert models.GIT_SHA1.match(spec.revision), "revisions are commits, never branches"
-    assert all(f.sha256 is None or models.SHA256.match(f.sha256) for f in spec.files)
+    assert fetch.GIT_SHA1.match(spec.revision), "revisions are commits, never branches"
+    assert all(f.sha256 is None or fetch.SHA256.match(f.sha256) for f in spec.files)
     paths = {f.path for f in spec.files}
     assert {"tokenizer.json", "onnx/model.onnx"} <= paths
 
 
 def test_gte_small_ships_its_int8_file() -> None:
-    spec = models.REGISTRY["gte-small"]
+    spec = registry.REGISTRY["gte-small"]
 
     assert spec.int8_file == "onnx/model_quantized.onnx"
     assert [f.path for f in spec.files_for("int8") if f.path.endswith(".onnx")] == [
@@ -65,7 +65,7 @@ def test_gte_small_ships_its_int8_file() -> None:
 
 def test_int8_of_a_model_without_int8_file_downloads_fp32() -> None:
     onnx_files = [
-        f.path for f in models.REGISTRY["all-MiniLM-L6-v2"].files_for("int8") if ".onnx" in f.path
+        f.path for f in registry.REGISTRY["all-MiniLM-L6-v2"].files_for("int8") if ".onnx" in f.path
     ]
 
     assert onnx_files == ["onnx/model.onnx"]
@@ -94,7 +94,7 @@ def test_pinned_checksums_match_the_shared_copies(name: str, files: list[str]) -
     local = shared_models_dir() / name
     if not local.is_dir():
         pytest.skip(f"{local} is absent")
-    pins = {f.path: f.sha256 for f in models.REGISTRY[name].files}
+    pins = {f.path: f.sha256 for f in registry.REGISTRY[name].files}
     for path in files:
         assert hashlib.sha256((local / path).read_bytes()).hexdigest() == pins[path], path
 
@@ -291,10 +291,10 @@ def _register(
     pin: tuple[str, ...] = (),
     optional: tuple[str, ...] = (),
     int8: bool = True,
-) -> models.ModelSpec:
+) -> registry.ModelSpec:
     """A registry entry for the fake repo: `pin` files carry their sha256, others use the hub."""
     remote = [
-        models.RemoteFile(
+        registry.RemoteFile(
             path,
             hashlib.sha256(files[path]).hexdigest() if path in pin else None,
             variant="fp32"
@@ -307,8 +307,8 @@ def _register(
         for path in ("config.json", "tokenizer.json", "onnx/model.onnx", *optional)
     ]
     if int8:
-        remote.append(models.RemoteFile("onnx/model_quantized.onnx", variant="int8"))
-    spec = models.ModelSpec(
+        remote.append(registry.RemoteFile("onnx/model_quantized.onnx", variant="int8"))
+    spec = registry.ModelSpec(
         name="tiny",
         repo_id="test-org/tiny",
         revision=COMMIT,
@@ -319,7 +319,7 @@ def _register(
         int8_file="onnx/model_quantized.onnx" if int8 else None,
         description="generated test model",
     )
-    monkeypatch.setitem(models.REGISTRY, "tiny", spec)
+    monkeypatch.setitem(registry.REGISTRY, "tiny", spec)
     return spec
 
 
@@ -329,14 +329,14 @@ def test_download_fetches_the_pinned_revision_and_loads(
     hub.add("test-org/tiny", repo_files)
     _register(monkeypatch, repo_files, pin=("tokenizer.json", "onnx/model.onnx"))
 
-    path = models.download("tiny", endpoint=hub.endpoint)
+    path = fetch.download("tiny", endpoint=hub.endpoint)
 
     assert path == embed_env / "tiny"
     for name in ("config.json", "tokenizer.json", "onnx/model.onnx"):
         assert (path / name).read_bytes() == repo_files[name]
     assert not (path / "onnx" / "model_quantized.onnx").exists()  # fp32 only
     assert not (path / ".cache").exists()
-    manifest = json.loads((path / models.MANIFEST).read_text())
+    manifest = json.loads((path / fetch.MANIFEST).read_text())
     assert manifest["revision"] == COMMIT
     assert manifest["files"]["config.json"] == hashlib.sha256(repo_files["config.json"]).hexdigest()
     resolved = [p for _, p in hub.requests if "/resolve/" in p]
@@ -350,10 +350,10 @@ def test_download_again_fetches_nothing(
 ) -> None:
     hub.add("test-org/tiny", repo_files)
     _register(monkeypatch, repo_files)
-    models.download("tiny", endpoint=hub.endpoint)
+    fetch.download("tiny", endpoint=hub.endpoint)
     before = len(hub.requests)
 
-    models.download("tiny", endpoint=hub.endpoint)
+    fetch.download("tiny", endpoint=hub.endpoint)
 
     assert len(hub.requests) == before
 
@@ -363,16 +363,16 @@ def test_int8_is_added_to_an_existing_download(
 ) -> None:
     hub.add("test-org/tiny", repo_files)
     _register(monkeypatch, repo_files)
-    path = models.download("tiny", endpoint=hub.endpoint)
+    path = fetch.download("tiny", endpoint=hub.endpoint)
     fetched = len(hub.downloads())
 
-    models.download("tiny", variant="int8", endpoint=hub.endpoint)
+    fetch.download("tiny", variant="int8", endpoint=hub.endpoint)
 
     assert (path / "onnx" / "model_quantized.onnx").read_bytes() == repo_files[
         "onnx/model_quantized.onnx"
     ]
     assert len(hub.downloads()) == fetched + 1
-    manifest = json.loads((path / models.MANIFEST).read_text())
+    manifest = json.loads((path / fetch.MANIFEST).read_text())
     assert set(manifest["files"]) == {
         "config.json",
         "tokenizer.json",
@@ -402,7 +402,7 @@ def test_a_corrupted_file_is_rejected_and_not_cached(
     _register(monkeypatch, repo_files, pin=(corrupted,) if pinned else ())
 
     with pytest.raises(exceptions.DownloadError, match=f"checksum mismatch \\({kind}"):
-        models.download("tiny", endpoint=hub.endpoint)
+        fetch.download("tiny", endpoint=hub.endpoint)
 
     assert _entries(embed_env) == []  # neither the model nor a staging directory
 
@@ -414,7 +414,7 @@ def test_a_pin_that_disagrees_with_the_hub_refuses_before_downloading(
     hub.add("test-org/tiny", {**repo_files, "onnx/model.onnx": b"other weights"})
 
     with pytest.raises(exceptions.DownloadError, match="refusing to download"):
-        models.download("tiny", endpoint=hub.endpoint)
+        fetch.download("tiny", endpoint=hub.endpoint)
 
     assert not any(p.endswith("model.onnx") for p in hub.downloads())
     assert spec.name == "tiny" and _entries(embed_env) == []
@@ -427,7 +427,7 @@ def test_optional_files_may_be_absent(
     files = {**repo_files, "1_Pooling/config.json": b"{}"}
     _register(monkeypatch, files, optional=("1_Pooling/config.json",))
 
-    path = models.download("tiny", endpoint=hub.endpoint)
+    path = fetch.download("tiny", endpoint=hub.endpoint)
 
     assert not (path / "1_Pooling").exists()
 
@@ -439,7 +439,7 @@ def test_a_missing_required_file_fails(
     _register(monkeypatch, repo_files)
 
     with pytest.raises(exceptions.DownloadError, match=r"has no config\.json"):
-        models.download("tiny", endpoint=hub.endpoint)
+        fetch.download("tiny", endpoint=hub.endpoint)
     assert _entries(embed_env) == []
 
 
@@ -452,7 +452,7 @@ def test_an_unknown_revision_fails(
     with pytest.raises(
         exceptions.DownloadError, match=f"has no test-org/tiny at revision {COMMIT}"
     ):
-        models.download("tiny", endpoint=hub.endpoint)
+        fetch.download("tiny", endpoint=hub.endpoint)
 
 
 def test_offline_download_says_what_to_do(embed_env: Path) -> None:
@@ -461,7 +461,7 @@ def test_offline_download_says_what_to_do(embed_env: Path) -> None:
         port = probe.getsockname()[1]
 
     with pytest.raises(exceptions.DownloadError) as info:
-        models.download("gte-small", endpoint=f"http://127.0.0.1:{port}")
+        fetch.download("gte-small", endpoint=f"http://127.0.0.1:{port}")
 
     message = str(info.value)
     assert f"cannot download gte-small from http://127.0.0.1:{port}" in message
@@ -472,4 +472,4 @@ def test_offline_download_says_what_to_do(embed_env: Path) -> None:
 
 def test_download_of_an_unknown_model_fails() -> None:
     with pytest.raises(exceptions.ModelNotFound, match="knows: gte-small"):
-        models.download("nope")
+        fetch.download("nope")
