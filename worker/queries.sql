@@ -179,10 +179,14 @@ WHERE q.msg_id = ANY(%(msg_ids)s::bigint[])
 RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
 
 -- name: resolve_failures
--- Removes the dead letters of rows just written or cleared (target ids and keys, pairwise).
+-- Removes the dead letters of rows just written or cleared (target ids, canonical keys and the
+-- keys as their jobs carried them, pairwise). A composite key's JSON array, or a key whose JSON
+-- text differs from its canonical text, matches by value; the rest by canonical text.
 DELETE FROM embeddings.failures f
-USING unnest(%(target_ids)s::integer[], %(keys)s::text[]) AS r(target_id, key)
-WHERE f.target_id = r.target_id AND f.row_key #>> ARRAY[]::text[] = r.key;
+USING unnest(%(target_ids)s::integer[], %(keys)s::text[], %(raw_keys)s::jsonb[])
+    AS r(target_id, key, raw_key)
+WHERE f.target_id = r.target_id
+  AND (f.row_key = r.raw_key OR f.row_key #>> ARRAY[]::text[] = r.key);
 
 -- name: note_deferrals
 -- Records why targets' jobs were deferred (embeddings.status shows it).

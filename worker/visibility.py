@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from worker import db, queries
 
@@ -38,12 +39,22 @@ def record(conn: db.Connection, batch: Batch, state_of: Callable[[Row], RowState
         if row.target.id not in batch.deferred and state_of(row).value in SETTLED:
             served[row.target.id].append(row.key)
     if served:
+        # A dead letter holds the key as its job carried it: matched by that JSON value, or by
+        # its text where the two forms agree (one-column keys from the guide's messages).
+        raw = {
+            (job.target.id, key): job.raw_keys[key]
+            for job in batch.jobs
+            if job.target is not None
+            for key in job.keys
+        }
+        pairs = [(t, k) for t, keys in served.items() for k in keys]
         _note(
             conn,
             "resolve_failures",
             {
-                "target_ids": [t for t, keys in served.items() for _ in keys],
-                "keys": [k for keys in served.values() for k in keys],
+                "target_ids": [t for t, _ in pairs],
+                "keys": [k for _, k in pairs],
+                "raw_keys": [Jsonb(raw.get(pair)) for pair in pairs],
             },
         )
         _note(conn, "clear_deferrals", {"target_ids": list(served)})

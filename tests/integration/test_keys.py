@@ -116,6 +116,38 @@ def test_composite_failures_show_the_key_and_retry(
     assert embedded(conn, "docs", "(tenant, id)") == {"(1,1)": True, "(1,2)": True}
 
 
+@pytest.mark.parametrize(
+    ("key", "values"),
+    [
+        ("tenant int, id int, PRIMARY KEY (tenant, id)", "1, 2"),
+        ("id timestamptz PRIMARY KEY", "'2026-01-02 03:04:05+00'"),
+        ("id text PRIMARY KEY", "'a b'"),
+    ],
+    ids=["composite", "timestamptz", "text"],
+)
+def test_a_dead_letter_is_resolved_when_its_row_is_embedded_later_for_any_key(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str, key: str, values: str
+) -> None:
+    # The dead letter keeps the key as the job carried it (a JSON array, an ISO timestamp);
+    # resolving it must not depend on that text equalling the key's canonical text.
+    conn.execute(f"CREATE TABLE docs ({key}, body text)")
+    conn.execute(
+        "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$"
+        " BEGIN IF d.body = 'poison' THEN RAISE EXCEPTION 'no poison'; END IF;"
+        " RETURN d.body; END $$"
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'picky', model => %s)", (minilm,))
+    conn.execute(f"INSERT INTO docs VALUES ({values}, 'poison')")
+    run_once(max_attempts=1)
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (1,)
+
+    conn.execute("UPDATE docs SET body = 'cured'")  # the trigger queues the row again
+    run_once()
+
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NOT NULL").fetchone() == (1,)
+    assert conn.execute("SELECT row_key FROM embeddings.failures").fetchall() == []
+
+
 def test_a_composite_key_row_changed_after_reading_is_not_overwritten(
     conn: Conn, run_once: Callable[..., Worker], minilm: str
 ) -> None:
