@@ -120,6 +120,10 @@ BEGIN
        IS DISTINCT FROM (before.key_columns, before.key_types, before.content_column, before.embedding_column, before.problem) THEN
         UPDATE embeddings.targets tg SET updated_at = now() WHERE tg.id = target_id;
     END IF;
+    -- A new version after every ALTER of the table: a batch read under the old names (of the
+    -- table itself too, which the registration does not store) is handed back, not failed.
+    -- The write transaction's table lock orders it before or after this one, never between.
+    UPDATE embeddings.targets tg SET version = tg.version + 1 WHERE tg.id = target_id;
     PERFORM pg_notify('embeddings_targets', t.id::text);  -- workers re-read names
 END
 $$;

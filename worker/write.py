@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
+from psycopg import sql
 
 from worker import chunkstore, db, faults, metrics, queries, visibility
 from worker import queue as jobqueue
@@ -133,12 +134,14 @@ class WriteOutcome:
 
 
 def _outdated_targets(conn: db.Connection, groups: dict[Target, list[Row]]) -> set[int]:
-    """Locks the registration of every target of the batch (in id order: two writers never
-    wait for each other crosswise) and returns those whose definition version is no longer the
-    one the batch was read under. The locks hold until COMMIT, so a concurrent watch() waits for
-    this write, and a write that starts after watch() sees its new version."""
+    """Locks the table and then the registration of every target of the batch (in id order:
+    two writers never wait for each other crosswise; table first, as ALTER TABLE does) and
+    returns those whose definition version is no longer the one the batch was read under. The
+    locks hold until COMMIT, so a concurrent watch() or rename waits for this write, and a write
+    that starts after either sees its new version."""
     outdated = set()
     for target in sorted(groups, key=lambda t: t.id):
+        conn.execute(queries.compose("lock_target_table", target_id=sql.Literal(target.id)))
         row = conn.execute(
             queries.compose("lock_target_version"), {"target_id": target.id}
         ).fetchone()

@@ -135,3 +135,48 @@ def test_watch_waits_for_a_write_in_progress_and_later_writes_see_its_version(
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
     with psycopg.connect(dsn) as writer:
         assert writer.execute(lock).fetchone() == (2,)
+
+
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "ALTER TABLE docs RENAME COLUMN body TO content",
+        "ALTER TABLE docs RENAME COLUMN embedding TO vec",
+        "ALTER TABLE docs RENAME TO papers",
+    ],
+)
+def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt(
+    conn: Conn,
+    dsn: str,
+    tiny_models: tuple[str, str],
+    settings: Settings,
+    embedders: Embedders,
+    run_once: Callable[..., Worker],
+    ddl: str,
+) -> None:
+    first, _ = tiny_models
+    make_docs(conn, first)
+    queue = jobqueue.Queue(settings.queue)
+    with db.connect(dsn) as worker_conn:
+        db.register_vector_types(worker_conn)
+        batch = pipeline.read(worker_conn, queue, Registry(), settings)
+        assert batch is not None
+        pipeline.load(worker_conn, batch)
+        pipeline.embed(embedders, batch)  # under the old names
+
+        conn.execute(ddl)
+        settlement = pipeline.write(worker_conn, queue, batch, settings)
+
+    assert sorted(settlement.release) == sorted(batch.msg_ids)
+    assert not settlement.retry and not settlement.dead
+    released = conn.execute(
+        "SELECT read_ct, vt <= clock_timestamp() FROM pgmq.q_embedding_jobs WHERE msg_id = ANY(%s)",
+        (batch.msg_ids,),
+    ).fetchall()
+    assert released and all(row == (0, True) for row in released)
+
+    run_once()
+    table, vec = ("papers", "embedding") if "papers" in ddl else ("docs", "embedding")
+    vec = "vec" if "vec" in ddl else vec
+    assert conn.execute(f"SELECT count({vec}) FROM {table}").fetchone() == (len(TEXTS),)
+    assert messages(conn) == []

@@ -4,6 +4,7 @@ what cannot be followed becomes a visible, logged deferral."""
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from typing import Any
 
@@ -11,6 +12,8 @@ import psycopg
 import pytest
 
 from tests.support.jobs import queued_keys
+from tests.support.process import wait_for
+from worker import write
 from worker.runner import Worker
 from worker.targets import load
 
@@ -187,3 +190,47 @@ def test_watching_again_after_the_content_column_was_re_added_re_embeds_every_ro
     assert now[1] is not None and now[1] != old[1], "row 1 kept the old content's vector"
     assert now[2] is None, "row 2 has no content but kept a vector"
     assert conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,)
+
+
+def test_a_rename_while_a_write_holds_the_registration_waits_instead_of_deadlocking(
+    conn: Conn, dsn: str, docs: int, run_once: Callable[..., Worker]
+) -> None:
+    # The worker's write locks the registration, then writes the table; a rename locks the
+    # table, then (following it) the registration. Each must wait for the other in line.
+    run_once()
+    ddl_errors: list[BaseException] = []
+
+    def rename() -> None:
+        try:
+            with psycopg.connect(dsn, autocommit=True) as ddl:
+                ddl.execute("ALTER TABLE docs RENAME COLUMN body TO content")
+        except psycopg.Error as exc:
+            ddl_errors.append(exc)
+
+    target = load(conn)[docs]
+    with psycopg.connect(dsn) as writer:
+        assert write._outdated_targets(writer, {target: []}) == set()
+        held = conn.execute(
+            "SELECT mode FROM pg_locks WHERE pid = %s AND relation = 'docs'::regclass",
+            (writer.info.backend_pid,),
+        ).fetchall()
+        assert ("RowExclusiveLock",) in held  # the write's own lock, taken before the registration
+        ddl = threading.Thread(target=rename)
+        ddl.start()
+        wait_for(
+            lambda: (
+                conn.execute(
+                    "SELECT count(*) FROM pg_stat_activity"
+                    " WHERE wait_event_type = 'Lock' AND query LIKE 'ALTER TABLE docs%'"
+                ).fetchone()
+                == (1,)
+            )
+        )
+        writer.execute("UPDATE docs SET embedding = embedding WHERE id = 1")  # as the write does
+        writer.commit()
+        ddl.join(timeout=60)
+    assert not ddl.is_alive()
+    assert ddl_errors == []
+    assert conn.execute(
+        "SELECT content_column FROM embeddings.targets WHERE id = %s", (docs,)
+    ).fetchone() == ("content",)
