@@ -17,7 +17,7 @@ import time
 
 from pgvector import HalfVector
 
-from worker import db, exceptions, hints, logs, models
+from worker import db, exceptions, fetch, hints, logs, models
 from worker.config import Settings
 from worker.runner import Worker
 
@@ -198,7 +198,7 @@ def _fetch(model: str, settings: Settings) -> str:
         found = models.locate(model)
     except exceptions.ModelNotFound:
         print(f"model {model}: not on this machine yet; downloading it (first run only)")
-        found = models.ensure(model, variant=settings.model_variant)
+        found = fetch.ensure(model, variant=settings.model_variant)
     return f"in {found}"
 
 
