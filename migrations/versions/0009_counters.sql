@@ -1,0 +1,243 @@
+-- Status in constant time (issue 16 section 3): embeddings.status estimates the row counts of large
+-- tables from the catalog and ANALYZE's statistics instead of scanning them, and gains an
+-- `estimated` column; embeddings.status_exact keeps the exact counts.
+
+DROP VIEW embeddings.status;
+DROP FUNCTION embeddings.target_status();
+
+-- Exact counts of target t: scans its table (and chunk table). Rows whose content is NULL or
+-- blank (whitespace only) are `cleared_rows`: the worker keeps them without an embedding on
+-- purpose. A chunked target's embedded rows are its documents with chunks (sql/55_chunks.sql).
+CREATE FUNCTION embeddings.exact_counts(t embeddings.targets,
+    OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    content_sql text := CASE WHEN t.content_column IS NOT NULL THEN format('s.%I', t.content_column)
+                             ELSE format('%s(s)', t.content_function::regproc) END;
+BEGIN
+    IF t.chunk_table IS NULL THEN
+        BEGIN
+            EXECUTE format('SELECT count(*), count(s.%I), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
+                           t.embedding_column, content_sql, content_sql, t.source)
+                INTO total_rows, embedded_rows, cleared_rows;
+        EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
+            BEGIN
+                EXECUTE format('SELECT count(*), count(s.%I), NULL::bigint FROM %s s', t.embedding_column, t.source)
+                    INTO total_rows, embedded_rows, cleared_rows;
+            EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone: the other targets still show
+                total_rows := NULL;
+                embedded_rows := NULL;
+                cleared_rows := NULL;
+            END;
+        END;
+        chunks := NULL;
+    ELSE
+        BEGIN
+            EXECUTE format('SELECT count(*), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
+                           content_sql, content_sql, t.source)
+                INTO total_rows, cleared_rows;
+        EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
+            EXECUTE format('SELECT count(*), NULL::bigint FROM %s', t.source) INTO total_rows, cleared_rows;
+        END;
+        BEGIN
+            SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
+        EXCEPTION WHEN OTHERS THEN  -- the chunk table is gone: the other targets still show
+            embedded_rows := NULL;
+            chunks := NULL;
+        END;
+    END IF;
+END
+$$;
+
+-- The leaf relations holding rel's rows: every leaf partition of a partitioned table, or rel
+-- itself (pg_partition_tree() knows nothing of a table outside any partition tree).
+CREATE FUNCTION embeddings.leaf_relations(rel regclass) RETURNS SETOF regclass
+LANGUAGE sql STABLE AS $$
+    SELECT p.relid FROM pg_partition_tree(rel) p WHERE p.isleaf
+    UNION ALL
+    SELECT rel WHERE NOT EXISTS (SELECT FROM pg_partition_tree(rel))
+$$;
+
+-- Pages of target t's table (all partitions) and chunk table, read from the files' sizes: no scan.
+CREATE FUNCTION embeddings.target_pages(t embeddings.targets) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT (coalesce(sum(pg_relation_size(r)), 0) / current_setting('block_size')::bigint)::bigint
+    FROM (SELECT embeddings.leaf_relations(t.source) AS r
+          UNION ALL
+          SELECT embeddings.leaf_relations(t.chunk_table) WHERE t.chunk_table IS NOT NULL) rels
+$$;
+
+-- Up to how many pages embeddings.status counts a target exactly (default 1024 pages, 8 MB):
+-- set embeddings.status_exact_pages (per database, role or session) to change it; 0 always
+-- estimates.
+CREATE FUNCTION embeddings.status_exact_pages() RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('embeddings.status_exact_pages', true), '')::bigint, 1024)
+$$;
+
+-- Estimated live rows of one table or partition, without reading it: the statistics system's
+-- live-row count (pg_stat_user_tables.n_live_tup: inserts and deletes as they commit, flushed
+-- within about a second; set to what each VACUUM and ANALYZE counts). Where the statistics
+-- system knows nothing of the relation (after a crash or pg_stat_reset(), on a standby), the
+-- planner's estimate: rows per page of the last VACUUM or ANALYZE times the pages it has now.
+CREATE FUNCTION embeddings.estimated_rows(rel regclass) RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN pg_stat_get_tuples_inserted(c.oid) + pg_stat_get_tuples_deleted(c.oid)
+                     + pg_stat_get_vacuum_count(c.oid) + pg_stat_get_autovacuum_count(c.oid)
+                     + pg_stat_get_analyze_count(c.oid) + pg_stat_get_autoanalyze_count(c.oid) > 0
+                THEN pg_stat_get_live_tuples(c.oid)::double precision
+                WHEN c.reltuples >= 0 AND c.relpages > 0
+                THEN c.reltuples / c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::double precision)
+                ELSE 0 END
+    FROM pg_class c WHERE c.oid = rel
+$$;
+
+-- Estimated counts of target t in time that does not grow with its table: rows from
+-- embeddings.estimated_rows() over its leaf relations; embedded rows and cleared rows scale
+-- those by the shares ANALYZE sampled (pg_stats): embeddings not NULL, content NULL or blank
+-- (blank among the most common values only). A count is NULL where a leaf with rows has no
+-- statistics of that column yet (never analyzed since watch()), and cleared rows are NULL for a
+-- content function. Chunked targets: chunks estimated likewise, embedded documents NULL.
+CREATE FUNCTION embeddings.estimated_counts(t embeddings.targets,
+    OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
+LANGUAGE sql STABLE AS $$
+    WITH leaf AS (
+        SELECT r.n,
+               (SELECT 1 - s.null_frac FROM pg_stats s
+                WHERE s.schemaname = ns.nspname AND s.tablename = c.relname
+                  AND s.attname = t.embedding_column AND NOT s.inherited) AS embedded_share,
+               (SELECT s.null_frac + coalesce((SELECT sum(m.f) FROM unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS m(v, f)
+                                               WHERE m.v !~ '[^[:space:]]'), 0)
+                FROM pg_stats s
+                WHERE s.schemaname = ns.nspname AND s.tablename = c.relname
+                  AND s.attname = t.content_column AND NOT s.inherited) AS cleared_share
+        FROM embeddings.leaf_relations(t.source) AS l(rel)
+        JOIN pg_class c ON c.oid = l.rel
+        JOIN pg_namespace ns ON ns.oid = c.relnamespace
+        CROSS JOIN LATERAL (SELECT embeddings.estimated_rows(l.rel) AS n) r
+    )
+    SELECT round(sum(n))::bigint,
+           CASE WHEN t.chunk_table IS NULL AND bool_and(embedded_share IS NOT NULL OR n < 1)
+                THEN round(sum(n * coalesce(embedded_share, 0)))::bigint END,
+           CASE WHEN t.content_column IS NOT NULL AND bool_and(cleared_share IS NOT NULL OR n < 1)
+                THEN round(sum(n * coalesce(cleared_share, 0)))::bigint END,
+           CASE WHEN t.chunk_table IS NOT NULL
+                THEN (SELECT round(sum(embeddings.estimated_rows(cl)))::bigint
+                      FROM embeddings.leaf_relations(t.chunk_table) AS cl) END
+    FROM leaf
+$$;
+
+-- One row per target. Row counts are exact for targets up to embeddings.status_exact_pages()
+-- pages and estimated above (`estimated`: see embeddings.estimated_counts()), so that reading
+-- the status costs the same for ten rows or ten million; `exact => true` counts every target
+-- exactly (scans each table: embeddings.status_exact), `exact => false` estimates every one.
+-- Pending jobs, dead letters and the rate are exact either way: they come from the queue and
+-- our own tables, not from the watched tables. `deferred_reason` says why the pending jobs
+-- wait, when the worker defers them.
+CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TABLE (
+    target                 text,
+    total_rows             bigint,
+    embedded_rows          bigint,
+    pending_jobs           bigint,
+    failed_jobs            bigint,
+    oldest_pending_seconds double precision,
+    target_id              integer,
+    model                  text,
+    rows_per_second        double precision,
+    cleared_rows           bigint,
+    deferred_reason        text,
+    deferred_since         timestamptz,
+    problem                text,
+    chunks                 bigint,
+    estimated              boolean
+)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    t embeddings.targets;
+BEGIN
+    FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
+        target := embeddings.target_name(t);
+        target_id := t.id;
+        model := t.model;
+        problem := t.problem;  -- why it is not served (a schema change it cannot follow)
+        estimated := NOT coalesce(exact, embeddings.target_pages(t) <= embeddings.status_exact_pages());
+        IF estimated THEN
+            SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.estimated_counts(t);
+        ELSE
+            SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.exact_counts(t);
+        END IF;
+        EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
+        SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
+        -- The last five whole minutes plus the current one, as a rate per second.
+        SELECT coalesce(sum(tp.rows), 0) / greatest(extract(epoch FROM clock_timestamp() - min(tp.minute)), 60)
+        INTO rows_per_second
+        FROM embeddings.throughput tp
+        WHERE tp.target_id = t.id AND tp.minute >= date_trunc('minute', clock_timestamp()) - interval '5 minutes';
+        deferred_reason := NULL;
+        deferred_since := NULL;
+        SELECT d.reason, d.since INTO deferred_reason, deferred_since
+        FROM embeddings.deferrals d WHERE d.target_id = t.id AND pending_jobs > 0;
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- What `embed-worker status` shows. total_rows, embedded_rows, cleared_rows and chunks are
+-- estimates where `estimated` is true (large tables); every other column is exact.
+CREATE VIEW embeddings.status AS
+    SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
+           target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
+           chunks, estimated
+    FROM embeddings.target_status();
+COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets. Row counts of large tables are estimates (estimated = true); embeddings.status_exact counts them';
+
+-- The same, every count exact: scans every watched table (`embed-worker status --exact`).
+CREATE VIEW embeddings.status_exact AS
+    SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
+           target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
+           chunks, estimated
+    FROM embeddings.target_status(exact => true);
+COMMENT ON VIEW embeddings.status_exact IS 'embeddings.status with exact counts: scans every watched table';
+
+CREATE OR REPLACE FUNCTION embeddings.grant_worker(role_name name) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t embeddings.targets;
+    q embeddings.queues;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
+        RAISE EXCEPTION 'role "%" does not exist', role_name
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('CREATE ROLE %I LOGIN PASSWORD ''...''; first.', role_name);
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA embeddings, pgmq TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON embeddings.targets, embeddings.models, embeddings.queues, embeddings.status, embeddings.status_exact TO %I', role_name);
+    EXECUTE format('GRANT SELECT, INSERT, DELETE ON embeddings.failures TO %I', role_name);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON embeddings.throughput TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON pgmq.meta TO %I', role_name);
+    -- Its write transaction locks the registrations it writes for (definition versions).
+    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.lock_target_version(integer) TO %I', role_name);
+    FOR q IN SELECT * FROM embeddings.queues LOOP
+        PERFORM embeddings.grant_worker_queue(role_name, q.name);
+    END LOOP;
+    FOR t IN SELECT * FROM embeddings.targets LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);
+        PERFORM embeddings.grant_worker_target(role_name, t);
+    END LOOP;
+    INSERT INTO embeddings.worker_roles VALUES (role_name) ON CONFLICT DO NOTHING;
+END
+$$;
+
+-- Roles granted before this revision read both views (dropping the view dropped their grant).
+DO $$
+DECLARE
+    r name;
+BEGIN
+    FOR r IN SELECT role_name FROM embeddings.worker_roles LOOP
+        IF EXISTS (SELECT FROM pg_roles WHERE rolname = r) THEN
+            EXECUTE format('GRANT SELECT ON embeddings.status, embeddings.status_exact TO %I', r);
+        END IF;
+    END LOOP;
+END
+$$;
