@@ -80,7 +80,7 @@ def progress_done(row: dict[str, Any], wanted: int) -> int:
     the rows that no job waits for, since the pending count is exact and current, whereas
     the embedded estimate moves only when the table is analyzed."""
     if row["estimated"] or row["embedded_rows"] is None:
-        return max(wanted - row["pending_jobs"], 0)
+        return max(wanted - int(row["pending_jobs"]), 0)
     return int(row["embedded_rows"])
 
 
