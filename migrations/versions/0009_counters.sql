@@ -100,31 +100,42 @@ $$;
 -- content function. Chunked targets: chunks estimated likewise, embedded documents NULL.
 CREATE FUNCTION embeddings.estimated_counts(t embeddings.targets,
     OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
-LANGUAGE sql STABLE AS $$
-    WITH leaf AS (
-        SELECT r.n,
-               (SELECT 1 - s.null_frac FROM pg_stats s
-                WHERE s.schemaname = ns.nspname AND s.tablename = c.relname
-                  AND s.attname = t.embedding_column AND NOT s.inherited) AS embedded_share,
-               (SELECT s.null_frac + coalesce((SELECT sum(m.f) FROM unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS m(v, f)
-                                               WHERE m.v !~ '[^[:space:]]'), 0)
-                FROM pg_stats s
-                WHERE s.schemaname = ns.nspname AND s.tablename = c.relname
-                  AND s.attname = t.content_column AND NOT s.inherited) AS cleared_share
-        FROM embeddings.leaf_relations(t.source) AS l(rel)
-        JOIN pg_class c ON c.oid = l.rel
-        JOIN pg_namespace ns ON ns.oid = c.relnamespace
-        CROSS JOIN LATERAL (SELECT embeddings.estimated_rows(l.rel) AS n) r
-    )
-    SELECT round(sum(n))::bigint,
-           CASE WHEN t.chunk_table IS NULL AND bool_and(embedded_share IS NOT NULL OR n < 1)
-                THEN round(sum(n * coalesce(embedded_share, 0)))::bigint END,
-           CASE WHEN t.content_column IS NOT NULL AND bool_and(cleared_share IS NOT NULL OR n < 1)
-                THEN round(sum(n * coalesce(cleared_share, 0)))::bigint END,
-           CASE WHEN t.chunk_table IS NOT NULL
-                THEN (SELECT round(sum(embeddings.estimated_rows(cl)))::bigint
-                      FROM embeddings.leaf_relations(t.chunk_table) AS cl) END
-    FROM leaf
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    leaf regclass;
+    n double precision;
+    embedded_share double precision;
+    cleared_share double precision;
+    total double precision := 0;
+    embedded double precision := CASE WHEN t.chunk_table IS NULL THEN 0 END;
+    cleared double precision := CASE WHEN t.content_column IS NOT NULL THEN 0 END;
+BEGIN
+    -- One short statement per leaf (plans cached by the session), not one query over the
+    -- pg_stats view, which costs milliseconds to plan on every call.
+    FOR leaf IN SELECT embeddings.leaf_relations(t.source) LOOP
+        n := embeddings.estimated_rows(leaf);
+        total := total + n;
+        CONTINUE WHEN n < 1;
+        SELECT 1 - s.null_frac INTO embedded_share
+        FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+        JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = c.relname
+        WHERE c.oid = leaf AND s.attname = t.embedding_column AND NOT s.inherited;
+        embedded := embedded + n * embedded_share;  -- NULL from here on: no statistics yet
+        SELECT s.null_frac + coalesce((SELECT sum(m.f) FROM unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS m(v, f)
+                                       WHERE m.v !~ '[^[:space:]]'), 0)
+        INTO cleared_share
+        FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+        JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = c.relname
+        WHERE c.oid = leaf AND s.attname = t.content_column AND NOT s.inherited;
+        cleared := cleared + n * cleared_share;
+    END LOOP;
+    total_rows := round(total);
+    embedded_rows := round(embedded);
+    cleared_rows := round(cleared);
+    IF t.chunk_table IS NOT NULL THEN
+        SELECT round(sum(embeddings.estimated_rows(cl))) INTO chunks FROM embeddings.leaf_relations(t.chunk_table) AS cl;
+    END IF;
+END
 $$;
 
 -- One row per target. Row counts are exact for targets up to embeddings.status_exact_pages()
