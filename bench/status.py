@@ -75,18 +75,18 @@ def fill(conn: Conn, rows: int) -> dict[str, float]:
 
 def small_target(conn: Conn) -> int:
     """A second target just under the exact-count threshold: the most one target counts."""
+    rows = status_view_threshold(conn) - 1
     conn.execute(
         "CREATE TABLE bench_status_small (id bigint PRIMARY KEY, body text, embedding halfvec(4))"
     )
     conn.execute(
         "INSERT INTO bench_status_small SELECT i, 'doc ' || i || ' ' || md5(i::text),"
-        " '[0.1,0.2,0.3,0.4]' FROM generate_series(1, 85000) i"
+        " '[0.1,0.2,0.3,0.4]' FROM generate_series(1, %s) i",
+        (rows,),
     )
     conn.execute("SELECT embeddings.watch('bench_status_small', 'body', model => %s)", (MODEL,))
     conn.execute("VACUUM ANALYZE bench_status_small")
-    row = conn.execute("SELECT pg_relation_size('bench_status_small') / 8192").fetchone()
-    assert row is not None
-    return int(row[0])
+    return rows
 
 
 def compare(conn: Conn, rounds: int) -> dict[str, Any]:
@@ -168,7 +168,7 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 10_000_000, rounds: int = 3) 
             "setup": setup,
             "table_bytes": sizes[0],
             "index_bytes": sizes[1],
-            "exact_count_threshold_pages": status_view_threshold(conn),
+            "exact_count_threshold_rows": status_view_threshold(conn),
         }
         result["one target, queue empty"] = compare(conn, rounds)
         result["one target, queue empty"][
@@ -186,13 +186,13 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 10_000_000, rounds: int = 3) 
         result[f"one target, {min(BACKLOG_ROWS, rows):,} rows pending"] = compare(conn, rounds)
         result["/metrics scrape, rows pending"] = scrapes(dsn, tokenizer_dir, 50)
         result["keeper's queue_depth query, rows pending"] = queue_depth(conn, 20)
-        pages = small_target(conn)
+        small_rows = small_target(conn)
         with_small = compare(conn, 1)
-        conn.execute("SET embeddings.status_exact_pages = 0")
+        conn.execute("SET embeddings.status_exact_rows = 0")
         both_estimated = compare(conn, 1)
-        conn.execute("RESET embeddings.status_exact_pages")
+        conn.execute("RESET embeddings.status_exact_rows")
         result["plus a target just under the threshold"] = {
-            "pages": pages,
+            "rows": small_rows,
             "status, small target counted exactly": with_small[
                 "estimated (embeddings.status; after)"
             ],
@@ -202,6 +202,6 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 10_000_000, rounds: int = 3) 
 
 
 def status_view_threshold(conn: Conn) -> int:
-    row = conn.execute("SELECT embeddings.status_exact_pages()").fetchone()
+    row = conn.execute("SELECT embeddings.status_exact_rows()").fetchone()
     assert row is not None
     return int(row[0])

@@ -49,47 +49,50 @@ BEGIN
 END
 $$;
 
--- The leaf relations holding rel's rows: every leaf partition of a partitioned table, or rel
--- itself (pg_partition_tree() knows nothing of a table outside any partition tree).
+-- The relations holding rel's rows, as count(*) on rel reads them: rel, or its partitions and
+-- inheritance children, partitioned tables left out (they hold no rows). Walked through
+-- pg_inherits, taking no lock: pg_partition_tree() would lock every partition, and status must
+-- not wait behind a long ALTER TABLE on a watched table.
 CREATE FUNCTION embeddings.leaf_relations(rel regclass) RETURNS SETOF regclass
 LANGUAGE sql STABLE AS $$
-    SELECT p.relid FROM pg_partition_tree(rel) p WHERE p.isleaf
-    UNION ALL
-    SELECT rel WHERE NOT EXISTS (SELECT FROM pg_partition_tree(rel))
+    WITH RECURSIVE tree (relid) AS (
+        SELECT rel::oid
+        UNION ALL
+        SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid
+    )
+    SELECT tree.relid::regclass FROM tree JOIN pg_class c ON c.oid = tree.relid WHERE c.relkind <> 'p'
 $$;
 
--- Pages of target t's table (all partitions) and chunk table, read from the files' sizes: no scan.
-CREATE FUNCTION embeddings.target_pages(t embeddings.targets) RETURNS bigint
-LANGUAGE sql STABLE AS $$
-    SELECT (coalesce(sum(pg_relation_size(r)), 0) / current_setting('block_size')::bigint)::bigint
-    FROM (SELECT embeddings.leaf_relations(t.source) AS r
-          UNION ALL
-          SELECT embeddings.leaf_relations(t.chunk_table) WHERE t.chunk_table IS NOT NULL) rels
-$$;
-
--- Up to how many pages embeddings.status counts a target exactly (default 1024 pages, 8 MB):
--- set embeddings.status_exact_pages (per database, role or session) to change it; 0 always
--- estimates.
-CREATE FUNCTION embeddings.status_exact_pages() RETURNS bigint
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(nullif(current_setting('embeddings.status_exact_pages', true), '')::bigint, 1024)
-$$;
-
--- Estimated live rows of one table or partition, without reading it: the statistics system's
--- live-row count (pg_stat_user_tables.n_live_tup: inserts and deletes as they commit, flushed
--- within about a second; set to what each VACUUM and ANALYZE counts). Where the statistics
--- system knows nothing of the relation (after a crash or pg_stat_reset(), on a standby), the
--- planner's estimate: rows per page of the last VACUUM or ANALYZE times the pages it has now.
+-- Estimated live rows of one table or partition, without reading or locking it: the statistics
+-- system's live-row count (pg_stat_user_tables.n_live_tup: inserts and deletes as they commit,
+-- flushed within about a second; set to what each VACUUM and ANALYZE counts). Where the
+-- statistics system knows nothing of the relation (after a crash or pg_stat_reset(), on a
+-- standby), what the last VACUUM or ANALYZE counted (pg_class.reltuples); 0 when neither ran.
 CREATE FUNCTION embeddings.estimated_rows(rel regclass) RETURNS double precision
 LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN pg_stat_get_tuples_inserted(c.oid) + pg_stat_get_tuples_deleted(c.oid)
                      + pg_stat_get_vacuum_count(c.oid) + pg_stat_get_autovacuum_count(c.oid)
                      + pg_stat_get_analyze_count(c.oid) + pg_stat_get_autoanalyze_count(c.oid) > 0
                 THEN pg_stat_get_live_tuples(c.oid)::double precision
-                WHEN c.reltuples >= 0 AND c.relpages > 0
-                THEN c.reltuples / c.relpages * (pg_relation_size(c.oid) / current_setting('block_size')::double precision)
-                ELSE 0 END
+                ELSE greatest(c.reltuples, 0)::double precision END
     FROM pg_class c WHERE c.oid = rel
+$$;
+
+-- Estimated rows of target t's table (all partitions) and chunk table.
+CREATE FUNCTION embeddings.target_rows(t embeddings.targets) RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(embeddings.estimated_rows(r)), 0)
+    FROM (SELECT embeddings.leaf_relations(t.source) AS r
+          UNION ALL
+          SELECT embeddings.leaf_relations(t.chunk_table) WHERE t.chunk_table IS NOT NULL) rels
+$$;
+
+-- Up to how many rows (estimated, table and chunk table together) embeddings.status counts a
+-- target exactly: 5000 unless the setting embeddings.status_exact_rows says otherwise (per
+-- database, role or session); 0 always estimates.
+CREATE FUNCTION embeddings.status_exact_rows() RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('embeddings.status_exact_rows', true), '')::bigint, 5000)
 $$;
 
 -- Estimated counts of target t in time that does not grow with its table: rows from
@@ -138,9 +141,9 @@ BEGIN
 END
 $$;
 
--- One row per target. Row counts are exact for targets up to embeddings.status_exact_pages()
--- pages and estimated above (`estimated`: see embeddings.estimated_counts()), so that reading
--- the status costs the same for ten rows or ten million; `exact => true` counts every target
+-- One row per target. Row counts are exact for targets up to embeddings.status_exact_rows()
+-- rows and estimated above (`estimated`: see embeddings.estimated_counts()), so that reading
+-- the status costs the same for ten rows or ten million and never waits on a watched table's lock; `exact => true` counts every target
 -- exactly (scans each table: embeddings.status_exact), `exact => false` estimates every one.
 -- Pending jobs, dead letters and the rate are exact either way: they come from the queue and
 -- our own tables, not from the watched tables. `deferred_reason` says why the pending jobs
@@ -172,7 +175,7 @@ BEGIN
         target_id := t.id;
         model := t.model;
         problem := t.problem;  -- why it is not served (a schema change it cannot follow)
-        estimated := NOT coalesce(exact, embeddings.target_pages(t) <= embeddings.status_exact_pages());
+        estimated := NOT coalesce(exact, embeddings.target_rows(t) <= embeddings.status_exact_rows());
         IF estimated THEN
             SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.estimated_counts(t);
         ELSE

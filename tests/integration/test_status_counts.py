@@ -88,7 +88,7 @@ def reads_of(conn: Conn, table: str) -> int:
 def test_estimates_after_analyze_are_within_bounds(conn: Conn) -> None:
     watched_docs(conn)
     conn.execute("ANALYZE docs")
-    conn.execute("SET embeddings.status_exact_pages = 0")  # estimate even this small table
+    conn.execute("SET embeddings.status_exact_rows = 0")  # estimate even this small table
 
     row = status(conn)
 
@@ -103,10 +103,10 @@ def test_estimates_after_analyze_are_within_bounds(conn: Conn) -> None:
 def test_estimates_follow_the_table_growing_between_analyzes(conn: Conn) -> None:
     watched_docs(conn)
     conn.execute("ANALYZE docs")
-    conn.execute("SET embeddings.status_exact_pages = 0")
+    conn.execute("SET embeddings.status_exact_rows = 0")
     conn.execute("ALTER TABLE docs SET (autovacuum_enabled = false)")  # no ANALYZE meanwhile
     fill(conn, first=3001)  # the table doubles; pg_class still says 3000 rows
-    conn.execute("UPDATE docs SET embedding = NULL WHERE id <= 1000")  # dead rows: more pages
+    conn.execute("UPDATE docs SET embedding = NULL WHERE id <= 1000")  # updates: no new rows
     flush_statistics(conn)
 
     row = status(conn)
@@ -120,7 +120,7 @@ def test_without_statistics_counters_the_catalog_estimates(conn: Conn) -> None:
     watched_docs(conn)
     conn.execute("ANALYZE docs")
     conn.execute("SELECT pg_stat_reset()")  # as after a crash: the counters start from zero
-    conn.execute("SET embeddings.status_exact_pages = 0")
+    conn.execute("SET embeddings.status_exact_rows = 0")
 
     row = status(conn)
 
@@ -164,7 +164,7 @@ def test_counts_not_known_yet_are_null_not_guessed(conn: Conn) -> None:
 def test_status_does_not_read_the_watched_table(conn: Conn) -> None:
     watched_docs(conn)
     conn.execute("ANALYZE docs")
-    conn.execute("SET embeddings.status_exact_pages = 0")
+    conn.execute("SET embeddings.status_exact_rows = 0")
     before = reads_of(conn, "docs")
 
     for _ in range(3):
@@ -177,8 +177,24 @@ def test_status_does_not_read_the_watched_table(conn: Conn) -> None:
     assert after_exact > after_status
 
 
+def test_status_does_not_wait_behind_a_lock_on_the_watched_table(conn: Conn, dsn: str) -> None:
+    watched_docs(conn)
+    conn.execute("ANALYZE docs")
+    conn.execute("SET embeddings.status_exact_rows = 0")
+    conn.execute("SET lock_timeout = '3s'")
+    with psycopg.connect(dsn) as holder:
+        holder.execute("LOCK docs IN ACCESS EXCLUSIVE MODE")  # a long ALTER TABLE, say
+
+        row = status(conn)  # would wait for the lock if it read, or even sized, the table
+        # the exact path does wait: its lock timeout leaves the counts unknown
+        exact = status(conn, "embeddings.status_exact")
+
+    assert row["total_rows"] == 3000
+    assert exact["total_rows"] is None
+
+
 def test_small_tables_are_counted_exactly_by_default(conn: Conn) -> None:
-    watched_docs(conn)  # 3000 short rows: well under embeddings.status_exact_pages()
+    watched_docs(conn)  # 3000 short rows: well under embeddings.status_exact_rows()
 
     row = status(conn)
 
@@ -191,7 +207,7 @@ def test_status_exact_counts_what_estimates_have_not_seen(conn: Conn) -> None:
     conn.execute("ANALYZE docs")
     conn.execute("ALTER TABLE docs SET (autovacuum_enabled = false)")
     conn.execute("UPDATE docs SET embedding = NULL WHERE id <= 1000")  # after the ANALYZE
-    conn.execute("SET embeddings.status_exact_pages = 0")
+    conn.execute("SET embeddings.status_exact_rows = 0")
 
     estimate, exact = status(conn), status(conn, "embeddings.status_exact")
 
@@ -227,7 +243,7 @@ def run_status(dsn: str, *argv: str) -> list[dict[str, Any]]:
         [sys.executable, "-m", "worker", "status", "--database-url", dsn, *argv],
         capture_output=True,
         text=True,
-        env={**os.environ, "PGOPTIONS": "-c embeddings.status_exact_pages=0"},
+        env={**os.environ, "PGOPTIONS": "-c embeddings.status_exact_rows=0"},
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
