@@ -4,6 +4,37 @@
 
 DROP VIEW embeddings.status;
 DROP FUNCTION embeddings.target_status();
+DROP FUNCTION embeddings.pending_sql(embeddings.targets);
+
+-- Row keys waiting in `queue` (in flight included), in one pass over it for all its targets:
+-- grouped by the message's target id, or for messages in the Supabase guide's shape (one row
+-- each) by schema, table and embedding column; with the oldest job of each group. Each
+-- message is decompressed twice (target and keys), whatever the number of targets: the cost
+-- follows the backlog, never the watched tables.
+CREATE FUNCTION embeddings.queue_pending(queue text) RETURNS TABLE (
+    target_id        jsonb,
+    schema_name      text,
+    table_name       text,
+    embedding_column text,
+    keys             bigint,
+    oldest           timestamptz
+)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY EXECUTE format(
+        'SELECT g.target, g.schema_name, g.table_name, g.embedding_column, sum(g.n)::bigint, min(g.enqueued_at) '
+        'FROM (SELECT m.target, '
+        '             CASE WHEN m.target IS NULL THEN q.message->>''schema'' END AS schema_name, '
+        '             CASE WHEN m.target IS NULL THEN q.message->>''table'' END AS table_name, '
+        '             CASE WHEN m.target IS NULL THEN q.message->>''embeddingColumn'' END AS embedding_column, '
+        '             CASE jsonb_typeof(m.keys) WHEN ''array'' THEN jsonb_array_length(m.keys) ELSE 1 END AS n, '
+        '             q.enqueued_at '
+        '      FROM pgmq.%I q '
+        '      CROSS JOIN LATERAL (SELECT q.message->''target'' AS target, q.message->''keys'' AS keys OFFSET 0) m) g '
+        'GROUP BY 1, 2, 3, 4',
+        pgmq.format_table_name(queue, 'q'));
+END
+$$;
 
 -- Exact counts of target t: scans its table (and chunk table). Rows whose content is NULL or
 -- blank (whitespace only) are `cleared_rows`: the worker keeps them without an embedding on
@@ -168,6 +199,7 @@ CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TAB
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     t embeddings.targets;
+    pending jsonb := '{}';  -- per queue: embeddings.queue_pending(), read once per call
 BEGIN
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
@@ -181,7 +213,17 @@ BEGIN
         ELSE
             SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.exact_counts(t);
         END IF;
-        EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
+        IF NOT pending ? t.queue THEN
+            pending := pending || jsonb_build_object(t.queue,
+                (SELECT coalesce(jsonb_agg(qp), '[]') FROM embeddings.queue_pending(t.queue) qp));
+        END IF;
+        SELECT coalesce(sum(g.keys), 0)::bigint, extract(epoch FROM clock_timestamp() - min(g.oldest))::double precision
+        INTO pending_jobs, oldest_pending_seconds
+        FROM jsonb_to_recordset(pending -> t.queue)
+             AS g(target_id jsonb, schema_name text, table_name text, embedding_column text, keys bigint, oldest timestamptz)
+        JOIN pg_class c ON c.oid = t.source JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE g.target_id = to_jsonb(t.id)
+           OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column);
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
         -- The last five whole minutes plus the current one, as a rate per second.
         SELECT coalesce(sum(tp.rows), 0) / greatest(extract(epoch FROM clock_timestamp() - min(tp.minute)), 60)

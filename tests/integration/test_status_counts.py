@@ -268,3 +268,23 @@ def test_cli_status_exact_flag(conn: Conn, dsn: str, exact: bool) -> None:
         assert row["embedded_rows"] > 1500
         assert "~3,000" in line
         assert "status --exact" in text["text"]
+
+
+def test_pending_counts_each_target_of_a_shared_queue(conn: Conn) -> None:
+    tiny_model(conn)
+    for table, rows in (("docs", 300), ("notes", 20)):
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
+        conn.execute(f"SELECT embeddings.watch('{table}', 'body', model => 'tiny4')")
+        conn.execute(
+            f"INSERT INTO {table} SELECT i, 'text ' || i FROM generate_series(1, %s) i", (rows,)
+        )
+    # a job in the Supabase guide's shape (one row), and a message no target owns
+    conn.execute(
+        'SELECT pgmq.send(\'embedding_jobs\', \'{"id": 7, "schema": "public", "table":'
+        ' "notes", "contentFunction": "f", "embeddingColumn": "embedding"}\')'
+    )
+    conn.execute("SELECT pgmq.send('embedding_jobs', '[1, 2]')")
+
+    pending = dict(conn.execute("SELECT target, pending_jobs FROM embeddings.status").fetchall())
+
+    assert pending == {"public.docs.embedding": 300, "public.notes.embedding": 21}
