@@ -176,8 +176,9 @@ $$;
 
 -- One row per target. Row counts are exact for targets up to embeddings.status_exact_rows()
 -- rows and estimated above (`estimated`: see embeddings.estimated_counts()), so that reading
--- the status costs the same for ten rows or ten million and never waits on a watched table's lock; `exact => true` counts every target
--- exactly (scans each table: embeddings.status_exact), `exact => false` estimates every one.
+-- the status costs the same for ten rows or ten million and never waits on a watched table's
+-- lock. `exact => true` counts every target exactly (scans each table: embeddings.status_exact),
+-- `exact => false` estimates every one.
 -- Pending jobs, dead letters and the rate are exact either way: they come from the queue and
 -- our own tables, not from the watched tables. `deferred_reason` says why the pending jobs
 -- wait, when the worker defers them.
