@@ -9,6 +9,7 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only million [--scale-rows N]   a 1M-row drain (bench/million.py)
     python -m bench --only workers [--scale-rows N]   1-8 workers, 100 tables (bench/manyworkers.py)
     python -m bench --only hnsw [--scale-rows N]      HNSW insert vs build at 1M (bench/hnsw.py)
+    python -m bench --only status [--scale-rows N]    status and /metrics at 10M (bench/status.py)
 """
 
 from __future__ import annotations
@@ -38,6 +39,7 @@ from bench import (
     million,
     oltp,
     raw,
+    status,
     writepath,
 )
 from bench.machine import describe as machine
@@ -62,7 +64,7 @@ SECTIONS = (
     "chunks",
     "embedder",
 )
-SCALE_SECTIONS = ("million", "workers", "hnsw")  # never by default: minutes each
+SCALE_SECTIONS = ("million", "workers", "hnsw", "status")  # never by default: minutes each
 
 
 def models() -> dict[str, tuple[str, Path]]:
@@ -225,6 +227,15 @@ def main() -> int:
                 SHARED_MODELS / "all-MiniLM-L6-v2",
                 rows=args.scale_rows or 1_000_000,
                 rounds=3 if args.quick else 8,
+            ),
+        )
+        section(
+            "status",
+            lambda: status.run(
+                fresh_db(cluster, template),
+                SHARED_MODELS / "gte-small",
+                rows=args.scale_rows or 10_000_000,
+                rounds=1 if args.quick else 3,
             ),
         )
         section(

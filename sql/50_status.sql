@@ -8,24 +8,181 @@ LANGUAGE sql STABLE AS $$
     WHERE c.oid = t.source
 $$;
 
--- Jobs of target t waiting in its queue (in flight included): our messages count their keys,
--- messages in the Supabase guide's shape count one row each.
-CREATE FUNCTION embeddings.pending_sql(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT format(
-        'SELECT coalesce(sum(CASE WHEN message ? ''keys'' THEN jsonb_array_length(message->''keys'') ELSE 1 END), 0)::bigint, '
-        '       extract(epoch FROM clock_timestamp() - min(enqueued_at))::double precision '
-        'FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', %s) '
-        '   OR message @> jsonb_build_object(''schema'', %L, ''table'', %L, ''embeddingColumn'', %L)',
-        pgmq.format_table_name(t.queue, 'q'), t.id, n.nspname, c.relname, t.embedding_column)
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE c.oid = t.source
+-- Row keys waiting in `queue` (in flight included), in one pass over it for all its targets:
+-- grouped by the message's target id, or for messages in the Supabase guide's shape (one row
+-- each) by schema, table and embedding column; with the oldest job of each group. Each
+-- message is decompressed twice (target and keys), whatever the number of targets: the cost
+-- follows the backlog, never the watched tables.
+CREATE FUNCTION embeddings.queue_pending(queue text) RETURNS TABLE (
+    target_id        jsonb,
+    schema_name      text,
+    table_name       text,
+    embedding_column text,
+    keys             bigint,
+    oldest           timestamptz
+)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN QUERY EXECUTE format(
+        'SELECT g.target, g.schema_name, g.table_name, g.embedding_column, sum(g.n)::bigint, min(g.enqueued_at) '
+        'FROM (SELECT m.target, '
+        '             CASE WHEN m.target IS NULL THEN q.message->>''schema'' END AS schema_name, '
+        '             CASE WHEN m.target IS NULL THEN q.message->>''table'' END AS table_name, '
+        '             CASE WHEN m.target IS NULL THEN q.message->>''embeddingColumn'' END AS embedding_column, '
+        '             CASE jsonb_typeof(m.keys) WHEN ''array'' THEN jsonb_array_length(m.keys) ELSE 1 END AS n, '
+        '             q.enqueued_at '
+        '      FROM pgmq.%I q '
+        '      CROSS JOIN LATERAL (SELECT q.message->''target'' AS target, q.message->''keys'' AS keys OFFSET 0) m) g '
+        'GROUP BY 1, 2, 3, 4',
+        pgmq.format_table_name(queue, 'q'));
+END
 $$;
 
--- One row per target. Counts are exact, so this scans each watched table. Rows whose content is
--- NULL or blank (whitespace only) are `cleared_rows`: the worker keeps them without an embedding
--- on purpose. `deferred_reason` says why the pending jobs wait, when the worker defers them.
-CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
+-- Exact counts of target t: scans its table (and chunk table). Rows whose content is NULL or
+-- blank (whitespace only) are `cleared_rows`: the worker keeps them without an embedding on
+-- purpose. A chunked target's embedded rows are its documents with chunks (sql/55_chunks.sql).
+CREATE FUNCTION embeddings.exact_counts(t embeddings.targets,
+    OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    content_sql text := CASE WHEN t.content_column IS NOT NULL THEN format('s.%I', t.content_column)
+                             ELSE format('%s(s)', t.content_function::regproc) END;
+BEGIN
+    IF t.chunk_table IS NULL THEN
+        BEGIN
+            EXECUTE format('SELECT count(*), count(s.%I), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
+                           t.embedding_column, content_sql, content_sql, t.source)
+                INTO total_rows, embedded_rows, cleared_rows;
+        EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
+            BEGIN
+                EXECUTE format('SELECT count(*), count(s.%I), NULL::bigint FROM %s s', t.embedding_column, t.source)
+                    INTO total_rows, embedded_rows, cleared_rows;
+            EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone: the other targets still show
+                total_rows := NULL;
+                embedded_rows := NULL;
+                cleared_rows := NULL;
+            END;
+        END;
+        chunks := NULL;
+    ELSE
+        BEGIN
+            EXECUTE format('SELECT count(*), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
+                           content_sql, content_sql, t.source)
+                INTO total_rows, cleared_rows;
+        EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
+            EXECUTE format('SELECT count(*), NULL::bigint FROM %s', t.source) INTO total_rows, cleared_rows;
+        END;
+        BEGIN
+            SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
+        EXCEPTION WHEN OTHERS THEN  -- the chunk table is gone: the other targets still show
+            embedded_rows := NULL;
+            chunks := NULL;
+        END;
+    END IF;
+END
+$$;
+
+-- The relations holding rel's rows, as count(*) on rel reads them: rel, or its partitions and
+-- inheritance children, partitioned tables left out (they hold no rows). Walked through
+-- pg_inherits, taking no lock: pg_partition_tree() would lock every partition, and status must
+-- not wait behind a long ALTER TABLE on a watched table.
+CREATE FUNCTION embeddings.leaf_relations(rel regclass) RETURNS SETOF regclass
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE tree (relid) AS (
+        SELECT rel::oid
+        UNION ALL
+        SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid
+    )
+    SELECT tree.relid::regclass FROM tree JOIN pg_class c ON c.oid = tree.relid WHERE c.relkind <> 'p'
+$$;
+
+-- Estimated live rows of one table or partition, without reading or locking it: the statistics
+-- system's live-row count (pg_stat_user_tables.n_live_tup: inserts and deletes as they commit,
+-- flushed within about a second; set to what each VACUUM and ANALYZE counts). Where the
+-- statistics system knows nothing of the relation (after a crash or pg_stat_reset(), on a
+-- standby), what the last VACUUM or ANALYZE counted (pg_class.reltuples); 0 when neither ran.
+CREATE FUNCTION embeddings.estimated_rows(rel regclass) RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN pg_stat_get_tuples_inserted(c.oid) + pg_stat_get_tuples_deleted(c.oid)
+                     + pg_stat_get_vacuum_count(c.oid) + pg_stat_get_autovacuum_count(c.oid)
+                     + pg_stat_get_analyze_count(c.oid) + pg_stat_get_autoanalyze_count(c.oid) > 0
+                THEN pg_stat_get_live_tuples(c.oid)::double precision
+                ELSE greatest(c.reltuples, 0)::double precision END
+    FROM pg_class c WHERE c.oid = rel
+$$;
+
+-- Estimated rows of target t's table (all partitions) and chunk table.
+CREATE FUNCTION embeddings.target_rows(t embeddings.targets) RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(embeddings.estimated_rows(r)), 0)
+    FROM (SELECT embeddings.leaf_relations(t.source) AS r
+          UNION ALL
+          SELECT embeddings.leaf_relations(t.chunk_table) WHERE t.chunk_table IS NOT NULL) rels
+$$;
+
+-- Up to how many rows (estimated, table and chunk table together) embeddings.status counts a
+-- target exactly: 5000 unless the setting embeddings.status_exact_rows says otherwise (per
+-- database, role or session); 0 always estimates.
+CREATE FUNCTION embeddings.status_exact_rows() RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('embeddings.status_exact_rows', true), '')::bigint, 5000)
+$$;
+
+-- Estimated counts of target t in time that does not grow with its table: rows from
+-- embeddings.estimated_rows() over its leaf relations; embedded rows and cleared rows scale
+-- those by the shares ANALYZE sampled (pg_stats): embeddings not NULL, content NULL or blank
+-- (blank among the most common values only). A count is NULL where a leaf with rows has no
+-- statistics of that column yet (never analyzed since watch()), and cleared rows are NULL for a
+-- content function. Chunked targets: chunks estimated likewise, embedded documents NULL.
+CREATE FUNCTION embeddings.estimated_counts(t embeddings.targets,
+    OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    leaf regclass;
+    n double precision;
+    embedded_share double precision;
+    cleared_share double precision;
+    total double precision := 0;
+    embedded double precision := CASE WHEN t.chunk_table IS NULL THEN 0 END;
+    cleared double precision := CASE WHEN t.content_column IS NOT NULL THEN 0 END;
+BEGIN
+    -- One short statement per leaf (plans cached by the session), not one query over the
+    -- pg_stats view, which costs milliseconds to plan on every call.
+    FOR leaf IN SELECT embeddings.leaf_relations(t.source) LOOP
+        n := embeddings.estimated_rows(leaf);
+        total := total + n;
+        CONTINUE WHEN n < 1;
+        SELECT 1 - s.null_frac INTO embedded_share
+        FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+        JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = c.relname
+        WHERE c.oid = leaf AND s.attname = t.embedding_column AND NOT s.inherited;
+        embedded := embedded + n * embedded_share;  -- NULL from here on: no statistics yet
+        SELECT s.null_frac + coalesce((SELECT sum(m.f) FROM unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS m(v, f)
+                                       WHERE m.v !~ '[^[:space:]]'), 0)
+        INTO cleared_share
+        FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+        JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = c.relname
+        WHERE c.oid = leaf AND s.attname = t.content_column AND NOT s.inherited;
+        cleared := cleared + n * cleared_share;
+    END LOOP;
+    total_rows := round(total);
+    embedded_rows := round(embedded);
+    cleared_rows := round(cleared);
+    IF t.chunk_table IS NOT NULL THEN
+        SELECT round(sum(embeddings.estimated_rows(cl))) INTO chunks FROM embeddings.leaf_relations(t.chunk_table) AS cl;
+    END IF;
+END
+$$;
+
+-- One row per target. Row counts are exact for targets up to embeddings.status_exact_rows()
+-- rows and estimated above (`estimated`: see embeddings.estimated_counts()), so that reading
+-- the status costs the same for ten rows or ten million and never waits on a watched table's
+-- lock. `exact => true` counts every target exactly (scans each table: embeddings.status_exact),
+-- `exact => false` estimates every one.
+-- Pending jobs, dead letters and the rate are exact either way: they come from the queue and
+-- our own tables, not from the watched tables. `deferred_reason` says why the pending jobs
+-- wait, when the worker defers them.
+CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TABLE (
     target                 text,
     total_rows             bigint,
     embedded_rows          bigint,
@@ -39,12 +196,13 @@ CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     deferred_reason        text,
     deferred_since         timestamptz,
     problem                text,
-    chunks                 bigint
+    chunks                 bigint,
+    estimated              boolean
 )
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     t embeddings.targets;
-    content_sql text;
+    pending jsonb := '{}';  -- per queue: embeddings.queue_pending(), read once per call
 BEGIN
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
@@ -52,41 +210,23 @@ BEGIN
         target_id := t.id;
         model := t.model;
         problem := t.problem;  -- why it is not served (a schema change it cannot follow)
-        content_sql := CASE WHEN t.content_column IS NOT NULL THEN format('s.%I', t.content_column)
-                            ELSE format('%s(s)', t.content_function::regproc) END;
-        IF t.chunk_table IS NULL THEN
-            BEGIN
-                EXECUTE format('SELECT count(*), count(s.%I), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
-                               t.embedding_column, content_sql, content_sql, t.source)
-                    INTO total_rows, embedded_rows, cleared_rows;
-            EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
-                BEGIN
-                    EXECUTE format('SELECT count(*), count(s.%I), NULL::bigint FROM %s s', t.embedding_column, t.source)
-                        INTO total_rows, embedded_rows, cleared_rows;
-                EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone: the other targets still show
-                    total_rows := NULL;
-                    embedded_rows := NULL;
-                    cleared_rows := NULL;
-                END;
-            END;
-            chunks := NULL;
+        estimated := NOT coalesce(exact, embeddings.target_rows(t) <= embeddings.status_exact_rows());
+        IF estimated THEN
+            SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.estimated_counts(t);
         ELSE
-            -- A chunked target: documents with chunks count as embedded (sql/55_chunks.sql).
-            BEGIN
-                EXECUTE format('SELECT count(*), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
-                               content_sql, content_sql, t.source)
-                    INTO total_rows, cleared_rows;
-            EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
-                EXECUTE format('SELECT count(*), NULL::bigint FROM %s', t.source) INTO total_rows, cleared_rows;
-            END;
-            BEGIN
-                SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
-            EXCEPTION WHEN OTHERS THEN  -- the chunk table is gone: the other targets still show
-                embedded_rows := NULL;
-                chunks := NULL;
-            END;
+            SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.exact_counts(t);
         END IF;
-        EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
+        IF NOT pending ? t.queue THEN
+            pending := pending || jsonb_build_object(t.queue,
+                (SELECT coalesce(jsonb_agg(qp), '[]') FROM embeddings.queue_pending(t.queue) qp));
+        END IF;
+        SELECT coalesce(sum(g.keys), 0)::bigint, extract(epoch FROM clock_timestamp() - min(g.oldest))::double precision
+        INTO pending_jobs, oldest_pending_seconds
+        FROM jsonb_to_recordset(pending -> t.queue)
+             AS g(target_id jsonb, schema_name text, table_name text, embedding_column text, keys bigint, oldest timestamptz)
+        JOIN pg_class c ON c.oid = t.source JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE g.target_id = to_jsonb(t.id)
+           OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column);
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
         -- The last five whole minutes plus the current one, as a rate per second.
         SELECT coalesce(sum(tp.rows), 0) / greatest(extract(epoch FROM clock_timestamp() - min(tp.minute)), 60)
@@ -102,12 +242,22 @@ BEGIN
 END
 $$;
 
+-- What `embed-worker status` shows. total_rows, embedded_rows, cleared_rows and chunks are
+-- estimates where `estimated` is true (large tables); every other column is exact.
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
            target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
-           chunks
+           chunks, estimated
     FROM embeddings.target_status();
-COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets';
+COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets. Row counts of large tables are estimates (estimated = true); embeddings.status_exact counts them';
+
+-- The same, every count exact: scans every watched table (`embed-worker status --exact`).
+CREATE VIEW embeddings.status_exact AS
+    SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
+           target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
+           chunks, estimated
+    FROM embeddings.target_status(exact => true);
+COMMENT ON VIEW embeddings.status_exact IS 'embeddings.status with exact counts: scans every watched table';
 
 -- Re-queues dead letters (all, or those with the given ids) and removes them from
 -- embeddings.failures. Returns how many were re-queued.

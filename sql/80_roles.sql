@@ -66,7 +66,7 @@ BEGIN
                   HINT = format('CREATE ROLE %I LOGIN PASSWORD ''...''; first.', role_name);
     END IF;
     EXECUTE format('GRANT USAGE ON SCHEMA embeddings, pgmq TO %I', role_name);
-    EXECUTE format('GRANT SELECT ON embeddings.targets, embeddings.models, embeddings.queues, embeddings.status TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON embeddings.targets, embeddings.models, embeddings.queues, embeddings.status, embeddings.status_exact TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, DELETE ON embeddings.failures TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON embeddings.throughput TO %I', role_name);
     EXECUTE format('GRANT SELECT ON pgmq.meta TO %I', role_name);

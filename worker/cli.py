@@ -26,7 +26,8 @@ DESCRIPTIONS = {
     "run": "Run the worker: lease jobs from the queue, embed the rows' content, store the "
     "vectors. Registry models are downloaded on first use unless EMBED_OFFLINE=1.",
     "status": "One row per watched table: rows, embedded, cleared (blank content), pending jobs "
-    "with progress and ETA, dead letters, and why jobs wait (deferred).",
+    "with progress and ETA, dead letters, and why jobs wait (deferred). Row counts of large "
+    "tables are estimates (~) unless --exact; pending and failed are always exact.",
     "embed": "Print the embeddings of TEXT... (or of standard input's lines with `-`) as a "
     "JSON list of vectors.",
     "search": "Embed QUERY with the model of TABLE's target and print the nearest rows.",
@@ -137,6 +138,12 @@ def build_parser() -> argparse.ArgumentParser:
         "status", "per watched table: rows, embedded, pending, failed, ETA", loads_models=False
     )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument(
+        "--exact",
+        action="store_true",
+        help="count rows exactly (scans every watched table; without it, large tables' counts "
+        "are estimates, marked ~)",
+    )
     status.add_argument(
         "--watch",
         nargs="?",

@@ -98,10 +98,10 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
             dsn = db.resolve_dsn(settings.database_url)
             header = output.database_line(dsn, settings.database_url)
             try:
-                status_view.watch(conn, args.watch, header)
+                status_view.watch(conn, args.watch, header, exact=args.exact)
             except KeyboardInterrupt:
                 return EXIT_OK
-        status_view.show(conn, as_json=args.json)
+        status_view.show(conn, as_json=args.json, exact=args.exact)
     return EXIT_OK
 
 

@@ -1,5 +1,9 @@
 """`embed-worker status`: one row per target, with progress bars and an ETA where work is
-pending, why jobs wait when the worker defers them, and `--watch` to refresh in place."""
+pending, why jobs wait when the worker defers them, and `--watch` to refresh in place.
+
+Reads `embeddings.status`, whose row counts are estimates for large tables (its `estimated`
+column; shown with a `~`) so that a status costs the same at ten rows or ten million;
+`--exact` reads `embeddings.status_exact`, which scans every watched table."""
 
 from __future__ import annotations
 
@@ -25,16 +29,22 @@ COLUMNS = (
     "deferred_reason",
     "deferred_since",
     "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
+    "estimated",  # total, embedded and cleared rows and chunks are estimates (large tables)
+)
+VIEWS = {False: "status", True: "status_exact"}
+ESTIMATE_NOTE = (
+    "~ estimated from the table's statistics (exact counts: `embed-worker status --exact`, "
+    "which scans the tables); pending and failed are always exact."
 )
 CLEAR_SCREEN = "\x1b[H\x1b[J"  # cursor home, erase below: the next frame replaces this one
 BAR_WIDTH = 20
 
 
-def fetch(conn: db.Connection) -> list[dict[str, Any]]:
+def fetch(conn: db.Connection, *, exact: bool = False) -> list[dict[str, Any]]:
     with db.translated():
         cur = conn.execute(
-            sql.SQL("SELECT {} FROM embeddings.status ORDER BY target").format(
-                sql.SQL(", ").join(map(sql.Identifier, COLUMNS))
+            sql.SQL("SELECT {} FROM embeddings.{} ORDER BY target").format(
+                sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), sql.Identifier(VIEWS[exact])
             )
         )
         rows = [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]
@@ -58,15 +68,32 @@ def bar(done: int, total: int, *, width: int = BAR_WIDTH) -> str:
     return f"[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}%"
 
 
+def count(value: int | None, *, estimated: bool) -> str:
+    """`1,234`, `~1,234` for an estimate, `?` when not known (no statistics yet)."""
+    if value is None:
+        return "?"
+    return f"{'~' if estimated else ''}{value:,}"
+
+
+def progress_done(row: dict[str, Any], wanted: int) -> int:
+    """Rows counted as done for the progress bar. Exact counts: the embedded rows. Estimates:
+    the rows that no job waits for, since the pending count is exact and current, whereas
+    the embedded estimate moves only when the table is analyzed."""
+    if row["estimated"] or row["embedded_rows"] is None:
+        return max(wanted - int(row["pending_jobs"]), 0)
+    return int(row["embedded_rows"])
+
+
 def render(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["no watched tables: register one with SELECT embeddings.watch('table', 'column');"]
     table = []
     for r in rows:
         cleared = r["cleared_rows"] or 0
-        wanted = r["total_rows"] - cleared  # rows that should have an embedding
+        wanted = (r["total_rows"] or 0) - cleared  # rows that should have an embedding
         pending = r["pending_jobs"]
-        progress = bar(r["embedded_rows"], wanted) if pending else "done" if wanted else "-"
+        estimated = bool(r["estimated"])
+        progress = bar(progress_done(r, wanted), wanted) if pending else "done" if wanted else "-"
         if r["deferred_reason"]:
             eta = "waiting (deferred)"
         elif pending:
@@ -77,10 +104,14 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
             [
                 r["target"],
                 r["model"],
-                f"{r['total_rows']:,}",
-                f"{r['embedded_rows']:,}"
-                + (f" ({r['chunks']:,} chunks)" if r["chunks"] is not None else ""),
-                "?" if r["cleared_rows"] is None else f"{cleared:,}",
+                count(r["total_rows"], estimated=estimated),
+                count(r["embedded_rows"], estimated=estimated)
+                + (
+                    f" ({count(r['chunks'], estimated=estimated)} chunks)"
+                    if r["chunks"] is not None
+                    else ""
+                ),
+                count(r["cleared_rows"], estimated=estimated),
                 f"{pending:,}",
                 f"{r['failed_jobs']:,}",
                 output.age(r["oldest_pending_seconds"]),
@@ -114,23 +145,26 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
     if any(r["cleared_rows"] for r in rows):
         lines.append("")
         lines.append("cleared: rows whose content is empty or blank; they get no embedding.")
+    if any(r["estimated"] for r in rows):
+        lines.append("")
+        lines.append(ESTIMATE_NOTE)
     return lines
 
 
-def show(conn: db.Connection, *, as_json: bool) -> None:
-    rows = fetch(conn)
+def show(conn: db.Connection, *, as_json: bool, exact: bool = False) -> None:
+    rows = fetch(conn, exact=exact)
     if as_json:
         output.print_json(rows)
     else:
         print("\n".join(render(rows)))
 
 
-def watch(conn: db.Connection, interval: float, header: str) -> None:
+def watch(conn: db.Connection, interval: float, header: str, *, exact: bool = False) -> None:
     """Redraws the status every `interval` seconds until interrupted: in place on a terminal,
     one timestamped frame after another otherwise."""
     in_place = sys.stdout.isatty()
     while True:
-        lines = render(fetch(conn))
+        lines = render(fetch(conn, exact=exact))
         stamp = datetime.now(UTC).strftime("%H:%M:%S UTC")
         frame = [f"{header}, {stamp} (every {interval:g} s; Ctrl-C to stop)", "", *lines]
         sys.stdout.write((CLEAR_SCREEN if in_place else "\n") + "\n".join(frame) + "\n")

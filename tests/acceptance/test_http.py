@@ -68,6 +68,28 @@ def test_health_readiness_and_metrics(http_worker: WorkerProcess) -> None:
     assert 'name="all-MiniLM-L6-v2"' in text
 
 
+def test_metrics_and_readiness_never_wait_on_a_watched_table(
+    conn: Conn, dsn: str, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'hello'), (2, 'world')")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'all-MiniLM-L6-v2')")
+    worker = start_worker()
+    worker.wait_ready()
+    wait_for(
+        lambda: conn.execute("SELECT count(embedding) FROM docs").fetchone() == (2,),
+        60,
+        what="the rows embedded",
+    )
+
+    with psycopg.connect(dsn) as holder:
+        # Anything that read (or even sized) the table would now wait: a scrape times out at 5 s.
+        holder.execute("LOCK docs IN ACCESS EXCLUSIVE MODE")
+        answers = [worker.get(path)[0] for path in ("/metrics", "/readyz") * 3]
+
+    assert answers == [200] * 6
+
+
 def test_embed_matches_the_supabase_quickstart_shape(http_worker: WorkerProcess) -> None:
     status, _, body = post(http_worker, "/embed", {"input": "hello world"})
     assert status == 200
