@@ -328,9 +328,10 @@ BEGIN
     -- defined in 80_roles.sql; plpgsql resolves it when this line runs.)
     PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
 
-    -- Existing rows, in one statement: those with content and no embedding, or every row with
-    -- content when the content source or the model changed.
-    PERFORM embeddings.enqueue_rows(t, source, reembed);
+    -- Existing rows: those with content and no embedding, or every row with content when the
+    -- content source or the model changed. Queued by a backfill in key ranges after this
+    -- transaction (sql/62_backfill.sql): one bounded step here, not the whole table under the lock.
+    PERFORM embeddings.start_backfill(t, reembed);
 
     PERFORM set_config('embeddings.following', 'off', true);
     PERFORM pg_notify('embeddings_targets', t.id::text);

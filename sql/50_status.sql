@@ -25,6 +25,8 @@ $$;
 -- One row per target. Counts are exact, so this scans each watched table. Rows whose content is
 -- NULL or blank (whitespace only) are `cleared_rows`: the worker keeps them without an embedding
 -- on purpose. `deferred_reason` says why the pending jobs wait, when the worker defers them.
+-- `backfill_rows`: rows a running backfill (62_backfill.sql) has still to queue; pending_jobs
+-- counts them too. NULL when no backfill runs.
 CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     target                 text,
     total_rows             bigint,
@@ -39,7 +41,8 @@ CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     deferred_reason        text,
     deferred_since         timestamptz,
     problem                text,
-    chunks                 bigint
+    chunks                 bigint,
+    backfill_rows          bigint
 )
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -87,6 +90,9 @@ BEGIN
             END;
         END IF;
         EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
+        -- Rows a running backfill has still to queue are pending too (62_backfill.sql).
+        backfill_rows := embeddings.backfill_rows_left(t);
+        pending_jobs := pending_jobs + coalesce(backfill_rows, 0);
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
         -- The last five whole minutes plus the current one, as a rate per second.
         SELECT coalesce(sum(tp.rows), 0) / greatest(extract(epoch FROM clock_timestamp() - min(tp.minute)), 60)
@@ -105,9 +111,9 @@ $$;
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
            target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
-           chunks
+           chunks, backfill_rows
     FROM embeddings.target_status();
-COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets';
+COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets; rows a running backfill has still to queue';
 
 -- Re-queues dead letters (all, or those with the given ids) and removes them from
 -- embeddings.failures. Returns how many were re-queued.

@@ -234,3 +234,8 @@ DELETE FROM {chunks} t
 USING unnest({key_arrays}, %(keys)s::text[], %(counts)s::integer[]) AS v({key_aliases}, key, n)
 WHERE {key_match} AND t.seq >= v.n
 RETURNING v.key;
+
+-- name: backfill_next
+-- One step of a backfill of a target on %(queue)s that no other worker is stepping: queues the
+-- next %(max_keys)s rows' keys that need a job and advances its cursor (sql/62_backfill.sql).
+SELECT scanned, enqueued FROM embeddings.backfill_next(%(queue)s, %(max_keys)s);

@@ -1,0 +1,62 @@
+"""Backfills: the worker queues the existing rows of newly watched tables, a key range at a time.
+
+watch() only records a cursor (and queues one bounded step) so that it holds its locks for a
+time that does not grow with the table; the rest of the rows are queued by steps that run
+after it committed (sql/62_backfill.sql). The fetcher takes a step whenever it finds its
+queue without visible jobs, so a backfill never buries live jobs: they are always read first.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import psycopg
+
+from worker import db, exceptions, queries
+
+logger = logging.getLogger(__name__)
+
+# Rows one step examines, in batches: 2048 rows (16 messages) at the default batch size. Small
+# enough that a step is a short transaction, large enough that the fetcher rarely finds the
+# queue empty during a backfill.
+STEP_BATCHES = 16
+# A role without the grants of embeddings.grant_worker(), or a schema older than backfills.
+_CANNOT_STEP = (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction)
+
+
+class Backfiller:
+    """Steps the backfills of one queue's targets."""
+
+    def __init__(self, queue: str, batch_size: int) -> None:
+        self.queue = queue
+        self.step_keys = batch_size * STEP_BATCHES
+        self.unavailable: str | None = None  # why this worker cannot step (logged once)
+
+    def step(self, conn: db.Connection) -> bool:
+        """Takes one step; True when it examined rows (the queue may have new jobs, and the
+        backfill more rows). ConnectionLost propagates; other errors stop stepping, since
+        embeddings.sweep() steps backfills too."""
+        if self.unavailable is not None:
+            return False
+        try:
+            with db.translated():
+                row = conn.execute(
+                    queries.get("backfill_next"), {"queue": self.queue, "max_keys": self.step_keys}
+                ).fetchone()
+        except exceptions.ConnectionLost:
+            raise
+        except exceptions.DatabaseError as exc:
+            if not isinstance(exc.__cause__, _CANNOT_STEP):
+                logger.warning("backfill step failed (retried later): %s", exc)
+                return False
+            self.unavailable = str(exc)
+            logger.warning(
+                "this worker cannot step backfills (%s); embeddings.sweep() still does: "
+                "grant it with SELECT embeddings.grant_worker('<role>')",
+                exc,
+            )
+            return False
+        scanned, enqueued = row if row is not None else (0, 0)
+        if scanned:
+            logger.debug("backfill: examined %d rows, queued %d keys", scanned, enqueued)
+        return bool(scanned)
