@@ -9,6 +9,7 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only million [--scale-rows N]   a 1M-row drain (bench/million.py)
     python -m bench --only workers [--scale-rows N]   1-8 workers, 100 tables (bench/manyworkers.py)
     python -m bench --only hnsw [--scale-rows N]      HNSW insert vs build at 1M (bench/hnsw.py)
+    python -m bench --only bigwatch [--scale-rows N]  watch() on 1M and 10M rows (bench/bigwatch.py)
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tokenizers import Tokenizer
 
 from bench import (
     backlog,
+    bigwatch,
     chunks,
     corpus,
     endtoend,
@@ -62,7 +64,7 @@ SECTIONS = (
     "chunks",
     "embedder",
 )
-SCALE_SECTIONS = ("million", "workers", "hnsw")  # never by default: minutes each
+SCALE_SECTIONS = ("million", "workers", "hnsw", "bigwatch")  # never by default: minutes each
 
 
 def models() -> dict[str, tuple[str, Path]]:
@@ -225,6 +227,14 @@ def main() -> int:
                 SHARED_MODELS / "all-MiniLM-L6-v2",
                 rows=args.scale_rows or 1_000_000,
                 rounds=3 if args.quick else 8,
+            ),
+        )
+        section(
+            "bigwatch",
+            lambda: bigwatch.run(
+                cluster,
+                sizes=(args.scale_rows,) if args.scale_rows else bigwatch.SIZES,
+                rounds=1 if args.quick else 2,
             ),
         )
         section(
