@@ -26,7 +26,8 @@ $$;
 -- NULL or blank (whitespace only) are `cleared_rows`: the worker keeps them without an embedding
 -- on purpose. `deferred_reason` says why the pending jobs wait, when the worker defers them.
 -- `backfill_rows`: rows a running backfill (62_backfill.sql) has still to queue; pending_jobs
--- counts them too. NULL when no backfill runs.
+-- counts them too. NULL when no backfill runs. `index_deferred`: the HNSW index waits for the
+-- backfill's end (62_backfill.sql); search scans exactly meanwhile.
 CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     target                 text,
     total_rows             bigint,
@@ -42,7 +43,8 @@ CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     deferred_since         timestamptz,
     problem                text,
     chunks                 bigint,
-    backfill_rows          bigint
+    backfill_rows          bigint,
+    index_deferred         boolean
 )
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -93,6 +95,7 @@ BEGIN
         -- Rows a running backfill has still to queue are pending too (62_backfill.sql).
         backfill_rows := embeddings.backfill_rows_left(t);
         pending_jobs := pending_jobs + coalesce(backfill_rows, 0);
+        index_deferred := EXISTS (SELECT FROM embeddings.deferred_indexes d WHERE d.target_id = t.id);
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
         -- The last five whole minutes plus the current one, as a rate per second.
         SELECT coalesce(sum(tp.rows), 0) / greatest(extract(epoch FROM clock_timestamp() - min(tp.minute)), 60)
@@ -111,9 +114,9 @@ $$;
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
            target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
-           chunks, backfill_rows
+           chunks, backfill_rows, index_deferred
     FROM embeddings.target_status();
-COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets; rows a running backfill has still to queue';
+COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets; rows a running backfill has still to queue; whether the HNSW index waits for the backfill';
 
 -- Re-queues dead letters (all, or those with the given ids) and removes them from
 -- embeddings.failures. Returns how many were re-queued.

@@ -31,7 +31,7 @@ from types import FrameType
 
 from worker import db, exceptions, metrics, pipeline, systemd
 from worker import queue as jobqueue
-from worker.backfill import Backfiller
+from worker.backfill import Backfiller, IndexBuilder
 from worker.config import Settings
 from worker.embedders import Embedders
 from worker.listener import Listener
@@ -65,6 +65,7 @@ class Worker:
         self.queue = jobqueue.Queue(settings.queue)
         self.leases = jobqueue.Leases()
         self.backfill = Backfiller(settings.queue, settings.batch_size)
+        self.indexer = IndexBuilder(self.dsn, settings.queue)
         self.registry = Registry()
         self.embedders = embedders or Embedders(
             variant=settings.model_variant, threads=settings.threads
@@ -344,6 +345,8 @@ class Worker:
             low = batch is None or len(batch.rows) < self.settings.batch_size
             if low and self.backfill.step(conn) and batch is None:
                 continue
+            if batch is None:
+                self.indexer.maybe_start(conn)  # an index deferred until a backfill's end
             if batch is not None and waiting:
                 self.queue.set_waiting(conn, False)
                 waiting = False
@@ -361,7 +364,7 @@ class Worker:
                     self._end(batch)
                     raise
                 return batch
-            if self.once and self._drained():
+            if self.once and self._drained() and not self.indexer.busy:
                 return None
             timeout = self.settings.poll_seconds
             next_visible = self.queue.next_visible_in(conn)

@@ -65,10 +65,10 @@ def status(conn: Conn, target_id: int) -> tuple[int, int | None]:
 
 
 def watch(conn: Conn, table: str, **options: Any) -> int:
+    options = {"model": "all-MiniLM-L6-v2", **options}
     extra = "".join(f", {name} => %({name})s" for name in options)
     row = conn.execute(
-        f"SELECT embeddings.watch(%(table)s, 'body', model => 'all-MiniLM-L6-v2'{extra})",
-        {"table": table, **options},
+        f"SELECT embeddings.watch(%(table)s, 'body'{extra})", {"table": table, **options}
     ).fetchone()
     assert row is not None
     return int(row[0])
@@ -281,3 +281,48 @@ def test_the_worker_embeds_every_row_once(
     ).fetchall()
     assert writes == []
     assert conn.execute("SELECT count(DISTINCT id) FROM writes").fetchone() == (2600,)
+
+
+def hnsw_indexes(conn: Conn, table: str) -> list[tuple[str, bool]]:
+    return conn.execute(
+        "SELECT ic.relname, i.indisvalid FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid"
+        " JOIN pg_am am ON am.oid = ic.relam WHERE i.indrelid = %s::regclass AND am.amname = 'hnsw'",
+        (table,),
+    ).fetchall()
+
+
+def test_a_large_table_gets_its_index_after_the_backfill(
+    conn: Conn, settings: Any, embedders: Any, tiny_models: tuple[str, str]
+) -> None:
+    rows = conn.execute("SELECT embeddings.index_defer_rows()").fetchone()
+    assert rows is not None
+    make_docs(conn, rows[0] + 1000)
+    conn.execute("ANALYZE docs")
+    target = watch(conn, "docs", model=tiny_models[0])
+    # No index built under watch()'s lock: deferred, and status says so.
+    assert hnsw_indexes(conn, "docs") == []
+    row = conn.execute(
+        "SELECT index_deferred FROM embeddings.status WHERE target_id = %s", (target,)
+    ).fetchone()
+    assert row == (True,)
+    conn.execute("DELETE FROM docs WHERE id > 300")  # (a short drain for the tiny model)
+    Worker(
+        settings.with_overrides(model=tiny_models[0]),
+        once=True,
+        embedders=embedders,
+        progress=False,
+        handle_signals=False,
+    ).run()
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
+    assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", True)]
+    row = conn.execute(
+        "SELECT index_deferred FROM embeddings.status WHERE target_id = %s", (target,)
+    ).fetchone()
+    assert row == (False,)
+
+
+def test_a_small_or_partitioned_table_is_indexed_at_watch(conn: Conn) -> None:
+    make_docs(conn, 10)
+    watch(conn, "docs")
+    assert len(hnsw_indexes(conn, "docs")) == 1
+    assert conn.execute("SELECT count(*) FROM embeddings.deferred_indexes").fetchone() == (0,)
