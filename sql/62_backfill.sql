@@ -80,6 +80,8 @@ $$;
 -- One step of the backfill `b` of target `t`, whose cursor row the caller has locked: queues
 -- the keys among the next `max_keys` rows after the cursor that need a job and wait in none,
 -- and moves the cursor past them; at the end of the table the backfill is done (its row goes).
+-- Every row again (`every_row`) queues keys that wait in a job too: that job may be one the
+-- worker deferred (its target could not be served), not due for a while.
 CREATE FUNCTION embeddings.backfill_range(
     t embeddings.targets, b embeddings.backfills, max_keys integer,
     OUT scanned integer, OUT enqueued integer
@@ -102,14 +104,14 @@ DECLARE
         SELECT (SELECT count(*) FROM numbered)::int,
                (SELECT k FROM numbered ORDER BY ord DESC LIMIT 1),
                ARRAY(SELECT s.k FROM numbered s
-                     WHERE s.missing AND s.k NOT IN (SELECT p.k FROM embeddings.pending_keys($3) p)
+                     WHERE s.missing AND ($4 OR s.k NOT IN (SELECT p.k FROM embeddings.pending_keys($3) p))
                      ORDER BY s.ord)
         $q$;
 BEGIN
     BEGIN
         EXECUTE format(statement, embeddings.key_sql(t, 'n'), embeddings.backfill_missing_sql(t, b.every_row, true),
                        t.source, embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$1::jsonb'))
-            INTO scanned, last_key, keys USING b.after_key, max_keys, t;
+            INTO scanned, last_key, keys USING b.after_key, max_keys, t, b.every_row;
     EXCEPTION WHEN OTHERS THEN
         IF t.content_function IS NULL THEN
             RAISE;
@@ -117,7 +119,7 @@ BEGIN
         RAISE WARNING 'embeddings: content function of % failed (%); queued its rows unfiltered', t.source, SQLERRM;
         EXECUTE format(statement, embeddings.key_sql(t, 'n'), embeddings.backfill_missing_sql(t, b.every_row, false),
                        t.source, embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$1::jsonb'))
-            INTO scanned, last_key, keys USING b.after_key, max_keys, t;
+            INTO scanned, last_key, keys USING b.after_key, max_keys, t, b.every_row;
     END;
     enqueued := cardinality(keys);
     IF enqueued > 0 THEN
