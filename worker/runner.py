@@ -340,6 +340,7 @@ class Worker:
             conn = session.get()
             batch = pipeline.read(conn, self.queue, self.registry, self.settings)
             metrics.DATABASE_UP.set(1)
+            drained = batch is None and self._drained()  # as of this read, for --once
             # No visible job left after this read: queue the next range of a backfill, so
             # that backfills run only behind live jobs (worker/backfill.py).
             low = batch is None or len(batch.rows) < self.settings.batch_size
@@ -364,7 +365,7 @@ class Worker:
                     self._end(batch)
                     raise
                 return batch
-            if self.once and self._drained() and not self.indexer.busy:
+            if self.once and drained and not self.indexer.busy:
                 return None
             timeout = self.settings.poll_seconds
             next_visible = self.queue.next_visible_in(conn)
