@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from tests.support.jobs import clear_queue, queued_keys
+from worker import status_view
 from worker.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -93,6 +94,8 @@ def test_watch_queues_one_bounded_step_and_leaves_a_cursor(conn: Conn) -> None:
     }
     # status: rows not queued yet are pending too.
     assert status(conn, target) == (5000, 5000 - per_step)
+    shown = "\n".join(status_view.render(status_view.fetch(conn)))
+    assert f"backfill: {5000 - per_step:,} existing row(s) still to queue" in shown
 
     assert step(conn, target, 1500) == (1500, 1500)
     assert backfill(conn, target)["after_key"] == per_step + 1500  # type: ignore[index]
