@@ -10,6 +10,7 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only workers [--scale-rows N]   1-8 workers, 100 tables (bench/manyworkers.py)
     python -m bench --only hnsw [--scale-rows N]      HNSW insert vs build at 1M (bench/hnsw.py)
     python -m bench --only status [--scale-rows N]    status and /metrics at 10M (bench/status.py)
+    python -m bench --only bigwatch [--scale-rows N]  watch() on 1M and 10M rows (bench/bigwatch.py)
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ from tokenizers import Tokenizer
 
 from bench import (
     backlog,
+    bigwatch,
     chunks,
     corpus,
     endtoend,
@@ -64,7 +66,7 @@ SECTIONS = (
     "chunks",
     "embedder",
 )
-SCALE_SECTIONS = ("million", "workers", "hnsw", "status")  # never by default: minutes each
+SCALE_SECTIONS = ("million", "workers", "hnsw", "status", "bigwatch")  # never by default
 
 
 def models() -> dict[str, tuple[str, Path]]:
@@ -236,6 +238,14 @@ def main() -> int:
                 SHARED_MODELS / "gte-small",
                 rows=args.scale_rows or 10_000_000,
                 rounds=1 if args.quick else 3,
+            ),
+        )
+        section(
+            "bigwatch",
+            lambda: bigwatch.run(
+                cluster,
+                sizes=(args.scale_rows,) if args.scale_rows else bigwatch.SIZES,
+                rounds=1 if args.quick else 2,
             ),
         )
         section(

@@ -90,6 +90,7 @@ def markdown() -> str:
         )
         lines.extend(shape_lines(writepath))
     lines.extend(oltp_lines(load("oltp")))
+    lines.extend(bigwatch_lines(load("bigwatch")))
     if drain.get(GTE):
         fp32, int8 = drain[GTE]["fp32"], drain[GTE]["int8"]
         lines.append(
@@ -247,6 +248,27 @@ def oltp_lines(oltp: dict[str, Any]) -> list[str]:
     return [
         f"- OLTP write path, {oltp['clients']} pgbench clients, medians of {oltp['rounds']}"
         f" alternating runs of {oltp['seconds']} s: " + "; ".join(parts) + "."
+    ]
+
+
+def bigwatch_lines(bigwatch: dict[str, Any]) -> list[str]:
+    """watch() on a large table, before and after the backfill (bench/bigwatch.py)."""
+    if not bigwatch:
+        return []
+    parts = []
+    for rows, r in bigwatch["sizes"].items():
+        before, after = r["before"], r["after"]
+        parts.append(
+            f"{int(rows):,} rows: watch() {before['watch_seconds']:.2f} s -> "
+            f"{after['watch_seconds']:.2f} s, a concurrent SELECT by key blocked "
+            f"{before['select_seconds']:.2f} s -> {after['select_seconds']:.3f} s "
+            f"(the backfill then queued the rest in {after['steps']:,.0f} steps, "
+            f"median {after['step_median_seconds'] * 1000:.0f} ms)"
+        )
+    return [
+        "- watch() on a large table, before (one transaction) -> after (backfill): "
+        + "; ".join(parts)
+        + "."
     ]
 
 

@@ -106,6 +106,7 @@ DECLARE
     t embeddings.targets;
     fresh boolean;
     reembed boolean := false;
+    defer_index boolean := false;
 BEGIN
     model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
     IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
@@ -283,9 +284,15 @@ BEGIN
         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
         WHERE i.indrelid = source AND am.amname = 'hnsw' AND a.attname = embedding_column
     ) THEN
-        EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.%I)', source, embedding_column, vschema,
-            CASE WHEN (SELECT typname FROM pg_type WHERE oid = emb_type) = 'halfvec'
-                 THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END);
+        -- A column added just now to a large table: building even an empty index scans the
+        -- whole table under our lock, and inserting each vector into HNSW costs ~10x its share
+        -- of a build. The worker builds it CONCURRENTLY once the backfill ends (62_backfill.sql).
+        defer_index := NOT emb_exists AND rel_kind = 'r' AND embeddings.estimated_rows(source) > embeddings.index_defer_rows();
+        IF NOT defer_index THEN
+            EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.%I)', source, embedding_column, vschema,
+                CASE WHEN (SELECT typname FROM pg_type WHERE oid = emb_type) = 'halfvec'
+                     THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END);
+        END IF;
     END IF;
 
     IF fresh THEN
@@ -328,9 +335,15 @@ BEGIN
     -- defined in 80_roles.sql; plpgsql resolves it when this line runs.)
     PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
 
-    -- Existing rows, in one statement: those with content and no embedding, or every row with
-    -- content when the content source or the model changed.
-    PERFORM embeddings.enqueue_rows(t, source, reembed);
+    -- Existing rows: those with content and no embedding, or every row with content when the
+    -- content source or the model changed. Queued by a backfill in key ranges after this
+    -- transaction (sql/62_backfill.sql): one bounded step here, not the whole table under the lock.
+    PERFORM embeddings.start_backfill(t, reembed);
+    IF defer_index THEN
+        INSERT INTO embeddings.deferred_indexes (target_id) VALUES (t.id) ON CONFLICT DO NOTHING;
+        RAISE NOTICE 'embeddings: the HNSW index of %.% is built once its existing rows are embedded; search scans exactly meanwhile',
+            source, embedding_column;
+    END IF;
 
     PERFORM set_config('embeddings.following', 'off', true);
     PERFORM pg_notify('embeddings_targets', t.id::text);

@@ -181,7 +181,11 @@ $$;
 -- `exact => false` estimates every one.
 -- Pending jobs, dead letters and the rate are exact either way: they come from the queue and
 -- our own tables, not from the watched tables. `deferred_reason` says why the pending jobs
--- wait, when the worker defers them.
+-- wait, when the worker defers them. `backfill_rows`: rows a running backfill (62_backfill.sql)
+-- has still to queue, counted in pending_jobs too (estimated targets: the rows it has not yet
+-- passed, scaled by the share without a vector, so pending_jobs is an estimate too while a
+-- backfill runs); NULL when no backfill runs. `index_deferred`: the HNSW index waits for the
+-- backfill's end (62_backfill.sql); search scans exactly meanwhile.
 CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TABLE (
     target                 text,
     total_rows             bigint,
@@ -197,7 +201,9 @@ CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TAB
     deferred_since         timestamptz,
     problem                text,
     chunks                 bigint,
-    estimated              boolean
+    estimated              boolean,
+    backfill_rows          bigint,
+    index_deferred         boolean
 )
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -227,6 +233,19 @@ BEGIN
         JOIN pg_class c ON c.oid = t.source JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE g.target_id = to_jsonb(t.id)
            OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column);
+        -- Rows a running backfill has still to queue are pending too (62_backfill.sql).
+        IF estimated THEN
+            -- The rows it has not yet passed, times the share of the table that needs a job.
+            SELECT round(greatest(total_rows - b.scanned_rows, 0)
+                         * CASE WHEN b.every_row OR total_rows = 0 THEN 1
+                                ELSE greatest(1 - coalesce(embedded_rows, 0)::float8 / total_rows, 0) END)
+            INTO backfill_rows
+            FROM embeddings.backfills b WHERE b.target_id = t.id;
+        ELSE
+            backfill_rows := embeddings.backfill_rows_left(t);
+        END IF;
+        pending_jobs := pending_jobs + coalesce(backfill_rows, 0);
+        index_deferred := EXISTS (SELECT FROM embeddings.deferred_indexes d WHERE d.target_id = t.id);
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
         -- The last five whole minutes plus the current one, as a rate per second.
         SELECT coalesce(sum(tp.rows), 0) / greatest(extract(epoch FROM clock_timestamp() - min(tp.minute)), 60)
@@ -247,15 +266,15 @@ $$;
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
            target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
-           chunks, estimated
+           chunks, estimated, backfill_rows, index_deferred
     FROM embeddings.target_status();
-COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets. Row counts of large tables are estimates (estimated = true); embeddings.status_exact counts them';
+COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets; rows a running backfill has still to queue; whether the HNSW index waits for the backfill. Row counts of large tables are estimates (estimated = true); embeddings.status_exact counts them';
 
 -- The same, every count exact: scans every watched table (`embed-worker status --exact`).
 CREATE VIEW embeddings.status_exact AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
            target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
-           chunks, estimated
+           chunks, estimated, backfill_rows, index_deferred
     FROM embeddings.target_status(exact => true);
 COMMENT ON VIEW embeddings.status_exact IS 'embeddings.status with exact counts: scans every watched table';
 

@@ -256,8 +256,8 @@ BEGIN
     PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
 
     -- Documents with content and no chunks, or every document with content when the content
-    -- source, the model or the chunk settings changed.
-    PERFORM embeddings.enqueue_rows(t, source, reembed);
+    -- source, the model or the chunk settings changed: a backfill in key ranges (62_backfill.sql).
+    PERFORM embeddings.start_backfill(t, reembed);
 
     PERFORM set_config('embeddings.following', 'off', true);
     PERFORM pg_notify('embeddings_targets', t.id::text);

@@ -113,6 +113,7 @@ DECLARE
     scanned integer;
     enqueued integer;
     total integer := 0;
+    queue_low boolean;
     q record;
 BEGIN
     IF max_rows IS NULL OR max_rows < 1 THEN
@@ -122,6 +123,18 @@ BEGIN
         SELECT n.nspname, c.relname INTO rel_schema, rel_name
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
         CONTINUE WHEN rel_name IS NULL OR t.problem IS NOT NULL;  -- table dropped, or not served
+        IF EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id) THEN
+            -- Its existing rows are still being queued (62_backfill.sql): a backfill step instead
+            -- of a slice (which would queue the rows ahead of the backfill twice), when the
+            -- queue is low, so that live jobs are not buried (a pulling worker steps it too).
+            EXECUTE format('SELECT count(*) < $1 FROM (SELECT FROM pgmq.%I LIMIT $1) q',
+                           pgmq.format_table_name(t.queue, 'q'))
+                INTO queue_low USING embeddings.backfill_step_keys() / embeddings.keys_per_message() + 1;
+            IF queue_low THEN
+                total := total + coalesce((SELECT s.enqueued FROM embeddings.backfill_step(t.id) s), 0);
+            END IF;
+            CONTINUE;
+        END IF;
         SELECT after_key INTO cursor_key FROM embeddings.sweep_cursors WHERE target_id = t.id;
 
         BEGIN

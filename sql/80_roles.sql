@@ -72,6 +72,9 @@ BEGIN
     EXECUTE format('GRANT SELECT ON pgmq.meta TO %I', role_name);
     -- Its write transaction locks the registrations it writes for (definition versions).
     EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.lock_target_version(integer) TO %I', role_name);
+    -- It steps the backfills of its queue's targets when the queue is empty (62_backfill.sql).
+    EXECUTE format('GRANT SELECT, UPDATE, DELETE ON embeddings.backfills TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.send_backfill(integer, jsonb[]) TO %I', role_name);
     FOR q IN SELECT * FROM embeddings.queues LOOP
         PERFORM embeddings.grant_worker_queue(role_name, q.name);
     END LOOP;

@@ -266,3 +266,16 @@ DELETE FROM {chunks} t
 USING unnest({key_arrays}, %(keys)s::text[], %(counts)s::integer[]) AS v({key_aliases}, key, n)
 WHERE {key_match} AND t.seq >= v.n
 RETURNING v.key;
+
+-- name: backfill_next
+-- One step of a backfill of a target on %(queue)s that no other worker is stepping: queues the
+-- next %(max_keys)s rows' keys that need a job and advances its cursor (sql/62_backfill.sql).
+SELECT scanned, enqueued FROM embeddings.backfill_next(%(queue)s, %(max_keys)s);
+
+-- name: deferred_index_ready
+-- Deferred HNSW indexes of %(queue)s's targets this worker may build now (sql/62_backfill.sql).
+SELECT target_id, cleanup, statement FROM embeddings.deferred_index_ready(%(queue)s) LIMIT 1;
+
+-- name: deferred_index_built
+-- Forgets a deferred index once a valid HNSW index is on the target's column.
+SELECT embeddings.deferred_index_built(%(target_id)s);

@@ -31,6 +31,7 @@ from types import FrameType
 
 from worker import db, exceptions, metrics, pipeline, systemd
 from worker import queue as jobqueue
+from worker.backfill import Backfiller, IndexBuilder
 from worker.config import Settings
 from worker.embedders import Embedders
 from worker.listener import Listener
@@ -63,6 +64,8 @@ class Worker:
         self.dsn = db.resolve_dsn(settings.database_url)
         self.queue = jobqueue.Queue(settings.queue)
         self.leases = jobqueue.Leases()
+        self.backfill = Backfiller(settings.queue, settings.batch_size)
+        self.indexer = IndexBuilder(self.dsn, settings.queue)
         self.registry = Registry()
         self.embedders = embedders or Embedders(
             variant=settings.model_variant, threads=settings.threads
@@ -337,6 +340,14 @@ class Worker:
             conn = session.get()
             batch = pipeline.read(conn, self.queue, self.registry, self.settings)
             metrics.DATABASE_UP.set(1)
+            drained = batch is None and self._drained()  # as of this read, for --once
+            # No visible job left after this read: queue the next range of a backfill, so
+            # that backfills run only behind live jobs (worker/backfill.py).
+            low = batch is None or len(batch.rows) < self.settings.batch_size
+            if low and self.backfill.step(conn) and batch is None:
+                continue
+            if batch is None:
+                self.indexer.maybe_start(conn)  # an index deferred until a backfill's end
             if batch is not None and waiting:
                 self.queue.set_waiting(conn, False)
                 waiting = False
@@ -354,7 +365,7 @@ class Worker:
                     self._end(batch)
                     raise
                 return batch
-            if self.once and self._drained():
+            if self.once and drained and not self.indexer.busy:
                 return None
             timeout = self.settings.poll_seconds
             next_visible = self.queue.next_visible_in(conn)

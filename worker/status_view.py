@@ -30,6 +30,8 @@ COLUMNS = (
     "deferred_since",
     "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
     "estimated",  # total, embedded and cleared rows and chunks are estimates (large tables)
+    "backfill_rows",  # rows a running backfill has still to queue (NULL: none runs)
+    "index_deferred",  # the HNSW index waits for the backfill's end
 )
 VIEWS = {False: "status", True: "status_exact"}
 ESTIMATE_NOTE = (
@@ -142,6 +144,20 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
             lines.append("")
             lines.append(f"{r['target']}: {r['pending_jobs']:,} job(s) wait since {since}:")
             lines.append(f"  {r['deferred_reason']}")
+    for r in rows:
+        if r["backfill_rows"] is not None:
+            lines.append("")
+            lines.append(
+                f"{r['target']}: backfill: {'~' if r['estimated'] else ''}"
+                f"{r['backfill_rows']:,} existing row(s) still to queue"
+                " (counted as pending; queued whenever the worker's queue is empty)"
+            )
+        if r["index_deferred"]:
+            lines.append("")
+            lines.append(
+                f"{r['target']}: its HNSW index is built once the backfill ends;"
+                " search scans exactly meanwhile"
+            )
     if any(r["cleared_rows"] for r in rows):
         lines.append("")
         lines.append("cleared: rows whose content is empty or blank; they get no embedding.")

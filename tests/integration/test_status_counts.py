@@ -53,7 +53,17 @@ def watched_docs(conn: Conn) -> None:
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding halfvec(4))")
     fill(conn)
     conn.execute("SELECT embeddings.watch('docs', 'body', model => 'tiny4')")
+    finish_backfills(conn)
     flush_statistics(conn)
+
+
+def finish_backfills(conn: Conn) -> None:
+    """Queues what watch()'s backfill has still to pass: the queue then holds every pending key
+    (status counts a running backfill's rest as an estimate on large tables)."""
+    conn.execute(
+        "SELECT embeddings.backfill_step(b.target_id, 1000000) FROM embeddings.backfills b"
+    )
+    assert conn.execute("SELECT count(*) FROM embeddings.backfills").fetchone() == (0,)
 
 
 def status(conn: Conn, source: str = "embeddings.status") -> dict[str, Any]:
@@ -288,3 +298,26 @@ def test_pending_counts_each_target_of_a_shared_queue(conn: Conn) -> None:
     pending = dict(conn.execute("SELECT target, pending_jobs FROM embeddings.status").fetchall())
 
     assert pending == {"public.docs.embedding": 300, "public.notes.embedding": 21}
+
+
+def test_a_running_backfill_of_a_large_table_is_estimated_without_reading_it(conn: Conn) -> None:
+    tiny_model(conn)
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding halfvec(4))")
+    conn.execute(
+        "INSERT INTO docs (id, body) SELECT i, 'text ' || i FROM generate_series(1, 3000) i"
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'tiny4')")  # queues one step
+    flush_statistics(conn)  # before ANALYZE: else the inserts would count twice
+    conn.execute("ANALYZE docs")
+    conn.execute("SET embeddings.status_exact_rows = 0")
+    before = reads_of(conn, "docs")
+
+    row = status(conn)
+
+    assert reads_of(conn, "docs") == before
+    queued = conn.execute("SELECT embeddings.backfill_step_keys()").fetchone()
+    assert queued is not None
+    exact = status(conn, "embeddings.status_exact")
+    assert exact["backfill_rows"] == 3000 - queued[0]
+    assert abs(row["backfill_rows"] - exact["backfill_rows"]) <= 0.02 * 3000, (row, exact)
+    assert abs(row["pending_jobs"] - 3000) <= 0.02 * 3000, row

@@ -23,6 +23,8 @@ def row(**overrides: Any) -> dict[str, Any]:
         "deferred_since": None,
         "chunks": None,
         "estimated": True,
+        "backfill_rows": None,
+        "index_deferred": False,
     }
     base.update(overrides)
     base["eta_seconds"] = status_view.eta_seconds(base)
@@ -63,3 +65,10 @@ def test_exact_counts_are_unmarked() -> None:
     assert "~" not in line
     assert "[########............]  40%" in line
     assert status_view.ESTIMATE_NOTE not in lines
+
+
+def test_a_running_backfill_is_shown_and_marked_when_estimated() -> None:
+    text = "\n".join(status_view.render([row(backfill_rows=1_500_000)]))
+    assert "backfill: ~1,500,000 existing row(s) still to queue" in text
+    exact = "\n".join(status_view.render([row(estimated=False, backfill_rows=12)]))
+    assert "backfill: 12 existing row(s) still to queue" in exact

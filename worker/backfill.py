@@ -1,0 +1,116 @@
+"""Backfills: the worker queues the existing rows of newly watched tables, a key range at a time.
+
+watch() only records a cursor (and queues one bounded step) so that it holds its locks for a
+time that does not grow with the table; the rest of the rows are queued by steps that run
+after it committed (sql/62_backfill.sql). The fetcher takes a step whenever it finds its
+queue without visible jobs, so a backfill never buries live jobs: they are always read first.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+import psycopg
+
+from worker import db, exceptions, queries
+
+logger = logging.getLogger(__name__)
+
+# Rows one step examines, in batches: 2048 rows (16 messages) at the default batch size. Small
+# enough that a step is a short transaction, large enough that the fetcher rarely finds the
+# queue empty during a backfill.
+STEP_BATCHES = 16
+# A role without the grants of embeddings.grant_worker(), or a schema older than backfills.
+_CANNOT_STEP = (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction)
+
+
+class Backfiller:
+    """Steps the backfills of one queue's targets."""
+
+    def __init__(self, queue: str, batch_size: int) -> None:
+        self.queue = queue
+        self.step_keys = batch_size * STEP_BATCHES
+        self.unavailable: str | None = None  # why this worker cannot step (logged once)
+
+    def step(self, conn: db.Connection) -> bool:
+        """Takes one step; True when it examined rows (the queue may have new jobs, and the
+        backfill more rows). ConnectionLost propagates; other errors stop stepping, since
+        embeddings.sweep() steps backfills too."""
+        if self.unavailable is not None:
+            return False
+        try:
+            with db.translated():
+                row = conn.execute(
+                    queries.get("backfill_next"), {"queue": self.queue, "max_keys": self.step_keys}
+                ).fetchone()
+        except exceptions.ConnectionLost:
+            raise
+        except exceptions.DatabaseError as exc:
+            if not isinstance(exc.__cause__, _CANNOT_STEP):
+                logger.warning("backfill step failed (retried later): %s", exc)
+                return False
+            self.unavailable = str(exc)
+            logger.warning(
+                "this worker cannot step backfills (%s); embeddings.sweep() still does: "
+                "grant it with SELECT embeddings.grant_worker('<role>')",
+                exc,
+            )
+            return False
+        scanned, enqueued = row if row is not None else (0, 0)
+        if scanned:
+            logger.debug("backfill: examined %d rows, queued %d keys", scanned, enqueued)
+        return bool(scanned)
+
+
+class IndexBuilder:
+    """Builds the HNSW indexes watch() deferred on large tables, CONCURRENTLY (so that writes
+    go on), one at a time in a thread of its own, once their backfill has ended. Only where
+    this worker's role owns the table; otherwise the index waits for its owner (status shows
+    `index_deferred`). A build interrupted by a stop leaves an invalid index, dropped before
+    the next try."""
+
+    def __init__(self, dsn: str, queue: str) -> None:
+        self.dsn = dsn
+        self.queue = queue
+        self._thread: threading.Thread | None = None
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def maybe_start(self, conn: db.Connection) -> None:
+        if self.busy:
+            return
+        try:
+            with db.translated():
+                row = conn.execute(
+                    queries.get("deferred_index_ready"), {"queue": self.queue}
+                ).fetchone()
+        except exceptions.ConnectionLost:
+            raise
+        except exceptions.DatabaseError as exc:
+            logger.debug("no deferred index lookup: %s", exc)  # a schema older than 0008
+            return
+        if row is None:
+            return
+        self._thread = threading.Thread(
+            target=self._build, args=row, name="index-builder", daemon=True
+        )
+        self._thread.start()
+
+    def _build(self, target_id: int, cleanup: str | None, statement: str) -> None:
+        try:
+            with db.connect(self.dsn) as conn, db.translated():
+                if cleanup:
+                    conn.execute(cleanup.encode())
+                logger.info("target %d: building its deferred index: %s", target_id, statement)
+                started = time.monotonic()
+                conn.execute(statement.encode())
+                conn.execute(queries.get("deferred_index_built"), {"target_id": target_id})
+                logger.info(
+                    "target %d: index built in %.1f s", target_id, time.monotonic() - started
+                )
+        except exceptions.EmbedWorkerError as exc:
+            logger.warning("target %d: deferred index build failed: %s", target_id, exc)
