@@ -2,7 +2,7 @@
 ANALYZE statistics; embeddings.status_exact (`status --exact`) keeps the exact counts.
 
 Revision ID: 0009
-Revises: 0006
+Revises: 0011
 Create Date: 2026-11-22
 
 Applies `0009_counters.sql` beside this file (frozen once released); sql/ gets the same
@@ -16,7 +16,7 @@ from pathlib import Path
 from worker import schema
 
 revision = "0009"
-down_revision = "0006"
+down_revision = "0011"
 branch_labels = None
 depends_on = None
 
