@@ -39,12 +39,22 @@ CREATE FUNCTION embeddings.target_status() RETURNS TABLE (
     deferred_reason        text,
     deferred_since         timestamptz,
     problem                text,
-    chunks                 bigint
+    chunks                 bigint,
+    pending_live           bigint,
+    pending_backfill       bigint,
+    vectors_from           text,
+    change_model           text,
+    change_done_rows       bigint,
+    change_total_rows      bigint,
+    change_rows_per_second double precision,
+    change_eta_seconds     double precision
 )
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     t embeddings.targets;
     content_sql text;
+    lane embeddings.targets;
+    age double precision;
 BEGIN
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
@@ -86,7 +96,17 @@ BEGIN
                 chunks := NULL;
             END;
         END IF;
-        EXECUTE embeddings.pending_sql(t) INTO pending_jobs, oldest_pending_seconds;
+        EXECUTE embeddings.pending_sql(t) INTO pending_live, oldest_pending_seconds;
+        -- lanes: pending_jobs counts both lanes; the oldest job of either
+        lane := t;
+        lane.queue := embeddings.backfill_queue(t.queue);
+        EXECUTE embeddings.pending_sql(lane) INTO pending_backfill, age;
+        pending_jobs := pending_live + pending_backfill;
+        oldest_pending_seconds := greatest(oldest_pending_seconds, age);
+        -- model change: provenance, and the progress of a change in progress
+        SELECT * INTO vectors_from, change_model, change_done_rows, change_total_rows,
+                      change_rows_per_second, change_eta_seconds
+        FROM embeddings.change_status(t);
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
         -- The last five whole minutes plus the current one, as a rate per second.
         SELECT coalesce(sum(tp.rows), 0) / greatest(extract(epoch FROM clock_timestamp() - min(tp.minute)), 60)
@@ -105,7 +125,8 @@ $$;
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
            target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
-           chunks
+           chunks, pending_live, pending_backfill, vectors_from, change_model, change_done_rows,
+           change_total_rows, change_rows_per_second, change_eta_seconds
     FROM embeddings.target_status();
 COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets';
 
@@ -121,7 +142,8 @@ BEGIN
         DELETE FROM embeddings.failures WHERE ids IS NULL OR id = ANY(ids) RETURNING *
     LOOP
         PERFORM embeddings.ensure_queue(f.queue);
-        PERFORM pgmq.send(f.queue, f.message);
+        -- lanes: a retry is backfill work (the live lane stays the application's writes')
+        PERFORM pgmq.send(embeddings.backfill_queue(f.queue), f.message);
         retried := retried + 1;
     END LOOP;
     RETURN retried;

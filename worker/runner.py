@@ -29,10 +29,11 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from worker import db, exceptions, metrics, pipeline, systemd
-from worker import queue as jobqueue
+from worker import db, exceptions, metrics, pipeline, provenance, systemd
+from worker.changes import Completer
 from worker.config import Settings
 from worker.embedders import Embedders
+from worker.lanes import Lanes
 from worker.listener import Listener
 from worker.progress import ProgressLine
 from worker.targets import Registry, Target
@@ -61,9 +62,12 @@ class Worker:
         self.settings = settings
         self.once = once
         self.dsn = db.resolve_dsn(settings.database_url)
-        self.queue = jobqueue.Queue(settings.queue)
-        self.leases = jobqueue.Leases()
+        # Priority lanes (worker/lanes.py): live jobs before backfill work.
+        self.lanes = Lanes(settings.queue, settings.batch_size)
+        self.queue = self.lanes.live.queue
+        self.leases = self.lanes.live.leases
         self.registry = Registry()
+        self.changes = Completer()  # completes model changes (worker/changes.py)
         self.embedders = embedders or Embedders(
             variant=settings.model_variant, threads=settings.threads
         )
@@ -79,6 +83,7 @@ class Worker:
         self._in_flight = 0
         self._flight = threading.Condition()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # a full pipe already wakes: never block a writer
         self._threads: list[threading.Thread] = []
         self._stop_requested_at: float | None = None
         self.rows_done = 0
@@ -165,24 +170,25 @@ class Worker:
 
     def hand_back_all(self) -> None:
         """Makes every job we hold visible again at once (a fresh, short-lived connection)."""
-        held = self.leases.held()
-        if not held:
-            return
-        try:
-            conn = db.connect(self.dsn, connect_timeout=3)
+        for lane in self.lanes:
+            held = lane.leases.held()
+            if not held:
+                continue
             try:
-                # SET LOCAL: behind a transaction pooler a plain SET would outlive us on a
-                # server connection that other clients then get.
-                with db.translated(), conn.transaction():
-                    conn.execute("SET LOCAL statement_timeout = '3s'")
-                    released = self.queue.release(conn, held)
-                metrics.JOBS.labels("released").inc(released)
-                logger.info("handed back %d of %d jobs", released, len(held))
-            finally:
-                conn.close()
-        except exceptions.EmbedWorkerError as exc:
-            logger.warning("could not hand jobs back (%s); they return after their lease", exc)
-        self.leases.drop(held)
+                conn = db.connect(self.dsn, connect_timeout=3)
+                try:
+                    # SET LOCAL: behind a transaction pooler a plain SET would outlive us on a
+                    # server connection that other clients then get.
+                    with db.translated(), conn.transaction():
+                        conn.execute("SET LOCAL statement_timeout = '3s'")
+                        released = lane.queue.release(conn, held)
+                    metrics.JOBS.labels("released").inc(released)
+                    logger.info("handed back %d of %d jobs", released, len(held))
+                finally:
+                    conn.close()
+            except exceptions.EmbedWorkerError as exc:
+                logger.warning("could not hand jobs back (%s); they return after their lease", exc)
+            lane.leases.drop(held)
 
     def _guarded(self, body: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -264,6 +270,7 @@ class Worker:
                 problems[target.id] = problem
         for problem in problems.values():
             logger.error("target not servable: %s", problem)
+        self._check_provenance(ours)
         self.started.set()
         problem = self.default_model_problem()
         # Ready for systemd means started: a missing model is reported, not waited for (the
@@ -273,6 +280,34 @@ class Worker:
             status=f"serving queue {self.settings.queue} with {self.settings.model}"
             + (f"; not ready: {problem}" if problem else ""),
         )
+
+    def _check_provenance(self, ours: list[Target]) -> None:
+        """Says at start-up which targets hold vectors of another revision or variant of their
+        model than this worker runs: it does not write there (their jobs are deferred with the
+        reason) unless the target is re-embedded (embeddings.rewatch())."""
+        try:
+            conn = db.connect(self.dsn, connect_timeout=5)
+        except exceptions.EmbedWorkerError:
+            return
+        try:
+            recorded = provenance.recorded(conn)
+        except exceptions.DatabaseError:
+            return
+        finally:
+            conn.close()
+        for target in ours:
+            for shadow, model in ((False, target.model), (True, target.shadow_model)):
+                stored = recorded.get((target.id, shadow))
+                if model is None or stored is None or (not shadow and target.in_change):
+                    continue  # (a change in progress replaces the column)
+                try:
+                    ours_text = provenance.producer(self.embedders.get(model))
+                except exceptions.ModelError:
+                    continue
+                if stored != ours_text:
+                    logger.error(
+                        "%s", provenance.mismatch(target.name, stored, ours_text, shadow=shadow)
+                    )
 
     def default_model_problem(self) -> str | None:
         """Why the default model is not loaded (None when it is). Tries to load it, at most
@@ -335,7 +370,7 @@ class Worker:
                 listener.wait(self.settings.poll_seconds)
                 continue
             conn = session.get()
-            batch = pipeline.read(conn, self.queue, self.registry, self.settings)
+            batch = self.lanes.read(conn, self.registry, self.settings)
             metrics.DATABASE_UP.set(1)
             if batch is not None and waiting:
                 self.queue.set_waiting(conn, False)
@@ -354,12 +389,15 @@ class Worker:
                     self._end(batch)
                     raise
                 return batch
+            if self.once and self._drained() and self.changes.run(conn, self.registry, force=True):
+                continue  # a model change completed or re-queued rows: read again
             if self.once and self._drained():
                 return None
             timeout = self.settings.poll_seconds
-            next_visible = self.queue.next_visible_in(conn)
-            if next_visible is not None:
-                timeout = min(timeout, max(next_visible, 0.005))
+            for lane in self.lanes.readable():
+                next_visible = lane.queue.next_visible_in(conn)
+                if next_visible is not None:
+                    timeout = min(timeout, max(next_visible, 0.005))
             if self.once:
                 timeout = min(timeout, 0.05)
             listener.wait(timeout)
@@ -370,17 +408,18 @@ class Worker:
             return self._in_flight == 0
 
     def _begin(self, batch: pipeline.Batch) -> None:
-        self.leases.add(batch.jobs)
+        self.lanes.begin(batch)
         with self._flight:
             self._in_flight += 1
-        metrics.IN_FLIGHT.set(len(self.leases))
+        metrics.IN_FLIGHT.set(self.lanes.held())
 
     def _end(self, batch: pipeline.Batch) -> None:
-        self.leases.drop(batch.msg_ids)
+        self.lanes.end(batch)
         with self._flight:
             self._in_flight -= 1
             self._flight.notify_all()
-        metrics.IN_FLIGHT.set(len(self.leases))
+        self._wake()  # the fetcher may read backfill work again
+        metrics.IN_FLIGHT.set(self.lanes.held())
 
     def _pass(self, q: stdqueue.Queue[Handoff | None], item: Handoff) -> None:
         """Hands a batch to the next stage, waiting while it is busy."""
@@ -426,18 +465,19 @@ class Worker:
 
     def _write(self, session: db.Session, item: Handoff) -> None:
         batch = item.batch
-        held = self.leases.held(batch.msg_ids)
+        lane = self.lanes.of(batch)
+        held = lane.leases.held(batch.msg_ids)
         # Settled jobs are no longer ours to renew.
-        self.leases.drop(batch.msg_ids)
+        lane.leases.drop(batch.msg_ids)
         for attempt in range(2):  # once more after a reconnect; then the leases expire
             try:
                 conn = session.get()
                 if item.release:
-                    released = self.queue.release(conn, held)
+                    released = lane.queue.release(conn, held)
                     metrics.JOBS.labels("released").inc(released)
                     logger.info("handed back %d jobs", released)
                     return
-                pipeline.write(conn, self.queue, batch, self.settings)
+                pipeline.write(conn, lane.queue, batch, self.settings)
                 pipeline.log_batch(batch)
                 self.rows_done += sum(
                     1 for r in batch.rows.values() if r.state is pipeline.RowState.WRITTEN
@@ -467,14 +507,16 @@ class Worker:
                 try:
                     conn = session.get()
                     if now - last_renew >= renew_every:
-                        held = self.leases.held()
-                        self.leases.renewed(self.queue.extend(conn, held, self.settings.vt_seconds))
+                        for lane in self.lanes:
+                            held = lane.leases.held()
+                            lane.leases.renewed(
+                                lane.queue.extend(conn, held, self.settings.vt_seconds)
+                            )
                         last_renew = now
+                    if self.settings.pull and not self.once:
+                        self.changes.run(conn, self.registry, force=False)
                     if now - last_gauges >= 5 or progress:
-                        jobs, visible, oldest = self.queue.depth(conn)
-                        metrics.QUEUE_JOBS.set(jobs)
-                        metrics.QUEUE_VISIBLE.set(visible)
-                        metrics.QUEUE_OLDEST.set(oldest)
+                        self._queue_gauges(conn)
                         last_gauges = now
                         if progress:
                             progress.show(conn)
@@ -486,3 +528,17 @@ class Worker:
             if progress:
                 progress.close()
             session.close()
+
+    def _queue_gauges(self, conn: db.Connection) -> None:
+        """Queue depth per lane, and the totals (both lanes) that the queue gauges show."""
+        jobs = visible = 0
+        oldest = 0.0
+        for lane in self.lanes:
+            lane_jobs, lane_visible, lane_oldest = lane.queue.depth(conn)
+            metrics.LANE_JOBS.labels(lane.name).set(lane_jobs)
+            metrics.LANE_OLDEST.labels(lane.name).set(lane_oldest)
+            jobs, visible = jobs + lane_jobs, visible + lane_visible
+            oldest = max(oldest, lane_oldest)
+        metrics.QUEUE_JOBS.set(jobs)
+        metrics.QUEUE_VISIBLE.set(visible)
+        metrics.QUEUE_OLDEST.set(oldest)

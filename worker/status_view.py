@@ -25,6 +25,14 @@ COLUMNS = (
     "deferred_reason",
     "deferred_since",
     "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
+    "pending_live",  # priority lanes: the application's writes
+    "pending_backfill",  # watch()'s initial enqueue, model changes, sweep(), failures --retry
+    "vectors_from",  # provenance: 'model revision variant' of the stored vectors
+    "change_model",  # a model change in progress (NULL otherwise) and its progress
+    "change_done_rows",
+    "change_total_rows",
+    "change_rows_per_second",
+    "change_eta_seconds",
 )
 CLEAR_SCREEN = "\x1b[H\x1b[J"  # cursor home, erase below: the next frame replaces this one
 BAR_WIDTH = 20
@@ -106,6 +114,17 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
         table,
     )
     for r in rows:
+        if r["change_model"]:
+            done, total = r["change_done_rows"] or 0, r["change_total_rows"] or 0
+            eta = r["change_eta_seconds"]
+            lines.append("")
+            lines.append(
+                f"{r['target']}: changing the model to {r['change_model']}:"
+                f" {bar(done, total)} {done:,}/{total:,} rows,"
+                f" {r['change_rows_per_second'] or 0:.1f}/s, ETA"
+                f" {output.age(eta) if eta is not None else 'no rate yet'}"
+                f" ({r['model']} serves searches until the swap)"
+            )
         if r["deferred_reason"]:
             since = r["deferred_since"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
             lines.append("")
