@@ -5,6 +5,8 @@ minutes; the figures are about queueing, not inference).
   enqueue, on the backfill lane), against the same latency with the worker idle, in one run
   with one worker. Both ends are stamped by the database's clock. Target: p50 under backfill
   within 2x the idle p50 plus one batch time.
+- Side by side, what one FIFO queue would do: the same 20k rows queued on the live lane, then
+  one live row inserted behind them (its insert-to-vector latency).
 - Wall time of a 20k-row model change: from watch() with another model to the swap.
 """
 
@@ -87,6 +89,7 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 20000, samples: int = 100) ->
             _wait(lambda: _pending_backfill(conn) == 0, 1800, "the backfill to drain")
             drain_s = time.monotonic() - started
             idle = _sample(conn, samples, until_backfill_done=False)
+            fifo = _behind_one_queue(conn)
             conn.execute("DROP TRIGGER stamp ON bench_lanes")  # it depends on the old column
             change = _model_change(conn, rows)
         finally:
@@ -106,6 +109,7 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 20000, samples: int = 100) ->
         "idle": idle_summary,
         "during_backfill": under_summary,
         "backfill_rows_left_after_sampling": backfill_rows,
+        "one_fifo_queue": fifo,
         "model_change": change,
     }
     result["target_p50_ms"] = round(target_ms, 1)
@@ -113,7 +117,9 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 20000, samples: int = 100) ->
     return result
 
 
-def _sample(conn: Conn, samples: int, *, until_backfill_done: bool) -> list[float]:
+def _sample(
+    conn: Conn, samples: int, *, until_backfill_done: bool, timeout: float = 60
+) -> list[float]:
     """Live single-row inserts, each after the previous one landed; stops early when sampling
     under backfill and the backfill is gone."""
     latencies: list[float] = []
@@ -132,7 +138,7 @@ def _sample(conn: Conn, samples: int, *, until_backfill_done: bool) -> list[floa
                 ).fetchone()
                 == (True,)
             ),
-            60,
+            timeout,
             f"row {row[0]}",
         )
         latency = conn.execute(
@@ -144,6 +150,33 @@ def _sample(conn: Conn, samples: int, *, until_backfill_done: bool) -> list[floa
         latencies.append(float(latency[0]))
         time.sleep(0.05)
     return latencies
+
+
+def _behind_one_queue(conn: Conn) -> dict[str, Any]:
+    """Every row queued again on the live lane (as one FIFO queue would hold a backfill), then
+    one live row behind them: its latency, and the wait for the whole queue to drain."""
+    conn.execute(
+        "SELECT embeddings.enqueue_keys(t.id, array_agg(b.id ORDER BY b.id), 0, 'live')"
+        " FROM bench_lanes b, embeddings.targets t GROUP BY t.id"
+    )
+    started = time.monotonic()
+    latency = _sample(conn, 1, until_backfill_done=False, timeout=1800)
+    _wait(lambda: _pending(conn) == 0, 1800, "the FIFO queue to drain")
+    return {
+        "queued_rows": _count(conn) - 1,
+        "live_row_ms": round(latency[0], 1),
+        "drain_s": round(time.monotonic() - started, 1),
+    }
+
+
+def _pending(conn: Conn) -> int:
+    row = conn.execute("SELECT pending_jobs FROM embeddings.status").fetchone()
+    return int(row[0]) if row and row[0] is not None else 0
+
+
+def _count(conn: Conn) -> int:
+    row = conn.execute("SELECT count(*) FROM bench_lanes").fetchone()
+    return int(row[0]) if row else 0
 
 
 def _model_change(conn: Conn, rows: int) -> dict[str, Any]:
