@@ -21,7 +21,7 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from worker import db, pipeline
+from worker import db, metrics, pipeline
 from worker import queue as jobqueue
 from worker.config import Settings
 from worker.targets import Registry
@@ -97,3 +97,17 @@ class Lanes:
 
     def held(self) -> int:
         return len(self.live.leases) + len(self.backfill.leases)
+
+    def gauges(self, conn: db.Connection) -> None:
+        """Queue depth per lane, and the totals (both lanes) that the queue gauges show."""
+        jobs = visible = 0
+        oldest = 0.0
+        for lane in self:
+            lane_jobs, lane_visible, lane_oldest = lane.queue.depth(conn)
+            metrics.LANE_JOBS.labels(lane.name).set(lane_jobs)
+            metrics.LANE_OLDEST.labels(lane.name).set(lane_oldest)
+            jobs, visible = jobs + lane_jobs, visible + lane_visible
+            oldest = max(oldest, lane_oldest)
+        metrics.QUEUE_JOBS.set(jobs)
+        metrics.QUEUE_VISIBLE.set(visible)
+        metrics.QUEUE_OLDEST.set(oldest)

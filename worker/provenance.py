@@ -10,11 +10,20 @@ a column claimed by another producer is not written (its target is deferred with
 from __future__ import annotations
 
 import hashlib
+import logging
 import threading
+from collections.abc import Iterable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from worker import db, queries
+from worker import db, exceptions, queries
+
+if TYPE_CHECKING:
+    from worker.batch import Row
+    from worker.embedders import Embedders
+    from worker.targets import Target
+
+logger = logging.getLogger(__name__)
 
 _digests: dict[tuple[str, int, float], str] = {}
 _lock = threading.Lock()
@@ -59,6 +68,31 @@ def claim(conn: db.Connection, target_id: int, *, shadow: bool, producer_text: s
     return str(row[0]) if row and row[0] is not None else producer_text
 
 
+def claim_target(
+    conn: db.Connection,
+    target: Target,
+    rows: list[Row],
+    producers: dict[int, tuple[str | None, str | None]],
+) -> str | None:
+    """Claims the target's column (and shadow column) for the models that embedded this batch;
+    returns why not when another producer's vectors are recorded there (None: write). During a
+    change, a column of another producer only loses its writes: the rows get their new vectors
+    (the swap replaces that column; this is how embeddings.rewatch() moves to another variant)."""
+    primary, shadow = producers.get(target.id, (None, None))
+    if shadow is not None:
+        stored = claim(conn, target.id, shadow=True, producer_text=shadow)
+        if stored != shadow:
+            return mismatch(target.name, stored, shadow, shadow=True)
+    if primary is not None:
+        stored = claim(conn, target.id, shadow=False, producer_text=primary)
+        if stored != primary:
+            if shadow is None:
+                return mismatch(target.name, stored, primary, shadow=False)
+            for row in rows:
+                row.shadow_only = True
+    return None
+
+
 def recorded(conn: db.Connection) -> dict[tuple[int, bool], str]:
     """Every recorded producer, by (target id, shadow)."""
     with db.translated():
@@ -74,3 +108,30 @@ def mismatch(target_name: str, recorded_text: str, ours: str, *, shadow: bool) -
         "not mixing them. Run the worker with the recorded variant/model files, or re-embed "
         "with this one: SELECT embeddings.rewatch(<table>, <column>)"
     )
+
+
+def check_at_startup(dsn: str, targets: Iterable[Target], embedders: Embedders) -> None:
+    """Says at start-up which targets hold vectors of another revision or variant of their
+    model than this worker runs: it does not write there (their jobs are deferred with the
+    reason) unless the target is re-embedded (embeddings.rewatch())."""
+    try:
+        conn = db.connect(dsn, connect_timeout=5)
+    except exceptions.EmbedWorkerError:
+        return
+    try:
+        stored_by = recorded(conn)
+    except exceptions.DatabaseError:
+        return
+    finally:
+        conn.close()
+    for target in targets:
+        for shadow, model in ((False, target.model), (True, target.shadow_model)):
+            stored = stored_by.get((target.id, shadow))
+            if model is None or stored is None or (not shadow and target.in_change):
+                continue  # (a change in progress replaces the column)
+            try:
+                ours = producer(embedders.get(model))
+            except exceptions.ModelError:
+                continue
+            if stored != ours:
+                logger.error("%s", mismatch(target.name, stored, ours, shadow=shadow))

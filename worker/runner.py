@@ -270,7 +270,7 @@ class Worker:
                 problems[target.id] = problem
         for problem in problems.values():
             logger.error("target not servable: %s", problem)
-        self._check_provenance(ours)
+        provenance.check_at_startup(self.dsn, ours, self.embedders)
         self.started.set()
         problem = self.default_model_problem()
         # Ready for systemd means started: a missing model is reported, not waited for (the
@@ -280,34 +280,6 @@ class Worker:
             status=f"serving queue {self.settings.queue} with {self.settings.model}"
             + (f"; not ready: {problem}" if problem else ""),
         )
-
-    def _check_provenance(self, ours: list[Target]) -> None:
-        """Says at start-up which targets hold vectors of another revision or variant of their
-        model than this worker runs: it does not write there (their jobs are deferred with the
-        reason) unless the target is re-embedded (embeddings.rewatch())."""
-        try:
-            conn = db.connect(self.dsn, connect_timeout=5)
-        except exceptions.EmbedWorkerError:
-            return
-        try:
-            recorded = provenance.recorded(conn)
-        except exceptions.DatabaseError:
-            return
-        finally:
-            conn.close()
-        for target in ours:
-            for shadow, model in ((False, target.model), (True, target.shadow_model)):
-                stored = recorded.get((target.id, shadow))
-                if model is None or stored is None or (not shadow and target.in_change):
-                    continue  # (a change in progress replaces the column)
-                try:
-                    ours_text = provenance.producer(self.embedders.get(model))
-                except exceptions.ModelError:
-                    continue
-                if stored != ours_text:
-                    logger.error(
-                        "%s", provenance.mismatch(target.name, stored, ours_text, shadow=shadow)
-                    )
 
     def default_model_problem(self) -> str | None:
         """Why the default model is not loaded (None when it is). Tries to load it, at most
@@ -516,7 +488,7 @@ class Worker:
                     if self.settings.pull and not self.once:
                         self.changes.run(conn, self.registry, force=False)
                     if now - last_gauges >= 5 or progress:
-                        self._queue_gauges(conn)
+                        self.lanes.gauges(conn)
                         last_gauges = now
                         if progress:
                             progress.show(conn)
@@ -528,17 +500,3 @@ class Worker:
             if progress:
                 progress.close()
             session.close()
-
-    def _queue_gauges(self, conn: db.Connection) -> None:
-        """Queue depth per lane, and the totals (both lanes) that the queue gauges show."""
-        jobs = visible = 0
-        oldest = 0.0
-        for lane in self.lanes:
-            lane_jobs, lane_visible, lane_oldest = lane.queue.depth(conn)
-            metrics.LANE_JOBS.labels(lane.name).set(lane_jobs)
-            metrics.LANE_OLDEST.labels(lane.name).set(lane_oldest)
-            jobs, visible = jobs + lane_jobs, visible + lane_visible
-            oldest = max(oldest, lane_oldest)
-        metrics.QUEUE_JOBS.set(jobs)
-        metrics.QUEUE_VISIBLE.set(visible)
-        metrics.QUEUE_OLDEST.set(oldest)

@@ -68,7 +68,9 @@ def write(
         for target, rows in groups.items():
             if target.id in outcome.outdated:
                 outcome.record({(target.id, r.key): RowState.OUTDATED for r in rows})
-            elif (refused := _claim_producers(conn, target, rows, batch)) is not None:
+            elif (
+                refused := provenance.claim_target(conn, target, rows, batch.producers)
+            ) is not None:
                 outcome.deferred[target.id] = refused  # another model's vectors are there
             else:
                 _write_target(conn, target, rows, outcome)
@@ -152,28 +154,6 @@ def _outdated_targets(conn: db.Connection, groups: dict[Target, list[Row]]) -> s
         if row is None or row[0] != target.version:
             outdated.add(target.id)
     return outdated
-
-
-def _claim_producers(
-    conn: db.Connection, target: Target, rows: list[Row], batch: Batch
-) -> str | None:
-    """Claims the target's column (and shadow column) for the models that embedded this batch;
-    returns why not when another producer's vectors are recorded there (None: write). During a
-    change, a column of another producer only loses its writes: the rows get their new vectors
-    (the swap replaces that column; this is how embeddings.rewatch() moves to another variant)."""
-    primary, shadow = batch.producers.get(target.id, (None, None))
-    if shadow is not None:
-        recorded = provenance.claim(conn, target.id, shadow=True, producer_text=shadow)
-        if recorded != shadow:
-            return provenance.mismatch(target.name, recorded, shadow, shadow=True)
-    if primary is not None:
-        recorded = provenance.claim(conn, target.id, shadow=False, producer_text=primary)
-        if recorded != primary:
-            if shadow is None:
-                return provenance.mismatch(target.name, recorded, primary, shadow=False)
-            for row in rows:
-                row.shadow_only = True
-    return None
 
 
 def _write_target(
