@@ -34,7 +34,7 @@ def embed(
     reason in batch.deferred). The new model's tokens are counted apart (its own metric label,
     the batch's stats); the returned count is the target model's."""
     try:
-        shadow_model = embedders.get(target.shadow_model) if target.shadow_model else None
+        shadow_model = _shadow_model(embedders, target, rows)
         model = _primary_model(embedders, target, rows)
     except exceptions.ModelError as exc:
         batch.deferred[target.id] = str(exc)
@@ -57,6 +57,20 @@ def embed(
         provenance.producer(shadow_model) if shadow_model is not None else None,
     )
     return tokens
+
+
+def _shadow_model(embedders: Embedders, target: Target, rows: list[Row]) -> Any:
+    """The new model of a change in progress (None without one). When it cannot be loaded, the
+    application's rows are still served with the target's model (their new vectors are left
+    empty: the change queues them again before it completes); the change's own jobs wait."""
+    if target.shadow_model is None:
+        return None
+    try:
+        return embedders.get(target.shadow_model)
+    except exceptions.ModelError:
+        if any(row.shadow_only for row in rows):
+            raise
+        return None
 
 
 def _primary_model(embedders: Embedders, target: Target, rows: list[Row]) -> Any:

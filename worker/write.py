@@ -215,7 +215,7 @@ def _store(
                 RowState.WRITTEN if row.key in written else RowState.STALE
             )
         if target.in_change:
-            _write(conn, target, [r for r in full if r.key in written], shadow=True)
+            _write_shadow(conn, target, [r for r in full if r.key in written])
     shadow_only = [r for r in embedded if r.shadow_only]
     if shadow_only:
         written = _write(conn, target, shadow_only, shadow=True)
@@ -255,7 +255,17 @@ def _write(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool
     }
 
 
+def _write_shadow(conn: db.Connection, target: Target, rows: list[Row]) -> None:
+    """The new-model vectors of rows just written with the target's model. Rows without one
+    (the new model could not be loaded) have their shadow vector cleared: one of their older
+    content must not be swapped in; the change queues them again before it completes."""
+    _write(conn, target, [r for r in rows if r.shadow_vector is not None], shadow=True)
+    _clear(conn, target, [r for r in rows if r.shadow_vector is None], shadow=True)
+
+
 def _clear(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool) -> set[str]:
+    if not rows:
+        return set()
     return {
         key
         for (key,) in conn.execute(

@@ -438,3 +438,26 @@ def test_rewatch_re_embeds_the_vectors_of_another_variant_blue_green(
     produced = conn.execute("SELECT vectors_from, pending_jobs FROM embeddings.status").fetchone()
     assert produced is not None and produced[0].endswith("fp32") and produced[1] == 0
     assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (11,)
+
+
+def test_a_missing_new_model_does_not_stop_the_application_s_rows(
+    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+) -> None:
+    old = models[0]
+    make_table(conn, 10, model=old)
+    run_once(model=old)
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 32, 512, 'mean')"
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    conn.execute("INSERT INTO docs VALUES (11, 'written during the change')")
+    conn.execute("UPDATE docs SET body = 'edited during the change' WHERE id = 1")
+    run_once(model=old)
+    # The application's rows have the old model's vectors (searchable); the change waits.
+    rows = dict(conn.execute("SELECT id, embedding IS NOT NULL FROM docs").fetchall())
+    assert rows[11] and rows[1]
+    assert in_change(conn) and target_model(conn) == old
+    assert conn.execute("SELECT count(embedding_next) FROM docs").fetchone() == (0,)
+    row = conn.execute("SELECT pending_backfill, deferred_reason FROM embeddings.status").fetchone()
+    assert row is not None and row[0] == 10 and "absent-model" in row[1]
