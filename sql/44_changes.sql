@@ -272,10 +272,11 @@ BEGIN
         RETURN format('%s rows lacked the new vector: queued', missing);
     END IF;
 
-    -- The swap. Registration first (waits for worker writes in progress; later ones wait for
-    -- us and then see the new version), then the table (waits for application writes).
-    PERFORM FROM embeddings.targets tg WHERE tg.id = t.id FOR UPDATE;
+    -- The swap. The table first (waits for application and worker writes in progress), then
+    -- the registration, as ALTER TABLE and worker writes take them: writes that start later
+    -- wait for us and then see the new version.
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', t.source);
+    PERFORM FROM embeddings.targets tg WHERE tg.id = t.id FOR UPDATE;
     -- No row that has a vector may lose it (the partial index holds the rows to look at).
     EXECUTE format('SELECT EXISTS (SELECT FROM %s n WHERE n.%I IS NULL AND n.%I IS NOT NULL)',
                    t.source, c.shadow_column, t.embedding_column) INTO lost;
