@@ -2,7 +2,8 @@
 instead, in one run on one machine. Results go to bench/results/*.json; `python -m bench.report`
 turns them into the table of docs/performance.md and the plots.
 
-    python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,embedder]
+    python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,lanes,
+                            embedder]
                     [--rows N] [--quick]
 
 At scale, each run only when named in --only (each takes 5 to 15 minutes here):
@@ -36,6 +37,7 @@ from bench import (
     endtoend,
     hnsw,
     index,
+    lanes,
     latency,
     manyworkers,
     million,
@@ -64,6 +66,7 @@ SECTIONS = (
     "backlog",
     "index",
     "chunks",
+    "lanes",
     "embedder",
 )
 SCALE_SECTIONS = ("million", "workers", "hnsw", "status", "bigwatch")  # never by default
@@ -264,6 +267,16 @@ def main() -> int:
                 *found["all-MiniLM-L6-v2"],
                 max_tokens=256,
                 rounds=1 if args.quick else 3,
+            ),
+        )
+
+        section(
+            "lanes",  # live rows during a backfill vs idle; a model change's wall time
+            lambda: lanes.run(
+                fresh_db(cluster, template),
+                SHARED_MODELS / "gte-small",
+                rows=5000 if args.quick else 20000,
+                samples=50 if args.quick else 100,
             ),
         )
 

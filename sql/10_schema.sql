@@ -34,7 +34,8 @@ INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling, is_default
 -- creates `embedding_jobs` itself).
 CREATE TABLE embeddings.queues (
     name         text PRIMARY KEY,
-    created_here boolean NOT NULL
+    created_here boolean NOT NULL,
+    live_queue   text  -- set on a backfill lane: the live queue it serves (embeddings.backfill_queue())
 );
 
 -- Watched tables: one row per (table, embedding column).

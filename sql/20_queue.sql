@@ -56,56 +56,101 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM embeddings.idle_workers w WHERE w.queue = queue_name AND w.pid = pg_backend_pid();
 $$;
 
--- Creates the pgmq queue unless it exists, and the notification trigger on it.
+-- Creates the pgmq queue unless it exists, and the notification trigger on it; for a live
+-- queue, its backfill lane too (embeddings.backfill_queue()), granted to the worker roles.
 CREATE FUNCTION embeddings.ensure_queue(queue_name text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    lane text;
+BEGIN
+    PERFORM embeddings.create_queue(queue_name, NULL);
+    -- lanes: BEGIN (every live queue has a backfill queue beside it)
+    IF (SELECT q.live_queue FROM embeddings.queues q WHERE q.name = queue_name) IS NULL THEN
+        lane := embeddings.backfill_queue(queue_name);
+        IF embeddings.create_queue(lane, queue_name) AND to_regclass('embeddings.worker_roles') IS NOT NULL THEN
+            PERFORM embeddings.grant_worker_queue(r.role_name, lane) FROM embeddings.worker_roles r;
+        END IF;
+    END IF;
+    -- lanes: END
+END
+$$;
+
+-- Registers pgmq queue `queue_name` (created unless it exists) with its notification trigger;
+-- `live_queue` names the live queue a backfill lane serves: its trigger wakes the workers
+-- waiting on that one. Returns false when it was registered already.
+CREATE FUNCTION embeddings.create_queue(queue_name text, live_queue text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     created boolean := false;
 BEGIN
     IF EXISTS (SELECT FROM embeddings.queues WHERE name = queue_name) THEN
-        RETURN;
+        RETURN false;
     END IF;
-    IF NOT EXISTS (SELECT FROM pgmq.meta m WHERE m.queue_name = ensure_queue.queue_name) THEN
+    IF NOT EXISTS (SELECT FROM pgmq.meta m WHERE m.queue_name = create_queue.queue_name) THEN
         PERFORM pgmq.create(queue_name);
         created := true;
     END IF;
     EXECUTE format(
         'CREATE TRIGGER embeddings_notify_workers AFTER INSERT ON pgmq.%I '
         'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.notify_workers(%L)',
-        pgmq.format_table_name(queue_name, 'q'), queue_name);
-    INSERT INTO embeddings.queues (name, created_here) VALUES (queue_name, created);
+        pgmq.format_table_name(queue_name, 'q'), coalesce(live_queue, queue_name));
+    INSERT INTO embeddings.queues (name, created_here, live_queue) VALUES (queue_name, created, live_queue);
+    RETURN true;
 END
 $$;
 
+-- lanes: BEGIN
+-- The backfill lane of live queue `queue_name`: `<queue>_backfill` (shortened with a hash where
+-- that would pass pgmq's 47 characters). The application's writes (the triggers) go to the live
+-- queue; watch()'s initial enqueue, model changes, sweep() and `failures --retry` go here.
+-- Workers read the live queue first, so a row the application writes never waits behind a
+-- backfill (worker/lanes.py).
+CREATE FUNCTION embeddings.backfill_queue(queue_name text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN length(queue_name) <= 38 THEN queue_name || '_backfill'
+                ELSE left(queue_name, 28) || '_' || left(md5(queue_name), 8) || '_backfill' END
+$$;
+-- lanes: END
+
 -- Sends `keys` (row keys of one target: scalars, or JSON arrays for composite keys) as job
--- messages of up to keys_per_message() keys each. For watch()'s backfill and sweep(); the
--- triggers insert into the queue themselves. SECURITY DEFINER so that its callers need no
--- rights on pgmq, and so executable by no one but its owner unless granted: any role that
--- could call it could flood any target's queue.
-CREATE FUNCTION embeddings.enqueue_keys(target_id integer, keys anyarray, delay integer DEFAULT 0)
+-- messages of up to keys_per_message() keys each, to the target's lane `lane`: 'live', or
+-- 'backfill' (watch()'s initial enqueue, sweep()), or 'change' (a model change's jobs: backfill
+-- lane, marked "shadow": only the new model's vector is missing). The triggers insert into the
+-- live queue themselves. SECURITY DEFINER so that its callers need no rights on pgmq, and so
+-- executable by no one but its owner unless granted: any role that could call it could flood
+-- any target's queue.
+CREATE FUNCTION embeddings.enqueue_keys(target_id integer, keys anyarray, delay integer DEFAULT 0,
+                                        lane text DEFAULT 'live')
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     queue_name text;
     total integer := coalesce(cardinality(keys), 0);
     per_message integer := embeddings.keys_per_message();
+    extra jsonb := CASE WHEN lane = 'change' THEN '{"shadow": true}'::jsonb ELSE '{}'::jsonb END;
 BEGIN
     IF total = 0 THEN
         RETURN 0;
+    END IF;
+    IF lane IS NULL OR lane NOT IN ('live', 'backfill', 'change') THEN
+        RAISE EXCEPTION 'embeddings: unknown lane "%"', lane USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT t.queue INTO queue_name FROM embeddings.targets t WHERE t.id = target_id;
     IF queue_name IS NULL THEN
         RAISE EXCEPTION 'embeddings: no target with id %', target_id;
     END IF;
+    IF lane <> 'live' THEN
+        queue_name := embeddings.backfill_queue(queue_name);
+    END IF;
     -- Slicing an array is several times cheaper than grouping rows into chunks.
     PERFORM pgmq.send_batch(
         queue_name,
-        ARRAY(SELECT jsonb_build_object('target', target_id, 'keys', to_jsonb(keys[i : i + per_message - 1]))
+        ARRAY(SELECT jsonb_build_object('target', target_id, 'keys', to_jsonb(keys[i : i + per_message - 1])) || extra
               FROM generate_series(1, total, per_message) AS i),
         delay);
     RETURN (total + per_message - 1) / per_message;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.enqueue_keys(integer, anyarray, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION embeddings.enqueue_keys(integer, anyarray, integer, text) FROM PUBLIC;
 
 SELECT embeddings.ensure_queue('embedding_jobs');

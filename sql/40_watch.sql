@@ -19,15 +19,17 @@ $$;
 -- and no embedding (no chunk, for a chunked target), or with `every_row` all that have
 -- content. A content function that raises for some row must not make this fail: then the rows
 -- go unfiltered, and the worker dead-letters the culprits with their error. Returns the number
--- of messages sent.
-CREATE FUNCTION embeddings.enqueue_rows(t embeddings.targets, rel regclass, every_row boolean DEFAULT false)
+-- of messages sent, to target t's lane `lane` (embeddings.enqueue_keys(): existing rows are
+-- backfill work, behind the application's writes).
+CREATE FUNCTION embeddings.enqueue_rows(t embeddings.targets, rel regclass, every_row boolean DEFAULT false,
+                                        lane text DEFAULT 'backfill')
 RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
     row_type regclass := CASE WHEN rel <> t.source THEN t.source END;
     from_where text := format('FROM %s n WHERE %s', rel,
         CASE WHEN every_row THEN 'true' ELSE embeddings.embedding_missing_sql(t, 'n') END);  -- 55_chunks.sql
-    statement text := 'SELECT embeddings.enqueue_keys($1, array_agg(' || embeddings.key_sql(t, 'n') || ')) ';
+    statement text := 'SELECT embeddings.enqueue_keys($1, array_agg(' || embeddings.key_sql(t, 'n') || '), 0, $2) ';
     sent integer;
 BEGIN
     BEGIN
@@ -37,13 +39,13 @@ BEGIN
         EXECUTE statement || from_where || format(' AND (%s <> ''''%s)', embeddings.content_sql(t, 'n', row_type),
                 CASE WHEN every_row AND t.chunk_table IS NULL
                      THEN format(' OR n.%I IS NOT NULL', t.embedding_column) ELSE '' END)
-            INTO sent USING t.id;
+            INTO sent USING t.id, lane;
     EXCEPTION WHEN OTHERS THEN
         IF t.content_function IS NULL THEN
             RAISE;
         END IF;
         RAISE WARNING 'embeddings: content function of % failed (%); enqueued the rows unfiltered', rel, SQLERRM;
-        EXECUTE statement || from_where INTO sent USING t.id;
+        EXECUTE statement || from_where INTO sent USING t.id, lane;
     END;
     RETURN sent;
 END
@@ -67,6 +69,12 @@ $$;
 --   chunk_tokens      not NULL: split each row's content into chunks of at most this many
 --                     tokens, one vector each, in a chunk table (see sql/55_chunks.sql);
 --                     chunk_overlap (default chunk_tokens / 10) and chunk_table go with it
+--   backfill          false: existing rows are not enqueued at all (bring your own vectors;
+--                     rows that hold a vector are never re-embedded by watch() anyway)
+--   keep_old          a model change keeps the old column as embeddings.kept_column()
+--
+-- With another model on a watched table it starts a model change without downtime
+-- (sql/44_changes.sql): the column keeps serving the old model until the swap.
 --
 -- Calling it again with the same arguments changes nothing; with other arguments it updates the
 -- registration (a new content source or model re-enqueues every row with content).
@@ -83,7 +91,9 @@ CREATE FUNCTION embeddings.watch(
     replica boolean DEFAULT false,
     chunk_tokens integer DEFAULT NULL,
     chunk_overlap integer DEFAULT NULL,
-    chunk_table text DEFAULT NULL
+    chunk_table text DEFAULT NULL,
+    backfill boolean DEFAULT true,
+    keep_old boolean DEFAULT false
 ) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -110,7 +120,8 @@ DECLARE
 BEGIN
     model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
     IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
-       OR triggers IS NULL OR clear_on_update IS NULL OR queue IS NULL OR replica IS NULL THEN
+       OR triggers IS NULL OR clear_on_update IS NULL OR queue IS NULL OR replica IS NULL
+       OR backfill IS NULL OR keep_old IS NULL THEN
         RAISE EXCEPTION 'embeddings.watch(): arguments must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
 
@@ -214,6 +225,28 @@ BEGIN
         PERFORM embeddings.check_content_function(source, content_fn);  -- trusted, not VOLATILE
     END IF;
 
+    -- model change: BEGIN (another model on a watched plain target is a blue/green change,
+    -- sql/44_changes.sql; the column keeps serving the old model until the swap)
+    SELECT * INTO previous FROM embeddings.targets tg
+    WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column;
+    IF previous.id IS NOT NULL AND previous.chunk_table IS NULL AND previous.problem IS NULL
+       AND chunk_tokens IS NULL AND chunk_overlap IS NULL AND chunk_table IS NULL
+       AND embeddings.attnum_of(source, embedding_column) IS NOT NULL
+       AND (previous.model <> watch.model
+            OR EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id)) THEN
+        IF previous.content_column IS DISTINCT FROM content_col
+           OR previous.content_function IS DISTINCT FROM content_fn
+           OR previous.key_columns <> key_names OR previous.replica <> watch.replica
+           OR previous.has_triggers <> triggers OR previous.clear_on_update <> watch.clear_on_update
+           OR previous.queue <> watch.queue THEN
+            RAISE EXCEPTION 'a model change cannot change other settings of %.% at the same time', source, embedding_column
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'Call watch() with the current model and the new settings first, then with the new model.';
+        END IF;
+        RETURN embeddings.start_change(previous, watch.model, keep_old);
+    END IF;
+    -- model change: END
+
     -- The embedding column: absent (we add it), or vector(dims) / halfvec(dims).
     SELECT a.atttypid::regtype, a.atttypmod INTO emb_type, emb_typmod
     FROM pg_attribute a
@@ -247,6 +280,10 @@ BEGIN
     IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
        OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
                   AND tg.embedding_column = watch.embedding_column AND tg.chunk_table IS NOT NULL) THEN
+        IF NOT backfill THEN
+            RAISE EXCEPTION 'backfill => false is for plain targets; a chunked target embeds its existing rows'
+                USING ERRCODE = 'feature_not_supported';
+        END IF;
         RETURN embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
                                         queue, key_names, key_regtypes, key_nums, content_num, replica,
                                         chunk_tokens, chunk_overlap, chunk_table);
@@ -266,6 +303,12 @@ BEGIN
        AND previous.queue = watch.queue AND previous.replica = watch.replica
        AND previous.problem IS NULL THEN
         RETURN previous.id;
+    END IF;
+
+    -- model change: a re-registration in place (a target with a problem, e.g. its content
+    -- column dropped and added again) abandons a change in progress.
+    IF NOT fresh AND EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id) THEN
+        PERFORM embeddings.cancel_change(source, embedding_column);
     END IF;
 
     -- The DDL below is ours: the schema-change event trigger need not follow it.
@@ -317,6 +360,11 @@ BEGIN
                 'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
                 'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
                 pgmq.format_table_name(previous.queue, 'q'), queue) USING previous.id;
+            EXECUTE format(  -- lanes: and the backfill lane's to the new backfill lane
+                'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
+                'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
+                pgmq.format_table_name(embeddings.backfill_queue(previous.queue), 'q'),
+                embeddings.backfill_queue(queue)) USING previous.id;
         END IF;
         UPDATE embeddings.targets tg
         SET content_column = content_col, content_function = content_fn, model = watch.model,
@@ -336,9 +384,12 @@ BEGIN
     PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
 
     -- Existing rows: those with content and no embedding, or every row with content when the
-    -- content source or the model changed. Queued by a backfill in key ranges after this
-    -- transaction (sql/62_backfill.sql): one bounded step here, not the whole table under the lock.
-    PERFORM embeddings.start_backfill(t, reembed);
+    -- content source or the model changed; none with backfill => false. Queued on the backfill
+    -- lane by a backfill in key ranges after this transaction (sql/62_backfill.sql): one bounded
+    -- step here, not the whole table under the lock.
+    IF backfill THEN
+        PERFORM embeddings.start_backfill(t, reembed);
+    END IF;
     IF defer_index THEN
         INSERT INTO embeddings.deferred_indexes (target_id) VALUES (t.id) ON CONFLICT DO NOTHING;
         RAISE NOTICE 'embeddings: the HNSW index of %.% is built once its existing rows are embedded; search scans exactly meanwhile',
@@ -380,8 +431,15 @@ BEGIN
         PERFORM embeddings.drop_triggers(t);
         PERFORM embeddings.drop_worker_policies(t);
     END IF;
+    -- model change: a change in progress goes (its shadow column is ours)
+    IF EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = t.id)
+       AND EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN
+        PERFORM embeddings.cancel_change(t.source, t.embedding_column);
+    END IF;
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',
                    pgmq.format_table_name(t.queue, 'q')) USING t.id;
+    EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',  -- lanes
+                   pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q')) USING t.id;
     DELETE FROM embeddings.targets tg WHERE tg.id = t.id;
     PERFORM pg_notify('embeddings_targets', t.id::text);
 END

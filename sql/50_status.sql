@@ -203,12 +203,22 @@ CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TAB
     chunks                 bigint,
     estimated              boolean,
     backfill_rows          bigint,
-    index_deferred         boolean
+    index_deferred         boolean,
+    pending_live           bigint,
+    pending_backfill       bigint,
+    vectors_from           text,
+    change_model           text,
+    change_done_rows       bigint,
+    change_total_rows      bigint,
+    change_rows_per_second double precision,
+    change_eta_seconds     double precision
 )
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     t embeddings.targets;
     pending jsonb := '{}';  -- per queue: embeddings.queue_pending(), read once per call
+    lanes text[];
+    lane text;
 BEGIN
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
@@ -222,18 +232,27 @@ BEGIN
         ELSE
             SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.exact_counts(t);
         END IF;
-        IF NOT pending ? t.queue THEN
-            pending := pending || jsonb_build_object(t.queue,
-                (SELECT coalesce(jsonb_agg(qp), '[]') FROM embeddings.queue_pending(t.queue) qp));
-        END IF;
-        SELECT coalesce(sum(g.keys), 0)::bigint, extract(epoch FROM clock_timestamp() - min(g.oldest))::double precision
-        INTO pending_jobs, oldest_pending_seconds
-        FROM jsonb_to_recordset(pending -> t.queue)
-             AS g(target_id jsonb, schema_name text, table_name text, embedding_column text, keys bigint, oldest timestamptz)
+        -- Both lanes (20_queue.sql): the application's writes, and backfill work behind them.
+        lanes := ARRAY[t.queue, embeddings.backfill_queue(t.queue)];
+        FOREACH lane IN ARRAY lanes LOOP
+            IF NOT pending ? lane THEN
+                pending := pending || jsonb_build_object(lane,
+                    (SELECT coalesce(jsonb_agg(qp), '[]') FROM embeddings.queue_pending(lane) qp));
+            END IF;
+        END LOOP;
+        SELECT coalesce(sum(g.keys) FILTER (WHERE g.lane = lanes[1]), 0)::bigint,
+               coalesce(sum(g.keys) FILTER (WHERE g.lane = lanes[2]), 0)::bigint,
+               extract(epoch FROM clock_timestamp() - min(g.oldest))::double precision
+        INTO pending_live, pending_backfill, oldest_pending_seconds
+        FROM unnest(lanes) AS l(lane)
+        CROSS JOIN LATERAL jsonb_to_recordset(pending -> l.lane)
+             AS r(target_id jsonb, schema_name text, table_name text, embedding_column text, keys bigint, oldest timestamptz)
+        CROSS JOIN LATERAL (SELECT l.lane, r.target_id, r.schema_name, r.table_name, r.embedding_column, r.keys, r.oldest) g
         JOIN pg_class c ON c.oid = t.source JOIN pg_namespace n ON n.oid = c.relnamespace
         WHERE g.target_id = to_jsonb(t.id)
            OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column);
-        -- Rows a running backfill has still to queue are pending too (62_backfill.sql).
+        -- Rows a running backfill has still to queue are pending too, in the backfill lane
+        -- (62_backfill.sql).
         IF estimated THEN
             -- The rows it has not yet passed, times the share of the table that needs a job.
             SELECT round(greatest(total_rows - b.scanned_rows, 0)
@@ -244,8 +263,13 @@ BEGIN
         ELSE
             backfill_rows := embeddings.backfill_rows_left(t);
         END IF;
-        pending_jobs := pending_jobs + coalesce(backfill_rows, 0);
+        pending_backfill := pending_backfill + coalesce(backfill_rows, 0);
+        pending_jobs := pending_live + pending_backfill;
         index_deferred := EXISTS (SELECT FROM embeddings.deferred_indexes d WHERE d.target_id = t.id);
+        -- model change: provenance, and the progress of a change in progress
+        SELECT * INTO vectors_from, change_model, change_done_rows, change_total_rows,
+                      change_rows_per_second, change_eta_seconds
+        FROM embeddings.change_status(t);
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
         -- The last five whole minutes plus the current one, as a rate per second.
         SELECT coalesce(sum(tp.rows), 0) / greatest(extract(epoch FROM clock_timestamp() - min(tp.minute)), 60)
@@ -266,7 +290,9 @@ $$;
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
            target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
-           chunks, estimated, backfill_rows, index_deferred
+           chunks, estimated, backfill_rows, index_deferred, pending_live, pending_backfill,
+           vectors_from, change_model, change_done_rows, change_total_rows, change_rows_per_second,
+           change_eta_seconds
     FROM embeddings.target_status();
 COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets; rows a running backfill has still to queue; whether the HNSW index waits for the backfill. Row counts of large tables are estimates (estimated = true); embeddings.status_exact counts them';
 
@@ -274,7 +300,9 @@ COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending
 CREATE VIEW embeddings.status_exact AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
            target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
-           chunks, estimated, backfill_rows, index_deferred
+           chunks, estimated, backfill_rows, index_deferred, pending_live, pending_backfill,
+           vectors_from, change_model, change_done_rows, change_total_rows, change_rows_per_second,
+           change_eta_seconds
     FROM embeddings.target_status(exact => true);
 COMMENT ON VIEW embeddings.status_exact IS 'embeddings.status with exact counts: scans every watched table';
 
@@ -290,7 +318,8 @@ BEGIN
         DELETE FROM embeddings.failures WHERE ids IS NULL OR id = ANY(ids) RETURNING *
     LOOP
         PERFORM embeddings.ensure_queue(f.queue);
-        PERFORM pgmq.send(f.queue, f.message);
+        -- lanes: a retry is backfill work (the live lane stays the application's writes')
+        PERFORM pgmq.send(embeddings.backfill_queue(f.queue), f.message);
         retried := retried + 1;
     END LOOP;
     RETURN retried;

@@ -28,8 +28,8 @@ LANGUAGE sql STABLE AS $$
     FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
 $$;
 
--- Row keys (JSON form) of target t that need no sweeping: queued in either message shape, or
--- dead-lettered (those wait for `failures --retry`).
+-- Row keys (JSON form) of target t that need no sweeping: queued in either message shape (in
+-- either lane), or dead-lettered (those wait for `failures --retry`).
 CREATE FUNCTION embeddings.pending_keys(t embeddings.targets) RETURNS TABLE (k jsonb)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -42,13 +42,17 @@ BEGIN
         SELECT key_json FROM pgmq.%1$I m, LATERAL jsonb_array_elements(m.message -> 'keys') AS key_json
         WHERE m.message @> jsonb_build_object('target', $1)
         UNION ALL
+        SELECT key_json FROM pgmq.%5$I m, LATERAL jsonb_array_elements(m.message -> 'keys') AS key_json
+        WHERE m.message @> jsonb_build_object('target', $1)
+        UNION ALL
         SELECT m.message -> 'id' FROM pgmq.%1$I m
         WHERE m.message @> jsonb_build_object('schema', %2$L, 'table', %3$L)
           AND coalesce(m.message ->> 'embeddingColumn', 'embedding') = %4$L
           AND m.message -> 'id' IS NOT NULL
         UNION ALL
         SELECT f.row_key FROM embeddings.failures f WHERE f.target_id = $1 AND f.row_key IS NOT NULL
-        $q$, pgmq.format_table_name(t.queue, 'q'), rel_schema, rel_name, t.embedding_column)
+        $q$, pgmq.format_table_name(t.queue, 'q'), rel_schema, rel_name, t.embedding_column,
+        pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q'))
     USING t.id;
 END
 $$;
@@ -94,7 +98,7 @@ BEGIN
     END LOOP;
     enqueued := cardinality(missing_keys);
     IF enqueued > 0 THEN
-        PERFORM embeddings.enqueue_keys(t.id, missing_keys);
+        PERFORM embeddings.enqueue_keys(t.id, missing_keys, 0, 'backfill');  -- lanes: backfill work
     END IF;
 END
 $$;
@@ -125,10 +129,11 @@ BEGIN
         CONTINUE WHEN rel_name IS NULL OR t.problem IS NOT NULL;  -- table dropped, or not served
         IF EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id) THEN
             -- Its existing rows are still being queued (62_backfill.sql): a backfill step instead
-            -- of a slice (which would queue the rows ahead of the backfill twice), when the
-            -- queue is low, so that live jobs are not buried (a pulling worker steps it too).
+            -- of a slice (which would queue the rows ahead of the backfill twice), when its
+            -- backfill lane is low, so that the lane holds a step or two at most, not the table
+            -- (a pulling worker steps it too).
             EXECUTE format('SELECT count(*) < $1 FROM (SELECT FROM pgmq.%I LIMIT $1) q',
-                           pgmq.format_table_name(t.queue, 'q'))
+                           pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q'))
                 INTO queue_low USING embeddings.backfill_step_keys() / embeddings.keys_per_message() + 1;
             IF queue_low THEN
                 total := total + coalesce((SELECT s.enqueued FROM embeddings.backfill_step(t.id) s), 0);
@@ -154,7 +159,7 @@ BEGIN
                     SELECT s.*, row_number() OVER () AS ord FROM slice s
                 ),
                 queued AS (
-                    SELECT embeddings.enqueue_keys($1, array_agg(s.k)) AS messages, count(*)::int AS keys
+                    SELECT embeddings.enqueue_keys($1, array_agg(s.k), 0, 'backfill') AS messages, count(*)::int AS keys
                     FROM numbered s
                     WHERE s.missing
                       AND s.k NOT IN (SELECT p.k FROM embeddings.pending_keys($4) p)

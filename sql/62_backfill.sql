@@ -54,11 +54,11 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The one function that sends backfill work: keys (JSON forms) of target `target_id`, as
--- messages of keys_per_message() keys. Today into the target's own queue. SECURITY DEFINER
+-- messages of keys_per_message() keys, into its backfill lane (20_queue.sql). SECURITY DEFINER
 -- (through enqueue_keys), so executable by no one but its owner unless granted.
 CREATE FUNCTION embeddings.send_backfill(target_id integer, keys jsonb[]) RETURNS integer
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.enqueue_keys(target_id, keys)
+    SELECT embeddings.enqueue_keys(target_id, keys, 0, 'backfill')  -- behind the live writes
 $$;
 REVOKE ALL ON FUNCTION embeddings.send_backfill(integer, jsonb[]) FROM PUBLIC;
 
@@ -249,12 +249,14 @@ LANGUAGE sql STABLE AS $$
     FROM pg_class c WHERE c.oid = t.source
 $$;
 
--- Keys of target t waiting in its queue (in flight included): embeddings.queue_pending()'s
--- groups of t (50_status.sql).
+-- Keys of target t waiting in either lane of its queue (in flight included):
+-- embeddings.queue_pending()'s groups of t (50_status.sql).
 CREATE FUNCTION embeddings.pending_count(t embeddings.targets, OUT pending_jobs bigint, OUT oldest_pending_seconds double precision)
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(sum(g.keys), 0)::bigint, extract(epoch FROM clock_timestamp() - min(g.oldest))::double precision
-    FROM embeddings.queue_pending(t.queue) g
+    FROM (SELECT * FROM embeddings.queue_pending(t.queue)
+          UNION ALL
+          SELECT * FROM embeddings.queue_pending(embeddings.backfill_queue(t.queue))) g
     JOIN pg_class c ON c.oid = t.source JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE g.target_id = to_jsonb(t.id)
        OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column)

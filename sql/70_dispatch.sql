@@ -14,16 +14,28 @@ CREATE FUNCTION embeddings.dispatch_batches(
     timeout_seconds integer DEFAULT 300,
     queue text DEFAULT 'embedding_jobs'
 ) RETURNS SETOF jsonb
-LANGUAGE sql AS $$
-    SELECT jsonb_agg(job ORDER BY msg_id)
-    FROM (
-        SELECT r.msg_id,
-               r.message || jsonb_build_object('jobId', r.msg_id) AS job,
-               (row_number() OVER (ORDER BY r.msg_id) - 1) / batch_size AS request
-        FROM pgmq.read(queue, timeout_seconds, batch_size * max_requests) AS r
-    ) jobs
-    GROUP BY request
-    ORDER BY request
+LANGUAGE plpgsql AS $$
+DECLARE
+    wanted integer := batch_size * max_requests;
+    live jsonb[];
+    backfill jsonb[] := '{}';
+BEGIN
+    live := ARRAY(SELECT r.message || jsonb_build_object('jobId', r.msg_id)
+                  FROM pgmq.read(queue, timeout_seconds, wanted) AS r ORDER BY r.msg_id);
+    -- lanes: backfill work fills what the live queue leaves; its jobs say their lane (job ids
+    -- are per queue).
+    IF cardinality(live) < wanted
+       AND EXISTS (SELECT FROM embeddings.queues q WHERE q.name = embeddings.backfill_queue(dispatch_batches.queue)) THEN
+        backfill := ARRAY(SELECT r.message || jsonb_build_object('jobId', r.msg_id, 'lane', 'backfill')
+                          FROM pgmq.read(embeddings.backfill_queue(queue), timeout_seconds, wanted - cardinality(live)) AS r
+                          ORDER BY r.msg_id);
+    END IF;
+    RETURN QUERY
+        SELECT jsonb_agg(j.job ORDER BY j.n)
+        FROM unnest(live || backfill) WITH ORDINALITY AS j(job, n)
+        GROUP BY (j.n - 1) / batch_size
+        ORDER BY (j.n - 1) / batch_size;
+END
 $$;
 
 -- Posts each batch with pg_net (asynchronously: responses land in net._http_response).

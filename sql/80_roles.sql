@@ -26,6 +26,9 @@ BEGIN
     EXECUTE format('GRANT SELECT ON %s TO %I', t.source, role_name);
     IF t.chunk_table IS NULL THEN
         EXECUTE format('GRANT UPDATE (%I) ON %s TO %I', t.embedding_column, t.source, role_name);
+        -- model change: the shadow column of a change in progress (sql/44_changes.sql)
+        PERFORM embeddings.grant_worker_shadow(role_name, t.source, mc.shadow_column)
+        FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
     ELSE
         -- A chunked target's vectors live in its chunk table (sql/55_chunks.sql).
         EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', t.chunk_table, role_name);
@@ -41,6 +44,7 @@ BEGIN
         END IF;
     END IF;
     PERFORM embeddings.grant_worker_queue(role_name, t.queue);
+    PERFORM embeddings.grant_worker_queue(role_name, embeddings.backfill_queue(t.queue));  -- lanes
 END
 $$;
 
@@ -75,6 +79,9 @@ BEGIN
     -- It steps the backfills of its queue's targets when the queue is empty (62_backfill.sql).
     EXECUTE format('GRANT SELECT, UPDATE, DELETE ON embeddings.backfills TO %I', role_name);
     EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.send_backfill(integer, jsonb[]) TO %I', role_name);
+    -- model change: it completes changes and records which model produced the vectors.
+    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.complete_changes() TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.claim_provenance(integer, boolean, text, text, text) TO %I', role_name);
     FOR q IN SELECT * FROM embeddings.queues LOOP
         PERFORM embeddings.grant_worker_queue(role_name, q.name);
     END LOOP;

@@ -44,6 +44,10 @@ class Row:
     digest: str | None = None
     vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
     error: str | None = None
+    # model change: the new model's vector; shadow_only when every job of the row asked only
+    # for it (the row's current vector stays as it is)
+    shadow_vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
+    shadow_only: bool = False
     chunks: DocumentChunks | None = None  # chunked targets: set by chunkstore.prepare
 
     def fail(self, error: str) -> None:
@@ -67,6 +71,10 @@ class Batch:
     stats: dict[int, TargetStats] = field(default_factory=lambda: defaultdict(TargetStats))
     load_ms: float = 0.0
     write_ms: float = 0.0
+    lane: str = jobqueue.LIVE  # the lane it was read from (worker/lanes.py)
+    # provenance: target id -> (producer of its vectors, of its shadow vectors), each
+    # 'model revision variant' as embeddings.provenance records it (worker/provenance.py)
+    producers: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
 
     def by_target(self, state: RowState | None = None) -> dict[Target, list[Row]]:
         groups: dict[Target, list[Row]] = defaultdict(list)

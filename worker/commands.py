@@ -162,14 +162,11 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
             )
         db.register_vector_types(conn)
         target = targets_mod.load(conn)[ids[0]]
-        model = _load(target.model, settings)
-        if (problem := target.problem(model.dim)) is not None:
-            raise exceptions.TargetError(problem)
-        query_vector = model.embed([args.query])[0]
-        if target.chunk_table is not None:  # documents by their best chunk (worker/search.py)
-            results = search_mod.nearest_documents(conn, target, query_vector, args.k)
-        else:
-            results = search_mod.nearest_rows(conn, target, query_vector, args.k)
+        # Embedded with the column's model at that moment; documents of a chunked target by
+        # their best chunk (worker/search.py).
+        results = search_mod.ranked(
+            conn, lambda name: _load(name, settings), target, args.query, args.k
+        )
     if args.json:
         output.print_json(results)
         return EXIT_OK

@@ -35,6 +35,7 @@ ProcessCollector(registry=REGISTRY)
 JOB_OUTCOMES = ("done", "retried", "dead", "deferred", "released")
 ROW_OUTCOMES = ("embedded", "cleared", "gone", "stale", "failed")
 STAGES = ("read", "load", "embed", "write")
+LANES = ("live", "backfill")  # worker.queue.LIVE, worker.queue.BACKFILL (worker/lanes.py)
 
 # A settled row's outcome, by the value of its worker.pipeline.RowState (keyed by value so that
 # this module needs no import of the pipeline, which imports it). A blank row whose embedding
@@ -102,6 +103,20 @@ QUEUE_OLDEST = Gauge(
     "Age of the oldest job in the queue (0 when empty)",
     registry=REGISTRY,
 )
+# Priority lanes: live jobs (the triggers') go before backfill work (watch()'s initial enqueue,
+# model changes, sweep(), failures --retry); each lane is its own pgmq queue.
+LANE_JOBS = Gauge(
+    "embed_worker_lane_jobs",
+    "Jobs in each lane's queue, in flight included (read from the database every 5 s)",
+    ["lane"],
+    registry=REGISTRY,
+)
+LANE_OLDEST = Gauge(
+    "embed_worker_lane_oldest_job_age_seconds",
+    "Age of the oldest job of each lane (0 when empty)",
+    ["lane"],
+    registry=REGISTRY,
+)
 IN_FLIGHT = Gauge("embed_worker_in_flight_jobs", "Jobs leased by this worker", registry=REGISTRY)
 DATABASE_UP = Gauge(
     "embed_worker_database_up", "1 when the last database operation succeeded", registry=REGISTRY
@@ -135,12 +150,17 @@ for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
 for _outcome in JOB_OUTCOMES:
     JOBS.labels(_outcome)
+for _lane in LANES:
+    LANE_JOBS.labels(_lane)
+    LANE_OLDEST.labels(_lane)
 
 # Enumerated labels, by exported metric name: what docs/operating.md must list.
 ENUMERATED_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "embed_worker_jobs_total": {"outcome": JOB_OUTCOMES},
     "embed_worker_rows_total": {"outcome": ROW_OUTCOMES},
     "embed_worker_batch_stage_duration_seconds": {"stage": STAGES},
+    "embed_worker_lane_jobs": {"lane": LANES},
+    "embed_worker_lane_oldest_job_age_seconds": {"lane": LANES},
 }
 
 

@@ -14,7 +14,7 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from worker import chunkstore, db, exceptions, faults, metrics
+from worker import changes, chunkstore, db, exceptions, faults, metrics, provenance
 from worker import queue as jobqueue
 from worker.batch import Batch, Row, RowState, TargetStats
 from worker.config import Settings
@@ -60,7 +60,7 @@ def read(
         # A target registered since we last looked: read the registry again, once.
         targets = registry.refresh(conn)
         jobs = [jobqueue.parse(r, targets) for r in raw]
-    batch = Batch(jobs=jobs)
+    batch = Batch(jobs=jobs, lane=queue.lane)
     prepare(batch)
     return batch
 
@@ -75,7 +75,12 @@ def prepare(batch: Batch) -> None:
             batch.deferred[job.target.id] = problem
         batch.stats[job.target.id].jobs += 1
         for key in job.keys:
-            batch.rows.setdefault((job.target.id, key), Row(job.target, key))
+            row = batch.rows.get((job.target.id, key))
+            if row is None:
+                row = batch.rows[(job.target.id, key)] = Row(job.target, key, shadow_only=True)
+            # Shadow only (a model change's job: only the new model's vector is missing) when
+            # every job of the row says so and the change is still on; else served as any other.
+            row.shadow_only = row.shadow_only and job.shadow and job.target.in_change
 
 
 # --- load ---------------------------------------------------------------------------------------
@@ -123,25 +128,30 @@ def _apply_loaded(row: Row, found: dict[str, tuple[str | None, str | None]]) -> 
 
 # --- embed --------------------------------------------------------------------------------------
 def embed(embedders: Embedders, batch: Batch) -> None:
-    """Embeds every loaded row with its target's model. A model that cannot be loaded, or whose
-    dimensions do not fit the column, defers the target; a text the model fails on fails only
-    its own row (the batch is split until the culprit is alone)."""
+    """Embeds every loaded row with its target's model (and during a model change with the new
+    one too: worker/changes.py). A model that cannot be loaded, or whose dimensions do not fit
+    the column, defers the target; a text the model fails on fails only its own row (the batch
+    is split until the culprit is alone)."""
     faults.reached("embed")
     for target, rows in batch.by_target(RowState.READY).items():
-        try:
-            model = embedders.get(target.model)
-        except exceptions.ModelError as exc:
-            batch.deferred[target.id] = str(exc)
-            continue
-        problem = target.problem(model.dim)
-        if problem:
-            batch.deferred[target.id] = problem
-            continue
         started = time.perf_counter()
-        if target.chunk_table is not None:  # chunked targets: only the chunks that changed
+        if target.chunk_table is None:
+            embedded = changes.embed(embedders, batch, target, rows, _embed_isolating)
+            if embedded is None:
+                continue  # deferred
+            tokens = embedded
+        else:  # chunked targets: only the chunks that changed
+            try:
+                model = embedders.get(target.model)
+            except exceptions.ModelError as exc:
+                batch.deferred[target.id] = str(exc)
+                continue
+            problem = target.problem(model.dim)
+            if problem:
+                batch.deferred[target.id] = problem
+                continue
             tokens = chunkstore.embed(model, rows)
-        else:
-            tokens = _embed_isolating(model, rows)
+            batch.producers[target.id] = (provenance.producer(model), None)
         stats = batch.stats[target.id]
         stats.tokens += tokens
         stats.embed_ms += (time.perf_counter() - started) * 1000
@@ -150,7 +160,10 @@ def embed(embedders: Embedders, batch: Batch) -> None:
     metrics.STAGE_SECONDS.labels("embed").observe(total_ms / 1000)
 
 
-def _embed_isolating(model: Any, rows: Sequence[Row]) -> int:
+def _embed_isolating(model: Any, rows: Sequence[Row], attribute: str = "vector") -> int:
+    """Embeds `rows` into their `attribute` (vector, or shadow_vector during a model change)."""
+    if not rows:
+        return 0
     try:
         result = model.embed_with_stats([row.content for row in rows])
     except Exception as exc:  # the model's failure on some input: find which
@@ -158,9 +171,11 @@ def _embed_isolating(model: Any, rows: Sequence[Row]) -> int:
             rows[0].fail(f"embedding failed: {type(exc).__name__}: {exc}")
             return 0
         middle = len(rows) // 2
-        return _embed_isolating(model, rows[:middle]) + _embed_isolating(model, rows[middle:])
+        return _embed_isolating(model, rows[:middle], attribute) + _embed_isolating(
+            model, rows[middle:], attribute
+        )
     for row, vector in zip(rows, result.vectors, strict=True):
-        row.vector = vector
+        setattr(row, attribute, vector)
         row.state = RowState.EMBEDDED
     return int(result.tokens)
 

@@ -51,7 +51,10 @@ class ProgressLine:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.started = time.monotonic()
-        self.pending_query = queries.compose("pending_keys", queue_table=worker.queue.table)
+        # Both lanes: the live queue and its backfill lane (worker/lanes.py).
+        self.pending_queries = [
+            queries.compose("pending_keys", queue_table=lane.queue.table) for lane in worker.lanes
+        ]
         self.out = ErasingStream(sys.stderr)
         self._swapped: list[logging.StreamHandler[TextIO]] = []
         for handler in logging.getLogger().handlers:
@@ -60,9 +63,11 @@ class ProgressLine:
                 self._swapped.append(handler)
 
     def show(self, conn: db.Connection) -> None:
+        pending = 0
         with db.translated():
-            row = conn.execute(self.pending_query).fetchone()
-        pending = int(row[0]) if row else 0
+            for query in self.pending_queries:
+                row = conn.execute(query).fetchone()
+                pending += int(row[0]) if row else 0
         done = self.worker.rows_done
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = done / elapsed

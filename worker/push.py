@@ -25,6 +25,7 @@ from worker import db, pipeline, queries
 from worker import queue as jobqueue
 
 if TYPE_CHECKING:
+    from worker.lanes import Lane
     from worker.runner import Worker
 
 MAX_JOBS = 1000
@@ -78,7 +79,20 @@ def process(worker: Worker, body: Any) -> PushResult:
         )
         return PushResult(failed=[{**sent, "error": error} for _, sent in requested])
     try:
-        return _process(worker, requested)
+        # Jobs that embeddings.dispatch() leased from the backfill lane say so ("lane"): each
+        # lane's jobs are leased and settled in their own queue (job ids are per queue).
+        result = PushResult()
+        for lane in worker.lanes:
+            mine = [
+                (job_id, sent)
+                for job_id, sent in requested
+                if (sent.get("lane") == jobqueue.BACKFILL) == (lane.name == jobqueue.BACKFILL)
+            ]
+            if mine:
+                part = _process(worker, mine, lane)
+                result.completed += part.completed
+                result.failed += part.failed
+        return result
     finally:
         SLOTS.release()
 
@@ -90,7 +104,7 @@ class _Done:
     settlement: pipeline.Settlement
 
 
-def _process(worker: Worker, requested: list[tuple[int, dict[str, Any]]]) -> PushResult:
+def _process(worker: Worker, requested: list[tuple[int, dict[str, Any]]], lane: Lane) -> PushResult:
     done: dict[int, _Done] = {}
     over: set[int] = set()
     conn = db.connect(worker.dsn)
@@ -98,7 +112,7 @@ def _process(worker: Worker, requested: list[tuple[int, dict[str, Any]]]) -> Pus
         db.register_vector_types(conn)
         with db.translated():
             rows = conn.execute(
-                queries.compose("lease_jobs_by_id", queue_table=worker.queue.table),
+                queries.compose("lease_jobs_by_id", queue_table=lane.queue.table),
                 {"msg_ids": [job_id for job_id, _ in requested], "vt": worker.settings.vt_seconds},
             ).fetchall()
         targets = worker.registry.current_definitions(conn)
@@ -109,19 +123,19 @@ def _process(worker: Worker, requested: list[tuple[int, dict[str, Any]]]) -> Pus
         jobs.sort(key=lambda job: job.msg_id)
         taken = _within(jobs, MAX_ROWS)
         over = {job.msg_id for job in jobs[len(taken) :]}
-        worker.leases.add(taken)  # the keeper renews them while we work
+        lane.leases.add(taken)  # the keeper renews them while we work
         try:
             for chunk in _batches(taken, worker.settings.batch_size):
-                batch = pipeline.Batch(jobs=list(chunk))
+                batch = pipeline.Batch(jobs=list(chunk), lane=lane.name)
                 pipeline.prepare(batch)
                 pipeline.load(conn, batch)
                 pipeline.embed(worker.embedders, batch)
-                settlement = pipeline.write(conn, worker.queue, batch, worker.settings)
-                worker.leases.drop(batch.msg_ids)
+                settlement = pipeline.write(conn, lane.queue, batch, worker.settings)
+                lane.leases.drop(batch.msg_ids)
                 pipeline.log_batch(batch)
                 done.update({job.msg_id: _Done(job, batch, settlement) for job in batch.jobs})
         finally:
-            worker.leases.drop(job.msg_id for job in taken)
+            lane.leases.drop(job.msg_id for job in taken)
     finally:
         conn.close()
 
@@ -137,7 +151,7 @@ def _process(worker: Worker, requested: list[tuple[int, dict[str, Any]]]) -> Pus
             )
             result.failed.append({**sent, "error": error})
         else:
-            result.failed.append({**sent, "error": _why(item, worker.queue.name)})
+            result.failed.append({**sent, "error": _why(item, lane.queue.name)})
     return result
 
 

@@ -279,3 +279,29 @@ SELECT target_id, cleanup, statement FROM embeddings.deferred_index_ready(%(queu
 -- name: deferred_index_built
 -- Forgets a deferred index once a valid HNSW index is on the target's column.
 SELECT embeddings.deferred_index_built(%(target_id)s);
+
+-- model change: BEGIN (queries of the blue/green model change, sql/44_changes.sql)
+
+-- name: load_changes
+-- Targets being changed to another model: the model, its shadow column and that column's type.
+SELECT mc.target_id, mc.model, mc.shadow_column, ty.typname, a.atttypmod
+FROM embeddings.model_changes mc
+JOIN embeddings.targets t ON t.id = mc.target_id
+LEFT JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = mc.shadow_column
+                        AND a.attnum > 0 AND NOT a.attisdropped
+LEFT JOIN pg_type ty ON ty.oid = a.atttypid;
+
+-- name: claim_provenance
+-- Records this worker's model as the producer of a target's (shadow) vectors unless one is
+-- recorded; returns the recorded producer ('model revision variant').
+SELECT embeddings.claim_provenance(%(target_id)s, %(shadow)s, %(model)s, %(revision)s, %(variant)s);
+
+-- name: load_provenance
+-- The recorded producer of every target's vectors (shadow: of its shadow column).
+SELECT target_id, shadow, concat_ws(' ', model, revision, variant) FROM embeddings.provenance;
+
+-- name: complete_changes
+-- Completes the model changes whose every row has its new vector (embeddings.complete_change).
+SELECT target_id, result FROM embeddings.complete_changes();
+
+-- model change: END

@@ -8,6 +8,7 @@ pgmq's read count plus what a re-sent message carries over from the message it s
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import random
@@ -40,6 +41,7 @@ class Job:
     bad_keys: list[tuple[Any, str]] = field(default_factory=list)  # (raw key, why invalid)
     error: str | None = None  # the job as a whole cannot be served (unknown target, ...)
     supabase_shape: bool = False
+    shadow: bool = False  # a model change's job: only the new model's vector is missing
 
     @property
     def attempts(self) -> int:
@@ -50,7 +52,10 @@ class Job:
         if self.supabase_shape:
             return dict(self.message)
         assert self.target is not None
-        return {"target": self.target.id, "keys": [self.raw_keys[canonical]]}
+        message: dict[str, Any] = {"target": self.target.id, "keys": [self.raw_keys[canonical]]}
+        if self.shadow:
+            message["shadow"] = True
+        return message
 
 
 # --- parsing ----------------------------------------------------------------------------------
@@ -83,6 +88,7 @@ def _parse_ours(job: Job, message: dict[str, Any], targets: Mapping[int, Target]
         job.error = f"malformed job message: {_clip(message)}"
         return
     job.prior_attempts = attempts if isinstance(attempts, int) and attempts > 0 else 0
+    job.shadow = message.get("shadow") is True
     target = targets.get(target_id)
     if target is None:
         job.error = (
@@ -163,12 +169,29 @@ def backoff_seconds(
     return max(0, round(jittered))
 
 
+# --- lanes ------------------------------------------------------------------------------------
+LIVE = "live"  # jobs of the triggers: the application's writes
+BACKFILL = "backfill"  # watch()'s initial enqueue, model changes, sweep(), failures --retry
+
+
+def backfill_queue_name(queue: str) -> str:
+    """The backfill lane of live queue `queue`, as embeddings.backfill_queue() names it."""
+    if len(queue) <= 38:
+        return queue + "_backfill"
+    digest = hashlib.md5(queue.encode()).hexdigest()[:8]  # noqa: S324 - a name, not secrecy
+    return f"{queue[:28]}_{digest}_backfill"
+
+
 # --- operations -------------------------------------------------------------------------------
 class Queue:
-    """pgmq operations on one queue, each a single statement (callers own transactions)."""
+    """pgmq operations on one queue, each a single statement (callers own transactions).
+    `lane` is LIVE or BACKFILL; `home` is the live queue the lane belongs to: dead letters are
+    recorded under it, so that `failures --retry` sends them to its backfill lane."""
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, lane: str = LIVE, home: str | None = None) -> None:
         self.name = name
+        self.lane = lane
+        self.home = home or name
         self.table = queries.queue_table(name)
         self._read_query: Any = None
 

@@ -29,11 +29,12 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from worker import db, exceptions, metrics, pipeline, systemd
-from worker import queue as jobqueue
+from worker import db, exceptions, metrics, pipeline, provenance, systemd
 from worker.backfill import Backfiller, IndexBuilder
+from worker.changes import Completer
 from worker.config import Settings
 from worker.embedders import Embedders
+from worker.lanes import Lanes
 from worker.listener import Listener
 from worker.progress import ProgressLine
 from worker.targets import Registry, Target
@@ -62,11 +63,15 @@ class Worker:
         self.settings = settings
         self.once = once
         self.dsn = db.resolve_dsn(settings.database_url)
-        self.queue = jobqueue.Queue(settings.queue)
-        self.leases = jobqueue.Leases()
+        # Priority lanes (worker/lanes.py): live jobs before backfill work.
+        self.lanes = Lanes(settings.queue, settings.batch_size)
+        self.queue = self.lanes.live.queue
+        self.leases = self.lanes.live.leases
+        # Backfills in key ranges, stepped when reads run short (worker/backfill.py).
         self.backfill = Backfiller(settings.queue, settings.batch_size)
         self.indexer = IndexBuilder(self.dsn, settings.queue)
         self.registry = Registry()
+        self.changes = Completer()  # completes model changes (worker/changes.py)
         self.embedders = embedders or Embedders(
             variant=settings.model_variant, threads=settings.threads
         )
@@ -82,6 +87,7 @@ class Worker:
         self._in_flight = 0
         self._flight = threading.Condition()
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # a full pipe already wakes: never block a writer
         self._threads: list[threading.Thread] = []
         self._stop_requested_at: float | None = None
         self.rows_done = 0
@@ -168,24 +174,25 @@ class Worker:
 
     def hand_back_all(self) -> None:
         """Makes every job we hold visible again at once (a fresh, short-lived connection)."""
-        held = self.leases.held()
-        if not held:
-            return
-        try:
-            conn = db.connect(self.dsn, connect_timeout=3)
+        for lane in self.lanes:
+            held = lane.leases.held()
+            if not held:
+                continue
             try:
-                # SET LOCAL: behind a transaction pooler a plain SET would outlive us on a
-                # server connection that other clients then get.
-                with db.translated(), conn.transaction():
-                    conn.execute("SET LOCAL statement_timeout = '3s'")
-                    released = self.queue.release(conn, held)
-                metrics.JOBS.labels("released").inc(released)
-                logger.info("handed back %d of %d jobs", released, len(held))
-            finally:
-                conn.close()
-        except exceptions.EmbedWorkerError as exc:
-            logger.warning("could not hand jobs back (%s); they return after their lease", exc)
-        self.leases.drop(held)
+                conn = db.connect(self.dsn, connect_timeout=3)
+                try:
+                    # SET LOCAL: behind a transaction pooler a plain SET would outlive us on a
+                    # server connection that other clients then get.
+                    with db.translated(), conn.transaction():
+                        conn.execute("SET LOCAL statement_timeout = '3s'")
+                        released = lane.queue.release(conn, held)
+                    metrics.JOBS.labels("released").inc(released)
+                    logger.info("handed back %d of %d jobs", released, len(held))
+                finally:
+                    conn.close()
+            except exceptions.EmbedWorkerError as exc:
+                logger.warning("could not hand jobs back (%s); they return after their lease", exc)
+            lane.leases.drop(held)
 
     def _guarded(self, body: Callable[[], None]) -> Callable[[], None]:
         def run() -> None:
@@ -267,6 +274,7 @@ class Worker:
                 problems[target.id] = problem
         for problem in problems.values():
             logger.error("target not servable: %s", problem)
+        provenance.check_at_startup(self.dsn, ours, self.embedders)
         self.started.set()
         problem = self.default_model_problem()
         # Ready for systemd means started: a missing model is reported, not waited for (the
@@ -338,16 +346,11 @@ class Worker:
                 listener.wait(self.settings.poll_seconds)
                 continue
             conn = session.get()
-            batch = pipeline.read(conn, self.queue, self.registry, self.settings)
+            batch = self.lanes.read(conn, self.registry, self.settings)
             metrics.DATABASE_UP.set(1)
             drained = batch is None and self._drained()  # as of this read, for --once
-            # No visible job left after this read: queue the next range of a backfill, so
-            # that backfills run only behind live jobs (worker/backfill.py).
-            low = batch is None or len(batch.rows) < self.settings.batch_size
-            if low and self.backfill.step(conn) and batch is None:
+            if self._work_behind_reads(conn, batch):
                 continue
-            if batch is None:
-                self.indexer.maybe_start(conn)  # an index deferred until a backfill's end
             if batch is not None and waiting:
                 self.queue.set_waiting(conn, False)
                 waiting = False
@@ -365,33 +368,51 @@ class Worker:
                     self._end(batch)
                     raise
                 return batch
+            if self.once and drained and self.changes.run(conn, self.registry, force=True):
+                continue  # a model change completed or re-queued rows: read again
             if self.once and drained and not self.indexer.busy:
                 return None
-            timeout = self.settings.poll_seconds
-            next_visible = self.queue.next_visible_in(conn)
+            listener.wait(self._wait_seconds(conn))
+        return None
+
+    def _work_behind_reads(self, conn: db.Connection, batch: pipeline.Batch | None) -> bool:
+        """When a read runs short: the next range of a backfill (so that backfills are queued
+        only behind live jobs, worker/backfill.py), and an index deferred until a backfill's
+        end. True when the backfill queued jobs and nothing was read: read again at once."""
+        low = batch is None or len(batch.rows) < self.settings.batch_size
+        if low and self.backfill.step(conn) and batch is None:
+            return True
+        if batch is None:
+            self.indexer.maybe_start(conn)
+        return False
+
+    def _wait_seconds(self, conn: db.Connection) -> float:
+        """How long to sleep on LISTEN: until the next job of either lane becomes visible, at
+        most the poll interval (50 ms with --once)."""
+        timeout = self.settings.poll_seconds
+        for lane in self.lanes.readable():
+            next_visible = lane.queue.next_visible_in(conn)
             if next_visible is not None:
                 timeout = min(timeout, max(next_visible, 0.005))
-            if self.once:
-                timeout = min(timeout, 0.05)
-            listener.wait(timeout)
-        return None
+        return min(timeout, 0.05) if self.once else timeout
 
     def _drained(self) -> bool:
         with self._flight:
             return self._in_flight == 0
 
     def _begin(self, batch: pipeline.Batch) -> None:
-        self.leases.add(batch.jobs)
+        self.lanes.begin(batch)
         with self._flight:
             self._in_flight += 1
-        metrics.IN_FLIGHT.set(len(self.leases))
+        metrics.IN_FLIGHT.set(self.lanes.held())
 
     def _end(self, batch: pipeline.Batch) -> None:
-        self.leases.drop(batch.msg_ids)
+        self.lanes.end(batch)
         with self._flight:
             self._in_flight -= 1
             self._flight.notify_all()
-        metrics.IN_FLIGHT.set(len(self.leases))
+        self._wake()  # the fetcher may read backfill work again
+        metrics.IN_FLIGHT.set(self.lanes.held())
 
     def _pass(self, q: stdqueue.Queue[Handoff | None], item: Handoff) -> None:
         """Hands a batch to the next stage, waiting while it is busy."""
@@ -437,18 +458,19 @@ class Worker:
 
     def _write(self, session: db.Session, item: Handoff) -> None:
         batch = item.batch
-        held = self.leases.held(batch.msg_ids)
+        lane = self.lanes.of(batch)
+        held = lane.leases.held(batch.msg_ids)
         # Settled jobs are no longer ours to renew.
-        self.leases.drop(batch.msg_ids)
+        lane.leases.drop(batch.msg_ids)
         for attempt in range(2):  # once more after a reconnect; then the leases expire
             try:
                 conn = session.get()
                 if item.release:
-                    released = self.queue.release(conn, held)
+                    released = lane.queue.release(conn, held)
                     metrics.JOBS.labels("released").inc(released)
                     logger.info("handed back %d jobs", released)
                     return
-                pipeline.write(conn, self.queue, batch, self.settings)
+                pipeline.write(conn, lane.queue, batch, self.settings)
                 pipeline.log_batch(batch)
                 self.rows_done += sum(
                     1 for r in batch.rows.values() if r.state is pipeline.RowState.WRITTEN
@@ -478,14 +500,16 @@ class Worker:
                 try:
                     conn = session.get()
                     if now - last_renew >= renew_every:
-                        held = self.leases.held()
-                        self.leases.renewed(self.queue.extend(conn, held, self.settings.vt_seconds))
+                        for lane in self.lanes:
+                            held = lane.leases.held()
+                            lane.leases.renewed(
+                                lane.queue.extend(conn, held, self.settings.vt_seconds)
+                            )
                         last_renew = now
+                    if self.settings.pull and not self.once:
+                        self.changes.run(conn, self.registry, force=False)
                     if now - last_gauges >= 5 or progress:
-                        jobs, visible, oldest = self.queue.depth(conn)
-                        metrics.QUEUE_JOBS.set(jobs)
-                        metrics.QUEUE_VISIBLE.set(visible)
-                        metrics.QUEUE_OLDEST.set(oldest)
+                        self.lanes.gauges(conn)
                         last_gauges = now
                         if progress:
                             progress.show(conn)

@@ -59,13 +59,39 @@ def run(
     """Ranked results: {"key", "similarity", "content"} per row, or per document of a chunked
     target {"key", "similarity", "seq", "chunk"} (its best chunk)."""
     target = find_target(conn, request.table, request.column)
-    model = load_model(target.model)
-    if (problem := target.problem(model.dim)) is not None:
-        raise exceptions.TargetError(problem)
-    vector = model.embed([request.query])[0]
-    if target.chunk_table is not None:
-        return nearest_documents(conn, target, vector, request.k)
-    return nearest_rows(conn, target, vector, request.k)
+    return ranked(conn, load_model, target, request.query, request.k)
+
+
+def ranked(
+    conn: db.Connection, load_model: Callable[[str], Embedder], target: Target, query: str, k: int
+) -> list[dict[str, Any]]:
+    """The query embedded with the model of the target's column at that moment, ranked. A
+    model change that swapped the column meanwhile (the definition version moved) means once
+    more, with the new model: a query is never compared with another model's vectors."""
+    for _ in range(3):
+        model = load_model(target.model)
+        if (problem := target.problem(model.dim)) is not None:
+            raise exceptions.TargetError(problem)
+        vector = model.embed([query])[0]
+        try:
+            if target.chunk_table is not None:
+                results = nearest_documents(conn, target, vector, k)
+            else:
+                results = nearest_rows(conn, target, vector, k)
+        except exceptions.DatabaseError:
+            if _current(conn, target).version == target.version:
+                raise
+            target = _current(conn, target)  # the column changed under the query
+            continue
+        now = _current(conn, target)
+        if now.version == target.version:
+            return results
+        target = now
+    return results
+
+
+def _current(conn: db.Connection, target: Target) -> Target:
+    return targets_mod.load(conn)[target.id]
 
 
 def find_target(conn: db.Connection, table: str, column: str | None = None) -> Target:

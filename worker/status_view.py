@@ -32,6 +32,14 @@ COLUMNS = (
     "estimated",  # total, embedded and cleared rows and chunks are estimates (large tables)
     "backfill_rows",  # rows a running backfill has still to queue (NULL: none runs)
     "index_deferred",  # the HNSW index waits for the backfill's end
+    "pending_live",  # priority lanes: the application's writes
+    "pending_backfill",  # watch()'s initial enqueue, model changes, sweep(), failures --retry
+    "vectors_from",  # provenance: 'model revision variant' of the stored vectors
+    "change_model",  # a model change in progress (NULL otherwise) and its progress
+    "change_done_rows",
+    "change_total_rows",
+    "change_rows_per_second",
+    "change_eta_seconds",
 )
 VIEWS = {False: "status", True: "status_exact"}
 ESTIMATE_NOTE = (
@@ -139,31 +147,49 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
         table,
     )
     for r in rows:
-        if r["deferred_reason"]:
-            since = r["deferred_since"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-            lines.append("")
-            lines.append(f"{r['target']}: {r['pending_jobs']:,} job(s) wait since {since}:")
-            lines.append(f"  {r['deferred_reason']}")
-    for r in rows:
-        if r["backfill_rows"] is not None:
-            lines.append("")
-            lines.append(
-                f"{r['target']}: backfill: {'~' if r['estimated'] else ''}"
-                f"{r['backfill_rows']:,} existing row(s) still to queue"
-                " (counted as pending; queued whenever the worker's queue is empty)"
-            )
-        if r["index_deferred"]:
-            lines.append("")
-            lines.append(
-                f"{r['target']}: its HNSW index is built once the backfill ends;"
-                " search scans exactly meanwhile"
-            )
+        lines.extend(notes(r))
     if any(r["cleared_rows"] for r in rows):
         lines.append("")
         lines.append("cleared: rows whose content is empty or blank; they get no embedding.")
     if any(r["estimated"] for r in rows):
         lines.append("")
         lines.append(ESTIMATE_NOTE)
+    return lines
+
+
+def notes(r: dict[str, Any]) -> list[str]:
+    """What a target's table line cannot say: a model change, a deferral, a backfill, an index
+    waiting for it; each note preceded by a blank line."""
+    lines: list[str] = []
+    if r["change_model"]:
+        done, total = r["change_done_rows"] or 0, r["change_total_rows"] or 0
+        eta = r["change_eta_seconds"]
+        lines.append("")
+        lines.append(
+            f"{r['target']}: changing the model to {r['change_model']}:"
+            f" {bar(done, total)} {done:,}/{total:,} rows,"
+            f" {r['change_rows_per_second'] or 0:.1f}/s, ETA"
+            f" {output.age(eta) if eta is not None else 'no rate yet'}"
+            f" ({r['model']} serves searches until the swap)"
+        )
+    if r["deferred_reason"]:
+        since = r["deferred_since"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        lines.append("")
+        lines.append(f"{r['target']}: {r['pending_jobs']:,} job(s) wait since {since}:")
+        lines.append(f"  {r['deferred_reason']}")
+    if r["backfill_rows"] is not None:
+        lines.append("")
+        lines.append(
+            f"{r['target']}: backfill: {'~' if r['estimated'] else ''}"
+            f"{r['backfill_rows']:,} existing row(s) still to queue"
+            " (counted as pending; queued whenever the worker's reads run short)"
+        )
+    if r["index_deferred"]:
+        lines.append("")
+        lines.append(
+            f"{r['target']}: its HNSW index is built once the backfill ends;"
+            " search scans exactly meanwhile"
+        )
     return lines
 
 

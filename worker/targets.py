@@ -11,6 +11,7 @@ compact JSON array of its columns' canonical texts (`["7","a1"]`).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import threading
 import time
@@ -49,6 +50,15 @@ class Target:
     chunk_table: tuple[str, str] | None = None  # (schema, table)
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
+    # A model change in progress (sql/44_changes.sql) writes the new model's vectors to a shadow
+    # column as well.
+    shadow_model: str | None = None
+    shadow_column: str | None = None
+    shadow_dims: int = -1
+
+    @property
+    def in_change(self) -> bool:
+        return self.shadow_model is not None and self.shadow_column is not None
 
     @property
     def key_column(self) -> str:
@@ -129,8 +139,14 @@ class Target:
             ),
         }
 
-    def query(self, name: str) -> sql.Composed:
-        return queries.compose(name, **self.sql_names())
+    def query(self, name: str, *, shadow: bool = False) -> sql.Composed:
+        """Query `name` for this target; `shadow` aims its {embedding} at the shadow column of
+        the model change in progress."""
+        names = self.sql_names()
+        if shadow:
+            assert self.shadow_column is not None, "only a target in a change has a shadow column"
+            names["embedding"] = sql.Identifier(self.shadow_column)
+        return queries.compose(name, **names)
 
     def key_params(self, keys: list[str]) -> dict[str, list[str]]:
         """Query parameters for canonical keys: "keys" and one array per key column."""
@@ -211,6 +227,19 @@ def load(conn: db.Connection) -> dict[int, Target]:
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
         )
+    return _with_changes(conn, found)
+
+
+def _with_changes(conn: db.Connection, found: dict[int, Target]) -> dict[int, Target]:
+    """The targets with their model changes in progress (a shadow column that is gone or not of
+    a vector type counts as none: the target is served as before)."""
+    with db.translated():
+        rows = conn.execute(queries.compose("load_changes")).fetchall()
+    for target_id, model, column, typname, typmod in rows:
+        if target_id in found and typname in ("vector", "halfvec"):
+            found[target_id] = dataclasses.replace(
+                found[target_id], shadow_model=model, shadow_column=column, shadow_dims=typmod
+            )
     return found
 
 

@@ -10,6 +10,7 @@ batch was read under; a redefined target's jobs are handed back, not acknowledge
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import psycopg
 from pgvector import HalfVector, Vector
 from psycopg import sql
 
-from worker import chunkstore, db, faults, metrics, queries, visibility
+from worker import chunkstore, db, faults, metrics, provenance, queries, visibility
 from worker import queue as jobqueue
 from worker.batch import Batch, Row, RowState
 from worker.config import Settings
@@ -68,6 +69,10 @@ def write(
         for target, rows in groups.items():
             if target.id in outcome.outdated:
                 outcome.record({(target.id, r.key): RowState.OUTDATED for r in rows})
+            elif (
+                refused := provenance.claim_target(conn, target, rows, batch.producers)
+            ) is not None:
+                outcome.deferred[target.id] = refused  # another model's vectors are there
             else:
                 _write_target(conn, target, rows, outcome)
         faults.reached("after_vectors")
@@ -78,9 +83,10 @@ def write(
         queue.defer(conn, settlement.defer, DEFER_SECONDS)
         queue.defer(conn, settlement.release, 0)
         queue.send(conn, settlement.resend)
-        jobqueue.record_failures(conn, queue.name, settlement.dead)
+        jobqueue.record_failures(conn, queue.home, settlement.dead)
         # Deferral reasons for status; dead letters of rows now written or cleared resolved.
-        visibility.record(conn, batch, outcome.state)
+        noted = dataclasses.replace(batch, deferred={**batch.deferred, **outcome.deferred})
+        visibility.record(conn, noted, outcome.state)
         for target_id, count in outcome.written_per_target().items():
             conn.execute(
                 queries.compose("record_throughput"), {"target_id": target_id, "rows": count}
@@ -104,6 +110,8 @@ class WriteOutcome:
     states: dict[RowKey, RowState] = field(default_factory=dict)
     errors: dict[RowKey, str] = field(default_factory=dict)
     outdated: set[int] = field(default_factory=set)  # targets redefined since the batch was read
+    # targets whose columns hold vectors of another producer (provenance): deferred, not written
+    deferred: dict[int, str] = field(default_factory=dict)
 
     def state(self, row: Row) -> RowState:
         return self.states.get((row.target.id, row.key), row.state)
@@ -126,6 +134,7 @@ class WriteOutcome:
         return counts
 
     def apply(self, batch: Batch) -> None:
+        batch.deferred.update(self.deferred)
         for key, state in self.states.items():
             row = batch.rows[key]
             row.state = state
@@ -197,37 +206,81 @@ def _store(
         stored = chunkstore.store(conn, target, embedded, blank)
         return {(target.id, key): state for key, state in stored.items()}
     states: dict[RowKey, RowState] = {}
-    if embedded:
-        wrap = HalfVector if target.embedding_type == "halfvec" else Vector
-        written = {
-            key
-            for (key,) in conn.execute(
-                target.query("write_vectors"),
-                {
-                    **target.key_params([r.key for r in embedded]),
-                    "embeddings": [wrap(_vector(r)) for r in embedded],
-                    "hashes": [r.digest for r in embedded],
-                },
+    # A target being changed to another model gets the new model's vectors in its shadow column
+    # too, under the same stale-write guard: the first UPDATE locked the rows, so both columns
+    # hold vectors of the same content. Shadow-only rows (the change's own jobs) keep their
+    # current vector as it is.
+    full = [r for r in embedded if not r.shadow_only]
+    if full:
+        written = _write(conn, target, full, shadow=False)
+        for row in full:
+            states[(target.id, row.key)] = (
+                RowState.WRITTEN if row.key in written else RowState.STALE
             )
-        }
-        for row in embedded:
+        if target.in_change:
+            _write_shadow(conn, target, [r for r in full if r.key in written])
+    shadow_only = [r for r in embedded if r.shadow_only]
+    if shadow_only:
+        written = _write(conn, target, shadow_only, shadow=True)
+        for row in shadow_only:
             states[(target.id, row.key)] = (
                 RowState.WRITTEN if row.key in written else RowState.STALE
             )
     if blank:
-        cleared = {
-            key
-            for (key,) in conn.execute(
-                target.query("clear_vectors"),
-                {**target.key_params([r.key for r in blank]), "hashes": [r.digest for r in blank]},
-            )
-        }
+        cleared = _clear(conn, target, blank, shadow=False)
+        if target.in_change:
+            cleared |= _clear(conn, target, blank, shadow=True)
         for row in blank:
             # Not cleared: already NULL, or the content changed since (its own job handles it).
             states[(target.id, row.key)] = (
                 RowState.CLEARED if row.key in cleared else RowState.BLANK
             )
     return states
+
+
+def _write(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool) -> set[str]:
+    """Stores the rows' vectors (`shadow`: their new-model vectors, in the shadow column);
+    returns the keys written."""
+    if not rows:
+        return set()
+    wrap = HalfVector if shadow or target.embedding_type == "halfvec" else Vector
+    vectors = [_shadow_vector(r) if shadow else _vector(r) for r in rows]
+    return {
+        key
+        for (key,) in conn.execute(
+            target.query("write_vectors", shadow=shadow),
+            {
+                **target.key_params([r.key for r in rows]),
+                "embeddings": [wrap(v) for v in vectors],
+                "hashes": [r.digest for r in rows],
+            },
+        )
+    }
+
+
+def _write_shadow(conn: db.Connection, target: Target, rows: list[Row]) -> None:
+    """The new-model vectors of rows just written with the target's model. Rows without one
+    (the new model could not be loaded) have their shadow vector cleared: one of their older
+    content must not be swapped in; the change queues them again before it completes."""
+    _write(conn, target, [r for r in rows if r.shadow_vector is not None], shadow=True)
+    _clear(conn, target, [r for r in rows if r.shadow_vector is None], shadow=True)
+
+
+def _clear(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool) -> set[str]:
+    if not rows:
+        return set()
+    return {
+        key
+        for (key,) in conn.execute(
+            target.query("clear_vectors", shadow=shadow),
+            {**target.key_params([r.key for r in rows]), "hashes": [r.digest for r in rows]},
+        )
+    }
+
+
+def _shadow_vector(row: Row) -> np.ndarray[Any, np.dtype[np.float32]]:
+    assert row.shadow_vector is not None, "rows of a target in a change have both vectors"
+    return row.shadow_vector
 
 
 def settle(
@@ -253,7 +306,7 @@ def settle(
                 )
             )
             continue
-        if target.id in batch.deferred:
+        if target.id in batch.deferred or target.id in outcome.deferred:
             out.defer.append(job.msg_id)
             continue
         if target.id in outcome.outdated:

@@ -16,6 +16,7 @@ import psycopg
 import pytest
 
 from tests.support.cluster import Cluster
+from tests.support.jobs import JOBS
 from tests.support.models import MINILM, require_minilm
 from tests.support.process import WorkerProcess, wait_for
 from worker.embedder import Embedder
@@ -43,7 +44,7 @@ def count(conn: Conn, sql: str) -> int:
 def drained(conn: Conn, rows: int) -> bool:
     return (
         count(conn, "SELECT count(embedding) FROM docs") == rows
-        and count(conn, "SELECT count(*) FROM pgmq.q_embedding_jobs") == 0
+        and count(conn, f"SELECT count(*) FROM {JOBS}") == 0
     )
 
 
@@ -175,7 +176,7 @@ def test_hostile_content_is_embedded_or_cleared(
     with conn.cursor() as cur:
         cur.executemany("INSERT INTO docs VALUES (%s, %s)", list(enumerate(HOSTILE)))
     wait_for(
-        lambda: count(conn, "SELECT count(*) FROM pgmq.q_embedding_jobs") == 0,
+        lambda: count(conn, f"SELECT count(*) FROM {JOBS}") == 0,
         timeout=60,
         what="the queue to drain",
     )

@@ -15,6 +15,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from tests.support.jobs import JOBS, clear_queue
 from tests.support.process import WorkerProcess, wait_for
 
 Conn = psycopg.Connection[Any]
@@ -194,7 +195,7 @@ def supabase_table(conn: Conn) -> None:
     conn.execute(
         "SELECT embeddings.watch('documents', 'embedding_input', model => 'all-MiniLM-L6-v2', triggers => false)"
     )
-    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    clear_queue(conn)
     conn.execute(
         "INSERT INTO documents (title, content) SELECT 'Title ' || g, 'Body text ' || g FROM generate_series(1, 5) g"
     )
@@ -236,7 +237,7 @@ def test_push_mode_follows_the_edge_function_contract(
     assert [job["table"] for job in failed] == ["nope"]
     assert "register it with: SELECT embeddings.watch('public.nope'" in failed[0]["error"]
     assert conn.execute("SELECT count(*) FROM documents WHERE embedding IS NULL").fetchone() == (0,)
-    assert conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,)
+    assert conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone() == (0,)
 
     # A job id that is not queued (processed already) fails with the reason; an invalid body is a 400.
     status, _, body = post(worker, "/functions/v1/embed", [{"jobId": 999999, "id": 1}])
@@ -310,13 +311,13 @@ def test_a_push_only_worker_leases_nothing_itself(
     for _ in range(3):
         status, _, result = post(worker, "/functions/v1/embed", [{"jobId": 999999, "id": 1}])
         assert status == 200 and result["failedJobs"]
-    assert conn.execute("SELECT read_ct FROM pgmq.q_embedding_jobs").fetchall() == [(0,)]
+    assert conn.execute(f"SELECT read_ct FROM {JOBS}").fetchall() == [(0,)]
 
     for body in [r[0] for r in conn.execute("SELECT * FROM embeddings.dispatch_batches(5, 2)")]:
         status, _, result = post(worker, "/functions/v1/embed", body)
         assert status == 200 and result["failedJobs"] == [], result
     assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (10,)
-    assert conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,)
+    assert conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone() == (0,)
 
 
 def test_blank_input_gets_no_vector_as_the_worker_stores_none(http_worker: WorkerProcess) -> None:

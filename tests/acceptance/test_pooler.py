@@ -15,6 +15,7 @@ import pytest
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from tests.support import pgbouncer
+from tests.support.jobs import JOBS
 from tests.support.process import WorkerProcess, wait_for
 from worker import db
 
@@ -63,8 +64,7 @@ def count(conn: Conn, query: str) -> int:
 
 def pending_keys(conn: Conn) -> set[int]:
     rows = conn.execute(
-        "SELECT (k #>> '{}')::bigint FROM pgmq.q_embedding_jobs,"
-        " jsonb_array_elements(message -> 'keys') k"
+        f"SELECT (k #>> '{{}}')::bigint FROM {JOBS}, jsonb_array_elements(message -> 'keys') k"
     ).fetchall()
     return {int(r[0]) for r in rows}
 
@@ -127,7 +127,7 @@ def test_sigterm_through_pgbouncer_hands_back_and_leaves_no_session_state(
     assert 64 <= len(embedded) < 2000
     # Nothing lost: every row is embedded or still queued, visible again now.
     assert embedded | pending_keys(conn) == set(range(1, 2001))
-    assert count(conn, "SELECT count(*) FROM pgmq.q_embedding_jobs WHERE vt > now()") == 0
+    assert count(conn, f"SELECT count(*) FROM {JOBS} WHERE vt > now()") == 0
     assert count(conn, "SELECT count(*) - count(DISTINCT id) FROM vector_writes") == 0
     # The pooler's one server connection for this user carries no statement timeout of ours.
     with psycopg.connect(pooled_dsn, autocommit=True) as pooled:

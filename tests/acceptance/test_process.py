@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.jobs import JOBS
 from tests.support.process import WorkerProcess, wait_for
 
 Conn = psycopg.Connection[Any]
@@ -40,7 +41,7 @@ def embedded(conn: Conn) -> int:
 
 
 def queue_empty(conn: Conn) -> bool:
-    return conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,)
+    return conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone() == (0,)
 
 
 def test_an_idle_worker_embeds_a_new_row(
@@ -116,7 +117,7 @@ def test_a_second_signal_exits_at_once_and_hands_jobs_back(
     wait_for(
         lambda: (
             conn.execute(
-                "SELECT count(*) FROM pgmq.q_embedding_jobs WHERE vt > now() + interval '60 seconds'"
+                f"SELECT count(*) FROM {JOBS} WHERE vt > now() + interval '60 seconds'"
             ).fetchone()
             == (0,)
         ),

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.jobs import messages, queued_keys
+from tests.support.jobs import clear_queue, messages, queued_keys
 from worker.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -21,7 +21,7 @@ def docs(conn: Conn, minilm: str) -> int:
     row = conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,)).fetchone()
     assert row is not None
     conn.execute("INSERT INTO docs VALUES (1, 'one'), (2, 'two')")
-    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    clear_queue(conn)
     return int(row[0])
 
 

@@ -217,11 +217,11 @@ def test_every_row_again_restarts_from_the_first_key(conn: Conn) -> None:
     target = watch(conn, "docs")
     step(conn, target, 500)
     clear_queue(conn)
-    conn.execute(
-        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
-        " VALUES ('other', 384, 256, 'mean')"
-    )
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'other')")
+    # Another content source re-embeds every row (another model is a blue/green change).
+    conn.execute("ALTER TABLE docs ADD COLUMN title text")
+    conn.execute("UPDATE docs SET title = body")
+    clear_queue(conn)
+    conn.execute("SELECT embeddings.watch('docs', 'title', model => 'all-MiniLM-L6-v2')")
     assert backfill(conn, target)["every_row"] is True  # type: ignore[index]
     step_to_end(conn, target, 1000)
     assert queued_keys(conn, target) == list(range(1, 2501))

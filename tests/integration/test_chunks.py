@@ -11,7 +11,7 @@ import psycopg
 import pytest
 
 from tests.integration.test_worker import finish, lease_and_load
-from tests.support.jobs import messages, queued_keys
+from tests.support.jobs import clear_queue, messages, queued_keys
 from tests.support.models import shared_models_dir
 from worker import chunking, chunkstore, pipeline
 from worker.config import Settings
@@ -110,7 +110,7 @@ def test_watch_creates_the_chunk_table_and_no_embedding_column(conn: Conn, docs:
 def test_watch_is_idempotent_and_re_watch_with_new_settings_re_queues(
     conn: Conn, docs: int, minilm: str
 ) -> None:
-    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    clear_queue(conn)
     assert watch(conn, minilm, chunk_tokens=64, chunk_overlap=8) == docs
     assert messages(conn) == []
     assert watch(conn, minilm, chunk_tokens=100, chunk_overlap=8) == docs
@@ -165,7 +165,7 @@ def test_an_existing_table_of_the_wrong_shape_is_refused(conn: Conn, minilm: str
 
 
 def test_triggers_queue_inserts_and_content_changes_only(conn: Conn, docs: int) -> None:
-    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    clear_queue(conn)
     conn.execute("INSERT INTO docs VALUES (10, 'new'), (11, NULL)")
     conn.execute("UPDATE docs SET body = body WHERE id = 1")  # same content: nothing
     conn.execute("UPDATE docs SET body = 'changed' WHERE id = 2")
@@ -354,7 +354,7 @@ def test_supabase_shaped_jobs_work_for_chunked_targets(
         " chunk_tokens => 64)",
         (minilm,),
     )
-    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    clear_queue(conn)
     conn.execute(
         "SELECT pgmq.send('embedding_jobs', jsonb_build_object('id', 1, 'schema', 'public',"
         " 'table', 'documents', 'contentFunction', 'embedding_input', 'embeddingColumn', 'embedding'))"

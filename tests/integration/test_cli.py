@@ -161,7 +161,9 @@ def test_doctor_names_each_problem_with_its_fix(conn: Conn, dsn: str) -> None:
         " last_error) SELECT id, 'public.docs.embedding', '1', 'embedding_jobs',"
         """ '{"target": 1, "keys": [1]}', 5, 'boom' FROM embeddings.targets"""
     )
-    conn.execute("UPDATE pgmq.q_embedding_jobs SET enqueued_at = now() - interval '1 hour'")
+    conn.execute(  # watch()'s jobs wait on the backfill lane
+        "UPDATE pgmq.q_embedding_jobs_backfill SET enqueued_at = now() - interval '1 hour'"
+    )
     conn.execute("CREATE ROLE doctor_probe LOGIN")
     conn.execute("GRANT USAGE ON SCHEMA embeddings, pgmq TO doctor_probe")
 

@@ -48,7 +48,7 @@ def test_the_scheduled_sweep_requeues_lost_jobs(cron_db: str) -> None:
         conn.execute("CREATE TABLE cron_docs (id int PRIMARY KEY, body text)")
         conn.execute("INSERT INTO cron_docs SELECT g, 'text ' || g FROM generate_series(1, 10) g")
         conn.execute("SELECT embeddings.watch('cron_docs', 'body')")
-        conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")  # the jobs are lost
+        conn.execute("SELECT pgmq.purge_queue('embedding_jobs_backfill')")  # the jobs are lost
         job = conn.execute("SELECT embeddings.schedule_sweep('* * * * *')").fetchone()
         assert job is not None
         assert conn.execute(
@@ -57,7 +57,8 @@ def test_the_scheduled_sweep_requeues_lost_jobs(cron_db: str) -> None:
 
         def swept() -> bool:
             row = conn.execute(
-                "SELECT coalesce(sum(jsonb_array_length(message->'keys')), 0) FROM pgmq.q_embedding_jobs"
+                "SELECT coalesce(sum(jsonb_array_length(message->'keys')), 0)"
+                " FROM pgmq.q_embedding_jobs_backfill"  # what sweep() finds is backfill work
             ).fetchone()
             return row == (10,)
 

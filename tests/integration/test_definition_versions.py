@@ -46,11 +46,24 @@ def assert_vectors_of(conn: Conn, embedders: Embedders, model: str) -> None:
 def drain(
     conn: db.Connection, registry: Registry, settings: Settings, embedders: Embedders
 ) -> None:
-    queue = jobqueue.Queue(settings.queue)
-    while (batch := pipeline.read(conn, queue, registry, settings)) is not None:
-        pipeline.load(conn, batch)
-        pipeline.embed(embedders, batch)
-        pipeline.write(conn, queue, batch, settings)
+    """Both lanes, then the model change completes (what `run --once` does)."""
+    queues = [
+        jobqueue.Queue(settings.queue),
+        jobqueue.Queue(
+            jobqueue.backfill_queue_name(settings.queue),
+            lane=jobqueue.BACKFILL,
+            home=settings.queue,
+        ),
+    ]
+    while True:
+        for queue in queues:
+            while (batch := pipeline.read(conn, queue, registry, settings)) is not None:
+                pipeline.load(conn, batch)
+                pipeline.embed(embedders, batch)
+                pipeline.write(conn, queue, batch, settings)
+        results = conn.execute("SELECT result FROM embeddings.complete_changes()").fetchall()
+        if not any(r == "done" or r.endswith("the new vector: queued") for (r,) in results):
+            return
 
 
 def test_a_registry_cached_before_a_rewatch_is_not_used_after_it(
@@ -81,7 +94,9 @@ def test_a_batch_read_before_a_rewatch_is_not_written_and_is_redone(
 ) -> None:
     first, second = tiny_models
     make_docs(conn, first)
-    queue = jobqueue.Queue(settings.queue)
+    queue = jobqueue.Queue(  # watch()'s jobs are on the backfill lane
+        jobqueue.backfill_queue_name(settings.queue), lane=jobqueue.BACKFILL, home=settings.queue
+    )
     with db.connect(dsn) as worker_conn:
         db.register_vector_types(worker_conn)
         batch = pipeline.read(worker_conn, queue, Registry(), settings)
@@ -97,7 +112,8 @@ def test_a_batch_read_before_a_rewatch_is_not_written_and_is_redone(
     assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (0,)
     # Handed back at once, the attempt not counted.
     released = conn.execute(
-        "SELECT read_ct, vt <= clock_timestamp() FROM pgmq.q_embedding_jobs WHERE msg_id = ANY(%s)",
+        "SELECT read_ct, vt <= clock_timestamp() FROM pgmq.q_embedding_jobs_backfill"
+        " WHERE msg_id = ANY(%s)",
         (batch.msg_ids,),
     ).fetchall()
     assert released and all(row == (0, True) for row in released)

@@ -35,6 +35,7 @@ import psycopg
 import pytest
 
 from tests.support import faultmatrix
+from tests.support.jobs import JOBS, expire_leases
 from worker import db, faults
 from worker.config import Settings
 from worker.embedders import Embedders
@@ -161,11 +162,6 @@ def in_process_fault(admin: Conn, editor: Editor, fault: str) -> Callable[[], No
     return handler
 
 
-def expire_leases(conn: Conn) -> None:
-    """What waiting out EMBED_VT_SECONDS does to jobs a dead worker held."""
-    conn.execute("UPDATE pgmq.q_embedding_jobs SET vt = clock_timestamp()")
-
-
 def measure(
     conn: Conn, embedders: Embedders, model: str, step: str, fault: str, exit_code: int
 ) -> faultmatrix.Cell:
@@ -175,7 +171,7 @@ def measure(
     queued = {
         str(k)
         for (k,) in conn.execute(
-            "SELECT jsonb_array_elements_text(message -> 'keys') FROM pgmq.q_embedding_jobs"
+            f"SELECT jsonb_array_elements_text(message -> 'keys') FROM {JOBS}"
         ).fetchall()
     }
     dead = {
@@ -189,7 +185,7 @@ def measure(
             lost += str(key) not in queued and str(key) not in dead
         elif not np.allclose(np.array(stored, dtype=np.float32), want, atol=2e-3):
             stale += 1
-    left = conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone()
+    left = conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone()
     assert left is not None
     return faultmatrix.Cell(
         step=step,
@@ -257,7 +253,7 @@ def test_a_fault_at_each_step_loses_nothing(
     for _ in range(3):
         expire_leases(conn)
         assert run_worker(settings, embedders) == 0
-        if conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,):
+        if conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone() == (0,):
             break
 
     cell = measure(conn, embedders, model, step, fault, exit_code)

@@ -29,6 +29,7 @@ import pytest
 from psycopg import sql
 
 from tests.support import faultmatrix
+from tests.support.jobs import JOBS, expire_leases
 from worker import faults
 from worker.config import Settings
 from worker.embedders import Embedders
@@ -128,7 +129,7 @@ def measure(
     queued = {
         str(k)
         for (k,) in conn.execute(
-            "SELECT jsonb_array_elements_text(message -> 'keys') FROM pgmq.q_embedding_jobs"
+            f"SELECT jsonb_array_elements_text(message -> 'keys') FROM {JOBS}"
         ).fetchall()
     }
     dead = {
@@ -142,7 +143,7 @@ def measure(
             lost += str(key) not in queued and str(key) not in dead
         elif not np.allclose(np.array(stored, dtype=np.float32), want, atol=2e-3):
             stale += 1
-    left = conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone()
+    left = conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone()
     assert left is not None
     return faultmatrix.Cell(
         step=change,
@@ -224,9 +225,9 @@ def test_a_schema_change_in_flight_loses_nothing(
     assert applied == [True], "the change never landed in a batch"
 
     for _ in range(3):
-        conn.execute("UPDATE pgmq.q_embedding_jobs SET vt = clock_timestamp()")
+        expire_leases(conn)
         assert run_worker(settings, embedders) == 0
-        if conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,):
+        if conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone() == (0,):
             break
 
     cell = measure(conn, embedders, model, ddl.after, change, moment, code)

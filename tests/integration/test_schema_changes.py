@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.jobs import queued_keys
+from tests.support.jobs import JOBS, queued_keys
 from tests.support.process import wait_for
 from worker import write
 from worker.runner import Worker
@@ -189,7 +189,7 @@ def test_watching_again_after_the_content_column_was_re_added_re_embeds_every_ro
     now = dict(conn.execute("SELECT id, embedding::text FROM docs").fetchall())
     assert now[1] is not None and now[1] != old[1], "row 1 kept the old content's vector"
     assert now[2] is None, "row 2 has no content but kept a vector"
-    assert conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,)
+    assert conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone() == (0,)
 
 
 def test_a_rename_while_a_write_holds_the_registration_waits_instead_of_deadlocking(

@@ -48,6 +48,7 @@ from hypothesis.stateful import (
 )
 from psycopg import sql
 
+from tests.support.jobs import JOBS, clear_queue, expire_leases
 from worker import db, faults
 from worker.config import Settings
 from worker.embedders import Embedders
@@ -156,7 +157,7 @@ class EmbeddingMachine(RuleBasedStateMachine):
         # What an earlier example left, under whatever names its DDL rules gave it.
         self.conn.execute("DROP TABLE IF EXISTS public.docs, public.papers")
         self.conn.execute("DROP SCHEMA IF EXISTS archive CASCADE")
-        self.conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+        clear_queue(self.conn)  # both lanes
         self.conn.execute("DELETE FROM embeddings.failures")
         dims = self.embedders.get(self.models[0]).dim
         self.conn.execute(
@@ -392,19 +393,44 @@ class EmbeddingMachine(RuleBasedStateMachine):
         worker.join(timeout=120)
         assert not worker.is_alive()
 
+    @precondition(lambda self: self.in_change())
+    @rule(run_first=st.booleans())
+    def cancel_the_model_change(self, run_first: bool) -> None:
+        """Abandons a model change in progress, after letting a worker run or not."""
+        if run_first:
+            assert self.run_worker() == 0
+        self.conn.execute(
+            "SELECT embeddings.cancel_change(format('%%I.%%I', %s::text, %s::text)::regclass, %s)",
+            (self.schema, self.table, self.embedding_column),
+        )
+        self.model = self.target_model()
+
+    def in_change(self) -> bool:
+        row = self.conn.execute("SELECT count(*) FROM embeddings.model_changes").fetchone()
+        return bool(row and row[0])
+
+    def target_model(self) -> str:
+        row = self.conn.execute("SELECT model FROM embeddings.targets").fetchone()
+        assert row is not None
+        return str(row[0])
+
     # --- quiescence -----------------------------------------------------------------------
     def quiesce(self) -> None:
         """Leases of dead workers run out (what waiting EMBED_VT_SECONDS does); the worker
         drains until nothing is left."""
         for _ in range(5):
-            self.conn.execute("UPDATE pgmq.q_embedding_jobs SET vt = clock_timestamp()")
+            expire_leases(self.conn)
             assert self.run_worker() == 0
-            if self.conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone() == (0,):
+            if self.conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone() == (0,):
                 return
 
     def check(self) -> None:
-        left = self.conn.execute("SELECT message, read_ct FROM pgmq.q_embedding_jobs").fetchall()
-        assert left == [], f"jobs left in the queue: {left}"
+        left = self.conn.execute(f"SELECT message, read_ct FROM {JOBS}").fetchall()
+        assert left == [], f"jobs left in the queues: {left}"
+        # The target's model at quiescence: a model change completes once all its rows have
+        # their new vectors (it waits while some row is dead-lettered: the column keeps the old
+        # model's vectors meanwhile).
+        model_name = self.target_model()
         stored = {
             k: (body, vector)
             for k, body, vector in self.conn.execute(
@@ -418,7 +444,7 @@ class EmbeddingMachine(RuleBasedStateMachine):
             ).fetchall()
         )
         texts = {k: body for k, body in self.rows.items() if body is not None and has_content(body)}
-        model = self.embedders.get(self.model)
+        model = self.embedders.get(model_name)
         expected = dict(zip(texts, model.embed(list(texts.values())), strict=True)) if texts else {}
         for key, (body, vector) in stored.items():
             if not has_content(body):
@@ -428,7 +454,7 @@ class EmbeddingMachine(RuleBasedStateMachine):
             else:
                 assert vector is not None, f"row {key} ({body!r}) has no vector and no failure"
                 assert np.allclose(np.array(vector, dtype=np.float32), expected[key], atol=2e-3), (
-                    f"row {key} ({body!r}) does not hold {self.model}'s vector of its content"
+                    f"row {key} ({body!r}) does not hold {model_name}'s vector of its content"
                 )
 
     @rule()

@@ -71,7 +71,8 @@ def test_supabase_shaped_jobs_count_as_pending(conn: Conn) -> None:
 
 
 def test_old_archived_jobs_are_pruned(conn: Conn, docs: int) -> None:
-    conn.execute("INSERT INTO docs VALUES (200, 'a second job')")
+    conn.execute("INSERT INTO docs VALUES (200, 'a live job')")
+    conn.execute("INSERT INTO docs VALUES (201, 'a second live job')")
     conn.execute(
         "SELECT pgmq.archive('embedding_jobs', array_agg(msg_id)) FROM pgmq.q_embedding_jobs"
     )

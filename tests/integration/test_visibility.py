@@ -43,7 +43,8 @@ def test_status_says_why_jobs_wait_until_the_target_is_served(
     assert row["deferred_since"] is not None
 
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
-    conn.execute("UPDATE pgmq.q_embedding_jobs SET vt = now()")  # the deferral's wait, skipped
+    for lane in ("q_embedding_jobs", "q_embedding_jobs_backfill"):  # the deferral's wait, skipped
+        conn.execute(f"UPDATE pgmq.{lane} SET vt = now()")
     run_once()
 
     row = status_row(conn)
@@ -116,8 +117,9 @@ def test_dead_letters_of_rows_embedded_later_are_resolved(
         " FROM unnest(ARRAY[1, 2]) k",
         (target[0], target[0]),
     )
-    conn.execute("DELETE FROM pgmq.q_embedding_jobs WHERE message->'keys' @> '[2]'")
-    conn.execute("DELETE FROM pgmq.q_embedding_jobs WHERE message->'keys' @> '[1]'")
+    for lane in ("q_embedding_jobs", "q_embedding_jobs_backfill"):  # watch()'s are on the second
+        conn.execute(f"DELETE FROM pgmq.{lane} WHERE message->'keys' @> '[2]'")
+        conn.execute(f"DELETE FROM pgmq.{lane} WHERE message->'keys' @> '[1]'")
     conn.execute("UPDATE docs SET body = 'hello again' WHERE id = 1")  # row 1 re-queued
 
     run_once()

@@ -139,7 +139,7 @@ def test_watch_again_with_new_arguments_updates_the_registration(conn: Conn) -> 
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, title text, body text)")
     conn.execute("INSERT INTO docs VALUES (1, 'a', 'b')")
     conn.execute("SELECT embeddings.watch('docs', 'body')")
-    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    conn.execute("SELECT pgmq.purge_queue('embedding_jobs_backfill')")  # watch()'s lane
     conn.execute("UPDATE docs SET embedding = array_fill(0.1, ARRAY[384])::halfvec")
 
     # Only the trigger options change: no re-embedding, the clear trigger goes away.

@@ -11,7 +11,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.support.jobs import messages
+from tests.support.jobs import clear_queue, messages
 from worker import pipeline
 from worker import queue as jobqueue
 from worker.config import Settings
@@ -101,7 +101,9 @@ def test_updates_are_re_embedded_and_blank_content_cleared(
 
 
 def lease_and_load(settings: Settings, dsn: str) -> tuple[pipeline.Batch, jobqueue.Queue]:
-    queue = jobqueue.Queue(settings.queue)
+    queue = jobqueue.Queue(  # watch()'s jobs are on the backfill lane
+        jobqueue.backfill_queue_name(settings.queue), lane=jobqueue.BACKFILL, home=settings.queue
+    )
     with psycopg.connect(dsn, autocommit=True) as conn:
         batch = pipeline.read(conn, queue, Registry(), settings)
         assert batch is not None
@@ -234,7 +236,7 @@ def test_jobs_in_the_supabase_shape_are_processed_for_registered_targets(
         (minilm,),
     )
     assert messages(conn) != []  # watch() queued the existing rows in our own shape
-    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    clear_queue(conn)
     for key in (1, 2):
         conn.execute(
             "SELECT pgmq.send('embedding_jobs', jsonb_build_object('id', %s::int, 'schema', 'public',"
@@ -249,7 +251,7 @@ def test_jobs_in_the_supabase_shape_are_processed_for_registered_targets(
 def test_invalid_keys_are_dead_lettered_and_the_rest_embedded(
     conn: Conn, docs: int, run_once: Callable[..., Worker]
 ) -> None:
-    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    clear_queue(conn)
     conn.execute(
         """SELECT pgmq.send('embedding_jobs', jsonb_build_object('target', %s, 'keys', '[1, "x", 2]'::jsonb))""",
         (docs,),
@@ -272,7 +274,7 @@ def test_a_target_whose_model_is_missing_is_deferred_not_failed(
     conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
     run_once()  # --once: the deferred job is invisible for a minute, so the run ends
     row = conn.execute(
-        "SELECT read_ct, vt > now() + interval '30 seconds' FROM pgmq.q_embedding_jobs"
+        "SELECT read_ct, vt > now() + interval '30 seconds' FROM pgmq.q_embedding_jobs_backfill"
     ).fetchone()
     assert row == (0, True)  # put back without spending an attempt
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
@@ -316,7 +318,8 @@ def test_older_pgmq_without_last_read_at_works(
     conn: Conn, docs: int, run_once: Callable[..., Worker]
 ) -> None:
     """Supabase ships pgmq 1.4/1.5, whose queue tables lack last_read_at (added in 1.8)."""
-    conn.execute("ALTER TABLE pgmq.q_embedding_jobs DROP COLUMN last_read_at")
+    for lane in ("q_embedding_jobs", "q_embedding_jobs_backfill"):
+        conn.execute(f"ALTER TABLE pgmq.{lane} DROP COLUMN last_read_at")
     run_once()
     assert all(v is not None for v in stored(conn).values())
     assert messages(conn) == []

@@ -12,7 +12,7 @@ from typing import Any
 
 import psycopg
 
-from tests.support.jobs import messages
+from tests.support.jobs import clear_queue, messages
 from worker.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -81,7 +81,7 @@ def test_a_failed_clear_does_not_clear_the_fresh_vectors_of_its_batch(
     )
     row = conn.execute("SELECT id FROM embeddings.targets").fetchone()
     assert row is not None
-    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    clear_queue(conn)
     conn.execute("SELECT embeddings.enqueue_keys(%s, ARRAY[1, 2, 3]::bigint[])", (row[0],))
 
     run_once()

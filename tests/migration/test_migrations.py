@@ -101,9 +101,10 @@ def test_up_down_up_keeps_user_data(empty_dsn: str) -> None:
             "event_triggers": 2,
         }
         assert conn.execute("SELECT embeddings.watch('docs', 'body')").fetchone() == (1,)
-        # The existing 384-d column is reused; rows 2 and 3 lack an embedding and are queued.
+        # The existing 384-d column is reused; rows 2 and 3 lack an embedding and are queued
+        # (on the backfill lane: watch()'s initial enqueue is backfill work).
         keys = conn.execute(
-            "SELECT jsonb_path_query_array(message, '$.keys[*]') FROM pgmq.q_embedding_jobs"
+            "SELECT jsonb_path_query_array(message, '$.keys[*]') FROM pgmq.q_embedding_jobs_backfill"
         ).fetchone()
         assert keys is not None and sorted(keys[0]) == [2, 3]
 

@@ -6,16 +6,47 @@ from typing import Any
 
 import psycopg
 
+from worker.queue import backfill_queue_name
+
 Conn = psycopg.Connection[Any]
+
+# Both lanes of the default queue as one relation (the live queue and its backfill lane), for
+# tests that count or look into every queued job.
+JOBS = (
+    "(SELECT * FROM pgmq.q_embedding_jobs UNION ALL SELECT * FROM pgmq.q_embedding_jobs_backfill)"
+    " AS jobs"
+)
+
+
+def expire_leases(conn: Conn, queue: str = "embedding_jobs") -> None:
+    """What waiting out EMBED_VT_SECONDS does to the jobs a dead worker held, in both lanes."""
+    for name in lanes(conn, queue):
+        conn.execute(
+            psycopg.sql.SQL("UPDATE pgmq.{} SET vt = clock_timestamp()").format(
+                psycopg.sql.Identifier(f"q_{name}")
+            )
+        )
+
+
+def lanes(conn: Conn, queue: str) -> list[str]:
+    """`queue` and its backfill lane, where that exists (every queue of ours has one)."""
+    backfill = backfill_queue_name(queue)
+    row = conn.execute("SELECT to_regclass(%s) IS NOT NULL", (f"pgmq.q_{backfill}",)).fetchone()
+    return [queue, backfill] if row and row[0] else [queue]
 
 
 def messages(conn: Conn, queue: str = "embedding_jobs") -> list[dict[str, Any]]:
-    rows = conn.execute(
-        psycopg.sql.SQL("SELECT message FROM pgmq.{} ORDER BY msg_id").format(
-            psycopg.sql.Identifier(f"q_{queue}")
+    """The jobs of `queue` and of its backfill lane, in the order they were enqueued."""
+    parts = [
+        psycopg.sql.SQL("SELECT message, enqueued_at, msg_id FROM pgmq.{}").format(
+            psycopg.sql.Identifier(f"q_{name}")
         )
-    ).fetchall()
-    return [r[0] for r in rows]
+        for name in lanes(conn, queue)
+    ]
+    query = psycopg.sql.SQL("SELECT message FROM ({}) m ORDER BY enqueued_at, msg_id").format(
+        psycopg.sql.SQL(" UNION ALL ").join(parts)
+    )
+    return [r[0] for r in conn.execute(query).fetchall()]
 
 
 def queued_keys(conn: Conn, target_id: int, queue: str = "embedding_jobs") -> list[Any]:
@@ -28,4 +59,5 @@ def queued_keys(conn: Conn, target_id: int, queue: str = "embedding_jobs") -> li
 
 
 def clear_queue(conn: Conn, queue: str = "embedding_jobs") -> None:
-    conn.execute("SELECT pgmq.purge_queue(%s)", (queue,))
+    for name in lanes(conn, queue):
+        conn.execute("SELECT pgmq.purge_queue(%s)", (name,))

@@ -25,6 +25,7 @@ def row(**overrides: Any) -> dict[str, Any]:
         "estimated": True,
         "backfill_rows": None,
         "index_deferred": False,
+        "change_model": None,
     }
     base.update(overrides)
     base["eta_seconds"] = status_view.eta_seconds(base)

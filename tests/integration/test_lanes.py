@@ -1,0 +1,110 @@
+"""Priority lanes: which work goes to which queue (SQL only), and a model change of a table with
+a composite key (its shadow writes match rows by every key column)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from tests.support.jobs import messages
+from worker.embedders import Embedders
+from worker.runner import Worker
+
+Conn = psycopg.Connection[Any]
+
+
+def lane_keys(conn: Conn, queue: str) -> list[Any]:
+    rows = conn.execute(
+        psycopg.sql.SQL("SELECT message FROM pgmq.{} ORDER BY msg_id").format(
+            psycopg.sql.Identifier(f"q_{queue}")
+        )
+    ).fetchall()
+    return sorted(k for (m,) in rows for k in m["keys"])
+
+
+def test_each_kind_of_work_goes_to_its_lane(conn: Conn, tiny_models: tuple[str, str]) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g, 'existing ' || g FROM generate_series(1, 3) g")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (tiny_models[0],))
+    # watch()'s initial enqueue is backfill work; the application's writes are live.
+    assert lane_keys(conn, "embedding_jobs_backfill") == [1, 2, 3]
+    conn.execute("INSERT INTO docs VALUES (4, 'written by the application')")
+    assert lane_keys(conn, "embedding_jobs") == [4]
+    assert conn.execute(
+        "SELECT pending_jobs, pending_live, pending_backfill FROM embeddings.status"
+    ).fetchone() == (4, 1, 3)
+
+    # sweep() counts both lanes as pending and queues what it finds on the backfill lane.
+    assert conn.execute("SELECT embeddings.sweep()").fetchone() == (0,)
+    conn.execute("SELECT pgmq.purge_queue('embedding_jobs_backfill')")  # jobs lost
+    assert conn.execute("SELECT embeddings.sweep()").fetchone() == (3,)
+    assert lane_keys(conn, "embedding_jobs_backfill") == [1, 2, 3]
+    assert lane_keys(conn, "embedding_jobs") == [4]
+
+    # Push mode: live jobs first, then backfill work, each saying its lane.
+    bodies = [r[0] for r in conn.execute("SELECT * FROM embeddings.dispatch_batches(10, 1)")]
+    assert len(bodies) == 1
+    assert [(j["keys"], j.get("lane")) for j in bodies[0]] == [
+        ([4], None),
+        ([1, 2, 3], "backfill"),
+    ]
+
+    # A retried dead letter is backfill work too.
+    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    conn.execute("SELECT pgmq.purge_queue('embedding_jobs_backfill')")
+    conn.execute(
+        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
+        " last_error) SELECT id, 'public.docs.embedding', '4', 'embedding_jobs',"
+        """ jsonb_build_object('target', id, 'keys', '[4]'::jsonb), 5, 'boom'"""
+        " FROM embeddings.targets"
+    )
+    assert conn.execute("SELECT embeddings.retry_failures()").fetchone() == (1,)
+    assert lane_keys(conn, "embedding_jobs_backfill") == [4]
+    assert lane_keys(conn, "embedding_jobs") == []
+
+
+def test_unwatch_and_a_queue_move_take_both_lanes(conn: Conn, tiny_models: tuple[str, str]) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g, 'existing ' || g FROM generate_series(1, 3) g")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (tiny_models[0],))
+    conn.execute("INSERT INTO docs VALUES (4, 'live')")
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, queue => 'other_jobs')",
+        (tiny_models[0],),
+    )
+    assert messages(conn) == []
+    assert lane_keys(conn, "other_jobs") == [4]
+    # The moved backfill jobs, and (as always with watch() again) rows still without a vector,
+    # but not row 4, whose live job waits already (the backfill skips queued keys).
+    assert set(lane_keys(conn, "other_jobs_backfill")) == {1, 2, 3}
+    conn.execute("SELECT embeddings.unwatch('docs')")
+    assert lane_keys(conn, "other_jobs") == lane_keys(conn, "other_jobs_backfill") == []
+
+
+def test_a_model_change_of_a_table_with_a_composite_key(
+    conn: Conn,
+    tiny_models: tuple[str, str],
+    run_once: Callable[..., Worker],
+    embedders: Embedders,
+) -> None:
+    old, new = tiny_models
+    conn.execute("CREATE TABLE docs (tenant text, id int, body text, PRIMARY KEY (tenant, id))")
+    conn.execute(
+        "INSERT INTO docs SELECT t, g, t || ' document ' || g"
+        " FROM unnest(ARRAY['a', 'b']) t, generate_series(1, 20) g"
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (old,))
+    run_once(model=old)
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (new,))
+    conn.execute("UPDATE docs SET body = 'edited during the change' WHERE tenant = 'b' AND id = 3")
+    run_once(model=old)
+    assert conn.execute("SELECT model FROM embeddings.targets").fetchone() == (new,)
+    rows = conn.execute("SELECT tenant, id, body, embedding::real[] FROM docs").fetchall()
+    assert len(rows) == 40
+    expected = embedders.get(new).embed([body for _, _, body, _ in rows])
+    for (tenant, key, _, vector), want in zip(rows, expected, strict=True):
+        assert vector is not None, (tenant, key)
+        assert np.allclose(np.array(vector, dtype=np.float32), want, atol=2e-3), (tenant, key)

@@ -1,0 +1,463 @@
+"""Model changes without downtime (blue/green) and priority lanes, on the real Postgres.
+
+A change fills a shadow column with the new model's vectors while the target's column keeps
+serving the old model's, then swaps them in one short transaction. A sampler reads the column
+continuously from another connection while the application keeps writing: no snapshot may hold
+vectors of two models, and no row that had a vector may be seen without one.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import threading
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from tests.integration.test_cli import run_cli
+from tests.support import modelgen
+from tests.support.models import shared_models_dir
+from tests.support.process import WorkerProcess, wait_for
+from worker.config import Settings
+from worker.embedders import Embedders
+from worker.runner import Worker
+
+Conn = psycopg.Connection[Any]
+WIDE = "tiny-wide"  # a tiny random-weight model of another dimension (48, not 32)
+WIDE_DIMS = 48
+
+
+@pytest.fixture(scope="session")
+def wide_model_path(request: pytest.FixtureRequest) -> str:
+    cache = getattr(request.config, "cache", None)
+    root = (
+        Path(cache.mkdir("embed-worker-models"))
+        if cache is not None
+        else Path(request.getfixturevalue("tmp_path_factory").mktemp("models"))
+    )
+    tokenizer = shared_models_dir() / "gte-small"
+    if not (tokenizer / "tokenizer.json").is_file():
+        pytest.skip(f"the gte-small tokenizer is not at {tokenizer}")
+    params = {**modelgen.TINY, "hidden": WIDE_DIMS, "heads": 2, "intermediate": 96}
+    path = modelgen.cached_model_dir(
+        root, name=WIDE, tokenizer_dir=tokenizer, seed=7, pooling="mean", **params
+    )
+    return str(path.parent)
+
+
+@pytest.fixture
+def models(
+    conn: Conn, tiny_models: tuple[str, str], wide_model_path: str, monkeypatch: pytest.MonkeyPatch
+) -> tuple[str, str, str]:
+    """tiny-a and tiny-b (32-d) and tiny-wide (48-d), findable and registered."""
+    monkeypatch.setenv(
+        "EMBED_MODEL_PATH", os.pathsep.join([wide_model_path, os.environ["EMBED_MODEL_PATH"]])
+    )
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES (%s, %s, 512, 'mean')",
+        (WIDE, WIDE_DIMS),
+    )
+    return tiny_models[0], tiny_models[1], WIDE
+
+
+@pytest.fixture
+def worker_settings(settings: Settings, models: tuple[str, str, str]) -> Settings:
+    return settings.with_overrides(model=models[0], batch_size=32, poll_seconds=0.2)
+
+
+@pytest.fixture
+def running(worker_settings: Settings, embedders: Embedders) -> Iterator[Callable[[], Worker]]:
+    """Starts an in-process worker (not --once) in a thread; stopped at the end of the test."""
+    started: list[tuple[Worker, threading.Thread]] = []
+
+    def start() -> Worker:
+        worker = Worker(worker_settings, embedders=embedders, progress=False, handle_signals=False)
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        started.append((worker, thread))
+        return worker
+
+    yield start
+    for worker, thread in started:
+        worker.request_stop("test over")
+        thread.join(timeout=30)
+
+
+def make_table(conn: Conn, rows: int, *, clear_on_update: bool = True, model: str) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute(
+        "INSERT INTO docs SELECT i, 'document number ' || i FROM generate_series(1, %s) i", (rows,)
+    )
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => %s)",
+        (model, clear_on_update),
+    )
+
+
+def target_model(conn: Conn) -> str:
+    row = conn.execute("SELECT model FROM embeddings.targets").fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def in_change(conn: Conn) -> bool:
+    row = conn.execute("SELECT count(*) FROM embeddings.model_changes").fetchone()
+    return row is not None and row[0] > 0
+
+
+def column_type(conn: Conn, column: str) -> str | None:
+    row = conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = 'docs'::regclass AND attname = %s AND NOT attisdropped",
+        (column,),
+    ).fetchone()
+    return None if row is None else str(row[0])
+
+
+class Oracle:
+    """Which model produced a stored vector, among the models and every text a row ever had."""
+
+    def __init__(self, embedders: Embedders, models: list[str]) -> None:
+        self.embedders = embedders
+        self.models = models
+        self._cache: dict[tuple[str, str], np.ndarray[Any, Any]] = {}
+
+    def vector(self, model: str, text: str) -> np.ndarray[Any, Any]:
+        if (model, text) not in self._cache:
+            self._cache[(model, text)] = self.embedders.get(model).embed([text])[0]
+        return self._cache[(model, text)]
+
+    def producer(self, vector: list[float], texts: set[str]) -> str | None:
+        stored = np.array(vector, dtype=np.float32)
+        for model in self.models:
+            if len(stored) != self.embedders.get(model).dim:
+                continue
+            for text in texts:
+                if np.allclose(stored, self.vector(model, text), atol=2e-3):
+                    return model
+        return None
+
+
+def test_a_change_while_writes_arrive_never_exposes_a_mixed_or_missing_vector(
+    conn: Conn,
+    dsn: str,
+    models: tuple[str, str, str],
+    embedders: Embedders,
+    running: Callable[[], Worker],
+) -> None:
+    old, new, _ = models
+    make_table(conn, 400, clear_on_update=False, model=old)
+    running()
+    wait_for(
+        lambda: conn.execute("SELECT count(embedding) FROM docs").fetchone() == (400,),
+        60,
+        what="the first model's vectors",
+    )
+    history: dict[int, set[str]] = {
+        k: {b} for k, b in conn.execute("SELECT id, body FROM docs").fetchall()
+    }
+    history_lock = threading.Lock()
+    oracle = Oracle(embedders, [old, new])
+    stop = threading.Event()
+    problems: list[str] = []
+    samples = [0]
+
+    def application() -> None:
+        """Inserts and content updates, one statement each, until stopped."""
+        n = 0
+        with psycopg.connect(dsn, autocommit=True) as app:
+            while not stop.is_set():
+                n += 1
+                key, text = (1000 + n, f"new row {n}") if n % 2 else (n % 400 + 1, f"edit {n}")
+                with history_lock:
+                    history.setdefault(key, set()).add(text)
+                app.execute(
+                    "INSERT INTO docs VALUES (%s, %s) ON CONFLICT (id) DO UPDATE SET body = %s",
+                    (key, text, text),
+                )
+                time.sleep(0.01)
+
+    def sampler() -> None:
+        """Reads the whole column in one snapshot, again and again."""
+        had_vector: set[int] = set()
+        with psycopg.connect(dsn, autocommit=True) as reader:
+            while not stop.is_set():
+                try:
+                    rows = reader.execute("SELECT id, embedding::real[] FROM docs").fetchall()
+                except psycopg.errors.UndefinedColumn:
+                    continue  # cannot happen: the column keeps its name throughout
+                with history_lock:
+                    texts = {k: set(v) for k, v in history.items()}
+                producers = {
+                    oracle.producer(v, texts.get(k, set())) for k, v in rows if v is not None
+                }
+                if len(producers) > 1:
+                    problems.append(f"mixed models in one snapshot: {producers}")
+                lost = [k for k, v in rows if v is None and k in had_vector]
+                if lost:
+                    problems.append(f"rows lost their vector: {lost[:5]}")
+                had_vector |= {k for k, v in rows if v is not None}
+                samples[0] += 1
+
+    threads = [threading.Thread(target=application), threading.Thread(target=sampler)]
+    for thread in threads:
+        thread.start()
+    try:
+        time.sleep(0.5)
+        conn.execute(
+            "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false)", (new,)
+        )
+        assert in_change(conn)
+        status = conn.execute(
+            "SELECT model, change_model, change_total_rows FROM embeddings.status"
+        ).fetchone()
+        assert status is not None and status[0] == old and status[1] == new and status[2] >= 400
+        wait_for(lambda: target_model(conn) == new, 120, what="the change to complete")
+        time.sleep(0.5)  # writes keep arriving after the swap too
+    finally:
+        stop.set()
+        for thread in threads:
+            thread.join(timeout=30)
+    assert samples[0] > 5
+    assert problems == []
+    assert column_type(conn, "embedding_next") is None  # swapped in, old column dropped
+    # Quiescence: every row holds the new model's vector of its current content.
+    wait_for(
+        lambda: conn.execute("SELECT pending_jobs FROM embeddings.status").fetchone() == (0,),
+        60,
+        what="the queue to drain",
+    )
+    for key, body, vector in conn.execute("SELECT id, body, embedding::real[] FROM docs"):
+        assert vector is not None, key
+        assert np.allclose(np.array(vector), oracle.vector(new, body), atol=2e-3), key
+
+
+def test_a_dimension_change_swaps_in_a_column_of_the_new_dimension_and_keeps_the_old(
+    conn: Conn, dsn: str, models: tuple[str, str, str], run_once: Callable[..., Worker]
+) -> None:
+    old, _, wide = models
+    make_table(conn, 100, model=old)
+    run_once(model=old)
+    assert column_type(conn, "embedding") == "halfvec(32)"
+    conn.execute(
+        "SELECT embeddings.rewatch('docs', 'embedding', model => %s, keep_old => true)", (wide,)
+    )
+    assert column_type(conn, "embedding_next") == "halfvec(48)"
+    assert conn.execute(
+        "SELECT pending_live, pending_backfill FROM embeddings.status"
+    ).fetchone() == (0, 100)
+    run_once(model=old)
+    assert target_model(conn) == wide
+    assert column_type(conn, "embedding") == "halfvec(48)"
+    assert column_type(conn, "embedding_previous") == "halfvec(32)"
+    assert column_type(conn, "embedding_next") is None
+    assert conn.execute(
+        "SELECT count(embedding), count(embedding_previous) FROM docs"
+    ).fetchone() == (100, 100)
+    # The HNSW index went with its column: the new column's index has the old index's name.
+    indexes = dict(
+        conn.execute(
+            "SELECT a.attname, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_am am ON am.oid = c.relam AND am.amname = 'hnsw'"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+            " WHERE i.indrelid = 'docs'::regclass"
+        ).fetchall()
+    )
+    assert set(indexes) == {"embedding", "embedding_previous"}
+    assert indexes["embedding"] == "docs_embedding_idx"
+    # Rows written after the swap are embedded with the new model into the new column.
+    conn.execute("INSERT INTO docs VALUES (500, 'after the change')")
+    run_once(model=old)
+    row = conn.execute("SELECT vector_dims(embedding) FROM docs WHERE id = 500").fetchone()
+    assert row == (48,)
+    # search embeds its query with the column's model now (48-d): the row is its own best match.
+    found = run_cli(
+        "search", "docs", "after the change", "-k", "1", "--json", "--database-url", dsn
+    )
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)[0]["key"] == "500"
+    produced = conn.execute("SELECT vectors_from FROM embeddings.status").fetchone()
+    assert produced is not None and produced[0].startswith(wide)
+
+
+def test_cancel_abandons_the_change_cleanly(
+    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+) -> None:
+    old, new, _ = models
+    make_table(conn, 50, model=old)
+    run_once(model=old)
+    before = conn.execute("SELECT id, embedding::text FROM docs ORDER BY id").fetchall()
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (new,))
+    assert column_type(conn, "embedding_next") == "halfvec(32)"
+    assert conn.execute("SELECT embeddings.cancel_change('docs')").fetchone() == (True,)
+    assert column_type(conn, "embedding_next") is None
+    assert not in_change(conn)
+    assert conn.execute("SELECT pending_jobs FROM embeddings.status").fetchone() == (0,)
+    run_once(model=old)
+    assert target_model(conn) == old
+    assert conn.execute("SELECT id, embedding::text FROM docs ORDER BY id").fetchall() == before
+    # A second cancel has nothing to do; watch() with the current model during a change cancels.
+    assert conn.execute("SELECT embeddings.cancel_change('docs')").fetchone() == (False,)
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (new,))
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (old,))
+    assert not in_change(conn) and column_type(conn, "embedding_next") is None
+
+
+def test_a_worker_killed_mid_change_resumes_and_completes_it(
+    conn: Conn, dsn: str, models: tuple[str, str, str], wide_model_path: str
+) -> None:
+    old, _, wide = models
+    make_table(conn, 3000, model=old)
+    env = {
+        "EMBED_MODEL_PATH": os.environ["EMBED_MODEL_PATH"],
+        "EMBED_MODEL": old,
+        "EMBED_BATCH_SIZE": "16",
+        "EMBED_VT_SECONDS": "3",
+    }
+    first = WorkerProcess(dsn, env, http=False)
+    try:
+        wait_for(
+            lambda: conn.execute("SELECT count(embedding) FROM docs").fetchone() == (3000,),
+            120,
+            what="the first model's vectors",
+        )
+        conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (wide,))
+        wait_for(
+            lambda: (
+                (conn.execute("SELECT count(embedding_next) FROM docs").fetchone() or (0,))[0] > 100
+            ),
+            120,
+            what="part of the change",
+        )
+    finally:
+        first.stop()  # SIGKILL: its leased jobs come back after EMBED_VT_SECONDS
+    done = conn.execute("SELECT count(embedding_next) FROM docs").fetchone()
+    assert done is not None and done[0] < 3000, "the change finished before the kill"
+    assert target_model(conn) == old
+    second = WorkerProcess(dsn, env, http=False)
+    try:
+        wait_for(lambda: target_model(conn) == wide, 180, what="the change to complete")
+    finally:
+        second.signal()
+        second.wait_exit(30)
+        second.stop()
+    assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (3000,)
+    assert column_type(conn, "embedding") == f"halfvec({WIDE_DIMS})"
+
+
+def test_a_live_row_is_embedded_before_a_big_backfill_drains(
+    conn: Conn, models: tuple[str, str, str], running: Callable[[], Worker]
+) -> None:
+    make_table(conn, 6000, model=models[0])
+    assert conn.execute(
+        "SELECT pending_live, pending_backfill FROM embeddings.status"
+    ).fetchone() == (0, 6000)
+    running()
+    wait_for(
+        lambda: (conn.execute("SELECT count(embedding) FROM docs").fetchone() or (0,))[0] > 200,
+        60,
+        what="the backfill to start",
+    )
+    conn.execute("INSERT INTO docs VALUES (100000, 'written by the application')")
+    wait_for(
+        lambda: (
+            conn.execute("SELECT embedding IS NOT NULL FROM docs WHERE id = 100000").fetchone()
+            == (True,)
+        ),
+        30,
+        what="the live row's vector",
+    )
+    row = conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone()
+    left = row[0] if row else 0
+    assert left > 1000, f"the backfill drained first ({left} left)"
+
+
+def test_backfill_false_registers_without_enqueuing_and_keeps_existing_vectors(
+    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text, embedding halfvec(32))")
+    conn.execute(
+        "INSERT INTO docs SELECT i, 'doc ' || i, array_fill(0.5, ARRAY[32])::halfvec"
+        " FROM generate_series(1, 20) i"
+    )
+    conn.execute("INSERT INTO docs VALUES (21, 'no vector yet')")
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, backfill => false)", (models[0],)
+    )
+    assert conn.execute("SELECT pending_jobs FROM embeddings.status").fetchone() == (0,)
+    conn.execute("INSERT INTO docs VALUES (22, 'a live row')")
+    run_once(model=models[0])
+    rows = dict(conn.execute("SELECT id, embedding IS NOT NULL FROM docs").fetchall())
+    assert rows[22] and not rows[21]
+    imported = conn.execute(
+        "SELECT count(*) FROM docs WHERE embedding = array_fill(0.5, ARRAY[32])::halfvec"
+    ).fetchone()
+    assert imported == (20,)
+
+
+def test_a_worker_of_another_variant_does_not_mix_vectors(
+    conn: Conn,
+    models: tuple[str, str, str],
+    run_once: Callable[..., Worker],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    old = models[0]
+    make_table(conn, 10, model=old)
+    run_once(model=old)
+    recorded = conn.execute("SELECT vectors_from FROM embeddings.status").fetchone()
+    assert recorded is not None and recorded[0].startswith(old) and recorded[0].endswith("fp32")
+    conn.execute("UPDATE embeddings.provenance SET variant = 'int8'")  # as if int8 produced them
+    conn.execute("INSERT INTO docs VALUES (11, 'one more')")
+    caplog.clear()
+    run_once(model=old)
+    startup = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert any("were produced by" in m and "int8" in m for m in startup), startup
+    row = conn.execute("SELECT pending_jobs, deferred_reason FROM embeddings.status").fetchone()
+    assert row is not None and row[0] == 1 and "not mixing" in row[1]
+    assert conn.execute("SELECT embedding FROM docs WHERE id = 11").fetchone() == (None,)
+
+
+def test_rewatch_re_embeds_the_vectors_of_another_variant_blue_green(
+    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+) -> None:
+    old = models[0]
+    make_table(conn, 10, model=old)
+    run_once(model=old)
+    conn.execute("UPDATE embeddings.provenance SET variant = 'int8'")  # as if int8 produced them
+    conn.execute("SELECT embeddings.rewatch('docs')")  # the same model: a re-embedding
+    conn.execute("INSERT INTO docs VALUES (11, 'written during the change')")
+    run_once(model=old)
+    assert not in_change(conn)
+    produced = conn.execute("SELECT vectors_from, pending_jobs FROM embeddings.status").fetchone()
+    assert produced is not None and produced[0].endswith("fp32") and produced[1] == 0
+    assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (11,)
+
+
+def test_a_missing_new_model_does_not_stop_the_application_s_rows(
+    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+) -> None:
+    old = models[0]
+    make_table(conn, 10, model=old)
+    run_once(model=old)
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 32, 512, 'mean')"
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    conn.execute("INSERT INTO docs VALUES (11, 'written during the change')")
+    conn.execute("UPDATE docs SET body = 'edited during the change' WHERE id = 1")
+    run_once(model=old)
+    # The application's rows have the old model's vectors (searchable); the change waits.
+    rows = dict(conn.execute("SELECT id, embedding IS NOT NULL FROM docs").fetchall())
+    assert rows[11] and rows[1]
+    assert in_change(conn) and target_model(conn) == old
+    assert conn.execute("SELECT count(embedding_next) FROM docs").fetchone() == (0,)
+    row = conn.execute("SELECT pending_backfill, deferred_reason FROM embeddings.status").fetchone()
+    assert row is not None and row[0] == 10 and "absent-model" in row[1]
