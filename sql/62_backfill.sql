@@ -177,11 +177,20 @@ LANGUAGE plpgsql AS $$
 DECLARE
     b embeddings.backfills;
     t embeddings.targets;
+    lane_full boolean;
 BEGIN
     scanned := 0;
     enqueued := 0;
     IF max_keys IS NULL OR max_keys < 1 THEN
         RAISE EXCEPTION 'max_keys must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Not while the backfill lane holds a step's worth of jobs: a worker whose reads run short
+    -- because its backfill batch is still in flight must not queue the whole table meanwhile.
+    EXECUTE format('SELECT count(*) >= $1 FROM (SELECT FROM pgmq.%I LIMIT $1) q',
+                   pgmq.format_table_name(embeddings.backfill_queue(queue), 'q'))
+        INTO lane_full USING max_keys / embeddings.keys_per_message() + 1;
+    IF lane_full THEN
+        RETURN;
     END IF;
     SELECT bf.* INTO b FROM embeddings.backfills bf
     JOIN embeddings.targets tg ON tg.id = bf.target_id

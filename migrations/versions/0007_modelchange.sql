@@ -1295,7 +1295,8 @@ $$;
 -- Every live queue gets its backfill lane (granted to the worker roles by ensure_queue()).
 SELECT embeddings.ensure_queue(q) FROM unnest(ARRAY(SELECT name FROM embeddings.queues WHERE live_queue IS NULL ORDER BY name)) q;
 
--- The backfill in key ranges (0008) sends to the backfill lane and counts both lanes.
+-- The backfill in key ranges (0008) sends to the backfill lane, counts both lanes, and steps
+-- only while the backfill lane is low.
 CREATE OR REPLACE FUNCTION embeddings.send_backfill(target_id integer, keys jsonb[]) RETURNS integer
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT embeddings.enqueue_keys(target_id, keys, 0, 'backfill')  -- behind the live writes
@@ -1310,4 +1311,42 @@ LANGUAGE sql STABLE AS $$
     JOIN pg_class c ON c.oid = t.source JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE g.target_id = to_jsonb(t.id)
        OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column)
+$$;
+
+CREATE OR REPLACE FUNCTION embeddings.backfill_next(
+    queue text, max_keys integer DEFAULT embeddings.backfill_step_keys(),
+    OUT scanned integer, OUT enqueued integer
+)
+LANGUAGE plpgsql AS $$
+DECLARE
+    b embeddings.backfills;
+    t embeddings.targets;
+    lane_full boolean;
+BEGIN
+    scanned := 0;
+    enqueued := 0;
+    IF max_keys IS NULL OR max_keys < 1 THEN
+        RAISE EXCEPTION 'max_keys must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Not while the backfill lane holds a step's worth of jobs: a worker whose reads run short
+    -- because its backfill batch is still in flight must not queue the whole table meanwhile.
+    EXECUTE format('SELECT count(*) >= $1 FROM (SELECT FROM pgmq.%I LIMIT $1) q',
+                   pgmq.format_table_name(embeddings.backfill_queue(queue), 'q'))
+        INTO lane_full USING max_keys / embeddings.keys_per_message() + 1;
+    IF lane_full THEN
+        RETURN;
+    END IF;
+    SELECT bf.* INTO b FROM embeddings.backfills bf
+    JOIN embeddings.targets tg ON tg.id = bf.target_id
+    WHERE tg.queue = backfill_next.queue AND tg.problem IS NULL
+      AND EXISTS (SELECT FROM pg_class c WHERE c.oid = tg.source)
+    ORDER BY bf.target_id
+    LIMIT 1
+    FOR UPDATE OF bf SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = b.target_id;
+    SELECT r.scanned, r.enqueued INTO scanned, enqueued FROM embeddings.backfill_range(t, b, max_keys) r;
+END
 $$;

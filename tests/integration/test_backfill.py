@@ -240,9 +240,20 @@ def test_sweep_steps_a_backfill_when_the_queue_is_low(conn: Conn) -> None:
     assert backfill(conn, target)["after_key"] == 2 * per_step  # type: ignore[index]
 
 
+def test_the_worker_steps_only_while_the_backfill_lane_is_low(conn: Conn) -> None:
+    make_docs(conn, 5000)
+    target = watch(conn, "docs")  # its inline step fills the lane with a step's worth
+    step_query = "SELECT scanned, enqueued FROM embeddings.backfill_next('embedding_jobs', 700)"
+    assert conn.execute(step_query).fetchone() == (0, 0)
+    clear_queue(conn)  # (as if a worker had done them)
+    assert conn.execute(step_query).fetchone() == (700, 700)
+    assert len(queued_keys(conn, target)) == 700
+
+
 def test_a_worker_role_steps_backfills(conn: Conn) -> None:
     make_docs(conn, 2500)
     target = watch(conn, "docs")
+    clear_queue(conn)  # the inline step's jobs, done: the lane is low
     conn.execute("CREATE ROLE backfill_worker")
     conn.execute("SELECT embeddings.grant_worker('backfill_worker')")
     conn.execute("SET ROLE backfill_worker")
@@ -251,7 +262,7 @@ def test_a_worker_role_steps_backfills(conn: Conn) -> None:
     ).fetchone()
     conn.execute("RESET ROLE")
     assert row == (700, 700)
-    assert len(queued_keys(conn, target)) == step_keys(conn) + 700
+    assert len(queued_keys(conn, target)) == 700
 
 
 def test_the_worker_embeds_every_row_once(
