@@ -1,16 +1,55 @@
 -- Queueing: how jobs get into pgmq and how workers hear about them.
 --
--- A job message is {"target": <targets.id>, "keys": [<row key>, ...]} with up to
--- keys_per_message() keys: one message per row would cost a bulk INSERT ~2.5x its own time,
--- one per 128 keys ~1.3x (measured on bulk INSERTs of 100k rows). A row key is the key
--- column's JSON value, or for a composite key a JSON array of them in key-column order.
--- Messages that the worker re-sends after a partial failure also carry "attempts" (attempts
--- already spent on those keys). Messages in the Supabase guide's shape
--- ({"id", "schema", "table", "contentFunction", "embeddingColumn"}) share the queue.
+-- A job message carries up to keys_per_message() row keys of one target, in one of two shapes:
+--   {"target": <targets.id>, "columns": [<column>, ...]}  what the triggers send: one entry per
+--       key column in key-column order, all of one length, the i-th key made of each column's
+--       i-th value. An integer column is its Postgres array text ("{1,2,3}"); any other a JSON
+--       array of its values as to_jsonb() writes them.
+--   {"target": <targets.id>, "keys": [<row key>, ...]}  a row key is the key column's JSON value,
+--       or for a composite key a JSON array of them in key-column order (watch()'s backfill,
+--       sweep(), retries; and every job queued before the column shape existed).
+-- One message per row would cost a bulk INSERT ~2.5x its own time, one per 128 keys ~1.3x
+-- (measured on bulk INSERTs of 100k rows). Messages that the worker re-sends after a partial
+-- failure also carry "attempts" (attempts already spent on those keys). Messages in the
+-- Supabase guide's shape ({"id", "schema", "table", "contentFunction", "embeddingColumn"})
+-- share the queue.
 
 CREATE FUNCTION embeddings.keys_per_message() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 128;
+
+-- How many row keys a job message carries (a message of another shape: 1).
+CREATE FUNCTION embeddings.message_key_count(message jsonb) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE
+    WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
+    WHEN jsonb_typeof(message -> 'columns' -> 0) = 'array' THEN jsonb_array_length(message -> 'columns' -> 0)
+    WHEN jsonb_typeof(message -> 'columns' -> 0) = 'string' THEN  -- '{1,2,3}': commas + 1
+        length(message -> 'columns' ->> 0) - length(replace(message -> 'columns' ->> 0, ',', '')) + 1
+    ELSE 1
+END;
+
+-- The row keys of a job message of either of our shapes, each as the "keys" shape writes it (a
+-- JSON scalar, or a JSON array for a composite key), in message order.
+CREATE FUNCTION embeddings.message_keys(message jsonb) RETURNS SETOF jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT k.value FROM jsonb_array_elements(
+        CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN message -> 'keys' END) AS k
+    UNION ALL
+    (SELECT CASE WHEN jsonb_array_length(message -> 'columns') = 1 THEN v.key -> 0 ELSE v.key END
+     FROM (SELECT e.n, jsonb_agg(e.value ORDER BY c.i) AS key
+           FROM jsonb_array_elements(
+                    CASE WHEN jsonb_typeof(message -> 'columns') = 'array' THEN message -> 'columns' END)
+                    WITH ORDINALITY AS c(col, i),
+                LATERAL (SELECT a.value, a.n FROM jsonb_array_elements(
+                             CASE WHEN jsonb_typeof(c.col) = 'array' THEN c.col END) WITH ORDINALITY AS a(value, n)
+                         UNION ALL
+                         SELECT b.value::jsonb, b.n FROM unnest(string_to_array(btrim(
+                             CASE WHEN jsonb_typeof(c.col) = 'string' THEN c.col #>> '{}' END, '{}'), ','))
+                             WITH ORDINALITY AS b(value, n)) AS e
+           GROUP BY e.n) AS v
+     ORDER BY v.n)
+$$;
 
 -- Workers waiting for jobs: a worker with nothing to do registers here before it re-checks the
 -- queue and sleeps on LISTEN, and leaves when it finds work. Unlogged: after a crash it is

@@ -13,7 +13,7 @@ $$;
 CREATE FUNCTION embeddings.pending_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT format(
-        'SELECT coalesce(sum(CASE WHEN message ? ''keys'' THEN jsonb_array_length(message->''keys'') ELSE 1 END), 0)::bigint, '
+        'SELECT coalesce(sum(embeddings.message_key_count(message)), 0)::bigint, '
         '       extract(epoch FROM clock_timestamp() - min(enqueued_at))::double precision '
         'FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', %s) '
         '   OR message @> jsonb_build_object(''schema'', %L, ''table'', %L, ''embeddingColumn'', %L)',

@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from tests.support.jobs import clear_queue, messages, queued_keys
+from worker.queue import message_keys
 
 Conn = psycopg.Connection[Any]
 VEC = "array_fill(0.1, ARRAY[384])::halfvec"
@@ -35,14 +36,18 @@ def test_insert_enqueues_rows_with_content(conn: Conn, docs: int) -> None:
     conn.execute(
         "INSERT INTO docs (id, body) VALUES (11, 'eleven'), (12, ''), (13, NULL), (14, 'x')"
     )
-    assert [m["keys"] for m in messages(conn)] == [[10], [11, 14]]
+    # One message per statement, its integer key column as array text (sql/20_queue.sql).
+    assert messages(conn) == [
+        {"target": docs, "columns": ["{10}"]},
+        {"target": docs, "columns": ["{11,14}"]},
+    ]
 
 
 def test_a_bulk_insert_is_one_call_with_up_to_128_keys_per_message(conn: Conn, docs: int) -> None:
     conn.execute(
         "INSERT INTO docs (id, body) SELECT g, 'row ' || g FROM generate_series(100, 399) g"
     )
-    sizes = [len(m["keys"]) for m in messages(conn)]
+    sizes = [len(message_keys(m)) for m in messages(conn)]
     assert sizes == [128, 128, 44]
     assert sorted(queued_keys(conn, docs)) == list(range(100, 400))
 

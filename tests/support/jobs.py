@@ -6,6 +6,8 @@ from typing import Any
 
 import psycopg
 
+from worker.queue import message_keys
+
 Conn = psycopg.Connection[Any]
 
 
@@ -23,7 +25,7 @@ def queued_keys(conn: Conn, target_id: int, queue: str = "embedding_jobs") -> li
     keys: list[Any] = []
     for m in messages(conn, queue):
         if m.get("target") == target_id:
-            keys.extend(m["keys"])
+            keys.extend(message_keys(m))
     return keys
 
 
