@@ -1,6 +1,7 @@
 -- Trigger messages carry row keys by column, an integer key column as its Postgres array text
 -- (issue 13, issue 16 §1: the write path's cost of encoding keys). The worker and these
--- functions read both shapes: jobs queued before this revision keep theirs.
+-- functions read both shapes: jobs queued before this revision keep theirs. The queues'
+-- notification trigger becomes a row trigger: a statement that queues nothing pays nothing.
 
 CREATE OR REPLACE FUNCTION embeddings.message_key_count(message jsonb) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
@@ -42,16 +43,21 @@ LANGUAGE sql STABLE AS $$
         'INSERT INTO pgmq.%1$I (vt, message) '
         'SELECT pg_catalog.clock_timestamp(), '
         'pg_catalog.jsonb_build_object(''target'', %2$s, ''columns'', pg_catalog.jsonb_build_array(%4$s)) '
-        'FROM (SELECT %5$s %6$s) AS s, '
-        'pg_catalog.generate_series(1, pg_catalog.cardinality(s.k0), %3$s) AS i',
+        'FROM (SELECT pg_catalog.count(*) AS keys, %5$s %6$s) AS s, '
+        'pg_catalog.generate_series(1, s.keys, %3$s) AS i',
         pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.keys_per_message(),
-        (SELECT string_agg(format(CASE WHEN ty = ANY ('{int2,int4,int8}'::regtype[])
-                                       THEN '(s.k%1$s[i : i + %2$s - 1])::pg_catalog.text'
-                                       ELSE 'pg_catalog.to_jsonb(s.k%1$s[i : i + %2$s - 1])' END,
-                                  i - 1, embeddings.keys_per_message()), ', ' ORDER BY i)
-         FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)),
-        (SELECT string_agg(format('pg_catalog.array_agg(n.%I) AS k%s', c, i - 1), ', ' ORDER BY i)
-         FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
+        (SELECT string_agg(format(CASE WHEN k.ty = ANY ('{int2,int4,int8}'::regtype[])
+                                           THEN '(s.k%1$s[i : i + %2$s - 1])::pg_catalog.text'
+                                       WHEN ty.typlen > 0
+                                           THEN 'pg_catalog.to_jsonb(s.k%1$s[i : i + %2$s - 1])'
+                                       ELSE 'pg_catalog.jsonb_path_query_array(s.k%1$s, ''$[$a to $b]'', '
+                                            'pg_catalog.jsonb_build_object(''a'', i - 1, ''b'', i + %2$s - 2))' END,
+                                  k.i - 1, embeddings.keys_per_message()), ', ' ORDER BY k.i)
+         FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i) JOIN pg_type ty ON ty.oid = k.ty),
+        (SELECT string_agg(format(CASE WHEN ty.typlen > 0 THEN 'pg_catalog.array_agg(n.%1$I) AS k%2$s'
+                                       ELSE 'pg_catalog.to_jsonb(pg_catalog.array_agg(n.%1$I)) AS k%2$s' END,
+                                  k.c, k.i - 1), ', ' ORDER BY k.i)
+         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i) JOIN pg_type ty ON ty.oid = k.ty),
         from_where)
     END
 $$;
@@ -88,6 +94,74 @@ BEGIN
         SELECT f.row_key FROM embeddings.failures f WHERE f.target_id = $1 AND f.row_key IS NOT NULL
         $q$, pgmq.format_table_name(t.queue, 'q'), rel_schema, rel_name, t.embedding_column)
     USING t.id;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION embeddings.enqueue_keys(target_id integer, keys anyarray, delay integer DEFAULT 0)
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    queue_name text;
+    total integer := coalesce(cardinality(keys), 0);
+    per_message integer := embeddings.keys_per_message();
+    all_keys jsonb;
+BEGIN
+    IF total = 0 THEN
+        RETURN 0;
+    END IF;
+    SELECT t.queue INTO queue_name FROM embeddings.targets t WHERE t.id = target_id;
+    IF queue_name IS NULL THEN
+        RAISE EXCEPTION 'embeddings: no target with id %', target_id;
+    END IF;
+    -- Slicing an array is several times cheaper than grouping rows into chunks; a jsonb array,
+    -- since slicing a Postgres array of variable-width keys (text, composite keys' jsonb) walks
+    -- it from its start each time: O(n^2) for n keys (30_triggers.sql).
+    all_keys := to_jsonb(keys);
+    PERFORM pgmq.send_batch(
+        queue_name,
+        ARRAY(SELECT jsonb_build_object('target', target_id, 'keys', jsonb_path_query_array(
+                         all_keys, '$[$a to $b]', jsonb_build_object('a', i - 1, 'b', i + per_message - 2)))
+              FROM generate_series(1, total, per_message) AS i),
+        delay);
+    RETURN (total + per_message - 1) / per_message;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION embeddings.ensure_queue(queue_name text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    created boolean := false;
+BEGIN
+    IF EXISTS (SELECT FROM embeddings.queues WHERE name = queue_name) THEN
+        RETURN;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pgmq.meta m WHERE m.queue_name = ensure_queue.queue_name) THEN
+        PERFORM pgmq.create(queue_name);
+        created := true;
+    END IF;
+    EXECUTE format(
+        'CREATE TRIGGER embeddings_notify_workers AFTER INSERT ON pgmq.%I '
+        'FOR EACH ROW EXECUTE FUNCTION embeddings.notify_workers(%L)',
+        pgmq.format_table_name(queue_name, 'q'), queue_name);
+    INSERT INTO embeddings.queues (name, created_here) VALUES (queue_name, created);
+END
+$$;
+
+-- The queues' notification trigger fires per message, not per statement (20_queue.sql).
+DO $$
+DECLARE
+    q embeddings.queues;
+BEGIN
+    FOR q IN SELECT * FROM embeddings.queues LOOP
+        IF to_regclass(format('pgmq.%I', pgmq.format_table_name(q.name, 'q'))) IS NOT NULL THEN
+            EXECUTE format('DROP TRIGGER IF EXISTS embeddings_notify_workers ON pgmq.%I',
+                           pgmq.format_table_name(q.name, 'q'));
+            EXECUTE format(
+                'CREATE TRIGGER embeddings_notify_workers AFTER INSERT ON pgmq.%I '
+                'FOR EACH ROW EXECUTE FUNCTION embeddings.notify_workers(%L)',
+                pgmq.format_table_name(q.name, 'q'), q.name);
+        END IF;
+    END LOOP;
 END
 $$;
 
