@@ -171,10 +171,13 @@ BEGIN
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I(keys jsonb[]) RETURNS void
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
             BEGIN
+                -- Sliced as one jsonb array: slicing jsonb[] itself is O(n^2) (enqueue_statement).
                 INSERT INTO pgmq.%2$I (vt, message)
                 SELECT pg_catalog.clock_timestamp(),
-                       pg_catalog.jsonb_build_object('target', %3$s, 'keys', pg_catalog.to_jsonb(keys[i : i + %4$s - 1]))
-                FROM pg_catalog.generate_series(1, pg_catalog.cardinality(keys), %4$s) AS i;
+                       pg_catalog.jsonb_build_object('target', %3$s, 'keys', pg_catalog.jsonb_path_query_array(
+                           s.all_keys, '$[$a to $b]', pg_catalog.jsonb_build_object('a', i - 1, 'b', i + %4$s - 2)))
+                FROM (SELECT pg_catalog.to_jsonb(keys) AS all_keys) AS s,
+                     pg_catalog.generate_series(1, pg_catalog.cardinality(keys), %4$s) AS i;
             END
             $body$ $f$,
             prefix || '_enqueue', pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.keys_per_message());

@@ -62,6 +62,149 @@ LANGUAGE sql STABLE AS $$
     END
 $$;
 
+CREATE OR REPLACE FUNCTION embeddings.generate_functions(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prefix text := 'embeddings_' || t.id;
+    by_function boolean := t.content_function IS NOT NULL;
+    partitioned boolean := (SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = t.source);
+    row_type regclass := CASE WHEN partitioned THEN t.source END;
+    table_owner regrole := (SELECT c.relowner::regrole FROM pg_class c WHERE c.oid = t.source);
+    new_content text := embeddings.content_sql(t, 'n', row_type);
+    old_content text := embeddings.content_sql(t, 'o', row_type);
+    inserted text;
+    changed text;
+    body text;
+    fallback text;
+    inputs name[] := embeddings.content_inputs(t);
+    -- A new row needs a job when it has no embedding yet; a chunked target's new row has no
+    -- chunks yet (sql/55_chunks.sql), whatever the source holds.
+    unembedded text := CASE WHEN t.chunk_table IS NULL THEN format('n.%I IS NULL', t.embedding_column)
+                            ELSE 'true' END;
+BEGIN
+    inserted := format('FROM new_rows n WHERE %s AND %s OPERATOR(pg_catalog.<>) ''''',
+                       unembedded, new_content);
+    -- A row whose key changed has no old row: it counts as changed.
+    changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s WHERE (o.%I IS NULL OR %s IS DISTINCT FROM %s)',
+                      embeddings.key_equal_sql(t, 'o', 'n'), t.key_columns[1], new_content, old_content);
+    IF t.clear_on_update THEN
+        -- A change to blank content needs no job: the clear trigger already cleared the row.
+        changed := changed || format(' AND %s OPERATOR(pg_catalog.<>) ''''', new_content);
+    END IF;
+
+    IF by_function THEN
+        EXECUTE format(
+            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I(keys jsonb[]) RETURNS void
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            BEGIN
+                -- Sliced as one jsonb array: slicing jsonb[] itself is O(n^2) (enqueue_statement).
+                INSERT INTO pgmq.%2$I (vt, message)
+                SELECT pg_catalog.clock_timestamp(),
+                       pg_catalog.jsonb_build_object('target', %3$s, 'keys', pg_catalog.jsonb_path_query_array(
+                           s.all_keys, '$[$a to $b]', pg_catalog.jsonb_build_object('a', i - 1, 'b', i + %4$s - 2)))
+                FROM (SELECT pg_catalog.to_jsonb(keys) AS all_keys) AS s,
+                     pg_catalog.generate_series(1, pg_catalog.cardinality(keys), %4$s) AS i;
+            END
+            $body$ $f$,
+            prefix || '_enqueue', pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.keys_per_message());
+        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I(jsonb[]) FROM PUBLIC', prefix || '_enqueue');
+        EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I(jsonb[]) TO %I', prefix || '_enqueue', table_owner);
+    END IF;
+
+    -- INSERT and UPDATE. A content function that raises (for any row) must not fail the write:
+    -- the rows then go unfiltered, and the worker dead-letters the culprit with its error.
+    FOREACH body IN ARRAY ARRAY['insert', 'update'] LOOP
+        fallback := CASE body WHEN 'insert' THEN 'FROM new_rows n WHERE ' || unembedded
+                              ELSE 'FROM new_rows n' END;
+        EXECUTE format(
+            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            BEGIN
+                %2$s;
+                RETURN NULL;%3$s
+            END
+            $body$ $f$,
+            prefix || '_' || body,
+            embeddings.enqueue_statement(t, CASE body WHEN 'insert' THEN inserted ELSE changed END, by_function),
+            CASE WHEN by_function THEN format(
+                E'\n            EXCEPTION WHEN OTHERS THEN\n'
+                 '                RAISE WARNING ''embeddings: content function of %% failed (%%); enqueued the rows unfiltered'', %s, SQLERRM;\n'
+                 '                %s;\n'
+                 '                RETURN NULL;',
+                quote_literal(t.source::text), embeddings.enqueue_statement(t, fallback, true))
+            ELSE '' END);
+        IF by_function THEN
+            -- User code runs with the table owner's rights, not ours.
+            EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', prefix || '_' || body, table_owner);
+        END IF;
+        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_' || body);
+    END LOOP;
+
+    -- Rows applied by logical replication, one at a time (replica targets only).
+    IF t.replica THEN
+        EXECUTE format(
+            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            BEGIN
+                IF (TG_OP = 'INSERT' AND %2$s AND %3$s OPERATOR(pg_catalog.<>) '')
+                   OR (TG_OP = 'UPDATE' AND (NOT (%4$s) OR %3$s IS DISTINCT FROM %5$s) AND %3$s OPERATOR(pg_catalog.<>) '') THEN
+                    INSERT INTO pgmq.%6$I (vt, message)
+                    VALUES (pg_catalog.clock_timestamp(),
+                            pg_catalog.jsonb_build_object('target', %7$s, 'keys', pg_catalog.jsonb_build_array(%8$s)));
+                END IF;
+                RETURN NULL;%9$s
+            END
+            $body$ $f$,
+            prefix || '_replica',
+            CASE WHEN t.chunk_table IS NULL THEN format('NEW.%I IS NULL', t.embedding_column) ELSE 'true' END,
+            embeddings.content_sql(t, 'new', row_type), embeddings.key_equal_sql(t, 'old', 'new'),
+            embeddings.content_sql(t, 'old', row_type),
+            pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.key_sql(t, 'new'),
+            CASE WHEN by_function THEN E'\n            EXCEPTION WHEN OTHERS THEN\n                RETURN NULL;' ELSE '' END);
+        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_replica');
+    END IF;
+
+    IF NOT t.clear_on_update OR t.chunk_table IS NOT NULL THEN
+        RETURN;  -- a chunked target has no embedding column to clear
+    END IF;
+    -- The clear trigger names no column (no UPDATE OF, no WHEN), so that dropping or retyping
+    -- the content column is never refused because of it; it compares in its body, as text
+    -- (any type has a text form; not every type has an equality operator).
+    IF by_function THEN
+        -- A content function is user code and may raise (for the very row being fixed): then
+        -- it cannot tell, and clears.
+        body := format(
+            $b$IF %1$s IS DISTINCT FROM %2$s THEN
+                    NEW.%3$I := NULL;
+                END IF;
+                RETURN NEW;
+            EXCEPTION WHEN OTHERS THEN
+                NEW.%3$I := NULL;  -- cannot compare: the embedding may be stale
+                RETURN NEW;$b$,
+            embeddings.content_sql(t, 'old', row_type), embeddings.content_sql(t, 'new', row_type), t.embedding_column);
+    ELSIF cardinality(inputs) = 0 THEN
+        body := 'RETURN NEW;';  -- generated from constants: it never changes
+    ELSE
+        body := format(
+            $b$IF %1$s THEN
+                    NEW.%2$I := NULL;
+                END IF;
+                RETURN NEW;$b$,
+            (SELECT string_agg(format('(OLD.%1$I)::pg_catalog.text IS DISTINCT FROM (NEW.%1$I)::pg_catalog.text', c), ' OR ')
+             FROM unnest(inputs) AS c),
+            t.embedding_column);
+    END IF;
+    -- Invoker's rights: it only edits NEW.
+    EXECUTE format(
+        $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
+            BEGIN
+                %2$s
+            END
+            $body$ $f$,
+        prefix || '_clear', body);
+END
+$$;
+
 CREATE OR REPLACE FUNCTION embeddings.pending_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT format(

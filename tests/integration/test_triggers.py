@@ -72,6 +72,20 @@ def test_keys_of_a_variable_width_type_are_sliced_into_messages_in_order(conn: C
     ] == inserted
 
 
+def test_a_content_function_targets_bulk_insert_is_sliced_in_order(conn: Conn) -> None:
+    conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, title text, body text)")
+    conn.execute(
+        "CREATE FUNCTION note_text(n notes) RETURNS text LANGUAGE sql IMMUTABLE"
+        " AS $$ SELECT n.title || ': ' || n.body $$"
+    )
+    row = conn.execute("SELECT embeddings.watch('notes', 'note_text')").fetchone()
+    assert row is not None
+    clear_queue(conn)
+    conn.execute("INSERT INTO notes SELECT g, 't', 'b' FROM generate_series(1, 300) g")
+    assert [len(message_keys(m)) for m in messages(conn)] == [128, 128, 44]
+    assert queued_keys(conn, row[0]) == list(range(1, 301))
+
+
 def test_rows_inserted_with_an_embedding_are_trusted(conn: Conn, docs: int) -> None:
     conn.execute(f"INSERT INTO docs (id, body, embedding) VALUES (20, 'restored', {VEC})")
     assert messages(conn) == []
