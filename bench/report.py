@@ -218,6 +218,7 @@ def shape_lines(writepath: dict[str, Any]) -> list[str]:
     label = {
         "composite": "composite primary key",
         "partitioned": f"{writepath.get('partitions', 8)} partitions",
+        "text_key": "text primary key",
     }
     return [
         "- Bulk INSERT of the same rows into other tables, watched vs unwatched: "

@@ -28,13 +28,15 @@ END $$;
 
 
 # Table shapes (issue 13): the single-key table of the first wave, a composite primary key,
-# and a table hash-partitioned 8 ways. Same columns, same rows.
+# a table hash-partitioned 8 ways, and a text primary key (a variable-width key type: its keys
+# are sliced into messages differently, sql/30_triggers.sql). Same columns, same rows.
 SHAPES = {
     "single": "CREATE TABLE {name} (id bigint PRIMARY KEY, body text, embedding halfvec(384))",
     "composite": "CREATE TABLE {name} (tenant integer, id bigint, body text,"
     " embedding halfvec(384), PRIMARY KEY (tenant, id))",
     "partitioned": "CREATE TABLE {name} (id bigint PRIMARY KEY, body text,"
     " embedding halfvec(384)) PARTITION BY HASH (id)",
+    "text_key": "CREATE TABLE {name} (id text PRIMARY KEY, body text, embedding halfvec(384))",
 }
 PARTITIONS = 8
 
@@ -72,13 +74,13 @@ def run(dsn: str, rows: int = ROWS, rounds: int = 5) -> dict[str, Any]:
     shaped: dict[str, dict[str, list[float]]] = {
         shape: {"unwatched": [], "watched": []} for shape in SHAPES if shape != "single"
     }
-    columns = {"single": "id, body", "composite": "tenant, id, body", "partitioned": "id, body"}
-    values = {"single": "g", "composite": "g % 16, g", "partitioned": "g"}
+    columns = {"composite": "tenant, id, body"}
+    values = {"composite": "g % 16, g", "text_key": "'doc-' || g"}
 
     def insert_sql(name: str, shape: str) -> str:
         return (
-            f"INSERT INTO {name} ({columns[shape]})"
-            f" SELECT {values[shape]}, {BODY} FROM generate_series(1, {rows}) g"
+            f"INSERT INTO {name} ({columns.get(shape, 'id, body')})"
+            f" SELECT {values.get(shape, 'g')}, {BODY} FROM generate_series(1, {rows}) g"
         )
 
     with psycopg.connect(dsn, autocommit=True) as conn:

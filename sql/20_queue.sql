@@ -1,16 +1,55 @@
 -- Queueing: how jobs get into pgmq and how workers hear about them.
 --
--- A job message is {"target": <targets.id>, "keys": [<row key>, ...]} with up to
--- keys_per_message() keys: one message per row would cost a bulk INSERT ~2.5x its own time,
--- one per 128 keys ~1.3x (measured on bulk INSERTs of 100k rows). A row key is the key
--- column's JSON value, or for a composite key a JSON array of them in key-column order.
--- Messages that the worker re-sends after a partial failure also carry "attempts" (attempts
--- already spent on those keys). Messages in the Supabase guide's shape
--- ({"id", "schema", "table", "contentFunction", "embeddingColumn"}) share the queue.
+-- A job message carries up to keys_per_message() row keys of one target, in one of two shapes:
+--   {"target": <targets.id>, "columns": [<column>, ...]}  what the triggers send: one entry per
+--       key column in key-column order, all of one length, the i-th key made of each column's
+--       i-th value. An integer column is its Postgres array text ("{1,2,3}"); any other a JSON
+--       array of its values as to_jsonb() writes them.
+--   {"target": <targets.id>, "keys": [<row key>, ...]}  a row key is the key column's JSON value,
+--       or for a composite key a JSON array of them in key-column order (watch()'s backfill,
+--       sweep(), retries; and every job queued before the column shape existed).
+-- One message per row would cost a bulk INSERT ~2.5x its own time, one per 128 keys ~1.3x
+-- (measured on bulk INSERTs of 100k rows). Messages that the worker re-sends after a partial
+-- failure also carry "attempts" (attempts already spent on those keys). Messages in the
+-- Supabase guide's shape ({"id", "schema", "table", "contentFunction", "embeddingColumn"})
+-- share the queue.
 
 CREATE FUNCTION embeddings.keys_per_message() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 128;
+
+-- How many row keys a job message carries (a message of another shape: 1).
+CREATE FUNCTION embeddings.message_key_count(message jsonb) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE
+    WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
+    WHEN jsonb_typeof(message -> 'columns' -> 0) = 'array' THEN jsonb_array_length(message -> 'columns' -> 0)
+    WHEN jsonb_typeof(message -> 'columns' -> 0) = 'string' THEN  -- '{1,2,3}': commas + 1
+        length(message -> 'columns' ->> 0) - length(replace(message -> 'columns' ->> 0, ',', '')) + 1
+    ELSE 1
+END;
+
+-- The row keys of a job message of either of our shapes, each as the "keys" shape writes it (a
+-- JSON scalar, or a JSON array for a composite key), in message order.
+CREATE FUNCTION embeddings.message_keys(message jsonb) RETURNS SETOF jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT k.value FROM jsonb_array_elements(
+        CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN message -> 'keys' END) AS k
+    UNION ALL
+    (SELECT CASE WHEN jsonb_array_length(message -> 'columns') = 1 THEN v.key -> 0 ELSE v.key END
+     FROM (SELECT e.n, jsonb_agg(e.value ORDER BY c.i) AS key
+           FROM jsonb_array_elements(
+                    CASE WHEN jsonb_typeof(message -> 'columns') = 'array' THEN message -> 'columns' END)
+                    WITH ORDINALITY AS c(col, i),
+                LATERAL (SELECT a.value, a.n FROM jsonb_array_elements(
+                             CASE WHEN jsonb_typeof(c.col) = 'array' THEN c.col END) WITH ORDINALITY AS a(value, n)
+                         UNION ALL
+                         SELECT b.value::jsonb, b.n FROM unnest(string_to_array(btrim(
+                             CASE WHEN jsonb_typeof(c.col) = 'string' THEN c.col #>> '{}' END, '{}'), ','))
+                             WITH ORDINALITY AS b(value, n)) AS e
+           GROUP BY e.n) AS v
+     ORDER BY v.n)
+$$;
 
 -- Workers waiting for jobs: a worker with nothing to do registers here before it re-checks the
 -- queue and sleeps on LISTEN, and leaves when it finds work. Unlogged: after a crash it is
@@ -26,7 +65,11 @@ GRANT SELECT ON embeddings.idle_workers TO PUBLIC;
 -- Wakes waiting workers when a statement adds messages, whoever enqueued them: our triggers,
 -- pgmq.send, the Supabase guide. Only when some worker waits: a NOTIFY serialises every
 -- committing writer on one lock (it cost a third of a single-row INSERT's throughput), and a
--- busy worker reads the queue again anyway. A worker registers (worker_idle) before its last
+-- busy worker reads the queue again anyway. A row trigger, not a statement trigger: our
+-- triggers run their INSERT into the queue for every statement on a watched table, and one
+-- that adds no message (an UPDATE that changes no content) then costs nothing here (a
+-- statement trigger cost such an UPDATE ~5 µs, a quarter of its triggers' cost); a statement
+-- adds one message per 128 rows, so a bulk one pays a few calls. A worker registers (worker_idle) before its last
 -- look at the queue, so a job committed after that look always finds it registered; at worst
 -- a race with a writer's snapshot delays a job by one poll interval, never loses it.
 CREATE FUNCTION embeddings.notify_workers() RETURNS trigger
@@ -92,7 +135,7 @@ BEGIN
     END IF;
     EXECUTE format(
         'CREATE TRIGGER embeddings_notify_workers AFTER INSERT ON pgmq.%I '
-        'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.notify_workers(%L)',
+        'FOR EACH ROW EXECUTE FUNCTION embeddings.notify_workers(%L)',
         pgmq.format_table_name(queue_name, 'q'), coalesce(live_queue, queue_name));
     INSERT INTO embeddings.queues (name, created_here, live_queue) VALUES (queue_name, created, live_queue);
     RETURN true;
@@ -128,6 +171,7 @@ DECLARE
     total integer := coalesce(cardinality(keys), 0);
     per_message integer := embeddings.keys_per_message();
     extra jsonb := CASE WHEN lane = 'change' THEN '{"shadow": true}'::jsonb ELSE '{}'::jsonb END;
+    all_keys jsonb;
 BEGIN
     IF total = 0 THEN
         RETURN 0;
@@ -142,10 +186,14 @@ BEGIN
     IF lane <> 'live' THEN
         queue_name := embeddings.backfill_queue(queue_name);
     END IF;
-    -- Slicing an array is several times cheaper than grouping rows into chunks.
+    -- Slicing an array is several times cheaper than grouping rows into chunks; a jsonb array,
+    -- since slicing a Postgres array of variable-width keys (text, composite keys' jsonb) walks
+    -- it from its start each time: O(n^2) for n keys (30_triggers.sql).
+    all_keys := to_jsonb(keys);
     PERFORM pgmq.send_batch(
         queue_name,
-        ARRAY(SELECT jsonb_build_object('target', target_id, 'keys', to_jsonb(keys[i : i + per_message - 1])) || extra
+        ARRAY(SELECT jsonb_build_object('target', target_id, 'keys', jsonb_path_query_array(
+                         all_keys, '$[$a to $b]', jsonb_build_object('a', i - 1, 'b', i + per_message - 2))) || extra
               FROM generate_series(1, total, per_message) AS i),
         delay);
     RETURN (total + per_message - 1) / per_message;

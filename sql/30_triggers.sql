@@ -15,7 +15,7 @@
 -- clear trigger: the old chunks keep their vectors until the new ones land, for reuse.
 --
 -- One statement sends one message per keys_per_message() keys, inserted straight into the
--- queue's table. On a partitioned table the statement triggers sit on the parent and on every
+-- queue's table, in the column shape (20_queue.sql). On a partitioned table the statement triggers sit on the parent and on every
 -- partition (a statement fires those of the table it names only); the row trigger is cloned to
 -- the partitions by Postgres.
 --
@@ -96,38 +96,40 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The statement that enqueues the keys of the rows `from_where` selects (it binds alias n),
--- sliced into messages; 0 rows send nothing. `via_enqueue`: through embeddings_<id>_enqueue().
--- A composite key is aggregated column by column and paired up per message: building one
--- JSON array per row first costs a 100k-row INSERT three times as much.
+-- sliced into messages in the column shape (20_queue.sql); 0 rows send nothing. `via_enqueue`:
+-- through embeddings_<id>_enqueue(). Each key column is aggregated once and sliced per
+-- message: an integer column's slice goes as its array text ('{1,2,3}'), any other as a JSON
+-- array. Encoding no key per row matters: a JSON array per composite key cost a 100k-row
+-- INSERT's trigger ~4x the aggregation itself, and to_jsonb() of integers (through numeric)
+-- ~3x their array text. A column of a variable-width type (text, numeric, ...) is sliced as
+-- one jsonb array instead: slicing a Postgres array of such elements walks it from its start,
+-- so the slices of n keys cost O(n^2) (0.56 s at 100k text keys, 2.1 s at 200k; jsonb: 0.13 s,
+-- 0.2 s).
 CREATE FUNCTION embeddings.enqueue_statement(t embeddings.targets, from_where text, via_enqueue boolean) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE
     WHEN via_enqueue THEN
         format('PERFORM embeddings.%I(ARRAY(SELECT pg_catalog.to_jsonb(%s) %s))',
                'embeddings_' || t.id || '_enqueue', embeddings.key_sql(t, 'n'), from_where)
-    WHEN cardinality(t.key_columns) = 1 THEN format(
-        'INSERT INTO pgmq.%1$I (vt, message) '
-        'SELECT pg_catalog.clock_timestamp(), '
-        'pg_catalog.jsonb_build_object(''target'', %2$s, ''keys'', pg_catalog.to_jsonb(s.keys[i : i + %3$s - 1])) '
-        'FROM (SELECT pg_catalog.array_agg(%4$s) AS keys %5$s) AS s, '
-        'pg_catalog.generate_series(1, pg_catalog.cardinality(s.keys), %3$s) AS i',
-        pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.keys_per_message(),
-        embeddings.key_sql(t, 'n'), from_where)
     ELSE format(
         'INSERT INTO pgmq.%1$I (vt, message) '
         'SELECT pg_catalog.clock_timestamp(), '
-        'pg_catalog.jsonb_build_object(''target'', %2$s, ''keys'', '
-        '(SELECT pg_catalog.jsonb_agg(pg_catalog.jsonb_build_array(%4$s) ORDER BY u.ord) '
-        'FROM ROWS FROM (%5$s) WITH ORDINALITY AS u(%6$s, ord))) '
-        'FROM (SELECT %7$s %8$s) AS s, '
-        'pg_catalog.generate_series(1, pg_catalog.cardinality(s.k0), %3$s) AS i',
+        'pg_catalog.jsonb_build_object(''target'', %2$s, ''columns'', pg_catalog.jsonb_build_array(%4$s)) '
+        'FROM (SELECT pg_catalog.count(*) AS keys, %5$s %6$s) AS s, '
+        'pg_catalog.generate_series(1, s.keys, %3$s) AS i',
         pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.keys_per_message(),
-        (SELECT string_agg(format('u.k%s', i - 1), ', ' ORDER BY i) FROM generate_series(1, cardinality(t.key_columns)) i),
-        (SELECT string_agg(format('pg_catalog.unnest(s.k%s[i : i + %s - 1])', i - 1, embeddings.keys_per_message()), ', ' ORDER BY i)
-         FROM generate_series(1, cardinality(t.key_columns)) i),
-        (SELECT string_agg(format('k%s', i - 1), ', ' ORDER BY i) FROM generate_series(1, cardinality(t.key_columns)) i),
-        (SELECT string_agg(format('pg_catalog.array_agg(n.%I) AS k%s', c, i - 1), ', ' ORDER BY i)
-         FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
+        (SELECT string_agg(format(CASE WHEN k.ty = ANY ('{int2,int4,int8}'::regtype[])
+                                           THEN '(s.k%1$s[i : i + %2$s - 1])::pg_catalog.text'
+                                       WHEN ty.typlen > 0
+                                           THEN 'pg_catalog.to_jsonb(s.k%1$s[i : i + %2$s - 1])'
+                                       ELSE 'pg_catalog.jsonb_path_query_array(s.k%1$s, ''$[$a to $b]'', '
+                                            'pg_catalog.jsonb_build_object(''a'', i - 1, ''b'', i + %2$s - 2))' END,
+                                  k.i - 1, embeddings.keys_per_message()), ', ' ORDER BY k.i)
+         FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i) JOIN pg_type ty ON ty.oid = k.ty),
+        (SELECT string_agg(format(CASE WHEN ty.typlen > 0 THEN 'pg_catalog.array_agg(n.%1$I) AS k%2$s'
+                                       ELSE 'pg_catalog.to_jsonb(pg_catalog.array_agg(n.%1$I)) AS k%2$s' END,
+                                  k.c, k.i - 1), ', ' ORDER BY k.i)
+         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i) JOIN pg_type ty ON ty.oid = k.ty),
         from_where)
     END
 $$;
@@ -169,10 +171,13 @@ BEGIN
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I(keys jsonb[]) RETURNS void
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
             BEGIN
+                -- Sliced as one jsonb array: slicing jsonb[] itself is O(n^2) (enqueue_statement).
                 INSERT INTO pgmq.%2$I (vt, message)
                 SELECT pg_catalog.clock_timestamp(),
-                       pg_catalog.jsonb_build_object('target', %3$s, 'keys', pg_catalog.to_jsonb(keys[i : i + %4$s - 1]))
-                FROM pg_catalog.generate_series(1, pg_catalog.cardinality(keys), %4$s) AS i;
+                       pg_catalog.jsonb_build_object('target', %3$s, 'keys', pg_catalog.jsonb_path_query_array(
+                           s.all_keys, '$[$a to $b]', pg_catalog.jsonb_build_object('a', i - 1, 'b', i + %4$s - 2)))
+                FROM (SELECT pg_catalog.to_jsonb(keys) AS all_keys) AS s,
+                     pg_catalog.generate_series(1, pg_catalog.cardinality(keys), %4$s) AS i;
             END
             $body$ $f$,
             prefix || '_enqueue', pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.keys_per_message());

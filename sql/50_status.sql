@@ -29,10 +29,10 @@ BEGIN
         '             CASE WHEN m.target IS NULL THEN q.message->>''schema'' END AS schema_name, '
         '             CASE WHEN m.target IS NULL THEN q.message->>''table'' END AS table_name, '
         '             CASE WHEN m.target IS NULL THEN q.message->>''embeddingColumn'' END AS embedding_column, '
-        '             CASE jsonb_typeof(m.keys) WHEN ''array'' THEN jsonb_array_length(m.keys) ELSE 1 END AS n, '
+        '             embeddings.message_key_count(q.message) AS n, '
         '             q.enqueued_at '
         '      FROM pgmq.%I q '
-        '      CROSS JOIN LATERAL (SELECT q.message->''target'' AS target, q.message->''keys'' AS keys OFFSET 0) m) g '
+        '      CROSS JOIN LATERAL (SELECT q.message->''target'' AS target OFFSET 0) m) g '
         'GROUP BY 1, 2, 3, 4',
         pgmq.format_table_name(queue, 'q'));
 END

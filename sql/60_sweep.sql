@@ -39,10 +39,10 @@ BEGIN
     SELECT n.nspname, c.relname INTO rel_schema, rel_name
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
     RETURN QUERY EXECUTE format($q$
-        SELECT key_json FROM pgmq.%1$I m, LATERAL jsonb_array_elements(m.message -> 'keys') AS key_json
+        SELECT key_json FROM pgmq.%1$I m, LATERAL embeddings.message_keys(m.message) AS key_json
         WHERE m.message @> jsonb_build_object('target', $1)
         UNION ALL
-        SELECT key_json FROM pgmq.%5$I m, LATERAL jsonb_array_elements(m.message -> 'keys') AS key_json
+        SELECT key_json FROM pgmq.%5$I m, LATERAL embeddings.message_keys(m.message) AS key_json
         WHERE m.message @> jsonb_build_object('target', $1)
         UNION ALL
         SELECT m.message -> 'id' FROM pgmq.%1$I m

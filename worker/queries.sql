@@ -13,8 +13,13 @@
 -- queue has it (pgmq >= 1.8; Supabase ships older pgmq without the column).
 WITH visible AS (
     SELECT msg_id,
-           CASE WHEN jsonb_typeof(message -> 'keys') = 'array'
-                THEN greatest(jsonb_array_length(message -> 'keys'), 1) ELSE 1 END AS keys
+           greatest(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
+                         WHEN jsonb_typeof(message -> 'columns' -> 0) = 'array'
+                         THEN jsonb_array_length(message -> 'columns' -> 0)
+                         WHEN jsonb_typeof(message -> 'columns' -> 0) = 'string'  -- array text: commas + 1
+                         THEN length(message -> 'columns' ->> 0)
+                              - length(replace(message -> 'columns' ->> 0, ',', '')) + 1
+                         ELSE 1 END, 1) AS keys
     FROM {queue_table}
     WHERE vt <= clock_timestamp()
     ORDER BY msg_id
@@ -165,9 +170,15 @@ SELECT count(*), count(*) FILTER (WHERE vt <= clock_timestamp()),
 FROM {queue_table};
 
 -- name: pending_keys
--- Row keys waiting in the queue (messages count their keys).
-SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array'
-                         THEN jsonb_array_length(message -> 'keys') ELSE 1 END), 0)::bigint
+-- Row keys waiting in the queue (messages count their keys, in either of our shapes:
+-- embeddings.message_key_count(), inline so that it needs nothing of the schema).
+SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
+                         WHEN jsonb_typeof(message -> 'columns' -> 0) = 'array'
+                         THEN jsonb_array_length(message -> 'columns' -> 0)
+                         WHEN jsonb_typeof(message -> 'columns' -> 0) = 'string'  -- array text: commas + 1
+                         THEN length(message -> 'columns' ->> 0)
+                              - length(replace(message -> 'columns' ->> 0, ',', '')) + 1
+                         ELSE 1 END), 0)::bigint
 FROM {queue_table};
 
 -- name: load_content

@@ -1,9 +1,12 @@
 """The job queue: pgmq messages in, leases, and every way a job leaves the queue.
 
-A job is one pgmq message. Ours carry many row keys of one target
-(`{"target": 3, "keys": [...], "attempts": n}`); messages in the Supabase guide's shape
-(`{"id", "schema", "table", "contentFunction", "embeddingColumn"}`) carry one. Attempts are
-pgmq's read count plus what a re-sent message carries over from the message it split from.
+A job is one pgmq message. Ours carry many row keys of one target, by column as the triggers
+send them (`{"target": 3, "columns": ["{1,2}", ["a","b"]]}`: an integer column as its Postgres
+array text, any other as a JSON array) or key by key (`{"target": 3, "keys": [...],
+"attempts": n}`: backfills, retries, and jobs queued before the column shape; sql/20_queue.sql);
+messages in the Supabase guide's shape (`{"id", "schema", "table", "contentFunction",
+"embeddingColumn"}`) carry one. Attempts are pgmq's read count plus what a re-sent message
+carries over from the message it split from.
 """
 
 from __future__ import annotations
@@ -82,9 +85,12 @@ def parse(row: Sequence[Any], targets: Mapping[int, Target]) -> Job:
 
 
 def _parse_ours(job: Job, message: dict[str, Any], targets: Mapping[int, Target]) -> None:
-    target_id, keys = message.get("target"), message.get("keys")
-    attempts = message.get("attempts", 0)
-    if not isinstance(target_id, int) or isinstance(target_id, bool) or not isinstance(keys, list):
+    target_id, attempts = message.get("target"), message.get("attempts", 0)
+    try:
+        keys = message_keys(message)
+    except ValueError:
+        keys = None
+    if not isinstance(target_id, int) or isinstance(target_id, bool) or keys is None:
         job.error = f"malformed job message: {_clip(message)}"
         return
     job.prior_attempts = attempts if isinstance(attempts, int) and attempts > 0 else 0
@@ -98,6 +104,40 @@ def _parse_ours(job: Job, message: dict[str, Any], targets: Mapping[int, Target]
         return
     job.target = target
     _add_keys(job, target, keys)
+
+
+def message_keys(message: Mapping[str, Any]) -> list[Any]:
+    """The row keys of one of our messages, each as the "keys" shape carries it (a JSON scalar,
+    or a list for a composite key: an integer column's values as ints), or ValueError."""
+    keys = message.get("keys")
+    if "columns" not in message:
+        if not isinstance(keys, list):
+            raise ValueError("no key list")
+        return keys
+    columns = message["columns"]
+    if not isinstance(columns, list) or not columns:
+        raise ValueError("no key columns")
+    values = [_column_values(c) for c in columns]
+    if any(len(v) != len(values[0]) for v in values):
+        raise ValueError("key columns of different lengths")
+    if len(values) == 1:
+        return values[0]
+    return [list(key) for key in zip(*values, strict=True)]
+
+
+def _column_values(column: Any) -> list[Any]:
+    """One key column's values: a JSON array as is, an integer array's text ('{1,-2}') as ints."""
+    if isinstance(column, list):
+        return column
+    if not isinstance(column, str) or not (column.startswith("{") and column.endswith("}")):
+        raise ValueError(f"invalid key column {column!r}")
+    inner = column[1:-1]
+    if not inner:
+        return []
+    try:
+        return [int(v) for v in inner.split(",")]
+    except ValueError:
+        raise ValueError(f"invalid integer key column {column!r}") from None
 
 
 def _parse_supabase(job: Job, message: dict[str, Any], targets: Mapping[int, Target]) -> None:

@@ -61,6 +61,17 @@ def test_composite_keys_are_queued_as_arrays_and_embedded(
     assert target is not None
     conn.execute(f"INSERT INTO docs VALUES {rows}")
     assert queued_keys(conn, target[0]) == expected
+    # The schema reads the triggers' column shape as the worker does (sweep(), status).
+    assert [
+        r[0]
+        for r in conn.execute(
+            "SELECT k FROM pgmq.q_embedding_jobs m, embeddings.message_keys(m.message) k"
+            " ORDER BY m.msg_id"
+        ).fetchall()
+    ] == expected
+    assert conn.execute(
+        "SELECT sum(embeddings.message_key_count(message))::int FROM pgmq.q_embedding_jobs"
+    ).fetchone() == (len(expected),)
     assert conn.execute(
         "SELECT key_columns::text[], cardinality(key_types) FROM embeddings.targets"
     ).fetchone() == (names.split(", "), len(names.split(", ")))

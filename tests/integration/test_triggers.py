@@ -9,6 +9,7 @@ import psycopg
 import pytest
 
 from tests.support.jobs import clear_queue, messages, queued_keys
+from worker.queue import message_keys
 
 Conn = psycopg.Connection[Any]
 VEC = "array_fill(0.1, ARRAY[384])::halfvec"
@@ -35,16 +36,54 @@ def test_insert_enqueues_rows_with_content(conn: Conn, docs: int) -> None:
     conn.execute(
         "INSERT INTO docs (id, body) VALUES (11, 'eleven'), (12, ''), (13, NULL), (14, 'x')"
     )
-    assert [m["keys"] for m in messages(conn)] == [[10], [11, 14]]
+    # One message per statement, its integer key column as array text (sql/20_queue.sql).
+    assert messages(conn) == [
+        {"target": docs, "columns": ["{10}"]},
+        {"target": docs, "columns": ["{11,14}"]},
+    ]
 
 
 def test_a_bulk_insert_is_one_call_with_up_to_128_keys_per_message(conn: Conn, docs: int) -> None:
     conn.execute(
         "INSERT INTO docs (id, body) SELECT g, 'row ' || g FROM generate_series(100, 399) g"
     )
-    sizes = [len(m["keys"]) for m in messages(conn)]
+    sizes = [len(message_keys(m)) for m in messages(conn)]
     assert sizes == [128, 128, 44]
     assert sorted(queued_keys(conn, docs)) == list(range(100, 400))
+
+
+def test_keys_of_a_variable_width_type_are_sliced_into_messages_in_order(conn: Conn) -> None:
+    # Text keys go as JSON arrays, sliced from one jsonb array (20_queue.sql, 30_triggers.sql).
+    conn.execute("CREATE TABLE notes (slug text PRIMARY KEY, body text)")
+    row = conn.execute("SELECT embeddings.watch('notes', 'body')").fetchone()
+    assert row is not None
+    clear_queue(conn)
+    conn.execute("INSERT INTO notes SELECT 'n,\"' || g, 'row ' || g FROM generate_series(1, 300) g")
+    inserted = [r[0] for r in conn.execute("SELECT slug FROM notes").fetchall()]
+    assert [len(message_keys(m)) for m in messages(conn)] == [128, 128, 44]
+    assert all(isinstance(m["columns"][0], list) for m in messages(conn))
+    assert queued_keys(conn, row[0]) == inserted
+    assert [
+        r[0]
+        for r in conn.execute(
+            "SELECT k FROM pgmq.q_embedding_jobs m, embeddings.message_keys(m.message) k"
+            " ORDER BY m.msg_id"
+        ).fetchall()
+    ] == inserted
+
+
+def test_a_content_function_targets_bulk_insert_is_sliced_in_order(conn: Conn) -> None:
+    conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, title text, body text)")
+    conn.execute(
+        "CREATE FUNCTION note_text(n notes) RETURNS text LANGUAGE sql IMMUTABLE"
+        " AS $$ SELECT n.title || ': ' || n.body $$"
+    )
+    row = conn.execute("SELECT embeddings.watch('notes', 'note_text')").fetchone()
+    assert row is not None
+    clear_queue(conn)
+    conn.execute("INSERT INTO notes SELECT g, 't', 'b' FROM generate_series(1, 300) g")
+    assert [len(message_keys(m)) for m in messages(conn)] == [128, 128, 44]
+    assert queued_keys(conn, row[0]) == list(range(1, 301))
 
 
 def test_rows_inserted_with_an_embedding_are_trusted(conn: Conn, docs: int) -> None:
@@ -166,6 +205,20 @@ def test_no_notification_while_no_worker_waits(conn: Conn, dsn: str, docs: int) 
         listener.execute("SELECT embeddings.worker_busy('embedding_jobs')")
         conn.execute("INSERT INTO docs (id, body) VALUES (72, 'c')")
         assert [n.payload for n in listener.notifies(timeout=0.5)] == []
+
+
+def test_a_statement_that_enqueues_nothing_wakes_no_worker(conn: Conn, dsn: str, docs: int) -> None:
+    """Our statement triggers run their INSERT into the queue for every statement; one that
+    inserts no message must not wake a waiting worker (nor pay for the check)."""
+    with psycopg.connect(dsn, autocommit=True) as listener:
+        listener.execute("LISTEN embeddings_jobs")
+        listener.execute("SELECT embeddings.worker_idle('embedding_jobs')")
+        conn.execute("UPDATE docs SET body = body")  # no content changes: no job
+        conn.execute("INSERT INTO docs (id, body) VALUES (80, '')")  # blank: no job
+        assert messages(conn) == []
+        assert [n.payload for n in listener.notifies(timeout=0.5)] == []
+        conn.execute("UPDATE docs SET body = 'changed' WHERE id = 1")
+        assert [n.payload for n in listener.notifies(timeout=5, stop_after=1)] == ["embedding_jobs"]
 
 
 def test_supabase_style_sends_also_notify(conn: Conn, dsn: str) -> None:

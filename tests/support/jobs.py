@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from worker.queue import backfill_queue_name
+from worker.queue import backfill_queue_name, message_keys
 
 Conn = psycopg.Connection[Any]
 
@@ -54,7 +54,7 @@ def queued_keys(conn: Conn, target_id: int, queue: str = "embedding_jobs") -> li
     keys: list[Any] = []
     for m in messages(conn, queue):
         if m.get("target") == target_id:
-            keys.extend(m["keys"])
+            keys.extend(message_keys(m))
     return keys
 
 

@@ -20,6 +20,34 @@ def test_our_message_with_keys_and_attempts() -> None:
     assert parsed.error is None
 
 
+def test_the_triggers_column_shape_reads_as_the_keys_shape() -> None:
+    # An integer column as its array text, any other as a JSON array (sql/20_queue.sql).
+    single = job({"target": 1, "columns": ["{3,-4,3}"]}, {1: target()})
+    assert single.keys == ["3", "-4"] and single.raw_keys == {"3": 3, "-4": -4}
+    t = target(key_columns=("tenant", "slug"), key_types=("int8", "text"))
+    parsed = job({"target": 1, "columns": ["{1,2}", ["a", "b,c"]]}, {1: t})
+    assert parsed.keys == ['["1","a"]', '["2","b,c"]']
+    assert parsed.raw_keys['["2","b,c"]'] == [2, "b,c"]  # as the keys shape carries it
+    assert parsed.error is None and parsed.bad_keys == []
+    assert queue.message_keys({"columns": ["{7}", ["x"]]}) == [[7, "x"]]
+    assert queue.message_keys({"keys": [[7, "x"]]}) == [[7, "x"]]
+
+
+@pytest.mark.parametrize(
+    "columns",
+    [[], "{1}", ["{1,x}"], ["1,2"], [7], ["{1,2}", ["a"]], None],
+)
+def test_malformed_key_columns_make_a_malformed_job(columns: object) -> None:
+    parsed = job({"target": 1, "columns": columns}, {1: target()})
+    assert parsed.error is not None and parsed.error.startswith("malformed job message")
+
+
+def test_key_columns_that_do_not_fit_the_target_are_bad_keys() -> None:
+    t = target(key_columns=("tenant", "id"), key_types=("int8", "int8"))
+    parsed = job({"target": 1, "columns": ["{1,2}"]}, {1: t})  # one column for a 2-column key
+    assert parsed.keys == [] and [raw for raw, _ in parsed.bad_keys] == [1, 2]
+
+
 def test_invalid_keys_are_set_aside_and_the_rest_kept() -> None:
     parsed = job({"target": 1, "keys": [1, "x", True, None, 2**70, [1]]}, {1: target()})
     assert parsed.keys == ["1"]
