@@ -64,7 +64,7 @@ def count(conn: Conn, query: str) -> int:
 def pending_keys(conn: Conn) -> set[int]:
     rows = conn.execute(
         "SELECT (k #>> '{}')::bigint FROM pgmq.q_embedding_jobs,"
-        " jsonb_array_elements(message -> 'keys') k"
+        " embeddings.message_keys(message) k"
     ).fetchall()
     return {int(r[0]) for r in rows}
 
