@@ -63,8 +63,7 @@ def count(conn: Conn, query: str) -> int:
 
 def pending_keys(conn: Conn) -> set[int]:
     rows = conn.execute(
-        "SELECT (k #>> '{}')::bigint FROM pgmq.q_embedding_jobs,"
-        " embeddings.message_keys(message) k"
+        "SELECT (k #>> '{}')::bigint FROM pgmq.q_embedding_jobs, embeddings.message_keys(message) k"
     ).fetchall()
     return {int(r[0]) for r in rows}
 
