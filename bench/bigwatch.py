@@ -75,10 +75,20 @@ def _watch_and_probe(dsn: str) -> dict[str, float]:
         timing["select_seconds"] = time.perf_counter() - started
         timing["probe_saw_lock"] = float(locked)
         thread.join()
-        row = watcher.execute(
-            "SELECT coalesce(sum(jsonb_array_length(message -> 'keys')), 0) FROM pgmq.q_embedding_jobs"
-        ).fetchone()
-        timing["keys_queued_by_watch"] = float(row[0]) if row else 0.0
+        # watch() queues "keys"-shaped messages, in the backfill lane where there is one.
+        lanes = ["q_embedding_jobs"] + (
+            ["q_embedding_jobs_backfill"]
+            if watcher.execute("SELECT to_regclass('pgmq.q_embedding_jobs_backfill')").fetchone()
+            != (None,)
+            else []
+        )
+        queued = 0.0
+        for lane in lanes:
+            row = watcher.execute(
+                f"SELECT coalesce(sum(jsonb_array_length(message -> 'keys')), 0) FROM pgmq.{lane}"
+            ).fetchone()
+            queued += float(row[0]) if row else 0.0
+        timing["keys_queued_by_watch"] = queued
     return timing
 
 

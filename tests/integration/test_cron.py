@@ -57,7 +57,7 @@ def test_the_scheduled_sweep_requeues_lost_jobs(cron_db: str) -> None:
 
         def swept() -> bool:
             row = conn.execute(
-                "SELECT coalesce(sum(jsonb_array_length(message->'keys')), 0)"
+                "SELECT coalesce(sum(embeddings.message_key_count(message)), 0)"
                 " FROM pgmq.q_embedding_jobs_backfill"  # what sweep() finds is backfill work
             ).fetchone()
             return row == (10,)

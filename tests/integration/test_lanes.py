@@ -11,6 +11,7 @@ import psycopg
 
 from tests.support.jobs import messages
 from worker.embedders import Embedders
+from worker.queue import message_keys
 from worker.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -22,7 +23,7 @@ def lane_keys(conn: Conn, queue: str) -> list[Any]:
             psycopg.sql.Identifier(f"q_{queue}")
         )
     ).fetchall()
-    return sorted(k for (m,) in rows for k in m["keys"])
+    return sorted(k for (m,) in rows for k in message_keys(m))
 
 
 def test_each_kind_of_work_goes_to_its_lane(conn: Conn, tiny_models: tuple[str, str]) -> None:
@@ -47,7 +48,7 @@ def test_each_kind_of_work_goes_to_its_lane(conn: Conn, tiny_models: tuple[str, 
     # Push mode: live jobs first, then backfill work, each saying its lane.
     bodies = [r[0] for r in conn.execute("SELECT * FROM embeddings.dispatch_batches(10, 1)")]
     assert len(bodies) == 1
-    assert [(j["keys"], j.get("lane")) for j in bodies[0]] == [
+    assert [(message_keys(j), j.get("lane")) for j in bodies[0]] == [
         ([4], None),
         ([1, 2, 3], "backfill"),
     ]

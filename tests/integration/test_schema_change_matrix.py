@@ -129,7 +129,7 @@ def measure(
     queued = {
         str(k)
         for (k,) in conn.execute(
-            f"SELECT jsonb_array_elements_text(message -> 'keys') FROM {JOBS}"
+            f"SELECT k #>> '{{}}' FROM {JOBS}, embeddings.message_keys(message) k"
         ).fetchall()
     }
     dead = {
