@@ -172,7 +172,9 @@ def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt
 ) -> None:
     first, _ = tiny_models
     make_docs(conn, first)
-    queue = jobqueue.Queue(settings.queue)
+    queue = jobqueue.Queue(  # watch()'s jobs are on the backfill lane
+        jobqueue.backfill_queue_name(settings.queue), lane=jobqueue.BACKFILL, home=settings.queue
+    )
     with db.connect(dsn) as worker_conn:
         db.register_vector_types(worker_conn)
         batch = pipeline.read(worker_conn, queue, Registry(), settings)
@@ -186,7 +188,8 @@ def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt
     assert sorted(settlement.release) == sorted(batch.msg_ids)
     assert not settlement.retry and not settlement.dead
     released = conn.execute(
-        "SELECT read_ct, vt <= clock_timestamp() FROM pgmq.q_embedding_jobs WHERE msg_id = ANY(%s)",
+        "SELECT read_ct, vt <= clock_timestamp() FROM pgmq.q_embedding_jobs_backfill"
+        " WHERE msg_id = ANY(%s)",
         (batch.msg_ids,),
     ).fetchall()
     assert released and all(row == (0, True) for row in released)
