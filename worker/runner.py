@@ -29,19 +29,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from worker import db, exceptions, metrics, pipeline, provenance, systemd
+from worker import db, exceptions, keeper, metrics, pipeline, startup, systemd
 from worker.backfill import Backfiller, IndexBuilder
 from worker.changes import Completer
 from worker.config import Settings
 from worker.embedders import Embedders
 from worker.lanes import Lanes
 from worker.listener import Listener
-from worker.progress import ProgressLine
-from worker.targets import Registry, Target
+from worker.targets import Registry
 
 logger = logging.getLogger(__name__)
-
-MISSING_SCHEMA = "the embeddings schema is not installed: run `embed-worker migrate`"
 
 
 @dataclass
@@ -223,96 +220,13 @@ class Worker:
         os.close(self._wake_w)
         self._wake_r = self._wake_w = -1
 
-    # --- startup --------------------------------------------------------------------------------
+    # --- startup (worker/startup.py) ----------------------------------------------------------
     def _startup(self) -> None:
-        targets = self._connect_and_read_targets()
-        if targets is None:
-            return  # stopped while waiting for the database
-        metrics.DATABASE_UP.set(1)
-        self._load_models(targets)
-
-    def _connect_and_read_targets(self) -> dict[int, Target] | None:
-        """Waits for the database and our schema (a worker may start before `migrate` ran)."""
-        # A one-shot run reports an unreachable database at once (exit 1) instead of waiting.
-        deadline = 0.0 if self.once else None
-        session = db.Session(self.dsn, "startup", self.stopping, deadline=deadline)
-        systemd.notify(status=f"connecting to {db.describe(self.dsn)}")
-        try:
-            while not self.stopping.is_set():
-                try:
-                    conn = session.get()
-                    if not self._schema_missing(conn):
-                        return self.registry.refresh(conn)
-                except exceptions.ConnectionLost:
-                    if self.once:
-                        raise
-                    session.lost()
-                    continue
-                if self.once:
-                    raise exceptions.DatabaseError(MISSING_SCHEMA)
-                logger.error("%s; retrying in 10 s", MISSING_SCHEMA)
-                systemd.notify(status=f"waiting: {MISSING_SCHEMA}")
-                self.stopping.wait(10)
-            return None
-        finally:
-            session.close()
-
-    def _load_models(self, targets: dict[int, Target]) -> None:
-        """Loads the default model and those of our queue's targets; reports unservable targets."""
-        ours = [t for t in targets.values() if t.queue == self.settings.queue]
-        problems: dict[int, str] = {}  # target id -> why; each reported once
-        for model in sorted({self.settings.model} | {t.model for t in ours}):
-            try:
-                embedder = self.embedders.get(model)
-            except exceptions.ModelError:
-                continue  # logged; its targets are deferred until it loads
-            for target in ours:
-                if target.model == model and (problem := target.problem(embedder.dim)):
-                    problems[target.id] = problem
-        for target in ours:
-            if target.id not in problems and (problem := target.problem()):
-                problems[target.id] = problem
-        for problem in problems.values():
-            logger.error("target not servable: %s", problem)
-        provenance.check_at_startup(self.dsn, ours, self.embedders)
-        self.started.set()
-        problem = self.default_model_problem()
-        # Ready for systemd means started: a missing model is reported, not waited for (the
-        # worker loads it when it appears; /readyz says 503 until then).
-        systemd.notify(
-            ready=True,
-            status=f"serving queue {self.settings.queue} with {self.settings.model}"
-            + (f"; not ready: {problem}" if problem else ""),
-        )
+        startup.start(self)
 
     def default_model_problem(self) -> str | None:
-        """Why the default model is not loaded (None when it is). Tries to load it, at most
-        every `retry_after` seconds, so a model downloaded after startup makes the worker
-        ready without a restart."""
-        if not self.started.is_set():
-            return "starting (waiting for the database and the schema)"
-        if self.ready.is_set():
-            return None
-        try:
-            default = self.embedders.get(self.settings.model)
-        except exceptions.ModelError as exc:
-            return str(exc)
-        metrics.MODEL.info(
-            {
-                "name": self.settings.model,
-                "variant": self.settings.model_variant,
-                "dimensions": str(default.dim),
-                "max_tokens": str(default.max_tokens),
-            }
-        )
-        self.ready.set()
-        return None
-
-    @staticmethod
-    def _schema_missing(conn: db.Connection) -> bool:
-        with db.translated():
-            row = conn.execute("SELECT to_regclass('embeddings.targets') IS NULL").fetchone()
-        return bool(row and row[0])
+        """Why the default model is not loaded (None when it is): worker/startup.py."""
+        return startup.default_model_problem(self)
 
     # --- fetcher --------------------------------------------------------------------------------
     def _fetcher(self) -> None:
@@ -488,36 +402,6 @@ class Worker:
                 logger.error("writing a batch failed (%s); its jobs return after their lease", exc)
                 return
 
-    # --- keeper ---------------------------------------------------------------------------------
+    # --- keeper (worker/keeper.py) ------------------------------------------------------------
     def _keeper(self) -> None:
-        session = db.Session(self.dsn, "keeper", self.finished)
-        renew_every = self.settings.vt_seconds / 3
-        last_renew = last_gauges = time.monotonic()
-        progress = ProgressLine(self) if self.progress and self.once else None
-        try:
-            while not self.finished.wait(0.5 if progress else 1.0):
-                now = time.monotonic()
-                try:
-                    conn = session.get()
-                    if now - last_renew >= renew_every:
-                        for lane in self.lanes:
-                            held = lane.leases.held()
-                            lane.leases.renewed(
-                                lane.queue.extend(conn, held, self.settings.vt_seconds)
-                            )
-                        last_renew = now
-                    if self.settings.pull and not self.once:
-                        self.changes.run(conn, self.registry, force=False)
-                    if now - last_gauges >= 5 or progress:
-                        self.lanes.gauges(conn)
-                        last_gauges = now
-                        if progress:
-                            progress.show(conn)
-                except exceptions.ConnectionLost:
-                    session.lost()
-                except exceptions.DatabaseError as exc:
-                    logger.warning("keeper: %s", exc)
-        finally:
-            if progress:
-                progress.close()
-            session.close()
+        keeper.keep(self)
