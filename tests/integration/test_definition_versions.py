@@ -161,6 +161,7 @@ def test_watch_waits_for_a_write_in_progress_and_later_writes_see_its_version(
         "ALTER TABLE docs RENAME TO papers",
     ],
 )
+@pytest.mark.parametrize("when", ["before the load", "before the write"])
 def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt(
     conn: Conn,
     dsn: str,
@@ -169,6 +170,7 @@ def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt
     embedders: Embedders,
     run_once: Callable[..., Worker],
     ddl: str,
+    when: str,
 ) -> None:
     first, _ = tiny_models
     make_docs(conn, first)
@@ -179,10 +181,12 @@ def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt
         db.register_vector_types(worker_conn)
         batch = pipeline.read(worker_conn, queue, Registry(), settings)
         assert batch is not None
+        if when == "before the load":
+            conn.execute(ddl)
         pipeline.load(worker_conn, batch)
         pipeline.embed(embedders, batch)  # under the old names
-
-        conn.execute(ddl)
+        if when == "before the write":
+            conn.execute(ddl)
         settlement = pipeline.write(worker_conn, queue, batch, settings)
 
     assert sorted(settlement.release) == sorted(batch.msg_ids)
