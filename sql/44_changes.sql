@@ -144,8 +144,14 @@ BEGIN
     UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
     DELETE FROM embeddings.provenance p WHERE p.target_id = t.id AND p.shadow;
-    PERFORM embeddings.enqueue_rows(t, t.source, every_row => true, lane => 'change');
-    EXECUTE format('SELECT count(*) FROM %s', t.source) INTO total;
+    -- Every row with content, queued in key ranges on the backfill lane after this transaction
+    -- (62_backfill.sql): one bounded step here, not the whole table under the lock.
+    PERFORM embeddings.start_backfill(t, true, 'change');
+    -- Rows to do, for the progress: counted on small tables, estimated on large ones.
+    total := round(embeddings.target_rows(t));
+    IF total <= embeddings.status_exact_rows() THEN
+        EXECUTE format('SELECT count(*) FROM %s', t.source) INTO total;
+    END IF;
     INSERT INTO embeddings.model_changes (target_id, model, shadow_column, keep_old, rows_total)
     VALUES (t.id, new_model, shadow, keep_old, total);
     PERFORM pg_notify('embeddings_targets', t.id::text);
@@ -210,6 +216,10 @@ BEGIN
     PERFORM set_config('embeddings.following', following, true);
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1, ''shadow'', true)',
                    pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q')) USING t.id;
+    -- The change's backfill becomes an ordinary one again, from the first key: rows it would
+    -- have reached (a backfill it replaced, say) still get their vector of the current model.
+    UPDATE embeddings.backfills b SET lane = 'backfill', every_row = false, after_key = NULL
+    WHERE b.target_id = t.id AND b.lane = 'change';
     DELETE FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
     DELETE FROM embeddings.provenance p WHERE p.target_id = t.id AND p.shadow;
     UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now() WHERE tg.id = t.id;
@@ -235,6 +245,7 @@ DECLARE
     t embeddings.targets;
     c embeddings.model_changes;
     change_jobs bigint;
+    queuing boolean;
     pending jsonb[];
     unqueued text;
     missing bigint;
@@ -255,6 +266,10 @@ BEGIN
         INTO change_jobs USING t.id;
     IF change_jobs > 0 THEN
         RETURN format('%s jobs of the change are waiting', change_jobs);
+    END IF;
+    SELECT true INTO queuing FROM embeddings.backfills b WHERE b.target_id = t.id;
+    IF queuing THEN
+        RETURN 'its rows are still being queued (a backfill in key ranges)';
     END IF;
     -- Rows with content still lacking the new vector, with no job (lost, dead-lettered, or
     -- given a vector of the old model by hand). Real content: whitespace-only content is
@@ -360,7 +375,7 @@ REVOKE ALL ON FUNCTION embeddings.complete_changes() FROM PUBLIC;
 -- For embeddings.status: the producer of target t's vectors ('model revision variant') and the
 -- progress of its change in progress, if any (rows with the new vector / rows with content).
 CREATE FUNCTION embeddings.change_status(
-    t embeddings.targets,
+    t embeddings.targets, exact boolean DEFAULT true,
     OUT vectors_from text, OUT change_model text, OUT change_done_rows bigint,
     OUT change_total_rows bigint, OUT change_rows_per_second double precision,
     OUT change_eta_seconds double precision
@@ -368,6 +383,7 @@ CREATE FUNCTION embeddings.change_status(
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
     c embeddings.model_changes;
+    queued bigint;
 BEGIN
     SELECT concat_ws(' ', p.model, p.revision, p.variant) INTO vectors_from
     FROM embeddings.provenance p WHERE p.target_id = t.id AND NOT p.shadow;
@@ -376,13 +392,26 @@ BEGIN
         RETURN;
     END IF;
     change_model := c.model;
-    BEGIN
-        EXECUTE format('SELECT count(s.%I), count(*) FILTER (WHERE s.%I IS NOT NULL OR (%s) ~ ''[^[:space:]]'') FROM %s s',
-                       c.shadow_column, c.shadow_column, embeddings.content_sql(t, 's'), t.source)
-            INTO change_done_rows, change_total_rows;
-    EXCEPTION WHEN OTHERS THEN  -- a content function that raises: the total as the change began
+    IF NOT exact THEN
+        -- Without reading the table (status of a large one): the rows its backfill has passed
+        -- (all of them once it ended), less the change's jobs still queued.
+        EXECUTE format('SELECT coalesce(sum(embeddings.message_key_count(message)), 0) FROM pgmq.%I '
+                       'WHERE message @> jsonb_build_object(''target'', $1, ''shadow'', true)',
+                       pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q'))
+            INTO queued USING t.id;
         change_total_rows := c.rows_total;
-    END;
+        change_done_rows := greatest(least(coalesce(
+            (SELECT b.scanned_rows FROM embeddings.backfills b WHERE b.target_id = t.id AND b.lane = 'change'),
+            c.rows_total), c.rows_total) - queued, 0);
+    ELSE
+        BEGIN
+            EXECUTE format('SELECT count(s.%I), count(*) FILTER (WHERE s.%I IS NOT NULL OR (%s) ~ ''[^[:space:]]'') FROM %s s',
+                           c.shadow_column, c.shadow_column, embeddings.content_sql(t, 's'), t.source)
+                INTO change_done_rows, change_total_rows;
+        EXCEPTION WHEN OTHERS THEN  -- a content function that raises: the total as the change began
+            change_total_rows := c.rows_total;
+        END;
+    END IF;
     change_rows_per_second := change_done_rows / greatest(extract(epoch FROM clock_timestamp() - c.started_at), 1);
     change_eta_seconds := CASE WHEN change_rows_per_second > 0
         THEN greatest(change_total_rows - change_done_rows, 0) / change_rows_per_second END;

@@ -269,7 +269,7 @@ BEGIN
         -- model change: provenance, and the progress of a change in progress
         SELECT * INTO vectors_from, change_model, change_done_rows, change_total_rows,
                       change_rows_per_second, change_eta_seconds
-        FROM embeddings.change_status(t);
+        FROM embeddings.change_status(t, NOT estimated);
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
         -- The last five whole minutes plus the current one, as a rate per second.
         SELECT coalesce(sum(tp.rows), 0) / greatest(extract(epoch FROM clock_timestamp() - min(tp.minute)), 60)

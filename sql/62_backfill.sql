@@ -27,7 +27,10 @@ CREATE TABLE embeddings.backfills (
     scanned_rows  bigint NOT NULL DEFAULT 0,
     enqueued_keys bigint NOT NULL DEFAULT 0,
     started_at    timestamptz NOT NULL DEFAULT now(),
-    stepped_at    timestamptz
+    stepped_at    timestamptz,
+    -- Where its jobs go (enqueue_keys() lanes): 'backfill', or 'change' for a model change's
+    -- rows (their jobs fill the shadow column, 44_changes.sql).
+    lane          text NOT NULL DEFAULT 'backfill' CHECK (lane IN ('backfill', 'change'))
 );
 GRANT SELECT ON embeddings.backfills TO PUBLIC;  -- embeddings.status reads it as its caller
 COMMENT ON TABLE embeddings.backfills IS 'Targets whose existing rows are still being queued, and where the queuing has got to';
@@ -58,21 +61,27 @@ $$;
 -- (through enqueue_keys), so executable by no one but its owner unless granted.
 CREATE FUNCTION embeddings.send_backfill(target_id integer, keys jsonb[]) RETURNS integer
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.enqueue_keys(target_id, keys, 0, 'backfill')  -- behind the live writes
+    SELECT embeddings.enqueue_keys(target_id, keys, 0, coalesce(  -- behind the live writes
+        (SELECT b.lane FROM embeddings.backfills b WHERE b.target_id = send_backfill.target_id), 'backfill'))
 $$;
 REVOKE ALL ON FUNCTION embeddings.send_backfill(integer, jsonb[]) FROM PUBLIC;
 
 -- Starts (or restarts) target t's backfill and takes its first step inline. `every_row`
--- restarts from the first key; otherwise a running backfill keeps its cursor.
-CREATE FUNCTION embeddings.start_backfill(t embeddings.targets, every_row boolean) RETURNS void
+-- restarts from the first key; otherwise a running backfill keeps its cursor. `lane`: where its
+-- jobs go, 'change' for a model change (44_changes.sql).
+CREATE FUNCTION embeddings.start_backfill(t embeddings.targets, every_row boolean, lane text DEFAULT 'backfill')
+RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
-    INSERT INTO embeddings.backfills AS b (target_id, every_row)
-    VALUES (t.id, every_row)
+    INSERT INTO embeddings.backfills AS b (target_id, every_row, lane)
+    VALUES (t.id, every_row, lane)
     ON CONFLICT (target_id) DO UPDATE
     SET every_row = b.every_row OR excluded.every_row,
         after_key = CASE WHEN excluded.every_row THEN NULL ELSE b.after_key END,
-        started_at = CASE WHEN excluded.every_row THEN now() ELSE b.started_at END;
+        started_at = CASE WHEN excluded.every_row THEN now() ELSE b.started_at END,
+        scanned_rows = CASE WHEN excluded.every_row THEN 0 ELSE b.scanned_rows END,
+        enqueued_keys = CASE WHEN excluded.every_row THEN 0 ELSE b.enqueued_keys END,
+        lane = CASE WHEN excluded.every_row THEN excluded.lane ELSE b.lane END;
     PERFORM embeddings.backfill_step(t.id, embeddings.backfill_step_keys());
 END
 $$;

@@ -461,3 +461,55 @@ def test_a_missing_new_model_does_not_stop_the_application_s_rows(
     assert conn.execute("SELECT count(embedding_next) FROM docs").fetchone() == (0,)
     row = conn.execute("SELECT pending_backfill, deferred_reason FROM embeddings.status").fetchone()
     assert row is not None and row[0] == 10 and "absent-model" in row[1]
+
+
+def test_a_change_of_a_table_larger_than_a_step_queues_its_rows_in_key_ranges(
+    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+) -> None:
+    old, new, _ = models
+    make_table(conn, 2500, model=old)
+    run_once(model=old)
+    step = conn.execute("SELECT embeddings.backfill_step_keys()").fetchone()
+    assert step is not None and step[0] < 2500
+
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (new,))
+
+    # watch() queued one bounded step of the change, not the table; the rest waits in a cursor.
+    assert conn.execute("SELECT lane, every_row FROM embeddings.backfills").fetchall() == [
+        ("change", True)
+    ]
+    queued = conn.execute(
+        "SELECT sum(embeddings.message_key_count(message)) FROM pgmq.q_embedding_jobs_backfill"
+        " WHERE message @> '{\"shadow\": true}'"
+    ).fetchone()
+    assert queued == (step[0],)
+    row = conn.execute(
+        "SELECT change_done_rows, change_total_rows FROM embeddings.target_status(exact => false)"
+    ).fetchone()
+    assert row == (0, 2500)  # estimated from the cursor and the queue, the table unread
+    waits = conn.execute("SELECT embeddings.complete_change(id) FROM embeddings.targets").fetchone()
+    assert waits is not None and "jobs of the change are waiting" in waits[0]
+
+    wait_for(lambda: (run_once(model=old), not in_change(conn))[1], timeout=120)
+
+    assert target_model(conn) == new
+    assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (2500,)
+    assert conn.execute("SELECT count(*) FROM embeddings.backfills").fetchone() == (0,)
+
+
+def test_cancelling_a_change_mid_backfill_leaves_an_ordinary_backfill(
+    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+) -> None:
+    old, new, _ = models
+    make_table(conn, 2500, model=old)
+    run_once(model=old)
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (new,))
+    assert conn.execute("SELECT embeddings.cancel_change('docs')").fetchone() == (True,)
+
+    assert conn.execute(
+        "SELECT lane, every_row, after_key FROM embeddings.backfills"
+    ).fetchall() == [("backfill", False, None)]
+    run_once(model=old)  # every row has its vector: the backfill queues nothing and ends
+    assert conn.execute("SELECT count(*) FROM embeddings.backfills").fetchone() == (0,)
+    assert target_model(conn) == old
+    assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (2500,)
