@@ -330,9 +330,17 @@ BEGIN
         -- A column added just now to a large table: building even an empty index scans the
         -- whole table under our lock, and inserting each vector into HNSW costs ~10x its share
         -- of a build. The worker builds it CONCURRENTLY once the backfill ends (62_backfill.sql).
-        defer_index := NOT emb_exists AND rel_kind = 'r' AND embeddings.estimated_rows(source) > embeddings.index_defer_rows();
-        IF NOT defer_index THEN
-            EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.%I)', source, embedding_column, vschema,
+        -- A partitioned table (one level of partitions) gets the index on the parent only now,
+        -- invalid and instant, so that partitions created meanwhile get theirs; the worker
+        -- builds each partition's and attaches it, and the last one makes it valid.
+        defer_index := NOT emb_exists
+            AND (rel_kind = 'r' OR NOT EXISTS (SELECT FROM pg_inherits i JOIN pg_class pc ON pc.oid = i.inhrelid
+                                               WHERE i.inhparent = source AND pc.relkind = 'p'))
+            AND (SELECT sum(embeddings.estimated_rows(r)) FROM embeddings.leaf_relations(source) r) > embeddings.index_defer_rows();
+        IF NOT defer_index OR rel_kind = 'p' THEN
+            EXECUTE format('CREATE INDEX %s ON %s %s USING hnsw (%I %I.%I)',
+                CASE WHEN defer_index THEN quote_ident(left(rel_name, 40) || '_' || left(embedding_column, 16) || '_hnsw') ELSE '' END,
+                CASE WHEN defer_index THEN 'ONLY' ELSE '' END, source, embedding_column, vschema,
                 CASE WHEN (SELECT typname FROM pg_type WHERE oid = emb_type) = 'halfvec'
                      THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END);
         END IF;

@@ -281,19 +281,31 @@ LANGUAGE sql STABLE AS $$
 $$;
 -- Deferred indexes a worker of `queue` may build now: their backfill ended, its jobs are nearly
 -- done (fewer than one step's keys wait: live writes never stop it), and the current role owns
--- the table. `cleanup` drops what an interrupted build left
--- (an invalid index); `statement` builds the index CONCURRENTLY (top level only).
+-- the table. `cleanup` drops what an interrupted build left (an invalid index); `statements`
+-- build the index CONCURRENTLY (each at top level, in order). For a partitioned table, one
+-- partition at a time: its index, then its attachment to the parent's (invalid) index, which
+-- becomes valid with the last one.
 CREATE FUNCTION embeddings.deferred_index_ready(queue text)
-RETURNS TABLE (target_id integer, cleanup text, statement text)
+RETURNS TABLE (target_id integer, cleanup text, statements text[])
 LANGUAGE sql STABLE AS $$
     SELECT t.id,
-           (SELECT format('DROP INDEX CONCURRENTLY %I.%I', n.nspname, ic.relname)
+           (SELECT format('DROP INDEX CONCURRENTLY %I.%I', ns.nspname, ic.relname)
             FROM pg_class ic JOIN pg_index i ON i.indexrelid = ic.oid
-            WHERE ic.relnamespace = c.relnamespace AND ic.relname = embeddings.deferred_index_name(t)
+            JOIN pg_namespace ns ON ns.oid = ic.relnamespace
+            WHERE ic.relnamespace = coalesce(leaf.relnamespace, c.relnamespace)
+              AND ic.relname = coalesce(leaf.index_name, embeddings.deferred_index_name(t))
               AND NOT i.indisvalid),
-           format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s USING hnsw (%I %I.%I)',
-                  embeddings.deferred_index_name(t), t.source, t.embedding_column, tn.nspname,
-                  ty.typname || '_cosine_ops')
+           CASE WHEN c.relkind = 'r' THEN
+               ARRAY[format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s USING hnsw (%I %I.%I)',
+                            embeddings.deferred_index_name(t), t.source, t.embedding_column, tn.nspname,
+                            ty.typname || '_cosine_ops')]
+           ELSE
+               ARRAY[format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s USING hnsw (%I %I.%I)',
+                            leaf.index_name, leaf.oid::regclass, t.embedding_column, tn.nspname,
+                            ty.typname || '_cosine_ops'),
+                     format('ALTER INDEX %I.%I ATTACH PARTITION %I.%I', n.nspname,
+                            embeddings.deferred_index_name(t), leaf.nspname, leaf.index_name)]
+           END
     FROM embeddings.deferred_indexes d
     JOIN embeddings.targets t ON t.id = d.target_id
     JOIN pg_class c ON c.oid = t.source
@@ -301,7 +313,24 @@ LANGUAGE sql STABLE AS $$
     JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = t.embedding_column AND NOT a.attisdropped
     JOIN pg_type ty ON ty.oid = a.atttypid
     JOIN pg_namespace tn ON tn.oid = ty.typnamespace
+    -- A partitioned table: its first partition whose index is not yet attached to the parent's.
+    LEFT JOIN LATERAL (
+        SELECT pc.oid, pc.relnamespace, pn.nspname,
+               (left(pc.relname, 40) || '_' || left(t.embedding_column, 16) || '_hnsw')::name AS index_name
+        FROM pg_inherits pi JOIN pg_class pc ON pc.oid = pi.inhrelid
+        JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+        WHERE pi.inhparent = t.source
+          AND NOT EXISTS (
+              SELECT FROM pg_inherits ii
+              JOIN pg_class parent_index ON parent_index.oid = ii.inhparent
+              JOIN pg_index ci ON ci.indexrelid = ii.inhrelid
+              WHERE ci.indrelid = pc.oid AND parent_index.relname = embeddings.deferred_index_name(t)
+                AND parent_index.relnamespace = c.relnamespace)
+        ORDER BY pc.oid
+        LIMIT 1
+    ) leaf ON c.relkind = 'p'
     WHERE t.queue = deferred_index_ready.queue AND t.problem IS NULL
+      AND (c.relkind = 'r' OR leaf.oid IS NOT NULL)
       AND NOT EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id)
       AND (SELECT p.pending_jobs FROM embeddings.pending_count(t) p) < embeddings.backfill_step_keys()
       AND pg_has_role(c.relowner, 'USAGE')

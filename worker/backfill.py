@@ -69,7 +69,8 @@ class IndexBuilder:
     go on), one at a time in a thread of its own, once their backfill has ended. Only where
     this worker's role owns the table; otherwise the index waits for its owner (status shows
     `index_deferred`). A build interrupted by a stop leaves an invalid index, dropped before
-    the next try."""
+    the next try. A partitioned table's index is built one partition per run (the partition's
+    index, then its attachment to the parent's), until the parent's is valid."""
 
     def __init__(self, dsn: str, queue: str) -> None:
         self.dsn = dsn
@@ -100,14 +101,17 @@ class IndexBuilder:
         )
         self._thread.start()
 
-    def _build(self, target_id: int, cleanup: str | None, statement: str) -> None:
+    def _build(self, target_id: int, cleanup: str | None, statements: list[str]) -> None:
         try:
             with db.connect(self.dsn) as conn, db.translated():
                 if cleanup:
                     conn.execute(cleanup.encode())
-                logger.info("target %d: building its deferred index: %s", target_id, statement)
+                logger.info(
+                    "target %d: building its deferred index: %s", target_id, "; ".join(statements)
+                )
                 started = time.monotonic()
-                conn.execute(statement.encode())
+                for statement in statements:  # each at top level (CONCURRENTLY)
+                    conn.execute(statement.encode())
                 conn.execute(queries.get("deferred_index_built"), {"target_id": target_id})
                 logger.info(
                     "target %d: index built in %.1f s", target_id, time.monotonic() - started

@@ -285,7 +285,7 @@ SELECT scanned, enqueued FROM embeddings.backfill_next(%(queue)s, %(max_keys)s);
 
 -- name: deferred_index_ready
 -- Deferred HNSW indexes of %(queue)s's targets this worker may build now (sql/62_backfill.sql).
-SELECT target_id, cleanup, statement FROM embeddings.deferred_index_ready(%(queue)s) LIMIT 1;
+SELECT target_id, cleanup, statements FROM embeddings.deferred_index_ready(%(queue)s) LIMIT 1;
 
 -- name: deferred_index_built
 -- Forgets a deferred index once a valid HNSW index is on the target's column.

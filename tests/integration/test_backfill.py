@@ -335,6 +335,46 @@ def test_a_large_table_gets_its_index_after_the_backfill(
     assert row == (False,)
 
 
+def test_a_large_partitioned_table_gets_its_index_partition_by_partition(
+    conn: Conn, settings: Any, embedders: Any, tiny_models: tuple[str, str]
+) -> None:
+    rows = conn.execute("SELECT embeddings.index_defer_rows()").fetchone()
+    assert rows is not None
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text) PARTITION BY RANGE (id)")
+    conn.execute("CREATE TABLE docs_a PARTITION OF docs FOR VALUES FROM (1) TO (100000)")
+    conn.execute("CREATE TABLE docs_b PARTITION OF docs FOR VALUES FROM (100000) TO (10000000)")
+    conn.execute(
+        "INSERT INTO docs SELECT i, 'doc ' || i FROM generate_series(1, %s) i", (rows[0] + 1000,)
+    )
+    conn.execute("ANALYZE docs")
+    target = watch(conn, "docs", model=tiny_models[0])
+    # Under watch()'s lock only the parent's index, invalid (no partition was scanned).
+    assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", False)]
+    assert hnsw_indexes(conn, "docs_a") == hnsw_indexes(conn, "docs_b") == []
+    # A partition created meanwhile gets its index from the parent's.
+    conn.execute("CREATE TABLE docs_c PARTITION OF docs FOR VALUES FROM (10000000) TO (20000000)")
+    assert len(hnsw_indexes(conn, "docs_c")) == 1
+    row = conn.execute(
+        "SELECT index_deferred FROM embeddings.status WHERE target_id = %s", (target,)
+    ).fetchone()
+    assert row == (True,)
+    conn.execute("DELETE FROM docs WHERE id > 300 AND id < 100000 OR id > 100300")  # short drain
+    Worker(
+        settings.with_overrides(model=tiny_models[0]),
+        once=True,
+        embedders=embedders,
+        progress=False,
+        handle_signals=False,
+    ).run()
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
+    assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", True)]
+    assert [valid for _, valid in hnsw_indexes(conn, "docs_a") + hnsw_indexes(conn, "docs_b")] == [
+        True,
+        True,
+    ]
+    assert conn.execute("SELECT count(*) FROM embeddings.deferred_indexes").fetchone() == (0,)
+
+
 def test_a_small_or_partitioned_table_is_indexed_at_watch(conn: Conn) -> None:
     make_docs(conn, 10)
     watch(conn, "docs")

@@ -1,0 +1,388 @@
+-- 0013: watch() defers the HNSW index of a large partitioned table too: the parent's index is
+-- created ON ONLY (invalid, instant), and the worker builds each partition's CONCURRENTLY and
+-- attaches it.
+--   * watch() (40_watch.sql), deferred_index_ready() (62_backfill.sql)
+
+DROP FUNCTION embeddings.deferred_index_ready(text);
+CREATE FUNCTION embeddings.deferred_index_ready(queue text)
+RETURNS TABLE (target_id integer, cleanup text, statements text[])
+LANGUAGE sql STABLE AS $$
+    SELECT t.id,
+           (SELECT format('DROP INDEX CONCURRENTLY %I.%I', ns.nspname, ic.relname)
+            FROM pg_class ic JOIN pg_index i ON i.indexrelid = ic.oid
+            JOIN pg_namespace ns ON ns.oid = ic.relnamespace
+            WHERE ic.relnamespace = coalesce(leaf.relnamespace, c.relnamespace)
+              AND ic.relname = coalesce(leaf.index_name, embeddings.deferred_index_name(t))
+              AND NOT i.indisvalid),
+           CASE WHEN c.relkind = 'r' THEN
+               ARRAY[format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s USING hnsw (%I %I.%I)',
+                            embeddings.deferred_index_name(t), t.source, t.embedding_column, tn.nspname,
+                            ty.typname || '_cosine_ops')]
+           ELSE
+               ARRAY[format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s USING hnsw (%I %I.%I)',
+                            leaf.index_name, leaf.oid::regclass, t.embedding_column, tn.nspname,
+                            ty.typname || '_cosine_ops'),
+                     format('ALTER INDEX %I.%I ATTACH PARTITION %I.%I', n.nspname,
+                            embeddings.deferred_index_name(t), leaf.nspname, leaf.index_name)]
+           END
+    FROM embeddings.deferred_indexes d
+    JOIN embeddings.targets t ON t.id = d.target_id
+    JOIN pg_class c ON c.oid = t.source
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = t.embedding_column AND NOT a.attisdropped
+    JOIN pg_type ty ON ty.oid = a.atttypid
+    JOIN pg_namespace tn ON tn.oid = ty.typnamespace
+    -- A partitioned table: its first partition whose index is not yet attached to the parent's.
+    LEFT JOIN LATERAL (
+        SELECT pc.oid, pc.relnamespace, pn.nspname,
+               (left(pc.relname, 40) || '_' || left(t.embedding_column, 16) || '_hnsw')::name AS index_name
+        FROM pg_inherits pi JOIN pg_class pc ON pc.oid = pi.inhrelid
+        JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+        WHERE pi.inhparent = t.source
+          AND NOT EXISTS (
+              SELECT FROM pg_inherits ii
+              JOIN pg_class parent_index ON parent_index.oid = ii.inhparent
+              JOIN pg_index ci ON ci.indexrelid = ii.inhrelid
+              WHERE ci.indrelid = pc.oid AND parent_index.relname = embeddings.deferred_index_name(t)
+                AND parent_index.relnamespace = c.relnamespace)
+        ORDER BY pc.oid
+        LIMIT 1
+    ) leaf ON c.relkind = 'p'
+    WHERE t.queue = deferred_index_ready.queue AND t.problem IS NULL
+      AND (c.relkind = 'r' OR leaf.oid IS NOT NULL)
+      AND NOT EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id)
+      AND (SELECT p.pending_jobs FROM embeddings.pending_count(t) p) < embeddings.backfill_step_keys()
+      AND pg_has_role(c.relowner, 'USAGE')
+    ORDER BY t.id
+$$;
+
+CREATE OR REPLACE FUNCTION embeddings.watch(
+    source regclass,
+    content text,
+    embedding_column name DEFAULT 'embedding',
+    model text DEFAULT NULL,  -- NULL: embeddings.default_model(), see embeddings.set_default_model()
+    triggers boolean DEFAULT true,
+    clear_on_update boolean DEFAULT true,
+    queue text DEFAULT 'embedding_jobs',
+    key name[] DEFAULT NULL,
+    replica boolean DEFAULT false,
+    chunk_tokens integer DEFAULT NULL,
+    chunk_overlap integer DEFAULT NULL,
+    chunk_table text DEFAULT NULL,
+    backfill boolean DEFAULT true,
+    keep_old boolean DEFAULT false
+) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    dims integer;
+    rel_kind "char";
+    rel_schema name;
+    rel_name name;
+    key_names name[];
+    key_regtypes regtype[];
+    key_nums smallint[];
+    content_num smallint;
+    content_col name;
+    content_fn regprocedure;
+    content_type regtype;
+    emb_type regtype;
+    emb_typmod integer;
+    emb_exists boolean;
+    vschema name := embeddings.vector_schema();
+    previous embeddings.targets;
+    t embeddings.targets;
+    fresh boolean;
+    reembed boolean := false;
+    defer_index boolean := false;
+BEGIN
+    model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
+    IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
+       OR triggers IS NULL OR clear_on_update IS NULL OR queue IS NULL OR replica IS NULL
+       OR backfill IS NULL OR keep_old IS NULL THEN
+        RAISE EXCEPTION 'embeddings.watch(): arguments must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+
+    -- The table.
+    SELECT c.relkind, n.nspname, c.relname INTO rel_kind, rel_schema, rel_name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source;
+    IF rel_kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', source USING ERRCODE = 'wrong_object_type';
+    END IF;
+
+    -- The model.
+    SELECT m.dimensions INTO dims FROM embeddings.models m WHERE m.name = model;
+    IF dims IS NULL THEN
+        RAISE EXCEPTION 'unknown model "%"', model
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('Known models: %s. Add one with INSERT INTO embeddings.models.',
+                                (SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM embeddings.models m));
+    END IF;
+
+    -- The row key: the primary key, or the unique not-null key named by `key`. Any number of
+    -- columns, of any types with an equality operator.
+    IF key IS NULL THEN
+        SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
+               array_agg(a.attnum ORDER BY k.ord)
+        INTO key_names, key_regtypes, key_nums
+        FROM pg_index i
+        CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = source AND i.indisprimary;
+        IF key_names IS NULL THEN
+            RAISE EXCEPTION 'table % has no primary key', source
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'embed-worker finds rows by their key: add a primary key, or name a unique not-null key with key => array[''col'', ...].';
+        END IF;
+    ELSE
+        SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
+               array_agg(a.attnum ORDER BY k.ord)
+        INTO key_names, key_regtypes, key_nums
+        FROM unnest(key) WITH ORDINALITY AS k(name, ord)
+        JOIN pg_attribute a ON a.attrelid = source AND a.attname = k.name AND a.attnum > 0 AND NOT a.attisdropped;
+        IF cardinality(key) = 0 OR coalesce(cardinality(key_names), 0) <> cardinality(key)
+           OR cardinality(key) <> (SELECT count(DISTINCT k) FROM unnest(key) AS k) THEN
+            RAISE EXCEPTION 'key % does not name distinct columns of %', key, source
+                USING ERRCODE = 'undefined_column';
+        END IF;
+        IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = source AND a.attnum = ANY(key_nums) AND NOT a.attnotnull) THEN
+            RAISE EXCEPTION 'key (%) of % has nullable columns', array_to_string(key, ', '), source
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Make the key columns NOT NULL.';
+        END IF;
+        IF NOT EXISTS (
+            SELECT FROM pg_index i
+            WHERE i.indrelid = source AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+              AND i.indimmediate AND i.indnkeyatts = cardinality(key_nums)
+              AND (SELECT array_agg(x ORDER BY x) FROM unnest(i.indkey[0:i.indnkeyatts - 1]) AS x)
+                  = (SELECT array_agg(x ORDER BY x) FROM unnest(key_nums) AS x)
+        ) THEN
+            RAISE EXCEPTION 'key (%) of % is not unique', array_to_string(key, ', '), source
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = format('Add one: ALTER TABLE %s ADD UNIQUE (%s).', source, array_to_string(key, ', '));
+        END IF;
+    END IF;
+    FOR i IN 1 .. cardinality(key_regtypes) LOOP
+        BEGIN
+            EXECUTE format('SELECT NULL::%1$s = NULL::%1$s', key_regtypes[i]);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE EXCEPTION 'key column %.% has type %, which has no equality operator', source, key_names[i], key_regtypes[i]
+                USING ERRCODE = 'feature_not_supported';
+        END;
+    END LOOP;
+
+    -- The content: a text column, else a function of the row type returning text.
+    SELECT a.attname, a.atttypid::regtype, a.attnum INTO content_col, content_type, content_num
+    FROM pg_attribute a
+    WHERE a.attrelid = source AND a.attname = content AND a.attnum > 0 AND NOT a.attisdropped;
+    IF content_col IS NOT NULL THEN
+        IF (SELECT typcategory FROM pg_type WHERE oid = content_type) <> 'S' THEN
+            RAISE EXCEPTION 'content column %.% has type %, not text', source, content_col, content_type
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = 'Use a content function that returns text, e.g. one that casts or formats the column.';
+        END IF;
+    ELSE
+        BEGIN
+            content_fn := to_regprocedure(format('%s(%I.%I)', content, rel_schema, rel_name));
+        EXCEPTION WHEN OTHERS THEN
+            content_fn := NULL;  -- not even a valid function name
+        END;
+        IF content_fn IS NULL THEN
+            RAISE EXCEPTION 'content "%" is neither a column of % nor a function %(%)', content, source, content, source
+                USING ERRCODE = 'undefined_column',
+                      HINT = 'Pass a text column name, or the name of a function that takes the table''s row type and returns text.';
+        END IF;
+        SELECT p.prorettype::regtype INTO content_type FROM pg_proc p WHERE p.oid = content_fn;
+        IF content_type NOT IN ('text'::regtype, 'character varying'::regtype) OR
+           (SELECT p.proretset FROM pg_proc p WHERE p.oid = content_fn) THEN
+            RAISE EXCEPTION 'content function % returns %, not text', content_fn,
+                    CASE WHEN (SELECT p.proretset FROM pg_proc p WHERE p.oid = content_fn)
+                         THEN 'a set of ' ELSE '' END || content_type
+                USING ERRCODE = 'datatype_mismatch';
+        END IF;
+        PERFORM embeddings.check_content_function(source, content_fn);  -- trusted, not VOLATILE
+    END IF;
+
+    -- model change: BEGIN (another model on a watched plain target is a blue/green change,
+    -- sql/44_changes.sql; the column keeps serving the old model until the swap)
+    SELECT * INTO previous FROM embeddings.targets tg
+    WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column;
+    IF previous.id IS NOT NULL AND previous.chunk_table IS NULL AND previous.problem IS NULL
+       AND chunk_tokens IS NULL AND chunk_overlap IS NULL AND chunk_table IS NULL
+       AND embeddings.attnum_of(source, embedding_column) IS NOT NULL
+       AND (previous.model <> watch.model
+            OR EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id)) THEN
+        IF previous.content_column IS DISTINCT FROM content_col
+           OR previous.content_function IS DISTINCT FROM content_fn
+           OR previous.key_columns <> key_names OR previous.replica <> watch.replica
+           OR previous.has_triggers <> triggers OR previous.clear_on_update <> watch.clear_on_update
+           OR previous.queue <> watch.queue THEN
+            RAISE EXCEPTION 'a model change cannot change other settings of %.% at the same time', source, embedding_column
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'Call watch() with the current model and the new settings first, then with the new model.';
+        END IF;
+        RETURN embeddings.start_change(previous, watch.model, keep_old);
+    END IF;
+    -- model change: END
+
+    -- The embedding column: absent (we add it), or vector(dims) / halfvec(dims).
+    SELECT a.atttypid::regtype, a.atttypmod INTO emb_type, emb_typmod
+    FROM pg_attribute a
+    WHERE a.attrelid = source AND a.attname = embedding_column AND a.attnum > 0 AND NOT a.attisdropped;
+    emb_exists := emb_type IS NOT NULL;
+    IF emb_exists THEN
+        IF NOT EXISTS (SELECT FROM pg_type ty JOIN pg_namespace ns ON ns.oid = ty.typnamespace
+                       WHERE ty.oid = emb_type AND ty.typname IN ('vector', 'halfvec') AND ns.nspname = vschema) THEN
+            RAISE EXCEPTION 'embedding column %.% has type %, expected vector(%) or halfvec(%)',
+                    source, embedding_column, format_type(emb_type, emb_typmod), dims, dims
+                USING ERRCODE = 'datatype_mismatch';
+        ELSIF emb_typmod <> dims THEN
+            RAISE EXCEPTION 'embedding column %.% is %, but model "%" produces % dimensions',
+                    source, embedding_column, format_type(emb_type, emb_typmod), model, dims
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = format('Use a %s-dimensional column, or a model whose dimensions match.', dims);
+        END IF;
+    END IF;
+    IF embedding_column = content_col THEN
+        RAISE EXCEPTION 'the embedding column cannot be the content column' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    IF queue !~ '^[a-z_][a-z0-9_]{0,46}$' THEN
+        RAISE EXCEPTION 'invalid queue name "%": lower-case letters, digits and _ only, at most 47', queue
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    PERFORM embeddings.refuse_guide_triggers(source, triggers);  -- newcomer: never two sets of triggers
+
+    -- >>> chunked targets (sql/55_chunks.sql): vectors in a chunk table, none in the source
+    IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
+       OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
+                  AND tg.embedding_column = watch.embedding_column AND tg.chunk_table IS NOT NULL) THEN
+        IF NOT backfill THEN
+            RAISE EXCEPTION 'backfill => false is for plain targets; a chunked target embeds its existing rows'
+                USING ERRCODE = 'feature_not_supported';
+        END IF;
+        RETURN embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
+                                        queue, key_names, key_regtypes, key_nums, content_num, replica,
+                                        chunk_tokens, chunk_overlap, chunk_table);
+    END IF;
+    -- <<< chunked targets
+
+    -- Everything is valid: act.
+    SELECT * INTO previous FROM embeddings.targets tg
+    WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column;
+    fresh := previous.id IS NULL;
+    IF NOT fresh AND emb_exists
+       AND previous.content_column IS NOT DISTINCT FROM content_col
+       AND previous.content_function IS NOT DISTINCT FROM content_fn
+       AND previous.model = watch.model
+       AND previous.key_columns = key_names AND previous.key_types = key_regtypes
+       AND previous.has_triggers = triggers AND previous.clear_on_update = watch.clear_on_update
+       AND previous.queue = watch.queue AND previous.replica = watch.replica
+       AND previous.problem IS NULL THEN
+        RETURN previous.id;
+    END IF;
+
+    -- model change: a re-registration in place (a target with a problem, e.g. its content
+    -- column dropped and added again) abandons a change in progress.
+    IF NOT fresh AND EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id) THEN
+        PERFORM embeddings.cancel_change(source, embedding_column);
+    END IF;
+
+    -- The DDL below is ours: the schema-change event trigger need not follow it.
+    PERFORM set_config('embeddings.following', 'on', true);
+    PERFORM embeddings.ensure_queue(queue);
+
+    IF NOT emb_exists THEN
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %I.halfvec(%s)', source, embedding_column, vschema, dims);
+        emb_type := format('%I.halfvec', vschema)::regtype;
+    END IF;
+
+    IF NOT EXISTS (
+        SELECT FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_am am ON am.oid = ic.relam
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = source AND am.amname = 'hnsw' AND a.attname = embedding_column
+    ) THEN
+        -- A column added just now to a large table: building even an empty index scans the
+        -- whole table under our lock, and inserting each vector into HNSW costs ~10x its share
+        -- of a build. The worker builds it CONCURRENTLY once the backfill ends (62_backfill.sql).
+        -- A partitioned table (one level of partitions) gets the index on the parent only now,
+        -- invalid and instant, so that partitions created meanwhile get theirs; the worker
+        -- builds each partition's and attaches it, and the last one makes it valid.
+        defer_index := NOT emb_exists
+            AND (rel_kind = 'r' OR NOT EXISTS (SELECT FROM pg_inherits i JOIN pg_class pc ON pc.oid = i.inhrelid
+                                               WHERE i.inhparent = source AND pc.relkind = 'p'))
+            AND (SELECT sum(embeddings.estimated_rows(r)) FROM embeddings.leaf_relations(source) r) > embeddings.index_defer_rows();
+        IF NOT defer_index OR rel_kind = 'p' THEN
+            EXECUTE format('CREATE INDEX %s ON %s %s USING hnsw (%I %I.%I)',
+                CASE WHEN defer_index THEN quote_ident(left(rel_name, 40) || '_' || left(embedding_column, 16) || '_hnsw') ELSE '' END,
+                CASE WHEN defer_index THEN 'ONLY' ELSE '' END, source, embedding_column, vschema,
+                CASE WHEN (SELECT typname FROM pg_type WHERE oid = emb_type) = 'halfvec'
+                     THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END);
+        END IF;
+    END IF;
+
+    IF fresh THEN
+        INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
+                                              queue, has_triggers, clear_on_update, key_columns, key_types,
+                                              key_attnums, content_attnum, embedding_attnum, replica)
+        VALUES (source, embedding_column, content_col, content_fn, model,
+                queue, triggers, clear_on_update, key_names, key_regtypes,
+                key_nums, content_num, embeddings.attnum_of(source, embedding_column), replica)
+        RETURNING * INTO t;
+    ELSE
+        -- Another content column under the same name (dropped and added again), or a target
+        -- that was deferred (its triggers gone, so content changes went unseen): every row again.
+        reembed := previous.content_column IS DISTINCT FROM content_col
+                   OR previous.content_attnum IS DISTINCT FROM content_num
+                   OR previous.content_function IS DISTINCT FROM content_fn
+                   OR previous.problem IS NOT NULL
+                   OR previous.model <> watch.model;
+        IF previous.queue <> watch.queue THEN
+            -- Pending jobs move with the target.
+            EXECUTE format(
+                'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
+                'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
+                pgmq.format_table_name(previous.queue, 'q'), queue) USING previous.id;
+            EXECUTE format(  -- lanes: and the backfill lane's to the new backfill lane
+                'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
+                'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
+                pgmq.format_table_name(embeddings.backfill_queue(previous.queue), 'q'),
+                embeddings.backfill_queue(queue)) USING previous.id;
+        END IF;
+        UPDATE embeddings.targets tg
+        SET content_column = content_col, content_function = content_fn, model = watch.model,
+            key_columns = key_names, key_types = key_regtypes, key_attnums = key_nums,
+            content_attnum = content_num, embedding_attnum = embeddings.attnum_of(watch.source, watch.embedding_column),
+            replica = watch.replica, problem = NULL, queue = watch.queue,
+            has_triggers = triggers, clear_on_update = watch.clear_on_update, updated_at = now(),
+            version = tg.version + 1  -- in-flight writes under the old definition are rejected
+        WHERE tg.id = previous.id
+        RETURNING * INTO t;
+    END IF;
+
+    PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
+    PERFORM embeddings.install_triggers(t);
+    -- Worker roles set up by embeddings.grant_worker() serve this table too. (The function is
+    -- defined in 80_roles.sql; plpgsql resolves it when this line runs.)
+    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
+
+    -- Existing rows: those with content and no embedding, or every row with content when the
+    -- content source or the model changed; none with backfill => false. Queued on the backfill
+    -- lane by a backfill in key ranges after this transaction (sql/62_backfill.sql): one bounded
+    -- step here, not the whole table under the lock.
+    IF backfill THEN
+        PERFORM embeddings.start_backfill(t, reembed);
+    END IF;
+    IF defer_index THEN
+        INSERT INTO embeddings.deferred_indexes (target_id) VALUES (t.id) ON CONFLICT DO NOTHING;
+        RAISE NOTICE 'embeddings: the HNSW index of %.% is built once its existing rows are embedded; search scans exactly meanwhile',
+            source, embedding_column;
+    END IF;
+
+    PERFORM set_config('embeddings.following', 'off', true);
+    PERFORM pg_notify('embeddings_targets', t.id::text);
+    RETURN t.id;
+END
+$$;
