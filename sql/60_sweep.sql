@@ -117,7 +117,6 @@ DECLARE
     scanned integer;
     enqueued integer;
     total integer := 0;
-    queue_low boolean;
     q record;
 BEGIN
     IF max_rows IS NULL OR max_rows < 1 THEN
@@ -132,10 +131,7 @@ BEGIN
             -- of a slice (which would queue the rows ahead of the backfill twice), when its
             -- backfill lane is low, so that the lane holds a step or two at most, not the table
             -- (a pulling worker steps it too).
-            EXECUTE format('SELECT count(*) < $1 FROM (SELECT FROM pgmq.%I LIMIT $1) q',
-                           pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q'))
-                INTO queue_low USING embeddings.backfill_step_keys() / embeddings.keys_per_message() + 1;
-            IF queue_low THEN
+            IF NOT embeddings.backfill_lane_full(t.queue, embeddings.backfill_step_keys()) THEN
                 total := total + coalesce((SELECT s.enqueued FROM embeddings.backfill_step(t.id) s), 0);
             END IF;
             CONTINUE;

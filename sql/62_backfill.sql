@@ -175,6 +175,21 @@ BEGIN
 END
 $$;
 
+-- Whether `queue`'s backfill lane already holds a step of `max_keys` keys (in messages of
+-- keys_per_message() keys). Steps that are not watch()'s own wait until it does not, so that the
+-- lane holds a step or two, never the table. Reads at most that many messages.
+CREATE FUNCTION embeddings.backfill_lane_full(queue text, max_keys integer) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    lane_full boolean;
+BEGIN
+    EXECUTE format('SELECT count(*) >= $1 FROM (SELECT FROM pgmq.%I LIMIT $1) q',
+                   pgmq.format_table_name(embeddings.backfill_queue(queue), 'q'))
+        INTO lane_full USING max_keys / embeddings.keys_per_message() + 1;
+    RETURN lane_full;
+END
+$$;
+
 -- One step of the first backfill of a target on `queue` that no other session is stepping
 -- (the worker calls this when its queue is empty). Returns the rows examined (0: none to step)
 -- and the keys queued.
@@ -186,7 +201,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     b embeddings.backfills;
     t embeddings.targets;
-    lane_full boolean;
 BEGIN
     scanned := 0;
     enqueued := 0;
@@ -195,10 +209,7 @@ BEGIN
     END IF;
     -- Not while the backfill lane holds a step's worth of jobs: a worker whose reads run short
     -- because its backfill batch is still in flight must not queue the whole table meanwhile.
-    EXECUTE format('SELECT count(*) >= $1 FROM (SELECT FROM pgmq.%I LIMIT $1) q',
-                   pgmq.format_table_name(embeddings.backfill_queue(queue), 'q'))
-        INTO lane_full USING max_keys / embeddings.keys_per_message() + 1;
-    IF lane_full THEN
+    IF embeddings.backfill_lane_full(queue, max_keys) THEN
         RETURN;
     END IF;
     SELECT bf.* INTO b FROM embeddings.backfills bf
