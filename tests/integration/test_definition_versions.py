@@ -43,6 +43,22 @@ def assert_vectors_of(conn: Conn, embedders: Embedders, model: str) -> None:
         )
 
 
+def backfill_lane(settings: Settings) -> jobqueue.Queue:
+    return jobqueue.Queue(
+        jobqueue.backfill_queue_name(settings.queue), lane=jobqueue.BACKFILL, home=settings.queue
+    )
+
+
+def assert_handed_back_unspent(conn: Conn, msg_ids: list[int]) -> None:
+    """The jobs are visible again at once, and the attempt was not counted."""
+    released = conn.execute(
+        "SELECT read_ct, vt <= clock_timestamp() FROM pgmq.q_embedding_jobs_backfill"
+        " WHERE msg_id = ANY(%s)",
+        (msg_ids,),
+    ).fetchall()
+    assert released and all(row == (0, True) for row in released)
+
+
 def drain(
     conn: db.Connection, registry: Registry, settings: Settings, embedders: Embedders
 ) -> None:
@@ -94,9 +110,7 @@ def test_a_batch_read_before_a_rewatch_is_not_written_and_is_redone(
 ) -> None:
     first, second = tiny_models
     make_docs(conn, first)
-    queue = jobqueue.Queue(  # watch()'s jobs are on the backfill lane
-        jobqueue.backfill_queue_name(settings.queue), lane=jobqueue.BACKFILL, home=settings.queue
-    )
+    queue = backfill_lane(settings)  # watch()'s jobs are on the backfill lane
     with db.connect(dsn) as worker_conn:
         db.register_vector_types(worker_conn)
         batch = pipeline.read(worker_conn, queue, Registry(), settings)
@@ -110,13 +124,7 @@ def test_a_batch_read_before_a_rewatch_is_not_written_and_is_redone(
     assert settlement.delete == []
     assert sorted(settlement.release) == sorted(batch.msg_ids)
     assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (0,)
-    # Handed back at once, the attempt not counted.
-    released = conn.execute(
-        "SELECT read_ct, vt <= clock_timestamp() FROM pgmq.q_embedding_jobs_backfill"
-        " WHERE msg_id = ANY(%s)",
-        (batch.msg_ids,),
-    ).fetchall()
-    assert released and all(row == (0, True) for row in released)
+    assert_handed_back_unspent(conn, batch.msg_ids)
 
     run_once()
     assert_vectors_of(conn, embedders, second)
@@ -154,11 +162,11 @@ def test_watch_waits_for_a_write_in_progress_and_later_writes_see_its_version(
 
 
 @pytest.mark.parametrize(
-    "ddl",
+    ("ddl", "table", "vec"),
     [
-        "ALTER TABLE docs RENAME COLUMN body TO content",
-        "ALTER TABLE docs RENAME COLUMN embedding TO vec",
-        "ALTER TABLE docs RENAME TO papers",
+        ("ALTER TABLE docs RENAME COLUMN body TO content", "docs", "embedding"),
+        ("ALTER TABLE docs RENAME COLUMN embedding TO vec", "docs", "vec"),
+        ("ALTER TABLE docs RENAME TO papers", "papers", "embedding"),
     ],
 )
 @pytest.mark.parametrize("when", ["before the load", "before the write"])
@@ -170,13 +178,13 @@ def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt
     embedders: Embedders,
     run_once: Callable[..., Worker],
     ddl: str,
+    table: str,
+    vec: str,
     when: str,
 ) -> None:
     first, _ = tiny_models
     make_docs(conn, first)
-    queue = jobqueue.Queue(  # watch()'s jobs are on the backfill lane
-        jobqueue.backfill_queue_name(settings.queue), lane=jobqueue.BACKFILL, home=settings.queue
-    )
+    queue = backfill_lane(settings)  # watch()'s jobs are on the backfill lane
     with db.connect(dsn) as worker_conn:
         db.register_vector_types(worker_conn)
         batch = pipeline.read(worker_conn, queue, Registry(), settings)
@@ -191,15 +199,8 @@ def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt
 
     assert sorted(settlement.release) == sorted(batch.msg_ids)
     assert not settlement.retry and not settlement.dead
-    released = conn.execute(
-        "SELECT read_ct, vt <= clock_timestamp() FROM pgmq.q_embedding_jobs_backfill"
-        " WHERE msg_id = ANY(%s)",
-        (batch.msg_ids,),
-    ).fetchall()
-    assert released and all(row == (0, True) for row in released)
+    assert_handed_back_unspent(conn, batch.msg_ids)
 
     run_once()
-    table, vec = ("papers", "embedding") if "papers" in ddl else ("docs", "embedding")
-    vec = "vec" if "vec" in ddl else vec
     assert conn.execute(f"SELECT count({vec}) FROM {table}").fetchone() == (len(TEXTS),)
     assert messages(conn) == []
