@@ -13,6 +13,39 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 REVOKE ALL ON FUNCTION embeddings.lock_target_version(integer) FROM PUBLIC;
 
+-- Locks target `target_id`'s table, then its registration (lock_target_version), and returns
+-- the definition version; the worker's write calls it for each target, in id order. ALTER
+-- TABLE takes the table first and then, in the event trigger that follows renames, the
+-- registration row: the same order makes the two wait in line instead of deadlocking. The
+-- write needs ROW EXCLUSIVE on the table, but the worker holds only a column's UPDATE
+-- privilege, which LOCK TABLE does not accept: planning an UPDATE of that column (EXPLAIN, so
+-- nothing runs and no trigger fires) takes the same lock with the same privilege, so this runs
+-- with the caller's rights. A chunked target only reads its table: ACCESS SHARE. Names stale
+-- by now (renamed meanwhile) lock nothing: the version returned is then a newer one, and the
+-- batch is handed back. Nothing to lock once the table is gone.
+CREATE FUNCTION embeddings.lock_target(target_id integer) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    t record;
+BEGIN
+    SELECT tg.source, tg.embedding_column, tg.chunk_table INTO t
+    FROM embeddings.targets tg WHERE tg.id = lock_target.target_id;
+    BEGIN
+        IF t.source IS NULL THEN
+            NULL;
+        ELSIF t.chunk_table IS NOT NULL THEN
+            EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', t.source);
+        ELSE
+            EXECUTE format('EXPLAIN UPDATE %s SET %I = %I WHERE false',
+                           t.source, t.embedding_column, t.embedding_column);
+        END IF;
+    EXCEPTION WHEN undefined_column OR undefined_table THEN
+        NULL;
+    END;
+    RETURN embeddings.lock_target_version(target_id);
+END
+$$;
+
 -- Refuses a content function that cannot be trusted to run as the worker or sweep() (often a
 -- superuser): one whose owner is neither the table's owner nor a superuser (anyone who owns
 -- it can redefine it later), and a VOLATILE one (its result can change between loading the

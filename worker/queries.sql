@@ -126,38 +126,10 @@ ORDER BY t.id;
 -- refreshed before a batch is served with it).
 SELECT id, version FROM embeddings.targets;
 
--- name: lock_target_table
--- Locks a target's table before its registration (lock_target_version): ALTER TABLE takes the
--- table first and then, in the event trigger that follows renames, the registration row; taking
--- them in the same order makes the two wait in line instead of deadlocking. The write needs ROW
--- EXCLUSIVE on the table, but the worker holds only a column's UPDATE privilege, which LOCK
--- TABLE does not accept: planning an UPDATE of that column (EXPLAIN, so nothing runs and no
--- trigger fires) takes the same lock with the same privilege. A chunked target only reads its
--- table: ACCESS SHARE. Names stale by now (renamed meanwhile) lock nothing: the version check
--- that follows hands the batch back. Nothing to lock once the table is gone.
-DO $lock$
-DECLARE
-    t record;
-BEGIN
-    SELECT tg.source, tg.embedding_column, tg.chunk_table INTO t
-    FROM embeddings.targets tg WHERE tg.id = {target_id};
-    IF t.source IS NULL THEN
-        RETURN;
-    ELSIF t.chunk_table IS NOT NULL THEN
-        EXECUTE pg_catalog.format('LOCK TABLE %s IN ACCESS SHARE MODE', t.source);
-    ELSE
-        EXECUTE pg_catalog.format('EXPLAIN UPDATE %s SET %I = %I WHERE false',
-                                  t.source, t.embedding_column, t.embedding_column);
-    END IF;
-EXCEPTION WHEN undefined_column OR undefined_table THEN
-    NULL;
-END
-$lock$;
-
--- name: lock_target_version
--- Locks a target's registration until the write transaction ends; returns its current
--- definition version (NULL when it was unwatched).
-SELECT embeddings.lock_target_version(%(target_id)s);
+-- name: lock_target
+-- Locks a target's table, then its registration, until the write transaction ends; returns its
+-- current definition version (NULL when it was unwatched). See embeddings.lock_target().
+SELECT embeddings.lock_target(%(target_id)s);
 
 -- name: next_visible
 -- Seconds until the next job of the queue becomes visible (NULL when the queue is empty).

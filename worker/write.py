@@ -21,7 +21,6 @@ from typing import Any
 import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
-from psycopg import sql
 
 from worker import chunkstore, db, faults, metrics, provenance, queries, visibility
 from worker import queue as jobqueue
@@ -150,10 +149,7 @@ def _outdated_targets(conn: db.Connection, groups: dict[Target, list[Row]]) -> s
     that starts after either sees its new version."""
     outdated = set()
     for target in sorted(groups, key=lambda t: t.id):
-        conn.execute(queries.compose("lock_target_table", target_id=sql.Literal(target.id)))
-        row = conn.execute(
-            queries.compose("lock_target_version"), {"target_id": target.id}
-        ).fetchone()
+        row = conn.execute(queries.compose("lock_target"), {"target_id": target.id}).fetchone()
         if row is None or row[0] != target.version:
             outdated.add(target.id)
     return outdated
