@@ -151,10 +151,12 @@ def run(dsn: str, *, clients: int = 8, seconds: int = 10, rounds: int = 3) -> di
                     tps[workload][variant].append(rate)
                     if before is not None and after is not None and rate > 0:
                         cpu[workload][variant].append((after - before) / (rate * seconds) * 1e6)
-                    # The queues grow as they would without a worker; start each run level.
+                    # The queues (and our inbox) grow as they would without a worker; start each
+                    # run level.
                     conn.execute(
                         "SELECT pgmq.purge_queue('embedding_jobs'), pgmq.purge_queue('bench_jobs')"
                     )
+                    conn.execute("TRUNCATE embeddings.inbox")
         for variant in VARIANTS:
             conn.execute(f"DROP TABLE oltp_{variant}")
         conn.execute("SELECT pgmq.drop_queue('bench_jobs')")

@@ -152,7 +152,8 @@ def scrapes(dsn: str, tokenizer_dir: Path, count: int) -> dict[str, Any]:
 def queue_depth(conn: Conn, rounds: int) -> dict[str, float]:
     """The keeper's query behind the /metrics queue gauges (every 5 s, not per scrape)."""
     query = queries.compose("queue_depth", queue_table=queries.queue_table("embedding_jobs"))
-    return summary([timed(lambda: conn.execute(query).fetchall()) for _ in range(rounds)])
+    params = {"queue": "embedding_jobs"}
+    return summary([timed(lambda: conn.execute(query, params).fetchall()) for _ in range(rounds)])
 
 
 def run(dsn: str, tokenizer_dir: Path, rows: int = 10_000_000, rounds: int = 3) -> dict[str, Any]:

@@ -14,13 +14,13 @@
 -- whenever it has content (its chunks, not the source, say whether it is embedded), and no
 -- clear trigger: the old chunks keep their vectors until the new ones land, for reuse.
 --
--- One statement sends one message per keys_per_message() keys, inserted straight into the
--- queue's table, in the column shape (20_queue.sql). On a partitioned table the statement triggers sit on the parent and on every
--- partition (a statement fires those of the table it names only); the row trigger is cloned to
--- the partitions by Postgres.
+-- One statement writes one row of the inbox (22_inbox.sql), in the column shape (20_queue.sql).
+-- On a partitioned table the statement triggers sit on the parent and on every partition (a
+-- statement fires those of the table it names only); the row trigger is cloned to the
+-- partitions by Postgres.
 --
 -- Rights: the functions of a target with a content column are SECURITY DEFINER, owned by the
--- owner of this schema (who may insert into the queue), and run no user code. Trigger functions
+-- owner of this schema (who may write the inbox and the queue), and run no user code. Trigger functions
 -- cannot be called directly, so only a role that may write the table, writing it, enqueues, and
 -- only for that table. A content function is user code: the functions that call it run as the
 -- table's owner instead (SECURITY DEFINER, owned by that role), never with more rights than
@@ -95,16 +95,16 @@ LANGUAGE sql STABLE AS $$
     END
 $$;
 
--- The statement that enqueues the keys of the rows `from_where` selects (it binds alias n),
--- sliced into messages in the column shape (20_queue.sql); 0 rows send nothing. `via_enqueue`:
--- through embeddings_<id>_enqueue(). Each key column is aggregated once and sliced per
--- message: an integer column's slice goes as its array text ('{1,2,3}'), any other as a JSON
--- array. Encoding no key per row matters: a JSON array per composite key cost a 100k-row
--- INSERT's trigger ~4x the aggregation itself, and to_jsonb() of integers (through numeric)
--- ~3x their array text. A column of a variable-width type (text, numeric, ...) is sliced as
--- one jsonb array instead: slicing a Postgres array of such elements walks it from its start,
--- so the slices of n keys cost O(n^2) (0.56 s at 100k text keys, 2.1 s at 200k; jsonb: 0.13 s,
--- 0.2 s).
+-- The statement that enqueues the keys of the rows `from_where` selects (it binds alias n); 0
+-- rows send nothing. `via_enqueue`: through embeddings_<id>_enqueue(), as job messages.
+-- Otherwise as one row of the inbox (22_inbox.sql) in the column shape (20_queue.sql), and in
+-- the same statement a wake-up for waiting workers (embeddings.notify_workers() says why only
+-- then), where it costs a probe of a small table rather than a trigger call. The statement
+-- ends in `INTO woken`: the generated functions declare it. Each key column is aggregated
+-- once: an integer column goes as its array text ('{1,2,3}'), any other as a JSON array.
+-- Encoding no key per row matters: a JSON array per composite key cost a 100k-row INSERT's
+-- trigger ~4x the aggregation itself, and to_jsonb() of integers (through numeric) ~3x their
+-- array text.
 CREATE FUNCTION embeddings.enqueue_statement(t embeddings.targets, from_where text, via_enqueue boolean) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE
@@ -112,24 +112,23 @@ LANGUAGE sql STABLE AS $$
         format('PERFORM embeddings.%I(ARRAY(SELECT pg_catalog.to_jsonb(%s) %s))',
                'embeddings_' || t.id || '_enqueue', embeddings.key_sql(t, 'n'), from_where)
     ELSE format(
-        'INSERT INTO pgmq.%1$I (vt, message) '
-        'SELECT pg_catalog.clock_timestamp(), '
-        'pg_catalog.jsonb_build_object(''target'', %2$s, ''columns'', pg_catalog.jsonb_build_array(%4$s)) '
-        'FROM (SELECT pg_catalog.count(*) AS keys, %5$s %6$s) AS s, '
-        'pg_catalog.generate_series(1, s.keys, %3$s) AS i',
-        pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.keys_per_message(),
+        'WITH queued AS ('
+        'INSERT INTO embeddings.inbox (target, columns) '
+        'SELECT %1$s, pg_catalog.jsonb_build_array(%3$s) '
+        'FROM (SELECT pg_catalog.count(*) AS keys, %4$s %5$s) AS s WHERE s.keys OPERATOR(pg_catalog.>) 0 '
+        'RETURNING 1) '
+        'SELECT pg_catalog.pg_notify(''embeddings_jobs'', w.queue)::pg_catalog.text INTO woken '
+        'FROM embeddings.idle_workers w WHERE w.queue OPERATOR(pg_catalog.=) %2$L AND EXISTS (SELECT FROM queued) LIMIT 1',
+        t.id, t.queue,
+        (SELECT string_agg(CASE WHEN k.ty = ANY ('{int2,int4,int8}'::regtype[])
+                                    THEN format('(s.k%s)::pg_catalog.text', k.i - 1)
+                                ELSE format('s.k%s', k.i - 1) END, ', ' ORDER BY k.i)
+         FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)),
         (SELECT string_agg(format(CASE WHEN k.ty = ANY ('{int2,int4,int8}'::regtype[])
-                                           THEN '(s.k%1$s[i : i + %2$s - 1])::pg_catalog.text'
-                                       WHEN ty.typlen > 0
-                                           THEN 'pg_catalog.to_jsonb(s.k%1$s[i : i + %2$s - 1])'
-                                       ELSE 'pg_catalog.jsonb_path_query_array(s.k%1$s, ''$[$a to $b]'', '
-                                            'pg_catalog.jsonb_build_object(''a'', i - 1, ''b'', i + %2$s - 2))' END,
-                                  k.i - 1, embeddings.keys_per_message()), ', ' ORDER BY k.i)
-         FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i) JOIN pg_type ty ON ty.oid = k.ty),
-        (SELECT string_agg(format(CASE WHEN ty.typlen > 0 THEN 'pg_catalog.array_agg(n.%1$I) AS k%2$s'
+                                           THEN 'pg_catalog.array_agg(n.%1$I) AS k%2$s'
                                        ELSE 'pg_catalog.to_jsonb(pg_catalog.array_agg(n.%1$I)) AS k%2$s' END,
                                   k.c, k.i - 1), ', ' ORDER BY k.i)
-         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i) JOIN pg_type ty ON ty.oid = k.ty),
+         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)),
         from_where)
     END
 $$;
@@ -171,7 +170,7 @@ BEGIN
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I(keys jsonb[]) RETURNS void
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
             BEGIN
-                -- Sliced as one jsonb array: slicing jsonb[] itself is O(n^2) (enqueue_statement).
+                -- Sliced as one jsonb array: slicing a jsonb[] walks it from its start each time, O(n^2).
                 INSERT INTO pgmq.%2$I (vt, message)
                 SELECT pg_catalog.clock_timestamp(),
                        pg_catalog.jsonb_build_object('target', %3$s, 'keys', pg_catalog.jsonb_path_query_array(
@@ -193,6 +192,8 @@ BEGIN
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            DECLARE
+                woken text;  -- enqueue_statement()'s wake-up
             BEGIN
                 %2$s;
                 RETURN NULL;%3$s

@@ -444,6 +444,7 @@ BEGIN
        AND EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN
         PERFORM embeddings.cancel_change(t.source, t.embedding_column);
     END IF;
+    DELETE FROM embeddings.inbox i WHERE i.target = t.id;
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',
                    pgmq.format_table_name(t.queue, 'q')) USING t.id;
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',  -- lanes

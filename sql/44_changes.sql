@@ -101,7 +101,10 @@ DECLARE
     total bigint;
     following text := coalesce(current_setting('embeddings.following', true), 'off');
 BEGIN
-    -- The registration first, the table after (as complete_change() and worker writes do).
+    -- The table first, the registration after, as the worker's write (embeddings.lock_target)
+    -- and complete_change() take them: the other order deadlocked with a write in flight. The
+    -- table in the mode ALTER TABLE will take anyway (a weaker one would have to be upgraded).
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', t.source);
     SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = t.id FOR UPDATE;
     IF t.chunk_table IS NOT NULL THEN
         RAISE EXCEPTION '%.% is a chunked target: a blue/green model change is for plain targets', t.source, t.embedding_column
@@ -178,6 +181,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t embeddings.targets;
 BEGIN
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', source);  -- as start_change()
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = rewatch.source AND tg.embedding_column = rewatch.embedding_column FOR UPDATE;
     IF NOT FOUND THEN
@@ -199,6 +203,7 @@ DECLARE
     c embeddings.model_changes;
     following text := coalesce(current_setting('embeddings.following', true), 'off');
 BEGIN
+    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', source);  -- as start_change()
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = cancel_change.source AND tg.embedding_column = cancel_change.embedding_column FOR UPDATE;
     SELECT * INTO c FROM embeddings.model_changes mc WHERE mc.target_id = t.id;

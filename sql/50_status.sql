@@ -8,9 +8,10 @@ LANGUAGE sql STABLE AS $$
     WHERE c.oid = t.source
 $$;
 
--- Row keys waiting in `queue` (in flight included), in one pass over it for all its targets:
--- grouped by the message's target id, or for messages in the Supabase guide's shape (one row
--- each) by schema, table and embedding column; with the oldest job of each group. Each
+-- Row keys waiting in `queue` (in flight included; for a live queue, its inbox too), in one
+-- pass over it for all its targets: grouped by the message's target id, or for messages in the
+-- Supabase guide's shape (one row each) by schema, table and embedding column; with the
+-- oldest job of each group. Each
 -- message is decompressed twice (target and keys), whatever the number of targets: the cost
 -- follows the backlog, never the watched tables.
 CREATE FUNCTION embeddings.queue_pending(queue text) RETURNS TABLE (
@@ -32,9 +33,12 @@ BEGIN
         '             embeddings.message_key_count(q.message) AS n, '
         '             q.enqueued_at '
         '      FROM pgmq.%I q '
-        '      CROSS JOIN LATERAL (SELECT q.message->''target'' AS target OFFSET 0) m) g '
+        '      CROSS JOIN LATERAL (SELECT q.message->''target'' AS target OFFSET 0) m '
+        '      UNION ALL '  -- the inbox of a live queue (22_inbox.sql)
+        '      SELECT pg_catalog.to_jsonb(i.target_id), NULL, NULL, NULL, i.keys, i.oldest '
+        '      FROM embeddings.inbox_pending($1) i) g '
         'GROUP BY 1, 2, 3, 4',
-        pgmq.format_table_name(queue, 'q'));
+        pgmq.format_table_name(queue, 'q')) USING queue;
 END
 $$;
 

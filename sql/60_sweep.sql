@@ -1,6 +1,6 @@
 -- Self-healing: embeddings.sweep() finds rows that should have an embedding and have no job
 -- (a job lost to a TRUNCATE of the queue, rows written while triggers were off, an embedding set
--- to NULL by hand), queues them, and prunes old archived jobs. Opt in to running it every
+-- to NULL by hand), queues them, moves the inbox, and prunes old archived jobs. Opt in to running it every
 -- minute with embeddings.schedule_sweep() where pg_cron is installed, or call it from any
 -- scheduler.
 
@@ -29,7 +29,7 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Row keys (JSON form) of target t that need no sweeping: queued in either message shape (in
--- either lane), or dead-lettered (those wait for `failures --retry`).
+-- either lane, or in the inbox), or dead-lettered (those wait for `failures --retry`).
 CREATE FUNCTION embeddings.pending_keys(t embeddings.targets) RETURNS TABLE (k jsonb)
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
@@ -44,6 +44,10 @@ BEGIN
         UNION ALL
         SELECT key_json FROM pgmq.%5$I m, LATERAL embeddings.message_keys(m.message) AS key_json
         WHERE m.message @> jsonb_build_object('target', $1)
+        UNION ALL
+        SELECT key_json FROM embeddings.inbox i,
+             LATERAL embeddings.message_keys(jsonb_build_object('columns', i.columns)) AS key_json
+        WHERE i.target = $1
         UNION ALL
         SELECT m.message -> 'id' FROM pgmq.%1$I m
         WHERE m.message @> jsonb_build_object('schema', %2$L, 'table', %3$L)
@@ -122,6 +126,9 @@ BEGIN
     IF max_rows IS NULL OR max_rows < 1 THEN
         RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- Keys the triggers left in the inbox, where no worker moves them (push mode, or none
+    -- running): into their live queues (22_inbox.sql).
+    PERFORM embeddings.move_inbox(lq.name, 100000) FROM embeddings.queues lq WHERE lq.live_queue IS NULL;
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         SELECT n.nspname, c.relname INTO rel_schema, rel_name
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;

@@ -20,6 +20,7 @@ DECLARE
     live jsonb[];
     backfill jsonb[] := '{}';
 BEGIN
+    PERFORM embeddings.move_inbox(queue);  -- the triggers' keys (22_inbox.sql)
     live := ARRAY(SELECT r.message || jsonb_build_object('jobId', r.msg_id)
                   FROM pgmq.read(queue, timeout_seconds, wanted) AS r ORDER BY r.msg_id);
     -- lanes: backfill work fills what the live queue leaves; its jobs say their lane (job ids

@@ -53,7 +53,8 @@ class ProgressLine:
         self.started = time.monotonic()
         # Both lanes: the live queue and its backfill lane (worker/lanes.py).
         self.pending_queries = [
-            queries.compose("pending_keys", queue_table=lane.queue.table) for lane in worker.lanes
+            (queries.compose("pending_keys", queue_table=lane.queue.table), lane.queue.name)
+            for lane in worker.lanes
         ]
         self.out = ErasingStream(sys.stderr)
         self._swapped: list[logging.StreamHandler[TextIO]] = []
@@ -65,8 +66,8 @@ class ProgressLine:
     def show(self, conn: db.Connection) -> None:
         pending = 0
         with db.translated():
-            for query in self.pending_queries:
-                row = conn.execute(query).fetchone()
+            for query, queue in self.pending_queries:
+                row = conn.execute(query, {"queue": queue}).fetchone()
                 pending += int(row[0]) if row else 0
         done = self.worker.rows_done
         elapsed = max(time.monotonic() - self.started, 1e-6)

@@ -131,18 +131,29 @@ SELECT id, version FROM embeddings.targets;
 -- current definition version (NULL when it was unwatched). See embeddings.lock_target().
 SELECT embeddings.lock_target(%(target_id)s);
 
+-- name: move_inbox
+-- Moves the triggers' keys from the inbox into the live queue as job messages (sql/22_inbox.sql).
+SELECT embeddings.move_inbox(%(queue)s);
+
 -- name: next_visible
--- Seconds until the next job of the queue becomes visible (NULL when the queue is empty).
-SELECT extract(epoch FROM min(vt) - clock_timestamp())::float8 FROM {queue_table};
+-- Seconds until the next job of the queue becomes visible (NULL when the queue is empty); 0
+-- while the inbox holds keys for it (a live queue), which the next read moves.
+SELECT CASE WHEN EXISTS (SELECT FROM embeddings.inbox_pending(%(queue)s)) THEN 0::float8
+            ELSE (SELECT extract(epoch FROM min(vt) - clock_timestamp())::float8 FROM {queue_table}) END;
 
 -- name: queue_depth
--- Jobs in the queue, how many are visible now, and the age of the oldest in seconds.
-SELECT count(*), count(*) FILTER (WHERE vt <= clock_timestamp()),
-       coalesce(extract(epoch FROM clock_timestamp() - min(enqueued_at)), 0)::float8
-FROM {queue_table};
+-- Jobs in the queue, how many are visible now, and the age of the oldest in seconds; for a live
+-- queue, the inbox's rows count as visible jobs (each becomes one or more when moved).
+SELECT q.jobs + i.jobs, q.visible + i.jobs,
+       coalesce(extract(epoch FROM clock_timestamp() - least(q.oldest, i.oldest)), 0)::float8
+FROM (SELECT count(*) AS jobs, count(*) FILTER (WHERE vt <= clock_timestamp()) AS visible,
+             min(enqueued_at) AS oldest
+      FROM {queue_table}) q,
+     (SELECT coalesce(sum(p.rows), 0) AS jobs, min(p.oldest) AS oldest
+      FROM embeddings.inbox_pending(%(queue)s) p) i;
 
 -- name: pending_keys
--- Row keys waiting in the queue (messages count their keys, in either of our shapes:
+-- Row keys waiting in the queue and its inbox (messages count their keys, in either of our shapes:
 -- embeddings.message_key_count(), inline so that it needs nothing of the schema).
 SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
                          WHEN jsonb_typeof(message -> 'columns' -> 0) = 'array'
@@ -151,6 +162,7 @@ SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jso
                          THEN length(message -> 'columns' ->> 0)
                               - length(replace(message -> 'columns' ->> 0, ',', '')) + 1
                          ELSE 1 END), 0)::bigint
+       + (SELECT coalesce(sum(p.keys), 0) FROM embeddings.inbox_pending(%(queue)s) p)::bigint
 FROM {queue_table};
 
 -- name: load_content

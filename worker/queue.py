@@ -240,6 +240,9 @@ class Queue:
 
     def read(self, conn: db.Connection, *, max_keys: int, vt: int) -> list[tuple[Any, ...]]:
         with db.translated():
+            if self.lane == LIVE:
+                # The triggers' keys wait in the inbox until a reader moves them (sql/22_inbox.sql).
+                conn.execute(self._q("move_inbox"), {"queue": self.name})
             if self._read_query is None:
                 self._read_query = self._compose_read(conn)
             return conn.execute(self._read_query, {"max_keys": max_keys, "vt": vt}).fetchall()
@@ -325,13 +328,13 @@ class Queue:
 
     def next_visible_in(self, conn: db.Connection) -> float | None:
         with db.translated():
-            row = conn.execute(self._q("next_visible")).fetchone()
+            row = conn.execute(self._q("next_visible"), {"queue": self.name}).fetchone()
         return None if row is None or row[0] is None else float(row[0])
 
     def depth(self, conn: db.Connection) -> tuple[int, int, float]:
         """(jobs, visible jobs, age of the oldest in seconds)."""
         with db.translated():
-            row = conn.execute(self._q("queue_depth")).fetchone()
+            row = conn.execute(self._q("queue_depth"), {"queue": self.name}).fetchone()
         assert row is not None
         return int(row[0]), int(row[1]), float(row[2])
 

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.jobs import clear_queue, messages, queued_keys
+from tests.support.jobs import clear_queue, messages, move_inbox, queued_keys
 from worker.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -61,7 +61,16 @@ def test_composite_keys_are_queued_as_arrays_and_embedded(
     assert target is not None
     conn.execute(f"INSERT INTO docs VALUES {rows}")
     assert queued_keys(conn, target[0]) == expected
-    # The schema reads the triggers' column shape as the worker does (sweep(), status).
+    # The schema reads the triggers' column shape as the worker does (sweep(), status), and
+    # moves it into the queue as the same keys.
+    assert [
+        r[0]
+        for r in conn.execute(
+            "SELECT k FROM embeddings.inbox i,"
+            " embeddings.message_keys(jsonb_build_object('columns', i.columns)) k"
+        ).fetchall()
+    ] == expected
+    move_inbox(conn)
     assert [
         r[0]
         for r in conn.execute(

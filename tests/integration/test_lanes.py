@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from tests.support.jobs import messages
+from tests.support.jobs import messages, move_inbox
 from worker.embedders import Embedders
 from worker.queue import message_keys
 from worker.runner import Worker
@@ -18,6 +18,8 @@ Conn = psycopg.Connection[Any]
 
 
 def lane_keys(conn: Conn, queue: str) -> list[Any]:
+    if not queue.endswith("_backfill"):
+        move_inbox(conn, queue)  # the triggers' keys, as the worker's read moves them first
     rows = conn.execute(
         psycopg.sql.SQL("SELECT message FROM pgmq.{} ORDER BY msg_id").format(
             psycopg.sql.Identifier(f"q_{queue}")

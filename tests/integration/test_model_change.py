@@ -513,3 +513,50 @@ def test_cancelling_a_change_mid_backfill_leaves_an_ordinary_backfill(
     assert conn.execute("SELECT count(*) FROM embeddings.backfills").fetchone() == (0,)
     assert target_model(conn) == old
     assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (2500,)
+
+
+@pytest.mark.parametrize("start", ["watch", "cancel"])
+def test_a_change_waits_for_a_worker_write_in_flight_instead_of_deadlocking(
+    conn: Conn, dsn: str, models: tuple[str, str, str], start: str
+) -> None:
+    # A worker's write locks the table (embeddings.lock_target), then the registration. A
+    # change that locked the registration first and then altered the table deadlocked with it.
+    make_table(conn, 3, model=models[0])
+    if start == "cancel":
+        conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (models[1],))
+    target = conn.execute("SELECT id FROM embeddings.targets").fetchone()
+    assert target is not None
+    statement = (
+        f"SELECT embeddings.watch('docs', 'body', model => '{models[1]}')"
+        if start == "watch"
+        else "SELECT embeddings.cancel_change('docs')"
+    )
+    errors: list[BaseException] = []
+    with psycopg.connect(dsn) as write, psycopg.connect(dsn, autocommit=True) as ddl:
+        write.execute("EXPLAIN UPDATE docs SET embedding = embedding WHERE false")  # the table
+        ddl_pid = ddl.info.backend_pid
+
+        def change() -> None:
+            try:
+                ddl.execute(statement)
+            except BaseException as error:  # reported by the assertion below
+                errors.append(error)
+
+        thread = threading.Thread(target=change)
+        thread.start()
+        wait_for(
+            lambda: (
+                conn.execute(
+                    "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                    (ddl_pid,),
+                ).fetchone()
+                == (True,)
+            ),
+            what="the change to wait for the write's table lock",
+        )
+        version = write.execute("SELECT embeddings.lock_target_version(%s)", target).fetchone()
+        assert version is not None and version[0] is not None
+        write.commit()
+        thread.join(timeout=30)
+    assert errors == []
+    assert in_change(conn) == (start == "watch")

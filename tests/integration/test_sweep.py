@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.jobs import clear_queue, queued_keys
+from tests.support.jobs import clear_queue, move_inbox, queued_keys
 
 Conn = psycopg.Connection[Any]
 
@@ -72,7 +72,9 @@ def test_supabase_shaped_jobs_count_as_pending(conn: Conn) -> None:
 
 def test_old_archived_jobs_are_pruned(conn: Conn, docs: int) -> None:
     conn.execute("INSERT INTO docs VALUES (200, 'a live job')")
+    move_inbox(conn)  # one job message each (moved together, they would share one)
     conn.execute("INSERT INTO docs VALUES (201, 'a second live job')")
+    move_inbox(conn)
     conn.execute(
         "SELECT pgmq.archive('embedding_jobs', array_agg(msg_id)) FROM pgmq.q_embedding_jobs"
     )

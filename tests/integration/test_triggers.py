@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.jobs import clear_queue, messages, queued_keys
+from tests.support.jobs import clear_queue, messages, move_inbox, queued_keys
 from worker.queue import message_keys
 
 Conn = psycopg.Connection[Any]
@@ -43,26 +43,32 @@ def test_insert_enqueues_rows_with_content(conn: Conn, docs: int) -> None:
     ]
 
 
-def test_a_bulk_insert_is_one_call_with_up_to_128_keys_per_message(conn: Conn, docs: int) -> None:
+def test_a_bulk_insert_is_one_inbox_row_moved_as_up_to_128_keys_per_message(
+    conn: Conn, docs: int
+) -> None:
     conn.execute(
         "INSERT INTO docs (id, body) SELECT g, 'row ' || g FROM generate_series(100, 399) g"
     )
+    assert [len(message_keys(m)) for m in messages(conn)] == [300]  # the inbox row
+    assert move_inbox(conn) == 3
     sizes = [len(message_keys(m)) for m in messages(conn)]
     assert sizes == [128, 128, 44]
     assert sorted(queued_keys(conn, docs)) == list(range(100, 400))
 
 
 def test_keys_of_a_variable_width_type_are_sliced_into_messages_in_order(conn: Conn) -> None:
-    # Text keys go as JSON arrays, sliced from one jsonb array (20_queue.sql, 30_triggers.sql).
+    # Text keys go as a JSON array, sliced into messages when moved (22_inbox.sql).
     conn.execute("CREATE TABLE notes (slug text PRIMARY KEY, body text)")
     row = conn.execute("SELECT embeddings.watch('notes', 'body')").fetchone()
     assert row is not None
     clear_queue(conn)
     conn.execute("INSERT INTO notes SELECT 'n,\"' || g, 'row ' || g FROM generate_series(1, 300) g")
     inserted = [r[0] for r in conn.execute("SELECT slug FROM notes").fetchall()]
-    assert [len(message_keys(m)) for m in messages(conn)] == [128, 128, 44]
-    assert all(isinstance(m["columns"][0], list) for m in messages(conn))
+    assert all(isinstance(m["columns"][0], list) for m in messages(conn))  # the inbox row
     assert queued_keys(conn, row[0]) == inserted
+    move_inbox(conn)
+    assert [len(message_keys(m)) for m in messages(conn)] == [128, 128, 44]
+    assert sorted(queued_keys(conn, row[0])) == sorted(inserted)
     assert [
         r[0]
         for r in conn.execute(

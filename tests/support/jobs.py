@@ -10,11 +10,19 @@ from worker.queue import backfill_queue_name, message_keys
 
 Conn = psycopg.Connection[Any]
 
-# Both lanes of the default queue as one relation (the live queue and its backfill lane), for
-# tests that count or look into every queued job.
+# The triggers' keys not yet moved into the queue (sql/22_inbox.sql), each inbox row as the job
+# message it stands for (the column shape), with the columns of a pgmq queue table.
+INBOX = (
+    "SELECT NULL::bigint AS msg_id, 0 AS read_ct, i.enqueued_at, NULL::timestamptz AS last_read_at,"
+    " i.enqueued_at AS vt, jsonb_build_object('target', i.target, 'columns', i.columns) AS message,"
+    " NULL::jsonb AS headers FROM embeddings.inbox i"
+)
+
+# Both lanes of the default queue as one relation (the live queue and its backfill lane), and
+# the inbox, for tests that count or look into every queued job.
 JOBS = (
-    "(SELECT * FROM pgmq.q_embedding_jobs UNION ALL SELECT * FROM pgmq.q_embedding_jobs_backfill)"
-    " AS jobs"
+    "(SELECT * FROM pgmq.q_embedding_jobs UNION ALL SELECT * FROM pgmq.q_embedding_jobs_backfill"
+    f" UNION ALL {INBOX}) AS jobs"
 )
 
 
@@ -36,13 +44,21 @@ def lanes(conn: Conn, queue: str) -> list[str]:
 
 
 def messages(conn: Conn, queue: str = "embedding_jobs") -> list[dict[str, Any]]:
-    """The jobs of `queue` and of its backfill lane, in the order they were enqueued."""
+    """The jobs of `queue`, of its backfill lane and of its inbox, in the order they were
+    enqueued (the inbox's after the queue's written at the same time: they are newer)."""
     parts = [
         psycopg.sql.SQL("SELECT message, enqueued_at, msg_id FROM pgmq.{}").format(
             psycopg.sql.Identifier(f"q_{name}")
         )
         for name in lanes(conn, queue)
     ]
+    parts.append(
+        psycopg.sql.SQL(
+            "SELECT jobs.message, jobs.enqueued_at, 9223372036854775807 FROM ({}) jobs"
+            " JOIN embeddings.targets t ON t.id = (jobs.message ->> 'target')::int"
+            " WHERE t.queue = {}"
+        ).format(psycopg.sql.SQL(INBOX), psycopg.sql.Literal(queue))
+    )
     query = psycopg.sql.SQL("SELECT message FROM ({}) m ORDER BY enqueued_at, msg_id").format(
         psycopg.sql.SQL(" UNION ALL ").join(parts)
     )
@@ -61,3 +77,15 @@ def queued_keys(conn: Conn, target_id: int, queue: str = "embedding_jobs") -> li
 def clear_queue(conn: Conn, queue: str = "embedding_jobs") -> None:
     for name in lanes(conn, queue):
         conn.execute("SELECT pgmq.purge_queue(%s)", (name,))
+    conn.execute(
+        "DELETE FROM embeddings.inbox i USING embeddings.targets t"
+        " WHERE t.id = i.target AND t.queue = %s",
+        (queue,),
+    )
+
+
+def move_inbox(conn: Conn, queue: str = "embedding_jobs") -> int:
+    """What a worker's read does first: the inbox's keys into `queue` as job messages."""
+    row = conn.execute("SELECT embeddings.move_inbox(%s)", (queue,)).fetchone()
+    assert row is not None
+    return int(row[0])
