@@ -201,6 +201,9 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 10_000_000, rounds: int = 3) 
                 (target[0], queued + 1, backlog),
             )
             queued = backlog
+            # The queue's size, published to the statistics system now (status reads it there
+            # to choose between counting and sampling the pending keys).
+            conn.execute("SELECT pg_stat_force_next_flush()")
             label = f"two targets, {backlog:,} rows pending"
             result[label] = compare(conn, rounds if backlog < rows else 1)
             result[label]["counting the pending keys alone (embeddings.queue_pending)"] = summary(

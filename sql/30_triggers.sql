@@ -97,14 +97,17 @@ $$;
 
 -- The statement that enqueues the keys of the rows `from_where` selects (it binds alias n); 0
 -- rows send nothing. `via_enqueue`: through embeddings_<id>_enqueue(), as job messages.
--- Otherwise as one row of the inbox (22_inbox.sql) in the column shape (20_queue.sql), and in
--- the same statement a wake-up for waiting workers (embeddings.notify_workers() says why only
--- then), where it costs a probe of a small table rather than a trigger call. The statement
--- ends in `INTO woken`: the generated functions declare it. Each key column is aggregated
--- once: an integer column goes as its array text ('{1,2,3}'), any other as a JSON array.
--- Encoding no key per row matters: a JSON array per composite key cost a 100k-row INSERT's
--- trigger ~4x the aggregation itself, and to_jsonb() of integers (through numeric) ~3x their
--- array text.
+-- Otherwise as rows of the inbox (22_inbox.sql) in the column shape (20_queue.sql), one per
+-- inbox_keys_per_row() keys (one for any statement of up to 4,096 rows), and in the same
+-- statement a wake-up for waiting workers (embeddings.notify_workers() says why only then),
+-- where it costs a probe of a small table rather than a trigger call. The statement ends in
+-- `INTO woken`: the generated functions declare it. Each key column is aggregated once and
+-- sliced: an integer column's slice goes as its array text ('{1,2,3}'), any other as a JSON
+-- array. Encoding no key per row matters: a JSON array per composite key cost a 100k-row
+-- INSERT's trigger ~4x the aggregation itself, and to_jsonb() of integers (through numeric)
+-- ~3x their array text. A column of a variable-width type (text, numeric, ...) is sliced as
+-- one jsonb array: slicing a Postgres array of such elements walks it from its start, so the
+-- slices of n keys would cost O(n^2).
 CREATE FUNCTION embeddings.enqueue_statement(t embeddings.targets, from_where text, via_enqueue boolean) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE
@@ -113,22 +116,27 @@ LANGUAGE sql STABLE AS $$
                'embeddings_' || t.id || '_enqueue', embeddings.key_sql(t, 'n'), from_where)
     ELSE format(
         'WITH queued AS ('
-        'INSERT INTO embeddings.inbox (target, columns) '
-        'SELECT %1$s, pg_catalog.jsonb_build_array(%3$s) '
-        'FROM (SELECT pg_catalog.count(*) AS keys, %4$s %5$s) AS s WHERE s.keys OPERATOR(pg_catalog.>) 0 '
+        'INSERT INTO embeddings.inbox (target, keys, columns) '
+        'SELECT %1$s, LEAST(s.keys - i + 1, %3$s), '
+        'pg_catalog.jsonb_build_array(%4$s) '
+        'FROM (SELECT pg_catalog.count(*)::integer AS keys, %5$s %6$s) AS s, '
+        'pg_catalog.generate_series(1, s.keys, %3$s) AS i '
         'RETURNING 1) '
         'SELECT pg_catalog.pg_notify(''embeddings_jobs'', w.queue)::pg_catalog.text INTO woken '
         'FROM embeddings.idle_workers w WHERE w.queue OPERATOR(pg_catalog.=) %2$L AND EXISTS (SELECT FROM queued) LIMIT 1',
-        t.id, t.queue,
-        (SELECT string_agg(CASE WHEN k.ty = ANY ('{int2,int4,int8}'::regtype[])
-                                    THEN format('(s.k%s)::pg_catalog.text', k.i - 1)
-                                ELSE format('s.k%s', k.i - 1) END, ', ' ORDER BY k.i)
-         FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)),
+        t.id, t.queue, embeddings.inbox_keys_per_row(),
         (SELECT string_agg(format(CASE WHEN k.ty = ANY ('{int2,int4,int8}'::regtype[])
-                                           THEN 'pg_catalog.array_agg(n.%1$I) AS k%2$s'
+                                           THEN '(s.k%1$s[i : i + %2$s - 1])::pg_catalog.text'
+                                       WHEN ty.typlen > 0
+                                           THEN 'pg_catalog.to_jsonb(s.k%1$s[i : i + %2$s - 1])'
+                                       ELSE 'pg_catalog.jsonb_path_query_array(s.k%1$s, ''$[$a to $b]'', '
+                                            'pg_catalog.jsonb_build_object(''a'', i - 1, ''b'', i + %2$s - 2))' END,
+                                  k.i - 1, embeddings.inbox_keys_per_row()), ', ' ORDER BY k.i)
+         FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i) JOIN pg_type ty ON ty.oid = k.ty),
+        (SELECT string_agg(format(CASE WHEN ty.typlen > 0 THEN 'pg_catalog.array_agg(n.%1$I) AS k%2$s'
                                        ELSE 'pg_catalog.to_jsonb(pg_catalog.array_agg(n.%1$I)) AS k%2$s' END,
                                   k.c, k.i - 1), ', ' ORDER BY k.i)
-         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)),
+         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i) JOIN pg_type ty ON ty.oid = k.ty),
         from_where)
     END
 $$;

@@ -128,7 +128,7 @@ BEGIN
     END IF;
     -- Keys the triggers left in the inbox, where no worker moves them (push mode, or none
     -- running): into their live queues (22_inbox.sql).
-    PERFORM embeddings.move_inbox(lq.name, 100000) FROM embeddings.queues lq WHERE lq.live_queue IS NULL;
+    PERFORM embeddings.move_inbox(lq.name, 100000, 10000000) FROM embeddings.queues lq WHERE lq.live_queue IS NULL;
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         SELECT n.nspname, c.relname INTO rel_schema, rel_name
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;

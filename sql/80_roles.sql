@@ -78,7 +78,7 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.lock_target_version(integer) TO %I', role_name);
     -- It moves the triggers' keys into its live queue before reading that, and skips keys
     -- waiting there when it steps a backfill (22_inbox.sql).
-    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.move_inbox(text, integer) TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.move_inbox(text, integer, integer) TO %I', role_name);
     EXECUTE format('GRANT SELECT ON embeddings.inbox TO %I', role_name);
     -- It steps the backfills of its queue's targets when the queue is empty (62_backfill.sql).
     EXECUTE format('GRANT SELECT, UPDATE, DELETE ON embeddings.backfills TO %I', role_name);

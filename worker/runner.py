@@ -260,9 +260,14 @@ class Worker:
                 listener.wait(self.settings.poll_seconds)
                 continue
             conn = session.get()
+            # For --once: nothing was in flight when this read began, so it read both lanes
+            # (a backfill batch in flight keeps the backfill lane unread until it ends), and
+            # found nothing. Asked after the read, a batch ending meanwhile passed for drained
+            # with the backfill lane unread, and the worker exited with jobs queued.
+            idle = self._drained()
             batch = self.lanes.read(conn, self.registry, self.settings)
             metrics.DATABASE_UP.set(1)
-            drained = batch is None and self._drained()  # as of this read, for --once
+            drained = batch is None and idle
             if self._work_behind_reads(conn, batch):
                 continue
             if batch is not None and waiting:

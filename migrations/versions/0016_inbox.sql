@@ -5,14 +5,24 @@
 
 CREATE TABLE embeddings.inbox (
     target      integer NOT NULL,
+    keys        integer NOT NULL,
     columns     jsonb NOT NULL,
     enqueued_at timestamptz NOT NULL DEFAULT now()
 );
 
--- Moves up to `max_rows` inbox rows of the targets on live queue `queue_name` into it; returns
--- the number of messages sent. Cheap when the inbox is empty (the worker calls it before every
--- read). SECURITY DEFINER: worker roles need no rights on the inbox or on the queue's insert.
-CREATE FUNCTION embeddings.move_inbox(queue_name text, max_rows integer DEFAULT 1000) RETURNS integer
+-- A statement's keys go into rows of up to this many: a 10-million-row INSERT writes 2,442 rows
+-- rather than one jsonb of ~80 MB that every move and count would read whole.
+CREATE FUNCTION embeddings.inbox_keys_per_row() RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN 4096;
+
+-- Moves inbox rows of the targets on live queue `queue_name` into it, up to `max_rows` rows and
+-- about `max_keys` keys (whole rows: at least one); returns the number of messages sent. Cheap
+-- when the inbox is empty (the worker calls it before every read), and a move takes what
+-- accumulated since the last, so the inbox stays short and the queue keeps the order.
+-- SECURITY DEFINER: worker roles need no rights on the queue's insert.
+CREATE FUNCTION embeddings.move_inbox(queue_name text, max_rows integer DEFAULT 10000,
+                                      max_keys integer DEFAULT 100000) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     sent integer;
@@ -21,12 +31,17 @@ BEGIN
         RETURN 0;
     END IF;
     EXECUTE format($q$
-        WITH taken AS (
+        WITH candidates AS (
+            SELECT b.ctid AS place, b.keys FROM embeddings.inbox b
+            JOIN embeddings.targets t ON t.id = b.target
+            WHERE t.queue = $1
+            LIMIT $2 FOR UPDATE OF b SKIP LOCKED),
+        taken AS (
             DELETE FROM embeddings.inbox i
             WHERE i.ctid = ANY (ARRAY(
-                SELECT b.ctid FROM embeddings.inbox b JOIN embeddings.targets t ON t.id = b.target
-                WHERE t.queue = $1
-                LIMIT $2 FOR UPDATE OF b SKIP LOCKED))
+                SELECT c.place FROM (SELECT place, sum(keys) OVER (ORDER BY place) - keys AS before
+                                     FROM candidates) c
+                WHERE c.before < $4))
             RETURNING i.target, i.columns, i.enqueued_at, i.ctid AS place),
         keyed AS (  -- each key once, at its first place in write order
             SELECT k.target, k.key, min(k.enqueued_at) AS enqueued_at, min(k.pos) AS pos
@@ -47,12 +62,12 @@ BEGIN
         GROUP BY p.target, p.part
         ORDER BY min(p.pos)$q$,
         pgmq.format_table_name(queue_name, 'q'))
-    USING queue_name, max_rows, embeddings.keys_per_message();
+    USING queue_name, max_rows, embeddings.keys_per_message(), max_keys;
     GET DIAGNOSTICS sent = ROW_COUNT;
     RETURN sent;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.move_inbox(text, integer) FROM PUBLIC;
+REVOKE ALL ON FUNCTION embeddings.move_inbox(text, integer, integer) FROM PUBLIC;
 
 -- What waits in the inbox for live queue `queue_name`, per target: rows (statements), row keys,
 -- the oldest write. The inbox's part of embeddings.queue_pending() and of the worker's gauges.
@@ -60,9 +75,7 @@ REVOKE ALL ON FUNCTION embeddings.move_inbox(text, integer) FROM PUBLIC;
 CREATE FUNCTION embeddings.inbox_pending(queue_name text)
 RETURNS TABLE (target_id integer, rows bigint, keys bigint, oldest timestamptz)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT i.target, count(*),
-           sum(embeddings.message_key_count(jsonb_build_object('columns', i.columns)))::bigint,
-           min(i.enqueued_at)
+    SELECT i.target, count(*), sum(i.keys), min(i.enqueued_at)
     FROM embeddings.inbox i JOIN embeddings.targets t ON t.id = i.target
     WHERE t.queue = queue_name
     GROUP BY i.target
@@ -76,22 +89,27 @@ LANGUAGE sql STABLE AS $$
                'embeddings_' || t.id || '_enqueue', embeddings.key_sql(t, 'n'), from_where)
     ELSE format(
         'WITH queued AS ('
-        'INSERT INTO embeddings.inbox (target, columns) '
-        'SELECT %1$s, pg_catalog.jsonb_build_array(%3$s) '
-        'FROM (SELECT pg_catalog.count(*) AS keys, %4$s %5$s) AS s WHERE s.keys OPERATOR(pg_catalog.>) 0 '
+        'INSERT INTO embeddings.inbox (target, keys, columns) '
+        'SELECT %1$s, LEAST(s.keys - i + 1, %3$s), '
+        'pg_catalog.jsonb_build_array(%4$s) '
+        'FROM (SELECT pg_catalog.count(*)::integer AS keys, %5$s %6$s) AS s, '
+        'pg_catalog.generate_series(1, s.keys, %3$s) AS i '
         'RETURNING 1) '
         'SELECT pg_catalog.pg_notify(''embeddings_jobs'', w.queue)::pg_catalog.text INTO woken '
         'FROM embeddings.idle_workers w WHERE w.queue OPERATOR(pg_catalog.=) %2$L AND EXISTS (SELECT FROM queued) LIMIT 1',
-        t.id, t.queue,
-        (SELECT string_agg(CASE WHEN k.ty = ANY ('{int2,int4,int8}'::regtype[])
-                                    THEN format('(s.k%s)::pg_catalog.text', k.i - 1)
-                                ELSE format('s.k%s', k.i - 1) END, ', ' ORDER BY k.i)
-         FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)),
+        t.id, t.queue, embeddings.inbox_keys_per_row(),
         (SELECT string_agg(format(CASE WHEN k.ty = ANY ('{int2,int4,int8}'::regtype[])
-                                           THEN 'pg_catalog.array_agg(n.%1$I) AS k%2$s'
+                                           THEN '(s.k%1$s[i : i + %2$s - 1])::pg_catalog.text'
+                                       WHEN ty.typlen > 0
+                                           THEN 'pg_catalog.to_jsonb(s.k%1$s[i : i + %2$s - 1])'
+                                       ELSE 'pg_catalog.jsonb_path_query_array(s.k%1$s, ''$[$a to $b]'', '
+                                            'pg_catalog.jsonb_build_object(''a'', i - 1, ''b'', i + %2$s - 2))' END,
+                                  k.i - 1, embeddings.inbox_keys_per_row()), ', ' ORDER BY k.i)
+         FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i) JOIN pg_type ty ON ty.oid = k.ty),
+        (SELECT string_agg(format(CASE WHEN ty.typlen > 0 THEN 'pg_catalog.array_agg(n.%1$I) AS k%2$s'
                                        ELSE 'pg_catalog.to_jsonb(pg_catalog.array_agg(n.%1$I)) AS k%2$s' END,
                                   k.c, k.i - 1), ', ' ORDER BY k.i)
-         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)),
+         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i) JOIN pg_type ty ON ty.oid = k.ty),
         from_where)
     END
 $$;
@@ -343,7 +361,7 @@ BEGIN
     END IF;
     -- Keys the triggers left in the inbox, where no worker moves them (push mode, or none
     -- running): into their live queues (22_inbox.sql).
-    PERFORM embeddings.move_inbox(lq.name, 100000) FROM embeddings.queues lq WHERE lq.live_queue IS NULL;
+    PERFORM embeddings.move_inbox(lq.name, 100000, 10000000) FROM embeddings.queues lq WHERE lq.live_queue IS NULL;
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         SELECT n.nspname, c.relname INTO rel_schema, rel_name
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
@@ -476,7 +494,7 @@ BEGIN
     EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.lock_target_version(integer) TO %I', role_name);
     -- It moves the triggers' keys into its live queue before reading that, and skips keys
     -- waiting there when it steps a backfill (22_inbox.sql).
-    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.move_inbox(text, integer) TO %I', role_name);
+    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.move_inbox(text, integer, integer) TO %I', role_name);
     EXECUTE format('GRANT SELECT ON embeddings.inbox TO %I', role_name);
     -- It steps the backfills of its queue's targets when the queue is empty (62_backfill.sql).
     EXECUTE format('GRANT SELECT, UPDATE, DELETE ON embeddings.backfills TO %I', role_name);

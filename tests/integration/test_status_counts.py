@@ -321,3 +321,33 @@ def test_a_running_backfill_of_a_large_table_is_estimated_without_reading_it(con
     assert exact["backfill_rows"] == 3000 - queued[0]
     assert abs(row["backfill_rows"] - exact["backfill_rows"]) <= 0.02 * 3000, (row, exact)
     assert abs(row["pending_jobs"] - 3000) <= 0.02 * 3000, row
+
+
+def test_a_lane_with_many_messages_is_sampled_unless_exact(conn: Conn) -> None:
+    tiny_model(conn)
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    docs = conn.execute("SELECT embeddings.watch('docs', 'body', model => 'tiny4')").fetchone()
+    conn.execute("SELECT embeddings.watch('notes', 'body', model => 'tiny4')")
+    assert docs is not None
+    # 600 messages of 5 keys, and 3 single keys in the inbox: more messages than the threshold.
+    conn.execute(
+        "SELECT embeddings.enqueue_keys(%s, ARRAY(SELECT g FROM generate_series(1, 5) g))"
+        " FROM generate_series(1, 600)",
+        docs,
+    )
+    conn.execute("INSERT INTO notes SELECT g, 'text' FROM generate_series(1, 3) g")
+    flush_statistics(conn)
+    conn.execute("SET embeddings.status_exact_rows = 100")
+    rows = conn.execute(
+        "SELECT target, pending_live, estimated FROM embeddings.status ORDER BY target"
+    ).fetchall()
+    # Under 2,000 messages the sample is the whole queue: the estimate is the count.
+    assert rows == [(TARGET, 3000, True), ("public.notes.embedding", 3, True)]
+    exact = conn.execute(
+        "SELECT pending_live, estimated FROM embeddings.status_exact WHERE target = %s",
+        (TARGET,),
+    ).fetchone()
+    assert exact == (3000, False)
+    conn.execute("RESET embeddings.status_exact_rows")
+    assert status(conn)["estimated"] is False  # 600 messages: counted
