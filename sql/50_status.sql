@@ -11,10 +11,13 @@ $$;
 -- Row keys waiting in `queue` (in flight included; for a live queue, its inbox too), in one
 -- pass over it for all its targets: grouped by the message's target id, or for messages in the
 -- Supabase guide's shape (one row each) by schema, table and embedding column; with the
--- oldest job of each group. Each
--- message is decompressed twice (target and keys), whatever the number of targets: the cost
--- follows the backlog, never the watched tables.
-CREATE FUNCTION embeddings.queue_pending(queue text) RETURNS TABLE (
+-- oldest job of each group. Each message is decompressed twice (target and keys), whatever the
+-- number of targets: the cost follows the backlog, never the watched tables. With
+-- `sample_percent`, an estimate from that share of the queue's pages (TABLESAMPLE SYSTEM),
+-- each group's keys scaled up by it; the inbox part stays exact (it is short). A caller sums a
+-- group's rows (the queue's and the inbox's come apart).
+CREATE FUNCTION embeddings.queue_pending(queue text, sample_percent double precision DEFAULT NULL)
+RETURNS TABLE (
     target_id        jsonb,
     schema_name      text,
     table_name       text,
@@ -25,20 +28,23 @@ CREATE FUNCTION embeddings.queue_pending(queue text) RETURNS TABLE (
 LANGUAGE plpgsql STABLE AS $$
 BEGIN
     RETURN QUERY EXECUTE format(
-        'SELECT g.target, g.schema_name, g.table_name, g.embedding_column, sum(g.n)::bigint, min(g.enqueued_at) '
+        'SELECT g.target, g.schema_name, g.table_name, g.embedding_column, '
+        '       round(sum(g.n) * g.scale)::bigint, min(g.enqueued_at) '
         'FROM (SELECT m.target, '
         '             CASE WHEN m.target IS NULL THEN q.message->>''schema'' END AS schema_name, '
         '             CASE WHEN m.target IS NULL THEN q.message->>''table'' END AS table_name, '
         '             CASE WHEN m.target IS NULL THEN q.message->>''embeddingColumn'' END AS embedding_column, '
         '             embeddings.message_key_count(q.message) AS n, '
-        '             q.enqueued_at '
-        '      FROM pgmq.%I q '
+        '             q.enqueued_at, 100 / coalesce($2, 100) AS scale '
+        '      FROM pgmq.%I q %s '
         '      CROSS JOIN LATERAL (SELECT q.message->''target'' AS target OFFSET 0) m '
         '      UNION ALL '  -- the inbox of a live queue (22_inbox.sql)
-        '      SELECT pg_catalog.to_jsonb(i.target_id), NULL, NULL, NULL, i.keys, i.oldest '
+        '      SELECT pg_catalog.to_jsonb(i.target_id), NULL, NULL, NULL, i.keys, i.oldest, 1 '
         '      FROM embeddings.inbox_pending($1) i) g '
-        'GROUP BY 1, 2, 3, 4',
-        pgmq.format_table_name(queue, 'q')) USING queue;
+        'GROUP BY 1, 2, 3, 4, g.scale',
+        pgmq.format_table_name(queue, 'q'),
+        CASE WHEN sample_percent IS NOT NULL THEN 'TABLESAMPLE SYSTEM ($2)' ELSE '' END)
+    USING queue, sample_percent;
 END
 $$;
 
@@ -47,43 +53,6 @@ $$;
 CREATE FUNCTION embeddings.queue_messages(queue text) RETURNS bigint
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(pg_stat_get_live_tuples(to_regclass(format('pgmq.%I', pgmq.format_table_name(queue, 'q')))), 0)
-$$;
-
--- embeddings.queue_pending() estimated from a sample of about 2,000 of the queue's messages
--- (TABLESAMPLE SYSTEM: whole pages), each group's keys scaled by the sampled share; the inbox
--- part exact (it is short). For queues above embeddings.status_exact_rows() messages, where an
--- exact count reads every message (~5 us each: 364 ms for 10 million keys in 128-key
--- messages). A target with few messages among many may be missed by the sample (shown as none
--- pending); `status --exact` counts them all.
-CREATE FUNCTION embeddings.queue_pending_estimate(queue text) RETURNS TABLE (
-    target_id        jsonb,
-    schema_name      text,
-    table_name       text,
-    embedding_column text,
-    keys             bigint,
-    oldest           timestamptz
-)
-LANGUAGE plpgsql STABLE AS $$
-DECLARE
-    percent double precision := least(100, 100.0 * 2000 / greatest(embeddings.queue_messages(queue), 1));
-BEGIN
-    RETURN QUERY EXECUTE format(
-        'SELECT g.target, g.schema_name, g.table_name, g.embedding_column, '
-        '       round(sum(g.n) * 100 / $2)::bigint, min(g.enqueued_at) '
-        'FROM (SELECT m.target, '
-        '             CASE WHEN m.target IS NULL THEN q.message->>''schema'' END AS schema_name, '
-        '             CASE WHEN m.target IS NULL THEN q.message->>''table'' END AS table_name, '
-        '             CASE WHEN m.target IS NULL THEN q.message->>''embeddingColumn'' END AS embedding_column, '
-        '             embeddings.message_key_count(q.message) AS n, '
-        '             q.enqueued_at '
-        '      FROM pgmq.%I q TABLESAMPLE SYSTEM ($2) '
-        '      CROSS JOIN LATERAL (SELECT q.message->''target'' AS target OFFSET 0) m) g '
-        'GROUP BY 1, 2, 3, 4 '
-        'UNION ALL '  -- the inbox of a live queue (22_inbox.sql), exact
-        'SELECT pg_catalog.to_jsonb(i.target_id), NULL, NULL, NULL, i.keys, i.oldest '
-        'FROM embeddings.inbox_pending($1) i',
-        pgmq.format_table_name(queue, 'q')) USING queue, percent;
-END
 $$;
 
 -- Exact counts of target t: scans its table (and chunk table). Rows whose content is NULL or
@@ -228,8 +197,7 @@ $$;
 -- lock. `exact => true` counts every target exactly (scans each table: embeddings.status_exact),
 -- `exact => false` estimates every one.
 -- Pending jobs are exact unless a lane holds more than embeddings.status_exact_rows() messages
--- and `exact` is not true: then sampled (embeddings.queue_pending_estimate(), `estimated`
--- true). Dead letters and the rate are exact either way: they come from our own tables. `deferred_reason` says why the pending jobs
+-- and `exact` is not true: then sampled (embeddings.queue_pending(), `estimated` true). Dead letters and the rate are exact either way: they come from our own tables. `deferred_reason` says why the pending jobs
 -- wait, when the worker defers them. `backfill_rows`: rows a running backfill (62_backfill.sql)
 -- has still to queue, counted in pending_jobs too (estimated targets: the rows it has not yet
 -- passed, scaled by the share without a vector, so pending_jobs is an estimate too while a
@@ -267,6 +235,7 @@ DECLARE
     t embeddings.targets;
     pending jsonb := '{}';  -- per queue: embeddings.queue_pending(), read once per call
     sampled text[] := '{}';  -- the queues whose pending keys were estimated
+    messages bigint;
     lanes text[];
     lane text;
 BEGIN
@@ -286,14 +255,16 @@ BEGIN
         lanes := ARRAY[t.queue, embeddings.backfill_queue(t.queue)];
         FOREACH lane IN ARRAY lanes LOOP
             IF NOT pending ? lane THEN
-                IF NOT coalesce(exact, false) AND embeddings.queue_messages(lane) > embeddings.status_exact_rows() THEN
+                -- A lane of many messages: about 2,000 of them sampled (an exact count reads
+                -- every message, ~5 us each: 364 ms for 10 million keys in 128-key messages).
+                -- A target with few messages among very many may be missed: `status --exact`.
+                messages := embeddings.queue_messages(lane);
+                IF NOT coalesce(exact, false) AND messages > embeddings.status_exact_rows() THEN
                     sampled := sampled || lane;
-                    pending := pending || jsonb_build_object(lane,
-                        (SELECT coalesce(jsonb_agg(qp), '[]') FROM embeddings.queue_pending_estimate(lane) qp));
-                ELSE
-                    pending := pending || jsonb_build_object(lane,
-                        (SELECT coalesce(jsonb_agg(qp), '[]') FROM embeddings.queue_pending(lane) qp));
                 END IF;
+                pending := pending || jsonb_build_object(lane,
+                    (SELECT coalesce(jsonb_agg(qp), '[]') FROM embeddings.queue_pending(lane,
+                         CASE WHEN lane = ANY (sampled) THEN least(100, 100.0 * 2000 / messages) END) qp));
             END IF;
         END LOOP;
         SELECT coalesce(sum(g.keys) FILTER (WHERE g.lane = lanes[1]), 0)::bigint,
