@@ -14,18 +14,19 @@
 -- whenever it has content (its chunks, not the source, say whether it is embedded), and no
 -- clear trigger: the old chunks keep their vectors until the new ones land, for reuse.
 --
--- One statement writes one row of the inbox (22_inbox.sql), in the column shape (20_queue.sql).
+-- One statement writes one row of the inbox (22_inbox.sql) per 4,096 keys, in the column shape
+-- (20_queue.sql).
 -- On a partitioned table the statement triggers sit on the parent and on every partition (a
 -- statement fires those of the table it names only); the row trigger is cloned to the
 -- partitions by Postgres.
 --
 -- Rights: the functions of a target with a content column are SECURITY DEFINER, owned by the
--- owner of this schema (who may write the inbox and the queue), and run no user code. Trigger functions
--- cannot be called directly, so only a role that may write the table, writing it, enqueues, and
--- only for that table. A content function is user code: the functions that call it run as the
--- table's owner instead (SECURITY DEFINER, owned by that role), never with more rights than
--- the owner's, and send through embeddings_<id>_enqueue(), which only the table's owner may
--- execute.
+-- owner of this schema (who may write the inbox and the queue), and run no user code. Trigger
+-- functions cannot be called directly, so only a role that may write the table, writing it,
+-- enqueues, and only for that table. A content function is user code: the functions that call
+-- it run as the table's owner instead (SECURITY DEFINER, owned by that role), never with more
+-- rights than the owner's, and send through embeddings_<id>_enqueue(), which only the table's
+-- owner may execute.
 -- They never make the user's statement fail: schema changes regenerate them in the same
 -- transaction, and a content function that raises is caught.
 
