@@ -153,8 +153,8 @@ FROM (SELECT count(*) AS jobs, count(*) FILTER (WHERE vt <= clock_timestamp()) A
       FROM embeddings.inbox_pending(%(queue)s) p) i;
 
 -- name: pending_keys
--- Row keys waiting in the queue and its inbox (messages count their keys, in either of our shapes:
--- embeddings.message_key_count(), inline so that it needs nothing of the schema).
+-- Row keys waiting in the queue and its inbox (messages count their keys, in either of our
+-- shapes: embeddings.message_key_count(), written out here; the inbox counts its own).
 SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
                          WHEN jsonb_typeof(message -> 'columns' -> 0) = 'array'
                          THEN jsonb_array_length(message -> 'columns' -> 0)
