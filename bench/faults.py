@@ -29,12 +29,6 @@ from worker import schema
 MODEL = "all-MiniLM-L6-v2"
 
 
-# Jobs still to do: the live queue and the triggers' inbox (sql/22_inbox.sql).
-QUEUED = (
-    "SELECT (SELECT count(*) FROM pgmq.q_embedding_jobs) + (SELECT count(*) FROM embeddings.inbox)"
-)
-
-
 def _count(dsn: str, sql: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute(sql).fetchone()
@@ -61,7 +55,7 @@ def kill_9(dsn: str, rows: int = 3000, vt: int = 30) -> dict[str, Any]:
     killed_at = time.monotonic()
     before = _count(dsn, "SELECT count(embedding) FROM bench_docs")
     second = worker_process.start(env)
-    _wait(lambda: _count(dsn, QUEUED) == 0)
+    _wait(lambda: _count(dsn, worker_process.QUEUED_JOBS) == 0)
     recovered = time.monotonic() - killed_at
     second.send_signal(signal.SIGTERM)
     second.wait(60)

@@ -119,10 +119,7 @@ def drain(dsn: str, model_path: Path, workers: int, rows: int) -> dict[str, Any]
             "SELECT count(*), count(DISTINCT (tbl, id)) FROM bench_writes"
         ).fetchone()
         failed = conn.execute("SELECT count(*) FROM embeddings.failures").fetchone()
-        queued = conn.execute(
-            "SELECT (SELECT count(*) FROM pgmq.q_embedding_jobs)"
-            " + (SELECT count(*) FROM embeddings.inbox)"
-        ).fetchone()
+        queued = conn.execute(worker_process.QUEUED_JOBS).fetchone()
     assert row is not None and failed is not None and queued is not None
     writes, distinct = int(row[0]), int(row[1])
     if any(c.returncode != 0 for c in costs) or distinct != rows or queued[0] != 0:

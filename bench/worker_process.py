@@ -10,6 +10,12 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+# Jobs a worker on the default queue has still to do: its live queue's messages and the
+# triggers' inbox rows not yet moved into it (sql/22_inbox.sql).
+QUEUED_JOBS = (
+    "SELECT (SELECT count(*) FROM pgmq.q_embedding_jobs) + (SELECT count(*) FROM embeddings.inbox)"
+)
+
 
 @dataclass(frozen=True)
 class ProcessCost:
