@@ -29,7 +29,7 @@ def settings_table() -> dict[str, str]:
 
 def variables_read_by_the_worker() -> set[str]:
     names: set[str] = set()
-    for path in (ROOT / "worker").glob("*.py"):
+    for path in (ROOT / "worker").rglob("*.py"):
         names |= set(re.findall(r"""["'](EMBED_[A-Z_]+)["']""", path.read_text()))
     return names
 

@@ -251,6 +251,20 @@ def test_docker_context_holds_what_the_wheel_is_built_from(
     assert {line[1:].rstrip("/") for line in ignore if line.startswith("!")} == copied
 
 
+def test_the_console_script_and_the_pinned_python_api_import() -> None:
+    """`embed-worker` and `from worker.embedder import Embedder` are pinned (DESIGN.md): the
+    package layout may move code, never these two."""
+    import importlib
+
+    from worker.embedder import Embedder
+    from worker.models.embedder import Embedder as Defined
+
+    assert Embedder is Defined
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    module, _, function = pyproject["project"]["scripts"]["embed-worker"].partition(":")
+    assert callable(getattr(importlib.import_module(module), function))
+
+
 def test_postgres_image_has_the_extensions(services: dict[str, Any]) -> None:
     build = services["db"]["build"]
     text = (ROOT / build["context"] / "Dockerfile").read_text()

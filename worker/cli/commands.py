@@ -7,7 +7,8 @@ import json
 import sys
 from typing import Any, Literal
 
-from worker import db, exceptions, hints, output, schema
+from worker import db, exceptions, schema
+from worker.cli import hints, output
 from worker.config import Settings
 
 EXIT_OK, EXIT_FAILURE = 0, 1
@@ -44,7 +45,7 @@ def _connect(settings: Settings) -> db.Connection:
 
 
 def doctor(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.doctor import run as run_doctor
+    from worker.cli.doctor import run as run_doctor
 
     dsn = db.resolve_dsn(settings.database_url)
     output.say_database(dsn, settings.database_url)
@@ -68,28 +69,28 @@ def migrate(_args: argparse.Namespace, settings: Settings) -> int:
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.runner import Worker
+    from worker.process.runner import Worker
 
     if args.once and not settings.pull:
         raise exceptions.ConfigError(
             "run --once drains the queue: it cannot go with EMBED_PULL=false"
         )
     worker = Worker(settings, once=args.once, progress=False if args.no_progress else None)
-    server = None
+    http_server = None
     if settings.http_port is not None:
-        from worker import http
+        from worker.http import server
 
-        server = http.serve(worker, settings)
+        http_server = server.serve(worker, settings)
     try:
         return worker.run()
     finally:
-        if server is not None:
-            server.shutdown()
+        if http_server is not None:
+            http_server.shutdown()
 
 
 # --- status -----------------------------------------------------------------------------------
 def status(args: argparse.Namespace, settings: Settings) -> int:
-    from worker import status_view
+    from worker.cli.status import show, watch
 
     with _connect(settings) as conn:
         if args.watch is not None:
@@ -98,10 +99,10 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
             dsn = db.resolve_dsn(settings.database_url)
             header = output.database_line(dsn, settings.database_url)
             try:
-                status_view.watch(conn, args.watch, header, exact=args.exact)
+                watch(conn, args.watch, header, exact=args.exact)
             except KeyboardInterrupt:
                 return EXIT_OK
-        status_view.show(conn, as_json=args.json, exact=args.exact)
+        show(conn, as_json=args.json, exact=args.exact)
     return EXIT_OK
 
 
@@ -121,11 +122,11 @@ def embed(args: argparse.Namespace, settings: Settings) -> int:
 
 def _load(name: str, settings: Settings) -> Any:
     """A model by registry name (downloaded on first use) or model directory."""
-    from worker import fetch
-    from worker.embedder import Embedder
+    from worker.models import download
+    from worker.models.embedder import Embedder
 
     return Embedder.load(
-        fetch.ensure(name, variant=settings.model_variant),
+        download.ensure(name, variant=settings.model_variant),
         variant=settings.model_variant,
         threads=settings.threads,
     )
@@ -133,7 +134,7 @@ def _load(name: str, settings: Settings) -> Any:
 
 def search(args: argparse.Namespace, settings: Settings) -> int:
     from worker import search as search_mod
-    from worker import targets as targets_mod
+    from worker.pipeline import targets as targets_mod
 
     if args.k < 1:
         raise exceptions.ConfigError("-k must be at least 1")
@@ -224,10 +225,10 @@ def failures(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- models -----------------------------------------------------------------------------------
 def model(args: argparse.Namespace, settings: Settings) -> int:
-    from worker import fetch, models, registry
+    from worker.models import catalog, download, files
 
     if args.model_command == "list":
-        rows = models.list_models()
+        rows = files.list_models()
         output.print_table(
             ["name", "dim", "pooling", "max tokens", "present", "where", "source"],
             [
@@ -244,7 +245,7 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
             ],
         )
         return EXIT_OK
-    variant: registry.Variant | Literal["all"] = args.download_variant or settings.model_variant
-    path = fetch.download(args.name, variant=variant)
+    variant: catalog.Variant | Literal["all"] = args.download_variant or settings.model_variant
+    path = download.download(args.name, variant=variant)
     print(f"{args.name} is in {path}", file=sys.stderr)
     return EXIT_OK

@@ -12,8 +12,10 @@ from typing import Literal
 
 import psycopg
 
-from worker import db, exceptions, fetch, hints, models, output, registry
+from worker import db, exceptions
+from worker.cli import hints, output
 from worker.config import Settings
+from worker.models import catalog, download, files
 
 Level = Literal["ok", "warn", "FAIL"]
 BACKLOG_SECONDS = 300.0  # a job older than this, with no rate to drain it, is a backlog
@@ -123,14 +125,14 @@ def _schema(conn: db.Connection, dsn: str, found: list[Finding]) -> bool:
 
 
 def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]:
-    from worker import status_view
+    from worker.cli import status
 
     out: list[Finding] = []
     role = conn.execute("SELECT current_user").fetchone()
     who = role[0] if role else "this role"
     try:
         with conn.transaction():
-            rows = status_view.fetch(conn)
+            rows = status.fetch(conn)
     except (psycopg.Error, exceptions.DatabaseError) as exc:
         rows = []
         out.append(
@@ -200,9 +202,9 @@ def _can_read(conn: db.Connection, table: str) -> bool:
 
 def _model(name: str) -> Finding:
     try:
-        where = models.locate(name)
+        where = files.locate(name)
     except exceptions.ModelNotFound as exc:
-        if name in registry.REGISTRY and fetch.downloads_disabled() is None:
+        if name in catalog.REGISTRY and download.downloads_disabled() is None:
             return Finding(
                 "warn",
                 f"model {name}",

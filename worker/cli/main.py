@@ -239,7 +239,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     quiet = args.command in ("search", "embed") and getattr(args, "log_level", None) is None
     # search and embed print results: their model loading is not news (warnings still show).
     logs.configure(settings.log_format, "WARNING" if quiet else settings.log_level)
-    from worker import commands  # the heavy imports (onnxruntime, alembic) only past parsing
+    from worker.cli import commands  # the heavy imports (onnxruntime, alembic) only past parsing
 
     try:
         return commands.dispatch(args, settings)

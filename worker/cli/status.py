@@ -14,7 +14,8 @@ from typing import Any
 
 from psycopg import sql
 
-from worker import db, output
+from worker import db
+from worker.cli import output
 
 COLUMNS = (
     "target",

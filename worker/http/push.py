@@ -21,12 +21,15 @@ from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from worker import db, pipeline, queries
-from worker import queue as jobqueue
+from worker import db, queries
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline import stages, write
+from worker.pipeline.batch import Batch
+from worker.pipeline.write import Settlement
 
 if TYPE_CHECKING:
-    from worker.lanes import Lane
-    from worker.runner import Worker
+    from worker.pipeline.lanes import Lane
+    from worker.process.runner import Worker
 
 MAX_JOBS = 1000
 MAX_ROWS = 1024  # rows one request may make the worker embed
@@ -100,8 +103,8 @@ def process(worker: Worker, body: Any) -> PushResult:
 @dataclass
 class _Done:
     job: jobqueue.Job
-    batch: pipeline.Batch
-    settlement: pipeline.Settlement
+    batch: Batch
+    settlement: Settlement
 
 
 def _process(worker: Worker, requested: list[tuple[int, dict[str, Any]]], lane: Lane) -> PushResult:
@@ -126,13 +129,13 @@ def _process(worker: Worker, requested: list[tuple[int, dict[str, Any]]], lane: 
         lane.leases.add(taken)  # the keeper renews them while we work
         try:
             for chunk in _batches(taken, worker.settings.batch_size):
-                batch = pipeline.Batch(jobs=list(chunk), lane=lane.name)
-                pipeline.prepare(batch)
-                pipeline.load(conn, batch)
-                pipeline.embed(worker.embedders, batch)
-                settlement = pipeline.write(conn, lane.queue, batch, worker.settings)
+                batch = Batch(jobs=list(chunk), lane=lane.name)
+                stages.prepare(batch)
+                stages.load(conn, batch)
+                stages.embed(worker.embedders, batch)
+                settlement = write.write(conn, lane.queue, batch, worker.settings)
                 lane.leases.drop(batch.msg_ids)
-                pipeline.log_batch(batch)
+                stages.log_batch(batch)
                 done.update({job.msg_id: _Done(job, batch, settlement) for job in batch.jobs})
         finally:
             lane.leases.drop(job.msg_id for job in taken)

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 from worker import db, exceptions
 
 if TYPE_CHECKING:
-    from worker.runner import Worker
+    from worker.process.runner import Worker
 
 
 class ReadinessProbe:

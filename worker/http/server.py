@@ -34,12 +34,13 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from worker import db, exceptions, metrics, models, registry
-from worker.readiness import ReadinessProbe
+from worker import db, exceptions, metrics
+from worker.http.readiness import ReadinessProbe
+from worker.models import catalog, files
 
 if TYPE_CHECKING:
     from worker.config import Settings
-    from worker.runner import Worker
+    from worker.process.runner import Worker
 
 logger = logging.getLogger(__name__)
 
@@ -218,9 +219,9 @@ class Handler(BaseHTTPRequestHandler):
         }
         if name in worker.embedders.loaded() or name in configured:
             return
-        if name in registry.REGISTRY and not models.looks_like_path(name):
+        if name in catalog.REGISTRY and not files.looks_like_path(name):
             try:
-                models.locate(name)
+                files.locate(name)
             except exceptions.ModelNotFound:
                 raise BadRequest(
                     HTTPStatus.NOT_FOUND,
@@ -228,14 +229,14 @@ class Handler(BaseHTTPRequestHandler):
                     "models (set EMBED_MODEL, or run `embed-worker model download` here)",
                 ) from None
             return
-        allowed = sorted(configured | set(registry.REGISTRY))
+        allowed = sorted(configured | set(catalog.REGISTRY))
         raise BadRequest(
             HTTPStatus.BAD_REQUEST,
             f'"model" must name a known model ({", ".join(allowed)}), not a path or another name',
         )
 
     def _push(self, body: Any) -> None:
-        from worker import push
+        from worker.http import push
 
         try:
             result = push.process(self.server.worker, body)

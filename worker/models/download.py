@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import Literal
 
 from worker import exceptions
-from worker.models import cache_root, locate, looks_like_path, model_path_dirs, read_json
-from worker.registry import REGISTRY, ModelSpec, RemoteFile, Variant
+from worker.models.catalog import REGISTRY, ModelSpec, RemoteFile, Variant
+from worker.models.files import cache_root, locate, looks_like_path, model_path_dirs, read_json
 
 logger = logging.getLogger(__name__)
 

@@ -31,7 +31,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 import numpy.typing as npt
 
-from worker import exceptions, loading, models, quantization, registry
+from worker import exceptions
+from worker.models import catalog, files, onnx, quantization
 
 logger = logging.getLogger(__name__)
 
@@ -96,7 +97,7 @@ class Embedder:
         session: Any,
         tokenizer: Any,
         max_tokens: int,
-        pooling: registry.Pooling,
+        pooling: catalog.Pooling,
         threads: int,
         hidden_size: int | None = None,
         token_budget: int = DEFAULT_TOKEN_BUDGET,
@@ -112,12 +113,10 @@ class Embedder:
         self.token_budget = token_budget
         self._session = session
         self._tokenizer = tokenizer
-        self._inputs = loading.graph_inputs(session, model_file)
-        self._output = loading.hidden_state_output(session, model_file)
-        self._pad_id = loading.pad_id(tokenizer)
-        self.dim: int = (
-            loading.output_dim(session, self._output) or hidden_size or self._probe_dim()
-        )
+        self._inputs = onnx.graph_inputs(session, model_file)
+        self._output = onnx.hidden_state_output(session, model_file)
+        self._pad_id = onnx.pad_id(tokenizer)
+        self.dim: int = onnx.output_dim(session, self._output) or hidden_size or self._probe_dim()
 
     def __repr__(self) -> str:
         return (
@@ -146,28 +145,28 @@ class Embedder:
         if variant not in ("fp32", "int8"):
             raise ValueError(f"variant must be 'fp32' or 'int8', not {variant!r}")
         spec = os.fspath(name_or_path)
-        directory = models.locate(spec, cache_dir=cache_dir)
-        name = spec if spec in registry.REGISTRY else directory.name
-        info = models.ModelDir.read(directory, name=name)
+        directory = files.locate(spec, cache_dir=cache_dir)
+        name = spec if spec in catalog.REGISTRY else directory.name
+        info = files.ModelDir.read(directory, name=name)
         model_file = info.fp32_file
         if variant == "int8":
             model_file = info.int8_file or quantization.cached_int8(
-                info.fp32_file, cache_dir=models.cache_root(cache_dir)
+                info.fp32_file, cache_dir=files.cache_root(cache_dir)
             )
-        n_threads = loading.resolve_threads(threads)
+        n_threads = onnx.resolve_threads(threads)
         embedder = cls(
             name=name,
             variant=variant,
             model_file=model_file,
-            session=loading.create_session(model_file, n_threads),
-            tokenizer=loading.load_tokenizer(info.tokenizer_file, info.max_tokens),
+            session=onnx.create_session(model_file, n_threads),
+            tokenizer=onnx.load_tokenizer(info.tokenizer_file, max_tokens=info.max_tokens),
             max_tokens=info.max_tokens,
             pooling=info.pooling,
             threads=n_threads,
             hidden_size=info.hidden_size,
             token_budget=token_budget,
         )
-        expected = registry.REGISTRY[name].dim if name in registry.REGISTRY else None
+        expected = catalog.REGISTRY[name].dim if name in catalog.REGISTRY else None
         if expected is not None and embedder.dim != expected:
             raise exceptions.ModelError(
                 f"{model_file} produces {embedder.dim}-dimensional vectors, but {name} has "
@@ -216,13 +215,15 @@ class Embedder:
                 encodings[i] = self._tokenizer.encode(text)  # the prefix did not fill the window
         return encodings
 
-    def _run(self, batch: Batch) -> FloatMatrix:
+    def _run(self, batch: TokenBatch) -> FloatMatrix:
         """One inference call: pad, feed the declared inputs, pool, normalize."""
         hidden, mask = self._hidden_states(batch)
         pooled = cls_pool(hidden) if self.pooling == "cls" else mean_pool(hidden, mask)
         return l2_normalize(pooled)
 
-    def _hidden_states(self, batch: Batch) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+    def _hidden_states(
+        self, batch: TokenBatch
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         ids, mask, type_ids = pad_batch(batch, self._pad_id)
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
         feed: dict[str, npt.NDArray[Any]] = {}
@@ -238,7 +239,7 @@ class Embedder:
     def _probe_dim(self) -> int:
         """Hidden size from one tiny inference, for graphs that leave it symbolic."""
         encodings: list[_Encoding] = self._tokenizer.encode_batch([""])
-        hidden, _ = self._hidden_states(Batch(np.arange(1), encodings, len(encodings[0].ids)))
+        hidden, _ = self._hidden_states(TokenBatch(np.arange(1), encodings, len(encodings[0].ids)))
         return int(hidden.shape[-1])
 
 
@@ -246,7 +247,7 @@ class Embedder:
 
 
 @dataclass(frozen=True)
-class Batch:
+class TokenBatch:
     """Inputs embedded in one inference call."""
 
     rows: npt.NDArray[np.intp]  # positions in the caller's list
@@ -260,7 +261,7 @@ def batches(
     *,
     max_padding: float = MAX_PADDING,
     attention_budget: int = ATTENTION_BUDGET,
-) -> Iterator[Batch]:
+) -> Iterator[TokenBatch]:
     """Shortest first; a batch closes when one more input would break a limit.
 
     The limits: rows x padded length at most `token_budget`; rows x length² (the attention
@@ -290,12 +291,14 @@ def batches(
 
 def _batch(
     rows: npt.NDArray[np.intp], encodings: list[_Encoding], lengths: npt.NDArray[np.int64]
-) -> Batch:
-    return Batch(rows=rows, encodings=[encodings[i] for i in rows], length=int(lengths[rows].max()))
+) -> TokenBatch:
+    return TokenBatch(
+        rows=rows, encodings=[encodings[i] for i in rows], length=int(lengths[rows].max())
+    )
 
 
 def pad_batch(
-    batch: Batch, pad_id: int
+    batch: TokenBatch, pad_id: int
 ) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
     """input_ids, attention_mask and token_type_ids, right-padded to the batch length."""
     shape = (len(batch.encodings), batch.length)

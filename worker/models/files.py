@@ -32,7 +32,7 @@ from pathlib import Path
 from typing import Any
 
 from worker import exceptions
-from worker.registry import REGISTRY, ModelSpec, Pooling, known_models
+from worker.models.catalog import REGISTRY, ModelSpec, Pooling, known_models
 
 logger = logging.getLogger(__name__)
 

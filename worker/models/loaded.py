@@ -1,6 +1,6 @@
 """The models this process has loaded: each once, shared by every target that uses it.
 
-A registry model that is not on disk is downloaded on first use (`fetch.ensure`). Loading can
+A registry model that is not on disk is downloaded on first use (`download.ensure`). Loading can
 fail (downloads off, hub unreachable, corrupt file). The failure is remembered and the load
 retried after `retry_after` seconds, so a worker started before the model arrived recovers by
 itself, without hammering the disk or the hub meanwhile. A model being loaded or downloaded
@@ -15,9 +15,10 @@ import time
 from collections import OrderedDict
 from dataclasses import dataclass
 
-from worker import exceptions, fetch, metrics
-from worker.embedder import Embedder
-from worker.registry import Variant
+from worker import exceptions, metrics
+from worker.models import download
+from worker.models.catalog import Variant
+from worker.models.embedder import Embedder
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +31,7 @@ class LoadFailure:
     at: float
 
 
-class Embedders:
+class LoadedModels:
     def __init__(
         self, *, variant: Variant = "fp32", threads: int | None = None, retry_after: float = 30.0
     ):
@@ -72,7 +73,7 @@ class Embedders:
         started = time.monotonic()
         try:
             embedder = Embedder.load(
-                fetch.ensure(model, variant=self.variant),
+                download.ensure(model, variant=self.variant),
                 variant=self.variant,
                 threads=self.threads,
             )

@@ -78,7 +78,9 @@ def create_session(model_file: Path, threads: int) -> Any:
         raise exceptions.ModelError(f"cannot load {model_file}: {exc}") from exc
 
 
-def load_tokenizer(path: Path, max_tokens: int) -> Any:
+def load_tokenizer(path: Path, *, max_tokens: int | None) -> Any:
+    """The model's tokenizer, without padding, truncated at `max_tokens`; with None, not
+    truncated at all (the chunk splitter counts a document's tokens in full)."""
     from tokenizers import Tokenizer
 
     try:
@@ -87,7 +89,10 @@ def load_tokenizer(path: Path, max_tokens: int) -> Any:
         raise exceptions.ModelError(f"cannot load {path}: {exc}") from exc
     # tokenizer.json may carry a fixed padding and a shorter truncation (gte-small's: 128 and 128).
     tokenizer.no_padding()
-    tokenizer.enable_truncation(max_length=max_tokens)
+    if max_tokens is None:
+        tokenizer.no_truncation()
+    else:
+        tokenizer.enable_truncation(max_length=max_tokens)
     return tokenizer
 
 

@@ -13,11 +13,11 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from worker import queue as jobqueue
-from worker.targets import Target
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline.targets import Target
 
 if TYPE_CHECKING:
-    from worker.chunkstore import DocumentChunks
+    from worker.pipeline.chunks import DocumentChunks
 
 
 class RowState(enum.Enum):

@@ -39,6 +39,8 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from worker.models import onnx
+
 # Characters tokenized per call. Big enough that per-call overhead vanishes, small enough that
 # the tokenizer's own per-token objects (~100+ bytes each) stay a few MB.
 WINDOW_CHARS = 32_768
@@ -102,7 +104,9 @@ class Splitter:
 
     @classmethod
     def from_file(cls, tokenizer_json: Path, chunk_tokens: int, chunk_overlap: int) -> Splitter:
-        return cls(load_tokenizer(tokenizer_json), chunk_tokens, chunk_overlap)
+        return cls(
+            onnx.load_tokenizer(tokenizer_json, max_tokens=None), chunk_tokens, chunk_overlap
+        )
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens of each text on its own, special tokens excluded."""
@@ -193,16 +197,6 @@ def _cut(
         pool = later if len(later) else found
         return lo + int(min(pool, key=lambda f: anchor(lo + int(f))))
     return limit
-
-
-def load_tokenizer(tokenizer_json: Path) -> Any:
-    """The model's tokenizer without truncation or padding: chunks are counted in full."""
-    from tokenizers import Tokenizer
-
-    tokenizer = Tokenizer.from_file(str(tokenizer_json))
-    tokenizer.no_truncation()
-    tokenizer.no_padding()
-    return tokenizer
 
 
 def _windows(text: str, size: int) -> Iterator[tuple[int, str]]:

@@ -27,13 +27,14 @@ import numpy as np
 import numpy.typing as npt
 from pgvector import HalfVector
 
-from worker import db, exceptions, models
-from worker.batch import Batch, Row, RowState
-from worker.chunking import Chunk, Splitter, load_tokenizer
-from worker.targets import Target
+from worker import db, exceptions
+from worker.models import files, onnx
+from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.chunking import Chunk, Splitter
+from worker.pipeline.targets import Target
 
 if TYPE_CHECKING:
-    from worker.embedder import Embedder
+    from worker.models.embedder import Embedder
 
 # Per batch, at most this many tokens of new chunks are embedded and this many chunks written:
 # what a batch of 128 rows of 512 tokens embeds, and a write transaction of a few seconds at
@@ -74,14 +75,9 @@ class Splitters:
         with self._lock:
             tokenizer = self._tokenizers.get(target.model)
             if tokenizer is None:
-                directory = models.locate(target.model)
-                info = models.ModelDir.read(directory, name=target.model)
-                try:
-                    tokenizer = load_tokenizer(info.tokenizer_file)
-                except Exception as exc:  # tokenizers raises bare Exceptions for bad files
-                    raise exceptions.ModelError(
-                        f"cannot load {info.tokenizer_file}: {exc}"
-                    ) from exc
+                directory = files.locate(target.model)
+                info = files.ModelDir.read(directory, name=target.model)
+                tokenizer = onnx.load_tokenizer(info.tokenizer_file, max_tokens=None)
                 self._tokenizers[target.model] = tokenizer
         return Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
 

@@ -26,7 +26,7 @@ from psycopg.types.json import Jsonb
 from worker import db, queries
 
 if TYPE_CHECKING:
-    from worker.batch import Batch, Row, RowState
+    from worker.pipeline.batch import Batch, Row, RowState
 
 logger = logging.getLogger(__name__)
 

@@ -25,7 +25,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb
 
 from worker import db, queries
-from worker.targets import Target
+from worker.pipeline.targets import Target
 
 logger = logging.getLogger(__name__)
 

@@ -21,10 +21,12 @@ import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-from worker import db, metrics, pipeline
-from worker import queue as jobqueue
+from worker import db, metrics
 from worker.config import Settings
-from worker.targets import Registry
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline import stages
+from worker.pipeline.batch import Batch
+from worker.pipeline.targets import TargetRegistry
 
 BACKFILL_IN_FLIGHT = 1
 
@@ -57,21 +59,21 @@ class Lanes:
         """The live lane first."""
         return iter((self.live, self.backfill))
 
-    def of(self, batch: pipeline.Batch) -> Lane:
+    def of(self, batch: Batch) -> Lane:
         return self.backfill if batch.lane == jobqueue.BACKFILL else self.live
 
     def read(
-        self, conn: db.Connection, registry: Registry, settings: Settings
-    ) -> pipeline.Batch | None:
+        self, conn: db.Connection, registry: TargetRegistry, settings: Settings
+    ) -> Batch | None:
         """Leases the next batch by the rules above; None when neither lane has one for us."""
         room = self.backfill_room()
         batch = None
         if room and self._live_was_small:
-            batch = pipeline.read(conn, self.backfill.queue, registry, settings)
+            batch = stages.read(conn, self.backfill.queue, registry, settings)
         if batch is None:
-            batch = pipeline.read(conn, self.live.queue, registry, settings)
+            batch = stages.read(conn, self.live.queue, registry, settings)
         if batch is None and room and not self._live_was_small:
-            batch = pipeline.read(conn, self.backfill.queue, registry, settings)
+            batch = stages.read(conn, self.backfill.queue, registry, settings)
         self._live_was_small = (
             batch is not None and batch.lane == jobqueue.LIVE and len(batch.rows) < self._small
         )
@@ -85,12 +87,12 @@ class Lanes:
         with self._lock:
             return self._backfill_in_flight < BACKFILL_IN_FLIGHT
 
-    def begin(self, batch: pipeline.Batch) -> None:
+    def begin(self, batch: Batch) -> None:
         self.of(batch).leases.add(batch.jobs)
         with self._lock:
             self._backfill_in_flight += batch.lane == jobqueue.BACKFILL
 
-    def end(self, batch: pipeline.Batch) -> None:
+    def end(self, batch: Batch) -> None:
         self.of(batch).leases.drop(batch.msg_ids)
         with self._lock:
             self._backfill_in_flight -= batch.lane == jobqueue.BACKFILL

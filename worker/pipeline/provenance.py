@@ -19,9 +19,9 @@ from typing import TYPE_CHECKING, Any
 from worker import db, exceptions, queries
 
 if TYPE_CHECKING:
-    from worker.batch import Row
-    from worker.embedders import Embedders
-    from worker.targets import Target
+    from worker.models.loaded import LoadedModels
+    from worker.pipeline.batch import Row
+    from worker.pipeline.targets import Target
 
 logger = logging.getLogger(__name__)
 
@@ -110,7 +110,7 @@ def mismatch(target_name: str, recorded_text: str, ours: str, *, shadow: bool) -
     )
 
 
-def check_at_startup(dsn: str, targets: Iterable[Target], embedders: Embedders) -> None:
+def check_at_startup(dsn: str, targets: Iterable[Target], embedders: LoadedModels) -> None:
     """Says at start-up which targets hold vectors of another revision or variant of their
     model than this worker runs: it does not write there (their jobs are deferred with the
     reason) unless the target is re-embedded (embeddings.rewatch())."""

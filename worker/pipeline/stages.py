@@ -14,38 +14,21 @@ from collections import defaultdict
 from collections.abc import Sequence
 from typing import Any
 
-from worker import changes, chunkstore, db, exceptions, faults, metrics, provenance
-from worker import queue as jobqueue
-from worker.batch import Batch, Row, RowState, TargetStats
+from worker import db, exceptions, metrics
 from worker.config import Settings
-from worker.embedders import Embedders
-from worker.targets import Registry, Target
-from worker.write import DEFER_SECONDS, Settlement, WriteOutcome, settle, write
-
-# The stages' API in one place: callers use pipeline.read ... pipeline.write.
-__all__ = [
-    "DEFER_SECONDS",
-    "Batch",
-    "Row",
-    "RowState",
-    "Settlement",
-    "TargetStats",
-    "WriteOutcome",
-    "embed",
-    "load",
-    "log_batch",
-    "prepare",
-    "read",
-    "settle",
-    "write",
-]
+from worker.models.loaded import LoadedModels
+from worker.pipeline import chunks, faults, provenance
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.targets import Target, TargetRegistry
+from worker.process import changes
 
 logger = logging.getLogger(__name__)
 
 
 # --- read ---------------------------------------------------------------------------------------
 def read(
-    conn: db.Connection, queue: jobqueue.Queue, registry: Registry, settings: Settings
+    conn: db.Connection, queue: jobqueue.Queue, registry: TargetRegistry, settings: Settings
 ) -> Batch | None:
     """Leases up to `batch_size` rows' worth of visible jobs; None when there are none."""
     started = time.perf_counter()
@@ -105,7 +88,7 @@ def load(conn: db.Connection, batch: Batch) -> None:
             continue
         for row in rows:
             _apply_loaded(row, found)
-    chunkstore.prepare(conn, batch)  # chunked targets: split, find the vectors already stored
+    chunks.prepare(conn, batch)  # chunked targets: split, find the vectors already stored
     batch.load_ms = (time.perf_counter() - started) * 1000
     metrics.STAGE_SECONDS.labels("load").observe(batch.load_ms / 1000)
 
@@ -127,7 +110,7 @@ def _apply_loaded(row: Row, found: dict[str, tuple[str | None, str | None]]) -> 
 
 
 # --- embed --------------------------------------------------------------------------------------
-def embed(embedders: Embedders, batch: Batch) -> None:
+def embed(embedders: LoadedModels, batch: Batch) -> None:
     """Embeds every loaded row with its target's model (and during a model change with the new
     one too: worker/changes.py). A model that cannot be loaded, or whose dimensions do not fit
     the column, defers the target; a text the model fails on fails only its own row (the batch
@@ -150,7 +133,7 @@ def embed(embedders: Embedders, batch: Batch) -> None:
             if problem:
                 batch.deferred[target.id] = problem
                 continue
-            tokens = chunkstore.embed(model, rows)
+            tokens = chunks.embed(model, rows)
             batch.producers[target.id] = (provenance.producer(model), None)
         stats = batch.stats[target.id]
         stats.tokens += tokens

@@ -243,7 +243,7 @@ def _with_changes(conn: db.Connection, found: dict[int, Target]) -> dict[int, Ta
     return found
 
 
-class Registry:
+class TargetRegistry:
     """The targets as last read, refreshed when asked for an unknown one or when stale."""
 
     def __init__(self, max_age: float = 60.0) -> None:

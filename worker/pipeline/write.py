@@ -22,11 +22,12 @@ import numpy as np
 import psycopg
 from pgvector import HalfVector, Vector
 
-from worker import chunkstore, db, faults, metrics, provenance, queries, visibility
-from worker import queue as jobqueue
-from worker.batch import Batch, Row, RowState
+from worker import db, metrics, queries
 from worker.config import Settings
-from worker.targets import Target
+from worker.pipeline import chunks, deferrals, faults, provenance
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.targets import Target
 
 # A target that cannot be served (model missing, dimension mismatch) has its jobs put back
 # this long, without counting an attempt.
@@ -85,7 +86,7 @@ def write(
         jobqueue.record_failures(conn, queue.home, settlement.dead)
         # Deferral reasons for status; dead letters of rows now written or cleared resolved.
         noted = dataclasses.replace(batch, deferred={**batch.deferred, **outcome.deferred})
-        visibility.record(conn, noted, outcome.state)
+        deferrals.record(conn, noted, outcome.state)
         for target_id, count in outcome.written_per_target().items():
             conn.execute(
                 queries.compose("record_throughput"), {"target_id": target_id, "rows": count}
@@ -199,7 +200,7 @@ def _store(
     """Writes the vectors of `embedded` and clears `blank`; returns each row's new state
     (leaving the rows untouched: the caller's transaction may still roll back)."""
     if target.chunk_table is not None:  # chunked targets: chunkstore writes, under the same rule
-        stored = chunkstore.store(conn, target, embedded, blank)
+        stored = chunks.store(conn, target, embedded, blank)
         return {(target.id, key): state for key, state in stored.items()}
     states: dict[RowKey, RowState] = {}
     # A target being changed to another model gets the new model's vectors in its shadow column

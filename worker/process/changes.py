@@ -14,10 +14,11 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from worker import db, exceptions, metrics, provenance, queries
-from worker.batch import Batch, Row, RowState
-from worker.embedders import Embedders
-from worker.targets import Registry, Target
+from worker import db, exceptions, metrics, queries
+from worker.models.loaded import LoadedModels
+from worker.pipeline import provenance
+from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.targets import Target, TargetRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -27,7 +28,7 @@ Embed = Callable[[Any, list[Row], str], int]  # (model, rows, Row attribute) -> 
 
 
 def embed(
-    embedders: Embedders, batch: Batch, target: Target, rows: list[Row], embed_rows: Embed
+    embedders: LoadedModels, batch: Batch, target: Target, rows: list[Row], embed_rows: Embed
 ) -> int | None:
     """Embeds the rows of a plain target: with its model (rows that need it), and during a
     change with the new model too. Returns the tokens, or None when the target is deferred (the
@@ -59,7 +60,7 @@ def embed(
     return tokens
 
 
-def _shadow_model(embedders: Embedders, target: Target, rows: list[Row]) -> Any:
+def _shadow_model(embedders: LoadedModels, target: Target, rows: list[Row]) -> Any:
     """The new model of a change in progress (None without one). When it cannot be loaded, the
     application's rows are still served with the target's model (their new vectors are left
     empty: the change queues them again before it completes); the change's own jobs wait."""
@@ -73,7 +74,7 @@ def _shadow_model(embedders: Embedders, target: Target, rows: list[Row]) -> Any:
         return None
 
 
-def _primary_model(embedders: Embedders, target: Target, rows: list[Row]) -> Any:
+def _primary_model(embedders: LoadedModels, target: Target, rows: list[Row]) -> Any:
     """The target's model; during a change, None when it cannot be loaded: then every row gets
     only the new model's vector (the change completes, and the swap replaces the column that
     the old model can no longer maintain)."""
@@ -103,7 +104,7 @@ class Completer:
     def __init__(self) -> None:
         self._checked = float("-inf")
 
-    def run(self, conn: db.Connection, registry: Registry, *, force: bool) -> bool:
+    def run(self, conn: db.Connection, registry: TargetRegistry, *, force: bool) -> bool:
         """Completes the changes that are complete (at most every CHECK_SECONDS unless
         `force`). True when one completed or re-queued rows (there is work again)."""
         if not any(t.in_change for t in registry.snapshot().values()):

@@ -8,10 +8,10 @@ import time
 from typing import TYPE_CHECKING
 
 from worker import db, exceptions
-from worker.progress import ProgressLine
+from worker.process.progress import ProgressLine
 
 if TYPE_CHECKING:
-    from worker.runner import Worker
+    from worker.process.runner import Worker
 
 logger = logging.getLogger(__name__)
 

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, TextIO
 from worker import db, queries
 
 if TYPE_CHECKING:
-    from worker.runner import Worker
+    from worker.process.runner import Worker
 
 ERASE = "\r\x1b[K"
 

@@ -29,21 +29,24 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from worker import db, exceptions, keeper, metrics, pipeline, startup, systemd
-from worker.backfill import Backfiller, IndexBuilder
-from worker.changes import Completer
+from worker import db, exceptions, metrics
 from worker.config import Settings
-from worker.embedders import Embedders
-from worker.lanes import Lanes
-from worker.listener import Listener
-from worker.targets import Registry
+from worker.models.loaded import LoadedModels
+from worker.pipeline import stages, write
+from worker.pipeline.batch import Batch, RowState
+from worker.pipeline.lanes import Lanes
+from worker.pipeline.targets import TargetRegistry
+from worker.process import keeper, startup, systemd
+from worker.process.backfill import Backfiller, IndexBuilder
+from worker.process.changes import Completer
+from worker.process.wakeups import Listener
 
 logger = logging.getLogger(__name__)
 
 
 @dataclass
 class Handoff:
-    batch: pipeline.Batch
+    batch: Batch
     release: bool = False  # hand the jobs back instead of writing
 
 
@@ -53,7 +56,7 @@ class Worker:
         settings: Settings,
         *,
         once: bool = False,
-        embedders: Embedders | None = None,
+        embedders: LoadedModels | None = None,
         progress: bool | None = None,
         handle_signals: bool = True,
     ) -> None:
@@ -67,9 +70,9 @@ class Worker:
         # Backfills in key ranges, stepped when reads run short (worker/backfill.py).
         self.backfill = Backfiller(settings.queue, settings.batch_size)
         self.indexer = IndexBuilder(self.dsn, settings.queue)
-        self.registry = Registry()
+        self.registry = TargetRegistry()
         self.changes = Completer()  # completes model changes (worker/changes.py)
-        self.embedders = embedders or Embedders(
+        self.embedders = embedders or LoadedModels(
             variant=settings.model_variant, threads=settings.threads
         )
         self.stopping = threading.Event()  # no more reading
@@ -251,7 +254,7 @@ class Worker:
             session.close()
             self._loaded.put(None)
 
-    def _next_batch(self, session: db.Session, listener: Listener) -> pipeline.Batch | None:
+    def _next_batch(self, session: db.Session, listener: Listener) -> Batch | None:
         waiting = False  # registered as waiting, so that writers NOTIFY
         while not self.stopping.is_set():
             listener.ensure()
@@ -282,7 +285,7 @@ class Worker:
             if batch is not None:
                 self._begin(batch)
                 try:
-                    pipeline.load(conn, batch)
+                    stages.load(conn, batch)
                 except BaseException:
                     self._end(batch)
                     raise
@@ -294,7 +297,7 @@ class Worker:
             listener.wait(self._wait_seconds(conn))
         return None
 
-    def _work_behind_reads(self, conn: db.Connection, batch: pipeline.Batch | None) -> bool:
+    def _work_behind_reads(self, conn: db.Connection, batch: Batch | None) -> bool:
         """When a read runs short: the next range of a backfill (so that backfills are queued
         only behind live jobs, worker/backfill.py), and an index deferred until a backfill's
         end. True when the backfill queued jobs and nothing was read: read again at once."""
@@ -319,13 +322,13 @@ class Worker:
         with self._flight:
             return self._in_flight == 0
 
-    def _begin(self, batch: pipeline.Batch) -> None:
+    def _begin(self, batch: Batch) -> None:
         self.lanes.begin(batch)
         with self._flight:
             self._in_flight += 1
         metrics.IN_FLIGHT.set(self.lanes.held())
 
-    def _end(self, batch: pipeline.Batch) -> None:
+    def _end(self, batch: Batch) -> None:
         self.lanes.end(batch)
         with self._flight:
             self._in_flight -= 1
@@ -353,7 +356,7 @@ class Worker:
                 if self.stopping.is_set():
                     item.release = True  # not started: hand it back rather than keep it
                 if not item.release:
-                    pipeline.embed(self.embedders, item.batch)
+                    stages.embed(self.embedders, item.batch)
                 self._pass(self._embedded, item)
         finally:
             self._embedded.put(None)
@@ -389,11 +392,9 @@ class Worker:
                     metrics.JOBS.labels("released").inc(released)
                     logger.info("handed back %d jobs", released)
                     return
-                pipeline.write(conn, lane.queue, batch, self.settings)
-                pipeline.log_batch(batch)
-                self.rows_done += sum(
-                    1 for r in batch.rows.values() if r.state is pipeline.RowState.WRITTEN
-                )
+                write.write(conn, lane.queue, batch, self.settings)
+                stages.log_batch(batch)
+                self.rows_done += sum(1 for r in batch.rows.values() if r.state is RowState.WRITTEN)
                 return
             except exceptions.ConnectionLost as exc:
                 metrics.DATABASE_UP.set(0)

@@ -6,11 +6,13 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from worker import db, exceptions, metrics, provenance, systemd
-from worker.targets import Target
+from worker import db, exceptions, metrics
+from worker.pipeline import provenance
+from worker.pipeline.targets import Target
+from worker.process import systemd
 
 if TYPE_CHECKING:
-    from worker.runner import Worker
+    from worker.process.runner import Worker
 
 logger = logging.getLogger(__name__)
 

@@ -24,7 +24,7 @@ import uuid
 from typing import Any
 
 from worker import db, exceptions
-from worker.targets import Registry
+from worker.pipeline.targets import TargetRegistry
 
 logger = logging.getLogger(__name__)
 
@@ -45,7 +45,7 @@ class Listener:
         dsn: str,
         stop: threading.Event,
         wake_fd: int,
-        registry: Registry,
+        registry: TargetRegistry,
         mode: str = "auto",
     ) -> None:
         self.dsn = dsn
