@@ -146,7 +146,7 @@ class Editor:
 
 
 def in_process_fault(admin: Conn, editor: Editor, fault: str) -> Callable[[], None]:
-    """A one-shot handler for a worker.faults point."""
+    """A one-shot handler for a worker.pipeline.faults point."""
     fired = False
 
     def handler() -> None:

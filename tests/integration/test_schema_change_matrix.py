@@ -39,7 +39,7 @@ Conn = psycopg.Connection[Any]
 
 ROWS = 12
 NEW_ROWS = 4
-MOMENTS = {"before_load": "load", "before_write": "embed"}  # moment -> worker.faults point
+MOMENTS = {"before_load": "load", "before_write": "embed"}  # moment -> worker.pipeline.faults point
 
 
 @dataclass(frozen=True)

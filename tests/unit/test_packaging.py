@@ -25,7 +25,7 @@ from worker.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "embed-worker.service"
 
-# What shutdown may take after EMBED_GRACE_SECONDS (worker/runner.py): handing jobs back (3 s
+# What shutdown may take after EMBED_GRACE_SECONDS (worker/process/runner.py): handing jobs back (3 s
 # connect + 3 s statement timeout) and joining the four pipeline threads (2 s each).
 SHUTDOWN_STEPS_SECONDS = 14
 
@@ -281,7 +281,7 @@ def test_unit_file_runs_the_worker_as_a_hardened_service() -> None:
     service = unit["Service"]
     assert one(service, "ExecStart").endswith("/embed-worker run")
     assert one(service, "ExecStart").startswith("/")
-    # The worker sends READY=1 (worker/systemd.py), and start-up may wait for the database.
+    # The worker sends READY=1 (worker/process/systemd.py), and start-up may wait for the database.
     assert one(service, "Type") == "notify"
     assert one(service, "NotifyAccess") == "main"
     assert one(service, "TimeoutStartSec") == "infinity"

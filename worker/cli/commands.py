@@ -1,4 +1,4 @@
-"""What each `embed-worker` subcommand does (the parser lives in worker.cli)."""
+"""What each `embed-worker` subcommand does (the parser lives in worker.cli.main)."""
 
 from __future__ import annotations
 

@@ -201,11 +201,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-GLOBAL_NAMES = ("database_url", "log_format", "log_level", "model_path", "cache_dir")
-
-
 def settings_from(args: argparse.Namespace) -> Settings:
-    # The model search path and cache are read by worker.models from the environment.
+    # The model search path and cache are read by worker.models.files from the environment.
     if getattr(args, "model_path", None):
         os.environ["EMBED_MODEL_PATH"] = args.model_path
     if getattr(args, "cache_dir", None):

@@ -1,8 +1,8 @@
 """The models the worker knows by name: hub repository, pinned revision, checksums, dimension.
 
-`REGISTRY` is what `embed-worker model list|download` and first-use downloads (`worker/fetch.py`)
-read; `worker/models.py` finds model directories on disk, with these entries filling gaps in a
-directory's own config files.
+`REGISTRY` is what `embed-worker model list|download` and first-use downloads
+(`worker/models/download.py`) read; `worker/models/files.py` finds model directories on disk,
+with these entries filling gaps in a directory's own config files.
 """
 
 from __future__ import annotations

@@ -1,18 +1,18 @@
 """Model directories on disk: finding one by name or path, and what it says about itself.
 
 What the CLI calls:
-- `embed-worker model list`      → `models.list_models()`: one `ModelRow` per known model (and per
+- `embed-worker model list`      → `files.list_models()`: one `ModelRow` per known model (and per
   extra model directory found on `EMBED_MODEL_PATH`), with `present` and `location`.
 - `embed-worker model download NAME [--variant fp32|int8|all]`
-                                 → `fetch.download(NAME, variant=...)`; returns the directory.
+                                 → `download.download(NAME, variant=...)`; returns the directory.
   Errors are `exceptions.DownloadError` (network, checksum) or `exceptions.ModelNotFound`
   (unknown name); print `str(exc)`, it says what to do.
 - `embed-worker embed [--model M] TEXT...`
                                  → `embedder.Embedder.load(M or settings.model,
                                    variant=settings.model_variant, threads=settings.threads)`,
                                    then `.embed(texts).tolist()`.
-`locate()` never touches the network; `fetch.ensure()` downloads a registry model on first use.
-The models known by name are in `worker/registry.py`.
+`locate()` never touches the network; `download.ensure()` downloads a registry model on first use.
+The models known by name are in `worker/models/catalog.py`.
 
 A model directory holds `model.onnx` or `onnx/model.onnx`, `tokenizer.json`, and optionally
 `config.json`, `tokenizer_config.json`, `sentence_bert_config.json`, `1_Pooling/config.json`, and

@@ -1,7 +1,7 @@
 """A batch of jobs and its rows, as they go through the pipeline's stages.
 
 A Row is one (target, key) of the batch; its state says what the stages found or did. The write
-stage never changes a row's state before its transaction has committed (worker.write).
+stage never changes a row's state before its transaction has committed (worker.pipeline.write).
 """
 
 from __future__ import annotations
@@ -48,7 +48,7 @@ class Row:
     # for it (the row's current vector stays as it is)
     shadow_vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
     shadow_only: bool = False
-    chunks: DocumentChunks | None = None  # chunked targets: set by chunkstore.prepare
+    chunks: DocumentChunks | None = None  # chunked targets: set by chunks.prepare
 
     def fail(self, error: str) -> None:
         self.state = RowState.FAILED
@@ -71,9 +71,9 @@ class Batch:
     stats: dict[int, TargetStats] = field(default_factory=lambda: defaultdict(TargetStats))
     load_ms: float = 0.0
     write_ms: float = 0.0
-    lane: str = jobqueue.LIVE  # the lane it was read from (worker/lanes.py)
+    lane: str = jobqueue.LIVE  # the lane it was read from (worker/pipeline/lanes.py)
     # provenance: target id -> (producer of its vectors, of its shadow vectors), each
-    # 'model revision variant' as embeddings.provenance records it (worker/provenance.py)
+    # 'model revision variant' as embeddings.provenance records it (worker/pipeline/provenance.py)
     producers: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
 
     def by_target(self, state: RowState | None = None) -> dict[Target, list[Row]]:

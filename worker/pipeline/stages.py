@@ -112,9 +112,9 @@ def _apply_loaded(row: Row, found: dict[str, tuple[str | None, str | None]]) -> 
 # --- embed --------------------------------------------------------------------------------------
 def embed(embedders: LoadedModels, batch: Batch) -> None:
     """Embeds every loaded row with its target's model (and during a model change with the new
-    one too: worker/changes.py). A model that cannot be loaded, or whose dimensions do not fit
-    the column, defers the target; a text the model fails on fails only its own row (the batch
-    is split until the culprit is alone)."""
+    one too: worker/process/changes.py). A model that cannot be loaded, or whose dimensions do
+    not fit the column, defers the target; a text the model fails on fails only its own row (the
+    batch is split until the culprit is alone)."""
     faults.reached("embed")
     for target, rows in batch.by_target(RowState.READY).items():
         started = time.perf_counter()

@@ -46,7 +46,7 @@ class Target:
     version: int = 1  # of the definition (embeddings.targets.version) this object describes
     key_sql_types: tuple[str, ...] = ()  # format_type() of each; defaults to key_types
     registry_problem: str | None = None  # embeddings.targets.problem
-    # Chunked targets (worker/chunkstore.py): vectors in a chunk table, one per chunk.
+    # Chunked targets (worker/pipeline/chunks.py): vectors in a chunk table, one per chunk.
     chunk_table: tuple[str, str] | None = None  # (schema, table)
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
@@ -59,10 +59,6 @@ class Target:
     @property
     def in_change(self) -> bool:
         return self.shadow_model is not None and self.shadow_column is not None
-
-    @property
-    def key_column(self) -> str:
-        return self.key_columns[0]
 
     @property
     def composite(self) -> bool:
@@ -131,7 +127,7 @@ class Target:
                 sql.SQL("t.{} = v.{}::{}").format(c, a, ty)
                 for c, a, ty in zip(columns, aliases, types, strict=True)
             ),
-            # Chunk tables (worker/chunkstore.py): the key columns, and the unnested keys cast
+            # Chunk tables (worker/pipeline/chunks.py): the key columns, and the unnested keys cast
             # to their types, in key order.
             "key_list": sql.SQL(", ").join(columns),
             "key_values": sql.SQL(", ").join(
@@ -251,14 +247,12 @@ class TargetRegistry:
         self._targets: dict[int, Target] = {}
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
-        self.generation = 0
 
     def refresh(self, conn: db.Connection) -> dict[int, Target]:
         targets = load(conn)
         with self._lock:
             self._targets = targets
             self._loaded_at = time.monotonic()
-            self.generation += 1
         return targets
 
     def invalidate(self) -> None:

@@ -199,7 +199,7 @@ def _store(
 ) -> dict[RowKey, RowState]:
     """Writes the vectors of `embedded` and clears `blank`; returns each row's new state
     (leaving the rows untouched: the caller's transaction may still roll back)."""
-    if target.chunk_table is not None:  # chunked targets: chunkstore writes, under the same rule
+    if target.chunk_table is not None:  # chunked targets: chunks.store writes, under the same rule
         stored = chunks.store(conn, target, embedded, blank)
         return {(target.id, key): state for key, state in stored.items()}
     states: dict[RowKey, RowState] = {}

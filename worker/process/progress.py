@@ -51,7 +51,7 @@ class ProgressLine:
     def __init__(self, worker: Worker) -> None:
         self.worker = worker
         self.started = time.monotonic()
-        # Both lanes: the live queue and its backfill lane (worker/lanes.py).
+        # Both lanes: the live queue and its backfill lane (worker/pipeline/lanes.py).
         self.pending_queries = [
             (queries.compose("pending_keys", queue_table=lane.queue.table), lane.queue.name)
             for lane in worker.lanes

@@ -63,15 +63,15 @@ class Worker:
         self.settings = settings
         self.once = once
         self.dsn = db.resolve_dsn(settings.database_url)
-        # Priority lanes (worker/lanes.py): live jobs before backfill work.
+        # Priority lanes (worker/pipeline/lanes.py): live jobs before backfill work.
         self.lanes = Lanes(settings.queue, settings.batch_size)
         self.queue = self.lanes.live.queue
         self.leases = self.lanes.live.leases
-        # Backfills in key ranges, stepped when reads run short (worker/backfill.py).
+        # Backfills in key ranges, stepped when reads run short (worker/process/backfill.py).
         self.backfill = Backfiller(settings.queue, settings.batch_size)
         self.indexer = IndexBuilder(self.dsn, settings.queue)
         self.registry = TargetRegistry()
-        self.changes = Completer()  # completes model changes (worker/changes.py)
+        self.changes = Completer()  # completes model changes (worker/process/changes.py)
         self.embedders = embedders or LoadedModels(
             variant=settings.model_variant, threads=settings.threads
         )
@@ -223,12 +223,12 @@ class Worker:
         os.close(self._wake_w)
         self._wake_r = self._wake_w = -1
 
-    # --- startup (worker/startup.py) ----------------------------------------------------------
+    # --- startup (worker/process/startup.py) --------------------------------------------------
     def _startup(self) -> None:
         startup.start(self)
 
     def default_model_problem(self) -> str | None:
-        """Why the default model is not loaded (None when it is): worker/startup.py."""
+        """Why the default model is not loaded (None when it is): worker/process/startup.py."""
         return startup.default_model_problem(self)
 
     # --- fetcher --------------------------------------------------------------------------------
@@ -299,7 +299,7 @@ class Worker:
 
     def _work_behind_reads(self, conn: db.Connection, batch: Batch | None) -> bool:
         """When a read runs short: the next range of a backfill (so that backfills are queued
-        only behind live jobs, worker/backfill.py), and an index deferred until a backfill's
+        only behind live jobs, worker/process/backfill.py), and an index deferred until a backfill's
         end. True when the backfill queued jobs and nothing was read: read again at once."""
         low = batch is None or len(batch.rows) < self.settings.batch_size
         if low and self.backfill.step(conn) and batch is None:
@@ -408,6 +408,6 @@ class Worker:
                 logger.error("writing a batch failed (%s); its jobs return after their lease", exc)
                 return
 
-    # --- keeper (worker/keeper.py) ------------------------------------------------------------
+    # --- keeper (worker/process/keeper.py) ----------------------------------------------------
     def _keeper(self) -> None:
         keeper.keep(self)
