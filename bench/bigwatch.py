@@ -35,7 +35,7 @@ VARIANTS = {"before": "0006", "after": "head"}
 # built inside watch()); after, head (the parent's index ON ONLY, partitions' built later).
 PARTITIONED_VARIANTS = {"before": "0012", "after": "head"}
 PARTITIONS = 4
-STEP_KEYS = 2048  # the worker's step at the default batch size (worker/backfill.py)
+STEP_KEYS = 2048  # the worker's step at the default batch size (worker/process/backfill.py)
 
 
 def _fill(dsn: str, rows: int, partitions: int = 0) -> None:
