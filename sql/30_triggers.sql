@@ -99,11 +99,9 @@ $$;
 -- The statement that enqueues the keys of the rows `from_where` selects (it binds alias n); 0
 -- rows send nothing. `via_enqueue`: through embeddings_<id>_enqueue(), as job messages.
 -- Otherwise as rows of the inbox (22_inbox.sql) in the column shape (20_queue.sql), one per
--- inbox_keys_per_row() keys (one for any statement of up to 4,096 rows), and in the same
--- statement a wake-up for waiting workers (embeddings.notify_workers() says why only then),
--- where it costs a probe of a small table rather than a trigger call. The statement ends in
--- `INTO woken`: the generated functions declare it. Each key column is aggregated once and
--- sliced: an integer column's slice goes as its array text ('{1,2,3}'), any other as a JSON
+-- inbox_keys_per_row() keys (one for any statement of up to 4,096 rows), and nothing else:
+-- workers look for work themselves (embeddings.wait_for_jobs() says why). Each key column is
+-- aggregated once and sliced: an integer column's slice goes as its array text ('{1,2,3}'), any other as a JSON
 -- array. Encoding no key per row matters: a JSON array per composite key cost a 100k-row
 -- INSERT's trigger ~4x the aggregation itself, and to_jsonb() of integers (through numeric)
 -- ~3x their array text. A column of a variable-width type (text, numeric, ...) is sliced as
@@ -116,15 +114,11 @@ LANGUAGE sql STABLE AS $$
         format('PERFORM embeddings.%I(ARRAY(SELECT pg_catalog.to_jsonb(%s) %s))',
                'embeddings_' || t.id || '_enqueue', embeddings.key_sql(t, 'n'), from_where)
     ELSE format(
-        'WITH queued AS ('
         'INSERT INTO embeddings.inbox (target, keys, columns) '
         'SELECT %1$s, LEAST(s.keys - i + 1, %3$s), '
         'pg_catalog.jsonb_build_array(%4$s) '
         'FROM (SELECT pg_catalog.count(*)::integer AS keys, %5$s %6$s) AS s, '
-        'pg_catalog.generate_series(1, s.keys, %3$s) AS i '
-        'RETURNING 1) '
-        'SELECT pg_catalog.pg_notify(''embeddings_jobs'', w.queue)::pg_catalog.text INTO woken '
-        'FROM embeddings.idle_workers w WHERE w.queue OPERATOR(pg_catalog.=) %2$L AND EXISTS (SELECT FROM queued) LIMIT 1',
+        'pg_catalog.generate_series(1, s.keys, %3$s) AS i',
         t.id, t.queue, embeddings.inbox_keys_per_row(),
         (SELECT string_agg(format(CASE WHEN k.ty = ANY ('{int2,int4,int8}'::regtype[])
                                            THEN '(s.k%1$s[i : i + %2$s - 1])::pg_catalog.text'
@@ -201,8 +195,6 @@ BEGIN
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            DECLARE
-                woken text;  -- enqueue_statement()'s wake-up
             BEGIN
                 %2$s;
                 RETURN NULL;%3$s

@@ -405,7 +405,6 @@ BEGIN
     END IF;
 
     PERFORM set_config('embeddings.following', 'off', true);
-    PERFORM pg_notify('embeddings_targets', t.id::text);
     RETURN t.id;
 END
 $$;
@@ -431,7 +430,8 @@ END
 $$;
 
 -- Unregisters target t: its triggers and worker policies (where its table still exists), its
--- queued jobs, its registration (failures and throughput go with it), and tells workers.
+-- queued jobs, its registration (failures and throughput go with it). Workers notice: its id is
+-- gone from the registry they compare before serving a batch.
 CREATE FUNCTION embeddings.forget_target(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -450,6 +450,5 @@ BEGIN
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',  -- lanes
                    pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q')) USING t.id;
     DELETE FROM embeddings.targets tg WHERE tg.id = t.id;
-    PERFORM pg_notify('embeddings_targets', t.id::text);
 END
 $$;

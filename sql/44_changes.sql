@@ -157,7 +157,6 @@ BEGIN
     END IF;
     INSERT INTO embeddings.model_changes (target_id, model, shadow_column, keep_old, rows_total)
     VALUES (t.id, new_model, shadow, keep_old, total);
-    PERFORM pg_notify('embeddings_targets', t.id::text);
     RETURN t.id;
 END
 $$;
@@ -228,7 +227,6 @@ BEGIN
     DELETE FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
     DELETE FROM embeddings.provenance p WHERE p.target_id = t.id AND p.shadow;
     UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now() WHERE tg.id = t.id;
-    PERFORM pg_notify('embeddings_targets', t.id::text);
     RETURN true;
 END
 $$;
@@ -341,7 +339,6 @@ BEGIN
     UPDATE embeddings.provenance p SET shadow = false WHERE p.target_id = t.id AND p.shadow;
     DELETE FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
     PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
-    PERFORM pg_notify('embeddings_targets', t.id::text);
     RETURN 'done';
 END
 $$;

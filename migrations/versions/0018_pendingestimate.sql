@@ -150,3 +150,272 @@ BEGIN
     END LOOP;
 END
 $$;
+
+
+-- Workers look for jobs (embeddings.wait_for_jobs()) instead of being notified: nothing of ours
+-- sends a NOTIFY in the application's transaction any more (PREPARE TRANSACTION refuses one),
+-- and the registry of waiting workers, which any login could fill, is gone. Folded into the
+-- 0.2.0 release revision by the migration squash.
+DO $$
+DECLARE
+    q embeddings.queues;
+BEGIN
+    FOR q IN SELECT * FROM embeddings.queues LOOP
+        EXECUTE format('DROP TRIGGER IF EXISTS embeddings_notify_workers ON pgmq.%I',
+                       pgmq.format_table_name(q.name, 'q'));
+    END LOOP;
+END
+$$;
+DROP FUNCTION embeddings.notify_workers();
+DROP FUNCTION embeddings.worker_idle(text);
+DROP FUNCTION embeddings.worker_busy(text);
+DROP TABLE embeddings.idle_workers;
+
+CREATE FUNCTION embeddings.wait_poll_ms() RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN 2;
+
+CREATE FUNCTION embeddings.wait_for_jobs(queue_name text, timeout_ms integer, backfill boolean DEFAULT true)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deadline timestamptz := clock_timestamp() + make_interval(secs => greatest(timeout_ms, 0) / 1000.0);
+    -- The earliest visibility timeout of either lane: visible now when it has passed.
+    next_job_query text := format(
+        'SELECT least((SELECT min(q.vt) FROM pgmq.%I q), %s)',
+        pgmq.format_table_name(queue_name, 'q'),
+        CASE WHEN backfill THEN format('(SELECT min(b.vt) FROM pgmq.%I b)',
+                                       pgmq.format_table_name(embeddings.backfill_queue(queue_name), 'q'))
+             ELSE 'NULL' END);
+    next_job timestamptz;
+    looked_at text;
+    snapshot text;
+BEGIN
+    LOOP
+        snapshot := pg_current_snapshot()::text;
+        IF snapshot IS DISTINCT FROM looked_at OR clock_timestamp() >= next_job THEN
+            looked_at := snapshot;
+            IF EXISTS (SELECT FROM embeddings.inbox i JOIN embeddings.targets t ON t.id = i.target
+                       WHERE t.queue = queue_name) THEN
+                RETURN true;
+            END IF;
+            EXECUTE next_job_query INTO next_job;
+            IF next_job <= clock_timestamp() THEN
+                RETURN true;
+            END IF;
+        END IF;
+        EXIT WHEN clock_timestamp() >= deadline;
+        PERFORM pg_sleep(least(embeddings.wait_poll_ms() / 1000.0,
+                               extract(epoch FROM deadline - clock_timestamp())));
+    END LOOP;
+    RETURN false;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION embeddings.create_queue(queue_name text, live_queue text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    created boolean := false;
+BEGIN
+    IF EXISTS (SELECT FROM embeddings.queues WHERE name = queue_name) THEN
+        RETURN false;
+    END IF;
+    IF NOT EXISTS (SELECT FROM pgmq.meta m WHERE m.queue_name = create_queue.queue_name) THEN
+        PERFORM pgmq.create(queue_name);
+        created := true;
+    END IF;
+    INSERT INTO embeddings.queues (name, created_here, live_queue) VALUES (queue_name, created, live_queue);
+    RETURN true;
+END
+$$;
+
+CREATE OR REPLACE FUNCTION embeddings.enqueue_statement(t embeddings.targets, from_where text, via_enqueue boolean) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+    WHEN via_enqueue THEN
+        format('PERFORM embeddings.%I(ARRAY(SELECT pg_catalog.to_jsonb(%s) %s))',
+               'embeddings_' || t.id || '_enqueue', embeddings.key_sql(t, 'n'), from_where)
+    ELSE format(
+        'INSERT INTO embeddings.inbox (target, keys, columns) '
+        'SELECT %1$s, LEAST(s.keys - i + 1, %3$s), '
+        'pg_catalog.jsonb_build_array(%4$s) '
+        'FROM (SELECT pg_catalog.count(*)::integer AS keys, %5$s %6$s) AS s, '
+        'pg_catalog.generate_series(1, s.keys, %3$s) AS i',
+        t.id, t.queue, embeddings.inbox_keys_per_row(),
+        (SELECT string_agg(format(CASE WHEN k.ty = ANY ('{int2,int4,int8}'::regtype[])
+                                           THEN '(s.k%1$s[i : i + %2$s - 1])::pg_catalog.text'
+                                       WHEN ty.typlen > 0
+                                           THEN 'pg_catalog.to_jsonb(s.k%1$s[i : i + %2$s - 1])'
+                                       ELSE 'pg_catalog.jsonb_path_query_array(s.k%1$s, ''$[$a to $b]'', '
+                                            'pg_catalog.jsonb_build_object(''a'', i - 1, ''b'', i + %2$s - 2))' END,
+                                  k.i - 1, embeddings.inbox_keys_per_row()), ', ' ORDER BY k.i)
+         FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i) JOIN pg_type ty ON ty.oid = k.ty),
+        (SELECT string_agg(format(CASE WHEN ty.typlen > 0 THEN 'pg_catalog.array_agg(n.%1$I) AS k%2$s'
+                                       ELSE 'pg_catalog.to_jsonb(pg_catalog.array_agg(n.%1$I)) AS k%2$s' END,
+                                  k.c, k.i - 1), ', ' ORDER BY k.i)
+         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i) JOIN pg_type ty ON ty.oid = k.ty),
+        from_where)
+    END
+$$;
+
+CREATE OR REPLACE FUNCTION embeddings.generate_functions(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prefix text := 'embeddings_' || t.id;
+    by_function boolean := t.content_function IS NOT NULL;
+    partitioned boolean := (SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = t.source);
+    row_type regclass := CASE WHEN partitioned THEN t.source END;
+    table_owner regrole := (SELECT c.relowner::regrole FROM pg_class c WHERE c.oid = t.source);
+    new_content text := embeddings.content_sql(t, 'n', row_type);
+    old_content text := embeddings.content_sql(t, 'o', row_type);
+    inserted text;
+    changed text;
+    body text;
+    fallback text;
+    inputs name[] := embeddings.content_inputs(t);
+    -- A new row needs a job when it has no embedding yet; a chunked target's new row has no
+    -- chunks yet (sql/55_chunks.sql), whatever the source holds.
+    unembedded text := CASE WHEN t.chunk_table IS NULL THEN format('n.%I IS NULL', t.embedding_column)
+                            ELSE 'true' END;
+BEGIN
+    inserted := format('FROM new_rows n WHERE %s AND %s OPERATOR(pg_catalog.<>) ''''',
+                       unembedded, new_content);
+    -- A row whose key changed has no old row: it counts as changed.
+    changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s WHERE (o.%I IS NULL OR %s IS DISTINCT FROM %s)',
+                      embeddings.key_equal_sql(t, 'o', 'n'), t.key_columns[1], new_content, old_content);
+    IF t.clear_on_update THEN
+        -- A change to blank content needs no job: the clear trigger already cleared the row.
+        changed := changed || format(' AND %s OPERATOR(pg_catalog.<>) ''''', new_content);
+    END IF;
+
+    IF by_function THEN
+        EXECUTE format(
+            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I(keys jsonb[]) RETURNS void
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            BEGIN
+                -- Sliced as one jsonb array: slicing a jsonb[] walks it from its start each time, O(n^2).
+                INSERT INTO pgmq.%2$I (vt, message)
+                SELECT pg_catalog.clock_timestamp(),
+                       pg_catalog.jsonb_build_object('target', %3$s, 'keys', pg_catalog.jsonb_path_query_array(
+                           s.all_keys, '$[$a to $b]', pg_catalog.jsonb_build_object('a', i - 1, 'b', i + %4$s - 2)))
+                FROM (SELECT pg_catalog.to_jsonb(keys) AS all_keys) AS s,
+                     pg_catalog.generate_series(1, pg_catalog.cardinality(keys), %4$s) AS i;
+            END
+            $body$ $f$,
+            prefix || '_enqueue', pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.keys_per_message());
+        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I(jsonb[]) FROM PUBLIC', prefix || '_enqueue');
+        EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I(jsonb[]) TO %I', prefix || '_enqueue', table_owner);
+    END IF;
+
+    -- INSERT and UPDATE. A content function that raises (for any row) must not fail the write:
+    -- the rows then go unfiltered, and the worker dead-letters the culprit with its error.
+    FOREACH body IN ARRAY ARRAY['insert', 'update'] LOOP
+        fallback := CASE body WHEN 'insert' THEN 'FROM new_rows n WHERE ' || unembedded
+                              ELSE 'FROM new_rows n' END;
+        EXECUTE format(
+            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            BEGIN
+                %2$s;
+                RETURN NULL;%3$s
+            END
+            $body$ $f$,
+            prefix || '_' || body,
+            embeddings.enqueue_statement(t, CASE body WHEN 'insert' THEN inserted ELSE changed END, by_function),
+            CASE WHEN by_function THEN format(
+                E'\n            EXCEPTION WHEN OTHERS THEN\n'
+                 '                RAISE WARNING ''embeddings: content function of %% failed (%%); enqueued the rows unfiltered'', %s, SQLERRM;\n'
+                 '                %s;\n'
+                 '                RETURN NULL;',
+                quote_literal(t.source::text), embeddings.enqueue_statement(t, fallback, true))
+            ELSE '' END);
+        IF by_function THEN
+            -- User code runs with the table owner's rights, not ours.
+            EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', prefix || '_' || body, table_owner);
+        END IF;
+        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_' || body);
+    END LOOP;
+
+    -- Rows applied by logical replication, one at a time (replica targets only).
+    IF t.replica THEN
+        EXECUTE format(
+            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            BEGIN
+                IF (TG_OP = 'INSERT' AND %2$s AND %3$s OPERATOR(pg_catalog.<>) '')
+                   OR (TG_OP = 'UPDATE' AND (NOT (%4$s) OR %3$s IS DISTINCT FROM %5$s) AND %3$s OPERATOR(pg_catalog.<>) '') THEN
+                    INSERT INTO pgmq.%6$I (vt, message)
+                    VALUES (pg_catalog.clock_timestamp(),
+                            pg_catalog.jsonb_build_object('target', %7$s, 'keys', pg_catalog.jsonb_build_array(%8$s)));
+                END IF;
+                RETURN NULL;%9$s
+            END
+            $body$ $f$,
+            prefix || '_replica',
+            CASE WHEN t.chunk_table IS NULL THEN format('NEW.%I IS NULL', t.embedding_column) ELSE 'true' END,
+            embeddings.content_sql(t, 'new', row_type), embeddings.key_equal_sql(t, 'old', 'new'),
+            embeddings.content_sql(t, 'old', row_type),
+            pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.key_sql(t, 'new'),
+            CASE WHEN by_function THEN E'\n            EXCEPTION WHEN OTHERS THEN\n                RETURN NULL;' ELSE '' END);
+        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_replica');
+    END IF;
+
+    IF NOT t.clear_on_update OR t.chunk_table IS NOT NULL THEN
+        RETURN;  -- a chunked target has no embedding column to clear
+    END IF;
+    -- The clear trigger names no column (no UPDATE OF, no WHEN), so that dropping or retyping
+    -- the content column is never refused because of it; it compares in its body, as text
+    -- (any type has a text form; not every type has an equality operator).
+    IF by_function THEN
+        -- A content function is user code and may raise (for the very row being fixed): then
+        -- it cannot tell, and clears.
+        body := format(
+            $b$IF %1$s IS DISTINCT FROM %2$s THEN
+                    NEW.%3$I := NULL;
+                END IF;
+                RETURN NEW;
+            EXCEPTION WHEN OTHERS THEN
+                NEW.%3$I := NULL;  -- cannot compare: the embedding may be stale
+                RETURN NEW;$b$,
+            embeddings.content_sql(t, 'old', row_type), embeddings.content_sql(t, 'new', row_type), t.embedding_column);
+    ELSIF cardinality(inputs) = 0 THEN
+        body := 'RETURN NEW;';  -- generated from constants: it never changes
+    ELSE
+        body := format(
+            $b$IF %1$s THEN
+                    NEW.%2$I := NULL;
+                END IF;
+                RETURN NEW;$b$,
+            (SELECT string_agg(format('(OLD.%1$I)::pg_catalog.text IS DISTINCT FROM (NEW.%1$I)::pg_catalog.text', c), ' OR ')
+             FROM unnest(inputs) AS c),
+            t.embedding_column);
+    END IF;
+    -- Invoker's rights: it only edits NEW.
+    EXECUTE format(
+        $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
+            BEGIN
+                %2$s
+            END
+            $body$ $f$,
+        prefix || '_clear', body);
+END
+$$;
+
+-- Registry changes told workers by NOTIFY (watch(), unwatch(), model changes, schema changes):
+-- workers compare definition versions before serving a batch instead.
+DO $$
+DECLARE
+    f oid;
+BEGIN
+    FOR f IN SELECT p.oid FROM pg_proc p
+             WHERE p.pronamespace = 'embeddings'::regnamespace
+               AND p.prosrc LIKE '%pg_notify(''embeddings_targets''%'
+    LOOP
+        EXECUTE regexp_replace(pg_get_functiondef(f),
+                               '\n[ ]*PERFORM pg_notify\(''embeddings_targets'', t\.id::text\);[^\n]*', '', 'g');
+    END LOOP;
+END
+$$;
+
+SELECT embeddings.generate_functions(t) FROM embeddings.targets t
+WHERE t.has_triggers AND t.problem IS NULL AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source);
