@@ -8,7 +8,9 @@ vector lands):
   random pause, so that the worker is idle every time; the same with each INSERT in a prepared
   transaction (PREPARE TRANSACTION, then COMMIT PREPARED: XA/JTA applications);
 - CPU of the idle worker over IDLE_SECONDS with nothing to do: its own process, the database
-  backends serving its connections, and the transactions per second it runs;
+  backends serving its connections, and the transactions per second it runs; again while
+  another session commits OTHER_WRITES_PER_S single-row INSERTs into an unwatched table (every
+  commit is news to a worker that looks only when some transaction has ended);
 - both again through PgBouncer in transaction mode (one server connection), its CPU included.
 """
 
@@ -17,6 +19,7 @@ from __future__ import annotations
 import os
 import random
 import statistics
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -33,6 +36,7 @@ from tests.support.cluster import Cluster
 Conn = psycopg.Connection[Any]
 MODEL = "tiny-a"
 IDLE_SECONDS = 30.0
+OTHER_WRITES_PER_S = 200
 TICKS = os.sysconf("SC_CLK_TCK")
 
 SETUP = """
@@ -42,6 +46,7 @@ CREATE TABLE bench_idle (
     inserted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
     embedded_at timestamptz
 );
+CREATE TABLE bench_idle_other (id bigint GENERATED ALWAYS AS IDENTITY, at timestamptz DEFAULT now());
 CREATE FUNCTION bench_idle_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
 BEGIN
     NEW.embedded_at := clock_timestamp();
@@ -127,10 +132,16 @@ def _measure(
             two_phase = {"error": str(exc).strip()}
         time.sleep(2)  # whatever the last row started has settled
         cost = _idle_cost(conn, worker.pid, pooler=pooler)
+        busy_db = _idle_cost(conn, worker.pid, pooler=pooler, others_write=True)
     finally:
         worker.terminate()
         worker.wait(30)
-    return {"latency": _summary(plain), "latency_two_phase": two_phase, "idle": cost}
+    return {
+        "latency": _summary(plain),
+        "latency_two_phase": two_phase,
+        "idle": cost,
+        "idle_while_others_write": busy_db,
+    }
 
 
 def _paced(samples: int, rng: random.Random) -> Iterator[int]:
@@ -195,9 +206,12 @@ def _pgbouncer_pids() -> list[int]:
     return found
 
 
-def _idle_cost(conn: Conn, worker_pid: int, *, pooler: bool) -> dict[str, Any]:
+def _idle_cost(
+    conn: Conn, worker_pid: int, *, pooler: bool, others_write: bool = False
+) -> dict[str, Any]:
     """CPU over IDLE_SECONDS of nothing to do: the worker process, the backends of its
-    connections (behind the pooler: the pooler's server connections) and the pooler."""
+    connections (behind the pooler: the pooler's server connections) and the pooler; with
+    `others_write`, while another session writes an unwatched table."""
     backends = [
         int(r[0])
         for r in conn.execute(
@@ -208,7 +222,11 @@ def _idle_cost(conn: Conn, worker_pid: int, *, pooler: bool) -> dict[str, Any]:
         )
     ]
     others = _pgbouncer_pids() if pooler else []
+    stop = threading.Event()
+    writer = threading.Thread(target=_write_elsewhere, args=(conn.info.dsn, stop), daemon=True)
     xacts = _committed(conn)
+    if others_write:
+        writer.start()
     before = (_cpu_seconds(worker_pid), sum(map(_cpu_seconds, backends)))
     pooled_before = sum(map(_cpu_seconds, others))
     started = time.monotonic()
@@ -216,7 +234,11 @@ def _idle_cost(conn: Conn, worker_pid: int, *, pooler: bool) -> dict[str, Any]:
     wall = time.monotonic() - started
     after = (_cpu_seconds(worker_pid), sum(map(_cpu_seconds, backends)))
     pooled_after = sum(map(_cpu_seconds, others))
-    xacts = _committed(conn) - xacts - 2  # less two transactions of the counting itself
+    stop.set()
+    if others_write:
+        writer.join()
+    written = writer.native_id is not None and _count(conn, "SELECT count(*) FROM bench_idle_other")
+    xacts = _committed(conn) - xacts - 2 - (written or 0)  # less the counting, the other writes
 
     def percent(seconds: float) -> float:
         return round(100 * seconds / wall, 2)
@@ -227,9 +249,25 @@ def _idle_cost(conn: Conn, worker_pid: int, *, pooler: bool) -> dict[str, Any]:
         "database_backends": len(backends),
         "transactions_per_s": round(xacts / wall, 1),
     }
+    if others_write:
+        cost["other_writes_per_s"] = round((written or 0) / wall, 1)
     if pooler:
         cost["pgbouncer_cpu_percent"] = percent(pooled_after - pooled_before)
     return cost
+
+
+def _write_elsewhere(dsn: str, stop: threading.Event) -> None:
+    """Single-row INSERTs into an unwatched table, OTHER_WRITES_PER_S of them a second."""
+    with psycopg.connect(dsn, autocommit=True) as other:
+        other.execute("TRUNCATE bench_idle_other")
+        while not stop.wait(1 / OTHER_WRITES_PER_S):
+            other.execute("INSERT INTO bench_idle_other DEFAULT VALUES")
+
+
+def _count(conn: Conn, query: str) -> int:
+    row = conn.execute(query).fetchone()
+    assert row is not None
+    return int(row[0])
 
 
 def _committed(conn: Conn) -> int:
