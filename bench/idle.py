@@ -6,11 +6,14 @@ vector lands):
 
 - insert-to-vector latency of single rows, each inserted after the previous one landed and a
   random pause, so that the worker is idle every time; the same with each INSERT in a prepared
-  transaction (PREPARE TRANSACTION, then COMMIT PREPARED: XA/JTA applications);
-- CPU of the idle worker over IDLE_SECONDS with nothing to do: its own process, the database
-  backends serving its connections, and the transactions per second it runs; again while
-  another session commits OTHER_WRITES_PER_S single-row INSERTs into an unwatched table (every
-  commit is news to a worker that looks only when some transaction has ended);
+  transaction (PREPARE TRANSACTION, then COMMIT PREPARED: XA/JTA applications); and of a few
+  rows each inserted after QUIET seconds without any (a worker waiting in the database looks
+  less often after a quiet spell: worker/process/wakeups.py);
+- CPU of the idle worker with nothing to do, its own process and the database backends serving
+  its connections, and the transactions per second it runs: right after work (for QUIET - 2
+  seconds), then over IDLE_SECONDS once quiet, then as long again while another session commits
+  OTHER_WRITES_PER_S single-row INSERTs into an unwatched table (every commit is news to a
+  worker that looks only when some transaction has ended);
 - both again through PgBouncer in transaction mode (one server connection), its CPU included.
 """
 
@@ -32,10 +35,12 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from bench import worker_process
 from tests.support import modelgen, pgbouncer
 from tests.support.cluster import Cluster
+from worker.process import wakeups
 
 Conn = psycopg.Connection[Any]
 MODEL = "tiny-a"
 IDLE_SECONDS = 30.0
+QUIET = float(getattr(wakeups, "QUIET_SECONDS", 10.0))  # worker/process/wakeups.py (10 s)
 OTHER_WRITES_PER_S = 200
 TICKS = os.sysconf("SC_CLK_TCK")
 
@@ -130,15 +135,23 @@ def _measure(
             two_phase: dict[str, Any] = _summary(prepared)
         except psycopg.Error as exc:
             two_phase = {"error": str(exc).strip()}
-        time.sleep(2)  # whatever the last row started has settled
+        time.sleep(1)  # whatever the last row started has settled
+        recent = _idle_cost(conn, worker.pid, pooler=pooler, seconds=QUIET - 2)
+        time.sleep(3)
         cost = _idle_cost(conn, worker.pid, pooler=pooler)
         busy_db = _idle_cost(conn, worker.pid, pooler=pooler, others_write=True)
+        after_quiet = []
+        for i in range(max(samples // 10, 5)):
+            time.sleep(QUIET + 1)
+            after_quiet.append(_insert(conn, f"note {i} after a quiet spell"))
     finally:
         worker.terminate()
         worker.wait(30)
     return {
         "latency": _summary(plain),
         "latency_two_phase": two_phase,
+        "latency_after_quiet": _summary(after_quiet),
+        "idle_after_work": recent,
         "idle": cost,
         "idle_while_others_write": busy_db,
     }
@@ -207,9 +220,14 @@ def _pgbouncer_pids() -> list[int]:
 
 
 def _idle_cost(
-    conn: Conn, worker_pid: int, *, pooler: bool, others_write: bool = False
+    conn: Conn,
+    worker_pid: int,
+    *,
+    pooler: bool,
+    others_write: bool = False,
+    seconds: float = IDLE_SECONDS,
 ) -> dict[str, Any]:
-    """CPU over IDLE_SECONDS of nothing to do: the worker process, the backends of its
+    """CPU over `seconds` of nothing to do: the worker process, the backends of its
     connections (behind the pooler: the pooler's server connections) and the pooler; with
     `others_write`, while another session writes an unwatched table."""
     backends = [
@@ -230,7 +248,7 @@ def _idle_cost(
     before = (_cpu_seconds(worker_pid), sum(map(_cpu_seconds, backends)))
     pooled_before = sum(map(_cpu_seconds, others))
     started = time.monotonic()
-    time.sleep(IDLE_SECONDS)
+    time.sleep(seconds)
     wall = time.monotonic() - started
     after = (_cpu_seconds(worker_pid), sum(map(_cpu_seconds, backends)))
     pooled_after = sum(map(_cpu_seconds, others))

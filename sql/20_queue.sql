@@ -60,18 +60,15 @@ $$;
 -- A worker with nothing in flight calls wait_for_jobs(), which returns as soon as the queue may
 -- have work for it: keys in the inbox for one of the queue's targets, or a job of the live queue
 -- or (`backfill`) of its backfill lane that is visible, including one whose visibility timeout
--- runs out while it waits (a retry, a deferral, the lease of a worker that died). It looks again
--- only when some transaction has ended since its last look (the current snapshot changed: a
--- commit or rollback anywhere, COMMIT PREPARED included) or that timeout has come, every
--- wait_poll_ms() ms: on a quiet database a look costs a snapshot, not a query. With
--- timeout_ms = 0 it looks once. A call holds its snapshot's xmin (as any statement does):
--- callers keep calls short (the worker: at most a second) and call again.
--- Runs with its caller's rights: the worker's role may read its queues and the inbox.
-CREATE FUNCTION embeddings.wait_poll_ms() RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN 2;
-
-CREATE FUNCTION embeddings.wait_for_jobs(queue_name text, timeout_ms integer, backfill boolean DEFAULT true)
+-- runs out while it waits (a retry, a deferral, the lease of a worker that died). It looks every
+-- `poll_ms` ms, but runs its queries only when some transaction has ended since its last look
+-- (the current snapshot changed: a commit or rollback anywhere, COMMIT PREPARED included) or
+-- that timeout has come: on a quiet database a look costs a snapshot, and the wake-up from the
+-- sleep is most of the cost. With timeout_ms = 0 it looks once. A call holds its snapshot's xmin
+-- (as any statement does): callers keep calls short (the worker: at most a second) and call
+-- again. Runs with its caller's rights: the worker's role may read its queues and the inbox.
+CREATE FUNCTION embeddings.wait_for_jobs(queue_name text, timeout_ms integer, backfill boolean DEFAULT true,
+                                         poll_ms integer DEFAULT 2)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -101,14 +98,15 @@ BEGIN
             END IF;
         END IF;
         EXIT WHEN clock_timestamp() >= deadline;
-        PERFORM pg_sleep(least(embeddings.wait_poll_ms() / 1000.0,
+        PERFORM pg_sleep(least(greatest(poll_ms, 1) / 1000.0,
                                extract(epoch FROM deadline - clock_timestamp())));
     END LOOP;
     RETURN false;
 END
 $$;
 
--- Creates the pgmq queue unless it exists; for a live queue, its backfill lane too (embeddings.backfill_queue()), granted to the worker roles.
+-- Creates the pgmq queue unless it exists; for a live queue, its backfill lane too
+-- (embeddings.backfill_queue()), granted to the worker roles.
 CREATE FUNCTION embeddings.ensure_queue(queue_name text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE

@@ -171,11 +171,8 @@ DROP FUNCTION embeddings.worker_idle(text);
 DROP FUNCTION embeddings.worker_busy(text);
 DROP TABLE embeddings.idle_workers;
 
-CREATE FUNCTION embeddings.wait_poll_ms() RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
-RETURN 2;
-
-CREATE FUNCTION embeddings.wait_for_jobs(queue_name text, timeout_ms integer, backfill boolean DEFAULT true)
+CREATE FUNCTION embeddings.wait_for_jobs(queue_name text, timeout_ms integer, backfill boolean DEFAULT true,
+                                         poll_ms integer DEFAULT 2)
 RETURNS boolean
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -205,7 +202,7 @@ BEGIN
             END IF;
         END IF;
         EXIT WHEN clock_timestamp() >= deadline;
-        PERFORM pg_sleep(least(embeddings.wait_poll_ms() / 1000.0,
+        PERFORM pg_sleep(least(greatest(poll_ms, 1) / 1000.0,
                                extract(epoch FROM deadline - clock_timestamp())));
     END LOOP;
     RETURN false;

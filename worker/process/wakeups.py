@@ -8,7 +8,12 @@ writes depend on state other sessions set. So the fetcher finds new jobs by look
   as soon as the queue may have work, looking every few milliseconds but running its queries
   only when some transaction has ended since it last did, so that a quiet database pays for a
   snapshot, not a query; each call lasts at most CALL_SECONDS (it holds its snapshot's xmin
-  meanwhile). Stopping cancels the call in progress (`interrupt`).
+  meanwhile). Stopping cancels the call in progress (`interrupt`). What is left of its cost is
+  waking up from each sleep, about a tenth of a millisecond of a core on the 2-core VM of
+  bench/results/idle.json, so it looks every FAST_POLL_MS while work came within QUIET_SECONDS
+  (a row waits 1 ms for it on average; a core's ~3.5% in the database) and every SLOW_POLL_MS
+  after that (5 ms; ~0.8%): bursts of writes get the short wait, and a worker idle for hours
+  costs little.
 * Batches in flight (busy): here. The wake pipe (a batch ended: the backfill lane may be read
   again) or, every BUSY_POLL_SECONDS, one look (wait_for_jobs with no timeout), whichever comes
   first. A call waiting in the database could not be woken by a batch's end: cancelling it then
@@ -36,9 +41,12 @@ from worker import db, exceptions
 logger = logging.getLogger(__name__)
 
 CALL_SECONDS = 1.0  # one wait_for_jobs call at most: its snapshot holds back vacuum meanwhile
+FAST_POLL_MS = 2  # wait_for_jobs looks this often while work came recently
+SLOW_POLL_MS = 10  # ... and this often after QUIET_SECONDS without any
+QUIET_SECONDS = 10.0
 BUSY_POLL_SECONDS = 0.01  # with batches in flight: one look this often at most
 CANCEL_TIMEOUT = 3  # seconds for a cancel request to reach the server
-WAIT_QUERY = "SELECT embeddings.wait_for_jobs(%s, %s, %s)"
+WAIT_QUERY = "SELECT embeddings.wait_for_jobs(%s, %s, %s, %s)"
 
 
 class Waiter:
@@ -53,6 +61,7 @@ class Waiter:
         self._waiting_on: db.Connection | None = None  # a call in progress, for `interrupt`
         self._unavailable: str | None = None  # why the database cannot wait at all
         self._failures: set[str] = set()  # errors of wait calls, each logged once
+        self._work_found_at = time.monotonic()  # a worker starting is about to find some
 
     def idle(self, conn: db.Connection, timeout: float) -> None:
         """Until the queue may have work, at most `timeout` seconds: in the database."""
@@ -106,6 +115,12 @@ class Waiter:
             except psycopg.Error as exc:
                 logger.debug("could not cancel the wait for jobs: %s", exc)
 
+    @property
+    def poll_ms(self) -> int:
+        """How often a wait in the database looks: often while work came recently."""
+        quiet = time.monotonic() - self._work_found_at >= QUIET_SECONDS
+        return SLOW_POLL_MS if quiet else FAST_POLL_MS
+
     def _wait(self, conn: db.Connection, seconds: float, *, backfill: bool) -> bool | None:
         """One call of embeddings.wait_for_jobs(): True when the queue may have work, False
         when it found none in `seconds` (or `interrupt` cancelled it), None when the database
@@ -116,7 +131,7 @@ class Waiter:
         try:
             with db.translated():
                 row = conn.execute(
-                    WAIT_QUERY, (self.queue, round(seconds * 1000), backfill)
+                    WAIT_QUERY, (self.queue, round(seconds * 1000), backfill, self.poll_ms)
                 ).fetchone()
         except exceptions.ConnectionLost:
             raise
@@ -134,4 +149,7 @@ class Waiter:
                     "; run `embed-worker migrate`" if self._unavailable else "",
                 )
             return None
-        return bool(row and row[0])
+        if row and row[0]:
+            self._work_found_at = time.monotonic()
+            return True
+        return False
