@@ -176,3 +176,19 @@ def test_the_waiter_wakes_on_the_pipe_when_busy(dsn: str, docs: int) -> None:
         conn.close()
         os.close(wake_r)
         os.close(wake_w)
+
+
+def test_the_waiter_looks_less_often_after_a_quiet_spell() -> None:
+    """Waking up from each sleep is what waiting costs: every FAST_POLL_MS while work comes,
+    every SLOW_POLL_MS once none came for QUIET_SECONDS, often again as soon as some does."""
+    read_fd, write_fd = os.pipe()
+    try:
+        waiter = wakeups.Waiter("embedding_jobs", threading.Event(), read_fd)
+        assert waiter.poll_ms == wakeups.FAST_POLL_MS  # a worker starting may find work at once
+        waiter._work_found_at -= wakeups.QUIET_SECONDS
+        assert waiter.poll_ms == wakeups.SLOW_POLL_MS
+        waiter.found_work()
+        assert waiter.poll_ms == wakeups.FAST_POLL_MS
+    finally:
+        os.close(read_fd)
+        os.close(write_fd)

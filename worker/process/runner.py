@@ -271,6 +271,7 @@ class Worker:
             if self._work_behind_reads(conn, batch):
                 continue
             if batch is not None:
+                self.waiter.found_work()
                 self._begin(batch)
                 try:
                     stages.load(conn, batch)

@@ -61,7 +61,7 @@ class Waiter:
         self._waiting_on: db.Connection | None = None  # a call in progress, for `interrupt`
         self._unavailable: str | None = None  # why the database cannot wait at all
         self._failures: set[str] = set()  # errors of wait calls, each logged once
-        self._work_found_at = time.monotonic()  # a worker starting is about to find some
+        self._work_found_at = time.monotonic()  # a worker starting may find some at once
 
     def idle(self, conn: db.Connection, timeout: float) -> None:
         """Until the queue may have work, at most `timeout` seconds: in the database."""
@@ -115,6 +115,10 @@ class Waiter:
             except psycopg.Error as exc:
                 logger.debug("could not cancel the wait for jobs: %s", exc)
 
+    def found_work(self) -> None:
+        """The fetcher leased a batch: looks are frequent again for QUIET_SECONDS."""
+        self._work_found_at = time.monotonic()
+
     @property
     def poll_ms(self) -> int:
         """How often a wait in the database looks: often while work came recently."""
@@ -139,7 +143,7 @@ class Waiter:
             if self.stop.is_set() and isinstance(exc.__cause__, psycopg.errors.QueryCanceled):
                 return False
             if isinstance(exc.__cause__, psycopg.errors.UndefinedFunction):
-                self._unavailable = str(exc)  # for good: the schema does not change under us
+                self._unavailable = str(exc)  # until a restart (after `embed-worker migrate`)
             if str(exc) not in self._failures:
                 self._failures.add(str(exc))
                 logger.warning(
@@ -149,7 +153,4 @@ class Waiter:
                     "; run `embed-worker migrate`" if self._unavailable else "",
                 )
             return None
-        if row and row[0]:
-            self._work_found_at = time.monotonic()
-            return True
-        return False
+        return bool(row and row[0])
