@@ -9,11 +9,11 @@ writes depend on state other sessions set. So the fetcher finds new jobs by look
   only when some transaction has ended since it last did, so that a quiet database pays for a
   snapshot, not a query; each call lasts at most CALL_SECONDS (it holds its snapshot's xmin
   meanwhile). Stopping cancels the call in progress (`interrupt`). What is left of its cost is
-  waking up from each sleep, about a tenth of a millisecond of a core on the 2-core VM of
-  bench/results/idle.json, so it looks every FAST_POLL_MS while work came within QUIET_SECONDS
-  (a row waits 1 ms for it on average; a core's ~3.5% in the database) and every SLOW_POLL_MS
-  after that (5 ms; ~0.8%): bursts of writes get the short wait, and a worker idle for hours
-  costs little.
+  waking up from each sleep (0.1 to 0.2 ms of CPU on the 2-core VM of bench/results/idle.json),
+  so it looks every FAST_POLL_MS while work came within QUIET_SECONDS (a new row waits 1 ms
+  for the look on average; about 4% of a core in the database there) and every SLOW_POLL_MS
+  after that (5 ms; about 1.5%): bursts of writes get the short wait, and a worker idle for
+  hours costs little. docs/performance.md has the measurements and the alternatives.
 * Batches in flight (busy): here. The wake pipe (a batch ended: the backfill lane may be read
   again) or, every BUSY_POLL_SECONDS, one look (wait_for_jobs with no timeout), whichever comes
   first. A call waiting in the database could not be woken by a batch's end: cancelling it then
