@@ -20,7 +20,7 @@ from pgvector import HalfVector
 from worker import db, exceptions, logs
 from worker.cli import hints
 from worker.config import Settings
-from worker.models import download, files
+from worker.models import download
 from worker.process.runner import Worker
 
 MODULES = [
@@ -141,7 +141,7 @@ def paragraphs() -> list[tuple[str, str]]:
 def main() -> int:
     settings = Settings.from_env()
     logs.configure(settings.log_format, "WARNING")
-    dsn = db.resolve_dsn(settings.database_url)
+    dsn = settings.dsn
     model = settings.model
     # First: the model (a download on the first run; progress bars on a terminal).
     print(f"model {model}: {_fetch(model, settings)}")
@@ -196,11 +196,14 @@ def main() -> int:
 
 def _fetch(model: str, settings: Settings) -> str:
     """Where the model is, downloading it first if needed."""
+    location = settings.model_location
     try:
-        found = files.locate(model)
+        found = location.locate(model)
     except exceptions.ModelNotFound:
         print(f"model {model}: not on this machine yet; downloading it (first run only)")
-        found = download.ensure(model, variant=settings.model_variant)
+        found = download.ensure(
+            model, variant=settings.model_variant, location=location, policy=settings.downloads
+        )
     return f"in {found}"
 
 

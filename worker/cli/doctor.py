@@ -15,7 +15,7 @@ import psycopg
 from worker import db, exceptions
 from worker.cli import hints, output
 from worker.config import Settings
-from worker.models import catalog, download, files
+from worker.models import catalog
 
 Level = Literal["ok", "warn", "FAIL"]
 BACKLOG_SECONDS = 300.0  # a job older than this, with no rate to drain it, is a backlog
@@ -150,7 +150,7 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
     )
     watched = {m for (m,) in conn.execute("SELECT model FROM embeddings.targets").fetchall()}
     for model in sorted({settings.model} | watched):
-        out.append(_model(model))
+        out.append(_model(model, settings))
     targets = conn.execute(
         "SELECT embeddings.target_name(t), t.model, a.atttypmod,"
         " has_column_privilege(t.source, t.embedding_column, 'UPDATE'),"
@@ -200,11 +200,11 @@ def _can_read(conn: db.Connection, table: str) -> bool:
     return bool(row and row[0])
 
 
-def _model(name: str) -> Finding:
+def _model(name: str, settings: Settings) -> Finding:
     try:
-        where = files.locate(name)
+        where = settings.model_location.locate(name)
     except exceptions.ModelNotFound as exc:
-        if name in catalog.REGISTRY and download.downloads_disabled() is None:
+        if name in catalog.REGISTRY and settings.downloads.off_by is None:
             return Finding(
                 "warn",
                 f"model {name}",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -202,16 +201,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    # The model search path and cache are read by worker.models.files from the environment.
-    if getattr(args, "model_path", None):
-        os.environ["EMBED_MODEL_PATH"] = args.model_path
-    if getattr(args, "cache_dir", None):
-        os.environ["EMBED_CACHE_DIR"] = args.cache_dir
+    """The Settings: the environment, with the flags given applied over it."""
     names = (
         "database_url",
         "log_format",
         "log_level",
         "model_variant",
+        "model_path",
+        "cache_dir",
         "threads",
         "model",
         "queue",

@@ -221,7 +221,7 @@ class Handler(BaseHTTPRequestHandler):
             return
         if name in catalog.REGISTRY and not files.looks_like_path(name):
             try:
-                files.locate(name)
+                worker.embedders.location.locate(name)
             except exceptions.ModelNotFound:
                 raise BadRequest(
                     HTTPStatus.NOT_FOUND,
