@@ -5,7 +5,7 @@ docs/configuration.md lists them all, a test keeps it equal to this class), and 
 applied here, never written back into the environment. Values are validated here, once, with
 errors that name the variable. The rest of the package receives what it uses from a Settings:
 `model_location` (where model names resolve), `downloads` (whether and from where a missing
-model is fetched), `threads`.
+model is fetched), `threads`, `default_model(...)`.
 """
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from worker import exceptions
-from worker.models.catalog import Variant
+from worker.models.catalog import DEFAULT_MODEL, Variant
 from worker.models.download import DownloadPolicy
 from worker.models.files import DEFAULT_CACHE_DIR, ModelLocation
 
@@ -30,7 +30,8 @@ class Settings:
     """Worker configuration. Field metadata `env` names the environment variable."""
 
     database_url: str | None = field(default=None, metadata={"env": "DATABASE_URL"})
-    model: str = field(default="gte-small", metadata={"env": "EMBED_MODEL"})
+    # None: the database's default model (see default_model()).
+    model: str | None = field(default=None, metadata={"env": "EMBED_MODEL"})
     model_variant: Variant = field(default="fp32", metadata={"env": "EMBED_MODEL_VARIANT"})
     # Colon-separated directories holding model directories, searched before the cache.
     model_path: str | None = field(default=None, metadata={"env": "EMBED_MODEL_PATH"})
@@ -88,6 +89,13 @@ class Settings:
         if off_by is None and self.hf_hub_offline:
             off_by = "HF_HUB_OFFLINE"
         return DownloadPolicy(off_by=off_by, endpoint=self.hf_endpoint)
+
+    def default_model(self, database_default: str | None) -> str:
+        """The model used when none is named (`embed`, POST /embed, readiness, doctor):
+        EMBED_MODEL when set; else the database's default (`embeddings.default_model()`, the
+        model watch() uses when none is named), passed in by callers that reached a database;
+        else gte-small."""
+        return self.model or database_default or DEFAULT_MODEL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:

@@ -28,7 +28,7 @@ def test_defaults_and_environment() -> None:
 
 def test_flags_win_over_the_environment() -> None:
     s = Settings.from_env({"EMBED_BATCH_SIZE": "64"}, batch_size=8, model=None)
-    assert s.batch_size == 8 and s.model == "gte-small"
+    assert s.batch_size == 8 and s.model is None  # unset: the database's default model
 
 
 @pytest.mark.parametrize(

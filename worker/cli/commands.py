@@ -113,11 +113,42 @@ def embed(args: argparse.Namespace, settings: Settings) -> int:
         texts = [line.rstrip("\r\n") for line in sys.stdin]
         if not texts:
             raise exceptions.ConfigError("embed -: standard input held no lines")
-    model = _load(args.model or settings.model, settings)
+    name = args.model or _default_model(settings)
+    model = _load(name, settings)
     vectors = model.embed(texts)
     json.dump([[round(float(x), 7) for x in row] for row in vectors], sys.stdout)
     sys.stdout.write("\n")
     return EXIT_OK
+
+
+def _default_model(settings: Settings) -> str:
+    """The default model (Settings.default_model), saying on stderr which one and why: with
+    EMBED_MODEL unset it is the database's, so the database is asked when it can be reached."""
+    if settings.model:
+        print(f"embed-worker: model {settings.model} (EMBED_MODEL)", file=sys.stderr)
+        return settings.model
+    from worker.pipeline.targets import database_default_model
+
+    dsn = settings.dsn
+    try:
+        with db.connect(dsn, connect_timeout=3) as conn:
+            found = database_default_model(conn)
+    except exceptions.EmbedWorkerError as exc:
+        name = settings.default_model(None)
+        print(
+            f"embed-worker: model {name} (the built-in default: could not ask the database for "
+            f"its default model: {exc}; name one with --model or EMBED_MODEL)",
+            file=sys.stderr,
+        )
+        return name
+    name = settings.default_model(found)
+    why = (
+        f"the database's default model, embeddings.default_model() in {db.describe(dsn)}"
+        if found
+        else f"the built-in default: {db.describe(dsn)} names no default model"
+    )
+    print(f"embed-worker: model {name} ({why})", file=sys.stderr)
+    return name
 
 
 def _load(name: str, settings: Settings) -> Any:

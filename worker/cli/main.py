@@ -111,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", "run the worker")
     run.add_argument("--once", action="store_true", help="drain the queue, then exit 0")
-    run.add_argument("--model", help="default model (for /embed) [EMBED_MODEL]")
+    run.add_argument(
+        "--model",
+        help="the model for POST /embed when a request names none; default: the database's "
+        "default model, embeddings.default_model() [EMBED_MODEL]",
+    )
     run.add_argument("--queue", help="pgmq queue [EMBED_QUEUE]")
     run.add_argument("--batch-size", type=int, help="rows per batch [EMBED_BATCH_SIZE]")
     run.add_argument("--vt-seconds", type=int, help="lease (visibility timeout) [EMBED_VT_SECONDS]")
@@ -159,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="texts to embed; `-` reads one text per line from standard input",
     )
-    embed.add_argument("--model", help="registry model name [EMBED_MODEL]")
+    embed.add_argument(
+        "--model",
+        help="model name or directory; default: EMBED_MODEL, else the database's default model "
+        "(embeddings.default_model()), else gte-small [EMBED_MODEL]",
+    )
 
     search = command("search", "rows of TABLE nearest in meaning to QUERY")
     search.add_argument("table", metavar="TABLE", help="a watched table, e.g. public.documents")

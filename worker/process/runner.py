@@ -106,7 +106,7 @@ class Worker:
             db.describe(self.dsn),
             self.settings.queue,
             "" if self.settings.pull else " (push only: no pulling)",
-            self.settings.model,
+            self.settings.model or "the database's default",
             self.settings.model_variant,
             self.settings.batch_size,
         )
