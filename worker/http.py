@@ -12,12 +12,12 @@
   POST /search              {"table", "query", "k"} -> {"results": [...]}: nearest rows, or for
                             a chunked target documents with their best chunk (worker.search)
 
-POST routes take an optional bearer token (EMBED_HTTP_TOKEN), compared in constant time. Bound
-to anything but loopback without a token, they answer 403 unless the operator opts in with
-EMBED_HTTP_ALLOW_UNAUTHENTICATED=1. Bodies are limited to EMBED_HTTP_MAX_BODY bytes; malformed
-input (a lone surrogate included) is a 400 with the reason. A connection silent for
-EMBED_HTTP_TIMEOUT_SECONDS is closed (slow clients cannot pin threads), and at most
-EMBED_HTTP_MAX_CONNECTIONS are served at once; more get 503 with Retry-After.
+POST routes take an optional bearer token (EMBED_HTTP_TOKEN), compared in constant time, before
+the body is read. Bound to anything but loopback without a token, they answer 403 unless the
+operator opts in with EMBED_HTTP_ALLOW_UNAUTHENTICATED=1. At most EMBED_HTTP_MAX_CONNECTIONS
+are served at once; more get 503 with Retry-After. Reading requests within bounds (sizes, body
+framing, EMBED_HTTP_TIMEOUT_SECONDS, JSON depth) and answering every bad one with its status
+and a JSON reason is worker.http_protocol's part (docs/http.md#hardening lists the answers).
 """
 
 from __future__ import annotations
@@ -77,6 +77,11 @@ class Server(ThreadingHTTPServer):
         except BaseException:
             self.slots.release()
             raise
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # The handler answers every error itself: what reaches here is a bug. Logged as ours,
+        # not printed on stderr as socketserver does.
+        logger.exception("HTTP connection from %s failed", client_address[0])
 
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:

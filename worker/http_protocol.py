@@ -229,7 +229,7 @@ class JSONRequestHandler(BaseHTTPRequestHandler):
         except Exception as exc:
             answer = self.failure(exc)
             if answer is None:
-                logger.exception("HTTP %r failed", self.requestline[:200])
+                logger.exception("HTTP %r failed", getattr(self, "requestline", "")[:200])
                 answer = (HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (logged)")
             self._answer_error(*answer)
 
@@ -356,5 +356,8 @@ class JSONRequestHandler(BaseHTTPRequestHandler):
         if self.close_connection:
             self.send_header("Connection", "close")
         self.end_headers()
-        if self.command != "HEAD":
+        # No body for HEAD, even to a HEAD request too broken to parse: the client expects none.
+        if self.command != "HEAD" and not getattr(self, "raw_requestline", b"").startswith(
+            b"HEAD "
+        ):
             self.wfile.write(body)
