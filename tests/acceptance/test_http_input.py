@@ -212,6 +212,7 @@ CASES: list[tuple[str, bytes, int, str]] = [
             (b'{"table": "docs", "query": "x", "column": "e\\u0000"}', 400, '"column"'),
             (b'{"table": "\\"", "query": "x"}', 404, "no table"),
             (b'{"table": "a.b.c.d", "query": "x"}', 404, "no table"),
+            (b'{"table": "other_db.public.docs", "query": "x"}', 404, "no table"),
             (b'{"table": "docs(", "query": "x"}', 404, "no table"),
         ]
     ],
