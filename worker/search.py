@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pgvector import HalfVector, Vector
-from psycopg import sql
+from psycopg import errors, sql
 
 from worker import db, exceptions
 from worker.models.embedder import Embedder
@@ -42,14 +42,15 @@ class Request:
             raise ValueError('expected a JSON object with "table" and "query"')
         table, query, k = body.get("table"), body.get("query"), body.get("k", 5)
         column = body.get("column")
-        if not isinstance(table, str) or not table:
+        # No NUL: Postgres text cannot hold one, so no table name does.
+        if not isinstance(table, str) or not table or "\x00" in table:
             raise ValueError('"table" must be a table name')
         if not isinstance(query, str) or not query.strip():
             raise ValueError('"query" must be a non-empty string')
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ValueError(f'"k" must be an integer from 1 to {MAX_K}')
-        if column is not None and not isinstance(column, str):
-            raise ValueError('"column" must be a string')
+        if column is not None and (not isinstance(column, str) or "\x00" in column):
+            raise ValueError('"column" must be a column name')
         return cls(table, query, k, column)
 
 
@@ -96,7 +97,11 @@ def _current(conn: db.Connection, target: Target) -> Target:
 
 def find_target(conn: db.Connection, table: str, column: str | None = None) -> Target:
     with db.translated():
-        row = conn.execute("SELECT to_regclass(%s)::oid", (table,)).fetchone()
+        try:
+            row = conn.execute("SELECT to_regclass(%s)::oid", (table,)).fetchone()
+        except (errors.InvalidName, errors.SyntaxError, errors.FeatureNotSupported) as exc:
+            # Not a name at all ('"', 'a.b.c.d', another database's): no such table either.
+            raise exceptions.TargetError(f"no table {table!r}: {exc}") from None
         if row is None or row[0] is None:
             raise exceptions.TargetError(f"no table {table!r}")
         ids = [
