@@ -1,10 +1,11 @@
 """Fetching registry models from the hub: pinned revision, verified checksums, one download.
 
 `download()` is `embed-worker model download`; `ensure()` is what the worker, the demo, `embed`
-and `search` call: whatever `files.locate()` finds on disk wins, and a registry model that is not
-there is downloaded on first use (checksum-verified, one download for all processes sharing the
-cache, thanks to a file lock), unless downloads are off (`EMBED_OFFLINE=1` or huggingface_hub's
-`HF_HUB_OFFLINE=1`); then `ModelNotFound` says which files to fetch and where to put them.
+and `search` call: whatever `ModelLocation.locate()` finds on disk wins, and a registry model
+that is not there is downloaded on first use (checksum-verified, one download for all processes
+sharing the cache, thanks to a file lock), unless downloads are off (`EMBED_OFFLINE=1` or
+huggingface_hub's `HF_HUB_OFFLINE=1`); then `ModelNotFound` says which files to fetch and where
+to put them.
 Nothing here reads the environment: the Settings decide (`settings.downloads`, a DownloadPolicy,
 and `settings.model_location`).
 """
