@@ -153,3 +153,25 @@ def test_a_database_at_0018_upgrades_keeping_all_its_work_and_the_worker_finishe
         ).fetchall()
         assert [c for c in chunks if c[0] != 3] == [c for c in before["chunks"] if c[0] != 3]
         assert [c[2] for c in chunks if c[0] == 3] == ["a short new text"]
+
+
+def test_0002_of_main_before_the_squash_is_told_from_the_release_by_its_schema(
+    cluster: Cluster,
+) -> None:
+    """Main's 0002 and release 0.2.0's share the id: a database stamped 0002 that still has
+    0.1.0's `targets.key_column` (main's 0002 had it; its 0003 dropped it) is re-stamped and
+    upgraded, one at the release's 0002 is left alone."""
+    name = cluster.create_database(prefix="main0002")
+    dsn = cluster.dsn(name)
+    try:
+        schema.migrate(dsn, "0001")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"UPDATE public.{schema.VERSION_TABLE} SET version_num = '0002'")
+
+        upgrade = schema.migrate(dsn)
+
+        assert (upgrade.restamped_from, upgrade.applied) == ("0002", ["0002"])
+        again = schema.migrate(dsn)
+        assert (again.restamped_from, again.applied) == (None, [])
+    finally:
+        cluster.drop_database(name)
