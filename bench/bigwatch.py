@@ -38,7 +38,7 @@ VARIANTS = {"after": "head"}  # before: revision 0006 of main, squashed (see abo
 # partitions' built later).
 PARTITIONED_VARIANTS = {"after": "head"}
 PARTITIONS = 4
-STEP_KEYS = 2048  # the worker's step at the default batch size (worker/backfill.py)
+STEP_KEYS = 2048  # the worker's step at the default batch size (worker/process/backfill.py)
 
 
 def _fill(dsn: str, rows: int, partitions: int = 0) -> None:

@@ -17,7 +17,7 @@ from pathlib import Path
 
 from bench import corpus
 from bench.machine import describe as machine
-from worker.chunking import Splitter
+from worker.pipeline.chunking import Splitter
 
 SHARED_MODELS = Path(__file__).resolve().parents[2] / "shared" / "models"
 

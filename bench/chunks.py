@@ -23,7 +23,7 @@ from typing import Any
 import psycopg
 
 from bench import corpus, worker_process
-from worker.chunking import load_tokenizer
+from worker.models.onnx import load_tokenizer
 
 CHUNK_TOKENS = 200
 CHUNK_OVERLAP = 20
@@ -104,7 +104,7 @@ def run(
     tokens_each: int = 2000,
     rounds: int = 3,
 ) -> dict[str, Any]:
-    tokenizer = load_tokenizer(model_path / model / "tokenizer.json")
+    tokenizer = load_tokenizer(model_path / model / "tokenizer.json", max_tokens=None)
     texts = documents(n, tokens_each, tokenizer)
     replacements = documents(n, 60, tokenizer, seed=11)
     edited = [edit_one_paragraph(t, r) for t, r in zip(texts, replacements, strict=True)]

@@ -32,7 +32,7 @@ import onnxruntime
 from bench import corpus
 from bench.machine import describe as describe_machine
 from tests.support import modelgen
-from worker.embedder import DEFAULT_TOKEN_BUDGET, MAX_PADDING, Batch, Embedder, batches
+from worker.models.embedder import DEFAULT_TOKEN_BUDGET, MAX_PADDING, Embedder, TokenBatch, batches
 
 ROOT = Path(__file__).resolve().parents[1]
 Key = TypeVar("Key", bound=Hashable)
@@ -200,7 +200,7 @@ def padding(embedder: Embedder, texts: list[str], repeats: int) -> dict[str, Any
         for start in range(0, len(encodings), FIXED_BATCH):
             chunk = encodings[start : start + FIXED_BATCH]
             length = max(len(e.ids) for e in chunk)
-            embedder._run(Batch(np.arange(start, start + len(chunk)), chunk, length))
+            embedder._run(TokenBatch(np.arange(start, start + len(chunk)), chunk, length))
             tokens += sum(len(e.ids) for e in chunk)
             padded += len(chunk) * length
         return tokens, padded

@@ -24,7 +24,7 @@ from pgvector import HalfVector
 from pgvector.psycopg import register_vector
 
 from bench import corpus
-from worker.embedder import Embedder
+from worker.models.embedder import Embedder
 
 DIMS = 384
 BATCH = 128  # the worker's write: one UPDATE of a batch's vectors

@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from worker.embedder import Embedder, batches, pad_batch
+from worker.models.embedder import Embedder, batches, pad_batch
 
 
 def run(

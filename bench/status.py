@@ -23,7 +23,8 @@ import psycopg
 
 from bench import million, worker_process
 from tests.support.cluster import free_port
-from worker import db, queries, status_view
+from worker import db, queries
+from worker.cli import status
 
 TABLE = "bench_status"
 MODEL = "status-bench-4d"  # a model row for the column's dimension; nothing is embedded
@@ -100,7 +101,7 @@ def compare(conn: Conn, rounds: int) -> dict[str, Any]:
                 timed(lambda: conn.execute("SELECT * FROM embeddings.status_exact").fetchall())
             )
         estimated.append(timed(lambda: conn.execute("SELECT * FROM embeddings.status").fetchall()))
-        cli_fetch.append(timed(lambda: status_view.render(status_view.fetch(conn))))
+        cli_fetch.append(timed(lambda: status.render(status.fetch(conn))))
     return {
         "exact (embeddings.status_exact; before)": summary(exact),
         "estimated (embeddings.status; after)": summary(estimated),

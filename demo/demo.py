@@ -17,9 +17,11 @@ import time
 
 from pgvector import HalfVector
 
-from worker import db, exceptions, fetch, hints, logs, models
+from worker import db, exceptions, logs
+from worker.cli import hints
 from worker.config import Settings
-from worker.runner import Worker
+from worker.models import download, files
+from worker.process.runner import Worker
 
 MODULES = [
     "abc",
@@ -195,10 +197,10 @@ def main() -> int:
 def _fetch(model: str, settings: Settings) -> str:
     """Where the model is, downloading it first if needed."""
     try:
-        found = models.locate(model)
+        found = files.locate(model)
     except exceptions.ModelNotFound:
         print(f"model {model}: not on this machine yet; downloading it (first run only)")
-        found = fetch.ensure(model, variant=settings.model_variant)
+        found = download.ensure(model, variant=settings.model_variant)
     return f"in {found}"
 
 

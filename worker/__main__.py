@@ -1,5 +1,5 @@
 """`python -m worker` is `embed-worker`."""
 
-from worker.cli import main
+from worker.cli.main import main
 
 raise SystemExit(main())

@@ -13,9 +13,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from worker import exceptions
-from worker.registry import Variant
+from worker.models.catalog import Variant
 
-_LISTEN = ("auto", "true", "false")  # EMBED_LISTEN: see worker/listener.py
+_LISTEN = ("auto", "true", "false")  # EMBED_LISTEN: see worker/process/wakeups.py
 QUEUE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,46}$")  # what pgmq accepts as a table suffix
 
 

@@ -35,11 +35,12 @@ ProcessCollector(registry=REGISTRY)
 JOB_OUTCOMES = ("done", "retried", "dead", "deferred", "released")
 ROW_OUTCOMES = ("embedded", "cleared", "gone", "stale", "failed")
 STAGES = ("read", "load", "embed", "write")
-LANES = ("live", "backfill")  # worker.queue.LIVE, worker.queue.BACKFILL (worker/lanes.py)
+LANES = ("live", "backfill")  # jobs.LIVE, jobs.BACKFILL (worker/pipeline/lanes.py)
 
-# A settled row's outcome, by the value of its worker.pipeline.RowState (keyed by value so that
-# this module needs no import of the pipeline, which imports it). A blank row whose embedding
-# was already NULL ends as `blank`, not `cleared`: either way its embedding is cleared.
+# A settled row's outcome, by the value of its RowState (worker/pipeline/batch.py; keyed by
+# value so that this module needs no import of the pipeline, which imports it). A blank row
+# whose embedding was already NULL ends as `blank`, not `cleared`: either way its embedding is
+# cleared.
 ROW_OUTCOME_OF_STATE = {
     "written": "embedded",
     "cleared": "cleared",
@@ -121,7 +122,7 @@ IN_FLIGHT = Gauge("embed_worker_in_flight_jobs", "Jobs leased by this worker", r
 DATABASE_UP = Gauge(
     "embed_worker_database_up", "1 when the last database operation succeeded", registry=REGISTRY
 )
-MODEL_INFO_KEYS = ("name", "variant", "dimensions", "max_tokens")  # set by worker.runner
+MODEL_INFO_KEYS = ("name", "variant", "dimensions", "max_tokens")  # set by worker.process.runner
 MODEL = Info(
     "embed_worker_model", "The default model of this worker, once loaded", registry=REGISTRY
 )

@@ -94,10 +94,6 @@ INSERT INTO embeddings.throughput AS tp (target_id, minute, rows)
 VALUES (%(target_id)s, date_trunc('minute', clock_timestamp()), %(rows)s)
 ON CONFLICT (target_id, minute) DO UPDATE SET rows = tp.rows + excluded.rows;
 
--- name: prune_throughput
--- Forgets throughput older than a day.
-DELETE FROM embeddings.throughput WHERE minute < clock_timestamp() - interval '1 day';
-
 -- name: load_targets
 -- Every registered target with what the worker needs to serve it, from the catalog.
 -- A chunked target's embedding column is in its chunk table.
@@ -219,7 +215,7 @@ SELECT embeddings.note_deferrals(%(target_ids)s::integer[], %(reasons)s::text[],
 -- Forgets the deferrals of targets served again.
 SELECT embeddings.clear_deferrals(%(target_ids)s::integer[]);
 
--- Chunked targets (worker/chunkstore.py). A document's chunks are keyed by (key, seq); each
+-- Chunked targets (worker/pipeline/chunks.py). A document's chunks are keyed by (key, seq); each
 -- carries the md5 of its model and text (chunk_hash), by which unchanged chunks keep their vector.
 
 -- name: load_reusable_chunks

@@ -17,9 +17,9 @@ from pgvector import HalfVector, Vector
 from psycopg import sql
 
 from worker import db, exceptions
-from worker import targets as targets_mod
-from worker.embedder import Embedder
-from worker.targets import Target
+from worker.models.embedder import Embedder
+from worker.pipeline import targets as targets_mod
+from worker.pipeline.targets import Target
 
 MAX_K = 100
 # Chunks fetched per document asked for: several chunks of one document are often the nearest,

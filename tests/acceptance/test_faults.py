@@ -19,7 +19,7 @@ from tests.support.cluster import Cluster
 from tests.support.jobs import JOBS
 from tests.support.models import MINILM, require_minilm
 from tests.support.process import WorkerProcess, wait_for
-from worker.embedder import Embedder
+from worker.models.embedder import Embedder
 
 Conn = psycopg.Connection[Any]
 

@@ -13,14 +13,14 @@ import pytest
 from tests.support import modelgen
 from tests.support.models import MINILM, require_minilm, shared_models_dir
 from worker.config import Settings
-from worker.embedders import Embedders
-from worker.runner import Worker
+from worker.models.loaded import LoadedModels
+from worker.process.runner import Worker
 
 
 @pytest.fixture(scope="session")
-def embedders() -> Embedders:
+def embedders() -> LoadedModels:
     """Loaded models shared by the session (loading is the slow part)."""
-    return Embedders(threads=2)
+    return LoadedModels(threads=2)
 
 
 @pytest.fixture
@@ -43,7 +43,7 @@ def settings(dsn: str, minilm: str) -> Settings:
 
 
 @pytest.fixture
-def run_once(settings: Settings, embedders: Embedders) -> Iterator[Callable[..., Worker]]:
+def run_once(settings: Settings, embedders: LoadedModels) -> Iterator[Callable[..., Worker]]:
     """Runs `embed-worker run --once` in-process; returns the finished Worker."""
 
     def run(**overrides: Any) -> Worker:

@@ -15,8 +15,8 @@ import psycopg
 import pytest
 
 from tests.support.jobs import clear_queue, queued_keys
-from worker import status_view
-from worker.runner import Worker
+from worker.cli import status
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -56,7 +56,7 @@ def step_to_end(conn: Conn, target_id: int, max_keys: int) -> int:
     return steps
 
 
-def status(conn: Conn, target_id: int) -> tuple[int, int | None]:
+def pending_and_backfill(conn: Conn, target_id: int) -> tuple[int, int | None]:
     row = conn.execute(
         "SELECT pending_jobs, backfill_rows FROM embeddings.status WHERE target_id = %s",
         (target_id,),
@@ -93,15 +93,15 @@ def test_watch_queues_one_bounded_step_and_leaves_a_cursor(conn: Conn) -> None:
         "every_row": False,
     }
     # status: rows not queued yet are pending too.
-    assert status(conn, target) == (5000, 5000 - per_step)
-    shown = "\n".join(status_view.render(status_view.fetch(conn)))
+    assert pending_and_backfill(conn, target) == (5000, 5000 - per_step)
+    shown = "\n".join(status.render(status.fetch(conn)))
     assert f"backfill: {5000 - per_step:,} existing row(s) still to queue" in shown
 
     assert step(conn, target, 1500) == (1500, 1500)
     assert backfill(conn, target)["after_key"] == per_step + 1500  # type: ignore[index]
     step_to_end(conn, target, 1500)
     assert queued_keys(conn, target) == list(range(1, 5001))
-    assert status(conn, target) == (5000, None)
+    assert pending_and_backfill(conn, target) == (5000, None)
     assert step(conn, target, 1500) == (0, 0)  # finished: nothing more
 
 

@@ -12,9 +12,9 @@ import pytest
 from bench import corpus
 from tests.support.models import shared_models_dir
 from worker import search
-from worker.chunking import load_tokenizer
-from worker.embedders import Embedders
-from worker.runner import Worker
+from worker.models.loaded import LoadedModels
+from worker.models.onnx import load_tokenizer
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -57,7 +57,9 @@ FACTS = [
 
 def long_documents(tokens_before_fact: int) -> list[str]:
     """One document per fact: stdlib docstrings until `tokens_before_fact` tokens, then the fact."""
-    tokenizer = load_tokenizer(shared_models_dir() / "all-MiniLM-L6-v2" / "tokenizer.json")
+    tokenizer = load_tokenizer(
+        shared_models_dir() / "all-MiniLM-L6-v2" / "tokenizer.json", max_tokens=None
+    )
     fillers = iter(t for t in corpus.load(2000, seed=7) if len(t) > 400)
     documents = []
     for fact, _ in FACTS:
@@ -93,7 +95,7 @@ def test_facts_past_the_token_limit_are_found_through_chunks_only(
     conn: Conn,
     library: list[str],
     run_once: Callable[..., Worker],
-    embedders: Embedders,
+    embedders: LoadedModels,
     dsn: str,
 ) -> None:
     run_once()

@@ -12,7 +12,7 @@ import pytest
 
 from tests.integration.test_chunks import long_text
 from tests.support.jobs import clear_queue, messages, queued_keys
-from worker.runner import Worker
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 

@@ -13,10 +13,11 @@ import pytest
 from tests.integration.test_worker import finish, lease_and_load
 from tests.support.jobs import clear_queue, messages, queued_keys
 from tests.support.models import shared_models_dir
-from worker import chunking, chunkstore, pipeline
 from worker.config import Settings
-from worker.embedders import Embedders
-from worker.runner import Worker
+from worker.models.loaded import LoadedModels
+from worker.pipeline import chunking
+from worker.pipeline.batch import RowState
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -188,7 +189,7 @@ def test_insert_with_a_raising_content_function_still_succeeds(conn: Conn, minil
 
 # --- the worker -------------------------------------------------------------------------------------
 def test_documents_are_chunked_within_budget_covering_the_text(
-    conn: Conn, docs: int, run_once: Callable[..., Worker], embedders: Embedders, minilm: str
+    conn: Conn, docs: int, run_once: Callable[..., Worker], embedders: LoadedModels, minilm: str
 ) -> None:
     run_once()
     rows = chunks(conn)
@@ -222,7 +223,7 @@ def test_an_edit_re_embeds_only_the_changed_chunks(
     (body,) = conn.execute("SELECT body FROM docs WHERE id = 1").fetchall()[0]
     edited = body.replace("Paragraph 6.", "Paragraph six, rewritten with other words entirely.")
     conn.execute("UPDATE docs SET body = %s WHERE id = 1", (edited,))
-    from worker.embedder import Embedder
+    from worker.models.embedder import Embedder
 
     embedded: list[str] = []
     original = Embedder.embed_with_stats
@@ -271,13 +272,13 @@ def test_a_document_updated_while_in_flight_keeps_the_newest_contents_chunks(
     docs: int,
     settings: Settings,
     dsn: str,
-    embedders: Embedders,
+    embedders: LoadedModels,
     run_once: Callable[..., Worker],
 ) -> None:
     batch, queue = lease_and_load(settings, dsn)
     conn.execute("UPDATE docs SET body = 'The newest content.' WHERE id = 3")
     finish(batch, queue, settings, dsn, embedders)
-    assert batch.rows[(docs, "3")].state is pipeline.RowState.STALE
+    assert batch.rows[(docs, "3")].state is RowState.STALE
     assert not [r for r in chunks(conn) if r[0] == 3]  # the stale text was not written
     run_once()
     assert [r[2] for r in chunks(conn) if r[0] == 3] == ["The newest content."]
@@ -290,13 +291,13 @@ def test_a_batch_over_the_chunk_budget_postpones_documents_without_an_attempt(
     monkeypatch: pytest.MonkeyPatch,
     settings: Settings,
     dsn: str,
-    embedders: Embedders,
+    embedders: LoadedModels,
 ) -> None:
-    monkeypatch.setattr(chunkstore, "MAX_CHUNKS", 3)
+    monkeypatch.setattr("worker.pipeline.chunks.MAX_CHUNKS", 3)
     batch, queue = lease_and_load(settings, dsn)
     states = {key: row.state for (_, key), row in batch.rows.items()}
-    assert states["1"] is pipeline.RowState.READY  # the first is always admitted
-    assert states["2"] is pipeline.RowState.POSTPONED
+    assert states["1"] is RowState.READY  # the first is always admitted
+    assert states["2"] is RowState.POSTPONED
     finish(batch, queue, settings, dsn, embedders)
     assert queued_keys(conn, docs) == [2, 3]
     (message,) = messages(conn)
@@ -309,7 +310,7 @@ def test_a_batch_over_the_chunk_budget_postpones_documents_without_an_attempt(
 def test_a_document_the_model_fails_on_fails_alone(
     conn: Conn, docs: int, run_once: Callable[..., Worker], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from worker.embedder import Embedder
+    from worker.models.embedder import Embedder
 
     original = Embedder.embed_with_stats
 
@@ -368,7 +369,7 @@ def test_supabase_shaped_jobs_work_for_chunked_targets(
 
 
 def test_match_chunks_returns_nearest_chunks_with_their_document_key(
-    conn: Conn, docs: int, run_once: Callable[..., Worker], embedders: Embedders, minilm: str
+    conn: Conn, docs: int, run_once: Callable[..., Worker], embedders: LoadedModels, minilm: str
 ) -> None:
     run_once()
     (query,) = embedders.get(minilm).embed(["Short one."])

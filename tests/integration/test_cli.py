@@ -18,7 +18,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from worker import cli
+from worker.cli import main
 
 Conn = psycopg.Connection[Any]
 
@@ -55,7 +55,7 @@ def test_without_database_url_it_says_it_uses_the_local_cluster(dsn: str) -> Non
 
 
 def test_every_subcommand_help_describes_every_option() -> None:
-    parser = cli.build_parser()
+    parser = main.build_parser()
     action = next(a for a in parser._actions if a.dest == "command")
     assert isinstance(action.choices, dict)
     subparsers: dict[str, argparse.ArgumentParser] = action.choices

@@ -12,12 +12,13 @@ import pytest
 
 from tests.integration.conftest import TINY_DIMS
 from tests.support.jobs import messages
-from worker import db, pipeline
-from worker import queue as jobqueue
+from worker import db
 from worker.config import Settings
-from worker.embedders import Embedders
-from worker.runner import Worker
-from worker.targets import Registry
+from worker.models.loaded import LoadedModels
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline import stages, write
+from worker.pipeline.targets import TargetRegistry
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -33,7 +34,7 @@ def make_docs(conn: Conn, model: str) -> None:
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (model,))
 
 
-def assert_vectors_of(conn: Conn, embedders: Embedders, model: str) -> None:
+def assert_vectors_of(conn: Conn, embedders: LoadedModels, model: str) -> None:
     rows = conn.execute("SELECT id, body, embedding::real[] FROM docs ORDER BY id").fetchall()
     expected = embedders.get(model).embed([body for _, body, _ in rows])
     for (key, _, stored), want in zip(rows, expected, strict=True):
@@ -60,7 +61,7 @@ def assert_handed_back_unspent(conn: Conn, msg_ids: list[int]) -> None:
 
 
 def drain(
-    conn: db.Connection, registry: Registry, settings: Settings, embedders: Embedders
+    conn: db.Connection, registry: TargetRegistry, settings: Settings, embedders: LoadedModels
 ) -> None:
     """Both lanes, then the model change completes (what `run --once` does)."""
     queues = [
@@ -73,21 +74,23 @@ def drain(
     ]
     while True:
         for queue in queues:
-            while (batch := pipeline.read(conn, queue, registry, settings)) is not None:
-                pipeline.load(conn, batch)
-                pipeline.embed(embedders, batch)
-                pipeline.write(conn, queue, batch, settings)
+            while (batch := stages.read(conn, queue, registry, settings)) is not None:
+                stages.load(conn, batch)
+                stages.embed(embedders, batch)
+                write.write(conn, queue, batch, settings)
         results = conn.execute("SELECT result FROM embeddings.complete_changes()").fetchall()
         if not any(r == "done" or r.endswith("the new vector: queued") for (r,) in results):
             return
 
 
 def test_a_registry_cached_before_a_rewatch_is_not_used_after_it(
-    conn: Conn, dsn: str, tiny_models: tuple[str, str], settings: Settings, embedders: Embedders
+    conn: Conn, dsn: str, tiny_models: tuple[str, str], settings: Settings, embedders: LoadedModels
 ) -> None:
     first, second = tiny_models
     make_docs(conn, first)
-    registry = Registry()  # one worker's registry, kept across batches (it caches for a minute)
+    registry = (
+        TargetRegistry()
+    )  # one worker's registry, kept across batches (it caches for a minute)
     with db.connect(dsn) as worker_conn:
         db.register_vector_types(worker_conn)
         drain(worker_conn, registry, settings, embedders)
@@ -105,7 +108,7 @@ def test_a_batch_read_before_a_rewatch_is_not_written_and_is_redone(
     dsn: str,
     tiny_models: tuple[str, str],
     settings: Settings,
-    embedders: Embedders,
+    embedders: LoadedModels,
     run_once: Callable[..., Worker],
 ) -> None:
     first, second = tiny_models
@@ -113,13 +116,13 @@ def test_a_batch_read_before_a_rewatch_is_not_written_and_is_redone(
     queue = backfill_lane(settings)  # watch()'s jobs are on the backfill lane
     with db.connect(dsn) as worker_conn:
         db.register_vector_types(worker_conn)
-        batch = pipeline.read(worker_conn, queue, Registry(), settings)
+        batch = stages.read(worker_conn, queue, TargetRegistry(), settings)
         assert batch is not None
-        pipeline.load(worker_conn, batch)
-        pipeline.embed(embedders, batch)  # with the first model
+        stages.load(worker_conn, batch)
+        stages.embed(embedders, batch)  # with the first model
 
         conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
-        settlement = pipeline.write(worker_conn, queue, batch, settings)
+        settlement = write.write(worker_conn, queue, batch, settings)
 
     assert settlement.delete == []
     assert sorted(settlement.release) == sorted(batch.msg_ids)
@@ -175,7 +178,7 @@ def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt
     dsn: str,
     tiny_models: tuple[str, str],
     settings: Settings,
-    embedders: Embedders,
+    embedders: LoadedModels,
     run_once: Callable[..., Worker],
     ddl: str,
     table: str,
@@ -187,15 +190,15 @@ def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt
     queue = backfill_lane(settings)  # watch()'s jobs are on the backfill lane
     with db.connect(dsn) as worker_conn:
         db.register_vector_types(worker_conn)
-        batch = pipeline.read(worker_conn, queue, Registry(), settings)
+        batch = stages.read(worker_conn, queue, TargetRegistry(), settings)
         assert batch is not None
         if when == "before the load":
             conn.execute(ddl)
-        pipeline.load(worker_conn, batch)
-        pipeline.embed(embedders, batch)  # under the old names
+        stages.load(worker_conn, batch)
+        stages.embed(embedders, batch)  # under the old names
         if when == "before the write":
             conn.execute(ddl)
-        settlement = pipeline.write(worker_conn, queue, batch, settings)
+        settlement = write.write(worker_conn, queue, batch, settings)
 
     assert sorted(settlement.release) == sorted(batch.msg_ids)
     assert not settlement.retry and not settlement.dead

@@ -36,10 +36,11 @@ import pytest
 
 from tests.support import faultmatrix
 from tests.support.jobs import JOBS, expire_leases
-from worker import db, faults
+from worker import db
 from worker.config import Settings
-from worker.embedders import Embedders
-from worker.runner import Worker
+from worker.models.loaded import LoadedModels
+from worker.pipeline import faults
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -54,7 +55,7 @@ class InjectedCrash(BaseException):
     """Escapes every handler of the worker, as a crash would."""
 
 
-def run_worker(settings: Settings, embedders: Embedders) -> int:
+def run_worker(settings: Settings, embedders: LoadedModels) -> int:
     worker = Worker(settings, once=True, embedders=embedders, progress=False, handle_signals=False)
     return worker.run()
 
@@ -145,7 +146,7 @@ class Editor:
 
 
 def in_process_fault(admin: Conn, editor: Editor, fault: str) -> Callable[[], None]:
-    """A one-shot handler for a worker.faults point."""
+    """A one-shot handler for a worker.pipeline.faults point."""
     fired = False
 
     def handler() -> None:
@@ -163,7 +164,7 @@ def in_process_fault(admin: Conn, editor: Editor, fault: str) -> Callable[[], No
 
 
 def measure(
-    conn: Conn, embedders: Embedders, model: str, step: str, fault: str, exit_code: int
+    conn: Conn, embedders: LoadedModels, model: str, step: str, fault: str, exit_code: int
 ) -> faultmatrix.Cell:
     rows = conn.execute(
         "SELECT id, body, embedding::real[] FROM docs WHERE body ~ '[^[:space:]]' ORDER BY id"
@@ -215,7 +216,7 @@ def test_a_fault_at_each_step_loses_nothing(
     dsn: str,
     tiny_models: tuple[str, str],
     settings: Settings,
-    embedders: Embedders,
+    embedders: LoadedModels,
 ) -> None:
     model = tiny_models[0]
     # One batch holds every row: the fault hits all of them.

@@ -10,9 +10,9 @@ import numpy as np
 import psycopg
 
 from tests.support.jobs import messages, move_inbox
-from worker.embedders import Embedders
-from worker.queue import message_keys
-from worker.runner import Worker
+from worker.models.loaded import LoadedModels
+from worker.pipeline.jobs import message_keys
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -91,7 +91,7 @@ def test_a_model_change_of_a_table_with_a_composite_key(
     conn: Conn,
     tiny_models: tuple[str, str],
     run_once: Callable[..., Worker],
-    embedders: Embedders,
+    embedders: LoadedModels,
 ) -> None:
     old, new = tiny_models
     conn.execute("CREATE TABLE docs (tenant text, id int, body text, PRIMARY KEY (tenant, id))")

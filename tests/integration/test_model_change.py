@@ -25,8 +25,8 @@ from tests.support import modelgen
 from tests.support.models import shared_models_dir
 from tests.support.process import WorkerProcess, wait_for
 from worker.config import Settings
-from worker.embedders import Embedders
-from worker.runner import Worker
+from worker.models.loaded import LoadedModels
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 WIDE = "tiny-wide"  # a tiny random-weight model of another dimension (48, not 32)
@@ -73,7 +73,7 @@ def worker_settings(settings: Settings, models: tuple[str, str, str]) -> Setting
 
 
 @pytest.fixture
-def running(worker_settings: Settings, embedders: Embedders) -> Iterator[Callable[[], Worker]]:
+def running(worker_settings: Settings, embedders: LoadedModels) -> Iterator[Callable[[], Worker]]:
     """Starts an in-process worker (not --once) in a thread; stopped at the end of the test."""
     started: list[tuple[Worker, threading.Thread]] = []
 
@@ -124,7 +124,7 @@ def column_type(conn: Conn, column: str) -> str | None:
 class Oracle:
     """Which model produced a stored vector, among the models and every text a row ever had."""
 
-    def __init__(self, embedders: Embedders, models: list[str]) -> None:
+    def __init__(self, embedders: LoadedModels, models: list[str]) -> None:
         self.embedders = embedders
         self.models = models
         self._cache: dict[tuple[str, str], np.ndarray[Any, Any]] = {}
@@ -149,7 +149,7 @@ def test_a_change_while_writes_arrive_never_exposes_a_mixed_or_missing_vector(
     conn: Conn,
     dsn: str,
     models: tuple[str, str, str],
-    embedders: Embedders,
+    embedders: LoadedModels,
     running: Callable[[], Worker],
 ) -> None:
     old, new, _ = models

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from tests.support.jobs import clear_queue, messages, queued_keys
-from worker.runner import Worker
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 

@@ -9,10 +9,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from worker import faults, push
 from worker.config import Settings
-from worker.embedders import Embedders
-from worker.runner import Worker
+from worker.http import push
+from worker.models.loaded import LoadedModels
+from worker.pipeline import faults
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -20,7 +21,7 @@ DISPATCH_LEASE = 300
 
 
 @pytest.fixture
-def worker(settings: Settings, embedders: Embedders) -> Worker:
+def worker(settings: Settings, embedders: LoadedModels) -> Worker:
     """A worker as its HTTP server sees it (push work runs in the request's thread)."""
     return Worker(settings, embedders=embedders, progress=False, handle_signals=False)
 

@@ -14,7 +14,7 @@ import pytest
 
 from tests.support.cluster import Cluster
 from tests.support.jobs import queued_keys
-from worker.runner import Worker
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 

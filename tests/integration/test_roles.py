@@ -11,7 +11,7 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from tests.support.jobs import messages
-from worker.runner import Worker
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 

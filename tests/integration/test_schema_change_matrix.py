@@ -30,16 +30,16 @@ from psycopg import sql
 
 from tests.support import faultmatrix
 from tests.support.jobs import JOBS, expire_leases
-from worker import faults
 from worker.config import Settings
-from worker.embedders import Embedders
-from worker.runner import Worker
+from worker.models.loaded import LoadedModels
+from worker.pipeline import faults
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
 ROWS = 12
 NEW_ROWS = 4
-MOMENTS = {"before_load": "load", "before_write": "embed"}  # moment -> worker.faults point
+MOMENTS = {"before_load": "load", "before_write": "embed"}  # moment -> worker.pipeline.faults point
 
 
 @dataclass(frozen=True)
@@ -101,7 +101,7 @@ CHANGES = {
 }
 
 
-def run_worker(settings: Settings, embedders: Embedders) -> int:
+def run_worker(settings: Settings, embedders: LoadedModels) -> int:
     worker = Worker(settings, once=True, embedders=embedders, progress=False, handle_signals=False)
     return worker.run()
 
@@ -118,7 +118,13 @@ def application_writes(conn: Conn, names: Names) -> None:
 
 
 def measure(
-    conn: Conn, embedders: Embedders, model: str, names: Names, change: str, moment: str, code: int
+    conn: Conn,
+    embedders: LoadedModels,
+    model: str,
+    names: Names,
+    change: str,
+    moment: str,
+    code: int,
 ) -> faultmatrix.Cell:
     rows = conn.execute(
         names.q(
@@ -184,7 +190,7 @@ def test_a_schema_change_in_flight_loses_nothing(
     admin: Conn,
     tiny_models: tuple[str, str],
     settings: Settings,
-    embedders: Embedders,
+    embedders: LoadedModels,
 ) -> None:
     model = tiny_models[0]
     ddl = CHANGES[change]

@@ -13,9 +13,9 @@ import pytest
 
 from tests.support.jobs import JOBS, queued_keys
 from tests.support.process import wait_for
-from worker import write
-from worker.runner import Worker
-from worker.targets import load
+from worker.pipeline import write
+from worker.pipeline.targets import load
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 

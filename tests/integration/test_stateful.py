@@ -49,11 +49,12 @@ from hypothesis.stateful import (
 from psycopg import sql
 
 from tests.support.jobs import JOBS, clear_queue, expire_leases
-from worker import db, faults
+from worker import db
 from worker.config import Settings
-from worker.embedders import Embedders
-from worker.runner import Worker
-from worker.targets import Registry
+from worker.models.loaded import LoadedModels
+from worker.pipeline import faults
+from worker.pipeline.targets import TargetRegistry
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -98,7 +99,7 @@ class EmbeddingMachine(RuleBasedStateMachine):
     # Set by the test function before the machine runs.
     dsn: ClassVar[str]
     settings: ClassVar[Settings]
-    embedders: ClassVar[Embedders]
+    embedders: ClassVar[LoadedModels]
     models: ClassVar[tuple[str, str]]
 
     def __init__(self) -> None:
@@ -113,7 +114,7 @@ class EmbeddingMachine(RuleBasedStateMachine):
         self.model = self.models[0]
         self.rows: dict[int, str | None] = {}  # what the application wrote: key -> content
         self.exits: list[int] = []
-        self.registry = Registry()
+        self.registry = TargetRegistry()
 
     # --- helpers --------------------------------------------------------------------------
     def q(self, template: str) -> sql.Composed:
@@ -473,7 +474,7 @@ class EmbeddingMachine(RuleBasedStateMachine):
 def run_machine(
     dsn: str,
     worker_settings: Settings,
-    embedders: Embedders,
+    embedders: LoadedModels,
     models: tuple[str, str],
     **hypothesis_settings: Any,
 ) -> None:
@@ -493,7 +494,7 @@ def run_machine(
 
 
 def test_the_invariant_holds_at_quiescence(
-    dsn: str, settings: Settings, embedders: Embedders, tiny_models: tuple[str, str]
+    dsn: str, settings: Settings, embedders: LoadedModels, tiny_models: tuple[str, str]
 ) -> None:
     run_machine(
         dsn,
@@ -508,7 +509,7 @@ def test_the_invariant_holds_at_quiescence(
 
 @pytest.mark.soak
 def test_the_invariant_holds_at_quiescence_soak(
-    dsn: str, settings: Settings, embedders: Embedders, tiny_models: tuple[str, str]
+    dsn: str, settings: Settings, embedders: LoadedModels, tiny_models: tuple[str, str]
 ) -> None:
     run_machine(
         dsn,

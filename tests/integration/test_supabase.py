@@ -12,8 +12,8 @@ import psycopg
 import pytest
 
 from tests.support.jobs import messages
-from worker.embedders import Embedders
-from worker.runner import Worker
+from worker.models.loaded import LoadedModels
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -82,7 +82,7 @@ def embedding_of(conn: Conn, title: str) -> np.ndarray[Any, Any] | None:
 
 
 def test_the_guides_setup_is_served_by_the_worker(
-    conn: Conn, run_once: Callable[..., Worker], embedders: Embedders, minilm: str
+    conn: Conn, run_once: Callable[..., Worker], embedders: LoadedModels, minilm: str
 ) -> None:
     conn.execute(GUIDE_SETUP)
     # Register the table; its jobs keep coming from the guide's own triggers.

@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from tests.integration.test_supabase import GUIDE_SETUP
-from worker.runner import Worker
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 

@@ -12,12 +12,13 @@ import psycopg
 import pytest
 
 from tests.support.jobs import clear_queue, messages
-from worker import pipeline
-from worker import queue as jobqueue
 from worker.config import Settings
-from worker.embedders import Embedders
-from worker.runner import Worker
-from worker.targets import Registry
+from worker.models.loaded import LoadedModels
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline import stages, write
+from worker.pipeline.batch import Batch, RowState
+from worker.pipeline.targets import TargetRegistry
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -49,7 +50,7 @@ def docs(conn: Conn, minilm: str) -> int:
 
 
 def test_stored_vectors_equal_the_embedder_output(
-    conn: Conn, docs: int, run_once: Callable[..., Worker], embedders: Embedders, minilm: str
+    conn: Conn, docs: int, run_once: Callable[..., Worker], embedders: LoadedModels, minilm: str
 ) -> None:
     run_once()
     vectors = stored(conn)
@@ -71,7 +72,7 @@ def test_stored_vectors_equal_the_embedder_output(
 
 
 def test_updates_are_re_embedded_and_blank_content_cleared(
-    conn: Conn, docs: int, run_once: Callable[..., Worker], embedders: Embedders, minilm: str
+    conn: Conn, docs: int, run_once: Callable[..., Worker], embedders: LoadedModels, minilm: str
 ) -> None:
     run_once()
     before = stored(conn)
@@ -100,30 +101,30 @@ def test_updates_are_re_embedded_and_blank_content_cleared(
     assert messages(conn) == []
 
 
-def lease_and_load(settings: Settings, dsn: str) -> tuple[pipeline.Batch, jobqueue.Queue]:
+def lease_and_load(settings: Settings, dsn: str) -> tuple[Batch, jobqueue.Queue]:
     queue = jobqueue.Queue(  # watch()'s jobs are on the backfill lane
         jobqueue.backfill_queue_name(settings.queue), lane=jobqueue.BACKFILL, home=settings.queue
     )
     with psycopg.connect(dsn, autocommit=True) as conn:
-        batch = pipeline.read(conn, queue, Registry(), settings)
+        batch = stages.read(conn, queue, TargetRegistry(), settings)
         assert batch is not None
-        pipeline.load(conn, batch)
+        stages.load(conn, batch)
     return batch, queue
 
 
 def finish(
-    batch: pipeline.Batch, queue: jobqueue.Queue, settings: Settings, dsn: str, embedders: Embedders
+    batch: Batch, queue: jobqueue.Queue, settings: Settings, dsn: str, embedders: LoadedModels
 ) -> None:
     from worker import db
 
-    pipeline.embed(embedders, batch)
+    stages.embed(embedders, batch)
     with psycopg.connect(dsn, autocommit=True) as conn:
         db.register_vector_types(conn)
-        pipeline.write(conn, queue, batch, settings)
+        write.write(conn, queue, batch, settings)
 
 
 def test_a_row_deleted_while_in_flight_is_acknowledged(
-    conn: Conn, docs: int, settings: Settings, dsn: str, embedders: Embedders
+    conn: Conn, docs: int, settings: Settings, dsn: str, embedders: LoadedModels
 ) -> None:
     batch, queue = lease_and_load(settings, dsn)
     conn.execute("DELETE FROM docs WHERE id = 2")
@@ -138,7 +139,7 @@ def test_a_row_updated_while_in_flight_keeps_the_newest_contents_vector(
     docs: int,
     settings: Settings,
     dsn: str,
-    embedders: Embedders,
+    embedders: LoadedModels,
     run_once: Callable[..., Worker],
     minilm: str,
 ) -> None:
@@ -148,7 +149,7 @@ def test_a_row_updated_while_in_flight_keeps_the_newest_contents_vector(
     batch, queue = lease_and_load(settings, dsn)  # loads the old text of row 1
     conn.execute("UPDATE docs SET body = 'Newest text: volcanoes erupt lava.' WHERE id = 1")
     finish(batch, queue, settings, dsn, embedders)
-    assert batch.rows[(docs, "1")].state is pipeline.RowState.STALE
+    assert batch.rows[(docs, "1")].state is RowState.STALE
     assert stored(conn)[1] is None  # the stale vector was not written
     run_once()  # the update's own job
     final = stored(conn)[1]
@@ -326,7 +327,7 @@ def test_older_pgmq_without_last_read_at_works(
 
 
 def test_an_existing_vector_column_is_filled_too(
-    conn: Conn, run_once: Callable[..., Worker], embedders: Embedders, minilm: str
+    conn: Conn, run_once: Callable[..., Worker], embedders: LoadedModels, minilm: str
 ) -> None:
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(384))")
     conn.execute("INSERT INTO docs VALUES (1, 'full precision please')")
@@ -339,7 +340,7 @@ def test_an_existing_vector_column_is_filled_too(
 
 
 def test_a_finished_worker_leaves_no_file_descriptor_open(
-    docs: int, settings: Settings, embedders: Embedders
+    docs: int, settings: Settings, embedders: LoadedModels
 ) -> None:
     """Each Worker's wake pipe is closed once it stopped: a process (the test suite, an embedding
     host) running many workers in turn ran out of select()able descriptors."""

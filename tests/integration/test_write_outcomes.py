@@ -13,7 +13,7 @@ from typing import Any
 import psycopg
 
 from tests.support.jobs import clear_queue, messages
-from worker.runner import Worker
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 

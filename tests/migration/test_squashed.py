@@ -20,8 +20,8 @@ from tests.support.cluster import Cluster
 from tests.support.schema_dump import our_objects
 from worker import schema
 from worker.config import Settings
-from worker.embedders import Embedders
-from worker.runner import Worker
+from worker.models.loaded import LoadedModels
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 FIXTURE = Path(__file__).parent / "fixtures" / "at_0018.sql.gz"
@@ -84,7 +84,7 @@ def test_a_database_at_0018_upgrades_keeping_all_its_work_and_the_worker_finishe
     cluster: Cluster,
     at_0018: str,
     tiny_model_paths: str,
-    embedders: Embedders,
+    embedders: LoadedModels,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     with psycopg.connect(at_0018, autocommit=True) as conn:

@@ -5,8 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.queue import Job, parse
-from worker.targets import Target
+from worker.pipeline.jobs import Job, parse
+from worker.pipeline.targets import Target
 
 
 def target(**overrides: Any) -> Target:

@@ -6,7 +6,7 @@ from typing import Any
 
 import psycopg
 
-from worker.queue import backfill_queue_name, message_keys
+from worker.pipeline.jobs import backfill_queue_name, message_keys
 
 Conn = psycopg.Connection[Any]
 

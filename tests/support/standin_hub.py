@@ -15,17 +15,17 @@ import json
 from pathlib import Path
 
 from tests.support.fakehub import FakeHub
-from worker import registry
+from worker.models import catalog
 
 SITECUSTOMIZE = '''\
 """Test only: re-pins the registry's gte-small to the hub stand-in's files."""
 import dataclasses, json, os
 
-from worker import registry
+from worker.models import catalog
 
 _pins = json.loads(os.environ["EMBED_TEST_REGISTRY_PINS"])
-_spec = registry.REGISTRY["gte-small"]
-registry.REGISTRY["gte-small"] = dataclasses.replace(
+_spec = catalog.REGISTRY["gte-small"]
+catalog.REGISTRY["gte-small"] = dataclasses.replace(
     _spec,
     files=tuple(
         dataclasses.replace(f, sha256=_pins.get(f.path)) for f in _spec.files if f.path in _pins
@@ -53,7 +53,7 @@ def gte_small_files(shared: Path) -> dict[str, bytes]:
 def serve_gte_small(hub: FakeHub, shared: Path, pins_dir: Path) -> dict[str, str]:
     """Adds gte-small to `hub`; writes the sitecustomize into `pins_dir`; returns the
     environment the processes under test need (PYTHONPATH is left to the caller)."""
-    spec = registry.REGISTRY["gte-small"]
+    spec = catalog.REGISTRY["gte-small"]
     files = gte_small_files(shared)
     hub.add(spec.repo_id, files, commit=spec.revision)
     pins_dir.mkdir(parents=True, exist_ok=True)

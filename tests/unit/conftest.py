@@ -14,7 +14,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import modelgen
-from worker.embedder import Embedder
+from worker.models.embedder import Embedder
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBED_ENV = (

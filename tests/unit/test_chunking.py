@@ -11,8 +11,9 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.unit.conftest import shared_models_dir
-from worker import chunking
-from worker.chunking import Chunk, Splitter
+from worker.models import onnx
+from worker.pipeline import chunking
+from worker.pipeline.chunking import Chunk, Splitter
 
 
 def _tokenizer_file(name: str) -> Path:
@@ -24,12 +25,12 @@ def _tokenizer_file(name: str) -> Path:
 
 @pytest.fixture(scope="module", params=["gte-small", "all-MiniLM-L6-v2"])
 def tokenizer(request: pytest.FixtureRequest) -> object:
-    return chunking.load_tokenizer(_tokenizer_file(request.param))
+    return onnx.load_tokenizer(_tokenizer_file(request.param), max_tokens=None)
 
 
 @pytest.fixture(scope="module")
 def minilm() -> object:
-    return chunking.load_tokenizer(_tokenizer_file("all-MiniLM-L6-v2"))
+    return onnx.load_tokenizer(_tokenizer_file("all-MiniLM-L6-v2"), max_tokens=None)
 
 
 def check_invariants(splitter: Splitter, text: str, chunks: list[Chunk]) -> None:

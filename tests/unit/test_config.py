@@ -85,9 +85,9 @@ def test_push_only_needs_the_http_server() -> None:
 
 
 def test_run_once_cannot_be_push_only(capsys: pytest.CaptureFixture[str]) -> None:
-    from worker import cli
+    from worker.cli import main
 
-    assert cli.main(["run", "--once", "--no-pull", "--http-port", "0"]) == cli.EXIT_USAGE
+    assert main.main(["run", "--once", "--no-pull", "--http-port", "0"]) == main.EXIT_USAGE
     assert "run --once drains the queue" in capsys.readouterr().err
 
 

@@ -29,7 +29,7 @@ def settings_table() -> dict[str, str]:
 
 def variables_read_by_the_worker() -> set[str]:
     names: set[str] = set()
-    for path in (ROOT / "worker").glob("*.py"):
+    for path in (ROOT / "worker").rglob("*.py"):
         names |= set(re.findall(r"""["'](EMBED_[A-Z_]+)["']""", path.read_text()))
     return names
 
@@ -104,3 +104,34 @@ def test_no_development_notes_in_user_docs() -> None:
     for doc in USER_DOCS:
         found = notes.findall(doc.read_text())
         assert not found, f"{doc.name}: {found}"
+
+
+def package_map() -> set[str]:
+    """The modules and folders docs/development.md's map of `worker/` names, as dotted paths."""
+    text = (DOCS / "development.md").read_text()
+    block = re.search(r"## The worker package.*?```\nworker/\n(.*?)```", text, re.S)
+    assert block is not None, "docs/development.md: no map of worker/"
+    found: set[str] = set()
+    folder = ""
+    for line in block.group(1).splitlines():
+        entry = re.match(r"( +)(\S+)", line)
+        if entry is None:
+            continue
+        indent, name = len(entry.group(1)), entry.group(2)
+        if indent == 2:
+            folder = name.rstrip("/") if name.endswith("/") else ""
+            found.add(name.rstrip("/"))
+        else:
+            found.add(f"{folder}.{name}")
+    return found
+
+
+def test_the_development_map_names_every_module_of_the_package() -> None:
+    package = ROOT / "worker"
+    modules = {
+        ".".join(p.relative_to(package).with_suffix("").parts)
+        for p in package.rglob("*.py")
+        if p.name != "__init__.py"
+    } | {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    modules.add("queries.sql")
+    assert package_map() == modules

@@ -16,9 +16,10 @@ import pytest
 from tokenizers import Tokenizer
 
 from tests.support import modelgen
-from worker import exceptions, quantization
-from worker.embedder import Embedder, batches
-from worker.loading import resolve_threads, session_options
+from worker import exceptions
+from worker.models import quantization
+from worker.models.embedder import Embedder, batches
+from worker.models.onnx import resolve_threads, session_options
 
 pytestmark = pytest.mark.usefixtures("embed_env")
 

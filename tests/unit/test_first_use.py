@@ -11,8 +11,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.fakehub import COMMIT, FakeHub
-from worker import exceptions, fetch, models, registry
-from worker.embedders import MAX_REMEMBERED_FAILURES, Embedders
+from worker import exceptions
+from worker.models import catalog, download, files
+from worker.models.loaded import MAX_REMEMBERED_FAILURES, LoadedModels
 
 
 @pytest.fixture
@@ -32,7 +33,7 @@ def tiny_repo(
         "onnx/model.onnx": (tiny_model_dir / "model.onnx").read_bytes(),
     }
     hub.add("test-org/tiny", files)
-    spec = registry.ModelSpec(
+    spec = catalog.ModelSpec(
         name="tiny",
         repo_id="test-org/tiny",
         revision=COMMIT,
@@ -40,9 +41,9 @@ def tiny_repo(
         pooling="mean",
         max_tokens=512,
         files=(
-            registry.RemoteFile("config.json"),
-            registry.RemoteFile("tokenizer.json"),
-            registry.RemoteFile(
+            catalog.RemoteFile("config.json"),
+            catalog.RemoteFile("tokenizer.json"),
+            catalog.RemoteFile(
                 "onnx/model.onnx",
                 hashlib.sha256(files["onnx/model.onnx"]).hexdigest(),
                 variant="fp32",
@@ -51,7 +52,7 @@ def tiny_repo(
         int8_file=None,
         description="generated test model",
     )
-    monkeypatch.setitem(registry.REGISTRY, "tiny", spec)
+    monkeypatch.setitem(catalog.REGISTRY, "tiny", spec)
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     monkeypatch.delenv("EMBED_OFFLINE", raising=False)
     monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
@@ -61,7 +62,7 @@ def tiny_repo(
 def test_the_first_use_downloads_and_loads(
     hub: FakeHub, tiny_repo: dict[str, bytes], embed_env: Path
 ) -> None:
-    embedder = Embedders().get("tiny")
+    embedder = LoadedModels().get("tiny")
 
     assert embedder.embed(["hello"]).shape == (1, 32)
     assert (embed_env / "tiny" / "onnx" / "model.onnx").read_bytes() == tiny_repo["onnx/model.onnx"]
@@ -79,7 +80,7 @@ def test_concurrent_first_uses_download_once(hub: FakeHub, tiny_repo: dict[str, 
 
     def load() -> None:
         try:
-            fetch.ensure("tiny")
+            download.ensure("tiny")
         except BaseException as exc:
             errors.append(exc)
 
@@ -98,7 +99,7 @@ def test_a_corrupted_download_is_not_loaded(hub: FakeHub, tiny_repo: dict[str, b
     hub.corrupt("test-org/tiny", "onnx/model.onnx")
 
     with pytest.raises(exceptions.DownloadError, match="checksum mismatch"):
-        Embedders().get("tiny")
+        LoadedModels().get("tiny")
 
 
 @pytest.mark.parametrize("switch", ["EMBED_OFFLINE", "HF_HUB_OFFLINE"])
@@ -108,7 +109,7 @@ def test_offline_says_exactly_what_to_fetch(
     monkeypatch.setenv(switch, "1")
 
     with pytest.raises(exceptions.ModelNotFound) as info:
-        Embedders().get("tiny")
+        LoadedModels().get("tiny")
 
     message = str(info.value)
     assert f"downloads are off ({switch}=1)" in message
@@ -127,7 +128,7 @@ def test_a_model_directory_without_model_onnx_says_so(
     monkeypatch.setenv("EMBED_MODEL_PATH", "models")  # relative: resolved in the message
 
     with pytest.raises(exceptions.ModelNotFound) as info:
-        fetch.ensure("gte-small")
+        download.ensure("gte-small")
 
     message = str(info.value)
     assert f"{tmp_path}/models/gte-small is not a model directory" in message
@@ -143,7 +144,7 @@ def test_a_relative_model_path_is_shown_absolute(
     monkeypatch.setenv("EMBED_OFFLINE", "1")
 
     with pytest.raises(exceptions.ModelNotFound) as info:
-        models.locate("some-local-model")
+        files.locate("some-local-model")
 
     assert f"looked in {tmp_path.parent / 'nowhere'}" in str(info.value)
 
@@ -152,7 +153,7 @@ def test_load_failures_are_remembered_in_bounded_memory(
     embed_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("EMBED_OFFLINE", "1")
-    embedders = Embedders()
+    embedders = LoadedModels()
     for i in range(100):
         with pytest.raises(exceptions.ModelNotFound):
             embedders.get(f"no-such-model-{i}")

@@ -7,7 +7,7 @@ import random
 import pytest
 
 from tests.support.factories import job, target
-from worker import queue
+from worker.pipeline import jobs
 
 
 def test_our_message_with_keys_and_attempts() -> None:
@@ -29,8 +29,8 @@ def test_the_triggers_column_shape_reads_as_the_keys_shape() -> None:
     assert parsed.keys == ['["1","a"]', '["2","b,c"]']
     assert parsed.raw_keys['["2","b,c"]'] == [2, "b,c"]  # as the keys shape carries it
     assert parsed.error is None and parsed.bad_keys == []
-    assert queue.message_keys({"columns": ["{7}", ["x"]]}) == [[7, "x"]]
-    assert queue.message_keys({"keys": [[7, "x"]]}) == [[7, "x"]]
+    assert jobs.message_keys({"columns": ["{7}", ["x"]]}) == [[7, "x"]]
+    assert jobs.message_keys({"keys": [[7, "x"]]}) == [[7, "x"]]
 
 
 @pytest.mark.parametrize(
@@ -130,9 +130,9 @@ def test_malformed_messages_are_errors(message: object) -> None:
 
 def test_backoff_grows_exponentially_with_jitter_and_a_cap() -> None:
     rng = random.Random(1)
-    delays = [queue.backoff_seconds(n, 5, 300, rng) for n in range(1, 9)]
+    delays = [jobs.backoff_seconds(n, 5, 300, rng) for n in range(1, 9)]
     for attempt, delay in enumerate(delays, start=1):
         expected = min(300, 5 * 2 ** (attempt - 1))
         assert 0.8 * expected - 0.5 <= delay <= 1.2 * expected + 0.5
     assert max(delays) <= 360
-    assert queue.backoff_seconds(1, 0.01, 300) == 0
+    assert jobs.backoff_seconds(1, 0.01, 300) == 0

@@ -55,7 +55,7 @@ def test_a_postgres_error_with_context_is_one_text_line() -> None:
         handler = root.handlers[0]
         assert isinstance(handler, logging.StreamHandler)
         handler.setStream(buffer)
-        logging.getLogger("worker.pipeline").warning(
+        logging.getLogger("worker.pipeline.stages").warning(
             "row failed: %s",
             "loading the content failed: boom\nCONTEXT:  PL/pgSQL function body_of(docs) line 3"
             " at RAISE",

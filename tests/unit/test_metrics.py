@@ -12,8 +12,10 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from tests.support.docs import Documented, documented_metrics
 from tests.support.factories import job, target
-from worker import metrics, pipeline, write
+from worker import metrics
 from worker.config import Settings
+from worker.pipeline import stages, write
+from worker.pipeline.batch import Batch, RowState
 
 
 def exported_name(wrapper: MetricWrapperBase) -> str:
@@ -83,10 +85,10 @@ def test_the_table_parser_reads_enumerated_and_free_labels() -> None:
 
 
 def test_every_row_state_is_counted_as_a_documented_outcome_or_not_at_all() -> None:
-    for state in pipeline.RowState:
+    for state in RowState:
         outcome = metrics.row_outcome(state.value)
         assert outcome is None or outcome in metrics.ROW_OUTCOMES, state
-    settled = {metrics.row_outcome(s.value) for s in pipeline.RowState} - {None}
+    settled = {metrics.row_outcome(s.value) for s in RowState} - {None}
     assert settled == set(metrics.ROW_OUTCOMES)
     assert metrics.row_outcome("ready") is None
 
@@ -113,20 +115,20 @@ def test_rows_of_a_deferred_target_are_not_counted_and_the_target_is_flagged() -
         job({"target": 71, "keys": [1, 2, 3]}, targets, msg_id=1),
         job({"target": 72, "keys": [1, 2]}, targets, msg_id=2),
     ]
-    batch = pipeline.Batch(jobs=jobs)
-    pipeline.prepare(batch)
+    batch = Batch(jobs=jobs)
+    stages.prepare(batch)
     states = {
-        (71, "1"): pipeline.RowState.WRITTEN,
-        (71, "2"): pipeline.RowState.BLANK,
-        (71, "3"): pipeline.RowState.GONE,
-        (72, "1"): pipeline.RowState.READY,  # loaded, then its model was missing
-        (72, "2"): pipeline.RowState.GONE,
+        (71, "1"): RowState.WRITTEN,
+        (71, "2"): RowState.BLANK,
+        (71, "3"): RowState.GONE,
+        (72, "1"): RowState.READY,  # loaded, then its model was missing
+        (72, "2"): RowState.GONE,
     }
     for key, state in states.items():
         batch.rows[key].state = state
     batch.deferred[72] = "model 'x' is not present"
     before_deferred_jobs = _gauge("embed_worker_jobs_total", outcome="deferred") or 0
-    settlement = pipeline.settle(batch, Settings(), datetime.now(UTC))
+    settlement = write.settle(batch, Settings(), datetime.now(UTC))
 
     write._count(batch, settlement)
 

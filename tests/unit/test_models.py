@@ -12,8 +12,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.fakehub import COMMIT, FakeHub
-from worker import exceptions, fetch, models, registry
-from worker.embedder import Embedder
+from worker import exceptions
+from worker.models import catalog, download, files
+from worker.models.embedder import Embedder
 
 pytestmark = pytest.mark.usefixtures("embed_env")
 
@@ -22,9 +23,9 @@ pytestmark = pytest.mark.usefixtures("embed_env")
 
 
 def test_registry_lists_the_default_model_first() -> None:
-    names = [spec.name for spec in registry.known_models()]
+    names = [spec.name for spec in catalog.known_models()]
 
-    assert names[0] == registry.DEFAULT_MODEL == "gte-small"
+    assert names[0] == catalog.DEFAULT_MODEL == "gte-small"
     assert set(names) == {"gte-small", "all-MiniLM-L6-v2", "bge-small-en-v1.5"}
 
 
@@ -37,7 +38,7 @@ def test_registry_lists_the_default_model_first() -> None:
     ],
 )
 def test_registry_entries(name: str, repo_id: str, pooling: str, max_tokens: int) -> None:
-    spec = registry.REGISTRY[name]
+    spec = catalog.REGISTRY[name]
 
     assert (spec.repo_id, spec.dim, spec.pooling, spec.max_tokens) == (
         repo_id,
@@ -45,14 +46,14 @@ def test_registry_entries(name: str, repo_id: str, pooling: str, max_tokens: int
         pooling,
         max_tokens,
     )
-    assert fetch.GIT_SHA1.match(spec.revision), "revisions are commits, never branches"
-    assert all(f.sha256 is None or fetch.SHA256.match(f.sha256) for f in spec.files)
+    assert download.GIT_SHA1.match(spec.revision), "revisions are commits, never branches"
+    assert all(f.sha256 is None or download.SHA256.match(f.sha256) for f in spec.files)
     paths = {f.path for f in spec.files}
     assert {"tokenizer.json", "onnx/model.onnx"} <= paths
 
 
 def test_gte_small_ships_its_int8_file() -> None:
-    spec = registry.REGISTRY["gte-small"]
+    spec = catalog.REGISTRY["gte-small"]
 
     assert spec.int8_file == "onnx/model_quantized.onnx"
     assert [f.path for f in spec.files_for("int8") if f.path.endswith(".onnx")] == [
@@ -65,7 +66,7 @@ def test_gte_small_ships_its_int8_file() -> None:
 
 def test_int8_of_a_model_without_int8_file_downloads_fp32() -> None:
     onnx_files = [
-        f.path for f in registry.REGISTRY["all-MiniLM-L6-v2"].files_for("int8") if ".onnx" in f.path
+        f.path for f in catalog.REGISTRY["all-MiniLM-L6-v2"].files_for("int8") if ".onnx" in f.path
     ]
 
     assert onnx_files == ["onnx/model.onnx"]
@@ -94,7 +95,7 @@ def test_pinned_checksums_match_the_shared_copies(name: str, files: list[str]) -
     local = shared_models_dir() / name
     if not local.is_dir():
         pytest.skip(f"{local} is absent")
-    pins = {f.path: f.sha256 for f in registry.REGISTRY[name].files}
+    pins = {f.path: f.sha256 for f in catalog.REGISTRY[name].files}
     for path in files:
         assert hashlib.sha256((local / path).read_bytes()).hexdigest() == pins[path], path
 
@@ -120,19 +121,19 @@ def test_model_path_comes_before_the_cache(
     first.mkdir()
     monkeypatch.setenv("EMBED_MODEL_PATH", f"{first}:{second}")
 
-    assert models.locate("gte-small") == in_second
+    assert files.locate("gte-small") == in_second
 
 
 def test_cache_is_searched_last(embed_env: Path) -> None:
     cached = _model_dir(embed_env, "gte-small")
 
-    assert models.locate("gte-small") == cached
+    assert files.locate("gte-small") == cached
 
 
 def test_a_path_is_used_as_is(tmp_path: Path) -> None:
     path = _model_dir(tmp_path, "anything")
 
-    assert models.locate(str(path)) == path
+    assert files.locate(str(path)) == path
 
 
 def test_a_bare_name_in_the_working_directory_does_not_shadow_the_search_path(
@@ -143,13 +144,13 @@ def test_a_bare_name_in_the_working_directory_does_not_shadow_the_search_path(
     local = _model_dir(tmp_path, "my-model")
     monkeypatch.chdir(tmp_path)
 
-    assert models.locate("gte-small") == cached
-    assert models.locate("my-model").resolve() == local
+    assert files.locate("gte-small") == cached
+    assert files.locate("my-model").resolve() == local
 
 
 def test_missing_registry_model_names_the_command_and_the_variable(embed_env: Path) -> None:
     with pytest.raises(exceptions.ModelNotFound) as info:
-        models.locate("gte-small")
+        files.locate("gte-small")
 
     message = str(info.value)
     assert "embed-worker model download gte-small" in message
@@ -159,16 +160,16 @@ def test_missing_registry_model_names_the_command_and_the_variable(embed_env: Pa
 
 def test_unknown_model_lists_the_known_ones() -> None:
     with pytest.raises(exceptions.ModelNotFound, match=r"unknown model 'nope'.*gte-small"):
-        models.locate("nope")
+        files.locate("nope")
 
 
 def test_a_directory_without_model_files_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
 
     with pytest.raises(exceptions.ModelNotFound, match="is not a model directory"):
-        models.locate(str(tmp_path / "empty"))
+        files.locate(str(tmp_path / "empty"))
     with pytest.raises(exceptions.ModelNotFound, match="does not exist"):
-        models.locate(str(tmp_path / "absent"))
+        files.locate(str(tmp_path / "absent"))
 
 
 def test_loading_a_missing_model_opens_no_connection(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -185,7 +186,7 @@ def test_loading_a_missing_model_opens_no_connection(monkeypatch: pytest.MonkeyP
 
 
 def test_max_tokens_prefers_sentence_bert_config(minilm_dir: Path) -> None:
-    info = models.ModelDir.read(minilm_dir)
+    info = files.ModelDir.read(minilm_dir)
 
     assert info.max_tokens == 256  # sentence_bert_config.json, not max_position_embeddings 512
     assert info.pooling == "mean"
@@ -194,7 +195,7 @@ def test_max_tokens_prefers_sentence_bert_config(minilm_dir: Path) -> None:
 
 
 def test_max_tokens_falls_back_to_max_position_embeddings(tiny_model_dir: Path) -> None:
-    info = models.ModelDir.read(tiny_model_dir)
+    info = files.ModelDir.read(tiny_model_dir)
 
     assert info.max_tokens == 512
 
@@ -209,7 +210,7 @@ def test_hf_layout_and_quantized_file_are_found(tmp_path: Path, tiny_model_dir: 
     (path / "1_Pooling").mkdir()
     (path / "1_Pooling" / "config.json").write_text(json.dumps(pooling))
 
-    info = models.ModelDir.read(path)
+    info = files.ModelDir.read(path)
 
     assert info.fp32_file == path / "onnx" / "model.onnx"
     assert info.int8_file == path / "onnx" / "model_quantized.onnx"
@@ -222,7 +223,7 @@ def test_registry_settings_fill_gaps_of_a_directory_named_like_the_model(
     path = tmp_path / "bge-small-en-v1.5"
     shutil.copytree(tiny_model_dir, path)
 
-    assert models.ModelDir.read(path).pooling == "cls"
+    assert files.ModelDir.read(path).pooling == "cls"
 
 
 # --- model list ----------------------------------------------------------------------------------
@@ -235,7 +236,7 @@ def test_list_shows_known_models_and_local_directories(
     _model_dir(embed_env, "all-MiniLM-L6-v2")
     monkeypatch.setenv("EMBED_MODEL_PATH", str(tmp_path / "models"))
 
-    rows = {row.name: row for row in models.list_models()}
+    rows = {row.name: row for row in files.list_models()}
 
     assert list(rows)[:3] == ["gte-small", "all-MiniLM-L6-v2", "bge-small-en-v1.5"]
     assert not rows["gte-small"].present and rows["gte-small"].location is None
@@ -253,7 +254,7 @@ def test_list_skips_an_unreadable_local_directory(
     (broken / "config.json").write_text("{not json")
     monkeypatch.setenv("EMBED_MODEL_PATH", str(tmp_path))
 
-    assert "broken" not in {row.name for row in models.list_models()}
+    assert "broken" not in {row.name for row in files.list_models()}
 
 
 # --- download ------------------------------------------------------------------------------------
@@ -291,10 +292,10 @@ def _register(
     pin: tuple[str, ...] = (),
     optional: tuple[str, ...] = (),
     int8: bool = True,
-) -> registry.ModelSpec:
+) -> catalog.ModelSpec:
     """A registry entry for the fake repo: `pin` files carry their sha256, others use the hub."""
     remote = [
-        registry.RemoteFile(
+        catalog.RemoteFile(
             path,
             hashlib.sha256(files[path]).hexdigest() if path in pin else None,
             variant="fp32"
@@ -307,8 +308,8 @@ def _register(
         for path in ("config.json", "tokenizer.json", "onnx/model.onnx", *optional)
     ]
     if int8:
-        remote.append(registry.RemoteFile("onnx/model_quantized.onnx", variant="int8"))
-    spec = registry.ModelSpec(
+        remote.append(catalog.RemoteFile("onnx/model_quantized.onnx", variant="int8"))
+    spec = catalog.ModelSpec(
         name="tiny",
         repo_id="test-org/tiny",
         revision=COMMIT,
@@ -319,7 +320,7 @@ def _register(
         int8_file="onnx/model_quantized.onnx" if int8 else None,
         description="generated test model",
     )
-    monkeypatch.setitem(registry.REGISTRY, "tiny", spec)
+    monkeypatch.setitem(catalog.REGISTRY, "tiny", spec)
     return spec
 
 
@@ -329,14 +330,14 @@ def test_download_fetches_the_pinned_revision_and_loads(
     hub.add("test-org/tiny", repo_files)
     _register(monkeypatch, repo_files, pin=("tokenizer.json", "onnx/model.onnx"))
 
-    path = fetch.download("tiny", endpoint=hub.endpoint)
+    path = download.download("tiny", endpoint=hub.endpoint)
 
     assert path == embed_env / "tiny"
     for name in ("config.json", "tokenizer.json", "onnx/model.onnx"):
         assert (path / name).read_bytes() == repo_files[name]
     assert not (path / "onnx" / "model_quantized.onnx").exists()  # fp32 only
     assert not (path / ".cache").exists()
-    manifest = json.loads((path / fetch.MANIFEST).read_text())
+    manifest = json.loads((path / download.MANIFEST).read_text())
     assert manifest["revision"] == COMMIT
     assert manifest["files"]["config.json"] == hashlib.sha256(repo_files["config.json"]).hexdigest()
     resolved = [p for _, p in hub.requests if "/resolve/" in p]
@@ -350,10 +351,10 @@ def test_download_again_fetches_nothing(
 ) -> None:
     hub.add("test-org/tiny", repo_files)
     _register(monkeypatch, repo_files)
-    fetch.download("tiny", endpoint=hub.endpoint)
+    download.download("tiny", endpoint=hub.endpoint)
     before = len(hub.requests)
 
-    fetch.download("tiny", endpoint=hub.endpoint)
+    download.download("tiny", endpoint=hub.endpoint)
 
     assert len(hub.requests) == before
 
@@ -363,16 +364,16 @@ def test_int8_is_added_to_an_existing_download(
 ) -> None:
     hub.add("test-org/tiny", repo_files)
     _register(monkeypatch, repo_files)
-    path = fetch.download("tiny", endpoint=hub.endpoint)
+    path = download.download("tiny", endpoint=hub.endpoint)
     fetched = len(hub.downloads())
 
-    fetch.download("tiny", variant="int8", endpoint=hub.endpoint)
+    download.download("tiny", variant="int8", endpoint=hub.endpoint)
 
     assert (path / "onnx" / "model_quantized.onnx").read_bytes() == repo_files[
         "onnx/model_quantized.onnx"
     ]
     assert len(hub.downloads()) == fetched + 1
-    manifest = json.loads((path / fetch.MANIFEST).read_text())
+    manifest = json.loads((path / download.MANIFEST).read_text())
     assert set(manifest["files"]) == {
         "config.json",
         "tokenizer.json",
@@ -402,7 +403,7 @@ def test_a_corrupted_file_is_rejected_and_not_cached(
     _register(monkeypatch, repo_files, pin=(corrupted,) if pinned else ())
 
     with pytest.raises(exceptions.DownloadError, match=f"checksum mismatch \\({kind}"):
-        fetch.download("tiny", endpoint=hub.endpoint)
+        download.download("tiny", endpoint=hub.endpoint)
 
     assert _entries(embed_env) == []  # neither the model nor a staging directory
 
@@ -414,7 +415,7 @@ def test_a_pin_that_disagrees_with_the_hub_refuses_before_downloading(
     hub.add("test-org/tiny", {**repo_files, "onnx/model.onnx": b"other weights"})
 
     with pytest.raises(exceptions.DownloadError, match="refusing to download"):
-        fetch.download("tiny", endpoint=hub.endpoint)
+        download.download("tiny", endpoint=hub.endpoint)
 
     assert not any(p.endswith("model.onnx") for p in hub.downloads())
     assert spec.name == "tiny" and _entries(embed_env) == []
@@ -427,7 +428,7 @@ def test_optional_files_may_be_absent(
     files = {**repo_files, "1_Pooling/config.json": b"{}"}
     _register(monkeypatch, files, optional=("1_Pooling/config.json",))
 
-    path = fetch.download("tiny", endpoint=hub.endpoint)
+    path = download.download("tiny", endpoint=hub.endpoint)
 
     assert not (path / "1_Pooling").exists()
 
@@ -439,7 +440,7 @@ def test_a_missing_required_file_fails(
     _register(monkeypatch, repo_files)
 
     with pytest.raises(exceptions.DownloadError, match=r"has no config\.json"):
-        fetch.download("tiny", endpoint=hub.endpoint)
+        download.download("tiny", endpoint=hub.endpoint)
     assert _entries(embed_env) == []
 
 
@@ -452,7 +453,7 @@ def test_an_unknown_revision_fails(
     with pytest.raises(
         exceptions.DownloadError, match=f"has no test-org/tiny at revision {COMMIT}"
     ):
-        fetch.download("tiny", endpoint=hub.endpoint)
+        download.download("tiny", endpoint=hub.endpoint)
 
 
 def test_offline_download_says_what_to_do(embed_env: Path) -> None:
@@ -461,7 +462,7 @@ def test_offline_download_says_what_to_do(embed_env: Path) -> None:
         port = probe.getsockname()[1]
 
     with pytest.raises(exceptions.DownloadError) as info:
-        fetch.download("gte-small", endpoint=f"http://127.0.0.1:{port}")
+        download.download("gte-small", endpoint=f"http://127.0.0.1:{port}")
 
     message = str(info.value)
     assert f"cannot download gte-small from http://127.0.0.1:{port}" in message
@@ -472,4 +473,4 @@ def test_offline_download_says_what_to_do(embed_env: Path) -> None:
 
 def test_download_of_an_unknown_model_fails() -> None:
     with pytest.raises(exceptions.ModelNotFound, match="knows: gte-small"):
-        fetch.download("nope")
+        download.download("nope")

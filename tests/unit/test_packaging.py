@@ -25,7 +25,7 @@ from worker.config import Settings
 ROOT = Path(__file__).resolve().parents[2]
 UNIT = ROOT / "deploy" / "embed-worker.service"
 
-# What shutdown may take after EMBED_GRACE_SECONDS (worker/runner.py): handing jobs back (3 s
+# What shutdown may take after EMBED_GRACE_SECONDS (worker/process/runner.py): handing jobs back (3 s
 # connect + 3 s statement timeout) and joining the four pipeline threads (2 s each).
 SHUTDOWN_STEPS_SECONDS = 14
 
@@ -251,6 +251,20 @@ def test_docker_context_holds_what_the_wheel_is_built_from(
     assert {line[1:].rstrip("/") for line in ignore if line.startswith("!")} == copied
 
 
+def test_the_console_script_and_the_pinned_python_api_import() -> None:
+    """`embed-worker` and `from worker.embedder import Embedder` are pinned (DESIGN.md): the
+    package layout may move code, never these two."""
+    import importlib
+
+    from worker.embedder import Embedder
+    from worker.models.embedder import Embedder as Defined
+
+    assert Embedder is Defined
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
+    module, _, function = pyproject["project"]["scripts"]["embed-worker"].partition(":")
+    assert callable(getattr(importlib.import_module(module), function))
+
+
 def test_postgres_image_has_the_extensions(services: dict[str, Any]) -> None:
     build = services["db"]["build"]
     text = (ROOT / build["context"] / "Dockerfile").read_text()
@@ -267,7 +281,7 @@ def test_unit_file_runs_the_worker_as_a_hardened_service() -> None:
     service = unit["Service"]
     assert one(service, "ExecStart").endswith("/embed-worker run")
     assert one(service, "ExecStart").startswith("/")
-    # The worker sends READY=1 (worker/systemd.py), and start-up may wait for the database.
+    # The worker sends READY=1 (worker/process/systemd.py), and start-up may wait for the database.
     assert one(service, "Type") == "notify"
     assert one(service, "NotifyAccess") == "main"
     assert one(service, "TimeoutStartSec") == "infinity"

@@ -6,7 +6,7 @@ import io
 import logging
 import threading
 
-from worker.progress import ERASE, ErasingStream
+from worker.process.progress import ERASE, ErasingStream
 
 
 def test_a_record_written_after_a_redraw_still_starts_on_a_clean_line() -> None:

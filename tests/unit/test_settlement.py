@@ -5,42 +5,41 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from tests.support.factories import job, target
-from worker import pipeline
 from worker.config import Settings
+from worker.pipeline import stages, write
+from worker.pipeline.batch import Batch, RowState
 
 SETTINGS = Settings(max_attempts=3, backoff_base_seconds=10, backoff_max_seconds=100)
 NOW = datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)
 
 
-def batch_with(*jobs_and_states: tuple[object, dict[str, pipeline.RowState]]) -> pipeline.Batch:
+def batch_with(*jobs_and_states: tuple[object, dict[str, RowState]]) -> Batch:
     jobs = [j for j, _ in jobs_and_states]
-    batch = pipeline.Batch(jobs=jobs)  # type: ignore[arg-type]
-    pipeline.prepare(batch)
+    batch = Batch(jobs=jobs)  # type: ignore[arg-type]
+    stages.prepare(batch)
     for j, states in jobs_and_states:
         for key, state in states.items():
             row = batch.rows[(j.target.id, key)]  # type: ignore[attr-defined]
             row.state = state
-            if state is pipeline.RowState.FAILED:
+            if state is RowState.FAILED:
                 row.error = f"boom {key}"
     return batch
 
 
 T = {1: target()}
-W, F, G = pipeline.RowState.WRITTEN, pipeline.RowState.FAILED, pipeline.RowState.GONE
+W, F, G = RowState.WRITTEN, RowState.FAILED, RowState.GONE
 
 
 def test_a_job_whose_rows_all_succeeded_is_deleted() -> None:
     j = job({"target": 1, "keys": [1, 2, 3]}, T)
-    out = pipeline.settle(
-        batch_with((j, {"1": W, "2": G, "3": pipeline.RowState.STALE})), SETTINGS, NOW
-    )
+    out = write.settle(batch_with((j, {"1": W, "2": G, "3": RowState.STALE})), SETTINGS, NOW)
     assert out.delete == [1] and not (out.retry or out.resend or out.dead or out.archive)
     assert out.latencies == [5.0]
 
 
 def test_a_wholly_failed_job_backs_off_as_it_is() -> None:
     j = job({"target": 1, "keys": [1, 2]}, T, read_ct=2)
-    out = pipeline.settle(batch_with((j, {"1": F, "2": F})), SETTINGS, NOW)
+    out = write.settle(batch_with((j, {"1": F, "2": F})), SETTINGS, NOW)
     assert list(out.retry) == [1]
     assert 16 <= out.retry[1] <= 24  # second attempt: 2 x 10 s, jittered
     assert not (out.delete or out.resend or out.dead)
@@ -48,7 +47,7 @@ def test_a_wholly_failed_job_backs_off_as_it_is() -> None:
 
 def test_a_partly_failed_job_resends_only_the_failed_keys_with_its_attempts() -> None:
     j = job({"target": 1, "keys": [1, 2, 3]}, T, read_ct=1)
-    out = pipeline.settle(batch_with((j, {"1": W, "2": F, "3": W})), SETTINGS, NOW)
+    out = write.settle(batch_with((j, {"1": W, "2": F, "3": W})), SETTINGS, NOW)
     assert out.delete == [1]
     assert [m for m, _ in out.resend] == [{"target": 1, "keys": [2], "attempts": 1}]
     assert not out.dead
@@ -56,7 +55,7 @@ def test_a_partly_failed_job_resends_only_the_failed_keys_with_its_attempts() ->
 
 def test_exhausted_rows_are_dead_lettered_one_by_one() -> None:
     j = job({"target": 1, "keys": [1, 2, 3], "attempts": 2}, T, read_ct=1)
-    out = pipeline.settle(batch_with((j, {"1": W, "2": F, "3": F})), SETTINGS, NOW)
+    out = write.settle(batch_with((j, {"1": W, "2": F, "3": F})), SETTINGS, NOW)
     assert out.archive == [1] and not out.resend and not out.retry
     assert [(d.row_key, d.message, d.attempts, d.error) for d in out.dead] == [
         (2, {"target": 1, "keys": [2]}, 3, "boom 2"),
@@ -66,14 +65,14 @@ def test_exhausted_rows_are_dead_lettered_one_by_one() -> None:
 
 def test_invalid_keys_are_dead_at_once_and_the_rest_proceeds() -> None:
     j = job({"target": 1, "keys": [1, "not a number"]}, T)
-    out = pipeline.settle(batch_with((j, {"1": W})), SETTINGS, NOW)
+    out = write.settle(batch_with((j, {"1": W})), SETTINGS, NOW)
     assert out.archive == [1]
     assert [d.row_key for d in out.dead] == ["not a number"]
 
 
 def test_unknown_targets_are_dead_lettered_without_running_anything() -> None:
     j = job({"id": 5, "schema": "public", "table": "secret", "contentFunction": "f"}, T)
-    out = pipeline.settle(batch_with((j, {})), SETTINGS, NOW)
+    out = write.settle(batch_with((j, {})), SETTINGS, NOW)
     assert out.archive == [1]
     (dead,) = out.dead
     assert dead.target is None and dead.target_label == "public.secret.embedding"
@@ -84,24 +83,24 @@ def test_jobs_of_a_deferred_target_are_deferred() -> None:
     j = job({"target": 1, "keys": [1]}, T)
     batch = batch_with((j, {}))
     batch.deferred[1] = "model missing"
-    out = pipeline.settle(batch, SETTINGS, NOW)
+    out = write.settle(batch, SETTINGS, NOW)
     assert out.defer == [1] and not (out.delete or out.dead or out.retry)
 
 
 def test_postponed_rows_go_back_at_once_without_an_attempt() -> None:
-    """Chunked targets: rows past a batch's chunk budget (worker.chunkstore) are re-queued."""
-    P = pipeline.RowState.POSTPONED
+    """Chunked targets: rows past a batch's chunk budget (worker.pipeline.chunks) are re-queued."""
+    P = RowState.POSTPONED
     j = job({"target": 1, "keys": [1, 2, 3], "attempts": 1}, T, read_ct=1)
-    out = pipeline.settle(batch_with((j, {"1": W, "2": P, "3": P})), SETTINGS, NOW)
+    out = write.settle(batch_with((j, {"1": W, "2": P, "3": P})), SETTINGS, NOW)
     assert out.delete == [1]
     assert out.resend == [({"target": 1, "keys": [2, 3], "attempts": 1}, 0)]
     assert not (out.retry or out.dead or out.archive)
 
 
 def test_postponed_and_failed_rows_of_one_job_go_back_separately() -> None:
-    P = pipeline.RowState.POSTPONED
+    P = RowState.POSTPONED
     j = job({"target": 1, "keys": [1, 2]}, T, read_ct=1)
-    out = pipeline.settle(batch_with((j, {"1": F, "2": P})), SETTINGS, NOW)
+    out = write.settle(batch_with((j, {"1": F, "2": P})), SETTINGS, NOW)
     assert out.delete == [1] and not out.retry
     messages = sorted((m["keys"], m["attempts"], delay > 0) for m, delay in out.resend)
     assert messages == [([1], 1, True), ([2], 0, False)]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from worker import status_view
+from worker.cli import status
 
 
 def row(**overrides: Any) -> dict[str, Any]:
@@ -28,7 +28,7 @@ def row(**overrides: Any) -> dict[str, Any]:
         "change_model": None,
     }
     base.update(overrides)
-    base["eta_seconds"] = status_view.eta_seconds(base)
+    base["eta_seconds"] = status.eta_seconds(base)
     return base
 
 
@@ -37,39 +37,37 @@ def target_line(lines: list[str]) -> str:
 
 
 def test_estimates_are_marked_and_explained() -> None:
-    lines = status_view.render([row()])
+    lines = status.render([row()])
 
     line = target_line(lines)
     assert "~10,000,000" in line and "~2,000,000" in line
     assert " 2,500,000 " in line  # pending: exact, no mark
-    assert status_view.ESTIMATE_NOTE in lines
+    assert status.ESTIMATE_NOTE in lines
 
 
 def test_estimated_progress_follows_the_pending_jobs() -> None:
-    line = target_line(status_view.render([row()]))
+    line = target_line(status.render([row()]))
 
     assert "[###############.....]  75%" in line  # 7.5M of 10M not waiting, not 2M embedded
 
 
 def test_counts_without_statistics_show_as_unknown() -> None:
-    lines = status_view.render([row(embedded_rows=None, cleared_rows=None)])
+    lines = status.render([row(embedded_rows=None, cleared_rows=None)])
 
     assert "?" in target_line(lines).split()
 
 
 def test_exact_counts_are_unmarked() -> None:
-    lines = status_view.render(
-        [row(estimated=False, total_rows=10, embedded_rows=4, pending_jobs=6)]
-    )
+    lines = status.render([row(estimated=False, total_rows=10, embedded_rows=4, pending_jobs=6)])
 
     line = target_line(lines)
     assert "~" not in line
     assert "[########............]  40%" in line
-    assert status_view.ESTIMATE_NOTE not in lines
+    assert status.ESTIMATE_NOTE not in lines
 
 
 def test_a_running_backfill_is_shown_and_marked_when_estimated() -> None:
-    text = "\n".join(status_view.render([row(backfill_rows=1_500_000)]))
+    text = "\n".join(status.render([row(backfill_rows=1_500_000)]))
     assert "backfill: ~1,500,000 existing row(s) still to queue" in text
-    exact = "\n".join(status_view.render([row(estimated=False, backfill_rows=12)]))
+    exact = "\n".join(status.render([row(estimated=False, backfill_rows=12)]))
     assert "backfill: 12 existing row(s) still to queue" in exact

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker import systemd
+from worker.process import systemd
 
 
 @pytest.fixture

@@ -1,0 +1,1 @@
+"""The `embed-worker` command line: parsing, what each subcommand does, and its output."""

@@ -1,0 +1,250 @@
+"""What each `embed-worker` subcommand does (the parser lives in worker.cli.main)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from typing import Any, Literal
+
+from worker import db, exceptions, schema
+from worker.cli import hints, output
+from worker.config import Settings
+
+EXIT_OK, EXIT_FAILURE = 0, 1
+
+
+def dispatch(args: argparse.Namespace, settings: Settings) -> int:
+    handler = {
+        "migrate": migrate,
+        "run": run,
+        "status": status,
+        "embed": embed,
+        "search": search,
+        "failures": failures,
+        "model": model,
+        "doctor": doctor,
+    }[args.command]
+    return handler(args, settings)
+
+
+def _connect(settings: Settings) -> db.Connection:
+    """A connection to the database with our schema; says on stderr which database it is."""
+    dsn = db.resolve_dsn(settings.database_url)
+    output.say_database(dsn, settings.database_url)
+    conn = db.connect(dsn)
+    with db.translated():
+        row = conn.execute("SELECT to_regclass('embeddings.targets') IS NULL").fetchone()
+    if row and row[0]:
+        conn.close()
+        raise exceptions.DatabaseError(
+            f"the embeddings schema is not installed in {db.describe(dsn)}: run "
+            f"`{hints.command('migrate', dsn)}` (or `make migrate` for the local cluster)"
+        )
+    return conn
+
+
+def doctor(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli.doctor import run as run_doctor
+
+    dsn = db.resolve_dsn(settings.database_url)
+    output.say_database(dsn, settings.database_url)
+    return run_doctor(dsn, settings)
+
+
+def migrate(_args: argparse.Namespace, settings: Settings) -> int:
+    dsn = db.resolve_dsn(settings.database_url)
+    output.say_database(dsn, settings.database_url)
+    db.connect(dsn).close()  # an unreachable database is reported plainly, not through Alembic
+    try:
+        migration = schema.migrate(dsn)
+    except exceptions.EmbedWorkerError:
+        raise
+    except Exception as exc:  # psycopg/SQLAlchemy errors from inside Alembic
+        raise exceptions.DatabaseError(f"migration failed: {db.redact(str(exc))}") from exc
+    for line in migration.lines():  # `applied 0002 (0.2.0)`, or `already at ...`; NOTICEs
+        print(line)
+    return EXIT_OK
+
+
+def run(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.process.runner import Worker
+
+    if args.once and not settings.pull:
+        raise exceptions.ConfigError(
+            "run --once drains the queue: it cannot go with EMBED_PULL=false"
+        )
+    worker = Worker(settings, once=args.once, progress=False if args.no_progress else None)
+    http_server = None
+    if settings.http_port is not None:
+        from worker.http import server
+
+        http_server = server.serve(worker, settings)
+    try:
+        return worker.run()
+    finally:
+        if http_server is not None:
+            http_server.shutdown()
+
+
+# --- status -----------------------------------------------------------------------------------
+def status(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli.status import show, watch
+
+    with _connect(settings) as conn:
+        if args.watch is not None:
+            if args.watch <= 0:
+                raise exceptions.ConfigError("--watch takes a positive number of seconds")
+            dsn = db.resolve_dsn(settings.database_url)
+            header = output.database_line(dsn, settings.database_url)
+            try:
+                watch(conn, args.watch, header, exact=args.exact)
+            except KeyboardInterrupt:
+                return EXIT_OK
+        show(conn, as_json=args.json, exact=args.exact)
+    return EXIT_OK
+
+
+# --- embed and search -------------------------------------------------------------------------
+def embed(args: argparse.Namespace, settings: Settings) -> int:
+    texts = list(args.texts)
+    if texts == ["-"]:
+        texts = [line.rstrip("\r\n") for line in sys.stdin]
+        if not texts:
+            raise exceptions.ConfigError("embed -: standard input held no lines")
+    model = _load(args.model or settings.model, settings)
+    vectors = model.embed(texts)
+    json.dump([[round(float(x), 7) for x in row] for row in vectors], sys.stdout)
+    sys.stdout.write("\n")
+    return EXIT_OK
+
+
+def _load(name: str, settings: Settings) -> Any:
+    """A model by registry name (downloaded on first use) or model directory."""
+    from worker.models import download
+    from worker.models.embedder import Embedder
+
+    return Embedder.load(
+        download.ensure(name, variant=settings.model_variant),
+        variant=settings.model_variant,
+        threads=settings.threads,
+    )
+
+
+def search(args: argparse.Namespace, settings: Settings) -> int:
+    from worker import search as search_mod
+    from worker.pipeline import targets as targets_mod
+
+    if args.k < 1:
+        raise exceptions.ConfigError("-k must be at least 1")
+    with _connect(settings) as conn:
+        with db.translated():
+            row = conn.execute("SELECT to_regclass(%s)::oid", (args.table,)).fetchone()
+        if row is None or row[0] is None:
+            raise exceptions.TargetError(f"no table {args.table!r}")
+        with db.translated():
+            ids = [
+                r[0]
+                for r in conn.execute(
+                    "SELECT id FROM embeddings.targets WHERE source = %s::oid"
+                    " AND (%s::name IS NULL OR embedding_column = %s::name) ORDER BY id",
+                    (row[0], args.column, args.column),
+                )
+            ]
+        if not ids:
+            hint = f"SELECT embeddings.watch('{args.table}', 'content_column');"
+            status_hint = hints.command("status", db.resolve_dsn(settings.database_url))
+            hint += f" then see `{status_hint}`"
+            raise exceptions.TargetError(f"{args.table} is not watched: {hint}")
+        if len(ids) > 1:
+            raise exceptions.ConfigError(
+                f"{args.table} has several embedding columns: pass --column"
+            )
+        db.register_vector_types(conn)
+        target = targets_mod.load(conn)[ids[0]]
+        # Embedded with the column's model at that moment; documents of a chunked target by
+        # their best chunk (worker/search.py).
+        results = search_mod.ranked(
+            conn, lambda name: _load(name, settings), target, args.query, args.k
+        )
+    if args.json:
+        output.print_json(results)
+        return EXIT_OK
+    output.print_table(
+        ["similarity", "key", "content"],
+        [
+            [
+                f"{r['similarity']:.3f}",
+                str(r["key"]),
+                output.preview(r.get("chunk", r.get("content"))),
+            ]
+            for r in results
+        ],
+    )
+    return EXIT_OK
+
+
+# --- failures ---------------------------------------------------------------------------------
+def failures(args: argparse.Namespace, settings: Settings) -> int:
+    with _connect(settings) as conn, db.translated():
+        rows = conn.execute(
+            "SELECT id, target, row_key, attempts, last_error, failed_at"
+            " FROM embeddings.failures ORDER BY id"
+        ).fetchall()
+        if args.retry:
+            retried_row = conn.execute("SELECT embeddings.retry_failures()").fetchone()
+            retried = retried_row[0] if retried_row else 0
+            print(f"re-queued {retried} dead-lettered job(s)", file=sys.stderr)
+            return EXIT_OK
+    keys = ("id", "target", "row_key", "attempts", "last_error", "failed_at")
+    if args.json:
+        output.print_json([dict(zip(keys, r, strict=True)) for r in rows])
+        return EXIT_OK
+    if not rows:
+        print("no dead-lettered jobs")
+        return EXIT_OK
+    output.print_table(
+        ["id", "target", "row key", "attempts", "failed at", "last error"],
+        [
+            [
+                str(r[0]),
+                r[1],
+                json.dumps(r[2]),
+                str(r[3]),
+                f"{r[5]:%Y-%m-%d %H:%M:%S}",
+                output.preview(r[4], 70),
+            ]
+            for r in rows
+        ],
+    )
+    retry = hints.command("failures --retry", db.resolve_dsn(settings.database_url))
+    print(f"\n{len(rows)} dead-lettered; re-queue with: {retry}")
+    return EXIT_OK
+
+
+# --- models -----------------------------------------------------------------------------------
+def model(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.models import catalog, download, files
+
+    if args.model_command == "list":
+        rows = files.list_models()
+        output.print_table(
+            ["name", "dim", "pooling", "max tokens", "present", "where", "source"],
+            [
+                [
+                    r.name,
+                    str(r.dim or "?"),
+                    r.pooling,
+                    str(r.max_tokens),
+                    "yes" if r.present else "no",
+                    str(r.location or "-"),
+                    r.source,
+                ]
+                for r in rows
+            ],
+        )
+        return EXIT_OK
+    variant: catalog.Variant | Literal["all"] = args.download_variant or settings.model_variant
+    path = download.download(args.name, variant=variant)
+    print(f"{args.name} is in {path}", file=sys.stderr)
+    return EXIT_OK

@@ -1,0 +1,285 @@
+"""`embed-worker doctor`: checks the common problems and says what to do about each.
+
+Each check prints `ok`, `warn` or `FAIL` with one line of detail and, for the last two, the fix.
+The exit code is 1 when any check fails, so scripts and CI can gate on it.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal
+
+import psycopg
+
+from worker import db, exceptions
+from worker.cli import hints, output
+from worker.config import Settings
+from worker.models import catalog, download, files
+
+Level = Literal["ok", "warn", "FAIL"]
+BACKLOG_SECONDS = 300.0  # a job older than this, with no rate to drain it, is a backlog
+MIN_VECTOR = (0, 7)  # halfvec
+MIN_PGMQ = (1, 4)  # pgmq.format_table_name, read_with_poll
+
+
+@dataclass(frozen=True)
+class Finding:
+    level: Level
+    check: str
+    detail: str
+    fix: str = ""
+
+
+def _version(text: str | None) -> tuple[int, ...]:
+    parts = []
+    for part in (text or "").split("."):
+        digits = "".join(ch for ch in part if ch.isdigit())
+        parts.append(int(digits) if digits else 0)
+    return tuple(parts)
+
+
+def run(dsn: str, settings: Settings) -> int:
+    findings = check(dsn, settings)
+    for f in findings:
+        print(f"{f.level:<4}  {f.check}: {f.detail}")
+        if f.fix:
+            print(f"      fix: {f.fix}")
+    failed = sum(f.level == "FAIL" for f in findings)
+    warned = sum(f.level == "warn" for f in findings)
+    print(f"\n{failed} problem(s), {warned} warning(s)")
+    return 1 if failed else 0
+
+
+def check(dsn: str, settings: Settings) -> list[Finding]:
+    try:
+        conn = db.connect(dsn, connect_timeout=5)
+    except exceptions.EmbedWorkerError as exc:
+        return [
+            Finding("FAIL", "database", str(exc), "set DATABASE_URL (or --database-url)"),
+        ]
+    with conn, db.translated():
+        found = [Finding("ok", "database", f"connected to {db.describe(dsn)}")]
+        found += _extensions(conn)
+        installed = _schema(conn, dsn, found)
+        if installed:
+            found += _targets(conn, dsn, settings)
+        found += _cron(conn)
+    return found
+
+
+def _extensions(conn: db.Connection) -> list[Finding]:
+    have = dict(conn.execute("SELECT extname, extversion FROM pg_extension").fetchall())
+    pgmq_schema = conn.execute("SELECT to_regnamespace('pgmq') IS NOT NULL").fetchone()
+    out = []
+    if "vector" not in have:
+        out.append(
+            Finding(
+                "FAIL",
+                "pgvector",
+                "extension vector is not installed",
+                "install pgvector >= 0.7 on the server, then `embed-worker migrate`",
+            )
+        )
+    elif _version(have["vector"]) < MIN_VECTOR:
+        out.append(
+            Finding(
+                "FAIL",
+                "pgvector",
+                f"version {have['vector']} has no halfvec",
+                "ALTER EXTENSION vector UPDATE (pgvector >= 0.7 on the server)",
+            )
+        )
+    else:
+        out.append(Finding("ok", "pgvector", f"version {have['vector']}"))
+    if "pgmq" in have and _version(have["pgmq"]) < MIN_PGMQ:
+        out.append(
+            Finding(
+                "FAIL",
+                "pgmq",
+                f"version {have['pgmq']} is too old",
+                "ALTER EXTENSION pgmq UPDATE (pgmq >= 1.4)",
+            )
+        )
+    elif "pgmq" in have or (pgmq_schema and pgmq_schema[0]):
+        out.append(Finding("ok", "pgmq", f"version {have.get('pgmq', 'installed as SQL')}"))
+    else:
+        out.append(Finding("FAIL", "pgmq", "not installed", "`embed-worker migrate` installs it"))
+    return out
+
+
+def _schema(conn: db.Connection, dsn: str, found: list[Finding]) -> bool:
+    row = conn.execute("SELECT to_regclass('embeddings.targets') IS NOT NULL").fetchone()
+    if not row or not row[0]:
+        found.append(
+            Finding(
+                "FAIL",
+                "schema",
+                "the embeddings schema is not installed",
+                f"`{hints.command('migrate', dsn)}`",
+            )
+        )
+        return False
+    found.append(Finding("ok", "schema", "the embeddings schema is installed"))
+    return True
+
+
+def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]:
+    from worker.cli import status
+
+    out: list[Finding] = []
+    role = conn.execute("SELECT current_user").fetchone()
+    who = role[0] if role else "this role"
+    try:
+        with conn.transaction():
+            rows = status.fetch(conn)
+    except (psycopg.Error, exceptions.DatabaseError) as exc:
+        rows = []
+        out.append(
+            Finding(
+                "FAIL",
+                "status",
+                f"cannot read embeddings.status as {who}: {exc}",
+                f"as the table owner: SELECT embeddings.grant_worker('{who}');",
+            )
+        )
+    dims = dict(
+        conn.execute("SELECT name, dimensions FROM embeddings.models").fetchall()
+        if _can_read(conn, "embeddings.models")
+        else []
+    )
+    watched = {m for (m,) in conn.execute("SELECT model FROM embeddings.targets").fetchall()}
+    for model in sorted({settings.model} | watched):
+        out.append(_model(model))
+    targets = conn.execute(
+        "SELECT embeddings.target_name(t), t.model, a.atttypmod,"
+        " has_column_privilege(t.source, t.embedding_column, 'UPDATE'),"
+        " has_table_privilege(t.source, 'SELECT'),"
+        " has_table_privilege(format('pgmq.%I', pgmq.format_table_name(t.queue, 'q')),"
+        "                     'SELECT, UPDATE, DELETE'),"
+        " has_table_privilege('embeddings.failures', 'INSERT')"
+        " FROM embeddings.targets t JOIN pg_attribute a ON a.attrelid = t.source"
+        "  AND a.attname = t.embedding_column AND NOT a.attisdropped ORDER BY t.id"
+    ).fetchall()
+    for name, model, typmod, can_update, can_read, can_queue, can_fail in targets:
+        if model in dims and typmod > 0 and typmod != dims[model]:
+            out.append(
+                Finding(
+                    "FAIL",
+                    f"dimensions {name}",
+                    f"the column holds {typmod} dimensions, model {model!r} produces {dims[model]}",
+                    f"re-watch with a {typmod}-dimensional model, or alter the column to "
+                    f"halfvec({dims[model]})",
+                )
+            )
+        missing = [
+            what
+            for what, ok in (
+                ("UPDATE of the embedding column", can_update),
+                ("SELECT on the table", can_read),
+                ("SELECT/UPDATE/DELETE on the queue", can_queue),
+                ("INSERT on embeddings.failures", can_fail),
+            )
+            if not ok
+        ]
+        if missing:
+            out.append(
+                Finding(
+                    "FAIL",
+                    f"grants {name}",
+                    f"role {who} lacks {', '.join(missing)}",
+                    f"as the table owner: SELECT embeddings.grant_worker('{who}');",
+                )
+            )
+    out += _queue(rows, dsn)
+    return out
+
+
+def _can_read(conn: db.Connection, table: str) -> bool:
+    row = conn.execute("SELECT has_table_privilege(%s, 'SELECT')", (table,)).fetchone()
+    return bool(row and row[0])
+
+
+def _model(name: str) -> Finding:
+    try:
+        where = files.locate(name)
+    except exceptions.ModelNotFound as exc:
+        if name in catalog.REGISTRY and download.downloads_disabled() is None:
+            return Finding(
+                "warn",
+                f"model {name}",
+                "not on disk here; the worker downloads it on first use",
+                f"to fetch it now: `{hints.command(f'model download {name}', None)}`",
+            )
+        return Finding("FAIL", f"model {name}", str(exc), "see the message for what to fetch")
+    return Finding("ok", f"model {name}", f"found in {os.fspath(where)}")
+
+
+def _queue(rows: list[dict[str, object]], dsn: str) -> list[Finding]:
+    out = []
+    for r in rows:
+        name = str(r["target"])
+        pending = int(str(r["pending_jobs"]))
+        oldest = r["oldest_pending_seconds"]
+        if r["deferred_reason"]:
+            out.append(
+                Finding(
+                    "FAIL",
+                    f"queue {name}",
+                    f"{pending} job(s) deferred: {r['deferred_reason']}",
+                    "fix the cause above; the worker retries deferred jobs every minute",
+                )
+            )
+        elif pending and isinstance(oldest, float) and oldest > BACKLOG_SECONDS:
+            rate = float(str(r["rows_per_second"]))
+            out.append(
+                Finding(
+                    "FAIL" if rate == 0 else "warn",
+                    f"queue {name}",
+                    f"{pending} job(s) pending, the oldest for {output.age(oldest)}, "
+                    f"recent rate {rate:.1f}/s",
+                    f"is a worker running? `{hints.command('run', dsn)}`; if it is, add workers"
+                    " or EMBED_THREADS",
+                )
+            )
+        failed = int(str(r["failed_jobs"]))
+        if failed:
+            out.append(
+                Finding(
+                    "FAIL",
+                    f"dead letters {name}",
+                    f"{failed} job(s) exhausted their attempts",
+                    f"read why with `{hints.command('failures', dsn)}`, fix the cause, then "
+                    f"`{hints.command('failures --retry', dsn)}`",
+                )
+            )
+    if not rows:
+        out.append(
+            Finding("warn", "targets", "no watched tables yet", "SELECT embeddings.watch(...)")
+        )
+    return out
+
+
+def _cron(conn: db.Connection) -> list[Finding]:
+    available = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron')"
+    ).fetchone()
+    if not available or not available[0]:
+        return [Finding("ok", "pg_cron", "not available on this server (optional)")]
+    try:
+        with conn.transaction():
+            preload = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+    except psycopg.Error:
+        return [Finding("ok", "pg_cron", "this role cannot read shared_preload_libraries")]
+    if preload and "pg_cron" in preload[0]:
+        return [Finding("ok", "pg_cron", "preloaded")]
+    return [
+        Finding(
+            "warn",
+            "pg_cron",
+            "installed on the server but not in shared_preload_libraries: embeddings.sweep() "
+            "cannot be scheduled",
+            "add pg_cron to shared_preload_libraries (and cron.database_name), restart Postgres, "
+            "then `embed-worker migrate`",
+        )
+    ]

@@ -1,0 +1,250 @@
+"""The `embed-worker` command line.
+
+Exit codes: 0 success; 1 a runtime failure (database, model, HTTP) or, for `doctor`, a problem
+found; 2 bad usage or configuration. Every environment variable has a flag; flags win. Global
+options (connection, logging, model location) go before or after the subcommand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import sys
+from collections.abc import Sequence
+
+from worker import __version__, exceptions, logs
+from worker.config import Settings
+
+logger = logging.getLogger("worker.cli")
+
+EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
+
+DESCRIPTIONS = {
+    "migrate": "Install the embeddings schema in the database, or upgrade it to this version "
+    "(Alembic upgrade head). Safe to run again: an up-to-date database is left as it is.",
+    "run": "Run the worker: lease jobs from the queue, embed the rows' content, store the "
+    "vectors. Registry models are downloaded on first use unless EMBED_OFFLINE=1.",
+    "status": "One row per watched table: rows, embedded, cleared (blank content), pending jobs "
+    "with progress and ETA, dead letters, and why jobs wait (deferred). Row counts of large "
+    "tables are estimates (~) unless --exact; pending and failed are always exact.",
+    "embed": "Print the embeddings of TEXT... (or of standard input's lines with `-`) as a "
+    "JSON list of vectors.",
+    "search": "Embed QUERY with the model of TABLE's target and print the nearest rows.",
+    "failures": "List dead-lettered jobs (rows that exhausted their attempts), or re-queue them.",
+    "doctor": "Check the database, the models and the queue for common problems, and say what "
+    "to do about each. Exits 1 when it finds one.",
+    "model": "List the known models or download one.",
+}
+
+
+def _global_options(
+    defaults: str | None, *, models: bool = True, variant: bool = True
+) -> argparse.ArgumentParser:
+    """The options accepted before and after the subcommand. `defaults` is None for the
+    top-level parser and argparse.SUPPRESS for subcommands, so a value given before the
+    subcommand is not reset by the subparser. Subcommands that load no model do not list the
+    model options (they are still accepted before the subcommand)."""
+    parent = argparse.ArgumentParser(add_help=False, argument_default=defaults)
+    common = parent.add_argument_group("connection and logging")
+    common.add_argument(
+        "--database-url",
+        metavar="URL",
+        help="libpq URL or conninfo [DATABASE_URL]; default: PG* variables, else the local "
+        "`make db` cluster",
+    )
+    common.add_argument(
+        "--log-format",
+        choices=("text", "json"),
+        help="log lines as text or JSON [EMBED_LOG_FORMAT]",
+    )
+    common.add_argument(
+        "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING... [EMBED_LOG_LEVEL]"
+    )
+    if not models:
+        return parent
+    model = parent.add_argument_group("model location")
+    model.add_argument(
+        "--model-path",
+        metavar="DIRS",
+        help="colon-separated directories holding model directories [EMBED_MODEL_PATH]",
+    )
+    model.add_argument(
+        "--cache-dir",
+        metavar="DIR",
+        help="download cache (default ~/.cache/embed-worker) [EMBED_CACHE_DIR]",
+    )
+    if variant:  # `model download --variant` has its own meaning
+        model.add_argument(
+            "--variant",
+            dest="model_variant",
+            choices=("fp32", "int8"),
+            help="model weights to run [EMBED_MODEL_VARIANT]",
+        )
+    model.add_argument("--threads", type=int, metavar="N", help="inference threads [EMBED_THREADS]")
+    return parent
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embed-worker",
+        description="Postgres-native embedding worker: keeps the embedding columns of watched "
+        "tables up to date, from a pgmq queue, with a local ONNX model.",
+        epilog="Each option also reads an environment variable (shown in brackets); the option "
+        "wins. Options of the first two groups go before or after the command. Without "
+        "DATABASE_URL or PG* variables, the local `make db` cluster is used.",
+        parents=[_global_options(None)],
+    )
+    parser.add_argument("--version", action="version", version=f"embed-worker {__version__}")
+    shared = _global_options(argparse.SUPPRESS)
+    connection_only = _global_options(argparse.SUPPRESS, models=False)
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, short: str, *, loads_models: bool = True) -> argparse.ArgumentParser:
+        return commands.add_parser(
+            name,
+            help=short,
+            description=DESCRIPTIONS[name],
+            parents=[shared if loads_models else connection_only],
+        )
+
+    command("migrate", "install or upgrade the database schema", loads_models=False)
+
+    run = command("run", "run the worker")
+    run.add_argument("--once", action="store_true", help="drain the queue, then exit 0")
+    run.add_argument("--model", help="default model (for /embed) [EMBED_MODEL]")
+    run.add_argument("--queue", help="pgmq queue [EMBED_QUEUE]")
+    run.add_argument("--batch-size", type=int, help="rows per batch [EMBED_BATCH_SIZE]")
+    run.add_argument("--vt-seconds", type=int, help="lease (visibility timeout) [EMBED_VT_SECONDS]")
+    run.add_argument(
+        "--max-attempts", type=int, help="attempts before dead-lettering [EMBED_MAX_ATTEMPTS]"
+    )
+    run.add_argument(
+        "--http-port", type=int, help="serve /healthz, /readyz, /metrics, /embed [EMBED_HTTP_PORT]"
+    )
+    run.add_argument(
+        "--http-host", help="bind address for HTTP (default 127.0.0.1) [EMBED_HTTP_HOST]"
+    )
+    run.add_argument(
+        "--no-pull",
+        dest="pull",
+        action="store_const",
+        const=False,
+        help="lease no jobs; serve only those POSTed to /functions/v1/embed [EMBED_PULL=false]",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
+
+    status = command(
+        "status", "per watched table: rows, embedded, pending, failed, ETA", loads_models=False
+    )
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument(
+        "--exact",
+        action="store_true",
+        help="count rows exactly (scans every watched table; without it, large tables' counts "
+        "are estimates, marked ~)",
+    )
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=float,
+        metavar="SECONDS",
+        help="refresh in place every SECONDS (default 2) until Ctrl-C",
+    )
+
+    embed = command("embed", "print the embeddings of TEXT... as a JSON list")
+    embed.add_argument(
+        "texts",
+        nargs="+",
+        metavar="TEXT",
+        help="texts to embed; `-` reads one text per line from standard input",
+    )
+    embed.add_argument("--model", help="registry model name [EMBED_MODEL]")
+
+    search = command("search", "rows of TABLE nearest in meaning to QUERY")
+    search.add_argument("table", metavar="TABLE", help="a watched table, e.g. public.documents")
+    search.add_argument("query", metavar="QUERY", help="what to look for, in plain words")
+    search.add_argument("-k", type=int, default=5, help="how many rows (default 5)")
+    search.add_argument("--column", help="embedding column, when the table has several")
+    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    failures = command("failures", "list dead-lettered jobs", loads_models=False)
+    failures.add_argument("--retry", action="store_true", help="re-queue them all")
+    failures.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    command("doctor", "check for common problems and say what to do")
+
+    model_cmd = command("model", "list or download models")
+    model_commands = model_cmd.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    model_commands.add_parser(
+        "list",
+        help="known models and which are present",
+        description="List the registry models and model directories on EMBED_MODEL_PATH, "
+        "with where each is found.",
+        parents=[shared],
+    )
+    download = model_commands.add_parser(
+        "download",
+        help="fetch a model from the Hugging Face hub",
+        description="Download a registry model at its pinned revision into the cache, "
+        "verifying every file's checksum.",
+        parents=[_global_options(argparse.SUPPRESS, variant=False)],
+    )
+    download.add_argument("name", metavar="NAME", help="a registry model (see `model list`)")
+    download.add_argument(
+        "--variant",
+        dest="download_variant",
+        choices=("fp32", "int8", "all"),
+        help="which ONNX file(s) to fetch (default: EMBED_MODEL_VARIANT)",
+    )
+    return parser
+
+
+def settings_from(args: argparse.Namespace) -> Settings:
+    # The model search path and cache are read by worker.models.files from the environment.
+    if getattr(args, "model_path", None):
+        os.environ["EMBED_MODEL_PATH"] = args.model_path
+    if getattr(args, "cache_dir", None):
+        os.environ["EMBED_CACHE_DIR"] = args.cache_dir
+    names = (
+        "database_url",
+        "log_format",
+        "log_level",
+        "model_variant",
+        "threads",
+        "model",
+        "queue",
+        "batch_size",
+        "vt_seconds",
+        "max_attempts",
+        "http_port",
+        "http_host",
+        "pull",
+    )
+    return Settings.from_env(**{n: getattr(args, n, None) for n in names})
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        settings = settings_from(args)
+    except exceptions.ConfigError as exc:
+        print(f"embed-worker: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    quiet = args.command in ("search", "embed") and getattr(args, "log_level", None) is None
+    # search and embed print results: their model loading is not news (warnings still show).
+    logs.configure(settings.log_format, "WARNING" if quiet else settings.log_level)
+    from worker.cli import commands  # the heavy imports (onnxruntime, alembic) only past parsing
+
+    try:
+        return commands.dispatch(args, settings)
+    except exceptions.ConfigError as exc:
+        logger.error("%s", exc)
+        return EXIT_USAGE
+    except exceptions.EmbedWorkerError as exc:
+        logger.error("%s", exc)
+        return EXIT_FAILURE
+    except KeyboardInterrupt:
+        return 130

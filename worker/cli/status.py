@@ -1,0 +1,215 @@
+"""`embed-worker status`: one row per target, with progress bars and an ETA where work is
+pending, why jobs wait when the worker defers them, and `--watch` to refresh in place.
+
+Reads `embeddings.status`, whose row counts are estimates for large tables (its `estimated`
+column; shown with a `~`) so that a status costs the same at ten rows or ten million;
+`--exact` reads `embeddings.status_exact`, which scans every watched table."""
+
+from __future__ import annotations
+
+import sys
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+from psycopg import sql
+
+from worker import db
+from worker.cli import output
+
+COLUMNS = (
+    "target",
+    "total_rows",
+    "embedded_rows",
+    "pending_jobs",
+    "failed_jobs",
+    "oldest_pending_seconds",
+    "rows_per_second",
+    "model",
+    "cleared_rows",
+    "deferred_reason",
+    "deferred_since",
+    "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
+    "estimated",  # total, embedded and cleared rows and chunks are estimates (large tables)
+    "backfill_rows",  # rows a running backfill has still to queue (NULL: none runs)
+    "index_deferred",  # the HNSW index waits for the backfill's end
+    "pending_live",  # priority lanes: the application's writes
+    "pending_backfill",  # watch()'s initial enqueue, model changes, sweep(), failures --retry
+    "vectors_from",  # provenance: 'model revision variant' of the stored vectors
+    "change_model",  # a model change in progress (NULL otherwise) and its progress
+    "change_done_rows",
+    "change_total_rows",
+    "change_rows_per_second",
+    "change_eta_seconds",
+)
+VIEWS = {False: "status", True: "status_exact"}
+ESTIMATE_NOTE = (
+    "~ estimated from the table's statistics (exact counts: `embed-worker status --exact`, "
+    "which scans the tables); pending and failed are always exact."
+)
+CLEAR_SCREEN = "\x1b[H\x1b[J"  # cursor home, erase below: the next frame replaces this one
+BAR_WIDTH = 20
+
+
+def fetch(conn: db.Connection, *, exact: bool = False) -> list[dict[str, Any]]:
+    with db.translated():
+        cur = conn.execute(
+            sql.SQL("SELECT {} FROM embeddings.{} ORDER BY target").format(
+                sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), sql.Identifier(VIEWS[exact])
+            )
+        )
+        rows = [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]
+    for row in rows:
+        row["eta_seconds"] = eta_seconds(row)
+    return rows
+
+
+def eta_seconds(row: dict[str, Any]) -> float | None:
+    """Pending rows at the recent rate; None when nothing is pending or nothing moves."""
+    rate = row["rows_per_second"] or 0.0
+    if not row["pending_jobs"] or rate <= 0 or row["deferred_reason"]:
+        return None
+    return float(row["pending_jobs"]) / float(rate)
+
+
+def bar(done: int, total: int, *, width: int = BAR_WIDTH) -> str:
+    """`[########............]  40%`; ASCII so that every terminal and log shows it."""
+    fraction = 1.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
+    filled = int(fraction * width)
+    return f"[{'#' * filled}{'.' * (width - filled)}] {fraction * 100:3.0f}%"
+
+
+def count(value: int | None, *, estimated: bool) -> str:
+    """`1,234`, `~1,234` for an estimate, `?` when not known (no statistics yet)."""
+    if value is None:
+        return "?"
+    return f"{'~' if estimated else ''}{value:,}"
+
+
+def progress_done(row: dict[str, Any], wanted: int) -> int:
+    """Rows counted as done for the progress bar. Exact counts: the embedded rows. Estimates:
+    the rows that no job waits for, since the pending count is exact and current, whereas
+    the embedded estimate moves only when the table is analyzed."""
+    if row["estimated"] or row["embedded_rows"] is None:
+        return max(wanted - int(row["pending_jobs"]), 0)
+    return int(row["embedded_rows"])
+
+
+def render(rows: list[dict[str, Any]]) -> list[str]:
+    if not rows:
+        return ["no watched tables: register one with SELECT embeddings.watch('table', 'column');"]
+    table = []
+    for r in rows:
+        cleared = r["cleared_rows"] or 0
+        wanted = (r["total_rows"] or 0) - cleared  # rows that should have an embedding
+        pending = r["pending_jobs"]
+        estimated = bool(r["estimated"])
+        progress = bar(progress_done(r, wanted), wanted) if pending else "done" if wanted else "-"
+        if r["deferred_reason"]:
+            eta = "waiting (deferred)"
+        elif pending:
+            eta = output.age(r["eta_seconds"]) if r["eta_seconds"] is not None else "no rate yet"
+        else:
+            eta = "-"
+        table.append(
+            [
+                r["target"],
+                r["model"],
+                count(r["total_rows"], estimated=estimated),
+                count(r["embedded_rows"], estimated=estimated)
+                + (
+                    f" ({count(r['chunks'], estimated=estimated)} chunks)"
+                    if r["chunks"] is not None
+                    else ""
+                ),
+                count(r["cleared_rows"], estimated=estimated),
+                f"{pending:,}",
+                f"{r['failed_jobs']:,}",
+                output.age(r["oldest_pending_seconds"]),
+                f"{r['rows_per_second']:.1f}/s",
+                progress,
+                eta,
+            ]
+        )
+    lines = output.table_lines(
+        [
+            "target",
+            "model",
+            "rows",
+            "embedded",
+            "cleared",
+            "pending",
+            "failed",
+            "oldest pending",
+            "recent rate",
+            "progress",
+            "ETA",
+        ],
+        table,
+    )
+    for r in rows:
+        lines.extend(notes(r))
+    if any(r["cleared_rows"] for r in rows):
+        lines.append("")
+        lines.append("cleared: rows whose content is empty or blank; they get no embedding.")
+    if any(r["estimated"] for r in rows):
+        lines.append("")
+        lines.append(ESTIMATE_NOTE)
+    return lines
+
+
+def notes(r: dict[str, Any]) -> list[str]:
+    """What a target's table line cannot say: a model change, a deferral, a backfill, an index
+    waiting for it; each note preceded by a blank line."""
+    lines: list[str] = []
+    if r["change_model"]:
+        done, total = r["change_done_rows"] or 0, r["change_total_rows"] or 0
+        eta = r["change_eta_seconds"]
+        lines.append("")
+        lines.append(
+            f"{r['target']}: changing the model to {r['change_model']}:"
+            f" {bar(done, total)} {done:,}/{total:,} rows,"
+            f" {r['change_rows_per_second'] or 0:.1f}/s, ETA"
+            f" {output.age(eta) if eta is not None else 'no rate yet'}"
+            f" ({r['model']} serves searches until the swap)"
+        )
+    if r["deferred_reason"]:
+        since = r["deferred_since"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        lines.append("")
+        lines.append(f"{r['target']}: {r['pending_jobs']:,} job(s) wait since {since}:")
+        lines.append(f"  {r['deferred_reason']}")
+    if r["backfill_rows"] is not None:
+        lines.append("")
+        lines.append(
+            f"{r['target']}: backfill: {'~' if r['estimated'] else ''}"
+            f"{r['backfill_rows']:,} existing row(s) still to queue"
+            " (counted as pending; queued whenever the worker's reads run short)"
+        )
+    if r["index_deferred"]:
+        lines.append("")
+        lines.append(
+            f"{r['target']}: its HNSW index is built once the backfill ends;"
+            " search scans exactly meanwhile"
+        )
+    return lines
+
+
+def show(conn: db.Connection, *, as_json: bool, exact: bool = False) -> None:
+    rows = fetch(conn, exact=exact)
+    if as_json:
+        output.print_json(rows)
+    else:
+        print("\n".join(render(rows)))
+
+
+def watch(conn: db.Connection, interval: float, header: str, *, exact: bool = False) -> None:
+    """Redraws the status every `interval` seconds until interrupted: in place on a terminal,
+    one timestamped frame after another otherwise."""
+    in_place = sys.stdout.isatty()
+    while True:
+        lines = render(fetch(conn, exact=exact))
+        stamp = datetime.now(UTC).strftime("%H:%M:%S UTC")
+        frame = [f"{header}, {stamp} (every {interval:g} s; Ctrl-C to stop)", "", *lines]
+        sys.stdout.write((CLEAR_SCREEN if in_place else "\n") + "\n".join(frame) + "\n")
+        sys.stdout.flush()
+        time.sleep(interval)

@@ -1,0 +1,65 @@
+"""Readiness for /readyz: the database answers, the default model is loaded, and which
+targets the worker cannot serve now (their jobs are deferred, with why)."""
+
+from __future__ import annotations
+
+import threading
+import time
+from typing import TYPE_CHECKING
+
+from worker import db, exceptions
+
+if TYPE_CHECKING:
+    from worker.process.runner import Worker
+
+
+class ReadinessProbe:
+    """Database reachable (checked at most once a second) and the default model loaded."""
+
+    def __init__(self, worker: Worker) -> None:
+        self.worker = worker
+        self._lock = threading.Lock()
+        self._checked_at = float("-inf")
+        self._db_error: str | None = "not checked yet"
+
+    def unservable_targets(self) -> dict[str, str]:
+        """Targets of our queue the worker cannot serve now, with why (their jobs wait)."""
+        worker = self.worker
+        failed = worker.embedders.failures()
+        loaded = worker.embedders.loaded()
+        found = {}
+        for target in worker.registry.snapshot().values():
+            if target.queue != worker.settings.queue:
+                continue
+            model = loaded.get(target.model)
+            problem = target.problem(model.dim if model is not None else None)
+            if problem is None and target.model in failed:
+                problem = failed[target.model]
+            if problem is not None:
+                found[target.name] = problem
+        return found
+
+    def problems(self) -> list[str]:
+        found = []
+        model_problem = self.worker.default_model_problem()
+        if model_problem:
+            found.append(f"model {self.worker.settings.model}: {model_problem}")
+        if self.worker.failure is not None or self.worker.finished.is_set():
+            found.append("worker stopped")
+        db_error = self._database()
+        if db_error:
+            found.append(f"database: {db_error}")
+        return found
+
+    def _database(self) -> str | None:
+        with self._lock:
+            if time.monotonic() - self._checked_at < 1.0:
+                return self._db_error
+            try:
+                with db.connect(self.worker.dsn, connect_timeout=2) as conn:
+                    conn.execute("SELECT 1")
+                self._db_error = None
+            except exceptions.EmbedWorkerError as exc:
+                self._db_error = str(exc)
+            self._checked_at = time.monotonic()
+            return self._db_error

@@ -1,0 +1,392 @@
+"""Text in, unit vectors out: a WordPiece tokenizer and a BERT encoder on the CPU (onnxruntime).
+
+The numerics follow Supabase's runtime for gte-small (and sentence-transformers): the tokenizer
+comes from `tokenizer.json` with its baked-in truncation and fixed padding replaced (truncate at
+`max_tokens`, pad each batch to its longest input), only the inputs the graph declares are fed,
+hidden states are mean-pooled over the attention mask (or the CLS token is taken, where the model
+says so), and each vector is L2-normalized.
+
+For speed, inputs are sorted by token count and cut into batches by a token budget (rows times
+padded length) with at most 5% padding per batch, so short texts are not padded to the length of
+long ones; results come back in the caller's order. Tokenization (`encode_batch`) and inference
+(`InferenceSession.run`, 90%+ of the time) release the GIL, and pooling is vectorized numpy, so
+other threads (database I/O) keep running while a batch is embedded.
+
+Empty and blank strings are embedded like any other text: they tokenize to `[CLS] [SEP]` and give
+the model's (unit-norm, deterministic) vector for empty input, as sentence-transformers and
+Supabase's runtime do. The library does not invent a zero vector or an error for them; the worker
+never sends them (blank content clears the embedding instead).
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import unicodedata
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+import numpy.typing as npt
+
+from worker import exceptions
+from worker.models import catalog, files, onnx, quantization
+
+logger = logging.getLogger(__name__)
+
+Variant = Literal["fp32", "int8"]
+FloatMatrix = npt.NDArray[np.float32]
+
+# Rows x padded length per inference call. Measured with gte-small's architecture on the 2-core
+# benchmark machine (bench/embedder.py), padding capped as below: speed is flat from 1024 to
+# 32768 (141-153 texts/s on the mixed corpus, 12.1-13.2 texts/s on 512-token texts, within
+# noise), while memory grows with the budget: attention scores alone take ~50 bytes x budget x
+# sequence length (100 MB per layer at 4096 x 512, 800 MB at 32768 x 512). 4096 keeps that low
+# and still packs 256 rows of short (16-token) texts into one call.
+DEFAULT_TOKEN_BUDGET = 4096
+# Rows x length² per call. Speed is the same at 512-token inputs for 1 to 8 rows per call, but
+# attention scores and their softmax take ~100 bytes x heads x rows x length² at once: capping
+# the cells at 2^18 (one 512-token row, four of 256, sixteen of 128) holds the embedder's peak
+# RSS with gte-small at 328 MB instead of 584 MB on the benchmark corpus, at the same speed.
+ATTENTION_BUDGET = 2**18
+
+# Most padding a batch may carry, as a share of its real tokens. Sorting alone leaves a long run
+# of short texts padded to the longest one the budget admits (1.13 padded/real tokens on the
+# benchmark corpus at budget 4096, 1.26 at 8192); a 5% cap gives 1.03 and was the fastest
+# setting at every budget measured (137 against 123 texts/s at 2048, 129 against 94 at 8192).
+MAX_PADDING = 0.05
+
+# Texts longer than this many characters per allowed token are tokenized from a prefix first:
+# the tokenizer would otherwise turn all of a 1 MB string into tokens only to keep 512 of them.
+PREFIX_CHARS_PER_TOKEN = 16
+
+
+@dataclass(frozen=True, eq=False)
+class EmbedResult:
+    """Vectors in the caller's order, with the token counts of the work done."""
+
+    vectors: FloatMatrix  # (n, dim) float32, rows L2-normalized
+    tokens: int  # real tokens, special tokens included, after truncation
+    padded_tokens: int  # tokens fed to the model, padding included
+
+
+class _Encoding(Protocol):
+    @property
+    def ids(self) -> list[int]: ...
+    @property
+    def type_ids(self) -> list[int]: ...
+    @property
+    def offsets(self) -> list[tuple[int, int]]: ...
+    @property
+    def special_tokens_mask(self) -> list[int]: ...
+    @property
+    def overflowing(self) -> list[Any]: ...
+
+
+class Embedder:
+    """A loaded model. Build it with `Embedder.load`; it is safe to share between threads."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        variant: Variant,
+        model_file: Path,
+        session: Any,
+        tokenizer: Any,
+        max_tokens: int,
+        pooling: catalog.Pooling,
+        threads: int,
+        hidden_size: int | None = None,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+    ) -> None:
+        if token_budget < 1:
+            raise ValueError(f"token_budget must be positive, not {token_budget}")
+        self.name = name
+        self.variant = variant
+        self.model_file = model_file
+        self.max_tokens = max_tokens
+        self.pooling = pooling
+        self.threads = threads
+        self.token_budget = token_budget
+        self._session = session
+        self._tokenizer = tokenizer
+        self._inputs = onnx.graph_inputs(session, model_file)
+        self._output = onnx.hidden_state_output(session, model_file)
+        self._pad_id = onnx.pad_id(tokenizer)
+        self.dim: int = onnx.output_dim(session, self._output) or hidden_size or self._probe_dim()
+
+    def __repr__(self) -> str:
+        return (
+            f"Embedder(name={self.name!r}, variant={self.variant!r}, dim={self.dim}, "
+            f"max_tokens={self.max_tokens}, pooling={self.pooling!r}, threads={self.threads})"
+        )
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        variant: Variant = "fp32",
+        threads: int | None = None,
+        cache_dir: str | os.PathLike[str] | None = None,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+    ) -> Embedder:
+        """Load a registry model by name, a model directory on `EMBED_MODEL_PATH`, or a path.
+
+        Never opens a network connection: a model that is not on disk raises `ModelNotFound`
+        saying how to get it. `variant="int8"` uses the model's `model_quantized.onnx`, else an
+        int8 copy quantized on first use and kept in the cache (`cache_dir`, default
+        `EMBED_CACHE_DIR`). `threads` defaults to `EMBED_THREADS`, else the cores this process
+        may run on.
+        """
+        if variant not in ("fp32", "int8"):
+            raise ValueError(f"variant must be 'fp32' or 'int8', not {variant!r}")
+        spec = os.fspath(name_or_path)
+        directory = files.locate(spec, cache_dir=cache_dir)
+        name = spec if spec in catalog.REGISTRY else directory.name
+        info = files.ModelDir.read(directory, name=name)
+        model_file = info.fp32_file
+        if variant == "int8":
+            model_file = info.int8_file or quantization.cached_int8(
+                info.fp32_file, cache_dir=files.cache_root(cache_dir)
+            )
+        n_threads = onnx.resolve_threads(threads)
+        embedder = cls(
+            name=name,
+            variant=variant,
+            model_file=model_file,
+            session=onnx.create_session(model_file, n_threads),
+            tokenizer=onnx.load_tokenizer(info.tokenizer_file, max_tokens=info.max_tokens),
+            max_tokens=info.max_tokens,
+            pooling=info.pooling,
+            threads=n_threads,
+            hidden_size=info.hidden_size,
+            token_budget=token_budget,
+        )
+        expected = catalog.REGISTRY[name].dim if name in catalog.REGISTRY else None
+        if expected is not None and embedder.dim != expected:
+            raise exceptions.ModelError(
+                f"{model_file} produces {embedder.dim}-dimensional vectors, but {name} has "
+                f"{expected}: the directory does not hold {name}"
+            )
+        logger.info(
+            "loaded %s (%s, %d-d, %s pooling, %d max tokens, %d threads) from %s",
+            name,
+            variant,
+            embedder.dim,
+            embedder.pooling,
+            embedder.max_tokens,
+            n_threads,
+            model_file,
+        )
+        return embedder
+
+    def embed(self, texts: Sequence[str]) -> FloatMatrix:
+        """Vectors for `texts`: float32, shape (len(texts), dim), each row of unit length."""
+        return self.embed_with_stats(texts).vectors
+
+    def embed_with_stats(self, texts: Sequence[str]) -> EmbedResult:
+        """Like `embed`, with the real and padded token counts of the work (for metrics)."""
+        checked = _checked_texts(texts)
+        vectors = np.zeros((len(checked), self.dim), dtype=np.float32)
+        if not checked:
+            return EmbedResult(vectors=vectors, tokens=0, padded_tokens=0)
+        tokens = padded = 0
+        for batch in batches(self._encode(checked), self.token_budget):
+            vectors[batch.rows] = self._run(batch)
+            tokens += sum(len(e.ids) for e in batch.encodings)
+            padded += len(batch.encodings) * batch.length
+        return EmbedResult(vectors=vectors, tokens=tokens, padded_tokens=padded)
+
+    def _encode(self, texts: list[str]) -> list[_Encoding]:
+        """Encodings truncated at max_tokens; very long texts are tokenized from a prefix."""
+        limit = self.max_tokens * PREFIX_CHARS_PER_TOKEN
+        heads = [t if len(t) <= limit else t[:limit] for t in texts]
+        try:
+            encodings: list[_Encoding] = self._tokenizer.encode_batch(heads)
+        except TypeError:
+            _raise_for_invalid_unicode(texts)
+            raise
+        for i, text in enumerate(texts):
+            if len(text) > limit and not _prefix_suffices(heads[i], encodings[i]):
+                encodings[i] = self._tokenizer.encode(text)  # the prefix did not fill the window
+        return encodings
+
+    def _run(self, batch: TokenBatch) -> FloatMatrix:
+        """One inference call: pad, feed the declared inputs, pool, normalize."""
+        hidden, mask = self._hidden_states(batch)
+        pooled = cls_pool(hidden) if self.pooling == "cls" else mean_pool(hidden, mask)
+        return l2_normalize(pooled)
+
+    def _hidden_states(
+        self, batch: TokenBatch
+    ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
+        ids, mask, type_ids = pad_batch(batch, self._pad_id)
+        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
+        feed: dict[str, npt.NDArray[Any]] = {}
+        for name, dtype in self._inputs.items():
+            if name == "position_ids":
+                positions = np.arange(batch.length, dtype=dtype)
+                feed[name] = np.ascontiguousarray(np.broadcast_to(positions, ids.shape))
+            else:
+                feed[name] = arrays[name].astype(dtype, copy=False)
+        (hidden,) = self._session.run([self._output], feed)
+        return hidden, mask
+
+    def _probe_dim(self) -> int:
+        """Hidden size from one tiny inference, for graphs that leave it symbolic."""
+        encodings: list[_Encoding] = self._tokenizer.encode_batch([""])
+        hidden, _ = self._hidden_states(TokenBatch(np.arange(1), encodings, len(encodings[0].ids)))
+        return int(hidden.shape[-1])
+
+
+# --- batching ------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TokenBatch:
+    """Inputs embedded in one inference call."""
+
+    rows: npt.NDArray[np.intp]  # positions in the caller's list
+    encodings: list[_Encoding]
+    length: int  # padded length: the longest input of the batch
+
+
+def batches(
+    encodings: list[_Encoding],
+    token_budget: int,
+    *,
+    max_padding: float = MAX_PADDING,
+    attention_budget: int = ATTENTION_BUDGET,
+) -> Iterator[TokenBatch]:
+    """Shortest first; a batch closes when one more input would break a limit.
+
+    The limits: rows x padded length at most `token_budget`; rows x length² (the attention
+    score cells per head, which dominate memory for long inputs) at most `attention_budget`;
+    and padding at most `max_padding` of the batch's real tokens (without it, a long tail of
+    short texts would be padded to the longest that still fits the budget). An input longer
+    than the budgets gets a batch of its own.
+    """
+    lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
+    order = np.argsort(lengths, kind="stable")
+    start = real = 0
+    for end in range(len(order)):
+        length = int(lengths[order[end]])  # sorted: each new input is the batch's longest
+        rows = end - start + 1
+        padded = rows * length
+        if rows > 1 and (
+            padded > token_budget
+            or padded * length > attention_budget
+            or padded > (1 + max_padding) * (real + length)
+        ):
+            yield _batch(order[start:end], encodings, lengths)
+            start, real = end, 0
+        real += length
+    if start < len(order):
+        yield _batch(order[start:], encodings, lengths)
+
+
+def _batch(
+    rows: npt.NDArray[np.intp], encodings: list[_Encoding], lengths: npt.NDArray[np.int64]
+) -> TokenBatch:
+    return TokenBatch(
+        rows=rows, encodings=[encodings[i] for i in rows], length=int(lengths[rows].max())
+    )
+
+
+def pad_batch(
+    batch: TokenBatch, pad_id: int
+) -> tuple[npt.NDArray[np.int64], npt.NDArray[np.int64], npt.NDArray[np.int64]]:
+    """input_ids, attention_mask and token_type_ids, right-padded to the batch length."""
+    shape = (len(batch.encodings), batch.length)
+    ids = np.full(shape, pad_id, dtype=np.int64)
+    mask = np.zeros(shape, dtype=np.int64)
+    type_ids = np.zeros(shape, dtype=np.int64)
+    for row, enc in enumerate(batch.encodings):
+        n = len(enc.ids)
+        ids[row, :n] = enc.ids
+        mask[row, :n] = 1
+        type_ids[row, :n] = enc.type_ids
+    return ids, mask, type_ids
+
+
+# --- pooling and normalization -------------------------------------------------------------------
+
+
+def mean_pool(hidden: npt.NDArray[np.float32], mask: npt.NDArray[np.int64]) -> FloatMatrix:
+    """Average of the hidden states of real tokens (attention mask 1), per row."""
+    weights = mask.astype(np.float32)
+    summed: FloatMatrix = np.matmul(weights[:, None, :], hidden)[:, 0, :]  # one batched BLAS call
+    counts = np.maximum(weights.sum(axis=1, keepdims=True), np.float32(1e-9))
+    pooled: FloatMatrix = summed / counts
+    return pooled
+
+
+def cls_pool(hidden: npt.NDArray[np.float32]) -> FloatMatrix:
+    """The hidden state of the first ([CLS]) token, per row."""
+    return np.ascontiguousarray(hidden[:, 0, :], dtype=np.float32)
+
+
+def l2_normalize(vectors: FloatMatrix) -> FloatMatrix:
+    """Rows scaled to unit length (an all-zero row stays zero)."""
+    norms = np.linalg.norm(vectors, axis=1, keepdims=True)
+    normalized: FloatMatrix = vectors / np.maximum(norms, np.float32(1e-12))
+    return normalized
+
+
+# --- loading -------------------------------------------------------------------------------------
+# --- input checks --------------------------------------------------------------------------------
+
+
+def _checked_texts(texts: Sequence[str]) -> list[str]:
+    if isinstance(texts, str | bytes):
+        raise TypeError(
+            "texts must be a sequence of strings, not a single string; wrap it in a list"
+        )
+    try:
+        items = list(texts)
+    except TypeError:
+        raise TypeError(
+            f"texts must be a sequence of strings, not {type(texts).__name__}"
+        ) from None
+    for i, text in enumerate(items):
+        if not isinstance(text, str):
+            raise TypeError(f"texts[{i}] is {type(text).__name__}, not str")
+    return items
+
+
+def _raise_for_invalid_unicode(texts: list[str]) -> None:
+    """The tokenizer rejects strings that cannot be UTF-8 (lone surrogates): name the culprit."""
+    for i, text in enumerate(texts):
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            raise ValueError(
+                f"texts[{i}] is not valid Unicode: {exc.reason} at character {exc.start}"
+            ) from None
+
+
+def _prefix_suffices(head: str, encoding: _Encoding) -> bool:
+    """Whether tokenizing only `head` kept exactly the tokens the whole text would keep.
+
+    True when truncation happened within the head and the word holding the last kept token ends
+    inside the head: the BERT pre-tokenizer splits at whitespace and punctuation, so every token up
+    to that split is the same with or without the rest of the text.
+    """
+    if not encoding.overflowing:
+        return False  # the head has fewer tokens than the window: the rest of the text matters
+    kept = [
+        end
+        for (_, end), special in zip(encoding.offsets, encoding.special_tokens_mask, strict=True)
+        if not special
+    ]
+    if not kept:
+        return False
+    return any(_splits_words(ch) for ch in head[kept[-1] :])
+
+
+def _splits_words(ch: str) -> bool:
+    return ch.isspace() or unicodedata.category(ch).startswith("P")

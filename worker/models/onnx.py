@@ -1,0 +1,131 @@
+"""Loading a model directory's files: the ONNX Runtime session, its graph, and the tokenizer.
+
+Every session option is set on purpose (Postgres shares the machine); the graph's inputs and
+outputs are checked here, so a model the embedder cannot feed fails at load with its file named.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from worker import exceptions
+
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
+ONNX_INT_TYPES: dict[str, type[np.signedinteger[Any]]] = {
+    "tensor(int64)": np.int64,
+    "tensor(int32)": np.int32,
+}
+
+
+def resolve_threads(threads: int | None) -> int:
+    """`threads`, else EMBED_THREADS, else the number of cores this process may run on."""
+    if threads is not None:
+        if threads < 1:
+            raise ValueError(f"threads must be at least 1, not {threads}")
+        return threads
+    raw = os.environ.get("EMBED_THREADS", "").strip()
+    if raw:
+        try:
+            value = int(raw)
+        except ValueError:
+            value = 0
+        if value < 1:
+            raise exceptions.ConfigError(f"EMBED_THREADS: expected a positive integer, got {raw!r}")
+        return value
+    if hasattr(os, "sched_getaffinity"):
+        return len(os.sched_getaffinity(0))
+    return os.cpu_count() or 1
+
+
+def session_options(threads: int) -> Any:
+    """onnxruntime options, every one set on purpose: Postgres shares the machine."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.inter_op_num_threads = 1
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    # Idle worker threads sleep instead of spinning: spinning burns the cores Postgres needs.
+    options.add_session_config_entry("session.intra_op.allow_spinning", "0")
+    options.add_session_config_entry("session.inter_op.allow_spinning", "0")
+    # Shapes change with every batch: memory patterns cached per shape only grow the arena
+    # (measured: peak RSS 700 -> 584 MB over the benchmark corpus with gte-small).
+    options.enable_mem_pattern = False
+    options.log_severity_level = 3  # errors only; onnxruntime's warnings go to stderr otherwise
+    return options
+
+
+def create_session(model_file: Path, threads: int) -> Any:
+    import onnxruntime as ort
+
+    providers = ["CPUExecutionProvider"]
+    missing = [p for p in providers if p not in ort.get_available_providers()]
+    if missing:
+        raise exceptions.ModelError(
+            f"onnxruntime {ort.__version__} lacks {', '.join(missing)} "
+            f"(it offers {', '.join(ort.get_available_providers())})"
+        )
+    try:
+        return ort.InferenceSession(
+            str(model_file), sess_options=session_options(threads), providers=providers
+        )
+    except Exception as exc:  # onnxruntime raises its own pybind exception types
+        raise exceptions.ModelError(f"cannot load {model_file}: {exc}") from exc
+
+
+def load_tokenizer(path: Path, *, max_tokens: int | None) -> Any:
+    """The model's tokenizer, without padding, truncated at `max_tokens`; with None, not
+    truncated at all (the chunk splitter counts a document's tokens in full)."""
+    from tokenizers import Tokenizer
+
+    try:
+        tokenizer = Tokenizer.from_file(str(path))
+    except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+        raise exceptions.ModelError(f"cannot load {path}: {exc}") from exc
+    # tokenizer.json may carry a fixed padding and a shorter truncation (gte-small's: 128 and 128).
+    tokenizer.no_padding()
+    if max_tokens is None:
+        tokenizer.no_truncation()
+    else:
+        tokenizer.enable_truncation(max_length=max_tokens)
+    return tokenizer
+
+
+def pad_id(tokenizer: Any) -> int:
+    pad = tokenizer.token_to_id("[PAD]")
+    return int(pad) if pad is not None else 0
+
+
+def graph_inputs(session: Any, model_file: Path) -> dict[str, type[np.signedinteger[Any]]]:
+    inputs: dict[str, type[np.signedinteger[Any]]] = {}
+    for arg in session.get_inputs():
+        if arg.name not in MODEL_INPUTS or arg.type not in ONNX_INT_TYPES:
+            raise exceptions.ModelError(
+                f"{model_file}: unsupported graph input {arg.name} ({arg.type}); "
+                f"expected int64 inputs among {', '.join(MODEL_INPUTS)}"
+            )
+        inputs[arg.name] = ONNX_INT_TYPES[arg.type]
+    if "input_ids" not in inputs:
+        raise exceptions.ModelError(f"{model_file}: the graph has no input_ids input")
+    return inputs
+
+
+def hidden_state_output(session: Any, model_file: Path) -> str:
+    outputs = session.get_outputs()
+    for out in outputs:
+        if out.name == "last_hidden_state":
+            return str(out.name)
+    for out in outputs:
+        if len(out.shape) == 3:
+            return str(out.name)
+    raise exceptions.ModelError(f"{model_file}: no (batch, tokens, hidden) output to pool")
+
+
+def output_dim(session: Any, output: str) -> int | None:
+    shape = next(o.shape for o in session.get_outputs() if o.name == output)
+    return shape[-1] if isinstance(shape[-1], int) and shape[-1] > 0 else None

@@ -1,0 +1,90 @@
+"""A batch of jobs and its rows, as they go through the pipeline's stages.
+
+A Row is one (target, key) of the batch; its state says what the stages found or did. The write
+stage never changes a row's state before its transaction has committed (worker.pipeline.write).
+"""
+
+from __future__ import annotations
+
+import enum
+from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline.targets import Target
+
+if TYPE_CHECKING:
+    from worker.pipeline.chunks import DocumentChunks
+
+
+class RowState(enum.Enum):
+    PENDING = "pending"  # not loaded yet
+    READY = "ready"  # content loaded, to embed
+    BLANK = "blank"  # NULL, empty or whitespace-only content: the embedding is cleared
+    GONE = "gone"  # no such row (deleted): acknowledged
+    EMBEDDED = "embedded"  # vector computed, to write
+    FAILED = "failed"  # this row's own error: retried, then dead-lettered
+    WRITTEN = "written"
+    CLEARED = "cleared"
+    STALE = "stale"  # content changed since loading: its newer job embeds it
+    OUTDATED = "outdated"  # the target was redefined (watch()) since the batch was read: redone
+    # Chunked targets: past the batch's chunk budget; re-queued with no attempt counted.
+    POSTPONED = "postponed"
+
+
+@dataclass
+class Row:
+    target: Target
+    key: str
+    state: RowState = RowState.PENDING
+    content: str | None = None
+    digest: str | None = None
+    vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
+    error: str | None = None
+    # model change: the new model's vector; shadow_only when every job of the row asked only
+    # for it (the row's current vector stays as it is)
+    shadow_vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
+    shadow_only: bool = False
+    chunks: DocumentChunks | None = None  # chunked targets: set by chunks.prepare
+
+    def fail(self, error: str) -> None:
+        self.state = RowState.FAILED
+        self.error = error
+
+
+@dataclass
+class TargetStats:
+    jobs: int = 0
+    rows: int = 0
+    tokens: int = 0
+    embed_ms: float = 0.0
+
+
+@dataclass
+class Batch:
+    jobs: list[jobqueue.Job]
+    rows: dict[tuple[int, str], Row] = field(default_factory=dict)
+    deferred: dict[int, str] = field(default_factory=dict)  # target id -> why
+    stats: dict[int, TargetStats] = field(default_factory=lambda: defaultdict(TargetStats))
+    load_ms: float = 0.0
+    write_ms: float = 0.0
+    lane: str = jobqueue.LIVE  # the lane it was read from (worker/pipeline/lanes.py)
+    # provenance: target id -> (producer of its vectors, of its shadow vectors), each
+    # 'model revision variant' as embeddings.provenance records it (worker/pipeline/provenance.py)
+    producers: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
+
+    def by_target(self, state: RowState | None = None) -> dict[Target, list[Row]]:
+        groups: dict[Target, list[Row]] = defaultdict(list)
+        for row in self.rows.values():
+            if row.target.id in self.deferred:
+                continue
+            if state is None or row.state is state:
+                groups[row.target].append(row)
+        return groups
+
+    @property
+    def msg_ids(self) -> list[int]:
+        return [job.msg_id for job in self.jobs]

@@ -1,0 +1,278 @@
+"""Chunked targets in the pipeline: split each document, embed only the chunks that changed,
+write a document's chunks under the same stale-write guard as a row's vector.
+
+The pipeline calls in at three points, one per stage:
+
+  prepare (load stage, after the content is loaded)  splits each document with the model's
+      tokenizer; looks up the vectors already stored for chunks with the same hash (text and
+      model), which are then not embedded again; admits documents until the batch's chunk
+      budget is spent and postpones the rest (they go back to the queue, no attempt counted).
+  embed (embed stage)  embeds the new chunks, at most EMBED_GROUP at a time so that a batch of
+      thousands of chunks never holds thousands of encodings at once; a document whose text the
+      model fails on fails alone.
+  store (write stage, inside the batch's write transaction)  locks the documents (advisory, per
+      key), keeps only those whose content md5 is still the one loaded, upserts their chunks
+      (unchanged chunks at their position are not rewritten) and deletes the vanished ones. It
+      returns each row's outcome; the caller applies it as it applies its own.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+from pgvector import HalfVector
+
+from worker import db, exceptions
+from worker.models import files, onnx
+from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.chunking import Chunk, Splitter
+from worker.pipeline.targets import Target
+
+if TYPE_CHECKING:
+    from worker.models.embedder import Embedder
+
+# Per batch, at most this many tokens of new chunks are embedded and this many chunks written:
+# what a batch of 128 rows of 512 tokens embeds, and a write transaction of a few seconds at
+# most (HNSW inserts dominate). The first document of a batch is always admitted.
+MAX_NEW_TOKENS = 65_536
+MAX_CHUNKS = 4_096
+# Chunks per embed call: bounds the tokenizer's encodings and the padded input tensors.
+EMBED_GROUP = 256
+# Chunks per write statement.
+WRITE_GROUP = 1_000
+
+FloatVector = npt.NDArray[np.float32]
+
+
+@dataclass
+class DocumentChunks:
+    """A document's chunks, with a vector for each once embedded or found stored."""
+
+    chunks: list[Chunk]
+    hashes: list[str]
+    vectors: list[FloatVector | None] = field(default_factory=list)
+
+    @property
+    def new(self) -> list[int]:
+        """Indexes of the chunks that still need embedding."""
+        return [i for i, v in enumerate(self.vectors) if v is None]
+
+
+class Splitters:
+    """Splitters by (model, chunk_tokens, chunk_overlap); each model's tokenizer read once."""
+
+    def __init__(self) -> None:
+        self._tokenizers: dict[str, Any] = {}
+        self._lock = threading.Lock()
+
+    def get(self, target: Target) -> Splitter:
+        assert target.chunk_tokens is not None
+        with self._lock:
+            tokenizer = self._tokenizers.get(target.model)
+            if tokenizer is None:
+                directory = files.locate(target.model)
+                info = files.ModelDir.read(directory, name=target.model)
+                tokenizer = onnx.load_tokenizer(info.tokenizer_file, max_tokens=None)
+                self._tokenizers[target.model] = tokenizer
+        return Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
+
+
+SPLITTERS = Splitters()
+
+
+# --- load stage ---------------------------------------------------------------------------------
+def prepare(conn: db.Connection, batch: Batch) -> None:
+    """Splits the loaded documents of chunked targets and finds their reusable vectors."""
+    for target, rows in batch.by_target(RowState.READY).items():
+        if target.chunk_table is None:
+            continue
+        try:
+            splitter = SPLITTERS.get(target)
+        except exceptions.ModelError as exc:
+            batch.deferred[target.id] = str(exc)
+            continue
+        admitted = _split_within_budget(splitter, target, rows)
+        _find_stored_vectors(conn, target, admitted)
+
+
+def _split_within_budget(splitter: Splitter, target: Target, rows: list[Row]) -> list[Row]:
+    admitted: list[Row] = []
+    chunks_total = 0
+    for row in rows:
+        if admitted and chunks_total >= MAX_CHUNKS:
+            row.state = RowState.POSTPONED
+            continue
+        assert row.content is not None
+        try:
+            chunks = splitter.split(row.content)
+        except Exception as exc:  # the tokenizer's failure on this text only
+            row.fail(f"splitting failed: {type(exc).__name__}: {exc}")
+            continue
+        if not chunks:  # nothing the tokenizer reads (control characters only): as blank
+            row.state = RowState.BLANK
+            continue
+        if admitted and chunks_total + len(chunks) > MAX_CHUNKS:
+            row.state = RowState.POSTPONED
+            continue
+        row.chunks = DocumentChunks(chunks, [c.digest(target.model) for c in chunks])
+        row.chunks.vectors = [None] * len(chunks)
+        chunks_total += len(chunks)
+        admitted.append(row)
+    return admitted
+
+
+def _find_stored_vectors(conn: db.Connection, target: Target, rows: list[Row]) -> None:
+    keys = [r.key for r in rows for _ in _chunks_of(r).hashes]
+    hashes = [h for r in rows for h in _chunks_of(r).hashes]
+    if not keys:
+        return
+    with db.translated():
+        found = conn.execute(
+            target.query("load_reusable_chunks"), {**target.key_params(keys), "hashes": hashes}
+        ).fetchall()
+    stored = {(key, digest): vector for key, digest, vector in found}
+    for row in rows:
+        doc = _chunks_of(row)
+        for i, digest in enumerate(doc.hashes):
+            vector = stored.get((row.key, digest))
+            if vector is not None:
+                doc.vectors[i] = np.asarray(vector, dtype=np.float32)
+
+
+def postpone_over_budget(rows: list[Row]) -> list[Row]:
+    """Rows past the new-token budget are postponed (after reuse is known); returns the rest."""
+    kept: list[Row] = []
+    tokens = 0
+    for row in rows:
+        doc = _chunks_of(row)
+        new_tokens = sum(doc.chunks[i].tokens for i in doc.new)
+        if kept and tokens + new_tokens > MAX_NEW_TOKENS:
+            row.state = RowState.POSTPONED
+            continue
+        tokens += new_tokens
+        kept.append(row)
+    return kept
+
+
+# --- embed stage --------------------------------------------------------------------------------
+def embed(model: Embedder, rows: Sequence[Row]) -> int:
+    """Embeds the new chunks of each document; returns the tokens embedded. A document whose
+    chunks the model fails on fails alone."""
+    kept = postpone_over_budget([r for r in rows if r.chunks is not None])
+    tokens = 0
+    pending: list[tuple[Row, int]] = [(row, i) for row in kept for i in _chunks_of(row).new]
+    for start in range(0, len(pending), EMBED_GROUP):
+        group = pending[start : start + EMBED_GROUP]
+        tokens += _embed_group(model, group)
+    for row in kept:
+        if row.state is RowState.READY:
+            row.state = RowState.EMBEDDED
+    return tokens
+
+
+def _embed_group(model: Embedder, group: list[tuple[Row, int]]) -> int:
+    live = [(row, i) for row, i in group if row.state is RowState.READY]
+    if not live:
+        return 0
+    try:
+        result = model.embed_with_stats([_chunks_of(row).chunks[i].text for row, i in live])
+    except Exception as exc:  # the model's failure on some chunk: find whose
+        documents = {id(row): row for row, _ in live}
+        if len(documents) == 1:
+            row = live[0][0]
+            row.fail(f"embedding failed: {type(exc).__name__}: {exc}")
+            return 0
+        return sum(
+            _embed_group(model, [(r, i) for r, i in live if r is row]) for row in documents.values()
+        )
+    for (row, i), vector in zip(live, result.vectors, strict=True):
+        _chunks_of(row).vectors[i] = vector
+    return int(result.tokens)
+
+
+# --- write stage --------------------------------------------------------------------------------
+def store(
+    conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]
+) -> dict[str, RowState]:
+    """Writes the chunks of `embedded` documents and clears those of `blank` ones, for the
+    documents whose content is still the one loaded. Returns each row's outcome (by key);
+    runs inside the caller's transaction and changes no row itself."""
+    rows = embedded + blank
+    if not rows:
+        return {}
+    keys = [r.key for r in rows]
+    conn.execute(target.query("lock_documents"), {"target_id": target.id, "keys": keys})
+    current = {
+        key
+        for (key,) in conn.execute(
+            target.query("current_documents"),
+            {**target.key_params(keys), "hashes": [r.digest for r in rows]},
+        )
+    }
+    written = [r for r in embedded if r.key in current]
+    for start in range(0, sum(len(_chunks_of(r).chunks) for r in written), WRITE_GROUP):
+        _upsert(conn, target, written, start, start + WRITE_GROUP)
+    cleared = [r for r in blank if r.key in current]
+    deleted = {
+        key
+        for (key,) in conn.execute(
+            target.query("delete_vanished_chunks"),
+            {
+                **target.key_params([r.key for r in written + cleared]),
+                "counts": [len(_chunks_of(r).chunks) for r in written] + [0] * len(cleared),
+            },
+        )
+    }
+    outcome: dict[str, RowState] = {}
+    for row in embedded:
+        outcome[row.key] = RowState.WRITTEN if row.key in current else RowState.STALE
+    for row in blank:
+        # Not cleared: it had no chunks, or its content changed since (its own job handles it).
+        outcome[row.key] = RowState.CLEARED if row.key in deleted else RowState.BLANK
+    return outcome
+
+
+def _upsert(conn: db.Connection, target: Target, rows: list[Row], start: int, stop: int) -> None:
+    """Writes chunks number start..stop of `rows` (counted across the documents in order)."""
+    keys: list[str] = []
+    seqs: list[int] = []
+    texts: list[str] = []
+    hashes: list[str] = []
+    vectors: list[HalfVector] = []
+    position = 0
+    for row in rows:
+        doc = _chunks_of(row)
+        if position + len(doc.chunks) <= start:
+            position += len(doc.chunks)
+            continue
+        for chunk, digest, vector in zip(doc.chunks, doc.hashes, doc.vectors, strict=True):
+            if start <= position < stop:
+                assert vector is not None, "only fully embedded documents are written"
+                keys.append(row.key)
+                seqs.append(chunk.seq)
+                texts.append(chunk.text)
+                hashes.append(digest)
+                vectors.append(HalfVector(vector))
+            position += 1
+        if position >= stop:
+            break
+    conn.execute(
+        target.query("upsert_chunks"),
+        {
+            **target.key_params(keys),
+            "seqs": seqs,
+            "chunks": texts,
+            "hashes": hashes,
+            "embeddings": vectors,
+        },
+    )
+
+
+def _chunks_of(row: Row) -> DocumentChunks:
+    assert row.chunks is not None, "prepare() split this document"
+    return row.chunks

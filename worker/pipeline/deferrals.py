@@ -1,0 +1,85 @@
+"""What a batch's outcome tells `status` and `failures`, written in the batch's transaction.
+
+- A target whose jobs were deferred (model missing, dimensions that do not fit...) gets its
+  reason recorded in `embeddings.deferrals`; `embeddings.status` shows it while jobs wait. A
+  target the batch wrote for again loses its deferral.
+- A row written or cleared resolves its dead letters: a row dead-lettered once and embedded
+  later (its content changed, or someone re-queued it by hand) no longer counts as failed, so
+  `failures` and `status` agree.
+
+Called by `write.write` inside its transaction with the states the transaction gave the rows
+(the rows themselves change only after COMMIT): a rollback takes these notes back with
+everything else. Each note runs in a savepoint and a
+failure is only logged: these notes never cost the batch its write.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import defaultdict
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+from worker import db, queries
+
+if TYPE_CHECKING:
+    from worker.pipeline.batch import Batch, Row, RowState
+
+logger = logging.getLogger(__name__)
+
+SETTLED = ("written", "cleared")  # RowState values whose dead letters are resolved
+
+
+def record(conn: db.Connection, batch: Batch, state_of: Callable[[Row], RowState]) -> None:
+    served: dict[int, list[str]] = defaultdict(list)
+    for row in batch.rows.values():
+        if row.target.id not in batch.deferred and state_of(row).value in SETTLED:
+            served[row.target.id].append(row.key)
+    if served:
+        # A dead letter holds the key as its job carried it: matched by that JSON value, or by
+        # its text where the two forms agree (one-column keys from the guide's messages).
+        raw = {
+            (job.target.id, key): job.raw_keys[key]
+            for job in batch.jobs
+            if job.target is not None
+            for key in job.keys
+        }
+        pairs = [(t, k) for t, keys in served.items() for k in keys]
+        _note(
+            conn,
+            "resolve_failures",
+            {
+                "target_ids": [t for t, _ in pairs],
+                "keys": [k for _, k in pairs],
+                "raw_keys": [Jsonb(raw.get(pair)) for pair in pairs],
+            },
+        )
+        _note(conn, "clear_deferrals", {"target_ids": list(served)})
+    if batch.deferred:
+        jobs: dict[int, int] = defaultdict(int)
+        for job in batch.jobs:
+            if job.target is not None and job.target.id in batch.deferred:
+                jobs[job.target.id] += 1
+        ids = list(batch.deferred)
+        _note(
+            conn,
+            "note_deferrals",
+            {
+                "target_ids": ids,
+                "reasons": [batch.deferred[i] for i in ids],
+                "jobs": [jobs[i] for i in ids],
+            },
+        )
+
+
+def _note(conn: db.Connection, query: str, params: dict[str, Any]) -> None:
+    try:
+        with conn.transaction():  # a savepoint: a failure here leaves the batch's write intact
+            conn.execute(queries.compose(query), params)
+    except psycopg.Error as exc:
+        if db.is_connection_error(exc):
+            raise
+        logger.warning("%s failed (status may lag): %s", query, db.redact(str(exc).strip()))

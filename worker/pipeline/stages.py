@@ -1,0 +1,217 @@
+"""The pipeline: a batch of jobs goes read → load → embed → write, one function per stage.
+
+No stage holds a transaction across another: `read` and `load` are single autocommit
+statements, `embed` touches no database, and `write` stores the vectors and settles every job
+of the batch in one short transaction (exactly-once effect per job). The runner runs the stages
+in separate threads so that database I/O overlaps inference.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import defaultdict
+from collections.abc import Sequence
+from typing import Any
+
+from worker import db, exceptions, metrics
+from worker.config import Settings
+from worker.models.loaded import LoadedModels
+from worker.pipeline import chunks, faults, provenance
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.targets import Target, TargetRegistry
+from worker.process import changes
+
+logger = logging.getLogger(__name__)
+
+
+# --- read ---------------------------------------------------------------------------------------
+def read(
+    conn: db.Connection, queue: jobqueue.Queue, registry: TargetRegistry, settings: Settings
+) -> Batch | None:
+    """Leases up to `batch_size` rows' worth of visible jobs; None when there are none."""
+    started = time.perf_counter()
+    raw = queue.read(conn, max_keys=settings.batch_size, vt=settings.vt_seconds)
+    metrics.STAGE_SECONDS.labels("read").observe(time.perf_counter() - started)
+    if not raw:
+        return None
+    faults.reached("leased")
+    targets = registry.current_definitions(conn)
+    jobs = [jobqueue.parse(r, targets) for r in raw]
+    if any(job.error and job.target is None for job in jobs):
+        # A target registered since we last looked: read the registry again, once.
+        targets = registry.refresh(conn)
+        jobs = [jobqueue.parse(r, targets) for r in raw]
+    batch = Batch(jobs=jobs, lane=queue.lane)
+    prepare(batch)
+    return batch
+
+
+def prepare(batch: Batch) -> None:
+    """One Row per distinct (target, key) of the batch's jobs; unservable targets deferred."""
+    for job in batch.jobs:
+        if job.target is None:
+            continue
+        problem = job.target.problem()
+        if problem:
+            batch.deferred[job.target.id] = problem
+        batch.stats[job.target.id].jobs += 1
+        for key in job.keys:
+            row = batch.rows.get((job.target.id, key))
+            if row is None:
+                row = batch.rows[(job.target.id, key)] = Row(job.target, key, shadow_only=True)
+            # Shadow only (a model change's job: only the new model's vector is missing) when
+            # every job of the row says so and the change is still on; else served as any other.
+            row.shadow_only = row.shadow_only and job.shadow and job.target.in_change
+
+
+# --- load ---------------------------------------------------------------------------------------
+def load(conn: db.Connection, batch: Batch) -> None:
+    """Loads the content of every row, one query per target. If a target's query fails (a
+    content function raising for some row), rows are loaded one by one to find the culprits."""
+    started = time.perf_counter()
+    faults.reached("load")
+    for target, rows in batch.by_target(RowState.PENDING).items():
+        try:
+            found = _load_rows(conn, target, [r.key for r in rows])
+        except exceptions.ConnectionLost:
+            raise
+        except exceptions.DatabaseError:
+            for row in rows:
+                try:
+                    _apply_loaded(row, _load_rows(conn, target, [row.key]))
+                except exceptions.ConnectionLost:
+                    raise
+                except exceptions.DatabaseError as exc:
+                    row.fail(f"loading the content failed: {exc}")
+            continue
+        for row in rows:
+            _apply_loaded(row, found)
+    chunks.prepare(conn, batch)  # chunked targets: split, find the vectors already stored
+    batch.load_ms = (time.perf_counter() - started) * 1000
+    metrics.STAGE_SECONDS.labels("load").observe(batch.load_ms / 1000)
+
+
+def _load_rows(
+    conn: db.Connection, target: Target, keys: list[str]
+) -> dict[str, tuple[str | None, str | None]]:
+    with db.translated():
+        rows = conn.execute(target.query("load_content"), target.key_params(keys)).fetchall()
+    return {key: (content, digest) for key, content, digest in rows}
+
+
+def _apply_loaded(row: Row, found: dict[str, tuple[str | None, str | None]]) -> None:
+    if row.key not in found:
+        row.state = RowState.GONE
+        return
+    row.content, row.digest = found[row.key]
+    row.state = RowState.READY if row.content and row.content.strip() else RowState.BLANK
+
+
+# --- embed --------------------------------------------------------------------------------------
+def embed(embedders: LoadedModels, batch: Batch) -> None:
+    """Embeds every loaded row with its target's model (and during a model change with the new
+    one too: worker/process/changes.py). A model that cannot be loaded, or whose dimensions do
+    not fit the column, defers the target; a text the model fails on fails only its own row (the
+    batch is split until the culprit is alone)."""
+    faults.reached("embed")
+    for target, rows in batch.by_target(RowState.READY).items():
+        started = time.perf_counter()
+        if target.chunk_table is None:
+            embedded = changes.embed(embedders, batch, target, rows, _embed_isolating)
+            if embedded is None:
+                continue  # deferred
+            tokens = embedded
+        else:  # chunked targets: only the chunks that changed
+            try:
+                model = embedders.get(target.model)
+            except exceptions.ModelError as exc:
+                batch.deferred[target.id] = str(exc)
+                continue
+            problem = target.problem(model.dim)
+            if problem:
+                batch.deferred[target.id] = problem
+                continue
+            tokens = chunks.embed(model, rows)
+            batch.producers[target.id] = (provenance.producer(model), None)
+        stats = batch.stats[target.id]
+        stats.tokens += tokens
+        stats.embed_ms += (time.perf_counter() - started) * 1000
+        metrics.TOKENS.labels(target.model).inc(tokens)
+    total_ms = sum(s.embed_ms for s in batch.stats.values())
+    metrics.STAGE_SECONDS.labels("embed").observe(total_ms / 1000)
+
+
+def _embed_isolating(model: Any, rows: Sequence[Row], attribute: str = "vector") -> int:
+    """Embeds `rows` into their `attribute` (vector, or shadow_vector during a model change)."""
+    if not rows:
+        return 0
+    try:
+        result = model.embed_with_stats([row.content for row in rows])
+    except Exception as exc:  # the model's failure on some input: find which
+        if len(rows) == 1:
+            rows[0].fail(f"embedding failed: {type(exc).__name__}: {exc}")
+            return 0
+        middle = len(rows) // 2
+        return _embed_isolating(model, rows[:middle], attribute) + _embed_isolating(
+            model, rows[middle:], attribute
+        )
+    for row, vector in zip(rows, result.vectors, strict=True):
+        setattr(row, attribute, vector)
+        row.state = RowState.EMBEDDED
+    return int(result.tokens)
+
+
+def log_batch(batch: Batch) -> None:
+    """One line per target of the batch."""
+    per_target: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+    names: dict[int, str] = {}
+    for row in batch.rows.values():
+        per_target[row.target.id][row.state.value] += 1
+        names[row.target.id] = row.target.name
+    for target_id, states in per_target.items():
+        stats = batch.stats[target_id]
+        if target_id in batch.deferred:
+            logger.warning(
+                "deferred target=%s jobs=%d rows=%d reason=%s",
+                names[target_id],
+                stats.jobs,
+                sum(states.values()),
+                batch.deferred[target_id],
+            )
+            continue
+        logger.info(
+            "batch target=%s jobs=%d rows=%d embedded=%d cleared=%d gone=%d stale=%d failed=%d "
+            "tokens=%d load_ms=%.1f embed_ms=%.1f write_ms=%.1f",
+            names[target_id],
+            stats.jobs,
+            sum(states.values()),
+            states["written"],
+            states["cleared"] + states["blank"],
+            states["gone"],
+            states["stale"],
+            states["failed"],
+            stats.tokens,
+            batch.load_ms,
+            stats.embed_ms,
+            batch.write_ms,
+            extra={
+                "target": names[target_id],
+                "jobs": stats.jobs,
+                "rows": sum(states.values()),
+                "embedded": states["written"],
+                "failed": states["failed"],
+                "stale": states["stale"],
+                "tokens": stats.tokens,
+                "load_ms": round(batch.load_ms, 1),
+                "embed_ms": round(stats.embed_ms, 1),
+                "write_ms": round(batch.write_ms, 1),
+            },
+        )
+    for row in batch.rows.values():
+        if row.state is RowState.FAILED:
+            logger.warning("row failed target=%s key=%s: %s", row.target.name, row.key, row.error)
+    for job in batch.jobs:
+        if job.error:
+            logger.warning("job %d dead-lettered: %s", job.msg_id, job.error)

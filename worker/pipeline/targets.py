@@ -1,0 +1,288 @@
+"""Targets: the watched tables the worker serves, as registered by embeddings.watch().
+
+A target knows how to name its table, key, content and embedding column in SQL (through
+psycopg.sql identifiers only), how to turn the row keys that jobs carry into canonical text,
+and what is wrong with it, if anything, for the worker to serve it.
+
+Row keys: a one-column key travels as its JSON scalar and is canonically the text Postgres
+gives it; a composite key travels as a JSON array in key-column order and is canonically the
+compact JSON array of its columns' canonical texts (`["7","a1"]`).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import threading
+import time
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+from psycopg import sql
+
+from worker import db, queries
+
+# Key types whose text form the worker normalises itself; any other type's key is taken as the
+# text its JSON form carries (what to_jsonb() wrote) and cast by Postgres.
+_INT_RANGES = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
+
+
+@dataclass(frozen=True)
+class Target:
+    id: int
+    schema: str | None  # None: the table is gone
+    table: str | None
+    embedding_column: str
+    embedding_type: str | None  # "vector" or "halfvec"; None when the column is gone
+    embedding_dims: int
+    content_column: str | None
+    content_function: tuple[str, str] | None  # (schema, name)
+    model: str
+    key_columns: tuple[str, ...]
+    key_types: tuple[str, ...]  # pg_type.typname of each key column
+    queue: str
+    version: int = 1  # of the definition (embeddings.targets.version) this object describes
+    key_sql_types: tuple[str, ...] = ()  # format_type() of each; defaults to key_types
+    registry_problem: str | None = None  # embeddings.targets.problem
+    # Chunked targets (worker/pipeline/chunks.py): vectors in a chunk table, one per chunk.
+    chunk_table: tuple[str, str] | None = None  # (schema, table)
+    chunk_tokens: int | None = None
+    chunk_overlap: int | None = None
+    # A model change in progress (sql/44_changes.sql) writes the new model's vectors to a shadow
+    # column as well.
+    shadow_model: str | None = None
+    shadow_column: str | None = None
+    shadow_dims: int = -1
+
+    @property
+    def in_change(self) -> bool:
+        return self.shadow_model is not None and self.shadow_column is not None
+
+    @property
+    def composite(self) -> bool:
+        return len(self.key_columns) > 1
+
+    @property
+    def name(self) -> str:
+        """schema.table.column, as embeddings.status shows it."""
+        return f"{self.schema}.{self.table}.{self.embedding_column}"
+
+    def matches_supabase(self, schema: str, table: str, column: str) -> bool:
+        return (self.schema, self.table, self.embedding_column) == (schema, table, column)
+
+    def problem(self, model_dims: int | None = None) -> str | None:
+        """Why this target cannot be served, or None."""
+        if self.table is None:
+            return (
+                f"target {self.id}: its table no longer exists"
+                " (run SELECT embeddings.unwatch_dropped())"
+            )
+        if self.registry_problem is not None:
+            return f"{self.name}: {self.registry_problem}"
+        if self.content_column is None and self.content_function is None:
+            return (
+                f"{self.name}: its content function no longer exists; create it again and"
+                " re-run embeddings.watch() with its name"
+            )
+        if self.embedding_type not in ("vector", "halfvec"):
+            return f"{self.name}: the embedding column is missing or not vector/halfvec"
+        if model_dims is not None and model_dims != self.embedding_dims:
+            return (
+                f"{self.name} is {self.embedding_type}({self.embedding_dims}) but model "
+                f"{self.model!r} produces {model_dims} dimensions; alter the column or "
+                f"re-watch with a matching model"
+            )
+        return None
+
+    # --- SQL -------------------------------------------------------------------------------
+    def sql_names(self) -> dict[str, sql.Composable]:
+        if self.table is None or self.schema is None:
+            raise ValueError(self.problem())
+        content: sql.Composable
+        if self.content_function is not None:
+            content = sql.SQL("{}(t.*)").format(sql.Identifier(*self.content_function))
+        else:
+            assert self.content_column is not None
+            # As text: the column may have been retyped since watch() (xml, varchar(n), ...).
+            content = sql.SQL("{}::text").format(sql.Identifier("t", self.content_column))
+        columns = [sql.Identifier(c) for c in self.key_columns]
+        aliases = [sql.Identifier(f"k{i}") for i in range(len(columns))]
+        types = [sql.SQL(t) for t in (self.key_sql_types or self.key_types)]
+        return {
+            "table": sql.Identifier(self.schema, self.table),
+            # `t.{key}::text` shows the key (columns joined by commas when composite).
+            "key": sql.SQL("::text || ',' || t.").join(columns),
+            "content": content,
+            "embedding": sql.Identifier(self.embedding_column),
+            "chunks": sql.Identifier(*self.chunk_table) if self.chunk_table else sql.SQL("NULL"),
+            # Keys as parameters: one text array per key column (%(k0)s, ...), unnested beside
+            # the canonical keys, and the join of those to the table's rows.
+            "key_arrays": sql.SQL(", ").join(
+                sql.SQL("{}::text[]").format(sql.Placeholder(f"k{i}")) for i in range(len(columns))
+            ),
+            "key_aliases": sql.SQL(", ").join(aliases),
+            "key_match": sql.SQL(" AND ").join(
+                sql.SQL("t.{} = v.{}::{}").format(c, a, ty)
+                for c, a, ty in zip(columns, aliases, types, strict=True)
+            ),
+            # Chunk tables (worker/pipeline/chunks.py): the key columns, and the unnested keys cast
+            # to their types, in key order.
+            "key_list": sql.SQL(", ").join(columns),
+            "key_values": sql.SQL(", ").join(
+                sql.SQL("v.{}::{}").format(a, ty) for a, ty in zip(aliases, types, strict=True)
+            ),
+        }
+
+    def query(self, name: str, *, shadow: bool = False) -> sql.Composed:
+        """Query `name` for this target; `shadow` aims its {embedding} at the shadow column of
+        the model change in progress."""
+        names = self.sql_names()
+        if shadow:
+            assert self.shadow_column is not None, "only a target in a change has a shadow column"
+            names["embedding"] = sql.Identifier(self.shadow_column)
+        return queries.compose(name, **names)
+
+    def key_params(self, keys: list[str]) -> dict[str, list[str]]:
+        """Query parameters for canonical keys: "keys" and one array per key column."""
+        params: dict[str, list[str]] = {"keys": keys}
+        if not self.composite:
+            params["k0"] = keys
+            return params
+        parts = [json.loads(k) for k in keys]
+        for i in range(len(self.key_columns)):
+            params[f"k{i}"] = [p[i] for p in parts]
+        return params
+
+    # --- keys ------------------------------------------------------------------------------
+    def canonical_key(self, raw: Any) -> str:
+        """The canonical text of a row key as a job carries it, or ValueError."""
+        if not self.composite:
+            return _canonical_part(raw, self.key_types[0])
+        if not isinstance(raw, list) or len(raw) != len(self.key_columns):
+            raise ValueError(
+                f"invalid row key {raw!r}: expected a JSON array of"
+                f" {len(self.key_columns)} values ({', '.join(self.key_columns)})"
+            )
+        parts = [_canonical_part(v, t) for v, t in zip(raw, self.key_types, strict=True)]
+        return json.dumps(parts, ensure_ascii=False, separators=(",", ":"))
+
+
+def _canonical_part(raw: Any, key_type: str) -> str:
+    """The text form of one key column's value (`key::text` for the types normalised here)."""
+    if isinstance(raw, bool) or raw is None or isinstance(raw, (list, dict)):
+        raise ValueError(f"invalid row key {raw!r} for a {key_type} key")
+    if key_type in _INT_RANGES:
+        if isinstance(raw, float):
+            raise ValueError(f"invalid row key {raw!r} for a {key_type} key")
+        try:
+            value = int(raw) if isinstance(raw, int) else int(str(raw).strip())
+        except ValueError:
+            raise ValueError(f"invalid row key {raw!r} for a {key_type} key") from None
+        limit = _INT_RANGES[key_type]
+        if not -limit <= value < limit:
+            raise ValueError(f"row key {value} is out of range for {key_type}")
+        return str(value)
+    if key_type == "uuid":
+        try:
+            return str(uuid.UUID(str(raw)))
+        except ValueError:
+            raise ValueError(f"invalid row key {raw!r} for a uuid key") from None
+    text = raw if isinstance(raw, str) else json.dumps(raw)
+    if "\x00" in text:
+        raise ValueError("row key contains a NUL character")
+    return text
+
+
+def load(conn: db.Connection) -> dict[int, Target]:
+    with db.translated():
+        rows = conn.execute(queries.compose("load_targets")).fetchall()
+    found: dict[int, Target] = {}
+    for row in rows:
+        (tid, schema, table, column, etype, dims, ccol, fschema, fname, model) = row[:10]
+        (kcols, ktypes, ksqltypes, q, problem, ver) = row[10:16]
+        chunk_schema, chunk_name, chunk_tokens, chunk_overlap = row[16:]
+        found[tid] = Target(
+            id=tid,
+            schema=schema,
+            table=table,
+            embedding_column=column,
+            embedding_type=etype,
+            embedding_dims=dims if dims is not None else -1,
+            content_column=ccol,
+            content_function=(fschema, fname) if fname is not None else None,
+            model=model,
+            key_columns=tuple(kcols or ()),
+            key_types=tuple(ktypes or ()),
+            key_sql_types=tuple(ksqltypes or ()),
+            queue=q,
+            version=ver,
+            registry_problem=problem,
+            chunk_table=(chunk_schema, chunk_name) if chunk_name is not None else None,
+            chunk_tokens=chunk_tokens,
+            chunk_overlap=chunk_overlap,
+        )
+    return _with_changes(conn, found)
+
+
+def _with_changes(conn: db.Connection, found: dict[int, Target]) -> dict[int, Target]:
+    """The targets with their model changes in progress (a shadow column that is gone or not of
+    a vector type counts as none: the target is served as before)."""
+    with db.translated():
+        rows = conn.execute(queries.compose("load_changes")).fetchall()
+    for target_id, model, column, typname, typmod in rows:
+        if target_id in found and typname in ("vector", "halfvec"):
+            found[target_id] = dataclasses.replace(
+                found[target_id], shadow_model=model, shadow_column=column, shadow_dims=typmod
+            )
+    return found
+
+
+class TargetRegistry:
+    """The targets as last read, refreshed when asked for an unknown one or when stale."""
+
+    def __init__(self, max_age: float = 60.0) -> None:
+        self.max_age = max_age
+        self._targets: dict[int, Target] = {}
+        self._loaded_at = float("-inf")
+        self._lock = threading.Lock()
+
+    def refresh(self, conn: db.Connection) -> dict[int, Target]:
+        targets = load(conn)
+        with self._lock:
+            self._targets = targets
+            self._loaded_at = time.monotonic()
+        return targets
+
+    def invalidate(self) -> None:
+        with self._lock:
+            self._loaded_at = float("-inf")
+
+    def current(self, conn: db.Connection) -> dict[int, Target]:
+        with self._lock:
+            fresh = time.monotonic() - self._loaded_at < self.max_age
+            targets = self._targets
+        return targets if fresh else self.refresh(conn)
+
+    def current_definitions(self, conn: db.Connection) -> dict[int, Target]:
+        """The targets, re-read when any registration's definition version differs from the
+        cached one (or a target came or went): a batch is never served under a definition that
+        was already replaced when it was read."""
+        targets = self.current(conn)
+        with db.translated():
+            versions = dict(conn.execute(queries.compose("target_versions")).fetchall())
+        if versions != {t.id: t.version for t in targets.values()}:
+            targets = self.refresh(conn)
+        return targets
+
+    def resolve(self, conn: db.Connection, ids: Iterable[int]) -> dict[int, Target]:
+        """Targets by id, re-reading the registry once if some id is unknown."""
+        targets = self.current(conn)
+        if any(i not in targets for i in ids):
+            targets = self.refresh(conn)
+        return targets
+
+    def snapshot(self) -> dict[int, Target]:
+        with self._lock:
+            return dict(self._targets)

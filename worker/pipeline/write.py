@@ -1,0 +1,401 @@
+"""The write stage: vectors stored, blank rows cleared and every job of a batch settled, in one
+short transaction (exactly-once effect per job).
+
+What the transaction does to each row is collected in a WriteOutcome and applied to the rows
+only once COMMIT succeeded: a transaction that rolls back (a connection lost at COMMIT included)
+leaves the batch as it was read, and writing it again redoes everything. Each target's
+registration is locked for the transaction and its definition version compared with the one the
+batch was read under; a redefined target's jobs are handed back, not acknowledged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections import defaultdict
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import psycopg
+from pgvector import HalfVector, Vector
+
+from worker import db, metrics, queries
+from worker.config import Settings
+from worker.pipeline import chunks, deferrals, faults, provenance
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.targets import Target
+
+# A target that cannot be served (model missing, dimension mismatch) has its jobs put back
+# this long, without counting an attempt.
+DEFER_SECONDS = 60
+
+
+@dataclass
+class Settlement:
+    """What happens to each job of a batch, decided before the write transaction."""
+
+    delete: list[int] = field(default_factory=list)
+    archive: list[int] = field(default_factory=list)
+    retry: dict[int, int] = field(default_factory=dict)  # msg_id -> delay
+    defer: list[int] = field(default_factory=list)
+    release: list[int] = field(default_factory=list)  # target redefined: redo at once
+    resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+    dead: list[jobqueue.DeadLetter] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+
+
+def write(
+    conn: db.Connection,
+    queue: jobqueue.Queue,
+    batch: Batch,
+    settings: Settings,
+    now: Callable[[], datetime] = lambda: datetime.now(UTC),
+) -> Settlement:
+    """Stores vectors, clears blank rows and settles every job, in one transaction.
+
+    The rows' states are those of before the write until the transaction has committed: what
+    the write did is collected in a WriteOutcome and applied to the rows only after COMMIT. A
+    connection lost at any point of the transaction (COMMIT included) leaves the batch as it was
+    read, so writing it again on a new connection redoes everything."""
+    started = time.perf_counter()
+    outcome = WriteOutcome()
+    with db.translated(), conn.transaction():
+        groups = batch.by_target()
+        outcome.outdated = _outdated_targets(conn, groups)
+        for target, rows in groups.items():
+            if target.id in outcome.outdated:
+                outcome.record({(target.id, r.key): RowState.OUTDATED for r in rows})
+            elif (
+                refused := provenance.claim_target(conn, target, rows, batch.producers)
+            ) is not None:
+                outcome.deferred[target.id] = refused  # another model's vectors are there
+            else:
+                _write_target(conn, target, rows, outcome)
+        faults.reached("after_vectors")
+        settlement = settle(batch, settings, now(), outcome)
+        queue.delete(conn, settlement.delete)
+        queue.archive(conn, settlement.archive)
+        queue.retry(conn, settlement.retry)
+        queue.defer(conn, settlement.defer, DEFER_SECONDS)
+        queue.defer(conn, settlement.release, 0)
+        queue.send(conn, settlement.resend)
+        jobqueue.record_failures(conn, queue.home, settlement.dead)
+        # Deferral reasons for status; dead letters of rows now written or cleared resolved.
+        noted = dataclasses.replace(batch, deferred={**batch.deferred, **outcome.deferred})
+        deferrals.record(conn, noted, outcome.state)
+        for target_id, count in outcome.written_per_target().items():
+            conn.execute(
+                queries.compose("record_throughput"), {"target_id": target_id, "rows": count}
+            )
+        faults.reached("before_commit")
+    outcome.apply(batch)  # committed: now the rows may say what happened to them
+    batch.write_ms = (time.perf_counter() - started) * 1000
+    metrics.STAGE_SECONDS.labels("write").observe(batch.write_ms / 1000)
+    _count(batch, settlement)
+    return settlement
+
+
+RowKey = tuple[int, str]  # (target id, canonical key)
+
+
+@dataclass
+class WriteOutcome:
+    """What a write transaction did to each row (its new state, its error), kept apart from the
+    rows until the transaction commits."""
+
+    states: dict[RowKey, RowState] = field(default_factory=dict)
+    errors: dict[RowKey, str] = field(default_factory=dict)
+    outdated: set[int] = field(default_factory=set)  # targets redefined since the batch was read
+    # targets whose columns hold vectors of another producer (provenance): deferred, not written
+    deferred: dict[int, str] = field(default_factory=dict)
+
+    def state(self, row: Row) -> RowState:
+        return self.states.get((row.target.id, row.key), row.state)
+
+    def error(self, row: Row) -> str | None:
+        return self.errors.get((row.target.id, row.key), row.error)
+
+    def record(self, states: dict[RowKey, RowState]) -> None:
+        self.states.update(states)
+
+    def fail(self, row: Row, error: str) -> None:
+        self.states[(row.target.id, row.key)] = RowState.FAILED
+        self.errors[(row.target.id, row.key)] = error
+
+    def written_per_target(self) -> dict[int, int]:
+        counts: dict[int, int] = defaultdict(int)
+        for (target_id, _), state in self.states.items():
+            if state is RowState.WRITTEN:
+                counts[target_id] += 1
+        return counts
+
+    def apply(self, batch: Batch) -> None:
+        batch.deferred.update(self.deferred)
+        for key, state in self.states.items():
+            row = batch.rows[key]
+            row.state = state
+            if key in self.errors:
+                row.error = self.errors[key]
+
+
+def _outdated_targets(conn: db.Connection, groups: dict[Target, list[Row]]) -> set[int]:
+    """Locks the table and then the registration of every target of the batch (in id order:
+    two writers never wait for each other crosswise; table first, as ALTER TABLE does) and
+    returns those whose definition version is no longer the one the batch was read under. The
+    locks hold until COMMIT, so a concurrent watch() or rename waits for this write, and a write
+    that starts after either sees its new version."""
+    outdated = set()
+    for target in sorted(groups, key=lambda t: t.id):
+        row = conn.execute(queries.compose("lock_target"), {"target_id": target.id}).fetchone()
+        if row is None or row[0] != target.version:
+            outdated.add(target.id)
+    return outdated
+
+
+def _write_target(
+    conn: db.Connection, target: Target, rows: list[Row], outcome: WriteOutcome
+) -> None:
+    embedded = [r for r in rows if r.state is RowState.EMBEDDED]
+    blank = [r for r in rows if r.state is RowState.BLANK]
+    if not embedded and not blank:
+        return
+    try:
+        with conn.transaction():  # a savepoint: a failure here fails only this target's rows
+            stored = _store(conn, target, embedded, blank)
+        outcome.record(stored)  # the savepoint was released: its effect stands (until COMMIT)
+    except psycopg.Error as exc:
+        if db.is_connection_error(exc):
+            raise
+        # Something in the table refused the write (a trigger, a constraint): one row at a
+        # time, to fail only the rows it refuses. Each row goes where its state before this
+        # write says (a vector, or a clear): the rolled-back savepoint changed nothing.
+        for row in embedded + blank:
+            try:
+                with conn.transaction():
+                    if row.state is RowState.EMBEDDED:
+                        stored = _store(conn, target, [row], [])
+                    else:
+                        stored = _store(conn, target, [], [row])
+                outcome.record(stored)
+            except psycopg.Error as row_exc:
+                if db.is_connection_error(row_exc):
+                    raise
+                outcome.fail(
+                    row, f"storing the embedding failed: {db.redact(str(row_exc).strip())}"
+                )
+
+
+def _vector(row: Row) -> np.ndarray[Any, np.dtype[np.float32]]:
+    assert row.vector is not None, "only embedded rows are stored"
+    return row.vector
+
+
+def _store(
+    conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]
+) -> dict[RowKey, RowState]:
+    """Writes the vectors of `embedded` and clears `blank`; returns each row's new state
+    (leaving the rows untouched: the caller's transaction may still roll back)."""
+    if target.chunk_table is not None:  # chunked targets: chunks.store writes, under the same rule
+        stored = chunks.store(conn, target, embedded, blank)
+        return {(target.id, key): state for key, state in stored.items()}
+    states: dict[RowKey, RowState] = {}
+    # A target being changed to another model gets the new model's vectors in its shadow column
+    # too, under the same stale-write guard: the first UPDATE locked the rows, so both columns
+    # hold vectors of the same content. Shadow-only rows (the change's own jobs) keep their
+    # current vector as it is.
+    full = [r for r in embedded if not r.shadow_only]
+    if full:
+        written = _write(conn, target, full, shadow=False)
+        for row in full:
+            states[(target.id, row.key)] = (
+                RowState.WRITTEN if row.key in written else RowState.STALE
+            )
+        if target.in_change:
+            _write_shadow(conn, target, [r for r in full if r.key in written])
+    shadow_only = [r for r in embedded if r.shadow_only]
+    if shadow_only:
+        written = _write(conn, target, shadow_only, shadow=True)
+        for row in shadow_only:
+            states[(target.id, row.key)] = (
+                RowState.WRITTEN if row.key in written else RowState.STALE
+            )
+    if blank:
+        cleared = _clear(conn, target, blank, shadow=False)
+        if target.in_change:
+            cleared |= _clear(conn, target, blank, shadow=True)
+        for row in blank:
+            # Not cleared: already NULL, or the content changed since (its own job handles it).
+            states[(target.id, row.key)] = (
+                RowState.CLEARED if row.key in cleared else RowState.BLANK
+            )
+    return states
+
+
+def _write(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool) -> set[str]:
+    """Stores the rows' vectors (`shadow`: their new-model vectors, in the shadow column);
+    returns the keys written."""
+    if not rows:
+        return set()
+    wrap = HalfVector if shadow or target.embedding_type == "halfvec" else Vector
+    vectors = [_shadow_vector(r) if shadow else _vector(r) for r in rows]
+    return {
+        key
+        for (key,) in conn.execute(
+            target.query("write_vectors", shadow=shadow),
+            {
+                **target.key_params([r.key for r in rows]),
+                "embeddings": [wrap(v) for v in vectors],
+                "hashes": [r.digest for r in rows],
+            },
+        )
+    }
+
+
+def _write_shadow(conn: db.Connection, target: Target, rows: list[Row]) -> None:
+    """The new-model vectors of rows just written with the target's model. Rows without one
+    (the new model could not be loaded) have their shadow vector cleared: one of their older
+    content must not be swapped in; the change queues them again before it completes."""
+    _write(conn, target, [r for r in rows if r.shadow_vector is not None], shadow=True)
+    _clear(conn, target, [r for r in rows if r.shadow_vector is None], shadow=True)
+
+
+def _clear(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool) -> set[str]:
+    if not rows:
+        return set()
+    return {
+        key
+        for (key,) in conn.execute(
+            target.query("clear_vectors", shadow=shadow),
+            {**target.key_params([r.key for r in rows]), "hashes": [r.digest for r in rows]},
+        )
+    }
+
+
+def _shadow_vector(row: Row) -> np.ndarray[Any, np.dtype[np.float32]]:
+    assert row.shadow_vector is not None, "rows of a target in a change have both vectors"
+    return row.shadow_vector
+
+
+def settle(
+    batch: Batch, settings: Settings, now: datetime, outcome: WriteOutcome | None = None
+) -> Settlement:
+    """Decides each job's fate from its rows' outcomes (pure; no database): the rows' states,
+    overlaid with what the write transaction in progress did to them (`outcome`)."""
+    out = Settlement()
+    outcome = outcome or WriteOutcome()
+    for job in batch.jobs:
+        target = job.target
+        if target is None:
+            # Nothing named in the message runs unless registered: dead-letter it as it is.
+            out.archive.append(job.msg_id)
+            out.dead.append(
+                jobqueue.DeadLetter(
+                    target=None,
+                    target_label=_label(job),
+                    row_key=job.message.get("id") if isinstance(job.message, dict) else None,
+                    message=job.message,
+                    attempts=job.attempts,
+                    error=job.error or "unknown target",
+                )
+            )
+            continue
+        if target.id in batch.deferred or target.id in outcome.deferred:
+            out.defer.append(job.msg_id)
+            continue
+        if target.id in outcome.outdated:
+            out.release.append(job.msg_id)  # not done: redone under the new definition
+            continue
+        failed = [
+            (key, outcome.error(row) or "failed")
+            for key in job.keys
+            if outcome.state(row := batch.rows[(target.id, key)]) is RowState.FAILED
+        ]
+        # >>> chunked targets: documents past the batch's chunk budget go back to the queue
+        # in a message of their own, visible at once, with the attempts spent before this one.
+        postponed = [
+            job.raw_keys[key]
+            for key in job.keys
+            if outcome.state(batch.rows[(target.id, key)]) is RowState.POSTPONED
+        ]
+        if postponed:
+            message = {"target": target.id, "keys": postponed, "attempts": job.attempts - 1}
+            out.resend.append((message, 0))
+        # <<< chunked targets
+        if not failed and not job.bad_keys:
+            out.delete.append(job.msg_id)
+            out.latencies.append((now - job.enqueued_at).total_seconds())
+            continue
+        exhausted = job.attempts >= settings.max_attempts
+        dead = (
+            [(job.raw_keys[k], job.single_key_message(k), e) for k, e in failed]
+            if exhausted
+            else []
+        )
+        # An invalid key can never succeed: dead at once.
+        dead += [
+            (
+                raw,
+                {"target": target.id, "keys": [raw]} if not job.supabase_shape else job.message,
+                e,
+            )
+            for raw, e in job.bad_keys
+        ]
+        retry_keys = [k for k, _ in failed] if not exhausted else []
+        for raw, message, error in dead:
+            out.dead.append(
+                jobqueue.DeadLetter(target, target.name, raw, message, job.attempts, error)
+            )
+        delay = jobqueue.backoff_seconds(
+            job.attempts, settings.backoff_base_seconds, settings.backoff_max_seconds
+        )
+        if retry_keys and len(retry_keys) == len(job.keys) and not job.bad_keys:
+            out.retry[job.msg_id] = delay  # the whole job failed: back it off as it is
+            continue
+        if retry_keys:
+            # Part of the job failed: its other rows are done. Re-send only the failed keys,
+            # carrying the attempts spent so far.
+            out.resend.append(
+                (
+                    {
+                        "target": target.id,
+                        "keys": [job.raw_keys[k] for k in retry_keys],
+                        "attempts": job.attempts,
+                    },
+                    delay,
+                )
+            )
+        (out.archive if dead else out.delete).append(job.msg_id)
+    return out
+
+
+def _label(job: jobqueue.Job) -> str:
+    message = job.message if isinstance(job.message, dict) else {}
+    if "schema" in message and "table" in message:
+        return (
+            f"{message['schema']}.{message['table']}.{message.get('embeddingColumn', 'embedding')}"
+        )
+    if "target" in message:
+        return f"target {message['target']}"
+    return "unknown"
+
+
+def _count(batch: Batch, settlement: Settlement) -> None:
+    """Metrics of a committed batch. Rows of deferred targets are not counted: their jobs went
+    back to the queue as they were (metrics.row_outcome maps the other states)."""
+    metrics.JOBS.labels("done").inc(len(settlement.delete))
+    metrics.JOBS.labels("retried").inc(len(settlement.retry) + len(settlement.resend))
+    metrics.JOBS.labels("dead").inc(len(settlement.dead))
+    metrics.JOBS.labels("deferred").inc(len(settlement.defer))
+    metrics.JOBS.labels("released").inc(len(settlement.release))
+    targets = {job.target.id: job.target.name for job in batch.jobs if job.target is not None}
+    for target_id, name in targets.items():
+        metrics.TARGET_DEFERRED.labels(name).set(1 if target_id in batch.deferred else 0)
+    for row in batch.rows.values():
+        if row.target.id not in batch.deferred:
+            metrics.count_row(row.target.name, row.state.value)
+    for latency in settlement.latencies:
+        metrics.JOB_LATENCY.observe(latency)

@@ -1,0 +1,413 @@
+"""The worker process: pipeline threads, waiting for work, leases, signals and shutdown.
+
+Threads, each with its own connection:
+  fetcher  waits for work (a NOTIFY from the queue, the poll interval, or the next retry
+           becoming visible, whichever comes first), leases a batch, loads its content
+  embedder runs the model (onnxruntime releases the GIL, so the others keep going)
+  writer   stores vectors and settles jobs in one short transaction, or hands batches back
+  keeper   renews the leases of jobs in flight, refreshes queue gauges, shows progress
+At most one batch waits between two stages, so database I/O overlaps inference without
+leasing far ahead.
+
+SIGTERM/SIGINT: stop reading; the batch being embedded is finished and written, batches not
+started are handed back; after `grace_seconds` whatever is still held is handed back and the
+process exits 0. A second signal hands back at once and exits. A thread that dies of a bug
+stops the whole worker (exit 1) rather than leaving it half-alive.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue as stdqueue
+import signal
+import sys
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from types import FrameType
+
+from worker import db, exceptions, metrics
+from worker.config import Settings
+from worker.models.loaded import LoadedModels
+from worker.pipeline import stages, write
+from worker.pipeline.batch import Batch, RowState
+from worker.pipeline.lanes import Lanes
+from worker.pipeline.targets import TargetRegistry
+from worker.process import keeper, startup, systemd
+from worker.process.backfill import Backfiller, IndexBuilder
+from worker.process.changes import Completer
+from worker.process.wakeups import Listener
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Handoff:
+    batch: Batch
+    release: bool = False  # hand the jobs back instead of writing
+
+
+class Worker:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        once: bool = False,
+        embedders: LoadedModels | None = None,
+        progress: bool | None = None,
+        handle_signals: bool = True,
+    ) -> None:
+        self.settings = settings
+        self.once = once
+        self.dsn = db.resolve_dsn(settings.database_url)
+        # Priority lanes (worker/pipeline/lanes.py): live jobs before backfill work.
+        self.lanes = Lanes(settings.queue, settings.batch_size)
+        self.queue = self.lanes.live.queue
+        self.leases = self.lanes.live.leases
+        # Backfills in key ranges, stepped when reads run short (worker/process/backfill.py).
+        self.backfill = Backfiller(settings.queue, settings.batch_size)
+        self.indexer = IndexBuilder(self.dsn, settings.queue)
+        self.registry = TargetRegistry()
+        self.changes = Completer()  # completes model changes (worker/process/changes.py)
+        self.embedders = embedders or LoadedModels(
+            variant=settings.model_variant, threads=settings.threads
+        )
+        self.stopping = threading.Event()  # no more reading
+        self.finished = threading.Event()  # the pipeline has drained
+        self.started = threading.Event()  # connected, schema present, models tried
+        self.ready = threading.Event()  # ... and the default model loaded
+        self.failure: BaseException | None = None
+        self.progress = sys.stderr.isatty() if progress is None else progress
+        self.handle_signals = handle_signals
+        self._loaded: stdqueue.Queue[Handoff | None] = stdqueue.Queue(maxsize=1)
+        self._embedded: stdqueue.Queue[Handoff | None] = stdqueue.Queue(maxsize=1)
+        self._in_flight = 0
+        self._flight = threading.Condition()
+        self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # a full pipe already wakes: never block a writer
+        self._threads: list[threading.Thread] = []
+        self._stop_requested_at: float | None = None
+        self.rows_done = 0
+
+    # --- lifecycle ------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Runs until stopped (with `once`: until the queue is drained); returns the exit code."""
+        if self.handle_signals and threading.current_thread() is threading.main_thread():
+            signal.signal(signal.SIGTERM, self._on_signal)
+            signal.signal(signal.SIGINT, self._on_signal)
+        logger.info(
+            "embed-worker starting: database %s, queue %s%s, model %s (%s), batch %d",
+            db.describe(self.dsn),
+            self.settings.queue,
+            "" if self.settings.pull else " (push only: no pulling)",
+            self.settings.model,
+            self.settings.model_variant,
+            self.settings.batch_size,
+        )
+        try:
+            try:
+                self.start()
+            except exceptions.EmbedWorkerError as exc:
+                logger.error("%s", exc)
+                return 1
+            if self.stopping.is_set() and not self._threads:
+                return 0
+            return self.wait()
+        finally:
+            self._close_wake_pipe()
+
+    def start(self) -> None:
+        """Connects, checks the schema and the models, then starts the pipeline threads."""
+        self._startup()
+        for name, target in (
+            ("fetcher", self._fetcher),
+            ("embedder", self._embedder),
+            ("writer", self._writer),
+            ("keeper", self._keeper),
+        ):
+            thread = threading.Thread(target=self._guarded(target), name=name, daemon=True)
+            thread.start()
+            self._threads.append(thread)
+
+    def wait(self) -> int:
+        while not self.finished.is_set():
+            self.finished.wait(0.2)
+            if self.failure is not None:
+                break
+            if (
+                self._stop_requested_at is not None
+                and time.monotonic() - self._stop_requested_at > self.settings.grace_seconds
+            ):
+                logger.warning("grace period over: handing back what is still in flight")
+                self.hand_back_all()
+                break
+        self.finished.set()
+        self._wake()
+        for thread in self._threads:
+            thread.join(timeout=2)
+        if self.failure is not None:
+            logger.error("worker stopped by an internal error: %r", self.failure)
+            self.hand_back_all()
+            return 1
+        logger.info("embed-worker stopped")
+        return 0
+
+    def request_stop(self, why: str = "requested") -> None:
+        if not self.stopping.is_set():
+            logger.info("stopping (%s): finishing the batch in flight", why)
+            systemd.notify(stopping=True, status=f"stopping ({why})")
+            self._stop_requested_at = time.monotonic()
+        self.stopping.set()
+        self._wake()
+
+    def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
+        name = signal.Signals(signum).name
+        if self.stopping.is_set():
+            logger.warning("second %s: handing back jobs in flight and exiting now", name)
+            self.hand_back_all()
+            logging.shutdown()
+            os._exit(0)
+        self.request_stop(name)
+
+    def hand_back_all(self) -> None:
+        """Makes every job we hold visible again at once (a fresh, short-lived connection)."""
+        for lane in self.lanes:
+            held = lane.leases.held()
+            if not held:
+                continue
+            try:
+                conn = db.connect(self.dsn, connect_timeout=3)
+                try:
+                    # SET LOCAL: behind a transaction pooler a plain SET would outlive us on a
+                    # server connection that other clients then get.
+                    with db.translated(), conn.transaction():
+                        conn.execute("SET LOCAL statement_timeout = '3s'")
+                        released = lane.queue.release(conn, held)
+                    metrics.JOBS.labels("released").inc(released)
+                    logger.info("handed back %d of %d jobs", released, len(held))
+                finally:
+                    conn.close()
+            except exceptions.EmbedWorkerError as exc:
+                logger.warning("could not hand jobs back (%s); they return after their lease", exc)
+            lane.leases.drop(held)
+
+    def _guarded(self, body: Callable[[], None]) -> Callable[[], None]:
+        def run() -> None:
+            try:
+                body()
+            except BaseException as exc:
+                logger.exception("%s thread failed", threading.current_thread().name)
+                self.failure = exc
+                self.stopping.set()
+                self.finished.set()
+                self._wake()
+
+        return run
+
+    def _wake(self) -> None:
+        if self._wake_w < 0:
+            return  # stopped: nothing left to wake
+        with contextlib.suppress(OSError):  # a full pipe already wakes the fetcher
+            os.write(self._wake_w, b"x")
+
+    def _close_wake_pipe(self) -> None:
+        """Closes the wake pipe once no pipeline thread can use it any more. A thread that
+        outlived its join keeps it open: a closed descriptor's number may be reused by another
+        file, and a late wake-up must not write into that."""
+        if self._wake_w < 0 or any(thread.is_alive() for thread in self._threads):
+            return
+        os.close(self._wake_r)
+        os.close(self._wake_w)
+        self._wake_r = self._wake_w = -1
+
+    # --- startup (worker/process/startup.py) --------------------------------------------------
+    def _startup(self) -> None:
+        startup.start(self)
+
+    def default_model_problem(self) -> str | None:
+        """Why the default model is not loaded (None when it is): worker/process/startup.py."""
+        return startup.default_model_problem(self)
+
+    # --- fetcher --------------------------------------------------------------------------------
+    def _fetcher(self) -> None:
+        session = db.Session(self.dsn, "fetcher", self.stopping)
+        listener = Listener(
+            self.dsn, self.stopping, self._wake_r, self.registry, self.settings.listen
+        )
+        try:
+            while not self.stopping.is_set():
+                try:
+                    batch = self._next_batch(session, listener)
+                except exceptions.ConnectionLost as exc:
+                    logger.warning("fetcher: connection lost (%s)", exc)
+                    metrics.DATABASE_UP.set(0)
+                    session.lost()
+                    continue
+                if batch is None:
+                    break  # drained (--once) or stopping
+                self._pass(self._loaded, Handoff(batch, release=self.stopping.is_set()))
+        finally:
+            listener.close()
+            session.close()
+            self._loaded.put(None)
+
+    def _next_batch(self, session: db.Session, listener: Listener) -> Batch | None:
+        waiting = False  # registered as waiting, so that writers NOTIFY
+        while not self.stopping.is_set():
+            listener.ensure()
+            if not self.settings.pull:
+                # Push only: listen for target changes, lease nothing.
+                listener.wait(self.settings.poll_seconds)
+                continue
+            conn = session.get()
+            # For --once: nothing was in flight when this read began, so it read both lanes
+            # (a backfill batch in flight keeps the backfill lane unread until it ends), and
+            # found nothing. Asked after the read, a batch ending meanwhile passed for drained
+            # with the backfill lane unread, and the worker exited with jobs queued.
+            idle = self._drained()
+            batch = self.lanes.read(conn, self.registry, self.settings)
+            metrics.DATABASE_UP.set(1)
+            drained = batch is None and idle
+            if self._work_behind_reads(conn, batch):
+                continue
+            if batch is not None and waiting:
+                self.queue.set_waiting(conn, False)
+                waiting = False
+            if batch is None and not waiting and not self.once:
+                # Register first, then look once more: a job committed after that look
+                # finds us registered and notifies.
+                self.queue.set_waiting(conn, True)
+                waiting = True
+                continue
+            if batch is not None:
+                self._begin(batch)
+                try:
+                    stages.load(conn, batch)
+                except BaseException:
+                    self._end(batch)
+                    raise
+                return batch
+            if self.once and drained and self.changes.run(conn, self.registry, force=True):
+                continue  # a model change completed or re-queued rows: read again
+            if self.once and drained and not self.indexer.busy:
+                return None
+            listener.wait(self._wait_seconds(conn))
+        return None
+
+    def _work_behind_reads(self, conn: db.Connection, batch: Batch | None) -> bool:
+        """When a read runs short: the next range of a backfill (so that backfills are queued
+        only behind live jobs, worker/process/backfill.py), and an index deferred until a backfill's
+        end. True when the backfill queued jobs and nothing was read: read again at once."""
+        low = batch is None or len(batch.rows) < self.settings.batch_size
+        if low and self.backfill.step(conn) and batch is None:
+            return True
+        if batch is None:
+            self.indexer.maybe_start(conn)
+        return False
+
+    def _wait_seconds(self, conn: db.Connection) -> float:
+        """How long to sleep on LISTEN: until the next job of either lane becomes visible, at
+        most the poll interval (50 ms with --once)."""
+        timeout = self.settings.poll_seconds
+        for lane in self.lanes.readable():
+            next_visible = lane.queue.next_visible_in(conn)
+            if next_visible is not None:
+                timeout = min(timeout, max(next_visible, 0.005))
+        return min(timeout, 0.05) if self.once else timeout
+
+    def _drained(self) -> bool:
+        with self._flight:
+            return self._in_flight == 0
+
+    def _begin(self, batch: Batch) -> None:
+        self.lanes.begin(batch)
+        with self._flight:
+            self._in_flight += 1
+        metrics.IN_FLIGHT.set(self.lanes.held())
+
+    def _end(self, batch: Batch) -> None:
+        self.lanes.end(batch)
+        with self._flight:
+            self._in_flight -= 1
+            self._flight.notify_all()
+        self._wake()  # the fetcher may read backfill work again
+        metrics.IN_FLIGHT.set(self.lanes.held())
+
+    def _pass(self, q: stdqueue.Queue[Handoff | None], item: Handoff) -> None:
+        """Hands a batch to the next stage, waiting while it is busy."""
+        while True:
+            try:
+                q.put(item, timeout=0.2)
+                return
+            except stdqueue.Full:
+                if self.finished.is_set():
+                    return
+
+    # --- embedder -------------------------------------------------------------------------------
+    def _embedder(self) -> None:
+        try:
+            while True:
+                item = self._loaded.get()
+                if item is None:
+                    return
+                if self.stopping.is_set():
+                    item.release = True  # not started: hand it back rather than keep it
+                if not item.release:
+                    stages.embed(self.embedders, item.batch)
+                self._pass(self._embedded, item)
+        finally:
+            self._embedded.put(None)
+
+    # --- writer ---------------------------------------------------------------------------------
+    def _writer(self) -> None:
+        session = db.Session(self.dsn, "writer", self.finished, vectors=True)
+        try:
+            while True:
+                item = self._embedded.get()
+                if item is None:
+                    return
+                try:
+                    self._write(session, item)
+                finally:
+                    self._end(item.batch)
+        finally:
+            session.close()
+            self.finished.set()
+            self._wake()
+
+    def _write(self, session: db.Session, item: Handoff) -> None:
+        batch = item.batch
+        lane = self.lanes.of(batch)
+        held = lane.leases.held(batch.msg_ids)
+        # Settled jobs are no longer ours to renew.
+        lane.leases.drop(batch.msg_ids)
+        for attempt in range(2):  # once more after a reconnect; then the leases expire
+            try:
+                conn = session.get()
+                if item.release:
+                    released = lane.queue.release(conn, held)
+                    metrics.JOBS.labels("released").inc(released)
+                    logger.info("handed back %d jobs", released)
+                    return
+                write.write(conn, lane.queue, batch, self.settings)
+                stages.log_batch(batch)
+                self.rows_done += sum(1 for r in batch.rows.values() if r.state is RowState.WRITTEN)
+                return
+            except exceptions.ConnectionLost as exc:
+                metrics.DATABASE_UP.set(0)
+                session.lost()
+                logger.warning(
+                    "writer: connection lost (%s)%s",
+                    exc,
+                    "; retrying" if attempt == 0 else "; its jobs return after their lease",
+                )
+            except exceptions.DatabaseError as exc:
+                logger.error("writing a batch failed (%s); its jobs return after their lease", exc)
+                return
+
+    # --- keeper (worker/process/keeper.py) ----------------------------------------------------
+    def _keeper(self) -> None:
+        keeper.keep(self)
