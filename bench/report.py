@@ -258,6 +258,9 @@ def bigwatch_lines(bigwatch: dict[str, Any]) -> list[str]:
         return []
     parts = []
     for rows, r in bigwatch["sizes"].items():
+        if "before" not in r:  # measured from a tree without the old revisions (bigwatch.py)
+            parts.append(f"{int(rows):,} rows: watch() {r['after']['watch_seconds']:.2f} s")
+            continue
         before, after = r["before"], r["after"]
         parts.append(
             f"{int(rows):,} rows: watch() {before['watch_seconds']:.2f} s -> "
