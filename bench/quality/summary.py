@@ -147,3 +147,107 @@ def write_details(
             }
         lines.append(json.dumps(entry, ensure_ascii=False))
     path.write_text("\n".join(lines) + "\n")
+
+
+LABELS = {
+    "fulltext": "full-text (`websearch_to_tsquery`: every term)",
+    "fulltext_any": "full-text, any term",
+    "fulltext_split": "full-text, dotted names split",
+    "vector": "vector (exact cosine)",
+    "hybrid_rrf": "**hybrid RRF** (full-text + vector)",
+    "hybrid_rrf_any": "hybrid RRF (any-term full-text + vector)",
+    "hybrid_rrf_split": "hybrid RRF (split full-text + vector)",
+}
+BASELINE = ("hybrid_rrf", ("fulltext", "vector"))
+
+
+def markdown(result: Mapping[str, Any]) -> str:
+    """The tables and verdicts of docs/performance.md's "Retrieval quality" section."""
+    if not result:
+        return ""
+    k, machine, corpus_, queries = (
+        result["k"],
+        result["machine"],
+        result["corpus"],
+        result["queries"],
+    )
+    flags = ", ".join(machine.get("cpu_flags", [])) or "flags not recorded"
+    lines = [
+        f"Measured {machine['date']} on {machine['cores']} cores ({machine['cpu']}; {flags}),"
+        f" Python {machine['python']}, model {result['model']} (fp32), language configuration"
+        f" `{result['language']}`: {corpus_['rows']:,} rows and {corpus_['chunks']:,} chunks"
+        f" ({corpus_['chunk_tokens']} tokens, overlap {corpus_['chunk_overlap']}) from"
+        f" {corpus_['modules']} modules; {queries['exact'] + queries['paraphrase']} queries"
+        f" ({queries['exact']} exact-term, {queries['paraphrase']} paraphrase).",
+        "",
+        f"| retriever | exact R@{k} | exact nDCG@{k} | paraphrase R@{k} | paraphrase nDCG@{k}"
+        f" | mixed R@{k} | mixed nDCG@{k} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for granularity, by_name in result["results"].items():
+        lines.append(f"| *{granularity}* | | | | | | |")
+        for name, scored in by_name.items():
+            cells = [
+                f"{scored['summary'][group][metric]:.3f}"
+                for group in ("exact", "paraphrase", "mixed")
+                for metric in (f"recall@{k}", f"ndcg@{k}")
+            ]
+            lines.append(f"| {LABELS.get(name, f'`{name}`')} | " + " | ".join(cells) + " |")
+    lines += ["", *_kinds_table(result), "", *_verdicts(result)]
+    return "\n".join(lines)
+
+
+def _kinds_table(result: Mapping[str, Any]) -> list[str]:
+    k = result["k"]
+    shown = ("fulltext", "fulltext_split", "vector", "hybrid_rrf")
+    kinds = [g for g in next(iter(result["results"].values()))["vector"]["summary"] if ":" in g]
+    lines = [
+        f"nDCG@{k} by kind of exact-term query (queries: "
+        + ", ".join(
+            f"{g.split(':')[1]} {result['queries']['kinds'][g.split(':')[1]]}" for g in kinds
+        )
+        + "):",
+        "",
+        "| retriever | "
+        + " | ".join(f"{g.split(':')[1]}, {gr}" for gr in result["results"] for g in kinds)
+        + " |",
+        "|---|" + "---|" * (len(kinds) * len(result["results"])),
+    ]
+    for name in shown:
+        cells = [
+            f"{by_name[name]['summary'][g][f'ndcg@{k}']:.2f}"
+            for by_name in result["results"].values()
+            if name in by_name
+            for g in kinds
+        ]
+        if cells:
+            lines.append(f"| {LABELS[name]} | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _verdicts(result: Mapping[str, Any]) -> list[str]:
+    """Does the RRF baseline beat both of its parts? Per granularity and query group, from
+    the paired nDCG differences and their 95% bootstrap intervals."""
+    fused, parts = BASELINE
+    lines = []
+    for granularity in result["results"]:
+        for group in ("exact", "paraphrase", "mixed"):
+            said = []
+            beats = True
+            for part in parts:
+                d = result["hybrid_minus_parts_ndcg"][f"{granularity}: {fused} - {part}"][group]
+                interval = f"{d['mean']:+.3f} [{d['low']:+.3f}, {d['high']:+.3f}]"
+                if d["low"] > 0:
+                    said.append(f"beats {part} ({interval})")
+                else:
+                    beats = False
+                    word = "does not beat" if d["mean"] <= 0 else "is not clearly above"
+                    said.append(f"**{word} {part}** ({interval})")
+            head = "beats both" if beats else "does not beat both"
+            lines.append(f"- {granularity}, {group}: hybrid RRF {head}: " + "; ".join(said) + ".")
+    return [
+        f"Hybrid RRF minus each single retriever, mean nDCG@{result['k']} difference over the"
+        " same queries with a 95% bootstrap interval:",
+        "",
+        *lines,
+    ]
