@@ -87,7 +87,9 @@ def _file_digest(path: Path) -> str:
         return hashlib.file_digest(f, "sha256").hexdigest()
 
 
-def _create(conn: Conn, table: Table, dim: int, rows: Iterable[tuple[str, str, Vector32]]) -> None:
+def create_table(
+    conn: Conn, table: Table, dim: int, rows: Iterable[tuple[str, str, Vector32]]
+) -> None:
     """The corpus table: ids in the order given (0, 1, ...), both tsvectors GIN-indexed."""
     split = SPLIT_DOTS.format("body")
     conn.execute(f"DROP TABLE IF EXISTS {table.name}")
@@ -218,9 +220,9 @@ def run(
     chunk_names = [name for name, _ in chunk_texts]
     with psycopg.connect(dsn, autocommit=True) as conn:
         row_texts = [o.text() for o in objects]
-        _create(conn, ROWS, embedder.dim, zip(row_names, row_texts, row_vectors, strict=True))
+        create_table(conn, ROWS, embedder.dim, zip(row_names, row_texts, row_vectors, strict=True))
         chunk_bodies = [text for _, text in chunk_texts]
-        _create(
+        create_table(
             conn, CHUNKS, embedder.dim, zip(chunk_names, chunk_bodies, chunk_vectors, strict=True)
         )
         started = time.monotonic()
