@@ -12,7 +12,8 @@ DEVDB_NAME ?= embed
 DEVDB_URL := postgresql://postgres@127.0.0.1:$(DEVDB_PORT)/$(DEVDB_NAME)
 STAMP := $(VENV)/.installed
 
-.PHONY: help install db db-stop migrate run demo test lint bench postgres-deps test-deps clean
+.PHONY: help install db db-stop migrate run demo test lint bench postgres-deps test-deps clean \
+	freeze-release
 
 help:
 	@echo "make demo    local cluster + migrations + worker + sample data + two searches"
@@ -49,6 +50,12 @@ run: migrate
 
 demo: migrate
 	@DATABASE_URL=$${DATABASE_URL:-$(DEVDB_URL)} $(BIN)/python demo/demo.py
+
+# At a release, once: its revision reinstalls a frozen copy of sql/ from then on. Prints the
+# digest to pin in worker/schema.py (RELEASED_REVISIONS). docs/development.md says when.
+freeze-release: $(STAMP)
+	@test -n "$(REVISION)" || { echo "usage: make freeze-release REVISION=NNNN" >&2; exit 2; }
+	@$(BIN)/python -m worker.schema freeze $(REVISION)
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.quality.summary import markdown as quality_markdown
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 PLOTS = ROOT / "plots"
@@ -258,6 +260,9 @@ def bigwatch_lines(bigwatch: dict[str, Any]) -> list[str]:
         return []
     parts = []
     for rows, r in bigwatch["sizes"].items():
+        if "before" not in r:  # measured from a tree without the old revisions (bigwatch.py)
+            parts.append(f"{int(rows):,} rows: watch() {r['after']['watch_seconds']:.2f} s")
+            continue
         before, after = r["before"], r["after"]
         parts.append(
             f"{int(rows):,} rows: watch() {before['watch_seconds']:.2f} s -> "
@@ -275,5 +280,8 @@ def bigwatch_lines(bigwatch: dict[str, Any]) -> list[str]:
 
 if __name__ == "__main__":
     print(markdown())
+    if quality := load("quality"):
+        print("\n## Retrieval quality\n")
+        print(quality_markdown(quality))
     for path in plots():
         print(f"wrote {path}")

@@ -54,7 +54,7 @@ $$;
 -- Workers waiting for jobs: a worker with nothing to do registers here before it re-checks the
 -- queue and sleeps on LISTEN, and leaves when it finds work. Unlogged: after a crash it is
 -- empty, and waiting workers register again within one poll interval.
-CREATE UNLOGGED TABLE embeddings.idle_workers (
+CREATE UNLOGGED TABLE IF NOT EXISTS embeddings.idle_workers (
     queue text NOT NULL,
     pid   integer NOT NULL,
     since timestamptz NOT NULL DEFAULT now(),
@@ -110,7 +110,9 @@ BEGIN
     -- lanes: BEGIN (every live queue has a backfill queue beside it)
     IF (SELECT q.live_queue FROM embeddings.queues q WHERE q.name = queue_name) IS NULL THEN
         lane := embeddings.backfill_queue(queue_name);
-        IF embeddings.create_queue(lane, queue_name) AND to_regclass('embeddings.worker_roles') IS NOT NULL THEN
+        -- Not while the schema is being installed (80_roles.sql grants every queue then).
+        IF embeddings.create_queue(lane, queue_name)
+           AND to_regprocedure('embeddings.grant_worker_queue(name, text)') IS NOT NULL THEN
             PERFORM embeddings.grant_worker_queue(r.role_name, lane) FROM embeddings.worker_roles r;
         END IF;
     END IF;
@@ -120,23 +122,31 @@ $$;
 
 -- Registers pgmq queue `queue_name` (created unless it exists) with its notification trigger;
 -- `live_queue` names the live queue a backfill lane serves: its trigger wakes the workers
--- waiting on that one. Returns false when it was registered already.
+-- waiting on that one. Returns false when it was registered already; a registered queue gets
+-- back a missing pgmq queue or trigger (a code reinstall drops the trigger with notify_workers()).
 CREATE FUNCTION embeddings.create_queue(queue_name text, live_queue text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     created boolean := false;
+    registered embeddings.queues;
 BEGIN
-    IF EXISTS (SELECT FROM embeddings.queues WHERE name = queue_name) THEN
-        RETURN false;
-    END IF;
+    SELECT * INTO registered FROM embeddings.queues q WHERE q.name = queue_name;
     IF NOT EXISTS (SELECT FROM pgmq.meta m WHERE m.queue_name = create_queue.queue_name) THEN
         PERFORM pgmq.create(queue_name);
         created := true;
     END IF;
-    EXECUTE format(
-        'CREATE TRIGGER embeddings_notify_workers AFTER INSERT ON pgmq.%I '
-        'FOR EACH ROW EXECUTE FUNCTION embeddings.notify_workers(%L)',
-        pgmq.format_table_name(queue_name, 'q'), coalesce(live_queue, queue_name));
+    IF NOT EXISTS (SELECT FROM pg_trigger g
+                   WHERE g.tgrelid = format('pgmq.%I', pgmq.format_table_name(queue_name, 'q'))::regclass
+                     AND g.tgname = 'embeddings_notify_workers') THEN
+        EXECUTE format(
+            'CREATE TRIGGER embeddings_notify_workers AFTER INSERT ON pgmq.%I '
+            'FOR EACH ROW EXECUTE FUNCTION embeddings.notify_workers(%L)',
+            pgmq.format_table_name(queue_name, 'q'),
+            coalesce(CASE WHEN registered.name IS NOT NULL THEN registered.live_queue ELSE live_queue END, queue_name));
+    END IF;
+    IF registered.name IS NOT NULL THEN
+        RETURN false;
+    END IF;
     INSERT INTO embeddings.queues (name, created_here, live_queue) VALUES (queue_name, created, live_queue);
     RETURN true;
 END

@@ -11,7 +11,7 @@
 -- model's vectors into the other model's column.
 
 -- The change in progress of a target (at most one).
-CREATE TABLE embeddings.model_changes (
+CREATE TABLE IF NOT EXISTS embeddings.model_changes (
     target_id     integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     model         text NOT NULL REFERENCES embeddings.models (name),
     shadow_column name NOT NULL,
@@ -26,7 +26,7 @@ COMMENT ON TABLE embeddings.model_changes IS 'Model changes in progress: the sha
 -- during a change (shadow true): registry name, revision (the model file's digest or hub
 -- revision) and variant. Written by the first worker write, checked by every later one: a
 -- worker running another revision or variant does not write there (it defers the target).
-CREATE TABLE embeddings.provenance (
+CREATE TABLE IF NOT EXISTS embeddings.provenance (
     target_id   integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     shadow      boolean NOT NULL,
     model       text NOT NULL,

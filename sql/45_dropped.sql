@@ -55,7 +55,9 @@ REVOKE ALL ON FUNCTION embeddings.forget_dropped_targets() FROM PUBLIC;
 
 DO $$
 BEGIN
-    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    IF EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'embeddings_forget_dropped') THEN
+        NULL;  -- installed already (a reinstall over an existing schema)
+    ELSIF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
         CREATE EVENT TRIGGER embeddings_forget_dropped ON sql_drop
             EXECUTE FUNCTION embeddings.forget_dropped_targets();
     ELSE
@@ -168,7 +170,9 @@ REVOKE ALL ON FUNCTION embeddings.follow_schema_changes() FROM PUBLIC;
 
 DO $$
 BEGIN
-    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    IF EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'embeddings_follow_schema_changes') THEN
+        NULL;  -- installed already (a reinstall over an existing schema)
+    ELSIF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
         CREATE EVENT TRIGGER embeddings_follow_schema_changes ON ddl_command_end
             WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER FUNCTION')
             EXECUTE FUNCTION embeddings.follow_schema_changes();

@@ -18,7 +18,7 @@
 -- Rows written meanwhile are queued by the triggers: a step skips keys already waiting in a
 -- job (or dead-lettered), and rows that hold a vector.
 
-CREATE TABLE embeddings.backfills (
+CREATE TABLE IF NOT EXISTS embeddings.backfills (
     target_id     integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     -- Every row with content, not only those without a vector (the model or content changed).
     every_row     boolean NOT NULL,
@@ -260,7 +260,7 @@ $$;
 -- meanwhile (status: index_deferred). Once the backfill has ended and its jobs are done, a
 -- worker that may (the table's owner) builds the index CONCURRENTLY, so that writes go on.
 -- Partitioned tables are indexed at watch() as before (no CONCURRENTLY on their parent).
-CREATE TABLE embeddings.deferred_indexes (
+CREATE TABLE IF NOT EXISTS embeddings.deferred_indexes (
     target_id integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     since     timestamptz NOT NULL DEFAULT now()
 );

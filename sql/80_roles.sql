@@ -13,7 +13,7 @@
 --     see look deleted and their jobs would be dropped
 -- The role needs no superuser, no BYPASSRLS, no ownership of anything.
 
-CREATE TABLE embeddings.worker_roles (
+CREATE TABLE IF NOT EXISTS embeddings.worker_roles (
     role_name name PRIMARY KEY
 );
 

@@ -57,14 +57,13 @@ def migrate(_args: argparse.Namespace, settings: Settings) -> int:
     output.say_database(dsn, settings.database_url)
     db.connect(dsn).close()  # an unreachable database is reported plainly, not through Alembic
     try:
-        schema.migrate(dsn)
+        migration = schema.migrate(dsn)
     except exceptions.EmbedWorkerError:
         raise
     except Exception as exc:  # psycopg/SQLAlchemy errors from inside Alembic
         raise exceptions.DatabaseError(f"migration failed: {db.redact(str(exc))}") from exc
-    with db.connect(dsn) as conn:
-        revision = schema.current_revision(conn)
-    print(f"database {db.describe(dsn)} is at revision {revision}", file=sys.stderr)
+    for line in migration.lines():  # `applied 0002 (0.2.0)`, or `already at ...`; NOTICEs
+        print(line)
     return EXIT_OK
 
 
