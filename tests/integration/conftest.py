@@ -58,6 +58,14 @@ def generated_model_path(request: pytest.FixtureRequest) -> str:
 
 
 @pytest.fixture(scope="session")
+def tiny_model_paths(generated_model_path: str) -> str:
+    """EMBED_MODEL_PATH entries holding the generated models, or skip saying why."""
+    if not generated_model_path:
+        pytest.skip(f"the gte-small tokenizer is not in {shared_models_dir()}")
+    return generated_model_path
+
+
+@pytest.fixture(scope="session")
 def model_path(generated_model_path: str) -> str:
     """EMBED_MODEL_PATH of the in-process workers and the CLI subprocesses: the shared real
     models, then the generated ones."""
@@ -111,11 +119,9 @@ def run_once(settings: Settings, embedders: LoadedModels) -> Iterator[Callable[.
 
 @pytest.fixture
 def tiny_models(
-    conn: psycopg.Connection[Any], generated_model_path: str, minilm: str
+    conn: psycopg.Connection[Any], tiny_model_paths: str, minilm: str
 ) -> tuple[str, str]:
     """The two tiny models, findable by name (beside MiniLM) and registered in the database."""
-    if not generated_model_path:
-        pytest.skip(f"the gte-small tokenizer is not in {shared_models_dir()}")
     for name in TINY_MODELS:
         conn.execute(
             "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
