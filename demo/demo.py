@@ -4,7 +4,8 @@ The paragraphs are the opening paragraphs of Python standard library modules' do
 text, written by others, present on every machine that runs this. Everything lives in the
 schema `embed_demo`, recreated on each run; nothing else in the database is touched.
 
-The model (EMBED_MODEL, default gte-small) is downloaded on first use. The demo judges by the
+The model (EMBED_MODEL, else the database's default model: gte-small unless changed) is
+downloaded on first use. The demo judges by the
 table, not by its own worker's count: another worker on the same database may embed the rows.
 """
 
@@ -20,7 +21,8 @@ from pgvector import HalfVector
 from worker import db, exceptions, logs
 from worker.cli import hints
 from worker.config import Settings
-from worker.models import download, files
+from worker.models import download
+from worker.pipeline.targets import database_default_model
 from worker.process.runner import Worker
 
 MODULES = [
@@ -141,8 +143,9 @@ def paragraphs() -> list[tuple[str, str]]:
 def main() -> int:
     settings = Settings.from_env()
     logs.configure(settings.log_format, "WARNING")
-    dsn = db.resolve_dsn(settings.database_url)
-    model = settings.model
+    dsn = settings.dsn
+    with db.connect(dsn) as conn:  # EMBED_MODEL, else the database's default model
+        model = settings.default_model(database_default_model(conn))
     # First: the model (a download on the first run; progress bars on a terminal).
     print(f"model {model}: {_fetch(model, settings)}")
     texts = paragraphs()
@@ -196,11 +199,14 @@ def main() -> int:
 
 def _fetch(model: str, settings: Settings) -> str:
     """Where the model is, downloading it first if needed."""
+    location = settings.model_location
     try:
-        found = files.locate(model)
+        found = location.locate(model)
     except exceptions.ModelNotFound:
         print(f"model {model}: not on this machine yet; downloading it (first run only)")
-        found = download.ensure(model, variant=settings.model_variant)
+        found = download.ensure(
+            model, variant=settings.model_variant, location=location, policy=settings.downloads
+        )
     return f"in {found}"
 
 

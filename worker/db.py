@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -29,16 +29,19 @@ _PG_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"
 Connection = psycopg.Connection[Any]
 
 
-def resolve_dsn(url: str | None, env: dict[str, str] | None = None) -> str:
+def resolve_dsn(
+    url: str | None, env: Mapping[str, str] | None = None, *, devdb_port: int = DEVDB_PORT
+) -> str:
     """DATABASE_URL when given; else the standard PG* variables (libpq reads them itself, so
-    the empty conninfo); else the local `make db` cluster."""
-    env = dict(os.environ) if env is None else env
+    the empty conninfo); else the local `make db` cluster on `devdb_port` (DEVDB_PORT, from the
+    Settings: `settings.dsn`). `env` (default: the process environment) is only looked at for
+    libpq's own PG* variables."""
+    env = os.environ if env is None else env
     if url:
         return url
     if any(env.get(name) for name in _PG_ENV):
         return ""
-    port = env.get("DEVDB_PORT") or str(DEVDB_PORT)
-    return f"postgresql://postgres@127.0.0.1:{port}/embed"
+    return f"postgresql://postgres@127.0.0.1:{devdb_port}/embed"
 
 
 _URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@")

@@ -117,6 +117,14 @@ LEFT JOIN pg_proc p ON p.oid = t.content_function
 LEFT JOIN pg_namespace fn_ns ON fn_ns.oid = p.pronamespace
 ORDER BY t.id;
 
+-- name: default_model_defined
+-- Whether the database has our default-model function (the CLI may talk to an older schema).
+SELECT to_regprocedure('embeddings.default_model()') IS NOT NULL;
+
+-- name: default_model
+-- The database's default model: what watch() uses when none is named (set_default_model()).
+SELECT embeddings.default_model();
+
 -- name: target_versions
 -- The definition version of every registered target (a registry read under an older one is
 -- refreshed before a batch is served with it).

@@ -3,6 +3,11 @@
 
 from __future__ import annotations
 
-from tests.integration.conftest import embedders, tiny_model_paths
+from tests.integration.conftest import (
+    embedders,
+    generated_model_path,
+    model_path,
+    tiny_model_paths,
+)
 
-__all__ = ["embedders", "tiny_model_paths"]
+__all__ = ["embedders", "generated_model_path", "model_path", "tiny_model_paths"]

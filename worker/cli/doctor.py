@@ -15,7 +15,8 @@ import psycopg
 from worker import db, exceptions
 from worker.cli import hints, output
 from worker.config import Settings
-from worker.models import catalog, download, files
+from worker.models import catalog
+from worker.pipeline.targets import database_default_model
 
 Level = Literal["ok", "warn", "FAIL"]
 BACKLOG_SECONDS = 300.0  # a job older than this, with no rate to drain it, is a backlog
@@ -149,8 +150,11 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
         else []
     )
     watched = {m for (m,) in conn.execute("SELECT model FROM embeddings.targets").fetchall()}
-    for model in sorted({settings.model} | watched):
-        out.append(_model(model))
+    readable = _can_read(conn, "embeddings.models")
+    database_default = database_default_model(conn) if readable else None
+    out.append(_default_model(settings, database_default))
+    for model in sorted({settings.default_model(database_default)} | watched):
+        out.append(_model(model, settings))
     targets = conn.execute(
         "SELECT embeddings.target_name(t), t.model, a.atttypmod,"
         " has_column_privilege(t.source, t.embedding_column, 'UPDATE'),"
@@ -200,19 +204,79 @@ def _can_read(conn: db.Connection, table: str) -> bool:
     return bool(row and row[0])
 
 
-def _model(name: str) -> Finding:
+def _default_model(settings: Settings, database_default: str | None) -> Finding:
+    """Which model `embed` and POST /embed use when none is named, and whether it is the one
+    watch() uses (the database's default): two different answers are a warning, named both."""
+    name = settings.default_model(database_default)
+    if settings.model is None:
+        source = (
+            "the database's default model, embeddings.default_model()"
+            if database_default
+            else "built in: the database names none"
+        )
+        return Finding(
+            "ok",
+            "default model",
+            f"{name} ({source}); EMBED_MODEL is unset, so embed and POST /embed use it too",
+        )
+    if database_default in (None, settings.model):
+        also = ", and the database's default too" if database_default else ""
+        return Finding("ok", "default model", f"{name} (EMBED_MODEL{also})")
+    quoted = settings.model.replace("'", "''")
+    return Finding(
+        "warn",
+        "default model",
+        f"EMBED_MODEL={settings.model} is what embed and POST /embed use when no model is "
+        f"named, but the database's default is {database_default} (embeddings.default_model(), "
+        "what watch() uses when no model is named)",
+        "unset EMBED_MODEL to follow the database, or make the database agree: "
+        f"SELECT embeddings.set_default_model('{quoted}');",
+    )
+
+
+def _model(name: str, settings: Settings) -> Finding:
+    location = settings.model_location
     try:
-        where = files.locate(name)
-    except exceptions.ModelNotFound as exc:
-        if name in catalog.REGISTRY and download.downloads_disabled() is None:
-            return Finding(
-                "warn",
-                f"model {name}",
-                "not on disk here; the worker downloads it on first use",
-                f"to fetch it now: `{hints.command(f'model download {name}', None)}`",
-            )
-        return Finding("FAIL", f"model {name}", str(exc), "see the message for what to fetch")
+        where = location.locate(name)
+    except exceptions.ModelNotFound:
+        return _missing_model(name, settings)
     return Finding("ok", f"model {name}", f"found in {os.fspath(where)}")
+
+
+def _missing_model(name: str, settings: Settings) -> Finding:
+    """A model that is not on disk: what is wrong, and the exact command or files that fix it."""
+    location, off_by = settings.model_location, settings.downloads.off_by
+    check = f"model {name}"
+    fetch = hints.model_download(name, settings)
+    incomplete = location.incomplete(name)
+    if incomplete:
+        fix = f"complete {incomplete[0]}: {hints.model_layout(name, settings, incomplete[0])}"
+        if name in catalog.REGISTRY:
+            fix += f"; or remove it and fetch the model: `{fetch}`"
+        return Finding("FAIL", check, location.why_incomplete(incomplete[0]), fix)
+    searched = ", ".join(os.fspath(d) for d in location.search_dirs())
+    offline_use = hints.model_on_path(name, settings)
+    if name not in catalog.REGISTRY:
+        return Finding(
+            "FAIL",
+            check,
+            f"not present (looked in {searched}); no download exists for it",
+            offline_use,
+        )
+    if off_by is None:
+        return Finding(
+            "warn",
+            check,
+            f"not on disk here (looked in {searched}); the worker downloads it on first use",
+            f"to fetch it now: `{fetch}`",
+        )
+    return Finding(
+        "FAIL",
+        check,
+        f"not present (looked in {searched}) and downloads are off ({off_by}=1)",
+        f"`{fetch}` where the hub is reachable (it fills {location.cache.absolute() / name}/: "
+        f"copy that directory here if it ran on another machine); or {offline_use}",
+    )
 
 
 def _queue(rows: list[dict[str, object]], dsn: str) -> list[Finding]:

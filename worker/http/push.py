@@ -133,7 +133,7 @@ def _process(worker: Worker, requested: list[tuple[int, dict[str, Any]]], lane: 
             for chunk in _batches(taken, worker.settings.batch_size):
                 batch = Batch(jobs=list(chunk), lane=lane.name)
                 stages.prepare(batch)
-                stages.load(conn, batch)
+                stages.load(conn, batch, worker.embedders)
                 stages.embed(worker.embedders, batch)
                 settlement = write.write(conn, lane.queue, batch, worker.settings)
                 lane.leases.drop(batch.msg_ids)

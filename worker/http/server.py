@@ -38,6 +38,7 @@ from worker.http import protocol
 from worker.http.protocol import BadRequest
 from worker.http.readiness import ReadinessProbe
 from worker.models import catalog, files
+from worker.process import startup
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -181,7 +182,7 @@ class Handler(protocol.JSONRequestHandler):
             raise BadRequest(
                 HTTPStatus.BAD_REQUEST, '"input" must be a string or a list of strings'
             )
-        model_name = body.get("model") or self.server.settings.model
+        model_name = body.get("model") or startup.default_model(self.server.worker)
         if not isinstance(model_name, str):
             raise BadRequest(HTTPStatus.BAD_REQUEST, '"model" must be a string')
         self._check_model(model_name)
@@ -201,14 +202,14 @@ class Handler(protocol.JSONRequestHandler):
         """Only models already loaded or configured (the default, the targets'), or registry
         models already on disk: a request never names a path, never starts a download."""
         worker = self.server.worker
-        configured = {self.server.settings.model} | {
+        configured = {startup.default_model(worker)} | {
             t.model for t in worker.registry.snapshot().values()
         }
         if name in worker.embedders.loaded() or name in configured:
             return
         if name in catalog.REGISTRY and not files.looks_like_path(name):
             try:
-                files.locate(name)
+                worker.embedders.location.locate(name)
             except exceptions.ModelNotFound:
                 raise BadRequest(
                     HTTPStatus.NOT_FOUND,

@@ -18,23 +18,22 @@ The pipeline calls in at three points, one per stage:
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from pgvector import HalfVector
 
 from worker import db, exceptions
-from worker.models import files, onnx
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.chunking import Chunk, Splitter
 from worker.pipeline.targets import Target
 
 if TYPE_CHECKING:
     from worker.models.embedder import Embedder
+    from worker.models.loaded import LoadedModels
 
 # Per batch, at most this many tokens of new chunks are embedded and this many chunks written:
 # what a batch of 128 rows of 512 tokens embeds, and a write transaction of a few seconds at
@@ -63,39 +62,20 @@ class DocumentChunks:
         return [i for i, v in enumerate(self.vectors) if v is None]
 
 
-class Splitters:
-    """Splitters by (model, chunk_tokens, chunk_overlap); each model's tokenizer read once."""
-
-    def __init__(self) -> None:
-        self._tokenizers: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def get(self, target: Target) -> Splitter:
-        assert target.chunk_tokens is not None
-        with self._lock:
-            tokenizer = self._tokenizers.get(target.model)
-            if tokenizer is None:
-                directory = files.locate(target.model)
-                info = files.ModelDir.read(directory, name=target.model)
-                tokenizer = onnx.load_tokenizer(info.tokenizer_file, max_tokens=None)
-                self._tokenizers[target.model] = tokenizer
-        return Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
-
-
-SPLITTERS = Splitters()
-
-
 # --- load stage ---------------------------------------------------------------------------------
-def prepare(conn: db.Connection, batch: Batch) -> None:
-    """Splits the loaded documents of chunked targets and finds their reusable vectors."""
+def prepare(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
+    """Splits the loaded documents of chunked targets (with the tokenizer of the target's model,
+    read once per process) and finds their reusable vectors."""
     for target, rows in batch.by_target(RowState.READY).items():
         if target.chunk_table is None:
             continue
+        assert target.chunk_tokens is not None
         try:
-            splitter = SPLITTERS.get(target)
+            tokenizer = models.tokenizer(target.model)
         except exceptions.ModelError as exc:
             batch.deferred[target.id] = str(exc)
             continue
+        splitter = Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
         admitted = _split_within_budget(splitter, target, rows)
         _find_stored_vectors(conn, target, admitted)
 

@@ -67,9 +67,10 @@ def prepare(batch: Batch) -> None:
 
 
 # --- load ---------------------------------------------------------------------------------------
-def load(conn: db.Connection, batch: Batch) -> None:
+def load(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
     """Loads the content of every row, one query per target. If a target's query fails (a
-    content function raising for some row), rows are loaded one by one to find the culprits."""
+    content function raising for some row), rows are loaded one by one to find the culprits.
+    Chunked targets' documents are split with their model's tokenizer (from `models`)."""
     started = time.perf_counter()
     faults.reached("load")
     for target, rows in batch.by_target(RowState.PENDING).items():
@@ -88,7 +89,7 @@ def load(conn: db.Connection, batch: Batch) -> None:
             continue
         for row in rows:
             _apply_loaded(row, found)
-    chunks.prepare(conn, batch)  # chunked targets: split, find the vectors already stored
+    chunks.prepare(conn, batch, models)  # chunked targets: split, find the vectors already stored
     batch.load_ms = (time.perf_counter() - started) * 1000
     metrics.STAGE_SECONDS.labels("load").observe(batch.load_ms / 1000)
 

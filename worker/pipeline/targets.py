@@ -239,21 +239,42 @@ def _with_changes(conn: db.Connection, found: dict[int, Target]) -> dict[int, Ta
     return found
 
 
+def database_default_model(conn: db.Connection) -> str | None:
+    """The database's default model (`embeddings.default_model()`, what watch() uses when no
+    model is named); None when it names none or the database has no embeddings schema."""
+    with db.translated():
+        defined = conn.execute(queries.get("default_model_defined")).fetchone()
+        if not defined or not defined[0]:
+            return None
+        row = conn.execute(queries.get("default_model")).fetchone()
+    return str(row[0]) if row and row[0] is not None else None
+
+
 class TargetRegistry:
-    """The targets as last read, refreshed when asked for an unknown one or when stale."""
+    """The targets, and the database's default model, as last read; refreshed when asked for an
+    unknown target or when stale."""
 
     def __init__(self, max_age: float = 60.0) -> None:
         self.max_age = max_age
         self._targets: dict[int, Target] = {}
+        self._database_default: str | None = None
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
     def refresh(self, conn: db.Connection) -> dict[int, Target]:
         targets = load(conn)
+        default = database_default_model(conn)
         with self._lock:
             self._targets = targets
+            self._database_default = default
             self._loaded_at = time.monotonic()
         return targets
+
+    @property
+    def database_default(self) -> str | None:
+        """`embeddings.default_model()` as last read (None before the first read)."""
+        with self._lock:
+            return self._database_default
 
     def invalidate(self) -> None:
         with self._lock:
