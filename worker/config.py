@@ -159,6 +159,18 @@ class Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
 
 
+def model_location_from_env(env: Mapping[str, str] | None = None) -> ModelLocation:
+    """Where model names resolve by the environment alone (EMBED_MODEL_PATH, EMBED_CACHE_DIR):
+    the default of the pinned `Embedder.load(name)`, which has no Settings to ask. Reads only
+    those two variables, so an unrelated bad one cannot make loading a model fail."""
+    env = os.environ if env is None else env
+    variables = {f.name: f.metadata["env"] for f in fields(Settings)}
+    return ModelLocation.of(
+        env.get(variables["model_path"], "").strip() or None,
+        env.get(variables["cache_dir"], "").strip() or DEFAULT_CACHE_DIR,
+    )
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 

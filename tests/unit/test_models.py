@@ -501,3 +501,16 @@ def test_offline_download_says_what_to_do(embed_env: Path) -> None:
 def test_download_of_an_unknown_model_fails() -> None:
     with pytest.raises(exceptions.ModelNotFound, match="knows: gte-small"):
         download.download("nope", location=here())
+
+
+def test_the_pinned_load_by_name_searches_embed_model_path(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DESIGN.md pins `Embedder.load(name)` and EMBED_MODEL_PATH as the directories it searches:
+    a caller with no Settings still finds the model there (and a bad unrelated variable does
+    not stop it)."""
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "my-model")
+    monkeypatch.setenv("EMBED_MODEL_PATH", str(tmp_path / "models"))
+    monkeypatch.setenv("EMBED_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EMBED_BATCH_SIZE", "not a number")
+    assert Embedder.load("my-model").embed(["hello"]).shape[0] == 1

@@ -145,7 +145,10 @@ class Embedder:
         """
         if variant not in ("fp32", "int8"):
             raise ValueError(f"variant must be 'fp32' or 'int8', not {variant!r}")
-        location = location or files.ModelLocation.of()
+        if location is None:
+            from worker import config  # config imports models: not at module level
+
+            location = config.model_location_from_env()
         spec = os.fspath(name_or_path)
         directory = location.locate(spec)
         name = spec if spec in catalog.REGISTRY else directory.name
