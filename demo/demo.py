@@ -14,6 +14,7 @@ import importlib
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 from pgvector import HalfVector
 
@@ -144,7 +145,8 @@ def main() -> int:
     dsn = db.resolve_dsn(settings.database_url)
     model = settings.model
     # First: the model (a download on the first run; progress bars on a terminal).
-    print(f"model {model}: {_fetch(model, settings)}")
+    found = _fetch(model, settings)
+    print(f"model {model}: in {found}")
     texts = paragraphs()
     with db.connect(dsn) as conn:
         conn.execute("DROP SCHEMA IF EXISTS embed_demo CASCADE")
@@ -190,18 +192,31 @@ def main() -> int:
                 print(f"  {similarity:.3f}  {module:<20} {line}")
             print()
     print("try your own question (copy and paste):")
-    print(f"  {hints.command('search embed_demo.documents ' + repr('your question'), dsn)}")
+    search = "search embed_demo.documents " + repr("your question")
+    print(f"  {hints.command(search, dsn, _model_settings(found, settings))}")
     return 0
 
 
-def _fetch(model: str, settings: Settings) -> str:
+def _fetch(model: str, settings: Settings) -> Path:
     """Where the model is, downloading it first if needed."""
     try:
         found = files.locate(model)
     except exceptions.ModelNotFound:
         print(f"model {model}: not on this machine yet; downloading it (first run only)")
         found = download.ensure(model, variant=settings.model_variant)
-    return f"in {found}"
+    return found
+
+
+def _model_settings(found: Path, settings: Settings) -> dict[str, str]:
+    """What a pasted `search` needs to load the model this run used, from a shell that has
+    none of this run's settings: the directory it was found in, unless that is the default
+    download cache (searched anyway), and the variant, unless the default."""
+    out = {}
+    if found.parent.resolve() != Path(files.DEFAULT_CACHE_DIR).expanduser().resolve():
+        out["EMBED_MODEL_PATH"] = str(found.parent.resolve())
+    if settings.model_variant != "fp32":
+        out["EMBED_MODEL_VARIANT"] = settings.model_variant
+    return out
 
 
 def _wait_for_the_table(dsn: str) -> tuple[int, int]:

@@ -14,8 +14,8 @@
 # (created by Debian's postgresql-common). When that user cannot reach DIR (a checkout under
 # /root or inside a `mktemp -d` folder, say) the data lives in
 # /var/lib/postgresql/embed-worker/<hash of DIR>/ and DIR/data links to it: `destroy` (`make
-# clean`) deletes it, deleting the checkout does not (its file embed-worker-checkout names the
-# checkout it belongs to). Every path the postgres user opens (the data directory given to
+# clean`) deletes it, deleting the checkout does not (its file linked-from names the link, so
+# a leftover tells whose it was). Every path the postgres user opens (the data directory given to
 # initdb and pg_ctl, postgresql.conf, server.log) is then the link's target, never a path
 # through DIR.
 set -euo pipefail
@@ -99,7 +99,7 @@ if [ ! -e "$data/PG_VERSION" ]; then
     as_owner "$PG_BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; exit 1; }
     if [ "$data" != "$link" ]; then
-        printf '%s\n' "$dir" | as_owner tee "$data/embed-worker-checkout" >/dev/null
+        printf '%s\n' "$link" | as_owner tee "$data/linked-from" >/dev/null
         echo "pgcluster: the postgres user cannot enter $dir, so the data is in $data" >&2
         echo "pgcluster: ($link links to it; \`make clean\` deletes it, deleting the checkout does not)" >&2
     fi

@@ -128,7 +128,7 @@ def _quickstart_db(parent: Path, user: str | None) -> None:
         if where != data:  # outside the checkout: `make db` said where, once
             assert f"the data is in {where}" in first.stderr, first.stderr
             assert "make clean` deletes it" in first.stderr
-            assert (where / "embed-worker-checkout").read_text().strip() == str(checkout)
+            assert (where / "linked-from").read_text().strip() == str(data)
         stop = _make(checkout, "db-stop", port, user)
         assert stop.returncode == 0, stop.stderr
         assert f"its data stays in {where}" in stop.stdout

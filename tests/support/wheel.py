@@ -110,41 +110,47 @@ def clean_env(venv: Venv, **extra: str) -> dict[str, str]:
 
 def install(wheel: Path, root: Path) -> Venv:
     """A fresh virtual environment at `root` with the wheel and its dependencies installed from
-    the wheelhouse (filled from the index first when it lacks some)."""
+    the wheelhouse alone."""
     base = getattr(sys, "_base_executable", sys.executable)
     made = subprocess.run(
         [base, "-m", "venv", str(root)], capture_output=True, text=True, timeout=300, check=False
     )
     assert made.returncode == 0, made.stderr
     venv = Venv(root)
-    offline = [str(venv.bin / "python"), "-m", "pip", "install", "-q", "--no-index"]
-    offline += ["--find-links", str(WHEELHOUSE), str(wheel)]
-    first = subprocess.run(
-        offline, capture_output=True, text=True, timeout=900, env=_pip_env(index=False)
+    pip = [str(venv.bin / "python"), "-m", "pip", "install", "-q", "--no-index"]
+    installed = subprocess.run(
+        [*pip, "--find-links", str(wheelhouse(wheel)), str(wheel)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=_pip_env(index=False),
+        check=False,
     )
-    if first.returncode == 0:
-        return venv
-    _fill_wheelhouse(wheel, root.parent)
-    second = subprocess.run(
-        offline, capture_output=True, text=True, timeout=900, env=_pip_env(index=False)
-    )
-    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert installed.returncode == 0, installed.stdout[-3000:] + installed.stderr[-3000:]
     return venv
 
 
-def _fill_wheelhouse(wheel: Path, scratch: Path) -> None:
-    """Downloads the wheel's dependencies (binary wheels only, pinned to this environment's
-    versions) into the wheelhouse."""
+def wheelhouse(wheel: Path) -> Path:
+    """The wheelhouse, holding every dependency of `wheel` at this environment's versions
+    (binary wheels only): downloaded from the index only when some are missing."""
     WHEELHOUSE.mkdir(parents=True, exist_ok=True)
-    constraints = scratch / "constraints.txt"
+    constraints = WHEELHOUSE / "constraints.txt"
     constraints.write_text(_pins())
     download = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:"]
     download += ["-d", str(WHEELHOUSE), "-c", str(constraints), *requirements(wheel)]
-    fetched = subprocess.run(
-        download, capture_output=True, text=True, timeout=900, env=_pip_env(index=True)
-    )
+    offline = ["--no-index", "--find-links", str(WHEELHOUSE)]
+    if _pip(download + offline, index=False).returncode == 0:
+        return WHEELHOUSE
+    fetched = _pip(download, index=True)
     assert fetched.returncode == 0, (
         "could not fill the wheelhouse from the package index:\n"
         + fetched.stdout[-2000:]
         + fetched.stderr[-2000:]
+    )
+    return WHEELHOUSE
+
+
+def _pip(argv: list[str], *, index: bool) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        argv, capture_output=True, text=True, timeout=900, env=_pip_env(index=index), check=False
     )
