@@ -184,9 +184,18 @@ def test_doctor_names_each_problem_with_its_fix(conn: Conn, dsn: str) -> None:
     conn.execute("DROP ROLE doctor_probe")
 
 
-def test_doctor_on_an_empty_database(empty_dsn: str) -> None:
+def test_doctor_on_an_empty_database_asks_only_for_migrate(empty_dsn: str) -> None:
+    """The server offers pgvector and pgmq: `migrate` creates both, so that is the one fix."""
     result = run_cli("doctor", "--database-url", empty_dsn)
 
     assert result.returncode == 1
-    assert "FAIL  pgvector: extension vector is not installed" in result.stdout
-    assert "FAIL  schema: the embeddings schema is not installed" in result.stdout
+    out = result.stdout
+    assert re.search(
+        r"ok    pgvector: version [\d.]+ available on the server; `embed-worker migrate`", out
+    )
+    assert re.search(
+        r"ok    pgmq: version [\d.]+ available on the server; `embed-worker migrate`", out
+    )
+    assert "FAIL  schema: the embeddings schema is not installed" in out
+    assert "install pgvector" not in out
+    assert "\n1 problem(s), 0 warning(s)" in out
