@@ -26,12 +26,14 @@ from worker import db, metrics, queries
 from worker.config import Settings
 from worker.pipeline import chunks, deferrals, faults, provenance
 from worker.pipeline import jobs as jobqueue
-from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.batch import Batch, Fate, Row, RowState
 from worker.pipeline.targets import Target
 
 # A target that cannot be served (model missing, dimension mismatch) has its jobs put back
 # this long, without counting an attempt.
 DEFER_SECONDS = 60
+
+RowKey = tuple[int, str]  # (target id, canonical key)
 
 
 @dataclass
@@ -46,6 +48,7 @@ class Settlement:
     resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)
     dead: list[jobqueue.DeadLetter] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    fates: dict[RowKey, Fate] = field(default_factory=dict)  # failed rows: retried, or dead
 
 
 def write(
@@ -93,13 +96,12 @@ def write(
             )
         faults.reached("before_commit")
     outcome.apply(batch)  # committed: now the rows may say what happened to them
+    for row_key, fate in settlement.fates.items():
+        batch.rows[row_key].fate = fate
     batch.write_ms = (time.perf_counter() - started) * 1000
     metrics.STAGE_SECONDS.labels("write").observe(batch.write_ms / 1000)
     _count(batch, settlement)
     return settlement
-
-
-RowKey = tuple[int, str]  # (target id, canonical key)
 
 
 @dataclass
@@ -352,6 +354,9 @@ def settle(
         delay = jobqueue.backoff_seconds(
             job.attempts, settings.backoff_base_seconds, settings.backoff_max_seconds
         )
+        for key, _ in failed:  # for the log: the last attempt must not read like a retry
+            fate = Fate(job.attempts, settings.max_attempts, None if exhausted else delay)
+            out.fates[(target.id, key)] = fate
         if retry_keys and len(retry_keys) == len(job.keys) and not job.bad_keys:
             out.retry[job.msg_id] = delay  # the whole job failed: back it off as it is
             continue
