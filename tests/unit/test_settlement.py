@@ -45,6 +45,7 @@ def test_a_wholly_failed_job_backs_off_as_it_is() -> None:
     out = write.settle(batch_with((j, {"1": F, "2": F})), SETTINGS, NOW)
     assert list(out.retry) == [1]
     assert 16 <= out.retry[1] <= 24  # second attempt: 2 x 10 s, jittered
+    assert out.errors == {1: "boom 1"}  # carried by the job it backs off (for `status`)
     assert not (out.delete or out.resend or out.dead)
 
 
@@ -52,7 +53,9 @@ def test_a_partly_failed_job_resends_only_the_failed_keys_with_its_attempts() ->
     j = job({"target": 1, "keys": [1, 2, 3]}, T, read_ct=1)
     out = write.settle(batch_with((j, {"1": W, "2": F, "3": W})), SETTINGS, NOW)
     assert out.delete == [1]
-    assert [m for m, _ in out.resend] == [{"target": 1, "keys": [2], "attempts": 1}]
+    assert [m for m, _ in out.resend] == [
+        {"target": 1, "keys": [2], "attempts": 1, "last_error": "boom 2"}
+    ]
     assert not out.dead
 
 

@@ -43,6 +43,7 @@ class Settlement:
     delete: list[int] = field(default_factory=list)
     archive: list[int] = field(default_factory=list)
     retry: dict[int, int] = field(default_factory=dict)  # msg_id -> delay
+    errors: dict[int, str] = field(default_factory=dict)  # msg_id -> its last error (retries)
     defer: list[int] = field(default_factory=list)
     release: list[int] = field(default_factory=list)  # target redefined: redo at once
     resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)
@@ -82,7 +83,7 @@ def write(
         settlement = settle(batch, settings, now(), outcome)
         queue.delete(conn, settlement.delete)
         queue.archive(conn, settlement.archive)
-        queue.retry(conn, settlement.retry)
+        queue.retry(conn, settlement.retry, settlement.errors)
         queue.defer(conn, settlement.defer, DEFER_SECONDS)
         queue.defer(conn, settlement.release, 0)
         queue.send(conn, settlement.resend)
@@ -359,16 +360,18 @@ def settle(
             out.fates[(target.id, key)] = fate
         if retry_keys and len(retry_keys) == len(job.keys) and not job.bad_keys:
             out.retry[job.msg_id] = delay  # the whole job failed: back it off as it is
+            out.errors[job.msg_id] = failed[0][1]
             continue
         if retry_keys:
             # Part of the job failed: its other rows are done. Re-send only the failed keys,
-            # carrying the attempts spent so far.
+            # carrying the attempts spent so far and the error (for `status`).
             out.resend.append(
                 (
                     {
                         "target": target.id,
                         "keys": [job.raw_keys[k] for k in retry_keys],
                         "attempts": job.attempts,
+                        "last_error": jobqueue.clip_error(failed[0][1]),
                     },
                     delay,
                 )
