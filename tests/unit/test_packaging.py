@@ -346,3 +346,48 @@ def test_every_setting_is_in_the_operating_table() -> None:
     documented = {name.strip("`") for row in rows for name in row.split(", ")}
     expected = set(settings_variables()) | {"EMBED_MODEL_PATH", "EMBED_CACHE_DIR", "DEVDB_PORT"}
     assert not expected - documented, f"add to docs/configuration.md: {expected - documented}"
+
+
+# --- the release ------------------------------------------------------------------------------
+def project_version() -> str:
+    return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
+
+
+def test_embed_worker_version_is_the_package_version() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "worker", "--version"], capture_output=True, text=True, check=True
+    )
+    assert shown.stdout.strip() == f"embed-worker {project_version()}"
+
+
+def test_the_changelog_leads_with_this_version() -> None:
+    """Keep a Changelog: `## [VERSION] - DATE` (or Unreleased) per release, newest first, each
+    with groups from the standard set."""
+    text = (ROOT / "CHANGELOG.md").read_text()
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - (\d{4}-\d{2}-\d{2}|Unreleased)$", text, re.M)
+    assert releases, "no release headings"
+    assert releases[0][0] == project_version()
+    assert [v for v, _ in releases] == sorted(
+        (v for v, _ in releases), key=lambda v: tuple(map(int, v.split("."))), reverse=True
+    )
+    groups = set(re.findall(r"^### (.+)$", text, re.M))
+    assert groups <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"} | {
+        "Upgrade notes (from 0.1.0)"
+    }
+
+
+def test_artifacts_named_in_docs_and_manifests_are_this_version() -> None:
+    """Image tags and wheel names in the docs, the Dockerfile and the manifests name the
+    version a checkout builds (`make dist`), never an older one."""
+    named = re.compile(r"embed[-_]worker[-:_](\d+\.\d+\.\d+)")
+    files = [ROOT / "README.md", ROOT / "Dockerfile", ROOT / "docker-compose.yml"]
+    files += [*(ROOT / "docs").glob("*.md"), *(ROOT / "deploy").rglob("*.y*ml")]
+    stale = {
+        f"{path.relative_to(ROOT)}: {found}"
+        for path in files
+        for found in named.findall(path.read_text())
+        if found != project_version()
+    }
+    assert stale == set()
+    kustomization = yaml.safe_load((ROOT / "deploy/kubernetes/kustomization.yaml").read_text())
+    assert [i["newTag"] for i in kustomization["images"]] == [project_version()]
