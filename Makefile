@@ -58,7 +58,7 @@ demo: migrate
 # Dockerfile installs. No build isolation: the backend (hatchling) comes from .venv, no download.
 dist: $(STAMP)
 	@rm -rf dist
-	@$(BIN)/python -m build --no-isolation --outdir dist . >/dev/null
+	@out=$$($(BIN)/python -m build --no-isolation --outdir dist . 2>&1) || { echo "$$out" >&2; exit 1; }
 	@ls -1 dist/* | sed 's/^/built /'
 
 # At a release, once: its revision reinstalls a frozen copy of sql/ from then on. Prints the

@@ -112,7 +112,7 @@ def _add_retrying(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
                     target_id = (
                         tid if isinstance(tid, int) else by_name.get((schema, table, column))
                     )
-                    if target_id in busy:
+                    if target_id is not None and target_id in busy:
                         found.setdefault(target_id, []).append((keys, error, attempts))
     except (psycopg.Error, exceptions.EmbedWorkerError):
         return  # no right to read the queue, a lane not there: the status without it
@@ -152,8 +152,9 @@ def progress_done(row: dict[str, Any], wanted: int) -> int:
 def embedded_estimate(row: dict[str, Any]) -> int | None:
     """The embedded rows to show: the view's count, or where an estimate has none (a chunked
     target's documents; a table not analyzed since watch()), the rows no job waits for."""
-    if row["embedded_rows"] is not None or not row["estimated"] or row["total_rows"] is None:
-        return row["embedded_rows"]
+    known: int | None = row["embedded_rows"]
+    if known is not None or not row["estimated"] or row["total_rows"] is None:
+        return known
     wanted = int(row["total_rows"]) - int(row["cleared_rows"] or 0)
     return max(wanted - int(row["pending_jobs"]) - int(row["failed_jobs"]), 0)
 
