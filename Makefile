@@ -104,4 +104,5 @@ bench: postgres-deps
 # root, outside the checkout: pgcluster.sh says where).
 clean:
 	@scripts/pgcluster.sh destroy $(DEVDB_DIR)
-	rm -rf $(VENV) $(DEVDB_DIR) dist .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(DEVDB_DIR) dist .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +
