@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.quality.summary import markdown as quality_markdown
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 PLOTS = ROOT / "plots"
@@ -278,5 +280,8 @@ def bigwatch_lines(bigwatch: dict[str, Any]) -> list[str]:
 
 if __name__ == "__main__":
     print(markdown())
+    if quality := load("quality"):
+        print("\n## Retrieval quality\n")
+        print(quality_markdown(quality))
     for path in plots():
         print(f"wrote {path}")
