@@ -302,6 +302,14 @@ SELECT target_id, result FROM embeddings.complete_changes();
 
 -- model change: END
 
+-- name: target_lanes
+-- The queue and table of each target in %(target_ids)s: where `status` looks for its retries.
+SELECT t.id, t.queue, n.nspname, c.relname, t.embedding_column
+FROM embeddings.targets t
+JOIN pg_class c ON c.oid = t.source
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE t.id = ANY(%(target_ids)s::integer[]);
+
 -- name: retrying_keys
 -- Row keys waiting for another attempt after an error, by target (our messages by target id,
 -- the Supabase guide's by table and column), with the most recent error and the most attempts

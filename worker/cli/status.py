@@ -97,10 +97,7 @@ def _add_retrying(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
     try:
         with db.translated(), conn.transaction():  # a savepoint where one is open (doctor)
             targets = conn.execute(
-                "SELECT t.id, t.queue, n.nspname, c.relname, t.embedding_column"
-                " FROM embeddings.targets t JOIN pg_class c ON c.oid = t.source"
-                " JOIN pg_namespace n ON n.oid = c.relnamespace WHERE t.id = ANY(%s)",
-                (list(busy),),
+                queries.compose("target_lanes"), {"target_ids": list(busy)}
             ).fetchall()
             by_name = {(schema, table, column): tid for tid, _, schema, table, column in targets}
             queues = {queue for _, queue, *_ in targets}
