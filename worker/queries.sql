@@ -64,9 +64,14 @@ SET vt = clock_timestamp() + make_interval(secs => %(delay)s), read_ct = greates
 WHERE q.msg_id = ANY(%(msg_ids)s::bigint[]);
 
 -- name: retry_jobs
--- Backs failed jobs off: each becomes visible again after its own delay (pgmq.set_vt).
-SELECT pgmq.set_vt(%(queue)s, d.msg_id, d.delay)
-FROM unnest(%(msg_ids)s::bigint[], %(delays)s::integer[]) AS d(msg_id, delay);
+-- Backs failed jobs off: each becomes visible again after its own delay (as pgmq.set_vt), and
+-- carries its last error, so that `status` tells the jobs waiting for another attempt from
+-- fresh ones (retrying_keys).
+UPDATE {queue_table} q
+SET vt = clock_timestamp() + make_interval(secs => d.delay),
+    message = q.message || jsonb_build_object('last_error', d.error)
+FROM unnest(%(msg_ids)s::bigint[], %(delays)s::integer[], %(errors)s::text[]) AS d(msg_id, delay, error)
+WHERE q.msg_id = d.msg_id;
 
 -- name: delete_jobs
 -- Acknowledges finished jobs.
@@ -304,3 +309,39 @@ SELECT target_id, shadow, concat_ws(' ', model, revision, variant) FROM embeddin
 SELECT target_id, result FROM embeddings.complete_changes();
 
 -- model change: END
+
+-- name: target_lanes
+-- The queue and table of each target in %(target_ids)s: where `status` looks for its retries.
+SELECT t.id, t.queue, n.nspname, c.relname, t.embedding_column
+FROM embeddings.targets t
+JOIN pg_class c ON c.oid = t.source
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE t.id = ANY(%(target_ids)s::integer[]);
+
+-- name: retrying_keys
+-- Row keys waiting for another attempt after an error, by target (our messages by target id,
+-- the Supabase guide's by table and column), with the most recent error and the most attempts
+-- spent: messages the worker backed off or re-sent carry `last_error`. `status` reads it per
+-- lane, and only from a lane of at most embeddings.status_exact_rows messages (one bounded
+-- look first), so that it costs nothing at scale, where one retried row would not move an ETA.
+WITH threshold AS (
+    SELECT coalesce(nullif(current_setting('embeddings.status_exact_rows', true), '')::bigint, 5000) AS n
+), small AS (
+    SELECT count(*) <= (SELECT n FROM threshold) AS yes
+    FROM (SELECT 1 FROM {queue_table} LIMIT (SELECT n + 1 FROM threshold)) m
+)
+SELECT message -> 'target' AS target_id,
+       message ->> 'schema' AS schema_name,
+       message ->> 'table' AS table_name,
+       coalesce(message ->> 'embeddingColumn', 'embedding') AS embedding_column,
+       sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
+                WHEN jsonb_typeof(message -> 'columns' -> 0) = 'array' THEN jsonb_array_length(message -> 'columns' -> 0)
+                WHEN jsonb_typeof(message -> 'columns' -> 0) = 'string'  -- array text: commas + 1
+                THEN length(message -> 'columns' ->> 0) - length(replace(message -> 'columns' ->> 0, ',', '')) + 1
+                ELSE 1 END)::bigint AS keys,
+       (array_agg(message ->> 'last_error' ORDER BY msg_id DESC))[1] AS last_error,
+       max(read_ct + CASE WHEN jsonb_typeof(message -> 'attempts') = 'number'
+                          THEN (message ->> 'attempts')::integer ELSE 0 END) AS attempts
+FROM {queue_table}
+WHERE (SELECT yes FROM small) AND message ? 'last_error'
+GROUP BY 1, 2, 3, 4;

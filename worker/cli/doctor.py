@@ -71,42 +71,57 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
 
 def _extensions(conn: db.Connection) -> list[Finding]:
     have = dict(conn.execute("SELECT extname, extversion FROM pg_extension").fetchall())
+    offered = dict(
+        conn.execute(
+            "SELECT name, default_version FROM pg_available_extensions"
+            " WHERE name IN ('vector', 'pgmq')"
+        ).fetchall()
+    )
     pgmq_schema = conn.execute("SELECT to_regnamespace('pgmq') IS NOT NULL").fetchone()
-    out = []
-    if "vector" not in have:
-        out.append(
-            Finding(
-                "FAIL",
-                "pgvector",
-                "extension vector is not installed",
-                "install pgvector >= 0.7 on the server, then `embed-worker migrate`",
-            )
+    return [
+        vector_finding(have.get("vector"), offered.get("vector")),
+        pgmq_finding(have.get("pgmq"), offered.get("pgmq"), bool(pgmq_schema and pgmq_schema[0])),
+    ]
+
+
+def vector_finding(installed: str | None, offered: str | None) -> Finding:
+    """pgvector, from the version in this database and the one the server offers: `migrate`
+    creates the extension when the server has a version with halfvec; only a server without
+    one needs pgvector installed on it."""
+    if installed is not None and _version(installed) >= MIN_VECTOR:
+        return Finding("ok", "pgvector", f"version {installed}")
+    if installed is not None:
+        fix = "ALTER EXTENSION vector UPDATE (pgvector >= 0.7 on the server)"
+        return Finding("FAIL", "pgvector", f"version {installed} has no halfvec", fix)
+    if offered is not None and _version(offered) >= MIN_VECTOR:
+        return Finding(
+            "ok",
+            "pgvector",
+            f"version {offered} available on the server; `embed-worker migrate` creates the "
+            "extension in this database",
         )
-    elif _version(have["vector"]) < MIN_VECTOR:
-        out.append(
-            Finding(
-                "FAIL",
-                "pgvector",
-                f"version {have['vector']} has no halfvec",
-                "ALTER EXTENSION vector UPDATE (pgvector >= 0.7 on the server)",
-            )
-        )
-    else:
-        out.append(Finding("ok", "pgvector", f"version {have['vector']}"))
-    if "pgmq" in have and _version(have["pgmq"]) < MIN_PGMQ:
-        out.append(
-            Finding(
-                "FAIL",
-                "pgmq",
-                f"version {have['pgmq']} is too old",
-                "ALTER EXTENSION pgmq UPDATE (pgmq >= 1.4)",
-            )
-        )
-    elif "pgmq" in have or (pgmq_schema and pgmq_schema[0]):
-        out.append(Finding("ok", "pgmq", f"version {have.get('pgmq', 'installed as SQL')}"))
-    else:
-        out.append(Finding("FAIL", "pgmq", "not installed", "`embed-worker migrate` installs it"))
-    return out
+    server = f"the server offers only {offered}, which" if offered else "the server"
+    return Finding(
+        "FAIL",
+        "pgvector",
+        f"not installed, and {server} has no pgvector >= 0.7 (halfvec)",
+        "install pgvector >= 0.7 on the database server, then `embed-worker migrate`",
+    )
+
+
+def pgmq_finding(installed: str | None, offered: str | None, as_sql: bool) -> Finding:
+    """pgmq: the extension, or the SQL `migrate` installs where the server lacks it."""
+    if installed is not None and _version(installed) < MIN_PGMQ:
+        fix = "ALTER EXTENSION pgmq UPDATE (pgmq >= 1.4)"
+        return Finding("FAIL", "pgmq", f"version {installed} is too old", fix)
+    if installed is not None or as_sql:
+        return Finding("ok", "pgmq", f"version {installed or 'installed as SQL'}")
+    where = (
+        f"version {offered} available on the server; `embed-worker migrate` creates the extension"
+        if offered
+        else "not on the server as an extension; `embed-worker migrate` installs it as plain SQL"
+    )
+    return Finding("ok", "pgmq", f"{where} in this database")
 
 
 def _schema(conn: db.Connection, dsn: str, found: list[Finding]) -> bool:

@@ -11,6 +11,7 @@ import os
 import shlex
 import shutil
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from worker import db
@@ -35,11 +36,15 @@ def executable() -> str:
     return f"{shlex.quote(sys.executable)} -m worker"
 
 
-def command(arguments: str, dsn: str | None) -> str:
-    """`embed-worker ARGUMENTS`, runnable as printed, for the database `dsn` ("" = PG* vars)."""
+def command(arguments: str, dsn: str | None, env: Mapping[str, str] | None = None) -> str:
+    """`embed-worker ARGUMENTS`, runnable as printed, for the database `dsn` ("" = PG* vars),
+    with the settings `env` (what the command needs of this process's configuration, e.g. the
+    directory a model was found in) set in front of it."""
     prefix = ""
     if dsn:  # even when DATABASE_URL is set here: `make` may have set it, not the user's shell
         prefix = f"DATABASE_URL={shlex.quote(db.redact(dsn))} "
+    for name, value in (env or {}).items():
+        prefix += f"{name}={shlex.quote(value)} "
     return f"{prefix}{executable()} {arguments}"
 
 

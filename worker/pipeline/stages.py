@@ -212,7 +212,36 @@ def log_batch(batch: Batch) -> None:
         )
     for row in batch.rows.values():
         if row.state is RowState.FAILED:
-            logger.warning("row failed target=%s key=%s: %s", row.target.name, row.key, row.error)
+            _log_failed(row)
     for job in batch.jobs:
         if job.error:
             logger.warning("job %d dead-lettered: %s", job.msg_id, job.error)
+
+
+def _log_failed(row: Row) -> None:
+    """A failed row: what failed, which attempt it was, and what happens next (another attempt,
+    or none: the row went to embeddings.failures)."""
+    fate = row.fate
+    if fate is None:  # no job settled it (its target was deferred): nothing more to say
+        logger.warning("row failed target=%s key=%s: %s", row.target.name, row.key, row.error)
+    elif fate.retry_in is not None:
+        logger.warning(
+            "row failed target=%s key=%s attempt=%d/%d, retried in %d s: %s",
+            row.target.name,
+            row.key,
+            fate.attempt,
+            fate.of,
+            fate.retry_in,
+            row.error,
+        )
+    else:
+        logger.error(
+            "row failed target=%s key=%s attempt=%d/%d, the last: dead-lettered into "
+            "embeddings.failures (`embed-worker failures` lists it, `failures --retry` queues it "
+            "again): %s",
+            row.target.name,
+            row.key,
+            fate.attempt,
+            fate.of,
+            row.error,
+        )
