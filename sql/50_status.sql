@@ -195,6 +195,10 @@ $$;
 -- passed, scaled by the share without a vector, so pending_jobs is an estimate too while a
 -- backfill runs); NULL when no backfill runs. `index_deferred`: the HNSW index waits for the
 -- backfill's end (62_backfill.sql); search scans exactly meanwhile.
+-- SECURITY DEFINER, for this schema's owner and the worker roles (grant_worker(); grant it and
+-- SELECT on the views to a monitoring role likewise): it counts every watched table whoever
+-- reads the status, and evaluates nothing of the tables' owners (docs/security.md), so what
+-- it reads with its owner's rights is rows counted, never run.
 CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TABLE (
     target                 text,
     total_rows             bigint,
@@ -222,7 +226,7 @@ CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TAB
     change_rows_per_second double precision,
     change_eta_seconds     double precision
 )
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
     pending jsonb := '{}';  -- per queue: embeddings.queue_pending(), read once per call

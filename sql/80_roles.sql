@@ -26,6 +26,7 @@ LANGUAGE sql STABLE AS $$
         'embeddings.inbox_pending(text)',
         'embeddings.backfill_next(text, integer)',
         'embeddings.backfill_rows_left(embeddings.targets)',
+        'embeddings.target_status(boolean)',  -- embeddings.status, embeddings.status_exact
         'embeddings.complete_changes()',
         'embeddings.claim_provenance(integer, boolean, text, text, text)',
         'embeddings.note_deferrals(integer[], text[], integer[])',
