@@ -67,12 +67,22 @@ LANGUAGE sql STABLE AS $$
     LIMIT 1
 $$;
 
+-- Expression `expr` of type `ty` as its base type: a domain's value cast to the base type (no
+-- cast function, no CHECK), anything else as it is.
+CREATE FUNCTION embeddings.as_base_sql(ty regtype, expr text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN embeddings.base_type(ty) = ty THEN expr
+                ELSE (SELECT format('(%s)::%I.%I', expr, n.nspname, t.typname)
+                      FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+                      WHERE t.oid = embeddings.base_type(ty)) END
+$$;
+
 -- The text of expression `expr` of type `ty`, NULL for NULL, with no cast of a user type: a
 -- built-in type's cast to text, else its output function.
 CREATE FUNCTION embeddings.text_sql(ty regtype, expr text) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN embeddings.builtin_scalar(ty)
-                THEN format('((%s)::%s)::pg_catalog.text', expr, embeddings.base_type(ty))
+                THEN format('(%s)::pg_catalog.text', embeddings.as_base_sql(ty, expr))
                 ELSE format('CASE WHEN (%1$s) IS NULL THEN NULL ELSE pg_catalog.format(''%%s'', %1$s) END', expr)
            END
 $$;
@@ -82,7 +92,7 @@ $$;
 CREATE FUNCTION embeddings.key_part_json_sql(ty regtype, expr text) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE WHEN embeddings.builtin_scalar(ty)
-                THEN format('pg_catalog.to_jsonb((%s)::%s)', expr, embeddings.base_type(ty))
+                THEN format('pg_catalog.to_jsonb(%s)', embeddings.as_base_sql(ty, expr))
                 ELSE format('pg_catalog.to_jsonb(pg_catalog.format(''%%s'', %s))', expr)
            END
 $$;

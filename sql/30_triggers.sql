@@ -96,7 +96,7 @@ $$;
 CREATE FUNCTION embeddings.enqueue_statement(t embeddings.targets, from_where text) RETURNS text
 LANGUAGE sql STABLE AS $$
     WITH k AS (
-        SELECT u.c, u.i - 1 AS n, embeddings.base_type(u.ty) AS base,
+        SELECT u.c, u.ty, u.i - 1 AS n,
                CASE WHEN NOT embeddings.builtin_scalar(u.ty) THEN 'text'
                     WHEN embeddings.base_type(u.ty) = ANY ('{int2,int4,int8}'::regtype[]) THEN 'int'
                     WHEN (SELECT ty.typlen FROM pg_catalog.pg_type ty WHERE ty.oid = embeddings.base_type(u.ty)) > 0
@@ -124,9 +124,9 @@ LANGUAGE sql STABLE AS $$
          FROM k),
         (SELECT string_agg(format(CASE k.class
                                       WHEN 'text' THEN 'pg_catalog.to_jsonb(pg_catalog.array_agg(pg_catalog.format(''%%s'', n.%1$I))) AS k%2$s'
-                                      WHEN 'variable' THEN 'pg_catalog.to_jsonb(pg_catalog.array_agg((n.%1$I)::%3$s)) AS k%2$s'
-                                      ELSE 'pg_catalog.array_agg((n.%1$I)::%3$s) AS k%2$s' END,
-                                  k.c, k.n, k.base), ', ' ORDER BY k.n)
+                                      WHEN 'variable' THEN 'pg_catalog.to_jsonb(pg_catalog.array_agg(%3$s)) AS k%2$s'
+                                      ELSE 'pg_catalog.array_agg(%3$s) AS k%2$s' END,
+                                  k.c, k.n, embeddings.as_base_sql(k.ty, format('n.%I', k.c))), ', ' ORDER BY k.n)
          FROM k),
         from_where)
 $$;
@@ -231,6 +231,9 @@ BEGIN
             pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.key_json_sql(t, 'new'),
             CASE WHEN by_function THEN E'\n            EXCEPTION WHEN OTHERS THEN\n                RETURN NULL;' ELSE '' END);
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_replica');
+        -- A row trigger: Postgres clones it onto each partition created or attached, checking
+        -- that whoever does so may EXECUTE it. The table's owner may (no one else: it queues).
+        EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I() TO %I', prefix || '_replica', table_owner);
     END IF;
 
     IF NOT t.clear_on_update OR t.chunk_table IS NOT NULL THEN
@@ -262,8 +265,8 @@ BEGIN
             prefix || '_clear', embeddings.content_sql(t, 'old', row_type, wrapped => false),
             embeddings.content_sql(t, 'new', row_type, wrapped => false), t.embedding_column);
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_clear');
-        EXECUTE format('ALTER FUNCTION embeddings.%I() SET search_path = %s, pg_temp', prefix || '_clear',
-                       embeddings.owner_search_path((SELECT c.relowner FROM pg_class c WHERE c.oid = t.source)));
+        PERFORM embeddings.give_owner_path(format('embeddings.%I()', prefix || '_clear')::regprocedure,
+                                           (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
         IF table_owner <> current_user THEN
             EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', prefix || '_clear', table_owner);
         END IF;

@@ -87,7 +87,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     END
 $$;
 
--- The search path role `role_oid` gets in this database, as SET would write it: the setting of
+-- The search path role `role_oid` gets in this database, as SET would take it: the setting of
 -- ALTER ROLE ... IN DATABASE, ALTER ROLE or ALTER DATABASE, else the server's. The functions
 -- below run with it (and pg_temp last): the owner's own triggers fire inside them when they write
 -- the table, and its content function runs there, both written for the owner's sessions. Their
@@ -113,7 +113,25 @@ BEGIN
             found := NULL;
         END;
     END IF;
-    RETURN coalesce(found, (SELECT s.boot_val FROM pg_settings s WHERE s.name = 'search_path'));
+    RETURN coalesce(nullif(btrim(found), ''), (SELECT s.boot_val FROM pg_settings s WHERE s.name = 'search_path'));
+END
+$$;
+
+-- Gives function `fn` the search path of role `role_oid` (owner_search_path()), pg_temp last.
+-- Through the setting itself, never spliced into SQL: a role sets its own search path (ALTER
+-- ROLE ... SET), and this runs as the schema's owner. A path Postgres refuses: its default.
+CREATE FUNCTION embeddings.give_owner_path(fn regprocedure, role_oid oid) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    statement text := format('ALTER FUNCTION %s SET search_path FROM CURRENT', fn);
+BEGIN
+    BEGIN
+        PERFORM set_config('search_path', embeddings.owner_search_path(role_oid) || ', pg_temp', true);
+    EXCEPTION WHEN OTHERS THEN
+        PERFORM set_config('search_path', '"$user", public, pg_temp', true);
+    END;
+    EXECUTE statement;
+    PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
 END
 $$;
 
@@ -285,8 +303,7 @@ BEGIN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proname = ANY (made)
     LOOP
-        EXECUTE format('ALTER FUNCTION %s SET search_path = %s, pg_temp', fn,
-                       embeddings.owner_search_path((SELECT c.relowner FROM pg_class c WHERE c.oid = t.source)));
+        PERFORM embeddings.give_owner_path(fn, (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         IF owner_name <> current_user THEN
             BEGIN

@@ -98,6 +98,17 @@ BEGIN
                 format('its content column %I was dropped; watch the table again with its new content', tg.content_column)
             WHEN tg.content_function IS NOT NULL AND NOT EXISTS (SELECT FROM pg_proc WHERE oid = tg.content_function) THEN
                 'its content function was dropped; create it again and watch the table again'
+            -- The table or the function changed hands: the function would run with the rights
+            -- of a role that did not write it (watch()'s rule, embeddings.check_content_function).
+            WHEN tg.content_function IS NOT NULL AND EXISTS (
+                    SELECT FROM pg_proc p JOIN pg_roles fr ON fr.oid = p.proowner
+                    WHERE p.oid = tg.content_function AND NOT fr.rolsuper
+                      AND p.proowner <> (SELECT c.relowner FROM pg_class c WHERE c.oid = before.source)) THEN
+                format('its content function %s is owned by %s, not by the table''s owner %s: it would run with '
+                       'the table owner''s rights; ALTER FUNCTION ... OWNER TO the table''s owner, then watch the table again',
+                       tg.content_function,
+                       (SELECT pg_get_userbyid(p.proowner) FROM pg_proc p WHERE p.oid = tg.content_function),
+                       (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = before.source))
         END
     FROM (SELECT
             (SELECT array_agg(a.attname ORDER BY k.i) FROM unnest(before.key_attnums) WITH ORDINALITY AS k(n, i)

@@ -309,3 +309,45 @@ def test_reassign_owned_then_drop_owned_keeps_the_writes_working(
     with roles.connect() as su:
         assert su.execute("SELECT count(embedding) FROM docs").fetchone() == (4,)
         assert su.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+
+
+def test_the_owners_search_path_setting_is_data_not_sql(roles: Roles) -> None:
+    """The functions run with the owner's search path (its triggers are written for it), which
+    the owner sets itself: taken through the setting, never spliced into the DDL that the
+    schema's owner runs."""
+    with roles.connect(roles.owner) as owner:
+        owner.execute(
+            f"ALTER ROLE {roles.owner} SET search_path"
+            f" = public, '\"; ALTER ROLE {roles.owner} SUPERUSER; --'"
+        )
+    target = owner_docs(roles)
+    contained(roles)
+    with roles.connect() as su:
+        config = su.execute(
+            "SELECT proconfig FROM pg_proc WHERE oid = %s::regprocedure",
+            (f"embeddings.embeddings_{target}_load(text[], text[])",),
+        ).fetchone()
+    assert config is not None and "SUPERUSER" in config[0][0], config
+
+
+def test_a_table_given_away_does_not_run_its_old_owners_function_with_the_new_owners_rights(
+    roles: Roles,
+) -> None:
+    """ALTER TABLE ... OWNER TO another role: the functions follow the new owner, and the old
+    owner's content function (which it may still redefine) would run with the new owner's
+    rights: the target gets a problem instead, its functions and triggers go."""
+    target = owner_docs(roles)
+    with roles.connect() as su:
+        su.execute(f"ALTER TABLE docs OWNER TO {roles.tenant}")
+        problem = su.execute(
+            "SELECT problem FROM embeddings.targets WHERE id = %s", (target,)
+        ).fetchone()
+        assert problem is not None and f"is owned by {roles.owner}" in (problem[0] or ""), problem
+        generated = su.execute(
+            "SELECT count(*) FROM pg_proc WHERE proname ~ %s", (f"^embeddings_{target}_",)
+        ).fetchone()
+        assert generated == (0,)
+    turn(roles)
+    with roles.connect(roles.writer) as writer:
+        writer.execute("INSERT INTO docs VALUES (4, 'after the hand-over')")
+    contained(roles)
