@@ -14,10 +14,17 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.integration.conftest import embedders, minilm, run_once, settings
+from tests.integration.conftest import (
+    embedders,
+    generated_model_path,
+    minilm,
+    model_path,
+    run_once,
+    settings,
+)
 from tests.support.models import MINILM
 
-__all__ = ["embedders", "minilm", "run_once", "settings"]
+__all__ = ["embedders", "generated_model_path", "minilm", "model_path", "run_once", "settings"]
 
 Conn = psycopg.Connection[Any]
 
