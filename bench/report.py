@@ -88,7 +88,13 @@ def markdown() -> str:
             f"- Write path, bulk statement of {writepath['rows']:,} rows (median of {writepath['rounds']}): "
             f"INSERT into a watched table {ins['watched']['ratio']}x the unwatched table "
             f"(the Supabase guide's per-row `pgmq.send` trigger: {ins['per_row_send']['ratio']}x); "
-            f"UPDATE of the content {upd['watched']['ratio']}x (per-row trigger {upd['per_row_send']['ratio']}x)."
+            f"UPDATE of the content {upd['watched']['ratio']}x (per-row trigger {upd['per_row_send']['ratio']}x)"
+            + (
+                f"; with a content function, INSERT {ins['watched_function']['ratio']}x,"
+                f" UPDATE {upd['watched_function']['ratio']}x."
+                if "watched_function" in ins
+                else "."
+            )
         )
         lines.extend(shape_lines(writepath))
     lines.extend(oltp_lines(load("oltp")))
@@ -244,8 +250,13 @@ def oltp_lines(oltp: dict[str, Any]) -> list[str]:
             if "cpu_ratio" in r["watched"]
             else ""
         )
+        function = (
+            f", {r['watched_function']['ratio']}x with a content function"
+            if "watched_function" in r
+            else ""
+        )
         parts.append(
-            f"single-row {workload.upper()} {r['watched']['ratio']}x the unwatched TPS"
+            f"single-row {workload.upper()} {r['watched']['ratio']}x the unwatched TPS{function}"
             f" (the guide's per-row trigger {r['guide']['ratio']}x){cpu}"
         )
     return [

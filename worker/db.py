@@ -96,7 +96,24 @@ def translated() -> Iterator[None]:
             raise exceptions.ConnectionLost(redact(str(exc).strip())) from exc
         raise exceptions.DatabaseError(redact(str(exc).strip())) from exc
     except psycopg.Error as exc:
+        if unavailable(exc):
+            raise exceptions.TargetUnavailable(redact(str(exc).strip())) from exc
         raise exceptions.DatabaseError(redact(str(exc).strip())) from exc
+
+
+# SQLSTATE of the functions that read and write a watched table as its owner when they cannot
+# serve it now (sql/32_access.sql: check_serving).
+TARGET_UNAVAILABLE = "EW001"
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says a target cannot be served as it is now (its jobs wait, spending no
+    attempt): its functions refused (EW001), or are missing (moved or dropped by hand)."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    if exc.sqlstate == TARGET_UNAVAILABLE:
+        return True
+    return exc.sqlstate == "42883" and "embeddings.embeddings_" in str(exc)
 
 
 def _is_connection_failure(exc: psycopg.OperationalError) -> bool:

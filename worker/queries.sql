@@ -1,10 +1,11 @@
 -- The worker's runtime SQL. Each query starts with `-- name: NAME` and a one-line description;
--- worker/queries.py loads them. `{queue_table}`, `{table}`, `{content}`, `{embedding}`, `{chunks}`
--- (a chunked target's chunk table, whose key columns have the table's key names) and
--- the key fragments (`{key_arrays}`, `{key_aliases}`, `{key_match}`: see Target.sql_names)
--- are filled with psycopg.sql identifiers of registered targets only; values are always
--- bound parameters. Row keys are matched by column (k0, k1, ...) and returned as the
--- canonical key the worker passed in, never re-rendered by Postgres.
+-- worker/queries.py loads them. `{queue_table}` and a target's functions (`{load}`, `{store}`,
+-- `{blank}`, `{reusable}`, `{chunks}`, `{nearest}`: embeddings.embeddings_<id>_<name>, which read
+-- and write its table as the table's owner, sql/32_access.sql) are filled with psycopg.sql
+-- identifiers of registered targets only, `{key_arrays}` with one text[] parameter per key
+-- column (%(k0)s, ...: see Target.sql_names); values are always bound parameters. Row keys go
+-- in as the canonical keys the worker holds (%(keys)s) beside their columns' texts, and come
+-- back as given, never re-rendered by Postgres. The worker touches no user table itself.
 
 -- name: read_jobs
 -- Leases visible jobs, oldest first, until about %(max_keys)s row keys are leased. Same effect
@@ -100,7 +101,8 @@ VALUES (%(target_id)s, date_trunc('minute', clock_timestamp()), %(rows)s)
 ON CONFLICT (target_id, minute) DO UPDATE SET rows = tp.rows + excluded.rows;
 
 -- name: load_targets
--- Every registered target with what the worker needs to serve it, from the catalog.
+-- Every registered target with what the worker needs to serve it, from the catalog; its
+-- problem, or why its functions cannot serve it now (sql/32_access.sql).
 -- A chunked target's embedding column is in its chunk table.
 SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
        t.content_column, fn_ns.nspname, p.proname, t.model, t.key_columns::text[],
@@ -108,7 +110,8 @@ SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
              JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i),
        ARRAY(SELECT format_type(k.ty, NULL) FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
              ORDER BY k.i),
-       t.queue, t.problem, t.version, chunk_ns.nspname, chunk_c.relname, t.chunk_tokens,
+       t.queue, coalesce(t.problem, embeddings.access_problem(t)), t.version, chunk_ns.nspname,
+       chunk_c.relname, t.chunk_tokens,
        t.chunk_overlap
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
@@ -175,31 +178,19 @@ SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jso
 FROM {queue_table};
 
 -- name: load_content
--- The content of a target's rows by key, with its md5 for the stale-write guard.
-SELECT v.key, {content}, md5({content})
-FROM unnest({key_arrays}, %(keys)s::text[]) AS v({key_aliases}, key)
-JOIN {table} t ON {key_match};
+-- The content of a target's rows by key, with its md5 for the stale-write guard: read by the
+-- target's embeddings_<id>_load(), which runs as the table's owner (sql/32_access.sql).
+SELECT key, content, digest FROM {load}(%(keys)s::text[]{key_arrays});
 
 -- name: write_vectors
 -- Stores embeddings, except where the content changed since it was loaded (its md5 differs):
--- that row's newer content has its own job. Returns the keys written. IS NOT DISTINCT FROM,
--- not =: an equality between the two sides would let the planner hash-join on md5(content),
--- evaluating a STABLE or IMMUTABLE content function for every row of the table (slow, and one
--- row it raises for would fail every write).
-UPDATE {table} t
-SET {embedding} = v.embedding
-FROM unnest({key_arrays}, %(keys)s::text[], %(embeddings)b, %(hashes)s::text[])
-     AS v({key_aliases}, key, embedding, hash)
-WHERE {key_match} AND md5({content}) IS NOT DISTINCT FROM v.hash
-RETURNING v.key;
+-- that row's newer content has its own job. The target's embeddings_<id>_store() (its
+-- _store_shadow(): the shadow column of a model change). Returns the keys written.
+SELECT k FROM {store}(%(keys)s::text[]{key_arrays}, %(embeddings)b, %(hashes)s::text[]) AS k;
 
 -- name: clear_vectors
 -- Clears the embedding of rows whose content is blank, unless it changed since it was loaded.
-UPDATE {table} t
-SET {embedding} = NULL
-FROM unnest({key_arrays}, %(keys)s::text[], %(hashes)s::text[]) AS v({key_aliases}, key, hash)
-WHERE {key_match} AND md5({content}) IS NOT DISTINCT FROM v.hash AND t.{embedding} IS NOT NULL
-RETURNING v.key;
+SELECT k FROM {blank}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[]) AS k;
 
 -- name: lease_jobs_by_id
 -- Leases the named jobs (push mode: dispatch() or util.process_embeddings already leased them
@@ -235,9 +226,7 @@ SELECT embeddings.clear_deferrals(%(target_ids)s::integer[]);
 -- Vectors already stored for chunks of these documents with these hashes (the chunks that an
 -- edit left unchanged): they are not embedded again. (real[]: the loading connection needs
 -- no pgvector types.) One entry per chunk: the key arrays repeat each document's key.
-SELECT DISTINCT ON (v.key, t.chunk_hash) v.key, t.chunk_hash, t.{embedding}::real[]
-FROM unnest({key_arrays}, %(keys)s::text[], %(hashes)s::text[]) AS v({key_aliases}, key, hash)
-JOIN {chunks} t ON {key_match} AND t.chunk_hash = v.hash;
+SELECT key, chunk_hash, embedding FROM {reusable}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[]);
 
 -- name: lock_documents
 -- Serializes writers of the same documents until commit (advisory locks per target and key, in
@@ -246,30 +235,19 @@ JOIN {chunks} t ON {key_match} AND t.chunk_hash = v.hash;
 SELECT count(pg_advisory_xact_lock(%(target_id)s, s.h))
 FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%(keys)s::text[]) AS k ORDER BY 1) s;
 
--- name: current_documents
--- The documents whose content is still what was loaded (same md5; NULL for NULL content).
-SELECT v.key
-FROM unnest({key_arrays}, %(keys)s::text[], %(hashes)s::text[]) AS v({key_aliases}, key, hash)
-JOIN {table} t ON {key_match}
-WHERE md5({content}) IS NOT DISTINCT FROM v.hash;
+-- name: write_chunks
+-- Writes the chunks of documents whose content is still what was loaded (same md5; NULL for
+-- NULL content) and deletes each one's chunks past its new count (all of them for 0): the
+-- target's embeddings_<id>_chunks(). Per document: whether it was current, and lost chunks.
+SELECT key, is_current, trimmed
+FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::integer[],
+              %(chunk_keys)s::text[], %(seqs)s::integer[], %(chunks)s::text[], %(chunk_hashes)s::text[],
+              %(embeddings)b);
 
--- name: upsert_chunks
--- Writes chunks; a chunk whose text is unchanged at its position is left as it is.
-INSERT INTO {chunks} AS c ({key_list}, seq, chunk, chunk_hash, {embedding})
-SELECT {key_values}, v.seq, v.chunk, v.hash, v.embedding
-FROM unnest({key_arrays}, %(seqs)s::integer[], %(chunks)s::text[], %(hashes)s::text[], %(embeddings)b)
-     AS v({key_aliases}, seq, chunk, hash, embedding)
-ON CONFLICT ({key_list}, seq) DO UPDATE
-SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, {embedding} = excluded.{embedding}
-WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash;
-
--- name: delete_vanished_chunks
--- Deletes the chunks past each document's new chunk count (all of them for a count of 0);
--- returns the documents that lost chunks.
-DELETE FROM {chunks} t
-USING unnest({key_arrays}, %(keys)s::text[], %(counts)s::integer[]) AS v({key_aliases}, key, n)
-WHERE {key_match} AND t.seq >= v.n
-RETURNING v.key;
+-- name: nearest
+-- The %(k)s rows (chunks, for a chunked target) nearest to %(query)s: the target's
+-- embeddings_<id>_nearest() (worker/search.py).
+SELECT key, seq, content, distance FROM {nearest}(%(query)s, %(k)s);
 
 -- name: backfill_next
 -- One step of a backfill of a target on %(queue)s that no other worker is stepping: queues the

@@ -129,9 +129,7 @@ def nearest_documents(
     with db.translated(), conn.transaction():
         conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(candidates)))
         rows = conn.execute(
-            "SELECT key, seq, chunk, distance"
-            " FROM embeddings.match_chunks(%s::oid::regclass, %s, %s)",
-            (_source_oid(conn, target), HalfVector(vector), candidates),
+            target.query("nearest"), {"query": HalfVector(vector), "k": candidates}
         ).fetchall()
     best: dict[str, dict[str, Any]] = {}
     for key, seq, chunk, distance in rows:  # nearest first: a document's first chunk is its best
@@ -144,39 +142,13 @@ def nearest_documents(
 def nearest_rows(
     conn: db.Connection, target: Target, vector: npt.NDArray[np.float32], k: int
 ) -> list[dict[str, Any]]:
-    """The k rows with the nearest embeddings, nearest first."""
+    """The k rows with the nearest embeddings, nearest first, with their content column's text
+    (None for a content function: a search evaluates none, docs/security.md)."""
     db.register_vector_types(conn)
+    wrap = HalfVector if target.embedding_type == "halfvec" else Vector
     with db.translated():
-        names = target.sql_names()
-        distance = sql.SQL("t.{emb} OPERATOR({schema}.<=>) %(q)s::{schema}.{type}").format(
-            emb=names["embedding"],
-            schema=sql.Identifier(_vector_schema(conn)),
-            type=sql.Identifier(target.embedding_type or "halfvec"),
-        )
-        query = sql.SQL(
-            "SELECT t.{key}::text, {content}, 1 - ({distance}) FROM {table} t "
-            "WHERE t.{emb} IS NOT NULL ORDER BY {distance} LIMIT %(k)s"
-        ).format(
-            key=names["key"],
-            content=names["content"],
-            distance=distance,
-            table=names["table"],
-            emb=names["embedding"],
-        )
-        wrap = HalfVector if target.embedding_type == "halfvec" else Vector
-        rows = conn.execute(query, {"q": wrap(vector), "k": k}).fetchall()
-    return [{"key": key, "similarity": float(sim), "content": text} for key, text, sim in rows]
-
-
-def _vector_schema(conn: db.Connection) -> str:
-    row = conn.execute("SELECT embeddings.vector_schema()").fetchone()
-    assert row is not None
-    return str(row[0])
-
-
-def _source_oid(conn: db.Connection, target: Target) -> int:
-    row = conn.execute("SELECT source::oid FROM embeddings.targets WHERE id = %s", (target.id,))
-    found = row.fetchone()
-    if found is None:
-        raise exceptions.TargetError(f"target {target.id} is no longer registered")
-    return int(found[0])
+        rows = conn.execute(target.query("nearest"), {"query": wrap(vector), "k": k}).fetchall()
+    return [
+        {"key": key, "similarity": 1 - float(distance), "content": text}
+        for key, _, text, distance in rows
+    ]

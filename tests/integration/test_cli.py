@@ -185,7 +185,7 @@ def test_doctor_names_each_problem_with_its_fix(conn: Conn, dsn: str) -> None:
 
     probe = psycopg.conninfo.make_conninfo(dsn, user="doctor_probe")
     denied = run_cli("doctor", "--database-url", probe)
-    assert "FAIL  grants public.docs.embedding: role doctor_probe lacks UPDATE" in denied.stdout
+    assert "FAIL  grants public.docs.embedding: role doctor_probe lacks EXECUTE" in denied.stdout
     assert "SELECT embeddings.grant_worker('doctor_probe');" in denied.stdout
     conn.execute("DROP OWNED BY doctor_probe")
     conn.execute("DROP ROLE doctor_probe")

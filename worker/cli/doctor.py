@@ -172,15 +172,20 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
         out.append(_model(model, settings))
     targets = conn.execute(
         "SELECT embeddings.target_name(t), t.model, a.atttypmod,"
-        " has_column_privilege(t.source, t.embedding_column, 'UPDATE'),"
-        " has_table_privilege(t.source, 'SELECT'),"
+        # The functions through which the worker reads and writes the table as its owner
+        # (sql/32_access.sql): it holds no privilege on the table itself.
+        " coalesce((SELECT bool_and(has_function_privilege(p.oid, 'EXECUTE')) FROM pg_proc p"
+        "  WHERE p.pronamespace = 'embeddings'::regnamespace"
+        "    AND p.proname ~ ('^embeddings_' || t.id"
+        "                     || '_(lock|load|store|blank|reusable|chunks)$')),"
+        "  false),"
         " has_table_privilege(format('pgmq.%I', pgmq.format_table_name(t.queue, 'q')),"
         "                     'SELECT, UPDATE, DELETE'),"
         " has_table_privilege('embeddings.failures', 'INSERT')"
         " FROM embeddings.targets t JOIN pg_attribute a ON a.attrelid = t.source"
         "  AND a.attname = t.embedding_column AND NOT a.attisdropped ORDER BY t.id"
     ).fetchall()
-    for name, model, typmod, can_update, can_read, can_queue, can_fail in targets:
+    for name, model, typmod, can_run, can_queue, can_fail in targets:
         if model in dims and typmod > 0 and typmod != dims[model]:
             out.append(
                 Finding(
@@ -194,8 +199,7 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
         missing = [
             what
             for what, ok in (
-                ("UPDATE of the embedding column", can_update),
-                ("SELECT on the table", can_read),
+                ("EXECUTE on the functions of its target", can_run),
                 ("SELECT/UPDATE/DELETE on the queue", can_queue),
                 ("INSERT on embeddings.failures", can_fail),
             )
@@ -300,6 +304,15 @@ def _queue(rows: list[dict[str, object]], dsn: str) -> list[Finding]:
         name = str(r["target"])
         pending = int(str(r["pending_jobs"]))
         oldest = r["oldest_pending_seconds"]
+        if r.get("problem"):  # a schema change it cannot follow; functions that cannot serve it
+            out.append(
+                Finding(
+                    "FAIL",
+                    f"target {name}",
+                    f"not served: {r['problem']}",
+                    "fix the cause; the worker defers its jobs meanwhile (docs/security.md)",
+                )
+            )
         if r["deferred_reason"]:
             out.append(
                 Finding(

@@ -32,6 +32,7 @@ COLUMNS = (
     "cleared_rows",
     "deferred_reason",
     "deferred_since",
+    "problem",  # why the target is not served (NULL when it is)
     "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
     "estimated",  # total, embedded and cleared rows and chunks are estimates (large tables)
     "backfill_rows",  # rows a running backfill has still to queue (NULL: none runs)
@@ -239,6 +240,9 @@ def notes(r: dict[str, Any]) -> list[str]:
             f" {output.age(eta) if eta is not None else 'no rate yet'}"
             f" ({r['model']} serves searches until the swap)"
         )
+    if r.get("problem"):
+        lines.append("")
+        lines.append(f"{r['target']}: not served: {r['problem']}")
     if r.get("retrying_rows"):
         lines.append("")
         lines.append(

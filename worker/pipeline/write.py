@@ -173,6 +173,11 @@ def _write_target(
     except psycopg.Error as exc:
         if db.is_connection_error(exc):
             raise
+        if db.unavailable(exc):
+            # The target's functions cannot write as its owner now (sql/32_access.sql): its
+            # jobs wait, no row fails.
+            outcome.deferred[target.id] = f"{target.name}: {db.redact(str(exc).strip())}"
+            return
         # Something in the table refused the write (a trigger, a constraint): one row at a
         # time, to fail only the rows it refuses. Each row goes where its state before this
         # write says (a vector, or a clear): the rolled-back savepoint changed nothing.
