@@ -1,13 +1,19 @@
-# The embed-worker container image.
+# The embed-worker container image, made from the wheel that `make dist` builds.
 #
-#   docker build -t embed-worker .                               # gte-small baked in
-#   docker build -t embed-worker --build-arg BAKE_MODEL=false .  # no model inside; see below
+#   make dist                                                            # dist/embed_worker-VERSION-*.whl
+#   docker build -t embed-worker:0.2.0 .                                 # gte-small baked in
+#   docker build -t embed-worker:0.2.0 --build-arg BAKE_MODEL=false .    # no model inside; see below
 #
-# Stage `build` installs the checkout and every dependency into a virtual environment at
-# /opt/embed-worker (all of them ship binary wheels for CPython 3.11 on x86_64, so nothing is
-# compiled), then removes pip and setuptools from it. Stage `runtime` copies that environment
-# and nothing else, so the final image has no compiler, no pip or pip cache, no wheels and no
-# source checkout, and runs unprivileged. Plain COPY --from: the classic builder builds it too.
+# The build context is dist/ and nothing else (.dockerignore): the image holds exactly the wheel
+# that was released or tested, never the source tree. Stage `build` installs that wheel and
+# every dependency into a virtual environment at /opt/embed-worker (all of them ship binary
+# wheels for CPython 3.11 on x86_64, so nothing is compiled), then removes pip and setuptools
+# from it. Stage `runtime` copies that environment and nothing else, so the final image has no
+# compiler, no pip or pip cache, no wheels and no source checkout, and runs unprivileged. Plain
+# COPY --from: the classic builder builds it too.
+#
+# Offline builds: put the dependencies' wheels in dist/ beside ours (`pip download -d dist
+# dist/embed_worker-*.whl`) and pass --build-arg PIP_NO_INDEX=1.
 #
 # Without a baked model the worker needs one at run time: mount a model directory and set
 # EMBED_MODEL_PATH to its parent (`-v /srv/models:/models:ro -e EMBED_MODEL_PATH=/models`), or let
@@ -20,15 +26,17 @@ ARG PYTHON_IMAGE=python:3.11-slim-bookworm
 
 FROM ${PYTHON_IMAGE} AS build
 ENV PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_CACHE_DIR=1
-WORKDIR /src
-# Only what the wheel is built from: pyproject force-includes sql/ and migrations/ into the
-# package (as worker/_sql, worker/_migrations), so the image migrates without a checkout.
-COPY pyproject.toml README.md ./
-COPY worker/ worker/
-COPY sql/ sql/
-COPY migrations/ migrations/
-RUN python3 -m venv /opt/embed-worker \
-    && /opt/embed-worker/bin/pip install . \
+# 1: dependencies from dist/ only (an offline build); 0: from the package index too.
+ARG PIP_NO_INDEX=0
+# The wheel carries the schema and the migrations (worker/_sql, worker/_migrations), so the
+# image migrates without a checkout.
+COPY dist/ /tmp/dist/
+RUN set -- /tmp/dist/embed_worker-*-py3-none-any.whl \
+    && if [ "$#" -ne 1 ] || [ ! -f "$1" ]; then \
+        echo "dist/ must hold exactly one embed_worker wheel: run \`make dist\` first" >&2; exit 1; \
+    fi \
+    && python3 -m venv /opt/embed-worker \
+    && /opt/embed-worker/bin/pip install --find-links /tmp/dist "$1" \
     && /opt/embed-worker/bin/pip uninstall -y pip setuptools \
     && /opt/embed-worker/bin/embed-worker --version
 

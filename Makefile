@@ -12,13 +12,15 @@ DEVDB_NAME ?= embed
 DEVDB_URL := postgresql://postgres@127.0.0.1:$(DEVDB_PORT)/$(DEVDB_NAME)
 STAMP := $(VENV)/.installed
 
-.PHONY: help install db db-stop migrate run demo test lint bench postgres-deps test-deps clean
+.PHONY: help install db db-stop migrate run demo test lint bench postgres-deps test-deps clean \
+	freeze-release dist
 
 help:
 	@echo "make demo    local cluster + migrations + worker + sample data + two searches"
 	@echo "make run     local cluster + migrations + worker in the foreground"
 	@echo "make test    lint, then the whole test suite on a throwaway cluster"
-	@echo "make db | db-stop | migrate | install | lint | bench"
+	@echo "make dist    the wheel and sdist of this version, in dist/ (what the Dockerfile installs)"
+	@echo "make db | db-stop | migrate | install | lint | bench | clean"
 
 install: $(STAMP)
 $(STAMP): pyproject.toml
@@ -37,7 +39,8 @@ db: postgres-deps
 db-stop:
 	@if scripts/pgcluster.sh status $(DEVDB_DIR) >/dev/null 2>&1; then \
 		scripts/pgcluster.sh stop $(DEVDB_DIR) && \
-		echo "stopped the local cluster in $(DEVDB_DIR)/ (its data stays there; \`make db\` starts it again)"; \
+		echo "stopped the local cluster (its data stays in $$(scripts/pgcluster.sh where $(DEVDB_DIR)):" \
+			"\`make db\` starts it again, \`make clean\` deletes it)"; \
 	else echo "the local cluster in $(DEVDB_DIR)/ is not running: nothing to stop"; fi
 
 # DATABASE_URL from the environment wins; otherwise the local cluster.
@@ -49,6 +52,20 @@ run: migrate
 
 demo: migrate
 	@DATABASE_URL=$${DATABASE_URL:-$(DEVDB_URL)} $(BIN)/python demo/demo.py
+
+# The release artifacts, built from this checkout: dist/embed_worker-VERSION-py3-none-any.whl and
+# dist/embed_worker-VERSION.tar.gz. dist/ is emptied first, so it holds one version: the one the
+# Dockerfile installs. No build isolation: the backend (hatchling) comes from .venv, no download.
+dist: $(STAMP)
+	@rm -rf dist
+	@out=$$($(BIN)/python -m build --no-isolation --outdir dist . 2>&1) || { echo "$$out" >&2; exit 1; }
+	@ls -1 dist/* | sed 's/^/built /'
+
+# At a release, once: its revision reinstalls a frozen copy of sql/ from then on. Prints the
+# digest to pin in worker/schema.py (RELEASED_REVISIONS). docs/development.md says when.
+freeze-release: $(STAMP)
+	@test -n "$(REVISION)" || { echo "usage: make freeze-release REVISION=NNNN" >&2; exit 2; }
+	@$(BIN)/python -m worker.schema freeze $(REVISION)
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .
@@ -83,6 +100,9 @@ bench: postgres-deps
 	@$(BIN)/python -m bench.faults
 	@$(BIN)/python -m bench.report
 
+# Everything `make` made in this checkout, and the local cluster's data wherever it lives (as
+# root, outside the checkout: pgcluster.sh says where).
 clean:
 	@scripts/pgcluster.sh destroy $(DEVDB_DIR)
-	rm -rf $(VENV) $(DEVDB_DIR) .mypy_cache .ruff_cache .pytest_cache
+	rm -rf $(VENV) $(DEVDB_DIR) dist .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -3,8 +3,8 @@ instead, in one run on one machine. Results go to bench/results/*.json; `python 
 turns them into the table of docs/performance.md and the plots.
 
     python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,lanes,
-                            idle,embedder]
-                    [--rows N] [--quick]
+                            idle,embedder,quality]
+                    [--rows N] [--quick] [--quality-function SCHEMA.FUNCTION]
 
 At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only million [--scale-rows N]   a 1M-row drain (bench/million.py)
@@ -48,6 +48,7 @@ from bench import (
     writepath,
 )
 from bench.machine import describe as machine
+from bench.quality import evaluate, retrievers
 from tests.support.cluster import Cluster, session_cluster
 from tests.support.modelgen import GTE_SMALL, cached_model_dir
 from worker import schema
@@ -70,6 +71,7 @@ SECTIONS = (
     "lanes",
     "idle",
     "embedder",
+    "quality",
 )
 SCALE_SECTIONS = ("million", "workers", "hnsw", "status", "bigwatch")  # never by default
 
@@ -98,6 +100,13 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="fewer rounds and samples")
     parser.add_argument(
         "--scale-rows", type=int, default=None, help="rows for the scale sections (smoke runs)"
+    )
+    parser.add_argument(
+        "--quality-function",
+        action="append",
+        default=[],
+        metavar="SCHEMA.FUNCTION",
+        help="also evaluate this search function in the quality section (bench/quality/retrievers.py)",
     )
     args = parser.parse_args()
     wanted = set(args.only.split(","))
@@ -291,6 +300,20 @@ def main() -> int:
                 samples=50 if args.quick else 100,
             ),
         )
+
+        def quality() -> dict[str, Any]:
+            # Retrieval quality (recall@10, nDCG@10) of full-text, vector and hybrid search
+            # over the standard library's documentation, rows and chunks (bench/quality/).
+            chosen = evaluate.default_retrievers()
+            chosen += [retrievers.SqlFunction(name) for name in args.quality_function]
+            return evaluate.run(
+                fresh_db(cluster, template),
+                SHARED_MODELS / "all-MiniLM-L6-v2",
+                chosen,
+                details=RESULTS / "quality_details.jsonl",  # per query; not committed
+            )
+
+        section("quality", quality)
 
     if "embedder" in wanted and (ROOT / "embedder.py").is_file():
         # Model-only figures (raw onnxruntime, sentence-transformers side by side, int8 fidelity,

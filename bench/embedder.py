@@ -33,6 +33,7 @@ from bench import corpus
 from bench.machine import describe as describe_machine
 from tests.support import modelgen
 from worker.models.embedder import DEFAULT_TOKEN_BUDGET, MAX_PADDING, Embedder, TokenBatch, batches
+from worker.models.files import ModelLocation
 
 ROOT = Path(__file__).resolve().parents[1]
 Key = TypeVar("Key", bound=Hashable)
@@ -56,7 +57,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     texts = corpus.load(args.texts)
     work = Path(tempfile.mkdtemp(prefix="bench-embedder-"))
-    os.environ["EMBED_CACHE_DIR"] = str(work / "cache")  # int8 copies land here, not in ~/.cache
+    cache = ModelLocation.of(cache_dir=work / "cache")  # int8 copies land here, not in ~/.cache
     minilm_dir = args.models / "all-MiniLM-L6-v2"
     gte_dir = modelgen.write_model_dir(
         work / "gte-small", tokenizer_dir=args.models / "gte-small", **modelgen.GTE_SMALL
@@ -65,11 +66,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     log(f"corpus: {report['corpus']['texts']} texts, tokens {report['corpus']['tokens']}")
 
     embedders = {
-        ("all-MiniLM-L6-v2", variant): Embedder.load(minilm_dir, variant=variant)
+        ("all-MiniLM-L6-v2", variant): Embedder.load(minilm_dir, variant=variant, location=cache)
         for variant in ("fp32", "int8")
     }
     embedders |= {
-        ("gte-small-arch", variant): Embedder.load(gte_dir, variant=variant)
+        ("gte-small-arch", variant): Embedder.load(gte_dir, variant=variant, location=cache)
         for variant in ("fp32", "int8")
     }
     runners: dict[tuple[str, str, str], Callable[[], Any]] = {

@@ -9,6 +9,8 @@ import json
 from pathlib import Path
 from typing import Any
 
+from bench.quality.summary import markdown as quality_markdown
+
 ROOT = Path(__file__).resolve().parent
 RESULTS = ROOT / "results"
 PLOTS = ROOT / "plots"
@@ -87,7 +89,13 @@ def markdown() -> str:
             f"- Write path, bulk statement of {writepath['rows']:,} rows (median of {writepath['rounds']}): "
             f"INSERT into a watched table {ins['watched']['ratio']}x the unwatched table "
             f"(the Supabase guide's per-row `pgmq.send` trigger: {ins['per_row_send']['ratio']}x); "
-            f"UPDATE of the content {upd['watched']['ratio']}x (per-row trigger {upd['per_row_send']['ratio']}x)."
+            f"UPDATE of the content {upd['watched']['ratio']}x (per-row trigger {upd['per_row_send']['ratio']}x)"
+            + (
+                f"; with a content function, INSERT {ins['watched_function']['ratio']}x,"
+                f" UPDATE {upd['watched_function']['ratio']}x."
+                if "watched_function" in ins
+                else "."
+            )
         )
         lines.extend(shape_lines(writepath))
     lines.extend(oltp_lines(load("oltp")))
@@ -272,8 +280,13 @@ def oltp_lines(oltp: dict[str, Any]) -> list[str]:
             if "cpu_ratio" in r["watched"]
             else ""
         )
+        function = (
+            f", {r['watched_function']['ratio']}x with a content function"
+            if "watched_function" in r
+            else ""
+        )
         parts.append(
-            f"single-row {workload.upper()} {r['watched']['ratio']}x the unwatched TPS"
+            f"single-row {workload.upper()} {r['watched']['ratio']}x the unwatched TPS{function}"
             f" (the guide's per-row trigger {r['guide']['ratio']}x){cpu}"
         )
     return [
@@ -288,6 +301,9 @@ def bigwatch_lines(bigwatch: dict[str, Any]) -> list[str]:
         return []
     parts = []
     for rows, r in bigwatch["sizes"].items():
+        if "before" not in r:  # measured from a tree without the old revisions (bigwatch.py)
+            parts.append(f"{int(rows):,} rows: watch() {r['after']['watch_seconds']:.2f} s")
+            continue
         before, after = r["before"], r["after"]
         parts.append(
             f"{int(rows):,} rows: watch() {before['watch_seconds']:.2f} s -> "
@@ -305,5 +321,8 @@ def bigwatch_lines(bigwatch: dict[str, Any]) -> list[str]:
 
 if __name__ == "__main__":
     print(markdown())
+    if quality := load("quality"):
+        print("\n## Retrieval quality\n")
+        print(quality_markdown(quality))
     for path in plots():
         print(f"wrote {path}")

@@ -42,7 +42,7 @@ PARTITIONS = 8
 
 
 def _table(conn: psycopg.Connection[Any], name: str, variant: str, shape: str = "single") -> None:
-    conn.execute(f"DROP TABLE IF EXISTS {name}")
+    conn.execute(f"DROP TABLE IF EXISTS {name} CASCADE")
     conn.execute(SHAPES[shape].format(name=name))
     if shape == "partitioned":
         for i in range(PARTITIONS):
@@ -53,6 +53,12 @@ def _table(conn: psycopg.Connection[Any], name: str, variant: str, shape: str = 
     conn.execute(f"CREATE INDEX ON {name} USING hnsw (embedding halfvec_cosine_ops)")
     if variant == "watched":
         conn.execute(f"SELECT embeddings.watch('{name}', 'body')")
+    elif variant == "watched_function":  # a content function: through the target's wrapper
+        conn.execute(
+            f"CREATE FUNCTION {name}_text(t {name}) RETURNS text LANGUAGE sql STABLE"
+            " AS $$ SELECT t.body $$"
+        )
+        conn.execute(f"SELECT embeddings.watch('{name}', '{name}_text')")
     elif variant == "per_row_send":
         conn.execute(
             f"CREATE TRIGGER q AFTER INSERT OR UPDATE OF body ON {name}"
@@ -67,7 +73,7 @@ def _timed(conn: psycopg.Connection[Any], sql: str) -> float:
 
 
 def run(dsn: str, rows: int = ROWS, rounds: int = 5) -> dict[str, Any]:
-    variants = ("unwatched", "watched", "per_row_send")
+    variants = ("unwatched", "watched", "watched_function", "per_row_send")
     insert: dict[str, list[float]] = {v: [] for v in variants}
     update: dict[str, list[float]] = {v: [] for v in variants}
     # The other shapes, watched or not, insert only.
@@ -95,10 +101,11 @@ def run(dsn: str, rows: int = ROWS, rounds: int = 5) -> dict[str, Any]:
                 update[variant].append(
                     _timed(conn, f"UPDATE {name} SET body = body || ' (edited)'")
                 )
-                conn.execute(f"DROP TABLE {name}")
+                conn.execute(f"DROP TABLE {name} CASCADE")
                 conn.execute(
                     "SELECT pgmq.purge_queue('embedding_jobs'), pgmq.purge_queue('bench_jobs')"
                 )
+                conn.execute("TRUNCATE embeddings.inbox")
             for shape, times in shaped.items():
                 for variant in times:
                     name = f"bench_{shape}_{variant}"

@@ -4,7 +4,8 @@ The paragraphs are the opening paragraphs of Python standard library modules' do
 text, written by others, present on every machine that runs this. Everything lives in the
 schema `embed_demo`, recreated on each run; nothing else in the database is touched.
 
-The model (EMBED_MODEL, default gte-small) is downloaded on first use. The demo judges by the
+The model (EMBED_MODEL, else the database's default model: gte-small unless changed) is
+downloaded on first use. The demo judges by the
 table, not by its own worker's count: another worker on the same database may embed the rows.
 """
 
@@ -14,6 +15,7 @@ import importlib
 import sys
 import textwrap
 import time
+from pathlib import Path
 
 from pgvector import HalfVector
 
@@ -21,6 +23,7 @@ from worker import db, exceptions, logs
 from worker.cli import hints
 from worker.config import Settings
 from worker.models import download, files
+from worker.pipeline.targets import database_default_model
 from worker.process.runner import Worker
 
 MODULES = [
@@ -141,10 +144,12 @@ def paragraphs() -> list[tuple[str, str]]:
 def main() -> int:
     settings = Settings.from_env()
     logs.configure(settings.log_format, "WARNING")
-    dsn = db.resolve_dsn(settings.database_url)
-    model = settings.model
+    dsn = settings.dsn
+    with db.connect(dsn) as conn:  # EMBED_MODEL, else the database's default model
+        model = settings.default_model(database_default_model(conn))
     # First: the model (a download on the first run; progress bars on a terminal).
-    print(f"model {model}: {_fetch(model, settings)}")
+    found = _fetch(model, settings)
+    print(f"model {model}: in {found}")
     texts = paragraphs()
     with db.connect(dsn) as conn:
         conn.execute("DROP SCHEMA IF EXISTS embed_demo CASCADE")
@@ -190,18 +195,34 @@ def main() -> int:
                 print(f"  {similarity:.3f}  {module:<20} {line}")
             print()
     print("try your own question (copy and paste):")
-    print(f"  {hints.command('search embed_demo.documents ' + repr('your question'), dsn)}")
+    search = "search embed_demo.documents " + repr("your question")
+    print(f"  {hints.command(search, dsn, _model_settings(found, settings))}")
     return 0
 
 
-def _fetch(model: str, settings: Settings) -> str:
+def _fetch(model: str, settings: Settings) -> Path:
     """Where the model is, downloading it first if needed."""
+    location = settings.model_location
     try:
-        found = files.locate(model)
+        found = location.locate(model)
     except exceptions.ModelNotFound:
         print(f"model {model}: not on this machine yet; downloading it (first run only)")
-        found = download.ensure(model, variant=settings.model_variant)
-    return f"in {found}"
+        found = download.ensure(
+            model, variant=settings.model_variant, location=location, policy=settings.downloads
+        )
+    return found
+
+
+def _model_settings(found: Path, settings: Settings) -> dict[str, str]:
+    """What a pasted `search` needs to load the model this run used, from a shell that has
+    none of this run's settings: the directory it was found in, unless that is the default
+    download cache (searched anyway), and the variant, unless the default."""
+    out = {}
+    if found.parent.resolve() != Path(files.DEFAULT_CACHE_DIR).expanduser().resolve():
+        out["EMBED_MODEL_PATH"] = str(found.parent.resolve())
+    if settings.model_variant != "fp32":
+        out["EMBED_MODEL_VARIANT"] = settings.model_variant
+    return out
 
 
 def _wait_for_the_table(dsn: str) -> tuple[int, int]:

@@ -19,17 +19,26 @@ from worker import schema
 
 
 def run(connection: Connection) -> None:
+    migration = context.config.attributes.get("migration")  # schema.Migration, from `migrate`
     context.configure(
         connection=connection,
         target_metadata=None,
         version_table=schema.VERSION_TABLE,
         transactional_ddl=True,
+        on_version_apply=lambda ctx, step, heads, run_args: schema.on_version_apply(
+            migration, step
+        ),
     )
     with context.begin_transaction():
         # One migrator at a time; the lock ends with the transaction.
         connection.execute(
             text("SELECT pg_advisory_xact_lock(:key)"), {"key": schema.MIGRATION_LOCK_KEY}
         )
+        driver = connection.connection.driver_connection
+        assert isinstance(driver, psycopg.Connection)
+        restamped = schema.restamp_squashed(driver)
+        if migration is not None:
+            migration.restamped_from = restamped
         context.run_migrations()
 
 

@@ -1,11 +1,13 @@
-"""${message}
+"""Release ${message}: the previous release's tables brought up to date, then this release's code.
 
 Revision ID: ${up_revision}
 Revises: ${down_revision | comma,n}
 Create Date: ${create_date}
 
-Applies `${up_revision}_<name>.sql` beside this file (frozen once released); sql/ gets the same
-change for fresh installs.
+Runs `<this file's name>/upgrade.sql` (create it: the changes to tables the previous release
+had, every statement idempotent), then the code reinstall from `<name>/schema/` once released
+and frozen (`make freeze-release`), from `sql/` until then. One revision per release:
+docs/development.md, "Schema changes".
 """
 
 from __future__ import annotations
@@ -18,12 +20,13 @@ revision = ${repr(up_revision)}
 down_revision = ${repr(down_revision)}
 branch_labels = ${repr(branch_labels)}
 depends_on = ${repr(depends_on)}
+release = "X.Y.Z"  # the release this revision ships in
 
 NAME = Path(__file__).stem
 
 
 def upgrade() -> None:
-    schema.upgrade_revision(NAME)
+    schema.upgrade_release(NAME)
 
 
 def downgrade() -> None:

@@ -8,15 +8,19 @@
 #   pgcluster.sh status DIR                         exit 0 when running
 #
 #   pgcluster.sh destroy DIR                        stop, then delete the data (and its link target)
+#   pgcluster.sh where DIR                          the data directory (DIR/data or its link's target)
 #
 # initdb refuses to run as root: as root the cluster belongs to the OS user `postgres`
 # (created by Debian's postgresql-common). When that user cannot reach DIR (a checkout under
-# /root or inside a `mktemp -d` folder, say) the data lives under /var/lib/postgresql and
-# DIR/data links to it. Every path the postgres user opens (the data directory given to initdb
-# and pg_ctl, postgresql.conf, server.log) is then the link's target, never a path through DIR.
+# /root or inside a `mktemp -d` folder, say) the data lives in
+# /var/lib/postgresql/embed-worker/<hash of DIR>/ and DIR/data links to it: `destroy` (`make
+# clean`) deletes it, deleting the checkout does not (its file linked-from names the link, so
+# a leftover tells whose it was). Every path the postgres user opens (the data directory given to
+# initdb and pg_ctl, postgresql.conf, server.log) is then the link's target, never a path
+# through DIR.
 set -euo pipefail
 
-cmd=${1:?usage: pgcluster.sh start|stop|status|destroy DIR [PORT] [DBNAME] [--fast]}
+cmd=${1:?usage: pgcluster.sh start|stop|status|destroy|where DIR [PORT] [DBNAME] [--fast]}
 dir=${2:?missing DIR}
 mkdir -p "$dir"
 dir=$(cd "$dir" && pwd)
@@ -50,9 +54,18 @@ stop)
     if running; then as_owner "$PG_BIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null; fi
     exit 0
     ;;
+where)
+    printf '%s\n' "$data"
+    exit 0
+    ;;
 destroy)
     if running; then as_owner "$PG_BIN/pg_ctl" -D "$data" -m fast -w stop >/dev/null; fi
-    [ "$data" != "$link" ] && rm -rf "$data"
+    if [ "$data" != "$link" ]; then
+        rm -rf "$data"
+        echo "pgcluster: deleted the cluster's data in $data" >&2
+        # Ours, made for such clusters: gone with the last of them.
+        rmdir "$(dirname "$data")" 2>/dev/null || true
+    fi
     rm -rf "$link" "$dir/initdb.log"
     exit 0
     ;;
@@ -85,6 +98,11 @@ if [ ! -e "$data/PG_VERSION" ]; then
     [ "$(id -u)" -eq 0 ] && chown "$owner" "$data"
     as_owner "$PG_BIN/initdb" -D "$data" -U postgres --auth=trust -E UTF8 --locale=C.UTF-8 >"$dir/initdb.log" 2>&1 \
         || { cat "$dir/initdb.log" >&2; exit 1; }
+    if [ "$data" != "$link" ]; then
+        printf '%s\n' "$link" | as_owner tee "$data/linked-from" >/dev/null
+        echo "pgcluster: the postgres user cannot enter $dir, so the data is in $data" >&2
+        echo "pgcluster: ($link links to it; \`make clean\` deletes it, deleting the checkout does not)" >&2
+    fi
     {
         echo "# written by scripts/pgcluster.sh"
         echo "listen_addresses = '127.0.0.1'"

@@ -1,6 +1,6 @@
 -- The `embeddings` schema: which models exist, which tables are watched, what failed.
 
-CREATE SCHEMA embeddings;
+CREATE SCHEMA IF NOT EXISTS embeddings;
 COMMENT ON SCHEMA embeddings IS 'embed-worker: watched tables, models, queues, dead letters';
 
 -- Roles that write to watched tables run our statement triggers, which read the target
@@ -9,7 +9,7 @@ GRANT USAGE ON SCHEMA embeddings TO PUBLIC;
 
 -- Models the worker can run. Dimensions decide the embedding column's type at watch() time;
 -- the worker checks them against the model it loads. Add your own with an INSERT.
-CREATE TABLE embeddings.models (
+CREATE TABLE IF NOT EXISTS embeddings.models (
     name        text PRIMARY KEY,
     dimensions  integer NOT NULL CHECK (dimensions BETWEEN 1 AND 4000),
     max_tokens  integer NOT NULL CHECK (max_tokens > 0),
@@ -19,7 +19,7 @@ CREATE TABLE embeddings.models (
     description text
 );
 -- At most one default model.
-CREATE UNIQUE INDEX models_one_default ON embeddings.models (is_default) WHERE is_default;
+CREATE UNIQUE INDEX IF NOT EXISTS models_one_default ON embeddings.models (is_default) WHERE is_default;
 
 INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling, is_default, source, description) VALUES
     ('gte-small', 384, 512, 'mean', true, 'Supabase/gte-small',
@@ -27,19 +27,20 @@ INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling, is_default
     ('all-MiniLM-L6-v2', 384, 256, 'mean', false, 'sentence-transformers/all-MiniLM-L6-v2',
      'Sentence-transformers MiniLM, 6 layers'),
     ('bge-small-en-v1.5', 384, 512, 'cls', false, 'BAAI/bge-small-en-v1.5',
-     'BAAI general embedding, small, English');
+     'BAAI general embedding, small, English')
+ON CONFLICT DO NOTHING;
 
 -- pgmq queues the triggers write to. `created_here` records whether our migration created the
 -- queue, so that uninstalling never drops a queue that existed before us (the Supabase guide
 -- creates `embedding_jobs` itself).
-CREATE TABLE embeddings.queues (
+CREATE TABLE IF NOT EXISTS embeddings.queues (
     name         text PRIMARY KEY,
     created_here boolean NOT NULL,
     live_queue   text  -- set on a backfill lane: the live queue it serves (embeddings.backfill_queue())
 );
 
 -- Watched tables: one row per (table, embedding column).
-CREATE TABLE embeddings.targets (
+CREATE TABLE IF NOT EXISTS embeddings.targets (
     id               integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     source           regclass NOT NULL,
     embedding_column name NOT NULL,
@@ -82,7 +83,7 @@ COMMENT ON TABLE embeddings.targets IS 'Tables whose rows embed-worker keeps emb
 
 -- Dead letters: one row per row key that exhausted its attempts, or per message that named no
 -- registered target. `message` is a one-row job that embeddings.retry_failures() re-sends as is.
-CREATE TABLE embeddings.failures (
+CREATE TABLE IF NOT EXISTS embeddings.failures (
     id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     target_id  integer REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     target     text NOT NULL,
@@ -93,12 +94,12 @@ CREATE TABLE embeddings.failures (
     last_error text NOT NULL,
     failed_at  timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX failures_target_id ON embeddings.failures (target_id);
+CREATE INDEX IF NOT EXISTS failures_target_id ON embeddings.failures (target_id);
 COMMENT ON TABLE embeddings.failures IS 'Dead-lettered embedding jobs; re-queue with embeddings.retry_failures() or `embed-worker failures --retry`';
 
 -- Rows embedded per target and minute, written by the worker with each batch; feeds the
 -- recent rate in embeddings.status. Old minutes are pruned by the worker.
-CREATE TABLE embeddings.throughput (
+CREATE TABLE IF NOT EXISTS embeddings.throughput (
     target_id integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     minute    timestamptz NOT NULL,
     rows      bigint NOT NULL,

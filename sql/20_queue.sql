@@ -116,7 +116,9 @@ BEGIN
     -- lanes: BEGIN (every live queue has a backfill queue beside it)
     IF (SELECT q.live_queue FROM embeddings.queues q WHERE q.name = queue_name) IS NULL THEN
         lane := embeddings.backfill_queue(queue_name);
-        IF embeddings.create_queue(lane, queue_name) AND to_regclass('embeddings.worker_roles') IS NOT NULL THEN
+        -- Not while the schema is being installed (80_roles.sql grants every queue then).
+        IF embeddings.create_queue(lane, queue_name)
+           AND to_regprocedure('embeddings.grant_worker_queue(name, text)') IS NOT NULL THEN
             PERFORM embeddings.grant_worker_queue(r.role_name, lane) FROM embeddings.worker_roles r;
         END IF;
     END IF;
@@ -125,18 +127,21 @@ END
 $$;
 
 -- Registers pgmq queue `queue_name` (created unless it exists); `live_queue` names the live
--- queue a backfill lane serves. Returns false when it was registered already.
+-- queue a backfill lane serves. Returns false when it was registered already; a registered
+-- queue gets back a missing pgmq queue.
 CREATE FUNCTION embeddings.create_queue(queue_name text, live_queue text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
     created boolean := false;
+    registered embeddings.queues;
 BEGIN
-    IF EXISTS (SELECT FROM embeddings.queues WHERE name = queue_name) THEN
-        RETURN false;
-    END IF;
+    SELECT * INTO registered FROM embeddings.queues q WHERE q.name = queue_name;
     IF NOT EXISTS (SELECT FROM pgmq.meta m WHERE m.queue_name = create_queue.queue_name) THEN
         PERFORM pgmq.create(queue_name);
         created := true;
+    END IF;
+    IF registered.name IS NOT NULL THEN
+        RETURN false;
     END IF;
     INSERT INTO embeddings.queues (name, created_here, live_queue) VALUES (queue_name, created, live_queue);
     RETURN true;

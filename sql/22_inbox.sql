@@ -23,7 +23,7 @@
 -- transaction's start, carried into the job message. No index and no foreign key: each would
 -- be paid by every watched statement; a target's rows go with it (forget_target), and moving
 -- joins the registry.
-CREATE TABLE embeddings.inbox (
+CREATE TABLE IF NOT EXISTS embeddings.inbox (
     target      integer NOT NULL,
     keys        integer NOT NULL,
     columns     jsonb NOT NULL,

@@ -20,60 +20,44 @@
 -- statement fires those of the table it names only); the row trigger is cloned to the
 -- partitions by Postgres.
 --
--- Rights: the functions of a target with a content column are SECURITY DEFINER, owned by the
--- owner of this schema (who may write the inbox and the queue), and run no user code. Trigger
--- functions cannot be called directly, so only a role that may write the table, writing it,
--- enqueues, and only for that table. A content function is user code: the functions that call
--- it run as the table's owner instead (SECURITY DEFINER, owned by that role), never with more
--- rights than the owner's, and send through embeddings_<id>_enqueue(), which only the table's
--- owner may execute.
--- They never make the user's statement fail: schema changes regenerate them in the same
--- transaction, and a content function that raises is caught.
+-- Rights: the statement and replica trigger functions are SECURITY DEFINER, owned by the owner
+-- of this schema (who may write the inbox and the queue), and run no code of the table owner's:
+-- a content function is evaluated only through the target's wrapper
+-- embeddings_<id>_content(row), which runs as the table's owner (sql/32_access.sql), and keys
+-- are compared and rendered without anything the owner can define (sql/25_keys.sql). The clear
+-- trigger only edits NEW: invoker's rights for a content column; for a content function, the
+-- table owner's (below). Trigger functions cannot be called directly, and only the clear
+-- trigger's may be used by others' triggers, so only a role that may write the table, writing
+-- it, enqueues, and only for that table. They never make the user's statement fail: schema
+-- changes regenerate them in the same transaction, and a content function that raises is
+-- caught.
 
--- The content of row alias `row_alias` as text (a column, or the content function applied to
--- the row). `row_type`, when given, rebuilds the row as the source's row type: a partition's
--- rows have the partition's own type.
-CREATE FUNCTION embeddings.content_sql(t embeddings.targets, row_alias text, row_type regclass DEFAULT NULL)
+-- The content of row alias `row_alias` as text: the content column's text, or the content
+-- function applied to the row, through the target's wrapper (`wrapped`, wherever code runs with
+-- more rights than the table owner's) or called directly (in the functions that run as the
+-- owner). `row_type`, when given, rebuilds the row as the source's row type: a partition's rows
+-- have the partition's own type.
+CREATE FUNCTION embeddings.content_sql(t embeddings.targets, row_alias text, row_type regclass DEFAULT NULL,
+                                       wrapped boolean DEFAULT true)
 RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE
-        WHEN t.content_column IS NOT NULL THEN format('(%I.%I)::pg_catalog.text', row_alias, t.content_column)
-        WHEN row_type IS NULL THEN
-            (SELECT format('%I.%I(%I.*)', n.nspname, p.proname, row_alias)
-             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-             WHERE p.oid = t.content_function)
-        ELSE
-            (SELECT format('%I.%I(ROW(%s)::%s)', n.nspname, p.proname,
-                           (SELECT string_agg(format('%I.%I', row_alias, a.attname), ', ' ORDER BY a.attnum)
-                            FROM pg_attribute a
-                            WHERE a.attrelid = row_type AND a.attnum > 0 AND NOT a.attisdropped),
-                           row_type)
-             FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
-             WHERE p.oid = t.content_function)
+        WHEN t.content_column IS NOT NULL THEN
+            embeddings.text_sql((SELECT a.atttypid::regtype FROM pg_catalog.pg_attribute a
+                                 WHERE a.attrelid = t.source AND a.attnum = t.content_attnum),
+                                format('%I.%I', row_alias, t.content_column))
+        ELSE format('%s(%s)',
+                    CASE WHEN wrapped THEN format('embeddings.%I', 'embeddings_' || t.id || '_content')
+                         ELSE (SELECT format('%I.%I', n.nspname, p.proname)
+                               FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                               WHERE p.oid = t.content_function) END,
+                    CASE WHEN row_type IS NULL THEN quote_ident(row_alias)
+                         ELSE format('ROW(%s)::%s',
+                                     (SELECT string_agg(format('%I.%I', row_alias, a.attname), ', ' ORDER BY a.attnum)
+                                      FROM pg_catalog.pg_attribute a
+                                      WHERE a.attrelid = row_type AND a.attnum > 0 AND NOT a.attisdropped),
+                                     row_type) END)
     END
-$$;
-
--- The row key of row alias `row_alias` as it goes into a message: the key column itself (its
--- JSON form is a scalar), or a JSON array of the key columns.
-CREATE FUNCTION embeddings.key_sql(t embeddings.targets, row_alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN cardinality(t.key_columns) = 1 THEN format('%I.%I', row_alias, t.key_columns[1])
-           ELSE format('pg_catalog.jsonb_build_array(%s)',
-                       (SELECT string_agg(format('%I.%I', row_alias, c), ', ' ORDER BY i)
-                        FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)))
-           END
-$$;
-
--- "Same key" between two row aliases, with each key type's own equality operator (qualified:
--- the generated functions run with search_path = pg_catalog).
-CREATE FUNCTION embeddings.key_equal_sql(t embeddings.targets, left_alias text, right_alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT string_agg(format('%1$I.%3$I OPERATOR(%4$I.=) %2$I.%3$I', left_alias, right_alias, k.c,
-                             coalesce((SELECT o.oprnamespace::regnamespace::name FROM pg_operator o
-                                       WHERE o.oprname = '=' AND o.oprleft = k.ty AND o.oprright = k.ty
-                                       LIMIT 1), 'pg_catalog')),
-                      ' AND ' ORDER BY k.i)
-    FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)
 $$;
 
 -- Columns whose change can change the content: the content column, or, for a generated
@@ -97,47 +81,53 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- The statement that enqueues the keys of the rows `from_where` selects (it binds alias n); 0
--- rows send nothing. `via_enqueue`: through embeddings_<id>_enqueue(), as job messages.
--- Otherwise as rows of the inbox (22_inbox.sql) in the column shape (20_queue.sql), one per
--- inbox_keys_per_row() keys (one for any statement of up to 4,096 rows), and nothing else:
--- workers look for work themselves (embeddings.wait_for_jobs() says why). Each key column is
--- aggregated once and sliced: an integer column's slice goes as its array text ('{1,2,3}'), any other as a JSON
--- array. Encoding no key per row matters: a JSON array per composite key cost a 100k-row
--- INSERT's trigger ~4x the aggregation itself, and to_jsonb() of integers (through numeric)
--- ~3x their array text. A column of a variable-width type (text, numeric, ...) is sliced as
--- one jsonb array: slicing a Postgres array of such elements walks it from its start, so the
--- slices of n keys would cost O(n^2).
-CREATE FUNCTION embeddings.enqueue_statement(t embeddings.targets, from_where text, via_enqueue boolean) RETURNS text
+-- rows send nothing. As rows of the inbox (22_inbox.sql) in the column shape (20_queue.sql), one
+-- per inbox_keys_per_row() keys (one for any statement of up to 4,096 rows), and nothing
+-- else: workers look for work themselves (embeddings.wait_for_jobs() says why). Each key column
+-- is aggregated once and sliced: an integer column's slice goes as its array text ('{1,2,3}'), any other as a JSON
+-- array (of the values as key_part_json_sql() writes them: a type that is not a built-in scalar
+-- as the strings of its text). Encoding no key per row matters: a JSON array per composite key
+-- cost a 100k-row INSERT's trigger ~4x the aggregation itself, and to_jsonb() of integers
+-- (through numeric) ~3x their array text. A column of a variable-width type (text, numeric,
+-- ...) is sliced as one jsonb array: slicing a Postgres array of such elements walks it from its
+-- start, so the slices of n keys would cost O(n^2).
+CREATE FUNCTION embeddings.enqueue_statement(t embeddings.targets, from_where text) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT CASE
-    WHEN via_enqueue THEN
-        format('PERFORM embeddings.%I(ARRAY(SELECT pg_catalog.to_jsonb(%s) %s))',
-               'embeddings_' || t.id || '_enqueue', embeddings.key_sql(t, 'n'), from_where)
-    ELSE format(
+    WITH k AS (
+        SELECT u.c, u.ty, u.i - 1 AS n,
+               CASE WHEN NOT embeddings.builtin_scalar(u.ty) THEN 'text'
+                    WHEN embeddings.base_type(u.ty) = ANY ('{int2,int4,int8}'::regtype[]) THEN 'int'
+                    WHEN (SELECT ty.typlen FROM pg_catalog.pg_type ty WHERE ty.oid = embeddings.base_type(u.ty)) > 0
+                    THEN 'fixed'
+                    ELSE 'variable' END AS class
+        FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS u(c, ty, i)
+    )
+    SELECT format(
         'INSERT INTO embeddings.inbox (target, keys, columns) '
         'SELECT %1$s, LEAST(s.keys - i + 1, %3$s), '
         'pg_catalog.jsonb_build_array(%4$s) '
         'FROM (SELECT pg_catalog.count(*)::integer AS keys, %5$s %6$s) AS s, '
         'pg_catalog.generate_series(1, s.keys, %3$s) AS i',
         t.id, t.queue, embeddings.inbox_keys_per_row(),
-        (SELECT string_agg(format(CASE WHEN k.ty = ANY ('{int2,int4,int8}'::regtype[])
-                                           THEN '(s.k%1$s[i : i + %2$s - 1])::pg_catalog.text'
-                                       WHEN ty.typlen > 0
-                                           THEN 'pg_catalog.to_jsonb(s.k%1$s[i : i + %2$s - 1])'
-                                       ELSE 'pg_catalog.jsonb_path_query_array(s.k%1$s, ''$[$a to $b]'', '
-                                            'pg_catalog.jsonb_build_object(''a'', i - 1, ''b'', i + %2$s - 2))' END,
-                                  k.i - 1, embeddings.inbox_keys_per_row()), ', ' ORDER BY k.i)
-         FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i) JOIN pg_type ty ON ty.oid = k.ty),
-        (SELECT string_agg(format(CASE WHEN ty.typlen > 0 THEN 'pg_catalog.array_agg(n.%1$I) AS k%2$s'
-                                       ELSE 'pg_catalog.to_jsonb(pg_catalog.array_agg(n.%1$I)) AS k%2$s' END,
-                                  k.c, k.i - 1), ', ' ORDER BY k.i)
-         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i) JOIN pg_type ty ON ty.oid = k.ty),
+        (SELECT string_agg(format(CASE k.class
+                                      WHEN 'int' THEN '(s.k%1$s[i : i + %2$s - 1])::pg_catalog.text'
+                                      WHEN 'fixed' THEN 'pg_catalog.to_jsonb(s.k%1$s[i : i + %2$s - 1])'
+                                      ELSE 'pg_catalog.jsonb_path_query_array(s.k%1$s, ''$[$a to $b]'', '
+                                           'pg_catalog.jsonb_build_object(''a'', i - 1, ''b'', i + %2$s - 2))' END,
+                                  k.n, embeddings.inbox_keys_per_row()), ', ' ORDER BY k.n)
+         FROM k),
+        (SELECT string_agg(format(CASE k.class
+                                      WHEN 'text' THEN 'pg_catalog.to_jsonb(pg_catalog.array_agg(pg_catalog.format(''%%s'', n.%1$I))) AS k%2$s'
+                                      WHEN 'variable' THEN 'pg_catalog.to_jsonb(pg_catalog.array_agg(%3$s)) AS k%2$s'
+                                      ELSE 'pg_catalog.array_agg(%3$s) AS k%2$s' END,
+                                  k.c, k.n, embeddings.as_base_sql(k.ty, format('n.%I', k.c))), ', ' ORDER BY k.n)
+         FROM k),
         from_where)
-    END
 $$;
 
 -- Creates (or replaces) the trigger functions of target t. SECURITY DEFINER: whoever causes the
 -- regeneration (a DDL statement's event trigger), the functions belong to this schema's owner.
+-- The content function's wrapper (sql/32_access.sql) must exist first.
 CREATE FUNCTION embeddings.generate_functions(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -145,7 +135,6 @@ DECLARE
     by_function boolean := t.content_function IS NOT NULL;
     partitioned boolean := (SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = t.source);
     row_type regclass := CASE WHEN partitioned THEN t.source END;
-    table_owner regrole := (SELECT c.relowner::regrole FROM pg_class c WHERE c.oid = t.source);
     new_content text := embeddings.content_sql(t, 'n', row_type);
     old_content text := embeddings.content_sql(t, 'o', row_type);
     inserted text;
@@ -157,7 +146,26 @@ DECLARE
     -- chunks yet (sql/55_chunks.sql), whatever the source holds.
     unembedded text := CASE WHEN t.chunk_table IS NULL THEN format('n.%I IS NULL', t.embedding_column)
                             ELSE 'true' END;
+    table_owner name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
+    fn regprocedure;
 BEGIN
+    -- Before 0.2.0 a content-function target's statement trigger functions were its table
+    -- owner's, and sent through embeddings_<id>_enqueue(): ours now (a replacement keeps the
+    -- owner).
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proowner <> current_user::regrole
+          AND p.proname IN (prefix || '_insert', prefix || '_update', prefix || '_replica')
+    LOOP
+        EXECUTE format('ALTER FUNCTION %s OWNER TO %I', fn, current_user);
+    END LOOP;
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proname = prefix || '_enqueue'
+    LOOP
+        EXECUTE format('DROP FUNCTION %s', fn);
+    END LOOP;
+
     inserted := format('FROM new_rows n WHERE %s AND %s OPERATOR(pg_catalog.<>) ''''',
                        unembedded, new_content);
     -- A row whose key changed has no old row: it counts as changed.
@@ -166,25 +174,6 @@ BEGIN
     IF t.clear_on_update THEN
         -- A change to blank content needs no job: the clear trigger already cleared the row.
         changed := changed || format(' AND %s OPERATOR(pg_catalog.<>) ''''', new_content);
-    END IF;
-
-    IF by_function THEN
-        EXECUTE format(
-            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I(keys jsonb[]) RETURNS void
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            BEGIN
-                -- Sliced as one jsonb array: slicing a jsonb[] walks it from its start each time, O(n^2).
-                INSERT INTO pgmq.%2$I (vt, message)
-                SELECT pg_catalog.clock_timestamp(),
-                       pg_catalog.jsonb_build_object('target', %3$s, 'keys', pg_catalog.jsonb_path_query_array(
-                           s.all_keys, '$[$a to $b]', pg_catalog.jsonb_build_object('a', i - 1, 'b', i + %4$s - 2)))
-                FROM (SELECT pg_catalog.to_jsonb(keys) AS all_keys) AS s,
-                     pg_catalog.generate_series(1, pg_catalog.cardinality(keys), %4$s) AS i;
-            END
-            $body$ $f$,
-            prefix || '_enqueue', pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.keys_per_message());
-        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I(jsonb[]) FROM PUBLIC', prefix || '_enqueue');
-        EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I(jsonb[]) TO %I', prefix || '_enqueue', table_owner);
     END IF;
 
     -- INSERT and UPDATE. A content function that raises (for any row) must not fail the write:
@@ -201,18 +190,14 @@ BEGIN
             END
             $body$ $f$,
             prefix || '_' || body,
-            embeddings.enqueue_statement(t, CASE body WHEN 'insert' THEN inserted ELSE changed END, by_function),
+            embeddings.enqueue_statement(t, CASE body WHEN 'insert' THEN inserted ELSE changed END),
             CASE WHEN by_function THEN format(
                 E'\n            EXCEPTION WHEN OTHERS THEN\n'
                  '                RAISE WARNING ''embeddings: content function of %% failed (%%); enqueued the rows unfiltered'', %s, SQLERRM;\n'
                  '                %s;\n'
                  '                RETURN NULL;',
-                quote_literal(t.source::text), embeddings.enqueue_statement(t, fallback, true))
+                quote_literal(t.source::text), embeddings.enqueue_statement(t, fallback))
             ELSE '' END);
-        IF by_function THEN
-            -- User code runs with the table owner's rights, not ours.
-            EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', prefix || '_' || body, table_owner);
-        END IF;
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_' || body);
     END LOOP;
 
@@ -235,9 +220,12 @@ BEGIN
             CASE WHEN t.chunk_table IS NULL THEN format('NEW.%I IS NULL', t.embedding_column) ELSE 'true' END,
             embeddings.content_sql(t, 'new', row_type), embeddings.key_equal_sql(t, 'old', 'new'),
             embeddings.content_sql(t, 'old', row_type),
-            pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.key_sql(t, 'new'),
+            pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.key_json_sql(t, 'new'),
             CASE WHEN by_function THEN E'\n            EXCEPTION WHEN OTHERS THEN\n                RETURN NULL;' ELSE '' END);
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_replica');
+        -- A row trigger: Postgres clones it onto each partition created or attached, checking
+        -- that whoever does so may EXECUTE it. The table's owner may (no one else: it queues).
+        EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I() TO %I', prefix || '_replica', table_owner);
     END IF;
 
     IF NOT t.clear_on_update OR t.chunk_table IS NOT NULL THEN
@@ -248,16 +236,33 @@ BEGIN
     -- (any type has a text form; not every type has an equality operator).
     IF by_function THEN
         -- A content function is user code and may raise (for the very row being fixed): then
-        -- it cannot tell, and clears.
-        body := format(
-            $b$IF %1$s IS DISTINCT FROM %2$s THEN
-                    NEW.%3$I := NULL;
+        -- it cannot tell, and clears. It only edits NEW and runs only the owner's code, so it is
+        -- the table owner's, SECURITY DEFINER, like the functions of sql/32_access.sql (not ours
+        -- calling the wrapper): Postgres clones a row trigger onto every partition created or
+        -- attached, and checks that the role doing so may EXECUTE its function; the owner may,
+        -- and so does whoever owns the table after a REASSIGN OWNED (which carries it along).
+        EXECUTE format(
+            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            BEGIN
+                IF %2$s IS DISTINCT FROM %3$s THEN
+                    NEW.%4$I := NULL;
                 END IF;
                 RETURN NEW;
             EXCEPTION WHEN OTHERS THEN
-                NEW.%3$I := NULL;  -- cannot compare: the embedding may be stale
-                RETURN NEW;$b$,
-            embeddings.content_sql(t, 'old', row_type), embeddings.content_sql(t, 'new', row_type), t.embedding_column);
+                NEW.%4$I := NULL;  -- cannot compare: the embedding may be stale
+                RETURN NEW;
+            END
+            $body$ $f$,
+            prefix || '_clear', embeddings.content_sql(t, 'old', row_type, wrapped => false),
+            embeddings.content_sql(t, 'new', row_type, wrapped => false), t.embedding_column);
+        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_clear');
+        PERFORM embeddings.give_owner_path(format('embeddings.%I()', prefix || '_clear')::regprocedure,
+                                           (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
+        IF table_owner <> current_user THEN
+            EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', prefix || '_clear', table_owner);
+        END IF;
+        RETURN;
     ELSIF cardinality(inputs) = 0 THEN
         body := 'RETURN NEW;';  -- generated from constants: it never changes
     ELSE
@@ -266,11 +271,15 @@ BEGIN
                     NEW.%2$I := NULL;
                 END IF;
                 RETURN NEW;$b$,
-            (SELECT string_agg(format('(OLD.%1$I)::pg_catalog.text IS DISTINCT FROM (NEW.%1$I)::pg_catalog.text', c), ' OR ')
-             FROM unnest(inputs) AS c),
+            (SELECT string_agg(format('%s IS DISTINCT FROM %s', embeddings.text_sql(a.atttypid, format('OLD.%I', c)),
+                                      embeddings.text_sql(a.atttypid, format('NEW.%I', c))), ' OR ')
+             FROM unnest(inputs) AS c
+             JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = c AND NOT a.attisdropped),
             t.embedding_column);
     END IF;
-    -- Invoker's rights: it only edits NEW.
+    -- Invoker's rights: it only edits NEW, and runs nothing of the table owner's (values of a
+    -- type that is not built in are compared by their output function's text). EXECUTE stays
+    -- with PUBLIC: whoever creates or attaches a partition clones it (see above).
     EXECUTE format(
         $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
             BEGIN
@@ -293,10 +302,11 @@ LANGUAGE sql STABLE AS $$
 $$;
 
 -- Brings target t's triggers in line with its registration and its table as it is now: the
--- functions regenerated, statement triggers on the table and each of its partitions (dropped
--- from tables no longer covered), the row triggers, replica mode. With has_triggers false, or
--- a problem, drops them. Returns the tables newly covered (partitions attached since), whose
--- rows the caller may need to enqueue.
+-- functions regenerated (the table owner's too, sql/32_access.sql), statement triggers on the
+-- table and each of its partitions (dropped from tables no longer covered), the row triggers,
+-- replica mode. With has_triggers false, drops the triggers; with a problem, the functions
+-- too. Returns the tables newly covered (partitions attached since), whose rows the caller may
+-- need to enqueue.
 CREATE FUNCTION embeddings.install_triggers(t embeddings.targets) RETURNS regclass[]
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -305,7 +315,15 @@ DECLARE
     added regclass[] := '{}';
     fired text := CASE WHEN t.replica THEN 'ALWAYS ' ELSE '' END;
 BEGIN
-    IF NOT t.has_triggers OR t.problem IS NOT NULL THEN
+    IF t.problem IS NOT NULL THEN
+        PERFORM embeddings.drop_triggers(t);
+        PERFORM embeddings.drop_access(t);
+        RETURN added;
+    END IF;
+    -- The functions through which the worker (and our own code) reaches the table, running as
+    -- its owner: every target has them, with triggers or not (sql/32_access.sql).
+    PERFORM embeddings.generate_access(t);
+    IF NOT t.has_triggers THEN
         PERFORM embeddings.drop_triggers(t);
         RETURN added;
     END IF;
@@ -360,7 +378,8 @@ $$;
 REVOKE ALL ON FUNCTION embeddings.install_triggers(embeddings.targets) FROM PUBLIC;
 
 -- Drops target t's triggers (all, or only those on tables it no longer covers: detached
--- partitions) and, when all go, its generated functions.
+-- partitions) and, when all go, its trigger functions (and the _enqueue function of versions
+-- before 0.2.0).
 CREATE FUNCTION embeddings.drop_triggers(t embeddings.targets, only_uncovered boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE

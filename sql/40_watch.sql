@@ -15,38 +15,24 @@ LANGUAGE sql STABLE AS $$
     WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
 $$;
 
--- Enqueues the rows of `rel` (target t's table, or one of its partitions) that have content
--- and no embedding (no chunk, for a chunked target), or with `every_row` all that have
--- content. A content function that raises for some row must not make this fail: then the rows
--- go unfiltered, and the worker dead-letters the culprits with their error. Returns the number
--- of messages sent, to target t's lane `lane` (embeddings.enqueue_keys(): existing rows are
--- backfill work, behind the application's writes).
-CREATE FUNCTION embeddings.enqueue_rows(t embeddings.targets, rel regclass, every_row boolean DEFAULT false,
-                                        lane text DEFAULT 'backfill')
+-- Enqueues the keys of the rows of `rel` (target t's table, or one of its partitions: a
+-- partition attached with its rows) that have no embedding (no chunk, for a chunked target) and
+-- content in their content column, on target t's lane `lane` (embeddings.enqueue_keys():
+-- existing rows are backfill work, behind the application's writes). A content function is
+-- never evaluated here (this runs in the event trigger, as its superuser owner): its rows are
+-- queued by key, and the worker clears what turns out blank. Returns the number of messages
+-- sent.
+CREATE FUNCTION embeddings.enqueue_rows(t embeddings.targets, rel regclass, lane text DEFAULT 'backfill')
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    row_type regclass := CASE WHEN rel <> t.source THEN t.source END;
-    from_where text := format('FROM %s n WHERE %s', rel,
-        CASE WHEN every_row THEN 'true' ELSE embeddings.embedding_missing_sql(t, 'n') END);  -- 55_chunks.sql
-    statement text := 'SELECT embeddings.enqueue_keys($1, array_agg(' || embeddings.key_sql(t, 'n') || '), 0, $2) ';
     sent integer;
 BEGIN
-    BEGIN
-        -- Every row: those holding a vector but no content too (their content column was
-        -- dropped and added again), so that the worker clears their vectors. (A chunked target
-        -- keeps no vector in the row.)
-        EXECUTE statement || from_where || format(' AND (%s <> ''''%s)', embeddings.content_sql(t, 'n', row_type),
-                CASE WHEN every_row AND t.chunk_table IS NULL
-                     THEN format(' OR n.%I IS NOT NULL', t.embedding_column) ELSE '' END)
-            INTO sent USING t.id, lane;
-    EXCEPTION WHEN OTHERS THEN
-        IF t.content_function IS NULL THEN
-            RAISE;
-        END IF;
-        RAISE WARNING 'embeddings: content function of % failed (%); enqueued the rows unfiltered', rel, SQLERRM;
-        EXECUTE statement || from_where INTO sent USING t.id, lane;
-    END;
+    EXECUTE format('SELECT embeddings.enqueue_keys($1, pg_catalog.array_agg(%s), 0, $2) FROM %s n WHERE %s%s',
+                   embeddings.key_json_sql(t, 'n'), rel, embeddings.embedding_missing_sql(t, 'n'),  -- 55_chunks.sql
+                   CASE WHEN t.content_column IS NOT NULL
+                        THEN format(' AND (%s) OPERATOR(pg_catalog.<>) ''''', embeddings.content_sql(t, 'n')) ELSE '' END)
+        INTO sent USING t.id, lane;
     RETURN sent;
 END
 $$;
@@ -184,13 +170,14 @@ BEGIN
                       HINT = format('Add one: ALTER TABLE %s ADD UNIQUE (%s).', source, array_to_string(key, ', '));
         END IF;
     END IF;
+    -- Keys are compared and ordered only with their type's default btree operator class: an
+    -- operator found by name could be the table owner's (sql/25_keys.sql).
     FOR i IN 1 .. cardinality(key_regtypes) LOOP
-        BEGIN
-            EXECUTE format('SELECT NULL::%1$s = NULL::%1$s', key_regtypes[i]);
-        EXCEPTION WHEN OTHERS THEN
-            RAISE EXCEPTION 'key column %.% has type %, which has no equality operator', source, key_names[i], key_regtypes[i]
-                USING ERRCODE = 'feature_not_supported';
-        END;
+        IF embeddings.key_operator(key_regtypes[i], 3) IS NULL OR embeddings.key_operator(key_regtypes[i], 5) IS NULL THEN
+            RAISE EXCEPTION 'key column %.% has type %, which has no default btree operator class', source, key_names[i], key_regtypes[i]
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'Row keys must be of a type with btree equality and order; name another unique key with key => array[...].';
+        END IF;
     END LOOP;
 
     -- The content: a text column, else a function of the row type returning text.
@@ -386,9 +373,9 @@ BEGIN
     END IF;
 
     PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
-    PERFORM embeddings.install_triggers(t);
-    -- Worker roles set up by embeddings.grant_worker() serve this table too. (The function is
-    -- defined in 80_roles.sql; plpgsql resolves it when this line runs.)
+    PERFORM embeddings.install_triggers(t);  -- and the functions the worker reads and writes through
+    -- Worker roles set up by embeddings.grant_worker() serve this table too: its queues. (The
+    -- function is defined in 80_roles.sql; plpgsql resolves it when this line runs.)
     PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
 
     -- Existing rows: those with content and no embedding, or every row with content when the
@@ -429,15 +416,14 @@ BEGIN
 END
 $$;
 
--- Unregisters target t: its triggers and worker policies (where its table still exists), its
--- queued jobs, its registration (failures and throughput go with it). Workers notice: its id is
--- gone from the registry they compare before serving a batch.
+-- Unregisters target t: its triggers and functions, its queued jobs, its registration
+-- (failures and throughput go with it), and tells workers.
 CREATE FUNCTION embeddings.forget_target(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql AS $$
 BEGIN
+    PERFORM embeddings.drop_access(t);
     IF EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN
         PERFORM embeddings.drop_triggers(t);
-        PERFORM embeddings.drop_worker_policies(t);
     END IF;
     -- model change: a change in progress goes (its shadow column is ours)
     IF EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = t.id)

@@ -1,5 +1,5 @@
 -- Target definitions: the version a worker's write is checked against, and the rule for which
--- content functions may run with the worker's (often privileged) rights.
+-- content functions may run with the table owner's rights.
 
 -- Locks target `target_id`'s registration FOR SHARE until the end of the calling transaction
 -- and returns its definition version (NULL when the target is gone). The worker calls it first
@@ -17,38 +17,30 @@ REVOKE ALL ON FUNCTION embeddings.lock_target_version(integer) FROM PUBLIC;
 -- the definition version; the worker's write calls it for each target, in id order. ALTER
 -- TABLE takes the table first and then, in the event trigger that follows renames, the
 -- registration row: the same order makes the two wait in line instead of deadlocking. The
--- write needs ROW EXCLUSIVE on the table, but the worker holds only a column's UPDATE
--- privilege, which LOCK TABLE does not accept: planning an UPDATE of that column (EXPLAIN, so
--- nothing runs and no trigger fires) takes the same lock with the same privilege, so this runs
--- with the caller's rights. A chunked target only reads its table: ACCESS SHARE. Names stale
--- by now (renamed meanwhile) lock nothing: the version returned is then a newer one, and the
--- batch is handed back. Nothing to lock once the table is gone.
+-- write needs ROW EXCLUSIVE on the table (a chunked target only reads it: ACCESS SHARE), taken
+-- by the target's embeddings_<id>_lock(), which runs as the table's owner (sql/32_access.sql):
+-- worker roles hold no privilege on the table. SECURITY DEFINER: worker roles are granted this
+-- function, not the lock functions. A table gone, or functions that cannot serve it now (their
+-- problem is the worker's to report): nothing to lock, the version all the same.
 CREATE FUNCTION embeddings.lock_target(target_id integer) RETURNS integer
-LANGUAGE plpgsql AS $$
-DECLARE
-    t record;
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    SELECT tg.source, tg.embedding_column, tg.chunk_table INTO t
-    FROM embeddings.targets tg WHERE tg.id = lock_target.target_id;
-    BEGIN
-        IF t.source IS NULL THEN
+    IF EXISTS (SELECT FROM pg_proc p WHERE p.pronamespace = 'embeddings'::regnamespace
+               AND p.proname = 'embeddings_' || target_id || '_lock') THEN
+        BEGIN
+            EXECUTE format('SELECT embeddings.%I()', 'embeddings_' || target_id || '_lock');
+        EXCEPTION WHEN undefined_table OR undefined_function OR SQLSTATE 'EW001' THEN
             NULL;
-        ELSIF t.chunk_table IS NOT NULL THEN
-            EXECUTE format('LOCK TABLE %s IN ACCESS SHARE MODE', t.source);
-        ELSE
-            EXECUTE format('EXPLAIN UPDATE %s SET %I = %I WHERE false',
-                           t.source, t.embedding_column, t.embedding_column);
-        END IF;
-    EXCEPTION WHEN undefined_column OR undefined_table THEN
-        NULL;
-    END;
+        END;
+    END IF;
     RETURN embeddings.lock_target_version(target_id);
 END
 $$;
+REVOKE ALL ON FUNCTION embeddings.lock_target(integer) FROM PUBLIC;
 
--- Refuses a content function that cannot be trusted to run as the worker or sweep() (often a
--- superuser): one whose owner is neither the table's owner nor a superuser (anyone who owns
--- it can redefine it later), and a VOLATILE one (its result can change between loading the
+-- Refuses a content function that cannot be trusted to run with the table owner's rights (as
+-- it does: sql/32_access.sql): one whose owner is neither the table's owner nor a superuser
+-- (anyone who owns it can redefine it later), and a VOLATILE one (its result can change between loading the
 -- content and writing the vector, so the content check of the write could never match).
 CREATE FUNCTION embeddings.check_content_function(source regclass, fn regprocedure) RETURNS void
 LANGUAGE plpgsql STABLE AS $$
@@ -69,8 +61,8 @@ BEGIN
         RAISE EXCEPTION 'content function % is owned by %, not by the owner of % (%) or a superuser',
                 fn, pg_get_userbyid(fn_owner), source, pg_get_userbyid(table_owner)
             USING ERRCODE = 'insufficient_privilege',
-                  HINT = format('The worker and embeddings.sweep() run it with their own rights; '
-                                'ALTER FUNCTION %s OWNER TO %I if that role should be trusted with it.',
+                  HINT = format('It runs with the rights of the table''s owner; '
+                                'ALTER FUNCTION %s OWNER TO %I if that role should be trusted with them.',
                                 fn, pg_get_userbyid(table_owner));
     END IF;
 END

@@ -11,7 +11,7 @@
 -- model's vectors into the other model's column.
 
 -- The change in progress of a target (at most one).
-CREATE TABLE embeddings.model_changes (
+CREATE TABLE IF NOT EXISTS embeddings.model_changes (
     target_id     integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     model         text NOT NULL REFERENCES embeddings.models (name),
     shadow_column name NOT NULL,
@@ -26,7 +26,7 @@ COMMENT ON TABLE embeddings.model_changes IS 'Model changes in progress: the sha
 -- during a change (shadow true): registry name, revision (the model file's digest or hub
 -- revision) and variant. Written by the first worker write, checked by every later one: a
 -- worker running another revision or variant does not write there (it defers the target).
-CREATE TABLE embeddings.provenance (
+CREATE TABLE IF NOT EXISTS embeddings.provenance (
     target_id   integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     shadow      boolean NOT NULL,
     model       text NOT NULL,
@@ -142,7 +142,6 @@ BEGIN
     EXECUTE format('CREATE INDEX %I ON %s ((true)) WHERE %I IS NULL',
                    embeddings.missing_index_name(t.id), t.source, shadow);
     PERFORM set_config('embeddings.following', following, true);
-    PERFORM embeddings.grant_worker_shadow(r.role_name, t.source, shadow) FROM embeddings.worker_roles r;
     -- In-flight batches read under the old definition are handed back and redone with both models.
     UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
@@ -153,18 +152,13 @@ BEGIN
     -- Rows to do, for the progress: counted on small tables, estimated on large ones.
     total := round(embeddings.target_rows(t));
     IF total <= embeddings.status_exact_rows() THEN
-        EXECUTE format('SELECT count(*) FROM %s', t.source) INTO total;
+        EXECUTE format('SELECT pg_catalog.count(*) FROM %s', t.source) INTO total;
     END IF;
     INSERT INTO embeddings.model_changes (target_id, model, shadow_column, keep_old, rows_total)
     VALUES (t.id, new_model, shadow, keep_old, total);
+    -- The functions that write the shadow column too (sql/32_access.sql).
+    PERFORM embeddings.generate_access(t);
     RETURN t.id;
-END
-$$;
-
-CREATE FUNCTION embeddings.grant_worker_shadow(role_name name, source regclass, shadow name) RETURNS void
-LANGUAGE plpgsql AS $$
-BEGIN
-    EXECUTE format('GRANT UPDATE (%I) ON %s TO %I', shadow, source, role_name);
 END
 $$;
 
@@ -226,7 +220,9 @@ BEGIN
     WHERE b.target_id = t.id AND b.lane = 'change';
     DELETE FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
     DELETE FROM embeddings.provenance p WHERE p.target_id = t.id AND p.shadow;
-    UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now() WHERE tg.id = t.id;
+    UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now() WHERE tg.id = t.id
+    RETURNING * INTO t;
+    PERFORM embeddings.generate_access(t);  -- no shadow column to write any more
     RETURN true;
 END
 $$;
@@ -243,16 +239,16 @@ $$;
 -- for. Locks are taken with a 2 s lock_timeout, so a busy table never queues its readers behind
 -- the swap for long (lock_not_available: try later).
 CREATE FUNCTION embeddings.complete_change(target_id integer) RETURNS text
-LANGUAGE plpgsql SET lock_timeout = '2s' AS $$
+LANGUAGE plpgsql SET lock_timeout = '2s' SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
     c embeddings.model_changes;
     change_jobs bigint;
     queuing boolean;
     pending jsonb[];
-    unqueued text;
+    unqueued jsonb[];
     missing bigint;
-    lost boolean;
+    ready boolean;
     old_index regclass;
     new_index regclass;
     old_index_name name;
@@ -277,16 +273,17 @@ BEGIN
     -- Rows with content still lacking the new vector, with no job (lost, dead-lettered, or
     -- given a vector of the old model by hand). Real content: whitespace-only content is
     -- cleared by the worker, never embedded.
+    -- The content is evaluated by the target's embeddings_<id>_unshadowed(), as the table's
+    -- owner (sql/32_access.sql).
     pending := ARRAY(SELECT p.k FROM embeddings.pending_keys(t) p);
-    unqueued := format('FROM %s n WHERE n.%I IS NULL AND (%s) ~ ''[^[:space:]]'' AND NOT (pg_catalog.to_jsonb(%s) = ANY($2))',
-                       t.source, c.shadow_column, embeddings.content_sql(t, 'n'), embeddings.key_sql(t, 'n'));
-    EXECUTE 'SELECT count(*) ' || unqueued INTO missing USING t.id, pending;
+    EXECUTE format('SELECT pg_catalog.array_agg(u.k) FROM embeddings.%I($1) AS u(k)', 'embeddings_' || t.id || '_unshadowed')
+        INTO unqueued USING pending;
+    missing := coalesce(cardinality(unqueued), 0);
     IF missing > 0 THEN
         IF EXISTS (SELECT FROM embeddings.failures f WHERE f.target_id = t.id) THEN
             RETURN format('%s rows lack the new vector and the target has dead letters (embed-worker failures)', missing);
         END IF;
-        EXECUTE format('SELECT embeddings.enqueue_keys($1, array_agg(%s), 0, ''change'') ', embeddings.key_sql(t, 'n'))
-                || unqueued USING t.id, pending;
+        PERFORM embeddings.enqueue_keys(t.id, unqueued, 0, 'change');
         RETURN format('%s rows lacked the new vector: queued', missing);
     END IF;
 
@@ -295,18 +292,15 @@ BEGIN
     -- wait for us and then see the new version.
     EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', t.source);
     PERFORM FROM embeddings.targets tg WHERE tg.id = t.id FOR UPDATE;
-    -- No row that has a vector may lose it (the partial index holds the rows to look at).
-    EXECUTE format('SELECT EXISTS (SELECT FROM %s n WHERE n.%I IS NULL AND n.%I IS NOT NULL)',
-                   t.source, c.shadow_column, t.embedding_column) INTO lost;
-    IF lost THEN
+    -- No row that has a vector may lose it (the partial index holds the rows to look at). And a
+    -- row whose content changed has its vector cleared (clear_on_update) and a job queued: its
+    -- new vector, of the old content, must not show up either. Both as the table's owner, by
+    -- embeddings_<id>_swap_prepare() (sql/32_access.sql): its triggers fire on that UPDATE.
+    pending := ARRAY(SELECT p.k FROM embeddings.pending_keys(t) p);
+    EXECUTE format('SELECT embeddings.%I($1)', 'embeddings_' || t.id || '_swap_prepare') INTO ready USING pending;
+    IF NOT ready THEN
         RETURN 'rows written meanwhile lack the new vector: not yet';
     END IF;
-    -- A row whose content changed has its vector cleared (clear_on_update) and a job queued:
-    -- its new vector, of the old content, must not show up either.
-    pending := ARRAY(SELECT p.k FROM embeddings.pending_keys(t) p);
-    EXECUTE format('UPDATE %1$s n SET %2$I = NULL WHERE n.%3$I IS NULL AND n.%2$I IS NOT NULL '
-                   'AND pg_catalog.to_jsonb(%4$s) = ANY($1)',
-                   t.source, c.shadow_column, t.embedding_column, embeddings.key_sql(t, 'n')) USING pending;
     SELECT n.nspname INTO rel_schema FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
     WHERE cl.oid = t.source;
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: the registry follows below
@@ -382,7 +376,7 @@ CREATE FUNCTION embeddings.change_status(
     OUT change_total_rows bigint, OUT change_rows_per_second double precision,
     OUT change_eta_seconds double precision
 )
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c embeddings.model_changes;
     queued bigint;
@@ -406,13 +400,20 @@ BEGIN
             (SELECT b.scanned_rows FROM embeddings.backfills b WHERE b.target_id = t.id AND b.lane = 'change'),
             c.rows_total), c.rows_total) - queued, 0);
     ELSE
+        -- Rows with the new vector, and rows with content (a content function is not evaluated
+        -- by status: its total is the one counted as the change began).
         BEGIN
-            EXECUTE format('SELECT count(s.%I), count(*) FILTER (WHERE s.%I IS NOT NULL OR (%s) ~ ''[^[:space:]]'') FROM %s s',
-                           c.shadow_column, c.shadow_column, embeddings.content_sql(t, 's'), t.source)
+            EXECUTE format('SELECT pg_catalog.count(s.%I), pg_catalog.count(*) FILTER (WHERE s.%I IS NOT NULL OR (%s) OPERATOR(pg_catalog.~) ''[^[:space:]]'') FROM %s s',
+                           c.shadow_column, c.shadow_column,
+                           CASE WHEN t.content_column IS NOT NULL THEN embeddings.content_sql(t, 's') ELSE 'NULL' END,
+                           t.source)
                 INTO change_done_rows, change_total_rows;
-        EXCEPTION WHEN OTHERS THEN  -- a content function that raises: the total as the change began
+        EXCEPTION WHEN OTHERS THEN  -- a table the caller may not read
             change_total_rows := c.rows_total;
         END;
+        IF t.content_column IS NULL THEN
+            change_total_rows := greatest(c.rows_total, change_done_rows);
+        END IF;
     END IF;
     change_rows_per_second := change_done_rows / greatest(extract(epoch FROM clock_timestamp() - c.started_at), 1);
     change_eta_seconds := CASE WHEN change_rows_per_second > 0

@@ -55,7 +55,9 @@ REVOKE ALL ON FUNCTION embeddings.forget_dropped_targets() FROM PUBLIC;
 
 DO $$
 BEGIN
-    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    IF EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'embeddings_forget_dropped') THEN
+        NULL;  -- installed already (a reinstall over an existing schema)
+    ELSIF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
         CREATE EVENT TRIGGER embeddings_forget_dropped ON sql_drop
             EXECUTE FUNCTION embeddings.forget_dropped_targets();
     ELSE
@@ -66,9 +68,11 @@ $$;
 
 -- Schema changes of watched tables: renames of the table, its key (a chunked target's chunk
 -- table's key columns follow), content or embedding column, a move to another schema, a
--- retyped content column, a new owner, partitions created, attached or detached. Target `target_id`'s registration is brought in line with its table:
--- column names re-read from the attribute numbers, trigger functions regenerated, triggers on
--- every partition (rows of newly attached partitions enqueued). What cannot be followed (the
+-- retyped content column, a new owner (the functions that run as the owner follow it),
+-- partitions created, attached or detached, an ALTER of the functions generated for it. Target
+-- `target_id`'s registration is brought in line with its table: column names re-read from the
+-- attribute numbers, trigger functions and the owner's functions regenerated, triggers on every
+-- partition (the keys of newly attached partitions' rows enqueued). What cannot be followed (the
 -- content or key column dropped) becomes the target's `problem`: its triggers go, the worker
 -- defers its jobs, status shows why; watch() again clears it.
 CREATE FUNCTION embeddings.refresh_target(target_id integer) RETURNS void
@@ -94,6 +98,17 @@ BEGIN
                 format('its content column %I was dropped; watch the table again with its new content', tg.content_column)
             WHEN tg.content_function IS NOT NULL AND NOT EXISTS (SELECT FROM pg_proc WHERE oid = tg.content_function) THEN
                 'its content function was dropped; create it again and watch the table again'
+            -- The table or the function changed hands: the function would run with the rights
+            -- of a role that did not write it (watch()'s rule, embeddings.check_content_function).
+            WHEN tg.content_function IS NOT NULL AND EXISTS (
+                    SELECT FROM pg_proc p JOIN pg_roles fr ON fr.oid = p.proowner
+                    WHERE p.oid = tg.content_function AND NOT fr.rolsuper
+                      AND p.proowner <> (SELECT c.relowner FROM pg_class c WHERE c.oid = before.source)) THEN
+                format('its content function %s is owned by %s, not by the table''s owner %s: it would run with '
+                       'the table owner''s rights; ALTER FUNCTION ... OWNER TO the table''s owner, then watch the table again',
+                       tg.content_function,
+                       (SELECT pg_get_userbyid(p.proowner) FROM pg_proc p WHERE p.oid = tg.content_function),
+                       (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = before.source))
         END
     FROM (SELECT
             (SELECT array_agg(a.attname ORDER BY k.i) FROM unnest(before.key_attnums) WITH ORDINALITY AS k(n, i)
@@ -129,7 +144,8 @@ $$;
 REVOKE ALL ON FUNCTION embeddings.refresh_target(integer) FROM PUBLIC;
 
 -- Called at the end of every ALTER TABLE, CREATE TABLE and ALTER FUNCTION: refreshes the
--- targets on the tables (or partition trees, or content functions) the command touched. It
+-- targets on the tables (or partition trees, content functions, generated functions) the
+-- command touched. It
 -- never fails the user's DDL: a target that cannot be refreshed gets a problem and a WARNING.
 CREATE FUNCTION embeddings.follow_schema_changes() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -147,6 +163,11 @@ BEGIN
           ON (c.classid = 'pg_class'::regclass
               AND (tg.source = c.objid OR tg.source IN (SELECT pg_partition_ancestors(c.objid))))
           OR (c.classid = 'pg_proc'::regclass AND c.objid = tg.content_function)
+          -- The functions generated for it, which its table's owner owns and may ALTER (to
+          -- SECURITY INVOKER, say): regenerated as they must be (sql/32_access.sql).
+          OR (c.classid = 'pg_proc'::regclass
+              AND EXISTS (SELECT FROM pg_proc p WHERE p.oid = c.objid
+                          AND p.proname ~ ('^embeddings_' || tg.id || '_[a-z_]+$')))
         ORDER BY tg.id
     LOOP
         BEGIN
@@ -167,7 +188,9 @@ REVOKE ALL ON FUNCTION embeddings.follow_schema_changes() FROM PUBLIC;
 
 DO $$
 BEGIN
-    IF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+    IF EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'embeddings_follow_schema_changes') THEN
+        NULL;  -- installed already (a reinstall over an existing schema)
+    ELSIF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
         CREATE EVENT TRIGGER embeddings_follow_schema_changes ON ddl_command_end
             WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER FUNCTION')
             EXECUTE FUNCTION embeddings.follow_schema_changes();

@@ -25,7 +25,7 @@ RETURNS TABLE (
     keys             bigint,
     oldest           timestamptz
 )
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY EXECUTE format(
         'SELECT g.target, g.schema_name, g.table_name, g.embedding_column, '
@@ -55,41 +55,33 @@ LANGUAGE sql STABLE AS $$
     SELECT coalesce(pg_stat_get_live_tuples(to_regclass(format('pgmq.%I', pgmq.format_table_name(queue, 'q')))), 0)
 $$;
 
--- Exact counts of target t: scans its table (and chunk table). Rows whose content is NULL or
--- blank (whitespace only) are `cleared_rows`: the worker keeps them without an embedding on
--- purpose. A chunked target's embedded rows are its documents with chunks (sql/55_chunks.sql).
+-- Exact counts of target t: scans its table (and chunk table), with the caller's rights. Rows
+-- whose content is NULL or blank (whitespace only) are `cleared_rows`: the worker keeps them
+-- without an embedding on purpose; NULL for a content function, which status never evaluates
+-- (it is the table owner's code: sql/32_access.sql). A chunked target's embedded rows are its
+-- documents with chunks (sql/55_chunks.sql).
 CREATE FUNCTION embeddings.exact_counts(t embeddings.targets,
     OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    content_sql text := CASE WHEN t.content_column IS NOT NULL THEN format('s.%I', t.content_column)
-                             ELSE format('%s(s)', t.content_function::regproc) END;
+    cleared text := CASE WHEN t.content_column IS NOT NULL
+                         THEN format('count(*) FILTER (WHERE (%1$s) IS NULL OR (%1$s) !~ ''[^[:space:]]'')',
+                                     embeddings.content_sql(t, 's'))
+                         ELSE 'NULL::bigint' END;
 BEGIN
     IF t.chunk_table IS NULL THEN
         BEGIN
-            EXECUTE format('SELECT count(*), count(s.%I), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
-                           t.embedding_column, content_sql, content_sql, t.source)
+            EXECUTE format('SELECT count(*), count(s.%I), %s FROM %s s', t.embedding_column, cleared, t.source)
                 INTO total_rows, embedded_rows, cleared_rows;
-        EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
-            BEGIN
-                EXECUTE format('SELECT count(*), count(s.%I), NULL::bigint FROM %s s', t.embedding_column, t.source)
-                    INTO total_rows, embedded_rows, cleared_rows;
-            EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone: the other targets still show
-                total_rows := NULL;
-                embedded_rows := NULL;
-                cleared_rows := NULL;
-            END;
+        EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone: the other targets still show
+            total_rows := NULL;
+            embedded_rows := NULL;
+            cleared_rows := NULL;
         END;
         chunks := NULL;
     ELSE
         BEGIN
-            EXECUTE format('SELECT count(*), count(*) FILTER (WHERE %s IS NULL OR %s !~ ''[^[:space:]]'') FROM %s s',
-                           content_sql, content_sql, t.source)
-                INTO total_rows, cleared_rows;
-        EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
-            EXECUTE format('SELECT count(*), NULL::bigint FROM %s', t.source) INTO total_rows, cleared_rows;
-        END;
-        BEGIN
+            EXECUTE format('SELECT count(*), %s FROM %s s', cleared, t.source) INTO total_rows, cleared_rows;
             SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
         EXCEPTION WHEN OTHERS THEN  -- the chunk table is gone: the other targets still show
             embedded_rows := NULL;
@@ -153,7 +145,7 @@ $$;
 -- content function. Chunked targets: chunks estimated likewise, embedded documents NULL.
 CREATE FUNCTION embeddings.estimated_counts(t embeddings.targets,
     OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     leaf regclass;
     n double precision;
@@ -203,6 +195,10 @@ $$;
 -- passed, scaled by the share without a vector, so pending_jobs is an estimate too while a
 -- backfill runs); NULL when no backfill runs. `index_deferred`: the HNSW index waits for the
 -- backfill's end (62_backfill.sql); search scans exactly meanwhile.
+-- SECURITY DEFINER, for this schema's owner and the worker roles (grant_worker(); grant it and
+-- SELECT on the views to a monitoring role likewise): it counts every watched table whoever
+-- reads the status, and evaluates nothing of the tables' owners (docs/security.md), so what
+-- it reads with its owner's rights is rows counted, never run.
 CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TABLE (
     target                 text,
     total_rows             bigint,
@@ -230,7 +226,7 @@ CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TAB
     change_rows_per_second double precision,
     change_eta_seconds     double precision
 )
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
     pending jsonb := '{}';  -- per queue: embeddings.queue_pending(), read once per call
@@ -244,7 +240,9 @@ BEGIN
         target := embeddings.target_name(t);
         target_id := t.id;
         model := t.model;
-        problem := t.problem;  -- why it is not served (a schema change it cannot follow)
+        -- Why it is not served: a schema change it cannot follow, or functions that cannot
+        -- run as its owner (sql/32_access.sql).
+        problem := coalesce(t.problem, embeddings.access_problem(t));
         estimated := NOT coalesce(exact, embeddings.target_rows(t) <= embeddings.status_exact_rows());
         IF estimated THEN
             SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.estimated_counts(t);
@@ -287,8 +285,14 @@ BEGIN
                                 ELSE greatest(1 - coalesce(embedded_rows, 0)::float8 / total_rows, 0) END)
             INTO backfill_rows
             FROM embeddings.backfills b WHERE b.target_id = t.id;
+        ELSIF EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id) THEN
+            BEGIN  -- counted as the table's owner, for the roles granted that (grant_worker())
+                backfill_rows := embeddings.backfill_rows_left(t);
+            EXCEPTION WHEN insufficient_privilege OR SQLSTATE 'EW001' THEN
+                backfill_rows := NULL;
+            END;
         ELSE
-            backfill_rows := embeddings.backfill_rows_left(t);
+            backfill_rows := NULL;
         END IF;
         pending_backfill := pending_backfill + coalesce(backfill_rows, 0);
         pending_jobs := pending_live + pending_backfill;
@@ -336,9 +340,10 @@ CREATE VIEW embeddings.status_exact AS
 COMMENT ON VIEW embeddings.status_exact IS 'embeddings.status with exact counts: scans every watched table';
 
 -- Re-queues dead letters (all, or those with the given ids) and removes them from
--- embeddings.failures. Returns how many were re-queued.
+-- embeddings.failures. Returns how many were re-queued. SECURITY DEFINER, for this schema's
+-- owner and the worker roles (`embed-worker failures --retry` under the worker's role).
 CREATE FUNCTION embeddings.retry_failures(ids bigint[] DEFAULT NULL) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     f embeddings.failures;
     retried integer := 0;

@@ -20,13 +20,6 @@
 -- reuse possible). The chunk table's key columns follow renames of the source's
 -- (embeddings.follow_chunk_keys, called by the schema-change event trigger).
 
--- "alias.k1 = chunk_alias.k1 AND ...": joins a source row to its chunks over the key columns.
-CREATE FUNCTION embeddings.chunk_join_sql(key_names name[], alias text, chunk_alias text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT string_agg(format('%1$I.%3$I = %2$I.%3$I', alias, chunk_alias, k), ' AND ' ORDER BY o)
-    FROM unnest(key_names) WITH ORDINALITY AS u(k, o)
-$$;
-
 -- A predicate true when the row of alias `alias` lacks its embedding: a NULL embedding column,
 -- or, for a chunked target, no chunk at all. Used by backfills and embeddings.sweep().
 CREATE FUNCTION embeddings.embedding_missing_sql(t embeddings.targets, alias text) RETURNS text
@@ -34,7 +27,7 @@ LANGUAGE sql STABLE AS $$
     SELECT CASE
         WHEN t.chunk_table IS NULL THEN format('%I.%I IS NULL', alias, t.embedding_column)
         ELSE format('NOT EXISTS (SELECT FROM %s c WHERE %s)', t.chunk_table,
-                    embeddings.chunk_join_sql(t.key_columns, alias, 'c'))
+                    embeddings.key_equal_sql(t, alias, 'c'))
     END
 $$;
 
@@ -85,6 +78,10 @@ BEGIN
         chunk_table, columns, embedding_column, vschema, dims, keys, source);
     existing := to_regclass(chunk_table);
     EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.halfvec_cosine_ops)', existing, embedding_column, vschema);
+    -- The source's owner's, as its rows are: the functions that write it run as that role
+    -- (sql/32_access.sql).
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', existing,
+                   (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source));
     EXECUTE format('COMMENT ON TABLE %s IS %L', existing,
                    format('Chunks of %s and their embeddings, kept by embed-worker (embeddings.watch)', source));
     RETURN existing;
@@ -282,10 +279,9 @@ $$;
 -- composite key). Raise hnsw.ef_search (default 40) to get more than 40 chunks.
 CREATE FUNCTION embeddings.match_chunks(source regclass, query halfvec, k integer DEFAULT 10)
 RETURNS TABLE (key jsonb, seq integer, chunk text, distance double precision)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
-    key_names name[];
 BEGIN
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = match_chunks.source AND tg.chunk_table IS NOT NULL
@@ -295,14 +291,12 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'SELECT embeddings.watch(''<table>'', ''<content>'', chunk_tokens => 200) first.';
     END IF;
-    key_names := t.key_columns;  -- the chunk table's key columns are named alike (follow_chunk_keys)
+    -- The chunk table's key columns are named alike (follow_chunk_keys); keys as jobs carry
+    -- them (sql/25_keys.sql: nothing of the table owner's runs with the caller's rights).
     RETURN QUERY EXECUTE format(
         'SELECT %s, c.seq, c.chunk, (c.%I OPERATOR(%I.<=>) $1)::double precision '
         'FROM %s c ORDER BY c.%2$I OPERATOR(%3$I.<=>) $1 LIMIT $2',
-        CASE WHEN cardinality(key_names) = 1 THEN format('to_jsonb(c.%I)', key_names[1])
-             ELSE format('jsonb_build_array(%s)',
-                         (SELECT string_agg(format('c.%I', kn), ', ') FROM unnest(key_names) AS kn)) END,
-        t.embedding_column, embeddings.vector_schema(), t.chunk_table)
+        embeddings.key_json_sql(t, 'c'), t.embedding_column, embeddings.vector_schema(), t.chunk_table)
         USING query, k;
 END
 $$;

@@ -4,7 +4,7 @@
 -- Targets the worker cannot serve right now (model missing, dimension mismatch...), with why.
 -- Written by the worker when it defers a target's jobs, removed when it writes for it again;
 -- embeddings.status shows the reason while the target has pending jobs.
-CREATE TABLE embeddings.deferrals (
+CREATE TABLE IF NOT EXISTS embeddings.deferrals (
     target_id   integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     reason      text NOT NULL,
     jobs        integer NOT NULL,
@@ -14,22 +14,9 @@ CREATE TABLE embeddings.deferrals (
 GRANT SELECT ON embeddings.deferrals TO PUBLIC;
 COMMENT ON TABLE embeddings.deferrals IS 'Targets whose jobs the worker defers, with the reason; shown by embeddings.status';
 
--- Whether the current role may write target t's embeddings: UPDATE of its embedding column,
--- or of the table where that column is gone (a deferral says so); for a chunked target, INSERT
--- into its chunk table (sql/55_chunks.sql). Never raises.
-CREATE FUNCTION embeddings.may_write_embeddings(t embeddings.targets) RETURNS boolean
-LANGUAGE sql STABLE AS $$
-    SELECT CASE
-        WHEN t.chunk_table IS NOT NULL THEN coalesce(has_table_privilege(t.chunk_table, 'INSERT'), false)
-        WHEN EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = t.source
-                     AND a.attname = t.embedding_column AND a.attnum > 0 AND NOT a.attisdropped)
-        THEN has_column_privilege(t.source, t.embedding_column, 'UPDATE')
-        ELSE coalesce(has_table_privilege(t.source, 'UPDATE'), false)
-    END
-$$;
-
--- Records deferrals (one reason per target). Only a role that may write the target's embedding
--- column (a worker) may say why its jobs wait.
+-- Records deferrals (one reason per target): why the worker put a target's jobs back.
+-- Executable by the worker roles only (grant_worker()): Postgres checks EXECUTE against the
+-- real caller, where a check inside this SECURITY DEFINER function would see its owner.
 CREATE FUNCTION embeddings.note_deferrals(target_ids integer[], reasons text[], job_counts integer[])
 RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -37,22 +24,18 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT n.target_id, n.reason, n.jobs
     FROM unnest(target_ids, reasons, job_counts) AS n(target_id, reason, jobs)
     JOIN embeddings.targets t ON t.id = n.target_id
-    WHERE embeddings.may_write_embeddings(t)
     ON CONFLICT (target_id) DO UPDATE
     SET reason = excluded.reason, jobs = excluded.jobs, last_seen = now(),
         since = CASE WHEN d.reason = excluded.reason THEN d.since ELSE now() END
 $$;
 REVOKE ALL ON FUNCTION embeddings.note_deferrals(integer[], text[], integer[]) FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION embeddings.note_deferrals(integer[], text[], integer[]) TO PUBLIC;
 
--- Forgets the deferrals of targets the worker served again.
+-- Forgets the deferrals of targets the worker served again (worker roles only, as above).
 CREATE FUNCTION embeddings.clear_deferrals(target_ids integer[]) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    DELETE FROM embeddings.deferrals d
-    USING embeddings.targets t
-    WHERE d.target_id = ANY(target_ids) AND t.id = d.target_id
-      AND embeddings.may_write_embeddings(t)
+    DELETE FROM embeddings.deferrals d WHERE d.target_id = ANY(target_ids)
 $$;
+REVOKE ALL ON FUNCTION embeddings.clear_deferrals(integer[]) FROM PUBLIC;
 
 -- The model watch() uses when none is named.
 CREATE FUNCTION embeddings.default_model() RETURNS text

@@ -6,27 +6,11 @@
 
 -- Where each target's sweep left off: a row key in its JSON form, as text. Work per run is bounded by
 -- max_rows per target, so a huge table is swept a slice at a time and never stalls the job.
-CREATE TABLE embeddings.sweep_cursors (
+CREATE TABLE IF NOT EXISTS embeddings.sweep_cursors (
     target_id integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     after_key text,
     swept_at  timestamptz NOT NULL DEFAULT now()
 );
-
--- The key columns of row alias `row_alias`, in key order (for row comparisons).
-CREATE FUNCTION embeddings.key_columns_sql(t embeddings.targets, row_alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT string_agg(format('%I.%I', row_alias, c), ', ' ORDER BY i)
-    FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)
-$$;
-
--- The same key decoded from the jsonb expression `json_sql` (a scalar for a one-column key, an
--- array otherwise, as messages carry keys), in key order.
-CREATE FUNCTION embeddings.key_from_json_sql(t embeddings.targets, json_sql text) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT string_agg(CASE WHEN cardinality(t.key_columns) = 1 THEN format('(%s #>> ''{}'')::%s', json_sql, ty)
-                           ELSE format('(%s ->> %s)::%s', json_sql, i - 1, ty) END, ', ' ORDER BY i)
-    FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
-$$;
 
 -- Row keys (JSON form) of target t that need no sweeping: queued in either message shape (in
 -- either lane, or in the inbox), or dead-lettered (those wait for `failures --retry`).
@@ -61,57 +45,11 @@ BEGIN
 END
 $$;
 
--- sweep()'s slice of target t, one row at a time: each row's content is evaluated in a
--- subtransaction of its own. A row whose content function raises is queued (it has no
--- embedding, so it needs one): the worker meets the error and dead-letters it with the error,
--- and sweep() leaves dead-lettered rows alone afterwards.
-CREATE FUNCTION embeddings.sweep_rows(
-    t embeddings.targets, after_key text, max_rows integer,
-    OUT scanned integer, OUT last_key text, OUT enqueued integer
-)
-LANGUAGE plpgsql AS $$
-DECLARE
-    pending jsonb[] := ARRAY(SELECT p.k FROM embeddings.pending_keys(t) p);
-    missing_keys jsonb[] := '{}';
-    k jsonb;
-    unembedded boolean;
-    missing boolean;
-BEGIN
-    scanned := 0;
-    FOR k, unembedded IN EXECUTE format(
-        'SELECT pg_catalog.to_jsonb(%1$s), %2$s FROM %3$s n'
-        ' WHERE $1::jsonb IS NULL OR (%4$s) > (%5$s) ORDER BY %4$s LIMIT $2',
-        embeddings.key_sql(t, 'n'), embeddings.embedding_missing_sql(t, 'n'), t.source,  -- 55_chunks.sql
-        embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$1::jsonb'))
-        USING after_key, max_rows
-    LOOP
-        scanned := scanned + 1;
-        last_key := k::text;
-        CONTINUE WHEN NOT unembedded OR k = ANY(pending);
-        BEGIN
-            EXECUTE format('SELECT (%s) ~ ''[^[:space:]]'' FROM %s n WHERE (%s) = (%s)',
-                           embeddings.content_sql(t, 'n'), t.source,
-                           embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$1'))
-            INTO missing USING k;
-        EXCEPTION WHEN OTHERS THEN
-            missing := true;
-        END;
-        IF missing THEN
-            missing_keys := missing_keys || k;
-        END IF;
-    END LOOP;
-    enqueued := cardinality(missing_keys);
-    IF enqueued > 0 THEN
-        PERFORM embeddings.enqueue_keys(t.id, missing_keys, 0, 'backfill');  -- lanes: backfill work
-    END IF;
-END
-$$;
-
 CREATE FUNCTION embeddings.sweep(
     max_rows integer DEFAULT 1000,
     archive_retention interval DEFAULT '7 days'
 ) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
     rel_schema name;
@@ -146,46 +84,32 @@ BEGIN
         SELECT after_key INTO cursor_key FROM embeddings.sweep_cursors WHERE target_id = t.id;
 
         BEGIN
-            -- One slice of the table in key order. A row is missing when it has real content
-            -- (whitespace-only content would be cleared and queued again forever), no embedding,
-            -- no pending job in either message shape, and no dead letter (those wait for
-            -- `failures --retry`). Keys are compared in their JSON form, as messages carry them.
+            -- One slice of the table in key order, read by the target's embeddings_<id>_scan(),
+            -- which runs as the table's owner and evaluates the content as that role
+            -- (sql/32_access.sql). A row is missing when it has real content (whitespace-only
+            -- content would be cleared and queued again forever), no embedding, no pending job
+            -- in either message shape, and no dead letter (those wait for `failures --retry`).
+            -- Keys are compared in their JSON form, as messages carry them.
             EXECUTE format($q$
                 WITH slice AS (
-                    SELECT pg_catalog.to_jsonb(%1$s) AS k, (%2$s AND (%3$s) ~ '[^[:space:]]') AS missing
-                    FROM %4$s n
-                    WHERE $2::jsonb IS NULL OR (%5$s) > (%6$s)
-                    ORDER BY %5$s
-                    LIMIT $3
-                ),
-                numbered AS (
-                    SELECT s.*, row_number() OVER () AS ord FROM slice s
+                    SELECT s.key AS k, s.missing, row_number() OVER () AS ord
+                    FROM embeddings.%I($1::jsonb, $2, false, true, true) AS s
                 ),
                 queued AS (
-                    SELECT embeddings.enqueue_keys($1, array_agg(s.k), 0, 'backfill') AS messages, count(*)::int AS keys
-                    FROM numbered s
+                    SELECT embeddings.enqueue_keys($3, array_agg(s.k), 0, 'backfill') AS messages, count(*)::int AS keys
+                    FROM slice s
                     WHERE s.missing
                       AND s.k NOT IN (SELECT p.k FROM embeddings.pending_keys($4) p)
                 )
-                SELECT (SELECT count(*) FROM numbered)::int,
-                       (SELECT k::text FROM numbered ORDER BY ord DESC LIMIT 1), keys
+                SELECT (SELECT count(*) FROM slice)::int,
+                       (SELECT k::text FROM slice ORDER BY ord DESC LIMIT 1), keys
                 FROM queued
-                $q$,
-                embeddings.key_sql(t, 'n'), embeddings.embedding_missing_sql(t, 'n'),  -- or no chunk (55_chunks.sql)
-                embeddings.content_sql(t, 'n'), t.source,
-                embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$2::jsonb'))
+                $q$, 'embeddings_' || t.id || '_scan')
             INTO scanned, last_key, enqueued
-            USING t.id, cursor_key, max_rows, t;
+            USING cursor_key, max_rows, t.id, t;
         EXCEPTION WHEN OTHERS THEN
-            -- User code failed (a content function raising for some row): the same slice one
-            -- row at a time, so that one row stops neither its target nor the others.
-            BEGIN
-                SELECT r.scanned, r.last_key, r.enqueued INTO scanned, last_key, enqueued
-                FROM embeddings.sweep_rows(t, cursor_key, max_rows) r;
-            EXCEPTION WHEN OTHERS THEN
-                RAISE WARNING 'embeddings.sweep(): skipped %.%: %', t.source, t.embedding_column, SQLERRM;
-                CONTINUE;
-            END;
+            RAISE WARNING 'embeddings.sweep(): skipped %.%: %', t.source, t.embedding_column, SQLERRM;
+            CONTINUE;
         END;
 
         -- A short slice means the end of the table: start again from the top next time.

@@ -18,7 +18,7 @@
 -- Rows written meanwhile are queued by the triggers: a step skips keys already waiting in a
 -- job (or dead-lettered), and rows that hold a vector.
 
-CREATE TABLE embeddings.backfills (
+CREATE TABLE IF NOT EXISTS embeddings.backfills (
     target_id     integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     -- Every row with content, not only those without a vector (the model or content changed).
     every_row     boolean NOT NULL,
@@ -39,22 +39,6 @@ COMMENT ON TABLE embeddings.backfills IS 'Targets whose existing rows are still 
 CREATE FUNCTION embeddings.backfill_step_keys() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 1000;
-
--- A predicate on row alias n: the row needs a job. Without `every_row`: content and no vector
--- (no chunk, for a chunked target); with it: content, or a vector to clear (its content column
--- was dropped and added again). `with_content` false leaves the content out (a content function
--- that raises must not stop the backfill: the worker dead-letters such rows with their error).
-CREATE FUNCTION embeddings.backfill_missing_sql(t embeddings.targets, every_row boolean, with_content boolean)
-RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT CASE
-        WHEN NOT with_content THEN CASE WHEN every_row THEN 'true' ELSE embeddings.embedding_missing_sql(t, 'n') END
-        WHEN every_row THEN format('(%s <> ''''%s)', embeddings.content_sql(t, 'n'),
-                                   CASE WHEN t.chunk_table IS NULL
-                                        THEN format(' OR n.%I IS NOT NULL', t.embedding_column) ELSE '' END)
-        ELSE format('%s AND %s <> ''''', embeddings.embedding_missing_sql(t, 'n'), embeddings.content_sql(t, 'n'))
-    END
-$$;
 
 -- The one function that sends backfill work: keys (JSON forms) of target `target_id`, as
 -- messages of keys_per_message() keys, into its backfill lane (20_queue.sql). SECURITY DEFINER
@@ -95,41 +79,27 @@ CREATE FUNCTION embeddings.backfill_range(
     t embeddings.targets, b embeddings.backfills, max_keys integer,
     OUT scanned integer, OUT enqueued integer
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     last_key jsonb;
     keys jsonb[];
-    statement text := $q$
+BEGIN
+    -- Read by the target's embeddings_<id>_scan(), as the table's owner (sql/32_access.sql):
+    -- keys only, and a content column's text (no content function is evaluated by a
+    -- backfill: the worker clears what turns out blank, and dead-letters a row whose content
+    -- function raises, with its error).
+    EXECUTE format($q$
         WITH slice AS (
-            SELECT pg_catalog.to_jsonb(%1$s) AS k, (%2$s) AS missing
-            FROM %3$s n
-            WHERE $1::jsonb IS NULL OR (%4$s) > (%5$s)
-            ORDER BY %4$s
-            LIMIT $2
-        ),
-        numbered AS (
-            SELECT s.*, row_number() OVER () AS ord FROM slice s
+            SELECT s.key AS k, s.missing, row_number() OVER () AS ord
+            FROM embeddings.%I($1, $2, $4, $5) AS s
         )
-        SELECT (SELECT count(*) FROM numbered)::int,
-               (SELECT k FROM numbered ORDER BY ord DESC LIMIT 1),
-               ARRAY(SELECT s.k FROM numbered s
+        SELECT (SELECT count(*) FROM slice)::int,
+               (SELECT k FROM slice ORDER BY ord DESC LIMIT 1),
+               ARRAY(SELECT s.k FROM slice s
                      WHERE s.missing AND ($4 OR s.k NOT IN (SELECT p.k FROM embeddings.pending_keys($3) p))
                      ORDER BY s.ord)
-        $q$;
-BEGIN
-    BEGIN
-        EXECUTE format(statement, embeddings.key_sql(t, 'n'), embeddings.backfill_missing_sql(t, b.every_row, true),
-                       t.source, embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$1::jsonb'))
-            INTO scanned, last_key, keys USING b.after_key, max_keys, t, b.every_row;
-    EXCEPTION WHEN OTHERS THEN
-        IF t.content_function IS NULL THEN
-            RAISE;
-        END IF;
-        RAISE WARNING 'embeddings: content function of % failed (%); queued its rows unfiltered', t.source, SQLERRM;
-        EXECUTE format(statement, embeddings.key_sql(t, 'n'), embeddings.backfill_missing_sql(t, b.every_row, false),
-                       t.source, embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$1::jsonb'))
-            INTO scanned, last_key, keys USING b.after_key, max_keys, t, b.every_row;
-    END;
+        $q$, 'embeddings_' || t.id || '_scan')
+        INTO scanned, last_key, keys USING b.after_key, max_keys, t, b.every_row, t.content_column IS NOT NULL;
     enqueued := cardinality(keys);
     IF enqueued > 0 THEN
         PERFORM embeddings.send_backfill(t.id, keys);
@@ -152,7 +122,7 @@ CREATE FUNCTION embeddings.backfill_step(
     target_id integer, max_keys integer DEFAULT embeddings.backfill_step_keys(),
     OUT scanned integer, OUT enqueued integer
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b embeddings.backfills;
     t embeddings.targets;
@@ -197,7 +167,7 @@ CREATE FUNCTION embeddings.backfill_next(
     queue text, max_keys integer DEFAULT embeddings.backfill_step_keys(),
     OUT scanned integer, OUT enqueued integer
 )
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b embeddings.backfills;
     t embeddings.targets;
@@ -228,30 +198,27 @@ END
 $$;
 
 -- Rows of target t that its backfill has still to pass and that need a job (for
--- embeddings.status: they are pending too). NULL when t has no backfill.
+-- embeddings.status: they are pending too). NULL when t has no backfill. Counted by the
+-- target's embeddings_<id>_scan(), as the table's owner (sql/32_access.sql), like the
+-- backfill's steps: SECURITY DEFINER, for the worker roles (grant_worker()) and the schema's
+-- owner; status leaves the count out for other callers.
 CREATE FUNCTION embeddings.backfill_rows_left(t embeddings.targets) RETURNS bigint
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b embeddings.backfills;
-    statement text := 'SELECT count(*) FROM %s n WHERE (%s) AND ($1::jsonb IS NULL OR (%s) > (%s))';
     left_rows bigint;
 BEGIN
     SELECT * INTO b FROM embeddings.backfills bf WHERE bf.target_id = t.id;
     IF NOT FOUND THEN
         RETURN NULL;
     END IF;
-    BEGIN
-        EXECUTE format(statement, t.source, embeddings.backfill_missing_sql(t, b.every_row, true),
-                       embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$1::jsonb'))
-            INTO left_rows USING b.after_key;
-    EXCEPTION WHEN OTHERS THEN  -- a content function that raises: count without it
-        EXECUTE format(statement, t.source, embeddings.backfill_missing_sql(t, b.every_row, false),
-                       embeddings.key_columns_sql(t, 'n'), embeddings.key_from_json_sql(t, '$1::jsonb'))
-            INTO left_rows USING b.after_key;
-    END;
+    EXECUTE format('SELECT count(*) FROM embeddings.%I($1, NULL, $2, $3) AS s WHERE s.missing',
+                   'embeddings_' || t.id || '_scan')
+        INTO left_rows USING b.after_key, b.every_row, t.content_column IS NOT NULL;
     RETURN left_rows;
 END
 $$;
+REVOKE ALL ON FUNCTION embeddings.backfill_rows_left(embeddings.targets) FROM PUBLIC;
 
 -- Deferred HNSW indexes (issue 16 §4). When watch() adds the embedding column to a large table,
 -- it builds no index: building one, even empty, scans the table under watch()'s lock, and
@@ -260,7 +227,7 @@ $$;
 -- meanwhile (status: index_deferred). Once the backfill has ended and its jobs are done, a
 -- worker that may (the table's owner) builds the index CONCURRENTLY, so that writes go on.
 -- Partitioned tables are indexed at watch() as before (no CONCURRENTLY on their parent).
-CREATE TABLE embeddings.deferred_indexes (
+CREATE TABLE IF NOT EXISTS embeddings.deferred_indexes (
     target_id integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     since     timestamptz NOT NULL DEFAULT now()
 );

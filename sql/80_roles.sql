@@ -5,44 +5,53 @@
 --     throughput to write
 --   * its queues' tables (leasing, acknowledging, retrying, archiving: pgmq's functions run
 --     with the caller's rights)
---   * per watched table: SELECT (keys, content, whatever a content function reads) and UPDATE of
---     the embedding column only; for a chunked target, its chunk table instead of the column
---   * where a table has row-level security, policies that let the worker see and update every
---     row (FOR SELECT and FOR UPDATE only: a worker role that also inserts or deletes as an
---     application stays under the table's own policies for that): otherwise rows it cannot
---     see look deleted and their jobs would be dropped
--- The role needs no superuser, no BYPASSRLS, no ownership of anything.
+--   * EXECUTE on the functions only worker roles may run (list below), and on every target's
+--     functions that read and write its table as the table's owner (sql/32_access.sql)
+-- and nothing on user tables: no SELECT, no UPDATE, no row-level security policy. The role needs
+-- no superuser, no BYPASSRLS, no ownership of anything.
 
-CREATE TABLE embeddings.worker_roles (
+CREATE TABLE IF NOT EXISTS embeddings.worker_roles (
     role_name name PRIMARY KEY
 );
 
--- Grants `role_name` what the worker needs on one target (also called by watch()).
+-- The functions of this schema that worker roles may run and no one else (besides its owner):
+-- what they write is what operators read (queues, deferrals, provenance, backfills, model
+-- changes). Postgres checks EXECUTE against the real caller (docs/security.md).
+CREATE FUNCTION embeddings.worker_functions() RETURNS regprocedure[]
+LANGUAGE sql STABLE AS $$
+    SELECT ARRAY[
+        'embeddings.lock_target(integer)',
+        'embeddings.lock_target_version(integer)',
+        'embeddings.move_inbox(text, integer, integer)',
+        'embeddings.inbox_pending(text)',
+        'embeddings.backfill_next(text, integer)',
+        'embeddings.backfill_rows_left(embeddings.targets)',
+        'embeddings.target_status(boolean)',  -- embeddings.status, embeddings.status_exact
+        'embeddings.complete_changes()',
+        'embeddings.claim_provenance(integer, boolean, text, text, text)',
+        'embeddings.note_deferrals(integer[], text[], integer[])',
+        'embeddings.clear_deferrals(integer[])',
+        'embeddings.wait_for_jobs(text, integer, boolean, integer)',
+        'embeddings.deferred_index_built(integer)',
+        'embeddings.retry_failures(bigint[])'  -- `embed-worker failures --retry` as the worker role
+    ]::regprocedure[]
+$$;
+
+-- Grants `role_name` what the worker needs on one target (also called by watch()): its queues,
+-- and its functions (sql/32_access.sql; generate_access() grants those of targets watched or
+-- regenerated later itself).
 CREATE FUNCTION embeddings.grant_worker_target(role_name name, t embeddings.targets) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
-    policy name := 'embeddings_worker_' || role_name;
+    fn regprocedure;
 BEGIN
-    EXECUTE format('GRANT SELECT ON %s TO %I', t.source, role_name);
-    IF t.chunk_table IS NULL THEN
-        EXECUTE format('GRANT UPDATE (%I) ON %s TO %I', t.embedding_column, t.source, role_name);
-        -- model change: the shadow column of a change in progress (sql/44_changes.sql)
-        PERFORM embeddings.grant_worker_shadow(role_name, t.source, mc.shadow_column)
-        FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
-    ELSE
-        -- A chunked target's vectors live in its chunk table (sql/55_chunks.sql).
-        EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON %s TO %I', t.chunk_table, role_name);
-    END IF;
-    IF (SELECT relrowsecurity FROM pg_class WHERE oid = t.source) THEN
-        IF NOT EXISTS (SELECT FROM pg_policy WHERE polrelid = t.source AND polname = policy) THEN
-            EXECUTE format('CREATE POLICY %I ON %s FOR SELECT TO %I USING (true)',
-                           policy, t.source, role_name);
-        END IF;
-        IF NOT EXISTS (SELECT FROM pg_policy WHERE polrelid = t.source AND polname = policy || '_update') THEN
-            EXECUTE format('CREATE POLICY %I ON %s FOR UPDATE TO %I USING (true) WITH CHECK (true)',
-                           policy || '_update', t.source, role_name);
-        END IF;
-    END IF;
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'embeddings'::regnamespace
+          AND p.proname ~ ('^embeddings_' || t.id || '_[a-z_]+$') AND p.prorettype <> 'trigger'::regtype
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
+    END LOOP;
     PERFORM embeddings.grant_worker_queue(role_name, t.queue);
     PERFORM embeddings.grant_worker_queue(role_name, embeddings.backfill_queue(t.queue));  -- lanes
 END
@@ -63,6 +72,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t embeddings.targets;
     q embeddings.queues;
+    fn regprocedure;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
         RAISE EXCEPTION 'role "%" does not exist', role_name
@@ -74,18 +84,11 @@ BEGIN
     EXECUTE format('GRANT SELECT, INSERT, DELETE ON embeddings.failures TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON embeddings.throughput TO %I', role_name);
     EXECUTE format('GRANT SELECT ON pgmq.meta TO %I', role_name);
-    -- Its write transaction locks the registrations it writes for (definition versions).
-    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.lock_target_version(integer) TO %I', role_name);
-    -- It moves the triggers' keys into its live queue before reading that, and skips keys
-    -- waiting there when it steps a backfill (22_inbox.sql).
-    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.move_inbox(text, integer, integer) TO %I', role_name);
+    -- It skips keys waiting in the inbox when it counts its queue (22_inbox.sql).
     EXECUTE format('GRANT SELECT ON embeddings.inbox TO %I', role_name);
-    -- It steps the backfills of its queue's targets when the queue is empty (62_backfill.sql).
-    EXECUTE format('GRANT SELECT, UPDATE, DELETE ON embeddings.backfills TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.send_backfill(integer, jsonb[]) TO %I', role_name);
-    -- model change: it completes changes and records which model produced the vectors.
-    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.complete_changes() TO %I', role_name);
-    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.claim_provenance(integer, boolean, text, text, text) TO %I', role_name);
+    FOREACH fn IN ARRAY embeddings.worker_functions() LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
+    END LOOP;
     FOR q IN SELECT * FROM embeddings.queues LOOP
         PERFORM embeddings.grant_worker_queue(role_name, q.name);
     END LOOP;
@@ -97,18 +100,31 @@ BEGIN
 END
 $$;
 
-CREATE FUNCTION embeddings.drop_worker_policies(t embeddings.targets) RETURNS void
-LANGUAGE plpgsql AS $$
+-- Databases from before 0.2.0, when worker roles read and wrote watched tables themselves: the
+-- row-level security policies and the privileges on embedding columns and chunk tables that
+-- grant_worker() gave them go (a table-level SELECT stays: other code may rely on it; revoke it
+-- by hand where nothing does).
+DO $$
 DECLARE
+    t embeddings.targets;
+    worker_role name;
     policy name;
 BEGIN
-    FOR policy IN
-        SELECT p.polname FROM pg_policy p
-        JOIN embeddings.worker_roles r
-          ON p.polname IN ('embeddings_worker_' || r.role_name, 'embeddings_worker_' || r.role_name || '_update')
-        WHERE p.polrelid = t.source
-    LOOP
-        EXECUTE format('DROP POLICY %I ON %s', policy, t.source);
+    FOR t IN SELECT * FROM embeddings.targets tg WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = tg.source) LOOP
+        FOR worker_role IN SELECT r.role_name FROM embeddings.worker_roles r
+                           WHERE EXISTS (SELECT FROM pg_roles WHERE rolname = r.role_name) LOOP
+            FOR policy IN SELECT p.polname FROM pg_policy p
+                          WHERE p.polrelid = t.source
+                            AND p.polname IN ('embeddings_worker_' || worker_role, 'embeddings_worker_' || worker_role || '_update')
+            LOOP
+                EXECUTE format('DROP POLICY %I ON %s', policy, t.source);
+            END LOOP;
+            IF t.chunk_table IS NULL AND embeddings.attnum_of(t.source, t.embedding_column) IS NOT NULL THEN
+                EXECUTE format('REVOKE UPDATE (%I) ON %s FROM %I', t.embedding_column, t.source, worker_role);
+            ELSIF t.chunk_table IS NOT NULL AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.chunk_table) THEN
+                EXECUTE format('REVOKE SELECT, INSERT, UPDATE, DELETE ON %s FROM %I', t.chunk_table, worker_role);
+            END IF;
+        END LOOP;
     END LOOP;
 END
 $$;

@@ -4,4 +4,10 @@ Rows go into Postgres; moments later their embeddings are in the same rows. pgmq
 work, pgvector stores the vectors, and this package embeds text on the CPU with onnxruntime.
 """
 
-__version__ = "0.1.0"
+from importlib import metadata
+
+try:
+    # The installed distribution's version: pyproject.toml is its only source.
+    __version__ = metadata.version("embed-worker")
+except metadata.PackageNotFoundError:  # the package imported from a checkout never installed
+    __version__ = "0+unknown"

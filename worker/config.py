@@ -1,7 +1,11 @@
 """Settings: every knob of the worker, read from the environment and overridden by CLI flags.
 
-Each setting has one environment variable (the table in the README lists them all). Values are
-validated here, once, with errors that name the variable.
+This is the one place that reads our environment variables: each setting has one (the table in
+docs/configuration.md lists them all, a test keeps it equal to this class), and CLI flags are
+applied here, never written back into the environment. Values are validated here, once, with
+errors that name the variable. The rest of the package receives what it uses from a Settings:
+`model_location` (where model names resolve), `downloads` (whether and from where a missing
+model is fetched), `threads`, `default_model(...)`.
 """
 
 from __future__ import annotations
@@ -13,7 +17,9 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from worker import exceptions
-from worker.models.catalog import Variant
+from worker.models.catalog import DEFAULT_MODEL, Variant
+from worker.models.download import DownloadPolicy
+from worker.models.files import DEFAULT_CACHE_DIR, ModelLocation
 
 _LISTEN = ("auto", "true", "false")  # EMBED_LISTEN: still accepted, no longer used
 QUEUE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,46}$")  # what pgmq accepts as a table suffix
@@ -24,8 +30,16 @@ class Settings:
     """Worker configuration. Field metadata `env` names the environment variable."""
 
     database_url: str | None = field(default=None, metadata={"env": "DATABASE_URL"})
-    model: str = field(default="gte-small", metadata={"env": "EMBED_MODEL"})
+    # None: the database's default model (see default_model()).
+    model: str | None = field(default=None, metadata={"env": "EMBED_MODEL"})
     model_variant: Variant = field(default="fp32", metadata={"env": "EMBED_MODEL_VARIANT"})
+    # Colon-separated directories holding model directories, searched before the cache.
+    model_path: str | None = field(default=None, metadata={"env": "EMBED_MODEL_PATH"})
+    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"env": "EMBED_CACHE_DIR"})
+    offline: bool = field(default=False, metadata={"env": "EMBED_OFFLINE"})
+    # huggingface_hub's own switches, read here too so that *we* decide whether to download.
+    hf_hub_offline: bool = field(default=False, metadata={"env": "HF_HUB_OFFLINE"})
+    hf_endpoint: str | None = field(default=None, metadata={"env": "HF_ENDPOINT"})
     queue: str = field(default="embedding_jobs", metadata={"env": "EMBED_QUEUE"})
     batch_size: int = field(default=128, metadata={"env": "EMBED_BATCH_SIZE"})
     threads: int | None = field(default=None, metadata={"env": "EMBED_THREADS"})
@@ -54,6 +68,34 @@ class Settings:
     )
     log_format: str = field(default="text", metadata={"env": "EMBED_LOG_FORMAT"})
     log_level: str = field(default="INFO", metadata={"env": "EMBED_LOG_LEVEL"})
+    devdb_port: int = field(default=54329, metadata={"env": "DEVDB_PORT"})
+
+    @property
+    def dsn(self) -> str:
+        """The database: DATABASE_URL, else libpq's PG* variables, else the `make db` cluster."""
+        from worker import db
+
+        return db.resolve_dsn(self.database_url, devdb_port=self.devdb_port)
+
+    @property
+    def model_location(self) -> ModelLocation:
+        """Where model names resolve: EMBED_MODEL_PATH's directories, then EMBED_CACHE_DIR."""
+        return ModelLocation.of(self.model_path, self.cache_dir)
+
+    @property
+    def downloads(self) -> DownloadPolicy:
+        """Whether a missing registry model is downloaded on first use, and from where."""
+        off_by = "EMBED_OFFLINE" if self.offline else None
+        if off_by is None and self.hf_hub_offline:
+            off_by = "HF_HUB_OFFLINE"
+        return DownloadPolicy(off_by=off_by, endpoint=self.hf_endpoint)
+
+    def default_model(self, database_default: str | None) -> str:
+        """The model used when none is named (`embed`, POST /embed, readiness, doctor):
+        EMBED_MODEL when set; else the database's default (`embeddings.default_model()`, the
+        model watch() uses when none is named), passed in by callers that reached a database;
+        else gte-small."""
+        return self.model or database_default or DEFAULT_MODEL
 
     @classmethod
     def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
@@ -83,11 +125,9 @@ class Settings:
                 raise fail(name, f"expected {expected}, got {getattr(self, name)!r}")
         if not QUEUE_NAME.match(self.queue):
             raise fail("queue", f"{self.queue!r} is not a valid pgmq queue name")
-        for name in ("batch_size", "vt_seconds", "max_attempts", "http_max_connections"):
-            if getattr(self, name) < 1:
+        for name in ("batch_size", "vt_seconds", "max_attempts", "http_max_connections", "threads"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
                 raise fail(name, "must be at least 1")
-        if self.threads is not None and self.threads < 1:
-            raise fail("threads", "must be at least 1")
         if self.vt_seconds < 3:
             raise fail("vt_seconds", "must be at least 3 (leases are renewed every third of it)")
         for name in (
@@ -100,8 +140,13 @@ class Settings:
                 raise fail(name, "must be positive")
         if self.grace_seconds < 0:
             raise fail("grace_seconds", "must not be negative")
-        if self.http_port is not None and not 0 <= self.http_port <= 65535:
-            raise fail("http_port", "must be a TCP port (0 picks a free one)")
+        for name, lowest, hint in (
+            ("http_port", 0, " (0 picks a free one)"),
+            ("devdb_port", 1, ""),
+        ):
+            port = getattr(self, name)
+            if port is not None and not lowest <= port <= 65535:
+                raise fail(name, f"must be a TCP port{hint}")
         if not self.pull and self.http_port is None:
             raise fail(
                 "pull",
@@ -112,6 +157,18 @@ class Settings:
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
+
+
+def model_location_from_env(env: Mapping[str, str] | None = None) -> ModelLocation:
+    """Where model names resolve by the environment alone (EMBED_MODEL_PATH, EMBED_CACHE_DIR):
+    the default of the pinned `Embedder.load(name)`, which has no Settings to ask. Reads only
+    those two variables, so an unrelated bad one cannot make loading a model fail."""
+    env = os.environ if env is None else env
+    variables = {f.name: f.metadata["env"] for f in fields(Settings)}
+    return ModelLocation.of(
+        env.get(variables["model_path"], "").strip() or None,
+        env.get(variables["cache_dir"], "").strip() or DEFAULT_CACHE_DIR,
+    )
 
 
 _TRUE = ("1", "true", "yes", "on")

@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
 from typing import Any
 
@@ -29,16 +29,19 @@ _PG_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"
 Connection = psycopg.Connection[Any]
 
 
-def resolve_dsn(url: str | None, env: dict[str, str] | None = None) -> str:
+def resolve_dsn(
+    url: str | None, env: Mapping[str, str] | None = None, *, devdb_port: int = DEVDB_PORT
+) -> str:
     """DATABASE_URL when given; else the standard PG* variables (libpq reads them itself, so
-    the empty conninfo); else the local `make db` cluster."""
-    env = dict(os.environ) if env is None else env
+    the empty conninfo); else the local `make db` cluster on `devdb_port` (DEVDB_PORT, from the
+    Settings: `settings.dsn`). `env` (default: the process environment) is only looked at for
+    libpq's own PG* variables."""
+    env = os.environ if env is None else env
     if url:
         return url
     if any(env.get(name) for name in _PG_ENV):
         return ""
-    port = env.get("DEVDB_PORT") or str(DEVDB_PORT)
-    return f"postgresql://postgres@127.0.0.1:{port}/embed"
+    return f"postgresql://postgres@127.0.0.1:{devdb_port}/embed"
 
 
 _URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@")
@@ -93,7 +96,24 @@ def translated() -> Iterator[None]:
             raise exceptions.ConnectionLost(redact(str(exc).strip())) from exc
         raise exceptions.DatabaseError(redact(str(exc).strip())) from exc
     except psycopg.Error as exc:
+        if unavailable(exc):
+            raise exceptions.TargetUnavailable(redact(str(exc).strip())) from exc
         raise exceptions.DatabaseError(redact(str(exc).strip())) from exc
+
+
+# SQLSTATE of the functions that read and write a watched table as its owner when they cannot
+# serve it now (sql/32_access.sql: check_serving).
+TARGET_UNAVAILABLE = "EW001"
+
+
+def unavailable(exc: BaseException) -> bool:
+    """Whether `exc` says a target cannot be served as it is now (its jobs wait, spending no
+    attempt): its functions refused (EW001), or are missing (moved or dropped by hand)."""
+    if not isinstance(exc, psycopg.Error):
+        return False
+    if exc.sqlstate == TARGET_UNAVAILABLE:
+        return True
+    return exc.sqlstate == "42883" and "embeddings.embeddings_" in str(exc)
 
 
 def _is_connection_failure(exc: psycopg.OperationalError) -> bool:

@@ -41,3 +41,9 @@ class ConnectionLost(DatabaseError):
 
 class TargetError(EmbedWorkerError):
     """A watched table (target) is misconfigured."""
+
+
+class TargetUnavailable(DatabaseError):
+    """A watched table cannot be served as it is now: the functions through which the worker
+    reads and writes it cannot run as its owner, or it has FORCE ROW LEVEL SECURITY. Its jobs
+    wait (deferred), spending no attempt."""

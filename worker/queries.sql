@@ -1,10 +1,11 @@
 -- The worker's runtime SQL. Each query starts with `-- name: NAME` and a one-line description;
--- worker/queries.py loads them. `{queue_table}`, `{table}`, `{content}`, `{embedding}`, `{chunks}`
--- (a chunked target's chunk table, whose key columns have the table's key names) and
--- the key fragments (`{key_arrays}`, `{key_aliases}`, `{key_match}`: see Target.sql_names)
--- are filled with psycopg.sql identifiers of registered targets only; values are always
--- bound parameters. Row keys are matched by column (k0, k1, ...) and returned as the
--- canonical key the worker passed in, never re-rendered by Postgres.
+-- worker/queries.py loads them. `{queue_table}` and a target's functions (`{load}`, `{store}`,
+-- `{blank}`, `{reusable}`, `{chunks}`, `{nearest}`: embeddings.embeddings_<id>_<name>, which read
+-- and write its table as the table's owner, sql/32_access.sql) are filled with psycopg.sql
+-- identifiers of registered targets only, `{key_arrays}` with one text[] parameter per key
+-- column (%(k0)s, ...: see Target.sql_names); values are always bound parameters. Row keys go
+-- in as the canonical keys the worker holds (%(keys)s) beside their columns' texts, and come
+-- back as given, never re-rendered by Postgres. The worker touches no user table itself.
 
 -- name: read_jobs
 -- Leases visible jobs, oldest first, until about %(max_keys)s row keys are leased. Same effect
@@ -64,9 +65,14 @@ SET vt = clock_timestamp() + make_interval(secs => %(delay)s), read_ct = greates
 WHERE q.msg_id = ANY(%(msg_ids)s::bigint[]);
 
 -- name: retry_jobs
--- Backs failed jobs off: each becomes visible again after its own delay (pgmq.set_vt).
-SELECT pgmq.set_vt(%(queue)s, d.msg_id, d.delay)
-FROM unnest(%(msg_ids)s::bigint[], %(delays)s::integer[]) AS d(msg_id, delay);
+-- Backs failed jobs off: each becomes visible again after its own delay (as pgmq.set_vt), and
+-- carries its last error, so that `status` tells the jobs waiting for another attempt from
+-- fresh ones (retrying_keys).
+UPDATE {queue_table} q
+SET vt = clock_timestamp() + make_interval(secs => d.delay),
+    message = q.message || jsonb_build_object('last_error', d.error)
+FROM unnest(%(msg_ids)s::bigint[], %(delays)s::integer[], %(errors)s::text[]) AS d(msg_id, delay, error)
+WHERE q.msg_id = d.msg_id;
 
 -- name: delete_jobs
 -- Acknowledges finished jobs.
@@ -95,7 +101,8 @@ VALUES (%(target_id)s, date_trunc('minute', clock_timestamp()), %(rows)s)
 ON CONFLICT (target_id, minute) DO UPDATE SET rows = tp.rows + excluded.rows;
 
 -- name: load_targets
--- Every registered target with what the worker needs to serve it, from the catalog.
+-- Every registered target with what the worker needs to serve it, from the catalog; its
+-- problem, or why its functions cannot serve it now (sql/32_access.sql).
 -- A chunked target's embedding column is in its chunk table.
 SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
        t.content_column, fn_ns.nspname, p.proname, t.model, t.key_columns::text[],
@@ -103,7 +110,8 @@ SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
              JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i),
        ARRAY(SELECT format_type(k.ty, NULL) FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
              ORDER BY k.i),
-       t.queue, t.problem, t.version, chunk_ns.nspname, chunk_c.relname, t.chunk_tokens,
+       t.queue, coalesce(t.problem, embeddings.access_problem(t)), t.version, chunk_ns.nspname,
+       chunk_c.relname, t.chunk_tokens,
        t.chunk_overlap
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
@@ -116,6 +124,14 @@ LEFT JOIN pg_type ty ON ty.oid = a.atttypid
 LEFT JOIN pg_proc p ON p.oid = t.content_function
 LEFT JOIN pg_namespace fn_ns ON fn_ns.oid = p.pronamespace
 ORDER BY t.id;
+
+-- name: default_model_defined
+-- Whether the database has our default-model function (the CLI may talk to an older schema).
+SELECT to_regprocedure('embeddings.default_model()') IS NOT NULL;
+
+-- name: default_model
+-- The database's default model: what watch() uses when none is named (set_default_model()).
+SELECT embeddings.default_model();
 
 -- name: target_versions
 -- The definition version of every registered target (a registry read under an older one is
@@ -156,31 +172,19 @@ SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jso
 FROM {queue_table};
 
 -- name: load_content
--- The content of a target's rows by key, with its md5 for the stale-write guard.
-SELECT v.key, {content}, md5({content})
-FROM unnest({key_arrays}, %(keys)s::text[]) AS v({key_aliases}, key)
-JOIN {table} t ON {key_match};
+-- The content of a target's rows by key, with its md5 for the stale-write guard: read by the
+-- target's embeddings_<id>_load(), which runs as the table's owner (sql/32_access.sql).
+SELECT key, content, digest FROM {load}(%(keys)s::text[]{key_arrays});
 
 -- name: write_vectors
 -- Stores embeddings, except where the content changed since it was loaded (its md5 differs):
--- that row's newer content has its own job. Returns the keys written. IS NOT DISTINCT FROM,
--- not =: an equality between the two sides would let the planner hash-join on md5(content),
--- evaluating a STABLE or IMMUTABLE content function for every row of the table (slow, and one
--- row it raises for would fail every write).
-UPDATE {table} t
-SET {embedding} = v.embedding
-FROM unnest({key_arrays}, %(keys)s::text[], %(embeddings)b, %(hashes)s::text[])
-     AS v({key_aliases}, key, embedding, hash)
-WHERE {key_match} AND md5({content}) IS NOT DISTINCT FROM v.hash
-RETURNING v.key;
+-- that row's newer content has its own job. The target's embeddings_<id>_store() (its
+-- _store_shadow(): the shadow column of a model change). Returns the keys written.
+SELECT k FROM {store}(%(keys)s::text[]{key_arrays}, %(embeddings)b, %(hashes)s::text[]) AS k;
 
 -- name: clear_vectors
 -- Clears the embedding of rows whose content is blank, unless it changed since it was loaded.
-UPDATE {table} t
-SET {embedding} = NULL
-FROM unnest({key_arrays}, %(keys)s::text[], %(hashes)s::text[]) AS v({key_aliases}, key, hash)
-WHERE {key_match} AND md5({content}) IS NOT DISTINCT FROM v.hash AND t.{embedding} IS NOT NULL
-RETURNING v.key;
+SELECT k FROM {blank}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[]) AS k;
 
 -- name: lease_jobs_by_id
 -- Leases the named jobs (push mode: dispatch() or util.process_embeddings already leased them
@@ -216,9 +220,7 @@ SELECT embeddings.clear_deferrals(%(target_ids)s::integer[]);
 -- Vectors already stored for chunks of these documents with these hashes (the chunks that an
 -- edit left unchanged): they are not embedded again. (real[]: the loading connection needs
 -- no pgvector types.) One entry per chunk: the key arrays repeat each document's key.
-SELECT DISTINCT ON (v.key, t.chunk_hash) v.key, t.chunk_hash, t.{embedding}::real[]
-FROM unnest({key_arrays}, %(keys)s::text[], %(hashes)s::text[]) AS v({key_aliases}, key, hash)
-JOIN {chunks} t ON {key_match} AND t.chunk_hash = v.hash;
+SELECT key, chunk_hash, embedding FROM {reusable}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[]);
 
 -- name: lock_documents
 -- Serializes writers of the same documents until commit (advisory locks per target and key, in
@@ -227,30 +229,19 @@ JOIN {chunks} t ON {key_match} AND t.chunk_hash = v.hash;
 SELECT count(pg_advisory_xact_lock(%(target_id)s, s.h))
 FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%(keys)s::text[]) AS k ORDER BY 1) s;
 
--- name: current_documents
--- The documents whose content is still what was loaded (same md5; NULL for NULL content).
-SELECT v.key
-FROM unnest({key_arrays}, %(keys)s::text[], %(hashes)s::text[]) AS v({key_aliases}, key, hash)
-JOIN {table} t ON {key_match}
-WHERE md5({content}) IS NOT DISTINCT FROM v.hash;
+-- name: write_chunks
+-- Writes the chunks of documents whose content is still what was loaded (same md5; NULL for
+-- NULL content) and deletes each one's chunks past its new count (all of them for 0): the
+-- target's embeddings_<id>_chunks(). Per document: whether it was current, and lost chunks.
+SELECT key, is_current, trimmed
+FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::integer[],
+              %(chunk_keys)s::text[], %(seqs)s::integer[], %(chunks)s::text[], %(chunk_hashes)s::text[],
+              %(embeddings)b);
 
--- name: upsert_chunks
--- Writes chunks; a chunk whose text is unchanged at its position is left as it is.
-INSERT INTO {chunks} AS c ({key_list}, seq, chunk, chunk_hash, {embedding})
-SELECT {key_values}, v.seq, v.chunk, v.hash, v.embedding
-FROM unnest({key_arrays}, %(seqs)s::integer[], %(chunks)s::text[], %(hashes)s::text[], %(embeddings)b)
-     AS v({key_aliases}, seq, chunk, hash, embedding)
-ON CONFLICT ({key_list}, seq) DO UPDATE
-SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, {embedding} = excluded.{embedding}
-WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash;
-
--- name: delete_vanished_chunks
--- Deletes the chunks past each document's new chunk count (all of them for a count of 0);
--- returns the documents that lost chunks.
-DELETE FROM {chunks} t
-USING unnest({key_arrays}, %(keys)s::text[], %(counts)s::integer[]) AS v({key_aliases}, key, n)
-WHERE {key_match} AND t.seq >= v.n
-RETURNING v.key;
+-- name: nearest
+-- The %(k)s rows (chunks, for a chunked target) nearest to %(query)s: the target's
+-- embeddings_<id>_nearest() (worker/search.py).
+SELECT key, seq, content, distance FROM {nearest}(%(query)s, %(k)s);
 
 -- name: backfill_next
 -- One step of a backfill of a target on %(queue)s that no other worker is stepping: queues the
@@ -290,3 +281,39 @@ SELECT target_id, shadow, concat_ws(' ', model, revision, variant) FROM embeddin
 SELECT target_id, result FROM embeddings.complete_changes();
 
 -- model change: END
+
+-- name: target_lanes
+-- The queue and table of each target in %(target_ids)s: where `status` looks for its retries.
+SELECT t.id, t.queue, n.nspname, c.relname, t.embedding_column
+FROM embeddings.targets t
+JOIN pg_class c ON c.oid = t.source
+JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE t.id = ANY(%(target_ids)s::integer[]);
+
+-- name: retrying_keys
+-- Row keys waiting for another attempt after an error, by target (our messages by target id,
+-- the Supabase guide's by table and column), with the most recent error and the most attempts
+-- spent: messages the worker backed off or re-sent carry `last_error`. `status` reads it per
+-- lane, and only from a lane of at most embeddings.status_exact_rows messages (one bounded
+-- look first), so that it costs nothing at scale, where one retried row would not move an ETA.
+WITH threshold AS (
+    SELECT coalesce(nullif(current_setting('embeddings.status_exact_rows', true), '')::bigint, 5000) AS n
+), small AS (
+    SELECT count(*) <= (SELECT n FROM threshold) AS yes
+    FROM (SELECT 1 FROM {queue_table} LIMIT (SELECT n + 1 FROM threshold)) m
+)
+SELECT message -> 'target' AS target_id,
+       message ->> 'schema' AS schema_name,
+       message ->> 'table' AS table_name,
+       coalesce(message ->> 'embeddingColumn', 'embedding') AS embedding_column,
+       sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
+                WHEN jsonb_typeof(message -> 'columns' -> 0) = 'array' THEN jsonb_array_length(message -> 'columns' -> 0)
+                WHEN jsonb_typeof(message -> 'columns' -> 0) = 'string'  -- array text: commas + 1
+                THEN length(message -> 'columns' ->> 0) - length(replace(message -> 'columns' ->> 0, ',', '')) + 1
+                ELSE 1 END)::bigint AS keys,
+       (array_agg(message ->> 'last_error' ORDER BY msg_id DESC))[1] AS last_error,
+       max(read_ct + CASE WHEN jsonb_typeof(message -> 'attempts') = 'number'
+                          THEN (message ->> 'attempts')::integer ELSE 0 END) AS attempts
+FROM {queue_table}
+WHERE (SELECT yes FROM small) AND message ? 'last_error'
+GROUP BY 1, 2, 3, 4;

@@ -1,22 +1,41 @@
 """The database schema: where its SQL lives, installing it, and migrating with Alembic.
 
-`sql/` holds the current schema as readable SQL files, applied in name order
-(`00_extensions.sql`, `10_schema.sql`, ...); `sql/uninstall.sql` removes it, whatever revision
-installed it. The Alembic revisions in `migrations/versions/` are frozen once released: 0001
-applies its own copy of the 0.1.0 files (`0001_initial/`), and each later revision applies only
-its difference (`NNNN_name.sql`, optionally `NNNN_name.down.sql` for a step back). A test keeps
-the two paths equal: a database migrated from any revision to head has the schema of a fresh
-`sql/` install. A wheel carries both directories inside the package (`worker/_sql`,
+`sql/` holds the current schema as readable SQL files, run in name order (`00_extensions.sql`,
+`10_schema.sql`, ...); `sql/uninstall.sql` removes it, whatever revision installed it. The files
+hold two kinds of object, installed two ways:
+
+- *state*: the schema, tables, indexes, seed rows, event triggers. Every file is re-runnable over
+  an existing install (`CREATE TABLE IF NOT EXISTS`, `ON CONFLICT DO NOTHING`, ...), so a table
+  that is new in this release comes from `sql/` alone.
+- *code*: functions and views, plain `CREATE`. `reinstall_code` drops all of them (never the
+  per-target functions `embeddings_<id>_*` that watch() generated), runs the files, then
+  regenerates every target's functions and triggers and every queue's notification trigger. A
+  fresh install is the same path over an empty schema.
+
+One Alembic revision per release (`migrations/versions/`): `0001` installs its own frozen copy
+of the 0.1.0 files. Each later one runs its `upgrade.sql` (what changed in the tables that the
+previous release had: columns added, conversions; idempotent), then the code reinstall from its
+frozen copy of the files (`<revision>/schema/`, made by `scripts/freeze-release.sh` at release),
+or from `sql/` while it is unreleased. A released revision never changes: RELEASED_REVISIONS
+pins the sha256 of its files. Databases at the revisions 0002-0018 that main carried before
+release 0.2.0 squashed them are re-stamped as 0001 and upgraded (upgrade.sql is idempotent).
+
+A wheel carries `sql/` and `migrations/` inside the package (`worker/_sql`,
 `worker/_migrations`), so an installed worker migrates without a checkout.
 """
 
 from __future__ import annotations
 
+import hashlib
 import importlib.resources
 import logging
+import shutil
+import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import psycopg
 
@@ -26,9 +45,14 @@ from worker.db import Connection
 logger = logging.getLogger(__name__)
 
 VERSION_TABLE = "embed_worker_alembic_version"
-# Revisions that shipped in a release, oldest first: frozen, and upgraded from in the tests.
-# Revisions after the last of them are unreleased and may still change.
-RELEASED_REVISIONS = ("0001",)  # 0.1.0
+# Revisions that shipped in a release, oldest first, with the sha256 of their files
+# (revision_digest): a test fails when one changes. Later revisions are unreleased.
+RELEASED_REVISIONS: dict[str, str] = {
+    "0001": "1f45d96e0e7b1d6c438531747d7e3aca671818b8546e3fc390c2f15e8af997a7",  # 0.1.0
+}
+# Revisions of main between 0.1.0 and 0.2.0, squashed into 0002 (release 0.2.0). A database at
+# one of them is re-stamped as 0001; 0002's upgrade.sql takes any of them to 0.2.0.
+SQUASHED_REVISIONS = frozenset(f"{n:04d}" for n in range(2, 19))
 # Serialises concurrent `embed-worker migrate` runs (several containers starting at once).
 MIGRATION_LOCK_KEY = 0x656D6265  # "embe"
 
@@ -48,12 +72,74 @@ def migrations_dir() -> Path:
     return _bundled_or_checkout("_migrations", "migrations")
 
 
+def versions_dir() -> Path:
+    return migrations_dir() / "versions"
+
+
 def install_files() -> list[Path]:
     """The install scripts in the order they run: `NN_name.sql`."""
-    files = sorted(p for p in sql_dir().glob("[0-9][0-9]_*.sql"))
+    files = sorted(sql_dir().glob("[0-9][0-9]_*.sql"))
     if not files:
         raise exceptions.EmbedWorkerError(f"no schema files found in {sql_dir()}")
     return files
+
+
+def revision_files(name: str) -> list[Path]:
+    """The SQL files directly in revision folder `versions/<name>/`, in name order."""
+    folder = versions_dir() / name
+    files = sorted(folder.glob("*.sql"))
+    if not files:
+        raise exceptions.EmbedWorkerError(f"revision {name}: no SQL in {folder}")
+    return files
+
+
+def release_schema_files(name: str, versions: Path | None = None) -> list[Path]:
+    """The files revision `name` reinstalls: its frozen copy (`<name>/schema/`) once released,
+    `sql/` until then."""
+    folder = (versions or versions_dir()) / name / "schema"
+    return sorted(folder.glob("[0-9][0-9]_*.sql")) or install_files()
+
+
+def revision_name(revision: str, versions: Path | None = None) -> str:
+    """The file name (stem) of revision id `revision`: `0001` -> `0001_initial`."""
+    found = sorted((versions or versions_dir()).glob(f"{revision}_*.py"))
+    if len(found) != 1:
+        raise exceptions.EmbedWorkerError(f"revision {revision}: no single file {revision}_*.py")
+    return found[0].stem
+
+
+def revision_digest(revision: str, versions: Path | None = None) -> str:
+    """sha256 over revision `revision`'s files (its module and everything in its folder), each
+    preceded by its path relative to versions/: what RELEASED_REVISIONS pins."""
+    versions = versions or versions_dir()
+    name = revision_name(revision, versions)
+    folder = sorted(
+        p for p in (versions / name).rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
+    digest = hashlib.sha256()
+    for path in [versions / f"{name}.py", *folder]:
+        digest.update(path.relative_to(versions).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def freeze_release(
+    revision: str, versions: Path | None = None, sql: Path | None = None
+) -> tuple[Path, str]:
+    """At release: copies the install files into release revision `revision`'s folder
+    (`<name>/schema/`), which it reinstalls from then on; returns the folder and the digest to
+    pin in RELEASED_REVISIONS (`make freeze-release REVISION=NNNN`)."""
+    versions = versions or versions_dir()
+    name = revision_name(revision, versions)
+    if not (versions / name / "upgrade.sql").is_file():
+        raise exceptions.EmbedWorkerError(f"revision {revision} is not a release revision")
+    frozen = versions / name / "schema"
+    if frozen.exists():
+        raise exceptions.EmbedWorkerError(f"revision {revision} is frozen already ({frozen})")
+    frozen.mkdir()
+    for path in sorted((sql or sql_dir()).glob("[0-9][0-9]_*.sql")):
+        shutil.copy2(path, frozen / path.name)
+    return frozen, revision_digest(revision, versions)
 
 
 def bundled_pgmq_sql() -> str:
@@ -86,20 +172,31 @@ def run_files(conn: Connection, files: list[Path]) -> None:
 
 
 def install(conn: Connection) -> None:
-    """Installs the whole current schema on `conn`, inside the caller's transaction."""
+    """Installs the whole current schema on `conn` (or reinstalls its code over an existing
+    one), inside the caller's transaction."""
     ensure_pgmq(conn)
-    run_files(conn, install_files())
+    reinstall_code(conn, install_files())
 
 
-def revision_files(name: str) -> list[Path]:
-    """A revision's SQL: `versions/<name>/*.sql` in name order, or `versions/<name>.sql`."""
-    versions = migrations_dir() / "versions"
-    folder = versions / name
-    files = sorted(folder.glob("*.sql")) if folder.is_dir() else [versions / f"{name}.sql"]
-    missing = [p for p in files if not p.is_file()]
-    if not files or missing:
-        raise exceptions.EmbedWorkerError(f"revision {name}: no SQL at {missing or folder}")
-    return files
+def reinstall_code(conn: Connection, files: list[Path]) -> None:
+    """Drops the schema's functions and views, runs `files`, regenerates what depends on them
+    (see the module docstring). Refuses, before dropping anything, when an object of someone
+    else's depends on them."""
+    from worker import schema_code
+
+    schema_code.refuse_foreign_dependents(conn)
+    grants = schema_code.extra_grants(conn)
+    schema_code.drop_code(conn)
+    run_files(conn, files)  # the last, 99_regenerate.sql, regenerates targets and queues
+    schema_code.restore_grants(conn, grants)
+
+
+def upgrade_release(name: str) -> None:
+    """Body of a release revision's upgrade(): its upgrade.sql, then the code reinstall."""
+    conn = revision_connection()
+    ensure_pgmq(conn)
+    run_files(conn, [versions_dir() / name / "upgrade.sql"])
+    reinstall_code(conn, release_schema_files(name))
 
 
 def revision_connection() -> Connection:
@@ -111,21 +208,16 @@ def revision_connection() -> Connection:
     return conn
 
 
-def upgrade_revision(name: str) -> None:
-    """Body of a revision's upgrade(): runs its frozen SQL."""
-    run_files(revision_connection(), revision_files(name))
-
-
 def downgrade_revision(name: str) -> None:
     """Body of a revision's downgrade() (after 0001). Going down to base, nothing: revision
     0001's downgrade runs sql/uninstall.sql, which removes the schema of any revision. One step
-    down runs `<name>.down.sql`; a revision without one cannot be stepped back (restore a
+    down runs `<name>/downgrade.sql`; a revision without one cannot be stepped back (restore a
     backup, or downgrade to base and migrate again)."""
     from alembic import context
 
     if context.get_revision_argument() in (None, "base"):
         return
-    down = migrations_dir() / "versions" / f"{name}.down.sql"
+    down = versions_dir() / name / "downgrade.sql"
     if not down.is_file():
         raise exceptions.EmbedWorkerError(
             f"revision {name} cannot be stepped back; downgrade to base removes the schema"
@@ -138,14 +230,45 @@ def uninstall(conn: Connection) -> None:
     conn.execute((sql_dir() / "uninstall.sql").read_bytes())
 
 
+def restamp_squashed(conn: Connection) -> str | None:
+    """A database at one of the SQUASHED_REVISIONS is marked as at 0001, whence 0002 upgrades
+    it; returns the revision it was at. The 0002 of main before the squash is told from the
+    release's by its schema: it still had `targets.key_column` (its 0003 dropped it)."""
+    at = current_revision(conn)
+    if at not in SQUASHED_REVISIONS:
+        return None
+    if at == "0002":
+        row = conn.execute(
+            "SELECT EXISTS (SELECT FROM pg_attribute a"
+            " WHERE a.attrelid = to_regclass('embeddings.targets') AND a.attname = 'key_column'"
+            " AND NOT a.attisdropped)"
+        ).fetchone()
+        if not row or not row[0]:
+            return None
+    conn.execute(f"UPDATE public.{VERSION_TABLE} SET version_num = '0001'")
+    logger.debug("re-stamped revision %s as 0001", at)
+    return at
+
+
+def _kept(diag: psycopg.errors.Diagnostic) -> bool:
+    """NOTICEs worth showing: ours (what was skipped and why), not Postgres' "already exists,
+    skipping" of the IF NOT EXISTS statements a reinstall runs over an existing schema."""
+    message = diag.message_primary or ""
+    return (
+        bool(message)
+        and not (diag.sqlstate or "").startswith("42")
+        and not message.endswith(", skipping")
+    )
+
+
 @contextmanager
-def _notices_logged(conn: Connection) -> Iterator[list[str]]:
+def _notices_kept(conn: Connection) -> Iterator[list[str]]:
     notices: list[str] = []
 
     def keep(diag: psycopg.errors.Diagnostic) -> None:
-        if diag.message_primary:
+        if _kept(diag) and diag.message_primary:
             notices.append(diag.message_primary)
-            logger.info("%s", diag.message_primary)
+            logger.debug("%s", diag.message_primary)
 
     conn.add_notice_handler(keep)
     try:
@@ -154,36 +277,90 @@ def _notices_logged(conn: Connection) -> Iterator[list[str]]:
         conn.remove_notice_handler(keep)
 
 
-def _run_alembic(dsn: str, action: Callable[..., None], *args: str) -> list[str]:
+@dataclass
+class Migration:
+    """What `migrate` did: the revisions applied in order, and where the database is now."""
+
+    applied: list[str] = field(default_factory=list)
+    current: str | None = None
+    restamped_from: str | None = None
+    notices: list[str] = field(default_factory=list)  # in order, each once
+
+    def lines(self) -> list[str]:
+        """One line per revision applied (or where the database is), then the NOTICEs."""
+        out = []
+        if self.restamped_from:
+            out.append(
+                f"re-stamped {self.restamped_from} (a revision of main before 0.2.0) as 0001"
+            )
+        out += [f"applied {rev} ({release_of(rev)})" for rev in self.applied]
+        if not self.applied:
+            out.append(f"already at {self.current} ({release_of(self.current)})")
+        return out + [f"notice: {n}" for n in self.notices]
+
+
+def release_of(revision: str | None) -> str:
+    """The release a revision belongs to (its module's `release`), or "unreleased"."""
+    if revision is None:
+        return "not installed"
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(_alembic_config()).get_revision(revision)
+    release = getattr(script.module, "release", None) if script else None
+    return str(release) if release else "unreleased"
+
+
+def _alembic_config() -> Any:
     from alembic.config import Config  # imported here: only `migrate` needs Alembic
-    from sqlalchemy import create_engine
-    from sqlalchemy.pool import NullPool
 
     config = Config()
     config.set_main_option("script_location", str(migrations_dir()))
+    return config
+
+
+def _run_alembic(dsn: str, action: Callable[..., None], *args: str) -> Migration:
+    from sqlalchemy import create_engine
+    from sqlalchemy.pool import NullPool
+
+    config = _alembic_config()
+    result = Migration()
     engine = create_engine(
         "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=NullPool
     )
+    alembic_log = logging.getLogger("alembic")
+    level = alembic_log.level
+    alembic_log.setLevel(logging.WARNING)  # `migrate` says what it applied itself
     try:
         with engine.begin() as connection:
             driver = connection.connection.driver_connection
             assert isinstance(driver, psycopg.Connection)
-            with _notices_logged(driver) as notices:
+            with _notices_kept(driver) as notices:
                 config.attributes["connection"] = connection
+                config.attributes["migration"] = result
                 action(config, *args)
+            result.current = current_revision(driver)
     finally:
+        alembic_log.setLevel(level)
         engine.dispose()
-    return notices
+    result.notices = list(dict.fromkeys(notices))
+    return result
 
 
-def migrate(dsn: str, revision: str = "head") -> list[str]:
-    """Alembic upgrade to `revision`; returns the server's NOTICEs (what was skipped)."""
+def on_version_apply(migration: Migration | None, step: Any) -> None:
+    """Alembic's callback after each step (migrations/env.py): records the revision applied."""
+    if migration is not None and step.is_upgrade:
+        migration.applied.append(str(step.up_revision_id))
+
+
+def migrate(dsn: str, revision: str = "head") -> Migration:
+    """Alembic upgrade to `revision`: what was applied, and the server's NOTICEs (what was
+    skipped)."""
     from alembic import command
 
     return _run_alembic(dsn, command.upgrade, revision)
 
 
-def downgrade(dsn: str, revision: str = "base") -> list[str]:
+def downgrade(dsn: str, revision: str = "base") -> Migration:
     from alembic import command
 
     return _run_alembic(dsn, command.downgrade, revision)
@@ -197,3 +374,11 @@ def current_revision(conn: Connection) -> str | None:
         return None
     version = conn.execute(f"SELECT version_num FROM public.{VERSION_TABLE}").fetchone()
     return str(version[0]) if version else None
+
+
+if __name__ == "__main__":  # `make freeze-release REVISION=NNNN`
+    if len(sys.argv) != 3 or sys.argv[1] != "freeze":
+        sys.exit("usage: python -m worker.schema freeze REVISION")
+    where, pinned = freeze_release(sys.argv[2])
+    print(f"froze revision {sys.argv[2]}: its schema files are now in {where}")
+    print(f'pin it in worker/schema.py, RELEASED_REVISIONS: "{sys.argv[2]}": "{pinned}",')

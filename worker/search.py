@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 from pgvector import HalfVector, Vector
-from psycopg import sql
+from psycopg import errors, sql
 
 from worker import db, exceptions
 from worker.models.embedder import Embedder
@@ -42,14 +42,15 @@ class Request:
             raise ValueError('expected a JSON object with "table" and "query"')
         table, query, k = body.get("table"), body.get("query"), body.get("k", 5)
         column = body.get("column")
-        if not isinstance(table, str) or not table:
+        # No NUL: Postgres text cannot hold one, so no table name does.
+        if not isinstance(table, str) or not table or "\x00" in table:
             raise ValueError('"table" must be a table name')
         if not isinstance(query, str) or not query.strip():
             raise ValueError('"query" must be a non-empty string')
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ValueError(f'"k" must be an integer from 1 to {MAX_K}')
-        if column is not None and not isinstance(column, str):
-            raise ValueError('"column" must be a string')
+        if column is not None and (not isinstance(column, str) or "\x00" in column):
+            raise ValueError('"column" must be a column name')
         return cls(table, query, k, column)
 
 
@@ -96,7 +97,11 @@ def _current(conn: db.Connection, target: Target) -> Target:
 
 def find_target(conn: db.Connection, table: str, column: str | None = None) -> Target:
     with db.translated():
-        row = conn.execute("SELECT to_regclass(%s)::oid", (table,)).fetchone()
+        try:
+            row = conn.execute("SELECT to_regclass(%s)::oid", (table,)).fetchone()
+        except (errors.InvalidName, errors.SyntaxError, errors.FeatureNotSupported) as exc:
+            # Not a name at all ('"', 'a.b.c.d', another database's): no such table either.
+            raise exceptions.TargetError(f"no table {table!r}: {exc}") from None
         if row is None or row[0] is None:
             raise exceptions.TargetError(f"no table {table!r}")
         ids = [
@@ -124,9 +129,7 @@ def nearest_documents(
     with db.translated(), conn.transaction():
         conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(candidates)))
         rows = conn.execute(
-            "SELECT key, seq, chunk, distance"
-            " FROM embeddings.match_chunks(%s::oid::regclass, %s, %s)",
-            (_source_oid(conn, target), HalfVector(vector), candidates),
+            target.query("nearest"), {"query": HalfVector(vector), "k": candidates}
         ).fetchall()
     best: dict[str, dict[str, Any]] = {}
     for key, seq, chunk, distance in rows:  # nearest first: a document's first chunk is its best
@@ -139,39 +142,13 @@ def nearest_documents(
 def nearest_rows(
     conn: db.Connection, target: Target, vector: npt.NDArray[np.float32], k: int
 ) -> list[dict[str, Any]]:
-    """The k rows with the nearest embeddings, nearest first."""
+    """The k rows with the nearest embeddings, nearest first, with their content column's text
+    (None for a content function: a search evaluates none, docs/security.md)."""
     db.register_vector_types(conn)
+    wrap = HalfVector if target.embedding_type == "halfvec" else Vector
     with db.translated():
-        names = target.sql_names()
-        distance = sql.SQL("t.{emb} OPERATOR({schema}.<=>) %(q)s::{schema}.{type}").format(
-            emb=names["embedding"],
-            schema=sql.Identifier(_vector_schema(conn)),
-            type=sql.Identifier(target.embedding_type or "halfvec"),
-        )
-        query = sql.SQL(
-            "SELECT t.{key}::text, {content}, 1 - ({distance}) FROM {table} t "
-            "WHERE t.{emb} IS NOT NULL ORDER BY {distance} LIMIT %(k)s"
-        ).format(
-            key=names["key"],
-            content=names["content"],
-            distance=distance,
-            table=names["table"],
-            emb=names["embedding"],
-        )
-        wrap = HalfVector if target.embedding_type == "halfvec" else Vector
-        rows = conn.execute(query, {"q": wrap(vector), "k": k}).fetchall()
-    return [{"key": key, "similarity": float(sim), "content": text} for key, text, sim in rows]
-
-
-def _vector_schema(conn: db.Connection) -> str:
-    row = conn.execute("SELECT embeddings.vector_schema()").fetchone()
-    assert row is not None
-    return str(row[0])
-
-
-def _source_oid(conn: db.Connection, target: Target) -> int:
-    row = conn.execute("SELECT source::oid FROM embeddings.targets WHERE id = %s", (target.id,))
-    found = row.fetchone()
-    if found is None:
-        raise exceptions.TargetError(f"target {target.id} is no longer registered")
-    return int(found[0])
+        rows = conn.execute(target.query("nearest"), {"query": wrap(vector), "k": k}).fetchall()
+    return [
+        {"key": key, "similarity": 1 - float(distance), "content": text}
+        for key, _, text, distance in rows
+    ]

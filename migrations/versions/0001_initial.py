@@ -4,9 +4,8 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-21
 
-Frozen: it applies its own copy of the files `sql/` held at 0.1.0 (`0001_initial/`). Later
-changes go into `sql/` (a fresh install's schema) *and* into a new revision with only the
-difference; tests/migration checks that both paths give the same schema.
+Released and frozen (schema.RELEASED_REVISIONS pins its files): it applies its own copy of the
+files `sql/` held at 0.1.0 (`0001_initial/`). Release 0.2.0's revision takes it from there.
 """
 
 from __future__ import annotations
@@ -17,6 +16,7 @@ revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
+release = "0.1.0"
 
 
 def upgrade() -> None:

@@ -4,14 +4,22 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from tests.support import wheel as wheellib
 from tests.support.models import MINILM, require_minilm
 from tests.support.process import WorkerProcess
+
+
+@pytest.fixture(scope="session")
+def wheel(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """This checkout's wheel, built once per session (the wheel test and the image use it)."""
+    return wheellib.build(tmp_path_factory.mktemp("dist"))
 
 
 @pytest.fixture

@@ -17,6 +17,7 @@ import pytest
 
 from tests.support.jobs import JOBS, clear_queue
 from tests.support.process import WorkerProcess, wait_for
+from tests.support.rawhttp import exchange, read_answer, request
 
 Conn = psycopg.Connection[Any]
 TOKEN = "s3cret-token-value"
@@ -379,6 +380,11 @@ def test_post_routes_are_off_beyond_loopback_without_a_token(
     worker.wait_ready()
     status, _, body = post(worker, "/embed", {"input": "x"}, token=None)
     assert status == 403 and "EMBED_HTTP_ALLOW_UNAUTHENTICATED=1" in body["error"]
+    assert worker.port is not None  # refused on the headers: the body is never parsed
+    deep = request("POST", "/embed", b"[" * 2000 + b"]" * 2000, headers=[("Content-Type", "x")])
+    assert [a.status for a in exchange(worker.port, deep)] == [403]
+    unframed = request("POST", "/embed", b"{}", headers=[("Content-Length", "two")])
+    assert [a.status for a in exchange(worker.port, unframed)] == [400]
     assert worker.get("/healthz")[0] == 200
 
     opted_in = start_worker(EMBED_HTTP_HOST="0.0.0.0", EMBED_HTTP_ALLOW_UNAUTHENTICATED="1")
@@ -399,10 +405,13 @@ def test_slow_clients_are_cut_off_and_connections_bounded(
         sock.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\n")  # and then nothing more
     wait_for(lambda: _busy(worker.port), timeout=5, what="a third connection refused")
 
-    for sock in stalled:  # the server hangs up on each stalled client after its timeout
+    for sock in stalled:  # after its timeout the server answers each stalled client, hangs up
         sock.settimeout(10)
         started = time.monotonic()
-        assert sock.recv(1024) == b""
+        with sock.makefile("rb") as reader:
+            answer = read_answer(reader)
+            assert answer is not None and answer.status == 408
+            assert reader.read() == b""
         assert time.monotonic() - started < 5
         sock.close()
     wait_for(lambda: worker.get("/healthz")[0] == 200, timeout=10, what="served again")

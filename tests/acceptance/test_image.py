@@ -7,15 +7,18 @@ from __future__ import annotations
 
 import json
 import re
+import shutil
 import urllib.request
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.support import docker as dockerlib
+from tests.support import wheel as wheellib
 from tests.support.cluster import REPO, free_port
 from tests.support.models import MINILM, require_minilm
 from tests.support.process import wait_for
@@ -33,7 +36,17 @@ def docker() -> Iterator[dockerlib.Docker]:
 
 
 @pytest.fixture(scope="module")
-def image(docker: dockerlib.Docker) -> str:
+def image(docker: dockerlib.Docker, wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Built as a release is: `make dist`'s wheel in dist/ (here this checkout's, built by the
+    session), the Dockerfile beside it. Its dependencies come from the test run's wheelhouse
+    (the offline build the Dockerfile describes), so the build needs no package index."""
+    context = tmp_path_factory.mktemp("image-context")
+    for name in ("Dockerfile", ".dockerignore"):
+        shutil.copy(REPO / name, context / name)
+    (context / "dist").mkdir()
+    shutil.copy(wheel, context / "dist" / wheel.name)
+    for dependency in wheellib.wheelhouse(wheel).glob("*.whl"):
+        shutil.copy(dependency, context / "dist" / dependency.name)
     base = dockerlib.python_base(docker)
     docker.run(
         "build",
@@ -43,12 +56,26 @@ def image(docker: dockerlib.Docker) -> str:
         f"PYTHON_IMAGE={base}",
         "--build-arg",
         "BAKE_MODEL=false",  # the model comes from a read-only mount (no Hugging Face here)
+        "--build-arg",
+        "PIP_NO_INDEX=1",
         "-t",
         TAG,
-        str(REPO),
+        str(context),
         timeout=1800,
     )
     return TAG
+
+
+def test_the_image_runs_the_wheel_it_was_given(docker: dockerlib.Docker, image: str) -> None:
+    shown = docker.run("run", "--rm", image, "--version")
+    assert shown.stdout.strip() == f"embed-worker {wheellib.version()}"
+    where = docker.run(
+        "run", "--rm", "--entrypoint", "python", image, "-c", "import worker; print(worker.__file__)"
+    )  # fmt: skip
+    assert where.stdout.strip().startswith("/opt/embed-worker/lib/")
+    # No source tree: the context held dist/ only.
+    listing = docker.run("run", "--rm", "--entrypoint", "sh", image, "-c", "ls / /tmp")
+    assert "dist" not in listing.stdout.split() and "src" not in listing.stdout.split()
 
 
 def container_env(dsn: str, **extra: str) -> list[str]:

@@ -111,6 +111,40 @@ def test_the_quickstart_downloads_the_model_and_finds_by_meaning(
         assert len([p for p in hub.downloads() if p.endswith("model.onnx")]) == 1
 
 
+def test_offline_with_a_model_directory_the_closing_hint_works_as_printed(
+    clone: Path, newcomer_env: dict[str, str], dsn: str, tmp_path: Path
+) -> None:
+    """The README's offline quickstart: EMBED_MODEL_PATH names the models. The hint must carry
+    it: a shell where it is unset would otherwise try to download the model, and fail."""
+    models = shared_models_dir()
+    env = {
+        **newcomer_env,
+        "DATABASE_URL": dsn,
+        "EMBED_OFFLINE": "1",
+        "EMBED_MODEL": "all-MiniLM-L6-v2",
+        "EMBED_MODEL_PATH": str(models),
+    }
+    demo = run(clone, env, "demo/demo.py")
+    assert demo.returncode == 0, demo.stdout + demo.stderr
+
+    hint = demo.stdout.strip().splitlines()[-1].strip()
+    # A new shell: none of the demo's settings, and no hub to download from.
+    shell = {k: v for k, v in newcomer_env.items() if not k.startswith("EMBED_")}
+    shell |= {"PATH": "/usr/bin:/bin", "HF_ENDPOINT": "http://127.0.0.1:9"}
+    searched = subprocess.run(
+        hint.replace("'your question'", "'reading compressed archives'"),
+        shell=True,
+        cwd=tmp_path,
+        env=shell,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert searched.returncode == 0, searched.stderr
+    assert any(word in searched.stdout.lower() for word in ("gzip", "compress", "archiv"))
+    assert f"EMBED_MODEL_PATH={models.resolve()} " in hint
+
+
 def test_offline_the_demo_says_exactly_what_to_fetch(
     clone: Path, newcomer_env: dict[str, str], dsn: str
 ) -> None:

@@ -111,8 +111,8 @@ def _quickstart_db(parent: Path, user: str | None) -> None:
     parent.chmod(0o700)
     port = free_port()
     try:
-        for attempt in (1, 2):
-            result = _make(checkout, "db", port, user)
+        first = _make(checkout, "db", port, user)
+        for attempt, result in ((1, first), (2, _make(checkout, "db", port, user))):
             assert result.returncode == 0, f"make db (run {attempt}) failed:\n{result.stderr}"
             last = result.stdout.strip().splitlines()[-1]
             assert last == f"DATABASE_URL=postgresql://postgres@127.0.0.1:{port}/embed", last
@@ -123,11 +123,21 @@ def _quickstart_db(parent: Path, user: str | None) -> None:
             row = conn.execute("SHOW data_directory").fetchone()
         assert row is not None
         data = checkout / ".devdb" / "data"
-        assert Path(row[0]) == data.resolve()
+        where = data.resolve()
+        assert Path(row[0]) == where
+        if where != data:  # outside the checkout: `make db` said where, once
+            assert f"the data is in {where}" in first.stderr, first.stderr
+            assert "make clean` deletes it" in first.stderr
+            assert (where / "linked-from").read_text().strip() == str(data)
         stop = _make(checkout, "db-stop", port, user)
         assert stop.returncode == 0, stop.stderr
+        assert f"its data stays in {where}" in stop.stdout
         with pytest.raises(psycopg.OperationalError):
             psycopg.connect(url, connect_timeout=3).close()
+        # `make clean` leaves nothing of the cluster behind, wherever its data was.
+        clean = _make(checkout, "clean", port, user)
+        assert clean.returncode == 0, clean.stderr
+        assert not where.exists() and not (checkout / ".devdb").exists()
     finally:
         subprocess.run(
             [str(checkout / "scripts" / "pgcluster.sh"), "destroy", str(checkout / ".devdb")],

@@ -16,25 +16,82 @@ from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
 
+# Random-weight models, built once into pytest's cache directory: two of the same dimension (a
+# target can switch between them, and their vectors for one text differ completely) and one of
+# another dimension. name -> (seed, extra generator parameters)
+TINY_MODELS = ("tiny-a", "tiny-b")
+TINY_DIMS = modelgen.TINY["hidden"]
+WIDE = "tiny-wide"
+WIDE_DIMS = 48
+GENERATED: dict[str, tuple[int, dict[str, Any]]] = {
+    "tiny-a": (1, {}),
+    "tiny-b": (2, {}),
+    WIDE: (7, {"hidden": WIDE_DIMS, "heads": 2, "intermediate": 96}),
+}
+
 
 @pytest.fixture(scope="session")
-def embedders() -> LoadedModels:
-    """Loaded models shared by the session (loading is the slow part)."""
-    return LoadedModels(threads=2)
+def generated_model_path(request: pytest.FixtureRequest) -> str:
+    """EMBED_MODEL_PATH entries holding the GENERATED models; "" without the gte-small
+    tokenizer to build them (the tests that need them skip)."""
+    cache = getattr(request.config, "cache", None)
+    root = (
+        Path(cache.mkdir("embed-worker-models"))
+        if cache is not None
+        else Path(request.getfixturevalue("tmp_path_factory").mktemp("models"))
+    )
+    tokenizer = shared_models_dir() / "gte-small"
+    if not (tokenizer / "tokenizer.json").is_file():
+        return ""
+    dirs = [
+        modelgen.cached_model_dir(
+            root,
+            name=name,
+            tokenizer_dir=tokenizer,
+            seed=seed,
+            pooling="mean",
+            **{**modelgen.TINY, **params},
+        )
+        for name, (seed, params) in GENERATED.items()
+    ]
+    return os.pathsep.join(str(d.parent) for d in dirs)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_paths(generated_model_path: str) -> str:
+    """EMBED_MODEL_PATH entries holding the generated models, or skip saying why."""
+    if not generated_model_path:
+        pytest.skip(f"the gte-small tokenizer is not in {shared_models_dir()}")
+    return generated_model_path
+
+
+@pytest.fixture(scope="session")
+def model_path(generated_model_path: str) -> str:
+    """EMBED_MODEL_PATH of the in-process workers and the CLI subprocesses: the shared real
+    models, then the generated ones."""
+    return os.pathsep.join(p for p in (str(shared_models_dir()), generated_model_path) if p)
+
+
+@pytest.fixture(scope="session")
+def embedders(model_path: str) -> LoadedModels:
+    """Loaded models shared by the session (loading is the slow part); never downloads."""
+    settings = Settings(model_path=model_path, offline=True)
+    return LoadedModels(location=settings.model_location, downloads=settings.downloads, threads=2)
 
 
 @pytest.fixture
-def minilm(monkeypatch: pytest.MonkeyPatch) -> str:
-    path = require_minilm()
-    monkeypatch.setenv("EMBED_MODEL_PATH", str(path.parent))
+def minilm(monkeypatch: pytest.MonkeyPatch, model_path: str) -> str:
+    require_minilm()
+    monkeypatch.setenv("EMBED_MODEL_PATH", model_path)  # for the CLI in subprocesses
     return MINILM
 
 
 @pytest.fixture
-def settings(dsn: str, minilm: str) -> Settings:
+def settings(dsn: str, minilm: str, model_path: str) -> Settings:
     return Settings(
         database_url=dsn,
         model=minilm,
+        model_path=model_path,
         batch_size=64,
         max_attempts=3,
         backoff_base_seconds=0.01,  # retries become visible at once: tests need not wait
@@ -60,44 +117,11 @@ def run_once(settings: Settings, embedders: LoadedModels) -> Iterator[Callable[.
     yield run
 
 
-# Two random-weight models of the same dimension: a target can switch between them, and their
-# vectors for one text differ completely. Built once into pytest's cache directory.
-TINY_MODELS = ("tiny-a", "tiny-b")
-TINY_DIMS = modelgen.TINY["hidden"]
-
-
-@pytest.fixture(scope="session")
-def tiny_model_paths(request: pytest.FixtureRequest) -> str:
-    """EMBED_MODEL_PATH entries that hold the models named TINY_MODELS."""
-    cache = getattr(request.config, "cache", None)
-    root = (
-        Path(cache.mkdir("embed-worker-models"))
-        if cache is not None
-        else Path(request.getfixturevalue("tmp_path_factory").mktemp("models"))
-    )
-    tokenizer = shared_models_dir() / "gte-small"
-    if not (tokenizer / "tokenizer.json").is_file():
-        pytest.skip(f"the gte-small tokenizer is not at {tokenizer}")
-    dirs = [
-        modelgen.cached_model_dir(
-            root, name=name, tokenizer_dir=tokenizer, seed=seed, pooling="mean", **modelgen.TINY
-        )
-        for seed, name in enumerate(TINY_MODELS, start=1)
-    ]
-    return os.pathsep.join(str(d.parent) for d in dirs)
-
-
 @pytest.fixture
 def tiny_models(
-    conn: psycopg.Connection[Any],
-    tiny_model_paths: str,
-    minilm: str,
-    monkeypatch: pytest.MonkeyPatch,
+    conn: psycopg.Connection[Any], tiny_model_paths: str, minilm: str
 ) -> tuple[str, str]:
     """The two tiny models, findable by name (beside MiniLM) and registered in the database."""
-    monkeypatch.setenv(
-        "EMBED_MODEL_PATH", os.pathsep.join([tiny_model_paths, os.environ["EMBED_MODEL_PATH"]])
-    )
     for name in TINY_MODELS:
         conn.execute(
             "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"

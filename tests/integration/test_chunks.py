@@ -275,7 +275,7 @@ def test_a_document_updated_while_in_flight_keeps_the_newest_contents_chunks(
     embedders: LoadedModels,
     run_once: Callable[..., Worker],
 ) -> None:
-    batch, queue = lease_and_load(settings, dsn)
+    batch, queue = lease_and_load(settings, dsn, embedders)
     conn.execute("UPDATE docs SET body = 'The newest content.' WHERE id = 3")
     finish(batch, queue, settings, dsn, embedders)
     assert batch.rows[(docs, "3")].state is RowState.STALE
@@ -294,7 +294,7 @@ def test_a_batch_over_the_chunk_budget_postpones_documents_without_an_attempt(
     embedders: LoadedModels,
 ) -> None:
     monkeypatch.setattr("worker.pipeline.chunks.MAX_CHUNKS", 3)
-    batch, queue = lease_and_load(settings, dsn)
+    batch, queue = lease_and_load(settings, dsn, embedders)
     states = {key: row.state for (_, key), row in batch.rows.items()}
     assert states["1"] is RowState.READY  # the first is always admitted
     assert states["2"] is RowState.POSTPONED

@@ -75,7 +75,7 @@ def drain(
     while True:
         for queue in queues:
             while (batch := stages.read(conn, queue, registry, settings)) is not None:
-                stages.load(conn, batch)
+                stages.load(conn, batch, embedders)
                 stages.embed(embedders, batch)
                 write.write(conn, queue, batch, settings)
         results = conn.execute("SELECT result FROM embeddings.complete_changes()").fetchall()
@@ -118,7 +118,7 @@ def test_a_batch_read_before_a_rewatch_is_not_written_and_is_redone(
         db.register_vector_types(worker_conn)
         batch = stages.read(worker_conn, queue, TargetRegistry(), settings)
         assert batch is not None
-        stages.load(worker_conn, batch)
+        stages.load(worker_conn, batch, embedders)
         stages.embed(embedders, batch)  # with the first model
 
         conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
@@ -194,7 +194,7 @@ def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt
         assert batch is not None
         if when == "before the load":
             conn.execute(ddl)
-        stages.load(worker_conn, batch)
+        stages.load(worker_conn, batch, embedders)
         stages.embed(embedders, batch)  # under the old names
         if when == "before the write":
             conn.execute(ddl)

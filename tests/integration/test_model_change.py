@@ -13,52 +13,25 @@ import os
 import threading
 import time
 from collections.abc import Callable, Iterator
-from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
 
+from tests.integration.conftest import WIDE, WIDE_DIMS
 from tests.integration.test_cli import run_cli
-from tests.support import modelgen
-from tests.support.models import shared_models_dir
 from tests.support.process import WorkerProcess, wait_for
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
-WIDE = "tiny-wide"  # a tiny random-weight model of another dimension (48, not 32)
-WIDE_DIMS = 48
-
-
-@pytest.fixture(scope="session")
-def wide_model_path(request: pytest.FixtureRequest) -> str:
-    cache = getattr(request.config, "cache", None)
-    root = (
-        Path(cache.mkdir("embed-worker-models"))
-        if cache is not None
-        else Path(request.getfixturevalue("tmp_path_factory").mktemp("models"))
-    )
-    tokenizer = shared_models_dir() / "gte-small"
-    if not (tokenizer / "tokenizer.json").is_file():
-        pytest.skip(f"the gte-small tokenizer is not at {tokenizer}")
-    params = {**modelgen.TINY, "hidden": WIDE_DIMS, "heads": 2, "intermediate": 96}
-    path = modelgen.cached_model_dir(
-        root, name=WIDE, tokenizer_dir=tokenizer, seed=7, pooling="mean", **params
-    )
-    return str(path.parent)
 
 
 @pytest.fixture
-def models(
-    conn: Conn, tiny_models: tuple[str, str], wide_model_path: str, monkeypatch: pytest.MonkeyPatch
-) -> tuple[str, str, str]:
+def models(conn: Conn, tiny_models: tuple[str, str]) -> tuple[str, str, str]:
     """tiny-a and tiny-b (32-d) and tiny-wide (48-d), findable and registered."""
-    monkeypatch.setenv(
-        "EMBED_MODEL_PATH", os.pathsep.join([wide_model_path, os.environ["EMBED_MODEL_PATH"]])
-    )
     conn.execute(
         "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
         " VALUES (%s, %s, 512, 'mean')",
@@ -311,7 +284,7 @@ def test_cancel_abandons_the_change_cleanly(
 
 
 def test_a_worker_killed_mid_change_resumes_and_completes_it(
-    conn: Conn, dsn: str, models: tuple[str, str, str], wide_model_path: str
+    conn: Conn, dsn: str, models: tuple[str, str, str]
 ) -> None:
     old, _, wide = models
     make_table(conn, 3000, model=old)

@@ -1,4 +1,5 @@
-"""The worker as a least-privilege role, on tables with row-level security."""
+"""The worker as a least-privilege role, on tables with row-level security: it reads and writes
+them through functions that run as their owner, with no privilege on them (docs/security.md)."""
 
 from __future__ import annotations
 
@@ -55,7 +56,10 @@ def test_the_worker_runs_with_least_privilege_under_row_level_security(
     assert conn.execute("SELECT count(embedding) FROM later").fetchone() == (1,)
     assert messages(conn) == []
     with psycopg.connect(as_worker, autocommit=True) as worker_conn:
-        # It may update the embedding column and nothing else.
+        # It may not touch the table itself: its functions (run as the owner) did.
+        for statement in ("SELECT * FROM notes", "UPDATE notes SET embedding = NULL"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                worker_conn.execute(statement)
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             worker_conn.execute("UPDATE notes SET body = 'x'")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -64,38 +68,26 @@ def test_the_worker_runs_with_least_privilege_under_row_level_security(
             worker_conn.execute("SELECT * FROM pg_authid")
 
 
-def test_unwatch_and_uninstall_remove_the_worker_policies(conn: Conn, worker_role: str) -> None:
+def test_the_worker_role_gets_no_privilege_on_user_tables(conn: Conn, worker_role: str) -> None:
+    """It reads and writes them through the functions generated for each, which run as the
+    table's owner (sql/32_access.sql): no SELECT, no UPDATE, no row-level security policy."""
     conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
     conn.execute("ALTER TABLE notes ENABLE ROW LEVEL SECURITY")
+    conn.execute("CREATE TABLE long_notes (id int PRIMARY KEY, body text)")
     conn.execute("SELECT embeddings.watch('notes', 'body')")
     conn.execute("SELECT embeddings.grant_worker(%s)", (worker_role,))
-    policies = "SELECT count(*) FROM pg_policy WHERE polrelid = 'notes'::regclass"
-    assert conn.execute(policies).fetchone() == (2,)  # SELECT and UPDATE
-    conn.execute("SELECT embeddings.unwatch('notes')")
-    assert conn.execute(policies).fetchone() == (0,)
-
-
-def test_the_worker_policy_lets_it_read_and_update_but_not_insert(
-    conn: Conn, dsn: str, worker_role: str
-) -> None:
-    """A worker role that also writes as an application (INSERT granted) gains nothing from
-    the worker policy: the table's own policies still decide what it may insert or delete."""
-    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, owner text NOT NULL, body text)")
-    conn.execute("ALTER TABLE notes ENABLE ROW LEVEL SECURITY")
-    conn.execute("CREATE POLICY own_notes ON notes USING (owner = current_user)")
-    conn.execute("INSERT INTO notes VALUES (1, 'alice', 'alice writes')")
-    conn.execute("SELECT embeddings.watch('notes', 'body')")
-    conn.execute("SELECT embeddings.grant_worker(%s)", (worker_role,))
-    conn.execute(f"GRANT INSERT, DELETE ON notes TO {worker_role}")
-    commands = conn.execute(
-        "SELECT string_agg(polcmd::text, '' ORDER BY polcmd) FROM pg_policy"
-        " WHERE polrelid = 'notes'::regclass AND polname ~ '^embeddings_worker_'"
+    conn.execute("SELECT embeddings.watch('long_notes', 'body', chunk_tokens => 50)")  # after
+    assert conn.execute("SELECT count(*) FROM pg_policy").fetchone() == (0,)
+    privileges = conn.execute(
+        "SELECT c.relname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname = 'public' AND (has_table_privilege(%s, c.oid, 'SELECT, INSERT, UPDATE,"
+        " DELETE') OR has_any_column_privilege(%s, c.oid, 'SELECT, INSERT, UPDATE'))",
+        (worker_role, worker_role),
+    ).fetchall()
+    assert privileges == []
+    functions = conn.execute(
+        "SELECT count(*) FILTER (WHERE has_function_privilege(%s, p.oid, 'EXECUTE')), count(*)"
+        " FROM pg_proc p WHERE p.proname ~ '^embeddings_[0-9]+_(load|store|blank|reusable|chunks)$'",
+        (worker_role,),
     ).fetchone()
-    assert commands == ("rw",)  # SELECT and UPDATE, not ALL
-
-    with psycopg.connect(make_conninfo(dsn, user=worker_role), autocommit=True) as worker_conn:
-        assert worker_conn.execute("SELECT count(*) FROM notes").fetchone() == (1,)
-        worker_conn.execute("UPDATE notes SET embedding = NULL WHERE id = 1")
-        with pytest.raises(psycopg.errors.InsufficientPrivilege, match="row-level security"):
-            worker_conn.execute("INSERT INTO notes VALUES (2, 'bob', 'forged')")
-        assert worker_conn.execute("DELETE FROM notes").rowcount == 0
+    assert functions == (6, 6)  # notes' load, store, blank; long_notes' load, reusable, chunks

@@ -1,6 +1,6 @@
 """Who may enqueue (issue 12 §7): only roles that may write a watched table, by writing it,
-and only for that table; content functions never run with more rights than the table owner's.
-Real roles, real grants."""
+and only for that table; content functions never run with more rights than the table owner's
+(tests/security has the hostile owner). Real roles, real grants."""
 
 from __future__ import annotations
 
@@ -96,9 +96,12 @@ def test_a_content_function_runs_with_the_table_owners_rights(
             writer.execute("INSERT INTO notes VALUES (%s, 'hello')", (len(ran_as) + 1,))
     assert ran_as and set(ran_as) == {f"content function ran as {roles['owner']}"}
     assert queued_keys(conn, target[0]) == [1, 2]
-    # Its enqueue function is the owner's alone.
+    # The wrapper through which the triggers evaluate it is no writer's to call (it would run
+    # the owner's function on rows of the caller's making).
     with (
         connect_as(dsn, roles["writer"]) as writer,
         pytest.raises(psycopg.errors.InsufficientPrivilege),
     ):
-        writer.execute(f"SELECT embeddings.embeddings_{target[0]}_enqueue(ARRAY['99'::jsonb])")
+        writer.execute(
+            f"SELECT embeddings.embeddings_{target[0]}_content(ROW(99, 'x', NULL)::notes)"
+        )

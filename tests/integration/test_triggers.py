@@ -88,6 +88,9 @@ def test_a_content_function_targets_bulk_insert_is_sliced_in_order(conn: Conn) -
     assert row is not None
     clear_queue(conn)
     conn.execute("INSERT INTO notes SELECT g, 't', 'b' FROM generate_series(1, 300) g")
+    # Through the inbox, as a content column's: one row for the statement, moved as messages.
+    assert [len(message_keys(m)) for m in messages(conn)] == [300]
+    move_inbox(conn)
     assert [len(message_keys(m)) for m in messages(conn)] == [128, 128, 44]
     assert queued_keys(conn, row[0]) == list(range(1, 301))
 

@@ -101,14 +101,16 @@ def test_updates_are_re_embedded_and_blank_content_cleared(
     assert messages(conn) == []
 
 
-def lease_and_load(settings: Settings, dsn: str) -> tuple[Batch, jobqueue.Queue]:
+def lease_and_load(
+    settings: Settings, dsn: str, embedders: LoadedModels
+) -> tuple[Batch, jobqueue.Queue]:
     queue = jobqueue.Queue(  # watch()'s jobs are on the backfill lane
         jobqueue.backfill_queue_name(settings.queue), lane=jobqueue.BACKFILL, home=settings.queue
     )
     with psycopg.connect(dsn, autocommit=True) as conn:
         batch = stages.read(conn, queue, TargetRegistry(), settings)
         assert batch is not None
-        stages.load(conn, batch)
+        stages.load(conn, batch, embedders)
     return batch, queue
 
 
@@ -126,7 +128,7 @@ def finish(
 def test_a_row_deleted_while_in_flight_is_acknowledged(
     conn: Conn, docs: int, settings: Settings, dsn: str, embedders: LoadedModels
 ) -> None:
-    batch, queue = lease_and_load(settings, dsn)
+    batch, queue = lease_and_load(settings, dsn, embedders)
     conn.execute("DELETE FROM docs WHERE id = 2")
     finish(batch, queue, settings, dsn, embedders)
     assert messages(conn) == []
@@ -146,7 +148,7 @@ def test_a_row_updated_while_in_flight_keeps_the_newest_contents_vector(
     conn.execute(
         "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false)", (minilm,)
     )
-    batch, queue = lease_and_load(settings, dsn)  # loads the old text of row 1
+    batch, queue = lease_and_load(settings, dsn, embedders)  # loads the old text of row 1
     conn.execute("UPDATE docs SET body = 'Newest text: volcanoes erupt lava.' WHERE id = 1")
     finish(batch, queue, settings, dsn, embedders)
     assert batch.rows[(docs, "1")].state is RowState.STALE

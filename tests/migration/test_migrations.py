@@ -2,38 +2,18 @@
 
 from __future__ import annotations
 
-import re
-import subprocess
+import shutil
+import uuid
 from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.support.cluster import Cluster
-from worker import schema
-
-
-def pg_dump_schema(dsn: str) -> str:
-    """The schema as pg_dump prints it, minus what legitimately differs between databases."""
-    server_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin/pg_dump"))
-    pg_dump = str(server_bin[-1]) if server_bin else "pg_dump"
-    out = subprocess.run(
-        [
-            pg_dump,
-            "--schema-only",
-            "--no-owner",
-            "--no-privileges",
-            f"--exclude-table=public.{schema.VERSION_TABLE}",
-            dsn,
-        ],
-        check=True,
-        capture_output=True,
-        text=True,
-    ).stdout
-    # The \\restrict lines carry a random key per dump (pg_dump 15.14+).
-    ignored = r"^(--.*|SET .*|SELECT pg_catalog\.set_config.*|\\(un)?restrict .*)$"
-    return re.sub(ignored, "", out, flags=re.MULTILINE)
+from tests.support.schema_dump import pg_dump_schema
+from worker import exceptions, schema
 
 
 def objects_of_ours(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -53,9 +33,12 @@ def objects_of_ours(conn: psycopg.Connection[Any]) -> dict[str, int]:
 
 
 def test_upgrade_twice_is_a_no_op(empty_dsn: str) -> None:
-    schema.migrate(empty_dsn)
+    first = schema.migrate(empty_dsn)
+    assert first.applied == ["0001", "0002"]
     before = pg_dump_schema(empty_dsn)
-    assert schema.migrate(empty_dsn) == []  # nothing ran, so nothing was skipped either
+    again = schema.migrate(empty_dsn)
+    assert (again.applied, again.notices) == ([], [])  # nothing ran, so nothing was skipped
+    assert again.lines() == ["already at 0002 (0.2.0)"]
     assert pg_dump_schema(empty_dsn) == before
 
 
@@ -173,63 +156,153 @@ def test_released_revisions_are_ancestors_of_head() -> None:
 
     config = Config()
     config.set_main_option("script_location", str(schema.migrations_dir()))
-    chain = [s.revision for s in ScriptDirectory.from_config(config).walk_revisions()]
-    assert len(ScriptDirectory.from_config(config).get_heads()) == 1
+    scripts = ScriptDirectory.from_config(config)
+    chain = [s.revision for s in scripts.walk_revisions()]
+    assert len(scripts.get_heads()) == 1
     assert set(schema.RELEASED_REVISIONS) <= set(chain)
+    assert not set(chain) & (schema.SQUASHED_REVISIONS - {"0002"})  # main's old ids never reused
+    for revision in schema.RELEASED_REVISIONS:  # `migrate` names the release of each
+        assert schema.release_of(revision) != "unreleased"
 
 
-def test_frozen_revisions_are_not_the_current_sql() -> None:
-    """0001 applies its own copy of the 0.1.0 files, never whatever sql/ holds today."""
+@pytest.mark.parametrize("revision", schema.RELEASED_REVISIONS)
+def test_released_revisions_are_frozen(revision: str) -> None:
+    """A released revision's files never change: a database that applied it has exactly that
+    schema. A change goes into the release revision still open (docs/development.md)."""
+    assert schema.revision_digest(revision) == schema.RELEASED_REVISIONS[revision], (
+        f"revision {revision} shipped in a release, and its files changed since"
+    )
+
+
+def test_0001_applies_its_own_copy_of_the_0_1_0_files() -> None:
     frozen = schema.revision_files("0001_initial")
     assert [p.name for p in frozen][:2] == ["00_extensions.sql", "10_schema.sql"]
     assert all(p.parent.name == "0001_initial" for p in frozen)
 
 
-def watch_docs(conn: psycopg.Connection[Any]) -> None:
+def test_a_release_revision_reinstalls_sql_until_it_is_frozen(tmp_path: Path) -> None:
+    """Unreleased, 0002 reinstalls sql/; `make freeze-release` copies sql/ into its folder,
+    which it reinstalls from then on, and gives the digest to pin."""
+    name = schema.revision_name("0002")
+    assert schema.release_schema_files(name) == schema.install_files()
+    versions = tmp_path / "versions"
+    shutil.copytree(schema.versions_dir() / name, versions / name)
+    shutil.copy2(schema.versions_dir() / f"{name}.py", versions)
+
+    folder, digest = schema.freeze_release("0002", versions=versions)
+
+    frozen = schema.release_schema_files(name, versions)
+    assert frozen == sorted(folder.glob("*.sql"))
+    assert [p.read_bytes() for p in frozen] == [p.read_bytes() for p in schema.install_files()]
+    assert digest == schema.revision_digest("0002", versions)
+    (folder / "40_watch.sql").write_text("-- changed after the release\n")
+    assert schema.revision_digest("0002", versions) != digest  # what the frozen test catches
+    with pytest.raises(exceptions.EmbedWorkerError, match="frozen already"):
+        schema.freeze_release("0002", versions=versions)
+
+
+def watch_docs(conn: psycopg.Connection[Any], role: str) -> None:
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("ALTER TABLE docs ENABLE ROW LEVEL SECURITY")
     conn.execute("INSERT INTO docs SELECT i, 'text ' || i FROM generate_series(1, 300) i")
     conn.execute("SELECT embeddings.watch('docs', 'body')")
+    conn.execute("SELECT embeddings.grant_worker(%s)", (role,))
     conn.execute("INSERT INTO docs VALUES (301, 'late')")
 
 
+QUEUED_KEYS = """
+    SELECT m.message ->> 'target', k.key, 'live' FROM pgmq.q_embedding_jobs m,
+           LATERAL embeddings.message_keys(m.message) AS k(key)
+    UNION ALL
+    SELECT m.message ->> 'target', k.key, 'backfill' FROM pgmq.q_embedding_jobs_backfill m,
+           LATERAL embeddings.message_keys(m.message) AS k(key)
+    UNION ALL
+    SELECT i.target::text, k.key, 'inbox' FROM embeddings.inbox i,
+           LATERAL embeddings.message_keys(jsonb_build_object('columns', i.columns)) AS k(key)
+"""
+# 0.1.0 queued into the live queue only, always in the "keys" shape.
+QUEUED_KEYS_0_1_0 = """
+    SELECT m.message ->> 'target', k.key, 'live' FROM pgmq.q_embedding_jobs m,
+           LATERAL jsonb_array_elements(m.message -> 'keys') AS k(key)
+"""
+
+
+def queued_keys(conn: psycopg.Connection[Any]) -> list[tuple[str, Any, str]]:
+    """Every row key waiting anywhere (queues, lane, inbox), with where."""
+    old = conn.execute("SELECT to_regclass('embeddings.inbox') IS NULL").fetchone() == (True,)
+    return sorted(conn.execute(QUEUED_KEYS_0_1_0 if old else QUEUED_KEYS).fetchall())
+
+
+@pytest.fixture
+def worker_role(cluster: Cluster) -> Any:
+    role = f"embed_worker_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"CREATE ROLE {role}_monitor")
+    yield role
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {role}")
+        admin.execute(f"DROP ROLE IF EXISTS {role}_monitor")
+
+
 @pytest.mark.parametrize("start", schema.RELEASED_REVISIONS)
-def test_upgrade_keeps_jobs_and_failures_and_equals_fresh_install(
-    cluster: Cluster, start: str
+def test_upgrade_keeps_jobs_failures_and_grants_and_equals_fresh_install(
+    cluster: Cluster, start: str, worker_role: str
 ) -> None:
-    """A database created at an older revision, with rows, queued jobs and dead letters,
-    upgraded to head: same schema as a fresh install, nothing queued or dead-lettered lost."""
+    """A database created at a released revision, with rows, queued jobs, dead letters, a
+    worker role and a monitoring role's grant, upgraded to head: the schema of a fresh install,
+    nothing queued or dead-lettered lost, the roles' rights kept or brought up to date."""
     upgraded = cluster.create_database(prefix="upgraded")
     fresh = cluster.create_database(prefix="fresh")
+    monitor = f"{worker_role}_monitor"
+    policies = (
+        "SELECT string_agg(polcmd::text, '' ORDER BY polcmd) FROM pg_policy"
+        " WHERE polrelid = 'docs'::regclass"
+    )
     try:
         schema.migrate(cluster.dsn(upgraded), start)
         with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
-            watch_docs(conn)
+            watch_docs(conn, worker_role)
             conn.execute(
                 "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message,"
                 " attempts, last_error) SELECT id, 'public.docs.embedding', '7', 'embedding_jobs',"
                 """ '{"target": 1, "keys": [7]}', 5, 'boom' FROM embeddings.targets"""
             )
-            jobs_before = conn.execute(
-                "SELECT msg_id, message FROM pgmq.q_embedding_jobs ORDER BY msg_id"
-            ).fetchall()
-        assert sum(len(m["keys"]) for _, m in jobs_before) == 301
+            conn.execute(f"GRANT SELECT ON embeddings.status TO {monitor}")
+            jobs_before = queued_keys(conn)
+            if start == "0001":
+                assert conn.execute(policies).fetchone() == ("*",)  # 0.1.0: one FOR ALL policy
+        assert len(jobs_before) == 301
 
-        schema.migrate(cluster.dsn(upgraded))
+        upgrade = schema.migrate(cluster.dsn(upgraded))
+        assert upgrade.applied == [r for r in ("0001", "0002") if r > start]
         with psycopg.connect(cluster.dsn(fresh)) as conn:
             schema.install(conn)
             conn.commit()
         with psycopg.connect(cluster.dsn(fresh), autocommit=True) as conn:
-            watch_docs(conn)  # the same user objects (table, index, triggers) on both sides
+            watch_docs(conn, worker_role)  # the same user objects on both sides
         assert pg_dump_schema(cluster.dsn(upgraded)) == pg_dump_schema(cluster.dsn(fresh))
         with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
-            jobs_after = conn.execute(
-                "SELECT msg_id, message FROM pgmq.q_embedding_jobs ORDER BY msg_id"
-            ).fetchall()
+            assert queued_keys(conn) == jobs_before
             failures = conn.execute(
                 "SELECT row_key, last_error FROM embeddings.failures"
             ).fetchall()
-        assert jobs_after == jobs_before
-        assert failures == [(7, "boom")]
+            assert failures == [(7, "boom")]
+            # 0.2.0's worker reads and writes watched tables through functions that run as
+            # their owner: the policies 0.1.0 gave it go (docs/security.md).
+            assert conn.execute(policies).fetchone() == (None,)
+            assert conn.execute("SELECT version FROM embeddings.targets").fetchone() == (1,)
+            monitored = conn.execute(
+                "SELECT has_table_privilege(%s, 'embeddings.status', 'SELECT')", (monitor,)
+            ).fetchone()
+            assert monitored == (True,)
+        worker_dsn = make_conninfo(cluster.dsn(upgraded), user=worker_role)
+        with psycopg.connect(worker_dsn) as worker_conn:  # the rights of 0.2.0's worker
+            row = worker_conn.execute(
+                "SELECT embeddings.lock_target_version(id) FROM embeddings.targets"
+            ).fetchone()
+            assert row == (1,)
+            assert worker_conn.execute("SELECT embeddings.move_inbox('embedding_jobs')").fetchone()
     finally:
         cluster.drop_database(upgraded)
         cluster.drop_database(fresh)

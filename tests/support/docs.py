@@ -35,3 +35,22 @@ def documented_metrics(text: str | None = None) -> dict[str, Documented]:
                 values[name] = tuple(v.strip().strip("`") for v in listed.split(","))
         found[cells[0].strip("`")] = Documented(cells[1], frozenset(labels), values)
     return found
+
+
+SECURITY = DOCS / "security.md"
+
+
+def documented_rights(text: str | None = None) -> dict[str, dict[str, bool]]:
+    """The table of roles x actions of docs/security.md: action -> role -> allowed."""
+    text = SECURITY.read_text() if text is None else text
+    lines = [line.strip() for line in text.splitlines()]
+    header = next(i for i, line in enumerate(lines) if line.startswith("| action |"))
+    roles = [c.strip() for c in lines[header].strip("|").split("|")][1:]
+    found: dict[str, dict[str, bool]] = {}
+    for line in lines[header + 2 :]:
+        if not line.startswith("|"):
+            break
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        assert all(c in ("yes", "no") for c in cells[1:]), line
+        found[cells[0]] = {role: cell == "yes" for role, cell in zip(roles, cells[1:], strict=True)}
+    return found

@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import os
+import re
+from pathlib import Path
+
 import pytest
 
 from worker import db, exceptions
 from worker.config import Settings
+
+WORKER = Path(__file__).resolve().parents[2] / "worker"
 
 
 def test_defaults_and_environment() -> None:
@@ -22,7 +28,7 @@ def test_defaults_and_environment() -> None:
 
 def test_flags_win_over_the_environment() -> None:
     s = Settings.from_env({"EMBED_BATCH_SIZE": "64"}, batch_size=8, model=None)
-    assert s.batch_size == 8 and s.model == "gte-small"
+    assert s.batch_size == 8 and s.model is None  # unset: the database's default model
 
 
 @pytest.mark.parametrize(
@@ -42,11 +48,15 @@ def test_invalid_settings_name_their_variable(env: dict[str, str], message: str)
         Settings.from_env(env)
 
 
-def test_database_url_resolution() -> None:
+def test_database_url_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     assert db.resolve_dsn("postgresql://x@h/db", {}) == "postgresql://x@h/db"
     assert db.resolve_dsn(None, {"PGHOST": "db.internal"}) == ""
     assert db.resolve_dsn(None, {}) == "postgresql://postgres@127.0.0.1:54329/embed"
-    assert db.resolve_dsn(None, {"DEVDB_PORT": "6000"}).endswith(":6000/embed")
+    assert db.resolve_dsn(None, {}, devdb_port=6000).endswith(":6000/embed")
+    for name in ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"):
+        monkeypatch.delenv(name, raising=False)
+    assert Settings.from_env({"DEVDB_PORT": "6000"}).dsn.endswith("@127.0.0.1:6000/embed")
+    assert Settings.from_env({"DATABASE_URL": "postgresql://x@h/db"}).dsn == "postgresql://x@h/db"
 
 
 @pytest.mark.parametrize(
@@ -96,3 +106,61 @@ def test_listen_accepts_auto_true_false_only() -> None:
     assert Settings.from_env({"EMBED_LISTEN": "false"}).listen == "false"
     with pytest.raises(exceptions.ConfigError, match="EMBED_LISTEN: expected auto, true or false"):
         Settings.from_env({"EMBED_LISTEN": "sometimes"})
+
+
+# Environment variables that others define and read; we only look at them, where they live.
+READ_ELSEWHERE = {
+    "worker/db.py": "libpq's PG* variables: which database an empty conninfo means",
+    "worker/process/systemd.py": "NOTIFY_SOCKET: systemd's notification protocol",
+}
+
+
+def test_only_the_settings_read_the_environment() -> None:
+    """Every variable of ours is read by worker/config.py, once; no module reads os.environ
+    on its own, and nothing writes to it (flags are applied to the Settings)."""
+    found = set()
+    for path in WORKER.rglob("*.py"):
+        name = path.relative_to(WORKER.parent).as_posix()
+        if name != "worker/config.py" and re.search(r"os\.environ|getenv", path.read_text()):
+            found.add(name)
+    assert found == set(READ_ELSEWHERE)
+
+
+def test_model_location_and_download_switches_are_settings(tmp_path: Path) -> None:
+    s = Settings.from_env(
+        {
+            "EMBED_MODEL_PATH": f"models:{tmp_path}::~/m",
+            "EMBED_CACHE_DIR": str(tmp_path / "cache"),
+            "EMBED_THREADS": "3",
+            "HF_ENDPOINT": "http://mirror.internal",
+        }
+    )
+    location = s.model_location
+    assert location.path == (
+        Path(os.path.abspath("models")),
+        tmp_path,
+        Path("~/m").expanduser(),
+    )
+    assert location.cache == tmp_path / "cache"
+    assert location.search_dirs() == [*location.path, tmp_path / "cache"]
+    assert s.threads == 3
+    assert s.downloads.endpoint == "http://mirror.internal"
+    assert s.downloads.off_by is None
+    assert Settings.from_env({}).model_location.cache == Path("~/.cache/embed-worker").expanduser()
+    assert Settings.from_env({"EMBED_OFFLINE": "1"}).downloads.off_by == "EMBED_OFFLINE"
+    assert Settings.from_env({"HF_HUB_OFFLINE": "1"}).downloads.off_by == "HF_HUB_OFFLINE"
+    with pytest.raises(exceptions.ConfigError, match="EMBED_THREADS: must be at least 1"):
+        Settings.from_env({"EMBED_THREADS": "0"})
+
+
+def test_model_flags_reach_the_settings_not_the_environment(tmp_path: Path) -> None:
+    from worker.cli import main
+
+    before = dict(os.environ)
+    args = main.build_parser().parse_args(
+        ["--model-path", str(tmp_path), "model", "list", "--cache-dir", str(tmp_path / "c")]
+    )
+    s = main.settings_from(args)
+    assert s.model_location.path == (tmp_path,)
+    assert s.model_location.cache == tmp_path / "c"
+    assert dict(os.environ) == before

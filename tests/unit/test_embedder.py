@@ -19,6 +19,7 @@ from tests.support import modelgen
 from worker import exceptions
 from worker.models import quantization
 from worker.models.embedder import Embedder, batches
+from worker.models.files import ModelLocation
 from worker.models.onnx import resolve_threads, session_options
 
 pytestmark = pytest.mark.usefixtures("embed_env")
@@ -339,11 +340,8 @@ def test_threads_default_to_the_available_cores(monkeypatch: pytest.MonkeyPatch)
 
     assert resolve_threads(None) == len(os.sched_getaffinity(0))
     assert resolve_threads(3) == 3
-    monkeypatch.setenv("EMBED_THREADS", "5")
-    assert resolve_threads(None) == 5
-    monkeypatch.setenv("EMBED_THREADS", "many")
-    with pytest.raises(exceptions.ConfigError, match="EMBED_THREADS"):
-        resolve_threads(None)
+    monkeypatch.setenv("EMBED_THREADS", "5")  # read by the Settings, not here
+    assert resolve_threads(None) == len(os.sched_getaffinity(0))
     with pytest.raises(ValueError, match="at least 1"):
         resolve_threads(0)
 
@@ -430,12 +428,12 @@ def test_a_model_of_the_wrong_dimension_for_its_name_is_refused(
     (tmp_path / "gte-small").mkdir()
     for name in ("model.onnx", "tokenizer.json", "config.json"):
         shutil.copy(tiny_model_dir / name, tmp_path / "gte-small" / name)
-    monkeypatch.setenv("EMBED_MODEL_PATH", str(tmp_path))
+    location = ModelLocation.of(str(tmp_path))
 
     with pytest.raises(
         exceptions.ModelError, match="32-dimensional vectors, but gte-small has 384"
     ):
-        Embedder.load("gte-small")
+        Embedder.load("gte-small", location=location)
 
 
 # --- int8 ----------------------------------------------------------------------------------------
@@ -444,7 +442,7 @@ def test_a_model_of_the_wrong_dimension_for_its_name_is_refused(
 def test_int8_is_quantized_once_cached_and_close_to_fp32(
     minilm: Embedder, minilm_dir: Path, embed_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    int8 = Embedder.load(minilm_dir, variant="int8")
+    int8 = Embedder.load(minilm_dir, variant="int8", location=ModelLocation.of(cache_dir=embed_env))
 
     assert int8.variant == "int8"
     assert int8.model_file.is_relative_to(embed_env / "int8")
@@ -457,7 +455,9 @@ def test_int8_is_quantized_once_cached_and_close_to_fp32(
         raise AssertionError("the cached int8 model should have been reused")
 
     monkeypatch.setattr(quantization, "quantize", fail)
-    again = Embedder.load(minilm_dir, variant="int8")
+    again = Embedder.load(
+        minilm_dir, variant="int8", location=ModelLocation.of(cache_dir=embed_env)
+    )
     assert again.model_file == int8.model_file
 
 
@@ -468,7 +468,7 @@ def test_int8_uses_the_models_own_quantized_file(
     shutil.copytree(tiny_model_dir, path)
     shutil.copy(path / "model.onnx", path / "model_quantized.onnx")
 
-    embedder = Embedder.load(path, variant="int8")
+    embedder = Embedder.load(path, variant="int8", location=ModelLocation.of(cache_dir=embed_env))
 
     assert embedder.model_file == path / "model_quantized.onnx"
     assert not (embed_env / "int8").exists()
@@ -480,10 +480,14 @@ def test_a_changed_source_model_is_quantized_again(
     path = modelgen.write_model_dir(
         tmp_path / "m", tokenizer_dir=gte_tokenizer_dir, **modelgen.TINY
     )
-    first = Embedder.load(path, variant="int8").model_file
+    first = Embedder.load(
+        path, variant="int8", location=ModelLocation.of(cache_dir=embed_env)
+    ).model_file
     modelgen.write_model_dir(path, tokenizer_dir=gte_tokenizer_dir, seed=1, **modelgen.TINY)
 
-    second = Embedder.load(path, variant="int8").model_file
+    second = Embedder.load(
+        path, variant="int8", location=ModelLocation.of(cache_dir=embed_env)
+    ).model_file
 
     assert first != second and first.is_file() and second.is_file()
     assert not (path / "model_quantized.onnx").exists()  # never written into the model directory

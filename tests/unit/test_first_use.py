@@ -12,8 +12,20 @@ import pytest
 
 from tests.support.fakehub import COMMIT, FakeHub
 from worker import exceptions
-from worker.models import catalog, download, files
+from worker.config import Settings
+from worker.models import catalog, download
 from worker.models.loaded import MAX_REMEMBERED_FAILURES, LoadedModels
+
+
+def models() -> LoadedModels:
+    """The models as the worker would load them with this test's environment."""
+    settings = Settings.from_env()
+    return LoadedModels(location=settings.model_location, downloads=settings.downloads)
+
+
+def ensure(name: str) -> object:
+    settings = Settings.from_env()
+    return download.ensure(name, location=settings.model_location, policy=settings.downloads)
 
 
 @pytest.fixture
@@ -62,7 +74,7 @@ def tiny_repo(
 def test_the_first_use_downloads_and_loads(
     hub: FakeHub, tiny_repo: dict[str, bytes], embed_env: Path
 ) -> None:
-    embedder = LoadedModels().get("tiny")
+    embedder = models().get("tiny")
 
     assert embedder.embed(["hello"]).shape == (1, 32)
     assert (embed_env / "tiny" / "onnx" / "model.onnx").read_bytes() == tiny_repo["onnx/model.onnx"]
@@ -80,7 +92,7 @@ def test_concurrent_first_uses_download_once(hub: FakeHub, tiny_repo: dict[str, 
 
     def load() -> None:
         try:
-            download.ensure("tiny")
+            ensure("tiny")
         except BaseException as exc:
             errors.append(exc)
 
@@ -99,7 +111,7 @@ def test_a_corrupted_download_is_not_loaded(hub: FakeHub, tiny_repo: dict[str, b
     hub.corrupt("test-org/tiny", "onnx/model.onnx")
 
     with pytest.raises(exceptions.DownloadError, match="checksum mismatch"):
-        LoadedModels().get("tiny")
+        models().get("tiny")
 
 
 @pytest.mark.parametrize("switch", ["EMBED_OFFLINE", "HF_HUB_OFFLINE"])
@@ -109,7 +121,7 @@ def test_offline_says_exactly_what_to_fetch(
     monkeypatch.setenv(switch, "1")
 
     with pytest.raises(exceptions.ModelNotFound) as info:
-        LoadedModels().get("tiny")
+        models().get("tiny")
 
     message = str(info.value)
     assert f"downloads are off ({switch}=1)" in message
@@ -128,7 +140,7 @@ def test_a_model_directory_without_model_onnx_says_so(
     monkeypatch.setenv("EMBED_MODEL_PATH", "models")  # relative: resolved in the message
 
     with pytest.raises(exceptions.ModelNotFound) as info:
-        download.ensure("gte-small")
+        ensure("gte-small")
 
     message = str(info.value)
     assert f"{tmp_path}/models/gte-small is not a model directory" in message
@@ -144,7 +156,7 @@ def test_a_relative_model_path_is_shown_absolute(
     monkeypatch.setenv("EMBED_OFFLINE", "1")
 
     with pytest.raises(exceptions.ModelNotFound) as info:
-        files.locate("some-local-model")
+        Settings.from_env().model_location.locate("some-local-model")
 
     assert f"looked in {tmp_path.parent / 'nowhere'}" in str(info.value)
 
@@ -153,7 +165,7 @@ def test_load_failures_are_remembered_in_bounded_memory(
     embed_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("EMBED_OFFLINE", "1")
-    embedders = LoadedModels()
+    embedders = models()
     for i in range(100):
         with pytest.raises(exceptions.ModelNotFound):
             embedders.get(f"no-such-model-{i}")

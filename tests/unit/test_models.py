@@ -13,10 +13,16 @@ import pytest
 
 from tests.support.fakehub import COMMIT, FakeHub
 from worker import exceptions
+from worker.config import Settings
 from worker.models import catalog, download, files
 from worker.models.embedder import Embedder
 
 pytestmark = pytest.mark.usefixtures("embed_env")
+
+
+def here() -> files.ModelLocation:
+    """Where models are found, as the Settings read it from this test's environment."""
+    return Settings.from_env().model_location
 
 
 # --- registry ------------------------------------------------------------------------------------
@@ -121,19 +127,19 @@ def test_model_path_comes_before_the_cache(
     first.mkdir()
     monkeypatch.setenv("EMBED_MODEL_PATH", f"{first}:{second}")
 
-    assert files.locate("gte-small") == in_second
+    assert here().locate("gte-small") == in_second
 
 
 def test_cache_is_searched_last(embed_env: Path) -> None:
     cached = _model_dir(embed_env, "gte-small")
 
-    assert files.locate("gte-small") == cached
+    assert here().locate("gte-small") == cached
 
 
 def test_a_path_is_used_as_is(tmp_path: Path) -> None:
     path = _model_dir(tmp_path, "anything")
 
-    assert files.locate(str(path)) == path
+    assert here().locate(str(path)) == path
 
 
 def test_a_bare_name_in_the_working_directory_does_not_shadow_the_search_path(
@@ -144,13 +150,13 @@ def test_a_bare_name_in_the_working_directory_does_not_shadow_the_search_path(
     local = _model_dir(tmp_path, "my-model")
     monkeypatch.chdir(tmp_path)
 
-    assert files.locate("gte-small") == cached
-    assert files.locate("my-model").resolve() == local
+    assert here().locate("gte-small") == cached
+    assert here().locate("my-model").resolve() == local
 
 
 def test_missing_registry_model_names_the_command_and_the_variable(embed_env: Path) -> None:
     with pytest.raises(exceptions.ModelNotFound) as info:
-        files.locate("gte-small")
+        here().locate("gte-small")
 
     message = str(info.value)
     assert "embed-worker model download gte-small" in message
@@ -160,16 +166,16 @@ def test_missing_registry_model_names_the_command_and_the_variable(embed_env: Pa
 
 def test_unknown_model_lists_the_known_ones() -> None:
     with pytest.raises(exceptions.ModelNotFound, match=r"unknown model 'nope'.*gte-small"):
-        files.locate("nope")
+        here().locate("nope")
 
 
 def test_a_directory_without_model_files_is_refused(tmp_path: Path) -> None:
     (tmp_path / "empty").mkdir()
 
     with pytest.raises(exceptions.ModelNotFound, match="is not a model directory"):
-        files.locate(str(tmp_path / "empty"))
+        here().locate(str(tmp_path / "empty"))
     with pytest.raises(exceptions.ModelNotFound, match="does not exist"):
-        files.locate(str(tmp_path / "absent"))
+        here().locate(str(tmp_path / "absent"))
 
 
 def test_loading_a_missing_model_opens_no_connection(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -179,7 +185,7 @@ def test_loading_a_missing_model_opens_no_connection(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(socket.socket, "connect", refuse)
 
     with pytest.raises(exceptions.ModelNotFound, match="embed-worker model download gte-small"):
-        Embedder.load("gte-small")
+        Embedder.load("gte-small", location=here())
 
 
 # --- model directories ---------------------------------------------------------------------------
@@ -236,7 +242,7 @@ def test_list_shows_known_models_and_local_directories(
     _model_dir(embed_env, "all-MiniLM-L6-v2")
     monkeypatch.setenv("EMBED_MODEL_PATH", str(tmp_path / "models"))
 
-    rows = {row.name: row for row in files.list_models()}
+    rows = {row.name: row for row in files.list_models(here())}
 
     assert list(rows)[:3] == ["gte-small", "all-MiniLM-L6-v2", "bge-small-en-v1.5"]
     assert not rows["gte-small"].present and rows["gte-small"].location is None
@@ -254,7 +260,7 @@ def test_list_skips_an_unreadable_local_directory(
     (broken / "config.json").write_text("{not json")
     monkeypatch.setenv("EMBED_MODEL_PATH", str(tmp_path))
 
-    assert "broken" not in {row.name for row in files.list_models()}
+    assert "broken" not in {row.name for row in files.list_models(here())}
 
 
 # --- download ------------------------------------------------------------------------------------
@@ -330,7 +336,7 @@ def test_download_fetches_the_pinned_revision_and_loads(
     hub.add("test-org/tiny", repo_files)
     _register(monkeypatch, repo_files, pin=("tokenizer.json", "onnx/model.onnx"))
 
-    path = download.download("tiny", endpoint=hub.endpoint)
+    path = download.download("tiny", location=here(), endpoint=hub.endpoint)
 
     assert path == embed_env / "tiny"
     for name in ("config.json", "tokenizer.json", "onnx/model.onnx"):
@@ -343,7 +349,7 @@ def test_download_fetches_the_pinned_revision_and_loads(
     resolved = [p for _, p in hub.requests if "/resolve/" in p]
     assert resolved and all(f"/resolve/{COMMIT}/" in p for p in resolved)
     assert _entries(embed_env) == ["tiny"]  # no staging directory left behind
-    assert Embedder.load("tiny").embed(["hello"]).shape == (1, 32)
+    assert Embedder.load("tiny", location=here()).embed(["hello"]).shape == (1, 32)
 
 
 def test_download_again_fetches_nothing(
@@ -351,10 +357,10 @@ def test_download_again_fetches_nothing(
 ) -> None:
     hub.add("test-org/tiny", repo_files)
     _register(monkeypatch, repo_files)
-    download.download("tiny", endpoint=hub.endpoint)
+    download.download("tiny", location=here(), endpoint=hub.endpoint)
     before = len(hub.requests)
 
-    download.download("tiny", endpoint=hub.endpoint)
+    download.download("tiny", location=here(), endpoint=hub.endpoint)
 
     assert len(hub.requests) == before
 
@@ -364,10 +370,10 @@ def test_int8_is_added_to_an_existing_download(
 ) -> None:
     hub.add("test-org/tiny", repo_files)
     _register(monkeypatch, repo_files)
-    path = download.download("tiny", endpoint=hub.endpoint)
+    path = download.download("tiny", location=here(), endpoint=hub.endpoint)
     fetched = len(hub.downloads())
 
-    download.download("tiny", variant="int8", endpoint=hub.endpoint)
+    download.download("tiny", variant="int8", location=here(), endpoint=hub.endpoint)
 
     assert (path / "onnx" / "model_quantized.onnx").read_bytes() == repo_files[
         "onnx/model_quantized.onnx"
@@ -380,6 +386,27 @@ def test_int8_is_added_to_an_existing_download(
         "onnx/model.onnx",
         "onnx/model_quantized.onnx",
     }
+
+
+def test_an_int8_download_alone_is_a_model_directory_for_int8(
+    hub: FakeHub, repo_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What `model download NAME --variant int8` fetches (no fp32 weights) loads as int8."""
+    hub.add("test-org/tiny", repo_files)
+    _register(monkeypatch, repo_files)
+
+    path = download.download("tiny", variant="int8", location=here(), endpoint=hub.endpoint)
+
+    assert not (path / "onnx" / "model.onnx").exists()
+    assert here().locate("tiny") == path
+    embedder = Embedder.load("tiny", variant="int8", location=here())
+    assert embedder.model_file == path / "onnx" / "model_quantized.onnx"
+    with pytest.raises(exceptions.ModelNotFound, match="model download tiny --variant fp32"):
+        Embedder.load("tiny", location=here())
+    # Asked for fp32 with downloads on, the fp32 weights are fetched beside the int8 ones.
+    policy = download.DownloadPolicy(endpoint=hub.endpoint)
+    assert download.ensure("tiny", location=here(), policy=policy) == path
+    assert (path / "onnx" / "model.onnx").read_bytes() == repo_files["onnx/model.onnx"]
 
 
 @pytest.mark.parametrize(
@@ -403,7 +430,7 @@ def test_a_corrupted_file_is_rejected_and_not_cached(
     _register(monkeypatch, repo_files, pin=(corrupted,) if pinned else ())
 
     with pytest.raises(exceptions.DownloadError, match=f"checksum mismatch \\({kind}"):
-        download.download("tiny", endpoint=hub.endpoint)
+        download.download("tiny", location=here(), endpoint=hub.endpoint)
 
     assert _entries(embed_env) == []  # neither the model nor a staging directory
 
@@ -415,7 +442,7 @@ def test_a_pin_that_disagrees_with_the_hub_refuses_before_downloading(
     hub.add("test-org/tiny", {**repo_files, "onnx/model.onnx": b"other weights"})
 
     with pytest.raises(exceptions.DownloadError, match="refusing to download"):
-        download.download("tiny", endpoint=hub.endpoint)
+        download.download("tiny", location=here(), endpoint=hub.endpoint)
 
     assert not any(p.endswith("model.onnx") for p in hub.downloads())
     assert spec.name == "tiny" and _entries(embed_env) == []
@@ -428,7 +455,7 @@ def test_optional_files_may_be_absent(
     files = {**repo_files, "1_Pooling/config.json": b"{}"}
     _register(monkeypatch, files, optional=("1_Pooling/config.json",))
 
-    path = download.download("tiny", endpoint=hub.endpoint)
+    path = download.download("tiny", location=here(), endpoint=hub.endpoint)
 
     assert not (path / "1_Pooling").exists()
 
@@ -440,7 +467,7 @@ def test_a_missing_required_file_fails(
     _register(monkeypatch, repo_files)
 
     with pytest.raises(exceptions.DownloadError, match=r"has no config\.json"):
-        download.download("tiny", endpoint=hub.endpoint)
+        download.download("tiny", location=here(), endpoint=hub.endpoint)
     assert _entries(embed_env) == []
 
 
@@ -453,7 +480,7 @@ def test_an_unknown_revision_fails(
     with pytest.raises(
         exceptions.DownloadError, match=f"has no test-org/tiny at revision {COMMIT}"
     ):
-        download.download("tiny", endpoint=hub.endpoint)
+        download.download("tiny", location=here(), endpoint=hub.endpoint)
 
 
 def test_offline_download_says_what_to_do(embed_env: Path) -> None:
@@ -462,7 +489,7 @@ def test_offline_download_says_what_to_do(embed_env: Path) -> None:
         port = probe.getsockname()[1]
 
     with pytest.raises(exceptions.DownloadError) as info:
-        download.download("gte-small", endpoint=f"http://127.0.0.1:{port}")
+        download.download("gte-small", location=here(), endpoint=f"http://127.0.0.1:{port}")
 
     message = str(info.value)
     assert f"cannot download gte-small from http://127.0.0.1:{port}" in message
@@ -473,4 +500,17 @@ def test_offline_download_says_what_to_do(embed_env: Path) -> None:
 
 def test_download_of_an_unknown_model_fails() -> None:
     with pytest.raises(exceptions.ModelNotFound, match="knows: gte-small"):
-        download.download("nope")
+        download.download("nope", location=here())
+
+
+def test_the_pinned_load_by_name_searches_embed_model_path(
+    tmp_path: Path, tiny_model_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """DESIGN.md pins `Embedder.load(name)` and EMBED_MODEL_PATH as the directories it searches:
+    a caller with no Settings still finds the model there (and a bad unrelated variable does
+    not stop it)."""
+    shutil.copytree(tiny_model_dir, tmp_path / "models" / "my-model")
+    monkeypatch.setenv("EMBED_MODEL_PATH", str(tmp_path / "models"))
+    monkeypatch.setenv("EMBED_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setenv("EMBED_BATCH_SIZE", "not a number")
+    assert Embedder.load("my-model").embed(["hello"]).shape[0] == 1

@@ -227,28 +227,25 @@ def test_dockerfile_bakes_the_model_unless_told_not_to(
     assert runtime.index(("RUN", bake)) > max(i for i, (k, _) in enumerate(runtime) if k == "USER")
 
 
-def test_docker_context_holds_what_the_wheel_is_built_from(
+def test_the_image_installs_the_wheel_make_dist_builds(
     stages: list[list[tuple[str, str]]],
 ) -> None:
-    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text())
-    wheel = pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]
-    needed = {"pyproject.toml", pyproject["project"]["readme"]}
-    needed |= {p.rstrip("/") for p in wheel["packages"]} | set(wheel["force-include"])
-    copied = {
-        src.rstrip("/")
-        for kw, args in stages[1]
-        if kw == "COPY"
-        for src in args.split()[:-1]
-        if not src.startswith("--")
-    }
-    assert needed <= copied
+    """The context is dist/'s wheels and nothing else: the image holds the wheel that was built
+    (and tested) by `make dist`, never the source tree."""
     ignore = [
         line
         for line in (ROOT / ".dockerignore").read_text().splitlines()
         if line and not line.startswith("#")
     ]
-    assert ignore[0] == "*"  # an allowlist: .venv, .devdb, caches never enter the context
-    assert {line[1:].rstrip("/") for line in ignore if line.startswith("!")} == copied
+    assert ignore == ["*", "!dist/*.whl"]  # .venv, .devdb, caches, sources never enter it
+    build = stages[1]
+    copied = [args for kw, args in build if kw == "COPY"]
+    assert copied == ["dist/ /tmp/dist/"]
+    (install,) = [a for k, a in build if k == "RUN" and "pip install" in a]
+    assert "/tmp/dist/embed_worker-*-py3-none-any.whl" in install
+    assert "make dist" in install  # what to run when dist/ holds no wheel
+    make = (ROOT / "Makefile").read_text()
+    assert "-m build --no-isolation --outdir dist ." in make
 
 
 def test_the_console_script_and_the_pinned_python_api_import() -> None:
@@ -349,3 +346,48 @@ def test_every_setting_is_in_the_operating_table() -> None:
     documented = {name.strip("`") for row in rows for name in row.split(", ")}
     expected = set(settings_variables()) | {"EMBED_MODEL_PATH", "EMBED_CACHE_DIR", "DEVDB_PORT"}
     assert not expected - documented, f"add to docs/configuration.md: {expected - documented}"
+
+
+# --- the release ------------------------------------------------------------------------------
+def project_version() -> str:
+    return str(tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"])
+
+
+def test_embed_worker_version_is_the_package_version() -> None:
+    shown = subprocess.run(
+        [sys.executable, "-m", "worker", "--version"], capture_output=True, text=True, check=True
+    )
+    assert shown.stdout.strip() == f"embed-worker {project_version()}"
+
+
+def test_the_changelog_leads_with_this_version() -> None:
+    """Keep a Changelog: `## [VERSION] - DATE` (or Unreleased) per release, newest first, each
+    with groups from the standard set."""
+    text = (ROOT / "CHANGELOG.md").read_text()
+    releases = re.findall(r"^## \[(\d+\.\d+\.\d+)\] - (\d{4}-\d{2}-\d{2}|Unreleased)$", text, re.M)
+    assert releases, "no release headings"
+    assert releases[0][0] == project_version()
+    assert [v for v, _ in releases] == sorted(
+        (v for v, _ in releases), key=lambda v: tuple(map(int, v.split("."))), reverse=True
+    )
+    groups = set(re.findall(r"^### (.+)$", text, re.M))
+    assert groups <= {"Added", "Changed", "Deprecated", "Removed", "Fixed", "Security"} | {
+        "Upgrade notes (from 0.1.0)"
+    }
+
+
+def test_artifacts_named_in_docs_and_manifests_are_this_version() -> None:
+    """Image tags and wheel names in the docs, the Dockerfile and the manifests name the
+    version a checkout builds (`make dist`), never an older one."""
+    named = re.compile(r"embed[-_]worker[-:_](\d+\.\d+\.\d+)")
+    files = [ROOT / "README.md", ROOT / "Dockerfile", ROOT / "docker-compose.yml"]
+    files += [*(ROOT / "docs").glob("*.md"), *(ROOT / "deploy").rglob("*.y*ml")]
+    stale = {
+        f"{path.relative_to(ROOT)}: {found}"
+        for path in files
+        for found in named.findall(path.read_text())
+        if found != project_version()
+    }
+    assert stale == set()
+    kustomization = yaml.safe_load((ROOT / "deploy/kubernetes/kustomization.yaml").read_text())
+    assert [i["newTag"] for i in kustomization["images"]] == [project_version()]

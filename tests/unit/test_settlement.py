@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import logging
 from datetime import UTC, datetime
+
+import pytest
 
 from tests.support.factories import job, target
 from worker.config import Settings
 from worker.pipeline import stages, write
-from worker.pipeline.batch import Batch, RowState
+from worker.pipeline.batch import Batch, Fate, RowState
 
 SETTINGS = Settings(max_attempts=3, backoff_base_seconds=10, backoff_max_seconds=100)
 NOW = datetime(2026, 1, 1, 0, 0, 5, tzinfo=UTC)
@@ -42,6 +45,7 @@ def test_a_wholly_failed_job_backs_off_as_it_is() -> None:
     out = write.settle(batch_with((j, {"1": F, "2": F})), SETTINGS, NOW)
     assert list(out.retry) == [1]
     assert 16 <= out.retry[1] <= 24  # second attempt: 2 x 10 s, jittered
+    assert out.errors == {1: "boom 1"}  # carried by the job it backs off (for `status`)
     assert not (out.delete or out.resend or out.dead)
 
 
@@ -49,7 +53,9 @@ def test_a_partly_failed_job_resends_only_the_failed_keys_with_its_attempts() ->
     j = job({"target": 1, "keys": [1, 2, 3]}, T, read_ct=1)
     out = write.settle(batch_with((j, {"1": W, "2": F, "3": W})), SETTINGS, NOW)
     assert out.delete == [1]
-    assert [m for m, _ in out.resend] == [{"target": 1, "keys": [2], "attempts": 1}]
+    assert [m for m, _ in out.resend] == [
+        {"target": 1, "keys": [2], "attempts": 1, "last_error": "boom 2"}
+    ]
     assert not out.dead
 
 
@@ -104,3 +110,33 @@ def test_postponed_and_failed_rows_of_one_job_go_back_separately() -> None:
     assert out.delete == [1] and not out.retry
     messages = sorted((m["keys"], m["attempts"], delay > 0) for m, delay in out.resend)
     assert messages == [([1], 1, True), ([2], 0, False)]
+
+
+def test_each_failed_row_is_told_its_attempt_and_what_comes_next(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The log of a failed row says whether another attempt follows; the last attempt's says
+    the row went to embeddings.failures instead of reading like one more retry."""
+    again = job({"target": 1, "keys": [1]}, T, read_ct=1)
+    last = job({"target": 1, "keys": [2], "attempts": 2}, T, read_ct=1, msg_id=2)
+    batch = batch_with((again, {"1": F}), (last, {"2": F}))
+    out = write.settle(batch, SETTINGS, NOW)
+    assert out.fates[(1, "1")].attempt == 1 and out.fates[(1, "1")].of == 3
+    assert out.fates[(1, "1")].retry_in == out.retry[1]
+    assert out.fates[(1, "2")] == Fate(attempt=3, of=3, retry_in=None)
+
+    for row_key, fate in out.fates.items():  # what write() does once the batch committed
+        batch.rows[row_key].fate = fate
+    with caplog.at_level(logging.INFO, logger="worker.pipeline.stages"):
+        stages.log_batch(batch)
+    failed = {
+        r.getMessage().split(" key=")[1][0]: r for r in caplog.records if "row failed" in r.msg
+    }
+    assert failed["1"].levelno == logging.WARNING
+    assert f"attempt=1/3, retried in {out.retry[1]} s: boom 1" in failed["1"].getMessage()
+    assert "failures" not in failed["1"].getMessage()
+    assert failed["2"].levelno == logging.ERROR
+    assert (
+        "attempt=3/3, the last: dead-lettered into embeddings.failures" in failed["2"].getMessage()
+    )
+    assert failed["2"].getMessage().endswith(": boom 2")

@@ -71,3 +71,58 @@ def test_a_running_backfill_is_shown_and_marked_when_estimated() -> None:
     assert "backfill: ~1,500,000 existing row(s) still to queue" in text
     exact = "\n".join(status.render([row(estimated=False, backfill_rows=12)]))
     assert "backfill: 12 existing row(s) still to queue" in exact
+
+
+def test_a_large_chunked_table_estimates_its_embedded_documents() -> None:
+    """Its documents with chunks have no estimate of their own: the rows no job waits for."""
+    chunked = row(
+        total_rows=40_000, embedded_rows=None, cleared_rows=2, pending_jobs=8, chunks=300_000
+    )
+    line = target_line(status.render([chunked]))
+
+    assert "~39,990 (~300,000 chunks)" in line
+    assert "? " not in line
+
+
+def test_unknown_counts_are_explained() -> None:
+    lines = status.render([row(cleared_rows=None)])
+
+    assert "?" in target_line(lines).split()
+    assert status.UNKNOWN_NOTE in lines
+    assert status.UNKNOWN_NOTE not in status.render([row()])
+
+
+def test_rows_waiting_for_a_job_are_never_counted_done() -> None:
+    """Every row embedded once, then changed (or its target held): its old vector is still
+    there, but a job waits for it."""
+    held = row(total_rows=30, embedded_rows=30, pending_jobs=30, estimated=False)
+    line = target_line(status.render([held]))
+
+    assert "[....................]   0%" in line
+    half = row(total_rows=30, embedded_rows=30, pending_jobs=15, estimated=False)
+    assert "[##########..........]  50%" in target_line(status.render([half]))
+
+
+def test_rows_bound_to_fail_get_no_eta() -> None:
+    """A row that failed waits for its next attempt (and may fail again, into `failures`): the
+    rate of the rows that passed says nothing of when."""
+    failing = row(
+        total_rows=21,
+        embedded_rows=20,
+        pending_jobs=1,
+        estimated=False,
+        rows_per_second=0.3,
+        retrying_rows=1,
+        retry_error="loading the content failed: cannot read note 99",
+        retry_attempts=2,
+    )
+    assert failing["eta_seconds"] is None
+    lines = status.render([failing])
+
+    assert target_line(lines).split()[-1] == "retrying"
+    note = next(x for x in lines if "wait for another attempt" in x)
+    assert "1 row(s) failed" in note and "cannot read note 99" in note
+    assert "embed-worker failures" in note
+    # Beside rows that will pass, the ETA counts only those.
+    mixed = row(pending_jobs=10, rows_per_second=1.0, retrying_rows=1, estimated=False)
+    assert mixed["eta_seconds"] == 9.0

@@ -30,7 +30,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
 
 def _connect(settings: Settings) -> db.Connection:
     """A connection to the database with our schema; says on stderr which database it is."""
-    dsn = db.resolve_dsn(settings.database_url)
+    dsn = settings.dsn
     output.say_database(dsn, settings.database_url)
     conn = db.connect(dsn)
     with db.translated():
@@ -47,24 +47,23 @@ def _connect(settings: Settings) -> db.Connection:
 def doctor(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.doctor import run as run_doctor
 
-    dsn = db.resolve_dsn(settings.database_url)
+    dsn = settings.dsn
     output.say_database(dsn, settings.database_url)
     return run_doctor(dsn, settings)
 
 
 def migrate(_args: argparse.Namespace, settings: Settings) -> int:
-    dsn = db.resolve_dsn(settings.database_url)
+    dsn = settings.dsn
     output.say_database(dsn, settings.database_url)
     db.connect(dsn).close()  # an unreachable database is reported plainly, not through Alembic
     try:
-        schema.migrate(dsn)
+        migration = schema.migrate(dsn)
     except exceptions.EmbedWorkerError:
         raise
     except Exception as exc:  # psycopg/SQLAlchemy errors from inside Alembic
         raise exceptions.DatabaseError(f"migration failed: {db.redact(str(exc))}") from exc
-    with db.connect(dsn) as conn:
-        revision = schema.current_revision(conn)
-    print(f"database {db.describe(dsn)} is at revision {revision}", file=sys.stderr)
+    for line in migration.lines():  # `applied 0002 (0.2.0)`, or `already at ...`; NOTICEs
+        print(line)
     return EXIT_OK
 
 
@@ -96,7 +95,7 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
         if args.watch is not None:
             if args.watch <= 0:
                 raise exceptions.ConfigError("--watch takes a positive number of seconds")
-            dsn = db.resolve_dsn(settings.database_url)
+            dsn = settings.dsn
             header = output.database_line(dsn, settings.database_url)
             try:
                 watch(conn, args.watch, header, exact=args.exact)
@@ -113,11 +112,42 @@ def embed(args: argparse.Namespace, settings: Settings) -> int:
         texts = [line.rstrip("\r\n") for line in sys.stdin]
         if not texts:
             raise exceptions.ConfigError("embed -: standard input held no lines")
-    model = _load(args.model or settings.model, settings)
+    name = args.model or _default_model(settings)
+    model = _load(name, settings)
     vectors = model.embed(texts)
     json.dump([[round(float(x), 7) for x in row] for row in vectors], sys.stdout)
     sys.stdout.write("\n")
     return EXIT_OK
+
+
+def _default_model(settings: Settings) -> str:
+    """The default model (Settings.default_model), saying on stderr which one and why: with
+    EMBED_MODEL unset it is the database's, so the database is asked when it can be reached."""
+    if settings.model:
+        print(f"embed-worker: model {settings.model} (EMBED_MODEL)", file=sys.stderr)
+        return settings.model
+    from worker.pipeline.targets import database_default_model
+
+    dsn = settings.dsn
+    try:
+        with db.connect(dsn, connect_timeout=3) as conn:
+            found = database_default_model(conn)
+    except exceptions.EmbedWorkerError as exc:
+        name = settings.default_model(None)
+        print(
+            f"embed-worker: model {name} (the built-in default: could not ask the database for "
+            f"its default model: {exc}; name one with --model or EMBED_MODEL)",
+            file=sys.stderr,
+        )
+        return name
+    name = settings.default_model(found)
+    why = (
+        f"the database's default model, embeddings.default_model() in {db.describe(dsn)}"
+        if found
+        else f"the built-in default: {db.describe(dsn)} names no default model"
+    )
+    print(f"embed-worker: model {name} ({why})", file=sys.stderr)
+    return name
 
 
 def _load(name: str, settings: Settings) -> Any:
@@ -125,10 +155,14 @@ def _load(name: str, settings: Settings) -> Any:
     from worker.models import download
     from worker.models.embedder import Embedder
 
+    location = settings.model_location
     return Embedder.load(
-        download.ensure(name, variant=settings.model_variant),
+        download.ensure(
+            name, variant=settings.model_variant, location=location, policy=settings.downloads
+        ),
         variant=settings.model_variant,
         threads=settings.threads,
+        location=location,
     )
 
 
@@ -154,7 +188,7 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
             ]
         if not ids:
             hint = f"SELECT embeddings.watch('{args.table}', 'content_column');"
-            status_hint = hints.command("status", db.resolve_dsn(settings.database_url))
+            status_hint = hints.command("status", settings.dsn)
             hint += f" then see `{status_hint}`"
             raise exceptions.TargetError(f"{args.table} is not watched: {hint}")
         if len(ids) > 1:
@@ -218,7 +252,7 @@ def failures(args: argparse.Namespace, settings: Settings) -> int:
             for r in rows
         ],
     )
-    retry = hints.command("failures --retry", db.resolve_dsn(settings.database_url))
+    retry = hints.command("failures --retry", settings.dsn)
     print(f"\n{len(rows)} dead-lettered; re-queue with: {retry}")
     return EXIT_OK
 
@@ -228,7 +262,7 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
     from worker.models import catalog, download, files
 
     if args.model_command == "list":
-        rows = files.list_models()
+        rows = files.list_models(settings.model_location)
         output.print_table(
             ["name", "dim", "pooling", "max tokens", "present", "where", "source"],
             [
@@ -246,6 +280,11 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
         )
         return EXIT_OK
     variant: catalog.Variant | Literal["all"] = args.download_variant or settings.model_variant
-    path = download.download(args.name, variant=variant)
+    path = download.download(
+        args.name,
+        variant=variant,
+        location=settings.model_location,
+        endpoint=settings.downloads.endpoint,
+    )
     print(f"{args.name} is in {path}", file=sys.stderr)
     return EXIT_OK

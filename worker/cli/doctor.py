@@ -15,7 +15,8 @@ import psycopg
 from worker import db, exceptions
 from worker.cli import hints, output
 from worker.config import Settings
-from worker.models import catalog, download, files
+from worker.models import catalog
+from worker.pipeline.targets import database_default_model
 
 Level = Literal["ok", "warn", "FAIL"]
 BACKLOG_SECONDS = 300.0  # a job older than this, with no rate to drain it, is a backlog
@@ -70,42 +71,57 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
 
 def _extensions(conn: db.Connection) -> list[Finding]:
     have = dict(conn.execute("SELECT extname, extversion FROM pg_extension").fetchall())
+    offered = dict(
+        conn.execute(
+            "SELECT name, default_version FROM pg_available_extensions"
+            " WHERE name IN ('vector', 'pgmq')"
+        ).fetchall()
+    )
     pgmq_schema = conn.execute("SELECT to_regnamespace('pgmq') IS NOT NULL").fetchone()
-    out = []
-    if "vector" not in have:
-        out.append(
-            Finding(
-                "FAIL",
-                "pgvector",
-                "extension vector is not installed",
-                "install pgvector >= 0.7 on the server, then `embed-worker migrate`",
-            )
+    return [
+        vector_finding(have.get("vector"), offered.get("vector")),
+        pgmq_finding(have.get("pgmq"), offered.get("pgmq"), bool(pgmq_schema and pgmq_schema[0])),
+    ]
+
+
+def vector_finding(installed: str | None, offered: str | None) -> Finding:
+    """pgvector, from the version in this database and the one the server offers: `migrate`
+    creates the extension when the server has a version with halfvec; only a server without
+    one needs pgvector installed on it."""
+    if installed is not None and _version(installed) >= MIN_VECTOR:
+        return Finding("ok", "pgvector", f"version {installed}")
+    if installed is not None:
+        fix = "ALTER EXTENSION vector UPDATE (pgvector >= 0.7 on the server)"
+        return Finding("FAIL", "pgvector", f"version {installed} has no halfvec", fix)
+    if offered is not None and _version(offered) >= MIN_VECTOR:
+        return Finding(
+            "ok",
+            "pgvector",
+            f"version {offered} available on the server; `embed-worker migrate` creates the "
+            "extension in this database",
         )
-    elif _version(have["vector"]) < MIN_VECTOR:
-        out.append(
-            Finding(
-                "FAIL",
-                "pgvector",
-                f"version {have['vector']} has no halfvec",
-                "ALTER EXTENSION vector UPDATE (pgvector >= 0.7 on the server)",
-            )
-        )
-    else:
-        out.append(Finding("ok", "pgvector", f"version {have['vector']}"))
-    if "pgmq" in have and _version(have["pgmq"]) < MIN_PGMQ:
-        out.append(
-            Finding(
-                "FAIL",
-                "pgmq",
-                f"version {have['pgmq']} is too old",
-                "ALTER EXTENSION pgmq UPDATE (pgmq >= 1.4)",
-            )
-        )
-    elif "pgmq" in have or (pgmq_schema and pgmq_schema[0]):
-        out.append(Finding("ok", "pgmq", f"version {have.get('pgmq', 'installed as SQL')}"))
-    else:
-        out.append(Finding("FAIL", "pgmq", "not installed", "`embed-worker migrate` installs it"))
-    return out
+    server = f"the server offers only {offered}, which" if offered else "the server"
+    return Finding(
+        "FAIL",
+        "pgvector",
+        f"not installed, and {server} has no pgvector >= 0.7 (halfvec)",
+        "install pgvector >= 0.7 on the database server, then `embed-worker migrate`",
+    )
+
+
+def pgmq_finding(installed: str | None, offered: str | None, as_sql: bool) -> Finding:
+    """pgmq: the extension, or the SQL `migrate` installs where the server lacks it."""
+    if installed is not None and _version(installed) < MIN_PGMQ:
+        fix = "ALTER EXTENSION pgmq UPDATE (pgmq >= 1.4)"
+        return Finding("FAIL", "pgmq", f"version {installed} is too old", fix)
+    if installed is not None or as_sql:
+        return Finding("ok", "pgmq", f"version {installed or 'installed as SQL'}")
+    where = (
+        f"version {offered} available on the server; `embed-worker migrate` creates the extension"
+        if offered
+        else "not on the server as an extension; `embed-worker migrate` installs it as plain SQL"
+    )
+    return Finding("ok", "pgmq", f"{where} in this database")
 
 
 def _schema(conn: db.Connection, dsn: str, found: list[Finding]) -> bool:
@@ -149,19 +165,27 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
         else []
     )
     watched = {m for (m,) in conn.execute("SELECT model FROM embeddings.targets").fetchall()}
-    for model in sorted({settings.model} | watched):
-        out.append(_model(model))
+    readable = _can_read(conn, "embeddings.models")
+    database_default = database_default_model(conn) if readable else None
+    out.append(_default_model(settings, database_default))
+    for model in sorted({settings.default_model(database_default)} | watched):
+        out.append(_model(model, settings))
     targets = conn.execute(
         "SELECT embeddings.target_name(t), t.model, a.atttypmod,"
-        " has_column_privilege(t.source, t.embedding_column, 'UPDATE'),"
-        " has_table_privilege(t.source, 'SELECT'),"
+        # The functions through which the worker reads and writes the table as its owner
+        # (sql/32_access.sql): it holds no privilege on the table itself.
+        " coalesce((SELECT bool_and(has_function_privilege(p.oid, 'EXECUTE')) FROM pg_proc p"
+        "  WHERE p.pronamespace = 'embeddings'::regnamespace"
+        "    AND p.proname ~ ('^embeddings_' || t.id"
+        "                     || '_(lock|load|store|blank|reusable|chunks)$')),"
+        "  false),"
         " has_table_privilege(format('pgmq.%I', pgmq.format_table_name(t.queue, 'q')),"
         "                     'SELECT, UPDATE, DELETE'),"
         " has_table_privilege('embeddings.failures', 'INSERT')"
         " FROM embeddings.targets t JOIN pg_attribute a ON a.attrelid = t.source"
         "  AND a.attname = t.embedding_column AND NOT a.attisdropped ORDER BY t.id"
     ).fetchall()
-    for name, model, typmod, can_update, can_read, can_queue, can_fail in targets:
+    for name, model, typmod, can_run, can_queue, can_fail in targets:
         if model in dims and typmod > 0 and typmod != dims[model]:
             out.append(
                 Finding(
@@ -175,8 +199,7 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
         missing = [
             what
             for what, ok in (
-                ("UPDATE of the embedding column", can_update),
-                ("SELECT on the table", can_read),
+                ("EXECUTE on the functions of its target", can_run),
                 ("SELECT/UPDATE/DELETE on the queue", can_queue),
                 ("INSERT on embeddings.failures", can_fail),
             )
@@ -200,19 +223,79 @@ def _can_read(conn: db.Connection, table: str) -> bool:
     return bool(row and row[0])
 
 
-def _model(name: str) -> Finding:
+def _default_model(settings: Settings, database_default: str | None) -> Finding:
+    """Which model `embed` and POST /embed use when none is named, and whether it is the one
+    watch() uses (the database's default): two different answers are a warning, named both."""
+    name = settings.default_model(database_default)
+    if settings.model is None:
+        source = (
+            "the database's default model, embeddings.default_model()"
+            if database_default
+            else "built in: the database names none"
+        )
+        return Finding(
+            "ok",
+            "default model",
+            f"{name} ({source}); EMBED_MODEL is unset, so embed and POST /embed use it too",
+        )
+    if database_default in (None, settings.model):
+        also = ", and the database's default too" if database_default else ""
+        return Finding("ok", "default model", f"{name} (EMBED_MODEL{also})")
+    quoted = settings.model.replace("'", "''")
+    return Finding(
+        "warn",
+        "default model",
+        f"EMBED_MODEL={settings.model} is what embed and POST /embed use when no model is "
+        f"named, but the database's default is {database_default} (embeddings.default_model(), "
+        "what watch() uses when no model is named)",
+        "unset EMBED_MODEL to follow the database, or make the database agree: "
+        f"SELECT embeddings.set_default_model('{quoted}');",
+    )
+
+
+def _model(name: str, settings: Settings) -> Finding:
+    location = settings.model_location
     try:
-        where = files.locate(name)
-    except exceptions.ModelNotFound as exc:
-        if name in catalog.REGISTRY and download.downloads_disabled() is None:
-            return Finding(
-                "warn",
-                f"model {name}",
-                "not on disk here; the worker downloads it on first use",
-                f"to fetch it now: `{hints.command(f'model download {name}', None)}`",
-            )
-        return Finding("FAIL", f"model {name}", str(exc), "see the message for what to fetch")
+        where = location.locate(name)
+    except exceptions.ModelNotFound:
+        return _missing_model(name, settings)
     return Finding("ok", f"model {name}", f"found in {os.fspath(where)}")
+
+
+def _missing_model(name: str, settings: Settings) -> Finding:
+    """A model that is not on disk: what is wrong, and the exact command or files that fix it."""
+    location, off_by = settings.model_location, settings.downloads.off_by
+    check = f"model {name}"
+    fetch = hints.model_download(name, settings)
+    incomplete = location.incomplete(name)
+    if incomplete:
+        fix = f"complete {incomplete[0]}: {hints.model_layout(name, settings, incomplete[0])}"
+        if name in catalog.REGISTRY:
+            fix += f"; or remove it and fetch the model: `{fetch}`"
+        return Finding("FAIL", check, location.why_incomplete(incomplete[0]), fix)
+    searched = ", ".join(os.fspath(d) for d in location.search_dirs())
+    offline_use = hints.model_on_path(name, settings)
+    if name not in catalog.REGISTRY:
+        return Finding(
+            "FAIL",
+            check,
+            f"not present (looked in {searched}); no download exists for it",
+            offline_use,
+        )
+    if off_by is None:
+        return Finding(
+            "warn",
+            check,
+            f"not on disk here (looked in {searched}); the worker downloads it on first use",
+            f"to fetch it now: `{fetch}`",
+        )
+    return Finding(
+        "FAIL",
+        check,
+        f"not present (looked in {searched}) and downloads are off ({off_by}=1)",
+        f"`{fetch}` where the hub is reachable (it fills {location.cache.absolute() / name}/: "
+        f"copy that directory here if it ran on another machine); or {offline_use}",
+    )
 
 
 def _queue(rows: list[dict[str, object]], dsn: str) -> list[Finding]:
@@ -221,6 +304,15 @@ def _queue(rows: list[dict[str, object]], dsn: str) -> list[Finding]:
         name = str(r["target"])
         pending = int(str(r["pending_jobs"]))
         oldest = r["oldest_pending_seconds"]
+        if r.get("problem"):  # a schema change it cannot follow; functions that cannot serve it
+            out.append(
+                Finding(
+                    "FAIL",
+                    f"target {name}",
+                    f"not served: {r['problem']}",
+                    "fix the cause; the worker defers its jobs meanwhile (docs/security.md)",
+                )
+            )
         if r["deferred_reason"]:
             out.append(
                 Finding(

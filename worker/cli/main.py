@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import logging
-import os
 import sys
 from collections.abc import Sequence
 
@@ -112,7 +111,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = command("run", "run the worker")
     run.add_argument("--once", action="store_true", help="drain the queue, then exit 0")
-    run.add_argument("--model", help="default model (for /embed) [EMBED_MODEL]")
+    run.add_argument(
+        "--model",
+        help="the model for POST /embed when a request names none; default: the database's "
+        "default model, embeddings.default_model() [EMBED_MODEL]",
+    )
     run.add_argument("--queue", help="pgmq queue [EMBED_QUEUE]")
     run.add_argument("--batch-size", type=int, help="rows per batch [EMBED_BATCH_SIZE]")
     run.add_argument("--vt-seconds", type=int, help="lease (visibility timeout) [EMBED_VT_SECONDS]")
@@ -160,7 +163,11 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="TEXT",
         help="texts to embed; `-` reads one text per line from standard input",
     )
-    embed.add_argument("--model", help="registry model name [EMBED_MODEL]")
+    embed.add_argument(
+        "--model",
+        help="model name or directory; default: EMBED_MODEL, else the database's default model "
+        "(embeddings.default_model()), else gte-small [EMBED_MODEL]",
+    )
 
     search = command("search", "rows of TABLE nearest in meaning to QUERY")
     search.add_argument("table", metavar="TABLE", help="a watched table, e.g. public.documents")
@@ -202,16 +209,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def settings_from(args: argparse.Namespace) -> Settings:
-    # The model search path and cache are read by worker.models.files from the environment.
-    if getattr(args, "model_path", None):
-        os.environ["EMBED_MODEL_PATH"] = args.model_path
-    if getattr(args, "cache_dir", None):
-        os.environ["EMBED_CACHE_DIR"] = args.cache_dir
+    """The Settings: the environment, with the flags given applied over it."""
     names = (
         "database_url",
         "log_format",
         "log_level",
         "model_variant",
+        "model_path",
+        "cache_dir",
         "threads",
         "model",
         "queue",

@@ -12,13 +12,16 @@ import time
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from psycopg import sql
 
-from worker import db
+from worker import db, exceptions, queries
 from worker.cli import output
+from worker.pipeline import jobs
 
 COLUMNS = (
     "target",
+    "target_id",
     "total_rows",
     "embedded_rows",
     "pending_jobs",
@@ -29,6 +32,7 @@ COLUMNS = (
     "cleared_rows",
     "deferred_reason",
     "deferred_since",
+    "problem",  # why the target is not served (NULL when it is)
     "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
     "estimated",  # total, embedded and cleared rows and chunks are estimates (large tables)
     "backfill_rows",  # rows a running backfill has still to queue (NULL: none runs)
@@ -47,6 +51,11 @@ ESTIMATE_NOTE = (
     "~ estimated from the table's statistics (exact counts: `embed-worker status --exact`, "
     "which scans the tables); pending and failed are always exact."
 )
+UNKNOWN_NOTE = (
+    "? not known: blank rows are not counted for a content function (nor where it fails); an "
+    "estimate needs the table analyzed once since watch() (ANALYZE it, or "
+    "`embed-worker status --exact`)."
+)
 CLEAR_SCREEN = "\x1b[H\x1b[J"  # cursor home, erase below: the next frame replaces this one
 BAR_WIDTH = 20
 
@@ -59,17 +68,57 @@ def fetch(conn: db.Connection, *, exact: bool = False) -> list[dict[str, Any]]:
             )
         )
         rows = [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]
+    _add_retrying(conn, rows)
     for row in rows:
         row["eta_seconds"] = eta_seconds(row)
     return rows
 
 
 def eta_seconds(row: dict[str, Any]) -> float | None:
-    """Pending rows at the recent rate; None when nothing is pending or nothing moves."""
+    """Pending rows at the recent rate, leaving out rows that failed and wait for another
+    attempt (a rate says nothing of them); None when nothing else is pending or nothing moves."""
     rate = row["rows_per_second"] or 0.0
-    if not row["pending_jobs"] or rate <= 0 or row["deferred_reason"]:
+    fresh = (row["pending_jobs"] or 0) - (row.get("retrying_rows") or 0)
+    if fresh <= 0 or rate <= 0 or row["deferred_reason"]:
         return None
-    return float(row["pending_jobs"]) / float(rate)
+    return float(fresh) / float(rate)
+
+
+def _add_retrying(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
+    """Each row's `retrying_rows` (pending rows whose job failed and waits for another attempt),
+    `retry_error` (the latest such error) and `retry_attempts` (the most attempts spent), read
+    from the lanes of targets with pending work (queries.sql: retrying_keys; lanes of many
+    messages are not read). Left at 0/None where the lanes cannot be read."""
+    for row in rows:
+        row.update(retrying_rows=0, retry_error=None, retry_attempts=None)
+    busy = {row["target_id"]: row for row in rows if row["pending_jobs"]}
+    if not busy:
+        return
+    found: dict[int, list[tuple[int, str, int]]] = {}
+    try:
+        with db.translated(), conn.transaction():  # a savepoint where one is open (doctor)
+            targets = conn.execute(
+                queries.compose("target_lanes"), {"target_ids": list(busy)}
+            ).fetchall()
+            by_name = {(schema, table, column): tid for tid, _, schema, table, column in targets}
+            queues = {queue for _, queue, *_ in targets}
+            for lane in sorted(queues | {jobs.backfill_queue_name(q) for q in queues}):
+                cur = conn.execute(
+                    queries.compose("retrying_keys", queue_table=queries.queue_table(lane))
+                )
+                for tid, schema, table, column, keys, error, attempts in cur:
+                    target_id = (
+                        tid if isinstance(tid, int) else by_name.get((schema, table, column))
+                    )
+                    if target_id is not None and target_id in busy:
+                        found.setdefault(target_id, []).append((keys, error, attempts))
+    except (psycopg.Error, exceptions.EmbedWorkerError):
+        return  # no right to read the queue, a lane not there: the status without it
+    for target_id, parts in found.items():
+        row = busy[target_id]
+        row["retrying_rows"] = min(sum(k for k, _, _ in parts), row["pending_jobs"])
+        row["retry_error"] = parts[-1][1]
+        row["retry_attempts"] = max(a for _, _, a in parts)
 
 
 def bar(done: int, total: int, *, width: int = BAR_WIDTH) -> str:
@@ -87,12 +136,25 @@ def count(value: int | None, *, estimated: bool) -> str:
 
 
 def progress_done(row: dict[str, Any], wanted: int) -> int:
-    """Rows counted as done for the progress bar. Exact counts: the embedded rows. Estimates:
-    the rows that no job waits for, since the pending count is exact and current, whereas
-    the embedded estimate moves only when the table is analyzed."""
+    """Rows counted as done for the progress bar: never a row a job waits for. Exact counts:
+    the embedded rows that no job waits for (a row embedded once and changed since, or held
+    back, still has its old vector). Estimates: the rows that no job waits for, since the
+    pending count is exact and current, whereas the embedded estimate moves only when the
+    table is analyzed."""
+    waiting = max(wanted - int(row["pending_jobs"]), 0)
     if row["estimated"] or row["embedded_rows"] is None:
-        return max(wanted - int(row["pending_jobs"]), 0)
-    return int(row["embedded_rows"])
+        return waiting
+    return min(int(row["embedded_rows"]), waiting)
+
+
+def embedded_estimate(row: dict[str, Any]) -> int | None:
+    """The embedded rows to show: the view's count, or where an estimate has none (a chunked
+    target's documents; a table not analyzed since watch()), the rows no job waits for."""
+    known: int | None = row["embedded_rows"]
+    if known is not None or not row["estimated"] or row["total_rows"] is None:
+        return known
+    wanted = int(row["total_rows"]) - int(row["cleared_rows"] or 0)
+    return max(wanted - int(row["pending_jobs"]) - int(row["failed_jobs"]), 0)
 
 
 def render(rows: list[dict[str, Any]]) -> list[str]:
@@ -107,6 +169,8 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
         progress = bar(progress_done(r, wanted), wanted) if pending else "done" if wanted else "-"
         if r["deferred_reason"]:
             eta = "waiting (deferred)"
+        elif pending and r.get("retrying_rows", 0) >= pending:
+            eta = "retrying"  # only rows that failed: no rate says when, or whether, they pass
         elif pending:
             eta = output.age(r["eta_seconds"]) if r["eta_seconds"] is not None else "no rate yet"
         else:
@@ -116,7 +180,7 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
                 r["target"],
                 r["model"],
                 count(r["total_rows"], estimated=estimated),
-                count(r["embedded_rows"], estimated=estimated)
+                count(embedded_estimate(r), estimated=estimated)
                 + (
                     f" ({count(r['chunks'], estimated=estimated)} chunks)"
                     if r["chunks"] is not None
@@ -155,6 +219,9 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
     if any(r["estimated"] for r in rows):
         lines.append("")
         lines.append(ESTIMATE_NOTE)
+    if any(r["cleared_rows"] is None or embedded_estimate(r) is None for r in rows):
+        lines.append("")
+        lines.append(UNKNOWN_NOTE)
     return lines
 
 
@@ -172,6 +239,16 @@ def notes(r: dict[str, Any]) -> list[str]:
             f" {r['change_rows_per_second'] or 0:.1f}/s, ETA"
             f" {output.age(eta) if eta is not None else 'no rate yet'}"
             f" ({r['model']} serves searches until the swap)"
+        )
+    if r.get("problem"):
+        lines.append("")
+        lines.append(f"{r['target']}: not served: {r['problem']}")
+    if r.get("retrying_rows"):
+        lines.append("")
+        lines.append(
+            f"{r['target']}: {r['retrying_rows']:,} row(s) failed and wait for another attempt"
+            f" ({r['retry_attempts']} attempt(s) so far; after EMBED_MAX_ATTEMPTS a row goes to"
+            f" `embed-worker failures`): {' | '.join(str(r['retry_error']).splitlines())}"
         )
     if r["deferred_reason"]:
         since = r["deferred_since"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")

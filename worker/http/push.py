@@ -63,10 +63,12 @@ def job_ids(body: Any) -> list[tuple[int, dict[str, Any]]]:
             if isinstance(raw, bool) or raw is None:
                 raise ValueError
             job_id = int(raw)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidRequest(
                 f"invalid request body: job {index} has no numeric jobId"
             ) from None
+        if not -(2**63) <= job_id < 2**63:  # pgmq's msg_id is a bigint
+            raise InvalidRequest(f"invalid request body: job {index} has a jobId out of range")
         found.append((job_id, job))
     return found
 
@@ -131,7 +133,7 @@ def _process(worker: Worker, requested: list[tuple[int, dict[str, Any]]], lane: 
             for chunk in _batches(taken, worker.settings.batch_size):
                 batch = Batch(jobs=list(chunk), lane=lane.name)
                 stages.prepare(batch)
-                stages.load(conn, batch)
+                stages.load(conn, batch, worker.embedders)
                 stages.embed(worker.embedders, batch)
                 settlement = write.write(conn, lane.queue, batch, worker.settings)
                 lane.leases.drop(batch.msg_ids)

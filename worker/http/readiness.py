@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from worker import db, exceptions
+from worker.process import startup
 
 if TYPE_CHECKING:
     from worker.process.runner import Worker
@@ -43,7 +44,7 @@ class ReadinessProbe:
         found = []
         model_problem = self.worker.default_model_problem()
         if model_problem:
-            found.append(f"model {self.worker.settings.model}: {model_problem}")
+            found.append(f"model {startup.default_model(self.worker)}: {model_problem}")
         if self.worker.failure is not None or self.worker.finished.is_set():
             found.append("worker stopped")
         db_error = self._database()

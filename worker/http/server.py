@@ -12,31 +12,33 @@
   POST /search              {"table", "query", "k"} -> {"results": [...]}: nearest rows, or for
                             a chunked target documents with their best chunk (worker.search)
 
-POST routes take an optional bearer token (EMBED_HTTP_TOKEN), compared in constant time. Bound
-to anything but loopback without a token, they answer 403 unless the operator opts in with
-EMBED_HTTP_ALLOW_UNAUTHENTICATED=1. Bodies are limited to EMBED_HTTP_MAX_BODY bytes; malformed
-input (a lone surrogate included) is a 400 with the reason. A connection silent for
-EMBED_HTTP_TIMEOUT_SECONDS is closed (slow clients cannot pin threads), and at most
-EMBED_HTTP_MAX_CONNECTIONS are served at once; more get 503 with Retry-After.
+POST routes take an optional bearer token (EMBED_HTTP_TOKEN), compared in constant time, before
+the body is read. Bound to anything but loopback without a token, they answer 403 unless the
+operator opts in with EMBED_HTTP_ALLOW_UNAUTHENTICATED=1. At most EMBED_HTTP_MAX_CONNECTIONS
+are served at once; more get 503 with Retry-After. Reading requests within bounds (sizes, body
+framing, EMBED_HTTP_TIMEOUT_SECONDS, JSON depth) and answering every bad one with its status
+and a JSON reason is worker.http.protocol's part (docs/http.md#hardening lists the answers).
 """
 
 from __future__ import annotations
 
 import hmac
 import ipaddress
-import json
 import logging
 import socket
 import threading
 from http import HTTPStatus
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker import db, exceptions, metrics
+from worker.http import protocol
+from worker.http.protocol import BadRequest
 from worker.http.readiness import ReadinessProbe
 from worker.models import catalog, files
+from worker.process import startup
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -50,12 +52,6 @@ BUSY_RESPONSE = (
     b"HTTP/1.1 503 Service Unavailable\r\nContent-Type: application/json\r\n"
     b"Retry-After: 1\r\nConnection: close\r\nContent-Length: %d\r\n\r\n%s" % (len(_BUSY), _BUSY)
 )
-
-
-class BadRequest(Exception):
-    def __init__(self, status: HTTPStatus, message: str) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 class Server(ThreadingHTTPServer):
@@ -85,6 +81,11 @@ class Server(ThreadingHTTPServer):
             self.slots.release()
             raise
 
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        # The handler answers every error itself: what reaches here is a bug. Logged as ours,
+        # not printed on stderr as socketserver does.
+        logger.exception("HTTP connection from %s failed", client_address[0])
+
     def process_request_thread(self, request: Any, client_address: Any) -> None:
         try:
             super().process_request_thread(request, client_address)
@@ -97,63 +98,50 @@ class Server(ThreadingHTTPServer):
         return f"http://{host!s}:{port}"
 
 
-class Handler(BaseHTTPRequestHandler):
+class Handler(protocol.JSONRequestHandler):
     server: Server
-    protocol_version = "HTTP/1.1"
     server_version = "embed-worker"
 
     def setup(self) -> None:
+        self.timeout_seconds = self.server.settings.http_timeout_seconds
+        self.max_body = self.server.settings.http_max_body
         super().setup()
-        # A socket timeout on every read and write: a client that stalls mid-request is cut off.
-        self.connection.settimeout(self.server.settings.http_timeout_seconds)
 
     # --- routing ----------------------------------------------------------------------------
-    def do_GET(self) -> None:
-        routes = {"/healthz": self._healthz, "/readyz": self._readyz, "/metrics": self._metrics}
-        path = self.path.split("?", 1)[0]
-        if path in routes:
-            routes[path]()
+    def route(self, path: str, length: int | None) -> None:
+        shown = path if len(path) <= 100 else path[:100] + "..."
+        if path in GET_ROUTES:
+            if self.command not in ("GET", "HEAD"):
+                raise BadRequest(
+                    HTTPStatus.METHOD_NOT_ALLOWED,
+                    f"{self.command} is not allowed on {shown}",
+                    allow="GET, HEAD",
+                )
+            if length:  # a body nobody asked for: read past it to the next request
+                self.read_body()
+            GET_ROUTES[path](self)
         elif path in POST_ROUTES:
-            self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes POST", allow="POST")
-        else:
-            self._error(HTTPStatus.NOT_FOUND, f"no route {path}")
-
-    def do_POST(self) -> None:
-        path = self.path.split("?", 1)[0]
-        if path not in POST_ROUTES:
-            if path in ("/healthz", "/readyz", "/metrics"):
-                self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{path} takes GET", allow="GET")
-            else:
-                self._error(HTTPStatus.NOT_FOUND, f"no route {path}")
-            return
-        try:
+            if self.command != "POST":
+                raise BadRequest(
+                    HTTPStatus.METHOD_NOT_ALLOWED,
+                    f"{self.command} is not allowed on {shown}",
+                    allow="POST",
+                )
+            # Refusals come before the body is read (with Expect: 100-continue, before it is
+            # even sent): the body of an unauthorized client is never parsed.
             if self.server.post_refusal:
-                self._drain_body()
                 raise BadRequest(HTTPStatus.FORBIDDEN, self.server.post_refusal)
             self._authorize()
-            body = self._json_body()
-            POST_ROUTES[path](self, body)
-        except BadRequest as exc:
-            self._error(exc.status, str(exc))
-        except exceptions.ModelError as exc:
-            self._error(HTTPStatus.SERVICE_UNAVAILABLE, str(exc))
-        except exceptions.EmbedWorkerError as exc:
-            self._error(HTTPStatus.INTERNAL_SERVER_ERROR, str(exc))
+            POST_ROUTES[path](self, self._json_body(length))
+        else:
+            raise BadRequest(HTTPStatus.NOT_FOUND, f"no route {shown}")
 
-    def do_PUT(self) -> None:
-        self._not_allowed()
-
-    def do_DELETE(self) -> None:
-        self._not_allowed()
-
-    def do_PATCH(self) -> None:
-        self._not_allowed()
-
-    def _not_allowed(self) -> None:
-        self._drain_body()
-        path = self.path.split("?", 1)[0]
-        allow = "POST" if path in POST_ROUTES else "GET"
-        self._error(HTTPStatus.METHOD_NOT_ALLOWED, f"{self.command} is not allowed", allow=allow)
+    def failure(self, exc: Exception) -> tuple[HTTPStatus, str] | None:
+        if isinstance(exc, exceptions.ModelError | exceptions.ConnectionLost):
+            return HTTPStatus.SERVICE_UNAVAILABLE, str(exc)  # the request may succeed later
+        if isinstance(exc, exceptions.EmbedWorkerError):
+            return HTTPStatus.INTERNAL_SERVER_ERROR, str(exc)
+        return None
 
     # --- GET routes -------------------------------------------------------------------------
     def _healthz(self) -> None:
@@ -194,7 +182,7 @@ class Handler(BaseHTTPRequestHandler):
             raise BadRequest(
                 HTTPStatus.BAD_REQUEST, '"input" must be a string or a list of strings'
             )
-        model_name = body.get("model") or self.server.settings.model
+        model_name = body.get("model") or startup.default_model(self.server.worker)
         if not isinstance(model_name, str):
             raise BadRequest(HTTPStatus.BAD_REQUEST, '"model" must be a string')
         self._check_model(model_name)
@@ -214,14 +202,14 @@ class Handler(BaseHTTPRequestHandler):
         """Only models already loaded or configured (the default, the targets'), or registry
         models already on disk: a request never names a path, never starts a download."""
         worker = self.server.worker
-        configured = {self.server.settings.model} | {
+        configured = {startup.default_model(worker)} | {
             t.model for t in worker.registry.snapshot().values()
         }
         if name in worker.embedders.loaded() or name in configured:
             return
         if name in catalog.REGISTRY and not files.looks_like_path(name):
             try:
-                files.locate(name)
+                worker.embedders.location.locate(name)
             except exceptions.ModelNotFound:
                 raise BadRequest(
                     HTTPStatus.NOT_FOUND,
@@ -278,75 +266,29 @@ class Handler(BaseHTTPRequestHandler):
         if scheme.lower() != "bearer" or not hmac.compare_digest(
             credential.strip().encode(), token.encode()
         ):
-            self._drain_body()
             raise BadRequest(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
 
-    def _json_body(self) -> Any:
-        content_type = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
-        length_header = self.headers.get("Content-Length")
-        if length_header is None:
+    def _json_body(self, length: int | None) -> Any:
+        if length is None:
             raise BadRequest(HTTPStatus.LENGTH_REQUIRED, "Content-Length is required")
-        try:
-            length = int(length_header)
-        except ValueError:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, "invalid Content-Length") from None
-        limit = self.server.settings.http_max_body
-        if length > limit:
-            self.close_connection = True  # do not read a body this large
-            raise BadRequest(HTTPStatus.REQUEST_ENTITY_TOO_LARGE, f"body over {limit} bytes")
-        raw = self.rfile.read(length) if length > 0 else b""
+        content_type = self.headers.get("Content-Type", "").split(";", 1)[0].strip().lower()
         if content_type != "application/json":
             # 400 rather than 415: the Supabase Edge Function contract answers 400 here.
             raise BadRequest(
                 HTTPStatus.BAD_REQUEST,
-                f"expected Content-Type application/json, got {content_type or 'none'}",
+                f"expected Content-Type application/json, got {content_type[:100] or 'none'}",
             )
-        try:
-            body = json.loads(raw)
-            # JSON escapes can spell lone surrogates ("\\ud800"), which no model can encode.
-            json.dumps(body, ensure_ascii=False).encode("utf-8")
-        except UnicodeEncodeError:
-            raise BadRequest(
-                HTTPStatus.BAD_REQUEST, "malformed JSON: a string holds a lone surrogate"
-            ) from None
-        except (UnicodeDecodeError, json.JSONDecodeError) as exc:
-            raise BadRequest(HTTPStatus.BAD_REQUEST, f"malformed JSON: {exc}") from None
-        return body
-
-    def _drain_body(self) -> None:
-        length = int(self.headers.get("Content-Length") or 0)
-        if 0 < length <= self.server.settings.http_max_body:
-            self.rfile.read(length)
-        elif length:
-            self.close_connection = True
-
-    def _json(self, status: HTTPStatus, value: Any, headers: dict[str, str] | None = None) -> None:
-        self._send(status, json.dumps(value).encode(), "application/json", headers)
-
-    def _error(self, status: HTTPStatus, message: str, *, allow: str | None = None) -> None:
-        self._json(status, {"error": db.redact(message)}, {"Allow": allow} if allow else None)
-
-    def _send(
-        self,
-        status: HTTPStatus,
-        body: bytes,
-        content_type: str,
-        headers: dict[str, str] | None = None,
-    ) -> None:
-        self.send_response(status)
-        self.send_header("Content-Type", content_type)
-        self.send_header("Content-Length", str(len(body)))
-        for name, value in (headers or {}).items():
-            self.send_header(name, value)
-        if self.close_connection:
-            self.send_header("Connection", "close")
-        self.end_headers()
-        self.wfile.write(body)
+        return protocol.parse_json(self.read_body())
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
 
 
+GET_ROUTES = {
+    "/healthz": Handler._healthz,
+    "/readyz": Handler._readyz,
+    "/metrics": Handler._metrics,
+}
 POST_ROUTES = {
     "/embed": Handler._embed,
     "/functions/v1/embed": Handler._push,

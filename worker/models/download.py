@@ -1,10 +1,13 @@
 """Fetching registry models from the hub: pinned revision, verified checksums, one download.
 
 `download()` is `embed-worker model download`; `ensure()` is what the worker, the demo, `embed`
-and `search` call: whatever `files.locate()` finds on disk wins, and a registry model that is not
-there is downloaded on first use (checksum-verified, one download for all processes sharing the
-cache, thanks to a file lock), unless downloads are off (`EMBED_OFFLINE=1` or huggingface_hub's
-`HF_HUB_OFFLINE=1`); then `ModelNotFound` says which files to fetch and where to put them.
+and `search` call: whatever `ModelLocation.locate()` finds on disk wins, and a registry model
+that is not there is downloaded on first use (checksum-verified, one download for all processes
+sharing the cache, thanks to a file lock), unless downloads are off (`EMBED_OFFLINE=1` or
+huggingface_hub's `HF_HUB_OFFLINE=1`); then `ModelNotFound` says which files to fetch and where
+to put them.
+Nothing here reads the environment: the Settings decide (`settings.downloads`, a DownloadPolicy,
+and `settings.model_location`).
 """
 
 from __future__ import annotations
@@ -20,18 +23,31 @@ import shutil
 import sys
 import tempfile
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
 from worker import exceptions
 from worker.models.catalog import REGISTRY, ModelSpec, RemoteFile, Variant
-from worker.models.files import cache_root, locate, looks_like_path, model_path_dirs, read_json
+from worker.models.files import ONNX_FP32, ModelLocation, looks_like_path, read_json
 
 logger = logging.getLogger(__name__)
 
 MANIFEST = "embed-worker.json"  # written by download(): repo, revision, sha256 of each file
 SHA256 = re.compile(r"^[0-9a-f]{64}$")
 GIT_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+
+
+@dataclass(frozen=True)
+class DownloadPolicy:
+    """Whether a missing registry model may be downloaded, and from where (`settings.downloads`).
+
+    `off_by` names the setting that turned downloads off (EMBED_OFFLINE or HF_HUB_OFFLINE), for
+    messages; None: downloads are on. `endpoint` is the hub address (HF_ENDPOINT); None:
+    huggingface_hub's default, https://huggingface.co."""
+
+    off_by: str | None = None
+    endpoint: str | None = None
 
 
 # --- download ------------------------------------------------------------------------------------
@@ -41,15 +57,16 @@ def download(
     name: str,
     *,
     variant: Variant | Literal["all"] = "fp32",
-    cache_dir: str | os.PathLike[str] | None = None,
+    location: ModelLocation,
     endpoint: str | None = None,
 ) -> Path:
     """Fetch a registry model at its pinned revision into the cache; return its directory.
 
     Files already downloaded (recorded in the directory's manifest) are kept. Every new file is
     checked against its pinned sha256, or against the hub's own report where none is pinned,
-    before it enters the cache: a mismatch raises `DownloadError` and leaves nothing behind.
-    `endpoint` overrides the hub address (default: `HF_ENDPOINT` or https://huggingface.co).
+    before it enters the cache (`location.cache`): a mismatch raises `DownloadError` and leaves
+    nothing behind. `endpoint` is the hub address (default:
+    huggingface_hub's, https://huggingface.co).
     """
     spec = REGISTRY.get(name)
     if spec is None:
@@ -58,8 +75,7 @@ def download(
         )
     if variant not in ("fp32", "int8", "all"):
         raise ValueError(f"variant must be fp32, int8 or all, not {variant!r}")
-    endpoint = endpoint or os.environ.get("HF_ENDPOINT") or None  # read now, not at import
-    root = cache_root(cache_dir)
+    root = location.cache
     dest = root / spec.name
     with _download_lock(root, spec.name):
         manifest = _read_manifest(dest, spec)
@@ -72,7 +88,7 @@ def download(
             with _progress_bars():
                 for remote in missing:
                     logger.info("downloading %s/%s", spec.repo_id, remote.path)
-                    digest = _fetch_verified(spec, remote, staging, endpoint)
+                    digest = _fetch_verified(spec, remote, staging, endpoint, variant)
                     if digest is not None:
                         manifest[remote.path] = digest
             shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
@@ -111,7 +127,11 @@ def _install(staging: Path, dest: Path, spec: ModelSpec, files: dict[str, str]) 
 
 
 def _fetch_verified(
-    spec: ModelSpec, remote: RemoteFile, staging: Path, endpoint: str | None
+    spec: ModelSpec,
+    remote: RemoteFile,
+    staging: Path,
+    endpoint: str | None,
+    variant: Variant | Literal["all"],
 ) -> str | None:
     """Download one file into `staging` and verify it; returns its sha256, None if skipped."""
     import huggingface_hub  # imported here: listing and loading models must not pay for it
@@ -153,7 +173,7 @@ def _fetch_verified(
             f"{spec.repo_id}@{spec.revision[:12]} has no {remote.path} ({exc})"
         ) from exc
     except _network_errors() as exc:
-        raise exceptions.DownloadError(_unreachable_message(spec, endpoint, exc)) from exc
+        raise exceptions.DownloadError(_unreachable_message(spec, variant, endpoint, exc)) from exc
     return _verify(local, spec, remote, reported)
 
 
@@ -195,13 +215,16 @@ def _normalize_etag(etag: str | None) -> str | None:
     return etag.removeprefix("W/").strip('"').lower()
 
 
-def _unreachable_message(spec: ModelSpec, endpoint: str | None, exc: BaseException) -> str:
+def _unreachable_message(
+    spec: ModelSpec, variant: str, endpoint: str | None, exc: BaseException
+) -> str:
     import huggingface_hub.constants
 
     where = endpoint or huggingface_hub.constants.ENDPOINT
+    command = f"embed-worker model download {spec.name} --variant {variant}"
     return (
         f"cannot download {spec.name} from {where} ({type(exc).__name__}: {exc}). "
-        f"On a machine without access to the hub, run `embed-worker model download {spec.name}` "
+        f"On a machine without access to the hub, run `{command}` "
         "where it has access and copy the model directory over, then set EMBED_MODEL_PATH to its "
         "parent directory (or HF_ENDPOINT to a reachable mirror)."
     )
@@ -237,64 +260,60 @@ def _network_errors() -> tuple[type[BaseException], ...]:
 
 # --- fetch on first use --------------------------------------------------------------------------
 
-_TRUE = ("1", "true", "yes", "on")
-
-
-def downloads_disabled() -> str | None:
-    """The variable that turns downloads off (`EMBED_OFFLINE` or `HF_HUB_OFFLINE`), or None."""
-    for variable in ("EMBED_OFFLINE", "HF_HUB_OFFLINE"):
-        if os.environ.get(variable, "").strip().lower() in _TRUE:
-            return variable
-    return None
-
 
 def ensure(
     name_or_path: str,
     *,
     variant: Variant = "fp32",
-    cache_dir: str | os.PathLike[str] | None = None,
-    endpoint: str | None = None,
+    location: ModelLocation,
+    policy: DownloadPolicy,
 ) -> Path:
     """The model directory for `name_or_path`, downloading a registry model on first use.
 
-    Anything found on disk wins (EMBED_MODEL_PATH, then the cache). A registry model that is
-    absent is downloaded into the cache unless downloads are off; then, and for unknown names,
-    `ModelNotFound` says exactly what to fetch and where to put it.
+    Anything found on disk wins (the search path, then the cache). A registry model that is
+    absent is downloaded into the cache unless the policy says downloads are off; then, and for
+    unknown names, `ModelNotFound` says exactly what to fetch and where to put it.
     """
+    spec = None if looks_like_path(name_or_path) else REGISTRY.get(name_or_path)
     try:
-        return locate(name_or_path, cache_dir=cache_dir)
+        found = location.locate(name_or_path)
     except exceptions.ModelNotFound as exc:
-        spec = REGISTRY.get(name_or_path)
-        if spec is None or looks_like_path(name_or_path):
+        if spec is None:
             raise
-        if any((base / name_or_path).is_dir() for base in model_path_dirs()):
+        if any((base / name_or_path).is_dir() for base in location.path):
             raise  # the operator put an incomplete copy on EMBED_MODEL_PATH: say what it lacks
-        switch = downloads_disabled()
-        if switch is not None:
+        if policy.off_by is not None:
             raise exceptions.ModelNotFound(
-                _offline_message(spec, variant, cache_dir, switch)
+                offline_message(spec, variant, location, policy.off_by)
             ) from exc
+    else:
+        # A cached int8-only download (`model download --variant int8`) asked for fp32: fetch
+        # the fp32 weights beside it when downloads are on (else loading says what is missing).
+        int8_only = not any((found / f).is_file() for f in ONNX_FP32)
+        cached = spec is not None and found == location.cache / spec.name
+        if not (cached and variant == "fp32" and int8_only and policy.off_by is None):
+            return found
+    assert spec is not None
     logger.info(
         "model %s is not present: downloading %s@%s into %s",
         spec.name,
         spec.repo_id,
         spec.revision[:12],
-        cache_root(cache_dir),
+        location.cache,
     )
-    return download(spec.name, variant=variant, cache_dir=cache_dir, endpoint=endpoint)
+    return download(spec.name, variant=variant, location=location, endpoint=policy.endpoint)
 
 
-def _offline_message(
-    spec: ModelSpec, variant: Variant, cache_dir: str | os.PathLike[str] | None, switch: str
-) -> str:
-    dest = cache_root(cache_dir).absolute() / spec.name
+def offline_message(spec: ModelSpec, variant: Variant, location: ModelLocation, off_by: str) -> str:
+    dest = location.cache.absolute() / spec.name
     files = ", ".join(f.path for f in spec.files_for(variant) if not f.optional)
     return (
-        f"model {spec.name!r} is not present and downloads are off ({switch}=1). Fetch it where "
-        f"the hub is reachable with `embed-worker model download {spec.name}` and copy the "
-        f"directory to {dest}, or put it in a directory named {spec.name} under a directory of "
-        f"EMBED_MODEL_PATH (an absolute path, e.g. EMBED_MODEL_PATH=/srv/models). The files: "
-        f"{files} from https://huggingface.co/{spec.repo_id} at revision {spec.revision}."
+        f"model {spec.name!r} is not present and downloads are off ({off_by}=1). Fetch it where "
+        f"the hub is reachable with `embed-worker model download {spec.name} --variant {variant}` "
+        f"and copy the directory to {dest}, or put it in a directory named {spec.name} under a "
+        f"directory of EMBED_MODEL_PATH (an absolute path, e.g. EMBED_MODEL_PATH=/srv/models). "
+        f"The files: {files} from https://huggingface.co/{spec.repo_id} at revision "
+        f"{spec.revision}."
     )
 
 

@@ -131,28 +131,40 @@ class Embedder:
         *,
         variant: Variant = "fp32",
         threads: int | None = None,
-        cache_dir: str | os.PathLike[str] | None = None,
+        location: files.ModelLocation | None = None,
         token_budget: int = DEFAULT_TOKEN_BUDGET,
     ) -> Embedder:
-        """Load a registry model by name, a model directory on `EMBED_MODEL_PATH`, or a path.
+        """Load a model directory by path, or a model by name from `location` (its search path,
+        then its cache; default: ~/.cache/embed-worker only). The worker and the CLI pass
+        `settings.model_location`, which holds EMBED_MODEL_PATH and EMBED_CACHE_DIR.
 
         Never opens a network connection: a model that is not on disk raises `ModelNotFound`
         saying how to get it. `variant="int8"` uses the model's `model_quantized.onnx`, else an
-        int8 copy quantized on first use and kept in the cache (`cache_dir`, default
-        `EMBED_CACHE_DIR`). `threads` defaults to `EMBED_THREADS`, else the cores this process
-        may run on.
+        int8 copy quantized on first use and kept in the location's cache. `threads` (the
+        Settings' EMBED_THREADS) defaults to the cores this process may run on.
         """
         if variant not in ("fp32", "int8"):
             raise ValueError(f"variant must be 'fp32' or 'int8', not {variant!r}")
+        if location is None:
+            from worker import config  # config imports models: not at module level
+
+            location = config.model_location_from_env()
         spec = os.fspath(name_or_path)
-        directory = files.locate(spec, cache_dir=cache_dir)
+        directory = location.locate(spec)
         name = spec if spec in catalog.REGISTRY else directory.name
         info = files.ModelDir.read(directory, name=name)
-        model_file = info.fp32_file
-        if variant == "int8":
-            model_file = info.int8_file or quantization.cached_int8(
-                info.fp32_file, cache_dir=files.cache_root(cache_dir)
+        if variant == "int8" and info.int8_file is not None:
+            model_file = info.int8_file
+        elif info.fp32_file is None:
+            raise exceptions.ModelNotFound(
+                f"{directory} holds only int8 weights ({info.int8_file}): run it with "
+                f"EMBED_MODEL_VARIANT=int8, or fetch the fp32 weights with "
+                f"`embed-worker model download {name} --variant fp32`"
             )
+        elif variant == "int8":
+            model_file = quantization.cached_int8(info.fp32_file, cache_dir=location.cache)
+        else:
+            model_file = info.fp32_file
         n_threads = onnx.resolve_threads(threads)
         embedder = cls(
             name=name,

@@ -1,18 +1,18 @@
 """Model directories on disk: finding one by name or path, and what it says about itself.
 
-What the CLI calls:
-- `embed-worker model list`      → `files.list_models()`: one `ModelRow` per known model (and per
-  extra model directory found on `EMBED_MODEL_PATH`), with `present` and `location`.
+What the CLI calls (`location` is `settings.model_location`):
+- `embed-worker model list`      → `files.list_models(location)`: one `ModelRow` per known model
+  (and per extra model directory found on the search path), with `present` and `location`.
 - `embed-worker model download NAME [--variant fp32|int8|all]`
-                                 → `download.download(NAME, variant=...)`; returns the directory.
-  Errors are `exceptions.DownloadError` (network, checksum) or `exceptions.ModelNotFound`
-  (unknown name); print `str(exc)`, it says what to do.
+                                 → `download.download(NAME, variant=..., location=...)`; returns
+  the directory. Errors are `exceptions.DownloadError` (network, checksum) or
+  `exceptions.ModelNotFound` (unknown name); print `str(exc)`, it says what to do.
 - `embed-worker embed [--model M] TEXT...`
-                                 → `embedder.Embedder.load(M or settings.model,
-                                   variant=settings.model_variant, threads=settings.threads)`,
-                                   then `.embed(texts).tolist()`.
-`locate()` never touches the network; `download.ensure()` downloads a registry model on first use.
-The models known by name are in `worker/models/catalog.py`.
+                                 → `embedder.Embedder.load(download.ensure(M, ...), variant=...,
+                                   threads=..., location=...)`, then `.embed(texts).tolist()`.
+`ModelLocation.locate()` never touches the network; `download.ensure()` downloads a registry model
+on first use. The models known by name are in `worker/models/catalog.py`. Nothing here reads the
+environment: the search path and cache come from the Settings (`settings.model_location`).
 
 A model directory holds `model.onnx` or `onnx/model.onnx`, `tokenizer.json`, and optionally
 `config.json`, `tokenizer_config.json`, `sentence_bert_config.json`, `1_Pooling/config.json`, and
@@ -44,55 +44,72 @@ ONNX_INT8 = ("model_quantized.onnx", "onnx/model_quantized.onnx")
 # --- where models live -------------------------------------------------------------------------
 
 
-def cache_root(explicit: str | os.PathLike[str] | None = None) -> Path:
-    """The download cache: `explicit`, else `EMBED_CACHE_DIR`, else ~/.cache/embed-worker."""
-    raw = explicit if explicit is not None else (os.environ.get("EMBED_CACHE_DIR") or None)
-    return Path(raw if raw is not None else DEFAULT_CACHE_DIR).expanduser()
+@dataclass(frozen=True)
+class ModelLocation:
+    """Where model names resolve: the directories of `path` (EMBED_MODEL_PATH), in order, then
+    the download cache (EMBED_CACHE_DIR). Built from the Settings (`settings.model_location`);
+    `ModelLocation.of()` is the default: no search path, the cache in ~/.cache/embed-worker."""
 
+    path: tuple[Path, ...]
+    cache: Path
 
-def model_path_dirs() -> list[Path]:
-    """The directories of `EMBED_MODEL_PATH`, in order (empty entries skipped), made absolute
-    against the working directory so that messages name the directory really searched."""
-    raw = os.environ.get("EMBED_MODEL_PATH", "")
-    return [
-        Path(os.path.abspath(Path(part).expanduser()))
-        for part in raw.split(os.pathsep)
-        if part.strip()
-    ]
+    @classmethod
+    def of(
+        cls, model_path: str | None = None, cache_dir: str | os.PathLike[str] = DEFAULT_CACHE_DIR
+    ) -> ModelLocation:
+        """From EMBED_MODEL_PATH's text (colon-separated, empty entries skipped) and the cache
+        directory. Entries are made absolute against the working directory, so that messages
+        name the directory really searched."""
+        dirs = tuple(
+            Path(os.path.abspath(Path(part).expanduser()))
+            for part in (model_path or "").split(os.pathsep)
+            if part.strip()
+        )
+        return cls(path=dirs, cache=Path(cache_dir).expanduser())
 
+    def search_dirs(self) -> list[Path]:
+        """Where a model name is looked up: the search path, then the cache."""
+        return [*self.path, self.cache]
 
-def search_dirs(cache_dir: str | os.PathLike[str] | None = None) -> list[Path]:
-    """Where a model name is looked up: `EMBED_MODEL_PATH` entries, then the cache."""
-    return [*model_path_dirs(), cache_root(cache_dir)]
+    def locate(self, name_or_path: str) -> Path:
+        """The model directory for a registry name, a directory name on the search path, or a
+        path. Never opens a network connection. Raises `ModelNotFound` with one message naming
+        the fix."""
+        if looks_like_path(name_or_path):
+            direct = Path(name_or_path).expanduser()
+            if is_model_dir(direct):
+                return direct
+            raise exceptions.ModelNotFound(_not_a_model_dir(direct))
+        searched = self.search_dirs()
+        for base in searched:
+            candidate = base / name_or_path
+            if is_model_dir(candidate):
+                return candidate
+        if is_model_dir(Path(name_or_path)):  # a bare directory name relative to the working dir
+            return Path(name_or_path)
+        raise exceptions.ModelNotFound(_missing_message(name_or_path, searched))
+
+    def incomplete(self, name: str) -> list[Path]:
+        """Directories named `name` on the search path or in the cache that are no model
+        directory (a copy that lacks a file)."""
+        return [d for d in (base / name for base in self.search_dirs()) if d.is_dir()]
+
+    def why_incomplete(self, path: Path) -> str:
+        """What `path` lacks to be a model directory."""
+        return _not_a_model_dir(path)
 
 
 def is_model_dir(path: Path) -> bool:
-    return (path / "tokenizer.json").is_file() and any((path / f).is_file() for f in ONNX_FP32)
+    """tokenizer.json and weights: fp32, or int8 only (what `model download --variant int8`
+    fetches for a model that ships an int8 file)."""
+    return (path / "tokenizer.json").is_file() and any(
+        (path / f).is_file() for f in (*ONNX_FP32, *ONNX_INT8)
+    )
 
 
 def looks_like_path(name_or_path: str) -> bool:
     """Paths contain a separator or start with . or ~; model names do neither."""
     return os.sep in name_or_path or "/" in name_or_path or name_or_path.startswith((".", "~"))
-
-
-def locate(name_or_path: str, *, cache_dir: str | os.PathLike[str] | None = None) -> Path:
-    """The model directory for a registry name, a directory name on the search path, or a path.
-
-    Never opens a network connection. Raises `ModelNotFound` with one message naming the fix.
-    """
-    if looks_like_path(name_or_path):
-        direct = Path(name_or_path).expanduser()
-        if is_model_dir(direct):
-            return direct
-        raise exceptions.ModelNotFound(_not_a_model_dir(direct))
-    searched = search_dirs(cache_dir)
-    for base in searched:
-        candidate = base / name_or_path
-        if is_model_dir(candidate):
-            return candidate
-    if is_model_dir(Path(name_or_path)):  # a bare directory name relative to the working directory
-        return Path(name_or_path)
-    raise exceptions.ModelNotFound(_missing_message(name_or_path, searched))
 
 
 def _not_a_model_dir(path: Path) -> str:
@@ -105,7 +122,10 @@ def _not_a_model_dir(path: Path) -> str:
         missing = [
             name
             for name, present in (
-                ("model.onnx (or onnx/model.onnx)", _first_file(path, ONNX_FP32) is not None),
+                (
+                    "model.onnx (or onnx/model.onnx)",
+                    _first_file(path, (*ONNX_FP32, *ONNX_INT8)) is not None,
+                ),
                 ("tokenizer.json", (path / "tokenizer.json").is_file()),
             )
             if not present
@@ -117,14 +137,9 @@ def _not_a_model_dir(path: Path) -> str:
     )
 
 
-def _incomplete_dirs(name: str, searched: list[Path]) -> list[Path]:
-    """Directories named `name` on the search path that lack a file a model needs."""
-    return [base / name for base in searched if (base / name).is_dir()]
-
-
 def _missing_message(name: str, searched: list[Path]) -> str:
     where = ", ".join(str(p) for p in searched)
-    incomplete = _incomplete_dirs(name, searched)
+    incomplete = [base / name for base in searched if (base / name).is_dir()]
     if incomplete:
         return _not_a_model_dir(incomplete[0])
     if name in REGISTRY:
@@ -150,7 +165,7 @@ class ModelDir:
     path: Path
     name: str
     tokenizer_file: Path
-    fp32_file: Path
+    fp32_file: Path | None  # None: an int8-only directory
     int8_file: Path | None
     max_tokens: int
     pooling: Pooling
@@ -161,8 +176,7 @@ class ModelDir:
         """Read `path`; registry settings for `name` (default: the directory name) fill gaps."""
         name = name or path.name
         spec = REGISTRY.get(name)
-        fp32 = _first_file(path, ONNX_FP32)
-        if fp32 is None or not (path / "tokenizer.json").is_file():
+        if not is_model_dir(path):
             raise exceptions.ModelNotFound(_not_a_model_dir(path))
         int8_names = (spec.int8_file,) if spec and spec.int8_file else ()
         config = read_json(path / "config.json")
@@ -170,7 +184,7 @@ class ModelDir:
             path=path,
             name=name,
             tokenizer_file=path / "tokenizer.json",
-            fp32_file=fp32,
+            fp32_file=_first_file(path, ONNX_FP32),
             int8_file=_first_file(path, (*ONNX_INT8, *int8_names)),
             max_tokens=_max_tokens(path, config, spec),
             pooling=_pooling(path, spec),
@@ -231,27 +245,27 @@ class ModelRow:
     source: str  # "hub repo@revision" for registry models, "local" otherwise
 
 
-def list_models(*, cache_dir: str | os.PathLike[str] | None = None) -> list[ModelRow]:
-    """Known models with where each is found, then other model directories on EMBED_MODEL_PATH."""
+def list_models(location: ModelLocation) -> list[ModelRow]:
+    """Known models with where each is found, then other model directories on the search path."""
     rows: list[ModelRow] = []
     for spec in known_models():
         try:
-            location: Path | None = locate(spec.name, cache_dir=cache_dir)
+            found: Path | None = location.locate(spec.name)
         except exceptions.ModelNotFound:
-            location = None
+            found = None
         rows.append(
             ModelRow(
                 name=spec.name,
                 dim=spec.dim,
                 pooling=spec.pooling,
                 max_tokens=spec.max_tokens,
-                present=location is not None,
-                location=location,
+                present=found is not None,
+                location=found,
                 source=f"{spec.repo_id}@{spec.revision[:12]}",
             )
         )
     seen = set(REGISTRY)
-    for base in model_path_dirs():
+    for base in location.path:
         for candidate in _subdirs(base):
             if candidate.name in seen or not is_model_dir(candidate):
                 continue

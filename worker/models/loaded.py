@@ -5,6 +5,9 @@ fail (downloads off, hub unreachable, corrupt file). The failure is remembered a
 retried after `retry_after` seconds, so a worker started before the model arrived recovers by
 itself, without hammering the disk or the hub meanwhile. A model being loaded or downloaded
 holds only its own lock: models already loaded keep serving.
+
+Where models are found and whether they may be downloaded is given at construction (from the
+Settings: `location=settings.model_location, downloads=settings.downloads`).
 """
 
 from __future__ import annotations
@@ -14,9 +17,10 @@ import threading
 import time
 from collections import OrderedDict
 from dataclasses import dataclass
+from typing import Any
 
 from worker import exceptions, metrics
-from worker.models import download
+from worker.models import download, files, onnx
 from worker.models.catalog import Variant
 from worker.models.embedder import Embedder
 
@@ -33,12 +37,21 @@ class LoadFailure:
 
 class LoadedModels:
     def __init__(
-        self, *, variant: Variant = "fp32", threads: int | None = None, retry_after: float = 30.0
+        self,
+        *,
+        location: files.ModelLocation,
+        downloads: download.DownloadPolicy,
+        variant: Variant = "fp32",
+        threads: int | None = None,
+        retry_after: float = 30.0,
     ):
+        self.location = location
+        self.downloads = downloads
         self.variant = variant
         self.threads = threads
         self.retry_after = retry_after
         self._loaded: dict[str, Embedder] = {}
+        self._tokenizers: dict[str, Any] = {}
         self._failed: OrderedDict[str, LoadFailure] = OrderedDict()
         self._lock = threading.Lock()  # guards the dictionaries
         self._loading: dict[str, threading.Lock] = {}  # one per model, held while loading
@@ -72,10 +85,11 @@ class LoadedModels:
     def _load(self, model: str) -> Embedder:
         started = time.monotonic()
         try:
+            directory = download.ensure(
+                model, variant=self.variant, location=self.location, policy=self.downloads
+            )
             embedder = Embedder.load(
-                download.ensure(model, variant=self.variant),
-                variant=self.variant,
-                threads=self.threads,
+                directory, variant=self.variant, threads=self.threads, location=self.location
             )
         except exceptions.ModelError as exc:
             self._remember(model, str(exc))
@@ -108,3 +122,16 @@ class LoadedModels:
     def loaded(self) -> dict[str, Embedder]:
         with self._lock:
             return dict(self._loaded)
+
+    def tokenizer(self, model: str) -> Any:
+        """`model`'s tokenizer without truncation (the chunk splitter counts whole documents),
+        read once from its directory on disk; never loads weights, never downloads. Raises
+        ModelError when the model is not on disk."""
+        with self._lock:
+            found = self._tokenizers.get(model)
+        if found is None:
+            info = files.ModelDir.read(self.location.locate(model), name=model)
+            found = onnx.load_tokenizer(info.tokenizer_file, max_tokens=None)
+            with self._lock:
+                found = self._tokenizers.setdefault(model, found)
+        return found

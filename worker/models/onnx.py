@@ -22,20 +22,11 @@ ONNX_INT_TYPES: dict[str, type[np.signedinteger[Any]]] = {
 
 
 def resolve_threads(threads: int | None) -> int:
-    """`threads`, else EMBED_THREADS, else the number of cores this process may run on."""
+    """`threads` (EMBED_THREADS, from the Settings), else the cores this process may run on."""
     if threads is not None:
         if threads < 1:
             raise ValueError(f"threads must be at least 1, not {threads}")
         return threads
-    raw = os.environ.get("EMBED_THREADS", "").strip()
-    if raw:
-        try:
-            value = int(raw)
-        except ValueError:
-            value = 0
-        if value < 1:
-            raise exceptions.ConfigError(f"EMBED_THREADS: expected a positive integer, got {raw!r}")
-        return value
     if hasattr(os, "sched_getaffinity"):
         return len(os.sched_getaffinity(0))
     return os.cpu_count() or 1

@@ -35,6 +35,17 @@ class RowState(enum.Enum):
     POSTPONED = "postponed"
 
 
+@dataclass(frozen=True)
+class Fate:
+    """What became of a failed row's job (worker.pipeline.write.settle): its attempt `attempt`
+    of `of`, and either another attempt in `retry_in` seconds or, with None, the last one:
+    the row is in embeddings.failures."""
+
+    attempt: int
+    of: int
+    retry_in: int | None
+
+
 @dataclass
 class Row:
     target: Target
@@ -49,6 +60,7 @@ class Row:
     shadow_vector: np.ndarray[Any, np.dtype[np.float32]] | None = None
     shadow_only: bool = False
     chunks: DocumentChunks | None = None  # chunked targets: set by chunks.prepare
+    fate: Fate | None = None  # a failed row, once its batch committed: retried or dead-lettered
 
     def fail(self, error: str) -> None:
         self.state = RowState.FAILED

@@ -11,40 +11,42 @@ The pipeline calls in at three points, one per stage:
       thousands of chunks never holds thousands of encodings at once; a document whose text the
       model fails on fails alone.
   store (write stage, inside the batch's write transaction)  locks the documents (advisory, per
-      key), keeps only those whose content md5 is still the one loaded, upserts their chunks
-      (unchanged chunks at their position are not rewritten) and deletes the vanished ones. It
-      returns each row's outcome; the caller applies it as it applies its own.
+      key); the target's chunk write then keeps only those whose content md5 is still the one
+      loaded, upserts their chunks (unchanged chunks at their position are not rewritten) and
+      deletes the vanished ones. It returns each row's outcome; the caller applies it as it
+      applies its own.
+
+The chunk table is read and written only through the target's functions, which run as the table's
+owner (sql/32_access.sql): the worker role holds no privilege on it.
 """
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
 from pgvector import HalfVector
 
 from worker import db, exceptions
-from worker.models import files, onnx
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.chunking import Chunk, Splitter
 from worker.pipeline.targets import Target
 
 if TYPE_CHECKING:
     from worker.models.embedder import Embedder
+    from worker.models.loaded import LoadedModels
 
-# Per batch, at most this many tokens of new chunks are embedded and this many chunks written:
-# what a batch of 128 rows of 512 tokens embeds, and a write transaction of a few seconds at
-# most (HNSW inserts dominate). The first document of a batch is always admitted.
+# Per batch, at most this many tokens of new chunks are embedded and this many chunks written
+# (in one call of the chunk write): what a batch of 128 rows of 512 tokens embeds, and a write
+# transaction of a few seconds at most (HNSW inserts dominate). The first document of a batch is
+# always admitted.
 MAX_NEW_TOKENS = 65_536
 MAX_CHUNKS = 4_096
 # Chunks per embed call: bounds the tokenizer's encodings and the padded input tensors.
 EMBED_GROUP = 256
-# Chunks per write statement.
-WRITE_GROUP = 1_000
 
 FloatVector = npt.NDArray[np.float32]
 
@@ -63,41 +65,25 @@ class DocumentChunks:
         return [i for i, v in enumerate(self.vectors) if v is None]
 
 
-class Splitters:
-    """Splitters by (model, chunk_tokens, chunk_overlap); each model's tokenizer read once."""
-
-    def __init__(self) -> None:
-        self._tokenizers: dict[str, Any] = {}
-        self._lock = threading.Lock()
-
-    def get(self, target: Target) -> Splitter:
-        assert target.chunk_tokens is not None
-        with self._lock:
-            tokenizer = self._tokenizers.get(target.model)
-            if tokenizer is None:
-                directory = files.locate(target.model)
-                info = files.ModelDir.read(directory, name=target.model)
-                tokenizer = onnx.load_tokenizer(info.tokenizer_file, max_tokens=None)
-                self._tokenizers[target.model] = tokenizer
-        return Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
-
-
-SPLITTERS = Splitters()
-
-
 # --- load stage ---------------------------------------------------------------------------------
-def prepare(conn: db.Connection, batch: Batch) -> None:
-    """Splits the loaded documents of chunked targets and finds their reusable vectors."""
+def prepare(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
+    """Splits the loaded documents of chunked targets (with the tokenizer of the target's model,
+    read once per process) and finds their reusable vectors."""
     for target, rows in batch.by_target(RowState.READY).items():
         if target.chunk_table is None:
             continue
+        assert target.chunk_tokens is not None
         try:
-            splitter = SPLITTERS.get(target)
+            tokenizer = models.tokenizer(target.model)
         except exceptions.ModelError as exc:
             batch.deferred[target.id] = str(exc)
             continue
+        splitter = Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
         admitted = _split_within_budget(splitter, target, rows)
-        _find_stored_vectors(conn, target, admitted)
+        try:
+            _find_stored_vectors(conn, target, admitted)
+        except exceptions.TargetUnavailable as exc:
+            batch.deferred[target.id] = f"{target.name}: {exc}"
 
 
 def _split_within_budget(splitter: Splitter, target: Target, rows: list[Row]) -> list[Row]:
@@ -200,77 +186,50 @@ def store(
     conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]
 ) -> dict[str, RowState]:
     """Writes the chunks of `embedded` documents and clears those of `blank` ones, for the
-    documents whose content is still the one loaded. Returns each row's outcome (by key);
-    runs inside the caller's transaction and changes no row itself."""
+    documents whose content is still the one loaded: the target's chunk write, which runs as
+    the table's owner (sql/32_access.sql). Returns each row's outcome (by key); runs inside the
+    caller's transaction and changes no row itself."""
     rows = embedded + blank
     if not rows:
         return {}
     keys = [r.key for r in rows]
     conn.execute(target.query("lock_documents"), {"target_id": target.id, "keys": keys})
-    current = {
-        key
-        for (key,) in conn.execute(
-            target.query("current_documents"),
-            {**target.key_params(keys), "hashes": [r.digest for r in rows]},
-        )
-    }
-    written = [r for r in embedded if r.key in current]
-    for start in range(0, sum(len(_chunks_of(r).chunks) for r in written), WRITE_GROUP):
-        _upsert(conn, target, written, start, start + WRITE_GROUP)
-    cleared = [r for r in blank if r.key in current]
-    deleted = {
-        key
-        for (key,) in conn.execute(
-            target.query("delete_vanished_chunks"),
-            {
-                **target.key_params([r.key for r in written + cleared]),
-                "counts": [len(_chunks_of(r).chunks) for r in written] + [0] * len(cleared),
-            },
-        )
-    }
+    chunk_keys: list[str] = []
+    seqs: list[int] = []
+    texts: list[str] = []
+    hashes: list[str] = []
+    vectors: list[HalfVector] = []
+    for row in embedded:
+        doc = _chunks_of(row)
+        for chunk, digest, vector in zip(doc.chunks, doc.hashes, doc.vectors, strict=True):
+            assert vector is not None, "only fully embedded documents are written"
+            chunk_keys.append(row.key)
+            seqs.append(chunk.seq)
+            texts.append(chunk.text)
+            hashes.append(digest)
+            vectors.append(HalfVector(vector))
+    found = conn.execute(
+        target.query("write_chunks"),
+        {
+            **target.key_params(keys),
+            "hashes": [r.digest for r in rows],
+            "counts": [len(_chunks_of(r).chunks) for r in embedded] + [0] * len(blank),
+            "chunk_keys": chunk_keys,
+            "seqs": seqs,
+            "chunks": texts,
+            "chunk_hashes": hashes,
+            "embeddings": vectors or None,  # (an empty list has no type to send)
+        },
+    ).fetchall()
+    current = {key for key, is_current, _ in found if is_current}
+    trimmed = {key for key, _, lost in found if lost}
     outcome: dict[str, RowState] = {}
     for row in embedded:
         outcome[row.key] = RowState.WRITTEN if row.key in current else RowState.STALE
     for row in blank:
         # Not cleared: it had no chunks, or its content changed since (its own job handles it).
-        outcome[row.key] = RowState.CLEARED if row.key in deleted else RowState.BLANK
+        outcome[row.key] = RowState.CLEARED if row.key in trimmed else RowState.BLANK
     return outcome
-
-
-def _upsert(conn: db.Connection, target: Target, rows: list[Row], start: int, stop: int) -> None:
-    """Writes chunks number start..stop of `rows` (counted across the documents in order)."""
-    keys: list[str] = []
-    seqs: list[int] = []
-    texts: list[str] = []
-    hashes: list[str] = []
-    vectors: list[HalfVector] = []
-    position = 0
-    for row in rows:
-        doc = _chunks_of(row)
-        if position + len(doc.chunks) <= start:
-            position += len(doc.chunks)
-            continue
-        for chunk, digest, vector in zip(doc.chunks, doc.hashes, doc.vectors, strict=True):
-            if start <= position < stop:
-                assert vector is not None, "only fully embedded documents are written"
-                keys.append(row.key)
-                seqs.append(chunk.seq)
-                texts.append(chunk.text)
-                hashes.append(digest)
-                vectors.append(HalfVector(vector))
-            position += 1
-        if position >= stop:
-            break
-    conn.execute(
-        target.query("upsert_chunks"),
-        {
-            **target.key_params(keys),
-            "seqs": seqs,
-            "chunks": texts,
-            "hashes": hashes,
-            "embeddings": vectors,
-        },
-    )
 
 
 def _chunks_of(row: Row) -> DocumentChunks:

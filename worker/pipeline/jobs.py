@@ -197,6 +197,11 @@ def _clip(value: Any, limit: int = 200) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
+def clip_error(error: str, limit: int = 500) -> str:
+    """An error as a retried message carries it: enough to say what failed, never a document."""
+    return error if len(error) <= limit else error[:limit] + "..."
+
+
 # --- backoff ----------------------------------------------------------------------------------
 def backoff_seconds(
     attempts: int, base: float, cap: float, rng: random.Random | None = None
@@ -283,12 +288,19 @@ class Queue:
             with db.translated():
                 conn.execute(self._q("defer_jobs"), {"msg_ids": list(msg_ids), "delay": delay})
 
-    def retry(self, conn: db.Connection, delays: Mapping[int, int]) -> None:
+    def retry(
+        self, conn: db.Connection, delays: Mapping[int, int], errors: Mapping[int, str]
+    ) -> None:
+        """Backs jobs off, each by its delay, each carrying its last error (for `status`)."""
         if delays:
             with db.translated():
                 conn.execute(
                     self._q("retry_jobs"),
-                    {"queue": self.name, "msg_ids": list(delays), "delays": list(delays.values())},
+                    {
+                        "msg_ids": list(delays),
+                        "delays": list(delays.values()),
+                        "errors": [clip_error(errors.get(m, "failed")) for m in delays],
+                    },
                 )
 
     def delete(self, conn: db.Connection, msg_ids: Sequence[int]) -> None:

@@ -67,9 +67,12 @@ def prepare(batch: Batch) -> None:
 
 
 # --- load ---------------------------------------------------------------------------------------
-def load(conn: db.Connection, batch: Batch) -> None:
-    """Loads the content of every row, one query per target. If a target's query fails (a
-    content function raising for some row), rows are loaded one by one to find the culprits."""
+def load(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
+    """Loads the content of every row, one query per target, through the target's function that
+    runs as the table's owner. If a target's query fails (a content function raising for some
+    row), rows are loaded one by one to find the culprits. A target whose function cannot serve
+    it now (exceptions.TargetUnavailable) is deferred: a hidden row must not look deleted.
+    Chunked targets' documents are split with their model's tokenizer (from `models`)."""
     started = time.perf_counter()
     faults.reached("load")
     for target, rows in batch.by_target(RowState.PENDING).items():
@@ -77,20 +80,30 @@ def load(conn: db.Connection, batch: Batch) -> None:
             found = _load_rows(conn, target, [r.key for r in rows])
         except exceptions.ConnectionLost:
             raise
+        except exceptions.TargetUnavailable as exc:
+            batch.deferred[target.id] = f"{target.name}: {exc}"
+            continue
         except exceptions.DatabaseError:
-            for row in rows:
-                try:
-                    _apply_loaded(row, _load_rows(conn, target, [row.key]))
-                except exceptions.ConnectionLost:
-                    raise
-                except exceptions.DatabaseError as exc:
-                    row.fail(f"loading the content failed: {exc}")
+            _load_one_by_one(conn, batch, target, rows)
             continue
         for row in rows:
             _apply_loaded(row, found)
-    chunks.prepare(conn, batch)  # chunked targets: split, find the vectors already stored
+    chunks.prepare(conn, batch, models)  # chunked targets: split, find the vectors already stored
     batch.load_ms = (time.perf_counter() - started) * 1000
     metrics.STAGE_SECONDS.labels("load").observe(batch.load_ms / 1000)
+
+
+def _load_one_by_one(conn: db.Connection, batch: Batch, target: Target, rows: list[Row]) -> None:
+    for row in rows:
+        try:
+            _apply_loaded(row, _load_rows(conn, target, [row.key]))
+        except exceptions.ConnectionLost:
+            raise
+        except exceptions.TargetUnavailable as exc:
+            batch.deferred[target.id] = f"{target.name}: {exc}"
+            return
+        except exceptions.DatabaseError as exc:
+            row.fail(f"loading the content failed: {exc}")
 
 
 def _load_rows(
@@ -211,7 +224,36 @@ def log_batch(batch: Batch) -> None:
         )
     for row in batch.rows.values():
         if row.state is RowState.FAILED:
-            logger.warning("row failed target=%s key=%s: %s", row.target.name, row.key, row.error)
+            _log_failed(row)
     for job in batch.jobs:
         if job.error:
             logger.warning("job %d dead-lettered: %s", job.msg_id, job.error)
+
+
+def _log_failed(row: Row) -> None:
+    """A failed row: what failed, which attempt it was, and what happens next (another attempt,
+    or none: the row went to embeddings.failures)."""
+    fate = row.fate
+    if fate is None:  # no job settled it (its target was deferred): nothing more to say
+        logger.warning("row failed target=%s key=%s: %s", row.target.name, row.key, row.error)
+    elif fate.retry_in is not None:
+        logger.warning(
+            "row failed target=%s key=%s attempt=%d/%d, retried in %d s: %s",
+            row.target.name,
+            row.key,
+            fate.attempt,
+            fate.of,
+            fate.retry_in,
+            row.error,
+        )
+    else:
+        logger.error(
+            "row failed target=%s key=%s attempt=%d/%d, the last: dead-lettered into "
+            "embeddings.failures (`embed-worker failures` lists it, `failures --retry` queues it "
+            "again): %s",
+            row.target.name,
+            row.key,
+            fate.attempt,
+            fate.of,
+            row.error,
+        )

@@ -97,52 +97,35 @@ class Target:
         return None
 
     # --- SQL -------------------------------------------------------------------------------
-    def sql_names(self) -> dict[str, sql.Composable]:
+    # The functions generated for each target (sql/32_access.sql) through which the worker reads
+    # and writes its table, as the table's owner.
+    FUNCTIONS = ("load", "store", "blank", "reusable", "chunks", "nearest")
+
+    def sql_names(self, *, shadow: bool = False) -> dict[str, sql.Composable]:
+        """The target's functions (`shadow`: those writing the shadow column of the model change
+        in progress) and `key_arrays`: one text[] parameter per key column, after the keys."""
         if self.table is None or self.schema is None:
             raise ValueError(self.problem())
-        content: sql.Composable
-        if self.content_function is not None:
-            content = sql.SQL("{}(t.*)").format(sql.Identifier(*self.content_function))
-        else:
-            assert self.content_column is not None
-            # As text: the column may have been retyped since watch() (xml, varchar(n), ...).
-            content = sql.SQL("{}::text").format(sql.Identifier("t", self.content_column))
-        columns = [sql.Identifier(c) for c in self.key_columns]
-        aliases = [sql.Identifier(f"k{i}") for i in range(len(columns))]
-        types = [sql.SQL(t) for t in (self.key_sql_types or self.key_types)]
-        return {
-            "table": sql.Identifier(self.schema, self.table),
-            # `t.{key}::text` shows the key (columns joined by commas when composite).
-            "key": sql.SQL("::text || ',' || t.").join(columns),
-            "content": content,
-            "embedding": sql.Identifier(self.embedding_column),
-            "chunks": sql.Identifier(*self.chunk_table) if self.chunk_table else sql.SQL("NULL"),
-            # Keys as parameters: one text array per key column (%(k0)s, ...), unnested beside
-            # the canonical keys, and the join of those to the table's rows.
-            "key_arrays": sql.SQL(", ").join(
-                sql.SQL("{}::text[]").format(sql.Placeholder(f"k{i}")) for i in range(len(columns))
-            ),
-            "key_aliases": sql.SQL(", ").join(aliases),
-            "key_match": sql.SQL(" AND ").join(
-                sql.SQL("t.{} = v.{}::{}").format(c, a, ty)
-                for c, a, ty in zip(columns, aliases, types, strict=True)
-            ),
-            # Chunk tables (worker/pipeline/chunks.py): the key columns, and the unnested keys cast
-            # to their types, in key order.
-            "key_list": sql.SQL(", ").join(columns),
-            "key_values": sql.SQL(", ").join(
-                sql.SQL("v.{}::{}").format(a, ty) for a, ty in zip(aliases, types, strict=True)
-            ),
+        names: dict[str, sql.Composable] = {
+            name: self.function(name + ("_shadow" if shadow and name in ("store", "blank") else ""))
+            for name in self.FUNCTIONS
         }
+        names["key_arrays"] = sql.SQL("").join(
+            sql.SQL(", {}::text[]").format(sql.Placeholder(f"k{i}"))
+            for i in range(len(self.key_columns))
+        )
+        return names
+
+    def function(self, name: str) -> sql.Identifier:
+        """embeddings.embeddings_<id>_<name>, one of this target's functions."""
+        return sql.Identifier("embeddings", f"embeddings_{self.id}_{name}")
 
     def query(self, name: str, *, shadow: bool = False) -> sql.Composed:
-        """Query `name` for this target; `shadow` aims its {embedding} at the shadow column of
-        the model change in progress."""
-        names = self.sql_names()
+        """Query `name` for this target; `shadow` aims its writes at the shadow column of the
+        model change in progress."""
         if shadow:
             assert self.shadow_column is not None, "only a target in a change has a shadow column"
-            names["embedding"] = sql.Identifier(self.shadow_column)
-        return queries.compose(name, **names)
+        return queries.compose(name, **self.sql_names(shadow=shadow))
 
     def key_params(self, keys: list[str]) -> dict[str, list[str]]:
         """Query parameters for canonical keys: "keys" and one array per key column."""
@@ -239,21 +222,42 @@ def _with_changes(conn: db.Connection, found: dict[int, Target]) -> dict[int, Ta
     return found
 
 
+def database_default_model(conn: db.Connection) -> str | None:
+    """The database's default model (`embeddings.default_model()`, what watch() uses when no
+    model is named); None when it names none or the database has no embeddings schema."""
+    with db.translated():
+        defined = conn.execute(queries.get("default_model_defined")).fetchone()
+        if not defined or not defined[0]:
+            return None
+        row = conn.execute(queries.get("default_model")).fetchone()
+    return str(row[0]) if row and row[0] is not None else None
+
+
 class TargetRegistry:
-    """The targets as last read, refreshed when asked for an unknown one or when stale."""
+    """The targets, and the database's default model, as last read; refreshed when asked for an
+    unknown target or when stale."""
 
     def __init__(self, max_age: float = 60.0) -> None:
         self.max_age = max_age
         self._targets: dict[int, Target] = {}
+        self._database_default: str | None = None
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
     def refresh(self, conn: db.Connection) -> dict[int, Target]:
         targets = load(conn)
+        default = database_default_model(conn)
         with self._lock:
             self._targets = targets
+            self._database_default = default
             self._loaded_at = time.monotonic()
         return targets
+
+    @property
+    def database_default(self) -> str | None:
+        """`embeddings.default_model()` as last read (None before the first read)."""
+        with self._lock:
+            return self._database_default
 
     def invalidate(self) -> None:
         with self._lock:

@@ -26,12 +26,14 @@ from worker import db, metrics, queries
 from worker.config import Settings
 from worker.pipeline import chunks, deferrals, faults, provenance
 from worker.pipeline import jobs as jobqueue
-from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.batch import Batch, Fate, Row, RowState
 from worker.pipeline.targets import Target
 
 # A target that cannot be served (model missing, dimension mismatch) has its jobs put back
 # this long, without counting an attempt.
 DEFER_SECONDS = 60
+
+RowKey = tuple[int, str]  # (target id, canonical key)
 
 
 @dataclass
@@ -41,11 +43,13 @@ class Settlement:
     delete: list[int] = field(default_factory=list)
     archive: list[int] = field(default_factory=list)
     retry: dict[int, int] = field(default_factory=dict)  # msg_id -> delay
+    errors: dict[int, str] = field(default_factory=dict)  # msg_id -> its last error (retries)
     defer: list[int] = field(default_factory=list)
     release: list[int] = field(default_factory=list)  # target redefined: redo at once
     resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)
     dead: list[jobqueue.DeadLetter] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    fates: dict[RowKey, Fate] = field(default_factory=dict)  # failed rows: retried, or dead
 
 
 def write(
@@ -79,7 +83,7 @@ def write(
         settlement = settle(batch, settings, now(), outcome)
         queue.delete(conn, settlement.delete)
         queue.archive(conn, settlement.archive)
-        queue.retry(conn, settlement.retry)
+        queue.retry(conn, settlement.retry, settlement.errors)
         queue.defer(conn, settlement.defer, DEFER_SECONDS)
         queue.defer(conn, settlement.release, 0)
         queue.send(conn, settlement.resend)
@@ -93,13 +97,12 @@ def write(
             )
         faults.reached("before_commit")
     outcome.apply(batch)  # committed: now the rows may say what happened to them
+    for row_key, fate in settlement.fates.items():
+        batch.rows[row_key].fate = fate
     batch.write_ms = (time.perf_counter() - started) * 1000
     metrics.STAGE_SECONDS.labels("write").observe(batch.write_ms / 1000)
     _count(batch, settlement)
     return settlement
-
-
-RowKey = tuple[int, str]  # (target id, canonical key)
 
 
 @dataclass
@@ -170,6 +173,11 @@ def _write_target(
     except psycopg.Error as exc:
         if db.is_connection_error(exc):
             raise
+        if db.unavailable(exc):
+            # The target's functions cannot write as its owner now (sql/32_access.sql): its
+            # jobs wait, no row fails.
+            outcome.deferred[target.id] = f"{target.name}: {db.redact(str(exc).strip())}"
+            return
         # Something in the table refused the write (a trigger, a constraint): one row at a
         # time, to fail only the rows it refuses. Each row goes where its state before this
         # write says (a vector, or a clear): the rolled-back savepoint changed nothing.
@@ -352,18 +360,23 @@ def settle(
         delay = jobqueue.backoff_seconds(
             job.attempts, settings.backoff_base_seconds, settings.backoff_max_seconds
         )
+        for key, _ in failed:  # for the log: the last attempt must not read like a retry
+            fate = Fate(job.attempts, settings.max_attempts, None if exhausted else delay)
+            out.fates[(target.id, key)] = fate
         if retry_keys and len(retry_keys) == len(job.keys) and not job.bad_keys:
             out.retry[job.msg_id] = delay  # the whole job failed: back it off as it is
+            out.errors[job.msg_id] = failed[0][1]
             continue
         if retry_keys:
             # Part of the job failed: its other rows are done. Re-send only the failed keys,
-            # carrying the attempts spent so far.
+            # carrying the attempts spent so far and the error (for `status`).
             out.resend.append(
                 (
                     {
                         "target": target.id,
                         "keys": [job.raw_keys[k] for k in retry_keys],
                         "attempts": job.attempts,
+                        "last_error": jobqueue.clip_error(failed[0][1]),
                     },
                     delay,
                 )

@@ -62,7 +62,7 @@ class Worker:
     ) -> None:
         self.settings = settings
         self.once = once
-        self.dsn = db.resolve_dsn(settings.database_url)
+        self.dsn = settings.dsn
         # Priority lanes (worker/pipeline/lanes.py): live jobs before backfill work.
         self.lanes = Lanes(settings.queue, settings.batch_size)
         self.queue = self.lanes.live.queue
@@ -73,7 +73,10 @@ class Worker:
         self.registry = TargetRegistry()
         self.changes = Completer()  # completes model changes (worker/process/changes.py)
         self.embedders = embedders or LoadedModels(
-            variant=settings.model_variant, threads=settings.threads
+            variant=settings.model_variant,
+            threads=settings.threads,
+            location=settings.model_location,
+            downloads=settings.downloads,
         )
         self.stopping = threading.Event()  # no more reading
         self.finished = threading.Event()  # the pipeline has drained
@@ -105,7 +108,7 @@ class Worker:
             db.describe(self.dsn),
             self.settings.queue,
             "" if self.settings.pull else " (push only: no pulling)",
-            self.settings.model,
+            self.settings.model or "the database's default",
             self.settings.model_variant,
             self.settings.batch_size,
         )
@@ -274,7 +277,7 @@ class Worker:
                 self.waiter.found_work()
                 self._begin(batch)
                 try:
-                    stages.load(conn, batch)
+                    stages.load(conn, batch, self.embedders)
                 except BaseException:
                     self._end(batch)
                     raise

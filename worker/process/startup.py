@@ -54,11 +54,17 @@ def connect_and_read_targets(worker: Worker) -> dict[int, Target] | None:
         session.close()
 
 
+def default_model(worker: Worker) -> str:
+    """The model for POST /embed when a request names none, and the one /readyz waits for:
+    EMBED_MODEL, else the database's default as last read with the targets, else gte-small."""
+    return worker.settings.default_model(worker.registry.database_default)
+
+
 def load_models(worker: Worker, targets: dict[int, Target]) -> None:
     """Loads the default model and those of our queue's targets; reports unservable targets."""
     ours = [t for t in targets.values() if t.queue == worker.settings.queue]
     problems: dict[int, str] = {}  # target id -> why; each reported once
-    for model in sorted({worker.settings.model} | {t.model for t in ours}):
+    for model in sorted({default_model(worker)} | {t.model for t in ours}):
         try:
             embedder = worker.embedders.get(model)
         except exceptions.ModelError:
@@ -78,7 +84,7 @@ def load_models(worker: Worker, targets: dict[int, Target]) -> None:
     # worker loads it when it appears; /readyz says 503 until then).
     systemd.notify(
         ready=True,
-        status=f"serving queue {worker.settings.queue} with {worker.settings.model}"
+        status=f"serving queue {worker.settings.queue} with {default_model(worker)}"
         + (f"; not ready: {problem}" if problem else ""),
     )
 
@@ -86,18 +92,20 @@ def load_models(worker: Worker, targets: dict[int, Target]) -> None:
 def default_model_problem(worker: Worker) -> str | None:
     """Why the default model is not loaded (None when it is). Tries to load it, at most
     every `retry_after` seconds, so a model downloaded after startup makes the worker
-    ready without a restart."""
+    ready without a restart. The default follows the database's (set_default_model()) when
+    EMBED_MODEL is unset: a new default must load before the worker says ready for it."""
     if not worker.started.is_set():
         return "starting (waiting for the database and the schema)"
-    if worker.ready.is_set():
+    name = default_model(worker)
+    if worker.ready.is_set() and name in worker.embedders.loaded():
         return None
     try:
-        default = worker.embedders.get(worker.settings.model)
+        default = worker.embedders.get(name)
     except exceptions.ModelError as exc:
         return str(exc)
     metrics.MODEL.info(
         {
-            "name": worker.settings.model,
+            "name": name,
             "variant": worker.settings.model_variant,
             "dimensions": str(default.dim),
             "max_tokens": str(default.max_tokens),

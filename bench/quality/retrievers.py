@@ -1,0 +1,218 @@
+"""Retrievers under evaluation, each run inside Postgres against one corpus table.
+
+A corpus table (`Table`) has `id integer`, `body text`, `embedding halfvec(dim)` and
+`fts tsvector` (generated from `body` with the language configuration, GIN-indexed; `fts_split`
+the same with dotted names split, below). A
+retriever returns the ids of the best `k` items for a query given as text and as the query's
+vector (embedded once, by the same model as the table).
+
+Built in:
+- `FullText("all")`: the rows matching `websearch_to_tsquery` (every term must occur, as in
+  Supabase's hybrid-search guide), ranked by `ts_rank_cd`;
+- `FullText("any")`: the rows matching any of the query's lexemes, ranked by `ts_rank_cd`;
+- `Vector()`: exact cosine distance over the halfvec column (the table has no vector index);
+- `Fusion(a, b)`: reciprocal rank fusion of two retrievers' top `depth` lists in one SQL
+  statement, score = sum of weight / (rrf_k + rank), k = 60 and equal weights by default:
+  the baseline a hybrid search must beat or match.
+
+To evaluate another implementation, e.g. the `embeddings` schema's hybrid search function, pass
+`SqlFunction("embeddings.hybrid_search")` (`python -m bench --only quality --quality-function
+embeddings.hybrid_search`): it is called as `fn(table regclass, query text, query_embedding
+halfvec, k integer)` and the first column of its result rows is taken as the item id. A
+retriever that needs the table set up first (a watch() with full-text search on, say) does it
+in `prepare`, called once per table before any search.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from psycopg import sql
+
+Conn = psycopg.Connection[Any]
+Vector32 = npt.NDArray[np.float32]
+LANGUAGE = "english"
+
+
+@dataclass(frozen=True)
+class Table:
+    name: str
+    config: str = LANGUAGE
+
+    @property
+    def ident(self) -> sql.Identifier:
+        return sql.Identifier(self.name)
+
+
+def halfvec(vector: Vector32) -> str:
+    return "[" + ",".join(f"{x:.6g}" for x in vector.tolist()) + "]"
+
+
+class Retriever(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def prepare(self, conn: Conn, table: Table) -> None: ...
+
+    def search(
+        self, conn: Conn, table: Table, query: str, vector: Vector32, k: int
+    ) -> list[int]: ...
+
+
+class Ranked(Retriever, Protocol):
+    """A retriever whose ranking is one SQL query of (id, rank) rows, so it can be fused."""
+
+    def ranked(self, table: Table, depth: sql.Composable) -> sql.Composable: ...
+
+
+LIMIT = sql.Placeholder("depth")
+
+
+class _Ranked:
+    name = "ranked"
+
+    def prepare(self, conn: Conn, table: Table) -> None:
+        pass
+
+    def ranked(self, table: Table, depth: sql.Composable) -> sql.Composable:
+        raise NotImplementedError
+
+    def search(self, conn: Conn, table: Table, query: str, vector: Vector32, k: int) -> list[int]:
+        statement = sql.SQL("SELECT id FROM ({}) AS r ORDER BY rank").format(
+            self.ranked(table, LIMIT)
+        )
+        params = {"query": query, "vector": halfvec(vector), "depth": k}
+        return [int(row[0]) for row in conn.execute(statement, params)]
+
+
+# Postgres's default text parser reads a dotted name as one "host" token:
+# `urllib.request.proxy_bypass` gives the lexemes 'urllib.request.proxy' and 'bypass', so a
+# search for proxy_bypass cannot match it. Splitting at dots between word characters first (on
+# both sides) avoids that; `FullText(split_dots=True)` measures what it is worth.
+SPLIT_DOTS = r"regexp_replace({}, '(\w)\.(?=\w)', '\1 ', 'g')"
+
+
+class FullText(_Ranked):
+    """Full-text search: `match="all"` (websearch_to_tsquery) or `"any"` (an OR of the
+    query's lexemes), ranked by ts_rank_cd; ties broken by id. `split_dots` searches the
+    `fts_split` column (dotted names split into words) instead of `fts`."""
+
+    def __init__(self, match: str = "all", *, split_dots: bool = False) -> None:
+        if match not in ("all", "any"):
+            raise ValueError(f"match must be 'all' or 'any', not {match!r}")
+        self.match = match
+        self.split_dots = split_dots
+        self.name = ("fulltext" if match == "all" else "fulltext_any") + (
+            "_split" if split_dots else ""
+        )
+
+    def tsquery(self, table: Table) -> sql.Composable:
+        config = sql.Literal(table.config)
+        text: sql.Composable = sql.Placeholder("query")
+        if self.split_dots:
+            text = sql.SQL(SPLIT_DOTS).format(text)
+        if self.match == "all":
+            return sql.SQL("websearch_to_tsquery({}, {})").format(config, text)
+        # The lexemes as the configuration normalizes them, OR-ed; the cast keeps them as they
+        # are (to_tsquery would stem them a second time).
+        return sql.SQL(
+            "(SELECT string_agg(quote_literal(lexeme), ' | ')::tsquery"
+            " FROM unnest(to_tsvector({}, {})))"
+        ).format(config, text)
+
+    def ranked(self, table: Table, depth: sql.Composable) -> sql.Composable:
+        column = sql.Identifier("fts_split" if self.split_dots else "fts")
+        return sql.SQL(
+            "SELECT id, row_number() OVER (ORDER BY ts_rank_cd(t.{column}, q.query) DESC, id)"
+            " AS rank FROM {table} AS t, {tsquery} AS q(query) WHERE t.{column} @@ q.query"
+            " ORDER BY rank LIMIT {depth}"
+        ).format(column=column, table=table.ident, tsquery=self.tsquery(table), depth=depth)
+
+
+class Vector(_Ranked):
+    """Exact nearest neighbours by cosine distance (a sequential scan: no index to miss)."""
+
+    name = "vector"
+
+    def ranked(self, table: Table, depth: sql.Composable) -> sql.Composable:
+        return sql.SQL(
+            "SELECT id, row_number() OVER (ORDER BY embedding <=> %(vector)s::halfvec, id) AS rank"
+            " FROM {table} ORDER BY rank LIMIT {depth}"
+        ).format(table=table.ident, depth=depth)
+
+
+class Fusion(_Ranked):
+    """Reciprocal rank fusion of two ranked retrievers, in SQL: each contributes
+    weight / (rrf_k + rank) for the items in its first `depth` places; ties broken by id."""
+
+    def __init__(
+        self,
+        first: Ranked,
+        second: Ranked,
+        *,
+        rrf_k: int = 60,
+        weights: tuple[float, float] = (1.0, 1.0),
+        depth: int = 100,
+        name: str | None = None,
+    ) -> None:
+        self.first, self.second = first, second
+        self.rrf_k, self.weights, self.depth = rrf_k, weights, depth
+        self.name = name or f"rrf({first.name},{second.name})"
+
+    def ranked(self, table: Table, depth: sql.Composable) -> sql.Composable:
+        candidates = sql.Literal(self.depth)
+        return sql.SQL(
+            "SELECT coalesce(a.id, b.id) AS id, row_number() OVER (ORDER BY"
+            " coalesce({wa} / ({k} + a.rank), 0) + coalesce({wb} / ({k} + b.rank), 0) DESC,"
+            " coalesce(a.id, b.id)) AS rank"
+            " FROM ({first}) AS a FULL JOIN ({second}) AS b ON a.id = b.id"
+            " ORDER BY rank LIMIT {depth}"
+        ).format(
+            wa=sql.Literal(float(self.weights[0])),
+            wb=sql.Literal(float(self.weights[1])),
+            k=sql.Literal(float(self.rrf_k)),
+            first=self.first.ranked(table, candidates),
+            second=self.second.ranked(table, candidates),
+            depth=depth,
+        )
+
+
+def rrf(
+    rankings: list[list[int]], *, rrf_k: int = 60, weights: tuple[float, ...] | None = None
+) -> list[int]:
+    """Reciprocal rank fusion in Python (the reference `Fusion` is checked against): items by
+    descending sum of weight / (rrf_k + rank), rank counted from 1; ties by id."""
+    weights = weights or (1.0,) * len(rankings)
+    scores: dict[int, float] = {}
+    for weight, ranking in zip(weights, rankings, strict=True):
+        for rank, item in enumerate(ranking, start=1):
+            scores[item] = scores.get(item, 0.0) + weight / (rrf_k + rank)
+    return sorted(scores, key=lambda item: (-scores[item], item))
+
+
+@dataclass
+class SqlFunction:
+    """A search implemented as a set-returning SQL function:
+    `fn(table regclass, query text, query_embedding halfvec, k integer)`, ids first."""
+
+    function: str
+    setup: str | None = None  # SQL run once per table, `{table}` replaced by its name
+
+    @property
+    def name(self) -> str:
+        return self.function
+
+    def prepare(self, conn: Conn, table: Table) -> None:
+        if self.setup:
+            conn.execute(sql.SQL(self.setup).format(table=table.ident))
+
+    def search(self, conn: Conn, table: Table, query: str, vector: Vector32, k: int) -> list[int]:
+        statement = sql.SQL("SELECT * FROM {}(%s::regclass, %s, %s::halfvec, %s)").format(
+            sql.Identifier(*self.function.split("."))
+        )
+        rows = conn.execute(statement, (table.name, query, halfvec(vector), k)).fetchall()
+        return [int(row[0]) for row in rows]

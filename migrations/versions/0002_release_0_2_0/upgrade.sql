@@ -1,0 +1,103 @@
+-- Release 0.2.0, part 1 of its upgrade: the tables a 0.1.0 database has, brought to 0.2.0 before
+-- the code reinstall (tables new in 0.2.0 come from sql/ then, with CREATE TABLE IF NOT EXISTS).
+-- Every statement is idempotent: it also runs on databases at main's revisions 0002-0018, which
+-- made some of these changes already. New columns go at the end, in the order sql/ lists them
+-- (a migrated table and a fresh one must dump identically).
+
+-- The event trigger of those revisions must not follow our own ALTERs (45_dropped.sql).
+SELECT set_config('embeddings.following', 'on', true);
+
+-- 0.1.0's table triggers ran shared functions that 0.2.0 has no more (enqueue_inserted,
+-- enqueue_updated): off with them; sql/99_regenerate.sql gives every target its generated ones.
+DO $$
+DECLARE
+    g record;
+BEGIN
+    FOR g IN
+        SELECT tg.tgname, tg.tgrelid::regclass AS rel FROM pg_trigger tg
+        JOIN pg_proc p ON p.oid = tg.tgfoid
+        WHERE p.pronamespace = 'embeddings'::regnamespace
+          AND p.proname IN ('enqueue_inserted', 'enqueue_updated') AND tg.tgparentid = 0
+    LOOP
+        EXECUTE format('DROP TRIGGER %I ON %s', g.tgname, g.rel);
+    END LOOP;
+END
+$$;
+
+-- embeddings.targets: the definition version a worker's write is checked against.
+ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS version integer NOT NULL DEFAULT 1;
+
+-- Worker roles' row-security policies: 0.1.0's one FOR ALL policy per table and role becomes a
+-- FOR SELECT and a FOR UPDATE policy (embeddings.grant_worker() creates those, 99_regenerate.sql).
+DO $$
+DECLARE
+    p record;
+BEGIN
+    FOR p IN
+        SELECT pol.polname, pol.polrelid::regclass AS rel FROM pg_policy pol
+        JOIN embeddings.worker_roles r ON pol.polname = 'embeddings_worker_' || r.role_name
+        WHERE pol.polcmd = '*'
+    LOOP
+        EXECUTE format('DROP POLICY %I ON %s', p.polname, p.rel);
+    END LOOP;
+END
+$$;
+
+-- embeddings.targets: keys of one or more columns, attribute numbers (names follow renames),
+-- replicas, problems.
+ALTER TABLE embeddings.targets
+    ADD COLUMN IF NOT EXISTS key_columns name[] CHECK (cardinality(key_columns) >= 1),
+    ADD COLUMN IF NOT EXISTS key_types regtype[]
+        CONSTRAINT targets_key_types_check CHECK (cardinality(key_types) = cardinality(key_columns)),
+    ADD COLUMN IF NOT EXISTS key_attnums smallint[],
+    ADD COLUMN IF NOT EXISTS content_attnum smallint,
+    ADD COLUMN IF NOT EXISTS embedding_attnum smallint,
+    ADD COLUMN IF NOT EXISTS replica boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS problem text;
+
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_attribute a
+                   WHERE a.attrelid = 'embeddings.targets'::regclass AND a.attname = 'key_column'
+                     AND NOT a.attisdropped) THEN
+        RETURN;  -- converted already
+    END IF;
+    EXECUTE $convert$
+        UPDATE embeddings.targets t
+        SET key_columns = ARRAY[t.key_column], key_types = ARRAY[t.key_type],
+            key_attnums = ARRAY[(SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = t.source AND a.attname = t.key_column AND NOT a.attisdropped)],
+            content_attnum = (SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = t.source AND a.attname = t.content_column AND NOT a.attisdropped),
+            embedding_attnum = coalesce((SELECT a.attnum FROM pg_attribute a WHERE a.attrelid = t.source AND a.attname = t.embedding_column AND NOT a.attisdropped), 0)
+    $convert$;
+    UPDATE embeddings.targets t SET key_attnums = '{0}' WHERE key_attnums = '{NULL}';
+    -- Sweep cursors held a key as text; sweeps start over.
+    UPDATE embeddings.sweep_cursors SET after_key = NULL;
+END
+$$;
+
+ALTER TABLE embeddings.targets
+    ALTER COLUMN key_columns SET NOT NULL,
+    ALTER COLUMN key_types SET NOT NULL,
+    ALTER COLUMN key_attnums SET NOT NULL,
+    DROP COLUMN IF EXISTS key_column,
+    DROP COLUMN IF EXISTS key_type;
+
+-- embeddings.targets: chunked targets (no embedding column in the table itself).
+ALTER TABLE embeddings.targets
+    ALTER COLUMN embedding_attnum DROP NOT NULL,
+    ADD COLUMN IF NOT EXISTS chunk_table regclass,
+    ADD COLUMN IF NOT EXISTS chunk_tokens integer,
+    ADD COLUMN IF NOT EXISTS chunk_overlap integer;
+
+-- embeddings.queues: a backfill lane names the live queue it serves.
+ALTER TABLE embeddings.queues ADD COLUMN IF NOT EXISTS live_queue text;
+
+-- embeddings.backfills (revisions 0008-0011 of main had it without lanes).
+ALTER TABLE IF EXISTS embeddings.backfills
+    ADD COLUMN IF NOT EXISTS lane text NOT NULL DEFAULT 'backfill' CHECK (lane IN ('backfill', 'change'));
+
+SELECT set_config('embeddings.following', 'off', true);
+
+-- Waiting workers registered themselves in this table (revisions 0002-0018) so that writes
+-- would NOTIFY them; 0.2.0's workers look for jobs instead (sql/20_queue.sql: wait_for_jobs).
+DROP TABLE IF EXISTS embeddings.idle_workers;

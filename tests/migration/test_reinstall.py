@@ -1,0 +1,135 @@
+"""The code reinstall every release revision ends with (worker/schema.py: reinstall_code): over
+an installed schema it changes nothing, regenerates what hangs on the code, keeps others'
+grants, and refuses when an object of someone else's depends on the code."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.migration.test_migrations import queued_keys
+from tests.support.schema_dump import pg_dump_schema
+from worker import exceptions, schema
+
+Conn = psycopg.Connection[Any]
+
+
+def reinstall(dsn: str) -> None:
+    with psycopg.connect(dsn) as conn:
+        schema.install(conn)
+        conn.commit()
+
+
+def watch_every_kind(conn: Conn) -> None:
+    """Targets of each kind whose generated functions and triggers differ: a content column, a
+    content function, a composite key, a partitioned table, a replica, a chunked target."""
+    conn.execute("CREATE TABLE plain (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO plain SELECT i, 'plain ' || i FROM generate_series(1, 50) i")
+    conn.execute("SELECT embeddings.watch('plain', 'body')")
+    conn.execute("CREATE TABLE byfn (a int, b text, body text, PRIMARY KEY (a, b))")
+    conn.execute(
+        "CREATE FUNCTION byfn_text(r byfn) RETURNS text LANGUAGE sql IMMUTABLE"
+        " RETURN r.b || ': ' || r.body"
+    )
+    conn.execute("SELECT embeddings.watch('byfn', 'byfn_text')")
+    conn.execute("INSERT INTO byfn VALUES (1, 'x', 'one'), (2, 'y', 'two')")
+    conn.execute("CREATE TABLE parts (id int PRIMARY KEY, body text) PARTITION BY RANGE (id)")
+    conn.execute("CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (100)")
+    conn.execute("SELECT embeddings.watch('parts', 'body')")
+    conn.execute("INSERT INTO parts VALUES (1, 'part one')")
+    conn.execute("CREATE TABLE copied (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('copied', 'body', replica => true)")
+    conn.execute("CREATE TABLE long_texts (id int PRIMARY KEY, body text)")
+    conn.execute(
+        "SELECT embeddings.watch('long_texts', 'body', chunk_tokens => 64, chunk_overlap => 8)"
+    )
+    conn.execute("INSERT INTO long_texts VALUES (1, 'a long text')")
+    conn.execute("UPDATE plain SET body = 'changed' WHERE id = 3")
+
+
+def test_a_reinstall_over_an_installed_schema_changes_nothing(dsn: str, conn: Conn) -> None:
+    watch_every_kind(conn)
+    before, keys = pg_dump_schema(dsn), queued_keys(conn)
+
+    reinstall(dsn)
+
+    assert pg_dump_schema(dsn) == before  # generated functions, triggers, event triggers too
+    assert queued_keys(conn) == keys
+    conn.execute("INSERT INTO plain VALUES (100, 'after the reinstall')")
+    conn.execute("INSERT INTO parts VALUES (2, 'another part')")
+    assert len(queued_keys(conn)) == len(keys) + 2  # the regenerated triggers enqueue
+
+
+def test_a_reinstall_refuses_when_objects_of_others_depend_on_the_code(
+    dsn: str, conn: Conn
+) -> None:
+    """A user's view over embeddings.status, a SQL function calling one of ours: dropping our
+    code would take them along, so the reinstall says which and what to do, and drops nothing."""
+    conn.execute("CREATE VIEW pending AS SELECT target, pending_jobs FROM embeddings.status")
+    conn.execute(
+        "CREATE FUNCTION lane(q text) RETURNS text LANGUAGE sql RETURN embeddings.backfill_queue(q)"
+    )
+    before = pg_dump_schema(dsn)
+
+    with (
+        psycopg.connect(dsn) as other,
+        pytest.raises(exceptions.EmbedWorkerError) as refused,
+    ):
+        schema.install(other)
+
+    message = str(refused.value)
+    assert "view pending" in message and "view embeddings.status" in message
+    assert "function lane(text)" in message and "embeddings.backfill_queue(text)" in message
+    assert "Drop them, migrate, then create them again" in message
+    assert pg_dump_schema(dsn) == before
+
+
+def test_a_reinstall_removes_the_notification_triggers_of_earlier_releases(conn: Conn) -> None:
+    """Releases before 0.2.0 woke workers with a NOTIFY from a trigger on each queue table;
+    Postgres refuses PREPARE TRANSACTION after a NOTIFY, so the reinstall must take them away."""
+    conn.execute(
+        "CREATE FUNCTION embeddings.notify_workers() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN PERFORM pg_notify('embeddings_jobs', TG_ARGV[0]); RETURN NULL; END $$"
+    )
+    for table in ("q_embedding_jobs", "q_embedding_jobs_backfill"):
+        conn.execute(
+            f"CREATE TRIGGER embeddings_notify_workers AFTER INSERT ON pgmq.{table}"
+            " FOR EACH STATEMENT EXECUTE FUNCTION embeddings.notify_workers('embedding_jobs')"
+        )
+
+    schema.install(conn)
+
+    assert conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'embeddings_notify_workers'"
+    ).fetchone() == (0,)
+    assert conn.execute("SELECT to_regproc('embeddings.notify_workers')").fetchone() == (None,)
+
+
+def test_migrate_prints_one_line_per_revision_and_no_alembic_chatter(empty_dsn: str) -> None:
+    def migrate() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "worker", "migrate", "--database-url", empty_dsn],
+            capture_output=True,
+            text=True,
+            env=os.environ,
+            timeout=120,
+        )
+
+    first = migrate()
+    assert first.returncode == 0, first.stderr
+    lines = first.stdout.splitlines()
+    assert lines[:2] == ["applied 0001 (0.1.0)", "applied 0002 (0.2.0)"]
+    assert all(line.startswith("notice: ") for line in lines[2:])
+    assert any("pg_net skipped" in line for line in lines)  # optional extensions: still said
+    assert len(lines) == len(set(lines))  # each NOTICE once, though both revisions raised it
+    assert "alembic" not in first.stderr and "INFO" not in first.stderr
+    assert "already exists" not in first.stdout + first.stderr
+
+    again = migrate()
+    assert again.returncode == 0, again.stderr
+    assert again.stdout.splitlines() == ["already at 0002 (0.2.0)"]

@@ -1,0 +1,177 @@
+"""A database at one of the revisions 0002-0018 that main carried before release 0.2.0
+squashed them (people who followed main): `migrate` re-stamps it as 0001 and upgrades it to
+0.2.0. The database is fixtures/at_0018.sql.gz (made by fixtures/make_at_0018.py at revision
+0018, work in every state); nothing waiting in it may be lost, and the worker then finishes it."""
+
+from __future__ import annotations
+
+import gzip
+import subprocess
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from tests.migration.test_migrations import queued_keys
+from tests.support.cluster import Cluster
+from tests.support.schema_dump import our_objects
+from worker import schema
+from worker.config import Settings
+from worker.models.loaded import LoadedModels
+from worker.process.runner import Worker
+
+Conn = psycopg.Connection[Any]
+FIXTURE = Path(__file__).parent / "fixtures" / "at_0018.sql.gz"
+ROLE = "embed_worker_fixture"  # the fixture's worker role (roles are not in a database's dump)
+
+# What must survive the upgrade unchanged, each read the same way before and after it.
+STATE = {
+    "dead letters": "SELECT id, target_id, row_key, message, attempts, last_error"
+    " FROM embeddings.failures ORDER BY id",
+    "inbox rows": "SELECT target, keys, columns, enqueued_at FROM embeddings.inbox"
+    " ORDER BY enqueued_at, target, columns::text",
+    "live jobs": "SELECT msg_id, message FROM pgmq.q_embedding_jobs ORDER BY msg_id",
+    "backfill lane jobs": "SELECT msg_id, message FROM pgmq.q_embedding_jobs_backfill"
+    " ORDER BY msg_id",
+    "chunks": "SELECT id, seq, chunk, embedding::text FROM articles_chunks ORDER BY id, seq",
+    "vectors": "SELECT id, embedding::text FROM docs ORDER BY id",
+    "shadow vectors": "SELECT id, embedding_next::text FROM docs"
+    " WHERE embedding_next IS NOT NULL ORDER BY id",
+    "backfill cursors": "SELECT target_id, every_row, after_key, scanned_rows, enqueued_keys, lane"
+    " FROM embeddings.backfills ORDER BY target_id",
+    "model changes": "SELECT target_id, model, shadow_column, rows_total"
+    " FROM embeddings.model_changes ORDER BY target_id",
+    "targets": "SELECT id, source::text, model, version, key_columns, chunk_table::text"
+    " FROM embeddings.targets ORDER BY id",
+    "worker roles": "SELECT role_name FROM embeddings.worker_roles",
+}
+
+
+def state(conn: Conn) -> dict[str, list[tuple[Any, ...]]]:
+    return {what: conn.execute(query).fetchall() for what, query in STATE.items()}
+
+
+def restore(cluster: Cluster) -> str:
+    """A new database holding the fixture; returns its name."""
+    name = cluster.create_database(prefix="at0018")
+    server_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))
+    subprocess.run(
+        [str(server_bin[-1]) if server_bin else "psql", "-q", "-v", "ON_ERROR_STOP=1",
+         "-o", "/dev/null", cluster.dsn(name)],
+        input=gzip.decompress(FIXTURE.read_bytes()),
+        check=True,
+        capture_output=True,
+    )  # fmt: skip
+    return name
+
+
+@pytest.fixture
+def at_0018(cluster: Cluster) -> Iterator[str]:
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
+        if not admin.execute("SELECT FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone():
+            admin.execute(f"CREATE ROLE {ROLE} LOGIN")
+    name = restore(cluster)
+    yield cluster.dsn(name)
+    cluster.drop_database(name)
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
+        admin.execute(f"DROP ROLE IF EXISTS {ROLE}")
+
+
+def test_a_database_at_0018_upgrades_keeping_all_its_work_and_the_worker_finishes_it(
+    cluster: Cluster,
+    at_0018: str,
+    tiny_model_paths: str,
+    embedders: LoadedModels,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    with psycopg.connect(at_0018, autocommit=True) as conn:
+        assert schema.current_revision(conn) == "0018"
+        before, keys_before = state(conn), queued_keys(conn)
+    assert {k for k, rows in before.items() if not rows} == set()  # every kind of work is there
+
+    migration = schema.migrate(at_0018)
+
+    assert migration.restamped_from == "0018"
+    assert migration.applied == ["0002"]
+    assert migration.lines()[:2] == [
+        "re-stamped 0018 (a revision of main before 0.2.0) as 0001",
+        "applied 0002 (0.2.0)",
+    ]
+    with psycopg.connect(at_0018, autocommit=True) as conn:
+        assert state(conn) == before
+        assert queued_keys(conn) == keys_before
+    fresh = cluster.create_database(prefix="fresh")
+    try:
+        schema.migrate(cluster.dsn(fresh))
+        assert our_objects(at_0018) == our_objects(cluster.dsn(fresh))
+    finally:
+        cluster.drop_database(fresh)
+
+    monkeypatch.setenv("EMBED_MODEL_PATH", tiny_model_paths)
+    settings = Settings(
+        database_url=make_conninfo(at_0018, user=ROLE),  # as the fixture's worker role
+        model="tiny-a",
+        batch_size=64,
+        max_attempts=3,
+        backoff_base_seconds=0.01,
+        vt_seconds=30,
+    )
+    worker = Worker(settings, once=True, embedders=embedders, progress=False, handle_signals=False)
+    assert worker.run() == 0
+
+    with psycopg.connect(at_0018, autocommit=True) as conn:
+        assert queued_keys(conn) == []
+        left = conn.execute(
+            "SELECT (SELECT count(*) FROM embeddings.backfills),"
+            " (SELECT count(*) FROM embeddings.model_changes),"
+            " (SELECT count(*) FROM docs WHERE embedding IS NULL),"
+            " (SELECT count(*) FROM notes WHERE embedding IS NULL),"
+            " (SELECT count(*) FROM articles a"
+            "  WHERE NOT EXISTS (SELECT FROM articles_chunks c WHERE c.id = a.id)),"
+            " (SELECT count(*) FROM flaky WHERE embedding IS NULL)"
+        ).fetchone()
+        # The change completed, the backfill ended, every row embedded but the dead letters.
+        assert left == (0, 0, 0, 0, 0, 4)
+        assert conn.execute(STATE["dead letters"]).fetchall() == before["dead letters"]
+        # The shadow vectors written before the upgrade became the vectors (tiny-b's).
+        assert conn.execute(
+            "SELECT model FROM embeddings.targets WHERE source = 'docs'::regclass"
+        ).fetchone() == ("tiny-b",)
+        vectors: dict[int, str] = dict(
+            conn.execute("SELECT id, embedding::text FROM docs").fetchall()
+        )
+        shadow = dict(before["shadow vectors"])
+        assert {k: vectors[k] for k in shadow if k != 5} == {
+            k: v for k, v in shadow.items() if k != 5
+        }
+        # Untouched articles kept their chunks; article 3 was chunked again from its new text.
+        chunks = conn.execute(
+            "SELECT id, seq, chunk, embedding::text FROM articles_chunks ORDER BY id, seq"
+        ).fetchall()
+        assert [c for c in chunks if c[0] != 3] == [c for c in before["chunks"] if c[0] != 3]
+        assert [c[2] for c in chunks if c[0] == 3] == ["a short new text"]
+
+
+def test_0002_of_main_before_the_squash_is_told_from_the_release_by_its_schema(
+    cluster: Cluster,
+) -> None:
+    """Main's 0002 and release 0.2.0's share the id: a database stamped 0002 that still has
+    0.1.0's `targets.key_column` (main's 0002 had it; its 0003 dropped it) is re-stamped and
+    upgraded, one at the release's 0002 is left alone."""
+    name = cluster.create_database(prefix="main0002")
+    dsn = cluster.dsn(name)
+    try:
+        schema.migrate(dsn, "0001")
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute(f"UPDATE public.{schema.VERSION_TABLE} SET version_num = '0002'")
+
+        upgrade = schema.migrate(dsn)
+
+        assert (upgrade.restamped_from, upgrade.applied) == ("0002", ["0002"])
+        again = schema.migrate(dsn)
+        assert (again.restamped_from, again.applied) == (None, [])
+    finally:
+        cluster.drop_database(name)

@@ -1,0 +1,112 @@
+"""Roles for the security tier: a hostile table owner, another tenant whose rows it wants, an
+application writer, the least-privilege worker and a login without grants, created per test
+(roles are cluster-wide: unique names, dropped afterwards). The pipeline fixtures are the
+integration tier's (the worker runs in-process)."""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from tests.integration.conftest import (
+    embedders,
+    generated_model_path,
+    minilm,
+    model_path,
+    run_once,
+    settings,
+)
+from tests.support.models import MINILM
+
+__all__ = ["embedders", "generated_model_path", "minilm", "model_path", "run_once", "settings"]
+
+Conn = psycopg.Connection[Any]
+
+# What the hostile owner's code does wherever it runs: says as whom it ran, tries to become a
+# superuser, and tries to copy the other tenant's rows into its own table. `loot` is the owner's
+# table; anyone may insert into it, so that the code leaves a trace whoever runs it.
+PAYLOAD = """
+CREATE TABLE public.loot (ran_as name NOT NULL, what text NOT NULL);
+GRANT INSERT ON public.loot TO PUBLIC;
+CREATE FUNCTION public.payload() RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.loot VALUES (current_user, 'ran');
+    BEGIN
+        EXECUTE format('ALTER ROLE %I SUPERUSER', '{owner}');
+        INSERT INTO public.loot VALUES (current_user, 'became superuser');
+    EXCEPTION WHEN OTHERS THEN NULL;
+    END;
+    BEGIN
+        INSERT INTO public.loot SELECT current_user, 'secret: ' || s.secret FROM public.secrets s;
+    EXCEPTION WHEN OTHERS THEN NULL;
+    END;
+    RETURN '';
+END $$;
+"""
+
+
+@dataclass(frozen=True)
+class Roles:
+    dsn: str  # the superuser's (the migrator's)
+    owner: str  # owns `docs` and its content function: the hostile one
+    tenant: str  # owns `secrets`, also watched
+    writer: str  # the application: INSERT, UPDATE, SELECT on docs
+    worker: str  # embeddings.grant_worker()
+    stranger: str  # a login without grants
+
+    def dsn_of(self, role: str | None = None) -> str:
+        return self.dsn if role is None else make_conninfo(self.dsn, user=role)
+
+    def connect(self, role: str | None = None) -> Conn:
+        return psycopg.connect(self.dsn_of(role), autocommit=True)
+
+    @property
+    def worker_dsn(self) -> str:
+        return make_conninfo(self.dsn, user=self.worker)
+
+
+@pytest.fixture
+def roles(conn: Conn, dsn: str) -> Iterator[Roles]:
+    suffix = uuid.uuid4().hex[:8]
+    kinds = ("owner", "tenant", "writer", "worker", "stranger")
+    names = {kind: f"{kind}_{suffix}" for kind in kinds}
+    for name in names.values():
+        conn.execute(f"CREATE ROLE {name} LOGIN")
+    for kind in ("owner", "tenant"):
+        conn.execute(f"GRANT CREATE ON SCHEMA public TO {names[kind]}")
+    conn.execute("SELECT embeddings.grant_worker(%s)", (names["worker"],))
+    found = Roles(dsn=dsn, **names)
+    with found.connect(found.tenant) as tenant:
+        tenant.execute("CREATE TABLE secrets (id int PRIMARY KEY, secret text)")
+        tenant.execute("INSERT INTO secrets VALUES (1, 'the other tenant''s secret')")
+    conn.execute("SELECT embeddings.watch('secrets', 'secret', model => %s)", (MINILM,))
+    with found.connect(found.owner) as owner:
+        owner.execute(PAYLOAD.format(owner=found.owner).encode())
+    yield found
+    for name in names.values():
+        conn.execute(f"ALTER ROLE {name} NOSUPERUSER")
+        conn.execute(f"DROP OWNED BY {name} CASCADE")
+        conn.execute(f"DROP ROLE {name}")
+
+
+def contained(roles: Roles, *also: str) -> list[tuple[str, str]]:
+    """Asserts that the owner's code ran as the owner only (or as roles in `also`: a writer of
+    the owner's table runs the owner's own triggers and domain checks, as in any table of
+    Postgres) and gained nothing; returns what it recorded (the places where it ran)."""
+    with roles.connect() as conn:
+        traces = [
+            (str(r), str(w)) for r, w in conn.execute("SELECT ran_as, what FROM loot").fetchall()
+        ]
+        superuser = conn.execute(
+            "SELECT rolsuper FROM pg_roles WHERE rolname = %s", (roles.owner,)
+        ).fetchone()
+    assert superuser == (False,), f"the owner became a superuser: {traces}"
+    assert {ran_as for ran_as, _ in traces} <= {roles.owner, *also}, traces
+    assert not [w for _, w in traces if w.startswith("secret")], traces
+    return traces

@@ -1,0 +1,199 @@
+"""A login without grants calls every function of schema `embeddings` (issue 24 §1), the ones
+generated for each target included, with arguments that name real targets, queues and keys:
+nothing an operator reads changes (registry, queues, inbox, dead letters, deferrals, status,
+provenance, backfills, model changes, our functions and their grants, the watched tables).
+Functions are EXECUTE to PUBLIC unless revoked; only those that can write nothing stay so."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg import sql
+
+from tests.security.conftest import Roles
+
+Conn = psycopg.Connection[Any]
+
+# Argument values by type (format_type()); any other type gets NULL of its type.
+ARGUMENTS = {
+    "bigint": "1",
+    "smallint": "1",
+    "double precision": "1",
+    "text": "'embedding_jobs'",
+    "name": "'embedding'",
+    "boolean": "true",
+    "regclass": "'public.docs'",
+    "regtype": "'integer'",
+    "regprocedure": "'public.note_text(public.notes)'",
+    "interval": "'0 seconds'",
+    "text[]": "ARRAY['1']",
+    "bigint[]": "ARRAY[1]::bigint[]",
+    "jsonb[]": "ARRAY['1'::jsonb]",
+    "name[]": "ARRAY['id']::name[]",
+    "regtype[]": "ARRAY['integer']::regtype[]",
+    "smallint[]": "ARRAY[1]::smallint[]",
+    "anyarray": "ARRAY[1]",
+    "halfvec": "array_fill(0.1, ARRAY[384])::halfvec",
+    "vector": "array_fill(0.1, ARRAY[384])::vector",
+    "halfvec[]": "ARRAY[array_fill(0.1, ARRAY[384])::halfvec]",
+    "real[]": "array_fill(0.1::real, ARRAY[384])",
+}
+# Columns of embeddings.status that move with the clock alone.
+CLOCK_COLUMNS = {
+    "oldest_pending_seconds",
+    "rows_per_second",
+    "change_rows_per_second",
+    "change_eta_seconds",
+}
+
+
+def argument(type_name: str, target_id: int) -> str:
+    if type_name == "integer":
+        return str(target_id)
+    if type_name == "integer[]":
+        return f"ARRAY[{target_id}]"
+    if type_name == "jsonb":
+        return f"""'{{"target": {target_id}, "keys": [1]}}'::jsonb"""
+    if type_name == "embeddings.targets":
+        return f"(SELECT t FROM embeddings.targets t WHERE t.id = {target_id})"
+    return ARGUMENTS.get(type_name, f"NULL::{type_name}")
+
+
+@pytest.fixture
+def world(roles: Roles) -> dict[str, int]:
+    """Targets of every kind, with queued jobs, a dead letter, a deferral, a provenance, a model
+    change, a running backfill: something for every function to change."""
+    with roles.connect() as su:
+        su.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+        su.execute("INSERT INTO docs SELECT g, 'text ' || g FROM generate_series(1, 1500) g")
+        su.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+        su.execute("INSERT INTO notes VALUES (1, 'a note')")
+        su.execute(
+            "CREATE FUNCTION note_text(n notes) RETURNS text LANGUAGE sql STABLE"
+            " AS $$ SELECT n.body $$"
+        )
+        su.execute("CREATE TABLE long_docs (id int PRIMARY KEY, body text)")
+        su.execute("INSERT INTO long_docs VALUES (1, 'a long document')")
+        ids = {
+            table: int(su.execute(f"SELECT embeddings.watch({call})").fetchone()[0])  # type: ignore[index]
+            for table, call in {
+                "docs": "'docs', 'body'",
+                "notes": "'notes', 'note_text'",
+                "long_docs": "'long_docs', 'body', chunk_tokens => 50",
+            }.items()
+        }
+        su.execute("SELECT embeddings.rewatch('notes', model => 'bge-small-en-v1.5')")
+        su.execute(
+            "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message,"
+            " attempts, last_error) VALUES (%s, 'public.docs.embedding', '7', 'embedding_jobs',"
+            """ '{"target": 1, "keys": [7]}', 5, 'boom')""",
+            (ids["docs"],),
+        )
+        su.execute(
+            "SELECT embeddings.note_deferrals(ARRAY[%s], ARRAY['a real reason'], ARRAY[1])",
+            (ids["docs"],),
+        )
+        su.execute(
+            "SELECT embeddings.claim_provenance(%s, false, 'gte-small', 'r1', 'fp32')",
+            (ids["docs"],),
+        )
+        su.execute("INSERT INTO docs VALUES (2001, 'written after: in the inbox')")
+    return ids
+
+
+def snapshot(conn: Conn) -> dict[str, Any]:
+    """Everything an operator reads, as values."""
+    found: dict[str, Any] = {}
+    tables = conn.execute(
+        "SELECT format('%I.%I', n.nspname, c.relname) FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname IN ('embeddings', 'pgmq') AND c.relkind = 'r'"
+        "   OR (n.nspname = 'public' AND c.relkind IN ('r', 'p') AND c.relname <> 'loot')"
+        " ORDER BY 1"
+    ).fetchall()
+    for (table,) in tables:
+        found[table] = sorted(
+            str(r[0])
+            for r in conn.execute(
+                sql.SQL("SELECT to_jsonb(x) FROM {} x").format(sql.SQL(table))
+            ).fetchall()
+        )
+    found["status"] = [
+        {k: v for k, v in row.items() if k not in CLOCK_COLUMNS}
+        for row in conn.execute(
+            "SELECT to_jsonb(s) FROM embeddings.status_exact s ORDER BY target_id"
+        ).fetchall()
+        for row in [row[0]]
+    ]
+    found["functions"] = conn.execute(
+        "SELECT p.oid::regprocedure::text, md5(p.prosrc), p.proowner::regrole::text,"
+        " p.prosecdef, p.proconfig, p.proacl::text FROM pg_proc p"
+        " WHERE p.pronamespace = 'embeddings'::regnamespace ORDER BY 1"
+    ).fetchall()
+    found["grants"] = conn.execute(
+        "SELECT c.oid::regclass::text, c.relacl::text, c.relrowsecurity FROM pg_class c"
+        " JOIN pg_namespace n ON n.oid = c.relnamespace"
+        " WHERE n.nspname IN ('public', 'embeddings', 'pgmq') ORDER BY 1"
+    ).fetchall()
+    found["triggers"] = conn.execute(
+        "SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger"
+        " WHERE NOT tgisinternal ORDER BY 1, 2"
+    ).fetchall()
+    found["policies"] = conn.execute("SELECT polname FROM pg_policy ORDER BY 1").fetchall()
+    found["roles"] = conn.execute(
+        "SELECT rolname, rolsuper, rolcreaterole, rolcreatedb, rolbypassrls FROM pg_roles"
+        " ORDER BY 1"
+    ).fetchall()
+    return found
+
+
+def test_a_login_without_grants_changes_nothing_an_operator_reads(
+    roles: Roles, world: dict[str, int]
+) -> None:
+    with roles.connect() as su:
+        functions = su.execute(
+            "SELECT p.oid::regprocedure::text, p.proname, p.proretset,"
+            " ARRAY(SELECT format_type(a, NULL) FROM unnest(p.proargtypes) AS a)"
+            " FROM pg_proc p WHERE p.pronamespace = 'embeddings'::regnamespace ORDER BY 1"
+        ).fetchall()
+        before = snapshot(su)
+    assert len(functions) > 100  # ours, and those generated for the three targets
+    ran: list[str] = []
+    with roles.connect(roles.stranger) as stranger:
+        stranger.execute("SET statement_timeout = '5s'")
+        for signature, name, returns_set, types in functions:
+            args = ", ".join(argument(t, world["docs"]) for t in types)
+            call = f"embeddings.{name}({args})"
+            try:
+                stranger.execute(f"SELECT * FROM {call}" if returns_set else f"SELECT {call}")
+            except psycopg.Error:
+                continue
+            ran.append(signature)
+    with roles.connect() as su:
+        after = snapshot(su)
+    for part in before:
+        assert after[part] == before[part], part
+    assert ran  # the read-only ones ran: the calls were well formed
+
+
+def test_public_may_execute_only_what_can_write_nothing(
+    roles: Roles, world: dict[str, int]
+) -> None:
+    """Functions are EXECUTE to PUBLIC by default: every one that may write, or runs with its
+    owner's rights, is revoked (sql/90_privileges.sql, and the generated ones as they are
+    made). A trigger function cannot be called, only used by a trigger: one of invoker's rights
+    may stay PUBLIC (Postgres checks EXECUTE when a partition clones a row trigger), never one
+    that runs as its owner."""
+    with roles.connect() as su:
+        wrong = su.execute(
+            "SELECT p.oid::regprocedure::text FROM pg_proc p"
+            " WHERE p.pronamespace = 'embeddings'::regnamespace"
+            "   AND has_function_privilege(%s, p.oid, 'EXECUTE')"
+            "   AND (p.prosecdef OR (p.provolatile = 'v'"
+            "        AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)))"
+            " ORDER BY 1",
+            (roles.stranger,),
+        ).fetchall()
+    assert wrong == []

@@ -1,0 +1,125 @@
+"""The table of roles x actions of docs/security.md, each cell tried: every role attempts every
+action (each attempt rolled back), and the table must say exactly what Postgres let it do."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.security.conftest import Roles
+from tests.support.docs import documented_rights
+from tests.support.models import MINILM
+
+Conn = psycopg.Connection[Any]
+
+
+@dataclass(frozen=True)
+class World:
+    target: int  # the owner's `docs`, watched
+
+
+# How each action is attempted: statements, any of which succeeding means the role may do it.
+def _attempts(world: World) -> dict[str, list[str]]:
+    load = f"embeddings.embeddings_{world.target}_load"
+    blank = f"embeddings.embeddings_{world.target}_blank"
+    return {
+        "watch a table, unwatch it, change its model": [
+            "SELECT embeddings.watch('spare', 'body')",
+            "SELECT embeddings.unwatch('docs')",
+            "SELECT embeddings.rewatch('docs', model => 'bge-small-en-v1.5')",
+        ],
+        "insert or update rows of a watched table (their keys are queued)": [
+            "INSERT INTO docs VALUES (100, 'new')",
+            "UPDATE docs SET body = 'edited' WHERE id = 1",
+        ],
+        "read a watched table's rows directly": ["SELECT count(*) FROM docs"],
+        "read rows' content through the target's functions": [
+            f"SELECT * FROM {load}(ARRAY['1'], ARRAY['1'])"
+        ],
+        "store or clear vectors through the target's functions": [
+            f"SELECT {blank}(ARRAY['1'], ARRAY['1'], ARRAY[md5('text 1')])"
+        ],
+        "queue keys through `enqueue_keys()` or the inbox": [
+            f"SELECT embeddings.enqueue_keys({world.target}, ARRAY[1])",
+            "INSERT INTO embeddings.inbox (target, keys, columns)"
+            f""" VALUES ({world.target}, 1, '["{{1}}"]')""",
+        ],
+        "send, lease, acknowledge or retry jobs in a queue": [
+            "SELECT pgmq.send('embedding_jobs', '{}')",
+            "SELECT * FROM pgmq.read('embedding_jobs_backfill', 30, 1)",
+        ],
+        "record or resolve dead letters": [
+            "INSERT INTO embeddings.failures (target_id, target, queue, message, attempts, last_error)"
+            f" VALUES ({world.target}, 'docs', 'embedding_jobs', '{{}}', 1, 'x')",
+            "DELETE FROM embeddings.failures",
+        ],
+        "record why a target's jobs wait (deferrals)": [
+            f"SELECT embeddings.note_deferrals(ARRAY[{world.target}], ARRAY['why'], ARRAY[1])",
+            f"SELECT embeddings.clear_deferrals(ARRAY[{world.target}])",
+        ],
+        "step backfills, complete model changes": [
+            "SELECT * FROM embeddings.backfill_next('embedding_jobs')",
+            "SELECT * FROM embeddings.complete_changes()",
+        ],
+        "read `embeddings.status`": ["SELECT * FROM embeddings.status"],
+        "run `embeddings.sweep()`": ["SELECT embeddings.sweep()"],
+    }
+
+
+def allowed(conn: Conn, statements: list[str]) -> bool:
+    """Whether any of `statements` runs for the role (nothing of it stays: rolled back)."""
+    may = False
+    for statement in statements:
+        try:
+            with conn.transaction(force_rollback=True):
+                conn.execute(statement)
+            may = True
+        except psycopg.errors.InsufficientPrivilege:
+            pass
+    return may
+
+
+@pytest.fixture
+def world(roles: Roles) -> World:
+    with roles.connect(roles.owner) as owner:
+        for table in ("docs", "spare"):
+            owner.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
+            owner.execute(
+                f"INSERT INTO {table} SELECT g, 'text ' || g FROM generate_series(1, 3) g"
+            )
+        owner.execute(f"GRANT SELECT, INSERT, UPDATE ON docs TO {roles.writer}")
+    with roles.connect() as su:
+        row = su.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
+        found = row.fetchone()
+    assert found is not None
+    return World(target=int(found[0]))
+
+
+COLUMNS: dict[str, Callable[[Roles], str | None]] = {
+    "superuser (migrator)": lambda r: None,  # the fixture's superuser
+    "table owner": lambda r: r.owner,
+    "application writer": lambda r: r.writer,
+    "worker role": lambda r: r.worker,
+    "login without grants": lambda r: r.stranger,
+}
+
+
+def test_the_documented_actions_are_the_tried_ones() -> None:
+    documented = documented_rights()
+    assert set(documented) == set(_attempts(World(target=1)))
+    for cells in documented.values():
+        assert set(cells) == set(COLUMNS)
+
+
+@pytest.mark.parametrize("action", sorted(documented_rights()))
+def test_each_role_may_do_what_the_table_says(roles: Roles, world: World, action: str) -> None:
+    statements = _attempts(world)[action]
+    observed = {}
+    for column, role in COLUMNS.items():
+        with psycopg.connect(roles.dsn_of(role(roles))) as conn:
+            observed[column] = allowed(conn, statements)
+    assert observed == documented_rights()[action]

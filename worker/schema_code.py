@@ -1,0 +1,177 @@
+"""The code reinstall's steps around running the files (worker/schema.py: reinstall_code).
+
+The schema's *code* is every function and view in schema `embeddings` except the per-target
+functions watch() generates (`embeddings_<id>_*`: user tables' triggers use them, and
+sql/99_regenerate.sql regenerates them after the files ran). Dropping the code also drops what
+only we hang on it: the notification trigger on each pgmq queue table and our event triggers,
+which the files and 99_regenerate.sql create again. Anything else that depends on the code (a
+view of the user's over embeddings.status, say) would be lost, so the reinstall refuses first.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from worker import exceptions
+from worker.db import Connection
+
+logger = logging.getLogger(__name__)
+
+# The code: functions (by regprocedure) and views (and their row types) of schema embeddings.
+_CODE = """
+    SELECT 'pg_proc'::regclass AS classid, p.oid AS objid FROM pg_proc p
+    WHERE p.pronamespace = to_regnamespace('embeddings') AND p.proname !~ '^embeddings_[0-9]+_'
+    UNION ALL
+    SELECT 'pg_class'::regclass, c.oid FROM pg_class c
+    WHERE c.relnamespace = to_regnamespace('embeddings') AND c.relkind IN ('v', 'm')
+    UNION ALL
+    SELECT 'pg_type'::regclass, c.reltype FROM pg_class c
+    WHERE c.relnamespace = to_regnamespace('embeddings') AND c.relkind IN ('v', 'm')
+"""
+
+# Objects that depend on the code and are neither part of it nor ours to drop with it: a view's
+# rewrite rule belongs to the view; the queues' notification triggers and our event triggers
+# are created again.
+_FOREIGN_DEPENDENTS = f"""
+WITH code AS ({_CODE})
+SELECT DISTINCT pg_describe_object(d.classid, d.objid, d.objsubid),
+                pg_describe_object(d.refclassid, d.refobjid, 0)
+FROM pg_depend d
+JOIN code c ON c.classid = d.refclassid AND c.objid = d.refobjid
+WHERE d.deptype IN ('n', 'a')
+  AND (d.classid, d.objid) NOT IN (SELECT classid, objid FROM code)
+  AND NOT (d.classid = 'pg_rewrite'::regclass AND EXISTS (
+      SELECT FROM pg_rewrite r
+      JOIN code v ON v.classid = 'pg_class'::regclass AND v.objid = r.ev_class
+      WHERE r.oid = d.objid))
+  AND NOT (d.classid = 'pg_trigger'::regclass AND EXISTS (
+      SELECT FROM pg_trigger g JOIN pg_class q ON q.oid = g.tgrelid
+      WHERE g.oid = d.objid AND g.tgname = 'embeddings_notify_workers'
+        AND q.relnamespace = to_regnamespace('pgmq')))
+  AND NOT (d.classid = 'pg_event_trigger'::regclass AND EXISTS (
+      SELECT FROM pg_event_trigger e WHERE e.oid = d.objid AND e.evtname LIKE 'embeddings\\_%'))
+ORDER BY 1, 2
+"""
+
+# Grants on the code to roles other than its owner and the registered worker roles (whose
+# grants embeddings.grant_worker() makes again): a monitoring role's SELECT on
+# embeddings.status, say. PUBLIC's are left to the files (they REVOKE or GRANT on purpose).
+_EXTRA_GRANTS = """
+SELECT format('GRANT %%s ON FUNCTION %%s TO %%I%%s',
+              a.privilege_type, p.oid::regprocedure, r.rolname,
+              CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END),
+       'function', p.oid::regprocedure::text
+FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a JOIN pg_roles r ON r.oid = a.grantee
+WHERE p.pronamespace = to_regnamespace('embeddings') AND p.proname !~ '^embeddings_[0-9]+_'
+  AND a.grantee <> p.proowner AND r.rolname <> ALL (%(workers)s)
+UNION ALL
+SELECT format('GRANT %%s ON %%s TO %%I%%s', a.privilege_type, c.oid::regclass, r.rolname,
+              CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END),
+       'view', c.oid::regclass::text
+FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a JOIN pg_roles r ON r.oid = a.grantee
+WHERE c.relnamespace = to_regnamespace('embeddings') AND c.relkind IN ('v', 'm')
+  AND a.grantee <> c.relowner AND r.rolname <> ALL (%(workers)s)
+ORDER BY 1
+"""
+
+# What the drop takes with it: the notification triggers that releases before 0.2.0 put on
+# pgmq's queue tables (0.2.0 has none: workers look for jobs, sql/20_queue.sql), our event
+# triggers (the files and sql/99_regenerate.sql create them again), then views, then functions.
+_DROPS = f"""
+WITH code AS ({_CODE})
+SELECT format('DROP TRIGGER %I ON %s', g.tgname, g.tgrelid::regclass)
+FROM pg_trigger g JOIN code c ON c.classid = 'pg_proc'::regclass AND c.objid = g.tgfoid
+WHERE g.tgname = 'embeddings_notify_workers'
+UNION ALL
+SELECT format('DROP EVENT TRIGGER %I', e.evtname)
+FROM pg_event_trigger e JOIN code c ON c.classid = 'pg_proc'::regclass AND c.objid = e.evtfoid
+UNION ALL
+SELECT 'DROP VIEW ' || string_agg(c.oid::regclass::text, ', ')
+FROM pg_class c WHERE c.oid IN (SELECT objid FROM code WHERE classid = 'pg_class'::regclass)
+HAVING count(*) > 0
+UNION ALL
+SELECT 'DROP FUNCTION ' || string_agg(p.oid::regprocedure::text, ', ')
+FROM pg_proc p WHERE p.oid IN (SELECT objid FROM code WHERE classid = 'pg_proc'::regclass)
+HAVING count(*) > 0
+"""
+
+_EVENT_TRIGGERS_NOT_OURS_TO_DROP = """
+SELECT e.evtname, e.evtowner::regrole::text FROM pg_event_trigger e
+WHERE e.evtname LIKE 'embeddings\\_%'
+  AND NOT (SELECT rolsuper FROM pg_roles WHERE rolname = current_user)
+  AND e.evtowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
+ORDER BY 1
+"""
+
+
+@dataclass(frozen=True)
+class Grant:
+    statement: str
+    kind: str  # 'function' or 'view'
+    identity: str  # regprocedure or regclass text
+
+
+def _installed(conn: Connection) -> bool:
+    row = conn.execute("SELECT to_regnamespace('embeddings') IS NOT NULL").fetchone()
+    return bool(row and row[0])
+
+
+def refuse_foreign_dependents(conn: Connection) -> None:
+    """Raises EmbedWorkerError, naming them, when objects that are not ours depend on the code
+    (they would be dropped with it), or when our event triggers belong to a role the caller
+    cannot drop them as."""
+    if not _installed(conn):
+        return
+    dependents = conn.execute(_FOREIGN_DEPENDENTS).fetchall()
+    if dependents:
+        listed = "\n".join(f"  {dependent} (uses {ours})" for dependent, ours in dependents)
+        raise exceptions.EmbedWorkerError(
+            "cannot upgrade the embeddings schema: migrating replaces its functions and views, "
+            f"and these objects depend on them:\n{listed}\n"
+            "Drop them, migrate, then create them again (psql's \\sv and \\sf print their "
+            "definitions); or make them call ours from PL/pgSQL, whose bodies Postgres does "
+            "not track as dependencies."
+        )
+    owned = conn.execute(_EVENT_TRIGGERS_NOT_OURS_TO_DROP).fetchall()
+    if owned:
+        names = ", ".join(f"{name} (owned by {owner})" for name, owner in owned)
+        raise exceptions.EmbedWorkerError(
+            f"cannot upgrade the embeddings schema: its event triggers {names} must be dropped "
+            "and created again, which only their owner or a superuser may do: run "
+            "`embed-worker migrate` as a superuser"
+        )
+
+
+def extra_grants(conn: Connection) -> list[Grant]:
+    """The grants on the code that the files would not make again (see _EXTRA_GRANTS)."""
+    if not _installed(conn):
+        return []
+    workers: list[str] = []
+    if conn.execute("SELECT to_regclass('embeddings.worker_roles') IS NOT NULL").fetchone() == (
+        True,
+    ):
+        workers = [r[0] for r in conn.execute("SELECT role_name FROM embeddings.worker_roles")]
+    rows = conn.execute(_EXTRA_GRANTS, {"workers": workers}).fetchall()
+    return [Grant(statement, kind, identity) for statement, kind, identity in rows]
+
+
+def drop_code(conn: Connection) -> None:
+    """Drops the code and what hangs on it only (refuse_foreign_dependents ran first: without
+    CASCADE, anything it missed makes the drop fail instead of going with it)."""
+    if not _installed(conn):
+        return
+    for (statement,) in conn.execute(_DROPS).fetchall():
+        logger.debug("%s", statement[:200])
+        conn.execute(statement)
+
+
+def restore_grants(conn: Connection, grants: list[Grant]) -> None:
+    """Makes `grants` again on the objects that still exist under the same identity."""
+    for grant in grants:
+        check = "to_regprocedure(%s)" if grant.kind == "function" else "to_regclass(%s)"
+        row = conn.execute(f"SELECT {check} IS NOT NULL", (grant.identity,)).fetchone()
+        if row and row[0]:
+            conn.execute(grant.statement)
+        else:
+            logger.warning("not granted again, %s is gone: %s", grant.identity, grant.statement)
