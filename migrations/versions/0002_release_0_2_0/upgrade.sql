@@ -97,3 +97,7 @@ ALTER TABLE IF EXISTS embeddings.backfills
     ADD COLUMN IF NOT EXISTS lane text NOT NULL DEFAULT 'backfill' CHECK (lane IN ('backfill', 'change'));
 
 SELECT set_config('embeddings.following', 'off', true);
+
+-- Waiting workers registered themselves in this table (revisions 0002-0018) so that writes
+-- would NOTIFY them; 0.2.0's workers look for jobs instead (sql/20_queue.sql: wait_for_jobs).
+DROP TABLE IF EXISTS embeddings.idle_workers;
