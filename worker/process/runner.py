@@ -29,7 +29,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
 
-from worker import db, exceptions, metrics
+from worker import db, exceptions, metrics, queries
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline import stages, write
@@ -186,10 +186,8 @@ class Worker:
             try:
                 conn = db.connect(self.dsn, connect_timeout=3)
                 try:
-                    # SET LOCAL: behind a transaction pooler a plain SET would outlive us on a
-                    # server connection that other clients then get.
                     with db.translated(), conn.transaction():
-                        conn.execute("SET LOCAL statement_timeout = '3s'")
+                        conn.execute(queries.get("short_statement_timeout"))
                         released = lane.queue.release(conn, held)
                     metrics.JOBS.labels("released").inc(released)
                     logger.info("handed back %d of %d jobs", released, len(held))

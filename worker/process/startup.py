@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from worker import db, exceptions, metrics
+from worker import db, exceptions, metrics, schema
 from worker.pipeline import provenance
 from worker.pipeline.targets import Target
 from worker.process import systemd
@@ -117,5 +117,4 @@ def default_model_problem(worker: Worker) -> str | None:
 
 def schema_missing(conn: db.Connection) -> bool:
     with db.translated():
-        row = conn.execute("SELECT to_regclass('embeddings.targets') IS NULL").fetchone()
-    return bool(row and row[0])
+        return not schema.installed(conn)
