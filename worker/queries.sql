@@ -108,8 +108,6 @@ SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
        t.content_column, fn_ns.nspname, p.proname, t.model, t.key_columns::text[],
        ARRAY(SELECT kt.typname::text FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
              JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i),
-       ARRAY(SELECT format_type(k.ty, NULL) FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
-             ORDER BY k.i),
        t.queue, coalesce(t.problem, embeddings.access_problem(t)), t.version, chunk_ns.nspname,
        chunk_c.relname, t.chunk_tokens,
        t.chunk_overlap

@@ -37,7 +37,9 @@ def connect_and_read_targets(worker: Worker) -> dict[int, Target] | None:
         while not worker.stopping.is_set():
             try:
                 conn = session.get()
-                if not schema_missing(conn):
+                with db.translated():
+                    installed = schema.installed(conn)
+                if installed:
                     return worker.registry.refresh(conn)
             except exceptions.ConnectionLost:
                 if worker.once:
@@ -113,8 +115,3 @@ def default_model_problem(worker: Worker) -> str | None:
     )
     worker.ready.set()
     return None
-
-
-def schema_missing(conn: db.Connection) -> bool:
-    with db.translated():
-        return not schema.installed(conn)
