@@ -128,6 +128,11 @@ def is_connection_error(exc: BaseException) -> bool:
     )
 
 
+def ping(conn: Connection) -> None:
+    """The database answers on `conn` (or a psycopg error says why not)."""
+    conn.execute(queries.get("ping"))
+
+
 def register_vector_types(conn: Connection) -> None:
     """Teaches `conn` to send pgvector's Vector and HalfVector, wherever `vector` is installed
     (public here, `extensions` on Supabase)."""

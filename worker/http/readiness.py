@@ -7,7 +7,7 @@ import threading
 import time
 from typing import TYPE_CHECKING
 
-from worker import db, exceptions, queries
+from worker import db, exceptions
 from worker.process import startup
 
 if TYPE_CHECKING:
@@ -58,7 +58,7 @@ class ReadinessProbe:
                 return self._db_error
             try:
                 with db.connect(self.worker.dsn, connect_timeout=2) as conn:
-                    conn.execute(queries.get("ping"))
+                    db.ping(conn)
                 self._db_error = None
             except exceptions.EmbedWorkerError as exc:
                 self._db_error = str(exc)
