@@ -37,9 +37,10 @@ from worker.pipeline import stages, write
 from worker.pipeline.batch import Batch, RowState
 from worker.pipeline.lanes import Lanes
 from worker.pipeline.targets import TargetRegistry
-from worker.process import keeper, startup, systemd
+from worker.process import startup, systemd
 from worker.process.backfill import Backfiller, IndexBuilder
 from worker.process.changes import Completer
+from worker.process.keeper import Keeper
 from worker.process.wakeups import Waiter
 
 logger = logging.getLogger(__name__)
@@ -132,11 +133,27 @@ class Worker:
             ("fetcher", self._fetcher),
             ("embedder", self._embedder),
             ("writer", self._writer),
-            ("keeper", lambda: keeper.keep(self)),  # worker/process/keeper.py
+            ("keeper", self._keeper().run),
         ):
             thread = threading.Thread(target=self._guarded(target), name=name, daemon=True)
             thread.start()
             self._threads.append(thread)
+
+    def _keeper(self) -> Keeper:
+        settings = self.settings
+        return Keeper(
+            self.dsn,
+            self.lanes,
+            settings.vt_seconds,
+            self.finished,
+            # A one-shot run's fetcher completes model changes itself, when the queue drains.
+            complete_changes=(
+                (lambda conn: self.changes.run(conn, self.registry, force=False))
+                if settings.pull and not self.once
+                else None
+            ),
+            rows_done=(lambda: self.rows_done) if self.progress and self.once else None,
+        )
 
     def wait(self) -> int:
         while not self.finished.is_set():
