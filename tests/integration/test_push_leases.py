@@ -26,6 +26,13 @@ def worker(settings: Settings, embedders: LoadedModels) -> Worker:
     return Worker(settings, embedders=embedders, progress=False, handle_signals=False)
 
 
+def pushed_to(worker: Worker, settings: Settings | None = None) -> push.Push:
+    """Push mode wired to `worker` as its HTTP server wires it (worker/http/server.py)."""
+    return push.Push(
+        worker.dsn, settings or worker.settings, worker.lanes, worker.registry, worker.embedders
+    )
+
+
 @pytest.fixture
 def docs(conn: Conn, minilm: str) -> Iterator[int]:
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
@@ -73,7 +80,7 @@ def test_a_dispatch_lease_is_kept_and_the_jobs_are_renewed_while_processed(
         seen["held"] = set(worker.leases.held())
 
     with faults.injected("embed", look):
-        result = push.process(worker, body)
+        result = push.process(pushed_to(worker), body)
 
     assert len(result.completed) == 6
     assert min(seen["left"]) > DISPATCH_LEASE - 60  # not cut down to vt_seconds (30)
@@ -86,11 +93,10 @@ def test_one_request_embeds_a_bounded_number_of_rows_in_batches(
     conn: Conn, docs: int, worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(push, "MAX_ROWS", 4)
-    worker.settings = worker.settings.with_overrides(batch_size=2)
     body = dispatched(conn)
     batches = []
     with faults.injected("embed", lambda: batches.append(1)):
-        result = push.process(worker, body)
+        result = push.process(pushed_to(worker, worker.settings.with_overrides(batch_size=2)), body)
 
     assert [job["jobId"] for job in result.completed] == [job["jobId"] for job in body[:4]]
     assert len(batches) == 2  # two batches of two rows
@@ -111,7 +117,7 @@ def test_concurrent_requests_are_bounded(
     while push.SLOTS.acquire(blocking=False):  # every slot busy with another request
         held += 1
     try:
-        result = push.process(worker, body)
+        result = push.process(pushed_to(worker), body)
     finally:
         for _ in range(held):
             push.SLOTS.release()

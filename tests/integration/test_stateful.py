@@ -128,11 +128,15 @@ class EmbeddingMachine(RuleBasedStateMachine):
         )
 
     def run_worker(self) -> int:
-        worker = Worker(
-            self.settings, once=True, embedders=self.embedders, progress=False, handle_signals=False
-        )
         # One registry across runs, as one long-lived worker process keeps it.
-        worker.registry = self.registry
+        worker = Worker(
+            self.settings,
+            once=True,
+            embedders=self.embedders,
+            progress=False,
+            handle_signals=False,
+            registry=self.registry,
+        )
         code = worker.run()
         self.exits.append(code)
         return code

@@ -46,7 +46,7 @@ def test_the_worker_is_drained_when_its_lanes_are() -> None:
 
 
 def test_no_worker_method_only_forwards_the_worker_to_a_module() -> None:
-    """Call sites call startup.start(worker), keeper.keep(worker), ... themselves: a method whose
+    """Collaborators get what they use and are called where they are used: a method whose
     whole body is `module.function(self)` is one more name for the same thing."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(runner.Worker)))
     forwarding = []

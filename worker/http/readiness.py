@@ -8,7 +8,6 @@ import time
 from typing import TYPE_CHECKING
 
 from worker import db, exceptions
-from worker.process import startup
 
 if TYPE_CHECKING:
     from worker.process.runner import Worker
@@ -42,9 +41,9 @@ class ReadinessProbe:
 
     def problems(self) -> list[str]:
         found = []
-        model_problem = startup.default_model_problem(self.worker)
+        model_problem = self.worker.default_model.problem()
         if model_problem:
-            found.append(f"model {startup.default_model(self.worker)}: {model_problem}")
+            found.append(f"model {self.worker.default_model.name()}: {model_problem}")
         if self.worker.failure is not None or self.worker.finished.is_set():
             found.append("worker stopped")
         db_error = self._database()

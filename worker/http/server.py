@@ -34,11 +34,10 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker import db, exceptions, metrics
-from worker.http import protocol
+from worker.http import protocol, push
 from worker.http.protocol import BadRequest
 from worker.http.readiness import ReadinessProbe
 from worker.models import catalog, files
-from worker.process import startup
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -61,6 +60,7 @@ class Server(ThreadingHTTPServer):
         self.worker = worker
         self.settings = settings
         self.readiness = ReadinessProbe(worker)
+        self.push = push.Push(worker.dsn, settings, worker.lanes, worker.registry, worker.embedders)
         self.slots = threading.BoundedSemaphore(settings.http_max_connections)
         self.post_refusal = post_refusal(settings)
         super().__init__((settings.http_host, settings.http_port or 0), Handler)
@@ -182,7 +182,7 @@ class Handler(protocol.JSONRequestHandler):
             raise BadRequest(
                 HTTPStatus.BAD_REQUEST, '"input" must be a string or a list of strings'
             )
-        model_name = body.get("model") or startup.default_model(self.server.worker)
+        model_name = body.get("model") or self.server.worker.default_model.name()
         if not isinstance(model_name, str):
             raise BadRequest(HTTPStatus.BAD_REQUEST, '"model" must be a string')
         self._check_model(model_name)
@@ -202,7 +202,7 @@ class Handler(protocol.JSONRequestHandler):
         """Only models already loaded or configured (the default, the targets'), or registry
         models already on disk: a request never names a path, never starts a download."""
         worker = self.server.worker
-        configured = {startup.default_model(worker)} | {
+        configured = {worker.default_model.name()} | {
             t.model for t in worker.registry.snapshot().values()
         }
         if name in worker.embedders.loaded() or name in configured:
@@ -224,10 +224,8 @@ class Handler(protocol.JSONRequestHandler):
         )
 
     def _push(self, body: Any) -> None:
-        from worker.http import push
-
         try:
-            result = push.process(self.server.worker, body)
+            result = push.process(self.server.push, body)
         except push.InvalidRequest as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
         # 200 whatever the jobs' fates, exactly as the guide's Edge Function: monitoring

@@ -37,10 +37,11 @@ from worker.pipeline import stages, write
 from worker.pipeline.batch import Batch, RowState
 from worker.pipeline.lanes import Lanes
 from worker.pipeline.targets import TargetRegistry
-from worker.process import startup, systemd
+from worker.process import systemd
 from worker.process.backfill import Backfiller, IndexBuilder
 from worker.process.changes import Completer
 from worker.process.keeper import Keeper
+from worker.process.startup import DefaultModel, Startup
 from worker.process.wakeups import Waiter
 
 logger = logging.getLogger(__name__)
@@ -63,6 +64,7 @@ class Worker:
         embedders: LoadedModels | None = None,
         progress: bool | None = None,
         handle_signals: bool = True,
+        registry: TargetRegistry | None = None,
     ) -> None:
         self.settings = settings
         self.once = once
@@ -74,7 +76,7 @@ class Worker:
         # Backfills in key ranges, stepped when reads run short (worker/process/backfill.py).
         self.backfill = Backfiller(settings.queue, settings.batch_size)
         self.indexer = IndexBuilder(self.dsn, settings.queue)
-        self.registry = TargetRegistry()
+        self.registry = registry or TargetRegistry()  # given: one across runs (tests)
         self.changes = Completer()  # completes model changes (worker/process/changes.py)
         self.embedders = embedders or LoadedModels(
             variant=settings.model_variant,
@@ -85,7 +87,7 @@ class Worker:
         self.stopping = threading.Event()  # no more reading
         self.finished = threading.Event()  # the pipeline has drained
         self.started = threading.Event()  # connected, schema present, models tried
-        self.ready = threading.Event()  # ... and the default model loaded
+        self.default_model = DefaultModel(settings, self.registry, self.embedders, self.started)
         self.failure: BaseException | None = None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.handle_signals = handle_signals
@@ -128,7 +130,16 @@ class Worker:
 
     def start(self) -> None:
         """Connects, checks the schema and the models, then starts the pipeline threads."""
-        startup.start(self)  # worker/process/startup.py
+        Startup(
+            self.dsn,
+            self.settings.queue,
+            self.once,
+            self.stopping,
+            self.registry,
+            self.embedders,
+            self.default_model,
+            self.started,
+        ).run()
         for name, target in (
             ("fetcher", self._fetcher),
             ("embedder", self._embedder),
