@@ -27,6 +27,7 @@ import ipaddress
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -41,7 +42,10 @@ from worker.models import catalog, files
 
 if TYPE_CHECKING:
     from worker.config import Settings
+    from worker.models.loaded import LoadedModels
+    from worker.pipeline.targets import TargetRegistry
     from worker.process.runner import Worker
+    from worker.process.startup import DefaultModel
 
 logger = logging.getLogger(__name__)
 
@@ -56,11 +60,26 @@ BUSY_RESPONSE = (
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, worker: Worker, settings: Settings) -> None:
-        self.worker = worker
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dsn: str,
+        registry: TargetRegistry,
+        embedders: LoadedModels,
+        default_model: DefaultModel,
+        failure: Callable[[], BaseException | None],  # what stopped the worker, if anything
+        readiness: ReadinessProbe,
+        push: push.Push,
+    ) -> None:
         self.settings = settings
-        self.readiness = ReadinessProbe(worker)
-        self.push = push.Push(worker.dsn, settings, worker.lanes, worker.registry, worker.embedders)
+        self.dsn = dsn
+        self.registry = registry
+        self.embedders = embedders
+        self.default_model = default_model
+        self.failure = failure
+        self.readiness = readiness
+        self.push = push
         self.slots = threading.BoundedSemaphore(settings.http_max_connections)
         self.post_refusal = post_refusal(settings)
         super().__init__((settings.http_host, settings.http_port or 0), Handler)
@@ -145,11 +164,9 @@ class Handler(protocol.JSONRequestHandler):
 
     # --- GET routes -------------------------------------------------------------------------
     def _healthz(self) -> None:
-        worker = self.server.worker
-        if worker.failure is not None:
-            self._json(
-                HTTPStatus.SERVICE_UNAVAILABLE, {"status": "failed", "error": repr(worker.failure)}
-            )
+        failure = self.server.failure()
+        if failure is not None:
+            self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "failed", "error": repr(failure)})
         else:
             self._json(HTTPStatus.OK, {"status": "ok"})
 
@@ -182,7 +199,7 @@ class Handler(protocol.JSONRequestHandler):
             raise BadRequest(
                 HTTPStatus.BAD_REQUEST, '"input" must be a string or a list of strings'
             )
-        model_name = body.get("model") or self.server.worker.default_model.name()
+        model_name = body.get("model") or self.server.default_model.name()
         if not isinstance(model_name, str):
             raise BadRequest(HTTPStatus.BAD_REQUEST, '"model" must be a string')
         self._check_model(model_name)
@@ -190,7 +207,7 @@ class Handler(protocol.JSONRequestHandler):
         wanted = [i for i, text in enumerate(texts) if text.strip()]
         rows: list[list[float] | None] = [None] * len(texts)
         if wanted:
-            vectors = self.server.worker.embedders.get(model_name).embed([texts[i] for i in wanted])
+            vectors = self.server.embedders.get(model_name).embed([texts[i] for i in wanted])
             for i, vector in zip(wanted, vectors, strict=True):
                 rows[i] = [round(float(x), 7) for x in vector]
         self._json(
@@ -201,15 +218,15 @@ class Handler(protocol.JSONRequestHandler):
     def _check_model(self, name: str) -> None:
         """Only models already loaded or configured (the default, the targets'), or registry
         models already on disk: a request never names a path, never starts a download."""
-        worker = self.server.worker
-        configured = {worker.default_model.name()} | {
-            t.model for t in worker.registry.snapshot().values()
+        server = self.server
+        configured = {server.default_model.name()} | {
+            t.model for t in server.registry.snapshot().values()
         }
-        if name in worker.embedders.loaded() or name in configured:
+        if name in server.embedders.loaded() or name in configured:
             return
         if name in catalog.REGISTRY and not files.looks_like_path(name):
             try:
-                worker.embedders.location.locate(name)
+                server.embedders.location.locate(name)
             except exceptions.ModelNotFound:
                 raise BadRequest(
                     HTTPStatus.NOT_FOUND,
@@ -246,10 +263,9 @@ class Handler(protocol.JSONRequestHandler):
             request = search.Request.parse(body)
         except ValueError as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
-        worker = self.server.worker
         try:
-            with db.connect(worker.dsn, connect_timeout=5) as conn:
-                results = search.run(conn, worker.embedders.get, request)
+            with db.connect(self.server.dsn, connect_timeout=5) as conn:
+                results = search.run(conn, self.server.embedders.get, request)
         except (exceptions.TargetError, exceptions.ConfigError) as exc:
             raise BadRequest(HTTPStatus.NOT_FOUND, str(exc)) from None
         self._json(HTTPStatus.OK, {"results": results})
@@ -325,8 +341,29 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(worker: Worker, settings: Settings) -> Server:
-    """Starts the server in a background thread; `shutdown()` stops it."""
-    server = Server(worker, settings)
+    """Starts the server in a background thread; `shutdown()` stops it. The one place that
+    reads the Worker: the routes, the readiness probe and push mode get what they use."""
+
+    def stopped() -> bool:
+        return worker.failure is not None or worker.finished.is_set()
+
+    server = Server(
+        settings,
+        dsn=worker.dsn,
+        registry=worker.registry,
+        embedders=worker.embedders,
+        default_model=worker.default_model,
+        failure=lambda: worker.failure,
+        readiness=ReadinessProbe(
+            worker.dsn,
+            settings.queue,
+            registry=worker.registry,
+            embedders=worker.embedders,
+            default_model=worker.default_model,
+            stopped=stopped,
+        ),
+        push=push.Push(worker.dsn, settings, worker.lanes, worker.registry, worker.embedders),
+    )
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     logger.info("HTTP on %s", server.url)
