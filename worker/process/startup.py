@@ -19,6 +19,18 @@ logger = logging.getLogger(__name__)
 MISSING_SCHEMA = "the embeddings schema is not installed: run `embed-worker migrate`"
 
 
+def announce(settings: Settings) -> None:
+    logger.info(
+        "embed-worker starting: database %s, queue %s%s, model %s (%s), batch %d",
+        db.describe(settings.dsn),
+        settings.queue,
+        "" if settings.pull else " (push only: no pulling)",
+        settings.model or "the database's default",
+        settings.model_variant,
+        settings.batch_size,
+    )
+
+
 @dataclass(frozen=True)
 class DefaultModel:
     """The model for POST /embed when a request names none, and the one /readyz waits for:
