@@ -29,7 +29,11 @@ def worker(settings: Settings, embedders: LoadedModels) -> Worker:
 def pushed_to(worker: Worker, settings: Settings | None = None) -> push.Push:
     """Push mode wired to `worker` as its HTTP server wires it (worker/http/server.py)."""
     return push.Push(
-        worker.dsn, settings or worker.settings, worker.lanes, worker.registry, worker.embedders
+        dsn=worker.dsn,
+        settings=settings or worker.settings,
+        lanes=worker.lanes,
+        registry=worker.registry,
+        embedders=worker.embedders,
     )
 
 
@@ -77,7 +81,7 @@ def test_a_dispatch_lease_is_kept_and_the_jobs_are_renewed_while_processed(
 
     def look() -> None:  # in the middle of the request, before inference
         seen["left"] = seconds_left(conn)
-        seen["held"] = set(worker.leases.held())
+        seen["held"] = set(worker.lanes.live.leases.held())
 
     with faults.injected("embed", look):
         result = push.process(pushed_to(worker), body)
@@ -85,7 +89,7 @@ def test_a_dispatch_lease_is_kept_and_the_jobs_are_renewed_while_processed(
     assert len(result.completed) == 6
     assert min(seen["left"]) > DISPATCH_LEASE - 60  # not cut down to vt_seconds (30)
     assert seen["held"] == {job["jobId"] for job in body}  # the keeper renews them
-    assert worker.leases.held() == {}
+    assert worker.lanes.live.leases.held() == {}
     assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (6,)
 
 

@@ -75,7 +75,7 @@ def job_ids(body: Any) -> list[tuple[int, dict[str, Any]]]:
     return found
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Push:
     """What push mode uses of a worker (wired by worker/http/server.py's serve())."""
 

@@ -362,7 +362,13 @@ def serve(worker: Worker, settings: Settings) -> Server:
             default_model=worker.default_model,
             stopped=stopped,
         ),
-        push=push.Push(worker.dsn, settings, worker.lanes, worker.registry, worker.embedders),
+        push=push.Push(
+            dsn=worker.dsn,
+            settings=settings,
+            lanes=worker.lanes,
+            registry=worker.registry,
+            embedders=worker.embedders,
+        ),
     )
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()

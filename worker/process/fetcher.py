@@ -45,7 +45,7 @@ def pass_on(q: Handoffs, item: Handoff, finished: threading.Event) -> None:
                 return
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Fetcher:
     """What the fetcher uses, given by the runner (worker/process/runner.py)."""
 

@@ -16,7 +16,7 @@ from worker.process.progress import ProgressLine
 logger = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Keeper:
     """What the keeper uses, given by the runner (worker/process/runner.py)."""
 

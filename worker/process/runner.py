@@ -3,7 +3,8 @@
 Threads, each with its own connection:
   fetcher  waits for work (looks for it: worker/process/wakeups.py), leases a batch, loads
            its content (worker/process/fetcher.py)
-  embedder runs the model (onnxruntime releases the GIL, so the others keep going)
+  embedder runs the model (onnxruntime releases the GIL, so the others keep going):
+           embed_batches() below
   writer   stores vectors and settles jobs in one short transaction, or hands batches back
            (worker/process/writer.py)
   keeper   renews the leases of jobs in flight, refreshes queue gauges, shows progress
@@ -20,6 +21,7 @@ stops the whole worker (exit 1) rather than leaving it half-alive.
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import queue as stdqueue
@@ -73,6 +75,30 @@ class SignalHandlers:
         self.previous.clear()
 
 
+def embed_batches(
+    loaded: Handoffs,
+    embedded: Handoffs,
+    embedders: LoadedModels,
+    *,
+    stopping: threading.Event,
+    finished: threading.Event,
+) -> None:
+    """The embedder thread: runs the model on each batch the fetcher loaded and passes it on to
+    the writer; a batch not started once the worker is stopping is handed back instead."""
+    try:
+        while True:
+            item = loaded.get()
+            if item is None:
+                return
+            if stopping.is_set():
+                item.release = True  # not started: hand it back rather than keep it
+            if not item.release:
+                stages.embed(embedders, item.batch)
+            pass_on(embedded, item, finished)
+    finally:
+        embedded.put(None)
+
+
 class Worker:
     def __init__(
         self,
@@ -89,8 +115,6 @@ class Worker:
         self.dsn = settings.dsn
         # Priority lanes (worker/pipeline/lanes.py): live jobs before backfill work.
         self.lanes = Lanes(settings.queue, settings.batch_size)
-        self.queue = self.lanes.live.queue
-        self.leases = self.lanes.live.leases
         self.registry = registry or TargetRegistry()  # given: one across runs (tests)
         self.embedders = embedders or LoadedModels(
             variant=settings.model_variant,
@@ -101,7 +125,12 @@ class Worker:
         self.stopping = threading.Event()  # no more reading
         self.finished = threading.Event()  # the pipeline has drained
         self.started = threading.Event()  # connected, schema present, models tried
-        self.default_model = DefaultModel(settings, self.registry, self.embedders, self.started)
+        self.default_model = DefaultModel(
+            settings=settings,
+            registry=self.registry,
+            embedders=self.embedders,
+            started=self.started,
+        )
         self.failure: BaseException | None = None
         self.progress = sys.stderr.isatty() if progress is None else progress
         self.signals = SignalHandlers(self._on_signal) if handle_signals else None
@@ -110,30 +139,30 @@ class Worker:
         self._wake_pipe = WakePipe()
         self.waiter = Waiter(settings.queue, self.stopping, self._wake_pipe.read_fd)
         self.fetcher = Fetcher(
-            self.dsn,
-            settings,
-            once,
-            self.lanes,
-            self.registry,
-            self.embedders,
-            self.waiter,
+            dsn=self.dsn,
+            settings=settings,
+            once=once,
+            lanes=self.lanes,
+            registry=self.registry,
+            embedders=self.embedders,
+            waiter=self.waiter,
             # Backfills in key ranges, stepped when reads run short (worker/process/backfill.py).
-            Backfiller(settings.queue, settings.batch_size),
-            IndexBuilder(self.dsn, settings.queue),
-            Completer(),  # completes model changes (worker/process/changes.py)
-            self.stopping,
-            self.finished,
-            self._loaded,
-            self._wake,
+            backfill=Backfiller(settings.queue, settings.batch_size),
+            indexer=IndexBuilder(self.dsn, settings.queue),
+            changes=Completer(),  # completes model changes (worker/process/changes.py)
+            stopping=self.stopping,
+            finished=self.finished,
+            loaded=self._loaded,
+            wake=self._wake,
         )
         self.writer = Writer(
-            self.dsn,
-            settings,
-            self.lanes,
-            self._embedded,
-            self.finished,
-            self.fetcher.end,
-            self._wake,
+            dsn=self.dsn,
+            settings=settings,
+            lanes=self.lanes,
+            embedded=self._embedded,
+            finished=self.finished,
+            end=self.fetcher.end,
+            wake=self._wake,
         )
         self._threads: list[threading.Thread] = []
         self._stop_requested_at: float | None = None
@@ -161,30 +190,38 @@ class Worker:
     def start(self) -> None:
         """Connects, checks the schema and the models, then starts the pipeline threads."""
         Startup(
-            self.dsn,
-            self.settings.queue,
-            self.once,
-            self.stopping,
-            self.registry,
-            self.embedders,
-            self.default_model,
-            self.started,
+            dsn=self.dsn,
+            queue=self.settings.queue,
+            once=self.once,
+            stopping=self.stopping,
+            registry=self.registry,
+            embedders=self.embedders,
+            default=self.default_model,
+            started=self.started,
         ).run()
         # A one-shot run's fetcher completes model changes itself, when the queue drains.
         changes = self.fetcher.changes if self.settings.pull and not self.once else None
         keeper = Keeper(
-            self.dsn,
-            self.lanes,
-            self.settings.vt_seconds,
-            self.finished,
+            dsn=self.dsn,
+            lanes=self.lanes,
+            vt_seconds=self.settings.vt_seconds,
+            finished=self.finished,
             complete_changes=(
                 (lambda conn: changes.run(conn, self.registry, force=False)) if changes else None
             ),
             rows_done=(lambda: self.writer.rows_done) if self.progress and self.once else None,
         )
+        embedder = functools.partial(
+            embed_batches,
+            self._loaded,
+            self._embedded,
+            self.embedders,
+            stopping=self.stopping,
+            finished=self.finished,
+        )
         for name, target in (
             ("fetcher", self.fetcher.run),
-            ("embedder", self._embedder),
+            ("embedder", embedder),
             ("writer", self.writer.run),
             ("keeper", keeper.run),
         ):
@@ -255,18 +292,3 @@ class Worker:
         file, and a late wake-up must not write into that."""
         if not any(thread.is_alive() for thread in self._threads):
             self._wake_pipe.close()
-
-    # --- embedder -------------------------------------------------------------------------------
-    def _embedder(self) -> None:
-        try:
-            while True:
-                item = self._loaded.get()
-                if item is None:
-                    return
-                if self.stopping.is_set():
-                    item.release = True  # not started: hand it back rather than keep it
-                if not item.release:
-                    stages.embed(self.embedders, item.batch)
-                pass_on(self._embedded, item, self.finished)
-        finally:
-            self._embedded.put(None)

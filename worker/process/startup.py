@@ -31,7 +31,7 @@ def announce(settings: Settings) -> None:
     )
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class DefaultModel:
     """The model for POST /embed when a request names none, and the one /readyz waits for:
     EMBED_MODEL, else the database's default as last read with the targets, else gte-small."""
@@ -71,7 +71,7 @@ class DefaultModel:
         return None
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Startup:
     """What start-up uses, given by the runner (worker/process/runner.py)."""
 

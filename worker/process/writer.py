@@ -19,7 +19,7 @@ from worker.process.fetcher import Handoff, Handoffs
 logger = logging.getLogger(__name__)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Writer:
     """What the writer uses, given by the runner (worker/process/runner.py)."""
 
