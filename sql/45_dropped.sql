@@ -2,7 +2,7 @@
 -- with the drop, so that no worker dead-letters their queued jobs and `status` stays clean.
 
 -- Forgets every target whose table, or whose embedding column (in its chunk table for a chunked
--- target), no longer exists; returns how
+-- target, its side table for a side-table target), no longer exists; returns how
 -- many. Run it by hand where the event trigger below could not be installed (it needs a
 -- superuser). A renamed embedding column counts as gone: re-watch the table under its new name.
 CREATE FUNCTION embeddings.unwatch_dropped() RETURNS integer
@@ -15,7 +15,7 @@ BEGIN
         SELECT * FROM embeddings.targets tg
         WHERE NOT EXISTS (
             SELECT FROM pg_attribute a
-            WHERE a.attrelid = coalesce(tg.chunk_table, tg.source) AND a.attname = tg.embedding_column
+            WHERE a.attrelid = coalesce(tg.side_table, tg.chunk_table, tg.source) AND a.attname = tg.embedding_column
               AND a.attnum > 0 AND NOT a.attisdropped)
         ORDER BY tg.id
     LOOP
@@ -38,9 +38,10 @@ BEGIN
     FOR t IN
         SELECT DISTINCT tg.* FROM embeddings.targets tg
         JOIN pg_event_trigger_dropped_objects() d
-          ON d.classid = 'pg_class'::regclass AND d.objid IN (tg.source::oid, tg.chunk_table::oid)
-        WHERE d.objsubid = 0                                     -- the table (or chunk table)
-           OR d.address_names[3] = tg.embedding_column::text     -- its embedding column
+          ON d.classid = 'pg_class'::regclass AND d.objid IN (tg.source::oid, tg.chunk_table::oid, tg.side_table::oid)
+        WHERE d.objsubid = 0                                     -- the table (chunk table, side table)
+           OR (d.address_names[3] = tg.embedding_column::text   -- its embedding column
+               AND (tg.side_table IS NULL OR d.objid = tg.side_table))  -- (a side table's)
     LOOP
         BEGIN
             PERFORM embeddings.forget_target(t);
@@ -127,6 +128,8 @@ BEGIN
     END IF;
     IF t.chunk_table IS NOT NULL AND t.problem IS NULL THEN
         PERFORM embeddings.follow_chunk_keys(t);  -- renamed key columns (55_chunks.sql)
+    ELSIF t.side_table IS NOT NULL AND t.problem IS NULL THEN
+        PERFORM embeddings.follow_store_keys(t);  -- renamed key columns (56_side.sql)
     END IF;
     FOREACH rel IN ARRAY embeddings.install_triggers(t) LOOP
         PERFORM embeddings.enqueue_rows(t, rel);  -- a partition attached with its rows

@@ -21,10 +21,13 @@
 -- (embeddings.follow_chunk_keys, called by the schema-change event trigger).
 
 -- A predicate true when the row of alias `alias` lacks its embedding: a NULL embedding column,
--- or, for a chunked target, no chunk at all. Used by backfills and embeddings.sweep().
+-- for a chunked target no chunk at all, for a side-table target no side row with a vector
+-- (sql/56_side.sql). Used by backfills and embeddings.sweep().
 CREATE FUNCTION embeddings.embedding_missing_sql(t embeddings.targets, alias text) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE
+        WHEN t.side_table IS NOT NULL THEN format('NOT EXISTS (SELECT FROM %s c WHERE %s AND c.%I IS NOT NULL)',
+                                                  t.side_table, embeddings.key_equal_sql(t, alias, 'c'), t.embedding_column)
         WHEN t.chunk_table IS NULL THEN format('%I.%I IS NULL', alias, t.embedding_column)
         ELSE format('NOT EXISTS (SELECT FROM %s c WHERE %s)', t.chunk_table,
                     embeddings.key_equal_sql(t, alias, 'c'))

@@ -164,11 +164,14 @@ def _write_target(
 ) -> None:
     embedded = [r for r in rows if r.state is RowState.EMBEDDED]
     blank = [r for r in rows if r.state is RowState.BLANK]
-    if not embedded and not blank:
+    # A side table's rows of rows gone (deleted since queued) go too (sql/56_side.sql).
+    gone = [r for r in rows if r.state is RowState.GONE] if target.side_table is not None else []
+    if not embedded and not blank and not gone:
         return
     try:
         with conn.transaction():  # a savepoint: a failure here fails only this target's rows
             stored = _store(conn, target, embedded, blank)
+            _forget(conn, target, gone)
         outcome.record(stored)  # the savepoint was released: its effect stands (until COMMIT)
     except psycopg.Error as exc:
         if db.is_connection_error(exc):
@@ -181,13 +184,16 @@ def _write_target(
         # Something in the table refused the write (a trigger, a constraint): one row at a
         # time, to fail only the rows it refuses. Each row goes where its state before this
         # write says (a vector, or a clear): the rolled-back savepoint changed nothing.
-        for row in embedded + blank:
+        for row in embedded + blank + gone:
             try:
                 with conn.transaction():
                     if row.state is RowState.EMBEDDED:
                         stored = _store(conn, target, [row], [])
-                    else:
+                    elif row.state is RowState.BLANK:
                         stored = _store(conn, target, [], [row])
+                    else:
+                        stored = {}
+                        _forget(conn, target, [row])
                 outcome.record(stored)
             except psycopg.Error as row_exc:
                 if db.is_connection_error(row_exc):
@@ -210,6 +216,10 @@ def _store(
     if target.chunk_table is not None:  # chunked targets: chunks.store writes, under the same rule
         stored = chunks.store(conn, target, embedded, blank)
         return {(target.id, key): state for key, state in stored.items()}
+    if target.side_table is not None and (embedded or blank):
+        # A side table's write is an upsert after the md5 check, not an UPDATE of the row whose
+        # lock would order two writers of it: the rows' advisory locks do, until COMMIT.
+        _lock_rows(conn, target, embedded + blank)
     states: dict[RowKey, RowState] = {}
     # A target being changed to another model gets the new model's vectors in its shadow column
     # too, under the same stale-write guard: the first UPDATE locked the rows, so both columns
@@ -241,6 +251,21 @@ def _store(
                 RowState.CLEARED if row.key in cleared else RowState.BLANK
             )
     return states
+
+
+def _lock_rows(conn: db.Connection, target: Target, rows: list[Row]) -> None:
+    conn.execute(
+        queries.compose("lock_documents"), {"target_id": target.id, "keys": [r.key for r in rows]}
+    )
+
+
+def _forget(conn: db.Connection, target: Target, rows: list[Row]) -> None:
+    """Deletes the side rows of rows that are gone (a side-table target's deleted rows: their
+    keys were queued by the DELETE trigger). The row states stay GONE."""
+    if not rows:
+        return
+    _lock_rows(conn, target, rows)
+    conn.execute(target.query("forget_rows"), target.key_params([r.key for r in rows]))
 
 
 def _write(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool) -> set[str]:

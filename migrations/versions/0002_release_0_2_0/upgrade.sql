@@ -89,6 +89,11 @@ ALTER TABLE embeddings.targets
     ADD COLUMN IF NOT EXISTS chunk_tokens integer,
     ADD COLUMN IF NOT EXISTS chunk_overlap integer;
 
+-- embeddings.targets: vectors in a side table (sql/56_side.sql).
+ALTER TABLE embeddings.targets
+    ADD COLUMN IF NOT EXISTS side_table regclass
+        CONSTRAINT targets_side_table_check CHECK (side_table IS NULL OR chunk_table IS NULL);
+
 -- embeddings.queues: a backfill lane names the live queue it serves.
 ALTER TABLE embeddings.queues ADD COLUMN IF NOT EXISTS live_queue text;
 
