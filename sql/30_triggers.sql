@@ -224,8 +224,6 @@ BEGIN
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            DECLARE
-                woken text;  -- enqueue_statement()'s wake-up
             BEGIN
                 %2$s;
                 RETURN NULL;
