@@ -9,17 +9,18 @@
 --   embeddings_<id>_replica  AFTER INSERT OR UPDATE, FOR EACH ROW, ENABLE ALWAYS, only for
 --                            rows applied by logical replication (replica => true): the apply
 --                            worker fires row triggers only
---   embeddings_<id>_delete   AFTER DELETE, FOR EACH STATEMENT, REFERENCING OLD TABLE (side
---                            tables, sql/56_side.sql): the deleted rows' keys, whose side rows
---                            the worker then deletes
---   embeddings_<id>_truncate AFTER TRUNCATE, FOR EACH STATEMENT (side tables): empties the side
---                            table through embeddings_<id>_prune(), which runs as its owner
+--   embeddings_<id>_delete   AFTER DELETE, FOR EACH STATEMENT, REFERENCING OLD TABLE (side and
+--                            chunk tables, sql/56_side.sql): the deleted rows' keys, whose side
+--                            rows or chunks the worker then deletes
+--   embeddings_<id>_truncate AFTER TRUNCATE, FOR EACH STATEMENT (side and chunk tables): empties
+--                            that table through embeddings_<id>_prune(), which runs as its owner
 --
 -- A chunked target (sql/55_chunks.sql) gets the same functions, except that a new row is queued
 -- whenever it has content (its chunks, not the source, say whether it is embedded), and no
 -- clear trigger: the old chunks keep their vectors until the new ones land, for reuse. A side-table
--- target (sql/56_side.sql) likewise queues every new row with content and has no clear trigger;
--- it also queues the keys of deleted rows and the old key of a row whose key changed.
+-- target (sql/56_side.sql) likewise queues every new row with content and has no clear trigger.
+-- Both also queue the keys of deleted rows and the old key of a row whose key changed (neither
+-- store has a foreign key to the table: one makes TRUNCATE fail).
 --
 -- One statement writes one row of the inbox (22_inbox.sql) per 4,096 keys, in the column shape
 -- (20_queue.sql).
@@ -154,8 +155,8 @@ DECLARE
     -- A side-table target's new row may have a side row left by a deleted row of that key.
     unembedded text := CASE WHEN t.chunk_table IS NULL AND t.side_table IS NULL THEN format('n.%I IS NULL', t.embedding_column)
                             ELSE 'true' END;
-    -- Side tables (sql/56_side.sql): rows whose key is gone from the table (an UPDATE of the
-    -- key), whose side rows the worker deletes.
+    -- Side and chunk tables (sql/56_side.sql): rows whose key is gone from the table (an UPDATE
+    -- of the key), whose side rows or chunks the worker deletes.
     vanished text := format('SELECT o.* FROM old_rows o WHERE NOT EXISTS (SELECT FROM new_rows n WHERE %s)',
                             embeddings.key_equal_sql(t, 'o', 'n'));
     table_owner name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
@@ -187,7 +188,7 @@ BEGIN
         -- A change to blank content needs no job: the clear trigger already cleared the row.
         changed := changed || format(' AND %s OPERATOR(pg_catalog.<>) ''''', new_content);
     END IF;
-    IF t.side_table IS NOT NULL THEN
+    IF coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN
         changed := format('FROM (SELECT n.* %s UNION ALL %s) n', changed, vanished);
     END IF;
 
@@ -195,7 +196,7 @@ BEGIN
     -- the rows then go unfiltered, and the worker dead-letters the culprit with its error.
     FOREACH body IN ARRAY ARRAY['insert', 'update'] LOOP
         fallback := CASE WHEN body = 'insert' THEN 'FROM new_rows n WHERE ' || unembedded
-                         WHEN t.side_table IS NOT NULL THEN format('FROM (SELECT * FROM new_rows UNION ALL %s) n', vanished)
+                         WHEN coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN format('FROM (SELECT * FROM new_rows UNION ALL %s) n', vanished)
                          ELSE 'FROM new_rows n' END;
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
@@ -217,10 +218,11 @@ BEGIN
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_' || body);
     END LOOP;
 
-    -- Side tables (sql/56_side.sql): deleted rows' keys, queued whatever their content (the
-    -- worker deletes the side rows of keys whose row is gone); a TRUNCATE empties the side table
-    -- through the function that runs as its owner, and never fails the user's statement.
-    IF t.side_table IS NOT NULL THEN
+    -- Side and chunk tables (sql/56_side.sql): deleted rows' keys, queued whatever their content
+    -- (the worker deletes the side rows or chunks of keys whose row is gone); a TRUNCATE empties
+    -- that table through the function that runs as its owner, and never fails the user's
+    -- statement.
+    IF coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
@@ -267,8 +269,8 @@ BEGIN
             embeddings.content_sql(t, 'old', row_type),
             pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.key_json_sql(t, 'new'),
             CASE WHEN by_function THEN E'\n            EXCEPTION WHEN OTHERS THEN\n                RETURN NULL;' ELSE '' END,
-            -- side tables: a deleted row's key, and the old key of a row whose key changed
-            CASE WHEN t.side_table IS NOT NULL THEN format(
+            -- side and chunk tables: a deleted row's key, and the old key of a row whose key changed
+            CASE WHEN coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN format(
                 E'\n                IF TG_OP = ''DELETE'' OR (TG_OP = ''UPDATE'' AND NOT (%s)) THEN'
                  '\n                    INSERT INTO pgmq.%I (vt, message)'
                  '\n                    VALUES (pg_catalog.clock_timestamp(),'
@@ -404,8 +406,8 @@ BEGIN
                 'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%I()',
                 prefix || '_update', rel, prefix || '_update');
         END IF;
-        -- Side tables (sql/56_side.sql): deletes and truncations are followed.
-        IF t.side_table IS NOT NULL THEN
+        -- Side and chunk tables (sql/56_side.sql): deletes and truncations are followed.
+        IF coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN
             IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel AND tgname = prefix || '_delete') THEN
                 EXECUTE format(
                     'CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
@@ -438,7 +440,7 @@ BEGIN
                 'CREATE TRIGGER %I AFTER INSERT OR UPDATE%s ON %s FOR EACH ROW '
                 'WHEN (pg_catalog.current_setting(''session_replication_role'') = ''replica'') '
                 'EXECUTE FUNCTION embeddings.%I()',
-                prefix || '_replica', CASE WHEN t.side_table IS NOT NULL THEN ' OR DELETE' ELSE '' END,
+                prefix || '_replica', CASE WHEN coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN ' OR DELETE' ELSE '' END,
                 t.source, prefix || '_replica');
         END IF;
         EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', t.source, prefix || '_replica');

@@ -326,6 +326,10 @@ BEGIN
     ELSE
         made := made || embeddings.generate_chunk_access(t, a);
     END IF;
+    IF coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN
+        -- Deletes and truncations followed into the side or chunk table (sql/56_side.sql).
+        made := made || embeddings.generate_follow_access(t, a);
+    END IF;
 
     -- The owner's, run by this schema's owner (the trigger functions) and the worker roles,
     -- with the owner's search path (written with ours: owner_search_path() says why).
@@ -537,7 +541,7 @@ BEGIN
         nkeys + 4, nkeys + 5, nkeys + 6, nkeys + 7, nkeys + 8, nkeys + 3, chunk_match);
 
     -- Search (worker/search.py): the nearest chunks, with their documents' keys as jobs carry
-    -- them.
+    -- them; chunks of a deleted document (until the worker followed the delete up) never.
     EXECUTE format(
         $f$CREATE FUNCTION embeddings.%1$I(query %2$I.halfvec, k integer)
         RETURNS TABLE (key jsonb, seq integer, content text, distance double precision)
@@ -546,11 +550,12 @@ BEGIN
             %3$s
             RETURN QUERY
                 SELECT %4$s, c.seq, c.chunk, (c.%5$I OPERATOR(%2$I.<=>) $1)::double precision
-                FROM %6$s c ORDER BY c.%5$I OPERATOR(%2$I.<=>) $1 LIMIT $2;
+                FROM %6$s c WHERE EXISTS (SELECT FROM %7$s t WHERE %8$s)
+                ORDER BY c.%5$I OPERATOR(%2$I.<=>) $1 LIMIT $2;
         END
         $body$ $f$,
         (a->>'prefix') || '_nearest', vschema, (a->>'check_call'), embeddings.key_json_sql(t, 'c'), t.embedding_column,
-        t.chunk_table);
+        t.chunk_table, t.source, embeddings.key_equal_sql(t, 't', 'c'));
     RETURN ARRAY[(a->>'prefix') || '_reusable', (a->>'prefix') || '_chunks', (a->>'prefix') || '_nearest'];
 END
 $$;

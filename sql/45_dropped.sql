@@ -126,9 +126,7 @@ BEGIN
     IF t.problem IS NOT NULL AND t.problem IS DISTINCT FROM before.problem THEN
         RAISE WARNING 'embeddings: % is no longer embedded: %', embeddings.target_name(t), t.problem;
     END IF;
-    IF t.chunk_table IS NOT NULL AND t.problem IS NULL THEN
-        PERFORM embeddings.follow_chunk_keys(t);  -- renamed key columns (55_chunks.sql)
-    ELSIF t.side_table IS NOT NULL AND t.problem IS NULL THEN
+    IF coalesce(t.chunk_table, t.side_table) IS NOT NULL AND t.problem IS NULL THEN
         PERFORM embeddings.follow_store_keys(t);  -- renamed key columns (56_side.sql)
     END IF;
     FOREACH rel IN ARRAY embeddings.install_triggers(t) LOOP

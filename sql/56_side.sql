@@ -193,13 +193,15 @@ BEGIN
 END
 $$;
 
--- Renames the key columns of target t's side table (those of its unique index on them, in key
--- order: its primary key for a table watch() made) after the source's key columns, so that the
--- generated functions name both alike. Called by embeddings.refresh_target() with the event
--- trigger's DDL following switched off.
+-- Renames the key columns of target t's side table or chunk table (its "store") after the
+-- source's key columns, so that the generated functions name both alike: the columns of its
+-- unique index on the key (key and seq for a chunk table), in key order -- its primary key for a
+-- table watch() made. Called by embeddings.refresh_target() with the event trigger's DDL
+-- following switched off.
 CREATE FUNCTION embeddings.follow_store_keys(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
+    store regclass := coalesce(t.side_table, t.chunk_table);
     col record;
 BEGIN
     FOR col IN
@@ -208,13 +210,14 @@ BEGIN
         CROSS JOIN LATERAL unnest(i.indkey[0:cardinality(t.key_columns) - 1]) WITH ORDINALITY AS k(n, i)
         JOIN pg_attribute sa ON sa.attrelid = i.indrelid AND sa.attnum = k.n
         WHERE i.indexrelid = (SELECT u.indexrelid FROM pg_index u
-                              WHERE u.indrelid = t.side_table AND u.indisunique AND u.indpred IS NULL
-                                AND u.indexprs IS NULL AND u.indnkeyatts = cardinality(t.key_columns)
+                              WHERE u.indrelid = store AND u.indisunique AND u.indpred IS NULL
+                                AND u.indexprs IS NULL
+                                AND u.indnkeyatts = cardinality(t.key_columns) + CASE WHEN t.chunk_table IS NOT NULL THEN 1 ELSE 0 END
                               ORDER BY u.indisprimary DESC, u.indexrelid LIMIT 1)
           AND sa.attname <> t.key_columns[k.i]
         ORDER BY k.i
     LOOP
-        EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', t.side_table, col.store_name, col.source_name);
+        EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', store, col.store_name, col.source_name);
     END LOOP;
 END
 $$;
@@ -244,8 +247,8 @@ $$;
 
 -- The functions of a side-table target that read and write its side table, as the table's owner
 -- (called by embeddings.generate_access(), sql/32_access.sql, which gives them to the owner and
--- grants them): the vector writes under the stale-write guard, their model-change twins, search,
--- and the follow-up of deleted rows. Returns the names of the functions created.
+-- grants them): the vector writes under the stale-write guard, their model-change twins, and
+-- search. Returns the names of the functions created.
 --
 -- Each write joins the row as it is now and writes only where its content's md5 is the one the
 -- worker loaded; the worker holds the rows' advisory locks (queries.sql: lock_documents) from
@@ -267,10 +270,8 @@ DECLARE
     cur_values text := (SELECT string_agg(format('cur.kc%s', i - 1), ', ' ORDER BY i) FROM generate_series(1, nkeys) i);
     side_cur text := (SELECT string_agg(format('x.%I %s cur.kc%s', k.c, embeddings.key_operator(k.ty, 3), k.i - 1), ' AND ' ORDER BY k.i)
                       FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i));
-    side_match text := embeddings.access_match_sql(t, 'x', embeddings.key_sql_types(t));
     joined text := embeddings.key_equal_sql(t, 't', 'x');
-    made text[] := ARRAY[(a->>'prefix') || '_store', (a->>'prefix') || '_blank', (a->>'prefix') || '_nearest',
-                         (a->>'prefix') || '_forget', (a->>'prefix') || '_prune'];
+    made text[] := ARRAY[(a->>'prefix') || '_store', (a->>'prefix') || '_blank', (a->>'prefix') || '_nearest'];
     col record;
 BEGIN
 
@@ -383,8 +384,25 @@ BEGIN
         CASE WHEN t.content_column IS NOT NULL THEN (a->>'content') ELSE 'NULL::text' END,
         t.embedding_column, vschema, t.source, t.side_table, joined);
 
-    -- Rows gone (the worker's jobs of deleted rows): their side rows go. Returns the keys whose
-    -- side row was deleted.
+    RETURN made;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.generate_side_access(embeddings.targets, jsonb) FROM PUBLIC;
+
+-- The functions that make a side table or a chunk table (the target's "store": neither has a
+-- foreign key to the table) follow the table's deletes and truncations, as the table's owner
+-- (called by embeddings.generate_access(), sql/32_access.sql). Returns the names of the functions
+-- created.
+CREATE FUNCTION embeddings.generate_follow_access(t embeddings.targets, a jsonb) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    store regclass := coalesce(t.side_table, t.chunk_table);
+    side_match text := embeddings.access_match_sql(t, 'x', embeddings.key_sql_types(t));
+    joined text := embeddings.key_equal_sql(t, 't', 'x');
+BEGIN
+    -- Rows gone (the worker's jobs of deleted rows, and the old keys of rows whose key changed):
+    -- their rows of the store go (a row of that key inserted since keeps them). Returns the keys
+    -- whose rows were deleted.
     EXECUTE format(
         $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s) RETURNS SETOF text
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
@@ -396,11 +414,11 @@ BEGIN
                 RETURNING v.key;
         END
         $body$ $f$,
-        (a->>'prefix') || '_forget', (a->>'key_params'), (a->>'check_call'), t.side_table, (a->>'key_rows'),
+        (a->>'prefix') || '_forget', (a->>'key_params'), (a->>'check_call'), store, (a->>'key_rows'),
         (a->>'key_aliases'), side_match, t.source, (a->>'key_match'));
 
-    -- After a TRUNCATE (its trigger): an empty table empties its side table; one partition
-    -- truncated, the side rows whose row is gone go.
+    -- After a TRUNCATE (its trigger): an empty table empties its store; one partition truncated,
+    -- the rows of the store whose row is gone go.
     EXECUTE format(
         $f$CREATE FUNCTION embeddings.%1$I() RETURNS void
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
@@ -413,8 +431,8 @@ BEGIN
             END IF;
         END
         $body$ $f$,
-        (a->>'prefix') || '_prune', (a->>'check_call'), t.source, t.side_table, joined);
-    RETURN made;
+        (a->>'prefix') || '_prune', (a->>'check_call'), t.source, store, joined);
+    RETURN ARRAY[(a->>'prefix') || '_forget', (a->>'prefix') || '_prune'];
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.generate_side_access(embeddings.targets, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION embeddings.generate_follow_access(embeddings.targets, jsonb) FROM PUBLIC;

@@ -60,6 +60,11 @@ class Target:
     shadow_dims: int = -1
 
     @property
+    def store_table(self) -> tuple[str, str] | None:
+        """The side or chunk table that holds the target's vectors, if not the table itself."""
+        return self.side_table or self.chunk_table
+
+    @property
     def in_change(self) -> bool:
         return self.shadow_model is not None and self.shadow_column is not None
 

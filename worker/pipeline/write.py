@@ -164,8 +164,8 @@ def _write_target(
 ) -> None:
     embedded = [r for r in rows if r.state is RowState.EMBEDDED]
     blank = [r for r in rows if r.state is RowState.BLANK]
-    # A side table's rows of rows gone (deleted since queued) go too (sql/56_side.sql).
-    gone = [r for r in rows if r.state is RowState.GONE] if target.side_table is not None else []
+    # The side rows or chunks of rows gone (deleted since queued) go too (sql/56_side.sql).
+    gone = [r for r in rows if r.state is RowState.GONE] if target.store_table is not None else []
     if not embedded and not blank and not gone:
         return
     try:
