@@ -6,8 +6,10 @@ tests/support/stores.py); here, what is the side table's own."""
 
 from __future__ import annotations
 
+import functools
 import json
-from collections.abc import Callable
+import threading
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -16,7 +18,9 @@ import pytest
 
 from tests.integration.test_cli import run_cli
 from tests.integration.test_worker import TEXTS, finish, lease_and_load
+from tests.support import stores
 from tests.support.jobs import clear_queue, messages, queued_keys
+from tests.support.process import wait_for
 from tests.support.stores import STORES, vectors
 from worker import schema
 from worker.config import Settings
@@ -388,3 +392,58 @@ def test_uninstall_keeps_the_side_table(
     assert conn.execute(
         "SELECT count(*) FROM pg_trigger WHERE tgrelid = 'docs'::regclass AND NOT tgisinternal"
     ).fetchone() == (0,)
+
+
+def is_embedded(conn: Conn, store: str, key: int) -> bool:
+    return stores.embedded(conn, store).get(key, False)
+
+
+# --- the application's transactions -----------------------------------------------------------
+@pytest.fixture
+def running_worker(settings: Settings, embedders: LoadedModels) -> Iterator[Worker]:
+    """An in-process worker (not --once) in a thread, stopped at the end of the test."""
+    worker = Worker(settings, embedders=embedders, progress=False, handle_signals=False)
+    thread = threading.Thread(target=worker.run, daemon=True)
+    thread.start()
+    assert worker.started.wait(60), "the worker did not start"
+    yield worker
+    worker.request_stop("test over")
+    thread.join(timeout=30)
+    assert not thread.is_alive(), "the worker did not stop"
+
+
+@pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])
+@pytest.mark.parametrize("store", STORES)
+def test_application_transactions_at_repeatable_read_and_serializable(
+    conn: Conn, dsn: str, minilm: str, store: str, isolation: str, running_worker: Worker
+) -> None:
+    """Issue 24 §3: an application transaction reads a row, the worker embeds it meanwhile, the
+    transaction then updates the row. With the vector written into the row that is a concurrent
+    update of it: every such transaction fails with a serialization error. With a side table the
+    worker writes no row of the table: none fails."""
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text, note text)")
+    target = conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, store => %s)", (minilm, store)
+    ).fetchone()
+    assert target is not None
+    failures = 0
+    for i in range(20):
+        with psycopg.connect(dsn) as gate, psycopg.connect(dsn) as app:
+            # The worker's write waits for the registration (embeddings.lock_target) until the
+            # application's transaction has taken its snapshot: the vector lands after it.
+            gate.execute("SELECT FROM embeddings.targets WHERE id = %s FOR UPDATE", target)
+            conn.execute("INSERT INTO docs (id, body) VALUES (%s, %s)", (i, f"document number {i}"))
+            app.execute(f"SET TRANSACTION ISOLATION LEVEL {isolation}")
+            assert app.execute("SELECT body FROM docs WHERE id = %s", (i,)).fetchone()
+            gate.commit()
+            wait_for(functools.partial(is_embedded, conn, store, i), timeout=60)
+            try:
+                app.execute("UPDATE docs SET note = 'reviewed' WHERE id = %s", (i,))
+                app.commit()
+            except psycopg.errors.SerializationFailure:
+                failures += 1
+                app.rollback()
+    assert failures == (20 if store == "row" else 0)
+    assert conn.execute("SELECT count(*) FROM docs WHERE note = 'reviewed'").fetchone() == (
+        (0,) if store == "row" else (20,)
+    )
