@@ -68,7 +68,8 @@ END
 $$;
 
 -- Schema changes of watched tables: renames of the table, its key (a chunked target's chunk
--- table's key columns follow), content or embedding column, a move to another schema, a
+-- table's key columns follow, a side table's too), content or embedding column, a rename or move
+-- of its side or chunk table, a move to another schema, a
 -- retyped content column, a new owner (the functions that run as the owner follow it),
 -- partitions created, attached or detached, an ALTER of the functions generated for it. Target
 -- `target_id`'s registration is brought in line with its table: column names re-read from the
@@ -162,7 +163,9 @@ BEGIN
         SELECT DISTINCT tg.id FROM embeddings.targets tg
         JOIN pg_event_trigger_ddl_commands() c
           ON (c.classid = 'pg_class'::regclass
-              AND (tg.source = c.objid OR tg.source IN (SELECT pg_partition_ancestors(c.objid))))
+              AND (tg.source = c.objid OR tg.source IN (SELECT pg_partition_ancestors(c.objid))
+                   -- its side or chunk table (renamed, moved: the functions name it)
+                   OR c.objid IN (tg.side_table, tg.chunk_table)))
           OR (c.classid = 'pg_proc'::regclass AND c.objid = tg.content_function)
           -- The functions generated for it, which its table's owner owns and may ALTER (to
           -- SECURITY INVOKER, say): regenerated as they must be (sql/32_access.sql).
