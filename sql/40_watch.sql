@@ -233,7 +233,10 @@ BEGIN
                                   OR previous.chunk_table IS NOT NULL);
     clear_updates := clear_on_update AND NOT side;
     IF side THEN
-        side_name := embeddings.side_table_name(source, side_table, embedding_column);
+        -- A target keeps its side table (under whatever name it has now: a renamed table's
+        -- default name is another).
+        side_name := CASE WHEN side_table IS NULL AND previous.side_table IS NOT NULL THEN previous.side_table::text
+                          ELSE embeddings.side_table_name(source, side_table, embedding_column) END;
         IF previous.side_table IS NOT NULL AND to_regclass(side_name) IS DISTINCT FROM previous.side_table THEN
             RAISE EXCEPTION '%.% keeps its vectors in %, not %', source, embedding_column, previous.side_table, side_name
                 USING ERRCODE = 'object_not_in_prerequisite_state',
