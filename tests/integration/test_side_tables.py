@@ -16,13 +16,14 @@ import numpy as np
 import psycopg
 import pytest
 
+from tests.integration.conftest import WIDE, WIDE_DIMS
 from tests.integration.test_cli import run_cli
 from tests.integration.test_worker import TEXTS, finish, lease_and_load
 from tests.support import stores
 from tests.support.jobs import clear_queue, messages, queued_keys
 from tests.support.process import wait_for
 from tests.support.stores import STORES, vectors
-from worker import schema
+from worker import schema, search
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline import faults
@@ -447,3 +448,65 @@ def test_application_transactions_at_repeatable_read_and_serializable(
     assert conn.execute("SELECT count(*) FROM docs WHERE note = 'reviewed'").fetchone() == (
         (0,) if store == "row" else (20,)
     )
+
+
+# --- model changes --------------------------------------------------------------------------------
+def test_a_model_change_fills_a_shadow_column_of_the_side_table_and_swaps_there(
+    conn: Conn, dsn: str, tiny_models: tuple[str, str], run_once: Callable[..., Worker]
+) -> None:
+    """Blue/green on a side-table target (sql/44_changes.sql): the new model's vectors go into a
+    shadow column of the side table while the old ones serve; the swap renames there, and
+    search embeds with the new model after it. The watched table is never altered."""
+    old = tiny_models[0]
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES (%s, %s, 512, 'mean')",
+        (WIDE, WIDE_DIMS),
+    )
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT i, 'document number ' || i FROM generate_series(1, 50) i")
+    watch(conn, old)
+    run_once(model=old)
+    before = columns(conn, "docs")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s, keep_old => true)", (WIDE,))
+    assert ("embedding_next", "halfvec(48)", False) in columns(conn, "docs_embeddings")
+    assert conn.execute(
+        "SELECT change_model, change_done_rows, change_total_rows FROM embeddings.status"
+    ).fetchone() == (WIDE, 0, 50)
+    run_once(model=old)
+    assert conn.execute("SELECT model FROM embeddings.targets").fetchone() == (WIDE,)
+    assert [(c[0], c[1]) for c in columns(conn, "docs_embeddings")] == [
+        ("id", "bigint"),
+        ("embedding_previous", "halfvec(32)"),
+        ("content_md5", "text"),
+        ("embedding", "halfvec(48)"),
+    ]
+    assert columns(conn, "docs") == before
+    assert conn.execute(
+        "SELECT count(embedding), count(embedding_previous) FROM docs_embeddings"
+    ).fetchone() == (50, 50)
+    conn.execute("INSERT INTO docs VALUES (500, 'after the change')")
+    run_once(model=old)
+    found = run_cli(
+        "search", "docs", "after the change", "-k", "1", "--json", "--database-url", dsn
+    )
+    assert found.returncode == 0, found.stderr
+    assert json.loads(found.stdout)[0]["key"] == "500"
+
+
+def test_search_serves_a_side_table_target(
+    conn: Conn,
+    docs: int,
+    run_once: Callable[..., Worker],
+    settings: Settings,
+    embedders: LoadedModels,
+) -> None:
+    """search.run (POST /search's, and the CLI's) ranks a side-table target's rows as any
+    target's: keys, similarity, the content column's text."""
+    run_once()
+    conn.execute("DELETE FROM docs WHERE id = 1")  # not followed up yet: never returned
+    found = search.run(
+        conn, embedders.get, search.Request.parse({"table": "docs", "query": TEXTS[1], "k": 4})
+    )
+    assert sorted(r["key"] for r in found) == ["2", "3", "4"]
+    assert {r["content"] for r in found} == {TEXTS[2], TEXTS[3], TEXTS[4]}
