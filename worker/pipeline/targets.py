@@ -50,19 +50,14 @@ class Target:
     chunk_table: tuple[str, str] | None = None  # (schema, table)
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
-    # Side-table targets (sql/56_side.sql): one vector per row, in a table of its own keyed like
-    # the source; written under per-key advisory locks, and rows gone are followed up.
+    # Side-table targets (sql/56_side.sql, worker/pipeline/stores/side.py): one vector per row,
+    # in a table of its own keyed like the source.
     side_table: tuple[str, str] | None = None  # (schema, table)
     # A model change in progress (sql/44_changes.sql) writes the new model's vectors to a shadow
     # column as well.
     shadow_model: str | None = None
     shadow_column: str | None = None
     shadow_dims: int = -1
-
-    @property
-    def store_table(self) -> tuple[str, str] | None:
-        """The side or chunk table that holds the target's vectors, if not the table itself."""
-        return self.side_table or self.chunk_table
 
     @property
     def in_change(self) -> bool:
