@@ -14,8 +14,14 @@
 --                                  checks conflict with the application's REPEATABLE READ
 --                                  transactions. Deletes are followed up instead (below).
 --   <embedding_column>  halfvec(dim)  ('embedding' by default), with an HNSW cosine index
---   content_md5         text          md5 of the content the vector was made from (as the
---                                      worker's stale-write guard computes it)
+--   content_md5         text          md5 of the content the vector in <embedding_column> was
+--                                      made from (as the worker's stale-write guard computes it:
+--                                      md5 of the content's text): the vector's fingerprint, for
+--                                      anything that verifies vectors against current content.
+--                                      During a model change it describes that column's vector,
+--                                      not the shadow column's; after the swap the new vector's
+--                                      content is the one the row's next write records (a row
+--                                      whose content changed during the change has its job)
 --
 -- It belongs to the source's owner, like the source's rows: the functions that read and write
 -- it run as that role (sql/32_access.sql), and an ALTER TABLE ... OWNER TO of the source takes it
@@ -34,6 +40,10 @@
 --     row is gone is never returned, even before its delete was followed up.
 -- A content change does not clear the vector at once (that would be a write in the application's
 -- transaction): the old vector stays until the new one lands, as with clear_on_update => false.
+--
+-- Chunk tables (sql/55_chunks.sql) have no foreign key either and follow deletes, key changes and
+-- truncations the same way: the triggers (sql/30_triggers.sql) and the functions of
+-- embeddings.generate_follow_access() below serve both kinds of "store".
 --
 -- unwatch() and uninstall keep the side table and its vectors, as they keep an embedding column;
 -- DROP TABLE it when no longer wanted. Dropping it forgets the target (45_dropped.sql).
