@@ -76,7 +76,7 @@ KEY_SHIFT_CLAUSE = " OR (n.embedding IS NULL AND o.embedding IS NOT NULL)"
 
 def without_key_shift_clause(conn: psycopg.Connection[Any], table: str) -> None:
     row = conn.execute(
-        "SELECT pg_get_functiondef(format('embeddings.embeddings_%s_update()', t.id)::regprocedure)"
+        "SELECT pg_get_functiondef(format('embeddings.embeddings_%%s_update()', t.id)::regprocedure)"
         " FROM embeddings.targets t WHERE t.source = %s::regclass",
         (table,),
     ).fetchone()

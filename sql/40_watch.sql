@@ -298,7 +298,9 @@ BEGIN
         PERFORM embeddings.cancel_change(source, embedding_column);
     END IF;
 
-    -- The DDL below is ours: the schema-change event trigger need not follow it.
+    -- The DDL below is ours: the schema-change event trigger need not follow it. The table's
+    -- lock first, in short attempts that never stall the application (41_locks.sql).
+    PERFORM embeddings.lock_table(source);
     PERFORM set_config('embeddings.following', 'on', true);
     PERFORM embeddings.ensure_queue(queue);
 

@@ -17,7 +17,12 @@ CREATE TABLE IF NOT EXISTS embeddings.model_changes (
     shadow_column name NOT NULL,
     keep_old      boolean NOT NULL DEFAULT false,
     rows_total    bigint,  -- rows with content when the change started (status recounts)
-    started_at    timestamptz NOT NULL DEFAULT now()
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    -- The swap waiting for its table lock (complete_changes()): attempts in a row that found the
+    -- table held, since when, and by whom at the last one. Reset by any other outcome.
+    swap_attempts      integer NOT NULL DEFAULT 0,
+    swap_waiting_since timestamptz,
+    swap_holders       text
 );
 GRANT SELECT ON embeddings.model_changes TO PUBLIC;
 COMMENT ON TABLE embeddings.model_changes IS 'Model changes in progress: the shadow column being filled with the new model''s vectors';
@@ -103,8 +108,9 @@ DECLARE
 BEGIN
     -- The table first, the registration after, as the worker's write (embeddings.lock_target)
     -- and complete_change() take them: the other order deadlocked with a write in flight. The
-    -- table in the mode ALTER TABLE will take anyway (a weaker one would have to be upgraded).
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', t.source);
+    -- table in the mode ALTER TABLE will take anyway (a weaker one would have to be upgraded),
+    -- in short attempts that never stall the application's statements (41_locks.sql).
+    PERFORM embeddings.lock_table(t.source);
     SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = t.id FOR UPDATE;
     IF t.chunk_table IS NOT NULL THEN
         RAISE EXCEPTION '%.% is a chunked target: a blue/green model change is for plain targets', t.source, t.embedding_column
@@ -174,7 +180,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t embeddings.targets;
 BEGIN
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', source);  -- as start_change()
+    PERFORM embeddings.lock_table(source);  -- as start_change()
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = rewatch.source AND tg.embedding_column = rewatch.embedding_column FOR UPDATE;
     IF NOT FOUND THEN
@@ -196,7 +202,7 @@ DECLARE
     c embeddings.model_changes;
     following text := coalesce(current_setting('embeddings.following', true), 'off');
 BEGIN
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', source);  -- as start_change()
+    PERFORM embeddings.lock_table(source);  -- as start_change()
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = cancel_change.source AND tg.embedding_column = cancel_change.embedding_column FOR UPDATE;
     SELECT * INTO c FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
@@ -236,10 +242,13 @@ $$;
 -- the column's name and the index's name; the registry's attribute number follows (the rename
 -- follower is off for our own DDL); the target's model is set and its definition version
 -- bumped (batches read before are handed back and redone). Returns 'done', or what it waits
--- for. Locks are taken with a 2 s lock_timeout, so a busy table never queues its readers behind
--- the swap for long (lock_not_available: try later).
-CREATE FUNCTION embeddings.complete_change(target_id integer) RETURNS text
-LANGUAGE plpgsql SET lock_timeout = '2s' SET search_path = pg_catalog, pg_temp AS $$
+-- for. The table lock is asked for in short attempts for up to `lock_wait` (41_locks.sql), so
+-- the swap never queues the application's statements behind it for more than one attempt
+-- (lock_not_available: try later; complete_changes() records the wait). Every other lock
+-- (the registration, the indexes) is bounded by a 50 ms lock_timeout.
+CREATE FUNCTION embeddings.complete_change(target_id integer, lock_wait interval DEFAULT interval '200 milliseconds')
+RETURNS text
+LANGUAGE plpgsql SET lock_timeout = '50ms' SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
     c embeddings.model_changes;
@@ -290,7 +299,7 @@ BEGIN
     -- The swap. The table first (waits for application and worker writes in progress), then
     -- the registration, as ALTER TABLE and worker writes take them: writes that start later
     -- wait for us and then see the new version.
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', t.source);
+    PERFORM embeddings.lock_table(t.source, lock_wait);
     PERFORM FROM embeddings.targets tg WHERE tg.id = t.id FOR UPDATE;
     -- No row that has a vector may lose it (the partial index holds the rows to look at). And a
     -- row whose content changed has its vector cleared (clear_on_update) and a job queued: its
@@ -355,6 +364,10 @@ BEGIN
             result := embeddings.complete_change(id);
         EXCEPTION WHEN lock_not_available THEN
             result := 'table busy: retried later';
+            UPDATE embeddings.model_changes mc
+            SET swap_attempts = mc.swap_attempts + 1, swap_waiting_since = coalesce(mc.swap_waiting_since, now()),
+                swap_holders = (SELECT embeddings.lock_holders(tg.source) FROM embeddings.targets tg WHERE tg.id = mc.target_id)
+            WHERE mc.target_id = id;
         WHEN dependent_objects_still_exist THEN
             -- A view or trigger of the user's uses the old column: it cannot be dropped.
             result := format('the old column cannot be dropped (%s): drop what uses it, or cancel '
@@ -362,6 +375,10 @@ BEGIN
         WHEN OTHERS THEN
             result := 'could not complete: ' || SQLERRM;  -- never fails the caller (the worker)
         END;
+        IF result NOT LIKE 'table busy%' THEN
+            UPDATE embeddings.model_changes mc SET swap_attempts = 0, swap_waiting_since = NULL, swap_holders = NULL
+            WHERE mc.target_id = id AND mc.swap_attempts > 0;
+        END IF;
         RETURN NEXT;
     END LOOP;
 END

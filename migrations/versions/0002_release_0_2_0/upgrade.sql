@@ -101,3 +101,10 @@ SELECT set_config('embeddings.following', 'off', true);
 -- Waiting workers registered themselves in this table (revisions 0002-0018) so that writes
 -- would NOTIFY them; 0.2.0's workers look for jobs instead (sql/20_queue.sql: wait_for_jobs).
 DROP TABLE IF EXISTS embeddings.idle_workers;
+
+-- embeddings.model_changes (new in 0.2.0; present at some unreleased revisions): the swap
+-- waiting for its table lock (44_changes.sql).
+ALTER TABLE IF EXISTS embeddings.model_changes
+    ADD COLUMN IF NOT EXISTS swap_attempts integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS swap_waiting_since timestamptz,
+    ADD COLUMN IF NOT EXISTS swap_holders text;
