@@ -233,6 +233,40 @@ BEGIN
 END
 $$;
 
+-- Row keys (JSON form) of target t that the application changed and whose jobs are moving: in
+-- the inbox, or in the live lane (either message shape) and visible or being embedded, not
+-- held back (a deferred job is put back unread: read_ct 0, vt ahead). Only such a row may
+-- lack its new vector at the swap (its content changed, so its old vector was cleared too,
+-- and its job writes the new one at once); `held` counts the live jobs held back.
+CREATE FUNCTION embeddings.moving_live_keys(t embeddings.targets, OUT keys jsonb[], OUT held bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel_schema name;
+    rel_name name;
+BEGIN
+    SELECT n.nspname, c.relname INTO rel_schema, rel_name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
+    EXECUTE format($q$
+        SELECT pg_catalog.array_agg(s.k) FILTER (WHERE NOT s.held),
+               pg_catalog.count(DISTINCT s.msg_id) FILTER (WHERE s.held)
+        FROM (SELECT m.msg_id, key_json AS k, m.read_ct = 0 AND m.vt > pg_catalog.clock_timestamp() AS held
+              FROM pgmq.%1$I m, LATERAL embeddings.message_keys(m.message) AS key_json
+              WHERE m.message @> pg_catalog.jsonb_build_object('target', $1)
+              UNION ALL
+              SELECT m.msg_id, m.message -> 'id', m.read_ct = 0 AND m.vt > pg_catalog.clock_timestamp()
+              FROM pgmq.%1$I m
+              WHERE m.message @> pg_catalog.jsonb_build_object('schema', %2$L, 'table', %3$L)
+                AND coalesce(m.message ->> 'embeddingColumn', 'embedding') = %4$L AND m.message -> 'id' IS NOT NULL
+              UNION ALL
+              SELECT NULL, key_json, false FROM embeddings.inbox i,
+                   LATERAL embeddings.message_keys(pg_catalog.jsonb_build_object('columns', i.columns)) AS key_json
+              WHERE i.target = $1) s
+        $q$, pgmq.format_table_name(t.queue, 'q'), rel_schema, rel_name, t.embedding_column)
+        INTO keys, held USING t.id;
+    keys := coalesce(keys, '{}');
+END
+$$;
+
 -- Completes target_id's change when it is complete. It is when no shadow-only job of the change
 -- is queued, every row with content has its new vector or a job queued (a job left after the
 -- swap is simply served with the new model), and, checked under the table lock, no row that has
@@ -262,6 +296,8 @@ DECLARE
     new_index regclass;
     old_index_name name;
     rel_schema name;
+    live jsonb[];
+    held bigint;
     following text := coalesce(current_setting('embeddings.following', true), 'off');
 BEGIN
     SELECT * INTO c FROM embeddings.model_changes mc WHERE mc.target_id = complete_change.target_id;
@@ -296,6 +332,13 @@ BEGIN
         RETURN format('%s rows lacked the new vector: queued', missing);
     END IF;
 
+    -- Jobs of the application's writes held back (their target deferred: say the old model cannot
+    -- be loaded): the swap waits for them, or their rows would swap without a vector.
+    SELECT * INTO live, held FROM embeddings.moving_live_keys(t);
+    IF held > 0 THEN
+        RETURN format('%s jobs of the application''s writes are held back (deferred): waiting for them', held);
+    END IF;
+
     -- The swap. The table first (waits for application and worker writes in progress), then
     -- the registration, as ALTER TABLE and worker writes take them: writes that start later
     -- wait for us and then see the new version.
@@ -305,8 +348,21 @@ BEGIN
     -- row whose content changed has its vector cleared (clear_on_update) and a job queued: its
     -- new vector, of the old content, must not show up either. Both as the table's owner, by
     -- embeddings_<id>_swap_prepare() (sql/32_access.sql): its triggers fire on that UPDATE.
-    pending := ARRAY(SELECT p.k FROM embeddings.pending_keys(t) p);
-    EXECUTE format('SELECT embeddings.%I($1)', 'embeddings_' || t.id || '_swap_prepare') INTO ready USING pending;
+    -- Every row with content has its new vector, except rows the application changed whose
+    -- jobs are moving (issue 25 §2: a row with any other job, in the backfill lane or held, kept
+    -- the swap from waiting for it, and had its new vector cleared). Only those rows' new
+    -- vectors may be stale (their content changed after it was written): only theirs are
+    -- cleared. Both read through the partial index of rows lacking the new vector.
+    SELECT * INTO live, held FROM embeddings.moving_live_keys(t);
+    IF held > 0 THEN
+        RETURN format('%s jobs of the application''s writes are held back (deferred): waiting for them', held);
+    END IF;
+    EXECUTE format('SELECT pg_catalog.count(*) FROM embeddings.%I($1)', 'embeddings_' || t.id || '_unshadowed')
+        INTO missing USING live;
+    IF missing > 0 THEN
+        RETURN format('%s rows lack the new vector and wait for their jobs: not yet', missing);
+    END IF;
+    EXECUTE format('SELECT embeddings.%I($1)', 'embeddings_' || t.id || '_swap_prepare') INTO ready USING live;
     IF NOT ready THEN
         RETURN 'rows written meanwhile lack the new vector: not yet';
     END IF;

@@ -152,3 +152,30 @@ def test_lock_table_keeps_the_caller_s_lock_timeout(conn: Conn) -> None:
     with conn.transaction():
         conn.execute("SELECT embeddings.lock_table('t')")
         assert conn.execute("SHOW lock_timeout").fetchone() == ("7s",)
+
+
+def test_a_change_started_while_the_old_model_s_jobs_are_held_swaps_only_with_every_vector(
+    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+) -> None:
+    # The old model cannot be loaded: the rows' jobs are deferred (held back, not failed).
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 32, 512, 'mean')"
+    )
+    make_table(conn, 10, model="absent-model")
+    run_once(model=models[0])
+    assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (0,)
+
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (models[1],))
+    run_once(model=models[0])
+
+    # Swapped only once every row has its new vector, not with the held rows' vectors missing.
+    if target_model(conn) == models[1]:
+        assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
+    else:
+        assert in_change(conn)
+    # Once the held jobs come back, everything completes.
+    conn.execute("UPDATE pgmq.q_embedding_jobs_backfill SET vt = now()")
+    run_once(model=models[0])
+    assert target_model(conn) == models[1]
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
