@@ -3,7 +3,7 @@ instead, in one run on one machine. Results go to bench/results/*.json; `python 
 turns them into the table of docs/performance.md and the plots.
 
     python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,lanes,
-                            idle,embedder,quality]
+                            idle,embedder,quality,swapstall]
                     [--rows N] [--quick] [--quality-function SCHEMA.FUNCTION]
 
 At scale, each run only when named in --only (each takes 5 to 15 minutes here):
@@ -45,6 +45,7 @@ from bench import (
     oltp,
     raw,
     status,
+    swapstall,
     writepath,
 )
 from bench.machine import describe as machine
@@ -72,6 +73,7 @@ SECTIONS = (
     "idle",
     "embedder",
     "quality",
+    "swapstall",
 )
 SCALE_SECTIONS = ("million", "workers", "hnsw", "status", "bigwatch")  # never by default
 
@@ -134,6 +136,10 @@ def main() -> int:
         section(
             "writepath",
             lambda: writepath.run(fresh_db(cluster, template), rounds=3 if args.quick else 7),
+        )
+        section(
+            "swapstall",
+            lambda: swapstall.run(fresh_db(cluster, template), seconds=8 if args.quick else 20),
         )
         section(
             "oltp",
