@@ -19,10 +19,11 @@
 --   backfill_stalled  a backfill (62_backfill.sql) has queued nothing, and none of the target's
 --                     rows was embedded, for embeddings.backfill_stall_alarm(): no worker
 --                     serves its queue.
--- Hook for further states (a chunked document over its ceiling, issue 25 §3): add a branch
--- below that returns (state, reason, fix, since) for the target, and document the state here,
--- in docs/operating.md and in worker/cli/doctor.py's STOPPED_FIXES if it needs its own fix
--- line; status, doctor, /readyz and the metric pick it up unchanged.
+-- Hook for further states (a chunked document over its ceiling, issue 25 §3): add a branch at
+-- "(Hook: ...)" below that sets (state, reason, fix, since) for the target and RETURNs NEXT;
+-- document the state here, in docs/operating.md's table and in worker/metrics.py's
+-- STOPPED_STATES (the metric's documented label values); status, doctor, /readyz, the metric
+-- and its alert pick it up unchanged.
 
 -- How recent a deferral must be to count: the worker retries deferred jobs every minute.
 CREATE FUNCTION embeddings.deferral_fresh() RETURNS interval
