@@ -184,7 +184,7 @@ BEGIN
     -- A row whose key changed has no old row: it counts as changed.
     changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s WHERE (o.%I IS NULL OR %s IS DISTINCT FROM %s)',
                       embeddings.key_equal_sql(t, 'o', 'n'), t.key_columns[1], new_content, old_content);
-    IF t.clear_on_update AND t.chunk_table IS NULL THEN
+    IF t.clear_on_update AND coalesce(t.side_table, t.chunk_table) IS NULL THEN
         -- A key whose embedding this statement cleared changed too. The clear trigger compares
         -- each physical row with itself, this trigger each key with itself: one UPDATE that
         -- moves keys and content together (SET pos = pos + 1, body = <text of pos + 1>) leaves

@@ -60,7 +60,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'its content function was dropped; create it again and watch the table again'
         WHEN t.chunk_table IS NULL AND NOT EXISTS (
                 SELECT FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
-                WHERE a.attrelid = t.source AND a.attname = t.embedding_column AND NOT a.attisdropped
+                WHERE a.attrelid = coalesce(t.side_table, t.source) AND a.attname = t.embedding_column AND NOT a.attisdropped
                   AND ty.typname IN ('vector', 'halfvec')) THEN
             format('its embedding column %I is missing or not vector/halfvec; watch the table again', t.embedding_column)
     END, embeddings.access_problem(t))
