@@ -467,12 +467,16 @@ BEGIN
     -- the caller holds their advisory locks): upserts their chunks (a chunk whose hash is
     -- unchanged at its position is left as it is) and deletes those past each document's
     -- `counts` (all of them for 0: blank content). Chunks name their document by its canonical
-    -- key (`chunk_keys`). Returns, per document, whether it was current and lost chunks.
+    -- key (`chunk_keys`). Returns, per document, whether it was current and lost chunks. The
+    -- chunk table's key columns are named as the source's, and may be named as a parameter
+    -- (k0, keys, ...): ON CONFLICT names columns, and the variables are qualified.
     EXECUTE format(
         $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s, digests text[], counts integer[], chunk_keys text[],
                                               seqs integer[], chunks text[], hashes text[], vectors %3$I.halfvec[])
         RETURNS TABLE (key text, is_current boolean, trimmed boolean)
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        #variable_conflict use_column
+        <<chunk_write>>
         DECLARE
             current_keys text[];
             trimmed_keys text[];
@@ -486,18 +490,18 @@ BEGIN
             SELECT %14$s, x.seq, x.chunk, x.hash, x.e
             FROM ROWS FROM (pg_catalog.unnest($%15$s), pg_catalog.unnest($%16$s), pg_catalog.unnest($%17$s), pg_catalog.unnest($%18$s), pg_catalog.unnest($%19$s)) AS x(key, seq, chunk, hash, e)
             JOIN ROWS FROM (%5$s) AS v(key%7$s) ON v.key OPERATOR(pg_catalog.=) x.key
-            WHERE x.key OPERATOR(pg_catalog.=) ANY (current_keys)
+            WHERE x.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
             ON CONFLICT (%12$s, seq) DO UPDATE
             SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, %13$I = excluded.%13$I
             WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash;
             WITH gone AS (
                 DELETE FROM %11$s c USING ROWS FROM (%5$s, pg_catalog.unnest($%20$s)) AS v(key%7$s, n)
-                WHERE %21$s AND c.seq OPERATOR(pg_catalog.>=) v.n AND v.key OPERATOR(pg_catalog.=) ANY (current_keys)
+                WHERE %21$s AND c.seq OPERATOR(pg_catalog.>=) v.n AND v.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
                 RETURNING v.key)
             SELECT pg_catalog.array_agg(DISTINCT g.key) INTO trimmed_keys FROM gone g;
             RETURN QUERY
-                SELECT d.key, d.key OPERATOR(pg_catalog.=) ANY (current_keys),
-                       coalesce(d.key OPERATOR(pg_catalog.=) ANY (trimmed_keys), false)
+                SELECT d.key, d.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys),
+                       coalesce(d.key OPERATOR(pg_catalog.=) ANY (chunk_write.trimmed_keys), false)
                 FROM pg_catalog.unnest($1) AS d(key);
         END
         $body$ $f$,
