@@ -27,10 +27,13 @@ $$;
 
 -- Whether values of type `ty` (a domain: its base type) are built-in scalars: a type of the
 -- system catalog that is neither an array nor a composite. Only those are cast to text or
--- given to to_jsonb() in privileged code.
+-- given to to_jsonb() in privileged code. Not jsonb: to_jsonb() of one is the value itself, whose
+-- text the worker could not write back as Postgres does (key order, number format), so a jsonb
+-- key travels as the string of its text, as a user type's does.
 CREATE FUNCTION embeddings.builtin_scalar(ty regtype) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT t.oid < 16384 AND t.typtype = 'b' AND t.typcategory NOT IN ('A', 'C')
+           AND t.oid <> 'pg_catalog.jsonb'::regtype
     FROM pg_catalog.pg_type t WHERE t.oid = embeddings.base_type(ty)
 $$;
 

@@ -31,7 +31,7 @@ from typing import Any
 
 import psycopg
 import pytest
-from hypothesis import HealthCheck, example, given
+from hypothesis import HealthCheck, given
 from hypothesis import settings as hypothesis_run
 from hypothesis import strategies as st
 from psycopg import sql
@@ -609,13 +609,11 @@ PROPERTY = hypothesis_run(
 )
 
 
-def _with_examples(test: Callable[..., None]) -> Callable[..., None]:
-    for case in every_type_alone():
-        test = example(case=case)(test)
-    return test
+@pytest.mark.parametrize("case", list(every_type_alone()), ids=lambda c: c.types[0])
+def test_each_key_type_alone(harness: Harness, case: Case) -> None:
+    harness.check(case)
 
 
-@_with_examples
 @PROPERTY
 @given(case=cases())
 def test_every_key_type_round_trips_or_is_refused(harness: Harness, case: Case) -> None:
