@@ -382,7 +382,7 @@ BEGIN
     PERFORM embeddings.install_triggers(t);  -- and the functions the worker reads and writes through
     -- Worker roles set up by embeddings.grant_worker() serve this table too: its queues. (The
     -- function is defined in 80_roles.sql; plpgsql resolves it when this line runs.)
-    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
+    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
 
     -- Existing rows: those with content and no embedding, or every row with content when the
     -- content source or the model changed; none with backfill => false. Queued on the backfill

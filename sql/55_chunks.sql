@@ -258,7 +258,7 @@ BEGIN
 
     PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
     PERFORM embeddings.install_triggers(t);  -- the generated ones, chunk-aware (30_triggers.sql)
-    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
+    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
 
     -- Documents with content and no chunks, or every document with content when the content
     -- source, the model or the chunk settings changed: a backfill in key ranges (62_backfill.sql).

@@ -242,7 +242,13 @@ TYPES: dict[str, KeyType] = {
     ),
     "date": KeyType("date", "date", dates),
     "timestamp": KeyType("timestamp", "timestamp", timestamps),
-    "timestamp(0)": KeyType("timestamp(0)", "timestamp(0)", timestamps),
+    # Not the last microsecond: timestamp(0) rounds it up to a value Postgres stores but whose
+    # text its own input refuses ("timestamp out of range"), so no key of it can travel as text.
+    "timestamp(0)": KeyType(
+        "timestamp(0)",
+        "timestamp(0)",
+        timestamps.filter(lambda v: not v.startswith("294276-12-31 23:59:59.")),
+    ),
     "timestamptz": KeyType("timestamptz", "timestamptz", timestamptzs),
     "time": KeyType("time", "time", times),
     "timetz": KeyType("timetz", "timetz", timetzs),
