@@ -183,6 +183,13 @@ def array_text(items: list[str] | list[str | None]) -> str:
     return "{" + ",".join(quoted) + "}"
 
 
+def record_text(fields: tuple[str, ...]) -> str:
+    """A composite value's text, every field quoted."""
+    return (
+        "(" + ",".join('"' + f.replace("\\", "\\\\").replace('"', '""') + '"' for f in fields) + ")"
+    )
+
+
 ENUM_LABELS = ["plain", "it's", 'say "hi"', "a,b", " spaced ", "\u00e9t\u00e9", "{}", "NULL"]
 
 
@@ -308,6 +315,23 @@ TYPES: dict[str, KeyType] = {
         "{s}.moment",
         timestamptzs,
         setup=("CREATE DOMAIN {s}.moment AS timestamptz CHECK (VALUE IS NOT NULL)",),
+    ),
+    "composite": KeyType(
+        "composite",
+        "{s}.pair",
+        st.tuples(
+            ints["integer"].map(str),
+            st.text(alphabet=ODD, max_size=8),
+            st.sampled_from(["2000-01-01", "infinity", "1999-12-31 BC"]),
+        ).map(record_text),
+        setup=("CREATE TYPE {s}.pair AS (n integer, label text, day date)",),
+    ),
+    "int4range": KeyType(
+        "int4range",
+        "int4range",
+        st.tuples(
+            st.integers(-1000, 1000), st.integers(0, 50), st.sampled_from(["[)", "(]", "[]", "()"])
+        ).map(lambda p: f"{p[2][0]}{p[0]},{p[0] + p[1]}{p[2][1]}"),
     ),
     "citext": KeyType(
         "citext", "citext", edgy_text, setup=("CREATE EXTENSION IF NOT EXISTS citext",)
@@ -459,6 +483,12 @@ EDGES: dict[str, list[str]] = {
     "domain(char(4))": ["A", "AB A"],
     "domain(numeric)": ["Infinity", "123456789012345678901234567890.123456789012345678901", "-0"],
     "domain(timestamptz)": ["infinity", "2026-01-02 03:04:05.678+05:45"],
+    "composite": [
+        '(1,"a b",2000-01-01)',
+        '(-2,"it\'s ""q"" \\\\",infinity)',
+        '(0,"",1999-12-31 BC)',
+    ],
+    "int4range": ["empty", "[1,2)", "(,5]", "[3,)"],
     "citext": ["Abc", "\u00c9t\u00e9", "x" * 1500],
 }
 

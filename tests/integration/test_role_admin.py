@@ -20,7 +20,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.support.jobs import JOBS
+from tests.support.jobs import JOBS, expire_leases
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -225,3 +225,41 @@ def test_renaming_the_schema(site: Site, work: Callable[..., Worker]) -> None:
     site.write(10, schema="app2")
     work(max_attempts=1)
     site.assert_all_embedded(schema="app2")
+
+
+def test_retiring_the_owner_of_a_chunked_target(
+    site: Site, work: Callable[..., Worker], minilm: str
+) -> None:
+    with site.connect(site.owner) as owner:
+        owner.execute("CREATE TABLE app.notes (id bigint PRIMARY KEY, body text)")
+        owner.execute(f"GRANT SELECT, INSERT, UPDATE ON app.notes TO {site.writer}")
+    site.conn.execute(
+        "SELECT embeddings.watch('app.notes', 'body', model => %s, chunk_tokens => 16)", (minilm,)
+    )
+    site.conn.execute(f"REASSIGN OWNED BY {site.owner} TO {site.heir}")
+    site.conn.execute(f"DROP OWNED BY {site.owner}")
+    site.conn.execute(f"DROP ROLE {site.owner}")
+    with site.connect(site.writer) as app:
+        app.execute("INSERT INTO app.notes VALUES (1, 'a note ' || repeat('with words ', 30))")
+        app.execute("UPDATE app.notes SET body = body || ' (edited)'")
+    site.write(10)
+    work()
+    site.assert_all_embedded()
+    chunk_owner = "SELECT tableowner FROM pg_tables WHERE tablename = 'notes_chunks'"
+    assert site.conn.execute(chunk_owner).fetchall() == [(site.heir,)]
+    assert site.count("SELECT count(*) FROM app.notes_chunks WHERE chunk LIKE '%(edited)'") == 1
+
+
+def test_the_schema_given_to_another_role(site: Site, work: Callable[..., Worker]) -> None:
+    # The table's owner owned the schema, and loses the use of it: its own table is out of its
+    # reach, so the functions that run as it cannot serve the target. A configuration problem:
+    # the jobs wait, spending no attempt, until the owner may use the schema again.
+    site.conn.execute(f"ALTER SCHEMA app OWNER TO {site.heir}")
+    site.write(10)
+    work(max_attempts=1)
+    assert site.count("SELECT count(*) FROM embeddings.failures") == 0
+    assert site.count(f"SELECT count(*) FROM {JOBS}") > 0
+    site.conn.execute(f"GRANT USAGE ON SCHEMA app TO {site.owner}")
+    expire_leases(site.conn)  # the deferral's minute, waited out
+    work(max_attempts=1)
+    site.assert_all_embedded()
