@@ -91,6 +91,48 @@ ALTER TABLE embeddings.targets
     ADD COLUMN IF NOT EXISTS chunk_tokens integer,
     ADD COLUMN IF NOT EXISTS chunk_overlap integer;
 
+-- embeddings.targets: vectors in a side table (sql/56_side.sql).
+ALTER TABLE embeddings.targets
+    ADD COLUMN IF NOT EXISTS side_table regclass
+        CONSTRAINT targets_side_table_check CHECK (side_table IS NULL OR chunk_table IS NULL);
+
+-- Chunk tables: 0.1.0 typed their key columns without modifiers (a char(6) key as char(1),
+-- whose rows' chunks could not be written); they get their source's (sql/55_chunks.sql). Matched
+-- through the foreign key, before it goes (below).
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN
+        SELECT fk.conrelid::regclass AS chunk_table, ca.attname, format_type(sa.atttypid, sa.atttypmod) AS ty
+        FROM embeddings.targets t
+        JOIN pg_constraint fk ON fk.conrelid = t.chunk_table AND fk.confrelid = t.source AND fk.contype = 'f'
+        CROSS JOIN LATERAL unnest(fk.conkey, fk.confkey) AS k(chunk_num, source_num)
+        JOIN pg_attribute ca ON ca.attrelid = fk.conrelid AND ca.attnum = k.chunk_num
+        JOIN pg_attribute sa ON sa.attrelid = fk.confrelid AND sa.attnum = k.source_num
+        WHERE ca.atttypid = sa.atttypid AND ca.atttypmod <> sa.atttypmod
+    LOOP
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s', c.chunk_table, c.attname, c.ty);
+    END LOOP;
+END
+$$;
+
+-- Chunk tables: no foreign key to their source any more (it made TRUNCATE of the source fail);
+-- the source's delete and truncate triggers follow up instead (sql/56_side.sql), installed by the
+-- code reinstall.
+DO $$
+DECLARE
+    fk record;
+BEGIN
+    FOR fk IN
+        SELECT c.conrelid::regclass AS rel, c.conname FROM embeddings.targets t
+        JOIN pg_constraint c ON c.conrelid = t.chunk_table AND c.confrelid = t.source AND c.contype = 'f'
+    LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', fk.rel, fk.conname);
+    END LOOP;
+END
+$$;
+
 -- embeddings.queues: a backfill lane names the live queue it serves.
 ALTER TABLE embeddings.queues ADD COLUMN IF NOT EXISTS live_queue text;
 
@@ -109,23 +151,3 @@ DROP TABLE IF EXISTS embeddings.idle_workers;
 ALTER TABLE embeddings.worker_roles ADD COLUMN IF NOT EXISTS role_id oid;
 UPDATE embeddings.worker_roles w SET role_id = r.oid
 FROM pg_roles r WHERE w.role_id IS NULL AND r.rolname = w.role_name;
-
--- Chunk tables: 0.1.0 typed their key columns without modifiers (a char(6) key as char(1),
--- whose rows' chunks could not be written); they get their source's (sql/55_chunks.sql).
-DO $$
-DECLARE
-    c record;
-BEGIN
-    FOR c IN
-        SELECT fk.conrelid::regclass AS chunk_table, ca.attname, format_type(sa.atttypid, sa.atttypmod) AS ty
-        FROM embeddings.targets t
-        JOIN pg_constraint fk ON fk.conrelid = t.chunk_table AND fk.confrelid = t.source AND fk.contype = 'f'
-        CROSS JOIN LATERAL unnest(fk.conkey, fk.confkey) AS k(chunk_num, source_num)
-        JOIN pg_attribute ca ON ca.attrelid = fk.conrelid AND ca.attnum = k.chunk_num
-        JOIN pg_attribute sa ON sa.attrelid = fk.confrelid AND sa.attnum = k.source_num
-        WHERE ca.atttypid = sa.atttypid AND ca.atttypmod <> sa.atttypmod
-    LOOP
-        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s', c.chunk_table, c.attname, c.ty);
-    END LOOP;
-END
-$$;
