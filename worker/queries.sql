@@ -133,6 +133,14 @@ SELECT to_regprocedure('embeddings.default_model()') IS NOT NULL;
 -- The database's default model: what watch() uses when none is named (set_default_model()).
 SELECT embeddings.default_model();
 
+-- name: remote_models
+-- The remote models of the registry (sql/46_providers.sql): what a RemoteModel is built from.
+-- No column holds a secret: `credential` is the name of the worker's key.
+SELECT name, provider, endpoint, remote_model, dimensions, max_tokens, pooling, send_dimensions,
+       max_inputs, max_request_tokens, max_in_flight, timeout_seconds, price_per_million_tokens,
+       credential, tokenizer
+FROM embeddings.models WHERE provider <> 'local' ORDER BY name;
+
 -- name: target_versions
 -- The definition version of every registered target (a registry read under an older one is
 -- refreshed before a batch is served with it).
