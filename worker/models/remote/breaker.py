@@ -138,8 +138,13 @@ def for_provider(provider: str) -> Breaker:
     """The process's breaker for `provider` (every model served by that host shares it)."""
     with _lock:
         found = _breakers.get(provider)
-        if found is None:
-            found = _breakers[provider] = Breaker(provider)
+        if found is None:  # (the module's settings as they are now: tests change them)
+            found = _breakers[provider] = Breaker(
+                provider,
+                threshold=THRESHOLD,
+                open_seconds=OPEN_SECONDS,
+                max_open_seconds=MAX_OPEN_SECONDS,
+            )
         return found
 
 

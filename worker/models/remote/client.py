@@ -23,6 +23,7 @@ import logging
 import re
 import threading
 import time
+import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -72,10 +73,18 @@ class Partial:
 class _Retry(Exception):
     """One attempt failed in a way worth another: `outcome` for the metric."""
 
-    def __init__(self, outcome: str, message: str, retry_after: float | None = None) -> None:
+    def __init__(
+        self,
+        outcome: str,
+        message: str,
+        retry_after: float | None = None,
+        *,
+        refused: bool = False,
+    ) -> None:
         super().__init__(message)
         self.outcome = outcome
         self.retry_after = retry_after
+        self.refused = refused  # the last try says the registration is wrong, not the provider
 
 
 class RemoteModel:
@@ -104,6 +113,9 @@ class RemoteModel:
         self._pool = ThreadPoolExecutor(
             spec.max_in_flight, thread_name_prefix=f"remote-{spec.name}"
         )
+        self._connections = transport.Connections()
+        # A model dropped without close() (replaced, garbage) still closes its sockets.
+        weakref.finalize(self, _shut, self._pool, self._connections)
         self._in_flight = 0
         self._lock = threading.Lock()
 
@@ -115,7 +127,7 @@ class RemoteModel:
         return self.spec.producer
 
     def close(self) -> None:
-        self._pool.shutdown(wait=False, cancel_futures=True)
+        _shut(self._pool, self._connections)
 
     # --- the Embedder interface -----------------------------------------------------------------
     def embed(self, texts: Sequence[str]) -> FloatMatrix:
@@ -219,6 +231,8 @@ class RemoteModel:
                 with attempt:
                     return self._attempt(texts)
         except _Retry as exc:
+            if exc.refused:
+                raise exceptions.ProviderRefused(f"{self.spec.describe()}: {exc}") from None
             raise exceptions.ProviderUnavailable(
                 f"{self.spec.describe()}: {exc} (after {ATTEMPTS} attempts)",
                 retry_after=exc.retry_after,
@@ -259,7 +273,7 @@ class RemoteModel:
         started = time.monotonic()
         self._flight(+1)
         try:
-            response = transport.post(spec.url, body, headers, spec.timeout_seconds)
+            response = self._connections.post(spec.url, body, headers, spec.timeout_seconds)
         except transport.TransportError as exc:
             outcome = "timeout" if exc.kind == "timeout" else "connection_error"
             self._count(outcome)
@@ -277,9 +291,10 @@ class RemoteModel:
             try:
                 answer = protocol.parse(spec, response.body, n)
             except protocol.DimensionMismatch as exc:
+                # Once may be a garbled answer: asked again. Every time: the registration's
+                # dimensions are wrong (refused). Either way not the provider's health.
                 self._count("bad_response")
-                self.breaker.success()  # it answers: its configuration is what is wrong
-                raise exceptions.ProviderRefused(f"{spec.describe()}: {exc}") from None
+                raise _Retry("bad_response", str(exc), refused=True) from None
             except protocol.BadResponse as exc:
                 self._count("bad_response")
                 self.breaker.failure(f"bad answer: {exc}")
@@ -401,3 +416,8 @@ def _clean(message: str, key: Secret | None) -> str:
     message = _KEYLIKE.sub("***", message)
     message = " ".join(message.split())
     return message if len(message) <= 300 else message[:297] + "..."
+
+
+def _shut(pool: ThreadPoolExecutor, connections: transport.Connections) -> None:
+    pool.shutdown(wait=True, cancel_futures=True)
+    connections.close()
