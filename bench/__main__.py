@@ -3,7 +3,7 @@ instead, in one run on one machine. Results go to bench/results/*.json; `python 
 turns them into the table of docs/performance.md and the plots.
 
     python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,lanes,
-                            embedder,quality]
+                            idle,embedder,quality]
                     [--rows N] [--quick] [--quality-function SCHEMA.FUNCTION]
 
 At scale, each run only when named in --only (each takes 5 to 15 minutes here):
@@ -36,6 +36,7 @@ from bench import (
     corpus,
     endtoend,
     hnsw,
+    idle,
     index,
     lanes,
     latency,
@@ -68,6 +69,7 @@ SECTIONS = (
     "index",
     "chunks",
     "lanes",
+    "idle",
     "embedder",
     "quality",
 )
@@ -285,6 +287,16 @@ def main() -> int:
                 fresh_db(cluster, template),
                 SHARED_MODELS / "gte-small",
                 rows=5000 if args.quick else 20000,
+                samples=50 if args.quick else 100,
+            ),
+        )
+
+        section(
+            "idle",  # an idle worker: insert-to-vector latency (also prepared), CPU while waiting
+            lambda: idle.run(
+                cluster,
+                fresh_db(cluster, template),
+                SHARED_MODELS / "gte-small",
                 samples=50 if args.quick else 100,
             ),
         )

@@ -82,6 +82,7 @@ def markdown() -> str:
             if isinstance(r, dict) and "p50_ms" in r
         ]
         lines.append("- Idle latency, INSERT to stored vector: " + "; ".join(parts) + ".")
+    lines.extend(idle_lines(load("idle")))
     if writepath:
         ins, upd = writepath["insert"], writepath["update"]
         lines.append(
@@ -168,6 +169,35 @@ def markdown() -> str:
             f"{padding['embed_worker']['padded_over_real_tokens']} sorted by length with a token budget."
         )
     return "\n".join(lines)
+
+
+def idle_lines(idle: dict[str, Any]) -> list[str]:
+    """bench/idle.py: an idle worker waiting in the database, directly and behind PgBouncer."""
+    direct = idle.get("direct", {})
+    if "idle" not in direct:
+        return []
+
+    def cpu(window: dict[str, Any]) -> str:
+        return (
+            f"{window['database_backends_cpu_percent']}% of a core in the database, "
+            f"{window['worker_process_cpu_percent']}% in the worker"
+        )
+
+    def lat(result: dict[str, Any]) -> str:
+        return (
+            f"p50 {result['p50_ms']} ms, p95 {result['p95_ms']} ms" if "p50_ms" in result else "-"
+        )
+
+    pooled = idle.get("pgbouncer_transaction_mode", {})
+    return [
+        f"- Idle worker ({idle.get('model', '?')}): INSERT to stored vector {lat(direct['latency'])}; "
+        f"in a prepared transaction (PREPARE, COMMIT PREPARED) {lat(direct['latency_two_phase'])}; "
+        f"after 10 s without writes {lat(direct['latency_after_quiet'])}; through PgBouncer "
+        f"(transaction mode) {lat(pooled.get('latency', {}))}. Waiting costs "
+        f"{cpu(direct['idle_after_work'])} right after work, {cpu(direct['idle'])} once quiet, "
+        f"{cpu(direct['idle_while_others_write'])} while another session commits "
+        f"{direct['idle_while_others_write'].get('other_writes_per_s', '?')} writes/s."
+    ]
 
 
 def plots() -> list[Path]:

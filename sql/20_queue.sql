@@ -51,56 +51,62 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
      ORDER BY v.n)
 $$;
 
--- Workers waiting for jobs: a worker with nothing to do registers here before it re-checks the
--- queue and sleeps on LISTEN, and leaves when it finds work. Unlogged: after a crash it is
--- empty, and waiting workers register again within one poll interval.
-CREATE UNLOGGED TABLE IF NOT EXISTS embeddings.idle_workers (
-    queue text NOT NULL,
-    pid   integer NOT NULL,
-    since timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (queue, pid)
-);
-GRANT SELECT ON embeddings.idle_workers TO PUBLIC;
-
--- Wakes waiting workers when a statement adds messages, whoever enqueued them: our triggers,
--- pgmq.send, the Supabase guide. Only when some worker waits: a NOTIFY serialises every
--- committing writer on one lock (it cost a third of a single-row INSERT's throughput), and a
--- busy worker reads the queue again anyway. A row trigger, not a statement trigger: our
--- triggers run their INSERT into the queue for every statement on a watched table, and one
--- that adds no message (an UPDATE that changes no content) then costs nothing here (a
--- statement trigger cost such an UPDATE ~5 µs, a quarter of its triggers' cost); a statement
--- adds one message per 128 rows, so a bulk one pays a few calls. A worker registers (worker_idle) before its last
--- look at the queue, so a job committed after that look always finds it registered; at worst
--- a race with a writer's snapshot delays a job by one poll interval, never loses it.
-CREATE FUNCTION embeddings.notify_workers() RETURNS trigger
-LANGUAGE plpgsql AS $$
+-- How workers hear about jobs: they look. Nothing of ours runs in the application's
+-- transaction except the INSERT of its keys: no NOTIFY (Postgres refuses PREPARE TRANSACTION
+-- after one, so XA/JTA applications could not write a watched table) and no read of state that
+-- other sessions set (a registry of waiting workers let any login, or a worker that exited,
+-- make every write NOTIFY).
+--
+-- A worker with nothing in flight calls wait_for_jobs(), which returns as soon as the queue may
+-- have work for it: keys in the inbox for one of the queue's targets, or a job of the live queue
+-- or (`backfill`) of its backfill lane that is visible, including one whose visibility timeout
+-- runs out while it waits (a retry, a deferral, the lease of a worker that died). It looks every
+-- `poll_ms` ms, but runs its queries only when some transaction has ended since its last look
+-- (the current snapshot changed: a commit or rollback anywhere, COMMIT PREPARED included) or
+-- that timeout has come: on a quiet database a look costs a snapshot, and the wake-up from the
+-- sleep is most of the cost. With timeout_ms = 0 it looks once. A call holds its snapshot's xmin
+-- (as any statement does): callers keep calls short (the worker: at most a second) and call
+-- again. Runs with its caller's rights: the worker's role may read its queues and the inbox.
+CREATE FUNCTION embeddings.wait_for_jobs(queue_name text, timeout_ms integer, backfill boolean DEFAULT true,
+                                         poll_ms integer DEFAULT 2)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deadline timestamptz := clock_timestamp() + make_interval(secs => greatest(timeout_ms, 0) / 1000.0);
+    -- The earliest visibility timeout of either lane: visible now when it has passed.
+    next_job_query text := format(
+        'SELECT least((SELECT min(q.vt) FROM pgmq.%I q), %s)',
+        pgmq.format_table_name(queue_name, 'q'),
+        CASE WHEN backfill THEN format('(SELECT min(b.vt) FROM pgmq.%I b)',
+                                       pgmq.format_table_name(embeddings.backfill_queue(queue_name), 'q'))
+             ELSE 'NULL' END);
+    next_job timestamptz;
+    looked_at text;
+    snapshot text;
 BEGIN
-    IF EXISTS (SELECT FROM embeddings.idle_workers w WHERE w.queue = TG_ARGV[0]) THEN
-        PERFORM pg_notify('embeddings_jobs', TG_ARGV[0]);
-    END IF;
-    RETURN NULL;
+    LOOP
+        snapshot := pg_current_snapshot()::text;
+        IF snapshot IS DISTINCT FROM looked_at OR clock_timestamp() >= next_job THEN
+            looked_at := snapshot;
+            IF EXISTS (SELECT FROM embeddings.inbox i JOIN embeddings.targets t ON t.id = i.target
+                       WHERE t.queue = queue_name) THEN
+                RETURN true;
+            END IF;
+            EXECUTE next_job_query INTO next_job;
+            IF next_job <= clock_timestamp() THEN
+                RETURN true;
+            END IF;
+        END IF;
+        EXIT WHEN clock_timestamp() >= deadline;
+        PERFORM pg_sleep(least(greatest(poll_ms, 1) / 1000.0,
+                               extract(epoch FROM deadline - clock_timestamp())));
+    END LOOP;
+    RETURN false;
 END
 $$;
 
--- The calling worker (its session) waits for jobs of `queue_name`; forgets workers that are
--- gone. SECURITY DEFINER: worker roles need no rights on the table; a session can only
--- register or remove itself (at worst, cause NOTIFYs).
-CREATE FUNCTION embeddings.worker_idle(queue_name text) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    DELETE FROM embeddings.idle_workers w
-    WHERE NOT EXISTS (SELECT FROM pg_stat_activity a WHERE a.pid = w.pid);
-    INSERT INTO embeddings.idle_workers (queue, pid) VALUES (queue_name, pg_backend_pid())
-    ON CONFLICT DO NOTHING;
-$$;
-
--- The calling worker has work again.
-CREATE FUNCTION embeddings.worker_busy(queue_name text) RETURNS void
-LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    DELETE FROM embeddings.idle_workers w WHERE w.queue = queue_name AND w.pid = pg_backend_pid();
-$$;
-
--- Creates the pgmq queue unless it exists, and the notification trigger on it; for a live
--- queue, its backfill lane too (embeddings.backfill_queue()), granted to the worker roles.
+-- Creates the pgmq queue unless it exists; for a live queue, its backfill lane too
+-- (embeddings.backfill_queue()), granted to the worker roles.
 CREATE FUNCTION embeddings.ensure_queue(queue_name text) RETURNS void
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -120,10 +126,9 @@ BEGIN
 END
 $$;
 
--- Registers pgmq queue `queue_name` (created unless it exists) with its notification trigger;
--- `live_queue` names the live queue a backfill lane serves: its trigger wakes the workers
--- waiting on that one. Returns false when it was registered already; a registered queue gets
--- back a missing pgmq queue or trigger (a code reinstall drops the trigger with notify_workers()).
+-- Registers pgmq queue `queue_name` (created unless it exists); `live_queue` names the live
+-- queue a backfill lane serves. Returns false when it was registered already; a registered
+-- queue gets back a missing pgmq queue.
 CREATE FUNCTION embeddings.create_queue(queue_name text, live_queue text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -134,15 +139,6 @@ BEGIN
     IF NOT EXISTS (SELECT FROM pgmq.meta m WHERE m.queue_name = create_queue.queue_name) THEN
         PERFORM pgmq.create(queue_name);
         created := true;
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_trigger g
-                   WHERE g.tgrelid = format('pgmq.%I', pgmq.format_table_name(queue_name, 'q'))::regclass
-                     AND g.tgname = 'embeddings_notify_workers') THEN
-        EXECUTE format(
-            'CREATE TRIGGER embeddings_notify_workers AFTER INSERT ON pgmq.%I '
-            'FOR EACH ROW EXECUTE FUNCTION embeddings.notify_workers(%L)',
-            pgmq.format_table_name(queue_name, 'q'),
-            coalesce(CASE WHEN registered.name IS NOT NULL THEN registered.live_queue ELSE live_queue END, queue_name));
     END IF;
     IF registered.name IS NOT NULL THEN
         RETURN false;

@@ -82,11 +82,9 @@ $$;
 
 -- The statement that enqueues the keys of the rows `from_where` selects (it binds alias n); 0
 -- rows send nothing. As rows of the inbox (22_inbox.sql) in the column shape (20_queue.sql), one
--- per inbox_keys_per_row() keys (one for any statement of up to 4,096 rows), and in the same
--- statement a wake-up for waiting workers (embeddings.notify_workers() says why only then),
--- where it costs a probe of a small table rather than a trigger call. The statement ends in
--- `INTO woken`: the generated functions declare it. Each key column is aggregated once and
--- sliced: an integer column's slice goes as its array text ('{1,2,3}'), any other as a JSON
+-- per inbox_keys_per_row() keys (one for any statement of up to 4,096 rows), and nothing
+-- else: workers look for work themselves (embeddings.wait_for_jobs() says why). Each key column
+-- is aggregated once and sliced: an integer column's slice goes as its array text ('{1,2,3}'), any other as a JSON
 -- array (of the values as key_part_json_sql() writes them: a type that is not a built-in scalar
 -- as the strings of its text). Encoding no key per row matters: a JSON array per composite key
 -- cost a 100k-row INSERT's trigger ~4x the aggregation itself, and to_jsonb() of integers
@@ -105,15 +103,11 @@ LANGUAGE sql STABLE AS $$
         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS u(c, ty, i)
     )
     SELECT format(
-        'WITH queued AS ('
         'INSERT INTO embeddings.inbox (target, keys, columns) '
         'SELECT %1$s, LEAST(s.keys - i + 1, %3$s), '
         'pg_catalog.jsonb_build_array(%4$s) '
         'FROM (SELECT pg_catalog.count(*)::integer AS keys, %5$s %6$s) AS s, '
-        'pg_catalog.generate_series(1, s.keys, %3$s) AS i '
-        'RETURNING 1) '
-        'SELECT pg_catalog.pg_notify(''embeddings_jobs'', w.queue)::pg_catalog.text INTO woken '
-        'FROM embeddings.idle_workers w WHERE w.queue OPERATOR(pg_catalog.=) %2$L AND EXISTS (SELECT FROM queued) LIMIT 1',
+        'pg_catalog.generate_series(1, s.keys, %3$s) AS i',
         t.id, t.queue, embeddings.inbox_keys_per_row(),
         (SELECT string_agg(format(CASE k.class
                                       WHEN 'int' THEN '(s.k%1$s[i : i + %2$s - 1])::pg_catalog.text'
@@ -190,8 +184,6 @@ BEGIN
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            DECLARE
-                woken text;  -- enqueue_statement()'s wake-up
             BEGIN
                 %2$s;
                 RETURN NULL;%3$s

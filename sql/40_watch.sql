@@ -392,7 +392,6 @@ BEGIN
     END IF;
 
     PERFORM set_config('embeddings.following', 'off', true);
-    PERFORM pg_notify('embeddings_targets', t.id::text);
     RETURN t.id;
 END
 $$;
@@ -437,6 +436,5 @@ BEGIN
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',  -- lanes
                    pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q')) USING t.id;
     DELETE FROM embeddings.targets tg WHERE tg.id = t.id;
-    PERFORM pg_notify('embeddings_targets', t.id::text);
 END
 $$;

@@ -158,7 +158,6 @@ BEGIN
     VALUES (t.id, new_model, shadow, keep_old, total);
     -- The functions that write the shadow column too (sql/32_access.sql).
     PERFORM embeddings.generate_access(t);
-    PERFORM pg_notify('embeddings_targets', t.id::text);
     RETURN t.id;
 END
 $$;
@@ -224,7 +223,6 @@ BEGIN
     UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now() WHERE tg.id = t.id
     RETURNING * INTO t;
     PERFORM embeddings.generate_access(t);  -- no shadow column to write any more
-    PERFORM pg_notify('embeddings_targets', t.id::text);
     RETURN true;
 END
 $$;
@@ -335,7 +333,6 @@ BEGIN
     UPDATE embeddings.provenance p SET shadow = false WHERE p.target_id = t.id AND p.shadow;
     DELETE FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
     PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
-    PERFORM pg_notify('embeddings_targets', t.id::text);
     RETURN 'done';
 END
 $$;

@@ -139,7 +139,6 @@ BEGIN
     -- table itself too, which the registration does not store) is handed back, not failed.
     -- The write transaction's table lock orders it before or after this one, never between.
     UPDATE embeddings.targets tg SET version = tg.version + 1 WHERE tg.id = target_id;
-    PERFORM pg_notify('embeddings_targets', t.id::text);  -- workers re-read names
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.refresh_target(integer) FROM PUBLIC;

@@ -257,7 +257,6 @@ BEGIN
     PERFORM embeddings.start_backfill(t, reembed);
 
     PERFORM set_config('embeddings.following', 'off', true);
-    PERFORM pg_notify('embeddings_targets', t.id::text);
     RETURN t.id;
 END
 $$;

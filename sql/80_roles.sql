@@ -31,8 +31,7 @@ LANGUAGE sql STABLE AS $$
         'embeddings.claim_provenance(integer, boolean, text, text, text)',
         'embeddings.note_deferrals(integer[], text[], integer[])',
         'embeddings.clear_deferrals(integer[])',
-        'embeddings.worker_idle(text)',
-        'embeddings.worker_busy(text)',
+        'embeddings.wait_for_jobs(text, integer, boolean, integer)',
         'embeddings.deferred_index_built(integer)',
         'embeddings.retry_failures(bigint[])'  -- `embed-worker failures --retry` as the worker role
     ]::regprocedure[]

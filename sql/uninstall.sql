@@ -1,8 +1,8 @@
 -- Removes everything embed-worker installed: the triggers on watched tables, the queues it
--- created (a queue that existed before it keeps its messages and only loses our notification
--- trigger), and the `embeddings` schema. User tables, their rows, embedding columns and HNSW
--- indexes stay. Extensions stay too: other code may use them, and the embedding columns need
--- `vector`.
+-- created (a queue that existed before it keeps its messages; releases before 0.2.0 also put a
+-- notification trigger on it, dropped here), and the `embeddings` schema. User tables, their
+-- rows, embedding columns and HNSW indexes stay. Extensions stay too: other code may use them,
+-- and the embedding columns need `vector`.
 
 DROP EVENT TRIGGER IF EXISTS embeddings_forget_dropped;
 DROP EVENT TRIGGER IF EXISTS embeddings_follow_schema_changes;

@@ -22,7 +22,7 @@ from worker.models.catalog import DEFAULT_MODEL, Variant
 from worker.models.download import DownloadPolicy
 from worker.models.files import DEFAULT_CACHE_DIR, ModelLocation
 
-_LISTEN = ("auto", "true", "false")  # EMBED_LISTEN: see worker/process/wakeups.py
+_LISTEN = ("auto", "true", "false")  # EMBED_LISTEN: still accepted, no longer used
 QUEUE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,46}$")  # what pgmq accepts as a table suffix
 
 
@@ -85,7 +85,7 @@ class Settings:
     poll_seconds: float = field(default=5.0, metadata={"env": "EMBED_POLL_SECONDS"})
     # False: the worker leases nothing itself; jobs arrive by POST /functions/v1/embed only.
     pull: bool = field(default=True, metadata={"env": "EMBED_PULL"})
-    # auto: check that LISTEN delivers (not behind a transaction pooler), else poll.
+    # No longer needed, accepted and ignored: the worker never listens (worker/process/wakeups.py).
     listen: str = field(default="auto", metadata={"env": "EMBED_LISTEN"})
     grace_seconds: float = field(default=25.0, metadata={"env": "EMBED_GRACE_SECONDS"})
     http_port: int | None = field(default=None, metadata={"env": "EMBED_HTTP_PORT"})

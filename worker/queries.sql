@@ -155,12 +155,6 @@ SELECT embeddings.lock_target(%(target_id)s);
 -- Moves the triggers' keys from the inbox into the live queue as job messages (sql/22_inbox.sql).
 SELECT embeddings.move_inbox(%(queue)s);
 
--- name: next_visible
--- Seconds until the next job of the queue becomes visible (NULL when the queue is empty); 0
--- while the inbox holds keys for it (a live queue), which the next read moves.
-SELECT CASE WHEN EXISTS (SELECT FROM embeddings.inbox_pending(%(queue)s)) THEN 0::float8
-            ELSE (SELECT extract(epoch FROM min(vt) - clock_timestamp())::float8 FROM {queue_table}) END;
-
 -- name: queue_depth
 -- Jobs in the queue, how many are visible now, and the age of the oldest in seconds; for a live
 -- queue, the inbox's rows count as visible jobs (each becomes one or more when moved).

@@ -75,7 +75,8 @@ WHERE c.relnamespace = to_regnamespace('embeddings') AND c.relkind IN ('v', 'm')
 ORDER BY 1
 """
 
-# What the drop takes with it: the notification triggers on pgmq's queue tables and our event
+# What the drop takes with it: the notification triggers that releases before 0.2.0 put on
+# pgmq's queue tables (0.2.0 has none: workers look for jobs, sql/20_queue.sql), our event
 # triggers (the files and sql/99_regenerate.sql create them again), then views, then functions.
 _DROPS = f"""
 WITH code AS ({_CODE})

@@ -89,26 +89,25 @@ def test_a_reinstall_refuses_when_objects_of_others_depend_on_the_code(
     assert pg_dump_schema(dsn) == before
 
 
-def test_a_registered_queue_gets_its_missing_notification_trigger_back(conn: Conn) -> None:
-    triggers = (
-        "SELECT count(*) FROM pg_trigger WHERE tgname = 'embeddings_notify_workers'"
-        " AND tgrelid IN ('pgmq.q_embedding_jobs'::regclass,"
-        " 'pgmq.q_embedding_jobs_backfill'::regclass)"
+def test_a_reinstall_removes_the_notification_triggers_of_earlier_releases(conn: Conn) -> None:
+    """Releases before 0.2.0 woke workers with a NOTIFY from a trigger on each queue table;
+    Postgres refuses PREPARE TRANSACTION after a NOTIFY, so the reinstall must take them away."""
+    conn.execute(
+        "CREATE FUNCTION embeddings.notify_workers() RETURNS trigger LANGUAGE plpgsql"
+        " AS $$ BEGIN PERFORM pg_notify('embeddings_jobs', TG_ARGV[0]); RETURN NULL; END $$"
     )
-    conn.execute("DROP TRIGGER embeddings_notify_workers ON pgmq.q_embedding_jobs")
-    conn.execute("DROP TRIGGER embeddings_notify_workers ON pgmq.q_embedding_jobs_backfill")
-    assert conn.execute(triggers).fetchone() == (0,)
+    for table in ("q_embedding_jobs", "q_embedding_jobs_backfill"):
+        conn.execute(
+            f"CREATE TRIGGER embeddings_notify_workers AFTER INSERT ON pgmq.{table}"
+            " FOR EACH STATEMENT EXECUTE FUNCTION embeddings.notify_workers('embedding_jobs')"
+        )
 
-    conn.execute("SELECT embeddings.ensure_queue('embedding_jobs')")
+    schema.install(conn)
 
-    assert conn.execute(triggers).fetchone() == (2,)
-    # The lane's trigger wakes the workers of its live queue, as registered.
-    args = conn.execute(
-        "SELECT encode(tgargs, 'escape') FROM pg_trigger"
-        " WHERE tgrelid = 'pgmq.q_embedding_jobs_backfill'::regclass"
-        " AND tgname = 'embeddings_notify_workers'"
-    ).fetchone()
-    assert args is not None and args[0].startswith("embedding_jobs\\000")
+    assert conn.execute(
+        "SELECT count(*) FROM pg_trigger WHERE tgname = 'embeddings_notify_workers'"
+    ).fetchone() == (0,)
+    assert conn.execute("SELECT to_regproc('embeddings.notify_workers')").fetchone() == (None,)
 
 
 def test_migrate_prints_one_line_per_revision_and_no_alembic_chatter(empty_dsn: str) -> None:

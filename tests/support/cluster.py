@@ -105,19 +105,32 @@ def session_cluster(
     try:
         found = Cluster(admin_dsn=url, directory=directory)
         if fast:
-            _logical_wal(found)
+            _test_settings(found)
         yield found
     finally:
         subprocess.run([str(PGCLUSTER), "stop", str(directory)], check=False)
         shutil.rmtree(directory, ignore_errors=True)
 
 
-def _logical_wal(cluster: Cluster) -> None:
-    """Tests replicate between two databases of the cluster (logical replication)."""
+# What the suite needs beyond a default server: logical replication between two databases of the
+# cluster (wal_level), and two-phase commit (applications using XA/JTA prepare their
+# transactions; Postgres allows none by default).
+TEST_SETTINGS = {"wal_level": "logical", "max_prepared_transactions": "16"}
+
+
+def _test_settings(cluster: Cluster) -> None:
+    """TEST_SETTINGS, with one restart when the server does not have them yet."""
     with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:
-        row = conn.execute("SHOW wal_level").fetchone()
-        if row is not None and row[0] == "logical":
+        missing = {}
+        for name, value in TEST_SETTINGS.items():
+            row = conn.execute(sql.SQL("SHOW {}").format(sql.Identifier(name))).fetchone()
+            if row is None or row[0] != value:
+                missing[name] = value
+        if not missing:
             return
-        conn.execute("ALTER SYSTEM SET wal_level = 'logical'")
+        for name, value in missing.items():
+            conn.execute(
+                sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value))
+            )
     cluster.stop()
     cluster.start()

@@ -327,22 +327,6 @@ class Queue:
                     },
                 )
 
-    def set_waiting(self, conn: db.Connection, waiting: bool) -> None:
-        """Tells writers whether this worker (its session) waits for jobs: their triggers only
-        NOTIFY while some worker waits (embeddings.notify_workers)."""
-        with db.translated():
-            conn.execute(
-                "SELECT embeddings.worker_idle(%s)"
-                if waiting
-                else "SELECT embeddings.worker_busy(%s)",
-                (self.name,),
-            )
-
-    def next_visible_in(self, conn: db.Connection) -> float | None:
-        with db.translated():
-            row = conn.execute(self._q("next_visible"), {"queue": self.name}).fetchone()
-        return None if row is None or row[0] is None else float(row[0])
-
     def depth(self, conn: db.Connection) -> tuple[int, int, float]:
         """(jobs, visible jobs, age of the oldest in seconds)."""
         with db.translated():

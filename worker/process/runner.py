@@ -1,8 +1,8 @@
 """The worker process: pipeline threads, waiting for work, leases, signals and shutdown.
 
 Threads, each with its own connection:
-  fetcher  waits for work (a NOTIFY from the queue, the poll interval, or the next retry
-           becoming visible, whichever comes first), leases a batch, loads its content
+  fetcher  waits for work (looks for it: worker/process/wakeups.py), leases a batch, loads
+           its content
   embedder runs the model (onnxruntime releases the GIL, so the others keep going)
   writer   stores vectors and settles jobs in one short transaction, or hands batches back
   keeper   renews the leases of jobs in flight, refreshes queue gauges, shows progress
@@ -39,7 +39,7 @@ from worker.pipeline.targets import TargetRegistry
 from worker.process import keeper, startup, systemd
 from worker.process.backfill import Backfiller, IndexBuilder
 from worker.process.changes import Completer
-from worker.process.wakeups import Listener
+from worker.process.wakeups import Waiter
 
 logger = logging.getLogger(__name__)
 
@@ -93,6 +93,8 @@ class Worker:
         self._flight = threading.Condition()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)  # a full pipe already wakes: never block a writer
+        os.set_blocking(self._wake_r, False)
+        self.waiter = Waiter(settings.queue, self.stopping, self._wake_r)
         self._threads: list[threading.Thread] = []
         self._stop_requested_at: float | None = None
         self.rows_done = 0
@@ -217,6 +219,8 @@ class Worker:
             return  # stopped: nothing left to wake
         with contextlib.suppress(OSError):  # a full pipe already wakes the fetcher
             os.write(self._wake_w, b"x")
+        if self.stopping.is_set():
+            self.waiter.interrupt()  # a wait for jobs in the database
 
     def _close_wake_pipe(self) -> None:
         """Closes the wake pipe once no pipeline thread can use it any more. A thread that
@@ -239,13 +243,10 @@ class Worker:
     # --- fetcher --------------------------------------------------------------------------------
     def _fetcher(self) -> None:
         session = db.Session(self.dsn, "fetcher", self.stopping)
-        listener = Listener(
-            self.dsn, self.stopping, self._wake_r, self.registry, self.settings.listen
-        )
         try:
             while not self.stopping.is_set():
                 try:
-                    batch = self._next_batch(session, listener)
+                    batch = self._next_batch(session)
                 except exceptions.ConnectionLost as exc:
                     logger.warning("fetcher: connection lost (%s)", exc)
                     metrics.DATABASE_UP.set(0)
@@ -255,17 +256,13 @@ class Worker:
                     break  # drained (--once) or stopping
                 self._pass(self._loaded, Handoff(batch, release=self.stopping.is_set()))
         finally:
-            listener.close()
             session.close()
             self._loaded.put(None)
 
-    def _next_batch(self, session: db.Session, listener: Listener) -> Batch | None:
-        waiting = False  # registered as waiting, so that writers NOTIFY
+    def _next_batch(self, session: db.Session) -> Batch | None:
         while not self.stopping.is_set():
-            listener.ensure()
             if not self.settings.pull:
-                # Push only: listen for target changes, lease nothing.
-                listener.wait(self.settings.poll_seconds)
+                self.waiter.sleep(self.settings.poll_seconds)  # push only: lease nothing
                 continue
             conn = session.get()
             # For --once: nothing was in flight when this read began, so it read both lanes
@@ -278,16 +275,8 @@ class Worker:
             drained = batch is None and idle
             if self._work_behind_reads(conn, batch):
                 continue
-            if batch is not None and waiting:
-                self.queue.set_waiting(conn, False)
-                waiting = False
-            if batch is None and not waiting and not self.once:
-                # Register first, then look once more: a job committed after that look
-                # finds us registered and notifies.
-                self.queue.set_waiting(conn, True)
-                waiting = True
-                continue
             if batch is not None:
+                self.waiter.found_work()
                 self._begin(batch)
                 try:
                     stages.load(conn, batch, self.embedders)
@@ -299,8 +288,18 @@ class Worker:
                 continue  # a model change completed or re-queued rows: read again
             if self.once and drained and not self.indexer.busy:
                 return None
-            listener.wait(self._wait_seconds(conn))
+            self._wait_for_work(conn)
         return None
+
+    def _wait_for_work(self, conn: db.Connection) -> None:
+        """Until the queue may have work, a batch ends, or the poll interval is over (50 ms
+        with --once): in the database when nothing is in flight, else here (wakeups.py)."""
+        if self.once:
+            self.waiter.busy(conn, 0.05, backfill=self.lanes.backfill_room())
+        elif self._drained():
+            self.waiter.idle(conn, self.settings.poll_seconds)
+        else:
+            self.waiter.busy(conn, self.settings.poll_seconds, backfill=self.lanes.backfill_room())
 
     def _work_behind_reads(self, conn: db.Connection, batch: Batch | None) -> bool:
         """When a read runs short: the next range of a backfill (so that backfills are queued
@@ -312,16 +311,6 @@ class Worker:
         if batch is None:
             self.indexer.maybe_start(conn)
         return False
-
-    def _wait_seconds(self, conn: db.Connection) -> float:
-        """How long to sleep on LISTEN: until the next job of either lane becomes visible, at
-        most the poll interval (50 ms with --once)."""
-        timeout = self.settings.poll_seconds
-        for lane in self.lanes.readable():
-            next_visible = lane.queue.next_visible_in(conn)
-            if next_visible is not None:
-                timeout = min(timeout, max(next_visible, 0.005))
-        return min(timeout, 0.05) if self.once else timeout
 
     def _drained(self) -> bool:
         with self._flight:
