@@ -63,7 +63,7 @@ class ProviderServer:
         self.upstream = upstream
         self.api_key = api_key
         self.token_level = token_level  # huggingface: token vectors, unpooled
-        self.faults: list[str] = []
+        self.faults: list[str | None] = []  # None: this request answered well
         self.fault_for: Callable[[list[str]], str | None] | None = None
         self.down = False
         self.retry_after = 1.0

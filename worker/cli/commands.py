@@ -259,6 +259,7 @@ def failures(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- models -----------------------------------------------------------------------------------
 def model(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli import remote
     from worker.models import catalog, download, files
 
     if args.model_command == "list":
@@ -276,7 +277,8 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
                     r.source,
                 ]
                 for r in rows
-            ],
+            ]
+            + remote.list_rows(settings),
         )
         return EXIT_OK
     variant: catalog.Variant | Literal["all"] = args.download_variant or settings.model_variant
