@@ -96,6 +96,13 @@ def test_a_remote_model_embeds_like_a_local_one(
     ).fetchall() == [("remote-8", "test-model@8", "remote")]
     assert max(len(r["inputs"]) for r in provider.requests) <= 8  # the registered max_inputs
     assert provider.violations == []
+    # Cost: tokens as the provider counted them (usage.total_tokens), and requests, per model.
+    labels = {"provider": f"127.0.0.1:{provider.port}", "model": "remote-8"}
+    billed = sum(len(t) // 4 for r in provider.requests for t in r["inputs"])
+    assert metrics.REGISTRY.get_sample_value("embed_worker_provider_tokens_total", labels) == billed
+    assert metrics.REGISTRY.get_sample_value(
+        "embed_worker_provider_requests_total", {**labels, "outcome": "ok"}
+    ) == len(provider.requests)
 
 
 FAULTS = ["429", "500", "timeout", "reset", "truncated", "malformed", "wrong_count", "dup_index"]
