@@ -197,3 +197,33 @@ def test_vectors_of_the_wrong_dimension_defer_the_target_with_a_clear_error(
     assert reason is not None and "7-dimensional" in reason and "8 dimensions" in reason
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
     assert len(messages(conn)) > 0
+
+
+def test_adopted_vectors_are_kept_and_new_rows_written_beside_them(
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer
+) -> None:
+    """A guide user's table already holds the provider model's vectors: adopt_vectors() records
+    them as that model's, nothing is re-embedded, and new rows get vectors as usual."""
+    model = register(conn, provider)
+    conn.execute(f"CREATE TABLE docs (id bigint PRIMARY KEY, body text, embedding halfvec({DIMS}))")
+    conn.execute(
+        "INSERT INTO docs SELECT g, 'old ' || g, array_fill(0.5, ARRAY[%s])::halfvec"
+        " FROM generate_series(1, 5) g",
+        (DIMS,),
+    )
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, backfill => false)", (model,)
+    )
+    assert conn.execute("SELECT embeddings.adopt_vectors('docs')").fetchone() == (
+        "remote-8 test-model@8 remote",
+    )
+    conn.execute("INSERT INTO docs (id, body) VALUES (6, 'new row')")
+    drain(conn, run_once)
+    assert [len(r["inputs"]) for r in provider.requests] == [1]  # only the new row
+    got = vectors(conn)
+    assert np.allclose(got[6], fake_vector("new row", DIMS), atol=2e-3)
+    assert np.allclose(got[1], np.full(DIMS, 0.5), atol=1e-3)  # kept as they were
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="name the revision"):
+        conn.execute("SELECT embeddings.register_model('local-x', 8, 'local')")
+        conn.execute("UPDATE embeddings.targets SET model = 'local-x'")
+        conn.execute("SELECT embeddings.adopt_vectors('docs')")
