@@ -227,3 +227,25 @@ def test_adopted_vectors_are_kept_and_new_rows_written_beside_them(
         conn.execute("SELECT embeddings.register_model('local-x', 8, 'local')")
         conn.execute("UPDATE embeddings.targets SET model = 'local-x'")
         conn.execute("SELECT embeddings.adopt_vectors('docs')")
+
+
+def test_blue_green_changes_between_a_local_and_a_remote_model_both_ways(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    with ProviderServer(kind="openai", dims=384) as server:
+        remote = register(conn, server, name="remote-384")
+        watched_docs(conn, minilm, rows=12)
+        drain(conn, run_once)
+        local = vectors(conn)
+        conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (remote,))
+        drain(conn, run_once)
+        assert conn.execute("SELECT model FROM embeddings.targets").fetchone() == (remote,)
+        for i, v in vectors(conn).items():
+            assert np.allclose(v, fake_vector(f"document number {i}", 384), atol=2e-3)
+        conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+        drain(conn, run_once)
+    assert conn.execute("SELECT model FROM embeddings.targets").fetchone() == (minilm,)
+    back = vectors(conn)
+    assert all(np.allclose(back[i], local[i], atol=2e-3) for i in local)
+    producers = conn.execute("SELECT model FROM embeddings.provenance WHERE NOT shadow").fetchall()
+    assert producers == [(minilm,)]
