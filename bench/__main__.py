@@ -307,7 +307,7 @@ def main() -> int:
             "remote",  # the worker through infinity-emb vs infinity's own throughput
             lambda: remote.run(
                 fresh_db(cluster, template),
-                texts[: 256 if args.quick else 640],
+                texts[: 192 if args.quick else 512],
                 rounds=1 if args.quick else 2,
             ),
         )

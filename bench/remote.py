@@ -6,7 +6,9 @@ The server is infinity-emb serving all-MiniLM-L6-v2 on the CPU (tests/support/in
 worker code), requests of BATCH texts, IN_FLIGHT of them at once; the best over the levels is
 the server's capacity. The worker's: `embed-worker run --once` draining the same corpus from a
 watched table (queue, content load, requests, vector writes and acknowledgements all included),
-the model registered with max_in_flight = each level. The ratio says how busy the worker keeps
+the model registered with max_in_flight = each level, its wall time less that of the same run
+on an empty queue (process start, registry reads, shutdown). Texts are cut to TEXT_CHARS: the
+figures are about keeping the server busy, and this CPU serves long inputs slowly. The ratio says how busy the worker keeps
 the server (the issue's target: >= 0.9), and which in-flight setting gets there.
 
 Both run on the 2 cores here, beside the server, which itself needs the CPU: the worker's own
@@ -31,24 +33,19 @@ from tests.support import infinity
 
 BATCH = 32  # texts per request, both ways (the model's max_inputs; infinity's batch size)
 IN_FLIGHT = (1, 2, 4, 8)
+TEXT_CHARS = 300
 MODEL = "minilm-infinity"
-# When each row's vector landed (the worker writes a batch's rows in one statement, so one
-# batch's rows share a timestamp).
-STAMP = """
-ALTER TABLE bench_docs ADD COLUMN embedded_at timestamptz;
-CREATE OR REPLACE FUNCTION bench_docs_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.embedded_at := clock_timestamp();
-    RETURN NEW;
-END $$;
-CREATE TRIGGER bench_docs_stamp BEFORE UPDATE OF embedding ON bench_docs FOR EACH ROW
-    WHEN (NEW.embedding IS NOT NULL) EXECUTE FUNCTION bench_docs_stamp();
-"""
 
 
 def run(dsn: str, texts: list[str], *, rounds: int = 2, log: Path | None = None) -> dict[str, Any]:
     infinity.require_venv()
-    found: dict[str, Any] = {"rows": len(texts), "batch": BATCH, "levels": {}}
+    texts = [t[:TEXT_CHARS] for t in texts]
+    found: dict[str, Any] = {
+        "rows": len(texts),
+        "text_chars": TEXT_CHARS,
+        "batch": BATCH,
+        "levels": {},
+    }
     with infinity.serving(batch_size=BATCH, log=log) as base:
         _direct(base, texts[:BATCH])  # warm the server (first batches are slow)
         for level in IN_FLIGHT:
@@ -108,9 +105,6 @@ def _worker(dsn: str, base: str, texts: list[str], in_flight: int) -> float:
             " max_inputs => %s, max_in_flight => %s, timeout_seconds => 300, credential => '')",
             (MODEL, infinity.DIMS, base, infinity.MODEL, BATCH, in_flight),
         )
-    endtoend.prepare(dsn, MODEL, texts)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(STAMP)
     env = worker_process.worker_env(
         dsn,
         MODEL,
@@ -118,19 +112,16 @@ def _worker(dsn: str, base: str, texts: list[str], in_flight: int) -> float:
         # a batch holds in_flight requests' worth of rows, so that all slots are used
         EMBED_BATCH_SIZE=BATCH * in_flight,
     )
+    # The same run on an empty queue: process start, registry reads, shutdown (not throughput).
+    endtoend.prepare(dsn, MODEL, [])
+    started = time.perf_counter()
+    overhead = worker_process.wait(worker_process.start(env, "--once", "--no-progress"), started)
+    endtoend.prepare(dsn, MODEL, texts)
     started = time.perf_counter()
     process = worker_process.start(env, "--once", "--no-progress")
     cost = worker_process.wait(process, started)
     with psycopg.connect(dsn, autocommit=True) as conn:
         row = conn.execute("SELECT count(embedding), count(*) FROM bench_docs").fetchone()
-        # From the first batch's write to the last's: the rows after the first batch over that
-        # time (process start and model registry reads are not the steady state).
-        span = conn.execute(
-            "SELECT extract(epoch FROM max(embedded_at) - min(embedded_at)),"
-            " count(*) FILTER (WHERE embedded_at = (SELECT min(embedded_at) FROM bench_docs))"
-            " FROM bench_docs"
-        ).fetchone()
-    if cost.returncode != 0 or row is None or row[0] != row[1] or span is None:
+    if cost.returncode != 0 or overhead.returncode != 0 or row is None or row[0] != row[1]:
         raise RuntimeError(f"remote drain incomplete: {row}, exit code {cost.returncode}")
-    seconds, first = float(span[0]), int(span[1])
-    return (len(texts) - first) / seconds if seconds > 0 else len(texts) / cost.wall_s
+    return len(texts) / max(cost.wall_s - overhead.wall_s, 1e-3)
