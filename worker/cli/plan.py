@@ -27,7 +27,7 @@ from typing import Any
 import psycopg
 from psycopg import sql
 
-from worker import db, exceptions
+from worker import db, exceptions, queries
 from worker.cli import output
 from worker.models.remote.tokens import BYTES_PER_TOKEN
 
@@ -65,11 +65,7 @@ def make(
                 "(--content COLUMN --model M) to plan watching it"
             )
         name = model if model is not None else (target or {})["model"]
-        found = conn.execute(
-            "SELECT name, provider, max_tokens, max_inputs, max_request_tokens,"
-            " price_per_million_tokens FROM embeddings.models WHERE name = %s",
-            (name,),
-        ).fetchone()
+        found = conn.execute(queries.get("plan_model"), {"model": name}).fetchone()
         if found is None:
             raise exceptions.ConfigError(f"unknown model {name!r}: see `embed-worker model list`")
         _, provider, max_tokens, max_inputs, max_request_tokens, price = found
@@ -136,12 +132,7 @@ def show(plan: Plan, *, as_json: bool) -> None:
 
 
 def _target(conn: db.Connection, table: str, column: str | None) -> dict[str, Any] | None:
-    cursor = conn.execute(
-        "SELECT id, model, content_column, embedding_column FROM embeddings.targets"
-        " WHERE source = to_regclass(%s)"
-        " AND (%s::name IS NULL OR embedding_column = %s::name) ORDER BY id",
-        (table, column, column),
-    )
+    cursor = conn.execute(queries.get("plan_targets"), {"table": table, "column": column})
     columns = [c.name for c in cursor.description or ()]
     found = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
     if len(found) > 1:
@@ -155,22 +146,16 @@ def _target(conn: db.Connection, table: str, column: str | None) -> dict[str, An
 def _rows(conn: db.Connection, table: str, target: dict[str, Any] | None, changing: bool) -> int:
     """Rows to embed: all of them for a new or changed model, else those without a vector."""
     if target is not None:
-        row = conn.execute(
-            "SELECT total_rows, embedded_rows FROM embeddings.target_status(true)"
-            " WHERE target_id = %s",
-            (target["id"],),
-        ).fetchone()
+        row = conn.execute(queries.get("plan_target_rows"), {"target_id": target["id"]}).fetchone()
         if row is not None:
             total, embedded = int(row[0] or 0), int(row[1] or 0)
             return total if changing else max(total - embedded, 0)
-    row = conn.execute(
-        "SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%s)", (table,)
-    ).fetchone()
+    row = conn.execute(queries.get("plan_estimated_rows"), {"table": table}).fetchone()
     estimate = int(row[0]) if row else 0
     if estimate > 0:
         return estimate
     counted = conn.execute(
-        sql.SQL("SELECT count(*) FROM {}").format(sql.SQL(_regclass(conn, table)))
+        queries.compose("plan_count_rows", table=sql.SQL(_regclass(conn, table)))
     ).fetchone()
     return int(counted[0]) if counted else 0
 
@@ -179,10 +164,7 @@ def _tokens_per_row(
     conn: db.Connection, table: str, column: str, max_tokens: int
 ) -> tuple[float | None, str]:
     stats = conn.execute(
-        "SELECT s.avg_width FROM pg_stats s JOIN pg_class c ON c.relname = s.tablename"
-        " JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname"
-        " WHERE c.oid = to_regclass(%s) AND s.attname = %s",
-        (table, column),
+        queries.get("plan_column_width"), {"table": table, "column": column}
     ).fetchone()
     if stats is not None and stats[0]:
         width, where = float(stats[0]), "from the column's statistics"
@@ -190,14 +172,12 @@ def _tokens_per_row(
         try:
             with conn.transaction():
                 found = conn.execute(
-                    sql.SQL(
-                        "SELECT avg(octet_length({col}::text)) FROM"
-                        " (SELECT {col} FROM {table} LIMIT {n}) s"
-                    ).format(
-                        col=sql.Identifier(column),
+                    queries.compose(
+                        "plan_sample_width",
+                        column=sql.Identifier(column),
                         table=sql.SQL(_regclass(conn, table)),
-                        n=sql.Literal(SAMPLE_ROWS),
-                    )
+                    ),
+                    {"rows": SAMPLE_ROWS},
                 ).fetchone()
         except psycopg.Error:  # no SELECT on it, say: the caller's rights decide
             found = None
@@ -209,7 +189,7 @@ def _tokens_per_row(
 
 def _regclass(conn: db.Connection, table: str) -> str:
     """The table's name as Postgres quotes it (regclass's output), or ConfigError."""
-    row = conn.execute("SELECT to_regclass(%s)::text", (table,)).fetchone()
+    row = conn.execute(queries.get("regclass_text"), {"table": table}).fetchone()
     if row is None or row[0] is None:
         raise exceptions.ConfigError(f"no table {table}")
     return str(row[0])

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 
-from worker import db, exceptions, queries
+from worker import db, exceptions, queries, schema
 from worker.config import Settings
 from worker.models.remote.spec import RemoteSpec
 
@@ -18,13 +18,10 @@ def registered(settings: Settings) -> list[RemoteSpec] | None:
     read: `model list` still lists the local models."""
     try:
         with db.connect(settings.dsn, connect_timeout=3) as conn, db.translated():
-            if not conn.execute("SELECT to_regclass('embeddings.models') IS NOT NULL").fetchone():
+            if not schema.installed(conn):
                 return []
-            found = conn.execute(
-                "SELECT 1 FROM information_schema.columns WHERE table_schema = 'embeddings'"
-                " AND table_name = 'models' AND column_name = 'provider'"
-            ).fetchone()
-            if found is None:  # a schema before remote models: `migrate` adds them
+            found = conn.execute(queries.get("models_have_providers")).fetchone()
+            if not found or not found[0]:  # a schema before remote models: `migrate` adds them
                 return []
             cursor = conn.execute(queries.get("remote_models"))
             columns = [c.name for c in cursor.description or ()]
