@@ -296,6 +296,7 @@ BEGIN
     ELSE
         made := made || embeddings.generate_chunk_access(t, a);
     END IF;
+    made := made || embeddings.generate_verify_access(t, a);  -- the verifying sweep's (sql/64_verify.sql)
 
     -- The owner's, run by this schema's owner (the trigger functions) and the worker roles,
     -- with the owner's search path (written with ours: owner_search_path() says why).
@@ -536,7 +537,7 @@ BEGIN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace
           AND p.proname ~ ('^embeddings_' || t.id || '_(content|lock|load|scan|store|blank|store_shadow|blank_shadow'
-                           '|unshadowed|swap_prepare|nearest|reusable|chunks)$')
+                           '|unshadowed|swap_prepare|nearest|reusable|chunks|verify|clear_failing)$')
     LOOP
         EXECUTE format('DROP FUNCTION %s', fn);
     END LOOP;

@@ -45,9 +45,12 @@ BEGIN
 END
 $$;
 
+-- With `verify`, also a slice of the verifying pass (sql/64_verify.sql): rows whose vector is not
+-- that of their current content and definition are queued too.
 CREATE FUNCTION embeddings.sweep(
     max_rows integer DEFAULT 1000,
-    archive_retention interval DEFAULT '7 days'
+    archive_retention interval DEFAULT '7 days',
+    verify boolean DEFAULT false
 ) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -119,6 +122,10 @@ BEGIN
         total := total + coalesce(enqueued, 0);
     END LOOP;
 
+    IF verify THEN
+        total := total + embeddings.verify(max_rows);
+    END IF;
+
     -- Archived jobs (dead letters' messages, pgmq.archive) older than the retention.
     IF archive_retention IS NOT NULL THEN
         FOR q IN SELECT name FROM embeddings.queues LOOP
@@ -140,7 +147,8 @@ $$;
 CREATE FUNCTION embeddings.schedule_sweep(
     schedule text DEFAULT '* * * * *',
     max_rows integer DEFAULT 1000,
-    archive_retention interval DEFAULT '7 days'
+    archive_retention interval DEFAULT '7 days',
+    verify boolean DEFAULT false
 ) RETURNS bigint
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -150,7 +158,7 @@ BEGIN
     END IF;
     RETURN cron.schedule(
         'embeddings-sweep', schedule,
-        format('SELECT embeddings.sweep(%s, %L::interval)', max_rows, archive_retention));
+        format('SELECT embeddings.sweep(%s, %L::interval, %L)', max_rows, archive_retention, verify));
 END
 $$;
 

@@ -317,3 +317,13 @@ SELECT message -> 'target' AS target_id,
 FROM {queue_table}
 WHERE (SELECT yes FROM small) AND message ? 'last_error'
 GROUP BY 1, 2, 3, 4;
+
+-- name: record_fingerprints
+-- The fingerprints (content and definition) of the vectors this write transaction stores: what
+-- embeddings.sweep(verify => true) checks each row's vector against (sql/64_verify.sql).
+SELECT embeddings.record_fingerprints(%(target_id)s, %(shadow)s, %(keys)s::text[], %(hashes)s::text[]);
+
+-- name: clear_failing
+-- Clears the vectors of rows whose content function raises now: no vector rather than one of
+-- an older definition. The target's embeddings_<id>_clear_failing(), as the table's owner.
+SELECT k FROM {clear_failing}(%(keys)s::text[]{key_arrays}) AS k;
