@@ -30,10 +30,14 @@ def watched_docs(conn: Conn, minilm: str, run_once: RunOnce, *, partitioned: boo
         conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text) PARTITION BY RANGE (id)")
         conn.execute("CREATE TABLE docs_low PARTITION OF docs FOR VALUES FROM (0) TO (100)")
         conn.execute("CREATE TABLE docs_high PARTITION OF docs FOR VALUES FROM (100) TO (200)")
-        conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta'), (101, 'gamma'), (102, 'delta')")
+        conn.execute(
+            "INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta'), (101, 'gamma'), (102, 'delta')"
+        )
     else:
         conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
-        conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma'), (4, 'delta')")
+        conn.execute(
+            "INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma'), (4, 'delta')"
+        )
     row = conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,)).fetchone()
     assert row is not None
     run_once()
@@ -133,9 +137,7 @@ def test_a_re_registration_whose_content_function_raises_leaves_no_old_vector(
     ).fetchone()
     assert failure is not None and "no text for 2" in failure[0]
     assert verify(conn) == 0  # the failure waits for `failures --retry`, not for the sweep
-    rows = conn.execute(
-        "SELECT id FROM docs WHERE embedding IS NOT NULL ORDER BY id"
-    ).fetchall()
+    rows = conn.execute("SELECT id FROM docs WHERE embedding IS NOT NULL ORDER BY id").fetchall()
     assert rows == [(1,), (3,), (4,)]
 
 
