@@ -4,6 +4,10 @@ vector: the verifying sweep finds each one and a worker repairs it."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -180,3 +184,44 @@ def test_a_chunked_target_is_verified_too(
     assert verify(conn) == 0
     chunk = conn.execute("SELECT chunk FROM docs_chunks WHERE id = 2").fetchone()
     assert chunk is not None and "edited unseen" in chunk[0]
+
+
+def test_the_cli_sweeps_with_verification_and_status_reports_it(
+    conn: Conn, dsn: str, minilm: str, run_once: RunOnce
+) -> None:
+    target = watched_docs(conn, minilm, run_once)
+    conn.execute("SET session_replication_role = replica")
+    conn.execute("UPDATE docs SET body = 'unseen' WHERE id = 4")
+    conn.execute("RESET session_replication_role")
+    env = {**os.environ, "DATABASE_URL": dsn}
+    found = subprocess.run(
+        [sys.executable, "-m", "worker", "sweep", "--verify", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(found.stdout)
+    assert result["queued"] == 1
+    assert [v["verified_rows"] for v in result["verification"]] == [4]
+    assert queued_keys(conn, target) == [4]
+    shown = subprocess.run(
+        [sys.executable, "-m", "worker", "status", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    (status,) = json.loads(shown.stdout)
+    assert status["verified_rows"] == 4 and status["last_verified"] is not None
+    table = subprocess.run(
+        [sys.executable, "-m", "worker", "status"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    assert "4 row(s) verified against their content by the pass finished" in table.stdout
