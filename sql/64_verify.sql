@@ -323,3 +323,47 @@ FROM embeddings.targets t
 LEFT JOIN embeddings.verify_cursors c ON c.target_id = t.id
 WHERE EXISTS (SELECT FROM pg_class r WHERE r.oid = t.source);
 GRANT SELECT ON embeddings.verification TO PUBLIC;
+
+-- Trusts the vectors target (source, embedding_column) holds now: records, for every row with a
+-- vector and no fingerprint, the fingerprint of its current content and definition, so that the
+-- verifying sweep does not queue it. For vectors written before fingerprints existed (a database
+-- upgraded from 0.1), when re-embedding them all once is not wanted; only where they are known
+-- to be current. The content is evaluated by embeddings_<id>_verify(), as the table's owner.
+-- Returns the number of fingerprints recorded.
+CREATE FUNCTION embeddings.adopt_fingerprints(source regclass, embedding_column name DEFAULT 'embedding')
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets;
+    s record;
+    after jsonb;
+    scanned integer;
+    added integer;
+    total bigint := 0;
+BEGIN
+    SELECT * INTO t FROM embeddings.targets tg
+    WHERE tg.source = adopt_fingerprints.source AND tg.embedding_column = adopt_fingerprints.embedding_column;
+    IF t.id IS NULL THEN
+        RAISE EXCEPTION '%.% is not watched', source, embedding_column USING ERRCODE = 'undefined_object';
+    END IF;
+    s := embeddings.fingerprint_slot(t, false);
+    LOOP
+        EXECUTE format($q$
+            WITH slice AS (SELECT v.*, row_number() OVER () AS ord FROM embeddings.%I($1, 10000) v),
+            added AS (
+                INSERT INTO embeddings.fingerprints (target_id, slot, key, fingerprint)
+                SELECT $2, $3, x.key, pg_catalog.md5($4 || x.digest) FROM slice x
+                WHERE x.has_vector AND NOT x.failed AND NOT x.blank
+                ON CONFLICT (target_id, slot, key) DO NOTHING
+                RETURNING 1)
+            SELECT (SELECT count(*) FROM slice)::int, (SELECT key FROM slice ORDER BY ord DESC LIMIT 1),
+                   (SELECT count(*) FROM added)::int
+            $q$, 'embeddings_' || t.id || '_verify')
+        INTO scanned, after, added
+        USING after, t.id, s.slot, embeddings.definition_tag(t, s.model);
+        total := total + added;
+        EXIT WHEN scanned < 10000;
+    END LOOP;
+    RETURN total;
+END
+$$;

@@ -225,3 +225,15 @@ def test_the_cli_sweeps_with_verification_and_status_reports_it(
         check=True,
     )
     assert "4 row(s) verified against their content by the pass finished" in table.stdout
+
+
+def test_vectors_from_before_fingerprints_are_queued_unless_adopted(
+    conn: Conn, minilm: str, run_once: RunOnce
+) -> None:
+    target = watched_docs(conn, minilm, run_once)
+    conn.execute("DELETE FROM embeddings.fingerprints")  # as after an upgrade from 0.1
+    assert verify(conn) == 4  # nothing says what they were made from: embedded again
+    clear_queue(conn)
+    assert conn.execute("SELECT embeddings.adopt_fingerprints('docs')").fetchone() == (4,)
+    assert verify(conn) == 0
+    assert queued_keys(conn, target) == []
