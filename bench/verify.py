@@ -138,7 +138,8 @@ def concurrent_tps(dsn: str, target: int, rows: int, seconds: int, rounds: int) 
 
 
 def write_stage(dsn: str, rounds: int, batches: int, batch_rows: int = 64) -> dict[str, Any]:
-    """The worker's vector write (store function + fingerprints) in its own transactions."""
+    """The worker's write of a target's rows (write._write_target: the store function, then the
+    fingerprints) in transactions of `batch_rows` rows, with and without the fingerprints."""
     with db.connect(dsn) as conn:
         conn.execute(
             "CREATE TABLE wdocs (id bigint PRIMARY KEY, body text, embedding halfvec(384))"
@@ -154,11 +155,11 @@ def write_stage(dsn: str, rounds: int, batches: int, batch_rows: int = 64) -> di
         digests = dict(conn.execute("SELECT id::text, md5(body) FROM wdocs").fetchall())
         rng = np.random.default_rng(1)
         vector = rng.standard_normal(DIMS).astype(np.float32)
-        real = fingerprints.record
+        real = fingerprints.record_written
         rates: dict[str, list[float]] = {"without": [], "with": []}
         for _ in range(rounds):
             for variant in ("without", "with"):
-                fingerprints.record = real if variant == "with" else (lambda *a, **k: None)
+                fingerprints.record_written = real if variant == "with" else (lambda *a, **k: None)
                 try:
                     started = time.perf_counter()
                     for b in range(batches):
@@ -173,10 +174,10 @@ def write_stage(dsn: str, rounds: int, batches: int, batch_rows: int = 64) -> di
                             for k in range(b * batch_rows + 1, (b + 1) * batch_rows + 1)
                         ]
                         with conn.transaction():
-                            write._store(conn, target, rows, [])
+                            write._write_target(conn, target, rows, write.WriteOutcome())
                     rates[variant].append(batches * batch_rows / (time.perf_counter() - started))
                 finally:
-                    fingerprints.record = real
+                    fingerprints.record_written = real
         conn.execute("DROP TABLE wdocs")
     return {
         "batch_rows": batch_rows,

@@ -84,6 +84,8 @@ BEGIN
             END IF;
             CONTINUE;
         END IF;
+        -- A verifying sweep queues rows without a vector too (below): one evaluation per row.
+        CONTINUE WHEN verify;
         SELECT after_key INTO cursor_key FROM embeddings.sweep_cursors WHERE target_id = t.id;
 
         BEGIN

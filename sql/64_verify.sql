@@ -52,12 +52,20 @@ LANGUAGE sql STABLE AS $$
                                     t.chunk_tokens, t.chunk_overlap))
 $$;
 
+-- The side table of target t (a target whose vectors live in a table of their own, sql/56_side.sql
+-- where installed), else NULL. Read through the row's JSON so that this file installs with or
+-- without that column.
+CREATE FUNCTION embeddings.side_table_of(t embeddings.targets) RETURNS regclass
+LANGUAGE sql STABLE AS $$
+    SELECT (pg_catalog.to_jsonb(t) ->> 'side_table')::regclass
+$$;
+
 -- The slot of target t's vectors (its embedding column, or with `shadow` its model change's
 -- shadow column; 0 for a chunked target), and the model they are made with.
 CREATE FUNCTION embeddings.fingerprint_slot(t embeddings.targets, shadow boolean DEFAULT false,
                                             OUT slot smallint, OUT model text)
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN t.chunk_table IS NOT NULL THEN 0::smallint
+    SELECT CASE WHEN t.chunk_table IS NOT NULL OR embeddings.side_table_of(t) IS NOT NULL THEN 0::smallint
                 WHEN shadow THEN embeddings.attnum_of(t.source, mc.shadow_column)
                 ELSE embeddings.attnum_of(t.source, t.embedding_column) END,
            CASE WHEN shadow THEN mc.model ELSE t.model END
@@ -139,14 +147,17 @@ DECLARE
     after_sql text := embeddings.key_after_sql(t, 't', ARRAY(
         SELECT format(CASE WHEN nkeys = 1 THEN '($1 #>> ''{}'')::%2$s' ELSE '($1 ->> %1$s)::%2$s' END, i - 1, types[i])
         FROM generate_series(1, nkeys) i ORDER BY i));
-    has_vector text := CASE WHEN t.chunk_table IS NULL THEN format('t.%I IS NOT NULL', t.embedding_column)
-                            ELSE format('EXISTS (SELECT FROM %s c WHERE %s)', t.chunk_table,
+    -- Where the vectors are: the row itself, or the chunk table or side table (keyed by the
+    -- source's key columns, same names).
+    apart regclass := coalesce(t.chunk_table, embeddings.side_table_of(t));
+    has_vector text := CASE WHEN apart IS NULL THEN format('t.%I IS NOT NULL', t.embedding_column)
+                            ELSE format('EXISTS (SELECT FROM %s c WHERE %s)', apart,
                                         embeddings.key_equal_sql(t, 'c', 't')) END;
-    clear_sql text := CASE WHEN t.chunk_table IS NULL
+    clear_sql text := CASE WHEN apart IS NULL
                            THEN format('UPDATE %s t SET %I = NULL WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place',
                                        t.source, t.embedding_column)
                            ELSE format('DELETE FROM %s c USING %s t WHERE %s AND t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place',
-                                       t.chunk_table, t.source, embeddings.key_equal_sql(t, 'c', 't')) END;
+                                       apart, t.source, embeddings.key_equal_sql(t, 'c', 't')) END;
 BEGIN
     EXECUTE format(
         $f$CREATE FUNCTION embeddings.%1$I(after jsonb, max_rows integer)

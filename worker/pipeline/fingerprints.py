@@ -16,7 +16,7 @@ import logging
 import psycopg
 
 from worker import db, queries
-from worker.pipeline.batch import Row
+from worker.pipeline.batch import Row, RowState
 from worker.pipeline.targets import Target
 
 log = logging.getLogger(__name__)
@@ -25,19 +25,48 @@ log = logging.getLogger(__name__)
 def record(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool = False) -> None:
     """Records the fingerprints of `rows`, whose vectors (`shadow`: new-model vectors in the
     shadow column) this transaction has just stored. Never fails the write (the SQL function
-    catches its own errors): a vector without a fingerprint is only verified again."""
+    catches its own errors; a role without EXECUTE on it, one not prepared by grant_worker(),
+    gets a warning): a vector without a fingerprint is only verified, and embedded, again."""
     rows = [r for r in rows if r.digest is not None]
     if not rows:
         return
-    conn.execute(
-        queries.compose("record_fingerprints"),
-        {
-            "target_id": target.id,
-            "shadow": shadow,
-            "keys": [r.key for r in rows],
-            "hashes": [r.digest for r in rows],
-        },
-    )
+    try:
+        with conn.transaction():
+            conn.execute(
+                queries.compose("record_fingerprints"),
+                {
+                    "target_id": target.id,
+                    "shadow": shadow,
+                    "keys": [r.key for r in rows],
+                    "hashes": [r.digest for r in rows],
+                },
+            )
+    except psycopg.Error as exc:
+        if db.is_connection_error(exc):
+            raise
+        log.warning(
+            "%s: fingerprints not recorded (SELECT embeddings.grant_worker(current_user) as the"
+            " schema owner gives the worker role what it needs): %s",
+            target.name,
+            db.redact(str(exc).strip()),
+        )
+
+
+def record_written(
+    conn: db.Connection,
+    target: Target,
+    embedded: list[Row],
+    states: dict[tuple[int, str], RowState],
+) -> None:
+    """Records the fingerprints of the `embedded` rows whose vectors the write stored (`states`:
+    the store's outcome by (target id, key)): in the target's vector column, and during a model
+    change in its shadow column too (a change's own jobs write only that one)."""
+    written = [r for r in embedded if states.get((target.id, r.key)) is RowState.WRITTEN]
+    record(conn, target, [r for r in written if not r.shadow_only])
+    shadow = [
+        r for r in written if r.shadow_only or (target.in_change and r.shadow_vector is not None)
+    ]
+    record(conn, target, shadow, shadow=True)
 
 
 def clear_failing(conn: db.Connection, target: Target, failed: list[Row]) -> set[str]:

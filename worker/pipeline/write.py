@@ -171,6 +171,7 @@ def _write_target(
         with conn.transaction():  # a savepoint: a failure here fails only this target's rows
             stored = _store(conn, target, embedded, blank)
         outcome.record(stored)  # the savepoint was released: its effect stands (until COMMIT)
+        fingerprints.record_written(conn, target, embedded, stored)
     except psycopg.Error as exc:
         if db.is_connection_error(exc):
             raise
@@ -190,6 +191,7 @@ def _write_target(
                     else:
                         stored = _store(conn, target, [], [row])
                 outcome.record(stored)
+                fingerprints.record_written(conn, target, embedded, stored)
             except psycopg.Error as row_exc:
                 if db.is_connection_error(row_exc):
                     raise
@@ -210,8 +212,6 @@ def _store(
     (leaving the rows untouched: the caller's transaction may still roll back)."""
     if target.chunk_table is not None:  # chunked targets: chunks.store writes, under the same rule
         stored = chunks.store(conn, target, embedded, blank)
-        done = [r for r in embedded if stored[r.key] is RowState.WRITTEN]
-        fingerprints.record(conn, target, done)
         return {(target.id, key): state for key, state in stored.items()}
     states: dict[RowKey, RowState] = {}
     # A target being changed to another model gets the new model's vectors in its shadow column
@@ -225,13 +225,11 @@ def _store(
             states[(target.id, row.key)] = (
                 RowState.WRITTEN if row.key in written else RowState.STALE
             )
-        fingerprints.record(conn, target, [r for r in full if r.key in written])
         if target.in_change:
             _write_shadow(conn, target, [r for r in full if r.key in written])
     shadow_only = [r for r in embedded if r.shadow_only]
     if shadow_only:
         written = _write(conn, target, shadow_only, shadow=True)
-        fingerprints.record(conn, target, [r for r in shadow_only if r.key in written], shadow=True)
         for row in shadow_only:
             states[(target.id, row.key)] = (
                 RowState.WRITTEN if row.key in written else RowState.STALE
@@ -272,9 +270,7 @@ def _write_shadow(conn: db.Connection, target: Target, rows: list[Row]) -> None:
     """The new-model vectors of rows just written with the target's model. Rows without one
     (the new model could not be loaded) have their shadow vector cleared: one of their older
     content must not be swapped in; the change queues them again before it completes."""
-    with_vector = [r for r in rows if r.shadow_vector is not None]
-    written = _write(conn, target, with_vector, shadow=True)
-    fingerprints.record(conn, target, [r for r in with_vector if r.key in written], shadow=True)
+    _write(conn, target, [r for r in rows if r.shadow_vector is not None], shadow=True)
     _clear(conn, target, [r for r in rows if r.shadow_vector is None], shadow=True)
 
 
