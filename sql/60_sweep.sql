@@ -160,7 +160,8 @@ BEGIN
     END IF;
     RETURN cron.schedule(
         'embeddings-sweep', schedule,
-        format('SELECT embeddings.sweep(%s, %L::interval, %L)', max_rows, archive_retention, verify));
+        format('SELECT embeddings.sweep(%s, %L::interval%s)', max_rows, archive_retention,
+               CASE WHEN verify THEN ', verify => true' ELSE '' END));
 END
 $$;
 

@@ -237,3 +237,26 @@ def test_vectors_from_before_fingerprints_are_queued_unless_adopted(
     assert conn.execute("SELECT embeddings.adopt_fingerprints('docs')").fetchone() == (4,)
     assert verify(conn) == 0
     assert queued_keys(conn, target) == []
+
+
+def test_a_model_change_leaves_every_vector_verified(
+    conn: Conn, run_once: RunOnce, tiny_models: tuple[str, str]
+) -> None:
+    """The shadow column's vectors get fingerprints of the new model as they are written; after
+    the swap they are the target's, with no rewrite of the fingerprints."""
+    first, second = tiny_models
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g, 'document ' || g FROM generate_series(1, 6) g")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (first,))
+    run_once(model=first)
+    assert verify(conn) == 0
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
+    assert verify(conn) == 0  # the old model's vectors serve, and are current, until the swap
+    run_once(model=first)
+    conn.execute("SELECT * FROM embeddings.complete_changes()")
+    row = conn.execute("SELECT model FROM embeddings.targets").fetchone()
+    assert row == (second,)
+    assert verify(conn) == 0
+    conn.execute("UPDATE docs SET body = 'edited' WHERE id = 3")  # seen by the triggers
+    clear_queue(conn)  # and its job lost: the vector was cleared, the sweep queues it
+    assert verify(conn) == 1
