@@ -63,8 +63,10 @@ BAR_WIDTH = 20
 def fetch(conn: db.Connection, *, exact: bool = False) -> list[dict[str, Any]]:
     with db.translated():
         cur = conn.execute(
-            sql.SQL("SELECT {} FROM embeddings.{} ORDER BY target").format(
-                sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), sql.Identifier(VIEWS[exact])
+            queries.compose(
+                "status_rows",
+                columns=sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
+                view=sql.Identifier("embeddings", VIEWS[exact]),
             )
         )
         rows = [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]
@@ -86,13 +88,10 @@ def _add_verification(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
         row.update(dict.fromkeys(VERIFICATION))
     try:
         with db.translated(), conn.transaction():
-            found = conn.execute(
-                "SELECT target_id, verified_rows, last_verified, pass_rows, pass_started"
-                " FROM embeddings.verification"
-            ).fetchall()
+            found = conn.execute(queries.compose("verification")).fetchall()
     except (psycopg.Error, exceptions.EmbedWorkerError):
         return
-    by_id = {r[0]: r[1:] for r in found}
+    by_id = {r[1]: r[2:] for r in found}
     for row in rows:
         if row["target_id"] in by_id:
             row.update(zip(VERIFICATION, by_id[row["target_id"]], strict=True))

@@ -9,30 +9,19 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from worker import db
+from worker import db, queries
 from worker.cli import output
 
 
 def run(conn: db.Connection, args: argparse.Namespace) -> dict[str, Any]:
     with db.translated():
         row = conn.execute(
-            "SELECT embeddings.sweep(max_rows => %s, verify => %s)", (args.max_rows, args.verify)
+            queries.compose("sweep"), {"max_rows": args.max_rows, "verify": args.verify}
         ).fetchone()
         queued = int(row[0]) if row else 0
-        verification = [
-            dict(
-                zip(
-                    ("target", "verified_rows", "last_verified", "pass_rows", "pass_started"),
-                    r,
-                    strict=True,
-                )
-            )
-            for r in conn.execute(
-                "SELECT target, verified_rows, last_verified, pass_rows, pass_started"
-                " FROM embeddings.verification ORDER BY target"
-            ).fetchall()
-        ]
-    return {"queued": queued, "verification": verification}
+        found = conn.execute(queries.compose("verification")).fetchall()
+    names = ("target", "target_id", "verified_rows", "last_verified", "pass_rows", "pass_started")
+    return {"queued": queued, "verification": [dict(zip(names, r, strict=True)) for r in found]}
 
 
 def show(result: dict[str, Any], *, as_json: bool) -> None:
