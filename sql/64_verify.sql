@@ -64,12 +64,24 @@ $$;
 -- shadow column; 0 for a chunked target), and the model they are made with.
 CREATE FUNCTION embeddings.fingerprint_slot(t embeddings.targets, shadow boolean DEFAULT false,
                                             OUT slot smallint, OUT model text)
-LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN t.chunk_table IS NOT NULL OR embeddings.side_table_of(t) IS NOT NULL THEN 0::smallint
-                WHEN shadow THEN embeddings.attnum_of(t.source, mc.shadow_column)
-                ELSE embeddings.attnum_of(t.source, t.embedding_column) END,
-           CASE WHEN shadow THEN mc.model ELSE t.model END
-    FROM (SELECT) one LEFT JOIN embeddings.model_changes mc ON mc.target_id = t.id
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- (PL/pgSQL: its statements' plans are kept for the session; the worker calls it per batch)
+DECLARE
+    change embeddings.model_changes;
+BEGIN
+    model := t.model;
+    IF t.chunk_table IS NOT NULL OR embeddings.side_table_of(t) IS NOT NULL THEN
+        slot := 0;
+        RETURN;
+    END IF;
+    IF shadow THEN
+        SELECT * INTO change FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
+        model := change.model;
+    END IF;
+    SELECT a.attnum INTO slot FROM pg_attribute a
+    WHERE a.attrelid = t.source AND a.attname = CASE WHEN shadow THEN change.shadow_column ELSE t.embedding_column END
+      AND a.attnum > 0 AND NOT a.attisdropped;
+END
 $$;
 
 -- The row key in its JSON form (as jobs carry it and embeddings_<id>_verify() returns it) of
@@ -90,6 +102,17 @@ LANGUAGE sql STABLE AS $$
                 FROM unnest(t.key_types) WITH ORDINALITY AS u(ty, i)) k) part
 $$;
 
+-- key_json_from_text_sql() of each target's definition version, kept: building it reads the
+-- catalog (several milliseconds), and the worker needs it for every batch it writes. Written
+-- only by record_fingerprints() (as this schema's owner); every ALTER of a watched table and
+-- every watch() gives the target a new version, so a kept expression never outlives its key.
+CREATE TABLE IF NOT EXISTS embeddings.fingerprint_keys (
+    target_id integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
+    version   integer NOT NULL,
+    key_sql   text NOT NULL,
+    PRIMARY KEY (target_id, version)
+);
+
 -- Records the fingerprints of vectors the worker is writing (in its write transaction): rows
 -- `keys` (canonical text) of target `target_id`, made from content whose md5 is `digests`
 -- (NULL: nothing stored, nothing recorded); `shadow`: in the model change's shadow column.
@@ -101,6 +124,7 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
     s record;
+    key_sql text;
     recorded integer;
 BEGIN
     SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = record_fingerprints.target_id;
@@ -111,6 +135,13 @@ BEGIN
     IF s.slot IS NULL THEN
         RETURN 0;
     END IF;
+    SELECT fk.key_sql INTO key_sql FROM embeddings.fingerprint_keys fk
+    WHERE fk.target_id = t.id AND fk.version = t.version;
+    IF key_sql IS NULL THEN
+        key_sql := embeddings.key_json_from_text_sql(t, 'v.k');
+        DELETE FROM embeddings.fingerprint_keys fk WHERE fk.target_id = t.id;
+        INSERT INTO embeddings.fingerprint_keys VALUES (t.id, t.version, key_sql) ON CONFLICT DO NOTHING;
+    END IF;
     BEGIN
         EXECUTE format(
             'INSERT INTO embeddings.fingerprints AS f (target_id, slot, key, fingerprint)'
@@ -118,7 +149,7 @@ BEGIN
             ' FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)) AS v(k, h) WHERE v.h IS NOT NULL'
             ' ON CONFLICT (target_id, slot, key) DO UPDATE'
             ' SET fingerprint = excluded.fingerprint, written_at = excluded.written_at',
-            embeddings.key_json_from_text_sql(t, 'v.k'))
+            key_sql)
         USING t.id, s.slot, embeddings.definition_tag(t, s.model), keys, digests;
         GET DIAGNOSTICS recorded = ROW_COUNT;
     EXCEPTION WHEN OTHERS THEN
