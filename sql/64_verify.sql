@@ -70,7 +70,7 @@ DECLARE
     change embeddings.model_changes;
 BEGIN
     model := t.model;
-    IF t.chunk_table IS NOT NULL OR embeddings.side_table_of(t) IS NOT NULL THEN
+    IF t.chunk_table IS NOT NULL THEN
         slot := 0;
         RETURN;
     END IF;
@@ -78,8 +78,8 @@ BEGIN
         SELECT * INTO change FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
         model := change.model;
     END IF;
-    SELECT a.attnum INTO slot FROM pg_attribute a
-    WHERE a.attrelid = t.source AND a.attname = CASE WHEN shadow THEN change.shadow_column ELSE t.embedding_column END
+    SELECT a.attnum INTO slot FROM pg_attribute a  -- in the side table, for a side-table target
+    WHERE a.attrelid = coalesce(embeddings.side_table_of(t), t.source) AND a.attname = CASE WHEN shadow THEN change.shadow_column ELSE t.embedding_column END
       AND a.attnum > 0 AND NOT a.attisdropped;
 END
 $$;

@@ -260,3 +260,37 @@ def test_a_model_change_leaves_every_vector_verified(
     conn.execute("UPDATE docs SET body = 'edited' WHERE id = 3")  # seen by the triggers
     clear_queue(conn)  # and its job lost: the vector was cleared, the sweep queues it
     assert verify(conn) == 1
+
+
+def test_a_side_table_target_is_verified_too(conn: Conn, minilm: str, run_once: RunOnce) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma')")
+    row = conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, store => 'side')", (minilm,)
+    ).fetchone()
+    assert row is not None
+    target = int(row[0])
+    run_once()
+    assert verify(conn) == 0
+    before = conn.execute("SELECT embedding::text FROM docs_embeddings WHERE id = 2").fetchone()
+    conn.execute("ALTER TABLE docs DISABLE TRIGGER USER")
+    conn.execute("UPDATE docs SET body = 'beta, edited unseen' WHERE id = 2")
+    conn.execute("ALTER TABLE docs ENABLE TRIGGER USER")
+    assert verify(conn) == 1
+    assert queued_keys(conn, target) == [2]
+    run_once()
+    assert verify(conn) == 0
+    after = conn.execute("SELECT embedding::text FROM docs_embeddings WHERE id = 2").fetchone()
+    assert after is not None and after != before
+    # A re-registration whose content function raises for a row: its side row goes.
+    conn.execute(
+        "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE plpgsql STABLE AS $$"
+        " BEGIN IF d.id = 3 THEN RAISE EXCEPTION 'no text'; END IF; RETURN d.body; END $$"
+    )
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'doc_text', model => %s, store => 'side')", (minilm,)
+    )
+    clear_queue(conn)
+    assert verify(conn) == 3
+    run_once()
+    assert conn.execute("SELECT id FROM docs_embeddings ORDER BY id").fetchall() == [(1,), (2,)]

@@ -1,7 +1,7 @@
 """Chunked targets in the pipeline: split each document, embed only the chunks that changed,
 write a document's chunks under the same stale-write guard as a row's vector.
 
-The pipeline calls in at three points, one per stage:
+The pipeline calls in at three points, one per stage (through worker/pipeline/stores/chunked.py):
 
   prepare (load stage, after the content is loaded)  splits each document with the model's
       tokenizer; looks up the vectors already stored for chunks with the same hash (text and
@@ -66,24 +66,23 @@ class DocumentChunks:
 
 
 # --- load stage ---------------------------------------------------------------------------------
-def prepare(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
-    """Splits the loaded documents of chunked targets (with the tokenizer of the target's model,
-    read once per process) and finds their reusable vectors."""
-    for target, rows in batch.by_target(RowState.READY).items():
-        if target.chunk_table is None:
-            continue
-        assert target.chunk_tokens is not None
-        try:
-            tokenizer = models.tokenizer(target.model)
-        except exceptions.ModelError as exc:
-            batch.deferred[target.id] = str(exc)
-            continue
-        splitter = Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
-        admitted = _split_within_budget(splitter, target, rows)
-        try:
-            _find_stored_vectors(conn, target, admitted)
-        except exceptions.TargetUnavailable as exc:
-            batch.deferred[target.id] = f"{target.name}: {exc}"
+def prepare(
+    conn: db.Connection, batch: Batch, target: Target, rows: list[Row], models: LoadedModels
+) -> None:
+    """Splits the loaded documents of a chunked target (with the tokenizer of the target's
+    model, read once per process) and finds their reusable vectors."""
+    assert target.chunk_tokens is not None
+    try:
+        tokenizer = models.tokenizer(target.model)
+    except exceptions.ModelError as exc:
+        batch.deferred[target.id] = str(exc)
+        return
+    splitter = Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
+    admitted = _split_within_budget(splitter, target, rows)
+    try:
+        _find_stored_vectors(conn, target, admitted)
+    except exceptions.TargetUnavailable as exc:
+        batch.deferred[target.id] = f"{target.name}: {exc}"
 
 
 def _split_within_budget(splitter: Splitter, target: Target, rows: list[Row]) -> list[Row]:

@@ -56,12 +56,12 @@ def record_written(
     conn: db.Connection,
     target: Target,
     embedded: list[Row],
-    states: dict[tuple[int, str], RowState],
+    states: dict[str, RowState],
 ) -> None:
     """Records the fingerprints of the `embedded` rows whose vectors the write stored (`states`:
-    the store's outcome by (target id, key)): in the target's vector column, and during a model
+    the store's outcome by key): in the target's vector column, and during a model
     change in its shadow column too (a change's own jobs write only that one)."""
-    written = [r for r in embedded if states.get((target.id, r.key)) is RowState.WRITTEN]
+    written = [r for r in embedded if states.get(r.key) is RowState.WRITTEN]
     record(conn, target, [r for r in written if not r.shadow_only])
     shadow = [
         r for r in written if r.shadow_only or (target.in_change and r.shadow_vector is not None)
