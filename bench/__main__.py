@@ -3,7 +3,7 @@ instead, in one run on one machine. Results go to bench/results/*.json; `python 
 turns them into the table of docs/performance.md and the plots.
 
     python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,lanes,
-                            idle,embedder,quality,swapstall]
+                            idle,remote,embedder,quality,swapstall]
                     [--rows N] [--quick] [--quality-function SCHEMA.FUNCTION]
 
 At scale, each run only when named in --only (each takes 5 to 15 minutes here):
@@ -12,6 +12,7 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only hnsw [--scale-rows N]      HNSW insert vs build at 1M (bench/hnsw.py)
     python -m bench --only status [--scale-rows N]    status and /metrics at 10M (bench/status.py)
     python -m bench --only bigwatch [--scale-rows N]  watch() on 1M and 10M rows (bench/bigwatch.py)
+    python -m bench --only verify [--scale-rows N]    the verifying sweep at 1M (bench/verify.py)
 """
 
 from __future__ import annotations
@@ -44,8 +45,10 @@ from bench import (
     million,
     oltp,
     raw,
+    remote,
     status,
     swapstall,
+    verify,
     writepath,
 )
 from bench.machine import describe as machine
@@ -71,11 +74,12 @@ SECTIONS = (
     "chunks",
     "lanes",
     "idle",
+    "remote",
     "embedder",
     "quality",
     "swapstall",
 )
-SCALE_SECTIONS = ("million", "workers", "hnsw", "status", "bigwatch")  # never by default
+SCALE_SECTIONS = ("million", "workers", "hnsw", "status", "bigwatch", "verify")  # never by default
 
 
 def models() -> dict[str, tuple[str, Path]]:
@@ -261,6 +265,12 @@ def main() -> int:
             ),
         )
         section(
+            "verify",
+            lambda: verify.run(
+                fresh_db(cluster, template), rows=args.scale_rows or 1_000_000, quick=args.quick
+            ),
+        )
+        section(
             "bigwatch",
             lambda: bigwatch.run(
                 cluster,
@@ -304,6 +314,15 @@ def main() -> int:
                 fresh_db(cluster, template),
                 SHARED_MODELS / "gte-small",
                 samples=50 if args.quick else 100,
+            ),
+        )
+
+        section(
+            "remote",  # the worker through infinity-emb vs infinity's own throughput
+            lambda: remote.run(
+                fresh_db(cluster, template),
+                texts[: 192 if args.quick else 512],
+                rounds=1 if args.quick else 2,
             ),
         )
 

@@ -36,7 +36,7 @@ from worker.pipeline.chunking import Chunk, Splitter
 from worker.pipeline.targets import Target
 
 if TYPE_CHECKING:
-    from worker.models.embedder import Embedder
+    from worker.models.embedder import TextModel
     from worker.models.loaded import LoadedModels
 
 # Per batch, at most this many tokens of new chunks are embedded and this many chunks written
@@ -145,7 +145,7 @@ def postpone_over_budget(rows: list[Row]) -> list[Row]:
 
 
 # --- embed stage --------------------------------------------------------------------------------
-def embed(model: Embedder, rows: Sequence[Row]) -> int:
+def embed(model: TextModel, rows: Sequence[Row]) -> int:
     """Embeds the new chunks of each document; returns the tokens embedded. A document whose
     chunks the model fails on fails alone."""
     kept = postpone_over_budget([r for r in rows if r.chunks is not None])
@@ -160,12 +160,14 @@ def embed(model: Embedder, rows: Sequence[Row]) -> int:
     return tokens
 
 
-def _embed_group(model: Embedder, group: list[tuple[Row, int]]) -> int:
+def _embed_group(model: TextModel, group: list[tuple[Row, int]]) -> int:
     live = [(row, i) for row, i in group if row.state is RowState.READY]
     if not live:
         return 0
     try:
         result = model.embed_with_stats([_chunks_of(row).chunks[i].text for row, i in live])
+    except exceptions.ProviderError:
+        raise  # a remote model's provider, not the chunks: the target waits (stages.embed)
     except Exception as exc:  # the model's failure on some chunk: find whose
         documents = {id(row): row for row, _ in live}
         if len(documents) == 1:
