@@ -309,6 +309,8 @@ def _since(value: datetime | str | None) -> str:
         return "?"
     when = datetime.fromisoformat(value) if isinstance(value, str) else value
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
 def verification(r: dict[str, Any]) -> str:
     """What the verifying sweep (`sweep(verify => true)`) says of the target's vectors."""
     said = []
