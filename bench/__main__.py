@@ -3,7 +3,7 @@ instead, in one run on one machine. Results go to bench/results/*.json; `python 
 turns them into the table of docs/performance.md and the plots.
 
     python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,lanes,
-                            idle,remote,embedder,quality]
+                            idle,remote,embedder,quality,swapstall]
                     [--rows N] [--quick] [--quality-function SCHEMA.FUNCTION]
 
 At scale, each run only when named in --only (each takes 5 to 15 minutes here):
@@ -47,6 +47,7 @@ from bench import (
     raw,
     remote,
     status,
+    swapstall,
     verify,
     writepath,
 )
@@ -76,6 +77,7 @@ SECTIONS = (
     "remote",
     "embedder",
     "quality",
+    "swapstall",
 )
 SCALE_SECTIONS = ("million", "workers", "hnsw", "status", "bigwatch", "verify")  # never by default
 
@@ -138,6 +140,10 @@ def main() -> int:
         section(
             "writepath",
             lambda: writepath.run(fresh_db(cluster, template), rounds=3 if args.quick else 7),
+        )
+        section(
+            "swapstall",
+            lambda: swapstall.run(fresh_db(cluster, template), seconds=8 if args.quick else 20),
         )
         section(
             "oltp",

@@ -39,6 +39,7 @@ LANGUAGE sql STABLE AS $$
         'embeddings.backfill_next(text, integer)',
         'embeddings.backfill_rows_left(embeddings.targets)',
         'embeddings.target_status(boolean)',  -- embeddings.status, embeddings.status_exact
+        'embeddings.stopped_targets()',  -- embeddings.stopped: status, doctor, /readyz, metrics
         'embeddings.complete_changes()',
         'embeddings.claim_provenance(integer, boolean, text, text, text)',
         'embeddings.note_deferrals(integer[], text[], integer[])',

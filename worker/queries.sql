@@ -333,6 +333,10 @@ FROM {queue_table}
 WHERE (SELECT yes FROM small) AND message ? 'last_error'
 GROUP BY 1, 2, 3, 4;
 
+-- name: stopped_targets
+-- What stops the progress of the targets of queue %(queue)s (sql/52_stopped.sql), one row per
+-- state: the source of /readyz's stopped_targets and the embed_worker_target_stopped gauge.
+SELECT target, state, reason, fix, since FROM embeddings.stopped_targets() WHERE queue = %(queue)s;
 -- name: record_fingerprints
 -- The fingerprints (content and definition) of the vectors this write transaction stores: what
 -- embeddings.sweep(verify => true) checks each row's vector against (sql/64_verify.sql).

@@ -32,7 +32,7 @@ COLUMNS = (
     "cleared_rows",
     "deferred_reason",
     "deferred_since",
-    "problem",  # why the target is not served (NULL when it is)
+    "problem",  # what stops the target's progress, in words (NULL when nothing does)
     "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
     "estimated",  # total, embedded and cleared rows and chunks are estimates (large tables)
     "backfill_rows",  # rows a running backfill has still to queue (NULL: none runs)
@@ -45,6 +45,7 @@ COLUMNS = (
     "change_total_rows",
     "change_rows_per_second",
     "change_eta_seconds",
+    "stopped",  # what stops it: [{state, reason, fix, since}] (sql/52_stopped.sql); NULL: nothing
 )
 VIEWS = {False: "status", True: "status_exact"}
 ESTIMATE_NOTE = (
@@ -190,6 +191,8 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
         pending = r["pending_jobs"]
         estimated = bool(r["estimated"])
         progress = bar(progress_done(r, wanted), wanted) if pending else "done" if wanted else "-"
+        if r.get("stopped"):
+            progress = "stopped"  # never "done" while something stops it (see its notes)
         if r["deferred_reason"]:
             eta = "waiting (deferred)"
         elif pending and r.get("retrying_rows", 0) >= pending:
@@ -263,9 +266,12 @@ def notes(r: dict[str, Any]) -> list[str]:
             f" {output.age(eta) if eta is not None else 'no rate yet'}"
             f" ({r['model']} serves searches until the swap)"
         )
-    if r.get("problem"):
+    stops = r.get("stopped") or []
+    for stop in stops:
         lines.append("")
-        lines.append(f"{r['target']}: not served: {r['problem']}")
+        lines.append(f"{r['target']}: stopped ({stop['state']}) since {_since(stop['since'])}:")
+        lines.append(f"  {stop['reason']}")
+        lines.append(f"  fix: {stop['fix']}")
     if r.get("retrying_rows"):
         lines.append("")
         lines.append(
@@ -273,8 +279,8 @@ def notes(r: dict[str, Any]) -> list[str]:
             f" ({r['retry_attempts']} attempt(s) so far; after EMBED_MAX_ATTEMPTS a row goes to"
             f" `embed-worker failures`): {' | '.join(str(r['retry_error']).splitlines())}"
         )
-    if r["deferred_reason"]:
-        since = r["deferred_since"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if r["deferred_reason"] and not any(s["state"] == "deferred" for s in stops):
+        since = _since(r["deferred_since"])
         lines.append("")
         lines.append(f"{r['target']}: {r['pending_jobs']:,} job(s) wait since {since}:")
         lines.append(f"  {r['deferred_reason']}")
@@ -295,6 +301,14 @@ def notes(r: dict[str, Any]) -> list[str]:
             " search scans exactly meanwhile"
         )
     return lines
+
+
+def _since(value: datetime | str | None) -> str:
+    """A timestamp as status shows it (UTC); JSON from the database carries ISO text."""
+    if value is None:
+        return "?"
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
 
 
 def verification(r: dict[str, Any]) -> str:
