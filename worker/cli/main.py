@@ -123,6 +123,17 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-attempts", type=int, help="attempts before dead-lettering [EMBED_MAX_ATTEMPTS]"
     )
     run.add_argument(
+        "--piece-tokens",
+        type=int,
+        help="chunked targets: tokens embedded per piece of a long document [EMBED_PIECE_TOKENS]",
+    )
+    run.add_argument(
+        "--max-document-bytes",
+        type=int,
+        help="chunked targets: larger documents fail at once; 0: no ceiling "
+        "[EMBED_MAX_DOCUMENT_BYTES]",
+    )
+    run.add_argument(
         "--http-port", type=int, help="serve /healthz, /readyz, /metrics, /embed [EMBED_HTTP_PORT]"
     )
     run.add_argument(
@@ -223,6 +234,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "batch_size",
         "vt_seconds",
         "max_attempts",
+        "piece_tokens",
+        "max_document_bytes",
         "http_port",
         "http_host",
         "pull",

@@ -322,12 +322,13 @@ def settle(
             for key in job.keys
             if outcome.state(row := batch.rows[(target.id, key)]) is RowState.FAILED
         ]
-        # >>> chunked targets: documents past the batch's chunk budget go back to the queue
-        # in a message of their own, visible at once, with the attempts spent before this one.
+        # >>> chunked targets: documents past the batch's chunk budget, and long documents with
+        # pieces still to go, go back to the queue in a message of their own, visible at once,
+        # with the attempts spent before this one.
         postponed = [
             job.raw_keys[key]
             for key in job.keys
-            if outcome.state(batch.rows[(target.id, key)]) is RowState.POSTPONED
+            if outcome.state(batch.rows[(target.id, key)]) in (RowState.POSTPONED, RowState.PIECE)
         ]
         if postponed:
             message = {"target": target.id, "keys": postponed, "attempts": job.attempts - 1}
@@ -338,11 +339,9 @@ def settle(
             out.latencies.append((now - job.enqueued_at).total_seconds())
             continue
         exhausted = job.attempts >= settings.max_attempts
-        dead = (
-            [(job.raw_keys[k], job.single_key_message(k), e) for k, e in failed]
-            if exhausted
-            else []
-        )
+        # A row that failed for good (a document over its ceiling) is dead at once.
+        final = {k for k, _ in failed if exhausted or batch.rows[(target.id, k)].permanent}
+        dead = [(job.raw_keys[k], job.single_key_message(k), e) for k, e in failed if k in final]
         # An invalid key can never succeed: dead at once.
         dead += [
             (
@@ -352,7 +351,7 @@ def settle(
             )
             for raw, e in job.bad_keys
         ]
-        retry_keys = [k for k, _ in failed] if not exhausted else []
+        retry_keys = [k for k, _ in failed if k not in final]
         for raw, message, error in dead:
             out.dead.append(
                 jobqueue.DeadLetter(target, target.name, raw, message, job.attempts, error)
@@ -361,7 +360,7 @@ def settle(
             job.attempts, settings.backoff_base_seconds, settings.backoff_max_seconds
         )
         for key, _ in failed:  # for the log: the last attempt must not read like a retry
-            fate = Fate(job.attempts, settings.max_attempts, None if exhausted else delay)
+            fate = Fate(job.attempts, settings.max_attempts, None if key in final else delay)
             out.fates[(target.id, key)] = fate
         if retry_keys and len(retry_keys) == len(job.keys) and not job.bad_keys:
             out.retry[job.msg_id] = delay  # the whole job failed: back it off as it is
