@@ -121,7 +121,7 @@ def test_a_long_document_is_written_a_piece_at_a_time_with_its_progress(
     assert estimated >= done
     (message,) = messages(conn)  # the rest of the document, queued again without an attempt
     assert message["keys"] == [1] and message["attempts"] == 0
-    states = [row.state]
+    states: list[RowState] = [row.state]
     while states[-1] is RowState.PIECE and len(states) < 40:
         states.append(step(piece_settings, dsn, embedders).state)
     assert states[-1] is RowState.WRITTEN
