@@ -259,3 +259,34 @@ def test_a_deleted_document_forgets_its_progress(
     row = step(piece_settings, dsn, embedders)
     assert row.state is RowState.GONE
     assert progress(conn) == []
+
+
+def test_status_and_doctor_show_a_document_in_pieces_and_one_over_the_ceiling(
+    conn: Conn,
+    docs: int,
+    piece_settings: Settings,
+    dsn: str,
+    embedders: LoadedModels,
+    run_once: Callable[..., Worker],
+) -> None:
+    from worker.cli import doctor, status
+
+    step(piece_settings, dsn, embedders)
+    (row,) = status.fetch(conn)
+    (doc,) = row["documents_in_progress"]
+    assert doc["key"] == "1" and 0 < doc["chunks_done"] <= doc["chunks_estimated"]
+    shown = "\n".join(status.render([row]))
+    assert "docs.embedding: document 1 (" in shown and "embedded in pieces" in shown
+    assert f"{doc['chunks_done']}/~{doc['chunks_estimated']} chunks" in shown
+
+    # A ceiling lowered under documents: the one in progress and a new one.
+    conn.execute("INSERT INTO docs VALUES (2, %s)", (long_text(10),))
+    run_once(max_document_bytes=500, piece_tokens=100_000)
+    (row,) = status.fetch(conn)
+    assert row["documents_over_ceiling"] == 2 and row["documents_in_progress"] == []
+    shown = "\n".join(status.render([row]))
+    assert "2 document(s) over the ceiling of 500 bytes (EMBED_MAX_DOCUMENT_BYTES)" in shown
+    findings = doctor.check(dsn, piece_settings)
+    (over,) = [f for f in findings if f.check.startswith("documents ")]
+    assert over.level == "FAIL" and "over the ceiling" in over.detail
+    assert "failures --retry" in over.fix

@@ -176,8 +176,8 @@ class Splitter:
 
 
 class ChunkStream:
-    """A text's chunks, one at a time (Splitter.stream); `chars` says how far the text has been
-    tokenized, for an estimate of the chunks still to come."""
+    """A text's chunks, one at a time (Splitter.stream); `position` says how far the chunks so far
+    go, for an estimate of the chunks still to come."""
 
     def __init__(self, splitter: Splitter, text: str) -> None:
         self.text = text
@@ -193,12 +193,15 @@ class ChunkStream:
         start, end = int(self._spans.starts[i]), int(self._spans.ends[j - 1])
         chunk = Chunk(self._seq, start, end, self.text[start:end], tokens)
         self._seq += 1
+        self.position = end
         return chunk
 
+    position: int = 0  # where the last chunk ended (a character offset)
+
     @property
-    def chars(self) -> int:
-        """Characters tokenized so far."""
-        return self._spans.chars
+    def produced(self) -> int:
+        """Chunks so far."""
+        return self._seq
 
     @property
     def tokens(self) -> int:

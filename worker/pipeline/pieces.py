@@ -162,11 +162,12 @@ class Document:
 
     def estimated(self) -> int:
         """The document's chunks, estimated from those read so far and the share of the text
-        read (exact once the stream is exhausted)."""
+        they cover (exact once the stream is exhausted)."""
         read = self.done + len(self.pending.chunks)
-        if self.complete or self.stream.chars <= 0:
+        if self.complete or self.stream.position <= 0:
             return read
-        return max(read, round(read * len(self.stream.text) / self.stream.chars))
+        produced = self.stream.produced
+        return max(read, round(produced * len(self.stream.text) / self.stream.position))
 
 
 class Cache:
