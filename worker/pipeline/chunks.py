@@ -421,6 +421,7 @@ def log_pieces(batch: Batch) -> None:
             extra={
                 "target": row.target.name,
                 "key": row.key,
+                "first_seq": doc.first_seq,
                 "chunks_done": doc.end,
                 "chunks_estimated": estimated,
                 "final": row.state is RowState.WRITTEN,
