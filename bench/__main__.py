@@ -12,6 +12,9 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only hnsw [--scale-rows N]      HNSW insert vs build at 1M (bench/hnsw.py)
     python -m bench --only status [--scale-rows N]    status and /metrics at 10M (bench/status.py)
     python -m bench --only bigwatch [--scale-rows N]  watch() on 1M and 10M rows (bench/bigwatch.py)
+    python -m bench --only documents [--document-mb MB] [--model M]
+                                                      live rows during a 10 MB document
+                                                      (bench/documents.py)
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from bench import (
     bigwatch,
     chunks,
     corpus,
+    documents,
     endtoend,
     hnsw,
     idle,
@@ -73,7 +77,14 @@ SECTIONS = (
     "embedder",
     "quality",
 )
-SCALE_SECTIONS = ("million", "workers", "hnsw", "status", "bigwatch")  # never by default
+SCALE_SECTIONS = (
+    "million",
+    "workers",
+    "hnsw",
+    "status",
+    "bigwatch",
+    "documents",
+)  # never by default
 
 
 def models() -> dict[str, tuple[str, Path]]:
@@ -107,6 +118,12 @@ def main() -> int:
         default=[],
         metavar="SCHEMA.FUNCTION",
         help="also evaluate this search function in the quality section (bench/quality/retrievers.py)",
+    )
+    parser.add_argument(
+        "--document-mb", type=float, default=10.0, help="the long document (documents section)"
+    )
+    parser.add_argument(
+        "--model", default="gte-small", help="model of the documents section (in shared/models)"
     )
     args = parser.parse_args()
     wanted = set(args.only.split(","))
@@ -288,6 +305,17 @@ def main() -> int:
                 SHARED_MODELS / "gte-small",
                 rows=5000 if args.quick else 20000,
                 samples=50 if args.quick else 100,
+            ),
+        )
+
+        section(
+            "documents",  # live rows while a long document is embedded in pieces, vs idle
+            lambda: documents.run(
+                fresh_db(cluster, template),
+                SHARED_MODELS / args.model,
+                mb=args.document_mb,
+                samples=20 if args.quick else 50,
+                one_batch_mb=min(args.document_mb, 1.0),
             ),
         )
 

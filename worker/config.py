@@ -50,7 +50,7 @@ class Settings:
     poll_seconds: float = field(default=5.0, metadata={"env": "EMBED_POLL_SECONDS"})
     # Chunked targets: tokens of new chunks embedded per batch; a longer document is embedded
     # and committed a piece of this size at a time (worker/pipeline/pieces.py).
-    piece_tokens: int = field(default=8192, metadata={"env": "EMBED_PIECE_TOKENS"})
+    piece_tokens: int = field(default=4096, metadata={"env": "EMBED_PIECE_TOKENS"})
     # Chunked targets: a document longer than this (UTF-8 bytes) fails at once; 0: no ceiling.
     max_document_bytes: int = field(
         default=16_777_216, metadata={"env": "EMBED_MAX_DOCUMENT_BYTES"}

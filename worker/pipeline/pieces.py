@@ -60,7 +60,7 @@ MAX_CHUNKS = 4_096
 class Limits:
     """What a batch may take of long documents (from Settings)."""
 
-    piece_tokens: int = 8192
+    piece_tokens: int = 4096
     max_document_bytes: int = 16_777_216  # 0: no ceiling
 
     @classmethod
