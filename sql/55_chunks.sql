@@ -306,7 +306,7 @@ GRANT EXECUTE ON FUNCTION embeddings.match_chunks(regclass, halfvec, integer) TO
 -- piece (EMBED_PIECE_TOKENS) is embedded and committed a piece at a time; a document over the
 -- ceiling (EMBED_MAX_DOCUMENT_BYTES) is not embedded at all. One row per such document:
 --   in_progress   its chunks 0 .. chunks_done - 1 are those of the content whose md5 is
---                 `digest`, committed. Written in the transaction of each piece's chunk write;
+--                 `digest` under the definition `target_version`, committed. Written in the transaction of each piece's chunk write;
 --                 a worker continues from it after a restart, and a worker that finds it
 --                 changed (someone else wrote the document since) starts the document over.
 --                 Removed with the write of the document's last piece, and by any write of its
@@ -328,6 +328,9 @@ CREATE TABLE IF NOT EXISTS embeddings.documents (
     ceiling_bytes    bigint,
     started_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- the target's definition (embeddings.targets.version) the chunks were split under: after
+    -- watch() with other chunk settings or another model, progress under the old one is void
+    target_version   integer NOT NULL,
     PRIMARY KEY (target_id, row_key)
 );
 COMMENT ON TABLE embeddings.documents IS 'Long documents of chunked targets embedded in pieces, and documents over the ceiling; written by embed-worker';

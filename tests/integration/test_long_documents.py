@@ -62,8 +62,10 @@ def docs(conn: Conn, model: str) -> int:
     return int(row[0])
 
 
-def expected_chunks(embedders: LoadedModels, model: str, text: str) -> list[tuple[int, str]]:
-    splitter = Splitter(embedders.tokenizer(model), CHUNK_TOKENS, 8)
+def expected_chunks(
+    embedders: LoadedModels, model: str, text: str, chunk_tokens: int = CHUNK_TOKENS
+) -> list[tuple[int, str]]:
+    splitter = Splitter(embedders.tokenizer(model), chunk_tokens, 8)
     return [(c.seq, c.text) for c in splitter.split(text)]
 
 
@@ -222,6 +224,31 @@ def test_a_document_written_by_another_since_its_last_piece_starts_over(
     conn.execute("UPDATE docs SET body = %s WHERE id = 1", (original,))
     run_once(piece_tokens=PIECE_TOKENS)
     assert stored_chunks(conn) == expected_chunks(embedders, model, original)
+
+
+def test_a_document_re_watched_with_other_chunk_settings_mid_way_ends_with_the_new_chunks(
+    conn: Conn,
+    docs: int,
+    model: str,
+    piece_settings: Settings,
+    dsn: str,
+    embedders: LoadedModels,
+    run_once: Callable[..., Worker],
+) -> None:
+    """Progress recorded under the old settings is void: the content is the same, its chunks
+    are not."""
+    step(piece_settings, dsn, embedders)
+    step(piece_settings, dsn, embedders)
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 24,"
+        " chunk_overlap => 8)",
+        (model,),
+    )
+    run_once(piece_tokens=PIECE_TOKENS)
+    expected = expected_chunks(embedders, model, long_text(40), 24)
+    assert expected[:16] != expected_chunks(embedders, model, long_text(40))[:16]
+    assert stored_chunks(conn) == expected
+    assert progress(conn) == []
 
 
 def test_a_document_over_the_ceiling_fails_at_once_and_shows(

@@ -115,7 +115,7 @@ def _prepare_target(
     with db.translated():
         found = conn.execute(
             queries.compose("document_progress"),
-            {"target_id": target.id, "keys": [r.key for r in rows]},
+            {"target_id": target.id, "keys": [r.key for r in rows], "version": target.version},
         ).fetchall()
     committed = {
         key: done
@@ -229,6 +229,7 @@ def _fail_over_ceiling(
                     "digests": [r.digest for r in over],
                     "bytes": [sizes[r.key] for r in over],
                     "ceiling": ceiling,
+                    "version": target.version,
                 },
             )
 
@@ -375,7 +376,7 @@ def _moved_on(conn: db.Connection, target: Target, embedded: list[Row]) -> list[
         return []
     found = conn.execute(
         queries.compose("lock_document_progress"),
-        {"target_id": target.id, "keys": [r.key for r in later]},
+        {"target_id": target.id, "keys": [r.key for r in later], "version": target.version},
     ).fetchall()
     progress = {key: (digest, done) for key, digest, done in found}
     return [r for r in later if progress.get(r.key) != (r.digest, _chunks_of(r).first_seq)]
@@ -389,6 +390,7 @@ def _note_progress(conn: db.Connection, target: Target, rows: list[Row]) -> None
         queries.compose("note_document_progress"),
         {
             "target_id": target.id,
+            "version": target.version,
             "keys": [r.key for r in rows],
             "digests": [r.digest for r in rows],
             "bytes": [d.document.bytes if d.document else 0 for d in docs],
