@@ -243,6 +243,11 @@ SELECT row_key, digest, state, chunks_done
 FROM embeddings.documents
 WHERE target_id = %(target_id)s AND row_key = ANY(%(keys)s::text[]) AND target_version = %(version)s;
 
+-- name: long_documents
+-- For `status` and `doctor`: every long document in progress or over the ceiling.
+SELECT target_id, row_key, state, chunks_done, chunks_estimated, bytes, ceiling_bytes, started_at, updated_at
+FROM embeddings.document_progress ORDER BY target_id, started_at;
+
 -- name: lock_document_progress
 -- Inside a piece's write transaction, after lock_documents: each document's committed progress.
 SELECT row_key, digest, chunks_done

@@ -134,11 +134,7 @@ def _add_documents(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
     by_id = {row["target_id"]: row for row in rows}
     try:
         with db.translated(), conn.transaction():  # a savepoint where one is open (doctor)
-            found = conn.execute(
-                "SELECT target_id, row_key, state, chunks_done, chunks_estimated, bytes,"
-                " ceiling_bytes, started_at, updated_at"
-                " FROM embeddings.document_progress ORDER BY target_id, started_at"
-            ).fetchall()
+            found = conn.execute(queries.compose("long_documents")).fetchall()
     except (psycopg.Error, exceptions.EmbedWorkerError):
         return
     for target_id, key, state, done, estimated, size, ceiling, started, updated in found:
