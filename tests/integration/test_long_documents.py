@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.types.json import Jsonb
 
 from tests.integration.test_worker import finish, lease_and_load
 from tests.support.jobs import messages
@@ -248,6 +249,34 @@ def test_a_document_re_watched_with_other_chunk_settings_mid_way_ends_with_the_n
     expected = expected_chunks(embedders, model, long_text(40), 24)
     assert expected[:16] != expected_chunks(embedders, model, long_text(40))[:16]
     assert stored_chunks(conn) == expected
+    assert progress(conn) == []
+
+
+def test_a_document_deleted_and_inserted_again_between_pieces_is_written_whole(
+    conn: Conn,
+    docs: int,
+    model: str,
+    piece_settings: Settings,
+    dsn: str,
+    embedders: LoadedModels,
+    run_once: Callable[..., Worker],
+) -> None:
+    """Same key, same content: the recorded progress matches, but the delete took the chunks
+    with it. The insert's job starts the document over; only the job a piece sent back goes on
+    from the record."""
+    step(piece_settings, dsn, embedders)
+    step(piece_settings, dsn, embedders)
+    assert progress(conn)
+    # The piece's job on the live lane (a document the application inserted), where the
+    # insert's job joins it: one batch, one row for both.
+    conn.execute("DELETE FROM pgmq.q_embedding_jobs_backfill")
+    continued = {"target": docs, "keys": [1], "attempts": 0, "continued": True}
+    conn.execute("SELECT pgmq.send('embedding_jobs', %s)", (Jsonb(continued),))
+    conn.execute("DELETE FROM docs WHERE id = 1")
+    conn.execute("INSERT INTO docs VALUES (1, %s)", (long_text(40),))
+    assert stored_chunks(conn) == []
+    run_once(piece_tokens=PIECE_TOKENS)
+    assert stored_chunks(conn) == expected_chunks(embedders, model, long_text(40))
     assert progress(conn) == []
 
 

@@ -35,6 +35,7 @@ import numpy as np
 from pgvector import HalfVector
 
 from worker import db, exceptions, queries
+from worker.pipeline import jobs as jobqueue
 from worker.pipeline import pieces
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.chunking import Splitter
@@ -117,10 +118,18 @@ def _prepare_target(
             queries.compose("document_progress"),
             {"target_id": target.id, "keys": [r.key for r in rows], "version": target.version},
         ).fetchall()
+    # Only a continuation (the job a piece sent back) goes on from the recorded progress: any
+    # other job may follow a delete and re-insert of the same content, whose chunks are gone.
+    fresh = {
+        key
+        for job in batch.jobs
+        if job.target is not None and job.target.id == target.id and not _continued(job)
+        for key in job.keys
+    }
     committed = {
         key: done
         for key, digest, state, done in found
-        if state == "in_progress" and digest == _digest(rows, key)
+        if state == "in_progress" and digest == _digest(rows, key) and key not in fresh
     }
     documents: dict[str, Document] = {}
     for _ in range(MAX_ROUNDS):
@@ -153,6 +162,10 @@ def _prepare_target(
         budget.tokens += _find_stored_vectors(conn, target, taken)  # found: no tokens to embed
     for row in rows:
         _settle_prepared(row, documents.get(row.key))
+
+
+def _continued(job: jobqueue.Job) -> bool:
+    return isinstance(job.message, dict) and job.message.get("continued") is True
 
 
 def _digest(rows: list[Row], key: str) -> str | None:

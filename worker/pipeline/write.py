@@ -325,14 +325,17 @@ def settle(
         # >>> chunked targets: documents past the batch's chunk budget, and long documents with
         # pieces still to go, go back to the queue in a message of their own, visible at once,
         # with the attempts spent before this one.
-        postponed = [
-            job.raw_keys[key]
-            for key in job.keys
-            if outcome.state(batch.rows[(target.id, key)]) in (RowState.POSTPONED, RowState.PIECE)
-        ]
-        if postponed:
-            message = {"target": target.id, "keys": postponed, "attempts": job.attempts - 1}
-            out.resend.append((message, 0))
+        for state in (RowState.POSTPONED, RowState.PIECE):
+            postponed = [
+                job.raw_keys[key]
+                for key in job.keys
+                if outcome.state(batch.rows[(target.id, key)]) is state
+            ]
+            if postponed:
+                message = {"target": target.id, "keys": postponed, "attempts": job.attempts - 1}
+                if state is RowState.PIECE:  # goes on from its recorded progress (pieces.py)
+                    message["continued"] = True
+                out.resend.append((message, 0))
         # <<< chunked targets
         if not failed and not job.bad_keys:
             out.delete.append(job.msg_id)
