@@ -123,7 +123,9 @@ def main() -> int:
         "--document-mb", type=float, default=10.0, help="the long document (documents section)"
     )
     parser.add_argument(
-        "--model", default="gte-small", help="model of the documents section (in shared/models)"
+        "--model",
+        default="all-MiniLM-L6-v2",
+        help="model of the documents section, a directory in shared/models with its ONNX file",
     )
     args = parser.parse_args()
     wanted = set(args.only.split(","))
