@@ -75,6 +75,9 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     chunk_table      regclass,
     chunk_tokens     integer,
     chunk_overlap    integer,
+    -- Targets whose vectors live in a side table (sql/56_side.sql): that table, keyed like the
+    -- source; the embedding column is there, not in `source` (embedding_attnum is NULL).
+    side_table       regclass CONSTRAINT targets_side_table_check CHECK (side_table IS NULL OR chunk_table IS NULL),
     UNIQUE (source, embedding_column),
     CHECK ((content_column IS NULL) <> (content_function IS NULL))
 );

@@ -11,21 +11,15 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
-import numpy.typing as npt
-from pgvector import HalfVector, Vector
-from psycopg import errors, sql
+from psycopg import errors
 
 from worker import db, exceptions
 from worker.models.embedder import Embedder
+from worker.pipeline import stores
 from worker.pipeline import targets as targets_mod
 from worker.pipeline.targets import Target
 
 MAX_K = 100
-# Chunks fetched per document asked for: several chunks of one document are often the nearest,
-# and documents are ranked by their best one. hnsw.ef_search is raised to match (at most 1000).
-CHUNKS_PER_DOCUMENT = 10
-MAX_CANDIDATES = 1000
 
 
 @dataclass(frozen=True)
@@ -57,8 +51,9 @@ class Request:
 def run(
     conn: db.Connection, load_model: Callable[[str], Embedder], request: Request
 ) -> list[dict[str, Any]]:
-    """Ranked results: {"key", "similarity", "content"} per row, or per document of a chunked
-    target {"key", "similarity", "seq", "chunk"} (its best chunk)."""
+    """Ranked results: {"key", "similarity", "content"} per row (its vector in the row or in a
+    side table), or per document of a chunked target {"key", "similarity", "seq", "chunk"} (its
+    best chunk): the target's store ranks (worker/pipeline/stores/)."""
     target = find_target(conn, request.table, request.column)
     return ranked(conn, load_model, target, request.query, request.k)
 
@@ -75,10 +70,7 @@ def ranked(
             raise exceptions.TargetError(problem)
         vector = model.embed([query])[0]
         try:
-            if target.chunk_table is not None:
-                results = nearest_documents(conn, target, vector, k)
-            else:
-                results = nearest_rows(conn, target, vector, k)
+            results = stores.of(target).nearest(conn, target, vector, k)
         except exceptions.DatabaseError:
             if _current(conn, target).version == target.version:
                 raise
@@ -118,37 +110,3 @@ def find_target(conn: db.Connection, table: str, column: str | None = None) -> T
     if len(ids) > 1:
         raise exceptions.ConfigError(f"{table} has several embedding columns: pass a column")
     return targets_mod.load(conn)[ids[0]]
-
-
-def nearest_documents(
-    conn: db.Connection, target: Target, vector: npt.NDArray[np.float32], k: int
-) -> list[dict[str, Any]]:
-    """The k documents with the nearest chunks, each with its best chunk, nearest first."""
-    candidates = min(max(k * CHUNKS_PER_DOCUMENT, 40), MAX_CANDIDATES)
-    db.register_vector_types(conn)
-    with db.translated(), conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(candidates)))
-        rows = conn.execute(
-            target.query("nearest"), {"query": HalfVector(vector), "k": candidates}
-        ).fetchall()
-    best: dict[str, dict[str, Any]] = {}
-    for key, seq, chunk, distance in rows:  # nearest first: a document's first chunk is its best
-        name = repr(key)
-        if name not in best:
-            best[name] = {"key": key, "similarity": 1 - float(distance), "seq": seq, "chunk": chunk}
-    return list(best.values())[:k]
-
-
-def nearest_rows(
-    conn: db.Connection, target: Target, vector: npt.NDArray[np.float32], k: int
-) -> list[dict[str, Any]]:
-    """The k rows with the nearest embeddings, nearest first, with their content column's text
-    (None for a content function: a search evaluates none, docs/security.md)."""
-    db.register_vector_types(conn)
-    wrap = HalfVector if target.embedding_type == "halfvec" else Vector
-    with db.translated():
-        rows = conn.execute(target.query("nearest"), {"query": wrap(vector), "k": k}).fetchall()
-    return [
-        {"key": key, "similarity": 1 - float(distance), "content": text}
-        for key, _, text, distance in rows
-    ]

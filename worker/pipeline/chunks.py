@@ -1,7 +1,7 @@
 """Chunked targets in the pipeline: split each document, embed only the chunks that changed,
 write a document's chunks under the same stale-write guard as a row's vector.
 
-The pipeline calls in at three points, one per stage:
+The pipeline calls in at three points, one per stage (through worker/pipeline/stores/chunked.py):
 
   prepare (load stage, after the content is loaded)  reads each document with the model's
       tokenizer as far as the batch's budget goes (EMBED_PIECE_TOKENS tokens of new chunks, at
@@ -71,32 +71,33 @@ class _Budget:
         return self.used and (self.tokens <= 0 or self.chunks <= 0)
 
 
-def prepare(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
-    """Reads the loaded documents of chunked targets (with the tokenizer of the target's model,
+def prepare(
+    conn: db.Connection, batch: Batch, target: Target, rows: list[Row], models: LoadedModels
+) -> None:
+    """Reads the loaded documents of a chunked target (with the tokenizer of the target's model,
     read once per process) as far as the batch's budget goes, and finds their reusable
     vectors."""
+    assert target.chunk_tokens is not None
+    try:
+        tokenizer = models.tokenizer(target.model)
+    except exceptions.ModelError as exc:
+        batch.deferred[target.id] = str(exc)
+        return
+    splitter = Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
     budget = _Budget(batch.limits.piece_tokens, pieces.MAX_CHUNKS)
-    for target, rows in batch.by_target(RowState.READY).items():
-        if target.chunk_table is None:
-            continue
-        assert target.chunk_tokens is not None
-        try:
-            tokenizer = models.tokenizer(target.model)
-        except exceptions.ModelError as exc:
-            batch.deferred[target.id] = str(exc)
-            continue
-        splitter = Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
-        try:
-            _prepare_target(conn, batch, target=target, rows=rows, splitter=splitter, budget=budget)
-        except exceptions.TargetUnavailable as exc:
-            batch.deferred[target.id] = f"{target.name}: {exc}"
-    for target, rows in batch.by_target(RowState.GONE).items():
-        if target.chunk_table is not None:  # a deleted document's progress or ceiling goes
-            with db.translated():
-                conn.execute(
-                    queries.compose("forget_documents"),
-                    {"target_id": target.id, "keys": [r.key for r in rows]},
-                )
+    try:
+        _prepare_target(conn, batch, target=target, rows=rows, splitter=splitter, budget=budget)
+    except exceptions.TargetUnavailable as exc:
+        batch.deferred[target.id] = f"{target.name}: {exc}"
+
+
+def forget(conn: db.Connection, target: Target, gone: list[Row]) -> None:
+    """Deleted documents: their progress or ceiling goes (embeddings.documents)."""
+    if gone:
+        conn.execute(
+            queries.compose("forget_documents"),
+            {"target_id": target.id, "keys": [r.key for r in gone]},
+        )
 
 
 def _prepare_target(

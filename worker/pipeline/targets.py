@@ -49,6 +49,9 @@ class Target:
     chunk_table: tuple[str, str] | None = None  # (schema, table)
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
+    # Side-table targets (sql/56_side.sql, worker/pipeline/stores/side.py): one vector per row,
+    # in a table of its own keyed like the source.
+    side_table: tuple[str, str] | None = None  # (schema, table)
     # A model change in progress (sql/44_changes.sql) writes the new model's vectors to a shadow
     # column as well.
     shadow_model: str | None = None
@@ -98,7 +101,7 @@ class Target:
     # --- SQL -------------------------------------------------------------------------------
     # The functions generated for each target (sql/32_access.sql) through which the worker reads
     # and writes its table, as the table's owner.
-    FUNCTIONS = ("load", "store", "blank", "reusable", "chunks", "nearest")
+    FUNCTIONS = ("load", "store", "blank", "forget", "reusable", "chunks", "nearest")
 
     def sql_names(self, *, shadow: bool = False) -> dict[str, sql.Composable]:
         """The target's functions (`shadow`: those writing the shadow column of the model change
@@ -184,7 +187,7 @@ def load(conn: db.Connection) -> dict[int, Target]:
     for row in rows:
         (tid, schema, table, column, etype, dims, ccol, fschema, fname, model) = row[:10]
         (kcols, ktypes, q, problem, ver) = row[10:15]
-        chunk_schema, chunk_name, chunk_tokens, chunk_overlap = row[15:]
+        chunk_schema, chunk_name, chunk_tokens, chunk_overlap, side_schema, side_name = row[15:]
         found[tid] = Target(
             id=tid,
             schema=schema,
@@ -203,6 +206,7 @@ def load(conn: db.Connection) -> dict[int, Target]:
             chunk_table=(chunk_schema, chunk_name) if chunk_name is not None else None,
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
+            side_table=(side_schema, side_name) if side_name is not None else None,
         )
     return _with_changes(conn, found)
 

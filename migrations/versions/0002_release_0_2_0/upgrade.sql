@@ -91,6 +91,27 @@ ALTER TABLE embeddings.targets
     ADD COLUMN IF NOT EXISTS chunk_tokens integer,
     ADD COLUMN IF NOT EXISTS chunk_overlap integer;
 
+-- embeddings.targets: vectors in a side table (sql/56_side.sql).
+ALTER TABLE embeddings.targets
+    ADD COLUMN IF NOT EXISTS side_table regclass
+        CONSTRAINT targets_side_table_check CHECK (side_table IS NULL OR chunk_table IS NULL);
+
+-- Chunk tables: no foreign key to their source any more (it made TRUNCATE of the source fail);
+-- the source's delete and truncate triggers follow up instead (sql/56_side.sql), installed by the
+-- code reinstall.
+DO $$
+DECLARE
+    fk record;
+BEGIN
+    FOR fk IN
+        SELECT c.conrelid::regclass AS rel, c.conname FROM embeddings.targets t
+        JOIN pg_constraint c ON c.conrelid = t.chunk_table AND c.confrelid = t.source AND c.contype = 'f'
+    LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', fk.rel, fk.conname);
+    END LOOP;
+END
+$$;
+
 -- embeddings.queues: a backfill lane names the live queue it serves.
 ALTER TABLE embeddings.queues ADD COLUMN IF NOT EXISTS live_queue text;
 
