@@ -134,6 +134,14 @@ SELECT to_regprocedure('embeddings.default_model()') IS NOT NULL;
 -- The database's default model: what watch() uses when none is named (set_default_model()).
 SELECT embeddings.default_model();
 
+-- name: remote_models
+-- The remote models of the registry (sql/46_providers.sql): what a RemoteModel is built from.
+-- No column holds a secret: `credential` is the name of the worker's key.
+SELECT name, provider, endpoint, remote_model, dimensions, max_tokens, pooling, send_dimensions,
+       max_inputs, max_request_tokens, max_in_flight, timeout_seconds, price_per_million_tokens,
+       credential, tokenizer
+FROM embeddings.models WHERE provider <> 'local' ORDER BY name;
+
 -- name: target_versions
 -- The definition version of every registered target (a registry read under an older one is
 -- refreshed before a batch is served with it).
@@ -498,3 +506,48 @@ SELECT embeddings.retry_failures();
 -- name: status_rows
 -- `status`: the columns {columns} of view {view} (embeddings.status, or status_exact).
 SELECT {columns} FROM {view} ORDER BY target;
+
+-- name: models_have_providers
+-- Whether embeddings.models has remote models' columns (a schema before 0.2.0 has not).
+SELECT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = 'embeddings'
+               AND table_name = 'models' AND column_name = 'provider');
+
+-- name: plan_model
+-- `plan`: a model's limits and price (worker/cli/plan.py).
+SELECT name, provider, max_tokens, max_inputs, max_request_tokens, price_per_million_tokens
+FROM embeddings.models WHERE name = %(model)s;
+
+-- name: plan_targets
+-- `plan`: the watched columns of a table (one, when %(column)s names it).
+SELECT id, model, content_column, embedding_column FROM embeddings.targets
+WHERE source = to_regclass(%(table)s) AND (%(column)s::name IS NULL OR embedding_column = %(column)s::name)
+ORDER BY id;
+
+-- name: plan_target_rows
+-- `plan`: a target's rows, and those with a vector, counted exactly.
+SELECT total_rows, embedded_rows FROM embeddings.target_status(true) WHERE target_id = %(target_id)s;
+
+-- name: plan_estimated_rows
+-- `plan`: the planner's row estimate of a table not watched (-1 or 0 before ANALYZE).
+SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%(table)s);
+
+-- name: plan_count_rows
+-- `plan`: the rows of a table not watched, counted (small tables never analyzed).
+SELECT count(*) FROM {table};
+
+-- name: plan_column_width
+-- `plan`: the planner's average width in bytes of a content column, where the caller may read
+-- its statistics (pg_stats shows only columns the caller can SELECT).
+SELECT s.avg_width FROM pg_stats s
+JOIN pg_class c ON c.relname = s.tablename
+JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname
+WHERE c.oid = to_regclass(%(table)s) AND s.attname = %(column)s;
+
+-- name: plan_sample_width
+-- `plan`: the average size in bytes of a content column over a sample of rows, read with the
+-- caller's own rights (no statistics yet).
+SELECT avg(octet_length({column}::text)) FROM (SELECT {column} FROM {table} LIMIT %(rows)s) s;
+
+-- name: regclass_text
+-- A table's name as Postgres quotes it, or NULL when there is none.
+SELECT to_regclass(%(table)s)::text;

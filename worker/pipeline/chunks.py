@@ -43,7 +43,7 @@ from worker.pipeline.pieces import MAX_CHUNKS, Document, DocumentChunks
 from worker.pipeline.targets import Target
 
 if TYPE_CHECKING:
-    from worker.models.embedder import Embedder
+    from worker.models.embedder import TextModel
     from worker.models.loaded import LoadedModels
 
 __all__ = ["MAX_CHUNKS", "DocumentChunks", "embed", "log_pieces", "prepare", "store"]
@@ -272,7 +272,7 @@ def _find_stored_vectors(
 
 
 # --- embed stage --------------------------------------------------------------------------------
-def embed(model: Embedder, rows: Sequence[Row]) -> int:
+def embed(model: TextModel, rows: Sequence[Row]) -> int:
     """Embeds the new chunks of each document; returns the tokens embedded. A document whose
     chunks the model fails on fails alone."""
     kept = [r for r in rows if r.chunks is not None]
@@ -287,12 +287,14 @@ def embed(model: Embedder, rows: Sequence[Row]) -> int:
     return tokens
 
 
-def _embed_group(model: Embedder, group: list[tuple[Row, int]]) -> int:
+def _embed_group(model: TextModel, group: list[tuple[Row, int]]) -> int:
     live = [(row, i) for row, i in group if row.state is RowState.READY]
     if not live:
         return 0
     try:
         result = model.embed_with_stats([_chunks_of(row).chunks[i].text for row, i in live])
+    except exceptions.ProviderError:
+        raise  # a remote model's provider, not the chunks: the target waits (stages.embed)
     except Exception as exc:  # the model's failure on some chunk: find whose
         documents = {id(row): row for row, _ in live}
         if len(documents) == 1:

@@ -23,6 +23,7 @@ from typing import Any
 from psycopg import sql
 
 from worker import db, queries
+from worker.models.remote.spec import RemoteSpec
 
 # Key types whose text form the worker normalises itself; any other type's key is taken as the
 # text its JSON form carries (what to_jsonb() wrote) and cast by Postgres.
@@ -235,6 +236,16 @@ def database_default_model(conn: db.Connection) -> str | None:
     return str(row[0]) if row and row[0] is not None else None
 
 
+def load_remote_models(conn: db.Connection) -> dict[str, RemoteSpec]:
+    """The registry's remote models by name (worker/models/remote/spec.py)."""
+    with db.translated():
+        cursor = conn.execute(queries.get("remote_models"))
+        columns = [c.name for c in cursor.description or ()]
+        rows = cursor.fetchall()
+    specs = (RemoteSpec.from_row(dict(zip(columns, row, strict=True))) for row in rows)
+    return {spec.name: spec for spec in specs}
+
+
 class TargetRegistry:
     """The targets, and the database's default model, as last read; refreshed when asked for an
     unknown target or when stale."""
@@ -243,17 +254,25 @@ class TargetRegistry:
         self.max_age = max_age
         self._targets: dict[int, Target] = {}
         self._database_default: str | None = None
+        self._remote: dict[str, RemoteSpec] = {}
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
     def refresh(self, conn: db.Connection) -> dict[int, Target]:
         targets = load(conn)
         default = database_default_model(conn)
+        remote = load_remote_models(conn)
         with self._lock:
             self._targets = targets
             self._database_default = default
+            self._remote = remote
             self._loaded_at = time.monotonic()
         return targets
+
+    def remote_models(self) -> dict[str, RemoteSpec]:
+        """The remote models of the registry (sql/46_providers.sql), as last read."""
+        with self._lock:
+            return self._remote
 
     @property
     def database_default(self) -> str | None:

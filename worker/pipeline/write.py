@@ -11,6 +11,7 @@ batch was read under; a redefined target's jobs are handed back, not acknowledge
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -43,6 +44,7 @@ class Settlement:
     retry: dict[int, int] = field(default_factory=dict)  # msg_id -> delay
     errors: dict[int, str] = field(default_factory=dict)  # msg_id -> its last error (retries)
     defer: list[int] = field(default_factory=list)
+    defer_for: dict[int, int] = field(default_factory=dict)  # msg_id -> its own delay (remote)
     release: list[int] = field(default_factory=list)  # target redefined: redo at once
     resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)
     dead: list[jobqueue.DeadLetter] = field(default_factory=list)
@@ -83,6 +85,8 @@ def write(
         queue.archive(conn, settlement.archive)
         queue.retry(conn, settlement.retry, settlement.errors)
         queue.defer(conn, settlement.defer, DEFER_SECONDS)
+        for delay in sorted(set(settlement.defer_for.values())):
+            queue.defer(conn, [m for m, d in settlement.defer_for.items() if d == delay], delay)
         queue.defer(conn, settlement.release, 0)
         queue.send(conn, settlement.resend)
         jobqueue.record_failures(conn, queue.home, settlement.dead)
@@ -227,7 +231,10 @@ def settle(
             )
             continue
         if target.id in batch.deferred or target.id in outcome.deferred:
-            out.defer.append(job.msg_id)
+            if target.id in batch.defer_seconds and target.id not in outcome.deferred:
+                out.defer_for[job.msg_id] = math.ceil(batch.defer_seconds[target.id])
+            else:
+                out.defer.append(job.msg_id)
             continue
         if target.id in outcome.outdated:
             out.release.append(job.msg_id)  # not done: redone under the new definition
@@ -237,20 +244,7 @@ def settle(
             for key in job.keys
             if outcome.state(row := batch.rows[(target.id, key)]) is RowState.FAILED
         ]
-        # Rows a store postponed (a chunk store's documents past the batch's chunk budget) and
-        # long documents with pieces still to go go back to the queue in a message of their own,
-        # visible at once, with the attempts spent before this one.
-        for state in (RowState.POSTPONED, RowState.PIECE):
-            postponed = [
-                job.raw_keys[key]
-                for key in job.keys
-                if outcome.state(batch.rows[(target.id, key)]) is state
-            ]
-            if postponed:
-                message = {"target": target.id, "keys": postponed, "attempts": job.attempts - 1}
-                if state is RowState.PIECE:  # goes on from its recorded progress (pieces.py)
-                    message["continued"] = True
-                out.resend.append((message, 0))
+        _resend_postponed(out, batch, job, target, outcome)
         if not failed and not job.bad_keys:
             out.delete.append(job.msg_id)
             out.latencies.append((now - job.enqueued_at).total_seconds())
@@ -301,6 +295,33 @@ def settle(
     return out
 
 
+def _resend_postponed(
+    out: Settlement, batch: Batch, job: jobqueue.Job, target: Target, outcome: WriteOutcome
+) -> None:
+    """Rows a store postponed (a chunk store's documents past the batch's chunk budget, a remote
+    model's rows its provider could not serve) go back to the queue in a message of their own,
+    with the attempts spent before this one; so do long documents with pieces still to go
+    (worker/pipeline/pieces.py), marked as going on from their recorded progress."""
+    for state in (RowState.POSTPONED, RowState.PIECE):
+        postponed = [
+            batch.rows[(target.id, key)]
+            for key in job.keys
+            if outcome.state(batch.rows[(target.id, key)]) is state
+        ]
+        if not postponed:
+            continue
+        message: dict[str, Any] = {
+            "target": target.id,
+            "keys": [job.raw_keys[row.key] for row in postponed],
+            "attempts": job.attempts - 1,
+        }
+        if state is RowState.PIECE:
+            message["continued"] = True
+        # (remote models: visible again when their provider said it is worth asking)
+        wait = max((row.retry_after or 0 for row in postponed), default=0)
+        out.resend.append((message, math.ceil(wait)))
+
+
 def _label(job: jobqueue.Job) -> str:
     message = job.message if isinstance(job.message, dict) else {}
     if "schema" in message and "table" in message:
@@ -318,7 +339,7 @@ def _count(batch: Batch, settlement: Settlement) -> None:
     metrics.JOBS.labels("done").inc(len(settlement.delete))
     metrics.JOBS.labels("retried").inc(len(settlement.retry) + len(settlement.resend))
     metrics.JOBS.labels("dead").inc(len(settlement.dead))
-    metrics.JOBS.labels("deferred").inc(len(settlement.defer))
+    metrics.JOBS.labels("deferred").inc(len(settlement.defer) + len(settlement.defer_for))
     metrics.JOBS.labels("released").inc(len(settlement.release))
     targets = {job.target.id: job.target.name for job in batch.jobs if job.target is not None}
     for target_id, name in targets.items():

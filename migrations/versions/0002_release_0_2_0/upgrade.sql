@@ -119,6 +119,29 @@ ALTER TABLE embeddings.queues ADD COLUMN IF NOT EXISTS live_queue text;
 ALTER TABLE IF EXISTS embeddings.backfills
     ADD COLUMN IF NOT EXISTS lane text NOT NULL DEFAULT 'backfill' CHECK (lane IN ('backfill', 'change'));
 
+-- embeddings.models: remote providers (sql/46_providers.sql).
+ALTER TABLE embeddings.models
+    ADD COLUMN IF NOT EXISTS provider text NOT NULL DEFAULT 'local' CHECK (provider IN ('local', 'openai', 'huggingface')),
+    ADD COLUMN IF NOT EXISTS endpoint text,
+    ADD COLUMN IF NOT EXISTS remote_model text,
+    ADD COLUMN IF NOT EXISTS send_dimensions boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS max_inputs integer CHECK (max_inputs > 0),
+    ADD COLUMN IF NOT EXISTS max_request_tokens integer CHECK (max_request_tokens > 0),
+    ADD COLUMN IF NOT EXISTS max_in_flight integer CHECK (max_in_flight > 0),
+    ADD COLUMN IF NOT EXISTS timeout_seconds double precision CHECK (timeout_seconds > 0),
+    ADD COLUMN IF NOT EXISTS price_per_million_tokens numeric CHECK (price_per_million_tokens >= 0),
+    ADD COLUMN IF NOT EXISTS credential text CHECK (credential ~ '^[A-Za-z0-9_.-]{1,64}$'),
+    ADD COLUMN IF NOT EXISTS tokenizer text;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'embeddings.models'::regclass
+                   AND conname = 'models_remote_check') THEN
+        ALTER TABLE embeddings.models ADD CONSTRAINT models_remote_check
+            CHECK (provider = 'local' OR (endpoint IS NOT NULL AND remote_model IS NOT NULL));
+    END IF;
+END
+$$;
+
 SELECT set_config('embeddings.following', 'off', true);
 
 -- Waiting workers registered themselves in this table (revisions 0002-0018) so that writes
