@@ -12,6 +12,7 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only hnsw [--scale-rows N]      HNSW insert vs build at 1M (bench/hnsw.py)
     python -m bench --only status [--scale-rows N]    status and /metrics at 10M (bench/status.py)
     python -m bench --only bigwatch [--scale-rows N]  watch() on 1M and 10M rows (bench/bigwatch.py)
+    python -m bench --only verify [--scale-rows N]    the verifying sweep at 1M (bench/verify.py)
     python -m bench --only documents [--document-mb MB] [--model M]
                                                       live rows during a 10 MB document
                                                       (bench/documents.py)
@@ -50,6 +51,7 @@ from bench import (
     raw,
     remote,
     status,
+    verify,
     writepath,
 )
 from bench.machine import describe as machine
@@ -85,6 +87,7 @@ SCALE_SECTIONS = (
     "hnsw",
     "status",
     "bigwatch",
+    "verify",
     "documents",
 )  # never by default
 
@@ -273,6 +276,12 @@ def main() -> int:
                 SHARED_MODELS / "gte-small",
                 rows=args.scale_rows or 10_000_000,
                 rounds=1 if args.quick else 3,
+            ),
+        )
+        section(
+            "verify",
+            lambda: verify.run(
+                fresh_db(cluster, template), rows=args.scale_rows or 1_000_000, quick=args.quick
             ),
         )
         section(

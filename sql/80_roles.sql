@@ -45,7 +45,8 @@ LANGUAGE sql STABLE AS $$
         'embeddings.clear_deferrals(integer[])',
         'embeddings.wait_for_jobs(text, integer, boolean, integer)',
         'embeddings.deferred_index_built(integer)',
-        'embeddings.retry_failures(bigint[])'  -- `embed-worker failures --retry` as the worker role
+        'embeddings.retry_failures(bigint[])',  -- `embed-worker failures --retry` as the worker role
+        'embeddings.record_fingerprints(integer, boolean, text[], text[])'  -- sql/64_verify.sql
     ]::regprocedure[]
 $$;
 

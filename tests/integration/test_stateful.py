@@ -178,6 +178,7 @@ class EmbeddingMachine(RuleBasedStateMachine):
             )
         )
         self.clear_on_update = clear_on_update
+        self.unseen = False  # a write the triggers did not see since the last quiescence
         self.watch(self.models[0], clear_on_update, store=self.store)
 
     # --- the application ------------------------------------------------------------------
@@ -239,6 +240,21 @@ class EmbeddingMachine(RuleBasedStateMachine):
     def delete(self, key: int) -> None:
         self.conn.execute(self.q("DELETE FROM {table} WHERE {key} = %s"), (key,))
         self.rows.pop(key, None)
+
+    @rule(key=KEYS, content=CONTENT)
+    def update_unseen(self, key: int, content: str | None) -> None:
+        """A write the triggers never see (a session in replica mode: a bulk load, a migration
+        tool): only the verifying sweep finds its row's stale vector (issue 25 §1)."""
+        self.conn.execute("SET session_replication_role = replica")
+        try:
+            self.conn.execute(
+                self.q("UPDATE {table} SET {content} = %s WHERE {key} = %s"), (content, key)
+            )
+        finally:
+            self.conn.execute("RESET session_replication_role")
+        if key in self.rows:
+            self.rows[key] = content
+            self.unseen = True
 
     @precondition(lambda self: len(self.rows) > 0)
     @rule()
@@ -430,7 +446,16 @@ class EmbeddingMachine(RuleBasedStateMachine):
     # --- quiescence -----------------------------------------------------------------------
     def quiesce(self) -> None:
         """Leases of dead workers run out (what waiting EMBED_VT_SECONDS does); the worker
-        drains until nothing is left."""
+        drains until nothing is left. After a write the triggers did not see, the verifying
+        sweep (as pg_cron would run it) queues the rows it left stale, once the drain is over
+        (a target's backfill in progress defers its verification), and the worker drains again."""
+        self.drain()
+        if self.unseen:
+            self.conn.execute("SELECT embeddings.sweep(max_rows => 100000, verify => true)")
+            self.unseen = False
+            self.drain()
+
+    def drain(self) -> None:
         for _ in range(5):
             expire_leases(self.conn)
             assert self.run_worker() == 0

@@ -31,6 +31,10 @@ DESCRIPTIONS = {
     "JSON list of vectors.",
     "search": "Embed QUERY with the model of TABLE's target and print the nearest rows.",
     "failures": "List dead-lettered jobs (rows that exhausted their attempts), or re-queue them.",
+    "sweep": "Queue the rows that should have a vector and have no job (embeddings.sweep()); "
+    "with --verify, also check the next slice of each table's vectors against the content "
+    "and definition they were made from, and queue those that no longer match. Run it on a "
+    "schedule; `status` shows how far verification got.",
     "doctor": "Check the database, the models and the queue for common problems, and say what "
     "to do about each. Exits 1 when it finds one.",
     "model": "List the known models (and the database's remote ones) or download one.",
@@ -88,6 +92,31 @@ def _global_options(
     return parent
 
 
+def _sweep_options(sweep: argparse.ArgumentParser) -> None:
+    sweep.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check a slice of each table's vectors against their current content",
+    )
+    sweep.add_argument("--max-rows", type=int, default=1000, help="rows per table (default 1000)")
+    sweep.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _long_document_options(run: argparse.ArgumentParser) -> None:
+    """Chunked targets' long documents (worker/pipeline/pieces.py)."""
+    run.add_argument(
+        "--piece-tokens",
+        type=int,
+        help="chunked targets: tokens embedded per piece of a long document [EMBED_PIECE_TOKENS]",
+    )
+    run.add_argument(
+        "--max-document-bytes",
+        type=int,
+        help="chunked targets: larger documents fail at once; 0: no ceiling "
+        "[EMBED_MAX_DOCUMENT_BYTES]",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="embed-worker",
@@ -126,17 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-attempts", type=int, help="attempts before dead-lettering [EMBED_MAX_ATTEMPTS]"
     )
-    run.add_argument(
-        "--piece-tokens",
-        type=int,
-        help="chunked targets: tokens embedded per piece of a long document [EMBED_PIECE_TOKENS]",
-    )
-    run.add_argument(
-        "--max-document-bytes",
-        type=int,
-        help="chunked targets: larger documents fail at once; 0: no ceiling "
-        "[EMBED_MAX_DOCUMENT_BYTES]",
-    )
+    _long_document_options(run)
     run.add_argument(
         "--http-port", type=int, help="serve /healthz, /readyz, /metrics, /embed [EMBED_HTTP_PORT]"
     )
@@ -194,6 +213,12 @@ def build_parser() -> argparse.ArgumentParser:
     failures = command("failures", "list dead-lettered jobs", loads_models=False)
     failures.add_argument("--retry", action="store_true", help="re-queue them all")
     failures.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    _sweep_options(
+        command(
+            "sweep", "queue rows that lost their job or hold a stale vector", loads_models=False
+        )
+    )
 
     command("doctor", "check for common problems and say what to do")
 

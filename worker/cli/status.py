@@ -71,10 +71,31 @@ def fetch(conn: db.Connection, *, exact: bool = False) -> list[dict[str, Any]]:
         )
         rows = [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]
     _add_retrying(conn, rows)
+    _add_verification(conn, rows)
     _add_documents(conn, rows)
     for row in rows:
         row["eta_seconds"] = eta_seconds(row)
     return rows
+
+
+VERIFICATION = ("verified_rows", "last_verified", "verify_pass_rows", "verify_pass_started")
+
+
+def _add_verification(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
+    """Each row's verification by `sweep(verify => true)` (sql/64_verify.sql): the rows of the
+    last complete pass and when it finished, the rows of the pass in progress and when it
+    started (None: never verified). Left None where the view cannot be read."""
+    for row in rows:
+        row.update(dict.fromkeys(VERIFICATION))
+    try:
+        with db.translated(), conn.transaction():
+            found = conn.execute(queries.compose("verification")).fetchall()
+    except (psycopg.Error, exceptions.EmbedWorkerError):
+        return
+    by_id = {r[1]: r[2:] for r in found}
+    for row in rows:
+        if row["target_id"] in by_id:
+            row.update(zip(VERIFICATION, by_id[row["target_id"]], strict=True))
 
 
 def eta_seconds(row: dict[str, Any]) -> float | None:
@@ -313,6 +334,9 @@ def notes(r: dict[str, Any]) -> list[str]:
             f"{r['backfill_rows']:,} existing row(s) still to queue"
             " (counted as pending; queued whenever the worker's reads run short)"
         )
+    if r.get("last_verified") or r.get("verify_pass_started"):
+        lines.append("")
+        lines.append(f"{r['target']}: {verification(r)}")
     if r["index_deferred"]:
         lines.append("")
         lines.append(
@@ -324,6 +348,20 @@ def notes(r: dict[str, Any]) -> list[str]:
 
 def _seconds_since(moment: datetime) -> float:
     return max((datetime.now(UTC) - moment).total_seconds(), 0.0)
+
+
+def verification(r: dict[str, Any]) -> str:
+    """What the verifying sweep (`sweep(verify => true)`) says of the target's vectors."""
+    said = []
+    if r.get("last_verified"):
+        at = r["last_verified"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        said.append(
+            f"{r['verified_rows']:,} row(s) verified against their content by the pass"
+            f" finished {at}"
+        )
+    if r.get("verify_pass_started"):
+        said.append(f"{r['verify_pass_rows']:,} row(s) verified so far by the pass in progress")
+    return "; ".join(said)
 
 
 def show(conn: db.Connection, *, as_json: bool, exact: bool = False) -> None:
