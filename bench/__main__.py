@@ -3,7 +3,7 @@ instead, in one run on one machine. Results go to bench/results/*.json; `python 
 turns them into the table of docs/performance.md and the plots.
 
     python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,lanes,
-                            idle,embedder,quality]
+                            idle,remote,embedder,quality,swapstall]
                     [--rows N] [--quick] [--quality-function SCHEMA.FUNCTION]
 
 At scale, each run only when named in --only (each takes 5 to 15 minutes here):
@@ -12,6 +12,10 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only hnsw [--scale-rows N]      HNSW insert vs build at 1M (bench/hnsw.py)
     python -m bench --only status [--scale-rows N]    status and /metrics at 10M (bench/status.py)
     python -m bench --only bigwatch [--scale-rows N]  watch() on 1M and 10M rows (bench/bigwatch.py)
+    python -m bench --only verify [--scale-rows N]    the verifying sweep at 1M (bench/verify.py)
+    python -m bench --only documents [--document-mb MB] [--model M]
+                                                      live rows during a 10 MB document
+                                                      (bench/documents.py)
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ from bench import (
     bigwatch,
     chunks,
     corpus,
+    documents,
     endtoend,
     hnsw,
     idle,
@@ -44,7 +49,10 @@ from bench import (
     million,
     oltp,
     raw,
+    remote,
     status,
+    swapstall,
+    verify,
     writepath,
 )
 from bench.machine import describe as machine
@@ -70,10 +78,20 @@ SECTIONS = (
     "chunks",
     "lanes",
     "idle",
+    "remote",
     "embedder",
     "quality",
+    "swapstall",
 )
-SCALE_SECTIONS = ("million", "workers", "hnsw", "status", "bigwatch")  # never by default
+SCALE_SECTIONS = (
+    "million",
+    "workers",
+    "hnsw",
+    "status",
+    "bigwatch",
+    "verify",
+    "documents",
+)  # never by default
 
 
 def models() -> dict[str, tuple[str, Path]]:
@@ -108,6 +126,14 @@ def main() -> int:
         metavar="SCHEMA.FUNCTION",
         help="also evaluate this search function in the quality section (bench/quality/retrievers.py)",
     )
+    parser.add_argument(
+        "--document-mb", type=float, default=10.0, help="the long document (documents section)"
+    )
+    parser.add_argument(
+        "--model",
+        default="all-MiniLM-L6-v2",
+        help="model of the documents section, a directory in shared/models with its ONNX file",
+    )
     args = parser.parse_args()
     wanted = set(args.only.split(","))
     RESULTS.mkdir(exist_ok=True)
@@ -134,6 +160,10 @@ def main() -> int:
         section(
             "writepath",
             lambda: writepath.run(fresh_db(cluster, template), rounds=3 if args.quick else 7),
+        )
+        section(
+            "swapstall",
+            lambda: swapstall.run(fresh_db(cluster, template), seconds=8 if args.quick else 20),
         )
         section(
             "oltp",
@@ -255,6 +285,12 @@ def main() -> int:
             ),
         )
         section(
+            "verify",
+            lambda: verify.run(
+                fresh_db(cluster, template), rows=args.scale_rows or 1_000_000, quick=args.quick
+            ),
+        )
+        section(
             "bigwatch",
             lambda: bigwatch.run(
                 cluster,
@@ -292,12 +328,32 @@ def main() -> int:
         )
 
         section(
+            "documents",  # live rows while a long document is embedded in pieces, vs idle
+            lambda: documents.run(
+                fresh_db(cluster, template),
+                SHARED_MODELS / args.model,
+                mb=args.document_mb,
+                samples=20 if args.quick else 50,
+                one_batch_mb=min(args.document_mb, 1.0),
+            ),
+        )
+
+        section(
             "idle",  # an idle worker: insert-to-vector latency (also prepared), CPU while waiting
             lambda: idle.run(
                 cluster,
                 fresh_db(cluster, template),
                 SHARED_MODELS / "gte-small",
                 samples=50 if args.quick else 100,
+            ),
+        )
+
+        section(
+            "remote",  # the worker through infinity-emb vs infinity's own throughput
+            lambda: remote.run(
+                fresh_db(cluster, template),
+                texts[: 192 if args.quick else 512],
+                rounds=1 if args.quick else 2,
             ),
         )
 

@@ -184,6 +184,14 @@ BEGIN
     -- A row whose key changed has no old row: it counts as changed.
     changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s WHERE (o.%I IS NULL OR %s IS DISTINCT FROM %s)',
                       embeddings.key_equal_sql(t, 'o', 'n'), t.key_columns[1], new_content, old_content);
+    IF t.clear_on_update AND coalesce(t.side_table, t.chunk_table) IS NULL THEN
+        -- A key whose embedding this statement cleared changed too. The clear trigger compares
+        -- each physical row with itself, this trigger each key with itself: one UPDATE that
+        -- moves keys and content together (SET pos = pos + 1, body = <text of pos + 1>) leaves
+        -- every key's content as it was, yet every row's embedding cleared (issue 25 §1).
+        changed := format('%s OR (n.%I IS NULL AND o.%I IS NOT NULL))', left(changed, -1),
+                          t.embedding_column, t.embedding_column);
+    END IF;
     IF t.clear_on_update THEN
         -- A change to blank content needs no job: the clear trigger already cleared the row.
         changed := changed || format(' AND %s OPERATOR(pg_catalog.<>) ''''', new_content);
@@ -200,7 +208,7 @@ BEGIN
                          ELSE 'FROM new_rows n' END;
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%4$s AS $body$
             BEGIN
                 %2$s;
                 RETURN NULL;%3$s
@@ -214,7 +222,8 @@ BEGIN
                  '                %s;\n'
                  '                RETURN NULL;',
                 quote_literal(t.source::text), embeddings.enqueue_statement(t, fallback))
-            ELSE '' END);
+            ELSE '' END,
+            embeddings.key_settings_sql(t));  -- the keys' text read back alike in any session
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_' || body);
     END LOOP;
 
@@ -252,7 +261,7 @@ BEGIN
     IF t.replica THEN
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%11$s AS $body$
             BEGIN%10$s
                 IF (TG_OP = 'INSERT' AND %2$s AND %3$s OPERATOR(pg_catalog.<>) '')
                    OR (TG_OP = 'UPDATE' AND (NOT (%4$s) OR %3$s IS DISTINCT FROM %5$s) AND %3$s OPERATOR(pg_catalog.<>) '') THEN
@@ -280,7 +289,8 @@ BEGIN
                  '\n                    RETURN NULL;'
                  '\n                END IF;',
                 embeddings.key_equal_sql(t, 'old', 'new'), pgmq.format_table_name(t.queue, 'q'), t.id,
-                embeddings.key_json_sql(t, 'old')) ELSE '' END);
+                embeddings.key_json_sql(t, 'old')) ELSE '' END,
+            embeddings.key_settings_sql(t));
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_replica');
         -- A row trigger: Postgres clones it onto each partition created or attached, checking
         -- that whoever does so may EXECUTE it. The table's owner may (no one else: it queues).

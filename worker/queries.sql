@@ -134,6 +134,14 @@ SELECT to_regprocedure('embeddings.default_model()') IS NOT NULL;
 -- The database's default model: what watch() uses when none is named (set_default_model()).
 SELECT embeddings.default_model();
 
+-- name: remote_models
+-- The remote models of the registry (sql/46_providers.sql): what a RemoteModel is built from.
+-- No column holds a secret: `credential` is the name of the worker's key.
+SELECT name, provider, endpoint, remote_model, dimensions, max_tokens, pooling, send_dimensions,
+       max_inputs, max_request_tokens, max_in_flight, timeout_seconds, price_per_million_tokens,
+       credential, tokenizer
+FROM embeddings.models WHERE provider <> 'local' ORDER BY name;
+
 -- name: target_versions
 -- The definition version of every registered target (a registry read under an older one is
 -- refreshed before a batch is served with it).
@@ -245,6 +253,56 @@ FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::inte
               %(chunk_keys)s::text[], %(seqs)s::integer[], %(chunks)s::text[], %(chunk_hashes)s::text[],
               %(embeddings)b);
 
+-- name: document_progress
+-- Long documents of a target in progress or over the ceiling (embeddings.documents): what a
+-- worker continues from, and what tells it whether its last piece committed.
+SELECT row_key, digest, state, chunks_done
+FROM embeddings.documents
+WHERE target_id = %(target_id)s AND row_key = ANY(%(keys)s::text[]) AND target_version = %(version)s;
+
+-- name: long_documents
+-- For `status` and `doctor`: every long document in progress or over the ceiling.
+SELECT target_id, row_key, state, chunks_done, chunks_estimated, bytes, ceiling_bytes, started_at, updated_at
+FROM embeddings.document_progress ORDER BY target_id, started_at;
+
+-- name: lock_document_progress
+-- Inside a piece's write transaction, after lock_documents: each document's committed progress.
+SELECT row_key, digest, chunks_done
+FROM embeddings.documents
+WHERE target_id = %(target_id)s AND row_key = ANY(%(keys)s::text[]) AND state = 'in_progress'
+  AND target_version = %(version)s
+FOR UPDATE;
+
+-- name: note_document_progress
+-- A piece's chunks were written (same transaction): its document's chunks 0 .. done - 1 are
+-- those of the content `digest`.
+INSERT INTO embeddings.documents AS d (target_id, row_key, digest, state, bytes, chunks_done, chunks_estimated,
+                                       target_version)
+SELECT %(target_id)s, n.key, n.digest, 'in_progress', n.bytes, n.done, n.estimated, %(version)s
+FROM unnest(%(keys)s::text[], %(digests)s::text[], %(bytes)s::bigint[], %(done)s::integer[],
+            %(estimated)s::integer[]) AS n(key, digest, bytes, done, estimated)
+ON CONFLICT (target_id, row_key) DO UPDATE
+SET digest = excluded.digest, state = excluded.state, bytes = excluded.bytes,
+    chunks_done = excluded.chunks_done, chunks_estimated = excluded.chunks_estimated,
+    ceiling_bytes = NULL, updated_at = now(), target_version = excluded.target_version,
+    started_at = CASE WHEN d.digest = excluded.digest AND d.state = 'in_progress' THEN d.started_at ELSE now() END;
+
+-- name: forget_documents
+-- Documents written whole (or by their last piece), cleared or gone: no progress, no ceiling.
+DELETE FROM embeddings.documents
+WHERE target_id = %(target_id)s AND row_key = ANY(%(keys)s::text[]);
+
+-- name: note_over_ceiling
+-- Documents whose content (`digests`) is over the worker's ceiling: their jobs fail at once.
+INSERT INTO embeddings.documents AS d (target_id, row_key, digest, state, bytes, ceiling_bytes, target_version)
+SELECT %(target_id)s, n.key, n.digest, 'over_ceiling', n.bytes, %(ceiling)s, %(version)s
+FROM unnest(%(keys)s::text[], %(digests)s::text[], %(bytes)s::bigint[]) AS n(key, digest, bytes)
+ON CONFLICT (target_id, row_key) DO UPDATE
+SET digest = excluded.digest, state = excluded.state, bytes = excluded.bytes, chunks_done = 0,
+    chunks_estimated = NULL, ceiling_bytes = excluded.ceiling_bytes, updated_at = now(),
+    target_version = excluded.target_version,
+    started_at = CASE WHEN d.state = 'over_ceiling' THEN d.started_at ELSE now() END;
+
 -- name: nearest
 -- The %(k)s rows (chunks, for a chunked target) nearest to %(query)s: the target's
 -- embeddings_<id>_nearest() (worker/search.py).
@@ -324,6 +382,20 @@ SELECT message -> 'target' AS target_id,
 FROM {queue_table}
 WHERE (SELECT yes FROM small) AND message ? 'last_error'
 GROUP BY 1, 2, 3, 4;
+
+-- name: stopped_targets
+-- What stops the progress of the targets of queue %(queue)s (sql/52_stopped.sql), one row per
+-- state: the source of /readyz's stopped_targets and the embed_worker_target_stopped gauge.
+SELECT target, state, reason, fix, since FROM embeddings.stopped_targets() WHERE queue = %(queue)s;
+-- name: record_fingerprints
+-- The fingerprints (content and definition) of the vectors this write transaction stores: what
+-- embeddings.sweep(verify => true) checks each row's vector against (sql/64_verify.sql).
+SELECT embeddings.record_fingerprints(%(target_id)s, %(shadow)s, %(keys)s::text[], %(hashes)s::text[]);
+
+-- name: clear_failing
+-- Clears the vectors of rows whose content function raises now: no vector rather than one of
+-- an older definition. The target's embeddings_<id>_clear_failing(), as the table's owner.
+SELECT k FROM {clear_failing}(%(keys)s::text[]{key_arrays}) AS k;
 
 -- catalog: BEGIN (what is installed and who may do what: start-up, `doctor`, `migrate`)
 
@@ -448,3 +520,59 @@ SELECT embeddings.retry_failures();
 -- name: status_rows
 -- `status`: the columns {columns} of view {view} (embeddings.status, or status_exact).
 SELECT {columns} FROM {view} ORDER BY target;
+
+-- name: sweep
+-- One embeddings.sweep() (`embed-worker sweep`): rows that lost their job, and with %(verify)s
+-- a slice of the verifying pass (sql/64_verify.sql); returns the rows queued.
+SELECT embeddings.sweep(max_rows => %(max_rows)s, verify => %(verify)s);
+
+-- name: verification
+-- How far each target's verifying sweep got (`status`, `sweep`): the last complete pass and
+-- the pass in progress.
+SELECT target, target_id, verified_rows, last_verified, pass_rows, pass_started
+FROM embeddings.verification ORDER BY target;
+
+-- name: models_have_providers
+-- Whether embeddings.models has remote models' columns (a schema before 0.2.0 has not).
+SELECT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = 'embeddings'
+               AND table_name = 'models' AND column_name = 'provider');
+
+-- name: plan_model
+-- `plan`: a model's limits and price (worker/cli/plan.py).
+SELECT name, provider, max_tokens, max_inputs, max_request_tokens, price_per_million_tokens
+FROM embeddings.models WHERE name = %(model)s;
+
+-- name: plan_targets
+-- `plan`: the watched columns of a table (one, when %(column)s names it).
+SELECT id, model, content_column, embedding_column FROM embeddings.targets
+WHERE source = to_regclass(%(table)s) AND (%(column)s::name IS NULL OR embedding_column = %(column)s::name)
+ORDER BY id;
+
+-- name: plan_target_rows
+-- `plan`: a target's rows, and those with a vector, counted exactly.
+SELECT total_rows, embedded_rows FROM embeddings.target_status(true) WHERE target_id = %(target_id)s;
+
+-- name: plan_estimated_rows
+-- `plan`: the planner's row estimate of a table not watched (-1 or 0 before ANALYZE).
+SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%(table)s);
+
+-- name: plan_count_rows
+-- `plan`: the rows of a table not watched, counted (small tables never analyzed).
+SELECT count(*) FROM {table};
+
+-- name: plan_column_width
+-- `plan`: the planner's average width in bytes of a content column, where the caller may read
+-- its statistics (pg_stats shows only columns the caller can SELECT).
+SELECT s.avg_width FROM pg_stats s
+JOIN pg_class c ON c.relname = s.tablename
+JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname
+WHERE c.oid = to_regclass(%(table)s) AND s.attname = %(column)s;
+
+-- name: plan_sample_width
+-- `plan`: the average size in bytes of a content column over a sample of rows, read with the
+-- caller's own rights (no statistics yet).
+SELECT avg(octet_length({column}::text)) FROM (SELECT {column} FROM {table} LIMIT %(rows)s) s;
+
+-- name: regclass_text
+-- A table's name as Postgres quotes it, or NULL when there is none.
+SELECT to_regclass(%(table)s)::text;

@@ -14,7 +14,7 @@ from typing import Any
 from psycopg import errors
 
 from worker import db, exceptions
-from worker.models.embedder import Embedder
+from worker.models.embedder import TextModel
 from worker.pipeline import stores
 from worker.pipeline import targets as targets_mod
 from worker.pipeline.targets import Target
@@ -49,7 +49,7 @@ class Request:
 
 
 def run(
-    conn: db.Connection, load_model: Callable[[str], Embedder], request: Request
+    conn: db.Connection, load_model: Callable[[str], TextModel], request: Request
 ) -> list[dict[str, Any]]:
     """Ranked results: {"key", "similarity", "content"} per row (its vector in the row or in a
     side table), or per document of a chunked target {"key", "similarity", "seq", "chunk"} (its
@@ -59,7 +59,7 @@ def run(
 
 
 def ranked(
-    conn: db.Connection, load_model: Callable[[str], Embedder], target: Target, query: str, k: int
+    conn: db.Connection, load_model: Callable[[str], TextModel], target: Target, query: str, k: int
 ) -> list[dict[str, Any]]:
     """The query embedded with the model of the target's column at that moment, ranked. A
     model change that swapped the column meanwhile (the definition version moved) means once

@@ -24,6 +24,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "failures": failures,
         "model": model,
         "doctor": doctor,
+        "sweep": sweep,
+        "plan": plan,
     }[args.command]
     return handler(args, settings)
 
@@ -50,6 +52,22 @@ def doctor(args: argparse.Namespace, settings: Settings) -> int:
     dsn = settings.dsn
     output.say_database(dsn, settings.database_url)
     return run_doctor(dsn, settings)
+
+
+def plan(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli import plan as planning
+
+    with _connect(settings) as conn:
+        found = planning.make(
+            conn,
+            args.table,
+            column=args.column,
+            model=args.model,
+            content=args.content,
+            tokens_per_row=args.tokens_per_row,
+        )
+    planning.show(found, as_json=args.json)
+    return EXIT_OK
 
 
 def migrate(_args: argparse.Namespace, settings: Settings) -> int:
@@ -102,6 +120,16 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
             except KeyboardInterrupt:
                 return EXIT_OK
         show(conn, as_json=args.json, exact=args.exact)
+    return EXIT_OK
+
+
+def sweep(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli import sweep as sweeping
+
+    if args.max_rows < 1:
+        raise exceptions.ConfigError("--max-rows must be at least 1")
+    with _connect(settings) as conn:
+        sweeping.show(sweeping.run(conn, args), as_json=args.json)
     return EXIT_OK
 
 
@@ -256,6 +284,7 @@ def failures(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- models -----------------------------------------------------------------------------------
 def model(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli import remote
     from worker.models import catalog, download, files
 
     if args.model_command == "list":
@@ -273,7 +302,8 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
                     r.source,
                 ]
                 for r in rows
-            ],
+            ]
+            + remote.list_rows(settings),
         )
         return EXIT_OK
     variant: catalog.Variant | Literal["all"] = args.download_variant or settings.model_variant

@@ -31,9 +31,17 @@ DESCRIPTIONS = {
     "JSON list of vectors.",
     "search": "Embed QUERY with the model of TABLE's target and print the nearest rows.",
     "failures": "List dead-lettered jobs (rows that exhausted their attempts), or re-queue them.",
+    "sweep": "Queue the rows that should have a vector and have no job (embeddings.sweep()); "
+    "with --verify, also check the next slice of each table's vectors against the content "
+    "and definition they were made from, and queue those that no longer match. Run it on a "
+    "schedule; `status` shows how far verification got.",
     "doctor": "Check the database, the models and the queue for common problems, and say what "
     "to do about each. Exits 1 when it finds one.",
-    "model": "List the known models or download one.",
+    "model": "List the known models (and the database's remote ones) or download one.",
+    "plan": "Estimate what embedding TABLE will take before it starts: the rows, tokens and "
+    "requests, and the cost at the model's price_per_million_tokens. Without --model: the rows "
+    "that have no vector yet (a backfill); with --model: every row (a model change). Tokens are "
+    "estimated from the content column's size, never by evaluating content.",
 }
 
 
@@ -84,6 +92,31 @@ def _global_options(
     return parent
 
 
+def _sweep_options(sweep: argparse.ArgumentParser) -> None:
+    sweep.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check a slice of each table's vectors against their current content",
+    )
+    sweep.add_argument("--max-rows", type=int, default=1000, help="rows per table (default 1000)")
+    sweep.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _long_document_options(run: argparse.ArgumentParser) -> None:
+    """Chunked targets' long documents (worker/pipeline/pieces.py)."""
+    run.add_argument(
+        "--piece-tokens",
+        type=int,
+        help="chunked targets: tokens embedded per piece of a long document [EMBED_PIECE_TOKENS]",
+    )
+    run.add_argument(
+        "--max-document-bytes",
+        type=int,
+        help="chunked targets: larger documents fail at once; 0: no ceiling "
+        "[EMBED_MAX_DOCUMENT_BYTES]",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="embed-worker",
@@ -122,6 +155,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-attempts", type=int, help="attempts before dead-lettering [EMBED_MAX_ATTEMPTS]"
     )
+    _long_document_options(run)
     run.add_argument(
         "--http-port", type=int, help="serve /healthz, /readyz, /metrics, /embed [EMBED_HTTP_PORT]"
     )
@@ -180,7 +214,34 @@ def build_parser() -> argparse.ArgumentParser:
     failures.add_argument("--retry", action="store_true", help="re-queue them all")
     failures.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
+    _sweep_options(
+        command(
+            "sweep", "queue rows that lost their job or hold a stale vector", loads_models=False
+        )
+    )
+
     command("doctor", "check for common problems and say what to do")
+
+    plan = command(
+        "plan",
+        "estimate rows, tokens, requests and cost before a backfill or model change",
+        loads_models=False,
+    )
+    plan.add_argument("table", metavar="TABLE", help="a table, e.g. public.documents")
+    plan.add_argument("--column", help="embedding column, when the table has several")
+    plan.add_argument(
+        "--model",
+        help="plan a change to this model (every row); default: the table's model, for the "
+        "rows that have no vector yet",
+    )
+    plan.add_argument("--content", metavar="COLUMN", help="content column of a table not watched")
+    plan.add_argument(
+        "--tokens-per-row",
+        type=float,
+        metavar="N",
+        help="average tokens per row, where they cannot be estimated (a content function)",
+    )
+    plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     model_cmd = command("model", "list or download models")
     model_commands = model_cmd.add_subparsers(dest="model_command", metavar="ACTION", required=True)
@@ -223,6 +284,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "batch_size",
         "vt_seconds",
         "max_attempts",
+        "piece_tokens",
+        "max_document_bytes",
         "http_port",
         "http_host",
         "pull",

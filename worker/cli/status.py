@@ -32,7 +32,7 @@ COLUMNS = (
     "cleared_rows",
     "deferred_reason",
     "deferred_since",
-    "problem",  # why the target is not served (NULL when it is)
+    "problem",  # what stops the target's progress, in words (NULL when nothing does)
     "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
     "estimated",  # total, embedded and cleared rows and chunks are estimates (large tables)
     "backfill_rows",  # rows a running backfill has still to queue (NULL: none runs)
@@ -45,6 +45,7 @@ COLUMNS = (
     "change_total_rows",
     "change_rows_per_second",
     "change_eta_seconds",
+    "stopped",  # what stops it: [{state, reason, fix, since}] (sql/52_stopped.sql); NULL: nothing
 )
 VIEWS = {False: "status", True: "status_exact"}
 ESTIMATE_NOTE = (
@@ -71,9 +72,31 @@ def fetch(conn: db.Connection, *, exact: bool = False) -> list[dict[str, Any]]:
         )
         rows = [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]
     _add_retrying(conn, rows)
+    _add_verification(conn, rows)
+    _add_documents(conn, rows)
     for row in rows:
         row["eta_seconds"] = eta_seconds(row)
     return rows
+
+
+VERIFICATION = ("verified_rows", "last_verified", "verify_pass_rows", "verify_pass_started")
+
+
+def _add_verification(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
+    """Each row's verification by `sweep(verify => true)` (sql/64_verify.sql): the rows of the
+    last complete pass and when it finished, the rows of the pass in progress and when it
+    started (None: never verified). Left None where the view cannot be read."""
+    for row in rows:
+        row.update(dict.fromkeys(VERIFICATION))
+    try:
+        with db.translated(), conn.transaction():
+            found = conn.execute(queries.compose("verification")).fetchall()
+    except (psycopg.Error, exceptions.EmbedWorkerError):
+        return
+    by_id = {r[1]: r[2:] for r in found}
+    for row in rows:
+        if row["target_id"] in by_id:
+            row.update(zip(VERIFICATION, by_id[row["target_id"]], strict=True))
 
 
 def eta_seconds(row: dict[str, Any]) -> float | None:
@@ -123,6 +146,39 @@ def _add_retrying(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
         row["retry_attempts"] = max(a for _, _, a in parts)
 
 
+def _add_documents(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
+    """Chunked targets' long documents: `documents_in_progress` (each embedded a piece at a
+    time: key, chunks done and estimated, since when) and `documents_over_ceiling` (documents
+    the worker refuses, EMBED_MAX_DOCUMENT_BYTES), from embeddings.document_progress. Left
+    empty where it cannot be read (a role without the worker's grants)."""
+    for row in rows:
+        row.update(documents_in_progress=[], documents_over_ceiling=0)
+    by_id = {row["target_id"]: row for row in rows}
+    try:
+        with db.translated(), conn.transaction():  # a savepoint where one is open (doctor)
+            found = conn.execute(queries.compose("long_documents")).fetchall()
+    except (psycopg.Error, exceptions.EmbedWorkerError):
+        return
+    for target_id, key, state, done, estimated, size, ceiling, started, updated in found:
+        target = by_id.get(target_id)
+        if target is None:
+            continue
+        if state == "over_ceiling":
+            target["documents_over_ceiling"] += 1
+            target.setdefault("ceiling_bytes", ceiling)
+            continue
+        target["documents_in_progress"].append(
+            {
+                "key": key,
+                "chunks_done": done,
+                "chunks_estimated": estimated,
+                "bytes": size,
+                "started_at": started,
+                "updated_at": updated,
+            }
+        )
+
+
 def bar(done: int, total: int, *, width: int = BAR_WIDTH) -> str:
     """`[########............]  40%`; ASCII so that every terminal and log shows it."""
     fraction = 1.0 if total <= 0 else min(max(done / total, 0.0), 1.0)
@@ -169,6 +225,8 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
         pending = r["pending_jobs"]
         estimated = bool(r["estimated"])
         progress = bar(progress_done(r, wanted), wanted) if pending else "done" if wanted else "-"
+        if r.get("stopped"):
+            progress = "stopped"  # never "done" while something stops it (see its notes)
         if r["deferred_reason"]:
             eta = "waiting (deferred)"
         elif pending and r.get("retrying_rows", 0) >= pending:
@@ -242,9 +300,27 @@ def notes(r: dict[str, Any]) -> list[str]:
             f" {output.age(eta) if eta is not None else 'no rate yet'}"
             f" ({r['model']} serves searches until the swap)"
         )
-    if r.get("problem"):
+    stops = r.get("stopped") or []
+    for stop in stops:
         lines.append("")
-        lines.append(f"{r['target']}: not served: {r['problem']}")
+        lines.append(f"{r['target']}: stopped ({stop['state']}) since {_since(stop['since'])}:")
+        lines.append(f"  {stop['reason']}")
+        lines.append(f"  fix: {stop['fix']}")
+    for doc in r.get("documents_in_progress") or []:
+        done, estimated = doc["chunks_done"], doc["chunks_estimated"] or doc["chunks_done"]
+        lines.append("")
+        lines.append(
+            f"{r['target']}: document {doc['key']} ({doc['bytes']:,} bytes) embedded in pieces:"
+            f" {bar(done, estimated)} {done:,}/~{estimated:,} chunks,"
+            f" started {output.age(_seconds_since(doc['started_at']))} ago"
+        )
+    if r.get("documents_over_ceiling"):
+        lines.append("")
+        lines.append(
+            f"{r['target']}: {r['documents_over_ceiling']:,} document(s) over the ceiling of"
+            f" {r.get('ceiling_bytes') or 0:,} bytes (EMBED_MAX_DOCUMENT_BYTES), not embedded:"
+            " raise it and `embed-worker failures --retry`, or shorten them"
+        )
     if r.get("retrying_rows"):
         lines.append("")
         lines.append(
@@ -252,8 +328,8 @@ def notes(r: dict[str, Any]) -> list[str]:
             f" ({r['retry_attempts']} attempt(s) so far; after EMBED_MAX_ATTEMPTS a row goes to"
             f" `embed-worker failures`): {' | '.join(str(r['retry_error']).splitlines())}"
         )
-    if r["deferred_reason"]:
-        since = r["deferred_since"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if r["deferred_reason"] and not any(s["state"] == "deferred" for s in stops):
+        since = _since(r["deferred_since"])
         lines.append("")
         lines.append(f"{r['target']}: {r['pending_jobs']:,} job(s) wait since {since}:")
         lines.append(f"  {r['deferred_reason']}")
@@ -264,6 +340,9 @@ def notes(r: dict[str, Any]) -> list[str]:
             f"{r['backfill_rows']:,} existing row(s) still to queue"
             " (counted as pending; queued whenever the worker's reads run short)"
         )
+    if r.get("last_verified") or r.get("verify_pass_started"):
+        lines.append("")
+        lines.append(f"{r['target']}: {verification(r)}")
     if r["index_deferred"]:
         lines.append("")
         lines.append(
@@ -271,6 +350,32 @@ def notes(r: dict[str, Any]) -> list[str]:
             " search scans exactly meanwhile"
         )
     return lines
+
+
+def _since(value: datetime | str | None) -> str:
+    """A timestamp as status shows it (UTC); JSON from the database carries ISO text."""
+    if value is None:
+        return "?"
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _seconds_since(moment: datetime) -> float:
+    return max((datetime.now(UTC) - moment).total_seconds(), 0.0)
+
+
+def verification(r: dict[str, Any]) -> str:
+    """What the verifying sweep (`sweep(verify => true)`) says of the target's vectors."""
+    said = []
+    if r.get("last_verified"):
+        at = r["last_verified"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        said.append(
+            f"{r['verified_rows']:,} row(s) verified against their content by the pass"
+            f" finished {at}"
+        )
+    if r.get("verify_pass_started"):
+        said.append(f"{r['verify_pass_rows']:,} row(s) verified so far by the pass in progress")
+    return "; ".join(said)
 
 
 def show(conn: db.Connection, *, as_json: bool, exact: bool = False) -> None:

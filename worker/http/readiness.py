@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from worker import db, exceptions
+from worker.models.remote import breaker as breakers
 
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels
@@ -43,6 +44,7 @@ class ReadinessProbe:
         """Targets of our queue the worker cannot serve now, with why (their jobs wait)."""
         failed = self.embedders.failures()
         loaded = self.embedders.loaded()
+        circuits = breakers.open_providers()  # remote models' providers that are down
         found = {}
         for target in self.registry.snapshot().values():
             if target.queue != self.queue:
@@ -51,6 +53,9 @@ class ReadinessProbe:
             problem = target.problem(model.dim if model is not None else None)
             if problem is None and target.model in failed:
                 problem = failed[target.model]
+            spec = self.embedders.remote_spec(target.model)
+            if problem is None and spec is not None and spec.host in circuits:
+                problem = circuits[spec.host]
             if problem is not None:
                 found[target.name] = problem
         return found

@@ -2,7 +2,8 @@
 
   GET  /healthz             the process is alive and its pipeline threads are running
   GET  /readyz              the database answers and the default model is loaded (200
-                            "ready", or 200 "degraded" naming the targets it cannot serve)
+                            "ready", or 200 "degraded" naming the targets it cannot serve
+                            and those whose progress stopped, sql/52_stopped.sql)
   GET  /metrics             Prometheus text
   POST /embed               {"input": "text"} -> {"embedding": [...]} (Supabase's quickstart
                             shape); "input" may also be a list -> {"embeddings": [[...], ...]};
@@ -46,6 +47,7 @@ if TYPE_CHECKING:
     from worker.pipeline.targets import TargetRegistry
     from worker.process.runner import Worker
     from worker.process.startup import DefaultModel
+    from worker.process.stopped import StoppedTargets
 
 logger = logging.getLogger(__name__)
 
@@ -69,6 +71,7 @@ class Server(ThreadingHTTPServer):
         embedders: LoadedModels,
         default_model: DefaultModel,
         failure: Callable[[], BaseException | None],  # what stopped the worker, if anything
+        stopped: StoppedTargets,  # what stops each target's progress (sql/52_stopped.sql)
         readiness: ReadinessProbe,
         push: push.Push,
     ) -> None:
@@ -78,6 +81,7 @@ class Server(ThreadingHTTPServer):
         self.embedders = embedders
         self.default_model = default_model
         self.failure = failure
+        self.stopped = stopped
         self.readiness = readiness
         self.push = push
         self.slots = threading.BoundedSemaphore(settings.http_max_connections)
@@ -178,9 +182,15 @@ class Handler(protocol.JSONRequestHandler):
             )
             return
         # Serving, but some targets' jobs wait: ready (the process works), and says which.
+        # deferred_targets: as this worker sees them; stopped_targets: what stops each target's
+        # progress as the database says (sql/52_stopped.sql), as status and doctor show it.
         unservable = self.server.readiness.unservable_targets()
-        if unservable:
-            self._json(HTTPStatus.OK, {"status": "degraded", "deferred_targets": unservable})
+        stopped = self.server.stopped.current()
+        if unservable or stopped:
+            self._json(
+                HTTPStatus.OK,
+                {"status": "degraded", "deferred_targets": unservable, "stopped_targets": stopped},
+            )
         else:
             self._json(HTTPStatus.OK, {"status": "ready"})
 
@@ -354,6 +364,7 @@ def serve(worker: Worker, settings: Settings) -> Server:
         embedders=worker.embedders,
         default_model=worker.default_model,
         failure=lambda: worker.failure,
+        stopped=worker.stopped,
         readiness=ReadinessProbe(
             worker.dsn,
             settings.queue,

@@ -16,7 +16,8 @@ from typing import Any
 from worker import db, exceptions, metrics
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
-from worker.pipeline import faults, stores
+from worker.models.remote.client import RemoteModel
+from worker.pipeline import chunks, faults, pieces, remote, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.targets import Target, TargetRegistry
@@ -41,7 +42,7 @@ def read(
         # A target registered since we last looked: read the registry again, once.
         targets = registry.refresh(conn)
         jobs = [jobqueue.parse(r, targets) for r in raw]
-    batch = Batch(jobs=jobs, lane=queue.lane)
+    batch = Batch(jobs=jobs, lane=queue.lane, limits=pieces.Limits.of(settings))
     prepare(batch)
     return batch
 
@@ -132,7 +133,15 @@ def embed(embedders: LoadedModels, batch: Batch) -> None:
     faults.reached("embed")
     for target, rows in batch.by_target(RowState.READY).items():
         started = time.perf_counter()
-        tokens = stores.of(target).embed(embedders, batch, target, rows, _embed_isolating)
+        try:
+            tokens = stores.of(target).embed(embedders, batch, target, rows, _embed_isolating)
+        except exceptions.ProviderError as exc:
+            # A remote model's provider could not embed any of the target's rows: they wait,
+            # spending no attempt, for as long as the provider said (worker/pipeline/remote.py).
+            batch.deferred[target.id] = f"{target.name}: {exc}"
+            if exc.retry_after is not None:
+                batch.defer_seconds[target.id] = exc.retry_after
+            continue
         if tokens is None:
             continue  # deferred
         stats = batch.stats[target.id]
@@ -147,6 +156,8 @@ def _embed_isolating(model: Any, rows: list[Row], attribute: str = "vector") -> 
     """Embeds `rows` into their `attribute` (vector, or shadow_vector during a model change)."""
     if not rows:
         return 0
+    if isinstance(model, RemoteModel):
+        return remote.embed_rows(model, rows, attribute)
     try:
         result = model.embed_with_stats([row.content for row in rows])
     except Exception as exc:  # the model's failure on some input: find which
@@ -209,6 +220,7 @@ def log_batch(batch: Batch) -> None:
                 "write_ms": round(batch.write_ms, 1),
             },
         )
+    chunks.log_pieces(batch)  # long documents: each piece written, and how far the document is
     for row in batch.rows.values():
         if row.state is RowState.FAILED:
             _log_failed(row)

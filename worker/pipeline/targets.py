@@ -23,6 +23,7 @@ from typing import Any
 from psycopg import sql
 
 from worker import db, queries
+from worker.models.remote.spec import RemoteSpec
 
 # Key types whose text form the worker normalises itself; any other type's key is taken as the
 # text its JSON form carries (what to_jsonb() wrote) and cast by Postgres.
@@ -101,7 +102,16 @@ class Target:
     # --- SQL -------------------------------------------------------------------------------
     # The functions generated for each target (sql/32_access.sql) through which the worker reads
     # and writes its table, as the table's owner.
-    FUNCTIONS = ("load", "store", "blank", "forget", "reusable", "chunks", "nearest")
+    FUNCTIONS = (
+        "load",
+        "store",
+        "blank",
+        "forget",
+        "reusable",
+        "chunks",
+        "nearest",
+        "clear_failing",
+    )
 
     def sql_names(self, *, shadow: bool = False) -> dict[str, sql.Composable]:
         """The target's functions (`shadow`: those writing the shadow column of the model change
@@ -156,6 +166,8 @@ class Target:
 
 def _canonical_part(raw: Any, key_type: str) -> str:
     """The text form of one key column's value (`key::text` for the types normalised here)."""
+    if key_type == "bool" and isinstance(raw, bool):
+        return "true" if raw else "false"
     if isinstance(raw, bool) or raw is None or isinstance(raw, (list, dict)):
         raise ValueError(f"invalid row key {raw!r} for a {key_type} key")
     if key_type in _INT_RANGES:
@@ -174,6 +186,8 @@ def _canonical_part(raw: Any, key_type: str) -> str:
             return str(uuid.UUID(str(raw)))
         except ValueError:
             raise ValueError(f"invalid row key {raw!r} for a uuid key") from None
+    # A JSON number of a numeric or float key arrives as its text (jobs.KeyNumber), every digit
+    # kept; Postgres reads it back as the key's type.
     text = raw if isinstance(raw, str) else json.dumps(raw)
     if "\x00" in text:
         raise ValueError("row key contains a NUL character")
@@ -235,6 +249,16 @@ def database_default_model(conn: db.Connection) -> str | None:
     return str(row[0]) if row and row[0] is not None else None
 
 
+def load_remote_models(conn: db.Connection) -> dict[str, RemoteSpec]:
+    """The registry's remote models by name (worker/models/remote/spec.py)."""
+    with db.translated():
+        cursor = conn.execute(queries.get("remote_models"))
+        columns = [c.name for c in cursor.description or ()]
+        rows = cursor.fetchall()
+    specs = (RemoteSpec.from_row(dict(zip(columns, row, strict=True))) for row in rows)
+    return {spec.name: spec for spec in specs}
+
+
 class TargetRegistry:
     """The targets, and the database's default model, as last read; refreshed when asked for an
     unknown target or when stale."""
@@ -243,17 +267,25 @@ class TargetRegistry:
         self.max_age = max_age
         self._targets: dict[int, Target] = {}
         self._database_default: str | None = None
+        self._remote: dict[str, RemoteSpec] = {}
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
     def refresh(self, conn: db.Connection) -> dict[int, Target]:
         targets = load(conn)
         default = database_default_model(conn)
+        remote = load_remote_models(conn)
         with self._lock:
             self._targets = targets
             self._database_default = default
+            self._remote = remote
             self._loaded_at = time.monotonic()
         return targets
+
+    def remote_models(self) -> dict[str, RemoteSpec]:
+        """The remote models of the registry (sql/46_providers.sql), as last read."""
+        with self._lock:
+            return self._remote
 
     @property
     def database_default(self) -> str | None:

@@ -11,6 +11,7 @@ batch was read under; a redefined target's jobs are handed back, not acknowledge
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -22,7 +23,7 @@ import psycopg
 
 from worker import db, metrics, queries
 from worker.config import Settings
-from worker.pipeline import deferrals, faults, provenance, stores
+from worker.pipeline import deferrals, faults, fingerprints, provenance, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Fate, Row, RowState
 from worker.pipeline.targets import Target
@@ -43,6 +44,7 @@ class Settlement:
     retry: dict[int, int] = field(default_factory=dict)  # msg_id -> delay
     errors: dict[int, str] = field(default_factory=dict)  # msg_id -> its last error (retries)
     defer: list[int] = field(default_factory=list)
+    defer_for: dict[int, int] = field(default_factory=dict)  # msg_id -> its own delay (remote)
     release: list[int] = field(default_factory=list)  # target redefined: redo at once
     resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)
     dead: list[jobqueue.DeadLetter] = field(default_factory=list)
@@ -83,6 +85,8 @@ def write(
         queue.archive(conn, settlement.archive)
         queue.retry(conn, settlement.retry, settlement.errors)
         queue.defer(conn, settlement.defer, DEFER_SECONDS)
+        for delay in sorted(set(settlement.defer_for.values())):
+            queue.defer(conn, [m for m, d in settlement.defer_for.items() if d == delay], delay)
         queue.defer(conn, settlement.release, 0)
         queue.send(conn, settlement.resend)
         jobqueue.record_failures(conn, queue.home, settlement.dead)
@@ -163,6 +167,7 @@ def _write_target(
     store = stores.of(target)
     embedded = [r for r in rows if r.state is RowState.EMBEDDED]
     blank = [r for r in rows if r.state is RowState.BLANK]
+    fingerprints.clear_failing(conn, target, [r for r in rows if r.state is RowState.FAILED])
     # What rows gone (deleted since queued) left in a side or chunk table goes too.
     gone = [r for r in rows if r.state is RowState.GONE] if store.follows_deletes else []
     if not embedded and not blank and not gone:
@@ -173,6 +178,7 @@ def _write_target(
             if gone:
                 store.forget(conn, target, gone)
         outcome.record({(target.id, key): state for key, state in stored.items()})
+        fingerprints.record_written(conn, target, embedded, stored)
     except psycopg.Error as exc:
         if db.is_connection_error(exc):
             raise
@@ -195,6 +201,7 @@ def _write_target(
                     else:
                         store.forget(conn, target, [row])
                 outcome.record({(target.id, key): state for key, state in stored.items()})
+                fingerprints.record_written(conn, target, embedded, stored)
             except psycopg.Error as row_exc:
                 if db.is_connection_error(row_exc):
                     raise
@@ -227,7 +234,10 @@ def settle(
             )
             continue
         if target.id in batch.deferred or target.id in outcome.deferred:
-            out.defer.append(job.msg_id)
+            if target.id in batch.defer_seconds and target.id not in outcome.deferred:
+                out.defer_for[job.msg_id] = math.ceil(batch.defer_seconds[target.id])
+            else:
+                out.defer.append(job.msg_id)
             continue
         if target.id in outcome.outdated:
             out.release.append(job.msg_id)  # not done: redone under the new definition
@@ -237,27 +247,15 @@ def settle(
             for key in job.keys
             if outcome.state(row := batch.rows[(target.id, key)]) is RowState.FAILED
         ]
-        # Rows a store postponed (a chunk store's documents past the batch's chunk budget) go
-        # back to the queue in a message of their own, visible at once, with the attempts spent
-        # before this one.
-        postponed = [
-            job.raw_keys[key]
-            for key in job.keys
-            if outcome.state(batch.rows[(target.id, key)]) is RowState.POSTPONED
-        ]
-        if postponed:
-            message = {"target": target.id, "keys": postponed, "attempts": job.attempts - 1}
-            out.resend.append((message, 0))
+        _resend_postponed(out, batch, job, target, outcome)
         if not failed and not job.bad_keys:
             out.delete.append(job.msg_id)
             out.latencies.append((now - job.enqueued_at).total_seconds())
             continue
         exhausted = job.attempts >= settings.max_attempts
-        dead = (
-            [(job.raw_keys[k], job.single_key_message(k), e) for k, e in failed]
-            if exhausted
-            else []
-        )
+        # A row that failed for good (a document over its ceiling) is dead at once.
+        final = {k for k, _ in failed if exhausted or batch.rows[(target.id, k)].permanent}
+        dead = [(job.raw_keys[k], job.single_key_message(k), e) for k, e in failed if k in final]
         # An invalid key can never succeed: dead at once.
         dead += [
             (
@@ -267,7 +265,7 @@ def settle(
             )
             for raw, e in job.bad_keys
         ]
-        retry_keys = [k for k, _ in failed] if not exhausted else []
+        retry_keys = [k for k, _ in failed if k not in final]
         for raw, message, error in dead:
             out.dead.append(
                 jobqueue.DeadLetter(target, target.name, raw, message, job.attempts, error)
@@ -276,7 +274,7 @@ def settle(
             job.attempts, settings.backoff_base_seconds, settings.backoff_max_seconds
         )
         for key, _ in failed:  # for the log: the last attempt must not read like a retry
-            fate = Fate(job.attempts, settings.max_attempts, None if exhausted else delay)
+            fate = Fate(job.attempts, settings.max_attempts, None if key in final else delay)
             out.fates[(target.id, key)] = fate
         if retry_keys and len(retry_keys) == len(job.keys) and not job.bad_keys:
             out.retry[job.msg_id] = delay  # the whole job failed: back it off as it is
@@ -300,6 +298,33 @@ def settle(
     return out
 
 
+def _resend_postponed(
+    out: Settlement, batch: Batch, job: jobqueue.Job, target: Target, outcome: WriteOutcome
+) -> None:
+    """Rows a store postponed (a chunk store's documents past the batch's chunk budget, a remote
+    model's rows its provider could not serve) go back to the queue in a message of their own,
+    with the attempts spent before this one; so do long documents with pieces still to go
+    (worker/pipeline/pieces.py), marked as going on from their recorded progress."""
+    for state in (RowState.POSTPONED, RowState.PIECE):
+        postponed = [
+            batch.rows[(target.id, key)]
+            for key in job.keys
+            if outcome.state(batch.rows[(target.id, key)]) is state
+        ]
+        if not postponed:
+            continue
+        message: dict[str, Any] = {
+            "target": target.id,
+            "keys": [job.raw_keys[row.key] for row in postponed],
+            "attempts": job.attempts - 1,
+        }
+        if state is RowState.PIECE:
+            message["continued"] = True
+        # (remote models: visible again when their provider said it is worth asking)
+        wait = max((row.retry_after or 0 for row in postponed), default=0)
+        out.resend.append((message, math.ceil(wait)))
+
+
 def _label(job: jobqueue.Job) -> str:
     message = job.message if isinstance(job.message, dict) else {}
     if "schema" in message and "table" in message:
@@ -317,7 +342,7 @@ def _count(batch: Batch, settlement: Settlement) -> None:
     metrics.JOBS.labels("done").inc(len(settlement.delete))
     metrics.JOBS.labels("retried").inc(len(settlement.retry) + len(settlement.resend))
     metrics.JOBS.labels("dead").inc(len(settlement.dead))
-    metrics.JOBS.labels("deferred").inc(len(settlement.defer))
+    metrics.JOBS.labels("deferred").inc(len(settlement.defer) + len(settlement.defer_for))
     metrics.JOBS.labels("released").inc(len(settlement.release))
     targets = {job.target.id: job.target.name for job in batch.jobs if job.target is not None}
     for target_id, name in targets.items():

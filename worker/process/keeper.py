@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from worker import db, exceptions
 from worker.pipeline.lanes import Lanes
 from worker.process.progress import ProgressLine
+from worker.process.stopped import REFRESH_SECONDS, StoppedTargets
 
 logger = logging.getLogger(__name__)
 
@@ -24,6 +25,7 @@ class Keeper:
     lanes: Lanes  # whose leases it renews and whose gauges it refreshes
     vt_seconds: int  # a lease's length: renewed every third of it
     finished: threading.Event  # the pipeline has drained: the keeper ends
+    stopped: StoppedTargets  # what stops each target's progress, refreshed for /readyz
     # Completes model changes (worker/process/changes.py); None where the fetcher does it
     # (--once) or no worker pulls (push only).
     complete_changes: Callable[[db.Connection], object] | None
@@ -36,6 +38,7 @@ class Keeper:
         session = db.Session(self.dsn, "keeper", self.finished)
         renew_every = self.vt_seconds / 3
         last_renew = last_gauges = time.monotonic()
+        last_stopped = float("-inf")
         progress = ProgressLine(self.lanes, self.rows_done) if self.rows_done else None
         try:
             while not self.finished.wait(0.5 if progress else 1.0):
@@ -49,6 +52,9 @@ class Keeper:
                         last_renew = now
                     if self.complete_changes is not None:
                         self.complete_changes(conn)
+                    if now - last_stopped >= REFRESH_SECONDS:
+                        last_stopped = now
+                        self.stopped.refresh(conn)
                     if now - last_gauges >= 5 or progress:
                         self.lanes.gauges(conn)
                         last_gauges = now

@@ -45,6 +45,7 @@ from worker.process.changes import Completer
 from worker.process.fetcher import Fetcher, Handoffs, pass_on
 from worker.process.keeper import Keeper
 from worker.process.startup import DefaultModel, Startup, announce
+from worker.process.stopped import StoppedTargets
 from worker.process.wakeups import Waiter, WakePipe
 from worker.process.writer import Writer, hand_back
 
@@ -116,12 +117,15 @@ class Worker:
         # Priority lanes (worker/pipeline/lanes.py): live jobs before backfill work.
         self.lanes = Lanes(settings.queue, settings.batch_size)
         self.registry = registry or TargetRegistry()  # given: one across runs (tests)
+        self.stopped = StoppedTargets(settings.queue)  # for /readyz and the metric
         self.embedders = embedders or LoadedModels(
             variant=settings.model_variant,
             threads=settings.threads,
             location=settings.model_location,
             downloads=settings.downloads,
+            api_key=settings.api_key,
         )
+        self.embedders.follow(self.registry.remote_models)  # remote models: as registered
         self.stopping = threading.Event()  # no more reading
         self.finished = threading.Event()  # the pipeline has drained
         self.started = threading.Event()  # connected, schema present, models tried
@@ -206,6 +210,7 @@ class Worker:
             lanes=self.lanes,
             vt_seconds=self.settings.vt_seconds,
             finished=self.finished,
+            stopped=self.stopped,
             complete_changes=(
                 (lambda conn: changes.run(conn, self.registry, force=False)) if changes else None
             ),

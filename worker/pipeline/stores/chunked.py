@@ -72,6 +72,7 @@ class ChunkStore(Store):
 
     def forget(self, conn: db.Connection, target: Target, gone: list[Row]) -> None:
         forget_rows(conn, target, gone)
+        chunks.forget(conn, target, gone)  # a long document's progress or ceiling
 
     def nearest(
         self, conn: db.Connection, target: Target, vector: npt.NDArray[np.float32], k: int
