@@ -75,6 +75,10 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     chunk_table      regclass,
     chunk_tokens     integer,
     chunk_overlap    integer,
+    -- Full-text search for hybrid search (sql/59_hybrid.sql): the text search configuration
+    -- and the tsvector column (in `source`, or `fts` in the chunk table); NULL: none.
+    fts_config       regconfig,
+    fts_column       name,
     UNIQUE (source, embedding_column),
     CHECK ((content_column IS NULL) <> (content_function IS NULL))
 );

@@ -66,6 +66,11 @@ class Settings:
     http_allow_unauthenticated: bool = field(
         default=False, metadata={"env": "EMBED_HTTP_ALLOW_UNAUTHENTICATED"}
     )
+    # The role POST /search searches as (its SELECT rights and row-level security decide what it
+    # sees); unset: the worker's own connection (docs/http.md#search).
+    search_database_url: str | None = field(
+        default=None, metadata={"env": "EMBED_SEARCH_DATABASE_URL"}
+    )
     log_format: str = field(default="text", metadata={"env": "EMBED_LOG_FORMAT"})
     log_level: str = field(default="INFO", metadata={"env": "EMBED_LOG_LEVEL"})
     devdb_port: int = field(default=54329, metadata={"env": "DEVDB_PORT"})

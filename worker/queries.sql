@@ -1,6 +1,6 @@
 -- The worker's runtime SQL. Each query starts with `-- name: NAME` and a one-line description;
 -- worker/queries.py loads them. `{queue_table}` and a target's functions (`{load}`, `{store}`,
--- `{blank}`, `{reusable}`, `{chunks}`, `{nearest}`: embeddings.embeddings_<id>_<name>, which read
+-- `{blank}`, `{reusable}`, `{chunks}`: embeddings.embeddings_<id>_<name>, which read
 -- and write its table as the table's owner, sql/32_access.sql) are filled with psycopg.sql
 -- identifiers of registered targets only, `{key_arrays}` with one text[] parameter per key
 -- column (%(k0)s, ...: see Target.sql_names); values are always bound parameters. Row keys go
@@ -238,10 +238,12 @@ FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::inte
               %(chunk_keys)s::text[], %(seqs)s::integer[], %(chunks)s::text[], %(chunk_hashes)s::text[],
               %(embeddings)b);
 
--- name: nearest
--- The %(k)s rows (chunks, for a chunked target) nearest to %(query)s: the target's
--- embeddings_<id>_nearest() (worker/search.py).
-SELECT key, seq, content, distance FROM {nearest}(%(query)s, %(k)s);
+-- name: search
+-- The %(k)s rows (documents, for a chunked target) nearest to %(query)s among those matching
+-- %(filter)s: embeddings.search() (sql/58_search.sql), with the caller's rights.
+SELECT key, distance, content, seq
+FROM embeddings.search((SELECT t.source FROM embeddings.targets t WHERE t.id = %(target)s),
+                       %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name);
 
 -- name: backfill_next
 -- One step of a backfill of a target on %(queue)s that no other worker is stepping: queues the

@@ -7,25 +7,23 @@ embeds the query with the target's model, and ranks.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-from pgvector import HalfVector, Vector
-from psycopg import errors, sql
+from pgvector import HalfVector
+from psycopg import errors
 
-from worker import db, exceptions
+from worker import db, exceptions, queries
 from worker.models.embedder import Embedder
 from worker.pipeline import targets as targets_mod
 from worker.pipeline.targets import Target
 
 MAX_K = 100
-# Chunks fetched per document asked for: several chunks of one document are often the nearest,
-# and documents are ranked by their best one. hnsw.ef_search is raised to match (at most 1000).
-CHUNKS_PER_DOCUMENT = 10
-MAX_CANDIDATES = 1000
 
 
 @dataclass(frozen=True)
@@ -34,10 +32,13 @@ class Request:
     query: str
     k: int = 5
     column: str | None = None
+    filter: dict[str, Any] | None = None
 
     @classmethod
     def parse(cls, body: Any) -> Request:
-        """A request from a JSON body ({"table", "query", "k"?, "column"?}); ValueError if bad."""
+        """A request from a JSON body ({"table", "query", "k"?, "column"?, "filter"?});
+        ValueError if bad. The filter is a JSON object of column names (docs/http.md#search),
+        checked against the table by embeddings.search(), never spliced into SQL."""
         if not isinstance(body, dict):
             raise ValueError('expected a JSON object with "table" and "query"')
         table, query, k = body.get("table"), body.get("query"), body.get("k", 5)
@@ -51,20 +52,28 @@ class Request:
             raise ValueError(f'"k" must be an integer from 1 to {MAX_K}')
         if column is not None and (not isinstance(column, str) or "\x00" in column):
             raise ValueError('"column" must be a column name')
-        return cls(table, query, k, column)
+        filter = body.get("filter")
+        if filter is not None and not isinstance(filter, dict):
+            raise ValueError('"filter" must be a JSON object of column names')
+        return cls(table, query, k, column, filter)
 
 
 def run(
     conn: db.Connection, load_model: Callable[[str], Embedder], request: Request
 ) -> list[dict[str, Any]]:
-    """Ranked results: {"key", "similarity", "content"} per row, or per document of a chunked
-    target {"key", "similarity", "seq", "chunk"} (its best chunk)."""
+    """Ranked results, one per row or, for a chunked target, per document (result())."""
     target = find_target(conn, request.table, request.column)
-    return ranked(conn, load_model, target, request.query, request.k)
+    return ranked(conn, load_model, target, request.query, request.k, filter=request.filter)
 
 
 def ranked(
-    conn: db.Connection, load_model: Callable[[str], Embedder], target: Target, query: str, k: int
+    conn: db.Connection,
+    load_model: Callable[[str], Embedder],
+    target: Target,
+    query: str,
+    k: int,
+    *,
+    filter: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """The query embedded with the model of the target's column at that moment, ranked. A
     model change that swapped the column meanwhile (the definition version moved) means once
@@ -75,10 +84,7 @@ def ranked(
             raise exceptions.TargetError(problem)
         vector = model.embed([query])[0]
         try:
-            if target.chunk_table is not None:
-                results = nearest_documents(conn, target, vector, k)
-            else:
-                results = nearest_rows(conn, target, vector, k)
+            results = nearest(conn, target, vector, k, filter)
         except exceptions.DatabaseError:
             if _current(conn, target).version == target.version:
                 raise
@@ -95,7 +101,11 @@ def _current(conn: db.Connection, target: Target) -> Target:
     return targets_mod.load(conn)[target.id]
 
 
-def find_target(conn: db.Connection, table: str, column: str | None = None) -> Target:
+def find_target(
+    conn: db.Connection, table: str, column: str | None = None, *, then: str = ""
+) -> Target:
+    """The target of `table` (of its embedding column `column`, if it has several); `then`
+    is added to the hint given for an unwatched table."""
     with db.translated():
         try:
             row = conn.execute("SELECT to_regclass(%s)::oid", (table,)).fetchone()
@@ -113,42 +123,73 @@ def find_target(conn: db.Connection, table: str, column: str | None = None) -> T
             )
         ]
     if not ids:
-        hint = f"SELECT embeddings.watch('{table}', 'content_column');"
+        hint = f"SELECT embeddings.watch('{table}', 'content_column');{then}"
         raise exceptions.TargetError(f"{table} is not watched: {hint}")
     if len(ids) > 1:
         raise exceptions.ConfigError(f"{table} has several embedding columns: pass a column")
     return targets_mod.load(conn)[ids[0]]
 
 
-def nearest_documents(
-    conn: db.Connection, target: Target, vector: npt.NDArray[np.float32], k: int
-) -> list[dict[str, Any]]:
-    """The k documents with the nearest chunks, each with its best chunk, nearest first."""
-    candidates = min(max(k * CHUNKS_PER_DOCUMENT, 40), MAX_CANDIDATES)
-    db.register_vector_types(conn)
-    with db.translated(), conn.transaction():
-        conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(candidates)))
-        rows = conn.execute(
-            target.query("nearest"), {"query": HalfVector(vector), "k": candidates}
-        ).fetchall()
-    best: dict[str, dict[str, Any]] = {}
-    for key, seq, chunk, distance in rows:  # nearest first: a document's first chunk is its best
-        name = repr(key)
-        if name not in best:
-            best[name] = {"key": key, "similarity": 1 - float(distance), "seq": seq, "chunk": chunk}
-    return list(best.values())[:k]
+# SQLSTATEs of a search the caller got wrong (a filter naming no column, a bad comparison, a
+# column type filters do not take) or may not make (no SELECT on the table): 400 and 403 over
+# HTTP, not 500.
+BAD_SEARCH = {"42703", "22023", "0A000", "22P02", "22003", "22007", "22008"}
+DENIED = "42501"
 
 
-def nearest_rows(
-    conn: db.Connection, target: Target, vector: npt.NDArray[np.float32], k: int
+def nearest(
+    conn: db.Connection,
+    target: Target,
+    vector: npt.NDArray[np.float32],
+    k: int,
+    filter: dict[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
-    """The k rows with the nearest embeddings, nearest first, with their content column's text
-    (None for a content function: a search evaluates none, docs/security.md)."""
+    """embeddings.search(): the k rows nearest to `vector` (for a chunked target the k
+    documents with the nearest chunks, each with its best one) among those matching `filter`,
+    nearest first, as the connection's role may see them (row-level security included)."""
     db.register_vector_types(conn)
-    wrap = HalfVector if target.embedding_type == "halfvec" else Vector
-    with db.translated():
-        rows = conn.execute(target.query("nearest"), {"query": wrap(vector), "k": k}).fetchall()
-    return [
-        {"key": key, "similarity": 1 - float(distance), "content": text}
-        for key, _, text, distance in rows
-    ]
+    params = {
+        "target": target.id,
+        "query": HalfVector(vector),
+        "k": k,
+        "filter": None if filter is None else json.dumps(filter),
+        "column": target.embedding_column,
+    }
+    with _errors():
+        rows = conn.execute(queries.get("search"), params).fetchall()
+    return [result(key, distance, content, seq) for key, distance, content, seq in rows]
+
+
+def result(key: Any, distance: float, content: str | None, seq: int | None) -> dict[str, Any]:
+    """One result (docs/http.md#search): the row's key as the table types it, its cosine
+    `distance` to the query and `similarity` (1 - distance), `content` (the content column's
+    text, or the best chunk's) and `seq` (the chunk's position from 0; null for a whole row)."""
+    return {
+        "key": key,
+        "similarity": 1 - float(distance),
+        "distance": float(distance),
+        "content": content,
+        "seq": seq,
+    }
+
+
+class InvalidSearch(exceptions.ConfigError):
+    """The search is wrong as asked (its filter, say): a 400."""
+
+
+class SearchDenied(exceptions.ConfigError):
+    """The searching role may not read the table: a 403."""
+
+
+@contextmanager
+def _errors() -> Iterator[None]:
+    try:
+        with db.translated():
+            yield
+    except exceptions.DatabaseError as exc:
+        state = getattr(exc.__cause__, "sqlstate", None)
+        if state in BAD_SEARCH:
+            raise InvalidSearch(str(exc)) from exc
+        if state == DENIED:
+            raise SearchDenied(str(exc)) from exc
+        raise

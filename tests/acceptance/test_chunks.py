@@ -76,7 +76,7 @@ def test_the_running_worker_chunks_search_finds_documents_by_their_best_chunk(
     )
     assert result.returncode == 0, result.stderr
     hits = json.loads(result.stdout)
-    assert hits[0]["key"] == 1 and "violet" in hits[0]["chunk"]
+    assert hits[0]["key"] == 1 and "violet" in hits[0]["content"]
     assert len({h["key"] for h in hits}) == len(hits) == 2  # documents, not chunks
     table = cli(worker_dsn, worker_env, "search", "docs", "how long does the rye bread rise?")
     assert table.returncode == 0, table.stderr
@@ -86,7 +86,7 @@ def test_the_running_worker_chunks_search_finds_documents_by_their_best_chunk(
     status, _, body = post(worker, "/search", {"table": "docs", "query": "bread", "k": 1})
     assert status == 200
     (hit,) = body["results"]
-    assert hit["key"] == 2 and "sourdough" in hit["chunk"] and 0 < hit["similarity"] <= 1
+    assert hit["key"] == 2 and "sourdough" in hit["content"] and 0 < hit["similarity"] <= 1
     status, _, body = post(worker, "/search", {"table": "nowhere", "query": "bread"})
     assert status == 404 and "nowhere" in body["error"]
     status, _, body = post(worker, "/search", {"table": "docs", "query": "", "k": 1})

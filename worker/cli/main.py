@@ -174,6 +174,11 @@ def build_parser() -> argparse.ArgumentParser:
     search.add_argument("query", metavar="QUERY", help="what to look for, in plain words")
     search.add_argument("-k", type=int, default=5, help="how many rows (default 5)")
     search.add_argument("--column", help="embedding column, when the table has several")
+    search.add_argument(
+        "--filter",
+        metavar="JSON",
+        help='only rows whose columns match, e.g. \'{"tenant_id": 7, "published": true}\'',
+    )
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     failures = command("failures", "list dead-lettered jobs", loads_models=False)

@@ -89,6 +89,11 @@ ALTER TABLE embeddings.targets
     ADD COLUMN IF NOT EXISTS chunk_tokens integer,
     ADD COLUMN IF NOT EXISTS chunk_overlap integer;
 
+-- embeddings.targets: full-text search for hybrid search (sql/59_hybrid.sql).
+ALTER TABLE embeddings.targets
+    ADD COLUMN IF NOT EXISTS fts_config regconfig,
+    ADD COLUMN IF NOT EXISTS fts_column name;
+
 -- embeddings.queues: a backfill lane names the live queue it serves.
 ALTER TABLE embeddings.queues ADD COLUMN IF NOT EXISTS live_queue text;
 
