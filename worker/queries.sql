@@ -245,6 +245,13 @@ SELECT key, distance, content, seq
 FROM embeddings.search((SELECT t.source FROM embeddings.targets t WHERE t.id = %(target)s),
                        %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name);
 
+-- name: hybrid_search
+-- The %(k)s documents best by reciprocal rank fusion of the vector ranking of %(query)s and
+-- the full-text ranking of %(text)s: embeddings.hybrid_search() (sql/59_hybrid.sql).
+SELECT key, score, content, seq, distance, vector_rank, text_rank
+FROM embeddings.hybrid_search((SELECT t.source FROM embeddings.targets t WHERE t.id = %(target)s),
+                              %(text)s, %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name);
+
 -- name: backfill_next
 -- One step of a backfill of a target on %(queue)s that no other worker is stepping: queues the
 -- next %(max_keys)s rows' keys that need a job and advances its cursor (sql/62_backfill.sql).

@@ -24,6 +24,9 @@ from worker.pipeline import targets as targets_mod
 from worker.pipeline.targets import Target
 
 MAX_K = 100
+# "vector": by meaning only; "hybrid": fused with full-text search (the target needs it on:
+# embeddings.enable_fts()); "auto": hybrid where the target has full-text search.
+MODES = ("auto", "vector", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -33,6 +36,7 @@ class Request:
     k: int = 5
     column: str | None = None
     filter: dict[str, Any] | None = None
+    mode: str = "auto"
 
     @classmethod
     def parse(cls, body: Any) -> Request:
@@ -55,7 +59,10 @@ class Request:
         filter = body.get("filter")
         if filter is not None and not isinstance(filter, dict):
             raise ValueError('"filter" must be a JSON object of column names')
-        return cls(table, query, k, column, filter)
+        mode = body.get("mode", "auto")
+        if mode not in MODES:
+            raise ValueError(f'"mode" must be one of {", ".join(MODES)}')
+        return cls(table, query, k, column, filter, mode)
 
 
 def run(
@@ -63,7 +70,15 @@ def run(
 ) -> list[dict[str, Any]]:
     """Ranked results, one per row or, for a chunked target, per document (result())."""
     target = find_target(conn, request.table, request.column)
-    return ranked(conn, load_model, target, request.query, request.k, filter=request.filter)
+    return ranked(
+        conn,
+        load_model,
+        target,
+        request.query,
+        request.k,
+        filter=request.filter,
+        mode=request.mode,
+    )
 
 
 def ranked(
@@ -74,6 +89,7 @@ def ranked(
     k: int,
     *,
     filter: dict[str, Any] | None = None,
+    mode: str = "auto",
 ) -> list[dict[str, Any]]:
     """The query embedded with the model of the target's column at that moment, ranked. A
     model change that swapped the column meanwhile (the definition version moved) means once
@@ -84,7 +100,10 @@ def ranked(
             raise exceptions.TargetError(problem)
         vector = model.embed([query])[0]
         try:
-            results = nearest(conn, target, vector, k, filter)
+            if mode == "hybrid" or (mode == "auto" and has_fulltext(conn, target)):
+                results = hybrid(conn, target, query, vector, k, filter=filter)
+            else:
+                results = nearest(conn, target, vector, k, filter)
         except exceptions.DatabaseError:
             if _current(conn, target).version == target.version:
                 raise
@@ -157,19 +176,73 @@ def nearest(
     }
     with _errors():
         rows = conn.execute(queries.get("search"), params).fetchall()
-    return [result(key, distance, content, seq) for key, distance, content, seq in rows]
+    return [
+        result(key, distance, content, seq, vector_rank=rank)
+        for rank, (key, distance, content, seq) in enumerate(rows, start=1)
+    ]
 
 
-def result(key: Any, distance: float, content: str | None, seq: int | None) -> dict[str, Any]:
-    """One result (docs/http.md#search): the row's key as the table types it, its cosine
-    `distance` to the query and `similarity` (1 - distance), `content` (the content column's
-    text, or the best chunk's) and `seq` (the chunk's position from 0; null for a whole row)."""
+def hybrid(
+    conn: db.Connection,
+    target: Target,
+    query: str,
+    vector: npt.NDArray[np.float32],
+    k: int,
+    *,
+    filter: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """embeddings.hybrid_search(): the k documents best by reciprocal rank fusion of the
+    vector ranking and the full-text ranking of `query` (sql/59_hybrid.sql)."""
+    db.register_vector_types(conn)
+    params = {
+        "target": target.id,
+        "text": query,
+        "query": HalfVector(vector),
+        "k": k,
+        "filter": None if filter is None else json.dumps(filter),
+        "column": target.embedding_column,
+    }
+    with _errors():
+        rows = conn.execute(queries.get("hybrid_search"), params).fetchall()
+    return [
+        result(key, distance, content, seq, score=score, vector_rank=vr, text_rank=tr)
+        for key, score, content, seq, distance, vr, tr in rows
+    ]
+
+
+def has_fulltext(conn: db.Connection, target: Target) -> bool:
+    with db.translated():
+        row = conn.execute(
+            "SELECT fts_config IS NOT NULL FROM embeddings.targets WHERE id = %s", (target.id,)
+        ).fetchone()
+    return bool(row and row[0])
+
+
+def result(
+    key: Any,
+    distance: float | None,
+    content: str | None,
+    seq: int | None,
+    *,
+    score: float | None = None,
+    vector_rank: int | None = None,
+    text_rank: int | None = None,
+) -> dict[str, Any]:
+    """One result (docs/http.md#search): the row's key as the table types it; its cosine
+    `distance` to the query and `similarity` (1 - distance; both null for a hybrid result the
+    vector ranking did not hold); `content` (the content column's text, or the best chunk's)
+    and `seq` (the chunk's position from 0; null for a whole row); the hybrid `score`
+    (reciprocal rank fusion; null for a vector search) and the result's place in each ranking
+    (`vector_rank`, `text_rank`, from 1; null where it is missing)."""
     return {
         "key": key,
-        "similarity": 1 - float(distance),
-        "distance": float(distance),
+        "similarity": None if distance is None else 1 - float(distance),
+        "distance": None if distance is None else float(distance),
         "content": content,
         "seq": seq,
+        "score": score,
+        "vector_rank": vector_rank,
+        "text_rank": text_rank,
     }
 
 

@@ -187,7 +187,13 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         # Embedded with the column's model at that moment; documents of a chunked target by
         # their best chunk (worker/search.py).
         results = search_mod.ranked(
-            conn, lambda name: _load(name, settings), target, args.query, args.k, filter=filter
+            conn,
+            lambda name: _load(name, settings),
+            target,
+            args.query,
+            args.k,
+            filter=filter,
+            mode=args.mode,
         )
     if args.json:
         output.print_json(results)
@@ -200,7 +206,7 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         ["similarity", "key", "content"],
         [
             [
-                f"{r['similarity']:.3f}",
+                "-" if r["similarity"] is None else f"{r['similarity']:.3f}",
                 str(r["key"]),
                 output.preview(r["content"]),
             ]

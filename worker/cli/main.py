@@ -179,6 +179,13 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="JSON",
         help='only rows whose columns match, e.g. \'{"tenant_id": 7, "published": true}\'',
     )
+    search.add_argument(
+        "--mode",
+        choices=("auto", "vector", "hybrid"),
+        default="auto",
+        help="vector: by meaning; hybrid: fused with full-text search (embeddings.enable_fts);"
+        " auto (default): hybrid where the table has full-text search",
+    )
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     failures = command("failures", "list dead-lettered jobs", loads_models=False)
