@@ -79,7 +79,8 @@ CREATE FUNCTION embeddings.watch(
     chunk_overlap integer DEFAULT NULL,
     chunk_table text DEFAULT NULL,
     backfill boolean DEFAULT true,
-    keep_old boolean DEFAULT false
+    keep_old boolean DEFAULT false,
+    fts regconfig DEFAULT NULL  -- full-text search for hybrid search (sql/59_hybrid.sql); NULL: as it is
 ) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -391,6 +392,9 @@ BEGIN
             source, embedding_column;
     END IF;
 
+    IF fts IS NOT NULL AND fts IS DISTINCT FROM (SELECT tg.fts_config FROM embeddings.targets tg WHERE tg.id = t.id) THEN
+        PERFORM embeddings.enable_fts(source, fts, embedding_column);
+    END IF;
     PERFORM set_config('embeddings.following', 'off', true);
     RETURN t.id;
 END

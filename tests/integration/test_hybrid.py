@@ -153,8 +153,9 @@ def test_the_worker_keeps_the_tsvector(
 ) -> None:
     conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
     conn.execute("INSERT INTO notes VALUES (1, 'shutil.rmtree removes trees'), (2, 'cats')")
-    conn.execute("SELECT embeddings.watch('notes', 'body', model => %s)", (minilm,))
-    conn.execute("SELECT embeddings.enable_fts('notes')")
+    conn.execute(
+        "SELECT embeddings.watch('notes', 'body', model => %s, fts => 'english')", (minilm,)
+    )
     run_once()
     rows = conn.execute("SELECT id, embedding_fts::text FROM notes ORDER BY id").fetchall()
     assert rows == [(1, "'remov':3 'rmtree':2 'shutil':1 'tree':4"), (2, "'cat':1")]
