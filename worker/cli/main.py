@@ -123,8 +123,10 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-attempts", type=int, help="attempts before dead-lettering [EMBED_MAX_ATTEMPTS]"
     )
     run.add_argument(
-        "--http-port", type=int, help="serve /healthz, /readyz, /metrics, /embed, /search, /functions/v1/embed"
-        " [EMBED_HTTP_PORT]"
+        "--http-port",
+        type=int,
+        help="serve /healthz, /readyz, /metrics, /embed, /search, /functions/v1/embed"
+        " [EMBED_HTTP_PORT]",
     )
     run.add_argument(
         "--http-host", help="bind address for HTTP (default 127.0.0.1) [EMBED_HTTP_HOST]"
