@@ -44,6 +44,7 @@ from bench import (
     million,
     oltp,
     raw,
+    retrieval,
     status,
     writepath,
 )
@@ -73,7 +74,14 @@ SECTIONS = (
     "embedder",
     "quality",
 )
-SCALE_SECTIONS = ("million", "workers", "hnsw", "status", "bigwatch")  # never by default
+SCALE_SECTIONS = (
+    "million",
+    "workers",
+    "hnsw",
+    "status",
+    "bigwatch",
+    "retrieval",
+)  # never by default
 
 
 def models() -> dict[str, tuple[str, Path]]:
@@ -237,6 +245,15 @@ def main() -> int:
             ),
         )
         section(
+            "retrieval",  # recall and latency of each search path (bench/retrieval.py)
+            lambda: retrieval.run(
+                fresh_db(cluster, template),
+                SHARED_MODELS / "all-MiniLM-L6-v2",
+                rows=args.scale_rows or 100_000,
+                queries=50 if args.quick else 100,
+            ),
+        )
+        section(
             "hnsw",
             lambda: hnsw.run(
                 fresh_db(cluster, template),
@@ -305,7 +322,7 @@ def main() -> int:
             # Retrieval quality (recall@10, nDCG@10) of full-text, vector and hybrid search
             # over the standard library's documentation, rows and chunks (bench/quality/).
             chosen = evaluate.default_retrievers()
-            chosen += [retrievers.SqlFunction(name) for name in args.quality_function]
+            chosen += [retrievers.SqlFunction.named(name) for name in args.quality_function]
             return evaluate.run(
                 fresh_db(cluster, template),
                 SHARED_MODELS / "all-MiniLM-L6-v2",
