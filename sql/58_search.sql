@@ -165,7 +165,8 @@ END
 $$;
 
 -- Runs `statement` (a query of (key, content, seq, distance) rows, $1 the query vector, $2 the
--- filter) with iterative index scans on, and returns its rows as one JSON array. The settings
+-- filter) with iterative index scans on, and returns its rows as one JSON array, by distance
+-- (ties by key: duplicate texts have equal distances, and the answer must not depend on luck). The settings
 -- are put back afterwards: they must not outlive the search in the caller's transaction.
 -- STABLE, as search(): they write nothing (sql/90_privileges.sql grants such functions to
 -- PUBLIC).
@@ -178,7 +179,7 @@ BEGIN
     IF iterative IS NOT NULL THEN
         PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
     END IF;
-    EXECUTE format('SELECT coalesce(pg_catalog.jsonb_agg(r ORDER BY r.distance), ''[]'') FROM (%s) r', statement)
+    EXECUTE format('SELECT coalesce(pg_catalog.jsonb_agg(r ORDER BY r.distance, r.key), ''[]'') FROM (%s) r', statement)
         INTO result USING query, filter;
     IF iterative IS NOT NULL THEN
         PERFORM set_config('hnsw.iterative_scan', iterative, true);
@@ -205,7 +206,7 @@ DECLARE
     max_scan double precision := coalesce(nullif(current_setting('hnsw.max_scan_tuples', true), '')::double precision, 20000);
     found jsonb := '[]';
     distinct_on text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'DISTINCT ON (r.key)' END;
-    distinct_order text := CASE WHEN t.chunk_table IS NULL THEN 'r.distance' ELSE 'r.key, r.distance' END;
+    distinct_order text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'ORDER BY r.key, r.distance' END;
     n integer := 0;
     candidates integer := 0;
 BEGIN
@@ -219,7 +220,7 @@ BEGIN
         LOOP
             found := embeddings.search_run(format(
                 'SELECT %s r.* FROM (SELECT c.*, pg_catalog.count(*) OVER () AS candidates'
-                ' FROM (SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT %s) c) r ORDER BY %s',
+                ' FROM (SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT %s) c) r %s',
                 distinct_on, columns, q->>'from', condition, q->>'order', n, distinct_order), query, filter);
             candidates := coalesce((found->0->>'candidates')::integer, 0);
             EXIT WHEN jsonb_array_length(found) >= k OR t.chunk_table IS NULL OR candidates < n OR n >= max_scan;
@@ -232,8 +233,8 @@ BEGIN
         -- the rows it can reach are few, and a graph full of dead or near-duplicate tuples
         -- may reach some rows from no entry point at all.
         found := embeddings.search_run(format(
-            'SELECT * FROM (SELECT %s r.* FROM (SELECT %s FROM %s WHERE %s OFFSET 0) r ORDER BY %s) d'
-            ' ORDER BY d.distance LIMIT %s',
+            'SELECT * FROM (SELECT %s r.* FROM (SELECT %s FROM %s WHERE %s OFFSET 0) r %s) d'
+            ' ORDER BY d.distance, d.key LIMIT %s',  -- ties (duplicates) by key, as the index path
             distinct_on, columns, q->>'from', condition, distinct_order, k), query, filter);
     END IF;
     RETURN QUERY

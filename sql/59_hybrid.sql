@@ -164,7 +164,7 @@ BEGIN
         RAISE EXCEPTION 'embeddings.hybrid_search: k and depth must be at least 1, rrf_k at least 0'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.distance), '[]') INTO by_vector
+    SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.distance, r.key), '[]') INTO by_vector
     FROM embeddings.search(source, query_embedding, greatest(depth, k), filter, t.embedding_column) r;
     EXECUTE format('SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'') FROM (%s) r',
                    embeddings.fts_ranking_sql(t, filter, greatest(depth, k)))
