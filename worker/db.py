@@ -18,7 +18,7 @@ import psycopg
 import tenacity
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from worker import exceptions
+from worker import exceptions, queries
 
 logger = logging.getLogger(__name__)
 
@@ -128,6 +128,11 @@ def is_connection_error(exc: BaseException) -> bool:
     )
 
 
+def ping(conn: Connection) -> None:
+    """The database answers on `conn` (or a psycopg error says why not)."""
+    conn.execute(queries.get("ping"))
+
+
 def register_vector_types(conn: Connection) -> None:
     """Teaches `conn` to send pgvector's Vector and HalfVector, wherever `vector` is installed
     (public here, `extensions` on Supabase)."""
@@ -136,10 +141,7 @@ def register_vector_types(conn: Connection) -> None:
     from psycopg.types import TypeInfo
 
     with translated():
-        row = conn.execute(
-            "SELECT quote_ident(n.nspname) FROM pg_extension e"
-            " JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector'"
-        ).fetchone()
+        row = conn.execute(queries.get("vector_schema")).fetchone()
         if row is None:
             raise exceptions.DatabaseError("pgvector is not installed in this database")
         for name, register in (

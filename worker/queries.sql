@@ -108,8 +108,6 @@ SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
        t.content_column, fn_ns.nspname, p.proname, t.model, t.key_columns::text[],
        ARRAY(SELECT kt.typname::text FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
              JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i),
-       ARRAY(SELECT format_type(k.ty, NULL) FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
-             ORDER BY k.i),
        t.queue, coalesce(t.problem, embeddings.access_problem(t)), t.version, chunk_ns.nspname,
        chunk_c.relname, t.chunk_tokens,
        t.chunk_overlap
@@ -326,3 +324,127 @@ SELECT message -> 'target' AS target_id,
 FROM {queue_table}
 WHERE (SELECT yes FROM small) AND message ? 'last_error'
 GROUP BY 1, 2, 3, 4;
+
+-- catalog: BEGIN (what is installed and who may do what: start-up, `doctor`, `migrate`)
+
+-- name: schema_installed
+-- Whether the embeddings schema is installed (its targets table is there).
+SELECT to_regclass('embeddings.targets') IS NOT NULL;
+
+-- name: vector_schema
+-- The schema pgvector is installed in (public here, `extensions` on Supabase), quoted.
+SELECT quote_ident(n.nspname) FROM pg_extension e
+JOIN pg_namespace n ON n.oid = e.extnamespace WHERE e.extname = 'vector';
+
+-- name: queue_has_last_read_at
+-- Whether pgmq's table %(queue_table)s has last_read_at (pgmq before 1.8, Supabase's, has not).
+SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%(queue_table)s)
+               AND attname = 'last_read_at' AND NOT attisdropped);
+
+-- name: installed_extensions
+-- Every extension of this database and its version.
+SELECT extname, extversion FROM pg_extension;
+
+-- name: offered_extensions
+-- The versions of pgvector and pgmq the server offers.
+SELECT name, default_version FROM pg_available_extensions WHERE name IN ('vector', 'pgmq');
+
+-- name: pgmq_schema_exists
+-- Whether a pgmq schema exists (pgmq installed as plain SQL has no extension row).
+SELECT to_regnamespace('pgmq') IS NOT NULL;
+
+-- name: pgmq_state
+-- Whether pgmq is installed here, and whether the server offers it as an extension.
+SELECT to_regclass('pgmq.meta') IS NOT NULL,
+       EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pgmq');
+
+-- name: create_pgmq
+-- pgmq as an extension (where the server offers it).
+CREATE EXTENSION pgmq;
+
+-- name: pg_cron_available
+-- Whether the server offers pg_cron.
+SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron');
+
+-- name: preload_libraries
+-- shared_preload_libraries (a role without pg_read_all_settings may not read it).
+SELECT current_setting('shared_preload_libraries');
+
+-- name: current_role
+-- The role this connection runs as.
+SELECT current_user;
+
+-- name: can_read_table
+-- Whether this role may SELECT from %(table)s.
+SELECT has_table_privilege(%(table)s, 'SELECT');
+
+-- name: model_dimensions
+-- The dimensions of each model the database knows.
+SELECT name, dimensions FROM embeddings.models;
+
+-- name: watched_models
+-- The model of each target.
+SELECT model FROM embeddings.targets;
+
+-- name: target_grants
+-- Each target's name, model, column typmod and whether this role may do its work: execute the
+-- functions through which the worker reads and writes the table as its owner
+-- (sql/32_access.sql; it holds no privilege on the table itself), use its queue, record
+-- failures. Run without parameters (its `%I` is format()'s).
+SELECT embeddings.target_name(t), t.model, a.atttypmod,
+       coalesce((SELECT bool_and(has_function_privilege(p.oid, 'EXECUTE')) FROM pg_proc p
+                 WHERE p.pronamespace = 'embeddings'::regnamespace
+                   AND p.proname ~ ('^embeddings_' || t.id
+                                    || '_(lock|load|store|blank|reusable|chunks)$')),
+                false),
+       has_table_privilege(format('pgmq.%I', pgmq.format_table_name(t.queue, 'q')),
+                           'SELECT, UPDATE, DELETE'),
+       has_table_privilege('embeddings.failures', 'INSERT')
+FROM embeddings.targets t JOIN pg_attribute a ON a.attrelid = t.source
+ AND a.attname = t.embedding_column AND NOT a.attisdropped ORDER BY t.id;
+
+-- name: targets_have_key_column
+-- Whether embeddings.targets still has key_column: main's 0002 from before the squash had it.
+SELECT EXISTS (SELECT FROM pg_attribute a
+               WHERE a.attrelid = to_regclass('embeddings.targets') AND a.attname = 'key_column'
+                 AND NOT a.attisdropped);
+
+-- name: version_table_exists
+-- Whether our Alembic version table %(version_table)s is there.
+SELECT to_regclass(%(version_table)s) IS NOT NULL;
+
+-- name: current_revision
+-- The revision Alembic recorded in {version_table}.
+SELECT version_num FROM {version_table};
+
+-- name: restamp_0001
+-- Marks the database as at revision 0001 (a squashed revision's database, upgraded from there).
+UPDATE {version_table} SET version_num = '0001';
+
+-- catalog: END
+
+-- name: wait_for_jobs
+-- Waits up to %(ms)s ms for jobs on %(queue)s (or its backfill lane, when %(backfill)s),
+-- looking every %(poll_ms)s ms; true when it found some (sql/20_queue.sql).
+SELECT embeddings.wait_for_jobs(%(queue)s, %(ms)s, %(backfill)s, %(poll_ms)s);
+
+-- name: short_statement_timeout
+-- Statements of this transaction give up after 3 s (SET LOCAL: behind a transaction pooler a
+-- plain SET would outlive us on a server connection that other clients then get).
+SET LOCAL statement_timeout = '3s';
+
+-- name: ping
+-- The database answers.
+SELECT 1;
+
+-- name: list_failures
+-- The dead-lettered jobs, oldest first.
+SELECT id, target, row_key, attempts, last_error, failed_at FROM embeddings.failures ORDER BY id;
+
+-- name: retry_failures
+-- Sends every dead-lettered job back to its backfill lane; returns how many.
+SELECT embeddings.retry_failures();
+
+-- name: status_rows
+-- `status`: the columns {columns} of view {view} (embeddings.status, or status_exact).
+SELECT {columns} FROM {view} ORDER BY target;

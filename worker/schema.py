@@ -38,8 +38,9 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+from psycopg.sql import Identifier
 
-from worker import exceptions
+from worker import exceptions, queries
 from worker.db import Connection
 
 logger = logging.getLogger(__name__)
@@ -149,16 +150,13 @@ def bundled_pgmq_sql() -> str:
 
 def ensure_pgmq(conn: Connection) -> None:
     """pgmq as an extension when the server offers it, else as plain SQL from the pgmq package."""
-    row = conn.execute(
-        "SELECT to_regclass('pgmq.meta') IS NOT NULL,"
-        "       EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pgmq')"
-    ).fetchone()
+    row = conn.execute(queries.get("pgmq_state")).fetchone()
     assert row is not None
-    installed, available = row
-    if installed:
+    present, available = row
+    if present:
         return
     if available:
-        conn.execute("CREATE EXTENSION pgmq")
+        conn.execute(queries.get("create_pgmq"))
         return
     logger.warning("pgmq extension not available on this server: installing its SQL as plain SQL")
     conn.execute(bundled_pgmq_sql().encode())
@@ -238,14 +236,10 @@ def restamp_squashed(conn: Connection) -> str | None:
     if at not in SQUASHED_REVISIONS:
         return None
     if at == "0002":
-        row = conn.execute(
-            "SELECT EXISTS (SELECT FROM pg_attribute a"
-            " WHERE a.attrelid = to_regclass('embeddings.targets') AND a.attname = 'key_column'"
-            " AND NOT a.attisdropped)"
-        ).fetchone()
+        row = conn.execute(queries.get("targets_have_key_column")).fetchone()
         if not row or not row[0]:
             return None
-    conn.execute(f"UPDATE public.{VERSION_TABLE} SET version_num = '0001'")
+    conn.execute(queries.compose("restamp_0001", version_table=_version_table()))
     logger.debug("re-stamped revision %s as 0001", at)
     return at
 
@@ -366,14 +360,26 @@ def downgrade(dsn: str, revision: str = "base") -> Migration:
     return _run_alembic(dsn, command.downgrade, revision)
 
 
+def installed(conn: Connection) -> bool:
+    """Whether the embeddings schema is installed in the database of `conn`."""
+    row = conn.execute(queries.get("schema_installed")).fetchone()
+    return bool(row and row[0])
+
+
 def current_revision(conn: Connection) -> str | None:
     row = conn.execute(
-        "SELECT to_regclass(%s) IS NOT NULL", (f"public.{VERSION_TABLE}",)
+        queries.get("version_table_exists"), {"version_table": f"public.{VERSION_TABLE}"}
     ).fetchone()
     if not row or not row[0]:
         return None
-    version = conn.execute(f"SELECT version_num FROM public.{VERSION_TABLE}").fetchone()
+    version = conn.execute(
+        queries.compose("current_revision", version_table=_version_table())
+    ).fetchone()
     return str(version[0]) if version else None
+
+
+def _version_table() -> Identifier:
+    return Identifier("public", VERSION_TABLE)
 
 
 if __name__ == "__main__":  # `make freeze-release REVISION=NNNN`

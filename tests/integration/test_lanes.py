@@ -11,7 +11,7 @@ import psycopg
 
 from tests.support.jobs import messages, move_inbox
 from worker.models.loaded import LoadedModels
-from worker.pipeline.jobs import message_keys
+from worker.pipeline.jobs import backfill_queue_name, message_keys
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -111,3 +111,13 @@ def test_a_model_change_of_a_table_with_a_composite_key(
     for (tenant, key, _, vector), want in zip(rows, expected, strict=True):
         assert vector is not None, (tenant, key)
         assert np.allclose(np.array(vector, dtype=np.float32), want, atol=2e-3), (tenant, key)
+
+
+def test_the_backfill_lane_is_named_as_the_database_names_it(conn: Conn) -> None:
+    """jobqueue.backfill_queue_name (the worker builds its lanes before it connects) is the
+    Python twin of embeddings.backfill_queue(): they agree on each side of the length limit."""
+    names = ["embedding_jobs", "q", "a" * 37, "b" * 38, "c" * 39, "queue_" + "x" * 41]
+    for name in names:
+        row = conn.execute("SELECT embeddings.backfill_queue(%s)", (name,)).fetchone()
+        assert row is not None
+        assert backfill_queue_name(name) == row[0], name

@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any, Literal
 
-from worker import db, exceptions, schema
+from worker import db, exceptions, queries, schema
 from worker.cli import hints, output
 from worker.config import Settings
 
@@ -34,8 +34,8 @@ def _connect(settings: Settings) -> db.Connection:
     output.say_database(dsn, settings.database_url)
     conn = db.connect(dsn)
     with db.translated():
-        row = conn.execute("SELECT to_regclass('embeddings.targets') IS NULL").fetchone()
-    if row and row[0]:
+        missing = not schema.installed(conn)
+    if missing:
         conn.close()
         raise exceptions.DatabaseError(
             f"the embeddings schema is not installed in {db.describe(dsn)}: run "
@@ -219,12 +219,9 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
 # --- failures ---------------------------------------------------------------------------------
 def failures(args: argparse.Namespace, settings: Settings) -> int:
     with _connect(settings) as conn, db.translated():
-        rows = conn.execute(
-            "SELECT id, target, row_key, attempts, last_error, failed_at"
-            " FROM embeddings.failures ORDER BY id"
-        ).fetchall()
+        rows = conn.execute(queries.get("list_failures")).fetchall()
         if args.retry:
-            retried_row = conn.execute("SELECT embeddings.retry_failures()").fetchone()
+            retried_row = conn.execute(queries.get("retry_failures")).fetchone()
             retried = retried_row[0] if retried_row else 0
             print(f"re-queued {retried} dead-lettered job(s)", file=sys.stderr)
             return EXIT_OK

@@ -12,7 +12,7 @@ from typing import Literal
 
 import psycopg
 
-from worker import db, exceptions
+from worker import db, exceptions, queries, schema
 from worker.cli import hints, output
 from worker.config import Settings
 from worker.models import catalog
@@ -70,14 +70,9 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
 
 
 def _extensions(conn: db.Connection) -> list[Finding]:
-    have = dict(conn.execute("SELECT extname, extversion FROM pg_extension").fetchall())
-    offered = dict(
-        conn.execute(
-            "SELECT name, default_version FROM pg_available_extensions"
-            " WHERE name IN ('vector', 'pgmq')"
-        ).fetchall()
-    )
-    pgmq_schema = conn.execute("SELECT to_regnamespace('pgmq') IS NOT NULL").fetchone()
+    have = dict(conn.execute(queries.get("installed_extensions")).fetchall())
+    offered = dict(conn.execute(queries.get("offered_extensions")).fetchall())
+    pgmq_schema = conn.execute(queries.get("pgmq_schema_exists")).fetchone()
     return [
         vector_finding(have.get("vector"), offered.get("vector")),
         pgmq_finding(have.get("pgmq"), offered.get("pgmq"), bool(pgmq_schema and pgmq_schema[0])),
@@ -125,8 +120,7 @@ def pgmq_finding(installed: str | None, offered: str | None, as_sql: bool) -> Fi
 
 
 def _schema(conn: db.Connection, dsn: str, found: list[Finding]) -> bool:
-    row = conn.execute("SELECT to_regclass('embeddings.targets') IS NOT NULL").fetchone()
-    if not row or not row[0]:
+    if not schema.installed(conn):
         found.append(
             Finding(
                 "FAIL",
@@ -144,7 +138,7 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
     from worker.cli import status
 
     out: list[Finding] = []
-    role = conn.execute("SELECT current_user").fetchone()
+    role = conn.execute(queries.get("current_role")).fetchone()
     who = role[0] if role else "this role"
     try:
         with conn.transaction():
@@ -160,31 +154,17 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
             )
         )
     dims = dict(
-        conn.execute("SELECT name, dimensions FROM embeddings.models").fetchall()
+        conn.execute(queries.get("model_dimensions")).fetchall()
         if _can_read(conn, "embeddings.models")
         else []
     )
-    watched = {m for (m,) in conn.execute("SELECT model FROM embeddings.targets").fetchall()}
+    watched = {m for (m,) in conn.execute(queries.get("watched_models")).fetchall()}
     readable = _can_read(conn, "embeddings.models")
     database_default = database_default_model(conn) if readable else None
     out.append(_default_model(settings, database_default))
     for model in sorted({settings.default_model(database_default)} | watched):
         out.append(_model(model, settings))
-    targets = conn.execute(
-        "SELECT embeddings.target_name(t), t.model, a.atttypmod,"
-        # The functions through which the worker reads and writes the table as its owner
-        # (sql/32_access.sql): it holds no privilege on the table itself.
-        " coalesce((SELECT bool_and(has_function_privilege(p.oid, 'EXECUTE')) FROM pg_proc p"
-        "  WHERE p.pronamespace = 'embeddings'::regnamespace"
-        "    AND p.proname ~ ('^embeddings_' || t.id"
-        "                     || '_(lock|load|store|blank|reusable|chunks)$')),"
-        "  false),"
-        " has_table_privilege(format('pgmq.%I', pgmq.format_table_name(t.queue, 'q')),"
-        "                     'SELECT, UPDATE, DELETE'),"
-        " has_table_privilege('embeddings.failures', 'INSERT')"
-        " FROM embeddings.targets t JOIN pg_attribute a ON a.attrelid = t.source"
-        "  AND a.attname = t.embedding_column AND NOT a.attisdropped ORDER BY t.id"
-    ).fetchall()
+    targets = conn.execute(queries.get("target_grants")).fetchall()
     for name, model, typmod, can_run, can_queue, can_fail in targets:
         if model in dims and typmod > 0 and typmod != dims[model]:
             out.append(
@@ -219,7 +199,7 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
 
 
 def _can_read(conn: db.Connection, table: str) -> bool:
-    row = conn.execute("SELECT has_table_privilege(%s, 'SELECT')", (table,)).fetchone()
+    row = conn.execute(queries.get("can_read_table"), {"table": table}).fetchone()
     return bool(row and row[0])
 
 
@@ -353,14 +333,12 @@ def _queue(rows: list[dict[str, object]], dsn: str) -> list[Finding]:
 
 
 def _cron(conn: db.Connection) -> list[Finding]:
-    available = conn.execute(
-        "SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron')"
-    ).fetchone()
+    available = conn.execute(queries.get("pg_cron_available")).fetchone()
     if not available or not available[0]:
         return [Finding("ok", "pg_cron", "not available on this server (optional)")]
     try:
         with conn.transaction():
-            preload = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+            preload = conn.execute(queries.get("preload_libraries")).fetchone()
     except psycopg.Error:
         return [Finding("ok", "pg_cron", "this role cannot read shared_preload_libraries")]
     if preload and "pg_cron" in preload[0]:

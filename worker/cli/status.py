@@ -63,8 +63,10 @@ BAR_WIDTH = 20
 def fetch(conn: db.Connection, *, exact: bool = False) -> list[dict[str, Any]]:
     with db.translated():
         cur = conn.execute(
-            sql.SQL("SELECT {} FROM embeddings.{} ORDER BY target").format(
-                sql.SQL(", ").join(map(sql.Identifier, COLUMNS)), sql.Identifier(VIEWS[exact])
+            queries.compose(
+                "status_rows",
+                columns=sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
+                view=sql.Identifier("embeddings", VIEWS[exact]),
             )
         )
         rows = [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]

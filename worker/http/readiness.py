@@ -42,7 +42,7 @@ class ReadinessProbe:
 
     def problems(self) -> list[str]:
         found = []
-        model_problem = self.worker.default_model_problem()
+        model_problem = startup.default_model_problem(self.worker)
         if model_problem:
             found.append(f"model {startup.default_model(self.worker)}: {model_problem}")
         if self.worker.failure is not None or self.worker.finished.is_set():
@@ -58,7 +58,7 @@ class ReadinessProbe:
                 return self._db_error
             try:
                 with db.connect(self.worker.dsn, connect_timeout=2) as conn:
-                    conn.execute("SELECT 1")
+                    db.ping(conn)
                 self._db_error = None
             except exceptions.EmbedWorkerError as exc:
                 self._db_error = str(exc)

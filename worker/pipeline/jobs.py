@@ -255,9 +255,7 @@ class Queue:
     def _compose_read(self, conn: db.Connection) -> Any:
         # pgmq before 1.8 (what Supabase ships) has no last_read_at column.
         row = conn.execute(
-            "SELECT EXISTS (SELECT FROM pg_attribute WHERE attrelid = to_regclass(%s)"
-            " AND attname = 'last_read_at' AND NOT attisdropped)",
-            (f"pgmq.q_{self.name}",),
+            queries.get("queue_has_last_read_at"), {"queue_table": f"pgmq.q_{self.name}"}
         ).fetchone()
         stamp = sql.SQL(", last_read_at = clock_timestamp()" if row and row[0] else "")
         return queries.compose("read_jobs", queue_table=self.table, read_stamp=stamp)

@@ -52,7 +52,9 @@ class Lanes:
         )
         self._small = max(batch_size // 4, 1)  # a live batch under this many rows is small
         self._lock = threading.Lock()
-        self._backfill_in_flight = 0  # backfill batches leased and not yet written
+        # Batches leased and not yet written (or handed back), per lane: the one count of what
+        # is in flight (the fetcher's "drained", the backfill lane's room).
+        self._in_flight = {jobqueue.LIVE: 0, jobqueue.BACKFILL: 0}
         self._live_was_small = False  # the last batch read was a small live one
 
     def __iter__(self) -> Iterator[Lane]:
@@ -85,17 +87,22 @@ class Lanes:
 
     def backfill_room(self) -> bool:
         with self._lock:
-            return self._backfill_in_flight < BACKFILL_IN_FLIGHT
+            return self._in_flight[jobqueue.BACKFILL] < BACKFILL_IN_FLIGHT
+
+    def drained(self) -> bool:
+        """No batch of either lane is in flight."""
+        with self._lock:
+            return not any(self._in_flight.values())
 
     def begin(self, batch: Batch) -> None:
         self.of(batch).leases.add(batch.jobs)
         with self._lock:
-            self._backfill_in_flight += batch.lane == jobqueue.BACKFILL
+            self._in_flight[self.of(batch).queue.lane] += 1
 
     def end(self, batch: Batch) -> None:
         self.of(batch).leases.drop(batch.msg_ids)
         with self._lock:
-            self._backfill_in_flight -= batch.lane == jobqueue.BACKFILL
+            self._in_flight[self.of(batch).queue.lane] -= 1
 
     def held(self) -> int:
         return len(self.live.leases) + len(self.backfill.leases)

@@ -44,7 +44,6 @@ class Target:
     key_types: tuple[str, ...]  # pg_type.typname of each key column
     queue: str
     version: int = 1  # of the definition (embeddings.targets.version) this object describes
-    key_sql_types: tuple[str, ...] = ()  # format_type() of each; defaults to key_types
     registry_problem: str | None = None  # embeddings.targets.problem
     # Chunked targets (worker/pipeline/chunks.py): vectors in a chunk table, one per chunk.
     chunk_table: tuple[str, str] | None = None  # (schema, table)
@@ -184,8 +183,8 @@ def load(conn: db.Connection) -> dict[int, Target]:
     found: dict[int, Target] = {}
     for row in rows:
         (tid, schema, table, column, etype, dims, ccol, fschema, fname, model) = row[:10]
-        (kcols, ktypes, ksqltypes, q, problem, ver) = row[10:16]
-        chunk_schema, chunk_name, chunk_tokens, chunk_overlap = row[16:]
+        (kcols, ktypes, q, problem, ver) = row[10:15]
+        chunk_schema, chunk_name, chunk_tokens, chunk_overlap = row[15:]
         found[tid] = Target(
             id=tid,
             schema=schema,
@@ -198,7 +197,6 @@ def load(conn: db.Connection) -> dict[int, Target]:
             model=model,
             key_columns=tuple(kcols or ()),
             key_types=tuple(ktypes or ()),
-            key_sql_types=tuple(ksqltypes or ()),
             queue=q,
             version=ver,
             registry_problem=problem,

@@ -28,8 +28,9 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from types import FrameType
+from typing import Any
 
-from worker import db, exceptions, metrics
+from worker import db, exceptions, metrics, queries
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline import stages, write
@@ -42,6 +43,8 @@ from worker.process.changes import Completer
 from worker.process.wakeups import Waiter
 
 logger = logging.getLogger(__name__)
+
+SignalHandler = Callable[[int, FrameType | None], Any] | int | None  # what signal.signal returns
 
 
 @dataclass
@@ -87,22 +90,19 @@ class Worker:
         self.handle_signals = handle_signals
         self._loaded: stdqueue.Queue[Handoff | None] = stdqueue.Queue(maxsize=1)
         self._embedded: stdqueue.Queue[Handoff | None] = stdqueue.Queue(maxsize=1)
-        self._in_flight = 0
-        self._flight = threading.Condition()
         self._wake_r, self._wake_w = os.pipe()
         os.set_blocking(self._wake_w, False)  # a full pipe already wakes: never block a writer
         os.set_blocking(self._wake_r, False)
         self.waiter = Waiter(settings.queue, self.stopping, self._wake_r)
         self._threads: list[threading.Thread] = []
+        self._previous_handlers: dict[signal.Signals, SignalHandler] = {}
         self._stop_requested_at: float | None = None
         self.rows_done = 0
 
     # --- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
         """Runs until stopped (with `once`: until the queue is drained); returns the exit code."""
-        if self.handle_signals and threading.current_thread() is threading.main_thread():
-            signal.signal(signal.SIGTERM, self._on_signal)
-            signal.signal(signal.SIGINT, self._on_signal)
+        self._install_signal_handlers()
         logger.info(
             "embed-worker starting: database %s, queue %s%s, model %s (%s), batch %d",
             db.describe(self.dsn),
@@ -122,16 +122,17 @@ class Worker:
                 return 0
             return self.wait()
         finally:
+            self._restore_signal_handlers()
             self._close_wake_pipe()
 
     def start(self) -> None:
         """Connects, checks the schema and the models, then starts the pipeline threads."""
-        self._startup()
+        startup.start(self)  # worker/process/startup.py
         for name, target in (
             ("fetcher", self._fetcher),
             ("embedder", self._embedder),
             ("writer", self._writer),
-            ("keeper", self._keeper),
+            ("keeper", lambda: keeper.keep(self)),  # worker/process/keeper.py
         ):
             thread = threading.Thread(target=self._guarded(target), name=name, daemon=True)
             thread.start()
@@ -168,6 +169,20 @@ class Worker:
         self.stopping.set()
         self._wake()
 
+    def _install_signal_handlers(self) -> None:
+        if not self.handle_signals or threading.current_thread() is not threading.main_thread():
+            return
+        for signum in (signal.SIGTERM, signal.SIGINT):
+            self._previous_handlers[signum] = signal.signal(signum, self._on_signal)
+
+    def _restore_signal_handlers(self) -> None:
+        """The handlers from before run(): a worker run inside another program (tests, an
+        embedding application) leaves its signals as it found them."""
+        for signum, handler in self._previous_handlers.items():
+            if handler is not None:  # None: a handler not set from Python, which we cannot set
+                signal.signal(signum, handler)
+        self._previous_handlers.clear()
+
     def _on_signal(self, signum: int, _frame: FrameType | None) -> None:
         name = signal.Signals(signum).name
         if self.stopping.is_set():
@@ -186,10 +201,8 @@ class Worker:
             try:
                 conn = db.connect(self.dsn, connect_timeout=3)
                 try:
-                    # SET LOCAL: behind a transaction pooler a plain SET would outlive us on a
-                    # server connection that other clients then get.
                     with db.translated(), conn.transaction():
-                        conn.execute("SET LOCAL statement_timeout = '3s'")
+                        conn.execute(queries.get("short_statement_timeout"))
                         released = lane.queue.release(conn, held)
                     metrics.JOBS.labels("released").inc(released)
                     logger.info("handed back %d of %d jobs", released, len(held))
@@ -230,14 +243,6 @@ class Worker:
         os.close(self._wake_w)
         self._wake_r = self._wake_w = -1
 
-    # --- startup (worker/process/startup.py) --------------------------------------------------
-    def _startup(self) -> None:
-        startup.start(self)
-
-    def default_model_problem(self) -> str | None:
-        """Why the default model is not loaded (None when it is): worker/process/startup.py."""
-        return startup.default_model_problem(self)
-
     # --- fetcher --------------------------------------------------------------------------------
     def _fetcher(self) -> None:
         session = db.Session(self.dsn, "fetcher", self.stopping)
@@ -267,7 +272,7 @@ class Worker:
             # (a backfill batch in flight keeps the backfill lane unread until it ends), and
             # found nothing. Asked after the read, a batch ending meanwhile passed for drained
             # with the backfill lane unread, and the worker exited with jobs queued.
-            idle = self._drained()
+            idle = self.lanes.drained()
             batch = self.lanes.read(conn, self.registry, self.settings)
             metrics.DATABASE_UP.set(1)
             drained = batch is None and idle
@@ -294,7 +299,7 @@ class Worker:
         with --once): in the database when nothing is in flight, else here (wakeups.py)."""
         if self.once:
             self.waiter.busy(conn, 0.05, backfill=self.lanes.backfill_room())
-        elif self._drained():
+        elif self.lanes.drained():
             self.waiter.idle(conn, self.settings.poll_seconds)
         else:
             self.waiter.busy(conn, self.settings.poll_seconds, backfill=self.lanes.backfill_room())
@@ -310,21 +315,12 @@ class Worker:
             self.indexer.maybe_start(conn)
         return False
 
-    def _drained(self) -> bool:
-        with self._flight:
-            return self._in_flight == 0
-
     def _begin(self, batch: Batch) -> None:
         self.lanes.begin(batch)
-        with self._flight:
-            self._in_flight += 1
         metrics.IN_FLIGHT.set(self.lanes.held())
 
     def _end(self, batch: Batch) -> None:
         self.lanes.end(batch)
-        with self._flight:
-            self._in_flight -= 1
-            self._flight.notify_all()
         self._wake()  # the fetcher may read backfill work again
         metrics.IN_FLIGHT.set(self.lanes.held())
 
@@ -399,7 +395,3 @@ class Worker:
             except exceptions.DatabaseError as exc:
                 logger.error("writing a batch failed (%s); its jobs return after their lease", exc)
                 return
-
-    # --- keeper (worker/process/keeper.py) ----------------------------------------------------
-    def _keeper(self) -> None:
-        keeper.keep(self)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from worker import db, exceptions, metrics
+from worker import db, exceptions, metrics, schema
 from worker.pipeline import provenance
 from worker.pipeline.targets import Target
 from worker.process import systemd
@@ -37,7 +37,9 @@ def connect_and_read_targets(worker: Worker) -> dict[int, Target] | None:
         while not worker.stopping.is_set():
             try:
                 conn = session.get()
-                if not schema_missing(conn):
+                with db.translated():
+                    installed = schema.installed(conn)
+                if installed:
                     return worker.registry.refresh(conn)
             except exceptions.ConnectionLost:
                 if worker.once:
@@ -113,9 +115,3 @@ def default_model_problem(worker: Worker) -> str | None:
     )
     worker.ready.set()
     return None
-
-
-def schema_missing(conn: db.Connection) -> bool:
-    with db.translated():
-        row = conn.execute("SELECT to_regclass('embeddings.targets') IS NULL").fetchone()
-    return bool(row and row[0])

@@ -36,7 +36,7 @@ import time
 
 import psycopg
 
-from worker import db, exceptions
+from worker import db, exceptions, queries
 
 logger = logging.getLogger(__name__)
 
@@ -46,7 +46,6 @@ SLOW_POLL_MS = 10  # ... and this often after QUIET_SECONDS without any
 QUIET_SECONDS = 10.0
 BUSY_POLL_SECONDS = 0.01  # with batches in flight: one look this often at most
 CANCEL_TIMEOUT = 3  # seconds for a cancel request to reach the server
-WAIT_QUERY = "SELECT embeddings.wait_for_jobs(%s, %s, %s, %s)"
 
 
 class Waiter:
@@ -135,7 +134,13 @@ class Waiter:
         try:
             with db.translated():
                 row = conn.execute(
-                    WAIT_QUERY, (self.queue, round(seconds * 1000), backfill, self.poll_ms)
+                    queries.get("wait_for_jobs"),
+                    {
+                        "queue": self.queue,
+                        "ms": round(seconds * 1000),
+                        "backfill": backfill,
+                        "poll_ms": self.poll_ms,
+                    },
                 ).fetchone()
         except exceptions.ConnectionLost:
             raise

@@ -27,8 +27,10 @@ $$;
 -- embeddings.targets: the definition version a worker's write is checked against.
 ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS version integer NOT NULL DEFAULT 1;
 
--- Worker roles' row-security policies: 0.1.0's one FOR ALL policy per table and role becomes a
--- FOR SELECT and a FOR UPDATE policy (embeddings.grant_worker() creates those, 99_regenerate.sql).
+-- Worker roles' row-security policies: 0.1.0's one FOR ALL policy per table and role goes. In
+-- 0.2.0 worker roles reach watched tables only through functions that run as the tables' owners
+-- (sql/32_access.sql); sql/80_roles.sql removes the policies and column grants of the revisions
+-- between the releases.
 DO $$
 DECLARE
     p record;
