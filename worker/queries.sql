@@ -236,6 +236,20 @@ FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::inte
               %(chunk_keys)s::text[], %(seqs)s::integer[], %(chunks)s::text[], %(chunk_hashes)s::text[],
               %(embeddings)b);
 
+-- name: search_table
+-- The oid of table %(table)s as the search path finds it (NULL: none) (worker/search.py).
+SELECT to_regclass(%(table)s)::oid;
+
+-- name: search_targets
+-- The targets of table %(source)s (of its embedding column %(column)s, when given).
+SELECT id FROM embeddings.targets
+WHERE source = %(source)s::oid AND (%(column)s::name IS NULL OR embedding_column = %(column)s::name)
+ORDER BY id;
+
+-- name: has_fulltext
+-- Whether target %(target)s has full-text search on (sql/59_hybrid.sql).
+SELECT fts_config IS NOT NULL FROM embeddings.targets WHERE id = %(target)s;
+
 -- name: search
 -- The %(k)s rows (documents, for a chunked target) nearest to %(query)s among those matching
 -- %(filter)s: embeddings.search() (sql/58_search.sql), with the caller's rights.

@@ -127,7 +127,7 @@ def find_target(
     is added to the hint given for an unwatched table."""
     with db.translated():
         try:
-            row = conn.execute("SELECT to_regclass(%s)::oid", (table,)).fetchone()
+            row = conn.execute(queries.get("search_table"), {"table": table}).fetchone()
         except (errors.InvalidName, errors.SyntaxError, errors.FeatureNotSupported) as exc:
             # Not a name at all ('"', 'a.b.c.d', another database's): no such table either.
             raise exceptions.TargetError(f"no table {table!r}: {exc}") from None
@@ -136,9 +136,7 @@ def find_target(
         ids = [
             r[0]
             for r in conn.execute(
-                "SELECT id FROM embeddings.targets WHERE source = %s::oid"
-                " AND (%s::name IS NULL OR embedding_column = %s::name) ORDER BY id",
-                (row[0], column, column),
+                queries.get("search_targets"), {"source": row[0], "column": column}
             )
         ]
     if not ids:
@@ -212,9 +210,7 @@ def hybrid(
 
 def has_fulltext(conn: db.Connection, target: Target) -> bool:
     with db.translated():
-        row = conn.execute(
-            "SELECT fts_config IS NOT NULL FROM embeddings.targets WHERE id = %s", (target.id,)
-        ).fetchone()
+        row = conn.execute(queries.get("has_fulltext"), {"target": target.id}).fetchone()
     return bool(row and row[0])
 
 
