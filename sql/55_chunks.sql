@@ -284,7 +284,7 @@ DECLARE
     t embeddings.targets;
     q jsonb;
     statement text;
-    found jsonb;
+    answer jsonb;
 BEGIN
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = match_chunks.source AND tg.chunk_table IS NOT NULL
@@ -300,13 +300,13 @@ BEGIN
     q := embeddings.search_sql(t);
     statement := format('SELECT %s AS key, %s AS seq, %s AS content, %s AS distance FROM %s WHERE %s',
                         q->>'key', q->>'seq', q->>'content', q->>'distance', q->>'from', 'true');
-    found := embeddings.search_run(format('%s ORDER BY %s LIMIT %s', statement, q->>'order', k), query, NULL);
-    IF jsonb_array_length(found) < k THEN
-        found := embeddings.search_run(format('SELECT * FROM (%s OFFSET 0) r ORDER BY r.distance LIMIT %s', statement, k), query, NULL);
+    answer := embeddings.search_run(format('%s ORDER BY %s LIMIT %s', statement, q->>'order', k), query, NULL);
+    IF jsonb_array_length(answer) < k THEN
+        answer := embeddings.search_run(format('SELECT * FROM (%s OFFSET 0) r ORDER BY r.distance LIMIT %s', statement, k), query, NULL);
     END IF;
     RETURN QUERY
         SELECT r.value->'key', (r.value->>'seq')::integer, r.value->>'content', (r.value->>'distance')::double precision
-        FROM jsonb_array_elements(found) WITH ORDINALITY AS r(value, i) ORDER BY r.i;
+        FROM jsonb_array_elements(answer) WITH ORDINALITY AS r(value, i) ORDER BY r.i;
 END
 $$;
 GRANT EXECUTE ON FUNCTION embeddings.match_chunks(regclass, halfvec, integer) TO PUBLIC;

@@ -99,7 +99,7 @@ $$;
 CREATE FUNCTION embeddings.search_target(source regclass, embedding_column name DEFAULT NULL) RETURNS embeddings.targets
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    found embeddings.targets;
+    answer embeddings.targets;
     n integer;
 BEGIN
     SELECT count(*) INTO n FROM embeddings.targets t
@@ -113,9 +113,9 @@ BEGIN
         RAISE EXCEPTION '% has several embedding columns: name one', source
             USING ERRCODE = 'ambiguous_column';
     END IF;
-    SELECT * INTO found FROM embeddings.targets t
+    SELECT * INTO answer FROM embeddings.targets t
     WHERE t.source = search_target.source AND (search_target.embedding_column IS NULL OR t.embedding_column = search_target.embedding_column);
-    RETURN found;
+    RETURN answer;
 END
 $$;
 
@@ -204,7 +204,7 @@ DECLARE
     estimate double precision := embeddings.search_rows_estimate(t);
     exact_below double precision := coalesce(nullif(current_setting('embeddings.exact_search_rows', true), '')::double precision, 10000);
     max_scan double precision := coalesce(nullif(current_setting('hnsw.max_scan_tuples', true), '')::double precision, 20000);
-    found jsonb := '[]';
+    answer jsonb := '[]';
     distinct_on text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'DISTINCT ON (r.key)' END;
     distinct_order text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'ORDER BY r.key, r.distance' END;
     n integer := 0;
@@ -218,28 +218,28 @@ BEGIN
         -- the index yields no more (fewer candidates than asked for).
         n := CASE WHEN t.chunk_table IS NULL THEN k ELSE greatest(k * 10, 40) END;
         LOOP
-            found := embeddings.search_run(format(
+            answer := embeddings.search_run(format(
                 'SELECT %s r.* FROM (SELECT c.*, pg_catalog.count(*) OVER () AS candidates'
                 ' FROM (SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT %s) c) r %s',
                 distinct_on, columns, q->>'from', condition, q->>'order', n, distinct_order), query, filter);
-            candidates := coalesce((found->0->>'candidates')::integer, 0);
-            EXIT WHEN jsonb_array_length(found) >= k OR t.chunk_table IS NULL OR candidates < n OR n >= max_scan;
+            candidates := coalesce((answer->0->>'candidates')::integer, 0);
+            EXIT WHEN jsonb_array_length(answer) >= k OR t.chunk_table IS NULL OR candidates < n OR n >= max_scan;
             n := least(n * 2, max_scan)::integer;
         END LOOP;
     END IF;
-    IF jsonb_array_length(found) < k OR candidates < n THEN
+    IF jsonb_array_length(answer) < k OR candidates < n THEN
         -- Exact: every matching row's distance (OFFSET 0 keeps the index from ordering them).
         -- Also when the index ran dry before k documents, or before the candidates asked for:
         -- the rows it can reach are few, and a graph full of dead or near-duplicate tuples
         -- may reach some rows from no entry point at all.
-        found := embeddings.search_run(format(
+        answer := embeddings.search_run(format(
             'SELECT * FROM (SELECT %s r.* FROM (SELECT %s FROM %s WHERE %s OFFSET 0) r %s) d'
             ' ORDER BY d.distance, d.key LIMIT %s',  -- ties (duplicates) by key, as the index path
             distinct_on, columns, q->>'from', condition, distinct_order, k), query, filter);
     END IF;
     RETURN QUERY
         SELECT r.value->'key', (r.value->>'distance')::double precision, r.value->>'content', (r.value->>'seq')::integer
-        FROM jsonb_array_elements(found) WITH ORDINALITY AS r(value, i)
+        FROM jsonb_array_elements(answer) WITH ORDINALITY AS r(value, i)
         ORDER BY r.i LIMIT k;
 END
 $$;
