@@ -36,6 +36,8 @@ $$;
 -- with text search configuration `config`: the tsvector column and its GIN index, filled for
 -- the rows embedded already, and the store function regenerated to keep it. Run by the table's
 -- owner (it alters the table). Again with another configuration: rebuilt with that one.
+-- The fill UPDATEs every embedded row of a plain table, and each new row version goes into the
+-- HNSW index again: slow on a large table (docs/rag.md says what to do instead).
 CREATE FUNCTION embeddings.enable_fts(source regclass, config regconfig DEFAULT 'english',
                                       embedding_column name DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
