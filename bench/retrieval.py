@@ -101,12 +101,11 @@ def run(dsn: str, model_dir: Path, *, rows: int = 100_000, queries: int = 100) -
         conn.execute("VACUUM ANALYZE plain")
 
         conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text NOT NULL)")
-        _load(conn, "COPY docs FROM STDIN", ((d, "doc") for d in range(rows // 10)))
         conn.execute(
-            "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 200,"
-            " backfill => false)",
+            "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 200)",
             (MODEL,),
         )
+        _load(conn, "COPY docs FROM STDIN", ((d, "doc") for d in range(rows // 10)))
         (index,) = conn.execute(
             "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
             " JOIN pg_am am ON am.oid = c.relam WHERE i.indrelid = 'docs_chunks'::regclass"
