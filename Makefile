@@ -13,7 +13,7 @@ DEVDB_URL := postgresql://postgres@127.0.0.1:$(DEVDB_PORT)/$(DEVDB_NAME)
 STAMP := $(VENV)/.installed
 
 .PHONY: help install db db-stop migrate run demo test lint bench postgres-deps test-deps clean \
-	freeze-release dist
+	freeze-release dist infinity
 
 help:
 	@echo "make demo    local cluster + migrations + worker + sample data + two searches"
@@ -74,8 +74,15 @@ lint: $(STAMP)
 
 # The suite starts its own throwaway cluster (tests/conftest.py) on a free port in a temporary
 # directory, so it never collides with `make db`; TEST_DATABASE_URL points it at a server instead.
-test: lint postgres-deps test-deps
+test: lint postgres-deps test-deps infinity
 	@$(BIN)/pytest $(PYTEST_ARGS)
+
+# A real OpenAI-compatible embedding server for the remote-model tests and bench
+# (tests/integration/test_infinity.py): infinity-emb with torch's CPU build and all-MiniLM-L6-v2,
+# in its own virtualenv (.venv-infinity: about 1.5 GB, 1-2 minutes the first time, instant once
+# installed; CI keeps it). A failed install is not an error: those tests skip, saying why.
+infinity:
+	@scripts/infinity-install.sh .venv-infinity
 
 # Tools the deploy/ tests run: promtool and a Prometheus server (Debian's `prometheus`); dockerd
 # and debootstrap for the image test (Debian's `docker.io`, `debootstrap`); a PgBouncer for the

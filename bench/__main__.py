@@ -3,7 +3,7 @@ instead, in one run on one machine. Results go to bench/results/*.json; `python 
 turns them into the table of docs/performance.md and the plots.
 
     python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,lanes,
-                            idle,embedder,quality]
+                            idle,remote,embedder,quality]
                     [--rows N] [--quick] [--quality-function SCHEMA.FUNCTION]
 
 At scale, each run only when named in --only (each takes 5 to 15 minutes here):
@@ -44,6 +44,7 @@ from bench import (
     million,
     oltp,
     raw,
+    remote,
     retrieval,
     status,
     writepath,
@@ -71,6 +72,7 @@ SECTIONS = (
     "chunks",
     "lanes",
     "idle",
+    "remote",
     "embedder",
     "quality",
 )
@@ -315,6 +317,15 @@ def main() -> int:
                 fresh_db(cluster, template),
                 SHARED_MODELS / "gte-small",
                 samples=50 if args.quick else 100,
+            ),
+        )
+
+        section(
+            "remote",  # the worker through infinity-emb vs infinity's own throughput
+            lambda: remote.run(
+                fresh_db(cluster, template),
+                texts[: 192 if args.quick else 512],
+                rounds=1 if args.quick else 2,
             ),
         )
 

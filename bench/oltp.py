@@ -29,9 +29,11 @@ from psycopg.conninfo import conninfo_to_dict
 
 from bench.writepath import SUPABASE_TRIGGER
 
-# watched: a content column; watched_function: a content function (evaluated by the triggers
-# through the target's wrapper, which runs as the table's owner: docs/security.md).
-VARIANTS = ("unwatched", "watched", "watched_function", "guide")
+# watched: a content column; watched_side: the same, its vectors in a side table (other
+# triggers: docs/usage.md, "Where the vectors live"); watched_function: a content function
+# (evaluated by the triggers through the target's wrapper, which runs as the table's owner:
+# docs/security.md).
+VARIANTS = ("unwatched", "watched", "watched_side", "watched_function", "guide")
 PRELOADED_ROWS = 20_000
 SCRIPTS = {
     "insert": "INSERT INTO {table} (body) VALUES ('client ' || :client_id || ' wrote some"
@@ -54,6 +56,8 @@ def _table(conn: psycopg.Connection[Any], name: str, variant: str) -> None:
     )
     if variant == "watched":
         conn.execute(f"SELECT embeddings.watch('{name}', 'body')")
+    elif variant == "watched_side":
+        conn.execute(f"SELECT embeddings.watch('{name}', 'body', store => 'side')")
     elif variant == "watched_function":
         conn.execute(
             f"CREATE FUNCTION {name}_text(t {name}) RETURNS text LANGUAGE sql STABLE"

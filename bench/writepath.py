@@ -1,5 +1,6 @@
 """Write-path cost: a bulk INSERT (and UPDATE) into a watched table vs the same statement on an
-unwatched one, with the per-row `pgmq.send` trigger of Supabase's guide for comparison; and the
+unwatched one (watched with the vectors in the row, or in a side table: `watched_side`), with the
+per-row `pgmq.send` trigger of Supabase's guide for comparison; and the
 bulk INSERT into a composite-key table and into an 8-way partitioned table, watched or not.
 
 Each variant runs in its own fresh table, alternating, several rounds; the report is the median
@@ -53,6 +54,8 @@ def _table(conn: psycopg.Connection[Any], name: str, variant: str, shape: str = 
     conn.execute(f"CREATE INDEX ON {name} USING hnsw (embedding halfvec_cosine_ops)")
     if variant == "watched":
         conn.execute(f"SELECT embeddings.watch('{name}', 'body')")
+    elif variant == "watched_side":  # vectors in a side table (docs/usage.md): other triggers
+        conn.execute(f"SELECT embeddings.watch('{name}', 'body', store => 'side')")
     elif variant == "watched_function":  # a content function: through the target's wrapper
         conn.execute(
             f"CREATE FUNCTION {name}_text(t {name}) RETURNS text LANGUAGE sql STABLE"
@@ -73,7 +76,7 @@ def _timed(conn: psycopg.Connection[Any], sql: str) -> float:
 
 
 def run(dsn: str, rows: int = ROWS, rounds: int = 5) -> dict[str, Any]:
-    variants = ("unwatched", "watched", "watched_function", "per_row_send")
+    variants = ("unwatched", "watched", "watched_side", "watched_function", "per_row_send")
     insert: dict[str, list[float]] = {v: [] for v in variants}
     update: dict[str, list[float]] = {v: [] for v in variants}
     # The other shapes, watched or not, insert only.

@@ -16,7 +16,25 @@ CREATE TABLE IF NOT EXISTS embeddings.models (
     pooling     text NOT NULL CHECK (pooling IN ('mean', 'cls')),
     is_default  boolean NOT NULL DEFAULT false,
     source      text,
-    description text
+    description text,
+    -- Where the vectors come from (sql/46_providers.sql): 'local' runs the ONNX files on the
+    -- worker's CPU; 'openai' calls an OpenAI-compatible /embeddings endpoint (OpenAI, Azure,
+    -- text-embeddings-inference, vLLM, infinity, Ollama), 'huggingface' the Hugging Face
+    -- Inference API's feature extraction. Remote models name their endpoint and the provider's
+    -- model; the rest are request limits, a price for estimates, and the *name* of the API key
+    -- (the key itself lives in the worker's environment or a file, never here).
+    provider        text NOT NULL DEFAULT 'local' CHECK (provider IN ('local', 'openai', 'huggingface')),
+    endpoint        text,
+    remote_model    text,
+    send_dimensions boolean NOT NULL DEFAULT false,
+    max_inputs      integer CHECK (max_inputs > 0),
+    max_request_tokens integer CHECK (max_request_tokens > 0),
+    max_in_flight   integer CHECK (max_in_flight > 0),
+    timeout_seconds double precision CHECK (timeout_seconds > 0),
+    price_per_million_tokens numeric CHECK (price_per_million_tokens >= 0),
+    credential      text CHECK (credential ~ '^[A-Za-z0-9_.-]{1,64}$'),
+    tokenizer       text,
+    CONSTRAINT models_remote_check CHECK (provider = 'local' OR (endpoint IS NOT NULL AND remote_model IS NOT NULL))
 );
 -- At most one default model.
 CREATE UNIQUE INDEX IF NOT EXISTS models_one_default ON embeddings.models (is_default) WHERE is_default;
@@ -75,6 +93,9 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     chunk_table      regclass,
     chunk_tokens     integer,
     chunk_overlap    integer,
+    -- Targets whose vectors live in a side table (sql/56_side.sql): that table, keyed like the
+    -- source; the embedding column is there, not in `source` (embedding_attnum is NULL).
+    side_table       regclass CONSTRAINT targets_side_table_check CHECK (side_table IS NULL OR chunk_table IS NULL),
     -- Full-text search for hybrid search (sql/59_hybrid.sql): the text search configuration
     -- and the tsvector column (in `source`, or `fts` in the chunk table); NULL: none.
     fts_config       regconfig,

@@ -9,10 +9,18 @@
 --   embeddings_<id>_replica  AFTER INSERT OR UPDATE, FOR EACH ROW, ENABLE ALWAYS, only for
 --                            rows applied by logical replication (replica => true): the apply
 --                            worker fires row triggers only
+--   embeddings_<id>_delete   AFTER DELETE, FOR EACH STATEMENT, REFERENCING OLD TABLE (side and
+--                            chunk tables, sql/56_side.sql): the deleted rows' keys, whose side
+--                            rows or chunks the worker then deletes
+--   embeddings_<id>_truncate AFTER TRUNCATE, FOR EACH STATEMENT (side and chunk tables): empties
+--                            that table through embeddings_<id>_prune(), which runs as its owner
 --
 -- A chunked target (sql/55_chunks.sql) gets the same functions, except that a new row is queued
 -- whenever it has content (its chunks, not the source, say whether it is embedded), and no
--- clear trigger: the old chunks keep their vectors until the new ones land, for reuse.
+-- clear trigger: the old chunks keep their vectors until the new ones land, for reuse. A side-table
+-- target (sql/56_side.sql) likewise queues every new row with content and has no clear trigger.
+-- Both also queue the keys of deleted rows and the old key of a row whose key changed (neither
+-- store has a foreign key to the table: one makes TRUNCATE fail).
 --
 -- One statement writes one row of the inbox (22_inbox.sql) per 4,096 keys, in the column shape
 -- (20_queue.sql).
@@ -144,8 +152,13 @@ DECLARE
     inputs name[] := embeddings.content_inputs(t);
     -- A new row needs a job when it has no embedding yet; a chunked target's new row has no
     -- chunks yet (sql/55_chunks.sql), whatever the source holds.
-    unembedded text := CASE WHEN t.chunk_table IS NULL THEN format('n.%I IS NULL', t.embedding_column)
+    -- A side-table target's new row may have a side row left by a deleted row of that key.
+    unembedded text := CASE WHEN t.chunk_table IS NULL AND t.side_table IS NULL THEN format('n.%I IS NULL', t.embedding_column)
                             ELSE 'true' END;
+    -- Side and chunk tables (sql/56_side.sql): rows whose key is gone from the table (an UPDATE
+    -- of the key), whose side rows or chunks the worker deletes.
+    vanished text := format('SELECT o.* FROM old_rows o WHERE NOT EXISTS (SELECT FROM new_rows n WHERE %s)',
+                            embeddings.key_equal_sql(t, 'o', 'n'));
     table_owner name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
     fn regprocedure;
 BEGIN
@@ -175,12 +188,16 @@ BEGIN
         -- A change to blank content needs no job: the clear trigger already cleared the row.
         changed := changed || format(' AND %s OPERATOR(pg_catalog.<>) ''''', new_content);
     END IF;
+    IF coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN
+        changed := format('FROM (SELECT n.* %s UNION ALL %s) n', changed, vanished);
+    END IF;
 
     -- INSERT and UPDATE. A content function that raises (for any row) must not fail the write:
     -- the rows then go unfiltered, and the worker dead-letters the culprit with its error.
     FOREACH body IN ARRAY ARRAY['insert', 'update'] LOOP
-        fallback := CASE body WHEN 'insert' THEN 'FROM new_rows n WHERE ' || unembedded
-                              ELSE 'FROM new_rows n' END;
+        fallback := CASE WHEN body = 'insert' THEN 'FROM new_rows n WHERE ' || unembedded
+                         WHEN coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN format('FROM (SELECT * FROM new_rows UNION ALL %s) n', vanished)
+                         ELSE 'FROM new_rows n' END;
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
@@ -201,12 +218,42 @@ BEGIN
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_' || body);
     END LOOP;
 
+    -- Side and chunk tables (sql/56_side.sql): deleted rows' keys, queued whatever their content
+    -- (the worker deletes the side rows or chunks of keys whose row is gone); a TRUNCATE empties
+    -- that table through the function that runs as its owner, and never fails the user's
+    -- statement.
+    IF coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN
+        EXECUTE format(
+            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            BEGIN
+                %2$s;
+                RETURN NULL;
+            END
+            $body$ $f$,
+            prefix || '_delete', embeddings.enqueue_statement(t, 'FROM old_rows n'));
+        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_delete');
+        EXECUTE format(
+            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            BEGIN
+                PERFORM embeddings.%2$I();
+                RETURN NULL;
+            EXCEPTION WHEN OTHERS THEN
+                RAISE WARNING 'embeddings: could not empty the side table of %% (%%): its rows are never returned, nor counted', %3$L, SQLERRM;
+                RETURN NULL;
+            END
+            $body$ $f$,
+            prefix || '_truncate', prefix || '_prune', t.source::text);
+        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_truncate');
+    END IF;
+
     -- Rows applied by logical replication, one at a time (replica targets only).
     IF t.replica THEN
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            BEGIN
+            BEGIN%10$s
                 IF (TG_OP = 'INSERT' AND %2$s AND %3$s OPERATOR(pg_catalog.<>) '')
                    OR (TG_OP = 'UPDATE' AND (NOT (%4$s) OR %3$s IS DISTINCT FROM %5$s) AND %3$s OPERATOR(pg_catalog.<>) '') THEN
                     INSERT INTO pgmq.%6$I (vt, message)
@@ -217,11 +264,23 @@ BEGIN
             END
             $body$ $f$,
             prefix || '_replica',
-            CASE WHEN t.chunk_table IS NULL THEN format('NEW.%I IS NULL', t.embedding_column) ELSE 'true' END,
+            CASE WHEN t.chunk_table IS NULL AND t.side_table IS NULL THEN format('NEW.%I IS NULL', t.embedding_column) ELSE 'true' END,
             embeddings.content_sql(t, 'new', row_type), embeddings.key_equal_sql(t, 'old', 'new'),
             embeddings.content_sql(t, 'old', row_type),
             pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.key_json_sql(t, 'new'),
-            CASE WHEN by_function THEN E'\n            EXCEPTION WHEN OTHERS THEN\n                RETURN NULL;' ELSE '' END);
+            CASE WHEN by_function THEN E'\n            EXCEPTION WHEN OTHERS THEN\n                RETURN NULL;' ELSE '' END,
+            -- side and chunk tables: a deleted row's key, and the old key of a row whose key changed
+            CASE WHEN coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN format(
+                E'\n                IF TG_OP = ''DELETE'' OR (TG_OP = ''UPDATE'' AND NOT (%s)) THEN'
+                 '\n                    INSERT INTO pgmq.%I (vt, message)'
+                 '\n                    VALUES (pg_catalog.clock_timestamp(),'
+                 '\n                            pg_catalog.jsonb_build_object(''target'', %s, ''keys'', pg_catalog.jsonb_build_array(%s)));'
+                 '\n                END IF;'
+                 '\n                IF TG_OP = ''DELETE'' THEN'
+                 '\n                    RETURN NULL;'
+                 '\n                END IF;',
+                embeddings.key_equal_sql(t, 'old', 'new'), pgmq.format_table_name(t.queue, 'q'), t.id,
+                embeddings.key_json_sql(t, 'old')) ELSE '' END);
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_replica');
         -- A row trigger: Postgres clones it onto each partition created or attached, checking
         -- that whoever does so may EXECUTE it. The table's owner may (no one else: it queues).
@@ -347,6 +406,21 @@ BEGIN
                 'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%I()',
                 prefix || '_update', rel, prefix || '_update');
         END IF;
+        -- Side and chunk tables (sql/56_side.sql): deletes and truncations are followed.
+        IF coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN
+            IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel AND tgname = prefix || '_delete') THEN
+                EXECUTE format(
+                    'CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
+                    'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%I()',
+                    prefix || '_delete', rel, prefix || '_delete');
+            END IF;
+            IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel AND tgname = prefix || '_truncate') THEN
+                EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%I()',
+                               prefix || '_truncate', rel, prefix || '_truncate');
+            END IF;
+            -- A subscriber's apply worker truncates with the statement triggers that fire ALWAYS.
+            EXECUTE format('ALTER TABLE %s ENABLE %sTRIGGER %I', rel, fired, prefix || '_truncate');
+        END IF;
     END LOOP;
 
     -- Row triggers: on the table itself (Postgres clones them onto partitions).
@@ -363,10 +437,11 @@ BEGIN
         IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = prefix || '_replica') THEN
             -- Only rows applied by replication (the origin's rows have the statement triggers).
             EXECUTE format(
-                'CREATE TRIGGER %I AFTER INSERT OR UPDATE ON %s FOR EACH ROW '
+                'CREATE TRIGGER %I AFTER INSERT OR UPDATE%s ON %s FOR EACH ROW '
                 'WHEN (pg_catalog.current_setting(''session_replication_role'') = ''replica'') '
                 'EXECUTE FUNCTION embeddings.%I()',
-                prefix || '_replica', t.source, prefix || '_replica');
+                prefix || '_replica', CASE WHEN coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN ' OR DELETE' ELSE '' END,
+                t.source, prefix || '_replica');
         END IF;
         EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', t.source, prefix || '_replica');
     ELSIF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = prefix || '_replica') THEN
@@ -389,7 +464,8 @@ DECLARE
 BEGIN
     FOR tg IN
         SELECT g.tgname, g.tgrelid::regclass AS rel FROM pg_trigger g
-        WHERE g.tgname IN (prefix || '_insert', prefix || '_update', prefix || '_clear', prefix || '_replica')
+        WHERE g.tgname IN (prefix || '_insert', prefix || '_update', prefix || '_clear', prefix || '_replica',
+                           prefix || '_delete', prefix || '_truncate')
           AND g.tgparentid = 0  -- clones go with their parent trigger
           AND NOT (only_uncovered AND g.tgrelid IN (SELECT * FROM embeddings.covered_tables(t)))
     LOOP
@@ -402,7 +478,7 @@ BEGIN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace
           AND p.proname IN (prefix || '_insert', prefix || '_update', prefix || '_clear', prefix || '_replica',
-                            prefix || '_enqueue')
+                            prefix || '_delete', prefix || '_truncate', prefix || '_enqueue')
     LOOP
         EXECUTE format('DROP FUNCTION %s', fn);
     END LOOP;

@@ -22,6 +22,9 @@
 --                                     (sql/62_backfill.sql), sweep(), status
 --   embeddings_<id>_reusable(keys, k0.., hashes) / _chunks(...)   a chunked target's chunk
 --                                     table: vectors to reuse; the chunk write
+--   embeddings_<id>_forget(keys, k0..) / _prune()   a side-table target's side rows of rows that
+--                                     are gone: deleted (the worker), truncated (the TRUNCATE
+--                                     trigger); the side table's writes (sql/56_side.sql)
 --
 -- Keys arrive as text: `keys` the worker's canonical keys (returned as they came), k0, k1, ...
 -- one array per key column, cast to the column's type here, as the owner.
@@ -36,9 +39,10 @@
 
 -- Refuses (SQLSTATE EW001) unless table `source` (its name as the functions were generated
 -- with: renamed since, it has not been regenerated) exists and the caller runs as its owner,
--- and, with `reads`, unless it is free of FORCE ROW LEVEL SECURITY. Invoker's rights: it must
--- see who runs.
-CREATE FUNCTION embeddings.check_serving(source text, reads boolean DEFAULT true) RETURNS void
+-- and, with `reads`, unless it is free of FORCE ROW LEVEL SECURITY. `store`: a side table
+-- (sql/56_side.sql), which must have the same owner and no FORCE ROW LEVEL SECURITY either.
+-- Invoker's rights: it must see who runs.
+CREATE FUNCTION embeddings.check_serving(source text, reads boolean DEFAULT true, store text DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     owner_name name;
@@ -46,6 +50,17 @@ DECLARE
 BEGIN
     SELECT pg_get_userbyid(c.relowner), c.relrowsecurity AND c.relforcerowsecurity INTO owner_name, forced
     FROM pg_class c WHERE c.oid = to_regclass(source);
+    IF store IS NOT NULL AND owner_name IS NOT NULL THEN
+        SELECT CASE WHEN pg_get_userbyid(c.relowner) OPERATOR(pg_catalog.=) owner_name THEN owner_name END,
+               forced OR (c.relrowsecurity AND c.relforcerowsecurity)
+        INTO owner_name, forced
+        FROM pg_class c WHERE c.oid = to_regclass(store);
+        IF owner_name IS NULL THEN
+            RAISE EXCEPTION 'embeddings: the side table % of % is missing or not owned by the table''s owner', store, source
+                USING ERRCODE = 'EW001',
+                      HINT = format('ALTER TABLE %s OWNER TO the owner of %s (or any ALTER TABLE of %s, with the event trigger)', store, source, source);
+        END IF;
+    END IF;
     IF owner_name IS NULL THEN
         RAISE EXCEPTION 'embeddings: the functions of table % find no table of that name (renamed?)', source
             USING ERRCODE = 'EW001',
@@ -73,6 +88,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WHEN (SELECT c.relrowsecurity AND c.relforcerowsecurity FROM pg_class c WHERE c.oid = t.source) THEN
             format('%s has FORCE ROW LEVEL SECURITY: the worker reads and writes it as its owner, whom its policies would hide rows from; ALTER TABLE %s NO FORCE ROW LEVEL SECURITY',
                    t.source, t.source)
+        -- A side table (sql/56_side.sql): its owner's, readable by its owner.
+        WHEN t.side_table IS NOT NULL AND NOT EXISTS (SELECT FROM pg_class c JOIN pg_class s ON s.relowner = c.relowner
+                                                      WHERE c.oid = t.source AND s.oid = t.side_table) THEN
+            format('its side table %s is missing or not owned by the owner of %s: ALTER TABLE %s OWNER TO %s',
+                   t.side_table, t.source, t.side_table, (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source))
+        WHEN (SELECT c.relrowsecurity AND c.relforcerowsecurity FROM pg_class c WHERE c.oid = t.side_table) THEN
+            format('%s has FORCE ROW LEVEL SECURITY: the worker reads and writes it as its owner, whom its policies would hide rows from; ALTER TABLE %s NO FORCE ROW LEVEL SECURITY',
+                   t.side_table, t.side_table)
         WHEN NOT EXISTS (SELECT FROM pg_proc p WHERE p.pronamespace = 'embeddings'::regnamespace
                          AND p.proname = 'embeddings_' || t.id || '_load') THEN
             'its functions are missing: watch the table again'
@@ -162,7 +185,8 @@ LANGUAGE sql STABLE AS $$
         'key_rows', (SELECT string_agg(format('pg_catalog.unnest($%s)', i), ', ' ORDER BY i) FROM generate_series(1, c.n + 1) i),
         'key_aliases', (SELECT string_agg(format(', k%s', i - 1), '' ORDER BY i) FROM generate_series(1, c.n) i),
         'key_match', embeddings.access_match_sql(t, 't', embeddings.key_sql_types(t)),
-        'check_call', format('PERFORM embeddings.check_serving(%L);', t.source),
+        'check_call', CASE WHEN t.side_table IS NULL THEN format('PERFORM embeddings.check_serving(%L);', t.source)
+                           ELSE format('PERFORM embeddings.check_serving(%L, true, %L);', t.source, t.side_table) END,
         'content', embeddings.content_sql(t, 't', NULL, wrapped => false))
     FROM (SELECT cardinality(t.key_columns) AS n) c
 $$;
@@ -190,10 +214,12 @@ DECLARE
 BEGIN
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
     PERFORM embeddings.drop_access(t);
-    -- A chunked target's chunk table is its table owner's too (a new owner takes it along).
-    IF t.chunk_table IS NOT NULL AND (SELECT c.relowner FROM pg_class c WHERE c.oid = t.chunk_table)
-                                     <> (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source) THEN
-        EXECUTE format('ALTER TABLE %s OWNER TO %I', t.chunk_table, owner_name);
+    -- A chunked target's chunk table, or a side table, is its table owner's too (a new owner
+    -- takes it along).
+    IF coalesce(t.chunk_table, t.side_table) IS NOT NULL
+       AND (SELECT c.relowner FROM pg_class c WHERE c.oid = coalesce(t.chunk_table, t.side_table))
+           <> (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source) THEN
+        EXECUTE format('ALTER TABLE %s OWNER TO %I', coalesce(t.chunk_table, t.side_table), owner_name);
     END IF;
 
     IF t.content_function IS NOT NULL THEN
@@ -224,7 +250,8 @@ BEGIN
             EXECUTE 'LOCK TABLE ' || %2$L || ' IN %3$s MODE';
         END
         $body$ $f$,
-        (a->>'prefix') || '_lock', t.source::text, CASE WHEN t.chunk_table IS NULL THEN 'ROW EXCLUSIVE' ELSE 'ACCESS SHARE' END);
+        (a->>'prefix') || '_lock', t.source::text,
+        CASE WHEN t.chunk_table IS NULL AND t.side_table IS NULL THEN 'ROW EXCLUSIVE' ELSE 'ACCESS SHARE' END);
 
     EXECUTE format(
         $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s) RETURNS TABLE (key text, content text, digest text)
@@ -287,13 +314,20 @@ BEGIN
                'WHEN $3 THEN (%2$s) OPERATOR(pg_catalog.<>) ''''%3$s '
                'ELSE %1$s AND (%2$s) OPERATOR(pg_catalog.<>) '''' END',
                missing, (a->>'content'),
-               CASE WHEN t.chunk_table IS NULL THEN format(' OR t.%I IS NOT NULL', t.embedding_column) ELSE '' END),
+               CASE WHEN t.side_table IS NOT NULL THEN format(' OR NOT %s', missing)
+                    WHEN t.chunk_table IS NULL THEN format(' OR t.%I IS NOT NULL', t.embedding_column) ELSE '' END),
         t.source, after_sql, key_order);
 
-    IF t.chunk_table IS NULL THEN
+    IF t.side_table IS NOT NULL THEN
+        made := made || embeddings.generate_side_access(t, a);  -- sql/56_side.sql
+    ELSIF t.chunk_table IS NULL THEN
         made := made || embeddings.generate_plain_access(t, a);
     ELSE
         made := made || embeddings.generate_chunk_access(t, a);
+    END IF;
+    IF coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN
+        -- Deletes and truncations followed into the side or chunk table (sql/56_side.sql).
+        made := made || embeddings.generate_follow_access(t, a);
     END IF;
 
     -- The owner's, run by this schema's owner (the trigger functions) and the worker roles,
@@ -503,7 +537,7 @@ BEGIN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace
           AND p.proname ~ ('^embeddings_' || t.id || '_(content|lock|load|scan|store|blank|store_shadow|blank_shadow'
-                           '|unshadowed|swap_prepare|nearest|reusable|chunks)$')
+                           '|unshadowed|swap_prepare|nearest|reusable|chunks|forget|prune)$')
     LOOP
         EXECUTE format('DROP FUNCTION %s', fn);
     END LOOP;

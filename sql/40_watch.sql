@@ -58,6 +58,10 @@ $$;
 --   backfill          false: existing rows are not enqueued at all (bring your own vectors;
 --                     rows that hold a vector are never re-embedded by watch() anyway)
 --   keep_old          a model change keeps the old column as embeddings.kept_column()
+--   store             where the vectors live: 'row' (a column of the table, the default for a
+--                     new target) or 'side' (a side table keyed like the table, sql/56_side.sql:
+--                     the worker never writes the table's rows); NULL keeps the target's store
+--   side_table        the side table's name (store => 'side'), default <table>_embeddings
 --
 -- With another model on a watched table it starts a model change without downtime
 -- (sql/44_changes.sql): the column keeps serving the old model until the swap.
@@ -80,6 +84,8 @@ CREATE FUNCTION embeddings.watch(
     chunk_table text DEFAULT NULL,
     backfill boolean DEFAULT true,
     keep_old boolean DEFAULT false,
+    store text DEFAULT NULL,  -- NULL: the target's current store, 'row' for a new target
+    side_table text DEFAULT NULL,
     fts regconfig DEFAULT NULL  -- full-text search for hybrid search (sql/59_hybrid.sql); NULL: as it is
 ) RETURNS integer
 LANGUAGE plpgsql AS $$
@@ -104,6 +110,13 @@ DECLARE
     fresh boolean;
     reembed boolean := false;
     defer_index boolean := false;
+    -- side tables (sql/56_side.sql): the vectors' relation, and a side target's effective
+    -- clear_on_update (false: clearing would write the application's row)
+    side boolean;
+    side_name text;
+    vec_rel regclass;
+    vec_kind "char";
+    clear_updates boolean;
 BEGIN
     model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
     IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
@@ -213,19 +226,39 @@ BEGIN
         PERFORM embeddings.check_content_function(source, content_fn);  -- trusted, not VOLATILE
     END IF;
 
-    -- model change: BEGIN (another model on a watched plain target is a blue/green change,
-    -- sql/44_changes.sql; the column keeps serving the old model until the swap)
     SELECT * INTO previous FROM embeddings.targets tg
     WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column;
+    -- Where the vectors live: the row (vec_rel is the table) or a side table (sql/56_side.sql).
+    side := embeddings.side_store(previous, store, side_table,
+                                  chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
+                                  OR previous.chunk_table IS NOT NULL);
+    clear_updates := clear_on_update AND NOT side;
+    IF side THEN
+        -- A target keeps its side table (under whatever name it has now: a renamed table's
+        -- default name is another).
+        side_name := CASE WHEN side_table IS NULL AND previous.side_table IS NOT NULL THEN previous.side_table::text
+                          ELSE embeddings.side_table_name(source, side_table, embedding_column) END;
+        IF previous.side_table IS NOT NULL AND to_regclass(side_name) IS DISTINCT FROM previous.side_table THEN
+            RAISE EXCEPTION '%.% keeps its vectors in %, not %', source, embedding_column, previous.side_table, side_name
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Unwatch it first to move its vectors to another side table.';
+        END IF;
+        vec_rel := to_regclass(side_name);  -- NULL until created below
+    ELSE
+        vec_rel := source;
+    END IF;
+
+    -- model change: BEGIN (another model on a watched plain target is a blue/green change,
+    -- sql/44_changes.sql; the column keeps serving the old model until the swap)
     IF previous.id IS NOT NULL AND previous.chunk_table IS NULL AND previous.problem IS NULL
        AND chunk_tokens IS NULL AND chunk_overlap IS NULL AND chunk_table IS NULL
-       AND embeddings.attnum_of(source, embedding_column) IS NOT NULL
+       AND embeddings.attnum_of(vec_rel, embedding_column) IS NOT NULL
        AND (previous.model <> watch.model
             OR EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id)) THEN
         IF previous.content_column IS DISTINCT FROM content_col
            OR previous.content_function IS DISTINCT FROM content_fn
            OR previous.key_columns <> key_names OR previous.replica <> watch.replica
-           OR previous.has_triggers <> triggers OR previous.clear_on_update <> watch.clear_on_update
+           OR previous.has_triggers <> triggers OR previous.clear_on_update <> clear_updates
            OR previous.queue <> watch.queue THEN
             RAISE EXCEPTION 'a model change cannot change other settings of %.% at the same time', source, embedding_column
                 USING ERRCODE = 'feature_not_supported',
@@ -235,10 +268,11 @@ BEGIN
     END IF;
     -- model change: END
 
-    -- The embedding column: absent (we add it), or vector(dims) / halfvec(dims).
+    -- The embedding column: absent (we add it), or vector(dims) / halfvec(dims); in the side
+    -- table for a side target.
     SELECT a.atttypid::regtype, a.atttypmod INTO emb_type, emb_typmod
     FROM pg_attribute a
-    WHERE a.attrelid = source AND a.attname = embedding_column AND a.attnum > 0 AND NOT a.attisdropped;
+    WHERE a.attrelid = vec_rel AND a.attname = embedding_column AND a.attnum > 0 AND NOT a.attisdropped;
     emb_exists := emb_type IS NOT NULL;
     IF emb_exists THEN
         IF NOT EXISTS (SELECT FROM pg_type ty JOIN pg_namespace ns ON ns.oid = ty.typnamespace
@@ -253,7 +287,7 @@ BEGIN
                       HINT = format('Use a %s-dimensional column, or a model whose dimensions match.', dims);
         END IF;
     END IF;
-    IF embedding_column = content_col THEN
+    IF embedding_column = content_col AND NOT side THEN
         RAISE EXCEPTION 'the embedding column cannot be the content column' USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
@@ -287,7 +321,7 @@ BEGIN
        AND previous.content_function IS NOT DISTINCT FROM content_fn
        AND previous.model = watch.model
        AND previous.key_columns = key_names AND previous.key_types = key_regtypes
-       AND previous.has_triggers = triggers AND previous.clear_on_update = watch.clear_on_update
+       AND previous.has_triggers = triggers AND previous.clear_on_update = clear_updates
        AND previous.queue = watch.queue AND previous.replica = watch.replica
        AND previous.problem IS NULL THEN
         RETURN previous.id;
@@ -303,17 +337,21 @@ BEGIN
     PERFORM set_config('embeddings.following', 'on', true);
     PERFORM embeddings.ensure_queue(queue);
 
-    IF NOT emb_exists THEN
+    IF side THEN  -- the side table, with its embedding column (sql/56_side.sql)
+        vec_rel := embeddings.ensure_side_table(side_name, source, key_nums, embedding_column, dims, previous.id);
+        emb_type := format('%I.halfvec', vschema)::regtype;
+    ELSIF NOT emb_exists THEN
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I %I.halfvec(%s)', source, embedding_column, vschema, dims);
         emb_type := format('%I.halfvec', vschema)::regtype;
     END IF;
+    vec_kind := (SELECT c.relkind FROM pg_class c WHERE c.oid = vec_rel);
 
     IF NOT EXISTS (
         SELECT FROM pg_index i
         JOIN pg_class ic ON ic.oid = i.indexrelid
         JOIN pg_am am ON am.oid = ic.relam
         JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-        WHERE i.indrelid = source AND am.amname = 'hnsw' AND a.attname = embedding_column
+        WHERE i.indrelid = vec_rel AND am.amname = 'hnsw' AND a.attname = embedding_column
     ) THEN
         -- A column added just now to a large table: building even an empty index scans the
         -- whole table under our lock, and inserting each vector into HNSW costs ~10x its share
@@ -321,14 +359,16 @@ BEGIN
         -- A partitioned table (one level of partitions) gets the index on the parent only now,
         -- invalid and instant, so that partitions created meanwhile get theirs; the worker
         -- builds each partition's and attaches it, and the last one makes it valid.
+        -- A side table made just now is empty, but the backfill would fill it one vector at a
+        -- time all the same.
         defer_index := NOT emb_exists
-            AND (rel_kind = 'r' OR NOT EXISTS (SELECT FROM pg_inherits i JOIN pg_class pc ON pc.oid = i.inhrelid
+            AND (vec_kind = 'r' OR NOT EXISTS (SELECT FROM pg_inherits i JOIN pg_class pc ON pc.oid = i.inhrelid
                                                WHERE i.inhparent = source AND pc.relkind = 'p'))
             AND (SELECT sum(embeddings.estimated_rows(r)) FROM embeddings.leaf_relations(source) r) > embeddings.index_defer_rows();
-        IF NOT defer_index OR rel_kind = 'p' THEN
+        IF NOT defer_index OR vec_kind = 'p' THEN
             EXECUTE format('CREATE INDEX %s ON %s %s USING hnsw (%I %I.%I)',
                 CASE WHEN defer_index THEN quote_ident(left(rel_name, 40) || '_' || left(embedding_column, 16) || '_hnsw') ELSE '' END,
-                CASE WHEN defer_index THEN 'ONLY' ELSE '' END, source, embedding_column, vschema,
+                CASE WHEN defer_index THEN 'ONLY' ELSE '' END, vec_rel, embedding_column, vschema,
                 CASE WHEN (SELECT typname FROM pg_type WHERE oid = emb_type) = 'halfvec'
                      THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END);
         END IF;
@@ -337,10 +377,11 @@ BEGIN
     IF fresh THEN
         INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
                                               queue, has_triggers, clear_on_update, key_columns, key_types,
-                                              key_attnums, content_attnum, embedding_attnum, replica)
+                                              key_attnums, content_attnum, embedding_attnum, replica, side_table)
         VALUES (source, embedding_column, content_col, content_fn, model,
-                queue, triggers, clear_on_update, key_names, key_regtypes,
-                key_nums, content_num, embeddings.attnum_of(source, embedding_column), replica)
+                queue, triggers, clear_updates, key_names, key_regtypes,
+                key_nums, content_num, CASE WHEN NOT side THEN embeddings.attnum_of(source, embedding_column) END, replica,
+                CASE WHEN side THEN vec_rel END)
         RETURNING * INTO t;
     ELSE
         -- Another content column under the same name (dropped and added again), or a target
@@ -365,9 +406,10 @@ BEGIN
         UPDATE embeddings.targets tg
         SET content_column = content_col, content_function = content_fn, model = watch.model,
             key_columns = key_names, key_types = key_regtypes, key_attnums = key_nums,
-            content_attnum = content_num, embedding_attnum = embeddings.attnum_of(watch.source, watch.embedding_column),
+            content_attnum = content_num,
+            embedding_attnum = CASE WHEN NOT side THEN embeddings.attnum_of(watch.source, watch.embedding_column) END,
             replica = watch.replica, problem = NULL, queue = watch.queue,
-            has_triggers = triggers, clear_on_update = watch.clear_on_update, updated_at = now(),
+            has_triggers = triggers, clear_on_update = clear_updates, updated_at = now(),
             version = tg.version + 1  -- in-flight writes under the old definition are rejected
         WHERE tg.id = previous.id
         RETURNING * INTO t;
@@ -401,8 +443,8 @@ END
 $$;
 
 -- Stops watching: drops the triggers, the registration, its pending jobs and dead letters.
--- The embedding column, its values and its index stay. Returns false (with a NOTICE) when the
--- table was not watched.
+-- The embedding column, its values and its index stay (a side table, or chunk table, and its
+-- vectors too). Returns false (with a NOTICE) when the table was not watched.
 CREATE FUNCTION embeddings.unwatch(source regclass, embedding_column name DEFAULT 'embedding')
 RETURNS boolean
 LANGUAGE plpgsql AS $$

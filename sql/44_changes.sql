@@ -1,6 +1,8 @@
 -- Model changes without downtime (blue/green), and the provenance of stored vectors.
 --
--- Plain targets only (a chunked target's model change is in place; see docs/models.md).
+-- Plain targets only (a chunked target's model change is in place; see docs/models.md). A
+-- side-table target (sql/56_side.sql) has its shadow column in its side table, where the swap
+-- renames; the table is locked first all the same.
 --
 -- A change re-embeds every row into a shadow column (the new model's dimension, its own HNSW
 -- index) while the target's column keeps serving the old model's vectors for every row. Rows
@@ -100,6 +102,7 @@ DECLARE
     shadow name := embeddings.shadow_column(t.embedding_column);
     total bigint;
     following text := coalesce(current_setting('embeddings.following', true), 'off');
+    vec_rel regclass := coalesce(t.side_table, t.source);  -- where the embedding column is
 BEGIN
     -- The table first, the registration after, as the worker's write (embeddings.lock_target)
     -- and complete_change() take them: the other order deadlocked with a write in flight. The
@@ -127,20 +130,20 @@ BEGIN
     IF dims IS NULL THEN
         RAISE EXCEPTION 'unknown model "%"', new_model USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF embeddings.attnum_of(t.source, shadow) IS NOT NULL THEN
-        RAISE EXCEPTION 'column %.% exists: a model change needs that name for its shadow column', t.source, shadow
+    IF embeddings.attnum_of(vec_rel, shadow) IS NOT NULL THEN
+        RAISE EXCEPTION 'column %.% exists: a model change needs that name for its shadow column', vec_rel, shadow
             USING ERRCODE = 'duplicate_column', HINT = 'Rename or drop that column, then watch() again.';
     END IF;
-    IF keep_old AND embeddings.attnum_of(t.source, embeddings.kept_column(t.embedding_column)) IS NOT NULL THEN
-        RAISE EXCEPTION 'column %.% exists (kept from an earlier change?)', t.source,
+    IF keep_old AND embeddings.attnum_of(vec_rel, embeddings.kept_column(t.embedding_column)) IS NOT NULL THEN
+        RAISE EXCEPTION 'column %.% exists (kept from an earlier change?)', vec_rel,
                 embeddings.kept_column(t.embedding_column)
             USING ERRCODE = 'duplicate_column', HINT = 'Drop it first, or change with keep_old => false.';
     END IF;
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
-    EXECUTE format('ALTER TABLE %s ADD COLUMN %I %I.halfvec(%s)', t.source, shadow, vschema, dims);
-    EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.halfvec_cosine_ops)', t.source, shadow, vschema);
+    EXECUTE format('ALTER TABLE %s ADD COLUMN %I %I.halfvec(%s)', vec_rel, shadow, vschema, dims);
+    EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.halfvec_cosine_ops)', vec_rel, shadow, vschema);
     EXECUTE format('CREATE INDEX %I ON %s ((true)) WHERE %I IS NULL',
-                   embeddings.missing_index_name(t.id), t.source, shadow);
+                   embeddings.missing_index_name(t.id), vec_rel, shadow);
     PERFORM set_config('embeddings.following', following, true);
     -- In-flight batches read under the old definition are handed back and redone with both models.
     UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now()
@@ -206,10 +209,11 @@ BEGIN
     END IF;
     PERFORM set_config('embeddings.following', 'on', true);
     EXECUTE format('DROP INDEX IF EXISTS %I.%I',
-                   (SELECT n.nspname FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace WHERE cl.oid = t.source),
+                   (SELECT n.nspname FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
+                    WHERE cl.oid = coalesce(t.side_table, t.source)),
                    embeddings.missing_index_name(t.id));
-    IF embeddings.attnum_of(t.source, c.shadow_column) IS NOT NULL THEN
-        EXECUTE format('ALTER TABLE %s DROP COLUMN %I', t.source, c.shadow_column);
+    IF embeddings.attnum_of(coalesce(t.side_table, t.source), c.shadow_column) IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s DROP COLUMN %I', coalesce(t.side_table, t.source), c.shadow_column);
     END IF;
     PERFORM set_config('embeddings.following', following, true);
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1, ''shadow'', true)',
@@ -254,12 +258,14 @@ DECLARE
     old_index_name name;
     rel_schema name;
     following text := coalesce(current_setting('embeddings.following', true), 'off');
+    vec_rel regclass;  -- where the columns are: the table, or its side table
 BEGIN
     SELECT * INTO c FROM embeddings.model_changes mc WHERE mc.target_id = complete_change.target_id;
     IF NOT FOUND THEN
         RETURN 'no change in progress';
     END IF;
     SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = c.target_id;
+    vec_rel := coalesce(t.side_table, t.source);
     EXECUTE format('SELECT count(*) FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1, ''shadow'', true)',
                    pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q'))
         INTO change_jobs USING t.id;
@@ -302,29 +308,30 @@ BEGIN
         RETURN 'rows written meanwhile lack the new vector: not yet';
     END IF;
     SELECT n.nspname INTO rel_schema FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
-    WHERE cl.oid = t.source;
+    WHERE cl.oid = vec_rel;
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: the registry follows below
     EXECUTE format('DROP INDEX IF EXISTS %I.%I', rel_schema, embeddings.missing_index_name(t.id));
-    old_index := embeddings.hnsw_index(t.source, t.embedding_column);
-    new_index := embeddings.hnsw_index(t.source, c.shadow_column);
+    old_index := embeddings.hnsw_index(vec_rel, t.embedding_column);
+    new_index := embeddings.hnsw_index(vec_rel, c.shadow_column);
     SELECT relname INTO old_index_name FROM pg_class WHERE oid = old_index;
     -- Renames first, the drop last: a drop of a column named like the target's would make the
     -- event trigger of 45_dropped.sql forget the target.
-    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', t.source, t.embedding_column,
+    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', vec_rel, t.embedding_column,
                    CASE WHEN c.keep_old THEN embeddings.kept_column(t.embedding_column)
                         ELSE 'embeddings_' || t.id || '_replaced' END);
     IF old_index IS NOT NULL THEN
         EXECUTE format('ALTER INDEX %s RENAME TO %I', old_index, left(old_index_name, 54) || '_previous');
     END IF;
-    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', t.source, c.shadow_column, t.embedding_column);
+    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', vec_rel, c.shadow_column, t.embedding_column);
     IF new_index IS NOT NULL AND old_index_name IS NOT NULL THEN
         EXECUTE format('ALTER INDEX %s RENAME TO %I', new_index, old_index_name);
     END IF;
     IF NOT c.keep_old THEN
-        EXECUTE format('ALTER TABLE %s DROP COLUMN %I', t.source, 'embeddings_' || t.id || '_replaced');
+        EXECUTE format('ALTER TABLE %s DROP COLUMN %I', vec_rel, 'embeddings_' || t.id || '_replaced');
     END IF;
     UPDATE embeddings.targets tg
-    SET model = c.model, embedding_attnum = embeddings.attnum_of(t.source, t.embedding_column),
+    SET model = c.model,
+        embedding_attnum = CASE WHEN t.side_table IS NULL THEN embeddings.attnum_of(t.source, t.embedding_column) END,
         version = tg.version + 1, updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
     PERFORM embeddings.install_triggers(t);  -- the generated functions name the new column
@@ -403,11 +410,19 @@ BEGIN
         -- Rows with the new vector, and rows with content (a content function is not evaluated
         -- by status: its total is the one counted as the change began).
         BEGIN
-            EXECUTE format('SELECT pg_catalog.count(s.%I), pg_catalog.count(*) FILTER (WHERE s.%I IS NOT NULL OR (%s) OPERATOR(pg_catalog.~) ''[^[:space:]]'') FROM %s s',
-                           c.shadow_column, c.shadow_column,
-                           CASE WHEN t.content_column IS NOT NULL THEN embeddings.content_sql(t, 's') ELSE 'NULL' END,
-                           t.source)
-                INTO change_done_rows, change_total_rows;
+            IF t.side_table IS NULL THEN
+                EXECUTE format('SELECT pg_catalog.count(s.%I), pg_catalog.count(*) FILTER (WHERE s.%I IS NOT NULL OR (%s) OPERATOR(pg_catalog.~) ''[^[:space:]]'') FROM %s s',
+                               c.shadow_column, c.shadow_column,
+                               CASE WHEN t.content_column IS NOT NULL THEN embeddings.content_sql(t, 's') ELSE 'NULL' END,
+                               t.source)
+                    INTO change_done_rows, change_total_rows;
+            ELSE  -- the side rows of existing rows (sql/56_side.sql)
+                EXECUTE format('SELECT pg_catalog.count(x.%I), pg_catalog.count(*) FILTER (WHERE x.%I IS NOT NULL OR (%s) OPERATOR(pg_catalog.~) ''[^[:space:]]'') FROM %s s LEFT JOIN %s x ON %s',
+                               c.shadow_column, c.shadow_column,
+                               CASE WHEN t.content_column IS NOT NULL THEN embeddings.content_sql(t, 's') ELSE 'NULL' END,
+                               t.source, t.side_table, embeddings.key_equal_sql(t, 's', 'x'))
+                    INTO change_done_rows, change_total_rows;
+            END IF;
         EXCEPTION WHEN OTHERS THEN  -- a table the caller may not read
             change_total_rows := c.rows_total;
         END;

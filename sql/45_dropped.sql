@@ -2,7 +2,7 @@
 -- with the drop, so that no worker dead-letters their queued jobs and `status` stays clean.
 
 -- Forgets every target whose table, or whose embedding column (in its chunk table for a chunked
--- target), no longer exists; returns how
+-- target, its side table for a side-table target), no longer exists; returns how
 -- many. Run it by hand where the event trigger below could not be installed (it needs a
 -- superuser). A renamed embedding column counts as gone: re-watch the table under its new name.
 CREATE FUNCTION embeddings.unwatch_dropped() RETURNS integer
@@ -15,7 +15,7 @@ BEGIN
         SELECT * FROM embeddings.targets tg
         WHERE NOT EXISTS (
             SELECT FROM pg_attribute a
-            WHERE a.attrelid = coalesce(tg.chunk_table, tg.source) AND a.attname = tg.embedding_column
+            WHERE a.attrelid = coalesce(tg.side_table, tg.chunk_table, tg.source) AND a.attname = tg.embedding_column
               AND a.attnum > 0 AND NOT a.attisdropped)
         ORDER BY tg.id
     LOOP
@@ -38,9 +38,10 @@ BEGIN
     FOR t IN
         SELECT DISTINCT tg.* FROM embeddings.targets tg
         JOIN pg_event_trigger_dropped_objects() d
-          ON d.classid = 'pg_class'::regclass AND d.objid IN (tg.source::oid, tg.chunk_table::oid)
-        WHERE d.objsubid = 0                                     -- the table (or chunk table)
-           OR d.address_names[3] = tg.embedding_column::text     -- its embedding column
+          ON d.classid = 'pg_class'::regclass AND d.objid IN (tg.source::oid, tg.chunk_table::oid, tg.side_table::oid)
+        WHERE d.objsubid = 0                                     -- the table (chunk table, side table)
+           OR (d.address_names[3] = tg.embedding_column::text   -- its embedding column
+               AND (tg.side_table IS NULL OR d.objid = tg.side_table))  -- (a side table's)
     LOOP
         BEGIN
             PERFORM embeddings.forget_target(t);
@@ -67,7 +68,8 @@ END
 $$;
 
 -- Schema changes of watched tables: renames of the table, its key (a chunked target's chunk
--- table's key columns follow), content or embedding column, a move to another schema, a
+-- table's key columns follow, a side table's too), content or embedding column, a rename or move
+-- of its side or chunk table, a move to another schema, a
 -- retyped content column, a new owner (the functions that run as the owner follow it),
 -- partitions created, attached or detached, an ALTER of the functions generated for it. Target
 -- `target_id`'s registration is brought in line with its table: column names re-read from the
@@ -125,8 +127,8 @@ BEGIN
     IF t.problem IS NOT NULL AND t.problem IS DISTINCT FROM before.problem THEN
         RAISE WARNING 'embeddings: % is no longer embedded: %', embeddings.target_name(t), t.problem;
     END IF;
-    IF t.chunk_table IS NOT NULL AND t.problem IS NULL THEN
-        PERFORM embeddings.follow_chunk_keys(t);  -- renamed key columns (55_chunks.sql)
+    IF coalesce(t.chunk_table, t.side_table) IS NOT NULL AND t.problem IS NULL THEN
+        PERFORM embeddings.follow_store_keys(t);  -- renamed key columns (56_side.sql)
     END IF;
     FOREACH rel IN ARRAY embeddings.install_triggers(t) LOOP
         PERFORM embeddings.enqueue_rows(t, rel);  -- a partition attached with its rows
@@ -161,7 +163,9 @@ BEGIN
         SELECT DISTINCT tg.id FROM embeddings.targets tg
         JOIN pg_event_trigger_ddl_commands() c
           ON (c.classid = 'pg_class'::regclass
-              AND (tg.source = c.objid OR tg.source IN (SELECT pg_partition_ancestors(c.objid))))
+              AND (tg.source = c.objid OR tg.source IN (SELECT pg_partition_ancestors(c.objid))
+                   -- its side or chunk table (renamed, moved: the functions name it)
+                   OR c.objid IN (tg.side_table, tg.chunk_table)))
           OR (c.classid = 'pg_proc'::regclass AND c.objid = tg.content_function)
           -- The functions generated for it, which its table's owner owns and may ALTER (to
           -- SECURITY INVOKER, say): regenerated as they must be (sql/32_access.sql).

@@ -59,7 +59,8 @@ $$;
 -- whose content is NULL or blank (whitespace only) are `cleared_rows`: the worker keeps them
 -- without an embedding on purpose; NULL for a content function, which status never evaluates
 -- (it is the table owner's code: sql/32_access.sql). A chunked target's embedded rows are its
--- documents with chunks (sql/55_chunks.sql).
+-- documents with chunks (sql/55_chunks.sql); a side-table target's, its rows with a side row that
+-- holds a vector (sql/56_side.sql: side rows of deleted rows are not counted).
 CREATE FUNCTION embeddings.exact_counts(t embeddings.targets,
     OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -69,7 +70,18 @@ DECLARE
                                      embeddings.content_sql(t, 's'))
                          ELSE 'NULL::bigint' END;
 BEGIN
-    IF t.chunk_table IS NULL THEN
+    IF t.side_table IS NOT NULL THEN
+        BEGIN
+            EXECUTE format('SELECT count(*), count(x.%I), %s FROM %s s LEFT JOIN %s x ON %s', t.embedding_column, cleared,
+                           t.source, t.side_table, embeddings.key_equal_sql(t, 's', 'x'))
+                INTO total_rows, embedded_rows, cleared_rows;
+        EXCEPTION WHEN OTHERS THEN  -- the side table is gone: the other targets still show
+            total_rows := NULL;
+            embedded_rows := NULL;
+            cleared_rows := NULL;
+        END;
+        chunks := NULL;
+    ELSIF t.chunk_table IS NULL THEN
         BEGIN
             EXECUTE format('SELECT count(*), count(s.%I), %s FROM %s s', t.embedding_column, cleared, t.source)
                 INTO total_rows, embedded_rows, cleared_rows;
@@ -120,13 +132,14 @@ LANGUAGE sql STABLE AS $$
     FROM pg_class c WHERE c.oid = rel
 $$;
 
--- Estimated rows of target t's table (all partitions) and chunk table.
+-- Estimated rows of target t's table (all partitions) and chunk table or side table.
 CREATE FUNCTION embeddings.target_rows(t embeddings.targets) RETURNS double precision
 LANGUAGE sql STABLE AS $$
     SELECT coalesce(sum(embeddings.estimated_rows(r)), 0)
     FROM (SELECT embeddings.leaf_relations(t.source) AS r
           UNION ALL
-          SELECT embeddings.leaf_relations(t.chunk_table) WHERE t.chunk_table IS NOT NULL) rels
+          SELECT embeddings.leaf_relations(coalesce(t.chunk_table, t.side_table))
+          WHERE coalesce(t.chunk_table, t.side_table) IS NOT NULL) rels
 $$;
 
 -- Up to how many rows (estimated, table and chunk table together) embeddings.status counts a
@@ -143,6 +156,8 @@ $$;
 -- (blank among the most common values only). A count is NULL where a leaf with rows has no
 -- statistics of that column yet (never analyzed since watch()), and cleared rows are NULL for a
 -- content function. Chunked targets: chunks estimated likewise, embedded documents NULL.
+-- Side-table targets (sql/56_side.sql): embedded rows from the side table's rows and the share of
+-- them with a vector (side rows of deleted rows not yet followed up counted too).
 CREATE FUNCTION embeddings.estimated_counts(t embeddings.targets,
     OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -153,19 +168,31 @@ DECLARE
     cleared_share double precision;
     total double precision := 0;
     embedded double precision := CASE WHEN t.chunk_table IS NULL THEN 0 END;
+    vec_rel regclass := coalesce(t.side_table, t.source);  -- where the embedding column is
     cleared double precision := CASE WHEN t.content_column IS NOT NULL THEN 0 END;
 BEGIN
     -- One short statement per leaf (plans cached by the session), not one query over the
     -- pg_stats view, which costs milliseconds to plan on every call.
-    FOR leaf IN SELECT embeddings.leaf_relations(t.source) LOOP
-        n := embeddings.estimated_rows(leaf);
-        total := total + n;
+    FOR leaf IN SELECT embeddings.leaf_relations(vec_rel) WHERE t.side_table IS NOT NULL LOOP
+        n := embeddings.estimated_rows(leaf);  -- the side table's rows
         CONTINUE WHEN n < 1;
         SELECT 1 - s.null_frac INTO embedded_share
         FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
         JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = c.relname
         WHERE c.oid = leaf AND s.attname = t.embedding_column AND NOT s.inherited;
-        embedded := embedded + n * embedded_share;  -- NULL from here on: no statistics yet
+        embedded := embedded + n * embedded_share;
+    END LOOP;
+    FOR leaf IN SELECT embeddings.leaf_relations(t.source) LOOP
+        n := embeddings.estimated_rows(leaf);
+        total := total + n;
+        CONTINUE WHEN n < 1;
+        IF t.side_table IS NULL THEN
+            SELECT 1 - s.null_frac INTO embedded_share
+            FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+            JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = c.relname
+            WHERE c.oid = leaf AND s.attname = t.embedding_column AND NOT s.inherited;
+            embedded := embedded + n * embedded_share;  -- NULL from here on: no statistics yet
+        END IF;
         SELECT s.null_frac + coalesce((SELECT sum(m.f) FROM unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS m(v, f)
                                        WHERE m.v !~ '[^[:space:]]'), 0)
         INTO cleared_share
@@ -175,7 +202,7 @@ BEGIN
         cleared := cleared + n * cleared_share;
     END LOOP;
     total_rows := round(total);
-    embedded_rows := round(embedded);
+    embedded_rows := round(CASE WHEN t.side_table IS NULL THEN embedded ELSE least(embedded, total) END);
     cleared_rows := round(cleared);
     IF t.chunk_table IS NOT NULL THEN
         SELECT round(sum(embeddings.estimated_rows(cl))) INTO chunks FROM embeddings.leaf_relations(t.chunk_table) AS cl;

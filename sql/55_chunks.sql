@@ -6,8 +6,10 @@
 -- chunk_table names another:
 --
 --   <the source's key column(s)>  the primary key's, or the key named by watch(key => ...): same
---                                  names and types; a foreign key to the source, ON DELETE
---                                  CASCADE: a deleted document takes its chunks
+--                                  names and types. No foreign key to the source (one made
+--                                  TRUNCATE of the source fail): deletes, key changes and
+--                                  truncations are followed as for side tables (sql/56_side.sql),
+--                                  and every read joins the source
 --   seq         integer   the chunk's position in the document, from 0
 --   chunk       text      the chunk's text, an exact slice of the document: what was embedded
 --   chunk_hash  text      md5 of the model name and the chunk text: when a document changes, a
@@ -17,14 +19,18 @@
 -- The source table gets no embedding column (embeddings.targets.embedding_attnum is NULL). Its
 -- triggers are the generated ones of any target (sql/30_triggers.sql), minus the clear trigger: a
 -- changed document keeps its old chunks until its new ones land (the old vectors are what makes
--- reuse possible). The chunk table's key columns follow renames of the source's
--- (embeddings.follow_chunk_keys, called by the schema-change event trigger).
+-- reuse possible); like a side-table target it has triggers that follow deletes and truncations.
+-- The chunk table's key columns follow renames of the source's (embeddings.follow_store_keys,
+-- sql/56_side.sql, called by the schema-change event trigger).
 
 -- A predicate true when the row of alias `alias` lacks its embedding: a NULL embedding column,
--- or, for a chunked target, no chunk at all. Used by backfills and embeddings.sweep().
+-- for a chunked target no chunk at all, for a side-table target no side row with a vector
+-- (sql/56_side.sql). Used by backfills and embeddings.sweep().
 CREATE FUNCTION embeddings.embedding_missing_sql(t embeddings.targets, alias text) RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE
+        WHEN t.side_table IS NOT NULL THEN format('NOT EXISTS (SELECT FROM %s c WHERE %s AND c.%I IS NOT NULL)',
+                                                  t.side_table, embeddings.key_equal_sql(t, alias, 'c'), t.embedding_column)
         WHEN t.chunk_table IS NULL THEN format('%I.%I IS NULL', alias, t.embedding_column)
         ELSE format('NOT EXISTS (SELECT FROM %s c WHERE %s)', t.chunk_table,
                     embeddings.key_equal_sql(t, alias, 'c'))
@@ -73,9 +79,8 @@ BEGIN
     FROM unnest(key_names, key_types) WITH ORDINALITY AS u(k, ty, o);
     EXECUTE format(
         'CREATE TABLE %1$s (%2$s, seq integer NOT NULL, chunk text NOT NULL, chunk_hash text NOT NULL, '
-        '%3$I %4$I.halfvec(%5$s) NOT NULL, PRIMARY KEY (%6$s, seq), '
-        'FOREIGN KEY (%6$s) REFERENCES %7$s (%6$s) ON DELETE CASCADE ON UPDATE CASCADE)',
-        chunk_table, columns, embedding_column, vschema, dims, keys, source);
+        '%3$I %4$I.halfvec(%5$s) NOT NULL, PRIMARY KEY (%6$s, seq))',
+        chunk_table, columns, embedding_column, vschema, dims, keys);
     existing := to_regclass(chunk_table);
     EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.halfvec_cosine_ops)', existing, embedding_column, vschema);
     -- The source's owner's, as its rows are: the functions that write it run as that role
@@ -85,29 +90,6 @@ BEGIN
     EXECUTE format('COMMENT ON TABLE %s IS %L', existing,
                    format('Chunks of %s and their embeddings, kept by embed-worker (embeddings.watch)', source));
     RETURN existing;
-END
-$$;
-
--- Renames the key columns of chunked target t's chunk table after the source's key columns
--- (matched through the foreign key, which follows attribute numbers), so that the worker's
--- queries name both alike. Called by embeddings.refresh_target() with the event trigger's DDL
--- following switched off.
-CREATE FUNCTION embeddings.follow_chunk_keys(t embeddings.targets) RETURNS void
-LANGUAGE plpgsql AS $$
-DECLARE
-    col record;
-BEGIN
-    FOR col IN
-        SELECT ca.attname AS chunk_name, sa.attname AS source_name
-        FROM pg_constraint fk
-        CROSS JOIN LATERAL unnest(fk.conkey, fk.confkey) AS k(chunk_num, source_num)
-        JOIN pg_attribute ca ON ca.attrelid = fk.conrelid AND ca.attnum = k.chunk_num
-        JOIN pg_attribute sa ON sa.attrelid = fk.confrelid AND sa.attnum = k.source_num
-        WHERE fk.conrelid = t.chunk_table AND fk.confrelid = t.source AND fk.contype = 'f'
-          AND ca.attname <> sa.attname
-    LOOP
-        EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', t.chunk_table, col.chunk_name, col.source_name);
-    END LOOP;
 END
 $$;
 
@@ -267,8 +249,10 @@ LANGUAGE plpgsql STABLE AS $$
 DECLARE
     keys text := (SELECT string_agg(format('%I', k), ', ') FROM unnest(t.key_columns) AS k);
 BEGIN
-    EXECUTE format('SELECT count(*), coalesce(sum(n), 0)::bigint FROM (SELECT count(*) AS n FROM %s GROUP BY %s) d',
-                   t.chunk_table, keys)
+    -- Chunks of documents that exist (a delete not yet followed up leaves some behind).
+    EXECUTE format('SELECT count(*), coalesce(sum(n), 0)::bigint FROM (SELECT count(*) AS n FROM %s c '
+                   'WHERE EXISTS (SELECT FROM %s s WHERE %s) GROUP BY %s) d',
+                   t.chunk_table, t.source, embeddings.key_equal_sql(t, 's', 'c'), keys)
         INTO documents, chunks;
 END
 $$;

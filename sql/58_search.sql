@@ -147,10 +147,12 @@ BEGIN
     END IF;
     SELECT format('%I.%I', n.nspname, ty.typname) INTO emb_type
     FROM pg_attribute at JOIN pg_type ty ON ty.oid = at.atttypid JOIN pg_namespace n ON n.oid = ty.typnamespace
-    WHERE at.attrelid = t.source AND at.attname = t.embedding_column AND NOT at.attisdropped;
-    vec := format('s.%I', t.embedding_column);
+    WHERE at.attrelid = coalesce(t.side_table, t.source) AND at.attname = t.embedding_column AND NOT at.attisdropped;
+    -- A side-table target's vectors are in its side table `v`, keyed like the table.
+    vec := format(CASE WHEN t.side_table IS NULL THEN 's.%I' ELSE 'v.%I' END, t.embedding_column);
     RETURN jsonb_build_object(
-        'from', format('%s s', t.source),
+        'from', CASE WHEN t.side_table IS NULL THEN format('%s s', t.source)
+                     ELSE format('%s v JOIN %s s ON %s', t.side_table, t.source, embeddings.key_equal_sql(t, 'v', 's')) END,
         'vector', vec,
         'key', embeddings.key_json_sql(t, 's'),
         'content', CASE WHEN t.content_column IS NOT NULL

@@ -49,6 +49,10 @@ DECLARE
     col name;
     rel regclass;
 BEGIN
+    IF t.side_table IS NOT NULL THEN
+        RAISE EXCEPTION 'embeddings: full-text search is not available for a side-table target (%) yet', source
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
     IF t.chunk_table IS NOT NULL THEN
         col := 'fts';

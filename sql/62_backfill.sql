@@ -238,11 +238,12 @@ CREATE FUNCTION embeddings.index_defer_rows() RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 100000;
 
--- The name and the statement of target t's deferred index.
+-- The name and the statement of target t's deferred index (on its table, or its side table:
+-- sql/56_side.sql).
 CREATE FUNCTION embeddings.deferred_index_name(t embeddings.targets) RETURNS name
 LANGUAGE sql STABLE AS $$
     SELECT (left(c.relname, 40) || '_' || left(t.embedding_column, 16) || '_hnsw')::name
-    FROM pg_class c WHERE c.oid = t.source
+    FROM pg_class c WHERE c.oid = coalesce(t.side_table, t.source)
 $$;
 
 -- Keys of target t waiting in either lane of its queue (in flight included):
@@ -275,7 +276,7 @@ LANGUAGE sql STABLE AS $$
               AND NOT i.indisvalid),
            CASE WHEN c.relkind = 'r' THEN
                ARRAY[format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s USING hnsw (%I %I.%I)',
-                            embeddings.deferred_index_name(t), t.source, t.embedding_column, tn.nspname,
+                            embeddings.deferred_index_name(t), c.oid::regclass, t.embedding_column, tn.nspname,
                             ty.typname || '_cosine_ops')]
            ELSE
                ARRAY[format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s USING hnsw (%I %I.%I)',
@@ -286,9 +287,9 @@ LANGUAGE sql STABLE AS $$
            END
     FROM embeddings.deferred_indexes d
     JOIN embeddings.targets t ON t.id = d.target_id
-    JOIN pg_class c ON c.oid = t.source
+    JOIN pg_class c ON c.oid = coalesce(t.side_table, t.source)  -- where the embedding column is
     JOIN pg_namespace n ON n.oid = c.relnamespace
-    JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = t.embedding_column AND NOT a.attisdropped
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = t.embedding_column AND NOT a.attisdropped
     JOIN pg_type ty ON ty.oid = a.atttypid
     JOIN pg_namespace tn ON tn.oid = ty.typnamespace
     -- A partitioned table: its first partition whose index is not yet attached to the parent's.
@@ -328,7 +329,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
           JOIN pg_class ic ON ic.oid = i.indexrelid
           JOIN pg_am am ON am.oid = ic.relam
           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-          WHERE i.indrelid = t.source AND am.amname = 'hnsw' AND a.attname = t.embedding_column
+          WHERE i.indrelid = coalesce(t.side_table, t.source) AND am.amname = 'hnsw' AND a.attname = t.embedding_column
             AND i.indisvalid)
     RETURNING true
 $$;

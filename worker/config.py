@@ -10,6 +10,7 @@ model is fetched), `threads`, `default_model(...)`.
 
 from __future__ import annotations
 
+import hmac
 import os
 import re
 from collections.abc import Mapping
@@ -23,6 +24,40 @@ from worker.models.files import DEFAULT_CACHE_DIR, ModelLocation
 
 _LISTEN = ("auto", "true", "false")  # EMBED_LISTEN: still accepted, no longer used
 QUEUE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,46}$")  # what pgmq accepts as a table suffix
+
+
+class Secret:
+    """A secret (an API key): its repr and str never show it, so that no log line, exception
+    message or status output can carry it by accident. `reveal()` is called where it is sent,
+    and nowhere else."""
+
+    __slots__ = ("_value",)
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Secret) and hmac.compare_digest(
+            self._value.encode(), other._value.encode()
+        )
+
+    def __hash__(self) -> int:
+        return hash(Secret)  # all alike: a hash must not tell secrets apart either
+
+
+# The providers' own variables, by the credential name a model row gives by default.
+CREDENTIAL_VARIABLES = {
+    "openai": ("openai_api_key", "OPENAI_API_KEY"),
+    "huggingface": ("hf_token", "HF_TOKEN"),
+}
 
 
 @dataclass(frozen=True)
@@ -71,6 +106,12 @@ class Settings:
     search_database_url: str | None = field(
         default=None, metadata={"env": "EMBED_SEARCH_DATABASE_URL"}
     )
+    # API keys of remote models (worker/models/remote/): a model row names its key
+    # (`credential`), never holds it. A directory with one file per credential name (a mounted
+    # Kubernetes secret, systemd's $CREDENTIALS_DIRECTORY), then the providers' own variables.
+    api_key_dir: str | None = field(default=None, metadata={"env": "EMBED_API_KEY_DIR"})
+    openai_api_key: Secret | None = field(default=None, metadata={"env": "OPENAI_API_KEY"})
+    hf_token: Secret | None = field(default=None, metadata={"env": "HF_TOKEN"})
     log_format: str = field(default="text", metadata={"env": "EMBED_LOG_FORMAT"})
     log_level: str = field(default="INFO", metadata={"env": "EMBED_LOG_LEVEL"})
     devdb_port: int = field(default=54329, metadata={"env": "DEVDB_PORT"})
@@ -94,6 +135,35 @@ class Settings:
         if off_by is None and self.hf_hub_offline:
             off_by = "HF_HUB_OFFLINE"
         return DownloadPolicy(off_by=off_by, endpoint=self.hf_endpoint)
+
+    def api_key(self, credential: str) -> tuple[Secret | None, str]:
+        """The key of `credential` (a model row's `credential`) and where it came from (for
+        doctor: a file or a variable's name, never the value): the file `credential` in
+        EMBED_API_KEY_DIR, read on each call so that a rotated secret is picked up; else
+        OPENAI_API_KEY for `openai`, HF_TOKEN for `huggingface`. (None, where it was looked
+        for) when there is none."""
+        looked = []
+        if self.api_key_dir and credential not in (".", ".."):
+            path = os.path.join(os.path.expanduser(self.api_key_dir), credential)
+            looked.append(path)
+            try:
+                with open(path, encoding="utf-8") as f:
+                    value = f.read().strip()
+            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+                value = ""
+            except OSError as exc:  # unreadable: say so, without the content
+                raise exceptions.ConfigError(
+                    f"EMBED_API_KEY_DIR: cannot read {path}: {exc.strerror}"
+                ) from None
+            if value:
+                return Secret(value), f"file {path}"
+        attribute, variable = CREDENTIAL_VARIABLES.get(credential, (None, None))
+        if attribute is not None and variable is not None:
+            looked.append(variable)
+            secret = getattr(self, attribute)
+            if secret is not None and secret.reveal():
+                return secret, variable
+        return None, " or ".join(looked) or f"EMBED_API_KEY_DIR (unset) for {credential!r}"
 
     def default_model(self, database_default: str | None) -> str:
         """The model used when none is named (`embed`, POST /embed, readiness, doctor):
@@ -181,6 +251,8 @@ _FALSE = ("0", "false", "no", "off")
 
 
 def _parse(env: str, type_name: str, raw: str) -> Any:
+    if type_name.startswith("Secret"):
+        return Secret(raw)
     if type_name == "bool":
         if raw.lower() in _TRUE + _FALSE:
             return raw.lower() in _TRUE
@@ -193,3 +265,19 @@ def _parse(env: str, type_name: str, raw: str) -> Any:
     except ValueError:
         raise exceptions.ConfigError(f"{env}: expected a number, got {raw!r}") from None
     return raw
+
+
+def api_key_from_env(
+    credential: str, env: Mapping[str, str] | None = None
+) -> tuple[Secret | None, str]:
+    """Settings.api_key by the environment alone (EMBED_API_KEY_DIR, OPENAI_API_KEY, HF_TOKEN),
+    for code with no Settings at hand; reads only those variables, so an unrelated bad one
+    cannot make a request fail."""
+    env = os.environ if env is None else env
+    variables = {f.name: f.metadata["env"] for f in fields(Settings)}
+    values: dict[str, Any] = {}
+    for name in ("api_key_dir", "openai_api_key", "hf_token"):
+        raw = env.get(variables[name], "").strip()
+        if raw:
+            values[name] = raw if name == "api_key_dir" else Secret(raw)
+    return Settings(**values).api_key(credential)

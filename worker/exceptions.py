@@ -47,3 +47,27 @@ class TargetUnavailable(DatabaseError):
     """A watched table cannot be served as it is now: the functions through which the worker
     reads and writes it cannot run as its owner, or it has FORCE ROW LEVEL SECURITY. Its jobs
     wait (deferred), spending no attempt."""
+
+
+class ProviderError(ModelError):
+    """A remote model's provider (worker/models/remote/) could not embed the texts, for a
+    reason that is not the texts': the rows wait, spending no attempt."""
+
+    def __init__(self, message: str | None = None, *, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after  # seconds until it is worth asking again, if known
+
+
+class ProviderUnavailable(ProviderError):
+    """The provider is down, slow, throttling us (429) or answering garbage: the rows wait
+    until it recovers (its circuit breaker says when to try again)."""
+
+
+class ProviderRefused(ProviderError):
+    """The provider refuses the model's configuration (the key, the model, the dimensions):
+    the target waits until its registration or the key is fixed."""
+
+
+class InputRejected(ModelError):
+    """The provider refused these inputs themselves (HTTP 400, 413, 422): the row fails like a
+    text the local model fails on, and is retried, then dead-lettered."""

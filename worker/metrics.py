@@ -146,6 +146,60 @@ TARGET_DEFERRED = Gauge(
     registry=REGISTRY,
 )
 
+# Remote models (worker/models/remote/): per provider (the endpoint's host[:port]) and model.
+PROVIDER_OUTCOMES = (
+    "ok",
+    "rate_limited",  # 429 (or a model still loading): waited for, then retried; no attempt spent
+    "server_error",  # 5xx
+    "timeout",
+    "connection_error",
+    "bad_response",  # malformed, truncated, or not matching the request (count, index, dimension)
+    "refused",  # 401, 403, 404: the key or the registration
+    "rejected",  # 400, 413, 422: the inputs themselves
+    "circuit_open",  # not sent: the provider's circuit breaker is open
+)
+PROVIDER_REQUESTS = Counter(
+    "embed_worker_provider_requests",
+    "Requests to remote models' providers, by provider (endpoint host), model and outcome; "
+    "every attempt counts (retries too)",
+    ["provider", "model", "outcome"],
+    registry=REGISTRY,
+)
+PROVIDER_TOKENS = Counter(
+    "embed_worker_provider_tokens",
+    "Tokens billed by remote models' providers (their usage.total_tokens where they answer it, "
+    "else our count), by provider and model",
+    ["provider", "model"],
+    registry=REGISTRY,
+)
+PROVIDER_COST = Counter(
+    "embed_worker_provider_cost",
+    "Estimated spend on remote models: tokens times the model's price_per_million_tokens, in "
+    "the currency of that price (models without a price count nothing)",
+    ["provider", "model"],
+    registry=REGISTRY,
+)
+PROVIDER_SECONDS = Histogram(
+    "embed_worker_provider_request_duration_seconds",
+    "Time per request to a remote model's provider, answered or not",
+    ["provider"],
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
+    registry=REGISTRY,
+)
+PROVIDER_IN_FLIGHT = Gauge(
+    "embed_worker_provider_in_flight_requests",
+    "Requests to the provider awaiting an answer now",
+    ["provider"],
+    registry=REGISTRY,
+)
+PROVIDER_CIRCUIT_OPEN = Gauge(
+    "embed_worker_provider_circuit_open",
+    "1 while the provider's circuit breaker is open (it failed repeatedly: its targets' jobs "
+    "are deferred, not failed, until a probe request succeeds), else 0",
+    ["provider"],
+    registry=REGISTRY,
+)
+
 # Series exist from the start (at zero), so dashboards and alerts see them before any work.
 for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
@@ -162,6 +216,7 @@ ENUMERATED_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "embed_worker_batch_stage_duration_seconds": {"stage": STAGES},
     "embed_worker_lane_jobs": {"lane": LANES},
     "embed_worker_lane_oldest_job_age_seconds": {"lane": LANES},
+    "embed_worker_provider_requests_total": {"outcome": PROVIDER_OUTCOMES},
 }
 
 

@@ -1,7 +1,7 @@
 -- The worker's runtime SQL. Each query starts with `-- name: NAME` and a one-line description;
 -- worker/queries.py loads them. `{queue_table}` and a target's functions (`{load}`, `{store}`,
--- `{blank}`, `{reusable}`, `{chunks}`: embeddings.embeddings_<id>_<name>, which read
--- and write its table as the table's owner, sql/32_access.sql) are filled with psycopg.sql
+-- `{blank}`, `{forget}`, `{reusable}`, `{chunks}`: embeddings.embeddings_<id>_<name>,
+-- which read and write its table as the table's owner, sql/32_access.sql) are filled with psycopg.sql
 -- identifiers of registered targets only, `{key_arrays}` with one text[] parameter per key
 -- column (%(k0)s, ...: see Target.sql_names); values are always bound parameters. Row keys go
 -- in as the canonical keys the worker holds (%(keys)s) beside their columns' texts, and come
@@ -103,20 +103,23 @@ ON CONFLICT (target_id, minute) DO UPDATE SET rows = tp.rows + excluded.rows;
 -- name: load_targets
 -- Every registered target with what the worker needs to serve it, from the catalog; its
 -- problem, or why its functions cannot serve it now (sql/32_access.sql).
--- A chunked target's embedding column is in its chunk table.
+-- A chunked target's embedding column is in its chunk table, a side-table target's in its side
+-- table.
 SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
        t.content_column, fn_ns.nspname, p.proname, t.model, t.key_columns::text[],
        ARRAY(SELECT kt.typname::text FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
              JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i),
        t.queue, coalesce(t.problem, embeddings.access_problem(t)), t.version, chunk_ns.nspname,
        chunk_c.relname, t.chunk_tokens,
-       t.chunk_overlap
+       t.chunk_overlap, side_ns.nspname, side_c.relname
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
 LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
 LEFT JOIN pg_class chunk_c ON chunk_c.oid = t.chunk_table
 LEFT JOIN pg_namespace chunk_ns ON chunk_ns.oid = chunk_c.relnamespace
-LEFT JOIN pg_attribute a ON a.attrelid = coalesce(t.chunk_table, t.source) AND a.attname = t.embedding_column
+LEFT JOIN pg_class side_c ON side_c.oid = t.side_table
+LEFT JOIN pg_namespace side_ns ON side_ns.oid = side_c.relnamespace
+LEFT JOIN pg_attribute a ON a.attrelid = coalesce(t.side_table, t.chunk_table, t.source) AND a.attname = t.embedding_column
                         AND a.attnum > 0 AND NOT a.attisdropped
 LEFT JOIN pg_type ty ON ty.oid = a.atttypid
 LEFT JOIN pg_proc p ON p.oid = t.content_function
@@ -130,6 +133,14 @@ SELECT to_regprocedure('embeddings.default_model()') IS NOT NULL;
 -- name: default_model
 -- The database's default model: what watch() uses when none is named (set_default_model()).
 SELECT embeddings.default_model();
+
+-- name: remote_models
+-- The remote models of the registry (sql/46_providers.sql): what a RemoteModel is built from.
+-- No column holds a secret: `credential` is the name of the worker's key.
+SELECT name, provider, endpoint, remote_model, dimensions, max_tokens, pooling, send_dimensions,
+       max_inputs, max_request_tokens, max_in_flight, timeout_seconds, price_per_million_tokens,
+       credential, tokenizer
+FROM embeddings.models WHERE provider <> 'local' ORDER BY name;
 
 -- name: target_versions
 -- The definition version of every registered target (a registry read under an older one is
@@ -184,6 +195,12 @@ SELECT k FROM {store}(%(keys)s::text[]{key_arrays}, %(embeddings)b, %(hashes)s::
 -- Clears the embedding of rows whose content is blank, unless it changed since it was loaded.
 SELECT k FROM {blank}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[]) AS k;
 
+-- name: forget_rows
+-- Side-table targets: deletes the side rows of rows that are gone (deleted since their job was
+-- queued; a row of that key inserted since keeps its side row): the target's
+-- embeddings_<id>_forget(). Returns the keys whose side row was deleted.
+SELECT k FROM {forget}(%(keys)s::text[]{key_arrays}) AS k;
+
 -- name: lease_jobs_by_id
 -- Leases the named jobs (push mode: dispatch() or util.process_embeddings already leased them
 -- with pgmq.read; this makes sure the lease lasts at least %(vt)s seconds, never shortening a
@@ -223,7 +240,7 @@ SELECT key, chunk_hash, embedding FROM {reusable}(%(keys)s::text[]{key_arrays}, 
 -- name: lock_documents
 -- Serializes writers of the same documents until commit (advisory locks per target and key, in
 -- a fixed order so that two writers never deadlock): the stale-write check and the chunk writes
--- that follow it see no other writer in between.
+-- that follow it see no other writer in between. Side-table targets' writes take them too.
 SELECT count(pg_advisory_xact_lock(%(target_id)s, s.h))
 FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%(keys)s::text[]) AS k ORDER BY 1) s;
 
@@ -284,7 +301,7 @@ SELECT embeddings.deferred_index_built(%(target_id)s);
 SELECT mc.target_id, mc.model, mc.shadow_column, ty.typname, a.atttypmod
 FROM embeddings.model_changes mc
 JOIN embeddings.targets t ON t.id = mc.target_id
-LEFT JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = mc.shadow_column
+LEFT JOIN pg_attribute a ON a.attrelid = coalesce(t.side_table, t.source) AND a.attname = mc.shadow_column
                         AND a.attnum > 0 AND NOT a.attisdropped
 LEFT JOIN pg_type ty ON ty.oid = a.atttypid;
 
@@ -462,3 +479,48 @@ SELECT embeddings.retry_failures();
 -- name: status_rows
 -- `status`: the columns {columns} of view {view} (embeddings.status, or status_exact).
 SELECT {columns} FROM {view} ORDER BY target;
+
+-- name: models_have_providers
+-- Whether embeddings.models has remote models' columns (a schema before 0.2.0 has not).
+SELECT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = 'embeddings'
+               AND table_name = 'models' AND column_name = 'provider');
+
+-- name: plan_model
+-- `plan`: a model's limits and price (worker/cli/plan.py).
+SELECT name, provider, max_tokens, max_inputs, max_request_tokens, price_per_million_tokens
+FROM embeddings.models WHERE name = %(model)s;
+
+-- name: plan_targets
+-- `plan`: the watched columns of a table (one, when %(column)s names it).
+SELECT id, model, content_column, embedding_column FROM embeddings.targets
+WHERE source = to_regclass(%(table)s) AND (%(column)s::name IS NULL OR embedding_column = %(column)s::name)
+ORDER BY id;
+
+-- name: plan_target_rows
+-- `plan`: a target's rows, and those with a vector, counted exactly.
+SELECT total_rows, embedded_rows FROM embeddings.target_status(true) WHERE target_id = %(target_id)s;
+
+-- name: plan_estimated_rows
+-- `plan`: the planner's row estimate of a table not watched (-1 or 0 before ANALYZE).
+SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%(table)s);
+
+-- name: plan_count_rows
+-- `plan`: the rows of a table not watched, counted (small tables never analyzed).
+SELECT count(*) FROM {table};
+
+-- name: plan_column_width
+-- `plan`: the planner's average width in bytes of a content column, where the caller may read
+-- its statistics (pg_stats shows only columns the caller can SELECT).
+SELECT s.avg_width FROM pg_stats s
+JOIN pg_class c ON c.relname = s.tablename
+JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname
+WHERE c.oid = to_regclass(%(table)s) AND s.attname = %(column)s;
+
+-- name: plan_sample_width
+-- `plan`: the average size in bytes of a content column over a sample of rows, read with the
+-- caller's own rights (no statistics yet).
+SELECT avg(octet_length({column}::text)) FROM (SELECT {column} FROM {table} LIMIT %(rows)s) s;
+
+-- name: regclass_text
+-- A table's name as Postgres quotes it, or NULL when there is none.
+SELECT to_regclass(%(table)s)::text;

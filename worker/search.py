@@ -19,7 +19,7 @@ from pgvector import HalfVector
 from psycopg import errors
 
 from worker import db, exceptions, queries
-from worker.models.embedder import Embedder
+from worker.models.embedder import TextModel
 from worker.pipeline import targets as targets_mod
 from worker.pipeline.targets import Target
 
@@ -66,7 +66,7 @@ class Request:
 
 
 def run(
-    conn: db.Connection, load_model: Callable[[str], Embedder], request: Request
+    conn: db.Connection, load_model: Callable[[str], TextModel], request: Request
 ) -> list[dict[str, Any]]:
     """Ranked results, one per row or, for a chunked target, per document (result())."""
     target = find_target(conn, request.table, request.column)
@@ -83,7 +83,7 @@ def run(
 
 def ranked(
     conn: db.Connection,
-    load_model: Callable[[str], Embedder],
+    load_model: Callable[[str], TextModel],
     target: Target,
     query: str,
     k: int,

@@ -76,9 +76,12 @@ def test_a_composite_key_chunk_table_has_every_key_column(conn: Conn, tenant_doc
     conn.execute("UPDATE tenant_docs SET body = body WHERE tenant = 1")  # no content change
     conn.execute("UPDATE tenant_docs SET body = 'changed' WHERE (tenant, id) = (2, 'a')")
     assert queued_keys(conn, tenant_docs) == [[3, "c"], [2, "a"]]
-    # No clear trigger: a chunked target's source has no embedding column.
+    # No clear trigger: a chunked target's source has no embedding column. Deletes and
+    # truncations are followed into the chunk table (it has no foreign key to the table).
     assert trigger_names(conn, "tenant_docs") == [
+        f"embeddings_{tenant_docs}_delete",
         f"embeddings_{tenant_docs}_insert",
+        f"embeddings_{tenant_docs}_truncate",
         f"embeddings_{tenant_docs}_update",
     ]
 

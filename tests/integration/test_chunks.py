@@ -87,10 +87,8 @@ def test_watch_creates_the_chunk_table_and_no_embedding_column(conn: Conn, docs:
             " WHERE conrelid = 'docs_chunks'::regclass"
         ).fetchall()
     )
-    assert constraints["p"] == "PRIMARY KEY (id, seq)"
-    assert constraints["f"] == (
-        "FOREIGN KEY (id) REFERENCES docs(id) ON UPDATE CASCADE ON DELETE CASCADE"
-    )
+    # No foreign key to the table: it made TRUNCATE of the table fail (deletes are followed up).
+    assert constraints == {"p": "PRIMARY KEY (id, seq)"}
     indexes = [
         r[0]
         for r in conn.execute(
@@ -264,7 +262,27 @@ def test_deleting_a_document_deletes_its_chunks(
 ) -> None:
     run_once()
     conn.execute("DELETE FROM docs WHERE id = 1")
+    # Never returned, nor counted, from the delete on; the worker deletes them (the delete
+    # queued the key).
+    found = conn.execute(
+        "SELECT DISTINCT key FROM embeddings.match_chunks('docs', (SELECT embedding FROM docs_chunks"
+        " WHERE id = 1 LIMIT 1), 40)"
+    ).fetchall()
+    assert ("1",) not in [(str(k),) for (k,) in found]
+    assert queued_keys(conn, docs) == [1]
+    run_once()
     assert not [r for r in chunks(conn) if r[0] == 1]
+    assert messages(conn) == []
+
+
+def test_truncate_of_a_chunked_target_empties_its_chunk_table(
+    conn: Conn, docs: int, run_once: Callable[..., Worker]
+) -> None:
+    """It failed on the chunk table's foreign key (issue 25 §4)."""
+    run_once()
+    assert chunks(conn)
+    conn.execute("TRUNCATE docs")
+    assert chunks(conn) == []
 
 
 def test_a_document_updated_while_in_flight_keeps_the_newest_contents_chunks(

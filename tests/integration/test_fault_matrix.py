@@ -21,6 +21,9 @@ once, and while it is hit a row is edited again. Then the worker recovers: lease
 waiting EMBED_VT_SECONDS would do) and the worker runs again until the queue is empty. Asserted:
 0 rows lost, 0 stale vectors, nothing left in the queue, nothing dead-lettered. The matrix is
 printed at the end of the run (tests/support/faultmatrix.py) for the README's Reliability section.
+
+Every cell runs once per store of the vectors (tests/support/stores.py): in the row, and in a side
+table (its cells' steps are marked "side table").
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.support import faultmatrix
+from tests.support import faultmatrix, stores
 from tests.support.jobs import JOBS, expire_leases
 from worker import db
 from worker.config import Settings
@@ -82,9 +85,10 @@ def terminate_worker_connections(admin: Conn) -> None:
     raise AssertionError("worker connections survived pg_terminate_backend")
 
 
-def arm_in_database(conn: Conn, step: str, fault: str) -> None:
+def arm_in_database(conn: Conn, step: str, fault: str, store: str) -> None:
     """A trigger that fails the first queue lease (`read`) or the first write COMMIT (`commit`)
-    that reaches it. A sequence counts, since it survives the rollback it causes."""
+    that reaches it (of a vector into the row, or into the side table). A sequence counts, since
+    it survives the rollback it causes."""
     action = (
         "PERFORM pg_terminate_backend(pg_backend_pid()); PERFORM pg_sleep(5);"
         if fault == "connection_killed"
@@ -110,7 +114,8 @@ def arm_in_database(conn: Conn, step: str, fault: str) -> None:
         )
     else:
         conn.execute(
-            "CREATE CONSTRAINT TRIGGER inject_fault AFTER UPDATE ON docs"
+            f"CREATE CONSTRAINT TRIGGER inject_fault AFTER INSERT OR UPDATE"
+            f" ON {stores.vector_table(conn, store)}"
             " DEFERRABLE INITIALLY DEFERRED FOR EACH ROW"
             " WHEN (NEW.embedding IS NOT NULL) EXECUTE FUNCTION inject_fault('commit')"
         )
@@ -164,10 +169,18 @@ def in_process_fault(admin: Conn, editor: Editor, fault: str) -> Callable[[], No
 
 
 def measure(
-    conn: Conn, embedders: LoadedModels, model: str, step: str, fault: str, exit_code: int
+    conn: Conn,
+    embedders: LoadedModels,
+    model: str,
+    step: str,
+    fault: str,
+    exit_code: int,
+    store: str = "row",
 ) -> faultmatrix.Cell:
     rows = conn.execute(
-        "SELECT id, body, embedding::real[] FROM docs WHERE body ~ '[^[:space:]]' ORDER BY id"
+        psycopg.sql.SQL(
+            "SELECT id, body, embedding::real[] FROM {} WHERE body ~ '[^[:space:]]' ORDER BY id"
+        ).format(stores.vectors(conn, store))
     ).fetchall()
     queued = {
         str(k)
@@ -206,11 +219,13 @@ def admin(dsn: str) -> Iterator[Conn]:
         yield connection
 
 
+@pytest.mark.parametrize("store", stores.STORES)
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("step", STEPS)
 def test_a_fault_at_each_step_loses_nothing(
     step: str,
     fault: str,
+    store: str,
     conn: Conn,
     admin: Conn,
     dsn: str,
@@ -221,15 +236,16 @@ def test_a_fault_at_each_step_loses_nothing(
     model = tiny_models[0]
     # One batch holds every row: the fault hits all of them.
     settings = settings.with_overrides(batch_size=ROWS + NEW_ROWS, max_attempts=5)
-    conn.execute(
-        f"CREATE TABLE docs (id bigint PRIMARY KEY, body text, embedding halfvec({embedders.get(model).dim}))"
-    )
+    embedding = f", embedding halfvec({embedders.get(model).dim})" if store == "row" else ""
+    conn.execute(f"CREATE TABLE docs (id bigint PRIMARY KEY, body text{embedding})")
     conn.execute(
         "INSERT INTO docs SELECT g, 'first text of row ' || g FROM generate_series(1, %s::int) g",
         (ROWS,),
     )
     conn.execute(
-        "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false)", (model,)
+        "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false,"
+        " store => %s)",
+        (model, store),
     )
     assert run_worker(settings, embedders) == 0
     conn.execute("UPDATE docs SET body = 'second text of row ' || id")  # old vectors stay
@@ -240,7 +256,7 @@ def test_a_fault_at_each_step_loses_nothing(
 
     editor = Editor(dsn)
     if step in DB_SIDE_STEPS:
-        arm_in_database(conn, step, fault)
+        arm_in_database(conn, step, fault, store)
         exit_code = run_worker(settings, embedders)
         fired = conn.execute("SELECT is_called FROM injected_faults").fetchone()
         assert fired == (True,), "the fault was never reached"
@@ -257,7 +273,8 @@ def test_a_fault_at_each_step_loses_nothing(
         if conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone() == (0,):
             break
 
-    cell = measure(conn, embedders, model, step, fault, exit_code)
+    label = step if store == "row" else f"{step} (side table)"
+    cell = measure(conn, embedders, model, label, fault, exit_code, store)
     faultmatrix.record(cell)
     assert cell.rows == ROWS + NEW_ROWS
     assert (cell.lost, cell.stale, cell.left_in_queue, cell.dead_lettered) == (0, 0, 0, 0), cell

@@ -15,6 +15,9 @@ in-process worker. At quiescence the invariant must hold:
 Models: two tiny random-weight models of the same dimension (tests/support/modelgen.py), so a
 re-registration really changes every vector.
 
+It runs once per store of the vectors (tests/support/stores.py): in the row, and in a side table
+(there the embedding column is the side table's, and is not renamed).
+
 `make test` runs a fixed (derandomized) set of 25 examples of at most 20 steps: 20-35 s on these
 2-core machines. The soak run (deselected by default: pyproject's addopts has `-m 'not soak'`)
 explores much more, with a fresh seed each time:
@@ -48,6 +51,7 @@ from hypothesis.stateful import (
 )
 from psycopg import sql
 
+from tests.support import stores
 from tests.support.jobs import JOBS, clear_queue, expire_leases
 from worker import db
 from worker.config import Settings
@@ -101,6 +105,7 @@ class EmbeddingMachine(RuleBasedStateMachine):
     settings: ClassVar[Settings]
     embedders: ClassVar[LoadedModels]
     models: ClassVar[tuple[str, str]]
+    store: ClassVar[str] = "row"
 
     def __init__(self) -> None:
         super().__init__()
@@ -137,10 +142,13 @@ class EmbeddingMachine(RuleBasedStateMachine):
         self.exits.append(code)
         return code
 
-    def watch(self, model: str, clear_on_update: bool, conn: Conn | None = None) -> None:
+    def watch(
+        self, model: str, clear_on_update: bool, conn: Conn | None = None, store: str | None = None
+    ) -> None:
+        """watch() again; `store` only the first time (left out, the target keeps its own)."""
         (conn or self.conn).execute(
             "SELECT embeddings.watch(format('%%I.%%I', %s::text, %s::text)::regclass, %s,"
-            " embedding_column => %s, model => %s, clear_on_update => %s)",
+            " embedding_column => %s, model => %s, clear_on_update => %s, store => %s)",
             (
                 self.schema,
                 self.table,
@@ -148,6 +156,7 @@ class EmbeddingMachine(RuleBasedStateMachine):
                 self.embedding_column,
                 model,
                 clear_on_update,
+                store,
             ),
         )
         self.model = model
@@ -156,19 +165,20 @@ class EmbeddingMachine(RuleBasedStateMachine):
     @initialize(clear_on_update=st.booleans())
     def setup(self, clear_on_update: bool) -> None:
         # What an earlier example left, under whatever names its DDL rules gave it.
-        self.conn.execute("DROP TABLE IF EXISTS public.docs, public.papers")
+        self.conn.execute("DROP TABLE IF EXISTS public.docs, public.papers, public.docs_embeddings")
         self.conn.execute("DROP SCHEMA IF EXISTS archive CASCADE")
         clear_queue(self.conn)  # both lanes
         self.conn.execute("DELETE FROM embeddings.failures")
         dims = self.embedders.get(self.models[0]).dim
+        embedding = f", {{embedding}} halfvec({dims})" if self.store == "row" else ""
         self.conn.execute(
             self.q(
-                "CREATE TABLE {table} ({key} integer PRIMARY KEY, {content} text, tag text,"
-                f" {{embedding}} halfvec({dims}))"
+                "CREATE TABLE {table} ({key} integer PRIMARY KEY, {content} text, tag text"
+                f"{embedding})"
             )
         )
         self.clear_on_update = clear_on_update
-        self.watch(self.models[0], clear_on_update)
+        self.watch(self.models[0], clear_on_update, store=self.store)
 
     # --- the application ------------------------------------------------------------------
     @rule(key=KEYS, content=CONTENT)
@@ -261,6 +271,8 @@ class EmbeddingMachine(RuleBasedStateMachine):
 
     @rule()
     def rename_embedding_column(self) -> None:
+        if self.store != "row":
+            return  # the watched table has none (a side table's is the side table's)
         new = "vec" if self.embedding_column == "embedding" else "embedding"
         self.conn.execute(
             self.q("ALTER TABLE {table} RENAME COLUMN {embedding} TO ") + sql.Identifier(new)
@@ -435,7 +447,14 @@ class EmbeddingMachine(RuleBasedStateMachine):
         stored = {
             k: (body, vector)
             for k, body, vector in self.conn.execute(
-                self.q("SELECT {key}, {content}::text, {embedding}::real[] FROM {table}")
+                sql.SQL("SELECT {key}, {content}::text, {embedding}::real[] FROM {vectors}").format(
+                    key=sql.Identifier(self.key),
+                    content=sql.Identifier(self.content_column),
+                    embedding=sql.Identifier(self.embedding_column),
+                    vectors=stores.vectors(
+                        self.conn, self.store, sql.Identifier(self.schema, self.table)
+                    ),
+                )
             ).fetchall()
         }
         assert {k: body for k, (body, _) in stored.items()} == self.rows  # no write was lost
@@ -476,9 +495,11 @@ def run_machine(
     worker_settings: Settings,
     embedders: LoadedModels,
     models: tuple[str, str],
+    store: str = "row",
     **hypothesis_settings: Any,
 ) -> None:
     EmbeddingMachine.dsn = dsn
+    EmbeddingMachine.store = store
     EmbeddingMachine.settings = worker_settings.with_overrides(batch_size=8, max_attempts=5)
     EmbeddingMachine.embedders = embedders
     EmbeddingMachine.models = models
@@ -493,14 +514,20 @@ def run_machine(
     )
 
 
+@pytest.mark.parametrize("store", stores.STORES)
 def test_the_invariant_holds_at_quiescence(
-    dsn: str, settings: Settings, embedders: LoadedModels, tiny_models: tuple[str, str]
+    dsn: str,
+    settings: Settings,
+    embedders: LoadedModels,
+    tiny_models: tuple[str, str],
+    store: str,
 ) -> None:
     run_machine(
         dsn,
         settings,
         embedders,
         tiny_models,
+        store,
         derandomize=True,
         max_examples=int(os.environ.get("STATEFUL_EXAMPLES", "25")),
         stateful_step_count=20,
@@ -508,14 +535,20 @@ def test_the_invariant_holds_at_quiescence(
 
 
 @pytest.mark.soak
+@pytest.mark.parametrize("store", stores.STORES)
 def test_the_invariant_holds_at_quiescence_soak(
-    dsn: str, settings: Settings, embedders: LoadedModels, tiny_models: tuple[str, str]
+    dsn: str,
+    settings: Settings,
+    embedders: LoadedModels,
+    tiny_models: tuple[str, str],
+    store: str,
 ) -> None:
     run_machine(
         dsn,
         settings,
         embedders,
         tiny_models,
+        store,
         max_examples=int(os.environ.get("STATEFUL_EXAMPLES", "200")),
         stateful_step_count=40,
     )

@@ -112,17 +112,18 @@ def package_map() -> set[str]:
     block = re.search(r"## The worker package.*?```\nworker/\n(.*?)```", text, re.S)
     assert block is not None, "docs/development.md: no map of worker/"
     found: set[str] = set()
-    folder = ""
+    folders: list[tuple[int, str]] = []  # the folders the line is in, with their indents
     for line in block.group(1).splitlines():
         entry = re.match(r"( +)(\S+)", line)
         if entry is None:
             continue
         indent, name = len(entry.group(1)), entry.group(2)
-        if indent == 2:
-            folder = name.rstrip("/") if name.endswith("/") else ""
-            found.add(name.rstrip("/"))
-        else:
-            found.add(f"{folder}.{name}")
+        while folders and folders[-1][0] >= indent:
+            folders.pop()
+        dotted = ".".join([f for _, f in folders] + [name.rstrip("/")])
+        found.add(dotted)
+        if name.endswith("/"):
+            folders.append((indent, name.rstrip("/")))
     return found
 
 
@@ -132,6 +133,10 @@ def test_the_development_map_names_every_module_of_the_package() -> None:
         ".".join(p.relative_to(package).with_suffix("").parts)
         for p in package.rglob("*.py")
         if p.name != "__init__.py"
-    } | {p.name for p in package.iterdir() if (p / "__init__.py").exists()}
+    } | {
+        ".".join(p.parent.relative_to(package).parts)
+        for p in package.rglob("__init__.py")
+        if p.parent != package
+    }
     modules.add("queries.sql")
     assert package_map() == modules

@@ -24,6 +24,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "failures": failures,
         "model": model,
         "doctor": doctor,
+        "plan": plan,
     }[args.command]
     return handler(args, settings)
 
@@ -50,6 +51,22 @@ def doctor(args: argparse.Namespace, settings: Settings) -> int:
     dsn = settings.dsn
     output.say_database(dsn, settings.database_url)
     return run_doctor(dsn, settings)
+
+
+def plan(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli import plan as planning
+
+    with _connect(settings) as conn:
+        found = planning.make(
+            conn,
+            args.table,
+            column=args.column,
+            model=args.model,
+            content=args.content,
+            tokens_per_row=args.tokens_per_row,
+        )
+    planning.show(found, as_json=args.json)
+    return EXIT_OK
 
 
 def migrate(_args: argparse.Namespace, settings: Settings) -> int:
@@ -253,6 +270,7 @@ def failures(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- models -----------------------------------------------------------------------------------
 def model(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli import remote
     from worker.models import catalog, download, files
 
     if args.model_command == "list":
@@ -270,7 +288,8 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
                     r.source,
                 ]
                 for r in rows
-            ],
+            ]
+            + remote.list_rows(settings),
         )
         return EXIT_OK
     variant: catalog.Variant | Literal["all"] = args.download_variant or settings.model_variant

@@ -33,7 +33,11 @@ DESCRIPTIONS = {
     "failures": "List dead-lettered jobs (rows that exhausted their attempts), or re-queue them.",
     "doctor": "Check the database, the models and the queue for common problems, and say what "
     "to do about each. Exits 1 when it finds one.",
-    "model": "List the known models or download one.",
+    "model": "List the known models (and the database's remote ones) or download one.",
+    "plan": "Estimate what embedding TABLE will take before it starts: the rows, tokens and "
+    "requests, and the cost at the model's price_per_million_tokens. Without --model: the rows "
+    "that have no vector yet (a backfill); with --model: every row (a model change). Tokens are "
+    "estimated from the content column's size, never by evaluating content.",
 }
 
 
@@ -196,6 +200,27 @@ def build_parser() -> argparse.ArgumentParser:
     failures.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     command("doctor", "check for common problems and say what to do")
+
+    plan = command(
+        "plan",
+        "estimate rows, tokens, requests and cost before a backfill or model change",
+        loads_models=False,
+    )
+    plan.add_argument("table", metavar="TABLE", help="a table, e.g. public.documents")
+    plan.add_argument("--column", help="embedding column, when the table has several")
+    plan.add_argument(
+        "--model",
+        help="plan a change to this model (every row); default: the table's model, for the "
+        "rows that have no vector yet",
+    )
+    plan.add_argument("--content", metavar="COLUMN", help="content column of a table not watched")
+    plan.add_argument(
+        "--tokens-per-row",
+        type=float,
+        metavar="N",
+        help="average tokens per row, where they cannot be estimated (a content function)",
+    )
+    plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
     model_cmd = command("model", "list or download models")
     model_commands = model_cmd.add_subparsers(dest="model_command", metavar="ACTION", required=True)

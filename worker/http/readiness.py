@@ -8,6 +8,7 @@ import time
 from typing import TYPE_CHECKING
 
 from worker import db, exceptions
+from worker.models.remote import breaker as breakers
 from worker.process import startup
 
 if TYPE_CHECKING:
@@ -28,6 +29,7 @@ class ReadinessProbe:
         worker = self.worker
         failed = worker.embedders.failures()
         loaded = worker.embedders.loaded()
+        circuits = breakers.open_providers()  # remote models' providers that are down
         found = {}
         for target in worker.registry.snapshot().values():
             if target.queue != worker.settings.queue:
@@ -36,6 +38,9 @@ class ReadinessProbe:
             problem = target.problem(model.dim if model is not None else None)
             if problem is None and target.model in failed:
                 problem = failed[target.model]
+            spec = worker.embedders.remote_spec(target.model)
+            if problem is None and spec is not None and spec.host in circuits:
+                problem = circuits[spec.host]
             if problem is not None:
                 found[target.name] = problem
         return found

@@ -72,6 +72,19 @@ class EmbedResult:
     padded_tokens: int  # tokens fed to the model, padding included
 
 
+class TextModel(Protocol):
+    """What callers that only embed need of a model, local (Embedder) or remote
+    (worker/models/remote/client.py: RemoteModel)."""
+
+    name: str
+    dim: int
+    max_tokens: int
+
+    def embed(self, texts: Sequence[str]) -> FloatMatrix: ...
+
+    def embed_with_stats(self, texts: Sequence[str]) -> EmbedResult: ...
+
+
 class _Encoding(Protocol):
     @property
     def ids(self) -> list[int]: ...

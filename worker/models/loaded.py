@@ -16,13 +16,32 @@ import logging
 import threading
 import time
 from collections import OrderedDict
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 from worker import exceptions, metrics
 from worker.models import download, files, onnx
 from worker.models.catalog import Variant
 from worker.models.embedder import Embedder
+from worker.models.remote.client import ApiKey, RemoteModel
+from worker.models.remote.spec import RemoteSpec
+from worker.models.remote.tokens import EstimatedTokens, ExactTokens, TokenCounter
+
+Model = Embedder | RemoteModel  # what get() gives: a local model, or a remote one
+
+
+def config_api_key(credential: str) -> tuple[Secret | None, str]:
+    """The key of `credential` by the environment alone (worker/config.py); for LoadedModels
+    built without Settings."""
+    from worker import config
+
+    return config.api_key_from_env(credential)
+
+
+if TYPE_CHECKING:
+    from worker.config import Secret
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +63,7 @@ class LoadedModels:
         variant: Variant = "fp32",
         threads: int | None = None,
         retry_after: float = 30.0,
+        api_key: ApiKey | None = None,
     ):
         self.location = location
         self.downloads = downloads
@@ -55,10 +75,25 @@ class LoadedModels:
         self._failed: OrderedDict[str, LoadFailure] = OrderedDict()
         self._lock = threading.Lock()  # guards the dictionaries
         self._loading: dict[str, threading.Lock] = {}  # one per model, held while loading
+        # Remote models (worker/models/remote/): their registrations as the worker last read
+        # them (follow()), and the RemoteModel built from each.
+        self.api_key: ApiKey = api_key or config_api_key
+        self._remote_specs: Callable[[], dict[str, RemoteSpec]] = dict
+        self._remote: dict[str, RemoteModel] = {}
 
-    def get(self, model: str) -> Embedder:
+    def follow(self, remote_specs: Callable[[], dict[str, RemoteSpec]]) -> None:
+        """Where the registry's remote models are read from (TargetRegistry.remote_models)."""
+        self._remote_specs = remote_specs
+
+    def remote_spec(self, model: str) -> RemoteSpec | None:
+        return self._remote_specs().get(model)
+
+    def get(self, model: str) -> Model:
         """The loaded model, loading (or downloading) it on first use; raises ModelError when
-        unavailable."""
+        unavailable. A remote model is built from its registration (no weights to load)."""
+        spec = self.remote_spec(model)
+        if spec is not None:
+            return self._remote_model(spec)
         with self._lock:
             if model in self._loaded:
                 return self._loaded[model]
@@ -119,14 +154,24 @@ class LoadedModels:
             while len(self._failed) > MAX_REMEMBERED_FAILURES:
                 self._failed.popitem(last=False)
 
-    def loaded(self) -> dict[str, Embedder]:
+    def loaded(self) -> dict[str, Model]:
         with self._lock:
-            return dict(self._loaded)
+            return {**self._loaded, **self._remote}
 
     def tokenizer(self, model: str) -> Any:
         """`model`'s tokenizer without truncation (the chunk splitter counts whole documents),
         read once from its directory on disk; never loads weights, never downloads. Raises
-        ModelError when the model is not on disk."""
+        ModelError when the model is not on disk. A remote model's is the one its registration
+        names (`tokenizer`); without one it has none to split by."""
+        spec = self.remote_spec(model)
+        if spec is not None:
+            if spec.tokenizer is None:
+                raise exceptions.ModelError(
+                    f"remote model {model} names no tokenizer, which a chunked target needs to "
+                    f"split by: SELECT embeddings.register_model('{model}', ..., tokenizer => "
+                    "'<a local model or tokenizer.json>')"
+                )
+            return self._tokenizer_file(spec.tokenizer)
         with self._lock:
             found = self._tokenizers.get(model)
         if found is None:
@@ -134,4 +179,53 @@ class LoadedModels:
             found = onnx.load_tokenizer(info.tokenizer_file, max_tokens=None)
             with self._lock:
                 found = self._tokenizers.setdefault(model, found)
+        return found
+
+    # --- remote models --------------------------------------------------------------------------
+    def _remote_model(self, spec: RemoteSpec) -> RemoteModel:
+        """The RemoteModel of `spec`, rebuilt when the registration changed (a new endpoint,
+        limits or price take effect at the worker's next registry read)."""
+        with self._lock:
+            found = self._remote.get(spec.name)
+        if found is not None and found.spec == spec:
+            return found
+        counter: TokenCounter = EstimatedTokens()
+        if spec.tokenizer is not None:
+            try:
+                counter = ExactTokens(self._tokenizer_file(spec.tokenizer))
+            except exceptions.ModelError as exc:
+                raise exceptions.ModelError(
+                    f"remote model {spec.name}: its tokenizer {spec.tokenizer!r}: {exc}"
+                ) from None
+        model = RemoteModel(spec, api_key=self.api_key, counter=counter)
+        with self._lock:
+            old = self._remote.get(spec.name)
+            self._remote[spec.name] = model
+        if old is not None:
+            old.close()
+        else:
+            logger.info(
+                "remote model %s: %s, %d dimensions", spec.name, spec.describe(), spec.dimensions
+            )
+        metrics.model_loaded(spec.name)
+        return model
+
+    def _tokenizer_file(self, name: str) -> Any:
+        """A tokenizer by a tokenizer.json's path or a local model's name or directory."""
+        key = f"file:{name}"
+        with self._lock:
+            found = self._tokenizers.get(key)
+        if found is None:
+            path = Path(name).expanduser()
+            if path.suffix == ".json":
+                if not path.is_file():
+                    raise exceptions.ModelNotFound(f"no tokenizer file {path}")
+                tokenizer_file = path
+            else:
+                tokenizer_file = files.ModelDir.read(
+                    self.location.locate(name), name=name
+                ).tokenizer_file
+            found = onnx.load_tokenizer(tokenizer_file, max_tokens=None)
+            with self._lock:
+                found = self._tokenizers.setdefault(key, found)
         return found

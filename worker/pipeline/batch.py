@@ -31,7 +31,8 @@ class RowState(enum.Enum):
     CLEARED = "cleared"
     STALE = "stale"  # content changed since loading: its newer job embeds it
     OUTDATED = "outdated"  # the target was redefined (watch()) since the batch was read: redone
-    # Chunked targets: past the batch's chunk budget; re-queued with no attempt counted.
+    # Chunked targets: past the batch's chunk budget; remote models: not embedded because their
+    # provider could not (worker/pipeline/remote.py). Re-queued with no attempt counted.
     POSTPONED = "postponed"
 
 
@@ -61,6 +62,8 @@ class Row:
     shadow_only: bool = False
     chunks: DocumentChunks | None = None  # chunked targets: set by chunks.prepare
     fate: Fate | None = None  # a failed row, once its batch committed: retried or dead-lettered
+    # A postponed row of a remote model: when its provider is worth asking again (seconds).
+    retry_after: float | None = None
 
     def fail(self, error: str) -> None:
         self.state = RowState.FAILED
@@ -87,6 +90,9 @@ class Batch:
     # provenance: target id -> (producer of its vectors, of its shadow vectors), each
     # 'model revision variant' as embeddings.provenance records it (worker/pipeline/provenance.py)
     producers: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
+    # deferred targets whose jobs come back after their own delay (a remote model's provider
+    # said when: Retry-After, its circuit breaker), not after write.DEFER_SECONDS
+    defer_seconds: dict[int, float] = field(default_factory=dict)
 
     def by_target(self, state: RowState | None = None) -> dict[Target, list[Row]]:
         groups: dict[Target, list[Row]] = defaultdict(list)

@@ -1,7 +1,7 @@
 """Chunked targets in the pipeline: split each document, embed only the chunks that changed,
 write a document's chunks under the same stale-write guard as a row's vector.
 
-The pipeline calls in at three points, one per stage:
+The pipeline calls in at three points, one per stage (through worker/pipeline/stores/chunked.py):
 
   prepare (load stage, after the content is loaded)  splits each document with the model's
       tokenizer; looks up the vectors already stored for chunks with the same hash (text and
@@ -36,7 +36,7 @@ from worker.pipeline.chunking import Chunk, Splitter
 from worker.pipeline.targets import Target
 
 if TYPE_CHECKING:
-    from worker.models.embedder import Embedder
+    from worker.models.embedder import TextModel
     from worker.models.loaded import LoadedModels
 
 # Per batch, at most this many tokens of new chunks are embedded and this many chunks written
@@ -66,24 +66,23 @@ class DocumentChunks:
 
 
 # --- load stage ---------------------------------------------------------------------------------
-def prepare(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
-    """Splits the loaded documents of chunked targets (with the tokenizer of the target's model,
-    read once per process) and finds their reusable vectors."""
-    for target, rows in batch.by_target(RowState.READY).items():
-        if target.chunk_table is None:
-            continue
-        assert target.chunk_tokens is not None
-        try:
-            tokenizer = models.tokenizer(target.model)
-        except exceptions.ModelError as exc:
-            batch.deferred[target.id] = str(exc)
-            continue
-        splitter = Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
-        admitted = _split_within_budget(splitter, target, rows)
-        try:
-            _find_stored_vectors(conn, target, admitted)
-        except exceptions.TargetUnavailable as exc:
-            batch.deferred[target.id] = f"{target.name}: {exc}"
+def prepare(
+    conn: db.Connection, batch: Batch, target: Target, rows: list[Row], models: LoadedModels
+) -> None:
+    """Splits the loaded documents of a chunked target (with the tokenizer of the target's
+    model, read once per process) and finds their reusable vectors."""
+    assert target.chunk_tokens is not None
+    try:
+        tokenizer = models.tokenizer(target.model)
+    except exceptions.ModelError as exc:
+        batch.deferred[target.id] = str(exc)
+        return
+    splitter = Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
+    admitted = _split_within_budget(splitter, target, rows)
+    try:
+        _find_stored_vectors(conn, target, admitted)
+    except exceptions.TargetUnavailable as exc:
+        batch.deferred[target.id] = f"{target.name}: {exc}"
 
 
 def _split_within_budget(splitter: Splitter, target: Target, rows: list[Row]) -> list[Row]:
@@ -146,7 +145,7 @@ def postpone_over_budget(rows: list[Row]) -> list[Row]:
 
 
 # --- embed stage --------------------------------------------------------------------------------
-def embed(model: Embedder, rows: Sequence[Row]) -> int:
+def embed(model: TextModel, rows: Sequence[Row]) -> int:
     """Embeds the new chunks of each document; returns the tokens embedded. A document whose
     chunks the model fails on fails alone."""
     kept = postpone_over_budget([r for r in rows if r.chunks is not None])
@@ -161,12 +160,14 @@ def embed(model: Embedder, rows: Sequence[Row]) -> int:
     return tokens
 
 
-def _embed_group(model: Embedder, group: list[tuple[Row, int]]) -> int:
+def _embed_group(model: TextModel, group: list[tuple[Row, int]]) -> int:
     live = [(row, i) for row, i in group if row.state is RowState.READY]
     if not live:
         return 0
     try:
         result = model.embed_with_stats([_chunks_of(row).chunks[i].text for row, i in live])
+    except exceptions.ProviderError:
+        raise  # a remote model's provider, not the chunks: the target waits (stages.embed)
     except Exception as exc:  # the model's failure on some chunk: find whose
         documents = {id(row): row for row, _ in live}
         if len(documents) == 1:

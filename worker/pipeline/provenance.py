@@ -47,7 +47,11 @@ def revision(model_file: Path) -> str:
 
 
 def producer(embedder: Any) -> str:
-    """'model revision variant' of a loaded Embedder."""
+    """'model revision variant' of a loaded Embedder; a remote model's (RemoteModel) says its
+    own: the provider's model id @ dimensions, variant 'remote' (worker/models/remote/spec.py)."""
+    own = getattr(embedder, "producer", None)
+    if isinstance(own, str):
+        return own
     return f"{embedder.name} {revision(Path(embedder.model_file))} {embedder.variant}"
 
 

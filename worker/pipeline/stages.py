@@ -11,17 +11,16 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
-from collections.abc import Sequence
 from typing import Any
 
 from worker import db, exceptions, metrics
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
-from worker.pipeline import chunks, faults, provenance
+from worker.models.remote.client import RemoteModel
+from worker.pipeline import faults, remote, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.targets import Target, TargetRegistry
-from worker.process import changes
 
 logger = logging.getLogger(__name__)
 
@@ -88,7 +87,10 @@ def load(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
             continue
         for row in rows:
             _apply_loaded(row, found)
-    chunks.prepare(conn, batch, models)  # chunked targets: split, find the vectors already stored
+    # What each kind of store needs beyond the content (chunked targets: split, find the vectors
+    # already stored).
+    for target, ready in batch.by_target(RowState.READY).items():
+        stores.of(target).prepare(conn, batch, target, ready, models)
     batch.load_ms = (time.perf_counter() - started) * 1000
     metrics.STAGE_SECONDS.labels("load").observe(batch.load_ms / 1000)
 
@@ -131,23 +133,17 @@ def embed(embedders: LoadedModels, batch: Batch) -> None:
     faults.reached("embed")
     for target, rows in batch.by_target(RowState.READY).items():
         started = time.perf_counter()
-        if target.chunk_table is None:
-            embedded = changes.embed(embedders, batch, target, rows, _embed_isolating)
-            if embedded is None:
-                continue  # deferred
-            tokens = embedded
-        else:  # chunked targets: only the chunks that changed
-            try:
-                model = embedders.get(target.model)
-            except exceptions.ModelError as exc:
-                batch.deferred[target.id] = str(exc)
-                continue
-            problem = target.problem(model.dim)
-            if problem:
-                batch.deferred[target.id] = problem
-                continue
-            tokens = chunks.embed(model, rows)
-            batch.producers[target.id] = (provenance.producer(model), None)
+        try:
+            tokens = stores.of(target).embed(embedders, batch, target, rows, _embed_isolating)
+        except exceptions.ProviderError as exc:
+            # A remote model's provider could not embed any of the target's rows: they wait,
+            # spending no attempt, for as long as the provider said (worker/pipeline/remote.py).
+            batch.deferred[target.id] = f"{target.name}: {exc}"
+            if exc.retry_after is not None:
+                batch.defer_seconds[target.id] = exc.retry_after
+            continue
+        if tokens is None:
+            continue  # deferred
         stats = batch.stats[target.id]
         stats.tokens += tokens
         stats.embed_ms += (time.perf_counter() - started) * 1000
@@ -156,10 +152,12 @@ def embed(embedders: LoadedModels, batch: Batch) -> None:
     metrics.STAGE_SECONDS.labels("embed").observe(total_ms / 1000)
 
 
-def _embed_isolating(model: Any, rows: Sequence[Row], attribute: str = "vector") -> int:
+def _embed_isolating(model: Any, rows: list[Row], attribute: str = "vector") -> int:
     """Embeds `rows` into their `attribute` (vector, or shadow_vector during a model change)."""
     if not rows:
         return 0
+    if isinstance(model, RemoteModel):
+        return remote.embed_rows(model, rows, attribute)
     try:
         result = model.embed_with_stats([row.content for row in rows])
     except Exception as exc:  # the model's failure on some input: find which

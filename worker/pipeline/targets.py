@@ -23,6 +23,7 @@ from typing import Any
 from psycopg import sql
 
 from worker import db, queries
+from worker.models.remote.spec import RemoteSpec
 
 # Key types whose text form the worker normalises itself; any other type's key is taken as the
 # text its JSON form carries (what to_jsonb() wrote) and cast by Postgres.
@@ -49,6 +50,9 @@ class Target:
     chunk_table: tuple[str, str] | None = None  # (schema, table)
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
+    # Side-table targets (sql/56_side.sql, worker/pipeline/stores/side.py): one vector per row,
+    # in a table of its own keyed like the source.
+    side_table: tuple[str, str] | None = None  # (schema, table)
     # A model change in progress (sql/44_changes.sql) writes the new model's vectors to a shadow
     # column as well.
     shadow_model: str | None = None
@@ -98,7 +102,7 @@ class Target:
     # --- SQL -------------------------------------------------------------------------------
     # The functions generated for each target (sql/32_access.sql) through which the worker reads
     # and writes its table, as the table's owner.
-    FUNCTIONS = ("load", "store", "blank", "reusable", "chunks")
+    FUNCTIONS = ("load", "store", "blank", "forget", "reusable", "chunks")
 
     def sql_names(self, *, shadow: bool = False) -> dict[str, sql.Composable]:
         """The target's functions (`shadow`: those writing the shadow column of the model change
@@ -184,7 +188,7 @@ def load(conn: db.Connection) -> dict[int, Target]:
     for row in rows:
         (tid, schema, table, column, etype, dims, ccol, fschema, fname, model) = row[:10]
         (kcols, ktypes, q, problem, ver) = row[10:15]
-        chunk_schema, chunk_name, chunk_tokens, chunk_overlap = row[15:]
+        chunk_schema, chunk_name, chunk_tokens, chunk_overlap, side_schema, side_name = row[15:]
         found[tid] = Target(
             id=tid,
             schema=schema,
@@ -203,6 +207,7 @@ def load(conn: db.Connection) -> dict[int, Target]:
             chunk_table=(chunk_schema, chunk_name) if chunk_name is not None else None,
             chunk_tokens=chunk_tokens,
             chunk_overlap=chunk_overlap,
+            side_table=(side_schema, side_name) if side_name is not None else None,
         )
     return _with_changes(conn, found)
 
@@ -231,6 +236,16 @@ def database_default_model(conn: db.Connection) -> str | None:
     return str(row[0]) if row and row[0] is not None else None
 
 
+def load_remote_models(conn: db.Connection) -> dict[str, RemoteSpec]:
+    """The registry's remote models by name (worker/models/remote/spec.py)."""
+    with db.translated():
+        cursor = conn.execute(queries.get("remote_models"))
+        columns = [c.name for c in cursor.description or ()]
+        rows = cursor.fetchall()
+    specs = (RemoteSpec.from_row(dict(zip(columns, row, strict=True))) for row in rows)
+    return {spec.name: spec for spec in specs}
+
+
 class TargetRegistry:
     """The targets, and the database's default model, as last read; refreshed when asked for an
     unknown target or when stale."""
@@ -239,17 +254,25 @@ class TargetRegistry:
         self.max_age = max_age
         self._targets: dict[int, Target] = {}
         self._database_default: str | None = None
+        self._remote: dict[str, RemoteSpec] = {}
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
     def refresh(self, conn: db.Connection) -> dict[int, Target]:
         targets = load(conn)
         default = database_default_model(conn)
+        remote = load_remote_models(conn)
         with self._lock:
             self._targets = targets
             self._database_default = default
+            self._remote = remote
             self._loaded_at = time.monotonic()
         return targets
+
+    def remote_models(self) -> dict[str, RemoteSpec]:
+        """The remote models of the registry (sql/46_providers.sql), as last read."""
+        with self._lock:
+            return self._remote
 
     @property
     def database_default(self) -> str | None:

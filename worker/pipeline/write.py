@@ -11,6 +11,7 @@ batch was read under; a redefined target's jobs are handed back, not acknowledge
 from __future__ import annotations
 
 import dataclasses
+import math
 import time
 from collections import defaultdict
 from collections.abc import Callable
@@ -18,13 +19,11 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
-import numpy as np
 import psycopg
-from pgvector import HalfVector, Vector
 
 from worker import db, metrics, queries
 from worker.config import Settings
-from worker.pipeline import chunks, deferrals, faults, provenance
+from worker.pipeline import deferrals, faults, provenance, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Fate, Row, RowState
 from worker.pipeline.targets import Target
@@ -45,6 +44,7 @@ class Settlement:
     retry: dict[int, int] = field(default_factory=dict)  # msg_id -> delay
     errors: dict[int, str] = field(default_factory=dict)  # msg_id -> its last error (retries)
     defer: list[int] = field(default_factory=list)
+    defer_for: dict[int, int] = field(default_factory=dict)  # msg_id -> its own delay (remote)
     release: list[int] = field(default_factory=list)  # target redefined: redo at once
     resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)
     dead: list[jobqueue.DeadLetter] = field(default_factory=list)
@@ -85,6 +85,8 @@ def write(
         queue.archive(conn, settlement.archive)
         queue.retry(conn, settlement.retry, settlement.errors)
         queue.defer(conn, settlement.defer, DEFER_SECONDS)
+        for delay in sorted(set(settlement.defer_for.values())):
+            queue.defer(conn, [m for m, d in settlement.defer_for.items() if d == delay], delay)
         queue.defer(conn, settlement.release, 0)
         queue.send(conn, settlement.resend)
         jobqueue.record_failures(conn, queue.home, settlement.dead)
@@ -162,14 +164,19 @@ def _outdated_targets(conn: db.Connection, groups: dict[Target, list[Row]]) -> s
 def _write_target(
     conn: db.Connection, target: Target, rows: list[Row], outcome: WriteOutcome
 ) -> None:
+    store = stores.of(target)
     embedded = [r for r in rows if r.state is RowState.EMBEDDED]
     blank = [r for r in rows if r.state is RowState.BLANK]
-    if not embedded and not blank:
+    # What rows gone (deleted since queued) left in a side or chunk table goes too.
+    gone = [r for r in rows if r.state is RowState.GONE] if store.follows_deletes else []
+    if not embedded and not blank and not gone:
         return
     try:
         with conn.transaction():  # a savepoint: a failure here fails only this target's rows
-            stored = _store(conn, target, embedded, blank)
-        outcome.record(stored)  # the savepoint was released: its effect stands (until COMMIT)
+            stored = store.write(conn, target, embedded, blank)
+            if gone:
+                store.forget(conn, target, gone)
+        outcome.record({(target.id, key): state for key, state in stored.items()})
     except psycopg.Error as exc:
         if db.is_connection_error(exc):
             raise
@@ -180,112 +187,24 @@ def _write_target(
             return
         # Something in the table refused the write (a trigger, a constraint): one row at a
         # time, to fail only the rows it refuses. Each row goes where its state before this
-        # write says (a vector, or a clear): the rolled-back savepoint changed nothing.
-        for row in embedded + blank:
+        # write says (a vector, a clear, a row gone): the rolled-back savepoint changed nothing.
+        for row in embedded + blank + gone:
             try:
                 with conn.transaction():
+                    stored = {}
                     if row.state is RowState.EMBEDDED:
-                        stored = _store(conn, target, [row], [])
+                        stored = store.write(conn, target, [row], [])
+                    elif row.state is RowState.BLANK:
+                        stored = store.write(conn, target, [], [row])
                     else:
-                        stored = _store(conn, target, [], [row])
-                outcome.record(stored)
+                        store.forget(conn, target, [row])
+                outcome.record({(target.id, key): state for key, state in stored.items()})
             except psycopg.Error as row_exc:
                 if db.is_connection_error(row_exc):
                     raise
                 outcome.fail(
                     row, f"storing the embedding failed: {db.redact(str(row_exc).strip())}"
                 )
-
-
-def _vector(row: Row) -> np.ndarray[Any, np.dtype[np.float32]]:
-    assert row.vector is not None, "only embedded rows are stored"
-    return row.vector
-
-
-def _store(
-    conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]
-) -> dict[RowKey, RowState]:
-    """Writes the vectors of `embedded` and clears `blank`; returns each row's new state
-    (leaving the rows untouched: the caller's transaction may still roll back)."""
-    if target.chunk_table is not None:  # chunked targets: chunks.store writes, under the same rule
-        stored = chunks.store(conn, target, embedded, blank)
-        return {(target.id, key): state for key, state in stored.items()}
-    states: dict[RowKey, RowState] = {}
-    # A target being changed to another model gets the new model's vectors in its shadow column
-    # too, under the same stale-write guard: the first UPDATE locked the rows, so both columns
-    # hold vectors of the same content. Shadow-only rows (the change's own jobs) keep their
-    # current vector as it is.
-    full = [r for r in embedded if not r.shadow_only]
-    if full:
-        written = _write(conn, target, full, shadow=False)
-        for row in full:
-            states[(target.id, row.key)] = (
-                RowState.WRITTEN if row.key in written else RowState.STALE
-            )
-        if target.in_change:
-            _write_shadow(conn, target, [r for r in full if r.key in written])
-    shadow_only = [r for r in embedded if r.shadow_only]
-    if shadow_only:
-        written = _write(conn, target, shadow_only, shadow=True)
-        for row in shadow_only:
-            states[(target.id, row.key)] = (
-                RowState.WRITTEN if row.key in written else RowState.STALE
-            )
-    if blank:
-        cleared = _clear(conn, target, blank, shadow=False)
-        if target.in_change:
-            cleared |= _clear(conn, target, blank, shadow=True)
-        for row in blank:
-            # Not cleared: already NULL, or the content changed since (its own job handles it).
-            states[(target.id, row.key)] = (
-                RowState.CLEARED if row.key in cleared else RowState.BLANK
-            )
-    return states
-
-
-def _write(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool) -> set[str]:
-    """Stores the rows' vectors (`shadow`: their new-model vectors, in the shadow column);
-    returns the keys written."""
-    if not rows:
-        return set()
-    wrap = HalfVector if shadow or target.embedding_type == "halfvec" else Vector
-    vectors = [_shadow_vector(r) if shadow else _vector(r) for r in rows]
-    return {
-        key
-        for (key,) in conn.execute(
-            target.query("write_vectors", shadow=shadow),
-            {
-                **target.key_params([r.key for r in rows]),
-                "embeddings": [wrap(v) for v in vectors],
-                "hashes": [r.digest for r in rows],
-            },
-        )
-    }
-
-
-def _write_shadow(conn: db.Connection, target: Target, rows: list[Row]) -> None:
-    """The new-model vectors of rows just written with the target's model. Rows without one
-    (the new model could not be loaded) have their shadow vector cleared: one of their older
-    content must not be swapped in; the change queues them again before it completes."""
-    _write(conn, target, [r for r in rows if r.shadow_vector is not None], shadow=True)
-    _clear(conn, target, [r for r in rows if r.shadow_vector is None], shadow=True)
-
-
-def _clear(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool) -> set[str]:
-    if not rows:
-        return set()
-    return {
-        key
-        for (key,) in conn.execute(
-            target.query("clear_vectors", shadow=shadow),
-            {**target.key_params([r.key for r in rows]), "hashes": [r.digest for r in rows]},
-        )
-    }
-
-
-def _shadow_vector(row: Row) -> np.ndarray[Any, np.dtype[np.float32]]:
-    assert row.shadow_vector is not None, "rows of a target in a change have both vectors"
-    return row.shadow_vector
 
 
 def settle(
@@ -312,7 +231,10 @@ def settle(
             )
             continue
         if target.id in batch.deferred or target.id in outcome.deferred:
-            out.defer.append(job.msg_id)
+            if target.id in batch.defer_seconds and target.id not in outcome.deferred:
+                out.defer_for[job.msg_id] = math.ceil(batch.defer_seconds[target.id])
+            else:
+                out.defer.append(job.msg_id)
             continue
         if target.id in outcome.outdated:
             out.release.append(job.msg_id)  # not done: redone under the new definition
@@ -322,17 +244,23 @@ def settle(
             for key in job.keys
             if outcome.state(row := batch.rows[(target.id, key)]) is RowState.FAILED
         ]
-        # >>> chunked targets: documents past the batch's chunk budget go back to the queue
-        # in a message of their own, visible at once, with the attempts spent before this one.
+        # Rows a store postponed (a chunk store's documents past the batch's chunk budget, a
+        # remote model's rows its provider could not serve) go back to the queue in a message of
+        # their own, with the attempts spent before this one.
         postponed = [
-            job.raw_keys[key]
+            batch.rows[(target.id, key)]
             for key in job.keys
             if outcome.state(batch.rows[(target.id, key)]) is RowState.POSTPONED
         ]
         if postponed:
-            message = {"target": target.id, "keys": postponed, "attempts": job.attempts - 1}
-            out.resend.append((message, 0))
-        # <<< chunked targets
+            message = {
+                "target": target.id,
+                "keys": [job.raw_keys[row.key] for row in postponed],
+                "attempts": job.attempts - 1,
+            }
+            # (remote models: visible again when their provider said it is worth asking)
+            wait = max((row.retry_after or 0 for row in postponed), default=0)
+            out.resend.append((message, math.ceil(wait)))
         if not failed and not job.bad_keys:
             out.delete.append(job.msg_id)
             out.latencies.append((now - job.enqueued_at).total_seconds())
@@ -402,7 +330,7 @@ def _count(batch: Batch, settlement: Settlement) -> None:
     metrics.JOBS.labels("done").inc(len(settlement.delete))
     metrics.JOBS.labels("retried").inc(len(settlement.retry) + len(settlement.resend))
     metrics.JOBS.labels("dead").inc(len(settlement.dead))
-    metrics.JOBS.labels("deferred").inc(len(settlement.defer))
+    metrics.JOBS.labels("deferred").inc(len(settlement.defer) + len(settlement.defer_for))
     metrics.JOBS.labels("released").inc(len(settlement.release))
     targets = {job.target.id: job.target.name for job in batch.jobs if job.target is not None}
     for target_id, name in targets.items():

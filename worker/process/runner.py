@@ -80,7 +80,9 @@ class Worker:
             threads=settings.threads,
             location=settings.model_location,
             downloads=settings.downloads,
+            api_key=settings.api_key,
         )
+        self.embedders.follow(self.registry.remote_models)  # remote models: as registered
         self.stopping = threading.Event()  # no more reading
         self.finished = threading.Event()  # the pipeline has drained
         self.started = threading.Event()  # connected, schema present, models tried

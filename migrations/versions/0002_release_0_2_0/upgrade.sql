@@ -91,6 +91,27 @@ ALTER TABLE embeddings.targets
     ADD COLUMN IF NOT EXISTS chunk_tokens integer,
     ADD COLUMN IF NOT EXISTS chunk_overlap integer;
 
+-- embeddings.targets: vectors in a side table (sql/56_side.sql).
+ALTER TABLE embeddings.targets
+    ADD COLUMN IF NOT EXISTS side_table regclass
+        CONSTRAINT targets_side_table_check CHECK (side_table IS NULL OR chunk_table IS NULL);
+
+-- Chunk tables: no foreign key to their source any more (it made TRUNCATE of the source fail);
+-- the source's delete and truncate triggers follow up instead (sql/56_side.sql), installed by the
+-- code reinstall.
+DO $$
+DECLARE
+    fk record;
+BEGIN
+    FOR fk IN
+        SELECT c.conrelid::regclass AS rel, c.conname FROM embeddings.targets t
+        JOIN pg_constraint c ON c.conrelid = t.chunk_table AND c.confrelid = t.source AND c.contype = 'f'
+    LOOP
+        EXECUTE format('ALTER TABLE %s DROP CONSTRAINT %I', fk.rel, fk.conname);
+    END LOOP;
+END
+$$;
+
 -- embeddings.targets: full-text search for hybrid search (sql/59_hybrid.sql).
 ALTER TABLE embeddings.targets
     ADD COLUMN IF NOT EXISTS fts_config regconfig,
@@ -102,6 +123,29 @@ ALTER TABLE embeddings.queues ADD COLUMN IF NOT EXISTS live_queue text;
 -- embeddings.backfills (revisions 0008-0011 of main had it without lanes).
 ALTER TABLE IF EXISTS embeddings.backfills
     ADD COLUMN IF NOT EXISTS lane text NOT NULL DEFAULT 'backfill' CHECK (lane IN ('backfill', 'change'));
+
+-- embeddings.models: remote providers (sql/46_providers.sql).
+ALTER TABLE embeddings.models
+    ADD COLUMN IF NOT EXISTS provider text NOT NULL DEFAULT 'local' CHECK (provider IN ('local', 'openai', 'huggingface')),
+    ADD COLUMN IF NOT EXISTS endpoint text,
+    ADD COLUMN IF NOT EXISTS remote_model text,
+    ADD COLUMN IF NOT EXISTS send_dimensions boolean NOT NULL DEFAULT false,
+    ADD COLUMN IF NOT EXISTS max_inputs integer CHECK (max_inputs > 0),
+    ADD COLUMN IF NOT EXISTS max_request_tokens integer CHECK (max_request_tokens > 0),
+    ADD COLUMN IF NOT EXISTS max_in_flight integer CHECK (max_in_flight > 0),
+    ADD COLUMN IF NOT EXISTS timeout_seconds double precision CHECK (timeout_seconds > 0),
+    ADD COLUMN IF NOT EXISTS price_per_million_tokens numeric CHECK (price_per_million_tokens >= 0),
+    ADD COLUMN IF NOT EXISTS credential text CHECK (credential ~ '^[A-Za-z0-9_.-]{1,64}$'),
+    ADD COLUMN IF NOT EXISTS tokenizer text;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'embeddings.models'::regclass
+                   AND conname = 'models_remote_check') THEN
+        ALTER TABLE embeddings.models ADD CONSTRAINT models_remote_check
+            CHECK (provider = 'local' OR (endpoint IS NOT NULL AND remote_model IS NOT NULL));
+    END IF;
+END
+$$;
 
 SELECT set_config('embeddings.following', 'off', true);
 

@@ -1,0 +1,251 @@
+"""Remote models through the whole pipeline, against a stand-in provider that injects faults
+(tests/support/provider_server.py): every row ends embedded or, when the input itself is at
+fault, dead-lettered with a clear error; nothing is lost, and a rate limit, a provider that is
+down or answers garbage never spends a row's attempt (max_attempts=1 here: one spent attempt
+would dead-letter the row).
+"""
+
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from tests.support.jobs import expire_leases, messages
+from tests.support.provider_server import ProviderServer, fake_vector
+from worker import metrics
+from worker.http.readiness import ReadinessProbe
+from worker.models.remote import breaker as breakers
+from worker.models.remote import client
+from worker.process.runner import Worker
+
+Conn = psycopg.Connection[Any]
+DIMS = 8
+ROWS = 40
+
+
+@pytest.fixture(autouse=True)
+def fresh_breakers(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Breakers are per process: each test starts with closed ones, quick to reopen."""
+    monkeypatch.setattr(breakers, "OPEN_SECONDS", 0.2)
+    monkeypatch.setattr(client, "BACKOFF", lambda state: 0.01)
+    breakers.reset()
+    yield
+    breakers.reset()
+
+
+@pytest.fixture
+def provider() -> Iterator[ProviderServer]:
+    with ProviderServer(kind="openai", dims=DIMS) as server:
+        server.retry_after = 0.2
+        server.stall_seconds = 1.5
+        yield server
+
+
+def register(conn: Conn, server: ProviderServer, name: str = "remote-8", **extra: Any) -> str:
+    options = {"credential": "", "max_inputs": 8, "timeout_seconds": 0.5, **extra}
+    named = ", ".join(f"{k} => %({k})s" for k in options)
+    conn.execute(
+        "SELECT embeddings.register_model(%(name)s, %(dims)s, 'openai', %(endpoint)s,"
+        f" 'test-model', {named})",
+        {"name": name, "dims": server.dims, "endpoint": server.base_url, **options},
+    )
+    return name
+
+
+def watched_docs(conn: Conn, model: str, rows: int = ROWS) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute(
+        "INSERT INTO docs SELECT g, 'document number ' || g FROM generate_series(1, %s) g",
+        (rows,),
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (model,))
+
+
+def drain(conn: Conn, run_once: Callable[..., Worker], rounds: int = 30) -> int:
+    """Runs the worker until the queue is empty, making waiting jobs visible between runs (what
+    waiting out their delay does); returns the rounds it took."""
+    for n in range(1, rounds + 1):
+        run_once(max_attempts=1)
+        if not messages(conn):
+            return n
+        expire_leases(conn)
+    raise AssertionError(f"jobs left after {rounds} runs: {messages(conn)}")
+
+
+def vectors(conn: Conn) -> dict[int, np.ndarray[Any, Any]]:
+    rows = conn.execute("SELECT id, embedding::text FROM docs WHERE embedding IS NOT NULL")
+    return {i: np.array([float(x) for x in v.strip("[]").split(",")]) for i, v in rows}
+
+
+def test_a_remote_model_embeds_like_a_local_one(
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer
+) -> None:
+    watched_docs(conn, register(conn, provider))
+    drain(conn, run_once)
+    got = vectors(conn)
+    assert len(got) == ROWS
+    for i, v in got.items():
+        assert np.allclose(v, fake_vector(f"document number {i}", DIMS), atol=2e-3)
+    assert conn.execute(
+        "SELECT model, revision, variant FROM embeddings.provenance WHERE NOT shadow"
+    ).fetchall() == [("remote-8", "test-model@8", "remote")]
+    assert max(len(r["inputs"]) for r in provider.requests) <= 8  # the registered max_inputs
+    assert provider.violations == []
+    # Cost: tokens as the provider counted them (usage.total_tokens), and requests, per model.
+    labels = {"provider": f"127.0.0.1:{provider.port}", "model": "remote-8"}
+    billed = sum(len(t) // 4 for r in provider.requests for t in r["inputs"])
+    assert metrics.REGISTRY.get_sample_value("embed_worker_provider_tokens_total", labels) == billed
+    assert metrics.REGISTRY.get_sample_value(
+        "embed_worker_provider_requests_total", {**labels, "outcome": "ok"}
+    ) == len(provider.requests)
+
+
+FAULTS = ["429", "500", "timeout", "reset", "truncated", "malformed", "wrong_count", "dup_index"]
+
+
+def test_faults_lose_no_row_and_spend_no_attempt(
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer
+) -> None:
+    rng = random.Random(27)
+    provider.faults = [f for fault in FAULTS for f in (fault, None)]  # each once, then random
+    provider.fault_for = lambda inputs: rng.choice(FAULTS) if rng.random() < 0.3 else None
+    watched_docs(conn, register(conn, provider, max_inputs=4))
+    drain(conn, run_once)
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    for i, v in vectors(conn).items():
+        assert np.allclose(v, fake_vector(f"document number {i}", DIMS), atol=2e-3)
+    assert set(provider.faults_served) == set(FAULTS)
+
+
+def test_rate_limits_past_the_inline_wait_defer_without_spending_attempts(
+    conn: Conn,
+    run_once: Callable[..., Worker],
+    provider: ProviderServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A Retry-After too long to wait for inline hands the rows back with that delay."""
+    monkeypatch.setattr(client, "MAX_INLINE_WAIT_SECONDS", 0.05)
+    provider.faults = ["429"] * 6
+    watched_docs(conn, register(conn, provider))
+    rounds = drain(conn, run_once)
+    assert rounds > 1  # the first run was refused, and its rows came back
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    assert provider.faults_served["429"] == 6
+
+
+def test_a_provider_that_is_down_opens_its_circuit_and_defers_its_target(
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer
+) -> None:
+    watched_docs(conn, register(conn, provider))
+    provider.down = True
+    worker = run_once(max_attempts=1)
+    row = conn.execute("SELECT deferred_reason FROM embeddings.target_status(true)").fetchone()
+    assert row is not None and "circuit open" in row[0] and "HTTP 500" in row[0]
+    host = f"127.0.0.1:{provider.port}"
+    (deferred,) = ReadinessProbe(worker).unservable_targets().items()  # /readyz
+    assert deferred[0] == "public.docs.embedding" and "circuit open" in deferred[1]
+    assert (
+        metrics.REGISTRY.get_sample_value("embed_worker_provider_circuit_open", {"provider": host})
+        == 1
+    )
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    assert len(messages(conn)) > 0
+    provider.down = False
+    drain(conn, run_once)  # the probe goes through once the open time is over
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
+    assert not breakers.open_providers()
+    assert (
+        metrics.REGISTRY.get_sample_value("embed_worker_provider_circuit_open", {"provider": host})
+        == 0
+    )
+
+
+def test_the_inputs_own_faults_fail_only_those_rows(
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer
+) -> None:
+    """A refused input (400) and a NaN vector fail their own row, with a clear error; the rest
+    of the request's rows are written."""
+    watched_docs(conn, register(conn, provider), rows=10)
+    conn.execute("UPDATE docs SET body = 'POISON here' WHERE id = 3")
+    conn.execute("UPDATE docs SET body = 'a NANVEC text' WHERE id = 7")
+    drain(conn, run_once)
+    failures = dict(
+        conn.execute("SELECT row_key::text, last_error FROM embeddings.failures").fetchall()
+    )
+    assert set(failures) == {"3", "7"}, failures
+    assert "POISON is not allowed" in failures["3"]
+    assert "NaN" in failures["7"]
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (2,)
+
+
+def test_vectors_of_the_wrong_dimension_defer_the_target_with_a_clear_error(
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer
+) -> None:
+    provider.fault_for = lambda inputs: "wrong_dims"
+    watched_docs(conn, register(conn, provider), rows=5)
+    run_once(max_attempts=1)
+    (reason,) = conn.execute(
+        "SELECT deferred_reason FROM embeddings.target_status(true)"
+    ).fetchone() or (None,)
+    assert reason is not None and "7-dimensional" in reason and "8 dimensions" in reason
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    assert len(messages(conn)) > 0
+
+
+def test_adopted_vectors_are_kept_and_new_rows_written_beside_them(
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer
+) -> None:
+    """A guide user's table already holds the provider model's vectors: adopt_vectors() records
+    them as that model's, nothing is re-embedded, and new rows get vectors as usual."""
+    model = register(conn, provider)
+    conn.execute(f"CREATE TABLE docs (id bigint PRIMARY KEY, body text, embedding halfvec({DIMS}))")
+    conn.execute(
+        "INSERT INTO docs SELECT g, 'old ' || g, array_fill(0.5, ARRAY[%s])::halfvec"
+        " FROM generate_series(1, 5) g",
+        (DIMS,),
+    )
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, backfill => false)", (model,)
+    )
+    assert conn.execute("SELECT embeddings.adopt_vectors('docs')").fetchone() == (
+        "remote-8 test-model@8 remote",
+    )
+    conn.execute("INSERT INTO docs (id, body) VALUES (6, 'new row')")
+    drain(conn, run_once)
+    assert [len(r["inputs"]) for r in provider.requests] == [1]  # only the new row
+    got = vectors(conn)
+    assert np.allclose(got[6], fake_vector("new row", DIMS), atol=2e-3)
+    assert np.allclose(got[1], np.full(DIMS, 0.5), atol=1e-3)  # kept as they were
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="name the revision"):
+        conn.execute("SELECT embeddings.register_model('local-x', 8, 'local')")
+        conn.execute("UPDATE embeddings.targets SET model = 'local-x'")
+        conn.execute("SELECT embeddings.adopt_vectors('docs')")
+
+
+def test_blue_green_changes_between_a_local_and_a_remote_model_both_ways(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    with ProviderServer(kind="openai", dims=384) as server:
+        remote = register(conn, server, name="remote-384")
+        watched_docs(conn, minilm, rows=12)
+        drain(conn, run_once)
+        local = vectors(conn)
+        conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (remote,))
+        drain(conn, run_once)
+        assert conn.execute("SELECT model FROM embeddings.targets").fetchone() == (remote,)
+        for i, v in vectors(conn).items():
+            assert np.allclose(v, fake_vector(f"document number {i}", 384), atol=2e-3)
+        conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+        drain(conn, run_once)
+    assert conn.execute("SELECT model FROM embeddings.targets").fetchone() == (minilm,)
+    back = vectors(conn)
+    assert all(np.allclose(back[i], local[i], atol=2e-3) for i in local)
+    producers = conn.execute("SELECT model FROM embeddings.provenance WHERE NOT shadow").fetchall()
+    assert producers == [(minilm,)]

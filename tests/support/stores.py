@@ -1,0 +1,84 @@
+"""Where a target's vectors live, for tests that run once per store (watch(..., store => ...)):
+in the row (a column of the watched table) or in a side table keyed like it (sql/56_side.sql);
+ALL_STORES adds chunked targets (sql/55_chunks.sql: a chunk table keyed like it), for tests of
+what every target does alike (every way rows arrive or leave).
+
+Tests read a target's vectors through `vectors()`: the watched table itself for the row store,
+the table left-joined to its side table for the side store, so that `SELECT id, body, embedding
+FROM <vectors>` reads the same way for both, and a side row whose row is gone never shows.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+Conn = psycopg.Connection[Any]
+
+STORES = ("row", "side")
+ALL_STORES = (*STORES, "chunks")
+
+# watch()'s arguments that choose each store.
+WATCH_ARGS = {"row": "", "side": ", store => 'side'", "chunks": ", chunk_tokens => 64"}
+
+
+def watch(conn: Conn, store: str, model: str, table: str = "docs", content: str = "body") -> int:
+    """Watches `table` with its vectors in `store`; returns the target id."""
+    row = conn.execute(
+        f"SELECT embeddings.watch(%s, %s, model => %s{WATCH_ARGS[store]})", (table, content, model)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def embedded(conn: Conn, store: str, table: str = "docs", key: str = "id") -> dict[Any, bool]:
+    """Each row's key: whether it has its vector (a chunked target's: at least one chunk). Rows
+    of the side or chunk table whose row is gone are not shown."""
+    target = conn.execute(
+        "SELECT coalesce(side_table, chunk_table)::text FROM embeddings.targets"
+        " WHERE source = %s::regclass ORDER BY id LIMIT 1",
+        (table,),
+    ).fetchone()
+    assert target is not None, f"{table} is not watched"
+    k = sql.Identifier(key)
+    if store == "row":
+        query = sql.SQL("SELECT {k}, embedding IS NOT NULL FROM {t}").format(
+            k=k, t=sql.Identifier(table)
+        )
+    else:
+        query = sql.SQL(
+            "SELECT t.{k}, EXISTS (SELECT FROM {s} x WHERE x.{k} = t.{k} AND x.embedding IS NOT NULL)"
+            " FROM {t} t"
+        ).format(k=k, s=sql.SQL(target[0]), t=sql.Identifier(table))
+    return dict(conn.execute(query).fetchall())
+
+
+def vectors(conn: Conn, store: str, table: sql.Composable | str = "docs") -> sql.Composable:
+    """The relation holding `table`'s rows with their vectors (aliased `vectors` for the side
+    store). `table`: the watched table's name as SQL (an identifier or text)."""
+    source = sql.SQL(table) if isinstance(table, str) else table
+    if store == "row":
+        return source
+    row = conn.execute(
+        "SELECT side_table::text, key_columns::text[] FROM embeddings.targets"
+        " WHERE side_table IS NOT NULL ORDER BY id LIMIT 1"
+    ).fetchone()
+    assert row is not None, "no side-table target"
+    side, keys = row
+    return sql.SQL("(SELECT * FROM {} LEFT JOIN {} USING ({})) AS vectors").format(
+        source, sql.SQL(side), sql.SQL(", ").join(sql.Identifier(k) for k in keys)
+    )
+
+
+def vector_table(conn: Conn, store: str, table: str = "docs") -> str:
+    """The table that has the embedding column (its name as text)."""
+    if store == "row":
+        return table
+    row = conn.execute(
+        "SELECT side_table::text FROM embeddings.targets WHERE side_table IS NOT NULL"
+        " ORDER BY id LIMIT 1"
+    ).fetchone()
+    assert row is not None, "no side-table target"
+    return str(row[0])

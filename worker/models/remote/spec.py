@@ -1,0 +1,101 @@
+"""A remote model as embeddings.models registers it (sql/46_providers.sql).
+
+Read from the database with the targets (worker/pipeline/targets.py) and handed to LoadedModels,
+which builds a RemoteModel from it. The row holds no secret: `credential` names the API key,
+which the Settings look up (worker/config.py: Settings.api_key).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+Provider = Literal["openai", "huggingface"]
+PROVIDERS: tuple[Provider, ...] = ("openai", "huggingface")
+
+# For rows inserted by hand with limits left NULL (register_model() fills them in): the
+# providers' documented limits (docs/providers.md says where each comes from).
+DEFAULT_MAX_INPUTS = {"openai": 2048, "huggingface": 32}
+DEFAULT_MAX_REQUEST_TOKENS = {"openai": 300_000, "huggingface": None}
+DEFAULT_IN_FLIGHT = 4
+DEFAULT_TIMEOUT_SECONDS = 60.0
+VARIANT = "remote"  # the variant recorded in embeddings.provenance for remote vectors
+
+
+@dataclass(frozen=True)
+class RemoteSpec:
+    name: str  # our registry name
+    provider: Provider
+    endpoint: str  # openai: the base URL (…/v1); huggingface: the full URL
+    remote_model: str  # the provider's model id
+    dimensions: int
+    max_tokens: int  # per input
+    pooling: str  # of token-level answers (feature extraction without pooling)
+    send_dimensions: bool
+    max_inputs: int
+    max_request_tokens: int | None
+    max_in_flight: int
+    timeout_seconds: float
+    price_per_million_tokens: float | None
+    credential: str | None  # the name of the API key, never the key
+    tokenizer: str | None  # a local model name or tokenizer.json for exact token counts
+
+    @classmethod
+    def from_row(cls, row: dict[str, Any]) -> RemoteSpec:
+        provider: Provider = row["provider"]
+        price = row.get("price_per_million_tokens")
+        return cls(
+            name=row["name"],
+            provider=provider,
+            endpoint=str(row["endpoint"]).rstrip("/"),
+            remote_model=row["remote_model"],
+            dimensions=int(row["dimensions"]),
+            max_tokens=int(row["max_tokens"]),
+            pooling=row.get("pooling") or "mean",
+            send_dimensions=bool(row.get("send_dimensions")),
+            max_inputs=row.get("max_inputs") or DEFAULT_MAX_INPUTS[provider],
+            max_request_tokens=row.get("max_request_tokens")
+            or DEFAULT_MAX_REQUEST_TOKENS[provider],
+            max_in_flight=row.get("max_in_flight") or DEFAULT_IN_FLIGHT,
+            timeout_seconds=float(row.get("timeout_seconds") or DEFAULT_TIMEOUT_SECONDS),
+            price_per_million_tokens=float(price) if price is not None else None,
+            credential=row.get("credential"),
+            tokenizer=row.get("tokenizer"),
+        )
+
+    @property
+    def revision(self) -> str:
+        """As embeddings.remote_revision() computes it: model id @ dimensions."""
+        model = re.sub(r"\s", "_", self.remote_model)
+        return f"{model}@{self.dimensions}"
+
+    @property
+    def producer(self) -> str:
+        """'model revision variant', as embeddings.provenance records it."""
+        return f"{self.name} {self.revision} {VARIANT}"
+
+    @property
+    def url(self) -> str:
+        """Where requests go."""
+        if self.provider == "openai":
+            return self.endpoint + "/embeddings"
+        return self.endpoint
+
+    @property
+    def host(self) -> str:
+        """host[:port] of the endpoint: the provider in metrics, logs and the circuit breaker
+        (never the path or query, which may name an account)."""
+        parts = urlsplit(self.endpoint)
+        host = parts.hostname or "?"
+        return f"{host}:{parts.port}" if parts.port else host
+
+    @property
+    def local_network(self) -> bool:
+        """Loopback: where a key may go over plain http (a sidecar, a test server)."""
+        host = urlsplit(self.endpoint).hostname or ""
+        return host in ("localhost", "::1") or host.startswith("127.")
+
+    def describe(self) -> str:
+        return f"{self.provider} {self.remote_model} at {self.host}"

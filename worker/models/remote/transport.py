@@ -1,0 +1,128 @@
+"""HTTP POST of a JSON body, with keep-alive connections per thread and a whole-request deadline.
+
+The standard library's http.client, not a client library: the worker needs only POST, a
+connection per in-flight slot reused across requests (a TLS handshake per request would cost
+more than a small embedding request), and a deadline over the whole exchange: a socket timeout
+alone resets with every byte, so a server trickling its answer could hold a request forever.
+"""
+
+from __future__ import annotations
+
+import http.client
+import ssl
+import threading
+import time
+from dataclasses import dataclass
+from urllib.parse import urlsplit
+
+MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # 2048 inputs x 3072 floats as JSON text is ~130 MB
+
+
+class TransportError(Exception):
+    """No HTTP answer: `kind` is "timeout" or "connection"."""
+
+    def __init__(self, kind: str, message: str) -> None:
+        super().__init__(message)
+        self.kind = kind
+
+
+@dataclass(frozen=True)
+class Response:
+    status: int
+    headers: dict[str, str]  # lower-cased names
+    body: bytes
+
+
+_tls = ssl.create_default_context()
+Key = tuple[str, str | None, int | None]
+
+
+class Connections:
+    """Keep-alive connections, one per (thread, scheme, host, port): a request thread reuses
+    its own. `close()` closes them all (a RemoteModel replaced or closed)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._open: dict[tuple[int, Key], http.client.HTTPConnection] = {}
+
+    def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> Response:
+        """POSTs `body`; the whole exchange (connect, send, read) within `timeout` seconds."""
+        parts = urlsplit(url)
+        path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
+        key = (parts.scheme, parts.hostname, parts.port)
+        deadline = time.monotonic() + timeout
+        for attempt in (0, 1):
+            conn, fresh = self._connection(key, timeout)
+            try:
+                conn.request("POST", path, body=body, headers=headers)
+                response = conn.getresponse()
+                data = _read(conn, response, deadline)
+                if response.getheader("connection", "").lower() == "close":
+                    self._drop(key)
+                found = {k.lower(): v for k, v in response.getheaders()}
+                return Response(response.status, found, data)
+            except TimeoutError as exc:
+                self._drop(key)
+                raise TransportError("timeout", f"no answer within {timeout:g} s") from exc
+            except (http.client.HTTPException, OSError) as exc:
+                self._drop(key)
+                # A kept-alive connection the server closed meanwhile fails on first use: once
+                # more on a new one. A fresh connection's failure is the server's.
+                if attempt == 0 and not fresh and time.monotonic() < deadline:
+                    continue
+                raise TransportError("connection", f"{type(exc).__name__}: {exc}") from exc
+        raise AssertionError("unreachable")
+
+    def close(self) -> None:
+        with self._lock:
+            found, self._open = list(self._open.values()), {}
+        for conn in found:
+            conn.close()
+
+    def _connection(self, key: Key, timeout: float) -> tuple[http.client.HTTPConnection, bool]:
+        slot = (threading.get_ident(), key)
+        with self._lock:
+            conn = self._open.get(slot)
+        if conn is not None:
+            conn.timeout = timeout
+            if conn.sock is not None:
+                conn.sock.settimeout(timeout)
+            return conn, False
+        scheme, host, port = key
+        if scheme == "https":
+            conn = http.client.HTTPSConnection(host or "", port, timeout=timeout, context=_tls)
+        else:
+            conn = http.client.HTTPConnection(host or "", port, timeout=timeout)
+        with self._lock:
+            self._open[slot] = conn
+        return conn, True
+
+    def _drop(self, key: Key) -> None:
+        with self._lock:
+            conn = self._open.pop((threading.get_ident(), key), None)
+        if conn is not None:
+            conn.close()
+
+
+def _read(
+    conn: http.client.HTTPConnection, response: http.client.HTTPResponse, deadline: float
+) -> bytes:
+    chunks: list[bytes] = []
+    size = 0
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            raise TimeoutError
+        if conn.sock is not None:
+            conn.sock.settimeout(remaining)
+        chunk = response.read1(1 << 16) if hasattr(response, "read1") else response.read(1 << 16)
+        if not chunk:
+            # Closed explicitly: read1() at the end of a Content-Length body leaves the
+            # response open, and http.client then refuses the connection's next request
+            # (ResponseNotReady) after sending it, so each reuse would send it twice.
+            response.close()
+            return b"".join(chunks)
+        size += len(chunk)
+        if size > MAX_RESPONSE_BYTES:
+            raise http.client.HTTPException(f"answer larger than {MAX_RESPONSE_BYTES} bytes")
+        chunks.append(chunk)

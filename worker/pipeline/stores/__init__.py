@@ -1,0 +1,35 @@
+"""Where a target keeps its vectors: one strategy per kind of store, chosen from the target.
+
+  row     (row.py)      a column of the watched table: the vector is an UPDATE of the row
+  side    (side.py)     a side table keyed like the watched table (watch(..., store => 'side'),
+                        sql/56_side.sql): the worker never writes the application's rows
+  chunks  (chunked.py)  a chunk table, one vector per chunk of a document (chunk_tokens => N,
+                        sql/55_chunks.sql)
+
+The pipeline asks `of(target)` and calls the same methods whatever the kind (base.Store): the
+load stage's `prepare`, the embed stage's `embed`, the write stage's `write` and `forget`
+(search is embeddings.search(), sql/58_search.sql, with the caller's rights). Every store reads
+and writes through the target's generated functions, which run as the table's owner
+(sql/32_access.sql).
+"""
+
+from __future__ import annotations
+
+from worker.pipeline.stores.base import Store
+from worker.pipeline.stores.chunked import ChunkStore
+from worker.pipeline.stores.row import RowStore
+from worker.pipeline.stores.side import SideStore
+from worker.pipeline.targets import Target
+
+_ROW, _SIDE, _CHUNKS = RowStore(), SideStore(), ChunkStore()
+
+__all__ = ["ChunkStore", "RowStore", "SideStore", "Store", "of"]
+
+
+def of(target: Target) -> Store:
+    """The store of `target`'s vectors."""
+    if target.chunk_table is not None:
+        return _CHUNKS
+    if target.side_table is not None:
+        return _SIDE
+    return _ROW

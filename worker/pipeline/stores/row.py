@@ -1,0 +1,116 @@
+"""The row store: a target's vectors in a column of its own table (the default).
+
+The vector write is an UPDATE of the row that checks the content's md5 in the same statement
+(the stale-write guard) and takes the row's lock, which orders two writers of one row until
+COMMIT. During a model change (sql/44_changes.sql) the new model's vectors go into the shadow
+column too, under the same guard.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+import numpy as np
+import numpy.typing as npt
+from pgvector import HalfVector, Vector
+
+from worker import db
+from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.stores.base import EmbedRows, Store
+from worker.pipeline.targets import Target
+from worker.process import changes
+
+if TYPE_CHECKING:
+    from worker.models.loaded import LoadedModels
+
+
+class RowStore(Store):
+    def embed(
+        self,
+        embedders: LoadedModels,
+        batch: Batch,
+        target: Target,
+        rows: list[Row],
+        embed_rows: EmbedRows,
+    ) -> int | None:
+        # With the target's model, and during a model change with the new one too.
+        return changes.embed(embedders, batch, target, rows, embed_rows)
+
+    def write(
+        self, conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]
+    ) -> dict[str, RowState]:
+        states: dict[str, RowState] = {}
+        # A target being changed to another model gets the new model's vectors in its shadow
+        # column too, under the same stale-write guard: the first write ordered the rows' writers
+        # (their row locks, or a side table's advisory locks), so both columns hold vectors of the
+        # same content. Shadow-only rows (the change's own jobs) keep their current vector.
+        full = [r for r in embedded if not r.shadow_only]
+        if full:
+            written = _write(conn, target, full, shadow=False)
+            for row in full:
+                states[row.key] = RowState.WRITTEN if row.key in written else RowState.STALE
+            if target.in_change:
+                _write_shadow(conn, target, [r for r in full if r.key in written])
+        shadow_only = [r for r in embedded if r.shadow_only]
+        if shadow_only:
+            written = _write(conn, target, shadow_only, shadow=True)
+            for row in shadow_only:
+                states[row.key] = RowState.WRITTEN if row.key in written else RowState.STALE
+        if blank:
+            cleared = _clear(conn, target, blank, shadow=False)
+            if target.in_change:
+                cleared |= _clear(conn, target, blank, shadow=True)
+            for row in blank:
+                # Not cleared: already NULL, or the content changed since (its own job does it).
+                states[row.key] = RowState.CLEARED if row.key in cleared else RowState.BLANK
+        return states
+
+
+def _write(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool) -> set[str]:
+    """Stores the rows' vectors (`shadow`: their new-model vectors, in the shadow column);
+    returns the keys written."""
+    if not rows:
+        return set()
+    wrap = HalfVector if shadow or target.embedding_type == "halfvec" else Vector
+    vectors = [_shadow_vector(r) if shadow else _vector(r) for r in rows]
+    return {
+        key
+        for (key,) in conn.execute(
+            target.query("write_vectors", shadow=shadow),
+            {
+                **target.key_params([r.key for r in rows]),
+                "embeddings": [wrap(v) for v in vectors],
+                "hashes": [r.digest for r in rows],
+            },
+        )
+    }
+
+
+def _write_shadow(conn: db.Connection, target: Target, rows: list[Row]) -> None:
+    """The new-model vectors of rows just written with the target's model. Rows without one
+    (the new model could not be loaded) have their shadow vector cleared: one of their older
+    content must not be swapped in; the change queues them again before it completes."""
+    _write(conn, target, [r for r in rows if r.shadow_vector is not None], shadow=True)
+    _clear(conn, target, [r for r in rows if r.shadow_vector is None], shadow=True)
+
+
+def _clear(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool) -> set[str]:
+    if not rows:
+        return set()
+    return {
+        key
+        for (key,) in conn.execute(
+            target.query("clear_vectors", shadow=shadow),
+            {**target.key_params([r.key for r in rows]), "hashes": [r.digest for r in rows]},
+        )
+    }
+
+
+def _vector(row: Row) -> npt.NDArray[np.float32]:
+    assert row.vector is not None, "only embedded rows are stored"
+    return row.vector
+
+
+def _shadow_vector(row: Row) -> npt.NDArray[np.float32]:
+    assert row.shadow_vector is not None, "rows of a target in a change have both vectors"
+    return row.shadow_vector
