@@ -119,7 +119,7 @@ BEGIN
         -- Not while the schema is being installed (80_roles.sql grants every queue then).
         IF embeddings.create_queue(lane, queue_name)
            AND to_regprocedure('embeddings.grant_worker_queue(name, text)') IS NOT NULL THEN
-            PERFORM embeddings.grant_worker_queue(r.role_name, lane) FROM embeddings.worker_roles r;
+            PERFORM embeddings.grant_worker_queue(r.role_name, lane) FROM embeddings.worker_role_names() AS r(role_name);
         END IF;
     END IF;
     -- lanes: END

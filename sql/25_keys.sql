@@ -27,10 +27,13 @@ $$;
 
 -- Whether values of type `ty` (a domain: its base type) are built-in scalars: a type of the
 -- system catalog that is neither an array nor a composite. Only those are cast to text or
--- given to to_jsonb() in privileged code.
+-- given to to_jsonb() in privileged code. Not jsonb: to_jsonb() of one is the value itself, whose
+-- text the worker could not write back as Postgres does (key order, number format), so a jsonb
+-- key travels as the string of its text, as a user type's does.
 CREATE FUNCTION embeddings.builtin_scalar(ty regtype) RETURNS boolean
 LANGUAGE sql STABLE AS $$
     SELECT t.oid < 16384 AND t.typtype = 'b' AND t.typcategory NOT IN ('A', 'C')
+           AND t.oid <> 'pg_catalog.jsonb'::regtype
     FROM pg_catalog.pg_type t WHERE t.oid = embeddings.base_type(ty)
 $$;
 
@@ -152,4 +155,69 @@ LANGUAGE sql STABLE AS $$
     SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.i)
     FROM unnest(t.key_attnums) WITH ORDINALITY AS k(n, i)
     JOIN pg_catalog.pg_attribute a ON a.attrelid = t.source AND a.attnum = k.n
+$$;
+
+-- The types the text of a value of key type `ty` is made of: the type itself (a domain: its base
+-- type) and, `nested` in it, an array's elements, a range's subtype (a multirange's range), a
+-- composite's fields, recursively.
+CREATE FUNCTION embeddings.key_part_types(ty regtype) RETURNS TABLE (part regtype, nested boolean)
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE p (part, nested, depth) AS (
+        SELECT embeddings.base_type(ty), false, 0
+        UNION ALL
+        SELECT embeddings.base_type(c.child), true, p.depth + 1
+        FROM p CROSS JOIN LATERAL (
+            SELECT t.typelem FROM pg_catalog.pg_type t
+            WHERE t.oid = p.part AND t.typsubscript = 'pg_catalog.array_subscript_handler'::regproc
+            UNION ALL
+            SELECT r.rngsubtype FROM pg_catalog.pg_range r WHERE r.rngtypid = p.part
+            UNION ALL
+            SELECT r.rngtypid FROM pg_catalog.pg_range r WHERE r.rngmultitypid = p.part
+            UNION ALL
+            SELECT a.atttypid FROM pg_catalog.pg_type t
+            JOIN pg_catalog.pg_attribute a ON a.attrelid = t.typrelid AND a.attnum > 0 AND NOT a.attisdropped
+            WHERE t.oid = p.part AND t.typtype = 'c'
+        ) AS c (child)
+        WHERE p.depth < 8
+    )
+    SELECT DISTINCT p.part::regtype, p.nested FROM p
+$$;
+
+-- Why values of type `ty` cannot be row keys, or NULL. Keys travel as text from the session that
+-- wrote the row (its triggers) to the worker's, and are compared there with their type's default
+-- btree equality: a type without one cannot be a key, and neither can one whose text reads back
+-- as another value in another session (money: lc_monetary; the reg* types: search_path).
+CREATE FUNCTION embeddings.key_type_problem(ty regtype) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN embeddings.key_operator(ty, 3) IS NULL OR embeddings.key_operator(ty, 5) IS NULL THEN
+            'which has no default btree operator class: rows are found by their key''s equality and order'
+        WHEN EXISTS (SELECT FROM embeddings.key_part_types(ty) p WHERE p.part = 'pg_catalog.money'::regtype) THEN
+            'whose text depends on lc_monetary: a key written by a session with another setting than the worker''s would read back as another value'
+        WHEN EXISTS (SELECT FROM embeddings.key_part_types(ty) p JOIN pg_catalog.pg_type t ON t.oid = p.part
+                     WHERE t.typnamespace = 'pg_catalog'::regnamespace AND t.typname ~ '^reg[a-z]+$') THEN
+            'whose text depends on search_path: a key written by a session with another setting than the worker''s would read back as another object'
+    END
+$$;
+
+-- The settings the text of target t's keys depends on, pinned (as SET clauses of CREATE
+-- FUNCTION) in every generated function that turns keys into text: the statement triggers run in
+-- the application's sessions, whose settings are theirs, and the worker reads the keys in its
+-- own. extra_float_digits for a float (below 1 it rounds), IntervalStyle for an interval,
+-- DateStyle for a date or timestamp in an array, range or composite (to_jsonb() writes a key
+-- column's own in ISO whatever the setting). '' for the keys of most tables, whose functions
+-- stay as they were.
+CREATE FUNCTION embeddings.key_settings_sql(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(string_agg(s.clause, '' ORDER BY s.clause), '')
+    FROM (SELECT DISTINCT CASE
+              WHEN p.part IN ('pg_catalog.float4'::regtype, 'pg_catalog.float8'::regtype)
+                  THEN ' SET extra_float_digits = 3'
+              WHEN p.part = 'pg_catalog.interval'::regtype THEN ' SET IntervalStyle = postgres'
+              WHEN p.nested AND p.part IN ('pg_catalog.date'::regtype, 'pg_catalog.timestamp'::regtype,
+                                           'pg_catalog.timestamptz'::regtype)
+                  THEN ' SET DateStyle = ''ISO, MDY'''
+          END AS clause
+          FROM unnest(t.key_types) AS k(ty) CROSS JOIN LATERAL embeddings.key_part_types(k.ty) p) s
+    WHERE s.clause IS NOT NULL
 $$;

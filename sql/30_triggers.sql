@@ -200,7 +200,7 @@ BEGIN
                          ELSE 'FROM new_rows n' END;
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%4$s AS $body$
             BEGIN
                 %2$s;
                 RETURN NULL;%3$s
@@ -214,7 +214,8 @@ BEGIN
                  '                %s;\n'
                  '                RETURN NULL;',
                 quote_literal(t.source::text), embeddings.enqueue_statement(t, fallback))
-            ELSE '' END);
+            ELSE '' END,
+            embeddings.key_settings_sql(t));  -- the keys' text read back alike in any session
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_' || body);
     END LOOP;
 
@@ -252,7 +253,7 @@ BEGIN
     IF t.replica THEN
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%11$s AS $body$
             BEGIN%10$s
                 IF (TG_OP = 'INSERT' AND %2$s AND %3$s OPERATOR(pg_catalog.<>) '')
                    OR (TG_OP = 'UPDATE' AND (NOT (%4$s) OR %3$s IS DISTINCT FROM %5$s) AND %3$s OPERATOR(pg_catalog.<>) '') THEN
@@ -280,7 +281,8 @@ BEGIN
                  '\n                    RETURN NULL;'
                  '\n                END IF;',
                 embeddings.key_equal_sql(t, 'old', 'new'), pgmq.format_table_name(t.queue, 'q'), t.id,
-                embeddings.key_json_sql(t, 'old')) ELSE '' END);
+                embeddings.key_json_sql(t, 'old')) ELSE '' END,
+            embeddings.key_settings_sql(t));
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_replica');
         -- A row trigger: Postgres clones it onto each partition created or attached, checking
         -- that whoever does so may EXECUTE it. The table's owner may (no one else: it queues).

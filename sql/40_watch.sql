@@ -24,7 +24,9 @@ $$;
 -- sent.
 CREATE FUNCTION embeddings.enqueue_rows(t embeddings.targets, rel regclass, lane text DEFAULT 'backfill')
 RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+-- Keys as text that reads back as the same value in any session (embeddings.key_settings_sql).
+SET extra_float_digits = 3 SET IntervalStyle = postgres SET DateStyle = 'ISO, MDY' AS $$
 DECLARE
     sent integer;
 BEGIN
@@ -184,13 +186,17 @@ BEGIN
                       HINT = format('Add one: ALTER TABLE %s ADD UNIQUE (%s).', source, array_to_string(key, ', '));
         END IF;
     END IF;
-    -- Keys are compared and ordered only with their type's default btree operator class: an
-    -- operator found by name could be the table owner's (sql/25_keys.sql).
+    -- Keys are compared and ordered only with their type's default btree operator class (an
+    -- operator found by name could be the table owner's), and travel as text from the writer's
+    -- session to the worker's: what cannot make that trip exactly is refused (sql/25_keys.sql).
     FOR i IN 1 .. cardinality(key_regtypes) LOOP
-        IF embeddings.key_operator(key_regtypes[i], 3) IS NULL OR embeddings.key_operator(key_regtypes[i], 5) IS NULL THEN
-            RAISE EXCEPTION 'key column %.% has type %, which has no default btree operator class', source, key_names[i], key_regtypes[i]
+        IF embeddings.key_type_problem(key_regtypes[i]) IS NOT NULL THEN
+            RAISE EXCEPTION 'key column %.% has type %, %', source, key_names[i],
+                    (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                     WHERE a.attrelid = source AND a.attnum = key_nums[i]),
+                    embeddings.key_type_problem(key_regtypes[i])
                 USING ERRCODE = 'feature_not_supported',
-                      HINT = 'Row keys must be of a type with btree equality and order; name another unique key with key => array[...].';
+                      HINT = 'Name another unique, not-null key with key => array[...] (a column of a type such as bigint, text, uuid, numeric, a date or timestamp), or add one.';
         END IF;
     END LOOP;
 
@@ -419,7 +425,7 @@ BEGIN
     PERFORM embeddings.install_triggers(t);  -- and the functions the worker reads and writes through
     -- Worker roles set up by embeddings.grant_worker() serve this table too: its queues. (The
     -- function is defined in 80_roles.sql; plpgsql resolves it when this line runs.)
-    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
+    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
 
     -- Existing rows: those with content and no embedding, or every row with content when the
     -- content source or the model changed; none with backfill => false. Queued on the backfill

@@ -339,7 +339,7 @@ BEGIN
     DELETE FROM embeddings.provenance p WHERE p.target_id = t.id AND NOT p.shadow;
     UPDATE embeddings.provenance p SET shadow = false WHERE p.target_id = t.id AND p.shadow;
     DELETE FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
-    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
+    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
     RETURN 'done';
 END
 $$;

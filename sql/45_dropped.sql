@@ -133,6 +133,13 @@ BEGIN
     FOREACH rel IN ARRAY embeddings.install_triggers(t) LOOP
         PERFORM embeddings.enqueue_rows(t, rel);  -- a partition attached with its rows
     END LOOP;
+    -- A problem that went away (the table and its content function in one owner's hands again,
+    -- after one ALTER ... OWNER and before the other): the triggers were off meanwhile, so rows
+    -- written then were queued by nothing, and a row updated then may hold the vector of its
+    -- old content. Every row is queued again.
+    IF before.problem IS NOT NULL AND t.problem IS NULL THEN
+        PERFORM embeddings.start_backfill(t, true);
+    END IF;
     IF (t.key_columns, t.key_types, t.content_column, t.embedding_column, t.problem)
        IS DISTINCT FROM (before.key_columns, before.key_types, before.content_column, before.embedding_column, before.problem) THEN
         UPDATE embeddings.targets tg SET updated_at = now() WHERE tg.id = target_id;
@@ -145,9 +152,9 @@ END
 $$;
 REVOKE ALL ON FUNCTION embeddings.refresh_target(integer) FROM PUBLIC;
 
--- Called at the end of every ALTER TABLE, CREATE TABLE and ALTER FUNCTION: refreshes the
--- targets on the tables (or partition trees, content functions, generated functions) the
--- command touched. It
+-- Called at the end of every ALTER TABLE, CREATE TABLE, ALTER FUNCTION and ALTER SCHEMA:
+-- refreshes the targets on the tables (or partition trees, content functions, generated
+-- functions, schemas holding them) the command touched. It
 -- never fails the user's DDL: a target that cannot be refreshed gets a problem and a WARNING.
 CREATE FUNCTION embeddings.follow_schema_changes() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -167,6 +174,11 @@ BEGIN
                    -- its side or chunk table (renamed, moved: the functions name it)
                    OR c.objid IN (tg.side_table, tg.chunk_table)))
           OR (c.classid = 'pg_proc'::regclass AND c.objid = tg.content_function)
+          -- ALTER SCHEMA ... RENAME (or OWNER) of the schema of its table, chunk table or
+          -- content function: the generated SQL names them by their schema.
+          OR (c.classid = 'pg_namespace'::regclass
+              AND (c.objid IN (SELECT r.relnamespace FROM pg_class r WHERE r.oid IN (tg.source, tg.chunk_table, tg.side_table))
+                   OR c.objid = (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = tg.content_function)))
           -- The functions generated for it, which its table's owner owns and may ALTER (to
           -- SECURITY INVOKER, say): regenerated as they must be (sql/32_access.sql).
           OR (c.classid = 'pg_proc'::regclass
@@ -192,11 +204,14 @@ REVOKE ALL ON FUNCTION embeddings.follow_schema_changes() FROM PUBLIC;
 
 DO $$
 BEGIN
-    IF EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'embeddings_follow_schema_changes') THEN
+    IF EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'embeddings_follow_schema_changes'
+               AND evttags @> ARRAY['ALTER SCHEMA']) THEN
         NULL;  -- installed already (a reinstall over an existing schema)
     ELSIF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        -- One installed before it followed ALTER SCHEMA is replaced.
+        DROP EVENT TRIGGER IF EXISTS embeddings_follow_schema_changes;
         CREATE EVENT TRIGGER embeddings_follow_schema_changes ON ddl_command_end
-            WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER FUNCTION')
+            WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER FUNCTION', 'ALTER SCHEMA')
             EXECUTE FUNCTION embeddings.follow_schema_changes();
     ELSE
         RAISE NOTICE 'embeddings: not a superuser, so no event trigger follows renames of watched tables'' columns; after one, call embeddings.watch() again';

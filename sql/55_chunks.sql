@@ -37,6 +37,14 @@ LANGUAGE sql STABLE AS $$
     END
 $$;
 
+-- The type modifier of column `col` of `source` (char(6): 10), NULL for none: a chunk table's key
+-- column is typed as its source's, char(n) and numeric(p,s) included (a bare char is char(1)).
+CREATE FUNCTION embeddings.key_typmod(source regclass, col name) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT nullif(a.atttypmod, -1) FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
 -- Creates the chunk table `chunk_table` (schema-qualified, quoted) for `source`, or checks that
 -- the existing one has the expected shape. Generic over the key: one or several columns.
 CREATE FUNCTION embeddings.ensure_chunk_table(
@@ -57,7 +65,7 @@ DECLARE
 BEGIN
     IF existing IS NOT NULL THEN
         SELECT string_agg(format_type(need.typ, need.typmod) || ' ' || quote_ident(need.col), ', ') INTO problem
-        FROM (SELECT k AS col, ty AS typ, NULL::integer AS typmod FROM unnest(key_names, key_types) AS u(k, ty)
+        FROM (SELECT k AS col, ty AS typ, embeddings.key_typmod(source, k) AS typmod FROM unnest(key_names, key_types) AS u(k, ty)
               UNION ALL VALUES ('seq'::name, 'integer'::regtype, NULL::integer), ('chunk', 'text', NULL),
                                ('chunk_hash', 'text', NULL),
                                (embedding_column, format('%I.halfvec', vschema)::regtype, dims)) need
@@ -73,7 +81,7 @@ BEGIN
         END IF;
         RETURN existing;
     END IF;
-    SELECT string_agg(format('%I %s NOT NULL', k, format_type(ty, NULL)), ', ' ORDER BY o),
+    SELECT string_agg(format('%I %s NOT NULL', k, format_type(ty, embeddings.key_typmod(source, k))), ', ' ORDER BY o),
            string_agg(format('%I', k), ', ' ORDER BY o)
     INTO columns, keys
     FROM unnest(key_names, key_types) WITH ORDINALITY AS u(k, ty, o);
@@ -232,7 +240,7 @@ BEGIN
 
     PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
     PERFORM embeddings.install_triggers(t);  -- the generated ones, chunk-aware (30_triggers.sql)
-    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_roles r;
+    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
 
     -- Documents with content and no chunks, or every document with content when the content
     -- source, the model or the chunk settings changed: a backfill in key ranges (62_backfill.sql).

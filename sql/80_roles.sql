@@ -10,9 +10,21 @@
 -- and nothing on user tables: no SELECT, no UPDATE, no row-level security policy. The role needs
 -- no superuser, no BYPASSRLS, no ownership of anything.
 
+-- A role by its oid (`role_id`; NULL in rows from before 0.2.0 until grant_worker() runs again):
+-- a role renamed since keeps its grants on tables watched later. `role_name` is its name when
+-- it was granted; worker_role_names() has the current ones.
 CREATE TABLE IF NOT EXISTS embeddings.worker_roles (
-    role_name name PRIMARY KEY
+    role_name name PRIMARY KEY,
+    role_id oid
 );
+
+-- The current names of the worker roles that still exist (renamed: the new name; dropped: none,
+-- so that watch() never tries to grant to a role that is gone).
+CREATE FUNCTION embeddings.worker_role_names() RETURNS SETOF name
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.rolname FROM embeddings.worker_roles w
+    JOIN pg_roles r ON CASE WHEN w.role_id IS NULL THEN r.rolname = w.role_name ELSE r.oid = w.role_id END
+$$;
 
 -- The functions of this schema that worker roles may run and no one else (besides its owner):
 -- what they write is what operators read (queues, deferrals, provenance, backfills, model
@@ -73,6 +85,7 @@ DECLARE
     t embeddings.targets;
     q embeddings.queues;
     fn regprocedure;
+    rel regclass;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
         RAISE EXCEPTION 'role "%" does not exist', role_name
@@ -89,6 +102,27 @@ BEGIN
     FOREACH fn IN ARRAY embeddings.worker_functions() LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
     END LOOP;
+    -- What it uses of ours that PUBLIC may use, its own: an administrator may revoke from PUBLIC
+    -- what this schema grants it (REVOKE ... ON ALL FUNCTIONS / TABLES IN SCHEMA embeddings
+    -- FROM PUBLIC), and the worker must keep working. Only what PUBLIC has now: nothing
+    -- revoked from PUBLIC by design (sql/90_privileges.sql) is given.
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'embeddings'::regnamespace
+          AND p.prokind IN ('f', 'p') AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)
+          AND p.proname !~ '^embeddings_[0-9]+_'
+          AND (p.proacl IS NULL OR EXISTS (SELECT FROM aclexplode(p.proacl) a
+                                          WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
+    END LOOP;
+    FOR rel IN
+        SELECT c.oid::regclass FROM pg_class c
+        WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind IN ('r', 'v', 'p')
+          AND EXISTS (SELECT FROM aclexplode(c.relacl) a WHERE a.grantee = 0 AND a.privilege_type = 'SELECT')
+    LOOP
+        EXECUTE format('GRANT SELECT ON %s TO %I', rel, role_name);
+    END LOOP;
     FOR q IN SELECT * FROM embeddings.queues LOOP
         PERFORM embeddings.grant_worker_queue(role_name, q.name);
     END LOOP;
@@ -96,7 +130,16 @@ BEGIN
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);
         PERFORM embeddings.grant_worker_target(role_name, t);
     END LOOP;
-    INSERT INTO embeddings.worker_roles VALUES (role_name) ON CONFLICT DO NOTHING;
+    -- Roles renamed since they were granted go by their names now; dropped ones go.
+    DELETE FROM embeddings.worker_roles w
+    WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = w.role_id OR (w.role_id IS NULL AND r.rolname = w.role_name));
+    UPDATE embeddings.worker_roles w SET role_name = r.rolname, role_id = r.oid
+    FROM pg_roles r
+    WHERE CASE WHEN w.role_id IS NULL THEN r.rolname = w.role_name ELSE r.oid = w.role_id END
+      AND (w.role_name, w.role_id) IS DISTINCT FROM (r.rolname, r.oid);
+    INSERT INTO embeddings.worker_roles AS w (role_name, role_id)
+    VALUES (grant_worker.role_name, (SELECT r.oid FROM pg_roles r WHERE r.rolname = grant_worker.role_name))
+    ON CONFLICT ON CONSTRAINT worker_roles_pkey DO UPDATE SET role_id = excluded.role_id;
 END
 $$;
 

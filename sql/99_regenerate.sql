@@ -27,8 +27,7 @@ BEGIN
         PERFORM embeddings.drop_triggers(t);
         PERFORM embeddings.install_triggers(t);  -- tables it returns were covered already
     END LOOP;
-    FOR worker_role IN SELECT r.role_name FROM embeddings.worker_roles r
-                     WHERE EXISTS (SELECT FROM pg_roles WHERE rolname = r.role_name)
+    FOR worker_role IN SELECT r.role_name FROM embeddings.worker_role_names() AS r(role_name)
                      ORDER BY r.role_name LOOP
         PERFORM embeddings.grant_worker(worker_role);
     END LOOP;

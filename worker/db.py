@@ -101,6 +101,9 @@ def translated() -> Iterator[None]:
         raise exceptions.DatabaseError(redact(str(exc).strip())) from exc
 
 
+# A target's generated function, as an error's message or context names it.
+_TARGET_FUNCTION = re.compile(r"function (embeddings\.)?embeddings_[0-9]+_[a-z_]+")
+
 # SQLSTATE of the functions that read and write a watched table as its owner when they cannot
 # serve it now (sql/32_access.sql: check_serving).
 TARGET_UNAVAILABLE = "EW001"
@@ -108,12 +111,18 @@ TARGET_UNAVAILABLE = "EW001"
 
 def unavailable(exc: BaseException) -> bool:
     """Whether `exc` says a target cannot be served as it is now (its jobs wait, spending no
-    attempt): its functions refused (EW001), or are missing (moved or dropped by hand)."""
+    attempt): its functions refused (EW001), are missing (moved or dropped by hand), or lack a
+    privilege an administrator took away (the table's owner its own table's schema, the worker
+    role a function of the target): configuration, never a row's fault."""
     if not isinstance(exc, psycopg.Error):
         return False
     if exc.sqlstate == TARGET_UNAVAILABLE:
         return True
-    return exc.sqlstate == "42883" and "embeddings.embeddings_" in str(exc)
+    if exc.sqlstate == "42883":
+        return "embeddings.embeddings_" in str(exc)
+    if exc.sqlstate == "42501":  # insufficient_privilege
+        return bool(_TARGET_FUNCTION.search(f"{exc} {exc.diag.context or ''}"))
+    return False
 
 
 def _is_connection_failure(exc: psycopg.OperationalError) -> bool:

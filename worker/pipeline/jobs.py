@@ -22,7 +22,7 @@ from datetime import datetime
 from typing import Any
 
 from psycopg import sql
-from psycopg.types.json import Jsonb
+from psycopg.types.json import Jsonb, set_json_loads
 
 from worker import db, queries
 from worker.pipeline.targets import Target
@@ -62,6 +62,17 @@ class Job:
 
 
 # --- parsing ----------------------------------------------------------------------------------
+class KeyNumber(str):
+    """A JSON number with a fraction or exponent, as the text Postgres wrote: a numeric key has
+    more digits than a float holds (and a float key's shortest text is its own), so key numbers
+    are never parsed as floats."""
+
+
+def loads_message(data: str | bytes) -> Any:
+    """A job message's JSON, numbers with a fraction or exponent kept as KeyNumber text."""
+    return json.loads(data, parse_float=KeyNumber)
+
+
 def register_hint(schema: str, table: str, content: str, column: str) -> str:
     return (
         f"register it with: SELECT embeddings.watch('{schema}.{table}', '{content}', "
@@ -250,7 +261,9 @@ class Queue:
                 conn.execute(self._q("move_inbox"), {"queue": self.name})
             if self._read_query is None:
                 self._read_query = self._compose_read(conn)
-            return conn.execute(self._read_query, {"max_keys": max_keys, "vt": vt}).fetchall()
+            cur = conn.cursor()
+            set_json_loads(loads_message, cur)  # key numbers as their text (KeyNumber)
+            return cur.execute(self._read_query, {"max_keys": max_keys, "vt": vt}).fetchall()
 
     def _compose_read(self, conn: db.Connection) -> Any:
         # pgmq before 1.8 (what Supabase ships) has no last_read_at column.

@@ -157,6 +157,8 @@ class Target:
 
 def _canonical_part(raw: Any, key_type: str) -> str:
     """The text form of one key column's value (`key::text` for the types normalised here)."""
+    if key_type == "bool" and isinstance(raw, bool):
+        return "true" if raw else "false"
     if isinstance(raw, bool) or raw is None or isinstance(raw, (list, dict)):
         raise ValueError(f"invalid row key {raw!r} for a {key_type} key")
     if key_type in _INT_RANGES:
@@ -175,6 +177,8 @@ def _canonical_part(raw: Any, key_type: str) -> str:
             return str(uuid.UUID(str(raw)))
         except ValueError:
             raise ValueError(f"invalid row key {raw!r} for a uuid key") from None
+    # A JSON number of a numeric or float key arrives as its text (jobs.KeyNumber), every digit
+    # kept; Postgres reads it back as the key's type.
     text = raw if isinstance(raw, str) else json.dumps(raw)
     if "\x00" in text:
         raise ValueError("row key contains a NUL character")

@@ -96,6 +96,27 @@ ALTER TABLE embeddings.targets
     ADD COLUMN IF NOT EXISTS side_table regclass
         CONSTRAINT targets_side_table_check CHECK (side_table IS NULL OR chunk_table IS NULL);
 
+-- Chunk tables: 0.1.0 typed their key columns without modifiers (a char(6) key as char(1),
+-- whose rows' chunks could not be written); they get their source's (sql/55_chunks.sql). Matched
+-- through the foreign key, before it goes (below).
+DO $$
+DECLARE
+    c record;
+BEGIN
+    FOR c IN
+        SELECT fk.conrelid::regclass AS chunk_table, ca.attname, format_type(sa.atttypid, sa.atttypmod) AS ty
+        FROM embeddings.targets t
+        JOIN pg_constraint fk ON fk.conrelid = t.chunk_table AND fk.confrelid = t.source AND fk.contype = 'f'
+        CROSS JOIN LATERAL unnest(fk.conkey, fk.confkey) AS k(chunk_num, source_num)
+        JOIN pg_attribute ca ON ca.attrelid = fk.conrelid AND ca.attnum = k.chunk_num
+        JOIN pg_attribute sa ON sa.attrelid = fk.confrelid AND sa.attnum = k.source_num
+        WHERE ca.atttypid = sa.atttypid AND ca.atttypmod <> sa.atttypmod
+    LOOP
+        EXECUTE format('ALTER TABLE %s ALTER COLUMN %I TYPE %s', c.chunk_table, c.attname, c.ty);
+    END LOOP;
+END
+$$;
+
 -- Chunk tables: no foreign key to their source any more (it made TRUNCATE of the source fail);
 -- the source's delete and truncate triggers follow up instead (sql/56_side.sql), installed by the
 -- code reinstall.
@@ -152,3 +173,9 @@ SELECT set_config('embeddings.following', 'off', true);
 -- Waiting workers registered themselves in this table (revisions 0002-0018) so that writes
 -- would NOTIFY them; 0.2.0's workers look for jobs instead (sql/20_queue.sql: wait_for_jobs).
 DROP TABLE IF EXISTS embeddings.idle_workers;
+
+-- embeddings.worker_roles: roles by oid too, so that a renamed worker role keeps being granted
+-- what tables watched later need (sql/80_roles.sql).
+ALTER TABLE embeddings.worker_roles ADD COLUMN IF NOT EXISTS role_id oid;
+UPDATE embeddings.worker_roles w SET role_id = r.oid
+FROM pg_roles r WHERE w.role_id IS NULL AND r.rolname = w.role_name;
