@@ -254,7 +254,7 @@ def test_deleted_rows_are_never_returned_and_their_side_rows_follow(
     ).fetchone() == (2, 1)
     found = run_cli("search", "docs", TEXTS[1], "-k", "5", "--json", "--database-url", dsn)
     assert found.returncode == 0, found.stderr
-    assert sorted(r["key"] for r in json.loads(found.stdout)) == ["4"]
+    assert sorted(r["key"] for r in json.loads(found.stdout)) == [4]
     # The deletes and the old key were queued; the worker deletes those side rows.
     assert sorted(queued_keys(conn, docs)) == [1, 2, 3, 30]
     run_once()
