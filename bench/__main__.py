@@ -3,7 +3,7 @@ instead, in one run on one machine. Results go to bench/results/*.json; `python 
 turns them into the table of docs/performance.md and the plots.
 
     python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,lanes,
-                            idle,remote,embedder,quality]
+                            idle,remote,embedder,quality,swapstall]
                     [--rows N] [--quick] [--quality-function SCHEMA.FUNCTION]
 
 At scale, each run only when named in --only (each takes 5 to 15 minutes here):
@@ -12,6 +12,7 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only hnsw [--scale-rows N]      HNSW insert vs build at 1M (bench/hnsw.py)
     python -m bench --only status [--scale-rows N]    status and /metrics at 10M (bench/status.py)
     python -m bench --only bigwatch [--scale-rows N]  watch() on 1M and 10M rows (bench/bigwatch.py)
+    python -m bench --only verify [--scale-rows N]    the verifying sweep at 1M (bench/verify.py)
 """
 
 from __future__ import annotations
@@ -47,6 +48,8 @@ from bench import (
     remote,
     retrieval,
     status,
+    swapstall,
+    verify,
     writepath,
 )
 from bench.machine import describe as machine
@@ -75,6 +78,7 @@ SECTIONS = (
     "remote",
     "embedder",
     "quality",
+    "swapstall",
 )
 SCALE_SECTIONS = (
     "million",
@@ -82,6 +86,7 @@ SCALE_SECTIONS = (
     "hnsw",
     "status",
     "bigwatch",
+    "verify",
     "retrieval",
 )  # never by default
 
@@ -144,6 +149,10 @@ def main() -> int:
         section(
             "writepath",
             lambda: writepath.run(fresh_db(cluster, template), rounds=3 if args.quick else 7),
+        )
+        section(
+            "swapstall",
+            lambda: swapstall.run(fresh_db(cluster, template), seconds=8 if args.quick else 20),
         )
         section(
             "oltp",
@@ -271,6 +280,12 @@ def main() -> int:
                 SHARED_MODELS / "gte-small",
                 rows=args.scale_rows or 10_000_000,
                 rounds=1 if args.quick else 3,
+            ),
+        )
+        section(
+            "verify",
+            lambda: verify.run(
+                fresh_db(cluster, template), rows=args.scale_rows or 1_000_000, quick=args.quick
             ),
         )
         section(

@@ -27,13 +27,22 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from bench.writepath import SUPABASE_TRIGGER
+from bench.writepath import SUPABASE_TRIGGER, without_key_shift_clause
 
 # watched: a content column; watched_side: the same, its vectors in a side table (other
 # triggers: docs/usage.md, "Where the vectors live"); watched_function: a content function
 # (evaluated by the triggers through the target's wrapper, which runs as the table's owner:
 # docs/security.md).
-VARIANTS = ("unwatched", "watched", "watched_side", "watched_function", "guide")
+# watched_before_key_shift: watched, with the statement trigger of before issue 25 §1's
+# key-shift fix (bench/writepath.py), to measure that fix in the same run.
+VARIANTS = (
+    "unwatched",
+    "watched",
+    "watched_before_key_shift",
+    "watched_side",
+    "watched_function",
+    "guide",
+)
 PRELOADED_ROWS = 20_000
 SCRIPTS = {
     "insert": "INSERT INTO {table} (body) VALUES ('client ' || :client_id || ' wrote some"
@@ -54,8 +63,10 @@ def _table(conn: psycopg.Connection[Any], name: str, variant: str) -> None:
     conn.execute(
         f"INSERT INTO {name} (body) SELECT 'row ' || g FROM generate_series(1, {PRELOADED_ROWS}) g"
     )
-    if variant == "watched":
+    if variant in ("watched", "watched_before_key_shift"):
         conn.execute(f"SELECT embeddings.watch('{name}', 'body')")
+        if variant == "watched_before_key_shift":
+            without_key_shift_clause(conn, name)
     elif variant == "watched_side":
         conn.execute(f"SELECT embeddings.watch('{name}', 'body', store => 'side')")
     elif variant == "watched_function":

@@ -184,6 +184,14 @@ BEGIN
     -- A row whose key changed has no old row: it counts as changed.
     changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s WHERE (o.%I IS NULL OR %s IS DISTINCT FROM %s)',
                       embeddings.key_equal_sql(t, 'o', 'n'), t.key_columns[1], new_content, old_content);
+    IF t.clear_on_update AND coalesce(t.side_table, t.chunk_table) IS NULL THEN
+        -- A key whose embedding this statement cleared changed too. The clear trigger compares
+        -- each physical row with itself, this trigger each key with itself: one UPDATE that
+        -- moves keys and content together (SET pos = pos + 1, body = <text of pos + 1>) leaves
+        -- every key's content as it was, yet every row's embedding cleared (issue 25 §1).
+        changed := format('%s OR (n.%I IS NULL AND o.%I IS NOT NULL))', left(changed, -1),
+                          t.embedding_column, t.embedding_column);
+    END IF;
     IF t.clear_on_update THEN
         -- A change to blank content needs no job: the clear trigger already cleared the row.
         changed := changed || format(' AND %s OPERATOR(pg_catalog.<>) ''''', new_content);

@@ -378,6 +378,7 @@ BEGIN
         -- Deletes and truncations followed into the side or chunk table (sql/56_side.sql).
         made := made || embeddings.generate_follow_access(t, a);
     END IF;
+    made := made || embeddings.generate_verify_access(t, a);  -- the verifying sweep's (sql/64_verify.sql)
 
     -- The owner's, run by this schema's owner (the trigger functions) and the worker roles,
     -- with the owner's search path (written with ours: owner_search_path() says why).
@@ -595,7 +596,7 @@ BEGIN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace
           AND p.proname ~ ('^embeddings_' || t.id || '_(content|lock|load|scan|store|blank|store_shadow|blank_shadow'
-                           '|unshadowed|swap_prepare|nearest|reusable|chunks|forget|prune)$')
+                           '|unshadowed|swap_prepare|nearest|reusable|chunks|forget|prune|verify|clear_failing)$')
     LOOP
         EXECUTE format('DROP FUNCTION %s', fn);
     END LOOP;

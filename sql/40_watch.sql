@@ -329,7 +329,7 @@ BEGIN
        AND previous.key_columns = key_names AND previous.key_types = key_regtypes
        AND previous.has_triggers = triggers AND previous.clear_on_update = clear_updates
        AND previous.queue = watch.queue AND previous.replica = watch.replica
-       AND previous.problem IS NULL THEN
+       AND embeddings.target_problem(previous) IS NULL THEN  -- as the catalog is now (52_stopped.sql)
         RETURN previous.id;
     END IF;
 
@@ -339,7 +339,9 @@ BEGIN
         PERFORM embeddings.cancel_change(source, embedding_column);
     END IF;
 
-    -- The DDL below is ours: the schema-change event trigger need not follow it.
+    -- The DDL below is ours: the schema-change event trigger need not follow it. The table's
+    -- lock first, in short attempts that never stall the application (41_locks.sql).
+    PERFORM embeddings.lock_table(source);
     PERFORM set_config('embeddings.following', 'on', true);
     PERFORM embeddings.ensure_queue(queue);
 

@@ -19,7 +19,12 @@ CREATE TABLE IF NOT EXISTS embeddings.model_changes (
     shadow_column name NOT NULL,
     keep_old      boolean NOT NULL DEFAULT false,
     rows_total    bigint,  -- rows with content when the change started (status recounts)
-    started_at    timestamptz NOT NULL DEFAULT now()
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    -- The swap waiting for its table lock (complete_changes()): attempts in a row that found the
+    -- table held, since when, and by whom at the last one. Reset by any other outcome.
+    swap_attempts      integer NOT NULL DEFAULT 0,
+    swap_waiting_since timestamptz,
+    swap_holders       text
 );
 GRANT SELECT ON embeddings.model_changes TO PUBLIC;
 COMMENT ON TABLE embeddings.model_changes IS 'Model changes in progress: the shadow column being filled with the new model''s vectors';
@@ -106,8 +111,9 @@ DECLARE
 BEGIN
     -- The table first, the registration after, as the worker's write (embeddings.lock_target)
     -- and complete_change() take them: the other order deadlocked with a write in flight. The
-    -- table in the mode ALTER TABLE will take anyway (a weaker one would have to be upgraded).
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', t.source);
+    -- table in the mode ALTER TABLE will take anyway (a weaker one would have to be upgraded),
+    -- in short attempts that never stall the application's statements (41_locks.sql).
+    PERFORM embeddings.lock_table(t.source);
     SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = t.id FOR UPDATE;
     IF t.chunk_table IS NOT NULL THEN
         RAISE EXCEPTION '%.% is a chunked target: a blue/green model change is for plain targets', t.source, t.embedding_column
@@ -177,7 +183,7 @@ LANGUAGE plpgsql AS $$
 DECLARE
     t embeddings.targets;
 BEGIN
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', source);  -- as start_change()
+    PERFORM embeddings.lock_table(source);  -- as start_change()
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = rewatch.source AND tg.embedding_column = rewatch.embedding_column FOR UPDATE;
     IF NOT FOUND THEN
@@ -199,7 +205,7 @@ DECLARE
     c embeddings.model_changes;
     following text := coalesce(current_setting('embeddings.following', true), 'off');
 BEGIN
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', source);  -- as start_change()
+    PERFORM embeddings.lock_table(source);  -- as start_change()
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = cancel_change.source AND tg.embedding_column = cancel_change.embedding_column FOR UPDATE;
     SELECT * INTO c FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
@@ -231,6 +237,40 @@ BEGIN
 END
 $$;
 
+-- Row keys (JSON form) of target t that the application changed and whose jobs are moving: in
+-- the inbox, or in the live lane (either message shape) and visible or being embedded, not
+-- held back (a deferred job is put back unread: read_ct 0, vt ahead). Only such a row may
+-- lack its new vector at the swap (its content changed, so its old vector was cleared too,
+-- and its job writes the new one at once); `held` counts the live jobs held back.
+CREATE FUNCTION embeddings.moving_live_keys(t embeddings.targets, OUT keys jsonb[], OUT held bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    rel_schema name;
+    rel_name name;
+BEGIN
+    SELECT n.nspname, c.relname INTO rel_schema, rel_name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
+    EXECUTE format($q$
+        SELECT pg_catalog.array_agg(s.k) FILTER (WHERE NOT s.held),
+               pg_catalog.count(DISTINCT s.msg_id) FILTER (WHERE s.held)
+        FROM (SELECT m.msg_id, key_json AS k, m.read_ct = 0 AND m.vt > pg_catalog.clock_timestamp() AS held
+              FROM pgmq.%1$I m, LATERAL embeddings.message_keys(m.message) AS key_json
+              WHERE m.message @> pg_catalog.jsonb_build_object('target', $1)
+              UNION ALL
+              SELECT m.msg_id, m.message -> 'id', m.read_ct = 0 AND m.vt > pg_catalog.clock_timestamp()
+              FROM pgmq.%1$I m
+              WHERE m.message @> pg_catalog.jsonb_build_object('schema', %2$L, 'table', %3$L)
+                AND coalesce(m.message ->> 'embeddingColumn', 'embedding') = %4$L AND m.message -> 'id' IS NOT NULL
+              UNION ALL
+              SELECT NULL, key_json, false FROM embeddings.inbox i,
+                   LATERAL embeddings.message_keys(pg_catalog.jsonb_build_object('columns', i.columns)) AS key_json
+              WHERE i.target = $1) s
+        $q$, pgmq.format_table_name(t.queue, 'q'), rel_schema, rel_name, t.embedding_column)
+        INTO keys, held USING t.id;
+    keys := coalesce(keys, '{}');
+END
+$$;
+
 -- Completes target_id's change when it is complete. It is when no shadow-only job of the change
 -- is queued, every row with content has its new vector or a job queued (a job left after the
 -- swap is simply served with the new model), and, checked under the table lock, no row that has
@@ -240,10 +280,13 @@ $$;
 -- the column's name and the index's name; the registry's attribute number follows (the rename
 -- follower is off for our own DDL); the target's model is set and its definition version
 -- bumped (batches read before are handed back and redone). Returns 'done', or what it waits
--- for. Locks are taken with a 2 s lock_timeout, so a busy table never queues its readers behind
--- the swap for long (lock_not_available: try later).
-CREATE FUNCTION embeddings.complete_change(target_id integer) RETURNS text
-LANGUAGE plpgsql SET lock_timeout = '2s' SET search_path = pg_catalog, pg_temp AS $$
+-- for. The table lock is asked for in short attempts for up to `lock_wait` (41_locks.sql), so
+-- the swap never queues the application's statements behind it for more than one attempt
+-- (lock_not_available: try later; complete_changes() records the wait). Every other lock
+-- (the registration, the indexes) is bounded by a 50 ms lock_timeout.
+CREATE FUNCTION embeddings.complete_change(target_id integer, lock_wait interval DEFAULT interval '200 milliseconds')
+RETURNS text
+LANGUAGE plpgsql SET lock_timeout = '50ms' SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
     c embeddings.model_changes;
@@ -257,6 +300,8 @@ DECLARE
     new_index regclass;
     old_index_name name;
     rel_schema name;
+    live jsonb[];
+    held bigint;
     following text := coalesce(current_setting('embeddings.following', true), 'off');
     vec_rel regclass;  -- where the columns are: the table, or its side table
 BEGIN
@@ -293,17 +338,37 @@ BEGIN
         RETURN format('%s rows lacked the new vector: queued', missing);
     END IF;
 
+    -- Jobs of the application's writes held back (their target deferred: say the old model cannot
+    -- be loaded): the swap waits for them, or their rows would swap without a vector.
+    SELECT * INTO live, held FROM embeddings.moving_live_keys(t);
+    IF held > 0 THEN
+        RETURN format('%s jobs of the application''s writes are held back (deferred): waiting for them', held);
+    END IF;
+
     -- The swap. The table first (waits for application and worker writes in progress), then
     -- the registration, as ALTER TABLE and worker writes take them: writes that start later
     -- wait for us and then see the new version.
-    EXECUTE format('LOCK TABLE %s IN ACCESS EXCLUSIVE MODE', t.source);
+    PERFORM embeddings.lock_table(t.source, lock_wait);
     PERFORM FROM embeddings.targets tg WHERE tg.id = t.id FOR UPDATE;
     -- No row that has a vector may lose it (the partial index holds the rows to look at). And a
     -- row whose content changed has its vector cleared (clear_on_update) and a job queued: its
     -- new vector, of the old content, must not show up either. Both as the table's owner, by
     -- embeddings_<id>_swap_prepare() (sql/32_access.sql): its triggers fire on that UPDATE.
-    pending := ARRAY(SELECT p.k FROM embeddings.pending_keys(t) p);
-    EXECUTE format('SELECT embeddings.%I($1)', 'embeddings_' || t.id || '_swap_prepare') INTO ready USING pending;
+    -- Every row with content has its new vector, except rows the application changed whose
+    -- jobs are moving (issue 25 §2: a row with any other job, in the backfill lane or held, kept
+    -- the swap from waiting for it, and had its new vector cleared). Only those rows' new
+    -- vectors may be stale (their content changed after it was written): only theirs are
+    -- cleared. Both read through the partial index of rows lacking the new vector.
+    SELECT * INTO live, held FROM embeddings.moving_live_keys(t);
+    IF held > 0 THEN
+        RETURN format('%s jobs of the application''s writes are held back (deferred): waiting for them', held);
+    END IF;
+    EXECUTE format('SELECT pg_catalog.count(*) FROM embeddings.%I($1)', 'embeddings_' || t.id || '_unshadowed')
+        INTO missing USING live;
+    IF missing > 0 THEN
+        RETURN format('%s rows lack the new vector and wait for their jobs: not yet', missing);
+    END IF;
+    EXECUTE format('SELECT embeddings.%I($1)', 'embeddings_' || t.id || '_swap_prepare') INTO ready USING live;
     IF NOT ready THEN
         RETURN 'rows written meanwhile lack the new vector: not yet';
     END IF;
@@ -362,6 +427,10 @@ BEGIN
             result := embeddings.complete_change(id);
         EXCEPTION WHEN lock_not_available THEN
             result := 'table busy: retried later';
+            UPDATE embeddings.model_changes mc
+            SET swap_attempts = mc.swap_attempts + 1, swap_waiting_since = coalesce(mc.swap_waiting_since, now()),
+                swap_holders = (SELECT embeddings.lock_holders(tg.source) FROM embeddings.targets tg WHERE tg.id = mc.target_id)
+            WHERE mc.target_id = id;
         WHEN dependent_objects_still_exist THEN
             -- A view or trigger of the user's uses the old column: it cannot be dropped.
             result := format('the old column cannot be dropped (%s): drop what uses it, or cancel '
@@ -369,6 +438,10 @@ BEGIN
         WHEN OTHERS THEN
             result := 'could not complete: ' || SQLERRM;  -- never fails the caller (the worker)
         END;
+        IF result NOT LIKE 'table busy%' THEN
+            UPDATE embeddings.model_changes mc SET swap_attempts = 0, swap_waiting_since = NULL, swap_holders = NULL
+            WHERE mc.target_id = id AND mc.swap_attempts > 0;
+        END IF;
         RETURN NEXT;
     END LOOP;
 END

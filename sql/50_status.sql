@@ -251,11 +251,19 @@ CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TAB
     change_done_rows       bigint,
     change_total_rows      bigint,
     change_rows_per_second double precision,
-    change_eta_seconds     double precision
+    change_eta_seconds     double precision,
+    stopped                jsonb
 )
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
+    -- What stops each target (embeddings.stopped_targets(), 52_stopped.sql), read once.
+    stops jsonb := coalesce((SELECT jsonb_object_agg(s.target_id::text, s.states)
+                             FROM (SELECT st.target_id, jsonb_agg(jsonb_build_object(
+                                              'state', st.state, 'reason', st.reason, 'fix', st.fix, 'since', st.since)
+                                          ORDER BY st.ordinality) AS states
+                                   FROM embeddings.stopped_targets() WITH ORDINALITY AS st
+                                   GROUP BY st.target_id) s), '{}');
     pending jsonb := '{}';  -- per queue: embeddings.queue_pending(), read once per call
     sampled text[] := '{}';  -- the queues whose pending keys were estimated
     messages bigint;
@@ -267,9 +275,10 @@ BEGIN
         target := embeddings.target_name(t);
         target_id := t.id;
         model := t.model;
-        -- Why it is not served: a schema change it cannot follow, or functions that cannot
-        -- run as its owner (sql/32_access.sql).
-        problem := coalesce(t.problem, embeddings.access_problem(t));
+        -- What stops its progress, if anything (52_stopped.sql): `problem` says why in words
+        -- (every state's reason), `stopped` lists each state with its reason, fix and since.
+        stopped := stops -> t.id::text;
+        problem := (SELECT string_agg(e ->> 'reason', '; ') FROM jsonb_array_elements(stopped) e);
         estimated := NOT coalesce(exact, embeddings.target_rows(t) <= embeddings.status_exact_rows());
         IF estimated THEN
             SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.estimated_counts(t);
@@ -352,7 +361,7 @@ CREATE VIEW embeddings.status AS
            target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
            chunks, estimated, backfill_rows, index_deferred, pending_live, pending_backfill,
            vectors_from, change_model, change_done_rows, change_total_rows, change_rows_per_second,
-           change_eta_seconds
+           change_eta_seconds, stopped
     FROM embeddings.target_status();
 COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets; rows a running backfill has still to queue; whether the HNSW index waits for the backfill. Row counts of large tables are estimates (estimated = true); embeddings.status_exact counts them';
 
@@ -362,7 +371,7 @@ CREATE VIEW embeddings.status_exact AS
            target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
            chunks, estimated, backfill_rows, index_deferred, pending_live, pending_backfill,
            vectors_from, change_model, change_done_rows, change_total_rows, change_rows_per_second,
-           change_eta_seconds
+           change_eta_seconds, stopped
     FROM embeddings.target_status(exact => true);
 COMMENT ON VIEW embeddings.status_exact IS 'embeddings.status with exact counts: scans every watched table';
 

@@ -45,9 +45,12 @@ BEGIN
 END
 $$;
 
+-- With `verify`, also a slice of the verifying pass (sql/64_verify.sql): rows whose vector is not
+-- that of their current content and definition are queued too.
 CREATE FUNCTION embeddings.sweep(
     max_rows integer DEFAULT 1000,
-    archive_retention interval DEFAULT '7 days'
+    archive_retention interval DEFAULT '7 days',
+    verify boolean DEFAULT false
 ) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -81,6 +84,8 @@ BEGIN
             END IF;
             CONTINUE;
         END IF;
+        -- A verifying sweep queues rows without a vector too (below): one evaluation per row.
+        CONTINUE WHEN verify;
         SELECT after_key INTO cursor_key FROM embeddings.sweep_cursors WHERE target_id = t.id;
 
         BEGIN
@@ -119,6 +124,10 @@ BEGIN
         total := total + coalesce(enqueued, 0);
     END LOOP;
 
+    IF verify THEN
+        total := total + embeddings.verify(max_rows);
+    END IF;
+
     -- Archived jobs (dead letters' messages, pgmq.archive) older than the retention.
     IF archive_retention IS NOT NULL THEN
         FOR q IN SELECT name FROM embeddings.queues LOOP
@@ -140,7 +149,8 @@ $$;
 CREATE FUNCTION embeddings.schedule_sweep(
     schedule text DEFAULT '* * * * *',
     max_rows integer DEFAULT 1000,
-    archive_retention interval DEFAULT '7 days'
+    archive_retention interval DEFAULT '7 days',
+    verify boolean DEFAULT false
 ) RETURNS bigint
 LANGUAGE plpgsql AS $$
 BEGIN
@@ -150,7 +160,8 @@ BEGIN
     END IF;
     RETURN cron.schedule(
         'embeddings-sweep', schedule,
-        format('SELECT embeddings.sweep(%s, %L::interval)', max_rows, archive_retention));
+        format('SELECT embeddings.sweep(%s, %L::interval%s)', max_rows, archive_retention,
+               CASE WHEN verify THEN ', verify => true' ELSE '' END));
 END
 $$;
 

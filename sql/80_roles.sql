@@ -39,13 +39,15 @@ LANGUAGE sql STABLE AS $$
         'embeddings.backfill_next(text, integer)',
         'embeddings.backfill_rows_left(embeddings.targets)',
         'embeddings.target_status(boolean)',  -- embeddings.status, embeddings.status_exact
+        'embeddings.stopped_targets()',  -- embeddings.stopped: status, doctor, /readyz, metrics
         'embeddings.complete_changes()',
         'embeddings.claim_provenance(integer, boolean, text, text, text)',
         'embeddings.note_deferrals(integer[], text[], integer[])',
         'embeddings.clear_deferrals(integer[])',
         'embeddings.wait_for_jobs(text, integer, boolean, integer)',
         'embeddings.deferred_index_built(integer)',
-        'embeddings.retry_failures(bigint[])'  -- `embed-worker failures --retry` as the worker role
+        'embeddings.retry_failures(bigint[])',  -- `embed-worker failures --retry` as the worker role
+        'embeddings.record_fingerprints(integer, boolean, text[], text[])'  -- sql/64_verify.sql
     ]::regprocedure[]
 $$;
 

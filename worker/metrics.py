@@ -145,6 +145,15 @@ TARGET_DEFERRED = Gauge(
     ["target"],
     registry=REGISTRY,
 )
+TARGET_STOPPED = Gauge(
+    "embed_worker_target_stopped",
+    "1 while something stops the target's progress, by state (problem, deferred, swap_waiting, "
+    "backfill_stalled: sql/52_stopped.sql), 0 once it cleared; the same rows embed-worker status "
+    "and doctor show",
+    ["target", "state"],
+    registry=REGISTRY,
+)
+STOPPED_STATES = ("problem", "deferred", "swap_waiting", "backfill_stalled")
 
 # Remote models (worker/models/remote/): per provider (the endpoint's host[:port]) and model.
 PROVIDER_OUTCOMES = (
@@ -216,6 +225,7 @@ ENUMERATED_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "embed_worker_batch_stage_duration_seconds": {"stage": STAGES},
     "embed_worker_lane_jobs": {"lane": LANES},
     "embed_worker_lane_oldest_job_age_seconds": {"lane": LANES},
+    "embed_worker_target_stopped": {"state": STOPPED_STATES},
     "embed_worker_provider_requests_total": {"outcome": PROVIDER_OUTCOMES},
 }
 

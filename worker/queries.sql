@@ -356,6 +356,20 @@ FROM {queue_table}
 WHERE (SELECT yes FROM small) AND message ? 'last_error'
 GROUP BY 1, 2, 3, 4;
 
+-- name: stopped_targets
+-- What stops the progress of the targets of queue %(queue)s (sql/52_stopped.sql), one row per
+-- state: the source of /readyz's stopped_targets and the embed_worker_target_stopped gauge.
+SELECT target, state, reason, fix, since FROM embeddings.stopped_targets() WHERE queue = %(queue)s;
+-- name: record_fingerprints
+-- The fingerprints (content and definition) of the vectors this write transaction stores: what
+-- embeddings.sweep(verify => true) checks each row's vector against (sql/64_verify.sql).
+SELECT embeddings.record_fingerprints(%(target_id)s, %(shadow)s, %(keys)s::text[], %(hashes)s::text[]);
+
+-- name: clear_failing
+-- Clears the vectors of rows whose content function raises now: no vector rather than one of
+-- an older definition. The target's embeddings_<id>_clear_failing(), as the table's owner.
+SELECT k FROM {clear_failing}(%(keys)s::text[]{key_arrays}) AS k;
+
 -- catalog: BEGIN (what is installed and who may do what: start-up, `doctor`, `migrate`)
 
 -- name: schema_installed
@@ -479,6 +493,17 @@ SELECT embeddings.retry_failures();
 -- name: status_rows
 -- `status`: the columns {columns} of view {view} (embeddings.status, or status_exact).
 SELECT {columns} FROM {view} ORDER BY target;
+
+-- name: sweep
+-- One embeddings.sweep() (`embed-worker sweep`): rows that lost their job, and with %(verify)s
+-- a slice of the verifying pass (sql/64_verify.sql); returns the rows queued.
+SELECT embeddings.sweep(max_rows => %(max_rows)s, verify => %(verify)s);
+
+-- name: verification
+-- How far each target's verifying sweep got (`status`, `sweep`): the last complete pass and
+-- the pass in progress.
+SELECT target, target_id, verified_rows, last_verified, pass_rows, pass_started
+FROM embeddings.verification ORDER BY target;
 
 -- name: models_have_providers
 -- Whether embeddings.models has remote models' columns (a schema before 0.2.0 has not).

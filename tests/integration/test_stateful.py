@@ -2,7 +2,8 @@
 schema changes of the watched table (renames of the content, key and embedding columns and of
 the table, a move to another schema, the content column retyped, dropped and added again then
 watched again (this found watch() keeping the dropped column's vectors); each rename and
-retype also landing in an in-flight batch), worker runs, worker crashes and
+retype also landing in an in-flight batch), model changes (also started while the old model's
+jobs are held back because it cannot be loaded), worker runs, worker crashes and
 connection kills, against the real Postgres and the real
 in-process worker. At quiescence the invariant must hold:
 
@@ -11,6 +12,9 @@ in-process worker. At quiescence the invariant must hold:
     in embeddings.failures with its error; rows without content hold no embedding
   * no job is left in the queue
   * no application statement failed (any error in a rule fails the test)
+
+and after every worker run that swapped a model change in, no row with content is left without
+a vector unless the application changed it and its job is moving (or it is dead-lettered).
 
 Models: two tiny random-weight models of the same dimension (tests/support/modelgen.py), so a
 re-registration really changes every vector.
@@ -34,7 +38,7 @@ from __future__ import annotations
 import os
 import threading
 import time
-from typing import Any, ClassVar
+from typing import Any, ClassVar, cast
 
 import numpy as np
 import psycopg
@@ -53,7 +57,7 @@ from psycopg import sql
 
 from tests.support import stores
 from tests.support.jobs import JOBS, clear_queue, expire_leases
-from worker import db
+from worker import db, exceptions
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline import faults
@@ -70,6 +74,23 @@ CONTENT = st.one_of(
     st.lists(st.sampled_from(WORDS), min_size=1, max_size=6).map(" ".join),
 )
 CRASH_POINTS = st.sampled_from(faults.POINTS)
+
+
+class HeldModel:
+    """LoadedModels with one model that cannot be loaded (its files gone, say): the worker
+    holds back the jobs of the targets that use it (deferred, not failed)."""
+
+    def __init__(self, inner: LoadedModels, held: str) -> None:
+        self.inner = inner
+        self.held = held
+
+    def get(self, model: str) -> Any:
+        if model == self.held:
+            raise exceptions.ModelError(f"model {model!r} is held by the test")
+        return self.inner.get(model)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
 
 
 class InjectedCrash(BaseException):
@@ -132,15 +153,58 @@ class EmbeddingMachine(RuleBasedStateMachine):
             embedding=sql.Identifier(self.embedding_column),
         )
 
-    def run_worker(self) -> int:
+    def run_worker(self, embedders: LoadedModels | None = None) -> int:
+        before = self.target_model()
         worker = Worker(
-            self.settings, once=True, embedders=self.embedders, progress=False, handle_signals=False
+            self.settings,
+            once=True,
+            embedders=embedders or self.embedders,
+            progress=False,
+            handle_signals=False,
         )
         # One registry across runs, as one long-lived worker process keeps it.
         worker.registry = self.registry
         code = worker.run()
         self.exits.append(code)
+        if self.target_model() != before:
+            self.check_the_swap_left_no_hole()
         return code
+
+    def check_the_swap_left_no_hole(self) -> None:
+        """A model change swaps only when every row with content has its new vector (issue 25
+        §2), except a row the application changed whose job is moving (its old vector was
+        cleared too) or a dead-lettered row."""
+        lacking = {
+            k
+            for (k,) in self.conn.execute(
+                sql.SQL(
+                    "SELECT {key} FROM {vectors} WHERE {embedding} IS NULL"
+                    " AND {content}::text ~ '[^[:space:]]'"
+                ).format(
+                    key=sql.Identifier(self.key),
+                    content=sql.Identifier(self.content_column),
+                    embedding=sql.Identifier(self.embedding_column),
+                    vectors=stores.vectors(
+                        self.conn, self.store, sql.Identifier(self.schema, self.table)
+                    ),
+                )
+            ).fetchall()
+        }
+        if not lacking:
+            return
+        dead = {
+            k
+            for (k,) in self.conn.execute(
+                "SELECT (row_key #>> '{}')::int FROM embeddings.failures"
+            ).fetchall()
+        }
+        row = self.conn.execute(
+            "SELECT m.keys FROM embeddings.targets t, embeddings.moving_live_keys(t) m"
+        ).fetchone()
+        moving = {int(k) for k in (row[0] if row and row[0] else [])}
+        assert lacking <= dead | moving, (
+            f"rows {sorted(lacking - dead - moving)} swapped to the new model without a vector"
+        )
 
     def watch(
         self, model: str, clear_on_update: bool, conn: Conn | None = None, store: str | None = None
@@ -178,6 +242,7 @@ class EmbeddingMachine(RuleBasedStateMachine):
             )
         )
         self.clear_on_update = clear_on_update
+        self.unseen = False  # a write the triggers did not see since the last quiescence
         self.watch(self.models[0], clear_on_update, store=self.store)
 
     # --- the application ------------------------------------------------------------------
@@ -240,6 +305,21 @@ class EmbeddingMachine(RuleBasedStateMachine):
         self.conn.execute(self.q("DELETE FROM {table} WHERE {key} = %s"), (key,))
         self.rows.pop(key, None)
 
+    @rule(key=KEYS, content=CONTENT)
+    def update_unseen(self, key: int, content: str | None) -> None:
+        """A write the triggers never see (a session in replica mode: a bulk load, a migration
+        tool): only the verifying sweep finds its row's stale vector (issue 25 §1)."""
+        self.conn.execute("SET session_replication_role = replica")
+        try:
+            self.conn.execute(
+                self.q("UPDATE {table} SET {content} = %s WHERE {key} = %s"), (content, key)
+            )
+        finally:
+            self.conn.execute("RESET session_replication_role")
+        if key in self.rows:
+            self.rows[key] = content
+            self.unseen = True
+
     @precondition(lambda self: len(self.rows) > 0)
     @rule()
     def truncate(self) -> None:
@@ -251,6 +331,26 @@ class EmbeddingMachine(RuleBasedStateMachine):
     def rewatch_with_the_other_model(self) -> None:
         other = self.models[1] if self.model == self.models[0] else self.models[0]
         self.watch(other, self.clear_on_update)
+
+    @rule()
+    def run_worker_with_the_model_held(self) -> None:
+        """The target's model cannot be loaded for one run: its jobs are held back."""
+        self.run_worker(
+            embedders=cast(LoadedModels, HeldModel(self.embedders, self.target_model()))
+        )
+
+    @rule(write_first=st.booleans())
+    def change_the_model_while_its_jobs_are_held(self, write_first: bool) -> None:
+        """A change started while the old model's jobs are held (the old model could not be
+        loaded): it once swapped with every vector missing (issue 25 §2)."""
+        old = self.target_model()
+        if write_first:
+            self.insert_many([1, 2, 3], "alpha beta")
+        self.run_worker(embedders=cast(LoadedModels, HeldModel(self.embedders, old)))
+        other = self.models[1] if old == self.models[0] else self.models[0]
+        self.watch(other, self.clear_on_update)
+        self.run_worker(embedders=cast(LoadedModels, HeldModel(self.embedders, old)))
+        assert self.run_worker() == 0
 
     # --- schema changes (issue 12 §4): each one toggles a name or a type, and back -------
     @rule()
@@ -430,7 +530,16 @@ class EmbeddingMachine(RuleBasedStateMachine):
     # --- quiescence -----------------------------------------------------------------------
     def quiesce(self) -> None:
         """Leases of dead workers run out (what waiting EMBED_VT_SECONDS does); the worker
-        drains until nothing is left."""
+        drains until nothing is left. After a write the triggers did not see, the verifying
+        sweep (as pg_cron would run it) queues the rows it left stale, once the drain is over
+        (a target's backfill in progress defers its verification), and the worker drains again."""
+        self.drain()
+        if self.unseen:
+            self.conn.execute("SELECT embeddings.sweep(max_rows => 100000, verify => true)")
+            self.unseen = False
+            self.drain()
+
+    def drain(self) -> None:
         for _ in range(5):
             expire_leases(self.conn)
             assert self.run_worker() == 0

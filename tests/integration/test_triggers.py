@@ -148,6 +148,50 @@ def test_a_changed_primary_key_counts_as_changed(conn: Conn, docs: int) -> None:
     assert queued_keys(conn, docs) == [40]
 
 
+def test_a_key_shift_queues_every_row_whose_embedding_was_cleared(conn: Conn) -> None:
+    # One UPDATE moves keys and content together: each key ends up with the content its
+    # neighbour had, so per key only the new last key looks changed, while per physical row
+    # every content changed and the clear trigger cleared every embedding. Each cleared row
+    # needs its job, or it stays without a vector for good (issue 25 §1).
+    conn.execute("CREATE TABLE docs (pos int PRIMARY KEY, body text)")
+    # Stored last key first, so that the UPDATE (in physical order) never meets a duplicate.
+    conn.execute("INSERT INTO docs SELECT g, 'text of ' || g FROM generate_series(5, 1, -1) g")
+    target = conn.execute("SELECT embeddings.watch('docs', 'body')").fetchone()
+    assert target is not None
+    conn.execute(f"UPDATE docs SET embedding = {VEC}")
+    clear_queue(conn)
+
+    conn.execute("UPDATE docs SET pos = pos + 1, body = 'text of ' || (pos + 1)")
+
+    cleared = [r[0] for r in conn.execute("SELECT pos FROM docs WHERE embedding IS NULL")]
+    assert sorted(cleared) == [2, 3, 4, 5, 6]
+    assert sorted(queued_keys(conn, target[0])) == [2, 3, 4, 5, 6]
+
+
+def test_a_key_shift_of_a_content_function_target_queues_every_cleared_row(conn: Conn) -> None:
+    conn.execute("CREATE TABLE docs (pos int, part int, body text, PRIMARY KEY (pos, part))")
+    conn.execute(
+        "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE sql STABLE AS $$ SELECT d.body $$"
+    )
+    conn.execute("INSERT INTO docs SELECT g, 0, 'text of ' || g FROM generate_series(5, 1, -1) g")
+    target = conn.execute("SELECT embeddings.watch('docs', 'doc_text')").fetchone()
+    assert target is not None
+    conn.execute(f"UPDATE docs SET embedding = {VEC}")
+    clear_queue(conn)
+
+    conn.execute("UPDATE docs SET pos = pos + 1, body = 'text of ' || (pos + 1)")
+
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (5,)
+    assert sorted(k[0] for k in queued_keys(conn, target[0])) == [2, 3, 4, 5, 6]
+
+
+def test_clearing_an_embedding_by_hand_queues_the_row(conn: Conn, docs: int) -> None:
+    # A key that lost its vector in a statement gets a job (the sweep would find it anyway).
+    conn.execute("UPDATE docs SET embedding = NULL WHERE id = 2")
+    conn.execute("UPDATE docs SET body = '', embedding = NULL WHERE id = 3")  # blank: nothing
+    assert queued_keys(conn, docs) == [2]
+
+
 def test_content_function_changes_are_compared_through_the_function(conn: Conn) -> None:
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, title text, body text, views int)")
     conn.execute(

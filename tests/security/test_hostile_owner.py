@@ -99,6 +99,30 @@ def test_sweep_by_a_superuser_runs_the_content_function_as_its_owner(roles: Role
     assert contained(roles)  # it ran, as the owner
 
 
+def test_a_verifying_sweep_by_a_superuser_runs_the_content_function_as_its_owner(
+    roles: Roles,
+) -> None:
+    """sweep(verify => true) evaluates every row's content (to compare it with the vector's
+    fingerprint): only through the owner's function, as the owner."""
+    target = owner_docs(roles)
+    forget_jobs(roles)
+    with roles.connect() as su:
+        su.execute("UPDATE docs SET embedding = NULL")  # (no vectors: all three need a job)
+        clear_queue(su)
+    turn(roles)
+    with roles.connect() as su:
+        su.execute("SELECT embeddings.verify(1000)")
+        assert sorted(queued_keys(su, target)) == [1, 2, 3]
+    traces = contained(roles)
+    assert traces  # it ran, as the owner
+    # a login without grants cannot run it
+    with (
+        roles.connect(roles.stranger) as stranger,
+        pytest.raises(psycopg.errors.InsufficientPrivilege),
+    ):
+        stranger.execute("SELECT embeddings.sweep(verify => true)")
+
+
 def test_backfill_steps_evaluate_no_content_function(roles: Roles) -> None:
     """watch()'s inline step (as the superuser calling it), the worker's steps and sweep()'s."""
     target = owner_docs(roles, rows=2500, turned=True)

@@ -66,7 +66,14 @@ def _attempts(world: World) -> dict[str, list[str]]:
             "SELECT * FROM embeddings.complete_changes()",
         ],
         "read `embeddings.status`": ["SELECT * FROM embeddings.status"],
-        "run `embeddings.sweep()`": ["SELECT embeddings.sweep()"],
+        "run `embeddings.sweep()` (also `verify => true`), `adopt_fingerprints()`": [
+            "SELECT embeddings.sweep()",
+            "SELECT embeddings.sweep(verify => true)",
+            "SELECT embeddings.adopt_fingerprints('docs')",
+        ],
+        "record vectors' fingerprints (`record_fingerprints()`, in its write transaction)": [
+            f"SELECT embeddings.record_fingerprints({world.target}, false, ARRAY['1'], ARRAY['x'])"
+        ],
     }
 
 

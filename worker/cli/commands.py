@@ -24,6 +24,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "failures": failures,
         "model": model,
         "doctor": doctor,
+        "sweep": sweep,
         "plan": plan,
     }[args.command]
     return handler(args, settings)
@@ -119,6 +120,16 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
             except KeyboardInterrupt:
                 return EXIT_OK
         show(conn, as_json=args.json, exact=args.exact)
+    return EXIT_OK
+
+
+def sweep(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli import sweep as sweeping
+
+    if args.max_rows < 1:
+        raise exceptions.ConfigError("--max-rows must be at least 1")
+    with _connect(settings) as conn:
+        sweeping.show(sweeping.run(conn, args), as_json=args.json)
     return EXIT_OK
 
 

@@ -284,16 +284,19 @@ def _queue(rows: list[dict[str, object]], dsn: str) -> list[Finding]:
         name = str(r["target"])
         pending = int(str(r["pending_jobs"]))
         oldest = r["oldest_pending_seconds"]
-        if r.get("problem"):  # a schema change it cannot follow; functions that cannot serve it
+        # What stops its progress (sql/52_stopped.sql), as status and /readyz show it: one
+        # problem each.
+        stops: list[dict[str, str]] = r.get("stopped") or []  # type: ignore[assignment]
+        for stop in stops:
             out.append(
                 Finding(
                     "FAIL",
                     f"target {name}",
-                    f"not served: {r['problem']}",
-                    "fix the cause; the worker defers its jobs meanwhile (docs/security.md)",
+                    f"stopped ({stop['state']}): {stop['reason']}",
+                    stop["fix"],
                 )
             )
-        if r["deferred_reason"]:
+        if r["deferred_reason"] and not any(s["state"] == "deferred" for s in stops):
             out.append(
                 Finding(
                     "FAIL",

@@ -31,6 +31,10 @@ DESCRIPTIONS = {
     "JSON list of vectors.",
     "search": "Embed QUERY with the model of TABLE's target and print the nearest rows.",
     "failures": "List dead-lettered jobs (rows that exhausted their attempts), or re-queue them.",
+    "sweep": "Queue the rows that should have a vector and have no job (embeddings.sweep()); "
+    "with --verify, also check the next slice of each table's vectors against the content "
+    "and definition they were made from, and queue those that no longer match. Run it on a "
+    "schedule; `status` shows how far verification got.",
     "doctor": "Check the database, the models and the queue for common problems, and say what "
     "to do about each. Exits 1 when it finds one.",
     "model": "List the known models (and the database's remote ones) or download one.",
@@ -86,6 +90,36 @@ def _global_options(
         )
     model.add_argument("--threads", type=int, metavar="N", help="inference threads [EMBED_THREADS]")
     return parent
+
+
+def _search_options(search: argparse.ArgumentParser) -> None:
+    search.add_argument("table", metavar="TABLE", help="a watched table, e.g. public.documents")
+    search.add_argument("query", metavar="QUERY", help="what to look for, in plain words")
+    search.add_argument("-k", type=int, default=5, help="how many rows (default 5)")
+    search.add_argument("--column", help="embedding column, when the table has several")
+    search.add_argument(
+        "--filter",
+        metavar="JSON",
+        help='only rows whose columns match, e.g. \'{"tenant_id": 7, "published": true}\'',
+    )
+    search.add_argument(
+        "--mode",
+        choices=("auto", "vector", "hybrid"),
+        default="auto",
+        help="vector: by meaning; hybrid: fused with full-text search (embeddings.enable_fts);"
+        " auto (default): hybrid where the table has full-text search",
+    )
+    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
+def _sweep_options(sweep: argparse.ArgumentParser) -> None:
+    sweep.add_argument(
+        "--verify",
+        action="store_true",
+        help="also check a slice of each table's vectors against their current content",
+    )
+    sweep.add_argument("--max-rows", type=int, default=1000, help="rows per table (default 1000)")
+    sweep.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -176,28 +210,17 @@ def build_parser() -> argparse.ArgumentParser:
         "(embeddings.default_model()), else gte-small [EMBED_MODEL]",
     )
 
-    search = command("search", "rows of TABLE nearest in meaning to QUERY")
-    search.add_argument("table", metavar="TABLE", help="a watched table, e.g. public.documents")
-    search.add_argument("query", metavar="QUERY", help="what to look for, in plain words")
-    search.add_argument("-k", type=int, default=5, help="how many rows (default 5)")
-    search.add_argument("--column", help="embedding column, when the table has several")
-    search.add_argument(
-        "--filter",
-        metavar="JSON",
-        help='only rows whose columns match, e.g. \'{"tenant_id": 7, "published": true}\'',
-    )
-    search.add_argument(
-        "--mode",
-        choices=("auto", "vector", "hybrid"),
-        default="auto",
-        help="vector: by meaning; hybrid: fused with full-text search (embeddings.enable_fts);"
-        " auto (default): hybrid where the table has full-text search",
-    )
-    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _search_options(command("search", "rows of TABLE nearest in meaning to QUERY"))
 
     failures = command("failures", "list dead-lettered jobs", loads_models=False)
     failures.add_argument("--retry", action="store_true", help="re-queue them all")
     failures.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+    _sweep_options(
+        command(
+            "sweep", "queue rows that lost their job or hold a stale vector", loads_models=False
+        )
+    )
 
     command("doctor", "check for common problems and say what to do")
 

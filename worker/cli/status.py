@@ -32,7 +32,7 @@ COLUMNS = (
     "cleared_rows",
     "deferred_reason",
     "deferred_since",
-    "problem",  # why the target is not served (NULL when it is)
+    "problem",  # what stops the target's progress, in words (NULL when nothing does)
     "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
     "estimated",  # total, embedded and cleared rows and chunks are estimates (large tables)
     "backfill_rows",  # rows a running backfill has still to queue (NULL: none runs)
@@ -45,6 +45,7 @@ COLUMNS = (
     "change_total_rows",
     "change_rows_per_second",
     "change_eta_seconds",
+    "stopped",  # what stops it: [{state, reason, fix, since}] (sql/52_stopped.sql); NULL: nothing
 )
 VIEWS = {False: "status", True: "status_exact"}
 ESTIMATE_NOTE = (
@@ -71,9 +72,30 @@ def fetch(conn: db.Connection, *, exact: bool = False) -> list[dict[str, Any]]:
         )
         rows = [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]
     _add_retrying(conn, rows)
+    _add_verification(conn, rows)
     for row in rows:
         row["eta_seconds"] = eta_seconds(row)
     return rows
+
+
+VERIFICATION = ("verified_rows", "last_verified", "verify_pass_rows", "verify_pass_started")
+
+
+def _add_verification(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
+    """Each row's verification by `sweep(verify => true)` (sql/64_verify.sql): the rows of the
+    last complete pass and when it finished, the rows of the pass in progress and when it
+    started (None: never verified). Left None where the view cannot be read."""
+    for row in rows:
+        row.update(dict.fromkeys(VERIFICATION))
+    try:
+        with db.translated(), conn.transaction():
+            found = conn.execute(queries.compose("verification")).fetchall()
+    except (psycopg.Error, exceptions.EmbedWorkerError):
+        return
+    by_id = {r[1]: r[2:] for r in found}
+    for row in rows:
+        if row["target_id"] in by_id:
+            row.update(zip(VERIFICATION, by_id[row["target_id"]], strict=True))
 
 
 def eta_seconds(row: dict[str, Any]) -> float | None:
@@ -169,6 +191,8 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
         pending = r["pending_jobs"]
         estimated = bool(r["estimated"])
         progress = bar(progress_done(r, wanted), wanted) if pending else "done" if wanted else "-"
+        if r.get("stopped"):
+            progress = "stopped"  # never "done" while something stops it (see its notes)
         if r["deferred_reason"]:
             eta = "waiting (deferred)"
         elif pending and r.get("retrying_rows", 0) >= pending:
@@ -242,9 +266,12 @@ def notes(r: dict[str, Any]) -> list[str]:
             f" {output.age(eta) if eta is not None else 'no rate yet'}"
             f" ({r['model']} serves searches until the swap)"
         )
-    if r.get("problem"):
+    stops = r.get("stopped") or []
+    for stop in stops:
         lines.append("")
-        lines.append(f"{r['target']}: not served: {r['problem']}")
+        lines.append(f"{r['target']}: stopped ({stop['state']}) since {_since(stop['since'])}:")
+        lines.append(f"  {stop['reason']}")
+        lines.append(f"  fix: {stop['fix']}")
     if r.get("retrying_rows"):
         lines.append("")
         lines.append(
@@ -252,8 +279,8 @@ def notes(r: dict[str, Any]) -> list[str]:
             f" ({r['retry_attempts']} attempt(s) so far; after EMBED_MAX_ATTEMPTS a row goes to"
             f" `embed-worker failures`): {' | '.join(str(r['retry_error']).splitlines())}"
         )
-    if r["deferred_reason"]:
-        since = r["deferred_since"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+    if r["deferred_reason"] and not any(s["state"] == "deferred" for s in stops):
+        since = _since(r["deferred_since"])
         lines.append("")
         lines.append(f"{r['target']}: {r['pending_jobs']:,} job(s) wait since {since}:")
         lines.append(f"  {r['deferred_reason']}")
@@ -264,6 +291,9 @@ def notes(r: dict[str, Any]) -> list[str]:
             f"{r['backfill_rows']:,} existing row(s) still to queue"
             " (counted as pending; queued whenever the worker's reads run short)"
         )
+    if r.get("last_verified") or r.get("verify_pass_started"):
+        lines.append("")
+        lines.append(f"{r['target']}: {verification(r)}")
     if r["index_deferred"]:
         lines.append("")
         lines.append(
@@ -271,6 +301,28 @@ def notes(r: dict[str, Any]) -> list[str]:
             " search scans exactly meanwhile"
         )
     return lines
+
+
+def _since(value: datetime | str | None) -> str:
+    """A timestamp as status shows it (UTC); JSON from the database carries ISO text."""
+    if value is None:
+        return "?"
+    when = datetime.fromisoformat(value) if isinstance(value, str) else value
+    return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def verification(r: dict[str, Any]) -> str:
+    """What the verifying sweep (`sweep(verify => true)`) says of the target's vectors."""
+    said = []
+    if r.get("last_verified"):
+        at = r["last_verified"].astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+        said.append(
+            f"{r['verified_rows']:,} row(s) verified against their content by the pass"
+            f" finished {at}"
+        )
+    if r.get("verify_pass_started"):
+        said.append(f"{r['verify_pass_rows']:,} row(s) verified so far by the pass in progress")
+    return "; ".join(said)
 
 
 def show(conn: db.Connection, *, as_json: bool, exact: bool = False) -> None:

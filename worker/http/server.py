@@ -2,7 +2,8 @@
 
   GET  /healthz             the process is alive and its pipeline threads are running
   GET  /readyz              the database answers and the default model is loaded (200
-                            "ready", or 200 "degraded" naming the targets it cannot serve)
+                            "ready", or 200 "degraded" naming the targets it cannot serve
+                            and those whose progress stopped, sql/52_stopped.sql)
   GET  /metrics             Prometheus text
   POST /embed               {"input": "text"} -> {"embedding": [...]} (Supabase's quickstart
                             shape); "input" may also be a list -> {"embeddings": [[...], ...]};
@@ -162,9 +163,15 @@ class Handler(protocol.JSONRequestHandler):
             )
             return
         # Serving, but some targets' jobs wait: ready (the process works), and says which.
+        # deferred_targets: as this worker sees them; stopped_targets: what stops each target's
+        # progress as the database says (sql/52_stopped.sql), as status and doctor show it.
         unservable = self.server.readiness.unservable_targets()
-        if unservable:
-            self._json(HTTPStatus.OK, {"status": "degraded", "deferred_targets": unservable})
+        stopped = self.server.readiness.worker.stopped.current()
+        if unservable or stopped:
+            self._json(
+                HTTPStatus.OK,
+                {"status": "degraded", "deferred_targets": unservable, "stopped_targets": stopped},
+            )
         else:
             self._json(HTTPStatus.OK, {"status": "ready"})
 

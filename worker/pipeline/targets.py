@@ -102,7 +102,15 @@ class Target:
     # --- SQL -------------------------------------------------------------------------------
     # The functions generated for each target (sql/32_access.sql) through which the worker reads
     # and writes its table, as the table's owner.
-    FUNCTIONS = ("load", "store", "blank", "forget", "reusable", "chunks")
+    FUNCTIONS = (
+        "load",
+        "store",
+        "blank",
+        "forget",
+        "reusable",
+        "chunks",
+        "clear_failing",
+    )
 
     def sql_names(self, *, shadow: bool = False) -> dict[str, sql.Composable]:
         """The target's functions (`shadow`: those writing the shadow column of the model change

@@ -23,7 +23,7 @@ import psycopg
 
 from worker import db, metrics, queries
 from worker.config import Settings
-from worker.pipeline import deferrals, faults, provenance, stores
+from worker.pipeline import deferrals, faults, fingerprints, provenance, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Fate, Row, RowState
 from worker.pipeline.targets import Target
@@ -167,6 +167,7 @@ def _write_target(
     store = stores.of(target)
     embedded = [r for r in rows if r.state is RowState.EMBEDDED]
     blank = [r for r in rows if r.state is RowState.BLANK]
+    fingerprints.clear_failing(conn, target, [r for r in rows if r.state is RowState.FAILED])
     # What rows gone (deleted since queued) left in a side or chunk table goes too.
     gone = [r for r in rows if r.state is RowState.GONE] if store.follows_deletes else []
     if not embedded and not blank and not gone:
@@ -177,6 +178,7 @@ def _write_target(
             if gone:
                 store.forget(conn, target, gone)
         outcome.record({(target.id, key): state for key, state in stored.items()})
+        fingerprints.record_written(conn, target, embedded, stored)
     except psycopg.Error as exc:
         if db.is_connection_error(exc):
             raise
@@ -199,6 +201,7 @@ def _write_target(
                     else:
                         store.forget(conn, target, [row])
                 outcome.record({(target.id, key): state for key, state in stored.items()})
+                fingerprints.record_written(conn, target, embedded, stored)
             except psycopg.Error as row_exc:
                 if db.is_connection_error(row_exc):
                     raise

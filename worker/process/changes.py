@@ -5,11 +5,15 @@ target's column (searchable now) and the new model's in the shadow column. Jobs 
 itself ("shadow": only the new vector is missing) embed with the new model only. When every row
 has its new vector, embeddings.complete_changes() swaps the columns in one short transaction;
 the worker calls it from its keeper (at most every CHECK_SECONDS) and when `run --once` drains.
+A swap that finds its table held (a long transaction) backs off: each call asks for the lock in
+short attempts only (sql/41_locks.sql), and the next call comes after a growing, jittered pause,
+so the application's statements never queue behind the swap for long.
 """
 
 from __future__ import annotations
 
 import logging
+import random
 import time
 from collections.abc import Callable
 from typing import Any
@@ -23,6 +27,7 @@ from worker.pipeline.targets import Target, TargetRegistry
 logger = logging.getLogger(__name__)
 
 CHECK_SECONDS = 2.0
+BUSY_BACKOFF_MAX_SECONDS = 30.0  # the longest pause after swaps that found the table held
 
 Embed = Callable[[Any, list[Row], str], int]  # (model, rows, Row attribute) -> tokens
 
@@ -102,19 +107,21 @@ class Completer:
     """Calls embeddings.complete_changes() when some target is being changed."""
 
     def __init__(self) -> None:
-        self._checked = float("-inf")
+        self._next = float("-inf")
+        self._busy = 0  # calls in a row that found a table held
 
     def run(self, conn: db.Connection, registry: TargetRegistry, *, force: bool) -> bool:
-        """Completes the changes that are complete (at most every CHECK_SECONDS unless
-        `force`). True when one completed or re-queued rows (there is work again)."""
+        """Completes the changes that are complete (at most every CHECK_SECONDS, less often
+        while a table is held, unless `force`). True when one completed or re-queued rows
+        (there is work again)."""
         if not any(t.in_change for t in registry.snapshot().values()):
             return False
         now = time.monotonic()
-        if not force and now - self._checked < CHECK_SECONDS:
+        if not force and now < self._next:
             return False
-        self._checked = now
         with db.translated():
             results = conn.execute(queries.compose("complete_changes")).fetchall()
+        self._next = now + self._pause(any(r.startswith("table busy") for _, r in results))
         progressed = False
         for target_id, result in results:
             if result == "done":
@@ -126,4 +133,21 @@ class Completer:
                 progressed = True
             elif result.startswith("could not complete"):
                 logger.warning("model change of target %d: %s", target_id, result)
+            elif result.startswith("table busy") and self._busy in (1, 5, 20):
+                logger.warning(
+                    "model change of target %d: the swap waits for its table lock (%d attempts):"
+                    " a long transaction holds the table (embed-worker status names it)",
+                    target_id,
+                    self._busy,
+                )
         return progressed
+
+    def _pause(self, busy: bool) -> float:
+        """Seconds until the next call: CHECK_SECONDS, or after calls that found a table held,
+        doubling up to BUSY_BACKOFF_MAX_SECONDS, jittered by +-50% (workers do not retry in
+        step)."""
+        self._busy = self._busy + 1 if busy else 0
+        if not self._busy:
+            return CHECK_SECONDS
+        base = min(CHECK_SECONDS * 2 ** (self._busy - 1), BUSY_BACKOFF_MAX_SECONDS)
+        return float(base * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not secrecy

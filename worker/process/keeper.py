@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 
 from worker import db, exceptions
 from worker.process.progress import ProgressLine
+from worker.process.stopped import REFRESH_SECONDS
 
 if TYPE_CHECKING:
     from worker.process.runner import Worker
@@ -22,6 +23,7 @@ def keep(worker: Worker) -> None:
     session = db.Session(worker.dsn, "keeper", worker.finished)
     renew_every = worker.settings.vt_seconds / 3
     last_renew = last_gauges = time.monotonic()
+    last_stopped = float("-inf")
     progress = ProgressLine(worker) if worker.progress and worker.once else None
     try:
         while not worker.finished.wait(0.5 if progress else 1.0):
@@ -37,6 +39,9 @@ def keep(worker: Worker) -> None:
                     last_renew = now
                 if worker.settings.pull and not worker.once:
                     worker.changes.run(conn, worker.registry, force=False)
+                if now - last_stopped >= REFRESH_SECONDS:
+                    last_stopped = now
+                    worker.stopped.refresh(conn)
                 if now - last_gauges >= 5 or progress:
                     worker.lanes.gauges(conn)
                     last_gauges = now

@@ -40,6 +40,7 @@ from worker.pipeline.targets import TargetRegistry
 from worker.process import keeper, startup, systemd
 from worker.process.backfill import Backfiller, IndexBuilder
 from worker.process.changes import Completer
+from worker.process.stopped import StoppedTargets
 from worker.process.wakeups import Waiter
 
 logger = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Worker:
         self.indexer = IndexBuilder(self.dsn, settings.queue)
         self.registry = TargetRegistry()
         self.changes = Completer()  # completes model changes (worker/process/changes.py)
+        self.stopped = StoppedTargets(settings.queue)  # for /readyz and the metric
         self.embedders = embedders or LoadedModels(
             variant=settings.model_variant,
             threads=settings.threads,

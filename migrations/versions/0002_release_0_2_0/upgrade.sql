@@ -174,6 +174,12 @@ SELECT set_config('embeddings.following', 'off', true);
 -- would NOTIFY them; 0.2.0's workers look for jobs instead (sql/20_queue.sql: wait_for_jobs).
 DROP TABLE IF EXISTS embeddings.idle_workers;
 
+-- embeddings.model_changes (new in 0.2.0; present at some unreleased revisions): the swap
+-- waiting for its table lock (44_changes.sql).
+ALTER TABLE IF EXISTS embeddings.model_changes
+    ADD COLUMN IF NOT EXISTS swap_attempts integer NOT NULL DEFAULT 0,
+    ADD COLUMN IF NOT EXISTS swap_waiting_since timestamptz,
+    ADD COLUMN IF NOT EXISTS swap_holders text;
 -- embeddings.worker_roles: roles by oid too, so that a renamed worker role keeps being granted
 -- what tables watched later need (sql/80_roles.sql).
 ALTER TABLE embeddings.worker_roles ADD COLUMN IF NOT EXISTS role_id oid;

@@ -1,0 +1,202 @@
+"""Every state that stops a target's progress shows, consistently, where operators look
+(issue 25 §5): `embed-worker status` (the table and --json's `problem` and `stopped`),
+`embed-worker doctor` (counted, with the fix), the worker's /readyz and its
+embed_worker_target_stopped metric, all read from embeddings.stopped (sql/52_stopped.sql).
+Each state is made for real, with a real worker process running as a least-privilege role."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.jobs import JOBS
+from tests.support.models import MINILM
+from tests.support.process import WorkerProcess, wait_for
+
+Conn = psycopg.Connection[Any]
+TARGET = "public.docs.embedding"
+
+
+def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *args],
+        env={**os.environ, "DATABASE_URL": dsn},
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def make_docs(conn: Conn, rows: int = 5, model: str = MINILM) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute(
+        "INSERT INTO docs SELECT g, 'document ' || g FROM generate_series(1, %s) g", (rows,)
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (model,))
+
+
+def drained(conn: Conn) -> bool:
+    row = conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone()
+    missing = conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone()
+    return row == (0,) and missing == (0,)
+
+
+def metric(worker: WorkerProcess, state: str) -> float | None:
+    text = worker.get("/metrics")[1].decode()
+    for line in text.splitlines():
+        labels = (f'state="{state}"', f'target="{TARGET}"')
+        if line.startswith("embed_worker_target_stopped{") and all(x in line for x in labels):
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+def readyz(worker: WorkerProcess) -> dict[str, Any]:
+    code, body = worker.get("/readyz")
+    assert code == 200, body
+    result: dict[str, Any] = json.loads(body)
+    return result
+
+
+def assert_stopped(dsn: str, worker: WorkerProcess, state: str, reason: str) -> None:
+    """`state` (its reason containing `reason`) shows in all four places."""
+    # /readyz and the metric: refreshed by the worker's keeper every few seconds.
+    wait_for(lambda: metric(worker, state) == 1.0, timeout=30, what=f"the {state} metric")
+    ready = readyz(worker)
+    assert ready["status"] == "degraded", ready
+    (stop,) = [s for s in ready["stopped_targets"][TARGET] if s["state"] == state]
+    assert reason in stop["reason"] and stop["fix"], stop
+
+    (row,) = json.loads(cli(dsn, "status", "--json").stdout)
+    assert reason in row["problem"], row
+    (listed,) = [s for s in row["stopped"] if s["state"] == state]
+    # (the reason may have moved on meanwhile: a swap's attempts are counted in it)
+    assert reason in listed["reason"] and listed["fix"] == stop["fix"]
+
+    text = cli(dsn, "status").stdout
+    line = next(x for x in text.splitlines() if x.startswith(TARGET))
+    assert " stopped " in f"{line} " and " done " not in f"{line} ", text
+    assert f"{TARGET}: stopped ({state}) since" in text and f"  fix: {stop['fix']}" in text
+
+    doctor = cli(dsn, "doctor")
+    assert doctor.returncode == 1, doctor.stdout
+    assert f"FAIL  target {TARGET}: stopped ({state}): " in doctor.stdout
+    assert f"      fix: {stop['fix']}" in doctor.stdout
+    failed = sum(x.startswith("FAIL") for x in doctor.stdout.splitlines())
+    assert f"\n{failed} problem(s)," in doctor.stdout
+
+
+def assert_cleared(dsn: str, worker: WorkerProcess, state: str) -> None:
+    wait_for(lambda: metric(worker, state) == 0.0, timeout=60, what=f"the {state} metric to clear")
+    assert TARGET not in readyz(worker).get("stopped_targets", {})
+    (row,) = json.loads(cli(dsn, "status", "--json").stdout)
+    assert row["problem"] is None and row["stopped"] is None, row
+    assert "stopped (" not in cli(dsn, "doctor").stdout
+
+
+@pytest.fixture
+def worker(start_worker: Callable[..., WorkerProcess]) -> Iterator[Callable[[], WorkerProcess]]:
+    def start() -> WorkerProcess:
+        process = start_worker(EMBED_POLL_SECONDS=0.5)
+        wait_for(lambda: worker_up(process), timeout=60, what="the worker's HTTP server")
+        return process
+
+    yield start
+
+
+def worker_up(process: WorkerProcess) -> bool:
+    if process.proc.poll() is not None:
+        raise RuntimeError(f"worker exited early:\n{process.log_text()}")
+    try:
+        return process.get("/healthz")[0] == 200
+    except OSError:
+        return False
+
+
+@pytest.mark.parametrize("event_triggers", [True, False])
+def test_a_dropped_content_column(
+    conn: Conn, dsn: str, worker: Callable[[], WorkerProcess], event_triggers: bool
+) -> None:
+    make_docs(conn)
+    running = worker()
+    wait_for(lambda: drained(conn), timeout=60, what="the rows embedded")
+    if not event_triggers:  # as installed by a role that is not a superuser
+        conn.execute("ALTER EVENT TRIGGER embeddings_follow_schema_changes DISABLE")
+        conn.execute("ALTER EVENT TRIGGER embeddings_forget_dropped DISABLE")
+
+    conn.execute("ALTER TABLE docs DROP COLUMN body")
+
+    assert_stopped(dsn, running, "problem", "content column body was dropped")
+    conn.execute("ALTER TABLE docs ADD COLUMN body text")
+    conn.execute("UPDATE docs SET body = 'back again ' || id")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
+    assert_cleared(dsn, running, "problem")
+
+
+def test_jobs_deferred_because_the_model_cannot_be_loaded(
+    conn: Conn, dsn: str, worker: Callable[[], WorkerProcess]
+) -> None:
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 384, 512, 'mean')"
+    )
+    make_docs(conn, model="absent-model")
+    running = worker()
+
+    assert_stopped(dsn, running, "deferred", "absent-model")
+    # A model it can load: a change, which the worker completes (the old model never loads).
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
+    wait_for(
+        lambda: (
+            drained(conn)
+            and conn.execute("SELECT model FROM embeddings.targets").fetchone() == (MINILM,)
+        ),
+        timeout=120,
+        what="the change to the loadable model",
+    )
+    assert_cleared(dsn, running, "deferred")
+
+
+def test_a_swap_waiting_behind_a_long_transaction(
+    conn: Conn, dsn: str, worker: Callable[[], WorkerProcess]
+) -> None:
+    conn.execute(f"ALTER DATABASE {conn.info.dbname} SET embeddings.swap_wait_alarm = '0'")
+    make_docs(conn)
+    running = worker()
+    wait_for(lambda: drained(conn), timeout=60, what="the rows embedded")
+    conn.execute("SELECT embeddings.rewatch('docs')")  # re-embed blue/green, same model
+    with psycopg.connect(dsn) as reader:
+        reader.execute("SELECT count(*) FROM docs")  # and stays open
+
+        assert_stopped(dsn, running, "swap_waiting", f"pid {reader.info.backend_pid}")
+        reader.rollback()
+    wait_for(
+        lambda: conn.execute("SELECT count(*) FROM embeddings.model_changes").fetchone() == (0,),
+        timeout=90,
+        what="the swap",
+    )
+    assert_cleared(dsn, running, "swap_waiting")
+
+
+def test_a_stalled_backfill(conn: Conn, dsn: str, worker: Callable[[], WorkerProcess]) -> None:
+    conn.execute(f"ALTER DATABASE {conn.info.dbname} SET embeddings.backfill_stall_alarm = '0'")
+    make_docs(conn, rows=2500)  # watch() queues a first step of 1,000; a backfill goes on
+    with psycopg.connect(dsn) as stepper:
+        # Held, as by a stepper that hangs: no worker can take it (SKIP LOCKED).
+        stepper.execute("SELECT FROM embeddings.backfills FOR UPDATE")
+        running = worker()
+
+        assert_stopped(dsn, running, "backfill_stalled", "its backfill has queued no rows")
+        stepper.rollback()
+    wait_for(
+        lambda: conn.execute("SELECT count(*) FROM embeddings.backfills").fetchone() == (0,),
+        timeout=120,
+        what="the backfill to end",
+    )
+    assert_cleared(dsn, running, "backfill_stalled")

@@ -1,0 +1,296 @@
+"""embeddings.sweep(verify => true) (issue 25 §1): each stored vector has a fingerprint of the
+content and definition it was made from, so writes our triggers never saw cannot leave a stale
+vector: the verifying sweep finds each one and a worker repairs it."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support.jobs import clear_queue, queued_keys
+from worker.process.runner import Worker
+
+Conn = psycopg.Connection[Any]
+RunOnce = Callable[..., Worker]
+
+
+def verify(conn: Conn, max_rows: int = 1000) -> int:
+    row = conn.execute(
+        "SELECT embeddings.sweep(max_rows => %s, verify => true)", (max_rows,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def watched_docs(conn: Conn, minilm: str, run_once: RunOnce, *, partitioned: bool = False) -> int:
+    if partitioned:
+        conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text) PARTITION BY RANGE (id)")
+        conn.execute("CREATE TABLE docs_low PARTITION OF docs FOR VALUES FROM (0) TO (100)")
+        conn.execute("CREATE TABLE docs_high PARTITION OF docs FOR VALUES FROM (100) TO (200)")
+        conn.execute(
+            "INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta'), (101, 'gamma'), (102, 'delta')"
+        )
+    else:
+        conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+        conn.execute(
+            "INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma'), (4, 'delta')"
+        )
+    row = conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,)).fetchone()
+    assert row is not None
+    run_once()
+    assert verify(conn) == 0  # every vector is that of its content
+    return int(row[0])
+
+
+def assert_current(conn: Conn, run_once: RunOnce, target: int, keys: list[int]) -> None:
+    """The verifying sweep queued exactly `keys`; once a worker ran, every row holds the vector
+    of its current content (a row of the same text, embedded afresh, has the same vector)."""
+    assert sorted(queued_keys(conn, target)) == keys
+    run_once()
+    assert verify(conn) == 0
+    conn.execute("CREATE TABLE fresh (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO fresh SELECT id, body FROM docs")
+    model = conn.execute("SELECT model FROM embeddings.targets WHERE id = %s", (target,)).fetchone()
+    assert model is not None
+    conn.execute("SELECT embeddings.watch('fresh', 'body', model => %s)", (model[0],))
+    run_once()
+    differing = conn.execute(
+        "SELECT d.id FROM docs d JOIN fresh f USING (id)"
+        " WHERE (d.embedding <=> f.embedding) > 0.001 OR d.embedding IS NULL"
+    ).fetchall()
+    assert differing == []
+
+
+def test_an_update_under_replica_role_is_found(conn: Conn, minilm: str, run_once: RunOnce) -> None:
+    target = watched_docs(conn, minilm, run_once)
+    conn.execute("SET session_replication_role = replica")
+    conn.execute("UPDATE docs SET body = 'written as a replica' WHERE id = 2")
+    conn.execute("RESET session_replication_role")
+    assert queued_keys(conn, target) == []  # the triggers did not see it
+    assert conn.execute("SELECT embeddings.sweep()").fetchone() == (0,)  # nor does sweep()
+    assert verify(conn) == 1
+    assert_current(conn, run_once, target, [2])
+
+
+def test_a_disable_trigger_window_is_found(conn: Conn, minilm: str, run_once: RunOnce) -> None:
+    target = watched_docs(conn, minilm, run_once)
+    conn.execute("ALTER TABLE docs DISABLE TRIGGER USER")
+    conn.execute("UPDATE docs SET body = body || ' (edited)' WHERE id IN (1, 3)")
+    conn.execute("ALTER TABLE docs ENABLE TRIGGER USER")
+    assert queued_keys(conn, target) == []
+    assert verify(conn) == 2
+    assert_current(conn, run_once, target, [1, 3])
+
+
+def test_a_partition_detached_edited_and_attached_is_found(
+    conn: Conn, minilm: str, run_once: RunOnce
+) -> None:
+    target = watched_docs(conn, minilm, run_once, partitioned=True)
+    conn.execute("ALTER TABLE docs DETACH PARTITION docs_high")
+    conn.execute("UPDATE docs_high SET body = 'edited while detached' WHERE id = 102")
+    conn.execute("ALTER TABLE docs ATTACH PARTITION docs_high FOR VALUES FROM (100) TO (200)")
+    clear_queue(conn)  # whatever the attach queued, the sweep alone must find the edited row
+    assert verify(conn) == 1
+    assert_current(conn, run_once, target, [102])
+
+
+def test_a_restore_with_triggers_off_is_found(conn: Conn, minilm: str, run_once: RunOnce) -> None:
+    """A data-only restore (pg_restore --disable-triggers) of a dump taken while an edit's job
+    was still queued: the rows come back with the edit, their vectors with the content before
+    it, and no job."""
+    target = watched_docs(conn, minilm, run_once)
+    with conn.cursor().copy("COPY (SELECT id, body, embedding FROM docs) TO STDOUT") as copy:
+        dump = b"".join(bytes(chunk) for chunk in copy)
+    dump = dump.replace(b"\tbeta\t", b"\tbeta, edited before the dump\t")
+    conn.execute("ALTER TABLE docs DISABLE TRIGGER ALL")
+    conn.execute("DELETE FROM docs")
+    with conn.cursor().copy("COPY docs (id, body, embedding) FROM STDIN") as copy:
+        copy.write(dump)
+    conn.execute("ALTER TABLE docs ENABLE TRIGGER ALL")
+    clear_queue(conn)
+    assert verify(conn) == 1
+    assert_current(conn, run_once, target, [2])
+
+
+def test_a_re_registration_whose_content_function_raises_leaves_no_old_vector(
+    conn: Conn, minilm: str, run_once: RunOnce
+) -> None:
+    target = watched_docs(conn, minilm, run_once)
+    conn.execute(
+        "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE plpgsql STABLE AS $$"
+        " BEGIN IF d.id = 2 THEN RAISE EXCEPTION 'no text for %', d.id; END IF;"
+        " RETURN 'title: ' || d.body; END $$"
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'doc_text', model => %s)", (minilm,))
+    # Whatever watch() queued, the old definition's vectors all fail verification.
+    clear_queue(conn)
+    assert verify(conn) == 4
+    for _ in range(4):  # retries until the row is dead-lettered (max_attempts 3)
+        run_once()
+    assert conn.execute("SELECT embedding IS NULL FROM docs WHERE id = 2").fetchone() == (True,)
+    failure = conn.execute(
+        "SELECT last_error FROM embeddings.failures WHERE target_id = %s AND row_key = '2'",
+        (target,),
+    ).fetchone()
+    assert failure is not None and "no text for 2" in failure[0]
+    assert verify(conn) == 0  # the failure waits for `failures --retry`, not for the sweep
+    rows = conn.execute("SELECT id FROM docs WHERE embedding IS NOT NULL ORDER BY id").fetchall()
+    assert rows == [(1,), (3,), (4,)]
+
+
+def test_verification_is_bounded_per_call_and_reported(
+    conn: Conn, minilm: str, run_once: RunOnce
+) -> None:
+    target = watched_docs(conn, minilm, run_once)
+    conn.execute("SET session_replication_role = replica")
+    conn.execute("UPDATE docs SET body = body || '!'")
+    conn.execute("RESET session_replication_role")
+    assert [verify(conn, max_rows=3), verify(conn, max_rows=3)] == [3, 1]
+    row = conn.execute(
+        "SELECT verified_rows, last_verified IS NOT NULL, queued_by_last_pass, pass_rows"
+        " FROM embeddings.verification WHERE target_id = %s",
+        (target,),
+    ).fetchone()
+    assert row == (4, True, 4, 0)
+    assert verify(conn, max_rows=3) == 0  # a new pass: all four are pending now
+
+
+@pytest.mark.parametrize("chunked", [True])
+def test_a_chunked_target_is_verified_too(
+    conn: Conn, minilm: str, run_once: RunOnce, chunked: bool
+) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta')")
+    row = conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 64)", (minilm,)
+    ).fetchone()
+    assert row is not None and chunked
+    target = int(row[0])
+    run_once()
+    assert verify(conn) == 0
+    conn.execute("ALTER TABLE docs DISABLE TRIGGER USER")
+    conn.execute("UPDATE docs SET body = 'beta, edited unseen' WHERE id = 2")
+    conn.execute("ALTER TABLE docs ENABLE TRIGGER USER")
+    assert verify(conn) == 1
+    assert queued_keys(conn, target) == [2]
+    run_once()
+    assert verify(conn) == 0
+    chunk = conn.execute("SELECT chunk FROM docs_chunks WHERE id = 2").fetchone()
+    assert chunk is not None and "edited unseen" in chunk[0]
+
+
+def test_the_cli_sweeps_with_verification_and_status_reports_it(
+    conn: Conn, dsn: str, minilm: str, run_once: RunOnce
+) -> None:
+    target = watched_docs(conn, minilm, run_once)
+    conn.execute("SET session_replication_role = replica")
+    conn.execute("UPDATE docs SET body = 'unseen' WHERE id = 4")
+    conn.execute("RESET session_replication_role")
+    env = {**os.environ, "DATABASE_URL": dsn}
+    found = subprocess.run(
+        [sys.executable, "-m", "worker", "sweep", "--verify", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    result = json.loads(found.stdout)
+    assert result["queued"] == 1
+    assert [v["verified_rows"] for v in result["verification"]] == [4]
+    assert queued_keys(conn, target) == [4]
+    shown = subprocess.run(
+        [sys.executable, "-m", "worker", "status", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    (status,) = json.loads(shown.stdout)
+    assert status["verified_rows"] == 4 and status["last_verified"] is not None
+    table = subprocess.run(
+        [sys.executable, "-m", "worker", "status"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    assert "4 row(s) verified against their content by the pass finished" in table.stdout
+
+
+def test_vectors_from_before_fingerprints_are_queued_unless_adopted(
+    conn: Conn, minilm: str, run_once: RunOnce
+) -> None:
+    target = watched_docs(conn, minilm, run_once)
+    conn.execute("DELETE FROM embeddings.fingerprints")  # as after an upgrade from 0.1
+    assert verify(conn) == 4  # nothing says what they were made from: embedded again
+    clear_queue(conn)
+    assert conn.execute("SELECT embeddings.adopt_fingerprints('docs')").fetchone() == (4,)
+    assert verify(conn) == 0
+    assert queued_keys(conn, target) == []
+
+
+def test_a_model_change_leaves_every_vector_verified(
+    conn: Conn, run_once: RunOnce, tiny_models: tuple[str, str]
+) -> None:
+    """The shadow column's vectors get fingerprints of the new model as they are written; after
+    the swap they are the target's, with no rewrite of the fingerprints."""
+    first, second = tiny_models
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g, 'document ' || g FROM generate_series(1, 6) g")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (first,))
+    run_once(model=first)
+    assert verify(conn) == 0
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
+    assert verify(conn) == 0  # the old model's vectors serve, and are current, until the swap
+    run_once(model=first)
+    conn.execute("SELECT * FROM embeddings.complete_changes()")
+    row = conn.execute("SELECT model FROM embeddings.targets").fetchone()
+    assert row == (second,)
+    assert verify(conn) == 0
+    conn.execute("UPDATE docs SET body = 'edited' WHERE id = 3")  # seen by the triggers
+    clear_queue(conn)  # and its job lost: the vector was cleared, the sweep queues it
+    assert verify(conn) == 1
+
+
+def test_a_side_table_target_is_verified_too(conn: Conn, minilm: str, run_once: RunOnce) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma')")
+    row = conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, store => 'side')", (minilm,)
+    ).fetchone()
+    assert row is not None
+    target = int(row[0])
+    run_once()
+    assert verify(conn) == 0
+    before = conn.execute("SELECT embedding::text FROM docs_embeddings WHERE id = 2").fetchone()
+    conn.execute("ALTER TABLE docs DISABLE TRIGGER USER")
+    conn.execute("UPDATE docs SET body = 'beta, edited unseen' WHERE id = 2")
+    conn.execute("ALTER TABLE docs ENABLE TRIGGER USER")
+    assert verify(conn) == 1
+    assert queued_keys(conn, target) == [2]
+    run_once()
+    assert verify(conn) == 0
+    after = conn.execute("SELECT embedding::text FROM docs_embeddings WHERE id = 2").fetchone()
+    assert after is not None and after != before
+    # A re-registration whose content function raises for a row: its side row goes.
+    conn.execute(
+        "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE plpgsql STABLE AS $$"
+        " BEGIN IF d.id = 3 THEN RAISE EXCEPTION 'no text'; END IF; RETURN d.body; END $$"
+    )
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'doc_text', model => %s, store => 'side')", (minilm,)
+    )
+    clear_queue(conn)
+    assert verify(conn) == 3
+    run_once()
+    assert conn.execute("SELECT id FROM docs_embeddings ORDER BY id").fetchall() == [(1,), (2,)]
