@@ -13,6 +13,9 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only status [--scale-rows N]    status and /metrics at 10M (bench/status.py)
     python -m bench --only bigwatch [--scale-rows N]  watch() on 1M and 10M rows (bench/bigwatch.py)
     python -m bench --only verify [--scale-rows N]    the verifying sweep at 1M (bench/verify.py)
+    python -m bench --only documents [--document-mb MB] [--model M]
+                                                      live rows during a 10 MB document
+                                                      (bench/documents.py)
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from bench import (
     bigwatch,
     chunks,
     corpus,
+    documents,
     endtoend,
     hnsw,
     idle,
@@ -87,6 +91,7 @@ SCALE_SECTIONS = (
     "status",
     "bigwatch",
     "verify",
+    "documents",
     "retrieval",
 )  # never by default
 
@@ -122,6 +127,14 @@ def main() -> int:
         default=[],
         metavar="SCHEMA.FUNCTION",
         help="also evaluate this search function in the quality section (bench/quality/retrievers.py)",
+    )
+    parser.add_argument(
+        "--document-mb", type=float, default=10.0, help="the long document (documents section)"
+    )
+    parser.add_argument(
+        "--model",
+        default="all-MiniLM-L6-v2",
+        help="model of the documents section, a directory in shared/models with its ONNX file",
     )
     args = parser.parse_args()
     wanted = set(args.only.split(","))
@@ -322,6 +335,17 @@ def main() -> int:
                 SHARED_MODELS / "gte-small",
                 rows=5000 if args.quick else 20000,
                 samples=50 if args.quick else 100,
+            ),
+        )
+
+        section(
+            "documents",  # live rows while a long document is embedded in pieces, vs idle
+            lambda: documents.run(
+                fresh_db(cluster, template),
+                SHARED_MODELS / args.model,
+                mb=args.document_mb,
+                samples=20 if args.quick else 50,
+                one_batch_mb=min(args.document_mb, 1.0),
             ),
         )
 

@@ -1,8 +1,8 @@
 -- A least-privilege role for the worker. `SELECT embeddings.grant_worker('embed_worker');` gives
 -- an existing role exactly what `embed-worker run` needs, and watch() extends it to every table
 -- registered later:
---   * USAGE on the schemas embeddings and pgmq; the registry tables to read, dead letters and
---     throughput to write
+--   * USAGE on the schemas embeddings and pgmq; the registry tables to read, dead letters,
+--     throughput and long documents' progress to write
 --   * its queues' tables (leasing, acknowledging, retrying, archiving: pgmq's functions run
 --     with the caller's rights)
 --   * EXECUTE on the functions only worker roles may run (list below), and on every target's
@@ -98,6 +98,9 @@ BEGIN
     EXECUTE format('GRANT SELECT ON embeddings.targets, embeddings.models, embeddings.queues, embeddings.status, embeddings.status_exact TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, DELETE ON embeddings.failures TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON embeddings.throughput TO %I', role_name);
+    -- Long documents' progress, documents over the ceiling (55_chunks.sql).
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON embeddings.documents TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON embeddings.document_progress TO %I', role_name);
     EXECUTE format('GRANT SELECT ON pgmq.meta TO %I', role_name);
     -- It skips keys waiting in the inbox when it counts its queue (22_inbox.sql).
     EXECUTE format('GRANT SELECT ON embeddings.inbox TO %I', role_name);

@@ -83,6 +83,13 @@ class Settings:
     backoff_base_seconds: float = field(default=5.0, metadata={"env": "EMBED_BACKOFF_BASE_SECONDS"})
     backoff_max_seconds: float = field(default=900.0, metadata={"env": "EMBED_BACKOFF_MAX_SECONDS"})
     poll_seconds: float = field(default=5.0, metadata={"env": "EMBED_POLL_SECONDS"})
+    # Chunked targets: tokens of new chunks embedded per batch; a longer document is embedded
+    # and committed a piece of this size at a time (worker/pipeline/pieces.py).
+    piece_tokens: int = field(default=4096, metadata={"env": "EMBED_PIECE_TOKENS"})
+    # Chunked targets: a document longer than this (UTF-8 bytes) fails at once; 0: no ceiling.
+    max_document_bytes: int = field(
+        default=16_777_216, metadata={"env": "EMBED_MAX_DOCUMENT_BYTES"}
+    )
     # False: the worker leases nothing itself; jobs arrive by POST /functions/v1/embed only.
     pull: bool = field(default=True, metadata={"env": "EMBED_PULL"})
     # No longer needed, accepted and ignored: the worker never listens (worker/process/wakeups.py).
@@ -200,9 +207,19 @@ class Settings:
                 raise fail(name, f"expected {expected}, got {getattr(self, name)!r}")
         if not QUEUE_NAME.match(self.queue):
             raise fail("queue", f"{self.queue!r} is not a valid pgmq queue name")
-        for name in ("batch_size", "vt_seconds", "max_attempts", "http_max_connections", "threads"):
-            if getattr(self, name) is not None and getattr(self, name) < 1:
-                raise fail(name, "must be at least 1")
+        for name, lowest in (
+            ("batch_size", 1),
+            ("vt_seconds", 1),
+            ("max_attempts", 1),
+            ("http_max_connections", 1),
+            ("threads", 1),
+            ("piece_tokens", 1),
+            ("grace_seconds", 0),
+            ("max_document_bytes", 0),  # 0: no ceiling
+        ):
+            value = getattr(self, name)
+            if value is not None and value < lowest:
+                raise fail(name, "must be at least 1" if lowest else "must not be negative")
         if self.vt_seconds < 3:
             raise fail("vt_seconds", "must be at least 3 (leases are renewed every third of it)")
         for name in (
@@ -213,8 +230,6 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise fail(name, "must be positive")
-        if self.grace_seconds < 0:
-            raise fail("grace_seconds", "must not be negative")
         for name, lowest, hint in (
             ("http_port", 0, " (0 picks a free one)"),
             ("devdb_port", 1, ""),

@@ -52,8 +52,9 @@ ROW_OUTCOME_OF_STATE = {
 # States a row is in before its batch settles, or when its batch is redone (`outdated`: its
 # target was redefined meanwhile): never counted. Rows of a deferred target are not counted
 # either, whatever their state: their jobs go back to the queue untouched.
-# Chunked targets' rows past a batch's chunk budget ("postponed") go back to the queue too.
-UNSETTLED_STATES = frozenset({"pending", "ready", "embedded", "outdated", "postponed"})
+# Chunked targets' rows past a batch's chunk budget ("postponed") go back to the queue too, as
+# do long documents after each piece but the last ("piece").
+UNSETTLED_STATES = frozenset({"pending", "ready", "embedded", "outdated", "postponed", "piece"})
 
 # --- the metrics ------------------------------------------------------------------------------
 JOBS = Counter(

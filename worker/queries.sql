@@ -281,6 +281,61 @@ SELECT key, score, content, seq, distance, vector_rank, text_rank
 FROM embeddings.hybrid_search((SELECT t.source FROM embeddings.targets t WHERE t.id = %(target)s),
                               %(text)s, %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name);
 
+-- name: document_progress
+-- Long documents of a target in progress or over the ceiling (embeddings.documents): what a
+-- worker continues from, and what tells it whether its last piece committed.
+SELECT row_key, digest, state, chunks_done
+FROM embeddings.documents
+WHERE target_id = %(target_id)s AND row_key = ANY(%(keys)s::text[]) AND target_version = %(version)s;
+
+-- name: long_documents
+-- For `status` and `doctor`: every long document in progress or over the ceiling.
+SELECT target_id, row_key, state, chunks_done, chunks_estimated, bytes, ceiling_bytes, started_at, updated_at
+FROM embeddings.document_progress ORDER BY target_id, started_at;
+
+-- name: lock_document_progress
+-- Inside a piece's write transaction, after lock_documents: each document's committed progress.
+SELECT row_key, digest, chunks_done
+FROM embeddings.documents
+WHERE target_id = %(target_id)s AND row_key = ANY(%(keys)s::text[]) AND state = 'in_progress'
+  AND target_version = %(version)s
+FOR UPDATE;
+
+-- name: note_document_progress
+-- A piece's chunks were written (same transaction): its document's chunks 0 .. done - 1 are
+-- those of the content `digest`.
+INSERT INTO embeddings.documents AS d (target_id, row_key, digest, state, bytes, chunks_done, chunks_estimated,
+                                       target_version)
+SELECT %(target_id)s, n.key, n.digest, 'in_progress', n.bytes, n.done, n.estimated, %(version)s
+FROM unnest(%(keys)s::text[], %(digests)s::text[], %(bytes)s::bigint[], %(done)s::integer[],
+            %(estimated)s::integer[]) AS n(key, digest, bytes, done, estimated)
+ON CONFLICT (target_id, row_key) DO UPDATE
+SET digest = excluded.digest, state = excluded.state, bytes = excluded.bytes,
+    chunks_done = excluded.chunks_done, chunks_estimated = excluded.chunks_estimated,
+    ceiling_bytes = NULL, updated_at = now(), target_version = excluded.target_version,
+    started_at = CASE WHEN d.digest = excluded.digest AND d.state = 'in_progress' THEN d.started_at ELSE now() END;
+
+-- name: forget_documents
+-- Documents written whole (or by their last piece), cleared or gone: no progress, no ceiling.
+DELETE FROM embeddings.documents
+WHERE target_id = %(target_id)s AND row_key = ANY(%(keys)s::text[]);
+
+-- name: note_over_ceiling
+-- Documents whose content (`digests`) is over the worker's ceiling: their jobs fail at once.
+INSERT INTO embeddings.documents AS d (target_id, row_key, digest, state, bytes, ceiling_bytes, target_version)
+SELECT %(target_id)s, n.key, n.digest, 'over_ceiling', n.bytes, %(ceiling)s, %(version)s
+FROM unnest(%(keys)s::text[], %(digests)s::text[], %(bytes)s::bigint[]) AS n(key, digest, bytes)
+ON CONFLICT (target_id, row_key) DO UPDATE
+SET digest = excluded.digest, state = excluded.state, bytes = excluded.bytes, chunks_done = 0,
+    chunks_estimated = NULL, ceiling_bytes = excluded.ceiling_bytes, updated_at = now(),
+    target_version = excluded.target_version,
+    started_at = CASE WHEN d.state = 'over_ceiling' THEN d.started_at ELSE now() END;
+
+-- name: nearest
+-- The %(k)s rows (chunks, for a chunked target) nearest to %(query)s: the target's
+-- embeddings_<id>_nearest() (worker/search.py).
+SELECT key, seq, content, distance FROM {nearest}(%(query)s, %(k)s);
+
 -- name: backfill_next
 -- One step of a backfill of a target on %(queue)s that no other worker is stepping: queues the
 -- next %(max_keys)s rows' keys that need a job and advances its cursor (sql/62_backfill.sql).

@@ -311,18 +311,21 @@ def test_a_batch_over_the_chunk_budget_postpones_documents_without_an_attempt(
     dsn: str,
     embedders: LoadedModels,
 ) -> None:
-    monkeypatch.setattr("worker.pipeline.chunks.MAX_CHUNKS", 3)
+    monkeypatch.setattr("worker.pipeline.pieces.MAX_CHUNKS", 3)
     batch, queue = lease_and_load(settings, dsn, embedders)
     states = {key: row.state for (_, key), row in batch.rows.items()}
-    assert states["1"] is RowState.READY  # the first is always admitted
+    assert states["1"] is RowState.READY  # the first always gets a piece
+    first = batch.rows[(docs, "1")].chunks
+    assert first is not None and len(first.chunks) == 3 and not first.final
     assert states["2"] is RowState.POSTPONED
     finish(batch, queue, settings, dsn, embedders)
-    assert queued_keys(conn, docs) == [2, 3]
-    (message,) = messages(conn)
-    assert message["attempts"] == 0
+    assert batch.rows[(docs, "1")].state is RowState.PIECE
+    assert sorted(queued_keys(conn, docs)) == [1, 2, 3]
+    assert {m["attempts"] for m in messages(conn)} == {0}
     run_once()
     assert sorted({r[0] for r in chunks(conn)}) == [1, 2, 3]
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM embeddings.documents").fetchone() == (0,)
 
 
 def test_a_document_the_model_fails_on_fails_alone(

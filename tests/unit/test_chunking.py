@@ -215,3 +215,29 @@ def test_an_edit_leaves_most_chunks_unchanged(minilm: object) -> None:
         total += len(after)
         unchanged += sum(c.text in before for c in after)
     assert unchanged / total >= 0.8  # 0.83; always taking the last break: 0.73
+
+
+@settings(
+    max_examples=100, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(text=_texts, window=st.integers(8, 64))
+def test_lazy_tokenizing_gives_the_break_levels_of_the_whole_text(
+    minilm: object, text: str, window: int
+) -> None:
+    """Tokenized a window at a time (each window's levels computed with the token before it),
+    the levels are those computed over the whole text at once."""
+    from unittest import mock
+
+    with mock.patch.object(chunking, "WINDOW_CHARS", window):
+        spans = Splitter(minilm, 16, 4).spans(text)
+    whole = chunking.break_levels(text, spans.starts, spans.ends)
+    assert spans.levels.tolist() == whole.tolist()
+
+
+def test_a_stream_reads_the_text_only_as_far_as_its_chunks_need(minilm: object) -> None:
+    text = PROSE * 2000  # ~340 kB
+    stream = Splitter(minilm, 50, 8).stream(text)
+    first = [next(stream) for _ in range(3)]
+    assert first == Splitter(minilm, 50, 8).split(text)[:3]
+    assert stream.position == first[-1].end
+    assert 0 < stream.tokens < 20_000  # a window or two, not the ~80k tokens of the text

@@ -122,6 +122,21 @@ def _sweep_options(sweep: argparse.ArgumentParser) -> None:
     sweep.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
+def _long_document_options(run: argparse.ArgumentParser) -> None:
+    """Chunked targets' long documents (worker/pipeline/pieces.py)."""
+    run.add_argument(
+        "--piece-tokens",
+        type=int,
+        help="chunked targets: tokens embedded per piece of a long document [EMBED_PIECE_TOKENS]",
+    )
+    run.add_argument(
+        "--max-document-bytes",
+        type=int,
+        help="chunked targets: larger documents fail at once; 0: no ceiling "
+        "[EMBED_MAX_DOCUMENT_BYTES]",
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="embed-worker",
@@ -160,6 +175,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument(
         "--max-attempts", type=int, help="attempts before dead-lettering [EMBED_MAX_ATTEMPTS]"
     )
+    _long_document_options(run)
     run.add_argument(
         "--http-port",
         type=int,
@@ -286,6 +302,8 @@ def settings_from(args: argparse.Namespace) -> Settings:
         "batch_size",
         "vt_seconds",
         "max_attempts",
+        "piece_tokens",
+        "max_document_bytes",
         "http_port",
         "http_host",
         "pull",

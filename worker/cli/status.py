@@ -73,6 +73,7 @@ def fetch(conn: db.Connection, *, exact: bool = False) -> list[dict[str, Any]]:
         rows = [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]
     _add_retrying(conn, rows)
     _add_verification(conn, rows)
+    _add_documents(conn, rows)
     for row in rows:
         row["eta_seconds"] = eta_seconds(row)
     return rows
@@ -143,6 +144,39 @@ def _add_retrying(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
         row["retrying_rows"] = min(sum(k for k, _, _ in parts), row["pending_jobs"])
         row["retry_error"] = parts[-1][1]
         row["retry_attempts"] = max(a for _, _, a in parts)
+
+
+def _add_documents(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
+    """Chunked targets' long documents: `documents_in_progress` (each embedded a piece at a
+    time: key, chunks done and estimated, since when) and `documents_over_ceiling` (documents
+    the worker refuses, EMBED_MAX_DOCUMENT_BYTES), from embeddings.document_progress. Left
+    empty where it cannot be read (a role without the worker's grants)."""
+    for row in rows:
+        row.update(documents_in_progress=[], documents_over_ceiling=0)
+    by_id = {row["target_id"]: row for row in rows}
+    try:
+        with db.translated(), conn.transaction():  # a savepoint where one is open (doctor)
+            found = conn.execute(queries.compose("long_documents")).fetchall()
+    except (psycopg.Error, exceptions.EmbedWorkerError):
+        return
+    for target_id, key, state, done, estimated, size, ceiling, started, updated in found:
+        target = by_id.get(target_id)
+        if target is None:
+            continue
+        if state == "over_ceiling":
+            target["documents_over_ceiling"] += 1
+            target.setdefault("ceiling_bytes", ceiling)
+            continue
+        target["documents_in_progress"].append(
+            {
+                "key": key,
+                "chunks_done": done,
+                "chunks_estimated": estimated,
+                "bytes": size,
+                "started_at": started,
+                "updated_at": updated,
+            }
+        )
 
 
 def bar(done: int, total: int, *, width: int = BAR_WIDTH) -> str:
@@ -272,6 +306,21 @@ def notes(r: dict[str, Any]) -> list[str]:
         lines.append(f"{r['target']}: stopped ({stop['state']}) since {_since(stop['since'])}:")
         lines.append(f"  {stop['reason']}")
         lines.append(f"  fix: {stop['fix']}")
+    for doc in r.get("documents_in_progress") or []:
+        done, estimated = doc["chunks_done"], doc["chunks_estimated"] or doc["chunks_done"]
+        lines.append("")
+        lines.append(
+            f"{r['target']}: document {doc['key']} ({doc['bytes']:,} bytes) embedded in pieces:"
+            f" {bar(done, estimated)} {done:,}/~{estimated:,} chunks,"
+            f" started {output.age(_seconds_since(doc['started_at']))} ago"
+        )
+    if r.get("documents_over_ceiling"):
+        lines.append("")
+        lines.append(
+            f"{r['target']}: {r['documents_over_ceiling']:,} document(s) over the ceiling of"
+            f" {r.get('ceiling_bytes') or 0:,} bytes (EMBED_MAX_DOCUMENT_BYTES), not embedded:"
+            " raise it and `embed-worker failures --retry`, or shorten them"
+        )
     if r.get("retrying_rows"):
         lines.append("")
         lines.append(
@@ -309,6 +358,10 @@ def _since(value: datetime | str | None) -> str:
         return "?"
     when = datetime.fromisoformat(value) if isinstance(value, str) else value
     return when.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
+
+
+def _seconds_since(moment: datetime) -> float:
+    return max((datetime.now(UTC) - moment).total_seconds(), 0.0)
 
 
 def verification(r: dict[str, Any]) -> str:

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker import db, queries
 from worker.pipeline import jobs as jobqueue
-from worker.pipeline import stages, write
+from worker.pipeline import pieces, stages, write
 from worker.pipeline.batch import Batch
 from worker.pipeline.write import Settlement
 
@@ -129,9 +129,10 @@ def _process(worker: Worker, requested: list[tuple[int, dict[str, Any]]], lane: 
         taken = _within(jobs, MAX_ROWS)
         over = {job.msg_id for job in jobs[len(taken) :]}
         lane.leases.add(taken)  # the keeper renews them while we work
+        limits = pieces.Limits.of(worker.settings)  # long documents: a piece per batch
         try:
             for chunk in _batches(taken, worker.settings.batch_size):
-                batch = Batch(jobs=list(chunk), lane=lane.name)
+                batch = Batch(jobs=list(chunk), lane=lane.name, limits=limits)
                 stages.prepare(batch)
                 stages.load(conn, batch, worker.embedders)
                 stages.embed(worker.embedders, batch)

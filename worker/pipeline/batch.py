@@ -14,10 +14,11 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from worker.pipeline import jobs as jobqueue
+from worker.pipeline.pieces import Limits
 from worker.pipeline.targets import Target
 
 if TYPE_CHECKING:
-    from worker.pipeline.chunks import DocumentChunks
+    from worker.pipeline.pieces import DocumentChunks
 
 
 class RowState(enum.Enum):
@@ -34,6 +35,9 @@ class RowState(enum.Enum):
     # Chunked targets: past the batch's chunk budget; remote models: not embedded because their
     # provider could not (worker/pipeline/remote.py). Re-queued with no attempt counted.
     POSTPONED = "postponed"
+    # Chunked targets: a piece of a long document written (worker/pipeline/pieces.py); the
+    # rest is re-queued as a postponed row is.
+    PIECE = "piece"
 
 
 @dataclass(frozen=True)
@@ -64,10 +68,12 @@ class Row:
     fate: Fate | None = None  # a failed row, once its batch committed: retried or dead-lettered
     # A postponed row of a remote model: when its provider is worth asking again (seconds).
     retry_after: float | None = None
+    permanent: bool = False  # failed for good (a document over its ceiling): no retries
 
-    def fail(self, error: str) -> None:
+    def fail(self, error: str, *, permanent: bool = False) -> None:
         self.state = RowState.FAILED
         self.error = error
+        self.permanent = permanent
 
 
 @dataclass
@@ -93,6 +99,7 @@ class Batch:
     # deferred targets whose jobs come back after their own delay (a remote model's provider
     # said when: Retry-After, its circuit breaker), not after write.DEFER_SECONDS
     defer_seconds: dict[int, float] = field(default_factory=dict)
+    limits: Limits = field(default_factory=Limits)  # of long documents (chunked targets)
 
     def by_target(self, state: RowState | None = None) -> dict[Target, list[Row]]:
         groups: dict[Target, list[Row]] = defaultdict(list)

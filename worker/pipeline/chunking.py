@@ -23,13 +23,17 @@ Memory and time stay bounded for very long texts: the text is tokenized in windo
 `WINDOW_CHARS` characters (cut at whitespace, where a WordPiece tokenizer never joins two
 sides), and only two int32 offsets plus one byte of break level are kept per token (about
 9 bytes per token, ~2 MB for a 1 MB document). Everything after tokenization is index
-arithmetic on those arrays.
+arithmetic on those arrays. Tokenizing is lazy (`Splitter.stream`): a window is tokenized only
+when the next chunk needs it, so the first chunks of a 10 MB document come after milliseconds,
+not after the ~20 s its whole tokenization takes (worker/pipeline/pieces.py embeds such a
+document a piece at a time). Lazy or not, the chunks are the same.
 """
 
 from __future__ import annotations
 
 import hashlib
 import re
+import sys
 import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
@@ -114,39 +118,33 @@ class Splitter:
 
     def split(self, text: str) -> list[Chunk]:
         """The chunks of `text` in order; none when it holds no token (empty, blank)."""
-        spans = self.spans(text)
-        chunks = []
-        for seq, (i, j, tokens) in enumerate(self._ranges(text, spans)):
-            start, end = int(spans.starts[i]), int(spans.ends[j - 1])
-            chunks.append(Chunk(seq, start, end, text[start:end], tokens))
-        return chunks
+        return list(self.stream(text))
+
+    def stream(self, text: str) -> ChunkStream:
+        """The chunks of `text` in order, tokenized only as far as the next chunk needs."""
+        return ChunkStream(self, text)
 
     def spans(self, text: str) -> TokenSpans:
         """Every token of `text`, tokenized a window at a time."""
-        starts: list[npt.NDArray[np.int32]] = []
-        ends: list[npt.NDArray[np.int32]] = []
-        for offset, window in _windows(text, WINDOW_CHARS):
-            encoding = self._tokenizer.encode(window, add_special_tokens=False)
-            pairs = np.asarray(encoding.offsets, dtype=np.int32).reshape(-1, 2)
-            keep = pairs[:, 1] > pairs[:, 0]  # zero-width tokens carry no text
-            starts.append(pairs[keep, 0] + offset)
-            ends.append(pairs[keep, 1] + offset)
-        all_starts = np.concatenate(starts) if starts else np.zeros(0, np.int32)
-        all_ends = np.concatenate(ends) if ends else np.zeros(0, np.int32)
-        return TokenSpans(all_starts, all_ends, break_levels(text, all_starts, all_ends))
+        lazy = _LazySpans(self._tokenizer, text)
+        n = lazy.ensure(sys.maxsize)
+        return TokenSpans(lazy.starts[:n], lazy.ends[:n], lazy.levels[:n])
 
-    def _ranges(self, text: str, spans: TokenSpans) -> Iterator[tuple[int, int, int]]:
+    def _ranges(self, text: str, spans: _LazySpans) -> Iterator[tuple[int, int, int]]:
         """(i, j, tokens): the token index range [i, j) of each chunk and its token count."""
-        n = len(spans)
         budget, overlap = self.chunk_tokens, self.chunk_overlap
-        levels = spans.levels
 
         def anchor(k: int) -> int:  # a stable, content-defined rank of the break before token k
             start = int(spans.starts[k])
             return zlib.crc32(text[max(start - 8, 0) : start + 24].encode())
 
         i = previous_end = 0
-        while i < n:
+        while True:
+            # The chunk's window and the break level after it; fewer only at the text's end.
+            n = spans.ensure(i + budget + 2)
+            if i >= n:
+                return
+            levels = spans.levels
             # A chunk ends a quarter of the budget in at least, and always past the previous one.
             floor = max(budget // 4, previous_end - i + 1, 1)
             j = n if n - i <= budget else _cut(levels, i, i + budget, floor, anchor)
@@ -163,11 +161,11 @@ class Splitter:
             words = np.flatnonzero(levels[lo:j] <= WORD)
             i = lo + int(words[0]) if len(words) else j
 
-    def _fit(self, text: str, spans: TokenSpans, i: int, j: int) -> tuple[int, int]:
+    def _fit(self, text: str, spans: _LazySpans, i: int, j: int) -> tuple[int, int]:
         """[i, j) shortened until its text alone fits the budget. Only a chunk with an edge
         inside a word can need it: a word's pieces tokenize differently once the word is cut."""
         levels = spans.levels
-        if levels[i] != INSIDE_WORD and (j == len(spans) or levels[j] != INSIDE_WORD):
+        if levels[i] != INSIDE_WORD and (j >= spans.known or levels[j] != INSIDE_WORD):
             return j, j - i
         while True:
             tokens = self.count_tokens([text[spans.starts[i] : spans.ends[j - 1]]])[0]
@@ -175,6 +173,106 @@ class Splitter:
                 return j, tokens
             j -= max(1, tokens - self.chunk_tokens)
             j = max(j, i + 1)
+
+
+class ChunkStream:
+    """A text's chunks, one at a time (Splitter.stream); `position` says how far the chunks so far
+    go, for an estimate of the chunks still to come."""
+
+    def __init__(self, splitter: Splitter, text: str) -> None:
+        self.text = text
+        self._spans = _LazySpans(splitter._tokenizer, text)
+        self._ranges = splitter._ranges(text, self._spans)
+        self._seq = 0
+
+    def __iter__(self) -> Iterator[Chunk]:
+        return self
+
+    def __next__(self) -> Chunk:
+        i, j, tokens = next(self._ranges)
+        start, end = int(self._spans.starts[i]), int(self._spans.ends[j - 1])
+        chunk = Chunk(self._seq, start, end, self.text[start:end], tokens)
+        self._seq += 1
+        self.position = end
+        return chunk
+
+    position: int = 0  # where the last chunk ended (a character offset)
+
+    @property
+    def produced(self) -> int:
+        """Chunks so far."""
+        return self._seq
+
+    @property
+    def tokens(self) -> int:
+        """Tokens found so far."""
+        return self._spans.known
+
+
+class _LazySpans:
+    """The tokens of a text (as TokenSpans), tokenized a window at a time as far as asked for.
+    The arrays grow by doubling: a 10 MB text is copied a few times, not once per window."""
+
+    def __init__(self, tokenizer: Any, text: str) -> None:
+        self._tokenizer = tokenizer
+        self._text = text
+        self._windows = _windows(text, WINDOW_CHARS)
+        self._starts = np.zeros(1024, np.int32)
+        self._ends = np.zeros(1024, np.int32)
+        self._levels = np.zeros(1024, np.int8)
+        self.known = 0  # tokens found so far
+        self.chars = 0  # characters tokenized so far
+        self.complete = False
+
+    @property
+    def starts(self) -> npt.NDArray[np.int32]:
+        return self._starts[: self.known]
+
+    @property
+    def ends(self) -> npt.NDArray[np.int32]:
+        return self._ends[: self.known]
+
+    @property
+    def levels(self) -> npt.NDArray[np.int8]:
+        return self._levels[: self.known]
+
+    def ensure(self, k: int) -> int:
+        """Tokenizes until k tokens are known or the text is done; returns how many are known."""
+        while self.known < k and not self.complete:
+            window = next(self._windows, None)
+            if window is None:
+                self.complete = True
+                break
+            offset, piece = window
+            self.chars = offset + len(piece)
+            encoding = self._tokenizer.encode(piece, add_special_tokens=False)
+            pairs = np.asarray(encoding.offsets, dtype=np.int32).reshape(-1, 2)
+            keep = pairs[:, 1] > pairs[:, 0]  # zero-width tokens carry no text
+            self._append(pairs[keep, 0] + offset, pairs[keep, 1] + offset)
+        return self.known
+
+    def _append(self, starts: npt.NDArray[np.int32], ends: npt.NDArray[np.int32]) -> None:
+        if not len(starts):
+            return
+        if self.known == 0:
+            levels = break_levels(self._text, starts, ends)
+        else:  # the break before the window's first token needs the token before it
+            levels = break_levels(
+                self._text,
+                np.concatenate((self._starts[self.known - 1 : self.known], starts)),
+                np.concatenate((self._ends[self.known - 1 : self.known], ends)),
+                first=False,
+            )[1:]
+        total = self.known + len(starts)
+        if total > len(self._starts):
+            size = max(total, 2 * len(self._starts))
+            self._starts = np.resize(self._starts, size)
+            self._ends = np.resize(self._ends, size)
+            self._levels = np.resize(self._levels, size)
+        self._starts[self.known : total] = starts
+        self._ends[self.known : total] = ends
+        self._levels[self.known : total] = levels
+        self.known = total
 
 
 def _cut(
@@ -215,24 +313,31 @@ def _windows(text: str, size: int) -> Iterator[tuple[int, str]]:
 
 
 def break_levels(
-    text: str, starts: npt.NDArray[np.int32], ends: npt.NDArray[np.int32]
+    text: str,
+    starts: npt.NDArray[np.int32],
+    ends: npt.NDArray[np.int32],
+    *,
+    first: bool = True,
 ) -> npt.NDArray[np.int8]:
     """The break before each token, judged from the characters between it and the previous one
-    (vectorized: a 1 MB text has ~250k tokens)."""
+    (vectorized: a 1 MB text has ~250k tokens). Only the part of `text` the tokens span is read;
+    `first`: the first token starts the text (else its level is left to the caller)."""
     n = len(starts)
     levels = np.full(n, INSIDE_WORD, dtype=np.int8)
     if n == 0:
         return levels
+    base = max(int(starts[0]) - 2, 0)  # the characters before each gap, with a closer's
+    part = text[base : int(ends[-1])]
     gap_start = ends[:-1].astype(np.int64)
     gap_end = starts[1:].astype(np.int64)
     has_gap = gap_end > gap_start
-    newlines = np.array([m.start() for m in re.finditer("\n", text)], dtype=np.int64)
+    newlines = np.array([m.start() + base for m in re.finditer("\n", part)], dtype=np.int64)
     line_breaks = np.searchsorted(newlines, gap_end) - np.searchsorted(newlines, gap_start)
     # The character before each gap, stepping over one closing quote or bracket.
-    codes = np.frombuffer(text.encode("utf-32-le"), dtype=np.uint32)
-    before = codes[np.maximum(gap_start - 1, 0)]
+    codes = np.frombuffer(part.encode("utf-32-le"), dtype=np.uint32)
+    before = codes[np.maximum(gap_start - 1, 0) - base]
     closed = np.isin(before, _CLOSER_CODES) & (gap_start > 1)
-    before = np.where(closed, codes[np.maximum(gap_start - 2, 0)], before)
+    before = np.where(closed, codes[np.maximum(gap_start - 2, base) - base], before)
     sentence = np.isin(before, _SENTENCE_END_CODES)
     tail = levels[1:]
     tail[has_gap] = WORD
@@ -244,5 +349,6 @@ def break_levels(
     for k in np.flatnonzero(line_breaks > 0):
         if _HEADING.match(text, int(gap_end[k])):
             tail[k] = HEADING
-    levels[0] = HEADING if _HEADING.match(text, int(starts[0])) else PARAGRAPH
+    if first:
+        levels[0] = HEADING if _HEADING.match(text, int(starts[0])) else PARAGRAPH
     return levels

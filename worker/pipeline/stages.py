@@ -17,7 +17,7 @@ from worker import db, exceptions, metrics
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.models.remote.client import RemoteModel
-from worker.pipeline import faults, remote, stores
+from worker.pipeline import chunks, faults, pieces, remote, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.targets import Target, TargetRegistry
@@ -42,7 +42,7 @@ def read(
         # A target registered since we last looked: read the registry again, once.
         targets = registry.refresh(conn)
         jobs = [jobqueue.parse(r, targets) for r in raw]
-    batch = Batch(jobs=jobs, lane=queue.lane)
+    batch = Batch(jobs=jobs, lane=queue.lane, limits=pieces.Limits.of(settings))
     prepare(batch)
     return batch
 
@@ -220,6 +220,7 @@ def log_batch(batch: Batch) -> None:
                 "write_ms": round(batch.write_ms, 1),
             },
         )
+    chunks.log_pieces(batch)  # long documents: each piece written, and how far the document is
     for row in batch.rows.values():
         if row.state is RowState.FAILED:
             _log_failed(row)

@@ -247,33 +247,15 @@ def settle(
             for key in job.keys
             if outcome.state(row := batch.rows[(target.id, key)]) is RowState.FAILED
         ]
-        # Rows a store postponed (a chunk store's documents past the batch's chunk budget, a
-        # remote model's rows its provider could not serve) go back to the queue in a message of
-        # their own, with the attempts spent before this one.
-        postponed = [
-            batch.rows[(target.id, key)]
-            for key in job.keys
-            if outcome.state(batch.rows[(target.id, key)]) is RowState.POSTPONED
-        ]
-        if postponed:
-            message = {
-                "target": target.id,
-                "keys": [job.raw_keys[row.key] for row in postponed],
-                "attempts": job.attempts - 1,
-            }
-            # (remote models: visible again when their provider said it is worth asking)
-            wait = max((row.retry_after or 0 for row in postponed), default=0)
-            out.resend.append((message, math.ceil(wait)))
+        _resend_postponed(out, batch, job, target, outcome)
         if not failed and not job.bad_keys:
             out.delete.append(job.msg_id)
             out.latencies.append((now - job.enqueued_at).total_seconds())
             continue
         exhausted = job.attempts >= settings.max_attempts
-        dead = (
-            [(job.raw_keys[k], job.single_key_message(k), e) for k, e in failed]
-            if exhausted
-            else []
-        )
+        # A row that failed for good (a document over its ceiling) is dead at once.
+        final = {k for k, _ in failed if exhausted or batch.rows[(target.id, k)].permanent}
+        dead = [(job.raw_keys[k], job.single_key_message(k), e) for k, e in failed if k in final]
         # An invalid key can never succeed: dead at once.
         dead += [
             (
@@ -283,7 +265,7 @@ def settle(
             )
             for raw, e in job.bad_keys
         ]
-        retry_keys = [k for k, _ in failed] if not exhausted else []
+        retry_keys = [k for k, _ in failed if k not in final]
         for raw, message, error in dead:
             out.dead.append(
                 jobqueue.DeadLetter(target, target.name, raw, message, job.attempts, error)
@@ -292,7 +274,7 @@ def settle(
             job.attempts, settings.backoff_base_seconds, settings.backoff_max_seconds
         )
         for key, _ in failed:  # for the log: the last attempt must not read like a retry
-            fate = Fate(job.attempts, settings.max_attempts, None if exhausted else delay)
+            fate = Fate(job.attempts, settings.max_attempts, None if key in final else delay)
             out.fates[(target.id, key)] = fate
         if retry_keys and len(retry_keys) == len(job.keys) and not job.bad_keys:
             out.retry[job.msg_id] = delay  # the whole job failed: back it off as it is
@@ -314,6 +296,33 @@ def settle(
             )
         (out.archive if dead else out.delete).append(job.msg_id)
     return out
+
+
+def _resend_postponed(
+    out: Settlement, batch: Batch, job: jobqueue.Job, target: Target, outcome: WriteOutcome
+) -> None:
+    """Rows a store postponed (a chunk store's documents past the batch's chunk budget, a remote
+    model's rows its provider could not serve) go back to the queue in a message of their own,
+    with the attempts spent before this one; so do long documents with pieces still to go
+    (worker/pipeline/pieces.py), marked as going on from their recorded progress."""
+    for state in (RowState.POSTPONED, RowState.PIECE):
+        postponed = [
+            batch.rows[(target.id, key)]
+            for key in job.keys
+            if outcome.state(batch.rows[(target.id, key)]) is state
+        ]
+        if not postponed:
+            continue
+        message: dict[str, Any] = {
+            "target": target.id,
+            "keys": [job.raw_keys[row.key] for row in postponed],
+            "attempts": job.attempts - 1,
+        }
+        if state is RowState.PIECE:
+            message["continued"] = True
+        # (remote models: visible again when their provider said it is worth asking)
+        wait = max((row.retry_after or 0 for row in postponed), default=0)
+        out.resend.append((message, math.ceil(wait)))
 
 
 def _label(job: jobqueue.Job) -> str:

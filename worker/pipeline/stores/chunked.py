@@ -62,3 +62,4 @@ class ChunkStore(Store):
 
     def forget(self, conn: db.Connection, target: Target, gone: list[Row]) -> None:
         forget_rows(conn, target, gone)
+        chunks.forget(conn, target, gone)  # a long document's progress or ceiling

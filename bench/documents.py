@@ -1,0 +1,221 @@
+"""Long documents (worker/pipeline/pieces.py): the application's live rows while a long document
+of a chunked target is embedded, against the same rows with the worker idle, in one run with one
+worker and the real model.
+
+- Insert-to-vector latency of single live rows into a plain watched table, one after another,
+  stamped by the database's clock at both ends: first idle, then while one long document
+  (stdlib docstrings, `mb` MB) inserted into a chunked target is embedded in pieces of
+  EMBED_PIECE_TOKENS tokens. Target: p50 and p95 during the document within 2x the idle p50
+  plus one piece's time.
+- The document's own wall time and pieces, from insert to its last piece (so the overhead of
+  serving it in pieces shows against its tokens per second).
+- Side by side, "one batch" (what 0.1.0 did): the same document with EMBED_PIECE_TOKENS so
+  large that it goes in one batch, and one live row inserted behind it.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import psycopg
+
+from bench import corpus, worker_process
+from worker.pipeline.chunking import Splitter
+
+Conn = psycopg.Connection[Any]
+CHUNK_TOKENS = 200
+
+SETUP = """
+CREATE TABLE bench_docs (id bigint PRIMARY KEY, body text NOT NULL);
+CREATE TABLE bench_notes (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    body text NOT NULL,
+    inserted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    embedded_at timestamptz
+);
+CREATE FUNCTION bench_notes_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.embedded_at := clock_timestamp();
+    RETURN NEW;
+END $$;
+"""
+
+
+def document(megabytes: float) -> str:
+    """Stdlib docstrings joined into one document of about `megabytes` MB."""
+    texts = corpus.stdlib_docstrings()
+    parts: list[str] = []
+    size = 0
+    i = 0
+    while size < megabytes * 1_000_000:
+        text = texts[i % len(texts)]
+        parts.append(text)
+        size += len(text.encode()) + 2
+        i += 1
+    return "\n\n".join(parts)
+
+
+def run(
+    dsn: str,
+    model_dir: Path,
+    *,
+    mb: float = 10.0,
+    piece_tokens: int = 4096,
+    samples: int = 50,
+    one_batch_mb: float | None = None,
+) -> dict[str, Any]:
+    model = model_dir.name
+    text = document(mb)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(SETUP)
+        conn.execute(
+            "SELECT embeddings.watch('bench_docs', 'body', model => %s, chunk_tokens => %s)",
+            (model, CHUNK_TOKENS),
+        )
+        conn.execute("SELECT embeddings.watch('bench_notes', 'body', model => %s)", (model,))
+        conn.execute(
+            "CREATE TRIGGER stamp BEFORE UPDATE OF embedding ON bench_notes FOR EACH ROW"
+            " WHEN (NEW.embedding IS NOT NULL) EXECUTE FUNCTION bench_notes_stamp()"
+        )
+        env = worker_process.worker_env(
+            dsn, model, model_dir.parent, EMBED_PIECE_TOKENS=piece_tokens, EMBED_POLL_SECONDS=30
+        )
+        worker = worker_process.start(env)
+        try:
+            _sample(conn, 3, lambda: True)  # the model loaded, the queries prepared
+            idle = _sample(conn, samples, lambda: True)
+            started = time.monotonic()
+            conn.execute("INSERT INTO bench_docs VALUES (1, %s)", (text,))
+            _wait(lambda: _progress(conn) is not None, 600, "the document's first piece")
+            during = _sample(conn, samples, lambda: _progress(conn) is not None)
+            _wait(lambda: _progress(conn) is None, 7200, "the document's last piece")
+            wall = time.monotonic() - started
+        finally:
+            worker.terminate()
+            worker.wait(30)
+        one_batch = _one_batch(conn, dsn, model, model_dir, one_batch_mb) if one_batch_mb else None
+    chunks, tokens = _chunks(conn_dsn=dsn, model_dir=model_dir, text=text)
+    pieces = max(tokens / piece_tokens, 1.0)
+    piece_ms = wall / pieces * 1000
+    idle_summary, during_summary = _summary(idle), _summary(during)
+    target_ms = 2 * float(idle_summary.get("p50_ms", 0.0)) + piece_ms
+    return {
+        "model": model,
+        "document_mb": round(len(text.encode()) / 1e6, 2),
+        "document_chunks": chunks,
+        "document_tokens": tokens,
+        "chunk_tokens": CHUNK_TOKENS,
+        "piece_tokens": piece_tokens,
+        "document_wall_s": round(wall, 1),
+        "document_tokens_per_s": round(tokens / wall, 1),
+        "one_piece_ms": round(piece_ms, 1),
+        "idle": idle_summary,
+        "during_document": during_summary,
+        "target_ms": round(target_ms, 1),
+        "target_met": float(during_summary.get("p95_ms", float("inf"))) <= target_ms,
+        "one_batch": one_batch,
+    }
+
+
+def _one_batch(conn: Conn, dsn: str, model: str, model_dir: Path, mb: float) -> dict[str, Any]:
+    """0.1.0's way: the whole document in one batch; one live row inserted just after it."""
+    text = document(mb)
+    env = worker_process.worker_env(
+        dsn, model, model_dir.parent, EMBED_PIECE_TOKENS=1_000_000_000, EMBED_POLL_SECONDS=30
+    )
+    worker = worker_process.start(env)
+    try:
+        _sample(conn, 3, lambda: True)
+        started = time.monotonic()
+        conn.execute("INSERT INTO bench_docs VALUES (2, %s)", (text,))
+        time.sleep(0.5)  # the document's batch is read first
+        (latency,) = _sample(conn, 1, lambda: True, timeout=3600)
+        _wait(
+            lambda: (
+                conn.execute("SELECT count(*) FROM bench_docs_chunks WHERE id = 2").fetchone()
+                != (0,)
+            ),
+            3600,
+            "the document",
+        )
+        wall = time.monotonic() - started
+    finally:
+        worker.terminate()
+        worker.wait(30)
+    return {
+        "document_mb": round(len(text.encode()) / 1e6, 2),
+        "document_wall_s": round(wall, 1),
+        "live_row_ms": round(latency, 1),
+    }
+
+
+def _sample(conn: Conn, samples: int, go_on: Any, timeout: float = 600) -> list[float]:
+    latencies: list[float] = []
+    for i in range(samples):
+        if not go_on():
+            break
+        row = conn.execute(
+            "INSERT INTO bench_notes (body) VALUES (%s) RETURNING id",
+            (f"Live note {i}: written by the application while a long document is embedded.",),
+        ).fetchone()
+        assert row is not None
+        _wait(
+            lambda key=row[0]: (
+                conn.execute(
+                    "SELECT embedded_at IS NOT NULL FROM bench_notes WHERE id = %s", (key,)
+                ).fetchone()
+                == (True,)
+            ),
+            timeout,
+            f"row {row[0]}",
+        )
+        latency = conn.execute(
+            "SELECT extract(epoch FROM embedded_at - inserted_at) * 1000 FROM bench_notes"
+            " WHERE id = %s",
+            (row[0],),
+        ).fetchone()
+        assert latency is not None
+        latencies.append(float(latency[0]))
+        time.sleep(0.2)
+    return latencies
+
+
+def _progress(conn: Conn) -> int | None:
+    row = conn.execute(
+        "SELECT chunks_done FROM embeddings.documents WHERE state = 'in_progress'"
+    ).fetchone()
+    return int(row[0]) if row else None
+
+
+def _chunks(*, conn_dsn: str, model_dir: Path, text: str) -> tuple[int, int]:
+    """Chunks of document 1 as stored, and the tokens the worker embedded for them (split
+    again here, after the run)."""
+    with psycopg.connect(conn_dsn, autocommit=True) as conn:
+        row = conn.execute("SELECT count(*) FROM bench_docs_chunks WHERE id = 1").fetchone()
+    overlap = CHUNK_TOKENS // 10  # watch()'s default
+    split = Splitter.from_file(model_dir / "tokenizer.json", CHUNK_TOKENS, overlap).split(text)
+    assert row is not None and row[0] == len(split), "the stored chunks are the document's"
+    return len(split), sum(c.tokens for c in split)
+
+
+def _wait(condition: Any, timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not within {timeout} s")
+        time.sleep(0.01)
+
+
+def _summary(latencies: list[float]) -> dict[str, Any]:
+    if not latencies:
+        return {"samples": 0}
+    ordered = sorted(latencies)
+    return {
+        "samples": len(ordered),
+        "p50_ms": round(statistics.median(ordered), 1),
+        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 1),
+        "max_ms": round(ordered[-1], 1),
+    }

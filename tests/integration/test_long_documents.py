@@ -1,0 +1,347 @@
+"""Long documents of chunked targets: embedded and committed a piece at a time, continued after a
+restart, started over when someone else wrote them, and failed at once over the ceiling
+(worker/pipeline/pieces.py), with a tiny random-weight model and a real database."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from tests.integration.test_worker import finish, lease_and_load
+from tests.support.jobs import messages
+from worker.config import Settings
+from worker.models.loaded import LoadedModels
+from worker.pipeline import faults, pieces
+from worker.pipeline.batch import RowState
+from worker.pipeline.chunking import Splitter
+from worker.process.runner import Worker
+
+Conn = psycopg.Connection[Any]
+
+CHUNK_TOKENS = 64
+PIECE_TOKENS = 256  # about four chunks a piece
+
+
+def long_text(paragraphs: int, marker: str = "") -> str:
+    return "\n\n".join(
+        f"Section {i} {marker}. The planner estimates the cost of scan number {i * 7} from the "
+        f"table statistics, and vacuum {i} reclaims dead row versions of page {i * 13}."
+        for i in range(paragraphs)
+    )
+
+
+@pytest.fixture(autouse=True)
+def fresh_cache(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(pieces, "CACHE", pieces.Cache())
+    yield
+
+
+@pytest.fixture
+def model(tiny_models: tuple[str, str]) -> str:
+    return tiny_models[0]
+
+
+@pytest.fixture
+def piece_settings(settings: Settings) -> Settings:
+    return settings.with_overrides(piece_tokens=PIECE_TOKENS)
+
+
+@pytest.fixture
+def docs(conn: Conn, model: str) -> int:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, %s)", (long_text(40),))
+    row = conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => %s,"
+        " chunk_overlap => 8)",
+        (model, CHUNK_TOKENS),
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def expected_chunks(
+    embedders: LoadedModels, model: str, text: str, chunk_tokens: int = CHUNK_TOKENS
+) -> list[tuple[int, str]]:
+    splitter = Splitter(embedders.tokenizer(model), chunk_tokens, 8)
+    return [(c.seq, c.text) for c in splitter.split(text)]
+
+
+def stored_chunks(conn: Conn, key: int = 1) -> list[tuple[int, str]]:
+    return [
+        (seq, chunk)
+        for seq, chunk in conn.execute(
+            "SELECT seq, chunk FROM docs_chunks WHERE id = %s ORDER BY seq", (key,)
+        )
+    ]
+
+
+def progress(conn: Conn) -> list[tuple[Any, ...]]:
+    return conn.execute(
+        "SELECT row_key, state, chunks_done, chunks_estimated FROM embeddings.document_progress"
+    ).fetchall()
+
+
+def step(settings: Settings, dsn: str, embedders: LoadedModels) -> Any:
+    """One batch of the backfill lane, read, embedded and written; returns the document's row."""
+    batch, queue = lease_and_load(settings, dsn, embedders)
+    finish(batch, queue, settings, dsn, embedders)
+    (row,) = batch.rows.values()
+    return row
+
+
+@pytest.fixture
+def counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text the models embed."""
+    from worker.models.embedder import Embedder
+
+    seen: list[str] = []
+    original = Embedder.embed_with_stats
+
+    def count(self: Embedder, texts: Any) -> Any:
+        seen.extend(texts)
+        return original(self, texts)
+
+    monkeypatch.setattr(Embedder, "embed_with_stats", count)
+    return seen
+
+
+def test_a_long_document_is_written_a_piece_at_a_time_with_its_progress(
+    conn: Conn, docs: int, model: str, piece_settings: Settings, dsn: str, embedders: LoadedModels
+) -> None:
+    expected = expected_chunks(embedders, model, long_text(40))
+    assert len(expected) > 8
+    row = step(piece_settings, dsn, embedders)
+    assert row.state is RowState.PIECE
+    first = stored_chunks(conn)
+    assert 0 < len(first) < len(expected)
+    assert first == expected[: len(first)]  # committed, and the content's own chunks
+    ((key, state, done, estimated),) = progress(conn)
+    assert (key, state, done) == ("1", "in_progress", len(first))
+    assert estimated >= done
+    (message,) = messages(conn)  # the rest of the document, queued again without an attempt
+    assert message["keys"] == [1] and message["attempts"] == 0
+    states: list[RowState] = [row.state]
+    while states[-1] is RowState.PIECE and len(states) < 40:
+        states.append(step(piece_settings, dsn, embedders).state)
+    assert states[-1] is RowState.WRITTEN
+    assert len(states) > 2  # several pieces
+    assert stored_chunks(conn) == expected
+    assert progress(conn) == []
+    assert messages(conn) == []
+
+
+def test_a_restarted_worker_continues_where_the_committed_pieces_end(
+    conn: Conn,
+    docs: int,
+    model: str,
+    piece_settings: Settings,
+    dsn: str,
+    embedders: LoadedModels,
+    run_once: Callable[..., Worker],
+    counting: list[str],
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    expected = expected_chunks(embedders, model, long_text(40))
+    step(piece_settings, dsn, embedders)
+    step(piece_settings, dsn, embedders)
+    done = len(stored_chunks(conn))
+    monkeypatch.setattr(pieces, "CACHE", pieces.Cache())  # a new process: nothing in memory
+    counting.clear()
+    run_once(piece_tokens=PIECE_TOKENS)
+    assert stored_chunks(conn) == expected
+    # Only the chunks past the committed ones were embedded again.
+    assert set(counting) <= {text for seq, text in expected if seq >= done}
+    assert progress(conn) == []
+
+
+def test_a_piece_whose_write_rolled_back_is_written_again_with_its_vectors(
+    conn: Conn,
+    docs: int,
+    model: str,
+    piece_settings: Settings,
+    dsn: str,
+    embedders: LoadedModels,
+    run_once: Callable[..., Worker],
+    counting: list[str],
+) -> None:
+    expected = expected_chunks(embedders, model, long_text(40))
+    step(piece_settings, dsn, embedders)
+    batch, queue = lease_and_load(piece_settings, dsn, embedders)
+
+    def lost() -> None:
+        raise RuntimeError("connection lost at COMMIT")
+
+    with faults.injected("before_commit", lost), pytest.raises(RuntimeError):
+        finish(batch, queue, piece_settings, dsn, embedders)
+    (row,) = batch.rows.values()
+    assert row.state is RowState.EMBEDDED  # nothing claimed: the transaction rolled back
+    assert progress(conn)[0][2] == row.chunks.first_seq if row.chunks else False
+    conn.execute("UPDATE pgmq.q_embedding_jobs_backfill SET vt = now()")  # the lease ran out
+    run_once(piece_tokens=PIECE_TOKENS)
+    assert stored_chunks(conn) == expected
+    assert len(counting) == len(expected)  # the piece's vectors were not computed twice
+    assert progress(conn) == []
+
+
+def test_a_document_edited_between_pieces_ends_with_the_new_contents_chunks_only(
+    conn: Conn,
+    docs: int,
+    model: str,
+    piece_settings: Settings,
+    dsn: str,
+    embedders: LoadedModels,
+    run_once: Callable[..., Worker],
+) -> None:
+    step(piece_settings, dsn, embedders)
+    step(piece_settings, dsn, embedders)
+    new = long_text(30, marker="edited")
+    conn.execute("UPDATE docs SET body = %s WHERE id = 1", (new,))
+    run_once(piece_tokens=PIECE_TOKENS)
+    assert stored_chunks(conn) == expected_chunks(embedders, model, new)
+    assert progress(conn) == []
+
+
+def test_a_document_written_by_another_since_its_last_piece_starts_over(
+    conn: Conn,
+    docs: int,
+    model: str,
+    piece_settings: Settings,
+    dsn: str,
+    embedders: LoadedModels,
+    run_once: Callable[..., Worker],
+) -> None:
+    """The cache says "chunks 0..k are mine", but someone wrote another content whole since and
+    the content came back: the record is gone, so the document starts over rather than mixing."""
+    original = long_text(40)
+    step(piece_settings, dsn, embedders)
+    step(piece_settings, dsn, embedders)
+    conn.execute("UPDATE docs SET body = 'A short interlude.' WHERE id = 1")
+    run_once(batch_size=1, piece_tokens=PIECE_TOKENS, max_document_bytes=0)
+    assert stored_chunks(conn) == [(0, "A short interlude.")]
+    conn.execute("UPDATE docs SET body = %s WHERE id = 1", (original,))
+    run_once(piece_tokens=PIECE_TOKENS)
+    assert stored_chunks(conn) == expected_chunks(embedders, model, original)
+
+
+def test_a_document_re_watched_with_other_chunk_settings_mid_way_ends_with_the_new_chunks(
+    conn: Conn,
+    docs: int,
+    model: str,
+    piece_settings: Settings,
+    dsn: str,
+    embedders: LoadedModels,
+    run_once: Callable[..., Worker],
+) -> None:
+    """Progress recorded under the old settings is void: the content is the same, its chunks
+    are not."""
+    step(piece_settings, dsn, embedders)
+    step(piece_settings, dsn, embedders)
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 24,"
+        " chunk_overlap => 8)",
+        (model,),
+    )
+    run_once(piece_tokens=PIECE_TOKENS)
+    expected = expected_chunks(embedders, model, long_text(40), 24)
+    assert expected[:16] != expected_chunks(embedders, model, long_text(40))[:16]
+    assert stored_chunks(conn) == expected
+    assert progress(conn) == []
+
+
+def test_a_document_deleted_and_inserted_again_between_pieces_is_written_whole(
+    conn: Conn,
+    docs: int,
+    model: str,
+    piece_settings: Settings,
+    dsn: str,
+    embedders: LoadedModels,
+    run_once: Callable[..., Worker],
+) -> None:
+    """Same key, same content: the recorded progress matches, but the chunks the record
+    speaks of may be gone with the delete. The insert's job starts the document over; only the job a piece sent back goes on
+    from the record."""
+    step(piece_settings, dsn, embedders)
+    step(piece_settings, dsn, embedders)
+    assert progress(conn)
+    # The piece's job on the live lane (a document the application inserted), where the
+    # insert's job joins it: one batch, one row for both.
+    conn.execute("DELETE FROM pgmq.q_embedding_jobs_backfill")
+    continued = {"target": docs, "keys": [1], "attempts": 0, "continued": True}
+    conn.execute("SELECT pgmq.send('embedding_jobs', %s)", (Jsonb(continued),))
+    conn.execute("DELETE FROM docs WHERE id = 1")
+    conn.execute("INSERT INTO docs VALUES (1, %s)", (long_text(40),))
+    run_once(piece_tokens=PIECE_TOKENS)
+    assert stored_chunks(conn) == expected_chunks(embedders, model, long_text(40))
+    assert progress(conn) == []
+
+
+def test_a_document_over_the_ceiling_fails_at_once_and_shows(
+    conn: Conn,
+    docs: int,
+    model: str,
+    embedders: LoadedModels,
+    run_once: Callable[..., Worker],
+) -> None:
+    size = len(long_text(40).encode())
+    run_once(max_document_bytes=1000, max_attempts=5)
+    ((key, attempts, error),) = conn.execute(
+        "SELECT row_key, attempts, last_error FROM embeddings.failures"
+    ).fetchall()
+    assert key == 1 and attempts == 1  # no retries: the same text would fail again
+    assert "over its ceiling" in error and f"{size:,} bytes" in error
+    assert "EMBED_MAX_DOCUMENT_BYTES=1,000" in error
+    assert conn.execute(
+        "SELECT row_key, state, bytes, ceiling_bytes FROM embeddings.document_progress"
+    ).fetchall() == [("1", "over_ceiling", size, 1000)]
+    assert stored_chunks(conn) == []
+    # Raised: the retried job embeds it, and the state goes.
+    conn.execute("SELECT embeddings.retry_failures()")
+    run_once()
+    assert stored_chunks(conn) == expected_chunks(embedders, model, long_text(40))
+    assert progress(conn) == []
+
+
+def test_a_deleted_document_forgets_its_progress(
+    conn: Conn, docs: int, piece_settings: Settings, dsn: str, embedders: LoadedModels
+) -> None:
+    step(piece_settings, dsn, embedders)
+    assert progress(conn)
+    conn.execute("DELETE FROM docs WHERE id = 1")
+    row = step(piece_settings, dsn, embedders)
+    assert row.state is RowState.GONE
+    assert progress(conn) == []
+
+
+def test_status_and_doctor_show_a_document_in_pieces_and_one_over_the_ceiling(
+    conn: Conn,
+    docs: int,
+    piece_settings: Settings,
+    dsn: str,
+    embedders: LoadedModels,
+    run_once: Callable[..., Worker],
+) -> None:
+    from worker.cli import doctor, status
+
+    step(piece_settings, dsn, embedders)
+    (row,) = status.fetch(conn)
+    (doc,) = row["documents_in_progress"]
+    assert doc["key"] == "1" and 0 < doc["chunks_done"] <= doc["chunks_estimated"]
+    shown = "\n".join(status.render([row]))
+    assert "docs.embedding: document 1 (" in shown and "embedded in pieces" in shown
+    assert f"{doc['chunks_done']}/~{doc['chunks_estimated']} chunks" in shown
+
+    # A ceiling lowered under documents: the one in progress and a new one.
+    conn.execute("INSERT INTO docs VALUES (2, %s)", (long_text(10),))
+    run_once(max_document_bytes=500, piece_tokens=100_000)
+    (row,) = status.fetch(conn)
+    assert row["documents_over_ceiling"] == 2 and row["documents_in_progress"] == []
+    shown = "\n".join(status.render([row]))
+    assert "2 document(s) over the ceiling of 500 bytes (EMBED_MAX_DOCUMENT_BYTES)" in shown
+    findings = doctor.check(dsn, piece_settings)
+    (over,) = [f for f in findings if f.check.startswith("documents ")]
+    assert over.level == "FAIL" and "over the ceiling" in over.detail
+    assert "failures --retry" in over.fix
