@@ -331,11 +331,6 @@ SET digest = excluded.digest, state = excluded.state, bytes = excluded.bytes, ch
     target_version = excluded.target_version,
     started_at = CASE WHEN d.state = 'over_ceiling' THEN d.started_at ELSE now() END;
 
--- name: nearest
--- The %(k)s rows (chunks, for a chunked target) nearest to %(query)s: the target's
--- embeddings_<id>_nearest() (worker/search.py).
-SELECT key, seq, content, distance FROM {nearest}(%(query)s, %(k)s);
-
 -- name: backfill_next
 -- One step of a backfill of a target on %(queue)s that no other worker is stepping: queues the
 -- next %(max_keys)s rows' keys that need a job and advances its cursor (sql/62_backfill.sql).
