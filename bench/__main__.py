@@ -50,6 +50,7 @@ from bench import (
     oltp,
     raw,
     remote,
+    retrieval,
     status,
     swapstall,
     verify,
@@ -91,6 +92,7 @@ SCALE_SECTIONS = (
     "bigwatch",
     "verify",
     "documents",
+    "retrieval",
 )  # never by default
 
 
@@ -267,6 +269,15 @@ def main() -> int:
             ),
         )
         section(
+            "retrieval",  # recall and latency of each search path (bench/retrieval.py)
+            lambda: retrieval.run(
+                fresh_db(cluster, template),
+                SHARED_MODELS / "all-MiniLM-L6-v2",
+                rows=args.scale_rows or 100_000,
+                queries=50 if args.quick else 100,
+            ),
+        )
+        section(
             "hnsw",
             lambda: hnsw.run(
                 fresh_db(cluster, template),
@@ -361,7 +372,7 @@ def main() -> int:
             # Retrieval quality (recall@10, nDCG@10) of full-text, vector and hybrid search
             # over the standard library's documentation, rows and chunks (bench/quality/).
             chosen = evaluate.default_retrievers()
-            chosen += [retrievers.SqlFunction(name) for name in args.quality_function]
+            chosen += [retrievers.SqlFunction.named(name) for name in args.quality_function]
             return evaluate.run(
                 fresh_db(cluster, template),
                 SHARED_MODELS / "all-MiniLM-L6-v2",

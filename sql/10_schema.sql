@@ -96,6 +96,10 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     -- Targets whose vectors live in a side table (sql/56_side.sql): that table, keyed like the
     -- source; the embedding column is there, not in `source` (embedding_attnum is NULL).
     side_table       regclass CONSTRAINT targets_side_table_check CHECK (side_table IS NULL OR chunk_table IS NULL),
+    -- Full-text search for hybrid search (sql/59_hybrid.sql): the text search configuration
+    -- and the tsvector column (in `source`, or `fts` in the chunk table); NULL: none.
+    fts_config       regconfig,
+    fts_column       name,
     UNIQUE (source, embedding_column),
     CHECK ((content_column IS NULL) <> (content_function IS NULL))
 );

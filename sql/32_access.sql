@@ -22,7 +22,6 @@
 --                                     (sql/62_backfill.sql), sweep(), status
 --   embeddings_<id>_reusable(keys, k0.., hashes) / _chunks(...)   a chunked target's chunk
 --                                     table: vectors to reuse; the chunk write
---   embeddings_<id>_nearest(query, k) search
 --   embeddings_<id>_forget(keys, k0..) / _prune()   a side-table target's side rows of rows that
 --                                     are gone: deleted (the worker), truncated (the TRUNCATE
 --                                     trigger); the side table's writes (sql/56_side.sql)
@@ -414,8 +413,8 @@ END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_access(embeddings.targets) FROM PUBLIC;
 
--- A plain target's writes (its vectors, and its shadow column's during a model change), and
--- its search. Returns the names of the functions created.
+-- A plain target's writes (its vectors, and its shadow column's during a model change).
+-- Returns the names of the functions created.
 CREATE FUNCTION embeddings.generate_plain_access(t embeddings.targets, a jsonb) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -426,7 +425,7 @@ DECLARE
                       FROM pg_attribute at JOIN pg_type ty ON ty.oid = at.atttypid
                       JOIN pg_namespace n ON n.oid = ty.typnamespace
                       WHERE at.attrelid = t.source AND at.attname = t.embedding_column AND NOT at.attisdropped);
-    made text[] := ARRAY[(a->>'prefix') || '_store', (a->>'prefix') || '_blank', (a->>'prefix') || '_nearest'];
+    made text[] := ARRAY[(a->>'prefix') || '_store', (a->>'prefix') || '_blank'];
     col record;
 BEGIN
     FOR col IN SELECT * FROM (VALUES ('', t.embedding_column, emb_type),
@@ -438,28 +437,30 @@ BEGIN
             BEGIN
                 %4$s
                 RETURN QUERY
-                    UPDATE %5$s t SET %6$I = v.e
+                    UPDATE %5$s t SET %6$I = v.e%13$s
                     FROM ROWS FROM (%7$s, pg_catalog.unnest($%8$s), pg_catalog.unnest($%9$s)) AS v(key%10$s, e, h)
                     WHERE %11$s AND pg_catalog.md5(%12$s) IS NOT DISTINCT FROM v.h
                     RETURNING v.key;
             END
             $body$ $f$,
             (a->>'prefix') || '_store' || col.suffix, (a->>'key_params'), col.type, (a->>'check_call'), t.source, col.name, (a->>'key_rows'),
-            cardinality(t.key_columns) + 2, cardinality(t.key_columns) + 3, (a->>'key_aliases'), (a->>'key_match'), (a->>'content'));
+            cardinality(t.key_columns) + 2, cardinality(t.key_columns) + 3, (a->>'key_aliases'), (a->>'key_match'), (a->>'content'),
+            CASE WHEN col.suffix = '' THEN embeddings.fts_assign_sql(t, a->>'content') ELSE '' END);  -- sql/59_hybrid.sql
         EXECUTE format(
             $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s, digests text[]) RETURNS SETOF text
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
             BEGIN
                 %3$s
                 RETURN QUERY
-                    UPDATE %4$s t SET %5$I = NULL
+                    UPDATE %4$s t SET %5$I = NULL%11$s
                     FROM ROWS FROM (%6$s, pg_catalog.unnest($%7$s)) AS v(key%8$s, h)
                     WHERE %9$s AND pg_catalog.md5(%10$s) IS NOT DISTINCT FROM v.h AND t.%5$I IS NOT NULL
                     RETURNING v.key;
             END
             $body$ $f$,
             (a->>'prefix') || '_blank' || col.suffix, (a->>'key_params'), (a->>'check_call'), t.source, col.name, (a->>'key_rows'),
-            cardinality(t.key_columns) + 2, (a->>'key_aliases'), (a->>'key_match'), (a->>'content'));
+            cardinality(t.key_columns) + 2, (a->>'key_aliases'), (a->>'key_match'), (a->>'content'),
+            CASE WHEN col.suffix = '' THEN embeddings.fts_assign_sql(t, NULL) ELSE '' END);
     END LOOP;
 
     IF shadow IS NOT NULL THEN
@@ -499,32 +500,13 @@ BEGIN
             embeddings.key_json_sql(t, 't'));
     END IF;
 
-    -- Search (worker/search.py): the nearest rows, with the content column's text (a content
-    -- function is never evaluated by a search).
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(query %2$s, k integer)
-        RETURNS TABLE (key jsonb, seq integer, content text, distance double precision)
-        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        BEGIN
-            %3$s
-            RETURN QUERY
-                SELECT pg_catalog.to_jsonb(%4$s), NULL::integer, %5$s, (t.%6$I OPERATOR(%7$I.<=>) $1)::double precision
-                FROM %8$s t WHERE t.%6$I IS NOT NULL
-                ORDER BY t.%6$I OPERATOR(%7$I.<=>) $1 LIMIT $2;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_nearest', emb_type, (a->>'check_call'),
-        (SELECT string_agg(embeddings.text_sql(k.ty, format('t.%I', k.c)), ' || '','' || ' ORDER BY k.i)
-         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)),
-        CASE WHEN t.content_column IS NOT NULL THEN (a->>'content') ELSE 'NULL::text' END,
-        t.embedding_column, vschema, t.source);
     RETURN made;
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_plain_access(embeddings.targets, jsonb) FROM PUBLIC;
 
--- A chunked target's chunk table (sql/55_chunks.sql): vectors to reuse, the chunk write, and
--- search. Returns the names of the functions created.
+-- A chunked target's chunk table (sql/55_chunks.sql): vectors to reuse and the chunk write
+-- (search runs with the caller's rights: sql/58_search.sql). Returns the names of the functions created.
 CREATE FUNCTION embeddings.generate_chunk_access(t embeddings.targets, a jsonb) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -599,23 +581,7 @@ BEGIN
         (SELECT string_agg(format('(v.k%s)::%s', i - 1, types[i]), ', ' ORDER BY i) FROM generate_series(1, nkeys) i),
         nkeys + 4, nkeys + 5, nkeys + 6, nkeys + 7, nkeys + 8, nkeys + 3, chunk_match);
 
-    -- Search (worker/search.py): the nearest chunks, with their documents' keys as jobs carry
-    -- them; chunks of a deleted document (until the worker followed the delete up) never.
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(query %2$I.halfvec, k integer)
-        RETURNS TABLE (key jsonb, seq integer, content text, distance double precision)
-        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        BEGIN
-            %3$s
-            RETURN QUERY
-                SELECT %4$s, c.seq, c.chunk, (c.%5$I OPERATOR(%2$I.<=>) $1)::double precision
-                FROM %6$s c WHERE EXISTS (SELECT FROM %7$s t WHERE %8$s)
-                ORDER BY c.%5$I OPERATOR(%2$I.<=>) $1 LIMIT $2;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_nearest', vschema, (a->>'check_call'), embeddings.key_json_sql(t, 'c'), t.embedding_column,
-        t.chunk_table, t.source, embeddings.key_equal_sql(t, 't', 'c'));
-    RETURN ARRAY[(a->>'prefix') || '_reusable', (a->>'prefix') || '_chunks', (a->>'prefix') || '_nearest'];
+    RETURN ARRAY[(a->>'prefix') || '_reusable', (a->>'prefix') || '_chunks'];
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_chunk_access(embeddings.targets, jsonb) FROM PUBLIC;

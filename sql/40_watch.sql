@@ -87,7 +87,8 @@ CREATE FUNCTION embeddings.watch(
     backfill boolean DEFAULT true,
     keep_old boolean DEFAULT false,
     store text DEFAULT NULL,  -- NULL: the target's current store, 'row' for a new target
-    side_table text DEFAULT NULL
+    side_table text DEFAULT NULL,
+    fts regconfig DEFAULT NULL  -- full-text search for hybrid search (sql/59_hybrid.sql); NULL: as it is
 ) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -441,6 +442,9 @@ BEGIN
             source, embedding_column;
     END IF;
 
+    IF fts IS NOT NULL AND fts IS DISTINCT FROM (SELECT tg.fts_config FROM embeddings.targets tg WHERE tg.id = t.id) THEN
+        PERFORM embeddings.enable_fts(source, fts, embedding_column);
+    END IF;
     PERFORM set_config('embeddings.following', 'off', true);
     RETURN t.id;
 END

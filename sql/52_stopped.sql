@@ -19,6 +19,10 @@
 --   backfill_stalled  a backfill (62_backfill.sql) has queued nothing, and none of the target's
 --                     rows was embedded, for embeddings.backfill_stall_alarm(): no worker
 --                     serves its queue.
+--   over_ceiling      documents of a chunked target longer than the worker's ceiling
+--                     (EMBED_MAX_DOCUMENT_BYTES), failed without being embedded (55_chunks.sql:
+--                     embeddings.documents); they stay until the ceiling is raised and they are
+--                     retried, or they are shortened.
 -- Hook for further states (a chunked document over its ceiling, issue 25 §3): add a branch at
 -- "(Hook: ...)" below that sets (state, reason, fix, since) for the target and RETURNs NEXT;
 -- document the state here, in docs/operating.md's table and in worker/metrics.py's
@@ -129,6 +133,19 @@ BEGIN
         WHERE b.target_id = t.id AND coalesce(b.stepped_at, b.started_at) <= now() - embeddings.backfill_stall_alarm()
           AND NOT EXISTS (SELECT FROM embeddings.throughput tp
                           WHERE tp.target_id = t.id AND tp.minute > now() - embeddings.backfill_stall_alarm());
+        IF FOUND THEN
+            RETURN NEXT;
+        END IF;
+
+        SELECT 'over_ceiling',
+               format('%s document(s) longer than the ceiling of %s bytes (EMBED_MAX_DOCUMENT_BYTES) were not '
+                      'embedded; the longest has %s bytes', count(*), max(d.ceiling_bytes), max(d.bytes)),
+               'raise EMBED_MAX_DOCUMENT_BYTES and `embed-worker failures --retry`, or shorten the documents',
+               min(d.updated_at)
+        INTO state, reason, fix, since
+        FROM embeddings.documents d
+        WHERE d.target_id = t.id AND d.state = 'over_ceiling'
+        HAVING count(*) > 0;
         IF FOUND THEN
             RETURN NEXT;
         END IF;

@@ -268,12 +268,15 @@ $$;
 -- The `k` chunks of `source`'s chunked target nearest to `query` (cosine distance), nearest
 -- first: the retrieval step of a RAG app that embeds its question itself (the pattern of
 -- Supabase's match_documents). `key` is the document's primary key as JSON (an array for a
--- composite key). Raise hnsw.ef_search (default 40) to get more than 40 chunks.
+-- composite key). k chunks whenever k match (embeddings.search() gives one per document).
 CREATE FUNCTION embeddings.match_chunks(source regclass, query halfvec, k integer DEFAULT 10)
 RETURNS TABLE (key jsonb, seq integer, chunk text, distance double precision)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
+    q jsonb;
+    statement text;
+    answer jsonb;
 BEGIN
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = match_chunks.source AND tg.chunk_table IS NOT NULL
@@ -283,14 +286,19 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'SELECT embeddings.watch(''<table>'', ''<content>'', chunk_tokens => 200) first.';
     END IF;
-    -- The chunk table's key columns are named alike (follow_store_keys); keys as jobs carry
-    -- them (sql/25_keys.sql: nothing of the table owner's runs with the caller's rights).
-    RETURN QUERY EXECUTE format(
-        'SELECT %s, c.seq, c.chunk, (c.%I OPERATOR(%I.<=>) $1)::double precision '
-        'FROM %s c WHERE EXISTS (SELECT FROM %s s WHERE %s) ORDER BY c.%2$I OPERATOR(%3$I.<=>) $1 LIMIT $2',
-        embeddings.key_json_sql(t, 'c'), t.embedding_column, embeddings.vector_schema(), t.chunk_table,
-        t.source, embeddings.key_equal_sql(t, 's', 'c'))
-        USING query, k;
+    -- Through search_sql() (sql/58_search.sql): with the caller's rights, the chunks of
+    -- documents it may see; an iterative index scan, and an exact one when the index yields
+    -- fewer than k.
+    q := embeddings.search_sql(t);
+    statement := format('SELECT %s AS key, %s AS seq, %s AS content, %s AS distance FROM %s WHERE %s',
+                        q->>'key', q->>'seq', q->>'content', q->>'distance', q->>'from', 'true');
+    answer := embeddings.search_run(format('%s ORDER BY %s LIMIT %s', statement, q->>'order', k), query, NULL);
+    IF jsonb_array_length(answer) < k THEN
+        answer := embeddings.search_run(format('SELECT * FROM (%s OFFSET 0) r ORDER BY r.distance LIMIT %s', statement, k), query, NULL);
+    END IF;
+    RETURN QUERY
+        SELECT r.value->'key', (r.value->>'seq')::integer, r.value->>'content', (r.value->>'distance')::double precision
+        FROM jsonb_array_elements(answer) WITH ORDINALITY AS r(value, i) ORDER BY r.i;
 END
 $$;
 GRANT EXECUTE ON FUNCTION embeddings.match_chunks(regclass, halfvec, integer) TO PUBLIC;

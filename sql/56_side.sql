@@ -281,7 +281,7 @@ DECLARE
     side_cur text := (SELECT string_agg(format('x.%I %s cur.kc%s', k.c, embeddings.key_operator(k.ty, 3), k.i - 1), ' AND ' ORDER BY k.i)
                       FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i));
     joined text := embeddings.key_equal_sql(t, 't', 'x');
-    made text[] := ARRAY[(a->>'prefix') || '_store', (a->>'prefix') || '_blank', (a->>'prefix') || '_nearest'];
+    made text[] := ARRAY[(a->>'prefix') || '_store', (a->>'prefix') || '_blank'];
     col record;
 BEGIN
 
@@ -373,26 +373,6 @@ BEGIN
             (a->>'prefix') || '_swap_prepare', (a->>'check_call'), t.source, t.side_table, joined, shadow,
             t.embedding_column);
     END IF;
-
-    -- Search (worker/search.py): the nearest side rows whose row exists, with the content
-    -- column's text (a content function is never evaluated by a search).
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(query %2$s, k integer)
-        RETURNS TABLE (key jsonb, seq integer, content text, distance double precision)
-        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        BEGIN
-            %3$s
-            RETURN QUERY
-                SELECT pg_catalog.to_jsonb(%4$s), NULL::integer, %5$s, (x.%6$I OPERATOR(%7$I.<=>) $1)::double precision
-                FROM %8$s t JOIN %9$s x ON %10$s WHERE x.%6$I IS NOT NULL
-                ORDER BY x.%6$I OPERATOR(%7$I.<=>) $1 LIMIT $2;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_nearest', emb_type, (a->>'check_call'),
-        (SELECT string_agg(embeddings.text_sql(k.ty, format('t.%I', k.c)), ' || '','' || ' ORDER BY k.i)
-         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)),
-        CASE WHEN t.content_column IS NOT NULL THEN (a->>'content') ELSE 'NULL::text' END,
-        t.embedding_column, vschema, t.source, t.side_table, joined);
 
     RETURN made;
 END

@@ -108,6 +108,11 @@ class Settings:
     http_allow_unauthenticated: bool = field(
         default=False, metadata={"env": "EMBED_HTTP_ALLOW_UNAUTHENTICATED"}
     )
+    # The role POST /search searches as (its SELECT rights and row-level security decide what it
+    # sees); unset: the worker's own connection (docs/http.md#search).
+    search_database_url: str | None = field(
+        default=None, metadata={"env": "EMBED_SEARCH_DATABASE_URL"}
+    )
     # API keys of remote models (worker/models/remote/): a model row names its key
     # (`credential`), never holds it. A directory with one file per credential name (a mounted
     # Kubernetes secret, systemd's $CREDENTIALS_DIRECTORY), then the providers' own variables.

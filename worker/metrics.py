@@ -154,7 +154,7 @@ TARGET_STOPPED = Gauge(
     ["target", "state"],
     registry=REGISTRY,
 )
-STOPPED_STATES = ("problem", "deferred", "swap_waiting", "backfill_stalled")
+STOPPED_STATES = ("problem", "deferred", "swap_waiting", "backfill_stalled", "over_ceiling")
 
 # Remote models (worker/models/remote/): per provider (the endpoint's host[:port]) and model.
 PROVIDER_OUTCOMES = (

@@ -1,6 +1,6 @@
 -- The worker's runtime SQL. Each query starts with `-- name: NAME` and a one-line description;
 -- worker/queries.py loads them. `{queue_table}` and a target's functions (`{load}`, `{store}`,
--- `{blank}`, `{forget}`, `{reusable}`, `{chunks}`, `{nearest}`: embeddings.embeddings_<id>_<name>,
+-- `{blank}`, `{forget}`, `{reusable}`, `{chunks}`: embeddings.embeddings_<id>_<name>,
 -- which read and write its table as the table's owner, sql/32_access.sql) are filled with psycopg.sql
 -- identifiers of registered targets only, `{key_arrays}` with one text[] parameter per key
 -- column (%(k0)s, ...: see Target.sql_names); values are always bound parameters. Row keys go
@@ -253,6 +253,34 @@ FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::inte
               %(chunk_keys)s::text[], %(seqs)s::integer[], %(chunks)s::text[], %(chunk_hashes)s::text[],
               %(embeddings)b);
 
+-- name: search_table
+-- The oid of table %(table)s as the search path finds it (NULL: none) (worker/search.py).
+SELECT to_regclass(%(table)s)::oid;
+
+-- name: search_targets
+-- The targets of table %(source)s (of its embedding column %(column)s, when given).
+SELECT id FROM embeddings.targets
+WHERE source = %(source)s::oid AND (%(column)s::name IS NULL OR embedding_column = %(column)s::name)
+ORDER BY id;
+
+-- name: has_fulltext
+-- Whether target %(target)s has full-text search on (sql/59_hybrid.sql).
+SELECT fts_config IS NOT NULL FROM embeddings.targets WHERE id = %(target)s;
+
+-- name: search
+-- The %(k)s rows (documents, for a chunked target) nearest to %(query)s among those matching
+-- %(filter)s: embeddings.search() (sql/58_search.sql), with the caller's rights.
+SELECT key, distance, content, seq
+FROM embeddings.search((SELECT t.source FROM embeddings.targets t WHERE t.id = %(target)s),
+                       %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name);
+
+-- name: hybrid_search
+-- The %(k)s documents best by reciprocal rank fusion of the vector ranking of %(query)s and
+-- the full-text ranking of %(text)s: embeddings.hybrid_search() (sql/59_hybrid.sql).
+SELECT key, score, content, seq, distance, vector_rank, text_rank
+FROM embeddings.hybrid_search((SELECT t.source FROM embeddings.targets t WHERE t.id = %(target)s),
+                              %(text)s, %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name);
+
 -- name: document_progress
 -- Long documents of a target in progress or over the ceiling (embeddings.documents): what a
 -- worker continues from, and what tells it whether its last piece committed.
@@ -302,11 +330,6 @@ SET digest = excluded.digest, state = excluded.state, bytes = excluded.bytes, ch
     chunks_estimated = NULL, ceiling_bytes = excluded.ceiling_bytes, updated_at = now(),
     target_version = excluded.target_version,
     started_at = CASE WHEN d.state = 'over_ceiling' THEN d.started_at ELSE now() END;
-
--- name: nearest
--- The %(k)s rows (chunks, for a chunked target) nearest to %(query)s: the target's
--- embeddings_<id>_nearest() (worker/search.py).
-SELECT key, seq, content, distance FROM {nearest}(%(query)s, %(k)s);
 
 -- name: backfill_next
 -- One step of a backfill of a target on %(queue)s that no other worker is stepping: queues the

@@ -194,13 +194,29 @@ def rrf(
     return sorted(scores, key=lambda item: (-scores[item], item))
 
 
+HYBRID_SETUP = (
+    "SELECT embeddings.watch({name}, 'body', model => 'all-MiniLM-L6-v2',"
+    " backfill => false, fts => 'english')"
+)
+
+
 @dataclass
 class SqlFunction:
     """A search implemented as a set-returning SQL function:
     `fn(table regclass, query text, query_embedding halfvec, k integer)`, ids first."""
 
     function: str
-    setup: str | None = None  # SQL run once per table, `{table}` replaced by its name
+    # SQL run once per table: `{table}` replaced by its name as an identifier, `{name}` as a
+    # string literal.
+    setup: str | None = None
+
+    @classmethod
+    def named(cls, function: str) -> SqlFunction:
+        """`function`, with the setup it needs: the project's hybrid search needs the table
+        watched with full-text search on (its rows embedded already: no backfill)."""
+        if function == "embeddings.hybrid_search":
+            return cls(function, HYBRID_SETUP)
+        return cls(function)
 
     @property
     def name(self) -> str:
@@ -208,7 +224,9 @@ class SqlFunction:
 
     def prepare(self, conn: Conn, table: Table) -> None:
         if self.setup:
-            conn.execute(sql.SQL(self.setup).format(table=table.ident))
+            conn.execute(
+                sql.SQL(self.setup).format(table=table.ident, name=sql.Literal(table.name))
+            )
 
     def search(self, conn: Conn, table: Table, query: str, vector: Vector32, k: int) -> list[int]:
         statement = sql.SQL("SELECT * FROM {}(%s::regclass, %s, %s::halfvec, %s)").format(

@@ -8,11 +8,13 @@ import json
 import os
 import subprocess
 import sys
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.acceptance.test_http import TOKEN, post
 from tests.support.process import WorkerProcess, wait_for
@@ -44,6 +46,17 @@ def chunked(conn: Conn, worker_env: dict[str, str]) -> int:
     return int(row[0])
 
 
+@pytest.fixture
+def search_dsn(conn: Conn, dsn: str) -> Iterator[str]:
+    """A read-only role for POST /search: SELECT on docs and its chunks."""
+    role = f"app_search_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE ROLE {role} LOGIN")
+    conn.execute(f"GRANT SELECT ON docs, docs_chunks TO {role}")
+    yield make_conninfo(dsn, user=role)
+    conn.execute(f"DROP OWNED BY {role}")
+    conn.execute(f"DROP ROLE {role}")
+
+
 def cli(dsn: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "worker", *args],
@@ -62,23 +75,26 @@ def test_the_running_worker_chunks_search_finds_documents_by_their_best_chunk(
     conn: Conn,
     chunked: int,
     start_worker: Callable[..., WorkerProcess],
-    worker_dsn: str,
+    dsn: str,
     worker_env: dict[str, str],
+    search_dsn: str,
 ) -> None:
-    worker = start_worker(EMBED_HTTP_TOKEN=TOKEN)
+    # The worker's role reads no user table: /search searches as a role that may.
+    worker = start_worker(EMBED_HTTP_TOKEN=TOKEN, EMBED_SEARCH_DATABASE_URL=search_dsn)
     wait_for(lambda: documents_with_chunks(conn) == {1, 2, 3}, what="chunks of every document")
     # A new document is chunked by the running worker too.
     conn.execute("INSERT INTO docs VALUES (4, %s)", (FILLER * 8,))
     wait_for(lambda: 4 in documents_with_chunks(conn), what="chunks of the new document")
 
+    # The command line searches as its own connection's role (the application's here).
     result = cli(
-        worker_dsn, worker_env, "search", "docs", "what colour was the door?", "-k", "2", "--json"
+        dsn, worker_env, "search", "docs", "what colour was the door?", "-k", "2", "--json"
     )
     assert result.returncode == 0, result.stderr
     hits = json.loads(result.stdout)
-    assert hits[0]["key"] == 1 and "violet" in hits[0]["chunk"]
+    assert hits[0]["key"] == 1 and "violet" in hits[0]["content"]
     assert len({h["key"] for h in hits}) == len(hits) == 2  # documents, not chunks
-    table = cli(worker_dsn, worker_env, "search", "docs", "how long does the rye bread rise?")
+    table = cli(dsn, worker_env, "search", "docs", "how long does the rye bread rise?")
     assert table.returncode == 0, table.stderr
     first = table.stdout.splitlines()[2]
     assert first.split()[1] == "2" and "sourdough" in first
@@ -86,13 +102,18 @@ def test_the_running_worker_chunks_search_finds_documents_by_their_best_chunk(
     status, _, body = post(worker, "/search", {"table": "docs", "query": "bread", "k": 1})
     assert status == 200
     (hit,) = body["results"]
-    assert hit["key"] == 2 and "sourdough" in hit["chunk"] and 0 < hit["similarity"] <= 1
+    assert hit["key"] == 2 and "sourdough" in hit["content"] and 0 < hit["similarity"] <= 1
     status, _, body = post(worker, "/search", {"table": "nowhere", "query": "bread"})
     assert status == 404 and "nowhere" in body["error"]
     status, _, body = post(worker, "/search", {"table": "docs", "query": "", "k": 1})
     assert status == 400
+    bad = {"table": "docs", "query": "bread", "filter": {"nope": 1}}
+    status, _, body = post(worker, "/search", bad)
+    assert status == 400 and "no column nope" in body["error"]
+    status, _, body = post(worker, "/search", {**bad, "filter": {"id": [1, 3]}, "k": 3})
+    assert status == 200 and sorted(h["key"] for h in body["results"]) == [1, 3]
 
-    status_json = cli(worker_dsn, worker_env, "status", "--json")
+    status_json = cli(dsn, worker_env, "status", "--json")
     assert status_json.returncode == 0, status_json.stderr
     (row,) = json.loads(status_json.stdout)
     assert row["total_rows"] == row["embedded_rows"] == 4

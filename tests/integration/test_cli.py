@@ -89,6 +89,14 @@ def test_search_prints_no_model_load_line_and_hints_work_as_printed(
     assert result.returncode == 0, result.stderr
     assert "cats sleep" in result.stdout
     assert "INFO" not in result.stderr
+    # Keys typed as in the table; a filter that nothing passes says so (no empty table).
+    result = run_cli("search", "docs", "cats", "--json", "--database-url", dsn)
+    assert [r["key"] for r in json.loads(result.stdout)] == [1, 2]
+    result = run_cli("search", "docs", "cats", "--filter", '{"id": 3}', "--database-url", dsn)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("no rows of docs match the filter")
+    result = run_cli("search", "docs", "cats", "--filter", '{"nope": 3}', "--database-url", dsn)
+    assert result.returncode != 0 and "has no column nope" in result.stderr
 
     conn.execute(
         "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"

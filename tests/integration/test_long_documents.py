@@ -340,8 +340,10 @@ def test_status_and_doctor_show_a_document_in_pieces_and_one_over_the_ceiling(
     (row,) = status.fetch(conn)
     assert row["documents_over_ceiling"] == 2 and row["documents_in_progress"] == []
     shown = "\n".join(status.render([row]))
-    assert "2 document(s) over the ceiling of 500 bytes (EMBED_MAX_DOCUMENT_BYTES)" in shown
+    # Shown as a stopped state (sql/52_stopped.sql), which /readyz and the metric read too.
+    assert "docs.embedding: stopped (over_ceiling)" in shown
+    assert "2 document(s) longer than the ceiling of 500 bytes (EMBED_MAX_DOCUMENT_BYTES)" in shown
+    assert conn.execute("SELECT state FROM embeddings.stopped").fetchall() == [("over_ceiling",)]
     findings = doctor.check(dsn, piece_settings)
-    (over,) = [f for f in findings if f.check.startswith("documents ")]
-    assert over.level == "FAIL" and "over the ceiling" in over.detail
-    assert "failures --retry" in over.fix
+    (over,) = [f for f in findings if "stopped (over_ceiling)" in f.detail]
+    assert over.level == "FAIL" and "failures --retry" in over.fix

@@ -255,7 +255,7 @@ def test_a_dimension_change_swaps_in_a_column_of_the_new_dimension_and_keeps_the
         "search", "docs", "after the change", "-k", "1", "--json", "--database-url", dsn
     )
     assert found.returncode == 0, found.stderr
-    assert json.loads(found.stdout)[0]["key"] == "500"
+    assert json.loads(found.stdout)[0]["key"] == 500
     produced = conn.execute("SELECT vectors_from FROM embeddings.status").fetchone()
     assert produced is not None and produced[0].startswith(wide)
 

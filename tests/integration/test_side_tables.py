@@ -254,7 +254,7 @@ def test_deleted_rows_are_never_returned_and_their_side_rows_follow(
     ).fetchone() == (2, 1)
     found = run_cli("search", "docs", TEXTS[1], "-k", "5", "--json", "--database-url", dsn)
     assert found.returncode == 0, found.stderr
-    assert sorted(r["key"] for r in json.loads(found.stdout)) == ["4"]
+    assert sorted(r["key"] for r in json.loads(found.stdout)) == [4]
     # The deletes and the old key were queued; the worker deletes those side rows.
     assert sorted(queued_keys(conn, docs)) == [1, 2, 3, 30]
     run_once()
@@ -491,7 +491,7 @@ def test_a_model_change_fills_a_shadow_column_of_the_side_table_and_swaps_there(
         "search", "docs", "after the change", "-k", "1", "--json", "--database-url", dsn
     )
     assert found.returncode == 0, found.stderr
-    assert json.loads(found.stdout)[0]["key"] == "500"
+    assert json.loads(found.stdout)[0]["key"] == 500  # typed as in the table
 
 
 def test_search_serves_a_side_table_target(
@@ -508,5 +508,5 @@ def test_search_serves_a_side_table_target(
     found = search.run(
         conn, embedders.get, search.Request.parse({"table": "docs", "query": TEXTS[1], "k": 4})
     )
-    assert sorted(r["key"] for r in found) == ["2", "3", "4"]
+    assert sorted(r["key"] for r in found) == [2, 3, 4]
     assert {r["content"] for r in found} == {TEXTS[2], TEXTS[3], TEXTS[4]}

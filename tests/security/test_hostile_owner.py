@@ -392,3 +392,29 @@ def test_a_table_given_away_does_not_run_its_old_owners_function_with_the_new_ow
     with roles.connect(roles.writer) as writer:
         writer.execute("INSERT INTO docs VALUES (4, 'after the hand-over')")
     contained(roles)
+
+
+def test_turning_full_text_search_on_runs_the_content_function_as_its_owner(
+    roles: Roles,
+) -> None:
+    owner_docs(roles)
+    with roles.connect() as su:  # rows with vectors: enable_fts() fills their tsvectors
+        su.execute("UPDATE docs SET embedding = array_fill(0.1::real, ARRAY[384])")
+    turn(roles)
+    with roles.connect() as su:
+        su.execute("SELECT embeddings.enable_fts('docs', 'english')")
+        assert su.execute("SELECT count(*) FROM docs WHERE embedding_fts IS NULL").fetchone() == (
+            0,
+        )
+    assert contained(roles)  # it ran, as the owner
+
+
+def test_search_runs_with_the_callers_rights(roles: Roles) -> None:
+    owner_docs(roles)
+    with roles.connect() as su:
+        su.execute("UPDATE docs SET embedding = array_fill(0.1::real, ARRAY[384])")
+    query = "SELECT key FROM embeddings.search('docs', array_fill(0.1, ARRAY[384])::halfvec, 2)"
+    with roles.connect(roles.writer) as writer:  # SELECT granted by the owner
+        assert len(writer.execute(query).fetchall()) == 2
+    with roles.connect(roles.worker) as worker, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        worker.execute(query)  # the worker role reads no user table, not even through search

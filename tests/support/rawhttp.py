@@ -152,12 +152,16 @@ def http_worker(
     name = cluster.create_database(template=template_db)
     dsn = cluster.dsn(name)
     role = f"embed_worker_{uuid.uuid4().hex[:8]}"
+    reader = f"app_search_{uuid.uuid4().hex[:8]}"  # /search's role: the worker's reads nothing
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE ROLE {role} LOGIN")
         conn.execute("SELECT embeddings.grant_worker(%s)", (role,))
+        conn.execute(f"CREATE ROLE {reader} LOGIN")
         conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+        conn.execute(f"GRANT SELECT ON docs TO {reader}")
         conn.execute("INSERT INTO docs VALUES (1, 'cats purr'), (2, 'dogs bark'), (3, 'fish swim')")
         conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
+    worker_env.setdefault("EMBED_SEARCH_DATABASE_URL", make_conninfo(dsn, user=reader))
     worker = WorkerProcess(make_conninfo(dsn, user=role), worker_env)
     try:
         worker.wait_ready()
@@ -172,3 +176,4 @@ def http_worker(
         cluster.drop_database(name)
         with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:
             conn.execute(f"DROP ROLE IF EXISTS {role}")
+            conn.execute(f"DROP ROLE IF EXISTS {reader}")

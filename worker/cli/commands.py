@@ -196,50 +196,47 @@ def _load(name: str, settings: Settings) -> Any:
 
 def search(args: argparse.Namespace, settings: Settings) -> int:
     from worker import search as search_mod
-    from worker.pipeline import targets as targets_mod
 
     if args.k < 1:
         raise exceptions.ConfigError("-k must be at least 1")
+    filter = None
+    if args.filter is not None:
+        try:
+            filter = json.loads(args.filter)
+        except ValueError as exc:
+            raise exceptions.ConfigError(f"--filter is not JSON: {exc}") from None
+        if not isinstance(filter, dict):
+            raise exceptions.ConfigError("--filter must be a JSON object of column names")
     with _connect(settings) as conn:
-        with db.translated():
-            row = conn.execute("SELECT to_regclass(%s)::oid", (args.table,)).fetchone()
-        if row is None or row[0] is None:
-            raise exceptions.TargetError(f"no table {args.table!r}")
-        with db.translated():
-            ids = [
-                r[0]
-                for r in conn.execute(
-                    "SELECT id FROM embeddings.targets WHERE source = %s::oid"
-                    " AND (%s::name IS NULL OR embedding_column = %s::name) ORDER BY id",
-                    (row[0], args.column, args.column),
-                )
-            ]
-        if not ids:
-            hint = f"SELECT embeddings.watch('{args.table}', 'content_column');"
-            status_hint = hints.command("status", settings.dsn)
-            hint += f" then see `{status_hint}`"
-            raise exceptions.TargetError(f"{args.table} is not watched: {hint}")
-        if len(ids) > 1:
-            raise exceptions.ConfigError(
-                f"{args.table} has several embedding columns: pass --column"
-            )
-        db.register_vector_types(conn)
-        target = targets_mod.load(conn)[ids[0]]
+        status_hint = hints.command("status", settings.dsn)
+        target = search_mod.find_target(
+            conn, args.table, args.column, then=f" then see `{status_hint}`"
+        )
         # Embedded with the column's model at that moment; documents of a chunked target by
         # their best chunk (worker/search.py).
         results = search_mod.ranked(
-            conn, lambda name: _load(name, settings), target, args.query, args.k
+            conn,
+            lambda name: _load(name, settings),
+            target,
+            args.query,
+            args.k,
+            filter=filter,
+            mode=args.mode,
         )
     if args.json:
         output.print_json(results)
+        return EXIT_OK
+    if not results:
+        which = "match the filter" if filter else "have an embedding yet"
+        print(f"no rows of {args.table} {which} (see `{status_hint}`)")
         return EXIT_OK
     output.print_table(
         ["similarity", "key", "content"],
         [
             [
-                f"{r['similarity']:.3f}",
+                "-" if r["similarity"] is None else f"{r['similarity']:.3f}",
                 str(r["key"]),
-                output.preview(r.get("chunk", r.get("content"))),
+                output.preview(r["content"]),
             ]
             for r in results
         ],

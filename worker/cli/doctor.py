@@ -317,18 +317,6 @@ def _queue(rows: list[dict[str, object]], dsn: str) -> list[Finding]:
                     " or EMBED_THREADS",
                 )
             )
-        over = r.get("documents_over_ceiling")
-        if over:  # chunked targets: documents the worker refuses (worker/pipeline/pieces.py)
-            out.append(
-                Finding(
-                    "FAIL",
-                    f"documents {name}",
-                    f"{over} document(s) over the ceiling of {r.get('ceiling_bytes') or 0:,} bytes"
-                    " (EMBED_MAX_DOCUMENT_BYTES), not embedded",
-                    "raise EMBED_MAX_DOCUMENT_BYTES, then "
-                    f"`{hints.command('failures --retry', dsn)}`; or shorten the documents",
-                )
-            )
         failed = int(str(r["failed_jobs"]))
         if failed:
             out.append(

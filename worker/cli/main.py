@@ -92,6 +92,26 @@ def _global_options(
     return parent
 
 
+def _search_options(search: argparse.ArgumentParser) -> None:
+    search.add_argument("table", metavar="TABLE", help="a watched table, e.g. public.documents")
+    search.add_argument("query", metavar="QUERY", help="what to look for, in plain words")
+    search.add_argument("-k", type=int, default=5, help="how many rows (default 5)")
+    search.add_argument("--column", help="embedding column, when the table has several")
+    search.add_argument(
+        "--filter",
+        metavar="JSON",
+        help='only rows whose columns match, e.g. \'{"tenant_id": 7, "published": true}\'',
+    )
+    search.add_argument(
+        "--mode",
+        choices=("auto", "vector", "hybrid"),
+        default="auto",
+        help="vector: by meaning; hybrid: fused with full-text search (embeddings.enable_fts);"
+        " auto (default): hybrid where the table has full-text search",
+    )
+    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+
+
 def _sweep_options(sweep: argparse.ArgumentParser) -> None:
     sweep.add_argument(
         "--verify",
@@ -157,7 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     _long_document_options(run)
     run.add_argument(
-        "--http-port", type=int, help="serve /healthz, /readyz, /metrics, /embed [EMBED_HTTP_PORT]"
+        "--http-port",
+        type=int,
+        help="serve /healthz, /readyz, /metrics, /embed, /search, /functions/v1/embed"
+        " [EMBED_HTTP_PORT]",
     )
     run.add_argument(
         "--http-host", help="bind address for HTTP (default 127.0.0.1) [EMBED_HTTP_HOST]"
@@ -203,12 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
         "(embeddings.default_model()), else gte-small [EMBED_MODEL]",
     )
 
-    search = command("search", "rows of TABLE nearest in meaning to QUERY")
-    search.add_argument("table", metavar="TABLE", help="a watched table, e.g. public.documents")
-    search.add_argument("query", metavar="QUERY", help="what to look for, in plain words")
-    search.add_argument("-k", type=int, default=5, help="how many rows (default 5)")
-    search.add_argument("--column", help="embedding column, when the table has several")
-    search.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _search_options(command("search", "rows of TABLE nearest in meaning to QUERY"))
 
     failures = command("failures", "list dead-lettered jobs", loads_models=False)
     failures.add_argument("--retry", action="store_true", help="re-queue them all")

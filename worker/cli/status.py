@@ -314,13 +314,6 @@ def notes(r: dict[str, Any]) -> list[str]:
             f" {bar(done, estimated)} {done:,}/~{estimated:,} chunks,"
             f" started {output.age(_seconds_since(doc['started_at']))} ago"
         )
-    if r.get("documents_over_ceiling"):
-        lines.append("")
-        lines.append(
-            f"{r['target']}: {r['documents_over_ceiling']:,} document(s) over the ceiling of"
-            f" {r.get('ceiling_bytes') or 0:,} bytes (EMBED_MAX_DOCUMENT_BYTES), not embedded:"
-            " raise it and `embed-worker failures --retry`, or shorten them"
-        )
     if r.get("retrying_rows"):
         lines.append("")
         lines.append(

@@ -10,8 +10,9 @@
                             blank text (empty or whitespace) -> null, as the worker stores none
   POST /functions/v1/embed  the Supabase guide's Edge Function contract (worker.push): 200
                             with {completedJobs, failedJobs} and x-completed-jobs/x-failed-jobs
-  POST /search              {"table", "query", "k"} -> {"results": [...]}: nearest rows, or for
-                            a chunked target documents with their best chunk (worker.search)
+  POST /search              {"table", "query", "k"?, "column"?, "filter"?} -> {"results": [...]}:
+                            nearest rows, or for a chunked target documents with their best
+                            chunk (worker.search), as EMBED_SEARCH_DATABASE_URL's role
 
 POST routes take an optional bearer token (EMBED_HTTP_TOKEN), compared in constant time, before
 the body is read. Bound to anything but loopback without a token, they answer 403 unless the
@@ -273,9 +274,16 @@ class Handler(protocol.JSONRequestHandler):
             request = search.Request.parse(body)
         except ValueError as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        # As the search role when one is configured: what it may SELECT, row-level security
+        # included, is what the answer holds (the worker's own role reads no user table).
+        dsn = self.server.settings.search_database_url or self.server.dsn
         try:
-            with db.connect(self.server.dsn, connect_timeout=5) as conn:
+            with db.connect(dsn, connect_timeout=5) as conn:
                 results = search.run(conn, self.server.embedders.get, request)
+        except search.InvalidSearch as exc:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        except search.SearchDenied as exc:
+            raise BadRequest(HTTPStatus.FORBIDDEN, str(exc)) from None
         except (exceptions.TargetError, exceptions.ConfigError) as exc:
             raise BadRequest(HTTPStatus.NOT_FOUND, str(exc)) from None
         self._json(HTTPStatus.OK, {"results": results})

@@ -109,7 +109,6 @@ class Target:
         "forget",
         "reusable",
         "chunks",
-        "nearest",
         "clear_failing",
     )
 

@@ -133,6 +133,11 @@ BEGIN
 END
 $$;
 
+-- embeddings.targets: full-text search for hybrid search (sql/59_hybrid.sql).
+ALTER TABLE embeddings.targets
+    ADD COLUMN IF NOT EXISTS fts_config regconfig,
+    ADD COLUMN IF NOT EXISTS fts_column name;
+
 -- embeddings.queues: a backfill lane names the live queue it serves.
 ALTER TABLE embeddings.queues ADD COLUMN IF NOT EXISTS live_queue text;
 

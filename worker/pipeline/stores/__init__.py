@@ -7,9 +7,10 @@
                         sql/55_chunks.sql)
 
 The pipeline asks `of(target)` and calls the same methods whatever the kind (base.Store): the
-load stage's `prepare`, the embed stage's `embed`, the write stage's `write` and `forget`, and
-search's `nearest`. Every store reads and writes through the target's generated functions, which
-run as the table's owner (sql/32_access.sql).
+load stage's `prepare`, the embed stage's `embed`, the write stage's `write` and `forget`
+(search is embeddings.search(), sql/58_search.sql, with the caller's rights). Every store reads
+and writes through the target's generated functions, which run as the table's owner
+(sql/32_access.sql).
 """
 
 from __future__ import annotations

@@ -6,9 +6,6 @@ from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, ClassVar
 
-import numpy as np
-import numpy.typing as npt
-
 from worker import db
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.targets import Target
@@ -67,9 +64,3 @@ class Store(ABC):
         """Write stage: deletes what rows gone from the table left in the store (only called
         when `follows_deletes`). Their states stay GONE."""
         return
-
-    @abstractmethod
-    def nearest(
-        self, conn: db.Connection, target: Target, vector: npt.NDArray[np.float32], k: int
-    ) -> list[dict[str, Any]]:
-        """Search: the k results nearest to `vector` (worker/search.py says their shape)."""

@@ -6,12 +6,7 @@ no foreign key to the table: one made TRUNCATE of the table fail)."""
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, ClassVar
-
-import numpy as np
-import numpy.typing as npt
-from pgvector import HalfVector
-from psycopg import sql
+from typing import TYPE_CHECKING, ClassVar
 
 from worker import db, exceptions
 from worker.pipeline import chunks, provenance
@@ -22,11 +17,6 @@ from worker.pipeline.targets import Target
 
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels
-
-# Chunks fetched per document asked for: several chunks of one document are often the nearest,
-# and documents are ranked by their best one. hnsw.ef_search is raised to match (at most 1000).
-CHUNKS_PER_DOCUMENT = 10
-MAX_CANDIDATES = 1000
 
 
 class ChunkStore(Store):
@@ -73,26 +63,3 @@ class ChunkStore(Store):
     def forget(self, conn: db.Connection, target: Target, gone: list[Row]) -> None:
         forget_rows(conn, target, gone)
         chunks.forget(conn, target, gone)  # a long document's progress or ceiling
-
-    def nearest(
-        self, conn: db.Connection, target: Target, vector: npt.NDArray[np.float32], k: int
-    ) -> list[dict[str, Any]]:
-        """The k documents with the nearest chunks, each with its best chunk, nearest first."""
-        candidates = min(max(k * CHUNKS_PER_DOCUMENT, 40), MAX_CANDIDATES)
-        db.register_vector_types(conn)
-        with db.translated(), conn.transaction():
-            conn.execute(sql.SQL("SET LOCAL hnsw.ef_search = {}").format(sql.Literal(candidates)))
-            rows = conn.execute(
-                target.query("nearest"), {"query": HalfVector(vector), "k": candidates}
-            ).fetchall()
-        best: dict[str, dict[str, Any]] = {}
-        for key, seq, chunk, distance in rows:  # nearest first: a document's first is its best
-            name = repr(key)
-            if name not in best:
-                best[name] = {
-                    "key": key,
-                    "similarity": 1 - float(distance),
-                    "seq": seq,
-                    "chunk": chunk,
-                }
-        return list(best.values())[:k]

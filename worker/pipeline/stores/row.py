@@ -8,7 +8,7 @@ column too, under the same guard.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import numpy as np
 import numpy.typing as npt
@@ -64,20 +64,6 @@ class RowStore(Store):
                 # Not cleared: already NULL, or the content changed since (its own job does it).
                 states[row.key] = RowState.CLEARED if row.key in cleared else RowState.BLANK
         return states
-
-    def nearest(
-        self, conn: db.Connection, target: Target, vector: npt.NDArray[np.float32], k: int
-    ) -> list[dict[str, Any]]:
-        """The k rows with the nearest embeddings, nearest first, with their content column's
-        text (None for a content function: a search evaluates none, docs/security.md)."""
-        db.register_vector_types(conn)
-        wrap = HalfVector if target.embedding_type == "halfvec" else Vector
-        with db.translated():
-            rows = conn.execute(target.query("nearest"), {"query": wrap(vector), "k": k}).fetchall()
-        return [
-            {"key": key, "similarity": 1 - float(distance), "content": text}
-            for key, _, text, distance in rows
-        ]
 
 
 def _write(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool) -> set[str]:

@@ -1,0 +1,181 @@
+"""Search paths at scale: recall@10 against exact search and p50/p95 latency of each path of
+embeddings.search() and embeddings.hybrid_search() (sql/58_search.sql, sql/59_hybrid.sql), beside
+pgvector's plain HNSW scan (no iterative scan), for a plain table and a chunked one.
+
+Vectors: real-looking (bench/hnsw.py: a Gaussian fitted to real all-MiniLM-L6-v2 embeddings of
+standard-library docstrings), queries drawn from the same distribution with another seed.
+Texts: the docstrings, cycled (for the full-text side of hybrid search). Paths, k = 10:
+- `exact`: search() with embeddings.exact_search_rows above the table's size (a scan);
+- `hnsw_plain`: `ORDER BY embedding <=> q LIMIT 10` with pgvector's defaults (ef_search 40);
+- `search`: search() as shipped (iterative index scan, relaxed order, re-sorted);
+- `search_filtered`: search() with a filter one row in 100 passes (`tenant`), against the
+  exact answer under the same filter;
+- `chunks`: a chunked target, 10 chunks per document: search() (documents by their best
+  chunk) against the exact per-document answer;
+- `hybrid`: hybrid_search() (latency only: its quality is bench/quality's).
+
+Not part of the default `make bench`: `python -m bench --only retrieval [--scale-rows N]`.
+"""
+
+from __future__ import annotations
+
+import statistics
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from bench import corpus
+from bench.hnsw import gaussian_like, real_embeddings
+
+DIMS = 384
+K = 10
+MODEL = "all-MiniLM-L6-v2"
+
+
+def _vec(v: np.ndarray) -> str:
+    return "[" + ",".join(f"{x:.5g}" for x in v.astype(np.float32).tolist()) + "]"
+
+
+def _load(conn: psycopg.Connection[Any], statement: str, rows: Any) -> None:
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        for row in rows:
+            copy.write_row(row)
+
+
+def _timed(
+    conn: psycopg.Connection[Any], statement: str, params: tuple[Any, ...]
+) -> tuple[list[Any], float]:
+    start = time.perf_counter()
+    rows = conn.execute(statement, params).fetchall()
+    return [r[0] for r in rows], (time.perf_counter() - start) * 1000
+
+
+def _summary(times: list[float], recalls: list[float] | None) -> dict[str, Any]:
+    ordered = sorted(times)
+    out: dict[str, Any] = {
+        "p50_ms": round(statistics.median(ordered), 2),
+        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 2),
+    }
+    if recalls is not None:
+        out["recall_at_10"] = round(statistics.fmean(recalls), 4)
+    return out
+
+
+def run(dsn: str, model_dir: Path, *, rows: int = 100_000, queries: int = 100) -> dict[str, Any]:
+    real = real_embeddings(model_dir, 1000)
+    vectors = gaussian_like(real, rows, seed=21)
+    asked = gaussian_like(real, queries, seed=22)
+    texts = corpus.stdlib_docstrings()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        conn.execute(
+            f"CREATE TABLE plain (id int PRIMARY KEY, tenant int NOT NULL, body text NOT NULL,"
+            f" embedding halfvec({DIMS}))"
+        )
+        _load(
+            conn,
+            "COPY plain FROM STDIN",
+            ((i, i % 100, texts[i % len(texts)], _vec(v)) for i, v in enumerate(vectors)),
+        )
+        # A placeholder HNSW index (partial, empty) keeps watch() from building one, so that
+        # enable_fts() fills the tsvectors before the real index exists: an UPDATE writes new
+        # row versions, each inserted into every index, and 100k HNSW inserts took over 20
+        # minutes on this machine (docs/performance.md).
+        conn.execute(
+            "CREATE INDEX plain_placeholder ON plain USING hnsw (embedding halfvec_cosine_ops)"
+            " WHERE false"
+        )
+        conn.execute(
+            "SELECT embeddings.watch('plain', 'body', model => %s, backfill => false)", (MODEL,)
+        )
+        started = time.perf_counter()
+        conn.execute("SELECT embeddings.enable_fts('plain', 'english')")
+        fts_s = time.perf_counter() - started
+        conn.execute("DROP INDEX plain_placeholder")
+        started = time.perf_counter()
+        conn.execute("CREATE INDEX ON plain USING hnsw (embedding halfvec_cosine_ops)")
+        index_s = time.perf_counter() - started
+        conn.execute("VACUUM ANALYZE plain")
+
+        conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text NOT NULL)")
+        conn.execute(
+            "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 200)",
+            (MODEL,),
+        )
+        _load(conn, "COPY docs FROM STDIN", ((d, "doc") for d in range(rows // 10)))
+        (index,) = conn.execute(
+            "SELECT c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_am am ON am.oid = c.relam WHERE i.indrelid = 'docs_chunks'::regclass"
+            " AND am.amname = 'hnsw'"
+        ).fetchone() or ("",)
+        conn.execute(f'DROP INDEX "{index}"')
+        _load(
+            conn,
+            "COPY docs_chunks (id, seq, chunk, chunk_hash, embedding) FROM STDIN",
+            (
+                (i // 10, i % 10, texts[i % len(texts)], str(i), _vec(v))
+                for i, v in enumerate(vectors)
+            ),
+        )
+        conn.execute("CREATE INDEX ON docs_chunks USING hnsw (embedding halfvec_cosine_ops)")
+        conn.execute("VACUUM ANALYZE docs_chunks")
+
+        search = "SELECT key FROM embeddings.search(%s, %s::halfvec, %s, %s::jsonb)"
+        hybrid = "SELECT key FROM embeddings.hybrid_search(%s, %s, %s::halfvec, %s)"
+        plain_hnsw = "SELECT id FROM plain ORDER BY embedding <=> %s::halfvec LIMIT %s"
+        tenant = '{"tenant": 7}'
+        paths: dict[str, tuple[list[float], list[float] | None]] = {
+            name: ([], [])
+            for name in (
+                "exact",
+                "hnsw_plain",
+                "search",
+                "search_filtered",
+                "exact_filtered",
+                "chunks",
+                "chunks_exact",
+            )
+        }
+        paths["hybrid"] = ([], None)
+        for n, q in enumerate(asked):
+            v = _vec(q)
+            conn.execute("SET embeddings.exact_search_rows = 1e12")
+            truth, ms = _timed(conn, search, ("plain", v, K, None))
+            paths["exact"][0].append(ms)
+            truth_f, ms = _timed(conn, search, ("plain", v, K, tenant))
+            paths["exact_filtered"][0].append(ms)
+            truth_c, ms = _timed(conn, search, ("docs", v, K, None))
+            paths["chunks_exact"][0].append(ms)
+            conn.execute("RESET embeddings.exact_search_rows")
+            for name, statement, params, expected in (
+                ("hnsw_plain", plain_hnsw, (v, K), truth),
+                ("search", search, ("plain", v, K, None), truth),
+                ("search_filtered", search, ("plain", v, K, tenant), truth_f),
+                ("chunks", search, ("docs", v, K, None), truth_c),
+            ):
+                found, ms = _timed(conn, statement, params)
+                times, recalls = paths[name]
+                times.append(ms)
+                assert recalls is not None
+                recalls.append(len(set(found) & set(expected)) / K)
+            words = " ".join(texts[(n * 7) % len(texts)].split()[:3])
+            _, ms = _timed(conn, hybrid, ("plain", words, v, K))
+            paths["hybrid"][0].append(ms)
+        for name in ("exact", "exact_filtered", "chunks_exact"):
+            paths[name] = (paths[name][0], None)
+        sizes = conn.execute(
+            "SELECT pg_size_pretty(pg_total_relation_size('plain')),"
+            " pg_size_pretty(pg_total_relation_size('docs_chunks'))"
+        ).fetchone()
+    return {
+        "rows": rows,
+        "queries": queries,
+        "k": K,
+        "hnsw_build_s": round(index_s, 1),
+        "enable_fts_s": round(fts_s, 1),
+        "sizes": sizes,
+        "paths": {name: _summary(t, r) for name, (t, r) in paths.items()},
+    }

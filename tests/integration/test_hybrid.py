@@ -1,0 +1,174 @@
+"""Hybrid search (sql/59_hybrid.sql): the fusion equals reciprocal rank fusion computed here
+from the two rankings; the tsvector is kept by the worker's store function (plain targets) or
+generated (chunk tables); filters apply to both rankings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from bench.quality.retrievers import rrf
+from tests.integration.test_search import DIMS, MODEL, Vec, text, toward, unit
+from worker import search
+from worker.models.loaded import LoadedModels
+from worker.process.runner import Worker
+
+Conn = psycopg.Connection[Any]
+
+BODIES = [
+    "The urllib.request.urlopen function opens a URL.",
+    "Open a network address and read the page.",
+    "ValueError: math domain error raised by sqrt of a negative number",
+    "Square roots of negative numbers are not real.",
+    "shutil.rmtree deletes a directory tree.",
+    "Remove a folder together with everything inside it.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Parsing JSON text into dictionaries and lists.",
+]
+
+
+def text_ranking(conn: Conn, table: str, column: str, query: str) -> list[Any]:
+    """The full-text ranking as the docs describe it, written out here."""
+    rows = conn.execute(
+        f"SELECT id FROM {table}, websearch_to_tsquery('english',"
+        r" regexp_replace(%s, '(\w)\.(?=\w)', '\1 ', 'g')) q"
+        f" WHERE {column} @@ q ORDER BY ts_rank_cd({column}, q) DESC, id",
+        (query,),
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
+@pytest.fixture
+def items(conn: Conn) -> Vec:
+    """Eight rows with vectors at known distances from the query (row i+1 at 0.1 + 0.08 i)."""
+    query = unit(np.random.default_rng(5).standard_normal(DIMS))
+    rng = np.random.default_rng(6)
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, tenant int, body text)")
+    for i, body in enumerate(BODIES, start=1):
+        conn.execute("INSERT INTO items VALUES (%s, %s, %s)", (i, i % 2, body))
+    conn.execute("SELECT embeddings.watch('items', 'body', model => %s)", (MODEL,))
+    for i in range(1, len(BODIES) + 1):
+        v = toward(query, rng, 0.1 + 0.08 * (i - 1))[0]
+        conn.execute("UPDATE items SET embedding = %s WHERE id = %s", (text(v), i))
+    conn.execute("SELECT embeddings.enable_fts('items', 'english')")
+    return query
+
+
+@pytest.mark.parametrize(
+    ("words", "weights", "rrf_k", "filter"),
+    [
+        ("urlopen", (1.0, 1.0), 60, None),
+        ("math domain error", (1.0, 1.0), 60, None),
+        ("directory OR folder OR negative", (0.5, 2.0), 10, None),
+        ("directory OR folder OR negative OR url", (1.0, 1.0), 60, {"tenant": 1}),
+    ],
+)
+def test_hybrid_equals_a_reference_fusion(
+    conn: Conn,
+    items: Vec,
+    words: str,
+    weights: tuple[float, float],
+    rrf_k: int,
+    filter: dict[str, Any] | None,
+) -> None:
+    allowed = [i for i in range(1, 9) if filter is None or i % 2 == filter["tenant"]]
+    by_vector = allowed  # row i is the i-th nearest by construction
+    by_text = [i for i in text_ranking(conn, "items", "embedding_fts", words) if i in allowed]
+    assert by_text, words
+    expected = rrf([by_vector, by_text], rrf_k=rrf_k, weights=weights)[:5]
+    rows = conn.execute(
+        "SELECT key, score, vector_rank, text_rank FROM embeddings.hybrid_search('items', %s,"
+        " %s::halfvec, 5, %s::jsonb, rrf_k => %s, vector_weight => %s, text_weight => %s)",
+        (
+            words,
+            text(items),
+            None if filter is None else psycopg.types.json.Jsonb(filter),
+            rrf_k,
+            *weights,
+        ),
+    ).fetchall()
+    assert [r[0] for r in rows] == expected
+    for key, score, vector_rank, text_rank in rows:
+        assert vector_rank == by_vector.index(key) + 1
+        assert text_rank == (by_text.index(key) + 1 if key in by_text else None)
+        parts = [weights[0] / (rrf_k + vector_rank)]
+        if text_rank is not None:
+            parts.append(weights[1] / (rrf_k + text_rank))
+        assert score == pytest.approx(sum(parts))
+
+
+def test_dotted_names_match_their_last_part(conn: Conn, items: Vec) -> None:
+    target = search.find_target(conn, "items")
+    found = search.hybrid(conn, target, "urlopen", items, 3)
+    assert found[0]["key"] == 1 and found[0]["text_rank"] == 1
+
+
+def test_hybrid_on_a_target_without_full_text_is_refused(conn: Conn, items: Vec) -> None:
+    conn.execute("SELECT embeddings.disable_fts('items')")
+    target = search.find_target(conn, "items")
+    with pytest.raises(search.InvalidSearch, match="no full-text search"):
+        search.hybrid(conn, target, "urlopen", items, 3)
+    assert not search.has_fulltext(conn, target)
+
+
+def test_chunked_target_fuses_documents(conn: Conn) -> None:
+    query = unit(np.random.default_rng(7).standard_normal(DIMS))
+    rng = np.random.default_rng(8)
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT i, 'doc ' || i FROM generate_series(1, 4) i")
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 64)", (MODEL,)
+    )
+    conn.execute("SELECT embeddings.enable_fts('docs')")
+    chunks = [  # (doc, seq, text, distance)
+        (1, 0, "nothing to see", 0.1),
+        (1, 1, "the zebra crossing", 0.6),
+        (2, 0, "zebra zebra stripes", 0.7),
+        (3, 0, "plain words", 0.2),
+        (4, 0, "more words", 0.3),
+    ]
+    for doc, seq, chunk, distance in chunks:
+        conn.execute(
+            "INSERT INTO docs_chunks (id, seq, chunk, chunk_hash, embedding) VALUES (%s, %s, %s,"
+            " 'h', %s)",
+            (doc, seq, chunk, text(toward(query, rng, distance)[0])),
+        )
+    rows = conn.execute(
+        "SELECT key, seq, content, vector_rank, text_rank FROM embeddings.hybrid_search("
+        "'docs', 'zebra', %s::halfvec, 4)",
+        (text(query),),
+    ).fetchall()
+    # Documents by best chunk: vector 1, 3, 4, 2; text 2 (two zebras), 1.
+    assert [r[0] for r in rows] == rrf([[1, 3, 4, 2], [2, 1]])
+    assert rows[0][:3] == (1, 0, "nothing to see")  # the best chunk by distance
+    assert {r[0]: (r[3], r[4]) for r in rows}[2] == (4, 1)
+
+
+def test_the_worker_keeps_the_tsvector(
+    conn: Conn, minilm: str, run_once: Callable[..., Worker], embedders: LoadedModels
+) -> None:
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO notes VALUES (1, 'shutil.rmtree removes trees'), (2, 'cats')")
+    conn.execute(
+        "SELECT embeddings.watch('notes', 'body', model => %s, fts => 'english')", (minilm,)
+    )
+    run_once()
+    rows = conn.execute("SELECT id, embedding_fts::text FROM notes ORDER BY id").fetchall()
+    assert rows == [(1, "'remov':3 'rmtree':2 'shutil':1 'tree':4"), (2, "'cat':1")]
+    conn.execute("UPDATE notes SET body = 'dogs bark' WHERE id = 2")
+    run_once()
+    assert conn.execute("SELECT embedding_fts::text FROM notes WHERE id = 2").fetchone() == (
+        "'bark':2 'dog':1",
+    )
+    target = search.find_target(conn, "notes")
+    found = search.ranked(conn, embedders.get, target, "rmtree", 2)  # auto: hybrid
+    assert found[0]["key"] == 1 and found[0]["text_rank"] == 1 and found[0]["score"] > 0
+    # Blank content: no vector, and no full-text match either (its tsvector is stale).
+    conn.execute("UPDATE notes SET body = '' WHERE id = 2")
+    run_once()
+    found = search.ranked(conn, embedders.get, target, "dogs bark", 2)
+    assert [r["key"] for r in found] == [1]

@@ -1,0 +1,249 @@
+"""Search returns k results whenever k rows match (near-duplicate chunks, deleted rows not yet
+vacuumed, filters), in distance order, keys typed as in the table, and only what the caller's
+own rights and row-level security let it see (sql/58_search.sql, worker/search.py).
+
+Vectors are written straight into the tables (no model runs): the query is a fixed vector, and
+the expected answer is computed here exactly with numpy."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+import pytest
+from psycopg import sql
+
+from worker import search
+from worker.pipeline import targets as targets_mod
+
+Conn = psycopg.Connection[Any]
+DIMS = 384
+MODEL = "all-MiniLM-L6-v2"
+Vec = npt.NDArray[np.float32]
+
+
+def unit(v: npt.NDArray[Any]) -> Vec:
+    normed: Vec = (v / np.linalg.norm(v, axis=-1, keepdims=True)).astype(np.float32)
+    return normed
+
+
+def text(v: Vec) -> str:
+    return "[" + ",".join(f"{x:.5f}" for x in v.tolist()) + "]"
+
+
+def toward(query: Vec, rng: np.random.Generator, distance: float, n: int = 1) -> Vec:
+    """n unit vectors at about `distance` (cosine) from `query`."""
+    noise = unit(rng.standard_normal((n, DIMS)))
+    noise -= np.outer(noise @ query, query)
+    noise = unit(noise)
+    cos = 1 - distance
+    return unit(cos * query + np.sqrt(1 - cos * cos) * noise)
+
+
+def half(v: Vec) -> Vec:
+    """`v` as stored: written as text(), read into a halfvec."""
+    return np.round(v, 5).astype(np.float16).astype(np.float32)
+
+
+def exact_documents(vectors: dict[int, Vec], query: Vec, k: int) -> list[int]:
+    """The k documents with the nearest chunks (exact, at halfvec precision)."""
+    best = {doc: float(np.min(1 - half(unit(v)) @ query)) for doc, v in vectors.items()}
+    return sorted(best, key=best.__getitem__)[:k]
+
+
+@pytest.fixture
+def query() -> Vec:
+    return unit(np.random.default_rng(1).standard_normal(DIMS))
+
+
+def load_chunks(conn: Conn, vectors: dict[int, Vec]) -> None:
+    """The chunks, then the index built over them at once (quicker than row by row)."""
+    (index,) = conn.execute(
+        "SELECT indexrelid::regclass::text FROM pg_index i JOIN pg_class c ON c.oid = indexrelid"
+        " JOIN pg_am am ON am.oid = c.relam WHERE indrelid = 'docs_chunks'::regclass"
+        " AND am.amname = 'hnsw'"
+    ).fetchone() or (None,)
+    definition = conn.execute("SELECT pg_get_indexdef(%s::regclass)", (index,)).fetchone()
+    conn.execute(f"DROP INDEX {index}")
+    statement = "COPY docs_chunks (id, seq, chunk, chunk_hash, embedding) FROM STDIN"
+    with conn.cursor() as cur, cur.copy(statement) as copy:
+        for doc, chunk_vectors in vectors.items():
+            for seq, v in enumerate(chunk_vectors):
+                copy.write_row((doc, seq, f"doc {doc} chunk {seq}", f"h{doc}-{seq}", text(v)))
+    assert definition is not None
+    conn.execute(definition[0])
+    conn.execute("ANALYZE docs_chunks")
+
+
+@pytest.fixture
+def chunked(conn: Conn, query: Vec) -> dict[int, Vec]:
+    """Two long, repetitive documents (3,500 near-identical chunks each, all very near the
+    query) and ten short ones, farther and farther away."""
+    rng = np.random.default_rng(2)
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, tenant int NOT NULL, body text)")
+    conn.execute("INSERT INTO docs SELECT i, i % 2, 'doc ' || i FROM generate_series(1, 12) i")
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 64)", (MODEL,)
+    )
+    vectors = {1: toward(query, rng, 0.02, 3500), 2: toward(query, rng, 0.03, 3500)}
+    for doc in range(3, 13):
+        vectors[doc] = toward(query, rng, 0.1 + 0.05 * doc, 2)
+    load_chunks(conn, vectors)
+    return vectors
+
+
+def searched(conn: Conn, table: str, query: Vec, k: int, **kw: Any) -> list[dict[str, Any]]:
+    target = search.find_target(conn, table)
+    return search.nearest(conn, target, query, k, **kw)
+
+
+@pytest.mark.parametrize("exact_below", [0, 1_000_000])
+def test_k_documents_from_near_duplicate_chunks(
+    conn: Conn, chunked: dict[int, Vec], query: Vec, exact_below: int
+) -> None:
+    conn.execute(f"SET embeddings.exact_search_rows = {exact_below}")  # index path, exact path
+    found = searched(conn, "docs", query, 3)
+    assert [r["key"] for r in found] == exact_documents(chunked, query, 3) == [1, 2, 3]
+    distances = [r["distance"] for r in found]
+    assert distances == sorted(distances)
+    assert found[2]["content"] == f"doc 3 chunk {found[2]['seq']}"
+    assert found[0]["similarity"] == pytest.approx(1 - found[0]["distance"])
+    # The settings the search turned on are put back for the rest of the transaction.
+    assert conn.execute("SHOW hnsw.iterative_scan").fetchone() == ("off",)
+
+
+def test_deleted_documents_not_yet_vacuumed_leave_k_results(
+    conn: Conn, chunked: dict[int, Vec], query: Vec
+) -> None:
+    conn.execute("SET embeddings.exact_search_rows = 0")
+    conn.execute("DELETE FROM docs WHERE id IN (1, 2)")  # 7,000 dead chunks in the index
+    found = searched(conn, "docs", query, 3)
+    assert [r["key"] for r in found] == [3, 4, 5]
+
+
+def test_filter_keeps_k_results_and_rls_hides_rows(
+    conn: Conn, chunked: dict[int, Vec], query: Vec
+) -> None:
+    conn.execute("SET embeddings.exact_search_rows = 0")
+    # Tenant 1 holds the odd documents: its best are 1 (near duplicates), then 3, 5.
+    found = searched(conn, "docs", query, 3, filter={"tenant": 1})
+    assert [r["key"] for r in found] == [1, 3, 5]
+    found = searched(conn, "docs", query, 3, filter={"tenant": 0, "id": {"gte": 6}})
+    assert [r["key"] for r in found] == [6, 8, 10]
+    found = searched(conn, "docs", query, 4, filter={"id": [12, 4, 99]})
+    assert [r["key"] for r in found] == [4, 12]
+
+    # An application role under row-level security: tenant 0's documents only.
+    conn.execute("CREATE ROLE app_reader")
+    conn.execute("GRANT SELECT ON docs, docs_chunks TO app_reader")
+    conn.execute("ALTER TABLE docs ENABLE ROW LEVEL SECURITY")
+    conn.execute(
+        "CREATE POLICY tenant ON docs FOR SELECT TO app_reader"
+        " USING (tenant = current_setting('app.tenant')::int)"
+    )
+    conn.execute("SET app.tenant = '0'")
+    conn.execute("SET ROLE app_reader")
+    found = searched(conn, "docs", query, 3)
+    assert [r["key"] for r in found] == [2, 4, 6]
+    conn.execute("RESET ROLE")
+
+    # A role without SELECT is refused, not shown the owner's rows.
+    conn.execute("CREATE ROLE outsider")
+    conn.execute("SET ROLE outsider")
+    with pytest.raises(search.SearchDenied, match="permission denied"):
+        searched(conn, "docs", query, 3)
+    conn.execute("RESET ROLE")
+
+
+def test_bad_filters_are_refused(conn: Conn, chunked: dict[int, Vec], query: Vec) -> None:
+    for bad, message in [
+        ({"nope": 1}, "has no column"),
+        ({"tenant": {"like": 1}}, "comparisons are"),
+        ({"tenant": "x"}, "invalid input syntax"),
+        ({"tenant": "1; DROP TABLE docs"}, "invalid input syntax"),
+    ]:
+        with pytest.raises(search.InvalidSearch, match=message):
+            searched(conn, "docs", query, 3, filter=bad)
+    assert conn.execute("SELECT count(*) FROM docs").fetchone() == (12,)
+
+
+@pytest.mark.parametrize(
+    ("key_sql", "keys", "expected"),
+    [
+        ("id int PRIMARY KEY", ["7"], 7),
+        ("id bigint PRIMARY KEY", ["9007199254740993"], 9007199254740993),
+        ("id text PRIMARY KEY", ["'7'"], "7"),
+        (
+            "id uuid PRIMARY KEY",
+            ["'3f1c1d3e-0000-4000-8000-000000000001'"],
+            "3f1c1d3e-0000-4000-8000-000000000001",
+        ),
+        ("a int, b text, PRIMARY KEY (a, b)", ["7", "'x'"], [7, "x"]),
+    ],
+)
+def test_keys_keep_their_type_in_json(
+    conn: Conn, query: Vec, key_sql: str, keys: list[str], expected: Any
+) -> None:
+    conn.execute(f"CREATE TABLE items ({key_sql}, body text)")
+    columns = "a, b" if len(keys) == 2 else "id"
+    conn.execute(f"INSERT INTO items ({columns}, body) VALUES ({', '.join(keys)}, 'hello')")
+    conn.execute("SELECT embeddings.watch('items', 'body', model => %s)", (MODEL,))
+    conn.execute("UPDATE items SET embedding = %s", (text(query),))
+    (found,) = searched(conn, "items", query, 5)
+    assert found["key"] == expected
+    assert json.loads(json.dumps(found))["key"] == expected
+    assert found["content"] == "hello" and found["seq"] is None
+    assert found["distance"] == pytest.approx(0, abs=1e-3)
+
+
+def test_plain_table_k_rows_past_dead_duplicates_and_filters(conn: Conn, query: Vec) -> None:
+    rng = np.random.default_rng(3)
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, tenant int, body text)")
+    conn.execute("INSERT INTO notes SELECT i, i % 50, 'note ' || i FROM generate_series(1, 3500) i")
+    conn.execute("SELECT embeddings.watch('notes', 'body', model => %s)", (MODEL,))
+    near = toward(query, rng, 0.02, 3000)  # ids 1..3000: near duplicates
+    # ids 3001..3500, each at its own distance (0.3 to 0.7, in no order)
+    far = np.vstack([toward(query, rng, d) for d in rng.permutation(np.linspace(0.3, 0.7, 500))])
+    vectors = np.vstack([near, far])
+    with conn.cursor() as cur:
+        cur.execute("CREATE TEMP TABLE v (id int, e text)")
+        with cur.copy("COPY v FROM STDIN") as copy:
+            for i, v in enumerate(vectors, start=1):
+                copy.write_row((i, text(v)))
+        cur.execute("UPDATE notes SET embedding = v.e::halfvec FROM v WHERE v.id = notes.id")
+    conn.execute("ANALYZE notes")
+    conn.execute("SET embeddings.exact_search_rows = 0")
+    conn.execute("DELETE FROM notes WHERE id <= 3000")
+    found = searched(conn, "notes", query, 5)  # the index: approximate among the live rows
+    assert len(found) == 5 and all(r["key"] > 3000 for r in found)
+    assert [r["distance"] for r in found] == sorted(r["distance"] for r in found)
+    conn.execute("SET embeddings.exact_search_rows = 100000")
+    found = searched(conn, "notes", query, 5)  # exact
+    expected = 3000 + np.argsort(1 - half(far) @ query, kind="stable")[:5] + 1
+    assert [r["key"] for r in found] == expected.tolist()
+    conn.execute("SET embeddings.exact_search_rows = 0")
+    # 1 row in 50 is tenant 7's: still 5 of them.
+    found = searched(conn, "notes", query, 5, filter={"tenant": 7})
+    assert len(found) == 5 and all(r["key"] % 50 == 7 for r in found)
+
+
+def test_nothing_matches_is_an_empty_answer(
+    conn: Conn, chunked: dict[int, Vec], query: Vec
+) -> None:
+    assert searched(conn, "docs", query, 3, filter={"tenant": 5}) == []
+
+
+def test_search_function_in_sql(conn: Conn, chunked: dict[int, Vec], query: Vec) -> None:
+    rows = conn.execute(
+        "SELECT key, seq, content FROM embeddings.search('docs', %s::halfvec, 2)", (text(query),)
+    ).fetchall()
+    assert [r[0] for r in rows] == [1, 2]
+    targets = targets_mod.load(conn)
+    assert len(targets) == 1
+    with pytest.raises(psycopg.Error, match="not watched"):
+        conn.execute(
+            sql.SQL("SELECT * FROM embeddings.search('pg_class', %s::halfvec, 2)"), (text(query),)
+        )
