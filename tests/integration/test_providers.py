@@ -149,7 +149,15 @@ def test_a_provider_that_is_down_opens_its_circuit_and_defers_its_target(
     row = conn.execute("SELECT deferred_reason FROM embeddings.target_status(true)").fetchone()
     assert row is not None and "circuit open" in row[0] and "HTTP 500" in row[0]
     host = f"127.0.0.1:{provider.port}"
-    (deferred,) = ReadinessProbe(worker).unservable_targets().items()  # /readyz
+    probe = ReadinessProbe(  # as /readyz asks (worker/http/server.py: serve())
+        worker.dsn,
+        worker.settings.queue,
+        registry=worker.registry,
+        embedders=worker.embedders,
+        default_model=worker.default_model,
+        stopped=lambda: True,
+    )
+    (deferred,) = probe.unservable_targets().items()
     assert deferred[0] == "public.docs.embedding" and "circuit open" in deferred[1]
     assert (
         metrics.REGISTRY.get_sample_value("embed_worker_provider_circuit_open", {"provider": host})

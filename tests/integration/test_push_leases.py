@@ -26,6 +26,17 @@ def worker(settings: Settings, embedders: LoadedModels) -> Worker:
     return Worker(settings, embedders=embedders, progress=False, handle_signals=False)
 
 
+def pushed_to(worker: Worker, settings: Settings | None = None) -> push.Push:
+    """Push mode wired to `worker` as its HTTP server wires it (worker/http/server.py)."""
+    return push.Push(
+        dsn=worker.dsn,
+        settings=settings or worker.settings,
+        lanes=worker.lanes,
+        registry=worker.registry,
+        embedders=worker.embedders,
+    )
+
+
 @pytest.fixture
 def docs(conn: Conn, minilm: str) -> Iterator[int]:
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
@@ -70,15 +81,15 @@ def test_a_dispatch_lease_is_kept_and_the_jobs_are_renewed_while_processed(
 
     def look() -> None:  # in the middle of the request, before inference
         seen["left"] = seconds_left(conn)
-        seen["held"] = set(worker.leases.held())
+        seen["held"] = set(worker.lanes.live.leases.held())
 
     with faults.injected("embed", look):
-        result = push.process(worker, body)
+        result = push.process(pushed_to(worker), body)
 
     assert len(result.completed) == 6
     assert min(seen["left"]) > DISPATCH_LEASE - 60  # not cut down to vt_seconds (30)
     assert seen["held"] == {job["jobId"] for job in body}  # the keeper renews them
-    assert worker.leases.held() == {}
+    assert worker.lanes.live.leases.held() == {}
     assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (6,)
 
 
@@ -86,11 +97,10 @@ def test_one_request_embeds_a_bounded_number_of_rows_in_batches(
     conn: Conn, docs: int, worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(push, "MAX_ROWS", 4)
-    worker.settings = worker.settings.with_overrides(batch_size=2)
     body = dispatched(conn)
     batches = []
     with faults.injected("embed", lambda: batches.append(1)):
-        result = push.process(worker, body)
+        result = push.process(pushed_to(worker, worker.settings.with_overrides(batch_size=2)), body)
 
     assert [job["jobId"] for job in result.completed] == [job["jobId"] for job in body[:4]]
     assert len(batches) == 2  # two batches of two rows
@@ -111,7 +121,7 @@ def test_concurrent_requests_are_bounded(
     while push.SLOTS.acquire(blocking=False):  # every slot busy with another request
         held += 1
     try:
-        result = push.process(worker, body)
+        result = push.process(pushed_to(worker), body)
     finally:
         for _ in range(held):
             push.SLOTS.release()

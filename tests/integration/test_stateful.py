@@ -161,9 +161,8 @@ class EmbeddingMachine(RuleBasedStateMachine):
             embedders=embedders or self.embedders,
             progress=False,
             handle_signals=False,
+            registry=self.registry,  # one across runs, as a long-lived worker keeps it
         )
-        # One registry across runs, as one long-lived worker process keeps it.
-        worker.registry = self.registry
         code = worker.run()
         self.exits.append(code)
         if self.target_model() != before:

@@ -31,22 +31,22 @@ def test_the_lanes_count_every_batch_in_flight_once() -> None:
 
 def test_the_worker_is_drained_when_its_lanes_are() -> None:
     """The fetcher's "nothing in flight" (for waiting in the database, for --once's end) is the
-    lanes' count: a batch begun through the worker is in flight for both, with no second count
-    to drift from the first."""
+    lanes' count: a batch begun by the fetcher is in flight for both, with no second count to
+    drift from the first."""
     worker = Worker(Settings(), once=True, progress=False, handle_signals=False)
     try:
         batch = Batch(jobs=[], lane=jobs.BACKFILL)
-        worker._begin(batch)
+        worker.fetcher.begin(batch)
         assert not worker.lanes.drained() and not worker.lanes.backfill_room()
         assert not hasattr(worker, "_in_flight")
-        worker._end(batch)
+        worker.fetcher.end(batch)
         assert worker.lanes.drained() and worker.lanes.backfill_room()
     finally:
         worker._close_wake_pipe()
 
 
 def test_no_worker_method_only_forwards_the_worker_to_a_module() -> None:
-    """Call sites call startup.start(worker), keeper.keep(worker), ... themselves: a method whose
+    """Collaborators get what they use and are called where they are used: a method whose
     whole body is `module.function(self)` is one more name for the same thing."""
     tree = ast.parse(textwrap.dedent(inspect.getsource(runner.Worker)))
     forwarding = []

@@ -28,8 +28,10 @@ from worker.pipeline.batch import Batch
 from worker.pipeline.write import Settlement
 
 if TYPE_CHECKING:
-    from worker.pipeline.lanes import Lane
-    from worker.process.runner import Worker
+    from worker.config import Settings
+    from worker.models.loaded import LoadedModels
+    from worker.pipeline.lanes import Lane, Lanes
+    from worker.pipeline.targets import TargetRegistry
 
 MAX_JOBS = 1000
 MAX_ROWS = 1024  # rows one request may make the worker embed
@@ -73,7 +75,18 @@ def job_ids(body: Any) -> list[tuple[int, dict[str, Any]]]:
     return found
 
 
-def process(worker: Worker, body: Any) -> PushResult:
+@dataclass(frozen=True, kw_only=True)
+class Push:
+    """What push mode uses of a worker (wired by worker/http/server.py's serve())."""
+
+    dsn: str
+    settings: Settings  # lease length, batch size, attempts and backoff (the write stage)
+    lanes: Lanes  # pushed jobs are held in these leases: the worker's keeper renews them
+    registry: TargetRegistry
+    embedders: LoadedModels
+
+
+def process(push: Push, body: Any) -> PushResult:
     requested = job_ids(body)
     if not requested:
         return PushResult()
@@ -87,14 +100,14 @@ def process(worker: Worker, body: Any) -> PushResult:
         # Jobs that embeddings.dispatch() leased from the backfill lane say so ("lane"): each
         # lane's jobs are leased and settled in their own queue (job ids are per queue).
         result = PushResult()
-        for lane in worker.lanes:
+        for lane in push.lanes:
             mine = [
                 (job_id, sent)
                 for job_id, sent in requested
                 if (sent.get("lane") == jobqueue.BACKFILL) == (lane.name == jobqueue.BACKFILL)
             ]
             if mine:
-                part = _process(worker, mine, lane)
+                part = _process(push, mine, lane)
                 result.completed += part.completed
                 result.failed += part.failed
         return result
@@ -109,34 +122,34 @@ class _Done:
     settlement: Settlement
 
 
-def _process(worker: Worker, requested: list[tuple[int, dict[str, Any]]], lane: Lane) -> PushResult:
+def _process(push: Push, requested: list[tuple[int, dict[str, Any]]], lane: Lane) -> PushResult:
     done: dict[int, _Done] = {}
     over: set[int] = set()
-    conn = db.connect(worker.dsn)
+    conn = db.connect(push.dsn)
     try:
         db.register_vector_types(conn)
         with db.translated():
             rows = conn.execute(
                 queries.compose("lease_jobs_by_id", queue_table=lane.queue.table),
-                {"msg_ids": [job_id for job_id, _ in requested], "vt": worker.settings.vt_seconds},
+                {"msg_ids": [job_id for job_id, _ in requested], "vt": push.settings.vt_seconds},
             ).fetchall()
-        targets = worker.registry.current_definitions(conn)
+        targets = push.registry.current_definitions(conn)
         jobs = [jobqueue.parse(row, targets) for row in rows]
         if any(job.error and job.target is None for job in jobs):
-            targets = worker.registry.refresh(conn)
+            targets = push.registry.refresh(conn)
             jobs = [jobqueue.parse(row, targets) for row in rows]
         jobs.sort(key=lambda job: job.msg_id)
         taken = _within(jobs, MAX_ROWS)
         over = {job.msg_id for job in jobs[len(taken) :]}
         lane.leases.add(taken)  # the keeper renews them while we work
-        limits = pieces.Limits.of(worker.settings)  # long documents: a piece per batch
+        limits = pieces.Limits.of(push.settings)  # long documents: a piece per batch
         try:
-            for chunk in _batches(taken, worker.settings.batch_size):
+            for chunk in _batches(taken, push.settings.batch_size):
                 batch = Batch(jobs=list(chunk), lane=lane.name, limits=limits)
                 stages.prepare(batch)
-                stages.load(conn, batch, worker.embedders)
-                stages.embed(worker.embedders, batch)
-                settlement = write.write(conn, lane.queue, batch, worker.settings)
+                stages.load(conn, batch, push.embedders)
+                stages.embed(push.embedders, batch)
+                settlement = write.write(conn, lane.queue, batch, push.settings)
                 lane.leases.drop(batch.msg_ids)
                 stages.log_batch(batch)
                 done.update({job.msg_id: _Done(job, batch, settlement) for job in batch.jobs})

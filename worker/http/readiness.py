@@ -5,40 +5,55 @@ from __future__ import annotations
 
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from worker import db, exceptions
 from worker.models.remote import breaker as breakers
-from worker.process import startup
 
 if TYPE_CHECKING:
-    from worker.process.runner import Worker
+    from worker.models.loaded import LoadedModels
+    from worker.pipeline.targets import TargetRegistry
+    from worker.process.startup import DefaultModel
 
 
 class ReadinessProbe:
     """Database reachable (checked at most once a second) and the default model loaded."""
 
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    def __init__(
+        self,
+        dsn: str,
+        queue: str,
+        *,
+        registry: TargetRegistry,
+        embedders: LoadedModels,
+        default_model: DefaultModel,
+        stopped: Callable[[], bool],  # the worker's pipeline ended, or a thread of it failed
+    ) -> None:
+        self.dsn = dsn
+        self.queue = queue
+        self.registry = registry
+        self.embedders = embedders
+        self.default_model = default_model
+        self.stopped = stopped
         self._lock = threading.Lock()
         self._checked_at = float("-inf")
         self._db_error: str | None = "not checked yet"
 
     def unservable_targets(self) -> dict[str, str]:
         """Targets of our queue the worker cannot serve now, with why (their jobs wait)."""
-        worker = self.worker
-        failed = worker.embedders.failures()
-        loaded = worker.embedders.loaded()
+        failed = self.embedders.failures()
+        loaded = self.embedders.loaded()
         circuits = breakers.open_providers()  # remote models' providers that are down
         found = {}
-        for target in worker.registry.snapshot().values():
-            if target.queue != worker.settings.queue:
+        for target in self.registry.snapshot().values():
+            if target.queue != self.queue:
                 continue
             model = loaded.get(target.model)
             problem = target.problem(model.dim if model is not None else None)
             if problem is None and target.model in failed:
                 problem = failed[target.model]
-            spec = worker.embedders.remote_spec(target.model)
+            spec = self.embedders.remote_spec(target.model)
             if problem is None and spec is not None and spec.host in circuits:
                 problem = circuits[spec.host]
             if problem is not None:
@@ -47,10 +62,10 @@ class ReadinessProbe:
 
     def problems(self) -> list[str]:
         found = []
-        model_problem = startup.default_model_problem(self.worker)
+        model_problem = self.default_model.problem()
         if model_problem:
-            found.append(f"model {startup.default_model(self.worker)}: {model_problem}")
-        if self.worker.failure is not None or self.worker.finished.is_set():
+            found.append(f"model {self.default_model.name()}: {model_problem}")
+        if self.stopped():
             found.append("worker stopped")
         db_error = self._database()
         if db_error:
@@ -62,7 +77,7 @@ class ReadinessProbe:
             if time.monotonic() - self._checked_at < 1.0:
                 return self._db_error
             try:
-                with db.connect(self.worker.dsn, connect_timeout=2) as conn:
+                with db.connect(self.dsn, connect_timeout=2) as conn:
                     db.ping(conn)
                 self._db_error = None
             except exceptions.EmbedWorkerError as exc:

@@ -29,6 +29,7 @@ import ipaddress
 import logging
 import socket
 import threading
+from collections.abc import Callable
 from http import HTTPStatus
 from http.server import ThreadingHTTPServer
 from typing import TYPE_CHECKING, Any
@@ -36,15 +37,18 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
 from worker import db, exceptions, metrics
-from worker.http import protocol
+from worker.http import protocol, push
 from worker.http.protocol import BadRequest
 from worker.http.readiness import ReadinessProbe
 from worker.models import catalog, files
-from worker.process import startup
 
 if TYPE_CHECKING:
     from worker.config import Settings
+    from worker.models.loaded import LoadedModels
+    from worker.pipeline.targets import TargetRegistry
     from worker.process.runner import Worker
+    from worker.process.startup import DefaultModel
+    from worker.process.stopped import StoppedTargets
 
 logger = logging.getLogger(__name__)
 
@@ -59,10 +63,28 @@ BUSY_RESPONSE = (
 class Server(ThreadingHTTPServer):
     daemon_threads = True
 
-    def __init__(self, worker: Worker, settings: Settings) -> None:
-        self.worker = worker
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dsn: str,
+        registry: TargetRegistry,
+        embedders: LoadedModels,
+        default_model: DefaultModel,
+        failure: Callable[[], BaseException | None],  # what stopped the worker, if anything
+        stopped: StoppedTargets,  # what stops each target's progress (sql/52_stopped.sql)
+        readiness: ReadinessProbe,
+        push: push.Push,
+    ) -> None:
         self.settings = settings
-        self.readiness = ReadinessProbe(worker)
+        self.dsn = dsn
+        self.registry = registry
+        self.embedders = embedders
+        self.default_model = default_model
+        self.failure = failure
+        self.stopped = stopped
+        self.readiness = readiness
+        self.push = push
         self.slots = threading.BoundedSemaphore(settings.http_max_connections)
         self.post_refusal = post_refusal(settings)
         super().__init__((settings.http_host, settings.http_port or 0), Handler)
@@ -147,11 +169,9 @@ class Handler(protocol.JSONRequestHandler):
 
     # --- GET routes -------------------------------------------------------------------------
     def _healthz(self) -> None:
-        worker = self.server.worker
-        if worker.failure is not None:
-            self._json(
-                HTTPStatus.SERVICE_UNAVAILABLE, {"status": "failed", "error": repr(worker.failure)}
-            )
+        failure = self.server.failure()
+        if failure is not None:
+            self._json(HTTPStatus.SERVICE_UNAVAILABLE, {"status": "failed", "error": repr(failure)})
         else:
             self._json(HTTPStatus.OK, {"status": "ok"})
 
@@ -166,7 +186,7 @@ class Handler(protocol.JSONRequestHandler):
         # deferred_targets: as this worker sees them; stopped_targets: what stops each target's
         # progress as the database says (sql/52_stopped.sql), as status and doctor show it.
         unservable = self.server.readiness.unservable_targets()
-        stopped = self.server.readiness.worker.stopped.current()
+        stopped = self.server.stopped.current()
         if unservable or stopped:
             self._json(
                 HTTPStatus.OK,
@@ -190,7 +210,7 @@ class Handler(protocol.JSONRequestHandler):
             raise BadRequest(
                 HTTPStatus.BAD_REQUEST, '"input" must be a string or a list of strings'
             )
-        model_name = body.get("model") or startup.default_model(self.server.worker)
+        model_name = body.get("model") or self.server.default_model.name()
         if not isinstance(model_name, str):
             raise BadRequest(HTTPStatus.BAD_REQUEST, '"model" must be a string')
         self._check_model(model_name)
@@ -198,7 +218,7 @@ class Handler(protocol.JSONRequestHandler):
         wanted = [i for i, text in enumerate(texts) if text.strip()]
         rows: list[list[float] | None] = [None] * len(texts)
         if wanted:
-            vectors = self.server.worker.embedders.get(model_name).embed([texts[i] for i in wanted])
+            vectors = self.server.embedders.get(model_name).embed([texts[i] for i in wanted])
             for i, vector in zip(wanted, vectors, strict=True):
                 rows[i] = [round(float(x), 7) for x in vector]
         self._json(
@@ -209,15 +229,15 @@ class Handler(protocol.JSONRequestHandler):
     def _check_model(self, name: str) -> None:
         """Only models already loaded or configured (the default, the targets'), or registry
         models already on disk: a request never names a path, never starts a download."""
-        worker = self.server.worker
-        configured = {startup.default_model(worker)} | {
-            t.model for t in worker.registry.snapshot().values()
+        server = self.server
+        configured = {server.default_model.name()} | {
+            t.model for t in server.registry.snapshot().values()
         }
-        if name in worker.embedders.loaded() or name in configured:
+        if name in server.embedders.loaded() or name in configured:
             return
         if name in catalog.REGISTRY and not files.looks_like_path(name):
             try:
-                worker.embedders.location.locate(name)
+                server.embedders.location.locate(name)
             except exceptions.ModelNotFound:
                 raise BadRequest(
                     HTTPStatus.NOT_FOUND,
@@ -232,10 +252,8 @@ class Handler(protocol.JSONRequestHandler):
         )
 
     def _push(self, body: Any) -> None:
-        from worker.http import push
-
         try:
-            result = push.process(self.server.worker, body)
+            result = push.process(self.server.push, body)
         except push.InvalidRequest as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
         # 200 whatever the jobs' fates, exactly as the guide's Edge Function: monitoring
@@ -256,13 +274,12 @@ class Handler(protocol.JSONRequestHandler):
             request = search.Request.parse(body)
         except ValueError as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
-        worker = self.server.worker
         # As the search role when one is configured: what it may SELECT, row-level security
         # included, is what the answer holds (the worker's own role reads no user table).
-        dsn = self.server.settings.search_database_url or worker.dsn
+        dsn = self.server.settings.search_database_url or self.server.dsn
         try:
             with db.connect(dsn, connect_timeout=5) as conn:
-                results = search.run(conn, worker.embedders.get, request)
+                results = search.run(conn, self.server.embedders.get, request)
         except search.InvalidSearch as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
         except search.SearchDenied as exc:
@@ -342,8 +359,36 @@ def _is_loopback(host: str) -> bool:
 
 
 def serve(worker: Worker, settings: Settings) -> Server:
-    """Starts the server in a background thread; `shutdown()` stops it."""
-    server = Server(worker, settings)
+    """Starts the server in a background thread; `shutdown()` stops it. The one place that
+    reads the Worker: the routes, the readiness probe and push mode get what they use."""
+
+    def stopped() -> bool:
+        return worker.failure is not None or worker.finished.is_set()
+
+    server = Server(
+        settings,
+        dsn=worker.dsn,
+        registry=worker.registry,
+        embedders=worker.embedders,
+        default_model=worker.default_model,
+        failure=lambda: worker.failure,
+        stopped=worker.stopped,
+        readiness=ReadinessProbe(
+            worker.dsn,
+            settings.queue,
+            registry=worker.registry,
+            embedders=worker.embedders,
+            default_model=worker.default_model,
+            stopped=stopped,
+        ),
+        push=push.Push(
+            dsn=worker.dsn,
+            settings=settings,
+            lanes=worker.lanes,
+            registry=worker.registry,
+            embedders=worker.embedders,
+        ),
+    )
     thread = threading.Thread(target=server.serve_forever, name="http", daemon=True)
     thread.start()
     logger.info("HTTP on %s", server.url)

@@ -4,54 +4,67 @@ queue gauges refreshed, the progress line of a one-shot run."""
 from __future__ import annotations
 
 import logging
+import threading
 import time
-from typing import TYPE_CHECKING
+from collections.abc import Callable
+from dataclasses import dataclass
 
 from worker import db, exceptions
+from worker.pipeline.lanes import Lanes
 from worker.process.progress import ProgressLine
-from worker.process.stopped import REFRESH_SECONDS
-
-if TYPE_CHECKING:
-    from worker.process.runner import Worker
+from worker.process.stopped import REFRESH_SECONDS, StoppedTargets
 
 logger = logging.getLogger(__name__)
 
 
-def keep(worker: Worker) -> None:
-    """The keeper thread: renews the leases of jobs in flight (every third of the lease),
-    completes model changes, refreshes the queue gauges and shows progress with --once."""
-    session = db.Session(worker.dsn, "keeper", worker.finished)
-    renew_every = worker.settings.vt_seconds / 3
-    last_renew = last_gauges = time.monotonic()
-    last_stopped = float("-inf")
-    progress = ProgressLine(worker) if worker.progress and worker.once else None
-    try:
-        while not worker.finished.wait(0.5 if progress else 1.0):
-            now = time.monotonic()
-            try:
-                conn = session.get()
-                if now - last_renew >= renew_every:
-                    for lane in worker.lanes:
-                        held = lane.leases.held()
-                        lane.leases.renewed(
-                            lane.queue.extend(conn, held, worker.settings.vt_seconds)
-                        )
-                    last_renew = now
-                if worker.settings.pull and not worker.once:
-                    worker.changes.run(conn, worker.registry, force=False)
-                if now - last_stopped >= REFRESH_SECONDS:
-                    last_stopped = now
-                    worker.stopped.refresh(conn)
-                if now - last_gauges >= 5 or progress:
-                    worker.lanes.gauges(conn)
-                    last_gauges = now
-                    if progress:
-                        progress.show(conn)
-            except exceptions.ConnectionLost:
-                session.lost()
-            except exceptions.DatabaseError as exc:
-                logger.warning("keeper: %s", exc)
-    finally:
-        if progress:
-            progress.close()
-        session.close()
+@dataclass(frozen=True, kw_only=True)
+class Keeper:
+    """What the keeper uses, given by the runner (worker/process/runner.py)."""
+
+    dsn: str
+    lanes: Lanes  # whose leases it renews and whose gauges it refreshes
+    vt_seconds: int  # a lease's length: renewed every third of it
+    finished: threading.Event  # the pipeline has drained: the keeper ends
+    stopped: StoppedTargets  # what stops each target's progress, refreshed for /readyz
+    # Completes model changes (worker/process/changes.py); None where the fetcher does it
+    # (--once) or no worker pulls (push only).
+    complete_changes: Callable[[db.Connection], object] | None
+    # Rows written so far, for the progress line of `run --once` on a terminal; None: no line.
+    rows_done: Callable[[], int] | None
+
+    def run(self) -> None:
+        """Renews the leases of jobs in flight (every third of the lease), completes model
+        changes, refreshes the queue gauges and shows progress, until the pipeline drains."""
+        session = db.Session(self.dsn, "keeper", self.finished)
+        renew_every = self.vt_seconds / 3
+        last_renew = last_gauges = time.monotonic()
+        last_stopped = float("-inf")
+        progress = ProgressLine(self.lanes, self.rows_done) if self.rows_done else None
+        try:
+            while not self.finished.wait(0.5 if progress else 1.0):
+                now = time.monotonic()
+                try:
+                    conn = session.get()
+                    if now - last_renew >= renew_every:
+                        for lane in self.lanes:
+                            held = lane.leases.held()
+                            lane.leases.renewed(lane.queue.extend(conn, held, self.vt_seconds))
+                        last_renew = now
+                    if self.complete_changes is not None:
+                        self.complete_changes(conn)
+                    if now - last_stopped >= REFRESH_SECONDS:
+                        last_stopped = now
+                        self.stopped.refresh(conn)
+                    if now - last_gauges >= 5 or progress:
+                        self.lanes.gauges(conn)
+                        last_gauges = now
+                        if progress:
+                            progress.show(conn)
+                except exceptions.ConnectionLost:
+                    session.lost()
+                except exceptions.DatabaseError as exc:
+                    logger.warning("keeper: %s", exc)
+        finally:
+            if progress:
+                progress.close()
+            session.close()

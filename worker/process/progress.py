@@ -12,12 +12,13 @@ import logging
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, TextIO
 
 from worker import db, queries
 
 if TYPE_CHECKING:
-    from worker.process.runner import Worker
+    from worker.pipeline.lanes import Lane
 
 ERASE = "\r\x1b[K"
 
@@ -48,13 +49,16 @@ class ErasingStream:
 
 
 class ProgressLine:
-    def __init__(self, worker: Worker) -> None:
-        self.worker = worker
+    """Rows done (`rows_done()`, counted by the writer), their rate, and the keys still
+    pending in `lanes`' queues."""
+
+    def __init__(self, lanes: Iterable[Lane], rows_done: Callable[[], int]) -> None:
+        self.rows_done = rows_done
         self.started = time.monotonic()
         # Both lanes: the live queue and its backfill lane (worker/pipeline/lanes.py).
         self.pending_queries = [
             (queries.compose("pending_keys", queue_table=lane.queue.table), lane.queue.name)
-            for lane in worker.lanes
+            for lane in lanes
         ]
         self.out = ErasingStream(sys.stderr)
         self._swapped: list[logging.StreamHandler[TextIO]] = []
@@ -69,7 +73,7 @@ class ProgressLine:
             for query, queue in self.pending_queries:
                 row = conn.execute(query, {"queue": queue}).fetchone()
                 pending += int(row[0]) if row else 0
-        done = self.worker.rows_done
+        done = self.rows_done()
         elapsed = max(time.monotonic() - self.started, 1e-6)
         rate = done / elapsed
         eta = f"{pending / rate:,.0f} s" if rate > 0 else "?"
@@ -80,7 +84,7 @@ class ProgressLine:
     def close(self) -> None:
         for handler in self._swapped:
             handler.setStream(self.out.stream)
-        done = self.worker.rows_done
+        done = self.rows_done()
         elapsed = max(time.monotonic() - self.started, 1e-6)
         self.out.draw(
             f"embedded {done:,} rows in {elapsed:,.1f} s ({done / elapsed:,.1f} rows/s)\n"

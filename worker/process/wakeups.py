@@ -48,6 +48,29 @@ BUSY_POLL_SECONDS = 0.01  # with batches in flight: one look this often at most
 CANCEL_TIMEOUT = 3  # seconds for a cancel request to reach the server
 
 
+class WakePipe:
+    """Written to wake a fetcher waiting for work: a batch ended, or the worker stops."""
+
+    def __init__(self) -> None:
+        self.read_fd, self._write_fd = os.pipe()
+        os.set_blocking(self._write_fd, False)  # a full pipe already wakes: never block a writer
+        os.set_blocking(self.read_fd, False)
+
+    def wake(self) -> bool:
+        """False once closed: nothing left to wake."""
+        if self._write_fd < 0:
+            return False
+        with contextlib.suppress(OSError):  # a full pipe already wakes the fetcher
+            os.write(self._write_fd, b"x")
+        return True
+
+    def close(self) -> None:
+        if self._write_fd >= 0:
+            os.close(self.read_fd)
+            os.close(self._write_fd)
+            self.read_fd = self._write_fd = -1
+
+
 class Waiter:
     """Waits for the jobs of live queue `queue` (and its backfill lane) in the ways above; every
     wait also ends when the wake pipe `wake_fd` is written or `stop` is set."""

@@ -1,0 +1,147 @@
+"""The fetcher thread: waits for work (worker/process/wakeups.py), leases a batch from the
+lanes, loads its content and hands it on to the embedder. When a read runs short it steps the
+next backfill range and starts indexes deferred until a backfill's end; with --once it ends
+when the queue is drained."""
+
+from __future__ import annotations
+
+import logging
+import queue as stdqueue
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from worker import db, exceptions, metrics
+from worker.config import Settings
+from worker.models.loaded import LoadedModels
+from worker.pipeline import stages
+from worker.pipeline.batch import Batch
+from worker.pipeline.lanes import Lanes
+from worker.pipeline.targets import TargetRegistry
+from worker.process.backfill import Backfiller, IndexBuilder
+from worker.process.changes import Completer
+from worker.process.wakeups import Waiter
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Handoff:
+    batch: Batch
+    release: bool = False  # hand the jobs back instead of writing
+
+
+Handoffs = stdqueue.Queue[Handoff | None]  # None: no more batches
+
+
+def pass_on(q: Handoffs, item: Handoff, finished: threading.Event) -> None:
+    """Hands a batch to the next stage, waiting while it is busy (not once the pipeline ended)."""
+    while True:
+        try:
+            q.put(item, timeout=0.2)
+            return
+        except stdqueue.Full:
+            if finished.is_set():
+                return
+
+
+@dataclass(frozen=True, kw_only=True)
+class Fetcher:
+    """What the fetcher uses, given by the runner (worker/process/runner.py)."""
+
+    dsn: str
+    settings: Settings  # pull, poll interval, batch size; what the lanes' read takes
+    once: bool  # end when the queue is drained
+    lanes: Lanes  # read from, and count the batches in flight
+    registry: TargetRegistry
+    embedders: LoadedModels
+    waiter: Waiter
+    backfill: Backfiller
+    indexer: IndexBuilder
+    changes: Completer  # a one-shot run completes model changes when the queue drains
+    stopping: threading.Event  # no more reading
+    finished: threading.Event  # the pipeline ended: stop waiting for the embedder
+    loaded: Handoffs  # to the embedder
+    wake: Callable[[], None]  # wakes a fetcher waiting for work
+
+    def run(self) -> None:
+        session = db.Session(self.dsn, "fetcher", self.stopping)
+        try:
+            while not self.stopping.is_set():
+                try:
+                    batch = self._next_batch(session)
+                except exceptions.ConnectionLost as exc:
+                    logger.warning("fetcher: connection lost (%s)", exc)
+                    metrics.DATABASE_UP.set(0)
+                    session.lost()
+                    continue
+                if batch is None:
+                    break  # drained (--once) or stopping
+                pass_on(self.loaded, Handoff(batch, release=self.stopping.is_set()), self.finished)
+        finally:
+            session.close()
+            self.loaded.put(None)
+
+    def begin(self, batch: Batch) -> None:
+        self.lanes.begin(batch)
+        metrics.IN_FLIGHT.set(self.lanes.held())
+
+    def end(self, batch: Batch) -> None:
+        """A batch was written or handed back (the writer says so)."""
+        self.lanes.end(batch)
+        self.wake()  # the fetcher may read backfill work again
+        metrics.IN_FLIGHT.set(self.lanes.held())
+
+    def _next_batch(self, session: db.Session) -> Batch | None:
+        while not self.stopping.is_set():
+            if not self.settings.pull:
+                self.waiter.sleep(self.settings.poll_seconds)  # push only: lease nothing
+                continue
+            conn = session.get()
+            # For --once: nothing was in flight when this read began, so it read both lanes
+            # (a backfill batch in flight keeps the backfill lane unread until it ends), and
+            # found nothing. Asked after the read, a batch ending meanwhile passed for drained
+            # with the backfill lane unread, and the worker exited with jobs queued.
+            idle = self.lanes.drained()
+            batch = self.lanes.read(conn, self.registry, self.settings)
+            metrics.DATABASE_UP.set(1)
+            drained = batch is None and idle
+            if self._work_behind_reads(conn, batch):
+                continue
+            if batch is not None:
+                self.waiter.found_work()
+                self.begin(batch)
+                try:
+                    stages.load(conn, batch, self.embedders)
+                except BaseException:
+                    self.end(batch)
+                    raise
+                return batch
+            if self.once and drained and self.changes.run(conn, self.registry, force=True):
+                continue  # a model change completed or re-queued rows: read again
+            if self.once and drained and not self.indexer.busy:
+                return None
+            self._wait_for_work(conn)
+        return None
+
+    def _wait_for_work(self, conn: db.Connection) -> None:
+        """Until the queue may have work, a batch ends, or the poll interval is over (50 ms
+        with --once): in the database when nothing is in flight, else here (wakeups.py)."""
+        if self.once:
+            self.waiter.busy(conn, 0.05, backfill=self.lanes.backfill_room())
+        elif self.lanes.drained():
+            self.waiter.idle(conn, self.settings.poll_seconds)
+        else:
+            self.waiter.busy(conn, self.settings.poll_seconds, backfill=self.lanes.backfill_room())
+
+    def _work_behind_reads(self, conn: db.Connection, batch: Batch | None) -> bool:
+        """When a read runs short: the next range of a backfill (so that backfills are queued
+        only behind live jobs, worker/process/backfill.py), and an index deferred until a
+        backfill's end. True when the backfill queued jobs and nothing was read: read again at
+        once."""
+        low = batch is None or len(batch.rows) < self.settings.batch_size
+        if low and self.backfill.step(conn) and batch is None:
+            return True
+        if batch is None:
+            self.indexer.maybe_start(conn)
+        return False

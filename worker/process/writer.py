@@ -1,0 +1,101 @@
+"""The writer thread: stores a batch's vectors and settles its jobs in one short transaction
+(worker/pipeline/write.py), or hands the batch's jobs back; and handing back every job a worker
+holds, at shutdown."""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from worker import db, exceptions, metrics, queries
+from worker.config import Settings
+from worker.pipeline import stages, write
+from worker.pipeline.batch import Batch, RowState
+from worker.pipeline.lanes import Lanes
+from worker.process.fetcher import Handoff, Handoffs
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(kw_only=True)
+class Writer:
+    """What the writer uses, given by the runner (worker/process/runner.py)."""
+
+    dsn: str
+    settings: Settings  # attempts and backoff (the write stage)
+    lanes: Lanes  # each batch's queue and leases
+    embedded: Handoffs  # from the embedder
+    finished: threading.Event  # set when the writer ends: the pipeline has drained
+    end: Callable[[Batch], None]  # a batch is no longer in flight
+    wake: Callable[[], None]  # wakes the main thread and a fetcher waiting for work
+    rows_done: int = 0  # rows written, for the progress line
+
+    def run(self) -> None:
+        session = db.Session(self.dsn, "writer", self.finished, vectors=True)
+        try:
+            while True:
+                item = self.embedded.get()
+                if item is None:
+                    return
+                try:
+                    self._write(session, item)
+                finally:
+                    self.end(item.batch)
+        finally:
+            session.close()
+            self.finished.set()
+            self.wake()
+
+    def _write(self, session: db.Session, item: Handoff) -> None:
+        batch = item.batch
+        lane = self.lanes.of(batch)
+        held = lane.leases.held(batch.msg_ids)
+        # Settled jobs are no longer ours to renew.
+        lane.leases.drop(batch.msg_ids)
+        for attempt in range(2):  # once more after a reconnect; then the leases expire
+            try:
+                conn = session.get()
+                if item.release:
+                    released = lane.queue.release(conn, held)
+                    metrics.JOBS.labels("released").inc(released)
+                    logger.info("handed back %d jobs", released)
+                    return
+                write.write(conn, lane.queue, batch, self.settings)
+                stages.log_batch(batch)
+                self.rows_done += sum(1 for r in batch.rows.values() if r.state is RowState.WRITTEN)
+                return
+            except exceptions.ConnectionLost as exc:
+                metrics.DATABASE_UP.set(0)
+                session.lost()
+                logger.warning(
+                    "writer: connection lost (%s)%s",
+                    exc,
+                    "; retrying" if attempt == 0 else "; its jobs return after their lease",
+                )
+            except exceptions.DatabaseError as exc:
+                logger.error("writing a batch failed (%s); its jobs return after their lease", exc)
+                return
+
+
+def hand_back(dsn: str, lanes: Lanes) -> None:
+    """Makes every job held in `lanes` visible again at once (a fresh, short-lived
+    connection)."""
+    for lane in lanes:
+        held = lane.leases.held()
+        if not held:
+            continue
+        try:
+            conn = db.connect(dsn, connect_timeout=3)
+            try:
+                with db.translated(), conn.transaction():
+                    conn.execute(queries.get("short_statement_timeout"))
+                    released = lane.queue.release(conn, held)
+                metrics.JOBS.labels("released").inc(released)
+                logger.info("handed back %d of %d jobs", released, len(held))
+            finally:
+                conn.close()
+        except exceptions.EmbedWorkerError as exc:
+            logger.warning("could not hand jobs back (%s); they return after their lease", exc)
+        lane.leases.drop(held)
