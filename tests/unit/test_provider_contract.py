@@ -125,7 +125,8 @@ def test_openai_request_limits_are_kept(openai_server: ProviderServer) -> None:
     openai_server.requests.clear()
     many.embed([f"t{i}" for i in range(2500)])
     assert openai_server.violations == []
-    assert [len(r["inputs"]) for r in openai_server.requests] == [2048, 452]
+    # Requests are in flight together: the server may see them in either order.
+    assert sorted(len(r["inputs"]) for r in openai_server.requests) == [452, 2048]
 
 
 def test_openai_answer_shape_is_parsed_in_index_order() -> None:
