@@ -15,7 +15,6 @@ worker and the real model.
 
 from __future__ import annotations
 
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -23,6 +22,7 @@ from typing import Any
 import psycopg
 
 from bench import corpus, worker_process
+from bench.sampling import latency_summary, wait_until
 from worker.pipeline.chunking import Splitter
 
 Conn = psycopg.Connection[Any]
@@ -89,9 +89,9 @@ def run(
             idle = _sample(conn, samples, lambda: True)
             started = time.monotonic()
             conn.execute("INSERT INTO bench_docs VALUES (1, %s)", (text,))
-            _wait(lambda: _progress(conn) is not None, 600, "the document's first piece")
+            wait_until(lambda: _progress(conn) is not None, 600, "the document's first piece")
             during = _sample(conn, samples, lambda: _progress(conn) is not None)
-            _wait(lambda: _progress(conn) is None, 7200, "the document's last piece")
+            wait_until(lambda: _progress(conn) is None, 7200, "the document's last piece")
             wall = time.monotonic() - started
         finally:
             worker.terminate()
@@ -100,7 +100,7 @@ def run(
     chunks, tokens = _chunks(conn_dsn=dsn, model_dir=model_dir, text=text)
     pieces = max(tokens / piece_tokens, 1.0)
     piece_ms = wall / pieces * 1000
-    idle_summary, during_summary = _summary(idle), _summary(during)
+    idle_summary, during_summary = latency_summary(idle), latency_summary(during)
     target_ms = 2 * float(idle_summary.get("p50_ms", 0.0)) + piece_ms
     return {
         "model": model,
@@ -133,7 +133,7 @@ def _one_batch(conn: Conn, dsn: str, model: str, model_dir: Path, mb: float) -> 
         conn.execute("INSERT INTO bench_docs VALUES (2, %s)", (text,))
         time.sleep(0.5)  # the document's batch is read first
         (latency,) = _sample(conn, 1, lambda: True, timeout=3600)
-        _wait(
+        wait_until(
             lambda: (
                 conn.execute("SELECT count(*) FROM bench_docs_chunks WHERE id = 2").fetchone()
                 != (0,)
@@ -162,7 +162,7 @@ def _sample(conn: Conn, samples: int, go_on: Any, timeout: float = 600) -> list[
             (f"Live note {i}: written by the application while a long document is embedded.",),
         ).fetchone()
         assert row is not None
-        _wait(
+        wait_until(
             lambda key=row[0]: (
                 conn.execute(
                     "SELECT embedded_at IS NOT NULL FROM bench_notes WHERE id = %s", (key,)
@@ -199,23 +199,3 @@ def _chunks(*, conn_dsn: str, model_dir: Path, text: str) -> tuple[int, int]:
     split = Splitter.from_file(model_dir / "tokenizer.json", CHUNK_TOKENS, overlap).split(text)
     assert row is not None and row[0] == len(split), "the stored chunks are the document's"
     return len(split), sum(c.tokens for c in split)
-
-
-def _wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(0.01)
-
-
-def _summary(latencies: list[float]) -> dict[str, Any]:
-    if not latencies:
-        return {"samples": 0}
-    ordered = sorted(latencies)
-    return {
-        "samples": len(ordered),
-        "p50_ms": round(statistics.median(ordered), 1),
-        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 1),
-        "max_ms": round(ordered[-1], 1),
-    }

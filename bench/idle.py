@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import os
 import random
-import statistics
 import threading
 import time
 import uuid
@@ -33,6 +32,7 @@ import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench import worker_process
+from bench.sampling import latency_summary
 from tests.support import modelgen, pgbouncer
 from tests.support.cluster import Cluster
 from worker.process import wakeups
@@ -132,7 +132,7 @@ def _measure(
                 _insert(conn, f"prepared note {i}: the lazy dog", prepared=True)
                 for i in _paced(samples, rng)
             ]
-            two_phase: dict[str, Any] = _summary(prepared)
+            two_phase: dict[str, Any] = latency_summary(prepared, mean=True)
         except psycopg.Error as exc:
             two_phase = {"error": str(exc).strip()}
         time.sleep(1)  # whatever the last row started has settled
@@ -148,9 +148,9 @@ def _measure(
         worker.terminate()
         worker.wait(30)
     return {
-        "latency": _summary(plain),
+        "latency": latency_summary(plain, mean=True),
         "latency_two_phase": two_phase,
-        "latency_after_quiet": _summary(after_quiet),
+        "latency_after_quiet": latency_summary(after_quiet, mean=True),
         "idle_after_work": recent,
         "idle": cost,
         "idle_while_others_write": busy_db,
@@ -297,14 +297,3 @@ def _committed(conn: Conn) -> int:
     ).fetchone()
     assert row is not None
     return int(row[0])
-
-
-def _summary(latencies: list[float]) -> dict[str, Any]:
-    ordered = sorted(latencies)
-    return {
-        "samples": len(ordered),
-        "p50_ms": round(statistics.median(ordered), 1),
-        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 1),
-        "mean_ms": round(statistics.fmean(ordered), 1),
-        "max_ms": round(ordered[-1], 1),
-    }

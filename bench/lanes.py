@@ -12,7 +12,6 @@ minutes; the figures are about queueing, not inference).
 
 from __future__ import annotations
 
-import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -20,12 +19,19 @@ from typing import Any
 
 import psycopg
 
-from bench import worker_process
+from bench import sampling, worker_process
+from bench.sampling import latency_summary
 from tests.support import modelgen
 
 Conn = psycopg.Connection[Any]
 MODELS = ("tiny-a", "tiny-b")
 BATCH = 64
+
+
+def _wait(condition: Any, timeout: float, what: str) -> None:
+    # every 2 ms: the latencies measured here are a few milliseconds
+    sampling.wait_until(condition, timeout, what, poll=0.002)
+
 
 SETUP = """
 CREATE TABLE bench_lanes (
@@ -97,7 +103,7 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 20000, samples: int = 100) ->
             worker.wait(30)
     rows_per_s = rows / drain_s
     batch_ms = BATCH / rows_per_s * 1000
-    idle_summary, under_summary = _summary(idle), _summary(under)
+    idle_summary, under_summary = latency_summary(idle), latency_summary(under)
     target_ms = 2 * float(idle_summary.get("p50_ms", 0.0)) + batch_ms
     result: dict[str, Any] = {
         "model": f"{MODELS[0]} (random weights, {modelgen.TINY['hidden']}-d, 2 layers)",
@@ -194,23 +200,3 @@ def _model_change(conn: Conn, rows: int) -> dict[str, Any]:
 def _pending_backfill(conn: Conn) -> int:
     row = conn.execute("SELECT pending_backfill FROM embeddings.status").fetchone()
     return int(row[0]) if row and row[0] is not None else 0
-
-
-def _wait(condition: Any, timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not condition():
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"{what}: not within {timeout} s")
-        time.sleep(0.002)
-
-
-def _summary(latencies: list[float]) -> dict[str, Any]:
-    if not latencies:
-        return {"samples": 0}
-    ordered = sorted(latencies)
-    return {
-        "samples": len(ordered),
-        "p50_ms": round(statistics.median(ordered), 1),
-        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 1),
-        "max_ms": round(ordered[-1], 1),
-    }
