@@ -10,7 +10,7 @@ from typing import Any
 
 
 def wait_until(
-    condition: Callable[[], object], timeout: float, what: str, poll: float = 0.01
+    condition: Callable[..., object], timeout: float, what: str, poll: float = 0.01
 ) -> None:
     """Polls `condition` every `poll` seconds until it holds; TimeoutError naming `what` after
     `timeout` seconds."""
