@@ -48,7 +48,10 @@ $$;
 --   triggers          false registers without triggers (jobs come from elsewhere, e.g. the
 --                     Supabase guide's own util.queue_embeddings triggers)
 --   clear_on_update   true: a content change clears the stale embedding at once;
---                     false: the old embedding stays until the new one lands
+--                     false: the old embedding stays until the new one lands. NULL: true for
+--                     a row store; false for a side table, which refuses true (clearing
+--                     would write the side table in the application's transaction:
+--                     sql/56_side.sql says why not)
 --   queue             the pgmq queue for this table's jobs
 --   key               the row key's columns when the table has no primary key (or another
 --                     key should be used): they must form a unique, not-null key
@@ -77,7 +80,7 @@ CREATE FUNCTION embeddings.watch(
     embedding_column name DEFAULT 'embedding',
     model text DEFAULT NULL,  -- NULL: embeddings.default_model(), see embeddings.set_default_model()
     triggers boolean DEFAULT true,
-    clear_on_update boolean DEFAULT true,
+    clear_on_update boolean DEFAULT NULL,  -- NULL: true for store => 'row', false for 'side'
     queue text DEFAULT 'embedding_jobs',
     key name[] DEFAULT NULL,
     replica boolean DEFAULT false,
@@ -112,8 +115,7 @@ DECLARE
     fresh boolean;
     reembed boolean := false;
     defer_index boolean := false;
-    -- side tables (sql/56_side.sql): the vectors' relation, and a side target's effective
-    -- clear_on_update (false: clearing would write the application's row)
+    -- side tables (sql/56_side.sql): the vectors' relation, and the effective clear_on_update
     side boolean;
     side_name text;
     vec_rel regclass;
@@ -122,7 +124,7 @@ DECLARE
 BEGIN
     model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
     IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
-       OR triggers IS NULL OR clear_on_update IS NULL OR queue IS NULL OR replica IS NULL
+       OR triggers IS NULL OR queue IS NULL OR replica IS NULL
        OR backfill IS NULL OR keep_old IS NULL THEN
         RAISE EXCEPTION 'embeddings.watch(): arguments must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
@@ -238,7 +240,14 @@ BEGIN
     side := embeddings.side_store(previous, store, side_table,
                                   chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
                                   OR previous.chunk_table IS NOT NULL);
-    clear_updates := clear_on_update AND NOT side;
+    IF side AND clear_on_update THEN
+        RAISE EXCEPTION 'clear_on_update => true is for store => ''row'': % keeps its vectors in a side table', source
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = 'Clearing a side table''s vector at once would write the side table in the application''s '
+                           'transaction, which the side table exists to avoid: its old vector stays until the new one lands.',
+                  HINT = 'Leave clear_on_update out (or pass clear_on_update => false), or use store => ''row''.';
+    END IF;
+    clear_updates := coalesce(clear_on_update, NOT side);
     IF side THEN
         -- A target keeps its side table (under whatever name it has now: a renamed table's
         -- default name is another).

@@ -38,8 +38,14 @@
 --     gone, when one partition of a partitioned table is truncated), in the same transaction;
 --   * every read joins the source (search, status counts, backfills): a side row whose source
 --     row is gone is never returned, even before its delete was followed up.
--- A content change does not clear the vector at once (that would be a write in the application's
--- transaction): the old vector stays until the new one lands, as with clear_on_update => false.
+-- A content change does not clear the vector at once: the old vector stays until the new one
+-- lands, as with clear_on_update => false, and watch() refuses clear_on_update => true for a side
+-- table rather than ignore it. Clearing would be a write of the side table in the application's
+-- transaction: at REPEATABLE READ it fails the application's UPDATE whenever the worker wrote
+-- that vector since the transaction began (what the side table exists to avoid), and it cannot
+-- keep a worker's write of the old content's vector, made in between, out without the worker
+-- locking the application's rows. Readers that must not see a vector older than the content
+-- compare content_md5 with the content's md5, or use the row store.
 --
 -- Chunk tables (sql/55_chunks.sql) have no foreign key either and follow deletes, key changes and
 -- truncations the same way: the triggers (sql/30_triggers.sql) and the functions of

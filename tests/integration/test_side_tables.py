@@ -171,6 +171,39 @@ def test_the_store_changes_only_through_unwatch(conn: Conn, minilm: str) -> None
     assert ("embedding", "halfvec(384)", False) in columns(conn, "docs")
 
 
+def test_clear_on_update_is_refused_for_a_side_table_not_ignored(conn: Conn, minilm: str) -> None:
+    """Clearing a side table's stale vector at once would write the side table in the
+    application's transaction: what the side table exists to avoid. Asked for, it is refused
+    (it was silently ignored); left out, each store gets its own default."""
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text)")
+    for statement in (
+        "SELECT embeddings.watch('docs', 'body', store => 'side', clear_on_update => true)",
+        "SELECT embeddings.watch('docs', 'body', side_table => 'vectors', clear_on_update => true)",
+    ):
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+            conn.execute(statement)
+        assert "clear_on_update => true is for store => 'row'" in str(refused.value)
+        assert refused.value.diag.message_hint is not None
+        assert "clear_on_update => false" in refused.value.diag.message_hint
+    assert to_regclass(conn, "docs_embeddings") is None  # all or nothing
+    watch(conn, minilm)
+    watch(conn, minilm, clear_on_update=False)
+    # A side target watched again, its store left out, is refused too.
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="clear_on_update"):
+        conn.execute("SELECT embeddings.watch('docs', 'body', clear_on_update => true)")
+    conn.execute("SELECT embeddings.watch('notes', 'body', model => %s)", (minilm,))
+    assert conn.execute(
+        "SELECT source::text, clear_on_update FROM embeddings.targets ORDER BY id"
+    ).fetchall() == [("docs", False), ("notes", True)]
+
+
+def to_regclass(conn: Conn, name: str) -> Any:
+    row = conn.execute("SELECT to_regclass(%s)::text", (name,)).fetchone()
+    assert row is not None
+    return row[0]
+
+
 def test_an_existing_side_table_of_the_wrong_shape_is_refused(conn: Conn, minilm: str) -> None:
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
     conn.execute("CREATE TABLE docs_embeddings (id integer PRIMARY KEY, embedding halfvec(384))")

@@ -206,7 +206,11 @@ class EmbeddingMachine(RuleBasedStateMachine):
         )
 
     def watch(
-        self, model: str, clear_on_update: bool, conn: Conn | None = None, store: str | None = None
+        self,
+        model: str,
+        clear_on_update: bool | None,
+        conn: Conn | None = None,
+        store: str | None = None,
     ) -> None:
         """watch() again; `store` only the first time (left out, the target keeps its own)."""
         (conn or self.conn).execute(
@@ -240,9 +244,10 @@ class EmbeddingMachine(RuleBasedStateMachine):
                 f"{embedding})"
             )
         )
-        self.clear_on_update = clear_on_update
+        # A side table refuses clear_on_update => true: its default (NULL) is false.
+        self.clear_on_update: bool | None = clear_on_update if self.store == "row" else None
         self.unseen = False  # a write the triggers did not see since the last quiescence
-        self.watch(self.models[0], clear_on_update, store=self.store)
+        self.watch(self.models[0], self.clear_on_update, store=self.store)
 
     # --- the application ------------------------------------------------------------------
     @rule(key=KEYS, content=CONTENT)
