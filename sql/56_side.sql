@@ -293,7 +293,9 @@ BEGIN
 
     -- Vectors (and during a model change the new model's, in the shadow column: a row with no
     -- side row yet gets one with only that, and the md5 of its content). The side row's md5 is
-    -- that of the content of its embedding column's vector.
+    -- that of the content of its embedding column's vector. The side table's key columns are
+    -- named as the source's, and may be named as a parameter (k0, keys, ...): ON CONFLICT names
+    -- columns, and the parameters are referred to by number.
     FOR col IN SELECT c.*, CASE WHEN c.suffix = '' THEN format('%1$I = excluded.%1$I, content_md5 = excluded.content_md5', c.name)
                                 ELSE format('%1$I = excluded.%1$I, content_md5 = CASE WHEN x.%2$I IS NULL '
                                             'THEN excluded.content_md5 ELSE x.content_md5 END', c.name, t.embedding_column)
@@ -303,6 +305,7 @@ BEGIN
         EXECUTE format(
             $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s, vectors %3$s[], digests text[]) RETURNS SETOF text
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            #variable_conflict use_column
             BEGIN
                 %4$s
                 RETURN QUERY

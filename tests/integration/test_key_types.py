@@ -10,8 +10,10 @@ target, or a content function that fails for some rows until they are cured (dea
 `embed-worker failures --retry`). Then the worker (in-process `run --once`, a tiny model) must
 embed every row: those there before watch() (a backfill), those inserted after (the insert
 trigger), and all of them again after an UPDATE (the update trigger, which matches old and new
-rows by key). A type watch() refuses must be refused with an error naming the column, its type
-and why.
+rows by key). Each mode but the chunked one also runs with the vectors in a side table
+(`store => 'side'`, keyed like the table: its key columns, typmods and collations included, are
+the table's, and each side row holds the md5 of its row's current content). A type watch()
+refuses must be refused with an error naming the column, its type and why.
 
 One database serves every example (each in a schema of its own, dropped afterwards): a database
 per example would be too slow. `KEY_TYPE_EXAMPLES` sets how many random examples CI runs
@@ -361,7 +363,8 @@ APP_SETTINGS: list[dict[str, str]] = [
     },
 ]
 
-MODES = ("column", "chunked", "function")
+MODES = ("column", "chunked", "function", "side column", "side function")
+SIDE_MODES = ("side column", "side function")
 
 
 @dataclass
@@ -396,15 +399,17 @@ def cases(draw: Callable[[St[Any]], Any], types: St[list[str]] | None = None) ->
 
 def every_type_alone() -> Iterator[Case]:
     """Explicit examples: each type alone, with its edge values, in every mode; whatever the
-    random examples draw, each type is tried."""
-    modes = itertools.cycle(MODES)
+    random examples draw, each type is tried, in a row store and in a side table."""
+    modes = itertools.cycle(m for m in MODES if m not in SIDE_MODES)
+    side_modes = itertools.cycle(SIDE_MODES)
     for i, name in enumerate(sorted(TYPES)):
         rows: list[tuple[tuple[str, ...], bool]] = [
             ((v,), j % 3 == 0) for j, v in enumerate(EDGES[name])
         ]
-        yield Case(
-            [name], rows, mode=next(modes), app=i % len(APP_SETTINGS), backfilled=len(rows) // 2
-        )
+        for mode in (next(modes), next(side_modes)):
+            yield Case(
+                [name], rows, mode=mode, app=i % len(APP_SETTINGS), backfilled=len(rows) // 2
+            )
 
 
 EDGES: dict[str, list[str]] = {
@@ -544,7 +549,8 @@ class Harness:
             sql.SQL(table),
             sql.SQL(", ").join(sql.SQL("%s::{}").format(sql.SQL(k.sql(schema))) for k in kinds),
         )
-        poisoned = case.mode == "function"
+        by_function = case.mode in ("function", "side function")
+        poisoned = by_function
 
         def body(i: int, poison: bool) -> str:
             return (
@@ -557,12 +563,17 @@ class Harness:
         for i, (values, poison) in enumerate(case.rows[: case.backfilled]):
             inserted += app.execute(insert, (*values, body(i, poison))).rowcount
         refusal = next((k.refused for k in kinds if k.refused), None)
-        content = "content" if case.mode == "function" else "body"
         watch = sql.SQL("SELECT embeddings.watch({}, {}, model => {}{})").format(
             sql.Literal(table),
-            sql.Literal(f"{schema}.content" if case.mode == "function" else content),
+            sql.Literal(f"{schema}.content" if by_function else "body"),
             sql.Literal(self.model),
-            sql.SQL(", chunk_tokens => 16" if case.mode == "chunked" else ""),
+            sql.SQL(
+                ", chunk_tokens => 16"
+                if case.mode == "chunked"
+                else ", store => 'side'"
+                if case.mode in SIDE_MODES
+                else ""
+            ),
         )
         if refusal is not None:
             with pytest.raises(psycopg.errors.FeatureNotSupported) as refused:
@@ -608,15 +619,31 @@ class Harness:
     ) -> None:
         assert self.failures() == []
         assert self.count(JOBS) == 0
-        if case.mode == "chunked":
+        # A chunk or side table's key columns are the source's, typmods and collations included.
+        types = (
+            "SELECT attname, format_type(atttypid, atttypmod), attcollation FROM pg_attribute"
+            " WHERE attrelid = %s::regclass AND attname = ANY(%s) ORDER BY attname"
+        )
+        same = " AND ".join(f"c.{c} = d.{c}" for c in columns)
+        if case.mode in SIDE_MODES:
+            side = table + "_embeddings"
+            assert (
+                self.conn.execute(types, (side, columns)).fetchall()
+                == self.conn.execute(types, (table, columns)).fetchall()
+            )
+            # Every row has its side row, holding the vector of the row's content as it is now;
+            # and no side row is left over (an UPDATE of every row keeps every key).
+            missing = self.conn.execute(
+                f"SELECT d.body FROM {table} d WHERE NOT EXISTS (SELECT FROM {side} c WHERE {same}"
+                " AND c.embedding IS NOT NULL AND c.content_md5 = md5(d.body))"
+            ).fetchall()
+            assert self.count(side) == self.count(table)
+        elif case.mode == "chunked":
             chunks = table + "_chunks"
-            # The chunk table's key columns are the source's, typmods included.
-            types = "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute WHERE attrelid = %s::regclass AND attname = ANY(%s) ORDER BY attname"
             assert (
                 self.conn.execute(types, (chunks, columns)).fetchall()
                 == self.conn.execute(types, (table, columns)).fetchall()
             )
-            same = " AND ".join(f"c.{c} = d.{c}" for c in columns)
             # Every document has chunks, and its last one ends as the document does now.
             missing = self.conn.execute(
                 f"SELECT d.body FROM {table} d WHERE NOT EXISTS (SELECT FROM {chunks} c WHERE {same}"
@@ -650,7 +677,9 @@ PROPERTY = hypothesis_run(
 )
 
 
-@pytest.mark.parametrize("case", list(every_type_alone()), ids=lambda c: c.types[0])
+@pytest.mark.parametrize(
+    "case", list(every_type_alone()), ids=lambda c: f"{c.types[0]}-{c.mode.replace(' ', '-')}"
+)
 def test_each_key_type_alone(harness: Harness, case: Case) -> None:
     if "citext" in case.types and not harness.citext:
         pytest.skip("the citext extension is not available on the test cluster")
