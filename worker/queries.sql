@@ -228,7 +228,7 @@ SELECT embeddings.note_deferrals(%(target_ids)s::integer[], %(reasons)s::text[],
 -- Forgets the deferrals of targets served again.
 SELECT embeddings.clear_deferrals(%(target_ids)s::integer[]);
 
--- Chunked targets (worker/pipeline/chunks.py). A document's chunks are keyed by (key, seq); each
+-- Chunked targets (worker/pipeline/chunks/). A document's chunks are keyed by (key, seq); each
 -- carries the md5 of its model and text (chunk_hash), by which unchanged chunks keep their vector.
 
 -- name: load_reusable_chunks

@@ -94,7 +94,7 @@ def test_jobs_of_a_deferred_target_are_deferred() -> None:
 
 
 def test_postponed_rows_go_back_at_once_without_an_attempt() -> None:
-    """Chunked targets: rows past a batch's chunk budget (worker.pipeline.chunks) are re-queued."""
+    """Chunked targets: rows past a batch's chunk budget (worker.pipeline.chunks.reading) are re-queued."""
     P = RowState.POSTPONED
     j = job({"target": 1, "keys": [1, 2, 3], "attempts": 1}, T, read_ct=1)
     out = write.settle(batch_with((j, {"1": W, "2": P, "3": P})), SETTINGS, NOW)

@@ -17,9 +17,10 @@ from worker import db, exceptions, metrics
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.models.remote.client import RemoteModel
-from worker.pipeline import chunks, faults, pieces, remote, stores
+from worker.pipeline import faults, pieces, remote, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.chunks import writing as chunk_writing
 from worker.pipeline.targets import Target, TargetRegistry
 
 logger = logging.getLogger(__name__)
@@ -220,7 +221,7 @@ def log_batch(batch: Batch) -> None:
                 "write_ms": round(batch.write_ms, 1),
             },
         )
-    chunks.log_pieces(batch)  # long documents: each piece written, and how far the document is
+    chunk_writing.log_pieces(batch)  # long documents: each piece written, how far the document is
     for row in batch.rows.values():
         if row.state is RowState.FAILED:
             _log_failed(row)

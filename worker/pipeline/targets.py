@@ -46,7 +46,7 @@ class Target:
     queue: str
     version: int = 1  # of the definition (embeddings.targets.version) this object describes
     registry_problem: str | None = None  # embeddings.targets.problem
-    # Chunked targets (worker/pipeline/chunks.py): vectors in a chunk table, one per chunk.
+    # Chunked targets (worker/pipeline/chunks/): vectors in a chunk table, one per chunk.
     chunk_table: tuple[str, str] | None = None  # (schema, table)
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None

@@ -1,16 +1,17 @@
 """The chunk store: a chunked target's vectors in its chunk table, one per chunk of a document
 (watch(..., chunk_tokens => N), sql/55_chunks.sql). Splitting, reuse of unchanged chunks'
-vectors and the chunk write are worker/pipeline/chunks.py's; this is how the pipeline reaches
-them. Rows deleted from the table leave their chunks behind until `forget` (the chunk table has
-no foreign key to the table: one made TRUNCATE of the table fail)."""
+vectors and the chunk write are worker/pipeline/chunks/'s (a module per stage); this is how the
+pipeline reaches them. Rows deleted from the table leave their chunks behind until `forget` (the
+chunk table has no foreign key to the table: one made TRUNCATE of the table fail)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, ClassVar
 
 from worker import db, exceptions
-from worker.pipeline import chunks, provenance
+from worker.pipeline import provenance
 from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.chunks import embedding, reading, writing
 from worker.pipeline.stores.base import EmbedRows, Store
 from worker.pipeline.stores.side import forget_rows
 from worker.pipeline.targets import Target
@@ -30,7 +31,7 @@ class ChunkStore(Store):
         rows: list[Row],
         models: LoadedModels,
     ) -> None:
-        chunks.prepare(conn, batch, target, rows, models)
+        reading.prepare(conn, batch, target, rows, models)
 
     def embed(
         self,
@@ -51,15 +52,15 @@ class ChunkStore(Store):
         if problem:
             batch.deferred[target.id] = problem
             return None
-        tokens = chunks.embed(model, rows)
+        tokens = embedding.embed(model, rows)
         batch.producers[target.id] = (provenance.producer(model), None)
         return tokens
 
     def write(
         self, conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]
     ) -> dict[str, RowState]:
-        return chunks.store(conn, target, embedded, blank)
+        return writing.store(conn, target, embedded, blank)
 
     def forget(self, conn: db.Connection, target: Target, gone: list[Row]) -> None:
         forget_rows(conn, target, gone)
-        chunks.forget(conn, target, gone)  # a long document's progress or ceiling
+        writing.forget(conn, target, gone)  # a long document's progress or ceiling

@@ -1,0 +1,229 @@
+"""The load stage of a chunked target: each loaded document read with the model's tokenizer as
+far as the batch's budget goes, the vectors stored for its unchanged chunks found, documents over
+the ceiling failed (worker/pipeline/chunks/__init__.py has the whole path)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import numpy as np
+
+from worker import db, exceptions, queries
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline import pieces
+from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.chunking import Splitter
+from worker.pipeline.pieces import Document, DocumentChunks
+from worker.pipeline.targets import Target
+
+if TYPE_CHECKING:
+    from worker.models.loaded import LoadedModels
+
+# Reuse lookups per batch at most: each round reads more chunks where stored vectors left
+# budget over.
+MAX_ROUNDS = 64
+
+
+@dataclass
+class _Budget:
+    """What is left of a batch's budget: tokens of new chunks, and chunks to write."""
+
+    tokens: int
+    chunks: int
+    used: bool = False  # the first document always gets a chunk
+
+    @property
+    def spent(self) -> bool:
+        return self.used and (self.tokens <= 0 or self.chunks <= 0)
+
+
+def prepare(
+    conn: db.Connection, batch: Batch, target: Target, rows: list[Row], models: LoadedModels
+) -> None:
+    """Reads the loaded documents of a chunked target (with the tokenizer of the target's model,
+    read once per process) as far as the batch's budget goes, and finds their reusable
+    vectors."""
+    assert target.chunk_tokens is not None
+    try:
+        tokenizer = models.tokenizer(target.model)
+    except exceptions.ModelError as exc:
+        batch.deferred[target.id] = str(exc)
+        return
+    splitter = Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
+    budget = _Budget(batch.limits.piece_tokens, pieces.MAX_CHUNKS)
+    try:
+        _prepare_target(conn, batch, target=target, rows=rows, splitter=splitter, budget=budget)
+    except exceptions.TargetUnavailable as exc:
+        batch.deferred[target.id] = f"{target.name}: {exc}"
+
+
+def _prepare_target(
+    conn: db.Connection,
+    batch: Batch,
+    *,
+    target: Target,
+    rows: list[Row],
+    splitter: Splitter,
+    budget: _Budget,
+) -> None:
+    sizes = {row.key: len((row.content or "").encode()) for row in rows}
+    _fail_over_ceiling(conn, batch, target, rows, sizes)
+    rows = [r for r in rows if r.state is RowState.READY]
+    if not rows:
+        return
+    with db.translated():
+        found = conn.execute(
+            queries.compose("document_progress"),
+            {"target_id": target.id, "keys": [r.key for r in rows], "version": target.version},
+        ).fetchall()
+    # Only a continuation (the job a piece sent back) goes on from the recorded progress: any
+    # other job may follow a delete and re-insert of the same content, whose chunks are gone.
+    fresh = {
+        key
+        for job in batch.jobs
+        if job.target is not None and job.target.id == target.id and not _continued(job)
+        for key in job.keys
+    }
+    committed = {
+        key: done
+        for key, digest, state, done in found
+        if state == "in_progress" and digest == _digest(rows, key) and key not in fresh
+    }
+    documents: dict[str, Document] = {}
+    for _ in range(MAX_ROUNDS):
+        taken: list[tuple[Row, DocumentChunks, list[int]]] = []
+        for row in rows:
+            if budget.spent or row.state is not RowState.READY:
+                continue
+            doc = documents.get(row.key)
+            if doc is None:
+                doc = documents[row.key] = _document(
+                    conn, target, row, splitter=splitter, sizes=sizes, committed=committed
+                )
+                budget.tokens -= sum(doc.pending.chunks[i].tokens for i in doc.pending.new)
+                budget.chunks -= len(doc.pending.chunks)
+                budget.used = budget.used or bool(doc.pending.chunks)
+            if doc.complete:
+                continue
+            scan = batch.limits.piece_tokens * pieces.SCAN_FACTOR
+            try:
+                indexes = doc.take(_group(budget, target), scan)
+            except Exception as exc:  # the tokenizer's failure on this text only
+                row.fail(f"splitting failed: {type(exc).__name__}: {exc}")
+                continue
+            budget.tokens -= sum(doc.pending.chunks[i].tokens for i in indexes)
+            budget.chunks -= len(indexes)
+            budget.used = budget.used or bool(indexes)
+            taken.append((row, doc.pending, indexes))
+        if not taken:
+            break
+        budget.tokens += _find_stored_vectors(conn, target, taken)  # found: no tokens to embed
+    for row in rows:
+        _settle_prepared(row, documents.get(row.key))
+
+
+def _continued(job: jobqueue.Job) -> bool:
+    return isinstance(job.message, dict) and job.message.get("continued") is True
+
+
+def _digest(rows: list[Row], key: str) -> str | None:
+    return next((r.digest for r in rows if r.key == key), None)
+
+
+def _group(budget: _Budget, target: Target) -> int:
+    """Chunks to read next: about what the budget's tokens still hold, at least one."""
+    assert target.chunk_tokens is not None
+    return max(1, min(budget.chunks, budget.tokens // target.chunk_tokens + 1, 256))
+
+
+def _document(
+    conn: db.Connection,
+    target: Target,
+    row: Row,
+    *,
+    splitter: Splitter,
+    sizes: dict[str, int],
+    committed: dict[str, int],
+) -> Document:
+    """The row's document: the one a previous piece left in the cache when the database's record
+    confirms it, else read afresh from where the record says its committed chunks end."""
+    assert row.content is not None and row.digest is not None
+    key = pieces.document_id(conn, target.id, target.version, row.key, row.digest)
+    done = committed.get(row.key, 0)
+    doc = pieces.CACHE.take(key)
+    if doc is not None and doc.confirm(done):
+        return doc
+    stream = splitter.stream(row.content)
+    return Document(stream, target.model, sizes[row.key], done=done, cache_key=key)
+
+
+def _settle_prepared(row: Row, doc: Document | None) -> None:
+    """The row's state after prepare: its chunks to embed and write, postponed (nothing read
+    within the budget, or a piece that only skipped committed chunks), or blank."""
+    if row.state is not RowState.READY:
+        return
+    if doc is None:
+        row.state = RowState.POSTPONED
+        return
+    if doc.complete and doc.done == 0 and not doc.pending.chunks:
+        row.state = RowState.BLANK  # nothing the tokenizer reads (control characters only)
+        return
+    if not doc.pending.chunks and not doc.complete:
+        row.state = RowState.POSTPONED  # skipped committed chunks only: next time further
+        if doc.cache_key is not None:
+            pieces.CACHE.put(doc.cache_key, doc)
+        return
+    row.chunks = doc.pending
+
+
+def _fail_over_ceiling(
+    conn: db.Connection, batch: Batch, target: Target, rows: list[Row], sizes: dict[str, int]
+) -> None:
+    """Documents over the ceiling fail at once (no retries: the same text fails again) and are
+    recorded as such (embeddings.documents) for status and doctor."""
+    ceiling = batch.limits.max_document_bytes
+    over = [r for r in rows if ceiling and sizes[r.key] > ceiling]
+    for row in over:
+        row.fail(
+            f"document over its ceiling: {sizes[row.key]:,} bytes, more than "
+            f"EMBED_MAX_DOCUMENT_BYTES={ceiling:,}; raise the ceiling (then `embed-worker "
+            "failures --retry`) or shorten the document",
+            permanent=True,
+        )
+    if over:
+        with db.translated():
+            conn.execute(
+                queries.compose("note_over_ceiling"),
+                {
+                    "target_id": target.id,
+                    "keys": [r.key for r in over],
+                    "digests": [r.digest for r in over],
+                    "bytes": [sizes[r.key] for r in over],
+                    "ceiling": ceiling,
+                    "version": target.version,
+                },
+            )
+
+
+def _find_stored_vectors(
+    conn: db.Connection, target: Target, taken: list[tuple[Row, DocumentChunks, list[int]]]
+) -> int:
+    """Fills in the vectors stored for the chunks just taken; returns their tokens."""
+    keys = [row.key for row, _, indexes in taken for _ in indexes]
+    hashes = [doc.hashes[i] for _, doc, indexes in taken for i in indexes]
+    if not keys:
+        return 0
+    with db.translated():
+        found = conn.execute(
+            target.query("load_reusable_chunks"), {**target.key_params(keys), "hashes": hashes}
+        ).fetchall()
+    stored = {(key, digest): vector for key, digest, vector in found}
+    tokens = 0
+    for row, doc, indexes in taken:
+        for i in indexes:
+            vector = stored.get((row.key, doc.hashes[i]))
+            if vector is not None:
+                doc.vectors[i] = np.asarray(vector, dtype=np.float32)
+                tokens += doc.chunks[i].tokens
+    return tokens
