@@ -10,7 +10,7 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 from worker import __version__, exceptions, logs
 from worker.config import Settings
@@ -92,6 +92,82 @@ def _global_options(
     return parent
 
 
+def _run_options(run: argparse.ArgumentParser) -> None:
+    run.add_argument("--once", action="store_true", help="drain the queue, then exit 0")
+    run.add_argument(
+        "--model",
+        help="the model for POST /embed when a request names none; default: the database's "
+        "default model, embeddings.default_model() [EMBED_MODEL]",
+    )
+    run.add_argument("--queue", help="pgmq queue [EMBED_QUEUE]")
+    run.add_argument("--batch-size", type=int, help="rows per batch [EMBED_BATCH_SIZE]")
+    run.add_argument("--vt-seconds", type=int, help="lease (visibility timeout) [EMBED_VT_SECONDS]")
+    run.add_argument(
+        "--max-attempts", type=int, help="attempts before dead-lettering [EMBED_MAX_ATTEMPTS]"
+    )
+    # Chunked targets' long documents (worker/pipeline/pieces.py).
+    run.add_argument(
+        "--piece-tokens",
+        type=int,
+        help="chunked targets: tokens embedded per piece of a long document [EMBED_PIECE_TOKENS]",
+    )
+    run.add_argument(
+        "--max-document-bytes",
+        type=int,
+        help="chunked targets: larger documents fail at once; 0: no ceiling "
+        "[EMBED_MAX_DOCUMENT_BYTES]",
+    )
+    run.add_argument(
+        "--http-port",
+        type=int,
+        help="serve /healthz, /readyz, /metrics, /embed, /search, /functions/v1/embed"
+        " [EMBED_HTTP_PORT]",
+    )
+    run.add_argument(
+        "--http-host", help="bind address for HTTP (default 127.0.0.1) [EMBED_HTTP_HOST]"
+    )
+    run.add_argument(
+        "--no-pull",
+        dest="pull",
+        action="store_const",
+        const=False,
+        help="lease no jobs; serve only those POSTed to /functions/v1/embed [EMBED_PULL=false]",
+    )
+    run.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
+
+
+def _status_options(status: argparse.ArgumentParser) -> None:
+    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    status.add_argument(
+        "--exact",
+        action="store_true",
+        help="count rows exactly (scans every watched table; without it, large tables' counts "
+        "are estimates, marked ~)",
+    )
+    status.add_argument(
+        "--watch",
+        nargs="?",
+        const=2.0,
+        type=float,
+        metavar="SECONDS",
+        help="refresh in place every SECONDS (default 2) until Ctrl-C",
+    )
+
+
+def _embed_options(embed: argparse.ArgumentParser) -> None:
+    embed.add_argument(
+        "texts",
+        nargs="+",
+        metavar="TEXT",
+        help="texts to embed; `-` reads one text per line from standard input",
+    )
+    embed.add_argument(
+        "--model",
+        help="model name or directory; default: EMBED_MODEL, else the database's default model "
+        "(embeddings.default_model()), else gte-small [EMBED_MODEL]",
+    )
+
+
 def _search_options(search: argparse.ArgumentParser) -> None:
     search.add_argument("table", metavar="TABLE", help="a watched table, e.g. public.documents")
     search.add_argument("query", metavar="QUERY", help="what to look for, in plain words")
@@ -122,129 +198,12 @@ def _sweep_options(sweep: argparse.ArgumentParser) -> None:
     sweep.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 
-def _long_document_options(run: argparse.ArgumentParser) -> None:
-    """Chunked targets' long documents (worker/pipeline/pieces.py)."""
-    run.add_argument(
-        "--piece-tokens",
-        type=int,
-        help="chunked targets: tokens embedded per piece of a long document [EMBED_PIECE_TOKENS]",
-    )
-    run.add_argument(
-        "--max-document-bytes",
-        type=int,
-        help="chunked targets: larger documents fail at once; 0: no ceiling "
-        "[EMBED_MAX_DOCUMENT_BYTES]",
-    )
-
-
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="embed-worker",
-        description="Postgres-native embedding worker: keeps the embedding columns of watched "
-        "tables up to date, from a pgmq queue, with a local ONNX model.",
-        epilog="Each option also reads an environment variable (shown in brackets); the option "
-        "wins. Options of the first two groups go before or after the command. Without "
-        "DATABASE_URL or PG* variables, the local `make db` cluster is used.",
-        parents=[_global_options(None)],
-    )
-    parser.add_argument("--version", action="version", version=f"embed-worker {__version__}")
-    shared = _global_options(argparse.SUPPRESS)
-    connection_only = _global_options(argparse.SUPPRESS, models=False)
-    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
-
-    def command(name: str, short: str, *, loads_models: bool = True) -> argparse.ArgumentParser:
-        return commands.add_parser(
-            name,
-            help=short,
-            description=DESCRIPTIONS[name],
-            parents=[shared if loads_models else connection_only],
-        )
-
-    command("migrate", "install or upgrade the database schema", loads_models=False)
-
-    run = command("run", "run the worker")
-    run.add_argument("--once", action="store_true", help="drain the queue, then exit 0")
-    run.add_argument(
-        "--model",
-        help="the model for POST /embed when a request names none; default: the database's "
-        "default model, embeddings.default_model() [EMBED_MODEL]",
-    )
-    run.add_argument("--queue", help="pgmq queue [EMBED_QUEUE]")
-    run.add_argument("--batch-size", type=int, help="rows per batch [EMBED_BATCH_SIZE]")
-    run.add_argument("--vt-seconds", type=int, help="lease (visibility timeout) [EMBED_VT_SECONDS]")
-    run.add_argument(
-        "--max-attempts", type=int, help="attempts before dead-lettering [EMBED_MAX_ATTEMPTS]"
-    )
-    _long_document_options(run)
-    run.add_argument(
-        "--http-port",
-        type=int,
-        help="serve /healthz, /readyz, /metrics, /embed, /search, /functions/v1/embed"
-        " [EMBED_HTTP_PORT]",
-    )
-    run.add_argument(
-        "--http-host", help="bind address for HTTP (default 127.0.0.1) [EMBED_HTTP_HOST]"
-    )
-    run.add_argument(
-        "--no-pull",
-        dest="pull",
-        action="store_const",
-        const=False,
-        help="lease no jobs; serve only those POSTed to /functions/v1/embed [EMBED_PULL=false]",
-    )
-    run.add_argument("--no-progress", action="store_true", help="no progress line on a terminal")
-
-    status = command(
-        "status", "per watched table: rows, embedded, pending, failed, ETA", loads_models=False
-    )
-    status.add_argument("--json", action="store_true", help="print JSON instead of a table")
-    status.add_argument(
-        "--exact",
-        action="store_true",
-        help="count rows exactly (scans every watched table; without it, large tables' counts "
-        "are estimates, marked ~)",
-    )
-    status.add_argument(
-        "--watch",
-        nargs="?",
-        const=2.0,
-        type=float,
-        metavar="SECONDS",
-        help="refresh in place every SECONDS (default 2) until Ctrl-C",
-    )
-
-    embed = command("embed", "print the embeddings of TEXT... as a JSON list")
-    embed.add_argument(
-        "texts",
-        nargs="+",
-        metavar="TEXT",
-        help="texts to embed; `-` reads one text per line from standard input",
-    )
-    embed.add_argument(
-        "--model",
-        help="model name or directory; default: EMBED_MODEL, else the database's default model "
-        "(embeddings.default_model()), else gte-small [EMBED_MODEL]",
-    )
-
-    _search_options(command("search", "rows of TABLE nearest in meaning to QUERY"))
-
-    failures = command("failures", "list dead-lettered jobs", loads_models=False)
+def _failures_options(failures: argparse.ArgumentParser) -> None:
     failures.add_argument("--retry", action="store_true", help="re-queue them all")
     failures.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    _sweep_options(
-        command(
-            "sweep", "queue rows that lost their job or hold a stale vector", loads_models=False
-        )
-    )
 
-    command("doctor", "check for common problems and say what to do")
-
-    plan = command(
-        "plan",
-        "estimate rows, tokens, requests and cost before a backfill or model change",
-        loads_models=False,
-    )
+def _plan_options(plan: argparse.ArgumentParser) -> None:
     plan.add_argument("table", metavar="TABLE", help="a table, e.g. public.documents")
     plan.add_argument("--column", help="embedding column, when the table has several")
     plan.add_argument(
@@ -261,16 +220,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     plan.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
-    model_cmd = command("model", "list or download models")
-    model_commands = model_cmd.add_subparsers(dest="model_command", metavar="ACTION", required=True)
-    model_commands.add_parser(
+
+def _model_actions(model: argparse.ArgumentParser) -> None:
+    actions = model.add_subparsers(dest="model_command", metavar="ACTION", required=True)
+    actions.add_parser(
         "list",
         help="known models and which are present",
         description="List the registry models and model directories on EMBED_MODEL_PATH, "
         "with where each is found.",
-        parents=[shared],
+        parents=[_global_options(argparse.SUPPRESS)],
     )
-    download = model_commands.add_parser(
+    download = actions.add_parser(
         "download",
         help="fetch a model from the Hugging Face hub",
         description="Download a registry model at its pinned revision into the cache, "
@@ -284,6 +244,51 @@ def build_parser() -> argparse.ArgumentParser:
         choices=("fp32", "int8", "all"),
         help="which ONNX file(s) to fetch (default: EMBED_MODEL_VARIANT)",
     )
+
+
+# The subcommands, in the order `--help` lists them: name, the line `--help` shows, whether it
+# loads models (those that do not list the model options), and what adds its own options.
+COMMANDS: tuple[tuple[str, str, bool, Callable[[argparse.ArgumentParser], None] | None], ...] = (
+    ("migrate", "install or upgrade the database schema", False, None),
+    ("run", "run the worker", True, _run_options),
+    ("status", "per watched table: rows, embedded, pending, failed, ETA", False, _status_options),
+    ("embed", "print the embeddings of TEXT... as a JSON list", True, _embed_options),
+    ("search", "rows of TABLE nearest in meaning to QUERY", True, _search_options),
+    ("failures", "list dead-lettered jobs", False, _failures_options),
+    ("sweep", "queue rows that lost their job or hold a stale vector", False, _sweep_options),
+    ("doctor", "check for common problems and say what to do", True, None),
+    (
+        "plan",
+        "estimate rows, tokens, requests and cost before a backfill or model change",
+        False,
+        _plan_options,
+    ),
+    ("model", "list or download models", True, _model_actions),
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="embed-worker",
+        description="Postgres-native embedding worker: keeps the embedding columns of watched "
+        "tables up to date, from a pgmq queue, with a local ONNX model.",
+        epilog="Each option also reads an environment variable (shown in brackets); the option "
+        "wins. Options of the first two groups go before or after the command. Without "
+        "DATABASE_URL or PG* variables, the local `make db` cluster is used.",
+        parents=[_global_options(None)],
+    )
+    parser.add_argument("--version", action="version", version=f"embed-worker {__version__}")
+    shared = {
+        True: _global_options(argparse.SUPPRESS),
+        False: _global_options(argparse.SUPPRESS, models=False),
+    }
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+    for name, short, loads_models, add_options in COMMANDS:
+        command = commands.add_parser(
+            name, help=short, description=DESCRIPTIONS[name], parents=[shared[loads_models]]
+        )
+        if add_options is not None:
+            add_options(command)
     return parser
 
 
