@@ -226,9 +226,18 @@ $$;
 --   key_match    access_match_sql(t, 't', ...)
 --   check_call   the check every function makes first
 --   content      the content of row t, as the owner evaluates it
+--   key_order    't.k0, t.k1': row t's key columns, for ORDER BY
+--   key_after    "row t's key comes after the key in $1" (a key as jobs carry it, JSON), for
+--                the functions that go through a table a slice of keys at a time
 CREATE FUNCTION embeddings.access_parts(t embeddings.targets) RETURNS jsonb
 LANGUAGE sql STABLE AS $$
     SELECT jsonb_build_object(
+        'key_order', (SELECT string_agg(format('t.%I', k.c), ', ' ORDER BY k.i)
+                      FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
+        'key_after', embeddings.key_after_sql(t, 't', ARRAY(
+            SELECT format(CASE WHEN c.n = 1 THEN '($1 #>> ''{}'')::%2$s' ELSE '($1 ->> %1$s)::%2$s' END,
+                          i - 1, (embeddings.key_sql_types(t))[i])
+            FROM generate_series(1, c.n) i ORDER BY i)),
         'prefix', 'embeddings_' || t.id,
         'key_params', (SELECT string_agg(format(', k%s text[]', i - 1), '' ORDER BY i) FROM generate_series(1, c.n) i),
         'key_rows', (SELECT string_agg(format('pg_catalog.unnest($%s)', i), ', ' ORDER BY i) FROM generate_series(1, c.n + 1) i),
@@ -239,6 +248,60 @@ LANGUAGE sql STABLE AS $$
     FROM (SELECT cardinality(t.key_columns) AS n) c
 $$;
 
+-- The vector columns target t's writes go to in `rel` (its table, or its side table), a _store
+-- and a _blank function each: its embedding column, with its type (halfvec or vector), suffix
+-- ''; during a model change also the shadow column (halfvec), suffix '_shadow'. (PL/pgSQL: the
+-- model changes' table comes later, sql/44_changes.sql.)
+CREATE FUNCTION embeddings.vector_columns(t embeddings.targets, rel regclass)
+RETURNS TABLE (suffix text, name name, type text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+        SELECT ''::text, t.embedding_column, format('%I.%I', n.nspname, ty.typname)
+        FROM pg_attribute at JOIN pg_type ty ON ty.oid = at.atttypid JOIN pg_namespace n ON n.oid = ty.typnamespace
+        WHERE at.attrelid = rel AND at.attname = t.embedding_column AND NOT at.attisdropped
+        UNION ALL
+        SELECT '_shadow'::text, mc.shadow_column, format('%I.halfvec', embeddings.vector_schema())
+        FROM embeddings.model_changes mc
+        WHERE mc.target_id = t.id AND embeddings.attnum_of(rel, mc.shadow_column) IS NOT NULL;
+END
+$$;
+
+-- Creates function embeddings.<prefix><suffix>(params) RETURNS returns, as every function of the
+-- generators below is made: PL/pgSQL, SECURITY DEFINER with the search path pg_catalog, pg_temp
+-- (generate_access() then gives it to the table's owner, with the owner's path), `head` before
+-- its BEGIN (a DECLARE block, #variable_conflict), the check every function makes first (`a`'s
+-- check_call unless `check_call` is given), then `body`. So each generator says only what its
+-- function does. Returns the function's name.
+CREATE FUNCTION embeddings.create_access_function(
+    a jsonb,
+    suffix text,
+    params text,
+    returns text,
+    body text,
+    stable boolean DEFAULT false,
+    head text DEFAULT '',
+    check_call text DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fn_name text := (a->>'prefix') || suffix;
+BEGIN
+    EXECUTE format(
+        $f$CREATE FUNCTION embeddings.%1$I(%2$s) RETURNS %3$s
+        LANGUAGE plpgsql%4$s SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        %5$sBEGIN
+            %6$s
+            %7$s
+        END
+        $body$ $f$,
+        fn_name, params, returns, CASE WHEN stable THEN ' STABLE' ELSE '' END, head,
+        coalesce(check_call, a->>'check_call'), body);
+    RETURN fn_name;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.create_access_function(jsonb, text, text, text, text, boolean, text, text) FROM PUBLIC;
+
 -- Creates (replacing any there are) the functions above for target t, as its table is now.
 -- SECURITY DEFINER: whoever causes the regeneration, they are created by this schema's owner,
 -- then given to the table's owner and granted.
@@ -247,16 +310,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     a jsonb := embeddings.access_parts(t);
     owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
-    types text[] := embeddings.key_sql_types(t);
-    nkeys integer := cardinality(t.key_columns);
-    key_order text := (SELECT string_agg(format('t.%I', c), ', ' ORDER BY i)
-                       FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
-    after_sql text := embeddings.key_after_sql(t, 't', ARRAY(
-        SELECT format(CASE WHEN nkeys = 1 THEN '($1 #>> ''{}'')::%2$s' ELSE '($1 ->> %1$s)::%2$s' END, i - 1, types[i])
-        FROM generate_series(1, nkeys) i ORDER BY i));
     missing text := embeddings.embedding_missing_sql(t, 't');
     following text := coalesce(current_setting('embeddings.following', true), 'off');
-    made text[] := ARRAY[(a->>'prefix') || '_lock', (a->>'prefix') || '_load', (a->>'prefix') || '_scan'];
+    made text[] := '{}';
     fn regprocedure;
     role_name name;
 BEGIN
@@ -273,48 +329,32 @@ BEGIN
     IF t.content_function IS NOT NULL THEN
         -- Called for each row by the trigger functions: the owner's name is compared first (a
         -- name: cheap), the catalog only where it differs (after REASSIGN OWNED, say).
-        EXECUTE format(
-            $f$CREATE FUNCTION embeddings.%1$I(r %2$s) RETURNS text
-            LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            BEGIN
-                IF current_user OPERATOR(pg_catalog.<>) %3$L::pg_catalog.name THEN
-                    %4$s
-                END IF;
-                RETURN %5$s;
-            END
-            $body$ $f$,
-            (a->>'prefix') || '_content', t.source, owner_name, embeddings.check_serving_sql(t.source::text, false),
-            embeddings.content_sql(t, 'r', NULL, wrapped => false));
-        made := made || ((a->>'prefix') || '_content');
+        made := made || embeddings.create_access_function(a, '_content', format('r %s', t.source), 'text',
+            format($b$IF current_user OPERATOR(pg_catalog.<>) %1$L::pg_catalog.name THEN
+                %2$s
+            END IF;
+            RETURN %3$s;$b$,
+                owner_name, embeddings.check_serving_sql(t.source::text, false),
+                embeddings.content_sql(t, 'r', NULL, wrapped => false)),
+            stable => true, check_call => '');
     END IF;
 
     -- The write transaction's first lock (embeddings.lock_target): the table, before the
     -- registration, as ALTER TABLE takes them.
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I() RETURNS void
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        BEGIN
-            %4$s
-            EXECUTE 'LOCK TABLE ' || %2$L || ' IN %3$s MODE';
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_lock', t.source::text,
-        CASE WHEN t.chunk_table IS NULL AND t.side_table IS NULL THEN 'ROW EXCLUSIVE' ELSE 'ACCESS SHARE' END,
-        embeddings.check_serving_sql(t.source::text, false));
+    made := made || embeddings.create_access_function(a, '_lock', '', 'void',
+        format('EXECUTE ''LOCK TABLE '' || %L || '' IN %s MODE'';', t.source::text,
+               CASE WHEN t.chunk_table IS NULL AND t.side_table IS NULL THEN 'ROW EXCLUSIVE' ELSE 'ACCESS SHARE' END),
+        check_call => embeddings.check_serving_sql(t.source::text, false));
 
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s) RETURNS TABLE (key text, content text, digest text)
-        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        BEGIN
-            %3$s
-            RETURN QUERY
+    made := made || embeddings.create_access_function(a, '_load', format('keys text[]%s', a->>'key_params'),
+        'TABLE (key text, content text, digest text)',
+        format($b$RETURN QUERY
                 SELECT v.key, c.content, pg_catalog.md5(c.content)
-                FROM ROWS FROM (%4$s) AS v(key%5$s)
-                JOIN %6$s t ON %7$s
-                CROSS JOIN LATERAL (SELECT %8$s AS content OFFSET 0) c;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_load', (a->>'key_params'), (a->>'check_call'), (a->>'key_rows'), (a->>'key_aliases'), t.source, (a->>'key_match'), (a->>'content'));
+                FROM ROWS FROM (%1$s) AS v(key%2$s)
+                JOIN %3$s t ON %4$s
+                CROSS JOIN LATERAL (SELECT %5$s AS content OFFSET 0) c;$b$,
+            a->>'key_rows', a->>'key_aliases', t.source, a->>'key_match', a->>'content'),
+        stable => true);
 
     -- Keys in key order after `after` (NULL: from the first), at most `max_rows` (NULL: all),
     -- each with whether it needs a job: no vector (no chunk), or with `every_row` any row; with
@@ -322,21 +362,13 @@ BEGIN
     -- `every_row`: its vector is cleared); `sweep`: no vector and content that is not blank. A
     -- content function that raises for some row: the rows one at a time, a row it raises for
     -- counted as needing a job (the worker dead-letters it with its error).
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(after jsonb, max_rows integer, every_row boolean, with_content boolean,
-                                              sweep boolean DEFAULT false)
-        RETURNS TABLE (key jsonb, missing boolean)
-        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        DECLARE
-            keys jsonb[];
-            flags boolean[];
-            r record;
-        BEGIN
-            %2$s
-            BEGIN
+    made := made || embeddings.create_access_function(a, '_scan',
+        'after jsonb, max_rows integer, every_row boolean, with_content boolean, sweep boolean DEFAULT false',
+        'TABLE (key jsonb, missing boolean)',
+        format($b$BEGIN
                 -- (aggregated in the order of the sorted slice)
                 SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.m) INTO keys, flags
-                FROM (SELECT %3$s AS k, %4$s AS m FROM %5$s t WHERE $1 IS NULL OR %6$s ORDER BY %7$s LIMIT $2) s;
+                FROM (SELECT %1$s AS k, %2$s AS m FROM %3$s t WHERE $1 IS NULL OR %4$s ORDER BY %5$s LIMIT $2) s;
                 RETURN QUERY SELECT u.k, u.m FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(flags)) AS u(k, m);
                 RETURN;
             EXCEPTION WHEN OTHERS THEN
@@ -344,28 +376,27 @@ BEGIN
                     RAISE;
                 END IF;
             END;
-            FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %3$s AS k
-                     FROM %5$s t WHERE $1 IS NULL OR %6$s ORDER BY %7$s LIMIT $2 LOOP
+            FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %1$s AS k
+                     FROM %3$s t WHERE $1 IS NULL OR %4$s ORDER BY %5$s LIMIT $2 LOOP
                 key := r.k;
                 BEGIN
-                    SELECT %4$s INTO missing FROM %5$s t
+                    SELECT %2$s INTO missing FROM %3$s t
                     WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place;
                 EXCEPTION WHEN OTHERS THEN
                     missing := true;
                 END;
                 RETURN NEXT;
-            END LOOP;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_scan', (a->>'check_call'), embeddings.key_json_sql(t, 't'),
-        format('CASE WHEN NOT $4 THEN $3 OR %1$s '
-               'WHEN $5 THEN %1$s AND (%2$s) OPERATOR(pg_catalog.~) ''[^[:space:]]'' '
-               'WHEN $3 THEN (%2$s) OPERATOR(pg_catalog.<>) ''''%3$s '
-               'ELSE %1$s AND (%2$s) OPERATOR(pg_catalog.<>) '''' END',
-               missing, (a->>'content'),
-               CASE WHEN t.side_table IS NOT NULL THEN format(' OR NOT %s', missing)
-                    WHEN t.chunk_table IS NULL THEN format(' OR t.%I IS NOT NULL', t.embedding_column) ELSE '' END),
-        t.source, after_sql, key_order);
+            END LOOP;$b$,
+            embeddings.key_json_sql(t, 't'),
+            format('CASE WHEN NOT $4 THEN $3 OR %1$s '
+                   'WHEN $5 THEN %1$s AND (%2$s) OPERATOR(pg_catalog.~) ''[^[:space:]]'' '
+                   'WHEN $3 THEN (%2$s) OPERATOR(pg_catalog.<>) ''''%3$s '
+                   'ELSE %1$s AND (%2$s) OPERATOR(pg_catalog.<>) '''' END',
+                   missing, (a->>'content'),
+                   CASE WHEN t.side_table IS NOT NULL THEN format(' OR NOT %s', missing)
+                        WHEN t.chunk_table IS NULL THEN format(' OR t.%I IS NOT NULL', t.embedding_column) ELSE '' END),
+            t.source, a->>'key_after', a->>'key_order'),
+        stable => true, head => E'DECLARE\n    keys jsonb[];\n    flags boolean[];\n    r record;\n');
 
     IF t.side_table IS NOT NULL THEN
         made := made || embeddings.generate_side_access(t, a);  -- sql/56_side.sql
@@ -418,86 +449,54 @@ REVOKE ALL ON FUNCTION embeddings.generate_access(embeddings.targets) FROM PUBLI
 CREATE FUNCTION embeddings.generate_plain_access(t embeddings.targets, a jsonb) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    vschema name := embeddings.vector_schema();
-    shadow name := (SELECT mc.shadow_column FROM embeddings.model_changes mc WHERE mc.target_id = t.id
-                    AND embeddings.attnum_of(t.source, mc.shadow_column) IS NOT NULL);
-    emb_type text := (SELECT format('%I.%I', n.nspname, ty.typname)
-                      FROM pg_attribute at JOIN pg_type ty ON ty.oid = at.atttypid
-                      JOIN pg_namespace n ON n.oid = ty.typnamespace
-                      WHERE at.attrelid = t.source AND at.attname = t.embedding_column AND NOT at.attisdropped);
-    made text[] := ARRAY[(a->>'prefix') || '_store', (a->>'prefix') || '_blank'];
+    shadow name := (SELECT c.name FROM embeddings.vector_columns(t, t.source) c WHERE c.suffix = '_shadow');
+    made text[] := '{}';
     col record;
 BEGIN
-    FOR col IN SELECT * FROM (VALUES ('', t.embedding_column, emb_type),
-                                     ('_shadow', shadow, format('%I.halfvec', vschema))) AS c(suffix, name, type)
-               WHERE c.name IS NOT NULL LOOP
-        EXECUTE format(
-            $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s, vectors %3$s[], digests text[]) RETURNS SETOF text
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            BEGIN
-                %4$s
-                RETURN QUERY
-                    UPDATE %5$s t SET %6$I = v.e%13$s
-                    FROM ROWS FROM (%7$s, pg_catalog.unnest($%8$s), pg_catalog.unnest($%9$s)) AS v(key%10$s, e, h)
-                    WHERE %11$s AND pg_catalog.md5(%12$s) IS NOT DISTINCT FROM v.h
-                    RETURNING v.key;
-            END
-            $body$ $f$,
-            (a->>'prefix') || '_store' || col.suffix, (a->>'key_params'), col.type, (a->>'check_call'), t.source, col.name, (a->>'key_rows'),
-            cardinality(t.key_columns) + 2, cardinality(t.key_columns) + 3, (a->>'key_aliases'), (a->>'key_match'), (a->>'content'),
-            CASE WHEN col.suffix = '' THEN embeddings.fts_assign_sql(t, a->>'content') ELSE '' END);  -- sql/59_hybrid.sql
-        EXECUTE format(
-            $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s, digests text[]) RETURNS SETOF text
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            BEGIN
-                %3$s
-                RETURN QUERY
-                    UPDATE %4$s t SET %5$I = NULL%11$s
-                    FROM ROWS FROM (%6$s, pg_catalog.unnest($%7$s)) AS v(key%8$s, h)
-                    WHERE %9$s AND pg_catalog.md5(%10$s) IS NOT DISTINCT FROM v.h AND t.%5$I IS NOT NULL
-                    RETURNING v.key;
-            END
-            $body$ $f$,
-            (a->>'prefix') || '_blank' || col.suffix, (a->>'key_params'), (a->>'check_call'), t.source, col.name, (a->>'key_rows'),
-            cardinality(t.key_columns) + 2, (a->>'key_aliases'), (a->>'key_match'), (a->>'content'),
-            CASE WHEN col.suffix = '' THEN embeddings.fts_assign_sql(t, NULL) ELSE '' END);
+    FOR col IN SELECT * FROM embeddings.vector_columns(t, t.source) LOOP
+        made := made || embeddings.create_access_function(a, '_store' || col.suffix,
+            format('keys text[]%s, vectors %s[], digests text[]', a->>'key_params', col.type), 'SETOF text',
+            format($b$RETURN QUERY
+                UPDATE %1$s t SET %2$I = v.e%9$s
+                FROM ROWS FROM (%3$s, pg_catalog.unnest($%4$s), pg_catalog.unnest($%5$s)) AS v(key%6$s, e, h)
+                WHERE %7$s AND pg_catalog.md5(%8$s) IS NOT DISTINCT FROM v.h
+                RETURNING v.key;$b$,
+                t.source, col.name, a->>'key_rows', cardinality(t.key_columns) + 2, cardinality(t.key_columns) + 3,
+                a->>'key_aliases', a->>'key_match', a->>'content',
+                CASE WHEN col.suffix = '' THEN embeddings.fts_assign_sql(t, a->>'content') ELSE '' END));  -- sql/59_hybrid.sql
+        made := made || embeddings.create_access_function(a, '_blank' || col.suffix,
+            format('keys text[]%s, digests text[]', a->>'key_params'), 'SETOF text',
+            format($b$RETURN QUERY
+                UPDATE %1$s t SET %2$I = NULL%8$s
+                FROM ROWS FROM (%3$s, pg_catalog.unnest($%4$s)) AS v(key%5$s, h)
+                WHERE %6$s AND pg_catalog.md5(%7$s) IS NOT DISTINCT FROM v.h AND t.%2$I IS NOT NULL
+                RETURNING v.key;$b$,
+                t.source, col.name, a->>'key_rows', cardinality(t.key_columns) + 2, a->>'key_aliases',
+                a->>'key_match', a->>'content',
+                CASE WHEN col.suffix = '' THEN embeddings.fts_assign_sql(t, NULL) ELSE '' END));
     END LOOP;
 
     IF shadow IS NOT NULL THEN
-        made := made || ARRAY[(a->>'prefix') || '_store_shadow', (a->>'prefix') || '_blank_shadow',
-                              (a->>'prefix') || '_unshadowed', (a->>'prefix') || '_swap_prepare'];
         -- Model-change completion (embeddings.complete_change): the rows with content still
         -- lacking the new vector and waiting in no job (`pending`: keys as jobs carry them)...
-        EXECUTE format(
-            $f$CREATE FUNCTION embeddings.%1$I(pending jsonb[]) RETURNS SETOF jsonb
-            LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            BEGIN
-                %2$s
-                RETURN QUERY
-                    SELECT s.k FROM (SELECT %3$s AS k FROM %4$s t
-                                     WHERE t.%5$I IS NULL AND (%6$s) OPERATOR(pg_catalog.~) '[^[:space:]]') s
-                    WHERE NOT (s.k OPERATOR(pg_catalog.=) ANY ($1));
-            END
-            $body$ $f$,
-            (a->>'prefix') || '_unshadowed', (a->>'check_call'), embeddings.key_json_sql(t, 't'), t.source, shadow, (a->>'content'));
+        made := made || embeddings.create_access_function(a, '_unshadowed', 'pending jsonb[]', 'SETOF jsonb',
+            format($b$RETURN QUERY
+                SELECT s.k FROM (SELECT %1$s AS k FROM %2$s t
+                                 WHERE t.%3$I IS NULL AND (%4$s) OPERATOR(pg_catalog.~) '[^[:space:]]') s
+                WHERE NOT (s.k OPERATOR(pg_catalog.=) ANY ($1));$b$,
+                embeddings.key_json_sql(t, 't'), t.source, shadow, a->>'content'),
+            stable => true);
         -- ... and, under the table lock, whether the swap may go ahead (no row with a vector
         -- lacks the new one), clearing the new vectors of rows whose content changed since
         -- (their vector was cleared and their job is among `pending`).
-        EXECUTE format(
-            $f$CREATE FUNCTION embeddings.%1$I(pending jsonb[]) RETURNS boolean
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            BEGIN
-                %2$s
-                IF EXISTS (SELECT FROM %3$s t WHERE t.%4$I IS NULL AND t.%5$I IS NOT NULL) THEN
-                    RETURN false;
-                END IF;
-                UPDATE %3$s t SET %4$I = NULL
-                WHERE t.%5$I IS NULL AND t.%4$I IS NOT NULL AND %6$s OPERATOR(pg_catalog.=) ANY ($1);
-                RETURN true;
-            END
-            $body$ $f$,
-            (a->>'prefix') || '_swap_prepare', (a->>'check_call'), t.source, shadow, t.embedding_column,
-            embeddings.key_json_sql(t, 't'));
+        made := made || embeddings.create_access_function(a, '_swap_prepare', 'pending jsonb[]', 'boolean',
+            format($b$IF EXISTS (SELECT FROM %1$s t WHERE t.%2$I IS NULL AND t.%3$I IS NOT NULL) THEN
+                RETURN false;
+            END IF;
+            UPDATE %1$s t SET %2$I = NULL
+            WHERE t.%3$I IS NULL AND t.%2$I IS NOT NULL AND %4$s OPERATOR(pg_catalog.=) ANY ($1);
+            RETURN true;$b$,
+                t.source, shadow, t.embedding_column, embeddings.key_json_sql(t, 't')));
     END IF;
 
     RETURN made;
@@ -516,23 +515,18 @@ DECLARE
     key_list text := (SELECT string_agg(format('%I', c), ', ' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
     chunk_match text := embeddings.access_match_sql(t, 'c', types);
 BEGIN
+    RETURN ARRAY[
     -- Vectors stored for chunks of these documents with these hashes (the chunks an edit left
     -- unchanged), as real[] (the worker's loading connection needs no pgvector types). The key
     -- arrays repeat each document's key, once per chunk hash.
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s, hashes text[])
-        RETURNS TABLE (key text, chunk_hash text, embedding real[])
-        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        BEGIN
-            %3$s
-            RETURN QUERY
-                SELECT DISTINCT ON (v.key, c.chunk_hash) v.key, c.chunk_hash, (c.%4$I)::real[]
-                FROM ROWS FROM (%5$s, pg_catalog.unnest($%6$s)) AS v(key%7$s, hash)
-                JOIN %8$s c ON %9$s AND c.chunk_hash OPERATOR(pg_catalog.=) v.hash;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_reusable', (a->>'key_params'), (a->>'check_call'), t.embedding_column, (a->>'key_rows'), nkeys + 2,
-        (a->>'key_aliases'), t.chunk_table, chunk_match);
+    embeddings.create_access_function(a, '_reusable', format('keys text[]%s, hashes text[]', a->>'key_params'),
+        'TABLE (key text, chunk_hash text, embedding real[])',
+        format($b$RETURN QUERY
+            SELECT DISTINCT ON (v.key, c.chunk_hash) v.key, c.chunk_hash, (c.%1$I)::real[]
+            FROM ROWS FROM (%2$s, pg_catalog.unnest($%3$s)) AS v(key%4$s, hash)
+            JOIN %5$s c ON %6$s AND c.chunk_hash OPERATOR(pg_catalog.=) v.hash;$b$,
+            t.embedding_column, a->>'key_rows', nkeys + 2, a->>'key_aliases', t.chunk_table, chunk_match),
+        stable => true),
 
     -- The chunk write, for documents whose content is still the one loaded (the md5 `digests`;
     -- the caller holds their advisory locks): upserts their chunks (a chunk whose hash is
@@ -541,47 +535,36 @@ BEGIN
     -- key (`chunk_keys`). Returns, per document, whether it was current and lost chunks. The
     -- chunk table's key columns are named as the source's, and may be named as a parameter
     -- (k0, keys, ...): ON CONFLICT names columns, and the variables are qualified.
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s, digests text[], counts integer[], chunk_keys text[],
-                                              seqs integer[], chunks text[], hashes text[], vectors %3$I.halfvec[])
-        RETURNS TABLE (key text, is_current boolean, trimmed boolean)
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        #variable_conflict use_column
-        <<chunk_write>>
-        DECLARE
-            current_keys text[];
-            trimmed_keys text[];
-        BEGIN
-            %4$s
-            current_keys := ARRAY(
-                SELECT v.key FROM ROWS FROM (%5$s, pg_catalog.unnest($%6$s)) AS v(key%7$s, h)
-                JOIN %8$s t ON %9$s
-                WHERE pg_catalog.md5(%10$s) IS NOT DISTINCT FROM v.h);
-            INSERT INTO %11$s AS c (%12$s, seq, chunk, chunk_hash, %13$I)
-            SELECT %14$s, x.seq, x.chunk, x.hash, x.e
-            FROM ROWS FROM (pg_catalog.unnest($%15$s), pg_catalog.unnest($%16$s), pg_catalog.unnest($%17$s), pg_catalog.unnest($%18$s), pg_catalog.unnest($%19$s)) AS x(key, seq, chunk, hash, e)
-            JOIN ROWS FROM (%5$s) AS v(key%7$s) ON v.key OPERATOR(pg_catalog.=) x.key
+    embeddings.create_access_function(a, '_chunks',
+        format('keys text[]%s, digests text[], counts integer[], chunk_keys text[], seqs integer[], chunks text[], '
+               'hashes text[], vectors %I.halfvec[]', a->>'key_params', vschema),
+        'TABLE (key text, is_current boolean, trimmed boolean)',
+        format($b$current_keys := ARRAY(
+                SELECT v.key FROM ROWS FROM (%1$s, pg_catalog.unnest($%2$s)) AS v(key%3$s, h)
+                JOIN %4$s t ON %5$s
+                WHERE pg_catalog.md5(%6$s) IS NOT DISTINCT FROM v.h);
+            INSERT INTO %7$s AS c (%8$s, seq, chunk, chunk_hash, %9$I)
+            SELECT %10$s, x.seq, x.chunk, x.hash, x.e
+            FROM ROWS FROM (pg_catalog.unnest($%11$s), pg_catalog.unnest($%12$s), pg_catalog.unnest($%13$s), pg_catalog.unnest($%14$s), pg_catalog.unnest($%15$s)) AS x(key, seq, chunk, hash, e)
+            JOIN ROWS FROM (%1$s) AS v(key%3$s) ON v.key OPERATOR(pg_catalog.=) x.key
             WHERE x.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
-            ON CONFLICT (%12$s, seq) DO UPDATE
-            SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, %13$I = excluded.%13$I
+            ON CONFLICT (%8$s, seq) DO UPDATE
+            SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, %9$I = excluded.%9$I
             WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash;
             WITH gone AS (
-                DELETE FROM %11$s c USING ROWS FROM (%5$s, pg_catalog.unnest($%20$s)) AS v(key%7$s, n)
-                WHERE %21$s AND c.seq OPERATOR(pg_catalog.>=) v.n AND v.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
+                DELETE FROM %7$s c USING ROWS FROM (%1$s, pg_catalog.unnest($%16$s)) AS v(key%3$s, n)
+                WHERE %17$s AND c.seq OPERATOR(pg_catalog.>=) v.n AND v.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
                 RETURNING v.key)
             SELECT pg_catalog.array_agg(DISTINCT g.key) INTO trimmed_keys FROM gone g;
             RETURN QUERY
                 SELECT d.key, d.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys),
                        coalesce(d.key OPERATOR(pg_catalog.=) ANY (chunk_write.trimmed_keys), false)
-                FROM pg_catalog.unnest($1) AS d(key);
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_chunks', (a->>'key_params'), vschema, (a->>'check_call'), (a->>'key_rows'), nkeys + 2, (a->>'key_aliases'),
-        t.source, (a->>'key_match'), (a->>'content'), t.chunk_table, key_list, t.embedding_column,
-        (SELECT string_agg(format('(v.k%s)::%s', i - 1, types[i]), ', ' ORDER BY i) FROM generate_series(1, nkeys) i),
-        nkeys + 4, nkeys + 5, nkeys + 6, nkeys + 7, nkeys + 8, nkeys + 3, chunk_match);
-
-    RETURN ARRAY[(a->>'prefix') || '_reusable', (a->>'prefix') || '_chunks'];
+                FROM pg_catalog.unnest($1) AS d(key);$b$,
+            a->>'key_rows', nkeys + 2, a->>'key_aliases', t.source, a->>'key_match', a->>'content', t.chunk_table,
+            key_list, t.embedding_column,
+            (SELECT string_agg(format('(v.k%s)::%s', i - 1, types[i]), ', ' ORDER BY i) FROM generate_series(1, nkeys) i),
+            nkeys + 4, nkeys + 5, nkeys + 6, nkeys + 7, nkeys + 8, nkeys + 3, chunk_match),
+        head => E'#variable_conflict use_column\n<<chunk_write>>\nDECLARE\n    current_keys text[];\n    trimmed_keys text[];\n')];
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_chunk_access(embeddings.targets, jsonb) FROM PUBLIC;

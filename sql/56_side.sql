@@ -274,20 +274,16 @@ $$;
 CREATE FUNCTION embeddings.generate_side_access(t embeddings.targets, a jsonb) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    vschema name := embeddings.vector_schema();
-    nkeys integer := cardinality(t.key_columns);
-    shadow name := (SELECT mc.shadow_column FROM embeddings.model_changes mc WHERE mc.target_id = t.id
-                    AND embeddings.attnum_of(t.side_table, mc.shadow_column) IS NOT NULL);
-    emb_type text := (SELECT format('%I.%I', n.nspname, ty.typname)
-                      FROM pg_attribute at JOIN pg_type ty ON ty.oid = at.atttypid
-                      JOIN pg_namespace n ON n.oid = ty.typnamespace
-                      WHERE at.attrelid = t.side_table AND at.attname = t.embedding_column AND NOT at.attisdropped);
+    shadow name := (SELECT c.name FROM embeddings.vector_columns(t, t.side_table) c WHERE c.suffix = '_shadow');
     key_list text := (SELECT string_agg(format('%I', c), ', ' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
-    cur_values text := (SELECT string_agg(format('cur.kc%s', i - 1), ', ' ORDER BY i) FROM generate_series(1, nkeys) i);
+    cur_values text := (SELECT string_agg(format('cur.kc%s', i - 1), ', ' ORDER BY i)
+                        FROM generate_series(1, cardinality(t.key_columns)) i);
     side_cur text := (SELECT string_agg(format('x.%I %s cur.kc%s', k.c, embeddings.key_operator(k.ty, 3), k.i - 1), ' AND ' ORDER BY k.i)
                       FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i));
     joined text := embeddings.key_equal_sql(t, 't', 'x');
-    made text[] := ARRAY[(a->>'prefix') || '_store', (a->>'prefix') || '_blank'];
+    -- the rows given to a write whose content is still the one loaded (side_current_rows())
+    current_rows text := embeddings.side_current_rows(t, a, false);
+    made text[] := '{}';
     col record;
 BEGIN
 
@@ -300,87 +296,52 @@ BEGIN
                                 ELSE format('%1$I = excluded.%1$I, content_md5 = CASE WHEN x.%2$I IS NULL '
                                             'THEN excluded.content_md5 ELSE x.content_md5 END', c.name, t.embedding_column)
                            END AS assignments
-               FROM (VALUES ('', t.embedding_column, emb_type), ('_shadow', shadow, format('%I.halfvec', vschema))) AS c(suffix, name, type)
-               WHERE c.name IS NOT NULL LOOP
-        EXECUTE format(
-            $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s, vectors %3$s[], digests text[]) RETURNS SETOF text
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            #variable_conflict use_column
-            BEGIN
-                %4$s
-                RETURN QUERY
-                    WITH cur AS (%5$s),
-                    written AS (
-                        INSERT INTO %6$s AS x (%7$s, %8$I, content_md5)
-                        SELECT %9$s, cur.e_, cur.h_ FROM cur
-                        ON CONFLICT (%7$s) DO UPDATE SET %10$s
-                        RETURNING 1)
-                    SELECT cur.key_ FROM cur;
-            END
-            $body$ $f$,
-            (a->>'prefix') || '_store' || col.suffix, (a->>'key_params'), col.type, (a->>'check_call'),
-            embeddings.side_current_rows(t, a, true),
-            t.side_table, key_list, col.name, cur_values, col.assignments);
+               FROM embeddings.vector_columns(t, t.side_table) c LOOP
+        made := made || embeddings.create_access_function(a, '_store' || col.suffix,
+            format('keys text[]%s, vectors %s[], digests text[]', a->>'key_params', col.type), 'SETOF text',
+            format($b$RETURN QUERY
+                WITH cur AS (%1$s),
+                written AS (
+                    INSERT INTO %2$s AS x (%3$s, %4$I, content_md5)
+                    SELECT %5$s, cur.e_, cur.h_ FROM cur
+                    ON CONFLICT (%3$s) DO UPDATE SET %6$s
+                    RETURNING 1)
+                SELECT cur.key_ FROM cur;$b$,
+                embeddings.side_current_rows(t, a, true), t.side_table, key_list, col.name, cur_values,
+                col.assignments),
+            head => E'#variable_conflict use_column\n');
     END LOOP;
 
     -- Blank content: the side row goes (both vectors); during a change, clearing only the new
     -- model's vector (the worker's rows whose new vector could not be made).
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s, digests text[]) RETURNS SETOF text
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        BEGIN
-            %3$s
-            RETURN QUERY
-                WITH cur AS (%4$s)
-                DELETE FROM %5$s x USING cur WHERE %6$s RETURNING cur.key_;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_blank', (a->>'key_params'), (a->>'check_call'),
-        embeddings.side_current_rows(t, a, false), t.side_table, side_cur);
+    made := made || embeddings.create_access_function(a, '_blank',
+        format('keys text[]%s, digests text[]', a->>'key_params'), 'SETOF text',
+        format($b$RETURN QUERY
+            WITH cur AS (%1$s)
+            DELETE FROM %2$s x USING cur WHERE %3$s RETURNING cur.key_;$b$,
+            current_rows, t.side_table, side_cur));
     IF shadow IS NOT NULL THEN
-        EXECUTE format(
-            $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s, digests text[]) RETURNS SETOF text
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            BEGIN
-                %3$s
-                RETURN QUERY
-                    WITH cur AS (%4$s)
-                    UPDATE %5$s x SET %7$I = NULL FROM cur WHERE %6$s AND x.%7$I IS NOT NULL RETURNING cur.key_;
-            END
-            $body$ $f$,
-            (a->>'prefix') || '_blank_shadow', (a->>'key_params'), (a->>'check_call'),
-            embeddings.side_current_rows(t, a, false), t.side_table, side_cur, shadow);
-
-        made := made || ARRAY[(a->>'prefix') || '_store_shadow', (a->>'prefix') || '_blank_shadow',
-                              (a->>'prefix') || '_unshadowed', (a->>'prefix') || '_swap_prepare'];
+        made := made || embeddings.create_access_function(a, '_blank_shadow',
+            format('keys text[]%s, digests text[]', a->>'key_params'), 'SETOF text',
+            format($b$RETURN QUERY
+                WITH cur AS (%1$s)
+                UPDATE %2$s x SET %4$I = NULL FROM cur WHERE %3$s AND x.%4$I IS NOT NULL RETURNING cur.key_;$b$,
+                current_rows, t.side_table, side_cur, shadow));
         -- Model-change completion (embeddings.complete_change): the rows with content still
         -- lacking the new vector and waiting in no job...
-        EXECUTE format(
-            $f$CREATE FUNCTION embeddings.%1$I(pending jsonb[]) RETURNS SETOF jsonb
-            LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            BEGIN
-                %2$s
-                RETURN QUERY
-                    SELECT s.k FROM (SELECT %3$s AS k FROM %4$s t LEFT JOIN %5$s x ON %6$s
-                                     WHERE x.%7$I IS NULL AND (%8$s) OPERATOR(pg_catalog.~) '[^[:space:]]') s
-                    WHERE NOT (s.k OPERATOR(pg_catalog.=) ANY ($1));
-            END
-            $body$ $f$,
-            (a->>'prefix') || '_unshadowed', (a->>'check_call'), embeddings.key_json_sql(t, 't'), t.source,
-            t.side_table, joined, shadow, (a->>'content'));
+        made := made || embeddings.create_access_function(a, '_unshadowed', 'pending jsonb[]', 'SETOF jsonb',
+            format($b$RETURN QUERY
+                SELECT s.k FROM (SELECT %1$s AS k FROM %2$s t LEFT JOIN %3$s x ON %4$s
+                                 WHERE x.%5$I IS NULL AND (%6$s) OPERATOR(pg_catalog.~) '[^[:space:]]') s
+                WHERE NOT (s.k OPERATOR(pg_catalog.=) ANY ($1));$b$,
+                embeddings.key_json_sql(t, 't'), t.source, t.side_table, joined, shadow, a->>'content'),
+            stable => true);
         -- ... and, under the table lock, whether the swap may go ahead: no row's vector lacks the
         -- new one. (A content change clears nothing in a side table: a row whose job is pending
         -- keeps its vectors, and its job writes the new model's after the swap.)
-        EXECUTE format(
-            $f$CREATE FUNCTION embeddings.%1$I(pending jsonb[]) RETURNS boolean
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            BEGIN
-                %2$s
-                RETURN NOT EXISTS (SELECT FROM %3$s t JOIN %4$s x ON %5$s WHERE x.%6$I IS NULL AND x.%7$I IS NOT NULL);
-            END
-            $body$ $f$,
-            (a->>'prefix') || '_swap_prepare', (a->>'check_call'), t.source, t.side_table, joined, shadow,
-            t.embedding_column);
+        made := made || embeddings.create_access_function(a, '_swap_prepare', 'pending jsonb[]', 'boolean',
+            format('RETURN NOT EXISTS (SELECT FROM %s t JOIN %s x ON %s WHERE x.%I IS NULL AND x.%I IS NOT NULL);',
+                   t.source, t.side_table, joined, shadow, t.embedding_column));
     END IF;
 
     RETURN made;
@@ -396,42 +357,28 @@ CREATE FUNCTION embeddings.generate_follow_access(t embeddings.targets, a jsonb)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     store regclass := coalesce(t.side_table, t.chunk_table);
-    side_match text := embeddings.access_match_sql(t, 'x', embeddings.key_sql_types(t));
-    joined text := embeddings.key_equal_sql(t, 't', 'x');
 BEGIN
+    RETURN ARRAY[
     -- Rows gone (the worker's jobs of deleted rows, and the old keys of rows whose key changed):
     -- their rows of the store go (a row of that key inserted since keeps them). Returns the keys
     -- whose rows were deleted.
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s) RETURNS SETOF text
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        BEGIN
-            %3$s
-            RETURN QUERY
-                DELETE FROM %4$s x USING ROWS FROM (%5$s) AS v(key%6$s)
-                WHERE %7$s AND NOT EXISTS (SELECT FROM %8$s t WHERE %9$s)
-                RETURNING v.key;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_forget', (a->>'key_params'), (a->>'check_call'), store, (a->>'key_rows'),
-        (a->>'key_aliases'), side_match, t.source, (a->>'key_match'));
+    embeddings.create_access_function(a, '_forget', format('keys text[]%s', a->>'key_params'), 'SETOF text',
+        format($b$RETURN QUERY
+            DELETE FROM %1$s x USING ROWS FROM (%2$s) AS v(key%3$s)
+            WHERE %4$s AND NOT EXISTS (SELECT FROM %5$s t WHERE %6$s)
+            RETURNING v.key;$b$,
+            store, a->>'key_rows', a->>'key_aliases', embeddings.access_match_sql(t, 'x', embeddings.key_sql_types(t)),
+            t.source, a->>'key_match')),
 
     -- After a TRUNCATE (its trigger): an empty table empties its store; one partition truncated,
     -- the rows of the store whose row is gone go.
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I() RETURNS void
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        BEGIN
-            %2$s
-            IF NOT EXISTS (SELECT FROM %3$s t) THEN
-                TRUNCATE %4$s;
+    embeddings.create_access_function(a, '_prune', '', 'void',
+        format($b$IF NOT EXISTS (SELECT FROM %1$s t) THEN
+                TRUNCATE %2$s;
             ELSE
-                DELETE FROM %4$s x WHERE NOT EXISTS (SELECT FROM %3$s t WHERE %5$s);
-            END IF;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_prune', (a->>'check_call'), t.source, store, joined);
-    RETURN ARRAY[(a->>'prefix') || '_forget', (a->>'prefix') || '_prune'];
+                DELETE FROM %2$s x WHERE NOT EXISTS (SELECT FROM %1$s t WHERE %3$s);
+            END IF;$b$,
+            t.source, store, embeddings.key_equal_sql(t, 't', 'x')))];
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_follow_access(embeddings.targets, jsonb) FROM PUBLIC;

@@ -45,7 +45,7 @@ DECLARE
     t embeddings.targets := embeddings.search_target(source, embedding_column);
     a jsonb := embeddings.access_parts(t);
     owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
-    fill text := 'embeddings_' || t.id || '_fill_fts';
+    fill text := (a->>'prefix') || '_fill_fts';
     col name;
     rel regclass;
 BEGIN
@@ -75,15 +75,9 @@ BEGIN
         -- function of the table's owner, as the store function is: the content (a content
         -- function's, say) is evaluated and the table's triggers fire as the owner, never as
         -- us. Only this column changes: no job is queued, no vector cleared.
-        EXECUTE format(
-            $f$CREATE FUNCTION embeddings.%1$I() RETURNS void
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            BEGIN
-                %2$s
-                UPDATE %3$s t SET %4$I = %5$s WHERE t.%6$I IS NOT NULL;
-            END
-            $body$ $f$,
-            fill, a->>'check_call', rel, col, embeddings.fts_sql(t, a->>'content'), t.embedding_column);
+        PERFORM embeddings.create_access_function(a, '_fill_fts', '', 'void',
+            format('UPDATE %s t SET %I = %s WHERE t.%I IS NOT NULL;',
+                   rel, col, embeddings.fts_sql(t, a->>'content'), t.embedding_column));
         PERFORM embeddings.give_owner_path(format('embeddings.%I()', fill)::regprocedure,
                                            (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', fill);

@@ -171,13 +171,6 @@ $$;
 CREATE FUNCTION embeddings.generate_verify_access(t embeddings.targets, a jsonb) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    types text[] := embeddings.key_sql_types(t);
-    nkeys integer := cardinality(t.key_columns);
-    key_order text := (SELECT string_agg(format('t.%I', c), ', ' ORDER BY i)
-                       FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
-    after_sql text := embeddings.key_after_sql(t, 't', ARRAY(
-        SELECT format(CASE WHEN nkeys = 1 THEN '($1 #>> ''{}'')::%2$s' ELSE '($1 ->> %1$s)::%2$s' END, i - 1, types[i])
-        FROM generate_series(1, nkeys) i ORDER BY i));
     -- Where the vectors are: the row itself, or the chunk table or side table (keyed by the
     -- source's key columns, same names).
     apart regclass := coalesce(t.chunk_table, embeddings.side_table_of(t));
@@ -190,23 +183,15 @@ DECLARE
                            ELSE format('DELETE FROM %s c USING %s t WHERE %s AND t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place',
                                        apart, t.source, embeddings.key_equal_sql(t, 'c', 't')) END;
 BEGIN
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(after jsonb, max_rows integer)
-        RETURNS TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)
-        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        DECLARE
-            r record;
-            keys jsonb[];
-            vectors boolean[];
-            contents text[];
-        BEGIN
-            %2$s
-            BEGIN
+    RETURN ARRAY[
+    embeddings.create_access_function(a, '_verify', 'after jsonb, max_rows integer',
+        'TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)',
+        format($b$BEGIN
                 -- (into arrays first: rows a RETURN QUERY returned stay returned when it raises)
                 SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.c)
                 INTO keys, vectors, contents
-                FROM (SELECT %3$s AS k, %4$s AS v, %5$s AS c
-                      FROM %6$s t WHERE $1 IS NULL OR %7$s ORDER BY %8$s LIMIT $2) s;
+                FROM (SELECT %1$s AS k, %2$s AS v, %3$s AS c
+                      FROM %4$s t WHERE $1 IS NULL OR %5$s ORDER BY %6$s LIMIT $2) s;
                 RETURN QUERY
                     SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
                     FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
@@ -214,14 +199,14 @@ BEGIN
             EXCEPTION WHEN OTHERS THEN
                 NULL;  -- a content function raised for some row: one row at a time below
             END;
-            FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %3$s AS k, %4$s AS v
-                     FROM %6$s t WHERE $1 IS NULL OR %7$s ORDER BY %8$s LIMIT $2 LOOP
+            FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %1$s AS k, %2$s AS v
+                     FROM %4$s t WHERE $1 IS NULL OR %5$s ORDER BY %6$s LIMIT $2 LOOP
                 key := r.k;
                 has_vector := r.v;
                 failed := false;
                 BEGIN
                     SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
-                    FROM (SELECT %5$s AS c FROM %6$s t
+                    FROM (SELECT %3$s AS c FROM %4$s t
                           WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place) c;
                 EXCEPTION WHEN OTHERS THEN
                     digest := NULL;
@@ -229,35 +214,24 @@ BEGIN
                     failed := true;
                 END;
                 RETURN NEXT;
-            END LOOP;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_verify', (a->>'check_call'), embeddings.key_json_sql(t, 't'), has_vector,
-        (a->>'content'), t.source, after_sql, key_order);
+            END LOOP;$b$,
+            embeddings.key_json_sql(t, 't'), has_vector, a->>'content', t.source, a->>'key_after', a->>'key_order'),
+        stable => true,
+        head => E'DECLARE\n    r record;\n    keys jsonb[];\n    vectors boolean[];\n    contents text[];\n'),
 
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s) RETURNS SETOF text
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        DECLARE
-            r record;
-            ignored text;
-        BEGIN
-            %3$s
-            FOR r IN SELECT v.key, t.tableoid AS rel, t.ctid AS place
-                     FROM ROWS FROM (%4$s) AS v(key%5$s) JOIN %6$s t ON %7$s WHERE %8$s LOOP
+    embeddings.create_access_function(a, '_clear_failing', format('keys text[]%s', a->>'key_params'), 'SETOF text',
+        format($b$FOR r IN SELECT v.key, t.tableoid AS rel, t.ctid AS place
+                     FROM ROWS FROM (%1$s) AS v(key%2$s) JOIN %3$s t ON %4$s WHERE %5$s LOOP
                 BEGIN
-                    SELECT %9$s INTO ignored FROM %6$s t
+                    SELECT %6$s INTO ignored FROM %3$s t
                     WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place;
                 EXCEPTION WHEN OTHERS THEN
-                    %10$s;
+                    %7$s;
                     RETURN NEXT r.key;
                 END;
-            END LOOP;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_clear_failing', (a->>'key_params'), (a->>'check_call'), (a->>'key_rows'),
-        (a->>'key_aliases'), t.source, (a->>'key_match'), has_vector, (a->>'content'), clear_sql);
-    RETURN ARRAY[(a->>'prefix') || '_verify', (a->>'prefix') || '_clear_failing'];
+            END LOOP;$b$,
+            a->>'key_rows', a->>'key_aliases', t.source, a->>'key_match', has_vector, a->>'content', clear_sql),
+        head => E'DECLARE\n    r record;\n    ignored text;\n')];
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_verify_access(embeddings.targets, jsonb) FROM PUBLIC;
