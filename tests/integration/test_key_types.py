@@ -625,28 +625,24 @@ class Harness:
             " WHERE attrelid = %s::regclass AND attname = ANY(%s) ORDER BY attname"
         )
         same = " AND ".join(f"c.{c} = d.{c}" for c in columns)
-        if case.mode in SIDE_MODES:
-            side = table + "_embeddings"
+        store = table + ("_embeddings" if case.mode in SIDE_MODES else "_chunks")
+        if case.mode in SIDE_MODES or case.mode == "chunked":
             assert (
-                self.conn.execute(types, (side, columns)).fetchall()
+                self.conn.execute(types, (store, columns)).fetchall()
                 == self.conn.execute(types, (table, columns)).fetchall()
             )
+        if case.mode in SIDE_MODES:
             # Every row has its side row, holding the vector of the row's content as it is now;
             # and no side row is left over (an UPDATE of every row keeps every key).
             missing = self.conn.execute(
-                f"SELECT d.body FROM {table} d WHERE NOT EXISTS (SELECT FROM {side} c WHERE {same}"
+                f"SELECT d.body FROM {table} d WHERE NOT EXISTS (SELECT FROM {store} c WHERE {same}"
                 " AND c.embedding IS NOT NULL AND c.content_md5 = md5(d.body))"
             ).fetchall()
-            assert self.count(side) == self.count(table)
+            assert self.count(store) == self.count(table)
         elif case.mode == "chunked":
-            chunks = table + "_chunks"
-            assert (
-                self.conn.execute(types, (chunks, columns)).fetchall()
-                == self.conn.execute(types, (table, columns)).fetchall()
-            )
             # Every document has chunks, and its last one ends as the document does now.
             missing = self.conn.execute(
-                f"SELECT d.body FROM {table} d WHERE NOT EXISTS (SELECT FROM {chunks} c WHERE {same}"
+                f"SELECT d.body FROM {table} d WHERE NOT EXISTS (SELECT FROM {store} c WHERE {same}"
                 f" AND right(d.body, 9) = right(c.chunk, 9))"
             ).fetchall()
         else:

@@ -246,6 +246,29 @@ def test_rows_are_embedded_into_the_side_table_with_their_content_md5(
     ).fetchone() == (4, 3, 1)
 
 
+def test_key_and_vector_columns_named_like_the_write_functions_parameters(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    """The side table's columns are named as the source's: its write functions' parameters
+    (keys, k0, vectors, digests) must not be taken for them (every write failed as ambiguous)."""
+    conn.execute("CREATE TABLE docs (keys text, k0 integer, body text, PRIMARY KEY (keys, k0))")
+    conn.execute("INSERT INTO docs VALUES ('a', 1, 'alpha'), ('b', 2, 'beta'), ('c', 3, 'gamma')")
+    watch(conn, minilm, embedding_column="vectors")
+    run_once(max_attempts=1)
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    current = (
+        "SELECT count(*) FROM docs d JOIN docs_vectors s USING (keys, k0)"
+        " WHERE s.vectors IS NOT NULL AND s.content_md5 = md5(d.body)"
+    )
+    assert conn.execute(current).fetchone() == (3,)
+    conn.execute("UPDATE docs SET body = body || ' again' WHERE k0 < 3")
+    conn.execute("UPDATE docs SET body = '' WHERE k0 = 3")
+    run_once(max_attempts=1)
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    assert conn.execute(current).fetchone() == (2,)
+    assert conn.execute("SELECT count(*) FROM docs_vectors").fetchone() == (2,)
+
+
 @pytest.mark.parametrize("store", STORES)
 def test_only_the_in_row_store_fires_the_applications_update_triggers(
     conn: Conn, minilm: str, store: str, run_once: Callable[..., Worker]
