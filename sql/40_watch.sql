@@ -49,9 +49,10 @@ $$;
 --                     Supabase guide's own util.queue_embeddings triggers)
 --   clear_on_update   true: a content change clears the stale embedding at once;
 --                     false: the old embedding stays until the new one lands. NULL: true for
---                     a row store; false for a side table, which refuses true (clearing
---                     would write the side table in the application's transaction:
---                     sql/56_side.sql says why not)
+--                     a row store; false for a side table or a chunked target, which refuse
+--                     true (clearing would write the side table in the application's
+--                     transaction: sql/56_side.sql says why not; a chunked target reuses the
+--                     vectors of unchanged chunks)
 --   queue             the pgmq queue for this table's jobs
 --   key               the row key's columns when the table has no primary key (or another
 --                     key should be used): they must form a unique, not-null key
@@ -80,7 +81,7 @@ CREATE FUNCTION embeddings.watch(
     embedding_column name DEFAULT 'embedding',
     model text DEFAULT NULL,  -- NULL: embeddings.default_model(), see embeddings.set_default_model()
     triggers boolean DEFAULT true,
-    clear_on_update boolean DEFAULT NULL,  -- NULL: true for store => 'row', false for 'side'
+    clear_on_update boolean DEFAULT NULL,  -- NULL: true for store => 'row', false for the others
     queue text DEFAULT 'embedding_jobs',
     key name[] DEFAULT NULL,
     replica boolean DEFAULT false,
@@ -121,6 +122,7 @@ DECLARE
     vec_rel regclass;
     vec_kind "char";
     clear_updates boolean;
+    chunked boolean;  -- chunk_tokens and the like, or a chunked target watched again
 BEGIN
     model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
     IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
@@ -237,14 +239,19 @@ BEGIN
     SELECT * INTO previous FROM embeddings.targets tg
     WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column;
     -- Where the vectors live: the row (vec_rel is the table) or a side table (sql/56_side.sql).
-    side := embeddings.side_store(previous, store, side_table,
-                                  chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
-                                  OR previous.chunk_table IS NOT NULL);
-    IF side AND clear_on_update THEN
-        RAISE EXCEPTION 'clear_on_update => true is for store => ''row'': % keeps its vectors in a side table', source
+    chunked := chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
+               OR previous.chunk_table IS NOT NULL;
+    side := embeddings.side_store(previous, store, side_table, chunked);
+    -- Only the row store clears at once: asked of another, refused rather than ignored.
+    IF (side OR chunked) AND clear_on_update THEN
+        RAISE EXCEPTION 'clear_on_update => true is for store => ''row'': % keeps its vectors in a % table', source,
+                CASE WHEN side THEN 'side' ELSE 'chunk' END
             USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = 'Clearing a side table''s vector at once would write the side table in the application''s '
-                           'transaction, which the side table exists to avoid: its old vector stays until the new one lands.',
+                  DETAIL = CASE WHEN side
+                      THEN 'Clearing a side table''s vector at once would write the side table in the application''s '
+                           'transaction, which the side table exists to avoid: its old vector stays until the new one lands.'
+                      ELSE 'A document''s old chunks keep their vectors until the new ones land, to reuse those of '
+                           'unchanged chunks.' END,
                   HINT = 'Leave clear_on_update out (or pass clear_on_update => false), or use store => ''row''.';
     END IF;
     clear_updates := coalesce(clear_on_update, NOT side);

@@ -134,6 +134,8 @@ def test_default_overlap_and_named_chunk_table(conn: Conn, minilm: str) -> None:
         ({"chunk_tokens": 100, "chunk_overlap": 60}, "chunk_overlap must be between 0 and half"),
         ({"chunk_overlap": 10}, "need chunk_tokens"),
         ({"chunk_tokens": 100, "chunk_table": "a.b.c"}, "invalid chunk_table"),
+        # (the old chunks keep their vectors until the new ones land, for reuse: not ignored)
+        ({"chunk_tokens": 100, "clear_on_update": True}, "clear_on_update => true is for store"),
     ],
 )
 def test_invalid_chunk_settings_are_refused(
