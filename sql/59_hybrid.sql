@@ -119,24 +119,29 @@ $$;
 
 -- The full-text ranking of a search of target t: documents (rows, or a chunked target's
 -- documents by their best chunk) matching websearch_to_tsquery(query) and the filter, best
--- first by ts_rank_cd, ties by key; at most `depth`. $1 the query text, $2 the filter.
-CREATE FUNCTION embeddings.fts_ranking_sql(t embeddings.targets, filter jsonb, depth integer) RETURNS text
+-- first by ts_rank_cd, ties by key; at most `depth`. $1 the query text, $2 the filter, $3 the
+-- depth. In two halves around the filter's condition (embeddings.generate_search() makes
+-- the target's embeddings_<id>_text_ranking() of them, sql/58_search.sql).
+CREATE FUNCTION embeddings.fts_ranking_sql(t embeddings.targets) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := embeddings.search_sql(t);
     doc text := CASE WHEN t.chunk_table IS NULL THEN 's' ELSE 'c' END;
 BEGIN
-    RETURN format(
-        'SELECT r.key, r.content, r.seq, r.text_rank FROM ('
-        ' SELECT DISTINCT ON (%1$s) %1$s AS key, %2$s AS content, %3$s AS seq,'
-        '  pg_catalog.ts_rank_cd(%4$s.%5$I, q.q) AS text_rank'
-        ' FROM %6$s, pg_catalog.websearch_to_tsquery(%7$L::pg_catalog.regconfig,'
-        '  pg_catalog.regexp_replace($1, %8$L, %9$L, ''g'')) AS q(q)'
-        ' WHERE %4$s.%5$I OPERATOR(pg_catalog.@@) q.q AND %10$s IS NOT NULL AND %11$s'
-        ' ORDER BY %1$s, pg_catalog.ts_rank_cd(%4$s.%5$I, q.q) DESC) r'
-        ' ORDER BY r.text_rank DESC, r.key LIMIT %12$s',
-        q->>'key', q->>'content', q->>'seq', doc, t.fts_column, q->>'from', t.fts_config::text,
-        '(\w)\.(?=\w)', '\1 ', q->>'vector', embeddings.search_filter_sql(t, filter, 2), depth);
+    RETURN ARRAY[
+        format(
+            'SELECT r.key, r.content, r.seq, r.text_rank FROM ('
+            ' SELECT DISTINCT ON (%1$s) %1$s AS key, %2$s AS content, %3$s AS seq,'
+            '  pg_catalog.ts_rank_cd(%4$s.%5$I, q.q) AS text_rank'
+            ' FROM %6$s, pg_catalog.websearch_to_tsquery(%7$L::pg_catalog.regconfig,'
+            '  pg_catalog.regexp_replace($1, %8$L, %9$L, ''g'')) AS q(q)'
+            ' WHERE %4$s.%5$I OPERATOR(pg_catalog.@@) q.q AND %10$s IS NOT NULL AND (',
+            q->>'key', q->>'content', q->>'seq', doc, t.fts_column, q->>'from', t.fts_config::text,
+            '(\w)\.(?=\w)', '\1 ', q->>'vector'),
+        format(
+            ') ORDER BY %1$s, pg_catalog.ts_rank_cd(%2$s.%3$I, q.q) DESC) r'
+            ' ORDER BY r.text_rank DESC, r.key LIMIT $3',
+            q->>'key', doc, t.fts_column)];
 END
 $$;
 
@@ -172,9 +177,8 @@ BEGIN
     END IF;
     SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.distance, r.key), '[]') INTO by_vector
     FROM embeddings.search(source, query_embedding, greatest(depth, k), filter, t.embedding_column) r;
-    EXECUTE format('SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'') FROM (%s) r',
-                   embeddings.fts_ranking_sql(t, filter, greatest(depth, k)))
-        INTO by_text USING query, filter;
+    EXECUTE format('SELECT embeddings.%I($1, $2, $3)', 'embeddings_' || t.id || '_text_ranking')
+        INTO by_text USING query, filter, greatest(depth, k);
     RETURN QUERY
         SELECT coalesce(v.value->'key', x.value->'key'),
                coalesce(vector_weight / (rrf_k + v.i), 0) + coalesce(text_weight / (rrf_k + x.i), 0),
