@@ -235,7 +235,7 @@ $$;
 -- For the functions below: a query of the rows given to a write (keys, `with_vectors` a vector
 -- each, digests) whose content is still the one loaded (the md5 `digests`), joined to the table
 -- as it is now: key_ (the key as given), kc0, kc1, ... (the row's key values), e_ (the vector),
--- h_ (the md5).
+-- h_ (the md5); with vectors and full-text search on, f_ (the content's tsvector, sql/59_hybrid.sql).
 CREATE FUNCTION embeddings.side_current_rows(t embeddings.targets, a jsonb, with_vectors boolean) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -245,7 +245,9 @@ BEGIN
         'SELECT v.key AS key_%1$s%2$s, v.h AS h_ FROM ROWS FROM (%3$s%4$s, pg_catalog.unnest($%5$s)) AS v(key%6$s%7$s, h) '
         'JOIN %8$s t ON %9$s WHERE pg_catalog.md5(%10$s) IS NOT DISTINCT FROM v.h',
         (SELECT string_agg(format(', t.%I AS kc%s', c, i - 1), '' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
-        CASE WHEN with_vectors THEN ', v.e AS e_' ELSE '' END,
+        CASE WHEN NOT with_vectors THEN ''
+             WHEN t.fts_config IS NOT NULL THEN format(', v.e AS e_, %s AS f_', embeddings.fts_sql(t, a->>'content'))
+             ELSE ', v.e AS e_' END,
         (a->>'key_rows'),
         CASE WHEN with_vectors THEN format(', pg_catalog.unnest($%s)', nkeys + 2) ELSE '' END,
         nkeys + CASE WHEN with_vectors THEN 3 ELSE 2 END,
@@ -287,12 +289,20 @@ BEGIN
 
     -- Vectors (and during a model change the new model's, in the shadow column: a row with no
     -- side row yet gets one with only that, and the md5 of its content). The side row's md5 is
-    -- that of the content of its embedding column's vector.
+    -- that of the content of its embedding column's vector, and so is its tsvector, with
+    -- full-text search on (written with the vector, from the content the write checked: it
+    -- lags behind a content change exactly as the vector does).
     FOR col IN SELECT c.*, CASE WHEN c.suffix = '' THEN format('%1$I = excluded.%1$I, content_md5 = excluded.content_md5', c.name)
+                                    || fts.assignment
                                 ELSE format('%1$I = excluded.%1$I, content_md5 = CASE WHEN x.%2$I IS NULL '
                                             'THEN excluded.content_md5 ELSE x.content_md5 END', c.name, t.embedding_column)
-                           END AS assignments
+                           END AS assignments,
+                           CASE WHEN c.suffix = '' THEN fts.insert_column ELSE '' END AS fts_column,
+                           CASE WHEN c.suffix = '' THEN fts.insert_value ELSE '' END AS fts_value
                FROM (VALUES ('', t.embedding_column, emb_type), ('_shadow', shadow, format('%I.halfvec', vschema))) AS c(suffix, name, type)
+               CROSS JOIN (SELECT CASE WHEN t.fts_config IS NULL THEN '' ELSE format(', %1$I = excluded.%1$I', t.fts_column) END,
+                                  CASE WHEN t.fts_config IS NULL THEN '' ELSE format(', %I', t.fts_column) END,
+                                  CASE WHEN t.fts_config IS NULL THEN '' ELSE ', cur.f_' END) AS fts(assignment, insert_column, insert_value)
                WHERE c.name IS NOT NULL LOOP
         EXECUTE format(
             $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s, vectors %3$s[], digests text[]) RETURNS SETOF text
@@ -302,8 +312,8 @@ BEGIN
                 RETURN QUERY
                     WITH cur AS (%5$s),
                     written AS (
-                        INSERT INTO %6$s AS x (%7$s, %8$I, content_md5)
-                        SELECT %9$s, cur.e_, cur.h_ FROM cur
+                        INSERT INTO %6$s AS x (%7$s, %8$I, content_md5%11$s)
+                        SELECT %9$s, cur.e_, cur.h_%12$s FROM cur
                         ON CONFLICT (%7$s) DO UPDATE SET %10$s
                         RETURNING 1)
                     SELECT cur.key_ FROM cur;
@@ -311,7 +321,7 @@ BEGIN
             $body$ $f$,
             (a->>'prefix') || '_store' || col.suffix, (a->>'key_params'), col.type, (a->>'check_call'),
             embeddings.side_current_rows(t, a, true),
-            t.side_table, key_list, col.name, cur_values, col.assignments);
+            t.side_table, key_list, col.name, cur_values, col.assignments, col.fts_column, col.fts_value);
     END LOOP;
 
     -- Blank content: the side row goes (both vectors); during a change, clearing only the new

@@ -49,17 +49,13 @@ DECLARE
     col name;
     rel regclass;
 BEGIN
-    IF t.side_table IS NOT NULL THEN
-        RAISE EXCEPTION 'embeddings: full-text search is not available for a side-table target (%) yet', source
-            USING ERRCODE = 'feature_not_supported';
-    END IF;
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
     IF t.chunk_table IS NOT NULL THEN
         col := 'fts';
         rel := t.chunk_table;
     ELSE
         col := left(t.embedding_column, 59) || '_fts';
-        rel := t.source;
+        rel := coalesce(t.side_table, t.source);
     END IF;
     IF t.fts_column IS NOT NULL OR embeddings.attnum_of(rel, col) IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', rel, coalesce(t.fts_column, col));
@@ -80,10 +76,18 @@ BEGIN
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
             BEGIN
                 %2$s
-                UPDATE %3$s t SET %4$I = %5$s WHERE t.%6$I IS NOT NULL;
+                %3$s;
             END
             $body$ $f$,
-            fill, a->>'check_call', rel, col, embeddings.fts_sql(t, a->>'content'), t.embedding_column);
+            fill, a->>'check_call',
+            CASE WHEN t.side_table IS NULL
+                 THEN format('UPDATE %s t SET %I = %s WHERE t.%I IS NOT NULL',
+                             rel, col, embeddings.fts_sql(t, a->>'content'), t.embedding_column)
+                 -- A side row's tsvector from its row's content (the table named first, as
+                 -- everywhere: sql/56_side.sql says why).
+                 ELSE format('UPDATE %s x SET %I = %s FROM %s t WHERE %s',
+                             rel, col, embeddings.fts_sql(t, a->>'content'), t.source,
+                             embeddings.key_equal_sql(t, 't', 'x')) END);
         PERFORM embeddings.give_owner_path(format('embeddings.%I()', fill)::regprocedure,
                                            (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', fill);
@@ -108,7 +112,7 @@ DECLARE
 BEGIN
     PERFORM set_config('embeddings.following', 'on', true);
     IF t.fts_column IS NOT NULL THEN
-        EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', coalesce(t.chunk_table, t.source), t.fts_column);
+        EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', coalesce(t.chunk_table, t.side_table, t.source), t.fts_column);
     END IF;
     UPDATE embeddings.targets tg SET fts_config = NULL, fts_column = NULL, updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
@@ -126,7 +130,8 @@ CREATE FUNCTION embeddings.fts_ranking_sql(t embeddings.targets) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := embeddings.search_sql(t);
-    doc text := CASE WHEN t.chunk_table IS NULL THEN 's' ELSE 'c' END;
+    -- The relation of the tsvector: the table, its chunk table or its side table.
+    doc text := CASE WHEN t.chunk_table IS NOT NULL THEN 'c' WHEN t.side_table IS NOT NULL THEN 'v' ELSE 's' END;
 BEGIN
     RETURN ARRAY[
         format(

@@ -13,6 +13,7 @@ import pytest
 
 from bench.quality.retrievers import rrf
 from tests.integration.test_search import DIMS, MODEL, Vec, text, toward, unit
+from tests.support.stores import STORES, WATCH_ARGS
 from worker import search
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
@@ -148,27 +149,72 @@ def test_chunked_target_fuses_documents(conn: Conn) -> None:
     assert {r[0]: (r[3], r[4]) for r in rows}[2] == (4, 1)
 
 
+@pytest.mark.parametrize("store", STORES)
 def test_the_worker_keeps_the_tsvector(
-    conn: Conn, minilm: str, run_once: Callable[..., Worker], embedders: LoadedModels
+    conn: Conn,
+    minilm: str,
+    run_once: Callable[..., Worker],
+    embedders: LoadedModels,
+    store: str,
 ) -> None:
+    """In the table, or in the side table beside the vector (store => 'side')."""
     conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
     conn.execute("INSERT INTO notes VALUES (1, 'shutil.rmtree removes trees'), (2, 'cats')")
     conn.execute(
-        "SELECT embeddings.watch('notes', 'body', model => %s, fts => 'english')", (minilm,)
+        "SELECT embeddings.watch('notes', 'body', model => %s, fts => 'english'"
+        f"{WATCH_ARGS[store]})",
+        (minilm,),
     )
+    tsvectors = "notes" if store == "row" else "notes_embeddings"
     run_once()
-    rows = conn.execute("SELECT id, embedding_fts::text FROM notes ORDER BY id").fetchall()
+    rows = conn.execute(f"SELECT id, embedding_fts::text FROM {tsvectors} ORDER BY id").fetchall()
     assert rows == [(1, "'remov':3 'rmtree':2 'shutil':1 'tree':4"), (2, "'cat':1")]
     conn.execute("UPDATE notes SET body = 'dogs bark' WHERE id = 2")
     run_once()
-    assert conn.execute("SELECT embedding_fts::text FROM notes WHERE id = 2").fetchone() == (
+    assert conn.execute(f"SELECT embedding_fts::text FROM {tsvectors} WHERE id = 2").fetchone() == (
         "'bark':2 'dog':1",
     )
     target = search.find_target(conn, "notes")
     found = search.ranked(conn, embedders.get, target, "rmtree", 2)  # auto: hybrid
     assert found[0]["key"] == 1 and found[0]["text_rank"] == 1 and found[0]["score"] > 0
-    # Blank content: no vector, and no full-text match either (its tsvector is stale).
+    # Blank content: no vector, and no full-text match either (its tsvector is stale or gone).
     conn.execute("UPDATE notes SET body = '' WHERE id = 2")
     run_once()
     found = search.ranked(conn, embedders.get, target, "dogs bark", 2)
     assert [r["key"] for r in found] == [1]
+
+
+def test_full_text_search_on_a_side_table_target(conn: Conn, items: Vec) -> None:
+    """Turned on for a side-table target with vectors already: the side rows get their
+    tsvectors from their rows' content; hybrid search ranks as for the table's own column."""
+    conn.execute("CREATE TABLE side_items (id int PRIMARY KEY, tenant int, body text)")
+    conn.execute("INSERT INTO side_items SELECT id, tenant, body FROM items")
+    conn.execute(
+        "SELECT embeddings.watch('side_items', 'body', model => %s, store => 'side')", (MODEL,)
+    )
+    conn.execute(
+        "INSERT INTO side_items_embeddings (id, embedding, content_md5)"
+        " SELECT id, embedding, md5(body) FROM items"
+    )
+    conn.execute("SELECT embeddings.enable_fts('side_items', 'english')")
+    assert conn.execute(
+        "SELECT count(*) FROM side_items_embeddings WHERE embedding_fts IS NOT NULL"
+    ).fetchone() == (len(BODIES),)
+    words = "directory OR folder OR negative OR url"
+    expected = conn.execute(
+        "SELECT key, score, text_rank FROM embeddings.hybrid_search('items', %s, %s::halfvec, 5)",
+        (words, text(items)),
+    ).fetchall()
+    assert (
+        conn.execute(
+            "SELECT key, score, text_rank FROM embeddings.hybrid_search('side_items', %s,"
+            " %s::halfvec, 5)",
+            (words, text(items)),
+        ).fetchall()
+        == expected
+    )
+    conn.execute("SELECT embeddings.disable_fts('side_items')")
+    assert conn.execute(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'side_items_embeddings'::regclass"
+        " AND attname = 'embedding_fts' AND NOT attisdropped"
+    ).fetchone() == (0,)

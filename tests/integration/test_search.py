@@ -247,3 +247,21 @@ def test_search_function_in_sql(conn: Conn, chunked: dict[int, Vec], query: Vec)
         conn.execute(
             sql.SQL("SELECT * FROM embeddings.search('pg_class', %s::halfvec, 2)"), (text(query),)
         )
+
+
+def test_search_follows_a_renamed_column_in_the_same_session(conn: Conn, query: Vec) -> None:
+    """search()'s statements are made once per target (sql/58_search.sql), and PL/pgSQL keeps
+    their plans for the session: a rename of the content or key column remakes them."""
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO items VALUES (1, 'hello')")
+    conn.execute("SELECT embeddings.watch('items', 'body', model => %s)", (MODEL,))
+    conn.execute("UPDATE items SET embedding = %s", (text(query),))
+    statement = "SELECT key, content FROM embeddings.search('items', %s::halfvec, 1, %s::jsonb)"
+    for filter in (None, '{"id": 1}'):
+        assert conn.execute(statement, (text(query), filter)).fetchall() == [(1, "hello")]
+    conn.execute("ALTER TABLE items RENAME COLUMN body TO text_body")
+    conn.execute("ALTER TABLE items RENAME COLUMN id TO item_id")
+    conn.execute("UPDATE items SET text_body = 'hello again'")  # clears the vector
+    conn.execute("UPDATE items SET embedding = %s", (text(query),))
+    for filter in (None, '{"item_id": 1}'):
+        assert conn.execute(statement, (text(query), filter)).fetchall() == [(1, "hello again")]
