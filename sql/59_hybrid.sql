@@ -32,12 +32,36 @@ LANGUAGE sql STABLE AS $$
                 ELSE format(', %I = %s', t.fts_column, embeddings.fts_sql(t, value)) END
 $$;
 
+-- The pgvector indexes (HNSW, IVFFlat) of table `rel` on plain columns (no expression, no
+-- predicate), each with the statements that make it again as it is: its definition, its
+-- tablespace, its comment.
+CREATE FUNCTION embeddings.vector_indexes(rel regclass) RETURNS TABLE (index regclass, statements text[])
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT i.indexrelid::regclass,
+           ARRAY[pg_get_indexdef(i.indexrelid)
+                 || coalesce(' TABLESPACE ' || quote_ident((SELECT sp.spcname FROM pg_tablespace sp
+                                                            WHERE sp.oid = c.reltablespace)), '')]
+           || coalesce(ARRAY[format('COMMENT ON INDEX %s IS %L', i.indexrelid::regclass,
+                                    obj_description(i.indexrelid, 'pg_class'))], '{}')
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
+    WHERE i.indrelid = rel AND am.amname IN ('hnsw', 'ivfflat') AND i.indexprs IS NULL
+      AND i.indpred IS NULL AND i.indisvalid
+    ORDER BY i.indexrelid
+$$;
+
 -- Turns full-text search on for `source`'s target (of `embedding_column`, when it has several)
 -- with text search configuration `config`: the tsvector column and its GIN index, filled for
 -- the rows embedded already, and the store function regenerated to keep it. Run by the table's
 -- owner (it alters the table). Again with another configuration: rebuilt with that one.
--- The fill UPDATEs every embedded row of a plain table, and each new row version goes into the
--- HNSW index again: slow on a large table (docs/rag.md says what to do instead).
+-- In one transaction, holding the table (or side table, or chunk table) ACCESS EXCLUSIVE
+-- throughout: reads of it wait until it is done (docs/rag.md: minutes for a large table).
+-- The fill writes a new version of every embedded row (of a chunk table: the whole table is
+-- rewritten, as ADD COLUMN of a generated column does), and every new row version goes into
+-- each index of the table: into an HNSW index that costs a search of the graph per row (over
+-- 20 minutes for 100,000 rows on 2 cores), a build from scratch several times less. So the
+-- pgvector indexes of the table (or side table) are dropped before the fill and built again
+-- after it from their own definitions, unseen by anyone (the lock), as a rewrite rebuilds the
+-- chunk table's. A partitioned table keeps them (its indexes are per partition): slower.
 CREATE FUNCTION embeddings.enable_fts(source regclass, config regconfig DEFAULT 'english',
                                       embedding_column name DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -48,6 +72,9 @@ DECLARE
     fill text := 'embeddings_' || t.id || '_fill_fts';
     col name;
     rel regclass;
+    rebuild text[] := '{}';
+    dropped regclass;
+    statement text;
 BEGIN
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
     IF t.chunk_table IS NOT NULL THEN
@@ -95,8 +122,19 @@ BEGIN
             EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', fill, owner_name);
             EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I() TO %I', fill, current_user);
         END IF;
+        IF (SELECT c.relkind FROM pg_class c WHERE c.oid = rel) = 'r' THEN
+            FOR dropped, statement IN
+                SELECT v.index, array_to_string(v.statements, '; ') FROM embeddings.vector_indexes(rel) v
+            LOOP
+                rebuild := rebuild || statement;
+                EXECUTE format('DROP INDEX %s', dropped);
+            END LOOP;
+        END IF;
         EXECUTE format('SELECT embeddings.%I()', fill);
         EXECUTE format('DROP FUNCTION embeddings.%I()', fill);
+        FOREACH statement IN ARRAY rebuild LOOP
+            EXECUTE statement;
+        END LOOP;
     END IF;
     EXECUTE format('CREATE INDEX ON %s USING gin (%I)', rel, col);
     PERFORM embeddings.generate_access(t);

@@ -254,7 +254,7 @@ FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::inte
               %(embeddings)b);
 
 -- name: search_table
--- The oid of table %(table)s as the search path finds it (NULL: none) (worker/search.py).
+-- The oid of table %(table)s as the search path finds it (NULL: none) (worker/retrieval/targets.py).
 SELECT to_regclass(%(table)s)::oid;
 
 -- name: search_targets

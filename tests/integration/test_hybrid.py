@@ -14,9 +14,10 @@ import pytest
 from bench.quality.retrievers import rrf
 from tests.integration.test_search import DIMS, MODEL, Vec, text, toward, unit
 from tests.support.stores import STORES, WATCH_ARGS
-from worker import search
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
+from worker.retrieval import errors, rankings, search
+from worker.retrieval.targets import find_target
 
 Conn = psycopg.Connection[Any]
 
@@ -103,17 +104,17 @@ def test_hybrid_equals_a_reference_fusion(
 
 
 def test_dotted_names_match_their_last_part(conn: Conn, items: Vec) -> None:
-    target = search.find_target(conn, "items")
-    found = search.hybrid(conn, target, "urlopen", items, 3)
+    target = find_target(conn, "items")
+    found = rankings.hybrid(conn, target, "urlopen", items, 3)
     assert found[0]["key"] == 1 and found[0]["text_rank"] == 1
 
 
 def test_hybrid_on_a_target_without_full_text_is_refused(conn: Conn, items: Vec) -> None:
     conn.execute("SELECT embeddings.disable_fts('items')")
-    target = search.find_target(conn, "items")
-    with pytest.raises(search.InvalidSearch, match="no full-text search"):
-        search.hybrid(conn, target, "urlopen", items, 3)
-    assert not search.has_fulltext(conn, target)
+    target = find_target(conn, "items")
+    with pytest.raises(errors.InvalidSearch, match="no full-text search"):
+        rankings.hybrid(conn, target, "urlopen", items, 3)
+    assert not rankings.has_fulltext(conn, target)
 
 
 def test_chunked_target_fuses_documents(conn: Conn) -> None:
@@ -174,7 +175,7 @@ def test_the_worker_keeps_the_tsvector(
     assert conn.execute(f"SELECT embedding_fts::text FROM {tsvectors} WHERE id = 2").fetchone() == (
         "'bark':2 'dog':1",
     )
-    target = search.find_target(conn, "notes")
+    target = find_target(conn, "notes")
     found = search.ranked(conn, embedders.get, target, "rmtree", 2)  # auto: hybrid
     assert found[0]["key"] == 1 and found[0]["text_rank"] == 1 and found[0]["score"] > 0
     # Blank content: no vector, and no full-text match either (its tsvector is stale or gone).
@@ -218,3 +219,46 @@ def test_full_text_search_on_a_side_table_target(conn: Conn, items: Vec) -> None
         "SELECT count(*) FROM pg_attribute WHERE attrelid = 'side_items_embeddings'::regclass"
         " AND attname = 'embedding_fts' AND NOT attisdropped"
     ).fetchone() == (0,)
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_turning_full_text_search_on_keeps_the_vector_indexes(conn: Conn, store: str) -> None:
+    """enable_fts() drops the pgvector indexes of the table it fills and builds them again
+    after the fill (sql/59_hybrid.sql says why): the same indexes, options and comments."""
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO notes SELECT i, 'note number ' || i FROM generate_series(1, 50) i")
+    conn.execute(
+        f"SELECT embeddings.watch('notes', 'body', model => %s{WATCH_ARGS[store]})", (MODEL,)
+    )
+    rel = "notes" if store == "row" else "notes_embeddings"
+    rng = np.random.default_rng(9)
+    if store == "row":
+        for i in range(1, 51):
+            conn.execute(
+                "UPDATE notes SET embedding = %s WHERE id = %s",
+                (text(unit(rng.standard_normal(DIMS))), i),
+            )
+    else:
+        for i in range(1, 51):
+            conn.execute(
+                "INSERT INTO notes_embeddings (id, embedding, content_md5) VALUES (%s, %s, 'x')",
+                (i, text(unit(rng.standard_normal(DIMS)))),
+            )
+    conn.execute(
+        f"CREATE INDEX notes_small_graph ON {rel} USING hnsw (embedding halfvec_l2_ops)"
+        " WITH (m = 4)"
+    )
+    conn.execute("COMMENT ON INDEX notes_small_graph IS 'kept'")
+    indexes = (
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid), obj_description(i.indexrelid,"
+        " 'pg_class'), i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = %s::regclass ORDER BY 1"
+    )
+    before = conn.execute(indexes, (rel,)).fetchall()
+    assert len([r for r in before if "hnsw" in r[1]]) == 2  # watch()'s and ours
+    conn.execute("SELECT embeddings.enable_fts('notes', 'english')")
+    after = conn.execute(indexes, (rel,)).fetchall()
+    assert [r for r in after if "embedding_fts" not in r[1]] == before
+    assert conn.execute(f"SELECT count(*) FROM {rel} WHERE embedding_fts IS NULL").fetchone() == (
+        0,
+    )

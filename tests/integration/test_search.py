@@ -1,6 +1,6 @@
 """Search returns k results whenever k rows match (near-duplicate chunks, deleted rows not yet
 vacuumed, filters), in distance order, keys typed as in the table, and only what the caller's
-own rights and row-level security let it see (sql/58_search.sql, worker/search.py).
+own rights and row-level security let it see (sql/58_search.sql, worker/retrieval/).
 
 Vectors are written straight into the tables (no model runs): the query is a fixed vector, and
 the expected answer is computed here exactly with numpy."""
@@ -16,8 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from worker import search
 from worker.pipeline import targets as targets_mod
+from worker.retrieval import errors, rankings
+from worker.retrieval.targets import find_target
 
 Conn = psycopg.Connection[Any]
 DIMS = 384
@@ -96,8 +97,8 @@ def chunked(conn: Conn, query: Vec) -> dict[int, Vec]:
 
 
 def searched(conn: Conn, table: str, query: Vec, k: int, **kw: Any) -> list[dict[str, Any]]:
-    target = search.find_target(conn, table)
-    return search.nearest(conn, target, query, k, **kw)
+    target = find_target(conn, table)
+    return rankings.by_vector(conn, target, query, k, **kw)
 
 
 @pytest.mark.parametrize("exact_below", [0, 1_000_000])
@@ -153,7 +154,7 @@ def test_filter_keeps_k_results_and_rls_hides_rows(
     # A role without SELECT is refused, not shown the owner's rows.
     conn.execute("CREATE ROLE outsider")
     conn.execute("SET ROLE outsider")
-    with pytest.raises(search.SearchDenied, match="permission denied"):
+    with pytest.raises(errors.SearchDenied, match="permission denied"):
         searched(conn, "docs", query, 3)
     conn.execute("RESET ROLE")
 
@@ -165,7 +166,7 @@ def test_bad_filters_are_refused(conn: Conn, chunked: dict[int, Vec], query: Vec
         ({"tenant": "x"}, "invalid input syntax"),
         ({"tenant": "1; DROP TABLE docs"}, "invalid input syntax"),
     ]:
-        with pytest.raises(search.InvalidSearch, match=message):
+        with pytest.raises(errors.InvalidSearch, match=message):
             searched(conn, "docs", query, 3, filter=bad)
     assert conn.execute("SELECT count(*) FROM docs").fetchone() == (12,)
 
