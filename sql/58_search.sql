@@ -99,23 +99,20 @@ $$;
 CREATE FUNCTION embeddings.search_target(source regclass, embedding_column name DEFAULT NULL) RETURNS embeddings.targets
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    answer embeddings.targets;
-    n integer;
+    found embeddings.targets[];  -- one look at the registry, every search
 BEGIN
-    SELECT count(*) INTO n FROM embeddings.targets t
+    SELECT array_agg(t ORDER BY t.id) INTO found FROM embeddings.targets t
     WHERE t.source = search_target.source AND (search_target.embedding_column IS NULL OR t.embedding_column = search_target.embedding_column);
-    IF n = 0 THEN
+    IF found IS NULL THEN
         RAISE EXCEPTION '% is not watched%', source,
             CASE WHEN embedding_column IS NULL THEN '' ELSE format(' with embedding column %I', embedding_column) END
             USING ERRCODE = 'undefined_object',
                   HINT = format('SELECT embeddings.watch(%L, ''<content column>'');', source::text);
-    ELSIF n > 1 THEN
+    ELSIF cardinality(found) > 1 THEN
         RAISE EXCEPTION '% has several embedding columns: name one', source
             USING ERRCODE = 'ambiguous_column';
     END IF;
-    SELECT * INTO answer FROM embeddings.targets t
-    WHERE t.source = search_target.source AND (search_target.embedding_column IS NULL OR t.embedding_column = search_target.embedding_column);
-    RETURN answer;
+    RETURN found[1];
 END
 $$;
 

@@ -266,3 +266,20 @@ def test_search_follows_a_renamed_column_in_the_same_session(conn: Conn, query: 
     conn.execute("UPDATE items SET embedding = %s", (text(query),))
     for filter in (None, '{"item_id": 1}'):
         assert conn.execute(statement, (text(query), filter)).fetchall() == [(1, "hello again")]
+
+
+def test_a_table_of_two_targets_is_searched_by_naming_the_column(conn: Conn, query: Vec) -> None:
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, body text, title text)")
+    conn.execute("INSERT INTO items VALUES (1, 'a body', 'a title')")
+    conn.execute("SELECT embeddings.watch('items', 'body', model => %s)", (MODEL,))
+    conn.execute(
+        "SELECT embeddings.watch('items', 'title', embedding_column => 'title_embedding',"
+        " model => %s)",
+        (MODEL,),
+    )
+    conn.execute("UPDATE items SET title_embedding = %s", (text(query),))
+    statement = "SELECT key, content FROM embeddings.search('items', %s::halfvec, 1, NULL, %s)"
+    with pytest.raises(psycopg.errors.AmbiguousColumn, match="several embedding columns"):
+        conn.execute(statement, (text(query), None))
+    assert conn.execute(statement, (text(query), "title_embedding")).fetchall() == [(1, "a title")]
+    assert conn.execute(statement, (text(query), "embedding")).fetchall() == []
