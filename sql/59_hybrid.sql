@@ -8,8 +8,11 @@
 -- <embedding column>_fts), written by the worker with each vector through the table owner's
 -- store function (sql/32_access.sql), so the application's own writes compute nothing more.
 -- Both rankings take only rows with a vector: a row whose content changed (its vector cleared
--- by the trigger, its tsvector not yet rewritten) is found by neither until embedded again. For a chunked target, column `fts` of the chunk table, generated from the
--- chunk (that table is written by the worker only). Both GIN-indexed. Dots between word
+-- by the trigger, its tsvector not yet rewritten) is found by neither until embedded again.
+-- For a side-table target, the same column in the side table, written with the vector by the
+-- side store function (sql/56_side.sql): a content change leaves both as they were until the
+-- worker writes the new ones. For a chunked target, column `fts` of the chunk table, generated
+-- from the chunk (that table is written by the worker only). All GIN-indexed. Dots between word
 -- characters are read as spaces, in content and queries alike: Postgres's parser takes a
 -- dotted name (`urllib.request.urlopen`) as one token, which a search for `urlopen` would
 -- never match.
