@@ -87,8 +87,11 @@ BEGIN
                 END IF;
             END LOOP;
         ELSE
-            parts := parts || format('%s OPERATOR(pg_catalog.=) (%s OPERATOR(pg_catalog.->>) 0)::%s',
-                                     column_sql, format('pg_catalog.jsonb_build_array(%s)', value_sql), base);
+            -- ->> and the type's input function are immutable: with the filter known (a
+            -- search's EXECUTE ... USING), the planner folds the value into a constant, which
+            -- it estimates from the column's statistics and compares without a JSON step per row.
+            parts := parts || format('%s OPERATOR(pg_catalog.=) ($%s OPERATOR(pg_catalog.->>) %L)::%s',
+                                     column_sql, param, col, base);
         END IF;
     END LOOP;
     RETURN array_to_string(parts, ' AND ');

@@ -283,3 +283,20 @@ def test_a_table_of_two_targets_is_searched_by_naming_the_column(conn: Conn, que
         conn.execute(statement, (text(query), None))
     assert conn.execute(statement, (text(query), "title_embedding")).fetchall() == [(1, "a title")]
     assert conn.execute(statement, (text(query), "embedding")).fetchall() == []
+
+
+def test_a_filter_value_is_a_constant_to_the_planner(conn: Conn) -> None:
+    """The condition of {"tenant": 7}, with the filter known, is `tenant = 7`: estimated from
+    the column's statistics and compared without a JSON step per row (it was
+    `tenant = (jsonb_build_array(...) ->> 0)::integer`, a STABLE function evaluated per row)."""
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, tenant int, body text)")
+    conn.execute("SELECT embeddings.watch('items', 'body', model => %s)", (MODEL,))
+    (condition,) = conn.execute(
+        "SELECT embeddings.search_filter_sql(t, '{\"tenant\": 7}', 1) FROM embeddings.targets t"
+    ).fetchone() or (None,)
+    conn.execute(f"PREPARE filtered(jsonb) AS SELECT count(*) FROM items s WHERE {condition}")
+    conn.execute("SET plan_cache_mode = force_custom_plan")
+    plan = "\n".join(
+        r[0] for r in conn.execute("""EXPLAIN EXECUTE filtered('{"tenant": 7}')""").fetchall()
+    )
+    assert "Filter: (tenant = 7)" in plan, plan
