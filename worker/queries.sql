@@ -263,6 +263,11 @@ SELECT id FROM embeddings.targets
 WHERE source = %(source)s::oid AND (%(column)s::name IS NULL OR embedding_column = %(column)s::name)
 ORDER BY id;
 
+-- name: search_target_version
+-- The definition version of target %(target)s (NULL: gone), checked after each search: a model
+-- change that swapped its column meanwhile means the query was embedded by the old model.
+SELECT version FROM embeddings.targets WHERE id = %(target)s;
+
 -- name: has_fulltext
 -- Whether target %(target)s has full-text search on (sql/59_hybrid.sql).
 SELECT fts_config IS NOT NULL FROM embeddings.targets WHERE id = %(target)s;

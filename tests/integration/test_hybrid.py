@@ -262,3 +262,23 @@ def test_turning_full_text_search_on_keeps_the_vector_indexes(conn: Conn, store:
     assert conn.execute(f"SELECT count(*) FROM {rel} WHERE embedding_fts IS NULL").fetchone() == (
         0,
     )
+
+
+def test_a_definition_changed_during_a_search_means_the_query_again(
+    conn: Conn, minilm: str, embedders: LoadedModels
+) -> None:
+    """A model change may swap the column between the query's embedding and the search: then
+    the query is embedded again with the target as it is now (worker/retrieval/search.py)."""
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('notes', 'body', model => %s)", (minilm,))
+    target = find_target(conn, "notes")
+    loads: list[str] = []
+
+    def load(name: str) -> Any:
+        loads.append(name)
+        if len(loads) == 1:  # as if a swap committed while the query was embedded
+            conn.execute("UPDATE embeddings.targets SET version = version + 1")
+        return embedders.get(name)
+
+    assert search.ranked(conn, load, target, "anything", 2, mode="vector") == []
+    assert loads == [minilm, minilm]

@@ -11,7 +11,7 @@ from worker.models.embedder import TextModel
 from worker.pipeline.targets import Target
 from worker.retrieval import rankings
 from worker.retrieval.request import SearchRequest
-from worker.retrieval.targets import current_target, find_target
+from worker.retrieval.targets import current_target, find_target, is_current
 
 
 def run(
@@ -55,12 +55,11 @@ def ranked(
             else:
                 results = rankings.by_vector(conn, target, vector, k, filter)
         except exceptions.DatabaseError:
-            if current_target(conn, target).version == target.version:
+            if is_current(conn, target):
                 raise
             target = current_target(conn, target)  # the column changed under the query
             continue
-        now = current_target(conn, target)
-        if now.version == target.version:
+        if is_current(conn, target):
             return results
-        target = now
+        target = current_target(conn, target)
     return results

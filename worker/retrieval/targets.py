@@ -39,3 +39,11 @@ def find_target(
 def current_target(conn: db.Connection, target: Target) -> Target:
     """`target` as registered now (its definition version moves with a model change)."""
     return targets_mod.load(conn)[target.id]
+
+
+def is_current(conn: db.Connection, target: Target) -> bool:
+    """Whether `target` is still the registered definition: one row read, not the registry
+    (current_target() reads every target, and their problems, from the catalog)."""
+    with db.translated():
+        row = conn.execute(queries.get("search_target_version"), {"target": target.id}).fetchone()
+    return row is not None and row[0] == target.version
