@@ -8,6 +8,6 @@ full-text search (the retrieval step of a RAG app, docs/rag.md).
   targets   which target a table name (and column) means, and the target as it is now
   search    the query embedded with the target's model and ranked: run(), ranked()
   rankings  the SQL functions' calls: embeddings.search() and hybrid_search()
-  results   one result's shape (docs/http.md#search)
+  results   one result's shape (docs/http.md#post-search)
   errors    a search the caller got wrong (400) or may not make (403)
 """

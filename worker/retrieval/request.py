@@ -24,7 +24,7 @@ class SearchRequest:
     def parse(cls, body: Any) -> SearchRequest:
         """A request from a JSON body ({"table", "query", "k"?, "column"?, "filter"?,
         "mode"?}); ValueError if bad. The filter is a JSON object of column names
-        (docs/http.md#search), checked against the table by embeddings.search(), never spliced
+        (docs/http.md#post-search), checked against the table by embeddings.search(), never spliced
         into SQL."""
         if not isinstance(body, dict):
             raise ValueError('expected a JSON object with "table" and "query"')

@@ -1,4 +1,4 @@
-"""One search result, in the shape docs/http.md#search pins for `POST /search`, the CLI's
+"""One search result, in the shape docs/http.md#post-search pins for `POST /search`, the CLI's
 `--json` and the Python API alike."""
 
 from __future__ import annotations
