@@ -80,10 +80,11 @@ def run(dsn: str, model_dir: Path, *, rows: int = 100_000, queries: int = 100) -
             "COPY plain FROM STDIN",
             ((i, i % 100, texts[i % len(texts)], _vec(v)) for i, v in enumerate(vectors)),
         )
-        # A placeholder HNSW index (partial, empty) keeps watch() from building one, so that
-        # enable_fts() fills the tsvectors before the real index exists: an UPDATE writes new
-        # row versions, each inserted into every index, and 100k HNSW inserts took over 20
-        # minutes on this machine (docs/performance.md).
+        # The table filled first, its indexes built after: a placeholder HNSW index (partial,
+        # empty) keeps watch() from building one, enable_fts() fills the tsvectors and builds
+        # the GIN index, then the HNSW index is built and timed on its own. (enable_fts() over
+        # an HNSW-indexed table drops and rebuilds it around its fill: an UPDATE's new row
+        # versions go into every index, and 100k HNSW inserts took over 20 minutes here.)
         conn.execute(
             "CREATE INDEX plain_placeholder ON plain USING hnsw (embedding halfvec_cosine_ops)"
             " WHERE false"

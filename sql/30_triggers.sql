@@ -387,6 +387,14 @@ BEGIN
     IF t.problem IS NOT NULL THEN
         PERFORM embeddings.drop_triggers(t);
         PERFORM embeddings.drop_access(t);
+        -- Its vectors stay searchable where the table still has what search reads (the
+        -- statements run as the searcher and evaluate no content function: a table handed to
+        -- another owner, say); not where a key or content column went.
+        BEGIN
+            PERFORM embeddings.generate_search(t);
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
         RETURN added;
     END IF;
     -- The functions through which the worker (and our own code) reaches the table, running as

@@ -151,6 +151,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WHEN EXISTS (SELECT FROM pg_proc p JOIN pg_class c ON c.oid = t.source
                      WHERE p.pronamespace = 'embeddings'::regnamespace
                        AND p.proname ~ ('^embeddings_' || t.id || '_[a-z_]+$')
+                       AND p.proname !~ '_(search|text_ranking)$'  -- the caller's (sql/58_search.sql)
                        AND p.prorettype <> 'trigger'::regtype
                        AND (p.proowner <> c.relowner OR NOT p.prosecdef)) THEN
             format('its functions do not run as the owner of %s (%s) as generated: an ALTER TABLE of it, or watch() again, regenerates them',
@@ -439,6 +440,8 @@ BEGIN
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
         END LOOP;
     END LOOP;
+    -- Search's statements (sql/58_search.sql): the caller's, not the owner's; ours, for PUBLIC.
+    PERFORM embeddings.generate_search(t);
     PERFORM set_config('embeddings.following', following, true);
 END
 $$;
@@ -579,7 +582,7 @@ BEGIN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace
           AND p.proname ~ ('^embeddings_' || t.id || '_(content|lock|load|scan|store|blank|store_shadow|blank_shadow'
-                           '|unshadowed|swap_prepare|nearest|reusable|chunks|forget|prune|verify|clear_failing)$')
+                           '|unshadowed|swap_prepare|nearest|reusable|chunks|forget|prune|verify|clear_failing|search|text_ranking)$')
     LOOP
         EXECUTE format('DROP FUNCTION %s', fn);
     END LOOP;

@@ -241,7 +241,7 @@ $$;
 -- For the functions below: a query of the rows given to a write (keys, `with_vectors` a vector
 -- each, digests) whose content is still the one loaded (the md5 `digests`), joined to the table
 -- as it is now: key_ (the key as given), kc0, kc1, ... (the row's key values), e_ (the vector),
--- h_ (the md5).
+-- h_ (the md5); with vectors and full-text search on, f_ (the content's tsvector, sql/59_hybrid.sql).
 CREATE FUNCTION embeddings.side_current_rows(t embeddings.targets, a jsonb, with_vectors boolean) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -251,7 +251,9 @@ BEGIN
         'SELECT v.key AS key_%1$s%2$s, v.h AS h_ FROM ROWS FROM (%3$s%4$s, pg_catalog.unnest($%5$s)) AS v(key%6$s%7$s, h) '
         'JOIN %8$s t ON %9$s WHERE pg_catalog.md5(%10$s) IS NOT DISTINCT FROM v.h',
         (SELECT string_agg(format(', t.%I AS kc%s', c, i - 1), '' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
-        CASE WHEN with_vectors THEN ', v.e AS e_' ELSE '' END,
+        CASE WHEN NOT with_vectors THEN ''
+             WHEN t.fts_config IS NOT NULL THEN format(', v.e AS e_, %s AS f_', embeddings.fts_sql(t, a->>'content'))
+             ELSE ', v.e AS e_' END,
         (a->>'key_rows'),
         CASE WHEN with_vectors THEN format(', pg_catalog.unnest($%s)', nkeys + 2) ELSE '' END,
         nkeys + CASE WHEN with_vectors THEN 3 ELSE 2 END,
@@ -289,26 +291,34 @@ BEGIN
 
     -- Vectors (and during a model change the new model's, in the shadow column: a row with no
     -- side row yet gets one with only that, and the md5 of its content). The side row's md5 is
-    -- that of the content of its embedding column's vector. The side table's key columns are
-    -- named as the source's, and may be named as a parameter (k0, keys, ...): ON CONFLICT names
-    -- columns, and the parameters are referred to by number.
+    -- that of the content of its embedding column's vector, and so is its tsvector, with
+    -- full-text search on (written with the vector, from the content the write checked: it
+    -- lags behind a content change exactly as the vector does). The side table's key columns
+    -- are named as the source's, and may be named as a parameter (k0, keys, ...): ON CONFLICT
+    -- names columns, and the parameters are referred to by number.
     FOR col IN SELECT c.*, CASE WHEN c.suffix = '' THEN format('%1$I = excluded.%1$I, content_md5 = excluded.content_md5', c.name)
+                                    || fts.assignment
                                 ELSE format('%1$I = excluded.%1$I, content_md5 = CASE WHEN x.%2$I IS NULL '
                                             'THEN excluded.content_md5 ELSE x.content_md5 END', c.name, t.embedding_column)
-                           END AS assignments
-               FROM embeddings.vector_columns(t, t.side_table) c LOOP
+                           END AS assignments,
+                           CASE WHEN c.suffix = '' THEN fts.insert_column ELSE '' END AS fts_column,
+                           CASE WHEN c.suffix = '' THEN fts.insert_value ELSE '' END AS fts_value
+               FROM embeddings.vector_columns(t, t.side_table) c
+               CROSS JOIN (SELECT CASE WHEN t.fts_config IS NULL THEN '' ELSE format(', %1$I = excluded.%1$I', t.fts_column) END,
+                                  CASE WHEN t.fts_config IS NULL THEN '' ELSE format(', %I', t.fts_column) END,
+                                  CASE WHEN t.fts_config IS NULL THEN '' ELSE ', cur.f_' END) AS fts(assignment, insert_column, insert_value) LOOP
         made := made || embeddings.create_access_function(a, '_store' || col.suffix,
             format('keys text[]%s, vectors %s[], digests text[]', a->>'key_params', col.type), 'SETOF text',
             format($b$RETURN QUERY
                 WITH cur AS (%1$s),
                 written AS (
-                    INSERT INTO %2$s AS x (%3$s, %4$I, content_md5)
-                    SELECT %5$s, cur.e_, cur.h_ FROM cur
+                    INSERT INTO %2$s AS x (%3$s, %4$I, content_md5%7$s)
+                    SELECT %5$s, cur.e_, cur.h_%8$s FROM cur
                     ON CONFLICT (%3$s) DO UPDATE SET %6$s
                     RETURNING 1)
                 SELECT cur.key_ FROM cur;$b$,
                 embeddings.side_current_rows(t, a, true), t.side_table, key_list, col.name, cur_values,
-                col.assignments),
+                col.assignments, col.fts_column, col.fts_value),
             head => E'#variable_conflict use_column\n');
     END LOOP;
 

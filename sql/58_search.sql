@@ -87,8 +87,11 @@ BEGIN
                 END IF;
             END LOOP;
         ELSE
-            parts := parts || format('%s OPERATOR(pg_catalog.=) (%s OPERATOR(pg_catalog.->>) 0)::%s',
-                                     column_sql, format('pg_catalog.jsonb_build_array(%s)', value_sql), base);
+            -- ->> and the type's input function are immutable: with the filter known (a
+            -- search's EXECUTE ... USING), the planner folds the value into a constant, which
+            -- it estimates from the column's statistics and compares without a JSON step per row.
+            parts := parts || format('%s OPERATOR(pg_catalog.=) ($%s OPERATOR(pg_catalog.->>) %L)::%s',
+                                     column_sql, param, col, base);
         END IF;
     END LOOP;
     RETURN array_to_string(parts, ' AND ');
@@ -99,23 +102,20 @@ $$;
 CREATE FUNCTION embeddings.search_target(source regclass, embedding_column name DEFAULT NULL) RETURNS embeddings.targets
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    answer embeddings.targets;
-    n integer;
+    found embeddings.targets[];  -- one look at the registry, every search
 BEGIN
-    SELECT count(*) INTO n FROM embeddings.targets t
+    SELECT array_agg(t ORDER BY t.id) INTO found FROM embeddings.targets t
     WHERE t.source = search_target.source AND (search_target.embedding_column IS NULL OR t.embedding_column = search_target.embedding_column);
-    IF n = 0 THEN
+    IF found IS NULL THEN
         RAISE EXCEPTION '% is not watched%', source,
             CASE WHEN embedding_column IS NULL THEN '' ELSE format(' with embedding column %I', embedding_column) END
             USING ERRCODE = 'undefined_object',
                   HINT = format('SELECT embeddings.watch(%L, ''<content column>'');', source::text);
-    ELSIF n > 1 THEN
+    ELSIF cardinality(found) > 1 THEN
         RAISE EXCEPTION '% has several embedding columns: name one', source
             USING ERRCODE = 'ambiguous_column';
     END IF;
-    SELECT * INTO answer FROM embeddings.targets t
-    WHERE t.source = search_target.source AND (search_target.embedding_column IS NULL OR t.embedding_column = search_target.embedding_column);
-    RETURN answer;
+    RETURN found[1];
 END
 $$;
 
@@ -190,6 +190,102 @@ BEGIN
 END
 $$;
 
+-- The statements of a search of target t, made once per target with its other functions
+-- (embeddings.generate_access(), sql/32_access.sql, on watch() and on every change of the table
+-- that can change them) rather than from the catalog on every call: search() measured about
+-- 3 ms a call (10 on a loaded machine) building them, more than the index scan itself.
+--
+--   embeddings_<id>_search($1 query, $2 filter, $3 n, $4 exact) RETURNS jsonb
+--     the rows of the index path (the n nearest candidates, each with `candidates`, their count;
+--     for a chunked target one per document) or with $4 the exact path's n nearest, as a JSON
+--     array by distance, ties by key. Without a filter its statements are static (PL/pgSQL
+--     prepares them once per session); a filter's condition is made for each call
+--     (search_filter_sql(): the filter's columns vary).
+--   embeddings_<id>_text_ranking($1 query text, $2 filter, $3 depth) RETURNS jsonb
+--     for a target with full-text search: fts_ranking_sql()'s rows (sql/59_hybrid.sql).
+--
+-- Both SECURITY INVOKER: they run with the rights of whoever calls search(), row-level security
+-- included, exactly as the statements they replace. So they are not the table owner's (unlike
+-- the functions that read and write the table for the worker): owned by this schema's owner,
+-- EXECUTE to PUBLIC as search() is; a table owner cannot redefine what its searchers run.
+CREATE FUNCTION embeddings.generate_search(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q jsonb := embeddings.search_sql(t);
+    columns text := format('%s AS key, %s AS content, %s AS seq, %s AS distance', q->>'key', q->>'content', q->>'seq', q->>'distance');
+    distinct_on text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'DISTINCT ON (r.key)' END;
+    distinct_order text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'ORDER BY r.key, r.distance' END;
+    -- Each statement as its result (into which the static one selects), then its FROM in two
+    -- halves around the filter's condition.
+    index_sql text[] := ARRAY[
+        'SELECT coalesce(pg_catalog.jsonb_agg(r ORDER BY r.distance, r.key), ''[]'')',
+        format(' FROM (SELECT %s r.* FROM (SELECT c.*, pg_catalog.count(*) OVER () AS candidates'
+               ' FROM (SELECT %s FROM %s WHERE %s IS NOT NULL AND (',
+               distinct_on, columns, q->>'from', q->>'vector'),
+        format(') ORDER BY %s LIMIT $3) c) r %s) r', q->>'order', distinct_order)];
+    -- OFFSET 0 keeps the index from ordering them: every matching row's distance.
+    exact_sql text[] := ARRAY[
+        'SELECT coalesce(pg_catalog.jsonb_agg(d ORDER BY d.distance, d.key), ''[]'')',
+        format(' FROM (SELECT * FROM (SELECT %s r.* FROM (SELECT %s FROM %s WHERE %s IS NOT NULL AND (',
+               distinct_on, columns, q->>'from', q->>'vector'),
+        format(') OFFSET 0) r %s) d ORDER BY d.distance, d.key LIMIT $3) d', distinct_order)];
+    text_sql text[];
+    settings text := embeddings.key_settings_sql(t);
+    prefix text := 'embeddings_' || t.id;
+BEGIN
+    EXECUTE format(
+        $f$CREATE FUNCTION embeddings.%1$I(%2$I.halfvec, jsonb, integer, boolean) RETURNS jsonb
+        LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp%3$s AS $body$
+        DECLARE
+            result jsonb;
+        BEGIN
+            IF $2 IS NOT NULL THEN
+                EXECUTE CASE WHEN $4 THEN %4$L ELSE %5$L END
+                        OPERATOR(pg_catalog.||) embeddings.search_filter_sql(
+                            (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %6$s), $2, 2)
+                        OPERATOR(pg_catalog.||) CASE WHEN $4 THEN %7$L ELSE %8$L END
+                    INTO result USING $1, $2, $3;
+            ELSIF $4 THEN
+                %9$s;
+            ELSE
+                %10$s;
+            END IF;
+            RETURN result;
+        END
+        $body$ $f$,
+        prefix || '_search', embeddings.vector_schema(), settings,
+        exact_sql[1] || exact_sql[2], index_sql[1] || index_sql[2], t.id, exact_sql[3], index_sql[3],
+        exact_sql[1] || ' INTO result' || exact_sql[2] || 'true' || exact_sql[3],
+        index_sql[1] || ' INTO result' || index_sql[2] || 'true' || index_sql[3]);
+    IF t.fts_config IS NOT NULL THEN
+        text_sql := embeddings.fts_ranking_sql(t);
+        text_sql := ARRAY['SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'')',
+                          ' FROM (' || text_sql[1], text_sql[2] || ') r'];
+        EXECUTE format(
+            $f$CREATE FUNCTION embeddings.%1$I(text, jsonb, integer) RETURNS jsonb
+            LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp%2$s AS $body$
+            DECLARE
+                result jsonb;
+            BEGIN
+                IF $2 IS NOT NULL THEN
+                    EXECUTE %3$L
+                            OPERATOR(pg_catalog.||) embeddings.search_filter_sql(
+                                (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %4$s), $2, 2)
+                            OPERATOR(pg_catalog.||) %5$L
+                        INTO result USING $1, $2, $3;
+                ELSE
+                    %6$s;
+                END IF;
+                RETURN result;
+            END
+            $body$ $f$,
+            prefix || '_text_ranking', settings, text_sql[1] || text_sql[2], t.id, text_sql[3],
+            text_sql[1] || ' INTO result' || text_sql[2] || 'true' || text_sql[3]);
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.generate_search(embeddings.targets) FROM PUBLIC;
+
 -- The `k` rows of `source` nearest to `query` (cosine distance), nearest first; for a chunked
 -- target the k documents with the nearest chunks, each once with its best chunk (`seq`, its
 -- position from 0, and `content`, its text). `filter`: see search_filter_sql(). k rows
@@ -200,44 +296,49 @@ RETURNS TABLE (key jsonb, distance double precision, content text, seq integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets := embeddings.search_target(source, embedding_column);
-    q jsonb := embeddings.search_sql(t);
-    condition text := format('%s IS NOT NULL AND %s', q->>'vector', embeddings.search_filter_sql(t, filter, 2));
-    columns text := format('%s AS key, %s AS content, %s AS seq, %s AS distance', q->>'key', q->>'content', q->>'seq', q->>'distance');
+    run text := format('SELECT embeddings.%I($1, $2, $3, $4)', 'embeddings_' || t.id || '_search');
+    -- The table's size as ANALYZE last estimated it (pg_class: no count(*) on every call).
     estimate double precision := embeddings.search_rows_estimate(t);
     exact_below double precision := coalesce(nullif(current_setting('embeddings.exact_search_rows', true), '')::double precision, 10000);
     max_scan double precision := coalesce(nullif(current_setting('hnsw.max_scan_tuples', true), '')::double precision, 20000);
+    iterative text := current_setting('hnsw.iterative_scan', true);
     answer jsonb := '[]';
-    distinct_on text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'DISTINCT ON (r.key)' END;
-    distinct_order text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'ORDER BY r.key, r.distance' END;
     n integer := 0;
     candidates integer := 0;
 BEGIN
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'embeddings.search: k must be at least 1' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF to_regproc(format('embeddings.%I', 'embeddings_' || t.id || '_search')) IS NULL THEN
+        RAISE EXCEPTION 'embeddings: the search function of % is missing%', source, coalesce(' (' || t.problem || ')', '')
+            USING ERRCODE = 'undefined_function',
+                  HINT = 'An ALTER TABLE of it, or watch() again, regenerates it.';
+    END IF;
+    -- Iterative index scans (pgvector >= 0.8), for this search only: put back below, as they
+    -- must not outlive it in the caller's transaction.
+    IF iterative IS NOT NULL THEN
+        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    END IF;
     IF estimate IS NULL OR estimate >= exact_below THEN
         -- The index: k rows, or for chunks candidates doubling until they hold k documents or
         -- the index yields no more (fewer candidates than asked for).
         n := CASE WHEN t.chunk_table IS NULL THEN k ELSE greatest(k * 10, 40) END;
         LOOP
-            answer := embeddings.search_run(format(
-                'SELECT %s r.* FROM (SELECT c.*, pg_catalog.count(*) OVER () AS candidates'
-                ' FROM (SELECT %s FROM %s WHERE %s ORDER BY %s LIMIT %s) c) r %s',
-                distinct_on, columns, q->>'from', condition, q->>'order', n, distinct_order), query, filter);
+            EXECUTE run INTO answer USING query, filter, n, false;
             candidates := coalesce((answer->0->>'candidates')::integer, 0);
             EXIT WHEN jsonb_array_length(answer) >= k OR t.chunk_table IS NULL OR candidates < n OR n >= max_scan;
             n := least(n * 2, max_scan)::integer;
         END LOOP;
     END IF;
     IF jsonb_array_length(answer) < k OR candidates < n THEN
-        -- Exact: every matching row's distance (OFFSET 0 keeps the index from ordering them).
+        -- Exact: every matching row's distance, ties (duplicates) by key as the index path.
         -- Also when the index ran dry before k documents, or before the candidates asked for:
         -- the rows it can reach are few, and a graph full of dead or near-duplicate tuples
         -- may reach some rows from no entry point at all.
-        answer := embeddings.search_run(format(
-            'SELECT * FROM (SELECT %s r.* FROM (SELECT %s FROM %s WHERE %s OFFSET 0) r %s) d'
-            ' ORDER BY d.distance, d.key LIMIT %s',  -- ties (duplicates) by key, as the index path
-            distinct_on, columns, q->>'from', condition, distinct_order, k), query, filter);
+        EXECUTE run INTO answer USING query, filter, k, true;
+    END IF;
+    IF iterative IS NOT NULL THEN
+        PERFORM set_config('hnsw.iterative_scan', iterative, true);
     END IF;
     RETURN QUERY
         SELECT r.value->'key', (r.value->>'distance')::double precision, r.value->>'content', (r.value->>'seq')::integer

@@ -109,7 +109,7 @@ class Settings:
         default=False, metadata={"env": "EMBED_HTTP_ALLOW_UNAUTHENTICATED"}
     )
     # The role POST /search searches as (its SELECT rights and row-level security decide what it
-    # sees); unset: the worker's own connection (docs/http.md#search).
+    # sees); unset: the worker's own connection (docs/http.md#post-search).
     search_database_url: str | None = field(
         default=None, metadata={"env": "EMBED_SEARCH_DATABASE_URL"}
     )

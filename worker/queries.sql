@@ -254,7 +254,7 @@ FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::inte
               %(embeddings)b);
 
 -- name: search_table
--- The oid of table %(table)s as the search path finds it (NULL: none) (worker/search.py).
+-- The oid of table %(table)s as the search path finds it (NULL: none) (worker/retrieval/targets.py).
 SELECT to_regclass(%(table)s)::oid;
 
 -- name: search_targets
@@ -262,6 +262,11 @@ SELECT to_regclass(%(table)s)::oid;
 SELECT id FROM embeddings.targets
 WHERE source = %(source)s::oid AND (%(column)s::name IS NULL OR embedding_column = %(column)s::name)
 ORDER BY id;
+
+-- name: search_target_version
+-- The definition version of target %(target)s (NULL: gone), checked after each search: a model
+-- change that swapped its column meanwhile means the query was embedded by the old model.
+SELECT version FROM embeddings.targets WHERE id = %(target)s;
 
 -- name: has_fulltext
 -- Whether target %(target)s has full-text search on (sql/59_hybrid.sql).

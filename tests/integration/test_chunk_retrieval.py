@@ -11,10 +11,11 @@ import pytest
 
 from bench import corpus
 from tests.support.models import shared_models_dir
-from worker import search
 from worker.models.loaded import LoadedModels
 from worker.models.onnx import load_tokenizer
 from worker.process.runner import Worker
+from worker.retrieval import search
+from worker.retrieval.request import SearchRequest
 
 Conn = psycopg.Connection[Any]
 
@@ -102,11 +103,11 @@ def test_facts_past_the_token_limit_are_found_through_chunks_only(
     found_chunked = found_plain = 0
     with psycopg.connect(dsn, autocommit=True) as search_conn:
         for expected, (fact, question) in enumerate(FACTS, start=1):
-            (best,) = search.run(search_conn, embedders.get, search.Request("chunked", question, 1))
+            (best,) = search.run(search_conn, embedders.get, SearchRequest("chunked", question, 1))
             if best["key"] == expected:
                 found_chunked += 1
                 assert fact in best["content"]  # the matching chunk is the one with the fact
-            ranked = search.run(search_conn, embedders.get, search.Request("plain", question, 8))
+            ranked = search.run(search_conn, embedders.get, SearchRequest("plain", question, 8))
             found_plain += ranked[0]["key"] == expected
             # What the plain target knows of the right document is far from the question.
             plain = next(r["similarity"] for r in ranked if r["key"] == expected)

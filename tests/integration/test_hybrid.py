@@ -13,9 +13,11 @@ import pytest
 
 from bench.quality.retrievers import rrf
 from tests.integration.test_search import DIMS, MODEL, Vec, text, toward, unit
-from worker import search
+from tests.support.stores import STORES, WATCH_ARGS
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
+from worker.retrieval import errors, rankings, search
+from worker.retrieval.targets import find_target
 
 Conn = psycopg.Connection[Any]
 
@@ -102,17 +104,17 @@ def test_hybrid_equals_a_reference_fusion(
 
 
 def test_dotted_names_match_their_last_part(conn: Conn, items: Vec) -> None:
-    target = search.find_target(conn, "items")
-    found = search.hybrid(conn, target, "urlopen", items, 3)
+    target = find_target(conn, "items")
+    found = rankings.hybrid(conn, target, "urlopen", items, 3)
     assert found[0]["key"] == 1 and found[0]["text_rank"] == 1
 
 
 def test_hybrid_on_a_target_without_full_text_is_refused(conn: Conn, items: Vec) -> None:
     conn.execute("SELECT embeddings.disable_fts('items')")
-    target = search.find_target(conn, "items")
-    with pytest.raises(search.InvalidSearch, match="no full-text search"):
-        search.hybrid(conn, target, "urlopen", items, 3)
-    assert not search.has_fulltext(conn, target)
+    target = find_target(conn, "items")
+    with pytest.raises(errors.InvalidSearch, match="no full-text search"):
+        rankings.hybrid(conn, target, "urlopen", items, 3)
+    assert not rankings.has_fulltext(conn, target)
 
 
 def test_chunked_target_fuses_documents(conn: Conn) -> None:
@@ -148,27 +150,135 @@ def test_chunked_target_fuses_documents(conn: Conn) -> None:
     assert {r[0]: (r[3], r[4]) for r in rows}[2] == (4, 1)
 
 
+@pytest.mark.parametrize("store", STORES)
 def test_the_worker_keeps_the_tsvector(
-    conn: Conn, minilm: str, run_once: Callable[..., Worker], embedders: LoadedModels
+    conn: Conn,
+    minilm: str,
+    run_once: Callable[..., Worker],
+    embedders: LoadedModels,
+    store: str,
 ) -> None:
+    """In the table, or in the side table beside the vector (store => 'side')."""
     conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
     conn.execute("INSERT INTO notes VALUES (1, 'shutil.rmtree removes trees'), (2, 'cats')")
     conn.execute(
-        "SELECT embeddings.watch('notes', 'body', model => %s, fts => 'english')", (minilm,)
+        "SELECT embeddings.watch('notes', 'body', model => %s, fts => 'english'"
+        f"{WATCH_ARGS[store]})",
+        (minilm,),
     )
+    tsvectors = "notes" if store == "row" else "notes_embeddings"
     run_once()
-    rows = conn.execute("SELECT id, embedding_fts::text FROM notes ORDER BY id").fetchall()
+    rows = conn.execute(f"SELECT id, embedding_fts::text FROM {tsvectors} ORDER BY id").fetchall()
     assert rows == [(1, "'remov':3 'rmtree':2 'shutil':1 'tree':4"), (2, "'cat':1")]
     conn.execute("UPDATE notes SET body = 'dogs bark' WHERE id = 2")
     run_once()
-    assert conn.execute("SELECT embedding_fts::text FROM notes WHERE id = 2").fetchone() == (
+    assert conn.execute(f"SELECT embedding_fts::text FROM {tsvectors} WHERE id = 2").fetchone() == (
         "'bark':2 'dog':1",
     )
-    target = search.find_target(conn, "notes")
+    target = find_target(conn, "notes")
     found = search.ranked(conn, embedders.get, target, "rmtree", 2)  # auto: hybrid
     assert found[0]["key"] == 1 and found[0]["text_rank"] == 1 and found[0]["score"] > 0
-    # Blank content: no vector, and no full-text match either (its tsvector is stale).
+    # Blank content: no vector, and no full-text match either (its tsvector is stale or gone).
     conn.execute("UPDATE notes SET body = '' WHERE id = 2")
     run_once()
     found = search.ranked(conn, embedders.get, target, "dogs bark", 2)
     assert [r["key"] for r in found] == [1]
+
+
+def test_full_text_search_on_a_side_table_target(conn: Conn, items: Vec) -> None:
+    """Turned on for a side-table target with vectors already: the side rows get their
+    tsvectors from their rows' content; hybrid search ranks as for the table's own column."""
+    conn.execute("CREATE TABLE side_items (id int PRIMARY KEY, tenant int, body text)")
+    conn.execute("INSERT INTO side_items SELECT id, tenant, body FROM items")
+    conn.execute(
+        "SELECT embeddings.watch('side_items', 'body', model => %s, store => 'side')", (MODEL,)
+    )
+    conn.execute(
+        "INSERT INTO side_items_embeddings (id, embedding, content_md5)"
+        " SELECT id, embedding, md5(body) FROM items"
+    )
+    conn.execute("SELECT embeddings.enable_fts('side_items', 'english')")
+    assert conn.execute(
+        "SELECT count(*) FROM side_items_embeddings WHERE embedding_fts IS NOT NULL"
+    ).fetchone() == (len(BODIES),)
+    words = "directory OR folder OR negative OR url"
+    expected = conn.execute(
+        "SELECT key, score, text_rank FROM embeddings.hybrid_search('items', %s, %s::halfvec, 5)",
+        (words, text(items)),
+    ).fetchall()
+    assert (
+        conn.execute(
+            "SELECT key, score, text_rank FROM embeddings.hybrid_search('side_items', %s,"
+            " %s::halfvec, 5)",
+            (words, text(items)),
+        ).fetchall()
+        == expected
+    )
+    conn.execute("SELECT embeddings.disable_fts('side_items')")
+    assert conn.execute(
+        "SELECT count(*) FROM pg_attribute WHERE attrelid = 'side_items_embeddings'::regclass"
+        " AND attname = 'embedding_fts' AND NOT attisdropped"
+    ).fetchone() == (0,)
+
+
+@pytest.mark.parametrize("store", STORES)
+def test_turning_full_text_search_on_keeps_the_vector_indexes(conn: Conn, store: str) -> None:
+    """enable_fts() drops the pgvector indexes of the table it fills and builds them again
+    after the fill (sql/59_hybrid.sql says why): the same indexes, options and comments."""
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO notes SELECT i, 'note number ' || i FROM generate_series(1, 50) i")
+    conn.execute(
+        f"SELECT embeddings.watch('notes', 'body', model => %s{WATCH_ARGS[store]})", (MODEL,)
+    )
+    rel = "notes" if store == "row" else "notes_embeddings"
+    rng = np.random.default_rng(9)
+    if store == "row":
+        for i in range(1, 51):
+            conn.execute(
+                "UPDATE notes SET embedding = %s WHERE id = %s",
+                (text(unit(rng.standard_normal(DIMS))), i),
+            )
+    else:
+        for i in range(1, 51):
+            conn.execute(
+                "INSERT INTO notes_embeddings (id, embedding, content_md5) VALUES (%s, %s, 'x')",
+                (i, text(unit(rng.standard_normal(DIMS)))),
+            )
+    conn.execute(
+        f"CREATE INDEX notes_small_graph ON {rel} USING hnsw (embedding halfvec_l2_ops)"
+        " WITH (m = 4)"
+    )
+    conn.execute("COMMENT ON INDEX notes_small_graph IS 'kept'")
+    indexes = (
+        "SELECT c.relname, pg_get_indexdef(i.indexrelid), obj_description(i.indexrelid,"
+        " 'pg_class'), i.indisvalid FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " WHERE i.indrelid = %s::regclass ORDER BY 1"
+    )
+    before = conn.execute(indexes, (rel,)).fetchall()
+    assert len([r for r in before if "hnsw" in r[1]]) == 2  # watch()'s and ours
+    conn.execute("SELECT embeddings.enable_fts('notes', 'english')")
+    after = conn.execute(indexes, (rel,)).fetchall()
+    assert [r for r in after if "embedding_fts" not in r[1]] == before
+    assert conn.execute(f"SELECT count(*) FROM {rel} WHERE embedding_fts IS NULL").fetchone() == (
+        0,
+    )
+
+
+def test_a_definition_changed_during_a_search_means_the_query_again(
+    conn: Conn, minilm: str, embedders: LoadedModels
+) -> None:
+    """A model change may swap the column between the query's embedding and the search: then
+    the query is embedded again with the target as it is now (worker/retrieval/search.py)."""
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('notes', 'body', model => %s)", (minilm,))
+    target = find_target(conn, "notes")
+    loads: list[str] = []
+
+    def load(name: str) -> Any:
+        loads.append(name)
+        if len(loads) == 1:  # as if a swap committed while the query was embedded
+            conn.execute("UPDATE embeddings.targets SET version = version + 1")
+        return embedders.get(name)
+
+    assert search.ranked(conn, load, target, "anything", 2, mode="vector") == []
+    assert loads == [minilm, minilm]

@@ -1,6 +1,6 @@
 """Search returns k results whenever k rows match (near-duplicate chunks, deleted rows not yet
 vacuumed, filters), in distance order, keys typed as in the table, and only what the caller's
-own rights and row-level security let it see (sql/58_search.sql, worker/search.py).
+own rights and row-level security let it see (sql/58_search.sql, worker/retrieval/).
 
 Vectors are written straight into the tables (no model runs): the query is a fixed vector, and
 the expected answer is computed here exactly with numpy."""
@@ -16,8 +16,9 @@ import psycopg
 import pytest
 from psycopg import sql
 
-from worker import search
 from worker.pipeline import targets as targets_mod
+from worker.retrieval import errors, rankings
+from worker.retrieval.targets import find_target
 
 Conn = psycopg.Connection[Any]
 DIMS = 384
@@ -96,8 +97,8 @@ def chunked(conn: Conn, query: Vec) -> dict[int, Vec]:
 
 
 def searched(conn: Conn, table: str, query: Vec, k: int, **kw: Any) -> list[dict[str, Any]]:
-    target = search.find_target(conn, table)
-    return search.nearest(conn, target, query, k, **kw)
+    target = find_target(conn, table)
+    return rankings.by_vector(conn, target, query, k, **kw)
 
 
 @pytest.mark.parametrize("exact_below", [0, 1_000_000])
@@ -153,7 +154,7 @@ def test_filter_keeps_k_results_and_rls_hides_rows(
     # A role without SELECT is refused, not shown the owner's rows.
     conn.execute("CREATE ROLE outsider")
     conn.execute("SET ROLE outsider")
-    with pytest.raises(search.SearchDenied, match="permission denied"):
+    with pytest.raises(errors.SearchDenied, match="permission denied"):
         searched(conn, "docs", query, 3)
     conn.execute("RESET ROLE")
 
@@ -165,7 +166,7 @@ def test_bad_filters_are_refused(conn: Conn, chunked: dict[int, Vec], query: Vec
         ({"tenant": "x"}, "invalid input syntax"),
         ({"tenant": "1; DROP TABLE docs"}, "invalid input syntax"),
     ]:
-        with pytest.raises(search.InvalidSearch, match=message):
+        with pytest.raises(errors.InvalidSearch, match=message):
             searched(conn, "docs", query, 3, filter=bad)
     assert conn.execute("SELECT count(*) FROM docs").fetchone() == (12,)
 
@@ -247,3 +248,55 @@ def test_search_function_in_sql(conn: Conn, chunked: dict[int, Vec], query: Vec)
         conn.execute(
             sql.SQL("SELECT * FROM embeddings.search('pg_class', %s::halfvec, 2)"), (text(query),)
         )
+
+
+def test_search_follows_a_renamed_column_in_the_same_session(conn: Conn, query: Vec) -> None:
+    """search()'s statements are made once per target (sql/58_search.sql), and PL/pgSQL keeps
+    their plans for the session: a rename of the content or key column remakes them."""
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO items VALUES (1, 'hello')")
+    conn.execute("SELECT embeddings.watch('items', 'body', model => %s)", (MODEL,))
+    conn.execute("UPDATE items SET embedding = %s", (text(query),))
+    statement = "SELECT key, content FROM embeddings.search('items', %s::halfvec, 1, %s::jsonb)"
+    for filter in (None, '{"id": 1}'):
+        assert conn.execute(statement, (text(query), filter)).fetchall() == [(1, "hello")]
+    conn.execute("ALTER TABLE items RENAME COLUMN body TO text_body")
+    conn.execute("ALTER TABLE items RENAME COLUMN id TO item_id")
+    conn.execute("UPDATE items SET text_body = 'hello again'")  # clears the vector
+    conn.execute("UPDATE items SET embedding = %s", (text(query),))
+    for filter in (None, '{"item_id": 1}'):
+        assert conn.execute(statement, (text(query), filter)).fetchall() == [(1, "hello again")]
+
+
+def test_a_table_of_two_targets_is_searched_by_naming_the_column(conn: Conn, query: Vec) -> None:
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, body text, title text)")
+    conn.execute("INSERT INTO items VALUES (1, 'a body', 'a title')")
+    conn.execute("SELECT embeddings.watch('items', 'body', model => %s)", (MODEL,))
+    conn.execute(
+        "SELECT embeddings.watch('items', 'title', embedding_column => 'title_embedding',"
+        " model => %s)",
+        (MODEL,),
+    )
+    conn.execute("UPDATE items SET title_embedding = %s", (text(query),))
+    statement = "SELECT key, content FROM embeddings.search('items', %s::halfvec, 1, NULL, %s)"
+    with pytest.raises(psycopg.errors.AmbiguousColumn, match="several embedding columns"):
+        conn.execute(statement, (text(query), None))
+    assert conn.execute(statement, (text(query), "title_embedding")).fetchall() == [(1, "a title")]
+    assert conn.execute(statement, (text(query), "embedding")).fetchall() == []
+
+
+def test_a_filter_value_is_a_constant_to_the_planner(conn: Conn) -> None:
+    """The condition of {"tenant": 7}, with the filter known, is `tenant = 7`: estimated from
+    the column's statistics and compared without a JSON step per row (it was
+    `tenant = (jsonb_build_array(...) ->> 0)::integer`, a STABLE function evaluated per row)."""
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, tenant int, body text)")
+    conn.execute("SELECT embeddings.watch('items', 'body', model => %s)", (MODEL,))
+    (condition,) = conn.execute(
+        "SELECT embeddings.search_filter_sql(t, '{\"tenant\": 7}', 1) FROM embeddings.targets t"
+    ).fetchone() or (None,)
+    conn.execute(f"PREPARE filtered(jsonb) AS SELECT count(*) FROM items s WHERE {condition}")
+    conn.execute("SET plan_cache_mode = force_custom_plan")
+    plan = "\n".join(
+        r[0] for r in conn.execute("""EXPLAIN EXECUTE filtered('{"tenant": 7}')""").fetchall()
+    )
+    assert "Filter: (tenant = 7)" in plan, plan

@@ -23,12 +23,14 @@ from tests.support import stores
 from tests.support.jobs import clear_queue, messages, queued_keys
 from tests.support.process import wait_for
 from tests.support.stores import STORES, vectors
-from worker import schema, search
+from worker import schema
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline import faults
 from worker.pipeline.batch import RowState
 from worker.process.runner import Worker
+from worker.retrieval import search
+from worker.retrieval.request import SearchRequest
 
 Conn = psycopg.Connection[Any]
 
@@ -557,12 +559,12 @@ def test_search_serves_a_side_table_target(
     settings: Settings,
     embedders: LoadedModels,
 ) -> None:
-    """search.run (POST /search's, and the CLI's) ranks a side-table target's rows as any
+    """search.run() (POST /search's, and the CLI's) ranks a side-table target's rows as any
     target's: keys, similarity, the content column's text."""
     run_once()
     conn.execute("DELETE FROM docs WHERE id = 1")  # not followed up yet: never returned
     found = search.run(
-        conn, embedders.get, search.Request.parse({"table": "docs", "query": TEXTS[1], "k": 4})
+        conn, embedders.get, SearchRequest.parse({"table": "docs", "query": TEXTS[1], "k": 4})
     )
     assert sorted(r["key"] for r in found) == [2, 3, 4]
     assert {r["content"] for r in found} == {TEXTS[2], TEXTS[3], TEXTS[4]}

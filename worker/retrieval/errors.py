@@ -1,0 +1,38 @@
+"""A search the caller got wrong or may not make, told apart from the database's other errors:
+400 and 403 over HTTP, not 500."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from worker import db, exceptions
+
+# SQLSTATEs of a search the caller got wrong (a filter naming no column, a bad comparison, a
+# column type filters do not take, a value of the wrong type) or may not make (no SELECT on
+# the table).
+BAD_SEARCH = {"42703", "22023", "0A000", "22P02", "22003", "22007", "22008"}
+DENIED = "42501"
+
+
+class InvalidSearch(exceptions.ConfigError):
+    """The search is wrong as asked (its filter, say): a 400."""
+
+
+class SearchDenied(exceptions.ConfigError):
+    """The searching role may not read the table: a 403."""
+
+
+@contextmanager
+def search_errors() -> Iterator[None]:
+    """The database's errors translated (worker.db), those above raised as themselves."""
+    try:
+        with db.translated():
+            yield
+    except exceptions.DatabaseError as exc:
+        state = getattr(exc.__cause__, "sqlstate", None)
+        if state in BAD_SEARCH:
+            raise InvalidSearch(str(exc)) from exc
+        if state == DENIED:
+            raise SearchDenied(str(exc)) from exc
+        raise

@@ -1,0 +1,78 @@
+"""The rankings, as the SQL functions make them (sql/58_search.sql, sql/59_hybrid.sql) with the
+connection's rights: embeddings.search() by meaning, embeddings.hybrid_search() fused with
+full-text search."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+from pgvector import HalfVector
+
+from worker import db, queries
+from worker.pipeline.targets import Target
+from worker.retrieval.errors import search_errors
+from worker.retrieval.results import search_result
+
+
+def by_vector(
+    conn: db.Connection,
+    target: Target,
+    vector: npt.NDArray[np.float32],
+    k: int,
+    filter: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """embeddings.search(): the k rows nearest to `vector` (for a chunked target the k
+    documents with the nearest chunks, each with its best one) among those matching `filter`,
+    nearest first, as the connection's role may see them (row-level security included)."""
+    db.register_vector_types(conn)
+    params = {
+        "target": target.id,
+        "query": HalfVector(vector),
+        "k": k,
+        "filter": None if filter is None else json.dumps(filter),
+        "column": target.embedding_column,
+    }
+    with search_errors():
+        rows = conn.execute(queries.get("search"), params).fetchall()
+    return [
+        search_result(key, distance, content, seq, vector_rank=rank)
+        for rank, (key, distance, content, seq) in enumerate(rows, start=1)
+    ]
+
+
+def hybrid(
+    conn: db.Connection,
+    target: Target,
+    query: str,
+    vector: npt.NDArray[np.float32],
+    k: int,
+    *,
+    filter: dict[str, Any] | None = None,
+) -> list[dict[str, Any]]:
+    """embeddings.hybrid_search(): the k documents best by reciprocal rank fusion of the
+    vector ranking and the full-text ranking of `query`."""
+    db.register_vector_types(conn)
+    params = {
+        "target": target.id,
+        "text": query,
+        "query": HalfVector(vector),
+        "k": k,
+        "filter": None if filter is None else json.dumps(filter),
+        "column": target.embedding_column,
+    }
+    with search_errors():
+        rows = conn.execute(queries.get("hybrid_search"), params).fetchall()
+    return [
+        search_result(key, distance, content, seq, score=score, vector_rank=vr, text_rank=tr)
+        for key, score, content, seq, distance, vr, tr in rows
+    ]
+
+
+def has_fulltext(conn: db.Connection, target: Target) -> bool:
+    """Whether the target has full-text search on (embeddings.enable_fts())."""
+    with db.translated():
+        row = conn.execute(queries.get("has_fulltext"), {"target": target.id}).fetchone()
+    return bool(row and row[0])

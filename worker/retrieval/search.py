@@ -1,0 +1,65 @@
+"""A search from its words to its results: the query embedded with the model of the target's
+column, then ranked by meaning or, where the target has full-text search, hybrid."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from worker import db, exceptions
+from worker.models.embedder import TextModel
+from worker.pipeline.targets import Target
+from worker.retrieval import rankings
+from worker.retrieval.request import SearchRequest
+from worker.retrieval.targets import current_target, find_target, is_current
+
+
+def run(
+    conn: db.Connection, load_model: Callable[[str], TextModel], request: SearchRequest
+) -> list[dict[str, Any]]:
+    """Ranked results, one per row or, for a chunked target, per document
+    (results.search_result())."""
+    target = find_target(conn, request.table, request.column)
+    return ranked(
+        conn,
+        load_model,
+        target,
+        request.query,
+        request.k,
+        filter=request.filter,
+        mode=request.mode,
+    )
+
+
+def ranked(
+    conn: db.Connection,
+    load_model: Callable[[str], TextModel],
+    target: Target,
+    query: str,
+    k: int,
+    *,
+    filter: dict[str, Any] | None = None,
+    mode: str = "auto",
+) -> list[dict[str, Any]]:
+    """The query embedded with the model of the target's column at that moment, ranked. A
+    model change that swapped the column meanwhile (the definition version moved) means once
+    more, with the new model: a query is never compared with another model's vectors."""
+    for _ in range(3):
+        model = load_model(target.model)
+        if (problem := target.problem(model.dim)) is not None:
+            raise exceptions.TargetError(problem)
+        vector = model.embed([query])[0]
+        try:
+            if mode == "hybrid" or (mode == "auto" and rankings.has_fulltext(conn, target)):
+                results = rankings.hybrid(conn, target, query, vector, k, filter=filter)
+            else:
+                results = rankings.by_vector(conn, target, vector, k, filter)
+        except exceptions.DatabaseError:
+            if is_current(conn, target):
+                raise
+            target = current_target(conn, target)  # the column changed under the query
+            continue
+        if is_current(conn, target):
+            return results
+        target = current_target(conn, target)
+    return results
