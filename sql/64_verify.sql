@@ -118,9 +118,13 @@ CREATE TABLE IF NOT EXISTS embeddings.fingerprint_keys (
 -- (NULL: nothing stored, nothing recorded); `shadow`: in the model change's shadow column.
 -- Worker roles only (80_roles.sql). A failure here never fails the write: a vector without its
 -- fingerprint is only verified (and embedded) once more.
+-- Its settings: the keys' JSON as the triggers and embeddings_<id>_verify() write it, whatever
+-- the worker's session's (embeddings.key_settings()).
 CREATE FUNCTION embeddings.record_fingerprints(target_id integer, shadow boolean, keys text[], digests text[])
 RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = postgres SET extra_float_digits = 3
+SET bytea_output = hex AS $$
 DECLARE
     t embeddings.targets;
     s record;
@@ -189,7 +193,68 @@ DECLARE
                                        t.source, t.embedding_column)
                            ELSE format('DELETE FROM %s c USING %s t WHERE %s AND t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place',
                                        apart, t.source, embeddings.key_equal_sql(t, 'c', 't')) END;
+    -- Keys whose text depends on session settings (embeddings.key_settings()): rendered with
+    -- them pinned, as the triggers and the worker render them, whoever calls; the content with
+    -- the caller's, as the worker evaluates it (a content function may format dates).
+    pin text := (SELECT string_agg(format('PERFORM pg_catalog.set_config(%L, %L, true);', s.name, s.value), ' ' ORDER BY s.name)
+                 FROM embeddings.key_settings(t) s);
+    save text := (SELECT format('saved := ARRAY[%s];', string_agg(format('pg_catalog.current_setting(%L)', s.name), ', ' ORDER BY s.name))
+                  FROM embeddings.key_settings(t) s);
+    restore text := (SELECT string_agg(format('PERFORM pg_catalog.set_config(%L, saved[%s], true);', s.name, s.i), ' ' ORDER BY s.i)
+                     FROM (SELECT k.name, row_number() OVER (ORDER BY k.name) AS i FROM embeddings.key_settings(t) k) s);
 BEGIN
+    IF pin IS NOT NULL THEN
+        EXECUTE format(
+            $f$CREATE FUNCTION embeddings.%1$I(after jsonb, max_rows integer)
+            RETURNS TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)
+            LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            DECLARE
+                keys jsonb[];
+                vectors boolean[];
+                rels oid[];
+                places tid[];
+                contents text[];
+                saved text[];
+            BEGIN
+                %2$s
+                %9$s %10$s
+                SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.r), pg_catalog.array_agg(s.p)
+                INTO keys, vectors, rels, places
+                FROM (SELECT %3$s AS k, %4$s AS v, t.tableoid AS r, t.ctid AS p
+                      FROM %6$s t WHERE $1 IS NULL OR %7$s ORDER BY %8$s LIMIT $2) s;
+                %11$s
+                BEGIN
+                    SELECT pg_catalog.array_agg(c.c ORDER BY u.i) INTO contents
+                    FROM ROWS FROM (pg_catalog.unnest(rels), pg_catalog.unnest(places)) WITH ORDINALITY AS u(r, p, i)
+                    LEFT JOIN LATERAL (SELECT %5$s AS c FROM %6$s t
+                                       WHERE t.tableoid OPERATOR(pg_catalog.=) u.r AND t.ctid OPERATOR(pg_catalog.=) u.p) c ON true;
+                    RETURN QUERY
+                        SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
+                        FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
+                    RETURN;
+                EXCEPTION WHEN OTHERS THEN
+                    NULL;  -- a content function raised for some row: one row at a time below
+                END;
+                FOR i IN 1 .. coalesce(pg_catalog.cardinality(keys), 0) LOOP
+                    key := keys[i];
+                    has_vector := vectors[i];
+                    failed := false;
+                    BEGIN
+                        SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
+                        FROM (SELECT %5$s AS c FROM %6$s t
+                              WHERE t.tableoid OPERATOR(pg_catalog.=) rels[i] AND t.ctid OPERATOR(pg_catalog.=) places[i]) c;
+                    EXCEPTION WHEN OTHERS THEN
+                        digest := NULL;
+                        blank := false;
+                        failed := true;
+                    END;
+                    RETURN NEXT;
+                END LOOP;
+            END
+            $body$ $f$,
+            (a->>'prefix') || '_verify', (a->>'check_call'), embeddings.key_json_sql(t, 't'), has_vector,
+            (a->>'content'), t.source, after_sql, key_order, save, pin, restore);
+    ELSE
     EXECUTE format(
         $f$CREATE FUNCTION embeddings.%1$I(after jsonb, max_rows integer)
         RETURNS TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)
@@ -234,6 +299,7 @@ BEGIN
         $body$ $f$,
         (a->>'prefix') || '_verify', (a->>'check_call'), embeddings.key_json_sql(t, 't'), has_vector,
         (a->>'content'), t.source, after_sql, key_order);
+    END IF;
 
     EXECUTE format(
         $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s) RETURNS SETOF text
