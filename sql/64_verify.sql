@@ -38,7 +38,11 @@ CREATE TABLE IF NOT EXISTS embeddings.verify_cursors (
     last_pass_started  timestamptz,
     last_pass_finished timestamptz,
     last_pass_rows     bigint,
-    last_pass_queued   bigint
+    last_pass_queued   bigint,
+    -- where the pruning of fingerprints whose row is gone is (NULL: it starts over), by
+    -- (slot, key) in the fingerprints' own order: verify_target()
+    prune_slot         smallint,
+    prune_after        jsonb
 );
 GRANT SELECT ON embeddings.verify_cursors TO PUBLIC;
 
@@ -172,6 +176,7 @@ $$;
 --   embeddings_<id>_clear_failing(keys, k0..)  clears the vectors of these rows whose content
 --       raises now (a re-registration's content function failing for them): no vector rather
 --       than one of an older definition. Returns the keys cleared.
+--   embeddings_<id>_existing(keys, k0..)  the keys whose row exists (pruning fingerprints)
 CREATE FUNCTION embeddings.generate_verify_access(t embeddings.targets, a jsonb) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -323,10 +328,102 @@ BEGIN
         $body$ $f$,
         (a->>'prefix') || '_clear_failing', (a->>'key_params'), (a->>'check_call'), (a->>'key_rows'),
         (a->>'key_aliases'), t.source, (a->>'key_match'), has_vector, (a->>'content'), clear_sql);
-    RETURN ARRAY[(a->>'prefix') || '_verify', (a->>'prefix') || '_clear_failing'];
+    -- The keys (`keys`: any text naming each; k0..: the key columns' texts) whose row exists.
+    -- A key that is no value of its column's type now (the table watched again with another
+    -- key) names no row: one key at a time then, so that it does not stop the others.
+    EXECUTE format(
+        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s) RETURNS SETOF text
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        DECLARE
+            r record;
+            found text[];
+        BEGIN
+            %3$s
+            BEGIN
+                SELECT pg_catalog.array_agg(v.key) INTO found FROM ROWS FROM (%4$s) AS v(key%5$s)
+                WHERE EXISTS (SELECT FROM %6$s t WHERE %7$s);
+                RETURN QUERY SELECT pg_catalog.unnest(found);
+                RETURN;
+            EXCEPTION WHEN OTHERS THEN
+                NULL;
+            END;
+            FOR r IN SELECT * FROM ROWS FROM (%4$s) AS v(key%5$s) LOOP
+                BEGIN
+                    IF EXISTS (SELECT FROM (SELECT %8$s) v, %6$s t WHERE %7$s) THEN
+                        RETURN NEXT r.key;
+                    END IF;
+                EXCEPTION WHEN OTHERS THEN
+                    NULL;
+                END;
+            END LOOP;
+        END
+        $body$ $f$,
+        (a->>'prefix') || '_existing', (a->>'key_params'), (a->>'check_call'), (a->>'key_rows'),
+        (a->>'key_aliases'), t.source, (a->>'key_match'),
+        (SELECT string_agg(format('r.k%1$s AS k%1$s', i - 1), ', ' ORDER BY i) FROM generate_series(1, nkeys) i));
+    RETURN ARRAY[(a->>'prefix') || '_verify', (a->>'prefix') || '_clear_failing', (a->>'prefix') || '_existing'];
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_verify_access(embeddings.targets, jsonb) FROM PUBLIC;
+
+-- One step of pruning target t's fingerprints: the next `max_rows` of them (by slot and key,
+-- in their primary key's order, from where the last step stopped) lose those of rows that no
+-- longer exist, and those of slots that hold no vector of t any more (a column replaced by a
+-- model change's swap). So a table with deletes keeps about one fingerprint per row, and the
+-- application's deletes pay nothing for it. Whether a row exists is asked of the target's
+-- embeddings_<id>_existing(), as the table's owner; the rest happens here, where no code of the
+-- owner's runs. A fingerprint the worker rewrites meanwhile (its row inserted again) is kept:
+-- only one still as it was read goes (and one lost too early costs no more than verifying and
+-- embedding its row once again). Returns the number of fingerprints deleted.
+CREATE FUNCTION embeddings.prune_fingerprints(t embeddings.targets, max_rows integer) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c embeddings.verify_cursors;
+    slots smallint[] := array_remove(ARRAY[(embeddings.fingerprint_slot(t, false)).slot,
+                                           (embeddings.fingerprint_slot(t, true)).slot], NULL);
+    nkeys integer := cardinality(t.key_columns);
+    scanned integer;
+    last_slot smallint;
+    last_key jsonb;
+    pruned integer;
+BEGIN
+    SELECT * INTO c FROM embeddings.verify_cursors vc WHERE vc.target_id = t.id;
+    EXECUTE format($q$
+        WITH batch AS (
+            SELECT f.slot, f.key, f.written_at FROM embeddings.fingerprints f
+            WHERE f.target_id = $1 AND ($2::smallint IS NULL OR (f.slot, f.key) > ($2, $3))
+            ORDER BY f.slot, f.key LIMIT $4
+        ),
+        living AS (
+            SELECT e.k FROM embeddings.%I(
+                (SELECT pg_catalog.array_agg(b.key::text ORDER BY b.slot, b.key) FROM batch b WHERE b.slot = ANY ($5))%s) AS e(k)
+        ),
+        gone AS (
+            DELETE FROM embeddings.fingerprints f USING batch b
+            WHERE f.target_id = $1 AND f.slot = b.slot AND f.key = b.key AND f.written_at = b.written_at
+              AND (b.slot <> ALL ($5) OR b.key::text NOT IN (SELECT l.k FROM living l))
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM batch)::int,
+               (SELECT b.slot FROM batch b ORDER BY b.slot DESC, b.key DESC LIMIT 1),
+               (SELECT b.key FROM batch b ORDER BY b.slot DESC, b.key DESC LIMIT 1),
+               (SELECT count(*) FROM gone)::int
+        $q$,
+        'embeddings_' || t.id || '_existing',
+        (SELECT string_agg(format(', (SELECT pg_catalog.array_agg(%s ORDER BY b.slot, b.key) FROM batch b WHERE b.slot = ANY ($5))',
+                                  CASE WHEN nkeys = 1 THEN 'b.key #>> ''{}''' ELSE format('b.key ->> %s', i - 1) END),
+                           '' ORDER BY i)
+         FROM generate_series(1, nkeys) i))
+    INTO scanned, last_slot, last_key, pruned
+    USING t.id, c.prune_slot, c.prune_after, max_rows, slots;
+    -- The end of the fingerprints: the next step starts over.
+    UPDATE embeddings.verify_cursors vc
+    SET prune_slot = CASE WHEN scanned < max_rows THEN NULL ELSE last_slot END,
+        prune_after = CASE WHEN scanned < max_rows THEN NULL ELSE last_key END
+    WHERE vc.target_id = t.id;
+    RETURN pruned;
+END
+$$;
 
 -- One slice (at most max_rows rows) of target t's verifying pass: queues (backfill lane) every
 -- row whose vector is not that of its content and definition now (no fingerprint, another one,
@@ -386,6 +483,8 @@ BEGIN
             pass_rows = c.pass_rows, pass_queued = c.pass_queued, verified_at = now()
         WHERE target_id = t.id;
     END IF;
+    -- As many fingerprints as rows verified, checked for a row that still exists.
+    PERFORM embeddings.prune_fingerprints(t, max_rows);
     RETURN enqueued;
 END
 $$;
