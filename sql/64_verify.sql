@@ -387,16 +387,20 @@ DECLARE
     last_key jsonb;
     pruned integer;
 BEGIN
+    IF (embeddings.fingerprint_slot(t, false)).slot IS NULL THEN
+        RETURN 0;  -- its vectors' column is gone: not servable, nothing to compare with
+    END IF;
     SELECT * INTO c FROM embeddings.verify_cursors vc WHERE vc.target_id = t.id;
     EXECUTE format($q$
         WITH batch AS (
             SELECT f.slot, f.key, f.written_at FROM embeddings.fingerprints f
-            WHERE f.target_id = $1 AND ($2::smallint IS NULL OR (f.slot, f.key) > ($2, $3))
-            ORDER BY f.slot, f.key LIMIT $4
+            WHERE f.target_id = $1%s
+            ORDER BY f.target_id, f.slot, f.key LIMIT $4  -- the primary key's order: no sort
         ),
+        -- (the key arrays in one order: each a scan of the same materialized batch)
         living AS (
             SELECT e.k FROM embeddings.%I(
-                (SELECT pg_catalog.array_agg(b.key::text ORDER BY b.slot, b.key) FROM batch b WHERE b.slot = ANY ($5))%s) AS e(k)
+                (SELECT pg_catalog.array_agg(b.key::text) FROM batch b WHERE b.slot = ANY ($5))%s) AS e(k)
         ),
         gone AS (
             DELETE FROM embeddings.fingerprints f USING batch b
@@ -409,8 +413,10 @@ BEGIN
                (SELECT b.key FROM batch b ORDER BY b.slot DESC, b.key DESC LIMIT 1),
                (SELECT count(*) FROM gone)::int
         $q$,
+        -- (no OR for a cursor not yet set: the condition must be the index's range)
+        CASE WHEN c.prune_slot IS NOT NULL THEN ' AND (f.slot, f.key) > ($2, $3)' ELSE '' END,
         'embeddings_' || t.id || '_existing',
-        (SELECT string_agg(format(', (SELECT pg_catalog.array_agg(%s ORDER BY b.slot, b.key) FROM batch b WHERE b.slot = ANY ($5))',
+        (SELECT string_agg(format(', (SELECT pg_catalog.array_agg(%s) FROM batch b WHERE b.slot = ANY ($5))',
                                   CASE WHEN nkeys = 1 THEN 'b.key #>> ''{}''' ELSE format('b.key ->> %s', i - 1) END),
                            '' ORDER BY i)
          FROM generate_series(1, nkeys) i))
