@@ -489,8 +489,13 @@ BEGIN
             pass_rows = c.pass_rows, pass_queued = c.pass_queued, verified_at = now()
         WHERE target_id = t.id;
     END IF;
-    -- As many fingerprints as rows verified, checked for a row that still exists.
-    PERFORM embeddings.prune_fingerprints(t, max_rows);
+    -- As many fingerprints as rows verified, checked for a row that still exists. Its failure
+    -- costs only the pruning: never the verification.
+    BEGIN
+        PERFORM embeddings.prune_fingerprints(t, max_rows);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'embeddings.sweep(verify => true): fingerprints of %.% not pruned: %', t.source, t.embedding_column, SQLERRM;
+    END;
     RETURN enqueued;
 END
 $$;
