@@ -147,12 +147,15 @@ def main() -> int:
         (RESULTS / f"{name}.json").write_text(json.dumps(value, indent=2) + "\n")
         print(f"bench: wrote bench/results/{name}.json", file=sys.stderr)
 
-    def section(name: str, body: Callable[[], dict[str, Any]]) -> None:
+    def section(
+        name: str, body: Callable[[], dict[str, Any]], *, results: str | None = None
+    ) -> None:
+        """Runs `name` when wanted; its results go to bench/results/<results or name>.json."""
         if name not in wanted:
             return
         started = time.monotonic()
         print(f"bench: {name}...", file=sys.stderr)
-        save(name, body())
+        save(results or name, body())
         print(f"bench: {name} took {time.monotonic() - started:.0f} s", file=sys.stderr)
 
     with session_cluster(fast=False, external_env="BENCH_DATABASE_URL") as cluster:
@@ -276,6 +279,8 @@ def main() -> int:
                 rows=args.scale_rows or 100_000,
                 queries=50 if args.quick else 100,
             ),
+            # One file per scale (docs/performance.md compares 100k and 1M rows).
+            results=f"retrieval-{args.scale_rows or 100_000}",
         )
         section(
             "hnsw",

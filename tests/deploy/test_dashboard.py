@@ -62,5 +62,11 @@ def test_the_dashboard_covers_what_operators_watch() -> None:
         "process_resident_memory_bytes",
         "embed_worker_model_info",
         "embed_worker_model_loaded",
+        "embed_worker_target_stopped",  # what stops a table, by state
+        "embed_worker_provider_requests_total",  # remote models: requests by outcome,
+        "embed_worker_provider_request_duration_seconds_bucket",  # their time,
+        "embed_worker_provider_tokens_total",  # tokens and spend,
+        "embed_worker_provider_cost_total",
+        "embed_worker_provider_circuit_open",  # and whether a provider is down
     ):
         assert needed in text, needed

@@ -118,6 +118,14 @@ class RemoteModel:
         weakref.finalize(self, _shut, self._pool, self._connections)
         self._in_flight = 0
         self._lock = threading.Lock()
+        # Series exist from the moment the model is loaded (at zero), so the dashboard's
+        # provider panels and rate() see them before the first answer.
+        for outcome in metrics.PROVIDER_OUTCOMES:
+            metrics.PROVIDER_REQUESTS.labels(spec.host, self.name, outcome)
+        metrics.PROVIDER_SECONDS.labels(spec.host)
+        metrics.PROVIDER_TOKENS.labels(spec.host, self.name)
+        metrics.PROVIDER_COST.labels(spec.host, self.name)
+        metrics.PROVIDER_IN_FLIGHT.labels(spec.host)
 
     def __repr__(self) -> str:
         return f"RemoteModel(name={self.name!r}, {self.spec.describe()}, dim={self.dim})"
