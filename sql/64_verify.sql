@@ -98,12 +98,18 @@ LANGUAGE sql STABLE AS $$
                 THEN part.sql[1]
                 ELSE format('pg_catalog.jsonb_build_array(%s)', array_to_string(part.sql, ', ')) END
     FROM (SELECT array_agg(CASE WHEN embeddings.builtin_scalar(k.ty)
-                                THEN format('pg_catalog.to_jsonb((%s)::%s)', k.part, embeddings.base_type(k.ty))
+                                THEN format('pg_catalog.to_jsonb((%s)::%I.%I)', k.part, b.nspname, b.typname)
                                 ELSE format('pg_catalog.to_jsonb(%s)', k.part) END ORDER BY k.i) AS sql
           FROM (SELECT u.ty, u.i,
                        CASE WHEN cardinality(t.key_types) = 1 THEN expr
                             ELSE format('((%s)::pg_catalog.jsonb ->> %s)', expr, u.i - 1) END AS part
-                FROM unnest(t.key_types) WITH ORDINALITY AS u(ty, i)) k) part
+                FROM unnest(t.key_types) WITH ORDINALITY AS u(ty, i)) k
+          -- the base type by its qualified name, which has no implied length: `character` is
+          -- char(1) and `bit` bit(1) (a cast to them cut every longer key), pg_catalog.bpchar and
+          -- pg_catalog.bit are of any length
+          JOIN LATERAL (SELECT n.nspname, ty.typname FROM pg_catalog.pg_type ty
+                        JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace
+                        WHERE ty.oid = embeddings.base_type(k.ty)) b ON true) part
 $$;
 
 -- key_json_from_text_sql() of each target's definition version, kept: building it reads the
@@ -116,6 +122,9 @@ CREATE TABLE IF NOT EXISTS embeddings.fingerprint_keys (
     key_sql   text NOT NULL,
     PRIMARY KEY (target_id, version)
 );
+-- Built by the code installed: this file runs at every install and upgrade, whose
+-- key_json_from_text_sql() may build them otherwise.
+DELETE FROM embeddings.fingerprint_keys;
 
 -- Records the fingerprints of vectors the worker is writing (in its write transaction): rows
 -- `keys` (canonical text) of target `target_id`, made from content whose md5 is `digests`
