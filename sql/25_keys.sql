@@ -203,21 +203,36 @@ $$;
 -- The settings the text of target t's keys depends on, pinned (as SET clauses of CREATE
 -- FUNCTION) in every generated function that turns keys into text: the statement triggers run in
 -- the application's sessions, whose settings are theirs, and the worker reads the keys in its
--- own. extra_float_digits for a float (below 1 it rounds), IntervalStyle for an interval,
--- DateStyle for a date or timestamp in an array, range or composite (to_jsonb() writes a key
--- column's own in ISO whatever the setting). '' for the keys of most tables, whose functions
--- stay as they were.
+-- own. Keys are compared and stored as that text (queue messages, fingerprints, dead letters,
+-- the verifying sweep), so one value must have one text whichever session writes it, not only a
+-- text that reads back as the same value: extra_float_digits for a float (below 1 it rounds),
+-- IntervalStyle for an interval, TimeZone for a timestamptz (to_jsonb() writes its offset from
+-- the session's zone), bytea_output for a bytea, DateStyle for a date or timestamp in an array,
+-- range or composite (to_jsonb() writes a key column's own in ISO whatever the setting). '' for
+-- the keys of most tables, whose functions stay as they were (a SET clause costs every call).
+-- Our own functions that turn keys into text off the application's write path (recording
+-- fingerprints, enqueueing a table's rows) pin all of them, for every target, written out:
+--   SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = postgres
+--   SET extra_float_digits = 3 SET bytea_output = hex
+CREATE FUNCTION embeddings.key_settings(t embeddings.targets) RETURNS TABLE (name text, value text)
+LANGUAGE sql STABLE AS $$
+    SELECT DISTINCT s.name, s.value
+    FROM unnest(t.key_types) AS k(ty)
+    CROSS JOIN LATERAL embeddings.key_part_types(k.ty) p
+    JOIN (VALUES ('pg_catalog.float4'::regtype, false, 'extra_float_digits', '3'),
+                 ('pg_catalog.float8'::regtype, false, 'extra_float_digits', '3'),
+                 ('pg_catalog.interval'::regtype, false, 'IntervalStyle', 'postgres'),
+                 ('pg_catalog.timestamptz'::regtype, false, 'TimeZone', 'UTC'),
+                 ('pg_catalog.bytea'::regtype, false, 'bytea_output', 'hex'),
+                 ('pg_catalog.date'::regtype, true, 'DateStyle', 'ISO, MDY'),
+                 ('pg_catalog.timestamp'::regtype, true, 'DateStyle', 'ISO, MDY'),
+                 ('pg_catalog.timestamptz'::regtype, true, 'DateStyle', 'ISO, MDY')
+         ) AS s(part, nested_only, name, value) ON s.part = p.part AND (p.nested OR NOT s.nested_only)
+$$;
+
+-- The same as SET clauses of CREATE FUNCTION (' SET TimeZone = ''UTC''...'), or ''.
 CREATE FUNCTION embeddings.key_settings_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT coalesce(string_agg(s.clause, '' ORDER BY s.clause), '')
-    FROM (SELECT DISTINCT CASE
-              WHEN p.part IN ('pg_catalog.float4'::regtype, 'pg_catalog.float8'::regtype)
-                  THEN ' SET extra_float_digits = 3'
-              WHEN p.part = 'pg_catalog.interval'::regtype THEN ' SET IntervalStyle = postgres'
-              WHEN p.nested AND p.part IN ('pg_catalog.date'::regtype, 'pg_catalog.timestamp'::regtype,
-                                           'pg_catalog.timestamptz'::regtype)
-                  THEN ' SET DateStyle = ''ISO, MDY'''
-          END AS clause
-          FROM unnest(t.key_types) AS k(ty) CROSS JOIN LATERAL embeddings.key_part_types(k.ty) p) s
-    WHERE s.clause IS NOT NULL
+    SELECT coalesce(string_agg(format(' SET %s = %L', s.name, s.value), '' ORDER BY s.name), '')
+    FROM embeddings.key_settings(t) s
 $$;

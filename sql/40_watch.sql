@@ -25,8 +25,9 @@ $$;
 CREATE FUNCTION embeddings.enqueue_rows(t embeddings.targets, rel regclass, lane text DEFAULT 'backfill')
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
--- Keys as text that reads back as the same value in any session (embeddings.key_settings_sql).
-SET extra_float_digits = 3 SET IntervalStyle = postgres SET DateStyle = 'ISO, MDY' AS $$
+-- Keys as one text whichever session calls (embeddings.key_settings()).
+SET extra_float_digits = 3 SET IntervalStyle = postgres SET DateStyle = 'ISO, MDY' SET TimeZone = 'UTC'
+SET bytea_output = hex AS $$
 DECLARE
     sent integer;
 BEGIN

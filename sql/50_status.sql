@@ -217,7 +217,10 @@ $$;
 -- `exact => false` estimates every one.
 -- Pending jobs are exact unless a lane holds more than embeddings.status_exact_rows() messages
 -- and `exact` is not true: then sampled (embeddings.queue_pending(), `estimated` true). Dead letters and the rate are exact either way: they come from our own tables. `deferred_reason` says why the pending jobs
--- wait, when the worker defers them. `backfill_rows`: rows a running backfill (62_backfill.sql)
+-- wait, when the worker defers them; `held_jobs` how many wait so (held: put back without an
+-- attempt, not failed), as opposed to rows that failed and wait for their retry. `swap_*`: a
+-- model change's swap waiting for its table lock (since when, attempts, who holds the table),
+-- from the first attempt; the stopped state swap_waiting (52_stopped.sql) after swap_wait_alarm(). `backfill_rows`: rows a running backfill (62_backfill.sql)
 -- has still to queue, counted in pending_jobs too (estimated targets: the rows it has not yet
 -- passed, scaled by the share without a vector, so pending_jobs is an estimate too while a
 -- backfill runs); NULL when no backfill runs. `index_deferred`: the HNSW index waits for the
@@ -252,7 +255,11 @@ CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TAB
     change_total_rows      bigint,
     change_rows_per_second double precision,
     change_eta_seconds     double precision,
-    stopped                jsonb
+    stopped                jsonb,
+    held_jobs              bigint,
+    swap_waiting_since     timestamptz,
+    swap_attempts          integer,
+    swap_holders           text
 )
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -347,6 +354,19 @@ BEGIN
         deferred_since := NULL;
         SELECT d.reason, d.since INTO deferred_reason, deferred_since
         FROM embeddings.deferrals d WHERE d.target_id = t.id AND pending_jobs > 0;
+        -- Held: the jobs the worker puts back without an attempt (deferred_reason says why),
+        -- unlike those of rows that failed and wait for their retry (not counted here).
+        held_jobs := CASE WHEN deferred_reason IS NOT NULL THEN pending_jobs ELSE 0 END;
+        -- A model change's swap waiting for its table lock, from its first attempt that found
+        -- the table held (the stopped state swap_waiting comes after swap_wait_alarm()).
+        SELECT mc.swap_waiting_since, mc.swap_attempts, mc.swap_holders
+        INTO swap_waiting_since, swap_attempts, swap_holders
+        FROM embeddings.model_changes mc WHERE mc.target_id = t.id AND mc.swap_waiting_since IS NOT NULL;
+        IF NOT FOUND THEN
+            swap_waiting_since := NULL;
+            swap_attempts := NULL;
+            swap_holders := NULL;
+        END IF;
         estimated := estimated OR lanes && sampled;  -- its pending counts, sampled
         RETURN NEXT;
     END LOOP;
@@ -361,7 +381,7 @@ CREATE VIEW embeddings.status AS
            target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
            chunks, estimated, backfill_rows, index_deferred, pending_live, pending_backfill,
            vectors_from, change_model, change_done_rows, change_total_rows, change_rows_per_second,
-           change_eta_seconds, stopped
+           change_eta_seconds, stopped, held_jobs, swap_waiting_since, swap_attempts, swap_holders
     FROM embeddings.target_status();
 COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets; rows a running backfill has still to queue; whether the HNSW index waits for the backfill. Row counts of large tables are estimates (estimated = true); embeddings.status_exact counts them';
 
@@ -371,7 +391,7 @@ CREATE VIEW embeddings.status_exact AS
            target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
            chunks, estimated, backfill_rows, index_deferred, pending_live, pending_backfill,
            vectors_from, change_model, change_done_rows, change_total_rows, change_rows_per_second,
-           change_eta_seconds, stopped
+           change_eta_seconds, stopped, held_jobs, swap_waiting_since, swap_attempts, swap_holders
     FROM embeddings.target_status(exact => true);
 COMMENT ON VIEW embeddings.status_exact IS 'embeddings.status with exact counts: scans every watched table';
 

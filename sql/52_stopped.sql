@@ -9,12 +9,15 @@
 --                     another owner), functions that cannot run as the table's owner, FORCE ROW
 --                     LEVEL SECURITY. Read from the catalog as it is now, so it shows whether or
 --                     not the event triggers of 45_dropped.sql (superuser only) are installed.
---   deferred          the worker puts the target's jobs back without an attempt (its model
+--   held              the worker puts the target's jobs back without an attempt (its model
 --                     cannot be loaded, the column's dimensions do not fit the model...): jobs
---                     held, not failed. Written by the worker (55_visibility.sql); shown while
---                     the worker has deferred them within embeddings.deferral_fresh().
+--                     held, not failed (rows that failed and wait for their retry are not
+--                     this: they are `retrying` in status). Written by the worker
+--                     (55_visibility.sql: embeddings.deferrals); shown while the worker has
+--                     held them within embeddings.deferral_fresh().
 --   swap_waiting      a model change is complete but its swap has found the table held by
---                     another transaction for longer than embeddings.swap_wait_alarm()
+--                     another transaction for longer than embeddings.swap_wait_alarm() (status
+--                     shows the wait from the first attempt: embeddings.status's swap_* columns)
 --                     (44_changes.sql records each attempt; 41_locks.sql bounds them).
 --   backfill_stalled  a backfill (62_backfill.sql) has queued nothing, and none of the target's
 --                     rows was embedded, for embeddings.backfill_stall_alarm(): no worker
@@ -90,12 +93,12 @@ BEGIN
         IF problem IS NOT NULL THEN
             state := 'problem';
             reason := problem;
-            fix := 'fix what the reason names, then watch() the table again; its jobs wait meanwhile (deferred, not failed)';
+            fix := 'fix what the reason names, then watch() the table again; its jobs wait meanwhile (held, not failed)';
             since := t.updated_at;
             RETURN NEXT;
         ELSE
             -- Deferred by the worker (a target with a problem is deferred for that problem).
-            SELECT 'deferred', d.reason,
+            SELECT 'held', format('its jobs are held, put back without an attempt (not failed): %s', d.reason),
                    'make the target servable (the model loadable: `embed-worker model download NAME` or '
                    'EMBED_MODEL_PATH; a column that fits the model); the worker retries its jobs every minute',
                    d.since

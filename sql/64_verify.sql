@@ -38,7 +38,11 @@ CREATE TABLE IF NOT EXISTS embeddings.verify_cursors (
     last_pass_started  timestamptz,
     last_pass_finished timestamptz,
     last_pass_rows     bigint,
-    last_pass_queued   bigint
+    last_pass_queued   bigint,
+    -- where the pruning of fingerprints whose row is gone is (NULL: it starts over), by
+    -- (slot, key) in the fingerprints' own order: verify_target()
+    prune_slot         smallint,
+    prune_after        jsonb
 );
 GRANT SELECT ON embeddings.verify_cursors TO PUBLIC;
 
@@ -94,12 +98,18 @@ LANGUAGE sql STABLE AS $$
                 THEN part.sql[1]
                 ELSE format('pg_catalog.jsonb_build_array(%s)', array_to_string(part.sql, ', ')) END
     FROM (SELECT array_agg(CASE WHEN embeddings.builtin_scalar(k.ty)
-                                THEN format('pg_catalog.to_jsonb((%s)::%s)', k.part, embeddings.base_type(k.ty))
+                                THEN format('pg_catalog.to_jsonb((%s)::%I.%I)', k.part, b.nspname, b.typname)
                                 ELSE format('pg_catalog.to_jsonb(%s)', k.part) END ORDER BY k.i) AS sql
           FROM (SELECT u.ty, u.i,
                        CASE WHEN cardinality(t.key_types) = 1 THEN expr
                             ELSE format('((%s)::pg_catalog.jsonb ->> %s)', expr, u.i - 1) END AS part
-                FROM unnest(t.key_types) WITH ORDINALITY AS u(ty, i)) k) part
+                FROM unnest(t.key_types) WITH ORDINALITY AS u(ty, i)) k
+          -- the base type by its qualified name, which has no implied length: `character` is
+          -- char(1) and `bit` bit(1) (a cast to them cut every longer key), pg_catalog.bpchar and
+          -- pg_catalog.bit are of any length
+          JOIN LATERAL (SELECT n.nspname, ty.typname FROM pg_catalog.pg_type ty
+                        JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace
+                        WHERE ty.oid = embeddings.base_type(k.ty)) b ON true) part
 $$;
 
 -- key_json_from_text_sql() of each target's definition version, kept: building it reads the
@@ -112,15 +122,22 @@ CREATE TABLE IF NOT EXISTS embeddings.fingerprint_keys (
     key_sql   text NOT NULL,
     PRIMARY KEY (target_id, version)
 );
+-- Built by the code installed: this file runs at every install and upgrade, whose
+-- key_json_from_text_sql() may build them otherwise.
+DELETE FROM embeddings.fingerprint_keys;
 
 -- Records the fingerprints of vectors the worker is writing (in its write transaction): rows
 -- `keys` (canonical text) of target `target_id`, made from content whose md5 is `digests`
 -- (NULL: nothing stored, nothing recorded); `shadow`: in the model change's shadow column.
 -- Worker roles only (80_roles.sql). A failure here never fails the write: a vector without its
 -- fingerprint is only verified (and embedded) once more.
+-- Its settings: the keys' JSON as the triggers and embeddings_<id>_verify() write it, whatever
+-- the worker's session's (embeddings.key_settings()).
 CREATE FUNCTION embeddings.record_fingerprints(target_id integer, shadow boolean, keys text[], digests text[])
 RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = postgres SET extra_float_digits = 3
+SET bytea_output = hex AS $$
 DECLARE
     t embeddings.targets;
     s record;
@@ -168,9 +185,17 @@ $$;
 --   embeddings_<id>_clear_failing(keys, k0..)  clears the vectors of these rows whose content
 --       raises now (a re-registration's content function failing for them): no vector rather
 --       than one of an older definition. Returns the keys cleared.
+--   embeddings_<id>_existing(keys, k0..)  the keys whose row exists (pruning fingerprints)
 CREATE FUNCTION embeddings.generate_verify_access(t embeddings.targets, a jsonb) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
+    types text[] := embeddings.key_sql_types(t);
+    nkeys integer := cardinality(t.key_columns);
+    key_order text := (SELECT string_agg(format('t.%I', c), ', ' ORDER BY i)
+                       FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
+    after_sql text := embeddings.key_after_sql(t, 't', ARRAY(
+        SELECT format(CASE WHEN nkeys = 1 THEN '($1 #>> ''{}'')::%2$s' ELSE '($1 ->> %1$s)::%2$s' END, i - 1, types[i])
+        FROM generate_series(1, nkeys) i ORDER BY i));
     -- Where the vectors are: the row itself, or the chunk table or side table (keyed by the
     -- source's key columns, same names).
     apart regclass := coalesce(t.chunk_table, embeddings.side_table_of(t));
@@ -182,16 +207,85 @@ DECLARE
                                        t.source, t.embedding_column)
                            ELSE format('DELETE FROM %s c USING %s t WHERE %s AND t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place',
                                        apart, t.source, embeddings.key_equal_sql(t, 'c', 't')) END;
+    -- Keys whose text depends on session settings (embeddings.key_settings()): rendered with
+    -- them pinned, as the triggers and the worker render them, whoever calls; the content with
+    -- the caller's, as the worker evaluates it (a content function may format dates).
+    pin text := (SELECT string_agg(format('PERFORM pg_catalog.set_config(%L, %L, true);', s.name, s.value), ' ' ORDER BY s.name)
+                 FROM embeddings.key_settings(t) s);
+    save text := (SELECT format('saved := ARRAY[%s];', string_agg(format('pg_catalog.current_setting(%L)', s.name), ', ' ORDER BY s.name))
+                  FROM embeddings.key_settings(t) s);
+    restore text := (SELECT string_agg(format('PERFORM pg_catalog.set_config(%L, saved[%s], true);', s.name, s.i), ' ' ORDER BY s.i)
+                     FROM (SELECT k.name, row_number() OVER (ORDER BY k.name) AS i FROM embeddings.key_settings(t) k) s);
 BEGIN
-    RETURN ARRAY[
-    embeddings.create_access_function(a, '_verify', 'after jsonb, max_rows integer',
-        'TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)',
-        format($b$BEGIN
+    IF pin IS NOT NULL THEN
+        EXECUTE format(
+            $f$CREATE FUNCTION embeddings.%1$I(after jsonb, max_rows integer)
+            RETURNS TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)
+            LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            DECLARE
+                keys jsonb[];
+                vectors boolean[];
+                rels oid[];
+                places tid[];
+                contents text[];
+                saved text[];
+            BEGIN
+                %2$s
+                %9$s %10$s
+                SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.r), pg_catalog.array_agg(s.p)
+                INTO keys, vectors, rels, places
+                FROM (SELECT %3$s AS k, %4$s AS v, t.tableoid AS r, t.ctid AS p
+                      FROM %6$s t WHERE $1 IS NULL OR %7$s ORDER BY %8$s LIMIT $2) s;
+                %11$s
+                BEGIN
+                    SELECT pg_catalog.array_agg(c.c ORDER BY u.i) INTO contents
+                    FROM ROWS FROM (pg_catalog.unnest(rels), pg_catalog.unnest(places)) WITH ORDINALITY AS u(r, p, i)
+                    LEFT JOIN LATERAL (SELECT %5$s AS c FROM %6$s t
+                                       WHERE t.tableoid OPERATOR(pg_catalog.=) u.r AND t.ctid OPERATOR(pg_catalog.=) u.p) c ON true;
+                    RETURN QUERY
+                        SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
+                        FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
+                    RETURN;
+                EXCEPTION WHEN OTHERS THEN
+                    NULL;  -- a content function raised for some row: one row at a time below
+                END;
+                FOR i IN 1 .. coalesce(pg_catalog.cardinality(keys), 0) LOOP
+                    key := keys[i];
+                    has_vector := vectors[i];
+                    failed := false;
+                    BEGIN
+                        SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
+                        FROM (SELECT %5$s AS c FROM %6$s t
+                              WHERE t.tableoid OPERATOR(pg_catalog.=) rels[i] AND t.ctid OPERATOR(pg_catalog.=) places[i]) c;
+                    EXCEPTION WHEN OTHERS THEN
+                        digest := NULL;
+                        blank := false;
+                        failed := true;
+                    END;
+                    RETURN NEXT;
+                END LOOP;
+            END
+            $body$ $f$,
+            (a->>'prefix') || '_verify', (a->>'check_call'), embeddings.key_json_sql(t, 't'), has_vector,
+            (a->>'content'), t.source, after_sql, key_order, save, pin, restore);
+    ELSE
+    EXECUTE format(
+        $f$CREATE FUNCTION embeddings.%1$I(after jsonb, max_rows integer)
+        RETURNS TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        DECLARE
+            r record;
+            keys jsonb[];
+            vectors boolean[];
+            contents text[];
+        BEGIN
+            %2$s
+            BEGIN
                 -- (into arrays first: rows a RETURN QUERY returned stay returned when it raises)
                 SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.c)
                 INTO keys, vectors, contents
-                FROM (SELECT %1$s AS k, %2$s AS v, %3$s AS c
-                      FROM %4$s t WHERE $1 IS NULL OR %5$s ORDER BY %6$s LIMIT $2) s;
+                FROM (SELECT %3$s AS k, %4$s AS v, %5$s AS c
+                      FROM %6$s t WHERE $1 IS NULL OR %7$s ORDER BY %8$s LIMIT $2) s;
                 RETURN QUERY
                     SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
                     FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
@@ -199,14 +293,14 @@ BEGIN
             EXCEPTION WHEN OTHERS THEN
                 NULL;  -- a content function raised for some row: one row at a time below
             END;
-            FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %1$s AS k, %2$s AS v
-                     FROM %4$s t WHERE $1 IS NULL OR %5$s ORDER BY %6$s LIMIT $2 LOOP
+            FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %3$s AS k, %4$s AS v
+                     FROM %6$s t WHERE $1 IS NULL OR %7$s ORDER BY %8$s LIMIT $2 LOOP
                 key := r.k;
                 has_vector := r.v;
                 failed := false;
                 BEGIN
                     SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
-                    FROM (SELECT %3$s AS c FROM %4$s t
+                    FROM (SELECT %5$s AS c FROM %6$s t
                           WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place) c;
                 EXCEPTION WHEN OTHERS THEN
                     digest := NULL;
@@ -214,24 +308,69 @@ BEGIN
                     failed := true;
                 END;
                 RETURN NEXT;
-            END LOOP;$b$,
-            embeddings.key_json_sql(t, 't'), has_vector, a->>'content', t.source, a->>'key_after', a->>'key_order'),
-        stable => true,
-        head => E'DECLARE\n    r record;\n    keys jsonb[];\n    vectors boolean[];\n    contents text[];\n'),
+            END LOOP;
+        END
+        $body$ $f$,
+        (a->>'prefix') || '_verify', (a->>'check_call'), embeddings.key_json_sql(t, 't'), has_vector,
+        (a->>'content'), t.source, after_sql, key_order);
+    END IF;
 
-    embeddings.create_access_function(a, '_clear_failing', format('keys text[]%s', a->>'key_params'), 'SETOF text',
-        format($b$FOR r IN SELECT v.key, t.tableoid AS rel, t.ctid AS place
-                     FROM ROWS FROM (%1$s) AS v(key%2$s) JOIN %3$s t ON %4$s WHERE %5$s LOOP
+    EXECUTE format(
+        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s) RETURNS SETOF text
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        DECLARE
+            r record;
+            ignored text;
+        BEGIN
+            %3$s
+            FOR r IN SELECT v.key, t.tableoid AS rel, t.ctid AS place
+                     FROM ROWS FROM (%4$s) AS v(key%5$s) JOIN %6$s t ON %7$s WHERE %8$s LOOP
                 BEGIN
-                    SELECT %6$s INTO ignored FROM %3$s t
+                    SELECT %9$s INTO ignored FROM %6$s t
                     WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place;
                 EXCEPTION WHEN OTHERS THEN
-                    %7$s;
+                    %10$s;
                     RETURN NEXT r.key;
                 END;
-            END LOOP;$b$,
-            a->>'key_rows', a->>'key_aliases', t.source, a->>'key_match', has_vector, a->>'content', clear_sql),
-        head => E'DECLARE\n    r record;\n    ignored text;\n')];
+            END LOOP;
+        END
+        $body$ $f$,
+        (a->>'prefix') || '_clear_failing', (a->>'key_params'), (a->>'check_call'), (a->>'key_rows'),
+        (a->>'key_aliases'), t.source, (a->>'key_match'), has_vector, (a->>'content'), clear_sql);
+    -- The keys (`keys`: any text naming each; k0..: the key columns' texts) whose row exists.
+    -- A key that is no value of its column's type now (the table watched again with another
+    -- key) names no row: one key at a time then, so that it does not stop the others.
+    EXECUTE format(
+        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s) RETURNS SETOF text
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        DECLARE
+            r record;
+            found text[];
+        BEGIN
+            %3$s
+            BEGIN
+                SELECT pg_catalog.array_agg(v.key) INTO found FROM ROWS FROM (%4$s) AS v(key%5$s)
+                WHERE EXISTS (SELECT FROM %6$s t WHERE %7$s);
+                RETURN QUERY SELECT pg_catalog.unnest(found);
+                RETURN;
+            EXCEPTION WHEN OTHERS THEN
+                NULL;
+            END;
+            FOR r IN SELECT * FROM ROWS FROM (%4$s) AS v(key%5$s) LOOP
+                BEGIN
+                    IF EXISTS (SELECT FROM (SELECT %8$s) v, %6$s t WHERE %7$s) THEN
+                        RETURN NEXT r.key;
+                    END IF;
+                EXCEPTION WHEN OTHERS THEN
+                    NULL;
+                END;
+            END LOOP;
+        END
+        $body$ $f$,
+        (a->>'prefix') || '_existing', (a->>'key_params'), (a->>'check_call'), (a->>'key_rows'),
+        (a->>'key_aliases'), t.source, (a->>'key_match'),
+        (SELECT string_agg(format('r.k%1$s AS k%1$s', i - 1), ', ' ORDER BY i) FROM generate_series(1, nkeys) i));
+    RETURN ARRAY[(a->>'prefix') || '_verify', (a->>'prefix') || '_clear_failing', (a->>'prefix') || '_existing'];
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_verify_access(embeddings.targets, jsonb) FROM PUBLIC;
@@ -294,6 +433,13 @@ BEGIN
             pass_rows = c.pass_rows, pass_queued = c.pass_queued, verified_at = now()
         WHERE target_id = t.id;
     END IF;
+    -- As many fingerprints as rows verified, checked for a row that still exists (65_prune.sql).
+    -- Its failure costs only the pruning: never the verification.
+    BEGIN
+        PERFORM embeddings.prune_fingerprints(t, max_rows);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'embeddings.sweep(verify => true): fingerprints of %.% not pruned: %', t.source, t.embedding_column, SQLERRM;
+    END;
     RETURN enqueued;
 END
 $$;

@@ -139,7 +139,7 @@ def test_a_dropped_content_column(
     assert_cleared(dsn, running, "problem")
 
 
-def test_jobs_deferred_because_the_model_cannot_be_loaded(
+def test_jobs_held_because_the_model_cannot_be_loaded(
     conn: Conn, dsn: str, worker: Callable[[], WorkerProcess]
 ) -> None:
     conn.execute(
@@ -149,7 +149,7 @@ def test_jobs_deferred_because_the_model_cannot_be_loaded(
     make_docs(conn, model="absent-model")
     running = worker()
 
-    assert_stopped(dsn, running, "deferred", "absent-model")
+    assert_stopped(dsn, running, "held", "absent-model")
     # A model it can load: a change, which the worker completes (the old model never loads).
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
     wait_for(
@@ -160,7 +160,7 @@ def test_jobs_deferred_because_the_model_cannot_be_loaded(
         timeout=120,
         what="the change to the loadable model",
     )
-    assert_cleared(dsn, running, "deferred")
+    assert_cleared(dsn, running, "held")
 
 
 def test_a_swap_waiting_behind_a_long_transaction(

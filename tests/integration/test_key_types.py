@@ -603,6 +603,26 @@ class Harness:
         app.execute(f"UPDATE {table} SET body = body || ' (edited)'")
         self.run()
         self.assert_all_embedded(table, columns, case, suffix=" (edited)")
+        self.assert_verified_elsewhere(table, case)
+
+    def assert_verified_elsewhere(self, table: str, case: Case) -> None:
+        """A verifying pass from a session with other settings than the application's and the
+        worker's finds every vector current: each key has one text, whoever writes it (the
+        triggers, the worker's fingerprints, the sweep), and no fingerprint is pruned."""
+        other = APP_SETTINGS[(case.app + 1) % len(APP_SETTINGS)] or APP_SETTINGS[1]
+        target = self.conn.execute(
+            "SELECT id FROM embeddings.targets WHERE source = %s::regclass", (table,)
+        ).fetchone()
+        assert target is not None
+        with self.app(other) as sweeper:
+            queued = sweeper.execute(
+                "SELECT embeddings.sweep(max_rows => 1000, verify => true)"
+            ).fetchone()
+        assert queued == (0,), self.conn.execute(
+            "SELECT message FROM pgmq.q_embedding_jobs_backfill"
+        ).fetchall()
+        fingerprints = self.count(f"embeddings.fingerprints WHERE target_id = {target[0]}")
+        assert fingerprints == self.count(table)
 
     def count(self, relation: str) -> int:
         row = self.conn.execute(f"SELECT count(*) FROM {relation}").fetchone()

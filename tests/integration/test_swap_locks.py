@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from tests.integration.test_model_change import in_change, make_table, models, target_model
+from worker.cli import status
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -179,3 +180,34 @@ def test_a_change_started_while_the_old_model_s_jobs_are_held_swaps_only_with_ev
     run_once(model=models[0])
     assert target_model(conn) == models[1]
     assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
+
+
+def test_a_swap_waiting_for_its_lock_shows_in_status_from_its_first_attempt(
+    conn: Conn,
+    models: tuple[str, str, str],
+    run_once: Callable[..., Worker],
+    long_reader: Conn,
+) -> None:
+    """Since when and after how many attempts, as soon as it waits; the alarm (the stopped state
+    swap_waiting: doctor, /readyz, the metric) only after embeddings.swap_wait_alarm."""
+    make_table(conn, 5, model=models[0])
+    run_once(model=models[0])
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (models[1],))
+    long_reader.execute(READ)
+    run_once(model=models[0])  # every new vector written; the swap finds the table held
+    assert in_change(conn)
+
+    (row,) = status.fetch(conn)
+    assert row["swap_attempts"] >= 1 and row["swap_waiting_since"] is not None
+    assert f"pid {long_reader.info.backend_pid}" in row["swap_holders"]
+    assert row["stopped"] is None  # no alarm before swap_wait_alarm (1 minute)
+    text = "\n".join(status.render([row]))
+    assert f"the swap to {models[1]} waits for its table lock since" in text
+    assert f"{row['swap_attempts']} attempt(s) so far" in text
+    assert f"pid {long_reader.info.backend_pid}" in text
+
+    conn.execute("SET embeddings.swap_wait_alarm = '0'")
+    (row,) = status.fetch(conn)
+    assert [s["state"] for s in row["stopped"]] == ["swap_waiting"]
+    text = "\n".join(status.render([row]))
+    assert "stopped (swap_waiting)" in text and "waits for its table lock since" not in text

@@ -257,6 +257,9 @@ def test_a_model_change_leaves_every_vector_verified(
     row = conn.execute("SELECT model FROM embeddings.targets").fetchone()
     assert row == (second,)
     assert verify(conn) == 0
+    # The replaced column's fingerprints went with it: pruned by that pass.
+    fingerprints = "SELECT count(*), count(DISTINCT slot) FROM embeddings.fingerprints"
+    assert conn.execute(fingerprints).fetchone() == (6, 1)
     conn.execute("UPDATE docs SET body = 'edited' WHERE id = 3")  # seen by the triggers
     clear_queue(conn)  # and its job lost: the vector was cleared, the sweep queues it
     assert verify(conn) == 1

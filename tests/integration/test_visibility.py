@@ -3,6 +3,10 @@ the Supabase guide's triggers never doubled, dead letters resolved once their ro
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -149,3 +153,53 @@ def test_a_target_without_its_embedding_column_is_deferred_and_shown(
     reasons = dict(conn.execute("SELECT target, deferred_reason FROM embeddings.status").fetchall())
     assert "embedding column is missing" in reasons["public.docs.embedding"]
     assert reasons["public.notes.embedding"] is None
+
+
+def test_jobs_held_for_a_model_that_cannot_load_show_as_held_with_the_reason(
+    conn: Conn, dsn: str, run_once: Callable[..., Worker]
+) -> None:
+    """Not as `deferred`, the word of a retry's backoff: operators must tell "waiting on a model
+    that cannot load" from "failed, retried later" (status, --json, doctor alike)."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 384, 512, 'mean')"
+    )
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'hello'), (2, 'world')")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    run_once()
+
+    env = {**os.environ, "DATABASE_URL": dsn}
+    found = subprocess.run(
+        [sys.executable, "-m", "worker", "status", "--json"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    )
+    (row,) = json.loads(found.stdout)
+    assert row["held_jobs"] == row["pending_jobs"] == 2
+    assert "model 'absent-model'" in row["deferred_reason"]
+    assert [s["state"] for s in row["stopped"]] == ["held"]
+    assert "jobs are held, put back without an attempt (not failed)" in row["stopped"][0]["reason"]
+    assert "model 'absent-model'" in row["stopped"][0]["reason"]
+
+    text = subprocess.run(
+        [sys.executable, "-m", "worker", "status"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+        check=True,
+    ).stdout
+    assert "held (see below)" in text and "stopped (held)" in text
+    assert "deferred" not in text
+    doctor = subprocess.run(
+        [sys.executable, "-m", "worker", "doctor"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    ).stdout
+    assert "stopped (held): its jobs are held" in doctor

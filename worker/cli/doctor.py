@@ -296,13 +296,13 @@ def _queue(rows: list[dict[str, object]], dsn: str) -> list[Finding]:
                     stop["fix"],
                 )
             )
-        if r["deferred_reason"] and not any(s["state"] == "deferred" for s in stops):
+        if r["deferred_reason"] and not any(s["state"] == "held" for s in stops):
             out.append(
                 Finding(
                     "FAIL",
                     f"queue {name}",
-                    f"{pending} job(s) deferred: {r['deferred_reason']}",
-                    "fix the cause above; the worker retries deferred jobs every minute",
+                    f"{pending} job(s) held (not attempted, not failed): {r['deferred_reason']}",
+                    "fix the cause above; the worker tries the held jobs again every minute",
                 )
             )
         elif pending and isinstance(oldest, float) and oldest > BACKLOG_SECONDS:

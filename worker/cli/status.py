@@ -46,6 +46,12 @@ COLUMNS = (
     "change_rows_per_second",
     "change_eta_seconds",
     "stopped",  # what stops it: [{state, reason, fix, since}] (sql/52_stopped.sql); NULL: nothing
+    # jobs the worker holds, put back without an attempt (deferred_reason says why); rows that
+    # failed and wait for their retry are `retrying_rows` instead
+    "held_jobs",
+    "swap_waiting_since",  # a model change's swap waiting for its table lock, from the first
+    "swap_attempts",  # attempt (the stopped state swap_waiting comes after swap_wait_alarm)
+    "swap_holders",
 )
 VIEWS = {False: "status", True: "status_exact"}
 ESTIMATE_NOTE = (
@@ -228,7 +234,7 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
         if r.get("stopped"):
             progress = "stopped"  # never "done" while something stops it (see its notes)
         if r["deferred_reason"]:
-            eta = "waiting (deferred)"
+            eta = "held (see below)"  # not a retry: the worker cannot serve the table now
         elif pending and r.get("retrying_rows", 0) >= pending:
             eta = "retrying"  # only rows that failed: no rate says when, or whether, they pass
         elif pending:
@@ -321,11 +327,21 @@ def notes(r: dict[str, Any]) -> list[str]:
             f" ({r['retry_attempts']} attempt(s) so far; after EMBED_MAX_ATTEMPTS a row goes to"
             f" `embed-worker failures`): {' | '.join(str(r['retry_error']).splitlines())}"
         )
-    if r["deferred_reason"] and not any(s["state"] == "deferred" for s in stops):
+    if r["deferred_reason"] and not any(s["state"] == "held" for s in stops):
         since = _since(r["deferred_since"])
         lines.append("")
-        lines.append(f"{r['target']}: {r['pending_jobs']:,} job(s) wait since {since}:")
+        lines.append(
+            f"{r['target']}: {r.get('held_jobs') or r['pending_jobs']:,} job(s) held since {since}"
+            " (put back without an attempt, not failed):"
+        )
         lines.append(f"  {r['deferred_reason']}")
+    if r.get("swap_waiting_since") and not any(s["state"] == "swap_waiting" for s in stops):
+        lines.append("")
+        lines.append(
+            f"{r['target']}: the swap to {r['change_model']} waits for its table lock since"
+            f" {_since(r['swap_waiting_since'])} ({r['swap_attempts']:,} attempt(s) so far; it"
+            f" retries by itself): held by {r['swap_holders'] or 'no session named'}"
+        )
     if r["backfill_rows"] is not None:
         lines.append("")
         lines.append(

@@ -185,3 +185,8 @@ ALTER TABLE IF EXISTS embeddings.model_changes
 ALTER TABLE embeddings.worker_roles ADD COLUMN IF NOT EXISTS role_id oid;
 UPDATE embeddings.worker_roles w SET role_id = r.oid
 FROM pg_roles r WHERE w.role_id IS NULL AND r.rolname = w.role_name;
+-- embeddings.verify_cursors (new in 0.2.0; present at some unreleased revisions): where the
+-- verifying passes' pruning of deleted rows' fingerprints is (sql/64_verify.sql).
+ALTER TABLE IF EXISTS embeddings.verify_cursors
+    ADD COLUMN IF NOT EXISTS prune_slot smallint,
+    ADD COLUMN IF NOT EXISTS prune_after jsonb;
