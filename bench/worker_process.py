@@ -42,6 +42,15 @@ def worker_env(dsn: str, model: str, model_path: Path, **settings: str | int) ->
 
 
 def start(env: dict[str, str], *args: str, log: Path | None = None) -> subprocess.Popen[bytes]:
+    """Starts `embed-worker run`. With BENCH_WORKER_LOG set to a directory, every worker a bench
+    starts without a log of its own logs there at INFO (worker-<n>.log): its batch lines say
+    where the time went."""
+    logs = os.environ.get("BENCH_WORKER_LOG")
+    if log is None and logs:
+        directory = Path(logs)
+        directory.mkdir(parents=True, exist_ok=True)
+        log = directory / f"worker-{len(list(directory.glob('worker-*.log'))) + 1}.log"
+        env = {**env, "EMBED_LOG_LEVEL": "INFO"}
     out = log.open("wb") if log else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "worker", "run", *args],
