@@ -174,6 +174,22 @@ def test_released_revisions_are_frozen(revision: str) -> None:
     )
 
 
+def test_sql_changes_after_a_release_go_into_a_new_revision() -> None:
+    """Once the newest revision is released, it reinstalls its frozen copy, never sql/: an
+    edit of sql/ would reach no database. The next release's revision (0003 for 0.3.0) comes
+    with the first change (docs/development.md, "Schema changes")."""
+    newest = sorted(p.stem for p in schema.versions_dir().glob("[0-9][0-9][0-9][0-9]_*.py"))[-1]
+    if newest[:4] not in schema.RELEASED_REVISIONS:
+        return  # an open release revision reinstalls sql/ itself
+    frozen = {p.name: p.read_bytes() for p in schema.release_schema_files(newest)}
+    current = {p.name: p.read_bytes() for p in schema.install_files()}
+    changed = sorted(n for n in frozen.keys() | current.keys() if frozen.get(n) != current.get(n))
+    assert changed == [], (
+        f"sql/ changed after release revision {newest[:4]} froze: start the next release's "
+        f"revision for {changed}"
+    )
+
+
 def test_0001_applies_its_own_copy_of_the_0_1_0_files() -> None:
     frozen = schema.revision_files("0001_initial")
     assert [p.name for p in frozen][:2] == ["00_extensions.sql", "10_schema.sql"]
@@ -181,13 +197,18 @@ def test_0001_applies_its_own_copy_of_the_0_1_0_files() -> None:
 
 
 def test_a_release_revision_reinstalls_sql_until_it_is_frozen(tmp_path: Path) -> None:
-    """Unreleased, 0002 reinstalls sql/; `make freeze-release` copies sql/ into its folder,
-    which it reinstalls from then on, and gives the digest to pin."""
+    """Unreleased, a release revision reinstalls sql/; `make freeze-release` copies sql/ into
+    its folder, which it reinstalls from then on, and gives the digest to pin. (0002 is
+    released: its copy here without its frozen folder is the unreleased revision it was.)"""
     name = schema.revision_name("0002")
-    assert schema.release_schema_files(name) == schema.install_files()
+    released = schema.release_schema_files(name)
+    assert released == sorted((schema.versions_dir() / name / "schema").glob("[0-9][0-9]_*.sql"))
     versions = tmp_path / "versions"
-    shutil.copytree(schema.versions_dir() / name, versions / name)
+    shutil.copytree(
+        schema.versions_dir() / name, versions / name, ignore=shutil.ignore_patterns("schema")
+    )
     shutil.copy2(schema.versions_dir() / f"{name}.py", versions)
+    assert schema.release_schema_files(name, versions) == schema.install_files()
 
     folder, digest = schema.freeze_release("0002", versions=versions)
 

@@ -1,0 +1,132 @@
+-- The `embeddings` schema: which models exist, which tables are watched, what failed.
+
+CREATE SCHEMA IF NOT EXISTS embeddings;
+COMMENT ON SCHEMA embeddings IS 'embed-worker: watched tables, models, queues, dead letters';
+
+-- Roles that write to watched tables run our statement triggers, which read the target
+-- registry; the registry holds table and column names only.
+GRANT USAGE ON SCHEMA embeddings TO PUBLIC;
+
+-- Models the worker can run. Dimensions decide the embedding column's type at watch() time;
+-- the worker checks them against the model it loads. Add your own with an INSERT.
+CREATE TABLE IF NOT EXISTS embeddings.models (
+    name        text PRIMARY KEY,
+    dimensions  integer NOT NULL CHECK (dimensions BETWEEN 1 AND 4000),
+    max_tokens  integer NOT NULL CHECK (max_tokens > 0),
+    pooling     text NOT NULL CHECK (pooling IN ('mean', 'cls')),
+    is_default  boolean NOT NULL DEFAULT false,
+    source      text,
+    description text,
+    -- Where the vectors come from (sql/46_providers.sql): 'local' runs the ONNX files on the
+    -- worker's CPU; 'openai' calls an OpenAI-compatible /embeddings endpoint (OpenAI, Azure,
+    -- text-embeddings-inference, vLLM, infinity, Ollama), 'huggingface' the Hugging Face
+    -- Inference API's feature extraction. Remote models name their endpoint and the provider's
+    -- model; the rest are request limits, a price for estimates, and the *name* of the API key
+    -- (the key itself lives in the worker's environment or a file, never here).
+    provider        text NOT NULL DEFAULT 'local' CHECK (provider IN ('local', 'openai', 'huggingface')),
+    endpoint        text,
+    remote_model    text,
+    send_dimensions boolean NOT NULL DEFAULT false,
+    max_inputs      integer CHECK (max_inputs > 0),
+    max_request_tokens integer CHECK (max_request_tokens > 0),
+    max_in_flight   integer CHECK (max_in_flight > 0),
+    timeout_seconds double precision CHECK (timeout_seconds > 0),
+    price_per_million_tokens numeric CHECK (price_per_million_tokens >= 0),
+    credential      text CHECK (credential ~ '^[A-Za-z0-9_.-]{1,64}$'),
+    tokenizer       text,
+    CONSTRAINT models_remote_check CHECK (provider = 'local' OR (endpoint IS NOT NULL AND remote_model IS NOT NULL))
+);
+-- At most one default model.
+CREATE UNIQUE INDEX IF NOT EXISTS models_one_default ON embeddings.models (is_default) WHERE is_default;
+
+INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling, is_default, source, description) VALUES
+    ('gte-small', 384, 512, 'mean', true, 'Supabase/gte-small',
+     'General Text Embeddings, small; what Supabase''s automatic embeddings use'),
+    ('all-MiniLM-L6-v2', 384, 256, 'mean', false, 'sentence-transformers/all-MiniLM-L6-v2',
+     'Sentence-transformers MiniLM, 6 layers'),
+    ('bge-small-en-v1.5', 384, 512, 'cls', false, 'BAAI/bge-small-en-v1.5',
+     'BAAI general embedding, small, English')
+ON CONFLICT DO NOTHING;
+
+-- pgmq queues the triggers write to. `created_here` records whether our migration created the
+-- queue, so that uninstalling never drops a queue that existed before us (the Supabase guide
+-- creates `embedding_jobs` itself).
+CREATE TABLE IF NOT EXISTS embeddings.queues (
+    name         text PRIMARY KEY,
+    created_here boolean NOT NULL,
+    live_queue   text  -- set on a backfill lane: the live queue it serves (embeddings.backfill_queue())
+);
+
+-- Watched tables: one row per (table, embedding column).
+CREATE TABLE IF NOT EXISTS embeddings.targets (
+    id               integer GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    source           regclass NOT NULL,
+    embedding_column name NOT NULL,
+    content_column   name,
+    content_function regprocedure,
+    model            text NOT NULL REFERENCES embeddings.models (name),
+    queue            text NOT NULL REFERENCES embeddings.queues (name),
+    has_triggers     boolean NOT NULL,
+    clear_on_update  boolean NOT NULL,
+    created_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- Bumped by watch() whenever the registration changes: a worker's write is rejected when
+    -- the version it read the batch under is no longer current (embeddings.lock_target_version).
+    version          integer NOT NULL DEFAULT 1,
+    -- The row key: the primary key's columns, or a unique not-null key named at watch().
+    -- Jobs carry a scalar per row for a one-column key, a JSON array in this order otherwise.
+    key_columns      name[] NOT NULL CHECK (cardinality(key_columns) >= 1),
+    key_types        regtype[] NOT NULL
+                     CONSTRAINT targets_key_types_check CHECK (cardinality(key_types) = cardinality(key_columns)),
+    -- Attribute numbers of the columns above in `source`: the names follow renames (the
+    -- ddl_command_end event trigger re-reads them and regenerates the trigger functions).
+    key_attnums      smallint[] NOT NULL,
+    content_attnum   smallint,
+    -- NULL for a chunked target: its embedding column is in its chunk table, not in `source`.
+    embedding_attnum smallint,
+    -- Triggers fire for rows applied by logical replication too (ENABLE ALWAYS TRIGGER).
+    replica          boolean NOT NULL DEFAULT false,
+    -- Why the target is not being served (its content column was dropped, say); NULL when fine.
+    -- Set by the schema-change event trigger; the worker defers its jobs and status shows it.
+    problem          text,
+    -- Chunked targets (sql/55_chunks.sql): the chunk table and the splitter's settings.
+    chunk_table      regclass,
+    chunk_tokens     integer,
+    chunk_overlap    integer,
+    -- Targets whose vectors live in a side table (sql/56_side.sql): that table, keyed like the
+    -- source; the embedding column is there, not in `source` (embedding_attnum is NULL).
+    side_table       regclass CONSTRAINT targets_side_table_check CHECK (side_table IS NULL OR chunk_table IS NULL),
+    -- Full-text search for hybrid search (sql/59_hybrid.sql): the text search configuration
+    -- and the tsvector column (in `source`, or `fts` in the chunk table); NULL: none.
+    fts_config       regconfig,
+    fts_column       name,
+    UNIQUE (source, embedding_column),
+    CHECK ((content_column IS NULL) <> (content_function IS NULL))
+);
+GRANT SELECT ON embeddings.targets TO PUBLIC;
+COMMENT ON TABLE embeddings.targets IS 'Tables whose rows embed-worker keeps embedded; managed by embeddings.watch()/unwatch()';
+
+-- Dead letters: one row per row key that exhausted its attempts, or per message that named no
+-- registered target. `message` is a one-row job that embeddings.retry_failures() re-sends as is.
+CREATE TABLE IF NOT EXISTS embeddings.failures (
+    id         bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    target_id  integer REFERENCES embeddings.targets (id) ON DELETE CASCADE,
+    target     text NOT NULL,
+    row_key    jsonb,
+    queue      text NOT NULL,
+    message    jsonb NOT NULL,
+    attempts   integer NOT NULL,
+    last_error text NOT NULL,
+    failed_at  timestamptz NOT NULL DEFAULT now()
+);
+CREATE INDEX IF NOT EXISTS failures_target_id ON embeddings.failures (target_id);
+COMMENT ON TABLE embeddings.failures IS 'Dead-lettered embedding jobs; re-queue with embeddings.retry_failures() or `embed-worker failures --retry`';
+
+-- Rows embedded per target and minute, written by the worker with each batch; feeds the
+-- recent rate in embeddings.status. Old minutes are pruned by the worker.
+CREATE TABLE IF NOT EXISTS embeddings.throughput (
+    target_id integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
+    minute    timestamptz NOT NULL,
+    rows      bigint NOT NULL,
+    PRIMARY KEY (target_id, minute)
+);

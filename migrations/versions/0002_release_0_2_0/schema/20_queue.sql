@@ -1,0 +1,210 @@
+-- Queueing: how jobs get into pgmq and how workers hear about them.
+--
+-- A job message carries up to keys_per_message() row keys of one target, in one of two shapes:
+--   {"target": <targets.id>, "columns": [<column>, ...]}  what the triggers send: one entry per
+--       key column in key-column order, all of one length, the i-th key made of each column's
+--       i-th value. An integer column is its Postgres array text ("{1,2,3}"); any other a JSON
+--       array of its values as to_jsonb() writes them.
+--   {"target": <targets.id>, "keys": [<row key>, ...]}  a row key is the key column's JSON value,
+--       or for a composite key a JSON array of them in key-column order (watch()'s backfill,
+--       sweep(), retries; and every job queued before the column shape existed).
+-- One message per row would cost a bulk INSERT ~2.5x its own time, one per 128 keys ~1.3x
+-- (measured on bulk INSERTs of 100k rows). Messages that the worker re-sends after a partial
+-- failure also carry "attempts" (attempts already spent on those keys). Messages in the
+-- Supabase guide's shape ({"id", "schema", "table", "contentFunction", "embeddingColumn"})
+-- share the queue.
+
+CREATE FUNCTION embeddings.keys_per_message() RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN 128;
+
+-- How many row keys a job message carries (a message of another shape: 1).
+CREATE FUNCTION embeddings.message_key_count(message jsonb) RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE
+    WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
+    WHEN jsonb_typeof(message -> 'columns' -> 0) = 'array' THEN jsonb_array_length(message -> 'columns' -> 0)
+    WHEN jsonb_typeof(message -> 'columns' -> 0) = 'string' THEN  -- '{1,2,3}': commas + 1
+        length(message -> 'columns' ->> 0) - length(replace(message -> 'columns' ->> 0, ',', '')) + 1
+    ELSE 1
+END;
+
+-- The row keys of a job message of either of our shapes, each as the "keys" shape writes it (a
+-- JSON scalar, or a JSON array for a composite key), in message order.
+CREATE FUNCTION embeddings.message_keys(message jsonb) RETURNS SETOF jsonb
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT k.value FROM jsonb_array_elements(
+        CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN message -> 'keys' END) AS k
+    UNION ALL
+    (SELECT CASE WHEN jsonb_array_length(message -> 'columns') = 1 THEN v.key -> 0 ELSE v.key END
+     FROM (SELECT e.n, jsonb_agg(e.value ORDER BY c.i) AS key
+           FROM jsonb_array_elements(
+                    CASE WHEN jsonb_typeof(message -> 'columns') = 'array' THEN message -> 'columns' END)
+                    WITH ORDINALITY AS c(col, i),
+                LATERAL (SELECT a.value, a.n FROM jsonb_array_elements(
+                             CASE WHEN jsonb_typeof(c.col) = 'array' THEN c.col END) WITH ORDINALITY AS a(value, n)
+                         UNION ALL
+                         SELECT b.value::jsonb, b.n FROM unnest(string_to_array(btrim(
+                             CASE WHEN jsonb_typeof(c.col) = 'string' THEN c.col #>> '{}' END, '{}'), ','))
+                             WITH ORDINALITY AS b(value, n)) AS e
+           GROUP BY e.n) AS v
+     ORDER BY v.n)
+$$;
+
+-- How workers hear about jobs: they look. Nothing of ours runs in the application's
+-- transaction except the INSERT of its keys: no NOTIFY (Postgres refuses PREPARE TRANSACTION
+-- after one, so XA/JTA applications could not write a watched table) and no read of state that
+-- other sessions set (a registry of waiting workers let any login, or a worker that exited,
+-- make every write NOTIFY).
+--
+-- A worker with nothing in flight calls wait_for_jobs(), which returns as soon as the queue may
+-- have work for it: keys in the inbox for one of the queue's targets, or a job of the live queue
+-- or (`backfill`) of its backfill lane that is visible, including one whose visibility timeout
+-- runs out while it waits (a retry, a deferral, the lease of a worker that died). It looks every
+-- `poll_ms` ms, but runs its queries only when some transaction has ended since its last look
+-- (the current snapshot changed: a commit or rollback anywhere, COMMIT PREPARED included) or
+-- that timeout has come: on a quiet database a look costs a snapshot, and the wake-up from the
+-- sleep is most of the cost. With timeout_ms = 0 it looks once. A call holds its snapshot's xmin
+-- (as any statement does): callers keep calls short (the worker: at most a second) and call
+-- again. Runs with its caller's rights: the worker's role may read its queues and the inbox.
+CREATE FUNCTION embeddings.wait_for_jobs(queue_name text, timeout_ms integer, backfill boolean DEFAULT true,
+                                         poll_ms integer DEFAULT 2)
+RETURNS boolean
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    deadline timestamptz := clock_timestamp() + make_interval(secs => greatest(timeout_ms, 0) / 1000.0);
+    -- The earliest visibility timeout of either lane: visible now when it has passed.
+    next_job_query text := format(
+        'SELECT least((SELECT min(q.vt) FROM pgmq.%I q), %s)',
+        pgmq.format_table_name(queue_name, 'q'),
+        CASE WHEN backfill THEN format('(SELECT min(b.vt) FROM pgmq.%I b)',
+                                       pgmq.format_table_name(embeddings.backfill_queue(queue_name), 'q'))
+             ELSE 'NULL' END);
+    next_job timestamptz;
+    looked_at text;
+    snapshot text;
+BEGIN
+    LOOP
+        snapshot := pg_current_snapshot()::text;
+        IF snapshot IS DISTINCT FROM looked_at OR clock_timestamp() >= next_job THEN
+            looked_at := snapshot;
+            IF EXISTS (SELECT FROM embeddings.inbox i JOIN embeddings.targets t ON t.id = i.target
+                       WHERE t.queue = queue_name) THEN
+                RETURN true;
+            END IF;
+            EXECUTE next_job_query INTO next_job;
+            IF next_job <= clock_timestamp() THEN
+                RETURN true;
+            END IF;
+        END IF;
+        EXIT WHEN clock_timestamp() >= deadline;
+        PERFORM pg_sleep(least(greatest(poll_ms, 1) / 1000.0,
+                               extract(epoch FROM deadline - clock_timestamp())));
+    END LOOP;
+    RETURN false;
+END
+$$;
+
+-- Creates the pgmq queue unless it exists; for a live queue, its backfill lane too
+-- (embeddings.backfill_queue()), granted to the worker roles.
+CREATE FUNCTION embeddings.ensure_queue(queue_name text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    lane text;
+BEGIN
+    PERFORM embeddings.create_queue(queue_name, NULL);
+    -- lanes: BEGIN (every live queue has a backfill queue beside it)
+    IF (SELECT q.live_queue FROM embeddings.queues q WHERE q.name = queue_name) IS NULL THEN
+        lane := embeddings.backfill_queue(queue_name);
+        -- Not while the schema is being installed (80_roles.sql grants every queue then).
+        IF embeddings.create_queue(lane, queue_name)
+           AND to_regprocedure('embeddings.grant_worker_queue(name, text)') IS NOT NULL THEN
+            PERFORM embeddings.grant_worker_queue(r.role_name, lane) FROM embeddings.worker_role_names() AS r(role_name);
+        END IF;
+    END IF;
+    -- lanes: END
+END
+$$;
+
+-- Registers pgmq queue `queue_name` (created unless it exists); `live_queue` names the live
+-- queue a backfill lane serves. Returns false when it was registered already; a registered
+-- queue gets back a missing pgmq queue.
+CREATE FUNCTION embeddings.create_queue(queue_name text, live_queue text) RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    created boolean := false;
+    registered embeddings.queues;
+BEGIN
+    SELECT * INTO registered FROM embeddings.queues q WHERE q.name = queue_name;
+    IF NOT EXISTS (SELECT FROM pgmq.meta m WHERE m.queue_name = create_queue.queue_name) THEN
+        PERFORM pgmq.create(queue_name);
+        created := true;
+    END IF;
+    IF registered.name IS NOT NULL THEN
+        RETURN false;
+    END IF;
+    INSERT INTO embeddings.queues (name, created_here, live_queue) VALUES (queue_name, created, live_queue);
+    RETURN true;
+END
+$$;
+
+-- lanes: BEGIN
+-- The backfill lane of live queue `queue_name`: `<queue>_backfill` (shortened with a hash where
+-- that would pass pgmq's 47 characters). The application's writes (the triggers) go to the live
+-- queue; watch()'s initial enqueue, model changes, sweep() and `failures --retry` go here.
+-- Workers read the live queue first, so a row the application writes never waits behind a
+-- backfill (worker/lanes.py).
+CREATE FUNCTION embeddings.backfill_queue(queue_name text) RETURNS text
+LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+    SELECT CASE WHEN length(queue_name) <= 38 THEN queue_name || '_backfill'
+                ELSE left(queue_name, 28) || '_' || left(md5(queue_name), 8) || '_backfill' END
+$$;
+-- lanes: END
+
+-- Sends `keys` (row keys of one target: scalars, or JSON arrays for composite keys) as job
+-- messages of up to keys_per_message() keys each, to the target's lane `lane`: 'live', or
+-- 'backfill' (watch()'s initial enqueue, sweep()), or 'change' (a model change's jobs: backfill
+-- lane, marked "shadow": only the new model's vector is missing). The triggers insert into the
+-- live queue themselves. SECURITY DEFINER so that its callers need no rights on pgmq, and so
+-- executable by no one but its owner unless granted: any role that could call it could flood
+-- any target's queue.
+CREATE FUNCTION embeddings.enqueue_keys(target_id integer, keys anyarray, delay integer DEFAULT 0,
+                                        lane text DEFAULT 'live')
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    queue_name text;
+    total integer := coalesce(cardinality(keys), 0);
+    per_message integer := embeddings.keys_per_message();
+    extra jsonb := CASE WHEN lane = 'change' THEN '{"shadow": true}'::jsonb ELSE '{}'::jsonb END;
+    all_keys jsonb;
+BEGIN
+    IF total = 0 THEN
+        RETURN 0;
+    END IF;
+    IF lane IS NULL OR lane NOT IN ('live', 'backfill', 'change') THEN
+        RAISE EXCEPTION 'embeddings: unknown lane "%"', lane USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT t.queue INTO queue_name FROM embeddings.targets t WHERE t.id = target_id;
+    IF queue_name IS NULL THEN
+        RAISE EXCEPTION 'embeddings: no target with id %', target_id;
+    END IF;
+    IF lane <> 'live' THEN
+        queue_name := embeddings.backfill_queue(queue_name);
+    END IF;
+    -- Slicing an array is several times cheaper than grouping rows into chunks; a jsonb array,
+    -- since slicing a Postgres array of variable-width keys (text, composite keys' jsonb) walks
+    -- it from its start each time: O(n^2) for n keys (30_triggers.sql).
+    all_keys := to_jsonb(keys);
+    PERFORM pgmq.send_batch(
+        queue_name,
+        ARRAY(SELECT jsonb_build_object('target', target_id, 'keys', jsonb_path_query_array(
+                         all_keys, '$[$a to $b]', jsonb_build_object('a', i - 1, 'b', i + per_message - 2))) || extra
+              FROM generate_series(1, total, per_message) AS i),
+        delay);
+    RETURN (total + per_message - 1) / per_message;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.enqueue_keys(integer, anyarray, integer, text) FROM PUBLIC;
+
+SELECT embeddings.ensure_queue('embedding_jobs');

@@ -1,0 +1,102 @@
+-- The live lane's inbox: where the triggers put the keys an application's statement needs
+-- embedded, one row per statement (per 4,096 keys), and whence the worker moves them into the
+-- live pgmq queue.
+--
+-- Why not straight into pgmq: most applications write one row per statement, and for those the
+-- queue row was most of what watching cost. A pgmq queue table has an identity column, two
+-- indexes and seven columns; this table has none of the first two and four columns, and the
+-- statement's keys go in as its key columns' arrays. Measured with 8 pgbench clients of
+-- single-row INSERTs (2-core AMD EPYC, 2026-11-22, before and after in one run): the triggers
+-- writing job messages ran at 0.61x the unwatched table's TPS, writing here at 0.69x
+-- (docs/performance.md). A bulk statement writes one row per 4,096 keys.
+--
+-- Moving (embeddings.move_inbox) deletes inbox rows and inserts their keys as job messages of
+-- up to keys_per_message() keys, one transaction, so a key is in exactly one of the two places
+-- at any moment; SKIP LOCKED keeps concurrent movers apart. Keys of single-row statements are
+-- coalesced into shared messages, and a key written twice before a move is queued once. The
+-- worker moves before each read of its live queue; sweep() and dispatch() move too, so the
+-- inbox empties with no worker running (push mode) or after an old worker. Everything that
+-- counts or looks for queued keys (status, pending_keys, the worker's gauges) reads both.
+
+-- Rows: `columns` is the column shape of 20_queue.sql (one entry per key column, all of one
+-- length, at most inbox_keys_per_row() keys), `keys` that length, `enqueued_at` the writing
+-- transaction's start, carried into the job message. No index and no foreign key: each would
+-- be paid by every watched statement; a target's rows go with it (forget_target), and moving
+-- joins the registry.
+CREATE TABLE IF NOT EXISTS embeddings.inbox (
+    target      integer NOT NULL,
+    keys        integer NOT NULL,
+    columns     jsonb NOT NULL,
+    enqueued_at timestamptz NOT NULL DEFAULT now()
+);
+
+-- A statement's keys go into rows of up to this many: a 10-million-row INSERT writes 2,442 rows
+-- rather than one jsonb of ~80 MB that every move and count would read whole.
+CREATE FUNCTION embeddings.inbox_keys_per_row() RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN 4096;
+
+-- Moves inbox rows of the targets on live queue `queue_name` into it, up to `max_rows` rows and
+-- about `max_keys` keys (whole rows: at least one); returns the number of messages sent. Cheap
+-- when the inbox is empty (the worker calls it before every read), and a move takes what
+-- accumulated since the last, so the inbox stays short and the queue keeps the order.
+-- SECURITY DEFINER: worker roles need no rights on the queue's insert.
+CREATE FUNCTION embeddings.move_inbox(queue_name text, max_rows integer DEFAULT 10000,
+                                      max_keys integer DEFAULT 100000) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    sent integer;
+BEGIN
+    IF NOT EXISTS (SELECT FROM embeddings.inbox) THEN
+        RETURN 0;
+    END IF;
+    EXECUTE format($q$
+        WITH candidates AS (
+            SELECT b.ctid AS place, b.keys FROM embeddings.inbox b
+            JOIN embeddings.targets t ON t.id = b.target
+            WHERE t.queue = $1
+            LIMIT $2 FOR UPDATE OF b SKIP LOCKED),
+        taken AS (
+            DELETE FROM embeddings.inbox i
+            WHERE i.ctid = ANY (ARRAY(
+                SELECT c.place FROM (SELECT place, sum(keys) OVER (ORDER BY place) - keys AS before
+                                     FROM candidates) c
+                WHERE c.before < $4))
+            RETURNING i.target, i.columns, i.enqueued_at, i.ctid AS place),
+        keyed AS (  -- each key once, at its first place in write order
+            SELECT k.target, k.key, min(k.enqueued_at) AS enqueued_at, min(k.pos) AS pos
+            FROM (SELECT t.target, t.enqueued_at, m.key,
+                         row_number() OVER (ORDER BY t.enqueued_at, t.place, m.n) AS pos
+                  FROM taken t,
+                       LATERAL embeddings.message_keys(jsonb_build_object('columns', t.columns))
+                           WITH ORDINALITY AS m(key, n)) k
+            GROUP BY k.target, k.key),
+        parts AS (
+            SELECT target, key, enqueued_at, pos,
+                   (row_number() OVER (PARTITION BY target ORDER BY pos) - 1) / $3 AS part
+            FROM keyed)
+        INSERT INTO pgmq.%I (enqueued_at, vt, message)
+        SELECT min(p.enqueued_at), clock_timestamp(),
+               jsonb_build_object('target', p.target, 'keys', jsonb_agg(p.key ORDER BY p.pos))
+        FROM parts p
+        GROUP BY p.target, p.part
+        ORDER BY min(p.pos)$q$,
+        pgmq.format_table_name(queue_name, 'q'))
+    USING queue_name, max_rows, embeddings.keys_per_message(), max_keys;
+    GET DIAGNOSTICS sent = ROW_COUNT;
+    RETURN sent;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.move_inbox(text, integer, integer) FROM PUBLIC;
+
+-- What waits in the inbox for live queue `queue_name`, per target: rows (statements), row keys,
+-- the oldest write. The inbox's part of embeddings.queue_pending() and of the worker's gauges.
+-- SECURITY DEFINER: whoever may read the status or run a worker may read these counts.
+CREATE FUNCTION embeddings.inbox_pending(queue_name text)
+RETURNS TABLE (target_id integer, rows bigint, keys bigint, oldest timestamptz)
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT i.target, count(*), sum(i.keys), min(i.enqueued_at)
+    FROM embeddings.inbox i JOIN embeddings.targets t ON t.id = i.target
+    WHERE t.queue = queue_name
+    GROUP BY i.target
+$$;

@@ -1,0 +1,511 @@
+-- embeddings.watch() and embeddings.unwatch(): the SQL API users call once per table.
+
+-- Schema of the vector extension (public here, `extensions` on Supabase): type and operator
+-- class names are qualified with it.
+CREATE FUNCTION embeddings.vector_schema() RETURNS name
+LANGUAGE sql STABLE AS $$
+    SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
+    WHERE e.extname = 'vector'
+$$;
+
+-- The attribute number of column `col` of `rel`.
+CREATE FUNCTION embeddings.attnum_of(rel regclass, col name) RETURNS smallint
+LANGUAGE sql STABLE AS $$
+    SELECT a.attnum FROM pg_attribute a
+    WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+-- Enqueues the keys of the rows of `rel` (target t's table, or one of its partitions: a
+-- partition attached with its rows) that have no embedding (no chunk, for a chunked target) and
+-- content in their content column, on target t's lane `lane` (embeddings.enqueue_keys():
+-- existing rows are backfill work, behind the application's writes). A content function is
+-- never evaluated here (this runs in the event trigger, as its superuser owner): its rows are
+-- queued by key, and the worker clears what turns out blank. Returns the number of messages
+-- sent.
+CREATE FUNCTION embeddings.enqueue_rows(t embeddings.targets, rel regclass, lane text DEFAULT 'backfill')
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
+-- Keys as one text whichever session calls (embeddings.key_settings()).
+SET extra_float_digits = 3 SET IntervalStyle = postgres SET DateStyle = 'ISO, MDY' SET TimeZone = 'UTC'
+SET bytea_output = hex AS $$
+DECLARE
+    sent integer;
+BEGIN
+    EXECUTE format('SELECT embeddings.enqueue_keys($1, pg_catalog.array_agg(%s), 0, $2) FROM %s n WHERE %s%s',
+                   embeddings.key_json_sql(t, 'n'), rel, embeddings.embedding_missing_sql(t, 'n'),  -- 55_chunks.sql
+                   CASE WHEN t.content_column IS NOT NULL
+                        THEN format(' AND (%s) OPERATOR(pg_catalog.<>) ''''', embeddings.content_sql(t, 'n')) ELSE '' END)
+        INTO sent USING t.id, lane;
+    RETURN sent;
+END
+$$;
+
+-- Validates everything, then registers `source` for embedding: creates the embedding column
+-- (halfvec(dim)) when missing, its HNSW index, the triggers, and enqueues existing rows that
+-- have content but no embedding. All or nothing: any error leaves no trace.
+--
+--   content           a text column of `source`, or the name of a function taking the
+--                     table's row type and returning text (the Supabase guide's content function)
+--   triggers          false registers without triggers (jobs come from elsewhere, e.g. the
+--                     Supabase guide's own util.queue_embeddings triggers)
+--   clear_on_update   true: a content change clears the stale embedding at once;
+--                     false: the old embedding stays until the new one lands. NULL: true for
+--                     a row store; false for a side table or a chunked target, which refuse
+--                     true (clearing would write the side table in the application's
+--                     transaction: sql/56_side.sql says why not; a chunked target reuses the
+--                     vectors of unchanged chunks)
+--   queue             the pgmq queue for this table's jobs
+--   key               the row key's columns when the table has no primary key (or another
+--                     key should be used): they must form a unique, not-null key
+--   replica           true: rows applied by logical replication enqueue too (a subscriber's
+--                     table); the triggers fire ALWAYS
+--   chunk_tokens      not NULL: split each row's content into chunks of at most this many
+--                     tokens, one vector each, in a chunk table (see sql/55_chunks.sql);
+--                     chunk_overlap (default chunk_tokens / 10) and chunk_table go with it
+--   backfill          false: existing rows are not enqueued at all (bring your own vectors;
+--                     rows that hold a vector are never re-embedded by watch() anyway)
+--   keep_old          a model change keeps the old column as embeddings.kept_column()
+--   store             where the vectors live: 'row' (a column of the table, the default for a
+--                     new target) or 'side' (a side table keyed like the table, sql/56_side.sql:
+--                     the worker never writes the table's rows); NULL keeps the target's store
+--   side_table        the side table's name (store => 'side'), default <table>_embeddings
+--
+-- With another model on a watched table it starts a model change without downtime
+-- (sql/44_changes.sql): the column keeps serving the old model until the swap.
+--
+-- Calling it again with the same arguments changes nothing; with other arguments it updates the
+-- registration (a new content source or model re-enqueues every row with content).
+-- Returns the target id.
+CREATE FUNCTION embeddings.watch(
+    source regclass,
+    content text,
+    embedding_column name DEFAULT 'embedding',
+    model text DEFAULT NULL,  -- NULL: embeddings.default_model(), see embeddings.set_default_model()
+    triggers boolean DEFAULT true,
+    clear_on_update boolean DEFAULT NULL,  -- NULL: true for store => 'row', false for the others
+    queue text DEFAULT 'embedding_jobs',
+    key name[] DEFAULT NULL,
+    replica boolean DEFAULT false,
+    chunk_tokens integer DEFAULT NULL,
+    chunk_overlap integer DEFAULT NULL,
+    chunk_table text DEFAULT NULL,
+    backfill boolean DEFAULT true,
+    keep_old boolean DEFAULT false,
+    store text DEFAULT NULL,  -- NULL: the target's current store, 'row' for a new target
+    side_table text DEFAULT NULL,
+    fts regconfig DEFAULT NULL  -- full-text search for hybrid search (sql/59_hybrid.sql); NULL: as it is
+) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    dims integer;
+    rel_kind "char";
+    rel_schema name;
+    rel_name name;
+    key_names name[];
+    key_regtypes regtype[];
+    key_nums smallint[];
+    content_num smallint;
+    content_col name;
+    content_fn regprocedure;
+    content_type regtype;
+    emb_type regtype;
+    emb_typmod integer;
+    emb_exists boolean;
+    vschema name := embeddings.vector_schema();
+    previous embeddings.targets;
+    t embeddings.targets;
+    fresh boolean;
+    reembed boolean := false;
+    defer_index boolean := false;
+    -- side tables (sql/56_side.sql): the vectors' relation, and the effective clear_on_update
+    side boolean;
+    side_name text;
+    vec_rel regclass;
+    vec_kind "char";
+    clear_updates boolean;
+    chunked boolean;  -- chunk_tokens and the like, or a chunked target watched again
+BEGIN
+    model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
+    IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
+       OR triggers IS NULL OR queue IS NULL OR replica IS NULL
+       OR backfill IS NULL OR keep_old IS NULL THEN
+        RAISE EXCEPTION 'embeddings.watch(): arguments must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+
+    -- The table.
+    SELECT c.relkind, n.nspname, c.relname INTO rel_kind, rel_schema, rel_name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source;
+    IF rel_kind NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', source USING ERRCODE = 'wrong_object_type';
+    END IF;
+
+    -- The model.
+    SELECT m.dimensions INTO dims FROM embeddings.models m WHERE m.name = model;
+    IF dims IS NULL THEN
+        RAISE EXCEPTION 'unknown model "%"', model
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('Known models: %s. Add one with INSERT INTO embeddings.models.',
+                                (SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM embeddings.models m));
+    END IF;
+
+    -- The row key: the primary key, or the unique not-null key named by `key`. Any number of
+    -- columns, of any types with an equality operator.
+    IF key IS NULL THEN
+        SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
+               array_agg(a.attnum ORDER BY k.ord)
+        INTO key_names, key_regtypes, key_nums
+        FROM pg_index i
+        CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = source AND i.indisprimary;
+        IF key_names IS NULL THEN
+            RAISE EXCEPTION 'table % has no primary key', source
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'embed-worker finds rows by their key: add a primary key, or name a unique not-null key with key => array[''col'', ...].';
+        END IF;
+    ELSE
+        SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
+               array_agg(a.attnum ORDER BY k.ord)
+        INTO key_names, key_regtypes, key_nums
+        FROM unnest(key) WITH ORDINALITY AS k(name, ord)
+        JOIN pg_attribute a ON a.attrelid = source AND a.attname = k.name AND a.attnum > 0 AND NOT a.attisdropped;
+        IF cardinality(key) = 0 OR coalesce(cardinality(key_names), 0) <> cardinality(key)
+           OR cardinality(key) <> (SELECT count(DISTINCT k) FROM unnest(key) AS k) THEN
+            RAISE EXCEPTION 'key % does not name distinct columns of %', key, source
+                USING ERRCODE = 'undefined_column';
+        END IF;
+        IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = source AND a.attnum = ANY(key_nums) AND NOT a.attnotnull) THEN
+            RAISE EXCEPTION 'key (%) of % has nullable columns', array_to_string(key, ', '), source
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Make the key columns NOT NULL.';
+        END IF;
+        IF NOT EXISTS (
+            SELECT FROM pg_index i
+            WHERE i.indrelid = source AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+              AND i.indimmediate AND i.indnkeyatts = cardinality(key_nums)
+              AND (SELECT array_agg(x ORDER BY x) FROM unnest(i.indkey[0:i.indnkeyatts - 1]) AS x)
+                  = (SELECT array_agg(x ORDER BY x) FROM unnest(key_nums) AS x)
+        ) THEN
+            RAISE EXCEPTION 'key (%) of % is not unique', array_to_string(key, ', '), source
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = format('Add one: ALTER TABLE %s ADD UNIQUE (%s).', source, array_to_string(key, ', '));
+        END IF;
+    END IF;
+    -- Keys are compared and ordered only with their type's default btree operator class (an
+    -- operator found by name could be the table owner's), and travel as text from the writer's
+    -- session to the worker's: what cannot make that trip exactly is refused (sql/25_keys.sql).
+    FOR i IN 1 .. cardinality(key_regtypes) LOOP
+        IF embeddings.key_type_problem(key_regtypes[i]) IS NOT NULL THEN
+            RAISE EXCEPTION 'key column %.% has type %, %', source, key_names[i],
+                    (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                     WHERE a.attrelid = source AND a.attnum = key_nums[i]),
+                    embeddings.key_type_problem(key_regtypes[i])
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'Name another unique, not-null key with key => array[...] (a column of a type such as bigint, text, uuid, numeric, a date or timestamp), or add one.';
+        END IF;
+    END LOOP;
+
+    -- The content: a text column, else a function of the row type returning text.
+    SELECT a.attname, a.atttypid::regtype, a.attnum INTO content_col, content_type, content_num
+    FROM pg_attribute a
+    WHERE a.attrelid = source AND a.attname = content AND a.attnum > 0 AND NOT a.attisdropped;
+    IF content_col IS NOT NULL THEN
+        IF (SELECT typcategory FROM pg_type WHERE oid = content_type) <> 'S' THEN
+            RAISE EXCEPTION 'content column %.% has type %, not text', source, content_col, content_type
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = 'Use a content function that returns text, e.g. one that casts or formats the column.';
+        END IF;
+    ELSE
+        BEGIN
+            content_fn := to_regprocedure(format('%s(%I.%I)', content, rel_schema, rel_name));
+        EXCEPTION WHEN OTHERS THEN
+            content_fn := NULL;  -- not even a valid function name
+        END;
+        IF content_fn IS NULL THEN
+            RAISE EXCEPTION 'content "%" is neither a column of % nor a function %(%)', content, source, content, source
+                USING ERRCODE = 'undefined_column',
+                      HINT = 'Pass a text column name, or the name of a function that takes the table''s row type and returns text.';
+        END IF;
+        SELECT p.prorettype::regtype INTO content_type FROM pg_proc p WHERE p.oid = content_fn;
+        IF content_type NOT IN ('text'::regtype, 'character varying'::regtype) OR
+           (SELECT p.proretset FROM pg_proc p WHERE p.oid = content_fn) THEN
+            RAISE EXCEPTION 'content function % returns %, not text', content_fn,
+                    CASE WHEN (SELECT p.proretset FROM pg_proc p WHERE p.oid = content_fn)
+                         THEN 'a set of ' ELSE '' END || content_type
+                USING ERRCODE = 'datatype_mismatch';
+        END IF;
+        PERFORM embeddings.check_content_function(source, content_fn);  -- trusted, not VOLATILE
+    END IF;
+
+    SELECT * INTO previous FROM embeddings.targets tg
+    WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column;
+    -- Where the vectors live: the row (vec_rel is the table) or a side table (sql/56_side.sql).
+    chunked := chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
+               OR previous.chunk_table IS NOT NULL;
+    side := embeddings.side_store(previous, store, side_table, chunked);
+    -- Only the row store clears at once: asked of another, refused rather than ignored.
+    IF (side OR chunked) AND clear_on_update THEN
+        RAISE EXCEPTION 'clear_on_update => true is for store => ''row'': % keeps its vectors in a % table', source,
+                CASE WHEN side THEN 'side' ELSE 'chunk' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = CASE WHEN side
+                      THEN 'Clearing a side table''s vector at once would write the side table in the application''s '
+                           'transaction, which the side table exists to avoid: its old vector stays until the new one lands.'
+                      ELSE 'A document''s old chunks keep their vectors until the new ones land, to reuse those of '
+                           'unchanged chunks.' END,
+                  HINT = 'Leave clear_on_update out (or pass clear_on_update => false), or use store => ''row''.';
+    END IF;
+    clear_updates := coalesce(clear_on_update, NOT side);
+    IF side THEN
+        -- A target keeps its side table (under whatever name it has now: a renamed table's
+        -- default name is another).
+        side_name := CASE WHEN side_table IS NULL AND previous.side_table IS NOT NULL THEN previous.side_table::text
+                          ELSE embeddings.side_table_name(source, side_table, embedding_column) END;
+        IF previous.side_table IS NOT NULL AND to_regclass(side_name) IS DISTINCT FROM previous.side_table THEN
+            RAISE EXCEPTION '%.% keeps its vectors in %, not %', source, embedding_column, previous.side_table, side_name
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Unwatch it first to move its vectors to another side table.';
+        END IF;
+        vec_rel := to_regclass(side_name);  -- NULL until created below
+    ELSE
+        vec_rel := source;
+    END IF;
+
+    -- model change: BEGIN (another model on a watched plain target is a blue/green change,
+    -- sql/44_changes.sql; the column keeps serving the old model until the swap)
+    IF previous.id IS NOT NULL AND previous.chunk_table IS NULL AND previous.problem IS NULL
+       AND chunk_tokens IS NULL AND chunk_overlap IS NULL AND chunk_table IS NULL
+       AND embeddings.attnum_of(vec_rel, embedding_column) IS NOT NULL
+       AND (previous.model <> watch.model
+            OR EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id)) THEN
+        IF previous.content_column IS DISTINCT FROM content_col
+           OR previous.content_function IS DISTINCT FROM content_fn
+           OR previous.key_columns <> key_names OR previous.replica <> watch.replica
+           OR previous.has_triggers <> triggers OR previous.clear_on_update <> clear_updates
+           OR previous.queue <> watch.queue THEN
+            RAISE EXCEPTION 'a model change cannot change other settings of %.% at the same time', source, embedding_column
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'Call watch() with the current model and the new settings first, then with the new model.';
+        END IF;
+        RETURN embeddings.start_change(previous, watch.model, keep_old);
+    END IF;
+    -- model change: END
+
+    -- The embedding column: absent (we add it), or vector(dims) / halfvec(dims); in the side
+    -- table for a side target.
+    SELECT a.atttypid::regtype, a.atttypmod INTO emb_type, emb_typmod
+    FROM pg_attribute a
+    WHERE a.attrelid = vec_rel AND a.attname = embedding_column AND a.attnum > 0 AND NOT a.attisdropped;
+    emb_exists := emb_type IS NOT NULL;
+    IF emb_exists THEN
+        IF NOT EXISTS (SELECT FROM pg_type ty JOIN pg_namespace ns ON ns.oid = ty.typnamespace
+                       WHERE ty.oid = emb_type AND ty.typname IN ('vector', 'halfvec') AND ns.nspname = vschema) THEN
+            RAISE EXCEPTION 'embedding column %.% has type %, expected vector(%) or halfvec(%)',
+                    source, embedding_column, format_type(emb_type, emb_typmod), dims, dims
+                USING ERRCODE = 'datatype_mismatch';
+        ELSIF emb_typmod <> dims THEN
+            RAISE EXCEPTION 'embedding column %.% is %, but model "%" produces % dimensions',
+                    source, embedding_column, format_type(emb_type, emb_typmod), model, dims
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = format('Use a %s-dimensional column, or a model whose dimensions match.', dims);
+        END IF;
+    END IF;
+    IF embedding_column = content_col AND NOT side THEN
+        RAISE EXCEPTION 'the embedding column cannot be the content column' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    IF queue !~ '^[a-z_][a-z0-9_]{0,46}$' THEN
+        RAISE EXCEPTION 'invalid queue name "%": lower-case letters, digits and _ only, at most 47', queue
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    PERFORM embeddings.refuse_guide_triggers(source, triggers);  -- newcomer: never two sets of triggers
+
+    -- >>> chunked targets (sql/55_chunks.sql): vectors in a chunk table, none in the source
+    IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
+       OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
+                  AND tg.embedding_column = watch.embedding_column AND tg.chunk_table IS NOT NULL) THEN
+        IF NOT backfill THEN
+            RAISE EXCEPTION 'backfill => false is for plain targets; a chunked target embeds its existing rows'
+                USING ERRCODE = 'feature_not_supported';
+        END IF;
+        RETURN embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
+                                        queue, key_names, key_regtypes, key_nums, content_num, replica,
+                                        chunk_tokens, chunk_overlap, chunk_table);
+    END IF;
+    -- <<< chunked targets
+
+    -- Everything is valid: act.
+    SELECT * INTO previous FROM embeddings.targets tg
+    WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column;
+    fresh := previous.id IS NULL;
+    IF NOT fresh AND emb_exists
+       AND previous.content_column IS NOT DISTINCT FROM content_col
+       AND previous.content_function IS NOT DISTINCT FROM content_fn
+       AND previous.model = watch.model
+       AND previous.key_columns = key_names AND previous.key_types = key_regtypes
+       AND previous.has_triggers = triggers AND previous.clear_on_update = clear_updates
+       AND previous.queue = watch.queue AND previous.replica = watch.replica
+       AND embeddings.target_problem(previous) IS NULL THEN  -- as the catalog is now (52_stopped.sql)
+        RETURN previous.id;
+    END IF;
+
+    -- model change: a re-registration in place (a target with a problem, e.g. its content
+    -- column dropped and added again) abandons a change in progress.
+    IF NOT fresh AND EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id) THEN
+        PERFORM embeddings.cancel_change(source, embedding_column);
+    END IF;
+
+    -- The DDL below is ours: the schema-change event trigger need not follow it. The table's
+    -- lock first, in short attempts that never stall the application (41_locks.sql).
+    PERFORM embeddings.lock_table(source);
+    PERFORM set_config('embeddings.following', 'on', true);
+    PERFORM embeddings.ensure_queue(queue);
+
+    IF side THEN  -- the side table, with its embedding column (sql/56_side.sql)
+        vec_rel := embeddings.ensure_side_table(side_name, source, key_nums, embedding_column, dims, previous.id);
+        emb_type := format('%I.halfvec', vschema)::regtype;
+    ELSIF NOT emb_exists THEN
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %I.halfvec(%s)', source, embedding_column, vschema, dims);
+        emb_type := format('%I.halfvec', vschema)::regtype;
+    END IF;
+    vec_kind := (SELECT c.relkind FROM pg_class c WHERE c.oid = vec_rel);
+
+    IF NOT EXISTS (
+        SELECT FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_am am ON am.oid = ic.relam
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = vec_rel AND am.amname = 'hnsw' AND a.attname = embedding_column
+    ) THEN
+        -- A column added just now to a large table: building even an empty index scans the
+        -- whole table under our lock, and inserting each vector into HNSW costs ~10x its share
+        -- of a build. The worker builds it CONCURRENTLY once the backfill ends (62_backfill.sql).
+        -- A partitioned table (one level of partitions) gets the index on the parent only now,
+        -- invalid and instant, so that partitions created meanwhile get theirs; the worker
+        -- builds each partition's and attaches it, and the last one makes it valid.
+        -- A side table made just now is empty, but the backfill would fill it one vector at a
+        -- time all the same.
+        defer_index := NOT emb_exists
+            AND (vec_kind = 'r' OR NOT EXISTS (SELECT FROM pg_inherits i JOIN pg_class pc ON pc.oid = i.inhrelid
+                                               WHERE i.inhparent = source AND pc.relkind = 'p'))
+            AND (SELECT sum(embeddings.estimated_rows(r)) FROM embeddings.leaf_relations(source) r) > embeddings.index_defer_rows();
+        IF NOT defer_index OR vec_kind = 'p' THEN
+            EXECUTE format('CREATE INDEX %s ON %s %s USING hnsw (%I %I.%I)',
+                CASE WHEN defer_index THEN quote_ident(left(rel_name, 40) || '_' || left(embedding_column, 16) || '_hnsw') ELSE '' END,
+                CASE WHEN defer_index THEN 'ONLY' ELSE '' END, vec_rel, embedding_column, vschema,
+                CASE WHEN (SELECT typname FROM pg_type WHERE oid = emb_type) = 'halfvec'
+                     THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END);
+        END IF;
+    END IF;
+
+    IF fresh THEN
+        INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
+                                              queue, has_triggers, clear_on_update, key_columns, key_types,
+                                              key_attnums, content_attnum, embedding_attnum, replica, side_table)
+        VALUES (source, embedding_column, content_col, content_fn, model,
+                queue, triggers, clear_updates, key_names, key_regtypes,
+                key_nums, content_num, CASE WHEN NOT side THEN embeddings.attnum_of(source, embedding_column) END, replica,
+                CASE WHEN side THEN vec_rel END)
+        RETURNING * INTO t;
+    ELSE
+        -- Another content column under the same name (dropped and added again), or a target
+        -- that was deferred (its triggers gone, so content changes went unseen): every row again.
+        reembed := previous.content_column IS DISTINCT FROM content_col
+                   OR previous.content_attnum IS DISTINCT FROM content_num
+                   OR previous.content_function IS DISTINCT FROM content_fn
+                   OR previous.problem IS NOT NULL
+                   OR previous.model <> watch.model;
+        IF previous.queue <> watch.queue THEN
+            -- Pending jobs move with the target.
+            EXECUTE format(
+                'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
+                'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
+                pgmq.format_table_name(previous.queue, 'q'), queue) USING previous.id;
+            EXECUTE format(  -- lanes: and the backfill lane's to the new backfill lane
+                'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
+                'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
+                pgmq.format_table_name(embeddings.backfill_queue(previous.queue), 'q'),
+                embeddings.backfill_queue(queue)) USING previous.id;
+        END IF;
+        UPDATE embeddings.targets tg
+        SET content_column = content_col, content_function = content_fn, model = watch.model,
+            key_columns = key_names, key_types = key_regtypes, key_attnums = key_nums,
+            content_attnum = content_num,
+            embedding_attnum = CASE WHEN NOT side THEN embeddings.attnum_of(watch.source, watch.embedding_column) END,
+            replica = watch.replica, problem = NULL, queue = watch.queue,
+            has_triggers = triggers, clear_on_update = clear_updates, updated_at = now(),
+            version = tg.version + 1  -- in-flight writes under the old definition are rejected
+        WHERE tg.id = previous.id
+        RETURNING * INTO t;
+    END IF;
+
+    PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
+    PERFORM embeddings.install_triggers(t);  -- and the functions the worker reads and writes through
+    -- Worker roles set up by embeddings.grant_worker() serve this table too: its queues. (The
+    -- function is defined in 80_roles.sql; plpgsql resolves it when this line runs.)
+    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
+
+    -- Existing rows: those with content and no embedding, or every row with content when the
+    -- content source or the model changed; none with backfill => false. Queued on the backfill
+    -- lane by a backfill in key ranges after this transaction (sql/62_backfill.sql): one bounded
+    -- step here, not the whole table under the lock.
+    IF backfill THEN
+        PERFORM embeddings.start_backfill(t, reembed);
+    END IF;
+    IF defer_index THEN
+        INSERT INTO embeddings.deferred_indexes (target_id) VALUES (t.id) ON CONFLICT DO NOTHING;
+        RAISE NOTICE 'embeddings: the HNSW index of %.% is built once its existing rows are embedded; search scans exactly meanwhile',
+            source, embedding_column;
+    END IF;
+
+    IF fts IS NOT NULL AND fts IS DISTINCT FROM (SELECT tg.fts_config FROM embeddings.targets tg WHERE tg.id = t.id) THEN
+        PERFORM embeddings.enable_fts(source, fts, embedding_column);
+    END IF;
+    PERFORM set_config('embeddings.following', 'off', true);
+    RETURN t.id;
+END
+$$;
+
+-- Stops watching: drops the triggers, the registration, its pending jobs and dead letters.
+-- The embedding column, its values and its index stay (a side table, or chunk table, and its
+-- vectors too). Returns false (with a NOTICE) when the table was not watched.
+CREATE FUNCTION embeddings.unwatch(source regclass, embedding_column name DEFAULT 'embedding')
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    t embeddings.targets;
+BEGIN
+    SELECT * INTO t FROM embeddings.targets tg
+    WHERE tg.source = unwatch.source AND tg.embedding_column = unwatch.embedding_column;
+    IF NOT FOUND THEN
+        RAISE NOTICE '%.% is not watched', source, embedding_column;
+        RETURN false;
+    END IF;
+    PERFORM embeddings.forget_target(t);
+    RETURN true;
+END
+$$;
+
+-- Unregisters target t: its triggers and functions, its queued jobs, its registration
+-- (failures and throughput go with it), and tells workers.
+CREATE FUNCTION embeddings.forget_target(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM embeddings.drop_access(t);
+    IF EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN
+        PERFORM embeddings.drop_triggers(t);
+    END IF;
+    -- model change: a change in progress goes (its shadow column is ours)
+    IF EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = t.id)
+       AND EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN
+        PERFORM embeddings.cancel_change(t.source, t.embedding_column);
+    END IF;
+    DELETE FROM embeddings.inbox i WHERE i.target = t.id;
+    EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',
+                   pgmq.format_table_name(t.queue, 'q')) USING t.id;
+    EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',  -- lanes
+                   pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q')) USING t.id;
+    DELETE FROM embeddings.targets tg WHERE tg.id = t.id;
+END
+$$;

@@ -1,0 +1,69 @@
+-- Target definitions: the version a worker's write is checked against, and the rule for which
+-- content functions may run with the table owner's rights.
+
+-- Locks target `target_id`'s registration FOR SHARE until the end of the calling transaction
+-- and returns its definition version (NULL when the target is gone). The worker calls it first
+-- in its write transaction and writes a target's rows only when the version is the one it read
+-- the batch under: watch() updates the registration row, so it waits for writes in progress
+-- and writes that start after it see the new version. SECURITY DEFINER because FOR SHARE needs
+-- UPDATE rights on embeddings.targets, which the worker role must not have.
+CREATE FUNCTION embeddings.lock_target_version(target_id integer) RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t.version FROM embeddings.targets t WHERE t.id = target_id FOR SHARE
+$$;
+REVOKE ALL ON FUNCTION embeddings.lock_target_version(integer) FROM PUBLIC;
+
+-- Locks target `target_id`'s table, then its registration (lock_target_version), and returns
+-- the definition version; the worker's write calls it for each target, in id order. ALTER
+-- TABLE takes the table first and then, in the event trigger that follows renames, the
+-- registration row: the same order makes the two wait in line instead of deadlocking. The
+-- write needs ROW EXCLUSIVE on the table (a chunked target only reads it: ACCESS SHARE), taken
+-- by the target's embeddings_<id>_lock(), which runs as the table's owner (sql/32_access.sql):
+-- worker roles hold no privilege on the table. SECURITY DEFINER: worker roles are granted this
+-- function, not the lock functions. A table gone, or functions that cannot serve it now (their
+-- problem is the worker's to report): nothing to lock, the version all the same.
+CREATE FUNCTION embeddings.lock_target(target_id integer) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_proc p WHERE p.pronamespace = 'embeddings'::regnamespace
+               AND p.proname = 'embeddings_' || target_id || '_lock') THEN
+        BEGIN
+            EXECUTE format('SELECT embeddings.%I()', 'embeddings_' || target_id || '_lock');
+        EXCEPTION WHEN undefined_table OR undefined_function OR SQLSTATE 'EW001' THEN
+            NULL;
+        END;
+    END IF;
+    RETURN embeddings.lock_target_version(target_id);
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.lock_target(integer) FROM PUBLIC;
+
+-- Refuses a content function that cannot be trusted to run with the table owner's rights (as
+-- it does: sql/32_access.sql): one whose owner is neither the table's owner nor a superuser
+-- (anyone who owns it can redefine it later), and a VOLATILE one (its result can change between loading the
+-- content and writing the vector, so the content check of the write could never match).
+CREATE FUNCTION embeddings.check_content_function(source regclass, fn regprocedure) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    fn_owner oid;
+    fn_volatility "char";
+    table_owner oid;
+BEGIN
+    SELECT p.proowner, p.provolatile INTO fn_owner, fn_volatility FROM pg_proc p WHERE p.oid = fn;
+    SELECT c.relowner INTO table_owner FROM pg_class c WHERE c.oid = source;
+    IF fn_volatility = 'v' THEN
+        RAISE EXCEPTION 'content function % is VOLATILE', fn
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('Declare it STABLE or IMMUTABLE (ALTER FUNCTION %s STABLE) if its result '
+                                'depends only on the row; the worker compares it before and after embedding.', fn);
+    END IF;
+    IF fn_owner <> table_owner AND NOT (SELECT r.rolsuper FROM pg_roles r WHERE r.oid = fn_owner) THEN
+        RAISE EXCEPTION 'content function % is owned by %, not by the owner of % (%) or a superuser',
+                fn, pg_get_userbyid(fn_owner), source, pg_get_userbyid(table_owner)
+            USING ERRCODE = 'insufficient_privilege',
+                  HINT = format('It runs with the rights of the table''s owner; '
+                                'ALTER FUNCTION %s OWNER TO %I if that role should be trusted with them.',
+                                fn, pg_get_userbyid(table_owner));
+    END IF;
+END
+$$;

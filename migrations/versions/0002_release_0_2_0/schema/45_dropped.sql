@@ -1,0 +1,220 @@
+-- Watched tables (or their embedding columns) that get dropped: their targets are forgotten
+-- with the drop, so that no worker dead-letters their queued jobs and `status` stays clean.
+
+-- Forgets every target whose table, or whose embedding column (in its chunk table for a chunked
+-- target, its side table for a side-table target), no longer exists; returns how
+-- many. Run it by hand where the event trigger below could not be installed (it needs a
+-- superuser). A renamed embedding column counts as gone: re-watch the table under its new name.
+CREATE FUNCTION embeddings.unwatch_dropped() RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    t embeddings.targets;
+    forgotten integer := 0;
+BEGIN
+    FOR t IN
+        SELECT * FROM embeddings.targets tg
+        WHERE NOT EXISTS (
+            SELECT FROM pg_attribute a
+            WHERE a.attrelid = coalesce(tg.side_table, tg.chunk_table, tg.source) AND a.attname = tg.embedding_column
+              AND a.attnum > 0 AND NOT a.attisdropped)
+        ORDER BY tg.id
+    LOOP
+        PERFORM embeddings.forget_target(t);
+        RAISE NOTICE 'embeddings: target % is no longer watched: its table or embedding column is gone', t.id;
+        forgotten := forgotten + 1;
+    END LOOP;
+    RETURN forgotten;
+END
+$$;
+
+-- Called at every DROP: forgets the targets whose table or embedding column this drop removed.
+-- SECURITY DEFINER because whoever may drop a table may not write our registry or the queue; it
+-- only acts on the objects Postgres reports as dropped. It never fails the user's DROP.
+CREATE FUNCTION embeddings.forget_dropped_targets() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets;
+BEGIN
+    FOR t IN
+        SELECT DISTINCT tg.* FROM embeddings.targets tg
+        JOIN pg_event_trigger_dropped_objects() d
+          ON d.classid = 'pg_class'::regclass AND d.objid IN (tg.source::oid, tg.chunk_table::oid, tg.side_table::oid)
+        WHERE d.objsubid = 0                                     -- the table (chunk table, side table)
+           OR (d.address_names[3] = tg.embedding_column::text   -- its embedding column
+               AND (tg.side_table IS NULL OR d.objid = tg.side_table))  -- (a side table's)
+    LOOP
+        BEGIN
+            PERFORM embeddings.forget_target(t);
+            RAISE NOTICE 'embeddings: target % is no longer watched: its table or embedding column was dropped', t.id;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'embeddings: could not forget dropped target % (%); run SELECT embeddings.unwatch_dropped()', t.id, SQLERRM;
+        END;
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.forget_dropped_targets() FROM PUBLIC;
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'embeddings_forget_dropped') THEN
+        NULL;  -- installed already (a reinstall over an existing schema)
+    ELSIF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        CREATE EVENT TRIGGER embeddings_forget_dropped ON sql_drop
+            EXECUTE FUNCTION embeddings.forget_dropped_targets();
+    ELSE
+        RAISE NOTICE 'embeddings: not a superuser, so no event trigger forgets dropped watched tables; after dropping one, run SELECT embeddings.unwatch_dropped()';
+    END IF;
+END
+$$;
+
+-- Schema changes of watched tables: renames of the table, its key (a chunked target's chunk
+-- table's key columns follow, a side table's too), content or embedding column, a rename or move
+-- of its side or chunk table, a move to another schema, a
+-- retyped content column, a new owner (the functions that run as the owner follow it),
+-- partitions created, attached or detached, an ALTER of the functions generated for it. Target
+-- `target_id`'s registration is brought in line with its table: column names re-read from the
+-- attribute numbers, trigger functions and the owner's functions regenerated, triggers on every
+-- partition (the keys of newly attached partitions' rows enqueued). What cannot be followed (the
+-- content or key column dropped) becomes the target's `problem`: its triggers go, the worker
+-- defers its jobs, status shows why; watch() again clears it.
+CREATE FUNCTION embeddings.refresh_target(target_id integer) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets;
+    before embeddings.targets;
+    rel regclass;
+BEGIN
+    SELECT * INTO before FROM embeddings.targets tg WHERE tg.id = target_id FOR UPDATE;
+    IF NOT FOUND OR NOT EXISTS (SELECT FROM pg_class WHERE oid = before.source) THEN
+        RETURN;
+    END IF;
+    UPDATE embeddings.targets tg
+    SET key_columns = coalesce(r.key_names, tg.key_columns),
+        key_types = coalesce(r.key_types, tg.key_types),
+        content_column = coalesce(r.content_name, tg.content_column),
+        embedding_column = coalesce(r.embedding_name, tg.embedding_column),
+        problem = CASE
+            WHEN r.key_names IS NULL OR cardinality(r.key_names) <> cardinality(tg.key_attnums) THEN
+                format('its key column (%s) was dropped; watch the table again with a key', array_to_string(tg.key_columns, ', '))
+            WHEN tg.content_function IS NULL AND r.content_name IS NULL THEN
+                format('its content column %I was dropped; watch the table again with its new content', tg.content_column)
+            WHEN tg.content_function IS NOT NULL AND NOT EXISTS (SELECT FROM pg_proc WHERE oid = tg.content_function) THEN
+                'its content function was dropped; create it again and watch the table again'
+            -- The table or the function changed hands: the function would run with the rights
+            -- of a role that did not write it (watch()'s rule, embeddings.check_content_function).
+            WHEN tg.content_function IS NOT NULL AND EXISTS (
+                    SELECT FROM pg_proc p JOIN pg_roles fr ON fr.oid = p.proowner
+                    WHERE p.oid = tg.content_function AND NOT fr.rolsuper
+                      AND p.proowner <> (SELECT c.relowner FROM pg_class c WHERE c.oid = before.source)) THEN
+                format('its content function %s is owned by %s, not by the table''s owner %s: it would run with '
+                       'the table owner''s rights; ALTER FUNCTION ... OWNER TO the table''s owner, then watch the table again',
+                       tg.content_function,
+                       (SELECT pg_get_userbyid(p.proowner) FROM pg_proc p WHERE p.oid = tg.content_function),
+                       (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = before.source))
+        END
+    FROM (SELECT
+            (SELECT array_agg(a.attname ORDER BY k.i) FROM unnest(before.key_attnums) WITH ORDINALITY AS k(n, i)
+             JOIN pg_attribute a ON a.attrelid = before.source AND a.attnum = k.n AND NOT a.attisdropped) AS key_names,
+            (SELECT array_agg(a.atttypid::regtype ORDER BY k.i) FROM unnest(before.key_attnums) WITH ORDINALITY AS k(n, i)
+             JOIN pg_attribute a ON a.attrelid = before.source AND a.attnum = k.n AND NOT a.attisdropped) AS key_types,
+            (SELECT a.attname FROM pg_attribute a
+             WHERE a.attrelid = before.source AND a.attnum = before.content_attnum AND NOT a.attisdropped) AS content_name,
+            (SELECT a.attname FROM pg_attribute a
+             WHERE a.attrelid = before.source AND a.attnum = before.embedding_attnum AND NOT a.attisdropped) AS embedding_name
+         ) r
+    WHERE tg.id = target_id
+    RETURNING tg.* INTO t;
+    IF t.problem IS NOT NULL AND t.problem IS DISTINCT FROM before.problem THEN
+        RAISE WARNING 'embeddings: % is no longer embedded: %', embeddings.target_name(t), t.problem;
+    END IF;
+    IF coalesce(t.chunk_table, t.side_table) IS NOT NULL AND t.problem IS NULL THEN
+        PERFORM embeddings.follow_store_keys(t);  -- renamed key columns (56_side.sql)
+    END IF;
+    FOREACH rel IN ARRAY embeddings.install_triggers(t) LOOP
+        PERFORM embeddings.enqueue_rows(t, rel);  -- a partition attached with its rows
+    END LOOP;
+    -- A problem that went away (the table and its content function in one owner's hands again,
+    -- after one ALTER ... OWNER and before the other): the triggers were off meanwhile, so rows
+    -- written then were queued by nothing, and a row updated then may hold the vector of its
+    -- old content. Every row is queued again.
+    IF before.problem IS NOT NULL AND t.problem IS NULL THEN
+        PERFORM embeddings.start_backfill(t, true);
+    END IF;
+    IF (t.key_columns, t.key_types, t.content_column, t.embedding_column, t.problem)
+       IS DISTINCT FROM (before.key_columns, before.key_types, before.content_column, before.embedding_column, before.problem) THEN
+        UPDATE embeddings.targets tg SET updated_at = now() WHERE tg.id = target_id;
+    END IF;
+    -- A new version after every ALTER of the table: a batch read under the old names (of the
+    -- table itself too, which the registration does not store) is handed back, not failed.
+    -- The write transaction's table lock orders it before or after this one, never between.
+    UPDATE embeddings.targets tg SET version = tg.version + 1 WHERE tg.id = target_id;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.refresh_target(integer) FROM PUBLIC;
+
+-- Called at the end of every ALTER TABLE, CREATE TABLE, ALTER FUNCTION and ALTER SCHEMA:
+-- refreshes the targets on the tables (or partition trees, content functions, generated
+-- functions, schemas holding them) the command touched. It
+-- never fails the user's DDL: a target that cannot be refreshed gets a problem and a WARNING.
+CREATE FUNCTION embeddings.follow_schema_changes() RETURNS event_trigger
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    target_id integer;
+BEGIN
+    -- Our own DDL (watch(), regenerating triggers) runs inside; it needs no following.
+    IF current_setting('embeddings.following', true) = 'on' THEN
+        RETURN;
+    END IF;
+    PERFORM set_config('embeddings.following', 'on', true);
+    FOR target_id IN
+        SELECT DISTINCT tg.id FROM embeddings.targets tg
+        JOIN pg_event_trigger_ddl_commands() c
+          ON (c.classid = 'pg_class'::regclass
+              AND (tg.source = c.objid OR tg.source IN (SELECT pg_partition_ancestors(c.objid))
+                   -- its side or chunk table (renamed, moved: the functions name it)
+                   OR c.objid IN (tg.side_table, tg.chunk_table)))
+          OR (c.classid = 'pg_proc'::regclass AND c.objid = tg.content_function)
+          -- ALTER SCHEMA ... RENAME (or OWNER) of the schema of its table, chunk table or
+          -- content function: the generated SQL names them by their schema.
+          OR (c.classid = 'pg_namespace'::regclass
+              AND (c.objid IN (SELECT r.relnamespace FROM pg_class r WHERE r.oid IN (tg.source, tg.chunk_table, tg.side_table))
+                   OR c.objid = (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = tg.content_function)))
+          -- The functions generated for it, which its table's owner owns and may ALTER (to
+          -- SECURITY INVOKER, say): regenerated as they must be (sql/32_access.sql).
+          OR (c.classid = 'pg_proc'::regclass
+              AND EXISTS (SELECT FROM pg_proc p WHERE p.oid = c.objid
+                          AND p.proname ~ ('^embeddings_' || tg.id || '_[a-z_]+$')))
+        ORDER BY tg.id
+    LOOP
+        BEGIN
+            PERFORM embeddings.refresh_target(target_id);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'embeddings: could not follow the change for target % (%)', target_id, SQLERRM;
+            UPDATE embeddings.targets tg SET problem = 'could not follow a schema change: ' || SQLERRM
+            WHERE tg.id = target_id;
+        END;
+    END LOOP;
+    PERFORM set_config('embeddings.following', 'off', true);
+EXCEPTION WHEN OTHERS THEN
+    PERFORM set_config('embeddings.following', 'off', true);
+    RAISE WARNING 'embeddings: could not follow a schema change (%)', SQLERRM;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.follow_schema_changes() FROM PUBLIC;
+
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_event_trigger WHERE evtname = 'embeddings_follow_schema_changes'
+               AND evttags @> ARRAY['ALTER SCHEMA']) THEN
+        NULL;  -- installed already (a reinstall over an existing schema)
+    ELSIF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
+        -- One installed before it followed ALTER SCHEMA is replaced.
+        DROP EVENT TRIGGER IF EXISTS embeddings_follow_schema_changes;
+        CREATE EVENT TRIGGER embeddings_follow_schema_changes ON ddl_command_end
+            WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER FUNCTION', 'ALTER SCHEMA')
+            EXECUTE FUNCTION embeddings.follow_schema_changes();
+    ELSE
+        RAISE NOTICE 'embeddings: not a superuser, so no event trigger follows renames of watched tables'' columns; after one, call embeddings.watch() again';
+    END IF;
+END
+$$;

@@ -1,0 +1,187 @@
+-- Remote models: an OpenAI-compatible /embeddings endpoint or the Hugging Face Inference API's
+-- feature extraction, registered as rows of embeddings.models like the local ones (their
+-- columns: sql/10_schema.sql) and selected by watch(..., model => ...) like any other.
+--
+-- What a row holds is configuration anyone reading the registry may see: the endpoint, the
+-- provider's model, request limits, a price, and the *name* of the API key (`credential`). The
+-- key itself is the worker's (its environment or a mounted file: docs/providers.md), never the
+-- database's: register_model() refuses an endpoint that carries one.
+
+-- The revision the worker records in embeddings.provenance for vectors of remote model m: the
+-- provider's model id and the dimensions asked for (`text-embedding-3-small@1536`). Two
+-- endpoints serving the same model (OpenAI and Azure, two text-embeddings-inference replicas)
+-- produce the same vectors, so the endpoint is not part of it. Spaces (none in real ids) become
+-- underscores: a producer is 'model revision variant', split at spaces.
+-- (worker/models/remote/spec.py: RemoteSpec.revision computes the same.)
+CREATE FUNCTION embeddings.remote_revision(m embeddings.models) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT regexp_replace(m.remote_model, '\s', '_', 'g') || '@' || m.dimensions
+$$;
+
+-- Adds or updates model `name`. `provider` 'openai' (any OpenAI-compatible /embeddings
+-- endpoint: `endpoint` is its base URL, the one ending in /v1), 'huggingface' (the Inference
+-- API's feature extraction: `endpoint` is the full URL, by default the serverless one of
+-- `remote_model`) or 'local' (an ONNX model directory the worker finds by `name`). Limits left
+-- NULL get the provider's defaults below, written into the row so that `model list` shows what
+-- the worker uses. `credential` names the API key the worker sends (default: the provider's
+-- name; NULL for an endpoint without authentication: pass ''). `tokenizer` names a local
+-- model directory or tokenizer.json whose tokenizer counts tokens exactly; without one they are
+-- estimated (docs/providers.md). A model some target uses (or is being changed to) keeps what
+-- decides its vectors: provider, remote model, dimensions, whether they are sent; register a
+-- new name and change to it (blue/green) instead. Returns the name.
+CREATE FUNCTION embeddings.register_model(
+    name text,
+    dimensions integer,
+    provider text DEFAULT 'openai',
+    endpoint text DEFAULT NULL,
+    remote_model text DEFAULT NULL,
+    max_tokens integer DEFAULT NULL,
+    send_dimensions boolean DEFAULT false,
+    max_inputs integer DEFAULT NULL,
+    max_request_tokens integer DEFAULT NULL,
+    max_in_flight integer DEFAULT NULL,
+    timeout_seconds double precision DEFAULT NULL,
+    price_per_million_tokens numeric DEFAULT NULL,
+    credential text DEFAULT NULL,
+    tokenizer text DEFAULT NULL,
+    pooling text DEFAULT 'mean',
+    description text DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    old embeddings.models;
+    m embeddings.models;
+    users text;
+BEGIN
+    IF provider NOT IN ('local', 'openai', 'huggingface') THEN
+        RAISE EXCEPTION 'unknown provider "%"', provider
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'openai (any OpenAI-compatible /embeddings endpoint), huggingface (the Inference API) or local.';
+    END IF;
+    m.name := name;
+    m.dimensions := dimensions;
+    m.provider := provider;
+    m.pooling := pooling;
+    m.description := description;
+    m.is_default := false;
+    m.send_dimensions := coalesce(send_dimensions, false);
+    m.tokenizer := nullif(tokenizer, '');
+    IF provider = 'local' THEN
+        m.max_tokens := coalesce(max_tokens, 512);
+        m.source := NULL;
+    ELSE
+        m.remote_model := coalesce(remote_model, name);
+        m.endpoint := rtrim(coalesce(endpoint, CASE provider
+            WHEN 'openai' THEN 'https://api.openai.com/v1'
+            ELSE 'https://router.huggingface.co/hf-inference/models/' || m.remote_model || '/pipeline/feature-extraction' END), '/');
+        IF m.endpoint !~ '^https?://[^/?#]+' THEN
+            RAISE EXCEPTION 'endpoint "%" is not an http(s) URL', m.endpoint USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        -- No secret in the registry: a key in the URL would be readable by every worker role,
+        -- in every dump and in status.
+        IF m.endpoint ~ '^https?://[^/?#]*@' OR m.endpoint ~* '[?&](api[-_]?key|key|token|access_token|sig|signature)=' THEN
+            RAISE EXCEPTION 'the endpoint of % carries a credential', name
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Keys stay out of the database: give the key''s name as credential => ''...'' and the key to the worker (docs/providers.md).';
+        END IF;
+        m.source := m.endpoint;
+        -- The provider's documented limits (docs/providers.md cites them); a self-hosted server's
+        -- are yours to set.
+        m.max_tokens := coalesce(max_tokens, CASE provider WHEN 'openai' THEN 8191 ELSE 512 END);
+        m.max_inputs := coalesce(max_inputs, CASE provider WHEN 'openai' THEN 2048 ELSE 32 END);
+        m.max_request_tokens := coalesce(max_request_tokens, CASE provider WHEN 'openai' THEN 300000 END);
+        m.max_in_flight := coalesce(max_in_flight, 4);
+        m.timeout_seconds := coalesce(register_model.timeout_seconds, 60);
+        m.price_per_million_tokens := price_per_million_tokens;
+        m.credential := CASE WHEN credential IS NULL THEN provider ELSE nullif(credential, '') END;
+    END IF;
+    SELECT * INTO old FROM embeddings.models mo WHERE mo.name = register_model.name FOR UPDATE;
+    IF FOUND AND (old.provider, old.remote_model, old.dimensions, old.send_dimensions)
+                 IS DISTINCT FROM (m.provider, m.remote_model, m.dimensions, m.send_dimensions) THEN
+        SELECT string_agg(u, ', ') INTO users FROM (
+            SELECT embeddings.target_name(t) AS u FROM embeddings.targets t WHERE t.model = register_model.name
+            UNION ALL
+            SELECT embeddings.target_name(t) || ' (changing to it)' FROM embeddings.model_changes c
+            JOIN embeddings.targets t ON t.id = c.target_id WHERE c.model = register_model.name) x;
+        IF users IS NOT NULL THEN
+            RAISE EXCEPTION 'model % is in use (%): its provider, remote model, dimensions and send_dimensions decide its vectors', name, users
+                USING ERRCODE = 'object_in_use',
+                      HINT = 'Register the new settings under another name and change to it: SELECT embeddings.watch(<table>, <content>, model => <new name>).';
+        END IF;
+    END IF;
+    INSERT INTO embeddings.models AS mo (name, dimensions, max_tokens, pooling, is_default, source, description,
+                                         provider, endpoint, remote_model, send_dimensions, max_inputs,
+                                         max_request_tokens, max_in_flight, timeout_seconds,
+                                         price_per_million_tokens, credential, tokenizer)
+    VALUES (m.name, m.dimensions, m.max_tokens, m.pooling, false, m.source, m.description,
+            m.provider, m.endpoint, m.remote_model, m.send_dimensions, m.max_inputs,
+            m.max_request_tokens, m.max_in_flight, m.timeout_seconds,
+            m.price_per_million_tokens, m.credential, m.tokenizer)
+    ON CONFLICT ON CONSTRAINT models_pkey DO UPDATE
+    SET dimensions = excluded.dimensions, max_tokens = excluded.max_tokens, pooling = excluded.pooling,
+        source = excluded.source, description = coalesce(excluded.description, mo.description),
+        provider = excluded.provider, endpoint = excluded.endpoint, remote_model = excluded.remote_model,
+        send_dimensions = excluded.send_dimensions, max_inputs = excluded.max_inputs,
+        max_request_tokens = excluded.max_request_tokens, max_in_flight = excluded.max_in_flight,
+        timeout_seconds = excluded.timeout_seconds, price_per_million_tokens = excluded.price_per_million_tokens,
+        credential = excluded.credential, tokenizer = excluded.tokenizer;
+    PERFORM pg_notify('embeddings_targets', '');  -- workers re-read the registry
+    RETURN name;
+END
+$$;
+
+-- Records who produced the vectors a watched column already holds (vectors brought from
+-- elsewhere: docs/model-changes.md, "Bringing your own vectors"), so that the worker writes
+-- there only if it produces the same: `model` (default: the target's), and for a remote model
+-- its revision by default (remote_revision()), variant 'remote'. A local model's revision is
+-- the digest of an ONNX file (`sha256:` and 16 hex digits, as status' vectors_from shows it):
+-- name it. Refuses when another producer is recorded. Returns the producer recorded.
+CREATE FUNCTION embeddings.adopt_vectors(
+    source regclass,
+    embedding_column name DEFAULT 'embedding',
+    model text DEFAULT NULL,
+    revision text DEFAULT NULL,
+    variant text DEFAULT NULL
+) RETURNS text
+LANGUAGE plpgsql AS $$
+DECLARE
+    t embeddings.targets;
+    m embeddings.models;
+    recorded text;
+    ours text;
+    rev text;
+    var text;
+BEGIN
+    SELECT * INTO t FROM embeddings.targets tg
+    WHERE tg.source = adopt_vectors.source AND tg.embedding_column = adopt_vectors.embedding_column FOR UPDATE;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '%.% is not watched', source, embedding_column
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'Watch it first, without queuing its rows: embeddings.watch(..., backfill => false).';
+    END IF;
+    SELECT * INTO m FROM embeddings.models mo WHERE mo.name = coalesce(adopt_vectors.model, t.model);
+    IF NOT FOUND THEN
+        RAISE EXCEPTION 'unknown model "%"', coalesce(adopt_vectors.model, t.model) USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF m.name <> t.model THEN
+        RAISE EXCEPTION '%.% is watched with model %, not %', source, embedding_column, t.model, m.name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Vectors are adopted for the target''s own model: watch() it with that model first.';
+    END IF;
+    IF m.provider = 'local' AND revision IS NULL THEN
+        RAISE EXCEPTION 'name the revision of local model % (sha256: and the first 16 hex digits of its ONNX file)', m.name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Or adopt nothing: the worker''s first write records its own revision.';
+    END IF;
+    rev := regexp_replace(coalesce(revision, embeddings.remote_revision(m)), '\s', '_', 'g');
+    var := regexp_replace(coalesce(variant, CASE WHEN m.provider = 'local' THEN 'fp32' ELSE 'remote' END), '\s', '_', 'g');
+    ours := concat_ws(' ', m.name, rev, var);
+    recorded := embeddings.claim_provenance(t.id, false, m.name, rev, var);
+    IF recorded <> ours THEN
+        RAISE EXCEPTION 'the vectors of %.% are recorded as produced by %, not %', source, embedding_column, recorded, ours
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'DELETE FROM embeddings.provenance WHERE target_id = ' || t.id || ' AND NOT shadow; if that record is wrong.';
+    END IF;
+    RETURN recorded;
+END
+$$;

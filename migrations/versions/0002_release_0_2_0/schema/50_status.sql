@@ -1,0 +1,417 @@
+-- What is going on: per-target progress, and the dead letters.
+
+-- A target's display name: schema.table.column, quoted where needed.
+CREATE FUNCTION embeddings.target_name(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('%I.%I.%I', n.nspname, c.relname, t.embedding_column)
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE c.oid = t.source
+$$;
+
+-- Row keys waiting in `queue` (in flight included; for a live queue, its inbox too), in one
+-- pass over it for all its targets: grouped by the message's target id, or for messages in the
+-- Supabase guide's shape (one row each) by schema, table and embedding column; with the
+-- oldest job of each group. Each message is decompressed twice (target and keys), whatever the
+-- number of targets: the cost follows the backlog, never the watched tables. With
+-- `sample_percent`, an estimate from that share of the queue's pages (TABLESAMPLE SYSTEM),
+-- each group's keys scaled up by it; the inbox part stays exact (it is short). A caller sums a
+-- group's rows (the queue's and the inbox's come apart).
+CREATE FUNCTION embeddings.queue_pending(queue text, sample_percent double precision DEFAULT NULL)
+RETURNS TABLE (
+    target_id        jsonb,
+    schema_name      text,
+    table_name       text,
+    embedding_column text,
+    keys             bigint,
+    oldest           timestamptz
+)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY EXECUTE format(
+        'SELECT g.target, g.schema_name, g.table_name, g.embedding_column, '
+        '       round(sum(g.n) * g.scale)::bigint, min(g.enqueued_at) '
+        'FROM (SELECT m.target, '
+        '             CASE WHEN m.target IS NULL THEN q.message->>''schema'' END AS schema_name, '
+        '             CASE WHEN m.target IS NULL THEN q.message->>''table'' END AS table_name, '
+        '             CASE WHEN m.target IS NULL THEN q.message->>''embeddingColumn'' END AS embedding_column, '
+        '             embeddings.message_key_count(q.message) AS n, '
+        '             q.enqueued_at, 100 / coalesce($2, 100) AS scale '
+        '      FROM pgmq.%I q %s '
+        '      CROSS JOIN LATERAL (SELECT q.message->''target'' AS target OFFSET 0) m '
+        '      UNION ALL '  -- the inbox of a live queue (22_inbox.sql)
+        '      SELECT pg_catalog.to_jsonb(i.target_id), NULL, NULL, NULL, i.keys, i.oldest, 1 '
+        '      FROM embeddings.inbox_pending($1) i) g '
+        'GROUP BY 1, 2, 3, 4, g.scale',
+        pgmq.format_table_name(queue, 'q'),
+        CASE WHEN sample_percent IS NOT NULL THEN 'TABLESAMPLE SYSTEM ($2)' ELSE '' END)
+    USING queue, sample_percent;
+END
+$$;
+
+-- Messages in `queue` as the statistics system counts them (inserts and deletes, reported at
+-- each transaction's end): no scan.
+CREATE FUNCTION embeddings.queue_messages(queue text) RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(pg_stat_get_live_tuples(to_regclass(format('pgmq.%I', pgmq.format_table_name(queue, 'q')))), 0)
+$$;
+
+-- Exact counts of target t: scans its table (and chunk table), with the caller's rights. Rows
+-- whose content is NULL or blank (whitespace only) are `cleared_rows`: the worker keeps them
+-- without an embedding on purpose; NULL for a content function, which status never evaluates
+-- (it is the table owner's code: sql/32_access.sql). A chunked target's embedded rows are its
+-- documents with chunks (sql/55_chunks.sql); a side-table target's, its rows with a side row that
+-- holds a vector (sql/56_side.sql: side rows of deleted rows are not counted).
+CREATE FUNCTION embeddings.exact_counts(t embeddings.targets,
+    OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    cleared text := CASE WHEN t.content_column IS NOT NULL
+                         THEN format('count(*) FILTER (WHERE (%1$s) IS NULL OR (%1$s) !~ ''[^[:space:]]'')',
+                                     embeddings.content_sql(t, 's'))
+                         ELSE 'NULL::bigint' END;
+BEGIN
+    IF t.side_table IS NOT NULL THEN
+        BEGIN
+            EXECUTE format('SELECT count(*), count(x.%I), %s FROM %s s LEFT JOIN %s x ON %s', t.embedding_column, cleared,
+                           t.source, t.side_table, embeddings.key_equal_sql(t, 's', 'x'))
+                INTO total_rows, embedded_rows, cleared_rows;
+        EXCEPTION WHEN OTHERS THEN  -- the side table is gone: the other targets still show
+            total_rows := NULL;
+            embedded_rows := NULL;
+            cleared_rows := NULL;
+        END;
+        chunks := NULL;
+    ELSIF t.chunk_table IS NULL THEN
+        BEGIN
+            EXECUTE format('SELECT count(*), count(s.%I), %s FROM %s s', t.embedding_column, cleared, t.source)
+                INTO total_rows, embedded_rows, cleared_rows;
+        EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone: the other targets still show
+            total_rows := NULL;
+            embedded_rows := NULL;
+            cleared_rows := NULL;
+        END;
+        chunks := NULL;
+    ELSE
+        BEGIN
+            EXECUTE format('SELECT count(*), %s FROM %s s', cleared, t.source) INTO total_rows, cleared_rows;
+            SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
+        EXCEPTION WHEN OTHERS THEN  -- the chunk table is gone: the other targets still show
+            embedded_rows := NULL;
+            chunks := NULL;
+        END;
+    END IF;
+END
+$$;
+
+-- The relations holding rel's rows, as count(*) on rel reads them: rel, or its partitions and
+-- inheritance children, partitioned tables left out (they hold no rows). Walked through
+-- pg_inherits, taking no lock: pg_partition_tree() would lock every partition, and status must
+-- not wait behind a long ALTER TABLE on a watched table.
+CREATE FUNCTION embeddings.leaf_relations(rel regclass) RETURNS SETOF regclass
+LANGUAGE sql STABLE AS $$
+    WITH RECURSIVE tree (relid) AS (
+        SELECT rel::oid
+        UNION ALL
+        SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid
+    )
+    SELECT tree.relid::regclass FROM tree JOIN pg_class c ON c.oid = tree.relid WHERE c.relkind <> 'p'
+$$;
+
+-- Estimated live rows of one table or partition, without reading or locking it: the statistics
+-- system's live-row count (pg_stat_user_tables.n_live_tup: inserts and deletes as they commit,
+-- flushed within about a second; set to what each VACUUM and ANALYZE counts). Where the
+-- statistics system knows nothing of the relation (after a crash or pg_stat_reset(), on a
+-- standby), what the last VACUUM or ANALYZE counted (pg_class.reltuples); 0 when neither ran.
+CREATE FUNCTION embeddings.estimated_rows(rel regclass) RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN pg_stat_get_tuples_inserted(c.oid) + pg_stat_get_tuples_deleted(c.oid)
+                     + pg_stat_get_vacuum_count(c.oid) + pg_stat_get_autovacuum_count(c.oid)
+                     + pg_stat_get_analyze_count(c.oid) + pg_stat_get_autoanalyze_count(c.oid) > 0
+                THEN pg_stat_get_live_tuples(c.oid)::double precision
+                ELSE greatest(c.reltuples, 0)::double precision END
+    FROM pg_class c WHERE c.oid = rel
+$$;
+
+-- Estimated rows of target t's table (all partitions) and chunk table or side table.
+CREATE FUNCTION embeddings.target_rows(t embeddings.targets) RETURNS double precision
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(embeddings.estimated_rows(r)), 0)
+    FROM (SELECT embeddings.leaf_relations(t.source) AS r
+          UNION ALL
+          SELECT embeddings.leaf_relations(coalesce(t.chunk_table, t.side_table))
+          WHERE coalesce(t.chunk_table, t.side_table) IS NOT NULL) rels
+$$;
+
+-- Up to how many rows (estimated, table and chunk table together) embeddings.status counts a
+-- target exactly: 5000 unless the setting embeddings.status_exact_rows says otherwise (per
+-- database, role or session); 0 always estimates.
+CREATE FUNCTION embeddings.status_exact_rows() RETURNS bigint
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('embeddings.status_exact_rows', true), '')::bigint, 5000)
+$$;
+
+-- Estimated counts of target t in time that does not grow with its table: rows from
+-- embeddings.estimated_rows() over its leaf relations; embedded rows and cleared rows scale
+-- those by the shares ANALYZE sampled (pg_stats): embeddings not NULL, content NULL or blank
+-- (blank among the most common values only). A count is NULL where a leaf with rows has no
+-- statistics of that column yet (never analyzed since watch()), and cleared rows are NULL for a
+-- content function. Chunked targets: chunks estimated likewise, embedded documents NULL.
+-- Side-table targets (sql/56_side.sql): embedded rows from the side table's rows and the share of
+-- them with a vector (side rows of deleted rows not yet followed up counted too).
+CREATE FUNCTION embeddings.estimated_counts(t embeddings.targets,
+    OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    leaf regclass;
+    n double precision;
+    embedded_share double precision;
+    cleared_share double precision;
+    total double precision := 0;
+    embedded double precision := CASE WHEN t.chunk_table IS NULL THEN 0 END;
+    vec_rel regclass := coalesce(t.side_table, t.source);  -- where the embedding column is
+    cleared double precision := CASE WHEN t.content_column IS NOT NULL THEN 0 END;
+BEGIN
+    -- One short statement per leaf (plans cached by the session), not one query over the
+    -- pg_stats view, which costs milliseconds to plan on every call.
+    FOR leaf IN SELECT embeddings.leaf_relations(vec_rel) WHERE t.side_table IS NOT NULL LOOP
+        n := embeddings.estimated_rows(leaf);  -- the side table's rows
+        CONTINUE WHEN n < 1;
+        SELECT 1 - s.null_frac INTO embedded_share
+        FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+        JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = c.relname
+        WHERE c.oid = leaf AND s.attname = t.embedding_column AND NOT s.inherited;
+        embedded := embedded + n * embedded_share;
+    END LOOP;
+    FOR leaf IN SELECT embeddings.leaf_relations(t.source) LOOP
+        n := embeddings.estimated_rows(leaf);
+        total := total + n;
+        CONTINUE WHEN n < 1;
+        IF t.side_table IS NULL THEN
+            SELECT 1 - s.null_frac INTO embedded_share
+            FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+            JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = c.relname
+            WHERE c.oid = leaf AND s.attname = t.embedding_column AND NOT s.inherited;
+            embedded := embedded + n * embedded_share;  -- NULL from here on: no statistics yet
+        END IF;
+        SELECT s.null_frac + coalesce((SELECT sum(m.f) FROM unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS m(v, f)
+                                       WHERE m.v !~ '[^[:space:]]'), 0)
+        INTO cleared_share
+        FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
+        JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = c.relname
+        WHERE c.oid = leaf AND s.attname = t.content_column AND NOT s.inherited;
+        cleared := cleared + n * cleared_share;
+    END LOOP;
+    total_rows := round(total);
+    embedded_rows := round(CASE WHEN t.side_table IS NULL THEN embedded ELSE least(embedded, total) END);
+    cleared_rows := round(cleared);
+    IF t.chunk_table IS NOT NULL THEN
+        SELECT round(sum(embeddings.estimated_rows(cl))) INTO chunks FROM embeddings.leaf_relations(t.chunk_table) AS cl;
+    END IF;
+END
+$$;
+
+-- One row per target. Row counts are exact for targets up to embeddings.status_exact_rows()
+-- rows and estimated above (`estimated`: see embeddings.estimated_counts()), so that reading
+-- the status costs the same for ten rows or ten million and never waits on a watched table's
+-- lock. `exact => true` counts every target exactly (scans each table: embeddings.status_exact),
+-- `exact => false` estimates every one.
+-- Pending jobs are exact unless a lane holds more than embeddings.status_exact_rows() messages
+-- and `exact` is not true: then sampled (embeddings.queue_pending(), `estimated` true). Dead letters and the rate are exact either way: they come from our own tables. `deferred_reason` says why the pending jobs
+-- wait, when the worker defers them; `held_jobs` how many wait so (held: put back without an
+-- attempt, not failed), as opposed to rows that failed and wait for their retry. `swap_*`: a
+-- model change's swap waiting for its table lock (since when, attempts, who holds the table),
+-- from the first attempt; the stopped state swap_waiting (52_stopped.sql) after swap_wait_alarm(). `backfill_rows`: rows a running backfill (62_backfill.sql)
+-- has still to queue, counted in pending_jobs too (estimated targets: the rows it has not yet
+-- passed, scaled by the share without a vector, so pending_jobs is an estimate too while a
+-- backfill runs); NULL when no backfill runs. `index_deferred`: the HNSW index waits for the
+-- backfill's end (62_backfill.sql); search scans exactly meanwhile.
+-- SECURITY DEFINER, for this schema's owner and the worker roles (grant_worker(); grant it and
+-- SELECT on the views to a monitoring role likewise): it counts every watched table whoever
+-- reads the status, and evaluates nothing of the tables' owners (docs/security.md), so what
+-- it reads with its owner's rights is rows counted, never run.
+CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TABLE (
+    target                 text,
+    total_rows             bigint,
+    embedded_rows          bigint,
+    pending_jobs           bigint,
+    failed_jobs            bigint,
+    oldest_pending_seconds double precision,
+    target_id              integer,
+    model                  text,
+    rows_per_second        double precision,
+    cleared_rows           bigint,
+    deferred_reason        text,
+    deferred_since         timestamptz,
+    problem                text,
+    chunks                 bigint,
+    estimated              boolean,
+    backfill_rows          bigint,
+    index_deferred         boolean,
+    pending_live           bigint,
+    pending_backfill       bigint,
+    vectors_from           text,
+    change_model           text,
+    change_done_rows       bigint,
+    change_total_rows      bigint,
+    change_rows_per_second double precision,
+    change_eta_seconds     double precision,
+    stopped                jsonb,
+    held_jobs              bigint,
+    swap_waiting_since     timestamptz,
+    swap_attempts          integer,
+    swap_holders           text
+)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets;
+    -- What stops each target (embeddings.stopped_targets(), 52_stopped.sql), read once.
+    stops jsonb := coalesce((SELECT jsonb_object_agg(s.target_id::text, s.states)
+                             FROM (SELECT st.target_id, jsonb_agg(jsonb_build_object(
+                                              'state', st.state, 'reason', st.reason, 'fix', st.fix, 'since', st.since)
+                                          ORDER BY st.ordinality) AS states
+                                   FROM embeddings.stopped_targets() WITH ORDINALITY AS st
+                                   GROUP BY st.target_id) s), '{}');
+    pending jsonb := '{}';  -- per queue: embeddings.queue_pending(), read once per call
+    sampled text[] := '{}';  -- the queues whose pending keys were estimated
+    messages bigint;
+    lanes text[];
+    lane text;
+BEGIN
+    FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
+        target := embeddings.target_name(t);
+        target_id := t.id;
+        model := t.model;
+        -- What stops its progress, if anything (52_stopped.sql): `problem` says why in words
+        -- (every state's reason), `stopped` lists each state with its reason, fix and since.
+        stopped := stops -> t.id::text;
+        problem := (SELECT string_agg(e ->> 'reason', '; ') FROM jsonb_array_elements(stopped) e);
+        estimated := NOT coalesce(exact, embeddings.target_rows(t) <= embeddings.status_exact_rows());
+        IF estimated THEN
+            SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.estimated_counts(t);
+        ELSE
+            SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.exact_counts(t);
+        END IF;
+        -- Both lanes (20_queue.sql): the application's writes, and backfill work behind them.
+        lanes := ARRAY[t.queue, embeddings.backfill_queue(t.queue)];
+        FOREACH lane IN ARRAY lanes LOOP
+            IF NOT pending ? lane THEN
+                -- A lane of many messages: about 2,000 of them sampled (an exact count reads
+                -- every message, ~5 us each: 364 ms for 10 million keys in 128-key messages).
+                -- A target with few messages among very many may be missed: `status --exact`.
+                messages := embeddings.queue_messages(lane);
+                IF NOT coalesce(exact, false) AND messages > embeddings.status_exact_rows() THEN
+                    sampled := sampled || lane;
+                END IF;
+                pending := pending || jsonb_build_object(lane,
+                    (SELECT coalesce(jsonb_agg(qp), '[]') FROM embeddings.queue_pending(lane,
+                         CASE WHEN lane = ANY (sampled) THEN least(100, 100.0 * 2000 / messages) END) qp));
+            END IF;
+        END LOOP;
+        SELECT coalesce(sum(g.keys) FILTER (WHERE g.lane = lanes[1]), 0)::bigint,
+               coalesce(sum(g.keys) FILTER (WHERE g.lane = lanes[2]), 0)::bigint,
+               extract(epoch FROM clock_timestamp() - min(g.oldest))::double precision
+        INTO pending_live, pending_backfill, oldest_pending_seconds
+        FROM unnest(lanes) AS l(lane)
+        CROSS JOIN LATERAL jsonb_to_recordset(pending -> l.lane)
+             AS r(target_id jsonb, schema_name text, table_name text, embedding_column text, keys bigint, oldest timestamptz)
+        CROSS JOIN LATERAL (SELECT l.lane, r.target_id, r.schema_name, r.table_name, r.embedding_column, r.keys, r.oldest) g
+        JOIN pg_class c ON c.oid = t.source JOIN pg_namespace n ON n.oid = c.relnamespace
+        WHERE g.target_id = to_jsonb(t.id)
+           OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column);
+        -- Rows a running backfill has still to queue are pending too, in the backfill lane
+        -- (62_backfill.sql).
+        IF estimated THEN
+            -- The rows it has not yet passed, times the share of the table that needs a job.
+            SELECT round(greatest(total_rows - b.scanned_rows, 0)
+                         * CASE WHEN b.every_row OR total_rows = 0 THEN 1
+                                ELSE greatest(1 - coalesce(embedded_rows, 0)::float8 / total_rows, 0) END)
+            INTO backfill_rows
+            FROM embeddings.backfills b WHERE b.target_id = t.id;
+        ELSIF EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id) THEN
+            BEGIN  -- counted as the table's owner, for the roles granted that (grant_worker())
+                backfill_rows := embeddings.backfill_rows_left(t);
+            EXCEPTION WHEN insufficient_privilege OR SQLSTATE 'EW001' THEN
+                backfill_rows := NULL;
+            END;
+        ELSE
+            backfill_rows := NULL;
+        END IF;
+        pending_backfill := pending_backfill + coalesce(backfill_rows, 0);
+        pending_jobs := pending_live + pending_backfill;
+        index_deferred := EXISTS (SELECT FROM embeddings.deferred_indexes d WHERE d.target_id = t.id);
+        -- model change: provenance, and the progress of a change in progress
+        SELECT * INTO vectors_from, change_model, change_done_rows, change_total_rows,
+                      change_rows_per_second, change_eta_seconds
+        FROM embeddings.change_status(t, NOT estimated);
+        SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
+        -- The last five whole minutes plus the current one, as a rate per second.
+        SELECT coalesce(sum(tp.rows), 0) / greatest(extract(epoch FROM clock_timestamp() - min(tp.minute)), 60)
+        INTO rows_per_second
+        FROM embeddings.throughput tp
+        WHERE tp.target_id = t.id AND tp.minute >= date_trunc('minute', clock_timestamp()) - interval '5 minutes';
+        deferred_reason := NULL;
+        deferred_since := NULL;
+        SELECT d.reason, d.since INTO deferred_reason, deferred_since
+        FROM embeddings.deferrals d WHERE d.target_id = t.id AND pending_jobs > 0;
+        -- Held: the jobs the worker puts back without an attempt (deferred_reason says why),
+        -- unlike those of rows that failed and wait for their retry (not counted here).
+        held_jobs := CASE WHEN deferred_reason IS NOT NULL THEN pending_jobs ELSE 0 END;
+        -- A model change's swap waiting for its table lock, from its first attempt that found
+        -- the table held (the stopped state swap_waiting comes after swap_wait_alarm()).
+        SELECT mc.swap_waiting_since, mc.swap_attempts, mc.swap_holders
+        INTO swap_waiting_since, swap_attempts, swap_holders
+        FROM embeddings.model_changes mc WHERE mc.target_id = t.id AND mc.swap_waiting_since IS NOT NULL;
+        IF NOT FOUND THEN
+            swap_waiting_since := NULL;
+            swap_attempts := NULL;
+            swap_holders := NULL;
+        END IF;
+        estimated := estimated OR lanes && sampled;  -- its pending counts, sampled
+        RETURN NEXT;
+    END LOOP;
+END
+$$;
+
+-- What `embed-worker status` shows. total_rows, embedded_rows, cleared_rows and chunks are
+-- estimates where `estimated` is true (large tables), and so are the pending counts when a lane
+-- holds more than embeddings.status_exact_rows() messages; every other column is exact.
+CREATE VIEW embeddings.status AS
+    SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
+           target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
+           chunks, estimated, backfill_rows, index_deferred, pending_live, pending_backfill,
+           vectors_from, change_model, change_done_rows, change_total_rows, change_rows_per_second,
+           change_eta_seconds, stopped, held_jobs, swap_waiting_since, swap_attempts, swap_holders
+    FROM embeddings.target_status();
+COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets; rows a running backfill has still to queue; whether the HNSW index waits for the backfill. Row counts of large tables are estimates (estimated = true); embeddings.status_exact counts them';
+
+-- The same, every count exact: scans every watched table (`embed-worker status --exact`).
+CREATE VIEW embeddings.status_exact AS
+    SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
+           target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
+           chunks, estimated, backfill_rows, index_deferred, pending_live, pending_backfill,
+           vectors_from, change_model, change_done_rows, change_total_rows, change_rows_per_second,
+           change_eta_seconds, stopped, held_jobs, swap_waiting_since, swap_attempts, swap_holders
+    FROM embeddings.target_status(exact => true);
+COMMENT ON VIEW embeddings.status_exact IS 'embeddings.status with exact counts: scans every watched table';
+
+-- Re-queues dead letters (all, or those with the given ids) and removes them from
+-- embeddings.failures. Returns how many were re-queued. SECURITY DEFINER, for this schema's
+-- owner and the worker roles (`embed-worker failures --retry` under the worker's role).
+CREATE FUNCTION embeddings.retry_failures(ids bigint[] DEFAULT NULL) RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    f embeddings.failures;
+    retried integer := 0;
+BEGIN
+    FOR f IN
+        DELETE FROM embeddings.failures WHERE ids IS NULL OR id = ANY(ids) RETURNING *
+    LOOP
+        PERFORM embeddings.ensure_queue(f.queue);
+        -- lanes: a retry is backfill work (the live lane stays the application's writes')
+        PERFORM pgmq.send(embeddings.backfill_queue(f.queue), f.message);
+        retried := retried + 1;
+    END LOOP;
+    RETURN retried;
+END
+$$;

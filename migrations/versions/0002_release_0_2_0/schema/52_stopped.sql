@@ -1,0 +1,163 @@
+-- Targets whose progress has stopped, with why and what to do: the one source that
+-- `embed-worker status` (the table and --json's `problem`), `doctor`, the worker's /readyz and
+-- its embed_worker_target_stopped metric all read (issue 25 §5), so that they never disagree.
+--
+-- A state here is one that does not go away by waiting: an operator has to act (or at least
+-- know). States:
+--   problem           the target cannot be served: a schema change it cannot follow (content,
+--                     key or embedding column dropped, content function dropped or handed to
+--                     another owner), functions that cannot run as the table's owner, FORCE ROW
+--                     LEVEL SECURITY. Read from the catalog as it is now, so it shows whether or
+--                     not the event triggers of 45_dropped.sql (superuser only) are installed.
+--   held              the worker puts the target's jobs back without an attempt (its model
+--                     cannot be loaded, the column's dimensions do not fit the model...): jobs
+--                     held, not failed (rows that failed and wait for their retry are not
+--                     this: they are `retrying` in status). Written by the worker
+--                     (55_visibility.sql: embeddings.deferrals); shown while the worker has
+--                     held them within embeddings.deferral_fresh().
+--   swap_waiting      a model change is complete but its swap has found the table held by
+--                     another transaction for longer than embeddings.swap_wait_alarm() (status
+--                     shows the wait from the first attempt: embeddings.status's swap_* columns)
+--                     (44_changes.sql records each attempt; 41_locks.sql bounds them).
+--   backfill_stalled  a backfill (62_backfill.sql) has queued nothing, and none of the target's
+--                     rows was embedded, for embeddings.backfill_stall_alarm(): no worker
+--                     serves its queue.
+--   over_ceiling      documents of a chunked target longer than the worker's ceiling
+--                     (EMBED_MAX_DOCUMENT_BYTES), failed without being embedded (55_chunks.sql:
+--                     embeddings.documents); they stay until the ceiling is raised and they are
+--                     retried, or they are shortened.
+-- Hook for further states (a chunked document over its ceiling, issue 25 §3): add a branch at
+-- "(Hook: ...)" below that sets (state, reason, fix, since) for the target and RETURNs NEXT;
+-- document the state here, in docs/operating.md's table and in worker/metrics.py's
+-- STOPPED_STATES (the metric's documented label values); status, doctor, /readyz, the metric
+-- and its alert pick it up unchanged.
+
+-- How recent a deferral must be to count: the worker retries deferred jobs every minute.
+CREATE FUNCTION embeddings.deferral_fresh() RETURNS interval
+LANGUAGE sql IMMUTABLE RETURN interval '5 minutes';
+
+-- How long a swap may wait for its table lock before it counts as stopped: 1 minute unless
+-- the setting embeddings.swap_wait_alarm says otherwise (per database or role).
+CREATE FUNCTION embeddings.swap_wait_alarm() RETURNS interval
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('embeddings.swap_wait_alarm', true), '')::interval, interval '1 minute')
+$$;
+
+-- How long a backfill may go without progress (no step, no row embedded) before it counts as
+-- stopped: 10 minutes unless the setting embeddings.backfill_stall_alarm says otherwise.
+CREATE FUNCTION embeddings.backfill_stall_alarm() RETURNS interval
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(nullif(current_setting('embeddings.backfill_stall_alarm', true), '')::interval, interval '10 minutes')
+$$;
+
+-- Why target t cannot be served, as its registration and the catalog say now, or NULL.
+CREATE FUNCTION embeddings.target_problem(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(t.problem, CASE
+        WHEN NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source) THEN
+            'its table no longer exists: SELECT embeddings.unwatch_dropped()'
+        WHEN EXISTS (SELECT FROM unnest(t.key_attnums) AS k(n)
+                     WHERE NOT EXISTS (SELECT FROM pg_attribute a
+                                       WHERE a.attrelid = t.source AND a.attnum = k.n AND NOT a.attisdropped)) THEN
+            format('its key column (%s) was dropped; watch the table again with a key', array_to_string(t.key_columns, ', '))
+        WHEN t.content_function IS NULL AND NOT EXISTS (
+                SELECT FROM pg_attribute a WHERE a.attrelid = t.source AND a.attnum = t.content_attnum AND NOT a.attisdropped) THEN
+            format('its content column %I was dropped; watch the table again with its new content', t.content_column)
+        WHEN t.content_function IS NOT NULL AND NOT EXISTS (SELECT FROM pg_proc p WHERE p.oid = t.content_function) THEN
+            'its content function was dropped; create it again and watch the table again'
+        WHEN t.chunk_table IS NULL AND NOT EXISTS (
+                SELECT FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+                WHERE a.attrelid = coalesce(t.side_table, t.source) AND a.attname = t.embedding_column AND NOT a.attisdropped
+                  AND ty.typname IN ('vector', 'halfvec')) THEN
+            format('its embedding column %I is missing or not vector/halfvec; watch the table again', t.embedding_column)
+    END, embeddings.access_problem(t))
+$$;
+
+-- One row per stopped state of each target (a target may be in several), in a fixed order of
+-- states. SECURITY DEFINER, like embeddings.target_status(): for this schema's owner and the
+-- worker roles (grant_worker()); it reads our tables and the catalog, and runs nothing of the
+-- tables' owners.
+CREATE FUNCTION embeddings.stopped_targets()
+RETURNS TABLE (target_id integer, target text, queue text, state text, reason text, fix text, since timestamptz)
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets;
+    problem text;
+BEGIN
+    FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
+        target_id := t.id;
+        target := coalesce(embeddings.target_name(t), format('target %s', t.id));
+        queue := t.queue;
+
+        problem := embeddings.target_problem(t);
+        IF problem IS NOT NULL THEN
+            state := 'problem';
+            reason := problem;
+            fix := 'fix what the reason names, then watch() the table again; its jobs wait meanwhile (held, not failed)';
+            since := t.updated_at;
+            RETURN NEXT;
+        ELSE
+            -- Deferred by the worker (a target with a problem is deferred for that problem).
+            SELECT 'held', format('its jobs are held, put back without an attempt (not failed): %s', d.reason),
+                   'make the target servable (the model loadable: `embed-worker model download NAME` or '
+                   'EMBED_MODEL_PATH; a column that fits the model); the worker retries its jobs every minute',
+                   d.since
+            INTO state, reason, fix, since
+            FROM embeddings.deferrals d
+            WHERE d.target_id = t.id AND d.last_seen > now() - embeddings.deferral_fresh();
+            IF FOUND THEN
+                RETURN NEXT;
+            END IF;
+        END IF;
+
+        SELECT 'swap_waiting',
+               format('the swap to model %s has waited for its table lock since %s (%s attempts): other '
+                      'transactions hold the table (%s)', mc.model, to_char(mc.swap_waiting_since, 'YYYY-MM-DD HH24:MI:SS TZ'),
+                      mc.swap_attempts, coalesce(mc.swap_holders, 'none named')),
+               'end or shorten the long transaction(s) named (SELECT pg_terminate_backend(pid)); the swap '
+               'retries by itself and never queues the application behind it for more than '
+               || embeddings.lock_attempt_ms() || ' ms',
+               mc.swap_waiting_since
+        INTO state, reason, fix, since
+        FROM embeddings.model_changes mc
+        WHERE mc.target_id = t.id AND mc.swap_waiting_since <= now() - embeddings.swap_wait_alarm();
+        IF FOUND THEN
+            RETURN NEXT;
+        END IF;
+
+        SELECT 'backfill_stalled',
+               format('its backfill has queued no rows since %s and no row was embedded since (%s rows scanned '
+                      'so far)', to_char(coalesce(b.stepped_at, b.started_at), 'YYYY-MM-DD HH24:MI:SS TZ'), b.scanned_rows),
+               format('start a worker for queue %s (`embed-worker run`), or see why it stopped (its log; '
+                      '`embed-worker status`)', t.queue),
+               coalesce(b.stepped_at, b.started_at)
+        INTO state, reason, fix, since
+        FROM embeddings.backfills b
+        WHERE b.target_id = t.id AND coalesce(b.stepped_at, b.started_at) <= now() - embeddings.backfill_stall_alarm()
+          AND NOT EXISTS (SELECT FROM embeddings.throughput tp
+                          WHERE tp.target_id = t.id AND tp.minute > now() - embeddings.backfill_stall_alarm());
+        IF FOUND THEN
+            RETURN NEXT;
+        END IF;
+
+        SELECT 'over_ceiling',
+               format('%s document(s) longer than the ceiling of %s bytes (EMBED_MAX_DOCUMENT_BYTES) were not '
+                      'embedded; the longest has %s bytes', count(*), max(d.ceiling_bytes), max(d.bytes)),
+               'raise EMBED_MAX_DOCUMENT_BYTES and `embed-worker failures --retry`, or shorten the documents',
+               min(d.updated_at)
+        INTO state, reason, fix, since
+        FROM embeddings.documents d
+        WHERE d.target_id = t.id AND d.state = 'over_ceiling'
+        HAVING count(*) > 0;
+        IF FOUND THEN
+            RETURN NEXT;
+        END IF;
+
+        -- (Hook: further states join here; see the top of this file.)
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.stopped_targets() FROM PUBLIC;
+
+CREATE VIEW embeddings.stopped AS SELECT * FROM embeddings.stopped_targets();
+COMMENT ON VIEW embeddings.stopped IS 'Targets whose progress has stopped: state, why, the fix, since when (one row per state)';

@@ -1,0 +1,346 @@
+-- Chunked targets: long documents split into chunks, one vector per chunk.
+--
+-- embeddings.watch(source, content, ..., chunk_tokens => N, chunk_overlap => M) hands over to
+-- embeddings.watch_chunked() below. The worker splits each document with the model's own
+-- tokenizer and keeps its chunks in a table of their own, `<schema>.<table>_chunks` unless
+-- chunk_table names another:
+--
+--   <the source's key column(s)>  the primary key's, or the key named by watch(key => ...): same
+--                                  names and types. No foreign key to the source (one made
+--                                  TRUNCATE of the source fail): deletes, key changes and
+--                                  truncations are followed as for side tables (sql/56_side.sql),
+--                                  and every read joins the source
+--   seq         integer   the chunk's position in the document, from 0
+--   chunk       text      the chunk's text, an exact slice of the document: what was embedded
+--   chunk_hash  text      md5 of the model name and the chunk text: when a document changes, a
+--                         chunk whose text did not change keeps its vector (no re-embedding)
+--   <embedding_column>  halfvec(dim)  ('embedding' by default), with an HNSW cosine index
+--
+-- The source table gets no embedding column (embeddings.targets.embedding_attnum is NULL). Its
+-- triggers are the generated ones of any target (sql/30_triggers.sql), minus the clear trigger: a
+-- changed document keeps its old chunks until its new ones land (the old vectors are what makes
+-- reuse possible); like a side-table target it has triggers that follow deletes and truncations.
+-- The chunk table's key columns follow renames of the source's (embeddings.follow_store_keys,
+-- sql/56_side.sql, called by the schema-change event trigger).
+
+-- A predicate true when the row of alias `alias` lacks its embedding: a NULL embedding column,
+-- for a chunked target no chunk at all, for a side-table target no side row with a vector
+-- (sql/56_side.sql). Used by backfills and embeddings.sweep().
+CREATE FUNCTION embeddings.embedding_missing_sql(t embeddings.targets, alias text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE
+        WHEN t.side_table IS NOT NULL THEN format('NOT EXISTS (SELECT FROM %s c WHERE %s AND c.%I IS NOT NULL)',
+                                                  t.side_table, embeddings.key_equal_sql(t, alias, 'c'), t.embedding_column)
+        WHEN t.chunk_table IS NULL THEN format('%I.%I IS NULL', alias, t.embedding_column)
+        ELSE format('NOT EXISTS (SELECT FROM %s c WHERE %s)', t.chunk_table,
+                    embeddings.key_equal_sql(t, alias, 'c'))
+    END
+$$;
+
+-- The type modifier of column `col` of `source` (char(6): 10), NULL for none: a chunk table's key
+-- column is typed as its source's, char(n) and numeric(p,s) included (a bare char is char(1)).
+CREATE FUNCTION embeddings.key_typmod(source regclass, col name) RETURNS integer
+LANGUAGE sql STABLE AS $$
+    SELECT nullif(a.atttypmod, -1) FROM pg_catalog.pg_attribute a
+    WHERE a.attrelid = source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
+$$;
+
+-- Creates the chunk table `chunk_table` (schema-qualified, quoted) for `source`, or checks that
+-- the existing one has the expected shape. Generic over the key: one or several columns.
+CREATE FUNCTION embeddings.ensure_chunk_table(
+    chunk_table text,
+    source regclass,
+    key_names name[],
+    key_types regtype[],
+    embedding_column name,
+    dims integer
+) RETURNS regclass
+LANGUAGE plpgsql AS $$
+DECLARE
+    vschema name := embeddings.vector_schema();
+    existing regclass := to_regclass(chunk_table);
+    columns text;
+    keys text;
+    problem text;
+BEGIN
+    IF existing IS NOT NULL THEN
+        SELECT string_agg(format_type(need.typ, need.typmod) || ' ' || quote_ident(need.col), ', ') INTO problem
+        FROM (SELECT k AS col, ty AS typ, embeddings.key_typmod(source, k) AS typmod FROM unnest(key_names, key_types) AS u(k, ty)
+              UNION ALL VALUES ('seq'::name, 'integer'::regtype, NULL::integer), ('chunk', 'text', NULL),
+                               ('chunk_hash', 'text', NULL),
+                               (embedding_column, format('%I.halfvec', vschema)::regtype, dims)) need
+        WHERE NOT EXISTS (
+            SELECT FROM pg_attribute a
+            WHERE a.attrelid = existing AND a.attname = need.col AND a.attnum > 0 AND NOT a.attisdropped
+              AND a.atttypid = need.typ AND (need.typmod IS NULL OR a.atttypmod = need.typmod));
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION 'table % exists but is not a chunk table for % (missing or mistyped: %)',
+                    existing, source, problem
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = 'Drop it, or name another table with chunk_table => ...';
+        END IF;
+        RETURN existing;
+    END IF;
+    SELECT string_agg(format('%I %s NOT NULL', k, format_type(ty, embeddings.key_typmod(source, k))), ', ' ORDER BY o),
+           string_agg(format('%I', k), ', ' ORDER BY o)
+    INTO columns, keys
+    FROM unnest(key_names, key_types) WITH ORDINALITY AS u(k, ty, o);
+    EXECUTE format(
+        'CREATE TABLE %1$s (%2$s, seq integer NOT NULL, chunk text NOT NULL, chunk_hash text NOT NULL, '
+        '%3$I %4$I.halfvec(%5$s) NOT NULL, PRIMARY KEY (%6$s, seq))',
+        chunk_table, columns, embedding_column, vschema, dims, keys);
+    existing := to_regclass(chunk_table);
+    EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.halfvec_cosine_ops)', existing, embedding_column, vschema);
+    -- The source's owner's, as its rows are: the functions that write it run as that role
+    -- (sql/32_access.sql).
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', existing,
+                   (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source));
+    EXECUTE format('COMMENT ON TABLE %s IS %L', existing,
+                   format('Chunks of %s and their embeddings, kept by embed-worker (embeddings.watch)', source));
+    RETURN existing;
+END
+$$;
+
+-- watch() for chunked targets (called by it once the table, model, key and content are
+-- validated). Creates the chunk table, registers the target, installs its triggers and queues
+-- the documents that have content and no chunks (every document with content when the content
+-- source, the model or the chunk settings changed). Returns the target id.
+CREATE FUNCTION embeddings.watch_chunked(
+    source regclass,
+    content_col name,
+    content_fn regprocedure,
+    embedding_column name,
+    model text,
+    triggers boolean,
+    queue text,
+    key_names name[],
+    key_types regtype[],
+    key_nums smallint[],
+    content_num smallint,
+    replica boolean,
+    chunk_tokens integer,
+    chunk_overlap integer,
+    chunk_table text
+) RETURNS integer
+LANGUAGE plpgsql AS $$
+DECLARE
+    m embeddings.models;
+    overlap integer := coalesce(chunk_overlap, chunk_tokens / 10);
+    previous embeddings.targets;
+    t embeddings.targets;
+    table_parts text[];
+    table_name text;
+    chunks regclass;
+    reembed boolean := false;
+BEGIN
+    SELECT * INTO previous FROM embeddings.targets tg
+    WHERE tg.source = watch_chunked.source AND tg.embedding_column = watch_chunked.embedding_column;
+    IF previous.id IS NOT NULL AND previous.chunk_table IS NULL THEN
+        RAISE EXCEPTION '%.% is watched with one vector per row, not in chunks', source, embedding_column
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Unwatch it first (SELECT embeddings.unwatch(%L)), or pass another embedding_column.', source::text);
+    ELSIF chunk_tokens IS NULL AND previous.id IS NULL THEN
+        RAISE EXCEPTION 'chunk_overlap and chunk_table need chunk_tokens' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF chunk_tokens IS NULL THEN
+        RAISE EXCEPTION '% is watched in chunks of % tokens: pass chunk_tokens', source, previous.chunk_tokens
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'To keep one vector per row instead, unwatch it first.';
+    END IF;
+
+    SELECT * INTO m FROM embeddings.models mo WHERE mo.name = watch_chunked.model;
+    IF chunk_tokens < 8 OR chunk_tokens > m.max_tokens - 2 THEN
+        RAISE EXCEPTION 'chunk_tokens must be between 8 and % for model "%", not %', m.max_tokens - 2, model, chunk_tokens
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('The model reads %s tokens, two of them [CLS] and [SEP].', m.max_tokens);
+    END IF;
+    IF overlap < 0 OR overlap > chunk_tokens / 2 THEN
+        RAISE EXCEPTION 'chunk_overlap must be between 0 and half of chunk_tokens (%), not %', chunk_tokens / 2, overlap
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF queue !~ '^[a-z_][a-z0-9_]{0,46}$' THEN
+        RAISE EXCEPTION 'invalid queue name "%": lower-case letters, digits and _ only, at most 47', queue
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+
+    -- The chunk table: chunk_table as given (optionally schema-qualified), else <table>_chunks
+    -- beside the source.
+    IF chunk_table IS NULL THEN
+        SELECT format('%I.%I', n.nspname, c.relname || '_chunks') INTO table_name
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source;
+    ELSE
+        table_parts := parse_ident(chunk_table);
+        table_name := CASE cardinality(table_parts)
+            WHEN 1 THEN (SELECT format('%I.%I', n.nspname, table_parts[1])
+                         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source)
+            WHEN 2 THEN format('%I.%I', table_parts[1], table_parts[2])
+        END;
+        IF table_name IS NULL THEN
+            RAISE EXCEPTION 'invalid chunk_table "%": a table name, optionally schema-qualified', chunk_table
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+    END IF;
+    IF EXISTS (SELECT FROM embeddings.targets tg
+               WHERE tg.chunk_table = to_regclass(table_name) AND tg.id IS DISTINCT FROM previous.id) THEN
+        RAISE EXCEPTION 'table % already holds the chunks of another target', table_name
+            USING ERRCODE = 'duplicate_table', HINT = 'Name another table with chunk_table => ...';
+    END IF;
+
+    IF previous.id IS NOT NULL
+       AND previous.content_column IS NOT DISTINCT FROM content_col
+       AND previous.content_function IS NOT DISTINCT FROM content_fn
+       AND previous.model = watch_chunked.model
+       AND previous.key_columns = key_names AND previous.key_types = watch_chunked.key_types
+       AND previous.has_triggers = triggers AND previous.queue = watch_chunked.queue
+       AND previous.replica = watch_chunked.replica AND previous.problem IS NULL
+       AND previous.chunk_table = to_regclass(table_name)
+       AND previous.chunk_tokens = watch_chunked.chunk_tokens AND previous.chunk_overlap = overlap THEN
+        RETURN previous.id;
+    END IF;
+
+    -- The DDL below is ours: the schema-change event trigger need not follow it.
+    PERFORM set_config('embeddings.following', 'on', true);
+    PERFORM embeddings.ensure_queue(queue);
+    chunks := embeddings.ensure_chunk_table(table_name, source, key_names, key_types, embedding_column, m.dimensions);
+
+    IF previous.id IS NULL THEN
+        -- No embedding_attnum: the embedding column is in the chunk table.
+        INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
+                                              queue, has_triggers, clear_on_update, key_columns, key_types,
+                                              key_attnums, content_attnum, embedding_attnum, replica,
+                                              chunk_table, chunk_tokens, chunk_overlap)
+        VALUES (source, embedding_column, content_col, content_fn, model,
+                queue, triggers, false, key_names, key_types,
+                key_nums, content_num, NULL, replica,
+                chunks, chunk_tokens, overlap)
+        RETURNING * INTO t;
+    ELSE
+        reembed := previous.content_column IS DISTINCT FROM content_col
+                   OR previous.content_function IS DISTINCT FROM content_fn
+                   OR previous.model <> watch_chunked.model
+                   OR previous.chunk_tokens <> watch_chunked.chunk_tokens
+                   OR previous.chunk_overlap <> overlap
+                   OR previous.chunk_table <> chunks;
+        IF previous.queue <> watch_chunked.queue THEN
+            -- Pending jobs move with the target.
+            EXECUTE format(
+                'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
+                'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
+                pgmq.format_table_name(previous.queue, 'q'), queue) USING previous.id;
+        END IF;
+        UPDATE embeddings.targets tg
+        SET content_column = content_col, content_function = content_fn, model = watch_chunked.model,
+            key_columns = key_names, key_types = watch_chunked.key_types, key_attnums = key_nums,
+            content_attnum = content_num, embedding_attnum = NULL, replica = watch_chunked.replica,
+            problem = NULL, queue = watch_chunked.queue, has_triggers = triggers, clear_on_update = false,
+            chunk_table = chunks, chunk_tokens = watch_chunked.chunk_tokens, chunk_overlap = overlap, updated_at = now(),
+            version = tg.version + 1  -- in-flight writes under the old definition are rejected
+        WHERE tg.id = previous.id
+        RETURNING * INTO t;
+    END IF;
+
+    PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
+    PERFORM embeddings.install_triggers(t);  -- the generated ones, chunk-aware (30_triggers.sql)
+    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
+
+    -- Documents with content and no chunks, or every document with content when the content
+    -- source, the model or the chunk settings changed: a backfill in key ranges (62_backfill.sql).
+    PERFORM embeddings.start_backfill(t, reembed);
+
+    PERFORM set_config('embeddings.following', 'off', true);
+    RETURN t.id;
+END
+$$;
+
+-- Documents with at least one chunk, and chunks, of chunked target t (for embeddings.status).
+CREATE FUNCTION embeddings.chunk_counts(t embeddings.targets, OUT documents bigint, OUT chunks bigint)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    keys text := (SELECT string_agg(format('%I', k), ', ') FROM unnest(t.key_columns) AS k);
+BEGIN
+    -- Chunks of documents that exist (a delete not yet followed up leaves some behind).
+    EXECUTE format('SELECT count(*), coalesce(sum(n), 0)::bigint FROM (SELECT count(*) AS n FROM %s c '
+                   'WHERE EXISTS (SELECT FROM %s s WHERE %s) GROUP BY %s) d',
+                   t.chunk_table, t.source, embeddings.key_equal_sql(t, 's', 'c'), keys)
+        INTO documents, chunks;
+END
+$$;
+
+-- The `k` chunks of `source`'s chunked target nearest to `query` (cosine distance), nearest
+-- first: the retrieval step of a RAG app that embeds its question itself (the pattern of
+-- Supabase's match_documents). `key` is the document's primary key as JSON (an array for a
+-- composite key). k chunks whenever k match (embeddings.search() gives one per document).
+CREATE FUNCTION embeddings.match_chunks(source regclass, query halfvec, k integer DEFAULT 10)
+RETURNS TABLE (key jsonb, seq integer, chunk text, distance double precision)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets;
+    q jsonb;
+    statement text;
+    answer jsonb;
+BEGIN
+    SELECT * INTO t FROM embeddings.targets tg
+    WHERE tg.source = match_chunks.source AND tg.chunk_table IS NOT NULL
+    ORDER BY tg.id LIMIT 1;
+    IF NOT FOUND THEN
+        RAISE EXCEPTION '% is not watched in chunks', source
+            USING ERRCODE = 'undefined_object',
+                  HINT = 'SELECT embeddings.watch(''<table>'', ''<content>'', chunk_tokens => 200) first.';
+    END IF;
+    -- Through search_sql() (sql/58_search.sql): with the caller's rights, the chunks of
+    -- documents it may see; an iterative index scan, and an exact one when the index yields
+    -- fewer than k.
+    q := embeddings.search_sql(t);
+    statement := format('SELECT %s AS key, %s AS seq, %s AS content, %s AS distance FROM %s WHERE %s',
+                        q->>'key', q->>'seq', q->>'content', q->>'distance', q->>'from', 'true');
+    answer := embeddings.search_run(format('%s ORDER BY %s LIMIT %s', statement, q->>'order', k), query, NULL);
+    IF jsonb_array_length(answer) < k THEN
+        answer := embeddings.search_run(format('SELECT * FROM (%s OFFSET 0) r ORDER BY r.distance LIMIT %s', statement, k), query, NULL);
+    END IF;
+    RETURN QUERY
+        SELECT r.value->'key', (r.value->>'seq')::integer, r.value->>'content', (r.value->>'distance')::double precision
+        FROM jsonb_array_elements(answer) WITH ORDINALITY AS r(value, i) ORDER BY r.i;
+END
+$$;
+GRANT EXECUTE ON FUNCTION embeddings.match_chunks(regclass, halfvec, integer) TO PUBLIC;
+
+-- Long documents (worker/pipeline/pieces.py): a document of a chunked target longer than one
+-- piece (EMBED_PIECE_TOKENS) is embedded and committed a piece at a time; a document over the
+-- ceiling (EMBED_MAX_DOCUMENT_BYTES) is not embedded at all. One row per such document:
+--   in_progress   its chunks 0 .. chunks_done - 1 are those of the content whose md5 is
+--                 `digest` under the definition `target_version`, committed. Written in the transaction of each piece's chunk write;
+--                 a worker continues from it after a restart, and a worker that finds it
+--                 changed (someone else wrote the document since) starts the document over.
+--                 Removed with the write of the document's last piece, and by any write of its
+--                 chunks that is not a piece.
+--   over_ceiling  the content whose md5 is `digest` is `bytes` long, over the worker's ceiling
+--                 `ceiling_bytes`; its job failed into embeddings.failures. Removed when the
+--                 document is written, cleared or deleted.
+-- Row keys are the worker's canonical keys (text), as embeddings.failures' jobs carry them.
+CREATE TABLE IF NOT EXISTS embeddings.documents (
+    target_id        integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
+    row_key          text NOT NULL,
+    digest           text NOT NULL,
+    state            text NOT NULL CHECK (state IN ('in_progress', 'over_ceiling')),
+    bytes            bigint NOT NULL,
+    chunks_done      integer NOT NULL DEFAULT 0,
+    -- the chunks so far, scaled by the share of the text read so far (the splitter reads a
+    -- long document as far as the next piece needs)
+    chunks_estimated integer,
+    ceiling_bytes    bigint,
+    started_at       timestamptz NOT NULL DEFAULT now(),
+    updated_at       timestamptz NOT NULL DEFAULT now(),
+    -- the target's definition (embeddings.targets.version) the chunks were split under: after
+    -- watch() with other chunk settings or another model, progress under the old one is void
+    target_version   integer NOT NULL,
+    PRIMARY KEY (target_id, row_key)
+);
+COMMENT ON TABLE embeddings.documents IS 'Long documents of chunked targets embedded in pieces, and documents over the ceiling; written by embed-worker';
+
+-- The table above with each target's name, for status and doctor: documents in progress
+-- (chunks done of estimated) and documents over the ceiling, a problem that stops a document's
+-- progress until the ceiling is raised or the document shortened.
+CREATE VIEW embeddings.document_progress AS
+SELECT d.target_id, embeddings.target_name(t) AS target, d.row_key, d.state, d.bytes,
+       d.chunks_done, greatest(d.chunks_estimated, d.chunks_done) AS chunks_estimated,
+       d.ceiling_bytes, d.started_at, d.updated_at
+FROM embeddings.documents d JOIN embeddings.targets t ON t.id = d.target_id;

@@ -1,0 +1,82 @@
+-- What a newcomer needs to see: why jobs wait (deferrals), which model watch() uses by default,
+-- and whether a table still carries the Supabase guide's triggers.
+
+-- Targets the worker cannot serve right now (model missing, dimension mismatch...), with why.
+-- Written by the worker when it defers a target's jobs, removed when it writes for it again;
+-- embeddings.status shows the reason while the target has pending jobs.
+CREATE TABLE IF NOT EXISTS embeddings.deferrals (
+    target_id   integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
+    reason      text NOT NULL,
+    jobs        integer NOT NULL,
+    since       timestamptz NOT NULL DEFAULT now(),
+    last_seen   timestamptz NOT NULL DEFAULT now()
+);
+GRANT SELECT ON embeddings.deferrals TO PUBLIC;
+COMMENT ON TABLE embeddings.deferrals IS 'Targets whose jobs the worker defers, with the reason; shown by embeddings.status';
+
+-- Records deferrals (one reason per target): why the worker put a target's jobs back.
+-- Executable by the worker roles only (grant_worker()): Postgres checks EXECUTE against the
+-- real caller, where a check inside this SECURITY DEFINER function would see its owner.
+CREATE FUNCTION embeddings.note_deferrals(target_ids integer[], reasons text[], job_counts integer[])
+RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    INSERT INTO embeddings.deferrals AS d (target_id, reason, jobs)
+    SELECT n.target_id, n.reason, n.jobs
+    FROM unnest(target_ids, reasons, job_counts) AS n(target_id, reason, jobs)
+    JOIN embeddings.targets t ON t.id = n.target_id
+    ON CONFLICT (target_id) DO UPDATE
+    SET reason = excluded.reason, jobs = excluded.jobs, last_seen = now(),
+        since = CASE WHEN d.reason = excluded.reason THEN d.since ELSE now() END
+$$;
+REVOKE ALL ON FUNCTION embeddings.note_deferrals(integer[], text[], integer[]) FROM PUBLIC;
+
+-- Forgets the deferrals of targets the worker served again (worker roles only, as above).
+CREATE FUNCTION embeddings.clear_deferrals(target_ids integer[]) RETURNS void
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM embeddings.deferrals d WHERE d.target_id = ANY(target_ids)
+$$;
+REVOKE ALL ON FUNCTION embeddings.clear_deferrals(integer[]) FROM PUBLIC;
+
+-- The model watch() uses when none is named.
+CREATE FUNCTION embeddings.default_model() RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT name FROM embeddings.models WHERE is_default
+$$;
+
+-- Makes `name` the model watch() uses when none is named (existing targets keep theirs).
+CREATE FUNCTION embeddings.set_default_model(name text) RETURNS text
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM embeddings.models m WHERE m.name = set_default_model.name) THEN
+        RAISE EXCEPTION 'unknown model "%"', name
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('Known models: %s. Add one with INSERT INTO embeddings.models.',
+                                (SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM embeddings.models m));
+    END IF;
+    UPDATE embeddings.models m SET is_default = false WHERE m.is_default AND m.name <> set_default_model.name;
+    UPDATE embeddings.models m SET is_default = true WHERE m.name = set_default_model.name;
+    RETURN name;
+END
+$$;
+
+-- Refuses to install our triggers on a table that still has the Supabase guide's
+-- util.queue_embeddings triggers: both sets would queue a job for every change.
+CREATE FUNCTION embeddings.refuse_guide_triggers(source regclass, triggers boolean) RETURNS void
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    theirs text;
+BEGIN
+    IF NOT triggers THEN
+        RETURN;
+    END IF;
+    SELECT string_agg(format('DROP TRIGGER %I ON %s;', tg.tgname, source), ' ' ORDER BY tg.tgname)
+    INTO theirs
+    FROM pg_trigger tg JOIN pg_proc p ON p.oid = tg.tgfoid
+    WHERE tg.tgrelid = source AND NOT tg.tgisinternal AND p.proname = 'queue_embeddings';
+    IF theirs IS NOT NULL THEN
+        RAISE EXCEPTION '% already has the Supabase guide''s util.queue_embeddings triggers: ours would queue every change twice', source
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Keep theirs and let the worker serve their jobs: watch(..., triggers => false). Or drop theirs first: %s', theirs);
+    END IF;
+END
+$$;

@@ -1,0 +1,394 @@
+-- Side tables: a target's vectors in a table of their own instead of a column of the watched
+-- table (`embeddings.watch(..., store => 'side')`, docs/usage.md: "Where the vectors live").
+--
+-- The worker then never writes the application's rows: no new row version of them per vector, so
+-- an application transaction at REPEATABLE READ or SERIALIZABLE that reads a row and then updates
+-- it never fails because the worker embedded that row meanwhile, and the table's own UPDATE
+-- triggers (updated_at, audit) do not fire for the worker's writes. The side table,
+-- `<schema>.<table>_embeddings` unless side_table names another (`<table>_<embedding_column>`
+-- for a second target whose embedding_column is not 'embedding'):
+--
+--   <the source's key column(s)>  same names, same types (with their modifiers and collation);
+--                                  its primary key. No foreign key to the source: a foreign key
+--                                  makes TRUNCATE of the source fail, and its cascades and
+--                                  checks conflict with the application's REPEATABLE READ
+--                                  transactions. Deletes are followed up instead (below).
+--   <embedding_column>  halfvec(dim)  ('embedding' by default), with an HNSW cosine index
+--   content_md5         text          md5 of the content the vector in <embedding_column> was
+--                                      made from (as the worker's stale-write guard computes it:
+--                                      md5 of the content's text): the vector's fingerprint, for
+--                                      anything that verifies vectors against current content.
+--                                      During a model change it describes that column's vector,
+--                                      not the shadow column's; after the swap the new vector's
+--                                      content is the one the row's next write records (a row
+--                                      whose content changed during the change has its job)
+--
+-- It belongs to the source's owner, like the source's rows: the functions that read and write
+-- it run as that role (sql/32_access.sql), and an ALTER TABLE ... OWNER TO of the source takes it
+-- along. A row has a side row exactly while it has a vector; blank content deletes the side row.
+--
+-- Following the source:
+--   * the worker's write takes a per-key advisory lock (as the chunk write does) before it checks
+--     the content's md5 and upserts, so two writers of one row never interleave (stale-write
+--     guard, exactly-once effect);
+--   * DELETE: a statement trigger queues the deleted rows' keys; the worker finds them gone and
+--     deletes their side rows (embeddings_<id>_forget). An UPDATE of the key queues the old key
+--     as well. Nothing is written in the application's transaction but its keys;
+--   * TRUNCATE: a statement trigger empties the side table (of the rows whose source row is
+--     gone, when one partition of a partitioned table is truncated), in the same transaction;
+--   * every read joins the source (search, status counts, backfills): a side row whose source
+--     row is gone is never returned, even before its delete was followed up.
+-- A content change does not clear the vector at once: the old vector stays until the new one
+-- lands, as with clear_on_update => false, and watch() refuses clear_on_update => true for a side
+-- table rather than ignore it. Clearing would be a write of the side table in the application's
+-- transaction: at REPEATABLE READ it fails the application's UPDATE whenever the worker wrote
+-- that vector since the transaction began (what the side table exists to avoid), and it cannot
+-- keep a worker's write of the old content's vector, made in between, out without the worker
+-- locking the application's rows. Readers that must not see a vector older than the content
+-- compare content_md5 with the content's md5, or use the row store.
+--
+-- Chunk tables (sql/55_chunks.sql) have no foreign key either and follow deletes, key changes and
+-- truncations the same way: the triggers (sql/30_triggers.sql) and the functions of
+-- embeddings.generate_follow_access() below serve both kinds of "store".
+--
+-- unwatch() and uninstall keep the side table and its vectors, as they keep an embedding column;
+-- DROP TABLE it when no longer wanted. Dropping it forgets the target (45_dropped.sql).
+
+-- The relation that holds target t's embedding column: its side table, its chunk table, or its
+-- table itself.
+CREATE FUNCTION embeddings.vector_relation(t embeddings.targets) RETURNS regclass
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(t.side_table, t.chunk_table, t.source)
+$$;
+
+-- Checks watch()'s `store` and `side_table` against the call and the target registered before
+-- (`previous`; NULL id: none) and says whether the target keeps its vectors in a side table.
+-- A target changes its store only by unwatch() and watch() again.
+CREATE FUNCTION embeddings.side_store(previous embeddings.targets, store text, side_table text, chunked boolean)
+RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    was text := CASE WHEN previous.id IS NULL THEN NULL WHEN previous.side_table IS NOT NULL THEN 'side'
+                     WHEN previous.chunk_table IS NOT NULL THEN 'chunks' ELSE 'row' END;
+    wanted text := coalesce(store, CASE WHEN side_table IS NOT NULL THEN 'side' END);
+BEGIN
+    IF store IS NOT NULL AND store NOT IN ('row', 'side') THEN
+        RAISE EXCEPTION 'invalid store "%": ''row'' (a column of the table) or ''side'' (a side table)', store
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Chunked targets are made with chunk_tokens => N.';
+    ELSIF store = 'row' AND side_table IS NOT NULL THEN
+        RAISE EXCEPTION 'side_table is for store => ''side''' USING ERRCODE = 'invalid_parameter_value';
+    ELSIF wanted IS NOT NULL AND chunked THEN
+        RAISE EXCEPTION 'store and side_table are not for chunked targets: their vectors are in their chunk table'
+            USING ERRCODE = 'invalid_parameter_value';
+    ELSIF wanted IS NOT NULL AND was IS NOT NULL AND was <> wanted THEN
+        RAISE EXCEPTION '%.% keeps its vectors %, not %', previous.source, previous.embedding_column,
+                CASE was WHEN 'row' THEN 'in the table''s own column' WHEN 'side' THEN 'in a side table'
+                         ELSE 'in a chunk table' END,
+                CASE wanted WHEN 'row' THEN 'in the table''s own column' ELSE 'in a side table' END
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = format('Unwatch it first (SELECT embeddings.unwatch(%L)), or pass another embedding_column.',
+                                previous.source::text);
+    END IF;
+    RETURN coalesce(wanted, was, 'row') = 'side';
+END
+$$;
+
+-- The side table's name, schema-qualified and quoted: `side_table` as given (optionally
+-- schema-qualified; unqualified, beside the source), else `<table>_embeddings` beside the
+-- source, `<table>_<embedding_column>` for an embedding column not named 'embedding' (a second
+-- target of the table).
+CREATE FUNCTION embeddings.side_table_name(source regclass, side_table text, embedding_column name) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    parts text[];
+    found text;
+BEGIN
+    IF side_table IS NULL THEN
+        SELECT format('%I.%I', n.nspname, c.relname || CASE WHEN embedding_column = 'embedding' THEN '_embeddings'
+                                                            ELSE '_' || embedding_column END)
+        INTO found FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source;
+        RETURN found;
+    END IF;
+    BEGIN
+        parts := parse_ident(side_table);
+    EXCEPTION WHEN OTHERS THEN
+        parts := NULL;
+    END;
+    found := CASE cardinality(parts)
+        WHEN 1 THEN (SELECT format('%I.%I', n.nspname, parts[1])
+                     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source)
+        WHEN 2 THEN format('%I.%I', parts[1], parts[2])
+    END;
+    IF found IS NULL THEN
+        RAISE EXCEPTION 'invalid side_table "%": a table name, optionally schema-qualified', side_table
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN found;
+END
+$$;
+
+-- Creates side table `side_name` (schema-qualified, quoted) for target `target_id` (NULL: a new
+-- target) of `source`, keyed by the columns `key_nums` of the source, or checks that the existing
+-- one has the expected shape and serves no other target. Without its HNSW index: watch() adds it
+-- (or defers it, for a large table). Returns it.
+CREATE FUNCTION embeddings.ensure_side_table(
+    side_name text,
+    source regclass,
+    key_nums smallint[],
+    embedding_column name,
+    dims integer,
+    target_id integer
+) RETURNS regclass
+LANGUAGE plpgsql AS $$
+DECLARE
+    vschema name := embeddings.vector_schema();
+    existing regclass := to_regclass(side_name);
+    problem text;
+    columns text;
+    keys text;
+BEGIN
+    IF existing = source OR EXISTS (
+        SELECT FROM embeddings.targets tg
+        WHERE existing IN (tg.source, tg.chunk_table)
+           OR (existing = tg.side_table AND tg.id IS DISTINCT FROM target_id)) THEN
+        RAISE EXCEPTION 'table % is a watched table, or holds the vectors of another target', existing
+            USING ERRCODE = 'duplicate_table', HINT = 'Name another table with side_table => ...';
+    END IF;
+    IF existing IS NOT NULL THEN
+        -- The key columns with their exact types, the vector and md5 columns, a unique index on
+        -- the key columns.
+        SELECT string_agg(format_type(need.typ, need.typmod) || ' ' || quote_ident(need.col), ', ') INTO problem
+        FROM (SELECT a.attname AS col, a.atttypid AS typ, a.atttypmod AS typmod
+              FROM unnest(key_nums) AS k(n) JOIN pg_attribute a ON a.attrelid = source AND a.attnum = k.n
+              UNION ALL VALUES (embedding_column, format('%I.halfvec', vschema)::regtype::oid, dims),
+                               ('content_md5', 'text'::regtype::oid, -1)) need
+        WHERE NOT EXISTS (
+            SELECT FROM pg_attribute a
+            WHERE a.attrelid = existing AND a.attname = need.col AND a.attnum > 0 AND NOT a.attisdropped
+              AND a.atttypid = need.typ AND a.atttypmod = need.typmod);
+        IF problem IS NULL AND NOT EXISTS (
+            SELECT FROM pg_index i
+            WHERE i.indrelid = existing AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+              AND i.indnkeyatts = cardinality(key_nums)
+              AND (SELECT array_agg(a.attname ORDER BY x.i) FROM unnest(i.indkey[0:i.indnkeyatts - 1]) WITH ORDINALITY AS x(n, i)
+                   JOIN pg_attribute a ON a.attrelid = existing AND a.attnum = x.n)
+                  = (SELECT array_agg(a.attname ORDER BY k.i) FROM unnest(key_nums) WITH ORDINALITY AS k(n, i)
+                     JOIN pg_attribute a ON a.attrelid = source AND a.attnum = k.n)) THEN
+            problem := 'a unique index on the key columns, in key order';
+        END IF;
+        IF problem IS NOT NULL THEN
+            RAISE EXCEPTION 'table % exists but is not a side table for % (missing or mistyped: %)', existing, source, problem
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = 'Drop it, or name another table with side_table => ...';
+        END IF;
+        RETURN existing;
+    END IF;
+    -- Key columns as the source has them: type modifiers (char(10), numeric(20,5)) and collation
+    -- (equality under a nondeterministic collation) included, in key order; the primary key in
+    -- that order (embeddings.follow_store_keys() relies on it).
+    SELECT string_agg(format('%I %s%s NOT NULL', a.attname, format_type(a.atttypid, a.atttypmod),
+                             CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation
+                                  THEN format(' COLLATE %I.%I', cn.nspname, co.collname) ELSE '' END), ', ' ORDER BY k.i),
+           string_agg(format('%I', a.attname), ', ' ORDER BY k.i)
+    INTO columns, keys
+    FROM unnest(key_nums) WITH ORDINALITY AS k(n, i)
+    JOIN pg_attribute a ON a.attrelid = source AND a.attnum = k.n
+    JOIN pg_type ty ON ty.oid = a.atttypid
+    LEFT JOIN pg_collation co ON co.oid = a.attcollation
+    LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace;
+    EXECUTE format('CREATE TABLE %s (%s, %I %I.halfvec(%s), content_md5 text NOT NULL, PRIMARY KEY (%s))',
+                   side_name, columns, embedding_column, vschema, dims, keys);
+    existing := to_regclass(side_name);
+    -- The source's owner's, as its rows are: the functions that write it run as that role.
+    EXECUTE format('ALTER TABLE %s OWNER TO %I', existing,
+                   (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source));
+    EXECUTE format('COMMENT ON TABLE %s IS %L', existing,
+                   format('Embeddings of the rows of %s, kept by embed-worker (embeddings.watch, store => ''side'')', source));
+    RETURN existing;
+END
+$$;
+
+-- Renames the key columns of target t's side table or chunk table (its "store") after the
+-- source's key columns, so that the generated functions name both alike: the columns of its
+-- unique index on the key (key and seq for a chunk table), in key order -- its primary key for a
+-- table watch() made. Called by embeddings.refresh_target() with the event trigger's DDL
+-- following switched off.
+CREATE FUNCTION embeddings.follow_store_keys(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    store regclass := coalesce(t.side_table, t.chunk_table);
+    col record;
+BEGIN
+    FOR col IN
+        SELECT sa.attname AS store_name, t.key_columns[k.i] AS source_name
+        FROM pg_index i
+        CROSS JOIN LATERAL unnest(i.indkey[0:cardinality(t.key_columns) - 1]) WITH ORDINALITY AS k(n, i)
+        JOIN pg_attribute sa ON sa.attrelid = i.indrelid AND sa.attnum = k.n
+        WHERE i.indexrelid = (SELECT u.indexrelid FROM pg_index u
+                              WHERE u.indrelid = store AND u.indisunique AND u.indpred IS NULL
+                                AND u.indexprs IS NULL
+                                AND u.indnkeyatts = cardinality(t.key_columns) + CASE WHEN t.chunk_table IS NOT NULL THEN 1 ELSE 0 END
+                              ORDER BY u.indisprimary DESC, u.indexrelid LIMIT 1)
+          AND sa.attname <> t.key_columns[k.i]
+        ORDER BY k.i
+    LOOP
+        EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', store, col.store_name, col.source_name);
+    END LOOP;
+END
+$$;
+
+-- For the functions below: a query of the rows given to a write (keys, `with_vectors` a vector
+-- each, digests) whose content is still the one loaded (the md5 `digests`), joined to the table
+-- as it is now: key_ (the key as given), kc0, kc1, ... (the row's key values), e_ (the vector),
+-- h_ (the md5); with vectors and full-text search on, f_ (the content's tsvector, sql/59_hybrid.sql).
+CREATE FUNCTION embeddings.side_current_rows(t embeddings.targets, a jsonb, with_vectors boolean) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nkeys integer := cardinality(t.key_columns);
+BEGIN
+    RETURN format(
+        'SELECT v.key AS key_%1$s%2$s, v.h AS h_ FROM ROWS FROM (%3$s%4$s, pg_catalog.unnest($%5$s)) AS v(key%6$s%7$s, h) '
+        'JOIN %8$s t ON %9$s WHERE pg_catalog.md5(%10$s) IS NOT DISTINCT FROM v.h',
+        (SELECT string_agg(format(', t.%I AS kc%s', c, i - 1), '' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
+        CASE WHEN NOT with_vectors THEN ''
+             WHEN t.fts_config IS NOT NULL THEN format(', v.e AS e_, %s AS f_', embeddings.fts_sql(t, a->>'content'))
+             ELSE ', v.e AS e_' END,
+        (a->>'key_rows'),
+        CASE WHEN with_vectors THEN format(', pg_catalog.unnest($%s)', nkeys + 2) ELSE '' END,
+        nkeys + CASE WHEN with_vectors THEN 3 ELSE 2 END,
+        (a->>'key_aliases'),
+        CASE WHEN with_vectors THEN ', e' ELSE '' END,
+        t.source, (a->>'key_match'), (a->>'content'));
+END
+$$;
+
+-- The functions of a side-table target that read and write its side table, as the table's owner
+-- (called by embeddings.generate_access(), sql/32_access.sql, which gives them to the owner and
+-- grants them): the vector writes under the stale-write guard, their model-change twins, and
+-- search. Returns the names of the functions created.
+--
+-- Each write joins the row as it is now and writes only where its content's md5 is the one the
+-- worker loaded; the worker holds the rows' advisory locks (queries.sql: lock_documents) from
+-- before this check until its commit, so no other writer of the same row comes in between.
+-- Every query names the table before the side table: locks are taken in that order everywhere
+-- (the worker's write, search, status, TRUNCATE, a model change's swap), never the other.
+CREATE FUNCTION embeddings.generate_side_access(t embeddings.targets, a jsonb) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    shadow name := (SELECT c.name FROM embeddings.vector_columns(t, t.side_table) c WHERE c.suffix = '_shadow');
+    key_list text := (SELECT string_agg(format('%I', c), ', ' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
+    cur_values text := (SELECT string_agg(format('cur.kc%s', i - 1), ', ' ORDER BY i)
+                        FROM generate_series(1, cardinality(t.key_columns)) i);
+    side_cur text := (SELECT string_agg(format('x.%I %s cur.kc%s', k.c, embeddings.key_operator(k.ty, 3), k.i - 1), ' AND ' ORDER BY k.i)
+                      FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i));
+    joined text := embeddings.key_equal_sql(t, 't', 'x');
+    -- the rows given to a write whose content is still the one loaded (side_current_rows())
+    current_rows text := embeddings.side_current_rows(t, a, false);
+    made text[] := '{}';
+    col record;
+BEGIN
+
+    -- Vectors (and during a model change the new model's, in the shadow column: a row with no
+    -- side row yet gets one with only that, and the md5 of its content). The side row's md5 is
+    -- that of the content of its embedding column's vector, and so is its tsvector, with
+    -- full-text search on (written with the vector, from the content the write checked: it
+    -- lags behind a content change exactly as the vector does). The side table's key columns
+    -- are named as the source's, and may be named as a parameter (k0, keys, ...): ON CONFLICT
+    -- names columns, and the parameters are referred to by number.
+    FOR col IN SELECT c.*, CASE WHEN c.suffix = '' THEN format('%1$I = excluded.%1$I, content_md5 = excluded.content_md5', c.name)
+                                    || fts.assignment
+                                ELSE format('%1$I = excluded.%1$I, content_md5 = CASE WHEN x.%2$I IS NULL '
+                                            'THEN excluded.content_md5 ELSE x.content_md5 END', c.name, t.embedding_column)
+                           END AS assignments,
+                           CASE WHEN c.suffix = '' THEN fts.insert_column ELSE '' END AS fts_column,
+                           CASE WHEN c.suffix = '' THEN fts.insert_value ELSE '' END AS fts_value
+               FROM embeddings.vector_columns(t, t.side_table) c
+               CROSS JOIN (SELECT CASE WHEN t.fts_config IS NULL THEN '' ELSE format(', %1$I = excluded.%1$I', t.fts_column) END,
+                                  CASE WHEN t.fts_config IS NULL THEN '' ELSE format(', %I', t.fts_column) END,
+                                  CASE WHEN t.fts_config IS NULL THEN '' ELSE ', cur.f_' END) AS fts(assignment, insert_column, insert_value) LOOP
+        made := made || embeddings.create_access_function(a, '_store' || col.suffix,
+            format('keys text[]%s, vectors %s[], digests text[]', a->>'key_params', col.type), 'SETOF text',
+            format($b$RETURN QUERY
+                WITH cur AS (%1$s),
+                written AS (
+                    INSERT INTO %2$s AS x (%3$s, %4$I, content_md5%7$s)
+                    SELECT %5$s, cur.e_, cur.h_%8$s FROM cur
+                    ON CONFLICT (%3$s) DO UPDATE SET %6$s
+                    RETURNING 1)
+                SELECT cur.key_ FROM cur;$b$,
+                embeddings.side_current_rows(t, a, true), t.side_table, key_list, col.name, cur_values,
+                col.assignments, col.fts_column, col.fts_value),
+            head => E'#variable_conflict use_column\n');
+    END LOOP;
+
+    -- Blank content: the side row goes (both vectors); during a change, clearing only the new
+    -- model's vector (the worker's rows whose new vector could not be made).
+    made := made || embeddings.create_access_function(a, '_blank',
+        format('keys text[]%s, digests text[]', a->>'key_params'), 'SETOF text',
+        format($b$RETURN QUERY
+            WITH cur AS (%1$s)
+            DELETE FROM %2$s x USING cur WHERE %3$s RETURNING cur.key_;$b$,
+            current_rows, t.side_table, side_cur));
+    IF shadow IS NOT NULL THEN
+        made := made || embeddings.create_access_function(a, '_blank_shadow',
+            format('keys text[]%s, digests text[]', a->>'key_params'), 'SETOF text',
+            format($b$RETURN QUERY
+                WITH cur AS (%1$s)
+                UPDATE %2$s x SET %4$I = NULL FROM cur WHERE %3$s AND x.%4$I IS NOT NULL RETURNING cur.key_;$b$,
+                current_rows, t.side_table, side_cur, shadow));
+        -- Model-change completion (embeddings.complete_change): the rows with content still
+        -- lacking the new vector and waiting in no job...
+        made := made || embeddings.create_access_function(a, '_unshadowed', 'pending jsonb[]', 'SETOF jsonb',
+            format($b$RETURN QUERY
+                SELECT s.k FROM (SELECT %1$s AS k FROM %2$s t LEFT JOIN %3$s x ON %4$s
+                                 WHERE x.%5$I IS NULL AND (%6$s) OPERATOR(pg_catalog.~) '[^[:space:]]') s
+                WHERE NOT (s.k OPERATOR(pg_catalog.=) ANY ($1));$b$,
+                embeddings.key_json_sql(t, 't'), t.source, t.side_table, joined, shadow, a->>'content'),
+            stable => true);
+        -- ... and, under the table lock, whether the swap may go ahead: no row's vector lacks the
+        -- new one. (A content change clears nothing in a side table: a row whose job is pending
+        -- keeps its vectors, and its job writes the new model's after the swap.)
+        made := made || embeddings.create_access_function(a, '_swap_prepare', 'pending jsonb[]', 'boolean',
+            format('RETURN NOT EXISTS (SELECT FROM %s t JOIN %s x ON %s WHERE x.%I IS NULL AND x.%I IS NOT NULL);',
+                   t.source, t.side_table, joined, shadow, t.embedding_column));
+    END IF;
+
+    RETURN made;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.generate_side_access(embeddings.targets, jsonb) FROM PUBLIC;
+
+-- The functions that make a side table or a chunk table (the target's "store": neither has a
+-- foreign key to the table) follow the table's deletes and truncations, as the table's owner
+-- (called by embeddings.generate_access(), sql/32_access.sql). Returns the names of the functions
+-- created.
+CREATE FUNCTION embeddings.generate_follow_access(t embeddings.targets, a jsonb) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    store regclass := coalesce(t.side_table, t.chunk_table);
+BEGIN
+    RETURN ARRAY[
+    -- Rows gone (the worker's jobs of deleted rows, and the old keys of rows whose key changed):
+    -- their rows of the store go (a row of that key inserted since keeps them). Returns the keys
+    -- whose rows were deleted.
+    embeddings.create_access_function(a, '_forget', format('keys text[]%s', a->>'key_params'), 'SETOF text',
+        format($b$RETURN QUERY
+            DELETE FROM %1$s x USING ROWS FROM (%2$s) AS v(key%3$s)
+            WHERE %4$s AND NOT EXISTS (SELECT FROM %5$s t WHERE %6$s)
+            RETURNING v.key;$b$,
+            store, a->>'key_rows', a->>'key_aliases', embeddings.access_match_sql(t, 'x', embeddings.key_sql_types(t)),
+            t.source, a->>'key_match')),
+
+    -- After a TRUNCATE (its trigger): an empty table empties its store; one partition truncated,
+    -- the rows of the store whose row is gone go.
+    embeddings.create_access_function(a, '_prune', '', 'void',
+        format($b$IF NOT EXISTS (SELECT FROM %1$s t) THEN
+                TRUNCATE %2$s;
+            ELSE
+                DELETE FROM %2$s x WHERE NOT EXISTS (SELECT FROM %1$s t WHERE %3$s);
+            END IF;$b$,
+            t.source, store, embeddings.key_equal_sql(t, 't', 'x')))];
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.generate_follow_access(embeddings.targets, jsonb) FROM PUBLIC;

@@ -1,0 +1,348 @@
+-- Search: the rows of a watched table nearest to a query vector, or for a chunked target the
+-- documents whose best chunk is nearest (each once, with that chunk), optionally filtered on the
+-- table's columns; and hybrid search, fusing that ranking with full-text search
+-- (sql/59_hybrid.sql). The retrieval step of a RAG app (docs/rag.md).
+--
+-- These run with the caller's rights (SECURITY INVOKER): a search sees what the caller's own
+-- SELECT sees, row-level security included, and needs SELECT on the table (and on a chunked
+-- target's chunk table). Worker roles hold no such right; `POST /search` connects as the role
+-- of EMBED_SEARCH_DATABASE_URL (docs/http.md).
+--
+-- Complete top-k: an HNSW index scan yields at most hnsw.ef_search tuples, so filtering or
+-- keeping one chunk per document after it can leave fewer than k. Here the scan is iterative
+-- (pgvector >= 0.8: hnsw.iterative_scan = relaxed_order, bounded by hnsw.max_scan_tuples), the
+-- candidates are re-sorted by exact distance, chunked targets fetch twice as many candidates
+-- until k documents are found, and whenever the index still yields fewer than k, an exact scan
+-- answers (the filtered set, or the table, is then small or nearly exhausted). A table below
+-- embeddings.exact_search_rows rows (a setting, default 10000) is scanned exactly at once.
+
+-- The rows of the relation a search of target t reads: its chunk table or its table (the sum
+-- of its partitions' for a partitioned one), as ANALYZE last estimated; NULL when unknown.
+CREATE FUNCTION embeddings.search_rows_estimate(t embeddings.targets) RETURNS double precision
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT nullif(sum(greatest(c.reltuples, 0)), 0)::double precision
+    FROM pg_partition_tree(coalesce(t.chunk_table, t.source)) p
+    JOIN pg_class c ON c.oid = p.relid
+    WHERE p.isleaf
+$$;
+
+-- The SQL condition (on row alias `s` of t's table) of a structured filter: a JSON object
+-- whose keys are column names of built-in scalar types, each value either a JSON scalar
+-- (equality; null: IS NULL), an array (any of them), or an object of comparisons
+-- {"eq"|"ne"|"lt"|"lte"|"gt"|"gte": value, "in": [values]}; all must hold. Values are read
+-- as the column's type from their JSON text (`param` is the filter's parameter, $n), never
+-- spliced into the SQL. 'true' for NULL or {}.
+CREATE FUNCTION embeddings.search_filter_sql(t embeddings.targets, filter jsonb, param integer) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    parts text[] := ARRAY['true'];
+    col text;
+    val jsonb;
+    op text;
+    arg jsonb;
+    ty regtype;
+    base text;
+    column_sql text;
+    value_sql text;
+    ops CONSTANT jsonb := '{"eq": "=", "ne": "<>", "lt": "<", "lte": "<=", "gt": ">", "gte": ">="}';
+BEGIN
+    IF filter IS NULL THEN
+        RETURN 'true';
+    END IF;
+    IF jsonb_typeof(filter) <> 'object' THEN
+        RAISE EXCEPTION 'embeddings: a search filter is a JSON object of column names, not %', jsonb_typeof(filter)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR col, val IN SELECT e.key, e.value FROM jsonb_each(filter) e ORDER BY e.key LOOP
+        SELECT a.atttypid::regtype INTO ty FROM pg_attribute a
+        WHERE a.attrelid = t.source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
+        IF ty IS NULL THEN
+            RAISE EXCEPTION 'embeddings: search filter: % has no column %', t.source, quote_ident(col)
+                USING ERRCODE = 'undefined_column';
+        END IF;
+        IF NOT embeddings.builtin_scalar(ty) THEN
+            RAISE EXCEPTION 'embeddings: search filter: column % is of type %; filters take columns of built-in scalar types', quote_ident(col), ty
+                USING ERRCODE = 'feature_not_supported';
+        END IF;
+        base := format_type(embeddings.base_type(ty), NULL);
+        column_sql := embeddings.as_base_sql(ty, format('s.%I', col));
+        value_sql := format('($%s OPERATOR(pg_catalog.->) %L)', param, col);
+        IF jsonb_typeof(val) = 'null' THEN
+            parts := parts || format('%s IS NULL', column_sql);
+        ELSIF jsonb_typeof(val) = 'array' THEN
+            parts := parts || format('%s OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x::%s FROM pg_catalog.jsonb_array_elements_text(%s) x))',
+                                     column_sql, base, value_sql);
+        ELSIF jsonb_typeof(val) = 'object' THEN
+            FOR op, arg IN SELECT e.key, e.value FROM jsonb_each(val) e ORDER BY e.key LOOP
+                IF op = 'in' AND jsonb_typeof(arg) = 'array' THEN
+                    parts := parts || format('%s OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x::%s FROM pg_catalog.jsonb_array_elements_text(%s OPERATOR(pg_catalog.->) ''in'') x))',
+                                             column_sql, base, value_sql);
+                ELSIF ops ? op AND jsonb_typeof(arg) NOT IN ('object', 'array', 'null') THEN
+                    parts := parts || format('%s OPERATOR(pg_catalog.%s) (%s OPERATOR(pg_catalog.->>) %L)::%s',
+                                             column_sql, ops->>op, value_sql, op, base);
+                ELSE
+                    RAISE EXCEPTION 'embeddings: search filter: %: % takes %', quote_ident(col), op,
+                        CASE WHEN op = 'in' THEN 'an array' WHEN ops ? op THEN 'a scalar' ELSE 'nothing: comparisons are eq, ne, lt, lte, gt, gte, in' END
+                        USING ERRCODE = 'invalid_parameter_value';
+                END IF;
+            END LOOP;
+        ELSE
+            -- ->> and the type's input function are immutable: with the filter known (a
+            -- search's EXECUTE ... USING), the planner folds the value into a constant, which
+            -- it estimates from the column's statistics and compares without a JSON step per row.
+            parts := parts || format('%s OPERATOR(pg_catalog.=) ($%s OPERATOR(pg_catalog.->>) %L)::%s',
+                                     column_sql, param, col, base);
+        END IF;
+    END LOOP;
+    RETURN array_to_string(parts, ' AND ');
+END
+$$;
+
+-- The target of `source` to search: the one of `embedding_column`, or its only one.
+CREATE FUNCTION embeddings.search_target(source regclass, embedding_column name DEFAULT NULL) RETURNS embeddings.targets
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found embeddings.targets[];  -- one look at the registry, every search
+BEGIN
+    SELECT array_agg(t ORDER BY t.id) INTO found FROM embeddings.targets t
+    WHERE t.source = search_target.source AND (search_target.embedding_column IS NULL OR t.embedding_column = search_target.embedding_column);
+    IF found IS NULL THEN
+        RAISE EXCEPTION '% is not watched%', source,
+            CASE WHEN embedding_column IS NULL THEN '' ELSE format(' with embedding column %I', embedding_column) END
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('SELECT embeddings.watch(%L, ''<content column>'');', source::text);
+    ELSIF cardinality(found) > 1 THEN
+        RAISE EXCEPTION '% has several embedding columns: name one', source
+            USING ERRCODE = 'ambiguous_column';
+    END IF;
+    RETURN found[1];
+END
+$$;
+
+-- The parts of a search statement over target t, as a JSON object of SQL fragments:
+--   from      the relations (`s` the table; `c` its chunk table, joined to it)
+--   vector    the embedding column; key, content, seq the result's columns (seq NULL, content
+--             the content column's text (NULL for a content function) for a plain target;
+--             the chunk's position and text for a chunked one)
+--   distance  the cosine distance to $1 (a halfvec; cast to the column's type)
+-- Key values keep the table's type in JSON as jobs carry them (sql/25_keys.sql): a number for
+-- an integer key, a string for text, an array of the columns' values for a composite key.
+CREATE FUNCTION embeddings.search_sql(t embeddings.targets) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    vschema name := embeddings.vector_schema();
+    emb_type text;
+    vec text;
+BEGIN
+    IF t.chunk_table IS NOT NULL THEN
+        vec := format('c.%I', t.embedding_column);
+        RETURN jsonb_build_object(
+            'from', format('%s c JOIN %s s ON %s', t.chunk_table, t.source, embeddings.key_equal_sql(t, 'c', 's')),
+            'vector', vec,
+            'key', embeddings.key_json_sql(t, 'c'),
+            'content', 'c.chunk',
+            'seq', 'c.seq',
+            'order', format('%s OPERATOR(%I.<=>) $1', vec, vschema),
+            'distance', format('(%s OPERATOR(%I.<=>) $1)::double precision', vec, vschema));
+    END IF;
+    SELECT format('%I.%I', n.nspname, ty.typname) INTO emb_type
+    FROM pg_attribute at JOIN pg_type ty ON ty.oid = at.atttypid JOIN pg_namespace n ON n.oid = ty.typnamespace
+    WHERE at.attrelid = coalesce(t.side_table, t.source) AND at.attname = t.embedding_column AND NOT at.attisdropped;
+    -- A side-table target's vectors are in its side table `v`, keyed like the table.
+    vec := format(CASE WHEN t.side_table IS NULL THEN 's.%I' ELSE 'v.%I' END, t.embedding_column);
+    RETURN jsonb_build_object(
+        'from', CASE WHEN t.side_table IS NULL THEN format('%s s', t.source)
+                     ELSE format('%s v JOIN %s s ON %s', t.side_table, t.source, embeddings.key_equal_sql(t, 'v', 's')) END,
+        'vector', vec,
+        'key', embeddings.key_json_sql(t, 's'),
+        'content', CASE WHEN t.content_column IS NOT NULL
+                        THEN embeddings.text_sql((SELECT a.atttypid::regtype FROM pg_attribute a
+                                                  WHERE a.attrelid = t.source AND a.attname = t.content_column),
+                                                 format('s.%I', t.content_column))
+                        ELSE 'NULL::text' END,
+        'seq', 'NULL::integer',
+        'order', format('%s OPERATOR(%I.<=>) ($1)::%s', vec, vschema, emb_type),
+        'distance', format('(%s OPERATOR(%I.<=>) ($1)::%s)::double precision', vec, vschema, emb_type));
+END
+$$;
+
+-- Runs `statement` (a query of (key, content, seq, distance) rows, $1 the query vector, $2 the
+-- filter) with iterative index scans on, and returns its rows as one JSON array, by distance
+-- (ties by key: duplicate texts have equal distances, and the answer must not depend on luck). The settings
+-- are put back afterwards: they must not outlive the search in the caller's transaction.
+-- STABLE, as search(): they write nothing (sql/90_privileges.sql grants such functions to
+-- PUBLIC).
+CREATE FUNCTION embeddings.search_run(statement text, query anyelement, filter jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    result jsonb;
+    iterative text := current_setting('hnsw.iterative_scan', true);
+BEGIN
+    IF iterative IS NOT NULL THEN
+        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    END IF;
+    EXECUTE format('SELECT coalesce(pg_catalog.jsonb_agg(r ORDER BY r.distance, r.key), ''[]'') FROM (%s) r', statement)
+        INTO result USING query, filter;
+    IF iterative IS NOT NULL THEN
+        PERFORM set_config('hnsw.iterative_scan', iterative, true);
+    END IF;
+    RETURN result;
+END
+$$;
+
+-- The statements of a search of target t, made once per target with its other functions
+-- (embeddings.generate_access(), sql/32_access.sql, on watch() and on every change of the table
+-- that can change them) rather than from the catalog on every call: search() measured about
+-- 3 ms a call (10 on a loaded machine) building them, more than the index scan itself.
+--
+--   embeddings_<id>_search($1 query, $2 filter, $3 n, $4 exact) RETURNS jsonb
+--     the rows of the index path (the n nearest candidates, each with `candidates`, their count;
+--     for a chunked target one per document) or with $4 the exact path's n nearest, as a JSON
+--     array by distance, ties by key. Without a filter its statements are static (PL/pgSQL
+--     prepares them once per session); a filter's condition is made for each call
+--     (search_filter_sql(): the filter's columns vary).
+--   embeddings_<id>_text_ranking($1 query text, $2 filter, $3 depth) RETURNS jsonb
+--     for a target with full-text search: fts_ranking_sql()'s rows (sql/59_hybrid.sql).
+--
+-- Both SECURITY INVOKER: they run with the rights of whoever calls search(), row-level security
+-- included, exactly as the statements they replace. So they are not the table owner's (unlike
+-- the functions that read and write the table for the worker): owned by this schema's owner,
+-- EXECUTE to PUBLIC as search() is; a table owner cannot redefine what its searchers run.
+CREATE FUNCTION embeddings.generate_search(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q jsonb := embeddings.search_sql(t);
+    columns text := format('%s AS key, %s AS content, %s AS seq, %s AS distance', q->>'key', q->>'content', q->>'seq', q->>'distance');
+    distinct_on text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'DISTINCT ON (r.key)' END;
+    distinct_order text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'ORDER BY r.key, r.distance' END;
+    -- Each statement as its result (into which the static one selects), then its FROM in two
+    -- halves around the filter's condition.
+    index_sql text[] := ARRAY[
+        'SELECT coalesce(pg_catalog.jsonb_agg(r ORDER BY r.distance, r.key), ''[]'')',
+        format(' FROM (SELECT %s r.* FROM (SELECT c.*, pg_catalog.count(*) OVER () AS candidates'
+               ' FROM (SELECT %s FROM %s WHERE %s IS NOT NULL AND (',
+               distinct_on, columns, q->>'from', q->>'vector'),
+        format(') ORDER BY %s LIMIT $3) c) r %s) r', q->>'order', distinct_order)];
+    -- OFFSET 0 keeps the index from ordering them: every matching row's distance.
+    exact_sql text[] := ARRAY[
+        'SELECT coalesce(pg_catalog.jsonb_agg(d ORDER BY d.distance, d.key), ''[]'')',
+        format(' FROM (SELECT * FROM (SELECT %s r.* FROM (SELECT %s FROM %s WHERE %s IS NOT NULL AND (',
+               distinct_on, columns, q->>'from', q->>'vector'),
+        format(') OFFSET 0) r %s) d ORDER BY d.distance, d.key LIMIT $3) d', distinct_order)];
+    text_sql text[];
+    settings text := embeddings.key_settings_sql(t);
+    prefix text := 'embeddings_' || t.id;
+BEGIN
+    EXECUTE format(
+        $f$CREATE FUNCTION embeddings.%1$I(%2$I.halfvec, jsonb, integer, boolean) RETURNS jsonb
+        LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp%3$s AS $body$
+        DECLARE
+            result jsonb;
+        BEGIN
+            IF $2 IS NOT NULL THEN
+                EXECUTE CASE WHEN $4 THEN %4$L ELSE %5$L END
+                        OPERATOR(pg_catalog.||) embeddings.search_filter_sql(
+                            (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %6$s), $2, 2)
+                        OPERATOR(pg_catalog.||) CASE WHEN $4 THEN %7$L ELSE %8$L END
+                    INTO result USING $1, $2, $3;
+            ELSIF $4 THEN
+                %9$s;
+            ELSE
+                %10$s;
+            END IF;
+            RETURN result;
+        END
+        $body$ $f$,
+        prefix || '_search', embeddings.vector_schema(), settings,
+        exact_sql[1] || exact_sql[2], index_sql[1] || index_sql[2], t.id, exact_sql[3], index_sql[3],
+        exact_sql[1] || ' INTO result' || exact_sql[2] || 'true' || exact_sql[3],
+        index_sql[1] || ' INTO result' || index_sql[2] || 'true' || index_sql[3]);
+    IF t.fts_config IS NOT NULL THEN
+        text_sql := embeddings.fts_ranking_sql(t);
+        text_sql := ARRAY['SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'')',
+                          ' FROM (' || text_sql[1], text_sql[2] || ') r'];
+        EXECUTE format(
+            $f$CREATE FUNCTION embeddings.%1$I(text, jsonb, integer) RETURNS jsonb
+            LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp%2$s AS $body$
+            DECLARE
+                result jsonb;
+            BEGIN
+                IF $2 IS NOT NULL THEN
+                    EXECUTE %3$L
+                            OPERATOR(pg_catalog.||) embeddings.search_filter_sql(
+                                (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %4$s), $2, 2)
+                            OPERATOR(pg_catalog.||) %5$L
+                        INTO result USING $1, $2, $3;
+                ELSE
+                    %6$s;
+                END IF;
+                RETURN result;
+            END
+            $body$ $f$,
+            prefix || '_text_ranking', settings, text_sql[1] || text_sql[2], t.id, text_sql[3],
+            text_sql[1] || ' INTO result' || text_sql[2] || 'true' || text_sql[3]);
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.generate_search(embeddings.targets) FROM PUBLIC;
+
+-- The `k` rows of `source` nearest to `query` (cosine distance), nearest first; for a chunked
+-- target the k documents with the nearest chunks, each once with its best chunk (`seq`, its
+-- position from 0, and `content`, its text). `filter`: see search_filter_sql(). k rows
+-- whenever k rows match; fewer only when fewer match (none: no row, no error).
+CREATE FUNCTION embeddings.search(source regclass, query halfvec, k integer DEFAULT 10,
+                                  filter jsonb DEFAULT NULL, embedding_column name DEFAULT NULL)
+RETURNS TABLE (key jsonb, distance double precision, content text, seq integer)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets := embeddings.search_target(source, embedding_column);
+    run text := format('SELECT embeddings.%I($1, $2, $3, $4)', 'embeddings_' || t.id || '_search');
+    -- The table's size as ANALYZE last estimated it (pg_class: no count(*) on every call).
+    estimate double precision := embeddings.search_rows_estimate(t);
+    exact_below double precision := coalesce(nullif(current_setting('embeddings.exact_search_rows', true), '')::double precision, 10000);
+    max_scan double precision := coalesce(nullif(current_setting('hnsw.max_scan_tuples', true), '')::double precision, 20000);
+    iterative text := current_setting('hnsw.iterative_scan', true);
+    answer jsonb := '[]';
+    n integer := 0;
+    candidates integer := 0;
+BEGIN
+    IF k IS NULL OR k < 1 THEN
+        RAISE EXCEPTION 'embeddings.search: k must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF to_regproc(format('embeddings.%I', 'embeddings_' || t.id || '_search')) IS NULL THEN
+        RAISE EXCEPTION 'embeddings: the search function of % is missing%', source, coalesce(' (' || t.problem || ')', '')
+            USING ERRCODE = 'undefined_function',
+                  HINT = 'An ALTER TABLE of it, or watch() again, regenerates it.';
+    END IF;
+    -- Iterative index scans (pgvector >= 0.8), for this search only: put back below, as they
+    -- must not outlive it in the caller's transaction.
+    IF iterative IS NOT NULL THEN
+        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
+    END IF;
+    IF estimate IS NULL OR estimate >= exact_below THEN
+        -- The index: k rows, or for chunks candidates doubling until they hold k documents or
+        -- the index yields no more (fewer candidates than asked for).
+        n := CASE WHEN t.chunk_table IS NULL THEN k ELSE greatest(k * 10, 40) END;
+        LOOP
+            EXECUTE run INTO answer USING query, filter, n, false;
+            candidates := coalesce((answer->0->>'candidates')::integer, 0);
+            EXIT WHEN jsonb_array_length(answer) >= k OR t.chunk_table IS NULL OR candidates < n OR n >= max_scan;
+            n := least(n * 2, max_scan)::integer;
+        END LOOP;
+    END IF;
+    IF jsonb_array_length(answer) < k OR candidates < n THEN
+        -- Exact: every matching row's distance, ties (duplicates) by key as the index path.
+        -- Also when the index ran dry before k documents, or before the candidates asked for:
+        -- the rows it can reach are few, and a graph full of dead or near-duplicate tuples
+        -- may reach some rows from no entry point at all.
+        EXECUTE run INTO answer USING query, filter, k, true;
+    END IF;
+    IF iterative IS NOT NULL THEN
+        PERFORM set_config('hnsw.iterative_scan', iterative, true);
+    END IF;
+    RETURN QUERY
+        SELECT r.value->'key', (r.value->>'distance')::double precision, r.value->>'content', (r.value->>'seq')::integer
+        FROM jsonb_array_elements(answer) WITH ORDINALITY AS r(value, i)
+        ORDER BY r.i LIMIT k;
+END
+$$;

@@ -1,0 +1,232 @@
+-- Hybrid search: full-text and vector rankings fused by reciprocal rank fusion (RRF), for
+-- targets with full-text search on (embeddings.watch(..., fts => 'english') or
+-- embeddings.enable_fts()). Exact terms (names, codes, error messages) are where small dense
+-- models are weakest and full-text search strongest; paraphrases the other way round
+-- (docs/performance.md#retrieval-quality has the numbers).
+--
+-- The tsvector: for a plain target, column `fts_column` of the table (default
+-- <embedding column>_fts), written by the worker with each vector through the table owner's
+-- store function (sql/32_access.sql), so the application's own writes compute nothing more.
+-- Both rankings take only rows with a vector: a row whose content changed (its vector cleared
+-- by the trigger, its tsvector not yet rewritten) is found by neither until embedded again.
+-- For a side-table target, the same column in the side table, written with the vector by the
+-- side store function (sql/56_side.sql): a content change leaves both as they were until the
+-- worker writes the new ones. For a chunked target, column `fts` of the chunk table, generated
+-- from the chunk (that table is written by the worker only). All GIN-indexed. Dots between word
+-- characters are read as spaces, in content and queries alike: Postgres's parser takes a
+-- dotted name (`urllib.request.urlopen`) as one token, which a search for `urlopen` would
+-- never match.
+
+-- The tsvector of text expression `expr` for target t (NULL when t has no full-text search).
+CREATE FUNCTION embeddings.fts_sql(t embeddings.targets, expr text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN t.fts_config IS NOT NULL THEN
+        format('pg_catalog.to_tsvector(%L::pg_catalog.regconfig, pg_catalog.regexp_replace(%s, %L, %L, ''g''))',
+               t.fts_config::text, expr, '(\w)\.(?=\w)', '\1 ')
+    END
+$$;
+
+-- The assignment the store function adds to its UPDATE for target t's tsvector (`value` the
+-- content, or NULL to clear it); '' without full-text search or for a chunked target.
+CREATE FUNCTION embeddings.fts_assign_sql(t embeddings.targets, value text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN t.fts_config IS NULL OR t.chunk_table IS NOT NULL OR t.fts_column IS NULL THEN ''
+                WHEN value IS NULL THEN format(', %I = NULL', t.fts_column)
+                ELSE format(', %I = %s', t.fts_column, embeddings.fts_sql(t, value)) END
+$$;
+
+-- The pgvector indexes (HNSW, IVFFlat) of table `rel` on plain columns (no expression, no
+-- predicate), each with the statements that make it again as it is: its definition, its
+-- tablespace, its comment.
+CREATE FUNCTION embeddings.vector_indexes(rel regclass) RETURNS TABLE (index regclass, statements text[])
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT i.indexrelid::regclass,
+           ARRAY[pg_get_indexdef(i.indexrelid)
+                 || coalesce(' TABLESPACE ' || quote_ident((SELECT sp.spcname FROM pg_tablespace sp
+                                                            WHERE sp.oid = c.reltablespace)), '')]
+           || coalesce(ARRAY[format('COMMENT ON INDEX %s IS %L', i.indexrelid::regclass,
+                                    obj_description(i.indexrelid, 'pg_class'))], '{}')
+    FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid JOIN pg_am am ON am.oid = c.relam
+    WHERE i.indrelid = rel AND am.amname IN ('hnsw', 'ivfflat') AND i.indexprs IS NULL
+      AND i.indpred IS NULL AND i.indisvalid
+    ORDER BY i.indexrelid
+$$;
+
+-- Turns full-text search on for `source`'s target (of `embedding_column`, when it has several)
+-- with text search configuration `config`: the tsvector column and its GIN index, filled for
+-- the rows embedded already, and the store function regenerated to keep it. Run by the table's
+-- owner (it alters the table). Again with another configuration: rebuilt with that one.
+-- In one transaction, holding the table (or side table, or chunk table) ACCESS EXCLUSIVE
+-- throughout: reads of it wait until it is done (docs/rag.md: minutes for a large table).
+-- The fill writes a new version of every embedded row (of a chunk table: the whole table is
+-- rewritten, as ADD COLUMN of a generated column does), and every new row version goes into
+-- each index of the table: into an HNSW index that costs a search of the graph per row (over
+-- 20 minutes for 100,000 rows on 2 cores), a build from scratch several times less. So the
+-- pgvector indexes of the table (or side table) are dropped before the fill and built again
+-- after it from their own definitions, unseen by anyone (the lock), as a rewrite rebuilds the
+-- chunk table's. A partitioned table keeps them (its indexes are per partition): slower.
+CREATE FUNCTION embeddings.enable_fts(source regclass, config regconfig DEFAULT 'english',
+                                      embedding_column name DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets := embeddings.search_target(source, embedding_column);
+    a jsonb := embeddings.access_parts(t);
+    owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
+    fill text := (a->>'prefix') || '_fill_fts';
+    col name;
+    rel regclass;
+    rebuild text[] := '{}';
+    dropped regclass;
+    statement text;
+BEGIN
+    PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
+    IF t.chunk_table IS NOT NULL THEN
+        col := 'fts';
+        rel := t.chunk_table;
+    ELSE
+        col := left(t.embedding_column, 59) || '_fts';
+        rel := coalesce(t.side_table, t.source);
+    END IF;
+    IF t.fts_column IS NOT NULL OR embeddings.attnum_of(rel, col) IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', rel, coalesce(t.fts_column, col));
+    END IF;
+    UPDATE embeddings.targets tg SET fts_config = config, fts_column = col, updated_at = now()
+    WHERE tg.id = t.id RETURNING * INTO t;
+    IF t.chunk_table IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I tsvector GENERATED ALWAYS AS (%s) STORED',
+                       rel, col, embeddings.fts_sql(t, 'chunk'));
+    ELSE
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I tsvector', rel, col);
+        -- The rows embedded already (the rest get theirs with their vectors), through a
+        -- function of the table's owner, as the store function is: the content (a content
+        -- function's, say) is evaluated and the table's triggers fire as the owner, never as
+        -- us. Only this column changes: no job is queued, no vector cleared.
+        PERFORM embeddings.create_access_function(a, '_fill_fts', '', 'void',
+            CASE WHEN t.side_table IS NULL
+                 THEN format('UPDATE %s t SET %I = %s WHERE t.%I IS NOT NULL;',
+                             rel, col, embeddings.fts_sql(t, a->>'content'), t.embedding_column)
+                 -- A side row's tsvector from its row's content (the table named first, as
+                 -- everywhere: sql/56_side.sql says why).
+                 ELSE format('UPDATE %s x SET %I = %s FROM %s t WHERE %s;',
+                             rel, col, embeddings.fts_sql(t, a->>'content'), t.source,
+                             embeddings.key_equal_sql(t, 't', 'x')) END);
+        PERFORM embeddings.give_owner_path(format('embeddings.%I()', fill)::regprocedure,
+                                           (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
+        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', fill);
+        IF owner_name <> current_user THEN
+            EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', fill, owner_name);
+            EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I() TO %I', fill, current_user);
+        END IF;
+        IF (SELECT c.relkind FROM pg_class c WHERE c.oid = rel) = 'r' THEN
+            FOR dropped, statement IN
+                SELECT v.index, array_to_string(v.statements, '; ') FROM embeddings.vector_indexes(rel) v
+            LOOP
+                rebuild := rebuild || statement;
+                EXECUTE format('DROP INDEX %s', dropped);
+            END LOOP;
+        END IF;
+        EXECUTE format('SELECT embeddings.%I()', fill);
+        EXECUTE format('DROP FUNCTION embeddings.%I()', fill);
+        FOREACH statement IN ARRAY rebuild LOOP
+            EXECUTE statement;
+        END LOOP;
+    END IF;
+    EXECUTE format('CREATE INDEX ON %s USING gin (%I)', rel, col);
+    PERFORM embeddings.generate_access(t);
+    PERFORM set_config('embeddings.following', 'off', true);
+END
+$$;
+
+-- Turns full-text search off for `source`'s target: drops the tsvector column.
+CREATE FUNCTION embeddings.disable_fts(source regclass, embedding_column name DEFAULT NULL) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets := embeddings.search_target(source, embedding_column);
+BEGIN
+    PERFORM set_config('embeddings.following', 'on', true);
+    IF t.fts_column IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', coalesce(t.chunk_table, t.side_table, t.source), t.fts_column);
+    END IF;
+    UPDATE embeddings.targets tg SET fts_config = NULL, fts_column = NULL, updated_at = now()
+    WHERE tg.id = t.id RETURNING * INTO t;
+    PERFORM embeddings.generate_access(t);
+    PERFORM set_config('embeddings.following', 'off', true);
+END
+$$;
+
+-- The full-text ranking of a search of target t: documents (rows, or a chunked target's
+-- documents by their best chunk) matching websearch_to_tsquery(query) and the filter, best
+-- first by ts_rank_cd, ties by key; at most `depth`. $1 the query text, $2 the filter, $3 the
+-- depth. In two halves around the filter's condition (embeddings.generate_search() makes
+-- the target's embeddings_<id>_text_ranking() of them, sql/58_search.sql).
+CREATE FUNCTION embeddings.fts_ranking_sql(t embeddings.targets) RETURNS text[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q jsonb := embeddings.search_sql(t);
+    -- The relation of the tsvector: the table, its chunk table or its side table.
+    doc text := CASE WHEN t.chunk_table IS NOT NULL THEN 'c' WHEN t.side_table IS NOT NULL THEN 'v' ELSE 's' END;
+BEGIN
+    RETURN ARRAY[
+        format(
+            'SELECT r.key, r.content, r.seq, r.text_rank FROM ('
+            ' SELECT DISTINCT ON (%1$s) %1$s AS key, %2$s AS content, %3$s AS seq,'
+            '  pg_catalog.ts_rank_cd(%4$s.%5$I, q.q) AS text_rank'
+            ' FROM %6$s, pg_catalog.websearch_to_tsquery(%7$L::pg_catalog.regconfig,'
+            '  pg_catalog.regexp_replace($1, %8$L, %9$L, ''g'')) AS q(q)'
+            ' WHERE %4$s.%5$I OPERATOR(pg_catalog.@@) q.q AND %10$s IS NOT NULL AND (',
+            q->>'key', q->>'content', q->>'seq', doc, t.fts_column, q->>'from', t.fts_config::text,
+            '(\w)\.(?=\w)', '\1 ', q->>'vector'),
+        format(
+            ') ORDER BY %1$s, pg_catalog.ts_rank_cd(%2$s.%3$I, q.q) DESC) r'
+            ' ORDER BY r.text_rank DESC, r.key LIMIT $3',
+            q->>'key', doc, t.fts_column)];
+END
+$$;
+
+-- Hybrid search: the `k` documents of `source` best by reciprocal rank fusion of the vector
+-- ranking (embeddings.search() of `query_embedding`) and the full-text ranking of `query`
+-- (websearch_to_tsquery: every word, "quoted phrases", -excluded), each cut at `depth`:
+--   score = vector_weight / (rrf_k + vector_rank) + text_weight / (rrf_k + text_rank)
+-- (a ranking a document is missing from adds nothing), best first, ties by key. `filter` as
+-- for search(). Each row: the key (typed as in the table), the score, the content (the best
+-- chunk by distance, else by text rank, for a chunked target) and its `seq`, the cosine
+-- distance (NULL when the document is not in the vector ranking) and both ranks (from 1;
+-- NULL where missing). With the caller's rights, as search().
+CREATE FUNCTION embeddings.hybrid_search(source regclass, query text, query_embedding halfvec, k integer DEFAULT 10,
+                                         filter jsonb DEFAULT NULL, embedding_column name DEFAULT NULL,
+                                         rrf_k double precision DEFAULT 60, vector_weight double precision DEFAULT 1,
+                                         text_weight double precision DEFAULT 1, depth integer DEFAULT 100)
+RETURNS TABLE (key jsonb, score double precision, content text, seq integer, distance double precision,
+               vector_rank integer, text_rank integer)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets := embeddings.search_target(source, embedding_column);
+    by_vector jsonb;
+    by_text jsonb;
+BEGIN
+    IF t.fts_config IS NULL THEN
+        RAISE EXCEPTION '% has no full-text search for hybrid search', source
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = format('SELECT embeddings.enable_fts(%L, ''english'');', source::text);
+    END IF;
+    IF k IS NULL OR k < 1 OR depth IS NULL OR depth < 1 OR rrf_k IS NULL OR rrf_k < 0 THEN
+        RAISE EXCEPTION 'embeddings.hybrid_search: k and depth must be at least 1, rrf_k at least 0'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.distance, r.key), '[]') INTO by_vector
+    FROM embeddings.search(source, query_embedding, greatest(depth, k), filter, t.embedding_column) r;
+    EXECUTE format('SELECT embeddings.%I($1, $2, $3)', 'embeddings_' || t.id || '_text_ranking')
+        INTO by_text USING query, filter, greatest(depth, k);
+    RETURN QUERY
+        SELECT coalesce(v.value->'key', x.value->'key'),
+               coalesce(vector_weight / (rrf_k + v.i), 0) + coalesce(text_weight / (rrf_k + x.i), 0),
+               coalesce(v.value->>'content', x.value->>'content'),
+               coalesce(v.value->>'seq', x.value->>'seq')::integer,
+               (v.value->>'distance')::double precision,
+               v.i::integer, x.i::integer
+        FROM jsonb_array_elements(by_vector) WITH ORDINALITY AS v(value, i)
+        FULL JOIN jsonb_array_elements(by_text) WITH ORDINALITY AS x(value, i) ON v.value->'key' = x.value->'key'
+        ORDER BY 2 DESC, 1
+        LIMIT k;
+END
+$$;

@@ -1,0 +1,179 @@
+-- Self-healing: embeddings.sweep() finds rows that should have an embedding and have no job
+-- (a job lost to a TRUNCATE of the queue, rows written while triggers were off, an embedding set
+-- to NULL by hand), queues them, moves the inbox, and prunes old archived jobs. Opt in to running it every
+-- minute with embeddings.schedule_sweep() where pg_cron is installed, or call it from any
+-- scheduler.
+
+-- Where each target's sweep left off: a row key in its JSON form, as text. Work per run is bounded by
+-- max_rows per target, so a huge table is swept a slice at a time and never stalls the job.
+CREATE TABLE IF NOT EXISTS embeddings.sweep_cursors (
+    target_id integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
+    after_key text,
+    swept_at  timestamptz NOT NULL DEFAULT now()
+);
+
+-- Row keys (JSON form) of target t that need no sweeping: queued in either message shape (in
+-- either lane, or in the inbox), or dead-lettered (those wait for `failures --retry`).
+CREATE FUNCTION embeddings.pending_keys(t embeddings.targets) RETURNS TABLE (k jsonb)
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    rel_schema name;
+    rel_name name;
+BEGIN
+    SELECT n.nspname, c.relname INTO rel_schema, rel_name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
+    RETURN QUERY EXECUTE format($q$
+        SELECT key_json FROM pgmq.%1$I m, LATERAL embeddings.message_keys(m.message) AS key_json
+        WHERE m.message @> jsonb_build_object('target', $1)
+        UNION ALL
+        SELECT key_json FROM pgmq.%5$I m, LATERAL embeddings.message_keys(m.message) AS key_json
+        WHERE m.message @> jsonb_build_object('target', $1)
+        UNION ALL
+        SELECT key_json FROM embeddings.inbox i,
+             LATERAL embeddings.message_keys(jsonb_build_object('columns', i.columns)) AS key_json
+        WHERE i.target = $1
+        UNION ALL
+        SELECT m.message -> 'id' FROM pgmq.%1$I m
+        WHERE m.message @> jsonb_build_object('schema', %2$L, 'table', %3$L)
+          AND coalesce(m.message ->> 'embeddingColumn', 'embedding') = %4$L
+          AND m.message -> 'id' IS NOT NULL
+        UNION ALL
+        SELECT f.row_key FROM embeddings.failures f WHERE f.target_id = $1 AND f.row_key IS NOT NULL
+        $q$, pgmq.format_table_name(t.queue, 'q'), rel_schema, rel_name, t.embedding_column,
+        pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q'))
+    USING t.id;
+END
+$$;
+
+-- With `verify`, also a slice of the verifying pass (sql/64_verify.sql): rows whose vector is not
+-- that of their current content and definition are queued too.
+CREATE FUNCTION embeddings.sweep(
+    max_rows integer DEFAULT 1000,
+    archive_retention interval DEFAULT '7 days',
+    verify boolean DEFAULT false
+) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets;
+    rel_schema name;
+    rel_name name;
+    cursor_key text;
+    last_key text;
+    scanned integer;
+    enqueued integer;
+    total integer := 0;
+    q record;
+BEGIN
+    IF max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Keys the triggers left in the inbox, where no worker moves them (push mode, or none
+    -- running): into their live queues (22_inbox.sql).
+    PERFORM embeddings.move_inbox(lq.name, 100000, 10000000) FROM embeddings.queues lq WHERE lq.live_queue IS NULL;
+    FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
+        SELECT n.nspname, c.relname INTO rel_schema, rel_name
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
+        CONTINUE WHEN rel_name IS NULL OR t.problem IS NOT NULL;  -- table dropped, or not served
+        IF EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id) THEN
+            -- Its existing rows are still being queued (62_backfill.sql): a backfill step instead
+            -- of a slice (which would queue the rows ahead of the backfill twice), when its
+            -- backfill lane is low, so that the lane holds a step or two at most, not the table
+            -- (a pulling worker steps it too).
+            IF NOT embeddings.backfill_lane_full(t.queue, embeddings.backfill_step_keys()) THEN
+                total := total + coalesce((SELECT s.enqueued FROM embeddings.backfill_step(t.id) s), 0);
+            END IF;
+            CONTINUE;
+        END IF;
+        -- A verifying sweep queues rows without a vector too (below): one evaluation per row.
+        CONTINUE WHEN verify;
+        SELECT after_key INTO cursor_key FROM embeddings.sweep_cursors WHERE target_id = t.id;
+
+        BEGIN
+            -- One slice of the table in key order, read by the target's embeddings_<id>_scan(),
+            -- which runs as the table's owner and evaluates the content as that role
+            -- (sql/32_access.sql). A row is missing when it has real content (whitespace-only
+            -- content would be cleared and queued again forever), no embedding, no pending job
+            -- in either message shape, and no dead letter (those wait for `failures --retry`).
+            -- Keys are compared in their JSON form, as messages carry them.
+            EXECUTE format($q$
+                WITH slice AS (
+                    SELECT s.key AS k, s.missing, row_number() OVER () AS ord
+                    FROM embeddings.%I($1::jsonb, $2, false, true, true) AS s
+                ),
+                queued AS (
+                    SELECT embeddings.enqueue_keys($3, array_agg(s.k), 0, 'backfill') AS messages, count(*)::int AS keys
+                    FROM slice s
+                    WHERE s.missing
+                      AND s.k NOT IN (SELECT p.k FROM embeddings.pending_keys($4) p)
+                )
+                SELECT (SELECT count(*) FROM slice)::int,
+                       (SELECT k::text FROM slice ORDER BY ord DESC LIMIT 1), keys
+                FROM queued
+                $q$, 'embeddings_' || t.id || '_scan')
+            INTO scanned, last_key, enqueued
+            USING cursor_key, max_rows, t.id, t;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'embeddings.sweep(): skipped %.%: %', t.source, t.embedding_column, SQLERRM;
+            CONTINUE;
+        END;
+
+        -- A short slice means the end of the table: start again from the top next time.
+        INSERT INTO embeddings.sweep_cursors AS sc (target_id, after_key, swept_at)
+        VALUES (t.id, CASE WHEN scanned < max_rows THEN NULL ELSE last_key END, now())
+        ON CONFLICT (target_id) DO UPDATE SET after_key = excluded.after_key, swept_at = now();
+        total := total + coalesce(enqueued, 0);
+    END LOOP;
+
+    IF verify THEN
+        total := total + embeddings.verify(max_rows);
+    END IF;
+
+    -- Archived jobs (dead letters' messages, pgmq.archive) older than the retention.
+    IF archive_retention IS NOT NULL THEN
+        FOR q IN SELECT name FROM embeddings.queues LOOP
+            EXECUTE format(
+                'DELETE FROM pgmq.%1$I WHERE msg_id IN ('
+                '  SELECT msg_id FROM pgmq.%1$I WHERE archived_at < now() - $1 LIMIT 10000)',
+                pgmq.format_table_name(q.name, 'a')) USING archive_retention;
+        END LOOP;
+    END IF;
+    -- Throughput minutes older than a day feed nothing.
+    DELETE FROM embeddings.throughput WHERE minute < now() - interval '1 day';
+    RETURN total;
+END
+$$;
+
+-- Runs embeddings.sweep() on a pg_cron schedule (default: every minute; pg_cron 1.4 has minute
+-- granularity, 1.5+ also takes '30 seconds'). Calling it again replaces the schedule.
+-- Returns the pg_cron job id.
+CREATE FUNCTION embeddings.schedule_sweep(
+    schedule text DEFAULT '* * * * *',
+    max_rows integer DEFAULT 1000,
+    archive_retention interval DEFAULT '7 days',
+    verify boolean DEFAULT false
+) RETURNS bigint
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regclass('cron.job') IS NULL THEN
+        RAISE EXCEPTION 'pg_cron is not installed in this database'
+            USING HINT = 'CREATE EXTENSION pg_cron (it must be in shared_preload_libraries and cron.database_name must name this database), or call embeddings.sweep() from another scheduler.';
+    END IF;
+    RETURN cron.schedule(
+        'embeddings-sweep', schedule,
+        format('SELECT embeddings.sweep(%s, %L::interval%s)', max_rows, archive_retention,
+               CASE WHEN verify THEN ', verify => true' ELSE '' END));
+END
+$$;
+
+CREATE FUNCTION embeddings.unschedule_sweep() RETURNS boolean
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF to_regclass('cron.job') IS NULL THEN
+        RETURN false;  -- (a separate IF: cron.job must not be planned where it does not exist)
+    END IF;
+    IF NOT EXISTS (SELECT FROM cron.job WHERE jobname = 'embeddings-sweep') THEN
+        RETURN false;
+    END IF;
+    RETURN cron.unschedule('embeddings-sweep');
+END
+$$;

@@ -1,0 +1,335 @@
+-- Backfills: queuing the rows a table already holds when watch() registers it, after watch()
+-- commits, one key range at a time.
+--
+-- watch() runs in its caller's transaction and may hold ACCESS EXCLUSIVE on the table (adding
+-- the embedding column): queuing every key there held the lock for the whole enqueue (2.2 s at
+-- 2M rows, every read of the table blocked) and built one array of all keys (Postgres's 1 GB
+-- limit near 100M keys). Instead watch() records a cursor here and queues one step inline (at
+-- most backfill_step_keys() rows: a bounded cost, whatever the table's size); the rest is
+-- queued by later steps, each in its own short transaction:
+--   * the worker steps the backfills of its queue when it finds the queue empty, so that live
+--     jobs are never buried under a backfill (worker/backfill.py);
+--   * embeddings.sweep() steps them too when their queue is low (pg_cron, push mode).
+-- A step reads the next rows after the cursor in key order (keyset pagination: a row
+-- comparison on the key columns, served by the key's index), queues those that need a vector
+-- as messages of keys_per_message() keys, and advances the cursor in the same transaction.
+-- Concurrent steppers skip a backfill whose cursor row another holds (FOR UPDATE SKIP LOCKED),
+-- so no range is queued twice, and a stepper killed mid-step leaves the cursor where it was.
+-- Rows written meanwhile are queued by the triggers: a step skips keys already waiting in a
+-- job (or dead-lettered), and rows that hold a vector.
+
+CREATE TABLE IF NOT EXISTS embeddings.backfills (
+    target_id     integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
+    -- Every row with content, not only those without a vector (the model or content changed).
+    every_row     boolean NOT NULL,
+    -- The last row key queued or passed, in its JSON form (as messages carry keys); NULL: none yet.
+    after_key     jsonb,
+    scanned_rows  bigint NOT NULL DEFAULT 0,
+    enqueued_keys bigint NOT NULL DEFAULT 0,
+    started_at    timestamptz NOT NULL DEFAULT now(),
+    stepped_at    timestamptz,
+    -- Where its jobs go (enqueue_keys() lanes): 'backfill', or 'change' for a model change's
+    -- rows (their jobs fill the shadow column, 44_changes.sql).
+    lane          text NOT NULL DEFAULT 'backfill' CHECK (lane IN ('backfill', 'change'))
+);
+GRANT SELECT ON embeddings.backfills TO PUBLIC;  -- embeddings.status reads it as its caller
+COMMENT ON TABLE embeddings.backfills IS 'Targets whose existing rows are still being queued, and where the queuing has got to';
+
+-- Rows one step examines by default (sweep(), and watch()'s inline first step).
+CREATE FUNCTION embeddings.backfill_step_keys() RETURNS integer
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN 1000;
+
+-- The one function that sends backfill work: keys (JSON forms) of target `target_id`, as
+-- messages of keys_per_message() keys, into its backfill lane (20_queue.sql). SECURITY DEFINER
+-- (through enqueue_keys), so executable by no one but its owner unless granted.
+CREATE FUNCTION embeddings.send_backfill(target_id integer, keys jsonb[]) RETURNS integer
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings.enqueue_keys(target_id, keys, 0, coalesce(  -- behind the live writes
+        (SELECT b.lane FROM embeddings.backfills b WHERE b.target_id = send_backfill.target_id), 'backfill'))
+$$;
+REVOKE ALL ON FUNCTION embeddings.send_backfill(integer, jsonb[]) FROM PUBLIC;
+
+-- Starts (or restarts) target t's backfill and takes its first step inline. `every_row`
+-- restarts from the first key; otherwise a running backfill keeps its cursor. `lane`: where its
+-- jobs go, 'change' for a model change (44_changes.sql).
+CREATE FUNCTION embeddings.start_backfill(t embeddings.targets, every_row boolean, lane text DEFAULT 'backfill')
+RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO embeddings.backfills AS b (target_id, every_row, lane)
+    VALUES (t.id, every_row, lane)
+    ON CONFLICT (target_id) DO UPDATE
+    SET every_row = b.every_row OR excluded.every_row,
+        after_key = CASE WHEN excluded.every_row THEN NULL ELSE b.after_key END,
+        started_at = CASE WHEN excluded.every_row THEN now() ELSE b.started_at END,
+        scanned_rows = CASE WHEN excluded.every_row THEN 0 ELSE b.scanned_rows END,
+        enqueued_keys = CASE WHEN excluded.every_row THEN 0 ELSE b.enqueued_keys END,
+        lane = CASE WHEN excluded.every_row THEN excluded.lane ELSE b.lane END;
+    PERFORM embeddings.backfill_step(t.id, embeddings.backfill_step_keys());
+END
+$$;
+
+-- One step of the backfill `b` of target `t`, whose cursor row the caller has locked: queues
+-- the keys among the next `max_keys` rows after the cursor that need a job and wait in none,
+-- and moves the cursor past them; at the end of the table the backfill is done (its row goes).
+-- Every row again (`every_row`) queues keys that wait in a job too: that job may be one the
+-- worker deferred (its target could not be served), not due for a while.
+CREATE FUNCTION embeddings.backfill_range(
+    t embeddings.targets, b embeddings.backfills, max_keys integer,
+    OUT scanned integer, OUT enqueued integer
+)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    last_key jsonb;
+    keys jsonb[];
+BEGIN
+    -- Read by the target's embeddings_<id>_scan(), as the table's owner (sql/32_access.sql):
+    -- keys only, and a content column's text (no content function is evaluated by a
+    -- backfill: the worker clears what turns out blank, and dead-letters a row whose content
+    -- function raises, with its error).
+    EXECUTE format($q$
+        WITH slice AS (
+            SELECT s.key AS k, s.missing, row_number() OVER () AS ord
+            FROM embeddings.%I($1, $2, $4, $5) AS s
+        )
+        SELECT (SELECT count(*) FROM slice)::int,
+               (SELECT k FROM slice ORDER BY ord DESC LIMIT 1),
+               ARRAY(SELECT s.k FROM slice s
+                     WHERE s.missing AND ($4 OR s.k NOT IN (SELECT p.k FROM embeddings.pending_keys($3) p))
+                     ORDER BY s.ord)
+        $q$, 'embeddings_' || t.id || '_scan')
+        INTO scanned, last_key, keys USING b.after_key, max_keys, t, b.every_row, t.content_column IS NOT NULL;
+    enqueued := cardinality(keys);
+    IF enqueued > 0 THEN
+        PERFORM embeddings.send_backfill(t.id, keys);
+    END IF;
+    IF scanned < max_keys THEN
+        DELETE FROM embeddings.backfills WHERE target_id = t.id;  -- the end of the table
+    ELSE
+        UPDATE embeddings.backfills
+        SET after_key = last_key, scanned_rows = scanned_rows + scanned,
+            enqueued_keys = enqueued_keys + enqueued, stepped_at = now()
+        WHERE target_id = t.id;
+    END IF;
+END
+$$;
+
+-- One step of target `target_id`'s backfill, unless another session is taking one (then, or
+-- when there is no backfill or the target is not served: 0 rows). Returns the rows examined
+-- and the keys queued.
+CREATE FUNCTION embeddings.backfill_step(
+    target_id integer, max_keys integer DEFAULT embeddings.backfill_step_keys(),
+    OUT scanned integer, OUT enqueued integer
+)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b embeddings.backfills;
+    t embeddings.targets;
+BEGIN
+    scanned := 0;
+    enqueued := 0;
+    IF max_keys IS NULL OR max_keys < 1 THEN
+        RAISE EXCEPTION 'max_keys must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    SELECT * INTO b FROM embeddings.backfills bf WHERE bf.target_id = backfill_step.target_id
+    FOR UPDATE SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = b.target_id;
+    IF t.problem IS NOT NULL OR NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN
+        RETURN;  -- not served now: watch() again restarts it
+    END IF;
+    SELECT r.scanned, r.enqueued INTO scanned, enqueued FROM embeddings.backfill_range(t, b, max_keys) r;
+END
+$$;
+
+-- Whether `queue`'s backfill lane already holds a step of `max_keys` keys (in messages of
+-- keys_per_message() keys). Steps that are not watch()'s own wait until it does not, so that the
+-- lane holds a step or two, never the table. Reads at most that many messages.
+CREATE FUNCTION embeddings.backfill_lane_full(queue text, max_keys integer) RETURNS boolean
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    lane_full boolean;
+BEGIN
+    EXECUTE format('SELECT count(*) >= $1 FROM (SELECT FROM pgmq.%I LIMIT $1) q',
+                   pgmq.format_table_name(embeddings.backfill_queue(queue), 'q'))
+        INTO lane_full USING max_keys / embeddings.keys_per_message() + 1;
+    RETURN lane_full;
+END
+$$;
+
+-- One step of the first backfill of a target on `queue` that no other session is stepping
+-- (the worker calls this when its queue is empty). Returns the rows examined (0: none to step)
+-- and the keys queued.
+CREATE FUNCTION embeddings.backfill_next(
+    queue text, max_keys integer DEFAULT embeddings.backfill_step_keys(),
+    OUT scanned integer, OUT enqueued integer
+)
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b embeddings.backfills;
+    t embeddings.targets;
+BEGIN
+    scanned := 0;
+    enqueued := 0;
+    IF max_keys IS NULL OR max_keys < 1 THEN
+        RAISE EXCEPTION 'max_keys must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Not while the backfill lane holds a step's worth of jobs: a worker whose reads run short
+    -- because its backfill batch is still in flight must not queue the whole table meanwhile.
+    IF embeddings.backfill_lane_full(queue, max_keys) THEN
+        RETURN;
+    END IF;
+    SELECT bf.* INTO b FROM embeddings.backfills bf
+    JOIN embeddings.targets tg ON tg.id = bf.target_id
+    WHERE tg.queue = backfill_next.queue AND tg.problem IS NULL
+      AND EXISTS (SELECT FROM pg_class c WHERE c.oid = tg.source)
+    ORDER BY bf.target_id
+    LIMIT 1
+    FOR UPDATE OF bf SKIP LOCKED;
+    IF NOT FOUND THEN
+        RETURN;
+    END IF;
+    SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = b.target_id;
+    SELECT r.scanned, r.enqueued INTO scanned, enqueued FROM embeddings.backfill_range(t, b, max_keys) r;
+END
+$$;
+
+-- Rows of target t that its backfill has still to pass and that need a job (for
+-- embeddings.status: they are pending too). NULL when t has no backfill. Counted by the
+-- target's embeddings_<id>_scan(), as the table's owner (sql/32_access.sql), like the
+-- backfill's steps: SECURITY DEFINER, for the worker roles (grant_worker()) and the schema's
+-- owner; status leaves the count out for other callers.
+CREATE FUNCTION embeddings.backfill_rows_left(t embeddings.targets) RETURNS bigint
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    b embeddings.backfills;
+    left_rows bigint;
+BEGIN
+    SELECT * INTO b FROM embeddings.backfills bf WHERE bf.target_id = t.id;
+    IF NOT FOUND THEN
+        RETURN NULL;
+    END IF;
+    EXECUTE format('SELECT count(*) FROM embeddings.%I($1, NULL, $2, $3) AS s WHERE s.missing',
+                   'embeddings_' || t.id || '_scan')
+        INTO left_rows USING b.after_key, b.every_row, t.content_column IS NOT NULL;
+    RETURN left_rows;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.backfill_rows_left(embeddings.targets) FROM PUBLIC;
+
+-- Deferred HNSW indexes (issue 16 §4). When watch() adds the embedding column to a large table,
+-- it builds no index: building one, even empty, scans the table under watch()'s lock, and
+-- inserting the backfill's vectors one by one into HNSW costs about ten times their share of a
+-- build (15.7 vs 1.37 ms per row, measured here at 200k rows). Search scans exactly
+-- meanwhile (status: index_deferred). Once the backfill has ended and its jobs are done, a
+-- worker that may (the table's owner) builds the index CONCURRENTLY, so that writes go on.
+-- Partitioned tables are indexed at watch() as before (no CONCURRENTLY on their parent).
+CREATE TABLE IF NOT EXISTS embeddings.deferred_indexes (
+    target_id integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
+    since     timestamptz NOT NULL DEFAULT now()
+);
+GRANT SELECT ON embeddings.deferred_indexes TO PUBLIC;  -- embeddings.status reads it as its caller
+
+-- Tables with more rows than this (the planner's estimate) get their HNSW index deferred.
+CREATE FUNCTION embeddings.index_defer_rows() RETURNS bigint
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN 100000;
+
+-- The name and the statement of target t's deferred index (on its table, or its side table:
+-- sql/56_side.sql).
+CREATE FUNCTION embeddings.deferred_index_name(t embeddings.targets) RETURNS name
+LANGUAGE sql STABLE AS $$
+    SELECT (left(c.relname, 40) || '_' || left(t.embedding_column, 16) || '_hnsw')::name
+    FROM pg_class c WHERE c.oid = coalesce(t.side_table, t.source)
+$$;
+
+-- Keys of target t waiting in either lane of its queue (in flight included):
+-- embeddings.queue_pending()'s groups of t (50_status.sql).
+CREATE FUNCTION embeddings.pending_count(t embeddings.targets, OUT pending_jobs bigint, OUT oldest_pending_seconds double precision)
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce(sum(g.keys), 0)::bigint, extract(epoch FROM clock_timestamp() - min(g.oldest))::double precision
+    FROM (SELECT * FROM embeddings.queue_pending(t.queue)
+          UNION ALL
+          SELECT * FROM embeddings.queue_pending(embeddings.backfill_queue(t.queue))) g
+    JOIN pg_class c ON c.oid = t.source JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE g.target_id = to_jsonb(t.id)
+       OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column)
+$$;
+-- Deferred indexes a worker of `queue` may build now: their backfill ended, its jobs are nearly
+-- done (fewer than one step's keys wait: live writes never stop it), and the current role owns
+-- the table. `cleanup` drops what an interrupted build left (an invalid index); `statements`
+-- build the index CONCURRENTLY (each at top level, in order). For a partitioned table, one
+-- partition at a time: its index, then its attachment to the parent's (invalid) index, which
+-- becomes valid with the last one.
+CREATE FUNCTION embeddings.deferred_index_ready(queue text)
+RETURNS TABLE (target_id integer, cleanup text, statements text[])
+LANGUAGE sql STABLE AS $$
+    SELECT t.id,
+           (SELECT format('DROP INDEX CONCURRENTLY %I.%I', ns.nspname, ic.relname)
+            FROM pg_class ic JOIN pg_index i ON i.indexrelid = ic.oid
+            JOIN pg_namespace ns ON ns.oid = ic.relnamespace
+            WHERE ic.relnamespace = coalesce(leaf.relnamespace, c.relnamespace)
+              AND ic.relname = coalesce(leaf.index_name, embeddings.deferred_index_name(t))
+              AND NOT i.indisvalid),
+           CASE WHEN c.relkind = 'r' THEN
+               ARRAY[format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s USING hnsw (%I %I.%I)',
+                            embeddings.deferred_index_name(t), c.oid::regclass, t.embedding_column, tn.nspname,
+                            ty.typname || '_cosine_ops')]
+           ELSE
+               ARRAY[format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s USING hnsw (%I %I.%I)',
+                            leaf.index_name, leaf.oid::regclass, t.embedding_column, tn.nspname,
+                            ty.typname || '_cosine_ops'),
+                     format('ALTER INDEX %I.%I ATTACH PARTITION %I.%I', n.nspname,
+                            embeddings.deferred_index_name(t), leaf.nspname, leaf.index_name)]
+           END
+    FROM embeddings.deferred_indexes d
+    JOIN embeddings.targets t ON t.id = d.target_id
+    JOIN pg_class c ON c.oid = coalesce(t.side_table, t.source)  -- where the embedding column is
+    JOIN pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = t.embedding_column AND NOT a.attisdropped
+    JOIN pg_type ty ON ty.oid = a.atttypid
+    JOIN pg_namespace tn ON tn.oid = ty.typnamespace
+    -- A partitioned table: its first partition whose index is not yet attached to the parent's.
+    LEFT JOIN LATERAL (
+        SELECT pc.oid, pc.relnamespace, pn.nspname,
+               (left(pc.relname, 40) || '_' || left(t.embedding_column, 16) || '_hnsw')::name AS index_name
+        FROM pg_inherits pi JOIN pg_class pc ON pc.oid = pi.inhrelid
+        JOIN pg_namespace pn ON pn.oid = pc.relnamespace
+        WHERE pi.inhparent = t.source
+          AND NOT EXISTS (
+              SELECT FROM pg_inherits ii
+              JOIN pg_class parent_index ON parent_index.oid = ii.inhparent
+              JOIN pg_index ci ON ci.indexrelid = ii.inhrelid
+              WHERE ci.indrelid = pc.oid AND parent_index.relname = embeddings.deferred_index_name(t)
+                AND parent_index.relnamespace = c.relnamespace)
+        ORDER BY pc.oid
+        LIMIT 1
+    ) leaf ON c.relkind = 'p'
+    WHERE t.queue = deferred_index_ready.queue AND t.problem IS NULL
+      AND (c.relkind = 'r' OR leaf.oid IS NOT NULL)
+      AND NOT EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id)
+      AND (SELECT p.pending_jobs FROM embeddings.pending_count(t) p) < embeddings.backfill_step_keys()
+      AND pg_has_role(c.relowner, 'USAGE')
+    ORDER BY t.id
+$$;
+
+-- Forgets target `target_id`'s deferred index once a valid HNSW index is on its column.
+-- SECURITY DEFINER: the worker that built it may not write the registry; it removes nothing
+-- that is not done.
+CREATE FUNCTION embeddings.deferred_index_built(target_id integer) RETURNS boolean
+LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    DELETE FROM embeddings.deferred_indexes d
+    USING embeddings.targets t
+    WHERE d.target_id = deferred_index_built.target_id AND t.id = d.target_id
+      AND EXISTS (
+          SELECT FROM pg_index i
+          JOIN pg_class ic ON ic.oid = i.indexrelid
+          JOIN pg_am am ON am.oid = ic.relam
+          JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+          WHERE i.indrelid = coalesce(t.side_table, t.source) AND am.amname = 'hnsw' AND a.attname = t.embedding_column
+            AND i.indisvalid)
+    RETURNING true
+$$;

@@ -1,0 +1,531 @@
+-- Content fingerprints and the verifying sweep: the system knows what each stored vector was
+-- made from, so writes the triggers never saw (session_replication_role = replica on a target
+-- not watched with replica => true, a partition detached, edited and attached again, ALTER
+-- TABLE ... DISABLE TRIGGER windows, restores with triggers off, a re-registration whose new
+-- content function raises) cannot leave a vector of older content unnoticed.
+--
+-- The worker writes a row's fingerprint in the transaction that writes its vector (the
+-- application's write path does nothing more): md5 of the target's definition tag (content
+-- source, model, chunking) and of the content the vector was made from. embeddings.sweep(verify
+-- => true) (or `embed-worker sweep --verify`) walks each target in key order, a bounded slice per
+-- call, evaluates each row's content through the target's embeddings_<id>_verify() (run as the
+-- table's owner, like every read of a user table: sql/32_access.sql) and queues every row whose
+-- vector lacks a fingerprint or whose fingerprint is not that of its content and definition now.
+
+-- One fingerprint per stored vector: `slot` is the attribute number of the column holding it
+-- (a model change's shadow column has its own, and after the swap the embedding column is the
+-- former shadow column: its fingerprints come along with no rewrite); 0 for a chunked target
+-- (its vectors live in its chunk table). `key` is the row key as jobs carry it.
+CREATE TABLE IF NOT EXISTS embeddings.fingerprints (
+    target_id   integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
+    slot        smallint NOT NULL,
+    key         jsonb NOT NULL,
+    fingerprint text NOT NULL,
+    written_at  timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (target_id, slot, key)
+);
+
+-- Where each target's verifying sweep is, and what its passes found: `after_key` the last key
+-- of the slice verified (NULL: the next call starts a new pass), the current pass's counts, and
+-- the last complete pass's.
+CREATE TABLE IF NOT EXISTS embeddings.verify_cursors (
+    target_id          integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
+    after_key          jsonb,
+    pass_started_at    timestamptz,
+    pass_rows          bigint NOT NULL DEFAULT 0,
+    pass_queued        bigint NOT NULL DEFAULT 0,
+    verified_at        timestamptz,
+    last_pass_started  timestamptz,
+    last_pass_finished timestamptz,
+    last_pass_rows     bigint,
+    last_pass_queued   bigint,
+    -- where the pruning of fingerprints whose row is gone is (NULL: it starts over), by
+    -- (slot, key) in the fingerprints' own order: verify_target()
+    prune_slot         smallint,
+    prune_after        jsonb
+);
+GRANT SELECT ON embeddings.verify_cursors TO PUBLIC;
+
+-- What a vector of target t is made by besides its content: where the content comes from (the
+-- column's attribute number or the function's oid: both follow renames), the model, and the
+-- chunking. A re-registration with another content source or model changes it, so every
+-- vector of the old definition stops matching.
+CREATE FUNCTION embeddings.definition_tag(t embeddings.targets, model text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT pg_catalog.md5(concat_ws('|', 'v1', t.content_attnum, t.content_function::oid, model,
+                                    t.chunk_tokens, t.chunk_overlap))
+$$;
+
+-- The side table of target t (a target whose vectors live in a table of their own, sql/56_side.sql
+-- where installed), else NULL. Read through the row's JSON so that this file installs with or
+-- without that column.
+CREATE FUNCTION embeddings.side_table_of(t embeddings.targets) RETURNS regclass
+LANGUAGE sql STABLE AS $$
+    SELECT (pg_catalog.to_jsonb(t) ->> 'side_table')::regclass
+$$;
+
+-- The slot of target t's vectors (its embedding column, or with `shadow` its model change's
+-- shadow column; 0 for a chunked target), and the model they are made with.
+CREATE FUNCTION embeddings.fingerprint_slot(t embeddings.targets, shadow boolean DEFAULT false,
+                                            OUT slot smallint, OUT model text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+-- (PL/pgSQL: its statements' plans are kept for the session; the worker calls it per batch)
+DECLARE
+    change embeddings.model_changes;
+BEGIN
+    model := t.model;
+    IF t.chunk_table IS NOT NULL THEN
+        slot := 0;
+        RETURN;
+    END IF;
+    IF shadow THEN
+        SELECT * INTO change FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
+        model := change.model;
+    END IF;
+    SELECT a.attnum INTO slot FROM pg_attribute a  -- in the side table, for a side-table target
+    WHERE a.attrelid = coalesce(embeddings.side_table_of(t), t.source) AND a.attname = CASE WHEN shadow THEN change.shadow_column ELSE t.embedding_column END
+      AND a.attnum > 0 AND NOT a.attisdropped;
+END
+$$;
+
+-- The row key in its JSON form (as jobs carry it and embeddings_<id>_verify() returns it) of
+-- the canonical key text `expr` (the worker's: worker/pipeline/targets.py): each part read by
+-- its built-in type's input function (a domain: its base type) and given to to_jsonb(), as the
+-- triggers do; a user type's part stays the JSON string of its text.
+CREATE FUNCTION embeddings.key_json_from_text_sql(t embeddings.targets, expr text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN cardinality(t.key_types) = 1
+                THEN part.sql[1]
+                ELSE format('pg_catalog.jsonb_build_array(%s)', array_to_string(part.sql, ', ')) END
+    FROM (SELECT array_agg(CASE WHEN embeddings.builtin_scalar(k.ty)
+                                THEN format('pg_catalog.to_jsonb((%s)::%I.%I)', k.part, b.nspname, b.typname)
+                                ELSE format('pg_catalog.to_jsonb(%s)', k.part) END ORDER BY k.i) AS sql
+          FROM (SELECT u.ty, u.i,
+                       CASE WHEN cardinality(t.key_types) = 1 THEN expr
+                            ELSE format('((%s)::pg_catalog.jsonb ->> %s)', expr, u.i - 1) END AS part
+                FROM unnest(t.key_types) WITH ORDINALITY AS u(ty, i)) k
+          -- the base type by its qualified name, which has no implied length: `character` is
+          -- char(1) and `bit` bit(1) (a cast to them cut every longer key), pg_catalog.bpchar and
+          -- pg_catalog.bit are of any length
+          JOIN LATERAL (SELECT n.nspname, ty.typname FROM pg_catalog.pg_type ty
+                        JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace
+                        WHERE ty.oid = embeddings.base_type(k.ty)) b ON true) part
+$$;
+
+-- key_json_from_text_sql() of each target's definition version, kept: building it reads the
+-- catalog (several milliseconds), and the worker needs it for every batch it writes. Written
+-- only by record_fingerprints() (as this schema's owner); every ALTER of a watched table and
+-- every watch() gives the target a new version, so a kept expression never outlives its key.
+CREATE TABLE IF NOT EXISTS embeddings.fingerprint_keys (
+    target_id integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
+    version   integer NOT NULL,
+    key_sql   text NOT NULL,
+    PRIMARY KEY (target_id, version)
+);
+-- Built by the code installed: this file runs at every install and upgrade, whose
+-- key_json_from_text_sql() may build them otherwise.
+DELETE FROM embeddings.fingerprint_keys;
+
+-- Records the fingerprints of vectors the worker is writing (in its write transaction): rows
+-- `keys` (canonical text) of target `target_id`, made from content whose md5 is `digests`
+-- (NULL: nothing stored, nothing recorded); `shadow`: in the model change's shadow column.
+-- Worker roles only (80_roles.sql). A failure here never fails the write: a vector without its
+-- fingerprint is only verified (and embedded) once more.
+-- Its settings: the keys' JSON as the triggers and embeddings_<id>_verify() write it, whatever
+-- the worker's session's (embeddings.key_settings()).
+CREATE FUNCTION embeddings.record_fingerprints(target_id integer, shadow boolean, keys text[], digests text[])
+RETURNS integer
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = postgres SET extra_float_digits = 3
+SET bytea_output = hex AS $$
+DECLARE
+    t embeddings.targets;
+    s record;
+    key_sql text;
+    recorded integer;
+BEGIN
+    SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = record_fingerprints.target_id;
+    IF t.id IS NULL OR cardinality(keys) IS NULL THEN
+        RETURN 0;
+    END IF;
+    s := embeddings.fingerprint_slot(t, shadow);
+    IF s.slot IS NULL THEN
+        RETURN 0;
+    END IF;
+    SELECT fk.key_sql INTO key_sql FROM embeddings.fingerprint_keys fk
+    WHERE fk.target_id = t.id AND fk.version = t.version;
+    IF key_sql IS NULL THEN
+        key_sql := embeddings.key_json_from_text_sql(t, 'v.k');
+        DELETE FROM embeddings.fingerprint_keys fk WHERE fk.target_id = t.id;
+        INSERT INTO embeddings.fingerprint_keys VALUES (t.id, t.version, key_sql) ON CONFLICT DO NOTHING;
+    END IF;
+    BEGIN
+        EXECUTE format(
+            'INSERT INTO embeddings.fingerprints AS f (target_id, slot, key, fingerprint)'
+            ' SELECT DISTINCT ON (1, 2, 3) $1, $2, %s, pg_catalog.md5($3 || v.h)'
+            ' FROM ROWS FROM (pg_catalog.unnest($4), pg_catalog.unnest($5)) AS v(k, h) WHERE v.h IS NOT NULL'
+            ' ON CONFLICT (target_id, slot, key) DO UPDATE'
+            ' SET fingerprint = excluded.fingerprint, written_at = excluded.written_at',
+            key_sql)
+        USING t.id, s.slot, embeddings.definition_tag(t, s.model), keys, digests;
+        GET DIAGNOSTICS recorded = ROW_COUNT;
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'embeddings: fingerprints of %.% not recorded: %', t.source, t.embedding_column, SQLERRM;
+        recorded := 0;
+    END;
+    RETURN recorded;
+END
+$$;
+
+-- Target t's functions for the verifying sweep, run as the table's owner (generate_access()
+-- calls this and gives them to the owner; `a`: access_parts(t)). Returns their names.
+--   embeddings_<id>_verify(after, max_rows)  the rows after `after` in key order, at most
+--       `max_rows`: key (JSON form), whether a vector is stored, the md5 of the content, whether
+--       the content is blank, and whether evaluating it raised (then the rows one at a time)
+--   embeddings_<id>_clear_failing(keys, k0..)  clears the vectors of these rows whose content
+--       raises now (a re-registration's content function failing for them): no vector rather
+--       than one of an older definition. Returns the keys cleared.
+--   embeddings_<id>_existing(keys, k0..)  the keys whose row exists (pruning fingerprints)
+CREATE FUNCTION embeddings.generate_verify_access(t embeddings.targets, a jsonb) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    types text[] := embeddings.key_sql_types(t);
+    nkeys integer := cardinality(t.key_columns);
+    key_order text := (SELECT string_agg(format('t.%I', c), ', ' ORDER BY i)
+                       FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
+    after_sql text := embeddings.key_after_sql(t, 't', ARRAY(
+        SELECT format(CASE WHEN nkeys = 1 THEN '($1 #>> ''{}'')::%2$s' ELSE '($1 ->> %1$s)::%2$s' END, i - 1, types[i])
+        FROM generate_series(1, nkeys) i ORDER BY i));
+    -- Where the vectors are: the row itself, or the chunk table or side table (keyed by the
+    -- source's key columns, same names).
+    apart regclass := coalesce(t.chunk_table, embeddings.side_table_of(t));
+    has_vector text := CASE WHEN apart IS NULL THEN format('t.%I IS NOT NULL', t.embedding_column)
+                            ELSE format('EXISTS (SELECT FROM %s c WHERE %s)', apart,
+                                        embeddings.key_equal_sql(t, 'c', 't')) END;
+    clear_sql text := CASE WHEN apart IS NULL
+                           THEN format('UPDATE %s t SET %I = NULL WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place',
+                                       t.source, t.embedding_column)
+                           ELSE format('DELETE FROM %s c USING %s t WHERE %s AND t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place',
+                                       apart, t.source, embeddings.key_equal_sql(t, 'c', 't')) END;
+    -- Keys whose text depends on session settings (embeddings.key_settings()): rendered with
+    -- them pinned, as the triggers and the worker render them, whoever calls; the content with
+    -- the caller's, as the worker evaluates it (a content function may format dates).
+    pin text := (SELECT string_agg(format('PERFORM pg_catalog.set_config(%L, %L, true);', s.name, s.value), ' ' ORDER BY s.name)
+                 FROM embeddings.key_settings(t) s);
+    save text := (SELECT format('saved := ARRAY[%s];', string_agg(format('pg_catalog.current_setting(%L)', s.name), ', ' ORDER BY s.name))
+                  FROM embeddings.key_settings(t) s);
+    restore text := (SELECT string_agg(format('PERFORM pg_catalog.set_config(%L, saved[%s], true);', s.name, s.i), ' ' ORDER BY s.i)
+                     FROM (SELECT k.name, row_number() OVER (ORDER BY k.name) AS i FROM embeddings.key_settings(t) k) s);
+BEGIN
+    IF pin IS NOT NULL THEN
+        EXECUTE format(
+            $f$CREATE FUNCTION embeddings.%1$I(after jsonb, max_rows integer)
+            RETURNS TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)
+            LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            DECLARE
+                keys jsonb[];
+                vectors boolean[];
+                rels oid[];
+                places tid[];
+                contents text[];
+                saved text[];
+            BEGIN
+                %2$s
+                %9$s %10$s
+                SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.r), pg_catalog.array_agg(s.p)
+                INTO keys, vectors, rels, places
+                FROM (SELECT %3$s AS k, %4$s AS v, t.tableoid AS r, t.ctid AS p
+                      FROM %6$s t WHERE $1 IS NULL OR %7$s ORDER BY %8$s LIMIT $2) s;
+                %11$s
+                BEGIN
+                    SELECT pg_catalog.array_agg(c.c ORDER BY u.i) INTO contents
+                    FROM ROWS FROM (pg_catalog.unnest(rels), pg_catalog.unnest(places)) WITH ORDINALITY AS u(r, p, i)
+                    LEFT JOIN LATERAL (SELECT %5$s AS c FROM %6$s t
+                                       WHERE t.tableoid OPERATOR(pg_catalog.=) u.r AND t.ctid OPERATOR(pg_catalog.=) u.p) c ON true;
+                    RETURN QUERY
+                        SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
+                        FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
+                    RETURN;
+                EXCEPTION WHEN OTHERS THEN
+                    NULL;  -- a content function raised for some row: one row at a time below
+                END;
+                FOR i IN 1 .. coalesce(pg_catalog.cardinality(keys), 0) LOOP
+                    key := keys[i];
+                    has_vector := vectors[i];
+                    failed := false;
+                    BEGIN
+                        SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
+                        FROM (SELECT %5$s AS c FROM %6$s t
+                              WHERE t.tableoid OPERATOR(pg_catalog.=) rels[i] AND t.ctid OPERATOR(pg_catalog.=) places[i]) c;
+                    EXCEPTION WHEN OTHERS THEN
+                        digest := NULL;
+                        blank := false;
+                        failed := true;
+                    END;
+                    RETURN NEXT;
+                END LOOP;
+            END
+            $body$ $f$,
+            (a->>'prefix') || '_verify', (a->>'check_call'), embeddings.key_json_sql(t, 't'), has_vector,
+            (a->>'content'), t.source, after_sql, key_order, save, pin, restore);
+    ELSE
+    EXECUTE format(
+        $f$CREATE FUNCTION embeddings.%1$I(after jsonb, max_rows integer)
+        RETURNS TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        DECLARE
+            r record;
+            keys jsonb[];
+            vectors boolean[];
+            contents text[];
+        BEGIN
+            %2$s
+            BEGIN
+                -- (into arrays first: rows a RETURN QUERY returned stay returned when it raises)
+                SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.c)
+                INTO keys, vectors, contents
+                FROM (SELECT %3$s AS k, %4$s AS v, %5$s AS c
+                      FROM %6$s t WHERE $1 IS NULL OR %7$s ORDER BY %8$s LIMIT $2) s;
+                RETURN QUERY
+                    SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
+                    FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
+                RETURN;
+            EXCEPTION WHEN OTHERS THEN
+                NULL;  -- a content function raised for some row: one row at a time below
+            END;
+            FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %3$s AS k, %4$s AS v
+                     FROM %6$s t WHERE $1 IS NULL OR %7$s ORDER BY %8$s LIMIT $2 LOOP
+                key := r.k;
+                has_vector := r.v;
+                failed := false;
+                BEGIN
+                    SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
+                    FROM (SELECT %5$s AS c FROM %6$s t
+                          WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place) c;
+                EXCEPTION WHEN OTHERS THEN
+                    digest := NULL;
+                    blank := false;
+                    failed := true;
+                END;
+                RETURN NEXT;
+            END LOOP;
+        END
+        $body$ $f$,
+        (a->>'prefix') || '_verify', (a->>'check_call'), embeddings.key_json_sql(t, 't'), has_vector,
+        (a->>'content'), t.source, after_sql, key_order);
+    END IF;
+
+    EXECUTE format(
+        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s) RETURNS SETOF text
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        DECLARE
+            r record;
+            ignored text;
+        BEGIN
+            %3$s
+            FOR r IN SELECT v.key, t.tableoid AS rel, t.ctid AS place
+                     FROM ROWS FROM (%4$s) AS v(key%5$s) JOIN %6$s t ON %7$s WHERE %8$s LOOP
+                BEGIN
+                    SELECT %9$s INTO ignored FROM %6$s t
+                    WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place;
+                EXCEPTION WHEN OTHERS THEN
+                    %10$s;
+                    RETURN NEXT r.key;
+                END;
+            END LOOP;
+        END
+        $body$ $f$,
+        (a->>'prefix') || '_clear_failing', (a->>'key_params'), (a->>'check_call'), (a->>'key_rows'),
+        (a->>'key_aliases'), t.source, (a->>'key_match'), has_vector, (a->>'content'), clear_sql);
+    -- The keys (`keys`: any text naming each; k0..: the key columns' texts) whose row exists.
+    -- A key that is no value of its column's type now (the table watched again with another
+    -- key) names no row: one key at a time then, so that it does not stop the others.
+    EXECUTE format(
+        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s) RETURNS SETOF text
+        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        DECLARE
+            r record;
+            found text[];
+        BEGIN
+            %3$s
+            BEGIN
+                SELECT pg_catalog.array_agg(v.key) INTO found FROM ROWS FROM (%4$s) AS v(key%5$s)
+                WHERE EXISTS (SELECT FROM %6$s t WHERE %7$s);
+                RETURN QUERY SELECT pg_catalog.unnest(found);
+                RETURN;
+            EXCEPTION WHEN OTHERS THEN
+                NULL;
+            END;
+            FOR r IN SELECT * FROM ROWS FROM (%4$s) AS v(key%5$s) LOOP
+                BEGIN
+                    IF EXISTS (SELECT FROM (SELECT %8$s) v, %6$s t WHERE %7$s) THEN
+                        RETURN NEXT r.key;
+                    END IF;
+                EXCEPTION WHEN OTHERS THEN
+                    NULL;
+                END;
+            END LOOP;
+        END
+        $body$ $f$,
+        (a->>'prefix') || '_existing', (a->>'key_params'), (a->>'check_call'), (a->>'key_rows'),
+        (a->>'key_aliases'), t.source, (a->>'key_match'),
+        (SELECT string_agg(format('r.k%1$s AS k%1$s', i - 1), ', ' ORDER BY i) FROM generate_series(1, nkeys) i));
+    RETURN ARRAY[(a->>'prefix') || '_verify', (a->>'prefix') || '_clear_failing', (a->>'prefix') || '_existing'];
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.generate_verify_access(embeddings.targets, jsonb) FROM PUBLIC;
+
+-- One slice (at most max_rows rows) of target t's verifying pass: queues (backfill lane) every
+-- row whose vector is not that of its content and definition now (no fingerprint, another one,
+-- content now blank or raising) and every row with content but no vector, unless it is pending
+-- already or dead-lettered. Returns the number of rows queued. The content is evaluated only
+-- by embeddings_<id>_verify(), as the table's owner; the comparison with our fingerprints
+-- happens here, where the owner's code does not run.
+CREATE FUNCTION embeddings.verify_target(t embeddings.targets, max_rows integer) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    c embeddings.verify_cursors;
+    s record := embeddings.fingerprint_slot(t, false);
+    scanned integer;
+    last_key jsonb;
+    enqueued integer;
+BEGIN
+    INSERT INTO embeddings.verify_cursors (target_id) VALUES (t.id) ON CONFLICT DO NOTHING;
+    SELECT * INTO c FROM embeddings.verify_cursors vc WHERE vc.target_id = t.id FOR UPDATE;
+    EXECUTE format($q$
+        WITH slice AS (
+            SELECT v.key AS k, v.has_vector, v.digest, v.blank, v.failed, row_number() OVER () AS ord
+            FROM embeddings.%I($1, $2) AS v
+        ),
+        wrong AS (
+            SELECT s.k FROM slice s
+            LEFT JOIN embeddings.fingerprints f ON f.target_id = $3 AND f.slot = $5 AND f.key = s.k
+            WHERE CASE WHEN s.has_vector
+                       THEN s.failed OR s.blank OR f.fingerprint IS DISTINCT FROM pg_catalog.md5($6 || s.digest)
+                       ELSE NOT s.blank END
+        ),
+        queued AS (
+            SELECT embeddings.enqueue_keys($3, array_agg(w.k), 0, 'backfill') AS messages, count(*)::int AS keys
+            FROM wrong w
+            WHERE w.k NOT IN (SELECT p.k FROM embeddings.pending_keys($4) p)
+        )
+        SELECT (SELECT count(*) FROM slice)::int, (SELECT k FROM slice ORDER BY ord DESC LIMIT 1), keys
+        FROM queued
+        $q$, 'embeddings_' || t.id || '_verify')
+    INTO scanned, last_key, enqueued
+    USING c.after_key, max_rows, t.id, t, coalesce(s.slot, -1), embeddings.definition_tag(t, s.model);
+    enqueued := coalesce(enqueued, 0);
+
+    IF c.after_key IS NULL THEN  -- a new pass
+        c.pass_started_at := now();
+        c.pass_rows := 0;
+        c.pass_queued := 0;
+    END IF;
+    c.pass_rows := c.pass_rows + scanned;
+    c.pass_queued := c.pass_queued + enqueued;
+    IF scanned < max_rows THEN  -- the end of the table: the pass is complete
+        UPDATE embeddings.verify_cursors SET after_key = NULL, pass_started_at = NULL, pass_rows = 0, pass_queued = 0,
+            verified_at = now(), last_pass_started = c.pass_started_at, last_pass_finished = now(),
+            last_pass_rows = c.pass_rows, last_pass_queued = c.pass_queued
+        WHERE target_id = t.id;
+    ELSE
+        UPDATE embeddings.verify_cursors SET after_key = last_key, pass_started_at = c.pass_started_at,
+            pass_rows = c.pass_rows, pass_queued = c.pass_queued, verified_at = now()
+        WHERE target_id = t.id;
+    END IF;
+    -- As many fingerprints as rows verified, checked for a row that still exists (65_prune.sql).
+    -- Its failure costs only the pruning: never the verification.
+    BEGIN
+        PERFORM embeddings.prune_fingerprints(t, max_rows);
+    EXCEPTION WHEN OTHERS THEN
+        RAISE WARNING 'embeddings.sweep(verify => true): fingerprints of %.% not pruned: %', t.source, t.embedding_column, SQLERRM;
+    END;
+    RETURN enqueued;
+END
+$$;
+
+-- A verifying slice of every target that can be served and has no backfill in progress (its
+-- rows are being queued anyway). A target whose slice fails is skipped with a warning. Returns
+-- the number of rows queued. Called by embeddings.sweep(verify => true).
+CREATE FUNCTION embeddings.verify(max_rows integer DEFAULT 1000) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets;
+    total integer := 0;
+BEGIN
+    IF max_rows IS NULL OR max_rows < 1 THEN
+        RAISE EXCEPTION 'max_rows must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR t IN SELECT * FROM embeddings.targets tg ORDER BY tg.id LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source) OR t.problem IS NOT NULL;
+        CONTINUE WHEN EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id);
+        BEGIN
+            total := total + embeddings.verify_target(t, max_rows);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'embeddings.sweep(verify => true): skipped %.%: %', t.source, t.embedding_column, SQLERRM;
+        END;
+    END LOOP;
+    RETURN total;
+END
+$$;
+
+-- Per target: how far its verification is. `verified_rows` the rows of the last complete pass,
+-- `last_verified` when it finished; `pass_rows` the rows of the pass in progress.
+CREATE VIEW embeddings.verification AS
+SELECT format('%s.%I', t.source, t.embedding_column) AS target,
+       t.id AS target_id,
+       c.last_pass_rows AS verified_rows,
+       c.last_pass_finished AS last_verified,
+       c.last_pass_queued AS queued_by_last_pass,
+       coalesce(c.pass_rows, 0) AS pass_rows,
+       c.pass_started_at AS pass_started,
+       coalesce(c.pass_queued, 0) AS pass_queued,
+       c.verified_at
+FROM embeddings.targets t
+LEFT JOIN embeddings.verify_cursors c ON c.target_id = t.id
+WHERE EXISTS (SELECT FROM pg_class r WHERE r.oid = t.source);
+GRANT SELECT ON embeddings.verification TO PUBLIC;
+
+-- Trusts the vectors target (source, embedding_column) holds now: records, for every row with a
+-- vector and no fingerprint, the fingerprint of its current content and definition, so that the
+-- verifying sweep does not queue it. For vectors written before fingerprints existed (a database
+-- upgraded from 0.1), when re-embedding them all once is not wanted; only where they are known
+-- to be current. The content is evaluated by embeddings_<id>_verify(), as the table's owner.
+-- Returns the number of fingerprints recorded.
+CREATE FUNCTION embeddings.adopt_fingerprints(source regclass, embedding_column name DEFAULT 'embedding')
+RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets;
+    s record;
+    after jsonb;
+    scanned integer;
+    added integer;
+    total bigint := 0;
+BEGIN
+    SELECT * INTO t FROM embeddings.targets tg
+    WHERE tg.source = adopt_fingerprints.source AND tg.embedding_column = adopt_fingerprints.embedding_column;
+    IF t.id IS NULL THEN
+        RAISE EXCEPTION '%.% is not watched', source, embedding_column USING ERRCODE = 'undefined_object';
+    END IF;
+    s := embeddings.fingerprint_slot(t, false);
+    LOOP
+        EXECUTE format($q$
+            WITH slice AS (SELECT v.*, row_number() OVER () AS ord FROM embeddings.%I($1, 10000) v),
+            added AS (
+                INSERT INTO embeddings.fingerprints (target_id, slot, key, fingerprint)
+                SELECT $2, $3, x.key, pg_catalog.md5($4 || x.digest) FROM slice x
+                WHERE x.has_vector AND NOT x.failed AND NOT x.blank
+                ON CONFLICT (target_id, slot, key) DO NOTHING
+                RETURNING 1)
+            SELECT (SELECT count(*) FROM slice)::int, (SELECT key FROM slice ORDER BY ord DESC LIMIT 1),
+                   (SELECT count(*) FROM added)::int
+            $q$, 'embeddings_' || t.id || '_verify')
+        INTO scanned, after, added
+        USING after, t.id, s.slot, embeddings.definition_tag(t, s.model);
+        total := total + added;
+        EXIT WHEN scanned < 10000;
+    END LOOP;
+    RETURN total;
+END
+$$;

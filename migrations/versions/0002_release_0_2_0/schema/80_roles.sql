@@ -1,0 +1,178 @@
+-- A least-privilege role for the worker. `SELECT embeddings.grant_worker('embed_worker');` gives
+-- an existing role exactly what `embed-worker run` needs, and watch() extends it to every table
+-- registered later:
+--   * USAGE on the schemas embeddings and pgmq; the registry tables to read, dead letters,
+--     throughput and long documents' progress to write
+--   * its queues' tables (leasing, acknowledging, retrying, archiving: pgmq's functions run
+--     with the caller's rights)
+--   * EXECUTE on the functions only worker roles may run (list below), and on every target's
+--     functions that read and write its table as the table's owner (sql/32_access.sql)
+-- and nothing on user tables: no SELECT, no UPDATE, no row-level security policy. The role needs
+-- no superuser, no BYPASSRLS, no ownership of anything.
+
+-- A role by its oid (`role_id`; NULL in rows from before 0.2.0 until grant_worker() runs again):
+-- a role renamed since keeps its grants on tables watched later. `role_name` is its name when
+-- it was granted; worker_role_names() has the current ones.
+CREATE TABLE IF NOT EXISTS embeddings.worker_roles (
+    role_name name PRIMARY KEY,
+    role_id oid
+);
+
+-- The current names of the worker roles that still exist (renamed: the new name; dropped: none,
+-- so that watch() never tries to grant to a role that is gone).
+CREATE FUNCTION embeddings.worker_role_names() RETURNS SETOF name
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT r.rolname FROM embeddings.worker_roles w
+    JOIN pg_roles r ON CASE WHEN w.role_id IS NULL THEN r.rolname = w.role_name ELSE r.oid = w.role_id END
+$$;
+
+-- The functions of this schema that worker roles may run and no one else (besides its owner):
+-- what they write is what operators read (queues, deferrals, provenance, backfills, model
+-- changes). Postgres checks EXECUTE against the real caller (docs/security.md).
+CREATE FUNCTION embeddings.worker_functions() RETURNS regprocedure[]
+LANGUAGE sql STABLE AS $$
+    SELECT ARRAY[
+        'embeddings.lock_target(integer)',
+        'embeddings.lock_target_version(integer)',
+        'embeddings.move_inbox(text, integer, integer)',
+        'embeddings.inbox_pending(text)',
+        'embeddings.backfill_next(text, integer)',
+        'embeddings.backfill_rows_left(embeddings.targets)',
+        'embeddings.target_status(boolean)',  -- embeddings.status, embeddings.status_exact
+        'embeddings.stopped_targets()',  -- embeddings.stopped: status, doctor, /readyz, metrics
+        'embeddings.complete_changes()',
+        'embeddings.claim_provenance(integer, boolean, text, text, text)',
+        'embeddings.note_deferrals(integer[], text[], integer[])',
+        'embeddings.clear_deferrals(integer[])',
+        'embeddings.wait_for_jobs(text, integer, boolean, integer)',
+        'embeddings.deferred_index_built(integer)',
+        'embeddings.retry_failures(bigint[])',  -- `embed-worker failures --retry` as the worker role
+        'embeddings.record_fingerprints(integer, boolean, text[], text[])'  -- sql/64_verify.sql
+    ]::regprocedure[]
+$$;
+
+-- Grants `role_name` what the worker needs on one target (also called by watch()): its queues,
+-- and its functions (sql/32_access.sql; generate_access() grants those of targets watched or
+-- regenerated later itself).
+CREATE FUNCTION embeddings.grant_worker_target(role_name name, t embeddings.targets) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    fn regprocedure;
+BEGIN
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'embeddings'::regnamespace
+          AND p.proname ~ ('^embeddings_' || t.id || '_[a-z_]+$') AND p.prorettype <> 'trigger'::regtype
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
+    END LOOP;
+    PERFORM embeddings.grant_worker_queue(role_name, t.queue);
+    PERFORM embeddings.grant_worker_queue(role_name, embeddings.backfill_queue(t.queue));  -- lanes
+END
+$$;
+
+CREATE FUNCTION embeddings.grant_worker_queue(role_name name, queue_name text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON pgmq.%I TO %I',
+                   pgmq.format_table_name(queue_name, 'q'), role_name);
+    EXECUTE format('GRANT SELECT, INSERT ON pgmq.%I TO %I',
+                   pgmq.format_table_name(queue_name, 'a'), role_name);
+END
+$$;
+
+CREATE FUNCTION embeddings.grant_worker(role_name name) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    t embeddings.targets;
+    q embeddings.queues;
+    fn regprocedure;
+    rel regclass;
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
+        RAISE EXCEPTION 'role "%" does not exist', role_name
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('CREATE ROLE %I LOGIN PASSWORD ''...''; first.', role_name);
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA embeddings, pgmq TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON embeddings.targets, embeddings.models, embeddings.queues, embeddings.status, embeddings.status_exact TO %I', role_name);
+    EXECUTE format('GRANT SELECT, INSERT, DELETE ON embeddings.failures TO %I', role_name);
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE ON embeddings.throughput TO %I', role_name);
+    -- Long documents' progress, documents over the ceiling (55_chunks.sql).
+    EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON embeddings.documents TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON embeddings.document_progress TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON pgmq.meta TO %I', role_name);
+    -- It skips keys waiting in the inbox when it counts its queue (22_inbox.sql).
+    EXECUTE format('GRANT SELECT ON embeddings.inbox TO %I', role_name);
+    FOREACH fn IN ARRAY embeddings.worker_functions() LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
+    END LOOP;
+    -- What it uses of ours that PUBLIC may use, its own: an administrator may revoke from PUBLIC
+    -- what this schema grants it (REVOKE ... ON ALL FUNCTIONS / TABLES IN SCHEMA embeddings
+    -- FROM PUBLIC), and the worker must keep working. Only what PUBLIC has now: nothing
+    -- revoked from PUBLIC by design (sql/90_privileges.sql) is given.
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'embeddings'::regnamespace
+          AND p.prokind IN ('f', 'p') AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)
+          AND p.proname !~ '^embeddings_[0-9]+_'
+          AND (p.proacl IS NULL OR EXISTS (SELECT FROM aclexplode(p.proacl) a
+                                          WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE'))
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
+    END LOOP;
+    FOR rel IN
+        SELECT c.oid::regclass FROM pg_class c
+        WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind IN ('r', 'v', 'p')
+          AND EXISTS (SELECT FROM aclexplode(c.relacl) a WHERE a.grantee = 0 AND a.privilege_type = 'SELECT')
+    LOOP
+        EXECUTE format('GRANT SELECT ON %s TO %I', rel, role_name);
+    END LOOP;
+    FOR q IN SELECT * FROM embeddings.queues LOOP
+        PERFORM embeddings.grant_worker_queue(role_name, q.name);
+    END LOOP;
+    FOR t IN SELECT * FROM embeddings.targets LOOP
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);
+        PERFORM embeddings.grant_worker_target(role_name, t);
+    END LOOP;
+    -- Roles renamed since they were granted go by their names now; dropped ones go.
+    DELETE FROM embeddings.worker_roles w
+    WHERE NOT EXISTS (SELECT FROM pg_roles r WHERE r.oid = w.role_id OR (w.role_id IS NULL AND r.rolname = w.role_name));
+    UPDATE embeddings.worker_roles w SET role_name = r.rolname, role_id = r.oid
+    FROM pg_roles r
+    WHERE CASE WHEN w.role_id IS NULL THEN r.rolname = w.role_name ELSE r.oid = w.role_id END
+      AND (w.role_name, w.role_id) IS DISTINCT FROM (r.rolname, r.oid);
+    INSERT INTO embeddings.worker_roles AS w (role_name, role_id)
+    VALUES (grant_worker.role_name, (SELECT r.oid FROM pg_roles r WHERE r.rolname = grant_worker.role_name))
+    ON CONFLICT ON CONSTRAINT worker_roles_pkey DO UPDATE SET role_id = excluded.role_id;
+END
+$$;
+
+-- Databases from before 0.2.0, when worker roles read and wrote watched tables themselves: the
+-- row-level security policies and the privileges on embedding columns and chunk tables that
+-- grant_worker() gave them go (a table-level SELECT stays: other code may rely on it; revoke it
+-- by hand where nothing does).
+DO $$
+DECLARE
+    t embeddings.targets;
+    worker_role name;
+    policy name;
+BEGIN
+    FOR t IN SELECT * FROM embeddings.targets tg WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = tg.source) LOOP
+        FOR worker_role IN SELECT r.role_name FROM embeddings.worker_roles r
+                           WHERE EXISTS (SELECT FROM pg_roles WHERE rolname = r.role_name) LOOP
+            FOR policy IN SELECT p.polname FROM pg_policy p
+                          WHERE p.polrelid = t.source
+                            AND p.polname IN ('embeddings_worker_' || worker_role, 'embeddings_worker_' || worker_role || '_update')
+            LOOP
+                EXECUTE format('DROP POLICY %I ON %s', policy, t.source);
+            END LOOP;
+            IF t.chunk_table IS NULL AND embeddings.attnum_of(t.source, t.embedding_column) IS NOT NULL THEN
+                EXECUTE format('REVOKE UPDATE (%I) ON %s FROM %I', t.embedding_column, t.source, worker_role);
+            ELSIF t.chunk_table IS NOT NULL AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.chunk_table) THEN
+                EXECUTE format('REVOKE SELECT, INSERT, UPDATE, DELETE ON %s FROM %I', t.chunk_table, worker_role);
+            END IF;
+        END LOOP;
+    END LOOP;
+END
+$$;

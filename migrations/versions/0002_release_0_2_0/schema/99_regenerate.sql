@@ -1,0 +1,36 @@
+-- Last of the install files: brings what the registry describes in line with the code just
+-- installed. On a fresh install there is nothing to do; over an existing one (a migration's
+-- code reinstall, worker/schema.py) the functions and views were dropped and created again, so:
+--   * every registered queue gets back a pgmq queue dropped by hand (and every live queue its
+--     backfill lane: a database from before the lanes existed);
+--   * every target whose table exists gets its generated functions and triggers regenerated
+--     from the current generator (dropped first: names or shapes may have changed);
+--   * every registered worker role that still exists gets its grants again.
+-- It lives here rather than in Python so that a release's frozen copy of the files
+-- (migrations/versions/<revision>/schema/) regenerates with that release's functions.
+
+DO $$
+DECLARE
+    q embeddings.queues;
+    t embeddings.targets;
+    worker_role name;
+BEGIN
+    PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
+    FOR q IN SELECT * FROM embeddings.queues ORDER BY name LOOP
+        PERFORM embeddings.create_queue(q.name, q.live_queue);
+    END LOOP;
+    FOR q IN SELECT * FROM embeddings.queues WHERE live_queue IS NULL ORDER BY name LOOP
+        PERFORM embeddings.ensure_queue(q.name);
+    END LOOP;
+    FOR t IN SELECT * FROM embeddings.targets tg
+             WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = tg.source) ORDER BY tg.id LOOP
+        PERFORM embeddings.drop_triggers(t);
+        PERFORM embeddings.install_triggers(t);  -- tables it returns were covered already
+    END LOOP;
+    FOR worker_role IN SELECT r.role_name FROM embeddings.worker_role_names() AS r(role_name)
+                     ORDER BY r.role_name LOOP
+        PERFORM embeddings.grant_worker(worker_role);
+    END LOOP;
+    PERFORM set_config('embeddings.following', 'off', true);
+END
+$$;
