@@ -27,7 +27,6 @@ import weakref
 from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
-from email.utils import parsedate_to_datetime
 from typing import Any
 
 import numpy as np
@@ -313,7 +312,7 @@ class RemoteModel:
         message = _clean(protocol.error_message(response.body), key)
         loading = protocol.loading_seconds(response.body) if status == 503 else None
         if status == 429 or loading is not None:
-            wait = loading if loading is not None else retry_after(response.headers)
+            wait = loading if loading is not None else transport.retry_after(response.headers)
             self._count("rate_limited")
             self.breaker.throttle(wait if wait is not None else 1.0)
             what = "model loading" if loading is not None else "rate limited (429)"
@@ -339,7 +338,9 @@ class RemoteModel:
             )
         self._count("server_error")
         self.breaker.failure(f"HTTP {status}: {message}")
-        raise _Retry("server_error", f"HTTP {status}: {message}", retry_after(response.headers))
+        raise _Retry(
+            "server_error", f"HTTP {status}: {message}", transport.retry_after(response.headers)
+        )
 
     def _key(self) -> Secret | None:
         spec = self.spec
@@ -372,44 +373,6 @@ class RemoteModel:
         with self._lock:
             self._in_flight += delta
         metrics.PROVIDER_IN_FLIGHT.labels(self.spec.host).inc(delta)
-
-
-def retry_after(headers: dict[str, str]) -> float | None:
-    """Seconds to wait, from Retry-After (seconds or an HTTP date), retry-after-ms, or
-    OpenAI's x-ratelimit-reset-requests/-tokens ("1s", "6m0s", "120ms"); None when none."""
-    value = headers.get("retry-after-ms")
-    if value is not None:
-        try:
-            return max(float(value) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is not None:
-        try:
-            return max(float(value), 0.0)
-        except ValueError:
-            try:
-                return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
-            except (TypeError, ValueError):
-                pass
-    resets = [
-        _duration(headers[name])
-        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
-        if name in headers
-    ]
-    found = [r for r in resets if r is not None]
-    return max(found) if found else None
-
-
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
-
-
-def _duration(text: str) -> float | None:
-    parts = _DURATION.findall(text.strip())
-    if not parts:
-        return None
-    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
-    return sum(float(n) * scale[unit] for n, unit in parts)
 
 
 def _clean(message: str, key: Secret | None) -> str:

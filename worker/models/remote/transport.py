@@ -9,10 +9,12 @@ alone resets with every byte, so a server trickling its answer could hold a requ
 from __future__ import annotations
 
 import http.client
+import re
 import ssl
 import threading
 import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # 2048 inputs x 3072 floats as JSON text is ~130 MB
@@ -126,3 +128,41 @@ def _read(
         if size > MAX_RESPONSE_BYTES:
             raise http.client.HTTPException(f"answer larger than {MAX_RESPONSE_BYTES} bytes")
         chunks.append(chunk)
+
+
+def retry_after(headers: dict[str, str]) -> float | None:
+    """Seconds to wait, from Retry-After (seconds or an HTTP date), retry-after-ms, or
+    OpenAI's x-ratelimit-reset-requests/-tokens ("1s", "6m0s", "120ms"); None when none."""
+    value = headers.get("retry-after-ms")
+    if value is not None:
+        try:
+            return max(float(value) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is not None:
+        try:
+            return max(float(value), 0.0)
+        except ValueError:
+            try:
+                return max(parsedate_to_datetime(value).timestamp() - time.time(), 0.0)
+            except (TypeError, ValueError):
+                pass
+    resets = [
+        _duration(headers[name])
+        for name in ("x-ratelimit-reset-requests", "x-ratelimit-reset-tokens")
+        if name in headers
+    ]
+    found = [r for r in resets if r is not None]
+    return max(found) if found else None
+
+
+_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|h|m|s)")
+
+
+def _duration(text: str) -> float | None:
+    parts = _DURATION.findall(text.strip())
+    if not parts:
+        return None
+    scale = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+    return sum(float(n) * scale[unit] for n, unit in parts)
