@@ -300,3 +300,39 @@ def test_a_filter_value_is_a_constant_to_the_planner(conn: Conn) -> None:
         r[0] for r in conn.execute("""EXPLAIN EXECUTE filtered('{"tenant": 7}')""").fetchall()
     )
     assert "Filter: (tenant = 7)" in plan, plan
+
+
+def test_the_size_that_picks_the_exact_scan_is_the_table_s(conn: Conn, query: Vec) -> None:
+    """search() scans exactly below embeddings.exact_search_rows, by the table's size as ANALYZE
+    estimated it: a plain table's own, a chunk table's, a partitioned table's leaves'. (A plain
+    table's was unknown, so search() never chose the exact scan up front.)"""
+    rng = np.random.default_rng(5)
+    conn.execute("CREATE TABLE plain (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('plain', 'body', model => %s)", (MODEL,))
+    conn.execute(
+        "CREATE TABLE parted (id int, body text, PRIMARY KEY (id)) PARTITION BY RANGE (id)"
+    )
+    conn.execute("CREATE TABLE parted_a PARTITION OF parted FOR VALUES FROM (0) TO (100)")
+    conn.execute("CREATE TABLE parted_b PARTITION OF parted FOR VALUES FROM (100) TO (1000)")
+    conn.execute("SELECT embeddings.watch('parted', 'body', model => %s)", (MODEL,))
+    for table in ("plain", "parted"):
+        with conn.cursor() as cur, cur.copy(f"COPY {table} (id, body) FROM STDIN") as copy:
+            for i in range(300):
+                copy.write_row((i, f"row {i}"))
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 64)", (MODEL,)
+    )
+    conn.execute("INSERT INTO docs SELECT i, 'doc ' || i FROM generate_series(1, 5) i")
+    load_chunks(conn, {d: toward(query, rng, 0.3, 40) for d in range(1, 6)})
+    conn.execute("ANALYZE plain")
+    conn.execute("ANALYZE parted")
+    estimates = {
+        table: conn.execute(
+            "SELECT embeddings.search_rows_estimate(t) FROM embeddings.targets t"
+            " WHERE t.source = %s::regclass",
+            (table,),
+        ).fetchone()
+        for table in ("plain", "parted", "docs")
+    }
+    assert estimates == {"plain": (300.0,), "parted": (300.0,), "docs": (200.0,)}

@@ -18,12 +18,16 @@
 
 -- The rows of the relation a search of target t reads: its chunk table or its table (the sum
 -- of its partitions' for a partitioned one), as ANALYZE last estimated; NULL when unknown.
+-- (pg_partition_tree() lists nothing for a table that is not partitioned: the relation itself
+-- counts then. A partitioned table's own reltuples is not its rows': only its leaves count.)
 CREATE FUNCTION embeddings.search_rows_estimate(t embeddings.targets) RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT nullif(sum(greatest(c.reltuples, 0)), 0)::double precision
-    FROM pg_partition_tree(coalesce(t.chunk_table, t.source)) p
-    JOIN pg_class c ON c.oid = p.relid
-    WHERE p.isleaf
+    FROM pg_class c
+    WHERE c.relkind OPERATOR(pg_catalog.<>) 'p'
+      AND c.oid IN (SELECT coalesce(t.chunk_table, t.source)::oid
+                    UNION
+                    SELECT p.relid::oid FROM pg_partition_tree(coalesce(t.chunk_table, t.source)) p WHERE p.isleaf)
 $$;
 
 -- The SQL condition (on row alias `s` of t's table) of a structured filter: a JSON object
