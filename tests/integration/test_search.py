@@ -114,6 +114,7 @@ def test_k_documents_from_near_duplicate_chunks(
     assert found[0]["similarity"] == pytest.approx(1 - found[0]["distance"])
     # The settings the search turned on are put back for the rest of the transaction.
     assert conn.execute("SHOW hnsw.iterative_scan").fetchone() == ("off",)
+    assert conn.execute("SHOW hnsw.ef_search").fetchone() == ("40",)
 
 
 def test_deleted_documents_not_yet_vacuumed_leave_k_results(
