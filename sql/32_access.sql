@@ -268,9 +268,23 @@ BEGIN
 END
 $$;
 
+-- The SET clauses of every function that evaluates a target's content (these below, and
+-- embeddings_<id>_verify(), sql/64_verify.sql): the formats of dates, timestamps and intervals
+-- pinned, whoever calls. The worker's sessions need them to read what they fetch (worker/db.py:
+-- SESSION_FORMATS), and a content function that formats a date must give the verifying sweep,
+-- run from pg_cron or psql under the database's DateStyle, the text the worker embedded: else
+-- every such row would look stale at every pass, and be embedded again. `ISO` alone keeps the
+-- caller's day/month order (it only parses input); TimeZone stays the caller's (a content
+-- function that shows local times means the database's zone: docs/reliability.md).
+CREATE FUNCTION embeddings.content_settings_sql() RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT ' SET DateStyle = ISO SET IntervalStyle = postgres'
+$$;
+
 -- Creates function embeddings.<prefix><suffix>(params) RETURNS returns, as every function of the
 -- generators below is made: PL/pgSQL, SECURITY DEFINER with the search path pg_catalog, pg_temp
--- (generate_access() then gives it to the table's owner, with the owner's path), `head` before
+-- and the content formats above (generate_access() then gives it to the table's owner, with the
+-- owner's path), `head` before
 -- its BEGIN (a DECLARE block, #variable_conflict), the check every function makes first (`a`'s
 -- check_call unless `check_call` is given), then `body`. So each generator says only what its
 -- function does. Returns the function's name.
@@ -282,7 +296,8 @@ CREATE FUNCTION embeddings.create_access_function(
     body text,
     stable boolean DEFAULT false,
     head text DEFAULT '',
-    check_call text DEFAULT NULL
+    check_call text DEFAULT NULL,
+    formats boolean DEFAULT true
 ) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -290,18 +305,19 @@ DECLARE
 BEGIN
     EXECUTE format(
         $f$CREATE FUNCTION embeddings.%1$I(%2$s) RETURNS %3$s
-        LANGUAGE plpgsql%4$s SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        LANGUAGE plpgsql%4$s SECURITY DEFINER SET search_path = pg_catalog, pg_temp%8$s AS $body$
         %5$sBEGIN
             %6$s
             %7$s
         END
         $body$ $f$,
         fn_name, params, returns, CASE WHEN stable THEN ' STABLE' ELSE '' END, head,
-        coalesce(check_call, a->>'check_call'), body);
+        coalesce(check_call, a->>'check_call'), body,
+        CASE WHEN formats THEN embeddings.content_settings_sql() ELSE '' END);
     RETURN fn_name;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.create_access_function(jsonb, text, text, text, text, boolean, text, text) FROM PUBLIC;
+REVOKE ALL ON FUNCTION embeddings.create_access_function(jsonb, text, text, text, text, boolean, text, text, boolean) FROM PUBLIC;
 
 -- Creates (replacing any there are) the functions above for target t, as its table is now.
 -- SECURITY DEFINER: whoever causes the regeneration, they are created by this schema's owner,
@@ -329,7 +345,11 @@ BEGIN
 
     IF t.content_function IS NOT NULL THEN
         -- Called for each row by the trigger functions: the owner's name is compared first (a
-        -- name: cheap), the catalog only where it differs (after REASSIGN OWNED, say).
+        -- name: cheap), the catalog only where it differs (after REASSIGN OWNED, say). Without
+        -- the content formats: the triggers only compare a row's old and new content in one
+        -- session, which any format tells apart, and two more settings per call would cost
+        -- the application's statements; the texts that are embedded and fingerprinted come
+        -- from _load and _verify, which pin them.
         made := made || embeddings.create_access_function(a, '_content', format('r %s', t.source), 'text',
             format($b$IF current_user OPERATOR(pg_catalog.<>) %1$L::pg_catalog.name THEN
                 %2$s
@@ -337,7 +357,7 @@ BEGIN
             RETURN %3$s;$b$,
                 owner_name, embeddings.check_serving_sql(t.source::text, false),
                 embeddings.content_sql(t, 'r', NULL, wrapped => false)),
-            stable => true, check_call => '');
+            stable => true, check_call => '', formats => false);
     END IF;
 
     -- The write transaction's first lock (embeddings.lock_target): the table, before the

@@ -178,7 +178,8 @@ END
 $$;
 
 -- Target t's functions for the verifying sweep, run as the table's owner (generate_access()
--- calls this and gives them to the owner; `a`: access_parts(t)). Returns their names.
+-- calls this and gives them to the owner; `a`: access_parts(t); each made as every access function
+-- is, by embeddings.create_access_function()). Returns their names.
 --   embeddings_<id>_verify(after, max_rows)  the rows after `after` in key order, at most
 --       `max_rows`: key (JSON form), whether a vector is stored, the md5 of the content, whether
 --       the content is blank, and whether evaluating it raised (then the rows one at a time)
@@ -209,83 +210,29 @@ DECLARE
                                        apart, t.source, embeddings.key_equal_sql(t, 'c', 't')) END;
     -- Keys whose text depends on session settings (embeddings.key_settings()): rendered with
     -- them pinned, as the triggers and the worker render them, whoever calls; the content with
-    -- the caller's, as the worker evaluates it (a content function may format dates).
+    -- the function's own (embeddings.content_settings_sql(): as the worker's load evaluates it;
+    -- a content function may format dates).
     pin text := (SELECT string_agg(format('PERFORM pg_catalog.set_config(%L, %L, true);', s.name, s.value), ' ' ORDER BY s.name)
                  FROM embeddings.key_settings(t) s);
     save text := (SELECT format('saved := ARRAY[%s];', string_agg(format('pg_catalog.current_setting(%L)', s.name), ', ' ORDER BY s.name))
                   FROM embeddings.key_settings(t) s);
     restore text := (SELECT string_agg(format('PERFORM pg_catalog.set_config(%L, saved[%s], true);', s.name, s.i), ' ' ORDER BY s.i)
                      FROM (SELECT k.name, row_number() OVER (ORDER BY k.name) AS i FROM embeddings.key_settings(t) k) s);
+    verify_returns CONSTANT text := 'TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)';
 BEGIN
     IF pin IS NOT NULL THEN
-        EXECUTE format(
-            $f$CREATE FUNCTION embeddings.%1$I(after jsonb, max_rows integer)
-            RETURNS TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)
-            LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            DECLARE
-                keys jsonb[];
-                vectors boolean[];
-                rels oid[];
-                places tid[];
-                contents text[];
-                saved text[];
+        PERFORM embeddings.create_access_function(a, '_verify', 'after jsonb, max_rows integer', verify_returns, format(
+            $b$%8$s %9$s
+            SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.r), pg_catalog.array_agg(s.p)
+            INTO keys, vectors, rels, places
+            FROM (SELECT %1$s AS k, %2$s AS v, t.tableoid AS r, t.ctid AS p
+                  FROM %4$s t WHERE $1 IS NULL OR %5$s ORDER BY %6$s LIMIT $2) s;
+            %7$s
             BEGIN
-                %2$s
-                %9$s %10$s
-                SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.r), pg_catalog.array_agg(s.p)
-                INTO keys, vectors, rels, places
-                FROM (SELECT %3$s AS k, %4$s AS v, t.tableoid AS r, t.ctid AS p
-                      FROM %6$s t WHERE $1 IS NULL OR %7$s ORDER BY %8$s LIMIT $2) s;
-                %11$s
-                BEGIN
-                    SELECT pg_catalog.array_agg(c.c ORDER BY u.i) INTO contents
-                    FROM ROWS FROM (pg_catalog.unnest(rels), pg_catalog.unnest(places)) WITH ORDINALITY AS u(r, p, i)
-                    LEFT JOIN LATERAL (SELECT %5$s AS c FROM %6$s t
-                                       WHERE t.tableoid OPERATOR(pg_catalog.=) u.r AND t.ctid OPERATOR(pg_catalog.=) u.p) c ON true;
-                    RETURN QUERY
-                        SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
-                        FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
-                    RETURN;
-                EXCEPTION WHEN OTHERS THEN
-                    NULL;  -- a content function raised for some row: one row at a time below
-                END;
-                FOR i IN 1 .. coalesce(pg_catalog.cardinality(keys), 0) LOOP
-                    key := keys[i];
-                    has_vector := vectors[i];
-                    failed := false;
-                    BEGIN
-                        SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
-                        FROM (SELECT %5$s AS c FROM %6$s t
-                              WHERE t.tableoid OPERATOR(pg_catalog.=) rels[i] AND t.ctid OPERATOR(pg_catalog.=) places[i]) c;
-                    EXCEPTION WHEN OTHERS THEN
-                        digest := NULL;
-                        blank := false;
-                        failed := true;
-                    END;
-                    RETURN NEXT;
-                END LOOP;
-            END
-            $body$ $f$,
-            (a->>'prefix') || '_verify', (a->>'check_call'), embeddings.key_json_sql(t, 't'), has_vector,
-            (a->>'content'), t.source, after_sql, key_order, save, pin, restore);
-    ELSE
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(after jsonb, max_rows integer)
-        RETURNS TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)
-        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        DECLARE
-            r record;
-            keys jsonb[];
-            vectors boolean[];
-            contents text[];
-        BEGIN
-            %2$s
-            BEGIN
-                -- (into arrays first: rows a RETURN QUERY returned stay returned when it raises)
-                SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.c)
-                INTO keys, vectors, contents
-                FROM (SELECT %3$s AS k, %4$s AS v, %5$s AS c
-                      FROM %6$s t WHERE $1 IS NULL OR %7$s ORDER BY %8$s LIMIT $2) s;
+                SELECT pg_catalog.array_agg(c.c ORDER BY u.i) INTO contents
+                FROM ROWS FROM (pg_catalog.unnest(rels), pg_catalog.unnest(places)) WITH ORDINALITY AS u(r, p, i)
+                LEFT JOIN LATERAL (SELECT %3$s AS c FROM %4$s t
+                                   WHERE t.tableoid OPERATOR(pg_catalog.=) u.r AND t.ctid OPERATOR(pg_catalog.=) u.p) c ON true;
                 RETURN QUERY
                     SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
                     FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
@@ -293,14 +240,48 @@ BEGIN
             EXCEPTION WHEN OTHERS THEN
                 NULL;  -- a content function raised for some row: one row at a time below
             END;
-            FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %3$s AS k, %4$s AS v
-                     FROM %6$s t WHERE $1 IS NULL OR %7$s ORDER BY %8$s LIMIT $2 LOOP
+            FOR i IN 1 .. coalesce(pg_catalog.cardinality(keys), 0) LOOP
+                key := keys[i];
+                has_vector := vectors[i];
+                failed := false;
+                BEGIN
+                    SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
+                    FROM (SELECT %3$s AS c FROM %4$s t
+                          WHERE t.tableoid OPERATOR(pg_catalog.=) rels[i] AND t.ctid OPERATOR(pg_catalog.=) places[i]) c;
+                EXCEPTION WHEN OTHERS THEN
+                    digest := NULL;
+                    blank := false;
+                    failed := true;
+                END;
+                RETURN NEXT;
+            END LOOP;$b$,
+            embeddings.key_json_sql(t, 't'), has_vector, (a->>'content'), t.source, after_sql, key_order,
+            restore, save, pin),
+            stable => true,
+            head => E'DECLARE\n    keys jsonb[];\n    vectors boolean[];\n    rels oid[];\n    places tid[];\n    contents text[];\n    saved text[];\n');
+    ELSE
+        PERFORM embeddings.create_access_function(a, '_verify', 'after jsonb, max_rows integer', verify_returns, format(
+            $b$BEGIN
+                -- (into arrays first: rows a RETURN QUERY returned stay returned when it raises)
+                SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.c)
+                INTO keys, vectors, contents
+                FROM (SELECT %1$s AS k, %2$s AS v, %3$s AS c
+                      FROM %4$s t WHERE $1 IS NULL OR %5$s ORDER BY %6$s LIMIT $2) s;
+                RETURN QUERY
+                    SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
+                    FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
+                RETURN;
+            EXCEPTION WHEN OTHERS THEN
+                NULL;  -- a content function raised for some row: one row at a time below
+            END;
+            FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %1$s AS k, %2$s AS v
+                     FROM %4$s t WHERE $1 IS NULL OR %5$s ORDER BY %6$s LIMIT $2 LOOP
                 key := r.k;
                 has_vector := r.v;
                 failed := false;
                 BEGIN
                     SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
-                    FROM (SELECT %5$s AS c FROM %6$s t
+                    FROM (SELECT %3$s AS c FROM %4$s t
                           WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place) c;
                 EXCEPTION WHEN OTHERS THEN
                     digest := NULL;
@@ -308,68 +289,50 @@ BEGIN
                     failed := true;
                 END;
                 RETURN NEXT;
-            END LOOP;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_verify', (a->>'check_call'), embeddings.key_json_sql(t, 't'), has_vector,
-        (a->>'content'), t.source, after_sql, key_order);
+            END LOOP;$b$,
+            embeddings.key_json_sql(t, 't'), has_vector, (a->>'content'), t.source, after_sql, key_order),
+            stable => true,
+            head => E'DECLARE\n    r record;\n    keys jsonb[];\n    vectors boolean[];\n    contents text[];\n');
     END IF;
 
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s) RETURNS SETOF text
-        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        DECLARE
-            r record;
-            ignored text;
-        BEGIN
-            %3$s
-            FOR r IN SELECT v.key, t.tableoid AS rel, t.ctid AS place
-                     FROM ROWS FROM (%4$s) AS v(key%5$s) JOIN %6$s t ON %7$s WHERE %8$s LOOP
-                BEGIN
-                    SELECT %9$s INTO ignored FROM %6$s t
-                    WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place;
-                EXCEPTION WHEN OTHERS THEN
-                    %10$s;
-                    RETURN NEXT r.key;
-                END;
-            END LOOP;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_clear_failing', (a->>'key_params'), (a->>'check_call'), (a->>'key_rows'),
-        (a->>'key_aliases'), t.source, (a->>'key_match'), has_vector, (a->>'content'), clear_sql);
+    PERFORM embeddings.create_access_function(a, '_clear_failing', format('keys text[]%s', a->>'key_params'), 'SETOF text', format(
+        $b$FOR r IN SELECT v.key, t.tableoid AS rel, t.ctid AS place
+                 FROM ROWS FROM (%1$s) AS v(key%2$s) JOIN %3$s t ON %4$s WHERE %5$s LOOP
+            BEGIN
+                SELECT %6$s INTO ignored FROM %3$s t
+                WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place;
+            EXCEPTION WHEN OTHERS THEN
+                %7$s;
+                RETURN NEXT r.key;
+            END;
+        END LOOP;$b$,
+        (a->>'key_rows'), (a->>'key_aliases'), t.source, (a->>'key_match'), has_vector, (a->>'content'), clear_sql),
+        head => E'DECLARE\n    r record;\n    ignored text;\n');
     -- The keys (`keys`: any text naming each; k0..: the key columns' texts) whose row exists.
     -- A key that is no value of its column's type now (the table watched again with another
     -- key) names no row: one key at a time then, so that it does not stop the others.
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s) RETURNS SETOF text
-        LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-        DECLARE
-            r record;
-            found text[];
-        BEGIN
-            %3$s
+    PERFORM embeddings.create_access_function(a, '_existing', format('keys text[]%s', a->>'key_params'), 'SETOF text', format(
+        $b$BEGIN
+            SELECT pg_catalog.array_agg(v.key) INTO found FROM ROWS FROM (%1$s) AS v(key%2$s)
+            WHERE EXISTS (SELECT FROM %3$s t WHERE %4$s);
+            RETURN QUERY SELECT pg_catalog.unnest(found);
+            RETURN;
+        EXCEPTION WHEN OTHERS THEN
+            NULL;
+        END;
+        FOR r IN SELECT * FROM ROWS FROM (%1$s) AS v(key%2$s) LOOP
             BEGIN
-                SELECT pg_catalog.array_agg(v.key) INTO found FROM ROWS FROM (%4$s) AS v(key%5$s)
-                WHERE EXISTS (SELECT FROM %6$s t WHERE %7$s);
-                RETURN QUERY SELECT pg_catalog.unnest(found);
-                RETURN;
+                IF EXISTS (SELECT FROM (SELECT %5$s) v, %3$s t WHERE %4$s) THEN
+                    RETURN NEXT r.key;
+                END IF;
             EXCEPTION WHEN OTHERS THEN
                 NULL;
             END;
-            FOR r IN SELECT * FROM ROWS FROM (%4$s) AS v(key%5$s) LOOP
-                BEGIN
-                    IF EXISTS (SELECT FROM (SELECT %8$s) v, %6$s t WHERE %7$s) THEN
-                        RETURN NEXT r.key;
-                    END IF;
-                EXCEPTION WHEN OTHERS THEN
-                    NULL;
-                END;
-            END LOOP;
-        END
-        $body$ $f$,
-        (a->>'prefix') || '_existing', (a->>'key_params'), (a->>'check_call'), (a->>'key_rows'),
-        (a->>'key_aliases'), t.source, (a->>'key_match'),
-        (SELECT string_agg(format('r.k%1$s AS k%1$s', i - 1), ', ' ORDER BY i) FROM generate_series(1, nkeys) i));
+        END LOOP;$b$,
+        (a->>'key_rows'), (a->>'key_aliases'), t.source, (a->>'key_match'),
+        (SELECT string_agg(format('r.k%1$s AS k%1$s', i - 1), ', ' ORDER BY i) FROM generate_series(1, nkeys) i)),
+        stable => true,
+        head => E'DECLARE\n    r record;\n    found text[];\n');
     RETURN ARRAY[(a->>'prefix') || '_verify', (a->>'prefix') || '_clear_failing', (a->>'prefix') || '_existing'];
 END
 $$;

@@ -295,14 +295,17 @@ class Migration:
 
 
 def release_of(revision: str | None) -> str:
-    """The release a revision belongs to (its module's `release`), or "unreleased"."""
+    """The release a revision belongs to (its module's `release`), said "unreleased" until it
+    is frozen (RELEASED_REVISIONS): `0.2.0`, `0.3.0, unreleased`."""
     if revision is None:
         return "not installed"
     from alembic.script import ScriptDirectory
 
     script = ScriptDirectory.from_config(_alembic_config()).get_revision(revision)
     release = getattr(script.module, "release", None) if script else None
-    return str(release) if release else "unreleased"
+    if not release:
+        return "unreleased"
+    return str(release) if revision in RELEASED_REVISIONS else f"{release}, unreleased"
 
 
 def _alembic_config() -> Any:

@@ -165,3 +165,72 @@ def test_keys_are_verified_alike_in_sessions_with_other_settings(
     with psycopg.connect(dsn, autocommit=True, options=APP) as app:
         assert complete_pass(app, 4) == 0
     assert count(conn, "SELECT count(*) FROM events WHERE embedding IS NULL") == 0
+
+
+# --- content evaluated in the same formats in every session --------------------------------
+
+
+def test_content_that_formats_dates_is_embedded_and_verified_alike_in_any_session(
+    conn: Conn, dsn: str, minilm: str, run_once: RunOnce
+) -> None:
+    """A database whose DateStyle and IntervalStyle are not ISO and postgres: the worker, whose
+    sessions start with them, still reads what it fetches and embeds every row; and content
+    that formats a date, a timestamp and an interval has one text, so one fingerprint, in the
+    worker's session and in a verifying sweep's with yet other formats."""
+    conn.execute(
+        "CREATE TABLE notes (id bigint PRIMARY KEY, body text, day date, at timestamp,"
+        " took interval)"
+    )
+    conn.execute(
+        "INSERT INTO notes SELECT i, 'note ' || i, date '2026-11-20' + i,"
+        " timestamp '2026-11-23 10:00' + i * interval '1 hour', i * interval '90 minutes'"
+        " FROM generate_series(1, 3) i"
+    )
+    conn.execute(
+        "CREATE FUNCTION note_text(n notes) RETURNS text LANGUAGE sql STABLE AS"
+        " $$ SELECT n.body || ' on ' || n.day || ', ' || n.at || ', took ' || n.took $$"
+    )
+    name = conn.execute("SELECT current_database()").fetchone()
+    assert name is not None
+    conn.execute(f"ALTER DATABASE \"{name[0]}\" SET DateStyle = 'German, DMY'")
+    conn.execute(f'ALTER DATABASE "{name[0]}" SET IntervalStyle = sql_standard')
+    row = conn.execute(
+        "SELECT embeddings.watch('notes', 'note_text', model => %s)", (minilm,)
+    ).fetchone()
+    assert row is not None
+    target = int(row[0])
+
+    run_once()
+
+    assert count(conn, "SELECT count(*) FROM notes WHERE embedding IS NULL") == 0
+    assert fingerprints(conn, target) == 3
+    # The sessions of pg_cron and psql get the database's formats; one may set its own.
+    with psycopg.connect(dsn, autocommit=True) as by_default:
+        assert by_default.execute("SHOW DateStyle").fetchone() == ("German, DMY",)
+        assert complete_pass(by_default, 2) == 0
+        # `DateStyle = ISO` as our functions set it keeps the caller's day/month order.
+        by_default.execute(
+            "CREATE FUNCTION probe() RETURNS text LANGUAGE sql SET DateStyle = ISO"
+            " AS $$ SELECT current_setting('DateStyle') $$"
+        )
+        assert by_default.execute("SELECT probe()").fetchone() == ("ISO, DMY",)
+    with psycopg.connect(
+        dsn, autocommit=True, options="-c DateStyle=SQL,MDY -c IntervalStyle=iso_8601"
+    ) as other:
+        assert complete_pass(other, 2) == 0
+        assert queued_keys(other, target) == []
+    # What was embedded is the ISO text, whichever session evaluates the content.
+    with psycopg.connect(dsn, autocommit=True) as by_default:
+        by_default.execute("SET DateStyle = ISO")
+        by_default.execute("SET IntervalStyle = postgres")
+        iso = by_default.execute("SELECT note_text(n) FROM notes n WHERE id = 1").fetchone()
+    assert iso == ("note 1 on 2026-11-21, 2026-11-23 11:00:00, took 01:30:00",)
+    made_from_iso = count(
+        conn,
+        "SELECT count(*) FROM embeddings.fingerprints f JOIN embeddings.targets t"
+        " ON t.id = f.target_id WHERE t.id = %s AND f.key = '1'"
+        " AND f.fingerprint = md5(embeddings.definition_tag(t, t.model) || md5(%s))",
+        target,
+        iso[0],
+    )
+    assert made_from_iso == 1

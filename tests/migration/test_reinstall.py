@@ -123,8 +123,12 @@ def test_migrate_prints_one_line_per_revision_and_no_alembic_chatter(empty_dsn: 
     first = migrate()
     assert first.returncode == 0, first.stderr
     lines = first.stdout.splitlines()
-    assert lines[:2] == ["applied 0001 (0.1.0)", "applied 0002 (0.2.0)"]
-    assert all(line.startswith("notice: ") for line in lines[2:])
+    assert lines[:3] == [
+        "applied 0001 (0.1.0)",
+        "applied 0002 (0.2.0)",
+        "applied 0019 (0.3.0, unreleased)",
+    ]
+    assert all(line.startswith("notice: ") for line in lines[3:])
     assert any("pg_net skipped" in line for line in lines)  # optional extensions: still said
     assert len(lines) == len(set(lines))  # each NOTICE once, though both revisions raised it
     assert "alembic" not in first.stderr and "INFO" not in first.stderr
@@ -132,4 +136,4 @@ def test_migrate_prints_one_line_per_revision_and_no_alembic_chatter(empty_dsn: 
 
     again = migrate()
     assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines() == ["already at 0002 (0.2.0)"]
+    assert again.stdout.splitlines() == ["already at 0019 (0.3.0, unreleased)"]

@@ -310,7 +310,13 @@ def test_altering_a_generated_function_is_undone_by_the_event_trigger(roles: Rol
         owner.execute(f"ALTER FUNCTION {content} SECURITY INVOKER SET search_path = public")
         assert owner.execute(attributes, (content,)).fetchone() == generated
     # The owner's search path (its triggers and content function are written for it), pg_temp last.
+    # No content formats here: the triggers call it for each row, and only compare (sql/32_access.sql).
     assert generated == (True, ['search_path="$user", public, pg_temp'])
+    load = f"embeddings.embeddings_{target}_load(text[], text[])"
+    with roles.connect(roles.owner) as owner:
+        loaded = owner.execute(attributes, (load,)).fetchone()
+    # What the worker embeds is evaluated in pinned formats (embeddings.content_settings_sql()).
+    assert loaded is not None and loaded[1][1:] == ["DateStyle=iso", "IntervalStyle=postgres"]
 
 
 def test_force_row_level_security_defers_the_target_with_its_reason(
