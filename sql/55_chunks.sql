@@ -15,6 +15,11 @@
 --   chunk_hash  text      md5 of the model name and the chunk text: when a document changes, a
 --                         chunk whose text did not change keeps its vector (no re-embedding)
 --   <embedding_column>  halfvec(dim)  ('embedding' by default), with an HNSW cosine index
+--   start_offset, end_offset  integer  where the chunk is in the document: `chunk` is the
+--                         document's characters start_offset (from 0) up to end_offset
+--                         (excluded), as Python slices (in SQL: substr(document, start_offset + 1,
+--                         end_offset - start_offset)). Characters, not bytes. NULL for chunks
+--                         written before 0.3.0, until their document is embedded again
 --
 -- The source table gets no embedding column (embeddings.targets.embedding_attnum is NULL). Its
 -- triggers are the generated ones of any target (sql/30_triggers.sql), minus the clear trigger: a
@@ -79,6 +84,11 @@ BEGIN
                 USING ERRCODE = 'datatype_mismatch',
                       HINT = 'Drop it, or name another table with chunk_table => ...';
         END IF;
+        -- A chunk table made before 0.3.0 gets the chunk offsets (their chunks' are NULL).
+        IF embeddings.attnum_of(existing, 'start_offset') IS NULL OR embeddings.attnum_of(existing, 'end_offset') IS NULL THEN
+            EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS start_offset integer, '
+                           'ADD COLUMN IF NOT EXISTS end_offset integer', existing);
+        END IF;
         RETURN existing;
     END IF;
     SELECT string_agg(format('%I %s NOT NULL', k, format_type(ty, embeddings.key_typmod(source, k))), ', ' ORDER BY o),
@@ -87,7 +97,7 @@ BEGIN
     FROM unnest(key_names, key_types) WITH ORDINALITY AS u(k, ty, o);
     EXECUTE format(
         'CREATE TABLE %1$s (%2$s, seq integer NOT NULL, chunk text NOT NULL, chunk_hash text NOT NULL, '
-        '%3$I %4$I.halfvec(%5$s) NOT NULL, PRIMARY KEY (%6$s, seq))',
+        '%3$I %4$I.halfvec(%5$s) NOT NULL, start_offset integer, end_offset integer, PRIMARY KEY (%6$s, seq))',
         chunk_table, columns, embedding_column, vschema, dims, keys);
     existing := to_regclass(chunk_table);
     EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.halfvec_cosine_ops)', existing, embedding_column, vschema);
