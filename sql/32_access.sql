@@ -556,9 +556,10 @@ BEGIN
     -- unchanged at its position is left as it is) and deletes those past each document's
     -- `counts` (all of them for 0: blank content). Chunks name their document by its canonical
     -- key (`chunk_keys`); `starts` and `ends` are their character offsets in it (an unchanged
-    -- chunk that moved in its document gets its new ones, its vector kept). Returns, per document, whether it was current and lost chunks. The
-    -- chunk table's key columns are named as the source's, and may be named as a parameter
-    -- (k0, keys, ...): ON CONFLICT names columns, and the variables are qualified.
+    -- chunk that moved in its document gets its new ones, its vector kept). Returns, per
+    -- document, whether it was current and lost chunks. The chunk table's key columns are
+    -- named as the source's, and may be named as a parameter (k0, keys, ...): ON CONFLICT
+    -- names columns, and the variables are qualified.
     embeddings.create_access_function(a, '_chunks',
         format('keys text[]%s, digests text[], counts integer[], chunk_keys text[], seqs integer[], chunks text[], '
                'hashes text[], vectors %I.halfvec[], starts integer[], ends integer[]', a->>'key_params', vschema),

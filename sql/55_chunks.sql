@@ -84,11 +84,6 @@ BEGIN
                 USING ERRCODE = 'datatype_mismatch',
                       HINT = 'Drop it, or name another table with chunk_table => ...';
         END IF;
-        -- A chunk table made before 0.3.0 gets the chunk offsets (their chunks' are NULL).
-        IF embeddings.attnum_of(existing, 'start_offset') IS NULL OR embeddings.attnum_of(existing, 'end_offset') IS NULL THEN
-            EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS start_offset integer, '
-                           'ADD COLUMN IF NOT EXISTS end_offset integer', existing);
-        END IF;
         RETURN existing;
     END IF;
     SELECT string_agg(format('%I %s NOT NULL', k, format_type(ty, embeddings.key_typmod(source, k))), ', ' ORDER BY o),
@@ -97,7 +92,7 @@ BEGIN
     FROM unnest(key_names, key_types) WITH ORDINALITY AS u(k, ty, o);
     EXECUTE format(
         'CREATE TABLE %1$s (%2$s, seq integer NOT NULL, chunk text NOT NULL, chunk_hash text NOT NULL, '
-        '%3$I %4$I.halfvec(%5$s) NOT NULL, start_offset integer, end_offset integer, PRIMARY KEY (%6$s, seq))',
+        '%3$I %4$I.halfvec(%5$s) NOT NULL, PRIMARY KEY (%6$s, seq))',
         chunk_table, columns, embedding_column, vschema, dims, keys);
     existing := to_regclass(chunk_table);
     EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.halfvec_cosine_ops)', existing, embedding_column, vschema);
@@ -108,6 +103,23 @@ BEGIN
     EXECUTE format('COMMENT ON TABLE %s IS %L', existing,
                    format('Chunks of %s and their embeddings, kept by embed-worker (embeddings.watch)', source));
     RETURN existing;
+END
+$$;
+
+-- Gives chunk table `chunk_table` the chunks' offsets (start_offset, end_offset) when it lacks
+-- them: a chunk table made before 0.3.0 (its chunks' stay NULL until their document is embedded
+-- again), and every new one. Added by watch() last, after the full-text column a watch(...,
+-- fts => ...) adds, so that a new chunk table has the column order of a 0.2.0 one given full-text
+-- search and then upgraded (migrations/versions/0019_release_0_3_0/upgrade.sql adds them there).
+CREATE FUNCTION embeddings.ensure_chunk_offsets(chunk_table regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF embeddings.attnum_of(chunk_table, 'start_offset') IS NULL OR embeddings.attnum_of(chunk_table, 'end_offset') IS NULL THEN
+        PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
+        EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS start_offset integer, '
+                       'ADD COLUMN IF NOT EXISTS end_offset integer', chunk_table);
+        PERFORM set_config('embeddings.following', 'off', true);
+    END IF;
 END
 $$;
 

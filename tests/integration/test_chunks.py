@@ -108,6 +108,25 @@ def test_watch_creates_the_chunk_table_and_no_embedding_column(conn: Conn, docs:
     assert sorted(queued_keys(conn, docs)) == [1, 2, 3]
 
 
+def test_watch_with_fts_turns_full_text_search_on_for_a_chunked_target(
+    conn: Conn, minilm: str
+) -> None:
+    """watch(..., chunk_tokens => N, fts => 'english'), as docs/rag.md starts: the chunk table
+    gets its generated tsvector (0.2.0 ignored fts => for chunked targets), then the offsets."""
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    target = watch(conn, minilm, chunk_tokens=64, fts="english")
+    assert conn.execute(
+        "SELECT fts_config::text, fts_column FROM embeddings.targets WHERE id = %s", (target,)
+    ).fetchone() == ("english", "fts")
+    assert [c for c, _ in column_types(conn, "docs_chunks")][-4:] == [
+        "embedding",
+        "fts",
+        "start_offset",
+        "end_offset",
+    ]
+    assert watch(conn, minilm, chunk_tokens=64, fts="english") == target  # nothing to do again
+
+
 def test_watch_is_idempotent_and_re_watch_with_new_settings_re_queues(
     conn: Conn, docs: int, minilm: str
 ) -> None:

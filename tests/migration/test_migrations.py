@@ -330,19 +330,24 @@ def test_upgrade_keeps_jobs_failures_and_grants_and_equals_fresh_install(
 
 
 def test_upgrade_gives_chunk_tables_their_offsets(cluster: Cluster) -> None:
-    """A chunk table of 0.2.0 gets start_offset and end_offset at its end, as a fresh one has
-    them; its chunks keep theirs NULL (until their document is embedded again)."""
+    """Chunk tables of 0.2.0, one with full-text search, get start_offset and end_offset at
+    their end, as fresh ones have them (watch() adds them after the tsvector); their chunks
+    keep theirs NULL (until their document is embedded again)."""
     upgraded = cluster.create_database(prefix="upgraded")
     fresh = cluster.create_database(prefix="fresh")
-    table = (
+    tables = (
         "CREATE TABLE docs (id bigint PRIMARY KEY, body text);"
         " SELECT embeddings.watch('docs', 'body', model => 'all-MiniLM-L6-v2',"
-        " chunk_tokens => 64)"
+        " chunk_tokens => 64);"
+        " CREATE TABLE pages (id bigint PRIMARY KEY, body text);"
+        " SELECT embeddings.watch('pages', 'body', model => 'all-MiniLM-L6-v2',"
+        " chunk_tokens => 64, fts => 'english');"
     )
     try:
         schema.migrate(cluster.dsn(upgraded), "0002")
         with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
-            conn.execute(table)
+            conn.execute(tables)
+            conn.execute("SELECT embeddings.enable_fts('pages')")  # 0.2.0 ignored fts => here
             conn.execute(
                 "INSERT INTO docs_chunks (id, seq, chunk, chunk_hash, embedding)"
                 " VALUES (1, 0, 'a chunk', 'h', array_fill(0.1, ARRAY[384])::halfvec)"
@@ -351,7 +356,7 @@ def test_upgrade_gives_chunk_tables_their_offsets(cluster: Cluster) -> None:
         assert schema.migrate(cluster.dsn(upgraded)).applied == []
         schema.migrate(cluster.dsn(fresh))
         with psycopg.connect(cluster.dsn(fresh), autocommit=True) as conn:
-            conn.execute(table)
+            conn.execute(tables)
         assert pg_dump_schema(cluster.dsn(upgraded)) == pg_dump_schema(cluster.dsn(fresh))
         with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
             row = conn.execute("SELECT chunk, start_offset, end_offset FROM docs_chunks").fetchone()
