@@ -32,7 +32,8 @@ import onnxruntime
 from bench import corpus
 from bench.machine import describe as describe_machine
 from tests.support import modelgen
-from worker.models.embedder import DEFAULT_TOKEN_BUDGET, MAX_PADDING, Embedder, TokenBatch, batches
+from worker.models.batching import DEFAULT_TOKEN_BUDGET, MAX_PADDING, TokenBatch, batches
+from worker.models.embedder import Embedder
 from worker.models.files import ModelLocation
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -35,12 +35,16 @@ from bench.writepath import SUPABASE_TRIGGER, without_key_shift_clause
 # docs/security.md).
 # watched_before_key_shift: watched, with the statement trigger of before issue 25 §1's
 # key-shift fix (bench/writepath.py), to measure that fix in the same run.
+# watched_function_direct: watched_function with the triggers calling the content function
+# itself, as before the owner-run wrapper (issue 24 §1: the trigger evaluated it as whoever ran
+# the trigger function), to measure what the wrapper costs the application in the same run.
 VARIANTS = (
     "unwatched",
     "watched",
     "watched_before_key_shift",
     "watched_side",
     "watched_function",
+    "watched_function_direct",
     "guide",
 )
 PRELOADED_ROWS = 20_000
@@ -69,18 +73,39 @@ def _table(conn: psycopg.Connection[Any], name: str, variant: str) -> None:
             without_key_shift_clause(conn, name)
     elif variant == "watched_side":
         conn.execute(f"SELECT embeddings.watch('{name}', 'body', store => 'side')")
-    elif variant == "watched_function":
+    elif variant in ("watched_function", "watched_function_direct"):
         conn.execute(
             f"CREATE FUNCTION {name}_text(t {name}) RETURNS text LANGUAGE sql STABLE"
             " AS $$ SELECT t.body $$"
         )
         conn.execute(f"SELECT embeddings.watch('{name}', '{name}_text')")
+        if variant == "watched_function_direct":
+            _content_called_directly(conn, name)
     elif variant == "guide":
         conn.execute(
             f"CREATE TRIGGER q AFTER INSERT OR UPDATE OF body ON {name}"
             " FOR EACH ROW EXECUTE FUNCTION bench_queue_embeddings()"
         )
     conn.execute(f"VACUUM ANALYZE {name}")
+
+
+def _content_called_directly(conn: psycopg.Connection[Any], table: str) -> None:
+    """The target's trigger functions rewritten to call `<table>_text(row)` where they call the
+    owner-run wrapper embeddings_<id>_content(row): the trigger of before the wrapper."""
+    rows = conn.execute(
+        "SELECT format('embeddings.%%I', 'embeddings_' || t.id || '_content'),"
+        " pg_get_functiondef(p.oid) FROM embeddings.targets t JOIN pg_proc p"
+        " ON p.pronamespace = 'embeddings'::regnamespace"
+        " AND p.proname LIKE 'embeddings_' || t.id || '\\_%%'"
+        " AND p.prorettype = 'trigger'::regtype WHERE t.source = %s::regclass",
+        (table,),
+    ).fetchall()
+    rewritten = 0
+    for wrapper, definition in rows:
+        if wrapper + "(" in definition:
+            conn.execute(definition.replace(wrapper + "(", f"public.{table}_text("))
+            rewritten += 1
+    assert rewritten, "no trigger function calls the content wrapper: update the bench"
 
 
 def _pgbench(dsn: str, script: Path, clients: int, seconds: int) -> float:

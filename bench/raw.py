@@ -11,7 +11,8 @@ from typing import Any
 
 import numpy as np
 
-from worker.models.embedder import Embedder, batches, pad_batch
+from worker.models.batching import batches, pad_batch
+from worker.models.embedder import Embedder
 
 
 def run(

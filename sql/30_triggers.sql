@@ -182,8 +182,20 @@ BEGIN
     inserted := format('FROM new_rows n WHERE %s AND %s OPERATOR(pg_catalog.<>) ''''',
                        unembedded, new_content);
     -- A row whose key changed has no old row: it counts as changed.
-    changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s WHERE (o.%I IS NULL OR %s IS DISTINCT FROM %s)',
-                      embeddings.key_equal_sql(t, 'o', 'n'), t.key_columns[1], new_content, old_content);
+    IF by_function THEN
+        -- Each row's old and new content once (the wrapper is a call as the table's owner, which
+        -- the planner would repeat for each mention: three per row with clear_on_update);
+        -- OFFSET 0 keeps the subquery from being flattened back into those mentions.
+        changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s'
+                          ' CROSS JOIN LATERAL (SELECT %s AS new_text, CASE WHEN o.%I IS NULL THEN NULL ELSE %s END AS old_text OFFSET 0) c'
+                          ' WHERE (o.%I IS NULL OR c.new_text IS DISTINCT FROM c.old_text)',
+                          embeddings.key_equal_sql(t, 'o', 'n'), new_content, t.key_columns[1], old_content,
+                          t.key_columns[1]);
+        new_content := 'c.new_text';
+    ELSE
+        changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s WHERE (o.%I IS NULL OR %s IS DISTINCT FROM %s)',
+                          embeddings.key_equal_sql(t, 'o', 'n'), t.key_columns[1], new_content, old_content);
+    END IF;
     IF t.clear_on_update AND coalesce(t.side_table, t.chunk_table) IS NULL THEN
         -- A key whose embedding this statement cleared changed too. The clear trigger compares
         -- each physical row with itself, this trigger each key with itself: one UPDATE that

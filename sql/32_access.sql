@@ -271,7 +271,7 @@ $$;
 -- The SET clauses of every function that evaluates a target's content (these below, and
 -- embeddings_<id>_verify(), sql/64_verify.sql): the formats of dates, timestamps and intervals
 -- pinned, whoever calls. The worker's sessions need them to read what they fetch (worker/db.py:
--- SESSION_FORMATS), and a content function that formats a date must give the verifying sweep,
+-- session_formats), and a content function that formats a date must give the verifying sweep,
 -- run from pg_cron or psql under the database's DateStyle, the text the worker embedded: else
 -- every such row would look stale at every pass, and be embedded again. `ISO` alone keeps the
 -- caller's day/month order (it only parses input); TimeZone stays the caller's (a content

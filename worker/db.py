@@ -28,19 +28,6 @@ _PG_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"
 
 Connection = psycopg.Connection[Any]
 
-# The formats psycopg reads dates, timestamps and intervals in: a database or role whose
-# DateStyle is not ISO (`ALTER DATABASE ... SET DateStyle = 'German'`), or PGDATESTYLE, would
-# otherwise make every timestamptz the worker reads (a queue message's, status's) an error.
-# `ISO` alone keeps the session's day/month order, which only parses input. A SET rather than
-# startup options: PgBouncer refuses unknown startup parameters, and re-applies DateStyle and
-# IntervalStyle (reported parameters) on whatever server connection serves us. Content is
-# evaluated under these same formats in every session (sql/32_access.sql:
-# content_settings_sql), so what the worker embeds and what the verifying sweep checks agree.
-SESSION_FORMATS = (
-    "SELECT pg_catalog.set_config('DateStyle', 'ISO', false),"
-    " pg_catalog.set_config('IntervalStyle', 'postgres', false)"
-)
-
 
 def resolve_dsn(
     url: str | None, env: Mapping[str, str] | None = None, *, devdb_port: int = DEVDB_PORT
@@ -92,7 +79,7 @@ def connect(dsn: str, *, autocommit: bool = True, connect_timeout: int = 10) -> 
         # so the planning saved would be small anyway.
         conn = psycopg.connect(conninfo, autocommit=autocommit, prepare_threshold=None)
         try:
-            conn.execute(SESSION_FORMATS)
+            conn.execute(queries.get("session_formats"))
             if not autocommit:
                 conn.commit()
         except BaseException:

@@ -543,6 +543,19 @@ SET LOCAL statement_timeout = '3s';
 -- The database answers.
 SELECT 1;
 
+-- name: session_formats
+-- Every connection's first statement (db.connect): the formats psycopg reads dates, timestamps
+-- and intervals in. A database or role whose DateStyle is not ISO (`ALTER DATABASE ... SET
+-- DateStyle = 'German'`), or PGDATESTYLE, would otherwise make every timestamptz the worker
+-- reads (a queue message's, status's) an error. `ISO` alone keeps the session's day/month
+-- order, which only parses input. A SET rather than startup options: PgBouncer refuses unknown
+-- startup parameters, and re-applies DateStyle and IntervalStyle (reported parameters) on
+-- whatever server connection serves us. Content is evaluated under these same formats in every
+-- session (sql/32_access.sql: content_settings_sql), so what the worker embeds and what the
+-- verifying sweep checks agree.
+SELECT pg_catalog.set_config('DateStyle', 'ISO', false),
+       pg_catalog.set_config('IntervalStyle', 'postgres', false);
+
 -- name: list_failures
 -- The dead-lettered jobs, oldest first.
 SELECT id, target, row_key, attempts, last_error, failed_at FROM embeddings.failures ORDER BY id;

@@ -211,6 +211,30 @@ def test_content_function_changes_are_compared_through_the_function(conn: Conn) 
     assert embedded(conn) == {1: True, 2: False}
 
 
+def test_an_update_evaluates_a_content_function_once_per_old_and_new_row(conn: Conn) -> None:
+    """The statement trigger compares each row's old and new content: one call of the content
+    function each (through the owner-run wrapper, a costly call), not one per mention in its
+    query (three per row with clear_on_update before). The clear trigger, a row trigger of its
+    own, compares them too: two more."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute(
+        "CREATE FUNCTION counted(d docs) RETURNS text LANGUAGE plpgsql STABLE AS $$ BEGIN"
+        " RAISE NOTICE 'content of %', d.id; RETURN d.body; END $$"
+    )
+    conn.execute("INSERT INTO docs SELECT i, 'text ' || i FROM generate_series(1, 10) i")
+    target = conn.execute("SELECT embeddings.watch('docs', 'counted')").fetchone()
+    assert target is not None
+    conn.execute(f"UPDATE docs SET embedding = {VEC}")
+    clear_queue(conn)
+    calls: list[str] = []
+    conn.add_notice_handler(lambda notice: calls.append(notice.message_primary or ""))
+
+    conn.execute("UPDATE docs SET body = body || ' edited'")
+
+    assert sorted(queued_keys(conn, target[0])) == list(range(1, 11))
+    assert len([c for c in calls if c.startswith("content of")]) == 4 * 10
+
+
 def test_a_raising_content_function_never_breaks_the_write(conn: Conn) -> None:
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute(

@@ -364,3 +364,67 @@ def test_upgrade_gives_chunk_tables_their_offsets(cluster: Cluster) -> None:
     finally:
         cluster.drop_database(upgraded)
         cluster.drop_database(fresh)
+
+
+def watch_every_kind(conn: psycopg.Connection[Any]) -> None:
+    """Targets of every kind 0.2.0 has, in the state a worker leaves them between batches: a
+    chunked target with full-text search, a side-table target, a content-function target, and
+    a plain target in the middle of a model change (shadow column, backfill queued)."""
+    conn.execute("CREATE TABLE articles (id bigint PRIMARY KEY, body text)")
+    conn.execute(
+        "INSERT INTO articles SELECT i, repeat('words ', 50 * i) FROM generate_series(1, 5) i"
+    )
+    conn.execute(
+        "SELECT embeddings.watch('articles', 'body', chunk_tokens => 32, chunk_overlap => 4,"
+        " fts => 'english')"
+    )
+    # 0.2.0's watch() ignored fts => for a chunked target: turned on as its users had to.
+    conn.execute(
+        "SELECT embeddings.enable_fts('articles', 'english') FROM embeddings.targets"
+        " WHERE source = 'articles'::regclass AND fts_config IS NULL"
+    )
+    conn.execute("CREATE TABLE notes (tenant int, id text, body text, PRIMARY KEY (tenant, id))")
+    conn.execute("INSERT INTO notes VALUES (1, 'a', 'side one'), (2, 'b', 'side two')")
+    conn.execute("SELECT embeddings.watch('notes', 'body', store => 'side', fts => 'simple')")
+    conn.execute("CREATE TABLE events (id uuid PRIMARY KEY, title text, at date)")
+    conn.execute(
+        "CREATE FUNCTION event_text(e events) RETURNS text LANGUAGE sql STABLE"
+        " AS $$ SELECT e.title || ' on ' || e.at $$"
+    )
+    conn.execute("INSERT INTO events VALUES (gen_random_uuid(), 'launch', '2026-11-23')")
+    conn.execute("SELECT embeddings.watch('events', 'event_text')")
+    conn.execute("CREATE TABLE items (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 20) i")
+    conn.execute("SELECT embeddings.watch('items', 'body', model => 'gte-small')")
+    conn.execute("SELECT embeddings.watch('items', 'body', model => 'all-MiniLM-L6-v2')")
+
+
+def test_upgrade_from_0_2_0_with_every_kind_of_target_equals_fresh_install(
+    cluster: Cluster,
+) -> None:
+    """0.2.0's chunk tables, side tables, full-text columns, content-function wrappers and a
+    model change's shadow column, upgraded: the schema (the user's tables and the per-target
+    functions included) of a fresh install that did the same, and no queued key lost."""
+    upgraded = cluster.create_database(prefix="upgraded")
+    fresh = cluster.create_database(prefix="fresh")
+    try:
+        schema.migrate(cluster.dsn(upgraded), "0002")
+        with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
+            watch_every_kind(conn)
+            jobs_before = queued_keys(conn)
+            changing = conn.execute("SELECT count(*) FROM embeddings.model_changes").fetchone()
+        assert changing == (1,)
+
+        assert schema.migrate(cluster.dsn(upgraded)).applied == ["0019"]
+        with psycopg.connect(cluster.dsn(fresh)) as conn:
+            schema.install(conn)
+            conn.commit()
+        with psycopg.connect(cluster.dsn(fresh), autocommit=True) as conn:
+            watch_every_kind(conn)
+        assert pg_dump_schema(cluster.dsn(upgraded)) == pg_dump_schema(cluster.dsn(fresh))
+        with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
+            assert queued_keys(conn) == jobs_before
+            assert conn.execute("SELECT count(*) FROM embeddings.model_changes").fetchone() == (1,)
+    finally:
+        cluster.drop_database(upgraded)
+        cluster.drop_database(fresh)

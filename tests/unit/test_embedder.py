@@ -18,7 +18,8 @@ from tokenizers import Tokenizer
 from tests.support import modelgen
 from worker import exceptions
 from worker.models import quantization
-from worker.models.embedder import Embedder, batches
+from worker.models.batching import batches
+from worker.models.embedder import Embedder
 from worker.models.files import ModelLocation
 from worker.models.onnx import resolve_threads, session_options
 
