@@ -126,6 +126,18 @@ def test_tuning_from_outside_sql_reaches_the_fusion(conn: Conn, items: Vec) -> N
         )
 
 
+def test_tuning_a_search_that_is_not_hybrid_is_refused(
+    conn: Conn, items: Vec, embedders: LoadedModels
+) -> None:
+    """Mode "auto" on a table without full-text search is a vector search: tuning given for
+    the fusion would be ignored, so the search is refused instead (a 400 over HTTP)."""
+    conn.execute("SELECT embeddings.disable_fts('items')")
+    target = find_target(conn, "items")
+    with pytest.raises(errors.InvalidSearch, match="has no full-text search: rrf_k"):
+        search.ranked(conn, embedders.get, target, "urlopen", 3, fusion=Fusion(depth=5))
+    assert len(search.ranked(conn, embedders.get, target, "urlopen", 3)) == 3
+
+
 def test_hybrid_search_under_row_level_security_sees_only_the_policy_s_rows(
     conn: Conn, items: Vec
 ) -> None:
