@@ -43,6 +43,7 @@ def test_tuning_is_read_from_the_body() -> None:
         ({"depth": 10.5}, '"depth" must be an integer'),
         ({"depth": False}, '"depth" must be an integer'),
         ({"rrf_k": float("inf")}, '"rrf_k" must be a number of at least 0'),
+        ({"text_weight": 10**400}, '"text_weight" is out of range'),
         ({"mode": "vector", "depth": 5}, 'depth: these tune hybrid search, not "mode": "vector"'),
     ],
 )

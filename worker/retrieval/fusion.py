@@ -40,7 +40,10 @@ class Fusion:
                 continue
             if isinstance(value, bool) or not isinstance(value, int | float):
                 raise ValueError(f'"{name}" must be a number')
-            values[name] = float(value)
+            try:
+                values[name] = float(value)
+            except OverflowError:  # an integer of hundreds of digits: JSON allows it
+                raise ValueError(f'"{name}" is out of range') from None
         depth = given.get("depth")
         if depth is not None:
             if isinstance(depth, bool) or not isinstance(depth, int):
