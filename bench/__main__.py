@@ -376,8 +376,12 @@ def main() -> int:
         def quality() -> dict[str, Any]:
             # Retrieval quality (recall@10, nDCG@10) of full-text, vector and hybrid search
             # over the standard library's documentation, rows and chunks (bench/quality/).
-            chosen = evaluate.default_retrievers()
-            chosen += [retrievers.SqlFunction.named(name) for name in args.quality_function]
+            chosen = evaluate.default_retrievers()  # embeddings.hybrid_search() among them
+            chosen += [
+                retrievers.SqlFunction.named(name)
+                for name in dict.fromkeys(args.quality_function)
+                if name not in {r.name for r in chosen}
+            ]
             return evaluate.run(
                 fresh_db(cluster, template),
                 SHARED_MODELS / "all-MiniLM-L6-v2",

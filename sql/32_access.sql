@@ -555,25 +555,31 @@ BEGIN
     -- the caller holds their advisory locks): upserts their chunks (a chunk whose hash is
     -- unchanged at its position is left as it is) and deletes those past each document's
     -- `counts` (all of them for 0: blank content). Chunks name their document by its canonical
-    -- key (`chunk_keys`). Returns, per document, whether it was current and lost chunks. The
-    -- chunk table's key columns are named as the source's, and may be named as a parameter
-    -- (k0, keys, ...): ON CONFLICT names columns, and the variables are qualified.
+    -- key (`chunk_keys`); `starts` and `ends` are their character offsets in it (an unchanged
+    -- chunk that moved in its document gets its new ones, its vector kept). Returns, per
+    -- document, whether it was current and lost chunks. The chunk table's key columns are
+    -- named as the source's, and may be named as a parameter (k0, keys, ...): ON CONFLICT
+    -- names columns, and the variables are qualified.
     embeddings.create_access_function(a, '_chunks',
         format('keys text[]%s, digests text[], counts integer[], chunk_keys text[], seqs integer[], chunks text[], '
-               'hashes text[], vectors %I.halfvec[]', a->>'key_params', vschema),
+               'hashes text[], vectors %I.halfvec[], starts integer[], ends integer[]', a->>'key_params', vschema),
         'TABLE (key text, is_current boolean, trimmed boolean)',
         format($b$current_keys := ARRAY(
                 SELECT v.key FROM ROWS FROM (%1$s, pg_catalog.unnest($%2$s)) AS v(key%3$s, h)
                 JOIN %4$s t ON %5$s
                 WHERE pg_catalog.md5(%6$s) IS NOT DISTINCT FROM v.h);
-            INSERT INTO %7$s AS c (%8$s, seq, chunk, chunk_hash, %9$I)
-            SELECT %10$s, x.seq, x.chunk, x.hash, x.e
-            FROM ROWS FROM (pg_catalog.unnest($%11$s), pg_catalog.unnest($%12$s), pg_catalog.unnest($%13$s), pg_catalog.unnest($%14$s), pg_catalog.unnest($%15$s)) AS x(key, seq, chunk, hash, e)
+            INSERT INTO %7$s AS c (%8$s, seq, chunk, chunk_hash, %9$I, start_offset, end_offset)
+            SELECT %10$s, x.seq, x.chunk, x.hash, x.e, x.start_offset, x.end_offset
+            FROM ROWS FROM (pg_catalog.unnest($%11$s), pg_catalog.unnest($%12$s), pg_catalog.unnest($%13$s), pg_catalog.unnest($%14$s), pg_catalog.unnest($%15$s),
+                            pg_catalog.unnest($%18$s), pg_catalog.unnest($%19$s)) AS x(key, seq, chunk, hash, e, start_offset, end_offset)
             JOIN ROWS FROM (%1$s) AS v(key%3$s) ON v.key OPERATOR(pg_catalog.=) x.key
             WHERE x.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
             ON CONFLICT (%8$s, seq) DO UPDATE
-            SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, %9$I = excluded.%9$I
-            WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash;
+            SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, %9$I = excluded.%9$I,
+                start_offset = excluded.start_offset, end_offset = excluded.end_offset
+            WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash
+               OR c.start_offset IS DISTINCT FROM excluded.start_offset
+               OR c.end_offset IS DISTINCT FROM excluded.end_offset;
             WITH gone AS (
                 DELETE FROM %7$s c USING ROWS FROM (%1$s, pg_catalog.unnest($%16$s)) AS v(key%3$s, n)
                 WHERE %17$s AND c.seq OPERATOR(pg_catalog.>=) v.n AND v.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
@@ -586,7 +592,7 @@ BEGIN
             a->>'key_rows', nkeys + 2, a->>'key_aliases', t.source, a->>'key_match', a->>'content', t.chunk_table,
             key_list, t.embedding_column,
             (SELECT string_agg(format('(v.k%s)::%s', i - 1, types[i]), ', ' ORDER BY i) FROM generate_series(1, nkeys) i),
-            nkeys + 4, nkeys + 5, nkeys + 6, nkeys + 7, nkeys + 8, nkeys + 3, chunk_match),
+            nkeys + 4, nkeys + 5, nkeys + 6, nkeys + 7, nkeys + 8, nkeys + 3, chunk_match, nkeys + 9, nkeys + 10),
         head => E'#variable_conflict use_column\n<<chunk_write>>\nDECLARE\n    current_keys text[];\n    trimmed_keys text[];\n')];
 END
 $$;

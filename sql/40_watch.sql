@@ -123,6 +123,7 @@ DECLARE
     vec_rel regclass;
     vec_kind "char";
     clear_updates boolean;
+    chunked_id integer;
     chunked boolean;  -- chunk_tokens and the like, or a chunked target watched again
 BEGIN
     model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
@@ -329,9 +330,17 @@ BEGIN
             RAISE EXCEPTION 'backfill => false is for plain targets; a chunked target embeds its existing rows'
                 USING ERRCODE = 'feature_not_supported';
         END IF;
-        RETURN embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
-                                        queue, key_names, key_regtypes, key_nums, content_num, replica,
-                                        chunk_tokens, chunk_overlap, chunk_table);
+        chunked_id := embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
+                                               queue, key_names, key_regtypes, key_nums, content_num, replica,
+                                               chunk_tokens, chunk_overlap, chunk_table);
+        SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = chunked_id;
+        -- Full-text search on the chunk table, as for any target (until 0.3.0, fts => was
+        -- ignored here); then the chunk offsets, after it (ensure_chunk_offsets says why).
+        IF fts IS NOT NULL AND fts IS DISTINCT FROM t.fts_config THEN
+            PERFORM embeddings.enable_fts(source, fts, embedding_column);
+        END IF;
+        PERFORM embeddings.ensure_chunk_offsets(t.chunk_table);
+        RETURN t.id;
     END IF;
     -- <<< chunked targets
 

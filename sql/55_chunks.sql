@@ -15,6 +15,11 @@
 --   chunk_hash  text      md5 of the model name and the chunk text: when a document changes, a
 --                         chunk whose text did not change keeps its vector (no re-embedding)
 --   <embedding_column>  halfvec(dim)  ('embedding' by default), with an HNSW cosine index
+--   start_offset, end_offset  integer  where the chunk is in the document: `chunk` is the
+--                         document's characters start_offset (from 0) up to end_offset
+--                         (excluded), as Python slices (in SQL: substr(document, start_offset + 1,
+--                         end_offset - start_offset)). Characters, not bytes. NULL for chunks
+--                         written before 0.3.0, until their document is embedded again
 --
 -- The source table gets no embedding column (embeddings.targets.embedding_attnum is NULL). Its
 -- triggers are the generated ones of any target (sql/30_triggers.sql), minus the clear trigger: a
@@ -98,6 +103,23 @@ BEGIN
     EXECUTE format('COMMENT ON TABLE %s IS %L', existing,
                    format('Chunks of %s and their embeddings, kept by embed-worker (embeddings.watch)', source));
     RETURN existing;
+END
+$$;
+
+-- Gives chunk table `chunk_table` the chunks' offsets (start_offset, end_offset) when it lacks
+-- them: a chunk table made before 0.3.0 (its chunks' stay NULL until their document is embedded
+-- again), and every new one. Added by watch() last, after the full-text column a watch(...,
+-- fts => ...) adds, so that a new chunk table has the column order of a 0.2.0 one given full-text
+-- search and then upgraded (migrations/versions/0019_release_0_3_0/upgrade.sql adds them there).
+CREATE FUNCTION embeddings.ensure_chunk_offsets(chunk_table regclass) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF embeddings.attnum_of(chunk_table, 'start_offset') IS NULL OR embeddings.attnum_of(chunk_table, 'end_offset') IS NULL THEN
+        PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
+        EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS start_offset integer, '
+                       'ADD COLUMN IF NOT EXISTS end_offset integer', chunk_table);
+        PERFORM set_config('embeddings.following', 'off', true);
+    END IF;
 END
 $$;
 

@@ -125,9 +125,10 @@ $$;
 
 -- The parts of a search statement over target t, as a JSON object of SQL fragments:
 --   from      the relations (`s` the table; `c` its chunk table, joined to it)
---   vector    the embedding column; key, content, seq the result's columns (seq NULL, content
---             the content column's text (NULL for a content function) for a plain target;
---             the chunk's position and text for a chunked one)
+--   vector    the embedding column; key, content, seq, start_offset, end_offset the result's
+--             columns (content the content column's text (NULL for a content function) and
+--             the others NULL for a plain target; for a chunked one the chunk's text, position
+--             and character offsets in its document, sql/55_chunks.sql)
 --   distance  the cosine distance to $1 (a halfvec; cast to the column's type)
 -- Key values keep the table's type in JSON as jobs carry them (sql/25_keys.sql): a number for
 -- an integer key, a string for text, an array of the columns' values for a composite key.
@@ -146,6 +147,8 @@ BEGIN
             'key', embeddings.key_json_sql(t, 'c'),
             'content', 'c.chunk',
             'seq', 'c.seq',
+            'start_offset', 'c.start_offset',
+            'end_offset', 'c.end_offset',
             'order', format('%s OPERATOR(%I.<=>) $1', vec, vschema),
             'distance', format('(%s OPERATOR(%I.<=>) $1)::double precision', vec, vschema));
     END IF;
@@ -165,6 +168,8 @@ BEGIN
                                                  format('s.%I', t.content_column))
                         ELSE 'NULL::text' END,
         'seq', 'NULL::integer',
+        'start_offset', 'NULL::integer',
+        'end_offset', 'NULL::integer',
         'order', format('%s OPERATOR(%I.<=>) ($1)::%s', vec, vschema, emb_type),
         'distance', format('(%s OPERATOR(%I.<=>) ($1)::%s)::double precision', vec, vschema, emb_type));
 END
@@ -225,7 +230,8 @@ CREATE FUNCTION embeddings.generate_search(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := embeddings.search_sql(t);
-    columns text := format('%s AS key, %s AS content, %s AS seq, %s AS distance', q->>'key', q->>'content', q->>'seq', q->>'distance');
+    columns text := format('%s AS key, %s AS content, %s AS seq, %s AS start_offset, %s AS end_offset, %s AS distance',
+                           q->>'key', q->>'content', q->>'seq', q->>'start_offset', q->>'end_offset', q->>'distance');
     distinct_on text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'DISTINCT ON (r.key)' END;
     distinct_order text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'ORDER BY r.key, r.distance' END;
     -- Each statement as its result (into which the static one selects), then its FROM in two
@@ -301,11 +307,15 @@ REVOKE ALL ON FUNCTION embeddings.generate_search(embeddings.targets) FROM PUBLI
 
 -- The `k` rows of `source` nearest to `query` (cosine distance), nearest first; for a chunked
 -- target the k documents with the nearest chunks, each once with its best chunk (`seq`, its
--- position from 0, and `content`, its text). `filter`: see search_filter_sql(). k rows
--- whenever k rows match; fewer only when fewer match (none: no row, no error).
+-- position from 0, `content`, its text, and `start_offset`, `end_offset`, where that text is
+-- in the document: characters, from 0, the end excluded; NULL for chunks written before
+-- 0.3.0 until their document is embedded again, and for a plain target). `filter`: see
+-- search_filter_sql(). k rows whenever k rows match; fewer only when fewer match (none: no
+-- row, no error).
 CREATE FUNCTION embeddings.search(source regclass, query halfvec, k integer DEFAULT 10,
                                   filter jsonb DEFAULT NULL, embedding_column name DEFAULT NULL)
-RETURNS TABLE (key jsonb, distance double precision, content text, seq integer)
+RETURNS TABLE (key jsonb, distance double precision, content text, seq integer,
+               start_offset integer, end_offset integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets := embeddings.search_target(source, embedding_column);
@@ -365,7 +375,8 @@ BEGIN
         PERFORM set_config('hnsw.ef_search', ef, true);
     END IF;
     RETURN QUERY
-        SELECT r.value->'key', (r.value->>'distance')::double precision, r.value->>'content', (r.value->>'seq')::integer
+        SELECT r.value->'key', (r.value->>'distance')::double precision, r.value->>'content', (r.value->>'seq')::integer,
+               (r.value->>'start_offset')::integer, (r.value->>'end_offset')::integer
         FROM jsonb_array_elements(answer) WITH ORDINALITY AS r(value, i)
         ORDER BY r.i LIMIT k;
 END

@@ -168,14 +168,15 @@ DECLARE
 BEGIN
     RETURN ARRAY[
         format(
-            'SELECT r.key, r.content, r.seq, r.text_rank FROM ('
+            'SELECT r.key, r.content, r.seq, r.start_offset, r.end_offset, r.text_rank FROM ('
             ' SELECT DISTINCT ON (%1$s) %1$s AS key, %2$s AS content, %3$s AS seq,'
+            '  %11$s AS start_offset, %12$s AS end_offset,'
             '  pg_catalog.ts_rank_cd(%4$s.%5$I, q.q) AS text_rank'
             ' FROM %6$s, pg_catalog.websearch_to_tsquery(%7$L::pg_catalog.regconfig,'
             '  pg_catalog.regexp_replace($1, %8$L, %9$L, ''g'')) AS q(q)'
             ' WHERE %4$s.%5$I OPERATOR(pg_catalog.@@) q.q AND %10$s IS NOT NULL AND (',
             q->>'key', q->>'content', q->>'seq', doc, t.fts_column, q->>'from', t.fts_config::text,
-            '(\w)\.(?=\w)', '\1 ', q->>'vector'),
+            '(\w)\.(?=\w)', '\1 ', q->>'vector', q->>'start_offset', q->>'end_offset'),
         format(
             ') ORDER BY %1$s, pg_catalog.ts_rank_cd(%2$s.%3$I, q.q) DESC) r'
             ' ORDER BY r.text_rank DESC, r.key LIMIT $3',
@@ -190,14 +191,15 @@ $$;
 -- (a ranking a document is missing from adds nothing), best first, ties by key. `filter` as
 -- for search(). Each row: the key (typed as in the table), the score, the content (the best
 -- chunk by distance, else by text rank, for a chunked target) and its `seq`, the cosine
--- distance (NULL when the document is not in the vector ranking) and both ranks (from 1;
--- NULL where missing). With the caller's rights, as search().
+-- distance (NULL when the document is not in the vector ranking), both ranks (from 1; NULL
+-- where missing) and the chunk's character offsets in its document (as search()'s). With the
+-- caller's rights, as search().
 CREATE FUNCTION embeddings.hybrid_search(source regclass, query text, query_embedding halfvec, k integer DEFAULT 10,
                                          filter jsonb DEFAULT NULL, embedding_column name DEFAULT NULL,
                                          rrf_k double precision DEFAULT 60, vector_weight double precision DEFAULT 1,
                                          text_weight double precision DEFAULT 1, depth integer DEFAULT 100)
 RETURNS TABLE (key jsonb, score double precision, content text, seq integer, distance double precision,
-               vector_rank integer, text_rank integer)
+               vector_rank integer, text_rank integer, start_offset integer, end_offset integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets := embeddings.search_target(source, embedding_column);
@@ -209,8 +211,9 @@ BEGIN
             USING ERRCODE = 'feature_not_supported',
                   HINT = format('SELECT embeddings.enable_fts(%L, ''english'');', source::text);
     END IF;
-    IF k IS NULL OR k < 1 OR depth IS NULL OR depth < 1 OR rrf_k IS NULL OR rrf_k < 0 THEN
-        RAISE EXCEPTION 'embeddings.hybrid_search: k and depth must be at least 1, rrf_k at least 0'
+    IF k IS NULL OR k < 1 OR depth IS NULL OR depth < 1 OR rrf_k IS NULL OR rrf_k < 0
+       OR vector_weight IS NULL OR vector_weight < 0 OR text_weight IS NULL OR text_weight < 0 THEN
+        RAISE EXCEPTION 'embeddings.hybrid_search: k and depth must be at least 1, rrf_k and the weights at least 0'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.distance, r.key), '[]') INTO by_vector
@@ -223,7 +226,9 @@ BEGIN
                coalesce(v.value->>'content', x.value->>'content'),
                coalesce(v.value->>'seq', x.value->>'seq')::integer,
                (v.value->>'distance')::double precision,
-               v.i::integer, x.i::integer
+               v.i::integer, x.i::integer,
+               (CASE WHEN v.value IS NOT NULL THEN v.value->>'start_offset' ELSE x.value->>'start_offset' END)::integer,
+               (CASE WHEN v.value IS NOT NULL THEN v.value->>'end_offset' ELSE x.value->>'end_offset' END)::integer
         FROM jsonb_array_elements(by_vector) WITH ORDINALITY AS v(value, i)
         FULL JOIN jsonb_array_elements(by_text) WITH ORDINALITY AS x(value, i) ON v.value->'key' = x.value->'key'
         ORDER BY 2 DESC, 1

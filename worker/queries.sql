@@ -247,11 +247,12 @@ FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%(keys)s::text[]) AS k ORDER 
 -- name: write_chunks
 -- Writes the chunks of documents whose content is still what was loaded (same md5; NULL for
 -- NULL content) and deletes each one's chunks past its new count (all of them for 0): the
--- target's embeddings_<id>_chunks(). Per document: whether it was current, and lost chunks.
+-- target's embeddings_<id>_chunks(). Each chunk with its character offsets in its document.
+-- Per document: whether it was current, and lost chunks.
 SELECT key, is_current, trimmed
 FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::integer[],
               %(chunk_keys)s::text[], %(seqs)s::integer[], %(chunks)s::text[], %(chunk_hashes)s::text[],
-              %(embeddings)b);
+              %(embeddings)b, %(starts)s::integer[], %(ends)s::integer[]);
 
 -- name: search_table
 -- The oid of table %(table)s as the search path finds it (NULL: none) (worker/retrieval/targets.py).
@@ -275,16 +276,21 @@ SELECT fts_config IS NOT NULL FROM embeddings.targets WHERE id = %(target)s;
 -- name: search
 -- The %(k)s rows (documents, for a chunked target) nearest to %(query)s among those matching
 -- %(filter)s: embeddings.search() (sql/58_search.sql), with the caller's rights.
-SELECT key, distance, content, seq
+SELECT key, distance, content, seq, start_offset, end_offset
 FROM embeddings.search((SELECT t.source FROM embeddings.targets t WHERE t.id = %(target)s),
                        %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name);
 
 -- name: hybrid_search
 -- The %(k)s documents best by reciprocal rank fusion of the vector ranking of %(query)s and
--- the full-text ranking of %(text)s: embeddings.hybrid_search() (sql/59_hybrid.sql).
-SELECT key, score, content, seq, distance, vector_rank, text_rank
+-- the full-text ranking of %(text)s, fused as %(rrf_k)s, %(vector_weight)s, %(text_weight)s and
+-- %(depth)s say: embeddings.hybrid_search() (sql/59_hybrid.sql).
+SELECT key, score, content, seq, distance, vector_rank, text_rank, start_offset, end_offset
 FROM embeddings.hybrid_search((SELECT t.source FROM embeddings.targets t WHERE t.id = %(target)s),
-                              %(text)s, %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name);
+                              %(text)s, %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name,
+                              rrf_k => %(rrf_k)s::double precision,
+                              vector_weight => %(vector_weight)s::double precision,
+                              text_weight => %(text_weight)s::double precision,
+                              depth => %(depth)s::integer);
 
 -- name: document_progress
 -- Long documents of a target in progress or over the ceiling (embeddings.documents): what a

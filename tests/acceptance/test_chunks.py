@@ -21,9 +21,10 @@ from tests.support.process import WorkerProcess, wait_for
 
 Conn = psycopg.Connection[Any]
 
+# Characters of two, three and four bytes: chunk offsets count characters, not bytes.
 FILLER = (
-    "The planner estimates the cost of each scan from table statistics, and a vacuum "
-    "reclaims the space of dead row versions so that pages can be reused later on. "
+    "The planner estimates the cost of each scan — naïvely — from table statistics 📊, and a "
+    "vacuum reclaims the space of dead row versions so that pages can be reused later on. "
 )
 DOCS = {
     1: FILLER * 12 + "\n\nThe lighthouse keeper painted the heavy door violet in 1887.",
@@ -94,6 +95,10 @@ def test_the_running_worker_chunks_search_finds_documents_by_their_best_chunk(
     hits = json.loads(result.stdout)
     assert hits[0]["key"] == 1 and "violet" in hits[0]["content"]
     assert len({h["key"] for h in hits}) == len(hits) == 2  # documents, not chunks
+    bodies = dict(conn.execute("SELECT id, body FROM docs").fetchall())
+    for hit in hits:  # the chunk's place in its document
+        assert bodies[hit["key"]][hit["start_offset"] : hit["end_offset"]] == hit["content"]
+    assert hits[0]["start_offset"] > 0
     table = cli(dsn, worker_env, "search", "docs", "how long does the rye bread rise?")
     assert table.returncode == 0, table.stderr
     first = table.stdout.splitlines()[2]
@@ -103,6 +108,8 @@ def test_the_running_worker_chunks_search_finds_documents_by_their_best_chunk(
     assert status == 200
     (hit,) = body["results"]
     assert hit["key"] == 2 and "sourdough" in hit["content"] and 0 < hit["similarity"] <= 1
+    assert DOCS[2][hit["start_offset"] : hit["end_offset"]] == hit["content"]
+    assert hit["start_offset"] > 0
     status, _, body = post(worker, "/search", {"table": "nowhere", "query": "bread"})
     assert status == 404 and "nowhere" in body["error"]
     status, _, body = post(worker, "/search", {"table": "docs", "query": "", "k": 1})
@@ -112,6 +119,30 @@ def test_the_running_worker_chunks_search_finds_documents_by_their_best_chunk(
     assert status == 400 and "no column nope" in body["error"]
     status, _, body = post(worker, "/search", {**bad, "filter": {"id": [1, 3]}, "k": 3})
     assert status == 200 and sorted(h["key"] for h in body["results"]) == [1, 3]
+
+    # Hybrid: k documents, each with the fused score and its place in both rankings, keys
+    # typed as in the table; the fusion tuned by the request, bad tuning a 400.
+    conn.execute("SELECT embeddings.enable_fts('docs')")
+    hybrid = {"table": "docs", "query": "violet lighthouse door", "k": 3, "mode": "hybrid"}
+    status, _, body = post(worker, "/search", hybrid)
+    assert status == 200, body
+    hits = body["results"]
+    assert len(hits) == 3 and hits[0]["key"] == 1 and hits[0]["text_rank"] == 1
+    assert all(type(h["key"]) is int for h in hits)
+    for h in hits:
+        parts = [1 / (60 + r) for r in (h["vector_rank"], h["text_rank"]) if r is not None]
+        assert h["score"] == pytest.approx(sum(parts))
+        assert bodies[h["key"]][h["start_offset"] : h["end_offset"]] == h["content"]
+    status, _, body = post(worker, "/search", {**hybrid, "rrf_k": 1, "text_weight": 0.5})
+    assert status == 200, body
+    for h in body["results"]:
+        parts = [1 / (1 + h["vector_rank"])] if h["vector_rank"] else []
+        parts += [0.5 / (1 + h["text_rank"])] if h["text_rank"] else []
+        assert h["score"] == pytest.approx(sum(parts))
+    status, _, body = post(worker, "/search", {**hybrid, "depth": 0})
+    assert status == 400 and '"depth" must be an integer from 1 to 1000' in body["error"]
+    status, _, body = post(worker, "/search", {**hybrid, "mode": "vector", "rrf_k": 5})
+    assert status == 400 and "tune hybrid search" in body["error"]
 
     status_json = cli(dsn, worker_env, "status", "--json")
     assert status_json.returncode == 0, status_json.stderr

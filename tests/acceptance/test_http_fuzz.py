@@ -65,6 +65,12 @@ search_bodies = st.fixed_dictionaries(
     optional={
         "k": st.integers(-3, 120) | scalars,
         "column": st.sampled_from(["embedding", "nope"]) | scalars,
+        "mode": st.sampled_from(["auto", "vector", "hybrid"]) | scalars,
+        # hybrid's tuning: huge integers too (JSON allows hundreds of digits; no float holds them)
+        "rrf_k": st.integers(-(10**400), 10**400) | scalars,
+        "vector_weight": scalars,
+        "text_weight": scalars,
+        "depth": st.integers(-5, 2000) | scalars,
     },
 )
 jobs = st.fixed_dictionaries(

@@ -80,6 +80,8 @@ def test_watch_creates_the_chunk_table_and_no_embedding_column(conn: Conn, docs:
         ("chunk", "text"),
         ("chunk_hash", "text"),
         ("embedding", "halfvec(384)"),
+        ("start_offset", "integer"),
+        ("end_offset", "integer"),
     ]
     constraints = dict(
         conn.execute(
@@ -104,6 +106,25 @@ def test_watch_creates_the_chunk_table_and_no_embedding_column(conn: Conn, docs:
     assert registered == ("docs_chunks", 64, 8, False)
     # Backfill: the rows with content, not the NULL and empty ones.
     assert sorted(queued_keys(conn, docs)) == [1, 2, 3]
+
+
+def test_watch_with_fts_turns_full_text_search_on_for_a_chunked_target(
+    conn: Conn, minilm: str
+) -> None:
+    """watch(..., chunk_tokens => N, fts => 'english'), as docs/rag.md starts: the chunk table
+    gets its generated tsvector (0.2.0 ignored fts => for chunked targets), then the offsets."""
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    target = watch(conn, minilm, chunk_tokens=64, fts="english")
+    assert conn.execute(
+        "SELECT fts_config::text, fts_column FROM embeddings.targets WHERE id = %s", (target,)
+    ).fetchone() == ("english", "fts")
+    assert [c for c, _ in column_types(conn, "docs_chunks")][-4:] == [
+        "embedding",
+        "fts",
+        "start_offset",
+        "end_offset",
+    ]
+    assert watch(conn, minilm, chunk_tokens=64, fts="english") == target  # nothing to do again
 
 
 def test_watch_is_idempotent_and_re_watch_with_new_settings_re_queues(
@@ -414,3 +435,90 @@ def test_match_chunks_returns_nearest_chunks_with_their_document_key(
 def test_dropping_the_chunk_table_forgets_the_target(conn: Conn, docs: int) -> None:
     conn.execute("DROP TABLE docs_chunks")
     assert conn.execute("SELECT count(*) FROM embeddings.targets").fetchone() == (0,)
+
+
+def multibyte_text(n: int) -> str:
+    """n paragraphs with characters of two, three and four bytes in UTF-8 (one of them beyond
+    U+FFFF) and accents the tokenizer's normalizer strips: character offsets differ from byte
+    offsets after the first paragraph."""
+    parts = [
+        f"Paragraph {i}: the naïve café’s Größe — 東京の図書館 🐘 keeps its ledgers. {PARAGRAPH}"
+        for i in range(n)
+    ]
+    return "\n\n".join(parts)
+
+
+def offsets_slice(conn: Conn) -> list[tuple[Any, ...]]:
+    """Chunks whose offsets do not slice their document to exactly their text, in SQL."""
+    return conn.execute(
+        "SELECT c.id, c.seq FROM docs_chunks c JOIN docs d ON d.id = c.id"
+        " WHERE substr(d.body, c.start_offset + 1, c.end_offset - c.start_offset)"
+        " IS DISTINCT FROM c.chunk"
+    ).fetchall()
+
+
+def test_chunk_offsets_slice_the_document_multibyte_characters_included(
+    conn: Conn, docs: int, run_once: Callable[..., Worker], embedders: LoadedModels, minilm: str
+) -> None:
+    body = multibyte_text(8)
+    conn.execute("INSERT INTO docs VALUES (6, %s)", (body,))
+    run_once()
+    rows = conn.execute(
+        "SELECT seq, chunk, start_offset, end_offset FROM docs_chunks WHERE id = 6 ORDER BY seq"
+    ).fetchall()
+    assert len(rows) > 3
+    for _, chunk, start, end in rows:
+        assert body[start:end] == chunk
+    # Characters, not bytes: past the first paragraph the two differ.
+    assert any(len(body[:start].encode()) != start for _, _, start, _ in rows)
+    assert offsets_slice(conn) == []
+    assert conn.execute(
+        "SELECT count(*) FROM docs_chunks WHERE start_offset IS NULL OR end_offset IS NULL"
+    ).fetchone() == (0,)
+
+    # The first paragraph made longer: the chunks after it keep their text, place (seq) and
+    # vector, and their offsets move (the chunk write updates them alone).
+    edited = body.replace("the naïve", "the very naïve", 1)
+    conn.execute("UPDATE docs SET body = %s WHERE id = 6", (edited,))
+    run_once()
+    moved = conn.execute(
+        "SELECT seq, chunk, start_offset, end_offset FROM docs_chunks WHERE id = 6 ORDER BY seq"
+    ).fetchall()
+    kept = {(r[0], r[1]): r[2] for r in rows}
+    assert [r for r in moved if (r[0], r[1]) in kept and kept[(r[0], r[1])] != r[2]], (
+        "some chunks kept their text and place but moved"
+    )
+    for _, chunk, start, end in moved:
+        assert edited[start:end] == chunk
+    assert offsets_slice(conn) == []
+    # Chunks written before 0.3.0 have none until their document is embedded again; then all
+    # of its chunks get them, those whose vector is reused included.
+    conn.execute("UPDATE docs_chunks SET start_offset = NULL, end_offset = NULL WHERE id = 1")
+    conn.execute("UPDATE docs SET body = body || ' One more sentence.' WHERE id = 1")
+    run_once()
+    assert conn.execute(
+        "SELECT count(*) FROM docs_chunks WHERE start_offset IS NULL OR end_offset IS NULL"
+    ).fetchone() == (0,)
+    assert offsets_slice(conn) == []
+
+    # The SQL functions return them with the best chunk of each document.
+    (query,) = embedders.get(minilm).embed(["the café’s ledgers in the Tokyo library"])
+    vector = str(list(map(float, query)))
+    found = conn.execute(
+        "SELECT key, content, start_offset, end_offset FROM embeddings.search('docs',"
+        " %s::halfvec, 3)",
+        (vector,),
+    ).fetchall()
+    assert found[0][0] == 6
+    bodies = dict(conn.execute("SELECT id, body FROM docs").fetchall())
+    for key, content, start, end in found:
+        assert bodies[key][start:end] == content
+    conn.execute("SELECT embeddings.enable_fts('docs')")
+    found = conn.execute(
+        "SELECT key, content, start_offset, end_offset FROM embeddings.hybrid_search('docs',"
+        " 'ledgers', %s::halfvec, 3)",
+        (vector,),
+    ).fetchall()
+    assert found[0][0] == 6
+    for key, content, start, end in found:
+        assert bodies[key][start:end] == content

@@ -67,6 +67,13 @@ def test_every_subcommand_help_describes_every_option() -> None:
             assert option.help, f"{name}: {option.dest} has no description"
     migrate_help = subparsers["migrate"].format_help()
     assert "Install the embeddings schema" in migrate_help
+    # run: the routes it serves, and how /search authenticates and whose rights it searches with.
+    run_help = " ".join(subparsers["run"].format_help().split())
+    for said in ("POST /search", "EMBED_HTTP_TOKEN", "EMBED_SEARCH_DATABASE_URL", "row-level"):
+        assert said in run_help, said
+    search_help = subparsers["search"].format_help()
+    for flag in ("--rrf-k", "--vector-weight", "--text-weight", "--depth"):
+        assert flag in search_help
 
 
 def test_embed_dash_reads_standard_input(monkeypatch: pytest.MonkeyPatch, minilm: str) -> None:
@@ -111,6 +118,54 @@ def test_search_prints_no_model_load_line_and_hints_work_as_printed(
     retried = subprocess.run(hint, shell=True, capture_output=True, text=True, env=env)
     assert retried.returncode == 0, retried.stderr
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+
+
+def test_search_mode_hybrid_and_its_tuning(conn: Conn, dsn: str, minilm: str) -> None:
+    """`search --mode hybrid`: k results with the hybrid score and both ranks, keys typed as in
+    the table (text here); --rrf-k, --vector-weight, --text-weight and --depth reach the
+    fusion, and bad values are refused naming the flag."""
+    conn.execute("CREATE TABLE notes (id text PRIMARY KEY, body text)")
+    conn.execute(
+        "INSERT INTO notes VALUES ('a', 'shutil.rmtree deletes a directory tree'),"
+        " ('b', 'remove a folder with everything inside'), ('c', 'cats sleep all day'),"
+        " ('d', 'stocks fell sharply on Monday')"
+    )
+    conn.execute(
+        "SELECT embeddings.watch('notes', 'body', model => %s, fts => 'english')", (minilm,)
+    )
+    assert run_cli("run", "--once", "--database-url", dsn).returncode == 0
+
+    args = ("search", "notes", "rmtree", "--mode", "hybrid", "--json", "--database-url", dsn)
+    result = run_cli(*args, "-k", "3")
+    assert result.returncode == 0, result.stderr
+    hits = json.loads(result.stdout)
+    assert len(hits) == 3 and hits[0]["key"] == "a"
+    assert all(isinstance(h["key"], str) for h in hits)
+    for h in hits:  # scored by the default fusion: 1 / (60 + rank) per ranking holding it
+        parts = [1 / (60 + r) for r in (h["vector_rank"], h["text_rank"]) if r is not None]
+        assert h["score"] == pytest.approx(sum(parts))
+        assert h["similarity"] == pytest.approx(1 - h["distance"])
+    assert hits[0]["text_rank"] == 1 and hits[1]["text_rank"] is None
+    assert [h["score"] for h in hits] == sorted((h["score"] for h in hits), reverse=True)
+
+    tuned = run_cli(*args, "-k", "2", "--rrf-k", "0", "--text-weight", "0.5", "--depth", "2")
+    assert tuned.returncode == 0, tuned.stderr
+    for h in json.loads(tuned.stdout):
+        assert h["vector_rank"] <= 2
+        parts = [1 / h["vector_rank"]] + ([0.5 / h["text_rank"]] if h["text_rank"] else [])
+        assert h["score"] == pytest.approx(sum(parts))
+
+    for bad, message in [
+        (("--depth", "0"), "--depth must be an integer from 1 to 1000"),
+        (("--rrf-k", "-1"), "--rrf-k must be a number of at least 0"),
+        (("--vector-weight", "0", "--text-weight", "0"), "cannot both be 0"),
+    ]:
+        refused = run_cli(*args, *bad)
+        assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+    vector = run_cli(
+        "search", "notes", "rmtree", "--mode", "vector", "--depth", "5", "--database-url", dsn
+    )
+    assert vector.returncode != 0 and "--depth: these tune hybrid search" in vector.stderr
 
 
 def test_status_shows_progress_and_eta_for_pending_work(conn: Conn, dsn: str, minilm: str) -> None:

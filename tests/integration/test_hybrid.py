@@ -17,6 +17,7 @@ from tests.support.stores import STORES, WATCH_ARGS
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
 from worker.retrieval import errors, rankings, search
+from worker.retrieval.fusion import Fusion
 from worker.retrieval.targets import find_target
 
 Conn = psycopg.Connection[Any]
@@ -101,6 +102,69 @@ def test_hybrid_equals_a_reference_fusion(
         if text_rank is not None:
             parts.append(weights[1] / (rrf_k + text_rank))
         assert score == pytest.approx(sum(parts))
+
+
+def test_tuning_from_outside_sql_reaches_the_fusion(conn: Conn, items: Vec) -> None:
+    """rrf_k, the weights and depth as `embed-worker search` and POST /search pass them
+    (worker/retrieval/fusion.py): the same ranking as the reference fusion with them, each
+    ranking cut at depth (at least k)."""
+    words = "directory OR folder OR negative OR url"
+    fusion = Fusion(rrf_k=5, vector_weight=0.25, text_weight=3, depth=4)
+    by_vector = [1, 2, 3, 4]  # row i is the i-th nearest; cut at depth 4
+    by_text = text_ranking(conn, "items", "embedding_fts", words)[:4]
+    expected = rrf([by_vector, by_text], rrf_k=5, weights=(0.25, 3))[:3]
+    found = rankings.hybrid(conn, find_target(conn, "items"), words, items, 3, fusion=fusion)
+    assert [r["key"] for r in found] == expected
+    for r in found:
+        parts = [0.25 / (5 + r["vector_rank"])] if r["vector_rank"] else []
+        parts += [3 / (5 + r["text_rank"])] if r["text_rank"] else []
+        assert r["score"] == pytest.approx(sum(parts))
+        assert (r["vector_rank"] or 0) <= 4 and (r["text_rank"] or 0) <= 4
+    with pytest.raises(errors.InvalidSearch, match="weights at least 0"):
+        rankings.hybrid(
+            conn, find_target(conn, "items"), words, items, 4, fusion=Fusion(text_weight=-1)
+        )
+
+
+def test_tuning_a_search_that_is_not_hybrid_is_refused(
+    conn: Conn, items: Vec, embedders: LoadedModels
+) -> None:
+    """Mode "auto" on a table without full-text search is a vector search: tuning given for
+    the fusion would be ignored, so the search is refused instead (a 400 over HTTP)."""
+    conn.execute("SELECT embeddings.disable_fts('items')")
+    target = find_target(conn, "items")
+    with pytest.raises(errors.InvalidSearch, match="has no full-text search: rrf_k"):
+        search.ranked(conn, embedders.get, target, "urlopen", 3, fusion=Fusion(depth=5))
+    assert len(search.ranked(conn, embedders.get, target, "urlopen", 3)) == 3
+
+
+def test_hybrid_search_under_row_level_security_sees_only_the_policy_s_rows(
+    conn: Conn, items: Vec
+) -> None:
+    """A role whose policy shows it tenant 1's rows (the odd ones): both rankings, and so the
+    fusion, hold only those; rows that match the words but the policy hides never appear."""
+    conn.execute("CREATE ROLE hybrid_reader")
+    conn.execute("GRANT SELECT ON items TO hybrid_reader")
+    conn.execute("ALTER TABLE items ENABLE ROW LEVEL SECURITY")
+    conn.execute(
+        "CREATE POLICY tenant ON items FOR SELECT TO hybrid_reader"
+        " USING (tenant = current_setting('app.tenant')::int)"
+    )
+    words = "directory OR folder OR negative OR url"
+    by_text = text_ranking(conn, "items", "embedding_fts", words)
+    assert {4, 6} & set(by_text), "the words match rows the policy hides"
+    visible = [i for i in range(1, 9) if i % 2 == 1]
+    expected = rrf([visible, [i for i in by_text if i in visible]])[:5]
+    conn.execute("SET app.tenant = '1'")
+    conn.execute("SET ROLE hybrid_reader")
+    rows = conn.execute(
+        "SELECT key, vector_rank, text_rank FROM embeddings.hybrid_search('items', %s,"
+        " %s::halfvec, 5)",
+        (words, text(items)),
+    ).fetchall()
+    conn.execute("RESET ROLE")
+    assert [r[0] for r in rows] == expected
+    assert all(r[0] % 2 == 1 for r in rows)
 
 
 def test_dotted_names_match_their_last_part(conn: Conn, items: Vec) -> None:

@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from bench.quality.evaluate import create_table
+from bench.quality.evaluate import create_table, default_retrievers
 from bench.quality.retrievers import FullText, Fusion, SqlFunction, Table, Vector, rrf
 
 Conn = psycopg.Connection[Any]
@@ -87,3 +87,10 @@ def test_a_sql_search_function_plugs_in_by_name(conn: Conn) -> None:
     plugged.prepare(conn, TABLE)
     assert plugged.name == "public.test_search"
     assert plugged.search(conn, TABLE, "ignored", QUERY, 3) == [1, 2, 3]
+
+
+def test_the_default_run_scores_the_shipped_hybrid_search() -> None:
+    """`make bench` scores embeddings.hybrid_search() beside the baselines, in the same run."""
+    chosen = default_retrievers()
+    assert [r.name for r in chosen].count("embeddings.hybrid_search") == 1
+    assert isinstance(chosen[-1], SqlFunction) and chosen[-1].setup is not None

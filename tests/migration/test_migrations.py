@@ -329,6 +329,43 @@ def test_upgrade_keeps_jobs_failures_and_grants_and_equals_fresh_install(
         cluster.drop_database(fresh)
 
 
+def test_upgrade_gives_chunk_tables_their_offsets(cluster: Cluster) -> None:
+    """Chunk tables of 0.2.0, one with full-text search, get start_offset and end_offset at
+    their end, as fresh ones have them (watch() adds them after the tsvector); their chunks
+    keep theirs NULL (until their document is embedded again)."""
+    upgraded = cluster.create_database(prefix="upgraded")
+    fresh = cluster.create_database(prefix="fresh")
+    tables = (
+        "CREATE TABLE docs (id bigint PRIMARY KEY, body text);"
+        " SELECT embeddings.watch('docs', 'body', model => 'all-MiniLM-L6-v2',"
+        " chunk_tokens => 64);"
+        " CREATE TABLE pages (id bigint PRIMARY KEY, body text);"
+        " SELECT embeddings.watch('pages', 'body', model => 'all-MiniLM-L6-v2',"
+        " chunk_tokens => 64, fts => 'english');"
+    )
+    try:
+        schema.migrate(cluster.dsn(upgraded), "0002")
+        with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
+            conn.execute(tables)
+            conn.execute("SELECT embeddings.enable_fts('pages')")  # 0.2.0 ignored fts => here
+            conn.execute(
+                "INSERT INTO docs_chunks (id, seq, chunk, chunk_hash, embedding)"
+                " VALUES (1, 0, 'a chunk', 'h', array_fill(0.1, ARRAY[384])::halfvec)"
+            )
+        assert schema.migrate(cluster.dsn(upgraded)).applied == ["0019"]
+        assert schema.migrate(cluster.dsn(upgraded)).applied == []
+        schema.migrate(cluster.dsn(fresh))
+        with psycopg.connect(cluster.dsn(fresh), autocommit=True) as conn:
+            conn.execute(tables)
+        assert pg_dump_schema(cluster.dsn(upgraded)) == pg_dump_schema(cluster.dsn(fresh))
+        with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
+            row = conn.execute("SELECT chunk, start_offset, end_offset FROM docs_chunks").fetchone()
+            assert row == ("a chunk", None, None)
+    finally:
+        cluster.drop_database(upgraded)
+        cluster.drop_database(fresh)
+
+
 def watch_every_kind(conn: psycopg.Connection[Any]) -> None:
     """Targets of every kind 0.2.0 has, in the state a worker leaves them between batches: a
     chunked target with full-text search, a side-table target, a content-function target, and
@@ -340,6 +377,11 @@ def watch_every_kind(conn: psycopg.Connection[Any]) -> None:
     conn.execute(
         "SELECT embeddings.watch('articles', 'body', chunk_tokens => 32, chunk_overlap => 4,"
         " fts => 'english')"
+    )
+    # 0.2.0's watch() ignored fts => for a chunked target: turned on as its users had to.
+    conn.execute(
+        "SELECT embeddings.enable_fts('articles', 'english') FROM embeddings.targets"
+        " WHERE source = 'articles'::regclass AND fts_config IS NULL"
     )
     conn.execute("CREATE TABLE notes (tenant int, id text, body text, PRIMARY KEY (tenant, id))")
     conn.execute("INSERT INTO notes VALUES (1, 'a', 'side one'), (2, 'b', 'side two')")

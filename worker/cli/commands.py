@@ -10,6 +10,7 @@ from typing import Any, Literal
 from worker import db, exceptions, queries, schema
 from worker.cli import hints, output
 from worker.config import Settings
+from worker.retrieval.fusion import Fusion
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 
@@ -200,6 +201,7 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.k < 1:
         raise exceptions.ConfigError("-k must be at least 1")
+    fusion = _fusion(args)
     filter = None
     if args.filter is not None:
         try:
@@ -221,6 +223,7 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
             args.k,
             filter=filter,
             mode=args.mode,
+            fusion=fusion,
         )
     if args.json:
         output.print_json(results)
@@ -241,6 +244,27 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         ],
     )
     return EXIT_OK
+
+
+def _fusion(args: argparse.Namespace) -> Fusion | None:
+    """Hybrid search's tuning from --rrf-k, --vector-weight, --text-weight and --depth (None:
+    none given), checked as POST /search checks it."""
+    given = {name: getattr(args, name) for name in Fusion.names()}
+    flags = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
+    if not flags:
+        return None
+    if args.mode == "vector":
+        raise exceptions.ConfigError(
+            f"{', '.join(flags)}: these tune hybrid search, not --mode vector"
+        )
+    try:
+        return Fusion.parse(given)
+    except ValueError as exc:
+        # Named as the flags are: "rrf_k" is --rrf-k here.
+        message = str(exc)
+        for name in Fusion.names():
+            message = message.replace(f'"{name}"', f"--{name.replace('_', '-')}")
+        raise exceptions.ConfigError(message) from None
 
 
 # --- failures ---------------------------------------------------------------------------------

@@ -23,7 +23,15 @@ DESCRIPTIONS = {
     "migrate": "Install the embeddings schema in the database, or upgrade it to this version "
     "(Alembic upgrade head). Safe to run again: an up-to-date database is left as it is.",
     "run": "Run the worker: lease jobs from the queue, embed the rows' content, store the "
-    "vectors. Registry models are downloaded on first use unless EMBED_OFFLINE=1.",
+    "vectors. Registry models are downloaded on first use unless EMBED_OFFLINE=1. With "
+    "--http-port it also serves HTTP (docs/http.md): GET /healthz, /readyz, /metrics; POST "
+    "/embed (vectors for your application), POST /search (the rows, or documents of a chunked "
+    "table, nearest to a query: vector or hybrid, with a filter) and POST /functions/v1/embed. "
+    "The POST routes take the bearer token EMBED_HTTP_TOKEN (`Authorization: Bearer <token>`; "
+    "without one they answer 403 off loopback unless EMBED_HTTP_ALLOW_UNAUTHENTICATED=1). "
+    "/search runs as the role of EMBED_SEARCH_DATABASE_URL (unset: the worker's own "
+    "DATABASE_URL role, which reads no table of yours): it sees what that role may SELECT, "
+    "row-level security included.",
     "status": "One row per watched table: rows, embedded, cleared (blank content), pending jobs "
     "with progress and ETA, dead letters, and why jobs wait (deferred). Row counts of large "
     "tables are estimates (~) unless --exact; pending and failed are always exact.",
@@ -184,6 +192,32 @@ def _search_options(search: argparse.ArgumentParser) -> None:
         default="auto",
         help="vector: by meaning; hybrid: fused with full-text search (embeddings.enable_fts);"
         " auto (default): hybrid where the table has full-text search",
+    )
+    # Hybrid search's tuning (worker/retrieval/fusion.py): unset, hybrid_search()'s defaults.
+    search.add_argument(
+        "--rrf-k",
+        type=float,
+        metavar="K",
+        help="hybrid: the rank constant of reciprocal rank fusion, score = weight / (K + rank)"
+        " summed over both rankings (default 60; at least 0)",
+    )
+    search.add_argument(
+        "--vector-weight",
+        type=float,
+        metavar="W",
+        help="hybrid: the weight of the vector ranking (default 1; at least 0)",
+    )
+    search.add_argument(
+        "--text-weight",
+        type=float,
+        metavar="W",
+        help="hybrid: the weight of the full-text ranking (default 1; at least 0)",
+    )
+    search.add_argument(
+        "--depth",
+        type=int,
+        metavar="N",
+        help="hybrid: candidates taken from each ranking before fusing (default 100; 1 to 1000)",
     )
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
 

@@ -10,9 +10,11 @@
                             blank text (empty or whitespace) -> null, as the worker stores none
   POST /functions/v1/embed  the Supabase guide's Edge Function contract (worker.push): 200
                             with {completedJobs, failedJobs} and x-completed-jobs/x-failed-jobs
-  POST /search              {"table", "query", "k"?, "column"?, "filter"?} -> {"results": [...]}:
-                            nearest rows, or for a chunked target documents with their best
-                            chunk (worker.retrieval), as EMBED_SEARCH_DATABASE_URL's role
+  POST /search              {"table", "query", "k"?, "column"?, "filter"?, "mode"?, hybrid's
+                            "rrf_k"?, "vector_weight"?, "text_weight"?, "depth"?} ->
+                            {"results": [...]}: nearest rows, or for a chunked target documents
+                            with their best chunk (worker.retrieval), as
+                            EMBED_SEARCH_DATABASE_URL's role
 
 POST routes take an optional bearer token (EMBED_HTTP_TOKEN), compared in constant time, before
 the body is read. Bound to anything but loopback without a token, they answer 403 unless the

@@ -5,6 +5,7 @@ full-text search (the retrieval step of a RAG app, docs/rag.md).
 `embed-worker search` and `POST /search` both end in `search.run()`:
 
   request   a search as asked over HTTP (SearchRequest.parse: the body checked)
+  fusion    hybrid search's tuning (rrf_k, weights, depth), checked for the CLI and HTTP alike
   targets   which target a table name (and column) means, and the target as it is now
   search    the query embedded with the target's model and ranked: run(), ranked()
   rankings  the SQL functions' calls: embeddings.search() and hybrid_search()

@@ -14,6 +14,7 @@ from pgvector import HalfVector
 from worker import db, queries
 from worker.pipeline.targets import Target
 from worker.retrieval.errors import search_errors
+from worker.retrieval.fusion import Fusion
 from worker.retrieval.results import search_result
 
 
@@ -38,8 +39,8 @@ def by_vector(
     with search_errors():
         rows = conn.execute(queries.get("search"), params).fetchall()
     return [
-        search_result(key, distance, content, seq, vector_rank=rank)
-        for rank, (key, distance, content, seq) in enumerate(rows, start=1)
+        search_result(key, distance, content, seq, vector_rank=rank, offsets=(start, end))
+        for rank, (key, distance, content, seq, start, end) in enumerate(rows, start=1)
     ]
 
 
@@ -51,11 +52,18 @@ def hybrid(
     k: int,
     *,
     filter: dict[str, Any] | None = None,
+    fusion: Fusion | None = None,
 ) -> list[dict[str, Any]]:
     """embeddings.hybrid_search(): the k documents best by reciprocal rank fusion of the
-    vector ranking and the full-text ranking of `query`."""
+    vector ranking and the full-text ranking of `query`, tuned by `fusion` (None: the SQL
+    function's defaults, which Fusion's are)."""
     db.register_vector_types(conn)
+    fusion = fusion or Fusion()
     params = {
+        "rrf_k": fusion.rrf_k,
+        "vector_weight": fusion.vector_weight,
+        "text_weight": fusion.text_weight,
+        "depth": fusion.depth,
         "target": target.id,
         "text": query,
         "query": HalfVector(vector),
@@ -66,8 +74,17 @@ def hybrid(
     with search_errors():
         rows = conn.execute(queries.get("hybrid_search"), params).fetchall()
     return [
-        search_result(key, distance, content, seq, score=score, vector_rank=vr, text_rank=tr)
-        for key, score, content, seq, distance, vr, tr in rows
+        search_result(
+            key,
+            distance,
+            content,
+            seq,
+            score=score,
+            vector_rank=vr,
+            text_rank=tr,
+            offsets=(start, end),
+        )
+        for key, score, content, seq, distance, vr, tr, start, end in rows
     ]
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from worker.retrieval.fusion import Fusion
+
 MAX_K = 100
 # "vector": by meaning only; "hybrid": fused with full-text search (the target needs it on:
 # embeddings.enable_fts()); "auto": hybrid where the target has full-text search.
@@ -19,11 +21,14 @@ class SearchRequest:
     column: str | None = None
     filter: dict[str, Any] | None = None
     mode: str = "auto"
+    # The hybrid ranking's tuning (None: hybrid_search()'s defaults); never with mode "vector".
+    fusion: Fusion | None = None
 
     @classmethod
     def parse(cls, body: Any) -> SearchRequest:
         """A request from a JSON body ({"table", "query", "k"?, "column"?, "filter"?,
-        "mode"?}); ValueError if bad. The filter is a JSON object of column names
+        "mode"?, and hybrid search's "rrf_k"?, "vector_weight"?, "text_weight"?, "depth"?});
+        ValueError if bad. The filter is a JSON object of column names
         (docs/http.md#post-search), checked against the table by embeddings.search(), never spliced
         into SQL."""
         if not isinstance(body, dict):
@@ -45,4 +50,12 @@ class SearchRequest:
         mode = body.get("mode", "auto")
         if mode not in MODES:
             raise ValueError(f'"mode" must be one of {", ".join(MODES)}')
-        return cls(table, query, k, column, filter, mode)
+        fusion = None
+        if any(body.get(name) is not None for name in Fusion.names()):
+            if mode == "vector":
+                raise ValueError(
+                    f"{', '.join(n for n in Fusion.names() if body.get(n) is not None)}: "
+                    'these tune hybrid search, not "mode": "vector"'
+                )
+            fusion = Fusion.parse(body)
+        return cls(table, query, k, column, filter, mode, fusion)

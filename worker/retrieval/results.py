@@ -15,13 +15,17 @@ def search_result(
     score: float | None = None,
     vector_rank: int | None = None,
     text_rank: int | None = None,
+    offsets: tuple[int | None, int | None] = (None, None),
 ) -> dict[str, Any]:
     """The row's key as the table types it; its cosine `distance` to the query and
     `similarity` (1 - distance; both null for a hybrid result the vector ranking did not
     hold); `content` (the content column's text, or the best chunk's) and `seq` (the chunk's
     position from 0; null for a whole row); the hybrid `score` (reciprocal rank fusion; null
     for a vector search) and the result's place in each ranking (`vector_rank`, `text_rank`,
-    from 1; null where it is missing)."""
+    from 1; null where it is missing); `start_offset` and `end_offset`, where the chunk is in
+    its document (characters from 0, the end excluded: `document[start_offset:end_offset]`
+    is `content`; null for a whole row, and for a chunk written before 0.3.0 until its
+    document is embedded again)."""
     return {
         "key": key,
         "similarity": None if distance is None else 1 - float(distance),
@@ -31,4 +35,6 @@ def search_result(
         "score": score,
         "vector_rank": vector_rank,
         "text_rank": text_rank,
+        "start_offset": offsets[0],
+        "end_offset": offsets[1],
     }

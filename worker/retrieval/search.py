@@ -10,6 +10,8 @@ from worker import db, exceptions
 from worker.models.embedder import TextModel
 from worker.pipeline.targets import Target
 from worker.retrieval import rankings
+from worker.retrieval.errors import InvalidSearch
+from worker.retrieval.fusion import Fusion
 from worker.retrieval.request import SearchRequest
 from worker.retrieval.targets import current_target, find_target, is_current
 
@@ -28,6 +30,7 @@ def run(
         request.k,
         filter=request.filter,
         mode=request.mode,
+        fusion=request.fusion,
     )
 
 
@@ -40,10 +43,13 @@ def ranked(
     *,
     filter: dict[str, Any] | None = None,
     mode: str = "auto",
+    fusion: Fusion | None = None,
 ) -> list[dict[str, Any]]:
     """The query embedded with the model of the target's column at that moment, ranked. A
     model change that swapped the column meanwhile (the definition version moved) means once
-    more, with the new model: a query is never compared with another model's vectors."""
+    more, with the new model: a query is never compared with another model's vectors.
+    `fusion` tunes the hybrid ranking; given, a search that would not be hybrid (a target
+    without full-text search, in mode "auto") is refused rather than run untuned."""
     for _ in range(3):
         model = load_model(target.model)
         if (problem := target.problem(model.dim)) is not None:
@@ -51,7 +57,14 @@ def ranked(
         vector = model.embed([query])[0]
         try:
             if mode == "hybrid" or (mode == "auto" and rankings.has_fulltext(conn, target)):
-                results = rankings.hybrid(conn, target, query, vector, k, filter=filter)
+                results = rankings.hybrid(
+                    conn, target, query, vector, k, filter=filter, fusion=fusion
+                )
+            elif fusion is not None:
+                raise InvalidSearch(
+                    f"{target.name} has no full-text search: rrf_k, vector_weight, text_weight "
+                    "and depth tune hybrid search only"
+                )
             else:
                 results = rankings.by_vector(conn, target, vector, k, filter)
         except exceptions.DatabaseError:

@@ -3,5 +3,26 @@
 --
 -- Every statement here is idempotent: ALTER TABLE ... ADD COLUMN IF NOT EXISTS, conversions
 -- that leave converted rows alone. Tables new in 0.3.0 need no line here: sql/ creates them.
--- Nothing yet: 0.3.0 has changed functions only (sql/).
-SELECT 1;
+
+-- Chunk tables: each chunk's character offsets in its document (sql/55_chunks.sql), at the
+-- end as a fresh chunk table has them. Chunks written before stay NULL until their document is
+-- embedded again (the chunk write fills them in, vectors kept).
+DO $$
+DECLARE
+    rel regclass;
+BEGIN
+    PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
+    FOR rel IN
+        SELECT t.chunk_table FROM embeddings.targets t
+        WHERE t.chunk_table IS NOT NULL AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.chunk_table)
+        ORDER BY t.id
+    LOOP
+        IF NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = 'start_offset' AND NOT a.attisdropped)
+           OR NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = 'end_offset' AND NOT a.attisdropped) THEN
+            EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS start_offset integer, '
+                           'ADD COLUMN IF NOT EXISTS end_offset integer', rel);
+        END IF;
+    END LOOP;
+    PERFORM set_config('embeddings.following', 'off', true);
+END
+$$;

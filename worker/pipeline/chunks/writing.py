@@ -44,6 +44,8 @@ def store(
     texts: list[str] = []
     hashes: list[str] = []
     vectors: list[HalfVector] = []
+    starts: list[int] = []
+    ends: list[int] = []
     for row in embedded:
         doc = _chunks_of(row)
         for chunk, digest, vector in zip(doc.chunks, doc.hashes, doc.vectors, strict=True):
@@ -53,6 +55,8 @@ def store(
             texts.append(chunk.text)
             hashes.append(digest)
             vectors.append(HalfVector(vector))
+            starts.append(chunk.start)  # where the chunk is in the document (characters)
+            ends.append(chunk.end)
     found = conn.execute(
         target.query("write_chunks"),
         {
@@ -66,6 +70,8 @@ def store(
             "chunks": texts,
             "chunk_hashes": hashes,
             "embeddings": vectors or None,  # (an empty list has no type to send)
+            "starts": starts,
+            "ends": ends,
         },
     ).fetchall()
     current = {key for key, is_current, _ in found if is_current}

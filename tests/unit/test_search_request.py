@@ -1,0 +1,52 @@
+"""POST /search's body and hybrid search's tuning, checked before anything runs
+(worker/retrieval/request.py, worker/retrieval/fusion.py)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from worker.retrieval.fusion import Fusion
+from worker.retrieval.request import SearchRequest
+
+BASE = {"table": "docs", "query": "where is the door"}
+
+
+def test_without_tuning_hybrid_search_keeps_its_defaults() -> None:
+    assert SearchRequest.parse({**BASE, "mode": "hybrid"}).fusion is None
+    assert Fusion() == Fusion(rrf_k=60, vector_weight=1, text_weight=1, depth=100)
+
+
+def test_tuning_is_read_from_the_body() -> None:
+    request = SearchRequest.parse(
+        {**BASE, "rrf_k": 10, "vector_weight": 0.5, "text_weight": 2, "depth": 40}
+    )
+    assert request.fusion == Fusion(rrf_k=10.0, vector_weight=0.5, text_weight=2.0, depth=40)
+    assert request.mode == "auto"
+    # One field alone: the others keep their defaults; 0 is a weight (that ranking ignored).
+    only = SearchRequest.parse({**BASE, "mode": "hybrid", "text_weight": 0})
+    assert only.fusion == Fusion(text_weight=0.0)
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"rrf_k": -1}, '"rrf_k" must be a number of at least 0'),
+        ({"rrf_k": "60"}, '"rrf_k" must be a number'),
+        ({"rrf_k": True}, '"rrf_k" must be a number'),
+        ({"vector_weight": -0.5}, '"vector_weight" must be a number of at least 0'),
+        ({"text_weight": [1]}, '"text_weight" must be a number'),
+        ({"vector_weight": 0, "text_weight": 0}, "cannot both be 0"),
+        ({"depth": 0}, '"depth" must be an integer from 1 to 1000'),
+        ({"depth": 1001}, '"depth" must be an integer from 1 to 1000'),
+        ({"depth": 10.5}, '"depth" must be an integer'),
+        ({"depth": False}, '"depth" must be an integer'),
+        ({"rrf_k": float("inf")}, '"rrf_k" must be a number of at least 0'),
+        ({"text_weight": 10**400}, '"text_weight" is out of range'),
+        ({"mode": "vector", "depth": 5}, 'depth: these tune hybrid search, not "mode": "vector"'),
+    ],
+)
+def test_bad_tuning_is_refused_naming_the_field(fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=message.replace("(", r"\(")):
+        SearchRequest.parse({**BASE, **fields})
