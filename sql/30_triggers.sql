@@ -181,8 +181,10 @@ BEGIN
 
     inserted := format('FROM new_rows n WHERE %s AND %s OPERATOR(pg_catalog.<>) ''''',
                        unembedded, new_content);
-    -- A row whose key changed has no old row: it counts as changed.
-    changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s WHERE (o.%I IS NULL OR %s IS DISTINCT FROM %s)',
+    -- A row whose key changed has no old row: it counts as changed. (No old row: the key column
+    -- is the NULL of the outer join, counted by num_nulls(); `IS NULL` is also true of a
+    -- composite key whose fields are all NULL, and every write of the worker would queue it again.)
+    changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s WHERE (pg_catalog.num_nulls(o.%I) = 1 OR %s IS DISTINCT FROM %s)',
                       embeddings.key_equal_sql(t, 'o', 'n'), t.key_columns[1], new_content, old_content);
     IF t.clear_on_update AND coalesce(t.side_table, t.chunk_table) IS NULL THEN
         -- A key whose embedding this statement cleared changed too. The clear trigger compares
