@@ -8,8 +8,7 @@ report is the median TPS per variant and its ratio to the unwatched median. Two 
 single-row INSERT, and single-row UPDATE that changes the content. Beside TPS, the CPU the
 server spent per transaction (all its processes, from /proc, when the server runs on this
 machine): on a shared machine TPS moves with the neighbours' load, CPU per transaction much
-less. No worker runs, so the queue's NOTIFY trigger sends nothing (it only does while a worker
-waits), as in production while the worker is busy.
+less. No worker runs (nothing of ours sends a NOTIFY since 0.2.0: workers look for jobs).
 
     python -m bench --only oltp [--quick]
 """
@@ -230,14 +229,5 @@ def run(dsn: str, *, clients: int = 8, seconds: int = 10, rounds: int = 3) -> di
         "clients": clients,
         "seconds": seconds,
         "rounds": rounds,
-        "cpu_flags": cpu_flags(),
         **{workload: summary(runs, cpu[workload]) for workload, runs in tps.items()},
     }
-
-
-def cpu_flags() -> list[str]:
-    try:
-        text = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return []
-    return sorted(set(re.findall(r"\b(avx512[a-z]*|avx2)\b", text)))

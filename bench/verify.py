@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from bench.oltp import _pgbench, cpu_flags
+from bench.oltp import _pgbench
 from worker import db
 from worker.pipeline import fingerprints, targets, write
 from worker.pipeline.batch import Row, RowState
@@ -256,7 +256,7 @@ def app_write_path(dsn: str, target_rows: int, rounds: int, seconds: int) -> dic
 
 def run(dsn: str, rows: int = 1_000_000, *, quick: bool = False) -> dict[str, Any]:
     rounds = 2 if quick else 3
-    result: dict[str, Any] = {"cpu_flags": cpu_flags()}
+    result: dict[str, Any] = {}
     result["write_stage"] = write_stage(dsn, rounds=rounds, batches=20 if quick else 50)
     result["app_write_path"] = app_write_path(dsn, rows, rounds=rounds, seconds=5 if quick else 10)
     with psycopg.connect(dsn, autocommit=True) as conn:

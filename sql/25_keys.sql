@@ -41,7 +41,9 @@ $$;
 -- type `ty` (a domain: of its base type), as OPERATOR(schema.name); NULL when there is none
 -- (watch() refuses such key types). The class is the type's own, or that of a type it is
 -- binary-coercible to (varchar: text's), or the polymorphic one of its kind (enums, composites,
--- arrays, ranges). Used as OPERATOR(schema.name) the operator is resolved in that schema only.
+-- arrays, ranges). Used as OPERATOR(schema.name) the operator is resolved in that schema only,
+-- for the operands' types: a type binary-coercible only in assignment (xml to text) would not
+-- find it, so only implicit coercions count, as Postgres's own choice of a default class has it.
 CREATE FUNCTION embeddings.key_operator(ty regtype, strategy integer) RETURNS text
 LANGUAGE sql STABLE AS $$
     WITH b AS (
@@ -50,7 +52,8 @@ LANGUAGE sql STABLE AS $$
     ), candidates (intype, preference) AS (
         SELECT b.oid, 0 FROM b
         UNION ALL
-        SELECT c.casttarget, 1 FROM pg_catalog.pg_cast c, b WHERE c.castsource = b.oid AND c.castmethod = 'b'
+        SELECT c.casttarget, 1 FROM pg_catalog.pg_cast c, b
+        WHERE c.castsource = b.oid AND c.castmethod = 'b' AND c.castcontext = 'i'
         UNION ALL
         SELECT CASE b.typtype WHEN 'e' THEN 'anyenum'::regtype WHEN 'c' THEN 'record'::regtype
                               WHEN 'r' THEN 'anyrange'::regtype WHEN 'm' THEN 'anymultirange'::regtype END, 2
@@ -186,12 +189,24 @@ $$;
 -- Why values of type `ty` cannot be row keys, or NULL. Keys travel as text from the session that
 -- wrote the row (its triggers) to the worker's, and are compared there with their type's default
 -- btree equality: a type without one cannot be a key, and neither can one whose text reads back
--- as another value in another session (money: lc_monetary; the reg* types: search_path).
+-- as another value in another session (money: lc_monetary; the reg* types: search_path). An
+-- array's or a composite's default class (array_ops, record_ops) compares the elements or fields
+-- with theirs, and fails on the first comparison when one has none (point[]; a composite holding
+-- xml): every part must have one. (A range compares its bounds with the class its definition
+-- names, so one over a type without a default class is refused too: a superuser's type.)
 CREATE FUNCTION embeddings.key_type_problem(ty regtype) RETURNS text
 LANGUAGE sql STABLE AS $$
+    WITH incomparable AS (
+        SELECT string_agg(DISTINCT format_type(p.part, NULL), ', ') AS parts
+        FROM embeddings.key_part_types(ty) p
+        WHERE p.nested AND (embeddings.key_operator(p.part, 3) IS NULL OR embeddings.key_operator(p.part, 5) IS NULL)
+    )
     SELECT CASE
         WHEN embeddings.key_operator(ty, 3) IS NULL OR embeddings.key_operator(ty, 5) IS NULL THEN
             'which has no default btree operator class: rows are found by their key''s equality and order'
+        WHEN (SELECT parts FROM incomparable) IS NOT NULL THEN
+            format('holding %s, which has no default btree operator class: rows are found by their key''s equality and order',
+                   (SELECT parts FROM incomparable))
         WHEN EXISTS (SELECT FROM embeddings.key_part_types(ty) p WHERE p.part = 'pg_catalog.money'::regtype) THEN
             'whose text depends on lc_monetary: a key written by a session with another setting than the worker''s would read back as another value'
         WHEN EXISTS (SELECT FROM embeddings.key_part_types(ty) p JOIN pg_catalog.pg_type t ON t.oid = p.part

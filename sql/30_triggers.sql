@@ -181,19 +181,21 @@ BEGIN
 
     inserted := format('FROM new_rows n WHERE %s AND %s OPERATOR(pg_catalog.<>) ''''',
                        unembedded, new_content);
-    -- A row whose key changed has no old row: it counts as changed.
+    -- A row whose key changed has no old row: it counts as changed. (No old row: the key column
+    -- is the NULL of the outer join, counted by num_nulls(); `IS NULL` is also true of a
+    -- composite key whose fields are all NULL, and every write of the worker would queue it again.)
     IF by_function THEN
         -- Each row's old and new content once (the wrapper is a call as the table's owner, which
         -- the planner would repeat for each mention: three per row with clear_on_update);
         -- OFFSET 0 keeps the subquery from being flattened back into those mentions.
         changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s'
-                          ' CROSS JOIN LATERAL (SELECT %s AS new_text, CASE WHEN o.%I IS NULL THEN NULL ELSE %s END AS old_text OFFSET 0) c'
-                          ' WHERE (o.%I IS NULL OR c.new_text IS DISTINCT FROM c.old_text)',
+                          ' CROSS JOIN LATERAL (SELECT %s AS new_text, CASE WHEN pg_catalog.num_nulls(o.%I) = 1 THEN NULL ELSE %s END AS old_text OFFSET 0) c'
+                          ' WHERE (pg_catalog.num_nulls(o.%I) = 1 OR c.new_text IS DISTINCT FROM c.old_text)',
                           embeddings.key_equal_sql(t, 'o', 'n'), new_content, t.key_columns[1], old_content,
                           t.key_columns[1]);
         new_content := 'c.new_text';
     ELSE
-        changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s WHERE (o.%I IS NULL OR %s IS DISTINCT FROM %s)',
+        changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s WHERE (pg_catalog.num_nulls(o.%I) = 1 OR %s IS DISTINCT FROM %s)',
                           embeddings.key_equal_sql(t, 'o', 'n'), t.key_columns[1], new_content, old_content);
     END IF;
     IF t.clear_on_update AND coalesce(t.side_table, t.chunk_table) IS NULL THEN

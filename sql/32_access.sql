@@ -322,6 +322,25 @@ REVOKE ALL ON FUNCTION embeddings.create_access_function(jsonb, text, text, text
 -- Creates (replacing any there are) the functions above for target t, as its table is now.
 -- SECURITY DEFINER: whoever causes the regeneration, they are created by this schema's owner,
 -- then given to the table's owner and granted.
+-- Gives target t's chunk or side table to its table's owner, if another role owns it: the store
+-- holds the table's rows' vectors (and keys), and goes with the table, whatever else keeps the
+-- target from being served (a content function left with the table's old owner: the target has a
+-- problem and no functions, and the old owner must not keep a table of the new owner's data).
+-- Called by generate_access() and, for a target with a problem, by refresh_target() (our DDL:
+-- the caller has set embeddings.following).
+CREATE FUNCTION embeddings.give_store_to_owner(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF coalesce(t.chunk_table, t.side_table) IS NOT NULL
+       AND (SELECT c.relowner FROM pg_class c WHERE c.oid = coalesce(t.chunk_table, t.side_table))
+           <> (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source) THEN
+        EXECUTE format('ALTER TABLE %s OWNER TO %I', coalesce(t.chunk_table, t.side_table),
+                       (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source));
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.give_store_to_owner(embeddings.targets) FROM PUBLIC;
+
 CREATE FUNCTION embeddings.generate_access(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -337,11 +356,7 @@ BEGIN
     PERFORM embeddings.drop_access(t);
     -- A chunked target's chunk table, or a side table, is its table owner's too (a new owner
     -- takes it along).
-    IF coalesce(t.chunk_table, t.side_table) IS NOT NULL
-       AND (SELECT c.relowner FROM pg_class c WHERE c.oid = coalesce(t.chunk_table, t.side_table))
-           <> (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source) THEN
-        EXECUTE format('ALTER TABLE %s OWNER TO %I', coalesce(t.chunk_table, t.side_table), owner_name);
-    END IF;
+    PERFORM embeddings.give_store_to_owner(t);
 
     IF t.content_function IS NOT NULL THEN
         -- Called for each row by the trigger functions: the owner's name is compared first (a

@@ -127,6 +127,10 @@ BEGIN
     IF t.problem IS NOT NULL AND t.problem IS DISTINCT FROM before.problem THEN
         RAISE WARNING 'embeddings: % is no longer embedded: %', embeddings.target_name(t), t.problem;
     END IF;
+    IF t.problem IS NOT NULL THEN
+        -- (without a problem, install_triggers() regenerates the functions, which moves it too)
+        PERFORM embeddings.give_store_to_owner(t);
+    END IF;
     IF coalesce(t.chunk_table, t.side_table) IS NOT NULL AND t.problem IS NULL THEN
         PERFORM embeddings.follow_store_keys(t);  -- renamed key columns (56_side.sql)
     END IF;

@@ -28,7 +28,9 @@ $$;
 -- model directory or tokenizer.json whose tokenizer counts tokens exactly; without one they are
 -- estimated (docs/providers.md). A model some target uses (or is being changed to) keeps what
 -- decides its vectors: provider, remote model, dimensions, whether they are sent; register a
--- new name and change to it (blue/green) instead. Returns the name.
+-- new name and change to it (blue/green) instead. Returns the name. Workers see the change at
+-- their next read of the registry (with the targets'); no NOTIFY, which would make a prepared
+-- transaction that registers a model fail at PREPARE TRANSACTION.
 CREATE FUNCTION embeddings.register_model(
     name text,
     dimensions integer,
@@ -125,7 +127,6 @@ BEGIN
         max_request_tokens = excluded.max_request_tokens, max_in_flight = excluded.max_in_flight,
         timeout_seconds = excluded.timeout_seconds, price_per_million_tokens = excluded.price_per_million_tokens,
         credential = excluded.credential, tokenizer = excluded.tokenizer;
-    PERFORM pg_notify('embeddings_targets', '');  -- workers re-read the registry
     RETURN name;
 END
 $$;

@@ -4,7 +4,8 @@
 --   * every registered queue gets back a pgmq queue dropped by hand (and every live queue its
 --     backfill lane: a database from before the lanes existed);
 --   * every target whose table exists gets its generated functions and triggers regenerated
---     from the current generator (dropped first: names or shapes may have changed);
+--     from the current generator (dropped first: names or shapes may have changed), and its
+--     side or chunk table is its table owner's;
 --   * every registered worker role that still exists gets its grants again.
 -- It lives here rather than in Python so that a release's frozen copy of the files
 -- (migrations/versions/<revision>/schema/) regenerates with that release's functions.
@@ -26,6 +27,14 @@ BEGIN
              WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = tg.source) ORDER BY tg.id LOOP
         PERFORM embeddings.drop_triggers(t);
         PERFORM embeddings.install_triggers(t);  -- tables it returns were covered already
+        -- A target with a problem (no functions generated) may have left its side or chunk
+        -- table with its table's old owner before 0.3.0.
+        BEGIN
+            PERFORM embeddings.give_store_to_owner(t);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'embeddings: could not give the side or chunk table of % to its table''s owner (%)',
+                embeddings.target_name(t), SQLERRM;
+        END;
     END LOOP;
     FOR worker_role IN SELECT r.role_name FROM embeddings.worker_role_names() AS r(role_name)
                      ORDER BY r.role_name LOOP

@@ -6,7 +6,9 @@ Then an administrator does what administrators do: retires the owner (REASSIGN O
 OWNED, DROP ROLE), gives the table or the function to another role, revokes what PUBLIC may do
 in our schema, renames roles and the schema. After each, the application's INSERT and UPDATE
 must succeed, and the worker must embed every row, or, where the configuration cannot be
-served, defer its jobs without spending their attempts.
+served, defer its jobs without spending their attempts. The ownership changes and revokes run
+for a target whose vectors are in the row and for one whose vectors are in a side table
+(`store => 'side'`), which belongs to the table's owner and must follow it.
 """
 
 from __future__ import annotations
@@ -18,9 +20,11 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg import sql
 from psycopg.conninfo import make_conninfo
 
 from tests.support.jobs import JOBS, expire_leases
+from tests.support.stores import STORES, WATCH_ARGS, vectors
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -35,6 +39,7 @@ class Site:
     writer: str
     worker: str
     target: int
+    store: str = "row"  # where the target's vectors are (tests/support/stores.py)
 
     def connect(self, role: str | None) -> Conn:
         dsn = self.dsn if role is None else make_conninfo(self.dsn, user=role)
@@ -61,17 +66,30 @@ class Site:
             self.conn.execute("SELECT row_key, last_error FROM embeddings.failures").fetchall()
             == []
         )
+        rows = vectors(self.conn, self.store, f"{schema}.docs")
         missing = self.conn.execute(
-            f"SELECT id, body FROM {schema}.docs WHERE embedding IS NULL ORDER BY id"
+            sql.SQL("SELECT id, body FROM {} WHERE embedding IS NULL ORDER BY id").format(rows)
         ).fetchall()
         assert missing == []
         left = f"SELECT count(*) FROM {JOBS} WHERE NOT %s OR vt <= now()"
         row = self.conn.execute(left.replace("%s", "true" if deferred else "false")).fetchone()
         assert row == (0,)
 
+    def side_table_owner(self) -> str | None:
+        """The owner of the side table (None for a target without one)."""
+        row = self.conn.execute(
+            "SELECT c.relowner::regrole::text FROM embeddings.targets t"
+            " JOIN pg_class c ON c.oid = t.side_table WHERE t.id = %s",
+            (self.target,),
+        ).fetchone()
+        return None if row is None else str(row[0])
+
 
 @pytest.fixture
-def site(conn: Conn, dsn: str, minilm: str) -> Iterator[Site]:
+def site(conn: Conn, dsn: str, minilm: str, request: pytest.FixtureRequest) -> Iterator[Site]:
+    """The site, its target's vectors in the store a test names with
+    `@pytest.mark.parametrize("site", STORES, indirect=True)` (else in the row)."""
+    store = getattr(request, "param", "row")
     suffix = uuid.uuid4().hex[:8]
     names = {kind: f"{kind}_{suffix}" for kind in ("owner", "heir", "writer", "worker")}
     for name in names.values():
@@ -90,11 +108,12 @@ def site(conn: Conn, dsn: str, minilm: str) -> Iterator[Site]:
         owner.execute(f"GRANT SELECT, INSERT, UPDATE ON app.docs TO {names['writer']}")
         owner.execute("INSERT INTO app.docs VALUES (1, 'there before watch()')")
     row = conn.execute(
-        "SELECT embeddings.watch('app.docs', 'app.doc_text', model => %s)", (minilm,)
+        f"SELECT embeddings.watch('app.docs', 'app.doc_text', model => %s{WATCH_ARGS[store]})",
+        (minilm,),
     ).fetchone()
     assert row is not None
     conn.execute("SELECT embeddings.grant_worker(%s)", (names["worker"],))
-    yield Site(dsn=dsn, conn=conn, target=int(row[0]), **names)
+    yield Site(dsn=dsn, conn=conn, target=int(row[0]), store=store, **names)
     conn.execute("SELECT embeddings.unwatch(t.source) FROM embeddings.targets t")
     conn.execute("DROP SCHEMA IF EXISTS app, app2 CASCADE")
     for name in names.values():
@@ -120,6 +139,7 @@ def test_the_site_works_before_any_administration(site: Site, work: Callable[...
     site.assert_all_embedded()
 
 
+@pytest.mark.parametrize("site", STORES, indirect=True)
 def test_retiring_the_owner_with_reassign_and_drop_owned(
     site: Site, work: Callable[..., Worker]
 ) -> None:
@@ -130,6 +150,8 @@ def test_retiring_the_owner_with_reassign_and_drop_owned(
     site.write(10)
     work()
     site.assert_all_embedded()
+    if site.store == "side":
+        assert site.side_table_owner() == site.heir
 
 
 def test_reassign_owned_without_drop_owned(site: Site, work: Callable[..., Worker]) -> None:
@@ -139,8 +161,13 @@ def test_reassign_owned_without_drop_owned(site: Site, work: Callable[..., Worke
     site.assert_all_embedded()
 
 
+@pytest.mark.parametrize("site", STORES, indirect=True)
 def test_the_table_given_to_another_role(site: Site, work: Callable[..., Worker]) -> None:
     site.conn.execute(f"ALTER TABLE app.docs OWNER TO {site.heir}")
+    if (
+        site.store == "side"
+    ):  # the side table follows the table (the functions writing it run as its owner)
+        assert site.side_table_owner() == site.heir
     site.write(10)
     # The content function is still the old owner's: it may not run as the table's new owner
     # (it would run with more rights than its own), so the target waits, its jobs deferred
@@ -151,6 +178,8 @@ def test_the_table_given_to_another_role(site: Site, work: Callable[..., Worker]
     site.write(20)
     work()
     site.assert_all_embedded(deferred=True)
+    if site.store == "side":
+        assert site.side_table_owner() == site.heir
 
 
 def test_the_content_function_given_to_another_role(
@@ -166,6 +195,7 @@ def test_the_content_function_given_to_another_role(
     site.assert_all_embedded(deferred=True)
 
 
+@pytest.mark.parametrize("site", STORES, indirect=True)
 @pytest.mark.parametrize(
     "revoke",
     [
@@ -248,6 +278,37 @@ def test_retiring_the_owner_of_a_chunked_target(
     chunk_owner = "SELECT tableowner FROM pg_tables WHERE tablename = 'notes_chunks'"
     assert site.conn.execute(chunk_owner).fetchall() == [(site.heir,)]
     assert site.count("SELECT count(*) FROM app.notes_chunks WHERE chunk LIKE '%(edited)'") == 1
+
+
+def test_the_table_of_a_chunked_target_given_to_another_role(
+    site: Site, work: Callable[..., Worker], minilm: str
+) -> None:
+    """As a side table: the chunk table goes with the table at once, though the target waits
+    for its content function to follow."""
+    with site.connect(site.owner) as owner:
+        owner.execute("CREATE TABLE app.notes (id bigint PRIMARY KEY, body text)")
+        owner.execute(
+            "CREATE FUNCTION app.note_text(n app.notes) RETURNS text LANGUAGE sql STABLE"
+            " AS $$ SELECT 'note: ' || n.body $$"
+        )
+        owner.execute(f"GRANT SELECT, INSERT, UPDATE ON app.notes TO {site.writer}")
+        owner.execute("INSERT INTO app.notes VALUES (1, 'a note ' || repeat('with words ', 30))")
+    site.conn.execute(
+        "SELECT embeddings.watch('app.notes', 'app.note_text', model => %s, chunk_tokens => 16)",
+        (minilm,),
+    )
+    chunk_owner = "SELECT tableowner FROM pg_tables WHERE tablename = 'notes_chunks'"
+    site.conn.execute(f"ALTER TABLE app.notes OWNER TO {site.heir}")
+    assert site.conn.execute(chunk_owner).fetchall() == [(site.heir,)]
+    with site.connect(site.writer) as app:
+        app.execute("INSERT INTO app.notes VALUES (2, 'another note')")
+        app.execute("UPDATE app.notes SET body = body || ' (edited)'")
+    work(max_attempts=1)
+    assert site.count("SELECT count(*) FROM embeddings.failures") == 0
+    site.conn.execute(f"ALTER FUNCTION app.note_text(app.notes) OWNER TO {site.heir}")
+    work()
+    assert site.count("SELECT count(DISTINCT id) FROM app.notes_chunks") == 2
+    assert site.count("SELECT count(*) FROM app.notes_chunks WHERE chunk LIKE '%(edited)'") == 2
 
 
 def test_the_schema_given_to_another_role(site: Site, work: Callable[..., Worker]) -> None:

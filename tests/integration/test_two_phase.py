@@ -307,3 +307,22 @@ def test_a_login_without_grants_cannot_make_prepared_writes_fail(
     finally:
         conn.execute("DROP OWNED BY stranger")
         conn.execute("DROP ROLE stranger")
+
+
+def test_registering_a_model_in_a_prepared_transaction(
+    conn: Conn, prepared: Callable[..., str]
+) -> None:
+    """register_model() sent a NOTIFY that nothing listened to (workers re-read the registry
+    with the targets): a deployment that provisions models and tables in one prepared
+    transaction could not prepare it."""
+    gid = prepared(
+        "SELECT embeddings.register_model('te3-small', 1536, 'openai',"
+        " 'https://api.openai.com/v1', 'text-embedding-3-small')",
+        "SELECT embeddings.register_model('te3-small', 1536, 'openai',"
+        " 'https://api.openai.com/v1', 'text-embedding-3-small', timeout_seconds => 10)",
+    )
+    commit_prepared(conn, gid)
+    row = conn.execute(
+        "SELECT dimensions, timeout_seconds FROM embeddings.models WHERE name = 'te3-small'"
+    ).fetchone()
+    assert row == (1536, 10)

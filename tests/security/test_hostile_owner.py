@@ -124,7 +124,10 @@ def test_a_verifying_sweep_by_a_superuser_runs_the_content_function_as_its_owner
 
 
 def test_backfill_steps_evaluate_no_content_function(roles: Roles) -> None:
-    """watch()'s inline step (as the superuser calling it), the worker's steps and sweep()'s."""
+    """watch()'s inline step (as the superuser calling it), the worker's steps and sweep()'s.
+    The content function is the owner's turned one from the start: wherever it were evaluated,
+    as whoever, it would leave a trace in `loot` (PAYLOAD's first statement, outside its
+    exception blocks), so none must be left."""
     target = owner_docs(roles, rows=2500, turned=True)
     with roles.connect() as su:
         clear_queue(su)  # a step waits while the lane holds one: as if the worker had done it
@@ -136,7 +139,7 @@ def test_backfill_steps_evaluate_no_content_function(roles: Roles) -> None:
         su.execute("SELECT embeddings.sweep()")
         assert su.execute("SELECT count(*) FROM embeddings.backfills").fetchone() == (0,)
         assert sorted(queued_keys(su, target)) == list(range(2001, 2501))
-    contained(roles)
+    assert contained(roles) == []  # not evaluated at all, as anyone
 
 
 def test_model_change_completion_runs_the_content_function_as_its_owner(roles: Roles) -> None:
@@ -154,6 +157,8 @@ def test_model_change_completion_runs_the_content_function_as_its_owner(roles: R
 
 
 def test_reading_the_status_evaluates_no_content_function(roles: Roles) -> None:
+    """status and status_exact, read by a superuser: the turned function, evaluated as anyone,
+    would leave a trace in `loot`."""
     target = owner_docs(roles)
     turn(roles)
     with roles.connect() as su:
@@ -163,7 +168,7 @@ def test_reading_the_status_evaluates_no_content_function(roles: Roles) -> None:
                 (target,),
             ).fetchone()
             assert row == (3, None)  # cleared rows need the content: not counted
-    contained(roles)
+    assert contained(roles) == []  # not evaluated at all, as anyone
 
 
 def test_the_worker_loads_content_as_the_owner(

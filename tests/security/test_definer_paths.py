@@ -1,0 +1,77 @@
+"""Every SECURITY DEFINER function in schema `embeddings` has a fixed search_path, `pg_temp` last:
+ours (sql/) and the per-target `embeddings_<id>_*` that watch() generates for each kind of target.
+Without a SET search_path such a function resolves names in its caller's path, which the caller
+chooses; with `pg_temp` left out of the path, Postgres searches the caller's temporary schema
+first, where any login may create tables (docs/security.md)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from tests.security.conftest import Roles
+from tests.support.models import MINILM
+
+Conn = psycopg.Connection[Any]
+
+# One target of each kind, on the hostile owner's tables: watch()'s arguments after the table.
+KINDS = {
+    "plain": "'body', model => %s",
+    "function": "'doc_text', model => %s",
+    "side": "'body', model => %s, store => 'side'",
+    "chunked": "'body', model => %s, chunk_tokens => 16",
+}
+
+
+def search_path(config: list[str] | None) -> list[str] | None:
+    """The schemas of a function's SET search_path, or None when it sets none."""
+    for setting in config or []:
+        name, _, value = setting.partition("=")
+        if name.lower() == "search_path":
+            return [s.strip() for s in value.split(",")]
+    return None
+
+
+def test_every_security_definer_function_has_a_fixed_search_path(roles: Roles) -> None:
+    with roles.connect(roles.owner) as owner:
+        for kind in KINDS:
+            owner.execute(f"CREATE TABLE docs_{kind} (id int PRIMARY KEY, body text)")
+            owner.execute(f"INSERT INTO docs_{kind} VALUES (1, 'one'), (2, 'two')")
+        owner.execute(
+            "CREATE FUNCTION doc_text(d docs_function) RETURNS text LANGUAGE sql STABLE"
+            " AS $$ SELECT d.body $$"
+        )
+    targets = {}
+    with roles.connect() as su:
+        for kind, args in KINDS.items():
+            row = su.execute(
+                f"SELECT embeddings.watch('docs_{kind}', {args})", (MINILM,)
+            ).fetchone()
+            assert row is not None
+            targets[kind] = int(row[0])
+        su.execute("SELECT embeddings.enable_fts('docs_plain', 'english')")
+        definers = su.execute(
+            "SELECT p.proname::text, p.oid::regprocedure::text, p.proconfig FROM pg_proc p"
+            " WHERE p.pronamespace = 'embeddings'::regnamespace AND p.prosecdef"
+        ).fetchall()
+
+    # The listing covers ours and each kind's generated functions (the content wrapper of a
+    # content-function target, a side table's and a chunk table's own).
+    names = {name for name, _, _ in definers}
+    assert "generate_functions" in names, sorted(names)
+    for kind, target in targets.items():
+        generated = {n for n in names if n.startswith(f"embeddings_{target}_")}
+        assert {f"embeddings_{target}_{f}" for f in ("load", "scan", "insert", "update")} <= (
+            generated
+        ), (kind, sorted(generated))
+    assert f"embeddings_{targets['function']}_content" in names
+    assert f"embeddings_{targets['side']}_prune" in names
+    assert f"embeddings_{targets['chunked']}_prune" in names
+
+    unfixed = [
+        (signature, config)
+        for _, signature, config in definers
+        if (path := search_path(config)) is None or path[-1] != "pg_temp"
+    ]
+    assert unfixed == []
