@@ -334,7 +334,6 @@ class EmbeddingMachine(RuleBasedStateMachine):
             self.rows[key] = content
             self.unseen = True
 
-    @precondition(lambda self: len(self.rows) > 0)
     @rule(at=KEYS, settle_first=st.booleans())
     def shift_keys_with_content(self, at: int, settle_first: bool) -> None:
         """One UPDATE moves keys and content together: every row above a free key moves one key
@@ -342,7 +341,9 @@ class EmbeddingMachine(RuleBasedStateMachine):
         after looks unchanged when its content was already the text of its key
         (`settle_first`: labelled and embedded first); per physical row, every content changed
         (the clear trigger clears every vector). Every row must end with the vector of its
-        content now."""
+        content now. With fewer than three rows, three keys from `at` are inserted first."""
+        if len(self.rows) < 3:
+            self.insert_many([at, at + 1, at + 2], "row at ")
         if settle_first:
             self.conn.execute(self.q("UPDATE {table} SET {content} = 'row at ' || {key}"))
             for k in self.rows:
@@ -351,9 +352,12 @@ class EmbeddingMachine(RuleBasedStateMachine):
         # Rows move into the key freed just before them: the UPDATE must meet them in
         # ascending key order (a primary key is checked row by row), so the heap is put in key
         # order first (and a sequential or index scan reads it in that order).
+        # The free key: the highest one up to `at` below the last row (the key before the first
+        # row at least), so that some row moves.
+        lowest = min(self.rows) - 1
         gap = max(
             k
-            for k in range(min(self.rows) - 1, max(at, min(self.rows) - 1) + 1)
+            for k in range(lowest, max(lowest, min(at, max(self.rows) - 1)) + 1)
             if k not in self.rows
         )
         primary_key = self.conn.execute(
@@ -388,6 +392,9 @@ class EmbeddingMachine(RuleBasedStateMachine):
         other = self.models[1] if self.model == self.models[0] else self.models[0]
         self.watch(other, self.clear_on_update)
 
+    # (a re-registration with another content source waits for a model change to end: watch()
+    # refuses to change the model and other settings at once)
+    @precondition(lambda self: self.content_function or not self.in_change())
     @rule(bad_word=st.sampled_from(WORDS))
     def rewatch_with_a_failing_content_function(self, bad_word: str) -> None:
         """Re-registration with a content function that raises for every row whose content holds
@@ -411,7 +418,7 @@ class EmbeddingMachine(RuleBasedStateMachine):
         self.create_content_function(None)
         self.conn.execute("SELECT embeddings.retry_failures()")
 
-    @precondition(lambda self: self.content_function)
+    @precondition(lambda self: self.content_function and not self.in_change())
     @rule()
     def rewatch_with_the_content_column(self) -> None:
         self.content_function = False
