@@ -211,6 +211,14 @@ BEGIN
         -- every key's content as it was, yet every row's embedding cleared (issue 25 §1).
         changed := format('%s OR (n.%I IS NULL AND o.%I IS NOT NULL))', left(changed, -1),
                           t.embedding_column, t.embedding_column);
+    ELSIF coalesce(t.side_table, t.chunk_table) IS NULL THEN
+        -- Without clearing, each row such an UPDATE moves carries its vector to its new key,
+        -- whose content is what it was: a key whose vector changed in a statement that took
+        -- some key away changed too (the worker's own writes change no key). Reached only for
+        -- rows whose content is unchanged; the key test runs once per statement, first, and the
+        -- vectors are compared as text (no operator of the vector type is looked up here).
+        changed := format('%s OR (EXISTS (%s) AND n.%I::pg_catalog.text IS DISTINCT FROM o.%I::pg_catalog.text))',
+                          left(changed, -1), vanished, t.embedding_column, t.embedding_column);
     END IF;
     IF t.clear_on_update THEN
         -- A change to blank content needs no job: the clear trigger already cleared the row.

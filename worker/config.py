@@ -90,6 +90,11 @@ class Settings:
     max_document_bytes: int = field(
         default=16_777_216, metadata={"env": "EMBED_MAX_DOCUMENT_BYTES"}
     )
+    # `doctor` warns when a watched table's last verifying pass (sweep(verify => true)) finished
+    # longer ago than this, or never: 8 days, a weekly pass with a day to finish.
+    verify_max_age_seconds: float = field(
+        default=691_200.0, metadata={"env": "EMBED_VERIFY_MAX_AGE_SECONDS"}
+    )
     # False: the worker leases nothing itself; jobs arrive by POST /functions/v1/embed only.
     pull: bool = field(default=True, metadata={"env": "EMBED_PULL"})
     # No longer needed, accepted and ignored: the worker never listens (worker/process/wakeups.py).
@@ -227,6 +232,7 @@ class Settings:
             "backoff_max_seconds",
             "poll_seconds",
             "http_timeout_seconds",
+            "verify_max_age_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise fail(name, "must be positive")

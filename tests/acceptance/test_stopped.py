@@ -101,9 +101,9 @@ def assert_cleared(dsn: str, worker: WorkerProcess, state: str) -> None:
 
 
 @pytest.fixture
-def worker(start_worker: Callable[..., WorkerProcess]) -> Iterator[Callable[[], WorkerProcess]]:
-    def start() -> WorkerProcess:
-        process = start_worker(EMBED_POLL_SECONDS=0.5)
+def worker(start_worker: Callable[..., WorkerProcess]) -> Iterator[Callable[..., WorkerProcess]]:
+    def start(**env: Any) -> WorkerProcess:
+        process = start_worker(EMBED_POLL_SECONDS=0.5, **env)
         wait_for(lambda: worker_up(process), timeout=60, what="the worker's HTTP server")
         return process
 
@@ -121,7 +121,7 @@ def worker_up(process: WorkerProcess) -> bool:
 
 @pytest.mark.parametrize("event_triggers", [True, False])
 def test_a_dropped_content_column(
-    conn: Conn, dsn: str, worker: Callable[[], WorkerProcess], event_triggers: bool
+    conn: Conn, dsn: str, worker: Callable[..., WorkerProcess], event_triggers: bool
 ) -> None:
     make_docs(conn)
     running = worker()
@@ -140,7 +140,7 @@ def test_a_dropped_content_column(
 
 
 def test_jobs_held_because_the_model_cannot_be_loaded(
-    conn: Conn, dsn: str, worker: Callable[[], WorkerProcess]
+    conn: Conn, dsn: str, worker: Callable[..., WorkerProcess]
 ) -> None:
     conn.execute(
         "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
@@ -164,7 +164,7 @@ def test_jobs_held_because_the_model_cannot_be_loaded(
 
 
 def test_a_swap_waiting_behind_a_long_transaction(
-    conn: Conn, dsn: str, worker: Callable[[], WorkerProcess]
+    conn: Conn, dsn: str, worker: Callable[..., WorkerProcess]
 ) -> None:
     conn.execute(f"ALTER DATABASE {conn.info.dbname} SET embeddings.swap_wait_alarm = '0'")
     make_docs(conn)
@@ -184,7 +184,7 @@ def test_a_swap_waiting_behind_a_long_transaction(
     assert_cleared(dsn, running, "swap_waiting")
 
 
-def test_a_stalled_backfill(conn: Conn, dsn: str, worker: Callable[[], WorkerProcess]) -> None:
+def test_a_stalled_backfill(conn: Conn, dsn: str, worker: Callable[..., WorkerProcess]) -> None:
     conn.execute(f"ALTER DATABASE {conn.info.dbname} SET embeddings.backfill_stall_alarm = '0'")
     make_docs(conn, rows=2500)  # watch() queues a first step of 1,000; a backfill goes on
     with psycopg.connect(dsn) as stepper:
@@ -200,3 +200,24 @@ def test_a_stalled_backfill(conn: Conn, dsn: str, worker: Callable[[], WorkerPro
         what="the backfill to end",
     )
     assert_cleared(dsn, running, "backfill_stalled")
+
+
+def test_a_document_over_its_ceiling(
+    conn: Conn, dsn: str, worker: Callable[..., WorkerProcess]
+) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'A short one.'), (2, repeat('a long one ', 500))")
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 64)", (MINILM,)
+    )
+    running = worker(EMBED_MAX_DOCUMENT_BYTES=1000)
+
+    assert_stopped(dsn, running, "over_ceiling", "longer than the ceiling of 1000 bytes")
+    # Shortened: its job embeds it, and the state goes.
+    conn.execute("UPDATE docs SET body = 'Shorter now.' WHERE id = 2")
+    wait_for(
+        lambda: conn.execute("SELECT count(DISTINCT id) FROM docs_chunks").fetchone() == (2,),
+        timeout=60,
+        what="the shortened document embedded",
+    )
+    assert_cleared(dsn, running, "over_ceiling")

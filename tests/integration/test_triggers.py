@@ -168,6 +168,29 @@ def test_a_key_shift_queues_every_row_whose_embedding_was_cleared(conn: Conn) ->
     assert sorted(queued_keys(conn, target[0])) == [2, 3, 4, 5, 6]
 
 
+def test_a_key_shift_without_clearing_queues_every_key_given_another_rows_vector(
+    conn: Conn,
+) -> None:
+    """With clear_on_update => false nothing is cleared: each moved row carries its vector to
+    its new key, where the content (per key) is what it was. The vector is another row's: each
+    such key needs its job too (found by the stateful test, issue 25 §1)."""
+    conn.execute("CREATE TABLE docs (pos int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g, 'text of ' || g FROM generate_series(5, 1, -1) g")
+    target = conn.execute(
+        "SELECT embeddings.watch('docs', 'body', clear_on_update => false)"
+    ).fetchone()
+    assert target is not None
+    conn.execute("UPDATE docs SET embedding = array_fill(pos / 10.0, ARRAY[384])::halfvec")
+    clear_queue(conn)
+
+    conn.execute("UPDATE docs SET pos = pos + 1, body = 'text of ' || (pos + 1)")
+
+    assert sorted(queued_keys(conn, target[0])) == [2, 3, 4, 5, 6]
+    clear_queue(conn)
+    conn.execute(f"UPDATE docs SET embedding = {VEC} WHERE pos = 2")  # as the worker writes
+    assert queued_keys(conn, target[0]) == []
+
+
 def test_a_key_shift_of_a_content_function_target_queues_every_cleared_row(conn: Conn) -> None:
     conn.execute("CREATE TABLE docs (pos int, part int, body text, PRIMARY KEY (pos, part))")
     conn.execute(

@@ -9,12 +9,15 @@ import os
 import subprocess
 import sys
 from collections.abc import Callable
+from datetime import UTC
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.support.jobs import clear_queue, queued_keys
+from worker.cli import doctor
+from worker.config import Settings
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -143,6 +146,70 @@ def test_a_re_registration_whose_content_function_raises_leaves_no_old_vector(
     assert verify(conn) == 0  # the failure waits for `failures --retry`, not for the sweep
     rows = conn.execute("SELECT id FROM docs WHERE embedding IS NOT NULL ORDER BY id").fetchall()
     assert rows == [(1,), (3,), (4,)]
+
+
+def test_a_replaced_content_function_is_found(conn: Conn, minilm: str, run_once: RunOnce) -> None:
+    """CREATE OR REPLACE FUNCTION of a watched table's content function keeps its oid (the
+    definition is the same to the triggers, which never see the change): the rows whose text
+    it changes are found by the text they give now."""
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma'), (4, 'delta')")
+    conn.execute(
+        "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE sql STABLE"
+        " AS $$ SELECT 'title: ' || d.body $$"
+    )
+    row = conn.execute(
+        "SELECT embeddings.watch('docs', 'doc_text', model => %s)", (minilm,)
+    ).fetchone()
+    assert row is not None
+    target = int(row[0])
+    run_once()
+    assert verify(conn) == 0
+    conn.execute(
+        "CREATE OR REPLACE FUNCTION doc_text(d docs) RETURNS text LANGUAGE sql STABLE"
+        " AS $$ SELECT CASE WHEN d.id % 2 = 0 THEN 'heading: ' ELSE 'title: ' END || d.body $$"
+    )
+    assert queued_keys(conn, target) == []  # no trigger saw it
+    assert verify(conn) == 2
+    assert sorted(queued_keys(conn, target)) == [2, 4]
+    run_once()
+    assert verify(conn) == 0
+    # Each row holds the vector of the function's text now: as a column of that text gets.
+    conn.execute("CREATE TABLE fresh (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO fresh SELECT id, doc_text(docs) FROM docs")
+    conn.execute("SELECT embeddings.watch('fresh', 'body', model => %s)", (minilm,))
+    run_once()
+    differing = conn.execute(
+        "SELECT d.id FROM docs d JOIN fresh f USING (id)"
+        " WHERE (d.embedding <=> f.embedding) > 0.001 OR d.embedding IS NULL"
+    ).fetchall()
+    assert differing == []
+
+
+def test_a_content_function_reading_another_table_is_found(
+    conn: Conn, minilm: str, run_once: RunOnce
+) -> None:
+    conn.execute("CREATE TABLE authors (id bigint PRIMARY KEY, name text)")
+    conn.execute("INSERT INTO authors VALUES (1, 'Ada'), (2, 'Grace')")
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, author bigint, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 1, 'alpha'), (2, 2, 'beta'), (3, 1, 'gamma')")
+    conn.execute(
+        "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE sql STABLE"
+        " AS $$ SELECT d.body || ' by ' || a.name FROM authors a WHERE a.id = d.author $$"
+    )
+    row = conn.execute(
+        "SELECT embeddings.watch('docs', 'doc_text', model => %s)", (minilm,)
+    ).fetchone()
+    assert row is not None
+    target = int(row[0])
+    run_once()
+    assert verify(conn) == 0
+    conn.execute("UPDATE authors SET name = 'Ada Lovelace' WHERE id = 1")
+    assert queued_keys(conn, target) == []  # the rows of docs did not change
+    assert verify(conn) == 2
+    assert sorted(queued_keys(conn, target)) == [1, 3]
+    run_once()
+    assert verify(conn) == 0
 
 
 def test_verification_is_bounded_per_call_and_reported(
@@ -297,3 +364,42 @@ def test_a_side_table_target_is_verified_too(conn: Conn, minilm: str, run_once: 
     assert verify(conn) == 3
     run_once()
     assert conn.execute("SELECT id FROM docs_embeddings ORDER BY id").fetchall() == [(1,), (2,)]
+
+
+def test_doctor_says_when_the_vectors_were_last_verified(
+    conn: Conn, dsn: str, minilm: str, run_once: RunOnce, settings: Settings
+) -> None:
+    """ "Are all my vectors current?": doctor warns while a watched table has no verifying pass
+    finished within EMBED_VERIFY_MAX_AGE_SECONDS (or none at all), with how to schedule one,
+    and says when the last pass finished."""
+
+    def finding() -> doctor.Finding:
+        (found,) = [f for f in doctor.check(dsn, settings) if f.check == "verification"]
+        return found
+
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta')")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    run_once()
+    never = finding()
+    assert never.level == "warn" and "1 of 1 watched table(s)" in never.detail
+    assert "docs.embedding (never)" in never.detail
+    assert "SELECT embeddings.schedule_sweep(verify => true);" in never.fix
+    assert "sweep --verify" in never.fix
+
+    verify(conn)  # one slice: the whole table, so the pass finished
+    row = conn.execute("SELECT last_verified FROM embeddings.verification").fetchone()
+    assert row is not None and row[0] is not None
+    finished = row[0]
+    fresh = finding()
+    assert fresh.level == "ok", fresh
+    assert finished.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC") in fresh.detail
+
+    conn.execute(
+        "UPDATE embeddings.verify_cursors SET last_pass_finished = now() - interval '9 days'"
+    )
+    old = finding()
+    assert old.level == "warn" and "docs.embedding (last pass finished " in old.detail
+    assert "216.0 h ago" in old.detail
+    settings = settings.with_overrides(verify_max_age_seconds=10 * 86400)
+    assert finding().level == "ok"
