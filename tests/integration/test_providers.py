@@ -18,9 +18,10 @@ import pytest
 from tests.support.jobs import expire_leases, messages
 from tests.support.provider_server import ProviderServer, fake_vector
 from worker import metrics
+from worker.config import Settings
 from worker.http.readiness import ReadinessProbe
 from worker.models.remote import breaker as breakers
-from worker.models.remote import client
+from worker.models.remote import client, spec
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -66,11 +67,11 @@ def watched_docs(conn: Conn, model: str, rows: int = ROWS) -> None:
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (model,))
 
 
-def drain(conn: Conn, run_once: Callable[..., Worker], rounds: int = 30) -> int:
+def drain(conn: Conn, run_once: Callable[..., Worker], rounds: int = 30, **overrides: Any) -> int:
     """Runs the worker until the queue is empty, making waiting jobs visible between runs (what
     waiting out their delay does); returns the rounds it took."""
     for n in range(1, rounds + 1):
-        run_once(max_attempts=1)
+        run_once(**{"max_attempts": 1, **overrides})
         if not messages(conn):
             return n
         expire_leases(conn)
@@ -103,6 +104,26 @@ def test_a_remote_model_embeds_like_a_local_one(
     assert metrics.REGISTRY.get_sample_value(
         "embed_worker_provider_requests_total", {**labels, "outcome": "ok"}
     ) == len(provider.requests)
+
+
+def test_a_batch_keeps_several_requests_in_flight_with_default_settings(
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer
+) -> None:
+    """EMBED_BATCH_SIZE 128 fits in one request of OpenAI's 2048 inputs: it is spread over the
+    model's max_in_flight (4 by default) requests of balanced sizes all the same, which the
+    server sees in flight together."""
+    provider.gather = spec.DEFAULT_IN_FLIGHT  # held until that many arrive (or 3 s)
+    conn.execute(
+        "SELECT embeddings.register_model('remote-8', 8, 'openai', %s, 'test-model',"
+        " credential => '')",
+        (provider.base_url,),
+    )
+    watched_docs(conn, "remote-8", rows=Settings().batch_size)
+    drain(conn, run_once, batch_size=Settings().batch_size)
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
+    assert provider.max_concurrent == spec.DEFAULT_IN_FLIGHT
+    sizes = sorted(len(r["inputs"]) for r in provider.requests)
+    assert sizes == [32, 32, 32, 32], sizes
 
 
 FAULTS = ["429", "500", "timeout", "reset", "truncated", "malformed", "wrong_count", "dup_index"]

@@ -74,7 +74,12 @@ class ProviderServer:
         self.violations: list[str] = []
         self.concurrent = 0
         self.max_concurrent = 0
+        # Requests are held until `gather` of them are in flight together (once), or for
+        # gather_seconds: a test of concurrency then does not depend on how fast each is.
+        self.gather = 0
+        self.gather_seconds = 3.0
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -128,9 +133,14 @@ class ProviderServer:
                 pass
 
             def do_POST(self) -> None:
-                with server._lock:
+                with server._arrived:
                     server.concurrent += 1
                     server.max_concurrent = max(server.max_concurrent, server.concurrent)
+                    server._arrived.notify_all()
+                    server._arrived.wait_for(
+                        lambda: server.max_concurrent >= server.gather,
+                        timeout=server.gather_seconds,
+                    )
                 try:
                     self._post()
                 finally:

@@ -122,12 +122,34 @@ def test_openai_request_limits_are_kept(openai_server: ProviderServer) -> None:
     assert openai_server.violations == []
     sizes = [len(r["inputs"]) for r in openai_server.requests]
     assert sum(sizes) == 30 and max(sizes) == 4  # each request sent once, 4 x 9 <= 40
-    many = model_for(spec_for(openai_server, max_inputs=2048))
+    many = model_for(spec_for(openai_server, max_inputs=2048, max_in_flight=1))
     openai_server.requests.clear()
-    many.embed([f"t{i}" for i in range(2500)])
+    many.embed([f"t{i}" for i in range(5000)])
     assert openai_server.violations == []
-    # Requests are in flight together: the server may see them in either order.
-    assert sorted(len(r["inputs"]) for r in openai_server.requests) == [452, 2048]
+    # Three requests are needed; their sizes balanced (not 2048, 2048, 904).
+    assert sorted(len(r["inputs"]) for r in openai_server.requests) == [1666, 1667, 1667]
+
+
+@pytest.mark.parametrize(
+    ("texts", "in_flight", "sizes"),
+    [
+        (128, 4, [32, 32, 32, 32]),  # EMBED_BATCH_SIZE's default: all four slots used
+        (130, 4, [31, 33, 33, 33]),
+        (20, 4, [10, 10]),  # no request of fewer than MIN_INPUTS_PER_REQUEST for the spread
+        (7, 4, [7]),  # a live job's few rows: one request
+        (128, 1, [128]),
+        (2500, 4, [625, 625, 625, 625]),
+    ],
+)
+def test_a_batch_is_spread_over_the_requests_in_flight(
+    openai_server: ProviderServer, texts: int, in_flight: int, sizes: list[int]
+) -> None:
+    model = model_for(spec_for(openai_server, max_inputs=2048, max_in_flight=in_flight))
+    groups = model.requests([1] * texts)
+    assert sorted(len(g) for g in groups) == sizes
+    assert [i for g in groups for i in g] == list(range(texts))  # in order, each once
+    tight = model_for(spec_for(openai_server, max_request_tokens=100, max_in_flight=in_flight))
+    assert all(len(g) * 10 <= 100 for g in tight.requests([10] * texts))  # token limit kept
 
 
 def test_openai_answer_shape_is_parsed_in_index_order() -> None:
