@@ -16,10 +16,12 @@ import psycopg
 import pytest
 
 from tests.support.jobs import expire_leases, messages
+from tests.support.models import shared_models_dir
 from tests.support.provider_server import ProviderServer, fake_vector
 from worker import metrics
 from worker.config import Settings
 from worker.http.readiness import ReadinessProbe
+from worker.models import onnx
 from worker.models.remote import breaker as breakers
 from worker.models.remote import client, spec
 from worker.process.runner import Worker
@@ -58,13 +60,17 @@ def register(conn: Conn, server: ProviderServer, name: str = "remote-8", **extra
     return name
 
 
-def watched_docs(conn: Conn, model: str, rows: int = ROWS) -> None:
+def watched_docs(conn: Conn, model: str, rows: int = ROWS, tail: str = "", **options: Any) -> None:
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
     conn.execute(
-        "INSERT INTO docs SELECT g, 'document number ' || g FROM generate_series(1, %s) g",
-        (rows,),
+        "INSERT INTO docs SELECT g, 'document number ' || g || %s FROM generate_series(1, %s) g",
+        (tail, rows),
     )
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (model,))
+    named = "".join(f", {k} => %({k})s" for k in options)
+    conn.execute(
+        f"SELECT embeddings.watch('docs', 'body', model => %(model)s{named})",
+        {"model": model, **options},
+    )
 
 
 def drain(conn: Conn, run_once: Callable[..., Worker], rounds: int = 30, **overrides: Any) -> int:
@@ -124,6 +130,73 @@ def test_a_batch_keeps_several_requests_in_flight_with_default_settings(
     assert provider.max_concurrent == spec.DEFAULT_IN_FLIGHT
     sizes = sorted(len(r["inputs"]) for r in provider.requests)
     assert sizes == [32, 32, 32, 32], sizes
+
+
+LONG = " and".join(f" the {i}th paragraph says something about vectors" for i in range(60))
+
+
+def counted_like(minilm: str) -> Callable[[str], int]:
+    """The provider's count: a real tokenizer's (MiniLM's WordPiece, special tokens included)."""
+    tokenizer = onnx.load_tokenizer(
+        shared_models_dir() / minilm / "tokenizer.json", max_tokens=None
+    )
+    return lambda text: len(tokenizer.encode(text).ids)
+
+
+@pytest.mark.parametrize("counting", ["estimated", "exact"])
+def test_long_texts_are_cut_to_the_providers_token_limits_and_embedded(
+    conn: Conn,
+    run_once: Callable[..., Worker],
+    provider: ProviderServer,
+    minilm: str,
+    counting: str,
+) -> None:
+    """The provider refuses an input over 64 tokens and a request over 200 (as OpenAI's
+    8192 and 300,000): the client cuts each text to max_tokens (tokens.fit, estimated from the
+    bytes or counted by the registered tokenizer) and groups the requests within the budget, so
+    every row is embedded (from its cut text) and none refused."""
+    provider.count_tokens = counted_like(minilm)
+    provider.max_input_tokens, provider.max_request_tokens = 64, 200
+    tokenizer = {"tokenizer": minilm} if counting == "exact" else {}
+    model = register(conn, provider, max_tokens=64, max_request_tokens=200, **tokenizer)
+    watched_docs(conn, model, rows=12, tail=LONG)
+    drain(conn, run_once)
+    assert provider.token_refusals == []
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    bodies = dict(conn.execute("SELECT id, body FROM docs").fetchall())
+    sent = {
+        r["inputs"][i]: r["tokens"][i] for r in provider.requests for i in range(len(r["inputs"]))
+    }
+    assert all(sum(r["tokens"]) <= 200 for r in provider.requests)
+    got = vectors(conn)
+    assert len(got) == 12
+    for key, body in bodies.items():
+        (cut,) = [text for text in sent if body.startswith(text)]
+        assert len(cut) < len(body) and sent[cut] <= 64
+        assert np.allclose(got[key], fake_vector(cut, DIMS), atol=2e-3)
+    if counting == "exact":  # cut at the limit, not short of it
+        assert max(sent.values()) == 64
+
+
+def test_a_chunked_target_with_a_remote_model(
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer, minilm: str
+) -> None:
+    """watch(..., chunk_tokens => 32) with a remote model: documents are split by the model's
+    registered tokenizer, each chunk embedded by the provider within its token limit."""
+    provider.count_tokens = counted_like(minilm)
+    provider.max_input_tokens = 40
+    model = register(conn, provider, max_tokens=40, tokenizer=minilm)
+    watched_docs(conn, model, rows=3, tail=LONG, chunk_tokens=32)
+    drain(conn, run_once)
+    assert provider.token_refusals == []
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    chunks = conn.execute(
+        "SELECT id, chunk, embedding::real[] FROM docs_chunks ORDER BY id, seq"
+    ).fetchall()
+    assert {key for key, _, _ in chunks} == {1, 2, 3} and len(chunks) > 3 * 10
+    for _, text, vector in chunks:
+        assert np.allclose(vector, fake_vector(text, DIMS), atol=2e-3)
+    assert max(n for r in provider.requests for n in r["tokens"]) <= 32 + 2  # [CLS], [SEP]
 
 
 FAULTS = ["429", "500", "timeout", "reset", "truncated", "malformed", "wrong_count", "dup_index"]

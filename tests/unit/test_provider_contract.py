@@ -304,3 +304,48 @@ def test_unauthorized_is_a_refusal_that_names_the_credential(openai_server: Prov
     model = model_for(spec_for(openai_server), key="sk-wrong-key-000000000000")
     with pytest.raises(exceptions.ProviderRefused, match="credential 'test' was refused"):
         model.embed(["x"])
+
+
+def test_openai_refuses_inputs_and_requests_over_its_token_limits(
+    openai_server: ProviderServer,
+) -> None:
+    """The stand-in refuses as OpenAI does (400, its message): an input over the model's
+    context (only that input fails; the client splits the request to find it), and a request
+    over the per-request budget (split by the client until each part fits: nothing fails)."""
+    openai_server.max_input_tokens = 20  # one token per 4 characters (the stand-in's count)
+    registered_too_high = model_for(spec_for(openai_server, max_tokens=512))
+    with pytest.raises(exceptions.InputRejected, match="maximum context length is 20 tokens"):
+        registered_too_high.embed(["short", "x" * 200])
+    assert '"code": null' in openai_server.token_refusals[0]
+
+    openai_server.max_input_tokens = None
+    openai_server.max_request_tokens = 30
+    openai_server.token_refusals.clear()
+    model = model_for(spec_for(openai_server, max_request_tokens=1000))
+    texts = [f"{i:02d} " + "y" * 37 for i in range(4)]  # 10 tokens each: 40 > 30 together
+    vectors = model.embed(texts)
+    assert "max_tokens_per_request" in openai_server.token_refusals[0]
+    assert all(sum(r["tokens"]) <= 30 for r in openai_server.requests)
+    for text, vector in zip(texts, vectors, strict=True):
+        assert np.allclose(vector, fake_vector(text, 8), atol=1e-6)
+
+
+def test_hugging_face_refuses_long_inputs_unless_asked_to_truncate(
+    hf_server: ProviderServer,
+) -> None:
+    """text-embeddings-inference's 413 for an input over its limit, unless "truncate": true,
+    which the client always sends (and it cuts the input itself before: the request is
+    within the limit either way)."""
+    hf_server.max_input_tokens = 20
+    assert hf_server._token_refusal({"inputs": ["x"]}, [21]) == (
+        413,
+        {
+            "error": "Input validation error: `inputs` must have less than 20 tokens. Given: 21",
+            "error_type": "Validation",
+        },
+    )
+    model = model_for(spec_for(hf_server, max_tokens=20))
+    model.embed(["z" * 400])
+    assert hf_server.token_refusals == []
+    (request,) = hf_server.requests
+    assert request["body"]["truncate"] is True and request["tokens"][0] <= 20
