@@ -24,6 +24,7 @@ from worker.http.readiness import ReadinessProbe
 from worker.models import onnx
 from worker.models.remote import breaker as breakers
 from worker.models.remote import client, spec
+from worker.models.remote.tokens import EstimatedTokens
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -53,9 +54,15 @@ def register(conn: Conn, server: ProviderServer, name: str = "remote-8", **extra
     options = {"credential": "", "max_inputs": 8, "timeout_seconds": 0.5, **extra}
     named = ", ".join(f"{k} => %({k})s" for k in options)
     conn.execute(
-        "SELECT embeddings.register_model(%(name)s, %(dims)s, 'openai', %(endpoint)s,"
+        "SELECT embeddings.register_model(%(name)s, %(dims)s, %(kind)s, %(endpoint)s,"
         f" 'test-model', {named})",
-        {"name": name, "dims": server.dims, "endpoint": server.base_url, **options},
+        {
+            "name": name,
+            "dims": server.dims,
+            "kind": server.kind,
+            "endpoint": server.base_url,
+            **options,
+        },
     )
     return name
 
@@ -89,11 +96,13 @@ def vectors(conn: Conn) -> dict[int, np.ndarray[Any, Any]]:
     return {i: np.array([float(x) for x in v.strip("[]").split(",")]) for i, v in rows}
 
 
+@pytest.mark.parametrize("kind", ["openai", "huggingface"])
 def test_a_remote_model_embeds_like_a_local_one(
-    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer
+    conn: Conn, run_once: Callable[..., Worker], kind: str
 ) -> None:
-    watched_docs(conn, register(conn, provider))
-    drain(conn, run_once)
+    with ProviderServer(kind=kind, dims=DIMS) as provider:
+        watched_docs(conn, register(conn, provider))
+        drain(conn, run_once)
     got = vectors(conn)
     assert len(got) == ROWS
     for i, v in got.items():
@@ -103,9 +112,16 @@ def test_a_remote_model_embeds_like_a_local_one(
     ).fetchall() == [("remote-8", "test-model@8", "remote")]
     assert max(len(r["inputs"]) for r in provider.requests) <= 8  # the registered max_inputs
     assert provider.violations == []
-    # Cost: tokens as the provider counted them (usage.total_tokens), and requests, per model.
+    if kind == "huggingface":  # the feature-extraction task's request, pooled vectors back
+        assert all(r["body"]["truncate"] is True for r in provider.requests)
+    # Cost: tokens as the provider counted them (OpenAI's usage.total_tokens; Hugging Face
+    # answers no count: the client's estimate), and requests, per model.
     labels = {"provider": f"127.0.0.1:{provider.port}", "model": "remote-8"}
-    billed = sum(len(t) // 4 for r in provider.requests for t in r["inputs"])
+    sent = [t for r in provider.requests for t in r["inputs"]]
+    if kind == "openai":
+        billed = sum(len(t) // 4 for t in sent)
+    else:
+        billed = sum(EstimatedTokens().fit(t, 512)[1] for t in sent)
     assert metrics.REGISTRY.get_sample_value("embed_worker_provider_tokens_total", labels) == billed
     assert metrics.REGISTRY.get_sample_value(
         "embed_worker_provider_requests_total", {**labels, "outcome": "ok"}
