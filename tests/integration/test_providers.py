@@ -15,7 +15,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.support.jobs import expire_leases, messages
+from tests.support.jobs import expire_leases, lanes, messages
 from tests.support.models import shared_models_dir
 from tests.support.provider_server import ProviderServer, fake_vector
 from worker import metrics
@@ -248,6 +248,52 @@ def test_rate_limits_past_the_inline_wait_defer_without_spending_attempts(
     assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
     assert provider.faults_served["429"] == 6
+
+
+def queued(conn: Conn) -> list[tuple[float, int, int]]:
+    """Each queued job's seconds until visible, read count and prior attempts, both lanes."""
+    found = []
+    for lane in lanes(conn, "embedding_jobs"):
+        found += conn.execute(
+            psycopg.sql.SQL(
+                "SELECT extract(epoch FROM vt - clock_timestamp())::float8, read_ct,"
+                " coalesce((message ->> 'attempts')::int, 0) FROM pgmq.{}"
+            ).format(psycopg.sql.Identifier(f"q_{lane}"))
+        ).fetchall()
+    return found
+
+
+@pytest.mark.parametrize("refused", ["every request", "one request"])
+def test_a_retry_after_past_the_inline_wait_makes_the_jobs_visible_that_much_later(
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer, refused: str
+) -> None:
+    """A 429 with Retry-After 120 (past the 10 s waited inline): the rows' jobs go back to the
+    queue visible about 120 s later (read from the queue, not waited for), and no attempt is
+    spent: with max_attempts=1 one spent attempt would have dead-lettered them. Whether the
+    provider refused every request (the target deferred for that long) or one request of the
+    batch while the others were answered (its rows re-queued in a message of their own, with
+    that delay; were it visible at once, `run --once` would read it again and, with the
+    provider still throttled, defer it then: the final state is what a user sees)."""
+    provider.retry_after = 120
+    if refused == "every request":
+        provider.fault_for = lambda inputs: "429"
+    else:
+        provider.faults = [None, "429"]
+    watched_docs(conn, register(conn, provider))
+    run_once(max_attempts=1)
+    assert provider.faults_served["429"] >= 1
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    jobs = queued(conn)
+    assert jobs, "the rows' jobs are back in the queue"
+    for seconds, read_ct, attempts in jobs:
+        # The worker's run and this query took a few seconds of the 120 at most.
+        assert 120 - 30 < seconds <= 121, jobs
+        assert read_ct == 0 and attempts == 0, jobs
+    embedded = len(vectors(conn))
+    if refused == "every request":
+        assert embedded == 0
+    else:
+        assert 0 < embedded < ROWS
 
 
 def test_a_provider_that_is_down_opens_its_circuit_and_defers_its_target(
