@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -13,6 +14,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from tests.integration.test_providers import drain
+from tests.support.jobs import messages
 from tests.support.process import wait_for
 from tests.support.provider_server import ProviderServer
 from worker import metrics
@@ -119,3 +121,87 @@ def test_register_model_refuses_an_endpoint_that_carries_a_key(conn: Conn) -> No
                 "SELECT embeddings.register_model('leaky', 8, 'openai', %s, 'm')", (endpoint,)
             )
     assert leaks(everything_in_the_database(conn)) == []
+
+
+ROTATED = "sk-proj-ROTATEDzyxwvutsrqponm9876543210"
+ENV_KEY = "sk-proj-ENVIRONMENTvariable0123456789"
+
+
+def test_a_key_file_is_used_before_the_environment_and_rotated_without_a_restart(
+    conn: Conn,
+    run_once: Callable[..., Worker],
+    keyed_provider: ProviderServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """EMBED_API_KEY_DIR/openai (a mounted Kubernetes secret) wins over OPENAI_API_KEY; the file
+    is read before each request, so a rotated secret is sent from the next request on by the
+    same loaded model; without the file, OPENAI_API_KEY again."""
+    monkeypatch.setenv("EMBED_API_KEY_DIR", str(tmp_path))
+    monkeypatch.setenv("OPENAI_API_KEY", ENV_KEY)
+    (tmp_path / "openai").write_text(KEY + "\n")
+    conn.execute(
+        "SELECT embeddings.register_model('remote-8', 8, 'openai', %s, 'test-model')",
+        (keyed_provider.base_url,),
+    )
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'one'), (2, 'two')")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'remote-8')")
+    drain(conn, run_once)
+    assert {r["authorization"] for r in keyed_provider.requests} == {f"Bearer {KEY}"}
+
+    for n, key in enumerate([ROTATED, ENV_KEY], start=3):
+        if key == ROTATED:
+            (tmp_path / "openai").write_text(ROTATED)
+        else:
+            (tmp_path / "openai").unlink()
+        keyed_provider.api_key = key  # the provider accepts only the new key from now on
+        keyed_provider.requests.clear()
+        conn.execute("INSERT INTO docs VALUES (%s, 'more')", (n,))
+        drain(conn, run_once)
+        assert [r["authorization"] for r in keyed_provider.requests] == [f"Bearer {key}"]
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+
+
+@pytest.mark.parametrize("problem", ["unreadable", "not text", "missing"])
+def test_a_key_file_that_cannot_be_used_defers_the_target_with_a_clear_error(
+    conn: Conn,
+    run_once: Callable[..., Worker],
+    keyed_provider: ProviderServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    problem: str,
+) -> None:
+    """The target waits (deferred, nothing dead-lettered, no request sent) with an error that
+    names the file and what is wrong, never its content."""
+    caplog.set_level(logging.DEBUG)
+    monkeypatch.setenv("EMBED_API_KEY_DIR", str(tmp_path))
+    monkeypatch.delenv("OPENAI_API_KEY")
+    path = tmp_path / "openai"
+    if problem == "unreadable":  # a symlink loop: unreadable even by root
+        path.symlink_to(path)
+    elif problem == "not text":
+        path.write_bytes(b"\xfe\xff" + KEY.encode())
+    expected = {
+        "unreadable": f"cannot read {path}: Too many levels of symbolic links",
+        "not text": f"{path} is not UTF-8 text",
+        "missing": f"no API key for credential 'openai': set {path} or OPENAI_API_KEY",
+    }[problem]
+    conn.execute(
+        "SELECT embeddings.register_model('remote-8', 8, 'openai', %s, 'test-model')",
+        (keyed_provider.base_url,),
+    )
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'one')")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'remote-8')")
+    run_once(max_attempts=1)
+    (reason,) = conn.execute(
+        "SELECT deferred_reason FROM embeddings.target_status(true)"
+    ).fetchone() or (None,)
+    assert reason is not None and expected in reason, reason
+    assert keyed_provider.requests == []
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    assert len(messages(conn)) == 1
+    assert leaks(reason + caplog.text + everything_in_the_database(conn)) == []

@@ -359,7 +359,10 @@ class RemoteModel:
         spec = self.spec
         if spec.credential is None:
             return None
-        key, where = self._api_key(spec.credential)
+        try:
+            key, where = self._api_key(spec.credential)
+        except exceptions.ConfigError as exc:  # a key file that cannot be read: the target waits
+            raise exceptions.ProviderRefused(f"{spec.describe()}: {exc}") from None
         if key is None:
             raise exceptions.ProviderRefused(
                 f"{spec.describe()}: no API key for credential {spec.credential!r}: set {where} "
