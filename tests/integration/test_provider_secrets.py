@@ -18,6 +18,8 @@ from tests.support.jobs import messages
 from tests.support.process import wait_for
 from tests.support.provider_server import ProviderServer
 from worker import metrics
+from worker.cli import doctor
+from worker.config import Secret, Settings
 from worker.models.remote import breaker as breakers
 from worker.models.remote import client
 from worker.process.runner import Worker
@@ -205,3 +207,54 @@ def test_a_key_file_that_cannot_be_used_defers_the_target_with_a_clear_error(
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
     assert len(messages(conn)) == 1
     assert leaks(reason + caplog.text + everything_in_the_database(conn)) == []
+
+
+def test_doctor_says_which_key_a_remote_model_lacks_and_where_to_put_it(
+    conn: Conn, dsn: str, tmp_path: Path
+) -> None:
+    """doctor checks a watched remote model's key, not a model directory on disk: where the key
+    was found (never the key), or which credential is missing and the file or variable that
+    would hold it."""
+    conn.execute(
+        "SELECT embeddings.register_model('remote-8', 8, 'openai', 'https://api.example.com/v1',"
+        " 'test-model')"
+    )
+    conn.execute(
+        "SELECT embeddings.register_model('open-8', 8, 'openai', 'http://127.0.0.1:9/v1',"
+        " 'test-model', credential => '')"
+    )
+    for name, model in (("docs", "remote-8"), ("notes", "open-8")):
+        conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, body text)")
+        conn.execute(f"SELECT embeddings.watch('{name}', 'body', model => '{model}')")
+
+    def finding(model: str, **settings: Any) -> doctor.Finding:
+        found = doctor.check(dsn, Settings(database_url=dsn, **settings))
+        (mine,) = [f for f in found if f.check == f"model {model}"]
+        assert leaks(" ".join(f"{f.detail} {f.fix}" for f in found)) == []
+        return mine
+
+    missing = finding("remote-8", api_key_dir=str(tmp_path))
+    assert missing.level == "FAIL"
+    assert missing.detail == (
+        "remote, openai test-model at api.example.com; no API key for credential 'openai'"
+        f" (looked in {tmp_path}/openai or OPENAI_API_KEY): its targets wait"
+    )
+    assert missing.fix == (
+        f"set a file {tmp_path}/openai holding the key, or OPENAI_API_KEY in the worker's"
+        " environment (docs/providers.md#api-keys)"
+    )
+    assert finding("remote-8").fix.startswith(
+        "set EMBED_API_KEY_DIR to a directory with a file named 'openai' holding the key, or"
+        " OPENAI_API_KEY"
+    )
+    (tmp_path / "openai").write_text(KEY)
+    found = finding("remote-8", api_key_dir=str(tmp_path), openai_api_key=Secret(KEY))
+    assert (found.level, found.fix) == ("ok", "")
+    assert found.detail.endswith(f"the key of credential 'openai' is in file {tmp_path}/openai")
+    found = finding("remote-8", openai_api_key=Secret(KEY))
+    assert found.detail.endswith("is in OPENAI_API_KEY")
+    (tmp_path / "openai").unlink()
+    (tmp_path / "openai").symlink_to(tmp_path / "openai")
+    found = finding("remote-8", api_key_dir=str(tmp_path), openai_api_key=Secret(KEY))
+    assert found.level == "FAIL" and "cannot read" in found.detail and "readable" in found.fix
+    assert finding("open-8").detail.endswith("no key needed (credential => '')")
