@@ -363,15 +363,19 @@ def test_vectors_of_the_wrong_dimension_defer_the_target_with_a_clear_error(
     assert len(messages(conn)) > 0
 
 
+@pytest.mark.parametrize("column", ["halfvec", "vector"])
 def test_adopted_vectors_are_kept_and_new_rows_written_beside_them(
-    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer, column: str
 ) -> None:
-    """A guide user's table already holds the provider model's vectors: adopt_vectors() records
-    them as that model's, nothing is re-embedded, and new rows get vectors as usual."""
+    """A guide user's table already holds the provider model's vectors (halfvec(1536), or
+    vector(1536) as older copies of the guide made it): adopt_vectors() records them as that
+    model's, nothing is re-embedded, and new rows get vectors as usual, in the column's type."""
     model = register(conn, provider)
-    conn.execute(f"CREATE TABLE docs (id bigint PRIMARY KEY, body text, embedding halfvec({DIMS}))")
     conn.execute(
-        "INSERT INTO docs SELECT g, 'old ' || g, array_fill(0.5, ARRAY[%s])::halfvec"
+        f"CREATE TABLE docs (id bigint PRIMARY KEY, body text, embedding {column}({DIMS}))"
+    )
+    conn.execute(
+        f"INSERT INTO docs SELECT g, 'old ' || g, array_fill(0.5, ARRAY[%s])::{column}"
         " FROM generate_series(1, 5) g",
         (DIMS,),
     )
@@ -387,6 +391,10 @@ def test_adopted_vectors_are_kept_and_new_rows_written_beside_them(
     got = vectors(conn)
     assert np.allclose(got[6], fake_vector("new row", DIMS), atol=2e-3)
     assert np.allclose(got[1], np.full(DIMS, 0.5), atol=1e-3)  # kept as they were
+    assert conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = 'docs'::regclass AND attname = 'embedding'"
+    ).fetchone() == (f"{column}({DIMS})",)
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="name the revision"):
         conn.execute("SELECT embeddings.register_model('local-x', 8, 'local')")
         conn.execute("UPDATE embeddings.targets SET model = 'local-x'")
