@@ -122,6 +122,9 @@ def main() -> int:
         "--scale-rows", type=int, default=None, help="rows for the scale sections (smoke runs)"
     )
     parser.add_argument(
+        "--remote-rounds", type=int, default=None, help="rounds per level of remote (default 2)"
+    )
+    parser.add_argument(
         "--quality-function",
         action="append",
         default=[],
@@ -268,7 +271,7 @@ def main() -> int:
                 lambda: fresh_db(cluster, template),
                 SHARED_MODELS / "gte-small",
                 rows_per_table=(args.scale_rows or 20_000) // manyworkers.TABLES,
-                rounds=1 if args.quick else 2,
+                rounds=args.remote_rounds or (1 if args.quick else 2),
             ),
         )
         section(
@@ -311,7 +314,7 @@ def main() -> int:
             lambda: bigwatch.run(
                 cluster,
                 sizes=(args.scale_rows,) if args.scale_rows else bigwatch.SIZES,
-                rounds=1 if args.quick else 2,
+                rounds=args.remote_rounds or (1 if args.quick else 2),
             ),
         )
         section(
@@ -369,7 +372,7 @@ def main() -> int:
             lambda: remote.run(
                 fresh_db(cluster, template),
                 texts[: 192 if args.quick else 512],
-                rounds=1 if args.quick else 2,
+                rounds=args.remote_rounds or (1 if args.quick else 2),
             ),
         )
 

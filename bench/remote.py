@@ -13,12 +13,15 @@ the server (the issue's target: >= 0.9), and which in-flight setting gets there.
 
 Both run on the 2 cores here, beside the server, which itself needs the CPU: the worker's own
 CPU (JSON of 384 floats per row, writes) is taken from the server, as a direct client's is.
-Runs alternate (direct, worker, direct, ...) so that drift in the machine's load hits both.
+Runs alternate (direct, worker, direct, ...) so that drift in the machine's load hits both;
+each run records the 1-minute load average before it, and each round the worker's figure over
+the direct run just before it (`paired_ratios`: the two ran under about the same load).
 """
 
 from __future__ import annotations
 
 import json
+import os
 import statistics
 import threading
 import time
@@ -49,15 +52,19 @@ def run(dsn: str, texts: list[str], *, rounds: int = 2, log: Path | None = None)
     with infinity.serving(batch_size=BATCH, log=log) as base:
         _direct(base, texts[:BATCH])  # warm the server (first batches are slow)
         for level in IN_FLIGHT:
-            direct, worker = [], []
+            direct, worker, loads = [], [], []
             for _ in range(rounds):
+                loads.append(round(os.getloadavg()[0], 1))
                 direct.append(_direct(base, texts, level))
+                loads.append(round(os.getloadavg()[0], 1))
                 worker.append(_worker(dsn, base, texts, level))
             found["levels"][str(level)] = {
                 "direct_docs_per_s": round(statistics.median(direct), 1),
                 "worker_docs_per_s": round(statistics.median(worker), 1),
                 "direct_runs": [round(x, 1) for x in direct],
                 "worker_runs": [round(x, 1) for x in worker],
+                "paired_ratios": [round(w / d, 2) for d, w in zip(direct, worker, strict=True)],
+                "load_before_runs": loads,  # direct, worker, direct, worker, ...
             }
     capacity = max(v["direct_docs_per_s"] for v in found["levels"].values())
     for values in found["levels"].values():

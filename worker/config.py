@@ -167,6 +167,10 @@ class Settings:
                 raise exceptions.ConfigError(
                     f"EMBED_API_KEY_DIR: cannot read {path}: {exc.strerror}"
                 ) from None
+            except UnicodeDecodeError:  # (the error holds the bytes read: not chained)
+                raise exceptions.ConfigError(
+                    f"EMBED_API_KEY_DIR: {path} is not UTF-8 text (a key is)"
+                ) from None
             if value:
                 return Secret(value), f"file {path}"
         attribute, variable = CREDENTIAL_VARIABLES.get(credential, (None, None))

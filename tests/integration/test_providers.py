@@ -15,12 +15,16 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.support.jobs import expire_leases, messages
+from tests.support.jobs import expire_leases, lanes, messages
+from tests.support.models import shared_models_dir
 from tests.support.provider_server import ProviderServer, fake_vector
 from worker import metrics
+from worker.config import Settings
 from worker.http.readiness import ReadinessProbe
+from worker.models import onnx
 from worker.models.remote import breaker as breakers
-from worker.models.remote import client
+from worker.models.remote import client, spec
+from worker.models.remote.tokens import EstimatedTokens
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -50,27 +54,37 @@ def register(conn: Conn, server: ProviderServer, name: str = "remote-8", **extra
     options = {"credential": "", "max_inputs": 8, "timeout_seconds": 0.5, **extra}
     named = ", ".join(f"{k} => %({k})s" for k in options)
     conn.execute(
-        "SELECT embeddings.register_model(%(name)s, %(dims)s, 'openai', %(endpoint)s,"
+        "SELECT embeddings.register_model(%(name)s, %(dims)s, %(kind)s, %(endpoint)s,"
         f" 'test-model', {named})",
-        {"name": name, "dims": server.dims, "endpoint": server.base_url, **options},
+        {
+            "name": name,
+            "dims": server.dims,
+            "kind": server.kind,
+            "endpoint": server.base_url,
+            **options,
+        },
     )
     return name
 
 
-def watched_docs(conn: Conn, model: str, rows: int = ROWS) -> None:
+def watched_docs(conn: Conn, model: str, rows: int = ROWS, tail: str = "", **options: Any) -> None:
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
     conn.execute(
-        "INSERT INTO docs SELECT g, 'document number ' || g FROM generate_series(1, %s) g",
-        (rows,),
+        "INSERT INTO docs SELECT g, 'document number ' || g || %s FROM generate_series(1, %s) g",
+        (tail, rows),
     )
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (model,))
+    named = "".join(f", {k} => %({k})s" for k in options)
+    conn.execute(
+        f"SELECT embeddings.watch('docs', 'body', model => %(model)s{named})",
+        {"model": model, **options},
+    )
 
 
-def drain(conn: Conn, run_once: Callable[..., Worker], rounds: int = 30) -> int:
+def drain(conn: Conn, run_once: Callable[..., Worker], rounds: int = 30, **overrides: Any) -> int:
     """Runs the worker until the queue is empty, making waiting jobs visible between runs (what
     waiting out their delay does); returns the rounds it took."""
     for n in range(1, rounds + 1):
-        run_once(max_attempts=1)
+        run_once(**{"max_attempts": 1, **overrides})
         if not messages(conn):
             return n
         expire_leases(conn)
@@ -82,11 +96,13 @@ def vectors(conn: Conn) -> dict[int, np.ndarray[Any, Any]]:
     return {i: np.array([float(x) for x in v.strip("[]").split(",")]) for i, v in rows}
 
 
+@pytest.mark.parametrize("kind", ["openai", "huggingface"])
 def test_a_remote_model_embeds_like_a_local_one(
-    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer
+    conn: Conn, run_once: Callable[..., Worker], kind: str
 ) -> None:
-    watched_docs(conn, register(conn, provider))
-    drain(conn, run_once)
+    with ProviderServer(kind=kind, dims=DIMS) as provider:
+        watched_docs(conn, register(conn, provider))
+        drain(conn, run_once)
     got = vectors(conn)
     assert len(got) == ROWS
     for i, v in got.items():
@@ -96,13 +112,107 @@ def test_a_remote_model_embeds_like_a_local_one(
     ).fetchall() == [("remote-8", "test-model@8", "remote")]
     assert max(len(r["inputs"]) for r in provider.requests) <= 8  # the registered max_inputs
     assert provider.violations == []
-    # Cost: tokens as the provider counted them (usage.total_tokens), and requests, per model.
+    if kind == "huggingface":  # the feature-extraction task's request, pooled vectors back
+        assert all(r["body"]["truncate"] is True for r in provider.requests)
+    # Cost: tokens as the provider counted them (OpenAI's usage.total_tokens; Hugging Face
+    # answers no count: the client's estimate), and requests, per model.
     labels = {"provider": f"127.0.0.1:{provider.port}", "model": "remote-8"}
-    billed = sum(len(t) // 4 for r in provider.requests for t in r["inputs"])
+    sent = [t for r in provider.requests for t in r["inputs"]]
+    if kind == "openai":
+        billed = sum(len(t) // 4 for t in sent)
+    else:
+        billed = sum(EstimatedTokens().fit(t, 512)[1] for t in sent)
     assert metrics.REGISTRY.get_sample_value("embed_worker_provider_tokens_total", labels) == billed
     assert metrics.REGISTRY.get_sample_value(
         "embed_worker_provider_requests_total", {**labels, "outcome": "ok"}
     ) == len(provider.requests)
+
+
+def test_a_batch_keeps_several_requests_in_flight_with_default_settings(
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer
+) -> None:
+    """EMBED_BATCH_SIZE 128 fits in one request of OpenAI's 2048 inputs: it is spread over the
+    model's max_in_flight (4 by default) requests of balanced sizes all the same, which the
+    server sees in flight together."""
+    provider.gather = spec.DEFAULT_IN_FLIGHT  # held until that many arrive (or 3 s)
+    conn.execute(
+        "SELECT embeddings.register_model('remote-8', 8, 'openai', %s, 'test-model',"
+        " credential => '')",
+        (provider.base_url,),
+    )
+    watched_docs(conn, "remote-8", rows=Settings().batch_size)
+    drain(conn, run_once, batch_size=Settings().batch_size)
+    assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
+    assert provider.max_concurrent == spec.DEFAULT_IN_FLIGHT
+    sizes = sorted(len(r["inputs"]) for r in provider.requests)
+    assert sizes == [32, 32, 32, 32], sizes
+
+
+LONG = " and".join(f" the {i}th paragraph says something about vectors" for i in range(60))
+
+
+def counted_like(minilm: str) -> Callable[[str], int]:
+    """The provider's count: a real tokenizer's (MiniLM's WordPiece, special tokens included)."""
+    tokenizer = onnx.load_tokenizer(
+        shared_models_dir() / minilm / "tokenizer.json", max_tokens=None
+    )
+    return lambda text: len(tokenizer.encode(text).ids)
+
+
+@pytest.mark.parametrize("counting", ["estimated", "exact"])
+def test_long_texts_are_cut_to_the_providers_token_limits_and_embedded(
+    conn: Conn,
+    run_once: Callable[..., Worker],
+    provider: ProviderServer,
+    minilm: str,
+    counting: str,
+) -> None:
+    """The provider refuses an input over 64 tokens and a request over 200 (as OpenAI's
+    8192 and 300,000): the client cuts each text to max_tokens (tokens.fit, estimated from the
+    bytes or counted by the registered tokenizer) and groups the requests within the budget, so
+    every row is embedded (from its cut text) and none refused."""
+    provider.count_tokens = counted_like(minilm)
+    provider.max_input_tokens, provider.max_request_tokens = 64, 200
+    tokenizer = {"tokenizer": minilm} if counting == "exact" else {}
+    model = register(conn, provider, max_tokens=64, max_request_tokens=200, **tokenizer)
+    watched_docs(conn, model, rows=12, tail=LONG)
+    drain(conn, run_once)
+    assert provider.token_refusals == []
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    bodies = dict(conn.execute("SELECT id, body FROM docs").fetchall())
+    sent = {
+        r["inputs"][i]: r["tokens"][i] for r in provider.requests for i in range(len(r["inputs"]))
+    }
+    assert all(sum(r["tokens"]) <= 200 for r in provider.requests)
+    got = vectors(conn)
+    assert len(got) == 12
+    for key, body in bodies.items():
+        (cut,) = [text for text in sent if body.startswith(text)]
+        assert len(cut) < len(body) and sent[cut] <= 64
+        assert np.allclose(got[key], fake_vector(cut, DIMS), atol=2e-3)
+    if counting == "exact":  # cut at the limit, not short of it
+        assert max(sent.values()) == 64
+
+
+def test_a_chunked_target_with_a_remote_model(
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer, minilm: str
+) -> None:
+    """watch(..., chunk_tokens => 32) with a remote model: documents are split by the model's
+    registered tokenizer, each chunk embedded by the provider within its token limit."""
+    provider.count_tokens = counted_like(minilm)
+    provider.max_input_tokens = 40
+    model = register(conn, provider, max_tokens=40, tokenizer=minilm)
+    watched_docs(conn, model, rows=3, tail=LONG, chunk_tokens=32)
+    drain(conn, run_once)
+    assert provider.token_refusals == []
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    chunks = conn.execute(
+        "SELECT id, chunk, embedding::real[] FROM docs_chunks ORDER BY id, seq"
+    ).fetchall()
+    assert {key for key, _, _ in chunks} == {1, 2, 3} and len(chunks) > 3 * 10
+    for _, text, vector in chunks:
+        assert np.allclose(vector, fake_vector(text, DIMS), atol=2e-3)
+    assert max(n for r in provider.requests for n in r["tokens"]) <= 32 + 2  # [CLS], [SEP]
 
 
 FAULTS = ["429", "500", "timeout", "reset", "truncated", "malformed", "wrong_count", "dup_index"]
@@ -138,6 +248,52 @@ def test_rate_limits_past_the_inline_wait_defer_without_spending_attempts(
     assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
     assert provider.faults_served["429"] == 6
+
+
+def queued(conn: Conn) -> list[tuple[float, int, int]]:
+    """Each queued job's seconds until visible, read count and prior attempts, both lanes."""
+    found = []
+    for lane in lanes(conn, "embedding_jobs"):
+        found += conn.execute(
+            psycopg.sql.SQL(
+                "SELECT extract(epoch FROM vt - clock_timestamp())::float8, read_ct,"
+                " coalesce((message ->> 'attempts')::int, 0) FROM pgmq.{}"
+            ).format(psycopg.sql.Identifier(f"q_{lane}"))
+        ).fetchall()
+    return found
+
+
+@pytest.mark.parametrize("refused", ["every request", "one request"])
+def test_a_retry_after_past_the_inline_wait_makes_the_jobs_visible_that_much_later(
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer, refused: str
+) -> None:
+    """A 429 with Retry-After 120 (past the 10 s waited inline): the rows' jobs go back to the
+    queue visible about 120 s later (read from the queue, not waited for), and no attempt is
+    spent: with max_attempts=1 one spent attempt would have dead-lettered them. Whether the
+    provider refused every request (the target deferred for that long) or one request of the
+    batch while the others were answered (its rows re-queued in a message of their own, with
+    that delay; were it visible at once, `run --once` would read it again and, with the
+    provider still throttled, defer it then: the final state is what a user sees)."""
+    provider.retry_after = 120
+    if refused == "every request":
+        provider.fault_for = lambda inputs: "429"
+    else:
+        provider.faults = [None, "429"]
+    watched_docs(conn, register(conn, provider))
+    run_once(max_attempts=1)
+    assert provider.faults_served["429"] >= 1
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    jobs = queued(conn)
+    assert jobs, "the rows' jobs are back in the queue"
+    for seconds, read_ct, attempts in jobs:
+        # The worker's run and this query took a few seconds of the 120 at most.
+        assert 120 - 30 < seconds <= 121, jobs
+        assert read_ct == 0 and attempts == 0, jobs
+    embedded = len(vectors(conn))
+    if refused == "every request":
+        assert embedded == 0
+    else:
+        assert 0 < embedded < ROWS
 
 
 def test_a_provider_that_is_down_opens_its_circuit_and_defers_its_target(
@@ -207,15 +363,19 @@ def test_vectors_of_the_wrong_dimension_defer_the_target_with_a_clear_error(
     assert len(messages(conn)) > 0
 
 
+@pytest.mark.parametrize("column", ["halfvec", "vector"])
 def test_adopted_vectors_are_kept_and_new_rows_written_beside_them(
-    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer
+    conn: Conn, run_once: Callable[..., Worker], provider: ProviderServer, column: str
 ) -> None:
-    """A guide user's table already holds the provider model's vectors: adopt_vectors() records
-    them as that model's, nothing is re-embedded, and new rows get vectors as usual."""
+    """A guide user's table already holds the provider model's vectors (halfvec(1536), or
+    vector(1536) as older copies of the guide made it): adopt_vectors() records them as that
+    model's, nothing is re-embedded, and new rows get vectors as usual, in the column's type."""
     model = register(conn, provider)
-    conn.execute(f"CREATE TABLE docs (id bigint PRIMARY KEY, body text, embedding halfvec({DIMS}))")
     conn.execute(
-        "INSERT INTO docs SELECT g, 'old ' || g, array_fill(0.5, ARRAY[%s])::halfvec"
+        f"CREATE TABLE docs (id bigint PRIMARY KEY, body text, embedding {column}({DIMS}))"
+    )
+    conn.execute(
+        f"INSERT INTO docs SELECT g, 'old ' || g, array_fill(0.5, ARRAY[%s])::{column}"
         " FROM generate_series(1, 5) g",
         (DIMS,),
     )
@@ -231,6 +391,10 @@ def test_adopted_vectors_are_kept_and_new_rows_written_beside_them(
     got = vectors(conn)
     assert np.allclose(got[6], fake_vector("new row", DIMS), atol=2e-3)
     assert np.allclose(got[1], np.full(DIMS, 0.5), atol=1e-3)  # kept as they were
+    assert conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = 'docs'::regclass AND attname = 'embedding'"
+    ).fetchone() == (f"{column}({DIMS})",)
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="name the revision"):
         conn.execute("SELECT embeddings.register_model('local-x', 8, 'local')")
         conn.execute("UPDATE embeddings.targets SET model = 'local-x'")

@@ -18,7 +18,18 @@ answers passed back. Either way each request may be given a fault first:
   shuffled   the data in reverse order, indexes intact (valid: the client must reorder)
 
 Faults are taken from `faults` (a list, consumed in order, one per request) or chosen by
-`fault_for(inputs)`. Inputs containing "POISON" are refused with a 400 (the input's fault),
+`fault_for(inputs)`.
+
+Token limits are enforced as the APIs do when set: `max_input_tokens` per input (OpenAI: 400
+"This model's maximum context length is N tokens, however you requested M tokens ...";
+Hugging Face/text-embeddings-inference: 413 "Input validation error: `inputs` must have less
+than N tokens. Given: M", unless the request says "truncate": true, when the server cuts it
+itself) and `max_request_tokens` summed over an OpenAI request (400 "Requested M tokens, max
+N tokens per request", type and code max_tokens_per_request). Tokens are counted by
+`count_tokens` (default: one per 4 characters; a real tokenizer in the tests of cutting); each
+request's counts are recorded with it, and every refusal for tokens in `token_refusals`.
+
+Inputs containing "POISON" are refused with a 400 (the input's fault),
 inputs containing "NANVEC" get a NaN vector. The request shapes are checked against the
 documented contract: violations are answered 400 and kept in `violations`.
 """
@@ -69,12 +80,21 @@ class ProviderServer:
         self.retry_after = 1.0
         self.stall_seconds = 3.0
         self.echo_key_in_errors = False
+        self.max_input_tokens: int | None = None
+        self.max_request_tokens: int | None = None
+        self.count_tokens: Callable[[str], int] = lambda text: max(len(text) // 4, 1)
+        self.token_refusals: list[str] = []
         self.requests: list[dict[str, Any]] = []
         self.faults_served: dict[str, int] = {}
         self.violations: list[str] = []
         self.concurrent = 0
         self.max_concurrent = 0
+        # Requests are held until `gather` of them are in flight together (once), or for
+        # gather_seconds: a test of concurrency then does not depend on how fast each is.
+        self.gather = 0
+        self.gather_seconds = 3.0
         self._lock = threading.Lock()
+        self._arrived = threading.Condition(self._lock)
         self._server = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._server.daemon_threads = True
         self._thread = threading.Thread(
@@ -128,9 +148,14 @@ class ProviderServer:
                 pass
 
             def do_POST(self) -> None:
-                with server._lock:
+                with server._arrived:
                     server.concurrent += 1
                     server.max_concurrent = max(server.max_concurrent, server.concurrent)
+                    server._arrived.notify_all()
+                    server._arrived.wait_for(
+                        lambda: server.max_concurrent >= server.gather,
+                        timeout=server.gather_seconds,
+                    )
                 try:
                     self._post()
                 finally:
@@ -156,8 +181,16 @@ class ProviderServer:
                 if problem is not None:
                     server.violations.append(problem)
                     return self._json(400, {"error": {"message": problem}})
+                tokens = [server.count_tokens(t) for t in inputs]
+                refusal = server._token_refusal(body, tokens)
+                if refusal is not None:
+                    status, error = refusal
+                    server.token_refusals.append(json.dumps(error))
+                    return self._json(status, error)
                 fault = server._next_fault(inputs)
-                server._record(fault, {"inputs": inputs, "authorization": auth, "body": body})
+                server._record(
+                    fault, {"inputs": inputs, "authorization": auth, "body": body, "tokens": tokens}
+                )
                 if any("POISON" in t for t in inputs):
                     message = "Invalid input: POISON is not allowed"
                     if server.echo_key_in_errors and auth:
@@ -278,6 +311,34 @@ class ProviderServer:
                 return f'"{name}" must be a boolean'
         return None
 
+    def _token_refusal(self, body: Any, tokens: list[int]) -> tuple[int, Any] | None:
+        """The provider's refusal of a request over its token limits, in its error shape."""
+        longest = max(tokens, default=0)
+        limit = self.max_input_tokens
+        if self.kind == "openai":
+            if limit is not None and longest > limit:
+                message = (
+                    f"This model's maximum context length is {limit} tokens, however you "
+                    f"requested {longest} tokens ({longest} in your prompt; 0 for the "
+                    "completion). Please reduce your prompt; or completion length."
+                )
+                error = {"message": message, "type": "invalid_request_error"}
+                return 400, {"error": {**error, "param": None, "code": None}}
+            total = sum(tokens)
+            if self.max_request_tokens is not None and total > self.max_request_tokens:
+                message = (
+                    f"Requested {total} tokens, max {self.max_request_tokens} tokens per request"
+                )
+                kind = "max_tokens_per_request"
+                return 400, {
+                    "error": {"message": message, "type": kind, "param": None, "code": kind}
+                }
+            return None
+        if limit is not None and longest > limit and body.get("truncate") is not True:
+            message = f"Input validation error: `inputs` must have less than {limit} tokens. Given: {longest}"
+            return 413, {"error": message, "error_type": "Validation"}
+        return None
+
     def _inputs(self, body: Any) -> list[str]:
         if not isinstance(body, dict):
             return []
@@ -309,7 +370,7 @@ class ProviderServer:
             dims = body.get("dimensions")
             if isinstance(dims, int):
                 vectors = [v[:dims] for v in vectors]
-            tokens = sum(max(len(t) // 4, 1) for t in inputs)
+            tokens = sum(self.count_tokens(t) for t in inputs)
             payload: Any = {
                 "object": "list",
                 "data": [

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from worker import db, exceptions
-from worker.config import Settings
+from worker.config import Secret, Settings
 
 WORKER = Path(__file__).resolve().parents[2] / "worker"
 
@@ -164,3 +164,73 @@ def test_model_flags_reach_the_settings_not_the_environment(tmp_path: Path) -> N
     assert s.model_location.path == (tmp_path,)
     assert s.model_location.cache == tmp_path / "c"
     assert dict(os.environ) == before
+
+
+# --- API keys of remote models (docs/providers.md#api-keys) ---------------------------------------
+FILE_KEY = "sk-file-KEYfromTHEsecret0123456789"
+ENV_KEY = "sk-env-KEYfromTHEenvironment98765"
+HF_KEY = "hf_envTOKENabcdefghijklmnopqrstu"
+
+
+def keys_in(directory: Path, **env: str) -> Settings:
+    return Settings.from_env({"EMBED_API_KEY_DIR": str(directory), **env})
+
+
+def test_a_key_file_comes_before_the_providers_variables(tmp_path: Path) -> None:
+    """The file named after the credential in EMBED_API_KEY_DIR (a Kubernetes secret's
+    trailing newline stripped), then OPENAI_API_KEY or HF_TOKEN; another credential name only
+    from its file."""
+    (tmp_path / "openai").write_text(FILE_KEY + "\n")
+    (tmp_path / "huggingface").write_text("hf_fileTOKEN0123456789abcdef\n")
+    (tmp_path / "azure").write_text(" sk-azure-0123456789abcdef \n")
+    s = keys_in(tmp_path, OPENAI_API_KEY=ENV_KEY, HF_TOKEN=HF_KEY)
+    key, where = s.api_key("openai")
+    assert key is not None and key.reveal() == FILE_KEY and where == f"file {tmp_path}/openai"
+    key, where = s.api_key("huggingface")
+    assert key is not None and key.reveal() == "hf_fileTOKEN0123456789abcdef"
+    key, _ = s.api_key("azure")
+    assert key is not None and key.reveal() == "sk-azure-0123456789abcdef"
+    # No file (or an empty one): the provider's variable.
+    (tmp_path / "openai").unlink()
+    (tmp_path / "huggingface").write_text("\n")
+    assert s.api_key("openai")[1] == "OPENAI_API_KEY"
+    key, where = s.api_key("huggingface")
+    assert key is not None and key.reveal() == HF_KEY and where == "HF_TOKEN"
+    # Nothing anywhere: where it was looked for, to tell the user.
+    assert keys_in(tmp_path).api_key("openai") == (None, f"{tmp_path}/openai or OPENAI_API_KEY")
+    assert keys_in(tmp_path).api_key("other") == (None, f"{tmp_path}/other")
+    assert Settings.from_env({}).api_key("other") == (
+        None,
+        "EMBED_API_KEY_DIR (unset) for 'other'",
+    )
+
+
+def test_a_key_file_is_read_on_each_use(tmp_path: Path) -> None:
+    """A rotated secret (Kubernetes replaces the mounted file) is used from the next request
+    on: Settings.api_key, which RemoteModel asks before every request, reads the file each
+    time."""
+    s = keys_in(tmp_path)
+    (tmp_path / "openai").write_text(FILE_KEY)
+    assert s.api_key("openai")[0] == Secret(FILE_KEY)
+    (tmp_path / "openai").write_text("sk-rotated-0123456789abcdef")
+    assert s.api_key("openai")[0] == Secret("sk-rotated-0123456789abcdef")
+
+
+def test_a_key_file_that_cannot_be_read_is_a_clear_error_without_the_key(tmp_path: Path) -> None:
+    (tmp_path / "openai").symlink_to(tmp_path / "openai")  # unreadable even by root (ELOOP)
+    with pytest.raises(exceptions.ConfigError) as raised:
+        keys_in(tmp_path, OPENAI_API_KEY=ENV_KEY).api_key("openai")
+    assert str(raised.value) == (
+        f"EMBED_API_KEY_DIR: cannot read {tmp_path}/openai: Too many levels of symbolic links"
+    )
+    (tmp_path / "openai").unlink()
+    (tmp_path / "openai").write_bytes(b"\xff" + FILE_KEY.encode())
+    with pytest.raises(exceptions.ConfigError) as raised:
+        keys_in(tmp_path).api_key("openai")
+    assert str(raised.value) == f"EMBED_API_KEY_DIR: {tmp_path}/openai is not UTF-8 text (a key is)"
+    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    assert FILE_KEY not in repr(raised.value) + str(raised.value)
+    # A directory where a file is expected is no key (as a missing file), not an error.
+    (tmp_path / "openai").unlink()
+    (tmp_path / "openai").mkdir()
+    assert keys_in(tmp_path, OPENAI_API_KEY=ENV_KEY).api_key("openai")[1] == "OPENAI_API_KEY"

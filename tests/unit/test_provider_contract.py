@@ -122,12 +122,34 @@ def test_openai_request_limits_are_kept(openai_server: ProviderServer) -> None:
     assert openai_server.violations == []
     sizes = [len(r["inputs"]) for r in openai_server.requests]
     assert sum(sizes) == 30 and max(sizes) == 4  # each request sent once, 4 x 9 <= 40
-    many = model_for(spec_for(openai_server, max_inputs=2048))
+    many = model_for(spec_for(openai_server, max_inputs=2048, max_in_flight=1))
     openai_server.requests.clear()
-    many.embed([f"t{i}" for i in range(2500)])
+    many.embed([f"t{i}" for i in range(5000)])
     assert openai_server.violations == []
-    # Requests are in flight together: the server may see them in either order.
-    assert sorted(len(r["inputs"]) for r in openai_server.requests) == [452, 2048]
+    # Three requests are needed; their sizes balanced (not 2048, 2048, 904).
+    assert sorted(len(r["inputs"]) for r in openai_server.requests) == [1666, 1667, 1667]
+
+
+@pytest.mark.parametrize(
+    ("texts", "in_flight", "sizes"),
+    [
+        (128, 4, [32, 32, 32, 32]),  # EMBED_BATCH_SIZE's default: all four slots used
+        (130, 4, [31, 33, 33, 33]),
+        (20, 4, [10, 10]),  # no request of fewer than MIN_INPUTS_PER_REQUEST for the spread
+        (7, 4, [7]),  # a live job's few rows: one request
+        (128, 1, [128]),
+        (2500, 4, [625, 625, 625, 625]),
+    ],
+)
+def test_a_batch_is_spread_over_the_requests_in_flight(
+    openai_server: ProviderServer, texts: int, in_flight: int, sizes: list[int]
+) -> None:
+    model = model_for(spec_for(openai_server, max_inputs=2048, max_in_flight=in_flight))
+    groups = model.requests([1] * texts)
+    assert sorted(len(g) for g in groups) == sizes
+    assert [i for g in groups for i in g] == list(range(texts))  # in order, each once
+    tight = model_for(spec_for(openai_server, max_request_tokens=100, max_in_flight=in_flight))
+    assert all(len(g) * 10 <= 100 for g in tight.requests([10] * texts))  # token limit kept
 
 
 def test_openai_answer_shape_is_parsed_in_index_order() -> None:
@@ -282,3 +304,48 @@ def test_unauthorized_is_a_refusal_that_names_the_credential(openai_server: Prov
     model = model_for(spec_for(openai_server), key="sk-wrong-key-000000000000")
     with pytest.raises(exceptions.ProviderRefused, match="credential 'test' was refused"):
         model.embed(["x"])
+
+
+def test_openai_refuses_inputs_and_requests_over_its_token_limits(
+    openai_server: ProviderServer,
+) -> None:
+    """The stand-in refuses as OpenAI does (400, its message): an input over the model's
+    context (only that input fails; the client splits the request to find it), and a request
+    over the per-request budget (split by the client until each part fits: nothing fails)."""
+    openai_server.max_input_tokens = 20  # one token per 4 characters (the stand-in's count)
+    registered_too_high = model_for(spec_for(openai_server, max_tokens=512))
+    with pytest.raises(exceptions.InputRejected, match="maximum context length is 20 tokens"):
+        registered_too_high.embed(["short", "x" * 200])
+    assert '"code": null' in openai_server.token_refusals[0]
+
+    openai_server.max_input_tokens = None
+    openai_server.max_request_tokens = 30
+    openai_server.token_refusals.clear()
+    model = model_for(spec_for(openai_server, max_request_tokens=1000))
+    texts = [f"{i:02d} " + "y" * 37 for i in range(4)]  # 10 tokens each: 40 > 30 together
+    vectors = model.embed(texts)
+    assert "max_tokens_per_request" in openai_server.token_refusals[0]
+    assert all(sum(r["tokens"]) <= 30 for r in openai_server.requests)
+    for text, vector in zip(texts, vectors, strict=True):
+        assert np.allclose(vector, fake_vector(text, 8), atol=1e-6)
+
+
+def test_hugging_face_refuses_long_inputs_unless_asked_to_truncate(
+    hf_server: ProviderServer,
+) -> None:
+    """text-embeddings-inference's 413 for an input over its limit, unless "truncate": true,
+    which the client always sends (and it cuts the input itself before: the request is
+    within the limit either way)."""
+    hf_server.max_input_tokens = 20
+    assert hf_server._token_refusal({"inputs": ["x"]}, [21]) == (
+        413,
+        {
+            "error": "Input validation error: `inputs` must have less than 20 tokens. Given: 21",
+            "error_type": "Validation",
+        },
+    )
+    model = model_for(spec_for(hf_server, max_tokens=20))
+    model.embed(["z" * 400])
+    assert hf_server.token_refusals == []
+    (request,) = hf_server.requests
+    assert request["body"]["truncate"] is True and request["tokens"][0] <= 20

@@ -14,9 +14,10 @@ from typing import Any, Literal
 import psycopg
 
 from worker import db, exceptions, queries, schema
-from worker.cli import hints, output
+from worker.cli import hints, output, remote
 from worker.config import Settings
 from worker.models import catalog
+from worker.models.remote.spec import RemoteSpec
 from worker.pipeline.targets import database_default_model
 
 Level = Literal["ok", "warn", "FAIL"]
@@ -163,8 +164,10 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
     readable = _can_read(conn, "embeddings.models")
     database_default = database_default_model(conn) if readable else None
     out.append(_default_model(settings, database_default))
+    remote_models = {spec.name: spec for spec in remote.in_database(conn)} if readable else {}
     for model in sorted({settings.default_model(database_default)} | watched):
-        out.append(_model(model, settings))
+        spec = remote_models.get(model)
+        out.append(_model(model, settings) if spec is None else _remote_model(spec, settings))
     targets = conn.execute(queries.get("target_grants")).fetchall()
     for name, model, typmod, can_run, can_queue, can_fail in targets:
         if model in dims and typmod > 0 and typmod != dims[model]:
@@ -243,6 +246,14 @@ def _model(name: str, settings: Settings) -> Finding:
     except exceptions.ModelNotFound:
         return _missing_model(name, settings)
     return Finding("ok", f"model {name}", f"found in {os.fspath(where)}")
+
+
+def _remote_model(spec: RemoteSpec, settings: Settings) -> Finding:
+    """A remote model is not looked for on disk: its key is (in this command's environment,
+    which should be the worker's), by its credential's name and where it was found."""
+    detail, fix = remote.key_problem(spec, settings)
+    level: Level = "ok" if fix is None else "FAIL"
+    return Finding(level, f"model {spec.name}", f"remote, {spec.describe()}; {detail}", fix or "")
 
 
 def _missing_model(name: str, settings: Settings) -> Finding:

@@ -5,6 +5,7 @@ the worker's environment has it, not the key."""
 from __future__ import annotations
 
 import logging
+import os
 
 from worker import db, exceptions, queries, schema
 from worker.config import Settings
@@ -20,16 +21,44 @@ def registered(settings: Settings) -> list[RemoteSpec] | None:
         with db.connect(settings.dsn, connect_timeout=3) as conn, db.translated():
             if not schema.installed(conn):
                 return []
-            found = conn.execute(queries.get("models_have_providers")).fetchone()
-            if not found or not found[0]:  # a schema before remote models: `migrate` adds them
-                return []
-            cursor = conn.execute(queries.get("remote_models"))
-            columns = [c.name for c in cursor.description or ()]
-            rows = cursor.fetchall()
+            return in_database(conn)
     except exceptions.EmbedWorkerError as exc:
         logger.warning("remote models not listed: the database cannot be read: %s", exc)
         return None
-    return [RemoteSpec.from_row(dict(zip(columns, row, strict=True))) for row in rows]
+
+
+def in_database(conn: db.Connection) -> list[RemoteSpec]:
+    """The remote models of an installed schema (none before 0.2.0's: `migrate` adds them)."""
+    found = conn.execute(queries.get("models_have_providers")).fetchone()
+    if not found or not found[0]:
+        return []
+    cursor = conn.execute(queries.get("remote_models"))
+    columns = [c.name for c in cursor.description or ()]
+    return [RemoteSpec.from_row(dict(zip(columns, row, strict=True))) for row in cursor]
+
+
+def key_problem(spec: RemoteSpec, settings: Settings) -> tuple[str, str | None]:
+    """Where `spec`'s key comes from in this environment, and, when it cannot be had, what to
+    do (None when nothing): never the key. For doctor."""
+    if spec.credential is None:
+        return "no key needed (credential => '')", None
+    credential = spec.credential
+    try:
+        secret, where = settings.api_key(credential)
+    except exceptions.ConfigError as exc:
+        return str(exc), "make the file readable by the worker's user, holding only the key"
+    if secret is not None:
+        return f"the key of credential {credential!r} is in {where}", None
+    variable = {"openai": "OPENAI_API_KEY", "huggingface": "HF_TOKEN"}.get(credential)
+    if settings.api_key_dir:
+        file = f"a file {os.path.join(settings.api_key_dir, credential)} holding the key"
+    else:
+        file = f"EMBED_API_KEY_DIR to a directory with a file named {credential!r} holding the key"
+    also = f", or {variable} in the worker's environment" if variable else ""
+    return (
+        f"no API key for credential {credential!r} (looked in {where}): its targets wait",
+        f"set {file}{also} (docs/providers.md#api-keys)",
+    )
 
 
 def list_rows(settings: Settings) -> list[list[str]]:

@@ -2,7 +2,8 @@
 
 `embed_partial(texts)` is what the pipeline calls (worker/pipeline/remote.py): each text is cut
 to the model's token limit (worker/models/remote/tokens.py), the texts are grouped into requests
-within the provider's limits (inputs and tokens per request, in order), and up to
+within the provider's limits (inputs and tokens per request, in order) and spread over up to
+`max_in_flight` requests of balanced sizes even when the batch would fit in one, and up to
 `max_in_flight` requests run at once on the model's own threads (remote calls wait on the
 network, not the CPU). Each request is retried with jittered exponential backoff on 5xx,
 timeouts, connection errors and malformed answers, and after a 429 as long as its Retry-After
@@ -49,6 +50,8 @@ from worker.models.remote.tokens import TokenCounter
 logger = logging.getLogger(__name__)
 
 ATTEMPTS = 4  # per request: the first and three retries
+# A batch is spread over several requests (requests()), but none of fewer inputs than this.
+MIN_INPUTS_PER_REQUEST = 8
 MAX_INLINE_WAIT_SECONDS = 10.0  # a longer Retry-After hands the rows back to the queue instead
 BACKOFF = wait_random_exponential(multiplier=0.25, max=4.0)  # 0.25, 0.5, 1 ... s, full jitter
 # Anything shaped like a provider key (OpenAI sk-..., Hugging Face hf_..., generic bearer
@@ -188,14 +191,24 @@ class RemoteModel:
 
     def requests(self, tokens: list[int]) -> list[list[int]]:
         """Positions grouped into requests, in order: at most max_inputs inputs and
-        max_request_tokens tokens each (an input over the latter alone goes alone)."""
+        max_request_tokens tokens each (an input over the latter alone goes alone), and spread
+        over up to max_in_flight requests of balanced sizes, so that a batch smaller than
+        max_inputs (EMBED_BATCH_SIZE 128 against OpenAI's 2048) still keeps several requests
+        in flight; never fewer than MIN_INPUTS_PER_REQUEST inputs per request for that (a
+        request per text would cost more in round trips than it gains)."""
+        needed = len(self._grouped(tokens, self.spec.max_inputs))
+        spread = min(self.spec.max_in_flight, len(tokens) // MIN_INPUTS_PER_REQUEST)
+        requests = max(needed, spread, 1)
+        return self._grouped(tokens, min(self.spec.max_inputs, -(-len(tokens) // requests)))
+
+    def _grouped(self, tokens: list[int], max_inputs: int) -> list[list[int]]:
         groups: list[list[int]] = []
         current: list[int] = []
         total = 0
         limit = self.spec.max_request_tokens
         for i, n in enumerate(tokens):
             if current and (
-                len(current) >= self.spec.max_inputs or (limit is not None and total + n > limit)
+                len(current) >= max_inputs or (limit is not None and total + n > limit)
             ):
                 groups.append(current)
                 current, total = [], 0
@@ -346,7 +359,10 @@ class RemoteModel:
         spec = self.spec
         if spec.credential is None:
             return None
-        key, where = self._api_key(spec.credential)
+        try:
+            key, where = self._api_key(spec.credential)
+        except exceptions.ConfigError as exc:  # a key file that cannot be read: the target waits
+            raise exceptions.ProviderRefused(f"{spec.describe()}: {exc}") from None
         if key is None:
             raise exceptions.ProviderRefused(
                 f"{spec.describe()}: no API key for credential {spec.credential!r}: set {where} "
