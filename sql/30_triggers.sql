@@ -189,8 +189,10 @@ BEGIN
     -- A row whose key changed has no old row: it counts as changed. (No old row: the key column
     -- is the NULL of the outer join. `IS NULL` is also true of a composite key whose fields are
     -- all NULL, and every write of the worker would queue such a row again: for a composite (or
-    -- a domain, which may be one) num_nulls() tells them apart. Only there: it cost 40% more
-    -- server CPU per single-row UPDATE than `IS NULL` in bench/oltp.py's plain target.)
+    -- a domain, which may be one) num_nulls() tells them apart. Only there, so that the common
+    -- key keeps the statement the write path was measured with: two alternating runs of
+    -- bench/oltp.py's single-row UPDATE put num_nulls() at 0.60x and 0.67x of unwatched TPS
+    -- against 0.74x and 0.73x for `IS NULL`, within this machine's noise by server CPU.)
     IF by_function THEN
         -- Each row's old and new content once (the wrapper is a call as the table's owner, which
         -- the planner would repeat for each mention: three per row with clear_on_update);
