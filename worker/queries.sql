@@ -185,6 +185,19 @@ FROM {queue_table};
 -- target's embeddings_<id>_load(), which runs as the table's owner (sql/32_access.sql).
 SELECT key, content, digest FROM {load}(%(keys)s::text[]{key_arrays});
 
+-- name: load_content_known
+-- As load_content, for rows of which this worker caches a long document between its pieces
+-- (worker/pipeline/pieces.py): a row whose md5 is still the cached one's comes without its
+-- content (`known`), so that a 10 MB document is not sent again for each piece; the database
+-- still reads and hashes it (the stale-write guard needs the md5 as it is now).
+SELECT l.key,
+       CASE WHEN c.digest = l.digest THEN NULL ELSE l.content END,
+       l.digest,
+       coalesce(c.digest = l.digest, false) AS known
+FROM {load}(%(keys)s::text[]{key_arrays}) l
+LEFT JOIN unnest(%(known_keys)s::text[], %(known_digests)s::text[]) AS c (key, digest)
+       ON c.key = l.key;
+
 -- name: write_vectors
 -- Stores embeddings, except where the content changed since it was loaded (its md5 differs):
 -- that row's newer content has its own job. The target's embeddings_<id>_store() (its

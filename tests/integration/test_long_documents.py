@@ -4,6 +4,9 @@ restart, started over when someone else wrote them, and failed at once over the 
 
 from __future__ import annotations
 
+import dataclasses
+import queue as stdqueue
+import threading
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -18,6 +21,7 @@ from worker.models.loaded import LoadedModels
 from worker.pipeline import faults, pieces
 from worker.pipeline.batch import RowState
 from worker.pipeline.chunking import Splitter
+from worker.process.fetcher import Handoffs
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -203,6 +207,72 @@ def test_a_document_edited_between_pieces_ends_with_the_new_contents_chunks_only
     run_once(piece_tokens=PIECE_TOKENS)
     assert stored_chunks(conn) == expected_chunks(embedders, model, new)
     assert progress(conn) == []
+
+
+def test_a_continued_piece_is_not_sent_its_document_again_unless_it_changed(
+    conn: Conn,
+    docs: int,
+    piece_settings: Settings,
+    dsn: str,
+    embedders: LoadedModels,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A piece's load compares the md5 in the database with the cached document's: the same, the
+    row's content is the cached text itself (a 10 MB document is not sent again per piece);
+    changed since, it is the new content from the database."""
+    cached: list[dict[str, pieces.Known]] = []
+    known = pieces.Cache.known
+
+    def spy(self: pieces.Cache, *args: Any) -> dict[str, pieces.Known]:
+        cached.append(known(self, *args))
+        return cached[-1]
+
+    monkeypatch.setattr(pieces.Cache, "known", spy)
+    step(piece_settings, dsn, embedders)
+    batch, queue = lease_and_load(piece_settings, dsn, embedders)
+    (row,) = batch.rows.values()
+    assert row.content is cached[-1]["1"].text  # the very string cached, not a copy
+    assert row.chunks is not None and row.chunks.first_seq > 0  # continued, not started over
+    finish(batch, queue, piece_settings, dsn, embedders)
+    edited = long_text(40, marker="edited")
+    conn.execute("UPDATE docs SET body = %s WHERE id = 1", (edited,))
+    batch, queue = lease_and_load(piece_settings, dsn, embedders)
+    (row,) = batch.rows.values()
+    assert cached[-1]["1"].text != edited  # the cache still held the old content
+    assert row.content == edited
+    finish(batch, queue, piece_settings, dsn, embedders)
+
+
+def test_a_live_row_that_arrives_while_a_piece_loads_goes_to_the_embedder_first(
+    conn: Conn, docs: int, piece_settings: Settings, dsn: str, embedders: LoadedModels
+) -> None:
+    """A row the application writes while the fetcher loads a long document's piece is handed
+    to the embedder before that piece: it waits for the piece being embedded at most, not for
+    the next one too."""
+    worker = Worker(piece_settings, embedders=embedders, progress=False, handle_signals=False)
+    loaded: Handoffs = stdqueue.Queue()  # (the pipeline's holds one: here, what comes in order)
+    fetcher = dataclasses.replace(worker.fetcher, loaded=loaded)
+    arrived = threading.Event()
+
+    def application_writes() -> None:
+        if not arrived.is_set():
+            arrived.set()
+            with psycopg.connect(dsn, autocommit=True) as app:
+                app.execute("INSERT INTO docs VALUES (2, 'A short note.')")
+
+    thread = threading.Thread(target=fetcher.run)
+    try:
+        with faults.injected("load", application_writes):
+            thread.start()
+            handed = [loaded.get(timeout=60), loaded.get(timeout=60)]
+    finally:
+        fetcher.stopping.set()
+        fetcher.wake()
+        thread.join(timeout=60)
+    assert arrived.is_set()
+    batches = [item.batch for item in handed if item is not None]
+    assert [[key for _, key in b.rows] for b in batches] == [["2"], ["1"]]
+    assert [b.has_piece for b in batches] == [False, True]
 
 
 def test_a_document_written_by_another_since_its_last_piece_starts_over(

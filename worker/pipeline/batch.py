@@ -111,5 +111,11 @@ class Batch:
         return groups
 
     @property
+    def has_piece(self) -> bool:
+        """It embeds a piece of a long document (worker/pipeline/pieces.py): a batch that takes
+        about a piece's time, not a few rows'."""
+        return any(row.chunks is not None and not row.chunks.whole for row in self.rows.values())
+
+    @property
     def msg_ids(self) -> list[int]:
         return [job.msg_id for job in self.jobs]

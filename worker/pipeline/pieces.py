@@ -17,10 +17,12 @@ goes through several batches:
 
 Between batches the worker keeps the document's chunk stream (and the vectors of a piece not
 yet known to have committed) in a small cache, so that a 10 MB document is tokenized once, not
-once per piece. Whatever the cache says, the record decides: a piece is written only when the
-record says the document's chunks go exactly up to where the piece starts (else someone else
-wrote the document since, and it starts over), and a worker without the cache (restarted after
-a kill) continues from the record: a kill loses at most the piece in flight.
+once per piece, nor sent again by the database for each piece (the load asks for a row's
+content only where its md5 is no longer the cached document's). Whatever the cache says, the
+record decides: a piece is written only when the record says the document's chunks go exactly
+up to where the piece starts (else someone else wrote the document since, and it starts over),
+and a worker without the cache (restarted after a kill) continues from the record: a kill
+loses at most the piece in flight.
 
 A document longer than `max_document_bytes` (EMBED_MAX_DOCUMENT_BYTES) is not embedded: it fails
 at once, into embeddings.failures, and `embeddings.documents` marks it `over_ceiling` for
@@ -183,6 +185,20 @@ class Cache:
         with self._lock:
             return self._documents.pop(key, None)
 
+    def known(
+        self, database: str, target_id: int, version: int, keys: list[str]
+    ) -> dict[str, Known]:
+        """The cached documents of these rows (of this database and definition), by row key: the
+        load stage asks the database to send a row's content only where its md5 is no longer
+        the cached one's (worker/pipeline/stages.py)."""
+        wanted = set(keys)
+        with self._lock:
+            return {
+                key[3]: Known(key[4], document.stream.text)
+                for key, document in self._documents.items()
+                if key[:3] == (database, target_id, version) and key[3] in wanted
+            }
+
     def put(self, key: DocumentId, document: Document) -> None:
         with self._lock:
             self._documents[key] = document
@@ -194,7 +210,19 @@ class Cache:
 CACHE = Cache()
 
 
+@dataclass(frozen=True)
+class Known:
+    """A cached document's content and its md5."""
+
+    digest: str
+    text: str
+
+
+def database_of(conn: Any) -> str:
+    info = conn.info
+    return f"{info.host}:{info.port}/{info.dbname}"
+
+
 def document_id(conn: Any, target_id: int, version: int, key: str, digest: str) -> DocumentId:
     """A document's cache key: the same database, definition, row and content."""
-    info = conn.info
-    return (f"{info.host}:{info.port}/{info.dbname}", target_id, version, key, digest)
+    return (database_of(conn), target_id, version, key, digest)

@@ -112,9 +112,29 @@ def _load_one_by_one(conn: db.Connection, batch: Batch, target: Target, rows: li
 def _load_rows(
     conn: db.Connection, target: Target, keys: list[str]
 ) -> dict[str, tuple[str | None, str | None]]:
+    """Content and md5 by key. A long document cached between its pieces (worker/pipeline/
+    pieces.py) comes from the cache, as long as the database's md5 is still the cached one's."""
+    known = (
+        pieces.CACHE.known(pieces.database_of(conn), target.id, target.version, keys)
+        if target.chunk_tokens is not None
+        else {}
+    )
     with db.translated():
-        rows = conn.execute(target.query("load_content"), target.key_params(keys)).fetchall()
-    return {key: (content, digest) for key, content, digest in rows}
+        if not known:
+            rows = conn.execute(target.query("load_content"), target.key_params(keys)).fetchall()
+            return {key: (content, digest) for key, content, digest in rows}
+        rows = conn.execute(
+            target.query("load_content_known"),
+            {
+                **target.key_params(keys),
+                "known_keys": list(known),
+                "known_digests": [k.digest for k in known.values()],
+            },
+        ).fetchall()
+    return {
+        key: (known[key].text if is_known else content, digest)
+        for key, content, digest, is_known in rows
+    }
 
 
 def _apply_loaded(row: Row, found: dict[str, tuple[str | None, str | None]]) -> None:

@@ -1,7 +1,8 @@
 """The fetcher thread: waits for work (worker/process/wakeups.py), leases a batch from the
 lanes, loads its content and hands it on to the embedder. When a read runs short it steps the
 next backfill range and starts indexes deferred until a backfill's end; with --once it ends
-when the queue is drained."""
+when the queue is drained. A live batch found just after a long document's piece was loaded
+goes to the embedder before the piece."""
 
 from __future__ import annotations
 
@@ -77,7 +78,11 @@ class Fetcher:
                     continue
                 if batch is None:
                     break  # drained (--once) or stopping
-                pass_on(self.loaded, Handoff(batch, release=self.stopping.is_set()), self.finished)
+                ahead = self._live_ahead_of(session, batch)
+                for item in (ahead, batch):
+                    if item is not None:
+                        release = self.stopping.is_set()
+                        pass_on(self.loaded, Handoff(item, release=release), self.finished)
         finally:
             session.close()
             self.loaded.put(None)
@@ -123,6 +128,30 @@ class Fetcher:
                 return None
             self._wait_for_work(conn)
         return None
+
+    def _live_ahead_of(self, session: db.Session, batch: Batch) -> Batch | None:
+        """A live batch to embed before `batch`, a piece of a long document just loaded: the
+        application's rows that arrived while the piece was being loaded wait for one piece at
+        most (the one in the embedder), not for this one too. None when there is none."""
+        if not batch.has_piece or self.stopping.is_set():
+            return None
+        try:
+            conn = session.get()
+            ahead = stages.read(conn, self.lanes.live.queue, self.registry, self.settings)
+            if ahead is None:
+                return None
+            self.begin(ahead)
+            try:
+                stages.load(conn, ahead, self.embedders)
+            except BaseException:
+                self.end(ahead)
+                raise
+        except exceptions.ConnectionLost as exc:  # the piece still goes on; its lease holds
+            logger.warning("fetcher: connection lost (%s)", exc)
+            metrics.DATABASE_UP.set(0)
+            session.lost()
+            return None
+        return ahead
 
     def _wait_for_work(self, conn: db.Connection) -> None:
         """Until the queue may have work, a batch ends, or the poll interval is over (50 ms
