@@ -184,9 +184,13 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
 
-    -- The chunk table: chunk_table as given (optionally schema-qualified), else <table>_chunks
-    -- beside the source.
-    IF chunk_table IS NULL THEN
+    -- The chunk table: chunk_table as given (optionally schema-qualified), else the target's own
+    -- (watched again after the table was renamed or moved: its chunks stay where they are, as a
+    -- side table's vectors do), else <table>_chunks beside the source.
+    IF chunk_table IS NULL AND previous.chunk_table IS NOT NULL THEN
+        SELECT format('%I.%I', n.nspname, c.relname) INTO table_name
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = previous.chunk_table;
+    ELSIF chunk_table IS NULL THEN
         SELECT format('%I.%I', n.nspname, c.relname || '_chunks') INTO table_name
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source;
     ELSE
@@ -258,6 +262,12 @@ BEGIN
             version = tg.version + 1  -- in-flight writes under the old definition are rejected
         WHERE tg.id = previous.id
         RETURNING * INTO t;
+        IF previous.model <> watch_chunked.model THEN
+            -- Another model is a change in place: every document is embedded again with it, so
+            -- the chunk table is the new model's from now on (the worker would otherwise refuse
+            -- to mix the new model's vectors with the old one's, as it does for a plain column).
+            DELETE FROM embeddings.provenance p WHERE p.target_id = previous.id;
+        END IF;
     END IF;
 
     PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first

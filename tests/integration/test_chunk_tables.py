@@ -197,3 +197,72 @@ def test_a_partitioned_table_is_chunked_through_parent_and_partitions(
     counts = chunk_counts(conn, "pdocs_chunks", "region || id")
     assert set(counts) == {"eu1", "eu2", "us3"} and counts["eu1"] > 1
     assert messages(conn) == []
+
+
+# --- re-registration ------------------------------------------------------------------------------
+@pytest.fixture
+def tiny_docs(conn: Conn, tiny_models: tuple[str, str]) -> int:
+    conn.execute("CREATE TABLE docs (id integer PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, %s), (2, 'Short one.')", (long_text(3),))
+    return watch_chunked(conn, "docs", "body", tiny_models[0])
+
+
+def chunk_vectors(conn: Conn, table: str = "docs_chunks") -> dict[tuple[int, int], Any]:
+    return {
+        (key, seq): vector
+        for key, seq, vector in conn.execute(f"SELECT id, seq, embedding::text FROM {table}")
+    }
+
+
+def test_a_chunked_target_watched_with_another_model_is_re_embedded_with_it(
+    conn: Conn, tiny_docs: int, tiny_models: tuple[str, str], run_once: Callable[..., Worker]
+) -> None:
+    """In place (a chunked target has no blue/green change): every chunk gets the new model's
+    vector, and the old model's provenance record does not hold the new vectors back."""
+    run_once()
+    before = chunk_vectors(conn)
+    watch_chunked(conn, "docs", "body", tiny_models[1])
+    run_once()
+    after = chunk_vectors(conn)
+    assert messages(conn) == []
+    assert set(after) == set(before)
+    assert all(after[k] != before[k] for k in before)  # every chunk re-embedded
+    assert conn.execute(
+        "SELECT model FROM embeddings.provenance WHERE target_id = %s AND NOT shadow", (tiny_docs,)
+    ).fetchone() == (tiny_models[1],)
+
+
+@pytest.mark.parametrize(
+    "ddl",
+    [
+        "ALTER TABLE docs RENAME TO papers",
+        "ALTER TABLE docs RENAME COLUMN id TO doc_id",
+        "CREATE SCHEMA archive; ALTER TABLE docs SET SCHEMA archive",
+    ],
+)
+def test_a_chunked_target_watched_again_after_ddl_keeps_its_chunk_table(
+    conn: Conn,
+    tiny_docs: int,
+    tiny_models: tuple[str, str],
+    run_once: Callable[..., Worker],
+    ddl: str,
+) -> None:
+    """As a side-table target keeps its side table: watch() again (another model, say) after the
+    table was renamed or moved, or its key renamed, goes on with the same chunk table rather than
+    starting another beside the new name (and failing on a table left there earlier)."""
+    run_once()
+    conn.execute(ddl)
+    table = conn.execute(
+        "SELECT source::text FROM embeddings.targets WHERE id = %s", (tiny_docs,)
+    ).fetchone()
+    assert table is not None
+    watch_chunked(conn, table[0], "body", tiny_models[1])
+    assert conn.execute(
+        "SELECT chunk_table::text FROM embeddings.targets WHERE id = %s", (tiny_docs,)
+    ).fetchone() == ("docs_chunks",)
+    run_once()
+    assert messages(conn) == []
+    assert conn.execute("SELECT count(DISTINCT 1) FROM docs_chunks").fetchone() == (1,)
+    assert conn.execute(
+        "SELECT count(*) FROM pg_class WHERE relname LIKE '%%_chunks' AND relkind = 'r'"
+    ).fetchone() == (1,)
