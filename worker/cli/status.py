@@ -7,8 +7,6 @@ column; shown with a `~`) so that a status costs the same at ten rows or ten mil
 
 from __future__ import annotations
 
-import sys
-import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -16,7 +14,7 @@ import psycopg
 from psycopg import sql
 
 from worker import db, exceptions, queries
-from worker.cli import output
+from worker.cli import output, redraw
 from worker.pipeline import jobs
 
 COLUMNS = (
@@ -63,7 +61,6 @@ UNKNOWN_NOTE = (
     "estimate needs the table analyzed once since watch() (ANALYZE it, or "
     "`embed-worker status --exact`)."
 )
-CLEAR_SCREEN = "\x1b[H\x1b[J"  # cursor home, erase below: the next frame replaces this one
 BAR_WIDTH = 20
 
 
@@ -396,13 +393,5 @@ def show(conn: db.Connection, *, as_json: bool, exact: bool = False) -> None:
 
 
 def watch(conn: db.Connection, interval: float, header: str, *, exact: bool = False) -> None:
-    """Redraws the status every `interval` seconds until interrupted: in place on a terminal,
-    one timestamped frame after another otherwise."""
-    in_place = sys.stdout.isatty()
-    while True:
-        lines = render(fetch(conn, exact=exact))
-        stamp = datetime.now(UTC).strftime("%H:%M:%S UTC")
-        frame = [f"{header}, {stamp} (every {interval:g} s; Ctrl-C to stop)", "", *lines]
-        sys.stdout.write((CLEAR_SCREEN if in_place else "\n") + "\n".join(frame) + "\n")
-        sys.stdout.flush()
-        time.sleep(interval)
+    """Redraws the status every `interval` seconds until Ctrl-C (worker/cli/redraw.py)."""
+    redraw.every(interval, header, lambda: render(fetch(conn, exact=exact)))
