@@ -31,8 +31,8 @@ It runs once per store of the vectors (tests/support/stores.py): in the row, in 
 must hold exactly its content's chunks, each with its vector).
 
 `make test` runs a fixed (derandomized) set of 25 examples of at most 20 steps: 20-35 s per store
-on these 2-core machines when quiet (2026-11-23: 20 s and 23 s, against 25 s and 29 s before the
-key shift and content function rules, whose examples differ). The soak run (deselected by default: pyproject's addopts has `-m 'not soak'`)
+on these 2-core machines when quiet (2026-11-23: 80 s for the three stores, 27 s of it the
+chunked one). The soak run (deselected by default: pyproject's addopts has `-m 'not soak'`)
 explores much more, with a fresh seed each time:
 
     .venv/bin/pytest tests/integration/test_stateful.py -m soak          # STATEFUL_EXAMPLES=200
