@@ -72,9 +72,7 @@ class Fetcher:
                 try:
                     batch = self._next_batch(session)
                 except exceptions.ConnectionLost as exc:
-                    logger.warning("fetcher: connection lost (%s)", exc)
-                    metrics.DATABASE_UP.set(0)
-                    session.lost()
+                    _connection_lost(session, exc)
                     continue
                 if batch is None:
                     break  # drained (--once) or stopping
@@ -114,13 +112,7 @@ class Fetcher:
             if self._work_behind_reads(conn, batch):
                 continue
             if batch is not None:
-                self.waiter.found_work()
-                self.begin(batch)
-                try:
-                    stages.load(conn, batch, self.embedders)
-                except BaseException:
-                    self.end(batch)
-                    raise
+                self._load(conn, batch)
                 return batch
             if self.once and drained and self.changes.run(conn, self.registry, force=True):
                 continue  # a model change completed or re-queued rows: read again
@@ -138,20 +130,23 @@ class Fetcher:
         try:
             conn = session.get()
             ahead = stages.read(conn, self.lanes.live.queue, self.registry, self.settings)
-            if ahead is None:
-                return None
-            self.begin(ahead)
-            try:
-                stages.load(conn, ahead, self.embedders)
-            except BaseException:
-                self.end(ahead)
-                raise
+            if ahead is not None:
+                self._load(conn, ahead)
         except exceptions.ConnectionLost as exc:  # the piece still goes on; its lease holds
-            logger.warning("fetcher: connection lost (%s)", exc)
-            metrics.DATABASE_UP.set(0)
-            session.lost()
+            _connection_lost(session, exc)
             return None
         return ahead
+
+    def _load(self, conn: db.Connection, batch: Batch) -> None:
+        """Counts a batch just leased as in flight and loads its content (not in flight again
+        when the load fails)."""
+        self.waiter.found_work()
+        self.begin(batch)
+        try:
+            stages.load(conn, batch, self.embedders)
+        except BaseException:
+            self.end(batch)
+            raise
 
     def _wait_for_work(self, conn: db.Connection) -> None:
         """Until the queue may have work, a batch ends, or the poll interval is over (50 ms
@@ -174,3 +169,9 @@ class Fetcher:
         if batch is None:
             self.indexer.maybe_start(conn)
         return False
+
+
+def _connection_lost(session: db.Session, exc: exceptions.ConnectionLost) -> None:
+    logger.warning("fetcher: connection lost (%s)", exc)
+    metrics.DATABASE_UP.set(0)
+    session.lost()
