@@ -15,16 +15,22 @@ Conn = psycopg.Connection[Any]
 VEC = "array_fill(0.1, ARRAY[384])::halfvec"
 
 
+def watch_embedded(conn: Conn, content: str) -> int:
+    """Watches table docs with `content` (a column or a content function), gives every row a
+    vector (as the worker would have), and empties the queue; returns the target id."""
+    row = conn.execute("SELECT embeddings.watch('docs', %s)", (content,)).fetchone()
+    assert row is not None
+    conn.execute(f"UPDATE docs SET embedding = {VEC}")
+    clear_queue(conn)
+    return int(row[0])
+
+
 @pytest.fixture
 def docs(conn: Conn) -> Iterator[int]:
     """A watched table with rows 1..3, each already embedded, and an empty queue."""
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, title text, body text)")
     conn.execute("INSERT INTO docs VALUES (1, 't1', 'one'), (2, 't2', 'two'), (3, 't3', 'three')")
-    row = conn.execute("SELECT embeddings.watch('docs', 'body')").fetchone()
-    assert row is not None
-    conn.execute(f"UPDATE docs SET embedding = {VEC}")
-    clear_queue(conn)
-    yield int(row[0])
+    yield watch_embedded(conn, "body")
 
 
 def embedded(conn: Conn) -> dict[int, bool]:
@@ -156,16 +162,13 @@ def test_a_key_shift_queues_every_row_whose_embedding_was_cleared(conn: Conn) ->
     conn.execute("CREATE TABLE docs (pos int PRIMARY KEY, body text)")
     # Stored last key first, so that the UPDATE (in physical order) never meets a duplicate.
     conn.execute("INSERT INTO docs SELECT g, 'text of ' || g FROM generate_series(5, 1, -1) g")
-    target = conn.execute("SELECT embeddings.watch('docs', 'body')").fetchone()
-    assert target is not None
-    conn.execute(f"UPDATE docs SET embedding = {VEC}")
-    clear_queue(conn)
+    target = watch_embedded(conn, "body")
 
     conn.execute("UPDATE docs SET pos = pos + 1, body = 'text of ' || (pos + 1)")
 
     cleared = [r[0] for r in conn.execute("SELECT pos FROM docs WHERE embedding IS NULL")]
     assert sorted(cleared) == [2, 3, 4, 5, 6]
-    assert sorted(queued_keys(conn, target[0])) == [2, 3, 4, 5, 6]
+    assert sorted(queued_keys(conn, target)) == [2, 3, 4, 5, 6]
 
 
 def test_a_key_shift_without_clearing_queues_every_key_given_another_rows_vector(
@@ -197,15 +200,12 @@ def test_a_key_shift_of_a_content_function_target_queues_every_cleared_row(conn:
         "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE sql STABLE AS $$ SELECT d.body $$"
     )
     conn.execute("INSERT INTO docs SELECT g, 0, 'text of ' || g FROM generate_series(5, 1, -1) g")
-    target = conn.execute("SELECT embeddings.watch('docs', 'doc_text')").fetchone()
-    assert target is not None
-    conn.execute(f"UPDATE docs SET embedding = {VEC}")
-    clear_queue(conn)
+    target = watch_embedded(conn, "doc_text")
 
     conn.execute("UPDATE docs SET pos = pos + 1, body = 'text of ' || (pos + 1)")
 
     assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (5,)
-    assert sorted(k[0] for k in queued_keys(conn, target[0])) == [2, 3, 4, 5, 6]
+    assert sorted(k[0] for k in queued_keys(conn, target)) == [2, 3, 4, 5, 6]
 
 
 def test_clearing_an_embedding_by_hand_queues_the_row(conn: Conn, docs: int) -> None:
@@ -222,15 +222,12 @@ def test_content_function_changes_are_compared_through_the_function(conn: Conn) 
         " AS $$ SELECT d.title || ': ' || d.body $$"
     )
     conn.execute("INSERT INTO docs VALUES (1, 'a', 'b', 0), (2, 'c', 'd', 0)")
-    target = conn.execute("SELECT embeddings.watch('docs', 'doc_input')").fetchone()
-    assert target is not None
-    conn.execute(f"UPDATE docs SET embedding = {VEC}")
-    clear_queue(conn)
+    target = watch_embedded(conn, "doc_input")
 
     conn.execute("UPDATE docs SET views = views + 1")  # not part of the content
     assert messages(conn) == []
     conn.execute("UPDATE docs SET title = 'new' WHERE id = 2")
-    assert queued_keys(conn, target[0]) == [2]
+    assert queued_keys(conn, target) == [2]
     assert embedded(conn) == {1: True, 2: False}
 
 
@@ -245,16 +242,13 @@ def test_an_update_evaluates_a_content_function_once_per_old_and_new_row(conn: C
         " RAISE NOTICE 'content of %', d.id; RETURN d.body; END $$"
     )
     conn.execute("INSERT INTO docs SELECT i, 'text ' || i FROM generate_series(1, 10) i")
-    target = conn.execute("SELECT embeddings.watch('docs', 'counted')").fetchone()
-    assert target is not None
-    conn.execute(f"UPDATE docs SET embedding = {VEC}")
-    clear_queue(conn)
+    target = watch_embedded(conn, "counted")
     calls: list[str] = []
     conn.add_notice_handler(lambda notice: calls.append(notice.message_primary or ""))
 
     conn.execute("UPDATE docs SET body = body || ' edited'")
 
-    assert sorted(queued_keys(conn, target[0])) == list(range(1, 11))
+    assert sorted(queued_keys(conn, target)) == list(range(1, 11))
     assert len([c for c in calls if c.startswith("content of")]) == 4 * 10
 
 

@@ -13,8 +13,8 @@ from datetime import UTC
 from typing import Any
 
 import psycopg
-import pytest
 
+from tests.support import stores
 from tests.support.jobs import clear_queue, queued_keys
 from worker.cli import doctor
 from worker.config import Settings
@@ -32,6 +32,17 @@ def verify(conn: Conn, max_rows: int = 1000) -> int:
     return int(row[0])
 
 
+def embedded_docs(
+    conn: Conn, minilm: str, run_once: RunOnce, store: str = "row", content: str = "body"
+) -> int:
+    """Watches `docs` (its vectors in `store`, its content from `content`), runs a worker, and
+    checks that every vector verifies; returns the target id."""
+    target = stores.watch(conn, store, minilm, content=content)
+    run_once()
+    assert verify(conn) == 0  # every vector is that of its content
+    return target
+
+
 def watched_docs(conn: Conn, minilm: str, run_once: RunOnce, *, partitioned: bool = False) -> int:
     if partitioned:
         conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text) PARTITION BY RANGE (id)")
@@ -45,11 +56,7 @@ def watched_docs(conn: Conn, minilm: str, run_once: RunOnce, *, partitioned: boo
         conn.execute(
             "INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma'), (4, 'delta')"
         )
-    row = conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,)).fetchone()
-    assert row is not None
-    run_once()
-    assert verify(conn) == 0  # every vector is that of its content
-    return int(row[0])
+    return embedded_docs(conn, minilm, run_once)
 
 
 def assert_current(conn: Conn, run_once: RunOnce, target: int, keys: list[int]) -> None:
@@ -158,13 +165,7 @@ def test_a_replaced_content_function_is_found(conn: Conn, minilm: str, run_once:
         "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE sql STABLE"
         " AS $$ SELECT 'title: ' || d.body $$"
     )
-    row = conn.execute(
-        "SELECT embeddings.watch('docs', 'doc_text', model => %s)", (minilm,)
-    ).fetchone()
-    assert row is not None
-    target = int(row[0])
-    run_once()
-    assert verify(conn) == 0
+    target = embedded_docs(conn, minilm, run_once, content="doc_text")
     conn.execute(
         "CREATE OR REPLACE FUNCTION doc_text(d docs) RETURNS text LANGUAGE sql STABLE"
         " AS $$ SELECT CASE WHEN d.id % 2 = 0 THEN 'heading: ' ELSE 'title: ' END || d.body $$"
@@ -197,13 +198,7 @@ def test_a_content_function_reading_another_table_is_found(
         "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE sql STABLE"
         " AS $$ SELECT d.body || ' by ' || a.name FROM authors a WHERE a.id = d.author $$"
     )
-    row = conn.execute(
-        "SELECT embeddings.watch('docs', 'doc_text', model => %s)", (minilm,)
-    ).fetchone()
-    assert row is not None
-    target = int(row[0])
-    run_once()
-    assert verify(conn) == 0
+    target = embedded_docs(conn, minilm, run_once, content="doc_text")
     conn.execute("UPDATE authors SET name = 'Ada Lovelace' WHERE id = 1")
     assert queued_keys(conn, target) == []  # the rows of docs did not change
     assert verify(conn) == 2
@@ -229,19 +224,10 @@ def test_verification_is_bounded_per_call_and_reported(
     assert verify(conn, max_rows=3) == 0  # a new pass: all four are pending now
 
 
-@pytest.mark.parametrize("chunked", [True])
-def test_a_chunked_target_is_verified_too(
-    conn: Conn, minilm: str, run_once: RunOnce, chunked: bool
-) -> None:
+def test_a_chunked_target_is_verified_too(conn: Conn, minilm: str, run_once: RunOnce) -> None:
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta')")
-    row = conn.execute(
-        "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 64)", (minilm,)
-    ).fetchone()
-    assert row is not None and chunked
-    target = int(row[0])
-    run_once()
-    assert verify(conn) == 0
+    target = embedded_docs(conn, minilm, run_once, "chunks")  # (chunks of 64 tokens)
     conn.execute("ALTER TABLE docs DISABLE TRIGGER USER")
     conn.execute("UPDATE docs SET body = 'beta, edited unseen' WHERE id = 2")
     conn.execute("ALTER TABLE docs ENABLE TRIGGER USER")
@@ -335,13 +321,7 @@ def test_a_model_change_leaves_every_vector_verified(
 def test_a_side_table_target_is_verified_too(conn: Conn, minilm: str, run_once: RunOnce) -> None:
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma')")
-    row = conn.execute(
-        "SELECT embeddings.watch('docs', 'body', model => %s, store => 'side')", (minilm,)
-    ).fetchone()
-    assert row is not None
-    target = int(row[0])
-    run_once()
-    assert verify(conn) == 0
+    target = embedded_docs(conn, minilm, run_once, "side")
     before = conn.execute("SELECT embedding::text FROM docs_embeddings WHERE id = 2").fetchone()
     conn.execute("ALTER TABLE docs DISABLE TRIGGER USER")
     conn.execute("UPDATE docs SET body = 'beta, edited unseen' WHERE id = 2")
