@@ -297,27 +297,37 @@ CREATE FUNCTION embeddings.create_access_function(
     stable boolean DEFAULT false,
     head text DEFAULT '',
     check_call text DEFAULT NULL,
-    formats boolean DEFAULT true
+    formats boolean DEFAULT true,
+    immediate boolean DEFAULT true
 ) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn_name text := (a->>'prefix') || suffix;
 BEGIN
+    -- `immediate`: SET CONSTRAINTS ALL IMMEDIATE first. The owner's code that runs inside (its
+    -- triggers, its content function) may queue deferred triggers, which Postgres 15 fires at
+    -- COMMIT as whoever is the current user then: the worker, or the superuser running sweep().
+    -- Immediate, they fire at the end of the statement that queued them, inside this function,
+    -- as the owner. Not for the functions called in the application's own transactions (the
+    -- triggers' `_content`, the TRUNCATE trigger's `_prune`): its constraints stay as it set them.
+    -- Postgres refuses SET CONSTRAINTS in a STABLE function, and the owner's STABLE content
+    -- function may still call a VOLATILE one that writes: `immediate` makes it VOLATILE.
     EXECUTE format(
         $f$CREATE FUNCTION embeddings.%1$I(%2$s) RETURNS %3$s
         LANGUAGE plpgsql%4$s SECURITY DEFINER SET search_path = pg_catalog, pg_temp%8$s AS $body$
         %5$sBEGIN
-            %6$s
+            %9$s%6$s
             %7$s
         END
         $body$ $f$,
-        fn_name, params, returns, CASE WHEN stable THEN ' STABLE' ELSE '' END, head,
+        fn_name, params, returns, CASE WHEN stable AND NOT immediate THEN ' STABLE' ELSE '' END, head,
         coalesce(check_call, a->>'check_call'), body,
-        CASE WHEN formats THEN embeddings.content_settings_sql() ELSE '' END);
+        CASE WHEN formats THEN embeddings.content_settings_sql() ELSE '' END,
+        CASE WHEN immediate THEN 'SET CONSTRAINTS ALL IMMEDIATE;' ELSE '' END);
     RETURN fn_name;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.create_access_function(jsonb, text, text, text, text, boolean, text, text, boolean) FROM PUBLIC;
+REVOKE ALL ON FUNCTION embeddings.create_access_function(jsonb, text, text, text, text, boolean, text, text, boolean, boolean) FROM PUBLIC;
 
 -- Creates (replacing any there are) the functions above for target t, as its table is now.
 -- SECURITY DEFINER: whoever causes the regeneration, they are created by this schema's owner,
@@ -372,7 +382,7 @@ BEGIN
             RETURN %3$s;$b$,
                 owner_name, embeddings.check_serving_sql(t.source::text, false),
                 embeddings.content_sql(t, 'r', NULL, wrapped => false)),
-            stable => true, check_call => '', formats => false);
+            stable => true, check_call => '', formats => false, immediate => false);
     END IF;
 
     -- The write transaction's first lock (embeddings.lock_target): the table, before the

@@ -388,7 +388,8 @@ BEGIN
             ELSE
                 DELETE FROM %2$s x WHERE NOT EXISTS (SELECT FROM %1$s t WHERE %3$s);
             END IF;$b$,
-            t.source, store, embeddings.key_equal_sql(t, 't', 'x')))];
+            t.source, store, embeddings.key_equal_sql(t, 't', 'x')),
+        immediate => false)];
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_follow_access(embeddings.targets, jsonb) FROM PUBLIC;

@@ -18,7 +18,7 @@ import psycopg
 import tenacity
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from worker import exceptions, queries
+from worker import exceptions, queries, session_guard
 
 logger = logging.getLogger(__name__)
 
@@ -77,9 +77,14 @@ def connect(dsn: str, *, autocommit: bool = True, connect_timeout: int = 10) -> 
         # before 1.21, or without max_prepared_statements) the next execution may reach a server
         # connection that never saw the PREPARE. Each of our statements serves a whole batch,
         # so the planning saved would be small anyway.
-        conn = psycopg.connect(conninfo, autocommit=autocommit, prepare_threshold=None)
+        conn = session_guard.GuardedConnection.connect(
+            conninfo,
+            autocommit=autocommit,
+            prepare_threshold=None,
+            cursor_factory=session_guard.GuardedCursor,
+        )
         try:
-            conn.execute(queries.get("session_formats"))
+            conn.reset_session()  # queries.sql: session_reset
             if not autocommit:
                 conn.commit()
         except BaseException:

@@ -556,17 +556,22 @@ SET LOCAL statement_timeout = '3s';
 -- The database answers.
 SELECT 1;
 
--- name: session_formats
--- Every connection's first statement (db.connect): the formats psycopg reads dates, timestamps
--- and intervals in. A database or role whose DateStyle is not ISO (`ALTER DATABASE ... SET
--- DateStyle = 'German'`), or PGDATESTYLE, would otherwise make every timestamptz the worker
--- reads (a queue message's, status's) an error. `ISO` alone keeps the session's day/month
--- order, which only parses input. A SET rather than startup options: PgBouncer refuses unknown
--- startup parameters, and re-applies DateStyle and IntervalStyle (reported parameters) on
--- whatever server connection serves us. Content is evaluated under these same formats in every
--- session (sql/32_access.sql: content_settings_sql), so what the worker embeds and what the
--- verifying sweep checks agree.
-SELECT pg_catalog.set_config('DateStyle', 'ISO', false),
+-- name: session_reset
+-- Every connection's first statement (db.connect), and again after anyone else's code may have
+-- run in the session (worker/session_guard.py): every setting back to what the role and the
+-- database give it (RESET ALL), then ours. The search path: pg_catalog, then pg_temp, which is
+-- never searched for functions or operators; every other object our statements name is
+-- schema-qualified. The formats psycopg reads dates, timestamps and intervals in: a database or
+-- role whose DateStyle is not ISO (`ALTER DATABASE ... SET DateStyle = 'German'`), or
+-- PGDATESTYLE, would otherwise make every timestamptz the worker reads (a queue message's,
+-- status's) an error. `ISO` alone keeps the session's day/month order, which only parses input.
+-- A SET rather than startup options: PgBouncer refuses unknown startup parameters, and
+-- re-applies DateStyle and IntervalStyle (reported parameters) on whatever server connection
+-- serves us. Content is evaluated under these same formats in every session (sql/32_access.sql:
+-- content_settings_sql), so what the worker embeds and what the verifying sweep checks agree.
+RESET ALL;
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
+       pg_catalog.set_config('DateStyle', 'ISO', false),
        pg_catalog.set_config('IntervalStyle', 'postgres', false);
 
 -- name: list_failures

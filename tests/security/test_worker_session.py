@@ -1,0 +1,106 @@
+"""The worker's own session trusts nothing a tenant's code left in it (issue 36 §2).
+
+A table owner's code runs in the worker's session whenever the worker writes (its triggers) or
+reads (its content function): through the owner-run functions, with the owner's rights. What it
+can still leave behind is session state: settings made with `set_config(..., false)` outlive the
+SECURITY DEFINER function and the commit, and deferred triggers fire at COMMIT, after the
+function returned. Neither may make the worker run the owner's code as the worker, nor stop the
+worker serving the other tenants."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import pytest
+
+from tests.security.conftest import Roles, contained
+from tests.support.models import MINILM
+from worker.process.runner import Worker
+
+# In a schema the owner may CREATE in: functions the worker's own SQL names unqualified, in
+# pg_catalog. A search path that puts `evil` first makes them win.
+EVIL = """
+CREATE SCHEMA evil;
+GRANT USAGE ON SCHEMA evil TO PUBLIC;
+CREATE FUNCTION evil.clock_timestamp() RETURNS timestamptz LANGUAGE plpgsql AS
+$$ BEGIN PERFORM public.payload(); RETURN pg_catalog.clock_timestamp(); END $$;
+CREATE FUNCTION evil.now() RETURNS timestamptz LANGUAGE plpgsql AS
+$$ BEGIN PERFORM public.payload(); RETURN pg_catalog.now(); END $$;
+CREATE FUNCTION evil.make_interval(secs double precision) RETURNS interval LANGUAGE plpgsql AS
+$$ BEGIN PERFORM public.payload(); RETURN pg_catalog.make_interval(secs => secs); END $$;
+CREATE FUNCTION evil.greatest_(a timestamptz) RETURNS timestamptz LANGUAGE sql AS $$ SELECT a $$;
+"""
+
+# Settings a hook leaves in the session, each from inside the owner's code.
+SETTINGS = {
+    "search_path": "SELECT set_config('search_path', 'evil, pg_catalog, public', false)",
+    "statement_timeout": "SELECT set_config('statement_timeout', '1', false)",
+    "read_only": "SELECT set_config('default_transaction_read_only', 'on', false)",
+    "isolation": "SELECT set_config('default_transaction_isolation', 'serializable', false)",
+    "datestyle": "SELECT set_config('DateStyle', 'SQL, DMY', false)",
+    "intervalstyle": "SELECT set_config('IntervalStyle', 'sql_standard', false)",
+    "timezone": "SELECT set_config('TimeZone', 'Pacific/Kiritimati', false)",
+    "bytea_output": "SELECT set_config('bytea_output', 'escape', false)",
+    "extra_float_digits": "SELECT set_config('extra_float_digits', '-15', false)",
+    "lock_timeout": "SELECT set_config('lock_timeout', '1', false)",
+    "transform_null_equals": "SELECT set_config('transform_null_equals', 'on', false)",
+}
+
+
+def _owner_docs(roles: Roles, hook: str, *, deferred: bool = False) -> None:
+    """The owner's `docs`, watched by the superuser, with a trigger that runs `hook` (and the
+    payload) whenever the worker writes a vector."""
+    with roles.connect() as su:  # a tenant with a schema of its own, as on a shared database
+        su.execute(f"GRANT CREATE ON DATABASE {su.info.dbname} TO {roles.owner}")
+    with roles.connect(roles.owner) as owner:
+        owner.execute(EVIL)
+        owner.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+        owner.execute("INSERT INTO docs SELECT g, 'text ' || g FROM generate_series(1, 3) g")
+        owner.execute(
+            "CREATE FUNCTION hook() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$ BEGIN PERFORM public.payload(); PERFORM {hook.removeprefix('SELECT ')};"
+            " RETURN NULL; END $$"
+        )
+        if deferred:
+            owner.execute(
+                "CREATE CONSTRAINT TRIGGER hook AFTER UPDATE ON docs DEFERRABLE INITIALLY DEFERRED"
+                " FOR EACH ROW EXECUTE FUNCTION hook()"
+            )
+        else:
+            owner.execute(
+                "CREATE TRIGGER hook AFTER UPDATE ON docs FOR EACH ROW EXECUTE FUNCTION hook()"
+            )
+        owner.execute("TRUNCATE loot")
+    with roles.connect() as su:
+        su.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
+
+
+@pytest.mark.parametrize("setting", sorted(SETTINGS))
+def test_settings_a_trigger_leaves_in_the_worker_session_change_nothing(
+    roles: Roles, run_once: Callable[..., Worker], setting: str
+) -> None:
+    """The owner's trigger, fired by the worker's vector write, leaves `setting` in the worker's
+    session. The worker's next statements (of the same transaction and of the next ones) run as
+    before: nothing of the owner's runs as the worker, and the other tenant's rows, queued
+    after the owner's, are embedded too."""
+    _owner_docs(roles, SETTINGS[setting])
+    with roles.connect(roles.tenant) as tenant:  # queued after the owner's rows
+        tenant.execute("INSERT INTO secrets SELECT g, 'more ' || g FROM generate_series(2, 4) g")
+    run_once(database_url=roles.worker_dsn, batch_size=1)
+    contained(roles)
+    with roles.connect() as su:
+        assert su.execute("SELECT count(embedding) FROM docs").fetchone() == (3,)
+        assert su.execute("SELECT count(embedding) FROM secrets").fetchone() == (4,)
+        assert su.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+
+
+def test_a_deferred_trigger_of_the_owner_fires_as_the_owner(
+    roles: Roles, run_once: Callable[..., Worker]
+) -> None:
+    """A deferred constraint trigger fires at COMMIT; Postgres 15 fires it as whoever is the
+    current user then (the worker, not the owner whose function queued it)."""
+    _owner_docs(roles, "SELECT 1", deferred=True)
+    run_once(database_url=roles.worker_dsn)
+    assert contained(roles)  # it fired, as the owner
+    with roles.connect() as su:
+        assert su.execute("SELECT count(embedding) FROM docs").fetchone() == (3,)
