@@ -6,12 +6,17 @@
 -- column (%(k0)s, ...: see Target.sql_names); values are always bound parameters. Row keys go
 -- in as the canonical keys the worker holds (%(keys)s) beside their columns' texts, and come
 -- back as given, never re-rendered by Postgres. The worker touches no user table itself.
+--
+-- `-- ours:` in a header: the statement runs no code of anyone else's (no target's function, no
+-- user table, no SQL function that reaches one). After any other statement the session may hold
+-- what a table owner's code left in it, and worker/session_guard.py resets it before the next.
 
 -- name: read_jobs
 -- Leases visible jobs, oldest first, until about %(max_keys)s row keys are leased. Same effect
 -- as pgmq.read (vt, read_ct, SKIP LOCKED) but bounded by keys, since one message carries up to
 -- 128 of them and pgmq.read can only count messages. {read_stamp} sets last_read_at where the
 -- queue has it (pgmq >= 1.8; Supabase ships older pgmq without the column).
+-- ours: touches only our tables and pgmq's, runs no one else's code
 WITH visible AS (
     SELECT msg_id,
            greatest(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
@@ -43,6 +48,7 @@ RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
 -- name: extend_leases
 -- Pushes back the visibility timeout of jobs we still hold (vt unchanged since we set it),
 -- never shortening a longer lease (a push job's dispatch() lease).
+-- ours: touches only our tables and pgmq's, runs no one else's code
 UPDATE {queue_table} q
 SET vt = greatest(q.vt, clock_timestamp() + make_interval(secs => %(vt)s))
 FROM unnest(%(msg_ids)s::bigint[], %(vts)s::timestamptz[]) AS l(msg_id, vt)
@@ -51,6 +57,7 @@ RETURNING q.msg_id, q.vt;
 
 -- name: release_leases
 -- Hands jobs we still hold back to the queue at once, without counting the attempt.
+-- ours: touches only our tables and pgmq's, runs no one else's code
 UPDATE {queue_table} q
 SET vt = clock_timestamp(), read_ct = greatest(q.read_ct - 1, 0)
 FROM unnest(%(msg_ids)s::bigint[], %(vts)s::timestamptz[]) AS l(msg_id, vt)
@@ -60,6 +67,7 @@ RETURNING q.msg_id;
 -- name: defer_jobs
 -- Makes jobs visible again after %(delay)s seconds without counting the attempt: their target
 -- cannot be served now (model missing, dimension mismatch), which is not the jobs' fault.
+-- ours: touches only our tables and pgmq's, runs no one else's code
 UPDATE {queue_table} q
 SET vt = clock_timestamp() + make_interval(secs => %(delay)s), read_ct = greatest(q.read_ct - 1, 0)
 WHERE q.msg_id = ANY(%(msg_ids)s::bigint[]);
@@ -68,6 +76,7 @@ WHERE q.msg_id = ANY(%(msg_ids)s::bigint[]);
 -- Backs failed jobs off: each becomes visible again after its own delay (as pgmq.set_vt), and
 -- carries its last error, so that `status` tells the jobs waiting for another attempt from
 -- fresh ones (retrying_keys).
+-- ours: touches only our tables and pgmq's, runs no one else's code
 UPDATE {queue_table} q
 SET vt = clock_timestamp() + make_interval(secs => d.delay),
     message = q.message || jsonb_build_object('last_error', d.error)
@@ -76,19 +85,23 @@ WHERE q.msg_id = d.msg_id;
 
 -- name: delete_jobs
 -- Acknowledges finished jobs.
+-- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT pgmq.delete(%(queue)s, %(msg_ids)s::bigint[]);
 
 -- name: archive_jobs
 -- Moves dead jobs to the queue's archive table (their rows are in embeddings.failures).
+-- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT pgmq.archive(%(queue)s, %(msg_ids)s::bigint[]);
 
 -- name: send_jobs
 -- Sends new jobs, each with its own delay in seconds (the failed part of a split message).
+-- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT pgmq.send(%(queue)s, m.message, m.delay)
 FROM unnest(%(messages)s::jsonb[], %(delays)s::integer[]) AS m(message, delay);
 
 -- name: record_failures
 -- Dead-letters rows: one embeddings.failures row each.
+-- ours: touches only our tables and pgmq's, runs no one else's code
 INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts, last_error)
 SELECT * FROM unnest(%(target_ids)s::integer[], %(targets)s::text[], %(row_keys)s::jsonb[],
                      %(queues)s::text[], %(messages)s::jsonb[], %(attempts)s::integer[],
@@ -96,6 +109,7 @@ SELECT * FROM unnest(%(target_ids)s::integer[], %(targets)s::text[], %(row_keys)
 
 -- name: record_throughput
 -- Counts rows embedded for a target in the current minute (feeds embeddings.status).
+-- ours: touches only our tables and pgmq's, runs no one else's code
 INSERT INTO embeddings.throughput AS tp (target_id, minute, rows)
 VALUES (%(target_id)s, date_trunc('minute', clock_timestamp()), %(rows)s)
 ON CONFLICT (target_id, minute) DO UPDATE SET rows = tp.rows + excluded.rows;
@@ -105,6 +119,7 @@ ON CONFLICT (target_id, minute) DO UPDATE SET rows = tp.rows + excluded.rows;
 -- problem, or why its functions cannot serve it now (sql/32_access.sql).
 -- A chunked target's embedding column is in its chunk table, a side-table target's in its side
 -- table.
+-- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
        t.content_column, fn_ns.nspname, p.proname, t.model, t.key_columns::text[],
        ARRAY(SELECT kt.typname::text FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
@@ -145,6 +160,7 @@ FROM embeddings.models WHERE provider <> 'local' ORDER BY name;
 -- name: target_versions
 -- The definition version of every registered target (a registry read under an older one is
 -- refreshed before a batch is served with it).
+-- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT id, version FROM embeddings.targets;
 
 -- name: lock_target
@@ -154,11 +170,13 @@ SELECT embeddings.lock_target(%(target_id)s);
 
 -- name: move_inbox
 -- Moves the triggers' keys from the inbox into the live queue as job messages (sql/22_inbox.sql).
+-- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT embeddings.move_inbox(%(queue)s);
 
 -- name: queue_depth
 -- Jobs in the queue, how many are visible now, and the age of the oldest in seconds; for a live
 -- queue, the inbox's rows count as visible jobs (each becomes one or more when moved).
+-- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT q.jobs + i.jobs, q.visible + i.jobs,
        coalesce(extract(epoch FROM clock_timestamp() - least(q.oldest, i.oldest)), 0)::float8
 FROM (SELECT count(*) AS jobs, count(*) FILTER (WHERE vt <= clock_timestamp()) AS visible,
@@ -218,6 +236,7 @@ SELECT k FROM {forget}(%(keys)s::text[]{key_arrays}) AS k;
 -- Leases the named jobs (push mode: dispatch() or util.process_embeddings already leased them
 -- with pgmq.read; this makes sure the lease lasts at least %(vt)s seconds, never shortening a
 -- longer one, without counting another attempt).
+-- ours: touches only our tables and pgmq's, runs no one else's code
 UPDATE {queue_table} q
 SET vt = greatest(q.vt, clock_timestamp() + make_interval(secs => %(vt)s))
 WHERE q.msg_id = ANY(%(msg_ids)s::bigint[])
@@ -235,10 +254,12 @@ WHERE f.target_id = r.target_id
 
 -- name: note_deferrals
 -- Records why targets' jobs were deferred (embeddings.status shows it).
+-- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT embeddings.note_deferrals(%(target_ids)s::integer[], %(reasons)s::text[], %(jobs)s::integer[]);
 
 -- name: clear_deferrals
 -- Forgets the deferrals of targets served again.
+-- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT embeddings.clear_deferrals(%(target_ids)s::integer[]);
 
 -- Chunked targets (worker/pipeline/chunks/). A document's chunks are keyed by (key, seq); each
@@ -545,15 +566,18 @@ UPDATE {version_table} SET version_num = '0001';
 -- name: wait_for_jobs
 -- Waits up to %(ms)s ms for jobs on %(queue)s (or its backfill lane, when %(backfill)s),
 -- looking every %(poll_ms)s ms; true when it found some (sql/20_queue.sql).
+-- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT embeddings.wait_for_jobs(%(queue)s, %(ms)s, %(backfill)s, %(poll_ms)s);
 
 -- name: short_statement_timeout
 -- Statements of this transaction give up after 3 s (SET LOCAL: behind a transaction pooler a
 -- plain SET would outlive us on a server connection that other clients then get).
+-- ours: touches only our tables and pgmq's, runs no one else's code
 SET LOCAL statement_timeout = '3s';
 
 -- name: ping
 -- The database answers.
+-- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT 1;
 
 -- name: session_reset
