@@ -106,6 +106,27 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
 GRANT SELECT ON embeddings.targets TO PUBLIC;
 COMMENT ON TABLE embeddings.targets IS 'Tables whose rows embed-worker keeps embedded; managed by embeddings.watch()/unwatch()';
 
+-- The side and chunk tables watch() made, each for its source. watch() uses an existing table
+-- as a target's store only if it is here, for that source, and owned by the source's owner: a
+-- table someone else made first under the name watch() would pick carries their triggers,
+-- grants and policies, which our writes would then run with the owner's rights (issue 36). A
+-- table kept by unwatch() stays here, so watch() again takes it back. Rows go with the tables
+-- (45_dropped.sql). Readable by no one but this schema's owner.
+CREATE TABLE IF NOT EXISTS embeddings.made_tables (
+    store  regclass PRIMARY KEY,
+    source regclass NOT NULL,
+    kind   text NOT NULL CHECK (kind IN ('side', 'chunks'))
+);
+REVOKE ALL ON embeddings.made_tables FROM PUBLIC;
+COMMENT ON TABLE embeddings.made_tables IS 'Side and chunk tables made by embeddings.watch(): the only existing tables it uses as a store';
+-- The stores of a database upgraded from a release without this table: each registered
+-- target's is ours by construction.
+INSERT INTO embeddings.made_tables (store, source, kind)
+SELECT coalesce(t.side_table, t.chunk_table), t.source, CASE WHEN t.side_table IS NOT NULL THEN 'side' ELSE 'chunks' END
+FROM embeddings.targets t
+WHERE coalesce(t.side_table, t.chunk_table) IS NOT NULL
+ON CONFLICT DO NOTHING;
+
 -- Dead letters: one row per row key that exhausted its attempts, or per message that named no
 -- registered target. `message` is a one-row job that embeddings.retry_failures() re-sends as is.
 CREATE TABLE IF NOT EXISTS embeddings.failures (

@@ -35,6 +35,9 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
 BEGIN
+    DELETE FROM embeddings.made_tables m
+    USING pg_event_trigger_dropped_objects() d
+    WHERE d.classid = 'pg_class'::regclass AND d.objsubid = 0 AND d.objid = m.store::oid;
     FOR t IN
         SELECT DISTINCT tg.* FROM embeddings.targets tg
         JOIN pg_event_trigger_dropped_objects() d

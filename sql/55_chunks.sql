@@ -69,6 +69,7 @@ DECLARE
     problem text;
 BEGIN
     IF existing IS NOT NULL THEN
+        PERFORM embeddings.check_made_store(existing, source, 'chunk_table');
         SELECT string_agg(format_type(need.typ, need.typmod) || ' ' || quote_ident(need.col), ', ') INTO problem
         FROM (SELECT k AS col, ty AS typ, embeddings.key_typmod(source, k) AS typmod FROM unnest(key_names, key_types) AS u(k, ty)
               UNION ALL VALUES ('seq'::name, 'integer'::regtype, NULL::integer), ('chunk', 'text', NULL),
@@ -95,6 +96,8 @@ BEGIN
         '%3$I %4$I.halfvec(%5$s) NOT NULL, PRIMARY KEY (%6$s, seq))',
         chunk_table, columns, embedding_column, vschema, dims, keys);
     existing := to_regclass(chunk_table);
+    INSERT INTO embeddings.made_tables (store, source, kind) VALUES (existing, source, 'chunks')
+    ON CONFLICT (store) DO UPDATE SET source = excluded.source, kind = excluded.kind;
     EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.halfvec_cosine_ops)', existing, embedding_column, vschema);
     -- The source's owner's, as its rows are: the functions that write it run as that role
     -- (sql/32_access.sql).

@@ -128,6 +128,33 @@ BEGIN
 END
 $$;
 
+-- Refuses (SQLSTATE duplicate_table) to use `existing` as a store of `source` unless watch()
+-- made it for `source` (embeddings.made_tables) and the source's owner owns it: a table someone
+-- else made first, under the name watch() would pick, may carry their triggers, rules, grants
+-- and policies, and our writes would run them with the owner's rights. `option`: the watch()
+-- argument that names another table.
+CREATE FUNCTION embeddings.check_made_store(existing regclass, source regclass, option text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source);
+    made_by_us boolean := EXISTS (SELECT FROM embeddings.made_tables m WHERE m.store = existing AND m.source = check_made_store.source);
+BEGIN
+    IF NOT made_by_us THEN
+        RAISE EXCEPTION 'table % already exists, and embed-worker did not make it for %', existing, source
+            USING ERRCODE = 'duplicate_table',
+                  DETAIL = 'watch() uses only tables it made: a table made by someone else could carry their triggers and grants, which its writes would run with the rights of the owner of ' || source::text || '.',
+                  HINT = format('Name another table with %s => ..., or drop %s if it is not wanted.', option, existing);
+    END IF;
+    IF (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = existing) IS DISTINCT FROM owner_name THEN
+        RAISE EXCEPTION 'table % was made by embed-worker for %, but is now owned by %, not by %''s owner %',
+                existing, source, (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = existing), source, owner_name
+            USING ERRCODE = 'duplicate_table',
+                  HINT = format('Check its triggers and grants, then ALTER TABLE %s OWNER TO %I; or drop it, or name another table with %s => ...', existing, owner_name, option);
+    END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.check_made_store(regclass, regclass, text) FROM PUBLIC;
+
 -- Creates side table `side_name` (schema-qualified, quoted) for target `target_id` (NULL: a new
 -- target) of `source`, keyed by the columns `key_nums` of the source, or checks that the existing
 -- one has the expected shape and serves no other target. Without its HNSW index: watch() adds it
@@ -156,6 +183,7 @@ BEGIN
             USING ERRCODE = 'duplicate_table', HINT = 'Name another table with side_table => ...';
     END IF;
     IF existing IS NOT NULL THEN
+        PERFORM embeddings.check_made_store(existing, source, 'side_table');
         -- The key columns with their exact types, the vector and md5 columns, a unique index on
         -- the key columns.
         SELECT string_agg(format_type(need.typ, need.typmod) || ' ' || quote_ident(need.col), ', ') INTO problem
@@ -200,6 +228,8 @@ BEGIN
     EXECUTE format('CREATE TABLE %s (%s, %I %I.halfvec(%s), content_md5 text NOT NULL, PRIMARY KEY (%s))',
                    side_name, columns, embedding_column, vschema, dims, keys);
     existing := to_regclass(side_name);
+    INSERT INTO embeddings.made_tables (store, source, kind) VALUES (existing, source, 'side')
+    ON CONFLICT (store) DO UPDATE SET source = excluded.source, kind = excluded.kind;
     -- The source's owner's, as its rows are: the functions that write it run as that role.
     EXECUTE format('ALTER TABLE %s OWNER TO %I', existing,
                    (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source));

@@ -583,9 +583,11 @@ SELECT 1;
 -- name: session_reset
 -- Every connection's first statement (db.connect), and again after anyone else's code may have
 -- run in the session (worker/session_guard.py): every setting back to what the role and the
--- database give it (RESET ALL), then ours. The search path: pg_catalog, then pg_temp, which is
--- never searched for functions or operators; every other object our statements name is
--- schema-qualified. The formats psycopg reads dates, timestamps and intervals in: a database or
+-- database give it (RESET ALL), then ours. The search path: the role's, with pg_catalog first
+-- (a schema named before it in the path, as `evil, pg_catalog`, would otherwise win for every
+-- function and operator our statements leave unqualified) and pg_temp last (it is never searched
+-- for functions or operators then); table names the user gives (`search docs`) still resolve as
+-- they do in the user's sessions. The formats psycopg reads dates, timestamps and intervals in: a database or
 -- role whose DateStyle is not ISO (`ALTER DATABASE ... SET DateStyle = 'German'`), or
 -- PGDATESTYLE, would otherwise make every timestamptz the worker reads (a queue message's,
 -- status's) an error. `ISO` alone keeps the session's day/month order, which only parses input.
@@ -594,7 +596,8 @@ SELECT 1;
 -- serves us. Content is evaluated under these same formats in every session (sql/32_access.sql:
 -- content_settings_sql), so what the worker embeds and what the verifying sweep checks agree.
 RESET ALL;
-SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
+SELECT pg_catalog.set_config('search_path', pg_catalog.concat_ws(', ', 'pg_catalog',
+           NULLIF(pg_catalog.current_setting('search_path'), ''), 'pg_temp'), false),
        pg_catalog.set_config('DateStyle', 'ISO', false),
        pg_catalog.set_config('IntervalStyle', 'postgres', false);
 

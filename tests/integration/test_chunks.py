@@ -179,10 +179,10 @@ def test_a_row_target_cannot_silently_become_chunked_or_back(conn: Conn, minilm:
         watch(conn, minilm)
 
 
-def test_an_existing_table_of_the_wrong_shape_is_refused(conn: Conn, minilm: str) -> None:
+def test_an_existing_table_watch_did_not_make_is_refused(conn: Conn, minilm: str) -> None:
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
     conn.execute("CREATE TABLE docs_chunks (id bigint, seq integer, chunk text)")
-    with pytest.raises(psycopg.Error, match="not a chunk table"):
+    with pytest.raises(psycopg.errors.DuplicateTable, match="embed-worker did not make it"):
         watch(conn, minilm, chunk_tokens=100)
 
 

@@ -206,12 +206,20 @@ def to_regclass(conn: Conn, name: str) -> Any:
     return row[0]
 
 
-def test_an_existing_side_table_of_the_wrong_shape_is_refused(conn: Conn, minilm: str) -> None:
+def test_an_existing_table_watch_did_not_make_is_refused(conn: Conn, minilm: str) -> None:
+    """Whatever its shape (tests/security/test_squatters.py: the right one, with a trigger)."""
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
     conn.execute("CREATE TABLE docs_embeddings (id integer PRIMARY KEY, embedding halfvec(384))")
-    with pytest.raises(
-        psycopg.Error, match=r"not a side table for docs .*bigint id.*text content_md5"
-    ):
+    with pytest.raises(psycopg.errors.DuplicateTable, match=r"embed-worker did not make it"):
+        watch(conn, minilm)
+
+
+def test_a_side_table_watch_made_and_someone_reshaped_is_refused(
+    conn: Conn, docs: int, minilm: str
+) -> None:
+    conn.execute("SELECT embeddings.unwatch('docs')")
+    conn.execute("ALTER TABLE docs_embeddings DROP COLUMN content_md5")
+    with pytest.raises(psycopg.Error, match=r"not a side table for docs .*text content_md5"):
         watch(conn, minilm)
 
 

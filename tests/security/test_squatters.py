@@ -1,0 +1,95 @@
+"""A login that may CREATE in a watched table's schema makes the side or chunk table first, under
+the name watch() would pick, with its own trigger and a grant to PUBLIC (issue 36 §1). watch()
+must not adopt it: the worker's writes through the owner's functions would fire the squatter's
+trigger with the owner's rights (a superuser's, here), and the squatter could read every vector
+and chunk afterwards."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import psycopg
+import pytest
+
+from tests.security.conftest import Roles, contained
+from tests.support.models import MINILM
+from worker.process.runner import Worker
+
+# The store's shape as watch() makes it (sql/56_side.sql, sql/55_chunks.sql), for MiniLM's 384
+# dimensions and an integer key, so that only who made it tells it apart.
+SHAPES = {
+    "side": (
+        "docs_embeddings",
+        "CREATE TABLE docs_embeddings (id integer PRIMARY KEY, embedding halfvec(384),"
+        " content_md5 text NOT NULL)",
+        ", store => 'side'",
+    ),
+    "chunks": (
+        "docs_chunks",
+        "CREATE TABLE docs_chunks (id integer NOT NULL, seq integer NOT NULL, chunk text NOT NULL,"
+        " chunk_hash text NOT NULL, embedding halfvec(384) NOT NULL, PRIMARY KEY (id, seq))",
+        ", chunk_tokens => 64",
+    ),
+}
+
+SQUAT = """
+CREATE FUNCTION squat() RETURNS trigger LANGUAGE plpgsql AS
+$$ BEGIN PERFORM public.payload(); RETURN NULL; END $$;
+CREATE TRIGGER squat AFTER INSERT OR UPDATE ON {table} FOR EACH ROW EXECUTE FUNCTION squat();
+GRANT ALL ON {table} TO PUBLIC;
+"""
+
+
+def _superusers_docs(roles: Roles) -> None:
+    with roles.connect() as su:
+        su.execute("CREATE TABLE docs (id integer PRIMARY KEY, body text)")
+        su.execute("INSERT INTO docs SELECT g, 'text ' || g FROM generate_series(1, 3) g")
+
+
+@pytest.mark.parametrize("store", sorted(SHAPES))
+def test_watch_never_adopts_a_store_table_someone_else_made(
+    roles: Roles, run_once: Callable[..., Worker], store: str
+) -> None:
+    table, shape, option = SHAPES[store]
+    _superusers_docs(roles)
+    with roles.connect(roles.tenant) as squatter:
+        squatter.execute("SET search_path = public, " + roles.tenant)
+        squatter.execute(shape)
+        squatter.execute(SQUAT.format(table=table).encode())
+    with roles.connect() as su, pytest.raises(psycopg.errors.DuplicateTable) as refused:
+        su.execute(f"SELECT embeddings.watch('docs', 'body', model => %s{option})", (MINILM,))
+    assert "did not make it" in str(refused.value)
+    hint = refused.value.diag.message_hint or ""
+    assert f"{'side_table' if store == 'side' else 'chunk_table'} =>" in hint
+    assert f"drop public.{table}" in hint
+    run_once(database_url=roles.worker_dsn)
+    assert contained(roles) == []  # nothing of the squatter's ran, as anyone
+    with roles.connect() as su:
+        assert su.execute(
+            "SELECT owner_of FROM (SELECT pg_get_userbyid(relowner) AS owner_of"
+            " FROM pg_class WHERE relname = %s) o",
+            (table,),
+        ).fetchone() == (roles.tenant,)  # still the squatter's: nothing was given away
+
+
+@pytest.mark.parametrize("store", sorted(SHAPES))
+def test_a_store_kept_by_unwatch_is_taken_back_only_from_the_tables_owner(
+    roles: Roles, store: str
+) -> None:
+    """unwatch() keeps the store and watch() again takes it back, as documented; but not once it
+    belongs to someone other than the table's owner (who could have added triggers since)."""
+    table, _, option = SHAPES[store]
+    _superusers_docs(roles)
+    watch = f"SELECT embeddings.watch('docs', 'body', model => %s{option})"
+    with roles.connect() as su:
+        su.execute(watch, (MINILM,))
+        su.execute("SELECT embeddings.unwatch('docs')")
+        if store == "side":
+            pass
+        else:
+            su.execute("ALTER TABLE docs DROP COLUMN IF EXISTS embedding")
+        su.execute(watch, (MINILM,))  # taken back
+        su.execute("SELECT embeddings.unwatch('docs')")
+        su.execute(f"ALTER TABLE {table} OWNER TO {roles.tenant}")
+        with pytest.raises(psycopg.errors.DuplicateTable, match="now owned by"):
+            su.execute(watch, (MINILM,))
