@@ -53,6 +53,34 @@ class Secret:
         return hash(Secret)  # all alike: a hash must not tell secrets apart either
 
 
+def checked_key(value: str, where: str) -> Secret:
+    """`value` as a key, or a ConfigError naming `where` (a variable, a file) and what is wrong,
+    never the key nor any part of it. A key goes into an HTTP header: printable ASCII without
+    whitespace, one line. Checked here, when read, so that nothing downstream (http.client
+    builds the header and quotes a bad value whole in its error) ever holds a bad one. The
+    error is raised outside any except block: no exception holding the key is chained to it."""
+    problem = None
+    if "\n" in value:
+        problem = "holds more than one line (one key, on one line)"
+    elif any(not c.isascii() for c in value):
+        problem = "holds a character outside printable ASCII (a pasted typographic quote?)"
+    elif any(not "!" <= c <= "~" for c in value):
+        problem = "holds whitespace or a control character"
+    if problem is not None:
+        raise exceptions.ConfigError(f"{where}: the key {problem}, so it is not sent")
+    return Secret(value)
+
+
+def _one_line(text: str) -> str:
+    """A key file's text without its one line ending (a second line stays, to be refused) and
+    without blanks around the key."""
+    for ending in ("\r\n", "\n"):
+        if text.endswith(ending):
+            text = text[: -len(ending)]
+            break
+    return text.strip(" \t")
+
+
 # The providers' own variables, by the credential name a model row gives by default.
 CREDENTIAL_VARIABLES = {
     "openai": ("openai_api_key", "OPENAI_API_KEY"),
@@ -159,8 +187,8 @@ class Settings:
             path = os.path.join(os.path.expanduser(self.api_key_dir), credential)
             looked.append(path)
             try:
-                with open(path, encoding="utf-8") as f:
-                    value = f.read().strip()
+                with open(path, encoding="utf-8", newline="") as f:
+                    value = _one_line(f.read())
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
                 value = ""
             except OSError as exc:  # unreadable: say so, without the content
@@ -172,13 +200,13 @@ class Settings:
                     f"EMBED_API_KEY_DIR: {path} is not UTF-8 text (a key is)"
                 ) from None
             if value:
-                return Secret(value), f"file {path}"
+                return checked_key(value, f"EMBED_API_KEY_DIR: {path}"), f"file {path}"
         attribute, variable = CREDENTIAL_VARIABLES.get(credential, (None, None))
         if attribute is not None and variable is not None:
             looked.append(variable)
             secret = getattr(self, attribute)
             if secret is not None and secret.reveal():
-                return secret, variable
+                return checked_key(secret.reveal(), variable), variable
         return None, " or ".join(looked) or f"EMBED_API_KEY_DIR (unset) for {credential!r}"
 
     def default_model(self, database_default: str | None) -> str:
