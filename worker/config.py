@@ -186,19 +186,21 @@ class Settings:
         if self.api_key_dir and credential not in (".", ".."):
             path = os.path.join(os.path.expanduser(self.api_key_dir), credential)
             looked.append(path)
+            value, problem = "", None
             try:
                 with open(path, encoding="utf-8", newline="") as f:
                     value = _one_line(f.read())
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                value = ""
+                pass
             except OSError as exc:  # unreadable: say so, without the content
-                raise exceptions.ConfigError(
-                    f"EMBED_API_KEY_DIR: cannot read {path}: {exc.strerror}"
-                ) from None
-            except UnicodeDecodeError:  # (the error holds the bytes read: not chained)
-                raise exceptions.ConfigError(
-                    f"EMBED_API_KEY_DIR: {path} is not UTF-8 text (a key is)"
-                ) from None
+                problem = f"cannot read {path}: {exc.strerror}"
+            except UnicodeDecodeError:
+                problem = f"{path} is not UTF-8 text (a key is)"
+            if problem is not None:
+                # Raised out here: a UnicodeDecodeError holds the bytes read, and an exception
+                # raised in its except block would keep it as __context__ (`from None` only
+                # hides it from tracebacks).
+                raise exceptions.ConfigError(f"EMBED_API_KEY_DIR: {problem}")
             if value:
                 return checked_key(value, f"EMBED_API_KEY_DIR: {path}"), f"file {path}"
         attribute, variable = CREDENTIAL_VARIABLES.get(credential, (None, None))

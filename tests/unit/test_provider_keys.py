@@ -66,6 +66,14 @@ def test_a_malformed_key_file_is_an_error_that_names_the_file_not_the_key(
     assert leaks(chain(raised.value)) == []
 
 
+def test_a_key_file_that_is_not_text_chains_nothing_that_holds_it(tmp_path: Path) -> None:
+    """A UnicodeDecodeError holds the bytes read: no error we raise keeps it as its context."""
+    (tmp_path / "openai").write_bytes(KEY.encode() + b"\xff")
+    with pytest.raises(exceptions.ConfigError) as raised:
+        Settings(api_key_dir=str(tmp_path)).api_key("openai")
+    assert raised.value.__context__ is None and leaks(chain(raised.value)) == []
+
+
 def test_a_malformed_key_variable_is_an_error_that_names_the_variable(tmp_path: Path) -> None:
     """Settings are read at start-up without looking at the key: a bad key stops only its
     provider's targets (when it is asked for), never the worker."""
