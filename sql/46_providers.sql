@@ -54,6 +54,9 @@ DECLARE
     old embeddings.models;
     m embeddings.models;
     users text;
+    endpoint_host text;
+    address inet;
+    loopback boolean;
 BEGIN
     IF provider NOT IN ('local', 'openai', 'huggingface') THEN
         RAISE EXCEPTION 'unknown provider "%"', provider
@@ -96,6 +99,29 @@ BEGIN
         m.timeout_seconds := coalesce(register_model.timeout_seconds, 60);
         m.price_per_million_tokens := price_per_million_tokens;
         m.credential := CASE WHEN credential IS NULL THEN provider ELSE nullif(credential, '') END;
+        -- A key goes over plain http only to a loopback address written as an IP literal
+        -- (127.0.0.0/8, ::1) or to localhost: a *name* such as 127.0.0.1.nip.io resolves
+        -- wherever its owner says. The worker refuses the same when it loads the model
+        -- (worker/models/remote/spec.py: plain_http_problem).
+        IF m.credential IS NOT NULL AND m.endpoint ~* '^http://' THEN
+            endpoint_host := lower(substring(m.endpoint from '^[^:]+://(\[[^]/]*\]|[^/?#:]*)'));
+            loopback := endpoint_host = 'localhost';
+            IF NOT loopback THEN
+                BEGIN
+                    address := btrim(endpoint_host, '[]')::inet;
+                    loopback := CASE family(address)
+                        WHEN 4 THEN address <<= inet '127.0.0.0/8' AND pg_catalog.host(address) = endpoint_host
+                        ELSE address = inet '::1' END;
+                EXCEPTION WHEN invalid_text_representation THEN
+                    loopback := false;  -- a name, not an address
+                END;
+            END IF;
+            IF NOT loopback THEN
+                RAISE EXCEPTION 'refusing to send the API key of credential % over plain http to %', quote_literal(m.credential), m.endpoint
+                    USING ERRCODE = 'invalid_parameter_value',
+                          HINT = 'Plain http only to a loopback address (127.0.0.0/8 or ::1 as an IP literal, or localhost): use https, or credential => '''' for an endpoint without authentication.';
+            END IF;
+        END IF;
     END IF;
     SELECT * INTO old FROM embeddings.models mo WHERE mo.name = register_model.name FOR UPDATE;
     IF FOUND AND (old.provider, old.remote_model, old.dimensions, old.send_dimensions)

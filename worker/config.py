@@ -53,6 +53,34 @@ class Secret:
         return hash(Secret)  # all alike: a hash must not tell secrets apart either
 
 
+def checked_key(value: str, where: str) -> Secret:
+    """`value` as a key, or a ConfigError naming `where` (a variable, a file) and what is wrong,
+    never the key nor any part of it. A key goes into an HTTP header: printable ASCII without
+    whitespace, one line. Checked here, when read, so that nothing downstream (http.client
+    builds the header and quotes a bad value whole in its error) ever holds a bad one. The
+    error is raised outside any except block: no exception holding the key is chained to it."""
+    problem = None
+    if "\n" in value:
+        problem = "holds more than one line (one key, on one line)"
+    elif any(not c.isascii() for c in value):
+        problem = "holds a character outside printable ASCII (a pasted typographic quote?)"
+    elif any(not "!" <= c <= "~" for c in value):
+        problem = "holds whitespace or a control character"
+    if problem is not None:
+        raise exceptions.ConfigError(f"{where}: the key {problem}, so it is not sent")
+    return Secret(value)
+
+
+def _one_line(text: str) -> str:
+    """A key file's text without its one line ending (a second line stays, to be refused) and
+    without blanks around the key."""
+    for ending in ("\r\n", "\n"):
+        if text.endswith(ending):
+            text = text[: -len(ending)]
+            break
+    return text.strip(" \t")
+
+
 # The providers' own variables, by the credential name a model row gives by default.
 CREDENTIAL_VARIABLES = {
     "openai": ("openai_api_key", "OPENAI_API_KEY"),
@@ -158,27 +186,29 @@ class Settings:
         if self.api_key_dir and credential not in (".", ".."):
             path = os.path.join(os.path.expanduser(self.api_key_dir), credential)
             looked.append(path)
+            value, problem = "", None
             try:
-                with open(path, encoding="utf-8") as f:
-                    value = f.read().strip()
+                with open(path, encoding="utf-8", newline="") as f:
+                    value = _one_line(f.read())
             except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                value = ""
+                pass
             except OSError as exc:  # unreadable: say so, without the content
-                raise exceptions.ConfigError(
-                    f"EMBED_API_KEY_DIR: cannot read {path}: {exc.strerror}"
-                ) from None
-            except UnicodeDecodeError:  # (the error holds the bytes read: not chained)
-                raise exceptions.ConfigError(
-                    f"EMBED_API_KEY_DIR: {path} is not UTF-8 text (a key is)"
-                ) from None
+                problem = f"cannot read {path}: {exc.strerror}"
+            except UnicodeDecodeError:
+                problem = f"{path} is not UTF-8 text (a key is)"
+            if problem is not None:
+                # Raised out here: a UnicodeDecodeError holds the bytes read, and an exception
+                # raised in its except block would keep it as __context__ (`from None` only
+                # hides it from tracebacks).
+                raise exceptions.ConfigError(f"EMBED_API_KEY_DIR: {problem}")
             if value:
-                return Secret(value), f"file {path}"
+                return checked_key(value, f"EMBED_API_KEY_DIR: {path}"), f"file {path}"
         attribute, variable = CREDENTIAL_VARIABLES.get(credential, (None, None))
         if attribute is not None and variable is not None:
             looked.append(variable)
             secret = getattr(self, attribute)
             if secret is not None and secret.reveal():
-                return secret, variable
+                return checked_key(secret.reveal(), variable), variable
         return None, " or ".join(looked) or f"EMBED_API_KEY_DIR (unset) for {credential!r}"
 
     def default_model(self, database_default: str | None) -> str:

@@ -80,6 +80,7 @@ class ProviderServer:
         self.retry_after = 1.0
         self.stall_seconds = 3.0
         self.echo_key_in_errors = False
+        self.pad_bytes = 0  # good answers padded with this much whitespace (still valid JSON)
         self.max_input_tokens: int | None = None
         self.max_request_tokens: int | None = None
         self.count_tokens: Callable[[str], int] = lambda text: max(len(text) // 4, 1)
@@ -235,7 +236,7 @@ class ProviderServer:
                     return None
                 if fault in ("wrong_dims", "wrong_count", "dup_index", "shuffled"):
                     answer = server._corrupt(answer, fault)
-                return self._raw(200, answer)
+                return self._raw(200, answer + b" " * server.pad_bytes)
 
             def _json(
                 self, status: int, payload: Any, headers: dict[str, str] | None = None

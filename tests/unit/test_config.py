@@ -228,7 +228,7 @@ def test_a_key_file_that_cannot_be_read_is_a_clear_error_without_the_key(tmp_pat
     with pytest.raises(exceptions.ConfigError) as raised:
         keys_in(tmp_path).api_key("openai")
     assert str(raised.value) == f"EMBED_API_KEY_DIR: {tmp_path}/openai is not UTF-8 text (a key is)"
-    assert raised.value.__cause__ is None and raised.value.__suppress_context__
+    assert raised.value.__cause__ is None and raised.value.__context__ is None
     assert FILE_KEY not in repr(raised.value) + str(raised.value)
     # A directory where a file is expected is no key (as a missing file), not an error.
     (tmp_path / "openai").unlink()

@@ -46,7 +46,10 @@ def key_problem(spec: RemoteSpec, settings: Settings) -> tuple[str, str | None]:
     try:
         secret, where = settings.api_key(credential)
     except exceptions.ConfigError as exc:
-        return str(exc), "make the file readable by the worker's user, holding only the key"
+        return str(exc), (
+            "make the key readable by the worker's user, the key alone on one line (a file may"
+            " end with one newline)"
+        )
     if secret is not None:
         return f"the key of credential {credential!r} is in {where}", None
     variable = {"openai": "OPENAI_API_KEY", "huggingface": "HF_TOKEN"}.get(credential)
@@ -69,8 +72,11 @@ def list_rows(settings: Settings) -> list[list[str]]:
         if spec.credential is None:
             key = "no key needed"
         else:
-            secret, where = settings.api_key(spec.credential)
-            key = f"key: {where}" if secret is not None else f"no key (set {where})"
+            try:
+                secret, where = settings.api_key(spec.credential)
+                key = f"key: {where}" if secret is not None else f"no key (set {where})"
+            except exceptions.ConfigError as exc:  # unreadable or malformed: names no key
+                key = f"key unusable: {exc}"
         rows.append(
             [
                 spec.name,

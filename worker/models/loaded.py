@@ -25,7 +25,8 @@ from worker import exceptions, metrics
 from worker.models import download, files, onnx
 from worker.models.catalog import Variant
 from worker.models.embedder import Embedder
-from worker.models.remote.client import ApiKey, RemoteModel
+from worker.models.remote.client import RemoteModel
+from worker.models.remote.keys import ApiKey
 from worker.models.remote.spec import RemoteSpec
 from worker.models.remote.tokens import EstimatedTokens, ExactTokens, TokenCounter
 
@@ -80,6 +81,7 @@ class LoadedModels:
         self.api_key: ApiKey = api_key or config_api_key
         self._remote_specs: Callable[[], dict[str, RemoteSpec]] = dict
         self._remote: dict[str, RemoteModel] = {}
+        self._refused: set[str] = set()  # registrations refused at load, each logged once
 
     def follow(self, remote_specs: Callable[[], dict[str, RemoteSpec]]) -> None:
         """Where the registry's remote models are read from (TargetRegistry.remote_models)."""
@@ -185,6 +187,15 @@ class LoadedModels:
     def _remote_model(self, spec: RemoteSpec) -> RemoteModel:
         """The RemoteModel of `spec`, rebuilt when the registration changed (a new endpoint,
         limits or price take effect at the worker's next registry read)."""
+        problem = spec.plain_http_problem()
+        if problem is not None:  # a registration from before register_model() refused these
+            message = f"remote model {spec.name}: {problem}"
+            with self._lock:
+                new = message not in self._refused
+                self._refused.add(message)
+            if new:
+                logger.error("%s", message)
+            raise exceptions.ProviderRefused(message)
         with self._lock:
             found = self._remote.get(spec.name)
         if found is not None and found.spec == spec:

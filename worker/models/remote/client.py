@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import threading
 import time
 import weakref
@@ -43,7 +42,8 @@ from worker import __version__, exceptions, metrics
 from worker.config import Secret
 from worker.models.embedder import EmbedResult, FloatMatrix
 from worker.models.remote import breaker as breakers
-from worker.models.remote import protocol, transport
+from worker.models.remote import keys, protocol, transport
+from worker.models.remote.keys import ApiKey
 from worker.models.remote.spec import VARIANT, RemoteSpec
 from worker.models.remote.tokens import TokenCounter
 
@@ -52,13 +52,10 @@ logger = logging.getLogger(__name__)
 ATTEMPTS = 4  # per request: the first and three retries
 # A batch is spread over several requests (requests()), but none of fewer inputs than this.
 MIN_INPUTS_PER_REQUEST = 8
+# A transport failure's kind (transport.TransportError) as the requests metric's outcome.
+_OUTCOMES = {"timeout": "timeout", "connection": "connection_error", "too_large": "bad_response"}
 MAX_INLINE_WAIT_SECONDS = 10.0  # a longer Retry-After hands the rows back to the queue instead
 BACKOFF = wait_random_exponential(multiplier=0.25, max=4.0)  # 0.25, 0.5, 1 ... s, full jitter
-# Anything shaped like a provider key (OpenAI sk-..., Hugging Face hf_..., generic bearer
-# tokens of 20+ characters after a key-ish word) is masked in messages, beside the key itself.
-_KEYLIKE = re.compile(r"\b(sk|hf|pk|rk|key|token)[-_][A-Za-z0-9_\-\*\.]{6,}", re.IGNORECASE)
-
-ApiKey = Callable[[str], tuple[Secret | None, str]]
 
 
 @dataclass
@@ -281,24 +278,31 @@ class RemoteModel:
             )
         if throttled > 0:
             self._sleep(throttled)
-        key = self._key()
+        key = keys.key_for(spec, self._api_key)
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
             "User-Agent": f"embed-worker/{__version__}",
         }
         if key is not None:
-            headers["Authorization"] = f"Bearer {key.reveal()}"
+            headers["Authorization"] = keys.header(key)
         body = json.dumps(protocol.request_body(spec, texts), ensure_ascii=False).encode()
+        # Never more than this many inputs of these dimensions can take (issue 36).
+        limit = protocol.answer_limit(spec, len(texts))
         started = time.monotonic()
         self._flight(+1)
         try:
-            response = self._connections.post(spec.url, body, headers, spec.timeout_seconds)
+            response = self._connections.post(spec.url, body, headers, spec.timeout_seconds, limit)
+        except transport.Unsendable as exc:  # (its text names no header value)
+            raise exceptions.ProviderRefused(
+                f"{spec.describe()}: the API key of credential {spec.credential!r} {exc}"
+            ) from None
         except transport.TransportError as exc:
-            outcome = "timeout" if exc.kind == "timeout" else "connection_error"
+            outcome = _OUTCOMES.get(exc.kind, "connection_error")
+            what = "bad answer" if outcome == "bad_response" else outcome.replace("_", " ")
             self._count(outcome)
-            self.breaker.failure(f"{outcome.replace('_', ' ')}: {exc}")
-            raise _Retry(outcome, f"{outcome.replace('_', ' ')}: {exc}") from None
+            self.breaker.failure(f"{what}: {exc}")
+            raise _Retry(outcome, f"{what}: {exc}") from None
         finally:
             self._flight(-1)
             metrics.PROVIDER_SECONDS.labels(spec.host).observe(time.monotonic() - started)
@@ -318,11 +322,11 @@ class RemoteModel:
             except protocol.BadResponse as exc:
                 self._count("bad_response")
                 self.breaker.failure(f"bad answer: {exc}")
-                raise _Retry("bad_response", f"bad answer: {_clean(str(exc), key)}") from None
+                raise _Retry("bad_response", f"bad answer: {keys.clean(str(exc), key)}") from None
             self._count("ok")
             self.breaker.success()
             return answer
-        message = _clean(protocol.error_message(response.body), key)
+        message = keys.clean(protocol.error_message(response.body), key)
         loading = protocol.loading_seconds(response.body) if status == 503 else None
         if status == 429 or loading is not None:
             wait = loading if loading is not None else transport.retry_after(response.headers)
@@ -355,27 +359,6 @@ class RemoteModel:
             "server_error", f"HTTP {status}: {message}", transport.retry_after(response.headers)
         )
 
-    def _key(self) -> Secret | None:
-        spec = self.spec
-        if spec.credential is None:
-            return None
-        try:
-            key, where = self._api_key(spec.credential)
-        except exceptions.ConfigError as exc:  # a key file that cannot be read: the target waits
-            raise exceptions.ProviderRefused(f"{spec.describe()}: {exc}") from None
-        if key is None:
-            raise exceptions.ProviderRefused(
-                f"{spec.describe()}: no API key for credential {spec.credential!r}: set {where} "
-                "(docs/providers.md)"
-            )
-        if spec.url.startswith("http://") and not spec.local_network:
-            raise exceptions.ProviderRefused(
-                f"{spec.describe()}: refusing to send an API key over plain http to "
-                f"{spec.host}: use https (or register credential => '' for an endpoint "
-                "without authentication)"
-            )
-        return key
-
     def _count(self, outcome: str) -> None:
         metrics.PROVIDER_REQUESTS.labels(self.spec.host, self.name, outcome).inc()
 
@@ -389,20 +372,6 @@ class RemoteModel:
         with self._lock:
             self._in_flight += delta
         metrics.PROVIDER_IN_FLIGHT.labels(self.spec.host).inc(delta)
-
-
-def _clean(message: str, key: Secret | None) -> str:
-    """The provider's message without the key (whole or in part) and clipped."""
-    if key is not None:
-        secret = key.reveal()
-        if secret:
-            message = message.replace(secret, "***")
-            for part in (secret[:8], secret[-8:]):  # "sk-abc...xyz" style partial echoes
-                if len(part) >= 6:
-                    message = message.replace(part, "***")
-    message = _KEYLIKE.sub("***", message)
-    message = " ".join(message.split())
-    return message if len(message) <= 300 else message[:297] + "..."
 
 
 def _shut(pool: ThreadPoolExecutor, connections: transport.Connections) -> None:

@@ -58,6 +58,25 @@ def request_body(spec: RemoteSpec, texts: list[str]) -> dict[str, Any]:
     return {"inputs": texts, "truncate": True}
 
 
+# The bound of an answer (answer_limit), from what was asked. One number as JSON text: 17
+# significant digits, a sign, a decimal point, an exponent (`-1.2345678901234567e-05`, 23
+# bytes), its separator and a pretty-printer's line and indentation (OpenAI's answers are
+# indented by 8 spaces): 48 bytes is about one and a half times the worst seen.
+NUMBER_BYTES = 48
+ITEM_BYTES = 512  # per vector: {"object": "embedding", "index": i, "embedding": [...]}, indented
+ENVELOPE_BYTES = 64 * 1024  # the rest: model, usage, an error's message, whitespace
+TOKEN_SLACK = 8  # special tokens ([CLS], [SEP], ...) beyond max_tokens in a token-level answer
+
+
+def answer_limit(spec: RemoteSpec, n: int) -> int:
+    """The most bytes an answer to `n` inputs may take: a vector of `spec.dimensions` numbers
+    per input, and for Hugging Face, whose models without pooling answer a vector per token,
+    per token of an input cut to max_tokens. A larger answer is not read past this (a provider
+    answering 190 MB to one input cost about 2.3 GB of memory per request in flight)."""
+    vectors = n if spec.provider == "openai" else n * (spec.max_tokens + TOKEN_SLACK)
+    return vectors * (spec.dimensions * NUMBER_BYTES + ITEM_BYTES) + ENVELOPE_BYTES
+
+
 def parse(spec: RemoteSpec, body: bytes, n: int) -> Answer:
     """The vectors of a 2xx answer to a request of `n` inputs, or BadResponse."""
     try:

@@ -7,6 +7,7 @@ which the Settings look up (worker/config.py: Settings.api_key).
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass
 from typing import Any, Literal
@@ -91,11 +92,42 @@ class RemoteSpec:
         host = parts.hostname or "?"
         return f"{host}:{parts.port}" if parts.port else host
 
-    @property
-    def local_network(self) -> bool:
-        """Loopback: where a key may go over plain http (a sidecar, a test server)."""
-        host = urlsplit(self.endpoint).hostname or ""
-        return host in ("localhost", "::1") or host.startswith("127.")
+    def plain_http_problem(self) -> str | None:
+        """Why the key may not go to this endpoint (None when it may): over plain http a key goes
+        only to a loopback address written as an IP literal (127.0.0.0/8, ::1) or to the name
+        `localhost` (reserved for loopback, RFC 6761, and resolved from /etc/hosts), a sidecar
+        or a test server. A *name* that merely starts with 127. (127.0.0.1.nip.io) resolves
+        wherever its owner says, so the address is parsed, never matched by prefix.
+        sql/46_providers.sql (register_model) refuses the same endpoints."""
+        parts = urlsplit(self.endpoint)
+        if self.credential is None or parts.scheme.lower() != "http":
+            return None
+        if _loopback(parts.hostname or ""):
+            return None
+        return (
+            f"refusing to send the API key of credential {self.credential!r} over plain http "
+            f"to {self.endpoint}: plain http only to a loopback address (127.0.0.0/8 or ::1 "
+            "as an IP literal, or localhost); use https, or register credential => '' for an "
+            "endpoint without authentication"
+        )
 
     def describe(self) -> str:
         return f"{self.provider} {self.remote_model} at {self.host}"
+
+
+def _loopback(host: str) -> bool:
+    """A literal loopback address, or the name localhost (urlsplit lower-cases it and takes
+    IPv6's brackets off)."""
+    if host == "localhost":
+        return True
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:  # a name, or an address spelled otherwise (127.1, 0x7f000001)
+        return False
+    if isinstance(address, ipaddress.IPv4Address):
+        return address in _LOOPBACK_V4
+    return address == _LOOPBACK_V6  # not ::ffff:127.0.0.1: IPv4-mapped is IPv4's business
+
+
+_LOOPBACK_V4 = ipaddress.IPv4Network("127.0.0.0/8")
+_LOOPBACK_V6 = ipaddress.IPv6Address("::1")

@@ -17,15 +17,29 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from urllib.parse import urlsplit
 
+# The ceiling of any answer; each request has its own, lower, bound (protocol.answer_limit:
+# what its inputs and dimensions can take), passed to post().
 MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # 2048 inputs x 3072 floats as JSON text is ~130 MB
 
 
 class TransportError(Exception):
-    """No HTTP answer: `kind` is "timeout" or "connection"."""
+    """No usable HTTP answer: `kind` is "timeout", "connection" or "too_large"."""
 
     def __init__(self, kind: str, message: str) -> None:
         super().__init__(message)
         self.kind = kind
+
+
+class AnswerTooLarge(TransportError):
+    """The answer is longer than the request's bound: reading stopped there."""
+
+    def __init__(self, limit: int) -> None:
+        super().__init__("too_large", f"the answer is larger than {limit:,} bytes")
+
+
+class Unsendable(Exception):
+    """A header cannot be sent (a line break, a character outside Latin-1): nothing was sent.
+    Its text never quotes the header, as http.client's own error would."""
 
 
 @dataclass(frozen=True)
@@ -47,22 +61,36 @@ class Connections:
         self._lock = threading.Lock()
         self._open: dict[tuple[int, Key], http.client.HTTPConnection] = {}
 
-    def post(self, url: str, body: bytes, headers: dict[str, str], timeout: float) -> Response:
-        """POSTs `body`; the whole exchange (connect, send, read) within `timeout` seconds."""
+    def post(
+        self,
+        url: str,
+        body: bytes,
+        headers: dict[str, str],
+        timeout: float,
+        max_bytes: int = MAX_RESPONSE_BYTES,
+    ) -> Response:
+        """POSTs `body`; the whole exchange (connect, send, read) within `timeout` seconds, the
+        answer's body read up to `max_bytes` (AnswerTooLarge past it)."""
         parts = urlsplit(url)
         path = (parts.path or "/") + (f"?{parts.query}" if parts.query else "")
         key = (parts.scheme, parts.hostname, parts.port)
         deadline = time.monotonic() + timeout
+        limit = min(max_bytes, MAX_RESPONSE_BYTES)
+        if not _sendable(headers):
+            raise Unsendable("cannot be sent in a header (a line break or another character)")
         for attempt in (0, 1):
             conn, fresh = self._connection(key, timeout)
             try:
                 conn.request("POST", path, body=body, headers=headers)
                 response = conn.getresponse()
-                data = _read(conn, response, deadline)
+                data = _read(conn, response, deadline, limit)
                 if response.getheader("connection", "").lower() == "close":
                     self._drop(key)
                 found = {k.lower(): v for k, v in response.getheaders()}
                 return Response(response.status, found, data)
+            except AnswerTooLarge:
+                self._drop(key)  # the rest of the answer is never read
+                raise
             except TimeoutError as exc:
                 self._drop(key)
                 raise TransportError("timeout", f"no answer within {timeout:g} s") from exc
@@ -106,9 +134,27 @@ class Connections:
             conn.close()
 
 
+def _sendable(headers: dict[str, str]) -> bool:
+    """Whether http.client can send these headers: Latin-1, no line break or other control
+    character. Checked before sending, since http.client's own error quotes the value whole
+    (a key, in an Authorization header)."""
+    for value in headers.values():
+        if not all(" " <= c <= "~" or "\xa0" <= c <= "\xff" for c in value):
+            return False
+    return True
+
+
 def _read(
-    conn: http.client.HTTPConnection, response: http.client.HTTPResponse, deadline: float
+    conn: http.client.HTTPConnection,
+    response: http.client.HTTPResponse,
+    deadline: float,
+    limit: int = MAX_RESPONSE_BYTES,
 ) -> bytes:
+    """The body, read up to `limit` bytes and no further: one byte past it ends the read with
+    AnswerTooLarge (a Content-Length past it, before anything is read)."""
+    length = response.getheader("content-length") if hasattr(response, "getheader") else None
+    if length is not None and length.strip().isdigit() and int(length) > limit:
+        raise AnswerTooLarge(limit)
     chunks: list[bytes] = []
     size = 0
     while True:
@@ -117,7 +163,8 @@ def _read(
             raise TimeoutError
         if conn.sock is not None:
             conn.sock.settimeout(remaining)
-        chunk = response.read1(1 << 16) if hasattr(response, "read1") else response.read(1 << 16)
+        wanted = min(1 << 16, limit - size + 1)
+        chunk = response.read1(wanted) if hasattr(response, "read1") else response.read(wanted)
         if not chunk:
             # Closed explicitly: read1() at the end of a Content-Length body leaves the
             # response open, and http.client then refuses the connection's next request
@@ -125,8 +172,8 @@ def _read(
             response.close()
             return b"".join(chunks)
         size += len(chunk)
-        if size > MAX_RESPONSE_BYTES:
-            raise http.client.HTTPException(f"answer larger than {MAX_RESPONSE_BYTES} bytes")
+        if size > limit:
+            raise AnswerTooLarge(limit)
         chunks.append(chunk)
 
 
