@@ -644,27 +644,67 @@ ORDER BY id;
 -- `plan`: a target's rows, and those with a vector, counted exactly.
 SELECT total_rows, embedded_rows FROM embeddings.target_status(true) WHERE target_id = %(target_id)s;
 
--- name: plan_estimated_rows
--- `plan`: the planner's row estimate of a table not watched (-1 or 0 before ANALYZE).
-SELECT greatest(reltuples, 0)::bigint FROM pg_class WHERE oid = to_regclass(%(table)s);
+-- name: plan_relation
+-- `plan`: table %(table)s as the caller's search path finds it: its name as Postgres quotes it,
+-- its kind (pg_class.relkind) and its row type's name; no row when there is none.
+SELECT c.oid::pg_catalog.regclass::pg_catalog.text, c.relkind::pg_catalog.text,
+       pg_catalog.format('%%I.%%I', n.nspname, c.relname)
+FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+WHERE c.oid = pg_catalog.to_regclass(%(table)s::pg_catalog.text);
 
--- name: plan_count_rows
--- `plan`: the rows of a table not watched, counted (small tables never analyzed).
-SELECT count(*) FROM {table};
+-- name: plan_content_column
+-- `plan`: column %(column)s of table %(table)s, from the catalog: its type, and whether that
+-- type is of the string category watch() takes for a content column (sql/40_watch.sql).
+SELECT pg_catalog.format_type(a.atttypid, a.atttypmod), t.typcategory OPERATOR(pg_catalog.=) 'S'
+FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
+WHERE a.attrelid = pg_catalog.to_regclass(%(table)s::pg_catalog.text)
+  AND a.attname = %(column)s::pg_catalog.name AND a.attnum > 0 AND NOT a.attisdropped;
+
+-- name: plan_content_function
+-- `plan`: the content function %(function)s of the row type %(row_type)s names, as watch()
+-- finds it (sql/40_watch.sql): looked up, not called. NULL when there is none.
+SELECT pg_catalog.to_regprocedure(pg_catalog.format('%%s(%%s)', %(function)s::pg_catalog.text,
+                                                    %(row_type)s::pg_catalog.text))::pg_catalog.text;
+
+-- name: plan_estimated_rows
+-- `plan`: the rows of table %(table)s not watched, estimated from the catalog, reading no row
+-- (a row read would run what the table's owner defined with the caller's rights): per leaf
+-- relation, the planner's estimate (reltuples of the last VACUUM or ANALYZE, scaled to the
+-- pages the table has now), else the statistics system's live rows (inserts and deletes as they
+-- commit), else 0 for a relation without pages; NULL when a leaf has none of these (a table
+-- filled moments ago whose statistics are not flushed yet, or after pg_stat_reset()).
+SELECT CASE WHEN pg_catalog.bool_and(e.n IS NOT NULL) THEN pg_catalog.round(pg_catalog.sum(e.n))::bigint END
+FROM (SELECT CASE WHEN c.reltuples >= 0 AND c.relpages > 0
+                  THEN c.reltuples / c.relpages * pg_catalog.ceil(pg_catalog.pg_relation_size(c.oid)
+                                                                   / pg_catalog.current_setting('block_size')::float8)
+                  WHEN pg_catalog.pg_stat_get_tuples_inserted(c.oid) + pg_catalog.pg_stat_get_tuples_deleted(c.oid)
+                       + pg_catalog.pg_stat_get_vacuum_count(c.oid) + pg_catalog.pg_stat_get_autovacuum_count(c.oid)
+                       + pg_catalog.pg_stat_get_analyze_count(c.oid) + pg_catalog.pg_stat_get_autoanalyze_count(c.oid) > 0
+                  THEN pg_catalog.pg_stat_get_live_tuples(c.oid)::float8
+                  WHEN pg_catalog.pg_relation_size(c.oid) = 0 THEN 0 END AS n
+      FROM embeddings.leaf_relations(pg_catalog.to_regclass(%(table)s::pg_catalog.text)) l
+      JOIN pg_catalog.pg_class c ON c.oid = l) e;
 
 -- name: plan_column_width
--- `plan`: the planner's average width in bytes of a content column, where the caller may read
--- its statistics (pg_stats shows only columns the caller can SELECT).
-SELECT s.avg_width FROM pg_stats s
-JOIN pg_class c ON c.relname = s.tablename
-JOIN pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname
-WHERE c.oid = to_regclass(%(table)s) AND s.attname = %(column)s;
+-- `plan`: the planner's average width in bytes of content column %(column)s of table %(table)s
+-- (pg_stats: as ANALYZE measured it, run as the table's owner), where the caller may read its
+-- statistics (pg_stats shows only columns the caller can SELECT): the table's own (a
+-- partitioned table's once it was analyzed itself), else its leaf relations' weighted by their
+-- rows (autovacuum analyzes partitions, never their parent). NULL without statistics.
+WITH own AS (
+    SELECT s.avg_width::float8 AS width
+    FROM pg_catalog.pg_stats s
+    JOIN pg_catalog.pg_class c ON c.relname = s.tablename
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname
+    WHERE c.oid = pg_catalog.to_regclass(%(table)s::pg_catalog.text) AND s.attname = %(column)s::pg_catalog.name
+    ORDER BY s.inherited DESC LIMIT 1
+), leaves AS (
+    SELECT pg_catalog.sum(s.avg_width * greatest(c.reltuples, 1)) / pg_catalog.sum(greatest(c.reltuples, 1)) AS width
+    FROM embeddings.leaf_relations(pg_catalog.to_regclass(%(table)s::pg_catalog.text)) l
+    JOIN pg_catalog.pg_class c ON c.oid = l
+    JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+    JOIN pg_catalog.pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname
+                              AND s.attname = %(column)s::pg_catalog.name AND NOT s.inherited
+)
+SELECT coalesce((SELECT width FROM own), (SELECT width FROM leaves));
 
--- name: plan_sample_width
--- `plan`: the average size in bytes of a content column over a sample of rows, read with the
--- caller's own rights (no statistics yet).
-SELECT avg(octet_length({column}::text)) FROM (SELECT {column} FROM {table} LIMIT %(rows)s) s;
-
--- name: regclass_text
--- A table's name as Postgres quotes it, or NULL when there is none.
-SELECT to_regclass(%(table)s)::text;

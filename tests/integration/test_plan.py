@@ -32,16 +32,20 @@ def test_a_backfill_plan_counts_the_rows_without_vectors(dsn: str, conn: Conn, p
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (priced,))
     with db.connect(dsn) as c:
         found = plan.make(c, "docs")
-    assert found.rows == 300
-    assert found.tokens_per_row == 100 and found.tokens == 30_000
-    # 3 requests by inputs (100 each), 6 by tokens (5000 each): the larger
-    assert found.requests == 6
-    assert found.cost == pytest.approx(30_000 * 0.02 / 1e6)
+    assert found.rows == 300 and found.rows_from == plan.COUNTED
+    # No statistics yet: plan reads no content (docs/providers.md#cost), it says how to get some
+    assert found.tokens_per_row is None and found.tokens is None and found.cost is None
+    assert "run ANALYZE docs" in found.tokens_from
+    assert found.requests == 3  # by inputs (100 each) alone
     conn.execute("ANALYZE docs")
     with db.connect(dsn) as c:
         analyzed = plan.make(c, "docs")
     assert analyzed.tokens_from == "from the column's statistics"
+    # avg_width counts each value's 4-byte header: 304 bytes, ~101 tokens
     assert analyzed.tokens == pytest.approx(30_000, rel=0.02)
+    # 3 requests by inputs (100 each), 7 by tokens (5000 each): the larger
+    assert analyzed.requests == 7
+    assert analyzed.cost == pytest.approx(30_000 * 0.02 / 1e6, rel=0.02)
 
 
 def test_a_model_change_plans_every_row_and_a_table_not_watched_yet(
@@ -51,18 +55,69 @@ def test_a_model_change_plans_every_row_and_a_table_not_watched_yet(
         "SELECT embeddings.watch('docs', 'body', model => %s, backfill => false)", (minilm,)
     )
     conn.execute("UPDATE docs SET embedding = array_fill(0.1, ARRAY[384])::halfvec WHERE id <= 100")
+    conn.execute("ANALYZE docs")
     with db.connect(dsn) as c:
         assert plan.make(c, "docs").rows == 200  # local: no requests, no cost
         assert plan.make(c, "docs").requests is None
         change = plan.make(c, "docs", model=priced)
-    assert change.rows == 300 and change.cost == pytest.approx(30_000 * 0.02 / 1e6)
+    assert change.rows == 300 and change.cost == pytest.approx(30_000 * 0.02 / 1e6, rel=0.02)
     conn.execute("CREATE TABLE notes (id int PRIMARY KEY, txt text)")
     conn.execute("INSERT INTO notes SELECT g, 'abc' FROM generate_series(1, 10) g")
     with db.connect(dsn) as c:
+        before = plan.make(c, "notes", content="txt", model=priced)
+        assert before.tokens is None and "run ANALYZE" in before.tokens_from
+        conn.execute("ANALYZE notes")
         new = plan.make(c, "notes", content="txt", model=priced)
-        assert new.rows == 10 and new.tokens == 10
+        # estimated, not counted: 10 rows of 4 bytes (3 and a 1-byte header), ~1.3 tokens each
+        assert new.rows == 10 and new.rows_from == plan.ESTIMATED and new.tokens == 14
         with pytest.raises(exceptions.ConfigError, match="--content COLUMN --model M"):
             plan.make(c, "notes")
+
+
+def test_a_partitioned_table_is_estimated_from_its_partitions(
+    dsn: str, conn: Conn, priced: str
+) -> None:
+    """Autovacuum analyzes partitions, never their parent: their statistics are enough."""
+    conn.execute("CREATE TABLE parts (id int, txt text, PRIMARY KEY (id)) PARTITION BY RANGE (id)")
+    conn.execute("CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (100)")
+    conn.execute("CREATE TABLE parts_2 PARTITION OF parts FOR VALUES FROM (100) TO (200)")
+    conn.execute("INSERT INTO parts SELECT g, %s FROM generate_series(1, 150) g", (BODY,))
+    conn.execute("ANALYZE parts_1")
+    conn.execute("ANALYZE parts_2")
+    with db.connect(dsn) as c:
+        found = plan.make(c, "parts", content="txt", model=priced)
+    assert found.rows == 150 and found.rows_from == plan.ESTIMATED
+    assert found.tokens == pytest.approx(15_000, rel=0.02)
+
+
+@pytest.mark.parametrize(
+    ("create", "kind"),
+    [
+        ("CREATE VIEW seen AS SELECT id, body FROM docs", "a view"),
+        ("CREATE MATERIALIZED VIEW seen AS SELECT id, body FROM docs", "a materialized view"),
+        (  # (a file that is not there: reading it would fail)
+            "CREATE EXTENSION file_fdw; CREATE SERVER files FOREIGN DATA WRAPPER file_fdw;"
+            " CREATE FOREIGN TABLE seen (id int, body text) SERVER files"
+            " OPTIONS (filename '/nonexistent/seen.csv', format 'csv')",
+            "a foreign table",
+        ),
+    ],
+)
+def test_a_relation_that_is_not_a_table_is_refused_unread(
+    dsn: str, conn: Conn, priced: str, create: str, kind: str
+) -> None:
+    """watch() takes tables only; plan reads no other relation (a view's rows come from
+    running it: tests/security/test_operator_commands.py)."""
+    if (
+        "file_fdw" in create
+        and not conn.execute(
+            "SELECT FROM pg_available_extensions WHERE name = 'file_fdw'"
+        ).fetchone()
+    ):
+        pytest.skip("file_fdw is not offered by this server (postgresql-contrib)")
+    conn.execute(create)
+    with db.connect(dsn) as c, pytest.raises(exceptions.ConfigError, match=f"seen is {kind}"):
+        plan.make(c, "seen", content="body", model=priced)
 
 
 def test_plan_on_the_command_line(dsn: str, conn: Conn, priced: str) -> None:
@@ -81,6 +136,7 @@ def test_plan_on_the_command_line(dsn: str, conn: Conn, priced: str) -> None:
         "model": "te3-small",
         "provider": "openai",
         "rows": 300,
+        "rows_from": "counted",
         "tokens_per_row": 50.0,
         "tokens_from": None,
         "tokens": 15_000,

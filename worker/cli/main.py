@@ -48,8 +48,9 @@ DESCRIPTIONS = {
     "model": "List the known models (and the database's remote ones) or download one.",
     "plan": "Estimate what embedding TABLE will take before it starts: the rows, tokens and "
     "requests, and the cost at the model's price_per_million_tokens. Without --model: the rows "
-    "that have no vector yet (a backfill); with --model: every row (a model change). Tokens are "
-    "estimated from the content column's size, never by evaluating content.",
+    "that have no vector yet (a backfill); with --model: every row (a model change). A table's "
+    "content is never read: tokens (and the rows of a table not watched) are estimated from "
+    "its statistics; where it has none yet, plan says so (ANALYZE it to get them).",
 }
 
 
@@ -245,7 +246,11 @@ def _plan_options(plan: argparse.ArgumentParser) -> None:
         help="plan a change to this model (every row); default: the table's model, for the "
         "rows that have no vector yet",
     )
-    plan.add_argument("--content", metavar="COLUMN", help="content column of a table not watched")
+    plan.add_argument(
+        "--content",
+        metavar="COLUMN",
+        help="content column (or content function) of a table not watched",
+    )
     plan.add_argument(
         "--tokens-per-row",
         type=float,

@@ -6,15 +6,22 @@ requests and, for a remote model with a price, cost.
 - `plan TABLE --model M`: all its rows with model M (a model change: watch(..., model => M)).
 - `plan TABLE --content COLUMN --model M`: a table not watched yet.
 
-Tokens are estimated, not counted: counting would mean evaluating the table's content (a
-content function is the table owner's code, which `plan`, like `status`, never runs). The
-average content size comes from the planner's statistics of the content column (pg_stats, as
-the caller may read them), else from a sample of up to SAMPLE_ROWS rows of the column read with
-the caller's own rights; bytes become tokens as the worker's estimate for remote models does
+Plan evaluates nothing the table's owner wrote: not a content function, not a cast of the
+owner's types to text, not a view, not a row-level security policy, each of which would run
+with the caller's rights (an operator's, often a superuser's: docs/security.md). So it reads
+no row of a table not watched: its rows and tokens are estimates from the catalog (pg_class,
+the statistics system, pg_stats), which ANALYZE fills, as the table's owner. A watched table's
+rows are counted exactly by embeddings.target_status(), which evaluates nothing of its owner's.
+Where the catalog knows nothing yet (a table never analyzed), the figure is unknown and plan
+says `ANALYZE <table>` gives one; plan itself changes nothing. Only tables are planned, as only
+tables are watched: a view, a foreign table and the like are refused unread.
+
+Bytes become tokens as the worker's estimate for remote models does
 (worker/models/remote/tokens.py: one per 3 bytes, which over-counts English text by about a
-third), capped at the model's token limit per input. A content function, or a column the caller
-cannot read, needs `--tokens-per-row`. Requests follow the model's limits (inputs and tokens per
-request); cost is tokens x price_per_million_tokens / 1e6, in that price's currency.
+third), capped at the model's token limit per input. A content function, or a column whose
+statistics the caller cannot read, needs `--tokens-per-row`. Requests follow the model's
+limits (inputs and tokens per request); cost is tokens x price_per_million_tokens / 1e6, in
+that price's currency.
 """
 
 from __future__ import annotations
@@ -25,13 +32,24 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
 from worker import db, exceptions, queries
 from worker.cli import output
 from worker.models.remote.tokens import BYTES_PER_TOKEN
 
-SAMPLE_ROWS = 1000
+# pg_class.relkind of what plan refuses (watch() takes 'r' and 'p' only), in words.
+RELATION_KINDS = {
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "a partitioned index",
+    "t": "a TOAST table",
+    "c": "a composite type",
+}
+COUNTED = "counted"
+ESTIMATED = "estimated from the table's statistics"
 
 
 @dataclass
@@ -39,7 +57,8 @@ class Plan:
     table: str
     model: str
     provider: str
-    rows: int
+    rows: int | None  # None: unknown (rows_from says why)
+    rows_from: str  # how rows was found
     tokens_per_row: float | None
     tokens_from: str  # how tokens_per_row was found
     tokens: int | None
@@ -58,28 +77,35 @@ def make(
     tokens_per_row: float | None = None,
 ) -> Plan:
     with db.translated():
+        name, row_type = _relation(conn, table)
         target = _target(conn, table, column)
         if target is None and (content is None or model is None):
             raise exceptions.ConfigError(
                 f"{table} is not watched: name its content column and the model "
                 "(--content COLUMN --model M) to plan watching it"
             )
-        name = model if model is not None else (target or {})["model"]
-        found = conn.execute(queries.get("plan_model"), {"model": name}).fetchone()
+        model_name = model if model is not None else (target or {})["model"]
+        found = conn.execute(queries.get("plan_model"), {"model": model_name}).fetchone()
         if found is None:
-            raise exceptions.ConfigError(f"unknown model {name!r}: see `embed-worker model list`")
+            raise exceptions.ConfigError(
+                f"unknown model {model_name!r}: see `embed-worker model list`"
+            )
         _, provider, max_tokens, max_inputs, max_request_tokens, price = found
-        rows = _rows(conn, table, target, changing=model is not None and target is not None)
-        content_column = content or (target["content_column"] if target else None)
+        rows, rows_from = _rows(conn, table, name, target, changing=model is not None)
+        if target is not None:
+            content_column = target["content_column"]
+        else:
+            assert content is not None
+            content_column = _content_column(conn, table, name, row_type, content)
         if tokens_per_row is not None:
             per_row, where = float(tokens_per_row), "given (--tokens-per-row)"
         elif content_column is None:
             per_row, where = None, "unknown: a content function (pass --tokens-per-row)"
         else:
-            per_row, where = _tokens_per_row(conn, table, content_column, max_tokens)
-    tokens = math.ceil(rows * per_row) if per_row is not None else None
+            per_row, where = _tokens_per_row(conn, table, name, content_column, max_tokens)
+    tokens = math.ceil(rows * per_row) if per_row is not None and rows is not None else None
     requests = None
-    if provider != "local":
+    if provider != "local" and rows is not None:
         inputs = max_inputs or 1
         requests = math.ceil(rows / inputs)
         if tokens is not None and max_request_tokens:
@@ -88,9 +114,10 @@ def make(
     cost = tokens * price_f / 1e6 if tokens is not None and price_f is not None else None
     return Plan(
         table=table,
-        model=name,
+        model=model_name,
         provider=provider,
         rows=rows,
+        rows_from=rows_from,
         tokens_per_row=round(per_row, 1) if per_row is not None else None,
         tokens_from=where,
         tokens=tokens,
@@ -104,31 +131,60 @@ def show(plan: Plan, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(asdict(plan), indent=2))
         return
-    cost = (
-        f"{plan.cost:.4f} (at {plan.price_per_million_tokens:g} per million tokens)"
-        if plan.cost is not None
-        else (
-            "none: a local model runs on the worker's CPU"
-            if plan.provider == "local"
-            else "unknown: register the model with price_per_million_tokens => ..."
-        )
-    )
     output.print_table(
         ["", ""],
         [
             ["table", plan.table],
             ["model", f"{plan.model} ({plan.provider})"],
-            ["rows to embed", f"{plan.rows:,}"],
-            [
-                "tokens",
-                f"~{plan.tokens:,} (~{plan.tokens_per_row:g} per row, {plan.tokens_from})"
-                if plan.tokens is not None
-                else plan.tokens_from,
-            ],
+            ["rows to embed", _rows_line(plan)],
+            ["tokens", _tokens_line(plan)],
             ["requests", f"~{plan.requests:,}" if plan.requests is not None else "-"],
-            ["cost", cost],
+            ["cost", _cost_line(plan)],
         ],
     )
+
+
+def _rows_line(plan: Plan) -> str:
+    if plan.rows is None:
+        return plan.rows_from
+    if plan.rows_from == COUNTED:
+        return f"{plan.rows:,}"
+    return f"~{plan.rows:,} ({plan.rows_from})"
+
+
+def _tokens_line(plan: Plan) -> str:
+    if plan.tokens_per_row is None:
+        return plan.tokens_from
+    per_row = f"~{plan.tokens_per_row:g} per row, {plan.tokens_from}"
+    if plan.tokens is None:  # the rows are unknown
+        return f"unknown ({per_row})"
+    return f"~{plan.tokens:,} ({per_row})"
+
+
+def _cost_line(plan: Plan) -> str:
+    if plan.cost is not None:
+        return f"{plan.cost:.4f} (at {plan.price_per_million_tokens:g} per million tokens)"
+    if plan.provider == "local":
+        return "none: a local model runs on the worker's CPU"
+    if plan.price_per_million_tokens is None:
+        return "unknown: register the model with price_per_million_tokens => ..."
+    return "unknown: the tokens are"
+
+
+def _relation(conn: db.Connection, table: str) -> tuple[str, str]:
+    """The table's name as Postgres quotes it and its row type's, or ConfigError for no table
+    or for a relation watch() does not take: a view's rows come from running it (the functions
+    it calls would run as the caller), a foreign table's from its server. Neither is read."""
+    row = conn.execute(queries.get("plan_relation"), {"table": table}).fetchone()
+    if row is None:
+        raise exceptions.ConfigError(f"no table {table}")
+    name, kind, row_type = str(row[0]), str(row[1]), str(row[2])
+    if kind not in ("r", "p"):
+        raise exceptions.ConfigError(
+            f"{name} is {RELATION_KINDS.get(kind, f'not a table (relkind {kind})')}: "
+            "embeddings.watch() takes tables only, and plan reads none of its rows"
+        )
+    return name, row_type
 
 
 def _target(conn: db.Connection, table: str, column: str | None) -> dict[str, Any] | None:
@@ -143,53 +199,63 @@ def _target(conn: db.Connection, table: str, column: str | None) -> dict[str, An
     return found[0] if found else None
 
 
-def _rows(conn: db.Connection, table: str, target: dict[str, Any] | None, changing: bool) -> int:
-    """Rows to embed: all of them for a new or changed model, else those without a vector."""
+def _rows(
+    conn: db.Connection, table: str, name: str, target: dict[str, Any] | None, changing: bool
+) -> tuple[int | None, str]:
+    """Rows to embed: all of them for a new or changed model, else those without a vector; and
+    how they were found."""
     if target is not None:
         row = conn.execute(queries.get("plan_target_rows"), {"target_id": target["id"]}).fetchone()
-        if row is not None:
-            total, embedded = int(row[0] or 0), int(row[1] or 0)
-            return total if changing else max(total - embedded, 0)
+        if row is not None and row[0] is not None:
+            total, embedded = int(row[0]), int(row[1] or 0)
+            return (total if changing else max(total - embedded, 0)), COUNTED
     row = conn.execute(queries.get("plan_estimated_rows"), {"table": table}).fetchone()
-    estimate = int(row[0]) if row else 0
-    if estimate > 0:
-        return estimate
-    counted = conn.execute(
-        queries.compose("plan_count_rows", table=sql.SQL(_regclass(conn, table)))
+    if row is None or row[0] is None:
+        return None, f"unknown: no statistics of {name} yet (run ANALYZE {name})"
+    return int(row[0]), ESTIMATED
+
+
+def _content_column(
+    conn: db.Connection, table: str, name: str, row_type: str, content: str
+) -> str | None:
+    """The content column `content` names (None: a content function), as watch() reads it:
+    a column of a text type, else a function of the row type. ConfigError for anything else
+    (watch() would refuse it too)."""
+    found = conn.execute(
+        queries.get("plan_content_column"), {"table": table, "column": content}
     ).fetchone()
-    return int(counted[0]) if counted else 0
+    if found is not None:
+        if not found[1]:
+            raise exceptions.ConfigError(
+                f"content column {name}.{content} has type {found[0]}, not text: watch() "
+                "takes a text column, or a content function that returns text"
+            )
+        return content
+    try:
+        with conn.transaction():  # a name that is no valid function name raises
+            function = conn.execute(
+                queries.get("plan_content_function"), {"function": content, "row_type": row_type}
+            ).fetchone()
+    except psycopg.Error:
+        function = None
+    if function is None or function[0] is None:
+        raise exceptions.ConfigError(
+            f"{name} has no column {content}, and there is no function {content}({row_type}) "
+            "(a content function)"
+        )
+    return None
 
 
 def _tokens_per_row(
-    conn: db.Connection, table: str, column: str, max_tokens: int
+    conn: db.Connection, table: str, name: str, column: str, max_tokens: int
 ) -> tuple[float | None, str]:
     stats = conn.execute(
         queries.get("plan_column_width"), {"table": table, "column": column}
     ).fetchone()
-    if stats is not None and stats[0]:
-        width, where = float(stats[0]), "from the column's statistics"
-    else:
-        try:
-            with conn.transaction():
-                found = conn.execute(
-                    queries.compose(
-                        "plan_sample_width",
-                        column=sql.Identifier(column),
-                        table=sql.SQL(_regclass(conn, table)),
-                    ),
-                    {"rows": SAMPLE_ROWS},
-                ).fetchone()
-        except psycopg.Error:  # no SELECT on it, say: the caller's rights decide
-            found = None
-        if found is None or found[0] is None:
-            return None, f"unknown: cannot read {table}.{column} (pass --tokens-per-row)"
-        width, where = float(found[0]), f"from a sample of up to {SAMPLE_ROWS} rows"
-    return min(width / BYTES_PER_TOKEN, float(max_tokens)), where
-
-
-def _regclass(conn: db.Connection, table: str) -> str:
-    """The table's name as Postgres quotes it (regclass's output), or ConfigError."""
-    row = conn.execute(queries.get("regclass_text"), {"table": table}).fetchone()
-    if row is None or row[0] is None:
-        raise exceptions.ConfigError(f"no table {table}")
-    return str(row[0])
+    if stats is None or stats[0] is None:
+        return None, (
+            f"unknown: no statistics of {name}.{column} you may read (run ANALYZE {name}, "
+            "or pass --tokens-per-row)"
+        )
+    width = float(stats[0])
+    return min(width / BYTES_PER_TOKEN, float(max_tokens)), "from the column's statistics"
