@@ -295,7 +295,12 @@ BEGIN
         problem := format('its key changed type and its %s %s could not follow (%s): %s; convert that table''s '
                           'key columns as the table''s were (ALTER TABLE %s ALTER COLUMN ... TYPE ... USING ...)',
                           CASE WHEN t.side_table IS NOT NULL THEN 'side table' ELSE 'chunk table' END,
-                          store, wanted, SQLERRM, store);
+                          store, wanted,
+                          -- a data error's message quotes the value: a row key, for status
+                          -- (readable by the worker roles) and the registry (by PUBLIC)
+                          CASE WHEN SQLSTATE LIKE '22%' THEN format('a key the new type rejects (SQLSTATE %s)', SQLSTATE)
+                               ELSE SQLERRM END,
+                          store);
     END;
     EXECUTE format('DROP FUNCTION embeddings.%I()', fn);
     RETURN problem;

@@ -24,7 +24,9 @@ LONG_KEY = "a key far longer than ten characters"
 
 
 def store_table(conn: Conn) -> str:
-    row = conn.execute("SELECT coalesce(side_table, chunk_table)::text FROM embeddings.targets").fetchone()
+    row = conn.execute(
+        "SELECT coalesce(side_table, chunk_table)::text FROM embeddings.targets"
+    ).fetchone()
     assert row is not None
     return str(row[0])
 
