@@ -70,8 +70,8 @@ BEGIN
 END
 $$;
 
--- Schema changes of watched tables: renames of the table, its key (a chunked target's chunk
--- table's key columns follow, a side table's too), content or embedding column, a rename or move
+-- Schema changes of watched tables: renames and retypes of the table's key (a chunked target's
+-- chunk table's key columns follow, a side table's too), content or embedding column, a rename or move
 -- of its side or chunk table, a move to another schema, a
 -- retyped content column, a new owner (the functions that run as the owner follow it),
 -- partitions created, attached or detached, an ALTER of the functions generated for it. Target
@@ -127,15 +127,19 @@ BEGIN
          ) r
     WHERE tg.id = target_id
     RETURNING tg.* INTO t;
+    IF coalesce(t.chunk_table, t.side_table) IS NOT NULL AND t.problem IS NULL THEN
+        PERFORM embeddings.follow_store_keys(t);  -- renamed key columns (56_side.sql)
+        -- retyped ones: a store that cannot follow is a problem, not rows dead-lettered
+        UPDATE embeddings.targets tg SET problem = embeddings.follow_store_key_types(t)
+        WHERE tg.id = target_id
+        RETURNING tg.* INTO t;
+    END IF;
     IF t.problem IS NOT NULL AND t.problem IS DISTINCT FROM before.problem THEN
         RAISE WARNING 'embeddings: % is no longer embedded: %', embeddings.target_name(t), t.problem;
     END IF;
     IF t.problem IS NOT NULL THEN
         -- (without a problem, install_triggers() regenerates the functions, which moves it too)
         PERFORM embeddings.give_store_to_owner(t);
-    END IF;
-    IF coalesce(t.chunk_table, t.side_table) IS NOT NULL AND t.problem IS NULL THEN
-        PERFORM embeddings.follow_store_keys(t);  -- renamed key columns (56_side.sql)
     END IF;
     FOREACH rel IN ARRAY embeddings.install_triggers(t) LOOP
         PERFORM embeddings.enqueue_rows(t, rel);  -- a partition attached with its rows

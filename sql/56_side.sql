@@ -268,6 +268,75 @@ BEGIN
 END
 $$;
 
+-- Retypes the key columns of target t's side or chunk table as the source's are now (type and
+-- modifiers: integer to bigint, varchar(10) to varchar(100)), after follow_store_keys() named
+-- them alike: the store's keys are the source's rows' keys, and a key the store cannot hold
+-- ("integer out of range") would dead-letter its row. Called by embeddings.refresh_target(),
+-- in the transaction of the user's ALTER TABLE, with the event trigger's DDL following off.
+-- Returns NULL, or the target's problem when the store cannot follow.
+--
+-- The store is rewritten inside the user's DDL, whatever its size: the source was just
+-- rewritten under the same lock (a plain target's vectors and HNSW index with it), and a
+-- deferred conversion would leave keys the store cannot hold in between. A rewrite evaluates
+-- what the owner may have defined (a cast, a domain's CHECK, a CHECK constraint or a generated
+-- column of the store): it runs as the table's owner, in a function made for this one call
+-- (SECURITY DEFINER, owned by the owner, granted to no one, dropped at once). A conversion that
+-- fails (no cast from the old type, a value the new type rejects: the source's own conversion
+-- may have had a USING we do not know) is a problem: its jobs wait, no attempt spent, until
+-- the store's key columns are converted by hand (that ALTER TABLE is followed, clearing it).
+CREATE FUNCTION embeddings.follow_store_key_types(t embeddings.targets) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    store regclass := coalesce(t.side_table, t.chunk_table);
+    owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
+    changes text;
+    wanted text;
+    fn text;
+    problem text;
+BEGIN
+    SELECT string_agg(format('ALTER COLUMN %1$I TYPE %2$s%3$s USING %1$I::%2$s', a.attname,
+                             format_type(a.atttypid, a.atttypmod),
+                             CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation
+                                  THEN format(' COLLATE %I.%I', cn.nspname, co.collname) ELSE '' END), ', ' ORDER BY k.i),
+           string_agg(format('%I %s (now %s)', a.attname, format_type(a.atttypid, a.atttypmod),
+                             format_type(sa.atttypid, sa.atttypmod)), ', ' ORDER BY k.i)
+    INTO changes, wanted
+    FROM unnest(t.key_attnums) WITH ORDINALITY AS k(n, i)
+    JOIN pg_attribute a ON a.attrelid = t.source AND a.attnum = k.n AND NOT a.attisdropped
+    JOIN pg_type ty ON ty.oid = a.atttypid
+    JOIN pg_attribute sa ON sa.attrelid = store AND sa.attname = a.attname AND sa.attnum > 0 AND NOT sa.attisdropped
+    LEFT JOIN pg_collation co ON co.oid = a.attcollation
+    LEFT JOIN pg_namespace cn ON cn.oid = co.collnamespace
+    WHERE (sa.atttypid, sa.atttypmod) IS DISTINCT FROM (a.atttypid, a.atttypmod);
+    IF changes IS NULL THEN
+        RETURN NULL;
+    END IF;
+    PERFORM embeddings.give_store_to_owner(t);  -- the owner alters it
+    fn := embeddings.create_access_function(jsonb_build_object('prefix', 'embeddings_' || t.id), '_retype_keys',
+        '', 'void', format('EXECUTE %L;', format('ALTER TABLE %s %s', store, changes)),
+        check_call => embeddings.check_serving_sql(t.source::text, false, store::text), formats => false);
+    EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', fn);
+    IF owner_name <> current_user THEN
+        EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', fn, owner_name);
+    END IF;
+    BEGIN
+        EXECUTE format('SELECT embeddings.%I()', fn);
+    EXCEPTION WHEN OTHERS THEN
+        problem := format('its key changed type and its %s %s could not follow (%s): %s; convert that table''s '
+                          'key columns as the table''s were (ALTER TABLE %s ALTER COLUMN ... TYPE ... USING ...)',
+                          CASE WHEN t.side_table IS NOT NULL THEN 'side table' ELSE 'chunk table' END,
+                          store, wanted,
+                          -- a data error's message quotes the value: a row key, for status
+                          -- (readable by the worker roles) and the registry (by PUBLIC)
+                          CASE WHEN SQLSTATE LIKE '22%' THEN format('a key the new type rejects (SQLSTATE %s)', SQLSTATE)
+                               ELSE SQLERRM END,
+                          store);
+    END;
+    EXECUTE format('DROP FUNCTION embeddings.%I()', fn);
+    RETURN problem;
+END
+$$;
+
 -- For the functions below: a query of the rows given to a write (keys, `with_vectors` a vector
 -- each, digests) whose content is still the one loaded (the md5 `digests`), joined to the table
 -- as it is now: key_ (the key as given), kc0, kc1, ... (the row's key values), e_ (the vector),

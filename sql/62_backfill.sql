@@ -32,7 +32,12 @@ CREATE TABLE IF NOT EXISTS embeddings.backfills (
     -- rows (their jobs fill the shadow column, 44_changes.sql).
     lane          text NOT NULL DEFAULT 'backfill' CHECK (lane IN ('backfill', 'change'))
 );
-GRANT SELECT ON embeddings.backfills TO PUBLIC;  -- embeddings.status reads it as its caller
+-- embeddings.status reads its progress as its caller; not after_key, a real row key (issue 36:
+-- a login without grants read a table's keys, e-mail addresses, as the cursor moved). The
+-- REVOKE takes back the whole-table grant of 0.2.0 on upgrade (these lines run again).
+REVOKE SELECT ON embeddings.backfills FROM PUBLIC;
+GRANT SELECT (target_id, every_row, scanned_rows, enqueued_keys, started_at, stepped_at, lane)
+    ON embeddings.backfills TO PUBLIC;
 COMMENT ON TABLE embeddings.backfills IS 'Targets whose existing rows are still being queued, and where the queuing has got to';
 
 -- Rows one step examines by default (sweep(), and watch()'s inline first step).

@@ -44,7 +44,9 @@ CREATE TABLE IF NOT EXISTS embeddings.verify_cursors (
     prune_slot         smallint,
     prune_after        jsonb
 );
-GRANT SELECT ON embeddings.verify_cursors TO PUBLIC;
+-- Its cursors are real row keys: operators read the progress through embeddings.verification
+-- (below, with its owner's rights). The REVOKE takes back the grant of 0.2.0 on upgrade.
+REVOKE SELECT ON embeddings.verify_cursors FROM PUBLIC;
 
 -- What a vector of target t is made by besides its content: where the content comes from (the
 -- column's attribute number or the function's oid: both follow renames), the model, and the

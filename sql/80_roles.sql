@@ -88,6 +88,7 @@ DECLARE
     q embeddings.queues;
     fn regprocedure;
     rel regclass;
+    col name;
 BEGIN
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
         RAISE EXCEPTION 'role "%" does not exist', role_name
@@ -127,6 +128,16 @@ BEGIN
           AND EXISTS (SELECT FROM aclexplode(c.relacl) a WHERE a.grantee = 0 AND a.privilege_type = 'SELECT')
     LOOP
         EXECUTE format('GRANT SELECT ON %s TO %I', rel, role_name);
+    END LOOP;
+    -- and the columns PUBLIC may read of a table it may not read whole (embeddings.backfills:
+    -- all but its cursor, a row key).
+    FOR rel, col IN
+        SELECT c.oid::regclass, a.attname FROM pg_class c
+        JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped
+        WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind IN ('r', 'v', 'p')
+          AND EXISTS (SELECT FROM aclexplode(a.attacl) x WHERE x.grantee = 0 AND x.privilege_type = 'SELECT')
+    LOOP
+        EXECUTE format('GRANT SELECT (%I) ON %s TO %I', col, rel, role_name);
     END LOOP;
     FOR q IN SELECT * FROM embeddings.queues LOOP
         PERFORM embeddings.grant_worker_queue(role_name, q.name);

@@ -197,3 +197,89 @@ def test_public_may_execute_only_what_can_write_nothing(
             (roles.stranger,),
         ).fetchall()
     assert wrong == []
+
+
+# A row key and a content no login without grants may read: an e-mail address, as in issue 36.
+SECRET_KEY = "alice.secret@example.com"
+SECRET_TEXT = "the secret content of alice's row"
+
+
+def test_a_login_without_grants_reads_no_keys_or_content(roles: Roles) -> None:
+    """Row keys and content wherever we keep them (issue 36 §8): the registry's cursors (a
+    backfill's and a verifying sweep's `after_key`), dead letters, fingerprints, the inbox, the
+    queues and their archives, long documents' progress, the side and chunk tables. A login
+    without grants reads every column of every relation of ours it may read, and finds none."""
+    with roles.connect() as su:
+        su.execute("CREATE TABLE people (email text PRIMARY KEY, body text)")
+        su.execute("INSERT INTO people VALUES (%s, %s)", (SECRET_KEY, SECRET_TEXT))
+        key, json_key = SECRET_KEY, f'"{SECRET_KEY}"'
+        ids = [
+            int(su.execute(f"SELECT embeddings.watch('people', 'body'{store})").fetchone()[0])  # type: ignore[index]
+            for store in (
+                ", embedding_column => 'v_side', store => 'side'",
+                ", embedding_column => 'v_chunks', chunk_tokens => 50",
+            )
+        ]
+        for target_id in ids:
+            # Where each cursor holds a real key: a backfill and a verifying sweep under way.
+            su.execute(
+                "INSERT INTO embeddings.backfills (target_id, every_row, after_key) VALUES (%s, true, %s)"
+                " ON CONFLICT (target_id) DO UPDATE SET after_key = excluded.after_key",
+                (target_id, json_key),
+            )
+            su.execute(
+                "INSERT INTO embeddings.verify_cursors (target_id, after_key, prune_after)"
+                " VALUES (%s, %s, %s)",
+                (target_id, json_key, json_key),
+            )
+            su.execute(
+                "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message,"
+                " attempts, last_error) VALUES (%s, 'public.people', %s, 'embedding_jobs', %s, 5, %s)",
+                (
+                    target_id,
+                    json_key,
+                    f'{{"target": {target_id}, "keys": [{json_key}]}}',
+                    SECRET_TEXT,
+                ),
+            )
+            su.execute(
+                "SELECT embeddings.record_fingerprints(%s, false, ARRAY[%s], ARRAY[md5(%s)])",
+                (target_id, SECRET_KEY, SECRET_TEXT),
+            )
+            su.execute(
+                "INSERT INTO embeddings.documents (target_id, row_key, digest, state, bytes, target_version)"
+                " VALUES (%s, %s, md5(%s), 'in_progress', 1, 1)",
+                (target_id, key, SECRET_TEXT),
+            )
+            su.execute(
+                "SELECT pgmq.send('embedding_jobs', %s::jsonb)",
+                (f'{{"target": {target_id}, "keys": [{json_key}]}}',),
+            )
+        su.execute("UPDATE people SET body = body || '.'")  # its key in the inbox
+        relations = su.execute(
+            "SELECT c.oid::regclass::text, a.attname FROM pg_class c"
+            " JOIN pg_namespace n ON n.oid = c.relnamespace"
+            " JOIN pg_attribute a ON a.attrelid = c.oid AND a.attnum > 0 AND NOT a.attisdropped"
+            " WHERE (n.nspname IN ('embeddings', 'pgmq') OR c.relname LIKE 'people%%')"
+            "   AND c.relkind IN ('r', 'p', 'v', 'm')"
+            " ORDER BY 1, a.attnum"
+        ).fetchall()
+        # (the markers are all there to be read, by the superuser)
+        for place in ("embeddings.backfills", "embeddings.verify_cursors", "pgmq.q_embedding_jobs"):
+            assert SECRET_KEY in str(su.execute(f"SELECT to_jsonb(x) FROM {place} x").fetchall())
+    read: list[str] = []
+    leaked: list[str] = []
+    with roles.connect(roles.stranger) as stranger:
+        for relation, column in relations:
+            statement = sql.SQL("SELECT {}::text FROM {}").format(
+                sql.Identifier(column), sql.SQL(relation)
+            )
+            try:
+                values = stranger.execute(statement).fetchall()
+            except psycopg.errors.InsufficientPrivilege:
+                continue
+            read.append(f"{relation}.{column}")
+            if SECRET_KEY in str(values) or SECRET_TEXT in str(values):
+                leaked.append(f"{relation}.{column}")
+    assert leaked == []
+    assert "embeddings.targets.source" in read  # what PUBLIC reads, it reads

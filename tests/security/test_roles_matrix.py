@@ -69,6 +69,20 @@ def _attempts(world: World) -> dict[str, list[str]]:
             "SELECT * FROM embeddings.complete_changes()",
         ],
         "read `embeddings.status`": ["SELECT * FROM embeddings.status"],
+        "read the keys of queued and dead-lettered jobs (the queues, the inbox, `embeddings.failures`)": [
+            "SELECT message FROM pgmq.q_embedding_jobs",
+            "SELECT message FROM pgmq.q_embedding_jobs_backfill",
+            "SELECT keys FROM embeddings.inbox",
+            "SELECT row_key FROM embeddings.failures",
+        ],
+        "read where backfills and verifying sweeps are (`after_key`, `prune_after`: row keys)": [
+            "SELECT after_key FROM embeddings.backfills",
+            "SELECT after_key, prune_after FROM embeddings.verify_cursors",
+        ],
+        "read how far backfills and verifying sweeps got (`backfills` but its cursor, `verification`)": [
+            "SELECT target_id, scanned_rows, stepped_at FROM embeddings.backfills",
+            "SELECT * FROM embeddings.verification",
+        ],
         "run `embeddings.sweep()` (also `verify => true`), `adopt_fingerprints()`": [
             "SELECT embeddings.sweep()",
             "SELECT embeddings.sweep(verify => true)",

@@ -26,3 +26,21 @@ BEGIN
     PERFORM set_config('embeddings.following', 'off', true);
 END
 $$;
+
+-- Row keys no role reads that need not (issue 36): 0.2.0's grant_worker() gave the worker roles
+-- SELECT on every table PUBLIC could read, embeddings.backfills and embeddings.verify_cursors
+-- with their cursors (real row keys) among them. Taken back here; the code reinstall takes
+-- PUBLIC's (sql/62_backfill.sql, sql/64_verify.sql) and grant_worker() gives back the
+-- backfills' columns without the cursor (sql/99_regenerate.sql).
+DO $$
+DECLARE
+    role_name name;
+BEGIN
+    FOR role_name IN
+        SELECT r.rolname FROM embeddings.worker_roles w
+        JOIN pg_roles r ON r.oid = w.role_id OR (w.role_id IS NULL AND r.rolname = w.role_name) ORDER BY 1
+    LOOP
+        EXECUTE format('REVOKE SELECT ON embeddings.backfills, embeddings.verify_cursors FROM %I', role_name);
+    END LOOP;
+END
+$$;

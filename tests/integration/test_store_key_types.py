@@ -1,0 +1,124 @@
+"""A side table's or chunk table's key columns follow the type of the watched table's key
+(issue 36 §6), as a plain target's generated functions do: `ALTER TABLE ... ALTER COLUMN id TYPE
+bigint` widens the store's key column too, in the same transaction, so a row keyed past 2^31 is
+embedded instead of dead-lettered with "integer out of range". A change the store cannot follow
+(no cast from the old type) is the target's problem, shown by status, its jobs deferred."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support import stores
+from tests.support.jobs import JOBS
+from worker.process.runner import Worker
+
+Conn = psycopg.Connection[Any]
+
+STORE_KINDS = ("side", "chunks")
+BIG = 3_000_000_000  # past 2^31
+LONG_KEY = "a key far longer than ten characters"
+
+
+def store_table(conn: Conn) -> str:
+    row = conn.execute(
+        "SELECT coalesce(side_table, chunk_table)::text FROM embeddings.targets"
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def key_type(conn: Conn, table: str) -> str:
+    row = conn.execute(
+        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+        " WHERE attrelid = %s::regclass AND attname = 'id'",
+        (table,),
+    ).fetchone()
+    assert row is not None
+    return str(row[0])
+
+
+def failures(conn: Conn) -> list[tuple[Any, ...]]:
+    return conn.execute("SELECT row_key, last_error FROM embeddings.failures").fetchall()
+
+
+def problem(conn: Conn) -> tuple[Any, Any]:
+    row = conn.execute(
+        "SELECT t.problem, s.problem FROM embeddings.targets t, embeddings.status s"
+    ).fetchone()
+    assert row is not None
+    return row[0], row[1]
+
+
+@pytest.mark.parametrize("store", STORE_KINDS)
+def test_a_key_widened_to_bigint_is_followed_by_the_store(
+    conn: Conn, minilm: str, run_once: Callable[..., Worker], store: str
+) -> None:
+    conn.execute("CREATE TABLE docs (id integer PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'first text')")
+    stores.watch(conn, store, minilm)
+    run_once()
+    conn.execute("ALTER TABLE docs ALTER COLUMN id TYPE bigint")
+    assert key_type(conn, store_table(conn)) == "bigint"
+    conn.execute("INSERT INTO docs VALUES (%s, 'a row keyed past two to the thirty-first')", (BIG,))
+    conn.execute("UPDATE docs SET body = 'first text, edited' WHERE id = 1")
+    run_once()
+    assert failures(conn) == []
+    assert problem(conn) == (None, None)
+    assert stores.embedded(conn, store) == {1: True, BIG: True}
+
+
+@pytest.mark.parametrize("store", STORE_KINDS)
+def test_a_widened_varchar_key_is_followed_by_the_store(
+    conn: Conn, minilm: str, run_once: Callable[..., Worker], store: str
+) -> None:
+    conn.execute("CREATE TABLE docs (id varchar(10) PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES ('short', 'first text')")
+    stores.watch(conn, store, minilm)
+    run_once()
+    conn.execute("ALTER TABLE docs ALTER COLUMN id TYPE varchar(100)")
+    assert key_type(conn, store_table(conn)) == "character varying(100)"
+    conn.execute("INSERT INTO docs VALUES (%s, 'a row with a long key')", (LONG_KEY,))
+    run_once()
+    assert failures(conn) == []
+    assert problem(conn) == (None, None)
+    assert stores.embedded(conn, store) == {"short": True, LONG_KEY: True}
+
+
+@pytest.mark.parametrize("store", STORE_KINDS)
+def test_a_key_change_the_store_cannot_follow_is_a_problem_and_defers(
+    conn: Conn, minilm: str, run_once: Callable[..., Worker], store: str
+) -> None:
+    conn.execute("CREATE TABLE docs (id integer PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'first text'), (2, 'second text')")
+    stores.watch(conn, store, minilm)
+    run_once()
+    conn.execute("UPDATE docs SET body = 'first text, edited' WHERE id = 1")  # a job waiting
+    notices: list[str] = []
+    conn.add_notice_handler(lambda d: notices.append(d.message_primary or ""))
+    # No cast from integer to uuid: the store's keys cannot be converted as the table's were.
+    conn.execute("ALTER TABLE docs ALTER COLUMN id TYPE uuid USING md5(id::text)::uuid")
+    table = store_table(conn)
+    assert key_type(conn, table) == "integer"
+    registered, shown = problem(conn)
+    assert registered is not None and table in registered and "uuid" in registered
+    assert shown == registered
+    assert any("no longer embedded" in n for n in notices)
+    # The application's writes still work; the worker defers the target's job, spends nothing.
+    conn.execute("INSERT INTO docs VALUES (gen_random_uuid(), 'written after the change')")
+    run_once()
+    assert failures(conn) == []
+    left = conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone()
+    assert left is not None and left[0] >= 1
+
+    # The operator converts the store's keys as the table's were: the problem goes, every row
+    # is queued again and embedded.
+    conn.execute(f"ALTER TABLE {table} ALTER COLUMN id TYPE uuid USING md5(id::text)::uuid")
+    assert problem(conn)[0] is None
+    run_once()
+    assert problem(conn) == (None, None)
+    assert all(stores.embedded(conn, store).values())
+    assert failures(conn) == []
