@@ -151,7 +151,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WHEN EXISTS (SELECT FROM pg_proc p JOIN pg_class c ON c.oid = t.source
                      WHERE p.pronamespace = 'embeddings'::regnamespace
                        AND p.proname ~ ('^embeddings_' || t.id || '_[a-z_]+$')
-                       AND p.proname !~ '_(search|text_ranking)$'  -- the caller's (sql/58_search.sql)
+                       AND p.proname !~ '_(search|text_ranking|visible)$'  -- the caller's (sql/58_search.sql, 56_side.sql)
                        AND p.prorettype <> 'trigger'::regtype
                        AND (p.proowner <> c.relowner OR NOT p.prosecdef)) THEN
             format('its functions do not run as the owner of %s (%s) as generated: an ALTER TABLE of it, or watch() again, regenerates them',
@@ -623,17 +623,20 @@ END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_chunk_access(embeddings.targets, jsonb) FROM PUBLIC;
 
--- Drops target t's functions above (the trigger functions are drop_triggers()').
+-- Drops target t's functions above and its store's policy (the trigger functions are
+-- drop_triggers()').
 CREATE FUNCTION embeddings.drop_access(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn regprocedure;
 BEGIN
+    PERFORM embeddings.drop_store_policy(t);  -- it calls _visible (sql/56_side.sql)
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace
           AND p.proname ~ ('^embeddings_' || t.id || '_(content|lock|load|scan|store|blank|store_shadow|blank_shadow'
-                           '|unshadowed|swap_prepare|nearest|reusable|chunks|forget|prune|verify|clear_failing|existing|search|text_ranking)$')
+                           '|unshadowed|swap_prepare|nearest|reusable|chunks|forget|prune|verify|clear_failing|existing|search|text_ranking'
+                           '|visible)$')
     LOOP
         EXECUTE format('DROP FUNCTION %s', fn);
     END LOOP;

@@ -492,3 +492,81 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_follow_access(embeddings.targets, jsonb) FROM PUBLIC;
+
+-- Row-level security of a side table or chunk table (its "store"): a role that may read it sees
+-- exactly the rows whose row of the table it may see, so that the SELECT a searcher is granted on
+-- the store (search() and hybrid_search() read it with the caller's rights, sql/58_search.sql)
+-- shows no other tenant's keys, chunks, vectors or tsvectors. The table's owner, who writes the
+-- store through its functions (above, sql/32_access.sql), is exempt, as an owner is from its
+-- table's policies: the worker's writes see every row.
+--
+--   embeddings_<id>_visible()  the key of every row of the table the caller may see: a SQL
+--       function of one SELECT, STABLE, SECURITY INVOKER and without SET clauses, so that the
+--       planner inlines it where the policy calls it and the table's own policies apply to the
+--       caller (an index probe per store row read, or one hashed scan of the visible keys,
+--       whichever the plan finds cheaper). Its body is text, which Postgres does not track: a
+--       policy naming the table itself would make every DROP TABLE of it fail, where our event
+--       trigger forgets the target instead (sql/45_dropped.sql). Owned by this schema's owner
+--       and executable by PUBLIC, as search's statements are (a table owner could otherwise
+--       make every reader of its store run its code). Schema-qualified throughout: it runs with
+--       the caller's search path.
+--   policy embeddings_<id>_visible on the store, FOR ALL, TO PUBLIC: the row's key is among them.
+--
+-- Made with the search statements (generate_search(), on every regeneration: watch(), ALTER
+-- TABLE of the table or store, a model change, every upgrade's sql/99_regenerate.sql), dropped
+-- with them (drop_access()). Row-level security stays on: a store left without the policy (its
+-- target unwatched or forgotten, or the policy not made: a key column gone) shows its rows to
+-- its owner only.
+CREATE FUNCTION embeddings.generate_store_policy(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    store regclass := coalesce(t.side_table, t.chunk_table);
+    fn text := 'embeddings_' || t.id || '_visible';
+    store_name name := (SELECT c.relname FROM pg_class c WHERE c.oid = store);
+BEGIN
+    IF store IS NULL THEN
+        RETURN;
+    END IF;
+    EXECUTE format('CREATE FUNCTION embeddings.%I() RETURNS TABLE (%s) LANGUAGE sql STABLE AS %L',
+        fn,
+        (SELECT string_agg(format('k%s %s', k.i - 1, format_type(a.atttypid, NULL)), ', ' ORDER BY k.i)
+         FROM unnest(t.key_attnums) WITH ORDINALITY AS k(n, i)
+         JOIN pg_attribute a ON a.attrelid = t.source AND a.attnum = k.n),
+        format('SELECT %s FROM %s s',
+               (SELECT string_agg(format('s.%I', c), ', ' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
+               t.source));
+    EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I() TO PUBLIC', fn);
+    IF NOT (SELECT c.relrowsecurity FROM pg_class c WHERE c.oid = store) THEN
+        EXECUTE format('ALTER TABLE %s ENABLE ROW LEVEL SECURITY', store);
+    END IF;
+    -- The store's columns by its own name (a policy's expression sees the table under it), the
+    -- visible keys under an alias no table of ours takes.
+    EXECUTE format('CREATE POLICY %I ON %s USING (EXISTS (SELECT FROM embeddings.%I() embeddings_visible_row WHERE %s))',
+        fn, store, fn,
+        (SELECT string_agg(format('embeddings_visible_row.k%s %s %I.%I', k.i - 1, embeddings.key_operator(k.ty, 3), store_name, k.c),
+                           ' AND ' ORDER BY k.i)
+         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)));
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.generate_store_policy(embeddings.targets) FROM PUBLIC;
+
+-- Drops the policies that call target t's embeddings_<id>_visible() (whatever they have been
+-- renamed to), before the function goes (drop_access(), sql/32_access.sql).
+CREATE FUNCTION embeddings.drop_store_policy(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    policy record;
+BEGIN
+    FOR policy IN
+        SELECT pol.polname, pol.polrelid::regclass AS rel
+        FROM pg_depend d
+        JOIN pg_policy pol ON d.classid = 'pg_policy'::regclass AND pol.oid = d.objid
+        WHERE d.refclassid = 'pg_proc'::regclass
+          AND d.refobjid = (SELECT p.oid FROM pg_proc p WHERE p.pronamespace = 'embeddings'::regnamespace
+                            AND p.proname = 'embeddings_' || t.id || '_visible')
+    LOOP
+        EXECUTE format('DROP POLICY %I ON %s', policy.polname, policy.rel);
+    END LOOP;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.drop_store_policy(embeddings.targets) FROM PUBLIC;

@@ -301,6 +301,9 @@ BEGIN
             prefix || '_text_ranking', settings, text_sql[1] || text_sql[2], t.id, text_sql[3],
             text_sql[1] || ' INTO result' || text_sql[2] || 'true' || text_sql[3]);
     END IF;
+    -- A searcher granted SELECT on the side or chunk table reads there only its rows of the
+    -- table (sql/56_side.sql), as the statements above do.
+    PERFORM embeddings.generate_store_policy(t);
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_search(embeddings.targets) FROM PUBLIC;

@@ -452,7 +452,7 @@ def test_the_search_statements_are_not_the_owners_to_redefine(roles: Roles, stor
         generated = su.execute(
             "SELECT p.proname, p.proowner::regrole::text, p.prosecdef FROM pg_proc p"
             " WHERE p.proname ~ %s ORDER BY 1",
-            (f"^embeddings_{target}_(search|text_ranking)$",),
+            (f"^embeddings_{target}_(search|text_ranking|visible)$",),
         ).fetchall()
         schema_owner = su.execute(
             "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'embeddings'"
@@ -461,6 +461,8 @@ def test_the_search_statements_are_not_the_owners_to_redefine(roles: Roles, stor
     assert generated == [
         (f"embeddings_{target}_search", schema_owner[0], False),
         (f"embeddings_{target}_text_ranking", schema_owner[0], False),
+        # what a reader of the side table runs (its policy, sql/56_side.sql)
+        *([(f"embeddings_{target}_visible", schema_owner[0], False)] if store == "side" else []),
     ]
     with roles.connect(roles.owner) as owner:
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -468,6 +470,13 @@ def test_the_search_statements_are_not_the_owners_to_redefine(roles: Roles, stor
                 f"ALTER FUNCTION embeddings.embeddings_{target}_search(halfvec, jsonb, integer,"
                 " boolean) SECURITY DEFINER"
             )
+        if store == "side":
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                owner.execute(
+                    f"CREATE OR REPLACE FUNCTION embeddings.embeddings_{target}_visible()"
+                    " RETURNS TABLE (k0 integer) LANGUAGE sql STABLE"
+                    " AS $$ SELECT length(public.payload()) $$"
+                )
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             owner.execute(
                 f"CREATE OR REPLACE FUNCTION embeddings.embeddings_{target}_text_ranking("
