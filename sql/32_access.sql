@@ -288,6 +288,19 @@ $$;
 -- its BEGIN (a DECLARE block, #variable_conflict), the check every function makes first (`a`'s
 -- check_call unless `check_call` is given), then `body`. So each generator says only what its
 -- function does. Returns the function's name.
+-- The settings the owner's code could leave in the caller's session (set_config(name, value,
+-- false) outlives a SECURITY DEFINER function, its SET clauses included): each `guarded`
+-- access function puts back whichever of them the owner's code changed (create_access_function).
+CREATE FUNCTION embeddings.guarded_settings() RETURNS text[]
+LANGUAGE sql IMMUTABLE AS $$
+    SELECT ARRAY['search_path', 'statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout',
+                 'default_transaction_read_only', 'default_transaction_isolation', 'default_transaction_deferrable',
+                 'DateStyle', 'IntervalStyle', 'TimeZone', 'bytea_output', 'extra_float_digits',
+                 'standard_conforming_strings', 'transform_null_equals', 'row_security', 'synchronous_commit',
+                 'array_nulls', 'quote_all_identifiers', 'default_text_search_config', 'xmloption',
+                 'lc_monetary', 'lc_numeric', 'lc_time', 'check_function_bodies', 'session_replication_role']
+$$;
+
 CREATE FUNCTION embeddings.create_access_function(
     a jsonb,
     suffix text,
@@ -303,15 +316,27 @@ CREATE FUNCTION embeddings.create_access_function(
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn_name text := (a->>'prefix') || suffix;
+    -- `immediate`: the function is called by the worker and by our operations (sweep(),
+    -- watch(), ...), never in the application's own transactions (the triggers' `_content`,
+    -- the TRUNCATE trigger's `_prune` pass false). Two things then hold:
+    -- * SET CONSTRAINTS ALL IMMEDIATE first. The owner's code that runs inside (its triggers,
+    --   its content function) may queue deferred triggers, which Postgres 15 fires at COMMIT as
+    --   whoever is the current user then: the worker, or the superuser running sweep().
+    --   Immediate, they fire at the end of the statement that queued them, as the owner.
+    --   Postgres refuses SET CONSTRAINTS in a STABLE function, and the owner's STABLE content
+    --   function may still call a VOLATILE one that writes: such a function is VOLATILE.
+    -- * The body is `<name>_body`, and `<name>` a guard around it that puts back every setting
+    --   of guarded_settings() the owner's code changed with set_config(..., false): a search
+    --   path naming the owner's schema first would otherwise pick the owner's functions for the
+    --   caller's next unqualified call (sweep()'s own, a superuser's next statement), as the
+    --   caller. The guard has no SET clause (the settings it reads and puts back are the
+    --   caller's), so it names only pg_catalog and this schema, and only qualified.
+    body_name text := fn_name || CASE WHEN immediate THEN '_body' ELSE '' END;
+    settings text[] := embeddings.guarded_settings();
+    setof boolean := returns ~* '^\s*(TABLE|SETOF)\M';
+    void boolean := returns ~* '^\s*void\s*$';
+    args text;
 BEGIN
-    -- `immediate`: SET CONSTRAINTS ALL IMMEDIATE first. The owner's code that runs inside (its
-    -- triggers, its content function) may queue deferred triggers, which Postgres 15 fires at
-    -- COMMIT as whoever is the current user then: the worker, or the superuser running sweep().
-    -- Immediate, they fire at the end of the statement that queued them, inside this function,
-    -- as the owner. Not for the functions called in the application's own transactions (the
-    -- triggers' `_content`, the TRUNCATE trigger's `_prune`): its constraints stay as it set them.
-    -- Postgres refuses SET CONSTRAINTS in a STABLE function, and the owner's STABLE content
-    -- function may still call a VOLATILE one that writes: `immediate` makes it VOLATILE.
     EXECUTE format(
         $f$CREATE FUNCTION embeddings.%1$I(%2$s) RETURNS %3$s
         LANGUAGE plpgsql%4$s SECURITY DEFINER SET search_path = pg_catalog, pg_temp%8$s AS $body$
@@ -320,10 +345,40 @@ BEGIN
             %7$s
         END
         $body$ $f$,
-        fn_name, params, returns, CASE WHEN stable AND NOT immediate THEN ' STABLE' ELSE '' END, head,
+        body_name, params, returns, CASE WHEN stable AND NOT immediate THEN ' STABLE' ELSE '' END, head,
         coalesce(check_call, a->>'check_call'), body,
         CASE WHEN formats THEN embeddings.content_settings_sql() ELSE '' END,
         CASE WHEN immediate THEN 'SET CONSTRAINTS ALL IMMEDIATE;' ELSE '' END);
+    IF NOT immediate THEN
+        RETURN fn_name;
+    END IF;
+    SELECT coalesce(string_agg(format('$%s', i), ', ' ORDER BY i), '') INTO args
+    FROM generate_series(1, (SELECT p.pronargs FROM pg_proc p
+                             WHERE p.oid = format('embeddings.%I', body_name)::regproc)) AS i;
+    EXECUTE format(
+        $f$CREATE FUNCTION embeddings.%1$I(%2$s) RETURNS %3$s
+        LANGUAGE plpgsql SECURITY DEFINER AS $body$
+        DECLARE
+            guarded_saved pg_catalog.text[] := ARRAY[%4$s];%5$s
+        BEGIN
+            %6$s
+            %7$s
+            %8$s
+        END
+        $body$ $f$,
+        fn_name, params, returns,
+        (SELECT string_agg(format('pg_catalog.current_setting(%L)', n), ', ' ORDER BY i)
+         FROM unnest(settings) WITH ORDINALITY AS s(n, i)),
+        CASE WHEN setof OR void THEN '' ELSE format(E'\n            guarded_result %s;', returns) END,
+        CASE WHEN setof THEN format('RETURN QUERY SELECT * FROM embeddings.%I(%s);', body_name, args)
+             WHEN void THEN format('PERFORM embeddings.%I(%s);', body_name, args)
+             ELSE format('guarded_result := embeddings.%I(%s);', body_name, args) END,
+        (SELECT string_agg(format(
+                    'IF pg_catalog.current_setting(%1$L) OPERATOR(pg_catalog.<>) guarded_saved[%2$s] THEN '
+                    'PERFORM pg_catalog.set_config(%1$L, guarded_saved[%2$s], false); END IF;', n, i),
+                E'\n            ' ORDER BY i)
+         FROM unnest(settings) WITH ORDINALITY AS s(n, i)),
+        CASE WHEN setof OR void THEN 'RETURN;' ELSE 'RETURN guarded_result;' END);
     RETURN fn_name;
 END
 $$;
@@ -360,6 +415,7 @@ DECLARE
     following text := coalesce(current_setting('embeddings.following', true), 'off');
     made text[] := '{}';
     fn regprocedure;
+    guard boolean;
     role_name name;
 BEGIN
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
@@ -459,15 +515,21 @@ BEGIN
 
     -- The owner's, run by this schema's owner (the trigger functions) and the worker roles,
     -- with the owner's search path (written with ours: owner_search_path() says why).
-    FOR fn IN
-        SELECT p.oid::regprocedure FROM pg_proc p
-        WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proname = ANY (made)
+    FOR fn, guard IN
+        SELECT p.oid::regprocedure,
+               EXISTS (SELECT FROM pg_proc b WHERE b.pronamespace = p.pronamespace AND b.proname = p.proname || '_body')
+        FROM pg_proc p
+        WHERE p.pronamespace = 'embeddings'::regnamespace
+          AND (p.proname = ANY (made) OR p.proname = ANY (ARRAY(SELECT m || '_body' FROM unnest(made) AS m)))
     LOOP
-        PERFORM embeddings.give_owner_path(fn, (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
+        -- A guard (create_access_function()) keeps no SET clause: it puts back its caller's.
+        IF NOT guard THEN
+            PERFORM embeddings.give_owner_path(fn, (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
+        END IF;
         -- Those that turn keys into JSON (for backfills, model changes, search) do it alike in
         -- every session: a float key with extra_float_digits < 1 would lose digits and match no
         -- row (embeddings.key_settings_sql()).
-        IF fn::text ~ '_(scan|unshadowed|nearest)\(' AND embeddings.key_settings_sql(t) <> '' THEN
+        IF NOT guard AND fn::text ~ '_(scan|unshadowed|nearest)(_body)?\(' AND embeddings.key_settings_sql(t) <> '' THEN
             EXECUTE format('ALTER FUNCTION %s %s', fn, btrim(embeddings.key_settings_sql(t)));
         END IF;
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
@@ -636,7 +698,7 @@ BEGIN
         WHERE p.pronamespace = 'embeddings'::regnamespace
           AND p.proname ~ ('^embeddings_' || t.id || '_(content|lock|load|scan|store|blank|store_shadow|blank_shadow'
                            '|unshadowed|swap_prepare|nearest|reusable|chunks|forget|prune|verify|clear_failing|existing|search|text_ranking'
-                           '|visible)$')
+                           '|visible)(_body)?$')  -- (a guard's body: create_access_function())
     LOOP
         EXECUTE format('DROP FUNCTION %s', fn);
     END LOOP;

@@ -314,7 +314,8 @@ BEGIN
     PERFORM embeddings.give_store_to_owner(t);  -- the owner alters it
     fn := embeddings.create_access_function(jsonb_build_object('prefix', 'embeddings_' || t.id), '_retype_keys',
         '', 'void', format('EXECUTE %L;', format('ALTER TABLE %s %s', store, changes)),
-        check_call => embeddings.check_serving_sql(t.source::text, false, store::text), formats => false);
+        check_call => embeddings.check_serving_sql(t.source::text, false, store::text), formats => false,
+        immediate => false);  -- made, run once and dropped here: no guard around it
     EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', fn);
     IF owner_name <> current_user THEN
         EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', fn, owner_name);

@@ -73,6 +73,7 @@ DECLARE
     a jsonb := embeddings.access_parts(t);
     owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
     fill text := (a->>'prefix') || '_fill_fts';
+    made text;
     col name;
     rel regclass;
     rebuild text[] := '{}';
@@ -110,13 +111,17 @@ BEGIN
                  ELSE format('UPDATE %s x SET %I = %s FROM %s t WHERE %s;',
                              rel, col, embeddings.fts_sql(t, a->>'content'), t.source,
                              embeddings.key_equal_sql(t, 't', 'x')) END);
-        PERFORM embeddings.give_owner_path(format('embeddings.%I()', fill)::regprocedure,
+        -- (Its body `<fill>_body` runs the owner's code with the owner's path; `<fill>`, the
+        -- guard, puts back what that code left in our session: create_access_function().)
+        PERFORM embeddings.give_owner_path(format('embeddings.%I()', fill || '_body')::regprocedure,
                                            (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
-        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', fill);
-        IF owner_name <> current_user THEN
-            EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', fill, owner_name);
-            EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I() TO %I', fill, current_user);
-        END IF;
+        FOREACH made IN ARRAY ARRAY[fill || '_body', fill] LOOP
+            EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', made);
+            IF owner_name <> current_user THEN
+                EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', made, owner_name);
+                EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I() TO %I', made, current_user);
+            END IF;
+        END LOOP;
         IF (SELECT c.relkind FROM pg_class c WHERE c.oid = rel) = 'r' THEN
             FOR dropped, statement IN
                 SELECT v.index, array_to_string(v.statements, '; ') FROM embeddings.vector_indexes(rel) v
@@ -126,7 +131,7 @@ BEGIN
             END LOOP;
         END IF;
         EXECUTE format('SELECT embeddings.%I()', fill);
-        EXECUTE format('DROP FUNCTION embeddings.%I()', fill);
+        EXECUTE format('DROP FUNCTION embeddings.%I(), embeddings.%I()', fill, fill || '_body');
         FOREACH statement IN ARRAY rebuild LOOP
             EXECUTE statement;
         END LOOP;

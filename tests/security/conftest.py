@@ -21,10 +21,21 @@ from tests.integration.conftest import (
     model_path,
     run_once,
     settings,
+    tiny_model_paths,
+    tiny_models,
 )
 from tests.support.models import MINILM
 
-__all__ = ["embedders", "generated_model_path", "minilm", "model_path", "run_once", "settings"]
+__all__ = [
+    "embedders",
+    "generated_model_path",
+    "minilm",
+    "model_path",
+    "run_once",
+    "settings",
+    "tiny_model_paths",
+    "tiny_models",
+]
 
 Conn = psycopg.Connection[Any]
 

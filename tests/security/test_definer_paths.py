@@ -6,6 +6,7 @@ first, where any login may create tables (docs/security.md)."""
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import psycopg
@@ -55,6 +56,17 @@ def test_every_security_definer_function_has_a_fixed_search_path(roles: Roles) -
             "SELECT p.proname::text, p.oid::regprocedure::text, p.proconfig FROM pg_proc p"
             " WHERE p.pronamespace = 'embeddings'::regnamespace AND p.prosecdef"
         ).fetchall()
+        # The guards around the access functions the worker and our operations call
+        # (sql/32_access.sql: create_access_function): no SET clause, since the settings they
+        # put back are their caller's; their source names only pg_catalog and this schema.
+        guards = dict(
+            su.execute(
+                "SELECT p.oid::regprocedure::text, p.prosrc FROM pg_proc p"
+                " WHERE p.pronamespace = 'embeddings'::regnamespace AND p.prosecdef"
+                " AND EXISTS (SELECT FROM pg_proc b WHERE b.pronamespace = p.pronamespace"
+                "             AND b.proname = p.proname || '_body')"
+            ).fetchall()
+        )
 
     # The listing covers ours and each kind's generated functions (the content wrapper of a
     # content-function target, a side table's and a chunk table's own).
@@ -72,6 +84,38 @@ def test_every_security_definer_function_has_a_fixed_search_path(roles: Roles) -
     unfixed = [
         (signature, config)
         for _, signature, config in definers
-        if (path := search_path(config)) is None or path[-1] != "pg_temp"
+        if signature not in guards
+        and ((path := search_path(config)) is None or path[-1] != "pg_temp")
     ]
     assert unfixed == []
+    assert {g.split("(")[0] for g in guards} >= {
+        f"embeddings.embeddings_{targets['plain']}_{f}" for f in ("load", "scan", "store")
+    }
+    for signature, source in guards.items():
+        assert guards_name_only_qualified_objects(source), (signature, source)
+
+
+# What a guard's source may call: pg_catalog's functions and operators, this schema's functions
+# (the body it guards), and PL/pgSQL's own words.
+_CALL = re.compile(r"([A-Za-z_][A-Za-z_0-9.]*)\s*\(")
+_PLPGSQL = {
+    "ARRAY",
+    "IF",
+    "SELECT",
+    "FROM",
+    "RETURN",
+    "QUERY",
+    "PERFORM",
+    "THEN",
+    "END",
+    "OPERATOR",
+}
+
+
+def guards_name_only_qualified_objects(source: str) -> bool:
+    calls = {m.group(1) for m in _CALL.finditer(source)}
+    loose = {
+        c for c in calls if not c.startswith(("pg_catalog.", "embeddings.")) and c not in _PLPGSQL
+    }
+    operators = re.findall(r"OPERATOR\(([^)]*)\)", source)
+    return not loose and all(o.startswith("pg_catalog.") for o in operators) and " = " not in source

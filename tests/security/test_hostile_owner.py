@@ -317,11 +317,14 @@ def test_altering_a_generated_function_is_undone_by_the_event_trigger(roles: Rol
     # The owner's search path (its triggers and content function are written for it), pg_temp last.
     # No content formats here: the triggers call it for each row, and only compare (sql/32_access.sql).
     assert generated == (True, ['search_path="$user", public, pg_temp'])
-    load = f"embeddings.embeddings_{target}_load(text[], text[])"
+    load = f"embeddings.embeddings_{target}_load_body(text[], text[])"
     with roles.connect(roles.owner) as owner:
         loaded = owner.execute(attributes, (load,)).fetchone()
+        guard = owner.execute(attributes, (load.replace("_body", ""),)).fetchone()
     # What the worker embeds is evaluated in pinned formats (embeddings.content_settings_sql()).
     assert loaded is not None and loaded[1][1:] == ["DateStyle=iso", "IntervalStyle=postgres"]
+    # Its guard sets nothing: it puts back its caller's settings (create_access_function()).
+    assert guard == (True, None)
 
 
 def test_force_row_level_security_defers_the_target_with_its_reason(
@@ -377,7 +380,7 @@ def test_the_owners_search_path_setting_is_data_not_sql(roles: Roles) -> None:
     with roles.connect() as su:
         config = su.execute(
             "SELECT proconfig FROM pg_proc WHERE oid = %s::regprocedure",
-            (f"embeddings.embeddings_{target}_load(text[], text[])",),
+            (f"embeddings.embeddings_{target}_load_body(text[], text[])",),
         ).fetchone()
     assert config is not None and "SUPERUSER" in config[0][0], config
 

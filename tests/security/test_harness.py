@@ -1,0 +1,248 @@
+"""A hostile tenant in every hook, every operation we have (issue 36).
+
+tests/security/harness.py builds the world: the table owner's tables of every kind, watched,
+with its code planted at every hook it controls, each piece recording as whom it ran, leaving
+session state behind and trying to escalate. Here every product operation runs, as each role
+the docs tell operators to use, and after each:
+- the owner's code ran as the owner only (or as a role that itself read the owner's table);
+- no escalation succeeded, nothing of the other tenant reached the owner;
+- the worker still serves the other tenant: a row it adds afterwards is embedded.
+
+Adding an operation is one entry in OPERATIONS; docs/security.md's "What the harness runs"
+table lists them (test_the_documented_operations_are_the_harness_operations)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import pytest
+
+from tests.integration.test_cli import run_cli
+from tests.security import harness
+from tests.security.conftest import Roles
+from tests.support.docs import DOCS
+from tests.support.models import MINILM
+from worker import db, schema
+from worker.models.loaded import LoadedModels
+from worker.process.runner import Worker
+from worker.retrieval import search
+from worker.retrieval.request import SearchRequest
+
+SUPERUSER, WORKER, APPLICATION = "superuser", "worker role", "application role"
+
+
+@dataclass
+class Context:
+    world: harness.World
+    role: str
+    run_once: Callable[..., Worker]
+    embedders: LoadedModels
+    model_path: str
+
+    @property
+    def roles(self) -> Roles:
+        return self.world.roles
+
+    @property
+    def dsn(self) -> str:
+        names = {SUPERUSER: None, WORKER: self.roles.worker, APPLICATION: self.roles.writer}
+        return self.roles.dsn_of(names[self.role])
+
+    def sql(self, *statements: str) -> None:
+        with self.roles.connect(None if self.role == SUPERUSER else self._name()) as conn:
+            for statement in statements:
+                conn.execute(statement.encode())
+                conn.execute("SELECT now(), clock_timestamp()")  # the session, after
+
+    def cli(self, *argv: str, refused: bool = False) -> Any:
+        """The real command line: exit 0 or 1 (a problem reported), or 2 where `refused`."""
+        env = {"DATABASE_URL": self.dsn, "EMBED_MODEL_PATH": self.model_path}
+        result = run_cli(*argv, env={**env, "EMBED_MODEL": MINILM})
+        assert result.returncode in ((2,) if refused else (0, 1)), result.stderr
+        return result
+
+    def _name(self) -> str:
+        return {WORKER: self.roles.worker, APPLICATION: self.roles.writer}[self.role]
+
+
+def _worker(ctx: Context) -> None:
+    ctx.run_once(database_url=ctx.dsn, batch_size=3)
+
+
+def _model_change(ctx: Context) -> None:
+    ctx.sql("SELECT embeddings.watch('docs_row', 'body', model => 'tiny-a')")
+    ctx.run_once(database_url=ctx.roles.worker_dsn, batch_size=3)
+
+
+def _forget_jobs_then(statement: str) -> Callable[[Context], None]:
+    def run(ctx: Context) -> None:
+        with ctx.roles.connect() as su:
+            su.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+            su.execute("SELECT pgmq.purge_queue('embedding_jobs_backfill')")
+            su.execute("DELETE FROM embeddings.backfills")
+        ctx.sql(statement)
+
+    return run
+
+
+def _http_search(ctx: Context) -> None:
+    """What POST /search runs (worker/http/server.py: _search), on the connection it opens:
+    as the search role (EMBED_SEARCH_DATABASE_URL), the application's."""
+    for table in ("docs_row", "docs_side", "docs_chunked", "docs_fn"):
+        request = SearchRequest.parse({"table": table, "query": "document", "k": 3})
+        with db.connect(ctx.dsn) as conn:
+            search.run(conn, ctx.embedders.get, request)
+
+
+def _sql_search(ctx: Context) -> None:
+    vector = "(SELECT embedding FROM docs_row WHERE id = 1 AND embedding IS NOT NULL)"
+    ctx.sql(
+        f"SELECT * FROM embeddings.search('docs_row', {vector}, 3)",
+        f"SELECT * FROM embeddings.search('docs_side', {vector}, 3)",
+        f"SELECT * FROM embeddings.match_chunks('docs_chunked', {vector}, 3)",
+        f"SELECT * FROM embeddings.hybrid_search('docs_side', 'document', {vector}, 3)",
+    )
+
+
+def _plan(ctx: Context) -> None:
+    for table, content in (
+        ("docs_row", "body"),
+        ("docs_fn", "docs_fn_text"),
+        ("docs_row", "docs_row"),
+    ):
+        ctx.cli("plan", table, "--content", content, "--model", MINILM, "--json")
+    ctx.cli("plan", "docs_view", "--content", "body", "--model", MINILM, refused=True)
+
+
+def _uninstall(ctx: Context) -> None:
+    with ctx.roles.connect() as su:
+        schema.uninstall(su)
+        su.execute("SELECT now(), clock_timestamp()")
+
+
+# Each operation: the roles it runs as, and how. The worker's own run follows every one of them.
+OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
+    "the worker, every store kind": ((WORKER, SUPERUSER), _worker),
+    "a model change and its swap": ((SUPERUSER,), _model_change),
+    "sweep()": ((SUPERUSER,), _forget_jobs_then("SELECT embeddings.sweep()")),
+    "verify (sweep(verify => true))": (
+        (SUPERUSER,),
+        _forget_jobs_then("SELECT embeddings.verify(1000)"),
+    ),
+    "backfill steps": (
+        (SUPERUSER,),
+        _forget_jobs_then(
+            "SELECT embeddings.watch('docs_row', 'body', model => '"
+            + MINILM
+            + "', backfill => true);"
+            " SELECT embeddings.backfill_step_keys()"
+        ),
+    ),
+    "watch again": (
+        (SUPERUSER,),
+        lambda ctx: ctx.sql(
+            *(
+                f"SELECT embeddings.watch('{t}', {a}, model => '{MINILM}')"
+                for t, a in harness.KINDS.items()
+            )
+        ),
+    ),
+    "unwatch and watch again": (
+        (SUPERUSER,),
+        lambda ctx: ctx.sql(
+            *(
+                f"SELECT embeddings.unwatch('{t}'); SELECT embeddings.watch('{t}', {a}, model => '{MINILM}')"
+                for t, a in harness.KINDS.items()
+                if t not in ("docs_row", "docs_fn", "docs_part", "docs_replica", "docs_domain")
+            )
+        ),
+    ),
+    "status (SQL)": (
+        (SUPERUSER, WORKER),
+        lambda ctx: ctx.sql(
+            "SELECT * FROM embeddings.status", "SELECT * FROM embeddings.target_status(true)"
+        ),
+    ),
+    "search (SQL)": ((APPLICATION, SUPERUSER), _sql_search),
+    "search (HTTP)": ((APPLICATION,), _http_search),
+    "search (CLI)": (
+        (SUPERUSER,),
+        lambda ctx: ctx.cli("search", "docs_chunked", "document", "-k", "2"),
+    ),
+    "plan": ((SUPERUSER,), _plan),
+    "status": ((SUPERUSER, WORKER), lambda ctx: ctx.cli("status", "--json")),
+    "doctor": ((SUPERUSER,), lambda ctx: ctx.cli("doctor")),
+    "failures --retry": ((SUPERUSER,), lambda ctx: ctx.cli("failures", "--retry")),
+    "sweep (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("sweep", "--verify")),
+    "migrate": ((SUPERUSER,), lambda ctx: ctx.cli("migrate")),
+    "uninstall": ((SUPERUSER,), _uninstall),
+}
+
+CASES = [(op, role) for op, (roles, _) in OPERATIONS.items() for role in roles]
+
+
+@pytest.fixture
+def world(
+    roles: Roles, run_once: Callable[..., Worker], tiny_models: tuple[str, str]
+) -> harness.World:
+    built = harness.build(roles)
+    run_once(database_url=roles.worker_dsn, batch_size=3)  # every row embedded once
+    harness.verdict(roles)
+    return built
+
+
+@pytest.mark.parametrize(("operation", "role"), CASES, ids=[f"{o} as {r}" for o, r in CASES])
+def test_no_operation_runs_the_tenants_code_as_anyone_else(
+    world: harness.World,
+    run_once: Callable[..., Worker],
+    embedders: LoadedModels,
+    model_path: str,
+    operation: str,
+    role: str,
+) -> None:
+    roles = world.roles
+    ctx = Context(world, role, run_once, embedders, model_path)
+    OPERATIONS[operation][1](ctx)
+    harness.verdict(roles, *([roles.writer] if role == APPLICATION else []))
+    if operation == "uninstall":
+        return
+    # The worker still serves the other tenant, whatever the owner's code left behind.
+    with roles.connect(roles.tenant) as tenant:
+        tenant.execute("INSERT INTO secrets VALUES (2, 'added after the operation')")
+    run_once(database_url=roles.worker_dsn, batch_size=3)
+    harness.verdict(roles)
+    with roles.connect() as su:
+        assert su.execute("SELECT count(embedding) FROM secrets").fetchone() == (2,)
+
+
+def test_every_hook_is_planted_and_fires(
+    roles: Roles, run_once: Callable[..., Worker], tiny_models: tuple[str, str], model_path: str
+) -> None:
+    """The harness is only as good as its hooks: each must run somewhere, as the owner."""
+    harness.build(roles)
+    run_once(database_url=roles.worker_dsn, batch_size=3)
+    fired = harness.planted(harness.verdict(roles))
+    for statement in (  # the owner's own statements run the rest
+        "SELECT docs_row::text FROM docs_row LIMIT 1",
+        "SELECT * FROM docs_view",
+        "SET search_path = evil, pg_catalog; SELECT now()",
+        "INSERT INTO docs_domain VALUES (99, 'x')",
+    ):
+        with roles.connect(roles.owner) as owner:  # (each hook leaves its session read-only)
+            owner.execute(statement)
+    fired |= harness.planted(harness.verdict(roles))
+    assert set(harness.HOOKS) <= fired, set(harness.HOOKS) - fired
+
+
+def test_the_documented_operations_are_the_harness_operations() -> None:
+    text = (DOCS / "security.md").read_text()
+    section = text.split("## What the hostile-tenant harness runs", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| ") and "---" not in line]
+    documented = {}
+    for line in rows[1:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        documented[cells[0].strip("`")] = cells[1]
+    assert documented == {op: ", ".join(r) for op, (r, _) in OPERATIONS.items()}
+    assert str(len(harness.HOOKS)) in section and str(len(CASES)) in section
