@@ -19,6 +19,7 @@ row in `loot` that `verdict()` reports.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
 from tests.security.conftest import Roles
 from tests.support.models import MINILM
@@ -214,7 +215,7 @@ def verdict(roles: Roles, *allowed: str) -> list[tuple[str, str]]:
             "SELECT rolsuper FROM pg_roles WHERE rolname = %s", (roles.owner,)
         ).fetchone()
         installed = su.execute("SELECT to_regclass('embeddings.models')").fetchone()
-        planted_models = (0,)  # (after uninstall there is no registry to write to)
+        planted_models: Any = (0,)  # (after uninstall there is no registry to write to)
         if installed != (None,):
             planted_models = su.execute(
                 "SELECT count(*) FROM embeddings.models WHERE name LIKE 'planted-%%'"
