@@ -53,6 +53,7 @@ from bench import (
     retrieval,
     status,
     swapstall,
+    trust,
     verify,
     writepath,
 )
@@ -83,6 +84,7 @@ SECTIONS = (
     "embedder",
     "quality",
     "swapstall",
+    "trust",
 )
 SCALE_SECTIONS = (
     "million",
@@ -168,6 +170,12 @@ def main() -> int:
         section(
             "writepath",
             lambda: writepath.run(fresh_db(cluster, template), rounds=3 if args.quick else 7),
+        )
+        section(
+            "trust",
+            lambda: trust.run(
+                fresh_db(cluster, template), fresh_db(cluster, template), quick=args.quick
+            ),
         )
         section(
             "swapstall",

@@ -152,6 +152,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                      WHERE p.pronamespace = 'embeddings'::regnamespace
                        AND p.proname ~ ('^embeddings_' || t.id || '_[a-z_]+$')
                        AND p.proname !~ '_(search|text_ranking|visible)$'  -- the caller's (sql/58_search.sql, 56_side.sql)
+                       -- a guard (create_access_function()): the caller's, around the owner's body
+                       AND NOT EXISTS (SELECT FROM pg_proc b WHERE b.pronamespace = p.pronamespace
+                                                               AND b.proname = p.proname || '_body')
                        AND p.prorettype <> 'trigger'::regtype
                        AND (p.proowner <> c.relowner OR NOT p.prosecdef)) THEN
             format('its functions do not run as the owner of %s (%s) as generated: an ALTER TABLE of it, or watch() again, regenerates them',
@@ -330,7 +333,10 @@ DECLARE
     --   path naming the owner's schema first would otherwise pick the owner's functions for the
     --   caller's next unqualified call (sweep()'s own, a superuser's next statement), as the
     --   caller. The guard has no SET clause (the settings it reads and puts back are the
-    --   caller's), so it names only pg_catalog and this schema, and only qualified.
+    --   caller's), so it names only pg_catalog and this schema, and only qualified. It runs as
+    --   its caller (SECURITY INVOKER: it does nothing a caller could not) and stays this
+    --   schema's, so the table's owner cannot ALTER it; the body is the owner's, as before, and
+    --   needs no right to this schema.
     body_name text := fn_name || CASE WHEN immediate THEN '_body' ELSE '' END;
     settings text[] := embeddings.guarded_settings();
     setof boolean := returns ~* '^\s*(TABLE|SETOF)\M';
@@ -357,7 +363,7 @@ BEGIN
                              WHERE p.oid = format('embeddings.%I', body_name)::regproc)) AS i;
     EXECUTE format(
         $f$CREATE FUNCTION embeddings.%1$I(%2$s) RETURNS %3$s
-        LANGUAGE plpgsql SECURITY DEFINER AS $body$
+        LANGUAGE plpgsql SECURITY INVOKER AS $body$
         DECLARE
             guarded_saved pg_catalog.text[] := ARRAY[%4$s];%5$s
         BEGIN
@@ -533,7 +539,7 @@ BEGIN
             EXECUTE format('ALTER FUNCTION %s %s', fn, btrim(embeddings.key_settings_sql(t)));
         END IF;
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
-        IF owner_name <> current_user THEN
+        IF owner_name <> current_user AND NOT guard THEN
             BEGIN
                 EXECUTE format('ALTER FUNCTION %s OWNER TO %I', fn, owner_name);
             EXCEPTION WHEN insufficient_privilege THEN

@@ -312,6 +312,10 @@ BEGIN
         RETURN NULL;
     END IF;
     PERFORM embeddings.give_store_to_owner(t);  -- the owner alters it
+    -- Its row-level security policy names the key columns, and Postgres alters no column a
+    -- policy uses: dropped here, made again with the functions right after (refresh_target());
+    -- meanwhile, and if the change cannot be followed, only the owner reads the store.
+    PERFORM embeddings.drop_store_policy(t);
     fn := embeddings.create_access_function(jsonb_build_object('prefix', 'embeddings_' || t.id), '_retype_keys',
         '', 'void', format('EXECUTE %L;', format('ALTER TABLE %s %s', store, changes)),
         check_call => embeddings.check_serving_sql(t.source::text, false, store::text), formats => false,
@@ -528,12 +532,14 @@ BEGIN
     IF store IS NULL THEN
         RETURN;
     END IF;
-    EXECUTE format('CREATE FUNCTION embeddings.%I() RETURNS TABLE (%s) LANGUAGE sql STABLE AS %L',
+    -- (`visible`, a constant, besides the keys: a function returning one column of a composite
+    -- type returns that type, whose fields would stand in FROM in place of k0.)
+    EXECUTE format('CREATE FUNCTION embeddings.%I() RETURNS TABLE (%s, visible boolean) LANGUAGE sql STABLE AS %L',
         fn,
         (SELECT string_agg(format('k%s %s', k.i - 1, format_type(a.atttypid, NULL)), ', ' ORDER BY k.i)
-         FROM unnest(t.key_attnums) WITH ORDINALITY AS k(n, i)
-         JOIN pg_attribute a ON a.attrelid = t.source AND a.attnum = k.n),
-        format('SELECT %s FROM %s s',
+         FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)
+         JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = k.c AND NOT a.attisdropped),
+        format('SELECT %s, true FROM %s s',
                (SELECT string_agg(format('s.%I', c), ', ' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
                t.source));
     EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I() TO PUBLIC', fn);

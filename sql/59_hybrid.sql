@@ -73,7 +73,6 @@ DECLARE
     a jsonb := embeddings.access_parts(t);
     owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
     fill text := (a->>'prefix') || '_fill_fts';
-    made text;
     col name;
     rel regclass;
     rebuild text[] := '{}';
@@ -115,13 +114,11 @@ BEGIN
         -- guard, puts back what that code left in our session: create_access_function().)
         PERFORM embeddings.give_owner_path(format('embeddings.%I()', fill || '_body')::regprocedure,
                                            (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
-        FOREACH made IN ARRAY ARRAY[fill || '_body', fill] LOOP
-            EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', made);
-            IF owner_name <> current_user THEN
-                EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', made, owner_name);
-                EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I() TO %I', made, current_user);
-            END IF;
-        END LOOP;
+        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I(), embeddings.%I() FROM PUBLIC', fill, fill || '_body');
+        IF owner_name <> current_user THEN
+            EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', fill || '_body', owner_name);
+            EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I() TO %I', fill || '_body', current_user);
+        END IF;
         IF (SELECT c.relkind FROM pg_class c WHERE c.oid = rel) = 'r' THEN
             FOR dropped, statement IN
                 SELECT v.index, array_to_string(v.statements, '; ') FROM embeddings.vector_indexes(rel) v

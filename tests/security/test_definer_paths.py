@@ -57,12 +57,13 @@ def test_every_security_definer_function_has_a_fixed_search_path(roles: Roles) -
             " WHERE p.pronamespace = 'embeddings'::regnamespace AND p.prosecdef"
         ).fetchall()
         # The guards around the access functions the worker and our operations call
-        # (sql/32_access.sql: create_access_function): no SET clause, since the settings they
-        # put back are their caller's; their source names only pg_catalog and this schema.
+        # (sql/32_access.sql: create_access_function): SECURITY INVOKER and no SET clause,
+        # since the settings they put back are their caller's; their source names only
+        # pg_catalog and this schema, qualified.
         guards = dict(
             su.execute(
                 "SELECT p.oid::regprocedure::text, p.prosrc FROM pg_proc p"
-                " WHERE p.pronamespace = 'embeddings'::regnamespace AND p.prosecdef"
+                " WHERE p.pronamespace = 'embeddings'::regnamespace AND NOT p.prosecdef"
                 " AND EXISTS (SELECT FROM pg_proc b WHERE b.pronamespace = p.pronamespace"
                 "             AND b.proname = p.proname || '_body')"
             ).fetchall()
@@ -70,7 +71,9 @@ def test_every_security_definer_function_has_a_fixed_search_path(roles: Roles) -
 
     # The listing covers ours and each kind's generated functions (the content wrapper of a
     # content-function target, a side table's and a chunk table's own).
-    names = {name for name, _, _ in definers}
+    names = {name for name, _, _ in definers} | {
+        g.split("(")[0].removeprefix("embeddings.") for g in guards
+    }
     assert "generate_functions" in names, sorted(names)
     for kind, target in targets.items():
         generated = {n for n in names if n.startswith(f"embeddings_{target}_")}

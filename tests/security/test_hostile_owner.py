@@ -323,8 +323,9 @@ def test_altering_a_generated_function_is_undone_by_the_event_trigger(roles: Rol
         guard = owner.execute(attributes, (load.replace("_body", ""),)).fetchone()
     # What the worker embeds is evaluated in pinned formats (embeddings.content_settings_sql()).
     assert loaded is not None and loaded[1][1:] == ["DateStyle=iso", "IntervalStyle=postgres"]
-    # Its guard sets nothing: it puts back its caller's settings (create_access_function()).
-    assert guard == (True, None)
+    # Its guard runs as its caller and sets nothing: it puts back its caller's settings
+    # (create_access_function()).
+    assert guard == (False, None)
 
 
 def test_force_row_level_security_defers_the_target_with_its_reason(
