@@ -13,6 +13,7 @@ table lists them (test_the_documented_operations_are_the_harness_operations)."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,8 +25,10 @@ from tests.security import harness
 from tests.security.conftest import Roles
 from tests.support.docs import DOCS
 from tests.support.models import MINILM
+from tests.support.provider_server import ProviderServer
 from worker import db, schema
 from worker.models.loaded import LoadedModels
+from worker.models.remote import breaker as breakers
 from worker.process.runner import Worker
 from worker.retrieval import search
 from worker.retrieval.request import SearchRequest
@@ -74,6 +77,32 @@ def _worker(ctx: Context) -> None:
 def _model_change(ctx: Context) -> None:
     ctx.sql("SELECT embeddings.watch('docs_row', 'body', model => 'tiny-a')")
     ctx.run_once(database_url=ctx.roles.worker_dsn, batch_size=3)
+
+
+REMOTE_KEY = "sk-harness-0123456789abcdef"
+
+
+def _remote_model(ctx: Context) -> None:
+    """The owner's side-store table changes to a remote model served by a stand-in provider
+    (tests/support/provider_server.py), and the worker embeds it through the provider."""
+    breakers.reset()
+    saved = os.environ.get("OPENAI_API_KEY")
+    os.environ["OPENAI_API_KEY"] = REMOTE_KEY
+    try:
+        with ProviderServer(kind="openai", dims=8, api_key=REMOTE_KEY) as server:
+            ctx.sql(
+                f"SELECT embeddings.register_model('remote-8', 8, 'openai', '{server.base_url}',"
+                f" 'test-model', max_tokens => 40, tokenizer => '{MINILM}')",
+                "SELECT embeddings.watch('docs_side', 'body', model => 'remote-8', store => 'side')",
+            )
+            ctx.run_once(database_url=ctx.roles.worker_dsn, batch_size=3)
+            assert server.requests, "nothing reached the stand-in provider"
+    finally:
+        if saved is None:
+            os.environ.pop("OPENAI_API_KEY", None)
+        else:
+            os.environ["OPENAI_API_KEY"] = saved
+        breakers.reset()
 
 
 def _forget_jobs_then(statement: str) -> Callable[[Context], None]:
@@ -126,6 +155,7 @@ def _uninstall(ctx: Context) -> None:
 OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     "the worker, every store kind": ((WORKER, SUPERUSER), _worker),
     "a model change and its swap": ((SUPERUSER,), _model_change),
+    "a remote model against a stand-in": ((SUPERUSER,), _remote_model),
     "sweep()": ((SUPERUSER,), _forget_jobs_then("SELECT embeddings.sweep()")),
     "verify (sweep(verify => true))": (
         (SUPERUSER,),
