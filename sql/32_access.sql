@@ -548,6 +548,9 @@ BEGIN
                           HINT = 'They must run as the table''s owner: watch it as a superuser, or as a member of that role.';
             END;
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, current_user);
+        ELSIF guard AND owner_name <> current_user THEN
+            -- ours, run as the caller: the owner may call it as it may call its body
+            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, owner_name);
         END IF;
         FOR role_name IN SELECT r.role_name FROM embeddings.worker_role_names() AS r(role_name) LOOP
             EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
