@@ -134,10 +134,16 @@ $$;
 -- and policies, and our writes would run them with the owner's rights. `option`: the watch()
 -- argument that names another table.
 CREATE FUNCTION embeddings.check_made_store(existing regclass, source regclass, option text) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source);
-    made_by_us boolean := EXISTS (SELECT FROM embeddings.made_tables m WHERE m.store = existing AND m.source = check_made_store.source);
+    -- Made for this table, or for one of this name that was dropped since (DROP TABLE, CREATE
+    -- TABLE, watch() again takes its store back, as before: rows whose content changed are
+    -- embedded again).
+    made_by_us boolean := EXISTS (SELECT FROM embeddings.made_tables m
+                                  WHERE m.store = existing
+                                    AND (m.source = check_made_store.source
+                                         OR NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = m.source)));
 BEGIN
     IF NOT made_by_us THEN
         RAISE EXCEPTION 'table % already exists, and embed-worker did not make it for %', existing, source
@@ -151,6 +157,8 @@ BEGIN
             USING ERRCODE = 'duplicate_table',
                   HINT = format('Check its triggers and grants, then ALTER TABLE %s OWNER TO %I; or drop it, or name another table with %s => ...', existing, owner_name, option);
     END IF;
+    UPDATE embeddings.made_tables m SET source = check_made_store.source
+    WHERE m.store = existing AND m.source IS DISTINCT FROM check_made_store.source;
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.check_made_store(regclass, regclass, text) FROM PUBLIC;

@@ -93,3 +93,24 @@ def test_a_store_kept_by_unwatch_is_taken_back_only_from_the_tables_owner(
         su.execute(f"ALTER TABLE {table} OWNER TO {roles.tenant}")
         with pytest.raises(psycopg.errors.DuplicateTable, match="now owned by"):
             su.execute(watch, (MINILM,))
+
+
+@pytest.mark.parametrize("store", sorted(SHAPES))
+def test_a_store_left_by_a_dropped_table_is_taken_back_by_its_successor(
+    roles: Roles, store: str
+) -> None:
+    """DROP TABLE, CREATE TABLE of the same name, watch() again: the store it left is ours, and
+    the table's owner's, so it serves the new table (as before made_tables)."""
+    table, _, option = SHAPES[store]
+    _superusers_docs(roles)
+    watch = f"SELECT embeddings.watch('docs', 'body', model => %s{option})"
+    with roles.connect() as su:
+        su.execute(watch, (MINILM,))
+        su.execute("DROP TABLE docs")
+        su.execute("CREATE TABLE docs (id integer PRIMARY KEY, body text)")
+        su.execute(watch, (MINILM,))
+        stored = su.execute(
+            "SELECT coalesce(side_table, chunk_table)::text FROM embeddings.targets"
+            " WHERE source = 'docs'::regclass"
+        ).fetchone()
+    assert stored == (table,)
