@@ -40,6 +40,7 @@ def run(connection: Connection) -> None:
         if migration is not None:
             migration.restamped_from = restamped
         context.run_migrations()
+        schema.finish_upgrade(driver)  # the code from sql/, once, after the state changes
 
 
 given = context.config.attributes.get("connection")

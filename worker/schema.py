@@ -12,13 +12,19 @@ hold two kinds of object, installed two ways:
   regenerates every target's functions and triggers and every queue's notification trigger. A
   fresh install is the same path over an empty schema.
 
-One Alembic revision per release (`migrations/versions/`): `0001` installs its own frozen copy
-of the 0.1.0 files. Each later one runs its `upgrade.sql` (what changed in the tables that the
-previous release had: columns added, conversions; idempotent), then the code reinstall from its
-frozen copy of the files (`<revision>/schema/`, made by `scripts/freeze-release.sh` at release),
-or from `sql/` while it is unreleased. A released revision never changes: RELEASED_REVISIONS
-pins the sha256 of its files. Databases at the revisions 0002-0018 that main carried before
-release 0.2.0 squashed them are re-stamped as 0001 and upgraded (upgrade.sql is idempotent).
+One Alembic revision per release (`migrations/versions/`), holding only state: code always
+comes from `sql/`. `0001` installs the current `sql/` whole into an empty database (a fresh
+install is always of this package's release). Each later revision holds its state changes:
+`upgrade.sql` (what changed in the tables of the previous release: columns added, conversions,
+data moved; idempotent) and `tables.sql` (the tables new in its release, as the release made
+them, so that later deltas can rely on them). A database at an older release runs the pending
+revisions' state files in order, then the code is reinstalled from `sql/` once
+(`finish_upgrade`, called by migrations/env.py). A released revision never changes:
+RELEASED_REVISIONS pins the sha256 of its files. Databases at the revisions 0002-0018 that main
+carried before release 0.2.0 squashed them are re-stamped as 0001 and upgraded (upgrade.sql is
+idempotent). A database at an older release comes from that release's package or from a dump
+(tests/migration/fixtures/): this package cannot stop at an older revision, because it only
+has the newest code.
 
 A wheel carries `sql/` and `migrations/` inside the package (`worker/_sql`,
 `worker/_migrations`), so an installed worker migrates without a checkout.
@@ -29,7 +35,6 @@ from __future__ import annotations
 import hashlib
 import importlib.resources
 import logging
-import shutil
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -46,12 +51,17 @@ from worker.db import Connection
 logger = logging.getLogger(__name__)
 
 VERSION_TABLE = "embed_worker_alembic_version"
-# Revisions that shipped in a release, oldest first, with the sha256 of their files
-# (revision_digest): a test fails when one changes. Later revisions are unreleased.
+# Revisions that shipped in a release, oldest first, with the sha256 of their state files
+# (revision_digest): a test fails when one changes. Later revisions are unreleased. Pinned again
+# once, by issue 38, when the frozen code copies left them (their state files did not change).
 RELEASED_REVISIONS: dict[str, str] = {
-    "0001": "1f45d96e0e7b1d6c438531747d7e3aca671818b8546e3fc390c2f15e8af997a7",  # 0.1.0
-    "0002": "2fc2621a0600d581b03efa570e5121f18fb2d81641c909cbcf8d27763271c6ac",  # 0.2.0
+    "0001": "de45cf3014fbb90da7764f1d8bb77a6005deef5b6d001785e613928864c23567",  # 0.1.0
+    "0002": "a8627553dd388401d3389fd4eb067ae93132ae0dca13d6235242ba7c32510cef",  # 0.2.0
 }
+# The digest of sql/ (sql_digest) when the newest revision was released; None while it is open.
+# Code reaches a database only with a revision's upgrade, so once the newest revision is
+# released, a change of sql/ needs the next release's revision (a test checks it).
+RELEASED_SQL: str | None = None
 # Revisions of main between 0.1.0 and 0.2.0, squashed into 0002 (release 0.2.0). A database at
 # one of them is re-stamped as 0001; 0002's upgrade.sql takes any of them to 0.2.0.
 SQUASHED_REVISIONS = frozenset(f"{n:04d}" for n in range(2, 19))
@@ -86,22 +96,6 @@ def install_files() -> list[Path]:
     return files
 
 
-def revision_files(name: str) -> list[Path]:
-    """The SQL files directly in revision folder `versions/<name>/`, in name order."""
-    folder = versions_dir() / name
-    files = sorted(folder.glob("*.sql"))
-    if not files:
-        raise exceptions.EmbedWorkerError(f"revision {name}: no SQL in {folder}")
-    return files
-
-
-def release_schema_files(name: str, versions: Path | None = None) -> list[Path]:
-    """The files revision `name` reinstalls: its frozen copy (`<name>/schema/`) once released,
-    `sql/` until then."""
-    folder = (versions or versions_dir()) / name / "schema"
-    return sorted(folder.glob("[0-9][0-9]_*.sql")) or install_files()
-
-
 def revision_name(revision: str, versions: Path | None = None) -> str:
     """The file name (stem) of revision id `revision`: `0001` -> `0001_initial`."""
     found = sorted((versions or versions_dir()).glob(f"{revision}_*.py"))
@@ -125,23 +119,23 @@ def revision_digest(revision: str, versions: Path | None = None) -> str:
     return digest.hexdigest()
 
 
-def freeze_release(
-    revision: str, versions: Path | None = None, sql: Path | None = None
-) -> tuple[Path, str]:
-    """At release: copies the install files into release revision `revision`'s folder
-    (`<name>/schema/`), which it reinstalls from then on; returns the folder and the digest to
-    pin in RELEASED_REVISIONS (`make freeze-release REVISION=NNNN`)."""
+def freeze_release(revision: str, versions: Path | None = None) -> str:
+    """At release: the digest to pin in RELEASED_REVISIONS for release revision `revision`
+    (`make freeze-release REVISION=NNNN`), and with it the digest of `sql/` to pin in
+    RELEASED_SQL (what the code of the newest release must stay until the next revision)."""
     versions = versions or versions_dir()
     name = revision_name(revision, versions)
     if not (versions / name / "upgrade.sql").is_file():
         raise exceptions.EmbedWorkerError(f"revision {revision} is not a release revision")
-    frozen = versions / name / "schema"
-    if frozen.exists():
-        raise exceptions.EmbedWorkerError(f"revision {revision} is frozen already ({frozen})")
-    frozen.mkdir()
+    return revision_digest(revision, versions)
+
+
+def sql_digest(sql: Path | None = None) -> str:
+    """sha256 over the install files (`sql/NN_*.sql`), each preceded by its name."""
+    digest = hashlib.sha256()
     for path in sorted((sql or sql_dir()).glob("[0-9][0-9]_*.sql")):
-        shutil.copy2(path, frozen / path.name)
-    return frozen, revision_digest(revision, versions)
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
 
 
 def bundled_pgmq_sql() -> str:
@@ -190,12 +184,57 @@ def reinstall_code(conn: Connection, files: list[Path]) -> None:
     schema_code.restore_grants(conn, grants)
 
 
+def install_initial() -> None:
+    """Body of revision 0001's upgrade(): the whole current schema into an empty database. The
+    later revisions' state changes are for databases at older releases: they are skipped."""
+    _require_head("install")
+    conn = revision_connection()
+    install(conn)
+    _attributes()["installed_fresh"] = True
+
+
 def upgrade_release(name: str) -> None:
-    """Body of a release revision's upgrade(): its upgrade.sql, then the code reinstall."""
+    """Body of a release revision's upgrade(): its state files (`upgrade.sql`, then
+    `tables.sql` when the release made tables), the code reinstall left to finish_upgrade."""
+    attributes = _attributes()
+    if attributes.get("installed_fresh"):
+        return
+    _require_head("upgrade")
     conn = revision_connection()
     ensure_pgmq(conn)
-    run_files(conn, [versions_dir() / name / "upgrade.sql"])
-    reinstall_code(conn, release_schema_files(name))
+    folder = versions_dir() / name
+    run_files(conn, [p for p in (folder / "upgrade.sql", folder / "tables.sql") if p.is_file()])
+    attributes["state_changed"] = True
+
+
+def finish_upgrade(conn: Connection) -> None:
+    """After the pending revisions ran (migrations/env.py): the code reinstalled from `sql/`,
+    once, when a revision changed state."""
+    if _attributes().pop("state_changed", False):
+        reinstall_code(conn, install_files())
+
+
+def _attributes() -> dict[str, Any]:
+    from alembic import context
+
+    attributes: dict[str, Any] = context.config.attributes
+    return attributes
+
+
+def _require_head(what: str) -> None:
+    """This package has only the newest code: a database stopped at an older revision would
+    hold that revision's tables under newer code."""
+    from alembic import context
+    from alembic.script import ScriptDirectory
+
+    wanted = context.get_revision_argument()
+    head = ScriptDirectory.from_config(context.config).get_current_head()
+    if wanted not in ("head", "heads", head):
+        raise exceptions.EmbedWorkerError(
+            f"cannot {what} at revision {wanted}: this package installs the code of revision "
+            f"{head} ({release_of(head)}) only; migrate to head, or use the package of the "
+            "release you want"
+        )
 
 
 def revision_connection() -> Connection:
@@ -389,6 +428,6 @@ def _version_table() -> Identifier:
 if __name__ == "__main__":  # `make freeze-release REVISION=NNNN`
     if len(sys.argv) != 3 or sys.argv[1] != "freeze":
         sys.exit("usage: python -m worker.schema freeze REVISION")
-    where, pinned = freeze_release(sys.argv[2])
-    print(f"froze revision {sys.argv[2]}: its schema files are now in {where}")
-    print(f'pin it in worker/schema.py, RELEASED_REVISIONS: "{sys.argv[2]}": "{pinned}",')
+    pinned = freeze_release(sys.argv[2])
+    print(f'pin in worker/schema.py, RELEASED_REVISIONS: "{sys.argv[2]}": "{pinned}",')
+    print(f'and RELEASED_SQL = "{sql_digest()}"')

@@ -4,8 +4,11 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-21
 
-Released and frozen (schema.RELEASED_REVISIONS pins its files): it applies its own copy of the
-files `sql/` held at 0.1.0 (`0001_initial/`). Release 0.2.0's revision takes it from there.
+Released (schema.RELEASED_REVISIONS pins this file). Into an empty database it installs the
+current `sql/` whole: a fresh install is always of the package's own release, and the later
+revisions' state changes, meant for databases at older releases, are skipped
+(schema.install_initial). A database at 0.1.0 comes from 0.1.0's package
+(tests/migration/fixtures/at_0001.sql.gz for the tests).
 """
 
 from __future__ import annotations
@@ -20,9 +23,7 @@ release = "0.1.0"
 
 
 def upgrade() -> None:
-    conn = schema.revision_connection()
-    schema.ensure_pgmq(conn)
-    schema.run_files(conn, schema.revision_files("0001_initial"))
+    schema.install_initial()
 
 
 def downgrade() -> None:

@@ -1,19 +1,21 @@
-"""Release 0.3.0: 0.2.0's tables brought up to date, then the 0.3.0 code installed over them.
+"""Release 0.3.0: 0.2.0's tables brought up to date, and the tables new in 0.3.0.
 
 Revision ID: 0019
 Revises: 0002
 Create Date: 2026-11-23
 
-Runs `0019_release_0_3_0/upgrade.sql` (what changed in the tables 0.2.0 had: columns added,
-conversions; every statement idempotent), then the code reinstall (worker/schema.py:
-reinstall_code) from `sql/` until 0.3.0 is released, from `0019_release_0_3_0/schema/` once it
-is frozen (`make freeze-release REVISION=0019`). Tables new in 0.3.0 come from the files
-(CREATE TABLE IF NOT EXISTS).
+Holds 0.3.0's state changes only: `0019_release_0_3_0/upgrade.sql` (what changed in the
+tables 0.2.0 had: columns added, conversions; every statement idempotent), then `tables.sql`
+(the tables new in 0.3.0, as sql/ makes them). The code is reinstalled from `sql/` once, after
+every pending revision ran (worker/schema.py: finish_upgrade); into an empty database, 0001
+installs `sql/` whole and this revision's state changes are skipped.
 
 Until the release, every schema change of 0.3.0 edits this revision: a function or view only in
-`sql/`; a table in `sql/` and in `upgrade.sql`. Its id is 0019, not 0003: main's revisions
-0002-0018 before the 0.2.0 squash may still be stamped in someone's database
-(schema.SQUASHED_REVISIONS), so their ids are never reused.
+`sql/`; a change to a table 0.2.0 had in `sql/` and in `upgrade.sql`; a table new in 0.3.0 in
+`sql/` and in `tables.sql`. At the release, `make freeze-release REVISION=0019` prints the
+digests to pin. Its id is 0019, not 0003: main's revisions 0002-0018 before the 0.2.0 squash
+may still be stamped in someone's database (schema.SQUASHED_REVISIONS), so their ids are never
+reused.
 """
 
 from __future__ import annotations

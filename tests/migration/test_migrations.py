@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+import re
 import shutil
-import uuid
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,16 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
+from tests.migration.scenarios import (
+    CHUNK_TABLES,
+    MONITOR,
+    ROLE,
+    fixture_roles,
+    queued_keys,
+    restore,
+    watch_docs,
+    watch_every_kind,
+)
 from tests.support.cluster import Cluster
 from tests.support.schema_dump import pg_dump_schema
 from worker import exceptions, schema
@@ -175,188 +185,134 @@ def test_released_revisions_are_frozen(revision: str) -> None:
 
 
 def test_sql_changes_after_a_release_go_into_a_new_revision() -> None:
-    """Once the newest revision is released, it reinstalls its frozen copy, never sql/: an
-    edit of sql/ would reach no database. The next release's revision (0019 for 0.3.0) comes
-    with the first change (docs/development.md, "Schema changes")."""
+    """Code reaches a database with a revision's upgrade: once the newest revision is
+    released, sql/ must stay what it shipped (RELEASED_SQL) until the next release's revision
+    exists, or its changes would reach no database (docs/development.md, "Schema changes")."""
     newest = sorted(p.stem for p in schema.versions_dir().glob("[0-9][0-9][0-9][0-9]_*.py"))[-1]
     if newest[:4] not in schema.RELEASED_REVISIONS:
-        return  # an open release revision reinstalls sql/ itself
-    frozen = {p.name: p.read_bytes() for p in schema.release_schema_files(newest)}
-    current = {p.name: p.read_bytes() for p in schema.install_files()}
-    changed = sorted(n for n in frozen.keys() | current.keys() if frozen.get(n) != current.get(n))
-    assert changed == [], (
-        f"sql/ changed after release revision {newest[:4]} froze: start the next release's "
-        f"revision for {changed}"
+        assert schema.RELEASED_SQL is None  # pinned at the release, with its revision
+        return
+    assert schema.sql_digest() == schema.RELEASED_SQL, (
+        f"sql/ changed after release revision {newest[:4]}: start the next release's revision"
     )
 
 
-def test_0001_applies_its_own_copy_of_the_0_1_0_files() -> None:
-    frozen = schema.revision_files("0001_initial")
-    assert [p.name for p in frozen][:2] == ["00_extensions.sql", "10_schema.sql"]
-    assert all(p.parent.name == "0001_initial" for p in frozen)
+def test_revisions_hold_state_only() -> None:
+    """No revision carries a copy of sql/'s code: its folder has upgrade.sql and tables.sql,
+    and these create or alter tables, never a function, view or trigger."""
+    code = re.compile(
+        r"^\s*CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|VIEW|TRIGGER|PROCEDURE)", re.I | re.M
+    )
+    for folder in sorted(p for p in schema.versions_dir().iterdir() if p.is_dir()):
+        if folder.name == "__pycache__":
+            continue
+        files = sorted(p.name for p in folder.rglob("*") if p.is_file())
+        assert set(files) <= {"upgrade.sql", "tables.sql", "downgrade.sql"}, folder
+        for name in files:
+            assert not code.search((folder / name).read_text()), f"{folder.name}/{name}"
 
 
-def test_a_release_revision_reinstalls_sql_until_it_is_frozen(tmp_path: Path) -> None:
-    """Unreleased, a release revision reinstalls sql/; `make freeze-release` copies sql/ into
-    its folder, which it reinstalls from then on, and gives the digest to pin. (0002 is
-    released: its copy here without its frozen folder is the unreleased revision it was.)"""
-    name = schema.revision_name("0002")
-    released = schema.release_schema_files(name)
-    assert released == sorted((schema.versions_dir() / name / "schema").glob("[0-9][0-9]_*.sql"))
+def test_an_empty_database_installs_only_at_head(empty_dsn: str) -> None:
+    """This package has only the newest code: stopping a fresh install at an older revision
+    would put that revision's tables under newer code. Refused, nothing installed."""
+    with pytest.raises(exceptions.EmbedWorkerError, match="cannot install at revision 0002"):
+        schema.migrate(empty_dsn, "0002")
+    with psycopg.connect(empty_dsn) as conn:
+        assert not schema.installed(conn)
+        assert schema.current_revision(conn) is None
+
+
+def test_freeze_release_gives_the_digests_to_pin(tmp_path: Path) -> None:
+    """`make freeze-release` prints the digest of a release revision's files, which changes
+    with any of them (what the frozen test catches); a revision without upgrade.sql is no
+    release revision."""
+    name = schema.revision_name("0019")
     versions = tmp_path / "versions"
-    shutil.copytree(
-        schema.versions_dir() / name, versions / name, ignore=shutil.ignore_patterns("schema")
-    )
+    shutil.copytree(schema.versions_dir() / name, versions / name)
     shutil.copy2(schema.versions_dir() / f"{name}.py", versions)
-    assert schema.release_schema_files(name, versions) == schema.install_files()
 
-    folder, digest = schema.freeze_release("0002", versions=versions)
+    digest = schema.freeze_release("0019", versions=versions)
 
-    frozen = schema.release_schema_files(name, versions)
-    assert frozen == sorted(folder.glob("*.sql"))
-    assert [p.read_bytes() for p in frozen] == [p.read_bytes() for p in schema.install_files()]
-    assert digest == schema.revision_digest("0002", versions)
-    (folder / "40_watch.sql").write_text("-- changed after the release\n")
-    assert schema.revision_digest("0002", versions) != digest  # what the frozen test catches
-    with pytest.raises(exceptions.EmbedWorkerError, match="frozen already"):
-        schema.freeze_release("0002", versions=versions)
-
-
-def watch_docs(conn: psycopg.Connection[Any], role: str) -> None:
-    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
-    conn.execute("ALTER TABLE docs ENABLE ROW LEVEL SECURITY")
-    conn.execute("INSERT INTO docs SELECT i, 'text ' || i FROM generate_series(1, 300) i")
-    conn.execute("SELECT embeddings.watch('docs', 'body')")
-    conn.execute("SELECT embeddings.grant_worker(%s)", (role,))
-    conn.execute("INSERT INTO docs VALUES (301, 'late')")
-
-
-QUEUED_KEYS = """
-    SELECT m.message ->> 'target', k.key, 'live' FROM pgmq.q_embedding_jobs m,
-           LATERAL embeddings.message_keys(m.message) AS k(key)
-    UNION ALL
-    SELECT m.message ->> 'target', k.key, 'backfill' FROM pgmq.q_embedding_jobs_backfill m,
-           LATERAL embeddings.message_keys(m.message) AS k(key)
-    UNION ALL
-    SELECT i.target::text, k.key, 'inbox' FROM embeddings.inbox i,
-           LATERAL embeddings.message_keys(jsonb_build_object('columns', i.columns)) AS k(key)
-"""
-# 0.1.0 queued into the live queue only, always in the "keys" shape.
-QUEUED_KEYS_0_1_0 = """
-    SELECT m.message ->> 'target', k.key, 'live' FROM pgmq.q_embedding_jobs m,
-           LATERAL jsonb_array_elements(m.message -> 'keys') AS k(key)
-"""
-
-
-def queued_keys(conn: psycopg.Connection[Any]) -> list[tuple[str, Any, str]]:
-    """Every row key waiting anywhere (queues, lane, inbox), with where."""
-    old = conn.execute("SELECT to_regclass('embeddings.inbox') IS NULL").fetchone() == (True,)
-    return sorted(conn.execute(QUEUED_KEYS_0_1_0 if old else QUEUED_KEYS).fetchall())
-
-
-@pytest.fixture
-def worker_role(cluster: Cluster) -> Any:
-    role = f"embed_worker_{uuid.uuid4().hex[:8]}"
-    with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
-        admin.execute(f"CREATE ROLE {role} LOGIN")
-        admin.execute(f"CREATE ROLE {role}_monitor")
-    yield role
-    with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
-        admin.execute(f"DROP ROLE IF EXISTS {role}")
-        admin.execute(f"DROP ROLE IF EXISTS {role}_monitor")
+    assert digest == schema.revision_digest("0019", versions)
+    (versions / name / "upgrade.sql").write_text("-- changed after the release\n")
+    assert schema.revision_digest("0019", versions) != digest
+    shutil.copy2(schema.versions_dir() / "0001_initial.py", versions)
+    with pytest.raises(exceptions.EmbedWorkerError, match="not a release revision"):
+        schema.freeze_release("0001", versions=versions)
 
 
 @pytest.mark.parametrize("start", schema.RELEASED_REVISIONS)
 def test_upgrade_keeps_jobs_failures_and_grants_and_equals_fresh_install(
-    cluster: Cluster, start: str, worker_role: str
+    cluster: Cluster, start: str
 ) -> None:
-    """A database created at a released revision, with rows, queued jobs, dead letters, a
-    worker role and a monitoring role's grant, upgraded to head: the schema of a fresh install,
-    nothing queued or dead-lettered lost, the roles' rights kept or brought up to date."""
-    upgraded = cluster.create_database(prefix="upgraded")
-    fresh = cluster.create_database(prefix="fresh")
-    monitor = f"{worker_role}_monitor"
+    """A database at a released revision (fixtures/at_<start>.sql.gz: rows, queued jobs, a dead
+    letter, a worker role and a monitoring role's grant), upgraded to head: the schema of a
+    fresh install, nothing queued or dead-lettered lost, the roles' rights kept or brought up
+    to date."""
     policies = (
         "SELECT string_agg(polcmd::text, '' ORDER BY polcmd) FROM pg_policy"
         " WHERE polrelid = 'docs'::regclass"
     )
-    try:
-        schema.migrate(cluster.dsn(upgraded), start)
-        with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
-            watch_docs(conn, worker_role)
-            conn.execute(
-                "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message,"
-                " attempts, last_error) SELECT id, 'public.docs.embedding', '7', 'embedding_jobs',"
-                """ '{"target": 1, "keys": [7]}', 5, 'boom' FROM embeddings.targets"""
-            )
-            conn.execute(f"GRANT SELECT ON embeddings.status TO {monitor}")
-            jobs_before = queued_keys(conn)
-            if start == "0001":
-                assert conn.execute(policies).fetchone() == ("*",)  # 0.1.0: one FOR ALL policy
-        assert len(jobs_before) == 301
+    with fixture_roles(cluster):
+        upgraded = restore(cluster, f"at_{start}")
+        fresh = cluster.create_database(prefix="fresh")
+        try:
+            with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
+                assert schema.current_revision(conn) == start
+                jobs_before = queued_keys(conn)
+                if start == "0001":
+                    assert conn.execute(policies).fetchone() == ("*",)  # one FOR ALL policy
+            assert len(jobs_before) == 301
 
-        upgrade = schema.migrate(cluster.dsn(upgraded))
-        assert upgrade.applied == [r for r in ("0001", "0002", "0019") if r > start]
-        with psycopg.connect(cluster.dsn(fresh)) as conn:
-            schema.install(conn)
-            conn.commit()
-        with psycopg.connect(cluster.dsn(fresh), autocommit=True) as conn:
-            watch_docs(conn, worker_role)  # the same user objects on both sides
-        assert pg_dump_schema(cluster.dsn(upgraded)) == pg_dump_schema(cluster.dsn(fresh))
-        with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
-            assert queued_keys(conn) == jobs_before
-            failures = conn.execute(
-                "SELECT row_key, last_error FROM embeddings.failures"
-            ).fetchall()
-            assert failures == [(7, "boom")]
-            # 0.2.0's worker reads and writes watched tables through functions that run as
-            # their owner: the policies 0.1.0 gave it go (docs/security.md).
-            assert conn.execute(policies).fetchone() == (None,)
-            assert conn.execute("SELECT version FROM embeddings.targets").fetchone() == (1,)
-            monitored = conn.execute(
-                "SELECT has_table_privilege(%s, 'embeddings.status', 'SELECT')", (monitor,)
-            ).fetchone()
-            assert monitored == (True,)
-        worker_dsn = make_conninfo(cluster.dsn(upgraded), user=worker_role)
-        with psycopg.connect(worker_dsn) as worker_conn:  # the rights of 0.2.0's worker
-            row = worker_conn.execute(
-                "SELECT embeddings.lock_target_version(id) FROM embeddings.targets"
-            ).fetchone()
-            assert row == (1,)
-            assert worker_conn.execute("SELECT embeddings.move_inbox('embedding_jobs')").fetchone()
-    finally:
-        cluster.drop_database(upgraded)
-        cluster.drop_database(fresh)
+            upgrade = schema.migrate(cluster.dsn(upgraded))
+            assert upgrade.applied == [r for r in ("0001", "0002", "0019") if r > start]
+            with psycopg.connect(cluster.dsn(fresh)) as conn:
+                schema.install(conn)
+                conn.commit()
+            with psycopg.connect(cluster.dsn(fresh), autocommit=True) as conn:
+                watch_docs(conn)  # the same user objects on both sides
+            assert pg_dump_schema(cluster.dsn(upgraded)) == pg_dump_schema(cluster.dsn(fresh))
+            with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
+                assert queued_keys(conn) == jobs_before
+                failures = conn.execute(
+                    "SELECT row_key, last_error FROM embeddings.failures"
+                ).fetchall()
+                assert failures == [(7, "boom")]
+                # 0.2.0's worker reads and writes watched tables through functions that run as
+                # their owner: the policies 0.1.0 gave it go (docs/security.md).
+                assert conn.execute(policies).fetchone() == (None,)
+                assert conn.execute("SELECT version FROM embeddings.targets").fetchone() == (1,)
+                monitored = conn.execute(
+                    "SELECT has_table_privilege(%s, 'embeddings.status', 'SELECT')", (MONITOR,)
+                ).fetchone()
+                assert monitored == (True,)
+            worker_dsn = make_conninfo(cluster.dsn(upgraded), user=ROLE)
+            with psycopg.connect(worker_dsn) as worker_conn:  # the rights of the worker now
+                row = worker_conn.execute(
+                    "SELECT embeddings.lock_target_version(id) FROM embeddings.targets"
+                ).fetchone()
+                assert row == (1,)
+                assert worker_conn.execute(
+                    "SELECT embeddings.move_inbox('embedding_jobs')"
+                ).fetchone()
+        finally:
+            cluster.drop_database(upgraded)
+            cluster.drop_database(fresh)
 
 
 def test_upgrade_gives_chunk_tables_their_offsets(cluster: Cluster) -> None:
-    """Chunk tables of 0.2.0, one with full-text search, get start_offset and end_offset at
-    their end, as fresh ones have them (watch() adds them after the tsvector); their chunks
-    keep theirs NULL (until their document is embedded again)."""
-    upgraded = cluster.create_database(prefix="upgraded")
+    """Chunk tables of 0.2.0 (fixtures/at_0002_chunk_tables.sql.gz), one with full-text
+    search, get start_offset and end_offset at their end, as fresh ones have them (watch()
+    adds them after the tsvector); their chunks keep theirs NULL (until their document is
+    embedded again)."""
+    upgraded = restore(cluster, "at_0002_chunk_tables")
     fresh = cluster.create_database(prefix="fresh")
-    tables = (
-        "CREATE TABLE docs (id bigint PRIMARY KEY, body text);"
-        " SELECT embeddings.watch('docs', 'body', model => 'all-MiniLM-L6-v2',"
-        " chunk_tokens => 64);"
-        " CREATE TABLE pages (id bigint PRIMARY KEY, body text);"
-        " SELECT embeddings.watch('pages', 'body', model => 'all-MiniLM-L6-v2',"
-        " chunk_tokens => 64, fts => 'english');"
-    )
     try:
-        schema.migrate(cluster.dsn(upgraded), "0002")
-        with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
-            conn.execute(tables)
-            conn.execute("SELECT embeddings.enable_fts('pages')")  # 0.2.0 ignored fts => here
-            conn.execute(
-                "INSERT INTO docs_chunks (id, seq, chunk, chunk_hash, embedding)"
-                " VALUES (1, 0, 'a chunk', 'h', array_fill(0.1, ARRAY[384])::halfvec)"
-            )
         assert schema.migrate(cluster.dsn(upgraded)).applied == ["0019"]
         assert schema.migrate(cluster.dsn(upgraded)).applied == []
         schema.migrate(cluster.dsn(fresh))
         with psycopg.connect(cluster.dsn(fresh), autocommit=True) as conn:
-            conn.execute(tables)
+            conn.execute(CHUNK_TABLES)
         assert pg_dump_schema(cluster.dsn(upgraded)) == pg_dump_schema(cluster.dsn(fresh))
         with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
             row = conn.execute("SELECT chunk, start_offset, end_offset FROM docs_chunks").fetchone()
@@ -366,51 +322,17 @@ def test_upgrade_gives_chunk_tables_their_offsets(cluster: Cluster) -> None:
         cluster.drop_database(fresh)
 
 
-def watch_every_kind(conn: psycopg.Connection[Any]) -> None:
-    """Targets of every kind 0.2.0 has, in the state a worker leaves them between batches: a
-    chunked target with full-text search, a side-table target, a content-function target, and
-    a plain target in the middle of a model change (shadow column, backfill queued)."""
-    conn.execute("CREATE TABLE articles (id bigint PRIMARY KEY, body text)")
-    conn.execute(
-        "INSERT INTO articles SELECT i, repeat('words ', 50 * i) FROM generate_series(1, 5) i"
-    )
-    conn.execute(
-        "SELECT embeddings.watch('articles', 'body', chunk_tokens => 32, chunk_overlap => 4,"
-        " fts => 'english')"
-    )
-    # 0.2.0's watch() ignored fts => for a chunked target: turned on as its users had to.
-    conn.execute(
-        "SELECT embeddings.enable_fts('articles', 'english') FROM embeddings.targets"
-        " WHERE source = 'articles'::regclass AND fts_config IS NULL"
-    )
-    conn.execute("CREATE TABLE notes (tenant int, id text, body text, PRIMARY KEY (tenant, id))")
-    conn.execute("INSERT INTO notes VALUES (1, 'a', 'side one'), (2, 'b', 'side two')")
-    conn.execute("SELECT embeddings.watch('notes', 'body', store => 'side', fts => 'simple')")
-    conn.execute("CREATE TABLE events (id uuid PRIMARY KEY, title text, at date)")
-    conn.execute(
-        "CREATE FUNCTION event_text(e events) RETURNS text LANGUAGE sql STABLE"
-        " AS $$ SELECT e.title || ' on ' || e.at $$"
-    )
-    conn.execute("INSERT INTO events VALUES (gen_random_uuid(), 'launch', '2026-11-23')")
-    conn.execute("SELECT embeddings.watch('events', 'event_text')")
-    conn.execute("CREATE TABLE items (id int PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO items SELECT i, 'item ' || i FROM generate_series(1, 20) i")
-    conn.execute("SELECT embeddings.watch('items', 'body', model => 'gte-small')")
-    conn.execute("SELECT embeddings.watch('items', 'body', model => 'all-MiniLM-L6-v2')")
-
-
 def test_upgrade_from_0_2_0_with_every_kind_of_target_equals_fresh_install(
     cluster: Cluster,
 ) -> None:
     """0.2.0's chunk tables, side tables, full-text columns, content-function wrappers and a
-    model change's shadow column, upgraded: the schema (the user's tables and the per-target
-    functions included) of a fresh install that did the same, and no queued key lost."""
-    upgraded = cluster.create_database(prefix="upgraded")
+    model change's shadow column (fixtures/at_0002_every_kind.sql.gz), upgraded: the schema
+    (the user's tables and the per-target functions included) of a fresh install that did the
+    same, and no queued key lost."""
+    upgraded = restore(cluster, "at_0002_every_kind")
     fresh = cluster.create_database(prefix="fresh")
     try:
-        schema.migrate(cluster.dsn(upgraded), "0002")
         with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
-            watch_every_kind(conn)
             jobs_before = queued_keys(conn)
             changing = conn.execute("SELECT count(*) FROM embeddings.model_changes").fetchone()
         assert changing == (1,)

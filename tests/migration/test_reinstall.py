@@ -12,7 +12,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.migration.test_migrations import queued_keys
+from tests.migration.scenarios import queued_keys
 from tests.support.schema_dump import pg_dump_schema
 from worker import exceptions, schema
 

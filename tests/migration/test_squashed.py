@@ -5,17 +5,14 @@ squashed them (people who followed main): `migrate` re-stamps it as 0001 and upg
 
 from __future__ import annotations
 
-import gzip
-import subprocess
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.migration.test_migrations import queued_keys
+from tests.migration.scenarios import fixture_roles, queued_keys, restore
 from tests.support.cluster import Cluster
 from tests.support.schema_dump import our_objects
 from worker import schema
@@ -24,7 +21,6 @@ from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
-FIXTURE = Path(__file__).parent / "fixtures" / "at_0018.sql.gz"
 ROLE = "embed_worker_fixture"  # the fixture's worker role (roles are not in a database's dump)
 
 # What must survive the upgrade unchanged, each read the same way before and after it.
@@ -54,26 +50,12 @@ def state(conn: Conn) -> dict[str, list[tuple[Any, ...]]]:
     return {what: conn.execute(query).fetchall() for what, query in STATE.items()}
 
 
-def restore(cluster: Cluster) -> str:
-    """A new database holding the fixture; returns its name."""
-    name = cluster.create_database(prefix="at0018")
-    server_bin = sorted(Path("/usr/lib/postgresql").glob("*/bin/psql"))
-    subprocess.run(
-        [str(server_bin[-1]) if server_bin else "psql", "-q", "-v", "ON_ERROR_STOP=1",
-         "-o", "/dev/null", cluster.dsn(name)],
-        input=gzip.decompress(FIXTURE.read_bytes()),
-        check=True,
-        capture_output=True,
-    )  # fmt: skip
-    return name
-
-
 @pytest.fixture
 def at_0018(cluster: Cluster) -> Iterator[str]:
     with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
         if not admin.execute("SELECT FROM pg_roles WHERE rolname = %s", (ROLE,)).fetchone():
             admin.execute(f"CREATE ROLE {ROLE} LOGIN")
-    name = restore(cluster)
+    name = restore(cluster, "at_0018")
     yield cluster.dsn(name)
     cluster.drop_database(name)
     with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
@@ -161,17 +143,17 @@ def test_0002_of_main_before_the_squash_is_told_from_the_release_by_its_schema(
     """Main's 0002 and release 0.2.0's share the id: a database stamped 0002 that still has
     0.1.0's `targets.key_column` (main's 0002 had it; its 0003 dropped it) is re-stamped and
     upgraded, one at the release's 0002 is left alone."""
-    name = cluster.create_database(prefix="main0002")
-    dsn = cluster.dsn(name)
-    try:
-        schema.migrate(dsn, "0001")
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            conn.execute(f"UPDATE public.{schema.VERSION_TABLE} SET version_num = '0002'")
+    with fixture_roles(cluster):
+        name = restore(cluster, "at_0001")
+        dsn = cluster.dsn(name)
+        try:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                conn.execute(f"UPDATE public.{schema.VERSION_TABLE} SET version_num = '0002'")
 
-        upgrade = schema.migrate(dsn)
+            upgrade = schema.migrate(dsn)
 
-        assert (upgrade.restamped_from, upgrade.applied) == ("0002", ["0002", "0019"])
-        again = schema.migrate(dsn)
-        assert (again.restamped_from, again.applied) == (None, [])
-    finally:
-        cluster.drop_database(name)
+            assert (upgrade.restamped_from, upgrade.applied) == ("0002", ["0002", "0019"])
+            again = schema.migrate(dsn)
+            assert (again.restamped_from, again.applied) == (None, [])
+        finally:
+            cluster.drop_database(name)
