@@ -5,12 +5,16 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from worker import db, exceptions, queries, schema
 from worker.cli import hints, output
 from worker.config import Settings
 from worker.retrieval.fusion import Fusion
+
+if TYPE_CHECKING:  # the models are imported when a command embeds: the others start faster
+    from worker.models.loaded import LoadedModels
+    from worker.models.remote.spec import RemoteSpec
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 
@@ -142,8 +146,8 @@ def embed(args: argparse.Namespace, settings: Settings) -> int:
         if not texts:
             raise exceptions.ConfigError("embed -: standard input held no lines")
     name = args.model or _default_model(settings)
-    model = _load(name, settings)
-    vectors = model.embed(texts)
+    models = _models(settings, _remote_models_if_registered(name, settings))
+    vectors = models.get(name).embed(texts)
     json.dump([[round(float(x), 7) for x in row] for row in vectors], sys.stdout)
     sys.stdout.write("\n")
     return EXIT_OK
@@ -179,20 +183,38 @@ def _default_model(settings: Settings) -> str:
     return name
 
 
-def _load(name: str, settings: Settings) -> Any:
-    """A model by registry name (downloaded on first use) or model directory."""
-    from worker.models import download
-    from worker.models.embedder import Embedder
+def _models(settings: Settings, remote: dict[str, RemoteSpec]) -> LoadedModels:
+    """The models a command embeds with, loaded as the worker and POST /embed load them: a
+    registry model by name (downloaded on first use), a model directory, or a remote model
+    registered in the database (`remote`: embeddings.register_model())."""
+    from worker.models.loaded import LoadedModels
 
-    location = settings.model_location
-    return Embedder.load(
-        download.ensure(
-            name, variant=settings.model_variant, location=location, policy=settings.downloads
-        ),
+    models = LoadedModels(
         variant=settings.model_variant,
         threads=settings.threads,
-        location=location,
+        location=settings.model_location,
+        downloads=settings.downloads,
+        api_key=settings.api_key,
+        retry_after=0.0,
     )
+    models.follow(lambda: remote)
+    return models
+
+
+def _remote_models_if_registered(name: str, settings: Settings) -> dict[str, RemoteSpec]:
+    """The database's remote models when `name` may be one of them (not a catalog model, not a
+    path); none when the database cannot be reached, so that `embed` of a local model works
+    without one (its own error then says what `name` was looked for as)."""
+    from worker.models import catalog, files
+    from worker.pipeline.targets import load_remote_models
+
+    if name in catalog.REGISTRY or files.looks_like_path(name):
+        return {}
+    try:
+        with db.connect(settings.dsn, connect_timeout=3) as conn:
+            return load_remote_models(conn)
+    except exceptions.EmbedWorkerError:
+        return {}
 
 
 def search(args: argparse.Namespace, settings: Settings) -> int:
@@ -215,9 +237,12 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         target = find_target(conn, args.table, args.column, then=f" then see `{status_hint}`")
         # Embedded with the column's model at that moment; documents of a chunked target by
         # their best chunk (worker/retrieval/search.py).
+        from worker.pipeline.targets import load_remote_models
+
+        models = _models(settings, load_remote_models(conn))
         results = search_mod.ranked(
             conn,
-            lambda name: _load(name, settings),
+            models.get,
             target,
             args.query,
             args.k,
