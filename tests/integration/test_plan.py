@@ -129,6 +129,9 @@ def test_plan_on_the_command_line(dsn: str, conn: Conn, priced: str) -> None:
     unknown = run_cli("plan", "docs", env=env)
     assert unknown.returncode == 0, unknown.stderr
     assert "content function (pass --tokens-per-row)" in unknown.stdout
+    lines = unknown.stdout.splitlines()
+    assert lines[0].split() == ["table", "docs"]  # labels and values, no empty header row
+    assert not any(set(line) <= {"-", " "} for line in lines)
     given = run_cli("plan", "docs", "--tokens-per-row", "50", "--json", env=env)
     assert given.returncode == 0, given.stderr
     assert json.loads(given.stdout) | {"tokens_from": None} == {

@@ -28,6 +28,12 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
     print("\n".join(table_lines(header, rows)))
 
 
+def print_fields(fields: Sequence[tuple[str, str]]) -> None:
+    """One line per field, its label padded: a record, which has no header row to print."""
+    width = max(len(label) for label, _ in fields)
+    print("\n".join(f"{label.ljust(width)}  {value}".rstrip() for label, value in fields))
+
+
 def age(seconds: float | None) -> str:
     if seconds is None:
         return "-"

@@ -131,16 +131,15 @@ def show(plan: Plan, *, as_json: bool) -> None:
     if as_json:
         print(json.dumps(asdict(plan), indent=2))
         return
-    output.print_table(
-        ["", ""],
+    output.print_fields(
         [
-            ["table", plan.table],
-            ["model", f"{plan.model} ({plan.provider})"],
-            ["rows to embed", _rows_line(plan)],
-            ["tokens", _tokens_line(plan)],
-            ["requests", f"~{plan.requests:,}" if plan.requests is not None else "-"],
-            ["cost", _cost_line(plan)],
-        ],
+            ("table", plan.table),
+            ("model", f"{plan.model} ({plan.provider})"),
+            ("rows to embed", _rows_line(plan)),
+            ("tokens", _tokens_line(plan)),
+            ("requests", f"~{plan.requests:,}" if plan.requests is not None else "-"),
+            ("cost", _cost_line(plan)),
+        ]
     )
 
 
