@@ -277,3 +277,18 @@ def test_doctor_on_an_empty_database_asks_only_for_migrate(empty_dsn: str) -> No
     assert "FAIL  schema: the embeddings schema is not installed" in out
     assert "install pgvector" not in out
     assert "\n1 problem(s), 0 warning(s)" in out
+
+
+def test_an_unknown_embed_model_is_a_usage_error_naming_the_variable(dsn: str) -> None:
+    """EMBED_MODEL naming no model (not in the catalog, not registered, no such directory) is
+    a configuration error: exit 2, the variable named, the closest known name offered."""
+    result = run_cli(
+        "run",
+        "--once",
+        "--no-progress",
+        env={"DATABASE_URL": dsn, "EMBED_MODEL": "all-MiniLM-L6v2"},
+    )
+
+    assert result.returncode == 2, result.stderr
+    assert "EMBED_MODEL=all-MiniLM-L6v2" in result.stderr
+    assert "did you mean all-MiniLM-L6-v2?" in result.stderr

@@ -180,6 +180,9 @@ class Worker:
         try:
             try:
                 self.start()
+            except exceptions.ConfigError as exc:
+                logger.error("%s", exc)
+                return 2  # bad configuration, as the command line's usage errors
             except exceptions.EmbedWorkerError as exc:
                 logger.error("%s", exc)
                 return 1

@@ -3,12 +3,14 @@ need, saying which targets it cannot serve, and when it is ready (systemd, /read
 
 from __future__ import annotations
 
+import difflib
 import logging
 import threading
 from dataclasses import dataclass, field
 
-from worker import db, exceptions, metrics, schema
+from worker import db, exceptions, metrics, queries, schema
 from worker.config import Settings
+from worker.models import catalog, files
 from worker.models.loaded import LoadedModels
 from worker.pipeline import provenance
 from worker.pipeline.targets import Target, TargetRegistry
@@ -104,7 +106,9 @@ class Startup:
                     with db.translated():
                         installed = schema.installed(conn)
                     if installed:
-                        return self.registry.refresh(conn)
+                        targets = self.registry.refresh(conn)
+                        self.check_configured_model(conn)
+                        return targets
                 except exceptions.ConnectionLost:
                     if self.once:
                         raise
@@ -118,6 +122,32 @@ class Startup:
             return None
         finally:
             session.close()
+
+    def check_configured_model(self, conn: db.Connection) -> None:
+        """EMBED_MODEL must name a model: one of the catalog's, one registered in
+        embeddings.models (local or remote), or a model directory. A typo is a configuration
+        error (exit 2) naming the variable and the closest name, not a model that never loads."""
+        name = self.default.settings.model
+        if not name or files.looks_like_path(name):
+            return
+        with db.translated():
+            registered = {row[0] for row in conn.execute(queries.get("model_dimensions"))}
+        known = sorted(set(catalog.REGISTRY) | registered)
+        if name in known:
+            return
+        try:
+            self.embedders.location.locate(name)
+            return
+        except exceptions.ModelNotFound:
+            pass
+        close = difflib.get_close_matches(name, known, n=1)
+        searched = ", ".join(str(d) for d in self.embedders.location.search_dirs())
+        raise exceptions.ConfigError(
+            f"EMBED_MODEL={name}: no such model"
+            + (f" (did you mean {close[0]}?)" if close else "")
+            + f": it is not one of {', '.join(known)}, and no directory {name}/ is in"
+            f" {searched}; `embed-worker model list` shows the catalog"
+        )
 
     def load_models(self, targets: dict[int, Target]) -> None:
         """Loads the default model and those of our queue's targets; reports unservable
