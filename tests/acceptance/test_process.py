@@ -102,6 +102,20 @@ def test_sigterm_mid_drain_exits_0_and_loses_nothing(
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
 
 
+def test_ctrl_c_of_run_once_before_the_queue_drains_exits_130(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """`run --once` means "until the queue is drained": stopped before that by Ctrl-C, it
+    says so with 130 (128 + SIGINT), as shells expect, so a script does not go on as if the
+    work were done. What it embedded stays; the rest is waiting in the queue."""
+    make_docs(conn, 3000)
+    worker = start_worker("--once", http=False)
+    wait_for(lambda: embedded(conn) >= 32, timeout=60, what="the drain to start")
+    worker.signal(signal.SIGINT)
+    assert worker.wait_exit(30) == 130
+    assert not queue_empty(conn)
+
+
 def test_a_second_signal_exits_at_once_and_hands_jobs_back(
     conn: Conn, start_worker: Callable[..., WorkerProcess]
 ) -> None:

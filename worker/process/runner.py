@@ -170,6 +170,7 @@ class Worker:
         )
         self._threads: list[threading.Thread] = []
         self._stop_requested_at: float | None = None
+        self._interrupted_by: signal.Signals | None = None  # the signal that stopped a run
 
     # --- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -257,6 +258,10 @@ class Worker:
             logger.error("worker stopped by an internal error: %r", self.failure)
             hand_back(self.dsn, self.lanes)
             return 1
+        if self.once and self._interrupted_by is not None:
+            # `--once` promised a drained queue: a script must not go on as if it were.
+            logger.warning("stopped by %s before the queue drained", self._interrupted_by.name)
+            return 128 + self._interrupted_by.value
         logger.info("embed-worker stopped")
         return 0
 
@@ -274,7 +279,8 @@ class Worker:
             logger.warning("second %s: handing back jobs in flight and exiting now", name)
             hand_back(self.dsn, self.lanes)
             logging.shutdown()
-            os._exit(0)
+            os._exit(128 + signum if self.once else 0)
+        self._interrupted_by = signal.Signals(signum)
         self.request_stop(name)
 
     def _guarded(self, body: Callable[[], None]) -> Callable[[], None]:
