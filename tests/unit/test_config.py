@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from worker import db, exceptions
+from worker import db, exceptions, exits
 from worker.config import Secret, Settings
 
 WORKER = Path(__file__).resolve().parents[2] / "worker"
@@ -97,7 +97,7 @@ def test_push_only_needs_the_http_server() -> None:
 def test_run_once_cannot_be_push_only(capsys: pytest.CaptureFixture[str]) -> None:
     from worker.cli import main
 
-    assert main.main(["run", "--once", "--no-pull", "--http-port", "0"]) == main.EXIT_USAGE
+    assert main.main(["run", "--once", "--no-pull", "--http-port", "0"]) == exits.USAGE
     assert "run --once drains the queue" in capsys.readouterr().err
 
 

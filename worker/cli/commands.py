@@ -7,7 +7,7 @@ import json
 import sys
 from typing import TYPE_CHECKING, Literal
 
-from worker import db, exceptions, queries, schema
+from worker import db, exceptions, exits, queries, schema
 from worker.cli import hints, output
 from worker.config import Settings
 from worker.retrieval.fusion import Fusion
@@ -15,8 +15,6 @@ from worker.retrieval.fusion import Fusion
 if TYPE_CHECKING:  # the models are imported when a command embeds: the others start faster
     from worker.models.loaded import LoadedModels
     from worker.models.remote.spec import RemoteSpec
-
-EXIT_OK, EXIT_FAILURE = 0, 1
 
 
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -72,7 +70,7 @@ def plan(args: argparse.Namespace, settings: Settings) -> int:
             tokens_per_row=args.tokens_per_row,
         )
     planning.show(found, as_json=args.json)
-    return EXIT_OK
+    return exits.OK
 
 
 def migrate(_args: argparse.Namespace, settings: Settings) -> int:
@@ -87,7 +85,7 @@ def migrate(_args: argparse.Namespace, settings: Settings) -> int:
         raise exceptions.DatabaseError(f"migration failed: {db.redact(str(exc))}") from exc
     for line in migration.lines():  # `applied 0002 (0.2.0)`, or `already at ...`; NOTICEs
         print(line)
-    return EXIT_OK
+    return exits.OK
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:
@@ -123,9 +121,9 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
             try:
                 watch(conn, args.watch, header, exact=args.exact)
             except KeyboardInterrupt:
-                return EXIT_OK
+                return exits.OK
         show(conn, as_json=args.json, exact=args.exact)
-    return EXIT_OK
+    return exits.OK
 
 
 def sweep(args: argparse.Namespace, settings: Settings) -> int:
@@ -135,7 +133,7 @@ def sweep(args: argparse.Namespace, settings: Settings) -> int:
         raise exceptions.ConfigError("--max-rows must be at least 1")
     with _connect(settings) as conn:
         sweeping.show(sweeping.run(conn, args), as_json=args.json)
-    return EXIT_OK
+    return exits.OK
 
 
 # --- embed and search -------------------------------------------------------------------------
@@ -150,7 +148,7 @@ def embed(args: argparse.Namespace, settings: Settings) -> int:
     vectors = models.get(name).embed(texts)
     json.dump([[round(float(x), 7) for x in row] for row in vectors], sys.stdout)
     sys.stdout.write("\n")
-    return EXIT_OK
+    return exits.OK
 
 
 def _default_model(settings: Settings) -> str:
@@ -252,11 +250,11 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         )
     if args.json:
         output.print_json(results)
-        return EXIT_OK
+        return exits.OK
     if not results:
         which = "match the filter" if filter else "have an embedding yet"
         print(f"no rows of {args.table} {which} (see `{status_hint}`)")
-        return EXIT_OK
+        return exits.OK
     output.print_table(
         ["similarity", "key", "content"],
         [
@@ -268,7 +266,7 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
             for r in results
         ],
     )
-    return EXIT_OK
+    return exits.OK
 
 
 def _fusion(args: argparse.Namespace) -> Fusion | None:
@@ -300,14 +298,14 @@ def failures(args: argparse.Namespace, settings: Settings) -> int:
             retried_row = conn.execute(queries.get("retry_failures")).fetchone()
             retried = retried_row[0] if retried_row else 0
             print(f"re-queued {retried} dead-lettered job(s)", file=sys.stderr)
-            return EXIT_OK
+            return exits.OK
     keys = ("id", "target", "row_key", "attempts", "last_error", "failed_at")
     if args.json:
         output.print_json([dict(zip(keys, r, strict=True)) for r in rows])
-        return EXIT_OK
+        return exits.OK
     if not rows:
         print("no dead-lettered jobs")
-        return EXIT_OK
+        return exits.OK
     output.print_table(
         ["id", "target", "row key", "attempts", "failed at", "last error"],
         [
@@ -324,7 +322,7 @@ def failures(args: argparse.Namespace, settings: Settings) -> int:
     )
     retry = hints.command("failures --retry", settings.dsn)
     print(f"\n{len(rows)} dead-lettered; re-queue with: {retry}")
-    return EXIT_OK
+    return exits.OK
 
 
 # --- models -----------------------------------------------------------------------------------
@@ -350,7 +348,7 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
             ]
             + remote.list_rows(settings),
         )
-        return EXIT_OK
+        return exits.OK
     variant: catalog.Variant | Literal["all"] = args.download_variant or settings.model_variant
     path = download.download(
         args.name,
@@ -359,4 +357,4 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
         endpoint=settings.downloads.endpoint,
     )
     print(f"{args.name} is in {path}", file=sys.stderr)
-    return EXIT_OK
+    return exits.OK

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 import psycopg
 
-from worker import db, exceptions, queries, schema
+from worker import db, exceptions, exits, queries, schema
 from worker.cli import hints, output, remote
 from worker.config import Settings
 from worker.models import catalog
@@ -51,7 +51,7 @@ def run(dsn: str, settings: Settings) -> int:
     failed = sum(f.level == "FAIL" for f in findings)
     warned = sum(f.level == "warn" for f in findings)
     print(f"\n{failed} problem(s), {warned} warning(s)")
-    return 1 if failed else 0
+    return exits.FAILURE if failed else exits.OK
 
 
 def check(dsn: str, settings: Settings) -> list[Finding]:

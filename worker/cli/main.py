@@ -9,15 +9,15 @@ from __future__ import annotations
 
 import argparse
 import logging
+import signal
 import sys
 from collections.abc import Callable, Sequence
 
-from worker import __version__, exceptions, logs
+from worker import __version__, exceptions, exits, logs
 from worker.config import Settings
 
 logger = logging.getLogger("worker.cli")
 
-EXIT_OK, EXIT_FAILURE, EXIT_USAGE = 0, 1, 2
 
 DESCRIPTIONS = {
     "migrate": "Install the embeddings schema in the database, or upgrade it to this version "
@@ -362,7 +362,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         settings = settings_from(args)
     except exceptions.ConfigError as exc:
         print(f"embed-worker: {exc}", file=sys.stderr)
-        return EXIT_USAGE
+        return exits.USAGE
     quiet = args.command in ("search", "embed") and getattr(args, "log_level", None) is None
     # search and embed print results: their model loading is not news (warnings still show).
     logs.configure(settings.log_format, "WARNING" if quiet else settings.log_level)
@@ -372,9 +372,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return commands.dispatch(args, settings)
     except exceptions.ConfigError as exc:
         logger.error("%s", exc)
-        return EXIT_USAGE
+        return exits.USAGE
     except exceptions.EmbedWorkerError as exc:
         logger.error("%s", exc)
-        return EXIT_FAILURE
+        return exits.FAILURE
     except KeyboardInterrupt:
-        return 130
+        return exits.interrupted(signal.SIGINT)

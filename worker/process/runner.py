@@ -33,7 +33,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from worker import exceptions
+from worker import exceptions, exits
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline import stages
@@ -183,12 +183,12 @@ class Worker:
                 self.start()
             except exceptions.ConfigError as exc:
                 logger.error("%s", exc)
-                return 2  # bad configuration, as the command line's usage errors
+                return exits.USAGE  # bad configuration, as the command line's usage errors
             except exceptions.EmbedWorkerError as exc:
                 logger.error("%s", exc)
-                return 1
+                return exits.FAILURE
             if self.stopping.is_set() and not self._threads:
-                return 0
+                return exits.OK
             return self.wait()
         finally:
             if self.signals:
@@ -257,13 +257,13 @@ class Worker:
         if self.failure is not None:
             logger.error("worker stopped by an internal error: %r", self.failure)
             hand_back(self.dsn, self.lanes)
-            return 1
+            return exits.FAILURE
         if self.once and self._interrupted_by is not None:
             # `--once` promised a drained queue: a script must not go on as if it were.
             logger.warning("stopped by %s before the queue drained", self._interrupted_by.name)
-            return 128 + self._interrupted_by.value
+            return exits.interrupted(self._interrupted_by)
         logger.info("embed-worker stopped")
-        return 0
+        return exits.OK
 
     def request_stop(self, why: str = "requested") -> None:
         if not self.stopping.is_set():
@@ -279,7 +279,7 @@ class Worker:
             logger.warning("second %s: handing back jobs in flight and exiting now", name)
             hand_back(self.dsn, self.lanes)
             logging.shutdown()
-            os._exit(128 + signum if self.once else 0)
+            os._exit(exits.interrupted(signal.Signals(signum)) if self.once else exits.OK)
         self._interrupted_by = signal.Signals(signum)
         self.request_stop(name)
 
