@@ -71,6 +71,7 @@ lint: $(STAMP)
 	@$(BIN)/ruff check .
 	@$(BIN)/ruff format --check .
 	@$(BIN)/mypy
+	@$(BIN)/lint-imports --no-cache
 
 # The suite starts its own throwaway cluster (tests/conftest.py) on a free port in a temporary
 # directory, so it never collides with `make db`; TEST_DATABASE_URL points it at a server instead.
