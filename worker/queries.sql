@@ -115,18 +115,22 @@ VALUES (%(target_id)s, date_trunc('minute', clock_timestamp()), %(rows)s)
 ON CONFLICT (target_id, minute) DO UPDATE SET rows = tp.rows + excluded.rows;
 
 -- name: load_targets
--- Every registered target with what the worker needs to serve it, from the catalog; its
+-- The registered targets ({which}: all of them, or a search's) with what the worker needs to
+-- serve them, from the catalog, by name (worker/pipeline/targets.py: target_of); each one's
 -- problem, or why its functions cannot serve it now (sql/32_access.sql).
 -- A chunked target's embedding column is in its chunk table, a side-table target's in its side
 -- table.
 -- ours: touches only our tables and pgmq's, runs no one else's code
-SELECT t.id, n.nspname, c.relname, t.embedding_column, ty.typname, a.atttypmod,
-       t.content_column, fn_ns.nspname, p.proname, t.model, t.key_columns::text[],
+SELECT t.id, n.nspname AS schema, c.relname AS "table", t.embedding_column,
+       ty.typname AS embedding_type, a.atttypmod AS embedding_dims, t.content_column,
+       fn_ns.nspname AS function_schema, p.proname AS function_name, t.model,
+       t.key_columns::text[] AS key_columns,
        ARRAY(SELECT kt.typname::text FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
-             JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i),
-       t.queue, coalesce(t.problem, embeddings.access_problem(t)), t.version, chunk_ns.nspname,
-       chunk_c.relname, t.chunk_tokens,
-       t.chunk_overlap, side_ns.nspname, side_c.relname
+             JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i) AS key_types,
+       t.queue, coalesce(t.problem, embeddings.access_problem(t)) AS registry_problem, t.version,
+       chunk_ns.nspname AS chunk_schema, chunk_c.relname AS chunk_name, t.chunk_tokens,
+       t.chunk_overlap, side_ns.nspname AS side_schema, side_c.relname AS side_name,
+       t.fts_config IS NOT NULL AS has_fulltext
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
 LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -139,7 +143,8 @@ LEFT JOIN pg_attribute a ON a.attrelid = coalesce(t.side_table, t.chunk_table, t
 LEFT JOIN pg_type ty ON ty.oid = a.atttypid
 LEFT JOIN pg_proc p ON p.oid = t.content_function
 LEFT JOIN pg_namespace fn_ns ON fn_ns.oid = p.pronamespace
-ORDER BY t.id;
+WHERE {which}
+ORDER BY t.id
 
 -- name: default_model_defined
 -- Whether the database has our default-model function (the CLI may talk to an older schema).
@@ -288,24 +293,24 @@ FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::inte
               %(chunk_keys)s::text[], %(seqs)s::integer[], %(chunks)s::text[], %(chunk_hashes)s::text[],
               %(embeddings)b, %(starts)s::integer[], %(ends)s::integer[]);
 
--- name: search_table
--- The oid of table %(table)s as the search path finds it (NULL: none) (worker/retrieval/targets.py).
-SELECT to_regclass(%(table)s)::oid;
-
--- name: search_targets
--- The targets of table %(source)s (of its embedding column %(column)s, when given).
-SELECT id FROM embeddings.targets
-WHERE source = %(source)s::oid AND (%(column)s::name IS NULL OR embedding_column = %(column)s::name)
-ORDER BY id;
+-- name: search_target
+-- Table %(table)s as the search path finds it (or target %(target)s's table), and its targets
+-- (of its embedding column %(column)s, when given), in load_targets' columns: one row per
+-- target; one row of NULLs after the table's oid when it is not watched; none when there is no
+-- such table. A search resolves its target in this one statement (worker/retrieval/targets.py).
+-- ours: touches only our tables and the catalog, runs no one else's code
+WITH source AS (
+    SELECT coalesce(to_regclass(%(table)s)::oid,
+                    (SELECT t.source::oid FROM embeddings.targets t WHERE t.id = %(target)s::integer)) AS oid
+)
+SELECT source.oid AS source, found.*
+FROM source LEFT JOIN LATERAL ({targets}) AS found ON true
+WHERE source.oid IS NOT NULL;
 
 -- name: search_target_version
 -- The definition version of target %(target)s (NULL: gone), checked after each search: a model
 -- change that swapped its column meanwhile means the query was embedded by the old model.
 SELECT version FROM embeddings.targets WHERE id = %(target)s;
-
--- name: has_fulltext
--- Whether target %(target)s has full-text search on (sql/59_hybrid.sql).
-SELECT fts_config IS NOT NULL FROM embeddings.targets WHERE id = %(target)s;
 
 -- name: search
 -- The %(k)s rows (documents, for a chunked target) nearest to %(query)s among those matching

@@ -178,7 +178,7 @@ def test_hybrid_on_a_target_without_full_text_is_refused(conn: Conn, items: Vec)
     target = find_target(conn, "items")
     with pytest.raises(errors.InvalidSearch, match="no full-text search"):
         rankings.hybrid(conn, target, "urlopen", items, 3)
-    assert not rankings.has_fulltext(conn, target)
+    assert not target.has_fulltext
 
 
 def test_chunked_target_fuses_documents(conn: Conn) -> None:

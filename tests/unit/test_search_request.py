@@ -50,3 +50,29 @@ def test_tuning_is_read_from_the_body() -> None:
 def test_bad_tuning_is_refused_naming_the_field(fields: dict[str, Any], message: str) -> None:
     with pytest.raises(ValueError, match=message.replace("(", r"\(")):
         SearchRequest.parse({**BASE, **fields})
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["-k", "0"], "-k must be an integer from 1 to 100"),
+        (["--filter", "[1]"], "--filter must be a JSON object of column names"),
+        (
+            ["--mode", "vector", "--rrf-k", "5"],
+            "--rrf-k: these tune hybrid search, not --mode vector",
+        ),
+        (["--depth", "0"], "--depth must be an integer from 1 to 1000"),
+    ],
+)
+def test_the_command_line_checks_a_search_as_http_does_naming_its_flags(
+    argv: list[str], message: str
+) -> None:
+    """`embed-worker search` builds the SearchRequest POST /search builds: one check, its
+    complaints naming the flags."""
+    from worker import exceptions
+    from worker.cli import commands, main
+
+    args = main.build_parser().parse_args(["search", "docs", "cats", *argv])
+    with pytest.raises(exceptions.ConfigError) as refused:
+        commands._search_request(args)
+    assert str(refused.value).startswith(message)

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
 import sys
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from worker import db, exceptions, exits, queries, schema
 from worker.cli import hints, output
 from worker.config import Settings
 from worker.retrieval.fusion import Fusion
+from worker.retrieval.request import SearchRequest
 
 if TYPE_CHECKING:  # the models are imported when a command embeds: the others start faster
     from worker.models.loaded import LoadedModels
@@ -216,38 +218,18 @@ def _remote_models_if_registered(name: str, settings: Settings) -> dict[str, Rem
 
 
 def search(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.pipeline.targets import load_remote_models
     from worker.retrieval import search as search_mod
-    from worker.retrieval.targets import find_target
 
-    if args.k < 1:
-        raise exceptions.ConfigError("-k must be at least 1")
-    fusion = _fusion(args)
-    filter = None
-    if args.filter is not None:
-        try:
-            filter = json.loads(args.filter)
-        except ValueError as exc:
-            raise exceptions.ConfigError(f"--filter is not JSON: {exc}") from None
-        if not isinstance(filter, dict):
-            raise exceptions.ConfigError("--filter must be a JSON object of column names")
+    request = _search_request(args)
+    filter = request.filter
     with _connect(settings) as conn:
         status_hint = hints.command("status", settings.dsn)
-        target = find_target(conn, args.table, args.column, then=f" then see `{status_hint}`")
         # Embedded with the column's model at that moment; documents of a chunked target by
-        # their best chunk (worker/retrieval/search.py).
-        from worker.pipeline.targets import load_remote_models
-
+        # their best chunk (worker/retrieval/search.py). As POST /search: the same request,
+        # checked the same way, run by the same run().
         models = _models(settings, load_remote_models(conn))
-        results = search_mod.ranked(
-            conn,
-            models.get,
-            target,
-            args.query,
-            args.k,
-            filter=filter,
-            mode=args.mode,
-            fusion=fusion,
-        )
+        results = search_mod.run(conn, models.get, request, then=f" then see `{status_hint}`")
     if args.json:
         output.print_json(results)
         return exits.OK
@@ -269,24 +251,34 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
     return exits.OK
 
 
-def _fusion(args: argparse.Namespace) -> Fusion | None:
-    """Hybrid search's tuning from --rrf-k, --vector-weight, --text-weight and --depth (None:
-    none given), checked as POST /search checks it."""
-    given = {name: getattr(args, name) for name in Fusion.names()}
-    flags = [f"--{name.replace('_', '-')}" for name, value in given.items() if value is not None]
-    if not flags:
-        return None
-    if args.mode == "vector":
-        raise exceptions.ConfigError(
-            f"{', '.join(flags)}: these tune hybrid search, not --mode vector"
-        )
+# How SearchRequest names what the command line calls a flag.
+_FLAGS = {
+    '"k"': "-k",
+    '"mode"': "--mode",
+    '"filter"': "--filter",
+    '"column"': "--column",
+    '"mode": "vector"': "--mode vector",
+    **{f'"{name}"': f"--{name.replace('_', '-')}" for name in Fusion.names()},
+    **{name: f"--{name.replace('_', '-')}" for name in Fusion.names()},
+}
+
+
+def _search_request(args: argparse.Namespace) -> SearchRequest:
+    """The search as POST /search would receive it, checked by SearchRequest.parse; its
+    complaints name the flags (--rrf-k where HTTP says "rrf_k")."""
+    body: dict[str, Any] = {"table": args.table, "query": args.query, "k": args.k}
+    body |= {"column": args.column, "mode": args.mode}
+    body |= {name: getattr(args, name) for name in Fusion.names()}
+    if args.filter is not None:
+        try:
+            body["filter"] = json.loads(args.filter)
+        except ValueError as exc:
+            raise exceptions.ConfigError(f"--filter is not JSON: {exc}") from None
     try:
-        return Fusion.parse(given)
+        return SearchRequest.parse({k: v for k, v in body.items() if v is not None})
     except ValueError as exc:
-        # Named as the flags are: "rrf_k" is --rrf-k here.
-        message = str(exc)
-        for name in Fusion.names():
-            message = message.replace(f'"{name}"', f"--{name.replace('_', '-')}")
+        said = "|".join(re.escape(k) for k in sorted(_FLAGS, key=len, reverse=True))
+        message = re.sub(rf"(?<![\w-])({said})(?![\w-])", lambda m: _FLAGS[m[1]], str(exc))
         raise exceptions.ConfigError(message) from None
 
 

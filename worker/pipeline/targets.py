@@ -21,6 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from psycopg import sql
+from psycopg.rows import dict_row
 
 from worker import db, queries
 from worker.models.remote.spec import RemoteSpec
@@ -53,6 +54,7 @@ class Target:
     # Side-table targets (sql/56_side.sql, worker/pipeline/stores/side.py): one vector per row,
     # in a table of its own keyed like the source.
     side_table: tuple[str, str] | None = None  # (schema, table)
+    has_fulltext: bool = False  # full-text search on (embeddings.enable_fts()): hybrid search
     # A model change in progress (sql/44_changes.sql) writes the new model's vectors to a shadow
     # column as well.
     shadow_model: str | None = None
@@ -195,33 +197,45 @@ def _canonical_part(raw: Any, key_type: str) -> str:
 
 def load(conn: db.Connection) -> dict[int, Target]:
     with db.translated():
-        rows = conn.execute(queries.compose("load_targets")).fetchall()
-    found: dict[int, Target] = {}
-    for row in rows:
-        (tid, schema, table, column, etype, dims, ccol, fschema, fname, model) = row[:10]
-        (kcols, ktypes, q, problem, ver) = row[10:15]
-        chunk_schema, chunk_name, chunk_tokens, chunk_overlap, side_schema, side_name = row[15:]
-        found[tid] = Target(
-            id=tid,
-            schema=schema,
-            table=table,
-            embedding_column=column,
-            embedding_type=etype,
-            embedding_dims=dims if dims is not None else -1,
-            content_column=ccol,
-            content_function=(fschema, fname) if fname is not None else None,
-            model=model,
-            key_columns=tuple(kcols or ()),
-            key_types=tuple(ktypes or ()),
-            queue=q,
-            version=ver,
-            registry_problem=problem,
-            chunk_table=(chunk_schema, chunk_name) if chunk_name is not None else None,
-            chunk_tokens=chunk_tokens,
-            chunk_overlap=chunk_overlap,
-            side_table=(side_schema, side_name) if side_name is not None else None,
+        rows = (
+            conn.cursor(row_factory=dict_row)
+            .execute(queries.compose("load_targets", which=sql.SQL("true")))
+            .fetchall()
         )
-    return _with_changes(conn, found)
+    return _with_changes(conn, {row["id"]: target_of(row) for row in rows})
+
+
+def target_of(row: dict[str, Any]) -> Target:
+    """A target from a row of the named query load_targets, by its columns' names."""
+    return Target(
+        id=row["id"],
+        schema=row["schema"],
+        table=row["table"],
+        embedding_column=row["embedding_column"],
+        embedding_type=row["embedding_type"],
+        embedding_dims=row["embedding_dims"] if row["embedding_dims"] is not None else -1,
+        content_column=row["content_column"],
+        content_function=(
+            (row["function_schema"], row["function_name"])
+            if row["function_name"] is not None
+            else None
+        ),
+        model=row["model"],
+        key_columns=tuple(row["key_columns"] or ()),
+        key_types=tuple(row["key_types"] or ()),
+        queue=row["queue"],
+        version=row["version"],
+        registry_problem=row["registry_problem"],
+        chunk_table=(
+            (row["chunk_schema"], row["chunk_name"]) if row["chunk_name"] is not None else None
+        ),
+        chunk_tokens=row["chunk_tokens"],
+        chunk_overlap=row["chunk_overlap"],
+        side_table=(
+            (row["side_schema"], row["side_name"]) if row["side_name"] is not None else None
+        ),
+        has_fulltext=row["has_fulltext"],
+    )
 
 
 def _with_changes(conn: db.Connection, found: dict[int, Target]) -> dict[int, Target]:

@@ -86,10 +86,3 @@ def hybrid(
         )
         for key, score, content, seq, distance, vr, tr, start, end in rows
     ]
-
-
-def has_fulltext(conn: db.Connection, target: Target) -> bool:
-    """Whether the target has full-text search on (embeddings.enable_fts())."""
-    with db.translated():
-        row = conn.execute(queries.get("has_fulltext"), {"target": target.id}).fetchone()
-    return bool(row and row[0])

@@ -17,11 +17,16 @@ from worker.retrieval.targets import current_target, find_target, is_current
 
 
 def run(
-    conn: db.Connection, load_model: Callable[[str], TextModel], request: SearchRequest
+    conn: db.Connection,
+    load_model: Callable[[str], TextModel],
+    request: SearchRequest,
+    *,
+    then: str = "",
 ) -> list[dict[str, Any]]:
     """Ranked results, one per row or, for a chunked target, per document
-    (results.search_result())."""
-    target = find_target(conn, request.table, request.column)
+    (results.search_result()): what `embed-worker search` and POST /search both run. `then`
+    ends the hint given for an unwatched table."""
+    target = find_target(conn, request.table, request.column, then=then)
     return ranked(
         conn,
         load_model,
@@ -56,7 +61,7 @@ def ranked(
             raise exceptions.TargetError(problem)
         vector = model.embed([query])[0]
         try:
-            if mode == "hybrid" or (mode == "auto" and rankings.has_fulltext(conn, target)):
+            if mode == "hybrid" or (mode == "auto" and target.has_fulltext):
                 results = rankings.hybrid(
                     conn, target, query, vector, k, filter=filter, fusion=fusion
                 )

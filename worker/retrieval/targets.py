@@ -1,12 +1,22 @@
-"""Which target a search of a table name means, and that target as it is now."""
+"""Which target a search of a table name means, and that target as it is now: one statement
+each (the named query search_target), never the whole registry."""
 
 from __future__ import annotations
 
-from psycopg import errors
+from typing import Any
+
+from psycopg import errors, sql
+from psycopg.rows import dict_row
 
 from worker import db, exceptions, queries
-from worker.pipeline import targets as targets_mod
-from worker.pipeline.targets import Target
+from worker.pipeline.targets import Target, target_of
+
+# search_target's targets: load_targets narrowed to the table's (and column's).
+_OF_THE_TABLE = sql.SQL(
+    "t.source = source.oid"
+    " AND (%(column)s::name IS NULL OR t.embedding_column = %(column)s::name)"
+    " AND (%(target)s::integer IS NULL OR t.id = %(target)s::integer)"
+)
 
 
 def find_target(
@@ -14,36 +24,41 @@ def find_target(
 ) -> Target:
     """The target of `table` (of its embedding column `column`, if it has several); `then`
     is added to the hint given for an unwatched table."""
-    with db.translated():
-        try:
-            row = conn.execute(queries.get("search_table"), {"table": table}).fetchone()
-        except (errors.InvalidName, errors.SyntaxError, errors.FeatureNotSupported) as exc:
-            # Not a name at all ('"', 'a.b.c.d', another database's): no such table either.
-            raise exceptions.TargetError(f"no table {table!r}: {exc}") from None
-        if row is None or row[0] is None:
-            raise exceptions.TargetError(f"no table {table!r}")
-        ids = [
-            r[0]
-            for r in conn.execute(
-                queries.get("search_targets"), {"source": row[0], "column": column}
-            )
-        ]
-    if not ids:
+    try:
+        rows = _search_target(conn, {"table": table, "column": column, "target": None})
+    except (errors.InvalidName, errors.SyntaxError, errors.FeatureNotSupported) as exc:
+        # Not a name at all ('"', 'a.b.c.d', another database's): no such table either.
+        raise exceptions.TargetError(f"no table {table!r}: {exc}") from None
+    if not rows:
+        raise exceptions.TargetError(f"no table {table!r}")
+    found = [row for row in rows if row["id"] is not None]
+    if not found:
         hint = f"SELECT embeddings.watch('{table}', 'content_column');{then}"
         raise exceptions.TargetError(f"{table} is not watched: {hint}")
-    if len(ids) > 1:
+    if len(found) > 1:
         raise exceptions.ConfigError(f"{table} has several embedding columns: pass a column")
-    return targets_mod.load(conn)[ids[0]]
+    return target_of(found[0])
 
 
 def current_target(conn: db.Connection, target: Target) -> Target:
     """`target` as registered now (its definition version moves with a model change)."""
-    return targets_mod.load(conn)[target.id]
+    rows = _search_target(conn, {"table": None, "column": None, "target": target.id})
+    found = [row for row in rows if row["id"] is not None]
+    if not found:
+        raise exceptions.TargetError(f"{target.name} is not watched any more")
+    return target_of(found[0])
 
 
 def is_current(conn: db.Connection, target: Target) -> bool:
-    """Whether `target` is still the registered definition: one row read, not the registry
-    (current_target() reads every target, and their problems, from the catalog)."""
+    """Whether `target` is still the registered definition: one row read."""
     with db.translated():
         row = conn.execute(queries.get("search_target_version"), {"target": target.id}).fetchone()
     return row is not None and row[0] == target.version
+
+
+def _search_target(conn: db.Connection, params: dict[str, Any]) -> list[dict[str, Any]]:
+    query = queries.compose(
+        "search_target", targets=queries.compose("load_targets", which=_OF_THE_TABLE)
+    )
+    with db.translated():
+        return conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
