@@ -17,6 +17,7 @@ from typing import Any
 import psycopg
 import tenacity
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg_pool import ConnectionPool
 
 from worker import exceptions, queries, session_guard
 
@@ -97,6 +98,30 @@ def connect(dsn: str, *, autocommit: bool = True, connect_timeout: int = 10) -> 
         ) from None
     except psycopg.ProgrammingError as exc:
         raise exceptions.ConfigError(f"invalid DATABASE_URL: {redact(str(exc))}") from None
+
+
+def pool(dsn: str, *, max_size: int, name: str) -> ConnectionPool[session_guard.GuardedConnection]:
+    """Connections kept open for short requests (POST /search), made as connect() makes them;
+    each DISCARDed when given back (what someone's code left in the session), and reset again
+    before its next statement. Closed until the first `open()`: a worker whose HTTP side never
+    searches opens none. A broken connection is found when taken, and replaced."""
+    conninfo = make_conninfo(dsn, application_name=APPLICATION_NAME, connect_timeout="10")
+    return ConnectionPool(
+        conninfo,
+        connection_class=session_guard.GuardedConnection,
+        kwargs={
+            "autocommit": True,
+            "prepare_threshold": None,
+            "cursor_factory": session_guard.GuardedCursor,
+        },
+        min_size=1,
+        max_size=max_size,
+        open=False,
+        name=name,
+        configure=lambda conn: conn.reset_session(),
+        reset=lambda conn: conn.discard_session(),
+        check=ConnectionPool.check_connection,
+    )
 
 
 @contextmanager

@@ -585,6 +585,13 @@ SET LOCAL statement_timeout = '3s';
 -- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT 1;
 
+-- name: session_discard
+-- A pooled connection given back (db.pool, POST /search): everything a session holds beyond its
+-- settings dropped too (temporary tables, LISTENs, prepared statements, advisory locks, cached
+-- plans), which someone's code run by a search (a policy, a content function) may have left.
+-- session_reset follows before the connection's next statement.
+DISCARD ALL;
+
 -- name: session_reset
 -- Every connection's first statement (db.connect), and again after anyone else's code may have
 -- run in the session (worker/session_guard.py): every setting back to what the role and the

@@ -90,6 +90,13 @@ class GuardedConnection(psycopg.Connection[Any]):
         self.resets += 1
         self._distrusted = False
 
+    def discard_session(self) -> None:
+        """DISCARD ALL (a pooled connection given back): nothing of the last user's session
+        stays; the session is reset again before the next statement."""
+        with psycopg.Cursor(self) as cur:
+            cur.execute(queries.get("session_discard"))
+        self._distrusted = True
+
     def before_statement(self) -> None:
         if self._distrusted and self.pgconn.transaction_status != pq.TransactionStatus.INERROR:
             self.reset_session()

@@ -49,6 +49,22 @@ SESSION_STATE = {
     "default_transaction_isolation": "serializable",
 }
 
+# The settings SESSION_STATE names, as a session has them now (name, setting).
+SESSION_STATE_NOW = (
+    "SELECT name, setting FROM pg_settings WHERE lower(name) = ANY(ARRAY["
+    + ", ".join(f"'{name.lower()}'" for name in SESSION_STATE)
+    + "])"
+)
+
+
+def session_state_of_a_fresh(dsn: str) -> dict[str, str]:
+    """SESSION_STATE's settings in a new session of ours (db.connect: reset on connecting)."""
+    from worker import db
+
+    with db.connect(dsn) as conn:
+        return dict(conn.execute(SESSION_STATE_NOW).fetchall())
+
+
 # The hooks, by where the code sits (a test checks each is planted: `planted()`).
 HOOKS = (
     "row trigger",

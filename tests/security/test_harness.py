@@ -26,7 +26,8 @@ from tests.security.conftest import Roles
 from tests.support.docs import DOCS
 from tests.support.models import MINILM
 from tests.support.provider_server import ProviderServer
-from worker import db, schema
+from worker import schema
+from worker.http.search_pool import SearchConnections
 from worker.models.loaded import LoadedModels
 from worker.models.remote import breaker as breakers
 from worker.process.runner import Worker
@@ -117,12 +118,21 @@ def _forget_jobs_then(statement: str) -> Callable[[Context], None]:
 
 
 def _http_search(ctx: Context) -> None:
-    """What POST /search runs (worker/http/server.py: _search), on the connection it opens:
-    as the search role (EMBED_SEARCH_DATABASE_URL), the application's."""
-    for table in ("docs_row", "docs_side", "docs_chunked", "docs_fn"):
-        request = SearchRequest.parse({"table": table, "query": "document", "k": 3})
-        with db.connect(ctx.dsn) as conn:
-            search.run(conn, ctx.embedders.get, request)
+    """What POST /search runs (worker/http/server.py: _search), on the pooled connections it
+    uses (worker/http/search_pool.py), as the search role (EMBED_SEARCH_DATABASE_URL), the
+    application's: one connection, so every search after the first runs in a session the
+    owner's code ran in before, and must find none of what it left."""
+    searches = SearchConnections(ctx.dsn, max_size=1)
+    try:
+        for table in ("docs_row", "docs_side", "docs_chunked", "docs_fn"):
+            request = SearchRequest.parse({"table": table, "query": "document", "k": 3})
+            with searches.connection() as conn:
+                search.run(conn, ctx.embedders.get, request)
+        with searches.connection() as conn:  # what the next search's session holds
+            settings = dict(conn.execute(harness.SESSION_STATE_NOW).fetchall())
+            assert settings == harness.session_state_of_a_fresh(ctx.dsn), settings
+    finally:
+        searches.close()
 
 
 def _sql_search(ctx: Context) -> None:

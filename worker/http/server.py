@@ -27,9 +27,7 @@ and a JSON reason is worker.http.protocol's part (docs/http.md#hardening lists t
 from __future__ import annotations
 
 import hmac
-import ipaddress
 import logging
-import socket
 import threading
 from collections.abc import Callable
 from http import HTTPStatus
@@ -38,10 +36,12 @@ from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 
-from worker import db, exceptions, metrics
+from worker import exceptions, metrics
 from worker.http import protocol, push
+from worker.http.exposure import post_refusal
 from worker.http.protocol import BadRequest
 from worker.http.readiness import ReadinessProbe
+from worker.http.search_pool import SearchConnections
 from worker.models import catalog, files
 
 if TYPE_CHECKING:
@@ -88,6 +88,9 @@ class Server(ThreadingHTTPServer):
         self.readiness = readiness
         self.push = push
         self.slots = threading.BoundedSemaphore(settings.http_max_connections)
+        self.searches = SearchConnections(
+            settings.search_database_url or dsn, max_size=settings.http_max_connections
+        )
         self.post_refusal = post_refusal(settings)
         super().__init__((settings.http_host, settings.http_port or 0), Handler)
 
@@ -106,6 +109,10 @@ class Server(ThreadingHTTPServer):
         except BaseException:
             self.slots.release()
             raise
+
+    def shutdown(self) -> None:
+        super().shutdown()
+        self.searches.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # The handler answers every error itself: what reaches here is a bug. Logged as ours,
@@ -279,9 +286,8 @@ class Handler(protocol.JSONRequestHandler):
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
         # As the search role when one is configured: what it may SELECT, row-level security
         # included, is what the answer holds (the worker's own role reads no user table).
-        dsn = self.server.settings.search_database_url or self.server.dsn
         try:
-            with db.connect(dsn, connect_timeout=5) as conn:
+            with self.server.searches.connection() as conn:
                 results = search.run(conn, self.server.embedders.get, request)
         except errors.InvalidSearch as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
@@ -329,36 +335,6 @@ POST_ROUTES = {
     "/functions/v1/embed": Handler._push,
     "/search": Handler._search,
 }
-
-
-def post_refusal(settings: Settings) -> str | None:
-    """Why POST routes are refused, or None: bound beyond loopback with no token and no
-    explicit EMBED_HTTP_ALLOW_UNAUTHENTICATED=1, anyone who can reach the port could make the
-    worker embed (CPU) and enqueue work."""
-    if settings.http_token or _is_loopback(settings.http_host):
-        return None
-    if settings.http_allow_unauthenticated:
-        return None
-    return (
-        f"POST routes are off: HTTP listens on {settings.http_host} without EMBED_HTTP_TOKEN. "
-        "Set EMBED_HTTP_TOKEN (clients send Authorization: Bearer <token>), or "
-        "EMBED_HTTP_ALLOW_UNAUTHENTICATED=1 if the network in front of the worker is trusted."
-    )
-
-
-def _is_loopback(host: str) -> bool:
-    if host in ("localhost", ""):
-        return host == "localhost"
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:
-        try:
-            return all(
-                ipaddress.ip_address(info[4][0]).is_loopback
-                for info in socket.getaddrinfo(host, None)
-            )
-        except (OSError, ValueError):
-            return False
 
 
 def serve(worker: Worker, settings: Settings) -> Server:

@@ -24,11 +24,12 @@ def find_target(
 ) -> Target:
     """The target of `table` (of its embedding column `column`, if it has several); `then`
     is added to the hint given for an unwatched table."""
-    try:
-        rows = _search_target(conn, {"table": table, "column": column, "target": None})
-    except (errors.InvalidName, errors.SyntaxError, errors.FeatureNotSupported) as exc:
-        # Not a name at all ('"', 'a.b.c.d', another database's): no such table either.
-        raise exceptions.TargetError(f"no table {table!r}: {exc}") from None
+    with db.translated():
+        try:
+            rows = _search_target(conn, {"table": table, "column": column, "target": None})
+        except (errors.InvalidName, errors.SyntaxError, errors.FeatureNotSupported) as exc:
+            # Not a name at all ('"', 'a.b.c.d', another database's): no such table either.
+            raise exceptions.TargetError(f"no table {table!r}: {exc}") from None
     if not rows:
         raise exceptions.TargetError(f"no table {table!r}")
     found = [row for row in rows if row["id"] is not None]
@@ -42,7 +43,8 @@ def find_target(
 
 def current_target(conn: db.Connection, target: Target) -> Target:
     """`target` as registered now (its definition version moves with a model change)."""
-    rows = _search_target(conn, {"table": None, "column": None, "target": target.id})
+    with db.translated():
+        rows = _search_target(conn, {"table": None, "column": None, "target": target.id})
     found = [row for row in rows if row["id"] is not None]
     if not found:
         raise exceptions.TargetError(f"{target.name} is not watched any more")
@@ -60,5 +62,4 @@ def _search_target(conn: db.Connection, params: dict[str, Any]) -> list[dict[str
     query = queries.compose(
         "search_target", targets=queries.compose("load_targets", which=_OF_THE_TABLE)
     )
-    with db.translated():
-        return conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
+    return conn.cursor(row_factory=dict_row).execute(query, params).fetchall()
