@@ -11,6 +11,7 @@ same bytes (a proxy in front of us) could split the stream into requests differe
 
 from __future__ import annotations
 
+import contextlib
 import email.message
 import http.client
 import io
@@ -201,6 +202,12 @@ class JSONRequestHandler(BaseHTTPRequestHandler):
         super().setup()
         # A socket timeout on every read and write: a client that stalls mid-request is cut off.
         self.connection.settimeout(self.timeout_seconds)
+        # The headers and the body go out in two writes: with Nagle's algorithm the second
+        # waits for the client's delayed ACK of the first (40 ms on Linux) on every answer of
+        # a keep-alive connection (bench/search_http.py measured POST /search at 64 ms p50
+        # against 12 ms for its own work).
+        with contextlib.suppress(OSError):
+            self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         self._linger = False
 
     def handle(self) -> None:
