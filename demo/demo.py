@@ -146,7 +146,16 @@ def main() -> int:
     logs.configure(settings.log_format, "WARNING")
     dsn = settings.dsn
     with db.connect(dsn) as conn:  # EMBED_MODEL, else the database's default model
-        model = settings.default_model(database_default_model(conn))
+        database_default = database_default_model(conn)
+        model = settings.default_model(database_default)
+        if database_default != model:
+            # One notion of the default: the README's next step, watch() with no model, must
+            # get the model this machine has, not gte-small that it may not have.
+            conn.execute("SELECT embeddings.set_default_model(%s)", (model,))
+            print(
+                f"the database's default model is now {model} (EMBED_MODEL), as watch() uses"
+                f" when no model is named: SELECT embeddings.set_default_model('{model}')"
+            )
     # First: the model (a download on the first run; progress bars on a terminal).
     found = _fetch(model, settings)
     print(f"model {model}: in {found}")
@@ -165,14 +174,14 @@ def main() -> int:
             cur.executemany(
                 "INSERT INTO embed_demo.documents (module, body) VALUES (%s, %s)", texts
             )
-    print(f"inserted {len(texts)} paragraphs into embed_demo.documents ({db.describe(dsn)})")
+    print(f"inserted {len(texts)} paragraphs into embed_demo.documents (model {model})")
 
     started = time.perf_counter()
     worker = Worker(settings, once=True, progress=False, handle_signals=False)
     if worker.run() != 0:
         return 1
     embedded, total = _wait_for_the_table(dsn)
-    print(f"{embedded} of {total} rows embedded in {time.perf_counter() - started:.1f} s\n")
+    print(f"worker embedded {embedded} of {total} rows in {time.perf_counter() - started:.1f} s\n")
     if embedded != total:
         status = hints.command("status", dsn)
         failures = hints.command("failures", dsn)

@@ -99,8 +99,13 @@ BEGIN
         ELSE
             -- Deferred by the worker (a target with a problem is deferred for that problem).
             SELECT 'held', format('its jobs are held, put back without an attempt (not failed): %s', d.reason),
-                   'make the target servable (the model loadable: `embed-worker model download NAME` or '
-                   'EMBED_MODEL_PATH; a column that fits the model); the worker retries its jobs every minute',
+                   format('make the target servable: its model loadable where the worker runs '
+                          '(`embed-worker model download %1$s`, or EMBED_MODEL_PATH naming a directory that '
+                          'holds %1$s/), or the table on a model the worker has: SELECT embeddings.watch(%2$L, '
+                          '%3$L, model => ''NAME''); (and SELECT embeddings.set_default_model(''NAME''); for '
+                          'watch() without a model); a column that fits the model. The worker retries its '
+                          'jobs every minute', t.model, t.source::text,
+                          coalesce(t.content_column::text, t.content_function::regproc::text)),
                    d.since
             INTO state, reason, fix, since
             FROM embeddings.deferrals d

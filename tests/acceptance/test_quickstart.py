@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.support.cluster import REPO
@@ -80,7 +82,7 @@ def test_the_quickstart_downloads_the_model_and_finds_by_meaning(
 
         assert demo.returncode == 0, demo.stdout + demo.stderr
         assert "not on this machine yet; downloading it" in demo.stdout
-        assert "50 of 50 rows embedded" in demo.stdout
+        assert "worker embedded 50 of 50 rows" in demo.stdout
         found = searches(demo.stdout)
         assert set(found["compressing and decompressing data files"]) & COMPRESSION
         assert set(found["running work in parallel threads"]) & PARALLEL
@@ -144,6 +146,20 @@ def test_offline_with_a_model_directory_the_closing_hint_works_as_printed(
     assert any(word in searched.stdout.lower() for word in ("gzip", "compress", "archiv"))
     assert f"EMBED_MODEL_PATH={models.resolve()} " in hint
 
+    # The demo printed the README's lines, and left one notion of the default model: the
+    # README's next step, `watch()` with no model, gets the model this machine has.
+    readme = (clone / "README.md").read_text()
+    for line in ("inserted 50 paragraphs into embed_demo.documents (model all-MiniLM-L6-v2)",):
+        assert line in readme and line in demo.stdout, demo.stdout
+    assert re.search(r"^worker embedded 50 of 50 rows in [0-9.]+ s$", demo.stdout, re.M)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE documents (id bigint PRIMARY KEY, body text)")
+        conn.execute("SELECT embeddings.watch('documents', 'body')")
+        model = conn.execute(
+            "SELECT model FROM embeddings.targets WHERE source = 'documents'::regclass"
+        ).fetchone()
+    assert model == ("all-MiniLM-L6-v2",)
+
 
 def test_offline_the_demo_says_exactly_what_to_fetch(
     clone: Path, newcomer_env: dict[str, str], dsn: str
@@ -167,7 +183,7 @@ def test_the_demo_judges_by_the_table_when_another_worker_runs(
         for _ in range(3):
             demo = run(clone, env, "demo/demo.py")
             assert demo.returncode == 0, demo.stdout + demo.stderr
-            assert "50 of 50 rows embedded" in demo.stdout
+            assert "worker embedded 50 of 50 rows" in demo.stdout
     finally:
         other.stop()
 

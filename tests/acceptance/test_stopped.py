@@ -150,6 +150,13 @@ def test_jobs_held_because_the_model_cannot_be_loaded(
     running = worker()
 
     assert_stopped(dsn, running, "held", "absent-model")
+    # The fix names the statements that make the rows embedded (issue 37): the model fetched,
+    # or the table moved to a model the worker has, or the default set before watch().
+    (row,) = json.loads(cli(dsn, "status", "--json").stdout)
+    (held,) = [s for s in row["stopped"] if s["state"] == "held"]
+    assert "embed-worker model download absent-model" in held["fix"], held
+    assert "SELECT embeddings.watch('public.docs', 'body', model => 'NAME')" in held["fix"], held
+    assert "SELECT embeddings.set_default_model(" in held["fix"], held
     # A model it can load: a change, which the worker completes (the old model never loads).
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
     wait_for(
