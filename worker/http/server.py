@@ -64,6 +64,10 @@ BUSY_RESPONSE = (
 
 class Server(ThreadingHTTPServer):
     daemon_threads = True
+    # The listen backlog: socketserver's 5 drops (and resets) connections when a few dozen
+    # clients connect at once (bench/search_http.py at 32 clients); the slots below, not the
+    # backlog, are what bounds the connections served.
+    request_queue_size = 128
 
     def __init__(
         self,
