@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 
 from bench import oltp, writepath
-from worker import db, queries, schema
+from worker import db, queries, schema, schema_files
 
 BEFORE = os.environ.get("BENCH_TRUST_BEFORE", "e55a0a5")
 ROWS = 64
@@ -44,7 +44,7 @@ def _code_of(ref: str, into: Path) -> list[Path]:
         ["git", "-C", str(root), "archive", ref, "sql"], check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    names = [p.name for p in schema.install_files()]
+    names = [p.name for p in schema_files.install_files()]
     return [into / "sql" / n for n in names if (into / "sql" / n).exists()]
 
 

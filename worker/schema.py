@@ -19,12 +19,12 @@ install is always of this package's release). Each later revision holds its stat
 data moved; idempotent) and `tables.sql` (the tables new in its release, as the release made
 them, so that later deltas can rely on them). A database at an older release runs the pending
 revisions' state files in order, then the code is reinstalled from `sql/` once
-(`finish_upgrade`, called by migrations/env.py). A released revision never changes:
-RELEASED_REVISIONS pins the sha256 of its files. Databases at the revisions 0002-0018 that main
-carried before release 0.2.0 squashed them are re-stamped as 0001 and upgraded (upgrade.sql is
-idempotent). A database at an older release comes from that release's package or from a dump
-(tests/migration/fixtures/): this package cannot stop at an older revision, because it only
-has the newest code.
+(`finish_upgrade`, called by migrations/env.py). A released revision never changes
+(`schema_files`: RELEASED_REVISIONS pins the sha256 of its files). Databases at the revisions
+0002-0018 that main carried before release 0.2.0 squashed them are re-stamped as 0001 and
+upgraded (upgrade.sql is idempotent). A database at an older release comes from that
+release's package or from a dump (tests/migration/fixtures/): this package cannot stop at an
+older revision, because it only has the newest code.
 
 A wheel carries `sql/` and `migrations/` inside the package (`worker/_sql`,
 `worker/_migrations`), so an installed worker migrates without a checkout.
@@ -32,10 +32,8 @@ A wheel carries `sql/` and `migrations/` inside the package (`worker/_sql`,
 
 from __future__ import annotations
 
-import hashlib
 import importlib.resources
 import logging
-import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -45,97 +43,17 @@ from typing import Any
 import psycopg
 from psycopg.sql import Identifier
 
-from worker import exceptions, queries
+from worker import exceptions, queries, schema_files
 from worker.db import Connection
 
 logger = logging.getLogger(__name__)
 
 VERSION_TABLE = "embed_worker_alembic_version"
-# Revisions that shipped in a release, oldest first, with the sha256 of their state files
-# (revision_digest): a test fails when one changes. Later revisions are unreleased. Pinned again
-# once, by issue 38, when the frozen code copies left them (their state files did not change).
-RELEASED_REVISIONS: dict[str, str] = {
-    "0001": "de45cf3014fbb90da7764f1d8bb77a6005deef5b6d001785e613928864c23567",  # 0.1.0
-    "0002": "a8627553dd388401d3389fd4eb067ae93132ae0dca13d6235242ba7c32510cef",  # 0.2.0
-}
-# The digest of sql/ (sql_digest) when the newest revision was released; None while it is open.
-# Code reaches a database only with a revision's upgrade, so once the newest revision is
-# released, a change of sql/ needs the next release's revision (a test checks it).
-RELEASED_SQL: str | None = None
 # Revisions of main between 0.1.0 and 0.2.0, squashed into 0002 (release 0.2.0). A database at
 # one of them is re-stamped as 0001; 0002's upgrade.sql takes any of them to 0.2.0.
 SQUASHED_REVISIONS = frozenset(f"{n:04d}" for n in range(2, 19))
 # Serialises concurrent `embed-worker migrate` runs (several containers starting at once).
 MIGRATION_LOCK_KEY = 0x656D6265  # "embe"
-
-_PACKAGE_DIR = Path(__file__).resolve().parent
-
-
-def _bundled_or_checkout(bundled: str, checkout: str) -> Path:
-    inside = _PACKAGE_DIR / bundled
-    return inside if inside.is_dir() else _PACKAGE_DIR.parent / checkout
-
-
-def sql_dir() -> Path:
-    return _bundled_or_checkout("_sql", "sql")
-
-
-def migrations_dir() -> Path:
-    return _bundled_or_checkout("_migrations", "migrations")
-
-
-def versions_dir() -> Path:
-    return migrations_dir() / "versions"
-
-
-def install_files() -> list[Path]:
-    """The install scripts in the order they run: `NN_name.sql`."""
-    files = sorted(sql_dir().glob("[0-9][0-9]_*.sql"))
-    if not files:
-        raise exceptions.EmbedWorkerError(f"no schema files found in {sql_dir()}")
-    return files
-
-
-def revision_name(revision: str, versions: Path | None = None) -> str:
-    """The file name (stem) of revision id `revision`: `0001` -> `0001_initial`."""
-    found = sorted((versions or versions_dir()).glob(f"{revision}_*.py"))
-    if len(found) != 1:
-        raise exceptions.EmbedWorkerError(f"revision {revision}: no single file {revision}_*.py")
-    return found[0].stem
-
-
-def revision_digest(revision: str, versions: Path | None = None) -> str:
-    """sha256 over revision `revision`'s files (its module and everything in its folder), each
-    preceded by its path relative to versions/: what RELEASED_REVISIONS pins."""
-    versions = versions or versions_dir()
-    name = revision_name(revision, versions)
-    folder = sorted(
-        p for p in (versions / name).rglob("*") if p.is_file() and "__pycache__" not in p.parts
-    )
-    digest = hashlib.sha256()
-    for path in [versions / f"{name}.py", *folder]:
-        digest.update(path.relative_to(versions).as_posix().encode() + b"\0")
-        digest.update(path.read_bytes() + b"\0")
-    return digest.hexdigest()
-
-
-def freeze_release(revision: str, versions: Path | None = None) -> str:
-    """At release: the digest to pin in RELEASED_REVISIONS for release revision `revision`
-    (`make freeze-release REVISION=NNNN`), and with it the digest of `sql/` to pin in
-    RELEASED_SQL (what the code of the newest release must stay until the next revision)."""
-    versions = versions or versions_dir()
-    name = revision_name(revision, versions)
-    if not (versions / name / "upgrade.sql").is_file():
-        raise exceptions.EmbedWorkerError(f"revision {revision} is not a release revision")
-    return revision_digest(revision, versions)
-
-
-def sql_digest(sql: Path | None = None) -> str:
-    """sha256 over the install files (`sql/NN_*.sql`), each preceded by its name."""
-    digest = hashlib.sha256()
-    for path in sorted((sql or sql_dir()).glob("[0-9][0-9]_*.sql")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
-    return digest.hexdigest()
 
 
 def bundled_pgmq_sql() -> str:
@@ -168,7 +86,7 @@ def install(conn: Connection) -> None:
     """Installs the whole current schema on `conn` (or reinstalls its code over an existing
     one), inside the caller's transaction."""
     ensure_pgmq(conn)
-    reinstall_code(conn, install_files())
+    reinstall_code(conn, schema_files.install_files())
 
 
 def reinstall_code(conn: Connection, files: list[Path]) -> None:
@@ -202,7 +120,7 @@ def upgrade_release(name: str) -> None:
     _require_head("upgrade")
     conn = revision_connection()
     ensure_pgmq(conn)
-    folder = versions_dir() / name
+    folder = schema_files.versions_dir() / name
     run_files(conn, [p for p in (folder / "upgrade.sql", folder / "tables.sql") if p.is_file()])
     attributes["state_changed"] = True
 
@@ -211,7 +129,7 @@ def finish_upgrade(conn: Connection) -> None:
     """After the pending revisions ran (migrations/env.py): the code reinstalled from `sql/`,
     once, when a revision changed state."""
     if _attributes().pop("state_changed", False):
-        reinstall_code(conn, install_files())
+        reinstall_code(conn, schema_files.install_files())
 
 
 def _attributes() -> dict[str, Any]:
@@ -232,8 +150,8 @@ def _require_head(what: str) -> None:
     if wanted not in ("head", "heads", head):
         raise exceptions.EmbedWorkerError(
             f"cannot {what} at revision {wanted}: this package installs the code of revision "
-            f"{head} ({release_of(head)}) only; migrate to head, or use the package of the "
-            "release you want"
+            f"{head} ({schema_files.release_of(head)}) only; migrate to head, or use the package "
+            "of the release you want"
         )
 
 
@@ -255,7 +173,7 @@ def downgrade_revision(name: str) -> None:
 
     if context.get_revision_argument() in (None, "base"):
         return
-    down = versions_dir() / name / "downgrade.sql"
+    down = schema_files.versions_dir() / name / "downgrade.sql"
     if not down.is_file():
         raise exceptions.EmbedWorkerError(
             f"revision {name} cannot be stepped back; downgrade to base removes the schema"
@@ -265,7 +183,7 @@ def downgrade_revision(name: str) -> None:
 
 def uninstall(conn: Connection) -> None:
     """Removes the schema installed by `install` (user data stays)."""
-    conn.execute((sql_dir() / "uninstall.sql").read_bytes())
+    conn.execute((schema_files.sql_dir() / "uninstall.sql").read_bytes())
 
 
 def restamp_squashed(conn: Connection) -> str | None:
@@ -327,39 +245,17 @@ class Migration:
             out.append(
                 f"re-stamped {self.restamped_from} (a revision of main before 0.2.0) as 0001"
             )
-        out += [f"applied {rev} ({release_of(rev)})" for rev in self.applied]
+        out += [f"applied {rev} ({schema_files.release_of(rev)})" for rev in self.applied]
         if not self.applied:
-            out.append(f"already at {self.current} ({release_of(self.current)})")
+            out.append(f"already at {self.current} ({schema_files.release_of(self.current)})")
         return out + [f"notice: {n}" for n in self.notices]
-
-
-def release_of(revision: str | None) -> str:
-    """The release a revision belongs to (its module's `release`), said "unreleased" until it
-    is frozen (RELEASED_REVISIONS): `0.2.0`, `0.3.0, unreleased`."""
-    if revision is None:
-        return "not installed"
-    from alembic.script import ScriptDirectory
-
-    script = ScriptDirectory.from_config(_alembic_config()).get_revision(revision)
-    release = getattr(script.module, "release", None) if script else None
-    if not release:
-        return "unreleased"
-    return str(release) if revision in RELEASED_REVISIONS else f"{release}, unreleased"
-
-
-def _alembic_config() -> Any:
-    from alembic.config import Config  # imported here: only `migrate` needs Alembic
-
-    config = Config()
-    config.set_main_option("script_location", str(migrations_dir()))
-    return config
 
 
 def _run_alembic(dsn: str, action: Callable[..., None], *args: str) -> Migration:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
-    config = _alembic_config()
+    config = schema_files.alembic_config()
     result = Migration()
     engine = create_engine(
         "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=NullPool
@@ -423,11 +319,3 @@ def current_revision(conn: Connection) -> str | None:
 
 def _version_table() -> Identifier:
     return Identifier("public", VERSION_TABLE)
-
-
-if __name__ == "__main__":  # `make freeze-release REVISION=NNNN`
-    if len(sys.argv) != 3 or sys.argv[1] != "freeze":
-        sys.exit("usage: python -m worker.schema freeze REVISION")
-    pinned = freeze_release(sys.argv[2])
-    print(f'pin in worker/schema.py, RELEASED_REVISIONS: "{sys.argv[2]}": "{pinned}",')
-    print(f'and RELEASED_SQL = "{sql_digest()}"')

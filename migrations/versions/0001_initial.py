@@ -4,7 +4,7 @@ Revision ID: 0001
 Revises:
 Create Date: 2026-11-21
 
-Released (schema.RELEASED_REVISIONS pins this file). Into an empty database it installs the
+Released (schema_files.RELEASED_REVISIONS pins this file). Into an empty database it installs the
 current `sql/` whole: a fresh install is always of the package's own release, and the later
 revisions' state changes, meant for databases at older releases, are skipped
 (schema.install_initial). A database at 0.1.0 comes from 0.1.0's package

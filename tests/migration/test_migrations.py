@@ -23,7 +23,7 @@ from tests.migration.scenarios import (
 )
 from tests.support.cluster import Cluster
 from tests.support.schema_dump import pg_dump_schema
-from worker import exceptions, schema
+from worker import exceptions, schema, schema_files
 
 
 def objects_of_ours(conn: psycopg.Connection[Any]) -> dict[str, int]:
@@ -165,21 +165,21 @@ def test_released_revisions_are_ancestors_of_head() -> None:
     from alembic.script import ScriptDirectory
 
     config = Config()
-    config.set_main_option("script_location", str(schema.migrations_dir()))
+    config.set_main_option("script_location", str(schema_files.migrations_dir()))
     scripts = ScriptDirectory.from_config(config)
     chain = [s.revision for s in scripts.walk_revisions()]
     assert len(scripts.get_heads()) == 1
-    assert set(schema.RELEASED_REVISIONS) <= set(chain)
+    assert set(schema_files.RELEASED_REVISIONS) <= set(chain)
     assert not set(chain) & (schema.SQUASHED_REVISIONS - {"0002"})  # main's old ids never reused
-    for revision in schema.RELEASED_REVISIONS:  # `migrate` names the release of each
-        assert schema.release_of(revision) != "unreleased"
+    for revision in schema_files.RELEASED_REVISIONS:  # `migrate` names the release of each
+        assert schema_files.release_of(revision) != "unreleased"
 
 
-@pytest.mark.parametrize("revision", schema.RELEASED_REVISIONS)
+@pytest.mark.parametrize("revision", schema_files.RELEASED_REVISIONS)
 def test_released_revisions_are_frozen(revision: str) -> None:
     """A released revision's files never change: a database that applied it has exactly that
     schema. A change goes into the release revision still open (docs/development.md)."""
-    assert schema.revision_digest(revision) == schema.RELEASED_REVISIONS[revision], (
+    assert schema_files.revision_digest(revision) == schema_files.RELEASED_REVISIONS[revision], (
         f"revision {revision} shipped in a release, and its files changed since"
     )
 
@@ -188,11 +188,13 @@ def test_sql_changes_after_a_release_go_into_a_new_revision() -> None:
     """Code reaches a database with a revision's upgrade: once the newest revision is
     released, sql/ must stay what it shipped (RELEASED_SQL) until the next release's revision
     exists, or its changes would reach no database (docs/development.md, "Schema changes")."""
-    newest = sorted(p.stem for p in schema.versions_dir().glob("[0-9][0-9][0-9][0-9]_*.py"))[-1]
-    if newest[:4] not in schema.RELEASED_REVISIONS:
-        assert schema.RELEASED_SQL is None  # pinned at the release, with its revision
+    newest = sorted(p.stem for p in schema_files.versions_dir().glob("[0-9][0-9][0-9][0-9]_*.py"))[
+        -1
+    ]
+    if newest[:4] not in schema_files.RELEASED_REVISIONS:
+        assert schema_files.RELEASED_SQL is None  # pinned at the release, with its revision
         return
-    assert schema.sql_digest() == schema.RELEASED_SQL, (
+    assert schema_files.sql_digest() == schema_files.RELEASED_SQL, (
         f"sql/ changed after release revision {newest[:4]}: start the next release's revision"
     )
 
@@ -203,7 +205,7 @@ def test_revisions_hold_state_only() -> None:
     code = re.compile(
         r"^\s*CREATE\s+(OR\s+REPLACE\s+)?(FUNCTION|VIEW|TRIGGER|PROCEDURE)", re.I | re.M
     )
-    for folder in sorted(p for p in schema.versions_dir().iterdir() if p.is_dir()):
+    for folder in sorted(p for p in schema_files.versions_dir().iterdir() if p.is_dir()):
         if folder.name == "__pycache__":
             continue
         files = sorted(p.name for p in folder.rglob("*") if p.is_file())
@@ -226,22 +228,22 @@ def test_freeze_release_gives_the_digests_to_pin(tmp_path: Path) -> None:
     """`make freeze-release` prints the digest of a release revision's files, which changes
     with any of them (what the frozen test catches); a revision without upgrade.sql is no
     release revision."""
-    name = schema.revision_name("0019")
+    name = schema_files.revision_name("0019")
     versions = tmp_path / "versions"
-    shutil.copytree(schema.versions_dir() / name, versions / name)
-    shutil.copy2(schema.versions_dir() / f"{name}.py", versions)
+    shutil.copytree(schema_files.versions_dir() / name, versions / name)
+    shutil.copy2(schema_files.versions_dir() / f"{name}.py", versions)
 
-    digest = schema.freeze_release("0019", versions=versions)
+    digest = schema_files.freeze_release("0019", versions=versions)
 
-    assert digest == schema.revision_digest("0019", versions)
+    assert digest == schema_files.revision_digest("0019", versions)
     (versions / name / "upgrade.sql").write_text("-- changed after the release\n")
-    assert schema.revision_digest("0019", versions) != digest
-    shutil.copy2(schema.versions_dir() / "0001_initial.py", versions)
+    assert schema_files.revision_digest("0019", versions) != digest
+    shutil.copy2(schema_files.versions_dir() / "0001_initial.py", versions)
     with pytest.raises(exceptions.EmbedWorkerError, match="not a release revision"):
-        schema.freeze_release("0001", versions=versions)
+        schema_files.freeze_release("0001", versions=versions)
 
 
-@pytest.mark.parametrize("start", schema.RELEASED_REVISIONS)
+@pytest.mark.parametrize("start", schema_files.RELEASED_REVISIONS)
 def test_upgrade_keeps_jobs_failures_and_grants_and_equals_fresh_install(
     cluster: Cluster, start: str
 ) -> None:

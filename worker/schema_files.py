@@ -1,0 +1,121 @@
+"""Where the schema's files are (`sql/`, `migrations/`, in a checkout or inside the wheel), and
+which revisions shipped in a release: their pinned digests, `make freeze-release`."""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+from typing import Any
+
+from worker import exceptions
+
+# Revisions that shipped in a release, oldest first, with the sha256 of their state files
+# (revision_digest): a test fails when one changes. Later revisions are unreleased. Pinned again
+# once, by issue 38, when the frozen code copies left them (their state files did not change).
+RELEASED_REVISIONS: dict[str, str] = {
+    "0001": "75a74291bbb87541d3c4540b1bb09706e62934ce74f4796a56f70e5c3767bcc6",  # 0.1.0
+    "0002": "a8627553dd388401d3389fd4eb067ae93132ae0dca13d6235242ba7c32510cef",  # 0.2.0
+}
+# The digest of sql/ (sql_digest) when the newest revision was released; None while it is open.
+# Code reaches a database only with a revision's upgrade, so once the newest revision is
+# released, a change of sql/ needs the next release's revision (a test checks it).
+RELEASED_SQL: str | None = None
+_PACKAGE_DIR = Path(__file__).resolve().parent
+
+
+def _bundled_or_checkout(bundled: str, checkout: str) -> Path:
+    inside = _PACKAGE_DIR / bundled
+    return inside if inside.is_dir() else _PACKAGE_DIR.parent / checkout
+
+
+def sql_dir() -> Path:
+    return _bundled_or_checkout("_sql", "sql")
+
+
+def migrations_dir() -> Path:
+    return _bundled_or_checkout("_migrations", "migrations")
+
+
+def versions_dir() -> Path:
+    return migrations_dir() / "versions"
+
+
+def install_files() -> list[Path]:
+    """The install scripts in the order they run: `NN_name.sql`."""
+    files = sorted(sql_dir().glob("[0-9][0-9]_*.sql"))
+    if not files:
+        raise exceptions.EmbedWorkerError(f"no schema files found in {sql_dir()}")
+    return files
+
+
+def revision_name(revision: str, versions: Path | None = None) -> str:
+    """The file name (stem) of revision id `revision`: `0001` -> `0001_initial`."""
+    found = sorted((versions or versions_dir()).glob(f"{revision}_*.py"))
+    if len(found) != 1:
+        raise exceptions.EmbedWorkerError(f"revision {revision}: no single file {revision}_*.py")
+    return found[0].stem
+
+
+def revision_digest(revision: str, versions: Path | None = None) -> str:
+    """sha256 over revision `revision`'s files (its module and everything in its folder), each
+    preceded by its path relative to versions/: what RELEASED_REVISIONS pins."""
+    versions = versions or versions_dir()
+    name = revision_name(revision, versions)
+    folder = sorted(
+        p for p in (versions / name).rglob("*") if p.is_file() and "__pycache__" not in p.parts
+    )
+    digest = hashlib.sha256()
+    for path in [versions / f"{name}.py", *folder]:
+        digest.update(path.relative_to(versions).as_posix().encode() + b"\0")
+        digest.update(path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def freeze_release(revision: str, versions: Path | None = None) -> str:
+    """At release: the digest to pin in RELEASED_REVISIONS for release revision `revision`
+    (`make freeze-release REVISION=NNNN`), and with it the digest of `sql/` to pin in
+    RELEASED_SQL (what the code of the newest release must stay until the next revision)."""
+    versions = versions or versions_dir()
+    name = revision_name(revision, versions)
+    if not (versions / name / "upgrade.sql").is_file():
+        raise exceptions.EmbedWorkerError(f"revision {revision} is not a release revision")
+    return revision_digest(revision, versions)
+
+
+def sql_digest(sql: Path | None = None) -> str:
+    """sha256 over the install files (`sql/NN_*.sql`), each preceded by its name."""
+    digest = hashlib.sha256()
+    for path in sorted((sql or sql_dir()).glob("[0-9][0-9]_*.sql")):
+        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    return digest.hexdigest()
+
+
+def release_of(revision: str | None) -> str:
+    """The release a revision belongs to (its module's `release`), said "unreleased" until it
+    is frozen (RELEASED_REVISIONS): `0.2.0`, `0.3.0, unreleased`."""
+    if revision is None:
+        return "not installed"
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(alembic_config()).get_revision(revision)
+    release = getattr(script.module, "release", None) if script else None
+    if not release:
+        return "unreleased"
+    return str(release) if revision in RELEASED_REVISIONS else f"{release}, unreleased"
+
+
+def alembic_config() -> Any:
+    from alembic.config import Config  # imported here: only `migrate` needs Alembic
+
+    config = Config()
+    config.set_main_option("script_location", str(migrations_dir()))
+    return config
+
+
+if __name__ == "__main__":  # `make freeze-release REVISION=NNNN`
+    if len(sys.argv) != 3 or sys.argv[1] != "freeze":
+        sys.exit("usage: python -m worker.schema freeze REVISION")
+    pinned = freeze_release(sys.argv[2])
+    print(f'pin in worker/schema_files.py, RELEASED_REVISIONS: "{sys.argv[2]}": "{pinned}",')
+    print(f'and RELEASED_SQL = "{sql_digest()}"')
