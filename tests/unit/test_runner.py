@@ -42,7 +42,7 @@ def test_the_worker_is_drained_when_its_lanes_are() -> None:
         worker.fetcher.end(batch)
         assert worker.lanes.drained() and worker.lanes.backfill_room()
     finally:
-        worker._close_wake_pipe()
+        worker._wake_pipe.close_unless_in_use(worker._threads)
 
 
 def test_no_worker_method_only_forwards_the_worker_to_a_module() -> None:

@@ -193,7 +193,7 @@ class Worker:
         finally:
             if self.signals:
                 self.signals.restore()
-            self._close_wake_pipe()
+            self._wake_pipe.close_unless_in_use(self._threads)
 
     def start(self) -> None:
         """Connects, checks the schema and the models, then starts the pipeline threads."""
@@ -299,10 +299,3 @@ class Worker:
     def _wake(self) -> None:
         if self._wake_pipe.wake() and self.stopping.is_set():
             self.waiter.interrupt()  # a wait for jobs in the database
-
-    def _close_wake_pipe(self) -> None:
-        """Closes the wake pipe once no pipeline thread can use it any more. A thread that
-        outlived its join keeps it open: a closed descriptor's number may be reused by another
-        file, and a late wake-up must not write into that."""
-        if not any(thread.is_alive() for thread in self._threads):
-            self._wake_pipe.close()

@@ -33,6 +33,7 @@ import os
 import select
 import threading
 import time
+from collections.abc import Iterable
 
 import psycopg
 
@@ -69,6 +70,13 @@ class WakePipe:
             os.close(self.read_fd)
             os.close(self._write_fd)
             self.read_fd = self._write_fd = -1
+
+    def close_unless_in_use(self, threads: Iterable[threading.Thread]) -> None:
+        """Closes the pipe once none of `threads` can use it any more. A thread that outlived
+        its join keeps it open: a closed descriptor's number may be reused by another file, and
+        a late wake-up must not write into that."""
+        if not any(thread.is_alive() for thread in threads):
+            self.close()
 
 
 class Waiter:
