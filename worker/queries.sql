@@ -636,6 +636,15 @@ SELECT embeddings.sweep(max_rows => %(max_rows)s, verify => %(verify)s);
 SELECT target, target_id, verified_rows, last_verified, pass_rows, pass_started
 FROM embeddings.verification ORDER BY target;
 
+-- name: targets_watched_at
+-- When each target was watched (doctor: no verifying pass is due before max age has passed).
+SELECT id, created_at FROM embeddings.targets;
+
+-- name: pg_cron_here
+-- Whether pg_cron is installed in this database (it runs jobs in cron.database_name only):
+-- embeddings.schedule_sweep() needs it here.
+SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron');
+
 -- name: models_have_providers
 -- Whether embeddings.models has remote models' columns (a schema before 0.2.0 has not).
 SELECT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = 'embeddings'

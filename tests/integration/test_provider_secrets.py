@@ -19,6 +19,7 @@ from tests.support.process import wait_for
 from tests.support.provider_server import ProviderServer
 from worker import metrics
 from worker.cli import doctor
+from worker.cli.findings import Finding
 from worker.config import Secret, Settings
 from worker.models.remote import breaker as breakers
 from worker.models.remote import client
@@ -227,7 +228,7 @@ def test_doctor_says_which_key_a_remote_model_lacks_and_where_to_put_it(
         conn.execute(f"CREATE TABLE {name} (id bigint PRIMARY KEY, body text)")
         conn.execute(f"SELECT embeddings.watch('{name}', 'body', model => '{model}')")
 
-    def finding(model: str, **settings: Any) -> doctor.Finding:
+    def finding(model: str, **settings: Any) -> Finding:
         found = doctor.check(dsn, Settings(database_url=dsn, **settings))
         (mine,) = [f for f in found if f.check == f"model {model}"]
         assert leaks(" ".join(f"{f.detail} {f.fix}" for f in found)) == []

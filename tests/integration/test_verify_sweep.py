@@ -17,6 +17,7 @@ import psycopg
 from tests.support import stores
 from tests.support.jobs import clear_queue, queued_keys
 from worker.cli import doctor
+from worker.cli.findings import Finding
 from worker.config import Settings
 from worker.process.runner import Worker
 
@@ -353,7 +354,7 @@ def test_doctor_says_when_the_vectors_were_last_verified(
     finished within EMBED_VERIFY_MAX_AGE_SECONDS (or none at all), with how to schedule one,
     and says when the last pass finished."""
 
-    def finding() -> doctor.Finding:
+    def finding() -> Finding:
         (found,) = [f for f in doctor.check(dsn, settings) if f.check == "verification"]
         return found
 
@@ -361,11 +362,22 @@ def test_doctor_says_when_the_vectors_were_last_verified(
     conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta')")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
     run_once()
+    # Watched a moment ago: no pass is due yet, nothing to warn about (issue 37).
+    not_due = finding()
+    assert not_due.level == "ok" and "due" in not_due.detail, not_due
+    conn.execute("UPDATE embeddings.targets SET created_at = now() - interval '9 days'")
     never = finding()
     assert never.level == "warn" and "1 of 1 watched table(s)" in never.detail
     assert "docs.embedding (never)" in never.detail
-    assert "SELECT embeddings.schedule_sweep(verify => true);" in never.fix
     assert "sweep --verify" in never.fix
+    # schedule_sweep() is offered only where pg_cron runs jobs: in cron.database_name's database.
+    cron_here = conn.execute(
+        "SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron')"
+    ).fetchone() == (True,)
+    offered = "SELECT embeddings.schedule_sweep(verify => true);" in never.fix
+    assert offered == cron_here, never.fix
+    if not cron_here:
+        assert "pg_cron cannot run jobs in this database" in never.fix
 
     verify(conn)  # one slice: the whole table, so the pass finished
     row = conn.execute("SELECT last_verified FROM embeddings.verification").fetchone()

@@ -45,3 +45,21 @@ def test_pgmq_is_always_something_migrate_provides(
     found = pgmq_finding(installed, offered, as_sql)
     assert (found.level, found.check) == (level, "pgmq")
     assert says in found.detail
+
+
+def test_the_verification_fix_offers_pg_cron_only_where_it_runs_jobs() -> None:
+    """A database where pg_cron cannot run jobs (cron.database_name is another one) is not told
+    to call schedule_sweep(), which would fail there (issue 37)."""
+    from datetime import UTC, datetime, timedelta
+
+    from worker.cli.verification import verification_finding
+
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    rows = [{"target": "public.docs.embedding", "target_id": 1, "last_verified": None}]
+    old = {1: now - timedelta(days=9)}
+    here = verification_finding(rows, 86400.0, "", now, watched=old, cron_here=True)
+    elsewhere = verification_finding(rows, 86400.0, "", now, watched=old, cron_here=False)
+    assert "schedule_sweep(verify => true)" in here.fix
+    assert "schedule_sweep" not in elsewhere.fix and "sweep --verify" in elsewhere.fix
+    fresh = {1: now - timedelta(minutes=1)}
+    assert verification_finding(rows, 86400.0, "", now, watched=fresh).level == "ok"

@@ -7,31 +7,20 @@ The exit code is 1 when any check fails, so scripts and CI can gate on it.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
-from datetime import UTC, datetime
-from typing import Any, Literal
 
 import psycopg
 
 from worker import db, exceptions, exits, queries, schema
-from worker.cli import hints, output, remote
+from worker.cli import hints, output, remote, verification
+from worker.cli.findings import Finding, Level
 from worker.config import Settings
 from worker.models import catalog
 from worker.models.remote.spec import RemoteSpec
 from worker.pipeline.targets import database_default_model
 
-Level = Literal["ok", "warn", "FAIL"]
 BACKLOG_SECONDS = 300.0  # a job older than this, with no rate to drain it, is a backlog
 MIN_VECTOR = (0, 7)  # halfvec
 MIN_PGMQ = (1, 4)  # pgmq.format_table_name, read_with_poll
-
-
-@dataclass(frozen=True)
-class Finding:
-    level: Level
-    check: str
-    detail: str
-    fix: str = ""
 
 
 def _version(text: str | None) -> tuple[int, ...]:
@@ -200,7 +189,7 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
             )
     out += _queue(rows, dsn)
     if rows:
-        out.append(verification_finding(rows, settings.verify_max_age_seconds, dsn))
+        out.append(verification.finding(conn, rows, settings.verify_max_age_seconds, dsn))
     return out
 
 
@@ -347,45 +336,6 @@ def _queue(rows: list[dict[str, object]], dsn: str) -> list[Finding]:
             Finding("warn", "targets", "no watched tables yet", "SELECT embeddings.watch(...)")
         )
     return out
-
-
-def verification_finding(
-    rows: list[dict[str, Any]], max_age: float, dsn: str, now: datetime | None = None
-) -> Finding:
-    """ "Are all my vectors current?": when each watched table's last verifying pass
-    (sweep(verify => true), sql/64_verify.sql) finished; a warning for a table never verified,
-    or not within `max_age` seconds (EMBED_VERIFY_MAX_AGE_SECONDS): only that pass finds the
-    vectors that writes the triggers never saw left stale."""
-    now = now or datetime.now(UTC)
-    limit = output.age(max_age)
-    stale = []
-    for r in rows:
-        finished: datetime | None = r.get("last_verified")
-        if finished is None:
-            stale.append(f"{r['target']} (never)")
-        elif (now - finished).total_seconds() > max_age:
-            stale.append(f"{r['target']} (last pass finished {_when(finished, now)})")
-    if stale:
-        return Finding(
-            "warn",
-            "verification",
-            f"{len(stale)} of {len(rows)} watched table(s) not verified against their content "
-            f"within {limit} (EMBED_VERIFY_MAX_AGE_SECONDS): {', '.join(stale)}",
-            "schedule the verifying sweep: SELECT embeddings.schedule_sweep(verify => true); "
-            f"(pg_cron), or run `{hints.command('sweep --verify', dsn)}` from your scheduler",
-        )
-    oldest = min(r["last_verified"] for r in rows)
-    return Finding(
-        "ok",
-        "verification",
-        f"every watched table verified against its content within {limit}; the oldest last "
-        f"pass finished {_when(oldest, now)}",
-    )
-
-
-def _when(at: datetime, now: datetime) -> str:
-    stamp = at.astimezone(UTC).strftime("%Y-%m-%d %H:%M:%S UTC")
-    return f"{stamp}, {output.age(max((now - at).total_seconds(), 0.0))} ago"
 
 
 def _cron(conn: db.Connection) -> list[Finding]:
