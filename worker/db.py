@@ -25,6 +25,8 @@ logger = logging.getLogger(__name__)
 
 DEVDB_PORT = 54329
 APPLICATION_NAME = "embed-worker"
+# The server's answer to a wrong password (libpq has no SQLSTATE for a failed connection).
+_AUTHENTICATION = re.compile(r'authentication failed for user "(?P<user>[^"]*)"')
 _PG_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 
 Connection = psycopg.Connection[Any]
@@ -93,6 +95,12 @@ def connect(dsn: str, *, autocommit: bool = True, connect_timeout: int = 10) -> 
             raise
         return conn
     except psycopg.OperationalError as exc:
+        refused = _AUTHENTICATION.search(str(exc))
+        if refused:
+            raise exceptions.AuthenticationFailed(
+                f"authentication failed for user {refused['user']} at {describe(dsn)}: check the "
+                "password (in DATABASE_URL, PGPASSWORD or ~/.pgpass)"
+            ) from None
         raise exceptions.ConnectionLost(
             f"cannot connect to {describe(dsn)}: {redact(str(exc).strip())}"
         ) from None
@@ -270,6 +278,9 @@ class Session:
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
         delay = state.next_action.sleep if state.next_action else 0.0
+        if isinstance(error, exceptions.AuthenticationFailed):  # not down: misconfigured
+            logger.error("%s: %s; retrying in %.1f s", self.name, error, delay)
+            return
         logger.warning("%s: database unavailable (%s); retrying in %.1f s", self.name, error, delay)
 
     def lost(self) -> None:

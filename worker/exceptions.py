@@ -39,6 +39,11 @@ class ConnectionLost(DatabaseError):
     """The database connection was lost."""
 
 
+class AuthenticationFailed(ConnectionLost):
+    """The database refused the password: retried as a lost connection (it may be changed while
+    the worker waits), but reported as what it is."""
+
+
 class TargetError(EmbedWorkerError):
     """A watched table (target) is misconfigured."""
 

@@ -46,6 +46,8 @@ def run(dsn: str, settings: Settings) -> int:
 def check(dsn: str, settings: Settings) -> list[Finding]:
     try:
         conn = db.connect(dsn, connect_timeout=5)
+    except exceptions.AuthenticationFailed as exc:
+        return [Finding("FAIL", "database", str(exc), "check the password, then run doctor again")]
     except exceptions.EmbedWorkerError as exc:
         return [
             Finding("FAIL", "database", str(exc), "set DATABASE_URL (or --database-url)"),

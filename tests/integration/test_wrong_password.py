@@ -1,0 +1,70 @@
+"""A wrong password is not a database that is down (issue 37): the worker keeps retrying, as a
+service should, but logs at ERROR "authentication failed for user X: check the password", and
+`doctor` says the same instead of "set DATABASE_URL", which was set."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import psycopg
+import pytest
+from psycopg.conninfo import make_conninfo
+
+from tests.integration.test_cli import run_cli
+from tests.support.cluster import Cluster
+from worker import db, exceptions
+
+
+@pytest.fixture
+def password_user(cluster: Cluster, dsn: str) -> Iterator[str]:
+    """A role that must give its password (scram), on this cluster that otherwise trusts."""
+    role = f"pw_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
+        hba_row = admin.execute("SHOW hba_file").fetchone()
+        assert hba_row is not None
+        hba = Path(hba_row[0])
+        if not hba.is_file():
+            pytest.skip("the server's pg_hba.conf is not on this machine")
+        before = hba.read_text()
+        admin.execute(f"CREATE ROLE {role} LOGIN PASSWORD 'right'")
+        hba.write_text(f"host all {role} 127.0.0.1/32 scram-sha-256\n{before}")
+        admin.execute("SELECT pg_reload_conf()")
+    try:
+        yield make_conninfo(dsn, user=role, password="wrong")
+    finally:
+        hba.write_text(before)
+        with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
+            admin.execute("SELECT pg_reload_conf()")
+            admin.execute(f"DROP ROLE IF EXISTS {role}")
+
+
+def test_a_wrong_password_is_named_and_retried_at_error(
+    password_user: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(exceptions.AuthenticationFailed, match="authentication failed for user"):
+        db.connect(password_user)
+
+    stop = threading.Event()
+    session = db.Session(password_user, "test", stop, deadline=1.5)
+    with (
+        caplog.at_level(logging.WARNING, logger="worker.db"),
+        pytest.raises(exceptions.AuthenticationFailed),
+    ):
+        session.get()  # retried until the deadline, as a service retries until stopped
+    retries = [r for r in caplog.records if "retrying" in r.getMessage()]
+    assert retries and all(r.levelno == logging.ERROR for r in retries)
+    assert "check the password" in retries[0].getMessage()
+    assert "database unavailable" not in caplog.text
+
+
+def test_doctor_says_to_check_the_password(password_user: str) -> None:
+    result = run_cli("doctor", env={"DATABASE_URL": password_user})
+
+    assert result.returncode == 1
+    assert "authentication failed for user" in result.stdout
+    assert "check the password" in result.stdout
+    assert "set DATABASE_URL" not in result.stdout
