@@ -105,6 +105,9 @@ def test_search_prints_no_model_load_line_and_hints_work_as_printed(
     assert result.stdout.startswith("no rows of docs match the filter")
     result = run_cli("search", "docs", "cats", "--filter", '{"nope": 3}', "--database-url", dsn)
     assert result.returncode != 0 and "has no column nope" in result.stderr
+    # One line that says what is wrong, not the server's CONTEXT of our functions (issue 37).
+    assert "PL/pgSQL function" not in result.stderr and "CONTEXT" not in result.stderr
+    assert len(result.stderr) < 600, result.stderr
 
     conn.execute(
         "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"

@@ -32,7 +32,23 @@ def search_errors() -> Iterator[None]:
     except exceptions.DatabaseError as exc:
         state = getattr(exc.__cause__, "sqlstate", None)
         if state in BAD_SEARCH:
-            raise InvalidSearch(str(exc)) from exc
+            raise InvalidSearch(_told(exc)) from exc
         if state == DENIED:
-            raise SearchDenied(str(exc)) from exc
+            raise SearchDenied(_told(exc)) from exc
         raise
+
+
+def _told(exc: exceptions.DatabaseError) -> str:
+    """What the caller needs of a search it got wrong: the server's message, detail and hint,
+    not its CONTEXT (a stack of our functions' lines, about 1,500 characters)."""
+    cause = exc.__cause__
+    diag = getattr(cause, "diag", None)
+    if diag is None or not diag.message_primary:
+        return str(exc)
+    parts = [diag.message_primary]
+    parts += [
+        f"{label}: {text}"
+        for label, text in (("DETAIL", diag.message_detail), ("HINT", diag.message_hint))
+        if text
+    ]
+    return db.redact("\n".join(parts))
