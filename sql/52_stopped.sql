@@ -99,16 +99,22 @@ BEGIN
         ELSE
             -- Deferred by the worker (a target with a problem is deferred for that problem).
             SELECT 'held', format('its jobs are held, put back without an attempt (not failed): %s', d.reason),
-                   format('make the target servable: its model loadable where the worker runs '
-                          '(`embed-worker model download %1$s`, or EMBED_MODEL_PATH naming a directory that '
-                          'holds %1$s/), or the table on a model the worker has: SELECT embeddings.watch(%2$L, '
-                          '%3$L, model => ''NAME''); (and SELECT embeddings.set_default_model(''NAME''); for '
-                          'watch() without a model); a column that fits the model. The worker retries its '
-                          'jobs every minute', t.model, t.source::text,
-                          coalesce(t.content_column::text, t.content_function::regproc::text)),
+                   format('make the target servable: %4$s, or the table on a model the worker has: '
+                          'SELECT embeddings.watch(%2$L, %3$L, model => ''NAME''); (and SELECT '
+                          'embeddings.set_default_model(''NAME''); for watch() without a model); a column '
+                          'that fits the model. The worker retries its jobs every minute', t.model,
+                          t.source::text, coalesce(t.content_column::text, t.content_function::regproc::text),
+                          CASE WHEN m.provider IS DISTINCT FROM 'local'
+                               THEN format('its provider reachable from the worker (model %s at %s: the '
+                                           'endpoint up, the network open, its key valid)',
+                                           t.model, substring(m.endpoint FROM '^[a-z]+://[^/?#]+'))
+                               ELSE format('its model loadable where the worker runs (`embed-worker model '
+                                           'download %1$s`, or EMBED_MODEL_PATH naming a directory that '
+                                           'holds %1$s/)', t.model) END),
                    d.since
             INTO state, reason, fix, since
             FROM embeddings.deferrals d
+            LEFT JOIN embeddings.models m ON m.name = t.model
             WHERE d.target_id = t.id AND d.last_seen > now() - embeddings.deferral_fresh();
             IF FOUND THEN
                 RETURN NEXT;
