@@ -316,9 +316,8 @@ def test_a_provider_that_is_down_opens_its_circuit_and_defers_its_target(
     (deferred,) = probe.unservable_targets().items()
     assert deferred[0] == "public.docs.embedding" and "circuit open" in deferred[1]
     # The fix is the provider's, not a local model's (issue 37): the endpoint named, no key.
-    (fix,) = conn.execute(
-        "SELECT fix FROM embeddings.stopped_targets() WHERE state = 'held'"
-    ).fetchone()
+    held = conn.execute("SELECT fix FROM embeddings.stopped_targets() WHERE state = 'held'")
+    (fix,) = held.fetchone() or ("",)
     assert f"its provider reachable from the worker (model remote-8 at http://{host}" in fix
     assert "model download" not in fix and "EMBED_MODEL_PATH" not in fix
     assert (
