@@ -115,7 +115,10 @@ def alembic_config() -> Any:
 
 if __name__ == "__main__":  # `make freeze-release REVISION=NNNN`
     if len(sys.argv) != 3 or sys.argv[1] != "freeze":
-        sys.exit("usage: python -m worker.schema freeze REVISION")
-    pinned = freeze_release(sys.argv[2])
+        sys.exit("usage: python -m worker.schema_files freeze REVISION")
+    try:
+        pinned = freeze_release(sys.argv[2])
+    except exceptions.EmbedWorkerError as exc:
+        sys.exit(f"make freeze-release: {exc}")
     print(f'pin in worker/schema_files.py, RELEASED_REVISIONS: "{sys.argv[2]}": "{pinned}",')
     print(f'and RELEASED_SQL = "{sql_digest()}"')
