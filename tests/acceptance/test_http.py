@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import select
 import socket
 import time
 import urllib.error
@@ -400,21 +402,48 @@ def test_slow_clients_are_cut_off_and_connections_bounded(
     )
     worker.wait_ready()
     assert worker.port is not None
-    stalled = [socket.create_connection(("127.0.0.1", worker.port)) for _ in range(2)]
-    for sock in stalled:
-        sock.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\n")  # and then nothing more
-    wait_for(lambda: _busy(worker.port), timeout=5, what="a third connection refused")
-
-    for sock in stalled:  # after its timeout the server answers each stalled client, hangs up
-        sock.settimeout(10)
-        started = time.monotonic()
-        with sock.makefile("rb") as reader:
-            answer = read_answer(reader)
-            assert answer is not None and answer.status == 408
-            assert reader.read() == b""
-        assert time.monotonic() - started < 5
-        sock.close()
+    with contextlib.ExitStack() as open_sockets:
+        stalled = _stall_every_slot(worker.port, 2, open_sockets)
+        for sock in stalled:  # after its timeout the server answers each stalled client, hangs up
+            sock.settimeout(10)
+            started = time.monotonic()
+            with sock.makefile("rb") as reader:
+                answer = read_answer(reader)
+                assert answer is not None and answer.status == 408
+                assert reader.read() == b""
+            assert time.monotonic() - started < 5
     wait_for(lambda: worker.get("/healthz")[0] == 200, timeout=10, what="served again")
+
+
+def _stall_every_slot(
+    port: int, slots: int, open_sockets: contextlib.ExitStack
+) -> list[socket.socket]:
+    """Holds every slot with a client that sent half its headers; returns those clients.
+
+    A request that was just answered still holds its slot until its thread ends (the readiness
+    poll's, a probe's), so a stalled client can be refused with 503 in that moment. The server
+    answers a refused client before it accepts the next connection: once a probe is refused,
+    a stalled client with something to read was refused too, and the attempt starts over.
+    """
+
+    def attempt() -> list[socket.socket] | None:
+        clients = [
+            open_sockets.enter_context(socket.create_connection(("127.0.0.1", port)))
+            for _ in range(slots)
+        ]
+        for sock in clients:
+            sock.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\n")  # and then nothing more
+        wait_for(lambda: _busy(port), timeout=5, what="a connection past the slots refused")
+        readable, _, _ = select.select(clients, [], [], 0)
+        if not any(sock.recv(12, socket.MSG_PEEK) == b"HTTP/1.1 503" for sock in readable):
+            return clients  # (a 408 already, on a slow machine, is a held slot's answer)
+        for sock in clients:
+            sock.close()
+        return None
+
+    clients = wait_for(attempt, timeout=15, what="every slot held by a stalled client")
+    assert clients is not None
+    return clients
 
 
 def _busy(port: int | None) -> bool:
