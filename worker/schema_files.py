@@ -24,17 +24,19 @@ RELEASED_SQL: str | None = None
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
-def _bundled_or_checkout(bundled: str, checkout: str) -> Path:
+def bundled_or_checkout(bundled: str, checkout: str) -> Path:
+    """`worker/<bundled>` in an installed package (the wheel carries it), else `<checkout>` in
+    the checkout it runs from."""
     inside = _PACKAGE_DIR / bundled
-    return inside if inside.is_dir() else _PACKAGE_DIR.parent / checkout
+    return inside if inside.exists() else _PACKAGE_DIR.parent / checkout
 
 
 def sql_dir() -> Path:
-    return _bundled_or_checkout("_sql", "sql")
+    return bundled_or_checkout("_sql", "sql")
 
 
 def migrations_dir() -> Path:
-    return _bundled_or_checkout("_migrations", "migrations")
+    return bundled_or_checkout("_migrations", "migrations")
 
 
 def versions_dir() -> Path:

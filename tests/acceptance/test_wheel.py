@@ -96,6 +96,24 @@ def test_the_installed_package_runs_with_nothing_of_the_checkout_on_its_path(
     assert version.stdout.strip() == f"embed-worker {wheellib.version()}"
 
 
+def test_the_installed_package_prints_the_files_the_operating_steps_install(
+    venv: wheellib.Venv, elsewhere: Path
+) -> None:
+    """docs/operating.md's systemd steps and monitoring section, with no checkout: the unit,
+    the env file, the alert rules and the dashboard come from `embed-worker deploy`."""
+    from worker.cli.deploy import FILES
+
+    for name, (_, path) in FILES.items():
+        printed = cli(venv, elsewhere, "deploy", name)
+        assert printed.returncode == 0, printed.stderr
+        assert printed.stdout == (REPO / path).read_text(), name
+    unknown = cli(venv, elsewhere, "deploy", "kubernetes")
+    assert (
+        unknown.returncode == 2
+        and "choose from 'systemd', 'env', 'alerts', 'dashboard'" in unknown.stderr
+    )
+
+
 def test_migrate_run_status_and_the_demos_searches(
     venv: wheellib.Venv, elsewhere: Path, empty_dsn: str
 ) -> None:

@@ -217,6 +217,7 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     "failures --retry": ((SUPERUSER,), lambda ctx: ctx.cli("failures", "--retry")),
     "sweep (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("sweep", "--verify")),
     "migrate": ((SUPERUSER,), lambda ctx: ctx.cli("migrate")),
+    "deploy (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("deploy", "systemd")),
     "uninstall": ((SUPERUSER,), _uninstall),
 }
 

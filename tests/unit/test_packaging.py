@@ -391,3 +391,61 @@ def test_artifacts_named_in_docs_and_manifests_are_this_version() -> None:
     assert stale == set()
     kustomization = yaml.safe_load((ROOT / "deploy/kubernetes/kustomization.yaml").read_text())
     assert [i["newTag"] for i in kustomization["images"]] == [project_version()]
+
+
+def _headings(markdown: Path) -> set[str]:
+    return {
+        line.lstrip("#").strip()
+        for line in markdown.read_text().splitlines()
+        if line.startswith("#")
+    }
+
+
+def test_pointers_in_the_operating_files_name_sections_that_exist() -> None:
+    """`(docs/x.md, "Heading")` in the deploy files, the compose file and the env example: the
+    unit once sent people to README sections that had moved to docs/operating.md."""
+    files = [
+        *ROOT.joinpath("deploy").rglob("*"),
+        ROOT / "docker-compose.yml",
+        ROOT / "embed-worker.env.example",
+    ]
+    pointers = [
+        (path, doc, heading)
+        for path in files
+        if path.is_file()
+        for doc, heading in re.findall(r"([\w/]+\.md), \"([^\"]+)\"", path.read_text())
+    ]
+    assert pointers, "no pointer found: the pattern no longer matches how the files cite docs"
+    missing = [(p.name, d, h) for p, d, h in pointers if h not in _headings(ROOT / d)]
+    assert missing == []
+
+
+def test_the_operating_steps_need_no_checkout() -> None:
+    """The systemd steps and the unit's own header install what the package prints
+    (`embed-worker deploy`), not files from a checkout, and no `pip install embed-worker`
+    that no index serves; the models live outside the virtual environment."""
+    operating = (ROOT / "docs" / "operating.md").read_text()
+    systemd = operating.split("## Running with systemd", 1)[1].split("\n## ", 1)[0]
+    for text in (systemd, UNIT.read_text()):
+        assert (
+            "install -m 0644 deploy/" not in text and "install -m 0600 embed-worker.env" not in text
+        )
+        assert "pip install embed-worker" not in text
+        assert "embed-worker deploy systemd > /etc/systemd/system/embed-worker.service" in text
+    assert "/opt/embed-worker/models" not in systemd
+    assert "EMBED_MODEL_PATH=/usr/local/share/embed-worker/models" in systemd
+
+
+def test_deploy_prints_each_file_from_the_checkout() -> None:
+    from worker.cli.deploy import FILES
+
+    for name, (_, path) in FILES.items():
+        printed = subprocess.run(
+            [sys.executable, "-m", "worker", "deploy", name],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+            check=False,
+        )
+        assert printed.returncode == 0, printed.stderr
+        assert printed.stdout == (ROOT / path).read_text()

@@ -31,6 +31,7 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "doctor": doctor,
         "sweep": sweep,
         "plan": plan,
+        "deploy": deploy,
     }[args.command]
     return handler(args, settings)
 
@@ -49,6 +50,12 @@ def _connect(settings: Settings) -> db.Connection:
             f"`{hints.command('migrate', dsn)}` (or `make migrate` for the local cluster)"
         )
     return conn
+
+
+def deploy(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.cli.deploy import print_file
+
+    return print_file(args.file)
 
 
 def doctor(args: argparse.Namespace, settings: Settings) -> int:

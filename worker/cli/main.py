@@ -51,6 +51,11 @@ DESCRIPTIONS = {
     "that have no vector yet (a backfill); with --model: every row (a model change). A table's "
     "content is never read: tokens (and the rows of a table not watched) are estimated from "
     "its statistics; where it has none yet, plan says so (ANALYZE it to get them).",
+    "deploy": "Print one of the files docs/operating.md installs, as this version ships it "
+    "(an installed package has no checkout beside it): the systemd unit, the env file with "
+    "every setting commented, the Prometheus alerting rules, the Grafana dashboard. Redirect "
+    "it where it goes, e.g. `embed-worker deploy systemd > /etc/systemd/system/"
+    "embed-worker.service`. Reads no database.",
 }
 
 
@@ -285,6 +290,17 @@ def _model_actions(model: argparse.ArgumentParser) -> None:
     )
 
 
+def _deploy_options(deploy: argparse.ArgumentParser) -> None:
+    from worker.cli.deploy import FILES
+
+    deploy.add_argument(
+        "file",
+        metavar="FILE",
+        choices=tuple(FILES),
+        help="; ".join(f"{name}: {what}" for name, (what, _) in FILES.items()),
+    )
+
+
 # The subcommands, in the order `--help` lists them: name, the line `--help` shows, whether it
 # loads models (those that do not list the model options), and what adds its own options.
 COMMANDS: tuple[tuple[str, str, bool, Callable[[argparse.ArgumentParser], None] | None], ...] = (
@@ -303,6 +319,12 @@ COMMANDS: tuple[tuple[str, str, bool, Callable[[argparse.ArgumentParser], None] 
         _plan_options,
     ),
     ("model", "list or download models", True, _model_actions),
+    (
+        "deploy",
+        "print a file an install needs: systemd unit, env file, alerts, dashboard",
+        False,
+        _deploy_options,
+    ),
 )
 
 
