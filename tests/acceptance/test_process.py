@@ -224,3 +224,31 @@ def test_a_long_run_once_on_a_terminal_shows_progress(
         before = text[max(match.start() - 4, 0) : match.start()]
         assert before.endswith(("\n", "\r\x1b[K")) or match.start() == 0, repr(before)
     assert embedded(conn) == 300
+
+
+def test_a_second_worker_that_would_oversubscribe_the_cores_says_so(
+    start_worker: Callable[..., WorkerProcess],
+) -> None:
+    """Two workers, each on every core (EMBED_THREADS's default): the second one to start
+    warns, naming the setting and the value that fits (issue 37: three workers of two threads
+    on two cores said nothing)."""
+    every_core = str(len(os.sched_getaffinity(0)))
+    first = start_worker(EMBED_THREADS=every_core)
+    first.wait_ready()
+    second = start_worker(EMBED_THREADS=every_core)
+    second.wait_ready()
+
+    def warned() -> dict[str, Any] | None:
+        return next(
+            (
+                r
+                for r in second.log_records()
+                if "embed-worker processes run on this machine" in r["message"]
+            ),
+            None,
+        )
+
+    record = wait_for(warned, timeout=10, what="the second worker's warning")
+    assert record is not None
+    assert record["level"] == "warning"
+    assert re.search(r"set EMBED_THREADS=\d+ on each", record["message"])

@@ -14,7 +14,7 @@ from worker.models import catalog, files
 from worker.models.loaded import LoadedModels
 from worker.pipeline import provenance
 from worker.pipeline.targets import Target, TargetRegistry
-from worker.process import systemd
+from worker.process import cores, systemd
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,9 @@ def announce(settings: Settings) -> None:
         settings.model_variant,
         settings.batch_size,
     )
+    crowded = cores.warning(settings.threads)
+    if crowded:
+        logger.warning("%s", crowded)
 
 
 @dataclass(frozen=True, kw_only=True)

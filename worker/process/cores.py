@@ -1,0 +1,76 @@
+"""Whether the workers on this machine ask for more embedding threads than it has cores.
+
+Each worker runs its local model on EMBED_THREADS threads, by default every core it may use:
+right for one worker, but three on two cores make six busy threads that slow each other and the
+Postgres beside them, with nothing in the logs to say why. The workers are found the way an
+operator would find them, as `embed-worker run` processes in /proc (those this process can see:
+another container's are not, and there the container's CPU limit is what counts).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from worker.models.onnx import resolve_threads
+
+
+def is_worker_command(argv: Sequence[str]) -> bool:
+    """`embed-worker run ...` (the console script, run by its interpreter or not) or
+    `python -m worker run ...`. Options before the command are the global ones, which all take
+    a value (`--log-format json run`, `--log-format=json run`)."""
+    for i, word in enumerate(argv):
+        if Path(word).name == "embed-worker":
+            rest = iter(argv[i + 1 :])
+        elif word == "-m" and argv[i + 1 : i + 2] == ["worker"]:
+            rest = iter(argv[i + 2 :])
+        else:
+            continue
+        for arg in rest:
+            if not arg.startswith("-"):
+                return arg == "run"
+            if "=" not in arg:
+                next(rest, None)  # its value
+        return False
+    return False
+
+
+def command_lines(proc: Path = Path("/proc")) -> Iterable[list[str]]:
+    """The argument vectors of the processes this one can see (none where there is no /proc)."""
+    for entry in proc.glob("[0-9]*"):
+        try:
+            raw = (entry / "cmdline").read_bytes()
+        except OSError:  # gone meanwhile, or hidden
+            continue
+        yield [part.decode(errors="replace") for part in raw.split(b"\0") if part]
+
+
+def workers_here() -> int:
+    """The `embed-worker run` processes on this machine, this one included (at least 1)."""
+    return max(1, sum(1 for argv in command_lines() if is_worker_command(argv)))
+
+
+def oversubscription(threads: int, cores: int, workers: int) -> str | None:
+    """What to tell the operator when `workers` workers of `threads` threads each would need
+    more than `cores` cores; None when they fit."""
+    if workers * threads <= cores:
+        return None
+    fits = max(1, cores // workers)
+    if workers == 1:
+        return (
+            f"EMBED_THREADS={threads} is more than the {cores} cores this worker may use: the "
+            f"threads take turns and slow Postgres too; set EMBED_THREADS={cores} or fewer"
+        )
+    return (
+        f"{workers} embed-worker processes run on this machine, and this one embeds on "
+        f"{threads} threads: if the others do too, that is {workers * threads} threads on "
+        f"{cores} cores, which slow each other and Postgres; set EMBED_THREADS={fits} on each "
+        f"(cores / workers), or run fewer workers here"
+    )
+
+
+def warning(threads: int | None) -> str | None:
+    """The oversubscription of this machine by its workers, for a worker of EMBED_THREADS
+    `threads` (None: every core) about to start."""
+    cores = resolve_threads(None)
+    return oversubscription(resolve_threads(threads), cores, workers_here())
