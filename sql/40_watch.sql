@@ -15,6 +15,48 @@ LANGUAGE sql STABLE AS $$
     WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
 $$;
 
+-- Levenshtein distance between a and b, case-insensitive (fuzzystrmatch is not everywhere).
+-- For a mistyped model name: model names are short and embeddings.models has a few rows.
+CREATE FUNCTION embeddings.edit_distance(a text, b text) RETURNS int
+LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+DECLARE
+    x text := lower(a);
+    y text := lower(b);
+    previous int[];
+    current int[];
+    i int;
+    j int;
+BEGIN
+    previous := array(SELECT generate_series(0, length(y)));
+    FOR i IN 1 .. length(x) LOOP
+        current := ARRAY[i];
+        FOR j IN 1 .. length(y) LOOP
+            current := current || least(
+                previous[j + 1] + 1,
+                current[j] + 1,
+                previous[j] + CASE WHEN substr(x, i, 1) = substr(y, j, 1) THEN 0 ELSE 1 END);
+        END LOOP;
+        previous := current;
+    END LOOP;
+    RETURN previous[length(y) + 1];
+END
+$$;
+
+-- The HINT of an "unknown model" error: the closest known name (a typo is the usual cause),
+-- the known ones, and how to add one (providers.md's register_model() for a remote model).
+CREATE FUNCTION embeddings.unknown_model_hint(name text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT concat_ws(' ',
+        (SELECT format('Did you mean "%s"?', m.name) FROM embeddings.models m
+         WHERE embeddings.edit_distance(m.name, unknown_model_hint.name)
+               <= greatest(2, length(unknown_model_hint.name) / 4)
+         ORDER BY embeddings.edit_distance(m.name, unknown_model_hint.name), m.name LIMIT 1),
+        format('Known models: %s.', coalesce(
+            (SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM embeddings.models m), 'none')),
+        'Add a remote one with embeddings.register_model() (docs/providers.md), a local one with'
+        ' INSERT INTO embeddings.models (docs/usage.md).')
+$$;
+
 -- Enqueues the keys of the rows of `rel` (target t's table, or one of its partitions: a
 -- partition attached with its rows) that have no embedding (no chunk, for a chunked target) and
 -- content in their content column, on target t's lane `lane` (embeddings.enqueue_keys():
@@ -145,8 +187,7 @@ BEGIN
     IF dims IS NULL THEN
         RAISE EXCEPTION 'unknown model "%"', model
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = format('Known models: %s. Add one with INSERT INTO embeddings.models.',
-                                (SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM embeddings.models m));
+                  HINT = embeddings.unknown_model_hint(model);
     END IF;
 
     -- The row key: the primary key, or the unique not-null key named by `key`. Any number of

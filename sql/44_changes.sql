@@ -134,7 +134,8 @@ BEGIN
     END IF;
     SELECT m.dimensions INTO dims FROM embeddings.models m WHERE m.name = new_model;
     IF dims IS NULL THEN
-        RAISE EXCEPTION 'unknown model "%"', new_model USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'unknown model "%"', new_model
+            USING ERRCODE = 'invalid_parameter_value', HINT = embeddings.unknown_model_hint(new_model);
     END IF;
     IF embeddings.attnum_of(vec_rel, shadow) IS NOT NULL THEN
         RAISE EXCEPTION 'column %.% exists: a model change needs that name for its shadow column', vec_rel, shadow

@@ -188,7 +188,9 @@ BEGIN
     END IF;
     SELECT * INTO m FROM embeddings.models mo WHERE mo.name = coalesce(adopt_vectors.model, t.model);
     IF NOT FOUND THEN
-        RAISE EXCEPTION 'unknown model "%"', coalesce(adopt_vectors.model, t.model) USING ERRCODE = 'invalid_parameter_value';
+        RAISE EXCEPTION 'unknown model "%"', coalesce(adopt_vectors.model, t.model)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = embeddings.unknown_model_hint(coalesce(adopt_vectors.model, t.model));
     END IF;
     IF m.name <> t.model THEN
         RAISE EXCEPTION '%.% is watched with model %, not %', source, embedding_column, t.model, m.name

@@ -50,8 +50,7 @@ BEGIN
     IF NOT EXISTS (SELECT FROM embeddings.models m WHERE m.name = set_default_model.name) THEN
         RAISE EXCEPTION 'unknown model "%"', name
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = format('Known models: %s. Add one with INSERT INTO embeddings.models.',
-                                (SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM embeddings.models m));
+                  HINT = embeddings.unknown_model_hint(name);
     END IF;
     UPDATE embeddings.models m SET is_default = false WHERE m.is_default AND m.name <> set_default_model.name;
     UPDATE embeddings.models m SET is_default = true WHERE m.name = set_default_model.name;

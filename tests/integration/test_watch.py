@@ -315,3 +315,23 @@ def test_bad_input_is_a_clear_error_and_creates_nothing(
         == columns_before
     )
     assert messages(conn) == []
+
+
+def test_an_unknown_model_is_answered_with_the_closest_name_and_register_model(conn: Conn) -> None:
+    """issue 37: watch(..., model => 'typo') hinted INSERT INTO embeddings.models only; the
+    same hint serves set_default_model() and a model change."""
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, body text)")
+    for statement, typo in (
+        ("SELECT embeddings.watch('t', 'body', model => 'all-MiniLM-L6v2')", "all-MiniLM-L6v2"),
+        ("SELECT embeddings.set_default_model('GTE-smal')", "GTE-smal"),
+    ):
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as info:
+            conn.execute(statement)
+        assert f'unknown model "{typo}"' in str(info.value)
+        hint = info.value.diag.message_hint or ""
+        closest = "all-MiniLM-L6-v2" if "MiniLM" in typo else "gte-small"
+        assert hint.startswith(f'Did you mean "{closest}"?'), hint
+        assert "embeddings.register_model()" in hint and "Known models: " in hint
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as far:
+        conn.execute("SELECT embeddings.watch('t', 'body', model => 'text-embedding-3-small')")
+    assert "Did you mean" not in (far.value.diag.message_hint or "")

@@ -18,6 +18,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
+import psycopg
 import pytest
 
 from tests.integration.test_cli import run_cli
@@ -155,6 +156,16 @@ def _plan(ctx: Context) -> None:
     ctx.cli("plan", "docs_view", "--content", "body", "--model", MINILM, refused=True)
 
 
+def _unknown_model(ctx: Context) -> None:
+    """The refusals that read the model registry for their hint (unknown_model_hint())."""
+    for statement in (
+        "SELECT embeddings.watch('docs_row', 'body', model => 'all-MiniLM-L6v2')",
+        "SELECT embeddings.set_default_model('gte-smal')",
+    ):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown model"):
+            ctx.sql(statement)
+
+
 def _uninstall(ctx: Context) -> None:
     with ctx.roles.connect() as su:
         schema.uninstall(su)
@@ -216,6 +227,7 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     "doctor": ((SUPERUSER,), lambda ctx: ctx.cli("doctor")),
     "failures --retry": ((SUPERUSER,), lambda ctx: ctx.cli("failures", "--retry")),
     "sweep (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("sweep", "--verify")),
+    "an unknown model refused": ((SUPERUSER,), _unknown_model),
     "migrate": ((SUPERUSER,), lambda ctx: ctx.cli("migrate")),
     "deploy (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("deploy", "systemd")),
     "uninstall": ((SUPERUSER,), _uninstall),
