@@ -128,8 +128,15 @@ def pool(dsn: str, *, max_size: int, name: str) -> ConnectionPool[session_guard.
         name=name,
         configure=lambda conn: conn.reset_session(),
         reset=lambda conn: conn.discard_session(),
-        check=ConnectionPool.check_connection,
+        check=_ping,
     )
+
+
+def _ping(conn: Connection) -> None:
+    """The pool's check of a connection it hands out (a broken one is replaced): our `ping`,
+    which leaves the session trusted (psycopg_pool's own check, an empty statement, would
+    cost a reset before the next one)."""
+    conn.execute(queries.get("ping"))
 
 
 @contextmanager
@@ -190,7 +197,10 @@ def ping(conn: Connection) -> None:
 
 def register_vector_types(conn: Connection) -> None:
     """Teaches `conn` to send pgvector's Vector and HalfVector, wherever `vector` is installed
-    (public here, `extensions` on Supabase)."""
+    (public here, `extensions` on Supabase). Once per connection: a pooled one keeps them
+    (DISCARD ALL is the server's; these live in the client)."""
+    if conn.adapters.types.get("halfvec") is not None:
+        return
     from pgvector.psycopg.halfvec import register_halfvec_info
     from pgvector.psycopg.vector import register_vector_info
     from psycopg.types import TypeInfo

@@ -589,8 +589,18 @@ SELECT 1;
 -- A pooled connection given back (db.pool, POST /search): everything a session holds beyond its
 -- settings dropped too (temporary tables, LISTENs, prepared statements, advisory locks, cached
 -- plans), which someone's code run by a search (a policy, a content function) may have left.
--- session_reset follows before the connection's next statement.
-DISCARD ALL;
+-- session_reset follows in the same exchange (worker/session_guard.py: discard_session), which
+-- DISCARD ALL itself refuses (it cannot run in a transaction block, and several statements in
+-- one query string are one): so it is spelled out, as the PostgreSQL manual defines it.
+CLOSE ALL;
+SET SESSION AUTHORIZATION DEFAULT;
+RESET ALL;
+DEALLOCATE ALL;
+UNLISTEN *;
+SELECT pg_catalog.pg_advisory_unlock_all();
+DISCARD PLANS;
+DISCARD TEMP;
+DISCARD SEQUENCES;
 
 -- name: session_reset
 -- Every connection's first statement (db.connect), and again after anyone else's code may have

@@ -91,11 +91,15 @@ class GuardedConnection(psycopg.Connection[Any]):
         self._distrusted = False
 
     def discard_session(self) -> None:
-        """DISCARD ALL (a pooled connection given back): nothing of the last user's session
-        stays; the session is reset again before the next statement."""
-        with psycopg.Cursor(self) as cur:
-            cur.execute(queries.get("session_discard"))
-        self._distrusted = True
+        """DISCARD ALL, then our reset, in one exchange (a pooled connection given back):
+        nothing of the last user's session stays, and the next user's first statement needs
+        no reset of its own."""
+        with psycopg.Cursor(self) as cur:  # two scripts without parameters: one simple query
+            discard = queries.get("session_discard").rstrip().rstrip(";")
+            cur.execute(discard + ";\n" + queries.get("session_reset"))
+        self.resets += 1
+        self._distrusted = False
+        self._ran_others = False
 
     def before_statement(self) -> None:
         if self._distrusted and self.pgconn.transaction_status != pq.TransactionStatus.INERROR:
