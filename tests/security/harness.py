@@ -5,8 +5,9 @@ watches: a row store, a side store, a chunked one, a content function's, a parti
 replica's (rows applied by logical replication), one keyed by its own domain. It plants its code
 at every hook it controls (HOOKS): row, statement and deferred constraint triggers on its tables
 and on the store tables watch() made for it, its content function, a check of its key domain, a
-cast of its row type to text and a view (for `plan`), and functions named like pg_catalog's in a
-schema of its own (`evil`) that a search path naming `evil` first would pick.
+cast of its row type to text and a view (for `plan`), a row security policy (run by whoever
+reads the table but its owner: a search as the application role), and functions named like
+pg_catalog's in a schema of its own (`evil`) that a search path naming `evil` first would pick.
 
 Wherever it runs, the planted code (`public.hook(where)`) records as whom it ran and from where,
 leaves session state behind with set_config(..., false) (SESSION_STATE: the search path with
@@ -77,6 +78,7 @@ HOOKS = (
     "cast to text",
     "view",
     "search path functions",
+    "row security policy",
 )
 
 _HOOK_FUNCTION = """
@@ -155,6 +157,8 @@ CREATE FUNCTION docs_row_text(d docs_row) RETURNS text LANGUAGE plpgsql STABLE A
 $f$ BEGIN PERFORM public.hook('cast to text'); RETURN d.body; END $f$;
 CREATE CAST (docs_row AS text) WITH FUNCTION docs_row_text(docs_row);
 CREATE VIEW docs_view AS SELECT id, body FROM docs_row WHERE public.hook('view');
+ALTER TABLE docs_fn ENABLE ROW LEVEL SECURITY;
+CREATE POLICY hooked ON docs_fn USING (public.hook('row security policy')) WITH CHECK (true);
 """
 
 _TRIGGERS = """

@@ -13,6 +13,8 @@ table lists them (test_the_documented_operations_are_the_harness_operations)."""
 
 from __future__ import annotations
 
+import http.client
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -26,6 +28,7 @@ from tests.security import harness
 from tests.security.conftest import Roles
 from tests.support.docs import DOCS
 from tests.support.models import MINILM
+from tests.support.process import WorkerProcess
 from tests.support.provider_server import ProviderServer
 from worker import schema
 from worker.http.search_pool import SearchConnections
@@ -136,6 +139,51 @@ def _http_search(ctx: Context) -> None:
         searches.close()
 
 
+def _http_server_search(ctx: Context) -> None:
+    """POST /search through a real `embed-worker run --no-pull`, searching as the application
+    role (EMBED_SEARCH_DATABASE_URL) over one keep-alive connection: its searches run one after
+    another on the one pooled session, each after the owner's code ran in it, and each must
+    answer as the first did."""
+    token = "harness-search-token"
+    server = WorkerProcess(
+        ctx.roles.worker_dsn,
+        {
+            "EMBED_SEARCH_DATABASE_URL": ctx.dsn,
+            "EMBED_HTTP_TOKEN": token,
+            "EMBED_HTTP_MAX_CONNECTIONS": "2",  # the readiness poll's slot may linger a moment
+            "EMBED_MODEL": MINILM,
+            "EMBED_MODEL_PATH": ctx.model_path,
+            "EMBED_THREADS": "1",
+        },
+        "--no-pull",
+    )
+    try:
+        server.wait_ready()
+        assert server.port is not None
+        client = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+        answers: dict[str, list[Any]] = {}
+        for round_ in range(2):
+            for table in ("docs_row", "docs_side", "docs_chunked", "docs_fn"):
+                body = json.dumps({"table": table, "query": "document", "k": 3})
+                client.request(
+                    "POST",
+                    "/search",
+                    body,
+                    {"Authorization": f"Bearer {token}", "Content-Type": "application/json"},
+                )
+                response = client.getresponse()
+                answer = json.loads(response.read())
+                assert response.status == 200, (table, answer)
+                keys = [r["key"] for r in answer["results"]]
+                assert answers.setdefault(table, keys) == keys, (round_, table, keys)
+        client.close()
+    finally:
+        server.stop()
+    with ctx.roles.connect() as su:  # the searches did run the owner's code, in the server
+        ran = su.execute("SELECT count(*) FROM loot WHERE what = 'ran: row security policy'")
+        assert ran.fetchone() != (0,)
+
+
 def _sql_search(ctx: Context) -> None:
     vector = "(SELECT embedding FROM docs_row WHERE id = 1 AND embedding IS NOT NULL)"
     ctx.sql(
@@ -218,6 +266,7 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     ),
     "search (SQL)": ((APPLICATION, SUPERUSER), _sql_search),
     "search (HTTP)": ((APPLICATION,), _http_search),
+    "search (HTTP server)": ((APPLICATION,), _http_server_search),
     "search (CLI)": (
         (SUPERUSER,),
         lambda ctx: ctx.cli("search", "docs_chunked", "document", "-k", "2"),
@@ -273,7 +322,9 @@ def test_no_operation_runs_the_tenants_code_as_anyone_else(
 def test_every_hook_is_planted_and_fires(
     roles: Roles, run_once: Callable[..., Worker], tiny_models: tuple[str, str], model_path: str
 ) -> None:
-    """The harness is only as good as its hooks: each must run somewhere, as the owner."""
+    """The harness is only as good as its hooks: each must run somewhere, as the owner (the row
+    security policy as the application role: Postgres runs a policy for a table's readers, not
+    for its owner)."""
     harness.build(roles)
     run_once(database_url=roles.worker_dsn, batch_size=3)
     fired = harness.planted(harness.verdict(roles))
@@ -286,6 +337,9 @@ def test_every_hook_is_planted_and_fires(
         with roles.connect(roles.owner) as owner:  # (each hook leaves its session read-only)
             owner.execute(statement)
     fired |= harness.planted(harness.verdict(roles))
+    with roles.connect(roles.writer) as application:  # a policy runs for readers but its owner
+        application.execute("SELECT count(*) FROM docs_fn")
+    fired |= harness.planted(harness.verdict(roles, roles.writer))
     assert set(harness.HOOKS) <= fired, set(harness.HOOKS) - fired
 
 
