@@ -287,7 +287,21 @@ BEGIN
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_truncate');
     END IF;
 
-    -- Rows applied by logical replication, one at a time (replica targets only).
+    PERFORM embeddings.generate_replica_function(t, row_type, table_owner);
+    PERFORM embeddings.generate_clear_function(t, row_type, table_owner);
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.generate_functions(embeddings.targets) FROM PUBLIC;
+
+-- Target t's trigger function for rows applied by logical replication, one at a time, for a
+-- replica target (generate_functions() calls it).
+CREATE FUNCTION embeddings.generate_replica_function(t embeddings.targets, row_type regclass, table_owner name)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prefix text := 'embeddings_' || t.id;
+    by_function boolean := t.content_function IS NOT NULL;
+BEGIN
     IF t.replica THEN
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
@@ -326,9 +340,24 @@ BEGIN
         -- that whoever does so may EXECUTE it. The table's owner may (no one else: it queues).
         EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I() TO %I', prefix || '_replica', table_owner);
     END IF;
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.generate_replica_function(embeddings.targets, regclass, name) FROM PUBLIC;
 
+-- Target t's clear trigger function (generate_functions() calls it): a content change clears
+-- the stale embedding at once, for a target with clear_on_update (none for a chunked target,
+-- which has no embedding column to clear).
+CREATE FUNCTION embeddings.generate_clear_function(t embeddings.targets, row_type regclass, table_owner name)
+RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prefix text := 'embeddings_' || t.id;
+    by_function boolean := t.content_function IS NOT NULL;
+    inputs name[] := embeddings.content_inputs(t);
+    body text;
+BEGIN
     IF NOT t.clear_on_update OR t.chunk_table IS NOT NULL THEN
-        RETURN;  -- a chunked target has no embedding column to clear
+        RETURN;
     END IF;
     -- The clear trigger names no column (no UPDATE OF, no WHEN), so that dropping or retyping
     -- the content column is never refused because of it; it compares in its body, as text
@@ -388,7 +417,7 @@ BEGIN
         prefix || '_clear', body);
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.generate_functions(embeddings.targets) FROM PUBLIC;
+REVOKE ALL ON FUNCTION embeddings.generate_clear_function(embeddings.targets, regclass, name) FROM PUBLIC;
 
 -- The tables target t's statement triggers belong on: its table, and every partition at any
 -- level when it is partitioned.

@@ -82,6 +82,312 @@ BEGIN
 END
 $$;
 
+-- watch()'s row key: the primary key, or the unique not-null key named by `key`. Any number of
+-- columns, of any types with an equality operator whose values travel exactly as text.
+CREATE FUNCTION embeddings.watch_key(source regclass, key name[],
+                                     OUT key_names name[], OUT key_regtypes regtype[], OUT key_nums smallint[])
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF key IS NULL THEN
+        SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
+               array_agg(a.attnum ORDER BY k.ord)
+        INTO key_names, key_regtypes, key_nums
+        FROM pg_index i
+        CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
+        WHERE i.indrelid = source AND i.indisprimary;
+        IF key_names IS NULL THEN
+            RAISE EXCEPTION 'table % has no primary key', source
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'embed-worker finds rows by their key: add a primary key, or name a unique not-null key with key => array[''col'', ...].';
+        END IF;
+    ELSE
+        SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
+               array_agg(a.attnum ORDER BY k.ord)
+        INTO key_names, key_regtypes, key_nums
+        FROM unnest(key) WITH ORDINALITY AS k(name, ord)
+        JOIN pg_attribute a ON a.attrelid = source AND a.attname = k.name AND a.attnum > 0 AND NOT a.attisdropped;
+        IF cardinality(key) = 0 OR coalesce(cardinality(key_names), 0) <> cardinality(key)
+           OR cardinality(key) <> (SELECT count(DISTINCT k) FROM unnest(key) AS k) THEN
+            RAISE EXCEPTION 'key % does not name distinct columns of %', key, source
+                USING ERRCODE = 'undefined_column';
+        END IF;
+        IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = source AND a.attnum = ANY(key_nums) AND NOT a.attnotnull) THEN
+            RAISE EXCEPTION 'key (%) of % has nullable columns', array_to_string(key, ', '), source
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Make the key columns NOT NULL.';
+        END IF;
+        IF NOT EXISTS (
+            SELECT FROM pg_index i
+            WHERE i.indrelid = source AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
+              AND i.indimmediate AND i.indnkeyatts = cardinality(key_nums)
+              AND (SELECT array_agg(x ORDER BY x) FROM unnest(i.indkey[0:i.indnkeyatts - 1]) AS x)
+                  = (SELECT array_agg(x ORDER BY x) FROM unnest(key_nums) AS x)
+        ) THEN
+            RAISE EXCEPTION 'key (%) of % is not unique', array_to_string(key, ', '), source
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = format('Add one: ALTER TABLE %s ADD UNIQUE (%s).', source, array_to_string(key, ', '));
+        END IF;
+    END IF;
+    -- Keys are compared and ordered only with their type's default btree operator class (an
+    -- operator found by name could be the table owner's), and travel as text from the writer's
+    -- session to the worker's: what cannot make that trip exactly is refused (sql/25_keys.sql).
+    FOR i IN 1 .. cardinality(key_regtypes) LOOP
+        IF embeddings.key_type_problem(key_regtypes[i]) IS NOT NULL THEN
+            RAISE EXCEPTION 'key column %.% has type %, %', source, key_names[i],
+                    (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
+                     WHERE a.attrelid = source AND a.attnum = key_nums[i]),
+                    embeddings.key_type_problem(key_regtypes[i])
+                USING ERRCODE = 'feature_not_supported',
+                      HINT = 'Name another unique, not-null key with key => array[...] (a column of a type such as bigint, text, uuid, numeric, a date or timestamp), or add one.';
+        END IF;
+    END LOOP;
+END
+$$;
+
+-- watch()'s content: a text column of `source`, else a function of its row type returning
+-- text (checked by check_content_function()). Exactly one of content_col, content_fn is set.
+CREATE FUNCTION embeddings.watch_content(source regclass, content text,
+                                         OUT content_col name, OUT content_fn regprocedure,
+                                         OUT content_type regtype, OUT content_num smallint)
+LANGUAGE plpgsql AS $$
+DECLARE
+    rel_schema name;
+    rel_name name;
+BEGIN
+    SELECT n.nspname, c.relname INTO rel_schema, rel_name
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source;
+    SELECT a.attname, a.atttypid::regtype, a.attnum INTO content_col, content_type, content_num
+    FROM pg_attribute a
+    WHERE a.attrelid = source AND a.attname = content AND a.attnum > 0 AND NOT a.attisdropped;
+    IF content_col IS NOT NULL THEN
+        IF (SELECT typcategory FROM pg_type WHERE oid = content_type) <> 'S' THEN
+            RAISE EXCEPTION 'content column %.% has type %, not text', source, content_col, content_type
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = 'Use a content function that returns text, e.g. one that casts or formats the column.';
+        END IF;
+    ELSE
+        BEGIN
+            content_fn := to_regprocedure(format('%s(%I.%I)', content, rel_schema, rel_name));
+        EXCEPTION WHEN OTHERS THEN
+            content_fn := NULL;  -- not even a valid function name
+        END;
+        IF content_fn IS NULL THEN
+            RAISE EXCEPTION 'content "%" is neither a column of % nor a function %(%)', content, source, content, source
+                USING ERRCODE = 'undefined_column',
+                      HINT = 'Pass a text column name, or the name of a function that takes the table''s row type and returns text.';
+        END IF;
+        SELECT p.prorettype::regtype INTO content_type FROM pg_proc p WHERE p.oid = content_fn;
+        IF content_type NOT IN ('text'::regtype, 'character varying'::regtype) OR
+           (SELECT p.proretset FROM pg_proc p WHERE p.oid = content_fn) THEN
+            RAISE EXCEPTION 'content function % returns %, not text', content_fn,
+                    CASE WHEN (SELECT p.proretset FROM pg_proc p WHERE p.oid = content_fn)
+                         THEN 'a set of ' ELSE '' END || content_type
+                USING ERRCODE = 'datatype_mismatch';
+        END IF;
+        PERFORM embeddings.check_content_function(source, content_fn);  -- trusted, not VOLATILE
+    END IF;
+END
+$$;
+
+-- watch()'s embedding column `embedding_column` of `vec_rel` (the table, or its side table):
+-- absent (watch() adds it: NULL), or vector(dims) / halfvec(dims) of pgvector's schema `vschema`.
+-- Returns its type and typmod.
+CREATE FUNCTION embeddings.watch_embedding_column(source regclass, vec_rel regclass, embedding_column name,
+                                                  model text, dims integer, vschema name,
+                                                  OUT emb_type regtype, OUT emb_typmod integer)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    SELECT a.atttypid::regtype, a.atttypmod INTO emb_type, emb_typmod
+    FROM pg_attribute a
+    WHERE a.attrelid = vec_rel AND a.attname = embedding_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF emb_type IS NOT NULL THEN
+        IF NOT EXISTS (SELECT FROM pg_type ty JOIN pg_namespace ns ON ns.oid = ty.typnamespace
+                       WHERE ty.oid = emb_type AND ty.typname IN ('vector', 'halfvec') AND ns.nspname = vschema) THEN
+            RAISE EXCEPTION 'embedding column %.% has type %, expected vector(%) or halfvec(%)',
+                    source, embedding_column, format_type(emb_type, emb_typmod), dims, dims
+                USING ERRCODE = 'datatype_mismatch';
+        ELSIF emb_typmod <> dims THEN
+            RAISE EXCEPTION 'embedding column %.% is %, but model "%" produces % dimensions',
+                    source, embedding_column, format_type(emb_type, emb_typmod), model, dims
+                USING ERRCODE = 'datatype_mismatch',
+                      HINT = format('Use a %s-dimensional column, or a model whose dimensions match.', dims);
+        END IF;
+    END IF;
+END
+$$;
+
+-- watch()'s HNSW index on `embedding_column` of `vec_rel` (of kind `vec_kind`, with its type
+-- `emb_type`), made now or deferred; returns whether it is deferred (the worker builds it).
+CREATE FUNCTION embeddings.watch_index(source regclass, vec_rel regclass, vec_kind "char", embedding_column name,
+                                       emb_type regtype, emb_exists boolean, vschema name)
+RETURNS boolean
+LANGUAGE plpgsql AS $$
+DECLARE
+    rel_name name := (SELECT c.relname FROM pg_class c WHERE c.oid = source);
+    defer_index boolean := false;
+BEGIN
+    IF NOT EXISTS (
+        SELECT FROM pg_index i
+        JOIN pg_class ic ON ic.oid = i.indexrelid
+        JOIN pg_am am ON am.oid = ic.relam
+        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
+        WHERE i.indrelid = vec_rel AND am.amname = 'hnsw' AND a.attname = embedding_column
+    ) THEN
+        -- A column added just now to a large table: building even an empty index scans the
+        -- whole table under our lock, and inserting each vector into HNSW costs ~10x its share
+        -- of a build. The worker builds it CONCURRENTLY once the backfill ends (62_backfill.sql).
+        -- A partitioned table (one level of partitions) gets the index on the parent only now,
+        -- invalid and instant, so that partitions created meanwhile get theirs; the worker
+        -- builds each partition's and attaches it, and the last one makes it valid.
+        -- A side table made just now is empty, but the backfill would fill it one vector at a
+        -- time all the same.
+        defer_index := NOT emb_exists
+            AND (vec_kind = 'r' OR NOT EXISTS (SELECT FROM pg_inherits i JOIN pg_class pc ON pc.oid = i.inhrelid
+                                               WHERE i.inhparent = source AND pc.relkind = 'p'))
+            AND (SELECT sum(embeddings.estimated_rows(r)) FROM embeddings.leaf_relations(source) r) > embeddings.index_defer_rows();
+        IF NOT defer_index OR vec_kind = 'p' THEN
+            EXECUTE format('CREATE INDEX %s ON %s %s USING hnsw (%I %I.%I)',
+                CASE WHEN defer_index THEN quote_ident(left(rel_name, 40) || '_' || left(embedding_column, 16) || '_hnsw') ELSE '' END,
+                CASE WHEN defer_index THEN 'ONLY' ELSE '' END, vec_rel, embedding_column, vschema,
+                CASE WHEN (SELECT typname FROM pg_type WHERE oid = emb_type) = 'halfvec'
+                     THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END);
+        END IF;
+    END IF;
+    RETURN defer_index;
+END
+$$;
+
+-- watch()'s store for `source`: whether it clears a stale vector at once (`clear_on_update`,
+-- which only the row store does: asked of another, refused rather than ignored), and where the
+-- vectors live: the table itself, or its side table (`side`, sql/56_side.sql), which a target
+-- keeps under whatever name it has now (a renamed table's default name is another). vec_rel
+-- is NULL for a side table not made yet.
+CREATE FUNCTION embeddings.watch_store(source regclass, embedding_column name, previous embeddings.targets,
+                                       side boolean, chunked boolean, side_table text, clear_on_update boolean,
+                                       OUT clear_updates boolean, OUT side_name text, OUT vec_rel regclass)
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    IF (side OR chunked) AND clear_on_update THEN
+        RAISE EXCEPTION 'clear_on_update => true is for store => ''row'': % keeps its vectors in a % table', source,
+                CASE WHEN side THEN 'side' ELSE 'chunk' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = CASE WHEN side
+                      THEN 'Clearing a side table''s vector at once would write the side table in the application''s '
+                           'transaction, which the side table exists to avoid: its old vector stays until the new one lands.'
+                      ELSE 'A document''s old chunks keep their vectors until the new ones land, to reuse those of '
+                           'unchanged chunks.' END,
+                  HINT = 'Leave clear_on_update out (or pass clear_on_update => false), or use store => ''row''.';
+    END IF;
+    clear_updates := coalesce(clear_on_update, NOT side);
+    IF side THEN
+        side_name := CASE WHEN side_table IS NULL AND previous.side_table IS NOT NULL THEN previous.side_table::text
+                          ELSE embeddings.side_table_name(source, side_table, embedding_column) END;
+        IF previous.side_table IS NOT NULL AND to_regclass(side_name) IS DISTINCT FROM previous.side_table THEN
+            RAISE EXCEPTION '%.% keeps its vectors in %, not %', source, embedding_column, previous.side_table, side_name
+                USING ERRCODE = 'object_not_in_prerequisite_state',
+                      HINT = 'Unwatch it first to move its vectors to another side table.';
+        END IF;
+        vec_rel := to_regclass(side_name);
+    ELSE
+        vec_rel := source;
+    END IF;
+END
+$$;
+
+-- Target `target_id`'s pending jobs move from queue `from_queue` to `to_queue`, each lane's to
+-- the same lane (watch() with another queue).
+CREATE FUNCTION embeddings.move_target_jobs(target_id integer, from_queue text, to_queue text) RETURNS void
+LANGUAGE plpgsql AS $$
+BEGIN
+    EXECUTE format(
+        'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
+        'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
+        pgmq.format_table_name(from_queue, 'q'), to_queue) USING target_id;
+    EXECUTE format(
+        'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
+        'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
+        pgmq.format_table_name(embeddings.backfill_queue(from_queue), 'q'),
+        embeddings.backfill_queue(to_queue)) USING target_id;
+END
+$$;
+
+-- watch() with another model on a watched plain target starts a blue/green change
+-- (sql/44_changes.sql; the column keeps serving the old model until the swap), and returns the
+-- target's id; NULL when this call is no model change. A change changes nothing else at once.
+CREATE FUNCTION embeddings.watch_model_change(previous embeddings.targets, source regclass, embedding_column name,
+                                              vec_rel regclass, model text, keep_old boolean, chunking boolean,
+                                              content_col name, content_fn regprocedure, key_names name[],
+                                              replica boolean, triggers boolean, clear_updates boolean, queue text)
+RETURNS integer
+LANGUAGE plpgsql AS $$
+BEGIN
+    IF previous.id IS NULL OR previous.chunk_table IS NOT NULL OR previous.problem IS NOT NULL OR chunking
+       OR embeddings.attnum_of(vec_rel, embedding_column) IS NULL
+       OR (previous.model = model
+           AND NOT EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id)) THEN
+        RETURN NULL;
+    END IF;
+    IF previous.content_column IS DISTINCT FROM content_col
+       OR previous.content_function IS DISTINCT FROM content_fn
+       OR previous.key_columns <> key_names OR previous.replica <> replica
+       OR previous.has_triggers <> triggers OR previous.clear_on_update <> clear_updates
+       OR previous.queue <> queue THEN
+        RAISE EXCEPTION 'a model change cannot change other settings of %.% at the same time', source, embedding_column
+            USING ERRCODE = 'feature_not_supported',
+                  HINT = 'Call watch() with the current model and the new settings first, then with the new model.';
+    END IF;
+    RETURN embeddings.start_change(previous, model, keep_old);
+END
+$$;
+
+-- watch()'s registration of the target: a new row of embeddings.targets, or `previous`
+-- updated (a new version: in-flight writes under the old definition are rejected), its pending
+-- jobs moved to another queue. `reembed`: every row again, since another content column under
+-- the same name (dropped and added again), another content function or model, or a target that
+-- was deferred (its triggers gone, so content changes went unseen).
+CREATE FUNCTION embeddings.watch_register(previous embeddings.targets, source regclass, embedding_column name,
+                                          content_col name, content_fn regprocedure, content_num smallint,
+                                          model text, queue text, triggers boolean, clear_updates boolean,
+                                          key_names name[], key_regtypes regtype[], key_nums smallint[],
+                                          replica boolean, side_table regclass,
+                                          OUT t embeddings.targets, OUT reembed boolean)
+LANGUAGE plpgsql AS $$
+DECLARE
+    emb_attnum smallint := CASE WHEN side_table IS NULL THEN embeddings.attnum_of(source, embedding_column) END;
+BEGIN
+    reembed := false;
+    IF previous.id IS NULL THEN
+        INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
+                                              queue, has_triggers, clear_on_update, key_columns, key_types,
+                                              key_attnums, content_attnum, embedding_attnum, replica, side_table)
+        VALUES (watch_register.source, watch_register.embedding_column, content_col, content_fn,
+                watch_register.model, watch_register.queue, triggers, clear_updates, key_names, key_regtypes,
+                key_nums, content_num, emb_attnum, watch_register.replica,
+                watch_register.side_table)
+        RETURNING * INTO t;
+        RETURN;
+    END IF;
+    reembed := previous.content_column IS DISTINCT FROM content_col
+               OR previous.content_attnum IS DISTINCT FROM content_num
+               OR previous.content_function IS DISTINCT FROM content_fn
+               OR previous.problem IS NOT NULL
+               OR previous.model <> watch_register.model;
+    IF previous.queue <> watch_register.queue THEN
+        PERFORM embeddings.move_target_jobs(previous.id, previous.queue, watch_register.queue);
+    END IF;
+    UPDATE embeddings.targets tg
+    SET content_column = content_col, content_function = content_fn, model = watch_register.model,
+        key_columns = key_names, key_types = key_regtypes, key_attnums = key_nums,
+        content_attnum = content_num, embedding_attnum = emb_attnum,
+        replica = watch_register.replica, problem = NULL, queue = watch_register.queue,
+        has_triggers = triggers, clear_on_update = clear_updates, updated_at = now(),
+        version = tg.version + 1
+    WHERE tg.id = previous.id
+    RETURNING * INTO t;
+END
+$$;
+
 -- Validates everything, then registers `source` for embedding: creates the embedding column
 -- (halfvec(dim)) when missing, its HNSW index, the triggers, and enqueues existing rows that
 -- have content but no embedding. All or nothing: any error leaves no trace.
@@ -141,8 +447,6 @@ LANGUAGE plpgsql AS $$
 DECLARE
     dims integer;
     rel_kind "char";
-    rel_schema name;
-    rel_name name;
     key_names name[];
     key_regtypes regtype[];
     key_nums smallint[];
@@ -151,7 +455,6 @@ DECLARE
     content_fn regprocedure;
     content_type regtype;
     emb_type regtype;
-    emb_typmod integer;
     emb_exists boolean;
     vschema name := embeddings.vector_schema();
     previous embeddings.targets;
@@ -167,6 +470,8 @@ DECLARE
     clear_updates boolean;
     chunked_id integer;
     chunked boolean;  -- chunk_tokens and the like, or a chunked target watched again
+    changing integer;  -- a model change's target
+    registered record;  -- watch_register()'s
 BEGIN
     model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
     IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
@@ -176,8 +481,7 @@ BEGIN
     END IF;
 
     -- The table.
-    SELECT c.relkind, n.nspname, c.relname INTO rel_kind, rel_schema, rel_name
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source;
+    SELECT c.relkind INTO rel_kind FROM pg_class c WHERE c.oid = source;
     IF rel_kind NOT IN ('r', 'p') THEN
         RAISE EXCEPTION '% is not a table', source USING ERRCODE = 'wrong_object_type';
     END IF;
@@ -190,94 +494,12 @@ BEGIN
                   HINT = embeddings.unknown_model_hint(model);
     END IF;
 
-    -- The row key: the primary key, or the unique not-null key named by `key`. Any number of
-    -- columns, of any types with an equality operator.
-    IF key IS NULL THEN
-        SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
-               array_agg(a.attnum ORDER BY k.ord)
-        INTO key_names, key_regtypes, key_nums
-        FROM pg_index i
-        CROSS JOIN LATERAL unnest(i.indkey) WITH ORDINALITY AS k(attnum, ord)
-        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = k.attnum
-        WHERE i.indrelid = source AND i.indisprimary;
-        IF key_names IS NULL THEN
-            RAISE EXCEPTION 'table % has no primary key', source
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = 'embed-worker finds rows by their key: add a primary key, or name a unique not-null key with key => array[''col'', ...].';
-        END IF;
-    ELSE
-        SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
-               array_agg(a.attnum ORDER BY k.ord)
-        INTO key_names, key_regtypes, key_nums
-        FROM unnest(key) WITH ORDINALITY AS k(name, ord)
-        JOIN pg_attribute a ON a.attrelid = source AND a.attname = k.name AND a.attnum > 0 AND NOT a.attisdropped;
-        IF cardinality(key) = 0 OR coalesce(cardinality(key_names), 0) <> cardinality(key)
-           OR cardinality(key) <> (SELECT count(DISTINCT k) FROM unnest(key) AS k) THEN
-            RAISE EXCEPTION 'key % does not name distinct columns of %', key, source
-                USING ERRCODE = 'undefined_column';
-        END IF;
-        IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = source AND a.attnum = ANY(key_nums) AND NOT a.attnotnull) THEN
-            RAISE EXCEPTION 'key (%) of % has nullable columns', array_to_string(key, ', '), source
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = 'Make the key columns NOT NULL.';
-        END IF;
-        IF NOT EXISTS (
-            SELECT FROM pg_index i
-            WHERE i.indrelid = source AND i.indisunique AND i.indpred IS NULL AND i.indexprs IS NULL
-              AND i.indimmediate AND i.indnkeyatts = cardinality(key_nums)
-              AND (SELECT array_agg(x ORDER BY x) FROM unnest(i.indkey[0:i.indnkeyatts - 1]) AS x)
-                  = (SELECT array_agg(x ORDER BY x) FROM unnest(key_nums) AS x)
-        ) THEN
-            RAISE EXCEPTION 'key (%) of % is not unique', array_to_string(key, ', '), source
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = format('Add one: ALTER TABLE %s ADD UNIQUE (%s).', source, array_to_string(key, ', '));
-        END IF;
-    END IF;
-    -- Keys are compared and ordered only with their type's default btree operator class (an
-    -- operator found by name could be the table owner's), and travel as text from the writer's
-    -- session to the worker's: what cannot make that trip exactly is refused (sql/25_keys.sql).
-    FOR i IN 1 .. cardinality(key_regtypes) LOOP
-        IF embeddings.key_type_problem(key_regtypes[i]) IS NOT NULL THEN
-            RAISE EXCEPTION 'key column %.% has type %, %', source, key_names[i],
-                    (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
-                     WHERE a.attrelid = source AND a.attnum = key_nums[i]),
-                    embeddings.key_type_problem(key_regtypes[i])
-                USING ERRCODE = 'feature_not_supported',
-                      HINT = 'Name another unique, not-null key with key => array[...] (a column of a type such as bigint, text, uuid, numeric, a date or timestamp), or add one.';
-        END IF;
-    END LOOP;
+    SELECT wk.key_names, wk.key_regtypes, wk.key_nums INTO key_names, key_regtypes, key_nums
+    FROM embeddings.watch_key(source, key) wk;
 
-    -- The content: a text column, else a function of the row type returning text.
-    SELECT a.attname, a.atttypid::regtype, a.attnum INTO content_col, content_type, content_num
-    FROM pg_attribute a
-    WHERE a.attrelid = source AND a.attname = content AND a.attnum > 0 AND NOT a.attisdropped;
-    IF content_col IS NOT NULL THEN
-        IF (SELECT typcategory FROM pg_type WHERE oid = content_type) <> 'S' THEN
-            RAISE EXCEPTION 'content column %.% has type %, not text', source, content_col, content_type
-                USING ERRCODE = 'datatype_mismatch',
-                      HINT = 'Use a content function that returns text, e.g. one that casts or formats the column.';
-        END IF;
-    ELSE
-        BEGIN
-            content_fn := to_regprocedure(format('%s(%I.%I)', content, rel_schema, rel_name));
-        EXCEPTION WHEN OTHERS THEN
-            content_fn := NULL;  -- not even a valid function name
-        END;
-        IF content_fn IS NULL THEN
-            RAISE EXCEPTION 'content "%" is neither a column of % nor a function %(%)', content, source, content, source
-                USING ERRCODE = 'undefined_column',
-                      HINT = 'Pass a text column name, or the name of a function that takes the table''s row type and returns text.';
-        END IF;
-        SELECT p.prorettype::regtype INTO content_type FROM pg_proc p WHERE p.oid = content_fn;
-        IF content_type NOT IN ('text'::regtype, 'character varying'::regtype) OR
-           (SELECT p.proretset FROM pg_proc p WHERE p.oid = content_fn) THEN
-            RAISE EXCEPTION 'content function % returns %, not text', content_fn,
-                    CASE WHEN (SELECT p.proretset FROM pg_proc p WHERE p.oid = content_fn)
-                         THEN 'a set of ' ELSE '' END || content_type
-                USING ERRCODE = 'datatype_mismatch';
-        END IF;
-        PERFORM embeddings.check_content_function(source, content_fn);  -- trusted, not VOLATILE
-    END IF;
+    SELECT wc.content_col, wc.content_fn, wc.content_type, wc.content_num
+    INTO content_col, content_fn, content_type, content_num
+    FROM embeddings.watch_content(source, content) wc;
 
     SELECT * INTO previous FROM embeddings.targets tg
     WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column;
@@ -285,73 +507,19 @@ BEGIN
     chunked := chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
                OR previous.chunk_table IS NOT NULL;
     side := embeddings.side_store(previous, store, side_table, chunked);
-    -- Only the row store clears at once: asked of another, refused rather than ignored.
-    IF (side OR chunked) AND clear_on_update THEN
-        RAISE EXCEPTION 'clear_on_update => true is for store => ''row'': % keeps its vectors in a % table', source,
-                CASE WHEN side THEN 'side' ELSE 'chunk' END
-            USING ERRCODE = 'invalid_parameter_value',
-                  DETAIL = CASE WHEN side
-                      THEN 'Clearing a side table''s vector at once would write the side table in the application''s '
-                           'transaction, which the side table exists to avoid: its old vector stays until the new one lands.'
-                      ELSE 'A document''s old chunks keep their vectors until the new ones land, to reuse those of '
-                           'unchanged chunks.' END,
-                  HINT = 'Leave clear_on_update out (or pass clear_on_update => false), or use store => ''row''.';
-    END IF;
-    clear_updates := coalesce(clear_on_update, NOT side);
-    IF side THEN
-        -- A target keeps its side table (under whatever name it has now: a renamed table's
-        -- default name is another).
-        side_name := CASE WHEN side_table IS NULL AND previous.side_table IS NOT NULL THEN previous.side_table::text
-                          ELSE embeddings.side_table_name(source, side_table, embedding_column) END;
-        IF previous.side_table IS NOT NULL AND to_regclass(side_name) IS DISTINCT FROM previous.side_table THEN
-            RAISE EXCEPTION '%.% keeps its vectors in %, not %', source, embedding_column, previous.side_table, side_name
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = 'Unwatch it first to move its vectors to another side table.';
-        END IF;
-        vec_rel := to_regclass(side_name);  -- NULL until created below
-    ELSE
-        vec_rel := source;
+    SELECT ws.clear_updates, ws.side_name, ws.vec_rel INTO clear_updates, side_name, vec_rel
+    FROM embeddings.watch_store(source, embedding_column, previous, side, chunked, side_table, clear_on_update) ws;
+
+    -- Another model on a watched plain target: a blue/green change (sql/44_changes.sql).
+    changing := embeddings.watch_model_change(previous, source, embedding_column, vec_rel, model, keep_old,
+                                              chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL,
+                                              content_col, content_fn, key_names, replica, triggers, clear_updates, queue);
+    IF changing IS NOT NULL THEN
+        RETURN changing;
     END IF;
 
-    -- model change: BEGIN (another model on a watched plain target is a blue/green change,
-    -- sql/44_changes.sql; the column keeps serving the old model until the swap)
-    IF previous.id IS NOT NULL AND previous.chunk_table IS NULL AND previous.problem IS NULL
-       AND chunk_tokens IS NULL AND chunk_overlap IS NULL AND chunk_table IS NULL
-       AND embeddings.attnum_of(vec_rel, embedding_column) IS NOT NULL
-       AND (previous.model <> watch.model
-            OR EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id)) THEN
-        IF previous.content_column IS DISTINCT FROM content_col
-           OR previous.content_function IS DISTINCT FROM content_fn
-           OR previous.key_columns <> key_names OR previous.replica <> watch.replica
-           OR previous.has_triggers <> triggers OR previous.clear_on_update <> clear_updates
-           OR previous.queue <> watch.queue THEN
-            RAISE EXCEPTION 'a model change cannot change other settings of %.% at the same time', source, embedding_column
-                USING ERRCODE = 'feature_not_supported',
-                      HINT = 'Call watch() with the current model and the new settings first, then with the new model.';
-        END IF;
-        RETURN embeddings.start_change(previous, watch.model, keep_old);
-    END IF;
-    -- model change: END
-
-    -- The embedding column: absent (we add it), or vector(dims) / halfvec(dims); in the side
-    -- table for a side target.
-    SELECT a.atttypid::regtype, a.atttypmod INTO emb_type, emb_typmod
-    FROM pg_attribute a
-    WHERE a.attrelid = vec_rel AND a.attname = embedding_column AND a.attnum > 0 AND NOT a.attisdropped;
+    emb_type := (embeddings.watch_embedding_column(source, vec_rel, embedding_column, model, dims, vschema)).emb_type;
     emb_exists := emb_type IS NOT NULL;
-    IF emb_exists THEN
-        IF NOT EXISTS (SELECT FROM pg_type ty JOIN pg_namespace ns ON ns.oid = ty.typnamespace
-                       WHERE ty.oid = emb_type AND ty.typname IN ('vector', 'halfvec') AND ns.nspname = vschema) THEN
-            RAISE EXCEPTION 'embedding column %.% has type %, expected vector(%) or halfvec(%)',
-                    source, embedding_column, format_type(emb_type, emb_typmod), dims, dims
-                USING ERRCODE = 'datatype_mismatch';
-        ELSIF emb_typmod <> dims THEN
-            RAISE EXCEPTION 'embedding column %.% is %, but model "%" produces % dimensions',
-                    source, embedding_column, format_type(emb_type, emb_typmod), model, dims
-                USING ERRCODE = 'datatype_mismatch',
-                      HINT = format('Use a %s-dimensional column, or a model whose dimensions match.', dims);
-        END IF;
-    END IF;
     IF embedding_column = content_col AND NOT side THEN
         RAISE EXCEPTION 'the embedding column cannot be the content column' USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -421,74 +589,13 @@ BEGIN
     END IF;
     vec_kind := (SELECT c.relkind FROM pg_class c WHERE c.oid = vec_rel);
 
-    IF NOT EXISTS (
-        SELECT FROM pg_index i
-        JOIN pg_class ic ON ic.oid = i.indexrelid
-        JOIN pg_am am ON am.oid = ic.relam
-        JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-        WHERE i.indrelid = vec_rel AND am.amname = 'hnsw' AND a.attname = embedding_column
-    ) THEN
-        -- A column added just now to a large table: building even an empty index scans the
-        -- whole table under our lock, and inserting each vector into HNSW costs ~10x its share
-        -- of a build. The worker builds it CONCURRENTLY once the backfill ends (62_backfill.sql).
-        -- A partitioned table (one level of partitions) gets the index on the parent only now,
-        -- invalid and instant, so that partitions created meanwhile get theirs; the worker
-        -- builds each partition's and attaches it, and the last one makes it valid.
-        -- A side table made just now is empty, but the backfill would fill it one vector at a
-        -- time all the same.
-        defer_index := NOT emb_exists
-            AND (vec_kind = 'r' OR NOT EXISTS (SELECT FROM pg_inherits i JOIN pg_class pc ON pc.oid = i.inhrelid
-                                               WHERE i.inhparent = source AND pc.relkind = 'p'))
-            AND (SELECT sum(embeddings.estimated_rows(r)) FROM embeddings.leaf_relations(source) r) > embeddings.index_defer_rows();
-        IF NOT defer_index OR vec_kind = 'p' THEN
-            EXECUTE format('CREATE INDEX %s ON %s %s USING hnsw (%I %I.%I)',
-                CASE WHEN defer_index THEN quote_ident(left(rel_name, 40) || '_' || left(embedding_column, 16) || '_hnsw') ELSE '' END,
-                CASE WHEN defer_index THEN 'ONLY' ELSE '' END, vec_rel, embedding_column, vschema,
-                CASE WHEN (SELECT typname FROM pg_type WHERE oid = emb_type) = 'halfvec'
-                     THEN 'halfvec_cosine_ops' ELSE 'vector_cosine_ops' END);
-        END IF;
-    END IF;
+    defer_index := embeddings.watch_index(source, vec_rel, vec_kind, embedding_column, emb_type, emb_exists, vschema);
 
-    IF fresh THEN
-        INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
-                                              queue, has_triggers, clear_on_update, key_columns, key_types,
-                                              key_attnums, content_attnum, embedding_attnum, replica, side_table)
-        VALUES (source, embedding_column, content_col, content_fn, model,
-                queue, triggers, clear_updates, key_names, key_regtypes,
-                key_nums, content_num, CASE WHEN NOT side THEN embeddings.attnum_of(source, embedding_column) END, replica,
-                CASE WHEN side THEN vec_rel END)
-        RETURNING * INTO t;
-    ELSE
-        -- Another content column under the same name (dropped and added again), or a target
-        -- that was deferred (its triggers gone, so content changes went unseen): every row again.
-        reembed := previous.content_column IS DISTINCT FROM content_col
-                   OR previous.content_attnum IS DISTINCT FROM content_num
-                   OR previous.content_function IS DISTINCT FROM content_fn
-                   OR previous.problem IS NOT NULL
-                   OR previous.model <> watch.model;
-        IF previous.queue <> watch.queue THEN
-            -- Pending jobs move with the target.
-            EXECUTE format(
-                'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
-                'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
-                pgmq.format_table_name(previous.queue, 'q'), queue) USING previous.id;
-            EXECUTE format(  -- lanes: and the backfill lane's to the new backfill lane
-                'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
-                'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
-                pgmq.format_table_name(embeddings.backfill_queue(previous.queue), 'q'),
-                embeddings.backfill_queue(queue)) USING previous.id;
-        END IF;
-        UPDATE embeddings.targets tg
-        SET content_column = content_col, content_function = content_fn, model = watch.model,
-            key_columns = key_names, key_types = key_regtypes, key_attnums = key_nums,
-            content_attnum = content_num,
-            embedding_attnum = CASE WHEN NOT side THEN embeddings.attnum_of(watch.source, watch.embedding_column) END,
-            replica = watch.replica, problem = NULL, queue = watch.queue,
-            has_triggers = triggers, clear_on_update = clear_updates, updated_at = now(),
-            version = tg.version + 1  -- in-flight writes under the old definition are rejected
-        WHERE tg.id = previous.id
-        RETURNING * INTO t;
-    END IF;
+    registered := embeddings.watch_register(previous, source, embedding_column, content_col, content_fn, content_num,
+                                            model, queue, triggers, clear_updates, key_names, key_regtypes, key_nums,
+                                            replica, CASE WHEN side THEN vec_rel END);
+    t := registered.t;
+    reembed := registered.reembed;
 
     PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
     PERFORM embeddings.install_triggers(t);  -- and the functions the worker reads and writes through
