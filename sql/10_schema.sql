@@ -144,10 +144,12 @@ CREATE INDEX IF NOT EXISTS failures_target_id ON embeddings.failures (target_id)
 COMMENT ON TABLE embeddings.failures IS 'Dead-lettered embedding jobs; re-queue with embeddings.retry_failures() or `embed-worker failures --retry`';
 
 -- Rows embedded per target and minute, written by the worker with each batch; feeds the
--- recent rate in embeddings.status. Old minutes are pruned by the worker.
+-- recent rate in embeddings.status. `since`: when the first batch counted in the minute was
+-- read (NULL for minutes recorded before 0.3.0). Old minutes are pruned by the worker.
 CREATE TABLE IF NOT EXISTS embeddings.throughput (
     target_id integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     minute    timestamptz NOT NULL,
     rows      bigint NOT NULL,
+    since     timestamptz,
     PRIMARY KEY (target_id, minute)
 );

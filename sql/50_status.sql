@@ -345,8 +345,11 @@ BEGIN
                       change_rows_per_second, change_eta_seconds
         FROM embeddings.change_status(t, NOT estimated);
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
-        -- The last five whole minutes plus the current one, as a rate per second.
-        SELECT coalesce(sum(tp.rows), 0) / greatest(extract(epoch FROM clock_timestamp() - min(tp.minute)), 60)
+        -- The rows embedded in the last five whole minutes plus the current one, per second
+        -- since the first batch among them began (the minute's start where that is not known,
+        -- before 0.3.0): a drain 10 s old is counted over 10 s, not over a minute.
+        SELECT coalesce(sum(tp.rows), 0)
+               / greatest(extract(epoch FROM clock_timestamp() - min(coalesce(tp.since, tp.minute))), 1)
         INTO rows_per_second
         FROM embeddings.throughput tp
         WHERE tp.target_id = t.id AND tp.minute >= date_trunc('minute', clock_timestamp()) - interval '5 minutes';

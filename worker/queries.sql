@@ -108,11 +108,15 @@ SELECT * FROM unnest(%(target_ids)s::integer[], %(targets)s::text[], %(row_keys)
                      %(errors)s::text[]);
 
 -- name: record_throughput
--- Counts rows embedded for a target in the current minute (feeds embeddings.status).
+-- Counts rows embedded for a target in the current minute (feeds embeddings.status), with when
+-- the first batch counted in it began (read %(seconds)s seconds before this write): the recent
+-- rate counts from there, not from the minute's start.
 -- ours: touches only our tables and pgmq's, runs no one else's code
-INSERT INTO embeddings.throughput AS tp (target_id, minute, rows)
-VALUES (%(target_id)s, date_trunc('minute', clock_timestamp()), %(rows)s)
-ON CONFLICT (target_id, minute) DO UPDATE SET rows = tp.rows + excluded.rows;
+INSERT INTO embeddings.throughput AS tp (target_id, minute, rows, since)
+VALUES (%(target_id)s, date_trunc('minute', clock_timestamp()), %(rows)s,
+        clock_timestamp() - make_interval(secs => %(seconds)s))
+ON CONFLICT (target_id, minute) DO UPDATE
+SET rows = tp.rows + excluded.rows, since = least(tp.since, excluded.since);
 
 -- name: load_targets
 -- The registered targets ({which}: all of them, or a search's) with what the worker needs to

@@ -7,6 +7,7 @@ stage never changes a row's state before its transaction has committed (worker.p
 from __future__ import annotations
 
 import enum
+import time
 from collections import defaultdict
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -92,6 +93,9 @@ class Batch:
     stats: dict[int, TargetStats] = field(default_factory=lambda: defaultdict(TargetStats))
     load_ms: float = 0.0
     write_ms: float = 0.0
+    # When it was read (time.monotonic()): its rows were embedded since then, which the recent
+    # rate in status counts from (record_throughput's `since`).
+    read_at: float = field(default_factory=time.monotonic)
     lane: str = jobqueue.LIVE  # the lane it was read from (worker/pipeline/lanes.py)
     # provenance: target id -> (producer of its vectors, of its shadow vectors), each
     # 'model revision variant' as embeddings.provenance records it (worker/pipeline/provenance.py)

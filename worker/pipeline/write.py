@@ -93,9 +93,11 @@ def write(
         # Deferral reasons for status; dead letters of rows now written or cleared resolved.
         noted = dataclasses.replace(batch, deferred={**batch.deferred, **outcome.deferred})
         deferrals.record(conn, noted, outcome.state)
+        working = time.monotonic() - batch.read_at
         for target_id, count in outcome.written_per_target().items():
             conn.execute(
-                queries.compose("record_throughput"), {"target_id": target_id, "rows": count}
+                queries.compose("record_throughput"),
+                {"target_id": target_id, "rows": count, "seconds": working},
             )
         faults.reached("before_commit")
     outcome.apply(batch)  # committed: now the rows may say what happened to them

@@ -44,3 +44,7 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- The recent rate counts from when its first batch began (status's rate and ETA came out 5x low
+-- in the first minute of a drain): when the first batch of each minute was read.
+ALTER TABLE embeddings.throughput ADD COLUMN IF NOT EXISTS since timestamptz;
