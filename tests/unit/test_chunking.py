@@ -10,7 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from tests.unit.conftest import shared_models_dir
+from tests.support.models import shared_models_dir
 from worker.models import onnx
 from worker.pipeline import chunking
 from worker.pipeline.chunking import Chunk, Splitter

@@ -96,7 +96,7 @@ def test_int8_of_a_model_without_int8_file_downloads_fp32() -> None:
 )
 def test_pinned_checksums_match_the_shared_copies(name: str, files: list[str]) -> None:
     """The pins are real: the hub's files that we also have locally hash to them."""
-    from tests.unit.conftest import shared_models_dir
+    from tests.support.models import shared_models_dir
 
     local = shared_models_dir() / name
     if not local.is_dir():

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.unit.conftest import shared_models_dir
+from tests.support.models import shared_models_dir
 from worker.models import onnx
 from worker.pipeline import pieces
 from worker.pipeline.chunking import Splitter
