@@ -127,7 +127,7 @@ def test_tuning_from_outside_sql_reaches_the_fusion(conn: Conn, items: Vec) -> N
 
 
 def test_tuning_a_search_that_is_not_hybrid_is_refused(
-    conn: Conn, items: Vec, embedders: LoadedModels
+    conn: Conn, items: Vec, embedders: LoadedModels, minilm: str
 ) -> None:
     """Mode "auto" on a table without full-text search is a vector search: tuning given for
     the fusion would be ignored, so the search is refused instead (a 400 over HTTP)."""
