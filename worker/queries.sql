@@ -66,11 +66,33 @@ RETURNING q.msg_id;
 
 -- name: defer_jobs
 -- Makes jobs visible again after %(delay)s seconds without counting the attempt: their target
--- cannot be served now (model missing, dimension mismatch), which is not the jobs' fault.
+-- cannot be served now (model missing, dimension mismatch), which is not the jobs' fault. Each
+-- is marked held (`held`: its target and the vt set here), so that a worker that can serve the
+-- target releases it at once (release_held_jobs) instead of leaving it to wait for the delay.
 -- ours: touches only our tables and pgmq's, runs no one else's code
 UPDATE {queue_table} q
-SET vt = clock_timestamp() + make_interval(secs => %(delay)s), read_ct = greatest(q.read_ct - 1, 0)
-WHERE q.msg_id = ANY(%(msg_ids)s::bigint[]);
+SET vt = h.until, read_ct = greatest(q.read_ct - 1, 0),
+    message = q.message || jsonb_build_object(
+        'held', jsonb_build_object('target', d.target_id, 'until', extract(epoch FROM h.until)))
+FROM unnest(%(msg_ids)s::bigint[], %(target_ids)s::integer[]) AS d(msg_id, target_id),
+     (SELECT clock_timestamp() + make_interval(secs => %(delay)s) AS until) AS h
+WHERE q.msg_id = d.msg_id;
+
+-- name: release_held_jobs
+-- Makes the held jobs of these targets visible now (a worker that can serve them started, or
+-- can again). Held is what defer_jobs marked and what no one touched since: a lease (ours or
+-- pgmq.read), a retry or a release all set another vt, so a job another worker is processing
+-- never matches, and a message locked meanwhile is checked again once its lock is released.
+-- Compared as JSON values (no cast that a malformed message could make fail); `until` in epoch
+-- seconds (exact to the microsecond, whatever the sessions' time zones). Scans the queue: run
+-- when a target becomes servable, not per batch.
+-- ours: touches only our tables and pgmq's, runs no one else's code
+UPDATE {queue_table} q
+SET vt = clock_timestamp()
+WHERE q.vt > clock_timestamp()
+  AND q.message #> '{{held,until}}' = to_jsonb(extract(epoch FROM q.vt))
+  AND q.message #> '{{held,target}}' IN (SELECT to_jsonb(t) FROM unnest(%(target_ids)s::integer[]) AS t)
+RETURNING q.msg_id;
 
 -- name: retry_jobs
 -- Backs failed jobs off: each becomes visible again after its own delay (as pgmq.set_vt), and

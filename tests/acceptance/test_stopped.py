@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -228,3 +229,33 @@ def test_a_document_over_its_ceiling(
         what="the shortened document embedded",
     )
     assert_cleared(dsn, running, "over_ceiling")
+
+
+def test_held_jobs_are_taken_at_once_by_a_worker_that_can_serve_them(
+    conn: Conn, tmp_path: Any, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """issue 37: a worker without the model holds the rows (put back for a minute, without an
+    attempt); a worker that has it, started next, took them only when that minute was over.
+    Now it takes them as it starts: well within the minute."""
+    make_docs(conn, rows=20)
+    empty = tmp_path / "no-models"
+    empty.mkdir()
+    without = start_worker(http=False, EMBED_MODEL_PATH=str(empty), EMBED_OFFLINE="1")
+    wait_for(
+        lambda: (
+            conn.execute(
+                f"SELECT count(*) FROM {JOBS} WHERE vt > clock_timestamp() + interval '30 seconds'"
+            ).fetchone()
+            not in ((0,), None)
+        ),
+        timeout=60,
+        what="the jobs held by the worker without the model",
+    )
+    without.signal()
+    assert without.wait_exit(60) == 0
+    assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (0,)
+
+    started = time.monotonic()
+    start_worker(http=False)
+    wait_for(lambda: drained(conn), timeout=30, what="the held rows embedded")
+    assert time.monotonic() - started < 30  # the held jobs' own wait was a minute

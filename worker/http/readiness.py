@@ -9,7 +9,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 from worker import db, exceptions
-from worker.models.remote import breaker as breakers
+from worker.process import held
 
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels
@@ -42,23 +42,7 @@ class ReadinessProbe:
 
     def unservable_targets(self) -> dict[str, str]:
         """Targets of our queue the worker cannot serve now, with why (their jobs wait)."""
-        failed = self.embedders.failures()
-        loaded = self.embedders.loaded()
-        circuits = breakers.open_providers()  # remote models' providers that are down
-        found = {}
-        for target in self.registry.snapshot().values():
-            if target.queue != self.queue:
-                continue
-            model = loaded.get(target.model)
-            problem = target.problem(model.dim if model is not None else None)
-            if problem is None and target.model in failed:
-                problem = failed[target.model]
-            spec = self.embedders.remote_spec(target.model)
-            if problem is None and spec is not None and spec.host in circuits:
-                problem = circuits[spec.host]
-            if problem is not None:
-                found[target.name] = problem
-        return found
+        return held.unservable(self.queue, self.registry, self.embedders)
 
     def problems(self) -> list[str]:
         found = []

@@ -294,10 +294,23 @@ class Queue:
             ).fetchall()
         return len(rows)
 
-    def defer(self, conn: db.Connection, msg_ids: Sequence[int], delay: int) -> None:
-        if msg_ids:
+    def defer(self, conn: db.Connection, targets: Mapping[int, int | None], delay: int) -> None:
+        """Puts jobs back for `delay` seconds without counting the attempt, each marked held for
+        its target (msg_id -> target id; None: no target to release it for): release_held()
+        ends the wait early."""
+        if targets:
             with db.translated():
-                conn.execute(self._q("defer_jobs"), {"msg_ids": list(msg_ids), "delay": delay})
+                params = {"msg_ids": list(targets), "target_ids": list(targets.values())}
+                conn.execute(self._q("defer_jobs"), {**params, "delay": delay})
+
+    def release_held(self, conn: db.Connection, target_ids: Iterable[int]) -> int:
+        """Makes the held jobs of these targets visible now; returns how many."""
+        ids = sorted(set(target_ids))
+        if not ids:
+            return 0
+        with db.translated():
+            rows = conn.execute(self._q("release_held_jobs"), {"target_ids": ids}).fetchall()
+        return len(rows)
 
     def retry(
         self, conn: db.Connection, delays: Mapping[int, int], errors: Mapping[int, str]

@@ -29,7 +29,8 @@ from worker.pipeline.batch import Batch, Fate, Row, RowState
 from worker.pipeline.targets import Target
 
 # A target that cannot be served (model missing, dimension mismatch) has its jobs put back
-# this long, without counting an attempt.
+# this long, without counting an attempt (held: a worker that can serve the target takes them
+# at once, worker/process/held.py).
 DEFER_SECONDS = 60
 
 RowKey = tuple[int, str]  # (target id, canonical key)
@@ -84,10 +85,13 @@ def write(
         queue.delete(conn, settlement.delete)
         queue.archive(conn, settlement.archive)
         queue.retry(conn, settlement.retry, settlement.errors)
-        queue.defer(conn, settlement.defer, DEFER_SECONDS)
+        # Deferred jobs are marked held for their target (worker/process/held.py).
+        target_of = {job.msg_id: job.target.id for job in batch.jobs if job.target is not None}
+        queue.defer(conn, {m: target_of.get(m) for m in settlement.defer}, DEFER_SECONDS)
         for delay in sorted(set(settlement.defer_for.values())):
-            queue.defer(conn, [m for m, d in settlement.defer_for.items() if d == delay], delay)
-        queue.defer(conn, settlement.release, 0)
+            held = {m: target_of.get(m) for m, d in settlement.defer_for.items() if d == delay}
+            queue.defer(conn, held, delay)
+        queue.defer(conn, {m: target_of.get(m) for m in settlement.release}, 0)
         queue.send(conn, settlement.resend)
         jobqueue.record_failures(conn, queue.home, settlement.dead)
         # Deferral reasons for status; dead letters of rows now written or cleared resolved.

@@ -1,5 +1,6 @@
 """The keeper thread of a worker: leases of jobs in flight renewed, model changes completed,
-queue gauges refreshed, the progress line of a one-shot run."""
+held jobs of targets that became servable taken, queue gauges refreshed, the progress line of a
+one-shot run."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ from dataclasses import dataclass
 
 from worker import db, exceptions
 from worker.pipeline.lanes import Lanes
+from worker.process.held import HeldJobs
 from worker.process.progress import ProgressLine
 from worker.process.stopped import REFRESH_SECONDS, StoppedTargets
 
@@ -26,6 +28,7 @@ class Keeper:
     vt_seconds: int  # a lease's length: renewed every third of it
     finished: threading.Event  # the pipeline has drained: the keeper ends
     stopped: StoppedTargets  # what stops each target's progress, refreshed for /readyz
+    held: HeldJobs  # held jobs of targets that become servable (a model loaded, a provider back)
     # Completes model changes (worker/process/changes.py); None where the fetcher does it
     # (--once) or no worker pulls (push only).
     complete_changes: Callable[[db.Connection], object] | None
@@ -52,6 +55,7 @@ class Keeper:
                         last_renew = now
                     if self.complete_changes is not None:
                         self.complete_changes(conn)
+                    self.held.release(conn)  # (the database only when a target became servable)
                     if now - last_stopped >= REFRESH_SECONDS:
                         last_stopped = now
                         self.stopped.refresh(conn)

@@ -43,6 +43,7 @@ from worker.process import systemd
 from worker.process.backfill import Backfiller, IndexBuilder
 from worker.process.changes import Completer
 from worker.process.fetcher import Fetcher, Handoffs, pass_on
+from worker.process.held import HeldJobs
 from worker.process.keeper import Keeper
 from worker.process.startup import DefaultModel, Startup, announce
 from worker.process.stopped import StoppedTargets
@@ -126,6 +127,8 @@ class Worker:
             api_key=settings.api_key,
         )
         self.embedders.follow(self.registry.remote_models)  # remote models: as registered
+        # Held jobs of targets this worker can serve, taken at once (worker/process/held.py).
+        self.held = HeldJobs(settings.queue, self.lanes, self.registry, self.embedders)
         self.stopping = threading.Event()  # no more reading
         self.finished = threading.Event()  # the pipeline has drained
         self.started = threading.Event()  # connected, schema present, models tried
@@ -206,6 +209,7 @@ class Worker:
             embedders=self.embedders,
             default=self.default_model,
             started=self.started,
+            held=self.held,
         ).run()
         # A one-shot run's fetcher completes model changes itself, when the queue drains.
         changes = self.fetcher.changes if self.settings.pull and not self.once else None
@@ -215,6 +219,7 @@ class Worker:
             vt_seconds=self.settings.vt_seconds,
             finished=self.finished,
             stopped=self.stopped,
+            held=self.held,
             complete_changes=(
                 (lambda conn: changes.run(conn, self.registry, force=False)) if changes else None
             ),

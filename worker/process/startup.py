@@ -1,5 +1,6 @@
 """A worker's start-up: waiting for the database and our schema, loading the models its targets
-need, saying which targets it cannot serve, and when it is ready (systemd, /readyz)."""
+need, saying which targets it cannot serve, taking the held jobs of those it can, and when it
+is ready (systemd, /readyz)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from worker.models.loaded import LoadedModels
 from worker.pipeline import provenance
 from worker.pipeline.targets import Target, TargetRegistry
 from worker.process import cores, systemd
+from worker.process.held import HeldJobs
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +90,7 @@ class Startup:
     embedders: LoadedModels
     default: DefaultModel
     started: threading.Event  # set once connected, the schema present and the models tried
+    held: HeldJobs  # held jobs of the targets it can serve: taken at once, not after their wait
 
     def run(self) -> None:
         targets = self.connect_and_read_targets()
@@ -95,6 +98,16 @@ class Startup:
             return  # stopped while waiting for the database
         metrics.DATABASE_UP.set(1)
         self.load_models(targets)
+        self.release_held()
+
+    def release_held(self) -> None:
+        """Makes the held jobs of the targets this worker can serve visible now, before the
+        fetcher starts (worker/process/held.py): a worker started to serve them takes them."""
+        try:
+            with db.connect(self.dsn, connect_timeout=5) as conn:
+                self.held.release(conn)
+        except exceptions.EmbedWorkerError as exc:
+            logger.warning("held jobs not taken yet (the keeper tries again): %s", exc)
 
     def connect_and_read_targets(self) -> dict[int, Target] | None:
         """Waits for the database and our schema (a worker may start before `migrate` ran)."""

@@ -1,0 +1,90 @@
+"""Held jobs taken at once by a worker that can serve them.
+
+A worker that cannot serve a target (its model cannot be loaded, its provider is down, its
+column does not fit the model) puts the target's jobs back for a minute without an attempt:
+held (worker/pipeline/write.py, the stopped state `held` of sql/52_stopped.sql). A worker that
+can serve the target does not leave them waiting for that minute: when one of its targets
+becomes servable to it (at start-up, once its models are loaded; later, when a model loads or
+a provider answers again) it makes the target's held jobs visible at once (the query
+release_held_jobs: only jobs still as the deferral left them, never one another worker leased
+since).
+
+Only on that change, not while a target stays servable: a target this worker itself defers for
+a reason it cannot see beforehand (another producer's vectors in the column, say) is not
+released again and again, and a scan of the queue is not paid per batch.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING
+
+from worker import db
+from worker.models.remote import breaker as breakers
+
+if TYPE_CHECKING:
+    from worker.models.loaded import LoadedModels
+    from worker.pipeline.lanes import Lanes
+    from worker.pipeline.targets import Target, TargetRegistry
+
+logger = logging.getLogger(__name__)
+
+
+def unservable(queue: str, registry: TargetRegistry, embedders: LoadedModels) -> dict[str, str]:
+    """Targets of `queue` the worker cannot serve now, by name, with why (their jobs wait)."""
+    failed = embedders.failures()
+    loaded = embedders.loaded()
+    circuits = breakers.open_providers()  # remote models' providers that are down
+    found = {}
+    for target in registry.snapshot().values():
+        if target.queue != queue:
+            continue
+        model = loaded.get(target.model)
+        problem = target.problem(model.dim if model is not None else None)
+        if problem is None and target.model in failed:
+            problem = failed[target.model]
+        spec = embedders.remote_spec(target.model)
+        if problem is None and spec is not None and spec.host in circuits:
+            problem = circuits[spec.host]
+        if problem is not None:
+            found[target.name] = problem
+    return found
+
+
+class HeldJobs:
+    """Releases the held jobs of the targets of one queue that become servable to this worker."""
+
+    def __init__(
+        self, queue: str, lanes: Lanes, registry: TargetRegistry, embedders: LoadedModels
+    ) -> None:
+        self.queue = queue
+        self.lanes = lanes
+        self.registry = registry
+        self.embedders = embedders
+        self._servable: set[int] = set()  # as last checked: nothing, before the first check
+
+    def servable(self) -> dict[int, Target]:
+        """Our queue's targets whose model is loaded (built, for a remote one) and that nothing
+        stops this worker from serving."""
+        loaded = self.embedders.loaded()
+        problems = unservable(self.queue, self.registry, self.embedders)
+        return {
+            target.id: target
+            for target in self.registry.snapshot().values()
+            if target.queue == self.queue and target.model in loaded and target.name not in problems
+        }
+
+    def release(self, conn: db.Connection) -> int:
+        """Makes the held jobs of the targets that became servable since the last call visible
+        now, in both lanes; returns how many."""
+        servable = self.servable()
+        became = set(servable) - self._servable
+        released = 0
+        for lane in self.lanes:
+            if became:
+                released += lane.queue.release_held(conn, became)
+        self._servable = set(servable)  # (after the release: a failed one is tried again)
+        if released:
+            names = ", ".join(sorted(servable[t].name for t in became))
+            logger.info("took %d held job(s) of %s: servable by this worker now", released, names)
+        return released
