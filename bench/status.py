@@ -24,6 +24,7 @@ import psycopg
 from bench import million, worker_process
 from tests.support.cluster import free_port
 from worker import db, queries
+from worker import status as status_model
 from worker.cli import status
 
 TABLE = "bench_status"
@@ -101,7 +102,7 @@ def compare(conn: Conn, rounds: int) -> dict[str, Any]:
                 timed(lambda: conn.execute("SELECT * FROM embeddings.status_exact").fetchall())
             )
         estimated.append(timed(lambda: conn.execute("SELECT * FROM embeddings.status").fetchall()))
-        cli_fetch.append(timed(lambda: status.render(status.fetch(conn))))
+        cli_fetch.append(timed(lambda: status.render(status_model.fetch(conn))))
     return {
         "exact (embeddings.status_exact; before)": summary(exact),
         "estimated (embeddings.status; after)": summary(estimated),

@@ -15,6 +15,7 @@ import psycopg
 import pytest
 
 from tests.support.jobs import clear_queue, queued_keys
+from worker import status as status_model
 from worker.cli import status
 from worker.process.runner import Worker
 
@@ -94,7 +95,7 @@ def test_watch_queues_one_bounded_step_and_leaves_a_cursor(conn: Conn) -> None:
     }
     # status: rows not queued yet are pending too.
     assert pending_and_backfill(conn, target) == (5000, 5000 - per_step)
-    shown = "\n".join(status.render(status.fetch(conn)))
+    shown = "\n".join(status.render(status_model.fetch(conn)))
     assert f"backfill: {5000 - per_step:,} existing row(s) still to queue" in shown
 
     assert step(conn, target, 1500) == (1500, 1500)

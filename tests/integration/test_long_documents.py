@@ -394,10 +394,11 @@ def test_status_and_doctor_show_a_document_in_pieces_and_one_over_the_ceiling(
     embedders: LoadedModels,
     run_once: Callable[..., Worker],
 ) -> None:
+    from worker import status as status_model
     from worker.cli import doctor, status
 
     step(piece_settings, dsn, embedders)
-    (row,) = status.fetch(conn)
+    (row,) = status_model.fetch(conn)
     (doc,) = row["documents_in_progress"]
     assert doc["key"] == "1" and 0 < doc["chunks_done"] <= doc["chunks_estimated"]
     shown = "\n".join(status.render([row]))
@@ -407,7 +408,7 @@ def test_status_and_doctor_show_a_document_in_pieces_and_one_over_the_ceiling(
     # A ceiling lowered under documents: the one in progress and a new one.
     conn.execute("INSERT INTO docs VALUES (2, %s)", (long_text(10),))
     run_once(max_document_bytes=500, piece_tokens=100_000)
-    (row,) = status.fetch(conn)
+    (row,) = status_model.fetch(conn)
     assert row["documents_over_ceiling"] == 2 and row["documents_in_progress"] == []
     shown = "\n".join(status.render([row]))
     # Shown as a stopped state (sql/52_stopped.sql), which /readyz and the metric read too.

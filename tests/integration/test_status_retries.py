@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 
+from worker import status as status_model
 from worker.cli import status
 from worker.process.runner import Worker
 
@@ -31,7 +32,7 @@ def test_a_row_bound_to_fail_shows_retrying_and_its_error(
 
     run_once(backoff_base_seconds=3600)  # its next attempt is an hour away
 
-    (row,) = status.fetch(conn)
+    (row,) = status_model.fetch(conn)
     assert (row["target"], row["pending_jobs"], row["failed_jobs"]) == (TARGET, 1, 0)
     assert row["retrying_rows"] == 1 and row["retry_attempts"] == 1
     assert "cannot read note 99" in row["retry_error"]
@@ -43,5 +44,5 @@ def test_a_row_bound_to_fail_shows_retrying_and_its_error(
     # Its last attempt: into `failures`, nothing pending, nothing retrying.
     conn.execute("UPDATE pgmq.q_embedding_jobs SET vt = now()")
     run_once(max_attempts=2)
-    (row,) = status.fetch(conn)
+    (row,) = status_model.fetch(conn)
     assert (row["pending_jobs"], row["failed_jobs"], row["retrying_rows"]) == (0, 1, 0)

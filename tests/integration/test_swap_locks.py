@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from tests.integration.test_model_change import in_change, make_table, models, target_model
+from worker import status as status_model
 from worker.cli import status
 from worker.process.runner import Worker
 
@@ -197,7 +198,7 @@ def test_a_swap_waiting_for_its_lock_shows_in_status_from_its_first_attempt(
     run_once(model=models[0])  # every new vector written; the swap finds the table held
     assert in_change(conn)
 
-    (row,) = status.fetch(conn)
+    (row,) = status_model.fetch(conn)
     assert row["swap_attempts"] >= 1 and row["swap_waiting_since"] is not None
     assert f"pid {long_reader.info.backend_pid}" in row["swap_holders"]
     assert row["stopped"] is None  # no alarm before swap_wait_alarm (1 minute)
@@ -207,7 +208,7 @@ def test_a_swap_waiting_for_its_lock_shows_in_status_from_its_first_attempt(
     assert f"pid {long_reader.info.backend_pid}" in text
 
     conn.execute("SET embeddings.swap_wait_alarm = '0'")
-    (row,) = status.fetch(conn)
+    (row,) = status_model.fetch(conn)
     assert [s["state"] for s in row["stopped"]] == ["swap_waiting"]
     text = "\n".join(status.render([row]))
     assert "stopped (swap_waiting)" in text and "waits for its table lock since" not in text

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from worker import status as status_model
 from worker.cli import status
 
 
@@ -28,7 +29,7 @@ def row(**overrides: Any) -> dict[str, Any]:
         "change_model": None,
     }
     base.update(overrides)
-    base["eta_seconds"] = status.eta_seconds(base)
+    base["eta_seconds"] = status_model.eta_seconds(base)
     return base
 
 

@@ -128,7 +128,7 @@ def _schema(conn: db.Connection, dsn: str, found: list[Finding]) -> bool:
 
 
 def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]:
-    from worker.cli import status
+    from worker import status
 
     out: list[Finding] = []
     role = conn.execute(queries.get("current_role")).fetchone()

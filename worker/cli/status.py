@@ -10,48 +10,10 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-import psycopg
-from psycopg import sql
-
-from worker import db, exceptions, queries
+from worker import db
 from worker.cli import output, redraw
-from worker.pipeline import jobs
+from worker.status import fetch
 
-COLUMNS = (
-    "target",
-    "target_id",
-    "total_rows",
-    "embedded_rows",
-    "pending_jobs",
-    "failed_jobs",
-    "oldest_pending_seconds",
-    "rows_per_second",
-    "model",
-    "cleared_rows",
-    "deferred_reason",
-    "deferred_since",
-    "problem",  # what stops the target's progress, in words (NULL when nothing does)
-    "chunks",  # chunked targets only (NULL otherwise): embedded rows are documents with chunks
-    "estimated",  # total, embedded and cleared rows and chunks are estimates (large tables)
-    "backfill_rows",  # rows a running backfill has still to queue (NULL: none runs)
-    "index_deferred",  # the HNSW index waits for the backfill's end
-    "pending_live",  # priority lanes: the application's writes
-    "pending_backfill",  # watch()'s initial enqueue, model changes, sweep(), failures --retry
-    "vectors_from",  # provenance: 'model revision variant' of the stored vectors
-    "change_model",  # a model change in progress (NULL otherwise) and its progress
-    "change_done_rows",
-    "change_total_rows",
-    "change_rows_per_second",
-    "change_eta_seconds",
-    "stopped",  # what stops it: [{state, reason, fix, since}] (sql/52_stopped.sql); NULL: nothing
-    # jobs the worker holds, put back without an attempt (deferred_reason says why); rows that
-    # failed and wait for their retry are `retrying_rows` instead
-    "held_jobs",
-    "swap_waiting_since",  # a model change's swap waiting for its table lock, from the first
-    "swap_attempts",  # attempt (the stopped state swap_waiting comes after swap_wait_alarm)
-    "swap_holders",
-)
-VIEWS = {False: "status", True: "status_exact"}
 ESTIMATE_NOTE = (
     "~ estimated from the table's statistics (exact counts: `embed-worker status --exact`, "
     "which scans the tables); pending and failed are always exact."
@@ -62,124 +24,6 @@ UNKNOWN_NOTE = (
     "`embed-worker status --exact`)."
 )
 BAR_WIDTH = 20
-
-
-def fetch(conn: db.Connection, *, exact: bool = False) -> list[dict[str, Any]]:
-    with db.translated():
-        cur = conn.execute(
-            queries.compose(
-                "status_rows",
-                columns=sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
-                view=sql.Identifier("embeddings", VIEWS[exact]),
-            )
-        )
-        rows = [dict(zip(COLUMNS, r, strict=True)) for r in cur.fetchall()]
-    _add_retrying(conn, rows)
-    _add_verification(conn, rows)
-    _add_documents(conn, rows)
-    for row in rows:
-        row["eta_seconds"] = eta_seconds(row)
-    return rows
-
-
-VERIFICATION = ("verified_rows", "last_verified", "verify_pass_rows", "verify_pass_started")
-
-
-def _add_verification(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
-    """Each row's verification by `sweep(verify => true)` (sql/64_verify.sql): the rows of the
-    last complete pass and when it finished, the rows of the pass in progress and when it
-    started (None: never verified). Left None where the view cannot be read."""
-    for row in rows:
-        row.update(dict.fromkeys(VERIFICATION))
-    try:
-        with db.translated(), conn.transaction():
-            found = conn.execute(queries.compose("verification")).fetchall()
-    except (psycopg.Error, exceptions.EmbedWorkerError):
-        return
-    by_id = {r[1]: r[2:] for r in found}
-    for row in rows:
-        if row["target_id"] in by_id:
-            row.update(zip(VERIFICATION, by_id[row["target_id"]], strict=True))
-
-
-def eta_seconds(row: dict[str, Any]) -> float | None:
-    """Pending rows at the recent rate, leaving out rows that failed and wait for another
-    attempt (a rate says nothing of them); None when nothing else is pending or nothing moves."""
-    rate = row["rows_per_second"] or 0.0
-    fresh = (row["pending_jobs"] or 0) - (row.get("retrying_rows") or 0)
-    if fresh <= 0 or rate <= 0 or row["deferred_reason"]:
-        return None
-    return float(fresh) / float(rate)
-
-
-def _add_retrying(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
-    """Each row's `retrying_rows` (pending rows whose job failed and waits for another attempt),
-    `retry_error` (the latest such error) and `retry_attempts` (the most attempts spent), read
-    from the lanes of targets with pending work (queries.sql: retrying_keys; lanes of many
-    messages are not read). Left at 0/None where the lanes cannot be read."""
-    for row in rows:
-        row.update(retrying_rows=0, retry_error=None, retry_attempts=None)
-    busy = {row["target_id"]: row for row in rows if row["pending_jobs"]}
-    if not busy:
-        return
-    found: dict[int, list[tuple[int, str, int]]] = {}
-    try:
-        with db.translated(), conn.transaction():  # a savepoint where one is open (doctor)
-            targets = conn.execute(
-                queries.compose("target_lanes"), {"target_ids": list(busy)}
-            ).fetchall()
-            by_name = {(schema, table, column): tid for tid, _, schema, table, column in targets}
-            queues = {queue for _, queue, *_ in targets}
-            for lane in sorted(queues | {jobs.backfill_queue_name(q) for q in queues}):
-                cur = conn.execute(
-                    queries.compose("retrying_keys", queue_table=queries.queue_table(lane))
-                )
-                for tid, schema, table, column, keys, error, attempts in cur:
-                    target_id = (
-                        tid if isinstance(tid, int) else by_name.get((schema, table, column))
-                    )
-                    if target_id is not None and target_id in busy:
-                        found.setdefault(target_id, []).append((keys, error, attempts))
-    except (psycopg.Error, exceptions.EmbedWorkerError):
-        return  # no right to read the queue, a lane not there: the status without it
-    for target_id, parts in found.items():
-        row = busy[target_id]
-        row["retrying_rows"] = min(sum(k for k, _, _ in parts), row["pending_jobs"])
-        row["retry_error"] = parts[-1][1]
-        row["retry_attempts"] = max(a for _, _, a in parts)
-
-
-def _add_documents(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
-    """Chunked targets' long documents: `documents_in_progress` (each embedded a piece at a
-    time: key, chunks done and estimated, since when) and `documents_over_ceiling` (documents
-    the worker refuses, EMBED_MAX_DOCUMENT_BYTES), from embeddings.document_progress. Left
-    empty where it cannot be read (a role without the worker's grants)."""
-    for row in rows:
-        row.update(documents_in_progress=[], documents_over_ceiling=0)
-    by_id = {row["target_id"]: row for row in rows}
-    try:
-        with db.translated(), conn.transaction():  # a savepoint where one is open (doctor)
-            found = conn.execute(queries.compose("long_documents")).fetchall()
-    except (psycopg.Error, exceptions.EmbedWorkerError):
-        return
-    for target_id, key, state, done, estimated, size, ceiling, started, updated in found:
-        target = by_id.get(target_id)
-        if target is None:
-            continue
-        if state == "over_ceiling":
-            target["documents_over_ceiling"] += 1
-            target.setdefault("ceiling_bytes", ceiling)
-            continue
-        target["documents_in_progress"].append(
-            {
-                "key": key,
-                "chunks_done": done,
-                "chunks_estimated": estimated,
-                "bytes": size,
-                "started_at": started,
-                "updated_at": updated,
-            }
-        )
 
 
 def bar(done: int, total: int, *, width: int = BAR_WIDTH) -> str:
