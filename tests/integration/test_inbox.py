@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from tests.support.jobs import clear_queue, messages, move_inbox, queued_keys
-from worker.pipeline.jobs import message_keys
+from worker.pipeline.messages import message_keys
 
 Conn = psycopg.Connection[Any]
 

@@ -11,7 +11,8 @@ import psycopg
 
 from tests.support.jobs import messages, move_inbox
 from worker.models.loaded import LoadedModels
-from worker.pipeline.jobs import backfill_queue_name, message_keys
+from worker.pipeline.jobs import backfill_queue_name
+from worker.pipeline.messages import message_keys
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]

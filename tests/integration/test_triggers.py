@@ -9,7 +9,7 @@ import psycopg
 import pytest
 
 from tests.support.jobs import clear_queue, messages, move_inbox, queued_keys
-from worker.pipeline.jobs import message_keys
+from worker.pipeline.messages import message_keys
 
 Conn = psycopg.Connection[Any]
 VEC = "array_fill(0.1, ARRAY[384])::halfvec"

@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from worker.pipeline.jobs import Job, parse
+from worker.pipeline.messages import Job, parse
 from worker.pipeline.targets import Target
 
 

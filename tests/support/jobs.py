@@ -6,7 +6,8 @@ from typing import Any
 
 import psycopg
 
-from worker.pipeline.jobs import backfill_queue_name, message_keys
+from worker.pipeline.jobs import backfill_queue_name
+from worker.pipeline.messages import message_keys
 
 Conn = psycopg.Connection[Any]
 

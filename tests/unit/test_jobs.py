@@ -7,7 +7,7 @@ import random
 import pytest
 
 from tests.support.factories import job, target
-from worker.pipeline import jobs
+from worker.pipeline import jobs, messages
 
 
 def test_our_message_with_keys_and_attempts() -> None:
@@ -29,8 +29,8 @@ def test_the_triggers_column_shape_reads_as_the_keys_shape() -> None:
     assert parsed.keys == ['["1","a"]', '["2","b,c"]']
     assert parsed.raw_keys['["2","b,c"]'] == [2, "b,c"]  # as the keys shape carries it
     assert parsed.error is None and parsed.bad_keys == []
-    assert jobs.message_keys({"columns": ["{7}", ["x"]]}) == [[7, "x"]]
-    assert jobs.message_keys({"keys": [[7, "x"]]}) == [[7, "x"]]
+    assert messages.message_keys({"columns": ["{7}", ["x"]]}) == [[7, "x"]]
+    assert messages.message_keys({"keys": [[7, "x"]]}) == [[7, "x"]]
 
 
 @pytest.mark.parametrize(

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any
 
 from worker import db, queries
 from worker.pipeline import jobs as jobqueue
-from worker.pipeline import pieces, stages, write
+from worker.pipeline import messages, pieces, stages, write
 from worker.pipeline.batch import Batch
 from worker.pipeline.write import Settlement
 
@@ -117,7 +117,7 @@ def process(push: Push, body: Any) -> PushResult:
 
 @dataclass
 class _Done:
-    job: jobqueue.Job
+    job: messages.Job
     batch: Batch
     settlement: Settlement
 
@@ -134,10 +134,10 @@ def _process(push: Push, requested: list[tuple[int, dict[str, Any]]], lane: Lane
                 {"msg_ids": [job_id for job_id, _ in requested], "vt": push.settings.vt_seconds},
             ).fetchall()
         targets = push.registry.current_definitions(conn)
-        jobs = [jobqueue.parse(row, targets) for row in rows]
+        jobs = [messages.parse(row, targets) for row in rows]
         if any(job.error and job.target is None for job in jobs):
             targets = push.registry.refresh(conn)
-            jobs = [jobqueue.parse(row, targets) for row in rows]
+            jobs = [messages.parse(row, targets) for row in rows]
         jobs.sort(key=lambda job: job.msg_id)
         taken = _within(jobs, MAX_ROWS)
         over = {job.msg_id for job in jobs[len(taken) :]}
@@ -174,13 +174,13 @@ def _process(push: Push, requested: list[tuple[int, dict[str, Any]]], lane: Lane
     return result
 
 
-def _rows(job: jobqueue.Job) -> int:
+def _rows(job: messages.Job) -> int:
     return max(len(job.keys) + len(job.bad_keys), 1)
 
 
-def _within(jobs: Sequence[jobqueue.Job], max_rows: int) -> list[jobqueue.Job]:
+def _within(jobs: Sequence[messages.Job], max_rows: int) -> list[messages.Job]:
     """The leading jobs whose rows add up to at most `max_rows` (the first one always)."""
-    taken: list[jobqueue.Job] = []
+    taken: list[messages.Job] = []
     total = 0
     for job in jobs:
         if taken and total + _rows(job) > max_rows:
@@ -190,9 +190,9 @@ def _within(jobs: Sequence[jobqueue.Job], max_rows: int) -> list[jobqueue.Job]:
     return taken
 
 
-def _batches(jobs: Sequence[jobqueue.Job], batch_size: int) -> Iterator[list[jobqueue.Job]]:
+def _batches(jobs: Sequence[messages.Job], batch_size: int) -> Iterator[list[messages.Job]]:
     """Consecutive groups of jobs of at most `batch_size` rows (one job at least)."""
-    group: list[jobqueue.Job] = []
+    group: list[messages.Job] = []
     rows = 0
     for job in jobs:
         if group and rows + _rows(job) > batch_size:

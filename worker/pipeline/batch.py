@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from worker.pipeline import jobs as jobqueue
+from worker.pipeline import messages
 from worker.pipeline.pieces import Limits
 from worker.pipeline.targets import Target
 
@@ -87,7 +88,7 @@ class TargetStats:
 
 @dataclass
 class Batch:
-    jobs: list[jobqueue.Job]
+    jobs: list[messages.Job]
     rows: dict[tuple[int, str], Row] = field(default_factory=dict)
     deferred: dict[int, str] = field(default_factory=dict)  # target id -> why
     stats: dict[int, TargetStats] = field(default_factory=lambda: defaultdict(TargetStats))

@@ -1,23 +1,14 @@
-"""The job queue: pgmq messages in, leases, and every way a job leaves the queue.
-
-A job is one pgmq message. Ours carry many row keys of one target, by column as the triggers
-send them (`{"target": 3, "columns": ["{1,2}", ["a","b"]]}`: an integer column as its Postgres
-array text, any other as a JSON array) or key by key (`{"target": 3, "keys": [...],
-"attempts": n}`: backfills, retries, and jobs queued before the column shape; sql/20_queue.sql);
-messages in the Supabase guide's shape (`{"id", "schema", "table", "contentFunction",
-"embeddingColumn"}`) carry one. Attempts are pgmq's read count plus what a re-sent message
-carries over from the message it split from.
-"""
+"""The job queue: leases, backoff, lanes, and every way a job leaves the queue (what a message
+says is worker/pipeline/messages.py)."""
 
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import random
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
@@ -25,192 +16,10 @@ from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_loads
 
 from worker import db, queries
+from worker.pipeline.messages import Job, clip_error, loads_message
 from worker.pipeline.targets import Target
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Job:
-    msg_id: int
-    read_ct: int
-    enqueued_at: datetime
-    vt: datetime
-    message: Any
-    prior_attempts: int = 0
-    target: Target | None = None
-    keys: list[str] = field(default_factory=list)  # canonical text of each valid key
-    raw_keys: dict[str, Any] = field(default_factory=dict)  # canonical -> as in the message
-    bad_keys: list[tuple[Any, str]] = field(default_factory=list)  # (raw key, why invalid)
-    error: str | None = None  # the job as a whole cannot be served (unknown target, ...)
-    supabase_shape: bool = False
-    shadow: bool = False  # a model change's job: only the new model's vector is missing
-
-    @property
-    def attempts(self) -> int:
-        return self.prior_attempts + self.read_ct
-
-    def single_key_message(self, canonical: str) -> dict[str, Any]:
-        """A job for one of this job's rows, as dead letters keep it for re-sending."""
-        if self.supabase_shape:
-            return dict(self.message)
-        assert self.target is not None
-        message: dict[str, Any] = {"target": self.target.id, "keys": [self.raw_keys[canonical]]}
-        if self.shadow:
-            message["shadow"] = True
-        return message
-
-
-# --- parsing ----------------------------------------------------------------------------------
-class KeyNumber(str):
-    """A JSON number with a fraction or exponent, as the text Postgres wrote: a numeric key has
-    more digits than a float holds (and a float key's shortest text is its own), so key numbers
-    are never parsed as floats."""
-
-
-def loads_message(data: str | bytes) -> Any:
-    """A job message's JSON, numbers with a fraction or exponent kept as KeyNumber text."""
-    return json.loads(data, parse_float=KeyNumber)
-
-
-def register_hint(schema: str, table: str, content: str, column: str) -> str:
-    return (
-        f"register it with: SELECT embeddings.watch('{schema}.{table}', '{content}', "
-        f"embedding_column => '{column}', triggers => false);"
-    )
-
-
-def parse(row: Sequence[Any], targets: Mapping[int, Target]) -> Job:
-    msg_id, read_ct, enqueued_at, vt, message = row
-    job = Job(msg_id=msg_id, read_ct=read_ct, enqueued_at=enqueued_at, vt=vt, message=message)
-    if not isinstance(message, dict):
-        job.error = f"unrecognised job message (not a JSON object): {_clip(message)}"
-        return job
-    if "target" in message:
-        _parse_ours(job, message, targets)
-    elif {"id", "schema", "table"} <= message.keys():
-        _parse_supabase(job, message, targets)
-    else:
-        job.error = f"unrecognised job message: {_clip(message)}"
-    return job
-
-
-def _parse_ours(job: Job, message: dict[str, Any], targets: Mapping[int, Target]) -> None:
-    target_id, attempts = message.get("target"), message.get("attempts", 0)
-    try:
-        keys = message_keys(message)
-    except ValueError:
-        keys = None
-    if not isinstance(target_id, int) or isinstance(target_id, bool) or keys is None:
-        job.error = f"malformed job message: {_clip(message)}"
-        return
-    job.prior_attempts = attempts if isinstance(attempts, int) and attempts > 0 else 0
-    job.shadow = message.get("shadow") is True
-    target = targets.get(target_id)
-    if target is None:
-        job.error = (
-            f"target {target_id} is not registered (was the table unwatched?); "
-            "register the table again with embeddings.watch()"
-        )
-        return
-    job.target = target
-    _add_keys(job, target, keys)
-
-
-def message_keys(message: Mapping[str, Any]) -> list[Any]:
-    """The row keys of one of our messages, each as the "keys" shape carries it (a JSON scalar,
-    or a list for a composite key: an integer column's values as ints), or ValueError."""
-    keys = message.get("keys")
-    if "columns" not in message:
-        if not isinstance(keys, list):
-            raise ValueError("no key list")
-        return keys
-    columns = message["columns"]
-    if not isinstance(columns, list) or not columns:
-        raise ValueError("no key columns")
-    values = [_column_values(c) for c in columns]
-    if any(len(v) != len(values[0]) for v in values):
-        raise ValueError("key columns of different lengths")
-    if len(values) == 1:
-        return values[0]
-    return [list(key) for key in zip(*values, strict=True)]
-
-
-def _column_values(column: Any) -> list[Any]:
-    """One key column's values: a JSON array as is, an integer array's text ('{1,-2}') as ints."""
-    if isinstance(column, list):
-        return column
-    if not isinstance(column, str) or not (column.startswith("{") and column.endswith("}")):
-        raise ValueError(f"invalid key column {column!r}")
-    inner = column[1:-1]
-    if not inner:
-        return []
-    try:
-        return [int(v) for v in inner.split(",")]
-    except ValueError:
-        raise ValueError(f"invalid integer key column {column!r}") from None
-
-
-def _parse_supabase(job: Job, message: dict[str, Any], targets: Mapping[int, Target]) -> None:
-    job.supabase_shape = True
-    schema, table = message.get("schema"), message.get("table")
-    column = message.get("embeddingColumn") or "embedding"
-    function = message.get("contentFunction")
-    if not all(isinstance(v, str) for v in (schema, table, column)) or not (
-        function is None or isinstance(function, str)
-    ):
-        job.error = f"malformed job message: {_clip(message)}"
-        return
-    assert isinstance(schema, str) and isinstance(table, str) and isinstance(column, str)
-    target = next((t for t in targets.values() if t.matches_supabase(schema, table, column)), None)
-    if target is None:
-        job.error = f"{schema}.{table}.{column} is not watched; " + register_hint(
-            schema, table, function or "<content column or function>", column
-        )
-        return
-    if function is not None and not _same_function(target, function):
-        registered = (
-            ".".join(target.content_function)
-            if target.content_function
-            else f"column {target.content_column}"
-        )
-        job.error = (
-            f"{target.name} is registered with content {registered}, but the job names "
-            f"function {function!r}; re-register with: SELECT embeddings.watch("
-            f"'{schema}.{table}', '{function}', embedding_column => '{column}', triggers => false);"
-        )
-        return
-    job.target = target
-    _add_keys(job, target, [message["id"]])
-
-
-def _same_function(target: Target, name: str) -> bool:
-    if target.content_function is None:
-        return False
-    schema, proname = target.content_function
-    return name in (proname, f"{schema}.{proname}")
-
-
-def _add_keys(job: Job, target: Target, keys: Iterable[Any]) -> None:
-    for raw in keys:
-        try:
-            canonical = target.canonical_key(raw)
-        except ValueError as exc:
-            job.bad_keys.append((raw, str(exc)))
-            continue
-        if canonical not in job.raw_keys:
-            job.raw_keys[canonical] = raw
-            job.keys.append(canonical)
-
-
-def _clip(value: Any, limit: int = 200) -> str:
-    text = json.dumps(value, default=str)
-    return text if len(text) <= limit else text[:limit] + "..."
-
-
-def clip_error(error: str, limit: int = 500) -> str:
-    """An error as a retried message carries it: enough to say what failed, never a document."""
-    return error if len(error) <= limit else error[:limit] + "..."
 
 
 # --- backoff ----------------------------------------------------------------------------------

@@ -17,7 +17,7 @@ from worker import db, exceptions, metrics
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.models.remote.client import RemoteModel
-from worker.pipeline import faults, pieces, remote, stores
+from worker.pipeline import faults, messages, pieces, remote, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.chunks import writing as chunk_writing
@@ -38,11 +38,11 @@ def read(
         return None
     faults.reached("leased")
     targets = registry.current_definitions(conn)
-    jobs = [jobqueue.parse(r, targets) for r in raw]
+    jobs = [messages.parse(r, targets) for r in raw]
     if any(job.error and job.target is None for job in jobs):
         # A target registered since we last looked: read the registry again, once.
         targets = registry.refresh(conn)
-        jobs = [jobqueue.parse(r, targets) for r in raw]
+        jobs = [messages.parse(r, targets) for r in raw]
     batch = Batch(jobs=jobs, lane=queue.lane, limits=pieces.Limits.of(settings))
     prepare(batch)
     return batch

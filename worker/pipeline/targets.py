@@ -187,7 +187,7 @@ def _canonical_part(raw: Any, key_type: str) -> str:
             return str(uuid.UUID(str(raw)))
         except ValueError:
             raise ValueError(f"invalid row key {raw!r} for a uuid key") from None
-    # A JSON number of a numeric or float key arrives as its text (jobs.KeyNumber), every digit
+    # A JSON number of a numeric or float key arrives as its text (messages.KeyNumber), every digit
     # kept; Postgres reads it back as the key's type.
     text = raw if isinstance(raw, str) else json.dumps(raw)
     if "\x00" in text:

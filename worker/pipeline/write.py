@@ -23,7 +23,7 @@ import psycopg
 
 from worker import db, metrics, queries
 from worker.config import Settings
-from worker.pipeline import deferrals, faults, fingerprints, provenance, stores
+from worker.pipeline import deferrals, faults, fingerprints, messages, provenance, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Fate, Row, RowState
 from worker.pipeline.targets import Target
@@ -295,7 +295,7 @@ def settle(
                         "target": target.id,
                         "keys": [job.raw_keys[k] for k in retry_keys],
                         "attempts": job.attempts,
-                        "last_error": jobqueue.clip_error(failed[0][1]),
+                        "last_error": messages.clip_error(failed[0][1]),
                     },
                     delay,
                 )
@@ -305,7 +305,7 @@ def settle(
 
 
 def _resend_postponed(
-    out: Settlement, batch: Batch, job: jobqueue.Job, target: Target, outcome: WriteOutcome
+    out: Settlement, batch: Batch, job: messages.Job, target: Target, outcome: WriteOutcome
 ) -> None:
     """Rows a store postponed (a chunk store's documents past the batch's chunk budget, a remote
     model's rows its provider could not serve) go back to the queue in a message of their own,
@@ -331,7 +331,7 @@ def _resend_postponed(
         out.resend.append((message, math.ceil(wait)))
 
 
-def _label(job: jobqueue.Job) -> str:
+def _label(job: messages.Job) -> str:
     message = job.message if isinstance(job.message, dict) else {}
     if "schema" in message and "table" in message:
         return (

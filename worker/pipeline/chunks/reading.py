@@ -10,8 +10,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from worker import db, exceptions, queries
-from worker.pipeline import jobs as jobqueue
-from worker.pipeline import pieces
+from worker.pipeline import messages, pieces
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.chunking import Splitter
 from worker.pipeline.pieces import Document, DocumentChunks
@@ -123,7 +122,7 @@ def _prepare_target(
         _settle_prepared(row, documents.get(row.key))
 
 
-def _continued(job: jobqueue.Job) -> bool:
+def _continued(job: messages.Job) -> bool:
     return isinstance(job.message, dict) and job.message.get("continued") is True
 
 
