@@ -21,7 +21,7 @@ from worker.models.loaded import LoadedModels
 from worker.pipeline import faults, pieces
 from worker.pipeline.batch import RowState
 from worker.pipeline.chunking import Splitter
-from worker.process.fetcher import Handoffs
+from worker.process.handoffs import Handoffs
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]

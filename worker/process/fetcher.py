@@ -7,7 +7,6 @@ goes to the embedder before the piece."""
 from __future__ import annotations
 
 import logging
-import queue as stdqueue
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -21,29 +20,10 @@ from worker.pipeline.lanes import Lanes
 from worker.pipeline.targets import TargetRegistry
 from worker.process.backfill import Backfiller, IndexBuilder
 from worker.process.changes import Completer
+from worker.process.handoffs import Handoff, Handoffs, pass_on
 from worker.process.wakeups import Waiter
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass
-class Handoff:
-    batch: Batch
-    release: bool = False  # hand the jobs back instead of writing
-
-
-Handoffs = stdqueue.Queue[Handoff | None]  # None: no more batches
-
-
-def pass_on(q: Handoffs, item: Handoff, finished: threading.Event) -> None:
-    """Hands a batch to the next stage, waiting while it is busy (not once the pipeline ended)."""
-    while True:
-        try:
-            q.put(item, timeout=0.2)
-            return
-        except stdqueue.Full:
-            if finished.is_set():
-                return
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -36,13 +36,14 @@ from typing import Any
 from worker import exceptions, exits
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
-from worker.pipeline import stages
 from worker.pipeline.lanes import Lanes
 from worker.pipeline.targets import TargetRegistry
 from worker.process import systemd
 from worker.process.backfill import Backfiller, IndexBuilder
 from worker.process.changes import Completer
-from worker.process.fetcher import Fetcher, Handoffs, pass_on
+from worker.process.embedding import embed_batches
+from worker.process.fetcher import Fetcher
+from worker.process.handoffs import Handoffs
 from worker.process.held import HeldJobs
 from worker.process.keeper import Keeper
 from worker.process.startup import DefaultModel, Startup, announce
@@ -75,30 +76,6 @@ class SignalHandlers:
             if handler is not None:  # None: a handler not set from Python, which we cannot set
                 signal.signal(signum, handler)
         self.previous.clear()
-
-
-def embed_batches(
-    loaded: Handoffs,
-    embedded: Handoffs,
-    embedders: LoadedModels,
-    *,
-    stopping: threading.Event,
-    finished: threading.Event,
-) -> None:
-    """The embedder thread: runs the model on each batch the fetcher loaded and passes it on to
-    the writer; a batch not started once the worker is stopping is handed back instead."""
-    try:
-        while True:
-            item = loaded.get()
-            if item is None:
-                return
-            if stopping.is_set():
-                item.release = True  # not started: hand it back rather than keep it
-            if not item.release:
-                stages.embed(embedders, item.batch)
-            pass_on(embedded, item, finished)
-    finally:
-        embedded.put(None)
 
 
 class Worker:

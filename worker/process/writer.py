@@ -14,7 +14,7 @@ from worker.config import Settings
 from worker.pipeline import stages, write
 from worker.pipeline.batch import Batch, RowState
 from worker.pipeline.lanes import Lanes
-from worker.process.fetcher import Handoff, Handoffs
+from worker.process.handoffs import Handoff, Handoffs
 
 logger = logging.getLogger(__name__)
 
