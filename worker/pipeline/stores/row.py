@@ -15,10 +15,10 @@ import numpy.typing as npt
 from pgvector import HalfVector, Vector
 
 from worker import db
+from worker.pipeline import shadow
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.stores.base import EmbedRows, Store
 from worker.pipeline.targets import Target
-from worker.process import changes
 
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels
@@ -34,7 +34,7 @@ class RowStore(Store):
         embed_rows: EmbedRows,
     ) -> int | None:
         # With the target's model, and during a model change with the new one too.
-        return changes.embed(embedders, batch, target, rows, embed_rows)
+        return shadow.embed(embedders, batch, target, rows, embed_rows)
 
     def write(
         self, conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]
