@@ -133,11 +133,7 @@ def _process(push: Push, requested: list[tuple[int, dict[str, Any]]], lane: Lane
                 queries.compose("lease_jobs_by_id", queue_table=lane.queue.table),
                 {"msg_ids": [job_id for job_id, _ in requested], "vt": push.settings.vt_seconds},
             ).fetchall()
-        targets = push.registry.current_definitions(conn)
-        jobs = [messages.parse(row, targets) for row in rows]
-        if any(job.error and job.target is None for job in jobs):
-            targets = push.registry.refresh(conn)
-            jobs = [messages.parse(row, targets) for row in rows]
+        jobs = stages.parse_jobs(conn, rows, push.registry)
         jobs.sort(key=lambda job: job.msg_id)
         taken = _within(jobs, MAX_ROWS)
         over = {job.msg_id for job in jobs[len(taken) :]}

@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import defaultdict
+from collections.abc import Sequence
 from typing import Any
 
 from worker import db, exceptions, metrics
@@ -37,15 +38,25 @@ def read(
     if not raw:
         return None
     faults.reached("leased")
+    batch = Batch(
+        jobs=parse_jobs(conn, raw, registry), lane=queue.lane, limits=pieces.Limits.of(settings)
+    )
+    prepare(batch)
+    return batch
+
+
+def parse_jobs(
+    conn: db.Connection, raw: Sequence[Sequence[Any]], registry: TargetRegistry
+) -> list[messages.Job]:
+    """Jobs of leased messages, with their targets as the registry has them now (pull and push
+    alike)."""
     targets = registry.current_definitions(conn)
     jobs = [messages.parse(r, targets) for r in raw]
     if any(job.error and job.target is None for job in jobs):
         # A target registered since we last looked: read the registry again, once.
         targets = registry.refresh(conn)
         jobs = [messages.parse(r, targets) for r in raw]
-    batch = Batch(jobs=jobs, lane=queue.lane, limits=pieces.Limits.of(settings))
-    prepare(batch)
-    return batch
+    return jobs
 
 
 def prepare(batch: Batch) -> None:
