@@ -81,6 +81,13 @@ class Lanes:
         )
         return batch
 
+    def read_live(
+        self, conn: db.Connection, registry: TargetRegistry, settings: Settings
+    ) -> Batch | None:
+        """Leases a live batch only (the fetcher's look-ahead past a long document's piece: the
+        application's rows first); the next read() still follows the rules above."""
+        return stages.read(conn, self.live.queue, registry, settings)
+
     def readable(self) -> list[Lane]:
         """The lanes the fetcher may read now (for the time to the next visible job)."""
         return [self.live, self.backfill] if self.backfill_room() else [self.live]

@@ -109,7 +109,7 @@ class Fetcher:
             return None
         try:
             conn = session.get()
-            ahead = stages.read(conn, self.lanes.live.queue, self.registry, self.settings)
+            ahead = self.lanes.read_live(conn, self.registry, self.settings)
             if ahead is not None:
                 self._load(conn, ahead)
         except exceptions.ConnectionLost as exc:  # the piece still goes on; its lease holds
