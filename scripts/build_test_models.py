@@ -14,9 +14,10 @@ OUT gets the layout of ../shared/models:
                      against known values.
   gte-small/         the real gte-small tokenizer without weights: gte-small uses
                      bert-base-uncased's WordPiece vocabulary, as all-MiniLM-L6-v2 does, and its
-                     tokenizer.json is the package's re-serialized by `tokenizers` (the same
-                     bytes: sha256 da0e7993... as the one published with gte-small); its
-                     config.json (the architecture, for random-weight stand-ins of its size).
+                     tokenizer.json is the package's re-serialized by `tokenizers`; its config
+                     (the architecture, for random-weight stand-ins of its size) and tokenizer
+                     settings written out. Each file is the published one byte for byte (the
+                     model registry pins their sha256: tests/unit/test_models.py checks them).
 """
 
 from __future__ import annotations
@@ -83,6 +84,13 @@ GTE_SMALL_TOKENIZER_CONFIG = {
     "truncation_strategy": "longest_first",
     "unk_token": "[UNK]",
 }
+GTE_SMALL_SPECIAL_TOKENS = {
+    "cls_token": "[CLS]",
+    "mask_token": "[MASK]",
+    "pad_token": "[PAD]",
+    "sep_token": "[SEP]",
+    "unk_token": "[UNK]",
+}
 ONNX_NAMES = ("input_ids", "attention_mask", "token_type_ids")
 
 
@@ -126,12 +134,13 @@ def gte_small_tokenizer(source: Path, out: Path) -> None:
     out.mkdir(parents=True, exist_ok=True)
     tokenizer = Tokenizer.from_file(str(source / "tokenizer.json"))
     (out / "tokenizer.json").write_text(tokenizer.to_str(pretty=True))
-    for name in ("special_tokens_map.json", "vocab.txt"):
-        shutil.copyfile(source / name, out / name)
-    (out / "config.json").write_text(json.dumps(GTE_SMALL_CONFIG, indent=2) + "\n")
-    (out / "tokenizer_config.json").write_text(
-        json.dumps(GTE_SMALL_TOKENIZER_CONFIG, indent=2) + "\n"
-    )
+    shutil.copyfile(source / "vocab.txt", out / "vocab.txt")
+    for name, content in (
+        ("config.json", GTE_SMALL_CONFIG),
+        ("tokenizer_config.json", GTE_SMALL_TOKENIZER_CONFIG),
+        ("special_tokens_map.json", GTE_SMALL_SPECIAL_TOKENS),
+    ):  # as published, byte for byte (the registry pins their checksums)
+        (out / name).write_text(json.dumps(content, indent=2) + "\n")
 
 
 def main(out: Path) -> None:

