@@ -388,6 +388,22 @@ BEGIN
 END
 $$;
 
+-- Target `target_id`'s pending jobs in queue `queue`, both lanes, deleted (superseded: every
+-- row of the target is queued again; sql/45_dropped.sql).
+CREATE FUNCTION embeddings.drop_target_jobs(target_id integer, queue text) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    lane text;
+BEGIN
+    FOREACH lane IN ARRAY ARRAY[queue, embeddings.backfill_queue(queue)] LOOP
+        IF to_regclass(format('pgmq.%I', pgmq.format_table_name(lane, 'q'))) IS NOT NULL THEN
+            EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',
+                           pgmq.format_table_name(lane, 'q')) USING target_id;
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- Validates everything, then registers `source` for embedding: creates the embedding column
 -- (halfvec(dim)) when missing, its HNSW index, the triggers, and enqueues existing rows that
 -- have content but no embedding. All or nothing: any error leaves no trace.

@@ -148,7 +148,11 @@ BEGIN
     -- after one ALTER ... OWNER and before the other): the triggers were off meanwhile, so rows
     -- written then were queued by nothing, and a row updated then may hold the vector of its
     -- old content. Every row is queued again.
+    -- The jobs queued before are superseded by that, and may carry keys of the old type (a
+    -- key retyped while its store could not follow: `1` where a uuid is now wanted), which a
+    -- worker would dead-letter as invalid keys: they go.
     IF before.problem IS NOT NULL AND t.problem IS NULL THEN
+        PERFORM embeddings.drop_target_jobs(t.id, t.queue);
         PERFORM embeddings.start_backfill(t, true);
     END IF;
     IF (t.key_columns, t.key_types, t.content_column, t.embedding_column, t.problem)
