@@ -277,6 +277,13 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     "failures --retry": ((SUPERUSER,), lambda ctx: ctx.cli("failures", "--retry")),
     "sweep (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("sweep", "--verify")),
     "an unknown model refused": ((SUPERUSER,), _unknown_model),
+    "a key retyped, its side table converted": (
+        (SUPERUSER,),
+        lambda ctx: ctx.sql(  # a problem (the store cannot follow), then gone: jobs dropped
+            "ALTER TABLE docs_side ALTER COLUMN id TYPE uuid USING md5(id::text)::uuid",
+            "ALTER TABLE docs_side_embeddings ALTER COLUMN id TYPE uuid USING md5(id::text)::uuid",
+        ),
+    ),
     "migrate": ((SUPERUSER,), lambda ctx: ctx.cli("migrate")),
     "deploy (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("deploy", "systemd")),
     "uninstall": ((SUPERUSER,), _uninstall),
