@@ -104,7 +104,6 @@ class Worker:
             api_key=settings.api_key,
         )
         self.embedders.follow(self.registry.remote_models)  # remote models: as registered
-        # Held jobs of targets this worker can serve, taken at once (worker/process/held.py).
         self.held = HeldJobs(settings.queue, self.lanes, self.registry, self.embedders)
         self.stopping = threading.Event()  # no more reading
         self.finished = threading.Event()  # the pipeline has drained
