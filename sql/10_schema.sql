@@ -100,6 +100,12 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     -- and the tsvector column (in `source`, or `fts` in the chunk table); NULL: none.
     fts_config       regconfig,
     fts_column       name,
+    -- Where the vectors are, the store kind (sql/54_stores.sql, worker/pipeline/stores/): `row`
+    -- (the embedding column of `source`), `side` (side_table) or `chunks` (chunk_table). Each
+    -- kind's behaviour is in its functions, embeddings.<kind>_store_<operation>.
+    store_kind       text NOT NULL GENERATED ALWAYS AS (
+                         CASE WHEN chunk_table IS NOT NULL THEN 'chunks' WHEN side_table IS NOT NULL THEN 'side'
+                              ELSE 'row' END) STORED,
     UNIQUE (source, embedding_column),
     CHECK ((content_column IS NULL) <> (content_function IS NULL))
 );

@@ -8,8 +8,8 @@
 --   {"target": <targets.id>, "keys": [<row key>, ...]}  a row key is the key column's JSON value,
 --       or for a composite key a JSON array of them in key-column order (watch()'s backfill,
 --       sweep(), retries; and every job queued before the column shape existed).
--- One message per row would cost a bulk INSERT ~2.5x its own time, one per 128 keys ~1.3x
--- (measured on bulk INSERTs of 100k rows). Messages that the worker re-sends after a partial
+-- Many keys per message: one message per row costs a bulk INSERT about twice what one per 128
+-- keys does (docs/performance.md, "Figures behind the code's choices"). Messages that the worker re-sends after a partial
 -- failure also carry "attempts" (attempts already spent on those keys). Messages in the
 -- Supabase guide's shape ({"id", "schema", "table", "contentFunction", "embeddingColumn"})
 -- share the queue.

@@ -153,8 +153,7 @@ DECLARE
     -- A new row needs a job when it has no embedding yet; a chunked target's new row has no
     -- chunks yet (sql/55_chunks.sql), whatever the source holds.
     -- A side-table target's new row may have a side row left by a deleted row of that key.
-    unembedded text := CASE WHEN t.chunk_table IS NULL AND t.side_table IS NULL THEN format('n.%I IS NULL', t.embedding_column)
-                            ELSE 'true' END;
+    unembedded text := embeddings.store_new_row_sql(t, 'n');  -- sql/54_stores.sql
     -- Side and chunk tables (sql/56_side.sql): rows whose key is gone from the table (an UPDATE
     -- of the key), whose side rows or chunks the worker deletes.
     vanished text := format('SELECT o.* FROM old_rows o WHERE NOT EXISTS (SELECT FROM new_rows n WHERE %s)',
@@ -190,9 +189,8 @@ BEGIN
     -- is the NULL of the outer join. `IS NULL` is also true of a composite key whose fields are
     -- all NULL, and every write of the worker would queue such a row again: for a composite (or
     -- a domain, which may be one) num_nulls() tells them apart. Only there, so that the common
-    -- key keeps the statement the write path was measured with: two alternating runs of
-    -- bench/oltp.py's single-row UPDATE put num_nulls() at 0.60x and 0.67x of unwatched TPS
-    -- against 0.74x and 0.73x for `IS NULL`, within this machine's noise by server CPU.)
+    -- key keeps the statement the write path was measured with: docs/performance.md, "Figures
+    -- behind the code's choices".)
     IF by_function THEN
         -- Each row's old and new content once (the wrapper is a call as the table's owner, which
         -- the planner would repeat for each mention: three per row with clear_on_update);
@@ -317,7 +315,7 @@ BEGIN
             END
             $body$ $f$,
             prefix || '_replica',
-            CASE WHEN t.chunk_table IS NULL AND t.side_table IS NULL THEN format('NEW.%I IS NULL', t.embedding_column) ELSE 'true' END,
+            embeddings.store_new_row_sql(t, 'NEW'),
             embeddings.content_sql(t, 'new', row_type), embeddings.key_equal_sql(t, 'old', 'new'),
             embeddings.content_sql(t, 'old', row_type),
             pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.key_json_sql(t, 'new'),
@@ -356,7 +354,7 @@ DECLARE
     inputs name[] := embeddings.content_inputs(t);
     body text;
 BEGIN
-    IF NOT t.clear_on_update OR t.chunk_table IS NOT NULL THEN
+    IF NOT t.clear_on_update OR t.store_kind = 'chunks' THEN
         RETURN;
     END IF;
     -- The clear trigger names no column (no UPDATE OF, no WHEN), so that dropping or retyping
@@ -501,7 +499,7 @@ BEGIN
     END LOOP;
 
     -- Row triggers: on the table itself (Postgres clones them onto partitions).
-    IF t.clear_on_update AND t.chunk_table IS NULL THEN
+    IF t.clear_on_update AND t.store_kind <> 'chunks' THEN
         IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = prefix || '_clear') THEN
             EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION embeddings.%I()',
                            prefix || '_clear', t.source, prefix || '_clear');

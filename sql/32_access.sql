@@ -138,7 +138,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             format('%s has FORCE ROW LEVEL SECURITY: the worker reads and writes it as its owner, whom its policies would hide rows from; ALTER TABLE %s NO FORCE ROW LEVEL SECURITY',
                    t.source, t.source)
         -- A side table (sql/56_side.sql): its owner's, readable by its owner.
-        WHEN t.side_table IS NOT NULL AND NOT EXISTS (SELECT FROM pg_class c JOIN pg_class s ON s.relowner = c.relowner
+        WHEN t.store_kind = 'side' AND NOT EXISTS (SELECT FROM pg_class c JOIN pg_class s ON s.relowner = c.relowner
                                                       WHERE c.oid = t.source AND s.oid = t.side_table) THEN
             format('its side table %s is missing or not owned by the owner of %s: ALTER TABLE %s OWNER TO %s',
                    t.side_table, t.source, t.side_table, (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source))
@@ -451,7 +451,7 @@ BEGIN
     -- registration, as ALTER TABLE takes them.
     made := made || embeddings.create_access_function(a, '_lock', '', 'void',
         format('EXECUTE ''LOCK TABLE '' || %L || '' IN %s MODE'';', t.source::text,
-               CASE WHEN t.chunk_table IS NULL AND t.side_table IS NULL THEN 'ROW EXCLUSIVE' ELSE 'ACCESS SHARE' END),
+               embeddings.store_lock_mode(t)),
         check_call => embeddings.check_serving_sql(t.source::text, false));
 
     made := made || embeddings.create_access_function(a, '_load', format('keys text[]%s', a->>'key_params'),
@@ -501,19 +501,12 @@ BEGIN
                    'WHEN $3 THEN (%2$s) OPERATOR(pg_catalog.<>) ''''%3$s '
                    'ELSE %1$s AND (%2$s) OPERATOR(pg_catalog.<>) '''' END',
                    missing, (a->>'content'),
-                   CASE WHEN t.side_table IS NOT NULL THEN format(' OR NOT %s', missing)
-                        WHEN t.chunk_table IS NULL THEN format(' OR t.%I IS NOT NULL', t.embedding_column) ELSE '' END),
+                   coalesce(' OR ' || embeddings.store_holds_vector_sql(t, 't'), '')),
             t.source, a->>'key_after', a->>'key_order'),
         stable => true, head => E'DECLARE\n    keys jsonb[];\n    flags boolean[];\n    r record;\n');
 
-    IF t.side_table IS NOT NULL THEN
-        made := made || embeddings.generate_side_access(t, a);  -- sql/56_side.sql
-    ELSIF t.chunk_table IS NULL THEN
-        made := made || embeddings.generate_plain_access(t, a);
-    ELSE
-        made := made || embeddings.generate_chunk_access(t, a);
-    END IF;
-    IF coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN
+    made := made || embeddings.store_access(t, a);  -- the store kind's writes (sql/54_stores.sql)
+    IF t.store_kind <> 'row' THEN
         -- Deletes and truncations followed into the side or chunk table (sql/56_side.sql).
         made := made || embeddings.generate_follow_access(t, a);
     END IF;
@@ -563,136 +556,6 @@ END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_access(embeddings.targets) FROM PUBLIC;
 
--- A plain target's writes (its vectors, and its shadow column's during a model change).
--- Returns the names of the functions created.
-CREATE FUNCTION embeddings.generate_plain_access(t embeddings.targets, a jsonb) RETURNS text[]
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    shadow name := (SELECT c.name FROM embeddings.vector_columns(t, t.source) c WHERE c.suffix = '_shadow');
-    made text[] := '{}';
-    col record;
-BEGIN
-    FOR col IN SELECT * FROM embeddings.vector_columns(t, t.source) LOOP
-        made := made || embeddings.create_access_function(a, '_store' || col.suffix,
-            format('keys text[]%s, vectors %s[], digests text[]', a->>'key_params', col.type), 'SETOF text',
-            format($b$RETURN QUERY
-                UPDATE %1$s t SET %2$I = v.e%9$s
-                FROM ROWS FROM (%3$s, pg_catalog.unnest($%4$s), pg_catalog.unnest($%5$s)) AS v(key%6$s, e, h)
-                WHERE %7$s AND pg_catalog.md5(%8$s) IS NOT DISTINCT FROM v.h
-                RETURNING v.key;$b$,
-                t.source, col.name, a->>'key_rows', cardinality(t.key_columns) + 2, cardinality(t.key_columns) + 3,
-                a->>'key_aliases', a->>'key_match', a->>'content',
-                CASE WHEN col.suffix = '' THEN embeddings.fts_assign_sql(t, a->>'content') ELSE '' END));  -- sql/59_hybrid.sql
-        made := made || embeddings.create_access_function(a, '_blank' || col.suffix,
-            format('keys text[]%s, digests text[]', a->>'key_params'), 'SETOF text',
-            format($b$RETURN QUERY
-                UPDATE %1$s t SET %2$I = NULL%8$s
-                FROM ROWS FROM (%3$s, pg_catalog.unnest($%4$s)) AS v(key%5$s, h)
-                WHERE %6$s AND pg_catalog.md5(%7$s) IS NOT DISTINCT FROM v.h AND t.%2$I IS NOT NULL
-                RETURNING v.key;$b$,
-                t.source, col.name, a->>'key_rows', cardinality(t.key_columns) + 2, a->>'key_aliases',
-                a->>'key_match', a->>'content',
-                CASE WHEN col.suffix = '' THEN embeddings.fts_assign_sql(t, NULL) ELSE '' END));
-    END LOOP;
-
-    IF shadow IS NOT NULL THEN
-        -- Model-change completion (embeddings.complete_change): the rows with content still
-        -- lacking the new vector and waiting in no job (`pending`: keys as jobs carry them)...
-        made := made || embeddings.create_access_function(a, '_unshadowed', 'pending jsonb[]', 'SETOF jsonb',
-            format($b$RETURN QUERY
-                SELECT s.k FROM (SELECT %1$s AS k FROM %2$s t
-                                 WHERE t.%3$I IS NULL AND (%4$s) OPERATOR(pg_catalog.~) '[^[:space:]]') s
-                WHERE NOT (s.k OPERATOR(pg_catalog.=) ANY ($1));$b$,
-                embeddings.key_json_sql(t, 't'), t.source, shadow, a->>'content'),
-            stable => true);
-        -- ... and, under the table lock, whether the swap may go ahead (no row with a vector
-        -- lacks the new one), clearing the new vectors of rows whose content changed since
-        -- (their vector was cleared and their job is among `pending`).
-        made := made || embeddings.create_access_function(a, '_swap_prepare', 'pending jsonb[]', 'boolean',
-            format($b$IF EXISTS (SELECT FROM %1$s t WHERE t.%2$I IS NULL AND t.%3$I IS NOT NULL) THEN
-                RETURN false;
-            END IF;
-            UPDATE %1$s t SET %2$I = NULL
-            WHERE t.%3$I IS NULL AND t.%2$I IS NOT NULL AND %4$s OPERATOR(pg_catalog.=) ANY ($1);
-            RETURN true;$b$,
-                t.source, shadow, t.embedding_column, embeddings.key_json_sql(t, 't')));
-    END IF;
-
-    RETURN made;
-END
-$$;
-REVOKE ALL ON FUNCTION embeddings.generate_plain_access(embeddings.targets, jsonb) FROM PUBLIC;
-
--- A chunked target's chunk table (sql/55_chunks.sql): vectors to reuse and the chunk write
--- (search runs with the caller's rights: sql/58_search.sql). Returns the names of the functions created.
-CREATE FUNCTION embeddings.generate_chunk_access(t embeddings.targets, a jsonb) RETURNS text[]
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    vschema name := embeddings.vector_schema();
-    nkeys integer := cardinality(t.key_columns);
-    types text[] := embeddings.key_sql_types(t);
-    key_list text := (SELECT string_agg(format('%I', c), ', ' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
-    chunk_match text := embeddings.access_match_sql(t, 'c', types);
-BEGIN
-    RETURN ARRAY[
-    -- Vectors stored for chunks of these documents with these hashes (the chunks an edit left
-    -- unchanged), as real[] (the worker's loading connection needs no pgvector types). The key
-    -- arrays repeat each document's key, once per chunk hash.
-    embeddings.create_access_function(a, '_reusable', format('keys text[]%s, hashes text[]', a->>'key_params'),
-        'TABLE (key text, chunk_hash text, embedding real[])',
-        format($b$RETURN QUERY
-            SELECT DISTINCT ON (v.key, c.chunk_hash) v.key, c.chunk_hash, (c.%1$I)::real[]
-            FROM ROWS FROM (%2$s, pg_catalog.unnest($%3$s)) AS v(key%4$s, hash)
-            JOIN %5$s c ON %6$s AND c.chunk_hash OPERATOR(pg_catalog.=) v.hash;$b$,
-            t.embedding_column, a->>'key_rows', nkeys + 2, a->>'key_aliases', t.chunk_table, chunk_match),
-        stable => true),
-
-    -- The chunk write, for documents whose content is still the one loaded (the md5 `digests`;
-    -- the caller holds their advisory locks): upserts their chunks (a chunk whose hash is
-    -- unchanged at its position is left as it is) and deletes those past each document's
-    -- `counts` (all of them for 0: blank content). Chunks name their document by its canonical
-    -- key (`chunk_keys`); `starts` and `ends` are their character offsets in it (an unchanged
-    -- chunk that moved in its document gets its new ones, its vector kept). Returns, per
-    -- document, whether it was current and lost chunks. The chunk table's key columns are
-    -- named as the source's, and may be named as a parameter (k0, keys, ...): ON CONFLICT
-    -- names columns, and the variables are qualified.
-    embeddings.create_access_function(a, '_chunks',
-        format('keys text[]%s, digests text[], counts integer[], chunk_keys text[], seqs integer[], chunks text[], '
-               'hashes text[], vectors %I.halfvec[], starts integer[], ends integer[]', a->>'key_params', vschema),
-        'TABLE (key text, is_current boolean, trimmed boolean)',
-        format($b$current_keys := ARRAY(
-                SELECT v.key FROM ROWS FROM (%1$s, pg_catalog.unnest($%2$s)) AS v(key%3$s, h)
-                JOIN %4$s t ON %5$s
-                WHERE pg_catalog.md5(%6$s) IS NOT DISTINCT FROM v.h);
-            INSERT INTO %7$s AS c (%8$s, seq, chunk, chunk_hash, %9$I, start_offset, end_offset)
-            SELECT %10$s, x.seq, x.chunk, x.hash, x.e, x.start_offset, x.end_offset
-            FROM ROWS FROM (pg_catalog.unnest($%11$s), pg_catalog.unnest($%12$s), pg_catalog.unnest($%13$s), pg_catalog.unnest($%14$s), pg_catalog.unnest($%15$s),
-                            pg_catalog.unnest($%18$s), pg_catalog.unnest($%19$s)) AS x(key, seq, chunk, hash, e, start_offset, end_offset)
-            JOIN ROWS FROM (%1$s) AS v(key%3$s) ON v.key OPERATOR(pg_catalog.=) x.key
-            WHERE x.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
-            ON CONFLICT (%8$s, seq) DO UPDATE
-            SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, %9$I = excluded.%9$I,
-                start_offset = excluded.start_offset, end_offset = excluded.end_offset
-            WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash
-               OR c.start_offset IS DISTINCT FROM excluded.start_offset
-               OR c.end_offset IS DISTINCT FROM excluded.end_offset;
-            WITH gone AS (
-                DELETE FROM %7$s c USING ROWS FROM (%1$s, pg_catalog.unnest($%16$s)) AS v(key%3$s, n)
-                WHERE %17$s AND c.seq OPERATOR(pg_catalog.>=) v.n AND v.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
-                RETURNING v.key)
-            SELECT pg_catalog.array_agg(DISTINCT g.key) INTO trimmed_keys FROM gone g;
-            RETURN QUERY
-                SELECT d.key, d.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys),
-                       coalesce(d.key OPERATOR(pg_catalog.=) ANY (chunk_write.trimmed_keys), false)
-                FROM pg_catalog.unnest($1) AS d(key);$b$,
-            a->>'key_rows', nkeys + 2, a->>'key_aliases', t.source, a->>'key_match', a->>'content', t.chunk_table,
-            key_list, t.embedding_column,
-            (SELECT string_agg(format('(v.k%s)::%s', i - 1, types[i]), ', ' ORDER BY i) FROM generate_series(1, nkeys) i),
-            nkeys + 4, nkeys + 5, nkeys + 6, nkeys + 7, nkeys + 8, nkeys + 3, chunk_match, nkeys + 9, nkeys + 10),
-        head => E'#variable_conflict use_column\n<<chunk_write>>\nDECLARE\n    current_keys text[];\n    trimmed_keys text[];\n')];
-END
-$$;
-REVOKE ALL ON FUNCTION embeddings.generate_chunk_access(embeddings.targets, jsonb) FROM PUBLIC;
 
 -- Drops target t's functions above and its store's policy (the trigger functions are
 -- drop_triggers()').

@@ -281,9 +281,9 @@ BEGIN
     END IF;
     clear_updates := coalesce(clear_on_update, NOT side);
     IF side THEN
-        side_name := CASE WHEN side_table IS NULL AND previous.side_table IS NOT NULL THEN previous.side_table::text
+        side_name := CASE WHEN side_table IS NULL AND previous.store_kind = 'side' THEN previous.side_table::text
                           ELSE embeddings.side_table_name(source, side_table, embedding_column) END;
-        IF previous.side_table IS NOT NULL AND to_regclass(side_name) IS DISTINCT FROM previous.side_table THEN
+        IF previous.store_kind = 'side' AND to_regclass(side_name) IS DISTINCT FROM previous.side_table THEN
             RAISE EXCEPTION '%.% keeps its vectors in %, not %', source, embedding_column, previous.side_table, side_name
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'Unwatch it first to move its vectors to another side table.';
@@ -322,7 +322,7 @@ CREATE FUNCTION embeddings.watch_model_change(previous embeddings.targets, sourc
 RETURNS integer
 LANGUAGE plpgsql AS $$
 BEGIN
-    IF previous.id IS NULL OR previous.chunk_table IS NOT NULL OR previous.problem IS NOT NULL OR chunking
+    IF previous.id IS NULL OR previous.store_kind = 'chunks' OR previous.problem IS NOT NULL OR chunking
        OR embeddings.attnum_of(vec_rel, embedding_column) IS NULL
        OR (previous.model = model
            AND NOT EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id)) THEN
@@ -521,7 +521,7 @@ BEGIN
     WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column;
     -- Where the vectors live: the row (vec_rel is the table) or a side table (sql/56_side.sql).
     chunked := chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
-               OR previous.chunk_table IS NOT NULL;
+               OR previous.store_kind = 'chunks';
     side := embeddings.side_store(previous, store, side_table, chunked);
     SELECT ws.clear_updates, ws.side_name, ws.vec_rel INTO clear_updates, side_name, vec_rel
     FROM embeddings.watch_store(source, embedding_column, previous, side, chunked, side_table, clear_on_update) ws;
@@ -550,7 +550,7 @@ BEGIN
     -- >>> chunked targets (sql/55_chunks.sql): vectors in a chunk table, none in the source
     IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
        OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
-                  AND tg.embedding_column = watch.embedding_column AND tg.chunk_table IS NOT NULL) THEN
+                  AND tg.embedding_column = watch.embedding_column AND tg.store_kind = 'chunks') THEN
         IF NOT backfill THEN
             RAISE EXCEPTION 'backfill => false is for plain targets; a chunked target embeds its existing rows'
                 USING ERRCODE = 'feature_not_supported';

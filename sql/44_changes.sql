@@ -115,7 +115,7 @@ BEGIN
     -- in short attempts that never stall the application's statements (41_locks.sql).
     PERFORM embeddings.lock_table(t.source);
     SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = t.id FOR UPDATE;
-    IF t.chunk_table IS NOT NULL THEN
+    IF t.store_kind = 'chunks' THEN
         RAISE EXCEPTION '%.% is a chunked target: a blue/green model change is for plain targets', t.source, t.embedding_column
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'watch() a chunked target with the new model to re-embed its chunks in place.';
@@ -397,7 +397,7 @@ BEGIN
     END IF;
     UPDATE embeddings.targets tg
     SET model = c.model,
-        embedding_attnum = CASE WHEN t.side_table IS NULL THEN embeddings.attnum_of(t.source, t.embedding_column) END,
+        embedding_attnum = CASE WHEN t.store_kind <> 'side' THEN embeddings.attnum_of(t.source, t.embedding_column) END,
         version = tg.version + 1, updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
     PERFORM embeddings.install_triggers(t);  -- the generated functions name the new column
@@ -484,7 +484,7 @@ BEGIN
         -- Rows with the new vector, and rows with content (a content function is not evaluated
         -- by status: its total is the one counted as the change began).
         BEGIN
-            IF t.side_table IS NULL THEN
+            IF t.store_kind <> 'side' THEN
                 EXECUTE format('SELECT pg_catalog.count(s.%I), pg_catalog.count(*) FILTER (WHERE s.%I IS NOT NULL OR (%s) OPERATOR(pg_catalog.~) ''[^[:space:]]'') FROM %s s',
                                c.shadow_column, c.shadow_column,
                                CASE WHEN t.content_column IS NOT NULL THEN embeddings.content_sql(t, 's') ELSE 'NULL' END,

@@ -44,7 +44,7 @@ BEGIN
           ON d.classid = 'pg_class'::regclass AND d.objid IN (tg.source::oid, tg.chunk_table::oid, tg.side_table::oid)
         WHERE d.objsubid = 0                                     -- the table (chunk table, side table)
            OR (d.address_names[3] = tg.embedding_column::text   -- its embedding column
-               AND (tg.side_table IS NULL OR d.objid = tg.side_table))  -- (a side table's)
+               AND (tg.store_kind <> 'side' OR d.objid = tg.side_table))  -- (a side table's)
     LOOP
         BEGIN
             PERFORM embeddings.forget_target(t);

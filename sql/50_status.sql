@@ -58,48 +58,57 @@ $$;
 -- Exact counts of target t: scans its table (and chunk table), with the caller's rights. Rows
 -- whose content is NULL or blank (whitespace only) are `cleared_rows`: the worker keeps them
 -- without an embedding on purpose; NULL for a content function, which status never evaluates
--- (it is the table owner's code: sql/32_access.sql). A chunked target's embedded rows are its
+-- (it is the table owner's code: sql/32_access.sql). Each store kind counts its embedded rows
+-- (embeddings.exact_counts() dispatches, sql/54_stores.sql): a chunked target's are its
 -- documents with chunks (sql/55_chunks.sql); a side-table target's, its rows with a side row that
--- holds a vector (sql/56_side.sql: side rows of deleted rows are not counted).
-CREATE FUNCTION embeddings.exact_counts(t embeddings.targets,
+-- holds a vector (sql/56_side.sql: side rows of deleted rows are not counted). A store that is
+-- gone (dropped under us) counts NULL: the other targets still show.
+
+-- The count of target t's cleared rows over its table `s`, as a SELECT list item.
+CREATE FUNCTION embeddings.cleared_count_sql(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN t.content_column IS NOT NULL
+                THEN format('count(*) FILTER (WHERE (%1$s) IS NULL OR (%1$s) !~ ''[^[:space:]]'')',
+                            embeddings.content_sql(t, 's'))
+                ELSE 'NULL::bigint' END
+$$;
+
+CREATE FUNCTION embeddings.row_store_exact_counts(t embeddings.targets,
     OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    cleared text := CASE WHEN t.content_column IS NOT NULL
-                         THEN format('count(*) FILTER (WHERE (%1$s) IS NULL OR (%1$s) !~ ''[^[:space:]]'')',
-                                     embeddings.content_sql(t, 's'))
-                         ELSE 'NULL::bigint' END;
 BEGIN
-    IF t.side_table IS NOT NULL THEN
-        BEGIN
-            EXECUTE format('SELECT count(*), count(x.%I), %s FROM %s s LEFT JOIN %s x ON %s', t.embedding_column, cleared,
-                           t.source, t.side_table, embeddings.key_equal_sql(t, 's', 'x'))
-                INTO total_rows, embedded_rows, cleared_rows;
-        EXCEPTION WHEN OTHERS THEN  -- the side table is gone: the other targets still show
-            total_rows := NULL;
-            embedded_rows := NULL;
-            cleared_rows := NULL;
-        END;
-        chunks := NULL;
-    ELSIF t.chunk_table IS NULL THEN
-        BEGIN
-            EXECUTE format('SELECT count(*), count(s.%I), %s FROM %s s', t.embedding_column, cleared, t.source)
-                INTO total_rows, embedded_rows, cleared_rows;
-        EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone: the other targets still show
-            total_rows := NULL;
-            embedded_rows := NULL;
-            cleared_rows := NULL;
-        END;
-        chunks := NULL;
-    ELSE
-        BEGIN
-            EXECUTE format('SELECT count(*), %s FROM %s s', cleared, t.source) INTO total_rows, cleared_rows;
-            SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
-        EXCEPTION WHEN OTHERS THEN  -- the chunk table is gone: the other targets still show
-            embedded_rows := NULL;
-            chunks := NULL;
-        END;
-    END IF;
+    EXECUTE format('SELECT count(*), count(s.%I), %s FROM %s s', t.embedding_column, embeddings.cleared_count_sql(t), t.source)
+        INTO total_rows, embedded_rows, cleared_rows;
+EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone
+    total_rows := NULL;
+    embedded_rows := NULL;
+    cleared_rows := NULL;
+END
+$$;
+
+CREATE FUNCTION embeddings.side_store_exact_counts(t embeddings.targets,
+    OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('SELECT count(*), count(x.%I), %s FROM %s s LEFT JOIN %s x ON %s', t.embedding_column,
+                   embeddings.cleared_count_sql(t), t.source, t.side_table, embeddings.key_equal_sql(t, 's', 'x'))
+        INTO total_rows, embedded_rows, cleared_rows;
+EXCEPTION WHEN OTHERS THEN  -- the side table is gone
+    total_rows := NULL;
+    embedded_rows := NULL;
+    cleared_rows := NULL;
+END
+$$;
+
+CREATE FUNCTION embeddings.chunks_store_exact_counts(t embeddings.targets,
+    OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE format('SELECT count(*), %s FROM %s s', embeddings.cleared_count_sql(t), t.source) INTO total_rows, cleared_rows;
+    SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
+EXCEPTION WHEN OTHERS THEN  -- the chunk table is gone
+    embedded_rows := NULL;
+    chunks := NULL;
 END
 $$;
 
@@ -167,13 +176,13 @@ DECLARE
     embedded_share double precision;
     cleared_share double precision;
     total double precision := 0;
-    embedded double precision := CASE WHEN t.chunk_table IS NULL THEN 0 END;
+    embedded double precision := CASE WHEN t.store_kind <> 'chunks' THEN 0 END;
     vec_rel regclass := coalesce(t.side_table, t.source);  -- where the embedding column is
     cleared double precision := CASE WHEN t.content_column IS NOT NULL THEN 0 END;
 BEGIN
     -- One short statement per leaf (plans cached by the session), not one query over the
     -- pg_stats view, which costs milliseconds to plan on every call.
-    FOR leaf IN SELECT embeddings.leaf_relations(vec_rel) WHERE t.side_table IS NOT NULL LOOP
+    FOR leaf IN SELECT embeddings.leaf_relations(vec_rel) WHERE t.store_kind = 'side' LOOP
         n := embeddings.estimated_rows(leaf);  -- the side table's rows
         CONTINUE WHEN n < 1;
         SELECT 1 - s.null_frac INTO embedded_share
@@ -186,7 +195,7 @@ BEGIN
         n := embeddings.estimated_rows(leaf);
         total := total + n;
         CONTINUE WHEN n < 1;
-        IF t.side_table IS NULL THEN
+        IF t.store_kind <> 'side' THEN
             SELECT 1 - s.null_frac INTO embedded_share
             FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
             JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = c.relname
@@ -202,9 +211,9 @@ BEGIN
         cleared := cleared + n * cleared_share;
     END LOOP;
     total_rows := round(total);
-    embedded_rows := round(CASE WHEN t.side_table IS NULL THEN embedded ELSE least(embedded, total) END);
+    embedded_rows := round(CASE WHEN t.store_kind <> 'side' THEN embedded ELSE least(embedded, total) END);
     cleared_rows := round(cleared);
-    IF t.chunk_table IS NOT NULL THEN
+    IF t.store_kind = 'chunks' THEN
         SELECT round(sum(embeddings.estimated_rows(cl))) INTO chunks FROM embeddings.leaf_relations(t.chunk_table) AS cl;
     END IF;
 END
@@ -297,7 +306,7 @@ BEGIN
         FOREACH lane IN ARRAY lanes LOOP
             IF NOT pending ? lane THEN
                 -- A lane of many messages: about 2,000 of them sampled (an exact count reads
-                -- every message, ~5 us each: 364 ms for 10 million keys in 128-key messages).
+                -- every message: docs/performance.md, "Figures behind the code's choices").
                 -- A target with few messages among very many may be missed: `status --exact`.
                 messages := embeddings.queue_messages(lane);
                 IF NOT coalesce(exact, false) AND messages > embeddings.status_exact_rows() THEN

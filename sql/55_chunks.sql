@@ -28,20 +28,6 @@
 -- The chunk table's key columns follow renames of the source's (embeddings.follow_store_keys,
 -- sql/56_side.sql, called by the schema-change event trigger).
 
--- A predicate true when the row of alias `alias` lacks its embedding: a NULL embedding column,
--- for a chunked target no chunk at all, for a side-table target no side row with a vector
--- (sql/56_side.sql). Used by backfills and embeddings.sweep().
-CREATE FUNCTION embeddings.embedding_missing_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
-    SELECT CASE
-        WHEN t.side_table IS NOT NULL THEN format('NOT EXISTS (SELECT FROM %s c WHERE %s AND c.%I IS NOT NULL)',
-                                                  t.side_table, embeddings.key_equal_sql(t, alias, 'c'), t.embedding_column)
-        WHEN t.chunk_table IS NULL THEN format('%I.%I IS NULL', alias, t.embedding_column)
-        ELSE format('NOT EXISTS (SELECT FROM %s c WHERE %s)', t.chunk_table,
-                    embeddings.key_equal_sql(t, alias, 'c'))
-    END
-$$;
-
 -- The type modifier of column `col` of `source` (char(6): 10), NULL for none: a chunk table's key
 -- column is typed as its source's, char(n) and numeric(p,s) included (a bare char is char(1)).
 CREATE FUNCTION embeddings.key_typmod(source regclass, col name) RETURNS integer
@@ -160,7 +146,7 @@ DECLARE
 BEGIN
     SELECT * INTO previous FROM embeddings.targets tg
     WHERE tg.source = watch_chunked.source AND tg.embedding_column = watch_chunked.embedding_column;
-    IF previous.id IS NOT NULL AND previous.chunk_table IS NULL THEN
+    IF previous.id IS NOT NULL AND previous.store_kind IS DISTINCT FROM 'chunks' THEN
         RAISE EXCEPTION '%.% is watched with one vector per row, not in chunks', source, embedding_column
             USING ERRCODE = 'object_not_in_prerequisite_state',
                   HINT = format('Unwatch it first (SELECT embeddings.unwatch(%L)), or pass another embedding_column.', source::text);
@@ -190,7 +176,7 @@ BEGIN
     -- The chunk table: chunk_table as given (optionally schema-qualified), else the target's own
     -- (watched again after the table was renamed or moved: its chunks stay where they are, as a
     -- side table's vectors do), else <table>_chunks beside the source.
-    IF chunk_table IS NULL AND previous.chunk_table IS NOT NULL THEN
+    IF chunk_table IS NULL AND previous.store_kind = 'chunks' THEN
         SELECT format('%I.%I', n.nspname, c.relname) INTO table_name
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = previous.chunk_table;
     ELSIF chunk_table IS NULL THEN
@@ -314,7 +300,7 @@ DECLARE
     answer jsonb;
 BEGIN
     SELECT * INTO t FROM embeddings.targets tg
-    WHERE tg.source = match_chunks.source AND tg.chunk_table IS NOT NULL
+    WHERE tg.source = match_chunks.source AND tg.store_kind = 'chunks'
     ORDER BY tg.id LIMIT 1;
     IF NOT FOUND THEN
         RAISE EXCEPTION '% is not watched in chunks', source
@@ -379,3 +365,100 @@ SELECT d.target_id, embeddings.target_name(t) AS target, d.row_key, d.state, d.b
        d.chunks_done, greatest(d.chunks_estimated, d.chunks_done) AS chunks_estimated,
        d.ceiling_bytes, d.started_at, d.updated_at
 FROM embeddings.documents d JOIN embeddings.targets t ON t.id = d.target_id;
+
+-- The chunks store's operations (sql/54_stores.sql lists them).
+
+-- A document lacks its vectors while it has no chunk.
+CREATE FUNCTION embeddings.chunks_store_missing_sql(t embeddings.targets, alias text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('NOT EXISTS (SELECT FROM %s c WHERE %s)', t.chunk_table, embeddings.key_equal_sql(t, alias, 'c'))
+$$;
+
+-- Blank content: the chunk write deletes the document's chunks (its count is 0), no scan needed.
+CREATE FUNCTION embeddings.chunks_store_holds_vector_sql(t embeddings.targets, alias text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT NULL::text
+$$;
+
+-- A new row has no chunks yet, whatever the table holds.
+CREATE FUNCTION embeddings.chunks_store_new_row_sql(t embeddings.targets, alias text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT 'true'::text
+$$;
+
+-- The write goes to the chunk table: the table is only read.
+CREATE FUNCTION embeddings.chunks_store_lock_mode(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT 'ACCESS SHARE'::text
+$$;
+
+-- A chunked target's chunk table (sql/55_chunks.sql): vectors to reuse and the chunk write
+-- (search runs with the caller's rights: sql/58_search.sql). Returns the names of the functions created.
+CREATE FUNCTION embeddings.chunks_store_access(t embeddings.targets, a jsonb) RETURNS text[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    vschema name := embeddings.vector_schema();
+    nkeys integer := cardinality(t.key_columns);
+    types text[] := embeddings.key_sql_types(t);
+    key_list text := (SELECT string_agg(format('%I', c), ', ' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
+    chunk_match text := embeddings.access_match_sql(t, 'c', types);
+BEGIN
+    RETURN ARRAY[
+    -- Vectors stored for chunks of these documents with these hashes (the chunks an edit left
+    -- unchanged), as real[] (the worker's loading connection needs no pgvector types). The key
+    -- arrays repeat each document's key, once per chunk hash.
+    embeddings.create_access_function(a, '_reusable', format('keys text[]%s, hashes text[]', a->>'key_params'),
+        'TABLE (key text, chunk_hash text, embedding real[])',
+        format($b$RETURN QUERY
+            SELECT DISTINCT ON (v.key, c.chunk_hash) v.key, c.chunk_hash, (c.%1$I)::real[]
+            FROM ROWS FROM (%2$s, pg_catalog.unnest($%3$s)) AS v(key%4$s, hash)
+            JOIN %5$s c ON %6$s AND c.chunk_hash OPERATOR(pg_catalog.=) v.hash;$b$,
+            t.embedding_column, a->>'key_rows', nkeys + 2, a->>'key_aliases', t.chunk_table, chunk_match),
+        stable => true),
+
+    -- The chunk write, for documents whose content is still the one loaded (the md5 `digests`;
+    -- the caller holds their advisory locks): upserts their chunks (a chunk whose hash is
+    -- unchanged at its position is left as it is) and deletes those past each document's
+    -- `counts` (all of them for 0: blank content). Chunks name their document by its canonical
+    -- key (`chunk_keys`); `starts` and `ends` are their character offsets in it (an unchanged
+    -- chunk that moved in its document gets its new ones, its vector kept). Returns, per
+    -- document, whether it was current and lost chunks. The chunk table's key columns are
+    -- named as the source's, and may be named as a parameter (k0, keys, ...): ON CONFLICT
+    -- names columns, and the variables are qualified.
+    embeddings.create_access_function(a, '_chunks',
+        format('keys text[]%s, digests text[], counts integer[], chunk_keys text[], seqs integer[], chunks text[], '
+               'hashes text[], vectors %I.halfvec[], starts integer[], ends integer[]', a->>'key_params', vschema),
+        'TABLE (key text, is_current boolean, trimmed boolean)',
+        format($b$current_keys := ARRAY(
+                SELECT v.key FROM ROWS FROM (%1$s, pg_catalog.unnest($%2$s)) AS v(key%3$s, h)
+                JOIN %4$s t ON %5$s
+                WHERE pg_catalog.md5(%6$s) IS NOT DISTINCT FROM v.h);
+            INSERT INTO %7$s AS c (%8$s, seq, chunk, chunk_hash, %9$I, start_offset, end_offset)
+            SELECT %10$s, x.seq, x.chunk, x.hash, x.e, x.start_offset, x.end_offset
+            FROM ROWS FROM (pg_catalog.unnest($%11$s), pg_catalog.unnest($%12$s), pg_catalog.unnest($%13$s), pg_catalog.unnest($%14$s), pg_catalog.unnest($%15$s),
+                            pg_catalog.unnest($%18$s), pg_catalog.unnest($%19$s)) AS x(key, seq, chunk, hash, e, start_offset, end_offset)
+            JOIN ROWS FROM (%1$s) AS v(key%3$s) ON v.key OPERATOR(pg_catalog.=) x.key
+            WHERE x.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
+            ON CONFLICT (%8$s, seq) DO UPDATE
+            SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, %9$I = excluded.%9$I,
+                start_offset = excluded.start_offset, end_offset = excluded.end_offset
+            WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash
+               OR c.start_offset IS DISTINCT FROM excluded.start_offset
+               OR c.end_offset IS DISTINCT FROM excluded.end_offset;
+            WITH gone AS (
+                DELETE FROM %7$s c USING ROWS FROM (%1$s, pg_catalog.unnest($%16$s)) AS v(key%3$s, n)
+                WHERE %17$s AND c.seq OPERATOR(pg_catalog.>=) v.n AND v.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
+                RETURNING v.key)
+            SELECT pg_catalog.array_agg(DISTINCT g.key) INTO trimmed_keys FROM gone g;
+            RETURN QUERY
+                SELECT d.key, d.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys),
+                       coalesce(d.key OPERATOR(pg_catalog.=) ANY (chunk_write.trimmed_keys), false)
+                FROM pg_catalog.unnest($1) AS d(key);$b$,
+            a->>'key_rows', nkeys + 2, a->>'key_aliases', t.source, a->>'key_match', a->>'content', t.chunk_table,
+            key_list, t.embedding_column,
+            (SELECT string_agg(format('(v.k%s)::%s', i - 1, types[i]), ', ' ORDER BY i) FROM generate_series(1, nkeys) i),
+            nkeys + 4, nkeys + 5, nkeys + 6, nkeys + 7, nkeys + 8, nkeys + 3, chunk_match, nkeys + 9, nkeys + 10),
+        head => E'#variable_conflict use_column\n<<chunk_write>>\nDECLARE\n    current_keys text[];\n    trimmed_keys text[];\n')];
+END
+$$;
+REVOKE ALL ON FUNCTION embeddings.chunks_store_access(embeddings.targets, jsonb) FROM PUBLIC;

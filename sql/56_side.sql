@@ -54,13 +54,6 @@
 -- unwatch() and uninstall keep the side table and its vectors, as they keep an embedding column;
 -- DROP TABLE it when no longer wanted. Dropping it forgets the target (45_dropped.sql).
 
--- The relation that holds target t's embedding column: its side table, its chunk table, or its
--- table itself.
-CREATE FUNCTION embeddings.vector_relation(t embeddings.targets) RETURNS regclass
-LANGUAGE sql STABLE AS $$
-    SELECT coalesce(t.side_table, t.chunk_table, t.source)
-$$;
-
 -- Checks watch()'s `store` and `side_table` against the call and the target registered before
 -- (`previous`; NULL id: none) and says whether the target keeps its vectors in a side table.
 -- A target changes its store only by unwatch() and watch() again.
@@ -68,8 +61,7 @@ CREATE FUNCTION embeddings.side_store(previous embeddings.targets, store text, s
 RETURNS boolean
 LANGUAGE plpgsql STABLE AS $$
 DECLARE
-    was text := CASE WHEN previous.id IS NULL THEN NULL WHEN previous.side_table IS NOT NULL THEN 'side'
-                     WHEN previous.chunk_table IS NOT NULL THEN 'chunks' ELSE 'row' END;
+    was text := previous.store_kind;  -- NULL: none
     wanted text := coalesce(store, CASE WHEN side_table IS NOT NULL THEN 'side' END);
 BEGIN
     IF store IS NOT NULL AND store NOT IN ('row', 'side') THEN
@@ -266,7 +258,7 @@ BEGIN
         WHERE i.indexrelid = (SELECT u.indexrelid FROM pg_index u
                               WHERE u.indrelid = store AND u.indisunique AND u.indpred IS NULL
                                 AND u.indexprs IS NULL
-                                AND u.indnkeyatts = cardinality(t.key_columns) + CASE WHEN t.chunk_table IS NOT NULL THEN 1 ELSE 0 END
+                                AND u.indnkeyatts = cardinality(t.key_columns) + CASE WHEN t.store_kind = 'chunks' THEN 1 ELSE 0 END
                               ORDER BY u.indisprimary DESC, u.indexrelid LIMIT 1)
           AND sa.attname <> t.key_columns[k.i]
         ORDER BY k.i
@@ -337,7 +329,7 @@ BEGIN
     EXCEPTION WHEN OTHERS THEN
         problem := format('its key changed type and its %s %s could not follow (%s): %s; convert that table''s '
                           'key columns as the table''s were (ALTER TABLE %s ALTER COLUMN ... TYPE ... USING ...)',
-                          CASE WHEN t.side_table IS NOT NULL THEN 'side table' ELSE 'chunk table' END,
+                          CASE WHEN t.store_kind = 'side' THEN 'side table' ELSE 'chunk table' END,
                           store, wanted,
                           -- a data error's message quotes the value: a row key, for status
                           -- (readable by the worker roles) and the registry (by PUBLIC)
@@ -385,7 +377,7 @@ $$;
 -- before this check until its commit, so no other writer of the same row comes in between.
 -- Every query names the table before the side table: locks are taken in that order everywhere
 -- (the worker's write, search, status, TRUNCATE, a model change's swap), never the other.
-CREATE FUNCTION embeddings.generate_side_access(t embeddings.targets, a jsonb) RETURNS text[]
+CREATE FUNCTION embeddings.side_store_access(t embeddings.targets, a jsonb) RETURNS text[]
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     shadow name := (SELECT c.name FROM embeddings.vector_columns(t, t.side_table) c WHERE c.suffix = '_shadow');
@@ -469,7 +461,7 @@ BEGIN
     RETURN made;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.generate_side_access(embeddings.targets, jsonb) FROM PUBLIC;
+REVOKE ALL ON FUNCTION embeddings.side_store_access(embeddings.targets, jsonb) FROM PUBLIC;
 
 -- The functions that make a side table or a chunk table (the target's "store": neither has a
 -- foreign key to the table) follow the table's deletes and truncations, as the table's owner
@@ -585,3 +577,29 @@ BEGIN
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.drop_store_policy(embeddings.targets) FROM PUBLIC;
+
+-- The side store's operations (sql/54_stores.sql lists them).
+
+-- A row lacks its vector while no side row of its key holds one.
+CREATE FUNCTION embeddings.side_store_missing_sql(t embeddings.targets, alias text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT format('NOT EXISTS (SELECT FROM %s c WHERE %s AND c.%I IS NOT NULL)',
+                  t.side_table, embeddings.key_equal_sql(t, alias, 'c'), t.embedding_column)
+$$;
+
+CREATE FUNCTION embeddings.side_store_holds_vector_sql(t embeddings.targets, alias text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT 'NOT ' || embeddings.side_store_missing_sql(t, alias)
+$$;
+
+-- A new row may find a side row left by a deleted row of its key: it always needs a job.
+CREATE FUNCTION embeddings.side_store_new_row_sql(t embeddings.targets, alias text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT 'true'::text
+$$;
+
+-- The write goes to the side table: the table is only read.
+CREATE FUNCTION embeddings.side_store_lock_mode(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT 'ACCESS SHARE'::text
+$$;

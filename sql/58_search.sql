@@ -132,34 +132,21 @@ $$;
 --   distance  the cosine distance to $1 (a halfvec; cast to the column's type)
 -- Key values keep the table's type in JSON as jobs carry them (sql/25_keys.sql): a number for
 -- an integer key, a string for text, an array of the columns' values for a composite key.
-CREATE FUNCTION embeddings.search_sql(t embeddings.targets) RETURNS jsonb
+-- (embeddings.search_sql() dispatches to the target's store kind: sql/54_stores.sql.)
+
+-- The parts for a store with one vector per row (`vec`, the embedding column's reference) in
+-- `from`: the row store's and the side store's.
+CREATE FUNCTION embeddings.row_search_sql(t embeddings.targets, from_sql text, vec text) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     vschema name := embeddings.vector_schema();
     emb_type text;
-    vec text;
 BEGIN
-    IF t.chunk_table IS NOT NULL THEN
-        vec := format('c.%I', t.embedding_column);
-        RETURN jsonb_build_object(
-            'from', format('%s c JOIN %s s ON %s', t.chunk_table, t.source, embeddings.key_equal_sql(t, 'c', 's')),
-            'vector', vec,
-            'key', embeddings.key_json_sql(t, 'c'),
-            'content', 'c.chunk',
-            'seq', 'c.seq',
-            'start_offset', 'c.start_offset',
-            'end_offset', 'c.end_offset',
-            'order', format('%s OPERATOR(%I.<=>) $1', vec, vschema),
-            'distance', format('(%s OPERATOR(%I.<=>) $1)::double precision', vec, vschema));
-    END IF;
     SELECT format('%I.%I', n.nspname, ty.typname) INTO emb_type
     FROM pg_attribute at JOIN pg_type ty ON ty.oid = at.atttypid JOIN pg_namespace n ON n.oid = ty.typnamespace
-    WHERE at.attrelid = coalesce(t.side_table, t.source) AND at.attname = t.embedding_column AND NOT at.attisdropped;
-    -- A side-table target's vectors are in its side table `v`, keyed like the table.
-    vec := format(CASE WHEN t.side_table IS NULL THEN 's.%I' ELSE 'v.%I' END, t.embedding_column);
+    WHERE at.attrelid = embeddings.vector_relation(t) AND at.attname = t.embedding_column AND NOT at.attisdropped;
     RETURN jsonb_build_object(
-        'from', CASE WHEN t.side_table IS NULL THEN format('%s s', t.source)
-                     ELSE format('%s v JOIN %s s ON %s', t.side_table, t.source, embeddings.key_equal_sql(t, 'v', 's')) END,
+        'from', from_sql,
         'vector', vec,
         'key', embeddings.key_json_sql(t, 's'),
         'content', CASE WHEN t.content_column IS NOT NULL
@@ -173,6 +160,34 @@ BEGIN
         'order', format('%s OPERATOR(%I.<=>) ($1)::%s', vec, vschema, emb_type),
         'distance', format('(%s OPERATOR(%I.<=>) ($1)::%s)::double precision', vec, vschema, emb_type));
 END
+$$;
+
+CREATE FUNCTION embeddings.row_store_search_sql(t embeddings.targets) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT embeddings.row_search_sql(t, format('%s s', t.source), format('s.%I', t.embedding_column))
+$$;
+
+-- A side-table target's vectors are in its side table `v`, keyed like the table.
+CREATE FUNCTION embeddings.side_store_search_sql(t embeddings.targets) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT embeddings.row_search_sql(t, format('%s v JOIN %s s ON %s', t.side_table, t.source,
+                                               embeddings.key_equal_sql(t, 'v', 's')),
+                                     format('v.%I', t.embedding_column))
+$$;
+
+-- A chunked target's: its chunk table `c` joined to the table, a row per chunk.
+CREATE FUNCTION embeddings.chunks_store_search_sql(t embeddings.targets) RETURNS jsonb
+LANGUAGE sql STABLE AS $$
+    SELECT jsonb_build_object(
+        'from', format('%s c JOIN %s s ON %s', t.chunk_table, t.source, embeddings.key_equal_sql(t, 'c', 's')),
+        'vector', format('c.%I', t.embedding_column),
+        'key', embeddings.key_json_sql(t, 'c'),
+        'content', 'c.chunk',
+        'seq', 'c.seq',
+        'start_offset', 'c.start_offset',
+        'end_offset', 'c.end_offset',
+        'order', format('c.%I OPERATOR(%I.<=>) $1', t.embedding_column, embeddings.vector_schema()),
+        'distance', format('(c.%I OPERATOR(%I.<=>) $1)::double precision', t.embedding_column, embeddings.vector_schema()))
 $$;
 
 -- Runs `statement` (a query of (key, content, seq, distance) rows, $1 the query vector, $2 the
@@ -210,8 +225,8 @@ $$;
 
 -- The statements of a search of target t, made once per target with its other functions
 -- (embeddings.generate_access(), sql/32_access.sql, on watch() and on every change of the table
--- that can change them) rather than from the catalog on every call: search() measured about
--- 3 ms a call (10 on a loaded machine) building them, more than the index scan itself.
+-- that can change them) rather than from the catalog on every call: building them cost search() more than the index
+-- scan itself (docs/performance.md, "Figures behind the code's choices").
 --
 --   embeddings_<id>_search($1 query, $2 filter, $3 n, $4 exact) RETURNS jsonb
 --     the rows of the index path (the n nearest candidates, each with `candidates`, their count;
@@ -232,8 +247,9 @@ DECLARE
     q jsonb := embeddings.search_sql(t);
     columns text := format('%s AS key, %s AS content, %s AS seq, %s AS start_offset, %s AS end_offset, %s AS distance',
                            q->>'key', q->>'content', q->>'seq', q->>'start_offset', q->>'end_offset', q->>'distance');
-    distinct_on text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'DISTINCT ON (r.key)' END;
-    distinct_order text := CASE WHEN t.chunk_table IS NULL THEN '' ELSE 'ORDER BY r.key, r.distance' END;
+    -- One result per row: a chunked target's best chunk.
+    distinct_on text := CASE WHEN embeddings.store_has_chunks(t) THEN 'DISTINCT ON (r.key)' ELSE '' END;
+    distinct_order text := CASE WHEN embeddings.store_has_chunks(t) THEN 'ORDER BY r.key, r.distance' ELSE '' END;
     -- Each statement as its result (into which the static one selects), then its FROM in two
     -- halves around the filter's condition.
     index_sql text[] := ARRAY[
@@ -356,11 +372,11 @@ BEGIN
     IF estimate IS NULL OR estimate >= exact_below THEN
         -- The index: k rows, or for chunks candidates doubling until they hold k documents or
         -- the index yields no more (fewer candidates than asked for).
-        n := CASE WHEN t.chunk_table IS NULL THEN k ELSE greatest(k * 10, 40) END;
+        n := CASE WHEN embeddings.store_has_chunks(t) THEN greatest(k * 10, 40) ELSE k END;
         LOOP
             EXECUTE run INTO answer USING query, filter, n, false;
             candidates := coalesce((answer->0->>'candidates')::integer, 0);
-            EXIT WHEN jsonb_array_length(answer) >= k OR t.chunk_table IS NULL OR candidates < n OR n >= max_scan;
+            EXIT WHEN jsonb_array_length(answer) >= k OR NOT embeddings.store_has_chunks(t) OR candidates < n OR n >= max_scan;
             n := least(n * 2, max_scan)::integer;
         END LOOP;
     END IF;

@@ -228,7 +228,7 @@ REVOKE ALL ON FUNCTION embeddings.backfill_rows_left(embeddings.targets) FROM PU
 -- Deferred HNSW indexes (issue 16 §4). When watch() adds the embedding column to a large table,
 -- it builds no index: building one, even empty, scans the table under watch()'s lock, and
 -- inserting the backfill's vectors one by one into HNSW costs about ten times their share of a
--- build (15.7 vs 1.37 ms per row, measured here at 200k rows). Search scans exactly
+-- build (docs/performance.md, "Figures behind the code's choices"). Search scans exactly
 -- meanwhile (status: index_deferred). Once the backfill has ended and its jobs are done, a
 -- worker that may (the table's owner) builds the index CONCURRENTLY, so that writes go on.
 -- Partitioned tables are indexed at watch() as before (no CONCURRENTLY on their parent).

@@ -76,7 +76,7 @@ DECLARE
     change embeddings.model_changes;
 BEGIN
     model := t.model;
-    IF t.chunk_table IS NOT NULL THEN
+    IF t.store_kind = 'chunks' THEN
         slot := 0;
         RETURN;
     END IF;

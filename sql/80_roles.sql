@@ -178,9 +178,9 @@ BEGIN
             LOOP
                 EXECUTE format('DROP POLICY %I ON %s', policy, t.source);
             END LOOP;
-            IF t.chunk_table IS NULL AND embeddings.attnum_of(t.source, t.embedding_column) IS NOT NULL THEN
+            IF t.store_kind <> 'chunks' AND embeddings.attnum_of(t.source, t.embedding_column) IS NOT NULL THEN
                 EXECUTE format('REVOKE UPDATE (%I) ON %s FROM %I', t.embedding_column, t.source, worker_role);
-            ELSIF t.chunk_table IS NOT NULL AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.chunk_table) THEN
+            ELSIF t.store_kind = 'chunks' AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.chunk_table) THEN
                 EXECUTE format('REVOKE SELECT, INSERT, UPDATE, DELETE ON %s FROM %I', t.chunk_table, worker_role);
             END IF;
         END LOOP;

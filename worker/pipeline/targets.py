@@ -55,6 +55,9 @@ class Target:
     # in a table of its own keyed like the source.
     side_table: tuple[str, str] | None = None  # (schema, table)
     has_fulltext: bool = False  # full-text search on (embeddings.enable_fts()): hybrid search
+    # Where the vectors are (embeddings.targets.store_kind): "row", "side" or "chunks"; the
+    # store strategy is chosen by it (worker/pipeline/stores/).
+    store_kind: str = "row"
     # A model change in progress (sql/44_changes.sql) writes the new model's vectors to a shadow
     # column as well.
     shadow_model: str | None = None
@@ -235,6 +238,7 @@ def target_of(row: dict[str, Any]) -> Target:
             (row["side_schema"], row["side_name"]) if row["side_name"] is not None else None
         ),
         has_fulltext=row["has_fulltext"],
+        store_kind=row["store_kind"],
     )
 
 

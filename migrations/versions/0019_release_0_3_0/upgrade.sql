@@ -48,3 +48,8 @@ $$;
 -- The recent rate counts from when its first batch began (status's rate and ETA came out 5x low
 -- in the first minute of a drain): when the first batch of each minute was read.
 ALTER TABLE embeddings.throughput ADD COLUMN IF NOT EXISTS since timestamptz;
+
+-- The store kind is explicit in the registry (sql/54_stores.sql: each kind's functions are named
+-- after it), derived from the store tables so that it cannot disagree with them.
+ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS store_kind text NOT NULL GENERATED ALWAYS AS (
+    CASE WHEN chunk_table IS NOT NULL THEN 'chunks' WHEN side_table IS NOT NULL THEN 'side' ELSE 'row' END) STORED;

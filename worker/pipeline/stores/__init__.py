@@ -15,21 +15,27 @@ and writes through the target's generated functions, which run as the table's ow
 
 from __future__ import annotations
 
+from worker import exceptions
 from worker.pipeline.stores.base import Store
 from worker.pipeline.stores.chunked import ChunkStore
 from worker.pipeline.stores.row import RowStore
 from worker.pipeline.stores.side import SideStore
 from worker.pipeline.targets import Target
 
-_ROW, _SIDE, _CHUNKS = RowStore(), SideStore(), ChunkStore()
+# By embeddings.targets.store_kind: the SQL side of each kind is embeddings.<kind>_store_*
+# (sql/54_stores.sql).
+_BY_KIND: dict[str, Store] = {"row": RowStore(), "side": SideStore(), "chunks": ChunkStore()}
 
 __all__ = ["ChunkStore", "RowStore", "SideStore", "Store", "of"]
 
 
 def of(target: Target) -> Store:
-    """The store of `target`'s vectors."""
-    if target.chunk_table is not None:
-        return _CHUNKS
-    if target.side_table is not None:
-        return _SIDE
-    return _ROW
+    """The store of `target`'s vectors. An unknown kind (from a schema newer than this worker) is
+    an error, never another kind's writes."""
+    store = _BY_KIND.get(target.store_kind)
+    if store is None:
+        raise exceptions.TargetError(
+            f"{target.name}: store kind {target.store_kind!r} is not one this worker knows "
+            f"({', '.join(sorted(_BY_KIND))}); upgrade the worker"
+        )
+    return store

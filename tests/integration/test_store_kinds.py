@@ -1,0 +1,99 @@
+"""Store kinds as strategies in SQL (sql/54_stores.sql): the registry names each target's kind,
+every kind has every operation the shared code dispatches to, and a kind or an operation that
+does not exist is refused by name, never served by another kind's functions."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.support import stores
+from tests.support.stores import ALL_STORES
+
+Conn = psycopg.Connection[Any]
+
+# The operations sql/54_stores.sql lists: what a new kind must provide.
+OPERATIONS = (
+    "missing_sql",
+    "holds_vector_sql",
+    "new_row_sql",
+    "lock_mode",
+    "access",
+    "search_sql",
+    "exact_counts",
+)
+
+
+def test_the_registry_names_each_targets_store_kind(conn: Conn) -> None:
+    for store in ALL_STORES:
+        conn.execute(f"CREATE TABLE docs_{store} (id int PRIMARY KEY, body text)")
+        target = stores.watch(conn, store, "all-MiniLM-L6-v2", table=f"docs_{store}")
+        kind = conn.execute(
+            "SELECT store_kind FROM embeddings.targets WHERE id = %s", (target,)
+        ).fetchone()
+        assert kind == (store,)
+    # Derived from the store tables, so that it cannot disagree with them.
+    with pytest.raises(psycopg.errors.GeneratedAlways):
+        conn.execute("UPDATE embeddings.targets SET store_kind = 'row'")
+
+
+def test_every_kind_has_every_operation(conn: Conn) -> None:
+    missing = [
+        f"{kind}_store_{operation}"
+        for kind in ALL_STORES
+        for operation in OPERATIONS
+        if conn.execute(
+            "SELECT to_regproc(format('embeddings.%%I', %s::text))",
+            (f"{kind}_store_{operation}",),
+        ).fetchone()
+        == (None,)
+    ]
+    assert missing == []
+
+
+def test_dispatch_reaches_the_kinds_function(conn: Conn) -> None:
+    """The shared code's call gives what the kind's own function gives."""
+    for store in ALL_STORES:
+        conn.execute(f"CREATE TABLE docs_{store} (id int PRIMARY KEY, body text)")
+        target = stores.watch(conn, store, "all-MiniLM-L6-v2", table=f"docs_{store}")
+        # as the generators call them: tables named with their schema
+        conn.execute("SET search_path = pg_catalog, pg_temp")
+        shared, own = conn.execute(
+            "SELECT embeddings.embedding_missing_sql(t, 'x'),"
+            f" embeddings.{store}_store_missing_sql(t, 'x')"
+            " FROM embeddings.targets t WHERE t.id = %s",
+            (target,),
+        ).fetchone() or (None, None)
+        assert shared == own and own is not None
+        lock = conn.execute(
+            "SELECT embeddings.store_lock_mode(t) FROM embeddings.targets t WHERE t.id = %s",
+            (target,),
+        ).fetchone()
+        assert lock == ("ROW EXCLUSIVE" if store == "row" else "ACCESS SHARE",)
+        conn.execute("RESET search_path")
+
+
+@pytest.mark.parametrize(
+    ("kind", "operation"),
+    [
+        ("row", "nonesuch"),  # an operation no kind has
+        ("tape", "missing_sql"),  # a kind nobody wrote
+        ("embeddings_1", "shadow"),  # a prefix naming another function of the schema
+        ("row", "missing_sql(t, 'x'); --"),  # an operation that is not a word
+    ],
+)
+def test_an_unknown_kind_or_operation_is_refused_by_name(
+    conn: Conn, kind: str, operation: str
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    stores.watch(conn, "row", "all-MiniLM-L6-v2")
+    with pytest.raises(psycopg.errors.UndefinedFunction) as raised:
+        conn.execute(
+            "SELECT embeddings.store_function("
+            " jsonb_populate_record(t, jsonb_build_object('store_kind', %s::text)), %s)"
+            " FROM embeddings.targets t",
+            (kind, operation),
+        )
+    assert f"the {kind} store has no {operation} operation" in str(raised.value)
