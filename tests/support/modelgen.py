@@ -82,11 +82,14 @@ def write_model_dir(
     seed: int = 0,
     with_token_type_ids: bool = True,
     pooling: str | None = None,
+    cross_encoder: bool = False,
 ) -> Path:
     """Write model.onnx, config.json and `tokenizer_dir`'s tokenizer files into `dest`.
 
     The vocabulary size is the tokenizer's. `pooling` ("mean" or "cls") writes a
     1_Pooling/config.json; without it the directory says nothing and loaders default to mean.
+    `cross_encoder`: a sequence classifier with one label (a reranker, as the ms-marco
+    cross-encoders export): [CLS] pooled, tanh, one score per input, output `logits`.
     """
     vocab_size = _vocab_size(tokenizer_dir / "tokenizer.json")
     model = build_bert(
@@ -98,6 +101,7 @@ def write_model_dir(
         max_positions=max_positions,
         seed=seed,
         with_token_type_ids=with_token_type_ids,
+        cross_encoder=cross_encoder,
     )
     dest.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(dest / "model.onnx"))
@@ -105,7 +109,7 @@ def write_model_dir(
         if (tokenizer_dir / name).is_file():
             shutil.copyfile(tokenizer_dir / name, dest / name)
     config = {
-        "architectures": ["BertModel"],
+        "architectures": ["BertForSequenceClassification" if cross_encoder else "BertModel"],
         "model_type": "bert",
         "hidden_size": hidden,
         "num_hidden_layers": layers,
@@ -115,6 +119,7 @@ def write_model_dir(
         "vocab_size": vocab_size,
         "type_vocab_size": 2,
         "layer_norm_eps": 1e-12,
+        **({"num_labels": 1} if cross_encoder else {}),
         "_generated_by": f"tests.support.modelgen v{GENERATOR_VERSION}, seed {seed}",
     }
     (dest / "config.json").write_text(json.dumps(config, indent=2) + "\n")
@@ -172,6 +177,7 @@ def build_bert(
     max_positions: int,
     seed: int = 0,
     with_token_type_ids: bool = True,
+    cross_encoder: bool = False,
 ) -> onnx.ModelProto:
     """The ONNX graph of a BERT encoder with random weights (normal, std 0.02, like BERT's init)."""
     if hidden % heads:
@@ -235,10 +241,37 @@ def build_bert(
         out = project("output", inner, intermediate, hidden)
         x = g.layer_norm(g.node("Add", [out, x]), hidden, f"{p}.output")
 
-    g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
-    output = helper.make_tensor_value_info(
-        "last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", hidden]
-    )
+    if cross_encoder:
+        # BertForSequenceClassification: the [CLS] state through the pooler (dense, tanh), then
+        # one label. The label's weights are scaled up so that random scores spread apart.
+        cls = g.node("Gather", [x, g.const("zero", np.array(0, np.int64))], axis=1)
+        pooled = g.node(
+            "Tanh",
+            [
+                g.node(
+                    "Add",
+                    [
+                        g.node("MatMul", [cls, g.weight("pooler.weight", hidden, hidden)]),
+                        g.zeros("pooler.bias", hidden),
+                    ],
+                )
+            ],
+        )
+        label = g.node(
+            "Mul",
+            [
+                g.weight("classifier.weight", hidden, 1),
+                g.const("spread", np.array(50.0, np.float32)),
+            ],
+        )
+        logits = g.node("Add", [g.node("MatMul", [pooled, label]), g.zeros("classifier.bias", 1)])
+        g.nodes.append(helper.make_node("Identity", [logits], ["logits"]))
+        output = helper.make_tensor_value_info("logits", TensorProto.FLOAT, ["batch", 1])
+    else:
+        g.nodes.append(helper.make_node("Identity", [x], ["last_hidden_state"]))
+        output = helper.make_tensor_value_info(
+            "last_hidden_state", TensorProto.FLOAT, ["batch", "sequence", hidden]
+        )
     graph = helper.make_graph(g.nodes, "bert", inputs, [output], initializer=g.initializers)
     model = helper.make_model(
         graph,

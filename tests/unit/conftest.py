@@ -91,3 +91,15 @@ def embed_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Iterator[Path]
     cache = tmp_path / "cache"
     monkeypatch.setenv("EMBED_CACHE_DIR", str(cache))
     yield cache
+
+
+@pytest.fixture(scope="session")
+def tiny_cross_encoder_dir(generated_models_root: Path, gte_tokenizer_dir: Path) -> Path:
+    """A cross-encoder (one score per pair) of TINY's size, random weights, real tokenizer."""
+    return modelgen.cached_model_dir(
+        generated_models_root,
+        name="tiny-rerank",
+        tokenizer_dir=gte_tokenizer_dir,
+        cross_encoder=True,
+        **modelgen.TINY,
+    )

@@ -1,0 +1,140 @@
+"""A cross-encoder: a (question, passage) pair in, one relevance score out, on the CPU.
+
+The second stage of retrieval (worker/retrieval/rerank.py): a bi-encoder (the embedder) finds
+candidates by comparing vectors made apart; a cross-encoder reads the question and each passage
+together, which ranks far better and costs one model call per candidate, so it only reorders the
+top few dozen. The model is a BERT sequence classifier exported to ONNX (what
+sentence-transformers' CrossEncoder and the ms-marco rerankers are): inputs as the embedder's,
+the question as segment 0 and the passage as segment 1, output `logits` of shape (pairs, 1).
+
+It loads through the embedders' machinery: a directory found by name on the model location
+(EMBED_MODEL_PATH, then the cache) or given by path, the same ONNX Runtime session options and
+threads, the same token-budget batching. Scores are the raw logits: comparable within one
+question, not across questions.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from worker import exceptions
+from worker.models import files, onnx
+from worker.models.batching import DEFAULT_TOKEN_BUDGET, Encoding, batches, pad_batch
+
+logger = logging.getLogger(__name__)
+
+Scores = npt.NDArray[np.float32]
+
+
+class CrossEncoder:
+    """A loaded cross-encoder. Build it with `CrossEncoder.load`; safe to share between threads."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        model_file: Path,
+        session: Any,
+        tokenizer: Any,
+        max_tokens: int,
+        threads: int,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+    ) -> None:
+        self.name = name
+        self.model_file = model_file
+        self.max_tokens = max_tokens
+        self.threads = threads
+        self.token_budget = token_budget
+        self._session = session
+        self._tokenizer = tokenizer
+        self._inputs = onnx.graph_inputs(session, model_file)
+        self._output = _score_output(session, model_file)
+        self._pad_id = onnx.pad_id(tokenizer)
+
+    def __repr__(self) -> str:
+        return (
+            f"CrossEncoder(name={self.name!r}, max_tokens={self.max_tokens}, "
+            f"threads={self.threads})"
+        )
+
+    @classmethod
+    def load(
+        cls,
+        name_or_path: str | os.PathLike[str],
+        *,
+        location: files.ModelLocation,
+        threads: int | None = None,
+    ) -> CrossEncoder:
+        """Load a cross-encoder directory by path, or by name from `location`. Never opens a
+        network connection: a model that is not on disk raises ModelNotFound."""
+        spec = os.fspath(name_or_path)
+        directory = location.locate(spec)
+        info = files.ModelDir.read(directory, name=directory.name)
+        if info.fp32_file is None:
+            raise exceptions.ModelNotFound(f"{directory} holds no fp32 model.onnx")
+        n_threads = onnx.resolve_threads(threads)
+        tokenizer = onnx.load_tokenizer(info.tokenizer_file, max_tokens=info.max_tokens)
+        # A pair is cut from the longer side first: a long passage loses its tail, never the
+        # question.
+        tokenizer.enable_truncation(max_length=info.max_tokens, strategy="longest_first")
+        model = cls(
+            name=info.name,
+            model_file=info.fp32_file,
+            session=onnx.create_session(info.fp32_file, n_threads),
+            tokenizer=tokenizer,
+            max_tokens=info.max_tokens,
+            threads=n_threads,
+        )
+        logger.info(
+            "loaded cross-encoder %s (%d max tokens, %d threads) from %s",
+            model.name,
+            model.max_tokens,
+            n_threads,
+            info.fp32_file,
+        )
+        return model
+
+    def score(self, question: str, passages: Sequence[str]) -> Scores:
+        """One score per passage, in the passages' order: higher is more relevant."""
+        if not isinstance(question, str) or any(not isinstance(p, str) for p in passages):
+            raise TypeError("score() takes a question and a sequence of passages, all str")
+        scores = np.zeros(len(passages), dtype=np.float32)
+        if not passages:
+            return scores
+        encodings: list[Encoding] = self._tokenizer.encode_batch(
+            [(question, passage) for passage in passages]
+        )
+        for batch in batches(encodings, self.token_budget):
+            ids, mask, type_ids = pad_batch(batch, self._pad_id)
+            arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
+            feed: dict[str, npt.NDArray[Any]] = {}
+            for name, dtype in self._inputs.items():
+                if name == "position_ids":
+                    positions = np.arange(batch.length, dtype=dtype)
+                    feed[name] = np.ascontiguousarray(np.broadcast_to(positions, ids.shape))
+                else:
+                    feed[name] = arrays[name].astype(dtype, copy=False)
+            (logits,) = self._session.run([self._output], feed)
+            scores[batch.rows] = np.asarray(logits, dtype=np.float32).reshape(len(batch.rows))
+        return scores
+
+
+def _score_output(session: Any, model_file: Path) -> str:
+    """The graph's (pairs, 1) output: `logits` where it is named so."""
+    outputs = session.get_outputs()
+    chosen = next((o for o in outputs if o.name == "logits"), outputs[0] if outputs else None)
+    shape = list(chosen.shape) if chosen is not None else []
+    if chosen is None or len(shape) != 2 or shape[1] != 1:
+        found = ", ".join(f"{o.name} {list(o.shape)}" for o in outputs) or "none"
+        raise exceptions.ModelError(
+            f"{model_file}: not a cross-encoder (expected one score per pair, an output of shape "
+            f"(pairs, 1) such as `logits`; the graph has {found})"
+        )
+    return str(chosen.name)
