@@ -106,6 +106,11 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     store_kind       text NOT NULL GENERATED ALWAYS AS (
                          CASE WHEN chunk_table IS NOT NULL THEN 'chunks' WHEN side_table IS NOT NULL THEN 'side'
                               ELSE 'row' END) STORED,
+    -- Search's rerank stage by default for this target (sql/57_rerank.sql: set_rerank()): the
+    -- cross-encoder's name and how many of the first ranking's results it reorders (NULL:
+    -- the worker's default). NULL model: no rerank unless a search asks for one.
+    rerank_model     text,
+    rerank_depth     integer CONSTRAINT targets_rerank_depth_check CHECK (rerank_depth BETWEEN 1 AND 200),
     UNIQUE (source, embedding_column),
     CHECK ((content_column IS NULL) <> (content_function IS NULL))
 );

@@ -156,7 +156,7 @@ SELECT t.id, n.nspname AS schema, c.relname AS "table", t.embedding_column,
        t.queue, coalesce(t.problem, embeddings.access_problem(t)) AS registry_problem, t.version,
        chunk_ns.nspname AS chunk_schema, chunk_c.relname AS chunk_name, t.chunk_tokens,
        t.chunk_overlap, side_ns.nspname AS side_schema, side_c.relname AS side_name,
-       t.fts_config IS NOT NULL AS has_fulltext, t.store_kind
+       t.fts_config IS NOT NULL AS has_fulltext, t.store_kind, t.rerank_model, t.rerank_depth
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
 LEFT JOIN pg_namespace n ON n.oid = c.relnamespace

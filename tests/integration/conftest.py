@@ -27,6 +27,7 @@ GENERATED: dict[str, tuple[int, dict[str, Any]]] = {
     "tiny-a": (1, {}),
     "tiny-b": (2, {}),
     WIDE: (7, {"hidden": WIDE_DIMS, "heads": 2, "intermediate": 96}),
+    "tiny-rerank": (3, {"cross_encoder": True}),  # a cross-encoder: search's rerank stage
 }
 
 

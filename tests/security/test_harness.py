@@ -164,7 +164,10 @@ def _http_server_search(ctx: Context) -> None:
         answers: dict[str, list[Any]] = {}
         for round_ in range(2):
             for table in ("docs_row", "docs_side", "docs_chunked", "docs_fn"):
-                body = json.dumps({"table": table, "query": "document", "k": 3})
+                ask = {"table": table, "query": "document", "k": 3}
+                if table == "docs_side":  # the rerank stage reads the results' text
+                    ask["rerank"] = "tiny-rerank"
+                body = json.dumps(ask)
                 client.request(
                     "POST",
                     "/search",
@@ -212,6 +215,14 @@ def _unknown_model(ctx: Context) -> None:
     ):
         with pytest.raises(psycopg.errors.InvalidParameterValue, match="unknown model"):
             ctx.sql(statement)
+
+
+def _reranked_search(ctx: Context) -> None:
+    """The table's reranker set, then searches reranked by it and by one the command names."""
+    ctx.sql("SELECT embeddings.set_rerank('docs_side', 'tiny-rerank', depth => 5)")
+    ctx.cli("search", "docs_side", "document", "-k", "2")
+    ctx.cli("search", "docs_chunked", "document", "-k", "2", "--rerank", "tiny-rerank")
+    ctx.sql("SELECT embeddings.set_rerank('docs_side', NULL)")
 
 
 def _uninstall(ctx: Context) -> None:
@@ -277,6 +288,7 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     "failures --retry": ((SUPERUSER,), lambda ctx: ctx.cli("failures", "--retry")),
     "sweep (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("sweep", "--verify")),
     "an unknown model refused": ((SUPERUSER,), _unknown_model),
+    "a reranked search (set_rerank, search --rerank)": ((SUPERUSER,), _reranked_search),
     "a key retyped, its side table converted": (
         (SUPERUSER,),
         lambda ctx: ctx.sql(  # a problem (the store cannot follow), then gone: jobs dropped

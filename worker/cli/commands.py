@@ -225,6 +225,7 @@ def _remote_models_if_registered(name: str, settings: Settings) -> dict[str, Rem
 
 
 def search(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.models.reranker import LoadedRerankers
     from worker.pipeline.targets import load_remote_models
     from worker.retrieval import search as search_mod
 
@@ -236,7 +237,14 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         # their best chunk (worker/retrieval/search.py). As POST /search: the same request,
         # checked the same way, run by the same run().
         models = _models(settings, load_remote_models(conn))
-        results = search_mod.run(conn, models.get, request, then=f" then see `{status_hint}`")
+        rerankers = LoadedRerankers(settings.model_location, settings.threads)
+        results = search_mod.run(
+            conn,
+            models.get,
+            request,
+            load_reranker=rerankers.get,
+            then=f" then see `{status_hint}`",
+        )
     if args.json:
         output.print_json(results)
         return exits.OK
@@ -244,10 +252,12 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         which = "match the filter" if filter else "have an embedding yet"
         print(f"no rows of {args.table} {which} (see `{status_hint}`)")
         return exits.OK
+    reranked = results[0]["rerank_score"] is not None  # then ordered by that score
     output.print_table(
-        ["similarity", "key", "content"],
+        ["rerank"] * reranked + ["similarity", "key", "content"],
         [
-            [
+            ([f"{r['rerank_score']:.3f}"] if reranked else [])
+            + [
                 "-" if r["similarity"] is None else f"{r['similarity']:.3f}",
                 str(r["key"]),
                 output.preview(r["content"]),
@@ -265,6 +275,9 @@ _FLAGS = {
     '"filter"': "--filter",
     '"column"': "--column",
     '"mode": "vector"': "--mode vector",
+    '"rerank": false': "--no-rerank",
+    '"rerank"': "--rerank",
+    '"rerank_depth"': "--rerank-depth",
     **{f'"{name}"': f"--{name.replace('_', '-')}" for name in Fusion.names()},
     **{name: f"--{name.replace('_', '-')}" for name in Fusion.names()},
 }
@@ -275,6 +288,7 @@ def _search_request(args: argparse.Namespace) -> SearchRequest:
     complaints name the flags (--rrf-k where HTTP says "rrf_k")."""
     body: dict[str, Any] = {"table": args.table, "query": args.query, "k": args.k}
     body |= {"column": args.column, "mode": args.mode}
+    body |= {"rerank": args.rerank, "rerank_depth": args.rerank_depth}
     body |= {name: getattr(args, name) for name in Fusion.names()}
     if args.filter is not None:
         try:

@@ -186,6 +186,28 @@ def _search_options(search: argparse.ArgumentParser) -> None:
         metavar="N",
         help="hybrid: candidates taken from each ranking before fusing (default 100; 1 to 1000)",
     )
+    # The rerank stage (worker/retrieval/rerank.py): unset, the table's (embeddings.set_rerank).
+    rerank = search.add_mutually_exclusive_group()
+    rerank.add_argument(
+        "--rerank",
+        metavar="MODEL",
+        help="reorder the first results with this cross-encoder (a model directory's name on"
+        " EMBED_MODEL_PATH); default: the table's, set by embeddings.set_rerank()",
+    )
+    rerank.add_argument(
+        "--no-rerank",
+        dest="rerank",
+        action="store_false",
+        default=None,
+        help="no rerank stage, even where the table has one",
+    )
+    search.add_argument(
+        "--rerank-depth",
+        type=int,
+        metavar="N",
+        help="how many results the cross-encoder reorders (default: the table's, else 3 x k and"
+        " at least 20; 1 to 200)",
+    )
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

@@ -43,6 +43,7 @@ from worker.http.protocol import BadRequest
 from worker.http.readiness import ReadinessProbe
 from worker.http.search_pool import SearchConnections
 from worker.models import catalog, files
+from worker.models.reranker import LoadedRerankers
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -95,6 +96,8 @@ class Server(ThreadingHTTPServer):
         self.searches = SearchConnections(
             settings.search_database_url or dsn, max_size=settings.http_max_connections
         )
+        # Cross-encoders for searches' rerank stage, loaded by the first search that names one.
+        self.rerankers = LoadedRerankers(settings.model_location, settings.threads)
         self.post_refusal = post_refusal(settings)
         super().__init__((settings.http_host, settings.http_port or 0), Handler)
 
@@ -292,7 +295,12 @@ class Handler(protocol.JSONRequestHandler):
         # included, is what the answer holds (the worker's own role reads no user table).
         try:
             with self.server.searches.connection() as conn:
-                results = search.run(conn, self.server.embedders.get, request)
+                results = search.run(
+                    conn,
+                    self.server.embedders.get,
+                    request,
+                    load_reranker=self.server.rerankers.get,
+                )
         except errors.InvalidSearch as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
         except errors.SearchDenied as exc:

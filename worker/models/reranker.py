@@ -17,9 +17,10 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -138,3 +139,31 @@ def _score_output(session: Any, model_file: Path) -> str:
             f"(pairs, 1) such as `logits`; the graph has {found})"
         )
     return str(chosen.name)
+
+
+class Reranker(Protocol):
+    """What the rerank stage needs of a cross-encoder, local (CrossEncoder) or remote."""
+
+    name: str
+
+    def score(self, question: str, passages: Sequence[str]) -> Scores: ...
+
+
+class LoadedRerankers:
+    """The cross-encoders this process loaded, each once, on its first search; one that cannot
+    be loaded is tried again by the next search that names it (it may be copied in meanwhile)."""
+
+    def __init__(self, location: files.ModelLocation, threads: int | None = None) -> None:
+        self._location = location
+        self._threads = threads
+        self._loaded: dict[str, Reranker] = {}
+        self._lock = threading.Lock()
+
+    def get(self, name: str) -> Reranker:
+        with self._lock:  # one load per name, however many searches ask at once
+            found = self._loaded.get(name)
+            if found is None:
+                found = self._loaded[name] = CrossEncoder.load(
+                    name, location=self._location, threads=self._threads
+                )
+            return found

@@ -58,6 +58,9 @@ class Target:
     # Where the vectors are (embeddings.targets.store_kind): "row", "side" or "chunks"; the
     # store strategy is chosen by it (worker/pipeline/stores/).
     store_kind: str = "row"
+    # Search's rerank stage by default (embeddings.set_rerank(), worker/retrieval/rerank.py).
+    rerank_model: str | None = None
+    rerank_depth: int | None = None
     # A model change in progress (sql/44_changes.sql) writes the new model's vectors to a shadow
     # column as well.
     shadow_model: str | None = None
@@ -239,6 +242,8 @@ def target_of(row: dict[str, Any]) -> Target:
         ),
         has_fulltext=row["has_fulltext"],
         store_kind=row["store_kind"],
+        rerank_model=row["rerank_model"],
+        rerank_depth=row["rerank_depth"],
     )
 
 

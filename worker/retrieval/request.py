@@ -8,6 +8,7 @@ from typing import Any
 from worker.retrieval.fusion import Fusion
 
 MAX_K = 100
+MAX_RERANK_DEPTH = 200  # results one search may have the cross-encoder read (sql/57_rerank.sql)
 # "vector": by meaning only; "hybrid": fused with full-text search (the target needs it on:
 # embeddings.enable_fts()); "auto": hybrid where the target has full-text search.
 MODES = ("auto", "vector", "hybrid")
@@ -23,11 +24,17 @@ class SearchRequest:
     mode: str = "auto"
     # The hybrid ranking's tuning (None: hybrid_search()'s defaults); never with mode "vector".
     fusion: Fusion | None = None
+    # The rerank stage (worker/retrieval/rerank.py): a cross-encoder's name, False for none,
+    # None for the target's setting (embeddings.set_rerank()); how many results it reorders
+    # (None: the target's, else the default).
+    rerank: str | bool | None = None
+    rerank_depth: int | None = None
 
     @classmethod
     def parse(cls, body: Any) -> SearchRequest:
         """A request from a JSON body ({"table", "query", "k"?, "column"?, "filter"?,
-        "mode"?, and hybrid search's "rrf_k"?, "vector_weight"?, "text_weight"?, "depth"?});
+        "mode"?, hybrid search's "rrf_k"?, "vector_weight"?, "text_weight"?, "depth"?, and the
+        rerank stage's "rerank"? (a reranker's name, or false), "rerank_depth"?});
         ValueError if bad. The filter is a JSON object of column names
         (docs/http.md#post-search), checked against the table by embeddings.search(), never spliced
         into SQL."""
@@ -58,4 +65,24 @@ class SearchRequest:
                     'these tune hybrid search, not "mode": "vector"'
                 )
             fusion = Fusion.parse(body)
-        return cls(table, query, k, column, filter, mode, fusion)
+        rerank, rerank_depth = _rerank_of(body)
+        return cls(table, query, k, column, filter, mode, fusion, rerank, rerank_depth)
+
+
+def _rerank_of(body: dict[str, Any]) -> tuple[str | bool | None, int | None]:
+    rerank = body.get("rerank")
+    if rerank is True or (
+        rerank is not None
+        and rerank is not False
+        and (not isinstance(rerank, str) or not rerank.strip() or "\x00" in rerank)
+    ):
+        raise ValueError('"rerank" must be a reranker\'s name, or false for none')
+    depth = body.get("rerank_depth")
+    if depth is not None:
+        if isinstance(depth, bool) or not isinstance(depth, int):
+            raise ValueError(f'"rerank_depth" must be an integer from 1 to {MAX_RERANK_DEPTH}')
+        if not 1 <= depth <= MAX_RERANK_DEPTH:
+            raise ValueError(f'"rerank_depth" must be an integer from 1 to {MAX_RERANK_DEPTH}')
+        if rerank is False:
+            raise ValueError('"rerank_depth": there is no rerank stage with "rerank": false')
+    return rerank, depth

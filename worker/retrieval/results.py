@@ -25,7 +25,9 @@ def search_result(
     from 1; null where it is missing); `start_offset` and `end_offset`, where the chunk is in
     its document (characters from 0, the end excluded: `document[start_offset:end_offset]`
     is `content`; null for a whole row, and for a chunk written before 0.3.0 until its
-    document is embedded again)."""
+    document is embedded again); `rerank_score`, the cross-encoder's score where the search
+    was reranked (worker/retrieval/rerank.py; null otherwise), by which results are then
+    ordered."""
     return {
         "key": key,
         "similarity": None if distance is None else 1 - float(distance),
@@ -37,4 +39,5 @@ def search_result(
         "text_rank": text_rank,
         "start_offset": offsets[0],
         "end_offset": offsets[1],
+        "rerank_score": None,
     }

@@ -8,8 +8,9 @@ from typing import Any
 
 from worker import db, exceptions
 from worker.models.embedder import TextModel
+from worker.models.reranker import Reranker
 from worker.pipeline.targets import Target
-from worker.retrieval import rankings
+from worker.retrieval import rankings, rerank
 from worker.retrieval.errors import InvalidSearch
 from worker.retrieval.fusion import Fusion
 from worker.retrieval.request import SearchRequest
@@ -21,22 +22,34 @@ def run(
     load_model: Callable[[str], TextModel],
     request: SearchRequest,
     *,
+    load_reranker: Callable[[str], Reranker] | None = None,
     then: str = "",
 ) -> list[dict[str, Any]]:
     """Ranked results, one per row or, for a chunked target, per document
-    (results.search_result()): what `embed-worker search` and POST /search both run. `then`
-    ends the hint given for an unwatched table."""
+    (results.search_result()), reranked where the request or the target says so
+    (retrieval/rerank.py, with `load_reranker`): what `embed-worker search` and POST /search
+    both run. `then` ends the hint given for an unwatched table."""
     target = find_target(conn, request.table, request.column, then=then)
-    return ranked(
+    stage = rerank.plan(request, target)
+    results = ranked(
         conn,
         load_model,
         target,
         request.query,
-        request.k,
+        request.k if stage is None else stage.depth,
         filter=request.filter,
         mode=request.mode,
         fusion=request.fusion,
     )
+    if stage is None:
+        return results
+    if load_reranker is None:
+        raise rerank.RerankerUnavailable("this search path has no rerank stage")
+    try:
+        reranker = load_reranker(stage.model)
+    except exceptions.ModelError as exc:
+        raise rerank.RerankerUnavailable(f"reranker {stage.model}: {exc}") from exc
+    return rerank.reorder(results, request.query, reranker, request.k)
 
 
 def ranked(

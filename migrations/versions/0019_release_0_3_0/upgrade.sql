@@ -53,3 +53,16 @@ ALTER TABLE embeddings.throughput ADD COLUMN IF NOT EXISTS since timestamptz;
 -- after it), derived from the store tables so that it cannot disagree with them.
 ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS store_kind text NOT NULL GENERATED ALWAYS AS (
     CASE WHEN chunk_table IS NOT NULL THEN 'chunks' WHEN side_table IS NOT NULL THEN 'side' ELSE 'row' END) STORED;
+
+-- Search's rerank stage, set per target (sql/57_rerank.sql).
+ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS rerank_model text;
+ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS rerank_depth integer;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'embeddings.targets'::regclass
+                                               AND conname = 'targets_rerank_depth_check') THEN
+        ALTER TABLE embeddings.targets
+            ADD CONSTRAINT targets_rerank_depth_check CHECK (rerank_depth BETWEEN 1 AND 200);
+    END IF;
+END
+$$;
