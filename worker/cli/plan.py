@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 import psycopg
+from psycopg.rows import dict_row
 
 from worker import db, exceptions, queries
 from worker.cli import output
@@ -187,9 +188,11 @@ def _relation(conn: db.Connection, table: str) -> tuple[str, str]:
 
 
 def _target(conn: db.Connection, table: str, column: str | None) -> dict[str, Any] | None:
-    cursor = conn.execute(queries.get("plan_targets"), {"table": table, "column": column})
-    columns = [c.name for c in cursor.description or ()]
-    found = [dict(zip(columns, row, strict=True)) for row in cursor.fetchall()]
+    found = (
+        conn.cursor(row_factory=dict_row)
+        .execute(queries.get("plan_targets"), {"table": table, "column": column})
+        .fetchall()
+    )
     if len(found) > 1:
         raise exceptions.ConfigError(
             f"{table} has several watched columns: name one with --column "

@@ -274,10 +274,8 @@ def database_default_model(conn: db.Connection) -> str | None:
 def load_remote_models(conn: db.Connection) -> dict[str, RemoteSpec]:
     """The registry's remote models by name (worker/models/remote/spec.py)."""
     with db.translated():
-        cursor = conn.execute(queries.get("remote_models"))
-        columns = [c.name for c in cursor.description or ()]
-        rows = cursor.fetchall()
-    specs = (RemoteSpec.from_row(dict(zip(columns, row, strict=True))) for row in rows)
+        rows = conn.cursor(row_factory=dict_row).execute(queries.get("remote_models")).fetchall()
+    specs = (RemoteSpec.from_row(row) for row in rows)
     return {spec.name: spec for spec in specs}
 
 
