@@ -30,7 +30,7 @@ $$;
 -- content, or NULL to clear it); '' without full-text search or for a chunked target.
 CREATE FUNCTION embeddings.fts_assign_sql(t embeddings.targets, value text) RETURNS text
 LANGUAGE sql STABLE AS $$
-    SELECT CASE WHEN t.fts_config IS NULL OR t.chunk_table IS NOT NULL OR t.fts_column IS NULL THEN ''
+    SELECT CASE WHEN t.fts_config IS NULL OR embeddings.store_has_chunks(t) OR t.fts_column IS NULL THEN ''
                 WHEN value IS NULL THEN format(', %I = NULL', t.fts_column)
                 ELSE format(', %I = %s', t.fts_column, embeddings.fts_sql(t, value)) END
 $$;
@@ -80,19 +80,16 @@ DECLARE
     statement text;
 BEGIN
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
-    IF t.chunk_table IS NOT NULL THEN
-        col := 'fts';
-        rel := t.chunk_table;
-    ELSE
-        col := left(t.embedding_column, 59) || '_fts';
-        rel := coalesce(t.side_table, t.source);
-    END IF;
+    -- The tsvector beside the vectors: a generated column `fts` of a chunk table, else kept
+    -- by the store function in the table or its side table.
+    rel := embeddings.vector_relation(t);
+    col := CASE WHEN embeddings.store_has_chunks(t) THEN 'fts' ELSE left(t.embedding_column, 59) || '_fts' END;
     IF t.fts_column IS NOT NULL OR embeddings.attnum_of(rel, col) IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', rel, coalesce(t.fts_column, col));
     END IF;
     UPDATE embeddings.targets tg SET fts_config = config, fts_column = col, updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
-    IF t.chunk_table IS NOT NULL THEN
+    IF embeddings.store_has_chunks(t) THEN
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I tsvector GENERATED ALWAYS AS (%s) STORED',
                        rel, col, embeddings.fts_sql(t, 'chunk'));
     ELSE
@@ -102,7 +99,7 @@ BEGIN
         -- function's, say) is evaluated and the table's triggers fire as the owner, never as
         -- us. Only this column changes: no job is queued, no vector cleared.
         PERFORM embeddings.create_access_function(a, '_fill_fts', '', 'void',
-            CASE WHEN t.side_table IS NULL
+            CASE WHEN t.store_kind = 'row'
                  THEN format('UPDATE %s t SET %I = %s WHERE t.%I IS NOT NULL;',
                              rel, col, embeddings.fts_sql(t, a->>'content'), t.embedding_column)
                  -- A side row's tsvector from its row's content (the table named first, as
@@ -166,7 +163,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := embeddings.search_sql(t);
     -- The relation of the tsvector: the table, its chunk table or its side table.
-    doc text := CASE WHEN t.chunk_table IS NOT NULL THEN 'c' WHEN t.side_table IS NOT NULL THEN 'v' ELSE 's' END;
+    doc text := CASE t.store_kind WHEN 'chunks' THEN 'c' WHEN 'side' THEN 'v' ELSE 's' END;
 BEGIN
     RETURN ARRAY[
         format(
