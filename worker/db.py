@@ -20,6 +20,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from psycopg_pool import ConnectionPool
 
 from worker import exceptions, queries, session_guard
+from worker.backoff import Backoff
 
 logger = logging.getLogger(__name__)
 
@@ -253,8 +254,7 @@ class Session:
             return self._conn
         self._conn = None
         for attempt in tenacity.Retrying(
-            wait=tenacity.wait_exponential(multiplier=0.5, max=self.max_wait)
-            + tenacity.wait_random(0, 0.5),
+            wait=Backoff(0.5, self.max_wait, spread=(1.0, 1.5)),
             retry=tenacity.retry_if_exception_type(exceptions.ConnectionLost),
             stop=self._should_give_up,
             sleep=self._sleep,

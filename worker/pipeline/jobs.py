@@ -16,6 +16,7 @@ from psycopg import sql
 from psycopg.types.json import Jsonb, set_json_loads
 
 from worker import db, queries
+from worker.backoff import Backoff
 from worker.pipeline.messages import Job, clip_error, loads_message
 from worker.pipeline.targets import Target
 
@@ -26,12 +27,9 @@ logger = logging.getLogger(__name__)
 def backoff_seconds(
     attempts: int, base: float, cap: float, rng: random.Random | None = None
 ) -> int:
-    """Exponential backoff with ±20% jitter: base, 2·base, 4·base, ... capped at `cap`, in whole
-    seconds (what pgmq.set_vt takes); a sub-second base retries at once."""
-    rng = rng or random.Random()  # noqa: S311 - jitter, not secrecy
-    delay = min(cap, base * 2 ** max(attempts - 1, 0))
-    jittered: float = delay * rng.uniform(0.8, 1.2)
-    return max(0, round(jittered))
+    """worker/backoff.py's policy with ±20% jitter: base, 2·base, 4·base, ... capped at `cap`,
+    in whole seconds (what pgmq.set_vt takes); a sub-second base retries at once."""
+    return max(0, round(Backoff(base, cap, spread=(0.8, 1.2)).delay(attempts, rng)))
 
 
 # --- lanes ------------------------------------------------------------------------------------

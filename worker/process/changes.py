@@ -11,16 +11,17 @@ growing, jittered pause, so the application's statements never queue behind the 
 from __future__ import annotations
 
 import logging
-import random
 import time
 
 from worker import db, queries
+from worker.backoff import Backoff
 from worker.pipeline.targets import TargetRegistry
 
 logger = logging.getLogger(__name__)
 
 CHECK_SECONDS = 2.0
 BUSY_BACKOFF_MAX_SECONDS = 30.0  # the longest pause after swaps that found the table held
+BUSY_BACKOFF = Backoff(CHECK_SECONDS, BUSY_BACKOFF_MAX_SECONDS, spread=(0.5, 1.5))
 
 
 class Completer:
@@ -69,5 +70,4 @@ class Completer:
         self._busy = self._busy + 1 if busy else 0
         if not self._busy:
             return CHECK_SECONDS
-        base = min(CHECK_SECONDS * 2 ** (self._busy - 1), BUSY_BACKOFF_MAX_SECONDS)
-        return float(base * random.uniform(0.5, 1.5))  # noqa: S311 - jitter, not secrecy
+        return BUSY_BACKOFF.delay(self._busy)

@@ -35,10 +35,10 @@ from tenacity import (
     Retrying,
     retry_if_exception_type,
     stop_after_attempt,
-    wait_random_exponential,
 )
 
 from worker import __version__, exceptions, metrics
+from worker.backoff import Backoff
 from worker.config import Secret
 from worker.models.embedder import EmbedResult, FloatMatrix
 from worker.models.remote import breaker as breakers
@@ -55,7 +55,7 @@ MIN_INPUTS_PER_REQUEST = 8
 # A transport failure's kind (transport.TransportError) as the requests metric's outcome.
 _OUTCOMES = {"timeout": "timeout", "connection": "connection_error", "too_large": "bad_response"}
 MAX_INLINE_WAIT_SECONDS = 10.0  # a longer Retry-After hands the rows back to the queue instead
-BACKOFF = wait_random_exponential(multiplier=0.25, max=4.0)  # 0.25, 0.5, 1 ... s, full jitter
+BACKOFF = Backoff(0.25, 4.0, spread=(0.0, 1.0))  # up to 0.25, 0.5, 1 ... s: full jitter
 
 
 @dataclass
