@@ -12,6 +12,7 @@ import re
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
+from dataclasses import dataclass
 from typing import Any
 
 import psycopg
@@ -189,6 +190,31 @@ def is_connection_error(exc: BaseException) -> bool:
     return isinstance(exc, exceptions.ConnectionLost) or (
         isinstance(exc, psycopg.OperationalError) and _is_connection_failure(exc)
     )
+
+
+@dataclass
+class Attempt:
+    """What best_effort() says of its block afterwards."""
+
+    failed: bool = False
+
+
+@contextmanager
+def best_effort(conn: Connection, what: str, log: logging.Logger) -> Iterator[Attempt]:
+    """Runs the block in a savepoint of `conn`'s transaction. If the database refuses it, the
+    savepoint is rolled back, one warning says `what` failed and why (passwords redacted), the
+    returned Attempt says `failed`, and the caller's transaction goes on: for what a write may
+    do without (a status note, fingerprints). A lost connection is no refusal: it propagates.
+    Errors that are not the database's (a bug) propagate too."""
+    attempt = Attempt()
+    try:
+        with conn.transaction():
+            yield attempt
+    except psycopg.Error as exc:
+        if is_connection_error(exc):
+            raise
+        attempt.failed = True
+        log.warning("%s: %s", what, redact(str(exc).strip()))
 
 
 def ping(conn: Connection) -> None:

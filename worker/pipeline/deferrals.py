@@ -20,7 +20,6 @@ from collections import defaultdict
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
-import psycopg
 from psycopg.types.json import Jsonb
 
 from worker import db, queries
@@ -76,10 +75,6 @@ def record(conn: db.Connection, batch: Batch, state_of: Callable[[Row], RowState
 
 
 def _note(conn: db.Connection, query: str, params: dict[str, Any]) -> None:
-    try:
-        with conn.transaction():  # a savepoint: a failure here leaves the batch's write intact
-            conn.execute(queries.compose(query), params)
-    except psycopg.Error as exc:
-        if db.is_connection_error(exc):
-            raise
-        logger.warning("%s failed (status may lag): %s", query, db.redact(str(exc).strip()))
+    # A failure here leaves the batch's write intact.
+    with db.best_effort(conn, f"{query} failed (status may lag)", logger):
+        conn.execute(queries.compose(query), params)

@@ -13,8 +13,6 @@ from __future__ import annotations
 
 import logging
 
-import psycopg
-
 from worker import db, queries
 from worker.pipeline.batch import Row, RowState
 from worker.pipeline.targets import Target
@@ -30,25 +28,19 @@ def record(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool
     rows = [r for r in rows if r.digest is not None]
     if not rows:
         return
-    try:
-        with conn.transaction():
-            conn.execute(
-                queries.compose("record_fingerprints"),
-                {
-                    "target_id": target.id,
-                    "shadow": shadow,
-                    "keys": [r.key for r in rows],
-                    "hashes": [r.digest for r in rows],
-                },
-            )
-    except psycopg.Error as exc:
-        if db.is_connection_error(exc):
-            raise
-        log.warning(
-            "%s: fingerprints not recorded (SELECT embeddings.grant_worker(current_user) as the"
-            " schema owner gives the worker role what it needs): %s",
-            target.name,
-            db.redact(str(exc).strip()),
+    what = (
+        f"{target.name}: fingerprints not recorded (SELECT embeddings.grant_worker(current_user)"
+        " as the schema owner gives the worker role what it needs)"
+    )
+    with db.best_effort(conn, what, log):
+        conn.execute(
+            queries.compose("record_fingerprints"),
+            {
+                "target_id": target.id,
+                "shadow": shadow,
+                "keys": [r.key for r in rows],
+                "hashes": [r.digest for r in rows],
+            },
         )
 
 
@@ -76,14 +68,9 @@ def clear_failing(conn: db.Connection, target: Target, failed: list[Row]) -> set
     the rows' failures stand."""
     if not failed:
         return set()
-    try:
-        with conn.transaction():
-            found = conn.execute(
-                target.query("clear_failing"), target.key_params([r.key for r in failed])
-            ).fetchall()
-    except psycopg.Error as exc:
-        if db.is_connection_error(exc):
-            raise
-        log.warning("%s: vectors of failing rows not cleared: %s", target.name, db.redact(str(exc)))
-        return set()
+    found: list[tuple[str]] = []
+    with db.best_effort(conn, f"{target.name}: vectors of failing rows not cleared", log):
+        found = conn.execute(
+            target.query("clear_failing"), target.key_params([r.key for r in failed])
+        ).fetchall()
     return {key for (key,) in found}
