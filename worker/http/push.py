@@ -22,8 +22,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from worker import db, queries
+from worker.pipeline import inline, messages, pieces, stages
 from worker.pipeline import jobs as jobqueue
-from worker.pipeline import messages, pieces, stages, write
 from worker.pipeline.batch import Batch
 from worker.pipeline.write import Settlement
 
@@ -142,12 +142,8 @@ def _process(push: Push, requested: list[tuple[int, dict[str, Any]]], lane: Lane
         try:
             for chunk in _batches(taken, push.settings.batch_size):
                 batch = Batch(jobs=list(chunk), lane=lane.name, limits=limits)
-                stages.prepare(batch)
-                stages.load(conn, batch, push.embedders)
-                stages.embed(push.embedders, batch)
-                settlement = write.write(conn, lane.queue, batch, push.settings)
+                settlement = inline.process(conn, lane.queue, batch, push.embedders, push.settings)
                 lane.leases.drop(batch.msg_ids)
-                stages.log_batch(batch)
                 done.update({job.msg_id: _Done(job, batch, settlement) for job in batch.jobs})
         finally:
             lane.leases.drop(job.msg_id for job in taken)
