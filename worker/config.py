@@ -10,7 +10,6 @@ model is fetched), `threads`, `default_model(...)`.
 
 from __future__ import annotations
 
-import hmac
 import os
 import re
 from collections.abc import Mapping
@@ -18,74 +17,15 @@ from dataclasses import dataclass, field, fields, replace
 from typing import Any
 
 from worker import exceptions
+from worker.models import files
 from worker.models.catalog import DEFAULT_MODEL, Variant
 from worker.models.download import DownloadPolicy
 from worker.models.files import DEFAULT_CACHE_DIR, ModelLocation
+from worker.models.remote import keys
+from worker.secret import Secret
 
 _LISTEN = ("auto", "true", "false")  # EMBED_LISTEN: still accepted, no longer used
 QUEUE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,46}$")  # what pgmq accepts as a table suffix
-
-
-class Secret:
-    """A secret (an API key): its repr and str never show it, so that no log line, exception
-    message or status output can carry it by accident. `reveal()` is called where it is sent,
-    and nowhere else."""
-
-    __slots__ = ("_value",)
-
-    def __init__(self, value: str) -> None:
-        self._value = value
-
-    def reveal(self) -> str:
-        return self._value
-
-    def __repr__(self) -> str:
-        return "Secret('***')"
-
-    __str__ = __repr__
-
-    def __eq__(self, other: object) -> bool:
-        return isinstance(other, Secret) and hmac.compare_digest(
-            self._value.encode(), other._value.encode()
-        )
-
-    def __hash__(self) -> int:
-        return hash(Secret)  # all alike: a hash must not tell secrets apart either
-
-
-def checked_key(value: str, where: str) -> Secret:
-    """`value` as a key, or a ConfigError naming `where` (a variable, a file) and what is wrong,
-    never the key nor any part of it. A key goes into an HTTP header: printable ASCII without
-    whitespace, one line. Checked here, when read, so that nothing downstream (http.client
-    builds the header and quotes a bad value whole in its error) ever holds a bad one. The
-    error is raised outside any except block: no exception holding the key is chained to it."""
-    problem = None
-    if "\n" in value:
-        problem = "holds more than one line (one key, on one line)"
-    elif any(not c.isascii() for c in value):
-        problem = "holds a character outside printable ASCII (a pasted typographic quote?)"
-    elif any(not "!" <= c <= "~" for c in value):
-        problem = "holds whitespace or a control character"
-    if problem is not None:
-        raise exceptions.ConfigError(f"{where}: the key {problem}, so it is not sent")
-    return Secret(value)
-
-
-def _one_line(text: str) -> str:
-    """A key file's text without its one line ending (a second line stays, to be refused) and
-    without blanks around the key."""
-    for ending in ("\r\n", "\n"):
-        if text.endswith(ending):
-            text = text[: -len(ending)]
-            break
-    return text.strip(" \t")
-
-
-# The providers' own variables, by the credential name a model row gives by default.
-CREDENTIAL_VARIABLES = {
-    "openai": ("openai_api_key", "OPENAI_API_KEY"),
-    "huggingface": ("hf_token", "HF_TOKEN"),
-}
 
 
 @dataclass(frozen=True)
@@ -97,8 +37,8 @@ class Settings:
     model: str | None = field(default=None, metadata={"env": "EMBED_MODEL"})
     model_variant: Variant = field(default="fp32", metadata={"env": "EMBED_MODEL_VARIANT"})
     # Colon-separated directories holding model directories, searched before the cache.
-    model_path: str | None = field(default=None, metadata={"env": "EMBED_MODEL_PATH"})
-    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"env": "EMBED_CACHE_DIR"})
+    model_path: str | None = field(default=None, metadata={"env": files.MODEL_PATH})
+    cache_dir: str = field(default=DEFAULT_CACHE_DIR, metadata={"env": files.CACHE_DIR})
     offline: bool = field(default=False, metadata={"env": "EMBED_OFFLINE"})
     # huggingface_hub's own switches, read here too so that *we* decide whether to download.
     hf_hub_offline: bool = field(default=False, metadata={"env": "HF_HUB_OFFLINE"})
@@ -149,9 +89,9 @@ class Settings:
     # API keys of remote models (worker/models/remote/): a model row names its key
     # (`credential`), never holds it. A directory with one file per credential name (a mounted
     # Kubernetes secret, systemd's $CREDENTIALS_DIRECTORY), then the providers' own variables.
-    api_key_dir: str | None = field(default=None, metadata={"env": "EMBED_API_KEY_DIR"})
-    openai_api_key: Secret | None = field(default=None, metadata={"env": "OPENAI_API_KEY"})
-    hf_token: Secret | None = field(default=None, metadata={"env": "HF_TOKEN"})
+    api_key_dir: str | None = field(default=None, metadata={"env": keys.KEY_DIR})
+    openai_api_key: Secret | None = field(default=None, metadata={"env": keys.OPENAI_KEY})
+    hf_token: Secret | None = field(default=None, metadata={"env": keys.HF_KEY})
     log_format: str = field(default="text", metadata={"env": "EMBED_LOG_FORMAT"})
     log_level: str = field(default="INFO", metadata={"env": "EMBED_LOG_LEVEL"})
     devdb_port: int = field(default=54329, metadata={"env": "DEVDB_PORT"})
@@ -177,39 +117,13 @@ class Settings:
         return DownloadPolicy(off_by=off_by, endpoint=self.hf_endpoint)
 
     def api_key(self, credential: str) -> tuple[Secret | None, str]:
-        """The key of `credential` (a model row's `credential`) and where it came from (for
-        doctor: a file or a variable's name, never the value): the file `credential` in
-        EMBED_API_KEY_DIR, read on each call so that a rotated secret is picked up; else
-        OPENAI_API_KEY for `openai`, HF_TOKEN for `huggingface`. (None, where it was looked
-        for) when there is none."""
-        looked = []
-        if self.api_key_dir and credential not in (".", ".."):
-            path = os.path.join(os.path.expanduser(self.api_key_dir), credential)
-            looked.append(path)
-            value, problem = "", None
-            try:
-                with open(path, encoding="utf-8", newline="") as f:
-                    value = _one_line(f.read())
-            except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
-                pass
-            except OSError as exc:  # unreadable: say so, without the content
-                problem = f"cannot read {path}: {exc.strerror}"
-            except UnicodeDecodeError:
-                problem = f"{path} is not UTF-8 text (a key is)"
-            if problem is not None:
-                # Raised out here: a UnicodeDecodeError holds the bytes read, and an exception
-                # raised in its except block would keep it as __context__ (`from None` only
-                # hides it from tracebacks).
-                raise exceptions.ConfigError(f"EMBED_API_KEY_DIR: {problem}")
-            if value:
-                return checked_key(value, f"EMBED_API_KEY_DIR: {path}"), f"file {path}"
-        attribute, variable = CREDENTIAL_VARIABLES.get(credential, (None, None))
-        if attribute is not None and variable is not None:
-            looked.append(variable)
-            secret = getattr(self, attribute)
-            if secret is not None and secret.reveal():
-                return checked_key(secret.reveal(), variable), variable
-        return None, " or ".join(looked) or f"EMBED_API_KEY_DIR (unset) for {credential!r}"
+        """The key of `credential` (a model row's `credential`) and where it came from, never
+        the value (worker/models/remote/keys.py: find_key)."""
+        return keys.find_key(
+            credential,
+            key_dir=self.api_key_dir,
+            variables={keys.OPENAI_KEY: self.openai_api_key, keys.HF_KEY: self.hf_token},
+        )
 
     def default_model(self, database_default: str | None) -> str:
         """The model used when none is named (`embed`, POST /embed, readiness, doctor):
@@ -289,18 +203,6 @@ class Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
 
 
-def model_location_from_env(env: Mapping[str, str] | None = None) -> ModelLocation:
-    """Where model names resolve by the environment alone (EMBED_MODEL_PATH, EMBED_CACHE_DIR):
-    the default of the pinned `Embedder.load(name)`, which has no Settings to ask. Reads only
-    those two variables, so an unrelated bad one cannot make loading a model fail."""
-    env = os.environ if env is None else env
-    variables = {f.name: f.metadata["env"] for f in fields(Settings)}
-    return ModelLocation.of(
-        env.get(variables["model_path"], "").strip() or None,
-        env.get(variables["cache_dir"], "").strip() or DEFAULT_CACHE_DIR,
-    )
-
-
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
@@ -322,17 +224,29 @@ def _parse(env: str, type_name: str, raw: str) -> Any:
     return raw
 
 
+def model_location_from_env(env: Mapping[str, str] | None = None) -> ModelLocation:
+    """Where model names resolve by the environment alone (EMBED_MODEL_PATH, EMBED_CACHE_DIR):
+    the default of the pinned `from worker.embedder import Embedder; Embedder.load(name)`,
+    which has no Settings to ask. Reads only those two variables, so an unrelated bad one
+    cannot make loading a model fail."""
+    env = os.environ if env is None else env
+    return ModelLocation.of(
+        env.get(files.MODEL_PATH, "").strip() or None,
+        env.get(files.CACHE_DIR, "").strip() or DEFAULT_CACHE_DIR,
+    )
+
+
 def api_key_from_env(
     credential: str, env: Mapping[str, str] | None = None
 ) -> tuple[Secret | None, str]:
-    """Settings.api_key by the environment alone (EMBED_API_KEY_DIR, OPENAI_API_KEY, HF_TOKEN),
-    for code with no Settings at hand; reads only those variables, so an unrelated bad one
-    cannot make a request fail."""
+    """Settings.api_key by the environment alone (EMBED_API_KEY_DIR and the providers' key
+    variables), for code with no Settings at hand; reads only those variables, so an unrelated
+    bad one cannot make a request fail."""
     env = os.environ if env is None else env
-    variables = {f.name: f.metadata["env"] for f in fields(Settings)}
-    values: dict[str, Any] = {}
-    for name in ("api_key_dir", "openai_api_key", "hf_token"):
-        raw = env.get(variables[name], "").strip()
-        if raw:
-            values[name] = raw if name == "api_key_dir" else Secret(raw)
-    return Settings(**values).api_key(credential)
+    variables = {
+        name: Secret(env[name].strip())
+        for name in keys.CREDENTIAL_VARIABLES.values()
+        if env.get(name, "").strip()
+    }
+    key_dir = env.get(keys.KEY_DIR, "").strip() or None
+    return keys.find_key(credential, key_dir=key_dir, variables=variables)

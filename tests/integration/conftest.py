@@ -12,6 +12,7 @@ import pytest
 
 from tests.support import modelgen
 from tests.support.models import MINILM, require_minilm, shared_models_dir
+from worker import config
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
@@ -77,7 +78,13 @@ def model_path(generated_model_path: str) -> str:
 def embedders(model_path: str) -> LoadedModels:
     """Loaded models shared by the session (loading is the slow part); never downloads."""
     settings = Settings(model_path=model_path, offline=True)
-    return LoadedModels(location=settings.model_location, downloads=settings.downloads, threads=2)
+    # Keys by the environment at each request: tests set and unset them.
+    return LoadedModels(
+        location=settings.model_location,
+        downloads=settings.downloads,
+        api_key=config.api_key_from_env,
+        threads=2,
+    )
 
 
 @pytest.fixture

@@ -18,7 +18,6 @@ import pytest
 from tests.integration.test_providers import drain
 from tests.support import infinity
 from tests.support.provider_server import ProviderServer
-from worker.config import Secret
 from worker.models.loaded import LoadedModels
 from worker.models.remote import breaker as breakers
 from worker.models.remote import client
@@ -26,6 +25,7 @@ from worker.models.remote.client import RemoteModel
 from worker.models.remote.spec import RemoteSpec
 from worker.models.remote.tokens import ExactTokens
 from worker.process.runner import Worker
+from worker.secret import Secret
 
 Conn = psycopg.Connection[Any]
 pytestmark = pytest.mark.slow

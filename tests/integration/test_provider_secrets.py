@@ -20,10 +20,11 @@ from tests.support.provider_server import ProviderServer
 from worker import metrics
 from worker.cli import doctor
 from worker.cli.findings import Finding
-from worker.config import Secret, Settings
+from worker.config import Settings
 from worker.models.remote import breaker as breakers
 from worker.models.remote import client
 from worker.process.runner import Worker
+from worker.secret import Secret
 
 Conn = psycopg.Connection[Any]
 KEY = "sk-proj-SECRETabcdefghijklmnop0123456789"

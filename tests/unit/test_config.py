@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from worker import db, exceptions, exits
-from worker.config import Secret, Settings
+from worker.config import Settings
+from worker.secret import Secret
 
 WORKER = Path(__file__).resolve().parents[2] / "worker"
 

@@ -20,7 +20,9 @@ from worker.models.loaded import MAX_REMEMBERED_FAILURES, LoadedModels
 def models() -> LoadedModels:
     """The models as the worker would load them with this test's environment."""
     settings = Settings.from_env()
-    return LoadedModels(location=settings.model_location, downloads=settings.downloads)
+    return LoadedModels(
+        location=settings.model_location, downloads=settings.downloads, api_key=settings.api_key
+    )
 
 
 def ensure(name: str) -> object:

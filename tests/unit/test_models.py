@@ -513,4 +513,9 @@ def test_the_pinned_load_by_name_searches_embed_model_path(
     monkeypatch.setenv("EMBED_MODEL_PATH", str(tmp_path / "models"))
     monkeypatch.setenv("EMBED_CACHE_DIR", str(tmp_path / "cache"))
     monkeypatch.setenv("EMBED_BATCH_SIZE", "not a number")
-    assert Embedder.load("my-model").embed(["hello"]).shape[0] == 1
+    from worker.embedder import Embedder as Pinned
+
+    assert Pinned.load("my-model").embed(["hello"]).shape[0] == 1
+    # The package's own class knows nothing of the settings: its callers pass the location.
+    with pytest.raises(exceptions.ModelNotFound):
+        Embedder.load("my-model", location=files.ModelLocation.of(None, tmp_path / "cache"))

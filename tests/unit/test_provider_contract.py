@@ -31,13 +31,13 @@ import pytest
 
 from tests.support.provider_server import ProviderServer, fake_vector
 from worker import exceptions
-from worker.config import Secret
 from worker.models.remote import breaker as breakers
 from worker.models.remote import protocol
 from worker.models.remote.client import RemoteModel
 from worker.models.remote.spec import RemoteSpec
 from worker.models.remote.tokens import EstimatedTokens
 from worker.models.remote.transport import retry_after
+from worker.secret import Secret
 
 KEY = "sk-test-CONTRACT-0123456789abcdef"
 

@@ -16,10 +16,11 @@ import pytest
 from tests.support.provider_server import ProviderServer
 from tests.unit.test_provider_contract import model_for, spec_for
 from worker import exceptions
-from worker.config import Secret, Settings
+from worker.config import Settings
 from worker.models.remote import breaker as breakers
 from worker.models.remote import client, protocol, transport
 from worker.models.remote.spec import RemoteSpec
+from worker.secret import Secret
 
 KEY = "sk-proj-UNIT0123456789abcdefXYZ"
 SECOND = "sk-proj-SECONDline9876543210"

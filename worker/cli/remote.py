@@ -7,8 +7,11 @@ from __future__ import annotations
 import logging
 import os
 
+from psycopg.rows import dict_row
+
 from worker import db, exceptions, queries, schema
 from worker.config import Settings
+from worker.models.remote import keys
 from worker.models.remote.spec import RemoteSpec
 
 logger = logging.getLogger(__name__)
@@ -32,9 +35,8 @@ def in_database(conn: db.Connection) -> list[RemoteSpec]:
     found = conn.execute(queries.get("models_have_providers")).fetchone()
     if not found or not found[0]:
         return []
-    cursor = conn.execute(queries.get("remote_models"))
-    columns = [c.name for c in cursor.description or ()]
-    return [RemoteSpec.from_row(dict(zip(columns, row, strict=True))) for row in cursor]
+    rows = conn.cursor(row_factory=dict_row).execute(queries.get("remote_models")).fetchall()
+    return [RemoteSpec.from_row(row) for row in rows]
 
 
 def key_problem(spec: RemoteSpec, settings: Settings) -> tuple[str, str | None]:
@@ -52,11 +54,11 @@ def key_problem(spec: RemoteSpec, settings: Settings) -> tuple[str, str | None]:
         )
     if secret is not None:
         return f"the key of credential {credential!r} is in {where}", None
-    variable = {"openai": "OPENAI_API_KEY", "huggingface": "HF_TOKEN"}.get(credential)
+    variable = keys.CREDENTIAL_VARIABLES.get(credential)
     if settings.api_key_dir:
         file = f"a file {os.path.join(settings.api_key_dir, credential)} holding the key"
     else:
-        file = f"EMBED_API_KEY_DIR to a directory with a file named {credential!r} holding the key"
+        file = f"{keys.KEY_DIR} to a directory with a file named {credential!r} holding the key"
     also = f", or {variable} in the worker's environment" if variable else ""
     return (
         f"no API key for credential {credential!r} (looked in {where}): its targets wait",

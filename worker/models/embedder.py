@@ -26,7 +26,7 @@ import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Literal, Protocol
+from typing import Any, Literal, Protocol, Self
 
 import numpy as np
 import numpy.typing as npt
@@ -115,7 +115,7 @@ class Embedder:
         threads: int | None = None,
         location: files.ModelLocation | None = None,
         token_budget: int = DEFAULT_TOKEN_BUDGET,
-    ) -> Embedder:
+    ) -> Self:
         """Load a model directory by path, or a model by name from `location` (its search path,
         then its cache; default: ~/.cache/embed-worker only). The worker and the CLI pass
         `settings.model_location`, which holds EMBED_MODEL_PATH and EMBED_CACHE_DIR.
@@ -128,9 +128,7 @@ class Embedder:
         if variant not in ("fp32", "int8"):
             raise ValueError(f"variant must be 'fp32' or 'int8', not {variant!r}")
         if location is None:
-            from worker import config  # config imports models: not at module level
-
-            location = config.model_location_from_env()
+            location = files.ModelLocation.of()
         spec = os.fspath(name_or_path)
         directory = location.locate(spec)
         name = spec if spec in catalog.REGISTRY else directory.name

@@ -37,6 +37,8 @@ from worker.models.catalog import REGISTRY, ModelSpec, Pooling, known_models
 logger = logging.getLogger(__name__)
 
 DEFAULT_CACHE_DIR = "~/.cache/embed-worker"
+MODEL_PATH = "EMBED_MODEL_PATH"  # the variables of a ModelLocation (Settings reads them too)
+CACHE_DIR = "EMBED_CACHE_DIR"
 ONNX_FP32 = ("model.onnx", "onnx/model.onnx")
 ONNX_INT8 = ("model_quantized.onnx", "onnx/model_quantized.onnx")
 

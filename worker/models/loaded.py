@@ -19,7 +19,7 @@ from collections import OrderedDict
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from worker import exceptions, metrics
 from worker.models import download, files, onnx
@@ -32,17 +32,6 @@ from worker.models.remote.tokens import EstimatedTokens, ExactTokens, TokenCount
 
 Model = Embedder | RemoteModel  # what get() gives: a local model, or a remote one
 
-
-def config_api_key(credential: str) -> tuple[Secret | None, str]:
-    """The key of `credential` by the environment alone (worker/config.py); for LoadedModels
-    built without Settings."""
-    from worker import config
-
-    return config.api_key_from_env(credential)
-
-
-if TYPE_CHECKING:
-    from worker.config import Secret
 
 logger = logging.getLogger(__name__)
 
@@ -61,10 +50,10 @@ class LoadedModels:
         *,
         location: files.ModelLocation,
         downloads: download.DownloadPolicy,
+        api_key: ApiKey,  # remote models' keys: Settings.api_key (worker/config.py)
         variant: Variant = "fp32",
         threads: int | None = None,
         retry_after: float = 30.0,
-        api_key: ApiKey | None = None,
     ):
         self.location = location
         self.downloads = downloads
@@ -78,7 +67,7 @@ class LoadedModels:
         self._loading: dict[str, threading.Lock] = {}  # one per model, held while loading
         # Remote models (worker/models/remote/): their registrations as the worker last read
         # them (follow()), and the RemoteModel built from each.
-        self.api_key: ApiKey = api_key or config_api_key
+        self.api_key: ApiKey = api_key
         self._remote_specs: Callable[[], dict[str, RemoteSpec]] = dict
         self._remote: dict[str, RemoteModel] = {}
         self._refused: set[str] = set()  # registrations refused at load, each logged once

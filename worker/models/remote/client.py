@@ -39,13 +39,13 @@ from tenacity import (
 
 from worker import __version__, exceptions, metrics
 from worker.backoff import Backoff
-from worker.config import Secret
 from worker.models.embedder import EmbedResult, FloatMatrix
 from worker.models.remote import breaker as breakers
 from worker.models.remote import keys, protocol, transport
 from worker.models.remote.keys import ApiKey
 from worker.models.remote.spec import VARIANT, RemoteSpec
 from worker.models.remote.tokens import TokenCounter
+from worker.secret import Secret
 
 logger = logging.getLogger(__name__)
 

@@ -1,22 +1,67 @@
 """A remote model's API key: fetched before each request (a rotated secret is sent from the next
 one on), refused when it may not be sent, and kept out of every message we keep.
 
-The key is checked when read (worker/config.py: checked_key: one line of printable ASCII), so a
+The key is checked when read (worker/secret.py: checked_key: one line of printable ASCII), so a
 bad one defers its model's targets with an error naming the variable or file. What reaches this
 module is a Secret; its text leaves it only in the Authorization header.
 """
 
 from __future__ import annotations
 
+import os
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 
 from worker import exceptions
-from worker.config import Secret
 from worker.models.remote.spec import RemoteSpec
+from worker.secret import Secret, checked_key, one_line
 
 # Where the key of a credential name is, and where it was looked for (Settings.api_key).
 ApiKey = Callable[[str], tuple[Secret | None, str]]
+
+KEY_DIR = "EMBED_API_KEY_DIR"  # a directory of key files, one per credential name
+OPENAI_KEY = "OPENAI_API_KEY"
+HF_KEY = "HF_TOKEN"
+# The providers' own variables, by the credential name a model row gives by default.
+CREDENTIAL_VARIABLES = {"openai": OPENAI_KEY, "huggingface": HF_KEY}
+
+
+def find_key(
+    credential: str, *, key_dir: str | None, variables: Mapping[str, Secret | None]
+) -> tuple[Secret | None, str]:
+    """The key of `credential` and where it came from (for doctor: a file or a variable's name,
+    never the value): the file `credential` in `key_dir` (EMBED_API_KEY_DIR), read on each call
+    so that a rotated secret is picked up; else the provider's variable (CREDENTIAL_VARIABLES,
+    its value in `variables`). (None, where it was looked for) when there is none."""
+    looked = []
+    if key_dir and credential not in (".", ".."):
+        path = os.path.join(os.path.expanduser(key_dir), credential)
+        looked.append(path)
+        value, problem = "", None
+        try:
+            with open(path, encoding="utf-8", newline="") as f:
+                value = one_line(f.read())
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError):
+            pass
+        except OSError as exc:  # unreadable: say so, without the content
+            problem = f"cannot read {path}: {exc.strerror}"
+        except UnicodeDecodeError:
+            problem = f"{path} is not UTF-8 text (a key is)"
+        if problem is not None:
+            # Raised out here: a UnicodeDecodeError holds the bytes read, and an exception
+            # raised in its except block would keep it as __context__ (`from None` only hides
+            # it from tracebacks).
+            raise exceptions.ConfigError(f"{KEY_DIR}: {problem}")
+        if value:
+            return checked_key(value, f"{KEY_DIR}: {path}"), f"file {path}"
+    variable = CREDENTIAL_VARIABLES.get(credential)
+    if variable is not None:
+        looked.append(variable)
+        secret = variables.get(variable)
+        if secret is not None and secret.reveal():
+            return checked_key(secret.reveal(), variable), variable
+    return None, " or ".join(looked) or f"{KEY_DIR} (unset) for {credential!r}"
+
 
 # Anything shaped like a provider key (OpenAI sk-..., Hugging Face hf_..., generic bearer
 # tokens of 20+ characters after a key-ish word) is masked in messages, beside the key itself.
