@@ -23,7 +23,9 @@ CREATE TABLE IF NOT EXISTS embeddings.models (
     -- Inference API's feature extraction. Remote models name their endpoint and the provider's
     -- model; the rest are request limits, a price for estimates, and the *name* of the API key
     -- (the key itself lives in the worker's environment or a file, never here).
-    provider        text NOT NULL DEFAULT 'local' CHECK (provider IN ('local', 'openai', 'huggingface')),
+    -- 'local', or a remote kind of embeddings.provider_defaults() (register_model() checks;
+    -- the worker refuses a kind it does not know): a new kind changes no table.
+    provider        text NOT NULL DEFAULT 'local' CONSTRAINT models_provider_check CHECK (provider ~ '^[a-z][a-z0-9_]*$'),
     endpoint        text,
     remote_model    text,
     send_dimensions boolean NOT NULL DEFAULT false,

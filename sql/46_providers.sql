@@ -18,6 +18,21 @@ LANGUAGE sql STABLE AS $$
     SELECT regexp_replace(m.remote_model, '\s', '_', 'g') || '@' || m.dimensions
 $$;
 
+-- The remote provider kinds and their defaults: the one place in SQL that knows them (the
+-- worker's side is a class per kind, worker/models/remote/providers.py, whose defaults these
+-- are: tests/unit/test_provider_kinds.py compares them). A new kind is a row here and a class
+-- there; embeddings.models takes any kind's name, no table changes. `endpoint`: the default
+-- endpoint, `{model}` standing for the remote model id.
+CREATE FUNCTION embeddings.provider_defaults()
+RETURNS TABLE (provider text, endpoint text, max_tokens integer, max_inputs integer,
+               max_request_tokens integer, description text)
+LANGUAGE sql IMMUTABLE AS $$
+    VALUES ('openai', 'https://api.openai.com/v1', 8191, 2048, 300000,
+            'any OpenAI-compatible /embeddings endpoint'),
+           ('huggingface', 'https://router.huggingface.co/hf-inference/models/{model}/pipeline/feature-extraction',
+            512, 32, NULL::integer, 'the Inference API''s feature extraction')
+$$;
+
 -- Adds or updates model `name`. `provider` 'openai' (any OpenAI-compatible /embeddings
 -- endpoint: `endpoint` is its base URL, the one ending in /v1), 'huggingface' (the Inference
 -- API's feature extraction: `endpoint` is the full URL, by default the serverless one of
@@ -57,11 +72,14 @@ DECLARE
     endpoint_host text;
     address inet;
     loopback boolean;
+    kind record;
 BEGIN
-    IF provider NOT IN ('local', 'openai', 'huggingface') THEN
+    SELECT * INTO kind FROM embeddings.provider_defaults() d WHERE d.provider = register_model.provider;
+    IF provider IS DISTINCT FROM 'local' AND kind.provider IS NULL THEN
         RAISE EXCEPTION 'unknown provider "%"', provider
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'openai (any OpenAI-compatible /embeddings endpoint), huggingface (the Inference API) or local.';
+                  HINT = (SELECT string_agg(format('%s (%s)', d.provider, d.description), ', ' ORDER BY d.provider)
+                          FROM embeddings.provider_defaults() d) || ', or local.';
     END IF;
     m.name := name;
     m.dimensions := dimensions;
@@ -76,9 +94,7 @@ BEGIN
         m.source := NULL;
     ELSE
         m.remote_model := coalesce(remote_model, name);
-        m.endpoint := rtrim(coalesce(endpoint, CASE provider
-            WHEN 'openai' THEN 'https://api.openai.com/v1'
-            ELSE 'https://router.huggingface.co/hf-inference/models/' || m.remote_model || '/pipeline/feature-extraction' END), '/');
+        m.endpoint := rtrim(coalesce(endpoint, replace(kind.endpoint, '{model}', m.remote_model)), '/');
         IF m.endpoint !~ '^https?://[^/?#]+' THEN
             RAISE EXCEPTION 'endpoint "%" is not an http(s) URL', m.endpoint USING ERRCODE = 'invalid_parameter_value';
         END IF;
@@ -92,9 +108,9 @@ BEGIN
         m.source := m.endpoint;
         -- The provider's documented limits (docs/providers.md cites them); a self-hosted server's
         -- are yours to set.
-        m.max_tokens := coalesce(max_tokens, CASE provider WHEN 'openai' THEN 8191 ELSE 512 END);
-        m.max_inputs := coalesce(max_inputs, CASE provider WHEN 'openai' THEN 2048 ELSE 32 END);
-        m.max_request_tokens := coalesce(max_request_tokens, CASE provider WHEN 'openai' THEN 300000 END);
+        m.max_tokens := coalesce(max_tokens, kind.max_tokens);
+        m.max_inputs := coalesce(max_inputs, kind.max_inputs);
+        m.max_request_tokens := coalesce(max_request_tokens, kind.max_request_tokens);
         m.max_in_flight := coalesce(max_in_flight, 4);
         m.timeout_seconds := coalesce(register_model.timeout_seconds, 60);
         m.price_per_million_tokens := price_per_million_tokens;

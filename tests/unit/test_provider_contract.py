@@ -32,7 +32,7 @@ import pytest
 from tests.support.provider_server import ProviderServer, fake_vector
 from worker import exceptions
 from worker.models.remote import breaker as breakers
-from worker.models.remote import protocol
+from worker.models.remote import protocol, providers
 from worker.models.remote.client import RemoteModel
 from worker.models.remote.spec import RemoteSpec
 from worker.models.remote.tokens import EstimatedTokens
@@ -209,7 +209,7 @@ def test_openai_answers_that_do_not_match_the_request_are_refused(
     else:
         assert isinstance(data, list)
         items = [{"index": i, "embedding": v} for i, v in enumerate(data)]
-    with pytest.raises(protocol.BadResponse, match=problem):
+    with pytest.raises(providers.BadResponse, match=problem):
         protocol.parse(spec, json.dumps({"data": items}).encode(), 2)
 
 
@@ -224,7 +224,7 @@ def test_a_wrong_dimension_and_a_nan_are_told_apart() -> None:
             "max_tokens": 10,
         }
     )
-    with pytest.raises(protocol.DimensionMismatch, match="3-dimensional"):
+    with pytest.raises(providers.DimensionMismatch, match="3-dimensional"):
         protocol.parse(
             spec, json.dumps({"data": [{"index": 0, "embedding": [1, 2, 3]}]}).encode(), 1
         )

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import threading
 import time
 import uuid
@@ -23,12 +24,14 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from worker import db, queries
+from worker import db, exceptions, queries
 from worker.models.remote.spec import RemoteSpec
 
 # Key types whose text form the worker normalises itself; any other type's key is taken as the
 # text its JSON form carries (what to_jsonb() wrote) and cast by Postgres.
 _INT_RANGES = {"int2": 2**15, "int4": 2**31, "int8": 2**63}
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -275,8 +278,15 @@ def load_remote_models(conn: db.Connection) -> dict[str, RemoteSpec]:
     """The registry's remote models by name (worker/models/remote/spec.py)."""
     with db.translated():
         rows = conn.cursor(row_factory=dict_row).execute(queries.get("remote_models")).fetchall()
-    specs = (RemoteSpec.from_row(row) for row in rows)
-    return {spec.name: spec for spec in specs}
+    specs: dict[str, RemoteSpec] = {}
+    for row in rows:
+        try:
+            spec = RemoteSpec.from_row(row)
+        except exceptions.ConfigError as exc:  # a kind this worker does not know: not served
+            logger.error("remote model %s is not served: %s", row["name"], exc)
+            continue
+        specs[spec.name] = spec
+    return specs
 
 
 class TargetRegistry:

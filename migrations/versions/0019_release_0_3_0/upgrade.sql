@@ -66,3 +66,8 @@ BEGIN
     END IF;
 END
 $$;
+
+-- A provider kind is any name register_model() knows (embeddings.provider_defaults()), not a
+-- list fixed in the table: a new kind changes no table.
+ALTER TABLE embeddings.models DROP CONSTRAINT IF EXISTS models_provider_check;
+ALTER TABLE embeddings.models ADD CONSTRAINT models_provider_check CHECK (provider ~ '^[a-z][a-z0-9_]*$');

@@ -41,7 +41,7 @@ from worker import __version__, exceptions, metrics
 from worker.backoff import Backoff
 from worker.models.embedder import EmbedResult, FloatMatrix
 from worker.models.remote import breaker as breakers
-from worker.models.remote import keys, protocol, transport
+from worker.models.remote import keys, protocol, providers, transport
 from worker.models.remote.keys import ApiKey
 from worker.models.remote.spec import VARIANT, RemoteSpec
 from worker.models.remote.tokens import TokenCounter
@@ -314,12 +314,12 @@ class RemoteModel:
         if 200 <= status < 300:
             try:
                 answer = protocol.parse(spec, response.body, n)
-            except protocol.DimensionMismatch as exc:
+            except providers.DimensionMismatch as exc:
                 # Once may be a garbled answer: asked again. Every time: the registration's
                 # dimensions are wrong (refused). Either way not the provider's health.
                 self._count("bad_response")
                 raise _Retry("bad_response", str(exc), refused=True) from None
-            except protocol.BadResponse as exc:
+            except providers.BadResponse as exc:
                 self._count("bad_response")
                 self.breaker.failure(f"bad answer: {exc}")
                 raise _Retry("bad_response", f"bad answer: {keys.clean(str(exc), key)}") from None

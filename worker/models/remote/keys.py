@@ -13,6 +13,7 @@ import re
 from collections.abc import Callable, Mapping
 
 from worker import exceptions
+from worker.models.remote import providers
 from worker.models.remote.spec import RemoteSpec
 from worker.secret import Secret, checked_key, one_line
 
@@ -20,10 +21,10 @@ from worker.secret import Secret, checked_key, one_line
 ApiKey = Callable[[str], tuple[Secret | None, str]]
 
 KEY_DIR = "EMBED_API_KEY_DIR"  # a directory of key files, one per credential name
-OPENAI_KEY = "OPENAI_API_KEY"
-HF_KEY = "HF_TOKEN"
-# The providers' own variables, by the credential name a model row gives by default.
-CREDENTIAL_VARIABLES = {"openai": OPENAI_KEY, "huggingface": HF_KEY}
+# The providers' own variables, by the credential name a model row gives by default (its kind).
+CREDENTIAL_VARIABLES = {p.name: p.credential_variable for p in providers.PROVIDERS.values()}
+OPENAI_KEY = providers.OpenAI.credential_variable  # the Settings' fields of these two
+HF_KEY = providers.HuggingFace.credential_variable
 
 
 def find_key(
@@ -63,9 +64,12 @@ def find_key(
     return None, " or ".join(looked) or f"{KEY_DIR} (unset) for {credential!r}"
 
 
-# Anything shaped like a provider key (OpenAI sk-..., Hugging Face hf_..., generic bearer
-# tokens of 20+ characters after a key-ish word) is masked in messages, beside the key itself.
-_KEYLIKE = re.compile(r"\b(sk|hf|pk|rk|key|token)[-_][A-Za-z0-9_\-\*\.]{6,}", re.IGNORECASE)
+# Anything shaped like a provider key (each kind's shape, and generic bearer tokens after a
+# key-ish word) is masked in messages, beside the key itself.
+_KEYLIKE = re.compile(
+    "|".join([r"\b(sk|hf|pk|rk|key|token)[-_][A-Za-z0-9_\-\*\.]{6,}", *providers.key_patterns()]),
+    re.IGNORECASE,
+)
 
 
 def key_for(spec: RemoteSpec, api_key: ApiKey) -> Secret | None:

@@ -10,16 +10,13 @@ from __future__ import annotations
 import ipaddress
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 from urllib.parse import urlsplit
 
-Provider = Literal["openai", "huggingface"]
-PROVIDERS: tuple[Provider, ...] = ("openai", "huggingface")
+from worker.models.remote import providers
 
 # For rows inserted by hand with limits left NULL (register_model() fills them in): the
-# providers' documented limits (docs/providers.md says where each comes from).
-DEFAULT_MAX_INPUTS = {"openai": 2048, "huggingface": 32}
-DEFAULT_MAX_REQUEST_TOKENS = {"openai": 300_000, "huggingface": None}
+# provider kind's documented limits (providers.py), and these.
 DEFAULT_IN_FLIGHT = 4
 DEFAULT_TIMEOUT_SECONDS = 60.0
 VARIANT = "remote"  # the variant recorded in embeddings.provenance for remote vectors
@@ -28,7 +25,7 @@ VARIANT = "remote"  # the variant recorded in embeddings.provenance for remote v
 @dataclass(frozen=True)
 class RemoteSpec:
     name: str  # our registry name
-    provider: Provider
+    provider: str  # a kind of providers.py (from_row refuses any other)
     endpoint: str  # openai: the base URL (…/v1); huggingface: the full URL
     remote_model: str  # the provider's model id
     dimensions: int
@@ -45,20 +42,19 @@ class RemoteSpec:
 
     @classmethod
     def from_row(cls, row: dict[str, Any]) -> RemoteSpec:
-        provider: Provider = row["provider"]
+        provider = providers.of(row["provider"])
         price = row.get("price_per_million_tokens")
         return cls(
             name=row["name"],
-            provider=provider,
+            provider=provider.name,
             endpoint=str(row["endpoint"]).rstrip("/"),
             remote_model=row["remote_model"],
             dimensions=int(row["dimensions"]),
             max_tokens=int(row["max_tokens"]),
             pooling=row.get("pooling") or "mean",
             send_dimensions=bool(row.get("send_dimensions")),
-            max_inputs=row.get("max_inputs") or DEFAULT_MAX_INPUTS[provider],
-            max_request_tokens=row.get("max_request_tokens")
-            or DEFAULT_MAX_REQUEST_TOKENS[provider],
+            max_inputs=row.get("max_inputs") or provider.max_inputs,
+            max_request_tokens=row.get("max_request_tokens") or provider.max_request_tokens,
             max_in_flight=row.get("max_in_flight") or DEFAULT_IN_FLIGHT,
             timeout_seconds=float(row.get("timeout_seconds") or DEFAULT_TIMEOUT_SECONDS),
             price_per_million_tokens=float(price) if price is not None else None,
@@ -80,9 +76,7 @@ class RemoteSpec:
     @property
     def url(self) -> str:
         """Where requests go."""
-        if self.provider == "openai":
-            return self.endpoint + "/embeddings"
-        return self.endpoint
+        return providers.of(self.provider).url(self)
 
     @property
     def host(self) -> str:

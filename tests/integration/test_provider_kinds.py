@@ -1,0 +1,99 @@
+"""The provider registry (worker/models/remote/providers.py): one class per kind, whose defaults
+are the SQL side's (embeddings.provider_defaults()); an unknown kind fails loudly on both sides;
+a new kind changes no table."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+import pytest
+
+from worker import exceptions
+from worker.models.remote import keys, providers
+from worker.models.remote.spec import RemoteSpec
+from worker.pipeline.targets import load_remote_models
+
+Conn = psycopg.Connection[Any]
+
+
+def test_the_sql_defaults_are_the_classes(conn: Conn) -> None:
+    rows = conn.execute(
+        "SELECT provider, endpoint, max_tokens, max_inputs, max_request_tokens"
+        " FROM embeddings.provider_defaults() ORDER BY provider"
+    ).fetchall()
+    assert rows == [
+        (p.name, p.default_endpoint, p.max_tokens, p.max_inputs, p.max_request_tokens)
+        for p in sorted(providers.PROVIDERS.values(), key=lambda p: p.name)
+    ]
+    assert keys.CREDENTIAL_VARIABLES == {"openai": "OPENAI_API_KEY", "huggingface": "HF_TOKEN"}
+
+
+def test_register_model_fills_in_the_kinds_defaults(conn: Conn) -> None:
+    conn.execute("SELECT embeddings.register_model('hf-model', 384, provider => 'huggingface')")
+    row = conn.execute(
+        "SELECT endpoint, max_tokens, max_inputs, max_request_tokens, credential"
+        " FROM embeddings.models WHERE name = 'hf-model'"
+    ).fetchone()
+    kind = providers.of("huggingface")
+    assert row == (
+        kind.default_endpoint.replace("{model}", "hf-model"),
+        kind.max_tokens,
+        kind.max_inputs,
+        kind.max_request_tokens,
+        "huggingface",
+    )
+
+
+def test_an_unknown_kind_is_refused_by_name_in_sql(conn: Conn) -> None:
+    with pytest.raises(
+        psycopg.errors.InvalidParameterValue, match='unknown provider "cohere"'
+    ) as e:
+        conn.execute("SELECT embeddings.register_model('c', 1024, provider => 'cohere')")
+    assert "huggingface (" in (e.value.diag.message_hint or "")
+    assert "openai (" in (e.value.diag.message_hint or "")
+
+
+def test_a_new_kind_changes_no_table_and_an_unknown_one_is_not_served(
+    conn: Conn, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The table takes a kind this release does not know (a newer release's row): the worker
+    does not serve it as another kind, and says why."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling, provider, endpoint,"
+        " remote_model) VALUES ('newer', 1024, 512, 'mean', 'cohere', 'https://api.cohere.com/v2',"
+        " 'e')"
+    )
+    conn.execute("SELECT embeddings.register_model('oa', 8, endpoint => 'https://x.test/v1')")
+    with caplog.at_level(logging.ERROR):
+        specs = load_remote_models(conn)
+    assert set(specs) == {"oa"}
+    assert "remote model newer is not served: unknown provider 'cohere'" in caplog.text
+    with pytest.raises(exceptions.ConfigError, match="this worker knows huggingface, openai"):
+        providers.of("cohere")
+    with pytest.raises(psycopg.errors.CheckViolation):
+        conn.execute(
+            "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling, provider)"
+            " VALUES ('bad', 3, 512, 'mean', 'Not A Kind')"
+        )
+
+
+def test_each_kind_owns_its_request_and_url() -> None:
+    base = {
+        "name": "m",
+        "dimensions": 3,
+        "max_tokens": 512,
+        "remote_model": "org/m",
+        "credential": "x",
+        "tokenizer": None,
+    }
+    openai = RemoteSpec.from_row({**base, "provider": "openai", "endpoint": "https://a.test/v1"})
+    hf = RemoteSpec.from_row({**base, "provider": "huggingface", "endpoint": "https://h.test/m"})
+    assert openai.url == "https://a.test/v1/embeddings" and hf.url == "https://h.test/m"
+    assert providers.of("openai").request_body(openai, ["a"])["input"] == ["a"]
+    assert providers.of("huggingface").request_body(hf, ["a"]) == {
+        "inputs": ["a"],
+        "truncate": True,
+    }
+    assert openai.max_inputs == 2048 and hf.max_inputs == 32  # the kind's default limits
