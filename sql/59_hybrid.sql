@@ -187,7 +187,9 @@ $$;
 -- ranking (embeddings.search() of `query_embedding`) and the full-text ranking of `query`
 -- (websearch_to_tsquery: every word, "quoted phrases", -excluded), each cut at `depth`:
 --   score = vector_weight / (rrf_k + vector_rank) + text_weight / (rrf_k + text_rank)
--- (a ranking a document is missing from adds nothing), best first, ties by key. `filter` as
+-- (a ranking a document is missing from adds nothing), best first; equal scores by the best
+-- single rank (a document one ranking puts first before one that is second in both), then by
+-- key. `filter` as
 -- for search(). Each row: the key (typed as in the table), the score, the content (the best
 -- chunk by distance, else by text rank, for a chunked target) and its `seq`, the cosine
 -- distance (NULL when the document is not in the vector ranking), both ranks (from 1; NULL
@@ -230,7 +232,7 @@ BEGIN
                (CASE WHEN v.value IS NOT NULL THEN v.value->>'end_offset' ELSE x.value->>'end_offset' END)::integer
         FROM jsonb_array_elements(by_vector) WITH ORDINALITY AS v(value, i)
         FULL JOIN jsonb_array_elements(by_text) WITH ORDINALITY AS x(value, i) ON v.value->'key' = x.value->'key'
-        ORDER BY 2 DESC, 1
+        ORDER BY 2 DESC, least(v.i, x.i), 1
         LIMIT k;
 END
 $$;

@@ -185,13 +185,16 @@ def rrf(
     rankings: list[list[int]], *, rrf_k: int = 60, weights: tuple[float, ...] | None = None
 ) -> list[int]:
     """Reciprocal rank fusion in Python (the reference `Fusion` is checked against): items by
-    descending sum of weight / (rrf_k + rank), rank counted from 1; ties by id."""
+    descending sum of weight / (rrf_k + rank), rank counted from 1; equal sums by the best
+    single rank, then by id."""
     weights = weights or (1.0,) * len(rankings)
     scores: dict[int, float] = {}
+    best: dict[int, int] = {}
     for weight, ranking in zip(weights, rankings, strict=True):
         for rank, item in enumerate(ranking, start=1):
             scores[item] = scores.get(item, 0.0) + weight / (rrf_k + rank)
-    return sorted(scores, key=lambda item: (-scores[item], item))
+            best[item] = min(best.get(item, rank), rank)
+    return sorted(scores, key=lambda item: (-scores[item], best[item], item))
 
 
 HYBRID_SETUP = (

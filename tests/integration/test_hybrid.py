@@ -104,6 +104,34 @@ def test_hybrid_equals_a_reference_fusion(
         assert score == pytest.approx(sum(parts))
 
 
+def test_equal_scores_go_by_the_best_single_rank_not_the_key(conn: Conn) -> None:
+    """rrf_k 0: X, first by meaning only (1/1), and Y, second in both rankings (1/2 + 1/2),
+    score alike; X's best rank is 1, Y's 2, so X comes first, though Y's key sorts first."""
+    query = unit(np.random.default_rng(11).standard_normal(DIMS))
+    rng = np.random.default_rng(12)
+    conn.execute("CREATE TABLE ties (id int PRIMARY KEY, body text)")
+    rows = {9: ("bananas ripen in the sun", 0.1), 2: ("a red apple fell", 0.2)}
+    rows[5] = ("red apple, red apple, red apple pie", 0.3)  # Z: first by text, third by meaning
+    for key, (body, _) in rows.items():
+        conn.execute("INSERT INTO ties VALUES (%s, %s)", (key, body))
+    conn.execute("SELECT embeddings.watch('ties', 'body', model => %s)", (MODEL,))
+    for key, (_, distance) in rows.items():
+        v = toward(query, rng, distance)[0]
+        conn.execute("UPDATE ties SET embedding = %s WHERE id = %s", (text(v), key))
+    conn.execute("SELECT embeddings.enable_fts('ties', 'english')")
+    by_vector = [9, 2, 5]
+    by_text = text_ranking(conn, "ties", "embedding_fts", "red apple")
+    assert by_text == [5, 2]
+
+    found = conn.execute(
+        "SELECT key, score FROM embeddings.hybrid_search('ties', 'red apple', %s::halfvec, 3,"
+        " rrf_k => 0)",
+        (text(query),),
+    ).fetchall()
+    assert [key for key, _ in found] == rrf([by_vector, by_text], rrf_k=0) == [5, 9, 2]
+    assert found[1][1] == found[2][1] == 1.0  # the tie
+
+
 def test_tuning_from_outside_sql_reaches_the_fusion(conn: Conn, items: Vec) -> None:
     """rrf_k, the weights and depth as `embed-worker search` and POST /search pass them
     (worker/retrieval/fusion.py): the same ranking as the reference fusion with them, each
