@@ -355,7 +355,8 @@ FROM embeddings.hybrid_search((SELECT t.source FROM embeddings.targets t WHERE t
                               rrf_k => %(rrf_k)s::double precision,
                               vector_weight => %(vector_weight)s::double precision,
                               text_weight => %(text_weight)s::double precision,
-                              depth => %(depth)s::integer);
+                              depth => %(depth)s::integer,
+                              text_match => %(text_match)s::text);
 
 -- name: document_progress
 -- Long documents of a target in progress or over the ceiling (embeddings.documents): what a

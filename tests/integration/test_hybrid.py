@@ -132,6 +132,36 @@ def test_equal_scores_go_by_the_best_single_rank_not_the_key(conn: Conn) -> None
     assert found[1][1] == found[2][1] == 1.0  # the tie
 
 
+def test_any_word_ranks_the_rows_with_any_word_of_the_question(conn: Conn, items: Vec) -> None:
+    """Words spread over several rows: every-word matching finds no row, so hybrid search
+    orders as vector search does; any-word matching ranks the rows holding any of them, as
+    websearch_to_tsquery of the words joined by `or` and ts_rank_cd rank them (written out)."""
+    question = 'how do I "delete" a folder -and open a url with urlopen'
+    all_words = rankings.hybrid(
+        conn, find_target(conn, "items"), question, items, 8, fusion=Fusion()
+    )
+    assert all(r["text_rank"] is None for r in all_words)
+
+    any_words = rankings.hybrid(
+        conn, find_target(conn, "items"), question, items, 8, fusion=Fusion(text_match="any")
+    )
+    joined = "how or do or I or delete or a or folder or and or open or a or url or with or urlopen"
+    assert conn.execute("SELECT embeddings.any_word_query(%s)", (question,)).fetchone() == (joined,)
+    by_text = text_ranking(conn, "items", "embedding_fts", joined)
+    assert len(by_text) >= 3
+    assert [r["key"] for r in any_words] == rrf([list(range(1, 9)), by_text])
+    assert {r["key"]: r["text_rank"] for r in any_words if r["text_rank"]} == {
+        key: rank for rank, key in enumerate(by_text, start=1)
+    }
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="text_match is 'all'"):
+        conn.execute(
+            "SELECT * FROM embeddings.hybrid_search('items', 'x', %s::halfvec, text_match => 'some')",
+            (text(items),),
+        )
+    with pytest.raises(ValueError, match='"text_match" must be "all" or "any"'):
+        Fusion.parse({"text_match": "some"})
+
+
 def test_tuning_from_outside_sql_reaches_the_fusion(conn: Conn, items: Vec) -> None:
     """rrf_k, the weights and depth as `embed-worker search` and POST /search pass them
     (worker/retrieval/fusion.py): the same ranking as the reference fusion with them, each

@@ -186,6 +186,12 @@ def _search_options(search: argparse.ArgumentParser) -> None:
         metavar="N",
         help="hybrid: candidates taken from each ranking before fusing (default 100; 1 to 1000)",
     )
+    search.add_argument(
+        "--text-match",
+        choices=("all", "any"),
+        help="hybrid: the full-text ranking holds the rows with every word of QUERY (all) or"
+        " with any of them (any); default all",
+    )
     # The rerank stage (worker/retrieval/rerank.py): unset, the table's (embeddings.set_rerank).
     rerank = search.add_mutually_exclusive_group()
     rerank.add_argument(

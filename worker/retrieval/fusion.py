@@ -4,6 +4,8 @@
   score = vector_weight / (rrf_k + vector_rank) + text_weight / (rrf_k + text_rank)
 
 over each ranking cut at `depth` candidates (a ranking a document is missing from adds nothing).
+The full-text ranking holds the documents with every word of the query (`text_match` "all")
+or with any of them ("any").
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ from typing import Any
 # index scan and the full-text ranking's scoring must produce (as pgvector caps
 # hnsw.ef_search at 1000).
 MAX_DEPTH = 1000
+TEXT_MATCHES = ("all", "any")  # every word of the query, or any of them
 
 
 @dataclass(frozen=True)
@@ -24,6 +27,7 @@ class Fusion:
     vector_weight: float = 1.0
     text_weight: float = 1.0
     depth: int = 100
+    text_match: str = "all"
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -49,6 +53,11 @@ class Fusion:
             if isinstance(depth, bool) or not isinstance(depth, int):
                 raise ValueError(f'"depth" must be an integer from 1 to {MAX_DEPTH}')
             values["depth"] = depth
+        text_match = given.get("text_match")
+        if text_match is not None:
+            if text_match not in TEXT_MATCHES:
+                raise ValueError(f'"text_match" must be "all" or "any", not {text_match!r}')
+            values["text_match"] = text_match
         return cls(**values).checked()
 
     def checked(self) -> Fusion:

@@ -64,6 +64,7 @@ def hybrid(
         "vector_weight": fusion.vector_weight,
         "text_weight": fusion.text_weight,
         "depth": fusion.depth,
+        "text_match": fusion.text_match,
         "target": target.id,
         "text": query,
         "query": HalfVector(vector),

@@ -80,8 +80,8 @@ def ranked(
                 )
             elif fusion is not None:
                 raise InvalidSearch(
-                    f"{target.name} has no full-text search: rrf_k, vector_weight, text_weight "
-                    "and depth tune hybrid search only"
+                    f"{target.name} has no full-text search: {', '.join(Fusion.names())} tune"
+                    " hybrid search only"
                 )
             else:
                 results = rankings.by_vector(conn, target, vector, k, filter)
