@@ -64,6 +64,7 @@ def default_retrievers() -> list[Retriever]:
         Fusion(any_term, vector, name="hybrid_rrf_any"),
         Fusion(split, vector, name="hybrid_rrf_split"),
         SqlFunction.named("embeddings.hybrid_search"),
+        SqlFunction.named("embeddings.hybrid_search", "text_match => 'any'"),
     ]
 
 

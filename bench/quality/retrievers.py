@@ -212,28 +212,40 @@ class SqlFunction:
     # SQL run once per table: `{table}` replaced by its name as an identifier, `{name}` as a
     # string literal.
     setup: str | None = None
+    # Named arguments after the four, as SQL (`text_match => 'any'`), constants only.
+    arguments: str = ""
 
     @classmethod
-    def named(cls, function: str) -> SqlFunction:
+    def named(cls, function: str, arguments: str = "") -> SqlFunction:
         """`function`, with the setup it needs: the project's hybrid search needs the table
         watched with full-text search on (its rows embedded already: no backfill)."""
         if function == "embeddings.hybrid_search":
-            return cls(function, HYBRID_SETUP)
-        return cls(function)
+            return cls(function, HYBRID_SETUP, arguments)
+        return cls(function, arguments=arguments)
 
     @property
     def name(self) -> str:
-        return self.function
+        return f"{self.function}({self.arguments})" if self.arguments else self.function
 
     def prepare(self, conn: Conn, table: Table) -> None:
-        if self.setup:
+        if self.setup and not _watched(conn, table):
             conn.execute(
                 sql.SQL(self.setup).format(table=table.ident, name=sql.Literal(table.name))
             )
 
     def search(self, conn: Conn, table: Table, query: str, vector: Vector32, k: int) -> list[int]:
-        statement = sql.SQL("SELECT * FROM {}(%s::regclass, %s, %s::halfvec, %s)").format(
-            sql.Identifier(*self.function.split("."))
+        statement = sql.SQL("SELECT * FROM {}(%s::regclass, %s, %s::halfvec, %s{})").format(
+            sql.Identifier(*self.function.split(".")),
+            sql.SQL(", " + self.arguments if self.arguments else ""),
         )
         rows = conn.execute(statement, (table.name, query, halfvec(vector), k)).fetchall()
         return [int(row[0]) for row in rows]
+
+
+def _watched(conn: Conn, table: Table) -> bool:
+    """Whether `table` is watched already (by another variant of the same function)."""
+    row = conn.execute(
+        "SELECT EXISTS (SELECT FROM embeddings.targets WHERE source = to_regclass(%s))",
+        (table.name,),
+    ).fetchone()
+    return bool(row and row[0])
