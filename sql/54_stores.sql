@@ -56,35 +56,31 @@ LANGUAGE sql STABLE AS $$
     SELECT coalesce(t.side_table, t.chunk_table, t.source)
 $$;
 
--- The dispatchers (the list above says what each returns).
-CREATE FUNCTION embeddings.embedding_missing_sql(t embeddings.targets, alias text) RETURNS text
+-- The dispatchers (the list above says what each returns). The predicates' three share one
+-- call: the kind's `operation` of (t, alias).
+CREATE FUNCTION embeddings.store_predicate_sql(t embeddings.targets, operation text, alias text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found text;
 BEGIN
-    EXECUTE format('SELECT %s($1, $2)', embeddings.store_function(t, 'missing_sql')) INTO found USING t, alias;
+    EXECUTE format('SELECT %s($1, $2)', embeddings.store_function(t, operation)) INTO found USING t, alias;
     RETURN found;
 END
+$$;
+
+CREATE FUNCTION embeddings.embedding_missing_sql(t embeddings.targets, alias text) RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT embeddings.store_predicate_sql(t, 'missing_sql', alias)
 $$;
 
 CREATE FUNCTION embeddings.store_holds_vector_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    found text;
-BEGIN
-    EXECUTE format('SELECT %s($1, $2)', embeddings.store_function(t, 'holds_vector_sql')) INTO found USING t, alias;
-    RETURN found;
-END
+LANGUAGE sql STABLE AS $$
+    SELECT embeddings.store_predicate_sql(t, 'holds_vector_sql', alias)
 $$;
 
 CREATE FUNCTION embeddings.store_new_row_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    found text;
-BEGIN
-    EXECUTE format('SELECT %s($1, $2)', embeddings.store_function(t, 'new_row_sql')) INTO found USING t, alias;
-    RETURN found;
-END
+LANGUAGE sql STABLE AS $$
+    SELECT embeddings.store_predicate_sql(t, 'new_row_sql', alias)
 $$;
 
 CREATE FUNCTION embeddings.store_lock_mode(t embeddings.targets) RETURNS text

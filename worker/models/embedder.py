@@ -217,15 +217,7 @@ class Embedder:
         self, batch: TokenBatch
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         ids, mask, type_ids = pad_batch(batch, self._pad_id)
-        arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
-        feed: dict[str, npt.NDArray[Any]] = {}
-        for name, dtype in self._inputs.items():
-            if name == "position_ids":
-                positions = np.arange(batch.length, dtype=dtype)
-                feed[name] = np.ascontiguousarray(np.broadcast_to(positions, ids.shape))
-            else:
-                feed[name] = arrays[name].astype(dtype, copy=False)
-        (hidden,) = self._session.run([self._output], feed)
+        (hidden,) = self._session.run([self._output], onnx.feed(self._inputs, ids, mask, type_ids))
         return hidden, mask
 
     def _probe_dim(self) -> int:

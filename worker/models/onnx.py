@@ -120,3 +120,22 @@ def hidden_state_output(session: Any, model_file: Path) -> str:
 def output_dim(session: Any, output: str) -> int | None:
     shape = next(o.shape for o in session.get_outputs() if o.name == output)
     return shape[-1] if isinstance(shape[-1], int) and shape[-1] > 0 else None
+
+
+def feed(
+    inputs: dict[str, type[np.signedinteger[Any]]],
+    ids: np.ndarray[Any, Any],
+    mask: np.ndarray[Any, Any],
+    type_ids: np.ndarray[Any, Any],
+) -> dict[str, np.ndarray[Any, Any]]:
+    """The graph's declared inputs (graph_inputs()) from a padded batch, in their types;
+    position_ids, where declared, 0 .. length-1 on every row."""
+    arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
+    fed: dict[str, np.ndarray[Any, Any]] = {}
+    for name, dtype in inputs.items():
+        if name == "position_ids":
+            positions = np.arange(ids.shape[1], dtype=dtype)
+            fed[name] = np.ascontiguousarray(np.broadcast_to(positions, ids.shape))
+        else:
+            fed[name] = arrays[name].astype(dtype, copy=False)
+    return fed

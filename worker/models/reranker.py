@@ -114,14 +114,7 @@ class CrossEncoder:
         )
         for batch in batches(encodings, self.token_budget):
             ids, mask, type_ids = pad_batch(batch, self._pad_id)
-            arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
-            feed: dict[str, npt.NDArray[Any]] = {}
-            for name, dtype in self._inputs.items():
-                if name == "position_ids":
-                    positions = np.arange(batch.length, dtype=dtype)
-                    feed[name] = np.ascontiguousarray(np.broadcast_to(positions, ids.shape))
-                else:
-                    feed[name] = arrays[name].astype(dtype, copy=False)
+            feed = onnx.feed(self._inputs, ids, mask, type_ids)
             (logits,) = self._session.run([self._output], feed)
             scores[batch.rows] = np.asarray(logits, dtype=np.float32).reshape(len(batch.rows))
         return scores
