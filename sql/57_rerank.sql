@@ -15,10 +15,10 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets := embeddings.search_target(source, embedding_column);
 BEGIN
-    IF model IS NOT NULL AND (model !~ '^[A-Za-z0-9][A-Za-z0-9._/-]{0,199}$' OR model ~ '\.\.') THEN
+    IF model IS NOT NULL AND model !~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$' THEN
         RAISE EXCEPTION 'embeddings: % is not a reranker''s name', quote_literal(model)
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'A model name: letters, digits, ".", "_", "-" and "/", as EMBED_MODEL_PATH holds it.';
+                  HINT = 'A model directory''s name on the worker''s EMBED_MODEL_PATH (letters, digits, ".", "_", "-"), never a path.';
     END IF;
     IF depth IS NOT NULL AND NOT depth BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION 'embeddings: a rerank depth is from 1 to 200, not %', depth

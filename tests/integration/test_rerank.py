@@ -18,6 +18,7 @@ import pytest
 from tests.integration.test_cli import run_cli
 from tests.support import modelgen
 from tests.support.models import shared_models_dir
+from worker import exceptions
 from worker.models.files import ModelLocation
 from worker.models.loaded import LoadedModels
 from worker.models.reranker import CrossEncoder, LoadedRerankers
@@ -141,6 +142,10 @@ def test_a_reranker_that_is_not_there_is_unavailable_and_named(
 ) -> None:
     with pytest.raises(rerank.RerankerUnavailable, match="reranker no-such-reranker"):
         searched(conn, embedders, str(tmp_path), rerank="no-such-reranker")
+    # A path is no name, even where the code is called without the request's check.
+    rerankers = LoadedRerankers(ModelLocation.of(str(tmp_path)), threads=1)
+    with pytest.raises(exceptions.ModelNotFound, match="a reranker is named"):
+        rerankers.get(str(tmp_path / "x"))
 
 
 def test_a_content_function_target_has_no_text_to_rerank(
@@ -161,6 +166,7 @@ def test_a_content_function_target_has_no_text_to_rerank(
     [
         ("embeddings.set_rerank('docs', '../etc/x')", "is not a reranker's name"),
         ("embeddings.set_rerank('docs', 'a b')", "is not a reranker's name"),
+        ("embeddings.set_rerank('docs', 'models/x')", "is not a reranker's name"),
         ("embeddings.set_rerank('docs', 'tiny-rerank', depth => 0)", "from 1 to 200"),
         ("embeddings.set_rerank('docs', NULL, depth => 5)", "needs a reranker"),
         ("embeddings.set_rerank('nowhere', 'tiny-rerank')", "does not exist"),
@@ -179,6 +185,9 @@ def test_set_rerank_refuses_what_it_cannot_keep(
         ({"rerank": True}, '"rerank" must be a reranker'),
         ({"rerank": ""}, '"rerank" must be a reranker'),
         ({"rerank": 3}, '"rerank" must be a reranker'),
+        ({"rerank": "../../models/x"}, '"rerank" must be a reranker'),  # never a path
+        ({"rerank": "/srv/models/x"}, '"rerank" must be a reranker'),
+        ({"rerank": ".hidden"}, '"rerank" must be a reranker'),
         ({"rerank": "x", "rerank_depth": 0}, '"rerank_depth" must be an integer from 1 to 200'),
         ({"rerank": "x", "rerank_depth": True}, '"rerank_depth" must be an integer'),
         ({"rerank": False, "rerank_depth": 5}, 'no rerank stage with "rerank": false'),

@@ -153,6 +153,10 @@ class LoadedRerankers:
         self._lock = threading.Lock()
 
     def get(self, name: str) -> Reranker:
+        if files.looks_like_path(name):  # searches name rerankers; only the operator has paths
+            raise exceptions.ModelNotFound(
+                f"{name!r}: a reranker is named (a directory on EMBED_MODEL_PATH), not a path"
+            )
         with self._lock:  # one load per name, however many searches ask at once
             found = self._loaded.get(name)
             if found is None:

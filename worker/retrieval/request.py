@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 from typing import Any
 
@@ -9,6 +10,7 @@ from worker.retrieval.fusion import Fusion
 
 MAX_K = 100
 MAX_RERANK_DEPTH = 200  # results one search may have the cross-encoder read (sql/57_rerank.sql)
+RERANKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # as set_rerank() takes them
 # "vector": by meaning only; "hybrid": fused with full-text search (the target needs it on:
 # embeddings.enable_fts()); "auto": hybrid where the target has full-text search.
 MODES = ("auto", "vector", "hybrid")
@@ -74,9 +76,13 @@ def _rerank_of(body: dict[str, Any]) -> tuple[str | bool | None, int | None]:
     if rerank is True or (
         rerank is not None
         and rerank is not False
-        and (not isinstance(rerank, str) or not rerank.strip() or "\x00" in rerank)
+        and (not isinstance(rerank, str) or not RERANKER_NAME.fullmatch(rerank))
     ):
-        raise ValueError('"rerank" must be a reranker\'s name, or false for none')
+        # A name, never a path: a request must not make the worker read any directory it names.
+        raise ValueError(
+            '"rerank" must be a reranker\'s name (a model directory on EMBED_MODEL_PATH: letters,'
+            ' digits, ".", "_", "-"), or false for none'
+        )
     depth = body.get("rerank_depth")
     if depth is not None:
         if isinstance(depth, bool) or not isinstance(depth, int):
