@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.integration.test_cli import run_cli
 from worker import exceptions
 from worker.models.remote import keys, providers
 from worker.models.remote.spec import RemoteSpec
@@ -97,3 +98,17 @@ def test_each_kind_owns_its_request_and_url() -> None:
         "truncate": True,
     }
     assert openai.max_inputs == 2048 and hf.max_inputs == 32  # the kind's default limits
+
+
+def test_doctor_fails_a_model_of_an_unknown_kind(conn: Conn, dsn: str) -> None:
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling, provider, endpoint,"
+        " remote_model) VALUES ('newer', 8, 512, 'mean', 'cohere', 'https://api.cohere.com/v2',"
+        " 'e')"
+    )
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'newer')")
+    result = run_cli("doctor", "--database-url", dsn)
+    assert result.returncode != 0
+    (line,) = [x for x in result.stdout.splitlines() if "model newer" in x]
+    assert "FAIL" in line and "unknown provider 'cohere'" in line, result.stdout

@@ -155,10 +155,16 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
     readable = _can_read(conn, "embeddings.models")
     database_default = database_default_model(conn) if readable else None
     out.append(_default_model(settings, database_default))
-    remote_models = {spec.name: spec for spec in remote.in_database(conn)} if readable else {}
+    remote_models, refused = remote.in_database(conn) if readable else ({}, {})
     for model in sorted({settings.default_model(database_default)} | watched):
         spec = remote_models.get(model)
-        out.append(_model(model, settings) if spec is None else _remote_model(spec, settings))
+        if model in refused:  # a provider kind this worker does not know: no key serves it
+            fix = "register the model again with a known provider kind, or upgrade the worker"
+            out.append(Finding("FAIL", f"model {model}", f"remote: {refused[model]}", fix))
+        elif spec is None:
+            out.append(_model(model, settings))
+        else:
+            out.append(_remote_model(spec, settings))
     targets = conn.execute(queries.get("target_grants")).fetchall()
     for name, model, typmod, can_run, can_queue, can_fail in targets:
         if model in dims and typmod > 0 and typmod != dims[model]:

@@ -12,7 +12,7 @@ from psycopg.rows import dict_row
 from worker import db, exceptions, queries, schema
 from worker.config import Settings
 from worker.models.remote import keys
-from worker.models.remote.spec import RemoteSpec
+from worker.models.remote.spec import RemoteSpec, specs_of
 
 logger = logging.getLogger(__name__)
 
@@ -24,19 +24,20 @@ def registered(settings: Settings) -> list[RemoteSpec] | None:
         with db.connect(settings.dsn, connect_timeout=3) as conn, db.translated():
             if not schema.installed(conn):
                 return []
-            return in_database(conn)
+            return list(in_database(conn)[0].values())
     except exceptions.EmbedWorkerError as exc:
         logger.warning("remote models not listed: the database cannot be read: %s", exc)
         return None
 
 
-def in_database(conn: db.Connection) -> list[RemoteSpec]:
-    """The remote models of an installed schema (none before 0.2.0's: `migrate` adds them)."""
+def in_database(conn: db.Connection) -> tuple[dict[str, RemoteSpec], dict[str, str]]:
+    """The remote models of an installed schema by name (none before 0.2.0's: `migrate` adds
+    them), and those of a provider kind this worker does not know, with why."""
     found = conn.execute(queries.get("models_have_providers")).fetchone()
     if not found or not found[0]:
-        return []
+        return {}, {}
     rows = conn.cursor(row_factory=dict_row).execute(queries.get("remote_models")).fetchall()
-    return [RemoteSpec.from_row(row) for row in rows]
+    return specs_of(rows)
 
 
 def key_problem(spec: RemoteSpec, settings: Settings) -> tuple[str, str | None]:

@@ -24,8 +24,8 @@ from typing import Any
 from psycopg import sql
 from psycopg.rows import dict_row
 
-from worker import db, exceptions, queries
-from worker.models.remote.spec import RemoteSpec
+from worker import db, queries
+from worker.models.remote.spec import RemoteSpec, specs_of
 
 # Key types whose text form the worker normalises itself; any other type's key is taken as the
 # text its JSON form carries (what to_jsonb() wrote) and cast by Postgres.
@@ -278,14 +278,9 @@ def load_remote_models(conn: db.Connection) -> dict[str, RemoteSpec]:
     """The registry's remote models by name (worker/models/remote/spec.py)."""
     with db.translated():
         rows = conn.cursor(row_factory=dict_row).execute(queries.get("remote_models")).fetchall()
-    specs: dict[str, RemoteSpec] = {}
-    for row in rows:
-        try:
-            spec = RemoteSpec.from_row(row)
-        except exceptions.ConfigError as exc:  # a kind this worker does not know: not served
-            logger.error("remote model %s is not served: %s", row["name"], exc)
-            continue
-        specs[spec.name] = spec
+    specs, refused = specs_of(rows)
+    for name, why in refused.items():  # its targets wait as for a model that is not there
+        logger.error("remote model %s is not served: %s", name, why)
     return specs
 
 

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
 
+from worker import exceptions
 from worker.models.remote import providers
 
 # For rows inserted by hand with limits left NULL (register_model() fills them in): the
@@ -125,3 +126,18 @@ def _loopback(host: str) -> bool:
 
 _LOOPBACK_V4 = ipaddress.IPv4Network("127.0.0.0/8")
 _LOOPBACK_V6 = ipaddress.IPv6Address("::1")
+
+
+def specs_of(rows: list[dict[str, Any]]) -> tuple[dict[str, RemoteSpec], dict[str, str]]:
+    """The registry's remote models by name, and by name the rows this worker cannot serve
+    with why (a provider kind it does not know: a newer release's row, or one set by hand)."""
+    specs: dict[str, RemoteSpec] = {}
+    refused: dict[str, str] = {}
+    for row in rows:
+        try:
+            spec = RemoteSpec.from_row(row)
+        except exceptions.ConfigError as exc:
+            refused[str(row["name"])] = str(exc)
+            continue
+        specs[spec.name] = spec
+    return specs, refused
