@@ -21,14 +21,14 @@ import numpy.typing as npt
 DEFAULT_TOKEN_BUDGET = 4096
 # Rows x length² per call. Speed is the same at 512-token inputs for 1 to 8 rows per call, but
 # attention scores and their softmax take ~100 bytes x heads x rows x length² at once: capping
-# the cells at 2^18 (one 512-token row, four of 256, sixteen of 128) holds the embedder's peak
-# RSS with gte-small at 328 MB instead of 584 MB on the benchmark corpus, at the same speed.
+# the cells at 2^18 (one 512-token row, four of 256, sixteen of 128) bounds the embedder's peak
+# memory at the same speed (docs/performance.md, "Figures behind the code's choices").
 ATTENTION_BUDGET = 2**18
 
 # Most padding a batch may carry, as a share of its real tokens. Sorting alone leaves a long run
-# of short texts padded to the longest one the budget admits (1.13 padded/real tokens on the
-# benchmark corpus at budget 4096, 1.26 at 8192); a 5% cap gives 1.03 and was the fastest
-# setting at every budget measured (137 against 123 texts/s at 2048, 129 against 94 at 8192).
+# of short texts padded to the longest one the budget admits; a 5% cap pads least and was the
+# fastest setting at every budget measured (docs/performance.md, "Figures behind the code's
+# choices").
 MAX_PADDING = 0.05
 
 

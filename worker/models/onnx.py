@@ -45,7 +45,7 @@ def session_options(threads: int) -> Any:
     options.add_session_config_entry("session.intra_op.allow_spinning", "0")
     options.add_session_config_entry("session.inter_op.allow_spinning", "0")
     # Shapes change with every batch: memory patterns cached per shape only grow the arena
-    # (measured: peak RSS 700 -> 584 MB over the benchmark corpus with gte-small).
+    # (docs/performance.md, "Figures behind the code's choices").
     options.enable_mem_pattern = False
     options.log_severity_level = 3  # errors only; onnxruntime's warnings go to stderr otherwise
     return options
