@@ -5,10 +5,12 @@
 --   chunks   a chunk table, a row per chunk of a document (sql/55_chunks.sql)
 --   side     a side table keyed like the watched table (sql/56_side.sql)
 --
--- Each kind's behaviour is in its functions, named embeddings.<kind>_store_<operation>; the
--- shared code calls the dispatchers below, embeddings.store_<operation>(t, ...), and never
--- asks which kind a target is. A new kind is a file of those functions and a value of
--- store_kind. The operations:
+-- Each kind's behaviour is in its functions, named embeddings.<kind>_store_<operation>; for
+-- these operations the shared code calls the dispatchers below, embeddings.store_<operation>(t,
+-- ...), never asking which kind a target is. (Elsewhere a one-line test of store_kind remains
+-- where one kind differs: watch()'s store changes, a model change, status's estimates.) A new
+-- kind is a file of those functions, a value of store_kind, and a look at those tests. The
+-- operations:
 --
 --   missing_sql(t, alias) text        a predicate true when the row `alias` lacks its vectors
 --                                     (backfills, sweep(), scans)
