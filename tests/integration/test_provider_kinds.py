@@ -5,16 +5,19 @@ a new kind changes no table."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.integration.test_cli import run_cli
+from tests.support.process import wait_for
 from worker import exceptions
 from worker.models.remote import keys, providers
 from worker.models.remote.spec import RemoteSpec
 from worker.pipeline.targets import load_remote_models
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -112,3 +115,27 @@ def test_doctor_fails_a_model_of_an_unknown_kind(conn: Conn, dsn: str) -> None:
     assert result.returncode != 0
     (line,) = [x for x in result.stdout.splitlines() if "model newer" in x]
     assert "FAIL" in line and "unknown provider 'cohere'" in line, result.stdout
+
+
+def test_a_target_of_an_unknown_kind_waits_saying_why(
+    conn: Conn, run_once: Callable[..., Worker]
+) -> None:
+    """Its rows wait (nothing dead-lettered, no request sent), and status says the kind is
+    unknown, not that the model is missing."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling, provider, endpoint,"
+        " remote_model) VALUES ('newer', 8, 512, 'mean', 'cohere', 'https://api.cohere.com/v2',"
+        " 'e')"
+    )
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'a'), (2, 'b')")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'newer')")
+    run_once(max_attempts=1)
+    reason = wait_for(
+        lambda: conn.execute(
+            "SELECT deferred_reason FROM embeddings.target_status(true)"
+        ).fetchone()[0],  # type: ignore[index]
+        what="the target deferred",
+    )
+    assert "remote model newer is not served: unknown provider 'cohere'" in reason
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)

@@ -69,12 +69,19 @@ class LoadedModels:
         # them (follow()), and the RemoteModel built from each.
         self.api_key: ApiKey = api_key
         self._remote_specs: Callable[[], dict[str, RemoteSpec]] = dict
+        self._refused_remote: Callable[[], dict[str, str]] = dict
         self._remote: dict[str, RemoteModel] = {}
         self._refused: set[str] = set()  # registrations refused at load, each logged once
 
-    def follow(self, remote_specs: Callable[[], dict[str, RemoteSpec]]) -> None:
-        """Where the registry's remote models are read from (TargetRegistry.remote_models)."""
+    def follow(
+        self,
+        remote_specs: Callable[[], dict[str, RemoteSpec]],
+        refused: Callable[[], dict[str, str]] = dict,
+    ) -> None:
+        """Where the registry's remote models are read from (TargetRegistry.remote_models), and
+        those it cannot serve with why (refused_remote_models)."""
         self._remote_specs = remote_specs
+        self._refused_remote = refused
 
     def remote_spec(self, model: str) -> RemoteSpec | None:
         return self._remote_specs().get(model)
@@ -85,6 +92,9 @@ class LoadedModels:
         spec = self.remote_spec(model)
         if spec is not None:
             return self._remote_model(spec)
+        why = self._refused_remote().get(model)
+        if why is not None:  # registered, of a kind this worker does not know: its rows wait
+            raise exceptions.ProviderRefused(f"remote model {model} is not served: {why}")
         with self._lock:
             if model in self._loaded:
                 return self._loaded[model]

@@ -276,12 +276,18 @@ def database_default_model(conn: db.Connection) -> str | None:
 
 def load_remote_models(conn: db.Connection) -> dict[str, RemoteSpec]:
     """The registry's remote models by name (worker/models/remote/spec.py)."""
+    return load_remote_registry(conn)[0]
+
+
+def load_remote_registry(conn: db.Connection) -> tuple[dict[str, RemoteSpec], dict[str, str]]:
+    """The registry's remote models by name, and those this worker cannot serve with why (a
+    provider kind it does not know), each logged."""
     with db.translated():
         rows = conn.cursor(row_factory=dict_row).execute(queries.get("remote_models")).fetchall()
     specs, refused = specs_of(rows)
-    for name, why in refused.items():  # its targets wait as for a model that is not there
+    for name, why in refused.items():  # its targets wait, saying why (LoadedModels.get)
         logger.error("remote model %s is not served: %s", name, why)
-    return specs
+    return specs, refused
 
 
 class TargetRegistry:
@@ -293,17 +299,19 @@ class TargetRegistry:
         self._targets: dict[int, Target] = {}
         self._database_default: str | None = None
         self._remote: dict[str, RemoteSpec] = {}
+        self._refused: dict[str, str] = {}  # remote models of a kind this worker does not know
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
     def refresh(self, conn: db.Connection) -> dict[int, Target]:
         targets = load(conn)
         default = database_default_model(conn)
-        remote = load_remote_models(conn)
+        remote, refused = load_remote_registry(conn)
         with self._lock:
             self._targets = targets
             self._database_default = default
             self._remote = remote
+            self._refused = refused
             self._loaded_at = time.monotonic()
         return targets
 
@@ -311,6 +319,11 @@ class TargetRegistry:
         """The remote models of the registry (sql/46_providers.sql), as last read."""
         with self._lock:
             return self._remote
+
+    def refused_remote_models(self) -> dict[str, str]:
+        """The registry's remote models this worker cannot serve, with why, as last read."""
+        with self._lock:
+            return self._refused
 
     @property
     def database_default(self) -> str | None:

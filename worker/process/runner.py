@@ -103,7 +103,8 @@ class Worker:
             downloads=settings.downloads,
             api_key=settings.api_key,
         )
-        self.embedders.follow(self.registry.remote_models)  # remote models: as registered
+        # remote models: as registered
+        self.embedders.follow(self.registry.remote_models, self.registry.refused_remote_models)
         self.held = HeldJobs(settings.queue, self.lanes, self.registry, self.embedders)
         self.stopping = threading.Event()  # no more reading
         self.finished = threading.Event()  # the pipeline has drained
