@@ -77,6 +77,15 @@ def test_a_long_passage_loses_its_tail_not_the_question(reranker: CrossEncoder) 
     assert np.isfinite(score)
 
 
+def test_a_huge_passage_is_read_from_its_head_only(reranker: CrossEncoder) -> None:
+    """A multi-megabyte row scores as its head does (the tokens kept are the same), without
+    tokenizing it whole."""
+    head = "Refunds are paid within 14 days. " * 400
+    (whole,) = reranker.score(QUESTION, [head + "x " * 2_000_000])
+    (first,) = reranker.score(QUESTION, [head])
+    assert whole == pytest.approx(first, rel=1e-5)
+
+
 def test_an_embedder_is_not_a_cross_encoder(tiny_model_dir: Path) -> None:
     with pytest.raises(exceptions.ModelError, match="not a cross-encoder"):
         CrossEncoder.load(tiny_model_dir, location=ModelLocation.of(), threads=1)

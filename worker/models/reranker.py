@@ -28,6 +28,7 @@ import numpy.typing as npt
 from worker import exceptions
 from worker.models import files, onnx
 from worker.models.batching import DEFAULT_TOKEN_BUDGET, Encoding, batches, pad_batch
+from worker.models.embedder import PREFIX_CHARS_PER_TOKEN
 
 logger = logging.getLogger(__name__)
 
@@ -109,8 +110,11 @@ class CrossEncoder:
         scores = np.zeros(len(passages), dtype=np.float32)
         if not passages:
             return scores
+        # Only a passage's head is read (truncation keeps its first tokens): a row of megabytes
+        # is not tokenized whole for the few hundred tokens kept, as the embedder does not.
+        limit = self.max_tokens * PREFIX_CHARS_PER_TOKEN
         encodings: list[Encoding] = self._tokenizer.encode_batch(
-            [(question, passage) for passage in passages]
+            [(question, passage[:limit]) for passage in passages]
         )
         for batch in batches(encodings, self.token_budget):
             ids, mask, type_ids = pad_batch(batch, self._pad_id)
