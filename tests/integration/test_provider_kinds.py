@@ -12,7 +12,7 @@ import psycopg
 import pytest
 
 from tests.integration.test_cli import run_cli
-from tests.support.process import wait_for
+from tests.support.jobs import deferred_reason
 from worker import exceptions
 from worker.models.remote import keys, providers
 from worker.models.remote.spec import RemoteSpec
@@ -20,6 +20,16 @@ from worker.pipeline.targets import load_remote_models
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
+
+
+def register_newer_kind(conn: Conn, dimensions: int = 8) -> None:
+    """A remote model of a kind this release does not know (a newer release's row)."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling, provider, endpoint,"
+        " remote_model) VALUES ('newer', %s, 512, 'mean', 'cohere', 'https://api.cohere.com/v2',"
+        " 'e')",
+        (dimensions,),
+    )
 
 
 def test_the_sql_defaults_are_the_classes(conn: Conn) -> None:
@@ -64,11 +74,7 @@ def test_a_new_kind_changes_no_table_and_an_unknown_one_is_not_served(
 ) -> None:
     """The table takes a kind this release does not know (a newer release's row): the worker
     does not serve it as another kind, and says why."""
-    conn.execute(
-        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling, provider, endpoint,"
-        " remote_model) VALUES ('newer', 1024, 512, 'mean', 'cohere', 'https://api.cohere.com/v2',"
-        " 'e')"
-    )
+    register_newer_kind(conn, dimensions=1024)
     conn.execute("SELECT embeddings.register_model('oa', 8, endpoint => 'https://x.test/v1')")
     with caplog.at_level(logging.ERROR):
         specs = load_remote_models(conn)
@@ -104,11 +110,7 @@ def test_each_kind_owns_its_request_and_url() -> None:
 
 
 def test_doctor_fails_a_model_of_an_unknown_kind(conn: Conn, dsn: str) -> None:
-    conn.execute(
-        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling, provider, endpoint,"
-        " remote_model) VALUES ('newer', 8, 512, 'mean', 'cohere', 'https://api.cohere.com/v2',"
-        " 'e')"
-    )
+    register_newer_kind(conn)
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => 'newer')")
     result = run_cli("doctor", "--database-url", dsn)
@@ -122,20 +124,11 @@ def test_a_target_of_an_unknown_kind_waits_saying_why(
 ) -> None:
     """Its rows wait (nothing dead-lettered, no request sent), and status says the kind is
     unknown, not that the model is missing."""
-    conn.execute(
-        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling, provider, endpoint,"
-        " remote_model) VALUES ('newer', 8, 512, 'mean', 'cohere', 'https://api.cohere.com/v2',"
-        " 'e')"
-    )
+    register_newer_kind(conn)
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs VALUES (1, 'a'), (2, 'b')")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => 'newer')")
     run_once(max_attempts=1)
-    reason = wait_for(
-        lambda: conn.execute(
-            "SELECT deferred_reason FROM embeddings.target_status(true)"
-        ).fetchone()[0],  # type: ignore[index]
-        what="the target deferred",
-    )
+    reason = deferred_reason(conn)
     assert "remote model newer is not served: unknown provider 'cohere'" in reason
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)

@@ -14,8 +14,7 @@ import pytest
 from prometheus_client import generate_latest
 
 from tests.integration.test_providers import drain
-from tests.support.jobs import messages
-from tests.support.process import wait_for
+from tests.support.jobs import deferred_reason, messages
 from tests.support.provider_server import ProviderServer
 from worker import metrics
 from worker.cli import doctor
@@ -91,12 +90,7 @@ def test_the_key_goes_only_where_it_is_sent(
     os.environ["OPENAI_API_KEY"] = KEY[:-4] + "WXYZ"
     conn.execute("UPDATE docs SET body = 'changed' WHERE id = 1")
     run_once(max_attempts=1)
-    reason = wait_for(
-        lambda: conn.execute(
-            "SELECT deferred_reason FROM embeddings.target_status(true)"
-        ).fetchone()[0],  # type: ignore[index]
-        what="the target deferred",
-    )
+    reason = deferred_reason(conn)
     assert "credential 'openai' was refused" in reason
 
     seen = {

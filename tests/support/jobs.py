@@ -90,3 +90,17 @@ def move_inbox(conn: Conn, queue: str = "embedding_jobs") -> int:
     row = conn.execute("SELECT embeddings.move_inbox(%s)", (queue,)).fetchone()
     assert row is not None
     return int(row[0])
+
+
+def deferred_reason(conn: Conn) -> str:
+    """The first target's deferral reason, as status shows it, once it is deferred (polled)."""
+    from tests.support.process import wait_for
+
+    return str(
+        wait_for(
+            lambda: conn.execute(
+                "SELECT deferred_reason FROM embeddings.target_status(true)"
+            ).fetchone()[0],  # type: ignore[index]
+            what="the target deferred",
+        )
+    )
