@@ -55,6 +55,10 @@ class DocumentSplitter:
         self.chunk_overlap = chunk_overlap
         self.template = template or HeaderTemplate()
 
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens of each text on its own, special tokens excluded."""
+        return self._body.count_tokens(texts)
+
     def split(self, document: ExtractedDocument) -> list[DocumentChunk]:
         return list(self.stream(document))
 
@@ -73,7 +77,7 @@ class DocumentSplitter:
                 seq += 1
 
     def _splitter_for(self, header: str) -> Splitter:
-        header_tokens = self._body.count_tokens([header])[0] if header.strip() else 0
+        header_tokens = self.count_tokens([header])[0] if header.strip() else 0
         if header_tokens == 0:
             return self._body
         budget = max(self.chunk_tokens - header_tokens, (self.chunk_tokens + 1) // 2)
