@@ -76,3 +76,17 @@ class ProviderRefused(ProviderError):
 class InputRejected(ModelError):
     """The provider refused these inputs themselves (HTTP 400, 413, 422): the row fails like a
     text the local model fails on, and is retried, then dead-lettered."""
+
+
+class DocumentError(EmbedWorkerError):
+    """A document could not be read as text (worker/pipeline/documents/): corrupt, encrypted,
+    of an unknown format, or not valid UTF-8. The same bytes fail again: not worth a retry."""
+
+    def __init__(self, format: str, reason: str) -> None:
+        super().__init__(f"{format} document: {reason}")
+        self.format = format  # 'pdf', 'docx', 'html', 'markdown', 'text', or 'unknown'
+        self.reason = reason
+
+
+class DocumentTooLarge(DocumentError):
+    """The text extracted from a document is over EMBED_MAX_DOCUMENT_BYTES."""

@@ -1,0 +1,246 @@
+"""Documents to text (worker/pipeline/documents/): each format from a real file made here, its
+text, title, sections and pages; detection; the one error for what cannot be read."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import pytest
+
+from tests.support.documents import docx_bytes, encrypted, pdf_bytes
+from worker import exceptions
+from worker.pipeline.documents import detection
+from worker.pipeline.documents.extracted import ExtractedDocument
+from worker.pipeline.documents.extraction import extract
+
+CEILING = 1_000_000
+
+
+def bodies(document: ExtractedDocument) -> list[tuple[tuple[str, ...], str]]:
+    return [(s.headings, document.text[s.start : s.end]) for s in document.sections]
+
+
+def test_a_two_page_pdf_has_its_text_title_and_pages() -> None:
+    data = pdf_bytes(
+        [["Refunds take fourteen days.", "Ask the desk (room 4)."], ["Shipping is free."]],
+        title="Help centre",
+    )
+    document = extract(data, max_bytes=CEILING)
+    assert document.format == "pdf"
+    assert document.title == "Help centre"
+    assert "Refunds take fourteen days." in document.text
+    assert "Ask the desk (room 4)." in document.text
+    first, second = document.pages[1], document.pages[2]
+    assert "Refunds" in document.text[first[0] : first[1]]
+    assert document.text[second[0] : second[1]] == "Shipping is free."
+    assert first[1] <= second[0]
+    assert document.page_at(0) == 1 and document.page_at(second[0]) == 2
+    assert bodies(document) == [((), document.text)]
+
+
+def test_a_pdf_without_a_title_has_none() -> None:
+    assert extract(pdf_bytes([["Text."]]), max_bytes=CEILING).title is None
+
+
+def test_a_corrupt_pdf_is_refused_naming_the_format() -> None:
+    data = pdf_bytes([["Some text."]])
+    with pytest.raises(exceptions.DocumentError, match=r"^pdf document: cannot be read") as info:
+        extract(data[: len(data) // 3], max_bytes=CEILING)
+    assert info.value.format == "pdf"
+
+
+def test_an_encrypted_pdf_is_refused_naming_the_format() -> None:
+    data = encrypted(pdf_bytes([["Secret text."]]), "hunter2")
+    with pytest.raises(exceptions.DocumentError, match=r"^pdf document: encrypted with a password"):
+        extract(data, max_bytes=CEILING)
+
+
+def test_a_docx_has_its_headings_title_and_tables() -> None:
+    data = docx_bytes(
+        [
+            ("Normal", "Welcome to the   guide."),
+            ("Heading 1", "Refunds"),
+            ("Normal", "It takes 14 days."),
+            ("Heading 2", "Abroad"),
+            ("Normal", "Thirty days."),
+            ("table", "Country|Days;France|30"),
+            ("Heading 1", "Shipping"),
+            ("Normal", "Free over 50 euros."),
+        ],
+        title="Help centre",
+    )
+    document = extract(data, max_bytes=CEILING)
+    assert document.format == "docx"
+    assert document.title == "Help centre"
+    assert bodies(document) == [
+        ((), "Welcome to the   guide."),
+        (("Refunds",), "It takes 14 days."),
+        (("Refunds", "Abroad"), "Thirty days.\n\nCountry | Days\nFrance | 30"),
+        (("Shipping",), "Free over 50 euros."),
+    ]
+    assert document.text.startswith("Welcome to the   guide.\n\nRefunds\n\nIt takes 14 days.")
+
+
+def test_a_docx_title_paragraph_is_its_title_without_core_properties() -> None:
+    data = docx_bytes([("Title", "The Guide"), ("Heading 1", "One"), ("Normal", "Body.")])
+    assert extract(data, max_bytes=CEILING).title == "The Guide"
+
+
+HTML = """<!DOCTYPE html>
+<html><head><title>Help &amp; support</title><style>h1 { color: red }</style>
+<script>var hidden = "not text";</script></head>
+<body><nav>Home</nav>
+<h1>Help centre</h1><p>Start   here.<br>Or
+  there.</p>
+<h2>Refunds</h2><p>It takes <b>14</b> days.</p><ul><li>Card</li><li>Cash</li></ul>
+<h2>Shipping</h2><pre>  line one
+  line two</pre>
+</body></html>"""
+
+
+def test_html_has_its_visible_text_by_block_and_a_section_per_heading() -> None:
+    document = extract(HTML.encode(), max_bytes=CEILING)
+    assert document.format == "html"
+    assert document.title == "Help & support"
+    assert "not text" not in document.text and "color" not in document.text
+    assert bodies(document) == [
+        ((), "Home"),
+        (("Help centre",), "Start here.\n\nOr there."),
+        (("Help centre", "Refunds"), "It takes 14 days.\n\nCard\n\nCash"),
+        (("Help centre", "Shipping"), "  line one\n  line two"),
+    ]
+
+
+def test_html_without_a_title_takes_its_first_h1_and_survives_bad_markup() -> None:
+    document = extract("<h1>Guide</h1><p>Unclosed <i>text</div></span>", format="html", max_bytes=0)
+    assert document.title == "Guide"
+    assert bodies(document) == [(("Guide",), "Unclosed text")]
+
+
+MARKDOWN = """Preamble line.
+
+# Help centre
+
+Intro.
+
+## Refunds ##
+It takes 14 days.
+
+Shipping abroad
+---------------
+Thirty days.
+
+```
+# not a heading
+```
+### Deeper
+Text.
+"""
+
+
+def test_markdown_keeps_its_source_as_text_with_atx_and_setext_sections() -> None:
+    document = extract(MARKDOWN.encode(), max_bytes=CEILING)
+    assert document.format == "markdown"
+    assert document.text == MARKDOWN  # the source itself: offsets are the source's
+    assert document.title == "Help centre"  # the first heading, a level-1 one
+    assert bodies(document) == [
+        ((), "Preamble line.\n\n"),
+        (("Help centre",), "\nIntro.\n\n"),
+        (("Help centre", "Refunds"), "It takes 14 days.\n\n"),
+        (
+            ("Help centre", "Shipping abroad"),
+            "Thirty days.\n\n```\n# not a heading\n```\n",
+        ),
+        (("Help centre", "Shipping abroad", "Deeper"), "Text.\n"),
+    ]
+
+
+def test_a_str_is_plain_text_unless_a_format_says_otherwise() -> None:
+    assert extract("# Title\n\nText.", max_bytes=0).format == "text"
+    document = extract("# Title\n\nText.", format="markdown", max_bytes=0)
+    assert document.title == "Title" and bodies(document) == [(("Title",), "\nText.")]
+    assert extract("<h1>A</h1><p>b</p>", format="html", max_bytes=0).text == "A\n\nb"
+    with pytest.raises(ValueError, match="bytes, not a str"):
+        extract("%PDF-1.4", format="pdf", max_bytes=0)
+    with pytest.raises(ValueError, match="unknown document format 'rtf'"):
+        extract(b"x", format="rtf", max_bytes=0)
+
+
+def test_plain_text_is_one_section_without_title() -> None:
+    document = extract(b"Just some text.\n\nMore.", max_bytes=CEILING)
+    assert (document.format, document.title) == ("text", None)
+    assert bodies(document) == [((), "Just some text.\n\nMore.")]
+
+
+def _zip(names: list[str]) -> bytes:
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        for name in names:
+            archive.writestr(name, "<x/>")
+    return out.getvalue()
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        (b"%PDF-1.7\n...", "pdf"),
+        (b"junk\n%PDF-1.4\n", "pdf"),
+        (_zip(["[Content_Types].xml", "word/document.xml"]), "docx"),
+        (b"<!DOCTYPE html><html><body>x</body></html>", "html"),
+        (b"\xef\xbb\xbf  <html lang='en'>", "html"),
+        (b"<!-- generated -->\n<h1>Title</h1>", "html"),
+        (b"## Refunds\nIt takes 14 days.", "markdown"),
+        (b"Title\n=====\n\nText.", "markdown"),
+        (b"See [the docs](https://example.com/x).", "markdown"),
+        (b"Just text, with a < sign and # not a heading.", "text"),
+        ("Caf\u00e9 au lait.".encode(), "text"),
+    ],
+)
+def test_detection(data: bytes, expected: str) -> None:
+    assert detection.detect(data) == expected
+
+
+@pytest.mark.parametrize(
+    ("data", "reason"),
+    [
+        (b"\x89PNG\r\n\x1a\n\x00\x00", "a PNG image"),
+        (_zip(["xl/workbook.xml"]), "a zip archive that is not a DOCX"),
+        (b"\x00\x01\x02binary", "binary data of a format we do not read"),
+    ],
+)
+def test_unknown_binary_formats_are_refused_by_name(data: bytes, reason: str) -> None:
+    with pytest.raises(exceptions.DocumentError, match=f"^unknown document: .*{reason}"):
+        extract(data, max_bytes=CEILING)
+
+
+def test_invalid_utf8_is_refused_with_the_offending_byte() -> None:
+    with pytest.raises(
+        exceptions.DocumentError, match=r"^text document: not valid UTF-8: byte 0xe9 at offset 3"
+    ):
+        extract(b"Caf\xe9 au lait", max_bytes=CEILING)
+    with pytest.raises(exceptions.DocumentError, match=r"^markdown document: not valid UTF-8"):
+        extract(b"# Caf\xe9", format="markdown", max_bytes=CEILING)
+
+
+def test_a_corrupt_docx_is_refused_naming_the_format() -> None:
+    data = _zip(["word/document.xml"])  # a document.xml that is no Word XML
+    with pytest.raises(exceptions.DocumentError, match=r"^docx document: cannot be read"):
+        extract(data, max_bytes=CEILING)
+
+
+@pytest.mark.parametrize("format", ["pdf", "docx", "html", "markdown", "text"])
+def test_the_ceiling_is_on_the_extracted_text(format: str) -> None:
+    body = "word " * 400  # 2,000 bytes of text
+    data = {
+        "pdf": pdf_bytes([[body[:1000]], [body[1000:]]]),
+        "docx": docx_bytes([("Normal", body)]),
+        "html": f"<p>{body}</p>".encode(),
+        "markdown": f"# T\n{body}".encode(),
+        "text": body.encode(),
+    }[format]
+    with pytest.raises(exceptions.DocumentTooLarge, match=r"EMBED_MAX_DOCUMENT_BYTES=1,000 "):
+        extract(data, format=format, max_bytes=1_000)
+    assert extract(data, format=format, max_bytes=0).text.strip()  # 0: no ceiling
+    if format == "html":  # markup does not count against the ceiling, only text
+        assert extract(f"<p>{'x' * 900}</p>{'<br>' * 100}".encode(), max_bytes=1_000)

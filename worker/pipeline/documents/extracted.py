@@ -1,0 +1,120 @@
+"""ExtractedDocument: what every format becomes, the text and where its sections and pages are;
+and TextBuilder, which the formats that are not text already (HTML, DOCX) write it with."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+from worker import exceptions
+
+Headings = tuple[str, ...]  # the heading path of a section: its heading and those above it
+
+_SPACES = re.compile(r"\s+")
+
+
+@dataclass(frozen=True)
+class Section:
+    """A part of the text under one heading path; `text[start:end]` is its body (the heading's
+    own line is not in it: the context header carries the heading)."""
+
+    headings: Headings
+    start: int
+    end: int
+
+
+@dataclass(frozen=True)
+class ExtractedDocument:
+    """A document as text. `sections` cover the text's bodies in order, without overlapping:
+    one section with no heading covers the whole text of a format without headings (text,
+    PDF). `pages` (PDF only) maps a page number, from 1, to its [start, end) in the text."""
+
+    format: str
+    text: str
+    title: str | None
+    sections: tuple[Section, ...]
+    pages: dict[int, tuple[int, int]] = field(default_factory=dict)
+
+    def page_at(self, offset: int) -> int | None:
+        """The page holding the character at `offset` (a chunk's start), None without pages."""
+        found = None
+        for number, (start, _) in sorted(self.pages.items()):
+            if start > offset:
+                break
+            found = number
+        return found
+
+
+def whole(format: str, text: str, title: str | None = None) -> ExtractedDocument:
+    """A document with no headings: one section, the whole text."""
+    return ExtractedDocument(format, text, title, (Section((), 0, len(text)),))
+
+
+def collapse_spaces(text: str) -> str:
+    """HTML's and Word's inline whitespace: any run of it is one space; none at the ends."""
+    return _SPACES.sub(" ", text).strip()
+
+
+class TextBuilder:
+    """Writes a document's blocks as text, a blank line between two, and records a section per
+    heading: its path (the heading under the nearest heading of a higher level) and its body,
+    from the end of the heading's line to the next heading. Checks the size as it goes, so a
+    huge document fails before all of it is held as text."""
+
+    def __init__(self, format: str, max_bytes: int) -> None:
+        self.format = format
+        self.max_bytes = max_bytes
+        self.title: str | None = None
+        self._parts: list[str] = []
+        self._length = 0  # characters so far
+        self._bytes = 0  # their UTF-8 bytes, for the ceiling
+        self._path: list[tuple[int, str]] = []  # (level, text) of the current headings
+        self._sections: list[Section] = []
+        self._section_start = 0
+
+    def paragraph(self, text: str) -> None:
+        """A block of text, as it is (collapse its spaces first where the format wants it)."""
+        if text.strip():
+            self._append(text)
+
+    def heading(self, level: int, text: str) -> None:
+        """A heading of `level` (1 the highest): it ends the current section and starts one."""
+        text = collapse_spaces(text)
+        if not text:
+            return
+        self._close_section(self._length)
+        while self._path and self._path[-1][0] >= level:
+            self._path.pop()
+        self._path.append((level, text))
+        self._append(text)
+        self._section_start = self._length
+
+    def build(self) -> ExtractedDocument:
+        text = "".join(self._parts)
+        self._close_section(len(text))
+        sections = tuple(self._sections) or (Section((), 0, len(text)),)
+        return ExtractedDocument(self.format, text, self.title, sections)
+
+    def _append(self, text: str) -> None:
+        if self._parts:
+            text = "\n\n" + text
+        self._bytes += len(text.encode())
+        if self.max_bytes and self._bytes > self.max_bytes:
+            raise too_large(self.format, self.max_bytes)
+        self._parts.append(text)
+        self._length += len(text)
+
+    def _close_section(self, end: int) -> None:
+        # The body starts after the blank line that follows its heading (or the text's start).
+        start = min(self._section_start + (2 if self._section_start else 0), end)
+        if self._path or end > start:
+            path = tuple(text for _, text in self._path)
+            self._sections.append(Section(path, start, end))
+
+
+def too_large(format: str, max_bytes: int) -> exceptions.DocumentTooLarge:
+    return exceptions.DocumentTooLarge(
+        format,
+        f"its text is over EMBED_MAX_DOCUMENT_BYTES={max_bytes:,} bytes; raise the ceiling "
+        "or split the document",
+    )

@@ -1,0 +1,84 @@
+"""An extracted document's chunks, a section at a time: a heading always starts a chunk (no
+chunk holds the end of one section and the start of the next), and a long section is split
+by the token budget as any text is (worker/pipeline/chunking.py). Each chunk carries its
+heading path, its page (PDF) and the context header embedded in front of it.
+
+The header's tokens are taken from the section's budget, so that header and chunk together fit
+the budget the target was given; a header never takes more than half of it (a deep heading
+path does not leave the body a few tokens). A document with neither title nor headings (plain
+text) has an empty header, one section and so exactly the chunks `Splitter.split` makes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+from worker.pipeline.chunking import Chunk, Splitter, chunk_digest
+from worker.pipeline.documents.extracted import ExtractedDocument, Headings
+from worker.pipeline.documents.headers import HeaderTemplate
+
+
+@dataclass(frozen=True)
+class DocumentChunk:
+    """A chunk of an extracted document: `chunk` is the exact slice `text[start:end]` of the
+    document's text (offsets into the whole text); `header` goes in front of it for the model."""
+
+    chunk: Chunk
+    headings: Headings
+    page: int | None
+    header: str
+
+    @property
+    def embedding_input(self) -> str:
+        return self.header + self.chunk.text
+
+    def digest(self, model: str) -> str:
+        """The identity for vector reuse: what the model reads, so a retitled document's chunks
+        are embedded again."""
+        return chunk_digest(model, self.embedding_input)
+
+
+class DocumentSplitter:
+    """Splits extracted documents for one model, budget and header template; thread-safe."""
+
+    def __init__(
+        self,
+        tokenizer: Any,
+        chunk_tokens: int,
+        chunk_overlap: int,
+        template: HeaderTemplate | None = None,
+    ) -> None:
+        self._tokenizer = tokenizer
+        self._body = Splitter(tokenizer, chunk_tokens, chunk_overlap)  # checks the numbers
+        self.chunk_tokens = chunk_tokens
+        self.chunk_overlap = chunk_overlap
+        self.template = template or HeaderTemplate()
+
+    def count_tokens(self, texts: list[str]) -> list[int]:
+        """Tokens of each text on its own, special tokens excluded."""
+        return self._body.count_tokens(texts)
+
+    def split(self, document: ExtractedDocument) -> list[DocumentChunk]:
+        return list(self.stream(document))
+
+    def stream(self, document: ExtractedDocument) -> Iterator[DocumentChunk]:
+        seq = 0
+        for section in document.sections:
+            body = document.text[section.start : section.end]
+            if not body.strip():
+                continue
+            header = self.template.render(document.title, section.headings)
+            for piece in self._splitter_for(header).stream(body):
+                start, end = section.start + piece.start, section.start + piece.end
+                chunk = Chunk(seq, start, end, piece.text, piece.tokens)
+                page = document.page_at(start)
+                yield DocumentChunk(chunk, section.headings, page, header)
+                seq += 1
+
+    def _splitter_for(self, header: str) -> Splitter:
+        header_tokens = self.count_tokens([header])[0] if header.strip() else 0
+        if header_tokens == 0:
+            return self._body
+        budget = max(self.chunk_tokens - header_tokens, (self.chunk_tokens + 1) // 2)
+        return Splitter(self._tokenizer, budget, min(self.chunk_overlap, budget - 1))

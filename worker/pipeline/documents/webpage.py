@@ -1,0 +1,106 @@
+"""HTML: the visible text, a block per paragraph-like element, and a section per <h1>-<h6>.
+
+The standard library's html.parser reads it: a tolerant tokenizer (unclosed tags, stray end
+tags and bad entities do not stop it), which is all that keeping text and headings needs; no
+dependency, no C extension. What it does not do, on purpose: guess which parts of a page are
+boilerplate (navigation, footers), as readability-style extractors do; a watched table holds
+the documents a user chose, and dropping a part of them silently would be worse.
+"""
+
+from __future__ import annotations
+
+from html.parser import HTMLParser
+
+from worker.pipeline.documents.extracted import ExtractedDocument, TextBuilder, collapse_spaces
+
+# Their content is not text a reader sees.
+_HIDDEN = frozenset({"script", "style", "noscript", "template", "svg", "math", "head", "iframe"})
+# Each ends the block of text before it and starts another.
+_BLOCKS = frozenset(
+    {
+        *("address", "article", "aside", "blockquote", "body", "br", "dd", "details", "dialog"),
+        *("div", "dl", "dt", "fieldset", "figcaption", "figure", "footer", "form", "header"),
+        *("hr", "html", "li", "main", "nav", "ol", "p", "pre", "section", "summary", "table"),
+        *("tbody", "td", "tfoot", "th", "thead", "tr", "ul"),
+    }
+)
+_HEADINGS = {f"h{n}": n for n in range(1, 7)}
+
+
+def extract(html: str, *, max_bytes: int) -> ExtractedDocument:
+    parser = _Parser(TextBuilder("html", max_bytes))
+    parser.feed(html)
+    parser.close()
+    return parser.finish()
+
+
+class _Parser(HTMLParser):
+    def __init__(self, builder: TextBuilder) -> None:
+        super().__init__(convert_charrefs=True)
+        self._builder = builder
+        self._hidden: list[str] = []  # the hidden elements we are in
+        self._pre = 0  # depth of <pre>: its whitespace is kept
+        self._text: list[str] = []  # the current block's text
+        self._heading: int | None = None  # the level of the heading we are in
+        self._title: list[str] | None = None  # the <title>'s text, while in it
+        self._title_text: str | None = None
+        self._first_h1: str | None = None
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag == "title" and self._title_text is None:
+            self._title = []
+        elif tag in _HIDDEN:
+            self._hidden.append(tag)
+        elif tag == "body" and "head" in self._hidden:  # a <head> never closed ends here
+            self._hidden = self._hidden[: self._hidden.index("head")]
+        elif tag in _HEADINGS:
+            self._flush()
+            self._heading = _HEADINGS[tag]
+        elif tag in _BLOCKS:
+            self._flush()
+            self._pre += tag == "pre"
+
+    def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        if tag in _BLOCKS:  # <br/>, <hr/>
+            self._flush()
+
+    def handle_endtag(self, tag: str) -> None:
+        if tag == "title" and self._title is not None:
+            self._title_text = collapse_spaces("".join(self._title)) or None
+            self._title = None
+        elif tag in _HIDDEN:
+            if tag in self._hidden:  # a stray end tag closes nothing
+                while self._hidden.pop() != tag:
+                    pass
+        elif tag in _HEADINGS and self._heading is not None:
+            text = collapse_spaces("".join(self._text))
+            self._text = []
+            if self._heading == 1 and self._first_h1 is None and text:
+                self._first_h1 = text
+            self._builder.heading(self._heading, text)
+            self._heading = None
+        elif tag in _BLOCKS:
+            self._flush()
+            self._pre -= tag == "pre" and self._pre > 0
+
+    def handle_data(self, data: str) -> None:
+        if self._title is not None:
+            self._title.append(data)
+        elif not self._hidden:
+            self._text.append(data)
+
+    def finish(self) -> ExtractedDocument:
+        self._flush()
+        self._builder.title = self._title_text or self._first_h1
+        return self._builder.build()
+
+    def _flush(self) -> None:
+        """Ends the current block: its text becomes a paragraph (a heading's waits its end)."""
+        if self._heading is not None:
+            return
+        text = "".join(self._text)
+        self._text = []
+        if self._pre:
+            self._builder.paragraph(text.strip("\n"))
+        else:
+            self._builder.paragraph(collapse_spaces(text))
