@@ -113,6 +113,12 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     -- the worker's default). NULL model: no rerank unless a search asks for one.
     rerank_model     text,
     rerank_depth     integer CONSTRAINT targets_rerank_depth_check CHECK (rerank_depth BETWEEN 1 AND 200),
+    -- Chunked targets of documents (sql/55_chunks.sql, docs/documents.md): the content's format,
+    -- which the worker extracts text from (`auto`: detected from the bytes of a bytea column);
+    -- NULL: plain text, chunked as it is. The context header's template (NULL: the default).
+    document_format  text CONSTRAINT targets_document_format_check
+                         CHECK (document_format IN ('auto', 'pdf', 'docx', 'html', 'markdown', 'text')),
+    context_header   text,
     UNIQUE (source, embedding_column),
     CHECK ((content_column IS NULL) <> (content_function IS NULL))
 );

@@ -40,16 +40,27 @@
 -- changes regenerate them in the same transaction, and a content function that raises is
 -- caught.
 
+-- Whether target t's content is a bytea column: documents (sql/55_chunks.sql).
+CREATE FUNCTION embeddings.content_is_bytes(t embeddings.targets) RETURNS boolean
+LANGUAGE sql STABLE AS $$
+    SELECT coalesce((SELECT a.atttypid = 'pg_catalog.bytea'::regtype FROM pg_catalog.pg_attribute a
+                     WHERE a.attrelid = t.source AND a.attnum = t.content_attnum AND t.content_column IS NOT NULL), false)
+$$;
+
 -- The content of row alias `row_alias` as text: the content column's text, or the content
 -- function applied to the row, through the target's wrapper (`wrapped`, wherever code runs with
 -- more rights than the table owner's) or called directly (in the functions that run as the
 -- owner). `row_type`, when given, rebuilds the row as the source's row type: a partition's rows
--- have the partition's own type.
+-- have the partition's own type. A bytea column's documents (sql/55_chunks.sql) as base64, one
+-- text whatever the session's bytea_output: the worker decodes it, and its md5 is the
+-- stale-write guard's as any content's.
 CREATE FUNCTION embeddings.content_sql(t embeddings.targets, row_alias text, row_type regclass DEFAULT NULL,
                                        wrapped boolean DEFAULT true)
 RETURNS text
 LANGUAGE sql STABLE AS $$
     SELECT CASE
+        WHEN embeddings.content_is_bytes(t) THEN
+            format('pg_catalog.encode(%I.%I, ''base64'')', row_alias, t.content_column)
         WHEN t.content_column IS NOT NULL THEN
             embeddings.text_sql((SELECT a.atttypid::regtype FROM pg_catalog.pg_attribute a
                                  WHERE a.attrelid = t.source AND a.attnum = t.content_attnum),
@@ -66,6 +77,17 @@ LANGUAGE sql STABLE AS $$
                                       WHERE a.attrelid = row_type AND a.attnum > 0 AND NOT a.attisdropped),
                                      row_type) END)
     END
+$$;
+
+-- The content of row alias `row_alias` as the triggers compare it (changed, blank): as
+-- content_sql(), but a bytea column as it is. A trigger runs in the application's statement:
+-- encoding a document twice per updated row would cost it time, and a value past 750 MB
+-- would fail it (base64 grows it past the 1 GB a value may have).
+CREATE FUNCTION embeddings.content_compared_sql(t embeddings.targets, row_alias text, row_type regclass DEFAULT NULL)
+RETURNS text
+LANGUAGE sql STABLE AS $$
+    SELECT CASE WHEN embeddings.content_is_bytes(t) THEN format('%I.%I', row_alias, t.content_column)
+                ELSE embeddings.content_sql(t, row_alias, row_type) END
 $$;
 
 -- Columns whose change can change the content: the content column, or, for a generated
@@ -143,8 +165,8 @@ DECLARE
     by_function boolean := t.content_function IS NOT NULL;
     partitioned boolean := (SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = t.source);
     row_type regclass := CASE WHEN partitioned THEN t.source END;
-    new_content text := embeddings.content_sql(t, 'n', row_type);
-    old_content text := embeddings.content_sql(t, 'o', row_type);
+    new_content text := embeddings.content_compared_sql(t, 'n', row_type);
+    old_content text := embeddings.content_compared_sql(t, 'o', row_type);
     inserted text;
     changed text;
     body text;
@@ -316,8 +338,8 @@ BEGIN
             $body$ $f$,
             prefix || '_replica',
             embeddings.store_new_row_sql(t, 'NEW'),
-            embeddings.content_sql(t, 'new', row_type), embeddings.key_equal_sql(t, 'old', 'new'),
-            embeddings.content_sql(t, 'old', row_type),
+            embeddings.content_compared_sql(t, 'new', row_type), embeddings.key_equal_sql(t, 'old', 'new'),
+            embeddings.content_compared_sql(t, 'old', row_type),
             pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.key_json_sql(t, 'new'),
             CASE WHEN by_function THEN E'\n            EXCEPTION WHEN OTHERS THEN\n                RETURN NULL;' ELSE '' END,
             -- side and chunk tables: a deleted row's key, and the old key of a row whose key changed

@@ -76,7 +76,7 @@ BEGIN
     EXECUTE format('SELECT embeddings.enqueue_keys($1, pg_catalog.array_agg(%s), 0, $2) FROM %s n WHERE %s%s',
                    embeddings.key_json_sql(t, 'n'), rel, embeddings.embedding_missing_sql(t, 'n'),  -- 55_chunks.sql
                    CASE WHEN t.content_column IS NOT NULL
-                        THEN format(' AND (%s) OPERATOR(pg_catalog.<>) ''''', embeddings.content_sql(t, 'n')) ELSE '' END)
+                        THEN format(' AND (%s) OPERATOR(pg_catalog.<>) ''''', embeddings.content_compared_sql(t, 'n')) ELSE '' END)
         INTO sent USING t.id, lane;
     RETURN sent;
 END
@@ -145,8 +145,9 @@ BEGIN
 END
 $$;
 
--- watch()'s content: a text column of `source`, else a function of its row type returning
--- text (checked by check_content_function()). Exactly one of content_col, content_fn is set.
+-- watch()'s content: a text (or, for documents, bytea) column of `source`, else a function of
+-- its row type returning text (checked by check_content_function()). Exactly one of
+-- content_col, content_fn is set.
 CREATE FUNCTION embeddings.watch_content(source regclass, content text,
                                          OUT content_col name, OUT content_fn regprocedure,
                                          OUT content_type regtype, OUT content_num smallint)
@@ -161,8 +162,9 @@ BEGIN
     FROM pg_attribute a
     WHERE a.attrelid = source AND a.attname = content AND a.attnum > 0 AND NOT a.attisdropped;
     IF content_col IS NOT NULL THEN
-        IF (SELECT typcategory FROM pg_type WHERE oid = content_type) <> 'S' THEN
-            RAISE EXCEPTION 'content column %.% has type %, not text', source, content_col, content_type
+        -- bytea: documents (PDF, DOCX, ...), for a chunked target only (watch() checks).
+        IF (SELECT typcategory FROM pg_type WHERE oid = content_type) <> 'S' AND content_type <> 'bytea'::regtype THEN
+            RAISE EXCEPTION 'content column %.% has type %, not text (or bytea, for documents)', source, content_col, content_type
                 USING ERRCODE = 'datatype_mismatch',
                       HINT = 'Use a content function that returns text, e.g. one that casts or formats the column.';
         END IF;
@@ -433,6 +435,13 @@ $$;
 --                     new target) or 'side' (a side table keyed like the table, sql/56_side.sql:
 --                     the worker never writes the table's rows); NULL keeps the target's store
 --   side_table        the side table's name (store => 'side'), default <table>_embeddings
+--   format            documents, with chunk_tokens (sql/55_chunks.sql, docs/documents.md):
+--                     'pdf', 'docx', 'html', 'markdown' or 'text'; a bytea content column's
+--                     format is detected from its bytes unless given ('auto'), a text column's
+--                     is plain text unless given ('html', 'markdown'); NULL: as it is
+--   context_header    documents: the template of the header embedded in front of each chunk,
+--                     {title} and {headings} its placeholders (NULL: as it is; at first the
+--                     default, E'{title}\n{headings}\n\n'; '' for none)
 --
 -- With another model on a watched table it starts a model change without downtime
 -- (sql/44_changes.sql): the column keeps serving the old model until the swap.
@@ -457,7 +466,9 @@ CREATE FUNCTION embeddings.watch(
     keep_old boolean DEFAULT false,
     store text DEFAULT NULL,  -- NULL: the target's current store, 'row' for a new target
     side_table text DEFAULT NULL,
-    fts regconfig DEFAULT NULL  -- full-text search for hybrid search (sql/59_hybrid.sql); NULL: as it is
+    fts regconfig DEFAULT NULL,  -- full-text search for hybrid search (sql/59_hybrid.sql); NULL: as it is
+    format text DEFAULT NULL,  -- documents (sql/55_chunks.sql): the content's format; NULL: as it is
+    context_header text DEFAULT NULL  -- documents: the context header's template; NULL: as it is
 ) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -547,6 +558,17 @@ BEGIN
 
     PERFORM embeddings.refuse_guide_triggers(source, triggers);  -- newcomer: never two sets of triggers
 
+    -- Documents are chunked (sql/55_chunks.sql): a bytea column, a format or a header template
+    -- needs chunk_tokens.
+    IF NOT coalesce(chunked, false)
+       AND (content_type = 'bytea'::regtype OR watch.format IS NOT NULL OR watch.context_header IS NOT NULL) THEN
+        RAISE EXCEPTION '%', CASE WHEN content_type = 'bytea'::regtype
+                                  THEN format('content column %s.%s is bytea: documents are chunked', source, content_col)
+                                  ELSE 'format and context_header are for documents, which are chunked' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass chunk_tokens => N too (e.g. 200): each document is split into chunks, one vector each.';
+    END IF;
+
     -- >>> chunked targets (sql/55_chunks.sql): vectors in a chunk table, none in the source
     IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
        OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
@@ -557,7 +579,10 @@ BEGIN
         END IF;
         chunked_id := embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
                                                queue, key_names, key_regtypes, key_nums, content_num, replica,
-                                               chunk_tokens, chunk_overlap, chunk_table);
+                                               chunk_tokens, chunk_overlap, chunk_table,
+                                               embeddings.watch_document_format(source, content_col, content_type, watch.format,
+                                                                                previous),
+                                               embeddings.watch_context_header(watch.context_header, previous));
         SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = chunked_id;
         -- Full-text search on the chunk table, as for any target (until 0.3.0, fts => was
         -- ignored here); then the chunk offsets, after it (ensure_chunk_offsets says why).

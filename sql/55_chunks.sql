@@ -20,7 +20,18 @@
 --                         (excluded), as Python slices (in SQL: substr(document, start_offset + 1,
 --                         end_offset - start_offset)). Characters, not bytes. NULL for chunks
 --                         written before 0.3.0, until their document is embedded again
+--   headings    text[]    a document's chunk (format => ..., a bytea content column): the
+--                         heading path of its section, the highest heading first ('{}': none);
+--                         NULL for plain text
+--   page        integer   a PDF's chunk: the page it starts on, from 1; NULL for other formats
 --
+-- Documents (docs/documents.md): with a bytea content column, or format => 'pdf' | 'docx' |
+-- 'html' | 'markdown' | 'text' (a text column: 'html', 'markdown' or 'text'), the worker
+-- extracts each row's text (the format detected from the bytes unless given), a heading starts
+-- a chunk, and each chunk is embedded with a context header in front of it (the document's
+-- title and the chunk's heading path, context_header => its template); `chunk` stays the exact
+-- slice of the extracted text. Parsing runs in the worker, never in the writer's transaction;
+-- a document that cannot be read fails alone, naming its format.
 -- The source table gets no embedding column (embeddings.targets.embedding_attnum is NULL). Its
 -- triggers are the generated ones of any target (sql/30_triggers.sql), minus the clear trigger: a
 -- changed document keeps its old chunks until its new ones land (the old vectors are what makes
@@ -95,9 +106,9 @@ BEGIN
 END
 $$;
 
--- Gives chunk table `chunk_table` the chunks' offsets (start_offset, end_offset) when it lacks
--- them: a chunk table made before 0.3.0 (its chunks' stay NULL until their document is embedded
--- again), and every new one. Added by watch() last, after the full-text column a watch(...,
+-- Gives chunk table `chunk_table` the chunks' offsets (start_offset, end_offset), then their
+-- heading path and page (headings, page), when it lacks them: a chunk table made before 0.3.0
+-- (its chunks' stay NULL until their document is embedded again), and every new one. Added by watch() last, after the full-text column a watch(...,
 -- fts => ...) adds, so that a new chunk table has the column order of a 0.2.0 one given full-text
 -- search and then upgraded (migrations/versions/0019_release_0_3_0/upgrade.sql adds them there).
 CREATE FUNCTION embeddings.ensure_chunk_offsets(chunk_table regclass) RETURNS void
@@ -109,6 +120,69 @@ BEGIN
                        'ADD COLUMN IF NOT EXISTS end_offset integer', chunk_table);
         PERFORM set_config('embeddings.following', 'off', true);
     END IF;
+    IF embeddings.attnum_of(chunk_table, 'headings') IS NULL OR embeddings.attnum_of(chunk_table, 'page') IS NULL THEN
+        PERFORM set_config('embeddings.following', 'on', true);
+        EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS headings text[], '
+                       'ADD COLUMN IF NOT EXISTS page integer', chunk_table);
+        PERFORM set_config('embeddings.following', 'off', true);
+    END IF;
+END
+$$;
+
+-- watch()'s document format for a chunked target (docs/documents.md): `format` as given, else
+-- the target's (`previous`), else 'auto' for a bytea column (detected from the bytes) and NULL
+-- for text (plain text, chunked as it is). A PDF or DOCX is bytes: a text column (or a content
+-- function) may hold HTML, Markdown or text only.
+CREATE FUNCTION embeddings.watch_document_format(source regclass, content_col name, content_type regtype,
+                                                 format text, previous embeddings.targets) RETURNS text
+LANGUAGE plpgsql STABLE AS $$
+DECLARE
+    is_bytes boolean := content_col IS NOT NULL AND content_type = 'bytea'::regtype;
+    chosen text := coalesce(watch_document_format.format, previous.document_format);
+BEGIN
+    IF watch_document_format.format IS NOT NULL
+       AND watch_document_format.format NOT IN ('auto', 'pdf', 'docx', 'html', 'markdown', 'text') THEN
+        RAISE EXCEPTION 'unknown document format %', quote_literal(watch_document_format.format)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The formats are pdf, docx, html, markdown and text (auto: detected from a bytea column''s bytes).';
+    END IF;
+    IF is_bytes THEN
+        RETURN coalesce(chosen, 'auto');
+    END IF;
+    IF watch_document_format.format IN ('auto', 'pdf', 'docx') THEN
+        RAISE EXCEPTION 'format => % needs a bytea content column: %', quote_literal(watch_document_format.format),
+                CASE WHEN watch_document_format.format = 'auto' THEN 'only bytes are detected'
+                     ELSE 'such a document is bytes, not text' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = format('Keep the files in a bytea column of %s; a text column may hold html, markdown or text.', source);
+    END IF;
+    -- A text column after a bytea one: the bytes' formats do not carry over.
+    RETURN CASE WHEN chosen IN ('html', 'markdown', 'text') THEN chosen END;
+END
+$$;
+
+-- watch()'s context header template (docs/documents.md): as given, else the target's. Its
+-- placeholders are {title} and {headings} only, without conversion or format spec; a brace is
+-- written {{ or }} (the worker checks it the same way: worker/pipeline/documents/headers.py).
+CREATE FUNCTION embeddings.watch_context_header(template text, previous embeddings.targets) RETURNS text
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    rest text;
+BEGIN
+    IF template IS NULL THEN
+        RETURN previous.context_header;
+    END IF;
+    IF length(template) > 1000 THEN
+        RAISE EXCEPTION 'context_header is % characters long; at most 1000', length(template)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    rest := replace(replace(replace(replace(template, '{{', ''), '}}', ''), '{title}', ''), '{headings}', '');
+    IF rest ~ '[{}]' THEN
+        RAISE EXCEPTION 'context_header %: its placeholders are {title} and {headings}; write a brace as {{ or }}',
+                quote_literal(template)
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    RETURN template;
 END
 $$;
 
@@ -131,7 +205,9 @@ CREATE FUNCTION embeddings.watch_chunked(
     replica boolean,
     chunk_tokens integer,
     chunk_overlap integer,
-    chunk_table text
+    chunk_table text,
+    document_format text DEFAULT NULL,
+    context_header text DEFAULT NULL
 ) RETURNS integer
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -158,6 +234,10 @@ BEGIN
                   HINT = 'To keep one vector per row instead, unwatch it first.';
     END IF;
 
+    IF context_header IS NOT NULL AND document_format IS NULL THEN
+        RAISE EXCEPTION 'context_header is for documents: a bytea content column, or format => ''html'', ''markdown'' or ''text'''
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     SELECT * INTO m FROM embeddings.models mo WHERE mo.name = watch_chunked.model;
     IF chunk_tokens < 8 OR chunk_tokens > m.max_tokens - 2 THEN
         RAISE EXCEPTION 'chunk_tokens must be between 8 and % for model "%", not %', m.max_tokens - 2, model, chunk_tokens
@@ -208,7 +288,9 @@ BEGIN
        AND previous.has_triggers = triggers AND previous.queue = watch_chunked.queue
        AND previous.replica = watch_chunked.replica AND previous.problem IS NULL
        AND previous.chunk_table = to_regclass(table_name)
-       AND previous.chunk_tokens = watch_chunked.chunk_tokens AND previous.chunk_overlap = overlap THEN
+       AND previous.chunk_tokens = watch_chunked.chunk_tokens AND previous.chunk_overlap = overlap
+       AND previous.document_format IS NOT DISTINCT FROM watch_chunked.document_format
+       AND previous.context_header IS NOT DISTINCT FROM watch_chunked.context_header THEN
         RETURN previous.id;
     END IF;
 
@@ -222,11 +304,11 @@ BEGIN
         INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
                                               queue, has_triggers, clear_on_update, key_columns, key_types,
                                               key_attnums, content_attnum, embedding_attnum, replica,
-                                              chunk_table, chunk_tokens, chunk_overlap)
+                                              chunk_table, chunk_tokens, chunk_overlap, document_format, context_header)
         VALUES (source, embedding_column, content_col, content_fn, model,
                 queue, triggers, false, key_names, key_types,
                 key_nums, content_num, NULL, replica,
-                chunks, chunk_tokens, overlap)
+                chunks, chunk_tokens, overlap, watch_chunked.document_format, watch_chunked.context_header)
         RETURNING * INTO t;
     ELSE
         reembed := previous.content_column IS DISTINCT FROM content_col
@@ -234,7 +316,9 @@ BEGIN
                    OR previous.model <> watch_chunked.model
                    OR previous.chunk_tokens <> watch_chunked.chunk_tokens
                    OR previous.chunk_overlap <> overlap
-                   OR previous.chunk_table <> chunks;
+                   OR previous.chunk_table <> chunks
+                   OR previous.document_format IS DISTINCT FROM watch_chunked.document_format
+                   OR previous.context_header IS DISTINCT FROM watch_chunked.context_header;
         IF previous.queue <> watch_chunked.queue THEN
             -- Pending jobs move with the target.
             EXECUTE format(
@@ -247,7 +331,8 @@ BEGIN
             key_columns = key_names, key_types = watch_chunked.key_types, key_attnums = key_nums,
             content_attnum = content_num, embedding_attnum = NULL, replica = watch_chunked.replica,
             problem = NULL, queue = watch_chunked.queue, has_triggers = triggers, clear_on_update = false,
-            chunk_table = chunks, chunk_tokens = watch_chunked.chunk_tokens, chunk_overlap = overlap, updated_at = now(),
+            chunk_table = chunks, chunk_tokens = watch_chunked.chunk_tokens, chunk_overlap = overlap,
+            document_format = watch_chunked.document_format, context_header = watch_chunked.context_header, updated_at = now(),
             version = tg.version + 1  -- in-flight writes under the old definition are rejected
         WHERE tg.id = previous.id
         RETURNING * INTO t;
@@ -421,30 +506,38 @@ BEGIN
     -- unchanged at its position is left as it is) and deletes those past each document's
     -- `counts` (all of them for 0: blank content). Chunks name their document by its canonical
     -- key (`chunk_keys`); `starts` and `ends` are their character offsets in it (an unchanged
-    -- chunk that moved in its document gets its new ones, its vector kept). Returns, per
+    -- chunk that moved in its document gets its new ones, its vector kept); `headings` (a JSON
+    -- array of heading paths, NULL for plain text) and `pages` a document's chunks' heading
+    -- path and PDF page (NULL: none). Returns, per
     -- document, whether it was current and lost chunks. The chunk table's key columns are
     -- named as the source's, and may be named as a parameter (k0, keys, ...): ON CONFLICT
     -- names columns, and the variables are qualified.
     embeddings.create_access_function(a, '_chunks',
         format('keys text[]%s, digests text[], counts integer[], chunk_keys text[], seqs integer[], chunks text[], '
-               'hashes text[], vectors %I.halfvec[], starts integer[], ends integer[]', a->>'key_params', vschema),
+               'hashes text[], vectors %I.halfvec[], starts integer[], ends integer[], headings jsonb, pages integer[]',
+               a->>'key_params', vschema),
         'TABLE (key text, is_current boolean, trimmed boolean)',
         format($b$current_keys := ARRAY(
                 SELECT v.key FROM ROWS FROM (%1$s, pg_catalog.unnest($%2$s)) AS v(key%3$s, h)
                 JOIN %4$s t ON %5$s
                 WHERE pg_catalog.md5(%6$s) IS NOT DISTINCT FROM v.h);
-            INSERT INTO %7$s AS c (%8$s, seq, chunk, chunk_hash, %9$I, start_offset, end_offset)
-            SELECT %10$s, x.seq, x.chunk, x.hash, x.e, x.start_offset, x.end_offset
+            INSERT INTO %7$s AS c (%8$s, seq, chunk, chunk_hash, %9$I, start_offset, end_offset, headings, page)
+            SELECT %10$s, x.seq, x.chunk, x.hash, x.e, x.start_offset, x.end_offset,
+                   CASE WHEN pg_catalog.jsonb_typeof(x.h) OPERATOR(pg_catalog.=) 'array'
+                        THEN ARRAY(SELECT pg_catalog.jsonb_array_elements_text(x.h)) END, x.page
             FROM ROWS FROM (pg_catalog.unnest($%11$s), pg_catalog.unnest($%12$s), pg_catalog.unnest($%13$s), pg_catalog.unnest($%14$s), pg_catalog.unnest($%15$s),
-                            pg_catalog.unnest($%18$s), pg_catalog.unnest($%19$s)) AS x(key, seq, chunk, hash, e, start_offset, end_offset)
+                            pg_catalog.unnest($%18$s), pg_catalog.unnest($%19$s), pg_catalog.jsonb_array_elements($%20$s),
+                            pg_catalog.unnest($%21$s)) AS x(key, seq, chunk, hash, e, start_offset, end_offset, h, page)
             JOIN ROWS FROM (%1$s) AS v(key%3$s) ON v.key OPERATOR(pg_catalog.=) x.key
             WHERE x.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
             ON CONFLICT (%8$s, seq) DO UPDATE
             SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, %9$I = excluded.%9$I,
-                start_offset = excluded.start_offset, end_offset = excluded.end_offset
+                start_offset = excluded.start_offset, end_offset = excluded.end_offset,
+                headings = excluded.headings, page = excluded.page
             WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash
                OR c.start_offset IS DISTINCT FROM excluded.start_offset
-               OR c.end_offset IS DISTINCT FROM excluded.end_offset;
+               OR c.end_offset IS DISTINCT FROM excluded.end_offset
+               OR c.headings IS DISTINCT FROM excluded.headings OR c.page IS DISTINCT FROM excluded.page;
             WITH gone AS (
                 DELETE FROM %7$s c USING ROWS FROM (%1$s, pg_catalog.unnest($%16$s)) AS v(key%3$s, n)
                 WHERE %17$s AND c.seq OPERATOR(pg_catalog.>=) v.n AND v.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
@@ -457,7 +550,8 @@ BEGIN
             a->>'key_rows', nkeys + 2, a->>'key_aliases', t.source, a->>'key_match', a->>'content', t.chunk_table,
             key_list, t.embedding_column,
             (SELECT string_agg(format('(v.k%s)::%s', i - 1, types[i]), ', ' ORDER BY i) FROM generate_series(1, nkeys) i),
-            nkeys + 4, nkeys + 5, nkeys + 6, nkeys + 7, nkeys + 8, nkeys + 3, chunk_match, nkeys + 9, nkeys + 10),
+            nkeys + 4, nkeys + 5, nkeys + 6, nkeys + 7, nkeys + 8, nkeys + 3, chunk_match, nkeys + 9, nkeys + 10,
+            nkeys + 11, nkeys + 12),
         head => E'#variable_conflict use_column\n<<chunk_write>>\nDECLARE\n    current_keys text[];\n    trimmed_keys text[];\n')];
 END
 $$;

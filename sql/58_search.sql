@@ -125,10 +125,10 @@ $$;
 
 -- The parts of a search statement over target t, as a JSON object of SQL fragments:
 --   from      the relations (`s` the table; `c` its chunk table, joined to it)
---   vector    the embedding column; key, content, seq, start_offset, end_offset the result's
---             columns (content the content column's text (NULL for a content function) and
---             the others NULL for a plain target; for a chunked one the chunk's text, position
---             and character offsets in its document, sql/55_chunks.sql)
+--   vector    the embedding column; key, content, seq, start_offset, end_offset, headings,
+--             page the result's columns (content the content column's text (NULL for a content
+--             function) and the others NULL for a plain target; for a chunked one the chunk's
+--             text, position, character offsets, heading path and page, sql/55_chunks.sql)
 --   distance  the cosine distance to $1 (a halfvec; cast to the column's type)
 -- Key values keep the table's type in JSON as jobs carry them (sql/25_keys.sql): a number for
 -- an integer key, a string for text, an array of the columns' values for a composite key.
@@ -157,6 +157,8 @@ BEGIN
         'seq', 'NULL::integer',
         'start_offset', 'NULL::integer',
         'end_offset', 'NULL::integer',
+        'headings', 'NULL::text[]',
+        'page', 'NULL::integer',
         'order', format('%s OPERATOR(%I.<=>) ($1)::%s', vec, vschema, emb_type),
         'distance', format('(%s OPERATOR(%I.<=>) ($1)::%s)::double precision', vec, vschema, emb_type));
 END
@@ -186,6 +188,8 @@ LANGUAGE sql STABLE AS $$
         'seq', 'c.seq',
         'start_offset', 'c.start_offset',
         'end_offset', 'c.end_offset',
+        'headings', 'c.headings',
+        'page', 'c.page',
         'order', format('c.%I OPERATOR(%I.<=>) $1', t.embedding_column, embeddings.vector_schema()),
         'distance', format('(c.%I OPERATOR(%I.<=>) $1)::double precision', t.embedding_column, embeddings.vector_schema()))
 $$;
@@ -245,8 +249,10 @@ CREATE FUNCTION embeddings.generate_search(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := embeddings.search_sql(t);
-    columns text := format('%s AS key, %s AS content, %s AS seq, %s AS start_offset, %s AS end_offset, %s AS distance',
-                           q->>'key', q->>'content', q->>'seq', q->>'start_offset', q->>'end_offset', q->>'distance');
+    columns text := format('%s AS key, %s AS content, %s AS seq, %s AS start_offset, %s AS end_offset, %s AS headings, '
+                           '%s AS page, %s AS distance',
+                           q->>'key', q->>'content', q->>'seq', q->>'start_offset', q->>'end_offset', q->>'headings',
+                           q->>'page', q->>'distance');
     -- One result per row: a chunked target's best chunk.
     distinct_on text := CASE WHEN embeddings.store_has_chunks(t) THEN 'DISTINCT ON (r.key)' ELSE '' END;
     distinct_order text := CASE WHEN embeddings.store_has_chunks(t) THEN 'ORDER BY r.key, r.distance' ELSE '' END;
@@ -328,13 +334,14 @@ REVOKE ALL ON FUNCTION embeddings.generate_search(embeddings.targets) FROM PUBLI
 -- target the k documents with the nearest chunks, each once with its best chunk (`seq`, its
 -- position from 0, `content`, its text, and `start_offset`, `end_offset`, where that text is
 -- in the document: characters, from 0, the end excluded; NULL for chunks written before
--- 0.3.0 until their document is embedded again, and for a plain target). `filter`: see
+-- 0.3.0 until their document is embedded again, and for a plain target; a document's chunk's
+-- `headings`, its heading path, and `page`, the PDF page it starts on). `filter`: see
 -- search_filter_sql(). k rows whenever k rows match; fewer only when fewer match (none: no
 -- row, no error).
 CREATE FUNCTION embeddings.search(source regclass, query halfvec, k integer DEFAULT 10,
                                   filter jsonb DEFAULT NULL, embedding_column name DEFAULT NULL)
 RETURNS TABLE (key jsonb, distance double precision, content text, seq integer,
-               start_offset integer, end_offset integer)
+               start_offset integer, end_offset integer, headings text[], page integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets := embeddings.search_target(source, embedding_column);
@@ -395,7 +402,10 @@ BEGIN
     END IF;
     RETURN QUERY
         SELECT r.value->'key', (r.value->>'distance')::double precision, r.value->>'content', (r.value->>'seq')::integer,
-               (r.value->>'start_offset')::integer, (r.value->>'end_offset')::integer
+               (r.value->>'start_offset')::integer, (r.value->>'end_offset')::integer,
+               CASE WHEN jsonb_typeof(r.value->'headings') = 'array'
+                    THEN ARRAY(SELECT jsonb_array_elements_text(r.value->'headings')) END,
+               (r.value->>'page')::integer
         FROM jsonb_array_elements(answer) WITH ORDINALITY AS r(value, i)
         ORDER BY r.i LIMIT k;
 END

@@ -167,15 +167,15 @@ DECLARE
 BEGIN
     RETURN ARRAY[
         format(
-            'SELECT r.key, r.content, r.seq, r.start_offset, r.end_offset, r.text_rank FROM ('
+            'SELECT r.key, r.content, r.seq, r.start_offset, r.end_offset, r.headings, r.page, r.text_rank FROM ('
             ' SELECT DISTINCT ON (%1$s) %1$s AS key, %2$s AS content, %3$s AS seq,'
-            '  %11$s AS start_offset, %12$s AS end_offset,'
+            '  %11$s AS start_offset, %12$s AS end_offset, %13$s AS headings, %14$s AS page,'
             '  pg_catalog.ts_rank_cd(%4$s.%5$I, q.q) AS text_rank'
             ' FROM %6$s, pg_catalog.websearch_to_tsquery(%7$L::pg_catalog.regconfig,'
             '  pg_catalog.regexp_replace($1, %8$L, %9$L, ''g'')) AS q(q)'
             ' WHERE %4$s.%5$I OPERATOR(pg_catalog.@@) q.q AND %10$s IS NOT NULL AND (',
             q->>'key', q->>'content', q->>'seq', doc, t.fts_column, q->>'from', t.fts_config::text,
-            '(\w)\.(?=\w)', '\1 ', q->>'vector', q->>'start_offset', q->>'end_offset'),
+            '(\w)\.(?=\w)', '\1 ', q->>'vector', q->>'start_offset', q->>'end_offset', q->>'headings', q->>'page'),
         format(
             ') ORDER BY %1$s, pg_catalog.ts_rank_cd(%2$s.%3$I, q.q) DESC) r'
             ' ORDER BY r.text_rank DESC, r.key LIMIT $3',
@@ -205,15 +205,16 @@ $$;
 -- for search(). Each row: the key (typed as in the table), the score, the content (the best
 -- chunk by distance, else by text rank, for a chunked target) and its `seq`, the cosine
 -- distance (NULL when the document is not in the vector ranking), both ranks (from 1; NULL
--- where missing) and the chunk's character offsets in its document (as search()'s). With the
--- caller's rights, as search().
+-- where missing) and the chunk's character offsets, heading path and page (as search()'s).
+-- With the caller's rights, as search().
 CREATE FUNCTION embeddings.hybrid_search(source regclass, query text, query_embedding halfvec, k integer DEFAULT 10,
                                          filter jsonb DEFAULT NULL, embedding_column name DEFAULT NULL,
                                          rrf_k double precision DEFAULT 60, vector_weight double precision DEFAULT 1,
                                          text_weight double precision DEFAULT 1, depth integer DEFAULT 100,
                                          text_match text DEFAULT 'all')
 RETURNS TABLE (key jsonb, score double precision, content text, seq integer, distance double precision,
-               vector_rank integer, text_rank integer, start_offset integer, end_offset integer)
+               vector_rank integer, text_rank integer, start_offset integer, end_offset integer,
+               headings text[], page integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets := embeddings.search_target(source, embedding_column);
@@ -247,7 +248,10 @@ BEGIN
                (v.value->>'distance')::double precision,
                v.i::integer, x.i::integer,
                (CASE WHEN v.value IS NOT NULL THEN v.value->>'start_offset' ELSE x.value->>'start_offset' END)::integer,
-               (CASE WHEN v.value IS NOT NULL THEN v.value->>'end_offset' ELSE x.value->>'end_offset' END)::integer
+               (CASE WHEN v.value IS NOT NULL THEN v.value->>'end_offset' ELSE x.value->>'end_offset' END)::integer,
+               CASE WHEN jsonb_typeof(coalesce(v.value, x.value)->'headings') = 'array'
+                    THEN ARRAY(SELECT jsonb_array_elements_text(coalesce(v.value, x.value)->'headings')) END,
+               (coalesce(v.value, x.value)->>'page')::integer
         FROM jsonb_array_elements(by_vector) WITH ORDINALITY AS v(value, i)
         FULL JOIN jsonb_array_elements(by_text) WITH ORDINALITY AS x(value, i) ON v.value->'key' = x.value->'key'
         ORDER BY 2 DESC, least(v.i, x.i), 1

@@ -156,7 +156,9 @@ SELECT t.id, n.nspname AS schema, c.relname AS "table", t.embedding_column,
        t.queue, coalesce(t.problem, embeddings.access_problem(t)) AS registry_problem, t.version,
        chunk_ns.nspname AS chunk_schema, chunk_c.relname AS chunk_name, t.chunk_tokens,
        t.chunk_overlap, side_ns.nspname AS side_schema, side_c.relname AS side_name,
-       t.fts_config IS NOT NULL AS has_fulltext, t.store_kind, t.rerank_model, t.rerank_depth
+       t.fts_config IS NOT NULL AS has_fulltext, t.store_kind, t.rerank_model, t.rerank_depth,
+       t.document_format, t.context_header,
+       coalesce(ca.atttypid = 'pg_catalog.bytea'::regtype, false) AS content_bytes
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
 LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -169,6 +171,8 @@ LEFT JOIN pg_attribute a ON a.attrelid = coalesce(t.side_table, t.chunk_table, t
 LEFT JOIN pg_type ty ON ty.oid = a.atttypid
 LEFT JOIN pg_proc p ON p.oid = t.content_function
 LEFT JOIN pg_namespace fn_ns ON fn_ns.oid = p.pronamespace
+LEFT JOIN pg_attribute ca ON ca.attrelid = t.source AND ca.attnum = t.content_attnum
+                         AND t.content_column IS NOT NULL AND NOT ca.attisdropped
 WHERE {which}
 ORDER BY t.id
 
@@ -312,12 +316,14 @@ FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%(keys)s::text[]) AS k ORDER 
 -- name: write_chunks
 -- Writes the chunks of documents whose content is still what was loaded (same md5; NULL for
 -- NULL content) and deletes each one's chunks past its new count (all of them for 0): the
--- target's embeddings_<id>_chunks(). Each chunk with its character offsets in its document.
+-- target's embeddings_<id>_chunks(). Each chunk with its character offsets in its document,
+-- and a document's with its heading path (a JSON array of them; NULL for plain text) and page.
 -- Per document: whether it was current, and lost chunks.
 SELECT key, is_current, trimmed
 FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::integer[],
               %(chunk_keys)s::text[], %(seqs)s::integer[], %(chunks)s::text[], %(chunk_hashes)s::text[],
-              %(embeddings)b, %(starts)s::integer[], %(ends)s::integer[]);
+              %(embeddings)b, %(starts)s::integer[], %(ends)s::integer[], %(headings)s::jsonb,
+              %(pages)s::integer[]);
 
 -- name: search_target
 -- Table %(table)s as the search path finds it (or target %(target)s's table), and its targets
@@ -341,7 +347,7 @@ SELECT version FROM embeddings.targets WHERE id = %(target)s;
 -- name: search
 -- The %(k)s rows (documents, for a chunked target) nearest to %(query)s among those matching
 -- %(filter)s: embeddings.search() (sql/58_search.sql), with the caller's rights.
-SELECT key, distance, content, seq, start_offset, end_offset
+SELECT key, distance, content, seq, start_offset, end_offset, headings, page
 FROM embeddings.search((SELECT t.source FROM embeddings.targets t WHERE t.id = %(target)s),
                        %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name);
 
@@ -349,7 +355,7 @@ FROM embeddings.search((SELECT t.source FROM embeddings.targets t WHERE t.id = %
 -- The %(k)s documents best by reciprocal rank fusion of the vector ranking of %(query)s and
 -- the full-text ranking of %(text)s, fused as %(rrf_k)s, %(vector_weight)s, %(text_weight)s and
 -- %(depth)s say: embeddings.hybrid_search() (sql/59_hybrid.sql).
-SELECT key, score, content, seq, distance, vector_rank, text_rank, start_offset, end_offset
+SELECT key, score, content, seq, distance, vector_rank, text_rank, start_offset, end_offset, headings, page
 FROM embeddings.hybrid_search((SELECT t.source FROM embeddings.targets t WHERE t.id = %(target)s),
                               %(text)s, %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name,
                               rrf_k => %(rrf_k)s::double precision,

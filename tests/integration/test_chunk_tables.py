@@ -64,7 +64,18 @@ def test_a_composite_key_chunk_table_has_every_key_column(conn: Conn, tenant_doc
             "SELECT attname FROM pg_attribute WHERE attrelid = 'tenant_docs_chunks'::regclass"
             " AND attnum > 0 AND NOT attisdropped ORDER BY attnum"
         )
-    ] == ["tenant", "id", "seq", "chunk", "chunk_hash", "embedding", "start_offset", "end_offset"]
+    ] == [
+        "tenant",
+        "id",
+        "seq",
+        "chunk",
+        "chunk_hash",
+        "embedding",
+        "start_offset",
+        "end_offset",
+        "headings",
+        "page",
+    ]
     assert conn.execute(
         "SELECT key_columns::text[], embedding_attnum FROM embeddings.targets WHERE id = %s",
         (tenant_docs,),

@@ -82,6 +82,8 @@ def test_watch_creates_the_chunk_table_and_no_embedding_column(conn: Conn, docs:
         ("embedding", "halfvec(384)"),
         ("start_offset", "integer"),
         ("end_offset", "integer"),
+        ("headings", "text[]"),
+        ("page", "integer"),
     ]
     constraints = dict(
         conn.execute(
@@ -112,17 +114,20 @@ def test_watch_with_fts_turns_full_text_search_on_for_a_chunked_target(
     conn: Conn, minilm: str
 ) -> None:
     """watch(..., chunk_tokens => N, fts => 'english'), as docs/rag.md starts: the chunk table
-    gets its generated tsvector (0.2.0 ignored fts => for chunked targets), then the offsets."""
+    gets its generated tsvector (0.2.0 ignored fts => for chunked targets), then the offsets
+    and the documents' heading path and page."""
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
     target = watch(conn, minilm, chunk_tokens=64, fts="english")
     assert conn.execute(
         "SELECT fts_config::text, fts_column FROM embeddings.targets WHERE id = %s", (target,)
     ).fetchone() == ("english", "fts")
-    assert [c for c, _ in column_types(conn, "docs_chunks")][-4:] == [
+    assert [c for c, _ in column_types(conn, "docs_chunks")][-6:] == [
         "embedding",
         "fts",
         "start_offset",
         "end_offset",
+        "headings",
+        "page",
     ]
     assert watch(conn, minilm, chunk_tokens=64, fts="english") == target  # nothing to do again
 

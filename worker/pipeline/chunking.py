@@ -38,7 +38,7 @@ import zlib
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -70,6 +70,12 @@ class Chunk:
     end: int
     text: str
     tokens: int
+
+    @property
+    def embedding_input(self) -> str:
+        """What the model reads: the chunk's text (a document's chunk puts its context header
+        in front: worker/pipeline/documents/stream.py)."""
+        return self.text
 
     def digest(self, model: str) -> str:
         """The chunk's identity for vector reuse: the same text under the same model."""
@@ -175,6 +181,24 @@ class Splitter:
             j = max(j, i + 1)
 
 
+class ChunkSource(Protocol):
+    """What a long document is read through a piece at a time (worker/pipeline/pieces.py): a
+    text's ChunkStream, or an extracted document's (worker/pipeline/documents/stream.py)."""
+
+    text: str  # the text the chunks are slices of
+    position: int  # where the last chunk ended
+
+    @property
+    def content(self) -> str:
+        """The row's content, as loaded."""
+        ...
+
+    @property
+    def produced(self) -> int: ...
+
+    def __next__(self) -> Chunk: ...
+
+
 class ChunkStream:
     """A text's chunks, one at a time (Splitter.stream); `position` says how far the chunks so far
     go, for an estimate of the chunks still to come."""
@@ -197,6 +221,11 @@ class ChunkStream:
         return chunk
 
     position: int = 0  # where the last chunk ended (a character offset)
+
+    @property
+    def content(self) -> str:
+        """The row's content the chunks came from: the text itself."""
+        return self.text
 
     @property
     def produced(self) -> int:

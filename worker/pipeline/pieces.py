@@ -40,7 +40,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 import numpy.typing as npt
 
-from worker.pipeline.chunking import Chunk, ChunkStream
+from worker.pipeline.chunking import Chunk, ChunkSource
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -104,7 +104,7 @@ class Document:
 
     def __init__(
         self,
-        stream: ChunkStream,
+        stream: ChunkSource,
         model: str,
         size: int,
         done: int = 0,
@@ -194,7 +194,7 @@ class Cache:
         wanted = set(keys)
         with self._lock:
             return {
-                key[3]: Known(key[4], document.stream.text)
+                key[3]: Known(key[4], document.stream.content)
                 for key, document in self._documents.items()
                 if key[:3] == (database, target_id, version) and key[3] in wanted
             }

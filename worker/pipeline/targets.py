@@ -54,6 +54,12 @@ class Target:
     chunk_table: tuple[str, str] | None = None  # (schema, table)
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
+    # Documents (worker/pipeline/documents/, docs/documents.md): the content's format ("auto":
+    # detected from the bytes; None: plain text, chunked as it is), whether it is a bytea
+    # column (loaded as base64), and the context header's template (None: the default).
+    document_format: str | None = None
+    content_bytes: bool = False
+    context_header: str | None = None
     # Side-table targets (sql/56_side.sql, worker/pipeline/stores/side.py): one vector per row,
     # in a table of its own keyed like the source.
     side_table: tuple[str, str] | None = None  # (schema, table)
@@ -240,6 +246,9 @@ def target_of(row: dict[str, Any]) -> Target:
         ),
         chunk_tokens=row["chunk_tokens"],
         chunk_overlap=row["chunk_overlap"],
+        document_format=row["document_format"],
+        content_bytes=row["content_bytes"],
+        context_header=row["context_header"],
         side_table=(
             (row["side_schema"], row["side_name"]) if row["side_name"] is not None else None
         ),

@@ -39,8 +39,19 @@ def by_vector(
     with search_errors():
         rows = conn.execute(queries.get("search"), params).fetchall()
     return [
-        search_result(key, distance, content, seq, vector_rank=rank, offsets=(start, end))
-        for rank, (key, distance, content, seq, start, end) in enumerate(rows, start=1)
+        search_result(
+            key,
+            distance,
+            content,
+            seq,
+            vector_rank=rank,
+            offsets=(start, end),
+            headings=headings,
+            page=page,
+        )
+        for rank, (key, distance, content, seq, start, end, headings, page) in enumerate(
+            rows, start=1
+        )
     ]
 
 
@@ -84,6 +95,8 @@ def hybrid(
             vector_rank=vr,
             text_rank=tr,
             offsets=(start, end),
+            headings=headings,
+            page=page,
         )
-        for key, score, content, seq, distance, vr, tr, start, end in rows
+        for key, score, content, seq, distance, vr, tr, start, end, headings, page in rows
     ]

@@ -5,7 +5,7 @@
 -- that leave converted rows alone. Tables new in 0.3.0 need no line here: sql/ creates them.
 
 -- Chunk tables: each chunk's character offsets in its document (sql/55_chunks.sql), at the
--- end as a fresh chunk table has them. Chunks written before stay NULL until their document is
+-- end as a fresh chunk table has them, then its heading path and page. Chunks written before stay NULL until their document is
 -- embedded again (the chunk write fills them in, vectors kept).
 DO $$
 DECLARE
@@ -21,6 +21,12 @@ BEGIN
            OR NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = 'end_offset' AND NOT a.attisdropped) THEN
             EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS start_offset integer, '
                            'ADD COLUMN IF NOT EXISTS end_offset integer', rel);
+        END IF;
+        -- Each chunk's heading path and PDF page (documents: sql/55_chunks.sql), after them.
+        IF NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = 'headings' AND NOT a.attisdropped)
+           OR NOT EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = rel AND a.attname = 'page' AND NOT a.attisdropped) THEN
+            EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS headings text[], '
+                           'ADD COLUMN IF NOT EXISTS page integer', rel);
         END IF;
     END LOOP;
     PERFORM set_config('embeddings.following', 'off', true);
@@ -71,3 +77,17 @@ $$;
 -- list fixed in the table: a new kind changes no table.
 ALTER TABLE embeddings.models DROP CONSTRAINT IF EXISTS models_provider_check;
 ALTER TABLE embeddings.models ADD CONSTRAINT models_provider_check CHECK (provider ~ '^[a-z][a-z0-9_]*$');
+
+-- Documents (sql/55_chunks.sql, docs/documents.md): a chunked target's content format and its
+-- context header's template.
+ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS document_format text;
+ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS context_header text;
+DO $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM pg_constraint WHERE conrelid = 'embeddings.targets'::regclass
+                                               AND conname = 'targets_document_format_check') THEN
+        ALTER TABLE embeddings.targets ADD CONSTRAINT targets_document_format_check
+            CHECK (document_format IN ('auto', 'pdf', 'docx', 'html', 'markdown', 'text'));
+    END IF;
+END
+$$;

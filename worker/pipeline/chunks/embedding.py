@@ -37,7 +37,9 @@ def _embed_group(model: TextModel, group: list[tuple[Row, int]]) -> int:
     if not live:
         return 0
     try:
-        result = model.embed_with_stats([_chunks_of(row).chunks[i].text for row, i in live])
+        result = model.embed_with_stats(
+            [_chunks_of(row).chunks[i].embedding_input for row, i in live]
+        )
     except exceptions.ProviderError:
         raise  # a remote model's provider, not the chunks: the target waits (stages.embed)
     except Exception as exc:  # the model's failure on some chunk: find whose

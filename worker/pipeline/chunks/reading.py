@@ -4,6 +4,7 @@ the ceiling failed (worker/pipeline/chunks/__init__.py has the whole path)."""
 
 from __future__ import annotations
 
+import base64
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -12,7 +13,7 @@ import numpy as np
 from worker import db, exceptions, queries
 from worker.pipeline import messages, pieces
 from worker.pipeline.batch import Batch, Row, RowState
-from worker.pipeline.chunking import Splitter
+from worker.pipeline.chunks.documents import ChunkReader, reader_for
 from worker.pipeline.pieces import Document, DocumentChunks
 from worker.pipeline.targets import Target
 
@@ -49,10 +50,14 @@ def prepare(
     except exceptions.ModelError as exc:
         batch.deferred[target.id] = str(exc)
         return
-    splitter = Splitter(tokenizer, target.chunk_tokens, target.chunk_overlap or 0)
+    try:
+        reader = reader_for(target, tokenizer, batch.limits.max_document_bytes)
+    except exceptions.ConfigError as exc:
+        batch.deferred[target.id] = f"{target.name}: {exc}"
+        return
     budget = _Budget(batch.limits.piece_tokens, pieces.MAX_CHUNKS)
     try:
-        _prepare_target(conn, batch, target=target, rows=rows, splitter=splitter, budget=budget)
+        _prepare_target(conn, batch, target=target, rows=rows, reader=reader, budget=budget)
     except exceptions.TargetUnavailable as exc:
         batch.deferred[target.id] = f"{target.name}: {exc}"
 
@@ -63,11 +68,12 @@ def _prepare_target(
     *,
     target: Target,
     rows: list[Row],
-    splitter: Splitter,
+    reader: ChunkReader,
     budget: _Budget,
 ) -> None:
     sizes = {row.key: len((row.content or "").encode()) for row in rows}
-    _fail_over_ceiling(conn, batch, target, rows, sizes)
+    if target.document_format is None:  # a document's ceiling is on its extracted text
+        _fail_over_ceiling(conn, batch, target, rows, sizes)
     rows = [r for r in rows if r.state is RowState.READY]
     if not rows:
         return
@@ -97,9 +103,12 @@ def _prepare_target(
                 continue
             doc = documents.get(row.key)
             if doc is None:
-                doc = documents[row.key] = _document(
-                    conn, target, row, splitter=splitter, sizes=sizes, committed=committed
-                )
+                try:
+                    doc = _document(conn, target, row, reader=reader, committed=committed)
+                except exceptions.DocumentError as exc:
+                    _fail_document(conn, batch, target, row, exc)
+                    continue
+                documents[row.key] = doc
                 budget.tokens -= sum(doc.pending.chunks[i].tokens for i in doc.pending.new)
                 budget.chunks -= len(doc.pending.chunks)
                 budget.used = budget.used or bool(doc.pending.chunks)
@@ -141,8 +150,7 @@ def _document(
     target: Target,
     row: Row,
     *,
-    splitter: Splitter,
-    sizes: dict[str, int],
+    reader: ChunkReader,
     committed: dict[str, int],
 ) -> Document:
     """The row's document: the one a previous piece left in the cache when the database's record
@@ -153,8 +161,22 @@ def _document(
     doc = pieces.CACHE.take(key)
     if doc is not None and doc.confirm(done):
         return doc
-    stream = splitter.stream(row.content)
-    return Document(stream, target.model, sizes[row.key], done=done, cache_key=key)
+    stream = reader.open(row.content)
+    size = reader.size(row.content, stream)
+    return Document(stream, target.model, size, done=done, cache_key=key)
+
+
+def _fail_document(
+    conn: db.Connection, batch: Batch, target: Target, row: Row, exc: exceptions.DocumentError
+) -> None:
+    """A document that cannot be read fails alone and for good: the same bytes fail again. One
+    whose text is over the ceiling is recorded as such (embeddings.documents) with the size of
+    the document as stored, for status and doctor."""
+    row.fail(str(exc), permanent=True)
+    if isinstance(exc, exceptions.DocumentTooLarge) and row.content is not None:
+        content = row.content
+        stored = len(base64.b64decode(content) if target.content_bytes else content.encode())
+        _note_over_ceiling(conn, batch, target, [row], {row.key: stored})
 
 
 def _settle_prepared(row: Row, doc: Document | None) -> None:
@@ -190,6 +212,12 @@ def _fail_over_ceiling(
             "failures --retry`) or shorten the document",
             permanent=True,
         )
+    _note_over_ceiling(conn, batch, target, over, sizes)
+
+
+def _note_over_ceiling(
+    conn: db.Connection, batch: Batch, target: Target, over: list[Row], sizes: dict[str, int]
+) -> None:
     if over:
         with db.translated():
             conn.execute(
@@ -199,7 +227,7 @@ def _fail_over_ceiling(
                     "keys": [r.key for r in over],
                     "digests": [r.digest for r in over],
                     "bytes": [sizes[r.key] for r in over],
-                    "ceiling": ceiling,
+                    "ceiling": batch.limits.max_document_bytes,
                     "version": target.version,
                 },
             )

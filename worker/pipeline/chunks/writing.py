@@ -6,12 +6,15 @@ from __future__ import annotations
 
 import logging
 import time
+from typing import Any
 
 from pgvector import HalfVector
+from psycopg.types.json import Jsonb
 
 from worker import db, queries
 from worker.pipeline import pieces
 from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.documents.stream import HeadedChunk
 from worker.pipeline.pieces import DocumentChunks
 from worker.pipeline.targets import Target
 
@@ -39,24 +42,6 @@ def store(
     rows = embedded + blank
     if not rows:
         return outcome
-    chunk_keys: list[str] = []
-    seqs: list[int] = []
-    texts: list[str] = []
-    hashes: list[str] = []
-    vectors: list[HalfVector] = []
-    starts: list[int] = []
-    ends: list[int] = []
-    for row in embedded:
-        doc = _chunks_of(row)
-        for chunk, digest, vector in zip(doc.chunks, doc.hashes, doc.vectors, strict=True):
-            assert vector is not None, "only fully embedded documents are written"
-            chunk_keys.append(row.key)
-            seqs.append(chunk.seq)
-            texts.append(chunk.text)
-            hashes.append(digest)
-            vectors.append(HalfVector(vector))
-            starts.append(chunk.start)  # where the chunk is in the document (characters)
-            ends.append(chunk.end)
     found = conn.execute(
         target.query("write_chunks"),
         {
@@ -65,13 +50,7 @@ def store(
             # the chunks past a document's end go with its last piece only (NULL: none)
             "counts": [_chunks_of(r).end if _chunks_of(r).final else None for r in embedded]
             + [0] * len(blank),
-            "chunk_keys": chunk_keys,
-            "seqs": seqs,
-            "chunks": texts,
-            "chunk_hashes": hashes,
-            "embeddings": vectors or None,  # (an empty list has no type to send)
-            "starts": starts,
-            "ends": ends,
+            **_chunk_params(target, embedded),
         },
     ).fetchall()
     current = {key for key, is_current, _ in found if is_current}
@@ -96,6 +75,48 @@ def store(
             # transaction commits, the next piece learns from the record (Document.confirm).
             pieces.CACHE.put(document.cache_key, document)
     return outcome
+
+
+def _chunk_params(target: Target, embedded: list[Row]) -> dict[str, Any]:
+    """The chunk write's arrays, one entry per chunk of the `embedded` documents: its document's
+    key, position, text, hash, vector, offsets, and a document's heading path and page (NULL
+    for plain text, whose write is as it was before documents)."""
+    documents = target.document_format is not None
+    chunk_keys: list[str] = []
+    seqs: list[int] = []
+    texts: list[str] = []
+    hashes: list[str] = []
+    vectors: list[HalfVector] = []
+    starts: list[int] = []
+    ends: list[int] = []
+    headings: list[list[str] | None] = []  # a document's chunks' (documents/stream.py)
+    pages: list[int | None] = []
+    for row in embedded:
+        doc = _chunks_of(row)
+        for chunk, digest, vector in zip(doc.chunks, doc.hashes, doc.vectors, strict=True):
+            assert vector is not None, "only fully embedded documents are written"
+            chunk_keys.append(row.key)
+            seqs.append(chunk.seq)
+            texts.append(chunk.text)
+            hashes.append(digest)
+            vectors.append(HalfVector(vector))
+            starts.append(chunk.start)  # where the chunk is in the document (characters)
+            ends.append(chunk.end)
+            if documents:  # one entry per chunk, as every array
+                headed = chunk if isinstance(chunk, HeadedChunk) else None
+                headings.append(list(headed.headings) if headed else None)
+                pages.append(headed.page if headed else None)
+    return {
+        "chunk_keys": chunk_keys,
+        "seqs": seqs,
+        "chunks": texts,
+        "chunk_hashes": hashes,
+        "embeddings": vectors or None,  # (an empty list has no type to send)
+        "starts": starts,
+        "ends": ends,
+        "headings": Jsonb(headings) if documents else None,
+        "pages": pages if documents else None,
+    }
 
 
 def _moved_on(conn: db.Connection, target: Target, embedded: list[Row]) -> list[Row]:
