@@ -2,7 +2,8 @@
 
 The table owner (`roles.owner`, the hostile tenant) owns a table of every kind embed-worker
 watches: a row store, a side store, a chunked one, a content function's, a partitioned one, a
-replica's (rows applied by logical replication), one keyed by its own domain. It plants its code
+replica's (rows applied by logical replication), one keyed by its own domain, one of documents
+(files in a bytea column, which the worker parses). It plants its code
 at every hook it controls (HOOKS): row, statement and deferred constraint triggers on its tables
 and on the store tables watch() made for it, its content function, a check of its key domain, a
 cast of its row type to text and a view (for `plan`), a row security policy (run by whoever
@@ -34,8 +35,14 @@ KINDS = {
     "docs_part": "'body'",
     "docs_replica": "'body', replica => true",
     "docs_domain": "'body'",
+    # documents (bytea, extracted by the worker), with a context header template
+    "docs_document": "'body', chunk_tokens => 16, context_header => '{title}: {headings}. '",
 }
-STORES = {"docs_side": "docs_side_embeddings", "docs_chunked": "docs_chunked_chunks"}
+STORES = {
+    "docs_side": "docs_side_embeddings",
+    "docs_chunked": "docs_chunked_chunks",
+    "docs_document": "docs_document_chunks",
+}
 
 # What the planted code leaves in whatever session it runs in (set_config(name, value, false)).
 SESSION_STATE = {
@@ -153,6 +160,7 @@ CREATE TABLE docs_part (id integer PRIMARY KEY, body text) PARTITION BY RANGE (i
 CREATE TABLE docs_part_1 PARTITION OF docs_part FOR VALUES FROM (0) TO (1000000);
 CREATE TABLE docs_replica (id integer PRIMARY KEY, body text);
 CREATE TABLE docs_domain (id public.hostile_key PRIMARY KEY, body text);
+CREATE TABLE docs_document (id integer PRIMARY KEY, body bytea);
 CREATE FUNCTION docs_row_text(d docs_row) RETURNS text LANGUAGE plpgsql STABLE AS
 $f$ BEGIN PERFORM public.hook('cast to text'); RETURN d.body; END $f$;
 CREATE CAST (docs_row AS text) WITH FUNCTION docs_row_text(docs_row);
@@ -207,10 +215,10 @@ def build(roles: Roles) -> World:
         owner.execute(f"GRANT SELECT ON docs_view TO {roles.writer}")
     for table in KINDS:  # (its triggers leave their state in the session that inserts)
         with roles.connect(roles.owner) as owner:
-            owner.execute(
-                f"INSERT INTO {table} SELECT g, 'document ' || g || ' of {table}'"
-                f" FROM generate_series(1, {ROWS}) g"
-            )
+            text = f"'document ' || g || ' of {table}'"
+            if table == "docs_document":  # a Markdown file: a heading, then its text
+                text = f"convert_to('# Part ' || g || E'\\n\\n' || {text}, 'UTF8')"
+            owner.execute(f"INSERT INTO {table} SELECT g, {text} FROM generate_series(1, {ROWS}) g")
     for table, args in KINDS.items():
         with roles.connect() as su:
             su.execute(f"SELECT embeddings.watch('{table}', {args}, model => '{MINILM}')")

@@ -14,8 +14,10 @@ table lists them (test_the_documented_operations_are_the_harness_operations)."""
 from __future__ import annotations
 
 import http.client
+import io
 import json
 import os
+import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -27,6 +29,7 @@ from tests.integration.test_cli import run_cli
 from tests.security import harness
 from tests.security.conftest import Roles
 from tests.support.docs import DOCS
+from tests.support.documents import encrypted, pdf_bytes
 from tests.support.models import MINILM
 from tests.support.process import WorkerProcess
 from tests.support.provider_server import ProviderServer
@@ -128,7 +131,7 @@ def _http_search(ctx: Context) -> None:
     owner's code ran in before, and must find none of what it left."""
     searches = SearchConnections(ctx.dsn, max_size=1)
     try:
-        for table in ("docs_row", "docs_side", "docs_chunked", "docs_fn"):
+        for table in ("docs_row", "docs_side", "docs_chunked", "docs_fn", "docs_document"):
             request = SearchRequest.parse({"table": table, "query": "document", "k": 3})
             with searches.connection() as conn:
                 search.run(conn, ctx.embedders.get, request)
@@ -193,6 +196,7 @@ def _sql_search(ctx: Context) -> None:
         f"SELECT * FROM embeddings.search('docs_row', {vector}, 3)",
         f"SELECT * FROM embeddings.search('docs_side', {vector}, 3)",
         f"SELECT * FROM embeddings.match_chunks('docs_chunked', {vector}, 3)",
+        f"SELECT * FROM embeddings.search('docs_document', {vector}, 3)",
         f"SELECT * FROM embeddings.hybrid_search('docs_side', 'document', {vector}, 3)",
     )
 
@@ -223,6 +227,35 @@ def _reranked_search(ctx: Context) -> None:
     ctx.cli("search", "docs_side", "document", "-k", "2")
     ctx.cli("search", "docs_chunked", "document", "-k", "2", "--rerank", "tiny-rerank")
     ctx.sql("SELECT embeddings.set_rerank('docs_side', NULL)")
+
+
+def _hostile_documents(ctx: Context) -> None:
+    """The owner stores files made to hurt whoever parses them: a corrupt PDF, an encrypted
+    one, a zip bomb posing as a DOCX. The worker parses them in its load stage (never in the
+    owner's transaction), fails each alone, for good, and goes on serving everyone."""
+    bomb = io.BytesIO()
+    with zipfile.ZipFile(bomb, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("word/document.xml", b" " * (65 * 2**20))
+    files = [
+        (101, b"%PDF-1.4\n1 0 obj << /Length 999999 >> stream\nnot a pdf"),
+        (102, encrypted(pdf_bytes([["locked"]]), "secret")),
+        (103, bomb.getvalue()),
+    ]
+    with ctx.roles.connect(ctx.roles.owner) as owner, owner.cursor() as cur:
+        cur.executemany("INSERT INTO docs_document VALUES (%s, %s)", files)
+    ctx.run_once(database_url=ctx.roles.worker_dsn, batch_size=3)
+    with ctx.roles.connect() as su:
+        failed = su.execute(
+            "SELECT row_key::int, last_error FROM embeddings.failures f"
+            " JOIN embeddings.targets t ON t.id = f.target_id"
+            " WHERE t.source = 'docs_document'::regclass ORDER BY 1"
+        ).fetchall()
+    assert [(k, e.split(":")[0]) for k, e in failed] == [
+        (101, "pdf document"),
+        (102, "pdf document"),
+        (103, "docx document"),
+    ], failed
 
 
 def _uninstall(ctx: Context) -> None:
@@ -289,6 +322,7 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     "sweep (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("sweep", "--verify")),
     "an unknown model refused": ((SUPERUSER,), _unknown_model),
     "a reranked search (set_rerank, search --rerank)": ((SUPERUSER,), _reranked_search),
+    "hostile documents (corrupt, encrypted, a zip bomb)": ((SUPERUSER,), _hostile_documents),
     "a key retyped, its side table converted": (
         (SUPERUSER,),
         lambda ctx: ctx.sql(  # a problem (the store cannot follow), then gone: jobs dropped

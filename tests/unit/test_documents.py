@@ -244,3 +244,16 @@ def test_the_ceiling_is_on_the_extracted_text(format: str) -> None:
     assert extract(data, format=format, max_bytes=0).text.strip()  # 0: no ceiling
     if format == "html":  # markup does not count against the ceiling, only text
         assert extract(f"<p>{'x' * 900}</p>{'<br>' * 100}".encode(), max_bytes=1_000)
+
+
+def test_a_docx_zip_bomb_is_refused_unread() -> None:
+    """A DOCX of a few hundred kilobytes whose document.xml inflates to 65 MiB: refused from
+    the archive's directory, before python-docx inflates anything."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w", compression=zipfile.ZIP_DEFLATED, compresslevel=9) as archive:
+        archive.writestr("[Content_Types].xml", "<Types/>")
+        archive.writestr("word/document.xml", b" " * (65 * 2**20))
+    data = out.getvalue()
+    assert len(data) < 2**20
+    with pytest.raises(exceptions.DocumentTooLarge, match=r"^docx document: its parts inflate to "):
+        extract(data, max_bytes=CEILING)

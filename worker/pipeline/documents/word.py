@@ -6,17 +6,28 @@ from __future__ import annotations
 
 import io
 import re
+import zipfile
 
 import docx
 from docx.table import Table
 from docx.text.paragraph import Paragraph
 
+from worker import exceptions
 from worker.pipeline.documents.extracted import ExtractedDocument, TextBuilder, collapse_spaces
 
 _HEADING_STYLE = re.compile(r"heading ([1-9])", re.I)
 
+# A DOCX is a zip archive whose parts python-docx inflates in memory before a word is read: a
+# few kilobytes can inflate to gigabytes (a zip bomb) and take the worker's memory with it. The
+# parts may inflate to this many bytes per byte of text the ceiling allows (Word's XML is about
+# ten times its text at most), and never less than the floor; without a ceiling, to the cap.
+INFLATED_PER_TEXT_BYTE = 8
+INFLATED_FLOOR = 64 * 2**20
+INFLATED_CAP = 2**30
+
 
 def extract(data: bytes, *, max_bytes: int) -> ExtractedDocument:
+    _check_inflated_size(data, max_bytes)
     document = docx.Document(io.BytesIO(data))
     builder = TextBuilder("docx", max_bytes)
     title = collapse_spaces(document.core_properties.title or "") or None
@@ -54,3 +65,18 @@ def _table_text(table: Table) -> str:
         if line:
             lines.append(line)
     return "\n".join(lines)
+
+
+def _check_inflated_size(data: bytes, max_bytes: int) -> None:
+    """Refuses, unread, an archive whose parts inflate past the bound (zipfile never inflates a
+    part past the size its entry declares, so the declared sizes bound what python-docx reads)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        inflated = sum(info.file_size for info in archive.infolist())
+    limit = max(INFLATED_FLOOR, INFLATED_PER_TEXT_BYTE * max_bytes) if max_bytes else INFLATED_CAP
+    if inflated > limit:
+        raise exceptions.DocumentTooLarge(
+            "docx",
+            f"its parts inflate to {inflated:,} bytes, more than {limit:,} "
+            f"({INFLATED_PER_TEXT_BYTE} per byte of EMBED_MAX_DOCUMENT_BYTES={max_bytes:,}): "
+            "refused unread (a zip bomb, or raise the ceiling)",
+        )
