@@ -5,8 +5,10 @@ rows and for chunks, per query type.
 Steps: build the corpus (bench/quality/stdlib.py) and split each module's page into chunks with
 the project's splitter and the model's tokenizer; resolve every query's labels to rows and to
 chunks (bench/quality/labels.py); embed rows, chunks and queries with the project's Embedder;
-load two tables into Postgres (`quality_rows`, `quality_chunks`: text, halfvec, generated
-tsvector with a GIN index); run every retriever for every query in both; score.
+load three tables into Postgres (`quality_rows`, `quality_chunks` and `quality_chunks_headed`,
+the pages read as Markdown documents and chunked by section with a context header: text,
+halfvec, generated tsvector with a GIN index); run every retriever for every query in each;
+score, with each retriever's median and 95th-percentile latency.
 
 The fused retriever is checked against `retrievers.rrf` computed in Python from the same two
 candidate lists: a mismatch stops the run rather than report a wrong baseline.
@@ -42,11 +44,18 @@ from bench.quality.retrievers import (
     halfvec,
     rrf,
 )
+from worker.models import onnx
 from worker.models.embedder import Embedder
 from worker.pipeline.chunking import Splitter
+from worker.pipeline.documents.extraction import extract
+from worker.pipeline.documents.splitting import DocumentSplitter
 
 K = 10
 ROWS, CHUNKS = Table("quality_rows"), Table("quality_chunks")
+# The same pages read as Markdown documents (worker/pipeline/documents/): a heading starts a
+# chunk and each chunk is embedded with its context header (the module, the member's heading),
+# as a documents target embeds them; full-text search indexes the chunk's own text.
+HEADED = Table("quality_chunks_headed")
 CACHE = Path(tempfile.gettempdir()) / "embed-worker-bench-quality"
 
 
@@ -129,6 +138,57 @@ def _chunks(
     return texts, spans
 
 
+def _headed_chunks(
+    pages: list[stdlib.Page], splitter: DocumentSplitter
+) -> tuple[list[tuple[str, str, str]], dict[str, list[ChunkSpan]]]:
+    """(name, chunk text, what the model reads) of each chunk, and the chunks' spans."""
+    texts: list[tuple[str, str, str]] = []
+    spans: dict[str, list[ChunkSpan]] = {}
+    for page in pages:
+        document = extract(page.text, format="markdown", max_bytes=0)
+        assert document.text == page.text  # Markdown is kept as written: the offsets hold
+        for chunk in splitter.stream(document):
+            spans.setdefault(page.module, []).append(
+                ChunkSpan(len(texts), page.module, chunk.chunk.start, chunk.chunk.end)
+            )
+            texts.append(
+                (f"{page.module}#{chunk.chunk.seq}", chunk.chunk.text, chunk.embedding_input)
+            )
+    return texts, spans
+
+
+def _headed_qrels(
+    queries: list[Query],
+    objects: list[stdlib.DocObject],
+    pages: list[stdlib.Page],
+    spans: dict[str, list[ChunkSpan]],
+) -> dict[str, dict[int, int]]:
+    """As labels.chunk_qrels, but an anchor in a member's heading line (which the headed chunks
+    carry in their header, not their text) judges the first chunk of the member's section."""
+    by_name = {o.qualname: o for o in objects}
+    by_module = {p.module: p for p in pages}
+    same_doc = labels.equivalents(objects)
+    found: dict[str, dict[int, int]] = {}
+    for query in queries:
+        qrels: dict[int, int] = {}
+        for j in labels.expanded(query, same_doc):
+            obj = by_name[j.object]
+            start, end = labels.needle(obj, j.anchor)
+            offset = by_module[obj.module].sections[obj.qualname][0]
+            module_spans = spans[obj.module]
+            try:
+                chunk = labels.holding(module_spans, offset + start, offset + end)
+            except ValueError:
+                chunk = min(
+                    (c for c in module_spans if c.start >= offset + end),
+                    key=lambda c: c.start,
+                    default=module_spans[-1],
+                )
+            qrels[chunk.id] = max(qrels.get(chunk.id, 0), j.grade)
+        found[query.id] = qrels
+    return found
+
+
 def _judged(
     queries: list[Query],
     objects: list[stdlib.DocObject],
@@ -180,6 +240,7 @@ def _score(
         "summary": summary.by_group(per_query, queries, K),
         "no_result_queries": sum(1 for r in rankings.values() if not r),
         "median_ms": round(statistics.median(timings) * 1000, 2),
+        "p95_ms": round(float(np.percentile(timings, 95)) * 1000, 2),
         "per_query": per_query,
         "rankings": rankings,
     }
@@ -212,12 +273,17 @@ def run(
     splitter = Splitter.from_file(model_dir / "tokenizer.json", CHUNK_TOKENS, CHUNK_OVERLAP)
     chunk_texts, spans = _chunks(pages, splitter)
     queries, row_qrels, chunk_qrels, dropped = _judged(labels.load(), objects, pages, spans)
+    tokenizer = onnx.load_tokenizer(model_dir / "tokenizer.json", max_tokens=None)
+    headed_splitter = DocumentSplitter(tokenizer, CHUNK_TOKENS, CHUNK_OVERLAP)
+    headed_texts, headed_spans = _headed_chunks(pages, headed_splitter)
+    headed_qrels = _headed_qrels(queries, objects, pages, headed_spans)
     built_s = time.monotonic() - started
 
     embedder = Embedder.load(model_dir)
     started = time.monotonic()
     row_vectors, rows_cached = embedded(embedder, [o.text() for o in objects])
     chunk_vectors, chunks_cached = embedded(embedder, [text for _, text in chunk_texts])
+    headed_vectors, headed_cached = embedded(embedder, [read for _, _, read in headed_texts])
     query_vectors = embedder.embed([q.text for q in queries])
     embed_s = time.monotonic() - started
 
@@ -230,11 +296,20 @@ def run(
         create_table(
             conn, CHUNKS, embedder.dim, zip(chunk_names, chunk_bodies, chunk_vectors, strict=True)
         )
+        headed_names = [name for name, _, _ in headed_texts]
+        headed_bodies = [text for _, text, _ in headed_texts]
+        create_table(
+            conn,
+            HEADED,
+            embedder.dim,
+            zip(headed_names, headed_bodies, headed_vectors, strict=True),
+        )
         started = time.monotonic()
         results: dict[str, dict[str, Any]] = {}
         for granularity, table, qrels in (
             ("rows", ROWS, row_qrels),
             ("chunks", CHUNKS, chunk_qrels),
+            ("chunks_headed", HEADED, headed_qrels),
         ):
             results[granularity] = {}
             for retriever in retrievers:
@@ -244,8 +319,8 @@ def run(
                 )
         search_s = time.monotonic() - started
     if details is not None:
-        names = {"rows": row_names, "chunks": chunk_names}
-        qrels_by = {"rows": row_qrels, "chunks": chunk_qrels}
+        names = {"rows": row_names, "chunks": chunk_names, "chunks_headed": headed_names}
+        qrels_by = {"rows": row_qrels, "chunks": chunk_qrels, "chunks_headed": headed_qrels}
         summary.write_details(details, queries, results, names, qrels_by)
     comparisons = {
         f"{granularity}: {fused.name} - {part.name}": summary.paired(
@@ -271,7 +346,7 @@ def run(
         "seconds": {
             "build": round(built_s, 1),
             "embed": round(embed_s, 1),
-            "embeddings_from_cache": rows_cached and chunks_cached,
+            "embeddings_from_cache": rows_cached and chunks_cached and headed_cached,
             "search": round(search_s, 1),
         },
     }

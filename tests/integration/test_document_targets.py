@@ -6,6 +6,7 @@ database."""
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -13,6 +14,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from tests.integration.test_cli import run_cli
 from tests.support.documents import docx_bytes, encrypted, pdf_bytes
 from tests.support.jobs import clear_queue, messages, queued_keys
 from tests.support.models import shared_models_dir
@@ -357,3 +359,16 @@ def test_a_bytea_document_trigger_compares_the_bytes_not_their_text(
     assert messages(conn) == []
     conn.execute("UPDATE files SET body = body || '\\x00'::bytea WHERE id = 5")
     assert queued_keys(conn, target) == [5]
+
+
+def test_the_cli_shows_where_each_result_is(
+    conn: Conn, files: dict[int, bytes], run_once: Callable[..., Worker], dsn: str, model_path: str
+) -> None:
+    run_once()
+    env = {"EMBED_MODEL_PATH": model_path}
+    ask = ("search", "files", "how long does a refund take", "-k", "1", "--database-url", dsn)
+    result = run_cli(*ask, env=env)
+    assert result.returncode == 0, result.stderr
+    assert "Help centre > Refunds" in result.stdout and "It takes 14 days." in result.stdout
+    found = json.loads(run_cli(*ask, "--json", env=env).stdout)
+    assert (found[0]["headings"], found[0]["page"]) == (["Help centre", "Refunds"], None)

@@ -253,19 +253,29 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         print(f"no rows of {args.table} {which} (see `{status_hint}`)")
         return exits.OK
     reranked = results[0]["rerank_score"] is not None  # then ordered by that score
+    located = any(r["headings"] or r["page"] for r in results)  # documents: where each chunk is
     output.print_table(
-        ["rerank"] * reranked + ["similarity", "key", "content"],
+        ["rerank"] * reranked + ["similarity", "key"] + ["section"] * located + ["content"],
         [
             ([f"{r['rerank_score']:.3f}"] if reranked else [])
             + [
                 "-" if r["similarity"] is None else f"{r['similarity']:.3f}",
                 str(r["key"]),
-                output.preview(r["content"]),
             ]
+            + ([_section(r)] if located else [])
+            + [output.preview(r["content"])]
             for r in results
         ],
     )
     return exits.OK
+
+
+def _section(result: dict[str, Any]) -> str:
+    """Where a document's chunk is: its heading path and PDF page ('Help > Refunds', 'p. 2')."""
+    parts = [" > ".join(result["headings"] or [])] + (
+        [f"p. {result['page']}"] if result["page"] is not None else []
+    )
+    return ", ".join(p for p in parts if p) or "-"
 
 
 # How SearchRequest names what the command line calls a flag.
