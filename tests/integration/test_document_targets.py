@@ -372,3 +372,47 @@ def test_the_cli_shows_where_each_result_is(
     assert "Help centre > Refunds" in result.stdout and "It takes 14 days." in result.stdout
     found = json.loads(run_cli(*ask, "--json", env=env).stdout)
     assert (found[0]["headings"], found[0]["page"]) == (["Help centre", "Refunds"], None)
+
+
+@pytest.mark.parametrize("cached", [True, False], ids=["cached", "read-again-each-piece"])
+def test_a_long_document_is_embedded_a_piece_at_a_time_as_a_whole_one_would_be(
+    conn: Conn,
+    minilm: str,
+    run_once: Callable[..., Worker],
+    tokenizer: Any,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    cached: bool,
+) -> None:
+    """A document longer than a batch's budget goes through several batches, each committing a
+    piece; without the cache between pieces (a restarted worker) each piece extracts the file
+    again and skips the committed chunks. Either way the chunks are the whole document's."""
+    from worker.pipeline import pieces
+
+    if not cached:
+        monkeypatch.setattr(pieces.CACHE, "take", lambda key: None)
+    sections = "\n\n".join(
+        f"## Section {n}\n\n" + " ".join(f"Sentence {i} of section {n}." for i in range(12))
+        for n in range(30)
+    )
+    body = f"# Long manual\n\n{sections}\n".encode()
+    conn.execute("CREATE TABLE files (id bigint PRIMARY KEY, body bytea)")
+    conn.execute("INSERT INTO files VALUES (1, %s)", (body,))
+    conn.execute(
+        "SELECT embeddings.watch('files', 'body', model => %s, chunk_tokens => 64,"
+        " chunk_overlap => 0)",
+        (minilm,),
+    )
+    with caplog.at_level("INFO", logger="worker.pipeline.chunks.writing"):
+        run_once(piece_tokens=256)
+    pieces_logged = [
+        r for r in caplog.records if "the rest goes back to the queue" in r.getMessage()
+    ]
+    assert len(pieces_logged) >= 3, "the document went through several batches"
+    _, expected = expected_chunks(tokenizer, body)
+    assert len(expected) > 30
+    rows = chunk_rows(conn)
+    assert [(r["seq"], r["chunk"], r["headings"]) for r in rows] == [
+        (c.chunk.seq, c.chunk.text, list(c.headings)) for c in expected
+    ]
+    assert conn.execute("SELECT count(*) FROM embeddings.documents").fetchone() == (0,)
