@@ -11,10 +11,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from worker import exceptions
 from worker.models.remote import providers
-from worker.models.remote.spec import RemoteSpec
 from worker.secret import Secret, checked_key, one_line
 
 # Where the key of a credential name is, and where it was looked for (Settings.api_key).
@@ -25,6 +25,18 @@ KEY_DIR = "EMBED_API_KEY_DIR"  # a directory of key files, one per credential na
 CREDENTIAL_VARIABLES = {p.name: p.credential_variable for p in providers.PROVIDERS.values()}
 OPENAI_KEY = providers.OpenAI.credential_variable  # the Settings' fields of these two
 HF_KEY = providers.HuggingFace.credential_variable
+
+
+class Keyed(Protocol):
+    """What sends a key (a RemoteSpec): its credential's name, whether its
+    endpoint may carry the key, and how it is named in messages."""
+
+    @property
+    def credential(self) -> str | None: ...
+
+    def plain_http_problem(self) -> str | None: ...
+
+    def describe(self) -> str: ...
 
 
 def find_key(
@@ -67,12 +79,17 @@ def find_key(
 # Anything shaped like a provider key (each kind's shape, and generic bearer tokens after a
 # key-ish word) is masked in messages, beside the key itself.
 _KEYLIKE = re.compile(
-    "|".join([r"\b(sk|hf|pk|rk|key|token)[-_][A-Za-z0-9_\-\*\.]{6,}", *providers.key_patterns()]),
+    "|".join(
+        [
+            r"\b(sk|hf|pk|rk|key|token)[-_][A-Za-z0-9_\-\*\.]{6,}",
+            *providers.key_patterns(),
+        ]
+    ),
     re.IGNORECASE,
 )
 
 
-def key_for(spec: RemoteSpec, api_key: ApiKey) -> Secret | None:
+def key_for(spec: Keyed, api_key: ApiKey) -> Secret | None:
     """The key to send to `spec`'s endpoint (None: the model needs none), or ProviderRefused:
     the target waits until the key or the registration is fixed."""
     if spec.credential is None:
