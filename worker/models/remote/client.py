@@ -22,9 +22,8 @@ from __future__ import annotations
 
 import logging
 import time
-import weakref
 from collections.abc import Callable, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -81,14 +80,8 @@ class RemoteModel:
         self.counter = counter
         self.breaker = breaker or breakers.for_provider(spec.host)
         self._sleep = sleep
-        self._pool = ThreadPoolExecutor(
-            spec.max_in_flight, thread_name_prefix=f"remote-{spec.name}"
-        )
-        self._exchange = exchange.Exchange(
-            spec, name=spec.name, api_key=api_key, breaker=self.breaker
-        )
-        # A model dropped without close() (replaced, garbage) still closes its sockets.
-        weakref.finalize(self, _shut, self._pool, self._exchange)
+        # Its requests' threads, max_in_flight of them, and their connections.
+        self._exchange = exchange.Exchange(spec, api_key=api_key, breaker=self.breaker)
         # (the exchange's series, and these, exist at zero from the moment the model is loaded)
         metrics.PROVIDER_TOKENS.labels(spec.host, self.name)
         metrics.PROVIDER_COST.labels(spec.host, self.name)
@@ -101,7 +94,7 @@ class RemoteModel:
         return self.spec.producer
 
     def close(self) -> None:
-        _shut(self._pool, self._exchange)
+        self._exchange.close()
 
     # --- the Embedder interface -----------------------------------------------------------------
     def embed(self, texts: Sequence[str]) -> FloatMatrix:
@@ -131,7 +124,7 @@ class RemoteModel:
         futures: list[tuple[list[int], Future[Partial]]] = []
         for group in self.requests([tokens for _, tokens in fitted]):
             chunk = [(fitted[i][0], fitted[i][1]) for i in group]
-            futures.append((group, self._pool.submit(self._isolating, chunk)))
+            futures.append((group, self._exchange.submit(self._isolating, chunk)))
         for group, future in futures:
             try:
                 part = future.result()
@@ -218,8 +211,3 @@ class RemoteModel:
         price = self.spec.price_per_million_tokens
         if price:
             metrics.PROVIDER_COST.labels(self.spec.host, self.name).inc(tokens * price / 1e6)
-
-
-def _shut(pool: ThreadPoolExecutor, calls: exchange.Exchange) -> None:
-    pool.shutdown(wait=True, cancel_futures=True)
-    calls.close()

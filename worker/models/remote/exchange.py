@@ -29,7 +29,9 @@ from __future__ import annotations
 
 import json
 import time
+import weakref
 from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
@@ -56,6 +58,12 @@ _OUTCOMES = {"timeout": "timeout", "connection": "connection_error", "too_large"
 
 class Endpoint(Keyed, Protocol):
     """Where requests go (a RemoteSpec, a RerankerSpec): what the exchange needs of it."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def max_in_flight(self) -> int: ...
 
     @property
     def url(self) -> str: ...
@@ -98,17 +106,19 @@ class _Retry(Exception):
 
 
 class Exchange:
-    """Requests to one endpoint, counted under `name` (a model's, a reranker's). Thread-safe:
-    each thread keeps its own keep-alive connection."""
+    """Requests to one endpoint, counted under the endpoint's name (a model's, a reranker's),
+    sent from up to its max_in_flight threads of their own (submit(); remote calls wait on the
+    network, not the CPU), each keeping its keep-alive connection. Thread-safe. Dropped without
+    close() (replaced, garbage), it still closes its threads and sockets."""
 
-    def __init__(
-        self, endpoint: Endpoint, *, name: str, api_key: ApiKey, breaker: breakers.Breaker
-    ) -> None:
+    def __init__(self, endpoint: Endpoint, *, api_key: ApiKey, breaker: breakers.Breaker) -> None:
         self.endpoint = endpoint
-        self.name = name
+        self.name = name = endpoint.name
         self.breaker = breaker
         self._api_key = api_key
         self._connections = transport.Connections()
+        self._pool = ThreadPoolExecutor(endpoint.max_in_flight, thread_name_prefix=f"remote-{name}")
+        self._closed = weakref.finalize(self, _shut, self._pool, self._connections)
         # Series exist from the moment the caller is loaded (at zero), so the dashboard's
         # provider panels and rate() see them before the first answer.
         for outcome in metrics.PROVIDER_OUTCOMES:
@@ -117,7 +127,12 @@ class Exchange:
         metrics.PROVIDER_IN_FLIGHT.labels(endpoint.host)
 
     def close(self) -> None:
-        self._connections.close()
+        """Waits for the requests under way; those not started are cancelled."""
+        self._closed()
+
+    def submit(self, fn: Callable[..., T], /, *args: Any) -> Future[T]:
+        """`fn(*args)` on one of the exchange's threads (RuntimeError once closed)."""
+        return self._pool.submit(fn, *args)
 
     def post(
         self, body: dict[str, Any], limit: int, parse: Callable[[bytes], T], policy: Policy
@@ -266,3 +281,8 @@ class Exchange:
 
     def _flight(self, delta: int) -> None:
         metrics.PROVIDER_IN_FLIGHT.labels(self.endpoint.host).inc(delta)
+
+
+def _shut(pool: ThreadPoolExecutor, connections: transport.Connections) -> None:
+    pool.shutdown(wait=True, cancel_futures=True)
+    connections.close()
