@@ -33,6 +33,51 @@ LANGUAGE sql IMMUTABLE AS $$
             512, 32, NULL::integer, 'the Inference API''s feature extraction')
 $$;
 
+-- Refuses an endpoint the registry may not keep for `owner` (a model's or a reranker's name):
+-- one that is not an http(s) URL; one that carries a credential (the registry holds no secret:
+-- a key in the URL would be readable by every worker role, in every dump and in status); and,
+-- for a registration that sends a key (`credential` not NULL), plain http to anything but a
+-- loopback address written as an IP literal (127.0.0.0/8, ::1) or localhost: a *name* such as
+-- 127.0.0.1.nip.io resolves wherever its owner says. The worker refuses the same when it
+-- builds the model or the reranker (worker/models/remote/spec.py: plain_http_problem).
+-- register_model() and register_reranker() (sql/57_rerank.sql) call it.
+CREATE FUNCTION embeddings.check_endpoint(owner text, endpoint text, credential text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE AS $$
+DECLARE
+    endpoint_host text;
+    address inet;
+    loopback boolean;
+BEGIN
+    IF endpoint IS NULL OR endpoint !~ '^https?://[^/?#]+' THEN
+        RAISE EXCEPTION 'endpoint "%" is not an http(s) URL', endpoint USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF endpoint ~ '^https?://[^/?#]*@' OR endpoint ~* '[?&](api[-_]?key|key|token|access_token|sig|signature)=' THEN
+        RAISE EXCEPTION 'the endpoint of % carries a credential', owner
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Keys stay out of the database: give the key''s name as credential => ''...'' and the key to the worker (docs/providers.md).';
+    END IF;
+    IF credential IS NOT NULL AND endpoint ~* '^http://' THEN
+        endpoint_host := lower(substring(endpoint from '^[^:]+://(\[[^]/]*\]|[^/?#:]*)'));
+        loopback := endpoint_host = 'localhost';
+        IF NOT loopback THEN
+            BEGIN
+                address := btrim(endpoint_host, '[]')::inet;
+                loopback := CASE family(address)
+                    WHEN 4 THEN address <<= inet '127.0.0.0/8' AND pg_catalog.host(address) = endpoint_host
+                    ELSE address = inet '::1' END;
+            EXCEPTION WHEN invalid_text_representation THEN
+                loopback := false;  -- a name, not an address
+            END;
+        END IF;
+        IF NOT loopback THEN
+            RAISE EXCEPTION 'refusing to send the API key of credential % over plain http to %', quote_literal(credential), endpoint
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = 'Plain http only to a loopback address (127.0.0.0/8 or ::1 as an IP literal, or localhost): use https, or credential => '''' for an endpoint without authentication.';
+        END IF;
+    END IF;
+END
+$$;
+
 -- Adds or updates model `name`. `provider` 'openai' (any OpenAI-compatible /embeddings
 -- endpoint: `endpoint` is its base URL, the one ending in /v1), 'huggingface' (the Inference
 -- API's feature extraction: `endpoint` is the full URL, by default the serverless one of
@@ -69,9 +114,6 @@ DECLARE
     old embeddings.models;
     m embeddings.models;
     users text;
-    endpoint_host text;
-    address inet;
-    loopback boolean;
     kind record;
 BEGIN
     SELECT * INTO kind FROM embeddings.provider_defaults() d WHERE d.provider = register_model.provider;
@@ -95,16 +137,8 @@ BEGIN
     ELSE
         m.remote_model := coalesce(remote_model, name);
         m.endpoint := rtrim(coalesce(endpoint, replace(kind.endpoint, '{model}', m.remote_model)), '/');
-        IF m.endpoint !~ '^https?://[^/?#]+' THEN
-            RAISE EXCEPTION 'endpoint "%" is not an http(s) URL', m.endpoint USING ERRCODE = 'invalid_parameter_value';
-        END IF;
-        -- No secret in the registry: a key in the URL would be readable by every worker role,
-        -- in every dump and in status.
-        IF m.endpoint ~ '^https?://[^/?#]*@' OR m.endpoint ~* '[?&](api[-_]?key|key|token|access_token|sig|signature)=' THEN
-            RAISE EXCEPTION 'the endpoint of % carries a credential', name
-                USING ERRCODE = 'invalid_parameter_value',
-                      HINT = 'Keys stay out of the database: give the key''s name as credential => ''...'' and the key to the worker (docs/providers.md).';
-        END IF;
+        m.credential := CASE WHEN credential IS NULL THEN provider ELSE nullif(credential, '') END;
+        PERFORM embeddings.check_endpoint(name, m.endpoint, m.credential);
         m.source := m.endpoint;
         -- The provider's documented limits (docs/providers.md cites them); a self-hosted server's
         -- are yours to set.
@@ -114,30 +148,6 @@ BEGIN
         m.max_in_flight := coalesce(max_in_flight, 4);
         m.timeout_seconds := coalesce(register_model.timeout_seconds, 60);
         m.price_per_million_tokens := price_per_million_tokens;
-        m.credential := CASE WHEN credential IS NULL THEN provider ELSE nullif(credential, '') END;
-        -- A key goes over plain http only to a loopback address written as an IP literal
-        -- (127.0.0.0/8, ::1) or to localhost: a *name* such as 127.0.0.1.nip.io resolves
-        -- wherever its owner says. The worker refuses the same when it loads the model
-        -- (worker/models/remote/spec.py: plain_http_problem).
-        IF m.credential IS NOT NULL AND m.endpoint ~* '^http://' THEN
-            endpoint_host := lower(substring(m.endpoint from '^[^:]+://(\[[^]/]*\]|[^/?#:]*)'));
-            loopback := endpoint_host = 'localhost';
-            IF NOT loopback THEN
-                BEGIN
-                    address := btrim(endpoint_host, '[]')::inet;
-                    loopback := CASE family(address)
-                        WHEN 4 THEN address <<= inet '127.0.0.0/8' AND pg_catalog.host(address) = endpoint_host
-                        ELSE address = inet '::1' END;
-                EXCEPTION WHEN invalid_text_representation THEN
-                    loopback := false;  -- a name, not an address
-                END;
-            END IF;
-            IF NOT loopback THEN
-                RAISE EXCEPTION 'refusing to send the API key of credential % over plain http to %', quote_literal(m.credential), m.endpoint
-                    USING ERRCODE = 'invalid_parameter_value',
-                          HINT = 'Plain http only to a loopback address (127.0.0.0/8 or ::1 as an IP literal, or localhost): use https, or credential => '''' for an endpoint without authentication.';
-            END IF;
-        END IF;
     END IF;
     SELECT * INTO old FROM embeddings.models mo WHERE mo.name = register_model.name FOR UPDATE;
     IF FOUND AND (old.provider, old.remote_model, old.dimensions, old.send_dimensions)

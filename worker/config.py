@@ -92,6 +92,10 @@ class Settings:
     api_key_dir: str | None = field(default=None, metadata={"env": keys.KEY_DIR})
     openai_api_key: Secret | None = field(default=None, metadata={"env": keys.OPENAI_KEY})
     hf_token: Secret | None = field(default=None, metadata={"env": keys.HF_KEY})
+    # Remote rerankers' keys (embeddings.register_reranker()), found the same way.
+    cohere_api_key: Secret | None = field(default=None, metadata={"env": keys.COHERE_KEY})
+    jina_api_key: Secret | None = field(default=None, metadata={"env": keys.JINA_KEY})
+    voyage_api_key: Secret | None = field(default=None, metadata={"env": keys.VOYAGE_KEY})
     log_format: str = field(default="text", metadata={"env": "EMBED_LOG_FORMAT"})
     log_level: str = field(default="INFO", metadata={"env": "EMBED_LOG_LEVEL"})
     devdb_port: int = field(default=54329, metadata={"env": "DEVDB_PORT"})
@@ -117,12 +121,18 @@ class Settings:
         return DownloadPolicy(off_by=off_by, endpoint=self.hf_endpoint)
 
     def api_key(self, credential: str) -> tuple[Secret | None, str]:
-        """The key of `credential` (a model row's `credential`) and where it came from, never
-        the value (worker/models/remote/keys.py: find_key)."""
+        """The key of `credential` (a model's or a reranker's row's `credential`) and where it
+        came from, never the value (worker/models/remote/keys.py: find_key)."""
         return keys.find_key(
             credential,
             key_dir=self.api_key_dir,
-            variables={keys.OPENAI_KEY: self.openai_api_key, keys.HF_KEY: self.hf_token},
+            variables={
+                keys.OPENAI_KEY: self.openai_api_key,
+                keys.HF_KEY: self.hf_token,
+                keys.COHERE_KEY: self.cohere_api_key,
+                keys.JINA_KEY: self.jina_api_key,
+                keys.VOYAGE_KEY: self.voyage_api_key,
+            },
         )
 
     def default_model(self, database_default: str | None) -> str:
@@ -245,7 +255,7 @@ def api_key_from_env(
     env = os.environ if env is None else env
     variables = {
         name: Secret(env[name].strip())
-        for name in keys.CREDENTIAL_VARIABLES.values()
+        for name in keys.key_variables()
         if env.get(name, "").strip()
     }
     key_dir = env.get(keys.KEY_DIR, "").strip() or None

@@ -339,6 +339,17 @@ SELECT source.oid AS source, found.*
 FROM source LEFT JOIN LATERAL ({targets}) AS found ON true
 WHERE source.oid IS NOT NULL;
 
+-- name: rerankers
+-- The remote reranker registered as %(name)s (sql/57_rerank.sql), if any, or with %(name)s NULL
+-- every one (doctor, `model list`): what a RemoteReranker is built from, read by each search
+-- that reranks, on its own connection (a registration changed is used by the next search). No
+-- column holds a secret: `credential` names the key.
+-- ours: touches only our tables, runs no one else's code
+SELECT name, provider, endpoint, remote_model, max_documents, max_tokens, max_in_flight,
+       timeout_seconds, credential
+FROM embeddings.rerankers WHERE %(name)s::text IS NULL OR name = %(name)s::text
+ORDER BY name;
+
 -- name: search_target_version
 -- The definition version of target %(target)s (NULL: gone), checked after each search: a model
 -- change that swapped its column meanwhile means the query was embedded by the old model.
@@ -692,6 +703,17 @@ SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron');
 -- Whether embeddings.models has remote models' columns (a schema before 0.2.0 has not).
 SELECT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = 'embeddings'
                AND table_name = 'models' AND column_name = 'provider');
+
+-- name: rerankers_readable
+-- Whether the schema has remote rerankers (embeddings.rerankers: one before 0.3.0 has not) and
+-- this role may read them (every role may, unless an administrator revoked it).
+SELECT CASE WHEN to_regclass('embeddings.rerankers') IS NULL THEN false
+            ELSE has_table_privilege('embeddings.rerankers', 'SELECT') END;
+
+-- name: target_rerankers
+-- The reranker each target's rerank stage names (set_rerank()), with the targets naming it.
+SELECT t.rerank_model, string_agg(embeddings.target_name(t), ', ' ORDER BY t.id)
+FROM embeddings.targets t WHERE t.rerank_model IS NOT NULL GROUP BY 1 ORDER BY 1;
 
 -- name: plan_model
 -- `plan`: a model's limits and price (worker/cli/plan.py).

@@ -33,10 +33,13 @@ from tests.support.documents import encrypted, pdf_bytes
 from tests.support.models import MINILM
 from tests.support.process import WorkerProcess
 from tests.support.provider_server import ProviderServer
+from tests.support.rerank_server import RerankServer
 from worker import schema
 from worker.http.search_pool import SearchConnections
+from worker.models.files import ModelLocation
 from worker.models.loaded import LoadedModels
 from worker.models.remote import breaker as breakers
+from worker.models.reranker import LoadedRerankers
 from worker.process.runner import Worker
 from worker.retrieval import search
 from worker.retrieval.request import SearchRequest
@@ -229,6 +232,59 @@ def _reranked_search(ctx: Context) -> None:
     ctx.sql("SELECT embeddings.set_rerank('docs_side', NULL)")
 
 
+def _remote_reranked_search(ctx: Context) -> None:
+    """A remote reranker (a stand-in text-embeddings-inference) registered by the schema's
+    owner, then searches reranked by it: the application role's, through what POST /search
+    runs on its pooled session (it may not register or change a reranker itself), and the
+    superuser's on the command line, by the table's setting and by name."""
+    breakers.reset()
+    with RerankServer(kind="tei") as server:
+        with ctx.roles.connect() as su:
+            su.execute(
+                "SELECT embeddings.register_reranker('remote-rr', 'tei', %s)", (server.base_url,)
+            )
+        if ctx.role == APPLICATION:
+            for statement in (
+                "SELECT embeddings.register_reranker('mine', 'tei', 'http://127.0.0.1:9')",
+                "UPDATE embeddings.rerankers SET endpoint = 'https://rerank.evil.example'",
+                "SELECT embeddings.unregister_reranker('remote-rr')",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                    ctx.sql(statement)
+            searches = SearchConnections(ctx.dsn, max_size=1)
+            rerankers = LoadedRerankers(ModelLocation.of(ctx.model_path), threads=1)
+            try:
+                for table in ("docs_side", "docs_chunked", "docs_document"):
+                    ask = {"table": table, "query": "document", "k": 2, "rerank": "remote-rr"}
+                    with searches.connection() as conn:
+                        search.run(
+                            conn,
+                            ctx.embedders.get,
+                            SearchRequest.parse(ask),
+                            load_reranker=rerankers.get,
+                        )
+                with searches.connection() as conn:  # what the next search's session holds
+                    settings = dict(conn.execute(harness.SESSION_STATE_NOW).fetchall())
+                    assert settings == harness.session_state_of_a_fresh(ctx.dsn), settings
+            finally:
+                rerankers.close()
+                searches.close()
+        else:
+            ctx.sql("SELECT embeddings.set_rerank('docs_side', 'remote-rr', depth => 5)")
+            for argv in (
+                ("search", "docs_side", "document", "-k", "2"),
+                ("search", "docs_chunked", "document", "-k", "2", "--rerank", "remote-rr"),
+            ):
+                result = ctx.cli(*argv)
+                assert result.returncode == 0, result.stderr
+            ctx.sql(
+                "SELECT embeddings.set_rerank('docs_side', NULL)",
+                "SELECT embeddings.unregister_reranker('remote-rr')",
+            )
+        assert server.requests and server.violations == []
+    breakers.reset()
+
+
 def _hostile_documents(ctx: Context) -> None:
     """The owner stores files made to hurt whoever parses them: a corrupt PDF, an encrypted
     one, a zip bomb posing as a DOCX. The worker parses them in its load stage (never in the
@@ -322,6 +378,10 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     "sweep (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("sweep", "--verify")),
     "an unknown model refused": ((SUPERUSER,), _unknown_model),
     "a reranked search (set_rerank, search --rerank)": ((SUPERUSER,), _reranked_search),
+    "a remotely reranked search (register_reranker, POST /search, search --rerank)": (
+        (APPLICATION, SUPERUSER),
+        _remote_reranked_search,
+    ),
     "hostile documents (corrupt, encrypted, a zip bomb)": ((SUPERUSER,), _hostile_documents),
     "a key retyped, its side table converted": (
         (SUPERUSER,),

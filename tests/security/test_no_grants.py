@@ -100,6 +100,9 @@ def world(roles: Roles) -> dict[str, int]:
             (ids["docs"],),
         )
         su.execute("INSERT INTO docs VALUES (2001, 'written after: in the inbox')")
+        # A remote reranker under the name text arguments get ('embedding_jobs'): what
+        # unregister_reranker() or register_reranker() would change, were they let run.
+        su.execute("SELECT embeddings.register_reranker('embedding_jobs', 'cohere')")
     return ids
 
 

@@ -91,6 +91,17 @@ def _attempts(world: World) -> dict[str, list[str]]:
         "record vectors' fingerprints (`record_fingerprints()`, in its write transaction)": [
             f"SELECT embeddings.record_fingerprints({world.target}, false, ARRAY['1'], ARRAY['x'])"
         ],
+        "register, change or unregister a remote reranker (`register_reranker()`,"
+        " `unregister_reranker()`, `embeddings.rerankers`)": [
+            "SELECT embeddings.register_reranker('spare-rr', 'cohere')",
+            "UPDATE embeddings.rerankers SET endpoint = 'https://rerank.evil.example'",
+            "INSERT INTO embeddings.rerankers (name, provider, endpoint, max_documents, max_tokens,"
+            " max_in_flight, timeout_seconds) VALUES ('own', 'tei', 'http://evil.example', 1, 1,"
+            " 1, 1)",
+            "SELECT embeddings.unregister_reranker('rr')",
+        ],
+        "read the registered remote rerankers (`embeddings.rerankers`: a key's name, never a"
+        " key)": ["SELECT name, endpoint, remote_model, credential FROM embeddings.rerankers"],
     }
 
 
@@ -119,6 +130,7 @@ def world(roles: Roles) -> World:
     with roles.connect() as su:
         row = su.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
         found = row.fetchone()
+        su.execute("SELECT embeddings.register_reranker('rr', 'cohere')")
     assert found is not None
     return World(target=int(found[0]))
 

@@ -45,7 +45,7 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from typing import Any
+from typing import Any, Self
 
 import numpy as np
 
@@ -60,6 +60,9 @@ def fake_vector(text: str, dims: int) -> list[float]:
 
 
 class ProviderServer:
+    # The faults that answer 200 with a body made wrong by _corrupt().
+    CORRUPTIONS: tuple[str, ...] = ("wrong_dims", "wrong_count", "dup_index", "shuffled")
+
     def __init__(
         self,
         *,
@@ -103,7 +106,7 @@ class ProviderServer:
         )
 
     # --- lifecycle --------------------------------------------------------------------------
-    def __enter__(self) -> ProviderServer:
+    def __enter__(self) -> Self:
         self._thread.start()
         return self
 
@@ -234,7 +237,7 @@ class ProviderServer:
                     self.close_connection = True
                     self.connection.close()
                     return None
-                if fault in ("wrong_dims", "wrong_count", "dup_index", "shuffled"):
+                if fault in server.CORRUPTIONS:
                     answer = server._corrupt(answer, fault)
                 return self._raw(200, answer + b" " * server.pad_bytes)
 
@@ -255,9 +258,7 @@ class ProviderServer:
         return Handler
 
     # --- the contract -------------------------------------------------------------------------
-    def _check_request(  # noqa: PLR0911, PLR0912 - one check per documented rule
-        self, path: str, headers: dict[str, str], body: Any
-    ) -> str | None:
+    def _check_request(self, path: str, headers: dict[str, str], body: Any) -> str | None:
         """The documented request shape (module docstring of worker/models/remote/protocol.py
         cites the documents); "unauthorized" when a key is expected and missing or wrong."""
         lowered = {k.lower(): v for k, v in headers.items()}
@@ -265,6 +266,10 @@ class ProviderServer:
             return "unauthorized"
         if not lowered.get("content-type", "").startswith("application/json"):
             return "Content-Type must be application/json"
+        return self._check_body(path, body)
+
+    def _check_body(self, path: str, body: Any) -> str | None:  # noqa: PLR0911, PLR0912
+        """The kind's body, one check per documented rule."""
         if self.kind == "openai":
             if not path.endswith("/embeddings"):
                 return f"no route {path}"

@@ -237,14 +237,19 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         # their best chunk (worker/retrieval/search.py). As POST /search: the same request,
         # checked the same way, run by the same run().
         models = _models(settings, load_remote_models(conn))
-        rerankers = LoadedRerankers(settings.model_location, settings.threads)
-        results = search_mod.run(
-            conn,
-            models.get,
-            request,
-            load_reranker=rerankers.get,
-            then=f" then see `{status_hint}`",
+        rerankers = LoadedRerankers(
+            settings.model_location, settings.threads, api_key=settings.api_key
         )
+        try:
+            results = search_mod.run(
+                conn,
+                models.get,
+                request,
+                load_reranker=rerankers.get,
+                then=f" then see `{status_hint}`",
+            )
+        finally:
+            rerankers.close()
     if args.json:
         output.print_json(results)
         return exits.OK

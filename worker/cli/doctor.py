@@ -165,6 +165,7 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
             out.append(_model(model, settings))
         else:
             out.append(_remote_model(spec, settings))
+    out += remote.reranker_findings(conn, settings)  # registered ones, and those tables name
     targets = conn.execute(queries.get("target_grants")).fetchall()
     for name, model, typmod, can_run, can_queue, can_fail in targets:
         if model in dims and typmod > 0 and typmod != dims[model]:

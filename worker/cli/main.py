@@ -196,9 +196,10 @@ def _search_options(search: argparse.ArgumentParser) -> None:
     rerank = search.add_mutually_exclusive_group()
     rerank.add_argument(
         "--rerank",
-        metavar="MODEL",
-        help="reorder the first results with this cross-encoder (a model directory's name on"
-        " EMBED_MODEL_PATH); default: the table's, set by embeddings.set_rerank()",
+        metavar="NAME",
+        help="reorder the first results with this reranker: a remote one registered with"
+        " embeddings.register_reranker(), else a cross-encoder directory's name on"
+        " EMBED_MODEL_PATH; default: the table's, set by embeddings.set_rerank()",
     )
     rerank.add_argument(
         "--no-rerank",
@@ -211,7 +212,7 @@ def _search_options(search: argparse.ArgumentParser) -> None:
         "--rerank-depth",
         type=int,
         metavar="N",
-        help="how many results the cross-encoder reorders (default: the table's, else 3 x k and"
+        help="how many results the reranker reorders (default: the table's, else 3 x k and"
         " at least 20; 1 to 200)",
     )
     search.add_argument("--json", action="store_true", help="print JSON instead of a table")

@@ -96,8 +96,11 @@ class Server(ThreadingHTTPServer):
         self.searches = SearchConnections(
             settings.search_database_url or dsn, max_size=settings.http_max_connections
         )
-        # Cross-encoders for searches' rerank stage, loaded by the first search that names one.
-        self.rerankers = LoadedRerankers(settings.model_location, settings.threads)
+        # Searches' rerankers, built by the first search that names one: cross-encoders, and
+        # remote rerank APIs as registered (each search reads the registration).
+        self.rerankers = LoadedRerankers(
+            settings.model_location, settings.threads, api_key=settings.api_key
+        )
         self.post_refusal = post_refusal(settings)
         super().__init__((settings.http_host, settings.http_port or 0), Handler)
 
@@ -120,6 +123,7 @@ class Server(ThreadingHTTPServer):
     def shutdown(self) -> None:
         super().shutdown()
         self.searches.close()
+        self.rerankers.close()
 
     def handle_error(self, request: Any, client_address: Any) -> None:
         # The handler answers every error itself: what reaches here is a bug. Logged as ours,

@@ -25,6 +25,7 @@ from worker import exceptions, metrics
 from worker.models import download, files, onnx
 from worker.models.catalog import Variant
 from worker.models.embedder import Embedder
+from worker.models.remote import keys
 from worker.models.remote.client import RemoteModel
 from worker.models.remote.keys import ApiKey
 from worker.models.remote.spec import RemoteSpec
@@ -71,7 +72,7 @@ class LoadedModels:
         self._remote_specs: Callable[[], dict[str, RemoteSpec]] = dict
         self._refused_remote: Callable[[], dict[str, str]] = dict
         self._remote: dict[str, RemoteModel] = {}
-        self._refused: set[str] = set()  # registrations refused at load, each logged once
+        self._plain_http = keys.PlainHttpRefusals()  # each logged once
 
     def follow(
         self,
@@ -186,15 +187,8 @@ class LoadedModels:
     def _remote_model(self, spec: RemoteSpec) -> RemoteModel:
         """The RemoteModel of `spec`, rebuilt when the registration changed (a new endpoint,
         limits or price take effect at the worker's next registry read)."""
-        problem = spec.plain_http_problem()
-        if problem is not None:  # a registration from before register_model() refused these
-            message = f"remote model {spec.name}: {problem}"
-            with self._lock:
-                new = message not in self._refused
-                self._refused.add(message)
-            if new:
-                logger.error("%s", message)
-            raise exceptions.ProviderRefused(message)
+        # (a registration from before register_model() refused plain http beyond loopback)
+        self._plain_http.check(spec, f"remote model {spec.name}")
         with self._lock:
             found = self._remote.get(spec.name)
         if found is not None and found.spec == spec:

@@ -29,6 +29,11 @@ from worker import exceptions
 from worker.models import files, onnx
 from worker.models.batching import DEFAULT_TOKEN_BUDGET, Encoding, batches, pad_batch
 from worker.models.embedder import PREFIX_CHARS_PER_TOKEN
+from worker.models.remote import keys
+from worker.models.remote.keys import ApiKey
+from worker.models.remote.rerank_spec import RerankerSpec
+from worker.models.remote.reranker import RemoteReranker
+from worker.secret import Secret
 
 logger = logging.getLogger(__name__)
 
@@ -139,7 +144,8 @@ def _score_output(session: Any, model_file: Path) -> str:
 
 
 class Reranker(Protocol):
-    """What the rerank stage needs of a cross-encoder, local (CrossEncoder) or remote."""
+    """What the rerank stage needs of a cross-encoder, local (CrossEncoder) or remote
+    (worker/models/remote/reranker.py: RemoteReranker)."""
 
     name: str
 
@@ -147,19 +153,41 @@ class Reranker(Protocol):
 
 
 class LoadedRerankers:
-    """The cross-encoders this process loaded, each once, on its first search; one that cannot
-    be loaded is tried again by the next search that names it (it may be copied in meanwhile)."""
+    """The rerankers this process uses, each built once, on its first search: a cross-encoder
+    directory loaded from the model location, or a remote reranker built from its registration
+    (embeddings.rerankers), which the search reads on its own connection and hands to get(). A
+    registered name wins over a directory of the same name; a changed registration builds a new
+    RemoteReranker (the old one closed), a dropped one forgets it. A cross-encoder that cannot be
+    loaded is tried again by the next search that names it (it may be copied in meanwhile)."""
 
-    def __init__(self, location: files.ModelLocation, threads: int | None = None) -> None:
+    def __init__(
+        self,
+        location: files.ModelLocation,
+        threads: int | None = None,
+        *,
+        api_key: ApiKey | None = None,  # remote rerankers' keys: Settings.api_key
+    ) -> None:
         self._location = location
         self._threads = threads
+        self._api_key: ApiKey = api_key or _no_keys
         self._loaded: dict[str, Reranker] = {}
+        self._remote: dict[str, RemoteReranker] = {}
+        self._plain_http = keys.PlainHttpRefusals()  # each logged once
         self._lock = threading.Lock()
 
-    def get(self, name: str) -> Reranker:
+    def get(self, name: str, registration: RerankerSpec | None = None) -> Reranker:
+        """The reranker `name`: remote when `registration` (its embeddings.rerankers row) is
+        given, else the cross-encoder directory of that name. ModelError when unavailable."""
+        if registration is not None:
+            return self._remote_reranker(registration)
+        with self._lock:
+            gone = self._remote.pop(name, None)  # unregistered since: a directory now, if any
+        if gone is not None:
+            gone.close()
         if files.looks_like_path(name):  # searches name rerankers; only the operator has paths
             raise exceptions.ModelNotFound(
-                f"{name!r}: a reranker is named (a directory on EMBED_MODEL_PATH), not a path"
+                f"{name!r}: a reranker is named (a directory on EMBED_MODEL_PATH, or a remote "
+                "reranker registered with embeddings.register_reranker()), not a path"
             )
         with self._lock:  # one load per name, however many searches ask at once
             found = self._loaded.get(name)
@@ -168,3 +196,29 @@ class LoadedRerankers:
                     name, location=self._location, threads=self._threads
                 )
             return found
+
+    def close(self) -> None:
+        """Closes the remote rerankers' connections and threads."""
+        with self._lock:
+            remote, self._remote = list(self._remote.values()), {}
+        for reranker in remote:
+            reranker.close()
+
+    def _remote_reranker(self, spec: RerankerSpec) -> RemoteReranker:
+        """The RemoteReranker of `spec`, rebuilt when the registration changed."""
+        # (a registration register_reranker() refuses, made by hand)
+        self._plain_http.check(spec, f"remote reranker {spec.name}")
+        with self._lock:
+            found = self._remote.get(spec.name)
+            if found is not None and found.spec == spec:
+                return found
+            built = self._remote[spec.name] = RemoteReranker(spec, api_key=self._api_key)
+        if found is not None:
+            found.close()
+        logger.info("remote reranker %s: %s", spec.name, spec.describe())
+        return built
+
+
+def _no_keys(credential: str) -> tuple[Secret | None, str]:
+    """The key lookup of a LoadedRerankers given none: no key anywhere."""
+    return None, f"a key lookup (this process was given none for {credential!r})"

@@ -1,5 +1,7 @@
 """The rerank stage: the first ranking's top results reordered by a cross-encoder, which reads
-the question with each result's text (worker/models/reranker.py).
+the question with each result's text: a local one (worker/models/reranker.py), or a remote
+rerank API registered in embeddings.rerankers (worker/models/remote/reranker.py), whose
+registration each search reads on its own connection (registration()).
 
 Which reranker, and how deep, comes from the request, else from the target's setting
 (embeddings.set_rerank(), sql/57_rerank.sql); without either there is no stage. The first
@@ -15,11 +17,13 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+from psycopg.rows import dict_row
 
-from worker import exceptions
+from worker import db, exceptions, queries
+from worker.models.remote.rerank_spec import RerankerSpec
 from worker.models.reranker import Reranker
 from worker.pipeline.targets import Target
-from worker.retrieval.errors import InvalidSearch
+from worker.retrieval.errors import DENIED, InvalidSearch
 from worker.retrieval.request import MAX_RERANK_DEPTH, SearchRequest
 
 # Without a depth: three times k, at least 20 (a cross-encoder call per result: 20 short
@@ -55,6 +59,38 @@ def plan(request: SearchRequest, target: Target) -> RerankPlan | None:
     if depth is None:
         depth = min(max(DEPTH_PER_RESULT * request.k, MIN_DEPTH), MAX_RERANK_DEPTH)
     return RerankPlan(model, max(depth, request.k))
+
+
+def registration(conn: db.Connection, name: str) -> RerankerSpec | None:
+    """The remote reranker registered as `name` (embeddings.rerankers), read now, as the
+    searching role: None when there is none (a cross-encoder directory of that name, then).
+    ModelError when it cannot be served: a kind this worker does not know, or a role that may
+    not read the registry."""
+    try:
+        with db.translated():
+            row = (
+                conn.cursor(row_factory=dict_row)
+                .execute(queries.get("rerankers"), {"name": name})
+                .fetchone()
+            )
+    except exceptions.DatabaseError as exc:
+        if getattr(exc.__cause__, "sqlstate", None) != DENIED:
+            raise
+        denied = True
+    else:
+        denied = False
+    if denied:  # (raised out here: nothing chained to it)
+        raise exceptions.ModelError(
+            "this role may not read embeddings.rerankers, which every role may unless an "
+            "administrator revoked it: GRANT SELECT ON embeddings.rerankers TO <the search role>"
+        )
+    if row is None:
+        return None
+    try:
+        return RerankerSpec.from_row(row)
+    except exceptions.ConfigError as exc:
+        why = str(exc)
+    raise exceptions.ProviderRefused(f"not served: {why}")
 
 
 def reorder(

@@ -8,6 +8,7 @@ from typing import Any
 
 from worker import db, exceptions
 from worker.models.embedder import TextModel
+from worker.models.remote.rerank_spec import RerankerSpec
 from worker.models.reranker import Reranker
 from worker.pipeline.targets import Target
 from worker.retrieval import rankings, rerank
@@ -16,13 +17,16 @@ from worker.retrieval.fusion import Fusion
 from worker.retrieval.request import SearchRequest
 from worker.retrieval.targets import current_target, find_target, is_current
 
+# A reranker by its name and its registration, if it is a remote one (LoadedRerankers.get).
+LoadReranker = Callable[[str, RerankerSpec | None], Reranker]
+
 
 def run(
     conn: db.Connection,
     load_model: Callable[[str], TextModel],
     request: SearchRequest,
     *,
-    load_reranker: Callable[[str], Reranker] | None = None,
+    load_reranker: LoadReranker | None = None,
     then: str = "",
 ) -> list[dict[str, Any]]:
     """Ranked results, one per row or, for a chunked target, per document
@@ -31,6 +35,7 @@ def run(
     both run. `then` ends the hint given for an unwatched table."""
     target = find_target(conn, request.table, request.column, then=then)
     stage = rerank.plan(request, target)
+    reranker = None if stage is None else _reranker(conn, stage, load_reranker)
     results = ranked(
         conn,
         load_model,
@@ -41,15 +46,21 @@ def run(
         mode=request.mode,
         fusion=request.fusion,
     )
-    if stage is None:
+    if reranker is None:
         return results
-    if load_reranker is None:
+    return rerank.reorder(results, request.query, reranker, request.k)
+
+
+def _reranker(conn: db.Connection, stage: rerank.RerankPlan, load: LoadReranker | None) -> Reranker:
+    """The stage's reranker, before the first ranking runs (a search that cannot be reranked
+    is answered at once): a registered remote one (its registration as it is now), else the
+    cross-encoder directory of that name."""
+    if load is None:
         raise rerank.RerankerUnavailable("this search path has no rerank stage")
     try:
-        reranker = load_reranker(stage.model)
+        return load(stage.model, rerank.registration(conn, stage.model))
     except exceptions.ModelError as exc:
         raise rerank.RerankerUnavailable(f"reranker {stage.model}: {exc}") from exc
-    return rerank.reorder(results, request.query, reranker, request.k)
 
 
 def ranked(

@@ -10,3 +10,21 @@ CREATE TABLE IF NOT EXISTS embeddings.made_tables (
     kind   text NOT NULL CHECK (kind IN ('side', 'chunks'))
 );
 REVOKE ALL ON embeddings.made_tables FROM PUBLIC;
+
+-- sql/57_rerank.sql: remote rerank APIs searches may name (register_reranker()); every role
+-- reads them (a row names a key, never holds one).
+CREATE TABLE IF NOT EXISTS embeddings.rerankers (
+    name            text PRIMARY KEY CONSTRAINT rerankers_name_check CHECK (name ~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$'),
+    provider        text NOT NULL CONSTRAINT rerankers_provider_check CHECK (provider ~ '^[a-z][a-z0-9_]*$'),
+    endpoint        text NOT NULL,
+    remote_model    text,
+    max_documents   integer NOT NULL CHECK (max_documents BETWEEN 1 AND 10000),
+    max_tokens      integer NOT NULL CHECK (max_tokens BETWEEN 1 AND 1000000),
+    max_in_flight   integer NOT NULL CHECK (max_in_flight BETWEEN 1 AND 64),
+    timeout_seconds double precision NOT NULL CHECK (timeout_seconds > 0 AND timeout_seconds <= 600),
+    credential      text CHECK (credential ~ '^[A-Za-z0-9_.-]{1,64}$'),
+    description     text,
+    created_at      timestamptz NOT NULL DEFAULT now(),
+    updated_at      timestamptz NOT NULL DEFAULT now()
+);
+GRANT SELECT ON embeddings.rerankers TO PUBLIC;

@@ -8,14 +8,18 @@ module is a Secret; its text leaves it only in the Authorization header.
 
 from __future__ import annotations
 
+import logging
 import os
 import re
+import threading
 from collections.abc import Callable, Mapping
+from typing import Protocol
 
 from worker import exceptions
-from worker.models.remote import providers
-from worker.models.remote.spec import RemoteSpec
+from worker.models.remote import providers, rerank_providers
 from worker.secret import Secret, checked_key, one_line
+
+logger = logging.getLogger(__name__)
 
 # Where the key of a credential name is, and where it was looked for (Settings.api_key).
 ApiKey = Callable[[str], tuple[Secret | None, str]]
@@ -23,8 +27,40 @@ ApiKey = Callable[[str], tuple[Secret | None, str]]
 KEY_DIR = "EMBED_API_KEY_DIR"  # a directory of key files, one per credential name
 # The providers' own variables, by the credential name a model row gives by default (its kind).
 CREDENTIAL_VARIABLES = {p.name: p.credential_variable for p in providers.PROVIDERS.values()}
-OPENAI_KEY = providers.OpenAI.credential_variable  # the Settings' fields of these two
+# The rerank providers' variables, by the credential name a reranker row gives by default
+# (rerank_providers.py: cohere, jina, voyage; text-embeddings-inference has none).
+RERANK_CREDENTIAL_VARIABLES = {
+    k.name: k.credential_variable
+    for k in rerank_providers.KINDS.values()
+    if k.credential_variable is not None
+}
+OPENAI_KEY = providers.OpenAI.credential_variable  # the Settings' fields of these
 HF_KEY = providers.HuggingFace.credential_variable
+COHERE_KEY = RERANK_CREDENTIAL_VARIABLES[rerank_providers.Cohere.name]
+JINA_KEY = RERANK_CREDENTIAL_VARIABLES[rerank_providers.Jina.name]
+VOYAGE_KEY = RERANK_CREDENTIAL_VARIABLES[rerank_providers.Voyage.name]
+
+
+def variable_of(credential: str) -> str | None:
+    """The provider's own variable that holds the key of `credential`, if it has one."""
+    return CREDENTIAL_VARIABLES.get(credential) or RERANK_CREDENTIAL_VARIABLES.get(credential)
+
+
+def key_variables() -> list[str]:
+    """Every provider's key variable (the Settings read them all)."""
+    return [*CREDENTIAL_VARIABLES.values(), *RERANK_CREDENTIAL_VARIABLES.values()]
+
+
+class Keyed(Protocol):
+    """What sends a key (a RemoteSpec, a RerankerSpec): its credential's name, whether its
+    endpoint may carry the key, and how it is named in messages."""
+
+    @property
+    def credential(self) -> str | None: ...
+
+    def plain_http_problem(self) -> str | None: ...
+
+    def describe(self) -> str: ...
 
 
 def find_key(
@@ -55,7 +91,7 @@ def find_key(
             raise exceptions.ConfigError(f"{KEY_DIR}: {problem}")
         if value:
             return checked_key(value, f"{KEY_DIR}: {path}"), f"file {path}"
-    variable = CREDENTIAL_VARIABLES.get(credential)
+    variable = variable_of(credential)
     if variable is not None:
         looked.append(variable)
         secret = variables.get(variable)
@@ -67,12 +103,18 @@ def find_key(
 # Anything shaped like a provider key (each kind's shape, and generic bearer tokens after a
 # key-ish word) is masked in messages, beside the key itself.
 _KEYLIKE = re.compile(
-    "|".join([r"\b(sk|hf|pk|rk|key|token)[-_][A-Za-z0-9_\-\*\.]{6,}", *providers.key_patterns()]),
+    "|".join(
+        [
+            r"\b(sk|hf|pk|rk|key|token)[-_][A-Za-z0-9_\-\*\.]{6,}",
+            *providers.key_patterns(),
+            *rerank_providers.key_patterns(),
+        ]
+    ),
     re.IGNORECASE,
 )
 
 
-def key_for(spec: RemoteSpec, api_key: ApiKey) -> Secret | None:
+def key_for(spec: Keyed, api_key: ApiKey) -> Secret | None:
     """The key to send to `spec`'s endpoint (None: the model needs none), or ProviderRefused:
     the target waits until the key or the registration is fixed."""
     if spec.credential is None:
@@ -90,6 +132,30 @@ def key_for(spec: RemoteSpec, api_key: ApiKey) -> Secret | None:
         message = f"no API key for credential {spec.credential!r}: set {where} (docs/providers.md)"
     # Raised here, outside the except block: nothing is chained to it.
     raise exceptions.ProviderRefused(f"{spec.describe()}: {message}")
+
+
+class PlainHttpRefusals:
+    """Registrations whose key may not go to their endpoint (plain http beyond loopback: one
+    made by hand, or before register_model() refused them), refused each time and logged once,
+    however often they are asked for."""
+
+    def __init__(self) -> None:
+        self._logged: set[str] = set()
+        self._lock = threading.Lock()
+
+    def check(self, spec: Keyed, what: str) -> None:
+        """ProviderRefused, saying `what` ("remote model m") and why, when `spec` may not send
+        its key where it says; nothing is sent then."""
+        problem = spec.plain_http_problem()
+        if problem is None:
+            return
+        message = f"{what}: {problem}"
+        with self._lock:
+            new = message not in self._logged
+            self._logged.add(message)
+        if new:
+            logger.error("%s", message)
+        raise exceptions.ProviderRefused(message)
 
 
 def header(key: Secret) -> str:

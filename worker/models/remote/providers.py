@@ -26,8 +26,9 @@ is a class here and a row there: no table changes.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 import numpy as np
 
@@ -167,11 +168,20 @@ PROVIDERS: dict[str, Provider] = {p.name: p for p in (OpenAI(), HuggingFace())}
 
 def of(name: str) -> Provider:
     """The provider kind `name`; ConfigError naming the known kinds when there is none."""
-    found = PROVIDERS.get(name)
+    return kind_of(PROVIDERS, name, "provider", "embeddings.models")
+
+
+K = TypeVar("K")
+
+
+def kind_of(kinds: Mapping[str, K], name: str, what: str, table: str) -> K:
+    """`kinds[name]`, or a ConfigError naming the known ones (never another kind's requests):
+    the registry rows of a newer release, or set by hand, may name kinds this worker lacks."""
+    found = kinds.get(name)
     if found is None:
         raise exceptions.ConfigError(
-            f"unknown provider {name!r}: this worker knows {', '.join(sorted(PROVIDERS))}"
-            " (an embeddings.models row of a newer release?)"
+            f"unknown {what} {name!r}: this worker knows {', '.join(sorted(kinds))}"
+            f" (an {table} row of a newer release?)"
         )
     return found
 

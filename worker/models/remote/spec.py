@@ -83,31 +83,42 @@ class RemoteSpec:
     def host(self) -> str:
         """host[:port] of the endpoint: the provider in metrics, logs and the circuit breaker
         (never the path or query, which may name an account)."""
-        parts = urlsplit(self.endpoint)
-        host = parts.hostname or "?"
-        return f"{host}:{parts.port}" if parts.port else host
+        return host_of(self.endpoint)
 
     def plain_http_problem(self) -> str | None:
-        """Why the key may not go to this endpoint (None when it may): over plain http a key goes
-        only to a loopback address written as an IP literal (127.0.0.0/8, ::1) or to the name
-        `localhost` (reserved for loopback, RFC 6761, and resolved from /etc/hosts), a sidecar
-        or a test server. A *name* that merely starts with 127. (127.0.0.1.nip.io) resolves
-        wherever its owner says, so the address is parsed, never matched by prefix.
-        sql/46_providers.sql (register_model) refuses the same endpoints."""
-        parts = urlsplit(self.endpoint)
-        if self.credential is None or parts.scheme.lower() != "http":
-            return None
-        if _loopback(parts.hostname or ""):
-            return None
-        return (
-            f"refusing to send the API key of credential {self.credential!r} over plain http "
-            f"to {self.endpoint}: plain http only to a loopback address (127.0.0.0/8 or ::1 "
-            "as an IP literal, or localhost); use https, or register credential => '' for an "
-            "endpoint without authentication"
-        )
+        """Why the key may not go to this endpoint (None when it may): plain_http_problem()."""
+        return plain_http_problem(self.endpoint, self.credential)
 
     def describe(self) -> str:
         return f"{self.provider} {self.remote_model} at {self.host}"
+
+
+def host_of(endpoint: str) -> str:
+    """host[:port] of an endpoint URL."""
+    parts = urlsplit(endpoint)
+    host = parts.hostname or "?"
+    return f"{host}:{parts.port}" if parts.port else host
+
+
+def plain_http_problem(endpoint: str, credential: str | None) -> str | None:
+    """Why the key of `credential` may not go to `endpoint` (None when it may): over plain http
+    a key goes only to a loopback address written as an IP literal (127.0.0.0/8, ::1) or to the
+    name `localhost` (reserved for loopback, RFC 6761, and resolved from /etc/hosts), a sidecar
+    or a test server. A *name* that merely starts with 127. (127.0.0.1.nip.io) resolves wherever
+    its owner says, so the address is parsed, never matched by prefix. sql/46_providers.sql
+    (embeddings.check_endpoint(), which register_model() and register_reranker() call) refuses
+    the same endpoints."""
+    parts = urlsplit(endpoint)
+    if credential is None or parts.scheme.lower() != "http":
+        return None
+    if _loopback(parts.hostname or ""):
+        return None
+    return (
+        f"refusing to send the API key of credential {credential!r} over plain http "
+        f"to {endpoint}: plain http only to a loopback address (127.0.0.0/8 or ::1 "
+        "as an IP literal, or localhost); use https, or register credential => '' for an "
+        "endpoint without authentication"
+    )
 
 
 def _loopback(host: str) -> bool:
