@@ -170,8 +170,8 @@ PROVIDER_OUTCOMES = (
 )
 PROVIDER_REQUESTS = Counter(
     "embed_worker_provider_requests",
-    "Requests to remote models' providers, by provider (endpoint host), model and outcome; "
-    "every attempt counts (retries too)",
+    "Requests to the providers of remote models and remote rerankers, by provider (endpoint "
+    "host), model (or reranker) and outcome; every attempt counts (retries too)",
     ["provider", "model", "outcome"],
     registry=REGISTRY,
 )
@@ -191,7 +191,7 @@ PROVIDER_COST = Counter(
 )
 PROVIDER_SECONDS = Histogram(
     "embed_worker_provider_request_duration_seconds",
-    "Time per request to a remote model's provider, answered or not",
+    "Time per request to a remote model's or reranker's provider, answered or not",
     ["provider"],
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120),
     registry=REGISTRY,
