@@ -42,6 +42,7 @@ def test_public_reads_exactly_the_tables_the_docs_name(conn: Conn) -> None:
 
 
 def test_public_reads_no_column_of_the_models_registry(conn: Conn) -> None:
-    assert not conn.execute(
+    row = conn.execute(
         "SELECT has_any_column_privilege('public', 'embeddings.models', 'SELECT')"
-    ).fetchone()[0]
+    ).fetchone()
+    assert row == (False,)
