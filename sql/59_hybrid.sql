@@ -183,21 +183,11 @@ BEGIN
 END
 $$;
 
--- The words of `query` joined by websearch_to_tsquery's `or`: the full-text ranking of
--- text_match => 'any' (a document holding any of them; more of them, and closer, rank higher
--- by ts_rank_cd). Quotes and a leading "-" are read as spaces: plain words, no phrases.
-CREATE FUNCTION embeddings.any_word_query(query text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT coalesce(string_agg(w, ' or '), '')
-    FROM regexp_split_to_table(query, '[[:space:]"]+') AS s(part),
-         LATERAL ltrim(s.part, '-') AS w
-    WHERE w <> '' AND lower(w) <> 'or'
-$$;
-
 -- Hybrid search: the `k` documents of `source` best by reciprocal rank fusion of the vector
 -- ranking (embeddings.search() of `query_embedding`) and the full-text ranking of `query`
--- (websearch_to_tsquery: with text_match 'all' every word, "quoted phrases", -excluded; with
--- 'any' any of its words, embeddings.any_word_query()), each cut at `depth`:
+-- (text_match 'all': the documents holding every word, websearch_to_tsquery with "quoted
+-- phrases" and -excluded words, ranked by ts_rank_cd; 'any': those holding any of its words,
+-- ranked by BM25, sql/59_bm25.sql), each cut at `depth`:
 --   score = vector_weight / (rrf_k + vector_rank) + text_weight / (rrf_k + text_rank)
 -- (a ranking a document is missing from adds nothing), best first; equal scores by the best
 -- single rank (a document one ranking puts first before one that is second in both), then by
@@ -237,9 +227,9 @@ BEGIN
     END IF;
     SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.distance, r.key), '[]') INTO by_vector
     FROM embeddings.search(source, query_embedding, greatest(depth, k), filter, t.embedding_column) r;
-    EXECUTE format('SELECT embeddings.%I($1, $2, $3)', 'embeddings_' || t.id || '_text_ranking')
-        INTO by_text USING CASE text_match WHEN 'any' THEN embeddings.any_word_query(query) ELSE query END,
-                           filter, greatest(depth, k);
+    EXECUTE format('SELECT embeddings.%I($1, $2, $3)',
+                   'embeddings_' || t.id || CASE text_match WHEN 'any' THEN '_bm25_ranking' ELSE '_text_ranking' END)
+        INTO by_text USING query, filter, greatest(depth, k);
     RETURN QUERY
         SELECT coalesce(v.value->'key', x.value->'key'),
                coalesce(vector_weight / (rrf_k + v.i), 0) + coalesce(text_weight / (rrf_k + x.i), 0),

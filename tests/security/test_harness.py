@@ -198,6 +198,14 @@ def _sql_search(ctx: Context) -> None:
         f"SELECT * FROM embeddings.match_chunks('docs_chunked', {vector}, 3)",
         f"SELECT * FROM embeddings.search('docs_document', {vector}, 3)",
         f"SELECT * FROM embeddings.hybrid_search('docs_side', 'document', {vector}, 3)",
+        # Both full-text rankings (every word, any word by BM25: sql/59_bm25.sql), on a side
+        # store and on the table whose row security policy is the owner's code.
+        *(
+            f"SELECT * FROM embeddings.hybrid_search('{table}', 'a document of', {vector}, 3,"
+            f" text_match => '{match}')"
+            for table in ("docs_side", "docs_fn")
+            for match in ("all", "any")
+        ),
     )
 
 

@@ -190,7 +190,7 @@ def _search_options(search: argparse.ArgumentParser) -> None:
         "--text-match",
         choices=("all", "any"),
         help="hybrid: the full-text ranking holds the rows with every word of QUERY (all) or"
-        " with any of them (any); default all",
+        " with any of them, ranked by BM25 (any); default all",
     )
     # The rerank stage (worker/retrieval/rerank.py): unset, the table's (embeddings.set_rerank).
     rerank = search.add_mutually_exclusive_group()

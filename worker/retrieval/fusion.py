@@ -5,7 +5,7 @@
 
 over each ranking cut at `depth` candidates (a ranking a document is missing from adds nothing).
 The full-text ranking holds the documents with every word of the query (`text_match` "all")
-or with any of them ("any").
+or with any of them, ranked by BM25 ("any", sql/59_bm25.sql).
 """
 
 from __future__ import annotations
