@@ -191,8 +191,11 @@ $$;
 --   score = vector_weight / (rrf_k + vector_rank) + text_weight / (rrf_k + text_rank)
 -- (a ranking a document is missing from adds nothing), best first; equal scores by the best
 -- single rank (a document one ranking puts first before one that is second in both), then by
--- key. `filter` as
--- for search(). Each row: the key (typed as in the table), the score, the content (the best
+-- key. text_weight is 2 unless given: a document holding every word of the question is strong
+-- evidence, and weighing it twice the vector ranking brought hybrid search within 0.01 nDCG@10
+-- of full-text search alone on exact terms, with no paraphrase scored otherwise (every-word
+-- matching seldom fires on one; docs/performance.md, "BM25 for any-word matching"). `filter`
+-- as for search(). Each row: the key (typed as in the table), the score, the content (the best
 -- chunk by distance, else by text rank, for a chunked target) and its `seq`, the cosine
 -- distance (NULL when the document is not in the vector ranking), both ranks (from 1; NULL
 -- where missing) and the chunk's character offsets, heading path and page (as search()'s).
@@ -200,7 +203,7 @@ $$;
 CREATE FUNCTION embeddings.hybrid_search(source regclass, query text, query_embedding halfvec, k integer DEFAULT 10,
                                          filter jsonb DEFAULT NULL, embedding_column name DEFAULT NULL,
                                          rrf_k double precision DEFAULT 60, vector_weight double precision DEFAULT 1,
-                                         text_weight double precision DEFAULT 1, depth integer DEFAULT 100,
+                                         text_weight double precision DEFAULT 2, depth integer DEFAULT 100,
                                          text_match text DEFAULT 'all')
 RETURNS TABLE (key jsonb, score double precision, content text, seq integer, distance double precision,
                vector_rank integer, text_rank integer, start_offset integer, end_offset integer,

@@ -87,8 +87,9 @@ def default_retrievers() -> list[Retriever]:
         SqlFunction.named(hybrid, "text_match => 'any'"),
         # The product's BM25 ranking alone (sql/59_bm25.sql): the fusion without the vector's.
         SqlFunction.named(hybrid, "vector_weight => 0, text_match => 'any'", text_only=True),
+        # The full-text ranking's weight around the default's, 2 (1: the default before).
+        SqlFunction.named(hybrid, "text_weight => 1"),
         SqlFunction.named(hybrid, "text_weight => 1.5"),
-        SqlFunction.named(hybrid, "text_weight => 2"),
         SqlFunction.named(hybrid, "text_weight => 3"),
     ]
 

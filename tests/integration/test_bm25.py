@@ -207,7 +207,7 @@ def test_any_word_ranks_by_bm25_as_written_out_here(items: Items) -> None:
         items.conn, items.target, QUERY, items.query, 10, fusion=Fusion(text_match="any")
     )
     by_vector = list(range(1, len(BODIES) + 1))  # document i is the i-th nearest
-    assert [r["key"] for r in results] == rrf([by_vector, ranked(expected)])
+    assert [r["key"] for r in results] == rrf([by_vector, ranked(expected)], weights=(1, 2))
     assert {r["key"]: r["text_rank"] for r in results if r["text_rank"]} == {
         key: rank for rank, key in enumerate(ranked(expected), start=1)
     }

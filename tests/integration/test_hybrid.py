@@ -21,6 +21,7 @@ from worker.retrieval.fusion import Fusion
 from worker.retrieval.targets import find_target
 
 Conn = psycopg.Connection[Any]
+DEFAULT_WEIGHTS = (Fusion().vector_weight, Fusion().text_weight)  # hybrid_search()'s: (1, 2)
 
 BODIES = [
     "The urllib.request.urlopen function opens a URL.",
@@ -105,8 +106,8 @@ def test_hybrid_equals_a_reference_fusion(
 
 
 def test_equal_scores_go_by_the_best_single_rank_not_the_key(conn: Conn) -> None:
-    """rrf_k 0: X, first by meaning only (1/1), and Y, second in both rankings (1/2 + 1/2),
-    score alike; X's best rank is 1, Y's 2, so X comes first, though Y's key sorts first."""
+    """rrf_k 0 and equal weights: X, first by meaning only (1/1), and Y, second in both
+    rankings (1/2 + 1/2), score alike; X's best rank is 1, Y's 2, so X comes first, though Y's key sorts first."""
     query = unit(np.random.default_rng(11).standard_normal(DIMS))
     rng = np.random.default_rng(12)
     conn.execute("CREATE TABLE ties (id int PRIMARY KEY, body text)")
@@ -125,7 +126,7 @@ def test_equal_scores_go_by_the_best_single_rank_not_the_key(conn: Conn) -> None
 
     found = conn.execute(
         "SELECT key, score FROM embeddings.hybrid_search('ties', 'red apple', %s::halfvec, 3,"
-        " rrf_k => 0)",
+        " rrf_k => 0, text_weight => 1)",
         (text(query),),
     ).fetchall()
     assert [key for key, _ in found] == rrf([by_vector, by_text], rrf_k=0) == [5, 9, 2]
@@ -209,7 +210,7 @@ def test_hybrid_search_under_row_level_security_sees_only_the_policy_s_rows(
     by_text = text_ranking(conn, "items", "embedding_fts", words)
     assert {4, 6} & set(by_text), "the words match rows the policy hides"
     visible = [i for i in range(1, 9) if i % 2 == 1]
-    expected = rrf([visible, [i for i in by_text if i in visible]])[:5]
+    expected = rrf([visible, [i for i in by_text if i in visible]], weights=DEFAULT_WEIGHTS)[:5]
     conn.execute("SET app.tenant = '1'")
     conn.execute("SET ROLE hybrid_reader")
     rows = conn.execute(
@@ -264,7 +265,7 @@ def test_chunked_target_fuses_documents(conn: Conn) -> None:
         (text(query),),
     ).fetchall()
     # Documents by best chunk: vector 1, 3, 4, 2; text 2 (two zebras), 1.
-    assert [r[0] for r in rows] == rrf([[1, 3, 4, 2], [2, 1]])
+    assert [r[0] for r in rows] == rrf([[1, 3, 4, 2], [2, 1]], weights=DEFAULT_WEIGHTS)
     assert rows[0][:3] == (1, 0, "nothing to see")  # the best chunk by distance
     assert {r[0]: (r[3], r[4]) for r in rows}[2] == (4, 1)
 

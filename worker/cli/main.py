@@ -178,7 +178,7 @@ def _search_options(search: argparse.ArgumentParser) -> None:
         "--text-weight",
         type=float,
         metavar="W",
-        help="hybrid: the weight of the full-text ranking (default 1; at least 0)",
+        help="hybrid: the weight of the full-text ranking (default 2; at least 0)",
     )
     search.add_argument(
         "--depth",

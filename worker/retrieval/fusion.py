@@ -25,7 +25,7 @@ TEXT_MATCHES = ("all", "any")  # every word of the query, or any of them
 class Fusion:
     rrf_k: float = 60.0
     vector_weight: float = 1.0
-    text_weight: float = 1.0
+    text_weight: float = 2.0  # (sql/59_hybrid.sql says why)
     depth: int = 100
     text_match: str = "all"
 
