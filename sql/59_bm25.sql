@@ -17,8 +17,8 @@
 --   positions per lexeme and none past 16,383 (later words share that last position), so a
 --   document of more words than that is counted short.
 -- - len(D): the number of distinct lexemes of the tsvector (length(), from its header). The
---   number of words would need every lexeme's positions unnested: 3 to 5 times slower on the
---   quality bench's chunks, and it ranked no better there.
+--   number of words would need every lexeme's positions unnested: 3 to 5 times slower for a
+--   question of common words over the quality bench's chunks, and it ranked no better there.
 -- - df(t) and avglen: counted over the candidates, the rows holding any of the query's lexemes
 --   that the search may return (the filter, the caller's row-level security, a vector). Every
 --   row holding t is a candidate, so df(t) is exact for those rows, and it costs nothing: the
@@ -26,10 +26,11 @@
 --   (pg_stats' most_common_elems, lexeme frequencies from ANALYZE): Postgres shows them only to
 --   a role that may read the column and that no row-level security applies to, which leaves out
 --   every search of a chunked or side-table target but its owner's (their tables have a policy,
---   sql/56_side.sql); nor would a tenant's ranking then depend on other tenants' rows. avglen is
---   the candidates' mean too: no statistic holds a tsvector's length in lexemes (pg_stats'
---   avg_width is in stored bytes, compressed in wide rows) and the table's mean is a full scan.
---   On the quality bench either choice ranked as well as the table's exact figures.
+--   sql/56_side.sql). Counted over what the caller sees, a tenant's ranking also never depends
+--   on another tenant's rows. avglen is the candidates' mean too: no statistic holds a
+--   tsvector's length in lexemes (pg_stats' avg_width is in stored bytes, compressed in wide
+--   rows) and the table's mean is a full scan. Measured on the quality bench, these ranked as
+--   well as the corpus's exact figures (docs/performance.md).
 -- - N: the relation's rows as ANALYZE last estimated them (pg_class.reltuples, which any role
 --   may read: search_rows_estimate()), and at least the candidates: a table never analyzed
 --   (reltuples -1) counts only its candidates, every idf then low but still in order of rarity.

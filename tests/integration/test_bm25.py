@@ -6,8 +6,6 @@ ANALYZE, under a filter and for a role whose row-level security hides pg_stats f
 from __future__ import annotations
 
 import math
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import numpy as np
@@ -228,29 +226,20 @@ def test_a_filter_narrows_the_statistics_to_the_rows_it_keeps(items: Items) -> N
     items.check(found, expected)
 
 
-@pytest.fixture
-def reader(conn: Conn) -> Iterator[str]:
-    name = f"bm25_reader_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"CREATE ROLE {name}")
-    yield name
-    conn.execute(f"DROP OWNED BY {name}")
-    conn.execute(f"DROP ROLE {name}")
-
-
-def test_a_role_that_cannot_read_pg_stats_ranks_what_it_may_see(items: Items, reader: str) -> None:
+def test_a_role_that_cannot_read_pg_stats_ranks_what_it_may_see(items: Items, role: str) -> None:
     """Row-level security on the table: pg_stats shows the role nothing of it (nor of the side
     or chunk table, whose policy follows the table's), and the ranking is BM25 over the rows
     the role sees, N still the table's estimate (pg_class, which anyone reads)."""
     conn = items.conn
     items.analyze()
-    conn.execute(f"GRANT SELECT ON items, {items.store_table} TO {reader}")
+    conn.execute(f"GRANT SELECT ON items, {items.store_table} TO {role}")
     conn.execute("ALTER TABLE items ENABLE ROW LEVEL SECURITY")
-    conn.execute(f"CREATE POLICY odd ON items FOR SELECT TO {reader} USING (tenant = 1)")
+    conn.execute(f"CREATE POLICY odd ON items FOR SELECT TO {role} USING (tenant = 1)")
     stats = (
         "SELECT count(*) FROM pg_stats WHERE tablename = %s AND attname IN ('embedding_fts', 'fts')"
     )
     assert conn.execute(stats, (items.store_table,)).fetchone() == (1,)
-    conn.execute(f"SET ROLE {reader}")
+    conn.execute(f"SET ROLE {role}")
     try:
         assert conn.execute(stats, (items.store_table,)).fetchone() == (0,)
         expected = items.scores(QUERY)  # as the role: its rows only
