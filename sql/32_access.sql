@@ -151,7 +151,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         WHEN EXISTS (SELECT FROM pg_proc p JOIN pg_class c ON c.oid = t.source
                      WHERE p.pronamespace = 'embeddings'::regnamespace
                        AND p.proname ~ ('^embeddings_' || t.id || '_[a-z_]+$')
-                       AND p.proname !~ '_(search|text_ranking|visible)$'  -- the caller's (sql/58_search.sql, 56_side.sql)
+                       AND p.proname !~ '_(search|text_ranking|bm25_ranking|visible)$'  -- the caller's (sql/58_search.sql, 56_side.sql)
                        -- a guard (create_access_function()): the caller's, around the owner's body
                        AND NOT EXISTS (SELECT FROM pg_proc b WHERE b.pronamespace = p.pronamespace
                                                                AND b.proname = p.proname || '_body')
@@ -569,7 +569,7 @@ BEGIN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace
           AND p.proname ~ ('^embeddings_' || t.id || '_(content|lock|load|scan|store|blank|store_shadow|blank_shadow'
-                           '|unshadowed|swap_prepare|nearest|reusable|chunks|forget|prune|verify|clear_failing|existing|search|text_ranking'
+                           '|unshadowed|swap_prepare|nearest|reusable|chunks|forget|prune|verify|clear_failing|existing|search|text_ranking|bm25_ranking'
                            '|visible)(_body)?$')  -- (a guard's body: create_access_function())
     LOOP
         EXECUTE format('DROP FUNCTION %s', fn);

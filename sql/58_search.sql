@@ -239,7 +239,9 @@ $$;
 --     prepares them once per session); a filter's condition is made for each call
 --     (search_filter_sql(): the filter's columns vary).
 --   embeddings_<id>_text_ranking($1 query text, $2 filter, $3 depth) RETURNS jsonb
---     for a target with full-text search: fts_ranking_sql()'s rows (sql/59_hybrid.sql).
+--     for a target with full-text search: fts_ranking_sql()'s rows (sql/59_hybrid.sql);
+--   embeddings_<id>_bm25_ranking(the same) RETURNS jsonb
+--     the same for text_match 'any': bm25_ranking_sql()'s rows (sql/59_bm25.sql).
 --
 -- Both SECURITY INVOKER: they run with the rights of whoever calls search(), row-level security
 -- included, exactly as the statements they replace. So they are not the table owner's (unlike
@@ -271,6 +273,7 @@ DECLARE
                distinct_on, columns, q->>'from', q->>'vector'),
         format(') OFFSET 0) r %s) d ORDER BY d.distance, d.key LIMIT $3) d', distinct_order)];
     text_sql text[];
+    ranking text;
     settings text := embeddings.key_settings_sql(t);
     prefix text := 'embeddings_' || t.id;
 BEGIN
@@ -298,8 +301,9 @@ BEGIN
         exact_sql[1] || exact_sql[2], index_sql[1] || index_sql[2], t.id, exact_sql[3], index_sql[3],
         exact_sql[1] || ' INTO result' || exact_sql[2] || 'true' || exact_sql[3],
         index_sql[1] || ' INTO result' || index_sql[2] || 'true' || index_sql[3]);
-    IF t.fts_config IS NOT NULL THEN
-        text_sql := embeddings.fts_ranking_sql(t);
+    -- The full-text rankings, every word's and any word's (BM25: sql/59_bm25.sql).
+    FOREACH ranking IN ARRAY CASE WHEN t.fts_config IS NULL THEN '{}' ELSE ARRAY['text_ranking', 'bm25_ranking'] END LOOP
+        text_sql := CASE ranking WHEN 'bm25_ranking' THEN embeddings.bm25_ranking_sql(t) ELSE embeddings.fts_ranking_sql(t) END;
         text_sql := ARRAY['SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'')',
                           ' FROM (' || text_sql[1], text_sql[2] || ') r'];
         EXECUTE format(
@@ -320,9 +324,9 @@ BEGIN
                 RETURN result;
             END
             $body$ $f$,
-            prefix || '_text_ranking', settings, text_sql[1] || text_sql[2], t.id, text_sql[3],
+            prefix || '_' || ranking, settings, text_sql[1] || text_sql[2], t.id, text_sql[3],
             text_sql[1] || ' INTO result' || text_sql[2] || 'true' || text_sql[3]);
-    END IF;
+    END LOOP;
     -- A searcher granted SELECT on the side or chunk table reads there only its rows of the
     -- table (sql/56_side.sql), as the statements above do.
     PERFORM embeddings.generate_store_policy(t);

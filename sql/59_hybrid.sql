@@ -183,26 +183,19 @@ BEGIN
 END
 $$;
 
--- The words of `query` joined by websearch_to_tsquery's `or`: the full-text ranking of
--- text_match => 'any' (a document holding any of them; more of them, and closer, rank higher
--- by ts_rank_cd). Quotes and a leading "-" are read as spaces: plain words, no phrases.
-CREATE FUNCTION embeddings.any_word_query(query text) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
-    SELECT coalesce(string_agg(w, ' or '), '')
-    FROM regexp_split_to_table(query, '[[:space:]"]+') AS s(part),
-         LATERAL ltrim(s.part, '-') AS w
-    WHERE w <> '' AND lower(w) <> 'or'
-$$;
-
 -- Hybrid search: the `k` documents of `source` best by reciprocal rank fusion of the vector
 -- ranking (embeddings.search() of `query_embedding`) and the full-text ranking of `query`
--- (websearch_to_tsquery: with text_match 'all' every word, "quoted phrases", -excluded; with
--- 'any' any of its words, embeddings.any_word_query()), each cut at `depth`:
+-- (text_match 'all': the documents holding every word, websearch_to_tsquery with "quoted
+-- phrases" and -excluded words, ranked by ts_rank_cd; 'any': those holding any of its words,
+-- ranked by BM25, sql/59_bm25.sql), each cut at `depth`:
 --   score = vector_weight / (rrf_k + vector_rank) + text_weight / (rrf_k + text_rank)
 -- (a ranking a document is missing from adds nothing), best first; equal scores by the best
 -- single rank (a document one ranking puts first before one that is second in both), then by
--- key. `filter` as
--- for search(). Each row: the key (typed as in the table), the score, the content (the best
+-- key. text_weight is 2 unless given: a document holding every word of the question is strong
+-- evidence, and weighing it twice the vector ranking brought hybrid search within 0.01 nDCG@10
+-- of full-text search alone on exact terms, with no paraphrase scored otherwise (every-word
+-- matching seldom fires on one; docs/performance.md, "BM25 for any-word matching"). `filter`
+-- as for search(). Each row: the key (typed as in the table), the score, the content (the best
 -- chunk by distance, else by text rank, for a chunked target) and its `seq`, the cosine
 -- distance (NULL when the document is not in the vector ranking), both ranks (from 1; NULL
 -- where missing) and the chunk's character offsets, heading path and page (as search()'s).
@@ -210,7 +203,7 @@ $$;
 CREATE FUNCTION embeddings.hybrid_search(source regclass, query text, query_embedding halfvec, k integer DEFAULT 10,
                                          filter jsonb DEFAULT NULL, embedding_column name DEFAULT NULL,
                                          rrf_k double precision DEFAULT 60, vector_weight double precision DEFAULT 1,
-                                         text_weight double precision DEFAULT 1, depth integer DEFAULT 100,
+                                         text_weight double precision DEFAULT 2, depth integer DEFAULT 100,
                                          text_match text DEFAULT 'all')
 RETURNS TABLE (key jsonb, score double precision, content text, seq integer, distance double precision,
                vector_rank integer, text_rank integer, start_offset integer, end_offset integer,
@@ -237,9 +230,9 @@ BEGIN
     END IF;
     SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.distance, r.key), '[]') INTO by_vector
     FROM embeddings.search(source, query_embedding, greatest(depth, k), filter, t.embedding_column) r;
-    EXECUTE format('SELECT embeddings.%I($1, $2, $3)', 'embeddings_' || t.id || '_text_ranking')
-        INTO by_text USING CASE text_match WHEN 'any' THEN embeddings.any_word_query(query) ELSE query END,
-                           filter, greatest(depth, k);
+    EXECUTE format('SELECT embeddings.%I($1, $2, $3)',
+                   'embeddings_' || t.id || CASE text_match WHEN 'any' THEN '_bm25_ranking' ELSE '_text_ranking' END)
+        INTO by_text USING query, filter, greatest(depth, k);
     RETURN QUERY
         SELECT coalesce(v.value->'key', x.value->'key'),
                coalesce(vector_weight / (rrf_k + v.i), 0) + coalesce(text_weight / (rrf_k + x.i), 0),

@@ -32,10 +32,12 @@ from bench.chunks import CHUNK_OVERLAP, CHUNK_TOKENS
 from bench.quality import labels, metrics, stdlib, summary
 from bench.quality.labels import ChunkSpan, Query
 from bench.quality.retrievers import (
+    BM25,
     SPLIT_DOTS,
     Conn,
     FullText,
     Fusion,
+    RankFusion,
     Retriever,
     SqlFunction,
     Table,
@@ -63,17 +65,32 @@ def default_retrievers() -> list[Retriever]:
     """The baselines, and the shipped embeddings.hybrid_search(): scored in every run, so the
     product's figures come from the same run as the baselines it is compared with."""
     fulltext, any_term, vector = FullText("all"), FullText("any"), Vector()
-    split = FullText("all", split_dots=True)
+    split, any_split, bm25 = (
+        FullText("all", split_dots=True),
+        FullText("any", split_dots=True),
+        BM25(),
+    )
+    hybrid = "embeddings.hybrid_search"
     return [
         fulltext,
         any_term,
         split,
+        any_split,
+        bm25,
         vector,
         Fusion(fulltext, vector, name="hybrid_rrf"),
         Fusion(any_term, vector, name="hybrid_rrf_any"),
         Fusion(split, vector, name="hybrid_rrf_split"),
-        SqlFunction.named("embeddings.hybrid_search"),
-        SqlFunction.named("embeddings.hybrid_search", "text_match => 'any'"),
+        Fusion(any_split, vector, name="hybrid_rrf_any_split"),
+        RankFusion(bm25, vector, name="hybrid_rrf_bm25"),
+        SqlFunction.named(hybrid),
+        SqlFunction.named(hybrid, "text_match => 'any'"),
+        # The product's BM25 ranking alone (sql/59_bm25.sql): the fusion without the vector's.
+        SqlFunction.named(hybrid, "vector_weight => 0, text_match => 'any'", text_only=True),
+        # The full-text ranking's weight around the default's, 2 (1: the default before).
+        SqlFunction.named(hybrid, "text_weight => 1"),
+        SqlFunction.named(hybrid, "text_weight => 1.5"),
+        SqlFunction.named(hybrid, "text_weight => 3"),
     ]
 
 

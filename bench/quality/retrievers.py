@@ -13,7 +13,10 @@ Built in:
 - `Vector()`: exact cosine distance over the halfvec column (the table has no vector index);
 - `Fusion(a, b)`: reciprocal rank fusion of two retrievers' top `depth` lists in one SQL
   statement, score = sum of weight / (rrf_k + rank), k = 60 and equal weights by default:
-  the baseline a hybrid search must beat or match.
+  the baseline a hybrid search must beat or match;
+- `BM25()`: Okapi BM25 computed in Python with the corpus's exact statistics over the same
+  lexemes (plain BM25: the text ranking issue 39's bar names), and `RankFusion(a, b)`, the same
+  fusion as `Fusion` computed in Python, for a retriever that is not one SQL query.
 
 To evaluate another implementation, e.g. the `embeddings` schema's hybrid search function, pass
 `SqlFunction("embeddings.hybrid_search")` (`python -m bench --only quality --quality-function
@@ -25,6 +28,7 @@ in `prepare`, called once per table before any search.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -181,6 +185,91 @@ class Fusion(_Ranked):
         )
 
 
+class BM25:
+    """Plain Okapi BM25, computed here with the corpus's exact statistics: tf = a lexeme's
+    positions, length = a document's words (all its positions), k1 = 1.2, b = 0.75, the idf of
+    Lucene's BM25, ln(1 + (N - df + 0.5) / (df + 0.5)); ties by id."""
+
+    name = "bm25"
+
+    def __init__(self, *, k1: float = 1.2, b: float = 0.75) -> None:
+        self.k1, self.b = k1, b
+        self._indexes: dict[str, _Postings] = {}
+
+    def prepare(self, conn: Conn, table: Table) -> None:
+        """The table's lexemes as Postgres made them (`fts_split`: the language configuration,
+        dotted names split), read once."""
+        if table.name not in self._indexes:
+            self._indexes[table.name] = _Postings.read(conn, table)
+
+    def ranking(self, conn: Conn, table: Table, query: str, depth: int) -> list[int]:
+        """The `depth` best ids for the query's lexemes (made by the same to_tsvector)."""
+        index = self._indexes[table.name]
+        row = conn.execute(
+            sql.SQL("SELECT tsvector_to_array(to_tsvector({}, {}))").format(
+                sql.Literal(table.config), sql.SQL(SPLIT_DOTS).format(sql.Placeholder())
+            ),
+            (query,),
+        ).fetchone()
+        scores: dict[int, float] = {}
+        for lexeme in row[0] if row else []:
+            found = index.postings.get(lexeme, {})
+            idf = math.log(1 + (index.n - len(found) + 0.5) / (len(found) + 0.5))
+            for item, tf in found.items():
+                norm = 1 - self.b + self.b * index.lengths[item] / index.mean_length
+                scores[item] = scores.get(item, 0.0) + idf * tf * (self.k1 + 1) / (
+                    tf + self.k1 * norm
+                )
+        return sorted(scores, key=lambda item: (-scores[item], item))[:depth]
+
+    def search(self, conn: Conn, table: Table, query: str, vector: Vector32, k: int) -> list[int]:
+        return self.ranking(conn, table, query, k)
+
+
+@dataclass(frozen=True)
+class _Postings:
+    postings: dict[str, dict[int, int]]  # lexeme -> {id: tf}
+    lengths: dict[int, int]
+    n: int
+    mean_length: float
+
+    @classmethod
+    def read(cls, conn: Conn, table: Table) -> _Postings:
+        postings: dict[str, dict[int, int]] = {}
+        lengths: dict[int, int] = {}
+        for item, lexeme, tf in conn.execute(
+            sql.SQL(
+                "SELECT id, x.lexeme, cardinality(x.positions) FROM {}, unnest(fts_split) x"
+            ).format(table.ident)
+        ):
+            postings.setdefault(lexeme, {})[item] = tf
+            lengths[item] = lengths.get(item, 0) + tf
+        count = conn.execute(sql.SQL("SELECT count(*) FROM {}").format(table.ident)).fetchone()
+        n = int(count[0]) if count else 0
+        return cls(postings, lengths, n, sum(lengths.values()) / max(n, 1))
+
+
+class RankFusion:
+    """Reciprocal rank fusion of two retrievers' first `depth` results, computed in Python by
+    `rrf` (equal weights, k = 60): `Fusion` for retrievers that are not one SQL query."""
+
+    def __init__(
+        self, first: Retriever, second: Retriever, *, depth: int = 100, name: str | None = None
+    ) -> None:
+        self.first, self.second, self.depth = first, second, depth
+        self.name = name or f"rrf({first.name},{second.name})"
+
+    def prepare(self, conn: Conn, table: Table) -> None:
+        self.first.prepare(conn, table)
+        self.second.prepare(conn, table)
+
+    def search(self, conn: Conn, table: Table, query: str, vector: Vector32, k: int) -> list[int]:
+        sides = [
+            r.search(conn, table, query, vector, self.depth) for r in (self.first, self.second)
+        ]
+        return rrf(sides)[:k]
+
+
 def rrf(
     rankings: list[list[int]], *, rrf_k: int = 60, weights: tuple[float, ...] | None = None
 ) -> list[int]:
@@ -214,18 +303,22 @@ class SqlFunction:
     setup: str | None = None
     # Named arguments after the four, as SQL (`text_match => 'any'`), constants only.
     arguments: str = ""
+    # Only the rows the function's full-text ranking holds (`text_rank` not null), by it: with
+    # `vector_weight => 0`, hybrid_search()'s text ranking alone.
+    text_only: bool = False
 
     @classmethod
-    def named(cls, function: str, arguments: str = "") -> SqlFunction:
+    def named(cls, function: str, arguments: str = "", *, text_only: bool = False) -> SqlFunction:
         """`function`, with the setup it needs: the project's hybrid search needs the table
         watched with full-text search on (its rows embedded already: no backfill)."""
         if function == "embeddings.hybrid_search":
-            return cls(function, HYBRID_SETUP, arguments)
-        return cls(function, arguments=arguments)
+            return cls(function, HYBRID_SETUP, arguments, text_only)
+        return cls(function, arguments=arguments, text_only=text_only)
 
     @property
     def name(self) -> str:
-        return f"{self.function}({self.arguments})" if self.arguments else self.function
+        name = f"{self.function}({self.arguments})" if self.arguments else self.function
+        return f"{name}.text_rank" if self.text_only else name
 
     def prepare(self, conn: Conn, table: Table) -> None:
         if self.setup and not _watched(conn, table):
@@ -234,9 +327,12 @@ class SqlFunction:
             )
 
     def search(self, conn: Conn, table: Table, query: str, vector: Vector32, k: int) -> list[int]:
-        statement = sql.SQL("SELECT * FROM {}(%s::regclass, %s, %s::halfvec, %s{})").format(
+        statement = sql.SQL("SELECT * FROM {}(%s::regclass, %s, %s::halfvec, %s{}) r{}").format(
             sql.Identifier(*self.function.split(".")),
             sql.SQL(", " + self.arguments if self.arguments else ""),
+            sql.SQL(
+                " WHERE r.text_rank IS NOT NULL ORDER BY r.text_rank" if self.text_only else ""
+            ),
         )
         rows = conn.execute(statement, (table.name, query, halfvec(vector), k)).fetchall()
         return [int(row[0]) for row in rows]

@@ -149,14 +149,24 @@ def write_details(
     path.write_text("\n".join(lines) + "\n")
 
 
+HYBRID = "embeddings.hybrid_search"
 LABELS = {
     "fulltext": "full-text (`websearch_to_tsquery`: every term)",
     "fulltext_any": "full-text, any term",
     "fulltext_split": "full-text, dotted names split",
+    "fulltext_any_split": "full-text, any term, dotted names split (`ts_rank_cd`)",
+    "bm25": "plain BM25 (Python, exact statistics, dotted names split)",
     "vector": "vector (exact cosine)",
     "hybrid_rrf": "**hybrid RRF** (full-text + vector)",
     "hybrid_rrf_any": "hybrid RRF (any-term full-text + vector)",
     "hybrid_rrf_split": "hybrid RRF (split full-text + vector)",
+    "hybrid_rrf_any_split": "hybrid RRF (split any-term full-text + vector)",
+    "hybrid_rrf_bm25": "hybrid RRF (plain BM25 + vector)",
+    HYBRID: f"**`{HYBRID}()`** (the default)",
+    f"{HYBRID}(text_match => 'any')": f"`{HYBRID}(text_match => 'any')` (BM25 + vector)",
+    f"{HYBRID}(vector_weight => 0, text_match => 'any').text_rank": (
+        "BM25 any-word, the product's (`hybrid_search()`'s text ranking alone)"
+    ),
 }
 BASELINE = ("hybrid_rrf", ("fulltext", "vector"))
 

@@ -130,7 +130,7 @@ def test_the_running_worker_chunks_search_finds_documents_by_their_best_chunk(
     assert len(hits) == 3 and hits[0]["key"] == 1 and hits[0]["text_rank"] == 1
     assert all(type(h["key"]) is int for h in hits)
     for h in hits:
-        parts = [1 / (60 + r) for r in (h["vector_rank"], h["text_rank"]) if r is not None]
+        parts = [w / (60 + r) for w, r in ((1, h["vector_rank"]), (2, h["text_rank"])) if r]
         assert h["score"] == pytest.approx(sum(parts))
         assert bodies[h["key"]][h["start_offset"] : h["end_offset"]] == h["content"]
     status, _, body = post(worker, "/search", {**hybrid, "rrf_k": 1, "text_weight": 0.5})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -105,6 +106,17 @@ def settings(dsn: str, minilm: str, model_path: str) -> Settings:
         backoff_base_seconds=0.01,  # retries become visible at once: tests need not wait
         vt_seconds=30,
     )
+
+
+@pytest.fixture
+def role(conn: psycopg.Connection[Any]) -> Iterator[str]:
+    """A role of the test's own (roles are the cluster's, not the database's: a name no other
+    test takes), without LOGIN, dropped with what it was granted afterwards."""
+    name = f"someone_{uuid.uuid4().hex[:8]}"
+    conn.execute(f"CREATE ROLE {name}")
+    yield name
+    conn.execute(f"DROP OWNED BY {name}")
+    conn.execute(f"DROP ROLE {name}")
 
 
 @pytest.fixture

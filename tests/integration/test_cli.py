@@ -144,8 +144,8 @@ def test_search_mode_hybrid_and_its_tuning(conn: Conn, dsn: str, minilm: str) ->
     hits = json.loads(result.stdout)
     assert len(hits) == 3 and hits[0]["key"] == "a"
     assert all(isinstance(h["key"], str) for h in hits)
-    for h in hits:  # scored by the default fusion: 1 / (60 + rank) per ranking holding it
-        parts = [1 / (60 + r) for r in (h["vector_rank"], h["text_rank"]) if r is not None]
+    for h in hits:  # scored by the default fusion: weight / (60 + rank) per ranking holding it
+        parts = [w / (60 + r) for w, r in ((1, h["vector_rank"]), (2, h["text_rank"])) if r]
         assert h["score"] == pytest.approx(sum(parts))
         assert h["similarity"] == pytest.approx(1 - h["distance"])
     assert hits[0]["text_rank"] == 1 and hits[1]["text_rank"] is None

@@ -4,23 +4,12 @@ embedding."""
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
 Conn = psycopg.Connection[Any]
-
-
-@pytest.fixture
-def role(conn: Conn) -> Iterator[str]:
-    name = f"someone_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"CREATE ROLE {name}")
-    yield name
-    conn.execute(f"DROP OWNED BY {name}")
-    conn.execute(f"DROP ROLE {name}")
 
 
 def test_a_volatile_content_function_is_refused(conn: Conn) -> None:

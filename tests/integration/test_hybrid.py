@@ -21,6 +21,7 @@ from worker.retrieval.fusion import Fusion
 from worker.retrieval.targets import find_target
 
 Conn = psycopg.Connection[Any]
+DEFAULT_WEIGHTS = (Fusion().vector_weight, Fusion().text_weight)  # hybrid_search()'s: (1, 2)
 
 BODIES = [
     "The urllib.request.urlopen function opens a URL.",
@@ -105,8 +106,8 @@ def test_hybrid_equals_a_reference_fusion(
 
 
 def test_equal_scores_go_by_the_best_single_rank_not_the_key(conn: Conn) -> None:
-    """rrf_k 0: X, first by meaning only (1/1), and Y, second in both rankings (1/2 + 1/2),
-    score alike; X's best rank is 1, Y's 2, so X comes first, though Y's key sorts first."""
+    """rrf_k 0 and equal weights: X, first by meaning only (1/1), and Y, second in both
+    rankings (1/2 + 1/2), score alike; X's best rank is 1, Y's 2, so X comes first, though Y's key sorts first."""
     query = unit(np.random.default_rng(11).standard_normal(DIMS))
     rng = np.random.default_rng(12)
     conn.execute("CREATE TABLE ties (id int PRIMARY KEY, body text)")
@@ -125,7 +126,7 @@ def test_equal_scores_go_by_the_best_single_rank_not_the_key(conn: Conn) -> None
 
     found = conn.execute(
         "SELECT key, score FROM embeddings.hybrid_search('ties', 'red apple', %s::halfvec, 3,"
-        " rrf_k => 0)",
+        " rrf_k => 0, text_weight => 1)",
         (text(query),),
     ).fetchall()
     assert [key for key, _ in found] == rrf([by_vector, by_text], rrf_k=0) == [5, 9, 2]
@@ -134,25 +135,22 @@ def test_equal_scores_go_by_the_best_single_rank_not_the_key(conn: Conn) -> None
 
 def test_any_word_ranks_the_rows_with_any_word_of_the_question(conn: Conn, items: Vec) -> None:
     """Words spread over several rows: every-word matching finds no row, so hybrid search
-    orders as vector search does; any-word matching ranks the rows holding any of them, as
-    websearch_to_tsquery of the words joined by `or` and ts_rank_cd rank them (written out)."""
+    orders as vector search does; any-word matching ranks the rows holding any of them (by
+    BM25: tests/integration/test_bm25.py checks its scores)."""
     question = 'how do I "delete" a folder -and open a url with urlopen'
-    all_words = rankings.hybrid(
-        conn, find_target(conn, "items"), question, items, 8, fusion=Fusion()
-    )
+    target = find_target(conn, "items")
+    all_words = rankings.hybrid(conn, target, question, items, 8, fusion=Fusion())
     assert all(r["text_rank"] is None for r in all_words)
 
-    any_words = rankings.hybrid(
-        conn, find_target(conn, "items"), question, items, 8, fusion=Fusion(text_match="any")
+    any_words = rankings.hybrid(conn, target, question, items, 8, fusion=Fusion(text_match="any"))
+    holding = text_ranking(
+        conn, "items", "embedding_fts", "delete or folder or open or url or urlopen"
     )
-    joined = "how or do or I or delete or a or folder or and or open or a or url or with or urlopen"
-    assert conn.execute("SELECT embeddings.any_word_query(%s)", (question,)).fetchone() == (joined,)
-    by_text = text_ranking(conn, "items", "embedding_fts", joined)
-    assert len(by_text) >= 3
-    assert [r["key"] for r in any_words] == rrf([list(range(1, 9)), by_text])
-    assert {r["key"]: r["text_rank"] for r in any_words if r["text_rank"]} == {
-        key: rank for rank, key in enumerate(by_text, start=1)
-    }
+    by_text = [r["key"] for r in any_words if r["text_rank"]]
+    assert len(by_text) >= 3 and set(by_text) == set(holding)
+    assert sorted(r["text_rank"] for r in any_words if r["text_rank"]) == list(
+        range(1, len(by_text) + 1)
+    )
     with pytest.raises(psycopg.errors.InvalidParameterValue, match="text_match is 'all'"):
         conn.execute(
             "SELECT * FROM embeddings.hybrid_search('items', 'x', %s::halfvec, text_match => 'some')",
@@ -212,7 +210,7 @@ def test_hybrid_search_under_row_level_security_sees_only_the_policy_s_rows(
     by_text = text_ranking(conn, "items", "embedding_fts", words)
     assert {4, 6} & set(by_text), "the words match rows the policy hides"
     visible = [i for i in range(1, 9) if i % 2 == 1]
-    expected = rrf([visible, [i for i in by_text if i in visible]])[:5]
+    expected = rrf([visible, [i for i in by_text if i in visible]], weights=DEFAULT_WEIGHTS)[:5]
     conn.execute("SET app.tenant = '1'")
     conn.execute("SET ROLE hybrid_reader")
     rows = conn.execute(
@@ -267,7 +265,7 @@ def test_chunked_target_fuses_documents(conn: Conn) -> None:
         (text(query),),
     ).fetchall()
     # Documents by best chunk: vector 1, 3, 4, 2; text 2 (two zebras), 1.
-    assert [r[0] for r in rows] == rrf([[1, 3, 4, 2], [2, 1]])
+    assert [r[0] for r in rows] == rrf([[1, 3, 4, 2], [2, 1]], weights=DEFAULT_WEIGHTS)
     assert rows[0][:3] == (1, 0, "nothing to see")  # the best chunk by distance
     assert {r[0]: (r[3], r[4]) for r in rows}[2] == (4, 1)
 

@@ -4,13 +4,23 @@ baseline a hybrid search is measured against must itself be right."""
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import numpy as np
 import psycopg
 
 from bench.quality.evaluate import create_table, default_retrievers
-from bench.quality.retrievers import FullText, Fusion, SqlFunction, Table, Vector, rrf
+from bench.quality.retrievers import (
+    BM25,
+    FullText,
+    Fusion,
+    RankFusion,
+    SqlFunction,
+    Table,
+    Vector,
+    rrf,
+)
 
 Conn = psycopg.Connection[Any]
 TABLE = Table("quality_test")
@@ -67,6 +77,38 @@ def test_fusion_in_sql_is_reciprocal_rank_fusion(conn: Conn) -> None:
     assert set(fused) == set(sides[0]) | set(sides[1])
     weighted = Fusion(text, vector, weights=(0.0, 1.0)).search(conn, TABLE, query, QUERY, 10)
     assert weighted == sides[1]  # zero weight on full-text: the vector order alone
+
+
+def test_plain_bm25_is_okapi_with_the_corpus_statistics(conn: Conn) -> None:
+    """BM25 over the split tsvectors' lexemes: tf from positions, a document's length its
+    words, N and the mean length of the whole table; written out here."""
+    _load(conn)
+    query = "recursively remove an empty directory tree"
+    wanted = conn.execute(
+        "SELECT tsvector_to_array(to_tsvector('english', %s))", (query,)
+    ).fetchone()
+    assert wanted is not None
+    docs: dict[int, dict[str, int]] = {}
+    for item, lexeme, tf in conn.execute(
+        "SELECT id, x.lexeme, cardinality(x.positions) FROM quality_test, unnest(fts_split) x"
+    ):
+        docs.setdefault(item, {})[lexeme] = tf
+    lengths = {item: sum(tfs.values()) for item, tfs in docs.items()}
+    mean = sum(lengths.values()) / len(PASSAGES)
+    scores: dict[int, float] = {}
+    for lexeme in wanted[0]:
+        holding = {item: tfs[lexeme] for item, tfs in docs.items() if lexeme in tfs}
+        idf = math.log(1 + (len(PASSAGES) - len(holding) + 0.5) / (len(holding) + 0.5))
+        for item, tf in holding.items():
+            norm = 1 - 0.75 + 0.75 * lengths[item] / mean
+            scores[item] = scores.get(item, 0.0) + idf * tf * 2.2 / (tf + 1.2 * norm)
+    bm25 = BM25()
+    bm25.prepare(conn, TABLE)
+    found = bm25.search(conn, TABLE, query, QUERY, 10)
+    assert found == sorted(scores, key=lambda item: (-scores[item], item))
+    assert len(found) == 3 and found[0] == 3  # removedirs: "remove", "empty" twice, "directori"
+    fused = RankFusion(bm25, Vector()).search(conn, TABLE, query, QUERY, 10)
+    assert fused == rrf([found, Vector().search(conn, TABLE, query, QUERY, 100)])
 
 
 def test_a_sql_search_function_plugs_in_by_name(conn: Conn) -> None:

@@ -222,8 +222,9 @@ def build(roles: Roles) -> World:
     for table, args in KINDS.items():
         with roles.connect() as su:
             su.execute(f"SELECT embeddings.watch('{table}', {args}, model => '{MINILM}')")
-    with roles.connect() as su:  # hybrid search's full-text side, on a side store
-        su.execute("SELECT embeddings.enable_fts('docs_side', 'english')")
+    with roles.connect() as su:  # hybrid search's full-text side: a side store, and the table
+        su.execute("SELECT embeddings.enable_fts('docs_side', 'english')")  # whose policy is
+        su.execute("SELECT embeddings.enable_fts('docs_fn', 'english')")  # the owner's code
     with roles.connect(roles.owner) as owner:
         for store in STORES.values():
             owner.execute(f"GRANT SELECT ON {store} TO {roles.writer}")

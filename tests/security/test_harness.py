@@ -134,8 +134,10 @@ def _http_search(ctx: Context) -> None:
     owner's code ran in before, and must find none of what it left."""
     searches = SearchConnections(ctx.dsn, max_size=1)
     try:
-        for table in ("docs_row", "docs_side", "docs_chunked", "docs_fn", "docs_document"):
-            request = SearchRequest.parse({"table": table, "query": "document", "k": 3})
+        asked = [{"table": t} for t in ("docs_row", "docs_side", "docs_chunked", "docs_fn")]
+        asked += [{"table": "docs_document"}, {"table": "docs_fn", "text_match": "any"}]  # BM25
+        for ask in asked:  # (docs_side and docs_fn have full-text search: hybrid)
+            request = SearchRequest.parse({**ask, "query": "a document of", "k": 3})
             with searches.connection() as conn:
                 search.run(conn, ctx.embedders.get, request)
         with searches.connection() as conn:  # what the next search's session holds
@@ -201,6 +203,10 @@ def _sql_search(ctx: Context) -> None:
         f"SELECT * FROM embeddings.match_chunks('docs_chunked', {vector}, 3)",
         f"SELECT * FROM embeddings.search('docs_document', {vector}, 3)",
         f"SELECT * FROM embeddings.hybrid_search('docs_side', 'document', {vector}, 3)",
+        # Any word, ranked by BM25 (sql/59_bm25.sql). (docs_fn's, whose policy is the owner's
+        # code, runs in the application's own session here: _http_search() runs it.)
+        f"SELECT * FROM embeddings.hybrid_search('docs_side', 'a document of', {vector}, 3,"
+        " text_match => 'any')",
     )
 
 

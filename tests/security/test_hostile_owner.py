@@ -456,13 +456,14 @@ def test_the_search_statements_are_not_the_owners_to_redefine(roles: Roles, stor
         generated = su.execute(
             "SELECT p.proname, p.proowner::regrole::text, p.prosecdef FROM pg_proc p"
             " WHERE p.proname ~ %s ORDER BY 1",
-            (f"^embeddings_{target}_(search|text_ranking|visible)$",),
+            (f"^embeddings_{target}_(search|text_ranking|bm25_ranking|visible)$",),
         ).fetchall()
         schema_owner = su.execute(
             "SELECT nspowner::regrole::text FROM pg_namespace WHERE nspname = 'embeddings'"
         ).fetchone()
     assert schema_owner is not None
     assert generated == [
+        (f"embeddings_{target}_bm25_ranking", schema_owner[0], False),  # sql/59_bm25.sql
         (f"embeddings_{target}_search", schema_owner[0], False),
         (f"embeddings_{target}_text_ranking", schema_owner[0], False),
         # what a reader of the side table runs (its policy, sql/56_side.sql)
@@ -481,11 +482,13 @@ def test_the_search_statements_are_not_the_owners_to_redefine(roles: Roles, stor
                     " RETURNS TABLE (k0 integer) LANGUAGE sql STABLE"
                     " AS $$ SELECT length(public.payload()) $$"
                 )
-        with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            owner.execute(
-                f"CREATE OR REPLACE FUNCTION embeddings.embeddings_{target}_text_ranking("
-                "text, jsonb, integer) RETURNS jsonb LANGUAGE sql AS $$ SELECT public.payload()::jsonb $$"
-            )
+        for ranking in ("text_ranking", "bm25_ranking"):
+            with pytest.raises(psycopg.errors.InsufficientPrivilege):
+                owner.execute(
+                    f"CREATE OR REPLACE FUNCTION embeddings.embeddings_{target}_{ranking}("
+                    "text, jsonb, integer) RETURNS jsonb LANGUAGE sql"
+                    " AS $$ SELECT public.payload()::jsonb $$"
+                )
     query = (
         f"SELECT embeddings.embeddings_{target}_search(array_fill(0.1, ARRAY[384])::halfvec,"
         " NULL, 2, %s)"

@@ -15,7 +15,7 @@ BASE = {"table": "docs", "query": "where is the door"}
 
 def test_without_tuning_hybrid_search_keeps_its_defaults() -> None:
     assert SearchRequest.parse({**BASE, "mode": "hybrid"}).fusion is None
-    assert Fusion() == Fusion(rrf_k=60, vector_weight=1, text_weight=1, depth=100)
+    assert Fusion() == Fusion(rrf_k=60, vector_weight=1, text_weight=2, depth=100)
 
 
 def test_tuning_is_read_from_the_body() -> None:
@@ -29,9 +29,21 @@ def test_tuning_is_read_from_the_body() -> None:
     assert only.fusion == Fusion(text_weight=0.0)
 
 
+def test_text_match_any_is_read_from_the_body_with_the_other_defaults() -> None:
+    """Any word, ranked by BM25 (sql/59_bm25.sql): the fusion keeps its defaults, text_weight
+    2 among them (hybrid_search()'s, sql/59_hybrid.sql)."""
+    request = SearchRequest.parse({**BASE, "text_match": "any"})
+    assert request.fusion == Fusion(text_match="any")
+    assert request.fusion.text_weight == 2.0 and request.fusion.vector_weight == 1.0
+    assert SearchRequest.parse({**BASE, "text_match": "all"}).fusion == Fusion()
+
+
 @pytest.mark.parametrize(
     ("fields", "message"),
     [
+        ({"text_match": "some"}, '"text_match" must be "all" or "any"'),
+        ({"text_match": 1}, '"text_match" must be "all" or "any"'),
+        ({"mode": "vector", "text_match": "any"}, "text_match: these tune hybrid search"),
         ({"rrf_k": -1}, '"rrf_k" must be a number of at least 0'),
         ({"rrf_k": "60"}, '"rrf_k" must be a number'),
         ({"rrf_k": True}, '"rrf_k" must be a number'),
@@ -62,6 +74,7 @@ def test_bad_tuning_is_refused_naming_the_field(fields: dict[str, Any], message:
             "--rrf-k: these tune hybrid search, not --mode vector",
         ),
         (["--depth", "0"], "--depth must be an integer from 1 to 1000"),
+        (["--mode", "vector", "--text-match", "any"], "--text-match: these tune hybrid search"),
     ],
 )
 def test_the_command_line_checks_a_search_as_http_does_naming_its_flags(
@@ -76,3 +89,17 @@ def test_the_command_line_checks_a_search_as_http_does_naming_its_flags(
     with pytest.raises(exceptions.ConfigError) as refused:
         commands._search_request(args)
     assert str(refused.value).startswith(message)
+
+
+def test_the_command_line_passes_text_match_and_keeps_the_other_defaults() -> None:
+    """`--text-match any` is POST /search's "text_match": "any"; no tuning flag at all leaves
+    the fusion to hybrid_search()'s defaults."""
+    from worker.cli import commands, main
+
+    parser = main.build_parser()
+    args = parser.parse_args(["search", "docs", "cats", "--text-match", "any"])
+    assert commands._search_request(args).fusion == Fusion(text_match="any")
+    untuned = parser.parse_args(["search", "docs", "cats"])
+    assert commands._search_request(untuned).fusion is None
+    with pytest.raises(SystemExit):  # argparse: one of all, any
+        parser.parse_args(["search", "docs", "cats", "--text-match", "some"])

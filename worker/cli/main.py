@@ -178,7 +178,7 @@ def _search_options(search: argparse.ArgumentParser) -> None:
         "--text-weight",
         type=float,
         metavar="W",
-        help="hybrid: the weight of the full-text ranking (default 1; at least 0)",
+        help="hybrid: the weight of the full-text ranking (default 2; at least 0)",
     )
     search.add_argument(
         "--depth",
@@ -190,7 +190,7 @@ def _search_options(search: argparse.ArgumentParser) -> None:
         "--text-match",
         choices=("all", "any"),
         help="hybrid: the full-text ranking holds the rows with every word of QUERY (all) or"
-        " with any of them (any); default all",
+        " with any of them, ranked by BM25 (any); default all",
     )
     # The rerank stage (worker/retrieval/rerank.py): unset, the table's (embeddings.set_rerank).
     rerank = search.add_mutually_exclusive_group()

@@ -5,7 +5,7 @@
 
 over each ranking cut at `depth` candidates (a ranking a document is missing from adds nothing).
 The full-text ranking holds the documents with every word of the query (`text_match` "all")
-or with any of them ("any").
+or with any of them, ranked by BM25 ("any", sql/59_bm25.sql).
 """
 
 from __future__ import annotations
@@ -25,7 +25,7 @@ TEXT_MATCHES = ("all", "any")  # every word of the query, or any of them
 class Fusion:
     rrf_k: float = 60.0
     vector_weight: float = 1.0
-    text_weight: float = 1.0
+    text_weight: float = 2.0  # (sql/59_hybrid.sql says why)
     depth: int = 100
     text_match: str = "all"
 

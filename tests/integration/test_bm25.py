@@ -1,0 +1,322 @@
+"""Any-word full-text ranking by BM25 (sql/59_bm25.sql): hybrid_search(text_match => 'any')
+ranks as the BM25 written out here from the same statistics (df and mean length over the rows
+the search may return, N from pg_class.reltuples), for every store kind, before the first
+ANALYZE, under a filter and for a role whose row-level security hides pg_stats from it."""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+from psycopg.types.json import Jsonb
+
+from bench.quality.retrievers import rrf
+from tests.integration.test_search import DIMS, MODEL, text, toward, unit
+from tests.support.stores import ALL_STORES, WATCH_ARGS
+from worker.retrieval import rankings
+from worker.retrieval.fusion import Fusion
+from worker.retrieval.targets import find_target
+
+Conn = psycopg.Connection[Any]
+K1, B = 1.2, 0.75
+
+# Documents of one or two chunks (split at " | " for a chunked target); `tenant` is id % 2.
+BODIES = [
+    "Remove a folder together with everything inside it.",
+    "shutil.rmtree deletes a directory tree. | It removes every file below the directory.",
+    "A file is opened, read and closed. The file object is returned. | Each file has a name.",
+    "Copy a file to a folder, keeping the file's metadata where the platform keeps it.",
+    "The quick brown fox jumps over the lazy dog.",
+    "Parse JSON text into dictionaries and lists. | Errors raise JSONDecodeError.",
+    "List the names in a directory, files and folders alike, in arbitrary order.",
+    "Temporary directory: created on entry, removed with its contents on exit.",
+    "Walk a directory tree top down or bottom up, yielding each folder's files.",
+    "Compare two files byte by byte, or by their signatures only.",
+]
+QUERY = "how do I delete a folder and every file in it (shutil.rmtree)?"
+
+
+def lexemes(conn: Conn, query: str) -> set[str]:
+    row = conn.execute(
+        "SELECT tsvector_to_array(to_tsvector('english',"
+        r" regexp_replace(%s, '(\w)\.(?=\w)', '\1 ', 'g')))",
+        (query,),
+    ).fetchone()
+    assert row is not None
+    return set(row[0])
+
+
+def reference(
+    conn: Conn, relation: str, fts: str, query: str, *, rows: float, where: str = "true"
+) -> dict[Any, float]:
+    """BM25 as the SQL's comment defines it, over the rows of `relation` the connection may see
+    that have a vector and pass `where`: each candidate's (a row holding any of the query's
+    lexemes) score, keyed by its `key` column. `rows`: the table's rows as ANALYZE estimated
+    them (pg_class.reltuples, -1 before the first ANALYZE)."""
+    wanted = lexemes(conn, query)
+    docs: dict[Any, tuple[int, dict[str, int]]] = {}
+    for key, length, lexeme, tf in conn.execute(
+        f"SELECT key, length({fts}), x.lexeme, cardinality(x.positions)"
+        f" FROM {relation}, unnest({fts}) x WHERE embedding IS NOT NULL AND {where}"
+    ):
+        docs.setdefault(key, (length, {}))[1][lexeme] = tf
+    candidates = {
+        key: (length, {w: tf for w, tf in tfs.items() if w in wanted})
+        for key, (length, tfs) in docs.items()
+        if wanted & tfs.keys()
+    }
+    n = max(rows, len(candidates))
+    mean = sum(length for length, _ in candidates.values()) / max(len(candidates), 1)
+    df: dict[str, int] = {}
+    for _, tfs in candidates.values():
+        for w in tfs:
+            df[w] = df.get(w, 0) + 1
+    return {
+        key: sum(
+            math.log(1 + (n - df[w] + 0.5) / (df[w] + 0.5))
+            * tf
+            * (K1 + 1)
+            / (tf + K1 * (1 - B + B * length / mean))
+            for w, tf in tfs.items()
+        )
+        for key, (length, tfs) in candidates.items()
+    }
+
+
+def ranked(scores: dict[Any, float]) -> list[Any]:
+    return sorted(scores, key=lambda key: (-scores[key], key))
+
+
+def reltuples(conn: Conn, relation: str) -> float:
+    row = conn.execute("SELECT reltuples FROM pg_class WHERE oid = %s::regclass", (relation,))
+    found = row.fetchone()
+    assert found is not None
+    return float(found[0])
+
+
+FTS = r"to_tsvector('english', regexp_replace({}, '(\w)\.(?=\w)', '\1 ', 'g'))"
+
+
+class Items:
+    """`items` watched as `store` with full-text search on from the start (its indexes built
+    empty: no row estimate until ANALYZE), each document's vector at a known distance from
+    `query` (document i the i-th nearest) and its tsvector written as the worker writes it."""
+
+    def __init__(self, conn: Conn, store: str) -> None:
+        self.conn, self.store = conn, store
+        self.query = unit(np.random.default_rng(5).standard_normal(DIMS))
+        rng = np.random.default_rng(6)
+        conn.execute("CREATE TABLE items (id int PRIMARY KEY, tenant int, body text)")
+        conn.execute(
+            "SELECT embeddings.watch('items', 'body', model => %s, fts => 'english'"
+            f"{WATCH_ARGS[store]})",
+            (MODEL,),
+        )
+        for i, body in enumerate(BODIES, start=1):
+            conn.execute("INSERT INTO items VALUES (%s, %s, %s)", (i, i % 2, body))
+            vector = text(toward(self.query, rng, 0.1 + 0.05 * (i - 1))[0])
+            if store == "row":
+                conn.execute(
+                    f"UPDATE items SET embedding = %s, embedding_fts = {FTS.format('body')}"
+                    " WHERE id = %s",
+                    (vector, i),
+                )
+            elif store == "side":
+                conn.execute(
+                    "INSERT INTO items_embeddings (id, embedding, content_md5, embedding_fts)"
+                    f" VALUES (%s, %s, 'x', {FTS.format('%s')})",
+                    (i, vector, body),
+                )
+            else:  # later chunks a little farther: the first is the document's nearest
+                for seq, chunk in enumerate(body.split(" | ")):
+                    distance = 0.1 + 0.05 * (i - 1) + 0.01 * seq
+                    conn.execute(
+                        "INSERT INTO items_chunks (id, seq, chunk, chunk_hash, embedding)"
+                        " VALUES (%s, %s, %s, 'h', %s)",
+                        (i, seq, chunk, text(toward(self.query, rng, distance)[0])),
+                    )
+        self.target = find_target(conn, "items")
+
+    @property
+    def store_table(self) -> str:
+        return {"row": "items", "side": "items_embeddings", "chunks": "items_chunks"}[self.store]
+
+    def analyze(self) -> None:
+        self.conn.execute(f"ANALYZE items, {self.store_table}")
+
+    def rows(self) -> float:
+        """N's estimate (search_rows_estimate()): the chunk table's rows, else the table's."""
+        return reltuples(self.conn, "items_chunks" if self.store == "chunks" else "items")
+
+    def scores(self, query: str, *, where: str = "true") -> dict[Any, float]:
+        """Each document's reference score: a chunked target's by its best chunk."""
+        fts = "fts" if self.store == "chunks" else "embedding_fts"
+        if self.store == "row":
+            return reference(
+                self.conn,
+                "(SELECT id AS key, * FROM items) r",
+                fts,
+                query,
+                rows=self.rows(),
+                where=where,
+            )
+        key = "(x.id, x.seq)" if self.store == "chunks" else "x.id"
+        relation = f"(SELECT {key} AS key, x.*, i.tenant FROM {self.store_table} x JOIN items i USING (id)) r"
+        scores = reference(self.conn, relation, fts, query, rows=self.rows(), where=where)
+        best: dict[Any, float] = {}
+        for key, score in scores.items():
+            document = int(key[0]) if self.store == "chunks" else key
+            best[document] = max(best.get(document, 0.0), score)
+        return best
+
+    def text_ranking(self, query: str, filter: dict[str, Any] | None = None) -> dict[Any, float]:
+        """The target's BM25 ranking function's answer, in its order: key -> score."""
+        row = self.conn.execute(
+            f"SELECT embeddings.embeddings_{self.target.id}_bm25_ranking(%s, %s, 100)",
+            (query, None if filter is None else Jsonb(filter)),
+        ).fetchone()
+        assert row is not None
+        return {r["key"]: r["text_rank"] for r in row[0]}
+
+    def check(self, found: dict[Any, float], expected: dict[Any, float]) -> None:
+        assert list(found) == ranked(expected)
+        for key, score in expected.items():
+            assert found[key] == pytest.approx(score), key
+
+
+@pytest.fixture(params=ALL_STORES)
+def items(request: pytest.FixtureRequest, conn: Conn) -> Items:
+    return Items(conn, request.param)
+
+
+def test_any_word_ranks_by_bm25_as_written_out_here(items: Items) -> None:
+    """Analyzed: N is the table's rows (its chunk table's); the scores, the text ranking and
+    the fusion are the reference's."""
+    items.analyze()
+    assert items.rows() > 0
+    expected = items.scores(QUERY)
+    assert len(expected) >= 5, expected
+    items.check(items.text_ranking(QUERY), expected)
+
+    results = rankings.hybrid(
+        items.conn, items.target, QUERY, items.query, 10, fusion=Fusion(text_match="any")
+    )
+    by_vector = list(range(1, len(BODIES) + 1))  # document i is the i-th nearest
+    assert [r["key"] for r in results] == rrf([by_vector, ranked(expected)], weights=(1, 2))
+    assert {r["key"]: r["text_rank"] for r in results if r["text_rank"]} == {
+        key: rank for rank, key in enumerate(ranked(expected), start=1)
+    }
+
+
+def test_before_the_first_analyze_n_is_the_candidates(items: Items) -> None:
+    """A table never analyzed has no row estimate (reltuples -1): N is the candidates' count,
+    so the commonest lexeme's idf is low, and the ranking still the reference's."""
+    assert items.rows() == -1
+    items.check(items.text_ranking(QUERY), items.scores(QUERY))
+
+
+def test_a_filter_narrows_the_statistics_to_the_rows_it_keeps(items: Items) -> None:
+    items.analyze()
+    expected = items.scores(QUERY, where="r.tenant = 1")
+    found = items.text_ranking(QUERY, {"tenant": 1})
+    assert found and all(key % 2 == 1 for key in found)
+    items.check(found, expected)
+
+
+def test_a_role_that_cannot_read_pg_stats_ranks_what_it_may_see(items: Items, role: str) -> None:
+    """Row-level security on the table: pg_stats shows the role nothing of it (nor of the side
+    or chunk table, whose policy follows the table's), and the ranking is BM25 over the rows
+    the role sees, N still the table's estimate (pg_class, which anyone reads)."""
+    conn = items.conn
+    items.analyze()
+    conn.execute(f"GRANT SELECT ON items, {items.store_table} TO {role}")
+    conn.execute("ALTER TABLE items ENABLE ROW LEVEL SECURITY")
+    conn.execute(f"CREATE POLICY odd ON items FOR SELECT TO {role} USING (tenant = 1)")
+    stats = (
+        "SELECT count(*) FROM pg_stats WHERE tablename = %s AND attname IN ('embedding_fts', 'fts')"
+    )
+    assert conn.execute(stats, (items.store_table,)).fetchone() == (1,)
+    conn.execute(f"SET ROLE {role}")
+    try:
+        assert conn.execute(stats, (items.store_table,)).fetchone() == (0,)
+        expected = items.scores(QUERY)  # as the role: its rows only
+        found = items.text_ranking(QUERY)
+    finally:
+        conn.execute("RESET ROLE")
+    assert expected and all(key % 2 == 1 for key in expected)
+    items.check(found, expected)
+
+
+def test_bm25_puts_the_rare_word_above_many_common_ones(conn: Conn) -> None:
+    """What ts_rank_cd got wrong: an OR of the question's words ranked the long passage that
+    repeats its common words first; BM25 ranks the short one holding its rare word first."""
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    wordy = (
+        "A file in a folder is listed with its size, owner, group, permissions and times; the"
+        " folder listing shows each file, hidden files included, sorted by name or extension,"
+        " newest file first, with totals per folder and a summary of files and folders."
+    )
+    notes = [wordy, "rmtree: gone for good.", "Folders hold files.", "Files are bytes."]
+    for i, body in enumerate(notes, start=1):
+        conn.execute("INSERT INTO notes VALUES (%s, %s)", (i, body))
+    conn.execute("SELECT embeddings.watch('notes', 'body', model => %s)", (MODEL,))
+    conn.execute("UPDATE notes SET embedding = array_fill(0.1::real, ARRAY[%s])", (DIMS,))
+    conn.execute("SELECT embeddings.enable_fts('notes', 'english')")
+    conn.execute("ANALYZE notes")
+    question = "rmtree a file or folder"
+    cover_density = conn.execute(
+        "SELECT id FROM notes, to_tsquery('english', 'rmtree | file | folder') q"
+        " WHERE embedding_fts @@ q ORDER BY ts_rank_cd(embedding_fts, q) DESC, id"
+    ).fetchall()
+    assert cover_density[0] == (1,)
+    target = find_target(conn, "notes")
+    row = conn.execute(
+        f"SELECT embeddings.embeddings_{target.id}_bm25_ranking(%s, NULL, 10)", (question,)
+    ).fetchone()
+    assert row is not None
+    found = [r["key"] for r in row[0]]
+    assert found[0] == 2
+    relation = "(SELECT id AS key, * FROM notes) r"
+    assert found == ranked(reference(conn, relation, "embedding_fts", question, rows=4))
+
+
+def test_a_question_of_stop_words_has_no_text_ranking(conn: Conn, items: Items) -> None:
+    """No lexeme, no tsquery: every result comes from the vector ranking alone, with no
+    error and no notice about an empty query."""
+    notices: list[str] = []
+    conn.add_notice_handler(lambda n: notices.append(str(n.message_primary)))
+    results = rankings.hybrid(
+        conn, items.target, "how do I do it?", items.query, 3, fusion=Fusion(text_match="any")
+    )
+    assert [r["key"] for r in results] == [1, 2, 3]
+    assert all(r["text_rank"] is None for r in results) and notices == []
+
+
+def test_the_any_word_query_keeps_lexemes_as_they_are(conn: Conn) -> None:
+    """Quotes, backslashes and tsquery operators inside a lexeme stay the lexeme's: the query
+    matches each word, and none of the words their parts would make."""
+    words = ["it's", "a\\b", "x:y", "a|b", "!", "'", "sp ace"]
+    query = "embeddings.any_lexeme_query(array_to_tsvector(%s::text[]))"
+    for word in words:
+        row = conn.execute(f"SELECT array_to_tsvector(%s::text[]) @@ {query}", ([word], words))
+        assert row.fetchone() == (True,), word
+    parts = ["it", "s", "a", "b", "x", "y", "sp", "ace"]
+    row = conn.execute(f"SELECT array_to_tsvector(%s::text[]) @@ {query}", (parts, words))
+    assert row.fetchone() == (False,)
+    assert conn.execute("SELECT embeddings.any_lexeme_query(''::tsvector)").fetchone() == (None,)
+
+
+def test_text_match_defaults_to_every_word(conn: Conn, items: Items) -> None:
+    """The default (measured: docs/performance.md) is every word, as text_match => 'all'."""
+    assert Fusion().text_match == "all"
+    statement = (
+        "SELECT key, score, text_rank FROM embeddings.hybrid_search('items', %s, %s::halfvec, 5{})"
+    )
+    default = conn.execute(statement.format(""), ("directory tree", text(items.query))).fetchall()
+    every = conn.execute(
+        statement.format(", text_match => 'all'"), ("directory tree", text(items.query))
+    ).fetchall()
+    assert default == every and any(r[2] for r in default)
