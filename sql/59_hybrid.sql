@@ -155,7 +155,14 @@ $$;
 
 -- The full-text ranking of a search of target t: documents (rows, or a chunked target's
 -- documents by their best chunk) matching websearch_to_tsquery(query) and the filter, best
--- first by ts_rank_cd, ties by key; at most `depth`. $1 the query text, $2 the filter, $3 the
+-- first by ts_rank_cd, ties by key; at most `depth`. Only an upper-case OR is the operator:
+-- websearch_to_tsquery() reads the word "or" in any case as one, which turned questions
+-- ("send print output to a file or buffer") and pasted messages ("method must be GET or
+-- POST") into "everything else, or one word", matching every passage that holds that word
+-- (docs/performance.md). A lower-case "or" (Or, oR) gets a "_" after it: a word again,
+-- which the configuration drops as a stop word or keeps as a lexeme like any other, its
+-- position kept within a "quoted phrase"; OR in capitals stays the operator, as in web
+-- search engines. $1 the query text, $2 the filter, $3 the
 -- depth. In two halves around the filter's condition (embeddings.generate_search() makes
 -- the target's embeddings_<id>_text_ranking() of them, sql/58_search.sql).
 CREATE FUNCTION embeddings.fts_ranking_sql(t embeddings.targets) RETURNS text[]
@@ -172,10 +179,12 @@ BEGIN
             '  %11$s AS start_offset, %12$s AS end_offset, %13$s AS headings, %14$s AS page,'
             '  pg_catalog.ts_rank_cd(%4$s.%5$I, q.q) AS text_rank'
             ' FROM %6$s, pg_catalog.websearch_to_tsquery(%7$L::pg_catalog.regconfig,'
-            '  pg_catalog.regexp_replace($1, %8$L, %9$L, ''g'')) AS q(q)'
+            '  pg_catalog.regexp_replace(pg_catalog.regexp_replace($1, %8$L, %9$L, ''g''),'
+            '   %15$L, %16$L, ''g'')) AS q(q)'
             ' WHERE %4$s.%5$I OPERATOR(pg_catalog.@@) q.q AND %10$s IS NOT NULL AND (',
             q->>'key', q->>'content', q->>'seq', doc, t.fts_column, q->>'from', t.fts_config::text,
-            '(\w)\.(?=\w)', '\1 ', q->>'vector', q->>'start_offset', q->>'end_offset', q->>'headings', q->>'page'),
+            '(\w)\.(?=\w)', '\1 ', q->>'vector', q->>'start_offset', q->>'end_offset', q->>'headings', q->>'page',
+            '\m(or|Or|oR)\M', '\1_'),
         format(
             ') ORDER BY %1$s, pg_catalog.ts_rank_cd(%2$s.%3$I, q.q) DESC) r'
             ' ORDER BY r.text_rank DESC, r.key LIMIT $3',
@@ -186,7 +195,7 @@ $$;
 -- Hybrid search: the `k` documents of `source` best by reciprocal rank fusion of the vector
 -- ranking (embeddings.search() of `query_embedding`) and the full-text ranking of `query`
 -- (text_match 'all': the documents holding every word, websearch_to_tsquery with "quoted
--- phrases" and -excluded words, ranked by ts_rank_cd; 'any': those holding any of its words,
+-- phrases", -excluded words and OR in capitals, ranked by ts_rank_cd; 'any': those holding any of its words,
 -- ranked by BM25, sql/59_bm25.sql), each cut at `depth`:
 --   score = vector_weight / (rrf_k + vector_rank) + text_weight / (rrf_k + text_rank)
 -- (a ranking a document is missing from adds nothing), best first; equal scores by the best

@@ -69,20 +69,23 @@ def test_post_search_reranks_through_a_remote_api(
 
         # A refused key, echoed back by the provider: 503, the key in no answer.
         server.api_key = "cohere-ANOTHER-KEY-0123456789"
-        status, _, refused = post(worker, "/search", ask)
+        status, headers, refused = post(worker, "/search", ask)
         assert status == 503 and "credential 'cohere' was refused" in refused["error"]
+        assert "Retry-After" not in headers  # the key, not the time, is what must change
         server.api_key = KEY
         # A Retry-After longer than a search waits: 503, naming the reranker; the searches
         # after it are held back too, with nothing sent, until the time is over.
         server.retry_after = 120
         server.faults = ["429"]
-        status, _, limited = post(worker, "/search", ask)
+        status, headers, limited = post(worker, "/search", ask)
         assert status == 503, limited
+        assert headers["Retry-After"] == "120"  # the provider's, passed on to the client
         assert limited["error"].startswith("reranker co-rr: ")
         assert "rate limited (429); retry after 120 s" in limited["error"]
         sent = len(server.requests)
-        status, _, held = post(worker, "/search", ask)
+        status, headers, held = post(worker, "/search", ask)
         assert status == 503 and "retry after 1" in held["error"]
+        assert 100 <= int(headers["Retry-After"]) <= 120
         assert len(server.requests) == sent
         status, _, unreranked = post(worker, "/search", {**ask, "rerank": False})
         assert status == 200 and all(r["rerank_score"] is None for r in unreranked["results"])

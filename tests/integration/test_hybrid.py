@@ -38,8 +38,8 @@ BODIES = [
 def text_ranking(conn: Conn, table: str, column: str, query: str) -> list[Any]:
     """The full-text ranking as the docs describe it, written out here."""
     rows = conn.execute(
-        f"SELECT id FROM {table}, websearch_to_tsquery('english',"
-        r" regexp_replace(%s, '(\w)\.(?=\w)', '\1 ', 'g')) q"
+        f"SELECT id FROM {table}, websearch_to_tsquery('english', regexp_replace("
+        r" regexp_replace(%s, '(\w)\.(?=\w)', '\1 ', 'g'), '\m(or|Or|oR)\M', '\1_', 'g')) q"
         f" WHERE {column} @@ q ORDER BY ts_rank_cd({column}, q) DESC, id",
         (query,),
     ).fetchall()
@@ -144,7 +144,7 @@ def test_any_word_ranks_the_rows_with_any_word_of_the_question(conn: Conn, items
 
     any_words = rankings.hybrid(conn, target, question, items, 8, fusion=Fusion(text_match="any"))
     holding = text_ranking(
-        conn, "items", "embedding_fts", "delete or folder or open or url or urlopen"
+        conn, "items", "embedding_fts", "delete OR folder OR open OR url OR urlopen"
     )
     by_text = [r["key"] for r in any_words if r["text_rank"]]
     assert len(by_text) >= 3 and set(by_text) == set(holding)
@@ -227,6 +227,45 @@ def test_dotted_names_match_their_last_part(conn: Conn, items: Vec) -> None:
     target = find_target(conn, "items")
     found = rankings.hybrid(conn, target, "urlopen", items, 3)
     assert found[0]["key"] == 1 and found[0]["text_rank"] == 1
+
+
+OR_BODIES = [
+    "Salt or pepper, to taste.",
+    "Salt and pepper.",
+    "Pepper alone.",
+    "The method must be GET or POST.",
+    "A POST request.",
+]
+
+
+def test_only_an_upper_case_or_is_the_operator(conn: Conn) -> None:
+    """websearch_to_tsquery() reads "or" in any case as OR: "GET or POST" matched every row
+    holding POST. Here a lower-case "or" is a word (a stop word in english), and OR the
+    operator; within a quoted phrase the word keeps its place."""
+    query = unit(np.random.default_rng(7).standard_normal(DIMS))
+    rng = np.random.default_rng(8)
+    conn.execute("CREATE TABLE spices (id int PRIMARY KEY, body text)")
+    for i, body in enumerate(OR_BODIES, start=1):
+        conn.execute("INSERT INTO spices VALUES (%s, %s)", (i, body))
+    conn.execute("SELECT embeddings.watch('spices', 'body', model => %s)", (MODEL,))
+    for i in range(1, len(OR_BODIES) + 1):
+        v = toward(query, rng, 0.1 + 0.08 * (i - 1))[0]
+        conn.execute("UPDATE spices SET embedding = %s WHERE id = %s", (text(v), i))
+    conn.execute("SELECT embeddings.enable_fts('spices', 'english')")
+    target = find_target(conn, "spices")
+
+    def matched(question: str) -> set[int]:
+        found = rankings.hybrid(conn, target, question, query, len(OR_BODIES))
+        return {r["key"] for r in found if r["text_rank"] is not None}
+
+    assert matched("method must be GET or POST") == {4}  # was {4, 5}: "... GET" | "post"
+    assert matched("method must be GET Or POST") == {4}
+    assert matched("salt or pepper") == {1, 2}  # every word: "salt" and "pepper"
+    assert matched("salt OR pepper") == {1, 2, 3}  # the operator
+    assert matched('"salt or pepper"') == {1, 2}  # a phrase: salt, a word, pepper
+    assert matched('"salt pepper"') == set()
+    assert matched("color or flavor") == set()  # words holding "or" are left alone
+    assert text_ranking(conn, "spices", "embedding_fts", "GET or POST") == [4]
 
 
 def test_hybrid_on_a_target_without_full_text_is_refused(conn: Conn, items: Vec) -> None:

@@ -179,6 +179,21 @@ def _int(text: str) -> int:
     return int(text)
 
 
+def retry_after(exc: BaseException) -> int | None:
+    """Whole seconds until the request may succeed, where the exception or one it was raised
+    from knows (a provider's Retry-After, its circuit breaker's time left): a 503's Retry-After
+    header (RFC 9110 10.2.3), so that a client backs off as long as the provider asked."""
+    seen: BaseException | None = exc
+    for _ in range(8):  # the chain is short; a cycle must not loop
+        if seen is None:
+            return None
+        wait = getattr(seen, "retry_after", None)
+        if isinstance(wait, int | float) and not isinstance(wait, bool) and wait >= 0:
+            return max(1, math.ceil(wait))
+        seen = seen.__cause__ or seen.__context__
+    return None
+
+
 class JSONRequestHandler(BaseHTTPRequestHandler):
     """Serves one request at a time (keep-alive, pipelining) and answers each exactly once: a
     `BadRequest` raised anywhere becomes its status with {"error": reason}; so do http.server's
@@ -237,7 +252,9 @@ class JSONRequestHandler(BaseHTTPRequestHandler):
             if answer is None:
                 logger.exception("HTTP %r failed", getattr(self, "requestline", "")[:200])
                 answer = (HTTPStatus.INTERNAL_SERVER_ERROR, "internal error (logged)")
-            self._answer_error(*answer)
+            status, message = answer
+            wait = retry_after(exc) if status == HTTPStatus.SERVICE_UNAVAILABLE else None
+            self._answer_error(status, message, retry_after=wait)
 
     def _serve_one(self) -> None:
         line = self.rfile.readline(MAX_REQUEST_LINE + 1)
@@ -323,22 +340,39 @@ class JSONRequestHandler(BaseHTTPRequestHandler):
         except (OSError, ValueError):
             pass
 
-    def _answer_error(self, status: HTTPStatus, message: str, *, allow: str | None = None) -> None:
+    def _answer_error(
+        self,
+        status: HTTPStatus,
+        message: str,
+        *,
+        allow: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
         """An error answer, unless this request has one already: then the connection closes
         (the client could not tell where a second answer would begin)."""
         if self._answered:
             self.close_connection = True
             return
         try:
-            self._error(status, message, allow=allow)
+            self._error(status, message, allow=allow, retry_after=retry_after)
         except OSError:
             self.close_connection = True
 
     def _json(self, status: HTTPStatus, value: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(value).encode(), "application/json", headers)
 
-    def _error(self, status: HTTPStatus, message: str, *, allow: str | None = None) -> None:
-        self._json(status, {"error": db.redact(message)}, {"Allow": allow} if allow else None)
+    def _error(
+        self,
+        status: HTTPStatus,
+        message: str,
+        *,
+        allow: str | None = None,
+        retry_after: int | None = None,
+    ) -> None:
+        headers = {"Allow": allow} if allow else {}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
+        self._json(status, {"error": db.redact(message)}, headers or None)
 
     def _send(
         self,
