@@ -40,6 +40,19 @@ def search_dsn(conn: Conn, dsn: str) -> Iterator[str]:
     conn.execute(f"DROP ROLE {role}")
 
 
+def searching_worker(
+    conn: Conn, start_worker: Callable[..., WorkerProcess], search_dsn: str, **env: str
+) -> WorkerProcess:
+    """The worker serving POST /search as the search role, once every row of docs has its
+    vector."""
+    worker = start_worker(EMBED_HTTP_TOKEN=TOKEN, EMBED_SEARCH_DATABASE_URL=search_dsn, **env)
+    wait_for(
+        lambda: conn.execute("SELECT count(embedding) FROM docs").fetchone() == (len(BODIES),),
+        what="every row embedded",
+    )
+    return worker
+
+
 def test_post_search_reranks_as_the_cross_encoder_scores(
     conn: Conn,
     search_dsn: str,
@@ -48,13 +61,7 @@ def test_post_search_reranks_as_the_cross_encoder_scores(
     worker_env: dict[str, str],
 ) -> None:
     model_path = os.pathsep.join([worker_env["EMBED_MODEL_PATH"], reranker_path])
-    worker = start_worker(
-        EMBED_HTTP_TOKEN=TOKEN, EMBED_SEARCH_DATABASE_URL=search_dsn, EMBED_MODEL_PATH=model_path
-    )
-    wait_for(
-        lambda: conn.execute("SELECT count(embedding) FROM docs").fetchone() == (len(BODIES),),
-        what="every row embedded",
-    )
+    worker = searching_worker(conn, start_worker, search_dsn, EMBED_MODEL_PATH=model_path)
     ask = {"table": "docs", "query": QUESTION, "k": 3}
 
     status, _, first = post(worker, "/search", {**ask, "k": 9})

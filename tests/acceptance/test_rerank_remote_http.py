@@ -12,10 +12,10 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.acceptance.test_http import TOKEN, post
-from tests.acceptance.test_rerank_http import search_dsn
-from tests.integration.test_rerank import BODIES, QUESTION
-from tests.support.process import WorkerProcess, wait_for
+from tests.acceptance.test_http import post
+from tests.acceptance.test_rerank_http import search_dsn, searching_worker
+from tests.integration.test_rerank import QUESTION
+from tests.support.process import WorkerProcess
 from tests.support.rerank_server import RerankServer, overlap
 
 __all__ = ["search_dsn"]  # the fixture of test_rerank_http: a read-only role for POST /search
@@ -33,13 +33,7 @@ def test_post_search_reranks_through_a_remote_api(
             "SELECT embeddings.register_reranker('co-rr', 'cohere', %s, 'rerank-test')",
             (server.base_url,),
         )
-        worker = start_worker(
-            EMBED_HTTP_TOKEN=TOKEN, EMBED_SEARCH_DATABASE_URL=search_dsn, COHERE_API_KEY=KEY
-        )
-        wait_for(
-            lambda: conn.execute("SELECT count(embedding) FROM docs").fetchone() == (len(BODIES),),
-            what="every row embedded",
-        )
+        worker = searching_worker(conn, start_worker, search_dsn, COHERE_API_KEY=KEY)
         ask = {"table": "docs", "query": QUESTION, "k": 3}
 
         status, _, first = post(worker, "/search", {**ask, "k": 9})

@@ -353,26 +353,16 @@ class JSONRequestHandler(BaseHTTPRequestHandler):
         if self._answered:
             self.close_connection = True
             return
+        headers = {"Allow": allow} if allow else {}
+        if retry_after is not None:
+            headers["Retry-After"] = str(retry_after)
         try:
-            self._error(status, message, allow=allow, retry_after=retry_after)
+            self._json(status, {"error": db.redact(message)}, headers or None)
         except OSError:
             self.close_connection = True
 
     def _json(self, status: HTTPStatus, value: Any, headers: dict[str, str] | None = None) -> None:
         self._send(status, json.dumps(value).encode(), "application/json", headers)
-
-    def _error(
-        self,
-        status: HTTPStatus,
-        message: str,
-        *,
-        allow: str | None = None,
-        retry_after: int | None = None,
-    ) -> None:
-        headers = {"Allow": allow} if allow else {}
-        if retry_after is not None:
-            headers["Retry-After"] = str(retry_after)
-        self._json(status, {"error": db.redact(message)}, headers or None)
 
     def _send(
         self,
