@@ -15,6 +15,7 @@ from tests.support import modelgen
 from tests.support.models import MINILM, require_minilm, shared_models_dir
 from worker import config
 from worker.config import Settings
+from worker.models.embedder import Embedder
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
 
@@ -166,3 +167,17 @@ def pytest_terminal_summary(terminalreporter: Any, config: pytest.Config) -> Non
     cache = getattr(config, "cache", None)
     if cache is not None:
         cache.set("embed-worker/fault-matrix", faultmatrix.as_json())
+
+
+@pytest.fixture
+def embedded_texts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """Every text the local models embed from now on (`.clear()` it to start counting later)."""
+    seen: list[str] = []
+    original = Embedder.embed_with_stats
+
+    def count(self: Embedder, texts: Any) -> Any:
+        seen.extend(texts)
+        return original(self, texts)
+
+    monkeypatch.setattr(Embedder, "embed_with_stats", count)
+    return seen

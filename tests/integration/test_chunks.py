@@ -242,29 +242,20 @@ def test_documents_are_chunked_within_budget_covering_the_text(
 
 
 def test_an_edit_re_embeds_only_the_changed_chunks(
-    conn: Conn, docs: int, run_once: Callable[..., Worker], monkeypatch: pytest.MonkeyPatch
+    conn: Conn, docs: int, run_once: Callable[..., Worker], embedded_texts: list[str]
 ) -> None:
     run_once()
     before = {(r[0], r[3]): r[4] for r in chunks(conn)}
     (body,) = conn.execute("SELECT body FROM docs WHERE id = 1").fetchall()[0]
     edited = body.replace("Paragraph 6.", "Paragraph six, rewritten with other words entirely.")
     conn.execute("UPDATE docs SET body = %s WHERE id = 1", (edited,))
-    from worker.models.embedder import Embedder
-
-    embedded: list[str] = []
-    original = Embedder.embed_with_stats
-
-    def spy(self: Embedder, texts: Any) -> Any:
-        embedded.extend(texts)
-        return original(self, texts)
-
-    monkeypatch.setattr(Embedder, "embed_with_stats", spy)
+    embedded_texts.clear()
     run_once()
     mine = [r for r in chunks(conn) if r[0] == 1]
     new = [r[2] for r in mine if (1, r[3]) not in before]
     assert 0 < len(new) <= 3, "only the chunks around the edit are new"
     assert any("rewritten" in text for text in new)
-    assert sorted(embedded) == sorted(new)  # and only they went through the model
+    assert sorted(embedded_texts) == sorted(new)  # and only they went through the model
     for r in mine:
         if (1, r[3]) in before:
             assert r[4] == before[(1, r[3])]  # the very same vector

@@ -19,7 +19,6 @@ from tests.support.documents import docx_bytes, encrypted, pdf_bytes
 from tests.support.jobs import clear_queue, messages, queued_keys
 from tests.support.models import shared_models_dir
 from worker.config import Settings
-from worker.models.embedder import Embedder
 from worker.models.loaded import LoadedModels
 from worker.models.onnx import load_tokenizer
 from worker.pipeline.documents.extraction import extract
@@ -217,7 +216,7 @@ def test_a_changed_file_re_embeds_only_the_sections_that_changed(
     conn: Conn,
     files: dict[int, bytes],
     run_once: Callable[..., Worker],
-    monkeypatch: pytest.MonkeyPatch,
+    embedded_texts: list[str],
 ) -> None:
     run_once()
     before = {r["chunk_hash"]: r["embedding"] for r in chunk_rows(conn) if r["id"] == 1}
@@ -225,16 +224,9 @@ def test_a_changed_file_re_embeds_only_the_sections_that_changed(
         "UPDATE files SET body = %s WHERE id = 1",
         (MARKDOWN.replace("It takes 14 days.", "It takes ten working days.").encode(),),
     )
-    embedded: list[str] = []
-    original = Embedder.embed_with_stats
-
-    def spy(self: Embedder, texts: Any) -> Any:
-        embedded.extend(texts)
-        return original(self, texts)
-
-    monkeypatch.setattr(Embedder, "embed_with_stats", spy)
+    embedded_texts.clear()
     run_once()
-    assert embedded == ["Help centre\nRefunds\n\nIt takes ten working days."]
+    assert embedded_texts == ["Help centre\nRefunds\n\nIt takes ten working days."]
     mine = [r for r in chunk_rows(conn) if r["id"] == 1]
     assert [r["chunk"] for r in mine][1] == "It takes ten working days."
     unchanged = [r for r in mine if r["chunk_hash"] in before]

@@ -98,19 +98,9 @@ def step(settings: Settings, dsn: str, embedders: LoadedModels) -> Any:
 
 
 @pytest.fixture
-def counting(monkeypatch: pytest.MonkeyPatch) -> list[str]:
+def counting(embedded_texts: list[str]) -> list[str]:
     """Every text the models embed."""
-    from worker.models.embedder import Embedder
-
-    seen: list[str] = []
-    original = Embedder.embed_with_stats
-
-    def count(self: Embedder, texts: Any) -> Any:
-        seen.extend(texts)
-        return original(self, texts)
-
-    monkeypatch.setattr(Embedder, "embed_with_stats", count)
-    return seen
+    return embedded_texts
 
 
 def test_a_long_document_is_written_a_piece_at_a_time_with_its_progress(
