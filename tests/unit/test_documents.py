@@ -257,3 +257,23 @@ def test_a_docx_zip_bomb_is_refused_unread() -> None:
     assert len(data) < 2**20
     with pytest.raises(exceptions.DocumentTooLarge, match=r"^docx document: its parts inflate to "):
         extract(data, max_bytes=CEILING)
+
+
+def test_html_the_parser_refuses_is_a_document_error_not_the_parsers_own() -> None:
+    """A page on which html.parser raises AssertionError (an unknown marked section): the row's
+    failure, naming the format, never an exception that stops the worker."""
+    data = b"<!DOCTYPE html><html><body><p>Hello</p><![foo[ x ]]></body></html>"
+    with pytest.raises(exceptions.DocumentError, match=r"^html document: cannot be read \("):
+        extract(data, max_bytes=CEILING)
+
+
+def test_a_zip_flagging_a_member_name_utf8_that_is_not_is_a_document_error() -> None:
+    """Detection opens a zip's directory to look for word/document.xml: a member name flagged as
+    UTF-8 (bit 11) that is not UTF-8 makes zipfile raise UnicodeDecodeError."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("word/document.xml", "<w:document/>")
+        archive.writestr("\xff\xfe.xml", "x")  # written with the UTF-8 flag: c3 bf c3 be
+    data = out.getvalue().replace(b"\xc3\xbf\xc3\xbe.xml", b"\xff\xfe\xff\xfe.xml")
+    with pytest.raises(exceptions.DocumentError, match=r"^unknown document: cannot be read \("):
+        extract(data, max_bytes=CEILING)
