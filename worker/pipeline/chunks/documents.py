@@ -22,7 +22,7 @@ from worker.pipeline.documents.headers import HeaderTemplate
 from worker.pipeline.documents.splitting import DocumentSplitter
 from worker.pipeline.documents.stream import DocumentStream
 from worker.pipeline.parsing.budgets import Budgets
-from worker.pipeline.parsing.process import Parse
+from worker.pipeline.parsing.process import Parse, input_size
 from worker.pipeline.parsing.service import SERVICE, ParseService
 from worker.pipeline.pieces import DocumentId, Limits
 from worker.pipeline.targets import Target
@@ -94,7 +94,7 @@ class DocumentReader:
 
     def request(self, key: DocumentId, content: str) -> None:
         if self.parses:
-            size = len(content) * 3 // 4 if self._is_bytes else len(content)
+            size = input_size(content, is_bytes=self._is_bytes)
             job = Parse(
                 content, self._format, self._is_bytes, self._max_bytes, self._budgets.for_size(size)
             )

@@ -76,9 +76,8 @@ def clip(text: str, limit: int) -> str:
 
 
 def headline(text: str, limit: int = MAX_HEADING) -> str:
-    """A heading's or title's text: its spaces collapsed, cut at `limit` characters. Only the
-    start of a huge one is looked at."""
-    return clip(collapse_spaces(text[: limit * 8]), limit)
+    """A heading's or title's text: its spaces collapsed, cut at `limit` characters."""
+    return clip(collapse_spaces(text), limit)
 
 
 class TextBuilder:

@@ -46,12 +46,19 @@ class Parse:
 
     @property
     def size(self) -> int:
-        """The input's bytes (a bytea column's, not its base64's)."""
-        return len(self.content) * 3 // 4 if self.is_bytes else len(self.content)
+        return input_size(self.content, is_bytes=self.is_bytes)
 
     @property
     def label(self) -> str:
-        return f"{self.format or 'unknown'} document"
+        return f"{self.format} document" if self.format else "document"
+
+
+def input_size(content: str, *, is_bytes: bool) -> int:
+    """The bytes of a row's content: a bytea column's, not its base64's (Postgres's encode()
+    breaks base64 into lines of 76)."""
+    if is_bytes:
+        return (len(content) - content.count("\n")) * 3 // 4
+    return len(content)
 
 
 class _Overrun(Exception):

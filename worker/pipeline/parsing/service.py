@@ -64,8 +64,10 @@ class _Entry:
 @dataclass
 class _State:
     entries: dict[DocumentId, _Entry] = field(default_factory=dict)  # every parse we know of
-    queues: OrderedDict[int, deque[_Entry]] = field(default_factory=OrderedDict)  # per target
+    queues: dict[int, deque[_Entry]] = field(default_factory=dict)  # per target, in turn
     running: Counter[int] = field(default_factory=Counter)  # parses running, per target
+    served: dict[int, int] = field(default_factory=dict)  # when each target was last served
+    turns: int = 0  # parses handed out so far (the clock of `served`)
     results: OrderedDict[DocumentId, _Entry] = field(
         default_factory=OrderedDict
     )  # done, oldest first
@@ -212,6 +214,9 @@ class ParseService:
         with self._changed:
             state = self._state
             state.running[entry.tenant] -= 1
+            if not state.running[entry.tenant] and entry.tenant not in state.queues:
+                del state.running[entry.tenant]  # nothing of it left: forgotten
+                state.served.pop(entry.tenant, None)
             entry.running, entry.outcome, entry.done_at = False, outcome, time.monotonic()
             if state.entries.get(entry.key) is entry:
                 state.results[entry.key] = entry
@@ -221,17 +226,18 @@ class ParseService:
 
 def _pick(state: _State, cap: int) -> _Entry | None:
     """Takes the next parse: of the target with the fewest running (under `cap`), the least
-    recently served first."""
+    recently served first (one never served, or not since its queue last emptied, first)."""
     ready = [t for t in state.queues if state.running[t] < cap]
     if not ready:
         return None
-    target = min(ready, key=lambda t: state.running[t])
+    target = min(ready, key=lambda t: (state.running[t], state.served.get(t, -1)))
     queue = state.queues[target]
     entry = queue.popleft()
-    del state.queues[target]
-    if queue:
-        state.queues[target] = queue  # to the end: served last next time
+    if not queue:
+        del state.queues[target]
     state.running[target] += 1
+    state.turns += 1
+    state.served[target] = state.turns
     entry.running = True
     return entry
 
