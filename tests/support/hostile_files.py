@@ -226,7 +226,7 @@ def html_huge_title() -> bytes:
     ).encode()
 
 
-def html_many_headings(count: int = 25_000) -> bytes:
+def html_many_headings(count: int = 21_000) -> bytes:
     return html("".join(f"<h{1 + k % 6}>h{k}</h{1 + k % 6}>" for k in range(count)))
 
 
@@ -236,20 +236,20 @@ def markdown_heading_then_spaces(spaces: int = 100_000) -> bytes:
     return b"# a" + b" " * spaces + b"b\n\nSome text.\n"
 
 
-def markdown_setext_paragraph(lines: int = 3_000) -> bytes:
+def markdown_setext_paragraph(lines: int = 1_000) -> bytes:
     """A paragraph of many lines underlined as a heading: a title of all of them."""
     return b"intro\n\n" + b"line of a long paragraph\n" * lines + b"===\n\nBody.\n"
 
 
-def markdown_many_headings(count: int = 25_000) -> bytes:
+def markdown_many_headings(count: int = 21_000) -> bytes:
     return b"".join(b"%s h%d\n" % (b"#" * (1 + k % 6), k) for k in range(count))
 
 
-def markdown_fences(count: int = 10_000) -> bytes:
+def markdown_fences(count: int = 2_000) -> bytes:
     return b"# Fences\n" + b"```\n" * count
 
 
-def long_line(size: int = 256 * 1024) -> bytes:
+def long_line(size: int = 128 * 1024) -> bytes:
     return b"x" * size
 
 
