@@ -267,7 +267,7 @@ def test_a_docx_of_120_mib_of_xml_fails_within_its_memory_budget(
     watch.stop()
     assert watch.peak_rss - baseline < RSS_GROWTH, (watch.peak_rss - baseline) / MIB
     assert failures(conn, "hostile") == {
-        1: "document: parsing needed more than 128 MiB (EMBED_PARSE_MEMORY_MB)"
+        1: "document: parsing needed more than 96 MiB (EMBED_PARSE_MEMORY_MB)"
     }
     wait_for(other_embedded, OTHER_TENANT_SECONDS, what="the other tenant's row and document")
     assert not watch.unanswered, watch.unanswered

@@ -38,7 +38,7 @@ class Budgets:
 
     timeout_seconds: float = 30.0
     cpu_seconds: int = 20
-    memory_mb: int = 128
+    memory_mb: int = 96
     processes: int = 1
 
     @classmethod

@@ -32,7 +32,6 @@ from collections.abc import Callable
 from typing import BinaryIO
 
 from worker import exceptions
-from worker.pipeline.documents.extracted import ExtractedDocument
 from worker.pipeline.documents.extraction import extract
 from worker.pipeline.parsing import wire
 
@@ -49,17 +48,21 @@ def main() -> None:
             header, payload = wire.read_frame(_reader(requests), max_payload=2**40)
         except EOFError:
             return  # the worker closed our stdin: it is done with us
-        answer(answers, *parse(header, payload))
+        content = _content(header, payload)
+        del payload  # (the content is all the parse needs: its memory is not the budget's)
+        answer(answers, *parse(header, content))
+        del content
 
 
-def parse(header: wire.Header, payload: bytes) -> tuple[wire.Header, bytes]:
-    """One request's answer: the document and its text, or why there is none."""
+def parse(header: wire.Header, content: bytes | str) -> tuple[wire.Header, bytes]:
+    """One request's answer: the document and its text, or why there is none. The budget is
+    the memory the parse takes beyond what the process holds once the content is in it."""
     budget = int(header["memory_bytes"])
     limit = _status("VmSize") + budget
     peak_before = _status("VmPeak")
     _set_limits(limit, int(header["cpu_seconds"]))
     try:
-        document = _extract(header, payload)
+        document = extract(content, max_bytes=int(header["max_bytes"]), format=header["format"])
     except BaseException as exc:  # extract() wraps every library's exception in DocumentError
         _set_limits(None, None)
         if _ran_out(exc, peak_before, limit, budget):
@@ -71,12 +74,9 @@ def parse(header: wire.Header, payload: bytes) -> tuple[wire.Header, bytes]:
     return {**wire.document_header(document), "peak": _status("VmPeak")}, document.text.encode()
 
 
-def _extract(header: wire.Header, payload: bytes) -> ExtractedDocument:
-    content: bytes | str = (
-        base64.b64decode(payload) if header["base64"] else payload.decode("utf-8")
-    )
-    del payload
-    return extract(content, max_bytes=int(header["max_bytes"]), format=header["format"])
+def _content(header: wire.Header, payload: bytes) -> bytes | str:
+    """The row's content: a bytea column's bytes (sent as base64), or a text column's text."""
+    return base64.b64decode(payload) if header["base64"] else payload.decode("utf-8")
 
 
 def _unreadable(format: str, reason: str, exc: BaseException) -> wire.Header:

@@ -15,7 +15,8 @@ files can delay another target's documents by one parse's budget at most.
 Bounds: at most MAX_QUEUED parses (MAX_QUEUED_PER_TARGET per target, MAX_QUEUED_BYTES of
 content) wait for a process; a parse past them is not taken (its row is postponed and asks
 again). At most MAX_RESULTS outcomes (MAX_RESULT_BYTES of text and content) wait for their
-rows, for at most RESULT_SECONDS; the oldest go first.
+rows, for at most RESULT_SECONDS; the oldest go first, never the newest (a document larger than
+the bound waits for its row too).
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ from worker.pipeline.pieces import DocumentId, Known
 
 MAX_QUEUED = 64
 MAX_QUEUED_PER_TARGET = 16
-MAX_QUEUED_BYTES = 64 * 2**20
+MAX_QUEUED_BYTES = 16 * 2**20
 MAX_RESULTS = 64
-MAX_RESULT_BYTES = 64 * 2**20
+MAX_RESULT_BYTES = 16 * 2**20
 RESULT_SECONDS = 600.0
 
 
@@ -256,10 +257,10 @@ def _drop_superseded(state: _State, key: DocumentId) -> None:
 
 
 def _trim(state: _State) -> None:
-    """Drops the oldest results past the bounds."""
+    """Drops the oldest results past the bounds, never the newest (the one just done)."""
     now = time.monotonic()
     held = sum(e.held_bytes for e in state.results.values())
-    while state.results:
+    while len(state.results) > 1:
         key, oldest = next(iter(state.results.items()))
         if (
             len(state.results) <= MAX_RESULTS
