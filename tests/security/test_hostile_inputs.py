@@ -46,6 +46,10 @@ BUDGETS = {
     "EMBED_PARSE_PROCESSES": "2",
     "EMBED_MAX_ATTEMPTS": "1",
     "EMBED_MAX_DOCUMENT_BYTES": str(MIB),
+    # A batch embeds at most this many tokens of a target's new chunks: the other tenant's row
+    # waits behind one such batch of the hostile tenant's (embedding, not parsing), short even
+    # on a busy 2-core machine.
+    "EMBED_PIECE_TOKENS": "512",
 }
 # What the worker's own process may grow by while it serves hostile files: the text and chunks
 # of the documents it holds. (An in-process lxml tree of the review's DOCX took 2.7 GiB.)

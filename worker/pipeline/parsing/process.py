@@ -94,9 +94,13 @@ class ParseProcess:
             cpu_seconds=budget.cpu_seconds,
             memory_bytes=budget.memory_bytes,
         )
+        content = job.content.encode()
+        # The text is within what the parse could hold (its budget), or the content's own.
+        bound = budget.memory_bytes + len(content)
         try:
-            self._send(wire.frame(header, job.content.encode()), deadline)
-            answer, payload = self._receive(deadline, max_payload=budget.memory_bytes)
+            self._send(wire.frame(header, content), deadline)
+            del content
+            answer, payload = self._receive(deadline, max_payload=bound)
             outcome = _outcome(job, answer, payload)
         except _Overrun:
             self.close(kill=True)

@@ -175,7 +175,9 @@ class ParseService:
                 thread.start()
 
     def _serve(self, slot: int, generation: int) -> None:
-        process = self._processes[slot] = ParseProcess()
+        process = ParseProcess()
+        with self._changed:
+            self._processes[slot] = process
         try:
             # At once: the first parse should not wait for the imports. A process that does not
             # start is logged; the first parse tries again.
@@ -194,7 +196,7 @@ class ParseService:
                     process.close(kill=True)
                     outcome = exceptions.ParseFailed("crash", f"parsing failed: {exc!r}")
                 _count(outcome, time.monotonic() - started)
-                self._finish(entry, outcome)
+                self._finish(entry, outcome, generation)
         finally:
             process.close(kill=True)
             with self._changed:
@@ -211,7 +213,9 @@ class ParseService:
                 self._changed.wait()
             return None
 
-    def _finish(self, entry: _Entry, outcome: Outcome) -> None:
+    def _finish(self, entry: _Entry, outcome: Outcome, generation: int) -> None:
+        """Keeps the outcome for its row; forgets the parse instead when it was superseded, or
+        killed by close() (its row asks again)."""
         with self._changed:
             state = self._state
             state.running[entry.tenant] -= 1
@@ -220,8 +224,11 @@ class ParseService:
                 state.served.pop(entry.tenant, None)
             entry.running, entry.outcome, entry.done_at = False, outcome, time.monotonic()
             if state.entries.get(entry.key) is entry:
-                state.results[entry.key] = entry
-                _trim(state)
+                if generation == self._generation:
+                    state.results[entry.key] = entry
+                    _trim(state)
+                else:
+                    del state.entries[entry.key]
             self._changed.notify_all()
 
 
