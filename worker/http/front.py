@@ -1,0 +1,217 @@
+"""The HTTP front (docs/http.md#hardening): one thread runs an asyncio loop that owns every
+connection, so that a connection costs a socket and a buffer, never a thread, until what it
+asks for is worth one (worker.http.connection reads and answers each request).
+
+What a request asks for runs in one of three lanes (`Lane`), chosen by the service from its
+head alone (`Service.route()`, which checks the token too):
+
+- INLINE: answered by the loop itself, at once (/healthz): there is nothing to wait for, so a
+  probe is answered whatever the other connections do;
+- PROBE: computed by a thread, at most PROBES at once (/readyz, /metrics);
+- WORK: only for a whole, authenticated head: it takes one of EMBED_HTTP_MAX_CONNECTIONS slots,
+  the loop reads its body, and a thread computes the answer, which the loop sends.
+
+So no slot is held by a connection that has not delivered a whole, authenticated head, and no
+thread waits on a client. The connections waiting for a request (idle keep-alive ones, heads
+still arriving, refusals being answered) are at most EMBED_HTTP_MAX_WAITING_CONNECTIONS: at the
+limit the one that has waited longest is closed, so that connections that never send a request
+cannot keep a new one out.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+import logging
+import socket
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from worker.http.protocol import Answer, BadRequest, Request
+
+if TYPE_CHECKING:
+    from worker.config import Settings
+    from worker.http.connection import Connection
+
+logger = logging.getLogger(__name__)
+
+PROBES = 4  # /readyz and /metrics computed at once; more get 503
+# The listen backlog: connections the kernel holds until the loop accepts them (32 clients
+# connecting at once had connections reset with socketserver's 5: bench/search_http.py).
+BACKLOG = 128
+ACCEPT_BACKOFF_SECONDS = 0.1  # after accept() failed (out of file descriptors, say)
+
+
+class Lane(enum.Enum):
+    INLINE = "inline"
+    PROBE = "probe"
+    WORK = "work"
+
+
+@dataclass(frozen=True)
+class Route:
+    lane: Lane
+    run: Callable[[Request], Answer]  # may raise BadRequest, or whatever `failed()` answers
+
+
+class Service(Protocol):
+    """What the front serves: worker.http.server's routes."""
+
+    def route(self, request: Request) -> Route:
+        """The route for a request whose head was read (its body not yet), or a BadRequest:
+        no such route or method, POST refused, a wrong token, a body it cannot take."""
+        ...
+
+    def failed(self, request: Request, exc: Exception) -> Answer:
+        """The answer to an exception a route raised."""
+        ...
+
+
+@dataclass(frozen=True)
+class Limits:
+    timeout_seconds: float  # silence, a body's arrival, an answer's departure
+    head_timeout_seconds: float  # a request line and headers, from their first byte
+    max_body: int
+    max_connections: int  # slots of work
+    max_waiting: int  # connections waiting for a request
+
+    @classmethod
+    def of(cls, settings: Settings) -> Limits:
+        return cls(
+            timeout_seconds=settings.http_timeout_seconds,
+            head_timeout_seconds=settings.http_head_timeout_seconds,
+            max_body=settings.http_max_body,
+            max_connections=settings.http_max_connections,
+            max_waiting=settings.http_max_waiting_connections,
+        )
+
+
+class Front:
+    """The listening socket and the loop's thread; the lanes' counts and the waiting
+    connections, touched by the loop's thread only."""
+
+    def __init__(self, service: Service, limits: Limits, host: str, port: int) -> None:
+        self.service = service
+        self.limits = limits
+        self.listener = socket.create_server((host, port), backlog=BACKLOG)
+        self.listener.setblocking(False)
+        self.loop = asyncio.new_event_loop()
+        self._capacity = {Lane.PROBE: PROBES, Lane.WORK: limits.max_connections}
+        self._in_use = {Lane.PROBE: 0, Lane.WORK: 0}
+        self._waiting: dict[Connection, None] = {}  # in the order they began waiting
+        self._connections: set[asyncio.Task[None]] = set()
+        self._main = self.loop.create_task(self._accept())
+        self._thread = threading.Thread(target=self._run, name="http", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        host, port = self.listener.getsockname()[:2]
+        return str(host), int(port)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def close(self) -> None:
+        """Stops accepting and closes every connection; threads computing an answer finish
+        on their own (daemon threads: they do not hold up the process's exit)."""
+        if self._thread.is_alive():
+            self.loop.call_soon_threadsafe(self._main.cancel)
+            self._thread.join(10)
+        elif not self.loop.is_closed():  # never started
+            self._main.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                self.loop.run_until_complete(self._main)
+            self.loop.close()
+        self.listener.close()
+
+    def _run(self) -> None:
+        asyncio.set_event_loop(self.loop)
+        try:
+            self.loop.run_until_complete(self._main)
+        except asyncio.CancelledError:
+            pass
+        finally:
+            self.loop.close()
+
+    async def _accept(self) -> None:
+        from worker.http.connection import Connection
+
+        try:
+            while True:
+                try:
+                    sock, peer = await self.loop.sock_accept(self.listener)
+                except OSError as exc:
+                    logger.warning("HTTP could not accept a connection: %s", exc)
+                    await asyncio.sleep(ACCEPT_BACKOFF_SECONDS)
+                    continue
+                sock.setblocking(False)
+                # The headers and the body go out in one write, but 100 Continue and the
+                # answer in two: with Nagle's algorithm the second would wait for the
+                # client's delayed ACK of the first (40 ms on Linux).
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+                connection = Connection(self, sock, str(peer[0]))
+                task = self.loop.create_task(connection.serve())
+                connection.task = task
+                self._connections.add(task)
+                task.add_done_callback(self._connections.discard)
+        finally:
+            for task in self._connections:
+                task.cancel()
+            await asyncio.gather(*self._connections, return_exceptions=True)
+
+    # --- the connections waiting for a request --------------------------------------------
+    def waiting(self, connection: Connection) -> None:
+        """`connection` waits for a request (or answers one refused): it is counted, and at
+        the limit the connection that has waited longest is closed to make room."""
+        self._waiting.pop(connection, None)
+        while len(self._waiting) >= self.limits.max_waiting:
+            oldest = next(iter(self._waiting))
+            del self._waiting[oldest]
+            oldest.evict()
+        self._waiting[connection] = None
+
+    def busy(self, connection: Connection) -> None:
+        """`connection` holds a lane's place now, or has closed: it is not counted."""
+        self._waiting.pop(connection, None)
+
+    # --- the lanes --------------------------------------------------------------------------
+    def take(self, lane: Lane) -> bool:
+        """A place in `lane`, if one is free."""
+        if self._in_use[lane] >= self._capacity[lane]:
+            return False
+        self._in_use[lane] += 1
+        return True
+
+    def give_back(self, lane: Lane) -> None:
+        self._in_use[lane] -= 1
+
+    def answer(self, route: Route, request: Request) -> Answer:
+        """What `route` answers, whatever it raises (a route's bug is a 500, logged)."""
+        try:
+            return route.run(request)
+        except BadRequest as exc:
+            return Answer.error(exc.status, str(exc), allow=exc.allow)
+        except Exception as exc:
+            return self.service.failed(request, exc)
+
+    def in_thread(self, lane: Lane, route: Route, request: Request) -> asyncio.Future[Answer]:
+        """What `route` answers, computed by a thread of its own (the lane's place bounds how
+        many run at once); the loop goes on meanwhile."""
+        future: asyncio.Future[Answer] = self.loop.create_future()
+
+        def run() -> None:
+            answer = self.answer(route, request)
+            with contextlib.suppress(RuntimeError):  # the loop closed: the server stopped
+                self.loop.call_soon_threadsafe(_settle, future, answer)
+
+        threading.Thread(target=run, name=f"http-{lane.value}", daemon=True).start()
+        return future
+
+
+def _settle(future: asyncio.Future[Answer], answer: Answer) -> None:
+    if not future.done():  # (cancelled: the connection closed while it was computed)
+        future.set_result(answer)
