@@ -8,7 +8,8 @@
 - test_readable_tables.py: what PUBLIC and every role built into Postgres (pg_monitor, ...) may
   read of ours (schema embeddings, our pgmq queues and archives, side and chunk tables), as
   docs/security.md names it.
-- The hostile HTTP client (issue 24 §5) is played by tests/acceptance/test_http_fuzz.py and
-  test_http_input.py against the real process; a test of it that needs these roles (a search as
+- The hostile HTTP client (issue 24 §5) is played by tests/acceptance/test_http_fuzz.py,
+  test_http_input.py and test_http_heads.py (heads sent a byte at a time, idle connections,
+  wrong tokens: slots, probes and waiting connections, issue 46) against the real process; a test of it that needs these roles (a search as
   the worker role for a table it must not see, say) belongs here, beside the others.
 """

@@ -17,9 +17,11 @@ import asyncio
 import contextlib
 import logging
 import socket
+from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
+from worker import metrics
 from worker.http.front import Lane, Route
 from worker.http.protocol import (
     BUSY,
@@ -84,7 +86,11 @@ class Connection:
             if isinstance(exc, TimeoutError) and not scan.started(self.buffer):
                 return False  # silent between requests: just hang up
             # A refusal of the head itself: where this request ends is unknown, so it closes.
-            status = exc.status if isinstance(exc, BadRequest) else HTTPStatus.REQUEST_TIMEOUT
+            status = HTTPStatus.REQUEST_TIMEOUT
+            if isinstance(exc, BadRequest):
+                status = exc.status
+            else:
+                metrics.HTTP_CLOSED.labels("head_timeout").inc()
             seen = head or bytes(self.buffer[scan.start : scan.start + 5])
             return await self._refuse(Answer.error(status, str(exc)), seen.startswith(b"HEAD "))
         try:
@@ -101,7 +107,7 @@ class Connection:
         the loop at once, or by a probe's thread."""
         try:
             if request.length:  # a body nobody asked for: read past it to the next request
-                await self._body(request)
+                await self._body(request, keep=False)
         except (BadRequest, TimeoutError) as exc:
             answer = _body_error(exc, self.limits.timeout_seconds)
             return await self._finish(request, answer, close=True)
@@ -111,34 +117,57 @@ class Connection:
             return await self._finish(request, BUSY, close=True)
         self.front.busy(self)
         try:
-            answer = await self.front.in_thread(Lane.PROBE, route, request)
+            answer = await self.front.in_thread(
+                Lane.PROBE, route, request, self._sender(request, request.close)
+            )
         finally:
             self.front.give_back(Lane.PROBE)
-        return await self._finish(request, answer)
+        return self._after(request, answer, request.close)
 
     async def _work(self, request: Request, route: Route) -> bool:
-        """An authenticated request: a slot, its body, a thread for its answer, the answer
-        sent; the slot is given back before any lingering."""
+        """An authenticated request: a slot, its body, a thread that computes its answer and
+        sends it; the slot is given back before any lingering."""
         if not self.front.take(Lane.WORK):
             return await self._finish(request, BUSY, unread=bool(request.length))
         self.front.busy(self)
         close = request.close
         try:
             try:
-                if request.expect_continue:
-                    await self._send(CONTINUE)
                 request.body = await self._body(request)
             except (BadRequest, TimeoutError) as exc:
                 answer, close = _body_error(exc, self.limits.timeout_seconds), True
+                await self._send(render(answer, head_only=request.head_only, close=close))
             else:
-                answer = await self.front.in_thread(Lane.WORK, route, request)
-            await self._send(render(answer, head_only=request.head_only, close=close))
+                answer = await self.front.in_thread(
+                    Lane.WORK, route, request, self._sender(request, close)
+                )
         finally:
             self.front.give_back(Lane.WORK)
-        self._log(request, answer)
         if close and answer.status >= HTTPStatus.BAD_REQUEST:
+            self._log(request, answer)
             self.front.waiting(self)
             await self._linger()
+            return False
+        return self._after(request, answer, close)
+
+    def _sender(self, request: Request, close: bool) -> Callable[[Answer], None]:
+        """How a lane's thread sends the answer it computed: the socket, idle in the loop
+        meanwhile, written with a deadline (EMBED_HTTP_TIMEOUT_SECONDS in all), then handed
+        back to the loop."""
+
+        def send(answer: Answer) -> None:
+            data = render(answer, head_only=request.head_only, close=close)
+            self.sock.settimeout(self.limits.timeout_seconds)
+            try:
+                self.sock.sendall(data)
+            finally:
+                self.sock.setblocking(False)
+
+        return send
+
+    def _after(self, request: Request, answer: Answer, close: bool) -> bool:
+        """Whether the connection serves on after an answer a thread sent."""
+        self._log(request, answer)
         return not close
 
     # --- reading ----------------------------------------------------------------------------
@@ -151,17 +180,18 @@ class Connection:
         line_checked = False
         while True:
             end = scan.end(self.buffer)
-            if scan.request_line_end is not None and not line_checked:
-                # A request line no header can mend is refused at once, not at the deadline.
-                line_checked = True
-                line = bytes(self.buffer[scan.start : scan.request_line_end])
-                parse_head(line + b"\r\n", limits.max_body)
             if end is None and self.ended:
                 end = len(self.buffer)
             if end is not None:
                 head = bytes(self.buffer[scan.start : end])
                 del self.buffer[:end]
                 return head
+            if scan.request_line_end is not None and not line_checked:
+                # Before waiting for the headers: a request line no header can mend is refused
+                # at once, not at the deadline.
+                line_checked = True
+                line = bytes(self.buffer[scan.start : scan.request_line_end])
+                parse_head(line + b"\r\n", limits.max_body)
             started = scan.started(self.buffer)
             now = self.loop.time()
             deadline = now + limits.timeout_seconds
@@ -181,8 +211,12 @@ class Connection:
             else:
                 self.ended = True
 
-    async def _body(self, request: Request) -> bytes:
-        """The request's body, arriving whole within EMBED_HTTP_TIMEOUT_SECONDS."""
+    async def _body(self, request: Request, *, keep: bool = True) -> bytes:
+        """The request's body, arriving whole within EMBED_HTTP_TIMEOUT_SECONDS (asked for with
+        100 Continue first, where the client waits for it); read and dropped unless `keep`, so
+        that a body nobody asked for costs no memory."""
+        if request.expect_continue:
+            await self._send(CONTINUE)
         length = request.length or 0
         deadline = self.loop.time() + self.limits.timeout_seconds
         parts = [bytes(self.buffer[:length])]
@@ -195,9 +229,10 @@ class Connection:
                 raise BadRequest(
                     HTTPStatus.BAD_REQUEST, f"body ended after {got} of {length} bytes"
                 )
-            parts.append(data)
             got += len(data)
-        return b"".join(parts)
+            if keep:
+                parts.append(data)
+        return b"".join(parts) if keep else b""
 
     async def _recv(self, size: int, deadline: float) -> bytes:
         async with asyncio.timeout_at(deadline):

@@ -9,13 +9,14 @@ head alone (`Service.route()`, which checks the token too):
   probe is answered whatever the other connections do;
 - PROBE: computed by a thread, at most PROBES at once (/readyz, /metrics);
 - WORK: only for a whole, authenticated head: it takes one of EMBED_HTTP_MAX_CONNECTIONS slots,
-  the loop reads its body, and a thread computes the answer, which the loop sends.
+  the loop reads its body, and a thread computes the answer and sends it.
 
 So no slot is held by a connection that has not delivered a whole, authenticated head, and no
-thread waits on a client. The connections waiting for a request (idle keep-alive ones, heads
-still arriving, refusals being answered) are at most EMBED_HTTP_MAX_WAITING_CONNECTIONS: at the
-limit the one that has waited longest is closed, so that connections that never send a request
-cannot keep a new one out.
+thread waits on a client but to send the answer it computed (EMBED_HTTP_TIMEOUT_SECONDS at
+most). The connections waiting for a request (idle keep-alive ones, heads still arriving,
+refusals being answered) are at most EMBED_HTTP_MAX_WAITING_CONNECTIONS: at the limit the one
+that has waited longest is closed, so that connections that never send a request cannot keep a
+new one out.
 """
 
 from __future__ import annotations
@@ -24,12 +25,14 @@ import asyncio
 import contextlib
 import enum
 import logging
+import queue
 import socket
 import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
+from worker import metrics
 from worker.http.protocol import Answer, BadRequest, Request
 
 if TYPE_CHECKING:
@@ -101,6 +104,7 @@ class Front:
         self.loop = asyncio.new_event_loop()
         self._capacity = {Lane.PROBE: PROBES, Lane.WORK: limits.max_connections}
         self._in_use = {Lane.PROBE: 0, Lane.WORK: 0}
+        self._threads = {lane: Threads(f"http-{lane.value}") for lane in self._in_use}
         self._waiting: dict[Connection, None] = {}  # in the order they began waiting
         self._connections: set[asyncio.Task[None]] = set()
         self._main = self.loop.create_task(self._accept())
@@ -172,16 +176,21 @@ class Front:
             oldest = next(iter(self._waiting))
             del self._waiting[oldest]
             oldest.evict()
+            metrics.HTTP_CLOSED.labels("evicted").inc()
         self._waiting[connection] = None
+        metrics.HTTP_WAITING.set(len(self._waiting))
 
     def busy(self, connection: Connection) -> None:
         """`connection` holds a lane's place now, or has closed: it is not counted."""
-        self._waiting.pop(connection, None)
+        if connection in self._waiting:
+            del self._waiting[connection]
+            metrics.HTTP_WAITING.set(len(self._waiting))
 
     # --- the lanes --------------------------------------------------------------------------
     def take(self, lane: Lane) -> bool:
-        """A place in `lane`, if one is free."""
+        """A place in `lane`, if one is free (else the request is answered 503)."""
         if self._in_use[lane] >= self._capacity[lane]:
+            metrics.HTTP_CLOSED.labels("busy").inc()
             return False
         self._in_use[lane] += 1
         return True
@@ -198,20 +207,66 @@ class Front:
         except Exception as exc:
             return self.service.failed(request, exc)
 
-    def in_thread(self, lane: Lane, route: Route, request: Request) -> asyncio.Future[Answer]:
-        """What `route` answers, computed by a thread of its own (the lane's place bounds how
-        many run at once); the loop goes on meanwhile."""
+    def in_thread(
+        self, lane: Lane, route: Route, request: Request, send: Callable[[Answer], None]
+    ) -> asyncio.Future[Answer]:
+        """What `route` answers, computed by one of the lane's threads (its places bound how
+        many run at once) and sent by the same thread with `send`: handing the answer back to
+        the loop to send would cost one more thread's wake-up per request, the dearest part of
+        it on a busy machine. The future has the answer once it is sent, or the error that
+        kept it from the client."""
         future: asyncio.Future[Answer] = self.loop.create_future()
 
         def run() -> None:
             answer = self.answer(route, request)
+            failure: BaseException | None = None
+            try:
+                send(answer)
+            except OSError as exc:  # (TimeoutError too: the client stopped reading)
+                failure = exc
             with contextlib.suppress(RuntimeError):  # the loop closed: the server stopped
-                self.loop.call_soon_threadsafe(_settle, future, answer)
+                self.loop.call_soon_threadsafe(_settle, future, answer, failure)
 
-        threading.Thread(target=run, name=f"http-{lane.value}", daemon=True).start()
+        self._threads[lane].run(run)
         return future
 
 
-def _settle(future: asyncio.Future[Answer], answer: Answer) -> None:
-    if not future.done():  # (cancelled: the connection closed while it was computed)
+def _settle(future: asyncio.Future[Answer], answer: Answer, failure: BaseException | None) -> None:
+    if future.done():  # (cancelled: the connection closed while it was computed)
+        return
+    if failure is not None:
+        future.set_exception(failure)
+    else:
         future.set_result(answer)
+
+
+class Threads:
+    """Daemon threads for a lane, made as jobs need them and kept for the next (starting a
+    thread costs about 0.25 ms here, per request otherwise): there are always at least as
+    many as jobs running or waiting, so no job waits behind another, and never more than the
+    lane has places. Daemon threads, so that a job still running never holds up the process's
+    exit (concurrent.futures' threads are joined at exit)."""
+
+    def __init__(self, name: str) -> None:
+        self._name = name
+        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._lock = threading.Lock()
+        self._count = 0
+        self._busy = 0
+
+    def run(self, job: Callable[[], None]) -> None:
+        with self._lock:
+            self._busy += 1
+            if self._busy > self._count:
+                self._count += 1
+                threading.Thread(target=self._serve, name=self._name, daemon=True).start()
+        self._jobs.put(job)
+
+    def _serve(self) -> None:
+        while True:
+            job = self._jobs.get()
+            try:
+                job()
+            finally:
+                with self._lock:
+                    self._busy -= 1

@@ -13,10 +13,12 @@ from __future__ import annotations
 
 import email.message
 import email.utils
+import functools
 import io
 import json
 import math
 import re
+import time
 from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
@@ -237,7 +239,7 @@ def render(answer: Answer, *, head_only: bool, close: bool) -> bytes:
     lines = [
         f"HTTP/1.1 {status.value} {status.phrase}",
         f"Server: {SERVER}",
-        f"Date: {email.utils.formatdate(usegmt=True)}",
+        f"Date: {_date()}",
         f"Content-Type: {answer.content_type}",
         f"Content-Length: {len(answer.body)}",
         *(f"{name}: {value}" for name, value in answer.headers),
@@ -246,6 +248,16 @@ def render(answer: Answer, *, head_only: bool, close: bool) -> bytes:
         lines.append("Connection: close")
     head = ("\r\n".join(lines) + "\r\n\r\n").encode("latin-1")
     return head if head_only else head + answer.body
+
+
+@functools.lru_cache(maxsize=2)
+def _date_of(second: int) -> str:
+    return email.utils.formatdate(second, usegmt=True)
+
+
+def _date() -> str:
+    """The Date header's value, made once a second rather than per answer."""
+    return _date_of(int(time.time()))
 
 
 def retry_after(exc: BaseException) -> int | None:
