@@ -129,7 +129,7 @@ def _forget_jobs_then(statement: str) -> Callable[[Context], None]:
 
 
 def _http_search(ctx: Context) -> None:
-    """What POST /search runs (worker/http/server.py: _search), on the pooled connections it
+    """What POST /search runs (worker/http/work.py: Work.search), on the pooled connections it
     uses (worker/http/search_pool.py), as the search role (EMBED_SEARCH_DATABASE_URL), the
     application's: one connection, so every search after the first runs in a session the
     owner's code ran in before, and must find none of what it left."""

@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING
 
 from worker import metrics
 from worker.http.front import Lane, Route
+from worker.http.incoming import READ_SIZE, Incoming
 from worker.http.protocol import (
     BUSY,
     CONTINUE,
@@ -40,7 +41,6 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-READ_SIZE = 65536
 LINGER_SECONDS = 2.0  # how long input is drained after an error answer, before closing
 
 
@@ -51,8 +51,7 @@ class Connection:
         self.loop = front.loop
         self.sock = sock
         self.peer = peer
-        self.buffer = bytearray()  # received, not yet consumed: the next head, a body's start
-        self.ended = False  # the client sent its last byte (it may still read our answers)
+        self.incoming = Incoming(sock, front.loop, front.limits)
         self.task: asyncio.Task[None] | None = None
 
     def evict(self) -> None:
@@ -78,12 +77,12 @@ class Connection:
         scan = HeadScan()
         head = b""
         try:
-            head = await self._head(scan)
+            head = await self.incoming.head(scan)
             if not head:
                 return False
             request = parse_head(head, self.limits.max_body)
         except (BadRequest, TimeoutError) as exc:
-            if isinstance(exc, TimeoutError) and not scan.started(self.buffer):
+            if isinstance(exc, TimeoutError) and not scan.started(self.incoming.buffer):
                 return False  # silent between requests: just hang up
             # A refusal of the head itself: where this request ends is unknown, so it closes.
             status = HTTPStatus.REQUEST_TIMEOUT
@@ -91,7 +90,7 @@ class Connection:
                 status = exc.status
             else:
                 metrics.HTTP_CLOSED.labels("head_timeout").inc()
-            seen = head or bytes(self.buffer[scan.start : scan.start + 5])
+            seen = head or bytes(self.incoming.buffer[scan.start : scan.start + 5])
             return await self._refuse(Answer.error(status, str(exc)), seen.startswith(b"HEAD "))
         try:
             route = self.front.service.route(request)
@@ -170,74 +169,6 @@ class Connection:
         self._log(request, answer)
         return not close
 
-    # --- reading ----------------------------------------------------------------------------
-    async def _head(self, scan: HeadScan) -> bytes:
-        """The next request's head, taken from the buffer once it arrived whole (or as much of
-        it as came before the client's last byte); b"" when the client ended before sending
-        any. TimeoutError past a deadline, BadRequest past a limit."""
-        limits = self.limits
-        head_deadline: float | None = None
-        line_checked = False
-        while True:
-            end = scan.end(self.buffer)
-            if end is None and self.ended:
-                end = len(self.buffer)
-            if end is not None:
-                head = bytes(self.buffer[scan.start : end])
-                del self.buffer[:end]
-                return head
-            if scan.request_line_end is not None and not line_checked:
-                # Before waiting for the headers: a request line no header can mend is refused
-                # at once, not at the deadline.
-                line_checked = True
-                line = bytes(self.buffer[scan.start : scan.request_line_end])
-                parse_head(line + b"\r\n", limits.max_body)
-            started = scan.started(self.buffer)
-            now = self.loop.time()
-            deadline = now + limits.timeout_seconds
-            reason = f"request not received within {limits.timeout_seconds:g} s"
-            if started:
-                head_deadline = head_deadline or now + limits.head_timeout_seconds
-                if head_deadline < deadline:
-                    deadline = head_deadline
-                    reason = f"request head not received within {limits.head_timeout_seconds:g} s"
-            room = MAX_HEAD + 1 - (len(self.buffer) - scan.start)
-            try:
-                data = await self._recv(min(READ_SIZE, max(room, 1)), deadline)
-            except TimeoutError:
-                raise TimeoutError(reason) from None
-            if data:
-                self.buffer += data
-            else:
-                self.ended = True
-
-    async def _body(self, request: Request, *, keep: bool = True) -> bytes:
-        """The request's body, arriving whole within EMBED_HTTP_TIMEOUT_SECONDS (asked for with
-        100 Continue first, where the client waits for it); read and dropped unless `keep`, so
-        that a body nobody asked for costs no memory."""
-        if request.expect_continue:
-            await self._send(CONTINUE)
-        length = request.length or 0
-        deadline = self.loop.time() + self.limits.timeout_seconds
-        parts = [bytes(self.buffer[:length])]
-        del self.buffer[:length]
-        got = len(parts[0])
-        while got < length:
-            data = await self._recv(min(length - got, READ_SIZE), deadline)
-            if not data:
-                self.ended = True
-                raise BadRequest(
-                    HTTPStatus.BAD_REQUEST, f"body ended after {got} of {length} bytes"
-                )
-            got += len(data)
-            if keep:
-                parts.append(data)
-        return b"".join(parts) if keep else b""
-
-    async def _recv(self, size: int, deadline: float) -> bytes:
-        async with asyncio.timeout_at(deadline):
-            return await self.loop.sock_recv(self.sock, size)
-
     # --- answering --------------------------------------------------------------------------
     async def _finish(
         self, request: Request, answer: Answer, *, unread: bool = False, close: bool = False
@@ -272,6 +203,13 @@ class Connection:
             async with asyncio.timeout(LINGER_SECONDS):
                 while budget > 0 and (data := await self.loop.sock_recv(self.sock, READ_SIZE)):
                     budget -= len(data)
+
+    async def _body(self, request: Request, *, keep: bool = True) -> bytes:
+        """The request's body (asked for with 100 Continue first, where the client waits for
+        it), within EMBED_HTTP_TIMEOUT_SECONDS; read and dropped unless `keep`."""
+        if request.expect_continue:
+            await self._send(CONTINUE)
+        return await self.incoming.body(request.length or 0, keep=keep)
 
     def _log(self, request: Request, answer: Answer) -> None:
         logger.debug("%s %s %s %d", self.peer, request.method, request.path[:100], answer.status)
