@@ -26,7 +26,7 @@ from typing import Any
 import pytest
 
 from tests.support.process import WorkerProcess, wait_for
-from tests.support.rawhttp import read_answer
+from tests.support.rawhttp import read_answer, rss_kib
 
 TOKEN = "heads-token"
 READ_TIMEOUT = 8  # EMBED_HTTP_TIMEOUT_SECONDS: longer than any pause of the clients below
@@ -194,3 +194,37 @@ def test_the_connections_waiting_for_a_request_are_bounded(
         wait_for(lambda: all(closed(s) for s in idle[:30]), timeout=10, what="the oldest closed")
         assert not any(closed(s) for s in idle[-6:])
         assert healthz_within_a_second(worker) == 200
+
+
+def test_floods_of_heads_leave_memory_bounded(served: Callable[..., WorkerProcess]) -> None:
+    """Floods of connections each sending 60 KiB of a head that never ends: the waiting ones
+    beyond EMBED_HTTP_MAX_WAITING_CONNECTIONS are closed, and what they held is freed as they
+    close, so the worker's memory does not grow flood after flood (a bound, generous: a few
+    floods' buffers left to the garbage collector cross it)."""
+    worker = served(EMBED_HTTP_MAX_WAITING_CONNECTIONS=64, EMBED_HTTP_TIMEOUT_SECONDS=120)
+    assert worker.port is not None
+    flood = 500
+
+    def evicted() -> float:
+        for line in worker.get("/metrics")[1].decode().splitlines():
+            if line.startswith('embed_worker_http_connections_closed_total{reason="evicted"}'):
+                return float(line.split()[-1])
+        raise AssertionError("no eviction counter")
+
+    def one_flood() -> None:
+        before = evicted()
+        with contextlib.ExitStack() as stack:
+            for _ in range(flood):
+                sock = stack.enter_context(socket.create_connection(("127.0.0.1", worker.port)))
+                sock.setblocking(False)
+                with contextlib.suppress(OSError):  # (the server closed it already)
+                    sock.send(b"POST /embed HTTP/1.1\r\nX-Big: " + b"a" * 60_000)
+            wait_for(lambda: evicted() >= before + flood - 64, 30, what="the flood evicted")
+        assert healthz_within_a_second(worker) == 200
+
+    one_flood()  # (what the first one allocates stays with the process, for the next)
+    start = rss_kib(worker.proc.pid)
+    for _ in range(4):
+        one_flood()
+    growth_mib = (rss_kib(worker.proc.pid) - start) / 1024
+    assert growth_mib < 48, f"{growth_mib:.0f} MiB more after 4 floods of {flood}"

@@ -70,6 +70,11 @@ class Connection:
         finally:
             self.front.busy(self)
             self.sock.close()
+            # Released now rather than by the garbage collector: a connection closed while it
+            # waited (cancelled) is in a reference cycle with its task until a collection,
+            # and a flood of them would otherwise hold their buffers (up to a head each).
+            self.incoming.release()
+            self.task = None
 
     async def _next(self) -> bool:
         """Serves the next request; False when the connection is to close."""

@@ -48,6 +48,11 @@ BACKLOG = 128
 ACCEPT_BACKOFF_SECONDS = 0.1  # after accept() failed (out of file descriptors, say)
 
 
+# What a lane's thread did with a request: the answer, and the error that kept it from the
+# client, if one did.
+Outcome = tuple[Answer, BaseException | None]
+
+
 class Lane(enum.Enum):
     INLINE = "inline"
     PROBE = "probe"
@@ -217,17 +222,19 @@ class Front:
         kept it from the client."""
         future: asyncio.Future[Answer] = self.loop.create_future()
 
-        def run() -> None:
+        def run() -> Outcome:
             answer = self.answer(route, request)
-            failure: BaseException | None = None
             try:
                 send(answer)
             except OSError as exc:  # (TimeoutError too: the client stopped reading)
-                failure = exc
-            with contextlib.suppress(RuntimeError):  # the loop closed: the server stopped
-                self.loop.call_soon_threadsafe(_settle, future, answer, failure)
+                return answer, exc
+            return answer, None
 
-        self._threads[lane].run(run)
+        def done(outcome: Outcome) -> None:
+            with contextlib.suppress(RuntimeError):  # the loop closed: the server stopped
+                self.loop.call_soon_threadsafe(_settle, future, *outcome)
+
+        self._threads[lane].run(run, done)
         return future
 
 
@@ -244,29 +251,33 @@ class Threads:
     """Daemon threads for a lane, made as jobs need them and kept for the next (starting a
     thread costs about 0.25 ms here, per request otherwise): there are always at least as
     many as jobs running or waiting, so no job waits behind another, and never more than the
-    lane has places. Daemon threads, so that a job still running never holds up the process's
-    exit (concurrent.futures' threads are joined at exit)."""
+    lane has places, since a job's thread counts itself free before the loop learns the job
+    is done. Daemon threads, so that a job still running never holds up the process's exit
+    (concurrent.futures' threads are joined at exit)."""
 
     def __init__(self, name: str) -> None:
         self._name = name
-        self._jobs: queue.SimpleQueue[Callable[[], None]] = queue.SimpleQueue()
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Outcome], Callable[[Outcome], None]]]
+        self._jobs = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._count = 0
         self._busy = 0
 
-    def run(self, job: Callable[[], None]) -> None:
+    def run(self, work: Callable[[], Outcome], done: Callable[[Outcome], None]) -> None:
+        """Runs `work` in a thread, then `done` with what it returned."""
         with self._lock:
             self._busy += 1
             if self._busy > self._count:
                 self._count += 1
                 threading.Thread(target=self._serve, name=self._name, daemon=True).start()
-        self._jobs.put(job)
+        self._jobs.put((work, done))
 
     def _serve(self) -> None:
         while True:
-            job = self._jobs.get()
+            work, done = self._jobs.get()
             try:
-                job()
+                outcome = work()
             finally:
                 with self._lock:
                     self._busy -= 1
+            done(outcome)

@@ -29,6 +29,10 @@ class Incoming:
         self.buffer = bytearray()  # received, not yet consumed: the next head, a body's start
         self.ended = False  # the client sent its last byte (it may still read our answers)
 
+    def release(self) -> None:
+        """Drops what was received and not consumed: the connection closed."""
+        self.buffer = bytearray()
+
     async def head(self, scan: HeadScan) -> bytes:
         """The next request's head, taken from the buffer once it arrived whole (or as much of
         it as came before the client's last byte); b"" when the client ended before sending
