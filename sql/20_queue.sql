@@ -126,9 +126,44 @@ BEGIN
 END
 $$;
 
+-- What pgmq grants on a queue's tables goes: pgmq 1.13 grants SELECT on every table it creates
+-- in schema pgmq to `pg_monitor` (its default privileges there), so that any monitoring login
+-- (postgres_exporter, Datadog, pganalyze) would read the row keys of every queued and
+-- dead-lettered job. Only the roles docs/security.md names read ours: whatever PUBLIC or a role
+-- built into Postgres (names starting with "pg_", which only Postgres makes) holds on the queue
+-- table, its archive and its message id sequence is revoked. Grants an operator gave a role of
+-- its own stay; pgmq's other tables (its registry of queues) hold no keys and are left as they are.
+CREATE FUNCTION embeddings.revoke_pgmq_grants(queue_name text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    queue_table regclass := pg_catalog.to_regclass(pg_catalog.format('pgmq.%I', pgmq.format_table_name(queue_name, 'q')));
+    id_sequence regclass;
+    held record;
+BEGIN
+    IF queue_table IS NOT NULL THEN
+        id_sequence := pg_catalog.to_regclass(pg_catalog.pg_get_serial_sequence(queue_table::text, 'msg_id'));
+    END IF;
+    FOR held IN
+        SELECT DISTINCT c.oid::regclass AS relation,
+               CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS kind,
+               CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END AS grantee
+        FROM pg_catalog.pg_class c
+        CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
+        LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+        WHERE c.oid IN (queue_table, id_sequence,
+                        pg_catalog.to_regclass(pg_catalog.format('pgmq.%I', pgmq.format_table_name(queue_name, 'a'))))
+          AND (a.grantee = 0 OR r.rolname LIKE 'pg\_%')
+        ORDER BY 1, 3
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s %s FROM %s', held.kind, held.relation, held.grantee);
+    END LOOP;
+END
+$$;
+
 -- Registers pgmq queue `queue_name` (created unless it exists); `live_queue` names the live
 -- queue a backfill lane serves. Returns false when it was registered already; a registered
--- queue gets back a missing pgmq queue.
+-- queue gets back a missing pgmq queue, and loses what pgmq granted (on every install and
+-- upgrade too: sql/99_regenerate.sql).
 CREATE FUNCTION embeddings.create_queue(queue_name text, live_queue text) RETURNS boolean
 LANGUAGE plpgsql AS $$
 DECLARE
@@ -140,6 +175,7 @@ BEGIN
         PERFORM pgmq.create(queue_name);
         created := true;
     END IF;
+    PERFORM embeddings.revoke_pgmq_grants(queue_name);
     IF registered.name IS NOT NULL THEN
         RETURN false;
     END IF;

@@ -81,11 +81,19 @@ class Settings:
     http_host: str = field(default="127.0.0.1", metadata={"env": "EMBED_HTTP_HOST"})
     http_token: str | None = field(default=None, metadata={"env": "EMBED_HTTP_TOKEN"})
     http_max_body: int = field(default=1_048_576, metadata={"env": "EMBED_HTTP_MAX_BODY"})
-    # Seconds a connection may stay silent (slow-loris), and connections served at once.
+    # Seconds a connection may stay silent (slow-loris), and requests served at once.
     http_timeout_seconds: float = field(
         default=30.0, metadata={"env": "EMBED_HTTP_TIMEOUT_SECONDS"}
     )
     http_max_connections: int = field(default=16, metadata={"env": "EMBED_HTTP_MAX_CONNECTIONS"})
+    # Seconds a request line and headers may take in all, from their first byte (a head sent a
+    # byte at a time); connections waiting for a request at once (idle or mid-head).
+    http_head_timeout_seconds: float = field(
+        default=10.0, metadata={"env": "EMBED_HTTP_HEAD_TIMEOUT_SECONDS"}
+    )
+    http_max_waiting_connections: int = field(
+        default=256, metadata={"env": "EMBED_HTTP_MAX_WAITING_CONNECTIONS"}
+    )
     # POST routes on a non-loopback address without EMBED_HTTP_TOKEN need this explicit yes.
     http_allow_unauthenticated: bool = field(
         default=False, metadata={"env": "EMBED_HTTP_ALLOW_UNAUTHENTICATED"}
@@ -184,6 +192,7 @@ class Settings:
             ("vt_seconds", 1),
             ("max_attempts", 1),
             ("http_max_connections", 1),
+            ("http_max_waiting_connections", 1),
             ("threads", 1),
             ("piece_tokens", 1),
             ("grace_seconds", 0),
@@ -201,6 +210,7 @@ class Settings:
             "backoff_max_seconds",
             "poll_seconds",
             "http_timeout_seconds",
+            "http_head_timeout_seconds",
             "verify_max_age_seconds",
             "parse_timeout_seconds",
         ):

@@ -233,7 +233,31 @@ PARSE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
+# The HTTP side (worker/http/front.py): what it did to keep connections that send no request, or
+# more requests than it serves at once, from keeping out the others.
+HTTP_CLOSE_REASONS = (
+    "busy",  # a request refused 503: every slot (or probe place) taken
+    "head_timeout",  # a request line and headers not received in time: 408
+    "evicted",  # a connection waiting for a request, closed to make room for a new one
+)
+HTTP_CLOSED = Counter(
+    "embed_worker_http_connections_closed",
+    "HTTP connections the server closed to protect the others, by reason: busy (a request "
+    "refused 503, no slot free), head_timeout (its request line and headers not received "
+    "in time: 408), evicted (waiting for a request when a new connection needed room)",
+    ["reason"],
+    registry=REGISTRY,
+)
+HTTP_WAITING = Gauge(
+    "embed_worker_http_waiting_connections",
+    "HTTP connections open without a request being served (idle keep-alive ones, heads still "
+    "arriving); at most EMBED_HTTP_MAX_WAITING_CONNECTIONS",
+    registry=REGISTRY,
+)
+
 # Series exist from the start (at zero), so dashboards and alerts see them before any work.
+for _reason in HTTP_CLOSE_REASONS:
+    HTTP_CLOSED.labels(_reason)
 for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
 for _outcome in JOB_OUTCOMES:
@@ -252,6 +276,7 @@ ENUMERATED_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "embed_worker_lane_jobs": {"lane": LANES},
     "embed_worker_lane_oldest_job_age_seconds": {"lane": LANES},
     "embed_worker_target_stopped": {"state": STOPPED_STATES},
+    "embed_worker_http_connections_closed_total": {"reason": HTTP_CLOSE_REASONS},
     "embed_worker_provider_requests_total": {"outcome": PROVIDER_OUTCOMES},
     "embed_worker_parse_failures_total": {"cause": PARSE_FAILURE_CAUSES},
 }

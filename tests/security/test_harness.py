@@ -17,6 +17,7 @@ import http.client
 import io
 import json
 import os
+import socket
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -128,7 +129,7 @@ def _forget_jobs_then(statement: str) -> Callable[[Context], None]:
 
 
 def _http_search(ctx: Context) -> None:
-    """What POST /search runs (worker/http/server.py: _search), on the pooled connections it
+    """What POST /search runs (worker/http/work.py: Work.search), on the pooled connections it
     uses (worker/http/search_pool.py), as the search role (EMBED_SEARCH_DATABASE_URL), the
     application's: one connection, so every search after the first runs in a session the
     owner's code ran in before, and must find none of what it left."""
@@ -147,18 +148,22 @@ def _http_search(ctx: Context) -> None:
         searches.close()
 
 
+HOSTILE_CLIENTS = range(8)
+
+
 def _http_server_search(ctx: Context) -> None:
     """POST /search through a real `embed-worker run --no-pull`, searching as the application
     role (EMBED_SEARCH_DATABASE_URL) over one keep-alive connection: its searches run one after
     another on the one pooled session, each after the owner's code ran in it, and each must
-    answer as the first did."""
+    answer as the first did. Meanwhile HOSTILE_CLIENTS connections that can reach the port
+    hold heads sent half, with a wrong token: the one slot stays the searches'."""
     token = "harness-search-token"
     server = WorkerProcess(
         ctx.roles.worker_dsn,
         {
             "EMBED_SEARCH_DATABASE_URL": ctx.dsn,
             "EMBED_HTTP_TOKEN": token,
-            "EMBED_HTTP_MAX_CONNECTIONS": "2",  # the readiness poll's slot may linger a moment
+            "EMBED_HTTP_MAX_CONNECTIONS": "1",
             "EMBED_MODEL": MINILM,
             "EMBED_MODEL_PATH": ctx.model_path,
             "EMBED_THREADS": "1",
@@ -168,6 +173,9 @@ def _http_server_search(ctx: Context) -> None:
     try:
         server.wait_ready()
         assert server.port is not None
+        hostile = [socket.create_connection(("127.0.0.1", server.port)) for _ in HOSTILE_CLIENTS]
+        for sock in hostile:
+            sock.sendall(b"POST /search HTTP/1.1\r\nAuthorization: Bearer wrong\r\nX-Slow: ")
         client = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         answers: dict[str, list[Any]] = {}
         for round_ in range(2):
@@ -188,6 +196,8 @@ def _http_server_search(ctx: Context) -> None:
                 keys = [r["key"] for r in answer["results"]]
                 assert answers.setdefault(table, keys) == keys, (round_, table, keys)
         client.close()
+        for sock in hostile:
+            sock.close()
     finally:
         server.stop()
     with ctx.roles.connect() as su:  # the searches did run the owner's code, in the server
