@@ -2,7 +2,7 @@
 -- targets with full-text search on (embeddings.watch(..., fts => 'english') or
 -- embeddings.enable_fts()). Exact terms (names, codes, error messages) are where small dense
 -- models are weakest and full-text search strongest; paraphrases the other way round
--- (docs/performance.md#retrieval-quality has the numbers).
+-- (docs/retrieval-quality.md has the numbers).
 --
 -- The tsvector: for a plain target, column `fts_column` of the table (default
 -- <embedding column>_fts), written by the worker with each vector through the table owner's

@@ -2,8 +2,8 @@
 through `POST /search` of a real worker, which must return the same documents in the same order.
 
     vector     embeddings.search()                         {"mode": "vector"}
-    full-text  embeddings.hybrid_search(vector_weight => 0, text_match => ...), the rows it
-               ranked by full text (text_rank not null), by that rank
+    full-text  embeddings.hybrid_search(vector_weight => 0, text_match => ..., fusion =>
+               'rrf'), the rows it ranked by full text (text_rank not null), by that rank
                                                            {"mode": "hybrid", the same options}
     hybrid     embeddings.hybrid_search(options)           {"mode": "hybrid", options}
 
@@ -16,8 +16,9 @@ from __future__ import annotations
 
 import http.client
 import json
+import statistics
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -70,11 +71,15 @@ def default_rankings(text_match: str = "any") -> list[Ranking]:
     """The product's rankings, its defaults first: vector, full-text alone, hybrid."""
     return [
         Ranking("vector", "vector, `search()`", "search"),
+        # Places, not scores: with vector_weight 0 a document only the vector ranking holds
+        # then scores 0, where the convex fusion would give it the text ranking's lowest score
+        # and let it take the place of a text result among the first k.
         Ranking(
             "fulltext",
-            f"full-text only, `hybrid_search(vector_weight => 0, text_match => '{text_match}')`",
+            "full-text only, `hybrid_search(vector_weight => 0,"
+            f" text_match => '{text_match}', fusion => 'rrf')`",
             "hybrid_search",
-            {"vector_weight": 0, "text_match": text_match},
+            {"vector_weight": 0, "text_match": text_match, "fusion": "rrf"},
             text_only=True,
         ),
         Ranking("hybrid", "hybrid, `hybrid_search()` defaults", "hybrid_search"),
@@ -143,6 +148,33 @@ def rank_sql(
             ranked.seconds.append(time.perf_counter() - started)
             ranked.rankings[query_id] = [str(row[0]) for row in rows]
     return ranked
+
+
+def alternating_p50(
+    dsn: str,
+    table: str,
+    chosen: Sequence[Ranking],
+    *,
+    queries: Mapping[str, str],
+    vectors: Mapping[str, Vector32],
+    k: int,
+    rounds: int = 2,
+) -> dict[str, float]:
+    """Each ranking's median SQL latency in ms, the rankings called in turn for every query
+    (round after round): on a shared machine, whose speed drifts, their ratio is fair where
+    figures of runs minutes apart are not."""
+    seconds: dict[str, list[float]] = {r.name: [] for r in chosen}
+    statements = {r.name: r.statement() for r in chosen}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        register_vector(conn)
+        for _ in range(rounds):
+            for query_id, text in queries.items():
+                params = {"table": table, "text": text, "vector": HalfVector(vectors[query_id])}
+                for name, statement in statements.items():
+                    started = time.perf_counter()
+                    conn.execute(statement, {**params, "k": k}).fetchall()
+                    seconds[name].append(time.perf_counter() - started)
+    return {name: round(statistics.median(s) * 1000, 2) for name, s in seconds.items()}
 
 
 def rank_http(

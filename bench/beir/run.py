@@ -22,7 +22,14 @@ import psycopg
 
 from bench.beir import load, scoring
 from bench.beir.dataset import Dataset
-from bench.beir.rankings import Ranked, Ranking, Vector32, rank_http, rank_sql
+from bench.beir.rankings import (
+    Ranked,
+    Ranking,
+    Vector32,
+    alternating_p50,
+    rank_http,
+    rank_sql,
+)
 from tests.support.cluster import free_port
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
@@ -175,6 +182,11 @@ def run(
                 "queries_with_results": sum(1 for r in by_sql.rankings.values() if r),
                 "agree_with_http": len(by_sql.rankings),
             }
+        # Vector against the default hybrid at k = 10 (what an application asks for), in turn.
+        vector, hybrid = rankings[0], next(r for r in rankings if r.name == "hybrid")
+        latency = alternating_p50(
+            dsn, load.TABLE, [vector, hybrid], queries=dataset.queries, vectors=vectors, k=10
+        )
     finally:
         worker.close()
     if runs is not None:
@@ -196,6 +208,11 @@ def run(
             "docs_per_s": round(embedded.docs_per_s, 2),
         },
         "rankings": figures,
+        "latency_k10": {
+            "vector_p50_ms": latency[vector.name],
+            "hybrid_p50_ms": latency[hybrid.name],
+            "hybrid_over_vector": round(latency[hybrid.name] / latency[vector.name], 2),
+        },
         "median_query_words": statistics.median(len(q.split()) for q in dataset.queries.values()),
     }
 

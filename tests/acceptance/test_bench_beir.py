@@ -96,17 +96,18 @@ def test_the_bench_scores_a_small_dataset_as_worked_out_by_hand(
     assert "BEIR tiny-beir: 8 documents, 3 test queries, 4 judgements" in printed
     assert f"model {MINILM}: embedded in" in printed
     assert "SQL and POST /search returned the same rankings" in printed
+    assert "vector and default hybrid called in turn for every query" in printed
     found = figures(printed)
     assert set(found) == {
         "vector, `search()`",
-        "full-text only, `hybrid_search(vector_weight => 0, text_match => 'any')`",
+        "full-text only, `hybrid_search(vector_weight => 0, text_match => 'any', fusion => 'rrf')`",
         "hybrid, `hybrid_search()` defaults",
         "hybrid, `hybrid_search(fusion => 'rrf')`",
     }
     third = pytest.approx(2 / 3, abs=1e-4)
     expected = {
         "vector, `search()`": [1.0, 1.0, 1.0],
-        "full-text only, `hybrid_search(vector_weight => 0, text_match => 'any')`": [
+        "full-text only, `hybrid_search(vector_weight => 0, text_match => 'any', fusion => 'rrf')`": [
             third,
             third,
             third,
@@ -123,5 +124,6 @@ def test_the_bench_scores_a_small_dataset_as_worked_out_by_hand(
     assert saved["rankings"]["fulltext"]["queries_with_results"] == 2
     assert saved["embedding"]["documents"] == 8
     assert saved["machine"]["cores"] >= 1
+    assert set(saved["latency_k10"]) == {"vector_p50_ms", "hybrid_p50_ms", "hybrid_over_vector"}
     run = (tmp_path / "runs" / "vector.run").read_text().splitlines()
     assert run[0].split() == ["q-bread", "Q0", "bread", "1", "-1", "vector"]
