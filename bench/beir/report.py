@@ -39,6 +39,19 @@ def lines(result: dict[str, Any]) -> list[str]:
     for figures in result["rankings"].values():
         cells = [fmt.format(figures[key]) for key, _, fmt in COLUMNS]
         out.append(f"| {figures['label']} | " + " | ".join(cells) + " |")
+    first = next(iter(result["rankings"].values()))
+    out += [
+        "",
+        f"nDCG@10 by length of query: {first['short_queries']} of up to 3 words,"
+        f" {first['long_queries']} longer",
+        "",
+        "| ranking | short | long |",
+        "|---|---|---|",
+        *(
+            f"| {f['label']} | {f['ndcg@10_short']:.4f} | {f['ndcg@10_long']:.4f} |"
+            for f in result["rankings"].values()
+        ),
+    ]
     turns = result["latency_k10"]
     out += [
         "",

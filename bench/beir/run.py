@@ -122,6 +122,21 @@ class SearchingWorker:
         self._log.close()
 
 
+SHORT_QUERY_WORDS = 3  # up to this many words: a keyword query; more: a sentence, a question
+
+
+def by_length(scores: scoring.Scores, queries: dict[str, str]) -> dict[str, float | int]:
+    """nDCG@10 over the short queries (keywords) and over the longer ones (sentences), the
+    kind of query a default is tuned for."""
+    short = [q for q, text in queries.items() if len(text.split()) <= SHORT_QUERY_WORDS]
+    long = [q for q in queries if q not in set(short)]
+    found: dict[str, float | int] = {"short_queries": len(short), "long_queries": len(long)}
+    for name, members in (("short", short), ("long", long)):
+        values = [scores.per_query[q]["ndcg@10"] for q in members]
+        found[f"ndcg@10_{name}"] = round(sum(values) / len(values), 4) if values else 0.0
+    return found
+
+
 def disagreements(sql_ranked: Ranked, http_ranked: Ranked) -> list[str]:
     """The queries whose two rankings differ."""
     return [
@@ -175,6 +190,7 @@ def run(
             figures[ranking.name] = {
                 "label": ranking.label,
                 **{name: round(value, 4) for name, value in scores.mean.items()},
+                **by_length(scores, dataset.queries),
                 "p50_ms": round(_percentile(by_sql.seconds, 50), 2),
                 "p95_ms": round(_percentile(by_sql.seconds, 95), 2),
                 "http_p50_ms": round(_percentile(by_http.seconds, 50), 2),

@@ -67,13 +67,18 @@ def write_dataset(folder: Path) -> None:
         f.writelines(f"{q}\t{d}\t{grade}\r\n" for q, d, grade in QRELS)
 
 
-def figures(printed: str) -> dict[str, list[float]]:
-    """The table's rows: ranking label -> its numbers (nDCG@10, R@100, MRR@10, latencies)."""
+def figures(printed: str, columns: int) -> dict[str, list[float]]:
+    """The rows of the printed table of `columns` numbers: ranking label -> its numbers."""
     rows = {}
     for line in printed.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if line.startswith("| ") and re.fullmatch(r"[0-9.]+", cells[-1]):
-            rows[cells[0]] = [float(c) for c in cells[1:]]
+        numbers = cells[1:]
+        if (
+            line.startswith("| ")
+            and len(numbers) == columns
+            and all(re.fullmatch(r"[0-9.]+", c) for c in numbers)
+        ):
+            rows[cells[0]] = [float(c) for c in numbers]
     return rows
 
 
@@ -97,7 +102,7 @@ def test_the_bench_scores_a_small_dataset_as_worked_out_by_hand(
     assert f"model {MINILM}: embedded in" in printed
     assert "SQL and POST /search returned the same rankings" in printed
     assert "vector and default hybrid called in turn for every query" in printed
-    found = figures(printed)
+    found = figures(printed, 6)  # nDCG@10, R@100, MRR@10, p50, p95, HTTP p50
     assert set(found) == {
         "vector, `search()`",
         "full-text only, `hybrid_search(vector_weight => 0, text_match => 'any', fusion => 'rrf')`",
@@ -118,6 +123,15 @@ def test_the_bench_scores_a_small_dataset_as_worked_out_by_hand(
     for label, numbers in expected.items():
         assert found[label][:3] == numbers, label
         assert all(ms >= 0 for ms in found[label][3:]), label
+
+    # By length: "automobile repair" is the one short query (up to 3 words).
+    assert "nDCG@10 by length of query: 1 of up to 3 words, 2 longer" in printed
+    by_length = figures(printed, 2)
+    fulltext = (
+        "full-text only, `hybrid_search(vector_weight => 0, text_match => 'any', fusion => 'rrf')`"
+    )
+    assert by_length[fulltext] == [0.0, 1.0]
+    assert by_length["vector, `search()`"] == [1.0, 1.0]
 
     saved = json.loads(results.read_text())
     assert saved["dataset"]["queries"] == 3
