@@ -1,5 +1,5 @@
--- Hybrid search: full-text and vector rankings fused by reciprocal rank fusion (RRF), for
--- targets with full-text search on (embeddings.watch(..., fts => 'english') or
+-- Hybrid search: full-text and vector rankings fused by their scores (or by reciprocal rank
+-- fusion, RRF, on request: hybrid_search() below), for targets with full-text search on (embeddings.watch(..., fts => 'english') or
 -- embeddings.enable_fts()). Exact terms (names, codes, error messages) are where small dense
 -- models are weakest and full-text search strongest; paraphrases the other way round
 -- (docs/retrieval-quality.md has the numbers).
