@@ -363,9 +363,10 @@ FROM embeddings.search((SELECT t.source FROM embeddings.targets t WHERE t.id = %
                        %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name);
 
 -- name: hybrid_search
--- The %(k)s documents best by reciprocal rank fusion of the vector ranking of %(query)s and
--- the full-text ranking of %(text)s, fused as %(rrf_k)s, %(vector_weight)s, %(text_weight)s and
--- %(depth)s say: embeddings.hybrid_search() (sql/59_hybrid.sql).
+-- The %(k)s documents best by the fusion of the vector ranking of %(query)s and the full-text
+-- ranking of %(text)s, tuned as %(fusion)s, %(rrf_k)s, %(vector_weight)s, %(text_weight)s (NULL:
+-- the fusion's default), %(depth)s and %(text_match)s say: embeddings.hybrid_search()
+-- (sql/59_hybrid.sql).
 SELECT key, score, content, seq, distance, vector_rank, text_rank, start_offset, end_offset, headings, page
 FROM embeddings.hybrid_search((SELECT t.source FROM embeddings.targets t WHERE t.id = %(target)s),
                               %(text)s, %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name,
@@ -373,7 +374,8 @@ FROM embeddings.hybrid_search((SELECT t.source FROM embeddings.targets t WHERE t
                               vector_weight => %(vector_weight)s::double precision,
                               text_weight => %(text_weight)s::double precision,
                               depth => %(depth)s::integer,
-                              text_match => %(text_match)s::text);
+                              text_match => %(text_match)s::text,
+                              fusion => %(fusion)s::text);
 
 -- name: document_progress
 -- Long documents of a target in progress or over the ceiling (embeddings.documents): what a
