@@ -15,12 +15,12 @@
 -- share the queue.
 
 CREATE FUNCTION embeddings.keys_per_message() RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
 RETURN 128;
 
 -- How many row keys a job message carries (a message of another shape: 1).
 CREATE FUNCTION embeddings.message_key_count(message jsonb) RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
 RETURN CASE
     WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jsonb_array_length(message -> 'keys')
     WHEN jsonb_typeof(message -> 'columns' -> 0) = 'array' THEN jsonb_array_length(message -> 'columns' -> 0)
@@ -32,7 +32,7 @@ END;
 -- The row keys of a job message of either of our shapes, each as the "keys" shape writes it (a
 -- JSON scalar, or a JSON array for a composite key), in message order.
 CREATE FUNCTION embeddings.message_keys(message jsonb) RETURNS SETOF jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT k.value FROM jsonb_array_elements(
         CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN message -> 'keys' END) AS k
     UNION ALL
@@ -108,7 +108,7 @@ $$;
 -- Creates the pgmq queue unless it exists; for a live queue, its backfill lane too
 -- (embeddings.backfill_queue()), granted to the worker roles.
 CREATE FUNCTION embeddings.ensure_queue(queue_name text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     lane text;
 BEGIN
@@ -130,7 +130,7 @@ $$;
 -- queue a backfill lane serves. Returns false when it was registered already; a registered
 -- queue gets back a missing pgmq queue.
 CREATE FUNCTION embeddings.create_queue(queue_name text, live_queue text) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     created boolean := false;
     registered embeddings.queues;
@@ -155,7 +155,7 @@ $$;
 -- Workers read the live queue first, so a row the application writes never waits behind a
 -- backfill (worker/lanes.py).
 CREATE FUNCTION embeddings.backfill_queue(queue_name text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN length(queue_name) <= 38 THEN queue_name || '_backfill'
                 ELSE left(queue_name, 28) || '_' || left(md5(queue_name), 8) || '_backfill' END
 $$;

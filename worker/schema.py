@@ -155,6 +155,12 @@ def _require_head(what: str) -> None:
         )
 
 
+def use_installer_path(conn: Connection) -> None:
+    """The search path of `migrate`'s transaction, before anything of sql/ or a revision runs:
+    pg_catalog only, as in our other sessions (queries.sql: installer_path)."""
+    conn.execute(queries.get("installer_path"))
+
+
 def revision_connection() -> Connection:
     """The psycopg connection under the Alembic operation context (inside a revision)."""
     from alembic import op
