@@ -36,7 +36,8 @@ def run(connection: Connection) -> None:
         schema.use_installer_path(driver)
         # One migrator at a time; the lock ends with the transaction.
         connection.execute(
-            text("SELECT pg_catalog.pg_advisory_xact_lock(:key)"), {"key": schema.MIGRATION_LOCK_KEY}
+            text("SELECT pg_catalog.pg_advisory_xact_lock(:key)"),
+            {"key": schema.MIGRATION_LOCK_KEY},
         )
         restamped = schema.restamp_squashed(driver)
         if migration is not None:
