@@ -42,3 +42,14 @@ BEGIN
     RETURN found;
 END
 $$;
+
+-- Relation `rel` as a default search path ("$user", public) spells it: unqualified in public,
+-- else schema-qualified. For text that names a table to a person (a store table's COMMENT),
+-- the same whichever session made it.
+CREATE FUNCTION embeddings.display_name(rel regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN n.nspname OPERATOR(pg_catalog.=) 'public' THEN pg_catalog.quote_ident(c.relname)
+                ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+    WHERE c.oid OPERATOR(pg_catalog.=) rel
+$$;

@@ -392,8 +392,12 @@ BEGIN
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            DECLARE
+                before pg_catalog.text := %2$s;
+                after pg_catalog.text := %3$s;
             BEGIN
-                IF %2$s IS DISTINCT FROM %3$s THEN
+                -- IS DISTINCT FROM, with pg_catalog's operator named (the owner's search path)
+                IF NOT coalesce(before OPERATOR(pg_catalog.=) after, before IS NULL AND after IS NULL) THEN
                     NEW.%4$I := NULL;
                 END IF;
                 RETURN NEW;
@@ -429,7 +433,8 @@ BEGIN
     -- type that is not built in are compared by their output function's text). EXECUTE stays
     -- with PUBLIC: whoever creates or attaches a partition clones it (see above).
     EXECUTE format(
-        $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
+        $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger LANGUAGE plpgsql
+            SET search_path = pg_catalog, pg_temp AS $body$
             BEGIN
                 %2$s
             END

@@ -239,7 +239,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'key_order', (SELECT string_agg(format('t.%I', k.c), ', ' ORDER BY k.i)
                       FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
         'key_after', embeddings.key_after_sql(t, 't', ARRAY(
-            SELECT format(CASE WHEN c.n = 1 THEN '($1 #>> ''{}'')::%2$s' ELSE '($1 ->> %1$s)::%2$s' END,
+            SELECT format(CASE WHEN c.n = 1 THEN '($1 OPERATOR(pg_catalog.#>>) ''{}'')::%2$s' ELSE '($1 OPERATOR(pg_catalog.->>) %1$s)::%2$s' END,
                           i - 1, (embeddings.key_sql_types(t))[i])
             FROM generate_series(1, c.n) i ORDER BY i)),
         'prefix', 'embeddings_' || t.id,
@@ -450,8 +450,7 @@ BEGIN
     -- The write transaction's first lock (embeddings.lock_target): the table, before the
     -- registration, as ALTER TABLE takes them.
     made := made || embeddings.create_access_function(a, '_lock', '', 'void',
-        format('EXECUTE ''LOCK TABLE '' || %L || '' IN %s MODE'';', t.source::text,
-               embeddings.store_lock_mode(t)),
+        format('EXECUTE %L;', format('LOCK TABLE %s IN %s MODE', t.source::text, embeddings.store_lock_mode(t))),
         check_call => embeddings.check_serving_sql(t.source::text, false));
 
     made := made || embeddings.create_access_function(a, '_load', format('keys text[]%s', a->>'key_params'),

@@ -101,7 +101,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %s OWNER TO %I', existing,
                    (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source));
     EXECUTE format('COMMENT ON TABLE %s IS %L', existing,
-                   format('Chunks of %s and their embeddings, kept by embed-worker (embeddings.watch)', source));
+                   format('Chunks of %s and their embeddings, kept by embed-worker (embeddings.watch)', embeddings.display_name(source)));
     RETURN existing;
 END
 $$;
@@ -525,7 +525,7 @@ BEGIN
         format($b$current_keys := ARRAY(
                 SELECT v.key FROM ROWS FROM (%1$s, pg_catalog.unnest($%2$s)) AS v(key%3$s, h)
                 JOIN %4$s t ON %5$s
-                WHERE pg_catalog.md5(%6$s) IS NOT DISTINCT FROM v.h);
+                WHERE coalesce(pg_catalog.md5(%6$s), '') OPERATOR(pg_catalog.=) coalesce(v.h, ''));
             INSERT INTO %7$s AS c (%8$s, seq, chunk, chunk_hash, %9$I, start_offset, end_offset, headings, page)
             SELECT %10$s, x.seq, x.chunk, x.hash, x.e, x.start_offset, x.end_offset,
                    CASE WHEN pg_catalog.jsonb_typeof(x.h) OPERATOR(pg_catalog.=) 'array'
@@ -539,10 +539,15 @@ BEGIN
             SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, %9$I = excluded.%9$I,
                 start_offset = excluded.start_offset, end_offset = excluded.end_offset,
                 headings = excluded.headings, page = excluded.page
-            WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash
-               OR c.start_offset IS DISTINCT FROM excluded.start_offset
-               OR c.end_offset IS DISTINCT FROM excluded.end_offset
-               OR c.headings IS DISTINCT FROM excluded.headings OR c.page IS DISTINCT FROM excluded.page;
+            WHERE NOT (coalesce(c.chunk_hash OPERATOR(pg_catalog.=) excluded.chunk_hash, false)
+                       AND coalesce(c.start_offset OPERATOR(pg_catalog.=) excluded.start_offset,
+                                    c.start_offset IS NULL AND excluded.start_offset IS NULL)
+                       AND coalesce(c.end_offset OPERATOR(pg_catalog.=) excluded.end_offset,
+                                    c.end_offset IS NULL AND excluded.end_offset IS NULL)
+                       AND coalesce(c.headings OPERATOR(pg_catalog.=) excluded.headings,
+                                    c.headings IS NULL AND excluded.headings IS NULL)
+                       AND coalesce(c.page OPERATOR(pg_catalog.=) excluded.page,
+                                    c.page IS NULL AND excluded.page IS NULL));
             WITH gone AS (
                 DELETE FROM %7$s c USING ROWS FROM (%1$s, pg_catalog.unnest($%16$s)) AS v(key%3$s, n)
                 WHERE %17$s AND c.seq OPERATOR(pg_catalog.>=) v.n AND v.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)

@@ -197,7 +197,7 @@ DECLARE
     key_order text := (SELECT string_agg(format('t.%I', c), ', ' ORDER BY i)
                        FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
     after_sql text := embeddings.key_after_sql(t, 't', ARRAY(
-        SELECT format(CASE WHEN nkeys = 1 THEN '($1 #>> ''{}'')::%2$s' ELSE '($1 ->> %1$s)::%2$s' END, i - 1, types[i])
+        SELECT format(CASE WHEN nkeys = 1 THEN '($1 OPERATOR(pg_catalog.#>>) ''{}'')::%2$s' ELSE '($1 OPERATOR(pg_catalog.->>) %1$s)::%2$s' END, i - 1, types[i])
         FROM generate_series(1, nkeys) i ORDER BY i));
     -- Where the vectors are: the row itself, or the chunk table or side table (keyed by the
     -- source's key columns, same names).

@@ -52,7 +52,9 @@ class Found:
         self.unparsed += other.unparsed
 
     def unqualified(self) -> set[Reference]:
-        return {r for r in self.references if r.schema is None}
+        """The names found through the search path (not those a template's placeholder stands
+        for, which the code fills in: checked where the generated code is installed)."""
+        return {r for r in self.references if r.schema is None and not placeholder(r)}
 
 
 def _names(nodes: Any) -> tuple[str | None, str]:
@@ -102,6 +104,11 @@ def _walk(node: Any, found: Found) -> None:  # noqa: PLR0912 (one case per kind 
         refs.add(_ref("function", node.objname))
     for attr in node:
         _walk(getattr(node, attr), found)
+
+
+def placeholder(ref: Reference) -> bool:
+    """A name rendered from a format() or compose placeholder (render_template)."""
+    return "x_" in ref.name or ref.schema == "x_"
 
 
 # format() placeholders: %I, %L, %s, with a position (%1$I) or width.
@@ -213,15 +220,21 @@ def _as_function(body: str) -> str:
 _SCHEMA = re.compile(r"\b(embeddings|pgmq)\.")
 _UNSCHEMA = re.compile(r"\bpublic\.(embeddings|pgmq)__")
 
+_ROW_ARRAY = re.compile(r"\b(?:embeddings|pgmq)\.\w+\[\]")
+_VECTOR_TYPES = re.compile(r"\b(?:\w+\.)?(?:halfvec|vector|sparsevec)\b")
+
 _ASSIGNED = re.compile(r"^\s*[\w\".\[\]]+(?:\s*\[[^\]]*\])*\s*:?=\s*", re.S)
 
 
 def plpgsql_references(create_function: str) -> Found:
     """The references of a PL/pgSQL function: each embedded expression and statement (pglast's
-    PL/pgSQL parser), its variables' declared types, and the format() templates among them."""
+    PL/pgSQL parser), and the format() templates among them."""
     found = Found()
+    head, as_, body = create_function.partition("$")  # the signature: up to the body's quote
+    head = _VECTOR_TYPES.sub("text", head)  # (pglast's parser knows no pgvector type)
     try:
-        tree = pglast.parse_plpgsql(_SCHEMA.sub(r"public.\1__", create_function))
+        text = _ROW_ARRAY.sub("text[]", head + as_ + body)  # (nor arrays of a row type)
+        tree = pglast.parse_plpgsql(_SCHEMA.sub(r"public.\1__", text))
     except ParseError:
         found.unparsed.append(create_function)
         return found
@@ -233,22 +246,21 @@ def plpgsql_references(create_function: str) -> Found:
             elif mode != 0:
                 query = "SELECT " + query
             found.add(references(query))
-        elif kind == "PLpgSQL_type":
-            typname = _UNSCHEMA.sub(r"\1.", value["typname"])
-            if "%" not in typname:  # %TYPE and %ROWTYPE name columns and tables
-                found.add(references(f"SELECT NULL::{typname}"))
     return found
 
 
 def _plpgsql_nodes(tree: Any) -> Iterator[tuple[str, Any]]:
+    """The expressions and statements of a PL/pgSQL tree. Not its variables' declared types:
+    pglast's parser gives them resolved by their internal names, schema dropped."""
     if isinstance(tree, list):
         for item in tree:
             yield from _plpgsql_nodes(item)
     elif isinstance(tree, dict):
         for key, value in tree.items():
-            if key in ("PLpgSQL_expr", "PLpgSQL_type"):
+            if key == "PLpgSQL_expr":
                 yield key, value
-            yield from _plpgsql_nodes(value)
+            if key != "datatype":  # (pglast gives declared types as resolved, unqualified)
+                yield from _plpgsql_nodes(value)
 
 
 def _templates(stmt: Any) -> Found:

@@ -66,19 +66,12 @@ def statements_we_send() -> dict[str, str]:
     return sent
 
 
-def _placeholder(ref: sql_names.Reference) -> bool:
-    """A name a template's placeholder stands for (filled in by the code, checked installed)."""
-    return "x_" in ref.name
-
-
 def _loose(found: sql_names.Found, *, types: frozenset[str] = frozenset()) -> set[str]:
     """What `found` names unqualified that is not a listed pg_catalog name (nor in `types`)."""
     return {
         str(r)
         for r in found.unqualified()
-        if not _placeholder(r)
-        and (r.kind, r.name) not in CATALOG_NAMES
-        and not (r.kind == "type" and r.name in types)
+        if (r.kind, r.name) not in CATALOG_NAMES and not (r.kind == "type" and r.name in types)
     }
 
 
@@ -121,10 +114,7 @@ def walk_sql_files() -> tuple[dict[str, set[str]], sql_names.Found]:
             everything.add(found)
             problems: set[str] = set()
             if isinstance(stmt, ast.CreateFunctionStmt):
-                where += ".".join(
-                    sql_names._names(stmt.funcname)[0:1]
-                    and [str(n.sval) for n in stmt.funcname or ()]
-                )
+                where += ".".join(str(n.sval) for n in stmt.funcname or ())
                 path_set = sql_names.function_search_path(stmt)
                 if path_set != sql_names.FIXED_PATH:
                     problems.add(f"SET search_path = {path_set}")
@@ -184,7 +174,7 @@ def test_the_list_of_unqualified_names_is_what_our_sql_names() -> None:
     _, everything = walk_sql_files()
     for text in statements_we_send().values():
         everything.add(sql_names.references(text))
-    found = {(r.kind, r.name) for r in everything.unqualified() if not _placeholder(r)}
+    found = {(r.kind, r.name) for r in everything.unqualified()}
     unused = {n for n in CATALOG_NAMES - found if n not in GENERATED_ONLY}
     assert unused == set(), "names our SQL no longer uses: remove them from CATALOG_NAMES"
 
