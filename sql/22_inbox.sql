@@ -31,7 +31,7 @@ CREATE TABLE IF NOT EXISTS embeddings.inbox (
 -- A statement's keys go into rows of up to this many: a 10-million-row INSERT writes 2,442 rows
 -- rather than one jsonb of ~80 MB that every move and count would read whole.
 CREATE FUNCTION embeddings.inbox_keys_per_row() RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 4096;
 
 -- Moves inbox rows of the targets on live queue `queue_name` into it, up to `max_rows` rows and

@@ -34,7 +34,7 @@
 
 -- How recent a deferral must be to count: the worker retries deferred jobs every minute.
 CREATE FUNCTION embeddings.deferral_fresh() RETURNS interval
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp RETURN interval '5 minutes';
+LANGUAGE sql IMMUTABLE RETURN interval '5 minutes';
 
 -- How long a swap may wait for its table lock before it counts as stopped: 1 minute unless
 -- the setting embeddings.swap_wait_alarm says otherwise (per database or role).

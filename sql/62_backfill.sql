@@ -42,7 +42,7 @@ COMMENT ON TABLE embeddings.backfills IS 'Targets whose existing rows are still 
 
 -- Rows one step examines by default (sweep(), and watch()'s inline first step).
 CREATE FUNCTION embeddings.backfill_step_keys() RETURNS integer
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 1000;
 
 -- The one function that sends backfill work: keys (JSON forms) of target `target_id`, as
@@ -240,7 +240,7 @@ GRANT SELECT ON embeddings.deferred_indexes TO PUBLIC;  -- embeddings.status rea
 
 -- Tables with more rows than this (the planner's estimate) get their HNSW index deferred.
 CREATE FUNCTION embeddings.index_defer_rows() RETURNS bigint
-LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 100000;
 
 -- The name and the statement of target t's deferred index (on its table, or its side table:

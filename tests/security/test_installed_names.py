@@ -41,7 +41,7 @@ KINDS = {
 
 _FUNCTIONS = """
 SELECT p.oid::regprocedure::text, pg_catalog.pg_get_functiondef(p.oid), l.lanname,
-       p.prosecdef, p.proconfig
+       p.prosecdef, p.proconfig, p.prosqlbody IS NOT NULL
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
 WHERE p.pronamespace = 'embeddings'::regnamespace AND p.prokind IN ('f', 'p')
 """
@@ -72,7 +72,9 @@ def install_every_kind(roles: Roles) -> dict[str, int]:
     return targets
 
 
-def installed_functions(conn: Conn) -> list[tuple[str, str, str, bool, list[str] | None]]:
+def installed_functions(
+    conn: Conn,
+) -> list[tuple[str, str, str, bool, list[str] | None, bool]]:
     return [tuple(row) for row in conn.execute(_FUNCTIONS).fetchall()]
 
 
@@ -94,12 +96,13 @@ def test_installed_functions_name_only_what_they_may(roles: Roles) -> None:
     for kind, target in targets.items():  # every kind's functions are there
         assert any(f[0].startswith(f"embeddings.embeddings_{target}_") for f in generated), kind
     # Without a SET clause, by design: the guards around the owner-run functions (they put back
-    # their caller's settings: sql/32_access.sql) and embeddings_<id>_visible(), which the
-    # planner inlines into its store's policy (sql/56_side.sql); both name nothing unqualified.
+    # their caller's settings: sql/32_access.sql), embeddings_<id>_visible(), which the planner
+    # inlines into its store's policy (sql/56_side.sql), and SQL-standard bodies (bound to their
+    # objects when created, under migrate's path): all name nothing unqualified but types.
     bodies = {f[0].split("(")[0] for f in functions if f[0].split("(")[0].endswith("_body")}
     wrong: dict[str, set[str]] = {}
     unparsed = []
-    for signature, definition, language, definer, config in functions:
+    for signature, definition, language, definer, config, standard in functions:
         if language not in ("sql", "plpgsql"):
             continue
         found = sql_names.function_body(definition)
@@ -111,7 +114,7 @@ def test_installed_functions_name_only_what_they_may(roles: Roles) -> None:
             for r in found.references
             if r.schema and r.schema not in installer and not sql_names.placeholder(r)
         }
-        if path == sql_names.FIXED_PATH:
+        if path == sql_names.FIXED_PATH or (standard and path is None):
             problems |= {
                 str(r) for r in found.unqualified() if (r.kind, r.name) not in CATALOG_NAMES
             }

@@ -7,9 +7,9 @@ with Postgres' own grammar (pglast, tests/support/sql_names.py):
 - every statement of worker/queries.sql, rendered as the package composes it, the code
   reinstall's statements (worker/schema_code.py), and the statements of sql/ outside functions
   (run by migrate): our sessions' path is pg_catalog, pg_temp (session_reset, installer_path);
-- every function of sql/: it has SET search_path = pg_catalog, pg_temp, and its body (SQL or
-  PL/pgSQL, and the format() templates in it, as far as they parse) names nothing else
-  unqualified.
+- every function of sql/: it has SET search_path = pg_catalog, pg_temp (or a SQL-standard
+  body, bound to its objects when migrate created it), and its body (SQL or PL/pgSQL, and the
+  format() templates in it, as far as they parse) names nothing else unqualified.
 What these leave unqualified must be pg_catalog's: the names in CATALOG_NAMES, each checked
 against the server by tests/security/test_installed_names.py, which also walks the functions
 watch() generates as installed. The hostile-tenant harness plants an exact-type overload of
@@ -116,7 +116,11 @@ def walk_sql_files() -> tuple[dict[str, set[str]], sql_names.Found]:
             if isinstance(stmt, ast.CreateFunctionStmt):
                 where += ".".join(str(n.sval) for n in stmt.funcname or ())
                 path_set = sql_names.function_search_path(stmt)
-                if path_set != sql_names.FIXED_PATH:
+                # A SQL-standard body (RETURN, BEGIN ATOMIC) was bound to its objects when
+                # migrate created it, under pg_catalog only: it needs no SET (which would keep
+                # the planner from inlining it).
+                standard = sql_names.function_body_text(stmt) is None
+                if path_set != sql_names.FIXED_PATH and not (standard and path_set is None):
                     problems.add(f"SET search_path = {path_set}")
             else:
                 where += f"{type(stmt).__name__} at {raw.stmt_location}"
