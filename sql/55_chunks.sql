@@ -403,8 +403,10 @@ BEGIN
     statement := format('SELECT %s AS key, %s AS seq, %s AS content, %s AS distance FROM %s WHERE %s',
                         q->>'key', q->>'seq', q->>'content', q->>'distance', q->>'from', 'true');
     answer := embeddings.search_run(format('%s ORDER BY %s LIMIT %s', statement, q->>'order', k), query, NULL);
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     IF jsonb_array_length(answer) < k THEN
         answer := embeddings.search_run(format('SELECT * FROM (%s OFFSET 0) r ORDER BY r.distance LIMIT %s', statement, k), query, NULL);
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     END IF;
     RETURN QUERY
         SELECT r.value->'key', (r.value->>'seq')::integer, r.value->>'content', (r.value->>'distance')::double precision

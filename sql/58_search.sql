@@ -217,6 +217,10 @@ BEGIN
     END IF;
     EXECUTE format('SELECT coalesce(pg_catalog.jsonb_agg(r ORDER BY r.distance, r.key), ''[]'') FROM (%s) r', statement)
         INTO result USING query, filter;
+    -- The statement ran the table's policies, the owner's code, which may have SET a search path
+    -- for the session: a session-level SET outlives our SET clause, so the rest of this function
+    -- (and of its callers, each of which pins it again) would resolve names in it. Ours again:
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF iterative IS NOT NULL THEN
         PERFORM set_config('hnsw.iterative_scan', iterative, true);
     END IF;
@@ -390,6 +394,7 @@ BEGIN
         n := CASE WHEN embeddings.store_has_chunks(t) THEN greatest(k * 10, 40) ELSE k END;
         LOOP
             EXECUTE run INTO answer USING query, filter, n, false;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
             candidates := coalesce((answer->0->>'candidates')::integer, 0);
             EXIT WHEN jsonb_array_length(answer) >= k OR NOT embeddings.store_has_chunks(t) OR candidates < n OR n >= max_scan;
             n := least(n * 2, max_scan)::integer;
@@ -401,6 +406,7 @@ BEGIN
         -- the rows it can reach are few, and a graph full of dead or near-duplicate tuples
         -- may reach some rows from no entry point at all.
         EXECUTE run INTO answer USING query, filter, k, true;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     END IF;
     IF iterative IS NOT NULL THEN
         PERFORM set_config('hnsw.iterative_scan', iterative, true);

@@ -243,9 +243,11 @@ BEGIN
     END IF;
     SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.distance, r.key), '[]') INTO by_vector
     FROM embeddings.search(source, query_embedding, greatest(depth, k), filter, t.embedding_column) r;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     EXECUTE format('SELECT embeddings.%I($1, $2, $3)',
                    'embeddings_' || t.id || CASE text_match WHEN 'any' THEN '_bm25_ranking' ELSE '_text_ranking' END)
         INTO by_text USING query, filter, greatest(depth, k);
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     RETURN QUERY
         SELECT coalesce(v.value->'key', x.value->'key'),
                coalesce(vector_weight / (rrf_k + v.i), 0) + coalesce(text_weight / (rrf_k + x.i), 0),

@@ -671,10 +671,11 @@ SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
        pg_catalog.set_config('IntervalStyle', 'postgres', false);
 
 -- name: installer_path
--- `migrate`'s transaction (migrations/env.py), before anything of sql/ or a revision runs: the
--- search path of our sessions (session_reset), so that nothing a tenant created in a schema
--- named after the migrating role, or in `public`, is called by the installer. Everything of
--- ours is schema-qualified; pgvector, when missing, is created in `public` (sql/00_extensions.sql).
+-- `migrate`'s transaction (migrations/env.py), before anything of sql/ or a revision runs, and
+-- each file of sql/ wherever it is run (schema.run_files): the search path of our sessions
+-- (session_reset), so that nothing a tenant created in a schema named after the migrating role,
+-- or in `public`, is called by the installer. Everything of ours is schema-qualified; pgvector,
+-- when missing, is created in `public` (sql/00_extensions.sql).
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- name: list_failures

@@ -119,6 +119,10 @@ def _remote_model(ctx: Context) -> None:
 def _forget_jobs_then(statement: str) -> Callable[[Context], None]:
     def run(ctx: Context) -> None:
         with ctx.roles.connect() as su:
+            # (pgmq's functions set no search path: the superuser's own session, whose path
+            # reaches the overloads planted in `public` and in a schema named after it, would
+            # run them, as any session of that role would)
+            su.execute("SET search_path = pg_catalog, pg_temp")
             su.execute("SELECT pgmq.purge_queue('embedding_jobs')")
             su.execute("SELECT pgmq.purge_queue('embedding_jobs_backfill')")
             su.execute("DELETE FROM embeddings.backfills")
