@@ -94,3 +94,40 @@ def test_our_sessions_search_only_installer_schemas(roles: Roles) -> None:
             "pg_catalog, pg_temp",
         )
         assert conn.execute("SELECT current_schemas(false)").fetchone() == (["pg_catalog"],)
+
+
+def test_a_table_name_the_user_gives_resolves_in_the_roles_own_path(roles: Roles) -> None:
+    """`embed-worker search notes` (and POST /search's "table", `plan`) finds the table the
+    role's own sessions would: in its configured path, though our session searches pg_catalog
+    only; a content function named to watch() likewise."""
+    from worker.retrieval.targets import find_target
+
+    with roles.connect() as su:
+        su.execute(f"CREATE SCHEMA app AUTHORIZATION {roles.owner}")
+        su.execute(f"GRANT USAGE ON SCHEMA app TO {roles.writer}")
+        su.execute(f"ALTER ROLE {roles.writer} SET search_path = app, public")
+        su.execute(f"ALTER ROLE {roles.owner} SET search_path = app, public")
+    with roles.connect(roles.owner) as owner:
+        for schema in ("app", "public"):  # the same name in public: the role's path says which
+            owner.execute(f"CREATE TABLE {schema}.notes (id int PRIMARY KEY, body text)")
+        owner.execute(
+            "CREATE FUNCTION app.note_text(n app.notes) RETURNS text LANGUAGE sql STABLE"
+            " AS $$ SELECT n.body $$"
+        )
+    with roles.connect() as su:  # the superuser's own path in this database, for its sessions
+        su.execute(
+            f"ALTER ROLE {su.info.user} IN DATABASE {su.info.dbname} SET search_path = app, public"
+        )
+    with roles.connect() as su:  # a new session: watch() finds note_text in that path
+        su.execute("SELECT embeddings.watch('notes', 'note_text', model => %s)", (MINILM,))
+        watched = su.execute(
+            "SELECT source::text, content_function::text FROM embeddings.targets"
+            " WHERE source = 'app.notes'::regclass"
+        ).fetchone()
+    assert watched == ("notes", "note_text(notes)")
+    with db.connect(roles.dsn_of(roles.writer)) as conn:
+        target = find_target(conn, "notes")
+        assert (target.schema, target.table) == ("app", "notes")
+        assert conn.execute("SELECT current_setting('search_path')").fetchone() == (
+            "pg_catalog, pg_temp",
+        )
