@@ -393,9 +393,11 @@ BEGIN
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
             DECLARE
-                before pg_catalog.text := %2$s;
-                after pg_catalog.text := %3$s;
+                before pg_catalog.text;
+                after pg_catalog.text;
             BEGIN
+                before := %2$s;  -- (in the block: its handler catches what the function raises)
+                after := %3$s;
                 -- IS DISTINCT FROM, with pg_catalog's operator named (the owner's search path)
                 IF NOT coalesce(before OPERATOR(pg_catalog.=) after, before IS NULL AND after IS NULL) THEN
                     NEW.%4$I := NULL;

@@ -164,7 +164,7 @@ BEGIN
             format($b$RETURN QUERY
                 UPDATE %1$s t SET %2$I = v.e%9$s
                 FROM ROWS FROM (%3$s, pg_catalog.unnest($%4$s), pg_catalog.unnest($%5$s)) AS v(key%6$s, e, h)
-                WHERE %7$s AND coalesce(pg_catalog.md5(%8$s), '') OPERATOR(pg_catalog.=) coalesce(v.h, '')
+                WHERE %7$s AND CASE WHEN v.h IS NULL THEN pg_catalog.md5(%8$s) IS NULL ELSE pg_catalog.md5(%8$s) OPERATOR(pg_catalog.=) v.h END
                 RETURNING v.key;$b$,
                 t.source, col.name, a->>'key_rows', cardinality(t.key_columns) + 2, cardinality(t.key_columns) + 3,
                 a->>'key_aliases', a->>'key_match', a->>'content',
@@ -174,7 +174,7 @@ BEGIN
             format($b$RETURN QUERY
                 UPDATE %1$s t SET %2$I = NULL%8$s
                 FROM ROWS FROM (%3$s, pg_catalog.unnest($%4$s)) AS v(key%5$s, h)
-                WHERE %6$s AND coalesce(pg_catalog.md5(%7$s), '') OPERATOR(pg_catalog.=) coalesce(v.h, '') AND t.%2$I IS NOT NULL
+                WHERE %6$s AND CASE WHEN v.h IS NULL THEN pg_catalog.md5(%7$s) IS NULL ELSE pg_catalog.md5(%7$s) OPERATOR(pg_catalog.=) v.h END AND t.%2$I IS NOT NULL
                 RETURNING v.key;$b$,
                 t.source, col.name, a->>'key_rows', cardinality(t.key_columns) + 2, a->>'key_aliases',
                 a->>'key_match', a->>'content',

@@ -527,7 +527,7 @@ BEGIN
         format($b$current_keys := ARRAY(
                 SELECT v.key FROM ROWS FROM (%1$s, pg_catalog.unnest($%2$s)) AS v(key%3$s, h)
                 JOIN %4$s t ON %5$s
-                WHERE coalesce(pg_catalog.md5(%6$s), '') OPERATOR(pg_catalog.=) coalesce(v.h, ''));
+                WHERE CASE WHEN v.h IS NULL THEN pg_catalog.md5(%6$s) IS NULL ELSE pg_catalog.md5(%6$s) OPERATOR(pg_catalog.=) v.h END);
             INSERT INTO %7$s AS c (%8$s, seq, chunk, chunk_hash, %9$I, start_offset, end_offset, headings, page)
             SELECT %10$s, x.seq, x.chunk, x.hash, x.e, x.start_offset, x.end_offset,
                    CASE WHEN pg_catalog.jsonb_typeof(x.h) OPERATOR(pg_catalog.=) 'array'

@@ -353,7 +353,7 @@ DECLARE
 BEGIN
     RETURN format(
         'SELECT v.key AS key_%1$s%2$s, v.h AS h_ FROM ROWS FROM (%3$s%4$s, pg_catalog.unnest($%5$s)) AS v(key%6$s%7$s, h) '
-        'JOIN %8$s t ON %9$s WHERE coalesce(pg_catalog.md5(%10$s), '''') OPERATOR(pg_catalog.=) coalesce(v.h, '''')',
+        'JOIN %8$s t ON %9$s WHERE CASE WHEN v.h IS NULL THEN pg_catalog.md5(%10$s) IS NULL ELSE pg_catalog.md5(%10$s) OPERATOR(pg_catalog.=) v.h END',
         (SELECT string_agg(format(', t.%I AS kc%s', c, i - 1), '' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
         CASE WHEN NOT with_vectors THEN ''
              WHEN t.fts_config IS NOT NULL THEN format(', v.e AS e_, %s AS f_', embeddings.fts_sql(t, a->>'content'))
