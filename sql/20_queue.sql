@@ -18,7 +18,10 @@ CREATE FUNCTION embeddings.keys_per_message() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 128;
 
--- How many row keys a job message carries (a message of another shape: 1).
+-- How many row keys a job message carries (a message of another shape: 1). Like every function
+-- with a SQL-standard body (RETURN, BEGIN ATOMIC), its names were bound when migrate created it
+-- (under pg_catalog only), so it needs no SET search_path, which would keep the planner from
+-- inlining it into the statements that call it once per message (status, sweep, the inbox's move).
 CREATE FUNCTION embeddings.message_key_count(message jsonb) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE
@@ -32,7 +35,8 @@ END;
 -- The row keys of a job message of either of our shapes, each as the "keys" shape writes it (a
 -- JSON scalar, or a JSON array for a composite key), in message order.
 CREATE FUNCTION embeddings.message_keys(message jsonb) RETURNS SETOF jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
     SELECT k.value FROM jsonb_array_elements(
         CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN message -> 'keys' END) AS k
     UNION ALL
@@ -48,8 +52,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                              CASE WHEN jsonb_typeof(c.col) = 'string' THEN c.col #>> '{}' END, '{}'), ','))
                              WITH ORDINALITY AS b(value, n)) AS e
            GROUP BY e.n) AS v
-     ORDER BY v.n)
-$$;
+     ORDER BY v.n);
+END;
 
 -- How workers hear about jobs: they look. Nothing of ours runs in the application's
 -- transaction except the INSERT of its keys: no NOTIFY (Postgres refuses PREPARE TRANSACTION
@@ -108,7 +112,7 @@ $$;
 -- Creates the pgmq queue unless it exists; for a live queue, its backfill lane too
 -- (embeddings.backfill_queue()), granted to the worker roles.
 CREATE FUNCTION embeddings.ensure_queue(queue_name text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     lane text;
 BEGIN
@@ -165,7 +169,7 @@ $$;
 -- queue gets back a missing pgmq queue, and loses what pgmq granted (on every install and
 -- upgrade too: sql/99_regenerate.sql).
 CREATE FUNCTION embeddings.create_queue(queue_name text, live_queue text) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     created boolean := false;
     registered embeddings.queues;
@@ -191,7 +195,7 @@ $$;
 -- Workers read the live queue first, so a row the application writes never waits behind a
 -- backfill (worker/lanes.py).
 CREATE FUNCTION embeddings.backfill_queue(queue_name text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN length(queue_name) <= 38 THEN queue_name || '_backfill'
                 ELSE left(queue_name, 28) || '_' || left(md5(queue_name), 8) || '_backfill' END
 $$;

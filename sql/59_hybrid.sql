@@ -19,7 +19,7 @@
 
 -- The tsvector of text expression `expr` for target t (NULL when t has no full-text search).
 CREATE FUNCTION embeddings.fts_sql(t embeddings.targets, expr text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN t.fts_config IS NOT NULL THEN
         format('pg_catalog.to_tsvector(%L::pg_catalog.regconfig, pg_catalog.regexp_replace(%s, %L, %L, ''g''))',
                t.fts_config::text, expr, '(\w)\.(?=\w)', '\1 ')
@@ -29,7 +29,7 @@ $$;
 -- The assignment the store function adds to its UPDATE for target t's tsvector (`value` the
 -- content, or NULL to clear it); '' without full-text search or for a chunked target.
 CREATE FUNCTION embeddings.fts_assign_sql(t embeddings.targets, value text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN t.fts_config IS NULL OR embeddings.store_has_chunks(t) OR t.fts_column IS NULL THEN ''
                 WHEN value IS NULL THEN format(', %I = NULL', t.fts_column)
                 ELSE format(', %I = %s', t.fts_column, embeddings.fts_sql(t, value)) END
@@ -228,6 +228,10 @@ $$;
 -- target) and its `seq`, the cosine distance (NULL when the document is not in the vector
 -- ranking), both ranks (from 1; NULL where missing) and the chunk's character offsets, heading
 -- path and page (as search()'s). With the caller's rights, as search().
+-- pgvector's halfvec in the signature below, wherever pgvector is installed (public here,
+-- `extensions` on Supabase): its schema is searched after pg_catalog while the function is
+-- created, and only then (a type's name is unique in its schema; these statements call nothing).
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, ' || pg_catalog.quote_ident(embeddings.vector_schema()) || ', pg_temp', true);
 CREATE FUNCTION embeddings.hybrid_search(source regclass, query text, query_embedding halfvec, k integer DEFAULT 10,
                                          filter jsonb DEFAULT NULL, embedding_column name DEFAULT NULL,
                                          rrf_k double precision DEFAULT 60, vector_weight double precision DEFAULT 1,
@@ -269,9 +273,11 @@ BEGIN
     END IF;
     SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.distance, r.key), '[]') INTO by_vector
     FROM embeddings.search(source, query_embedding, n, filter, t.embedding_column) r;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     EXECUTE format('SELECT embeddings.%I($1, $2, $3)',
                    prefix || CASE text_match WHEN 'any' THEN '_bm25_ranking' ELSE '_text_ranking' END)
         INTO by_text USING query, filter, n;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     IF convex THEN
         -- The figures of a document a ranking left out (above): the vector ranking's least
         -- similarity; the full-text ranking's least score when it was cut, else 0.
@@ -284,6 +290,7 @@ BEGIN
         IF text_match = 'any' AND text_w > 0 AND jsonb_array_length(by_text) > 0 THEN
             EXECUTE format('SELECT embeddings.%I($1, $2, 11)', prefix || '_text_ranking')
                 INTO every_word USING query, filter;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
             IF jsonb_array_length(every_word) > 10 THEN
                 every_word := '[]';
             END IF;
@@ -313,3 +320,4 @@ BEGIN
         LIMIT k;
 END
 $$;
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);

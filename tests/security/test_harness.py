@@ -120,6 +120,10 @@ def _remote_model(ctx: Context) -> None:
 def _forget_jobs_then(statement: str) -> Callable[[Context], None]:
     def run(ctx: Context) -> None:
         with ctx.roles.connect() as su:
+            # (pgmq's functions set no search path: the superuser's own session, whose path
+            # reaches the overloads planted in `public` and in a schema named after it, would
+            # run them, as any session of that role would)
+            su.execute("SET search_path = pg_catalog, pg_temp")
             su.execute("SELECT pgmq.purge_queue('embedding_jobs')")
             su.execute("SELECT pgmq.purge_queue('embedding_jobs_backfill')")
             su.execute("DELETE FROM embeddings.backfills")
@@ -461,6 +465,9 @@ def test_every_hook_is_planted_and_fires(
         "SELECT docs_row::text FROM docs_row LIMIT 1",
         "SELECT * FROM docs_view",
         "SET search_path = evil, pg_catalog; SELECT now()",
+        # The plantings in `public` win wherever a session's path reaches them (the owner's):
+        # an exact type over pg_catalog's anyarray, and over its double precision `secs`.
+        "SELECT pg_catalog.count(*) FROM unnest('{a}'::text[]), make_interval(secs => 1::smallint)",
         "INSERT INTO docs_domain VALUES (99, 'x')",
     ):
         with roles.connect(roles.owner) as owner:  # (each hook leaves its session read-only)
@@ -470,6 +477,14 @@ def test_every_hook_is_planted_and_fires(
         application.execute("SELECT count(*) FROM docs_fn")
     fired |= harness.planted(harness.verdict(roles, roles.writer))
     assert set(harness.HOOKS) <= fired, set(harness.HOOKS) - fired
+    with roles.connect() as su:  # every function and operator of the list, overloaded
+        planted = su.execute(
+            "SELECT n.nspname, pg_catalog.count(DISTINCT p.proname) FILTER (WHERE p.proname OPERATOR(pg_catalog.!~) '^captured_'),"
+            " pg_catalog.count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname IN (%s, %s) GROUP BY 1",
+            (roles.worker, "public"),
+        ).fetchall()
+    assert len(planted) == 2 and all(names >= 50 and total >= 500 for _, names, total in planted)
 
 
 def test_the_documented_operations_are_the_harness_operations() -> None:
