@@ -193,7 +193,7 @@ def write_stage(dsn: str, rounds: int, batches: int, batch_rows: int = 64) -> di
                             for k in range(b * batch_rows + 1, (b + 1) * batch_rows + 1)
                         ]
                         with conn.transaction():
-                            write._write_target(conn, target, rows, write.WriteOutcome())
+                            write._write_target(conn, target, rows, write.WriteOutcome(), 1.0)
                     rates[variant].append(batches * batch_rows / (time.perf_counter() - started))
                 finally:
                     fingerprints.record_written = real

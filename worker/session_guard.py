@@ -17,6 +17,12 @@ code" unless it is one of ours that says it runs none (`-- ours:` in its queries
 the default is distrust, so a new statement is safe before it is fast. A transaction or
 savepoint that rolls back undoes the resets made in it, so it leaves the session distrusted
 too; so does a commit after distrusted statements (deferred triggers fire at COMMIT).
+
+Nothing we run waits without bound. Every reset also sets the connection's `lock_timeout`
+(EMBED_LOCK_TIMEOUT_MS: `session_lock_timeout` in queries.sql), so no statement of ours waits
+longer than that for a lock; and inside `bounded()`, every statement that may run someone else's
+code gets a `statement_timeout` too (SET LOCAL, re-applied after each reset), so that a table
+owner's trigger or content function that sleeps holds up the worker no longer than its bound.
 """
 
 from __future__ import annotations
@@ -51,7 +57,7 @@ class GuardedCursor(psycopg.Cursor[Any]):
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         conn = self.connection
         assert isinstance(conn, GuardedConnection)
-        conn.before_statement()
+        conn.before_statement(query)
         try:
             return super().execute(query, params, **kwargs)
         finally:
@@ -60,7 +66,7 @@ class GuardedCursor(psycopg.Cursor[Any]):
     def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
         conn = self.connection
         assert isinstance(conn, GuardedConnection)
-        conn.before_statement()
+        conn.before_statement(query)
         try:
             super().executemany(query, params_seq, **kwargs)
         finally:
@@ -69,7 +75,7 @@ class GuardedCursor(psycopg.Cursor[Any]):
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
         conn = self.connection
         assert isinstance(conn, GuardedConnection)
-        conn.before_statement()
+        conn.before_statement(query)
         try:
             yield from super().stream(query, params, **kwargs)
         finally:
@@ -82,28 +88,68 @@ class GuardedConnection(psycopg.Connection[Any]):
     _distrusted = True  # until the first reset: whatever the connection started with
     _ran_others = False  # in the transaction now open: statements that may have run others' code
     resets = 0  # how many resets this connection ran (bench/ and tests read it)
+    # The longest any statement waits for a lock, in ms (EMBED_LOCK_TIMEOUT_MS), set by every
+    # reset; None: what the role and the database give (db.connect sets it before the first).
+    lock_timeout_ms: int | None = None
+    _bound_ms: int | None = None  # inside bounded(): the statement_timeout of others' code
+    _bound_set: int | None = None  # the statement_timeout set (locally) since the last reset
 
     def reset_session(self) -> None:
         """RESET ALL and our settings, now (a plain cursor: this statement is not guarded)."""
-        with psycopg.Cursor(self) as cur:
-            cur.execute(queries.get("session_reset"))
-        self.resets += 1
-        self._distrusted = False
+        self._reset(queries.get("session_reset"), bound=None)
 
     def discard_session(self) -> None:
         """DISCARD ALL, then our reset, in one exchange (a pooled connection given back):
         nothing of the last user's session stays, and the next user's first statement needs
         no reset of its own."""
-        with psycopg.Cursor(self) as cur:  # two scripts without parameters: one simple query
-            discard = queries.get("session_discard").rstrip().rstrip(";")
-            cur.execute(discard + ";\n" + queries.get("session_reset"))
-        self.resets += 1
-        self._distrusted = False
+        discard = queries.get("session_discard").rstrip().rstrip(";")
+        self._reset(discard + ";\n" + queries.get("session_reset"), bound=None)
         self._ran_others = False
 
-    def before_statement(self) -> None:
-        if self._distrusted and self.pgconn.transaction_status != pq.TransactionStatus.INERROR:
-            self.reset_session()
+    def _reset(self, script: str, *, bound: int | None) -> None:
+        """`script`, then our bounds (the lock timeout; `bound`: a statement timeout, local to
+        the transaction), in one exchange: scripts without parameters are one simple query."""
+        parts = [script.rstrip().rstrip(";")]
+        if self.lock_timeout_ms is not None:
+            parts.append(self._setting("session_lock_timeout", self.lock_timeout_ms))
+        if bound is not None:
+            parts.append(self._setting("statement_bound", bound))
+        with psycopg.Cursor(self) as cur:
+            cur.execute(";\n".join(parts))
+        self.resets += 1
+        self._distrusted = False
+        self._bound_set = bound
+
+    def _setting(self, name: str, ms: int) -> str:
+        return queries.compose(name, ms=sql.Literal(f"{ms}ms")).as_string(self)
+
+    @contextmanager
+    def bounded(self, ms: int) -> Iterator[None]:
+        """Inside, each statement that may run someone else's code (a table owner's trigger,
+        content function: any that is not one of `ours`) gets a statement_timeout of `ms`:
+        SET LOCAL, in the transaction open, or in one opened here for the block. Nested blocks:
+        the innermost bound."""
+        outer = self._bound_ms
+        self._bound_ms = max(ms, 1)
+        try:
+            if self.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+                with self.transaction():
+                    yield
+            else:
+                yield
+        finally:
+            self._bound_ms = outer
+
+    def before_statement(self, query: Any = None) -> None:
+        if self.pgconn.transaction_status == pq.TransactionStatus.INERROR:
+            return
+        bound = None if query is None or _ours(query) else self._bound_ms
+        if self._distrusted:
+            self._reset(queries.get("session_reset"), bound=bound)
+        elif bound is not None and self._bound_set != bound:
+            with psycopg.Cursor(self) as cur:
+                cur.execute(self._setting("statement_bound", bound))
+            self._bound_set = bound
 
     def after_statement(self, query: Any) -> None:
         if not _ours(query):
@@ -135,6 +181,8 @@ class GuardedConnection(psycopg.Connection[Any]):
 
     def _closed_transaction(self) -> None:
         # Deferred triggers fire at COMMIT, after the last statement we could reset before.
-        if self.pgconn.transaction_status == pq.TransactionStatus.IDLE and self._ran_others:
-            self._distrusted = True
-            self._ran_others = False
+        if self.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            self._bound_set = None  # SET LOCAL ended with the transaction
+            if self._ran_others:
+                self._distrusted = True
+                self._ran_others = False

@@ -94,7 +94,9 @@ class Server(ThreadingHTTPServer):
         self.push = push
         self.slots = threading.BoundedSemaphore(settings.http_max_connections)
         self.searches = SearchConnections(
-            settings.search_database_url or dsn, max_size=settings.http_max_connections
+            settings.search_database_url or dsn,
+            max_size=settings.http_max_connections,
+            lock_timeout_ms=settings.lock_timeout_ms,
         )
         # Searches' rerankers, built by the first search that names one: cross-encoders, and
         # remote rerank APIs as registered (each search reads the registration).

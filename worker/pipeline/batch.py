@@ -40,6 +40,10 @@ class RowState(enum.Enum):
     # Chunked targets: a piece of a long document written (worker/pipeline/pieces.py); the
     # rest is re-queued as a postponed row is.
     PIECE = "piece"
+    # Held up by another session's lock (on the row, its table, its registration) past
+    # EMBED_LOCK_TIMEOUT_MS, or not tried after a neighbour's owner code ran past its bound:
+    # re-queued after a short, growing delay, with no attempt counted (worker/pipeline/bounds.py).
+    BLOCKED = "blocked"
 
 
 @dataclass(frozen=True)

@@ -46,13 +46,21 @@ class Fetcher:
     wake: Callable[[], None]  # wakes a fetcher waiting for work
 
     def run(self) -> None:
-        session = db.Session(self.dsn, "fetcher", self.stopping)
+        session = db.Session(
+            self.dsn, "fetcher", self.stopping, lock_timeout_ms=self.settings.lock_timeout_ms
+        )
         try:
             while not self.stopping.is_set():
                 try:
                     batch = self._next_batch(session)
                 except exceptions.ConnectionLost as exc:
                     _connection_lost(session, exc)
+                    continue
+                except exceptions.LockUnavailable as exc:
+                    # One of our own statements (the queue's, the registry's) found a table of
+                    # ours locked past EMBED_LOCK_TIMEOUT_MS (a migration's DDL): look again.
+                    logger.warning("fetcher: %s; reading again in a second", exc)
+                    self.stopping.wait(1.0)
                     continue
                 if batch is None:
                     break  # drained (--once) or stopping

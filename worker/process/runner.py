@@ -131,7 +131,9 @@ class Worker:
             embedders=self.embedders,
             waiter=self.waiter,
             # Backfills in key ranges, stepped when reads run short (worker/process/backfill.py).
-            backfill=Backfiller(settings.queue, settings.batch_size),
+            backfill=Backfiller(
+                settings.queue, settings.batch_size, settings.owner_code_timeout_seconds
+            ),
             indexer=IndexBuilder(self.dsn, settings.queue),
             changes=Completer(),  # completes model changes (worker/process/changes.py)
             stopping=self.stopping,
@@ -187,11 +189,13 @@ class Worker:
             default=self.default_model,
             started=self.started,
             held=self.held,
+            lock_timeout_ms=self.settings.lock_timeout_ms,
         ).run()
         # A one-shot run's fetcher completes model changes itself, when the queue drains.
         changes = self.fetcher.changes if self.settings.pull and not self.once else None
         keeper = Keeper(
             dsn=self.dsn,
+            lock_timeout_ms=self.settings.lock_timeout_ms,
             lanes=self.lanes,
             vt_seconds=self.settings.vt_seconds,
             finished=self.finished,
@@ -230,7 +234,7 @@ class Worker:
                 and time.monotonic() - self._stop_requested_at > self.settings.grace_seconds
             ):
                 logger.warning("grace period over: handing back what is still in flight")
-                hand_back(self.dsn, self.lanes)
+                hand_back(self.dsn, self.lanes, self.settings.lock_timeout_ms)
                 break
         self.finished.set()
         self._wake()
@@ -238,7 +242,7 @@ class Worker:
             thread.join(timeout=2)
         if self.failure is not None:
             logger.error("worker stopped by an internal error: %r", self.failure)
-            hand_back(self.dsn, self.lanes)
+            hand_back(self.dsn, self.lanes, self.settings.lock_timeout_ms)
             return exits.FAILURE
         if self.once and self._interrupted_by is not None:
             # `--once` promised a drained queue: a script must not go on as if it were.
@@ -259,7 +263,7 @@ class Worker:
         name = signal.Signals(signum).name
         if self.stopping.is_set():
             logger.warning("second %s: handing back jobs in flight and exiting now", name)
-            hand_back(self.dsn, self.lanes)
+            hand_back(self.dsn, self.lanes, self.settings.lock_timeout_ms)
             logging.shutdown()
             os._exit(exits.interrupted(signal.Signals(signum)) if self.once else exits.OK)
         self._interrupted_by = signal.Signals(signum)

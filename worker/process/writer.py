@@ -18,6 +18,9 @@ from worker.process.handoffs import Handoff, Handoffs
 
 logger = logging.getLogger(__name__)
 
+# Times a write transaction that one of our own statements' lock wait rolled back is run again.
+LOCK_RETRIES = 3
+
 
 @dataclass(kw_only=True)
 class Writer:
@@ -33,7 +36,13 @@ class Writer:
     rows_done: int = 0  # rows written, for the progress line
 
     def run(self) -> None:
-        session = db.Session(self.dsn, "writer", self.finished, vectors=True)
+        session = db.Session(
+            self.dsn,
+            "writer",
+            self.finished,
+            vectors=True,
+            lock_timeout_ms=self.settings.lock_timeout_ms,
+        )
         try:
             while True:
                 item = self.embedded.get()
@@ -54,7 +63,9 @@ class Writer:
         held = lane.leases.held(batch.msg_ids)
         # Settled jobs are no longer ours to renew.
         lane.leases.drop(batch.msg_ids)
-        for attempt in range(2):  # once more after a reconnect; then the leases expire
+        lock_waits = 0
+        attempt = 0
+        while attempt < 2:  # once more after a reconnect; then the leases expire
             try:
                 conn = session.get()
                 if item.release:
@@ -74,12 +85,28 @@ class Writer:
                     exc,
                     "; retrying" if attempt == 0 else "; its jobs return after their lease",
                 )
+                attempt += 1
+            except exceptions.LockUnavailable as exc:
+                # One of our own statements waited past EMBED_LOCK_TIMEOUT_MS (a table of ours
+                # held by a migration, a row by another worker's write): the transaction rolled
+                # back whole, and writing it again redoes everything.
+                lock_waits += 1
+                if lock_waits > LOCK_RETRIES:
+                    logger.error(
+                        "writing a batch waited for locks %d times (%s); its jobs return after"
+                        " their lease",
+                        lock_waits,
+                        exc,
+                    )
+                    return
+                logger.warning("writer: %s; writing the batch again", exc)
+                self.finished.wait(0.1 * 2**lock_waits)
             except exceptions.DatabaseError as exc:
                 logger.error("writing a batch failed (%s); its jobs return after their lease", exc)
                 return
 
 
-def hand_back(dsn: str, lanes: Lanes) -> None:
+def hand_back(dsn: str, lanes: Lanes, lock_timeout_ms: int) -> None:
     """Makes every job held in `lanes` visible again at once (a fresh, short-lived
     connection)."""
     for lane in lanes:
@@ -87,7 +114,7 @@ def hand_back(dsn: str, lanes: Lanes) -> None:
         if not held:
             continue
         try:
-            conn = db.connect(dsn, connect_timeout=3)
+            conn = db.connect(dsn, connect_timeout=3, lock_timeout_ms=lock_timeout_ms)
             try:
                 with db.translated(), conn.transaction():
                     conn.execute(queries.get("short_statement_timeout"))
