@@ -183,15 +183,21 @@ def translated() -> Iterator[None]:
 
 
 @contextmanager
-def bounded(conn: Connection, ms: int) -> Iterator[None]:
+def bounded(conn: Connection, ms: int, label: object = None) -> Iterator[None]:
     """In the block, statements that may run someone else's code (a table owner's triggers or
-    content function) run at most `ms` (worker/session_guard.py: GuardedConnection.bounded;
-    a connection not made by connect() is not bounded)."""
+    content function: `label`, a target's id) run at most `ms` (worker/session_guard.py:
+    GuardedConnection.bounded; a connection not made by connect() is not bounded)."""
     if isinstance(conn, session_guard.GuardedConnection):
-        with conn.bounded(ms):
+        with conn.bounded(ms, label):
             yield
     else:
         yield
+
+
+def ended_by_watchdog(conn: Connection | None) -> object:
+    """The label of the bounded statement for whose sake the watchdog ended `conn`'s session
+    (worker/process/watchdog.py), or None."""
+    return conn.ended_by if isinstance(conn, session_guard.GuardedConnection) else None
 
 
 # A target's generated function, as an error's message or context names it.
@@ -358,6 +364,11 @@ class Session:
             logger.error("%s: %s; retrying in %.1f s", self.name, error, delay)
             return
         logger.warning("%s: database unavailable (%s); retrying in %.1f s", self.name, error, delay)
+
+    def current(self) -> Connection | None:
+        """The connection now open, if any (without connecting)."""
+        conn = self._conn
+        return conn if conn is not None and not conn.closed else None
 
     def lost(self) -> None:
         """Drops the connection after a failure; the next `get()` reconnects."""

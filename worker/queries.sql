@@ -683,12 +683,25 @@ SELECT pg_catalog.set_config('search_path', pg_catalog.concat_ws(', ', 'pg_catal
 -- ours: sets a setting, runs no one else's code
 SELECT pg_catalog.set_config('lock_timeout', {ms}, false);
 
+-- name: session_client_check
+-- With session_lock_timeout (PostgreSQL 14 and later): a statement of ours whose client is gone
+-- (a worker killed while a table owner's code ran, and went on, in its session) ends within a
+-- second instead of running on, holding its locks.
+-- ours: sets a setting, runs no one else's code
+SELECT pg_catalog.set_config('client_connection_check_interval', '1s', false);
+
 -- name: statement_bound
 -- The statements that may run a table owner's code (its triggers, its content function) in
 -- a bounded block (worker/session_guard.py: bounded()) run at most {ms}: SET LOCAL, so the
 -- bound ends with the transaction.
 -- ours: sets a setting, runs no one else's code
 SELECT pg_catalog.set_config('statement_timeout', {ms}, true);
+
+-- name: terminate_backend
+-- Ends our session %(pid)s, whose statement ran a table owner's code past its bound and caught
+-- the cancel (worker/process/watchdog.py); a role may end its own sessions.
+-- ours: touches nothing but that session, runs no one else's code
+SELECT pg_catalog.pg_terminate_backend(%(pid)s);
 
 -- name: list_failures
 -- The dead-lettered jobs, oldest first.

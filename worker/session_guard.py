@@ -27,6 +27,7 @@ owner's trigger or content function that sleeps holds up the worker no longer th
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -49,6 +50,10 @@ def _ours(query: Any) -> bool:
     if isinstance(query, sql.SQL):
         return query.as_string().startswith(queries.OURS)
     return False
+
+
+# client_connection_check_interval: PostgreSQL 14 and later.
+CLIENT_CHECK_SINCE = 140000
 
 
 class GuardedCursor(psycopg.Cursor[Any]):
@@ -92,7 +97,13 @@ class GuardedConnection(psycopg.Connection[Any]):
     # reset; None: what the role and the database give (db.connect sets it before the first).
     lock_timeout_ms: int | None = None
     _bound_ms: int | None = None  # inside bounded(): the statement_timeout of others' code
+    _bound_label: object = None  # ... and what it runs (a target id), for the watchdog
     _bound_set: int | None = None  # the statement_timeout set (locally) since the last reset
+    # A bounded statement running now: (when its bound ends, time.monotonic(); its label). Read
+    # by the watchdog's thread (worker/process/watchdog.py), which sets `ended_by` to the label
+    # when it ended the session because the statement ignored its bound.
+    running_bounded: tuple[float, object] | None = None
+    ended_by: object = None
 
     def reset_session(self) -> None:
         """RESET ALL and our settings, now (a plain cursor: this statement is not guarded)."""
@@ -112,6 +123,8 @@ class GuardedConnection(psycopg.Connection[Any]):
         parts = [script.rstrip().rstrip(";")]
         if self.lock_timeout_ms is not None:
             parts.append(self._setting("session_lock_timeout", self.lock_timeout_ms))
+            if self.info.server_version >= CLIENT_CHECK_SINCE:
+                parts.append(queries.get("session_client_check"))
         if bound is not None:
             parts.append(self._setting("statement_bound", bound))
         with psycopg.Cursor(self) as cur:
@@ -124,13 +137,13 @@ class GuardedConnection(psycopg.Connection[Any]):
         return queries.compose(name, ms=sql.Literal(f"{ms}ms")).as_string(self)
 
     @contextmanager
-    def bounded(self, ms: int) -> Iterator[None]:
+    def bounded(self, ms: int, label: object = None) -> Iterator[None]:
         """Inside, each statement that may run someone else's code (a table owner's trigger,
         content function: any that is not one of `ours`) gets a statement_timeout of `ms`:
         SET LOCAL, in the transaction open, or in one opened here for the block. Nested blocks:
-        the innermost bound."""
-        outer = self._bound_ms
-        self._bound_ms = max(ms, 1)
+        the innermost bound. `label` says whose code it is (a target's id)."""
+        outer, outer_label = self._bound_ms, self._bound_label
+        self._bound_ms, self._bound_label = max(ms, 1), label
         try:
             if self.pgconn.transaction_status == pq.TransactionStatus.IDLE:
                 with self.transaction():
@@ -138,7 +151,7 @@ class GuardedConnection(psycopg.Connection[Any]):
             else:
                 yield
         finally:
-            self._bound_ms = outer
+            self._bound_ms, self._bound_label = outer, outer_label
 
     def before_statement(self, query: Any = None) -> None:
         if self.pgconn.transaction_status == pq.TransactionStatus.INERROR:
@@ -150,8 +163,11 @@ class GuardedConnection(psycopg.Connection[Any]):
             with psycopg.Cursor(self) as cur:
                 cur.execute(self._setting("statement_bound", bound))
             self._bound_set = bound
+        if bound is not None:
+            self.running_bounded = (time.monotonic() + bound / 1000, self._bound_label)
 
     def after_statement(self, query: Any) -> None:
+        self.running_bounded = None
         if not _ours(query):
             self._distrusted = True
             self._ran_others = True

@@ -237,3 +237,91 @@ def test_a_content_function_that_sleeps_fails_only_its_row(
     )
     conn.execute("DELETE FROM sleepers")
     wait_embedded(conn, "row", "docs", {2}, FLOWING)
+
+
+# Sleeps for the row `sleepers` names, and catches the cancel of its statement's timeout.
+STUBBORN = (
+    "IF EXISTS (SELECT FROM sleepers s WHERE s.id = {row}.id) THEN LOOP"
+    " BEGIN PERFORM pg_sleep(60); EXCEPTION WHEN query_canceled THEN NULL; END;"
+    " END LOOP; END IF;"
+)
+
+
+@pytest.mark.parametrize("hook", ["trigger", "content function"])
+def test_owner_code_that_catches_the_cancel_ends_its_session_not_the_worker(
+    conn: Conn, minilm: str, running: Callable[..., Running], hook: str
+) -> None:
+    """A statement timeout is a cancel, which PL/pgSQL can catch: the owner's code that does
+    and sleeps on would have held the worker for ever. The watchdog ends its session: that
+    row fails, the rest of its batch and the other table's rows are embedded."""
+    conn.execute(SLEEPERS)
+    conn.execute("CREATE TABLE docs (id integer PRIMARY KEY, body text)")
+    if hook == "trigger":
+        stores.watch(conn, "row", minilm, table="docs")
+        conn.execute(
+            "CREATE FUNCTION stubborn() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$ BEGIN {STUBBORN.format(row='NEW')} RETURN NULL; END $$"
+        )
+        conn.execute(
+            "CREATE TRIGGER stubborn AFTER UPDATE OF embedding ON docs"
+            " FOR EACH ROW EXECUTE FUNCTION stubborn()"
+        )
+    else:
+        conn.execute(
+            "CREATE FUNCTION docs_text(d docs) RETURNS text LANGUAGE plpgsql STABLE AS"
+            f" $$ BEGIN {STUBBORN.format(row='d')} RETURN d.body; END $$"
+        )
+        stores.watch(conn, "row", minilm, table="docs", content="docs_text")
+    watched(conn, minilm, "others")
+    fill(conn, "docs", "others")
+    conn.execute("INSERT INTO sleepers VALUES (2)")  # (the triggers' own evaluation ran before)
+    running(owner_code_timeout_seconds=1.0, max_attempts=100)
+    wait_embedded(conn, "row", "others", set(range(1, ROWS + 1)), FLOWING)
+    wait_embedded(conn, "row", "docs", {1, 3, 4}, FLOWING)
+    wait_for(
+        lambda: conn.execute(
+            "SELECT 1 FROM pgmq.q_embedding_jobs WHERE message ->> 'last_error' LIKE"
+            " '%%caught the cancel%%'"
+        ).fetchone(),
+        timeout=FLOWING,
+        what="row 2's job to be retried with why",
+    )
+    conn.execute("DELETE FROM sleepers")
+    conn.execute(  # the sessions it held, if any is left
+        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+        " WHERE query LIKE '%%embeddings_%%' AND wait_event = 'PgSleep'"
+    )
+    wait_embedded(conn, "row", "docs", {2}, FLOWING)
+
+
+def test_our_sessions_bound_every_lock_wait_and_the_owners_statements(dsn: str) -> None:
+    """Every reset sets the lock timeout, whatever someone's code set since; in a bounded block,
+    a statement that may run someone else's code runs with its statement timeout, local to
+    the block's transaction."""
+    from worker import db
+
+    def show(conn: Conn, name: str) -> str:
+        row = conn.execute(f"SHOW {name}").fetchone()
+        assert row is not None
+        return str(row[0])
+
+    conn = db.connect(dsn, lock_timeout_ms=250)
+    try:
+        assert show(conn, "lock_timeout") == "250ms"
+        conn.execute("SELECT set_config('lock_timeout', '0', false)")  # as an owner's code would
+        assert show(conn, "lock_timeout") == "250ms"
+        assert show(conn, "statement_timeout") == "0"
+        with db.bounded(conn, 1234):
+            assert show(conn, "statement_timeout") == "1234ms"
+            conn.execute("SELECT set_config('statement_timeout', '0', false)")
+            assert show(conn, "statement_timeout") == "1234ms"
+            with pytest.raises(psycopg.errors.QueryCanceled):
+                conn.execute("SELECT pg_sleep(5)")
+        assert show(conn, "statement_timeout") == "0"
+    finally:
+        conn.close()
+    unbounded = db.connect(dsn, lock_timeout_ms=0)  # 0: as the role and database say
+    try:
+        assert show(unbounded, "lock_timeout") == "0"
+    finally:
+        unbounded.close()

@@ -83,9 +83,18 @@ class Case:
 
 
 # --- the hostile tenant's tables ---------------------------------------------------------------
+# How the owner's code sleeps, in the worker's session only (session_user is not the owner
+# there: the worker's load and write run the owner's code as the owner): while `sleepers` holds
+# 1, for a minute; while it holds 2, for ever, catching the cancel of its statement's timeout.
+SLEEP = (
+    "IF session_user <> current_user AND EXISTS (SELECT FROM public.sleepers WHERE id = 1) THEN"
+    " PERFORM pg_sleep(60); END IF;"
+    " IF session_user <> current_user AND EXISTS (SELECT FROM public.sleepers WHERE id = 2) THEN"
+    " LOOP BEGIN PERFORM pg_sleep(60); EXCEPTION WHEN query_canceled THEN NULL; END; END LOOP;"
+    " END IF;"
+)
 # Each kind: its store, what the owner creates before the superuser watches it, and watch()'s
-# content argument and options. The content function sleeps while `sleepers` has a row, in the
-# worker's session only (session_user is not the owner there: the load runs as the owner).
+# content argument and options. The content function sleeps as SLEEP says.
 KINDS: dict[str, tuple[str, str, str]] = {
     "row": ("row", "CREATE TABLE {table} (id integer PRIMARY KEY, body text)", "'body'"),
     "side": (
@@ -102,8 +111,7 @@ KINDS: dict[str, tuple[str, str, str]] = {
         "row",
         "CREATE TABLE {table} (id integer PRIMARY KEY, body text);"
         " CREATE FUNCTION {table}_text(d {table}) RETURNS text LANGUAGE plpgsql STABLE AS $$"
-        " BEGIN IF session_user <> current_user AND EXISTS (SELECT FROM public.sleepers) THEN"
-        " PERFORM pg_sleep(60); END IF; RETURN d.body; END $$",
+        f" BEGIN {SLEEP} RETURN d.body; END $$",
         "'{table}_text'",
     ),
 }
@@ -183,25 +191,28 @@ def _advisory_locks(case: Case) -> Iterator[None]:
 
 
 @contextlib.contextmanager
-def _sleeping(case: Case) -> Iterator[None]:
-    """The owner's code sleeps while `sleepers` has a row: its content function (on the
-    worker's load), and public.sleepy() (its trigger on the table the worker writes)."""
-    case.owner_runs("INSERT INTO public.sleepers VALUES (1)")
+def _sleeping(case: Case, how: int) -> Iterator[None]:
+    """The owner's code sleeps (SLEEP: `how`) while the wait lasts: its content function (on
+    the worker's load), and public.sleepy() (its trigger on the table the worker writes)."""
+    case.owner_runs(f"INSERT INTO public.sleepers VALUES ({how})")
     try:
         with case.world.connect(case.world.owner) as owner:
-            case.insert(owner)
+            case.insert(owner)  # (its own statements never sleep)
         yield
     finally:
         case.owner_runs("DELETE FROM public.sleepers")
 
 
-def _sleeping_trigger(case: Case) -> contextlib.AbstractContextManager[None]:
-    """A trigger on the table the worker writes (the table itself, its side or chunk table)."""
-    case.owner_runs(
-        "CREATE TRIGGER sleepy AFTER INSERT OR UPDATE ON {store}"
-        " FOR EACH ROW EXECUTE FUNCTION public.sleepy()"
-    )
-    return _sleeping(case)
+def _sleeps(how: int, *, trigger: bool) -> Wait:
+    def wait(case: Case) -> contextlib.AbstractContextManager[None]:
+        if trigger:  # on the table the worker writes: the table itself, its side or chunk table
+            case.owner_runs(
+                "CREATE TRIGGER sleepy AFTER INSERT OR UPDATE ON {store}"
+                " FOR EACH ROW EXECUTE FUNCTION public.sleepy()"
+            )
+        return _sleeping(case, how)
+
+    return wait
 
 
 ALL = tuple(KINDS)
@@ -223,8 +234,13 @@ WAITS: dict[str, tuple[tuple[str, ...], Wait]] = {
         STORED_APART,
         _holding("LOCK TABLE {store} IN ACCESS EXCLUSIVE MODE"),
     ),
-    "the tenant's trigger on what the worker writes sleeps": (ALL, _sleeping_trigger),
-    "the tenant's content function sleeps": (("content function",), _sleeping),
+    "the tenant's trigger on what the worker writes sleeps": (ALL, _sleeps(1, trigger=True)),
+    "the tenant's content function sleeps": (("content function",), _sleeps(1, trigger=False)),
+    "the tenant's trigger sleeps and catches the cancel": (ALL, _sleeps(2, trigger=True)),
+    "the tenant's content function sleeps and catches the cancel": (
+        ("content function",),
+        _sleeps(2, trigger=False),
+    ),
 }
 
 CASES = [(wait, kind) for wait, (kinds, _) in WAITS.items() for kind in kinds]
@@ -250,9 +266,8 @@ def world(cluster: Cluster, template_db: str) -> Iterator[World]:
     with found.connect(found.owner) as owner:
         owner.execute("CREATE TABLE public.sleepers (id integer PRIMARY KEY)")
         owner.execute(
-            "CREATE FUNCTION public.sleepy() RETURNS trigger LANGUAGE plpgsql AS $$ BEGIN"
-            " IF session_user <> current_user AND EXISTS (SELECT FROM public.sleepers) THEN"
-            " PERFORM pg_sleep(60); END IF; RETURN NULL; END $$"
+            "CREATE FUNCTION public.sleepy() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$ BEGIN {SLEEP} RETURN NULL; END $$"
         )
     with found.connect() as su:
         su.execute("SELECT embeddings.watch('secrets', 'secret', model => %s)", (MINILM,))
@@ -277,8 +292,6 @@ def worker(world: World, model_path: str) -> Iterator[WorkerProcess]:
             "EMBED_MODEL_PATH": model_path,
             "EMBED_THREADS": "1",
             "EMBED_MAX_ATTEMPTS": "20",  # a sleeping row fails an attempt per round
-            "EMBED_BACKOFF_BASE_SECONDS": "0.5",
-            "EMBED_BACKOFF_MAX_SECONDS": "2",
         },
         http=True,
     )
@@ -320,12 +333,15 @@ def test_a_hostile_wait_holds_up_only_the_tenants_own_rows(
                 (others.start, others.stop - 1),
             )
         started = time.monotonic()
-        wait_for(
-            lambda: embedded(world, "row", "secrets", others),
-            timeout=OTHERS_SECONDS,
-            interval=0.1,
-            what=f"the other tenant's rows while {wait} ({kind})",
-        )
+        try:
+            wait_for(
+                lambda: embedded(world, "row", "secrets", others),
+                timeout=OTHERS_SECONDS,
+                interval=0.1,
+                what=f"the other tenant's rows while {wait} ({kind})",
+            )
+        except TimeoutError as exc:  # what the worker did meanwhile
+            raise TimeoutError(f"{exc}\n{worker.log_text()[-6000:]}") from None
         assert time.monotonic() - started <= OTHERS_SECONDS
         assert worker.get("/healthz")[0] == 200
     wait_for(

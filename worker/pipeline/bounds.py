@@ -17,9 +17,17 @@ dead-lettered), its neighbours not tried yet are BLOCKED.
 
 from __future__ import annotations
 
+import threading
+import time
+from typing import Any
+
+from worker.pipeline import pieces
 from worker.pipeline.batch import Row
 
 OWNER_CODE_MS_PER_ROW = 5
+# A target whose owner code ran past its bound has its rows loaded and written one at a time
+# for this long after: a statement of them together would only run past it again first.
+OVERRUN_SECONDS = 60.0
 # A blocked row's next try: after 1, 2, 4 ... seconds, at most BLOCKED_MAX_SECONDS.
 BLOCKED_MAX_SECONDS = 30
 
@@ -35,9 +43,43 @@ def work(rows: list[Row] | None) -> int:
     return sum(len(r.chunks.chunks) if r.chunks is not None else 1 for r in rows or [])
 
 
+class Overruns:
+    """The targets whose owner code ran past its bound lately, by database (in this process:
+    the fetcher's load and the writer's write both look)."""
+
+    def __init__(self) -> None:
+        self._until: dict[tuple[str, int], float] = {}
+        self._lock = threading.Lock()
+
+    def note(self, conn: Any, target_id: int) -> None:
+        with self._lock:
+            self._until[(pieces.database_of(conn), target_id)] = time.monotonic() + OVERRUN_SECONDS
+
+    def recent(self, conn: Any, target_id: int) -> bool:
+        key = (pieces.database_of(conn), target_id)
+        with self._lock:
+            until = self._until.get(key)
+            if until is not None and until <= time.monotonic():
+                del self._until[key]
+                until = None
+        return until is not None
+
+
+OVERRUNS = Overruns()
+
+
 def blocked_delay(times: int) -> int:
     """Seconds before a row held up `times` times before is tried again."""
     return int(min(2 ** min(times, 16), BLOCKED_MAX_SECONDS))
+
+
+def ignored_bound_error(what: str) -> str:
+    """A row's error when its owner's code caught the cancel of its bound, and the watchdog
+    ended the session it ran in (worker/process/watchdog.py)."""
+    return (
+        f"{what}: the table owner's code ran past its bound (EMBED_OWNER_CODE_TIMEOUT_SECONDS)"
+        " and caught the cancel: its session was ended"
+    )
 
 
 def owner_code_error(what: str, ms: int) -> str:

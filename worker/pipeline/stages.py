@@ -90,6 +90,12 @@ def load(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
     faults.reached("load")
     seconds = batch.limits.owner_code_seconds
     for target, rows in batch.by_target(RowState.PENDING).items():
+        if ("load", target.id) in batch.ignored_bound:
+            bounds.OVERRUNS.note(conn, target.id)  # (the watchdog ended its session)
+        if bounds.OVERRUNS.recent(conn, target.id):
+            # Its content function ran past its bound lately: a row at a time.
+            _load_one_by_one(conn, batch, target, rows)
+            continue
         try:
             found = _load_rows(conn, target, rows, seconds)
         except exceptions.ConnectionLost:
@@ -100,7 +106,9 @@ def load(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
         except exceptions.LockUnavailable as exc:
             _block(target, rows, exc)
             continue
-        except exceptions.DatabaseError:
+        except exceptions.DatabaseError as exc:
+            if isinstance(exc, exceptions.StatementTimeout):
+                bounds.OVERRUNS.note(conn, target.id)
             _load_one_by_one(conn, batch, target, rows)
             continue
         for row in rows:
@@ -121,9 +129,15 @@ def _load_one_by_one(conn: db.Connection, batch: Batch, target: Target, rows: li
     a lock, or whose owner code runs past its bound alone (it fails: the code is the row's),
     leaves the rows after it for a later batch: each would wait as long."""
     seconds = batch.limits.owner_code_seconds
+    ran_over = batch.ignored_bound.get(("load", target.id))
     for i, row in enumerate(rows):
+        if row.key == ran_over:  # its content function caught the cancel of its bound
+            row.fail(bounds.ignored_bound_error("loading the content"))
+            row.ran_over = True
+            _block(target, rows[i + 1 :], None)
+            return
         try:
-            _apply_loaded(row, _load_rows(conn, target, [row], seconds))
+            _apply_loaded(row, _load_rows(conn, target, [row], seconds, one=True))
         except exceptions.ConnectionLost:
             raise
         except exceptions.TargetUnavailable as exc:
@@ -133,8 +147,10 @@ def _load_one_by_one(conn: db.Connection, batch: Batch, target: Target, rows: li
             _block(target, rows[i:], exc)
             return
         except exceptions.StatementTimeout:
+            bounds.OVERRUNS.note(conn, target.id)
             bound = bounds.owner_code_ms(seconds, [row])
             row.fail(bounds.owner_code_error("loading the content", bound))
+            row.ran_over = True
             _block(target, rows[i + 1 :], None)
             return
         except exceptions.DatabaseError as exc:
@@ -150,7 +166,12 @@ def _block(target: Target, rows: list[Row], why: Exception | None) -> None:
 
 
 def _load_rows(
-    conn: db.Connection, target: Target, rows: list[Row], owner_code_seconds: float
+    conn: db.Connection,
+    target: Target,
+    rows: list[Row],
+    owner_code_seconds: float,
+    *,
+    one: bool = False,
 ) -> dict[str, tuple[str | None, str | None]]:
     """Content and md5 by key, the table owner's code (its content function) bounded. A long
     document cached between its pieces (worker/pipeline/pieces.py) comes from the cache, as long
@@ -162,7 +183,8 @@ def _load_rows(
         else {}
     )
     bound = bounds.owner_code_ms(owner_code_seconds, rows)
-    with db.translated(), db.bounded(conn, bound):
+    label = ("load", target.id, rows[0].key if one else None)  # (for worker/process/watchdog.py)
+    with db.translated(), db.bounded(conn, bound, label):
         if not known:
             found = conn.execute(target.query("load_content"), target.key_params(keys)).fetchall()
             return {key: (content, digest) for key, content, digest in found}

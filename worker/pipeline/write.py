@@ -101,7 +101,7 @@ def write(
             ) is not None:
                 outcome.deferred[target.id] = refused  # another model's vectors are there
             else:
-                _write_target(conn, target, rows, outcome, batch.limits.owner_code_seconds)
+                _write_target(conn, target, rows, outcome, batch)
         faults.reached("after_vectors")
         settlement = settle(batch, settings, now(), outcome)
         queue.delete(conn, settlement.delete)
@@ -215,48 +215,58 @@ def _write_target(
     target: Target,
     rows: list[Row],
     outcome: WriteOutcome,
-    owner_code_seconds: float,
+    batch: Batch,
 ) -> None:
     store = stores.of(target)
     embedded = [r for r in rows if r.state is RowState.EMBEDDED]
     blank = [r for r in rows if r.state is RowState.BLANK]
-    fingerprints.clear_failing(conn, target, [r for r in rows if r.state is RowState.FAILED])
+    failing = [r for r in rows if r.state is RowState.FAILED and not r.ran_over]
+    fingerprints.clear_failing(conn, target, failing)
     # What rows gone (deleted since queued) left in a side or chunk table goes too.
     gone = [r for r in rows if r.state is RowState.GONE] if store.follows_deletes else []
     if not embedded and not blank and not gone:
         return
-    bound = bounds.owner_code_ms(owner_code_seconds, embedded + blank + gone)
-    try:
-        # A savepoint: a failure here fails only this target's rows.
-        with db.bounded(conn, bound), conn.transaction():
-            stored = store.write(conn, target, embedded, blank)
-            if gone:
-                store.forget(conn, target, gone)
-        outcome.record({(target.id, key): state for key, state in stored.items()})
-        fingerprints.record_written(conn, target, embedded, stored)
-        return
-    except psycopg.Error as exc:
-        if db.is_connection_error(exc):
-            raise
-        if db.unavailable(exc):
-            # The target's functions cannot write as its owner now (sql/32_access.sql): its
-            # jobs wait, no row fails.
-            outcome.deferred[target.id] = f"{target.name}: {db.redact(str(exc).strip())}"
+    rows = embedded + blank + gone
+    owner_code_seconds = batch.limits.owner_code_seconds
+    if ("write", target.id) in batch.ignored_bound:
+        bounds.OVERRUNS.note(conn, target.id)  # (the watchdog ended its session)
+    # (its triggers ran past their bound lately: a row at a time at once)
+    if not bounds.OVERRUNS.recent(conn, target.id):
+        bound = bounds.owner_code_ms(owner_code_seconds, rows)
+        try:
+            # A savepoint: a failure here fails only this target's rows.
+            with db.bounded(conn, bound, ("write", target.id, None)), conn.transaction():
+                stored = store.write(conn, target, embedded, blank)
+                if gone:
+                    store.forget(conn, target, gone)
+            outcome.record({(target.id, key): state for key, state in stored.items()})
+            fingerprints.record_written(conn, target, embedded, stored)
             return
-        if exc.sqlstate == db.LOCK_NOT_AVAILABLE:
-            # Its table, side or chunk table, or a document another worker is writing, held
-            # past the lock timeout: every row would wait as long again.
-            outcome.block(embedded + blank + gone)
-            return
+        except psycopg.Error as exc:
+            if db.is_connection_error(exc):
+                raise
+            if db.unavailable(exc):
+                # The target's functions cannot write as its owner now (sql/32_access.sql):
+                # its jobs wait, no row fails.
+                outcome.deferred[target.id] = f"{target.name}: {db.redact(str(exc).strip())}"
+                return
+            if exc.sqlstate == db.LOCK_NOT_AVAILABLE:
+                # Its table, side or chunk table, or a document another worker is writing,
+                # held past the lock timeout: every row would wait as long again.
+                outcome.block(rows)
+                return
+            if exc.sqlstate == db.QUERY_CANCELED:
+                bounds.OVERRUNS.note(conn, target.id)
     # Something in the table refused the write (a trigger, a constraint), or its owner's code
     # ran past its bound: one row at a time, to fail only the rows it refuses.
     _write_one_by_one(
         conn,
         store,
         target,
-        embedded + blank + gone,
+        rows,
         outcome=outcome,
         owner_code_seconds=owner_code_seconds,
+        ran_over=batch.ignored_bound.get(("write", target.id)),
     )
 
 
@@ -268,15 +278,22 @@ def _write_one_by_one(
     *,
     outcome: WriteOutcome,
     owner_code_seconds: float,
+    ran_over: str | None = None,
 ) -> None:
     """Writes `rows` one at a time, each where its state before this write says (a vector, a
     clear, a row gone: the rolled-back savepoint changed nothing), failing only those refused.
     A row held up by a lock, or whose owner code runs past its bound alone (it fails: the code
-    is the row's), leaves the rows after it for a later batch: each would wait as long."""
+    is the row's), leaves the rows after it for a later batch: each would wait as long. So does
+    `ran_over`, the row whose triggers caught the cancel of their bound in an earlier try of
+    this write (worker/process/watchdog.py)."""
     for i, row in enumerate(rows):
+        if row.key == ran_over:
+            outcome.fail(row, bounds.ignored_bound_error("storing the embedding"))
+            outcome.block(rows[i + 1 :])
+            return
         bound = bounds.owner_code_ms(owner_code_seconds, [row])
         try:
-            with db.bounded(conn, bound), conn.transaction():
+            with db.bounded(conn, bound, ("write", target.id, row.key)), conn.transaction():
                 stored = {}
                 if row.state is RowState.EMBEDDED:
                     stored = store.write(conn, target, [row], [])
@@ -293,6 +310,7 @@ def _write_one_by_one(
                 outcome.block(rows[i:])
                 return
             if exc.sqlstate == db.QUERY_CANCELED:
+                bounds.OVERRUNS.note(conn, target.id)
                 outcome.fail(row, bounds.owner_code_error("storing the embedding", bound))
                 outcome.block(rows[i + 1 :])
                 return

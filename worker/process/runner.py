@@ -9,6 +9,8 @@ Threads, each with its own connection:
            (worker/process/writer.py)
   keeper   renews the leases of jobs in flight, refreshes queue gauges, shows progress
            (worker/process/keeper.py)
+  watchdog ends a fetcher's or writer's session whose table owner's code ignores its bound
+           (worker/process/watchdog.py; it connects only then)
 The Worker builds each of them, and start-up (worker/process/startup.py), with what it uses.
 At most one batch waits between two stages, so database I/O overlaps inference without
 leasing far ahead.
@@ -49,6 +51,7 @@ from worker.process.keeper import Keeper
 from worker.process.startup import DefaultModel, Startup, announce
 from worker.process.stopped import StoppedTargets
 from worker.process.wakeups import Waiter, WakePipe
+from worker.process.watchdog import Watchdog
 from worker.process.writer import Writer, hand_back
 
 logger = logging.getLogger(__name__)
@@ -122,9 +125,12 @@ class Worker:
         self._embedded: Handoffs = stdqueue.Queue(maxsize=1)
         self._wake_pipe = WakePipe()
         self.waiter = Waiter(settings.queue, self.stopping, self._wake_pipe.read_fd)
+        # Ends a pipeline session whose table owner's code ignores its bound.
+        self.watchdog = Watchdog(self.dsn, settings.lock_timeout_ms)
         self.fetcher = Fetcher(
             dsn=self.dsn,
             settings=settings,
+            watchdog=self.watchdog,
             once=once,
             lanes=self.lanes,
             registry=self.registry,
@@ -144,6 +150,7 @@ class Worker:
         self.writer = Writer(
             dsn=self.dsn,
             settings=settings,
+            watchdog=self.watchdog,
             lanes=self.lanes,
             embedded=self._embedded,
             finished=self.finished,
@@ -219,6 +226,7 @@ class Worker:
             ("embedder", embedder),
             ("writer", self.writer.run),
             ("keeper", keeper.run),
+            ("watchdog", functools.partial(self.watchdog.run, self.finished)),
         ):
             thread = threading.Thread(target=self._guarded(target), name=name, daemon=True)
             thread.start()

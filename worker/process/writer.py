@@ -15,6 +15,7 @@ from worker.pipeline import stages, write
 from worker.pipeline.batch import Batch, RowState
 from worker.pipeline.lanes import Lanes
 from worker.process.handoffs import Handoff, Handoffs
+from worker.process.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -28,6 +29,7 @@ class Writer:
 
     dsn: str
     settings: Settings  # attempts and backoff (the write stage)
+    watchdog: Watchdog  # ends its session when a table owner's code ignores its bound
     lanes: Lanes  # each batch's queue and leases
     embedded: Handoffs  # from the embedder
     finished: threading.Event  # set when the writer ends: the pipeline has drained
@@ -43,6 +45,7 @@ class Writer:
             vectors=True,
             lock_timeout_ms=self.settings.lock_timeout_ms,
         )
+        self.watchdog.watch(session)
         try:
             while True:
                 item = self.embedded.get()
@@ -65,6 +68,7 @@ class Writer:
         lane.leases.drop(batch.msg_ids)
         lock_waits = 0
         attempt = 0
+        conn: db.Connection | None = None
         while attempt < 2:  # once more after a reconnect; then the leases expire
             try:
                 conn = session.get()
@@ -78,8 +82,14 @@ class Writer:
                 self.rows_done += sum(1 for r in batch.rows.values() if r.state is RowState.WRITTEN)
                 return
             except exceptions.ConnectionLost as exc:
-                metrics.DATABASE_UP.set(0)
+                ended_for = db.ended_by_watchdog(conn)
                 session.lost()
+                if batch.ignored(ended_for):
+                    # A table owner's code caught the cancel of its bound, and the watchdog ended
+                    # the session (worker/process/watchdog.py): written again, on a new one,
+                    # that code's rows a row at a time, or without that row.
+                    continue
+                metrics.DATABASE_UP.set(0)
                 logger.warning(
                     "writer: connection lost (%s)%s",
                     exc,
