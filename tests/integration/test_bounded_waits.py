@@ -287,10 +287,6 @@ def test_owner_code_that_catches_the_cancel_ends_its_session_not_the_worker(
         what="row 2's job to be retried with why",
     )
     conn.execute("DELETE FROM sleepers")
-    conn.execute(  # the sessions it held, if any is left
-        "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-        " WHERE query LIKE '%%embeddings_%%' AND wait_event = 'PgSleep'"
-    )
     wait_embedded(conn, "row", "docs", {2}, FLOWING)
 
 

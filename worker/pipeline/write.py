@@ -221,7 +221,13 @@ def _write_target(
     embedded = [r for r in rows if r.state is RowState.EMBEDDED]
     blank = [r for r in rows if r.state is RowState.BLANK]
     failing = [r for r in rows if r.state is RowState.FAILED and not r.ran_over]
-    fingerprints.clear_failing(conn, target, failing)
+    if ("clear", target.id) not in batch.ignored_bound:  # (its content function ran on)
+        with db.bounded(
+            conn,
+            bounds.owner_code_ms(batch.limits.owner_code_seconds, failing),
+            ("clear", target.id, None),
+        ):
+            fingerprints.clear_failing(conn, target, failing)
     # What rows gone (deleted since queued) left in a side or chunk table goes too.
     gone = [r for r in rows if r.state is RowState.GONE] if store.follows_deletes else []
     if not embedded and not blank and not gone:
@@ -234,13 +240,14 @@ def _write_target(
     if not bounds.OVERRUNS.recent(conn, target.id):
         bound = bounds.owner_code_ms(owner_code_seconds, rows)
         try:
-            # A savepoint: a failure here fails only this target's rows.
-            with db.bounded(conn, bound, ("write", target.id, None)), conn.transaction():
-                stored = store.write(conn, target, embedded, blank)
-                if gone:
-                    store.forget(conn, target, gone)
-            outcome.record({(target.id, key): state for key, state in stored.items()})
-            fingerprints.record_written(conn, target, embedded, stored)
+            with db.bounded(conn, bound, ("write", target.id, None)):
+                # A savepoint: a failure here fails only this target's rows.
+                with conn.transaction():
+                    stored = store.write(conn, target, embedded, blank)
+                    if gone:
+                        store.forget(conn, target, gone)
+                outcome.record({(target.id, key): state for key, state in stored.items()})
+                fingerprints.record_written(conn, target, embedded, stored)  # (key checks)
             return
         except psycopg.Error as exc:
             if db.is_connection_error(exc):
@@ -293,16 +300,17 @@ def _write_one_by_one(
             return
         bound = bounds.owner_code_ms(owner_code_seconds, [row])
         try:
-            with db.bounded(conn, bound, ("write", target.id, row.key)), conn.transaction():
-                stored = {}
-                if row.state is RowState.EMBEDDED:
-                    stored = store.write(conn, target, [row], [])
-                elif row.state is RowState.BLANK:
-                    stored = store.write(conn, target, [], [row])
-                else:
-                    store.forget(conn, target, [row])
-            outcome.record({(target.id, key): state for key, state in stored.items()})
-            fingerprints.record_written(conn, target, [row], stored)
+            with db.bounded(conn, bound, ("write", target.id, row.key)):
+                with conn.transaction():
+                    stored = {}
+                    if row.state is RowState.EMBEDDED:
+                        stored = store.write(conn, target, [row], [])
+                    elif row.state is RowState.BLANK:
+                        stored = store.write(conn, target, [], [row])
+                    else:
+                        store.forget(conn, target, [row])
+                outcome.record({(target.id, key): state for key, state in stored.items()})
+                fingerprints.record_written(conn, target, [row], stored)
         except psycopg.Error as exc:
             if db.is_connection_error(exc):
                 raise
