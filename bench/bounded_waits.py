@@ -13,8 +13,9 @@ median of the rounds, with the median of the per-round ratios after / before:
   transaction (bench/oltp.py's scripts and tables); and whether the trigger functions the two
   schemas generate for the same tables are the same text.
 - write: the write stage alone, `write.write()` of a batch of 128 rows of a row-store target
-  with an HNSW index over 10,000 rows, and its load stage `stages.load()`, each in a child
-  process of each checkout's own Python (the same batch shape, the same database state).
+  of 10,000 rows, with its HNSW index (what a write costs) and without it (what is left: the
+  statements and round trips around the vectors), and its load stage `stages.load()`, each in a
+  child process of each checkout's own Python (the same batch shape, the same database state).
 - drain: `embed-worker run --once` of each checkout over 3,000 plain text rows with a tiny
   random-weight model (2 layers, 32 dimensions: inference is a small part of the work, so the
   database's is what shows), rows per second.
@@ -42,7 +43,7 @@ TINY = "tiny-bench"
 
 
 # --- the child: one checkout's write and load stages -------------------------------------------
-def child(dsn: str, writes: int) -> dict[str, list[float]]:
+def child(dsn: str, writes: int, table: str) -> dict[str, list[float]]:
     """Times `writes` loads and writes of a WRITE_ROWS batch with this interpreter's `worker`
     (the checkout it was installed from). Imports only what both checkouts have."""
     import numpy as np
@@ -62,7 +63,7 @@ def child(dsn: str, writes: int) -> dict[str, list[float]]:
     timings: dict[str, list[float]] = {"load_ms": [], "write_ms": []}
     for i in range(writes + 1):  # the first warms the caches
         conn.execute(
-            "UPDATE bench_write SET body = 'edit ' || %s || ' of ' || id WHERE id <= %s",
+            f"UPDATE {table} SET body = 'edit ' || %s || ' of ' || id WHERE id <= %s",
             (i, WRITE_ROWS),
         )
         batch = stages.read(conn, queue, registry, settings)
@@ -183,46 +184,65 @@ def oltp(dsns: dict[str, str], rounds: int, seconds: int) -> dict[str, Any]:
     return out
 
 
-def _write_table(dsn: str) -> None:
+WRITE_TABLES = {"with HNSW": "bench_write", "without an index": "bench_write_plain"}
+
+
+def _write_table(dsn: str, table: str) -> None:
     import psycopg
 
     with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute("CREATE TABLE bench_write (id integer PRIMARY KEY, body text)")
+        conn.execute(f"CREATE TABLE {table} (id integer PRIMARY KEY, body text)")
         conn.execute(
-            "INSERT INTO bench_write SELECT g, 'row ' || g FROM generate_series(1, %s) g",
+            f"INSERT INTO {table} SELECT g, 'row ' || g FROM generate_series(1, %s) g",
             (TABLE_ROWS,),
         )
-        conn.execute("SELECT embeddings.watch('bench_write', 'body', model => 'gte-small')")
+        conn.execute(f"SELECT embeddings.watch('{table}', 'body', model => 'gte-small')")
+        if table == WRITE_TABLES["without an index"]:
+            index = conn.execute(f"SELECT embeddings.hnsw_index('{table}', 'embedding')::text")
+            row = index.fetchone()
+            assert row is not None and row[0] is not None
+            conn.execute(f"DROP INDEX {row[0]}")
         conn.execute(
-            "UPDATE bench_write SET embedding = ARRAY(SELECT random() - 0.5 + 0 * id"
+            f"UPDATE {table} SET embedding = ARRAY(SELECT random() - 0.5 + 0 * id"
             " FROM generate_series(1, 384))::real[]::halfvec(384)"
         )
         conn.execute("SELECT pgmq.purge_queue('embedding_jobs_backfill')")
         conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
         conn.execute("TRUNCATE embeddings.inbox")
-        conn.execute("VACUUM ANALYZE bench_write")
+        conn.execute(f"VACUUM ANALYZE {table}")
 
 
 def write_stage(dsns: dict[str, str], checkouts: dict[str, Path], rounds: int) -> dict[str, Any]:
     for dsn in dsns.values():
-        _write_table(dsn)
-    medians: dict[str, dict[str, list[float]]] = {n: {"load_ms": [], "write_ms": []} for n in dsns}
-    for r in range(rounds):
-        for name in ("before", "after") if r % 2 == 0 else ("after", "before"):
-            found = subprocess.run(
-                [str(_python(checkouts[name])), str(HERE), "--child", dsns[name], "--writes", "30"],
-                cwd=checkouts[name],
-                check=True,
-                capture_output=True,
-                text=True,
-            )
-            timings = json.loads(found.stdout.strip().splitlines()[-1])
-            for key, values in timings.items():
-                medians[name][key].append(statistics.median(values))
-    return {
-        "batch_rows": WRITE_ROWS,
-        "table_rows": TABLE_ROWS,
-        **{
+        for table in WRITE_TABLES.values():
+            _write_table(dsn, table)
+    result: dict[str, Any] = {"batch_rows": WRITE_ROWS, "table_rows": TABLE_ROWS}
+    for shape, table in WRITE_TABLES.items():
+        medians: dict[str, dict[str, list[float]]] = {
+            n: {"load_ms": [], "write_ms": []} for n in dsns
+        }
+        for r in range(rounds):
+            for name in ("before", "after") if r % 2 == 0 else ("after", "before"):
+                found = subprocess.run(
+                    [
+                        str(_python(checkouts[name])),
+                        str(HERE),
+                        "--child",
+                        dsns[name],
+                        "--writes",
+                        "30",
+                        "--table",
+                        table,
+                    ],
+                    cwd=checkouts[name],
+                    check=True,
+                    capture_output=True,
+                    text=True,
+                )
+                timings = json.loads(found.stdout.strip().splitlines()[-1])
+                for key, values in timings.items():
+                    medians[name][key].append(statistics.median(values))
+        result[shape] = {
             key: {
                 "before_ms": round(statistics.median(medians["before"][key]), 2),
                 "after_ms": round(statistics.median(medians["after"][key]), 2),
@@ -231,8 +251,8 @@ def write_stage(dsns: dict[str, str], checkouts: dict[str, Path], rounds: int) -
                 "runs_after_ms": [round(x, 2) for x in medians["after"][key]],
             }
             for key in ("load_ms", "write_ms")
-        },
-    }
+        }
+    return result
 
 
 def drain(dsns: dict[str, str], checkouts: dict[str, Path], rounds: int) -> dict[str, Any]:
@@ -309,9 +329,10 @@ def main() -> int:
     parser.add_argument("--only", default="oltp,write,drain")
     parser.add_argument("--child")
     parser.add_argument("--writes", type=int, default=30)
+    parser.add_argument("--table", default="bench_write")
     args = parser.parse_args()
     if args.child:
-        print(json.dumps(child(args.child, args.writes)))
+        print(json.dumps(child(args.child, args.writes, args.table)))
         return 0
     assert args.before is not None, "name the checkout of before the change"
     from bench.machine import describe
@@ -333,7 +354,7 @@ def main() -> int:
             _migrate(checkouts[name], dsn)
         wanted = args.only.split(",")
         if "write" in wanted:
-            result["write"] = write_stage(dsns, checkouts, args.rounds + 2)
+            result["write"] = write_stage(dsns, checkouts, args.rounds + 4)
             print(json.dumps(result["write"], indent=1), flush=True)
         if "drain" in wanted:
             result["drain"] = drain(dsns, checkouts, args.rounds)
@@ -342,6 +363,8 @@ def main() -> int:
             result["oltp"] = oltp(dsns, args.rounds, args.seconds)
             print(json.dumps(result["oltp"], indent=1), flush=True)
     out = AFTER / "bench" / "results" / "bounded_waits.json"
+    if out.exists():  # a section run alone keeps the others' figures
+        result = {**json.loads(out.read_text()), **result}
     out.write_text(json.dumps(result, indent=1) + "\n")
     print(f"wrote {out}")
     return 0

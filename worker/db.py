@@ -185,8 +185,9 @@ def translated() -> Iterator[None]:
 @contextmanager
 def bounded(conn: Connection, ms: int, label: object = None) -> Iterator[None]:
     """In the block, statements that may run someone else's code (a table owner's triggers or
-    content function: `label`, a target's id) run at most `ms` (worker/session_guard.py:
-    GuardedConnection.bounded; a connection not made by connect() is not bounded)."""
+    content function: `label` says whose, as (stage, target id, row key or None)) run at most
+    `ms` (worker/session_guard.py: GuardedConnection.bounded; a connection not made by connect()
+    is not bounded)."""
     if isinstance(conn, session_guard.GuardedConnection):
         with conn.bounded(ms, label):
             yield

@@ -97,7 +97,7 @@ class GuardedConnection(psycopg.Connection[Any]):
     # reset; None: what the role and the database give (db.connect sets it before the first).
     lock_timeout_ms: int | None = None
     _bound_ms: int | None = None  # inside bounded(): the statement_timeout of others' code
-    _bound_label: object = None  # ... and what it runs (a target id), for the watchdog
+    _bound_label: object = None  # ... and whose code it runs: (stage, target id, key)
     _bound_set: int | None = None  # the statement_timeout set (locally) since the last reset
     # A bounded statement running now: (when its bound ends, time.monotonic(); its label). Read
     # by the watchdog's thread (worker/process/watchdog.py), which sets `ended_by` to the label
@@ -141,7 +141,8 @@ class GuardedConnection(psycopg.Connection[Any]):
         """Inside, each statement that may run someone else's code (a table owner's trigger,
         content function: any that is not one of `ours`) gets a statement_timeout of `ms`:
         SET LOCAL, in the transaction open, or in one opened here for the block. Nested blocks:
-        the innermost bound. `label` says whose code it is (a target's id)."""
+        the innermost bound. `label` says whose code it is (stage, target id, row key or None:
+        worker/process/watchdog.py)."""
         outer, outer_label = self._bound_ms, self._bound_label
         self._bound_ms, self._bound_label = max(ms, 1), label
         try:
