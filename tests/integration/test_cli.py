@@ -138,13 +138,17 @@ def test_search_mode_hybrid_and_its_tuning(conn: Conn, dsn: str, minilm: str) ->
     )
     assert run_cli("run", "--once", "--database-url", dsn).returncode == 0
 
-    args = ("search", "notes", "rmtree", "--mode", "hybrid", "--json", "--database-url", dsn)
+    hybrid = ("search", "notes", "rmtree", "--mode", "hybrid", "--json", "--database-url", dsn)
+    convex = run_cli(*hybrid, "-k", "3")  # the default fusion: scores, on scales of their own
+    assert convex.returncode == 0, convex.stderr
+    assert all(0 < h["score"] <= 1.2 for h in json.loads(convex.stdout))
+    args = (*hybrid, "--fusion", "rrf")
     result = run_cli(*args, "-k", "3")
     assert result.returncode == 0, result.stderr
     hits = json.loads(result.stdout)
     assert len(hits) == 3 and hits[0]["key"] == "a"
     assert all(isinstance(h["key"], str) for h in hits)
-    for h in hits:  # scored by the default fusion: weight / (60 + rank) per ranking holding it
+    for h in hits:  # scored by reciprocal ranks: weight / (60 + rank) per ranking holding it
         parts = [w / (60 + r) for w, r in ((1, h["vector_rank"]), (2, h["text_rank"])) if r]
         assert h["score"] == pytest.approx(sum(parts))
         assert h["similarity"] == pytest.approx(1 - h["distance"])
