@@ -520,6 +520,17 @@ SELECT k FROM {clear_failing}(%(keys)s::text[]{key_arrays}) AS k;
 -- Whether the embeddings schema is installed (its targets table is there).
 SELECT to_regclass('embeddings.targets') IS NOT NULL;
 
+-- name: schema_revision_defined
+-- Whether the schema records its revision for worker roles (embeddings.schema_revision(), since
+-- 0.3.0): a schema without it is of an older release.
+-- ours: reads only the catalog, runs no one else's code
+SELECT to_regprocedure('embeddings.schema_revision()') IS NOT NULL;
+
+-- name: schema_revision
+-- The Alembic revision the schema was migrated to (NULL: installed without Alembic's record).
+-- ours: reads only our tables, runs no one else's code
+SELECT embeddings.schema_revision();
+
 -- name: vector_schema
 -- The schema pgvector is installed in (public here, `extensions` on Supabase), quoted.
 SELECT quote_ident(n.nspname) FROM pg_extension e

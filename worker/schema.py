@@ -317,5 +317,45 @@ def current_revision(conn: Connection) -> str | None:
     return str(version[0]) if version else None
 
 
+def head_revision() -> str:
+    """The revision whose schema this package's code needs: the newest it carries."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(schema_files.alembic_config()).get_current_head()
+    assert head is not None
+    return str(head)
+
+
+def mismatch(conn: Connection) -> str | None:
+    """Why this package's worker cannot serve the database's schema (None: it can). A schema
+    of an older release lacks what today's code calls: it must be migrated first. A schema
+    newer than this package was migrated by a later release, whose worker replaces this one."""
+    from alembic.script import ScriptDirectory
+
+    head = head_revision()
+    mine = f"release {schema_files.release_of(head)} (revision {head})"
+    upgrade = (
+        f"run `embed-worker migrate` of {mine} to upgrade it (docs/upgrading.md); the worker "
+        "of the older release keeps serving meanwhile"
+    )
+    row = conn.execute(queries.get("schema_revision_defined")).fetchone()
+    if not row or not row[0]:
+        return f"the database's schema is of an older release than this worker's: {upgrade}"
+    found = conn.execute(queries.get("schema_revision")).fetchone()
+    at = found[0] if found else None
+    if at is None or at == head:
+        return None  # (no Alembic record: installed by hand or restored without it; served as is)
+    script = ScriptDirectory.from_config(schema_files.alembic_config())
+    if at in {s.revision for s in script.walk_revisions()} or at in SQUASHED_REVISIONS:
+        return (
+            f"the database's schema is release {schema_files.release_of(at)} (revision {at}), "
+            f"older than this worker's: {upgrade}"
+        )
+    return (
+        f"the database's schema is at revision {at}, newer than this worker ({mine}): a later "
+        "release migrated it; replace this worker with that release's (docs/upgrading.md)"
+    )
+
+
 def _version_table() -> Identifier:
     return Identifier("public", VERSION_TABLE)

@@ -121,7 +121,8 @@ class Startup:
                     conn = session.get()
                     with db.translated():
                         installed = schema.installed(conn)
-                    if installed:
+                        problem = schema.mismatch(conn) if installed else MISSING_SCHEMA
+                    if problem is None:
                         targets = self.registry.refresh(conn)
                         self.check_configured_model(conn)
                         return targets
@@ -131,9 +132,9 @@ class Startup:
                     session.lost()
                     continue
                 if self.once:
-                    raise exceptions.DatabaseError(MISSING_SCHEMA)
-                logger.error("%s; retrying in 10 s", MISSING_SCHEMA)
-                systemd.notify(status=f"waiting: {MISSING_SCHEMA}")
+                    raise exceptions.DatabaseError(problem)
+                logger.error("%s; retrying in 10 s", problem)
+                systemd.notify(status=f"waiting: {problem}")
                 self.stopping.wait(10)
             return None
         finally:
