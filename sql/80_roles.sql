@@ -34,6 +34,7 @@ LANGUAGE sql STABLE AS $$
     SELECT ARRAY[
         'embeddings.lock_target(integer)',
         'embeddings.lock_target_version(integer)',
+        'embeddings.schema_revision()',  -- a starting worker refuses another release's schema
         'embeddings.move_inbox(text, integer, integer)',
         'embeddings.inbox_pending(text)',
         'embeddings.backfill_next(text, integer)',

@@ -341,7 +341,12 @@ def mismatch(conn: Connection) -> str | None:
     row = conn.execute(queries.get("schema_revision_defined")).fetchone()
     if not row or not row[0]:
         return f"the database's schema is of an older release than this worker's: {upgrade}"
-    found = conn.execute(queries.get("schema_revision")).fetchone()
+    try:
+        found = conn.execute(queries.get("schema_revision")).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        # A role that is not a worker role (grant_worker()) cannot tell: the checks of what
+        # it runs later say what it lacks.
+        return None
     at = found[0] if found else None
     if at is None or at == head:
         return None  # (no Alembic record: installed by hand or restored without it; served as is)

@@ -335,7 +335,10 @@ class Handler(protocol.JSONRequestHandler):
                 HTTPStatus.BAD_REQUEST,
                 f"expected Content-Type application/json, got {content_type[:100] or 'none'}",
             )
-        return protocol.parse_json(self.read_body())
+        raw = self.read_body()
+        if not raw.strip():
+            return None  # no body: each route says what it expects, not "malformed JSON"
+        return protocol.parse_json(raw)
 
     def log_message(self, format: str, *args: Any) -> None:
         logger.debug("%s %s", self.address_string(), format % args)
