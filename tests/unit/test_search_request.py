@@ -107,7 +107,7 @@ def test_the_command_line_passes_text_match_and_keeps_the_other_defaults() -> No
 
 @pytest.mark.parametrize("body", [None, {}, [], {"k": 3}, {"table": "", "query": ""}])
 def test_a_body_without_either_field_names_both(body: Any) -> None:
-    with pytest.raises(ValueError, match='"table" .*"query"'):
+    with pytest.raises(ValueError, match=r'"table" .*"query"'):
         SearchRequest.parse(body)
 
 
