@@ -52,6 +52,16 @@ class DefaultModel:
     def name(self) -> str:
         return self.settings.default_model(self.registry.database_default)
 
+    def in_use(self) -> set[str]:
+        """The models this worker is wanted for: the default, and those of its queue's targets
+        (a model change's new one included), as last read."""
+        targets = [t for t in self.registry.snapshot().values() if t.queue == self.settings.queue]
+        return (
+            {self.name()}
+            | {t.model for t in targets}
+            | {t.shadow_model for t in targets if t.shadow_model is not None}
+        )
+
     def problem(self) -> str | None:
         """Why the default model is not loaded (None when it is). Tries to load it, at most
         every `retry_after` seconds, so a model downloaded after startup makes the worker
