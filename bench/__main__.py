@@ -16,6 +16,14 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only documents [--document-mb MB] [--model M]
                                                       live rows during a 10 MB document
                                                       (bench/documents.py)
+    BENCH_BEFORE=CHECKOUT python -m bench --only parsing
+                                                      documents/s, plain rows/s and the
+                                                      worker's RSS under a DOCX bomb, this
+                                                      checkout against CHECKOUT's
+                                                      (bench/parsing.py)
+    python -m bench --only beir [--beir-data DIR] [--model M] [--beir-args "..."]
+                                                      retrieval quality on a BEIR dataset
+                                                      (bench/beir/, `make bench-beir`)
 """
 
 from __future__ import annotations
@@ -23,6 +31,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shlex
 import subprocess
 import sys
 import tempfile
@@ -48,6 +57,7 @@ from bench import (
     manyworkers,
     million,
     oltp,
+    parsing,
     raw,
     remote,
     retrieval,
@@ -57,6 +67,7 @@ from bench import (
     verify,
     writepath,
 )
+from bench.beir import __main__ as beir_main
 from bench.machine import describe as machine
 from bench.quality import evaluate, retrievers
 from tests.support.cluster import Cluster, session_cluster
@@ -95,6 +106,8 @@ SCALE_SECTIONS = (
     "verify",
     "documents",
     "retrieval",
+    "parsing",
+    "beir",
 )  # never by default
 
 
@@ -139,7 +152,19 @@ def main() -> int:
     parser.add_argument(
         "--model",
         default="all-MiniLM-L6-v2",
-        help="model of the documents section, a directory in shared/models with its ONNX file",
+        help="model of the documents and beir sections (documents: a directory in shared/models"
+        " with its ONNX file)",
+    )
+    parser.add_argument(
+        "--beir-data",
+        type=Path,
+        default=ROOT.parent.parent / "shared" / "beir" / "nfcorpus",
+        help="the beir section's dataset, a folder in BEIR's layout",
+    )
+    parser.add_argument(
+        "--beir-args",
+        default="",
+        help="more arguments of the beir section (python -m bench.beir -h)",
     )
     args = parser.parse_args()
     wanted = set(args.only.split(","))
@@ -401,6 +426,23 @@ def main() -> int:
             )
 
         section("quality", quality)
+        before = os.environ.get("BENCH_BEFORE")
+        section(
+            "parsing",
+            lambda: parsing.run(
+                cluster, ROOT.parent, Path(before) if before else None, rounds=rounds
+            ),
+        )
+
+        def beir() -> dict[str, Any]:
+            # The product's search on a public benchmark, through SQL and POST /search
+            # (bench/beir/; docs/retrieval-quality.md).
+            beir_args = beir_main.parser().parse_args(
+                [str(args.beir_data), "--model", args.model, *shlex.split(args.beir_args)]
+            )
+            return beir_main.measure(fresh_db(cluster, template), beir_args)
+
+        section("beir", beir, results=f"beir-{args.beir_data.resolve().name}")
 
     if "embedder" in wanted and (ROOT / "embedder.py").is_file():
         # Model-only figures (raw onnxruntime, sentence-transformers side by side, int8 fidelity,

@@ -24,18 +24,21 @@ def run(connection: Connection) -> None:
         connection=connection,
         target_metadata=None,
         version_table=schema.VERSION_TABLE,
+        version_table_schema="public",
         transactional_ddl=True,
         on_version_apply=lambda ctx, step, heads, run_args: schema.on_version_apply(
             migration, step
         ),
     )
     with context.begin_transaction():
-        # One migrator at a time; the lock ends with the transaction.
-        connection.execute(
-            text("SELECT pg_advisory_xact_lock(:key)"), {"key": schema.MIGRATION_LOCK_KEY}
-        )
         driver = connection.connection.driver_connection
         assert isinstance(driver, psycopg.Connection)
+        schema.use_installer_path(driver)
+        # One migrator at a time; the lock ends with the transaction.
+        connection.execute(
+            text("SELECT pg_catalog.pg_advisory_xact_lock(:key)"),
+            {"key": schema.MIGRATION_LOCK_KEY},
+        )
         restamped = schema.restamp_squashed(driver)
         if migration is not None:
             migration.restamped_from = restamped

@@ -21,7 +21,8 @@ BEGIN
 END
 $$;
 
-CREATE EXTENSION IF NOT EXISTS vector;
+-- Where it is missing, in `public`, named: migrate's search path holds pg_catalog only.
+CREATE EXTENSION IF NOT EXISTS vector SCHEMA public;
 
 DO $$
 DECLARE

@@ -18,7 +18,10 @@ CREATE FUNCTION embeddings.keys_per_message() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 128;
 
--- How many row keys a job message carries (a message of another shape: 1).
+-- How many row keys a job message carries (a message of another shape: 1). Like every function
+-- with a SQL-standard body (RETURN, BEGIN ATOMIC), its names were bound when migrate created it
+-- (under pg_catalog only), so it needs no SET search_path, which would keep the planner from
+-- inlining it into the statements that call it once per message (status, sweep, the inbox's move).
 CREATE FUNCTION embeddings.message_key_count(message jsonb) RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE
@@ -32,7 +35,8 @@ END;
 -- The row keys of a job message of either of our shapes, each as the "keys" shape writes it (a
 -- JSON scalar, or a JSON array for a composite key), in message order.
 CREATE FUNCTION embeddings.message_keys(message jsonb) RETURNS SETOF jsonb
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+BEGIN ATOMIC
     SELECT k.value FROM jsonb_array_elements(
         CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN message -> 'keys' END) AS k
     UNION ALL
@@ -48,8 +52,8 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
                              CASE WHEN jsonb_typeof(c.col) = 'string' THEN c.col #>> '{}' END, '{}'), ','))
                              WITH ORDINALITY AS b(value, n)) AS e
            GROUP BY e.n) AS v
-     ORDER BY v.n)
-$$;
+     ORDER BY v.n);
+END;
 
 -- How workers hear about jobs: they look. Nothing of ours runs in the application's
 -- transaction except the INSERT of its keys: no NOTIFY (Postgres refuses PREPARE TRANSACTION
@@ -108,7 +112,7 @@ $$;
 -- Creates the pgmq queue unless it exists; for a live queue, its backfill lane too
 -- (embeddings.backfill_queue()), granted to the worker roles.
 CREATE FUNCTION embeddings.ensure_queue(queue_name text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     lane text;
 BEGIN
@@ -126,11 +130,46 @@ BEGIN
 END
 $$;
 
+-- What pgmq grants on a queue's tables goes: pgmq 1.13 grants SELECT on every table it creates
+-- in schema pgmq to `pg_monitor` (its default privileges there), so that any monitoring login
+-- (postgres_exporter, Datadog, pganalyze) would read the row keys of every queued and
+-- dead-lettered job. Only the roles docs/security.md names read ours: whatever PUBLIC or a role
+-- built into Postgres (names starting with "pg_", which only Postgres makes) holds on the queue
+-- table, its archive and its message id sequence is revoked. Grants an operator gave a role of
+-- its own stay; pgmq's other tables (its registry of queues) hold no keys and are left as they are.
+CREATE FUNCTION embeddings.revoke_pgmq_grants(queue_name text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    queue_table regclass := pg_catalog.to_regclass(pg_catalog.format('pgmq.%I', pgmq.format_table_name(queue_name, 'q')));
+    id_sequence regclass;
+    held record;
+BEGIN
+    IF queue_table IS NOT NULL THEN
+        id_sequence := pg_catalog.to_regclass(pg_catalog.pg_get_serial_sequence(queue_table::text, 'msg_id'));
+    END IF;
+    FOR held IN
+        SELECT DISTINCT c.oid::regclass AS relation,
+               CASE WHEN c.relkind = 'S' THEN 'SEQUENCE' ELSE 'TABLE' END AS kind,
+               CASE WHEN a.grantee = 0 THEN 'PUBLIC' ELSE pg_catalog.quote_ident(r.rolname) END AS grantee
+        FROM pg_catalog.pg_class c
+        CROSS JOIN LATERAL pg_catalog.aclexplode(c.relacl) AS a
+        LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
+        WHERE c.oid IN (queue_table, id_sequence,
+                        pg_catalog.to_regclass(pg_catalog.format('pgmq.%I', pgmq.format_table_name(queue_name, 'a'))))
+          AND (a.grantee = 0 OR r.rolname LIKE 'pg\_%')
+        ORDER BY 1, 3
+    LOOP
+        EXECUTE pg_catalog.format('REVOKE ALL ON %s %s FROM %s', held.kind, held.relation, held.grantee);
+    END LOOP;
+END
+$$;
+
 -- Registers pgmq queue `queue_name` (created unless it exists); `live_queue` names the live
 -- queue a backfill lane serves. Returns false when it was registered already; a registered
--- queue gets back a missing pgmq queue.
+-- queue gets back a missing pgmq queue, and loses what pgmq granted (on every install and
+-- upgrade too: sql/99_regenerate.sql).
 CREATE FUNCTION embeddings.create_queue(queue_name text, live_queue text) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     created boolean := false;
     registered embeddings.queues;
@@ -140,6 +179,7 @@ BEGIN
         PERFORM pgmq.create(queue_name);
         created := true;
     END IF;
+    PERFORM embeddings.revoke_pgmq_grants(queue_name);
     IF registered.name IS NOT NULL THEN
         RETURN false;
     END IF;
@@ -155,7 +195,7 @@ $$;
 -- Workers read the live queue first, so a row the application writes never waits behind a
 -- backfill (worker/lanes.py).
 CREATE FUNCTION embeddings.backfill_queue(queue_name text) RETURNS text
-LANGUAGE sql IMMUTABLE PARALLEL SAFE AS $$
+LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN length(queue_name) <= 38 THEN queue_name || '_backfill'
                 ELSE left(queue_name, 28) || '_' || left(md5(queue_name), 8) || '_backfill' END
 $$;

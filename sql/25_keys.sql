@@ -16,7 +16,7 @@
 
 -- A domain's base type (through domains over domains); any other type itself.
 CREATE FUNCTION embeddings.base_type(ty regtype) RETURNS regtype
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH RECURSIVE d (oid, base) AS (
         SELECT t.oid, t.typbasetype FROM pg_catalog.pg_type t WHERE t.oid = ty
         UNION ALL
@@ -31,7 +31,7 @@ $$;
 -- text the worker could not write back as Postgres does (key order, number format), so a jsonb
 -- key travels as the string of its text, as a user type's does.
 CREATE FUNCTION embeddings.builtin_scalar(ty regtype) RETURNS boolean
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT t.oid < 16384 AND t.typtype = 'b' AND t.typcategory NOT IN ('A', 'C')
            AND t.oid <> 'pg_catalog.jsonb'::regtype
     FROM pg_catalog.pg_type t WHERE t.oid = embeddings.base_type(ty)
@@ -45,7 +45,7 @@ $$;
 -- for the operands' types: a type binary-coercible only in assignment (xml to text) would not
 -- find it, so only implicit coercions count, as Postgres's own choice of a default class has it.
 CREATE FUNCTION embeddings.key_operator(ty regtype, strategy integer) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH b AS (
         SELECT t.oid, t.typtype, t.typsubscript FROM pg_catalog.pg_type t
         WHERE t.oid = embeddings.base_type(ty)
@@ -76,7 +76,7 @@ $$;
 -- Expression `expr` of type `ty` as its base type: a domain's value cast to the base type (no
 -- cast function, no CHECK), anything else as it is.
 CREATE FUNCTION embeddings.as_base_sql(ty regtype, expr text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN embeddings.base_type(ty) = ty THEN expr
                 ELSE (SELECT format('(%s)::%I.%I', expr, n.nspname, t.typname)
                       FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
@@ -86,7 +86,7 @@ $$;
 -- The text of expression `expr` of type `ty`, NULL for NULL, with no cast of a user type: a
 -- built-in type's cast to text, else its output function.
 CREATE FUNCTION embeddings.text_sql(ty regtype, expr text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN embeddings.builtin_scalar(ty)
                 THEN format('(%s)::pg_catalog.text', embeddings.as_base_sql(ty, expr))
                 ELSE format('CASE WHEN (%1$s) IS NULL THEN NULL ELSE pg_catalog.format(''%%s'', %1$s) END', expr)
@@ -96,7 +96,7 @@ $$;
 -- The JSON of expression `expr` of key type `ty`, as jobs carry key values: to_jsonb() of a
 -- built-in scalar, else the JSON string of its text.
 CREATE FUNCTION embeddings.key_part_json_sql(ty regtype, expr text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN embeddings.builtin_scalar(ty)
                 THEN format('pg_catalog.to_jsonb(%s)', embeddings.as_base_sql(ty, expr))
                 ELSE format('pg_catalog.to_jsonb(pg_catalog.format(''%%s'', %s))', expr)
@@ -106,7 +106,7 @@ $$;
 -- The row key of row alias `row_alias` as it goes into a message: the key column's JSON (a
 -- scalar), or a JSON array of the key columns'.
 CREATE FUNCTION embeddings.key_json_sql(t embeddings.targets, row_alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN cardinality(t.key_columns) = 1
                 THEN embeddings.key_part_json_sql(t.key_types[1], format('%I.%I', row_alias, t.key_columns[1]))
                 ELSE format('pg_catalog.jsonb_build_array(%s)',
@@ -119,7 +119,7 @@ $$;
 -- "Same key" between two row aliases, with the equality operator of each key column's type's
 -- default btree operator class.
 CREATE FUNCTION embeddings.key_equal_sql(t embeddings.targets, left_alias text, right_alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT string_agg(format('%1$I.%3$I %4$s %2$I.%3$I', left_alias, right_alias, k.c,
                              embeddings.key_operator(k.ty, 3)),
                       ' AND ' ORDER BY k.i)
@@ -131,7 +131,7 @@ $$;
 -- key types' default btree operator classes: one row comparison where they are all of one
 -- schema (an index range), else spelled out column by column.
 CREATE FUNCTION embeddings.key_after_sql(t embeddings.targets, row_alias text, key_values text[]) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH k AS (
         SELECT c, ty, i, v, embeddings.key_operator(ty, 5) AS gt, embeddings.key_operator(ty, 3) AS eq
         FROM unnest(t.key_columns, t.key_types, key_values) WITH ORDINALITY AS u(c, ty, v, i)
@@ -154,7 +154,7 @@ $$;
 -- The key column types of table `source` with their modifiers, as format_type() writes them
 -- (char(10), not character), for casts of key values made from text.
 CREATE FUNCTION embeddings.key_sql_types(t embeddings.targets) RETURNS text[]
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.i)
     FROM unnest(t.key_attnums) WITH ORDINALITY AS k(n, i)
     JOIN pg_catalog.pg_attribute a ON a.attrelid = t.source AND a.attnum = k.n
@@ -164,7 +164,7 @@ $$;
 -- type) and, `nested` in it, an array's elements, a range's subtype (a multirange's range), a
 -- composite's fields, recursively.
 CREATE FUNCTION embeddings.key_part_types(ty regtype) RETURNS TABLE (part regtype, nested boolean)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH RECURSIVE p (part, nested, depth) AS (
         SELECT embeddings.base_type(ty), false, 0
         UNION ALL
@@ -195,7 +195,7 @@ $$;
 -- xml): every part must have one. (A range compares its bounds with the class its definition
 -- names, so one over a type without a default class is refused too: a superuser's type.)
 CREATE FUNCTION embeddings.key_type_problem(ty regtype) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH incomparable AS (
         SELECT string_agg(DISTINCT format_type(p.part, NULL), ', ') AS parts
         FROM embeddings.key_part_types(ty) p
@@ -230,7 +230,7 @@ $$;
 --   SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = postgres
 --   SET extra_float_digits = 3 SET bytea_output = hex
 CREATE FUNCTION embeddings.key_settings(t embeddings.targets) RETURNS TABLE (name text, value text)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT DISTINCT s.name, s.value
     FROM unnest(t.key_types) AS k(ty)
     CROSS JOIN LATERAL embeddings.key_part_types(k.ty) p
@@ -247,7 +247,7 @@ $$;
 
 -- The same as SET clauses of CREATE FUNCTION (' SET TimeZone = ''UTC''...'), or ''.
 CREATE FUNCTION embeddings.key_settings_sql(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(string_agg(format(' SET %s = %L', s.name, s.value), '' ORDER BY s.name), '')
     FROM embeddings.key_settings(t) s
 $$;

@@ -42,7 +42,7 @@
 
 -- Whether target t's content is a bytea column: documents (sql/55_chunks.sql).
 CREATE FUNCTION embeddings.content_is_bytes(t embeddings.targets) RETURNS boolean
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce((SELECT a.atttypid = 'pg_catalog.bytea'::regtype FROM pg_catalog.pg_attribute a
                      WHERE a.attrelid = t.source AND a.attnum = t.content_attnum AND t.content_column IS NOT NULL), false)
 $$;
@@ -57,7 +57,7 @@ $$;
 CREATE FUNCTION embeddings.content_sql(t embeddings.targets, row_alias text, row_type regclass DEFAULT NULL,
                                        wrapped boolean DEFAULT true)
 RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN embeddings.content_is_bytes(t) THEN
             format('pg_catalog.encode(%I.%I, ''base64'')', row_alias, t.content_column)
@@ -85,7 +85,7 @@ $$;
 -- would fail it (base64 grows it past the 1 GB a value may have).
 CREATE FUNCTION embeddings.content_compared_sql(t embeddings.targets, row_alias text, row_type regclass DEFAULT NULL)
 RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN embeddings.content_is_bytes(t) THEN format('%I.%I', row_alias, t.content_column)
                 ELSE embeddings.content_sql(t, row_alias, row_type) END
 $$;
@@ -94,7 +94,7 @@ $$;
 -- content column, the columns its expression reads (a BEFORE trigger cannot see NEW generated
 -- values). NULL for a content function (it may read anything).
 CREATE FUNCTION embeddings.content_inputs(t embeddings.targets) RETURNS name[]
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN t.content_column IS NULL THEN NULL
         WHEN (SELECT a.attgenerated FROM pg_attribute a WHERE a.attrelid = t.source AND a.attnum = t.content_attnum) = 's' THEN
@@ -122,7 +122,7 @@ $$;
 -- ...) is sliced as one jsonb array: slicing a Postgres array of such elements walks it from its
 -- start, so the slices of n keys would cost O(n^2).
 CREATE FUNCTION embeddings.enqueue_statement(t embeddings.targets, from_where text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH k AS (
         SELECT u.c, u.ty, u.i - 1 AS n,
                CASE WHEN NOT embeddings.builtin_scalar(u.ty) THEN 'text'
@@ -392,8 +392,14 @@ BEGIN
         EXECUTE format(
             $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+            DECLARE
+                before pg_catalog.text;
+                after pg_catalog.text;
             BEGIN
-                IF %2$s IS DISTINCT FROM %3$s THEN
+                before := %2$s;  -- (in the block: its handler catches what the function raises)
+                after := %3$s;
+                -- IS DISTINCT FROM, with pg_catalog's operator named (the owner's search path)
+                IF NOT coalesce(before OPERATOR(pg_catalog.=) after, before IS NULL AND after IS NULL) THEN
                     NEW.%4$I := NULL;
                 END IF;
                 RETURN NEW;
@@ -429,7 +435,8 @@ BEGIN
     -- type that is not built in are compared by their output function's text). EXECUTE stays
     -- with PUBLIC: whoever creates or attaches a partition clones it (see above).
     EXECUTE format(
-        $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger LANGUAGE plpgsql AS $body$
+        $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger LANGUAGE plpgsql
+            SET search_path = pg_catalog, pg_temp AS $body$
             BEGIN
                 %2$s
             END
@@ -442,7 +449,7 @@ REVOKE ALL ON FUNCTION embeddings.generate_clear_function(embeddings.targets, re
 -- The tables target t's statement triggers belong on: its table, and every partition at any
 -- level when it is partitioned.
 CREATE FUNCTION embeddings.covered_tables(t embeddings.targets) RETURNS SETOF regclass
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT t.source
     UNION
     SELECT p.relid FROM pg_partition_tree(t.source) p

@@ -83,7 +83,7 @@ $$;
 -- FROM PUBLIC, REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA embeddings FROM PUBLIC), and must
 -- still serve the worker. Only pg_catalog is named.
 CREATE FUNCTION embeddings.check_serving_sql(source text, reads boolean DEFAULT true, store text DEFAULT NULL) RETURNS text
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format(
         $c$DECLARE
                 serving_owner pg_catalog.name;
@@ -214,7 +214,7 @@ $$;
 -- each key value cast to its column's type (`types`, as format_type() writes them), compared
 -- with the operator of the type's default btree operator class.
 CREATE FUNCTION embeddings.access_match_sql(t embeddings.targets, table_alias text, types text[]) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT string_agg(format('%I.%I %s (v.k%s)::%s', table_alias, k.c, embeddings.key_operator(k.ty, 3), k.i - 1,
                              types[k.i]), ' AND ' ORDER BY k.i)
     FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)
@@ -234,12 +234,12 @@ $$;
 --   key_after    "row t's key comes after the key in $1" (a key as jobs carry it, JSON), for
 --                the functions that go through a table a slice of keys at a time
 CREATE FUNCTION embeddings.access_parts(t embeddings.targets) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object(
         'key_order', (SELECT string_agg(format('t.%I', k.c), ', ' ORDER BY k.i)
                       FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
         'key_after', embeddings.key_after_sql(t, 't', ARRAY(
-            SELECT format(CASE WHEN c.n = 1 THEN '($1 #>> ''{}'')::%2$s' ELSE '($1 ->> %1$s)::%2$s' END,
+            SELECT format(CASE WHEN c.n = 1 THEN '($1 OPERATOR(pg_catalog.#>>) ''{}'')::%2$s' ELSE '($1 OPERATOR(pg_catalog.->>) %1$s)::%2$s' END,
                           i - 1, (embeddings.key_sql_types(t))[i])
             FROM generate_series(1, c.n) i ORDER BY i)),
         'prefix', 'embeddings_' || t.id,
@@ -295,7 +295,7 @@ $$;
 -- false) outlives a SECURITY DEFINER function, its SET clauses included): each `guarded`
 -- access function puts back whichever of them the owner's code changed (create_access_function).
 CREATE FUNCTION embeddings.guarded_settings() RETURNS text[]
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ARRAY['search_path', 'statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout',
                  'default_transaction_read_only', 'default_transaction_isolation', 'default_transaction_deferrable',
                  'DateStyle', 'IntervalStyle', 'TimeZone', 'bytea_output', 'extra_float_digits',
@@ -450,8 +450,7 @@ BEGIN
     -- The write transaction's first lock (embeddings.lock_target): the table, before the
     -- registration, as ALTER TABLE takes them.
     made := made || embeddings.create_access_function(a, '_lock', '', 'void',
-        format('EXECUTE ''LOCK TABLE '' || %L || '' IN %s MODE'';', t.source::text,
-               embeddings.store_lock_mode(t)),
+        format('EXECUTE %L;', format('LOCK TABLE %s IN %s MODE', t.source::text, embeddings.store_lock_mode(t))),
         check_call => embeddings.check_serving_sql(t.source::text, false));
 
     made := made || embeddings.create_access_function(a, '_load', format('keys text[]%s', a->>'key_params'),

@@ -3,14 +3,14 @@
 -- Schema of the vector extension (public here, `extensions` on Supabase): type and operator
 -- class names are qualified with it.
 CREATE FUNCTION embeddings.vector_schema() RETURNS name
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
     WHERE e.extname = 'vector'
 $$;
 
 -- The attribute number of column `col` of `rel`.
 CREATE FUNCTION embeddings.attnum_of(rel regclass, col name) RETURNS smallint
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT a.attnum FROM pg_attribute a
     WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
 $$;
@@ -18,7 +18,7 @@ $$;
 -- Levenshtein distance between a and b, case-insensitive (fuzzystrmatch is not everywhere).
 -- For a mistyped model name: model names are short and embeddings.models has a few rows.
 CREATE FUNCTION embeddings.edit_distance(a text, b text) RETURNS int
-LANGUAGE plpgsql IMMUTABLE STRICT AS $$
+LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     x text := lower(a);
     y text := lower(b);
@@ -45,7 +45,7 @@ $$;
 -- The HINT of an "unknown model" error: the closest known name (a typo is the usual cause),
 -- the known ones, and how to add one (providers.md's register_model() for a remote model).
 CREATE FUNCTION embeddings.unknown_model_hint(name text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT concat_ws(' ',
         (SELECT format('Did you mean "%s"?', m.name) FROM embeddings.models m
          WHERE embeddings.edit_distance(m.name, unknown_model_hint.name)
@@ -86,7 +86,7 @@ $$;
 -- columns, of any types with an equality operator whose values travel exactly as text.
 CREATE FUNCTION embeddings.watch_key(source regclass, key name[],
                                      OUT key_names name[], OUT key_regtypes regtype[], OUT key_nums smallint[])
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF key IS NULL THEN
         SELECT array_agg(a.attname ORDER BY k.ord), array_agg(a.atttypid::regtype ORDER BY k.ord),
@@ -151,7 +151,7 @@ $$;
 CREATE FUNCTION embeddings.watch_content(source regclass, content text,
                                          OUT content_col name, OUT content_fn regprocedure,
                                          OUT content_type regtype, OUT content_num smallint)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rel_schema name;
     rel_name name;
@@ -170,7 +170,8 @@ BEGIN
         END IF;
     ELSE
         BEGIN
-            content_fn := to_regprocedure(format('%s(%I.%I)', content, rel_schema, rel_name));
+            -- as the caller's own sessions find it (sql/15_names.sql)
+            content_fn := embeddings.function_named(format('%s(%I.%I)', content, rel_schema, rel_name));
         EXCEPTION WHEN OTHERS THEN
             content_fn := NULL;  -- not even a valid function name
         END;
@@ -198,7 +199,7 @@ $$;
 CREATE FUNCTION embeddings.watch_embedding_column(source regclass, vec_rel regclass, embedding_column name,
                                                   model text, dims integer, vschema name,
                                                   OUT emb_type regtype, OUT emb_typmod integer)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     SELECT a.atttypid::regtype, a.atttypmod INTO emb_type, emb_typmod
     FROM pg_attribute a
@@ -224,7 +225,7 @@ $$;
 CREATE FUNCTION embeddings.watch_index(source regclass, vec_rel regclass, vec_kind "char", embedding_column name,
                                        emb_type regtype, emb_exists boolean, vschema name)
 RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rel_name name := (SELECT c.relname FROM pg_class c WHERE c.oid = source);
     defer_index boolean := false;
@@ -268,7 +269,7 @@ $$;
 CREATE FUNCTION embeddings.watch_store(source regclass, embedding_column name, previous embeddings.targets,
                                        side boolean, chunked boolean, side_table text, clear_on_update boolean,
                                        OUT clear_updates boolean, OUT side_name text, OUT vec_rel regclass)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF (side OR chunked) AND clear_on_update THEN
         RAISE EXCEPTION 'clear_on_update => true is for store => ''row'': % keeps its vectors in a % table', source,
@@ -300,7 +301,7 @@ $$;
 -- Target `target_id`'s pending jobs move from queue `from_queue` to `to_queue`, each lane's to
 -- the same lane (watch() with another queue).
 CREATE FUNCTION embeddings.move_target_jobs(target_id integer, from_queue text, to_queue text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     EXECUTE format(
         'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
@@ -322,7 +323,7 @@ CREATE FUNCTION embeddings.watch_model_change(previous embeddings.targets, sourc
                                               content_col name, content_fn regprocedure, key_names name[],
                                               replica boolean, triggers boolean, clear_updates boolean, queue text)
 RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF previous.id IS NULL OR previous.store_kind = 'chunks' OR previous.problem IS NOT NULL OR chunking
        OR embeddings.attnum_of(vec_rel, embedding_column) IS NULL
@@ -354,7 +355,7 @@ CREATE FUNCTION embeddings.watch_register(previous embeddings.targets, source re
                                           key_names name[], key_regtypes regtype[], key_nums smallint[],
                                           replica boolean, side_table regclass,
                                           OUT t embeddings.targets, OUT reembed boolean)
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     emb_attnum smallint := CASE WHEN side_table IS NULL THEN embeddings.attnum_of(source, embedding_column) END;
 BEGIN
@@ -393,7 +394,7 @@ $$;
 -- Target `target_id`'s pending jobs in queue `queue`, both lanes, deleted (superseded: every
 -- row of the target is queued again; sql/45_dropped.sql).
 CREATE FUNCTION embeddings.drop_target_jobs(target_id integer, queue text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     lane text;
 BEGIN
@@ -470,7 +471,7 @@ CREATE FUNCTION embeddings.watch(
     format text DEFAULT NULL,  -- documents (sql/55_chunks.sql): the content's format; NULL: as it is
     context_header text DEFAULT NULL  -- documents: the context header's template; NULL: as it is
 ) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     dims integer;
     rel_kind "char";
@@ -670,7 +671,7 @@ $$;
 -- vectors too). Returns false (with a NOTICE) when the table was not watched.
 CREATE FUNCTION embeddings.unwatch(source regclass, embedding_column name DEFAULT 'embedding')
 RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
 BEGIN
@@ -688,7 +689,7 @@ $$;
 -- Unregisters target t: its triggers and functions, its queued jobs, its registration
 -- (failures and throughput go with it), and tells workers.
 CREATE FUNCTION embeddings.forget_target(t embeddings.targets) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM embeddings.drop_access(t);
     IF EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN

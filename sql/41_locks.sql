@@ -13,7 +13,7 @@
 -- How long one attempt may queue ahead of the application's statements: 20 ms unless the
 -- setting embeddings.lock_attempt_ms says otherwise.
 CREATE FUNCTION embeddings.lock_attempt_ms() RETURNS integer
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('embeddings.lock_attempt_ms', true), '')::integer, 20)
 $$;
 
@@ -21,7 +21,7 @@ $$;
 -- 30 s unless the setting embeddings.lock_wait says otherwise (an interval: '5min'); a
 -- caller's own lock_timeout, when shorter, wins.
 CREATE FUNCTION embeddings.lock_wait() RETURNS interval
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT least(coalesce(nullif(current_setting('embeddings.lock_wait', true), '')::interval, interval '30 seconds'),
                  CASE WHEN current_setting('lock_timeout') NOT IN ('0', '')
                       THEN current_setting('lock_timeout')::interval END)

@@ -43,7 +43,7 @@ REVOKE ALL ON FUNCTION embeddings.lock_target(integer) FROM PUBLIC;
 -- (anyone who owns it can redefine it later), and a VOLATILE one (its result can change between loading the
 -- content and writing the vector, so the content check of the write could never match).
 CREATE FUNCTION embeddings.check_content_function(source regclass, fn regprocedure) RETURNS void
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn_owner oid;
     fn_volatility "char";

@@ -70,14 +70,14 @@ REVOKE ALL ON FUNCTION embeddings.claim_provenance(integer, boolean, text, text,
 
 -- Names of the shadow column and of the old column kept by a change with keep_old.
 CREATE FUNCTION embeddings.shadow_column(embedding_column name) RETURNS name
-LANGUAGE sql IMMUTABLE AS $$ SELECT (left(embedding_column, 54) || '_next')::name $$;
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT (left(embedding_column, 54) || '_next')::name $$;
 
 CREATE FUNCTION embeddings.kept_column(embedding_column name) RETURNS name
-LANGUAGE sql IMMUTABLE AS $$ SELECT (left(embedding_column, 50) || '_previous')::name $$;
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT (left(embedding_column, 50) || '_previous')::name $$;
 
 -- The HNSW index on column `col` of `source`, if any.
 CREATE FUNCTION embeddings.hnsw_index(source regclass, col name) RETURNS regclass
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT i.indexrelid::regclass FROM pg_index i
     JOIN pg_class ic ON ic.oid = i.indexrelid
     JOIN pg_am am ON am.oid = ic.relam
@@ -89,7 +89,7 @@ $$;
 -- The partial index of rows still lacking their new vector: completion checks it under the
 -- table lock without scanning the table.
 CREATE FUNCTION embeddings.missing_index_name(target_id integer) RETURNS name
-LANGUAGE sql IMMUTABLE AS $$ SELECT ('embeddings_' || target_id || '_change_missing')::name $$;
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT ('embeddings_' || target_id || '_change_missing')::name $$;
 
 -- Starts changing target t's model to `new_model` (see the top of this file). A change to the
 -- model already being changed to only updates keep_old; a change to another model replaces it;
@@ -99,7 +99,7 @@ LANGUAGE sql IMMUTABLE AS $$ SELECT ('embeddings_' || target_id || '_change_miss
 CREATE FUNCTION embeddings.start_change(
     t embeddings.targets, new_model text, keep_old boolean DEFAULT false, reembed boolean DEFAULT false
 ) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c embeddings.model_changes;
     dims integer;
@@ -180,7 +180,7 @@ CREATE FUNCTION embeddings.rewatch(
     model text DEFAULT NULL,
     keep_old boolean DEFAULT false
 ) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
 BEGIN
@@ -200,7 +200,7 @@ $$;
 -- when no change was in progress.
 CREATE FUNCTION embeddings.cancel_change(source regclass, embedding_column name DEFAULT 'embedding')
 RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
     c embeddings.model_changes;

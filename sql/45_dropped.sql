@@ -6,7 +6,7 @@
 -- many. Run it by hand where the event trigger below could not be installed (it needs a
 -- superuser). A renamed embedding column counts as gone: re-watch the table under its new name.
 CREATE FUNCTION embeddings.unwatch_dropped() RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
     forgotten integer := 0;

@@ -14,7 +14,7 @@
 -- underscores: a producer is 'model revision variant', split at spaces.
 -- (worker/models/remote/spec.py: RemoteSpec.revision computes the same.)
 CREATE FUNCTION embeddings.remote_revision(m embeddings.models) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT regexp_replace(m.remote_model, '\s', '_', 'g') || '@' || m.dimensions
 $$;
 
@@ -26,7 +26,7 @@ $$;
 CREATE FUNCTION embeddings.provider_defaults()
 RETURNS TABLE (provider text, endpoint text, max_tokens integer, max_inputs integer,
                max_request_tokens integer, description text)
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     VALUES ('openai', 'https://api.openai.com/v1', 8191, 2048, 300000,
             'any OpenAI-compatible /embeddings endpoint'),
            ('huggingface', 'https://router.huggingface.co/hf-inference/models/{model}/pipeline/feature-extraction',
@@ -42,7 +42,7 @@ $$;
 -- builds the model or the reranker (worker/models/remote/spec.py: plain_http_problem).
 -- register_model() and register_reranker() (sql/57_rerank.sql) call it.
 CREATE FUNCTION embeddings.check_endpoint(owner text, endpoint text, credential text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     endpoint_host text;
     address inet;
@@ -109,7 +109,7 @@ CREATE FUNCTION embeddings.register_model(
     pooling text DEFAULT 'mean',
     description text DEFAULT NULL
 ) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     old embeddings.models;
     m embeddings.models;
@@ -196,7 +196,7 @@ CREATE FUNCTION embeddings.adopt_vectors(
     revision text DEFAULT NULL,
     variant text DEFAULT NULL
 ) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
     m embeddings.models;

@@ -2,7 +2,7 @@
 
 -- A target's display name: schema.table.column, quoted where needed.
 CREATE FUNCTION embeddings.target_name(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('%I.%I.%I', n.nspname, c.relname, t.embedding_column)
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE c.oid = t.source
@@ -51,7 +51,7 @@ $$;
 -- Messages in `queue` as the statistics system counts them (inserts and deletes, reported at
 -- each transaction's end): no scan.
 CREATE FUNCTION embeddings.queue_messages(queue text) RETURNS bigint
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(pg_stat_get_live_tuples(to_regclass(format('pgmq.%I', pgmq.format_table_name(queue, 'q')))), 0)
 $$;
 
@@ -66,7 +66,7 @@ $$;
 
 -- The count of target t's cleared rows over its table `s`, as a SELECT list item.
 CREATE FUNCTION embeddings.cleared_count_sql(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN t.content_column IS NOT NULL
                 THEN format('count(*) FILTER (WHERE (%1$s) IS NULL OR (%1$s) !~ ''[^[:space:]]'')',
                             embeddings.content_sql(t, 's'))
@@ -117,7 +117,7 @@ $$;
 -- pg_inherits, taking no lock: pg_partition_tree() would lock every partition, and status must
 -- not wait behind a long ALTER TABLE on a watched table.
 CREATE FUNCTION embeddings.leaf_relations(rel regclass) RETURNS SETOF regclass
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH RECURSIVE tree (relid) AS (
         SELECT rel::oid
         UNION ALL
@@ -132,7 +132,7 @@ $$;
 -- statistics system knows nothing of the relation (after a crash or pg_stat_reset(), on a
 -- standby), what the last VACUUM or ANALYZE counted (pg_class.reltuples); 0 when neither ran.
 CREATE FUNCTION embeddings.estimated_rows(rel regclass) RETURNS double precision
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN pg_stat_get_tuples_inserted(c.oid) + pg_stat_get_tuples_deleted(c.oid)
                      + pg_stat_get_vacuum_count(c.oid) + pg_stat_get_autovacuum_count(c.oid)
                      + pg_stat_get_analyze_count(c.oid) + pg_stat_get_autoanalyze_count(c.oid) > 0
@@ -143,7 +143,7 @@ $$;
 
 -- Estimated rows of target t's table (all partitions) and chunk table or side table.
 CREATE FUNCTION embeddings.target_rows(t embeddings.targets) RETURNS double precision
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(sum(embeddings.estimated_rows(r)), 0)
     FROM (SELECT embeddings.leaf_relations(t.source) AS r
           UNION ALL
@@ -155,7 +155,7 @@ $$;
 -- target exactly: 5000 unless the setting embeddings.status_exact_rows says otherwise (per
 -- database, role or session); 0 always estimates.
 CREATE FUNCTION embeddings.status_exact_rows() RETURNS bigint
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('embeddings.status_exact_rows', true), '')::bigint, 5000)
 $$;
 

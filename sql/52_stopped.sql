@@ -39,14 +39,14 @@ LANGUAGE sql IMMUTABLE RETURN interval '5 minutes';
 -- How long a swap may wait for its table lock before it counts as stopped: 1 minute unless
 -- the setting embeddings.swap_wait_alarm says otherwise (per database or role).
 CREATE FUNCTION embeddings.swap_wait_alarm() RETURNS interval
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('embeddings.swap_wait_alarm', true), '')::interval, interval '1 minute')
 $$;
 
 -- How long a backfill may go without progress (no step, no row embedded) before it counts as
 -- stopped: 10 minutes unless the setting embeddings.backfill_stall_alarm says otherwise.
 CREATE FUNCTION embeddings.backfill_stall_alarm() RETURNS interval
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('embeddings.backfill_stall_alarm', true), '')::interval, interval '10 minutes')
 $$;
 

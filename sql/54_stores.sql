@@ -47,14 +47,14 @@ $$;
 -- Whether target t's store holds several vectors per row (a chunked target's): search returns
 -- one result per row, its best chunk. Plain SQL (inlined into search()).
 CREATE FUNCTION embeddings.store_has_chunks(t embeddings.targets) RETURNS boolean
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT t.store_kind = 'chunks'
 $$;
 
 -- The relation that holds target t's embedding column: its side table, its chunk table, or its
 -- table itself.
 CREATE FUNCTION embeddings.vector_relation(t embeddings.targets) RETURNS regclass
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(t.side_table, t.chunk_table, t.source)
 $$;
 
@@ -71,17 +71,17 @@ END
 $$;
 
 CREATE FUNCTION embeddings.embedding_missing_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT embeddings.store_predicate_sql(t, 'missing_sql', alias)
 $$;
 
 CREATE FUNCTION embeddings.store_holds_vector_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT embeddings.store_predicate_sql(t, 'holds_vector_sql', alias)
 $$;
 
 CREATE FUNCTION embeddings.store_new_row_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT embeddings.store_predicate_sql(t, 'new_row_sql', alias)
 $$;
 
@@ -128,24 +128,24 @@ $$;
 -- The row store: the vectors in the table's own embedding column.
 
 CREATE FUNCTION embeddings.row_store_missing_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('%I.%I IS NULL', alias, t.embedding_column)
 $$;
 
 CREATE FUNCTION embeddings.row_store_holds_vector_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('%I.%I IS NOT NULL', alias, t.embedding_column)
 $$;
 
 -- A new row comes with its vector when it was copied with it (a restore, replication).
 CREATE FUNCTION embeddings.row_store_new_row_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('%s.%I IS NULL', alias, t.embedding_column)
 $$;
 
 -- The write updates the table's rows: the lock an UPDATE takes.
 CREATE FUNCTION embeddings.row_store_lock_mode(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'ROW EXCLUSIVE'::text
 $$;
 
@@ -164,7 +164,7 @@ BEGIN
             format($b$RETURN QUERY
                 UPDATE %1$s t SET %2$I = v.e%9$s
                 FROM ROWS FROM (%3$s, pg_catalog.unnest($%4$s), pg_catalog.unnest($%5$s)) AS v(key%6$s, e, h)
-                WHERE %7$s AND pg_catalog.md5(%8$s) IS NOT DISTINCT FROM v.h
+                WHERE %7$s AND CASE WHEN v.h IS NULL THEN pg_catalog.md5(%8$s) IS NULL ELSE pg_catalog.md5(%8$s) OPERATOR(pg_catalog.=) v.h END
                 RETURNING v.key;$b$,
                 t.source, col.name, a->>'key_rows', cardinality(t.key_columns) + 2, cardinality(t.key_columns) + 3,
                 a->>'key_aliases', a->>'key_match', a->>'content',
@@ -174,7 +174,7 @@ BEGIN
             format($b$RETURN QUERY
                 UPDATE %1$s t SET %2$I = NULL%8$s
                 FROM ROWS FROM (%3$s, pg_catalog.unnest($%4$s)) AS v(key%5$s, h)
-                WHERE %6$s AND pg_catalog.md5(%7$s) IS NOT DISTINCT FROM v.h AND t.%2$I IS NOT NULL
+                WHERE %6$s AND CASE WHEN v.h IS NULL THEN pg_catalog.md5(%7$s) IS NULL ELSE pg_catalog.md5(%7$s) OPERATOR(pg_catalog.=) v.h END AND t.%2$I IS NOT NULL
                 RETURNING v.key;$b$,
                 t.source, col.name, a->>'key_rows', cardinality(t.key_columns) + 2, a->>'key_aliases',
                 a->>'key_match', a->>'content',

@@ -42,7 +42,7 @@
 -- The type modifier of column `col` of `source` (char(6): 10), NULL for none: a chunk table's key
 -- column is typed as its source's, char(n) and numeric(p,s) included (a bare char is char(1)).
 CREATE FUNCTION embeddings.key_typmod(source regclass, col name) RETURNS integer
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT nullif(a.atttypmod, -1) FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
 $$;
@@ -57,7 +57,7 @@ CREATE FUNCTION embeddings.ensure_chunk_table(
     embedding_column name,
     dims integer
 ) RETURNS regclass
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     vschema name := embeddings.vector_schema();
     existing regclass := to_regclass(chunk_table);
@@ -101,7 +101,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %s OWNER TO %I', existing,
                    (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source));
     EXECUTE format('COMMENT ON TABLE %s IS %L', existing,
-                   format('Chunks of %s and their embeddings, kept by embed-worker (embeddings.watch)', source));
+                   format('Chunks of %s and their embeddings, kept by embed-worker (embeddings.watch)', embeddings.display_name(source)));
     RETURN existing;
 END
 $$;
@@ -112,7 +112,7 @@ $$;
 -- fts => ...) adds, so that a new chunk table has the column order of a 0.2.0 one given full-text
 -- search and then upgraded (migrations/versions/0019_release_0_3_0/upgrade.sql adds them there).
 CREATE FUNCTION embeddings.ensure_chunk_offsets(chunk_table regclass) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF embeddings.attnum_of(chunk_table, 'start_offset') IS NULL OR embeddings.attnum_of(chunk_table, 'end_offset') IS NULL THEN
         PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
@@ -135,7 +135,7 @@ $$;
 -- function) may hold HTML, Markdown or text only.
 CREATE FUNCTION embeddings.watch_document_format(source regclass, content_col name, content_type regtype,
                                                  format text, previous embeddings.targets) RETURNS text
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     is_bytes boolean := content_col IS NOT NULL AND content_type = 'bytea'::regtype;
     chosen text := coalesce(watch_document_format.format, previous.document_format);
@@ -165,7 +165,7 @@ $$;
 -- placeholders are {title} and {headings} only, without conversion or format spec; a brace is
 -- written {{ or }} (the worker checks it the same way: worker/pipeline/documents/headers.py).
 CREATE FUNCTION embeddings.watch_context_header(template text, previous embeddings.targets) RETURNS text
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rest text;
 BEGIN
@@ -209,7 +209,7 @@ CREATE FUNCTION embeddings.watch_chunked(
     document_format text DEFAULT NULL,
     context_header text DEFAULT NULL
 ) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     m embeddings.models;
     overlap integer := coalesce(chunk_overlap, chunk_tokens / 10);
@@ -359,7 +359,7 @@ $$;
 
 -- Documents with at least one chunk, and chunks, of chunked target t (for embeddings.status).
 CREATE FUNCTION embeddings.chunk_counts(t embeddings.targets, OUT documents bigint, OUT chunks bigint)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     keys text := (SELECT string_agg(format('%I', k), ', ') FROM unnest(t.key_columns) AS k);
 BEGIN
@@ -375,6 +375,10 @@ $$;
 -- first: the retrieval step of a RAG app that embeds its question itself (the pattern of
 -- Supabase's match_documents). `key` is the document's primary key as JSON (an array for a
 -- composite key). k chunks whenever k match (embeddings.search() gives one per document).
+-- pgvector's halfvec in the signature below, wherever pgvector is installed (public here,
+-- `extensions` on Supabase): its schema is searched after pg_catalog while the function is
+-- created, and only then (a type's name is unique in its schema; these statements call nothing).
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, ' || pg_catalog.quote_ident(embeddings.vector_schema()) || ', pg_temp', true);
 CREATE FUNCTION embeddings.match_chunks(source regclass, query halfvec, k integer DEFAULT 10)
 RETURNS TABLE (key jsonb, seq integer, chunk text, distance double precision)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -399,8 +403,10 @@ BEGIN
     statement := format('SELECT %s AS key, %s AS seq, %s AS content, %s AS distance FROM %s WHERE %s',
                         q->>'key', q->>'seq', q->>'content', q->>'distance', q->>'from', 'true');
     answer := embeddings.search_run(format('%s ORDER BY %s LIMIT %s', statement, q->>'order', k), query, NULL);
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     IF jsonb_array_length(answer) < k THEN
         answer := embeddings.search_run(format('SELECT * FROM (%s OFFSET 0) r ORDER BY r.distance LIMIT %s', statement, k), query, NULL);
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     END IF;
     RETURN QUERY
         SELECT r.value->'key', (r.value->>'seq')::integer, r.value->>'content', (r.value->>'distance')::double precision
@@ -408,6 +414,7 @@ BEGIN
 END
 $$;
 GRANT EXECUTE ON FUNCTION embeddings.match_chunks(regclass, halfvec, integer) TO PUBLIC;
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- Long documents (worker/pipeline/pieces.py): a document of a chunked target longer than one
 -- piece (EMBED_PIECE_TOKENS) is embedded and committed a piece at a time; a document over the
@@ -455,25 +462,25 @@ FROM embeddings.documents d JOIN embeddings.targets t ON t.id = d.target_id;
 
 -- A document lacks its vectors while it has no chunk.
 CREATE FUNCTION embeddings.chunks_store_missing_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('NOT EXISTS (SELECT FROM %s c WHERE %s)', t.chunk_table, embeddings.key_equal_sql(t, alias, 'c'))
 $$;
 
 -- Blank content: the chunk write deletes the document's chunks (its count is 0), no scan needed.
 CREATE FUNCTION embeddings.chunks_store_holds_vector_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT NULL::text
 $$;
 
 -- A new row has no chunks yet, whatever the table holds.
 CREATE FUNCTION embeddings.chunks_store_new_row_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'true'::text
 $$;
 
 -- The write goes to the chunk table: the table is only read.
 CREATE FUNCTION embeddings.chunks_store_lock_mode(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'ACCESS SHARE'::text
 $$;
 
@@ -520,7 +527,7 @@ BEGIN
         format($b$current_keys := ARRAY(
                 SELECT v.key FROM ROWS FROM (%1$s, pg_catalog.unnest($%2$s)) AS v(key%3$s, h)
                 JOIN %4$s t ON %5$s
-                WHERE pg_catalog.md5(%6$s) IS NOT DISTINCT FROM v.h);
+                WHERE CASE WHEN v.h IS NULL THEN pg_catalog.md5(%6$s) IS NULL ELSE pg_catalog.md5(%6$s) OPERATOR(pg_catalog.=) v.h END);
             INSERT INTO %7$s AS c (%8$s, seq, chunk, chunk_hash, %9$I, start_offset, end_offset, headings, page)
             SELECT %10$s, x.seq, x.chunk, x.hash, x.e, x.start_offset, x.end_offset,
                    CASE WHEN pg_catalog.jsonb_typeof(x.h) OPERATOR(pg_catalog.=) 'array'
@@ -534,10 +541,15 @@ BEGIN
             SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, %9$I = excluded.%9$I,
                 start_offset = excluded.start_offset, end_offset = excluded.end_offset,
                 headings = excluded.headings, page = excluded.page
-            WHERE c.chunk_hash IS DISTINCT FROM excluded.chunk_hash
-               OR c.start_offset IS DISTINCT FROM excluded.start_offset
-               OR c.end_offset IS DISTINCT FROM excluded.end_offset
-               OR c.headings IS DISTINCT FROM excluded.headings OR c.page IS DISTINCT FROM excluded.page;
+            WHERE NOT (coalesce(c.chunk_hash OPERATOR(pg_catalog.=) excluded.chunk_hash, false)
+                       AND coalesce(c.start_offset OPERATOR(pg_catalog.=) excluded.start_offset,
+                                    c.start_offset IS NULL AND excluded.start_offset IS NULL)
+                       AND coalesce(c.end_offset OPERATOR(pg_catalog.=) excluded.end_offset,
+                                    c.end_offset IS NULL AND excluded.end_offset IS NULL)
+                       AND coalesce(c.headings OPERATOR(pg_catalog.=) excluded.headings,
+                                    c.headings IS NULL AND excluded.headings IS NULL)
+                       AND coalesce(c.page OPERATOR(pg_catalog.=) excluded.page,
+                                    c.page IS NULL AND excluded.page IS NULL));
             WITH gone AS (
                 DELETE FROM %7$s c USING ROWS FROM (%1$s, pg_catalog.unnest($%16$s)) AS v(key%3$s, n)
                 WHERE %17$s AND c.seq OPERATOR(pg_catalog.>=) v.n AND v.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)

@@ -39,13 +39,13 @@ REVOKE ALL ON FUNCTION embeddings.clear_deferrals(integer[]) FROM PUBLIC;
 
 -- The model watch() uses when none is named.
 CREATE FUNCTION embeddings.default_model() RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT name FROM embeddings.models WHERE is_default
 $$;
 
 -- Makes `name` the model watch() uses when none is named (existing targets keep theirs).
 CREATE FUNCTION embeddings.set_default_model(name text) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF NOT EXISTS (SELECT FROM embeddings.models m WHERE m.name = set_default_model.name) THEN
         RAISE EXCEPTION 'unknown model "%"', name
@@ -61,7 +61,7 @@ $$;
 -- Refuses to install our triggers on a table that still has the Supabase guide's
 -- util.queue_embeddings triggers: both sets would queue a job for every change.
 CREATE FUNCTION embeddings.refuse_guide_triggers(source regclass, triggers boolean) RETURNS void
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     theirs text;
 BEGIN

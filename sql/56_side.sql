@@ -59,7 +59,7 @@
 -- A target changes its store only by unwatch() and watch() again.
 CREATE FUNCTION embeddings.side_store(previous embeddings.targets, store text, side_table text, chunked boolean)
 RETURNS boolean
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     was text := previous.store_kind;  -- NULL: none
     wanted text := coalesce(store, CASE WHEN side_table IS NOT NULL THEN 'side' END);
@@ -91,7 +91,7 @@ $$;
 -- source, `<table>_<embedding_column>` for an embedding column not named 'embedding' (a second
 -- target of the table).
 CREATE FUNCTION embeddings.side_table_name(source regclass, side_table text, embedding_column name) RETURNS text
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     parts text[];
     found text;
@@ -167,7 +167,7 @@ CREATE FUNCTION embeddings.ensure_side_table(
     dims integer,
     target_id integer
 ) RETURNS regclass
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     vschema name := embeddings.vector_schema();
     existing regclass := to_regclass(side_name);
@@ -234,7 +234,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %s OWNER TO %I', existing,
                    (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source));
     EXECUTE format('COMMENT ON TABLE %s IS %L', existing,
-                   format('Embeddings of the rows of %s, kept by embed-worker (embeddings.watch, store => ''side'')', source));
+                   format('Embeddings of the rows of %s, kept by embed-worker (embeddings.watch, store => ''side'')', embeddings.display_name(source)));
     RETURN existing;
 END
 $$;
@@ -245,7 +245,7 @@ $$;
 -- table watch() made. Called by embeddings.refresh_target() with the event trigger's DDL
 -- following switched off.
 CREATE FUNCTION embeddings.follow_store_keys(t embeddings.targets) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     store regclass := coalesce(t.side_table, t.chunk_table);
     col record;
@@ -353,7 +353,7 @@ DECLARE
 BEGIN
     RETURN format(
         'SELECT v.key AS key_%1$s%2$s, v.h AS h_ FROM ROWS FROM (%3$s%4$s, pg_catalog.unnest($%5$s)) AS v(key%6$s%7$s, h) '
-        'JOIN %8$s t ON %9$s WHERE pg_catalog.md5(%10$s) IS NOT DISTINCT FROM v.h',
+        'JOIN %8$s t ON %9$s WHERE CASE WHEN v.h IS NULL THEN pg_catalog.md5(%10$s) IS NULL ELSE pg_catalog.md5(%10$s) OPERATOR(pg_catalog.=) v.h END',
         (SELECT string_agg(format(', t.%I AS kc%s', c, i - 1), '' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
         CASE WHEN NOT with_vectors THEN ''
              WHEN t.fts_config IS NOT NULL THEN format(', v.e AS e_, %s AS f_', embeddings.fts_sql(t, a->>'content'))
@@ -582,24 +582,24 @@ REVOKE ALL ON FUNCTION embeddings.drop_store_policy(embeddings.targets) FROM PUB
 
 -- A row lacks its vector while no side row of its key holds one.
 CREATE FUNCTION embeddings.side_store_missing_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('NOT EXISTS (SELECT FROM %s c WHERE %s AND c.%I IS NOT NULL)',
                   t.side_table, embeddings.key_equal_sql(t, alias, 'c'), t.embedding_column)
 $$;
 
 CREATE FUNCTION embeddings.side_store_holds_vector_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'NOT ' || embeddings.side_store_missing_sql(t, alias)
 $$;
 
 -- A new row may find a side row left by a deleted row of its key: it always needs a job.
 CREATE FUNCTION embeddings.side_store_new_row_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'true'::text
 $$;
 
 -- The write goes to the side table: the table is only read.
 CREATE FUNCTION embeddings.side_store_lock_mode(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'ACCESS SHARE'::text
 $$;

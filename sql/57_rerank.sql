@@ -39,7 +39,7 @@ COMMENT ON TABLE embeddings.rerankers IS 'Remote rerank APIs searches may name; 
 -- register_reranker() and the table's check take the same names, and so do searches
 -- (worker/retrieval/request.py: RERANKER_NAME).
 CREATE FUNCTION embeddings.check_reranker_name(name text) RETURNS void
-LANGUAGE plpgsql IMMUTABLE AS $$
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$' THEN
         RAISE EXCEPTION 'embeddings: % is not a reranker''s name', coalesce(quote_literal(name), 'NULL')
@@ -90,7 +90,7 @@ REVOKE ALL ON FUNCTION embeddings.set_rerank(regclass, text, integer, name) FROM
 CREATE FUNCTION embeddings.reranker_defaults()
 RETURNS TABLE (provider text, endpoint text, max_documents integer, max_tokens integer,
                credential text, sends_model boolean, description text)
-LANGUAGE sql IMMUTABLE AS $$
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     VALUES ('cohere', 'https://api.cohere.com/v2', 1000, 4096, 'cohere', true,
             'Cohere''s /v2/rerank (key: COHERE_API_KEY)'),
            ('jina', 'https://api.jina.ai/v1', 1000, 1024, 'jina', true,
@@ -126,7 +126,7 @@ CREATE FUNCTION embeddings.register_reranker(
     description text DEFAULT NULL,
     max_tokens integer DEFAULT NULL
 ) RETURNS text
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     kind record;
     bad record;
@@ -197,7 +197,7 @@ $$;
 -- directory of the same name, or fail, instead of what its owner chose. Searches that name it
 -- themselves fail from then on (503, naming it), or use such a directory. Schema owner only.
 CREATE FUNCTION embeddings.unregister_reranker(name text) RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     users text;
 BEGIN

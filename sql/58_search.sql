@@ -165,13 +165,13 @@ END
 $$;
 
 CREATE FUNCTION embeddings.row_store_search_sql(t embeddings.targets) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT embeddings.row_search_sql(t, format('%s s', t.source), format('s.%I', t.embedding_column))
 $$;
 
 -- A side-table target's vectors are in its side table `v`, keyed like the table.
 CREATE FUNCTION embeddings.side_store_search_sql(t embeddings.targets) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT embeddings.row_search_sql(t, format('%s v JOIN %s s ON %s', t.side_table, t.source,
                                                embeddings.key_equal_sql(t, 'v', 's')),
                                      format('v.%I', t.embedding_column))
@@ -179,7 +179,7 @@ $$;
 
 -- A chunked target's: its chunk table `c` joined to the table, a row per chunk.
 CREATE FUNCTION embeddings.chunks_store_search_sql(t embeddings.targets) RETURNS jsonb
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object(
         'from', format('%s c JOIN %s s ON %s', t.chunk_table, t.source, embeddings.key_equal_sql(t, 'c', 's')),
         'vector', format('c.%I', t.embedding_column),
@@ -217,6 +217,10 @@ BEGIN
     END IF;
     EXECUTE format('SELECT coalesce(pg_catalog.jsonb_agg(r ORDER BY r.distance, r.key), ''[]'') FROM (%s) r', statement)
         INTO result USING query, filter;
+    -- The statement ran the table's policies, the owner's code, which may have SET a search path
+    -- for the session: a session-level SET outlives our SET clause, so the rest of this function
+    -- (and of its callers, each of which pins it again) would resolve names in it. Ours again:
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     IF iterative IS NOT NULL THEN
         PERFORM set_config('hnsw.iterative_scan', iterative, true);
     END IF;
@@ -342,6 +346,10 @@ REVOKE ALL ON FUNCTION embeddings.generate_search(embeddings.targets) FROM PUBLI
 -- `headings`, its heading path, and `page`, the PDF page it starts on). `filter`: see
 -- search_filter_sql(). k rows whenever k rows match; fewer only when fewer match (none: no
 -- row, no error).
+-- pgvector's halfvec in the signature below, wherever pgvector is installed (public here,
+-- `extensions` on Supabase): its schema is searched after pg_catalog while the function is
+-- created, and only then (a type's name is unique in its schema; these statements call nothing).
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, ' || pg_catalog.quote_ident(embeddings.vector_schema()) || ', pg_temp', true);
 CREATE FUNCTION embeddings.search(source regclass, query halfvec, k integer DEFAULT 10,
                                   filter jsonb DEFAULT NULL, embedding_column name DEFAULT NULL)
 RETURNS TABLE (key jsonb, distance double precision, content text, seq integer,
@@ -386,6 +394,7 @@ BEGIN
         n := CASE WHEN embeddings.store_has_chunks(t) THEN greatest(k * 10, 40) ELSE k END;
         LOOP
             EXECUTE run INTO answer USING query, filter, n, false;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
             candidates := coalesce((answer->0->>'candidates')::integer, 0);
             EXIT WHEN jsonb_array_length(answer) >= k OR NOT embeddings.store_has_chunks(t) OR candidates < n OR n >= max_scan;
             n := least(n * 2, max_scan)::integer;
@@ -397,6 +406,7 @@ BEGIN
         -- the rows it can reach are few, and a graph full of dead or near-duplicate tuples
         -- may reach some rows from no entry point at all.
         EXECUTE run INTO answer USING query, filter, k, true;
+        PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     END IF;
     IF iterative IS NOT NULL THEN
         PERFORM set_config('hnsw.iterative_scan', iterative, true);
@@ -414,3 +424,4 @@ BEGIN
         ORDER BY r.i LIMIT k;
 END
 $$;
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);

@@ -48,8 +48,13 @@ $$;
 
 -- The BM25 ranking of a search of target t, in the shape of fts_ranking_sql()'s: documents
 -- (rows, or a chunked target's documents by their best chunk) holding any lexeme of the query
--- and matching the filter, best first by the score above, ties by key; at most `depth`. $1
--- the query text, $2 the filter, $3 the depth. In two halves around the filter's condition
+-- and matching the filter, best first by the score above (`text_rank`), ties by key; at most
+-- `depth`. Each also with `text_score`, its score divided by the sum of the idf of the query's
+-- lexemes that any candidate holds: about 1 for a document holding each of them once at the
+-- mean length, whatever the query's length or rarity, so that hybrid search's convex fusion
+-- can weigh it against a cosine similarity (sql/59_hybrid.sql). A query whose words a
+-- document matches poorly keeps low scores, where dividing by the best document's score would
+-- raise its best to 1. $1 the query text, $2 the filter, $3 the depth. In two halves around the filter's condition
 -- (embeddings.generate_search() makes the target's embeddings_<id>_bm25_ranking() of them).
 CREATE FUNCTION embeddings.bm25_ranking_sql(t embeddings.targets) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -73,21 +78,25 @@ BEGIN
             '  FROM %10$s, w WHERE %9$s OPERATOR(pg_catalog.@@) w.q AND %11$s IS NOT NULL AND (',
             embeddings.fts_sql(t, '$1'), q->>'key', q->>'content', q->>'seq', q->>'start_offset',
             q->>'end_offset', q->>'headings', q->>'page', fts, q->>'from', q->>'vector'),
-        -- n: N and avglen; h: each candidate's lexemes with tf and df; b: the scores.
+        -- n: N and avglen; h: each candidate's lexemes with tf and df; b: the scores; z: the
+        -- sum of the idf of the query's lexemes found (text_score's divisor, below).
         format(
             ')), n AS (SELECT greatest(pg_catalog.count(*)::double precision,'
             '  coalesce((SELECT embeddings.search_rows_estimate(x) FROM embeddings.targets x'
             '   WHERE x.id OPERATOR(pg_catalog.=) %1$s), 0)) AS n, pg_catalog.avg(m.len) AS avglen FROM m),'
-            ' h AS (SELECT m.i, m.len, pg_catalog.cardinality(x.positions)::double precision AS tf,'
+            ' h AS (SELECT m.i, m.len, x.lexeme, pg_catalog.cardinality(x.positions)::double precision AS tf,'
             '  pg_catalog.count(*) OVER (PARTITION BY x.lexeme)::double precision AS df'
             '  FROM m, pg_catalog.unnest(m.hits) x),'
             ' b AS (SELECT h.i, pg_catalog.sum(pg_catalog.ln(1 + (n.n - h.df + 0.5) / (h.df + 0.5))'
             '  * h.tf * (1.2 + 1) / (h.tf + 1.2 * (1 - 0.75 + 0.75 * h.len / n.avglen))) AS score'
-            '  FROM h, n GROUP BY h.i)'
-            ' SELECT r.key, r.content, r.seq, r.start_offset, r.end_offset, r.headings, r.page, r.text_rank FROM ('
+            '  FROM h, n GROUP BY h.i),'
+            ' z AS (SELECT pg_catalog.sum(pg_catalog.ln(1 + (n.n - d.df + 0.5) / (d.df + 0.5))) AS mass'
+            '  FROM (SELECT DISTINCT h.lexeme, h.df FROM h) d, n)'
+            ' SELECT r.key, r.content, r.seq, r.start_offset, r.end_offset, r.headings, r.page, r.text_rank,'
+            '  r.text_rank OPERATOR(pg_catalog./) z.mass AS text_score FROM ('
             '  SELECT DISTINCT ON (m.key) m.key, m.content, m.seq, m.start_offset, m.end_offset, m.headings,'
             '   m.page, b.score AS text_rank'
-            '  FROM m JOIN b ON b.i OPERATOR(pg_catalog.=) m.i ORDER BY m.key, b.score DESC, m.seq) r'
+            '  FROM m JOIN b ON b.i OPERATOR(pg_catalog.=) m.i ORDER BY m.key, b.score DESC, m.seq) r, z'
             ' ORDER BY r.text_rank DESC, r.key LIMIT $3',
             t.id)];
 END

@@ -1,8 +1,8 @@
--- Hybrid search: full-text and vector rankings fused by reciprocal rank fusion (RRF), for
--- targets with full-text search on (embeddings.watch(..., fts => 'english') or
+-- Hybrid search: full-text and vector rankings fused by their scores (or by reciprocal rank
+-- fusion, RRF, on request: hybrid_search() below), for targets with full-text search on (embeddings.watch(..., fts => 'english') or
 -- embeddings.enable_fts()). Exact terms (names, codes, error messages) are where small dense
 -- models are weakest and full-text search strongest; paraphrases the other way round
--- (docs/performance.md#retrieval-quality has the numbers).
+-- (docs/retrieval-quality.md has the numbers).
 --
 -- The tsvector: for a plain target, column `fts_column` of the table (default
 -- <embedding column>_fts), written by the worker with each vector through the table owner's
@@ -19,7 +19,7 @@
 
 -- The tsvector of text expression `expr` for target t (NULL when t has no full-text search).
 CREATE FUNCTION embeddings.fts_sql(t embeddings.targets, expr text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN t.fts_config IS NOT NULL THEN
         format('pg_catalog.to_tsvector(%L::pg_catalog.regconfig, pg_catalog.regexp_replace(%s, %L, %L, ''g''))',
                t.fts_config::text, expr, '(\w)\.(?=\w)', '\1 ')
@@ -29,7 +29,7 @@ $$;
 -- The assignment the store function adds to its UPDATE for target t's tsvector (`value` the
 -- content, or NULL to clear it); '' without full-text search or for a chunked target.
 CREATE FUNCTION embeddings.fts_assign_sql(t embeddings.targets, value text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN t.fts_config IS NULL OR embeddings.store_has_chunks(t) OR t.fts_column IS NULL THEN ''
                 WHEN value IS NULL THEN format(', %I = NULL', t.fts_column)
                 ELSE format(', %I = %s', t.fts_column, embeddings.fts_sql(t, value)) END
@@ -162,8 +162,9 @@ $$;
 -- (docs/performance.md). A lower-case "or" (Or, oR) gets a "_" after it: a word again,
 -- which the configuration drops as a stop word or keeps as a lexeme like any other, its
 -- position kept within a "quoted phrase"; OR in capitals stays the operator, as in web
--- search engines. $1 the query text, $2 the filter, $3 the
--- depth. In two halves around the filter's condition (embeddings.generate_search() makes
+-- search engines. Each with `text_score`, its ts_rank_cd divided by the best one's (the
+-- convex fusion's text score, sql/59_hybrid.sql's hybrid_search()). $1 the query text, $2 the
+-- filter, $3 the depth. In two halves around the filter's condition (embeddings.generate_search() makes
 -- the target's embeddings_<id>_text_ranking() of them, sql/58_search.sql).
 CREATE FUNCTION embeddings.fts_ranking_sql(t embeddings.targets) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -174,7 +175,8 @@ DECLARE
 BEGIN
     RETURN ARRAY[
         format(
-            'SELECT r.key, r.content, r.seq, r.start_offset, r.end_offset, r.headings, r.page, r.text_rank FROM ('
+            'SELECT r.key, r.content, r.seq, r.start_offset, r.end_offset, r.headings, r.page, r.text_rank,'
+            ' r.text_rank OPERATOR(pg_catalog./) NULLIF(pg_catalog.max(r.text_rank) OVER (), 0) AS text_score FROM ('
             ' SELECT DISTINCT ON (%1$s) %1$s AS key, %2$s AS content, %3$s AS seq,'
             '  %11$s AS start_offset, %12$s AS end_offset, %13$s AS headings, %14$s AS page,'
             '  pg_catalog.ts_rank_cd(%4$s.%5$I, q.q) AS text_rank'
@@ -192,28 +194,49 @@ BEGIN
 END
 $$;
 
--- Hybrid search: the `k` documents of `source` best by reciprocal rank fusion of the vector
--- ranking (embeddings.search() of `query_embedding`) and the full-text ranking of `query`
--- (text_match 'all': the documents holding every word, websearch_to_tsquery with "quoted
--- phrases", -excluded words and OR in capitals, ranked by ts_rank_cd; 'any': those holding any of its words,
--- ranked by BM25, sql/59_bm25.sql), each cut at `depth`:
---   score = vector_weight / (rrf_k + vector_rank) + text_weight / (rrf_k + text_rank)
--- (a ranking a document is missing from adds nothing), best first; equal scores by the best
--- single rank (a document one ranking puts first before one that is second in both), then by
--- key. text_weight is 2 unless given: a document holding every word of the question is strong
--- evidence, and weighing it twice the vector ranking brought hybrid search within 0.01 nDCG@10
--- of full-text search alone on exact terms, with no paraphrase scored otherwise (every-word
--- matching seldom fires on one; docs/performance.md, "BM25 for any-word matching"). `filter`
--- as for search(). Each row: the key (typed as in the table), the score, the content (the best
--- chunk by distance, else by text rank, for a chunked target) and its `seq`, the cosine
--- distance (NULL when the document is not in the vector ranking), both ranks (from 1; NULL
--- where missing) and the chunk's character offsets, heading path and page (as search()'s).
--- With the caller's rights, as search().
+-- Hybrid search: the `k` documents of `source` best by a fusion of the vector ranking
+-- (embeddings.search() of `query_embedding`) and the full-text ranking of `query`, each cut at
+-- `depth` candidates. The full-text ranking (`text_match`):
+--   'any' (the default): the documents holding any word of the query, ranked by BM25
+--         (sql/59_bm25.sql), which puts those holding more of its rarer words first;
+--   'all': those holding every word, websearch_to_tsquery with "quoted phrases", -excluded
+--         words and OR in capitals, ranked by ts_rank_cd.
+-- The fusion (`fusion`):
+--   'convex' (the default): a weighted sum of scores on scales that do not depend on the query,
+--       score = vector_weight * (1 - cosine distance) + text_weight * text_score
+--     text_score being, for 'any', the document's BM25 score divided by the sum of the idf of
+--     the query's words (about 1 for a document holding each once), plus 2.5 when it is one
+--     of at most 10 documents holding every word of the query (a selective match: a name, a
+--     message, a rare phrase; one that hundreds of documents hold adds little to BM25); for
+--     'all', its ts_rank_cd divided by the best document's. A document missing from a
+--     ranking cut at `depth` counts with that ranking's lowest figure (its own is at most
+--     that); one missing from a full-text ranking that was not cut holds none of the words:
+--     0. Weights 1 and 0.2 unless given.
+--   'rrf': reciprocal rank fusion, score = vector_weight / (rrf_k + vector_rank) + text_weight
+--     / (rrf_k + text_rank), a ranking a document is missing from adding nothing. Weights 1
+--     and 2 unless given.
+-- The defaults were chosen by measurement (docs/retrieval-quality.md). On BEIR's NFCorpus with
+-- all-MiniLM-L6-v2: nDCG@10 0.366, against 0.354 for the default until 0.3.0 (RRF of
+-- every-word matching, text_weight 2), 0.356 for RRF of the same BM25 ranking and 0.317 for
+-- the vector ranking alone. On the standard library's documentation (bench/quality): exact
+-- terms as high or higher, paraphrases within 0.01. A convex fusion weighs how well a
+-- document matches, not only its place: the documents of a question whose words they hold
+-- only in passing (a paraphrase) move little, one holding all of them moves much.
+-- Equal scores by the best single rank (a document one ranking puts first before one that is
+-- second in both), then by key. `filter` as for search(). Each row: the key (typed as in the
+-- table), the score, the content (the best chunk by distance, else by text rank, for a chunked
+-- target) and its `seq`, the cosine distance (NULL when the document is not in the vector
+-- ranking), both ranks (from 1; NULL where missing) and the chunk's character offsets, heading
+-- path and page (as search()'s). With the caller's rights, as search().
+-- pgvector's halfvec in the signature below, wherever pgvector is installed (public here,
+-- `extensions` on Supabase): its schema is searched after pg_catalog while the function is
+-- created, and only then (a type's name is unique in its schema; these statements call nothing).
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, ' || pg_catalog.quote_ident(embeddings.vector_schema()) || ', pg_temp', true);
 CREATE FUNCTION embeddings.hybrid_search(source regclass, query text, query_embedding halfvec, k integer DEFAULT 10,
                                          filter jsonb DEFAULT NULL, embedding_column name DEFAULT NULL,
                                          rrf_k double precision DEFAULT 60, vector_weight double precision DEFAULT 1,
-                                         text_weight double precision DEFAULT 2, depth integer DEFAULT 100,
-                                         text_match text DEFAULT 'all')
+                                         text_weight double precision DEFAULT NULL, depth integer DEFAULT 100,
+                                         text_match text DEFAULT 'any', fusion text DEFAULT 'convex')
 RETURNS TABLE (key jsonb, score double precision, content text, seq integer, distance double precision,
                vector_rank integer, text_rank integer, start_offset integer, end_offset integer,
                headings text[], page integer)
@@ -222,6 +245,13 @@ DECLARE
     t embeddings.targets := embeddings.search_target(source, embedding_column);
     by_vector jsonb;
     by_text jsonb;
+    every_word jsonb := '[]';
+    n integer := greatest(depth, k);
+    convex boolean := fusion = 'convex';
+    text_w double precision := coalesce(text_weight, CASE WHEN fusion = 'convex' THEN 0.2 ELSE 2 END);
+    vector_floor double precision := 0;
+    text_floor double precision := 0;
+    prefix text := 'embeddings_' || t.id;
 BEGIN
     IF t.fts_config IS NULL THEN
         RAISE EXCEPTION '% has no full-text search for hybrid search', source
@@ -229,7 +259,7 @@ BEGIN
                   HINT = format('SELECT embeddings.enable_fts(%L, ''english'');', source::text);
     END IF;
     IF k IS NULL OR k < 1 OR depth IS NULL OR depth < 1 OR rrf_k IS NULL OR rrf_k < 0
-       OR vector_weight IS NULL OR vector_weight < 0 OR text_weight IS NULL OR text_weight < 0 THEN
+       OR vector_weight IS NULL OR vector_weight < 0 OR text_w < 0 THEN
         RAISE EXCEPTION 'embeddings.hybrid_search: k and depth must be at least 1, rrf_k and the weights at least 0'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
@@ -237,14 +267,42 @@ BEGIN
         RAISE EXCEPTION 'embeddings.hybrid_search: text_match is ''all'' (every word) or ''any'' (any word), not %', coalesce(quote_literal(text_match), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    IF fusion IS NULL OR fusion NOT IN ('convex', 'rrf') THEN
+        RAISE EXCEPTION 'embeddings.hybrid_search: fusion is ''convex'' (weighted scores) or ''rrf'' (reciprocal ranks), not %', coalesce(quote_literal(fusion), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.distance, r.key), '[]') INTO by_vector
-    FROM embeddings.search(source, query_embedding, greatest(depth, k), filter, t.embedding_column) r;
+    FROM embeddings.search(source, query_embedding, n, filter, t.embedding_column) r;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     EXECUTE format('SELECT embeddings.%I($1, $2, $3)',
-                   'embeddings_' || t.id || CASE text_match WHEN 'any' THEN '_bm25_ranking' ELSE '_text_ranking' END)
-        INTO by_text USING query, filter, greatest(depth, k);
+                   prefix || CASE text_match WHEN 'any' THEN '_bm25_ranking' ELSE '_text_ranking' END)
+        INTO by_text USING query, filter, n;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
+    IF convex THEN
+        -- The figures of a document a ranking left out (above): the vector ranking's least
+        -- similarity; the full-text ranking's least score when it was cut, else 0.
+        vector_floor := coalesce(1 - (by_vector->-1->>'distance')::double precision, 0);
+        IF jsonb_array_length(by_text) >= n THEN
+            text_floor := coalesce((by_text->-1->>'text_score')::double precision, 0);
+        END IF;
+        -- The documents holding every word, when at most 10 do (11 asked for, to tell); none
+        -- when none holds any (a question of stop words has no words to hold).
+        IF text_match = 'any' AND text_w > 0 AND jsonb_array_length(by_text) > 0 THEN
+            EXECUTE format('SELECT embeddings.%I($1, $2, 11)', prefix || '_text_ranking')
+                INTO every_word USING query, filter;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
+            IF jsonb_array_length(every_word) > 10 THEN
+                every_word := '[]';
+            END IF;
+        END IF;
+    END IF;
     RETURN QUERY
         SELECT coalesce(v.value->'key', x.value->'key'),
-               coalesce(vector_weight / (rrf_k + v.i), 0) + coalesce(text_weight / (rrf_k + x.i), 0),
+               CASE WHEN convex
+                    THEN vector_weight * coalesce(1 - (v.value->>'distance')::double precision, vector_floor)
+                         + text_w * (coalesce((x.value->>'text_score')::double precision, text_floor)
+                                     + CASE WHEN e.key IS NOT NULL THEN 2.5 ELSE 0 END)
+                    ELSE coalesce(vector_weight / (rrf_k + v.i), 0) + coalesce(text_w / (rrf_k + x.i), 0) END,
                coalesce(v.value->>'content', x.value->>'content'),
                coalesce(v.value->>'seq', x.value->>'seq')::integer,
                (v.value->>'distance')::double precision,
@@ -256,7 +314,10 @@ BEGIN
                (coalesce(v.value, x.value)->>'page')::integer
         FROM jsonb_array_elements(by_vector) WITH ORDINALITY AS v(value, i)
         FULL JOIN jsonb_array_elements(by_text) WITH ORDINALITY AS x(value, i) ON v.value->'key' = x.value->'key'
+        LEFT JOIN (SELECT DISTINCT w.value->'key' AS key FROM jsonb_array_elements(every_word) w) e
+               ON e.key = coalesce(v.value->'key', x.value->'key')
         ORDER BY 2 DESC, least(v.i, x.i), 1
         LIMIT k;
 END
 $$;
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);

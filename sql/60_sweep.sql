@@ -15,7 +15,7 @@ CREATE TABLE IF NOT EXISTS embeddings.sweep_cursors (
 -- Row keys (JSON form) of target t that need no sweeping: queued in either message shape (in
 -- either lane, or in the inbox), or dead-lettered (those wait for `failures --retry`).
 CREATE FUNCTION embeddings.pending_keys(t embeddings.targets) RETURNS TABLE (k jsonb)
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rel_schema name;
     rel_name name;
@@ -152,7 +152,7 @@ CREATE FUNCTION embeddings.schedule_sweep(
     archive_retention interval DEFAULT '7 days',
     verify boolean DEFAULT false
 ) RETURNS bigint
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF to_regclass('cron.job') IS NULL THEN
         RAISE EXCEPTION 'pg_cron is not installed in this database'
@@ -166,7 +166,7 @@ END
 $$;
 
 CREATE FUNCTION embeddings.unschedule_sweep() RETURNS boolean
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF to_regclass('cron.job') IS NULL THEN
         RETURN false;  -- (a separate IF: cron.job must not be planned where it does not exist)

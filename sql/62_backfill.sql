@@ -60,7 +60,7 @@ REVOKE ALL ON FUNCTION embeddings.send_backfill(integer, jsonb[]) FROM PUBLIC;
 -- jobs go, 'change' for a model change (44_changes.sql).
 CREATE FUNCTION embeddings.start_backfill(t embeddings.targets, every_row boolean, lane text DEFAULT 'backfill')
 RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     INSERT INTO embeddings.backfills AS b (target_id, every_row, lane)
     VALUES (t.id, every_row, lane)
@@ -154,7 +154,7 @@ $$;
 -- keys_per_message() keys). Steps that are not watch()'s own wait until it does not, so that the
 -- lane holds a step or two, never the table. Reads at most that many messages.
 CREATE FUNCTION embeddings.backfill_lane_full(queue text, max_keys integer) RETURNS boolean
-LANGUAGE plpgsql STABLE AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     lane_full boolean;
 BEGIN
@@ -246,7 +246,7 @@ RETURN 100000;
 -- The name and the statement of target t's deferred index (on its table, or its side table:
 -- sql/56_side.sql).
 CREATE FUNCTION embeddings.deferred_index_name(t embeddings.targets) RETURNS name
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT (left(c.relname, 40) || '_' || left(t.embedding_column, 16) || '_hnsw')::name
     FROM pg_class c WHERE c.oid = coalesce(t.side_table, t.source)
 $$;
@@ -254,7 +254,7 @@ $$;
 -- Keys of target t waiting in either lane of its queue (in flight included):
 -- embeddings.queue_pending()'s groups of t (50_status.sql).
 CREATE FUNCTION embeddings.pending_count(t embeddings.targets, OUT pending_jobs bigint, OUT oldest_pending_seconds double precision)
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(sum(g.keys), 0)::bigint, extract(epoch FROM clock_timestamp() - min(g.oldest))::double precision
     FROM (SELECT * FROM embeddings.queue_pending(t.queue)
           UNION ALL
@@ -271,7 +271,7 @@ $$;
 -- becomes valid with the last one.
 CREATE FUNCTION embeddings.deferred_index_ready(queue text)
 RETURNS TABLE (target_id integer, cleanup text, statements text[])
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT t.id,
            (SELECT format('DROP INDEX CONCURRENTLY %I.%I', ns.nspname, ic.relname)
             FROM pg_class ic JOIN pg_index i ON i.indexrelid = ic.oid

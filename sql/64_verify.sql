@@ -53,7 +53,7 @@ REVOKE SELECT ON embeddings.verify_cursors FROM PUBLIC;
 -- chunking. A re-registration with another content source or model changes it, so every
 -- vector of the old definition stops matching.
 CREATE FUNCTION embeddings.definition_tag(t embeddings.targets, model text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.md5(concat_ws('|', 'v1', t.content_attnum, t.content_function::oid, model,
                                     t.chunk_tokens, t.chunk_overlap))
 $$;
@@ -62,7 +62,7 @@ $$;
 -- where installed), else NULL. Read through the row's JSON so that this file installs with or
 -- without that column.
 CREATE FUNCTION embeddings.side_table_of(t embeddings.targets) RETURNS regclass
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT (pg_catalog.to_jsonb(t) ->> 'side_table')::regclass
 $$;
 
@@ -95,7 +95,7 @@ $$;
 -- its built-in type's input function (a domain: its base type) and given to to_jsonb(), as the
 -- triggers do; a user type's part stays the JSON string of its text.
 CREATE FUNCTION embeddings.key_json_from_text_sql(t embeddings.targets, expr text) RETURNS text
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN cardinality(t.key_types) = 1
                 THEN part.sql[1]
                 ELSE format('pg_catalog.jsonb_build_array(%s)', array_to_string(part.sql, ', ')) END
@@ -197,7 +197,7 @@ DECLARE
     key_order text := (SELECT string_agg(format('t.%I', c), ', ' ORDER BY i)
                        FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
     after_sql text := embeddings.key_after_sql(t, 't', ARRAY(
-        SELECT format(CASE WHEN nkeys = 1 THEN '($1 #>> ''{}'')::%2$s' ELSE '($1 ->> %1$s)::%2$s' END, i - 1, types[i])
+        SELECT format(CASE WHEN nkeys = 1 THEN '($1 OPERATOR(pg_catalog.#>>) ''{}'')::%2$s' ELSE '($1 OPERATOR(pg_catalog.->>) %1$s)::%2$s' END, i - 1, types[i])
         FROM generate_series(1, nkeys) i ORDER BY i));
     -- Where the vectors are: the row itself, or the chunk table or side table (keyed by the
     -- source's key columns, same names).

@@ -14,7 +14,7 @@ CREATE FUNCTION embeddings.dispatch_batches(
     timeout_seconds integer DEFAULT 300,
     queue text DEFAULT 'embedding_jobs'
 ) RETURNS SETOF jsonb
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     wanted integer := batch_size * max_requests;
     live jsonb[];
@@ -50,7 +50,7 @@ CREATE FUNCTION embeddings.dispatch(
     timeout_seconds integer DEFAULT 300,
     queue text DEFAULT 'embedding_jobs'
 ) RETURNS integer
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     body jsonb;
     requests integer := 0;

@@ -30,7 +30,7 @@ $$;
 -- what they write is what operators read (queues, deferrals, provenance, backfills, model
 -- changes). Postgres checks EXECUTE against the real caller (docs/security.md).
 CREATE FUNCTION embeddings.worker_functions() RETURNS regprocedure[]
-LANGUAGE sql STABLE AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ARRAY[
         'embeddings.lock_target(integer)',
         'embeddings.lock_target_version(integer)',
@@ -56,7 +56,7 @@ $$;
 -- and its functions (sql/32_access.sql; generate_access() grants those of targets watched or
 -- regenerated later itself).
 CREATE FUNCTION embeddings.grant_worker_target(role_name name, t embeddings.targets) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn regprocedure;
 BEGIN
@@ -73,7 +73,7 @@ END
 $$;
 
 CREATE FUNCTION embeddings.grant_worker_queue(role_name name, queue_name text) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON pgmq.%I TO %I',
                    pgmq.format_table_name(queue_name, 'q'), role_name);
@@ -83,7 +83,7 @@ END
 $$;
 
 CREATE FUNCTION embeddings.grant_worker(role_name name) RETURNS void
-LANGUAGE plpgsql AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
     q embeddings.queues;

@@ -26,6 +26,7 @@ from worker.secret import Secret
 
 _LISTEN = ("auto", "true", "false")  # EMBED_LISTEN: still accepted, no longer used
 QUEUE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,46}$")  # what pgmq accepts as a table suffix
+MIN_PARSE_MEMORY_MB = 16
 
 
 @dataclass(frozen=True)
@@ -58,6 +59,14 @@ class Settings:
     max_document_bytes: int = field(
         default=16_777_216, metadata={"env": "EMBED_MAX_DOCUMENT_BYTES"}
     )
+    # Documents are parsed in processes of their own (worker/pipeline/parsing/), each parse
+    # within a wall time, CPU time (both also bounded by the input's size) and memory budget.
+    parse_timeout_seconds: float = field(
+        default=30.0, metadata={"env": "EMBED_PARSE_TIMEOUT_SECONDS"}
+    )
+    parse_cpu_seconds: int = field(default=20, metadata={"env": "EMBED_PARSE_CPU_SECONDS"})
+    parse_memory_mb: int = field(default=96, metadata={"env": "EMBED_PARSE_MEMORY_MB"})
+    parse_processes: int = field(default=1, metadata={"env": "EMBED_PARSE_PROCESSES"})
     # `doctor` warns when a watched table's last verifying pass (sweep(verify => true)) finished
     # longer ago than this, or never: 8 days, a weekly pass with a day to finish.
     verify_max_age_seconds: float = field(
@@ -72,11 +81,19 @@ class Settings:
     http_host: str = field(default="127.0.0.1", metadata={"env": "EMBED_HTTP_HOST"})
     http_token: str | None = field(default=None, metadata={"env": "EMBED_HTTP_TOKEN"})
     http_max_body: int = field(default=1_048_576, metadata={"env": "EMBED_HTTP_MAX_BODY"})
-    # Seconds a connection may stay silent (slow-loris), and connections served at once.
+    # Seconds a connection may stay silent (slow-loris), and requests served at once.
     http_timeout_seconds: float = field(
         default=30.0, metadata={"env": "EMBED_HTTP_TIMEOUT_SECONDS"}
     )
     http_max_connections: int = field(default=16, metadata={"env": "EMBED_HTTP_MAX_CONNECTIONS"})
+    # Seconds a request line and headers may take in all, from their first byte (a head sent a
+    # byte at a time); connections waiting for a request at once (idle or mid-head).
+    http_head_timeout_seconds: float = field(
+        default=10.0, metadata={"env": "EMBED_HTTP_HEAD_TIMEOUT_SECONDS"}
+    )
+    http_max_waiting_connections: int = field(
+        default=256, metadata={"env": "EMBED_HTTP_MAX_WAITING_CONNECTIONS"}
+    )
     # POST routes on a non-loopback address without EMBED_HTTP_TOKEN need this explicit yes.
     http_allow_unauthenticated: bool = field(
         default=False, metadata={"env": "EMBED_HTTP_ALLOW_UNAUTHENTICATED"}
@@ -175,10 +192,13 @@ class Settings:
             ("vt_seconds", 1),
             ("max_attempts", 1),
             ("http_max_connections", 1),
+            ("http_max_waiting_connections", 1),
             ("threads", 1),
             ("piece_tokens", 1),
             ("grace_seconds", 0),
             ("max_document_bytes", 0),  # 0: no ceiling
+            ("parse_cpu_seconds", 1),
+            ("parse_processes", 1),
         ):
             value = getattr(self, name)
             if value is not None and value < lowest:
@@ -190,10 +210,17 @@ class Settings:
             "backoff_max_seconds",
             "poll_seconds",
             "http_timeout_seconds",
+            "http_head_timeout_seconds",
             "verify_max_age_seconds",
+            "parse_timeout_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise fail(name, "must be positive")
+        if self.parse_memory_mb < MIN_PARSE_MEMORY_MB:
+            raise fail(
+                "parse_memory_mb",
+                f"must be at least {MIN_PARSE_MEMORY_MB} (a parse process's libraries need it)",
+            )
         for name, lowest, hint in (
             ("http_port", 0, " (0 picks a free one)"),
             ("devdb_port", 1, ""),

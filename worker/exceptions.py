@@ -90,3 +90,13 @@ class DocumentError(EmbedWorkerError):
 
 class DocumentTooLarge(DocumentError):
     """The text extracted from a document is over EMBED_MAX_DOCUMENT_BYTES."""
+
+
+class ParseFailed(EmbedWorkerError):
+    """A document's parse ran past its budget (wall time, CPU, memory) or its process crashed
+    (worker/pipeline/parsing/). Unlike a DocumentError it may be the machine's load: the row
+    fails this attempt, and is retried, then dead-lettered, as any row is."""
+
+    def __init__(self, cause: str, message: str) -> None:
+        super().__init__(message)
+        self.cause = cause  # 'time', 'cpu', 'memory' or 'crash' (the metric's label)

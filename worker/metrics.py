@@ -213,7 +213,54 @@ PROVIDER_CIRCUIT_OPEN = Gauge(
     registry=REGISTRY,
 )
 
+# Documents are parsed in processes of their own (worker/pipeline/parsing/), within budgets.
+PARSE_FAILURE_CAUSES = (
+    "time",  # past its wall-time budget (EMBED_PARSE_TIMEOUT_SECONDS): killed
+    "cpu",  # past its CPU budget (EMBED_PARSE_CPU_SECONDS)
+    "memory",  # past its memory budget (EMBED_PARSE_MEMORY_MB)
+    "crash",  # the parse process died (a signal, an exit)
+    "unreadable",  # not a document we can read: corrupt, encrypted, unknown format, bad UTF-8
+    "too_large",  # its text is over EMBED_MAX_DOCUMENT_BYTES
+)
+PARSE_FAILURES = Counter(
+    "embed_worker_parse_failures",
+    "Documents whose parse failed, by cause: time, cpu, memory (a budget: the row is retried, "
+    "then dead-lettered), crash (likewise), unreadable, too_large (the row fails for good)",
+    ["cause"],
+    registry=REGISTRY,
+)
+PARSE_SECONDS = Histogram(
+    "embed_worker_parse_duration_seconds",
+    "Wall time of each document's parse in a parse process, done or failed",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60),
+    registry=REGISTRY,
+)
+
+# The HTTP side (worker/http/front.py): what it did to keep connections that send no request, or
+# more requests than it serves at once, from keeping out the others.
+HTTP_CLOSE_REASONS = (
+    "busy",  # a request refused 503: every slot (or probe place) taken
+    "head_timeout",  # a request line and headers not received in time: 408
+    "evicted",  # a connection waiting for a request, closed to make room for a new one
+)
+HTTP_CLOSED = Counter(
+    "embed_worker_http_connections_closed",
+    "HTTP connections the server closed to protect the others, by reason: busy (a request "
+    "refused 503, no slot free), head_timeout (its request line and headers not received "
+    "in time: 408), evicted (waiting for a request when a new connection needed room)",
+    ["reason"],
+    registry=REGISTRY,
+)
+HTTP_WAITING = Gauge(
+    "embed_worker_http_waiting_connections",
+    "HTTP connections open without a request being served (idle keep-alive ones, heads still "
+    "arriving); at most EMBED_HTTP_MAX_WAITING_CONNECTIONS",
+    registry=REGISTRY,
+)
+
 # Series exist from the start (at zero), so dashboards and alerts see them before any work.
+for _reason in HTTP_CLOSE_REASONS:
+    HTTP_CLOSED.labels(_reason)
 for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
 for _outcome in JOB_OUTCOMES:
@@ -221,6 +268,8 @@ for _outcome in JOB_OUTCOMES:
 for _lane in LANES:
     LANE_JOBS.labels(_lane)
     LANE_OLDEST.labels(_lane)
+for _cause in PARSE_FAILURE_CAUSES:
+    PARSE_FAILURES.labels(_cause)
 
 # Enumerated labels, by exported metric name: what docs/operating.md must list.
 ENUMERATED_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -230,7 +279,9 @@ ENUMERATED_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "embed_worker_lane_jobs": {"lane": LANES},
     "embed_worker_lane_oldest_job_age_seconds": {"lane": LANES},
     "embed_worker_target_stopped": {"state": STOPPED_STATES},
+    "embed_worker_http_connections_closed_total": {"reason": HTTP_CLOSE_REASONS},
     "embed_worker_provider_requests_total": {"outcome": PROVIDER_OUTCOMES},
+    "embed_worker_parse_failures_total": {"cause": PARSE_FAILURE_CAUSES},
 }
 
 

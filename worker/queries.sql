@@ -326,13 +326,14 @@ FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::inte
               %(pages)s::integer[]);
 
 -- name: search_target
--- Table %(table)s as the search path finds it (or target %(target)s's table), and its targets
+-- Table %(table)s as the caller's own sessions find it (sql/15_names.sql: relation_named), or
+-- target %(target)s's table, and its targets
 -- (of its embedding column %(column)s, when given), in load_targets' columns: one row per
 -- target; one row of NULLs after the table's oid when it is not watched; none when there is no
 -- such table. A search resolves its target in this one statement (worker/retrieval/targets.py).
 -- ours: touches only our tables and the catalog, runs no one else's code
 WITH source AS (
-    SELECT coalesce(to_regclass(%(table)s)::oid,
+    SELECT coalesce(embeddings.relation_named(%(table)s)::oid,
                     (SELECT t.source::oid FROM embeddings.targets t WHERE t.id = %(target)s::integer)) AS oid
 )
 SELECT source.oid AS source, found.*
@@ -363,9 +364,10 @@ FROM embeddings.search((SELECT t.source FROM embeddings.targets t WHERE t.id = %
                        %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name);
 
 -- name: hybrid_search
--- The %(k)s documents best by reciprocal rank fusion of the vector ranking of %(query)s and
--- the full-text ranking of %(text)s, fused as %(rrf_k)s, %(vector_weight)s, %(text_weight)s and
--- %(depth)s say: embeddings.hybrid_search() (sql/59_hybrid.sql).
+-- The %(k)s documents best by the fusion of the vector ranking of %(query)s and the full-text
+-- ranking of %(text)s, tuned as %(fusion)s, %(rrf_k)s, %(vector_weight)s, %(text_weight)s (NULL:
+-- the fusion's default), %(depth)s and %(text_match)s say: embeddings.hybrid_search()
+-- (sql/59_hybrid.sql).
 SELECT key, score, content, seq, distance, vector_rank, text_rank, start_offset, end_offset, headings, page
 FROM embeddings.hybrid_search((SELECT t.source FROM embeddings.targets t WHERE t.id = %(target)s),
                               %(text)s, %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name,
@@ -373,7 +375,8 @@ FROM embeddings.hybrid_search((SELECT t.source FROM embeddings.targets t WHERE t
                               vector_weight => %(vector_weight)s::double precision,
                               text_weight => %(text_weight)s::double precision,
                               depth => %(depth)s::integer,
-                              text_match => %(text_match)s::text);
+                              text_match => %(text_match)s::text,
+                              fusion => %(fusion)s::text);
 
 -- name: document_progress
 -- Long documents of a target in progress or over the ceiling (embeddings.documents): what a
@@ -660,11 +663,14 @@ DISCARD SEQUENCES;
 -- name: session_reset
 -- Every connection's first statement (db.connect), and again after anyone else's code may have
 -- run in the session (worker/session_guard.py): every setting back to what the role and the
--- database give it (RESET ALL), then ours. The search path: the role's, with pg_catalog first
--- (a schema named before it in the path, as `evil, pg_catalog`, would otherwise win for every
--- function and operator our statements leave unqualified) and pg_temp last (it is never searched
--- for functions or operators then); table names the user gives (`search docs`) still resolve as
--- they do in the user's sessions. The formats psycopg reads dates, timestamps and intervals in: a database or
+-- database give it (RESET ALL), then ours. The search path: pg_catalog, then pg_temp (which is
+-- never searched for functions or operators when named last), and nothing else: not the role's
+-- "$user" or `public`, where a tenant may create a schema named after our role, or CREATE, and
+-- plant an exact-type overload (`make_interval(secs smallint)`, `unnest(text[])`) that Postgres
+-- would prefer to pg_catalog's polymorphic or cast-needing one. What is not pg_catalog's is
+-- schema-qualified (tests/unit/test_qualified_names.py); table names the user gives (`search
+-- docs`) are looked up as the user's own sessions find them (sql/15_names.sql:
+-- relation_named). The formats psycopg reads dates, timestamps and intervals in: a database or
 -- role whose DateStyle is not ISO (`ALTER DATABASE ... SET DateStyle = 'German'`), or
 -- PGDATESTYLE, would otherwise make every timestamptz the worker reads (a queue message's,
 -- status's) an error. `ISO` alone keeps the session's day/month order, which only parses input.
@@ -673,10 +679,17 @@ DISCARD SEQUENCES;
 -- serves us. Content is evaluated under these same formats in every session (sql/32_access.sql:
 -- content_settings_sql), so what the worker embeds and what the verifying sweep checks agree.
 RESET ALL;
-SELECT pg_catalog.set_config('search_path', pg_catalog.concat_ws(', ', 'pg_catalog',
-           NULLIF(pg_catalog.current_setting('search_path'), ''), 'pg_temp'), false),
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
        pg_catalog.set_config('DateStyle', 'ISO', false),
        pg_catalog.set_config('IntervalStyle', 'postgres', false);
+
+-- name: installer_path
+-- `migrate`'s transaction (migrations/env.py), before anything of sql/ or a revision runs, and
+-- each file of sql/ wherever it is run (schema.run_files): the search path of our sessions
+-- (session_reset), so that nothing a tenant created in a schema named after the migrating role,
+-- or in `public`, is called by the installer. Everything of ours is schema-qualified; pgvector,
+-- when missing, is created in `public` (sql/00_extensions.sql).
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- name: list_failures
 -- The dead-lettered jobs, oldest first.
@@ -734,7 +747,7 @@ FROM embeddings.models WHERE name = %(model)s;
 -- name: plan_targets
 -- `plan`: the watched columns of a table (one, when %(column)s names it).
 SELECT id, model, content_column, embedding_column FROM embeddings.targets
-WHERE source = to_regclass(%(table)s) AND (%(column)s::name IS NULL OR embedding_column = %(column)s::name)
+WHERE source = embeddings.relation_named(%(table)s) AND (%(column)s::name IS NULL OR embedding_column = %(column)s::name)
 ORDER BY id;
 
 -- name: plan_target_rows
@@ -742,25 +755,25 @@ ORDER BY id;
 SELECT total_rows, embedded_rows FROM embeddings.target_status(true) WHERE target_id = %(target_id)s;
 
 -- name: plan_relation
--- `plan`: table %(table)s as the caller's search path finds it: its name as Postgres quotes it,
+-- `plan`: table %(table)s as the caller's own sessions find it (relation_named): its name as Postgres quotes it,
 -- its kind (pg_class.relkind) and its row type's name; no row when there is none.
 SELECT c.oid::pg_catalog.regclass::pg_catalog.text, c.relkind::pg_catalog.text,
        pg_catalog.format('%%I.%%I', n.nspname, c.relname)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = pg_catalog.to_regclass(%(table)s::pg_catalog.text);
+WHERE c.oid = embeddings.relation_named(%(table)s::pg_catalog.text);
 
 -- name: plan_content_column
 -- `plan`: column %(column)s of table %(table)s, from the catalog: its type, and whether that
 -- type is of the string category watch() takes for a content column (sql/40_watch.sql).
 SELECT pg_catalog.format_type(a.atttypid, a.atttypmod), t.typcategory OPERATOR(pg_catalog.=) 'S'
 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-WHERE a.attrelid = pg_catalog.to_regclass(%(table)s::pg_catalog.text)
+WHERE a.attrelid = embeddings.relation_named(%(table)s::pg_catalog.text)
   AND a.attname = %(column)s::pg_catalog.name AND a.attnum > 0 AND NOT a.attisdropped;
 
 -- name: plan_content_function
 -- `plan`: the content function %(function)s of the row type %(row_type)s names, as watch()
 -- finds it (sql/40_watch.sql): looked up, not called. NULL when there is none.
-SELECT pg_catalog.to_regprocedure(pg_catalog.format('%%s(%%s)', %(function)s::pg_catalog.text,
+SELECT embeddings.function_named(pg_catalog.format('%%s(%%s)', %(function)s::pg_catalog.text,
                                                     %(row_type)s::pg_catalog.text))::pg_catalog.text;
 
 -- name: plan_estimated_rows
@@ -779,7 +792,7 @@ FROM (SELECT CASE WHEN c.reltuples >= 0 AND c.relpages > 0
                        + pg_catalog.pg_stat_get_analyze_count(c.oid) + pg_catalog.pg_stat_get_autoanalyze_count(c.oid) > 0
                   THEN pg_catalog.pg_stat_get_live_tuples(c.oid)::float8
                   WHEN pg_catalog.pg_relation_size(c.oid) = 0 THEN 0 END AS n
-      FROM embeddings.leaf_relations(pg_catalog.to_regclass(%(table)s::pg_catalog.text)) l
+      FROM embeddings.leaf_relations(embeddings.relation_named(%(table)s::pg_catalog.text)) l
       JOIN pg_catalog.pg_class c ON c.oid = l) e;
 
 -- name: plan_column_width
@@ -793,11 +806,11 @@ WITH own AS (
     FROM pg_catalog.pg_stats s
     JOIN pg_catalog.pg_class c ON c.relname = s.tablename
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname
-    WHERE c.oid = pg_catalog.to_regclass(%(table)s::pg_catalog.text) AND s.attname = %(column)s::pg_catalog.name
+    WHERE c.oid = embeddings.relation_named(%(table)s::pg_catalog.text) AND s.attname = %(column)s::pg_catalog.name
     ORDER BY s.inherited DESC LIMIT 1
 ), leaves AS (
     SELECT pg_catalog.sum(s.avg_width * greatest(c.reltuples, 1)) / pg_catalog.sum(greatest(c.reltuples, 1)) AS width
-    FROM embeddings.leaf_relations(pg_catalog.to_regclass(%(table)s::pg_catalog.text)) l
+    FROM embeddings.leaf_relations(embeddings.relation_named(%(table)s::pg_catalog.text)) l
     JOIN pg_catalog.pg_class c ON c.oid = l
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_catalog.pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname

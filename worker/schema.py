@@ -76,10 +76,15 @@ def ensure_pgmq(conn: Connection) -> None:
 
 
 def run_files(conn: Connection, files: list[Path]) -> None:
+    """Runs each file, as written, after the installer's search path (installer_path): in one
+    exchange, whose statements share one transaction (the caller's, or an implicit one), so
+    whoever calls this runs sql/ and what it calls (pgmq's functions, which set no path) with
+    pg_catalog only."""
+    pinned = queries.get("installer_path").encode() + b";\n"
     for path in files:
         logger.debug("running %s", path.name)
         # Bytes: the files are run as written, with no client-side parameter parsing of `%`.
-        conn.execute(path.read_bytes())
+        conn.execute(pinned + path.read_bytes())
 
 
 def install(conn: Connection) -> None:
@@ -155,6 +160,12 @@ def _require_head(what: str) -> None:
         )
 
 
+def use_installer_path(conn: Connection) -> None:
+    """The search path of `migrate`'s transaction, before anything of sql/ or a revision runs:
+    pg_catalog only, as in our other sessions (queries.sql: installer_path)."""
+    conn.execute(queries.get("installer_path"))
+
+
 def revision_connection() -> Connection:
     """The psycopg connection under the Alembic operation context (inside a revision)."""
     from alembic import op
@@ -183,7 +194,7 @@ def downgrade_revision(name: str) -> None:
 
 def uninstall(conn: Connection) -> None:
     """Removes the schema installed by `install` (user data stays)."""
-    conn.execute((schema_files.sql_dir() / "uninstall.sql").read_bytes())
+    run_files(conn, [schema_files.sql_dir() / "uninstall.sql"])
 
 
 def restamp_squashed(conn: Connection) -> str | None:

@@ -11,8 +11,8 @@ unqualified `clock_timestamp()` the owner's function, run as us; a statement_tim
 So every connection db.connect() opens is a GuardedConnection: before any statement that
 follows one which may have run someone else's code, it resets the session (RESET ALL: every
 setting back to what the role and database give it at connect) and pins our own settings
-(`session_reset` in queries.sql: the role's search path with pg_catalog first and pg_temp
-last, the date and interval formats psycopg reads). A statement "may have run someone else's
+(`session_reset` in queries.sql: the search path `pg_catalog, pg_temp`, where only the installer
+creates, and the date and interval formats psycopg reads). A statement "may have run someone else's
 code" unless it is one of ours that says it runs none (`-- ours:` in its queries.sql header):
 the default is distrust, so a new statement is safe before it is fast. A transaction or
 savepoint that rolls back undoes the resets made in it, so it leaves the session distrusted

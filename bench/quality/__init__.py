@@ -1,5 +1,5 @@
 """Retrieval quality: recall@10 and nDCG@10 of full-text, vector and hybrid search over the
-standard library's documentation (`python -m bench --only quality`, docs/performance.md).
+standard library's documentation (`python -m bench --only quality`, docs/retrieval-quality.md).
 
 stdlib     the corpus: documented objects as rows, module pages to split into chunks
 generate   writes exact.json: exact-term queries from the source's structure

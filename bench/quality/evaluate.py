@@ -84,13 +84,17 @@ def default_retrievers() -> list[Retriever]:
         Fusion(any_split, vector, name="hybrid_rrf_any_split"),
         RankFusion(bm25, vector, name="hybrid_rrf_bm25"),
         SqlFunction.named(hybrid),
-        SqlFunction.named(hybrid, "text_match => 'any'"),
-        # The product's BM25 ranking alone (sql/59_bm25.sql): the fusion without the vector's.
-        SqlFunction.named(hybrid, "vector_weight => 0, text_match => 'any'", text_only=True),
-        # The full-text ranking's weight around the default's, 2 (1: the default before).
-        SqlFunction.named(hybrid, "text_weight => 1"),
-        SqlFunction.named(hybrid, "text_weight => 1.5"),
-        SqlFunction.named(hybrid, "text_weight => 3"),
+        # The defaults until 0.3.0: every word, reciprocal rank fusion (text_weight 2).
+        SqlFunction.named(hybrid, "fusion => 'rrf', text_match => 'all'"),
+        SqlFunction.named(hybrid, "fusion => 'rrf'"),
+        # The product's BM25 ranking alone (sql/59_bm25.sql): the fusion without the vector's
+        # (by places: with vector_weight 0 every other document scores 0).
+        SqlFunction.named(
+            hybrid, "vector_weight => 0, text_match => 'any', fusion => 'rrf'", text_only=True
+        ),
+        # The full-text ranking's weight around the default's, 0.2 (docs/retrieval-quality.md).
+        SqlFunction.named(hybrid, "text_weight => 0.15"),
+        SqlFunction.named(hybrid, "text_weight => 0.3"),
     ]
 
 

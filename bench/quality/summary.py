@@ -162,9 +162,12 @@ LABELS = {
     "hybrid_rrf_split": "hybrid RRF (split full-text + vector)",
     "hybrid_rrf_any_split": "hybrid RRF (split any-term full-text + vector)",
     "hybrid_rrf_bm25": "hybrid RRF (plain BM25 + vector)",
-    HYBRID: f"**`{HYBRID}()`** (the default)",
-    f"{HYBRID}(text_match => 'any')": f"`{HYBRID}(text_match => 'any')` (BM25 + vector)",
-    f"{HYBRID}(vector_weight => 0, text_match => 'any').text_rank": (
+    HYBRID: f"**`{HYBRID}()`** (the defaults: any word by BM25, convex fusion)",
+    f"{HYBRID}(fusion => 'rrf', text_match => 'all')": (
+        f"`{HYBRID}(fusion => 'rrf', text_match => 'all')` (the defaults until 0.3.0)"
+    ),
+    f"{HYBRID}(fusion => 'rrf')": f"`{HYBRID}(fusion => 'rrf')` (BM25 + vector, RRF)",
+    f"{HYBRID}(vector_weight => 0, text_match => 'any', fusion => 'rrf').text_rank": (
         "BM25 any-word, the product's (`hybrid_search()`'s text ranking alone)"
     ),
 }
@@ -172,7 +175,7 @@ BASELINE = ("hybrid_rrf", ("fulltext", "vector"))
 
 
 def markdown(result: Mapping[str, Any]) -> str:
-    """The tables and verdicts of docs/performance.md's "Retrieval quality" section."""
+    """The tables and verdicts of docs/retrieval-quality.md's second part."""
     if not result:
         return ""
     k, machine, corpus_, queries = (

@@ -406,13 +406,18 @@ def test_post_routes_are_off_beyond_loopback_without_a_token(
 def test_slow_clients_are_cut_off_and_connections_bounded(
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
+    """The slots (EMBED_HTTP_MAX_CONNECTIONS) go to authenticated requests: two whose bodies
+    stall hold both, so a third is refused 503 with Retry-After while /healthz is still
+    answered; after EMBED_HTTP_TIMEOUT_SECONDS each stalled client gets 408 and is hung up on,
+    and the slots serve again. (Heads that stall hold no slot: test_http_heads.py.)"""
     worker = start_worker(
-        EMBED_HTTP_TOKEN=TOKEN, EMBED_HTTP_TIMEOUT_SECONDS="1", EMBED_HTTP_MAX_CONNECTIONS="2"
+        EMBED_HTTP_TOKEN=TOKEN, EMBED_HTTP_TIMEOUT_SECONDS="3", EMBED_HTTP_MAX_CONNECTIONS="2"
     )
     worker.wait_ready()
     assert worker.port is not None
     with contextlib.ExitStack() as open_sockets:
         stalled = _stall_every_slot(worker.port, 2, open_sockets)
+        assert worker.get("/healthz")[0] == 200
         for sock in stalled:  # after its timeout the server answers each stalled client, hangs up
             sock.settimeout(10)
             started = time.monotonic()
@@ -421,19 +426,24 @@ def test_slow_clients_are_cut_off_and_connections_bounded(
                 assert answer is not None and answer.status == 408
                 assert reader.read() == b""
             assert time.monotonic() - started < 5
-    wait_for(lambda: worker.get("/healthz")[0] == 200, timeout=10, what="served again")
+    wait_for(lambda: post(worker, "/embed", {"input": "x"})[0] == 200, 10, what="served again")
 
 
 def _stall_every_slot(
     port: int, slots: int, open_sockets: contextlib.ExitStack
 ) -> list[socket.socket]:
-    """Holds every slot with a client that sent half its headers; returns those clients.
-
-    A request that was just answered still holds its slot until its thread ends (the readiness
-    poll's, a probe's), so a stalled client can be refused with 503 in that moment. The server
-    answers a refused client before it accepts the next connection: once a probe is refused,
-    a stalled client with something to read was refused too, and the attempt starts over.
-    """
+    """Holds every slot with an authenticated POST whose body stops half-way; returns those
+    clients once another authenticated POST is refused 503 (a stalled client that already
+    timed out, on a slow machine, makes the attempt start over)."""
+    head = request(
+        "POST",
+        "/embed",
+        headers=[
+            ("Authorization", f"Bearer {TOKEN}"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", "100"),
+        ],
+    )
 
     def attempt() -> list[socket.socket] | None:
         clients = [
@@ -441,22 +451,29 @@ def _stall_every_slot(
             for _ in range(slots)
         ]
         for sock in clients:
-            sock.sendall(b"POST /embed HTTP/1.1\r\nHost: x\r\n")  # and then nothing more
-        wait_for(lambda: _busy(port), timeout=5, what="a connection past the slots refused")
-        readable, _, _ = select.select(clients, [], [], 0)
-        if not any(sock.recv(12, socket.MSG_PEEK) == b"HTTP/1.1 503" for sock in readable):
-            return clients  # (a 408 already, on a slow machine, is a held slot's answer)
+            sock.sendall(head + b'{"input": ')  # and then nothing more
+        refused = _refused(port)
+        if refused and not select.select(clients, [], [], 0)[0]:
+            return clients
         for sock in clients:
             sock.close()
         return None
 
-    clients = wait_for(attempt, timeout=15, what="every slot held by a stalled client")
+    clients = wait_for(attempt, timeout=30, what="every slot held by a stalled client")
     assert clients is not None
     return clients
 
 
-def _busy(port: int | None) -> bool:
-    assert port is not None
-    with socket.create_connection(("127.0.0.1", port), timeout=5) as sock:
-        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
-        return sock.recv(1024).startswith(b"HTTP/1.1 503")
+def _refused(port: int) -> bool:
+    """Whether an authenticated POST /embed is refused for want of a slot (503, Retry-After)."""
+    data = request(
+        "POST",
+        "/embed",
+        b'{"input": "x"}',
+        headers=[("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json")],
+    )
+    answers = exchange(port, data, timeout=10)
+    if [a.status for a in answers] != [503]:
+        return False
+    assert answers[0].headers["retry-after"] == "1" and "retry" in answers[0].error
+    return True

@@ -56,34 +56,49 @@ def reference(
     that have a vector and pass `where`: each candidate's (a row holding any of the query's
     lexemes) score, keyed by its `key` column. `rows`: the table's rows as ANALYZE estimated
     them (pg_class.reltuples, -1 before the first ANALYZE)."""
-    wanted = lexemes(conn, query)
-    docs: dict[Any, tuple[int, dict[str, int]]] = {}
-    for key, length, lexeme, tf in conn.execute(
-        f"SELECT key, length({fts}), x.lexeme, cardinality(x.positions)"
-        f" FROM {relation}, unnest({fts}) x WHERE embedding IS NOT NULL AND {where}"
-    ):
-        docs.setdefault(key, (length, {}))[1][lexeme] = tf
-    candidates = {
-        key: (length, {w: tf for w, tf in tfs.items() if w in wanted})
-        for key, (length, tfs) in docs.items()
-        if wanted & tfs.keys()
-    }
-    n = max(rows, len(candidates))
-    mean = sum(length for length, _ in candidates.values()) / max(len(candidates), 1)
-    df: dict[str, int] = {}
-    for _, tfs in candidates.values():
-        for w in tfs:
-            df[w] = df.get(w, 0) + 1
-    return {
-        key: sum(
-            math.log(1 + (n - df[w] + 0.5) / (df[w] + 0.5))
-            * tf
-            * (K1 + 1)
-            / (tf + K1 * (1 - B + B * length / mean))
-            for w, tf in tfs.items()
-        )
-        for key, (length, tfs) in candidates.items()
-    }
+    return Reference.of(conn, relation, fts, query, rows=rows, where=where).scores
+
+
+class Reference:
+    """The BM25 reference's figures: each candidate's score, the sum of the idf of the query's
+    lexemes the candidates hold (the convex fusion's divisor) and the candidates holding every
+    lexeme of the query."""
+
+    def __init__(self, scores: dict[Any, float], mass: float, every: set[Any]) -> None:
+        self.scores, self.mass, self.every = scores, mass, every
+
+    @classmethod
+    def of(
+        cls, conn: Conn, relation: str, fts: str, query: str, *, rows: float, where: str = "true"
+    ) -> Reference:
+        wanted = lexemes(conn, query)
+        docs: dict[Any, tuple[int, dict[str, int]]] = {}
+        for key, length, lexeme, tf in conn.execute(
+            f"SELECT key, length({fts}), x.lexeme, cardinality(x.positions)"
+            f" FROM {relation}, unnest({fts}) x WHERE embedding IS NOT NULL AND {where}"
+        ):
+            docs.setdefault(key, (length, {}))[1][lexeme] = tf
+        candidates = {
+            key: (length, {w: tf for w, tf in tfs.items() if w in wanted})
+            for key, (length, tfs) in docs.items()
+            if wanted & tfs.keys()
+        }
+        n = max(rows, len(candidates))
+        mean = sum(length for length, _ in candidates.values()) / max(len(candidates), 1)
+        df: dict[str, int] = {}
+        for _, tfs in candidates.values():
+            for w in tfs:
+                df[w] = df.get(w, 0) + 1
+        idf = {w: math.log(1 + (n - d + 0.5) / (d + 0.5)) for w, d in df.items()}
+        scores = {
+            key: sum(
+                idf[w] * tf * (K1 + 1) / (tf + K1 * (1 - B + B * length / mean))
+                for w, tf in tfs.items()
+            )
+            for key, (length, tfs) in candidates.items()
+        }
+        every = {key for key, (_, tfs) in candidates.items() if tfs.keys() == wanted}
+        return cls(scores, sum(idf.values()), every)
 
 
 def ranked(scores: dict[Any, float]) -> list[Any]:
@@ -153,24 +168,26 @@ class Items:
 
     def scores(self, query: str, *, where: str = "true") -> dict[Any, float]:
         """Each document's reference score: a chunked target's by its best chunk."""
+        return self.reference(query, where=where).scores
+
+    def reference(self, query: str, *, where: str = "true") -> Reference:
+        """The reference by document: a chunked target's scores by its best chunk, and the
+        documents one of whose chunks holds every lexeme."""
         fts = "fts" if self.store == "chunks" else "embedding_fts"
         if self.store == "row":
-            return reference(
-                self.conn,
-                "(SELECT id AS key, * FROM items) r",
-                fts,
-                query,
-                rows=self.rows(),
-                where=where,
-            )
+            relation = "(SELECT id AS key, * FROM items) r"
+            return Reference.of(self.conn, relation, fts, query, rows=self.rows(), where=where)
         key = "(x.id, x.seq)" if self.store == "chunks" else "x.id"
         relation = f"(SELECT {key} AS key, x.*, i.tenant FROM {self.store_table} x JOIN items i USING (id)) r"
-        scores = reference(self.conn, relation, fts, query, rows=self.rows(), where=where)
+        found = Reference.of(self.conn, relation, fts, query, rows=self.rows(), where=where)
+
+        def document(key: Any) -> Any:
+            return int(key[0]) if self.store == "chunks" else key
+
         best: dict[Any, float] = {}
-        for key, score in scores.items():
-            document = int(key[0]) if self.store == "chunks" else key
-            best[document] = max(best.get(document, 0.0), score)
-        return best
+        for key, score in found.scores.items():
+            best[document(key)] = max(best.get(document(key), 0.0), score)
+        return Reference(best, found.mass, {document(key) for key in found.every})
 
     def text_ranking(self, query: str, filter: dict[str, Any] | None = None) -> dict[Any, float]:
         """The target's BM25 ranking function's answer, in its order: key -> score."""
@@ -202,7 +219,7 @@ def test_any_word_ranks_by_bm25_as_written_out_here(items: Items) -> None:
     items.check(items.text_ranking(QUERY), expected)
 
     results = rankings.hybrid(
-        items.conn, items.target, QUERY, items.query, 10, fusion=Fusion(text_match="any")
+        items.conn, items.target, QUERY, items.query, 10, fusion=Fusion(fusion="rrf")
     )
     by_vector = list(range(1, len(BODIES) + 1))  # document i is the i-th nearest
     assert [r["key"] for r in results] == rrf([by_vector, ranked(expected)], weights=(1, 2))
@@ -309,14 +326,55 @@ def test_the_any_word_query_keeps_lexemes_as_they_are(conn: Conn) -> None:
     assert conn.execute("SELECT embeddings.any_lexeme_query(''::tsvector)").fetchone() == (None,)
 
 
-def test_text_match_defaults_to_every_word(conn: Conn, items: Items) -> None:
-    """The default (measured: docs/performance.md) is every word, as text_match => 'all'."""
-    assert Fusion().text_match == "all"
+def test_the_default_is_any_word_fused_by_score(conn: Conn, items: Items) -> None:
+    """The default (measured: docs/retrieval-quality.md) is any word and the convex fusion, as
+    text_match => 'any', fusion => 'convex'."""
+    assert (Fusion().text_match, Fusion().fusion) == ("any", "convex")
     statement = (
         "SELECT key, score, text_rank FROM embeddings.hybrid_search('items', %s, %s::halfvec, 5{})"
     )
     default = conn.execute(statement.format(""), ("directory tree", text(items.query))).fetchall()
-    every = conn.execute(
-        statement.format(", text_match => 'all'"), ("directory tree", text(items.query))
+    named = conn.execute(
+        statement.format(", text_match => 'any', fusion => 'convex', text_weight => 0.2"),
+        ("directory tree", text(items.query)),
     ).fetchall()
-    assert default == every and any(r[2] for r in default)
+    assert default == named and any(r[2] for r in default)
+
+
+@pytest.mark.parametrize(
+    ("question", "selective"),
+    [
+        (QUERY, False),  # no document holds every word
+        ("directory tree", True),  # two do: each gets the every-word bonus
+        ("file", True),  # one word: the six documents holding it hold every word
+        ("parse a folder of json", False),  # none holds all three words
+    ],
+)
+def test_the_convex_fusion_weighs_the_scores_as_written_out_here(
+    items: Items, question: str, selective: bool
+) -> None:
+    """score = vector_weight * (1 - distance) + text_weight * text_score, text_score the BM25
+    score over the sum of the idf of the query's lexemes the candidates hold, plus 2.5 for one
+    of at most 10 documents holding every lexeme (sql/59_hybrid.sql), for every store kind.
+    Every document is in both rankings' candidates here: no floor applies."""
+    items.analyze()
+    expected = items.reference(question)
+    assert (1 <= len(expected.every) <= 10) == selective
+    results = rankings.hybrid(
+        items.conn, items.target, question, items.query, 10, fusion=Fusion(vector_weight=0.5)
+    )
+    assert len(results) == len(BODIES)
+    reference = {
+        r["key"]: 0.5 * (1 - r["distance"])
+        + 0.2
+        * (
+            expected.scores.get(r["key"], 0.0) / expected.mass
+            + (2.5 if selective and r["key"] in expected.every else 0.0)
+        )
+        for r in results
+    }
+    for r in results:
+        assert r["score"] == pytest.approx(reference[r["key"]]), r["key"]
+    assert [r["key"] for r in results] == sorted(reference, key=lambda k: -reference[k])
+    if selective:  # the bonus lifts the documents holding every word above the others
+        assert {r["key"] for r in results[: len(expected.every)]} == expected.every

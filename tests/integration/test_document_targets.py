@@ -297,7 +297,7 @@ def test_a_document_over_the_ceiling_fails_alone_and_is_recorded(
 @pytest.mark.parametrize(
     ("arguments", "message"),
     [
-        ("'body'", "content column files.body is bytea: documents are chunked"),
+        ("'body'", "content column public.files.body is bytea: documents are chunked"),
         (
             "'name', chunk_tokens => 64, format => 'pdf'",
             "format => 'pdf' needs a bytea content column",

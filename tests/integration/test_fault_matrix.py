@@ -96,10 +96,11 @@ def arm_in_database(conn: Conn, step: str, fault: str, store: str) -> None:
     )
     conn.execute("CREATE SEQUENCE injected_faults")
     conn.execute(
+        # (qualified: it fires in the worker's session too, whose path is pg_catalog's only)
         f"""CREATE FUNCTION inject_fault() RETURNS trigger LANGUAGE plpgsql AS $$
         BEGIN
-            IF nextval('injected_faults') = 1 THEN
-                UPDATE docs SET body = 'edited while the worker failed' WHERE id = 1;
+            IF nextval('public.injected_faults') = 1 THEN
+                UPDATE public.docs SET body = 'edited while the worker failed' WHERE id = 1;
                 {action}
             END IF;
             RETURN NULL;

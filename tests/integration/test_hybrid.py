@@ -21,7 +21,7 @@ from worker.retrieval.fusion import Fusion
 from worker.retrieval.targets import find_target
 
 Conn = psycopg.Connection[Any]
-DEFAULT_WEIGHTS = (Fusion().vector_weight, Fusion().text_weight)  # hybrid_search()'s: (1, 2)
+RRF_WEIGHTS = (1.0, 2.0)  # hybrid_search(fusion => 'rrf')'s defaults
 
 BODIES = [
     "The urllib.request.urlopen function opens a URL.",
@@ -86,7 +86,8 @@ def test_hybrid_equals_a_reference_fusion(
     expected = rrf([by_vector, by_text], rrf_k=rrf_k, weights=weights)[:5]
     rows = conn.execute(
         "SELECT key, score, vector_rank, text_rank FROM embeddings.hybrid_search('items', %s,"
-        " %s::halfvec, 5, %s::jsonb, rrf_k => %s, vector_weight => %s, text_weight => %s)",
+        " %s::halfvec, 5, %s::jsonb, rrf_k => %s, vector_weight => %s, text_weight => %s,"
+        " fusion => 'rrf', text_match => 'all')",
         (
             words,
             text(items),
@@ -126,7 +127,7 @@ def test_equal_scores_go_by_the_best_single_rank_not_the_key(conn: Conn) -> None
 
     found = conn.execute(
         "SELECT key, score FROM embeddings.hybrid_search('ties', 'red apple', %s::halfvec, 3,"
-        " rrf_k => 0, text_weight => 1)",
+        " rrf_k => 0, text_weight => 1, fusion => 'rrf', text_match => 'all')",
         (text(query),),
     ).fetchall()
     assert [key for key, _ in found] == rrf([by_vector, by_text], rrf_k=0) == [5, 9, 2]
@@ -139,10 +140,10 @@ def test_any_word_ranks_the_rows_with_any_word_of_the_question(conn: Conn, items
     BM25: tests/integration/test_bm25.py checks its scores)."""
     question = 'how do I "delete" a folder -and open a url with urlopen'
     target = find_target(conn, "items")
-    all_words = rankings.hybrid(conn, target, question, items, 8, fusion=Fusion())
+    all_words = rankings.hybrid(conn, target, question, items, 8, fusion=Fusion(text_match="all"))
     assert all(r["text_rank"] is None for r in all_words)
 
-    any_words = rankings.hybrid(conn, target, question, items, 8, fusion=Fusion(text_match="any"))
+    any_words = rankings.hybrid(conn, target, question, items, 8, fusion=Fusion())
     holding = text_ranking(
         conn, "items", "embedding_fts", "delete OR folder OR open OR url OR urlopen"
     )
@@ -165,7 +166,9 @@ def test_tuning_from_outside_sql_reaches_the_fusion(conn: Conn, items: Vec) -> N
     (worker/retrieval/fusion.py): the same ranking as the reference fusion with them, each
     ranking cut at depth (at least k)."""
     words = "directory OR folder OR negative OR url"
-    fusion = Fusion(rrf_k=5, vector_weight=0.25, text_weight=3, depth=4)
+    fusion = Fusion(
+        rrf_k=5, vector_weight=0.25, text_weight=3, depth=4, text_match="all", fusion="rrf"
+    )
     by_vector = [1, 2, 3, 4]  # row i is the i-th nearest; cut at depth 4
     by_text = text_ranking(conn, "items", "embedding_fts", words)[:4]
     expected = rrf([by_vector, by_text], rrf_k=5, weights=(0.25, 3))[:3]
@@ -210,15 +213,20 @@ def test_hybrid_search_under_row_level_security_sees_only_the_policy_s_rows(
     by_text = text_ranking(conn, "items", "embedding_fts", words)
     assert {4, 6} & set(by_text), "the words match rows the policy hides"
     visible = [i for i in range(1, 9) if i % 2 == 1]
-    expected = rrf([visible, [i for i in by_text if i in visible]], weights=DEFAULT_WEIGHTS)[:5]
+    expected = rrf([visible, [i for i in by_text if i in visible]], weights=RRF_WEIGHTS)[:5]
     conn.execute("SET app.tenant = '1'")
     conn.execute("SET ROLE hybrid_reader")
     rows = conn.execute(
         "SELECT key, vector_rank, text_rank FROM embeddings.hybrid_search('items', %s,"
-        " %s::halfvec, 5)",
+        " %s::halfvec, 5, fusion => 'rrf', text_match => 'all')",
+        (words, text(items)),
+    ).fetchall()
+    default = conn.execute(
+        "SELECT key FROM embeddings.hybrid_search('items', %s, %s::halfvec, 8)",
         (words, text(items)),
     ).fetchall()
     conn.execute("RESET ROLE")
+    assert sorted(r[0] for r in default) == visible
     assert [r[0] for r in rows] == expected
     assert all(r[0] % 2 == 1 for r in rows)
 
@@ -255,7 +263,9 @@ def test_only_an_upper_case_or_is_the_operator(conn: Conn) -> None:
     target = find_target(conn, "spices")
 
     def matched(question: str) -> set[int]:
-        found = rankings.hybrid(conn, target, question, query, len(OR_BODIES))
+        found = rankings.hybrid(
+            conn, target, question, query, len(OR_BODIES), fusion=Fusion(text_match="all")
+        )
         return {r["key"] for r in found if r["text_rank"] is not None}
 
     assert matched("method must be GET or POST") == {4}  # was {4, 5}: "... GET" | "post"
@@ -300,11 +310,11 @@ def test_chunked_target_fuses_documents(conn: Conn) -> None:
         )
     rows = conn.execute(
         "SELECT key, seq, content, vector_rank, text_rank FROM embeddings.hybrid_search("
-        "'docs', 'zebra', %s::halfvec, 4)",
+        "'docs', 'zebra', %s::halfvec, 4, fusion => 'rrf', text_match => 'all')",
         (text(query),),
     ).fetchall()
     # Documents by best chunk: vector 1, 3, 4, 2; text 2 (two zebras), 1.
-    assert [r[0] for r in rows] == rrf([[1, 3, 4, 2], [2, 1]], weights=DEFAULT_WEIGHTS)
+    assert [r[0] for r in rows] == rrf([[1, 3, 4, 2], [2, 1]], weights=RRF_WEIGHTS)
     assert rows[0][:3] == (1, 0, "nothing to see")  # the best chunk by distance
     assert {r[0]: (r[3], r[4]) for r in rows}[2] == (4, 1)
 
@@ -361,6 +371,8 @@ def test_full_text_search_on_a_side_table_target(conn: Conn, items: Vec) -> None
         "SELECT count(*) FROM side_items_embeddings WHERE embedding_fts IS NOT NULL"
     ).fetchone() == (len(BODIES),)
     words = "directory OR folder OR negative OR url"
+    # BM25's N is each table's row estimate (sql/59_bm25.sql): the same once both are analyzed.
+    conn.execute("ANALYZE items, side_items")
     expected = conn.execute(
         "SELECT key, score, text_rank FROM embeddings.hybrid_search('items', %s, %s::halfvec, 5)",
         (words, text(items)),

@@ -838,7 +838,7 @@ def test_a_key_type_without_default_btree_equality_is_refused(
     with pytest.raises(psycopg.errors.FeatureNotSupported) as refused:
         conn.execute("SELECT embeddings.watch('public.odd', 'body', key => ARRAY['k'])")
     message = str(refused.value)
-    assert f"key column odd.k has type {ty}, which has no default btree operator class" in (
+    assert f"key column public.odd.k has type {ty}, which has no default btree operator class" in (
         message
     ), message
 

@@ -35,7 +35,7 @@ def test_a_backfill_plan_counts_the_rows_without_vectors(dsn: str, conn: Conn, p
     assert found.rows == 300 and found.rows_from == plan.COUNTED
     # No statistics yet: plan reads no content (docs/providers.md#cost), it says how to get some
     assert found.tokens_per_row is None and found.tokens is None and found.cost is None
-    assert "run ANALYZE docs" in found.tokens_from
+    assert "run ANALYZE public.docs" in found.tokens_from
     assert found.requests == 3  # by inputs (100 each) alone
     conn.execute("ANALYZE docs")
     with db.connect(dsn) as c:

@@ -152,7 +152,7 @@ def test_the_store_changes_only_through_unwatch(conn: Conn, minilm: str) -> None
         "SELECT embeddings.watch('notes', 'body', store => 'side')": "in the table's own column, not in a side table",
         "SELECT embeddings.watch('docs', 'body', store => 'column')": 'invalid store "column"',
         "SELECT embeddings.watch('docs', 'body', store => 'row', side_table => 'x')": "side_table is for store => 'side'",
-        "SELECT embeddings.watch('docs', 'body', side_table => 'elsewhere')": "keeps its vectors in docs_embeddings, not",
+        "SELECT embeddings.watch('docs', 'body', side_table => 'elsewhere')": "keeps its vectors in public.docs_embeddings, not",
         "SELECT embeddings.watch('docs', 'body', store => 'side', chunk_tokens => 100)": "not for chunked targets",
         "SELECT embeddings.watch('papers', 'body', side_table => 'docs')": "is a watched table",
         "SELECT embeddings.watch('papers', 'body', side_table => 'docs_embeddings')": "holds the vectors of another",
@@ -219,7 +219,7 @@ def test_a_side_table_watch_made_and_someone_reshaped_is_refused(
 ) -> None:
     conn.execute("SELECT embeddings.unwatch('docs')")
     conn.execute("ALTER TABLE docs_embeddings DROP COLUMN content_md5")
-    with pytest.raises(psycopg.Error, match=r"not a side table for docs .*text content_md5"):
+    with pytest.raises(psycopg.Error, match=r"not a side table for public.docs .*text content_md5"):
         watch(conn, minilm)
 
 

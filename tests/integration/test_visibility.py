@@ -98,7 +98,7 @@ def test_watch_refuses_to_double_the_guides_triggers(conn: Conn) -> None:
     assert "util.queue_embeddings triggers" in str(info.value)
     hint = info.value.diag.message_hint or ""
     assert "triggers => false" in hint
-    assert "DROP TRIGGER embed_documents_on_insert ON documents;" in hint
+    assert "DROP TRIGGER embed_documents_on_insert ON public.documents;" in hint
     assert conn.execute("SELECT count(*) FROM embeddings.targets").fetchone() == (0,)
     # Either explicit choice works.
     conn.execute("SELECT embeddings.watch('documents', 'embedding_input', triggers => false)")

@@ -42,6 +42,24 @@ def objects_of_ours(conn: psycopg.Connection[Any]) -> dict[str, int]:
     }
 
 
+QUEUE_TABLES = {
+    f"pgmq.{kind}_embedding_jobs{lane}" for kind in ("q", "a") for lane in ("", "_backfill")
+}
+
+
+def pg_monitor_reads(conn: psycopg.Connection[Any]) -> set[str]:
+    """The tables of our queues (the live queue's and its backfill lane's) pg_monitor reads."""
+    return {
+        str(name)
+        for (name,) in conn.execute(
+            """SELECT c.oid::regclass::text FROM pg_class c
+               WHERE c.oid::regclass::text = ANY(%s)
+                 AND has_table_privilege('pg_monitor', c.oid, 'SELECT')""",
+            (sorted(QUEUE_TABLES),),
+        )
+    }
+
+
 def test_upgrade_twice_is_a_no_op(empty_dsn: str) -> None:
     first = schema.migrate(empty_dsn)
     assert first.applied == ["0001", "0002", "0019"]
@@ -151,13 +169,15 @@ def test_pgmq_installs_as_plain_sql_where_the_extension_is_unavailable(empty_dsn
 
 
 def test_missing_pgvector_is_a_clear_error(empty_dsn: str) -> None:
+    """The extensions' file on a server without pgvector (a temporary view in its place: run
+    as the file itself, since the installer searches pg_catalog only, which no such view fools)."""
     with psycopg.connect(empty_dsn) as conn:
         conn.execute(
             "CREATE TEMP VIEW pg_available_extensions AS SELECT * FROM pg_catalog.pg_available_extensions WHERE name <> 'vector'"
         )
         conn.execute("SET search_path = pg_temp, pg_catalog, public")
         with pytest.raises(psycopg.errors.RaiseException, match="pgvector"):
-            schema.install(conn)
+            conn.execute((schema_files.sql_dir() / "00_extensions.sql").read_bytes())
 
 
 def test_released_revisions_are_ancestors_of_head() -> None:
@@ -262,6 +282,7 @@ def test_upgrade_keeps_jobs_failures_and_grants_and_equals_fresh_install(
             with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
                 assert schema.current_revision(conn) == start
                 jobs_before = queued_keys(conn)
+                assert "pgmq.q_embedding_jobs" in pg_monitor_reads(conn)  # as pgmq granted it
                 if start == "0001":
                     assert conn.execute(policies).fetchone() == ("*",)  # one FOR ALL policy
             assert len(jobs_before) == 301
@@ -288,6 +309,8 @@ def test_upgrade_keeps_jobs_failures_and_grants_and_equals_fresh_install(
                     "SELECT has_table_privilege(%s, 'embeddings.status', 'SELECT')", (MONITOR,)
                 ).fetchone()
                 assert monitored == (True,)
+                # What pgmq granted monitoring roles on the queues' tables is taken back.
+                assert pg_monitor_reads(conn) == set()
             worker_dsn = make_conninfo(cluster.dsn(upgraded), user=ROLE)
             with psycopg.connect(worker_dsn) as worker_conn:  # the rights of the worker now
                 row = worker_conn.execute(

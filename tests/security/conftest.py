@@ -1,7 +1,7 @@
 """Roles for the security tier: a hostile table owner, another tenant whose rows it wants, an
-application writer, the least-privilege worker and a login without grants, created per test
-(roles are cluster-wide: unique names, dropped afterwards). The pipeline fixtures are the
-integration tier's (the worker runs in-process)."""
+application writer, the least-privilege worker, a login without grants and a monitoring login
+(a member of pg_monitor only), created per test (roles are cluster-wide: unique names, dropped
+afterwards). The pipeline fixtures are the integration tier's (the worker runs in-process)."""
 
 from __future__ import annotations
 
@@ -70,6 +70,7 @@ class Roles:
     writer: str  # the application: INSERT, UPDATE, SELECT on docs
     worker: str  # embeddings.grant_worker()
     stranger: str  # a login without grants
+    monitor: str  # a login that is a member of pg_monitor only (a monitoring agent's)
 
     def dsn_of(self, role: str | None = None) -> str:
         return self.dsn if role is None else make_conninfo(self.dsn, user=role)
@@ -85,13 +86,14 @@ class Roles:
 @pytest.fixture
 def roles(conn: Conn, dsn: str) -> Iterator[Roles]:
     suffix = uuid.uuid4().hex[:8]
-    kinds = ("owner", "tenant", "writer", "worker", "stranger")
+    kinds = ("owner", "tenant", "writer", "worker", "stranger", "monitor")
     names = {kind: f"{kind}_{suffix}" for kind in kinds}
     for name in names.values():
         conn.execute(f"CREATE ROLE {name} LOGIN")
     for kind in ("owner", "tenant"):
         conn.execute(f"GRANT CREATE ON SCHEMA public TO {names[kind]}")
     conn.execute("SELECT embeddings.grant_worker(%s)", (names["worker"],))
+    conn.execute(f"GRANT pg_monitor TO {names['monitor']}")
     found = Roles(dsn=dsn, **names)
     with found.connect(found.tenant) as tenant:
         tenant.execute("CREATE TABLE secrets (id int PRIMARY KEY, secret text)")

@@ -8,7 +8,9 @@ at every hook it controls (HOOKS): row, statement and deferred constraint trigge
 and on the store tables watch() made for it, its content function, a check of its key domain, a
 cast of its row type to text and a view (for `plan`), a row security policy (run by whoever
 reads the table but its owner: a search as the application role), and functions named like
-pg_catalog's in a schema of its own (`evil`) that a search path naming `evil` first would pick.
+pg_catalog's in a schema of its own (`evil`) that a search path naming `evil` first would pick,
+with exact-type overloads of everything our SQL names unqualified in schemas named after each
+role we connect as and in `public` (tests/security/name_capture.py).
 
 Wherever it runs, the planted code (`public.hook(where)`) records as whom it ran and from where,
 leaves session state behind with set_config(..., false) (SESSION_STATE: the search path with
@@ -23,6 +25,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
+from tests.security import name_capture
 from tests.security.conftest import Roles
 from tests.support.models import MINILM
 
@@ -229,9 +232,26 @@ def build(roles: Roles) -> World:
         for store in STORES.values():
             owner.execute(f"GRANT SELECT ON {store} TO {roles.writer}")
             owner.execute(_TRIGGERS.format(table=store, kind="store ").encode())
+    plant_overloads(roles)
     with roles.connect() as su:
         su.execute("TRUNCATE loot")
     return World(roles=roles, secrets_target=secrets_target)
+
+
+def plant_overloads(roles: Roles) -> list[str]:
+    """The name-capture floor (tests/security/name_capture.py): the owner's schemas named after
+    each role we connect as (the worker role, the application role that searches, the
+    superuser), USAGE to PUBLIC, and `public`, each with exact-type overloads of everything our
+    SQL names unqualified. Returns the schemas."""
+    with roles.connect() as su:
+        superuser = su.info.user
+    schemas = [roles.worker, roles.writer, superuser, "public"]
+    with roles.connect(roles.owner) as owner:
+        for schema in schemas[:-1]:
+            owner.execute(f'CREATE SCHEMA "{schema}"')
+            owner.execute(f'GRANT USAGE ON SCHEMA "{schema}" TO PUBLIC')
+        owner.execute(name_capture.plant_script(schemas).encode())
+    return schemas
 
 
 def verdict(roles: Roles, *allowed: str) -> list[tuple[str, str]]:
@@ -253,6 +273,11 @@ def verdict(roles: Roles, *allowed: str) -> list[tuple[str, str]]:
     assert superuser == (False,), f"the owner became a superuser: {loot}"
     assert planted_models == (0,), loot
     assert [w for _, w in loot if w.startswith(("secret", "escalated"))] == [], loot
+    # A planted overload runs in the owner's own sessions only, if anywhere: never in ours.
+    captured = sorted(
+        {(r, w) for r, w in loot if w == "ran: search path functions" and r != roles.owner}
+    )
+    assert captured == [], f"a planted overload ran in another role's session: {captured}"
     strangers = sorted({(r, w) for r, w in loot if r not in {roles.owner, *allowed}})
     assert strangers == [], f"the owner's code ran as another role: {strangers}"
     return loot

@@ -17,6 +17,7 @@ import http.client
 import io
 import json
 import os
+import socket
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -119,6 +120,10 @@ def _remote_model(ctx: Context) -> None:
 def _forget_jobs_then(statement: str) -> Callable[[Context], None]:
     def run(ctx: Context) -> None:
         with ctx.roles.connect() as su:
+            # (pgmq's functions set no search path: the superuser's own session, whose path
+            # reaches the overloads planted in `public` and in a schema named after it, would
+            # run them, as any session of that role would)
+            su.execute("SET search_path = pg_catalog, pg_temp")
             su.execute("SELECT pgmq.purge_queue('embedding_jobs')")
             su.execute("SELECT pgmq.purge_queue('embedding_jobs_backfill')")
             su.execute("DELETE FROM embeddings.backfills")
@@ -128,7 +133,7 @@ def _forget_jobs_then(statement: str) -> Callable[[Context], None]:
 
 
 def _http_search(ctx: Context) -> None:
-    """What POST /search runs (worker/http/server.py: _search), on the pooled connections it
+    """What POST /search runs (worker/http/work.py: Work.search), on the pooled connections it
     uses (worker/http/search_pool.py), as the search role (EMBED_SEARCH_DATABASE_URL), the
     application's: one connection, so every search after the first runs in a session the
     owner's code ran in before, and must find none of what it left."""
@@ -147,18 +152,22 @@ def _http_search(ctx: Context) -> None:
         searches.close()
 
 
+HOSTILE_CLIENTS = range(8)
+
+
 def _http_server_search(ctx: Context) -> None:
     """POST /search through a real `embed-worker run --no-pull`, searching as the application
     role (EMBED_SEARCH_DATABASE_URL) over one keep-alive connection: its searches run one after
     another on the one pooled session, each after the owner's code ran in it, and each must
-    answer as the first did."""
+    answer as the first did. Meanwhile HOSTILE_CLIENTS connections that can reach the port
+    hold heads sent half, with a wrong token: the one slot stays the searches'."""
     token = "harness-search-token"
     server = WorkerProcess(
         ctx.roles.worker_dsn,
         {
             "EMBED_SEARCH_DATABASE_URL": ctx.dsn,
             "EMBED_HTTP_TOKEN": token,
-            "EMBED_HTTP_MAX_CONNECTIONS": "2",  # the readiness poll's slot may linger a moment
+            "EMBED_HTTP_MAX_CONNECTIONS": "1",
             "EMBED_MODEL": MINILM,
             "EMBED_MODEL_PATH": ctx.model_path,
             "EMBED_THREADS": "1",
@@ -168,6 +177,9 @@ def _http_server_search(ctx: Context) -> None:
     try:
         server.wait_ready()
         assert server.port is not None
+        hostile = [socket.create_connection(("127.0.0.1", server.port)) for _ in HOSTILE_CLIENTS]
+        for sock in hostile:
+            sock.sendall(b"POST /search HTTP/1.1\r\nAuthorization: Bearer wrong\r\nX-Slow: ")
         client = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
         answers: dict[str, list[Any]] = {}
         for round_ in range(2):
@@ -188,6 +200,8 @@ def _http_server_search(ctx: Context) -> None:
                 keys = [r["key"] for r in answer["results"]]
                 assert answers.setdefault(table, keys) == keys, (round_, table, keys)
         client.close()
+        for sock in hostile:
+            sock.close()
     finally:
         server.stop()
     with ctx.roles.connect() as su:  # the searches did run the owner's code, in the server
@@ -451,6 +465,9 @@ def test_every_hook_is_planted_and_fires(
         "SELECT docs_row::text FROM docs_row LIMIT 1",
         "SELECT * FROM docs_view",
         "SET search_path = evil, pg_catalog; SELECT now()",
+        # The plantings in `public` win wherever a session's path reaches them (the owner's):
+        # an exact type over pg_catalog's anyarray, and over its double precision `secs`.
+        "SELECT pg_catalog.count(*) FROM unnest('{a}'::text[]), make_interval(secs => 1::smallint)",
         "INSERT INTO docs_domain VALUES (99, 'x')",
     ):
         with roles.connect(roles.owner) as owner:  # (each hook leaves its session read-only)
@@ -460,6 +477,14 @@ def test_every_hook_is_planted_and_fires(
         application.execute("SELECT count(*) FROM docs_fn")
     fired |= harness.planted(harness.verdict(roles, roles.writer))
     assert set(harness.HOOKS) <= fired, set(harness.HOOKS) - fired
+    with roles.connect() as su:  # every function and operator of the list, overloaded
+        planted = su.execute(
+            "SELECT n.nspname, pg_catalog.count(DISTINCT p.proname) FILTER (WHERE p.proname OPERATOR(pg_catalog.!~) '^captured_'),"
+            " pg_catalog.count(*) FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace"
+            " WHERE n.nspname IN (%s, %s) GROUP BY 1",
+            (roles.worker, "public"),
+        ).fetchall()
+    assert len(planted) == 2 and all(names >= 50 and total >= 500 for _, names, total in planted)
 
 
 def test_the_documented_operations_are_the_harness_operations() -> None:

@@ -43,7 +43,7 @@ def owner_table(roles: Roles, *statements: str) -> None:
 
 @pytest.mark.parametrize(
     ("content", "refusal"),
-    [("docs", "docs has no column docs"), ("parts", "docs.parts has type pair, not text")],
+    [("docs", "docs has no column docs"), ("parts", "docs.parts has type public.pair, not text")],
 )
 def test_plan_casts_none_of_the_owners_types_to_text(
     roles: Roles, content: str, refusal: str

@@ -72,6 +72,8 @@ def _attempts(world: World) -> dict[str, list[str]]:
         "read the keys of queued and dead-lettered jobs (the queues, the inbox, `embeddings.failures`)": [
             "SELECT message FROM pgmq.q_embedding_jobs",
             "SELECT message FROM pgmq.q_embedding_jobs_backfill",
+            "SELECT message FROM pgmq.a_embedding_jobs",
+            "SELECT message FROM pgmq.a_embedding_jobs_backfill",
             "SELECT keys FROM embeddings.inbox",
             "SELECT row_key FROM embeddings.failures",
         ],
@@ -141,6 +143,7 @@ COLUMNS: dict[str, Callable[[Roles], str | None]] = {
     "application writer": lambda r: r.writer,
     "worker role": lambda r: r.worker,
     "login without grants": lambda r: r.stranger,
+    "monitoring login (`pg_monitor`)": lambda r: r.monitor,
 }
 
 

@@ -4,14 +4,27 @@ text, title, sections and pages; detection; the one error for what cannot be rea
 from __future__ import annotations
 
 import io
+import re
 import zipfile
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
+from tests.support import hostile_files as hostile
 from tests.support.documents import docx_bytes, encrypted, pdf_bytes
 from worker import exceptions
-from worker.pipeline.documents import detection
-from worker.pipeline.documents.extracted import ExtractedDocument
+from worker.pipeline.documents import detection, markdown
+from worker.pipeline.documents.extracted import (
+    MAX_DEPTH,
+    MAX_HEADING,
+    MAX_SECTIONS,
+    MAX_TITLE,
+    ExtractedDocument,
+    Section,
+    collapse_spaces,
+    headline,
+)
 from worker.pipeline.documents.extraction import extract
 
 CEILING = 1_000_000
@@ -257,3 +270,68 @@ def test_a_docx_zip_bomb_is_refused_unread() -> None:
     assert len(data) < 2**20
     with pytest.raises(exceptions.DocumentTooLarge, match=r"^docx document: its parts inflate to "):
         extract(data, max_bytes=CEILING)
+
+
+def test_html_the_parser_refuses_is_a_document_error_not_the_parsers_own() -> None:
+    """A page on which html.parser raises AssertionError (an unknown marked section): the row's
+    failure, naming the format, never an exception that stops the worker."""
+    data = b"<!DOCTYPE html><html><body><p>Hello</p><![foo[ x ]]></body></html>"
+    with pytest.raises(exceptions.DocumentError, match=r"^html document: cannot be read \("):
+        extract(data, max_bytes=CEILING)
+
+
+def test_a_zip_flagging_a_member_name_utf8_that_is_not_is_a_document_error() -> None:
+    """Detection opens a zip's directory to look for word/document.xml: a member name flagged as
+    UTF-8 (bit 11) that is not UTF-8 makes zipfile raise UnicodeDecodeError."""
+    out = io.BytesIO()
+    with zipfile.ZipFile(out, "w") as archive:
+        archive.writestr("word/document.xml", "<w:document/>")
+        archive.writestr("\xff\xfe.xml", "x")  # written with the UTF-8 flag: c3 bf c3 be
+    data = out.getvalue().replace(b"\xc3\xbf\xc3\xbe.xml", b"\xff\xfe\xff\xfe.xml")
+    with pytest.raises(exceptions.DocumentError, match=r"^unknown document: cannot be read \("):
+        extract(data, max_bytes=CEILING)
+
+
+# --- bounds and linear parsing ------------------------------------------------------------------
+_OLD_ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))??(?:[ \t]+#+)?[ \t]*")
+
+
+@given(st.text(alphabet=" #\tab", max_size=14))
+def test_an_atx_heading_is_read_as_the_backtracking_pattern_read_it(line: str) -> None:
+    """The heading pattern that backtracked over a long run of spaces, against the linear
+    reading that replaced it: the same headings, the same text, on every short line."""
+    old = _OLD_ATX.fullmatch(line)
+    new = markdown._ATX.match(line)
+    assert bool(old) == bool(new)
+    if old and new:
+        assert len(old.group(1)) == len(new.group(1))
+        assert collapse_spaces(old.group(2) or "") == headline(
+            markdown._atx_text(line[new.end() :])
+        )
+
+
+def test_titles_headings_and_sections_are_bounded_whatever_the_document() -> None:
+    page = "<title>" + "Title " * 10_000 + "</title><h1>" + "Heading " * 10_000 + "</h1><p>x</p>"
+    document = extract(page.encode(), max_bytes=0, format="html")
+    assert document.title is not None and len(document.title) == MAX_TITLE
+    assert document.title.endswith("…")
+    assert all(len(h) <= MAX_HEADING for s in document.sections for h in s.headings)
+    many = "".join(f"{'#' * (1 + k % 6)} h{k}\n\nbody {k}\n\n" for k in range(MAX_SECTIONS + 500))
+    sections = extract(many, max_bytes=0, format="markdown").sections
+    assert MAX_SECTIONS - 1 <= len(sections) <= MAX_SECTIONS
+    assert "h20400" in many[sections[-1].start : sections[-1].end]  # kept, in the last one's text
+    deep = "".join(f"<h{n}>level {n}</h{n}>" for n in range(1, 7)) + "<p>x</p>"
+    docx = docx_bytes([(f"Heading {n}", f"level {n}") for n in range(1, 10)] + [("Normal", "x")])
+    for found in (extract(deep.encode(), max_bytes=0), extract(docx, max_bytes=0)):
+        assert max(len(s.headings) for s in found.sections) <= MAX_DEPTH
+
+
+def test_a_pdf_of_more_pages_than_a_document_may_have_is_refused() -> None:
+    with pytest.raises(exceptions.DocumentError, match=r"^pdf document: 30,000 pages, more than"):
+        extract(hostile.pdf_many_pages(), max_bytes=0)
+
+
+def test_a_page_is_found_among_many_without_a_scan() -> None:
+    pages = {n: (10 * (n - 1), 10 * n - 2) for n in range(1, 5001)}
+    document = ExtractedDocument("pdf", "x" * 50_000, None, (Section((), 0, 50_000),), pages)
+    assert [document.page_at(o) for o in (0, 9, 10, 49_999)] == [1, 1, 2, 5000]

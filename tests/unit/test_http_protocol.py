@@ -1,6 +1,7 @@
-"""The request-reading pieces of worker.http.protocol on their own: JSON bodies, the nesting
-scan, and Content-Length framing. (The server answering them is tests/acceptance/
-test_http_input.py and test_http_fuzz.py.)"""
+"""The request-reading pieces of worker.http on their own: finding and parsing a request's head
+(worker.http.protocol), JSON bodies and the nesting scan (worker.http.bodies), Content-Length
+framing, answers' bytes. (The server answering them is tests/acceptance/test_http_input.py,
+test_http_fuzz.py and test_http_heads.py.)"""
 
 from __future__ import annotations
 
@@ -8,20 +9,23 @@ import email.message
 import http.client
 import io
 import json
+from http import HTTPStatus
 from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from worker.http.bodies import MAX_JSON_DEPTH, parse_json, too_deep
 from worker.http.protocol import (
-    MAX_JSON_DEPTH,
+    MAX_HEAD,
+    MAX_REQUEST_LINE,
+    Answer,
     BadRequest,
-    HeadReader,
+    HeadScan,
     declared_length,
-    parse_json,
-    read_body,
-    too_deep,
+    parse_head,
+    render,
 )
 
 json_values = st.recursive(
@@ -134,14 +138,89 @@ def test_an_ambiguous_or_oversized_length_is_refused(
     assert raised.value.status == status
 
 
-def test_the_head_reader_bounds_the_headers_in_all() -> None:
-    head = b"".join(b"X-%d: %s\r\n" % (i, b"a" * 100) for i in range(50)) + b"\r\n"
-    assert len(http.client.parse_headers(HeadReader(io.BytesIO(head), 10_000))) == 50
-    with pytest.raises(http.client.LineTooLong):
-        http.client.parse_headers(HeadReader(io.BytesIO(head), 4_000))
+def scan_trickled(data: bytes) -> tuple[HeadScan, int | None, int]:
+    """Feeds `data` to a HeadScan a byte at a time: the scan, the head's end, the bytes fed."""
+    scan, buffer = HeadScan(), bytearray()
+    for byte in data:
+        buffer.append(byte)
+        end = scan.end(buffer)
+        if end is not None:
+            return scan, end, len(buffer)
+    return scan, None, len(buffer)
 
 
-def test_a_short_body_is_a_bad_request() -> None:
-    assert read_body(io.BufferedReader(io.BytesIO(b"abcdef")), 4, 1.0) == b"abcd"
-    with pytest.raises(BadRequest, match="body ended after 6 of 10 bytes"):
-        read_body(io.BufferedReader(io.BytesIO(b"abcdef")), 10, 1.0)
+def test_a_head_that_trickles_in_is_found_where_it_ends() -> None:
+    """Its end is found at its empty line, with a pipelined request after it left alone; a
+    head of 60 KB sent a byte at a time is scanned once in all (the test's timeout is the
+    bound: a rescan on each byte would take minutes)."""
+    first = b"\r\n\r\nPOST /embed HTTP/1.1\r\nHost: x\r\nContent-Length: 2\r\n\r\n"
+    scan, end, fed = scan_trickled(first + b"{}GET / HTTP/1.1\r\n\r\n")
+    assert (end, fed, scan.start) == (len(first), len(first), 4)
+    big = b"GET / HTTP/1.1\r\n" + b"X: " + b"a" * 60_000 + b"\n\n"
+    assert scan_trickled(big)[1] == len(big)
+
+
+@pytest.mark.parametrize(
+    ("data", "status"),
+    [
+        (b"GET /" + b"a" * MAX_REQUEST_LINE, 414),  # no newline yet: refused without it
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * MAX_HEAD, 431),  # no empty line yet
+        (b"GET / HTTP/1.1\r\n" + b"X: a\r\n" * (MAX_HEAD // 6), 431),
+    ],
+)
+def test_a_head_past_its_limits_is_refused_before_it_ends(data: bytes, status: int) -> None:
+    with pytest.raises(BadRequest) as raised:
+        scan_trickled(data)
+    assert raised.value.status == status
+
+
+def test_blank_lines_before_a_request_are_skipped_up_to_eight() -> None:
+    assert scan_trickled(b"\r\n" * 8 + b"GET / HTTP/1.1\r\n\r\n")[0].start == 16
+    scan, _, _ = scan_trickled(b"\n" * 9 + b"GET / HTTP/1.1\r\n\r\n")
+    assert (scan.start, scan.request_line_end) == (8, 9)  # the ninth is the request line,
+    with pytest.raises(BadRequest, match="empty request line"):  # refused as soon as it is seen
+        parse_head(b"\n" + b"\r\n", 100)
+
+
+@pytest.mark.parametrize(
+    ("head", "status", "reason"),
+    [
+        (b"GET /healthz\r\n", 400, "HTTP/0.9"),
+        (b"POST /embed\r\n\r\n", 400, "HTTP/0.9"),
+        (b"GET /healthz HTTP/2.0\r\n\r\n", 505, "version"),
+        (b"GET /healthz HTTP/x\r\n\r\n", 400, "version"),
+        (b"GET\r\n\r\n", 400, "syntax"),
+        (b"GET / HTTP/1.1\r\nno colon\r\n\r\n", 400, "header"),
+        (b"GET / HTTP/1.1\r\nX: a\r\n folded\r\n\r\n", 400, "folded"),
+        (b"GET / HTTP/1.1\r\n" + b"X: a\r\n" * 101 + b"\r\n", 431, "headers"),
+        (b"POST / HTTP/1.1\r\nContent-Length: 101\r\n\r\n", 413, "body over"),
+    ],
+)
+def test_a_head_that_is_not_a_request_is_refused(head: bytes, status: int, reason: str) -> None:
+    with pytest.raises(BadRequest, match=reason) as raised:
+        parse_head(head, 100)
+    assert raised.value.status == status
+
+
+def test_what_a_head_says() -> None:
+    head = (
+        b"POST http://h/embed?x=1 HTTP/1.1\r\nContent-Length: 2\r\nExpect: 100-continue\r\n"
+        b"Connection: close\r\n\r\n"
+    )
+    request = parse_head(head, 100)
+    assert (request.method, request.path, request.length) == ("POST", "/embed", 2)
+    assert request.expect_continue and request.close and not request.head_only
+    old = parse_head(b"HEAD /healthz HTTP/1.0\r\n\r\n", 100)
+    assert old.head_only and old.close and old.length is None
+    assert not parse_head(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 100).close
+
+
+def test_an_answer_as_it_goes_out() -> None:
+    answer = Answer.error(HTTPStatus.SERVICE_UNAVAILABLE, "busy", retry_after=3)
+    sent = render(answer, head_only=False, close=True)
+    head, body = sent.split(b"\r\n\r\n", 1)
+    lines = head.decode().split("\r\n")
+    assert lines[0] == "HTTP/1.1 503 Service Unavailable"
+    assert {"Retry-After: 3", "Connection: close", f"Content-Length: {len(body)}"} <= set(lines)
+    assert json.loads(body) == {"error": "busy"}
+    assert render(answer, head_only=True, close=False).endswith(b"\r\n\r\n")

@@ -15,7 +15,9 @@ BASE = {"table": "docs", "query": "where is the door"}
 
 def test_without_tuning_hybrid_search_keeps_its_defaults() -> None:
     assert SearchRequest.parse({**BASE, "mode": "hybrid"}).fusion is None
-    assert Fusion() == Fusion(rrf_k=60, vector_weight=1, text_weight=2, depth=100)
+    assert Fusion() == Fusion(
+        rrf_k=60, vector_weight=1, text_weight=None, depth=100, text_match="any", fusion="convex"
+    )
 
 
 def test_tuning_is_read_from_the_body() -> None:
@@ -29,13 +31,16 @@ def test_tuning_is_read_from_the_body() -> None:
     assert only.fusion == Fusion(text_weight=0.0)
 
 
-def test_text_match_any_is_read_from_the_body_with_the_other_defaults() -> None:
-    """Any word, ranked by BM25 (sql/59_bm25.sql): the fusion keeps its defaults, text_weight
-    2 among them (hybrid_search()'s, sql/59_hybrid.sql)."""
-    request = SearchRequest.parse({**BASE, "text_match": "any"})
-    assert request.fusion == Fusion(text_match="any")
-    assert request.fusion.text_weight == 2.0 and request.fusion.vector_weight == 1.0
-    assert SearchRequest.parse({**BASE, "text_match": "all"}).fusion == Fusion()
+def test_text_match_and_fusion_are_read_from_the_body_with_the_other_defaults() -> None:
+    """Every word, or reciprocal rank fusion: the other fields keep their defaults, and
+    text_weight stays unset, so that hybrid_search() picks the one of the fusion asked for
+    (0.2 convex, 2 rrf: sql/59_hybrid.sql)."""
+    request = SearchRequest.parse({**BASE, "text_match": "all"})
+    assert request.fusion == Fusion(text_match="all")
+    assert request.fusion.text_weight is None and request.fusion.vector_weight == 1.0
+    assert SearchRequest.parse({**BASE, "text_match": "any"}).fusion == Fusion()
+    rrf = SearchRequest.parse({**BASE, "fusion": "rrf", "text_match": "all"}).fusion
+    assert rrf == Fusion(fusion="rrf", text_match="all")
 
 
 @pytest.mark.parametrize(
@@ -43,6 +48,8 @@ def test_text_match_any_is_read_from_the_body_with_the_other_defaults() -> None:
     [
         ({"text_match": "some"}, '"text_match" must be "all" or "any"'),
         ({"text_match": 1}, '"text_match" must be "all" or "any"'),
+        ({"fusion": "linear"}, '"fusion" must be "convex" or "rrf"'),
+        ({"mode": "vector", "fusion": "rrf"}, "fusion: these tune hybrid search"),
         ({"mode": "vector", "text_match": "any"}, "text_match: these tune hybrid search"),
         ({"rrf_k": -1}, '"rrf_k" must be a number of at least 0'),
         ({"rrf_k": "60"}, '"rrf_k" must be a number'),
@@ -99,6 +106,8 @@ def test_the_command_line_passes_text_match_and_keeps_the_other_defaults() -> No
     parser = main.build_parser()
     args = parser.parse_args(["search", "docs", "cats", "--text-match", "any"])
     assert commands._search_request(args).fusion == Fusion(text_match="any")
+    args = parser.parse_args(["search", "docs", "cats", "--fusion", "rrf", "--text-match", "all"])
+    assert commands._search_request(args).fusion == Fusion(fusion="rrf", text_match="all")
     untuned = parser.parse_args(["search", "docs", "cats"])
     assert commands._search_request(untuned).fusion is None
     with pytest.raises(SystemExit):  # argparse: one of all, any

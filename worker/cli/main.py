@@ -165,8 +165,8 @@ def _search_options(search: argparse.ArgumentParser) -> None:
         "--rrf-k",
         type=float,
         metavar="K",
-        help="hybrid: the rank constant of reciprocal rank fusion, score = weight / (K + rank)"
-        " summed over both rankings (default 60; at least 0)",
+        help="hybrid, --fusion rrf: the rank constant, score = weight / (K + rank) summed over"
+        " both rankings (default 60; at least 0)",
     )
     search.add_argument(
         "--vector-weight",
@@ -178,7 +178,8 @@ def _search_options(search: argparse.ArgumentParser) -> None:
         "--text-weight",
         type=float,
         metavar="W",
-        help="hybrid: the weight of the full-text ranking (default 2; at least 0)",
+        help="hybrid: the weight of the full-text ranking (default 0.2 with --fusion convex,"
+        " 2 with rrf; at least 0)",
     )
     search.add_argument(
         "--depth",
@@ -189,8 +190,14 @@ def _search_options(search: argparse.ArgumentParser) -> None:
     search.add_argument(
         "--text-match",
         choices=("all", "any"),
-        help="hybrid: the full-text ranking holds the rows with every word of QUERY (all) or"
-        " with any of them, ranked by BM25 (any); default all",
+        help="hybrid: the full-text ranking holds the rows with any word of QUERY, ranked by"
+        " BM25 (any, the default), or with every word (all)",
+    )
+    search.add_argument(
+        "--fusion",
+        choices=("convex", "rrf"),
+        help="hybrid: weigh the two rankings' scores (convex, the default) or their places"
+        " (rrf: reciprocal rank fusion)",
     )
     # The rerank stage (worker/retrieval/rerank.py): unset, the table's (embeddings.set_rerank).
     rerank = search.add_mutually_exclusive_group()

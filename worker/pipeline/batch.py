@@ -105,6 +105,9 @@ class Batch:
     # said when: Retry-After, its circuit breaker), not after write.DEFER_SECONDS
     defer_seconds: dict[int, float] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)  # of long documents (chunked targets)
+    # When the load stage stops waiting for its documents' parses (time.monotonic(); set by the
+    # first wait): one short wait per batch, whatever its targets (worker/pipeline/chunks/).
+    parse_deadline: float | None = None
 
     def by_target(self, state: RowState | None = None) -> dict[Target, list[Row]]:
         groups: dict[Target, list[Row]] = defaultdict(list)

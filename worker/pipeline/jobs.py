@@ -35,6 +35,8 @@ def backoff_seconds(
 # --- lanes ------------------------------------------------------------------------------------
 LIVE = "live"  # jobs of the triggers: the application's writes
 BACKFILL = "backfill"  # watch()'s initial enqueue, model changes, sweep(), failures --retry
+# read_jobs' {read_stamp} where pgmq has last_read_at (1.8 and later).
+LAST_READ_STAMP = ", last_read_at = pg_catalog.clock_timestamp()"
 
 
 def backfill_queue_name(queue: str) -> str:
@@ -77,7 +79,7 @@ class Queue:
         row = conn.execute(
             queries.get("queue_has_last_read_at"), {"queue_table": f"pgmq.q_{self.name}"}
         ).fetchone()
-        stamp = sql.SQL(", last_read_at = clock_timestamp()" if row and row[0] else "")
+        stamp = sql.SQL(LAST_READ_STAMP if row and row[0] else "")
         return queries.compose("read_jobs", queue_table=self.table, read_stamp=stamp)
 
     def extend(

@@ -41,6 +41,7 @@ import numpy as np
 import numpy.typing as npt
 
 from worker.pipeline.chunking import Chunk, ChunkSource
+from worker.pipeline.parsing.budgets import Budgets
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -64,10 +65,11 @@ class Limits:
 
     piece_tokens: int = 4096
     max_document_bytes: int = 16_777_216  # 0: no ceiling
+    parsing: Budgets = field(default_factory=Budgets)  # of each document's parse
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
-        return cls(settings.piece_tokens, settings.max_document_bytes)
+        return cls(settings.piece_tokens, settings.max_document_bytes, Budgets.of(settings))
 
 
 @dataclass
@@ -184,6 +186,10 @@ class Cache:
     def take(self, key: DocumentId) -> Document | None:
         with self._lock:
             return self._documents.pop(key, None)
+
+    def holds(self, key: DocumentId) -> bool:
+        with self._lock:
+            return key in self._documents
 
     def known(
         self, database: str, target_id: int, version: int, keys: list[str]

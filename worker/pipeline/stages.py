@@ -22,6 +22,7 @@ from worker.pipeline import faults, messages, pieces, remote, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.chunks import writing as chunk_writing
+from worker.pipeline.parsing import service as parsing
 from worker.pipeline.targets import Target, TargetRegistry
 
 logger = logging.getLogger(__name__)
@@ -124,12 +125,12 @@ def _load_rows(
     conn: db.Connection, target: Target, keys: list[str]
 ) -> dict[str, tuple[str | None, str | None]]:
     """Content and md5 by key. A long document cached between its pieces (worker/pipeline/
-    pieces.py) comes from the cache, as long as the database's md5 is still the cached one's."""
-    known = (
-        pieces.CACHE.known(pieces.database_of(conn), target.id, target.version, keys)
-        if target.chunk_tokens is not None
-        else {}
-    )
+    pieces.py), or one being parsed (worker/pipeline/parsing/), comes from what the worker
+    holds, as long as the database's md5 is still the held one's."""
+    known = {}
+    if target.chunk_tokens is not None:  # documents: kept between pieces, or being parsed
+        where = (pieces.database_of(conn), target.id, target.version, keys)
+        known = {**parsing.SERVICE.known(*where), **pieces.CACHE.known(*where)}
     with db.translated():
         if not known:
             rows = conn.execute(target.query("load_content"), target.key_params(keys)).fetchall()

@@ -1,11 +1,17 @@
 """How hybrid search fuses its two rankings: the tuning of embeddings.hybrid_search()
 (sql/59_hybrid.sql), checked the same way for `embed-worker search` and `POST /search`.
 
-  score = vector_weight / (rrf_k + vector_rank) + text_weight / (rrf_k + text_rank)
+Each ranking is cut at `depth` candidates. `fusion` "convex" (the default) weighs the scores,
 
-over each ranking cut at `depth` candidates (a ranking a document is missing from adds nothing).
-The full-text ranking holds the documents with every word of the query (`text_match` "all")
-or with any of them, ranked by BM25 ("any", sql/59_bm25.sql).
+  score = vector_weight * cosine similarity + text_weight * text score
+
+(the text score on a scale that does not depend on the query); "rrf" the places,
+
+  score = vector_weight / (rrf_k + vector_rank) + text_weight / (rrf_k + text_rank).
+
+The full-text ranking holds the documents with any word of the query, ranked by BM25
+(`text_match` "any", sql/59_bm25.sql, the default), or with every word ("all"). The defaults
+are hybrid_search()'s; text_weight's depends on the fusion (None here: the SQL function's).
 """
 
 from __future__ import annotations
@@ -19,15 +25,17 @@ from typing import Any
 # hnsw.ef_search at 1000).
 MAX_DEPTH = 1000
 TEXT_MATCHES = ("all", "any")  # every word of the query, or any of them
+FUSIONS = ("convex", "rrf")  # weighted scores, or reciprocal ranks
 
 
 @dataclass(frozen=True)
 class Fusion:
     rrf_k: float = 60.0
     vector_weight: float = 1.0
-    text_weight: float = 2.0  # (sql/59_hybrid.sql says why)
+    text_weight: float | None = None  # None: the fusion's own (sql/59_hybrid.sql says why)
     depth: int = 100
-    text_match: str = "all"
+    text_match: str = "any"
+    fusion: str = "convex"
 
     @classmethod
     def names(cls) -> tuple[str, ...]:
@@ -58,13 +66,18 @@ class Fusion:
             if text_match not in TEXT_MATCHES:
                 raise ValueError(f'"text_match" must be "all" or "any", not {text_match!r}')
             values["text_match"] = text_match
+        fusion = given.get("fusion")
+        if fusion is not None:
+            if fusion not in FUSIONS:
+                raise ValueError(f'"fusion" must be "convex" or "rrf", not {fusion!r}')
+            values["fusion"] = fusion
         return cls(**values).checked()
 
     def checked(self) -> Fusion:
         """This tuning, if hybrid_search() takes it (ValueError naming the field if not)."""
         for name in ("rrf_k", "vector_weight", "text_weight"):
             value = getattr(self, name)
-            if not math.isfinite(value) or value < 0:
+            if value is not None and (not math.isfinite(value) or value < 0):
                 raise ValueError(f'"{name}" must be a number of at least 0, not {value:g}')
         if self.vector_weight == 0 and self.text_weight == 0:
             raise ValueError('"vector_weight" and "text_weight" cannot both be 0')

@@ -65,9 +65,9 @@ def hybrid(
     filter: dict[str, Any] | None = None,
     fusion: Fusion | None = None,
 ) -> list[dict[str, Any]]:
-    """embeddings.hybrid_search(): the k documents best by reciprocal rank fusion of the
-    vector ranking and the full-text ranking of `query`, tuned by `fusion` (None: the SQL
-    function's defaults, which Fusion's are)."""
+    """embeddings.hybrid_search(): the k documents best by the fusion of the vector ranking
+    and the full-text ranking of `query`, tuned by `fusion` (None, or a field of it None: the
+    SQL function's defaults)."""
     db.register_vector_types(conn)
     fusion = fusion or Fusion()
     params = {
@@ -76,6 +76,7 @@ def hybrid(
         "text_weight": fusion.text_weight,
         "depth": fusion.depth,
         "text_match": fusion.text_match,
+        "fusion": fusion.fusion,
         "target": target.id,
         "text": query,
         "query": HalfVector(vector),

@@ -91,3 +91,8 @@ BEGIN
     END IF;
 END
 $$;
+
+-- What pgmq granted `pg_monitor` on the queue and archive tables of our queues (it read every
+-- queued and dead-lettered key) needs no line here: the code reinstall after this file calls
+-- embeddings.create_queue() for every registered queue (sql/99_regenerate.sql), which revokes
+-- it (embeddings.revoke_pgmq_grants(), sql/20_queue.sql); `tests/migration` checks it.

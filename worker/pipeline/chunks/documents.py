@@ -2,13 +2,18 @@
 document (a bytea column, or a format given to watch(): docs/documents.md) extracted to text and
 split a section at a time, each chunk with its context header (worker/pipeline/documents/).
 
-Parsing runs here, in the worker's load stage, never in the application's transaction. A
-document that cannot be read raises DocumentError naming its format; the caller fails that row
-alone, for good (the same bytes fail the same way again)."""
+A document is parsed in a parse process, never in the worker's own (worker/pipeline/parsing/):
+the load stage asks for the parses of its documents (`request`), waits a short while (`wait`),
+and opens those done; a document whose parse is not done yet opens as None, and its row comes
+back for it. Plain text is not parsed, and pays nothing of this. A document that cannot be read
+raises DocumentError naming its format (the caller fails that row alone, for good: the same
+bytes fail the same way again); one whose parse ran out of its budget or crashed raises
+ParseFailed (the row fails this attempt)."""
 
 from __future__ import annotations
 
 import base64
+from collections.abc import Iterable
 from typing import Any, Protocol
 
 from worker.pipeline.chunking import ChunkSource, Splitter
@@ -16,12 +21,26 @@ from worker.pipeline.documents.extraction import extract
 from worker.pipeline.documents.headers import HeaderTemplate
 from worker.pipeline.documents.splitting import DocumentSplitter
 from worker.pipeline.documents.stream import DocumentStream
+from worker.pipeline.parsing.budgets import Budgets
+from worker.pipeline.parsing.process import Parse, input_size
+from worker.pipeline.parsing.service import SERVICE, ParseService
+from worker.pipeline.pieces import DocumentId, Limits
 from worker.pipeline.targets import Target
 
 
 class ChunkReader(Protocol):
-    def open(self, content: str) -> ChunkSource:
-        """The row's chunks, read as far as they are taken."""
+    parses: bool  # its content goes through a parse process first
+
+    def request(self, key: DocumentId, content: str) -> None:
+        """Asks for the content's parse, when it needs one."""
+        ...
+
+    def wait(self, keys: Iterable[DocumentId], deadline: float) -> None:
+        """Until these parses are done, or the deadline (time.monotonic()) passed."""
+        ...
+
+    def open(self, key: DocumentId, content: str) -> ChunkSource | None:
+        """The row's chunks, read as far as they are taken; None while its parse is not done."""
         ...
 
     def size(self, content: str, stream: ChunkSource) -> int:
@@ -32,10 +51,18 @@ class ChunkReader(Protocol):
 class TextReader:
     """Plain text, chunked as it is (every chunked target before documents)."""
 
+    parses = False
+
     def __init__(self, splitter: Splitter) -> None:
         self._splitter = splitter
 
-    def open(self, content: str) -> ChunkSource:
+    def request(self, key: DocumentId, content: str) -> None:
+        return
+
+    def wait(self, keys: Iterable[DocumentId], deadline: float) -> None:
+        return
+
+    def open(self, key: DocumentId, content: str) -> ChunkSource:
         return self._splitter.stream(content)
 
     def size(self, content: str, stream: ChunkSource) -> int:
@@ -44,26 +71,58 @@ class TextReader:
 
 class DocumentReader:
     """Documents of `format` ("auto": detected from the bytes), a bytea column's loaded as
-    base64 (embeddings.content_sql()); the ceiling is on the extracted text."""
+    base64 (embeddings.content_sql()); the ceiling is on the extracted text. Those of format
+    "text" are plain text: read here, not parsed."""
 
     def __init__(
-        self, splitter: DocumentSplitter, *, format: str, is_bytes: bool, max_bytes: int
+        self,
+        splitter: DocumentSplitter,
+        *,
+        format: str,
+        is_bytes: bool,
+        max_bytes: int,
+        budgets: Budgets,
+        parser: ParseService = SERVICE,
     ) -> None:
         self._splitter = splitter
         self._format = None if format == "auto" else format
         self._is_bytes = is_bytes
         self._max_bytes = max_bytes
+        self._budgets = budgets
+        self._parser = parser
+        self.parses = format != "text"
 
-    def open(self, content: str) -> ChunkSource:
-        data: bytes | str = base64.b64decode(content) if self._is_bytes else content
-        document = extract(data, max_bytes=self._max_bytes, format=self._format)
+    def request(self, key: DocumentId, content: str) -> None:
+        if self.parses:
+            size = input_size(content, is_bytes=self._is_bytes)
+            job = Parse(
+                content, self._format, self._is_bytes, self._max_bytes, self._budgets.for_size(size)
+            )
+            self._parser.submit(key, job, processes=self._budgets.processes)
+
+    def wait(self, keys: Iterable[DocumentId], deadline: float) -> None:
+        if self.parses:
+            self._parser.wait(keys, deadline)
+
+    def open(self, key: DocumentId, content: str) -> ChunkSource | None:
+        if not self.parses:
+            data: bytes | str = base64.b64decode(content) if self._is_bytes else content
+            document = extract(data, max_bytes=self._max_bytes, format="text")
+        else:
+            outcome = self._parser.take(key)
+            if outcome is None:
+                self.request(key, content)  # (asked for already, unless the queue was full)
+                return None
+            if isinstance(outcome, Exception):
+                raise outcome
+            document = outcome
         return DocumentStream(self._splitter, document, content)
 
     def size(self, content: str, stream: ChunkSource) -> int:
         return len(stream.text.encode())
 
 
-def reader_for(target: Target, tokenizer: Any, max_document_bytes: int) -> ChunkReader:
+def reader_for(target: Target, tokenizer: Any, limits: Limits) -> ChunkReader:
     """The reader of target's content. A context header template the worker cannot use raises
     ConfigError (watch() checks it the same way, so only a hand-edited registry gets here)."""
     assert target.chunk_tokens is not None
@@ -77,5 +136,6 @@ def reader_for(target: Target, tokenizer: Any, max_document_bytes: int) -> Chunk
         DocumentSplitter(tokenizer, target.chunk_tokens, overlap, template),
         format=target.document_format,
         is_bytes=target.content_bytes,
-        max_bytes=max_document_bytes,
+        max_bytes=limits.max_document_bytes,
+        budgets=limits.parsing,
     )

@@ -5,6 +5,7 @@ the ceiling failed (worker/pipeline/chunks/__init__.py has the whole path)."""
 from __future__ import annotations
 
 import base64
+import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -23,6 +24,10 @@ if TYPE_CHECKING:
 # Reuse lookups per batch at most: each round reads more chunks where stored vectors left
 # budget over.
 MAX_ROUNDS = 64
+# How long a batch waits for its documents' parses (worker/pipeline/parsing/): a document not
+# parsed by then is postponed (re-queued, no attempt counted) while its parse goes on, and does
+# not hold up the rest of the batch.
+PARSE_WAIT_SECONDS = 1.0
 
 
 @dataclass
@@ -51,7 +56,7 @@ def prepare(
         batch.deferred[target.id] = str(exc)
         return
     try:
-        reader = reader_for(target, tokenizer, batch.limits.max_document_bytes)
+        reader = reader_for(target, tokenizer, batch.limits)
     except exceptions.ConfigError as exc:
         batch.deferred[target.id] = f"{target.name}: {exc}"
         return
@@ -95,6 +100,8 @@ def _prepare_target(
         for key, digest, state, done in found
         if state == "in_progress" and digest == _digest(rows, key) and key not in fresh
     }
+    if reader.parses:
+        _request_parses(conn, batch, target, rows, reader)
     documents: dict[str, Document] = {}
     for _ in range(MAX_ROUNDS):
         taken: list[tuple[Row, DocumentChunks, list[int]]] = []
@@ -103,10 +110,8 @@ def _prepare_target(
                 continue
             doc = documents.get(row.key)
             if doc is None:
-                try:
-                    doc = _document(conn, target, row, reader=reader, committed=committed)
-                except exceptions.DocumentError as exc:
-                    _fail_document(conn, batch, target, row, exc)
+                doc = _open(conn, batch, target, row, reader=reader, committed=committed)
+                if doc is None:
                     continue
                 documents[row.key] = doc
                 budget.tokens -= sum(doc.pending.chunks[i].tokens for i in doc.pending.new)
@@ -131,6 +136,26 @@ def _prepare_target(
         _settle_prepared(row, documents.get(row.key))
 
 
+def _request_parses(
+    conn: db.Connection, batch: Batch, target: Target, rows: list[Row], reader: ChunkReader
+) -> None:
+    """Asks for the parse of each row's document (not of a long document's next piece: the cache
+    holds it parsed) and waits for them, at most until the batch's parse deadline. Every row's is
+    asked for, also of rows past the batch's budget: parsed meanwhile, they are ready when they
+    come back."""
+    keys = []
+    for row in rows:
+        assert row.content is not None and row.digest is not None
+        key = pieces.document_id(conn, target.id, target.version, row.key, row.digest)
+        if not pieces.CACHE.holds(key):
+            reader.request(key, row.content)
+            keys.append(key)
+    if keys:
+        if batch.parse_deadline is None:
+            batch.parse_deadline = time.monotonic() + PARSE_WAIT_SECONDS
+        reader.wait(keys, batch.parse_deadline)
+
+
 def _continued(job: messages.Job) -> bool:
     return isinstance(job.message, dict) and job.message.get("continued") is True
 
@@ -145,6 +170,31 @@ def _group(budget: _Budget, target: Target) -> int:
     return max(1, min(budget.chunks, budget.tokens // target.chunk_tokens + 1, 256))
 
 
+def _open(
+    conn: db.Connection,
+    batch: Batch,
+    target: Target,
+    row: Row,
+    *,
+    reader: ChunkReader,
+    committed: dict[str, int],
+) -> Document | None:
+    """The row's document; None when the row failed (a document that cannot be read, for good;
+    a parse past its budget or crashed, this attempt) or was postponed (its parse goes on, and
+    the row comes back for it)."""
+    try:
+        doc = _document(conn, target, row, reader=reader, committed=committed)
+    except exceptions.DocumentError as exc:
+        _fail_document(conn, batch, target, row, exc)
+        return None
+    except exceptions.ParseFailed as exc:
+        row.fail(str(exc))
+        return None
+    if doc is None:
+        row.state = RowState.POSTPONED
+    return doc
+
+
 def _document(
     conn: db.Connection,
     target: Target,
@@ -152,16 +202,19 @@ def _document(
     *,
     reader: ChunkReader,
     committed: dict[str, int],
-) -> Document:
+) -> Document | None:
     """The row's document: the one a previous piece left in the cache when the database's record
-    confirms it, else read afresh from where the record says its committed chunks end."""
+    confirms it, else read afresh from where the record says its committed chunks end; None
+    while its parse is not done."""
     assert row.content is not None and row.digest is not None
     key = pieces.document_id(conn, target.id, target.version, row.key, row.digest)
     done = committed.get(row.key, 0)
     doc = pieces.CACHE.take(key)
     if doc is not None and doc.confirm(done):
         return doc
-    stream = reader.open(row.content)
+    stream = reader.open(key, row.content)
+    if stream is None:
+        return None
     size = reader.size(row.content, stream)
     return Document(stream, target.model, size, done=done, cache_key=key)
 

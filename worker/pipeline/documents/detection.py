@@ -68,10 +68,15 @@ def _is_docx(data: bytes) -> bool:
 
 
 def decode_text(format: str, data: bytes) -> str:
-    """UTF-8 text (a byte-order mark dropped); DocumentError naming the first bad byte."""
+    """UTF-8 text (a byte-order mark dropped); DocumentError naming the first bad byte, or the
+    first NUL (valid UTF-8, but no Postgres text can hold it: the chunks could not be stored)."""
     try:
-        return data.decode("utf-8-sig")
+        text = data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
         raise exceptions.DocumentError(
             format, f"not valid UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}"
         ) from None
+    nul = data.find(b"\x00")
+    if nul >= 0:
+        raise exceptions.DocumentError(format, f"a NUL byte at offset {nul}: not text")
+    return text

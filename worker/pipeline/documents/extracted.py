@@ -1,14 +1,27 @@
 """ExtractedDocument: what every format becomes, the text and where its sections and pages are;
-and TextBuilder, which the formats that are not text already (HTML, DOCX) write it with."""
+and TextBuilder, which the formats that are not text already (HTML, DOCX) write it with.
+
+Every size derived from a document is bounded here, whatever the bytes: a title or heading is
+cut at MAX_TITLE or MAX_HEADING characters, a heading path is at most MAX_DEPTH deep, a document
+has at most MAX_SECTIONS sections (later headings stay in the text of the last one) and a PDF at
+most MAX_PAGES pages. So the context header in front of every chunk is bounded too."""
 
 from __future__ import annotations
 
+import bisect
 import re
 from dataclasses import dataclass, field
+from functools import cached_property
 
 from worker import exceptions
 
 Headings = tuple[str, ...]  # the heading path of a section: its heading and those above it
+
+MAX_TITLE = 200  # characters
+MAX_HEADING = 200  # characters of one heading
+MAX_DEPTH = 9  # headings in a path (DOCX has nine levels, HTML and Markdown six)
+MAX_SECTIONS = 20_000
+MAX_PAGES = 20_000
 
 _SPACES = re.compile(r"\s+")
 
@@ -37,12 +50,14 @@ class ExtractedDocument:
 
     def page_at(self, offset: int) -> int | None:
         """The page holding the character at `offset` (a chunk's start), None without pages."""
-        found = None
-        for number, (start, _) in sorted(self.pages.items()):
-            if start > offset:
-                break
-            found = number
-        return found
+        numbers, starts = self._page_starts
+        found = bisect.bisect_right(starts, offset)
+        return numbers[found - 1] if found else None
+
+    @cached_property
+    def _page_starts(self) -> tuple[list[int], list[int]]:
+        numbers = sorted(self.pages)
+        return numbers, [self.pages[n][0] for n in numbers]
 
 
 def whole(format: str, text: str, title: str | None = None) -> ExtractedDocument:
@@ -53,6 +68,16 @@ def whole(format: str, text: str, title: str | None = None) -> ExtractedDocument
 def collapse_spaces(text: str) -> str:
     """HTML's and Word's inline whitespace: any run of it is one space; none at the ends."""
     return _SPACES.sub(" ", text).strip()
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to at most `limit` characters (an ellipsis says it was)."""
+    return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
+
+
+def headline(text: str, limit: int = MAX_HEADING) -> str:
+    """A heading's or title's text: its spaces collapsed, cut at `limit` characters."""
+    return clip(collapse_spaces(text), limit)
 
 
 class TextBuilder:
@@ -78,10 +103,15 @@ class TextBuilder:
             self._append(text)
 
     def heading(self, level: int, text: str) -> None:
-        """A heading of `level` (1 the highest): it ends the current section and starts one."""
-        text = collapse_spaces(text)
+        """A heading of `level` (1 the highest): it ends the current section and starts one.
+        Past MAX_SECTIONS sections a heading is a paragraph of the last one."""
+        text = headline(text)
         if not text:
             return
+        if len(self._sections) >= MAX_SECTIONS - 1:
+            self._append(text)
+            return
+        level = min(level, MAX_DEPTH)
         self._close_section(self._length)
         while self._path and self._path[-1][0] >= level:
             self._path.pop()

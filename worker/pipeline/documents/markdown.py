@@ -1,16 +1,28 @@
 """Markdown: the text is the source as written (so offsets are the source's), split into
 sections at its headings, ATX (`## Refunds`) and setext (a line underlined with `===` or
 `---`), outside fenced code blocks. Only headings are parsed: the rest of the markup says
-nothing about where a section ends, and the model reads it well enough as it is."""
+nothing about where a section ends, and the model reads it well enough as it is.
+
+Linear in the text: a line is looked at once, by patterns that cannot backtrack (no pattern
+holds two quantifiers that can match the same characters), and a heading's closing `#`s are
+taken off by string methods. A document has at most MAX_SECTIONS sections: later headings stay
+in the text of the last one."""
 
 from __future__ import annotations
 
 import re
 from dataclasses import dataclass
 
-from worker.pipeline.documents.extracted import ExtractedDocument, Section, collapse_spaces
+from worker.pipeline.documents.extracted import (
+    MAX_SECTIONS,
+    MAX_TITLE,
+    ExtractedDocument,
+    Section,
+    clip,
+    headline,
+)
 
-_ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]+(.*?))??(?:[ \t]+#+)?[ \t]*")
+_ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]|$)")  # the opening sequence; the text follows
 _SETEXT = re.compile(r" {0,3}(=+|-+)[ \t]*")
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
 _LINE = re.compile(r"[^\n]*\n?")
@@ -38,14 +50,14 @@ def extract(text: str) -> ExtractedDocument:
         end = headings[k + 1].start if k + 1 < len(headings) else len(text)
         sections.append(Section(tuple(t for _, t in path), heading.end, end))
     first = headings[0] if headings else None
-    title = first.text if first is not None and first.level == 1 else None
+    title = clip(first.text, MAX_TITLE) if first is not None and first.level == 1 else None
     return ExtractedDocument("markdown", text, title, tuple(sections))
 
 
 def _headings(text: str) -> list[_Heading]:
     found: list[_Heading] = []
     fence: str | None = None  # the fence that opened the code block we are in
-    paragraph: list[tuple[int, str]] = []  # (start, line) of the paragraph so far
+    paragraph: list[tuple[int, str]] = []  # (start, line) of the paragraph's first lines
     position = 0
     for match in _LINE.finditer(text):
         line = match.group()
@@ -54,28 +66,55 @@ def _headings(text: str) -> list[_Heading]:
         start, position = position, position + len(line)
         content = line.rstrip("\n").rstrip("\r")
         opened = _FENCE.match(content)
-        if fence is not None:
-            if opened and opened.group(1)[0] == fence[0] and len(opened.group(1)) >= len(fence):
-                fence = None
+        if fence is not None or opened:
+            fence, paragraph = _fence_after(opened, fence), []
             continue
-        if opened:
-            fence, paragraph = opened.group(1), []
-            continue
-        atx = _ATX.fullmatch(content)
-        if atx:
-            level, title = len(atx.group(1)), collapse_spaces(atx.group(2) or "")
-            found.append(_Heading(level, title, start, position))
+        heading = _heading(content, paragraph, start, position)
+        if heading is not None:
             paragraph = []
-            continue
-        underline = _SETEXT.fullmatch(content)
-        if underline and paragraph:
-            level = 1 if underline.group(1)[0] == "=" else 2
-            title = collapse_spaces(" ".join(line for _, line in paragraph))
-            found.append(_Heading(level, title, paragraph[0][0], position))
-            paragraph = []
-            continue
-        if content.strip() and not content.startswith("    "):
-            paragraph.append((start, content))
+            if heading.text:
+                found.append(heading)
+            if len(found) == MAX_SECTIONS - 1:
+                break
+        elif content.strip() and not content.startswith("    "):
+            if len(paragraph) < 8:  # a setext heading's text is its paragraph's first lines
+                paragraph.append((start, content))
         else:
             paragraph = []
-    return [h for h in found if h.text]
+    return found
+
+
+def _fence_after(opened: re.Match[str] | None, fence: str | None) -> str | None:
+    """The fence open after this line: the one it opens, or `fence` unless this line closes it."""
+    if fence is None:
+        assert opened is not None
+        return opened.group(1)
+    if opened and opened.group(1)[0] == fence[0] and len(opened.group(1)) >= len(fence):
+        return None
+    return fence
+
+
+def _heading(
+    content: str, paragraph: list[tuple[int, str]], start: int, end: int
+) -> _Heading | None:
+    """The heading this line is (an ATX heading, or the underline of a setext heading's
+    paragraph), else None."""
+    atx = _ATX.match(content)
+    if atx:
+        return _Heading(len(atx.group(1)), headline(_atx_text(content[atx.end() :])), start, end)
+    underline = _SETEXT.fullmatch(content)
+    if underline and paragraph:
+        level = 1 if underline.group(1)[0] == "=" else 2
+        title = headline(" ".join(line for _, line in paragraph))
+        return _Heading(level, title, paragraph[0][0], end)
+    return None
+
+
+def _atx_text(rest: str) -> str:
+    """An ATX heading's text, from what follows its opening `#`s: without its closing sequence
+    (`#`s after a space, or nothing but `#`s) and the spaces around it."""
+    text = rest.strip(" \t")
+    bare = text.rstrip("#")
+    if bare != text and (not bare or bare[-1] in " \t"):
+        text = bare.rstrip(" \t")
+    return text

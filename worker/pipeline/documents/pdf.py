@@ -12,7 +12,14 @@ import pypdf
 from pypdf.errors import DependencyError
 
 from worker import exceptions
-from worker.pipeline.documents.extracted import ExtractedDocument, Section, too_large
+from worker.pipeline.documents.extracted import (
+    MAX_PAGES,
+    MAX_TITLE,
+    ExtractedDocument,
+    Section,
+    headline,
+    too_large,
+)
 
 PAGE_BREAK = "\n\n"
 
@@ -21,6 +28,10 @@ def extract(data: bytes, *, max_bytes: int) -> ExtractedDocument:
     reader = pypdf.PdfReader(io.BytesIO(data))
     if reader.is_encrypted:
         _decrypt(reader)
+    if len(reader.pages) > MAX_PAGES:
+        raise exceptions.DocumentError(
+            "pdf", f"{len(reader.pages):,} pages, more than the {MAX_PAGES:,} a document may have"
+        )
     parts: list[str] = []
     pages: dict[int, tuple[int, int]] = {}
     length = size = 0
@@ -37,7 +48,7 @@ def extract(data: bytes, *, max_bytes: int) -> ExtractedDocument:
             raise too_large("pdf", max_bytes)
     text = "".join(parts)
     metadata = reader.metadata
-    title = (metadata.title or "").strip() or None if metadata is not None else None
+    title = headline(metadata.title or "", MAX_TITLE) or None if metadata is not None else None
     return ExtractedDocument("pdf", text, title, (Section((), 0, len(text)),), pages)
 
 

@@ -9,9 +9,16 @@ the documents a user chose, and dropping a part of them silently would be worse.
 
 from __future__ import annotations
 
+from collections import Counter
 from html.parser import HTMLParser
 
-from worker.pipeline.documents.extracted import ExtractedDocument, TextBuilder, collapse_spaces
+from worker.pipeline.documents.extracted import (
+    MAX_TITLE,
+    ExtractedDocument,
+    TextBuilder,
+    collapse_spaces,
+    headline,
+)
 
 # Their content is not text a reader sees.
 _HIDDEN = frozenset({"script", "style", "noscript", "template", "svg", "math", "head", "iframe"})
@@ -39,20 +46,23 @@ class _Parser(HTMLParser):
         super().__init__(convert_charrefs=True)
         self._builder = builder
         self._hidden: list[str] = []  # the hidden elements we are in
+        self._open = Counter[str]()  # how many of each are in `_hidden` (no scan per end tag)
         self._pre = 0  # depth of <pre>: its whitespace is kept
         self._text: list[str] = []  # the current block's text
         self._heading: int | None = None  # the level of the heading we are in
         self._title: list[str] | None = None  # the <title>'s text, while in it
+        self._title_length = 0
         self._title_text: str | None = None
         self._first_h1: str | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "title" and self._title_text is None:
-            self._title = []
+            self._title, self._title_length = [], 0
         elif tag in _HIDDEN:
             self._hidden.append(tag)
-        elif tag == "body" and "head" in self._hidden:  # a <head> never closed ends here
-            self._hidden = self._hidden[: self._hidden.index("head")]
+            self._open[tag] += 1
+        elif tag == "body" and self._open["head"]:  # a <head> never closed ends here
+            self._close_hidden("head")
         elif tag in _HEADINGS:
             self._flush()
             self._heading = _HEADINGS[tag]
@@ -66,14 +76,13 @@ class _Parser(HTMLParser):
 
     def handle_endtag(self, tag: str) -> None:
         if tag == "title" and self._title is not None:
-            self._title_text = collapse_spaces("".join(self._title)) or None
+            self._title_text = headline("".join(self._title), MAX_TITLE) or None
             self._title = None
         elif tag in _HIDDEN:
-            if tag in self._hidden:  # a stray end tag closes nothing
-                while self._hidden.pop() != tag:
-                    pass
+            if self._open[tag]:  # a stray end tag closes nothing
+                self._close_hidden(tag)
         elif tag in _HEADINGS and self._heading is not None:
-            text = collapse_spaces("".join(self._text))
+            text = headline("".join(self._text))
             self._text = []
             if self._heading == 1 and self._first_h1 is None and text:
                 self._first_h1 = text
@@ -85,9 +94,19 @@ class _Parser(HTMLParser):
 
     def handle_data(self, data: str) -> None:
         if self._title is not None:
-            self._title.append(data)
+            if self._title_length < MAX_TITLE * 8:  # the rest would be cut anyway
+                self._title.append(data)
+                self._title_length += len(data)
         elif not self._hidden:
             self._text.append(data)
+
+    def _close_hidden(self, tag: str) -> None:
+        """Closes the innermost open `tag` and the hidden elements inside it."""
+        while True:
+            closed = self._hidden.pop()
+            self._open[closed] -= 1
+            if closed == tag:
+                return
 
     def finish(self) -> ExtractedDocument:
         self._flush()

@@ -7,13 +7,22 @@ from __future__ import annotations
 import io
 import re
 import zipfile
+from collections.abc import Callable
 
 import docx
+from docx.document import Document
+from docx.enum.style import WD_STYLE_TYPE
 from docx.table import Table
 from docx.text.paragraph import Paragraph
 
 from worker import exceptions
-from worker.pipeline.documents.extracted import ExtractedDocument, TextBuilder, collapse_spaces
+from worker.pipeline.documents.extracted import (
+    MAX_TITLE,
+    ExtractedDocument,
+    TextBuilder,
+    collapse_spaces,
+    headline,
+)
 
 _HEADING_STYLE = re.compile(r"heading ([1-9])", re.I)
 
@@ -30,26 +39,38 @@ def extract(data: bytes, *, max_bytes: int) -> ExtractedDocument:
     _check_inflated_size(data, max_bytes)
     document = docx.Document(io.BytesIO(data))
     builder = TextBuilder("docx", max_bytes)
-    title = collapse_spaces(document.core_properties.title or "") or None
+    title = headline(document.core_properties.title or "", MAX_TITLE) or None
+    style_name = _style_names(document)
     for block in document.iter_inner_content():
         if isinstance(block, Table):
             builder.paragraph(_table_text(block))
             continue
-        style = _style_name(block)
+        style = style_name(block)
         heading = _HEADING_STYLE.fullmatch(style)
         if heading:
             builder.heading(int(heading.group(1)), block.text)
             continue
         if style.lower() == "title" and title is None:
-            title = collapse_spaces(block.text) or None
+            title = headline(block.text, MAX_TITLE) or None
         builder.paragraph(block.text.strip())
     builder.title = title
     return builder.build()
 
 
-def _style_name(paragraph: Paragraph) -> str:
-    style = paragraph.style
-    return (style.name or "") if style is not None else ""
+def _style_names(document: Document) -> Callable[[Paragraph], str]:
+    """A paragraph's style name, as `paragraph.style` resolves it (its style id, else the
+    default paragraph style), from one table of the styles: `paragraph.style` scans them all
+    each time (30 s for a 20,000-paragraph document)."""
+    paragraph_styles = [s for s in document.styles if s.type == WD_STYLE_TYPE.PARAGRAPH]
+    names = {s.style_id: s.name or "" for s in paragraph_styles}
+    default = document.styles.default(WD_STYLE_TYPE.PARAGRAPH)
+    default_name = (default.name or "") if default is not None else ""
+
+    def name(paragraph: Paragraph) -> str:
+        style_id = paragraph._p.style  # the id only: no lookup
+        return names.get(style_id, default_name) if style_id is not None else default_name
+
+    return name
 
 
 def _table_text(table: Table) -> str:

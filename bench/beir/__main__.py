@@ -1,0 +1,110 @@
+"""`make bench-beir DATA=<folder>`: retrieval quality on a dataset in BEIR's layout, through the
+product's own search functions (docs/retrieval-quality.md).
+
+    python -m bench.beir DATA [--model NAME] [--model-path DIRS] [--chunked [TOKENS]]
+                              [--hybrid name=value,...]... [--watch name=value,...]
+                              [--setup-sql SQL]... [--results FILE] [--runs DIR]
+
+DATA: a folder with corpus.jsonl, queries.jsonl and qrels/test.tsv (each may be gzipped).
+--model: any model the worker can run, by name: a catalog model (downloaded once, or found on
+  --model-path), a model directory's name on --model-path, or a remote model that --setup-sql
+  registers (`SELECT embeddings.register_model(...)`). Default all-MiniLM-L6-v2.
+--model-path: EMBED_MODEL_PATH (default: that variable, else ../shared/models).
+--chunked: watch in chunks of TOKENS (default 200): a document ranks by its best chunk.
+--hybrid: also score hybrid_search() with these options (repeatable), e.g.
+  `--hybrid fusion=rrf` or `--hybrid text_match=all,text_weight=2`.
+--watch: extra watch() arguments, e.g. `--watch fts_weights=AB`.
+--results: where the JSON goes (default bench/results/beir-<dataset>[-chunked].json).
+--runs: also write every ranking as a TREC run file in DIR (for trec_eval by hand).
+
+The database: a throwaway cluster of its own, or BENCH_DATABASE_URL's server (a superuser's).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from bench.beir import dataset, rankings, report, run
+from bench.machine import describe as machine
+from tests.support.cluster import session_cluster
+from worker import schema
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_MODELS = ROOT.parent.parent / "shared" / "models"
+DEFAULT_CHUNK_TOKENS = 200
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m bench.beir", description=__doc__.split("\n")[0])
+    p.add_argument("data", type=Path, help="a folder of a dataset in BEIR's layout")
+    p.add_argument("--model", default="all-MiniLM-L6-v2")
+    p.add_argument(
+        "--model-path",
+        default=os.environ.get("EMBED_MODEL_PATH") or str(SHARED_MODELS),
+        help="EMBED_MODEL_PATH for the worker and the queries",
+    )
+    p.add_argument("--chunked", nargs="?", type=int, const=DEFAULT_CHUNK_TOKENS, default=None)
+    p.add_argument("--hybrid", action="append", default=[], metavar="name=value,...")
+    p.add_argument("--watch", default="", metavar="name=value,...")
+    p.add_argument("--setup-sql", action="append", default=[], metavar="SQL")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--results", type=Path, default=None)
+    p.add_argument("--runs", type=Path, default=None)
+    return p
+
+
+def measure(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The figures of `args` (this parser's) on a database with the schema installed, printed
+    as a table; also `python -m bench --only beir`'s section."""
+    data = dataset.load(args.data)
+    chosen = rankings.default_rankings()
+    chosen += [rankings.hybrid_variant(rankings.parse_option_list(h)) for h in args.hybrid]
+    options = run.Options(
+        model=args.model,
+        model_path=args.model_path,
+        chunk_tokens=args.chunked,
+        threads=args.threads,
+        setup_sql=tuple(args.setup_sql),
+        watch_options=rankings.parse_option_list(args.watch),
+    )
+    result = {"machine": machine(), **run.run(dsn, data, chosen, options, runs=args.runs)}
+    print("\n".join(report.lines(result)), flush=True)
+    return result
+
+
+def results_path(args: argparse.Namespace) -> Path:
+    if args.results is not None:
+        return Path(args.results)
+    suffix = f"-chunked{args.chunked}" if args.chunked else ""
+    return ROOT / "results" / f"beir-{Path(args.data).resolve().name}{suffix}.json"
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        dataset.load(args.data)  # a wrong folder says so before a cluster starts
+    except dataset.DatasetError as exc:
+        print(f"bench-beir: {exc}", file=sys.stderr)
+        return 2
+    with session_cluster(fast=False, external_env="BENCH_DATABASE_URL") as cluster:
+        database = cluster.create_database(prefix="beir")
+        try:
+            dsn = cluster.dsn(database)
+            schema.migrate(dsn)
+            result = measure(dsn, args)
+        finally:
+            cluster.drop_database(database)
+    path = results_path(args)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"bench-beir: wrote {path}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,209 @@
+"""The rankings the BEIR bench scores, each through the product's public SQL functions and
+through `POST /search` of a real worker, which must return the same documents in the same order.
+
+    vector     embeddings.search()                         {"mode": "vector"}
+    full-text  embeddings.hybrid_search(vector_weight => 0, text_match => ..., fusion =>
+               'rrf'), the rows it ranked by full text (text_rank not null), by that rank
+                                                           {"mode": "hybrid", the same options}
+    hybrid     embeddings.hybrid_search(options)           {"mode": "hybrid", options}
+
+Options are hybrid_search()'s named arguments, as JSON-able values (POST /search takes the
+same names). The SQL call is timed alone, from Python, with the query's vector embedded
+beforehand: the latency a search costs in the database, round trip included.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+import psycopg
+from pgvector import HalfVector
+from pgvector.psycopg import register_vector
+from psycopg import sql
+
+Vector32 = npt.NDArray[np.float32]
+
+
+@dataclass(frozen=True)
+class Ranking:
+    name: str
+    label: str  # how the table prints it
+    function: str  # "search" or "hybrid_search"
+    options: Mapping[str, Any] = field(default_factory=dict)
+    text_only: bool = False  # the full-text ranking alone: rows with a text_rank, by it
+
+    @property
+    def body(self) -> dict[str, Any]:
+        """POST /search's fields for this ranking (beside table, query, k)."""
+        if self.function == "search":
+            return {"mode": "vector"}
+        return {"mode": "hybrid", **self.options}
+
+    def statement(self) -> sql.Composed:
+        if self.function == "search":
+            return sql.SQL(
+                "SELECT key #>> '{{}}' FROM embeddings.search(%(table)s::regclass, %(vector)s, %(k)s)"
+            ).format()
+        named = sql.SQL("").join(
+            sql.SQL(", {} => {}").format(sql.Identifier(name), sql.Literal(value))
+            for name, value in self.options.items()
+        )
+        statement = sql.SQL(
+            "SELECT r.key #>> '{{}}' FROM embeddings.hybrid_search("
+            "%(table)s::regclass, %(text)s, %(vector)s, %(k)s{}) r"
+        ).format(named)
+        if self.text_only:
+            statement = sql.SQL("{} WHERE r.text_rank IS NOT NULL ORDER BY r.text_rank").format(
+                statement
+            )
+        return statement
+
+
+def default_rankings(text_match: str = "any") -> list[Ranking]:
+    """The product's rankings, its defaults first: vector, full-text alone, hybrid."""
+    return [
+        Ranking("vector", "vector, `search()`", "search"),
+        # Places, not scores: with vector_weight 0 a document only the vector ranking holds
+        # then scores 0, where the convex fusion would give it the text ranking's lowest score
+        # and let it take the place of a text result among the first k.
+        Ranking(
+            "fulltext",
+            "full-text only, `hybrid_search(vector_weight => 0,"
+            f" text_match => '{text_match}', fusion => 'rrf')`",
+            "hybrid_search",
+            {"vector_weight": 0, "text_match": text_match, "fusion": "rrf"},
+            text_only=True,
+        ),
+        Ranking("hybrid", "hybrid, `hybrid_search()` defaults", "hybrid_search"),
+    ]
+
+
+def parse_option_list(text: str) -> dict[str, Any]:
+    """`name=value,name=value` (numbers as numbers, the rest as strings) as options."""
+    options: dict[str, Any] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, sep, value = part.partition("=")
+        if not sep or not name.strip():
+            raise ValueError(f"expected name=value, not {part!r}")
+        options[name.strip()] = _value(value.strip())
+    return options
+
+
+def _value(text: str) -> Any:
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
+
+
+def hybrid_variant(options: Mapping[str, Any]) -> Ranking:
+    shown = ", ".join(f"{name} => {_sql_literal(value)}" for name, value in options.items())
+    return Ranking(
+        "hybrid(" + ",".join(f"{n}={v}" for n, v in options.items()) + ")",
+        f"hybrid, `hybrid_search({shown})`",
+        "hybrid_search",
+        dict(options),
+    )
+
+
+def _sql_literal(value: Any) -> str:
+    return repr(value).replace('"', "'") if isinstance(value, str) else str(value)
+
+
+@dataclass
+class Ranked:
+    """One ranking's results: each query's document ids, best first, and the SQL call's time."""
+
+    rankings: dict[str, list[str]] = field(default_factory=dict)
+    seconds: list[float] = field(default_factory=list)
+
+
+def rank_sql(
+    dsn: str,
+    table: str,
+    ranking: Ranking,
+    *,
+    queries: Mapping[str, str],
+    vectors: Mapping[str, Vector32],
+    k: int,
+) -> Ranked:
+    ranked = Ranked()
+    statement = ranking.statement()
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        register_vector(conn)
+        for query_id, text in queries.items():
+            params = {"table": table, "text": text, "vector": HalfVector(vectors[query_id]), "k": k}
+            started = time.perf_counter()
+            rows = conn.execute(statement, params).fetchall()
+            ranked.seconds.append(time.perf_counter() - started)
+            ranked.rankings[query_id] = [str(row[0]) for row in rows]
+    return ranked
+
+
+def alternating_p50(
+    dsn: str,
+    table: str,
+    chosen: Sequence[Ranking],
+    *,
+    queries: Mapping[str, str],
+    vectors: Mapping[str, Vector32],
+    k: int,
+    rounds: int = 2,
+) -> dict[str, float]:
+    """Each ranking's median SQL latency in ms, the rankings called in turn for every query
+    (round after round): on a shared machine, whose speed drifts, their ratio is fair where
+    figures of runs minutes apart are not."""
+    seconds: dict[str, list[float]] = {r.name: [] for r in chosen}
+    statements = {r.name: r.statement() for r in chosen}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        register_vector(conn)
+        for _ in range(rounds):
+            for query_id, text in queries.items():
+                params = {"table": table, "text": text, "vector": HalfVector(vectors[query_id])}
+                for name, statement in statements.items():
+                    started = time.perf_counter()
+                    conn.execute(statement, {**params, "k": k}).fetchall()
+                    seconds[name].append(time.perf_counter() - started)
+    return {name: round(statistics.median(s) * 1000, 2) for name, s in seconds.items()}
+
+
+def rank_http(
+    port: int, table: str, ranking: Ranking, queries: Mapping[str, str], k: int
+) -> Ranked:
+    """The same ranking through POST /search: the worker embeds each query itself."""
+    ranked = Ranked()
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        for query_id, text in queries.items():
+            body = json.dumps({"table": table, "query": text, "k": k, **ranking.body})
+            started = time.perf_counter()
+            conn.request("POST", "/search", body, {"Content-Type": "application/json"})
+            answer = conn.getresponse()
+            data = answer.read()
+            ranked.seconds.append(time.perf_counter() - started)
+            if answer.status != 200:
+                raise RuntimeError(f"POST /search {ranking.name}: {answer.status} {data[:300]!r}")
+            results = json.loads(data)["results"]
+            if ranking.text_only:
+                results = sorted(
+                    (r for r in results if r["text_rank"] is not None),
+                    key=lambda r: r["text_rank"],
+                )
+            ranked.rankings[query_id] = [_key(r["key"]) for r in results]
+    finally:
+        conn.close()
+    return ranked
+
+
+def _key(key: Any) -> str:
+    return key if isinstance(key, str) else json.dumps(key)

@@ -1,0 +1,55 @@
+-- Names a user typed, resolved as the user's own sessions resolve them.
+--
+-- Our sessions (the worker's, the CLI's, the HTTP server's, migrate's) and every function of
+-- this schema search pg_catalog only for functions, operators and types (`pg_catalog, pg_temp`:
+-- worker/queries.sql session_reset, and each function's SET search_path): a schema a tenant may
+-- create, named after the role we connect as ("$user") or `public`, is never on the path, so
+-- an exact-type overload planted there runs nowhere. A table or function name the user gives
+-- (`embed-worker search docs`, POST /search's "table", `plan --content`, watch()'s content
+-- function) is looked up here in the search path the caller's session started with: its role's
+-- and database's setting (ALTER ROLE/DATABASE ... SET), else its connection's options, else the
+-- server's; what RESET would restore. Looking a name up runs no one's code.
+
+-- The search path the caller's session started with (pg_settings.reset_val).
+CREATE FUNCTION embeddings.session_start_path() RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) 'search_path'
+$$;
+
+-- Table (or view, ...) `name` as the caller's sessions find it: NULL when there is none.
+CREATE FUNCTION embeddings.relation_named(name text) RETURNS regclass
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found regclass;
+BEGIN
+    PERFORM set_config('search_path', embeddings.session_start_path(), true);
+    found := to_regclass(name);
+    PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+    RETURN found;
+END
+$$;
+
+-- Function `signature` (`name(argument types)`) as the caller's sessions find it: NULL when
+-- there is none.
+CREATE FUNCTION embeddings.function_named(signature text) RETURNS regprocedure
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    found regprocedure;
+BEGIN
+    PERFORM set_config('search_path', embeddings.session_start_path(), true);
+    found := to_regprocedure(signature);
+    PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+    RETURN found;
+END
+$$;
+
+-- Relation `rel` as a default search path ("$user", public) spells it: unqualified in public,
+-- else schema-qualified. For text that names a table to a person (a store table's COMMENT),
+-- the same whichever session made it.
+CREATE FUNCTION embeddings.display_name(rel regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN n.nspname OPERATOR(pg_catalog.=) 'public' THEN pg_catalog.quote_ident(c.relname)
+                ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END
+    FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+    WHERE c.oid OPERATOR(pg_catalog.=) rel
+$$;

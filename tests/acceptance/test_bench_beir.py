@@ -1,0 +1,143 @@
+"""`make bench-beir` end to end (`python -m bench.beir`): a small dataset in BEIR's layout,
+written here with judgements whose scores are known by hand, loaded, watched and embedded by the
+real worker with all-MiniLM-L6-v2, ranked through the SQL functions and POST /search, scored;
+the printed figures are checked.
+
+The documents are on unrelated subjects, so each ranking's first document is certain: the one
+a query is about, by meaning and by its words. But for "automobile repair", whose document
+("fixing a broken car engine") shares no word with it: full-text search finds nothing for it,
+so that ranking scores 0 there (every judged query counts), and 1 for the other two.
+"""
+
+from __future__ import annotations
+
+import gzip
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.support.cluster import REPO, Cluster
+from tests.support.models import MINILM, require_minilm
+
+pytestmark = pytest.mark.slow
+
+CORPUS = {
+    "cats": ("Why cats purr", "A cat purrs when it is content, and sometimes when it is hurt."),
+    "bread": ("Baking sourdough bread", "Sourdough bread rises with a starter of wild yeast."),
+    "car": ("Fixing a broken car engine", "Mechanics replace the spark plugs and the fuel pump."),
+    "volcano": ("Volcanoes", "Lava and ash pour out of a volcano when it erupts."),
+    "chess": ("Chess openings", "The Sicilian Defence answers the king's pawn opening."),
+    "tides": ("Ocean tides", "The pull of the Moon raises the sea twice a day."),
+    "taxes": ("Filing income taxes", "Deductions lower the income on which tax is owed."),
+    "violin": ("Learning the violin", "Scales and bowing exercises come before the first sonata."),
+}
+QUERIES = {
+    "q-cats": "why does my cat purr",
+    "q-bread": "how to bake sourdough bread",
+    "q-car": "automobile repair",
+    "q-unjudged": "a query with no judgements is not scored",
+}
+# q-cats judges a second document as not relevant (grade 0), as BEIR's files may.
+QRELS = [
+    ("q-cats", "cats", 2),
+    ("q-cats", "tides", 0),
+    ("q-bread", "bread", 1),
+    ("q-car", "car", 2),
+]
+
+
+def write_dataset(folder: Path) -> None:
+    """corpus.jsonl and qrels/test.tsv gzipped (CRLF lines, as BEIR's), queries.jsonl plain."""
+    (folder / "qrels").mkdir(parents=True)
+    with gzip.open(folder / "corpus.jsonl.gz", "wt", encoding="utf-8") as f:
+        for doc_id, (title, text) in CORPUS.items():
+            f.write(
+                json.dumps({"_id": doc_id, "title": title, "text": text, "metadata": {}}) + "\n"
+            )
+    (folder / "queries.jsonl").write_text(
+        "".join(json.dumps({"_id": q, "text": t}) + "\n" for q, t in QUERIES.items())
+    )
+    with gzip.open(folder / "qrels" / "test.tsv.gz", "wt", encoding="utf-8", newline="") as f:
+        f.write("query-id\tcorpus-id\tscore\r\n")
+        f.writelines(f"{q}\t{d}\t{grade}\r\n" for q, d, grade in QRELS)
+
+
+def figures(printed: str, columns: int) -> dict[str, list[float]]:
+    """The rows of the printed table of `columns` numbers: ranking label -> its numbers."""
+    rows = {}
+    for line in printed.splitlines():
+        cells = [c.strip() for c in line.strip().strip("|").split("|")]
+        numbers = cells[1:]
+        if (
+            line.startswith("| ")
+            and len(numbers) == columns
+            and all(re.fullmatch(r"[0-9.]+", c) for c in numbers)
+        ):
+            rows[cells[0]] = [float(c) for c in numbers]
+    return rows
+
+
+def test_the_bench_scores_a_small_dataset_as_worked_out_by_hand(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    model = require_minilm()
+    data = tmp_path / "tiny-beir"
+    write_dataset(data)
+    results = tmp_path / "beir.json"
+    env = {**os.environ, "BENCH_DATABASE_URL": cluster.admin_dsn}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.beir", str(data), "--model", MINILM,
+         "--model-path", str(model.parent), "--results", str(results),
+         "--hybrid", "fusion=rrf", "--runs", str(tmp_path / "runs")],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    printed = done.stdout
+    assert "BEIR tiny-beir: 8 documents, 3 test queries, 4 judgements" in printed
+    assert f"model {MINILM}: embedded in" in printed
+    assert "SQL and POST /search returned the same rankings" in printed
+    assert "vector and default hybrid called in turn for every query" in printed
+    found = figures(printed, 6)  # nDCG@10, R@100, MRR@10, p50, p95, HTTP p50
+    assert set(found) == {
+        "vector, `search()`",
+        "full-text only, `hybrid_search(vector_weight => 0, text_match => 'any', fusion => 'rrf')`",
+        "hybrid, `hybrid_search()` defaults",
+        "hybrid, `hybrid_search(fusion => 'rrf')`",
+    }
+    third = pytest.approx(2 / 3, abs=1e-4)
+    expected = {
+        "vector, `search()`": [1.0, 1.0, 1.0],
+        "full-text only, `hybrid_search(vector_weight => 0, text_match => 'any', fusion => 'rrf')`": [
+            third,
+            third,
+            third,
+        ],
+        "hybrid, `hybrid_search()` defaults": [1.0, 1.0, 1.0],
+        "hybrid, `hybrid_search(fusion => 'rrf')`": [1.0, 1.0, 1.0],
+    }
+    for label, numbers in expected.items():
+        assert found[label][:3] == numbers, label
+        assert all(ms >= 0 for ms in found[label][3:]), label
+
+    # By length: "automobile repair" is the one short query (up to 3 words).
+    assert "nDCG@10 by length of query: 1 of up to 3 words, 2 longer" in printed
+    by_length = figures(printed, 2)
+    fulltext = (
+        "full-text only, `hybrid_search(vector_weight => 0, text_match => 'any', fusion => 'rrf')`"
+    )
+    assert by_length[fulltext] == [0.0, 1.0]
+    assert by_length["vector, `search()`"] == [1.0, 1.0]
+
+    saved = json.loads(results.read_text())
+    assert saved["dataset"]["queries"] == 3
+    assert saved["rankings"]["fulltext"]["queries_with_results"] == 2
+    assert saved["embedding"]["documents"] == 8
+    assert saved["machine"]["cores"] >= 1
+    assert set(saved["latency_k10"]) == {"vector_p50_ms", "hybrid_p50_ms", "hybrid_over_vector"}
+    run = (tmp_path / "runs" / "vector.run").read_text().splitlines()
+    assert run[0].split() == ["q-bread", "Q0", "bread", "1", "-1", "vector"]

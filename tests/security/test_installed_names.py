@@ -1,0 +1,154 @@
+"""The functions of schema `embeddings` as installed, those watch() generates for every kind of
+target included, name nothing a tenant could capture (tests/unit/test_qualified_names.py walks
+sql/ and what the package sends; the SQL that generators build at run time is seen only here).
+
+Each function's body (PL/pgSQL or SQL, from pg_proc) is walked with pglast:
+- a function with SET search_path = pg_catalog, pg_temp (ours, generated or not) names
+  unqualified only pg_catalog's listed names (tests/support/catalog_names.py);
+- the functions that run as a table's owner with the owner's search path (its content
+  function and triggers are written for its sessions), and the guards around them (no SET
+  clause: they put back their caller's settings), name nothing unqualified at all;
+- anything qualified is in pg_catalog, our schema, pgmq's or pgvector's.
+And each listed name is pg_catalog's on this server: what resolves there, whatever a tenant
+creates anywhere else.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from tests.security.conftest import Roles
+from tests.support import sql_names
+from tests.support.catalog_names import CATALOG_NAMES
+from tests.support.models import MINILM
+
+Conn = psycopg.Connection[Any]
+
+# One target of each kind, on the owner's tables: (table definition, watch()'s arguments).
+KINDS = {
+    "plain": ("id int PRIMARY KEY, body text", "'body', model => %s"),
+    "composite": ("region text, n int, body text, PRIMARY KEY (region, n)", "'body', model => %s"),
+    "side": ("id int PRIMARY KEY, body text", "'body', model => %s, store => 'side'"),
+    "chunked": ("id int PRIMARY KEY, body text", "'body', model => %s, chunk_tokens => 16"),
+    "function": ("id int PRIMARY KEY, body text", "'doc_text', model => %s"),
+    "documents": (
+        "id int PRIMARY KEY, body bytea",
+        "'body', model => %s, chunk_tokens => 16, context_header => '{title}: '",
+    ),
+}
+
+_FUNCTIONS = """
+SELECT p.oid::regprocedure::text, pg_catalog.pg_get_functiondef(p.oid), l.lanname,
+       p.prosecdef, p.proconfig, p.prosqlbody IS NOT NULL
+FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
+WHERE p.pronamespace = 'embeddings'::regnamespace AND p.prokind IN ('f', 'p')
+"""
+
+
+def install_every_kind(roles: Roles) -> dict[str, int]:
+    """The owner's tables of every kind, watched (with full-text search on one, and a model
+    change under way on another): every generator has run."""
+    with roles.connect(roles.owner) as owner:
+        for kind, (columns, _) in KINDS.items():
+            owner.execute(f"CREATE TABLE docs_{kind} ({columns})")
+        owner.execute(
+            "CREATE FUNCTION doc_text(d docs_function) RETURNS text LANGUAGE sql STABLE"
+            " AS $$ SELECT d.body $$"
+        )
+    targets = {}
+    with roles.connect() as su:
+        for kind, (_, args) in KINDS.items():
+            row = su.execute(f"SELECT embeddings.watch('docs_{kind}', {args})", (MINILM,))
+            targets[kind] = int((row.fetchone() or (0,))[0])
+        su.execute("SELECT embeddings.enable_fts('docs_plain', 'english')")
+        su.execute("SELECT embeddings.enable_fts('docs_side', 'english')")
+        su.execute(
+            "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+            " VALUES ('other-model', 8, 512, 'mean') ON CONFLICT DO NOTHING"
+        )
+        su.execute("SELECT embeddings.watch('docs_plain', 'body', model => 'other-model')")
+    return targets
+
+
+def installed_functions(
+    conn: Conn,
+) -> list[tuple[str, str, str, bool, list[str] | None, bool]]:
+    return [tuple(row) for row in conn.execute(_FUNCTIONS).fetchall()]
+
+
+def _path(config: list[str] | None) -> tuple[str, ...] | None:
+    for setting in config or []:
+        name, _, value = setting.partition("=")
+        if name == "search_path":
+            return tuple(s.strip() for s in value.split(","))
+    return None
+
+
+def test_installed_functions_name_only_what_they_may(roles: Roles) -> None:
+    targets = install_every_kind(roles)
+    with roles.connect() as su:
+        functions = installed_functions(su)
+        vector_schema = su.execute("SELECT embeddings.vector_schema()").fetchone()
+    installer = {"pg_catalog", "embeddings", "pgmq", "cron", *(vector_schema or ())}
+    generated = [f for f in functions if f[0].startswith("embeddings.embeddings_")]
+    for kind, target in targets.items():  # every kind's functions are there
+        assert any(f[0].startswith(f"embeddings.embeddings_{target}_") for f in generated), kind
+    # Without a SET clause, by design: the guards around the owner-run functions (they put back
+    # their caller's settings: sql/32_access.sql), embeddings_<id>_visible(), which the planner
+    # inlines into its store's policy (sql/56_side.sql), and SQL-standard bodies (bound to their
+    # objects when created, under migrate's path): all name nothing unqualified but types.
+    bodies = {f[0].split("(")[0] for f in functions if f[0].split("(")[0].endswith("_body")}
+    wrong: dict[str, set[str]] = {}
+    unparsed = []
+    for signature, definition, language, definer, config, standard in functions:
+        if language not in ("sql", "plpgsql"):
+            continue
+        found = sql_names.function_body(definition)
+        if definition in found.unparsed:  # (a template in it may not parse: seen installed)
+            unparsed.append(signature)
+        path = _path(config)
+        problems = {
+            str(r)
+            for r in found.references
+            if r.schema and r.schema not in installer and not sql_names.placeholder(r)
+        }
+        if path == sql_names.FIXED_PATH or (standard and path is None):
+            problems |= {
+                str(r) for r in found.unqualified() if (r.kind, r.name) not in CATALOG_NAMES
+            }
+        else:  # the owner's path (definer), a guard, or a store policy's key list: nothing
+            # unqualified but pg_catalog's types (a key's type as format_type() spells it:
+            # `text`), which resolve in pg_catalog first unless the owner's own path names it later
+            name = signature.split("(")[0]
+            assert definer or (
+                path is None and (name + "_body" in bodies or name.endswith("_visible"))
+            ), (
+                signature,
+                config,
+            )
+            problems |= {
+                str(r)
+                for r in found.unqualified()
+                if r.kind != "type" or (r.kind, r.name) not in CATALOG_NAMES
+            }
+        if problems:
+            wrong[signature] = problems
+    assert wrong == {}
+    assert unparsed == []
+
+
+def test_the_listed_names_are_pg_catalogs(conn: Conn) -> None:
+    """Each name our SQL leaves unqualified is pg_catalog's here."""
+    missing = []
+    for kind, name in sorted(CATALOG_NAMES):
+        query = {
+            "function": "SELECT 1 FROM pg_proc WHERE proname = %s AND pronamespace = 11",
+            "operator": "SELECT 1 FROM pg_operator WHERE oprname = %s AND oprnamespace = 11",
+            "type": "SELECT 1 FROM pg_type WHERE typname = %s AND typnamespace = 11",
+            "collation": "SELECT 1 FROM pg_collation WHERE collname = %s AND collnamespace = 11",
+        }[kind]
+        if conn.execute(query, (name,)).fetchone() is None:
+            missing.append((kind, name))
+    assert missing == []

@@ -1,0 +1,144 @@
+"""The POST routes' work (docs/http.md): texts embedded (/embed), push mode's jobs
+(/functions/v1/embed, worker.http.push), searches (/search, worker.retrieval). Each takes a
+request whose head was authorized and whose body was read (worker.http.front's WORK lane),
+and answers it, or raises BadRequest with the status and the reason."""
+
+from __future__ import annotations
+
+from http import HTTPStatus
+from typing import TYPE_CHECKING
+
+from worker import exceptions
+from worker.http import bodies, push
+from worker.http.protocol import Answer, BadRequest, Request
+from worker.http.search_pool import SearchConnections
+from worker.models import catalog, files
+from worker.models.reranker import LoadedRerankers
+
+if TYPE_CHECKING:
+    from worker.config import Settings
+    from worker.models.loaded import LoadedModels
+    from worker.pipeline.targets import TargetRegistry
+    from worker.process.startup import DefaultModel
+
+MAX_INPUTS = 256  # texts per /embed request
+
+
+class Work:
+    def __init__(
+        self,
+        settings: Settings,
+        *,
+        dsn: str,
+        registry: TargetRegistry,
+        embedders: LoadedModels,
+        default_model: DefaultModel,
+        push: push.Push,
+    ) -> None:
+        self.registry = registry
+        self.embedders = embedders
+        self.default_model = default_model
+        self.push = push
+        self.searches = SearchConnections(
+            settings.search_database_url or dsn, max_size=settings.http_max_connections
+        )
+        # Searches' rerankers, built by the first search that names one: cross-encoders, and
+        # remote rerank APIs as registered (each search reads the registration).
+        self.rerankers = LoadedRerankers(
+            settings.model_location, settings.threads, api_key=settings.api_key
+        )
+
+    def close(self) -> None:
+        self.searches.close()
+        self.rerankers.close()
+
+    def embed(self, request: Request) -> Answer:
+        body = bodies.request_json(request.body)
+        if not isinstance(body, dict) or "input" not in body:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, 'expected a JSON object with "input"')
+        given = body["input"]
+        texts = given if isinstance(given, list) else [given]
+        if not texts or len(texts) > MAX_INPUTS:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, f'"input" must hold 1 to {MAX_INPUTS} texts')
+        if not all(isinstance(t, str) for t in texts):
+            raise BadRequest(
+                HTTPStatus.BAD_REQUEST, '"input" must be a string or a list of strings'
+            )
+        model_name = body.get("model") or self.default_model.name()
+        if not isinstance(model_name, str):
+            raise BadRequest(HTTPStatus.BAD_REQUEST, '"model" must be a string')
+        self.check_model(model_name)
+        # Blank text gets no vector, as the worker clears the embedding of a blank row.
+        wanted = [i for i, text in enumerate(texts) if text.strip()]
+        rows: list[list[float] | None] = [None] * len(texts)
+        if wanted:
+            vectors = self.embedders.get(model_name).embed([texts[i] for i in wanted])
+            for i, vector in zip(wanted, vectors, strict=True):
+                rows[i] = [round(float(x), 7) for x in vector]
+        return Answer.json(
+            HTTPStatus.OK,
+            {"embeddings": rows} if isinstance(given, list) else {"embedding": rows[0]},
+        )
+
+    def check_model(self, name: str) -> None:
+        """Only models already loaded or configured (the default, the targets'), or registry
+        models already on disk: a request never names a path, never starts a download."""
+        configured = {self.default_model.name()} | {
+            t.model for t in self.registry.snapshot().values()
+        }
+        if name in self.embedders.loaded() or name in configured:
+            return
+        if name in catalog.REGISTRY and not files.looks_like_path(name):
+            try:
+                self.embedders.location.locate(name)
+            except exceptions.ModelNotFound:
+                raise BadRequest(
+                    HTTPStatus.NOT_FOUND,
+                    f"model {name!r} is not present on this worker; requests never download "
+                    "models (set EMBED_MODEL, or run `embed-worker model download` here)",
+                ) from None
+            return
+        allowed = sorted(configured | set(catalog.REGISTRY))
+        raise BadRequest(
+            HTTPStatus.BAD_REQUEST,
+            f'"model" must name a known model ({", ".join(allowed)}), not a path or another name',
+        )
+
+    def push_jobs(self, request: Request) -> Answer:
+        try:
+            result = push.process(self.push, bodies.request_json(request.body))
+        except push.InvalidRequest as exc:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        # 200 whatever the jobs' fates, exactly as the guide's Edge Function: monitoring
+        # written for it checks status_code = 200 and reads the counts from the headers.
+        return Answer.json(
+            HTTPStatus.OK,
+            {"completedJobs": result.completed, "failedJobs": result.failed},
+            headers={
+                "x-completed-jobs": str(len(result.completed)),
+                "x-failed-jobs": str(len(result.failed)),
+            },
+        )
+
+    def search(self, request: Request) -> Answer:
+        from worker.retrieval import errors, search
+        from worker.retrieval.request import SearchRequest
+
+        try:
+            asked = SearchRequest.parse(bodies.request_json(request.body))
+        except ValueError as exc:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        # As the search role when one is configured: what it may SELECT, row-level security
+        # included, is what the answer holds (the worker's own role reads no user table).
+        try:
+            with self.searches.connection() as conn:
+                results = search.run(
+                    conn, self.embedders.get, asked, load_reranker=self.rerankers.get
+                )
+        except errors.InvalidSearch as exc:
+            raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        except errors.SearchDenied as exc:
+            raise BadRequest(HTTPStatus.FORBIDDEN, str(exc)) from None
+        except (exceptions.TargetError, exceptions.ConfigError) as exc:
+            raise BadRequest(HTTPStatus.NOT_FOUND, str(exc)) from None
+        return Answer.json(HTTPStatus.OK, {"results": results})
