@@ -57,8 +57,9 @@ def _reranker(conn: db.Connection, stage: rerank.RerankPlan, load: LoadReranker 
     cross-encoder directory of that name."""
     if load is None:
         raise rerank.RerankerUnavailable("this search path has no rerank stage")
-    registration = rerank.registration(conn, stage.model)
+    registration = None
     try:
+        registration = rerank.registration(conn, stage.model)
         return load(stage.model, registration)
     except exceptions.ModelNotFound as exc:
         # A name the request made up is the caller's to fix; one the table's set_rerank()
