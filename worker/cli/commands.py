@@ -53,8 +53,16 @@ def _connect(settings: Settings) -> db.Connection:
 
 
 def deploy(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.cli.deploy import print_file
+    from worker.cli.deploy import DIRECTORIES, print_file, write_kustomization
 
+    if args.file in DIRECTORIES:
+        if args.directory is None:
+            raise exceptions.ConfigError(
+                f"`embed-worker deploy {args.file} DIR`: name the directory to write it into"
+            )
+        return write_kustomization(args.directory)
+    if args.directory is not None:
+        raise exceptions.ConfigError(f"`embed-worker deploy {args.file}` prints: it takes no DIR")
     return print_file(args.file)
 
 

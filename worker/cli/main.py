@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from worker import __version__, exceptions, exits, logs
 from worker.cli.descriptions import DESCRIPTIONS
@@ -288,13 +289,20 @@ def _model_actions(model: argparse.ArgumentParser) -> None:
 
 
 def _deploy_options(deploy: argparse.ArgumentParser) -> None:
-    from worker.cli.deploy import FILES
+    from worker.cli.deploy import DIRECTORIES, FILES
 
     deploy.add_argument(
         "file",
         metavar="FILE",
-        choices=tuple(FILES),
-        help="; ".join(f"{name}: {what}" for name, (what, _) in FILES.items()),
+        choices=(*FILES, *DIRECTORIES),
+        help="; ".join(f"{name}: {what}" for name, (what, _) in {**FILES, **DIRECTORIES}.items()),
+    )
+    deploy.add_argument(
+        "directory",
+        metavar="DIR",
+        nargs="?",
+        type=Path,
+        help="where `kubernetes` writes its files (required for it; the others print)",
     )
 
 
@@ -318,7 +326,8 @@ COMMANDS: tuple[tuple[str, str, bool, Callable[[argparse.ArgumentParser], None] 
     ("model", "list or download models", True, _model_actions),
     (
         "deploy",
-        "print a file an install needs: systemd unit, env file, alerts, dashboard",
+        "print a file an install needs (systemd unit, env file, alerts, dashboard), or write "
+        "the Kubernetes kustomization into DIR",
         False,
         _deploy_options,
     ),
