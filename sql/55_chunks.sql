@@ -509,8 +509,9 @@ BEGIN
         stable => true),
 
     -- The chunk write, for documents whose content is still the one loaded (the md5 `digests`;
-    -- the caller holds their advisory locks): upserts their chunks (a chunk whose hash is
-    -- unchanged at its position is left as it is) and deletes those past each document's
+    -- the caller ordered itself after their other writers: embeddings.lock_documents()):
+    -- upserts their chunks (a chunk whose hash is unchanged at its position is left as it
+    -- is) and deletes those past each document's
     -- `counts` (all of them for 0: blank content). Chunks name their document by its canonical
     -- key (`chunk_keys`); `starts` and `ends` are their character offsets in it (an unchanged
     -- chunk that moved in its document gets its new ones, its vector kept); `headings` (a JSON

@@ -35,7 +35,7 @@ ProcessCollector(registry=REGISTRY)
 
 # --- enumerated label values ------------------------------------------------------------------
 JOB_OUTCOMES = ("done", "retried", "dead", "deferred", "released")
-ROW_OUTCOMES = ("embedded", "cleared", "gone", "stale", "failed")
+ROW_OUTCOMES = ("embedded", "cleared", "gone", "stale", "failed", "blocked")
 STAGES = ("read", "load", "embed", "write")
 LANES = ("live", "backfill")  # jobs.LIVE, jobs.BACKFILL (worker/pipeline/lanes.py)
 
@@ -50,6 +50,7 @@ ROW_OUTCOME_OF_STATE = {
     "gone": "gone",
     "stale": "stale",
     "failed": "failed",
+    "blocked": "blocked",
 }
 # States a row is in before its batch settles, or when its batch is redone (`outdated`: its
 # target was redefined meanwhile): never counted. Rows of a deferred target are not counted
@@ -71,7 +72,8 @@ ROWS = Counter(
     "embed_worker_rows",
     "Rows settled, by target and outcome: embedded, cleared (blank content; embedding NULL), "
     "gone (row deleted), stale (content changed meanwhile; its newer job embeds it), failed "
-    "(retried, then dead-lettered)",
+    "(retried, then dead-lettered), blocked (another session's lock held it up: re-queued, "
+    "no attempt spent)",
     ["target", "outcome"],
     registry=REGISTRY,
 )

@@ -251,6 +251,12 @@ FROM {load}(%(keys)s::text[]{key_arrays}) l
 LEFT JOIN unnest(%(known_keys)s::text[], %(known_digests)s::text[]) AS c (key, digest)
        ON c.key = l.key;
 
+-- name: lock_rows
+-- A row store's rows about to be written, locked until COMMIT as the write would lock them,
+-- skipping those another transaction holds: the target's embeddings_<id>_lock_rows(), as the
+-- table's owner. Returns the keys of the rows skipped (they wait for a later batch).
+SELECT k FROM {lock_rows}(%(keys)s::text[]{key_arrays}) AS k;
+
 -- name: write_vectors
 -- Stores embeddings, except where the content changed since it was loaded (its md5 differs):
 -- that row's newer content has its own job. The target's embeddings_<id>_store() (its
@@ -281,6 +287,7 @@ RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
 -- Removes the dead letters of rows just written or cleared (target ids, canonical keys and the
 -- keys as their jobs carried them, pairwise). A composite key's JSON array, or a key whose JSON
 -- text differs from its canonical text, matches by value; the rest by canonical text.
+-- ours: touches only our tables, runs no one else's code
 DELETE FROM embeddings.failures f
 USING unnest(%(target_ids)s::integer[], %(keys)s::text[], %(raw_keys)s::jsonb[])
     AS r(target_id, key, raw_key)
@@ -307,11 +314,12 @@ SELECT embeddings.clear_deferrals(%(target_ids)s::integer[]);
 SELECT key, chunk_hash, embedding FROM {reusable}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[]);
 
 -- name: lock_documents
--- Serializes writers of the same documents until commit (advisory locks per target and key, in
--- a fixed order so that two writers never deadlock): the stale-write check and the chunk writes
--- that follow it see no other writer in between. Side-table targets' writes take them too.
-SELECT count(pg_advisory_xact_lock(%(target_id)s, s.h))
-FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%(keys)s::text[]) AS k ORDER BY 1) s;
+-- Orders writers of the same documents until commit (embeddings.lock_documents(), sql/41_locks.sql:
+-- rows of a table of ours no one else may lock, in key order so that two writers never
+-- deadlock): the stale-write check and the chunk writes that follow it see no other writer in
+-- between. Side-table targets' writes take them too.
+-- ours: touches only our tables, runs no one else's code
+SELECT embeddings.lock_documents(%(target_id)s, %(keys)s::text[]);
 
 -- name: write_chunks
 -- Writes the chunks of documents whose content is still what was loaded (same md5; NULL for
@@ -455,6 +463,7 @@ LEFT JOIN pg_type ty ON ty.oid = a.atttypid;
 -- name: claim_provenance
 -- Records this worker's model as the producer of a target's (shadow) vectors unless one is
 -- recorded; returns the recorded producer ('model revision variant').
+-- ours: touches only our tables, runs no one else's code
 SELECT embeddings.claim_provenance(%(target_id)s, %(shadow)s, %(model)s, %(revision)s, %(variant)s);
 
 -- name: load_provenance
@@ -598,7 +607,7 @@ SELECT embeddings.target_name(t), t.model, a.atttypmod,
        coalesce((SELECT bool_and(has_function_privilege(p.oid, 'EXECUTE')) FROM pg_proc p
                  WHERE p.pronamespace = 'embeddings'::regnamespace
                    AND p.proname ~ ('^embeddings_' || t.id
-                                    || '_(lock|load|store|blank|reusable|chunks)$')),
+                                    || '_(lock|lock_rows|load|store|blank|reusable|chunks)$')),
                 false),
        has_table_privilege(format('pgmq.%I', pgmq.format_table_name(t.queue, 'q')),
                            'SELECT, UPDATE, DELETE'),
@@ -690,6 +699,33 @@ SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
 -- or in `public`, is called by the installer. Everything of ours is schema-qualified; pgvector,
 -- when missing, is created in `public` (sql/00_extensions.sql).
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+-- name: session_lock_timeout
+-- After every session_reset (worker/session_guard.py): no statement waits longer than {ms} for
+-- a lock (EMBED_LOCK_TIMEOUT_MS), whatever the role or the database set; a session setting, as
+-- the reset's own are. {ms} is a literal: the statement goes in the reset's exchange.
+-- ours: sets a setting, runs no one else's code
+SELECT pg_catalog.set_config('lock_timeout', {ms}, false);
+
+-- name: session_client_check
+-- With session_lock_timeout (PostgreSQL 14 and later): a statement of ours whose client is gone
+-- (a worker killed while a table owner's code ran, and went on, in its session) ends within a
+-- second instead of running on, holding its locks.
+-- ours: sets a setting, runs no one else's code
+SELECT pg_catalog.set_config('client_connection_check_interval', '1s', false);
+
+-- name: statement_bound
+-- The statements that may run a table owner's code (its triggers, its content function) in
+-- a bounded block (worker/session_guard.py: bounded()) run at most {ms}: SET LOCAL, so the
+-- bound ends with the transaction.
+-- ours: sets a setting, runs no one else's code
+SELECT pg_catalog.set_config('statement_timeout', {ms}, true);
+
+-- name: terminate_backend
+-- Ends our session %(pid)s, whose statement ran a table owner's code past its bound and caught
+-- the cancel (worker/process/watchdog.py); a role may end its own sessions.
+-- ours: touches nothing but that session, runs no one else's code
+SELECT pg_catalog.pg_terminate_backend(%(pid)s);
 
 -- name: list_failures
 -- The dead-lettered jobs, oldest first.

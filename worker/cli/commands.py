@@ -40,7 +40,7 @@ def _connect(settings: Settings) -> db.Connection:
     """A connection to the database with our schema; says on stderr which database it is."""
     dsn = settings.dsn
     output.say_database(dsn, settings.database_url)
-    conn = db.connect(dsn)
+    conn = db.connect(dsn, lock_timeout_ms=settings.lock_timeout_ms)
     with db.translated():
         missing = not schema.installed(conn)
     if missing:

@@ -40,7 +40,9 @@ class Work:
         self.default_model = default_model
         self.push = push
         self.searches = SearchConnections(
-            settings.search_database_url or dsn, max_size=settings.http_max_connections
+            settings.search_database_url or dsn,
+            max_size=settings.http_max_connections,
+            lock_timeout_ms=settings.lock_timeout_ms,
         )
         # Searches' rerankers, built by the first search that names one: cross-encoders, and
         # remote rerank APIs as registered (each search reads the registration).

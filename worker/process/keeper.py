@@ -24,6 +24,7 @@ class Keeper:
     """What the keeper uses, given by the runner (worker/process/runner.py)."""
 
     dsn: str
+    lock_timeout_ms: int  # EMBED_LOCK_TIMEOUT_MS: the longest its statements wait for a lock
     lanes: Lanes  # whose leases it renews and whose gauges it refreshes
     vt_seconds: int  # a lease's length: renewed every third of it
     finished: threading.Event  # the pipeline has drained: the keeper ends
@@ -40,7 +41,9 @@ class Keeper:
     def run(self) -> None:
         """Renews the leases of jobs in flight (every third of the lease), completes model
         changes, refreshes the queue gauges and shows progress, until the pipeline drains."""
-        session = db.Session(self.dsn, "keeper", self.finished)
+        session = db.Session(
+            self.dsn, "keeper", self.finished, lock_timeout_ms=self.lock_timeout_ms
+        )
         renew_every = self.vt_seconds / 3
         last_renew = last_gauges = time.monotonic()
         last_stopped = float("-inf")

@@ -101,6 +101,7 @@ class Startup:
     default: DefaultModel
     started: threading.Event  # set once connected, the schema present and the models tried
     held: HeldJobs  # held jobs of the targets it can serve: taken at once, not after their wait
+    lock_timeout_ms: int  # EMBED_LOCK_TIMEOUT_MS: the longest its statements wait for a lock
 
     def run(self) -> None:
         targets = self.connect_and_read_targets()
@@ -114,7 +115,9 @@ class Startup:
         """Makes the held jobs of the targets this worker can serve visible now, before the
         fetcher starts (worker/process/held.py): a worker started to serve them takes them."""
         try:
-            with db.connect(self.dsn, connect_timeout=5) as conn:
+            with db.connect(
+                self.dsn, connect_timeout=5, lock_timeout_ms=self.lock_timeout_ms
+            ) as conn:
                 self.held.release(conn)
         except exceptions.EmbedWorkerError as exc:
             logger.warning("held jobs not taken yet (the keeper tries again): %s", exc)
@@ -123,7 +126,13 @@ class Startup:
         """Waits for the database and our schema (a worker may start before `migrate` ran)."""
         # A one-shot run reports an unreachable database at once (exit 1) instead of waiting.
         deadline = 0.0 if self.once else None
-        session = db.Session(self.dsn, "startup", self.stopping, deadline=deadline)
+        session = db.Session(
+            self.dsn,
+            "startup",
+            self.stopping,
+            deadline=deadline,
+            lock_timeout_ms=self.lock_timeout_ms,
+        )
         systemd.notify(status=f"connecting to {db.describe(self.dsn)}")
         try:
             while not self.stopping.is_set():
