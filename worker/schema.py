@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -43,7 +44,7 @@ from typing import Any
 import psycopg
 from psycopg.sql import Identifier
 
-from worker import exceptions, queries, schema_files
+from worker import exceptions, queries, schema_files, schema_locks
 from worker.db import Connection
 
 logger = logging.getLogger(__name__)
@@ -262,7 +263,34 @@ class Migration:
         return out + [f"notice: {n}" for n in self.notices]
 
 
-def _run_alembic(dsn: str, action: Callable[..., None], *args: str) -> Migration:
+def _run_alembic(
+    dsn: str,
+    action: Callable[..., None],
+    *args: str,
+    lock_wait: float = schema_locks.WAIT_SECONDS,
+) -> Migration:
+    """`action` in one transaction, tried again with backoff while the tables it locks first
+    are in use (worker/schema_locks.py), for up to `lock_wait` seconds."""
+    deadline = time.monotonic() + lock_wait
+    attempt = 0
+    while True:
+        try:
+            return _run_alembic_once(dsn, action, *args)
+        except schema_locks.LocksBusy as exc:
+            attempt += 1
+            delay = schema_locks.retry_delay(attempt, deadline)
+            if delay is None:
+                held = "; ".join(schema_locks.holders(dsn)) or "no session holds them now"
+                raise schema_locks.LocksBusy(
+                    f"migrate could not lock the tables it changes within {lock_wait:g} s "
+                    f"({attempt} tries; {exc}): {held}. Nothing was changed. End those "
+                    "transactions, or wait longer with `migrate --lock-wait SECONDS`"
+                ) from None
+            logger.info("%s; trying again in %.1f s", exc, delay)
+            time.sleep(delay)
+
+
+def _run_alembic_once(dsn: str, action: Callable[..., None], *args: str) -> Migration:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
@@ -296,12 +324,14 @@ def on_version_apply(migration: Migration | None, step: Any) -> None:
         migration.applied.append(str(step.up_revision_id))
 
 
-def migrate(dsn: str, revision: str = "head") -> Migration:
+def migrate(
+    dsn: str, revision: str = "head", *, lock_wait: float = schema_locks.WAIT_SECONDS
+) -> Migration:
     """Alembic upgrade to `revision`: what was applied, and the server's NOTICEs (what was
-    skipped)."""
+    skipped). Waits up to `lock_wait` seconds for the tables it changes to be free."""
     from alembic import command
 
-    return _run_alembic(dsn, command.upgrade, revision)
+    return _run_alembic(dsn, command.upgrade, revision, lock_wait=lock_wait)
 
 
 def downgrade(dsn: str, revision: str = "base") -> Migration:

@@ -138,12 +138,17 @@ def test_a_rolling_upgrade_from_0_2_0_loses_nothing(
         new = WorkerProcess(worker_dsn, worker_env)
         old.signal(signal.SIGTERM)
         assert old.wait_exit(30) == 0, old.log_text()[-3000:]
-        wait_for(
-            lambda: _all_embedded(empty_dsn, total),
-            max(0.5, DRAIN_SECONDS - (time.monotonic() - started)),
-            what=f"every row embedded within {DRAIN_SECONDS} s of the new worker's start: "
-            f"{_status(empty_dsn)}",
-        )
+        try:
+            wait_for(
+                lambda: _all_embedded(empty_dsn, total),
+                max(0.5, DRAIN_SECONDS - (time.monotonic() - started)),
+                what=f"every row embedded within {DRAIN_SECONDS} s of the new worker's start",
+            )
+        except TimeoutError as exc:
+            raise AssertionError(
+                f"{exc}: {_status(empty_dsn)}\nold worker:\n{old.log_text()[-4000:]}\n"
+                f"new worker:\n{new.log_text()[-4000:]}"
+            ) from None
 
         with psycopg.connect(empty_dsn, autocommit=True) as conn:
             assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
@@ -176,6 +181,9 @@ def test_a_rolling_upgrade_from_0_2_0_loses_nothing(
 
         old_log = old.log_text()
         assert "Traceback" not in old_log, old_log[-3000:]
+        # Not one write of the old worker failed beside the migration (a deadlock with it
+        # returned that batch's jobs only after their lease).
+        assert not [r for r in old.log_records() if r.get("level") == "error"], old_log[-3000:]
         assert '"failed": 0' in old_log or "failed" not in old_log
         for record in old.log_records():
             assert not record.get("failed"), record
@@ -183,6 +191,89 @@ def test_a_rolling_upgrade_from_0_2_0_loses_nothing(
         old.stop()
         if new is not None:
             new.stop()
+
+
+def _migrate_today_in_background(dsn: str, *args: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker", "migrate", *args],
+        cwd=REPO,
+        env={**release.Release("today", REPO).env(), "DATABASE_URL": dsn},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+
+
+def _waiting_for_a_lock(conn: psycopg.Connection[Any], than: int) -> bool:
+    """Whether a session other than `than` (and this one) waits for a lock."""
+    row = conn.execute(
+        "SELECT count(*) FROM pg_locks WHERE NOT granted AND pid NOT IN (%s, pg_backend_pid())",
+        (than,),
+    ).fetchone()
+    return row is not None and row[0] > 0
+
+
+def _watched_0_2_0(dsn: str, old: release.Release) -> None:
+    migrated = old.run("migrate", dsn=dsn)
+    assert migrated.returncode == 0, migrated.stderr
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE up_rows (id integer PRIMARY KEY, body text)")
+        conn.execute(f"SELECT embeddings.watch('up_rows', 'body', model => '{MINILM}')")
+        conn.execute("INSERT INTO up_rows VALUES (1, 'a row')")
+
+
+def test_migrate_beside_a_writing_worker_neither_deadlocks_nor_fails_its_write(
+    empty_dsn: str, release_0_2_0: release.Release
+) -> None:
+    """A worker's write locks the rows of a watched table, then reads its target FOR SHARE.
+    `migrate` beside it takes every lock it needs first, in one statement that waits under a
+    second, and tries again when they are busy: the write commits, then the migration does.
+    (Before, the migration altered embeddings.targets first and the watched table's triggers
+    later; the two deadlocked, and the server failed one of them.)"""
+    _watched_0_2_0(empty_dsn, release_0_2_0)
+    with psycopg.connect(empty_dsn) as writer, psycopg.connect(empty_dsn, autocommit=True) as obs:
+        writer.execute("UPDATE up_rows SET body = 'a row, edited' WHERE id = 1")
+        migrate = _migrate_today_in_background(empty_dsn)
+        try:
+            wait_for(
+                lambda: (
+                    _waiting_for_a_lock(obs, writer.info.backend_pid) or migrate.poll() is not None
+                ),
+                60,
+                what="migrate waiting for the writer's lock",
+            )
+            writer.execute(
+                "SELECT t.version FROM embeddings.targets t WHERE t.id = 1 FOR SHARE"
+            ).fetchall()
+            writer.commit()
+            output, _ = migrate.communicate(timeout=120)
+        finally:
+            migrate.kill()
+        assert migrate.returncode == 0, output
+        assert "applied 0019" in output
+        assert obs.execute("SELECT body FROM up_rows").fetchone() == ("a row, edited",)
+
+
+def test_migrate_gives_up_on_a_lock_held_too_long_and_changes_nothing(
+    empty_dsn: str, release_0_2_0: release.Release
+) -> None:
+    """A transaction that keeps a watched table locked past `--lock-wait`: migrate stops,
+    names the session that holds it, and leaves the 0.2.0 schema as it was."""
+    _watched_0_2_0(empty_dsn, release_0_2_0)
+    with psycopg.connect(empty_dsn) as holder, psycopg.connect(empty_dsn, autocommit=True) as obs:
+        holder.execute("UPDATE up_rows SET body = 'held' WHERE id = 1")
+        migrate = _migrate_today_in_background(empty_dsn, "--lock-wait", "2")
+        try:
+            output, _ = migrate.communicate(timeout=120)
+        finally:
+            migrate.kill()
+        holder.rollback()
+        assert migrate.returncode != 0
+        assert f"pid {holder.info.backend_pid}" in output and "--lock-wait" in output, output
+        assert "Traceback" not in output
+        assert obs.execute(
+            "SELECT to_regprocedure('embeddings.schema_revision()') IS NULL"
+        ).fetchone() == (True,)
 
 
 def test_today_s_worker_refuses_a_0_2_0_schema_and_says_what_to_run(

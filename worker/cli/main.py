@@ -68,6 +68,17 @@ def _global_options(
     return parent
 
 
+def _migrate_options(migrate: argparse.ArgumentParser) -> None:
+    migrate.add_argument(
+        "--lock-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to keep trying while the tables it changes are in use (default 60);"
+        " each try waits under a second, so running workers are never held longer",
+    )
+
+
 def _run_options(run: argparse.ArgumentParser) -> None:
     run.add_argument("--once", action="store_true", help="drain the queue, then exit 0")
     run.add_argument(
@@ -309,7 +320,7 @@ def _deploy_options(deploy: argparse.ArgumentParser) -> None:
 # The subcommands, in the order `--help` lists them: name, the line `--help` shows, whether it
 # loads models (those that do not list the model options), and what adds its own options.
 COMMANDS: tuple[tuple[str, str, bool, Callable[[argparse.ArgumentParser], None] | None], ...] = (
-    ("migrate", "install or upgrade the database schema", False, None),
+    ("migrate", "install or upgrade the database schema", False, _migrate_options),
     ("run", "run the worker", True, _run_options),
     ("status", "per watched table: rows, embedded, pending, failed, ETA", False, _status_options),
     ("embed", "print the embeddings of TEXT... as a JSON list", True, _embed_options),
