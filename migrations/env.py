@@ -15,7 +15,7 @@ from sqlalchemy import create_engine, text
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from worker import schema
+from worker import schema, schema_locks
 
 
 def run(connection: Connection) -> None:
@@ -39,6 +39,11 @@ def run(connection: Connection) -> None:
             text("SELECT pg_catalog.pg_advisory_xact_lock(:key)"),
             {"key": schema.MIGRATION_LOCK_KEY},
         )
+        # Every lock an upgrade needs on a table a running worker writes, first and all at
+        # once: a worker of the release before keeps writing beside it (schema_locks.py). A
+        # database already at head is not locked at all.
+        if schema.current_revision(driver) != schema.head_revision():
+            schema_locks.take(driver)
         restamped = schema.restamp_squashed(driver)
         if migration is not None:
             migration.restamped_from = restamped

@@ -14,6 +14,8 @@ Own registry (not the global default) so that tests and embedding programs get o
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -131,7 +133,8 @@ MODEL = Info(
 )
 MODEL_LOADED = Gauge(
     "embed_worker_model_loaded",
-    "1 when the model is loaded, 0 when its last load failed (retried every 30 s)",
+    "1 when the model is loaded, 0 when its last load failed (retried every 30 s); a failed "
+    "model nothing uses any more (not the default, no table's) leaves the series",
     ["model"],
     registry=REGISTRY,
 )
@@ -299,6 +302,13 @@ def count_row(target: str, state: str) -> None:
 
 def model_loaded(model: str) -> None:
     MODEL_LOADED.labels(model).set(1)
+
+
+def model_unused(model: str) -> None:
+    """`model` is no longer the default nor any target's: its series leaves /metrics, so that a
+    load that failed while it was wanted stops firing the alert (deploy/prometheus/alerts.yml)."""
+    with contextlib.suppress(KeyError):
+        MODEL_LOADED.remove(model)
 
 
 def model_load_failed(model: str) -> None:

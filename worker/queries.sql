@@ -532,6 +532,68 @@ SELECT k FROM {clear_failing}(%(keys)s::text[]{key_arrays}) AS k;
 -- Whether the embeddings schema is installed (its targets table is there).
 SELECT to_regclass('embeddings.targets') IS NOT NULL;
 
+-- name: schema_revision_defined
+-- Whether the schema records its revision for worker roles (embeddings.schema_revision(), since
+-- 0.3.0): a schema without it is of an older release.
+-- ours: reads only the catalog, runs no one else's code
+SELECT to_regprocedure('embeddings.schema_revision()') IS NOT NULL;
+
+-- name: schema_revision
+-- The Alembic revision the schema was migrated to (NULL: installed without Alembic's record).
+-- ours: reads only our tables, runs no one else's code
+SELECT embeddings.schema_revision();
+
+-- name: migration_tables
+-- The tables `migrate` locks before it changes anything (worker/schema_locks.py): ours, and
+-- every table a target writes (its source, side or chunk table), that this role may lock, as
+-- regclass text (quoted, qualified), in oid order.
+-- ours: reads only the catalog and our tables, runs no one else's code
+SELECT r::text FROM (
+    SELECT c.oid::regclass AS r FROM pg_catalog.pg_class c
+    WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind IN ('r', 'p')
+    UNION
+    SELECT x.r FROM embeddings.targets t
+    CROSS JOIN LATERAL (VALUES (t.source), (t.side_table), (t.chunk_table)) AS x(r)
+    WHERE x.r IS NOT NULL
+) AS tables
+WHERE pg_catalog.has_table_privilege(r, 'UPDATE, DELETE, TRUNCATE')
+ORDER BY r::oid;
+
+-- name: lock_for_migration
+-- Every table of migration_tables at once ({tables}), under set_local_statement_timeout.
+-- ours: locks tables, runs no one else's code
+LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE;
+
+-- name: migration_lock_holders
+-- Sessions other than this one holding any lock on a table `migrate` locks: who keeps it
+-- waiting (worker/schema_locks.py).
+-- ours: reads only the catalog and our tables, runs no one else's code
+SELECT a.pid, a.application_name, a.state,
+       extract(epoch FROM pg_catalog.now() - coalesce(a.xact_start, a.backend_start))::float8,
+       l.relation::regclass::text
+FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_catalog.pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+  AND (l.relation IN (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace = 'embeddings'::regnamespace)
+       OR l.relation IN (SELECT x.r FROM embeddings.targets t
+                         CROSS JOIN LATERAL (VALUES (t.source), (t.side_table), (t.chunk_table)) AS x(r)))
+ORDER BY a.xact_start NULLS LAST, a.pid
+LIMIT 10;
+
+-- name: deadlock_timeout_ms
+-- The server's deadlock_timeout in milliseconds: `migrate` waits for its locks less than half of it.
+-- ours: reads a setting, runs no one else's code
+SELECT pg_catalog.date_part('epoch', pg_catalog.current_setting('deadlock_timeout')::interval) * 1000;
+
+-- name: statement_timeout_now
+-- ours: reads a setting, runs no one else's code
+SELECT pg_catalog.current_setting('statement_timeout');
+
+-- name: set_local_statement_timeout
+-- The statement timeout until the transaction ends (%(ms)s: a setting's text, '500ms').
+-- ours: sets a setting, runs no one else's code
+SELECT pg_catalog.set_config('statement_timeout', %(ms)s, true);
+
 -- name: vector_schema
 -- The schema pgvector is installed in (public here, `extensions` on Supabase), quoted.
 SELECT quote_ident(n.nspname) FROM pg_extension e

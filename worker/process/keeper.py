@@ -33,6 +33,8 @@ class Keeper:
     # Completes model changes (worker/process/changes.py); None where the fetcher does it
     # (--once) or no worker pulls (push only).
     complete_changes: Callable[[db.Connection], object] | None
+    # Forgets the failed loads of models nothing uses any more (their gauge leaves /metrics).
+    forget_unused_models: Callable[[], object]
     # Rows written so far, for the progress line of `run --once` on a terminal; None: no line.
     rows_done: Callable[[], int] | None
 
@@ -59,6 +61,7 @@ class Keeper:
                     if self.complete_changes is not None:
                         self.complete_changes(conn)
                     self.held.release(conn)  # (the database only when a target became servable)
+                    self.forget_unused_models()
                     if now - last_stopped >= REFRESH_SECONDS:
                         last_stopped = now
                         self.stopped.refresh(conn)

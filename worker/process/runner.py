@@ -211,6 +211,7 @@ class Worker:
             complete_changes=(
                 (lambda conn: changes.run(conn, self.registry, force=False)) if changes else None
             ),
+            forget_unused_models=lambda: self.embedders.forget_unused(self.default_model.in_use()),
             rows_done=(lambda: self.writer.rows_done) if self.progress and self.once else None,
         )
         embedder = functools.partial(

@@ -52,6 +52,16 @@ class DefaultModel:
     def name(self) -> str:
         return self.settings.default_model(self.registry.database_default)
 
+    def in_use(self) -> set[str]:
+        """The models this worker is wanted for: the default, and those of its queue's targets
+        (a model change's new one included), as last read."""
+        targets = [t for t in self.registry.snapshot().values() if t.queue == self.settings.queue]
+        return (
+            {self.name()}
+            | {t.model for t in targets}
+            | {t.shadow_model for t in targets if t.shadow_model is not None}
+        )
+
     def problem(self) -> str | None:
         """Why the default model is not loaded (None when it is). Tries to load it, at most
         every `retry_after` seconds, so a model downloaded after startup makes the worker
@@ -130,7 +140,8 @@ class Startup:
                     conn = session.get()
                     with db.translated():
                         installed = schema.installed(conn)
-                    if installed:
+                        problem = schema.mismatch(conn) if installed else MISSING_SCHEMA
+                    if problem is None:
                         targets = self.registry.refresh(conn)
                         self.check_configured_model(conn)
                         return targets
@@ -140,9 +151,9 @@ class Startup:
                     session.lost()
                     continue
                 if self.once:
-                    raise exceptions.DatabaseError(MISSING_SCHEMA)
-                logger.error("%s; retrying in 10 s", MISSING_SCHEMA)
-                systemd.notify(status=f"waiting: {MISSING_SCHEMA}")
+                    raise exceptions.DatabaseError(problem)
+                logger.error("%s; retrying in 10 s", problem)
+                systemd.notify(status=f"waiting: {problem}")
                 self.stopping.wait(10)
             return None
         finally:
