@@ -11,19 +11,15 @@ tenant and a login without grants, across store kinds, against a real `embed-wor
 
 from __future__ import annotations
 
-import threading
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
+from tests.integration.conftest import Running
 from tests.support import stores
 from tests.support.process import wait_for
-from worker.config import Settings
-from worker.models.loaded import LoadedModels
-from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -31,42 +27,6 @@ Conn = psycopg.Connection[Any]
 # waits were bounded, the worker's writer waited as long as the lock was held: for ever here.
 FLOWING = 20
 ROWS = 4
-
-
-@dataclass
-class Running:
-    worker: Worker
-    thread: threading.Thread
-
-    def stop(self) -> None:
-        self.worker.request_stop("test over")
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive(), "the worker did not stop"
-
-
-@pytest.fixture
-def running(settings: Settings, embedders: LoadedModels) -> Iterator[Callable[..., Running]]:
-    """Starts an in-process worker (not --once) in a thread; stopped at the end of the test
-    (after the test's own sessions let go of what they held: their `with` blocks end first)."""
-    started: list[Running] = []
-
-    def start(**overrides: Any) -> Running:
-        worker = Worker(
-            settings.with_overrides(**overrides),
-            embedders=embedders,
-            progress=False,
-            handle_signals=False,
-        )
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        started.append(Running(worker, thread))
-        assert worker.started.wait(60), "the worker did not start"
-        return started[-1]
-
-    yield start
-    for run in started:
-        if run.thread.is_alive():
-            run.stop()
 
 
 def embedded(conn: Conn, store: str, table: str) -> set[int]:
