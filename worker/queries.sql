@@ -545,15 +545,17 @@ SELECT embeddings.schema_revision();
 
 -- name: migration_tables
 -- The tables `migrate` locks before it changes anything (worker/schema_locks.py): ours, and
--- every table a target writes (its source, side or chunk table), that this role may lock, as
--- regclass text (quoted, qualified), in oid order.
+-- every table a target writes (its source, side or chunk table: read by name, as a schema of
+-- any release has them, 0.1.0's had no side_table), that this role may lock, as regclass text
+-- (quoted, qualified), in oid order.
 -- ours: reads only the catalog and our tables, runs no one else's code
 SELECT r::text FROM (
     SELECT c.oid::regclass AS r FROM pg_catalog.pg_class c
     WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind IN ('r', 'p')
     UNION
     SELECT x.r FROM embeddings.targets t
-    CROSS JOIN LATERAL (VALUES (t.source), (t.side_table), (t.chunk_table)) AS x(r)
+    CROSS JOIN LATERAL (VALUES (t.source), ((pg_catalog.to_jsonb(t) ->> 'side_table')::regclass),
+                                           ((pg_catalog.to_jsonb(t) ->> 'chunk_table')::regclass)) AS x(r)
     WHERE x.r IS NOT NULL
 ) AS tables
 WHERE pg_catalog.has_table_privilege(r, 'UPDATE, DELETE, TRUNCATE')
@@ -584,7 +586,8 @@ WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid()
   AND ((l.locktype = 'relation'
         AND (l.relation IN (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace = 'embeddings'::regnamespace)
              OR l.relation IN (SELECT x.r FROM embeddings.targets t
-                               CROSS JOIN LATERAL (VALUES (t.source), (t.side_table), (t.chunk_table)) AS x(r))))
+                               CROSS JOIN LATERAL (VALUES (t.source), ((pg_catalog.to_jsonb(t) ->> 'side_table')::regclass),
+                                           ((pg_catalog.to_jsonb(t) ->> 'chunk_table')::regclass)) AS x(r))))
        OR (l.locktype = 'advisory' AND l.classid = 0 AND l.objsubid = 1 AND l.objid = %(key)s::bigint::oid))
 ORDER BY a.xact_start NULLS LAST, a.pid
 LIMIT 10;
