@@ -545,15 +545,17 @@ SELECT embeddings.schema_revision();
 
 -- name: migration_tables
 -- The tables `migrate` locks before it changes anything (worker/schema_locks.py): ours, and
--- every table a target writes (its source, side or chunk table), that this role may lock, as
--- regclass text (quoted, qualified), in oid order.
+-- every table a target writes (its source, side or chunk table: read by name, as a schema of
+-- any release has them, 0.1.0's had no side_table), that this role may lock, as regclass text
+-- (quoted, qualified), in oid order.
 -- ours: reads only the catalog and our tables, runs no one else's code
 SELECT r::text FROM (
     SELECT c.oid::regclass AS r FROM pg_catalog.pg_class c
     WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind IN ('r', 'p')
     UNION
     SELECT x.r FROM embeddings.targets t
-    CROSS JOIN LATERAL (VALUES (t.source), (t.side_table), (t.chunk_table)) AS x(r)
+    CROSS JOIN LATERAL (VALUES (t.source), ((pg_catalog.to_jsonb(t) ->> 'side_table')::regclass),
+                                           ((pg_catalog.to_jsonb(t) ->> 'chunk_table')::regclass)) AS x(r)
     WHERE x.r IS NOT NULL
 ) AS tables
 WHERE pg_catalog.has_table_privilege(r, 'UPDATE, DELETE, TRUNCATE')
@@ -564,19 +566,29 @@ ORDER BY r::oid;
 -- ours: locks tables, runs no one else's code
 LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE;
 
+-- name: try_migration_lock
+-- One `migrate` at a time (worker/schema_locks.py: serialize): the transaction's advisory lock
+-- %(key)s if it is free, never waited for (any login may hold that key).
+-- ours: takes a lock, runs no one else's code
+SELECT pg_catalog.pg_try_advisory_xact_lock(%(key)s::bigint);
+
 -- name: migration_lock_holders
--- Sessions other than this one holding any lock on a table `migrate` locks: who keeps it
+-- Sessions other than this one holding any lock on a table `migrate` locks, or its advisory
+-- lock %(key)s (a bigint key below 2^32: classid 0, objid the key, objsubid 1): who keeps it
 -- waiting (worker/schema_locks.py).
 -- ours: reads only the catalog and our tables, runs no one else's code
 SELECT a.pid, a.application_name, a.state,
-       extract(epoch FROM pg_catalog.now() - coalesce(a.xact_start, a.backend_start))::float8,
-       l.relation::regclass::text
+       pg_catalog.date_part('epoch', pg_catalog.now() - coalesce(a.xact_start, a.backend_start))::float8,
+       CASE WHEN l.locktype = 'advisory' THEN 'the advisory lock of migrate' ELSE l.relation::regclass::text END
 FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-WHERE l.granted AND l.locktype = 'relation' AND l.pid <> pg_catalog.pg_backend_pid()
+WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid()
   AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
-  AND (l.relation IN (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace = 'embeddings'::regnamespace)
-       OR l.relation IN (SELECT x.r FROM embeddings.targets t
-                         CROSS JOIN LATERAL (VALUES (t.source), (t.side_table), (t.chunk_table)) AS x(r)))
+  AND ((l.locktype = 'relation'
+        AND (l.relation IN (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace = 'embeddings'::regnamespace)
+             OR l.relation IN (SELECT x.r FROM embeddings.targets t
+                               CROSS JOIN LATERAL (VALUES (t.source), ((pg_catalog.to_jsonb(t) ->> 'side_table')::regclass),
+                                           ((pg_catalog.to_jsonb(t) ->> 'chunk_table')::regclass)) AS x(r))))
+       OR (l.locktype = 'advisory' AND l.classid = 0 AND l.objsubid = 1 AND l.objid = %(key)s::bigint::oid))
 ORDER BY a.xact_start NULLS LAST, a.pid
 LIMIT 10;
 

@@ -280,7 +280,8 @@ def _run_alembic(
             attempt += 1
             delay = schema_locks.retry_delay(attempt, deadline)
             if delay is None:
-                held = "; ".join(schema_locks.holders(dsn)) or "no session holds them now"
+                held = "; ".join(schema_locks.holders(dsn, MIGRATION_LOCK_KEY))
+                held = held or "no session holds them now"
                 raise schema_locks.LocksBusy(
                     f"migrate could not lock the tables it changes within {lock_wait:g} s "
                     f"({attempt} tries; {exc}): {held}. Nothing was changed. End those "

@@ -33,6 +33,14 @@ class LocksBusy(exceptions.DatabaseError):
     """One try could not take the migration's locks within its statement timeout."""
 
 
+def serialize(conn: Connection, key: int) -> None:
+    """One `migrate` at a time: the transaction's advisory lock `key`, if free; LocksBusy if
+    not (another migrate runs, or some session holds that key), to be tried again."""
+    row = conn.execute(queries.get("try_migration_lock"), {"key": key}).fetchone()
+    if row != (True,):
+        raise LocksBusy("another `embed-worker migrate` is running (its advisory lock is held)")
+
+
 def take(conn: Connection) -> None:
     """In the migration's transaction: ACCESS EXCLUSIVE on every table of schema `embeddings`
     and every table a target writes (source, side, chunk), in one statement bounded by
@@ -59,13 +67,13 @@ def take(conn: Connection) -> None:
     )
 
 
-def holders(dsn: str) -> list[str]:
-    """The sessions that hold a lock on a table the migration locks, one line each (what the
-    error says when the deadline passes)."""
+def holders(dsn: str, key: int) -> list[str]:
+    """The sessions that hold a lock on a table the migration locks, or its advisory lock
+    `key`, one line each (what the error says when the deadline passes)."""
     try:
         with psycopg.connect(dsn, autocommit=True, connect_timeout=5) as conn:
             conn.execute(queries.get("installer_path"))
-            rows = conn.execute(queries.get("migration_lock_holders")).fetchall()
+            rows = conn.execute(queries.get("migration_lock_holders"), {"key": key}).fetchall()
     except psycopg.Error:
         return []
     return [
