@@ -63,6 +63,16 @@ PACE_SECONDS = 0.002
 LOCK_SAMPLE_SECONDS = 0.005
 BACKLOG_ROWS = 1000
 DRAIN_TIMEOUT = 900.0
+# The sessions a waiting LOCK of `migrate` waits for (worker/queries.sql: lock_for_migration),
+# by application name and what they run: why a try found its tables busy.
+BLOCKERS = """
+    SELECT DISTINCT coalesce(nullif(b.application_name, ''), 'no application_name') || ' ('
+           || coalesce(b.state, '') || '): ' || left(b.query, 100)
+    FROM pg_stat_activity w
+    CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS blocking(pid)
+    JOIN pg_stat_activity b ON b.pid = blocking.pid
+    WHERE w.wait_event_type = 'Lock' AND w.query LIKE '%LOCK TABLE % IN ACCESS EXCLUSIVE MODE'
+"""
 
 
 def latency_summary(seconds: list[float]) -> dict[str, float]:
@@ -179,6 +189,7 @@ class LockSampler(threading.Thread):
         self.dsn = dsn
         self.seen: list[float] = []
         self.samples: list[float] = []
+        self.blockers: set[str] = set()  # sessions seen holding up migrate's LOCK
         self.stop = threading.Event()
 
     def run(self) -> None:
@@ -195,6 +206,8 @@ class LockSampler(threading.Thread):
                 self.samples.append(sampled)
                 if held and held[0]:
                     self.seen.append(sampled)
+                for (blocker,) in conn.execute(BLOCKERS).fetchall():
+                    self.blockers.add(blocker)
                 time.sleep(LOCK_SAMPLE_SECONDS)
 
     def interval(self) -> float:
@@ -351,6 +364,8 @@ def _measure(dsn: str, models: Path, rows: int, tmp: Path) -> dict[str, Any]:
     result["migrate"] = {
         "wall_seconds": ended - started,
         "lock_tries": 1 + migrated.stderr.count("trying again"),
+        "busy_tries": [line for line in migrated.stderr.splitlines() if "trying again" in line],
+        "lock_waited_for": sorted(sampler.blockers),
         "output": migrated.stdout.strip().splitlines(),
         # First and last sample that saw the lock; the hold is at least their distance and
         # at most one sampling interval (plus a sample's own time) more.
