@@ -33,12 +33,16 @@ $$;
 -- search_rows_estimate(t) as an SQL expression for the statements generated for t: for a
 -- table that is not partitioned (nor its chunk table), its pg_class.reltuples read directly, a
 -- statement the generated function's plan keeps; else the call, which lists the partitions.
+-- The relation is found through the target's id, never an OID written into the function: a
+-- dump restored elsewhere gives the table another OID, and keeps the target's id.
 CREATE FUNCTION embeddings.rows_estimate_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = coalesce(t.chunk_table, t.source)) = 'r'
                 THEN format('(SELECT nullif(greatest(c.reltuples, 0), 0)::double precision'
-                            ' FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) %s::pg_catalog.oid)',
-                            coalesce(t.chunk_table, t.source)::oid)
+                            ' FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=)'
+                            ' (SELECT coalesce(x.chunk_table, x.source)::pg_catalog.oid FROM embeddings.targets x'
+                            ' WHERE x.id OPERATOR(pg_catalog.=) %s))',
+                            t.id)
                 ELSE format('(SELECT embeddings.search_rows_estimate(x) FROM embeddings.targets x'
                             ' WHERE x.id OPERATOR(pg_catalog.=) %s)', t.id) END
 $$;

@@ -66,7 +66,7 @@ def test_upgrade_twice_is_a_no_op(empty_dsn: str) -> None:
     before = pg_dump_schema(empty_dsn)
     again = schema.migrate(empty_dsn)
     assert (again.applied, again.notices) == ([], [])  # nothing ran, so nothing was skipped
-    assert again.lines() == ["already at 0019 (0.3.0, unreleased)"]
+    assert again.lines() == ["already at 0019 (0.3.0)"]
     assert pg_dump_schema(empty_dsn) == before
 
 
@@ -263,7 +263,12 @@ def test_freeze_release_gives_the_digests_to_pin(tmp_path: Path) -> None:
         schema_files.freeze_release("0001", versions=versions)
 
 
-@pytest.mark.parametrize("start", schema_files.RELEASED_REVISIONS)
+# The releases a database can be upgraded from: each but the newest, which is head (a dump of
+# each, fixtures/at_<revision>.sql.gz, is made once the next release opens its revision).
+UPGRADABLE = [r for r in schema_files.RELEASED_REVISIONS if r != schema.head_revision()]
+
+
+@pytest.mark.parametrize("start", UPGRADABLE)
 def test_upgrade_keeps_jobs_failures_and_grants_and_equals_fresh_install(
     cluster: Cluster, start: str
 ) -> None:

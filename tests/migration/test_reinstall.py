@@ -126,7 +126,7 @@ def test_migrate_prints_one_line_per_revision_and_no_alembic_chatter(empty_dsn: 
     assert lines[:3] == [
         "applied 0001 (0.1.0)",
         "applied 0002 (0.2.0)",
-        "applied 0019 (0.3.0, unreleased)",
+        "applied 0019 (0.3.0)",
     ]
     assert all(line.startswith("notice: ") for line in lines[3:])
     assert any("pg_net skipped" in line for line in lines)  # optional extensions: still said
@@ -136,4 +136,4 @@ def test_migrate_prints_one_line_per_revision_and_no_alembic_chatter(empty_dsn: 
 
     again = migrate()
     assert again.returncode == 0, again.stderr
-    assert again.stdout.splitlines() == ["already at 0019 (0.3.0, unreleased)"]
+    assert again.stdout.splitlines() == ["already at 0019 (0.3.0)"]
