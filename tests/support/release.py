@@ -23,7 +23,7 @@ from tests.support.cluster import REPO
 # The commit each release's tag marks: the tag when the clone has it, else this commit.
 RELEASES = {
     "0.2.0": "aa9dc0790ac6b59a92de6072069b353447d8514f",
-    "0.3.0": "b485d6fd1dc355dffdd3a69106dbe388428ce897",
+    "0.3.0": "4e7f92a957432d07ff95ba968ff1788bbab500a4",
 }
 
 
