@@ -21,7 +21,10 @@ from pathlib import Path
 from tests.support.cluster import REPO
 
 # The commit each release's tag marks: the tag when the clone has it, else this commit.
-RELEASES = {"0.2.0": "aa9dc0790ac6b59a92de6072069b353447d8514f"}
+RELEASES = {
+    "0.2.0": "aa9dc0790ac6b59a92de6072069b353447d8514f",
+    "0.3.0": "d6b55f5250b15425ff9f26db4528d848c0959359",
+}
 
 
 class ReleaseUnavailable(Exception):
