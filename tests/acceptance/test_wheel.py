@@ -25,6 +25,7 @@ import pytest
 from tests.support import wheel as wheellib
 from tests.support.cluster import REPO
 from tests.support.models import MINILM, require_minilm
+from worker import schema, schema_files
 
 pytestmark = pytest.mark.slow
 
@@ -146,9 +147,10 @@ def test_migrate_run_status_and_the_demos_searches(
     }
     migrated = cli(venv, elsewhere, "migrate", **env)
     assert migrated.returncode == 0, migrated.stderr
-    # The newest revision is this version's ("(0.3.0)" once released, "(0.3.0, unreleased)"
-    # before).
-    assert f"({wheellib.version()}" in migrated.stdout + migrated.stderr
+    # Every revision up to the newest the package carries, named by its release ("(0.3.0)";
+    # "(0.4.0, unreleased)" while the open release has a revision of its own).
+    head = schema.head_revision()
+    assert f"applied {head} ({schema_files.release_of(head)})" in migrated.stdout
 
     # What demo/demo.py does before its worker runs.
     demo = load_demo()
