@@ -34,7 +34,6 @@ from __future__ import annotations
 
 import importlib.resources
 import logging
-import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import tenacity
 from psycopg.sql import Identifier
 
 from worker import exceptions, queries, schema_files, schema_locks
@@ -271,24 +271,30 @@ def _run_alembic(
 ) -> Migration:
     """`action` in one transaction, tried again with backoff while the tables it locks first
     are in use (worker/schema_locks.py), for up to `lock_wait` seconds."""
-    deadline = time.monotonic() + lock_wait
-    attempt = 0
-    while True:
-        try:
-            return _run_alembic_once(dsn, action, *args)
-        except schema_locks.LocksBusy as exc:
-            attempt += 1
-            delay = schema_locks.retry_delay(attempt, deadline)
-            if delay is None:
-                held = "; ".join(schema_locks.holders(dsn, MIGRATION_LOCK_KEY))
-                held = held or "no session holds them now"
-                raise schema_locks.LocksBusy(
-                    f"migrate could not lock the tables it changes within {lock_wait:g} s "
-                    f"({attempt} tries; {exc}): {held}. Nothing was changed. End those "
-                    "transactions, or wait longer with `migrate --lock-wait SECONDS`"
-                ) from None
-            logger.info("%s; trying again in %.1f s", exc, delay)
-            time.sleep(delay)
+    retrying = tenacity.Retrying(
+        wait=schema_locks.RETRY,
+        retry=tenacity.retry_if_exception_type(schema_locks.LocksBusy),
+        stop=tenacity.stop_before_delay(lock_wait),  # no sleep that would pass the deadline
+        before_sleep=_log_busy,
+        reraise=True,
+    )
+    try:
+        return retrying(_run_alembic_once, dsn, action, *args)
+    except schema_locks.LocksBusy as exc:
+        tries = retrying.statistics.get("attempt_number", 1)
+        held = "; ".join(schema_locks.holders(dsn, MIGRATION_LOCK_KEY))
+        held = held or "no session holds them now"
+        raise schema_locks.LocksBusy(
+            f"migrate could not lock the tables it changes within {lock_wait:g} s "
+            f"({tries} tries; {exc}): {held}. Nothing was changed. End those "
+            "transactions, or wait longer with `migrate --lock-wait SECONDS`"
+        ) from None
+
+
+def _log_busy(state: tenacity.RetryCallState) -> None:
+    outcome = state.outcome
+    delay = state.next_action.sleep if state.next_action else 0.0
+    logger.info("%s; trying again in %.1f s", outcome.exception() if outcome else "", delay)
 
 
 def _run_alembic_once(dsn: str, action: Callable[..., None], *args: str) -> Migration:

@@ -15,9 +15,6 @@ says which sessions hold them.
 
 from __future__ import annotations
 
-import random
-import time
-
 import psycopg
 from psycopg import Connection, sql
 
@@ -81,10 +78,3 @@ def holders(dsn: str, key: int) -> list[str]:
         f"{age:.0f} s) holds {relation}"
         for pid, application, state, age, relation in rows
     ]
-
-
-def retry_delay(attempt: int, deadline: float, rng: random.Random | None = None) -> float | None:
-    """Seconds to wait before try `attempt + 1`, or None when the deadline (monotonic) would
-    pass first."""
-    delay = RETRY.delay(attempt, rng)
-    return delay if time.monotonic() + delay < deadline else None
