@@ -21,7 +21,7 @@ RELEASED_REVISIONS: dict[str, str] = {
 # The digest of sql/ (sql_digest) when the newest revision was released; None while it is open.
 # Code reaches a database only with a revision's upgrade, so once the newest revision is
 # released, a change of sql/ needs the next release's revision (a test checks it).
-RELEASED_SQL: str | None = "4d2d84a08ecddfb2261227cfbca4aa1e45a4388da6621904648d2f0b9b3b9138"
+RELEASED_SQL: str | None = None
 _PACKAGE_DIR = Path(__file__).resolve().parent
 
 
