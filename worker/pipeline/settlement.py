@@ -15,7 +15,7 @@ from worker.config import Settings
 from worker.pipeline import bounds, messages
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Fate, Row, RowState
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 RowKey = tuple[int, str]  # (target id, canonical key)
 

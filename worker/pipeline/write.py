@@ -32,7 +32,7 @@ from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.settlement import Settlement, WriteOutcome, settle
 from worker.pipeline.stores.base import Store
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 logger = logging.getLogger(__name__)
 
