@@ -76,7 +76,7 @@ $$;
 
 -- The Alembic revision the schema was migrated to (NULL: installed without Alembic's record),
 -- read by a starting worker to refuse a schema of another release with a message that says
--- what to run (worker/schema.py: mismatch). The record lives in `migrate`'s table, which worker
+-- what to run (worker/schema/revisions.py: mismatch). The record lives in `migrate`'s table, which worker
 -- roles may not read: they are granted this function (worker_functions()).
 CREATE FUNCTION embeddings.schema_revision() RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
