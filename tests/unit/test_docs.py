@@ -88,6 +88,25 @@ def test_every_relative_link_resolves() -> None:
                 assert anchor in headings, f"{doc.name}: {target}"
 
 
+def test_every_page_is_listed_once_in_the_index_by_kind() -> None:
+    """docs/README.md sorts the pages by kind (Diataxis): each page of docs/ under one kind."""
+    index = DOCS / "README.md"
+    kinds = re.split(r"(?m)^## ", index.read_text())[1:]
+    assert [k.split(":")[0] for k in kinds][:4] == [
+        "Tutorials",
+        "How-to guides",
+        "Reference",
+        "Explanation",
+    ]
+    listed = [
+        target
+        for kind in kinds
+        for target in re.findall(r"(?m)^- \[[^]]+\]\(([\w.-]+\.md)\)", kind)
+    ]
+    assert sorted(listed) == sorted({p.name for p in DOCS.glob("*.md")} - {"README.md"})
+    assert "](docs/README.md)" in README.read_text()
+
+
 def test_the_readme_is_a_front_page() -> None:
     text = README.read_text()
     assert len(text.splitlines()) < 300
