@@ -1,4 +1,4 @@
-"""The metrics the worker exports equal the documented ones (docs/operating.md's table), and
+"""The metrics the worker exports equal the documented ones (docs/metrics.md), and
 row outcomes are counted from RowState in one place (worker.metrics), deferred rows never."""
 
 from __future__ import annotations
