@@ -1,4 +1,4 @@
-"""docs/cli.md equals the parser of worker/cli/main.py, both ways: every command has its section,
+"""docs/cli.md equals the parser of worker/cli/parser.py, both ways: every command has its section,
 every argument its row (with its choices, whether it takes a value, and the variable it reads),
 and the page names nothing the parser does not have."""
 
@@ -11,7 +11,7 @@ from dataclasses import dataclass
 import pytest
 
 from tests.support.docs import DOCS
-from worker.cli.main import build_parser
+from worker.cli.parser import build_parser
 
 CLI = DOCS / "cli.md"
 GLOBAL = "global options"
