@@ -245,6 +245,5 @@ BEGIN
     RETURN (total + per_message - 1) / per_message;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.enqueue_keys(integer, anyarray, integer, text) FROM PUBLIC;
 
 SELECT embeddings.ensure_queue('embedding_jobs');

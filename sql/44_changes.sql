@@ -66,7 +66,6 @@ BEGIN
     RETURN recorded;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.claim_provenance(integer, boolean, text, text, text) FROM PUBLIC;
 
 -- Names of the shadow column and of the old column kept by a change with keep_old.
 CREATE FUNCTION embeddings.shadow_column(embedding_column name) RETURNS name
@@ -447,7 +446,6 @@ BEGIN
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.complete_changes() FROM PUBLIC;
 
 -- For embeddings.status: the producer of target t's vectors ('model revision variant') and the
 -- progress of its change in progress, if any (rows with the new vector / rows with content).

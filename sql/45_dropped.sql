@@ -55,7 +55,6 @@ BEGIN
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.forget_dropped_targets() FROM PUBLIC;
 
 DO $$
 BEGIN
@@ -165,7 +164,6 @@ BEGIN
     UPDATE embeddings.targets tg SET version = tg.version + 1 WHERE tg.id = target_id;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.refresh_target(integer) FROM PUBLIC;
 
 -- Called at the end of every ALTER TABLE, CREATE TABLE, ALTER FUNCTION and ALTER SCHEMA:
 -- refreshes the targets on the tables (or partition trees, content functions, generated
@@ -215,7 +213,6 @@ EXCEPTION WHEN OTHERS THEN
     RAISE WARNING 'embeddings: could not follow a schema change (%)', SQLERRM;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.follow_schema_changes() FROM PUBLIC;
 
 DO $$
 BEGIN

@@ -413,7 +413,6 @@ BEGIN
         FROM jsonb_array_elements(answer) WITH ORDINALITY AS r(value, i) ORDER BY r.i;
 END
 $$;
-GRANT EXECUTE ON FUNCTION embeddings.match_chunks(regclass, halfvec, integer) TO PUBLIC;
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- Long documents (worker/pipeline/pieces.py): a document of a chunked target longer than one
@@ -588,4 +587,3 @@ BEGIN
     RETURN made;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.chunks_store_access(embeddings.targets, jsonb) FROM PUBLIC;

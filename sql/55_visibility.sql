@@ -28,14 +28,12 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SET reason = excluded.reason, jobs = excluded.jobs, last_seen = now(),
         since = CASE WHEN d.reason = excluded.reason THEN d.since ELSE now() END
 $$;
-REVOKE ALL ON FUNCTION embeddings.note_deferrals(integer[], text[], integer[]) FROM PUBLIC;
 
 -- Forgets the deferrals of targets the worker served again (worker roles only, as above).
 CREATE FUNCTION embeddings.clear_deferrals(target_ids integer[]) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM embeddings.deferrals d WHERE d.target_id = ANY(target_ids)
 $$;
-REVOKE ALL ON FUNCTION embeddings.clear_deferrals(integer[]) FROM PUBLIC;
 
 -- The model watch() uses when none is named.
 CREATE FUNCTION embeddings.default_model() RETURNS text

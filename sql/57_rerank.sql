@@ -77,7 +77,6 @@ BEGIN
     WHERE tg.id = t.id;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.set_rerank(regclass, text, integer, name) FROM PUBLIC;
 
 -- The remote rerank kinds and their defaults: the one place in SQL that knows them (the
 -- worker's side is a class per kind, worker/models/remote/rerank_providers.py, whose defaults

@@ -357,7 +357,6 @@ BEGIN
     PERFORM embeddings.generate_store_policy(t);
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.generate_search(embeddings.targets) FROM PUBLIC;
 
 -- The vector ranking of a search of target t, as the JSON array embeddings_<id>_search()
 -- returns (the rows nearest to `query` by distance, ties by key; for a chunked target each

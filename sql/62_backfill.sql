@@ -53,7 +53,6 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT embeddings.enqueue_keys(target_id, keys, 0, coalesce(  -- behind the live writes
         (SELECT b.lane FROM embeddings.backfills b WHERE b.target_id = send_backfill.target_id), 'backfill'))
 $$;
-REVOKE ALL ON FUNCTION embeddings.send_backfill(integer, jsonb[]) FROM PUBLIC;
 
 -- Starts (or restarts) target t's backfill and takes its first step inline. `every_row`
 -- restarts from the first key; otherwise a running backfill keeps its cursor. `lane`: where its
@@ -223,7 +222,6 @@ BEGIN
     RETURN left_rows;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.backfill_rows_left(embeddings.targets) FROM PUBLIC;
 
 -- Deferred HNSW indexes (issue 16 §4). When watch() adds the embedding column to a large table,
 -- it builds no index: building one, even empty, scans the table under watch()'s lock, and

@@ -338,7 +338,6 @@ BEGIN
     RETURN ARRAY[(a->>'prefix') || '_verify', (a->>'prefix') || '_clear_failing', (a->>'prefix') || '_existing'];
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.generate_verify_access(embeddings.targets, jsonb) FROM PUBLIC;
 
 -- One slice (at most max_rows rows) of target t's verifying pass: queues (backfill lane) every
 -- row whose vector is not that of its content and definition now (no fingerprint, another one,
