@@ -193,6 +193,8 @@ BEGIN
     RETURN embeddings.start_change(t, coalesce(model, t.model), keep_old, reembed => coalesce(model, t.model) = t.model);
 END
 $$;
+COMMENT ON FUNCTION embeddings.rewatch IS
+    'Changes a target''s model (blue/green, through a shadow column), or re-embeds it with the same one. Schema owner only.';
 
 -- Abandons the change of a target: its shadow column and index are dropped, its shadow-only
 -- jobs removed; the target's column and model are as before. Returns false (with a NOTICE)
@@ -236,6 +238,8 @@ BEGIN
     RETURN true;
 END
 $$;
+COMMENT ON FUNCTION embeddings.cancel_change IS
+    'Abandons a target''s model change in progress; its column and model stay as before. Schema owner only.';
 
 -- Row keys (JSON form) of target t that the application changed and whose jobs are moving: in
 -- the inbox, or in the live lane (either message shape) and visible or being embedded, not

@@ -26,6 +26,8 @@ BEGIN
     RETURN forgotten;
 END
 $$;
+COMMENT ON FUNCTION embeddings.unwatch_dropped IS
+    'Forgets every target whose table or embedding column is gone; returns how many. Schema owner only.';
 
 -- Called at every DROP: forgets the targets whose table or embedding column this drop removed.
 -- SECURITY DEFINER because whoever may drop a table may not write our registry or the queue; it

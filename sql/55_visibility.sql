@@ -40,6 +40,8 @@ CREATE FUNCTION embeddings.default_model() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT name FROM embeddings.models WHERE is_default
 $$;
+COMMENT ON FUNCTION embeddings.default_model IS
+    'The model watch() uses when none is named.';
 
 -- Makes `name` the model watch() uses when none is named (existing targets keep theirs).
 CREATE FUNCTION embeddings.set_default_model(name text) RETURNS text
@@ -55,6 +57,8 @@ BEGIN
     RETURN name;
 END
 $$;
+COMMENT ON FUNCTION embeddings.set_default_model IS
+    'Makes a model the one watch() uses when none is named. Schema owner only.';
 
 -- Refuses to install our triggers on a table that still has the Supabase guide's
 -- util.queue_embeddings triggers: both sets would queue a job for every change.

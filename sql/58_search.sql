@@ -457,4 +457,6 @@ BEGIN
         ORDER BY r.i LIMIT k;
 END
 $$;
+COMMENT ON FUNCTION embeddings.search IS
+    'The k rows of a watched table nearest to a query vector (cosine distance), nearest first; a chunked table''s k documents, each with its best chunk. Reads with the caller''s rights.';
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);

@@ -44,6 +44,8 @@ COMMENT ON TABLE embeddings.backfills IS 'Targets whose existing rows are still 
 CREATE FUNCTION embeddings.backfill_step_keys() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 1000;
+COMMENT ON FUNCTION embeddings.backfill_step_keys IS
+    'Rows one backfill step examines (sweep(), and watch()''s first step).';
 
 -- The one function that sends backfill work: keys (JSON forms) of target `target_id`, as
 -- messages of keys_per_message() keys, into its backfill lane (20_queue.sql). SECURITY DEFINER
@@ -240,6 +242,8 @@ GRANT SELECT ON embeddings.deferred_indexes TO PUBLIC;  -- embeddings.status rea
 CREATE FUNCTION embeddings.index_defer_rows() RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 100000;
+COMMENT ON FUNCTION embeddings.index_defer_rows IS
+    'Tables estimated larger than this get their HNSW index deferred until their backfill is done.';
 
 -- The name and the statement of target t's deferred index (on its table, or its side table:
 -- sql/56_side.sql).
@@ -318,6 +322,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       AND pg_has_role(c.relowner, 'USAGE')
     ORDER BY t.id
 $$;
+COMMENT ON FUNCTION embeddings.deferred_index_ready IS
+    'The deferred HNSW indexes of a queue''s tables that may be built now, with the statements that build them.';
 
 -- Forgets target `target_id`'s deferred index once a valid HNSW index is on its column.
 -- SECURITY DEFINER: the worker that built it may not write the registry; it removes nothing
