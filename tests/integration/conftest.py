@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from tests.support import modelgen
+from tests.support.in_flight import InFlight
 from tests.support.models import MINILM, require_minilm, shared_models_dir
 from worker import config
 from worker.config import Settings
@@ -109,6 +110,20 @@ def settings(dsn: str, minilm: str, model_path: str) -> Settings:
         backoff_base_seconds=0.01,  # retries become visible at once: tests need not wait
         vt_seconds=30,
     )
+
+
+@pytest.fixture
+def admin(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """A second autocommit connection to the test's database: the application, or the DBA,
+    acting while the worker holds its own."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def in_flight(settings: Settings, dsn: str, embedders: LoadedModels) -> InFlight:
+    """A batch taken through the stages by hand (tests/support/in_flight.py)."""
+    return InFlight(settings, dsn, embedders)
 
 
 @pytest.fixture

@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support import jobs
 from tests.support.jobs import clear_queue, messages, move_inbox, queued_keys
 from worker.process.runner import Worker
 
@@ -71,13 +72,7 @@ def test_composite_keys_are_queued_as_arrays_and_embedded(
         ).fetchall()
     ] == expected
     move_inbox(conn)
-    assert [
-        r[0]
-        for r in conn.execute(
-            "SELECT k FROM pgmq.q_embedding_jobs m, embeddings.message_keys(m.message) k"
-            " ORDER BY m.msg_id"
-        ).fetchall()
-    ] == expected
+    assert jobs.keys_read_by_the_database(conn) == expected
     assert conn.execute(
         "SELECT sum(embeddings.message_key_count(message))::int FROM pgmq.q_embedding_jobs"
     ).fetchone() == (len(expected),)

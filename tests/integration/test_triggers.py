@@ -8,7 +8,13 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.jobs import clear_queue, messages, move_inbox, queued_keys
+from tests.support.jobs import (
+    clear_queue,
+    keys_read_by_the_database,
+    messages,
+    move_inbox,
+    queued_keys,
+)
 from worker.pipeline.messages import message_keys
 
 Conn = psycopg.Connection[Any]
@@ -75,13 +81,7 @@ def test_keys_of_a_variable_width_type_are_sliced_into_messages_in_order(conn: C
     move_inbox(conn)
     assert [len(message_keys(m)) for m in messages(conn)] == [128, 128, 44]
     assert sorted(queued_keys(conn, row[0])) == sorted(inserted)
-    assert [
-        r[0]
-        for r in conn.execute(
-            "SELECT k FROM pgmq.q_embedding_jobs m, embeddings.message_keys(m.message) k"
-            " ORDER BY m.msg_id"
-        ).fetchall()
-    ] == inserted
+    assert keys_read_by_the_database(conn) == inserted
 
 
 def test_a_content_function_targets_bulk_insert_is_sliced_in_order(conn: Conn) -> None:

@@ -11,19 +11,11 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.jobs import clear_queue, queued_keys
+from tests.support.jobs import clear_queue, queued_keys, verify
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 RunOnce = Callable[..., Worker]
-
-
-def verify(conn: Conn, max_rows: int = 1000) -> int:
-    row = conn.execute(
-        "SELECT embeddings.sweep(max_rows => %s, verify => true)", (max_rows,)
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def count(conn: Conn, query: str, *params: Any) -> int:
