@@ -187,12 +187,9 @@ def test_insert_with_a_raising_content_function_still_succeeds(conn: Conn, minil
         "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE plpgsql STABLE AS"
         " $$ BEGIN IF d.id = 13 THEN RAISE 'bad row'; END IF; RETURN d.body; END $$"
     )
-    row = conn.execute(
-        "SELECT embeddings.watch('docs', 'doc_text', model => %s, chunk_tokens => 50)", (minilm,)
-    ).fetchone()
-    assert row is not None
+    target = stores.watch_with(conn, "docs", "doc_text", model=minilm, chunk_tokens=50)
     conn.execute("INSERT INTO docs VALUES (12, 'fine'), (13, 'boom')")
-    assert sorted(queued_keys(conn, row[0])) == [12, 13]
+    assert sorted(queued_keys(conn, target)) == [12, 13]
 
 
 # --- the worker -------------------------------------------------------------------------------------
@@ -475,21 +472,16 @@ def test_chunk_offsets_slice_the_document_multibyte_characters_included(
     # The SQL functions return them with the best chunk of each document.
     (query,) = embedders.get(minilm).embed(["the café’s ledgers in the Tokyo library"])
     vector = str(list(map(float, query)))
-    found = conn.execute(
-        "SELECT key, content, start_offset, end_offset FROM embeddings.search('docs',"
-        " %s::halfvec, 3)",
-        (vector,),
-    ).fetchall()
-    assert found[0][0] == 6
     bodies = dict(conn.execute("SELECT id, body FROM docs").fetchall())
-    for key, content, start, end in found:
-        assert bodies[key][start:end] == content
+
+    def assert_best_is_6_with_its_offsets(search: str) -> None:
+        found = conn.execute(
+            f"SELECT key, content, start_offset, end_offset FROM embeddings.{search}", (vector,)
+        ).fetchall()
+        assert found[0][0] == 6
+        for key, content, start, end in found:
+            assert bodies[key][start:end] == content
+
+    assert_best_is_6_with_its_offsets("search('docs', %s::halfvec, 3)")
     conn.execute("SELECT embeddings.enable_fts('docs')")
-    found = conn.execute(
-        "SELECT key, content, start_offset, end_offset FROM embeddings.hybrid_search('docs',"
-        " 'ledgers', %s::halfvec, 3)",
-        (vector,),
-    ).fetchall()
-    assert found[0][0] == 6
-    for key, content, start, end in found:
-        assert bodies[key][start:end] == content
+    assert_best_is_6_with_its_offsets("hybrid_search('docs', 'ledgers', %s::halfvec, 3)")

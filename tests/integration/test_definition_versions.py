@@ -95,10 +95,7 @@ def test_a_registry_cached_before_a_rewatch_is_not_used_after_it(
 
 
 def test_a_batch_read_before_a_rewatch_is_not_written_and_is_redone(
-    conn: Conn,
-    tiny_models: tuple[str, str],
-    in_flight: InFlight,
-    run_once: Callable[..., Worker],
+    conn: Conn, tiny_models: tuple[str, str], in_flight: InFlight, run_once: Callable[..., Worker]
 ) -> None:
     first, second = tiny_models
     make_docs(conn, first)

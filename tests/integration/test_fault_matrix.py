@@ -40,15 +40,10 @@ from tests.support.fault_scenario import (
     NEW_ROWS,
     ROWS,
     InjectedCrash,
+    Scenario,
     assert_nothing_lost,
-    embed_then_change,
-    measure,
-    recover,
-    run_worker,
     terminate_worker_connections,
 )
-from worker.config import Settings
-from worker.models.loaded import LoadedModels
 from worker.pipeline import faults
 
 Conn = psycopg.Connection[Any]
@@ -146,40 +141,30 @@ def in_process_fault(admin: Conn, editor: Editor, fault: str) -> Callable[[], No
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("step", STEPS)
 def test_a_fault_at_each_step_loses_nothing(
-    step: str,
-    fault: str,
-    store: str,
-    conn: Conn,
-    admin: Conn,
-    dsn: str,
-    tiny_models: tuple[str, str],
-    settings: Settings,
-    embedders: LoadedModels,
+    step: str, fault: str, store: str, fault_scenario: Scenario, admin: Conn, dsn: str
 ) -> None:
-    model = tiny_models[0]
-    # One batch holds every row: the fault hits all of them.
-    settings = settings.with_overrides(batch_size=ROWS + NEW_ROWS, max_attempts=5)
-    embed_then_change(conn, settings, embedders, model, store)
+    conn = fault_scenario.conn
+    fault_scenario.embed_then_change(store)
 
     editor = Editor(dsn)
     if step in DB_SIDE_STEPS:
         arm_in_database(conn, step, fault, store)
-        exit_code = run_worker(settings, embedders)
+        exit_code = fault_scenario.run_worker()
         fired = conn.execute("SELECT is_called FROM injected_faults").fetchone()
         assert fired == (True,), "the fault was never reached"
     else:
         handler = in_process_fault(admin, editor, fault)
         with faults.injected(step, handler):
-            exit_code = run_worker(settings, embedders)
+            exit_code = fault_scenario.run_worker()
         editor.join()
 
-    recover(conn, settings, embedders)
+    fault_scenario.recover()
     rows = conn.execute(
         psycopg.sql.SQL(
             "SELECT id, body, embedding::real[] FROM {} WHERE body ~ '[^[:space:]]' ORDER BY id"
         ).format(stores.vectors(conn, store))
     ).fetchall()
     label = step if store == "row" else f"{step} (side table)"
-    cell = measure(conn, embedders, model, rows, label, fault, exit_code)
+    cell = fault_scenario.measure(rows, label, fault, exit_code)
     faultmatrix.record(cell)
     assert_nothing_lost(cell, ROWS + NEW_ROWS)

@@ -217,19 +217,23 @@ def test_revokes_on_our_schemas_from_public(
     site.assert_all_embedded()
 
 
+def rename_role(site: Site, role: str) -> str:
+    """Renames the site's `role` (owner, worker or writer); returns its new name."""
+    renamed = f"{getattr(site, role)}_renamed"
+    site.conn.execute(f"ALTER ROLE {getattr(site, role)} RENAME TO {renamed}")
+    setattr(site, role, renamed)
+    return renamed
+
+
 def test_renaming_the_owner(site: Site, work: Callable[..., Worker]) -> None:
-    renamed = site.owner + "_renamed"
-    site.conn.execute(f"ALTER ROLE {site.owner} RENAME TO {renamed}")
-    site.owner = renamed
+    rename_role(site, "owner")
     site.write(10)
     work()
     site.assert_all_embedded()
 
 
 def test_renaming_the_worker_role(site: Site, work: Callable[..., Worker], minilm: str) -> None:
-    renamed = site.worker + "_renamed"
-    site.conn.execute(f"ALTER ROLE {site.worker} RENAME TO {renamed}")
-    site.worker = renamed
+    renamed = rename_role(site, "worker")
     # A table watched after the rename is granted to the role under its new name.
     site.conn.execute("CREATE TABLE public.later (id bigint PRIMARY KEY, body text)")
     site.conn.execute("INSERT INTO public.later VALUES (1, 'watched after the rename')")
@@ -243,9 +247,7 @@ def test_renaming_the_worker_role(site: Site, work: Callable[..., Worker], minil
 
 
 def test_renaming_the_writer(site: Site, work: Callable[..., Worker]) -> None:
-    renamed = site.writer + "_renamed"
-    site.conn.execute(f"ALTER ROLE {site.writer} RENAME TO {renamed}")
-    site.writer = renamed
+    rename_role(site, "writer")
     site.write(10)
     work()
     site.assert_all_embedded()

@@ -34,15 +34,10 @@ from tests.support import faultmatrix, stores
 from tests.support.fault_scenario import (
     NEW_ROWS,
     ROWS,
+    Scenario,
     assert_nothing_lost,
-    embed_then_change,
-    measure,
     one_shot,
-    recover,
-    run_worker,
 )
-from worker.config import Settings
-from worker.models.loaded import LoadedModels
 from worker.pipeline import faults
 
 Conn = psycopg.Connection[Any]
@@ -129,23 +124,15 @@ def application_writes(conn: Conn, names: Names) -> None:
 @pytest.mark.parametrize("moment", list(MOMENTS))
 @pytest.mark.parametrize("change", list(CHANGES))
 def test_a_schema_change_in_flight_loses_nothing(
-    change: str,
-    moment: str,
-    store: str,
-    conn: Conn,
-    admin: Conn,
-    tiny_models: tuple[str, str],
-    settings: Settings,
-    embedders: LoadedModels,
+    change: str, moment: str, store: str, fault_scenario: Scenario, admin: Conn
 ) -> None:
-    model = tiny_models[0]
+    conn, model = fault_scenario.conn, fault_scenario.model
     ddl = CHANGES[change]
     if store == "side" and ddl.after.embedding != "embedding":
         pytest.skip("the watched table of a side-table target has no embedding column")
     if store == "row" and ddl.side_only:
         pytest.skip("a change of the side table")
-    settings = settings.with_overrides(batch_size=ROWS + NEW_ROWS, max_attempts=5)
-    embed_then_change(conn, settings, embedders, model, store)
+    fault_scenario.embed_then_change(store)
 
     applied: list[bool] = []
 
@@ -161,10 +148,10 @@ def test_a_schema_change_in_flight_loses_nothing(
         applied.append(True)
 
     with faults.injected(MOMENTS[moment], one_shot(apply_change)):
-        code = run_worker(settings, embedders)
+        code = fault_scenario.run_worker()
     assert applied == [True], "the change never landed in a batch"
 
-    recover(conn, settings, embedders)
+    fault_scenario.recover()
     names = ddl.after
     rows = conn.execute(
         names.q(
@@ -174,7 +161,7 @@ def test_a_schema_change_in_flight_loses_nothing(
         )
     ).fetchall()
     label = change if store == "row" else f"{change} (side table)"
-    cell = measure(conn, embedders, model, rows, label, moment, code)
+    cell = fault_scenario.measure(rows, label, moment, code)
     faultmatrix.record_schema_change(cell)
     assert_nothing_lost(cell, ROWS + NEW_ROWS + 1)
     assert conn.execute("SELECT problem FROM embeddings.targets").fetchone() == (None,)

@@ -10,17 +10,18 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import psycopg
 
 from tests.support import faultmatrix
+from tests.support.in_flight import in_process_worker
 from tests.support.jobs import JOBS, expire_leases
 from worker import db
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
-from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -52,8 +53,7 @@ def terminate_worker_connections(admin: Conn) -> None:
 
 
 def run_worker(settings: Settings, embedders: LoadedModels) -> int:
-    worker = Worker(settings, once=True, embedders=embedders, progress=False, handle_signals=False)
-    return worker.run()
+    return in_process_worker(settings, embedders, once=True).run()
 
 
 def one_shot(body: Callable[[], None]) -> Callable[[], None]:
@@ -148,3 +148,36 @@ def measure(
 def assert_nothing_lost(cell: faultmatrix.Cell, rows: int) -> None:
     assert cell.rows == rows
     assert (cell.lost, cell.stale, cell.left_in_queue, cell.dead_lettered) == (0, 0, 0, 0), cell
+
+
+@dataclass(frozen=True)
+class Scenario:
+    """One cell's scenario: `settings` put every row in one batch, so a fault hits all of them."""
+
+    conn: Conn
+    settings: Settings
+    embedders: LoadedModels
+    model: str
+
+    @classmethod
+    def of(cls, conn: Conn, settings: Settings, embedders: LoadedModels, model: str) -> Scenario:
+        one_batch = settings.with_overrides(batch_size=ROWS + NEW_ROWS, max_attempts=5)
+        return cls(conn, one_batch, embedders, model)
+
+    def run_worker(self) -> int:
+        return run_worker(self.settings, self.embedders)
+
+    def embed_then_change(self, store: str) -> None:
+        embed_then_change(self.conn, self.settings, self.embedders, self.model, store)
+
+    def recover(self) -> None:
+        recover(self.conn, self.settings, self.embedders)
+
+    def measure(
+        self,
+        rows: Sequence[tuple[Any, str, list[float] | None]],
+        step: str,
+        fault: str,
+        exit_code: int,
+    ) -> faultmatrix.Cell:
+        return measure(self.conn, self.embedders, self.model, rows, step, fault, exit_code)

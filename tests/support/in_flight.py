@@ -1,11 +1,13 @@
-"""A batch taken through the worker's stages by hand, so that a test can act between them: the
-batch leased and its content loaded, then (after the test's own writes) embedded and written."""
+"""The worker in the test's own process: whole (`in_process_worker`), or a batch taken through its
+stages by hand, so that a test can act between them: the batch leased and its content loaded,
+then (after the test's own writes) embedded and written."""
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import psycopg
 
@@ -16,6 +18,21 @@ from worker.pipeline import jobs as jobqueue
 from worker.pipeline import stages, write
 from worker.pipeline.batch import Batch
 from worker.pipeline.targets import TargetRegistry
+from worker.process.runner import Worker
+
+
+def in_process_worker(
+    settings: Settings, embedders: LoadedModels, *, once: bool = False, **overrides: Any
+) -> Worker:
+    """A worker with the test's loaded models, `settings` overridden as given; `once`: it stops
+    when the queue is empty (`run --once`)."""
+    return Worker(
+        settings.with_overrides(**overrides),
+        once=once,
+        embedders=embedders,
+        progress=False,
+        handle_signals=False,
+    )
 
 
 def backfill_lane(settings: Settings) -> jobqueue.Queue:
