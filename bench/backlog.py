@@ -12,16 +12,6 @@ import psycopg
 from bench import corpus, endtoend, worker_process
 
 
-def _rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 def run(dsn: str, model: str, model_path: Path, rows: int = 20000) -> dict[str, Any]:
     pool = corpus.stdlib_docstrings()
     texts = [f"{pool[i % len(pool)]} ({i})" for i in range(rows)]  # distinct rows, real text
@@ -32,7 +22,7 @@ def run(dsn: str, model: str, model_path: Path, rows: int = 20000) -> dict[str, 
     samples: list[tuple[float, float, int]] = []  # (seconds, rss MB, rows embedded)
     with psycopg.connect(dsn, autocommit=True) as conn:
         while process.poll() is None:
-            rss = _rss_mb(process.pid)
+            rss = worker_process.rss_mb(process.pid)
             row = conn.execute("SELECT count(embedding) FROM bench_docs").fetchone()
             if rss is not None and row is not None:
                 samples.append((time.perf_counter() - started, rss, int(row[0])))

@@ -26,27 +26,16 @@ from typing import Any
 
 import psycopg
 
-from bench import corpus, worker_process
+from bench import corpus, sampling, worker_process
 from bench.sampling import latency_summary, wait_until
 from worker.pipeline.chunking import Splitter
 
 Conn = psycopg.Connection[Any]
 CHUNK_TOKENS = 200
 
-SETUP = """
-CREATE TABLE bench_docs (id bigint PRIMARY KEY, body text NOT NULL);
-CREATE TABLE bench_notes (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    body text NOT NULL,
-    inserted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    embedded_at timestamptz
-);
-CREATE FUNCTION bench_notes_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.embedded_at := clock_timestamp();
-    RETURN NEW;
-END $$;
-"""
+SETUP = "CREATE TABLE bench_docs (id bigint PRIMARY KEY, body text NOT NULL);" + (
+    sampling.stamped_table("bench_notes")
+)
 
 
 def document(megabytes: float) -> str:
@@ -88,10 +77,7 @@ def run(
             (model, CHUNK_TOKENS),
         )
         conn.execute("SELECT embeddings.watch('bench_notes', 'body', model => %s)", (model,))
-        conn.execute(
-            "CREATE TRIGGER stamp BEFORE UPDATE OF embedding ON bench_notes FOR EACH ROW"
-            " WHEN (NEW.embedding IS NOT NULL) EXECUTE FUNCTION bench_notes_stamp()"
-        )
+        conn.execute(sampling.stamp_trigger("bench_notes"))
         env = worker_process.worker_env(
             dsn, model, model_dir.parent, EMBED_PIECE_TOKENS=piece_tokens, EMBED_POLL_SECONDS=30
         )

@@ -31,7 +31,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bench import worker_process
+from bench import sampling, worker_process
 from bench.sampling import latency_summary
 from tests.support import modelgen, pgbouncer
 from tests.support.cluster import Cluster
@@ -44,20 +44,9 @@ QUIET = float(getattr(wakeups, "QUIET_SECONDS", 10.0))  # worker/process/wakeups
 OTHER_WRITES_PER_S = 200
 TICKS = os.sysconf("SC_CLK_TCK")
 
-SETUP = """
-CREATE TABLE bench_idle (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    body text NOT NULL,
-    inserted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    embedded_at timestamptz
-);
-CREATE TABLE bench_idle_other (id bigint GENERATED ALWAYS AS IDENTITY, at timestamptz DEFAULT now());
-CREATE FUNCTION bench_idle_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.embedded_at := clock_timestamp();
-    RETURN NEW;
-END $$;
-"""
+SETUP = sampling.stamped_table("bench_idle") + (
+    "CREATE TABLE bench_idle_other (id bigint GENERATED ALWAYS AS IDENTITY, at timestamptz DEFAULT now());"
+)
 
 
 def run(
@@ -80,10 +69,7 @@ def run(
         )
         conn.execute(SETUP)
         conn.execute("SELECT embeddings.watch('bench_idle', 'body', model => %s)", (MODEL,))
-        conn.execute(
-            "CREATE TRIGGER stamp BEFORE UPDATE OF embedding ON bench_idle FOR EACH ROW"
-            " WHEN (NEW.embedding IS NOT NULL) EXECUTE FUNCTION bench_idle_stamp()"
-        )
+        conn.execute(sampling.stamp_trigger("bench_idle"))
         result: dict[str, Any] = {
             "model": f"{MODEL} (random weights, {modelgen.TINY['hidden']}-d, 2 layers)",
             "idle_seconds": IDLE_SECONDS,

@@ -33,20 +33,7 @@ def _wait(condition: Any, timeout: float, what: str) -> None:
     sampling.wait_until(condition, timeout, what, poll=0.002)
 
 
-SETUP = """
-CREATE TABLE bench_lanes (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    body text NOT NULL,
-    live boolean NOT NULL DEFAULT false,
-    inserted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    embedded_at timestamptz
-);
-CREATE FUNCTION bench_lanes_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.embedded_at := clock_timestamp();
-    RETURN NEW;
-END $$;
-"""
+SETUP = sampling.stamped_table("bench_lanes", "live boolean NOT NULL DEFAULT false")
 
 
 def run(dsn: str, tokenizer_dir: Path, rows: int = 20000, samples: int = 100) -> dict[str, Any]:
@@ -84,10 +71,7 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 20000, samples: int = 100) ->
             conn.execute(
                 "SELECT embeddings.watch('bench_lanes', 'body', model => %s)", (MODELS[0],)
             )
-            conn.execute(
-                "CREATE TRIGGER stamp BEFORE UPDATE OF embedding ON bench_lanes FOR EACH ROW"
-                " WHEN (NEW.embedding IS NOT NULL) EXECUTE FUNCTION bench_lanes_stamp()"
-            )
+            conn.execute(sampling.stamp_trigger("bench_lanes"))
             conn.execute("COMMIT")
             started = time.monotonic()
             under = _sample(conn, samples, until_backfill_done=True)

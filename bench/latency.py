@@ -16,21 +16,9 @@ from typing import Any
 
 import psycopg
 
-from bench import worker_process
+from bench import sampling, worker_process
 
-SETUP = """
-CREATE TABLE bench_latency (
-    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    body text NOT NULL,
-    inserted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
-    embedded_at timestamptz
-);
-CREATE FUNCTION bench_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
-BEGIN
-    NEW.embedded_at := clock_timestamp();
-    RETURN NEW;
-END $$;
-"""
+SETUP = sampling.stamped_table("bench_latency")
 
 
 def run(
@@ -39,13 +27,10 @@ def run(
     rng = random.Random(seed)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute("DROP TABLE IF EXISTS bench_latency")
-        conn.execute("DROP FUNCTION IF EXISTS bench_stamp()")
+        conn.execute("DROP FUNCTION IF EXISTS bench_latency_stamp()")
         conn.execute(SETUP)
         conn.execute("SELECT embeddings.watch('bench_latency', 'body', model => %s)", (model,))
-        conn.execute(
-            "CREATE TRIGGER stamp BEFORE UPDATE OF embedding ON bench_latency FOR EACH ROW"
-            " WHEN (NEW.embedding IS NOT NULL) EXECUTE FUNCTION bench_stamp()"
-        )
+        conn.execute(sampling.stamp_trigger("bench_latency"))
         env = worker_process.worker_env(dsn, model, model_path, EMBED_POLL_SECONDS=30)
         worker = worker_process.start(env)
         try:

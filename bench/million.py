@@ -48,16 +48,6 @@ def short_texts(n: int, offset: int = 0) -> list[str]:
     return [f"{pool[i % len(pool)]} (#{i + offset})" for i in range(n)]
 
 
-def rss_mb(pid: int) -> float | None:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except (OSError, ValueError):
-        pass
-    return None
-
-
 def batches(log: Path) -> list[dict[str, Any]]:
     """The worker's per-batch log records (JSON log format), in order."""
     found = []
@@ -139,7 +129,7 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 1_000_000) -> dict[str, Any]:
         process = worker_process.start(env, "--once", "--no-progress", log=log)
         rss: list[tuple[float, float]] = []
         while process.poll() is None:
-            if (value := rss_mb(process.pid)) is not None:
+            if (value := worker_process.rss_mb(process.pid)) is not None:
                 rss.append((time.perf_counter() - started, value))
             time.sleep(1.0)
         wall = time.perf_counter() - started

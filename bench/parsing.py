@@ -237,12 +237,12 @@ def bomb_rss(checkout: Checkout, cluster: Cluster, model_path: Path, bomb: bytes
         )
         process, _ = checkout.start(dsn, "gte-small", model_path, EMBED_MAX_ATTEMPTS=1)
         try:
-            ready = peak = _rss_mib(process.pid)
+            ready = peak = worker_process.rss_mb(process.pid) or 0.0
             started = time.perf_counter()
             conn.execute("INSERT INTO files VALUES (1, %s)", (bomb,))
             outcome = "not settled within 300 s"
             while time.perf_counter() - started < 300:
-                peak = max(peak, _rss_mib(process.pid))
+                peak = max(peak, worker_process.rss_mb(process.pid) or 0.0)
                 if process.poll() is not None:
                     outcome = f"the worker exited ({process.returncode})"
                     break
@@ -263,16 +263,6 @@ def bomb_rss(checkout: Checkout, cluster: Cluster, model_path: Path, bomb: bytes
         "seconds": round(seconds, 1),
         "outcome": outcome,
     }
-
-
-def _rss_mib(pid: int) -> float:
-    try:
-        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    return 0.0
 
 
 def _one(conn: psycopg.Connection[Any], query: str) -> Any:

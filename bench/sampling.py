@@ -35,3 +35,32 @@ def latency_summary(latencies: list[float], mean: bool = False) -> dict[str, Any
         summary["mean_ms"] = round(statistics.fmean(ordered), 1)
     summary["max_ms"] = round(ordered[-1], 1)
     return summary
+
+
+def stamped_table(table: str, *columns: str) -> str:
+    """SQL creating `table`, whose rows record when they were inserted and when their vector
+    was written, both by the database's clock, and its stamping function `{table}_stamp()`;
+    `columns` are more of its columns ("name type ..."). stamp_trigger() attaches the function
+    once watch() has made the embedding column."""
+    more = "".join(f"\n    {column}," for column in columns)
+    return f"""
+CREATE TABLE {table} (
+    id bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    body text NOT NULL,{more}
+    inserted_at timestamptz NOT NULL DEFAULT clock_timestamp(),
+    embedded_at timestamptz
+);
+CREATE FUNCTION {table}_stamp() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    NEW.embedded_at := clock_timestamp();
+    RETURN NEW;
+END $$;
+"""
+
+
+def stamp_trigger(table: str) -> str:
+    """SQL stamping `table`'s rows (stamped_table()) as their vector is written."""
+    return (
+        f"CREATE TRIGGER stamp BEFORE UPDATE OF embedding ON {table} FOR EACH ROW"
+        f" WHEN (NEW.embedding IS NOT NULL) EXECUTE FUNCTION {table}_stamp()"
+    )

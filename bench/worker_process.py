@@ -17,6 +17,17 @@ QUEUED_JOBS = (
 )
 
 
+def rss_mb(pid: int) -> float | None:
+    """The resident memory of a running process now, in MB (None once it is gone)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError):
+        pass
+    return None
+
+
 @dataclass(frozen=True)
 class ProcessCost:
     wall_s: float

@@ -14,6 +14,8 @@ import psycopg
 import pytest
 
 from tests.support import modelgen
+from tests.support.fault_scenario import Scenario
+from tests.support.in_flight import InFlight, in_process_worker
 from tests.support.models import MINILM, require_minilm, shared_models_dir
 from worker import config
 from worker.config import Settings
@@ -112,6 +114,31 @@ def settings(dsn: str, minilm: str, model_path: str) -> Settings:
 
 
 @pytest.fixture
+def admin(dsn: str) -> Iterator[psycopg.Connection[Any]]:
+    """A second autocommit connection to the test's database: the application, or the DBA,
+    acting while the worker holds its own."""
+    with psycopg.connect(dsn, autocommit=True) as connection:
+        yield connection
+
+
+@pytest.fixture
+def in_flight(settings: Settings, dsn: str, embedders: LoadedModels) -> InFlight:
+    """A batch taken through the stages by hand (tests/support/in_flight.py)."""
+    return InFlight(settings, dsn, embedders)
+
+
+@pytest.fixture
+def fault_scenario(
+    conn: psycopg.Connection[Any],
+    settings: Settings,
+    embedders: LoadedModels,
+    tiny_models: tuple[str, str],
+) -> Scenario:
+    """The fault matrices' scenario (tests/support/fault_scenario.py), with the tiny model."""
+    return Scenario.of(conn, settings, embedders, tiny_models[0])
+
+
+@pytest.fixture
 def role(conn: psycopg.Connection[Any]) -> Iterator[str]:
     """A role of the test's own (roles are the cluster's, not the database's: a name no other
     test takes), without LOGIN, dropped with what it was granted afterwards."""
@@ -127,13 +154,7 @@ def run_once(settings: Settings, embedders: LoadedModels) -> Iterator[Callable[.
     """Runs `embed-worker run --once` in-process; returns the finished Worker."""
 
     def run(**overrides: Any) -> Worker:
-        worker = Worker(
-            settings.with_overrides(**overrides),
-            once=True,
-            embedders=embedders,
-            progress=False,
-            handle_signals=False,
-        )
+        worker = in_process_worker(settings, embedders, once=True, **overrides)
         assert worker.run() == 0
         return worker
 
@@ -206,12 +227,7 @@ def running(settings: Settings, embedders: LoadedModels) -> Iterator[Callable[..
     started: list[Running] = []
 
     def start(**overrides: Any) -> Running:
-        worker = Worker(
-            settings.with_overrides(**overrides),
-            embedders=embedders,
-            progress=False,
-            handle_signals=False,
-        )
+        worker = in_process_worker(settings, embedders, **overrides)
         thread = threading.Thread(target=worker.run, daemon=True)
         thread.start()
         started.append(Running(worker, thread))

@@ -9,11 +9,13 @@ cursor is right after watch(), then that stepping queues every row exactly once.
 from __future__ import annotations
 
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
+from tests.support import stores
 from tests.support.jobs import clear_queue, queued_keys
 from worker import status as status_model
 from worker.cli import status
@@ -57,6 +59,12 @@ def step_to_end(conn: Conn, target_id: int, max_keys: int) -> int:
     return steps
 
 
+def assert_every_row_queued_once(conn: Conn, target_id: int, max_keys: int, rows: int) -> None:
+    """Stepped to the end, the backfill queued rows 1..`rows`, each once and in key order."""
+    step_to_end(conn, target_id, max_keys)
+    assert queued_keys(conn, target_id) == list(range(1, rows + 1))
+
+
 def pending_and_backfill(conn: Conn, target_id: int) -> tuple[int, int | None]:
     row = conn.execute(
         "SELECT pending_jobs, backfill_rows FROM embeddings.status WHERE target_id = %s",
@@ -67,18 +75,18 @@ def pending_and_backfill(conn: Conn, target_id: int) -> tuple[int, int | None]:
 
 
 def watch(conn: Conn, table: str, **options: Any) -> int:
-    options = {"model": "all-MiniLM-L6-v2", **options}
-    extra = "".join(f", {name} => %({name})s" for name in options)
-    row = conn.execute(
-        f"SELECT embeddings.watch(%(table)s, 'body'{extra})", {"table": table, **options}
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return stores.watch_with(conn, table, **{"model": "all-MiniLM-L6-v2", **options})
 
 
 def make_docs(conn: Conn, rows: int) -> None:
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs SELECT i, 'doc ' || i FROM generate_series(1, %s) i", (rows,))
+
+
+def watched_docs(conn: Conn, rows: int) -> int:
+    """`docs` of `rows` rows, watched: the backfill starts; returns the target id."""
+    make_docs(conn, rows)
+    return watch(conn, "docs")
 
 
 def test_watch_queues_one_bounded_step_and_leaves_a_cursor(conn: Conn) -> None:
@@ -100,8 +108,7 @@ def test_watch_queues_one_bounded_step_and_leaves_a_cursor(conn: Conn) -> None:
 
     assert step(conn, target, 1500) == (1500, 1500)
     assert backfill(conn, target)["after_key"] == per_step + 1500  # type: ignore[index]
-    step_to_end(conn, target, 1500)
-    assert queued_keys(conn, target) == list(range(1, 5001))
+    assert_every_row_queued_once(conn, target, 1500, 5000)
     assert pending_and_backfill(conn, target) == (5000, None)
     assert step(conn, target, 1500) == (0, 0)  # finished: nothing more
 
@@ -146,8 +153,7 @@ def test_partitioned_table(conn: Conn) -> None:
         )
     conn.execute("INSERT INTO parts SELECT i, 'doc ' || i FROM generate_series(1, 3500) i")
     target = watch(conn, "parts")
-    step_to_end(conn, target, 700)
-    assert queued_keys(conn, target) == list(range(1, 3501))
+    assert_every_row_queued_once(conn, target, 700, 3500)
     # A partition attached later still queues its rows at once (its own trigger path).
     clear_queue(conn)
     conn.execute("CREATE TABLE parts_3 (id int NOT NULL, body text, embedding halfvec(384))")
@@ -157,8 +163,7 @@ def test_partitioned_table(conn: Conn) -> None:
 
 
 def test_concurrent_steps_never_queue_a_range_twice(conn: Conn, dsn: str) -> None:
-    make_docs(conn, 4000)
-    target = watch(conn, "docs")
+    target = watched_docs(conn, 4000)
     with psycopg.connect(dsn) as first, psycopg.connect(dsn, autocommit=True) as second:
         # The first stepper holds the cursor (its step not committed yet): the second skips it.
         assert step(first, target, 500) == (500, 500)
@@ -176,8 +181,7 @@ def test_concurrent_steps_never_queue_a_range_twice(conn: Conn, dsn: str) -> Non
 
 
 def test_a_stepper_killed_mid_step_leaves_the_cursor(conn: Conn, dsn: str) -> None:
-    make_docs(conn, 3000)
-    target = watch(conn, "docs")
+    target = watched_docs(conn, 3000)
     before = backfill(conn, target)
     with psycopg.connect(dsn) as doomed:
         assert step(doomed, target, 800) == (800, 800)
@@ -186,13 +190,11 @@ def test_a_stepper_killed_mid_step_leaves_the_cursor(conn: Conn, dsn: str) -> No
         with pytest.raises(psycopg.OperationalError):
             doomed.execute("SELECT 1")
     assert backfill(conn, target) == before
-    step_to_end(conn, target, 800)
-    assert queued_keys(conn, target) == list(range(1, 3001))
+    assert_every_row_queued_once(conn, target, 800, 3000)
 
 
 def test_rows_written_during_the_backfill(conn: Conn) -> None:
-    make_docs(conn, 4000)
-    target = watch(conn, "docs")
+    target = watched_docs(conn, 4000)
     per_step = step_keys(conn)
     # Inserted after watch(): the triggers queue them, the backfill must not again.
     conn.execute("INSERT INTO docs SELECT i, 'new ' || i FROM generate_series(4001, 4100) i")
@@ -214,8 +216,7 @@ def test_rows_written_during_the_backfill(conn: Conn) -> None:
 
 
 def test_every_row_again_restarts_from_the_first_key(conn: Conn) -> None:
-    make_docs(conn, 2500)
-    target = watch(conn, "docs")
+    target = watched_docs(conn, 2500)
     step(conn, target, 500)
     clear_queue(conn)
     # Another content source re-embeds every row (another model is a blue/green change).
@@ -224,13 +225,11 @@ def test_every_row_again_restarts_from_the_first_key(conn: Conn) -> None:
     clear_queue(conn)
     conn.execute("SELECT embeddings.watch('docs', 'title', model => 'all-MiniLM-L6-v2')")
     assert backfill(conn, target)["every_row"] is True  # type: ignore[index]
-    step_to_end(conn, target, 1000)
-    assert queued_keys(conn, target) == list(range(1, 2501))
+    assert_every_row_queued_once(conn, target, 1000, 2500)
 
 
 def test_sweep_steps_a_backfill_when_the_queue_is_low(conn: Conn) -> None:
-    make_docs(conn, 3000)
-    target = watch(conn, "docs")
+    target = watched_docs(conn, 3000)
     per_step = step_keys(conn)
     # The inline step's jobs still wait: the queue is not low, sweep() leaves the backfill.
     conn.execute("SELECT embeddings.sweep()")
@@ -252,8 +251,7 @@ def test_the_worker_steps_only_while_the_backfill_lane_is_low(conn: Conn) -> Non
 
 
 def test_a_worker_role_steps_backfills(conn: Conn) -> None:
-    make_docs(conn, 2500)
-    target = watch(conn, "docs")
+    target = watched_docs(conn, 2500)
     clear_queue(conn)  # the inline step's jobs, done: the lane is low
     conn.execute("CREATE ROLE backfill_worker")
     conn.execute("SELECT embeddings.grant_worker('backfill_worker')")
@@ -267,7 +265,7 @@ def test_a_worker_role_steps_backfills(conn: Conn) -> None:
 
 
 def test_the_worker_embeds_every_row_once(
-    conn: Conn, settings: Any, embedders: Any, tiny_models: tuple[str, str]
+    conn: Conn, run_once: Callable[..., Worker], tiny_models: tuple[str, str]
 ) -> None:
     make_docs(conn, 2600)
     conn.execute("CREATE TABLE writes (id bigint)")
@@ -281,14 +279,7 @@ def test_the_worker_embeds_every_row_once(
         " WHEN (new.embedding IS NOT NULL) EXECUTE FUNCTION log_write()"
     )
     # Small steps (batch 16: 256 rows a step): the worker takes several.
-    worker = Worker(
-        settings.with_overrides(model=tiny_models[0], batch_size=16),
-        once=True,
-        embedders=embedders,
-        progress=False,
-        handle_signals=False,
-    )
-    assert worker.run() == 0
+    run_once(model=tiny_models[0], batch_size=16)
     assert conn.execute("SELECT count(*) FROM embeddings.backfills").fetchone() == (0,)
     assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
     writes = conn.execute(
@@ -306,8 +297,17 @@ def hnsw_indexes(conn: Conn, table: str) -> list[tuple[str, bool]]:
     ).fetchall()
 
 
+def index_deferred(conn: Conn, target: int) -> bool | None:
+    row = conn.execute(
+        "SELECT index_deferred FROM embeddings.status WHERE target_id = %s", (target,)
+    ).fetchone()
+    assert row is not None
+    deferred: bool | None = row[0]
+    return deferred
+
+
 def test_a_large_table_gets_its_index_after_the_backfill(
-    conn: Conn, settings: Any, embedders: Any, tiny_models: tuple[str, str]
+    conn: Conn, run_once: Callable[..., Worker], tiny_models: tuple[str, str]
 ) -> None:
     rows = conn.execute("SELECT embeddings.index_defer_rows()").fetchone()
     assert rows is not None
@@ -316,28 +316,16 @@ def test_a_large_table_gets_its_index_after_the_backfill(
     target = watch(conn, "docs", model=tiny_models[0])
     # No index built under watch()'s lock: deferred, and status says so.
     assert hnsw_indexes(conn, "docs") == []
-    row = conn.execute(
-        "SELECT index_deferred FROM embeddings.status WHERE target_id = %s", (target,)
-    ).fetchone()
-    assert row == (True,)
+    assert index_deferred(conn, target) is True
     conn.execute("DELETE FROM docs WHERE id > 300")  # (a short drain for the tiny model)
-    Worker(
-        settings.with_overrides(model=tiny_models[0]),
-        once=True,
-        embedders=embedders,
-        progress=False,
-        handle_signals=False,
-    ).run()
+    run_once(model=tiny_models[0])
     assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
     assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", True)]
-    row = conn.execute(
-        "SELECT index_deferred FROM embeddings.status WHERE target_id = %s", (target,)
-    ).fetchone()
-    assert row == (False,)
+    assert index_deferred(conn, target) is False
 
 
 def test_a_large_partitioned_table_gets_its_index_partition_by_partition(
-    conn: Conn, settings: Any, embedders: Any, tiny_models: tuple[str, str]
+    conn: Conn, run_once: Callable[..., Worker], tiny_models: tuple[str, str]
 ) -> None:
     rows = conn.execute("SELECT embeddings.index_defer_rows()").fetchone()
     assert rows is not None
@@ -355,18 +343,9 @@ def test_a_large_partitioned_table_gets_its_index_partition_by_partition(
     # A partition created meanwhile gets its index from the parent's.
     conn.execute("CREATE TABLE docs_c PARTITION OF docs FOR VALUES FROM (10000000) TO (20000000)")
     assert len(hnsw_indexes(conn, "docs_c")) == 1
-    row = conn.execute(
-        "SELECT index_deferred FROM embeddings.status WHERE target_id = %s", (target,)
-    ).fetchone()
-    assert row == (True,)
+    assert index_deferred(conn, target) is True
     conn.execute("DELETE FROM docs WHERE id > 300 AND id < 100000 OR id > 100300")  # short drain
-    Worker(
-        settings.with_overrides(model=tiny_models[0]),
-        once=True,
-        embedders=embedders,
-        progress=False,
-        handle_signals=False,
-    ).run()
+    run_once(model=tiny_models[0])
     assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
     assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", True)]
     assert [valid for _, valid in hnsw_indexes(conn, "docs_a") + hnsw_indexes(conn, "docs_b")] == [

@@ -185,15 +185,25 @@ def test_a_content_function_that_sleeps_fails_only_its_row(
     fill(conn, "docs", "others")
     conn.execute("INSERT INTO sleepers VALUES (2)")
     running(owner_code_timeout_seconds=1.0, max_attempts=100, backoff_base_seconds=1.0)
+    assert_only_row_2_waits(
+        conn,
+        "EMBED_OWNER_CODE_TIMEOUT_SECONDS",
+        "row 2's job to be retried with the bound in its error",
+    )
+
+
+def assert_only_row_2_waits(conn: Conn, error: str, what: str) -> None:
+    """Every row but docs' row 2 (the one `sleepers` names) is embedded; row 2's job is retried
+    with `error` in its last error; once nothing sleeps, row 2 is embedded too."""
     wait_embedded(conn, "row", "others", set(range(1, ROWS + 1)), FLOWING)
     wait_embedded(conn, "row", "docs", {1, 3, 4}, FLOWING)
     wait_for(
         lambda: conn.execute(
-            "SELECT 1 FROM pgmq.q_embedding_jobs WHERE message ->> 'last_error' LIKE"
-            " '%%EMBED_OWNER_CODE_TIMEOUT_SECONDS%%'"
+            "SELECT 1 FROM pgmq.q_embedding_jobs WHERE message ->> 'last_error' LIKE %s",
+            (f"%{error}%",),
         ).fetchone(),
         timeout=FLOWING,
-        what="row 2's job to be retried with the bound in its error",
+        what=what,
     )
     conn.execute("DELETE FROM sleepers")
     wait_embedded(conn, "row", "docs", {2}, FLOWING)
@@ -236,18 +246,7 @@ def test_owner_code_that_catches_the_cancel_ends_its_session_not_the_worker(
     fill(conn, "docs", "others")
     conn.execute("INSERT INTO sleepers VALUES (2)")  # (the triggers' own evaluation ran before)
     running(owner_code_timeout_seconds=1.0, max_attempts=100)
-    wait_embedded(conn, "row", "others", set(range(1, ROWS + 1)), FLOWING)
-    wait_embedded(conn, "row", "docs", {1, 3, 4}, FLOWING)
-    wait_for(
-        lambda: conn.execute(
-            "SELECT 1 FROM pgmq.q_embedding_jobs WHERE message ->> 'last_error' LIKE"
-            " '%%caught the cancel%%'"
-        ).fetchone(),
-        timeout=FLOWING,
-        what="row 2's job to be retried with why",
-    )
-    conn.execute("DELETE FROM sleepers")
-    wait_embedded(conn, "row", "docs", {2}, FLOWING)
+    assert_only_row_2_waits(conn, "caught the cancel", "row 2's job to be retried with why")
 
 
 def test_our_sessions_bound_every_lock_wait_and_the_owners_statements(dsn: str) -> None:

@@ -10,10 +10,10 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.integration.test_worker import finish, lease_and_load
+from tests.support import stores
+from tests.support.in_flight import InFlight
 from tests.support.jobs import clear_queue, messages, queued_keys
 from tests.support.models import shared_models_dir
-from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline import chunking
 from worker.pipeline.batch import RowState
@@ -41,13 +41,7 @@ def chunks(conn: Conn, table: str = "docs_chunks") -> list[tuple[Any, ...]]:
 
 
 def watch(conn: Conn, model: str, **options: Any) -> int:
-    args = ", ".join(f"{k} => %({k})s" for k in options)
-    row = conn.execute(
-        f"SELECT embeddings.watch('docs', 'body', model => %(model)s{', ' + args if args else ''})",
-        {"model": model, **options},
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return stores.watch_with(conn, model=model, **options)
 
 
 @pytest.fixture
@@ -61,14 +55,7 @@ def docs(conn: Conn, minilm: str) -> int:
 
 
 def column_types(conn: Conn, table: str) -> list[tuple[str, str]]:
-    return [
-        (r[0], r[1])
-        for r in conn.execute(
-            "SELECT attname, format_type(atttypid, atttypmod) FROM pg_attribute"
-            " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            (table,),
-        )
-    ]
+    return [(name, kind) for name, kind, _ in stores.columns(conn, table)]
 
 
 # --- SQL interface --------------------------------------------------------------------------------
@@ -85,12 +72,7 @@ def test_watch_creates_the_chunk_table_and_no_embedding_column(conn: Conn, docs:
         ("headings", "text[]"),
         ("page", "integer"),
     ]
-    constraints = dict(
-        conn.execute(
-            "SELECT contype, pg_get_constraintdef(oid) FROM pg_constraint"
-            " WHERE conrelid = 'docs_chunks'::regclass"
-        ).fetchall()
-    )
+    constraints = stores.constraints(conn, "docs_chunks")
     # No foreign key to the table: it made TRUNCATE of the table fail (deletes are followed up).
     assert constraints == {"p": "PRIMARY KEY (id, seq)"}
     indexes = [
@@ -205,12 +187,9 @@ def test_insert_with_a_raising_content_function_still_succeeds(conn: Conn, minil
         "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE plpgsql STABLE AS"
         " $$ BEGIN IF d.id = 13 THEN RAISE 'bad row'; END IF; RETURN d.body; END $$"
     )
-    row = conn.execute(
-        "SELECT embeddings.watch('docs', 'doc_text', model => %s, chunk_tokens => 50)", (minilm,)
-    ).fetchone()
-    assert row is not None
+    target = stores.watch_with(conn, "docs", "doc_text", model=minilm, chunk_tokens=50)
     conn.execute("INSERT INTO docs VALUES (12, 'fine'), (13, 'boom')")
-    assert sorted(queued_keys(conn, row[0])) == [12, 13]
+    assert sorted(queued_keys(conn, target)) == [12, 13]
 
 
 # --- the worker -------------------------------------------------------------------------------------
@@ -305,16 +284,11 @@ def test_truncate_of_a_chunked_target_empties_its_chunk_table(
 
 
 def test_a_document_updated_while_in_flight_keeps_the_newest_contents_chunks(
-    conn: Conn,
-    docs: int,
-    settings: Settings,
-    dsn: str,
-    embedders: LoadedModels,
-    run_once: Callable[..., Worker],
+    conn: Conn, docs: int, run_once: Callable[..., Worker], in_flight: InFlight
 ) -> None:
-    batch, queue = lease_and_load(settings, dsn, embedders)
+    batch, queue = in_flight.lease()
     conn.execute("UPDATE docs SET body = 'The newest content.' WHERE id = 3")
-    finish(batch, queue, settings, dsn, embedders)
+    in_flight.finish(batch, queue)
     assert batch.rows[(docs, "3")].state is RowState.STALE
     assert not [r for r in chunks(conn) if r[0] == 3]  # the stale text was not written
     run_once()
@@ -326,18 +300,16 @@ def test_a_batch_over_the_chunk_budget_postpones_documents_without_an_attempt(
     docs: int,
     run_once: Callable[..., Worker],
     monkeypatch: pytest.MonkeyPatch,
-    settings: Settings,
-    dsn: str,
-    embedders: LoadedModels,
+    in_flight: InFlight,
 ) -> None:
     monkeypatch.setattr("worker.pipeline.pieces.MAX_CHUNKS", 3)
-    batch, queue = lease_and_load(settings, dsn, embedders)
+    batch, queue = in_flight.lease()
     states = {key: row.state for (_, key), row in batch.rows.items()}
     assert states["1"] is RowState.READY  # the first always gets a piece
     first = batch.rows[(docs, "1")].chunks
     assert first is not None and len(first.chunks) == 3 and not first.final
     assert states["2"] is RowState.POSTPONED
-    finish(batch, queue, settings, dsn, embedders)
+    in_flight.finish(batch, queue)
     assert batch.rows[(docs, "1")].state is RowState.PIECE
     assert sorted(queued_keys(conn, docs)) == [1, 2, 3]
     assert {m["attempts"] for m in messages(conn)} == {0}
@@ -500,21 +472,16 @@ def test_chunk_offsets_slice_the_document_multibyte_characters_included(
     # The SQL functions return them with the best chunk of each document.
     (query,) = embedders.get(minilm).embed(["the café’s ledgers in the Tokyo library"])
     vector = str(list(map(float, query)))
-    found = conn.execute(
-        "SELECT key, content, start_offset, end_offset FROM embeddings.search('docs',"
-        " %s::halfvec, 3)",
-        (vector,),
-    ).fetchall()
-    assert found[0][0] == 6
     bodies = dict(conn.execute("SELECT id, body FROM docs").fetchall())
-    for key, content, start, end in found:
-        assert bodies[key][start:end] == content
+
+    def assert_best_is_6_with_its_offsets(search: str) -> None:
+        found = conn.execute(
+            f"SELECT key, content, start_offset, end_offset FROM embeddings.{search}", (vector,)
+        ).fetchall()
+        assert found[0][0] == 6
+        for key, content, start, end in found:
+            assert bodies[key][start:end] == content
+
+    assert_best_is_6_with_its_offsets("search('docs', %s::halfvec, 3)")
     conn.execute("SELECT embeddings.enable_fts('docs')")
-    found = conn.execute(
-        "SELECT key, content, start_offset, end_offset FROM embeddings.hybrid_search('docs',"
-        " 'ledgers', %s::halfvec, 3)",
-        (vector,),
-    ).fetchall()
-    assert found[0][0] == 6
-    for key, content, start, end in found:
-        assert bodies[key][start:end] == content
+    assert_best_is_6_with_its_offsets("hybrid_search('docs', 'ledgers', %s::halfvec, 3)")

@@ -19,21 +19,12 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support import stores
+from tests.support.process import run_cli
 from worker import schema
 from worker.cli import parser as cli_parser
 
 Conn = psycopg.Connection[Any]
-
-
-def run_cli(*argv: str, stdin: str | None = None, env: dict[str, str] | None = None) -> Any:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *argv],
-        input=stdin,
-        capture_output=True,
-        text=True,
-        env={**os.environ, **(env or {})},
-        timeout=120,
-    )
 
 
 @pytest.mark.parametrize("command", ["status", "failures"])
@@ -200,14 +191,11 @@ def test_status_shows_progress_and_eta_for_pending_work(conn: Conn, dsn: str, mi
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding halfvec(384))")
     conn.execute("INSERT INTO docs SELECT i, 'text ' || i FROM generate_series(1, 10) i")
     conn.execute("UPDATE docs SET embedding = array_fill(0.1, ARRAY[384])::halfvec WHERE id <= 4")
-    target = conn.execute(
-        "SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,)
-    ).fetchone()
-    assert target is not None
+    target = stores.watch(conn, "row", minilm)
     conn.execute(
         "INSERT INTO embeddings.throughput (target_id, minute, rows)"
         " VALUES (%s, date_trunc('minute', now()), 60)",
-        (target[0],),
+        (target,),
     )
 
     result = run_cli("status", "--database-url", dsn)
@@ -253,13 +241,7 @@ def test_status_watch_refreshes_in_place(conn: Conn, dsn: str) -> None:
 
 
 def test_doctor_names_each_problem_with_its_fix(conn: Conn, dsn: str) -> None:
-    conn.execute(
-        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
-        " VALUES ('absent-model', 384, 512, 'mean')"
-    )
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO docs VALUES (1, 'hello')")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    stores.watch_absent_model(conn)
     conn.execute("ALTER TABLE docs ALTER COLUMN embedding TYPE halfvec(768)")
     conn.execute(
         "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"

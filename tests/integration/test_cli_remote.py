@@ -11,7 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.test_cli import run_cli
+from tests.support.process import run_cli
 from tests.support.provider_server import ProviderServer, fake_vector
 
 Conn = psycopg.Connection[Any]

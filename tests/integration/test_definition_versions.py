@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import TINY_DIMS
+from tests.support.in_flight import InFlight, backfill_lane
 from tests.support.jobs import messages
 from worker import db
 from worker.config import Settings
@@ -44,12 +45,6 @@ def assert_vectors_of(conn: Conn, embedders: LoadedModels, model: str) -> None:
         )
 
 
-def backfill_lane(settings: Settings) -> jobqueue.Queue:
-    return jobqueue.Queue(
-        jobqueue.backfill_queue_name(settings.queue), lane=jobqueue.BACKFILL, home=settings.queue
-    )
-
-
 def assert_handed_back_unspent(conn: Conn, msg_ids: list[int]) -> None:
     """The jobs are visible again at once, and the attempt was not counted."""
     released = conn.execute(
@@ -66,11 +61,7 @@ def drain(
     """Both lanes, then the model change completes (what `run --once` does)."""
     queues = [
         jobqueue.Queue(settings.queue),
-        jobqueue.Queue(
-            jobqueue.backfill_queue_name(settings.queue),
-            lane=jobqueue.BACKFILL,
-            home=settings.queue,
-        ),
+        backfill_lane(settings),
     ]
     while True:
         for queue in queues:
@@ -104,20 +95,12 @@ def test_a_registry_cached_before_a_rewatch_is_not_used_after_it(
 
 
 def test_a_batch_read_before_a_rewatch_is_not_written_and_is_redone(
-    conn: Conn,
-    dsn: str,
-    tiny_models: tuple[str, str],
-    settings: Settings,
-    embedders: LoadedModels,
-    run_once: Callable[..., Worker],
+    conn: Conn, tiny_models: tuple[str, str], in_flight: InFlight, run_once: Callable[..., Worker]
 ) -> None:
     first, second = tiny_models
     make_docs(conn, first)
-    queue = backfill_lane(settings)  # watch()'s jobs are on the backfill lane
-    with db.connect(dsn) as worker_conn:
-        db.register_vector_types(worker_conn)
-        batch = stages.read(worker_conn, queue, TargetRegistry(), settings)
-        assert batch is not None
+    embedders, settings = in_flight.embedders, in_flight.settings
+    with in_flight.read() as (worker_conn, queue, batch):
         stages.load(worker_conn, batch, embedders)
         stages.embed(embedders, batch)  # with the first model
 
@@ -175,10 +158,8 @@ def test_watch_waits_for_a_write_in_progress_and_later_writes_see_its_version(
 @pytest.mark.parametrize("when", ["before the load", "before the write"])
 def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt(
     conn: Conn,
-    dsn: str,
     tiny_models: tuple[str, str],
-    settings: Settings,
-    embedders: LoadedModels,
+    in_flight: InFlight,
     run_once: Callable[..., Worker],
     ddl: str,
     table: str,
@@ -187,11 +168,8 @@ def test_a_batch_read_before_a_rename_is_handed_back_without_spending_an_attempt
 ) -> None:
     first, _ = tiny_models
     make_docs(conn, first)
-    queue = backfill_lane(settings)  # watch()'s jobs are on the backfill lane
-    with db.connect(dsn) as worker_conn:
-        db.register_vector_types(worker_conn)
-        batch = stages.read(worker_conn, queue, TargetRegistry(), settings)
-        assert batch is not None
+    embedders, settings = in_flight.embedders, in_flight.settings
+    with in_flight.read() as (worker_conn, queue, batch):
         if when == "before the load":
             conn.execute(ddl)
         stages.load(worker_conn, batch, embedders)

@@ -14,10 +14,10 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.integration.test_cli import run_cli
 from tests.support.documents import docx_bytes, encrypted, pdf_bytes
 from tests.support.jobs import clear_queue, messages, queued_keys
 from tests.support.models import shared_models_dir
+from tests.support.process import run_cli
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.models.onnx import load_tokenizer

@@ -29,60 +29,28 @@ table (its cells' steps are marked "side table").
 from __future__ import annotations
 
 import threading
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from typing import Any
 
-import numpy as np
 import psycopg
 import pytest
 
 from tests.support import faultmatrix, stores
-from tests.support.jobs import JOBS, expire_leases
-from worker import db
-from worker.config import Settings
-from worker.models.loaded import LoadedModels
+from tests.support.fault_scenario import (
+    NEW_ROWS,
+    ROWS,
+    InjectedCrash,
+    Scenario,
+    assert_nothing_lost,
+    terminate_worker_connections,
+)
 from worker.pipeline import faults
-from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
 STEPS = ("read", "leased", "load", "embed", "after_vectors", "commit")
 FAULTS = ("connection_killed", "worker_crash")
 DB_SIDE_STEPS = {"read", "commit"}  # injected by a trigger inside the database
-ROWS = 12
-NEW_ROWS = 4
-
-
-class InjectedCrash(BaseException):
-    """Escapes every handler of the worker, as a crash would."""
-
-
-def run_worker(settings: Settings, embedders: LoadedModels) -> int:
-    worker = Worker(settings, once=True, embedders=embedders, progress=False, handle_signals=False)
-    return worker.run()
-
-
-def terminate_worker_connections(admin: Conn) -> None:
-    """Terminates every worker connection to this database and waits until they are gone."""
-    victims = [
-        r[0]
-        for r in admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = %s",
-            (db.APPLICATION_NAME,),
-        ).fetchall()
-    ]
-    admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (victims,))
-    deadline = time.monotonic() + 10
-    while time.monotonic() < deadline:
-        alive = admin.execute(
-            "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (victims,)
-        ).fetchone()
-        if alive == (0,):
-            return
-        time.sleep(0.01)
-    raise AssertionError("worker connections survived pg_terminate_backend")
 
 
 def arm_in_database(conn: Conn, step: str, fault: str, store: str) -> None:
@@ -169,113 +137,34 @@ def in_process_fault(admin: Conn, editor: Editor, fault: str) -> Callable[[], No
     return handler
 
 
-def measure(
-    conn: Conn,
-    embedders: LoadedModels,
-    model: str,
-    step: str,
-    fault: str,
-    exit_code: int,
-    store: str = "row",
-) -> faultmatrix.Cell:
-    rows = conn.execute(
-        psycopg.sql.SQL(
-            "SELECT id, body, embedding::real[] FROM {} WHERE body ~ '[^[:space:]]' ORDER BY id"
-        ).format(stores.vectors(conn, store))
-    ).fetchall()
-    queued = {
-        str(k)
-        for (k,) in conn.execute(
-            f"SELECT k #>> '{{}}' FROM {JOBS}, embeddings.message_keys(message) k"
-        ).fetchall()
-    }
-    dead = {
-        str(k)
-        for (k,) in conn.execute("SELECT row_key #>> '{}' FROM embeddings.failures").fetchall()
-    }
-    expected = embedders.get(model).embed([body for _, body, _ in rows])
-    lost = stale = 0
-    for (key, _, stored), want in zip(rows, expected, strict=True):
-        if stored is None:
-            lost += str(key) not in queued and str(key) not in dead
-        elif not np.allclose(np.array(stored, dtype=np.float32), want, atol=2e-3):
-            stale += 1
-    left = conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone()
-    assert left is not None
-    return faultmatrix.Cell(
-        step=step,
-        fault=fault,
-        rows=len(rows),
-        lost=lost,
-        stale=stale,
-        left_in_queue=int(left[0]),
-        dead_lettered=len(dead),
-        worker_exit=exit_code,
-    )
-
-
-@pytest.fixture
-def admin(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        yield connection
-
-
 @pytest.mark.parametrize("store", stores.STORES)
 @pytest.mark.parametrize("fault", FAULTS)
 @pytest.mark.parametrize("step", STEPS)
 def test_a_fault_at_each_step_loses_nothing(
-    step: str,
-    fault: str,
-    store: str,
-    conn: Conn,
-    admin: Conn,
-    dsn: str,
-    tiny_models: tuple[str, str],
-    settings: Settings,
-    embedders: LoadedModels,
+    step: str, fault: str, store: str, fault_scenario: Scenario, admin: Conn, dsn: str
 ) -> None:
-    model = tiny_models[0]
-    # One batch holds every row: the fault hits all of them.
-    settings = settings.with_overrides(batch_size=ROWS + NEW_ROWS, max_attempts=5)
-    embedding = f", embedding halfvec({embedders.get(model).dim})" if store == "row" else ""
-    conn.execute(f"CREATE TABLE docs (id bigint PRIMARY KEY, body text{embedding})")
-    conn.execute(
-        "INSERT INTO docs SELECT g, 'first text of row ' || g FROM generate_series(1, %s::int) g",
-        (ROWS,),
-    )
-    conn.execute(
-        "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false,"
-        " store => %s)",
-        (model, store),
-    )
-    assert run_worker(settings, embedders) == 0
-    conn.execute("UPDATE docs SET body = 'second text of row ' || id")  # old vectors stay
-    conn.execute(
-        "INSERT INTO docs SELECT g, 'new row ' || g FROM generate_series(%s::int, %s::int) g",
-        (ROWS + 1, ROWS + NEW_ROWS),
-    )
+    conn = fault_scenario.conn
+    fault_scenario.embed_then_change(store)
 
     editor = Editor(dsn)
     if step in DB_SIDE_STEPS:
         arm_in_database(conn, step, fault, store)
-        exit_code = run_worker(settings, embedders)
+        exit_code = fault_scenario.run_worker()
         fired = conn.execute("SELECT is_called FROM injected_faults").fetchone()
         assert fired == (True,), "the fault was never reached"
     else:
         handler = in_process_fault(admin, editor, fault)
         with faults.injected(step, handler):
-            exit_code = run_worker(settings, embedders)
+            exit_code = fault_scenario.run_worker()
         editor.join()
 
-    # Recovery: the leases of the failed run run out; the worker drains what is left.
-    for _ in range(3):
-        expire_leases(conn)
-        assert run_worker(settings, embedders) == 0
-        if conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone() == (0,):
-            break
-
+    fault_scenario.recover()
+    rows = conn.execute(
+        psycopg.sql.SQL(
+            "SELECT id, body, embedding::real[] FROM {} WHERE body ~ '[^[:space:]]' ORDER BY id"
+        ).format(stores.vectors(conn, store))
+    ).fetchall()
     label = step if store == "row" else f"{step} (side table)"
-    cell = measure(conn, embedders, model, label, fault, exit_code, store)
+    cell = fault_scenario.measure(rows, label, fault, exit_code)
     faultmatrix.record(cell)
-    assert cell.rows == ROWS + NEW_ROWS
-    assert (cell.lost, cell.stale, cell.left_in_queue, cell.dead_lettered) == (0, 0, 0, 0), cell
+    assert_nothing_lost(cell, ROWS + NEW_ROWS)

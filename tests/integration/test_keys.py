@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support import jobs, stores
 from tests.support.jobs import clear_queue, messages, move_inbox, queued_keys
 from worker.process.runner import Worker
 
@@ -55,12 +56,9 @@ def test_composite_keys_are_queued_as_arrays_and_embedded(
     names = ", ".join(c.split()[0] for c in columns.split(", "))
     conn.execute("SET TimeZone = 'UTC'")
     conn.execute(f"CREATE TABLE docs ({columns}, body text, PRIMARY KEY ({names}))")
-    target = conn.execute(
-        "SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,)
-    ).fetchone()
-    assert target is not None
+    target = stores.watch_with(conn, "docs", "body", model=minilm)
     conn.execute(f"INSERT INTO docs VALUES {rows}")
-    assert queued_keys(conn, target[0]) == expected
+    assert queued_keys(conn, target) == expected
     # The schema reads the triggers' column shape as the worker does (sweep(), status), and
     # moves it into the queue as the same keys.
     assert [
@@ -71,13 +69,7 @@ def test_composite_keys_are_queued_as_arrays_and_embedded(
         ).fetchall()
     ] == expected
     move_inbox(conn)
-    assert [
-        r[0]
-        for r in conn.execute(
-            "SELECT k FROM pgmq.q_embedding_jobs m, embeddings.message_keys(m.message) k"
-            " ORDER BY m.msg_id"
-        ).fetchall()
-    ] == expected
+    assert jobs.keys_read_by_the_database(conn) == expected
     assert conn.execute(
         "SELECT sum(embeddings.message_key_count(message))::int FROM pgmq.q_embedding_jobs"
     ).fetchone() == (len(expected),)
@@ -90,7 +82,7 @@ def test_composite_keys_are_queued_as_arrays_and_embedded(
     assert messages(conn) == []
     # An UPDATE of the content re-embeds by the same key tuple; one of another column does not.
     conn.execute("UPDATE docs SET body = body || ' (edited)' WHERE body = 'alpha'")
-    assert len(queued_keys(conn, target[0])) == 1
+    assert len(queued_keys(conn, target)) == 1
     run_once()
     assert set(embedded(conn, "docs", f"({names})").values()) == {True}
 
@@ -223,14 +215,11 @@ def test_a_content_function_reading_several_columns_and_jsonb(
         "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE sql IMMUTABLE AS"
         " $$ SELECT d.title || ': ' || coalesce(d.meta ->> 'summary', '') $$"
     )
-    target = conn.execute(
-        "SELECT embeddings.watch('docs', 'doc_text', model => %s)", (minilm,)
-    ).fetchone()
-    assert target is not None
+    target = stores.watch_with(conn, "docs", "doc_text", model=minilm)
     conn.execute("""INSERT INTO docs VALUES (1, 'Cats', '{"summary": "they sleep"}')""")
     conn.execute("""UPDATE docs SET meta = '{"summary": "they sleep", "tags": []}'""")
-    assert queued_keys(conn, target[0]) == [1]  # the text did not change
+    assert queued_keys(conn, target) == [1]  # the text did not change
     conn.execute("""UPDATE docs SET meta = '{"summary": "they purr"}'""")
-    assert queued_keys(conn, target[0]) == [1, 1]
+    assert queued_keys(conn, target) == [1, 1]
     run_once()
     assert embedded(conn, "docs", "id") == {"1": True}

@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg.types.json import Jsonb
 
-from tests.integration.test_worker import finish, lease_and_load
+from tests.support.in_flight import InFlight
 from tests.support.jobs import messages
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
@@ -89,12 +89,37 @@ def progress(conn: Conn) -> list[tuple[Any, ...]]:
     ).fetchall()
 
 
-def step(settings: Settings, dsn: str, embedders: LoadedModels) -> Any:
-    """One batch of the backfill lane, read, embedded and written; returns the document's row."""
-    batch, queue = lease_and_load(settings, dsn, embedders)
-    finish(batch, queue, settings, dsn, embedders)
-    (row,) = batch.rows.values()
-    return row
+@dataclasses.dataclass(frozen=True)
+class LongDocument(InFlight):
+    """Document 1 of `docs`, watched as chunks, and what its tests drive the worker with (its
+    settings: pieces of PIECE_TOKENS)."""
+
+    target: int
+    model: str
+    run_once: Callable[..., Worker]
+
+    def step(self) -> Any:
+        """One batch of the backfill lane, read, embedded and written; returns the document's
+        row."""
+        batch, queue = self.lease()
+        self.finish(batch, queue)
+        (row,) = batch.rows.values()
+        return row
+
+    def expected(self, text: str, chunk_tokens: int = CHUNK_TOKENS) -> list[tuple[int, str]]:
+        return expected_chunks(self.embedders, self.model, text, chunk_tokens)
+
+
+@pytest.fixture
+def doc(
+    docs: int,
+    model: str,
+    piece_settings: Settings,
+    dsn: str,
+    embedders: LoadedModels,
+    run_once: Callable[..., Worker],
+) -> LongDocument:
+    return LongDocument(piece_settings, dsn, embedders, docs, model, run_once)
 
 
 @pytest.fixture
@@ -104,11 +129,11 @@ def counting(embedded_texts: list[str]) -> list[str]:
 
 
 def test_a_long_document_is_written_a_piece_at_a_time_with_its_progress(
-    conn: Conn, docs: int, model: str, piece_settings: Settings, dsn: str, embedders: LoadedModels
+    conn: Conn, doc: LongDocument
 ) -> None:
-    expected = expected_chunks(embedders, model, long_text(40))
+    expected = doc.expected(long_text(40))
     assert len(expected) > 8
-    row = step(piece_settings, dsn, embedders)
+    row = doc.step()
     assert row.state is RowState.PIECE
     first = stored_chunks(conn)
     assert 0 < len(first) < len(expected)
@@ -120,7 +145,7 @@ def test_a_long_document_is_written_a_piece_at_a_time_with_its_progress(
     assert message["keys"] == [1] and message["attempts"] == 0
     states: list[RowState] = [row.state]
     while states[-1] is RowState.PIECE and len(states) < 40:
-        states.append(step(piece_settings, dsn, embedders).state)
+        states.append(doc.step().state)
     assert states[-1] is RowState.WRITTEN
     assert len(states) > 2  # several pieces
     assert stored_chunks(conn) == expected
@@ -129,23 +154,15 @@ def test_a_long_document_is_written_a_piece_at_a_time_with_its_progress(
 
 
 def test_a_restarted_worker_continues_where_the_committed_pieces_end(
-    conn: Conn,
-    docs: int,
-    model: str,
-    piece_settings: Settings,
-    dsn: str,
-    embedders: LoadedModels,
-    run_once: Callable[..., Worker],
-    counting: list[str],
-    monkeypatch: pytest.MonkeyPatch,
+    conn: Conn, doc: LongDocument, counting: list[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    expected = expected_chunks(embedders, model, long_text(40))
-    step(piece_settings, dsn, embedders)
-    step(piece_settings, dsn, embedders)
+    expected = doc.expected(long_text(40))
+    doc.step()
+    doc.step()
     done = len(stored_chunks(conn))
     monkeypatch.setattr(pieces, "CACHE", pieces.Cache())  # a new process: nothing in memory
     counting.clear()
-    run_once(piece_tokens=PIECE_TOKENS)
+    doc.run_once(piece_tokens=PIECE_TOKENS)
     assert stored_chunks(conn) == expected
     # Only the chunks past the committed ones were embedded again.
     assert set(counting) <= {text for seq, text in expected if seq >= done}
@@ -153,59 +170,41 @@ def test_a_restarted_worker_continues_where_the_committed_pieces_end(
 
 
 def test_a_piece_whose_write_rolled_back_is_written_again_with_its_vectors(
-    conn: Conn,
-    docs: int,
-    model: str,
-    piece_settings: Settings,
-    dsn: str,
-    embedders: LoadedModels,
-    run_once: Callable[..., Worker],
-    counting: list[str],
+    conn: Conn, doc: LongDocument, counting: list[str]
 ) -> None:
-    expected = expected_chunks(embedders, model, long_text(40))
-    step(piece_settings, dsn, embedders)
-    batch, queue = lease_and_load(piece_settings, dsn, embedders)
+    expected = doc.expected(long_text(40))
+    doc.step()
+    batch, queue = doc.lease()
 
     def lost() -> None:
         raise RuntimeError("connection lost at COMMIT")
 
     with faults.injected("before_commit", lost), pytest.raises(RuntimeError):
-        finish(batch, queue, piece_settings, dsn, embedders)
+        doc.finish(batch, queue)
     (row,) = batch.rows.values()
     assert row.state is RowState.EMBEDDED  # nothing claimed: the transaction rolled back
     assert progress(conn)[0][2] == row.chunks.first_seq if row.chunks else False
     conn.execute("UPDATE pgmq.q_embedding_jobs_backfill SET vt = now()")  # the lease ran out
-    run_once(piece_tokens=PIECE_TOKENS)
+    doc.run_once(piece_tokens=PIECE_TOKENS)
     assert stored_chunks(conn) == expected
     assert len(counting) == len(expected)  # the piece's vectors were not computed twice
     assert progress(conn) == []
 
 
 def test_a_document_edited_between_pieces_ends_with_the_new_contents_chunks_only(
-    conn: Conn,
-    docs: int,
-    model: str,
-    piece_settings: Settings,
-    dsn: str,
-    embedders: LoadedModels,
-    run_once: Callable[..., Worker],
+    conn: Conn, doc: LongDocument
 ) -> None:
-    step(piece_settings, dsn, embedders)
-    step(piece_settings, dsn, embedders)
+    doc.step()
+    doc.step()
     new = long_text(30, marker="edited")
     conn.execute("UPDATE docs SET body = %s WHERE id = 1", (new,))
-    run_once(piece_tokens=PIECE_TOKENS)
-    assert stored_chunks(conn) == expected_chunks(embedders, model, new)
+    doc.run_once(piece_tokens=PIECE_TOKENS)
+    assert stored_chunks(conn) == doc.expected(new)
     assert progress(conn) == []
 
 
 def test_a_continued_piece_is_not_sent_its_document_again_unless_it_changed(
-    conn: Conn,
-    docs: int,
-    piece_settings: Settings,
-    dsn: str,
-    embedders: LoadedModels,
-    monkeypatch: pytest.MonkeyPatch,
+    conn: Conn, doc: LongDocument, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """A piece's load compares the md5 in the database with the cached document's: the same, the
     row's content is the cached text itself (a 10 MB document is not sent again per piece);
@@ -218,28 +217,28 @@ def test_a_continued_piece_is_not_sent_its_document_again_unless_it_changed(
         return cached[-1]
 
     monkeypatch.setattr(pieces.Cache, "known", spy)
-    step(piece_settings, dsn, embedders)
-    batch, queue = lease_and_load(piece_settings, dsn, embedders)
+    doc.step()
+    batch, queue = doc.lease()
     (row,) = batch.rows.values()
     assert row.content is cached[-1]["1"].text  # the very string cached, not a copy
     assert row.chunks is not None and row.chunks.first_seq > 0  # continued, not started over
-    finish(batch, queue, piece_settings, dsn, embedders)
+    doc.finish(batch, queue)
     edited = long_text(40, marker="edited")
     conn.execute("UPDATE docs SET body = %s WHERE id = 1", (edited,))
-    batch, queue = lease_and_load(piece_settings, dsn, embedders)
+    batch, queue = doc.lease()
     (row,) = batch.rows.values()
     assert cached[-1]["1"].text != edited  # the cache still held the old content
     assert row.content == edited
-    finish(batch, queue, piece_settings, dsn, embedders)
+    doc.finish(batch, queue)
 
 
 def test_a_live_row_that_arrives_while_a_piece_loads_goes_to_the_embedder_first(
-    conn: Conn, docs: int, piece_settings: Settings, dsn: str, embedders: LoadedModels
+    conn: Conn, doc: LongDocument
 ) -> None:
     """A row the application writes while the fetcher loads a long document's piece is handed
     to the embedder before that piece: it waits for the piece being embedded at most, not for
     the next one too."""
-    worker = Worker(piece_settings, embedders=embedders, progress=False, handle_signals=False)
+    worker = Worker(doc.settings, embedders=doc.embedders, progress=False, handle_signals=False)
     loaded: Handoffs = stdqueue.Queue()  # (the pipeline's holds one: here, what comes in order)
     fetcher = dataclasses.replace(worker.fetcher, loaded=loaded)
     arrived = threading.Event()
@@ -247,7 +246,7 @@ def test_a_live_row_that_arrives_while_a_piece_loads_goes_to_the_embedder_first(
     def application_writes() -> None:
         if not arrived.is_set():
             arrived.set()
-            with psycopg.connect(dsn, autocommit=True) as app:
+            with psycopg.connect(doc.dsn, autocommit=True) as app:
                 app.execute("INSERT INTO docs VALUES (2, 'A short note.')")
 
     thread = threading.Thread(target=fetcher.run)
@@ -266,88 +265,64 @@ def test_a_live_row_that_arrives_while_a_piece_loads_goes_to_the_embedder_first(
 
 
 def test_a_document_written_by_another_since_its_last_piece_starts_over(
-    conn: Conn,
-    docs: int,
-    model: str,
-    piece_settings: Settings,
-    dsn: str,
-    embedders: LoadedModels,
-    run_once: Callable[..., Worker],
+    conn: Conn, doc: LongDocument
 ) -> None:
     """The cache says "chunks 0..k are mine", but someone wrote another content whole since and
     the content came back: the record is gone, so the document starts over rather than mixing."""
     original = long_text(40)
-    step(piece_settings, dsn, embedders)
-    step(piece_settings, dsn, embedders)
+    doc.step()
+    doc.step()
     conn.execute("UPDATE docs SET body = 'A short interlude.' WHERE id = 1")
-    run_once(batch_size=1, piece_tokens=PIECE_TOKENS, max_document_bytes=0)
+    doc.run_once(batch_size=1, piece_tokens=PIECE_TOKENS, max_document_bytes=0)
     assert stored_chunks(conn) == [(0, "A short interlude.")]
     conn.execute("UPDATE docs SET body = %s WHERE id = 1", (original,))
-    run_once(piece_tokens=PIECE_TOKENS)
-    assert stored_chunks(conn) == expected_chunks(embedders, model, original)
+    doc.run_once(piece_tokens=PIECE_TOKENS)
+    assert stored_chunks(conn) == doc.expected(original)
 
 
 def test_a_document_re_watched_with_other_chunk_settings_mid_way_ends_with_the_new_chunks(
-    conn: Conn,
-    docs: int,
-    model: str,
-    piece_settings: Settings,
-    dsn: str,
-    embedders: LoadedModels,
-    run_once: Callable[..., Worker],
+    conn: Conn, doc: LongDocument
 ) -> None:
     """Progress recorded under the old settings is void: the content is the same, its chunks
     are not."""
-    step(piece_settings, dsn, embedders)
-    step(piece_settings, dsn, embedders)
+    doc.step()
+    doc.step()
     conn.execute(
         "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 24,"
         " chunk_overlap => 8)",
-        (model,),
+        (doc.model,),
     )
-    run_once(piece_tokens=PIECE_TOKENS)
-    expected = expected_chunks(embedders, model, long_text(40), 24)
-    assert expected[:16] != expected_chunks(embedders, model, long_text(40))[:16]
+    doc.run_once(piece_tokens=PIECE_TOKENS)
+    expected = doc.expected(long_text(40), 24)
+    assert expected[:16] != doc.expected(long_text(40))[:16]
     assert stored_chunks(conn) == expected
     assert progress(conn) == []
 
 
 def test_a_document_deleted_and_inserted_again_between_pieces_is_written_whole(
-    conn: Conn,
-    docs: int,
-    model: str,
-    piece_settings: Settings,
-    dsn: str,
-    embedders: LoadedModels,
-    run_once: Callable[..., Worker],
+    conn: Conn, doc: LongDocument
 ) -> None:
     """Same key, same content: the recorded progress matches, but the chunks the record
     speaks of may be gone with the delete. The insert's job starts the document over; only the job a piece sent back goes on
     from the record."""
-    step(piece_settings, dsn, embedders)
-    step(piece_settings, dsn, embedders)
+    doc.step()
+    doc.step()
     assert progress(conn)
     # The piece's job on the live lane (a document the application inserted), where the
     # insert's job joins it: one batch, one row for both.
     conn.execute("DELETE FROM pgmq.q_embedding_jobs_backfill")
-    continued = {"target": docs, "keys": [1], "attempts": 0, "continued": True}
+    continued = {"target": doc.target, "keys": [1], "attempts": 0, "continued": True}
     conn.execute("SELECT pgmq.send('embedding_jobs', %s)", (Jsonb(continued),))
     conn.execute("DELETE FROM docs WHERE id = 1")
     conn.execute("INSERT INTO docs VALUES (1, %s)", (long_text(40),))
-    run_once(piece_tokens=PIECE_TOKENS)
-    assert stored_chunks(conn) == expected_chunks(embedders, model, long_text(40))
+    doc.run_once(piece_tokens=PIECE_TOKENS)
+    assert stored_chunks(conn) == doc.expected(long_text(40))
     assert progress(conn) == []
 
 
-def test_a_document_over_the_ceiling_fails_at_once_and_shows(
-    conn: Conn,
-    docs: int,
-    model: str,
-    embedders: LoadedModels,
-    run_once: Callable[..., Worker],
-) -> None:
+def test_a_document_over_the_ceiling_fails_at_once_and_shows(conn: Conn, doc: LongDocument) -> None:
     size = len(long_text(40).encode())
-    run_once(max_document_bytes=1000, max_attempts=5)
+    doc.run_once(max_document_bytes=1000, max_attempts=5)
     ((key, attempts, error),) = conn.execute(
         "SELECT row_key, attempts, last_error FROM embeddings.failures"
     ).fetchall()
@@ -360,44 +335,37 @@ def test_a_document_over_the_ceiling_fails_at_once_and_shows(
     assert stored_chunks(conn) == []
     # Raised: the retried job embeds it, and the state goes.
     conn.execute("SELECT embeddings.retry_failures()")
-    run_once()
-    assert stored_chunks(conn) == expected_chunks(embedders, model, long_text(40))
+    doc.run_once()
+    assert stored_chunks(conn) == doc.expected(long_text(40))
     assert progress(conn) == []
 
 
-def test_a_deleted_document_forgets_its_progress(
-    conn: Conn, docs: int, piece_settings: Settings, dsn: str, embedders: LoadedModels
-) -> None:
-    step(piece_settings, dsn, embedders)
+def test_a_deleted_document_forgets_its_progress(conn: Conn, doc: LongDocument) -> None:
+    doc.step()
     assert progress(conn)
     conn.execute("DELETE FROM docs WHERE id = 1")
-    row = step(piece_settings, dsn, embedders)
+    row = doc.step()
     assert row.state is RowState.GONE
     assert progress(conn) == []
 
 
 def test_status_and_doctor_show_a_document_in_pieces_and_one_over_the_ceiling(
-    conn: Conn,
-    docs: int,
-    piece_settings: Settings,
-    dsn: str,
-    embedders: LoadedModels,
-    run_once: Callable[..., Worker],
+    conn: Conn, doc: LongDocument
 ) -> None:
     from worker import status as status_model
     from worker.cli import doctor, status
 
-    step(piece_settings, dsn, embedders)
+    doc.step()
     (row,) = status_model.fetch(conn)
-    (doc,) = row["documents_in_progress"]
-    assert doc["key"] == "1" and 0 < doc["chunks_done"] <= doc["chunks_estimated"]
+    (in_pieces,) = row["documents_in_progress"]
+    assert in_pieces["key"] == "1" and 0 < in_pieces["chunks_done"] <= in_pieces["chunks_estimated"]
     shown = "\n".join(status.render([row]))
     assert "docs.embedding: document 1 (" in shown and "embedded in pieces" in shown
-    assert f"{doc['chunks_done']}/~{doc['chunks_estimated']} chunks" in shown
+    assert f"{in_pieces['chunks_done']}/~{in_pieces['chunks_estimated']} chunks" in shown
 
     # A ceiling lowered under documents: the one in progress and a new one.
     conn.execute("INSERT INTO docs VALUES (2, %s)", (long_text(10),))
-    run_once(max_document_bytes=500, piece_tokens=100_000)
+    doc.run_once(max_document_bytes=500, piece_tokens=100_000)
     (row,) = status_model.fetch(conn)
     assert row["documents_over_ceiling"] == 2 and row["documents_in_progress"] == []
     shown = "\n".join(status.render([row]))
@@ -405,6 +373,6 @@ def test_status_and_doctor_show_a_document_in_pieces_and_one_over_the_ceiling(
     assert "docs.embedding: stopped (over_ceiling)" in shown
     assert "2 document(s) longer than the ceiling of 500 bytes (EMBED_MAX_DOCUMENT_BYTES)" in shown
     assert conn.execute("SELECT state FROM embeddings.stopped").fetchall() == [("over_ceiling",)]
-    findings = doctor.check(dsn, piece_settings)
+    findings = doctor.check(doc.dsn, doc.settings)
     (over,) = [f for f in findings if "stopped (over_ceiling)" in f.detail]
     assert over.level == "FAIL" and "failures --retry" in over.fix

@@ -20,8 +20,7 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import WIDE, WIDE_DIMS
-from tests.integration.test_cli import run_cli
-from tests.support.process import WorkerProcess, wait_for
+from tests.support.process import WorkerProcess, run_cli, wait_for
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker

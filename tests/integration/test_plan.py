@@ -8,7 +8,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.test_cli import run_cli
+from tests.support.process import run_cli
 from worker import db, exceptions
 from worker.cli import plan
 

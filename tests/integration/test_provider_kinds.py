@@ -11,8 +11,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.test_cli import run_cli
 from tests.support.jobs import deferred_reason
+from tests.support.process import run_cli
 from worker import exceptions
 from worker.models.remote import keys, providers
 from worker.models.remote.spec import RemoteSpec

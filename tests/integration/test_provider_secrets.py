@@ -100,7 +100,7 @@ def test_the_key_goes_only_where_it_is_sent(
     }
     env = {**os.environ, "DATABASE_URL": dsn, "OPENAI_API_KEY": KEY}
     for command in (["status"], ["status", "--json"], ["doctor"], ["model", "list"]):
-        from tests.integration.test_cli import run_cli
+        from tests.support.process import run_cli
 
         done = run_cli(*command, env=env)
         seen[" ".join(command)] = done.stdout + done.stderr

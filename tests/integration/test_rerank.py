@@ -15,9 +15,9 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.integration.test_cli import run_cli
 from tests.support import modelgen
 from tests.support.models import shared_models_dir
+from tests.support.process import run_cli
 from worker import exceptions
 from worker.models.files import ModelLocation
 from worker.models.loaded import LoadedModels

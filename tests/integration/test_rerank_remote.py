@@ -19,8 +19,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.integration.test_cli import run_cli
 from tests.integration.test_rerank import BODIES, QUESTION, RERANKER, docs, reranker_path
+from tests.support.process import run_cli
 from tests.support.rerank_server import KINDS, RerankServer, overlap
 from worker import config
 from worker.models.files import ModelLocation

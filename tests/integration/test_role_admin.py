@@ -161,6 +161,19 @@ def test_reassign_owned_without_drop_owned(site: Site, work: Callable[..., Worke
     site.assert_all_embedded()
 
 
+def waits_until_given_along(site: Site, work: Callable[..., Worker], the_other: str) -> None:
+    """One of the table and its content function has been given to the heir: rows written now
+    wait (deferred, no attempt spent) until `the_other` ("ALTER <object>") is given along too;
+    then every row is embedded."""
+    site.write(10)
+    work(max_attempts=1)
+    assert site.count("SELECT count(*) FROM embeddings.failures") == 0
+    site.conn.execute(f"{the_other} OWNER TO {site.heir}")
+    site.write(20)
+    work()
+    site.assert_all_embedded(deferred=True)
+
+
 @pytest.mark.parametrize("site", STORES, indirect=True)
 def test_the_table_given_to_another_role(site: Site, work: Callable[..., Worker]) -> None:
     site.conn.execute(f"ALTER TABLE app.docs OWNER TO {site.heir}")
@@ -168,16 +181,10 @@ def test_the_table_given_to_another_role(site: Site, work: Callable[..., Worker]
         site.store == "side"
     ):  # the side table follows the table (the functions writing it run as its owner)
         assert site.side_table_owner() == site.heir
-    site.write(10)
     # The content function is still the old owner's: it may not run as the table's new owner
     # (it would run with more rights than its own), so the target waits, its jobs deferred
     # (no attempt spent), until the function is given along.
-    work(max_attempts=1)
-    assert site.count("SELECT count(*) FROM embeddings.failures") == 0
-    site.conn.execute(f"ALTER FUNCTION app.doc_text(app.docs) OWNER TO {site.heir}")
-    site.write(20)
-    work()
-    site.assert_all_embedded(deferred=True)
+    waits_until_given_along(site, work, "ALTER FUNCTION app.doc_text(app.docs)")
     if site.store == "side":
         assert site.side_table_owner() == site.heir
 
@@ -186,13 +193,7 @@ def test_the_content_function_given_to_another_role(
     site: Site, work: Callable[..., Worker]
 ) -> None:
     site.conn.execute(f"ALTER FUNCTION app.doc_text(app.docs) OWNER TO {site.heir}")
-    site.write(10)
-    work(max_attempts=1)
-    assert site.count("SELECT count(*) FROM embeddings.failures") == 0
-    site.conn.execute(f"ALTER TABLE app.docs OWNER TO {site.heir}")
-    site.write(20)
-    work()
-    site.assert_all_embedded(deferred=True)
+    waits_until_given_along(site, work, "ALTER TABLE app.docs")
 
 
 @pytest.mark.parametrize("site", STORES, indirect=True)
@@ -216,19 +217,23 @@ def test_revokes_on_our_schemas_from_public(
     site.assert_all_embedded()
 
 
+def rename_role(site: Site, role: str) -> str:
+    """Renames the site's `role` (owner, worker or writer); returns its new name."""
+    renamed = f"{getattr(site, role)}_renamed"
+    site.conn.execute(f"ALTER ROLE {getattr(site, role)} RENAME TO {renamed}")
+    setattr(site, role, renamed)
+    return renamed
+
+
 def test_renaming_the_owner(site: Site, work: Callable[..., Worker]) -> None:
-    renamed = site.owner + "_renamed"
-    site.conn.execute(f"ALTER ROLE {site.owner} RENAME TO {renamed}")
-    site.owner = renamed
+    rename_role(site, "owner")
     site.write(10)
     work()
     site.assert_all_embedded()
 
 
 def test_renaming_the_worker_role(site: Site, work: Callable[..., Worker], minilm: str) -> None:
-    renamed = site.worker + "_renamed"
-    site.conn.execute(f"ALTER ROLE {site.worker} RENAME TO {renamed}")
-    site.worker = renamed
+    renamed = rename_role(site, "worker")
     # A table watched after the rename is granted to the role under its new name.
     site.conn.execute("CREATE TABLE public.later (id bigint PRIMARY KEY, body text)")
     site.conn.execute("INSERT INTO public.later VALUES (1, 'watched after the rename')")
@@ -242,9 +247,7 @@ def test_renaming_the_worker_role(site: Site, work: Callable[..., Worker], minil
 
 
 def test_renaming_the_writer(site: Site, work: Callable[..., Worker]) -> None:
-    renamed = site.writer + "_renamed"
-    site.conn.execute(f"ALTER ROLE {site.writer} RENAME TO {renamed}")
-    site.writer = renamed
+    rename_role(site, "writer")
     site.write(10)
     work()
     site.assert_all_embedded()

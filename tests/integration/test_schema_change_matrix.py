@@ -23,26 +23,25 @@ there, not of the watched table, and is left out).
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import psycopg
 import pytest
 from psycopg import sql
 
 from tests.support import faultmatrix, stores
-from tests.support.jobs import JOBS, expire_leases
-from worker.config import Settings
-from worker.models.loaded import LoadedModels
+from tests.support.fault_scenario import (
+    NEW_ROWS,
+    ROWS,
+    Scenario,
+    assert_nothing_lost,
+    one_shot,
+)
 from worker.pipeline import faults
-from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
-ROWS = 12
-NEW_ROWS = 4
 MOMENTS = {"before_load": "load", "before_write": "embed"}  # moment -> worker.pipeline.faults point
 
 
@@ -56,8 +55,9 @@ class Names:
     content: str = "body"
     embedding: str = "embedding"
 
-    def q(self, template: str) -> sql.Composed:
+    def q(self, template: str, **more: sql.Composable) -> sql.Composed:
         return sql.SQL(template).format(
+            **more,
             table=sql.Identifier(self.schema, self.table),
             key=sql.Identifier(self.key),
             content=sql.Identifier(self.content),
@@ -109,11 +109,6 @@ CHANGES = {
 }
 
 
-def run_worker(settings: Settings, embedders: LoadedModels) -> int:
-    worker = Worker(settings, once=True, embedders=embedders, progress=False, handle_signals=False)
-    return worker.run()
-
-
 def application_writes(conn: Conn, names: Names) -> None:
     """The application right after the change, under the new names: must not fail."""
     conn.execute(
@@ -125,113 +120,19 @@ def application_writes(conn: Conn, names: Names) -> None:
     )
 
 
-def measure(
-    conn: Conn,
-    embedders: LoadedModels,
-    model: str,
-    names: Names,
-    change: str,
-    moment: str,
-    code: int,
-    store: str = "row",
-) -> faultmatrix.Cell:
-    rows = conn.execute(
-        sql.SQL(
-            "SELECT {key}, {content}::text, {embedding}::real[] FROM {vectors}"
-            " WHERE {content} ~ '[^[:space:]]' ORDER BY {key}"
-        ).format(
-            key=sql.Identifier(names.key),
-            content=sql.Identifier(names.content),
-            embedding=sql.Identifier(names.embedding),
-            vectors=stores.vectors(conn, store, sql.Identifier(names.schema, names.table)),
-        )
-    ).fetchall()
-    queued = {
-        str(k)
-        for (k,) in conn.execute(
-            f"SELECT k #>> '{{}}' FROM {JOBS}, embeddings.message_keys(message) k"
-        ).fetchall()
-    }
-    dead = {
-        str(k)
-        for (k,) in conn.execute("SELECT row_key #>> '{}' FROM embeddings.failures").fetchall()
-    }
-    expected = embedders.get(model).embed([body for _, body, _ in rows])
-    lost = stale = 0
-    for (key, _, stored), want in zip(rows, expected, strict=True):
-        if stored is None:
-            lost += str(key) not in queued and str(key) not in dead
-        elif not np.allclose(np.array(stored, dtype=np.float32), want, atol=2e-3):
-            stale += 1
-    left = conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone()
-    assert left is not None
-    return faultmatrix.Cell(
-        step=change,
-        fault=moment,
-        rows=len(rows),
-        lost=lost,
-        stale=stale,
-        left_in_queue=int(left[0]),
-        dead_lettered=len(dead),
-        worker_exit=code,
-    )
-
-
-@pytest.fixture
-def admin(dsn: str) -> Iterator[Conn]:
-    with psycopg.connect(dsn, autocommit=True) as connection:
-        yield connection
-
-
-def one_shot(body: Callable[[], None]) -> Callable[[], None]:
-    fired = False
-
-    def handler() -> None:
-        nonlocal fired
-        if not fired:
-            fired = True
-            body()
-
-    return handler
-
-
 @pytest.mark.parametrize("store", stores.STORES)
 @pytest.mark.parametrize("moment", list(MOMENTS))
 @pytest.mark.parametrize("change", list(CHANGES))
 def test_a_schema_change_in_flight_loses_nothing(
-    change: str,
-    moment: str,
-    store: str,
-    conn: Conn,
-    admin: Conn,
-    tiny_models: tuple[str, str],
-    settings: Settings,
-    embedders: LoadedModels,
+    change: str, moment: str, store: str, fault_scenario: Scenario, admin: Conn
 ) -> None:
-    model = tiny_models[0]
+    conn, model = fault_scenario.conn, fault_scenario.model
     ddl = CHANGES[change]
     if store == "side" and ddl.after.embedding != "embedding":
         pytest.skip("the watched table of a side-table target has no embedding column")
     if store == "row" and ddl.side_only:
         pytest.skip("a change of the side table")
-    settings = settings.with_overrides(batch_size=ROWS + NEW_ROWS, max_attempts=5)
-    embedding = f", embedding halfvec({embedders.get(model).dim})" if store == "row" else ""
-    conn.execute(f"CREATE TABLE docs (id bigint PRIMARY KEY, body text{embedding})")
-    conn.execute(
-        "INSERT INTO docs SELECT g, 'first text of row ' || g FROM generate_series(1, %s::int) g",
-        (ROWS,),
-    )
-    conn.execute(
-        "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false,"
-        " store => %s)",
-        (model, store),
-    )
-    assert run_worker(settings, embedders) == 0
-    conn.execute("UPDATE docs SET body = 'second text of row ' || id")  # old vectors stay
-    conn.execute(
-        "INSERT INTO docs SELECT g, 'new row ' || g FROM generate_series(%s::int, %s::int) g",
-        (ROWS + 1, ROWS + NEW_ROWS),
-    )
+    fault_scenario.embed_then_change(store)
 
     applied: list[bool] = []
 
@@ -247,18 +148,20 @@ def test_a_schema_change_in_flight_loses_nothing(
         applied.append(True)
 
     with faults.injected(MOMENTS[moment], one_shot(apply_change)):
-        code = run_worker(settings, embedders)
+        code = fault_scenario.run_worker()
     assert applied == [True], "the change never landed in a batch"
 
-    for _ in range(3):
-        expire_leases(conn)
-        assert run_worker(settings, embedders) == 0
-        if conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone() == (0,):
-            break
-
+    fault_scenario.recover()
+    names = ddl.after
+    rows = conn.execute(
+        names.q(
+            "SELECT {key}, {content}::text, {embedding}::real[] FROM {vectors}"
+            " WHERE {content} ~ '[^[:space:]]' ORDER BY {key}",
+            vectors=stores.vectors(conn, store, sql.Identifier(names.schema, names.table)),
+        )
+    ).fetchall()
     label = change if store == "row" else f"{change} (side table)"
-    cell = measure(conn, embedders, model, ddl.after, label, moment, code, store)
+    cell = fault_scenario.measure(rows, label, moment, code)
     faultmatrix.record_schema_change(cell)
-    assert cell.rows == ROWS + NEW_ROWS + 1
-    assert (cell.lost, cell.stale, cell.left_in_queue, cell.dead_lettered) == (0, 0, 0, 0), cell
+    assert_nothing_lost(cell, ROWS + NEW_ROWS + 1)
     assert conn.execute("SELECT problem FROM embeddings.targets").fetchone() == (None,)

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support import stores
 from tests.support.jobs import JOBS, queued_keys
 from tests.support.process import wait_for
 from worker.pipeline import write
@@ -117,18 +118,15 @@ def test_a_generated_content_column_is_watched_and_follows_its_inputs(
         " content text GENERATED ALWAYS AS (coalesce(title, '') || ': ' || coalesce(body, '')) STORED)"
     )
     conn.execute("INSERT INTO docs (id, title, body) VALUES (1, 'Cats', 'They sleep a lot.')")
-    target = conn.execute(
-        "SELECT embeddings.watch('docs', 'content', model => %s)", (minilm,)
-    ).fetchone()
-    assert target is not None
+    target = stores.watch_with(conn, "docs", "content", model=minilm)
     conn.execute("INSERT INTO docs (id, title, body) VALUES (2, 'Dogs', 'They bark.')")
-    assert queued_keys(conn, target[0]) == [1, 2]
+    assert queued_keys(conn, target) == [1, 2]
     run_once()
     assert embedded(conn) == {1: True, 2: True}
     # Changing an input of the expression changes the content: cleared at once, re-queued.
     conn.execute("UPDATE docs SET body = 'They purr.' WHERE id = 1")
     assert embedded(conn) == {1: False, 2: True}
-    assert queued_keys(conn, target[0]) == [1]
+    assert queued_keys(conn, target) == [1]
     run_once()
     assert embedded(conn) == {1: True, 2: True}
 

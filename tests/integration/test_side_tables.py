@@ -17,11 +17,11 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import WIDE, WIDE_DIMS
-from tests.integration.test_cli import run_cli
-from tests.integration.test_worker import TEXTS, finish, lease_and_load
+from tests.integration.test_worker import TEXTS
 from tests.support import stores
+from tests.support.in_flight import InFlight
 from tests.support.jobs import clear_queue, messages, queued_keys
-from tests.support.process import wait_for
+from tests.support.process import run_cli, wait_for
 from tests.support.stores import STORES, vectors
 from worker import schema
 from worker.config import Settings
@@ -35,17 +35,6 @@ from worker.retrieval.request import SearchRequest
 Conn = psycopg.Connection[Any]
 
 
-def columns(conn: Conn, table: str) -> list[tuple[str, str, bool]]:
-    return [
-        (r[0], r[1], r[2])
-        for r in conn.execute(
-            "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute"
-            " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
-            (table,),
-        )
-    ]
-
-
 def side_rows(conn: Conn, table: str = "docs_embeddings") -> dict[Any, tuple[str, Any]]:
     return {
         r[0]: (r[1], r[2])
@@ -54,13 +43,7 @@ def side_rows(conn: Conn, table: str = "docs_embeddings") -> dict[Any, tuple[str
 
 
 def watch(conn: Conn, model: str, table: str = "docs", **options: Any) -> int:
-    args = "".join(f", {k} => %({k})s" for k in options)
-    row = conn.execute(
-        f"SELECT embeddings.watch('{table}', 'body', model => %(model)s, store => 'side'{args})",
-        {"model": model, **options},
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return stores.watch_with(conn, table, model=model, store="side", **options)
 
 
 @pytest.fixture
@@ -82,7 +65,7 @@ def test_watch_makes_a_side_table_keyed_exactly_like_the_table(conn: Conn, minil
     )
     conn.execute("INSERT INTO orders VALUES ('eu', 1.5, 'a', 'first'), ('us', 2, 'B', 'second')")
     target = watch(conn, minilm, table="orders")
-    assert columns(conn, "orders_embeddings") == [
+    assert stores.columns(conn, "orders_embeddings") == [
         ("region", "character(4)", True),
         ("amount", "numeric(12,3)", True),
         ("code", "character varying(10)", True),
@@ -94,12 +77,7 @@ def test_watch_makes_a_side_table_keyed_exactly_like_the_table(conn: Conn, minil
         " WHERE attrelid = 'orders_embeddings'::regclass AND attname = 'code'"
     ).fetchone() == ("nocase",)
     # Its primary key is the table's key, in key order; no foreign key; an HNSW index.
-    constraints = dict(
-        conn.execute(
-            "SELECT contype, pg_get_constraintdef(oid) FROM pg_constraint"
-            " WHERE conrelid = 'orders_embeddings'::regclass"
-        ).fetchall()
-    )
+    constraints = stores.constraints(conn, "orders_embeddings")
     assert constraints == {"p": "PRIMARY KEY (region, amount, code)"}
     assert conn.execute(
         "SELECT count(*) FROM pg_indexes WHERE tablename = 'orders_embeddings'"
@@ -110,7 +88,7 @@ def test_watch_makes_a_side_table_keyed_exactly_like_the_table(conn: Conn, minil
         "SELECT (SELECT relowner FROM pg_class WHERE oid = 'orders'::regclass)"
         " = (SELECT relowner FROM pg_class WHERE oid = 'orders_embeddings'::regclass)"
     ).fetchone() == (True,)
-    assert [c[0] for c in columns(conn, "orders")] == ["region", "amount", "code", "body"]
+    assert [c[0] for c in stores.columns(conn, "orders")] == ["region", "amount", "code", "body"]
     assert conn.execute(
         "SELECT side_table::text, embedding_attnum, clear_on_update FROM embeddings.targets"
         " WHERE id = %s",
@@ -138,7 +116,7 @@ def test_a_named_side_table_and_a_second_target(conn: Conn, minilm: str) -> None
         ("embedding", "vectors.doc_vectors"),
         ("title_embedding", "docs_title_embedding"),
     ]
-    assert columns(conn, "docs_title_embedding")[1][0] == "title_embedding"
+    assert stores.columns(conn, "docs_title_embedding")[1][0] == "title_embedding"
 
 
 def test_the_store_changes_only_through_unwatch(conn: Conn, minilm: str) -> None:
@@ -170,7 +148,7 @@ def test_the_store_changes_only_through_unwatch(conn: Conn, minilm: str) -> None
     ]
     conn.execute("SELECT embeddings.unwatch('docs')")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
-    assert ("embedding", "halfvec(384)", False) in columns(conn, "docs")
+    assert ("embedding", "halfvec(384)", False) in stores.columns(conn, "docs")
 
 
 def test_clear_on_update_is_refused_for_a_side_table_not_ignored(conn: Conn, minilm: str) -> None:
@@ -378,25 +356,19 @@ def test_truncating_one_partition_drops_its_side_rows_only(
 
 
 def test_a_row_updated_while_in_flight_keeps_the_newest_contents_vector(
-    conn: Conn,
-    docs: int,
-    settings: Settings,
-    dsn: str,
-    embedders: LoadedModels,
-    run_once: Callable[..., Worker],
-    minilm: str,
+    conn: Conn, docs: int, run_once: Callable[..., Worker], minilm: str, in_flight: InFlight
 ) -> None:
-    batch, queue = lease_and_load(settings, dsn, embedders)
+    batch, queue = in_flight.lease()
     conn.execute("UPDATE docs SET body = 'The newest content.' WHERE id = 3")
     conn.execute("DELETE FROM docs WHERE id = 4")
-    finish(batch, queue, settings, dsn, embedders)
+    in_flight.finish(batch, queue)
     assert batch.rows[(docs, "3")].state is RowState.STALE
     assert sorted(side_rows(conn)) == [1, 2]  # no vector of the old text, none of a deleted row
     run_once()
     assert sorted(side_rows(conn)) == [1, 2, 3]
     assert np.allclose(
         np.array(side_rows(conn)[3][1], dtype=np.float32),
-        embedders.get(minilm).embed(["The newest content."])[0],
+        in_flight.embedders.get(minilm).embed(["The newest content."])[0],
         atol=2e-3,
     )
 
@@ -545,21 +517,21 @@ def test_a_model_change_fills_a_shadow_column_of_the_side_table_and_swaps_there(
     conn.execute("INSERT INTO docs SELECT i, 'document number ' || i FROM generate_series(1, 50) i")
     watch(conn, old)
     run_once(model=old)
-    before = columns(conn, "docs")
+    before = stores.columns(conn, "docs")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s, keep_old => true)", (WIDE,))
-    assert ("embedding_next", "halfvec(48)", False) in columns(conn, "docs_embeddings")
+    assert ("embedding_next", "halfvec(48)", False) in stores.columns(conn, "docs_embeddings")
     assert conn.execute(
         "SELECT change_model, change_done_rows, change_total_rows FROM embeddings.status"
     ).fetchone() == (WIDE, 0, 50)
     run_once(model=old)
     assert conn.execute("SELECT model FROM embeddings.targets").fetchone() == (WIDE,)
-    assert [(c[0], c[1]) for c in columns(conn, "docs_embeddings")] == [
+    assert [(c[0], c[1]) for c in stores.columns(conn, "docs_embeddings")] == [
         ("id", "bigint"),
         ("embedding_previous", "halfvec(32)"),
         ("content_md5", "text"),
         ("embedding", "halfvec(48)"),
     ]
-    assert columns(conn, "docs") == before
+    assert stores.columns(conn, "docs") == before
     assert conn.execute(
         "SELECT count(embedding), count(embedding_previous) FROM docs_embeddings"
     ).fetchone() == (50, 50)

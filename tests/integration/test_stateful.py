@@ -44,9 +44,11 @@ database and those attributes together, and every other rule follows.
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, ClassVar, cast
 
 import numpy as np
@@ -65,8 +67,9 @@ from hypothesis.stateful import (
 from psycopg import sql
 
 from tests.support import stores
+from tests.support.fault_scenario import InjectedCrash, terminate_worker_connections
 from tests.support.jobs import JOBS, clear_queue, expire_leases
-from worker import db, exceptions
+from worker import exceptions
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline import faults
@@ -108,29 +111,6 @@ class HeldModel:
         return getattr(self.inner, name)
 
 
-class InjectedCrash(BaseException):
-    """Escapes every handler of the worker, as a crash would."""
-
-
-def terminate_worker_connections(admin: Conn) -> None:
-    """Terminates the worker's connections and waits until they are gone."""
-    victims = [
-        pid
-        for (pid,) in admin.execute(
-            "SELECT pid FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = %s",
-            (db.APPLICATION_NAME,),
-        ).fetchall()
-    ]
-    admin.execute("SELECT pg_terminate_backend(pid) FROM unnest(%s::int[]) pid", (victims,))
-    deadline = time.monotonic() + 10
-    while admin.execute(
-        "SELECT count(*) FROM pg_stat_activity WHERE pid = ANY(%s)", (victims,)
-    ).fetchone() != (0,):
-        assert time.monotonic() < deadline, "connections survived pg_terminate_backend"
-        time.sleep(0.01)
-
-
 def has_content(text: str | None) -> bool:
     return text is not None and text.strip() != ""
 
@@ -164,8 +144,11 @@ class EmbeddingMachine(RuleBasedStateMachine):
     # --- helpers --------------------------------------------------------------------------
     def q(self, template: str) -> sql.Composed:
         """`template` with {table}, {key}, {content} and {embedding} filled in as identifiers
-        (the names they have now)."""
+        (the names they have now), and {vectors}: the relation holding the rows' vectors."""
         return sql.SQL(template).format(
+            vectors=stores.vectors(self.conn, self.store, sql.Identifier(self.schema, self.table))
+            if "{vectors}" in template
+            else sql.SQL(""),
             table=sql.Identifier(self.schema, self.table),
             key=sql.Identifier(self.key),
             content=sql.Identifier(self.content_column),
@@ -199,16 +182,9 @@ class EmbeddingMachine(RuleBasedStateMachine):
         lacking = {
             k
             for (k,) in self.conn.execute(
-                sql.SQL(
+                self.q(
                     "SELECT {key} FROM {vectors} WHERE {embedding} IS NULL"
                     " AND {content}::text ~ '[^[:space:]]'"
-                ).format(
-                    key=sql.Identifier(self.key),
-                    content=sql.Identifier(self.content_column),
-                    embedding=sql.Identifier(self.embedding_column),
-                    vectors=stores.vectors(
-                        self.conn, self.store, sql.Identifier(self.schema, self.table)
-                    ),
                 )
             ).fetchall()
         }
@@ -547,29 +523,27 @@ class EmbeddingMachine(RuleBasedStateMachine):
     def rename_content_column(self) -> None:
         if self.content_function:
             return  # doc_text() reads it by name: a rename breaks it for every row
-        new = "content" if self.content_column == "body" else "body"
-        self.conn.execute(
-            self.q("ALTER TABLE {table} RENAME COLUMN {content} TO ") + sql.Identifier(new)
-        )
-        self.content_column = new
+        self.toggle_column_name("content_column", "content", ("body", "content"))
 
     @rule()
     def rename_key_column(self) -> None:
-        new = "doc_id" if self.key == "id" else "id"
-        self.conn.execute(
-            self.q("ALTER TABLE {table} RENAME COLUMN {key} TO ") + sql.Identifier(new)
-        )
-        self.key = new
+        self.toggle_column_name("key", "key", ("id", "doc_id"))
 
     @rule()
     def rename_embedding_column(self) -> None:
         if self.store != "row":
             return  # the watched table has none (a side table's is the side table's)
-        new = "vec" if self.embedding_column == "embedding" else "embedding"
+        self.toggle_column_name("embedding_column", "embedding", ("embedding", "vec"))
+
+    def toggle_column_name(self, attribute: str, placeholder: str, names: tuple[str, str]) -> None:
+        """Renames the column `self.q` calls {placeholder} to the other of `names`."""
+        first, second = names
+        new = second if getattr(self, attribute) == first else first
         self.conn.execute(
-            self.q("ALTER TABLE {table} RENAME COLUMN {embedding} TO ") + sql.Identifier(new)
+            self.q(f"ALTER TABLE {{table}} RENAME COLUMN {{{placeholder}}} TO ")
+            + sql.Identifier(new)
         )
-        self.embedding_column = new
+        setattr(self, attribute, new)
 
     @rule()
     def rename_table(self) -> None:
@@ -752,14 +726,7 @@ class EmbeddingMachine(RuleBasedStateMachine):
         stored = {
             k: (body, vector)
             for k, body, vector in self.conn.execute(
-                sql.SQL("SELECT {key}, {content}::text, {embedding}::real[] FROM {vectors}").format(
-                    key=sql.Identifier(self.key),
-                    content=sql.Identifier(self.content_column),
-                    embedding=sql.Identifier(self.embedding_column),
-                    vectors=stores.vectors(
-                        self.conn, self.store, sql.Identifier(self.schema, self.table)
-                    ),
-                )
+                self.q("SELECT {key}, {content}::text, {embedding}::real[] FROM {vectors}")
             ).fetchall()
         }
         assert {k: body for k, (body, _) in stored.items()} == self.rows  # no write was lost
@@ -860,6 +827,34 @@ class EmbeddingMachine(RuleBasedStateMachine):
             self.conn.close()
 
 
+@pytest.fixture
+def machine(
+    dsn: str, settings: Settings, embedders: LoadedModels, tiny_models: tuple[str, str]
+) -> Callable[..., None]:
+    """Runs the machine on one store of the vectors, with the run's Hypothesis settings."""
+    return functools.partial(run_machine, dsn, settings, embedders, tiny_models)
+
+
+@pytest.mark.parametrize("store", stores.ALL_STORES)
+def test_the_invariant_holds_at_quiescence(machine: Callable[..., None], store: str) -> None:
+    machine(
+        store,
+        derandomize=True,
+        max_examples=int(os.environ.get("STATEFUL_EXAMPLES", "25")),
+        stateful_step_count=20,
+    )
+
+
+@pytest.mark.soak
+@pytest.mark.parametrize("store", stores.ALL_STORES)
+def test_the_invariant_holds_at_quiescence_soak(machine: Callable[..., None], store: str) -> None:
+    machine(
+        store,
+        max_examples=int(os.environ.get("STATEFUL_EXAMPLES", "200")),
+        stateful_step_count=40,
+    )
+
+
 def run_machine(
     dsn: str,
     worker_settings: Settings,
@@ -883,44 +878,4 @@ def run_machine(
             database=None,
             **hypothesis_settings,
         ),
-    )
-
-
-@pytest.mark.parametrize("store", stores.ALL_STORES)
-def test_the_invariant_holds_at_quiescence(
-    dsn: str,
-    settings: Settings,
-    embedders: LoadedModels,
-    tiny_models: tuple[str, str],
-    store: str,
-) -> None:
-    run_machine(
-        dsn,
-        settings,
-        embedders,
-        tiny_models,
-        store,
-        derandomize=True,
-        max_examples=int(os.environ.get("STATEFUL_EXAMPLES", "25")),
-        stateful_step_count=20,
-    )
-
-
-@pytest.mark.soak
-@pytest.mark.parametrize("store", stores.ALL_STORES)
-def test_the_invariant_holds_at_quiescence_soak(
-    dsn: str,
-    settings: Settings,
-    embedders: LoadedModels,
-    tiny_models: tuple[str, str],
-    store: str,
-) -> None:
-    run_machine(
-        dsn,
-        settings,
-        embedders,
-        tiny_models,
-        store,
-        max_examples=int(os.environ.get("STATEFUL_EXAMPLES", "200")),
-        stateful_step_count=40,
     )

@@ -97,13 +97,16 @@ def test_the_guides_setup_is_served_by_the_worker(
     )
     assert [m["table"] for m in messages(conn)] == ["documents"]  # the guide's message shape
     run_once()
-    first = embedding_of(conn, "Understanding Vector Databases")
-    assert first is not None
     model = embedders.get(minilm)
-    expected = model.embed(
-        ["# Understanding Vector Databases\n\nVector databases are specialized..."]
-    )[0]
-    assert float(first @ expected) == pytest.approx(1.0, abs=1e-3)
+
+    def assert_embedded_as(content: str) -> None:
+        """The guide's row holds the vector of its embedding_input(): "# title\n\ncontent"."""
+        stored = embedding_of(conn, "Understanding Vector Databases")
+        assert stored is not None
+        expected = model.embed([f"# Understanding Vector Databases\n\n{content}"])[0]
+        assert float(stored @ expected) == pytest.approx(1.0, abs=1e-3)
+
+    assert_embedded_as("Vector databases are specialized...")
 
     conn.execute(
         "UPDATE documents SET content = 'Vector databases allow you to query...'"
@@ -111,12 +114,7 @@ def test_the_guides_setup_is_served_by_the_worker(
     )
     assert embedding_of(conn, "Understanding Vector Databases") is None  # the guide's clear_column
     run_once()
-    updated = embedding_of(conn, "Understanding Vector Databases")
-    assert updated is not None
-    expected = model.embed(
-        ["# Understanding Vector Databases\n\nVector databases allow you to query..."]
-    )[0]
-    assert float(updated @ expected) == pytest.approx(1.0, abs=1e-3)
+    assert_embedded_as("Vector databases allow you to query...")
 
     conn.execute(
         "UPDATE documents SET title = 'Understanding Vector Databases with Supabase'"

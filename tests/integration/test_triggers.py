@@ -8,7 +8,14 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.jobs import clear_queue, messages, move_inbox, queued_keys
+from tests.support import stores
+from tests.support.jobs import (
+    clear_queue,
+    keys_read_by_the_database,
+    messages,
+    move_inbox,
+    queued_keys,
+)
 from worker.pipeline.messages import message_keys
 
 Conn = psycopg.Connection[Any]
@@ -75,13 +82,7 @@ def test_keys_of_a_variable_width_type_are_sliced_into_messages_in_order(conn: C
     move_inbox(conn)
     assert [len(message_keys(m)) for m in messages(conn)] == [128, 128, 44]
     assert sorted(queued_keys(conn, row[0])) == sorted(inserted)
-    assert [
-        r[0]
-        for r in conn.execute(
-            "SELECT k FROM pgmq.q_embedding_jobs m, embeddings.message_keys(m.message) k"
-            " ORDER BY m.msg_id"
-        ).fetchall()
-    ] == inserted
+    assert keys_read_by_the_database(conn) == inserted
 
 
 def test_a_content_function_targets_bulk_insert_is_sliced_in_order(conn: Conn) -> None:
@@ -179,19 +180,16 @@ def test_a_key_shift_without_clearing_queues_every_key_given_another_rows_vector
     such key needs its job too (found by the stateful test, issue 25 §1)."""
     conn.execute("CREATE TABLE docs (pos int PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs SELECT g, 'text of ' || g FROM generate_series(5, 1, -1) g")
-    target = conn.execute(
-        "SELECT embeddings.watch('docs', 'body', clear_on_update => false)"
-    ).fetchone()
-    assert target is not None
+    target = stores.watch_with(conn, "docs", "body", clear_on_update=False)
     conn.execute("UPDATE docs SET embedding = array_fill(pos / 10.0, ARRAY[384])::halfvec")
     clear_queue(conn)
 
     conn.execute("UPDATE docs SET pos = pos + 1, body = 'text of ' || (pos + 1)")
 
-    assert sorted(queued_keys(conn, target[0])) == [2, 3, 4, 5, 6]
+    assert sorted(queued_keys(conn, target)) == [2, 3, 4, 5, 6]
     clear_queue(conn)
     conn.execute(f"UPDATE docs SET embedding = {VEC} WHERE pos = 2")  # as the worker writes
-    assert queued_keys(conn, target[0]) == []
+    assert queued_keys(conn, target) == []
 
 
 def test_a_key_shift_of_a_content_function_target_queues_every_cleared_row(conn: Conn) -> None:

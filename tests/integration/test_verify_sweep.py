@@ -5,9 +5,6 @@ vector: the verifying sweep finds each one and a worker repairs it."""
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from datetime import UTC
 from typing import Any
@@ -15,7 +12,8 @@ from typing import Any
 import psycopg
 
 from tests.support import stores
-from tests.support.jobs import clear_queue, queued_keys
+from tests.support.jobs import clear_queue, queued_keys, verify, write_unseen
+from tests.support.process import run_cli
 from worker.cli import doctor
 from worker.cli.findings import Finding
 from worker.config import Settings
@@ -23,14 +21,6 @@ from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 RunOnce = Callable[..., Worker]
-
-
-def verify(conn: Conn, max_rows: int = 1000) -> int:
-    row = conn.execute(
-        "SELECT embeddings.sweep(max_rows => %s, verify => true)", (max_rows,)
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def embedded_docs(
@@ -60,23 +50,29 @@ def watched_docs(conn: Conn, minilm: str, run_once: RunOnce, *, partitioned: boo
     return embedded_docs(conn, minilm, run_once)
 
 
-def assert_current(conn: Conn, run_once: RunOnce, target: int, keys: list[int]) -> None:
-    """The verifying sweep queued exactly `keys`; once a worker ran, every row holds the vector
-    of its current content (a row of the same text, embedded afresh, has the same vector)."""
-    assert sorted(queued_keys(conn, target)) == keys
-    run_once()
-    assert verify(conn) == 0
+def assert_as_embedded_afresh(conn: Conn, run_once: RunOnce, model: str, text: str) -> None:
+    """Every row of `docs` holds the vector that a table of the same text (`text`, an expression
+    over a row of docs) gets, embedded afresh with `model`."""
     conn.execute("CREATE TABLE fresh (id bigint PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO fresh SELECT id, body FROM docs")
-    model = conn.execute("SELECT model FROM embeddings.targets WHERE id = %s", (target,)).fetchone()
-    assert model is not None
-    conn.execute("SELECT embeddings.watch('fresh', 'body', model => %s)", (model[0],))
+    conn.execute(f"INSERT INTO fresh SELECT id, {text} FROM docs")
+    conn.execute("SELECT embeddings.watch('fresh', 'body', model => %s)", (model,))
     run_once()
     differing = conn.execute(
         "SELECT d.id FROM docs d JOIN fresh f USING (id)"
         " WHERE (d.embedding <=> f.embedding) > 0.001 OR d.embedding IS NULL"
     ).fetchall()
     assert differing == []
+
+
+def assert_current(conn: Conn, run_once: RunOnce, target: int, keys: list[int]) -> None:
+    """The verifying sweep queued exactly `keys`; once a worker ran, every row holds the vector
+    of its current content (a row of the same text, embedded afresh, has the same vector)."""
+    assert sorted(queued_keys(conn, target)) == keys
+    run_once()
+    assert verify(conn) == 0
+    model = conn.execute("SELECT model FROM embeddings.targets WHERE id = %s", (target,)).fetchone()
+    assert model is not None
+    assert_as_embedded_afresh(conn, run_once, model[0], "body")
 
 
 def test_an_update_under_replica_role_is_found(conn: Conn, minilm: str, run_once: RunOnce) -> None:
@@ -92,9 +88,7 @@ def test_an_update_under_replica_role_is_found(conn: Conn, minilm: str, run_once
 
 def test_a_disable_trigger_window_is_found(conn: Conn, minilm: str, run_once: RunOnce) -> None:
     target = watched_docs(conn, minilm, run_once)
-    conn.execute("ALTER TABLE docs DISABLE TRIGGER USER")
-    conn.execute("UPDATE docs SET body = body || ' (edited)' WHERE id IN (1, 3)")
-    conn.execute("ALTER TABLE docs ENABLE TRIGGER USER")
+    write_unseen(conn, "UPDATE docs SET body = body || ' (edited)' WHERE id IN (1, 3)")
     assert queued_keys(conn, target) == []
     assert verify(conn) == 2
     assert_current(conn, run_once, target, [1, 3])
@@ -177,15 +171,7 @@ def test_a_replaced_content_function_is_found(conn: Conn, minilm: str, run_once:
     run_once()
     assert verify(conn) == 0
     # Each row holds the vector of the function's text now: as a column of that text gets.
-    conn.execute("CREATE TABLE fresh (id bigint PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO fresh SELECT id, doc_text(docs) FROM docs")
-    conn.execute("SELECT embeddings.watch('fresh', 'body', model => %s)", (minilm,))
-    run_once()
-    differing = conn.execute(
-        "SELECT d.id FROM docs d JOIN fresh f USING (id)"
-        " WHERE (d.embedding <=> f.embedding) > 0.001 OR d.embedding IS NULL"
-    ).fetchall()
-    assert differing == []
+    assert_as_embedded_afresh(conn, run_once, minilm, "doc_text(docs)")
 
 
 def test_a_content_function_reading_another_table_is_found(
@@ -229,9 +215,7 @@ def test_a_chunked_target_is_verified_too(conn: Conn, minilm: str, run_once: Run
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta')")
     target = embedded_docs(conn, minilm, run_once, "chunks")  # (chunks of 64 tokens)
-    conn.execute("ALTER TABLE docs DISABLE TRIGGER USER")
-    conn.execute("UPDATE docs SET body = 'beta, edited unseen' WHERE id = 2")
-    conn.execute("ALTER TABLE docs ENABLE TRIGGER USER")
+    write_unseen(conn, "UPDATE docs SET body = 'beta, edited unseen' WHERE id = 2")
     assert verify(conn) == 1
     assert queued_keys(conn, target) == [2]
     run_once()
@@ -247,37 +231,16 @@ def test_the_cli_sweeps_with_verification_and_status_reports_it(
     conn.execute("SET session_replication_role = replica")
     conn.execute("UPDATE docs SET body = 'unseen' WHERE id = 4")
     conn.execute("RESET session_replication_role")
-    env = {**os.environ, "DATABASE_URL": dsn}
-    found = subprocess.run(
-        [sys.executable, "-m", "worker", "sweep", "--verify", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=True,
-    )
+    env = {"DATABASE_URL": dsn}
+    found = run_cli("sweep", "--verify", "--json", env=env, check=True)
     result = json.loads(found.stdout)
     assert result["queued"] == 1
     assert [v["verified_rows"] for v in result["verification"]] == [4]
     assert queued_keys(conn, target) == [4]
-    shown = subprocess.run(
-        [sys.executable, "-m", "worker", "status", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=True,
-    )
+    shown = run_cli("status", "--json", env=env, check=True)
     (status,) = json.loads(shown.stdout)
     assert status["verified_rows"] == 4 and status["last_verified"] is not None
-    table = subprocess.run(
-        [sys.executable, "-m", "worker", "status"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=True,
-    )
+    table = run_cli("status", env=env, check=True)
     assert "4 row(s) verified against their content by the pass finished" in table.stdout
 
 
@@ -324,9 +287,7 @@ def test_a_side_table_target_is_verified_too(conn: Conn, minilm: str, run_once: 
     conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma')")
     target = embedded_docs(conn, minilm, run_once, "side")
     before = conn.execute("SELECT embedding::text FROM docs_embeddings WHERE id = 2").fetchone()
-    conn.execute("ALTER TABLE docs DISABLE TRIGGER USER")
-    conn.execute("UPDATE docs SET body = 'beta, edited unseen' WHERE id = 2")
-    conn.execute("ALTER TABLE docs ENABLE TRIGGER USER")
+    write_unseen(conn, "UPDATE docs SET body = 'beta, edited unseen' WHERE id = 2")
     assert verify(conn) == 1
     assert queued_keys(conn, target) == [2]
     run_once()

@@ -11,19 +11,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.jobs import clear_queue, queued_keys
+from tests.support import stores
+from tests.support.jobs import clear_queue, queued_keys, verify
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 RunOnce = Callable[..., Worker]
-
-
-def verify(conn: Conn, max_rows: int = 1000) -> int:
-    row = conn.execute(
-        "SELECT embeddings.sweep(max_rows => %s, verify => true)", (max_rows,)
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
 
 
 def count(conn: Conn, query: str, *params: Any) -> int:
@@ -136,11 +129,7 @@ def test_keys_are_verified_alike_in_sessions_with_other_settings(
     conn.execute(f"CREATE TABLE events (k {sql_type} PRIMARY KEY, body text)")
     with psycopg.connect(dsn, autocommit=True, options=APP) as app:
         app.execute(f"INSERT INTO events SELECT {expr}, 'event ' || i FROM generate_series(1, 3) i")
-        row = app.execute(
-            "SELECT embeddings.watch('events', 'body', model => %s)", (minilm,)
-        ).fetchone()
-        assert row is not None
-        target = int(row[0])
+        target = stores.watch_with(app, "events", model=minilm)
         # rows queued by the triggers, in the application's session
         app.execute(f"INSERT INTO events SELECT {expr}, 'event ' || i FROM generate_series(4, 6) i")
         app.execute("UPDATE events SET body = body || ' (edited)' WHERE body = 'event 5'")
@@ -194,11 +183,7 @@ def test_content_that_formats_dates_is_embedded_and_verified_alike_in_any_sessio
     assert name is not None
     conn.execute(f"ALTER DATABASE \"{name[0]}\" SET DateStyle = 'German, DMY'")
     conn.execute(f'ALTER DATABASE "{name[0]}" SET IntervalStyle = sql_standard')
-    row = conn.execute(
-        "SELECT embeddings.watch('notes', 'note_text', model => %s)", (minilm,)
-    ).fetchone()
-    assert row is not None
-    target = int(row[0])
+    target = stores.watch_with(conn, "notes", "note_text", model=minilm)
 
     run_once()
 

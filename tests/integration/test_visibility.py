@@ -4,9 +4,6 @@ the Supabase guide's triggers never doubled, dead letters resolved once their ro
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -14,6 +11,8 @@ import psycopg
 import pytest
 
 from tests.integration.test_supabase import GUIDE_SETUP
+from tests.support import stores
+from tests.support.process import run_cli
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -31,13 +30,7 @@ def status_row(conn: Conn, table: str = "docs") -> dict[str, Any]:
 def test_status_says_why_jobs_wait_until_the_target_is_served(
     conn: Conn, run_once: Callable[..., Worker], minilm: str
 ) -> None:
-    conn.execute(
-        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
-        " VALUES ('absent-model', 384, 512, 'mean')"
-    )
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO docs VALUES (1, 'hello')")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    stores.watch_absent_model(conn)
 
     run_once()
 
@@ -109,17 +102,14 @@ def test_dead_letters_of_rows_embedded_later_are_resolved(
 ) -> None:
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs VALUES (1, 'hello'), (2, 'world')")
-    target = conn.execute(
-        "SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,)
-    ).fetchone()
-    assert target is not None
+    target = stores.watch(conn, "row", minilm)
     # Both rows were dead-lettered once (say, a content function that raised back then).
     conn.execute(
         "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
         " last_error) SELECT %s, 'public.docs.embedding', to_jsonb(k), 'embedding_jobs',"
         " jsonb_build_object('target', %s, 'keys', jsonb_build_array(k)), 5, 'boom'"
         " FROM unnest(ARRAY[1, 2]) k",
-        (target[0], target[0]),
+        (target, target),
     )
     for lane in ("q_embedding_jobs", "q_embedding_jobs_backfill"):  # watch()'s are on the second
         conn.execute(f"DELETE FROM pgmq.{lane} WHERE message->'keys' @> '[2]'")
@@ -160,24 +150,11 @@ def test_jobs_held_for_a_model_that_cannot_load_show_as_held_with_the_reason(
 ) -> None:
     """Not as `deferred`, the word of a retry's backoff: operators must tell "waiting on a model
     that cannot load" from "failed, retried later" (status, --json, doctor alike)."""
-    conn.execute(
-        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
-        " VALUES ('absent-model', 384, 512, 'mean')"
-    )
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO docs VALUES (1, 'hello'), (2, 'world')")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    stores.watch_absent_model(conn, "(1, 'hello'), (2, 'world')")
     run_once()
 
-    env = {**os.environ, "DATABASE_URL": dsn}
-    found = subprocess.run(
-        [sys.executable, "-m", "worker", "status", "--json"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=True,
-    )
+    env = {"DATABASE_URL": dsn}
+    found = run_cli("status", "--json", env=env, check=True)
     (row,) = json.loads(found.stdout)
     assert row["held_jobs"] == row["pending_jobs"] == 2
     assert "model 'absent-model'" in row["deferred_reason"]
@@ -185,21 +162,8 @@ def test_jobs_held_for_a_model_that_cannot_load_show_as_held_with_the_reason(
     assert "jobs are held, put back without an attempt (not failed)" in row["stopped"][0]["reason"]
     assert "model 'absent-model'" in row["stopped"][0]["reason"]
 
-    text = subprocess.run(
-        [sys.executable, "-m", "worker", "status"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-        check=True,
-    ).stdout
+    text = run_cli("status", env=env, check=True).stdout
     assert "held (see below)" in text and "stopped (held)" in text
     assert "deferred" not in text
-    doctor = subprocess.run(
-        [sys.executable, "-m", "worker", "doctor"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=120,
-    ).stdout
+    doctor = run_cli("doctor", env=env).stdout
     assert "stopped (held): its jobs are held" in doctor

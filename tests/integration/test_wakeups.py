@@ -59,6 +59,17 @@ def in_thread(body: Any) -> threading.Thread:
     return thread
 
 
+def once_it_waits(dsn: str, statement: str) -> threading.Thread:
+    """Runs `statement` from a connection of its own, in a thread, once a wait has begun."""
+
+    def run() -> None:
+        waiting(dsn)
+        with psycopg.connect(dsn, autocommit=True) as other:
+            other.execute(statement)
+
+    return in_thread(run)
+
+
 def test_nothing_to_do_returns_false_after_the_timeout(conn: Conn, docs: int) -> None:
     assert wait(conn, 0) is False
     assert wait(conn, 50) is False
@@ -79,12 +90,7 @@ def test_keys_in_the_inbox_or_visible_jobs_in_either_lane_return_at_once(
 
 
 def test_a_write_committed_while_it_waits_ends_the_wait(conn: Conn, dsn: str, docs: int) -> None:
-    def write() -> None:
-        waiting(dsn)
-        with psycopg.connect(dsn, autocommit=True) as app:
-            app.execute("INSERT INTO docs VALUES (1, 'one')")
-
-    writer = in_thread(write)
+    writer = once_it_waits(dsn, "INSERT INTO docs VALUES (1, 'one')")
     assert wait(conn, LONG_MS) is True
     writer.join()
 
@@ -101,13 +107,7 @@ def test_a_prepared_transaction_ends_the_wait_when_it_commits(
         app.execute("PREPARE TRANSACTION 'wakeups-1'")
     try:
         assert wait(conn, 100) is False  # prepared is not committed: nothing to read yet
-
-        def commit() -> None:
-            waiting(dsn)
-            with psycopg.connect(dsn, autocommit=True) as other:
-                other.execute("COMMIT PREPARED 'wakeups-1'")
-
-        committer = in_thread(commit)
+        committer = once_it_waits(dsn, "COMMIT PREPARED 'wakeups-1'")
         assert wait(conn, LONG_MS) is True
         committer.join()
     finally:

@@ -11,13 +11,12 @@ import numpy as np
 import psycopg
 import pytest
 
+from tests.support import stores
+from tests.support.in_flight import InFlight
 from tests.support.jobs import clear_queue, messages
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
-from worker.pipeline import jobs as jobqueue
-from worker.pipeline import stages, write
-from worker.pipeline.batch import Batch, RowState
-from worker.pipeline.targets import TargetRegistry
+from worker.pipeline.batch import RowState
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -101,62 +100,32 @@ def test_updates_are_re_embedded_and_blank_content_cleared(
     assert messages(conn) == []
 
 
-def lease_and_load(
-    settings: Settings, dsn: str, embedders: LoadedModels
-) -> tuple[Batch, jobqueue.Queue]:
-    queue = jobqueue.Queue(  # watch()'s jobs are on the backfill lane
-        jobqueue.backfill_queue_name(settings.queue), lane=jobqueue.BACKFILL, home=settings.queue
-    )
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        batch = stages.read(conn, queue, TargetRegistry(), settings)
-        assert batch is not None
-        stages.load(conn, batch, embedders)
-    return batch, queue
-
-
-def finish(
-    batch: Batch, queue: jobqueue.Queue, settings: Settings, dsn: str, embedders: LoadedModels
-) -> None:
-    from worker import db
-
-    stages.embed(embedders, batch)
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        db.register_vector_types(conn)
-        write.write(conn, queue, batch, settings)
-
-
 def test_a_row_deleted_while_in_flight_is_acknowledged(
-    conn: Conn, docs: int, settings: Settings, dsn: str, embedders: LoadedModels
+    conn: Conn, docs: int, in_flight: InFlight
 ) -> None:
-    batch, queue = lease_and_load(settings, dsn, embedders)
+    batch, queue = in_flight.lease()
     conn.execute("DELETE FROM docs WHERE id = 2")
-    finish(batch, queue, settings, dsn, embedders)
+    in_flight.finish(batch, queue)
     assert messages(conn) == []
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
     assert [k for k, v in stored(conn).items() if v is not None] == [1, 3, 4]
 
 
 def test_a_row_updated_while_in_flight_keeps_the_newest_contents_vector(
-    conn: Conn,
-    docs: int,
-    settings: Settings,
-    dsn: str,
-    embedders: LoadedModels,
-    run_once: Callable[..., Worker],
-    minilm: str,
+    conn: Conn, docs: int, run_once: Callable[..., Worker], minilm: str, in_flight: InFlight
 ) -> None:
     conn.execute(
         "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => false)", (minilm,)
     )
-    batch, queue = lease_and_load(settings, dsn, embedders)  # loads the old text of row 1
+    batch, queue = in_flight.lease()  # loads the old text of row 1
     conn.execute("UPDATE docs SET body = 'Newest text: volcanoes erupt lava.' WHERE id = 1")
-    finish(batch, queue, settings, dsn, embedders)
+    in_flight.finish(batch, queue)
     assert batch.rows[(docs, "1")].state is RowState.STALE
     assert stored(conn)[1] is None  # the stale vector was not written
     run_once()  # the update's own job
     final = stored(conn)[1]
     assert final is not None
-    newest = embedders.get(minilm).embed(["Newest text: volcanoes erupt lava."])[0]
+    newest = in_flight.embedders.get(minilm).embed(["Newest text: volcanoes erupt lava."])[0]
     assert cosine(final, newest) >= 0.999
 
 
@@ -269,12 +238,7 @@ def test_invalid_keys_are_dead_lettered_and_the_rest_embedded(
 def test_a_target_whose_model_is_missing_is_deferred_not_failed(
     conn: Conn, run_once: Callable[..., Worker]
 ) -> None:
-    conn.execute(
-        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling) VALUES ('absent-model', 384, 512, 'mean')"
-    )
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO docs VALUES (1, 'hello')")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    stores.watch_absent_model(conn)
     run_once()  # --once: the deferred job is invisible for a minute, so the run ends
     row = conn.execute(
         "SELECT read_ct, vt > now() + interval '30 seconds' FROM pgmq.q_embedding_jobs_backfill"

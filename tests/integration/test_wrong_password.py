@@ -14,8 +14,8 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.integration.test_cli import run_cli
 from tests.support.cluster import Cluster
+from tests.support.process import run_cli
 from worker import db, exceptions
 
 

@@ -12,17 +12,9 @@ from typing import Any
 import psycopg
 
 from tests.security.conftest import Roles
-from tests.support.models import MINILM
+from tests.security.every_kind import install_every_kind
 
 Conn = psycopg.Connection[Any]
-
-# One target of each kind, on the hostile owner's tables: watch()'s arguments after the table.
-KINDS = {
-    "plain": "'body', model => %s",
-    "function": "'doc_text', model => %s",
-    "side": "'body', model => %s, store => 'side'",
-    "chunked": "'body', model => %s, chunk_tokens => 16",
-}
 
 
 def search_path(config: list[str] | None) -> list[str] | None:
@@ -35,23 +27,8 @@ def search_path(config: list[str] | None) -> list[str] | None:
 
 
 def test_every_security_definer_function_has_a_fixed_search_path(roles: Roles) -> None:
-    with roles.connect(roles.owner) as owner:
-        for kind in KINDS:
-            owner.execute(f"CREATE TABLE docs_{kind} (id int PRIMARY KEY, body text)")
-            owner.execute(f"INSERT INTO docs_{kind} VALUES (1, 'one'), (2, 'two')")
-        owner.execute(
-            "CREATE FUNCTION doc_text(d docs_function) RETURNS text LANGUAGE sql STABLE"
-            " AS $$ SELECT d.body $$"
-        )
-    targets = {}
+    targets = install_every_kind(roles)
     with roles.connect() as su:
-        for kind, args in KINDS.items():
-            row = su.execute(
-                f"SELECT embeddings.watch('docs_{kind}', {args})", (MINILM,)
-            ).fetchone()
-            assert row is not None
-            targets[kind] = int(row[0])
-        su.execute("SELECT embeddings.enable_fts('docs_plain', 'english')")
         definers = su.execute(
             "SELECT p.proname::text, p.oid::regprocedure::text, p.proconfig FROM pg_proc p"
             " WHERE p.pronamespace = 'embeddings'::regnamespace AND p.prosecdef"

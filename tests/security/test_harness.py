@@ -26,13 +26,12 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.test_cli import run_cli
 from tests.security import harness
 from tests.security.conftest import Roles
 from tests.support.docs import DOCS
 from tests.support.documents import encrypted, pdf_bytes
 from tests.support.models import MINILM
-from tests.support.process import WorkerProcess
+from tests.support.process import WorkerProcess, run_cli
 from tests.support.provider_server import ProviderServer
 from tests.support.rerank_server import RerankServer
 from worker import schema

@@ -20,24 +20,11 @@ from typing import Any
 import psycopg
 
 from tests.security.conftest import Roles
+from tests.security.every_kind import install_every_kind
 from tests.support import sql_names
 from tests.support.catalog_names import CATALOG_NAMES
-from tests.support.models import MINILM
 
 Conn = psycopg.Connection[Any]
-
-# One target of each kind, on the owner's tables: (table definition, watch()'s arguments).
-KINDS = {
-    "plain": ("id int PRIMARY KEY, body text", "'body', model => %s"),
-    "composite": ("region text, n int, body text, PRIMARY KEY (region, n)", "'body', model => %s"),
-    "side": ("id int PRIMARY KEY, body text", "'body', model => %s, store => 'side'"),
-    "chunked": ("id int PRIMARY KEY, body text", "'body', model => %s, chunk_tokens => 16"),
-    "function": ("id int PRIMARY KEY, body text", "'doc_text', model => %s"),
-    "documents": (
-        "id int PRIMARY KEY, body bytea",
-        "'body', model => %s, chunk_tokens => 16, context_header => '{title}: '",
-    ),
-}
 
 _FUNCTIONS = """
 SELECT p.oid::regprocedure::text, pg_catalog.pg_get_functiondef(p.oid), l.lanname,
@@ -45,31 +32,6 @@ SELECT p.oid::regprocedure::text, pg_catalog.pg_get_functiondef(p.oid), l.lannam
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
 WHERE p.pronamespace = 'embeddings'::regnamespace AND p.prokind IN ('f', 'p')
 """
-
-
-def install_every_kind(roles: Roles) -> dict[str, int]:
-    """The owner's tables of every kind, watched (with full-text search on one, and a model
-    change under way on another): every generator has run."""
-    with roles.connect(roles.owner) as owner:
-        for kind, (columns, _) in KINDS.items():
-            owner.execute(f"CREATE TABLE docs_{kind} ({columns})")
-        owner.execute(
-            "CREATE FUNCTION doc_text(d docs_function) RETURNS text LANGUAGE sql STABLE"
-            " AS $$ SELECT d.body $$"
-        )
-    targets = {}
-    with roles.connect() as su:
-        for kind, (_, args) in KINDS.items():
-            row = su.execute(f"SELECT embeddings.watch('docs_{kind}', {args})", (MINILM,))
-            targets[kind] = int((row.fetchone() or (0,))[0])
-        su.execute("SELECT embeddings.enable_fts('docs_plain', 'english')")
-        su.execute("SELECT embeddings.enable_fts('docs_side', 'english')")
-        su.execute(
-            "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
-            " VALUES ('other-model', 8, 512, 'mean') ON CONFLICT DO NOTHING"
-        )
-        su.execute("SELECT embeddings.watch('docs_plain', 'body', model => 'other-model')")
-    return targets
 
 
 def installed_functions(

@@ -12,9 +12,9 @@ from typing import Any
 
 import pytest
 
-from tests.integration.test_cli import run_cli
 from tests.security.conftest import Roles, contained
 from tests.support.models import MINILM
+from tests.support.process import run_cli
 
 # The owner's function of its own types, calling the payload: as a cast to text, and as a
 # content function (STABLE, as watch() wants one).

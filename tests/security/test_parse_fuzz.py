@@ -25,15 +25,9 @@ from hypothesis import strategies as st
 
 from tests.support.documents import docx_bytes, pdf_bytes
 from worker import exceptions
+from worker.pipeline.documents import extracted
 from worker.pipeline.documents.detection import FORMATS
-from worker.pipeline.documents.extracted import (
-    MAX_DEPTH,
-    MAX_HEADING,
-    MAX_PAGES,
-    MAX_SECTIONS,
-    MAX_TITLE,
-    ExtractedDocument,
-)
+from worker.pipeline.documents.extracted import ExtractedDocument
 from worker.pipeline.parsing.budgets import MIB, Budget
 from worker.pipeline.parsing.process import Parse
 from worker.pipeline.parsing.service import ParseService
@@ -99,12 +93,15 @@ def service() -> Iterator[ParseService]:
 
 
 def check_bounds(document: ExtractedDocument) -> None:
-    assert document.title is None or len(document.title) <= MAX_TITLE
-    assert 1 <= len(document.sections) <= MAX_SECTIONS and len(document.pages) <= MAX_PAGES
+    assert document.title is None or len(document.title) <= extracted.MAX_TITLE
+    assert (
+        1 <= len(document.sections) <= extracted.MAX_SECTIONS
+        and len(document.pages) <= extracted.MAX_PAGES
+    )
     for section in document.sections:
         assert 0 <= section.start <= section.end <= len(document.text)
-        assert len(section.headings) <= MAX_DEPTH
-        assert all(0 < len(h) <= MAX_HEADING for h in section.headings)
+        assert len(section.headings) <= extracted.MAX_DEPTH
+        assert all(0 < len(h) <= extracted.MAX_HEADING for h in section.headings)
 
 
 @pytest.mark.parametrize("format", [*FORMATS, DETECTED])

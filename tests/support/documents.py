@@ -32,6 +32,11 @@ def pdf_bytes(pages: list[list[str]], *, title: str | None = None) -> bytes:
         objects.append(b"<< /Length %d >>\nstream\n%s\nendstream" % (len(stream), stream))
     objects.append(b"<< /Type /Font /Subtype /Type1 /BaseFont /Helvetica >>")
     objects.append(b"<< /Title (%s) >>" % _escape(title or ""))
+    return pdf_of(objects, info=info_id if title is not None else None)
+
+
+def pdf_of(objects: list[bytes], *, root: int = 1, info: int | None = None) -> bytes:
+    """A PDF of these objects (object n is objects[n - 1]) with a correct cross-reference."""
     out = io.BytesIO()
     out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
     offsets = []
@@ -42,9 +47,9 @@ def pdf_bytes(pages: list[list[str]], *, title: str | None = None) -> bytes:
     out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
     for offset in offsets:
         out.write(b"%010d 00000 n \n" % offset)
-    trailer = b"<< /Size %d /Root 1 0 R" % (len(objects) + 1)
-    if title is not None:
-        trailer += b" /Info %d 0 R" % info_id
+    trailer = b"<< /Size %d /Root %d 0 R" % (len(objects) + 1, root)
+    if info is not None:
+        trailer += b" /Info %d 0 R" % info
     out.write(b"trailer\n%s >>\nstartxref\n%d\n%%%%EOF\n" % (trailer, xref))
     return out.getvalue()
 

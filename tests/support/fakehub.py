@@ -17,10 +17,59 @@ import hashlib
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from types import TracebackType
 from urllib.parse import unquote, urlparse
 
+from worker.models import catalog
+
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
+
+
+def tiny_files(model_dir: Path) -> dict[str, bytes]:
+    """The files of the generated tiny model (tests/support/modelgen.py) as a hub repo holds them."""
+    return {
+        "config.json": (model_dir / "config.json").read_bytes(),
+        "tokenizer.json": (model_dir / "tokenizer.json").read_bytes(),
+        "onnx/model.onnx": (model_dir / "model.onnx").read_bytes(),
+    }
+
+
+def tiny_spec(
+    files: dict[str, bytes],
+    *,
+    pin: tuple[str, ...] = (),
+    optional: tuple[str, ...] = (),
+    int8: bool = True,
+) -> catalog.ModelSpec:
+    """A registry entry `tiny` for the repo "test-org/tiny" of `files`: the `pin` files carry
+    their sha256, the others are verified against the hub."""
+    remote = [
+        catalog.RemoteFile(
+            path,
+            hashlib.sha256(files[path]).hexdigest() if path in pin else None,
+            variant="fp32"
+            if path == "onnx/model.onnx"
+            else "int8"
+            if "quantized" in path
+            else "any",
+            optional=path in optional,
+        )
+        for path in ("config.json", "tokenizer.json", "onnx/model.onnx", *optional)
+    ]
+    if int8:
+        remote.append(catalog.RemoteFile("onnx/model_quantized.onnx", variant="int8"))
+    return catalog.ModelSpec(
+        name="tiny",
+        repo_id="test-org/tiny",
+        revision=COMMIT,
+        dim=32,
+        pooling="mean",
+        max_tokens=512,
+        files=tuple(remote),
+        int8_file="onnx/model_quantized.onnx" if int8 else None,
+        description="generated test model",
+    )
 
 
 def git_blob_sha1(data: bytes) -> str:

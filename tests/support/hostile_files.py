@@ -11,7 +11,7 @@ import io
 import zipfile
 import zlib
 
-from tests.support.documents import docx_bytes, pdf_bytes
+from tests.support.documents import docx_bytes, pdf_bytes, pdf_of
 
 MIB = 2**20
 
@@ -92,25 +92,6 @@ def zip_with_bad_utf8_name() -> bytes:
 
 
 # --- PDF ------------------------------------------------------------------------------------------
-def pdf_of(objects: list[bytes], *, root: int = 1, info: int | None = None) -> bytes:
-    """A PDF of these objects (object n is objects[n - 1]) with a correct cross-reference."""
-    out = io.BytesIO()
-    out.write(b"%PDF-1.4\n%\xe2\xe3\xcf\xd3\n")
-    offsets = []
-    for n, body in enumerate(objects, start=1):
-        offsets.append(out.tell())
-        out.write(b"%d 0 obj\n%s\nendobj\n" % (n, body))
-    xref = out.tell()
-    out.write(b"xref\n0 %d\n0000000000 65535 f \n" % (len(objects) + 1))
-    for offset in offsets:
-        out.write(b"%010d 00000 n \n" % offset)
-    trailer = b"<< /Size %d /Root %d 0 R" % (len(objects) + 1, root)
-    if info is not None:
-        trailer += b" /Info %d 0 R" % info
-    out.write(b"trailer\n%s >>\nstartxref\n%d\n%%%%EOF\n" % (trailer, xref))
-    return out.getvalue()
-
-
 _PAGE = b"<< /Type /Page /Parent 2 0 R /MediaBox [0 0 612 792] /Contents 4 0 R %s>>"
 
 

@@ -75,6 +75,18 @@ def queued_keys(conn: Conn, target_id: int, queue: str = "embedding_jobs") -> li
     return keys
 
 
+def keys_read_by_the_database(conn: Conn) -> list[Any]:
+    """The row keys of the live lane's messages as the database itself reads them
+    (embeddings.message_keys), in message order."""
+    return [
+        r[0]
+        for r in conn.execute(
+            "SELECT k FROM pgmq.q_embedding_jobs m, embeddings.message_keys(m.message) k"
+            " ORDER BY m.msg_id"
+        ).fetchall()
+    ]
+
+
 def clear_queue(conn: Conn, queue: str = "embedding_jobs") -> None:
     for name in lanes(conn, queue):
         conn.execute("SELECT pgmq.purge_queue(%s)", (name,))
@@ -104,3 +116,20 @@ def deferred_reason(conn: Conn) -> str:
             what="the target deferred",
         )
     )
+
+
+def verify(conn: Conn, max_rows: int = 1000) -> int:
+    """One verifying sweep (as pg_cron runs it); returns the rows it queued."""
+    row = conn.execute(
+        "SELECT embeddings.sweep(max_rows => %s, verify => true)", (max_rows,)
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def write_unseen(conn: Conn, statement: str) -> None:
+    """Runs `statement` on `docs` with its triggers off: a write the triggers never see (a bulk
+    load, a restore), which only a verifying sweep finds."""
+    conn.execute("ALTER TABLE docs DISABLE TRIGGER USER")
+    conn.execute(statement)
+    conn.execute("ALTER TABLE docs ENABLE TRIGGER USER")

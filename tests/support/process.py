@@ -20,6 +20,22 @@ from tests.support.cluster import free_port
 T = TypeVar("T")
 
 
+def run_cli(
+    *argv: str, stdin: str | None = None, env: dict[str, str] | None = None, check: bool = False
+) -> subprocess.CompletedProcess[str]:
+    """`python -m worker ARGV...` run to its end, its output captured as text; `env` on top of
+    this process's environment. `check`: a non-zero exit raises."""
+    return subprocess.run(
+        [sys.executable, "-m", "worker", *argv],
+        input=stdin,
+        capture_output=True,
+        text=True,
+        env={**os.environ, **(env or {})},
+        timeout=120,
+        check=check,
+    )
+
+
 def wait_for(
     condition: Callable[[], T], timeout: float = 60.0, interval: float = 0.05, what: str = ""
 ) -> T:

@@ -82,3 +82,50 @@ def vector_table(conn: Conn, store: str, table: str = "docs") -> str:
     ).fetchone()
     assert row is not None, "no side-table target"
     return str(row[0])
+
+
+def watch_with(conn: Conn, table: str = "docs", content: str = "body", **options: Any) -> int:
+    """watch(table, content, name => value, ...) with `options` as its named arguments; returns
+    the target id."""
+    named = "".join(f", {name} => %({name})s" for name in options)
+    row = conn.execute(
+        f"SELECT embeddings.watch(%(table)s, %(content)s{named})",
+        {**options, "table": table, "content": content},
+    ).fetchone()
+    assert row is not None
+    return int(row[0])
+
+
+def columns(conn: Conn, table: str) -> list[tuple[str, str, bool]]:
+    """`table`'s columns in order: name, type (format_type) and whether NOT NULL."""
+    return [
+        (r[0], r[1], r[2])
+        for r in conn.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute"
+            " WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped ORDER BY attnum",
+            (table,),
+        )
+    ]
+
+
+def constraints(conn: Conn, table: str) -> dict[str, str]:
+    """`table`'s constraints: their definition by kind (pg_constraint.contype)."""
+    return dict(
+        conn.execute(
+            "SELECT contype, pg_get_constraintdef(oid) FROM pg_constraint"
+            " WHERE conrelid = %s::regclass",
+            (table,),
+        ).fetchall()
+    )
+
+
+def watch_absent_model(conn: Conn, rows: str = "(1, 'hello')") -> None:
+    """`docs` (id int, body text) holding `rows` (SQL VALUES), watched with 'absent-model': a
+    model the registry knows and no worker has, so its jobs wait."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 384, 512, 'mean')"
+    )
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute(f"INSERT INTO docs VALUES {rows}")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")

@@ -3,14 +3,13 @@ checksum-verified, and never when downloads are off."""
 
 from __future__ import annotations
 
-import hashlib
 import threading
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support.fakehub import COMMIT, FakeHub
+from tests.support.fakehub import COMMIT, FakeHub, tiny_files, tiny_spec
 from worker import exceptions
 from worker.config import Settings
 from worker.models import catalog, download
@@ -41,31 +40,9 @@ def tiny_repo(
     hub: FakeHub, tiny_model_dir: Path, embed_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> dict[str, bytes]:
     """A registry model `tiny` served by the stand-in hub (HF_ENDPOINT), its weights pinned."""
-    files = {
-        "config.json": (tiny_model_dir / "config.json").read_bytes(),
-        "tokenizer.json": (tiny_model_dir / "tokenizer.json").read_bytes(),
-        "onnx/model.onnx": (tiny_model_dir / "model.onnx").read_bytes(),
-    }
+    files = tiny_files(tiny_model_dir)
     hub.add("test-org/tiny", files)
-    spec = catalog.ModelSpec(
-        name="tiny",
-        repo_id="test-org/tiny",
-        revision=COMMIT,
-        dim=32,
-        pooling="mean",
-        max_tokens=512,
-        files=(
-            catalog.RemoteFile("config.json"),
-            catalog.RemoteFile("tokenizer.json"),
-            catalog.RemoteFile(
-                "onnx/model.onnx",
-                hashlib.sha256(files["onnx/model.onnx"]).hexdigest(),
-                variant="fp32",
-            ),
-        ),
-        int8_file=None,
-        description="generated test model",
-    )
+    spec = tiny_spec(files, pin=("onnx/model.onnx",), int8=False)
     monkeypatch.setitem(catalog.REGISTRY, "tiny", spec)
     monkeypatch.setenv("HF_ENDPOINT", hub.endpoint)
     monkeypatch.delenv("EMBED_OFFLINE", raising=False)

@@ -66,28 +66,27 @@ def test_an_unknown_target_is_an_error_that_says_how_to_register() -> None:
     assert parsed.error is not None and "embeddings.watch()" in parsed.error
 
 
-def test_supabase_shape_maps_to_the_registered_target() -> None:
-    t = target(content_column=None, content_function=("public", "embedding_input"))
-    message = {
+def supabase_message(table: str, content_function: str) -> dict[str, object]:
+    """A job in the shape Supabase's automatic embeddings send, for row 7 of public.`table`."""
+    return {
         "id": 7,
         "schema": "public",
-        "table": "docs",
-        "contentFunction": "embedding_input",
+        "table": table,
+        "contentFunction": content_function,
         "embeddingColumn": "embedding",
     }
+
+
+def test_supabase_shape_maps_to_the_registered_target() -> None:
+    t = target(content_column=None, content_function=("public", "embedding_input"))
+    message = supabase_message("docs", "embedding_input")
     parsed = job(message, {1: t})
     assert parsed.target is t and parsed.supabase_shape and parsed.keys == ["7"]
     assert parsed.single_key_message("7") == message
 
 
 def test_supabase_shape_for_an_unregistered_table_names_the_fix() -> None:
-    message = {
-        "id": 7,
-        "schema": "public",
-        "table": "other",
-        "contentFunction": "f",
-        "embeddingColumn": "embedding",
-    }
+    message = supabase_message("other", "f")
     parsed = job(message, {1: target()})
     assert parsed.target is None
     assert parsed.error == (
@@ -99,13 +98,7 @@ def test_supabase_shape_for_an_unregistered_table_names_the_fix() -> None:
 def test_supabase_shape_naming_another_function_is_refused() -> None:
     """Nothing named in a message runs unless it is the registered content function."""
     t = target(content_column=None, content_function=("public", "embedding_input"))
-    message = {
-        "id": 7,
-        "schema": "public",
-        "table": "docs",
-        "contentFunction": "pg_read_file",
-        "embeddingColumn": "embedding",
-    }
+    message = supabase_message("docs", "pg_read_file")
     parsed = job(message, {1: t})
     assert parsed.target is None
     assert parsed.error is not None and "pg_read_file" in parsed.error

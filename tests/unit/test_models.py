@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.fakehub import COMMIT, FakeHub
+from tests.support.fakehub import COMMIT, FakeHub, tiny_files, tiny_spec
 from worker import exceptions
 from worker.config import Settings
 from worker.models import catalog, download, files
@@ -283,9 +283,7 @@ def _entries(directory: Path) -> list[str]:
 @pytest.fixture
 def repo_files(tiny_model_dir: Path) -> dict[str, bytes]:
     return {
-        "config.json": (tiny_model_dir / "config.json").read_bytes(),
-        "tokenizer.json": (tiny_model_dir / "tokenizer.json").read_bytes(),
-        "onnx/model.onnx": (tiny_model_dir / "model.onnx").read_bytes(),
+        **tiny_files(tiny_model_dir),
         "onnx/model_quantized.onnx": (tiny_model_dir / "model.onnx").read_bytes(),
         "README.md": b"not downloaded",
     }
@@ -299,33 +297,8 @@ def _register(
     optional: tuple[str, ...] = (),
     int8: bool = True,
 ) -> catalog.ModelSpec:
-    """A registry entry for the fake repo: `pin` files carry their sha256, others use the hub."""
-    remote = [
-        catalog.RemoteFile(
-            path,
-            hashlib.sha256(files[path]).hexdigest() if path in pin else None,
-            variant="fp32"
-            if path == "onnx/model.onnx"
-            else "int8"
-            if "quantized" in path
-            else "any",
-            optional=path in optional,
-        )
-        for path in ("config.json", "tokenizer.json", "onnx/model.onnx", *optional)
-    ]
-    if int8:
-        remote.append(catalog.RemoteFile("onnx/model_quantized.onnx", variant="int8"))
-    spec = catalog.ModelSpec(
-        name="tiny",
-        repo_id="test-org/tiny",
-        revision=COMMIT,
-        dim=32,
-        pooling="mean",
-        max_tokens=512,
-        files=tuple(remote),
-        int8_file="onnx/model_quantized.onnx" if int8 else None,
-        description="generated test model",
-    )
+    """Registers `tiny` (tests/support/fakehub.py: tiny_spec) for the test."""
+    spec = tiny_spec(files, pin=pin, optional=optional, int8=int8)
     monkeypatch.setitem(catalog.REGISTRY, "tiny", spec)
     return spec
 

@@ -57,6 +57,20 @@ def spec_for(server: ProviderServer, **overrides: object) -> RemoteSpec:
     return RemoteSpec.from_row(row)
 
 
+def parser_spec(provider: str, endpoint: str) -> RemoteSpec:
+    """A model of two dimensions for the answer parsers (no server behind `endpoint`)."""
+    return RemoteSpec.from_row(
+        {
+            "name": "m",
+            "provider": provider,
+            "endpoint": endpoint,
+            "remote_model": "m",
+            "dimensions": 2,
+            "max_tokens": 10,
+        }
+    )
+
+
 _made: list[RemoteModel] = []
 
 
@@ -153,16 +167,7 @@ def test_a_batch_is_spread_over_the_requests_in_flight(
 
 
 def test_openai_answer_shape_is_parsed_in_index_order() -> None:
-    spec = RemoteSpec.from_row(
-        {
-            "name": "m",
-            "provider": "openai",
-            "endpoint": "https://api.example/v1",
-            "remote_model": "m",
-            "dimensions": 2,
-            "max_tokens": 10,
-        }
-    )
+    spec = parser_spec("openai", "https://api.example/v1")
     body = {
         "object": "list",
         "data": [
@@ -190,16 +195,7 @@ def test_openai_answer_shape_is_parsed_in_index_order() -> None:
 def test_openai_answers_that_do_not_match_the_request_are_refused(
     data: object, problem: str
 ) -> None:
-    spec = RemoteSpec.from_row(
-        {
-            "name": "m",
-            "provider": "openai",
-            "endpoint": "https://x/v1",
-            "remote_model": "m",
-            "dimensions": 2,
-            "max_tokens": 10,
-        }
-    )
+    spec = parser_spec("openai", "https://x/v1")
     if data == "dup":
         items = [{"index": 0, "embedding": [1, 0]}, {"index": 0, "embedding": [0, 1]}]
     elif data == "range":
@@ -214,16 +210,7 @@ def test_openai_answers_that_do_not_match_the_request_are_refused(
 
 
 def test_a_wrong_dimension_and_a_nan_are_told_apart() -> None:
-    spec = RemoteSpec.from_row(
-        {
-            "name": "m",
-            "provider": "openai",
-            "endpoint": "https://x/v1",
-            "remote_model": "m",
-            "dimensions": 2,
-            "max_tokens": 10,
-        }
-    )
+    spec = parser_spec("openai", "https://x/v1")
     with pytest.raises(providers.DimensionMismatch, match="3-dimensional"):
         protocol.parse(
             spec, json.dumps({"data": [{"index": 0, "embedding": [1, 2, 3]}]}).encode(), 1
@@ -255,16 +242,7 @@ def test_hugging_face_token_vectors_are_pooled() -> None:
 
 
 def test_hugging_face_single_flat_answer_is_one_vector() -> None:
-    spec = RemoteSpec.from_row(
-        {
-            "name": "m",
-            "provider": "huggingface",
-            "endpoint": "https://x/models/m",
-            "remote_model": "m",
-            "dimensions": 2,
-            "max_tokens": 10,
-        }
-    )
+    spec = parser_spec("huggingface", "https://x/models/m")
     answer = protocol.parse(spec, b"[3.0, 4.0]", 1)
     assert answer.vectors[0] is not None and answer.vectors[0].tolist() == pytest.approx([0.6, 0.8])
 

@@ -1,0 +1,76 @@
+"""The worker in the test's own process: whole (`in_process_worker`), or a batch taken through its
+stages by hand, so that a test can act between them: the batch leased and its content loaded,
+then (after the test's own writes) embedded and written."""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from worker import db
+from worker.config import Settings
+from worker.models.loaded import LoadedModels
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline import stages, write
+from worker.pipeline.batch import Batch
+from worker.pipeline.targets import TargetRegistry
+from worker.process.runner import Worker
+
+
+def in_process_worker(
+    settings: Settings, embedders: LoadedModels, *, once: bool = False, **overrides: Any
+) -> Worker:
+    """A worker with the test's loaded models, `settings` overridden as given; `once`: it stops
+    when the queue is empty (`run --once`)."""
+    return Worker(
+        settings.with_overrides(**overrides),
+        once=once,
+        embedders=embedders,
+        progress=False,
+        handle_signals=False,
+    )
+
+
+def backfill_lane(settings: Settings) -> jobqueue.Queue:
+    """The lane watch()'s jobs are on."""
+    return jobqueue.Queue(
+        jobqueue.backfill_queue_name(settings.queue), lane=jobqueue.BACKFILL, home=settings.queue
+    )
+
+
+@dataclass(frozen=True)
+class InFlight:
+    settings: Settings
+    dsn: str
+    embedders: LoadedModels
+
+    def lease(self) -> tuple[Batch, jobqueue.Queue]:
+        """Leases a batch of watch()'s jobs (on the backfill lane) and loads its content."""
+        queue = backfill_lane(self.settings)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            batch = stages.read(conn, queue, TargetRegistry(), self.settings)
+            assert batch is not None
+            stages.load(conn, batch, self.embedders)
+        return batch, queue
+
+    def finish(self, batch: Batch, queue: jobqueue.Queue) -> None:
+        """Embeds the leased batch and writes it in the worker's write transaction."""
+        stages.embed(self.embedders, batch)
+        with psycopg.connect(self.dsn, autocommit=True) as conn:
+            db.register_vector_types(conn)
+            write.write(conn, queue, batch, self.settings)
+
+    @contextlib.contextmanager
+    def read(self) -> Iterator[tuple[db.Connection, jobqueue.Queue, Batch]]:
+        """A batch of watch()'s jobs read (not yet loaded) on a worker connection of its own,
+        which the test takes through the other stages."""
+        queue = backfill_lane(self.settings)
+        with db.connect(self.dsn) as conn:
+            db.register_vector_types(conn)
+            batch = stages.read(conn, queue, TargetRegistry(), self.settings)
+            assert batch is not None
+            yield conn, queue, batch
