@@ -435,11 +435,12 @@ def test_turning_full_text_search_on_keeps_the_vector_indexes(conn: Conn, store:
     )
 
 
-def test_a_definition_changed_during_a_search_means_the_query_again(
+def test_a_model_changed_while_the_query_is_embedded_means_the_query_again(
     conn: Conn, minilm: str, embedders: LoadedModels
 ) -> None:
-    """A model change may swap the column between the query's embedding and the search: then
-    the query is embedded again with the target as it is now (worker/retrieval/search.py)."""
+    """A model change may swap the column while the query is embedded: the target is read
+    after the embedding, and the query is embedded again with the model the target has now
+    (worker/retrieval/search.py); a query is never compared with another model's vectors."""
     conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
     conn.execute("SELECT embeddings.watch('notes', 'body', model => %s)", (minilm,))
     target = find_target(conn, "notes")
@@ -447,9 +448,9 @@ def test_a_definition_changed_during_a_search_means_the_query_again(
 
     def load(name: str) -> Any:
         loads.append(name)
-        if len(loads) == 1:  # as if a swap committed while the query was embedded
-            conn.execute("UPDATE embeddings.targets SET version = version + 1")
-        return embedders.get(name)
+        if len(loads) == 1:  # as if a swap to another model committed meanwhile
+            conn.execute("UPDATE embeddings.targets SET model = 'gte-small', version = version + 1")
+        return embedders.get(minilm)  # the same dimensions under another name
 
     assert search.ranked(conn, load, target, "anything", 2, mode="vector") == []
-    assert loads == [minilm, minilm]
+    assert loads == [minilm, "gte-small"]
