@@ -3,11 +3,12 @@
 where the connections come from.
 
 No connection is held while the CPU works:
-  1. the question is embedded with the model the table's target had at its last search (a
-     hint kept per table name), batched with other questions for that model
-     (worker/models/query_batch.py); the first search of a table reads its target first;
-  2. a connection is leased for the SQL alone: the target read as it is now (a model other
-     than the one embedded with: back to 1 with it), the rerank stage's registration, the
+  1. the question is embedded with the model the table's target had at its last search,
+     batched with other questions for that model (worker/models/query_batch.py); the first
+     search of a table reads its target first;
+  2. a connection is leased for the SQL alone: the target as it is now (the one read last,
+     checked by one statement: worker/retrieval/targets.py; a model other than the one
+     embedded with: back to 1 with it), the rerank stage's registration, the
      ranking (by meaning, or hybrid where the target has full-text search), the check that
      the target did not change meanwhile; then given back;
   3. the rerank stage (a cross-encoder's CPU, a remote API's wait) runs with none.
@@ -16,8 +17,6 @@ A query is never compared with another model's vectors.
 
 from __future__ import annotations
 
-import threading
-from collections import OrderedDict
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
@@ -36,7 +35,7 @@ from worker.retrieval import rankings, rerank
 from worker.retrieval.errors import InvalidSearch
 from worker.retrieval.fusion import Fusion
 from worker.retrieval.request import SearchRequest
-from worker.retrieval.targets import current_target, find_target, is_current
+from worker.retrieval.targets import KnownTargets, current_target, is_current
 
 # A reranker by its name and its registration, if it is a remote one (LoadedRerankers.get).
 LoadReranker = Callable[[str, RerankerSpec | None], Reranker]
@@ -44,7 +43,6 @@ LoadReranker = Callable[[str, RerankerSpec | None], Reranker]
 Lease = Callable[[], AbstractContextManager[db.Connection]]
 
 ATTEMPTS = 3  # model changes a search follows before answering with what it has
-REMEMBERED_TABLES = 1024  # table names whose last model is kept: bounded, the names are asked
 
 
 @dataclass
@@ -70,23 +68,21 @@ class SearchService:
         self.questions = questions
         self.load_reranker = load_reranker
         self.then = then
-        self._models: OrderedDict[tuple[str, str | None], str] = OrderedDict()
-        self._lock = threading.Lock()
+        self.targets = KnownTargets()
 
     def search(self, request: SearchRequest) -> list[dict[str, Any]]:
         """Ranked results, one per row or, for a chunked target, per document
         (results.search_result()), reranked where the request or the target says so."""
-        model = self._last_model(request)
+        model = self.targets.model(request.table, request.column)
         vector = None if model is None else self._embed(model, request.query)
         for _ in range(ATTEMPTS):
             with self.lease() as conn:
-                target = find_target(conn, request.table, request.column, then=self.then)
+                target = self.targets.find(conn, request.table, request.column, then=self.then)
                 if vector is not None and target.model == model:
                     found = self._rank(conn, target, request, vector)
                     if found is not None and is_current(conn, target):
                         break
                     target = current_target(conn, target)  # changed under the ranking
-                self._remember(request, target.model)
             if vector is None or target.model != model:  # first read, or another model now
                 model = target.model
                 vector = self._embed(model, request.query)
@@ -124,17 +120,6 @@ class SearchService:
                 raise
             return None
         return _Ranked(results, reranker)
-
-    def _last_model(self, request: SearchRequest) -> str | None:
-        with self._lock:
-            return self._models.get((request.table, request.column))
-
-    def _remember(self, request: SearchRequest, model: str) -> None:
-        with self._lock:
-            self._models[(request.table, request.column)] = model
-            self._models.move_to_end((request.table, request.column))
-            while len(self._models) > REMEMBERED_TABLES:
-                self._models.popitem(last=False)
 
 
 def _ranking(
