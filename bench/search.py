@@ -36,6 +36,7 @@ import http.client
 import json
 import os
 import random
+import re
 import statistics
 import subprocess
 import sys
@@ -68,8 +69,8 @@ MINILM_SIZED = {"layers": 6, "hidden": 384, "heads": 12, "intermediate": 1536, "
 
 
 def questions(n: int, seed: int) -> list[str]:
-    """Sentences of 4 to 14 words cut from docstrings: each a new question."""
-    words = " ".join(corpus.stdlib_docstrings()).split()
+    """Runs of 4 to 14 words (letters only) cut from docstrings: each a new question."""
+    words = re.findall(r"[A-Za-z]{2,}", " ".join(corpus.stdlib_docstrings()))
     rng = random.Random(seed)
     asked = []
     for _ in range(n):
@@ -253,21 +254,22 @@ def throughput(
     try:
         pool.wait()
         for clients in counts:
-            paths = {
-                "http_vector": http_call(worker.port, clients, asked, mode="vector"),
-                "caller_vector": caller_call(pool, model, clients, asked, hybrid=False),
-                "http_hybrid": http_call(worker.port, clients, asked, mode="hybrid"),
-                "caller_hybrid": caller_call(pool, model, clients, asked, hybrid=True),
-                "http_hybrid_rerank": http_call(
-                    worker.port, clients, asked, mode="hybrid", rerank=RERANKER
-                ),
-            }
-            runs: dict[str, list[dict[str, float]]] = {name: [] for name in paths}
+            runs: dict[str, list[dict[str, float]]] = {}
             ratios: dict[str, list[float]] = {"vector": [], "hybrid": []}
             for _ in range(rounds):
+                # New keep-alive connections each round: the server closes idle ones.
+                paths = {
+                    "http_vector": http_call(worker.port, clients, asked, mode="vector"),
+                    "caller_vector": caller_call(pool, model, clients, asked, hybrid=False),
+                    "http_hybrid": http_call(worker.port, clients, asked, mode="hybrid"),
+                    "caller_hybrid": caller_call(pool, model, clients, asked, hybrid=True),
+                    "http_hybrid_rerank": http_call(
+                        worker.port, clients, asked, mode="hybrid", rerank=RERANKER
+                    ),
+                }
                 for name, call in paths.items():
                     drive(clients, 1.0, call)  # warm-up
-                    runs[name].append(drive(clients, seconds, call))
+                    runs.setdefault(name, []).append(drive(clients, seconds, call))
                     print(clients, name, runs[name][-1], flush=True)
                 for kind, each in ratios.items():
                     each.append(

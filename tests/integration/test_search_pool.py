@@ -242,7 +242,7 @@ def test_a_search_holds_no_connection_while_its_question_is_embedded(
         searches.close()
 
 
-def test_the_command_line_and_http_search_through_the_same_service(
+def test_the_command_line_http_and_python_search_through_the_same_service(
     conn: psycopg.Connection[Any],
     minilm: str,
     model_path: str,
@@ -276,4 +276,7 @@ def test_the_command_line_and_http_search_through_the_same_service(
     assert cli.main(["search", "docs", "on the command line", "-k", "1", "--json"]) == 0
     assert len(json.loads(capsys.readouterr().out)) == 1
 
-    assert served == ["over http", "on the command line"]
+    with SearchService.open(settings) as searches:  # a Python program's
+        assert len(searches.search(SearchRequest("docs", "from python", k=1))) == 1
+
+    assert served == ["over http", "on the command line", "from python"]

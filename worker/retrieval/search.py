@@ -26,14 +26,17 @@ import numpy as np
 import numpy.typing as npt
 
 from worker import db, exceptions
+from worker.config import Settings
 from worker.models.embedder import TextModel
+from worker.models.loaded import LoadedModels
 from worker.models.query_batch import QueryBatchers
 from worker.models.remote.rerank_spec import RerankerSpec
-from worker.models.reranker import Reranker
+from worker.models.reranker import LoadedRerankers, Reranker
 from worker.pipeline.targets import Target
 from worker.retrieval import rankings, rerank
 from worker.retrieval.errors import InvalidSearch
 from worker.retrieval.fusion import Fusion
+from worker.retrieval.pool import SearchConnections
 from worker.retrieval.request import SearchRequest
 from worker.retrieval.targets import KnownTargets, current_target, is_current
 
@@ -69,6 +72,52 @@ class SearchService:
         self.load_reranker = load_reranker
         self.then = then
         self.targets = KnownTargets()
+        self._closers: list[Callable[[], None]] = []
+
+    @classmethod
+    def open(cls, settings: Settings | None = None) -> SearchService:
+        """A service for a Python program, as POST /search's: the search role's pooled
+        connections (EMBED_SEARCH_DATABASE_URL, else the worker's database), the models and
+        rerankers found where the settings say, questions batched; close() when done.
+
+            with SearchService.open() as searches:
+                results = searches.search(SearchRequest("docs", "how do I reset it", k=5))
+        """
+        settings = settings or Settings.from_env()
+        models = LoadedModels(
+            variant=settings.model_variant,
+            threads=settings.threads,
+            location=settings.model_location,
+            downloads=settings.downloads,
+            api_key=settings.api_key,
+        )
+        connections = SearchConnections(
+            settings.search_database_url or settings.dsn, max_size=settings.search_pool_size
+        )
+        rerankers = LoadedRerankers(
+            settings.model_location, settings.threads, api_key=settings.api_key
+        )
+        service = cls(
+            connections.connection,
+            QueryBatchers(
+                models.get,
+                max_batch=settings.query_batch_size,
+                max_wait=settings.query_batch_wait_ms / 1000,
+            ),
+            load_reranker=rerankers.get,
+        )
+        service._closers += [connections.close, rerankers.close]
+        return service
+
+    def close(self) -> None:
+        for close in self._closers:
+            close()
+
+    def __enter__(self) -> SearchService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def search(self, request: SearchRequest) -> list[dict[str, Any]]:
         """Ranked results, one per row or, for a chunked target, per document
