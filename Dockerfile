@@ -1,8 +1,8 @@
 # The embed-worker container image, made from the wheel that `make dist` builds.
 #
 #   make dist                                                            # dist/embed_worker-VERSION-*.whl
-#   docker build -t embed-worker:0.3.0 .                                 # gte-small baked in
-#   docker build -t embed-worker:0.3.0 --build-arg BAKE_MODEL=false .    # no model inside; see below
+#   docker build -t embed-worker:0.4.0 .                                 # gte-small baked in
+#   docker build -t embed-worker:0.4.0 --build-arg BAKE_MODEL=false .    # no model inside; see below
 #
 # The build context is dist/ and nothing else (.dockerignore): the image holds exactly the wheel
 # that was released or tested, never the source tree. Stage `build` installs that wheel and

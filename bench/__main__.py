@@ -13,6 +13,10 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only status [--scale-rows N]    status and /metrics at 10M (bench/status.py)
     python -m bench --only bigwatch [--scale-rows N]  watch() on 1M and 10M rows (bench/bigwatch.py)
     python -m bench --only verify [--scale-rows N]    the verifying sweep at 1M (bench/verify.py)
+    python -m bench --only upgrade [--scale-rows N] [--quick]
+                                                      today's `migrate` under a running 0.2.0
+                                                      with a 10M-row watched table (--quick:
+                                                      100k rows; bench/upgrade.py)
     python -m bench --only documents [--document-mb MB] [--model M]
                                                       live rows during a 10 MB document
                                                       (bench/documents.py)
@@ -65,6 +69,7 @@ from bench import (
     status,
     swapstall,
     trust,
+    upgrade,
     verify,
     writepath,
 )
@@ -106,6 +111,7 @@ SCALE_SECTIONS = (
     "status",
     "bigwatch",
     "verify",
+    "upgrade",
     "documents",
     "retrieval",
     "parsing",
@@ -351,6 +357,19 @@ def main() -> int:
                 sizes=(args.scale_rows,) if args.scale_rows else bigwatch.SIZES,
                 rounds=args.remote_rounds or (1 if args.quick else 2),
             ),
+        )
+
+        upgrade_rows = args.scale_rows or (upgrade.QUICK_ROWS if args.quick else upgrade.ROWS)
+
+        def upgrading() -> dict[str, Any]:
+            result = upgrade.run(cluster, SHARED_MODELS, rows=upgrade_rows)
+            print(upgrade.table(result))
+            return result
+
+        section(  # the figure of docs/performance.md in upgrade.json, smaller runs beside it
+            "upgrade",
+            upgrading,
+            results="upgrade" if upgrade_rows == upgrade.ROWS else f"upgrade-{upgrade_rows}",
         )
         section(
             "backlog",

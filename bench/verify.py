@@ -30,7 +30,7 @@ import psycopg
 from bench.oltp import _pgbench
 from worker import db
 from worker.pipeline import fingerprints, targets, write
-from worker.pipeline.batch import Row, RowState
+from worker.pipeline.batch import Batch, Row, RowState
 
 DIMS = 384
 BODY = "'Row ' || g || ': ' || repeat('some representative words of text ', 8)"
@@ -193,7 +193,9 @@ def write_stage(dsn: str, rounds: int, batches: int, batch_rows: int = 64) -> di
                             for k in range(b * batch_rows + 1, (b + 1) * batch_rows + 1)
                         ]
                         with conn.transaction():
-                            write._write_target(conn, target, rows, write.WriteOutcome())
+                            write._write_target(
+                                conn, target, rows, write.WriteOutcome(), Batch(jobs=[])
+                            )
                     rates[variant].append(batches * batch_rows / (time.perf_counter() - started))
                 finally:
                     fingerprints.record_written = real

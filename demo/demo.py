@@ -17,6 +17,7 @@ import textwrap
 import time
 from pathlib import Path
 
+import psycopg
 from pgvector import HalfVector
 
 from worker import db, exceptions, logs
@@ -189,7 +190,9 @@ def main() -> int:
         return 1
 
     model_embedder = worker.embedders.get(model)
-    with db.connect(dsn) as conn:
+    # The query an application sends, in an application's session: its search path finds
+    # pgvector's <=> (the worker's own sessions search pg_catalog only).
+    with psycopg.connect(dsn, autocommit=True) as conn:
         db.register_vector_types(conn)
         for query in QUERIES:
             vector = model_embedder.embed([query])[0]

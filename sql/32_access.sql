@@ -11,6 +11,8 @@
 --                                     (owned by this schema's owner) evaluate it
 --   embeddings_<id>_lock()            locks the table for the worker's write (lock_target())
 --   embeddings_<id>_load(keys, k0..)  each key's row: key, content, md5 of the content
+--   embeddings_<id>_lock_rows(keys, k0..)  a row store's rows locked for the write, skipping
+--                                     (and returning) those another transaction holds
 --   embeddings_<id>_store(keys, k0.., vectors, digests) / _blank(keys, k0.., digests)
 --                                     writes or clears vectors where the content is still the
 --                                     one loaded (its md5): the stale-write guard; returns the
@@ -567,7 +569,7 @@ BEGIN
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace
-          AND p.proname ~ ('^embeddings_' || t.id || '_(content|lock|load|scan|store|blank|store_shadow|blank_shadow'
+          AND p.proname ~ ('^embeddings_' || t.id || '_(content|lock|lock_rows|load|scan|store|blank|store_shadow|blank_shadow'
                            '|unshadowed|swap_prepare|nearest|reusable|chunks|forget|prune|verify|clear_failing|existing|search|text_ranking|bm25_ranking'
                            '|visible)(_body)?$')  -- (a guard's body: create_access_function())
     LOOP

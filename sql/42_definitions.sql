@@ -22,6 +22,10 @@ REVOKE ALL ON FUNCTION embeddings.lock_target_version(integer) FROM PUBLIC;
 -- worker roles hold no privilege on the table. SECURITY DEFINER: worker roles are granted this
 -- function, not the lock functions. A table gone, or functions that cannot serve it now (their
 -- problem is the worker's to report): nothing to lock, the version all the same.
+-- Either lock held by another transaction for longer than the caller's lock_timeout (a CREATE
+-- INDEX or LOCK TABLE of the application's, a watch() in progress), or the call past the
+-- caller's statement_timeout: -1, and nothing of the target is locked; the worker postpones the
+-- target's rows, and writes the rest of its batch.
 CREATE FUNCTION embeddings.lock_target(target_id integer) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -34,6 +38,8 @@ BEGIN
         END;
     END IF;
     RETURN embeddings.lock_target_version(target_id);
+EXCEPTION WHEN lock_not_available OR query_canceled THEN
+    RETURN -1;
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.lock_target(integer) FROM PUBLIC;
@@ -65,5 +71,19 @@ BEGIN
                                 'ALTER FUNCTION %s OWNER TO %I if that role should be trusted with them.',
                                 fn, pg_get_userbyid(table_owner));
     END IF;
+END
+$$;
+
+-- The Alembic revision the schema was migrated to (NULL: installed without Alembic's record),
+-- read by a starting worker to refuse a schema of another release with a message that says
+-- what to run (worker/schema.py: mismatch). The record lives in `migrate`'s table, which worker
+-- roles may not read: they are granted this function (worker_functions()).
+CREATE FUNCTION embeddings.schema_revision() RETURNS text
+LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF pg_catalog.to_regclass('public.embed_worker_alembic_version') IS NULL THEN
+        RETURN NULL;
+    END IF;
+    RETURN (SELECT v.version_num FROM public.embed_worker_alembic_version v LIMIT 1);
 END
 $$;

@@ -158,6 +158,23 @@ DECLARE
     made text[] := '{}';
     col record;
 BEGIN
+    -- The rows the write is about to store or clear, locked as its UPDATE would lock them
+    -- (FOR NO KEY UPDATE), except that a row another transaction holds (an application's open
+    -- transaction) is skipped rather than waited for. Returns the keys of those rows: the worker
+    -- writes the others, and those wait for a later batch. A row gone is not returned.
+    made := made || embeddings.create_access_function(a, '_lock_rows', format('keys text[]%s', a->>'key_params'),
+        'SETOF text',
+        format($b$held := ARRAY(SELECT v.key FROM ROWS FROM (%1$s) AS v(key%2$s) JOIN %3$s t ON %4$s
+                              FOR NO KEY UPDATE OF t SKIP LOCKED);
+            IF pg_catalog.cardinality(held) OPERATOR(pg_catalog.<) pg_catalog.cardinality($1) THEN
+                RETURN QUERY
+                    SELECT v.key FROM ROWS FROM (%1$s) AS v(key%2$s)
+                    WHERE NOT (v.key OPERATOR(pg_catalog.=) ANY (held))
+                      AND EXISTS (SELECT FROM %3$s t WHERE %4$s);
+            END IF;$b$,
+            a->>'key_rows', a->>'key_aliases', t.source, a->>'key_match'),
+        head => E'DECLARE\n    held text[];\n');
+
     FOR col IN SELECT * FROM embeddings.vector_columns(t, t.source) LOOP
         made := made || embeddings.create_access_function(a, '_store' || col.suffix,
             format('keys text[]%s, vectors %s[], digests text[]', a->>'key_params', col.type), 'SETOF text',

@@ -494,8 +494,9 @@ DECLARE
     types text[] := embeddings.key_sql_types(t);
     key_list text := (SELECT string_agg(format('%I', c), ', ' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
     chunk_match text := embeddings.access_match_sql(t, 'c', types);
+    made text[];
 BEGIN
-    RETURN ARRAY[
+    made := ARRAY[
     -- Vectors stored for chunks of these documents with these hashes (the chunks an edit left
     -- unchanged), as real[] (the worker's loading connection needs no pgvector types). The key
     -- arrays repeat each document's key, once per chunk hash.
@@ -509,8 +510,9 @@ BEGIN
         stable => true),
 
     -- The chunk write, for documents whose content is still the one loaded (the md5 `digests`;
-    -- the caller holds their advisory locks): upserts their chunks (a chunk whose hash is
-    -- unchanged at its position is left as it is) and deletes those past each document's
+    -- the caller ordered itself after their other writers: embeddings.lock_documents()):
+    -- upserts their chunks (a chunk whose hash is unchanged at its position is left as it
+    -- is) and deletes those past each document's
     -- `counts` (all of them for 0: blank content). Chunks name their document by its canonical
     -- key (`chunk_keys`); `starts` and `ends` are their character offsets in it (an unchanged
     -- chunk that moved in its document gets its new ones, its vector kept); `headings` (a JSON
@@ -565,6 +567,25 @@ BEGIN
             nkeys + 4, nkeys + 5, nkeys + 6, nkeys + 7, nkeys + 8, nkeys + 3, chunk_match, nkeys + 9, nkeys + 10,
             nkeys + 11, nkeys + 12),
         head => E'#variable_conflict use_column\n<<chunk_write>>\nDECLARE\n    current_keys text[];\n    trimmed_keys text[];\n')];
+    -- The chunk write as release 0.2.0's worker calls it (no offsets, headings or pages), for a
+    -- rolling upgrade: a 0.2.0 worker still running after `migrate` writes its chunks through
+    -- this, with their offsets NULL as a chunk from before the upgrade has them (the next write
+    -- of the document fills them in), ordered after the new workers' writers of the same
+    -- documents (it orders itself with advisory locks, which they no longer take). Ours, run as
+    -- the caller (a worker role), as a guard is: the table's owner cannot redefine it.
+    EXECUTE format(
+        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s, digests text[], counts integer[], chunk_keys text[],
+                                           seqs integer[], chunks text[], hashes text[], vectors %3$I.halfvec[])
+        RETURNS TABLE (key text, is_current boolean, trimmed boolean)
+        LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $body$
+        BEGIN
+            PERFORM embeddings.lock_documents(%4$s, $1);
+            RETURN QUERY SELECT * FROM embeddings.%1$I(%5$s, NULL::integer[], NULL::integer[], NULL::jsonb, NULL::integer[]);
+        END
+        $body$ $f$,
+        (a->>'prefix') || '_chunks', a->>'key_params', vschema, t.id,
+        (SELECT string_agg(format('$%s', i), ', ' ORDER BY i) FROM generate_series(1, nkeys + 8) i));
+    RETURN made;
 END
 $$;
 REVOKE ALL ON FUNCTION embeddings.chunks_store_access(embeddings.targets, jsonb) FROM PUBLIC;

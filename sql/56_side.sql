@@ -28,7 +28,8 @@
 -- along. A row has a side row exactly while it has a vector; blank content deletes the side row.
 --
 -- Following the source:
---   * the worker's write takes a per-key advisory lock (as the chunk write does) before it checks
+--   * the worker's write orders itself after any other writer of the same keys
+--     (embeddings.lock_documents(), sql/41_locks.sql, as the chunk write does) before it checks
 --     the content's md5 and upserts, so two writers of one row never interleave (stale-write
 --     guard, exactly-once effect);
 --   * DELETE: a statement trigger queues the deleted rows' keys; the worker finds them gone and
@@ -373,8 +374,9 @@ $$;
 -- search. Returns the names of the functions created.
 --
 -- Each write joins the row as it is now and writes only where its content's md5 is the one the
--- worker loaded; the worker holds the rows' advisory locks (queries.sql: lock_documents) from
--- before this check until its commit, so no other writer of the same row comes in between.
+-- worker loaded; the worker has ordered itself after any other writer of the rows
+-- (embeddings.lock_documents(), sql/41_locks.sql) from before this check until its commit, so no
+-- other writer of the same row comes in between.
 -- Every query names the table before the side table: locks are taken in that order everywhere
 -- (the worker's write, search, status, TRUNCATE, a model change's swap), never the other.
 CREATE FUNCTION embeddings.side_store_access(t embeddings.targets, a jsonb) RETURNS text[]

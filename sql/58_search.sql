@@ -30,6 +30,23 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                     SELECT p.relid::oid FROM pg_partition_tree(coalesce(t.chunk_table, t.source)) p WHERE p.isleaf)
 $$;
 
+-- search_rows_estimate(t) as an SQL expression for the statements generated for t: for a
+-- table that is not partitioned (nor its chunk table), its pg_class.reltuples read directly, a
+-- statement the generated function's plan keeps; else the call, which lists the partitions.
+-- The relation is found through the target's id, never an OID written into the function: a
+-- dump restored elsewhere gives the table another OID, and keeps the target's id.
+CREATE FUNCTION embeddings.rows_estimate_sql(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = coalesce(t.chunk_table, t.source)) = 'r'
+                THEN format('(SELECT nullif(greatest(c.reltuples, 0), 0)::double precision'
+                            ' FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=)'
+                            ' (SELECT coalesce(x.chunk_table, x.source)::pg_catalog.oid FROM embeddings.targets x'
+                            ' WHERE x.id OPERATOR(pg_catalog.=) %s))',
+                            t.id)
+                ELSE format('(SELECT embeddings.search_rows_estimate(x) FROM embeddings.targets x'
+                            ' WHERE x.id OPERATOR(pg_catalog.=) %s)', t.id) END
+$$;
+
 -- The SQL condition (on row alias `s` of t's table) of a structured filter: a JSON object
 -- whose keys are column names of built-in scalar types, each value either a JSON scalar
 -- (equality; null: IS NULL), an array (any of them), or an object of comparisons
@@ -310,9 +327,13 @@ BEGIN
         text_sql := CASE ranking WHEN 'bm25_ranking' THEN embeddings.bm25_ranking_sql(t) ELSE embeddings.fts_ranking_sql(t) END;
         text_sql := ARRAY['SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'')',
                           ' FROM (' || text_sql[1], text_sql[2] || ') r'];
+        -- One plan for every query text (plan_cache_mode): a plan made for each text, as
+        -- Postgres makes the first five and keeps making while they look cheaper, cost about
+        -- a third of the ranking itself (NFCorpus: BM25 ranking p50 4.4 against 3.2 ms); the
+        -- generic one reads the GIN index for any text, as the planner chose for nearly all.
         EXECUTE format(
             $f$CREATE FUNCTION embeddings.%1$I(text, jsonb, integer) RETURNS jsonb
-            LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp%2$s AS $body$
+            LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan%2$s AS $body$
             DECLARE
                 result jsonb;
             BEGIN
@@ -338,25 +359,15 @@ END
 $$;
 REVOKE ALL ON FUNCTION embeddings.generate_search(embeddings.targets) FROM PUBLIC;
 
--- The `k` rows of `source` nearest to `query` (cosine distance), nearest first; for a chunked
--- target the k documents with the nearest chunks, each once with its best chunk (`seq`, its
--- position from 0, `content`, its text, and `start_offset`, `end_offset`, where that text is
--- in the document: characters, from 0, the end excluded; NULL for chunks written before
--- 0.3.0 until their document is embedded again, and for a plain target; a document's chunk's
--- `headings`, its heading path, and `page`, the PDF page it starts on). `filter`: see
--- search_filter_sql(). k rows whenever k rows match; fewer only when fewer match (none: no
--- row, no error).
--- pgvector's halfvec in the signature below, wherever pgvector is installed (public here,
--- `extensions` on Supabase): its schema is searched after pg_catalog while the function is
--- created, and only then (a type's name is unique in its schema; these statements call nothing).
+-- The vector ranking of a search of target t, as the JSON array embeddings_<id>_search()
+-- returns (the rows nearest to `query` by distance, ties by key; for a chunked target each
+-- document once, with its best chunk; `k` of them whenever k match, sometimes more on the
+-- index path, which callers cut). search() and hybrid_search() rank by it: hybrid search
+-- fuses the array as it comes, never as rows made and aggregated again.
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, ' || pg_catalog.quote_ident(embeddings.vector_schema()) || ', pg_temp', true);
-CREATE FUNCTION embeddings.search(source regclass, query halfvec, k integer DEFAULT 10,
-                                  filter jsonb DEFAULT NULL, embedding_column name DEFAULT NULL)
-RETURNS TABLE (key jsonb, distance double precision, content text, seq integer,
-               start_offset integer, end_offset integer, headings text[], page integer)
+CREATE FUNCTION embeddings.search_answer(t embeddings.targets, query halfvec, k integer, filter jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    t embeddings.targets := embeddings.search_target(source, embedding_column);
     run text := format('SELECT embeddings.%I($1, $2, $3, $4)', 'embeddings_' || t.id || '_search');
     -- The table's size as ANALYZE last estimated it (pg_class: no count(*) on every call).
     estimate double precision := embeddings.search_rows_estimate(t);
@@ -372,11 +383,8 @@ DECLARE
     n integer := 0;
     candidates integer := 0;
 BEGIN
-    IF k IS NULL OR k < 1 THEN
-        RAISE EXCEPTION 'embeddings.search: k must be at least 1' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
     IF to_regproc(format('embeddings.%I', 'embeddings_' || t.id || '_search')) IS NULL THEN
-        RAISE EXCEPTION 'embeddings: the search function of % is missing%', source, coalesce(' (' || t.problem || ')', '')
+        RAISE EXCEPTION 'embeddings: the search function of % is missing%', t.source, coalesce(' (' || t.problem || ')', '')
             USING ERRCODE = 'undefined_function',
                   HINT = 'An ALTER TABLE of it, or watch() again, regenerates it.';
     END IF;
@@ -414,13 +422,39 @@ BEGIN
     IF ef IS NOT NULL THEN
         PERFORM set_config('hnsw.ef_search', ef, true);
     END IF;
+    RETURN answer;
+END
+$$;
+
+-- The `k` rows of `source` nearest to `query` (cosine distance), nearest first; for a chunked
+-- target the k documents with the nearest chunks, each once with its best chunk (`seq`, its
+-- position from 0, `content`, its text, and `start_offset`, `end_offset`, where that text is
+-- in the document: characters, from 0, the end excluded; NULL for chunks written before
+-- 0.3.0 until their document is embedded again, and for a plain target; a document's chunk's
+-- `headings`, its heading path, and `page`, the PDF page it starts on). `filter`: see
+-- search_filter_sql(). k rows whenever k rows match; fewer only when fewer match (none: no
+-- row, no error).
+-- pgvector's halfvec in the signature below, wherever pgvector is installed (public here,
+-- `extensions` on Supabase): its schema is searched after pg_catalog while the function is
+-- created, and only then (a type's name is unique in its schema; these statements call nothing).
+CREATE FUNCTION embeddings.search(source regclass, query halfvec, k integer DEFAULT 10,
+                                  filter jsonb DEFAULT NULL, embedding_column name DEFAULT NULL)
+RETURNS TABLE (key jsonb, distance double precision, content text, seq integer,
+               start_offset integer, end_offset integer, headings text[], page integer)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets := embeddings.search_target(source, embedding_column);
+BEGIN
+    IF k IS NULL OR k < 1 THEN
+        RAISE EXCEPTION 'embeddings.search: k must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     RETURN QUERY
         SELECT r.value->'key', (r.value->>'distance')::double precision, r.value->>'content', (r.value->>'seq')::integer,
                (r.value->>'start_offset')::integer, (r.value->>'end_offset')::integer,
                CASE WHEN jsonb_typeof(r.value->'headings') = 'array'
                     THEN ARRAY(SELECT jsonb_array_elements_text(r.value->'headings')) END,
                (r.value->>'page')::integer
-        FROM jsonb_array_elements(answer) WITH ORDINALITY AS r(value, i)
+        FROM jsonb_array_elements(embeddings.search_answer(t, query, k, filter)) WITH ORDINALITY AS r(value, i)
         ORDER BY r.i LIMIT k;
 END
 $$;

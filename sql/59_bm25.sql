@@ -66,24 +66,27 @@ DECLARE
 BEGIN
     RETURN ARRAY[
         -- m: the candidates, each with its length and the query's lexemes it holds (the others
-        -- filtered out in C: setweight() marks the query's, ts_filter() keeps the marked).
+        -- filtered out in C: setweight() marks the query's, ts_filter() keeps the marked). The
+        -- tsvector is read (detoasted) once, in d: each function given the column itself would
+        -- read it again, and reading is most of a candidate's cost. Our tsvectors hold no
+        -- weight but D (fts_sql()), so the marked are exactly the query's lexemes.
         format(
             'WITH w AS (SELECT pg_catalog.tsvector_to_array(x.v) AS lexemes, embeddings.any_lexeme_query(x.v) AS q'
             '  FROM (SELECT %1$s AS v) x),'
             ' m AS MATERIALIZED (SELECT %2$s AS key, %3$s AS content, %4$s AS seq, %5$s AS start_offset,'
             '  %6$s AS end_offset, %7$s AS headings, %8$s AS page,'
-            '  pg_catalog.length(%9$s)::double precision AS len,'
-            '  pg_catalog.ts_filter(pg_catalog.setweight(pg_catalog.setweight(%9$s, ''D''), ''A'', w.lexemes), ''{a}'') AS hits,'
+            '  pg_catalog.length(d.v)::double precision AS len,'
+            '  pg_catalog.ts_filter(d.v, ''{a}'') AS hits,'
             '  pg_catalog.row_number() OVER () AS i'
-            '  FROM %10$s, w WHERE %9$s OPERATOR(pg_catalog.@@) w.q AND %11$s IS NOT NULL AND (',
+            '  FROM %10$s CROSS JOIN w CROSS JOIN LATERAL (SELECT pg_catalog.setweight(%9$s, ''A'', w.lexemes) AS v OFFSET 0) d'
+            '  WHERE %9$s OPERATOR(pg_catalog.@@) w.q AND %11$s IS NOT NULL AND (',
             embeddings.fts_sql(t, '$1'), q->>'key', q->>'content', q->>'seq', q->>'start_offset',
             q->>'end_offset', q->>'headings', q->>'page', fts, q->>'from', q->>'vector'),
         -- n: N and avglen; h: each candidate's lexemes with tf and df; b: the scores; z: the
         -- sum of the idf of the query's lexemes found (text_score's divisor, below).
         format(
-            ')), n AS (SELECT greatest(pg_catalog.count(*)::double precision,'
-            '  coalesce((SELECT embeddings.search_rows_estimate(x) FROM embeddings.targets x'
-            '   WHERE x.id OPERATOR(pg_catalog.=) %1$s), 0)) AS n, pg_catalog.avg(m.len) AS avglen FROM m),'
+            ')), n AS (SELECT greatest(pg_catalog.count(*)::double precision, coalesce(%1$s, 0)) AS n,'
+            '  pg_catalog.avg(m.len) AS avglen FROM m),'
             ' h AS (SELECT m.i, m.len, x.lexeme, pg_catalog.cardinality(x.positions)::double precision AS tf,'
             '  pg_catalog.count(*) OVER (PARTITION BY x.lexeme)::double precision AS df'
             '  FROM m, pg_catalog.unnest(m.hits) x),'
@@ -94,10 +97,13 @@ BEGIN
             '  FROM (SELECT DISTINCT h.lexeme, h.df FROM h) d, n)'
             ' SELECT r.key, r.content, r.seq, r.start_offset, r.end_offset, r.headings, r.page, r.text_rank,'
             '  r.text_rank OPERATOR(pg_catalog./) z.mass AS text_score FROM ('
-            '  SELECT DISTINCT ON (m.key) m.key, m.content, m.seq, m.start_offset, m.end_offset, m.headings,'
+            '  SELECT %2$s m.key, m.content, m.seq, m.start_offset, m.end_offset, m.headings,'
             '   m.page, b.score AS text_rank'
-            '  FROM m JOIN b ON b.i OPERATOR(pg_catalog.=) m.i ORDER BY m.key, b.score DESC, m.seq) r, z'
+            '  FROM m JOIN b ON b.i OPERATOR(pg_catalog.=) m.i %3$s) r, z'
             ' ORDER BY r.text_rank DESC, r.key LIMIT $3',
-            t.id)];
+            embeddings.rows_estimate_sql(t),
+            -- A document by its best chunk; a row is its own document.
+            CASE WHEN embeddings.store_has_chunks(t) THEN 'DISTINCT ON (m.key)' ELSE '' END,
+            CASE WHEN embeddings.store_has_chunks(t) THEN 'ORDER BY m.key, b.score DESC, m.seq' ELSE '' END)];
 END
 $$;

@@ -271,8 +271,12 @@ BEGIN
         RAISE EXCEPTION 'embeddings.hybrid_search: fusion is ''convex'' (weighted scores) or ''rrf'' (reciprocal ranks), not %', coalesce(quote_literal(fusion), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT coalesce(jsonb_agg(to_jsonb(r) ORDER BY r.distance, r.key), '[]') INTO by_vector
-    FROM embeddings.search(source, query_embedding, n, filter, t.embedding_column) r;
+    -- search()'s ranking as its JSON array (sql/58_search.sql), cut at n.
+    by_vector := embeddings.search_answer(t, query_embedding, n, filter);
+    IF jsonb_array_length(by_vector) > n THEN
+        SELECT jsonb_agg(v.value ORDER BY v.i) INTO by_vector
+        FROM jsonb_array_elements(by_vector) WITH ORDINALITY AS v(value, i) WHERE v.i <= n;
+    END IF;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     EXECUTE format('SELECT embeddings.%I($1, $2, $3)',
                    prefix || CASE text_match WHEN 'any' THEN '_bm25_ranking' ELSE '_text_ranking' END)

@@ -34,6 +34,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ARRAY[
         'embeddings.lock_target(integer)',
         'embeddings.lock_target_version(integer)',
+        'embeddings.schema_revision()',  -- a starting worker refuses another release's schema
+        'embeddings.lock_documents(integer, text[])',  -- sql/41_locks.sql
         'embeddings.move_inbox(text, integer, integer)',
         'embeddings.inbox_pending(text)',
         'embeddings.backfill_next(text, integer)',

@@ -52,6 +52,15 @@ class Settings:
     backoff_base_seconds: float = field(default=5.0, metadata={"env": "EMBED_BACKOFF_BASE_SECONDS"})
     backoff_max_seconds: float = field(default=900.0, metadata={"env": "EMBED_BACKOFF_MAX_SECONDS"})
     poll_seconds: float = field(default=5.0, metadata={"env": "EMBED_POLL_SECONDS"})
+    # The longest any statement of ours waits for a lock (ms; 0: as the role and database say).
+    # A row, table or registration another session holds longer waits for a later batch.
+    lock_timeout_ms: int = field(default=500, metadata={"env": "EMBED_LOCK_TIMEOUT_MS"})
+    # The longest a statement that runs a table owner's code (its content function, its
+    # triggers on our writes) may run, plus OWNER_CODE_MS_PER_ROW for each row or chunk it
+    # reads or writes; past it, only that target's rows wait or fail.
+    owner_code_timeout_seconds: float = field(
+        default=1.0, metadata={"env": "EMBED_OWNER_CODE_TIMEOUT_SECONDS"}
+    )
     # Chunked targets: tokens of new chunks embedded per batch; a longer document is embedded
     # and committed a piece of this size at a time (worker/pipeline/pieces.py).
     piece_tokens: int = field(default=4096, metadata={"env": "EMBED_PIECE_TOKENS"})
@@ -210,6 +219,7 @@ class Settings:
             ("parse_processes", 1),
             ("query_batch_size", 1),
             ("search_pool_size", 1),
+            ("lock_timeout_ms", 0),  # 0: the role's and database's
         ):
             value = getattr(self, name)
             if value is not None and value < lowest:
@@ -229,6 +239,7 @@ class Settings:
             "http_head_timeout_seconds",
             "verify_max_age_seconds",
             "parse_timeout_seconds",
+            "owner_code_timeout_seconds",
         ):
             if getattr(self, name) <= 0:
                 raise fail(name, "must be positive")

@@ -30,6 +30,12 @@ APPLICATION_NAME = "embed-worker"
 # The server's answer to a wrong password (libpq has no SQLSTATE for a failed connection).
 _AUTHENTICATION = re.compile(r'authentication failed for user "(?P<user>[^"]*)"')
 _PG_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
+# The longest any of our statements waits for a lock, in ms (EMBED_LOCK_TIMEOUT_MS's default).
+DEFAULT_LOCK_TIMEOUT_MS = 500
+# SQLSTATEs of a wait cut short: a lock not granted within lock_timeout, a statement past its
+# statement_timeout (or cancelled).
+LOCK_NOT_AVAILABLE = "55P03"
+QUERY_CANCELED = "57014"
 
 Connection = psycopg.Connection[Any]
 
@@ -72,8 +78,16 @@ def describe(dsn: str) -> str:
     return f"{host}:{port}/{db}"
 
 
-def connect(dsn: str, *, autocommit: bool = True, connect_timeout: int = 10) -> Connection:
-    """A new connection, autocommit by default: every transaction of ours is explicit."""
+def connect(
+    dsn: str,
+    *,
+    autocommit: bool = True,
+    connect_timeout: int = 10,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+) -> Connection:
+    """A new connection, autocommit by default: every transaction of ours is explicit. No
+    statement on it waits longer than `lock_timeout_ms` for a lock (EMBED_LOCK_TIMEOUT_MS; 0:
+    as the role and the database say)."""
     try:
         conninfo = make_conninfo(
             dsn, application_name=APPLICATION_NAME, connect_timeout=str(connect_timeout)
@@ -89,6 +103,7 @@ def connect(dsn: str, *, autocommit: bool = True, connect_timeout: int = 10) -> 
             cursor_factory=session_guard.GuardedCursor,
         )
         try:
+            conn.lock_timeout_ms = lock_timeout_ms or None
             conn.reset_session()  # queries.sql: session_reset
             if not autocommit:
                 conn.commit()
@@ -110,12 +125,19 @@ def connect(dsn: str, *, autocommit: bool = True, connect_timeout: int = 10) -> 
         raise exceptions.ConfigError(f"invalid DATABASE_URL: {redact(str(exc))}") from None
 
 
-def pool(dsn: str, *, max_size: int, name: str) -> ConnectionPool[session_guard.GuardedConnection]:
+def pool(
+    dsn: str, *, max_size: int, name: str, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
+) -> ConnectionPool[session_guard.GuardedConnection]:
     """Connections kept open for short requests (POST /search), made as connect() makes them;
     each DISCARDed when given back (what someone's code left in the session), and reset again
     before its next statement. Closed until the first `open()`: a worker whose HTTP side never
     searches opens none. A broken connection is found when taken, and replaced."""
     conninfo = make_conninfo(dsn, application_name=APPLICATION_NAME, connect_timeout="10")
+
+    def configure(conn: session_guard.GuardedConnection) -> None:
+        conn.lock_timeout_ms = lock_timeout_ms or None
+        conn.reset_session()
+
     return ConnectionPool(
         conninfo,
         connection_class=session_guard.GuardedConnection,
@@ -128,7 +150,7 @@ def pool(dsn: str, *, max_size: int, name: str) -> ConnectionPool[session_guard.
         max_size=max_size,
         open=False,
         name=name,
-        configure=lambda conn: conn.reset_session(),
+        configure=configure,
         reset=lambda conn: conn.discard_session(),
         check=_ping,
     )
@@ -149,11 +171,34 @@ def translated() -> Iterator[None]:
     except psycopg.OperationalError as exc:
         if _is_connection_failure(exc):
             raise exceptions.ConnectionLost(redact(str(exc).strip())) from exc
+        if exc.sqlstate == QUERY_CANCELED:
+            raise exceptions.StatementTimeout(redact(str(exc).strip())) from exc
+        if exc.sqlstate == LOCK_NOT_AVAILABLE:
+            raise exceptions.LockUnavailable(redact(str(exc).strip())) from exc
         raise exceptions.DatabaseError(redact(str(exc).strip())) from exc
     except psycopg.Error as exc:
         if unavailable(exc):
             raise exceptions.TargetUnavailable(redact(str(exc).strip())) from exc
         raise exceptions.DatabaseError(redact(str(exc).strip())) from exc
+
+
+@contextmanager
+def bounded(conn: Connection, ms: int, label: object = None) -> Iterator[None]:
+    """In the block, statements that may run someone else's code (a table owner's triggers or
+    content function: `label` says whose, as (stage, target id, row key or None)) run at most
+    `ms` (worker/session_guard.py: GuardedConnection.bounded; a connection not made by connect()
+    is not bounded)."""
+    if isinstance(conn, session_guard.GuardedConnection):
+        with conn.bounded(ms, label):
+            yield
+    else:
+        yield
+
+
+def ended_by_watchdog(conn: Connection | None) -> object:
+    """The label of the bounded statement for whose sake the watchdog ended `conn`'s session
+    (worker/process/watchdog.py), or None."""
+    return conn.ended_by if isinstance(conn, session_guard.GuardedConnection) else None
 
 
 # A target's generated function, as an error's message or context names it.
@@ -266,8 +311,10 @@ class Session:
         max_wait: float = 30.0,
         vectors: bool = False,
         deadline: float | None = None,
+        lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     ):
         self.dsn = dsn
+        self.lock_timeout_ms = lock_timeout_ms
         self.deadline = deadline
         self.vectors = vectors
         self.name = name
@@ -288,7 +335,7 @@ class Session:
             reraise=True,
         ):
             with attempt:
-                conn = connect(self.dsn)
+                conn = connect(self.dsn, lock_timeout_ms=self.lock_timeout_ms)
                 if self.vectors:
                     try:
                         register_vector_types(conn)
@@ -318,6 +365,11 @@ class Session:
             logger.error("%s: %s; retrying in %.1f s", self.name, error, delay)
             return
         logger.warning("%s: database unavailable (%s); retrying in %.1f s", self.name, error, delay)
+
+    def current(self) -> Connection | None:
+        """The connection now open, if any (without connecting)."""
+        conn = self._conn
+        return conn if conn is not None and not conn.closed else None
 
     def lost(self) -> None:
         """Drops the connection after a failure; the next `get()` reconnects."""

@@ -44,6 +44,16 @@ class AuthenticationFailed(ConnectionLost):
     the worker waits), but reported as what it is."""
 
 
+class LockUnavailable(DatabaseError):
+    """Another session held a lock for longer than our lock_timeout (EMBED_LOCK_TIMEOUT_MS):
+    nothing we run waits longer. What waited is tried again later, spending no attempt."""
+
+
+class StatementTimeout(DatabaseError):
+    """A statement ran past its statement_timeout (a table owner's code past
+    EMBED_OWNER_CODE_TIMEOUT_SECONDS), or was cancelled."""
+
+
 class TargetError(EmbedWorkerError):
     """A watched table (target) is misconfigured."""
 

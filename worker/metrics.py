@@ -14,6 +14,8 @@ Own registry (not the global default) so that tests and embedding programs get o
 
 from __future__ import annotations
 
+import contextlib
+
 from prometheus_client import (
     CollectorRegistry,
     Counter,
@@ -33,7 +35,7 @@ ProcessCollector(registry=REGISTRY)
 
 # --- enumerated label values ------------------------------------------------------------------
 JOB_OUTCOMES = ("done", "retried", "dead", "deferred", "released")
-ROW_OUTCOMES = ("embedded", "cleared", "gone", "stale", "failed")
+ROW_OUTCOMES = ("embedded", "cleared", "gone", "stale", "failed", "blocked")
 STAGES = ("read", "load", "embed", "write")
 LANES = ("live", "backfill")  # jobs.LIVE, jobs.BACKFILL (worker/pipeline/lanes.py)
 
@@ -48,6 +50,7 @@ ROW_OUTCOME_OF_STATE = {
     "gone": "gone",
     "stale": "stale",
     "failed": "failed",
+    "blocked": "blocked",
 }
 # States a row is in before its batch settles, or when its batch is redone (`outdated`: its
 # target was redefined meanwhile): never counted. Rows of a deferred target are not counted
@@ -69,7 +72,8 @@ ROWS = Counter(
     "embed_worker_rows",
     "Rows settled, by target and outcome: embedded, cleared (blank content; embedding NULL), "
     "gone (row deleted), stale (content changed meanwhile; its newer job embeds it), failed "
-    "(retried, then dead-lettered)",
+    "(retried, then dead-lettered), blocked (another session's lock held it up: re-queued, "
+    "no attempt spent)",
     ["target", "outcome"],
     registry=REGISTRY,
 )
@@ -129,7 +133,8 @@ MODEL = Info(
 )
 MODEL_LOADED = Gauge(
     "embed_worker_model_loaded",
-    "1 when the model is loaded, 0 when its last load failed (retried every 30 s)",
+    "1 when the model is loaded, 0 when its last load failed (retried every 30 s); a failed "
+    "model nothing uses any more (not the default, no table's) leaves the series",
     ["model"],
     registry=REGISTRY,
 )
@@ -324,6 +329,13 @@ def count_row(target: str, state: str) -> None:
 
 def model_loaded(model: str) -> None:
     MODEL_LOADED.labels(model).set(1)
+
+
+def model_unused(model: str) -> None:
+    """`model` is no longer the default nor any target's: its series leaves /metrics, so that a
+    load that failed while it was wanted stops firing the alert (deploy/prometheus/alerts.yml)."""
+    with contextlib.suppress(KeyError):
+        MODEL_LOADED.remove(model)
 
 
 def model_load_failed(model: str) -> None:

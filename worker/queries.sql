@@ -251,6 +251,12 @@ FROM {load}(%(keys)s::text[]{key_arrays}) l
 LEFT JOIN unnest(%(known_keys)s::text[], %(known_digests)s::text[]) AS c (key, digest)
        ON c.key = l.key;
 
+-- name: lock_rows
+-- A row store's rows about to be written, locked until COMMIT as the write would lock them,
+-- skipping those another transaction holds: the target's embeddings_<id>_lock_rows(), as the
+-- table's owner. Returns the keys of the rows skipped (they wait for a later batch).
+SELECT k FROM {lock_rows}(%(keys)s::text[]{key_arrays}) AS k;
+
 -- name: write_vectors
 -- Stores embeddings, except where the content changed since it was loaded (its md5 differs):
 -- that row's newer content has its own job. The target's embeddings_<id>_store() (its
@@ -281,6 +287,7 @@ RETURNING q.msg_id, q.read_ct, q.enqueued_at, q.vt, q.message;
 -- Removes the dead letters of rows just written or cleared (target ids, canonical keys and the
 -- keys as their jobs carried them, pairwise). A composite key's JSON array, or a key whose JSON
 -- text differs from its canonical text, matches by value; the rest by canonical text.
+-- ours: touches only our tables, runs no one else's code
 DELETE FROM embeddings.failures f
 USING unnest(%(target_ids)s::integer[], %(keys)s::text[], %(raw_keys)s::jsonb[])
     AS r(target_id, key, raw_key)
@@ -307,11 +314,12 @@ SELECT embeddings.clear_deferrals(%(target_ids)s::integer[]);
 SELECT key, chunk_hash, embedding FROM {reusable}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[]);
 
 -- name: lock_documents
--- Serializes writers of the same documents until commit (advisory locks per target and key, in
--- a fixed order so that two writers never deadlock): the stale-write check and the chunk writes
--- that follow it see no other writer in between. Side-table targets' writes take them too.
-SELECT count(pg_advisory_xact_lock(%(target_id)s, s.h))
-FROM (SELECT DISTINCT hashtext(k) AS h FROM unnest(%(keys)s::text[]) AS k ORDER BY 1) s;
+-- Orders writers of the same documents until commit (embeddings.lock_documents(), sql/41_locks.sql:
+-- rows of a table of ours no one else may lock, in key order so that two writers never
+-- deadlock): the stale-write check and the chunk writes that follow it see no other writer in
+-- between. Side-table targets' writes take them too.
+-- ours: touches only our tables, runs no one else's code
+SELECT embeddings.lock_documents(%(target_id)s, %(keys)s::text[]);
 
 -- name: write_chunks
 -- Writes the chunks of documents whose content is still what was loaded (same md5; NULL for
@@ -468,6 +476,7 @@ LEFT JOIN pg_type ty ON ty.oid = a.atttypid;
 -- name: claim_provenance
 -- Records this worker's model as the producer of a target's (shadow) vectors unless one is
 -- recorded; returns the recorded producer ('model revision variant').
+-- ours: touches only our tables, runs no one else's code
 SELECT embeddings.claim_provenance(%(target_id)s, %(shadow)s, %(model)s, %(revision)s, %(variant)s);
 
 -- name: load_provenance
@@ -536,6 +545,80 @@ SELECT k FROM {clear_failing}(%(keys)s::text[]{key_arrays}) AS k;
 -- Whether the embeddings schema is installed (its targets table is there).
 SELECT to_regclass('embeddings.targets') IS NOT NULL;
 
+-- name: schema_revision_defined
+-- Whether the schema records its revision for worker roles (embeddings.schema_revision(), since
+-- 0.3.0): a schema without it is of an older release.
+-- ours: reads only the catalog, runs no one else's code
+SELECT to_regprocedure('embeddings.schema_revision()') IS NOT NULL;
+
+-- name: schema_revision
+-- The Alembic revision the schema was migrated to (NULL: installed without Alembic's record).
+-- ours: reads only our tables, runs no one else's code
+SELECT embeddings.schema_revision();
+
+-- name: migration_tables
+-- The tables `migrate` locks before it changes anything (worker/schema_locks.py): ours, and
+-- every table a target writes (its source, side or chunk table: read by name, as a schema of
+-- any release has them, 0.1.0's had no side_table), that this role may lock, as regclass text
+-- (quoted, qualified), in oid order.
+-- ours: reads only the catalog and our tables, runs no one else's code
+SELECT r::text FROM (
+    SELECT c.oid::regclass AS r FROM pg_catalog.pg_class c
+    WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind IN ('r', 'p')
+    UNION
+    SELECT x.r FROM embeddings.targets t
+    CROSS JOIN LATERAL (VALUES (t.source), ((pg_catalog.to_jsonb(t) ->> 'side_table')::regclass),
+                                           ((pg_catalog.to_jsonb(t) ->> 'chunk_table')::regclass)) AS x(r)
+    WHERE x.r IS NOT NULL
+) AS tables
+WHERE pg_catalog.has_table_privilege(r, 'UPDATE, DELETE, TRUNCATE')
+ORDER BY r::oid;
+
+-- name: lock_for_migration
+-- Every table of migration_tables at once ({tables}), under set_local_statement_timeout.
+-- ours: locks tables, runs no one else's code
+LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE;
+
+-- name: try_migration_lock
+-- One `migrate` at a time (worker/schema_locks.py: serialize): the transaction's advisory lock
+-- %(key)s if it is free, never waited for (any login may hold that key).
+-- ours: takes a lock, runs no one else's code
+SELECT pg_catalog.pg_try_advisory_xact_lock(%(key)s::bigint);
+
+-- name: migration_lock_holders
+-- Sessions other than this one holding any lock on a table `migrate` locks, or its advisory
+-- lock %(key)s (a bigint key below 2^32: classid 0, objid the key, objsubid 1): who keeps it
+-- waiting (worker/schema_locks.py).
+-- ours: reads only the catalog and our tables, runs no one else's code
+SELECT a.pid, a.application_name, a.state,
+       pg_catalog.date_part('epoch', pg_catalog.now() - coalesce(a.xact_start, a.backend_start))::float8,
+       CASE WHEN l.locktype = 'advisory' THEN 'the advisory lock of migrate' ELSE l.relation::regclass::text END
+FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+  AND ((l.locktype = 'relation'
+        AND (l.relation IN (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace = 'embeddings'::regnamespace)
+             OR l.relation IN (SELECT x.r FROM embeddings.targets t
+                               CROSS JOIN LATERAL (VALUES (t.source), ((pg_catalog.to_jsonb(t) ->> 'side_table')::regclass),
+                                           ((pg_catalog.to_jsonb(t) ->> 'chunk_table')::regclass)) AS x(r))))
+       OR (l.locktype = 'advisory' AND l.classid = 0 AND l.objsubid = 1 AND l.objid = %(key)s::bigint::oid))
+ORDER BY a.xact_start NULLS LAST, a.pid
+LIMIT 10;
+
+-- name: deadlock_timeout_ms
+-- The server's deadlock_timeout in milliseconds: `migrate` waits for its locks less than half of it.
+-- ours: reads a setting, runs no one else's code
+SELECT pg_catalog.date_part('epoch', pg_catalog.current_setting('deadlock_timeout')::interval) * 1000;
+
+-- name: statement_timeout_now
+-- ours: reads a setting, runs no one else's code
+SELECT pg_catalog.current_setting('statement_timeout');
+
+-- name: set_local_statement_timeout
+-- The statement timeout until the transaction ends (%(ms)s: a setting's text, '500ms').
+-- ours: sets a setting, runs no one else's code
+SELECT pg_catalog.set_config('statement_timeout', %(ms)s, true);
+
 -- name: vector_schema
 -- The schema pgvector is installed in (public here, `extensions` on Supabase), quoted.
 SELECT quote_ident(n.nspname) FROM pg_extension e
@@ -600,7 +683,7 @@ SELECT embeddings.target_name(t), t.model, a.atttypmod,
        coalesce((SELECT bool_and(has_function_privilege(p.oid, 'EXECUTE')) FROM pg_proc p
                  WHERE p.pronamespace = 'embeddings'::regnamespace
                    AND p.proname ~ ('^embeddings_' || t.id
-                                    || '_(lock|load|store|blank|reusable|chunks)$')),
+                                    || '_(lock|lock_rows|load|store|blank|reusable|chunks)$')),
                 false),
        has_table_privilege(format('pgmq.%I', pgmq.format_table_name(t.queue, 'q')),
                            'SELECT, UPDATE, DELETE'),
@@ -692,6 +775,33 @@ SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
 -- or in `public`, is called by the installer. Everything of ours is schema-qualified; pgvector,
 -- when missing, is created in `public` (sql/00_extensions.sql).
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
+
+-- name: session_lock_timeout
+-- After every session_reset (worker/session_guard.py): no statement waits longer than {ms} for
+-- a lock (EMBED_LOCK_TIMEOUT_MS), whatever the role or the database set; a session setting, as
+-- the reset's own are. {ms} is a literal: the statement goes in the reset's exchange.
+-- ours: sets a setting, runs no one else's code
+SELECT pg_catalog.set_config('lock_timeout', {ms}, false);
+
+-- name: session_client_check
+-- With session_lock_timeout (PostgreSQL 14 and later): a statement of ours whose client is gone
+-- (a worker killed while a table owner's code ran, and went on, in its session) ends within a
+-- second instead of running on, holding its locks.
+-- ours: sets a setting, runs no one else's code
+SELECT pg_catalog.set_config('client_connection_check_interval', '1s', false);
+
+-- name: statement_bound
+-- The statements that may run a table owner's code (its triggers, its content function) in
+-- a bounded block (worker/session_guard.py: bounded()) run at most {ms}: SET LOCAL, so the
+-- bound ends with the transaction.
+-- ours: sets a setting, runs no one else's code
+SELECT pg_catalog.set_config('statement_timeout', {ms}, true);
+
+-- name: terminate_backend
+-- Ends our session %(pid)s, whose statement ran a table owner's code past its bound and caught
+-- the cancel (worker/process/watchdog.py); a role may end its own sessions.
+-- ours: touches nothing but that session, runs no one else's code
+SELECT pg_catalog.pg_terminate_backend(%(pid)s);
 
 -- name: list_failures
 -- The dead-lettered jobs, oldest first.

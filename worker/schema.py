@@ -41,9 +41,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
+import tenacity
 from psycopg.sql import Identifier
 
-from worker import exceptions, queries, schema_files
+from worker import exceptions, queries, schema_files, schema_locks
 from worker.db import Connection
 
 logger = logging.getLogger(__name__)
@@ -262,7 +263,41 @@ class Migration:
         return out + [f"notice: {n}" for n in self.notices]
 
 
-def _run_alembic(dsn: str, action: Callable[..., None], *args: str) -> Migration:
+def _run_alembic(
+    dsn: str,
+    action: Callable[..., None],
+    *args: str,
+    lock_wait: float = schema_locks.WAIT_SECONDS,
+) -> Migration:
+    """`action` in one transaction, tried again with backoff while the tables it locks first
+    are in use (worker/schema_locks.py), for up to `lock_wait` seconds."""
+    retrying = tenacity.Retrying(
+        wait=schema_locks.RETRY,
+        retry=tenacity.retry_if_exception_type(schema_locks.LocksBusy),
+        stop=tenacity.stop_before_delay(lock_wait),  # no sleep that would pass the deadline
+        before_sleep=_log_busy,
+        reraise=True,
+    )
+    try:
+        return retrying(_run_alembic_once, dsn, action, *args)
+    except schema_locks.LocksBusy as exc:
+        tries = retrying.statistics.get("attempt_number", 1)
+        held = "; ".join(schema_locks.holders(dsn, MIGRATION_LOCK_KEY))
+        held = held or "no session holds them now"
+        raise schema_locks.LocksBusy(
+            f"migrate could not lock the tables it changes within {lock_wait:g} s "
+            f"({tries} tries; {exc}): {held}. Nothing was changed. End those "
+            "transactions, or wait longer with `migrate --lock-wait SECONDS`"
+        ) from None
+
+
+def _log_busy(state: tenacity.RetryCallState) -> None:
+    outcome = state.outcome
+    delay = state.next_action.sleep if state.next_action else 0.0
+    logger.info("%s; trying again in %.1f s", outcome.exception() if outcome else "", delay)
+
+
+def _run_alembic_once(dsn: str, action: Callable[..., None], *args: str) -> Migration:
     from sqlalchemy import create_engine
     from sqlalchemy.pool import NullPool
 
@@ -296,12 +331,14 @@ def on_version_apply(migration: Migration | None, step: Any) -> None:
         migration.applied.append(str(step.up_revision_id))
 
 
-def migrate(dsn: str, revision: str = "head") -> Migration:
+def migrate(
+    dsn: str, revision: str = "head", *, lock_wait: float = schema_locks.WAIT_SECONDS
+) -> Migration:
     """Alembic upgrade to `revision`: what was applied, and the server's NOTICEs (what was
-    skipped)."""
+    skipped). Waits up to `lock_wait` seconds for the tables it changes to be free."""
     from alembic import command
 
-    return _run_alembic(dsn, command.upgrade, revision)
+    return _run_alembic(dsn, command.upgrade, revision, lock_wait=lock_wait)
 
 
 def downgrade(dsn: str, revision: str = "base") -> Migration:
@@ -326,6 +363,51 @@ def current_revision(conn: Connection) -> str | None:
         queries.compose("current_revision", version_table=_version_table())
     ).fetchone()
     return str(version[0]) if version else None
+
+
+def head_revision() -> str:
+    """The revision whose schema this package's code needs: the newest it carries."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(schema_files.alembic_config()).get_current_head()
+    assert head is not None
+    return str(head)
+
+
+def mismatch(conn: Connection) -> str | None:
+    """Why this package's worker cannot serve the database's schema (None: it can). A schema
+    of an older release lacks what today's code calls: it must be migrated first. A schema
+    newer than this package was migrated by a later release, whose worker replaces this one."""
+    from alembic.script import ScriptDirectory
+
+    head = head_revision()
+    mine = f"release {schema_files.release_of(head)} (revision {head})"
+    upgrade = (
+        f"run `embed-worker migrate` of {mine} to upgrade it (docs/upgrading.md); the worker "
+        "of the older release keeps serving meanwhile"
+    )
+    row = conn.execute(queries.get("schema_revision_defined")).fetchone()
+    if not row or not row[0]:
+        return f"the database's schema is of an older release than this worker's: {upgrade}"
+    try:
+        found = conn.execute(queries.get("schema_revision")).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        # A role that is not a worker role (grant_worker()) cannot tell: the checks of what
+        # it runs later say what it lacks.
+        return None
+    at = found[0] if found else None
+    if at is None or at == head:
+        return None  # (no Alembic record: installed by hand or restored without it; served as is)
+    script = ScriptDirectory.from_config(schema_files.alembic_config())
+    if at in {s.revision for s in script.walk_revisions()} or at in SQUASHED_REVISIONS:
+        return (
+            f"the database's schema is release {schema_files.release_of(at)} (revision {at}), "
+            f"older than this worker's: {upgrade}"
+        )
+    return (
+        f"the database's schema is at revision {at}, newer than this worker ({mine}): a later "
+        "release migrated it; replace this worker with that release's (docs/upgrading.md)"
+    )
 
 
 def _version_table() -> Identifier:

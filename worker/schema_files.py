@@ -16,6 +16,7 @@ from worker import exceptions
 RELEASED_REVISIONS: dict[str, str] = {
     "0001": "75a74291bbb87541d3c4540b1bb09706e62934ce74f4796a56f70e5c3767bcc6",  # 0.1.0
     "0002": "a8627553dd388401d3389fd4eb067ae93132ae0dca13d6235242ba7c32510cef",  # 0.2.0
+    "0019": "8565aaebcf107d56d3d2ae3c1267cb8ed7eff77ee967d920fdcb3257b04de189",  # 0.3.0
 }
 # The digest of sql/ (sql_digest) when the newest revision was released; None while it is open.
 # Code reaches a database only with a revision's upgrade, so once the newest revision is

@@ -17,10 +17,17 @@ code" unless it is one of ours that says it runs none (`-- ours:` in its queries
 the default is distrust, so a new statement is safe before it is fast. A transaction or
 savepoint that rolls back undoes the resets made in it, so it leaves the session distrusted
 too; so does a commit after distrusted statements (deferred triggers fire at COMMIT).
+
+Nothing we run waits without bound. Every reset also sets the connection's `lock_timeout`
+(EMBED_LOCK_TIMEOUT_MS: `session_lock_timeout` in queries.sql), so no statement of ours waits
+longer than that for a lock; and inside `bounded()`, every statement that may run someone else's
+code gets a `statement_timeout` too (SET LOCAL, re-applied after each reset), so that a table
+owner's trigger or content function that sleeps holds up the worker no longer than its bound.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -45,13 +52,17 @@ def _ours(query: Any) -> bool:
     return False
 
 
+# client_connection_check_interval: PostgreSQL 14 and later.
+CLIENT_CHECK_SINCE = 140000
+
+
 class GuardedCursor(psycopg.Cursor[Any]):
     """A cursor that resets a distrusted session before its statement runs."""
 
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         conn = self.connection
         assert isinstance(conn, GuardedConnection)
-        conn.before_statement()
+        conn.before_statement(query)
         try:
             return super().execute(query, params, **kwargs)
         finally:
@@ -60,7 +71,7 @@ class GuardedCursor(psycopg.Cursor[Any]):
     def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
         conn = self.connection
         assert isinstance(conn, GuardedConnection)
-        conn.before_statement()
+        conn.before_statement(query)
         try:
             super().executemany(query, params_seq, **kwargs)
         finally:
@@ -69,7 +80,7 @@ class GuardedCursor(psycopg.Cursor[Any]):
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
         conn = self.connection
         assert isinstance(conn, GuardedConnection)
-        conn.before_statement()
+        conn.before_statement(query)
         try:
             yield from super().stream(query, params, **kwargs)
         finally:
@@ -82,30 +93,82 @@ class GuardedConnection(psycopg.Connection[Any]):
     _distrusted = True  # until the first reset: whatever the connection started with
     _ran_others = False  # in the transaction now open: statements that may have run others' code
     resets = 0  # how many resets this connection ran (bench/ and tests read it)
+    # The longest any statement waits for a lock, in ms (EMBED_LOCK_TIMEOUT_MS), set by every
+    # reset; None: what the role and the database give (db.connect sets it before the first).
+    lock_timeout_ms: int | None = None
+    _bound_ms: int | None = None  # inside bounded(): the statement_timeout of others' code
+    _bound_label: object = None  # ... and whose code it runs: (stage, target id, key)
+    _bound_set: int | None = None  # the statement_timeout set (locally) since the last reset
+    # A bounded statement running now: (when its bound ends, time.monotonic(); its label). Read
+    # by the watchdog's thread (worker/process/watchdog.py), which sets `ended_by` to the label
+    # when it ended the session because the statement ignored its bound.
+    running_bounded: tuple[float, object] | None = None
+    ended_by: object = None
 
     def reset_session(self) -> None:
         """RESET ALL and our settings, now (a plain cursor: this statement is not guarded)."""
-        with psycopg.Cursor(self) as cur:
-            cur.execute(queries.get("session_reset"))
-        self.resets += 1
-        self._distrusted = False
+        self._reset(queries.get("session_reset"), bound=None)
 
     def discard_session(self) -> None:
         """DISCARD ALL, then our reset, in one exchange (a pooled connection given back):
         nothing of the last user's session stays, and the next user's first statement needs
         no reset of its own."""
-        with psycopg.Cursor(self) as cur:  # two scripts without parameters: one simple query
-            discard = queries.get("session_discard").rstrip().rstrip(";")
-            cur.execute(discard + ";\n" + queries.get("session_reset"))
-        self.resets += 1
-        self._distrusted = False
+        discard = queries.get("session_discard").rstrip().rstrip(";")
+        self._reset(discard + ";\n" + queries.get("session_reset"), bound=None)
         self._ran_others = False
 
-    def before_statement(self) -> None:
-        if self._distrusted and self.pgconn.transaction_status != pq.TransactionStatus.INERROR:
-            self.reset_session()
+    def _reset(self, script: str, *, bound: int | None) -> None:
+        """`script`, then our bounds (the lock timeout; `bound`: a statement timeout, local to
+        the transaction), in one exchange: scripts without parameters are one simple query."""
+        parts = [script.rstrip().rstrip(";")]
+        if self.lock_timeout_ms is not None:
+            parts.append(self._setting("session_lock_timeout", self.lock_timeout_ms))
+            if self.info.server_version >= CLIENT_CHECK_SINCE:
+                parts.append(queries.get("session_client_check"))
+        if bound is not None:
+            parts.append(self._setting("statement_bound", bound))
+        with psycopg.Cursor(self) as cur:
+            cur.execute(";\n".join(parts))
+        self.resets += 1
+        self._distrusted = False
+        self._bound_set = bound
+
+    def _setting(self, name: str, ms: int) -> str:
+        return queries.compose(name, ms=sql.Literal(f"{ms}ms")).as_string(self)
+
+    @contextmanager
+    def bounded(self, ms: int, label: object = None) -> Iterator[None]:
+        """Inside, each statement that may run someone else's code (a table owner's trigger,
+        content function: any that is not one of `ours`) gets a statement_timeout of `ms`:
+        SET LOCAL, in the transaction open, or in one opened here for the block. Nested blocks:
+        the innermost bound. `label` says whose code it is (stage, target id, row key or None:
+        worker/process/watchdog.py)."""
+        outer, outer_label = self._bound_ms, self._bound_label
+        self._bound_ms, self._bound_label = max(ms, 1), label
+        try:
+            if self.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+                with self.transaction():
+                    yield
+            else:
+                yield
+        finally:
+            self._bound_ms, self._bound_label = outer, outer_label
+
+    def before_statement(self, query: Any = None) -> None:
+        if self.pgconn.transaction_status == pq.TransactionStatus.INERROR:
+            return
+        bound = None if query is None or _ours(query) else self._bound_ms
+        if self._distrusted:
+            self._reset(queries.get("session_reset"), bound=bound)
+        elif bound is not None and self._bound_set != bound:
+            with psycopg.Cursor(self) as cur:
+                cur.execute(self._setting("statement_bound", bound))
+            self._bound_set = bound
+        if bound is not None:
+            self.running_bounded = (time.monotonic() + bound / 1000, self._bound_label)
 
     def after_statement(self, query: Any) -> None:
+        self.running_bounded = None
         if not _ours(query):
             self._distrusted = True
             self._ran_others = True
@@ -135,6 +198,8 @@ class GuardedConnection(psycopg.Connection[Any]):
 
     def _closed_transaction(self) -> None:
         # Deferred triggers fire at COMMIT, after the last statement we could reset before.
-        if self.pgconn.transaction_status == pq.TransactionStatus.IDLE and self._ran_others:
-            self._distrusted = True
-            self._ran_others = False
+        if self.pgconn.transaction_status == pq.TransactionStatus.IDLE:
+            self._bound_set = None  # SET LOCAL ended with the transaction
+            if self._ran_others:
+                self._distrusted = True
+                self._ran_others = False

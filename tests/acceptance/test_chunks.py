@@ -123,7 +123,13 @@ def test_the_running_worker_chunks_search_finds_documents_by_their_best_chunk(
     # Hybrid: k documents, each with the fused score and its place in both rankings, keys
     # typed as in the table; the fusion tuned by the request, bad tuning a 400.
     conn.execute("SELECT embeddings.enable_fts('docs')")
-    hybrid = {"table": "docs", "query": "violet lighthouse door", "k": 3, "mode": "hybrid"}
+    hybrid = {
+        "table": "docs",
+        "query": "violet lighthouse door",
+        "k": 3,
+        "mode": "hybrid",
+        "fusion": "rrf",
+    }
     status, _, body = post(worker, "/search", hybrid)
     assert status == 200, body
     hits = body["results"]

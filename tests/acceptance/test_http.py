@@ -105,6 +105,15 @@ def test_embed_matches_the_supabase_quickstart_shape(http_worker: WorkerProcess)
     assert np.allclose(many["embeddings"][0], vector, atol=1e-5)
 
 
+@pytest.mark.parametrize("raw", [b"", b"  ", b"{}", b"null", b"[]"])
+def test_a_search_without_its_fields_is_told_both(http_worker: WorkerProcess, raw: bytes) -> None:
+    """An empty body, or one without either field, is a 400 naming both fields a search
+    needs, not "malformed JSON" or the first field alone."""
+    got, _, body = post(http_worker, "/search", None, raw=raw)
+    assert got == 400, body
+    assert '"table"' in body["error"] and '"query"' in body["error"], body
+
+
 @pytest.mark.parametrize(
     ("kwargs", "status", "message"),
     [

@@ -126,7 +126,7 @@ CASES: list[tuple[str, bytes, int, str]] = [
         413,
         "body over",
     ),
-    ("Content-Length 0", post("/embed", b""), 400, "malformed JSON"),
+    ("Content-Length 0", post("/embed", b""), 400, 'expected a JSON object with "input"'),
     (
         "no Content-Length",
         request("POST", "/embed", headers=[AUTH, JSON]),

@@ -83,6 +83,6 @@ def test_post_search_reranks_as_the_cross_encoder_scores(
     assert status == 200 and by_table["results"] == answer["results"]
 
     status, _, missing = post(worker, "/search", {**ask, "rerank": "no-such-reranker"})
-    assert status == 503 and "no-such-reranker" in missing["error"]
+    assert status == 400 and "no-such-reranker" in missing["error"]
     status, _, bad = post(worker, "/search", {**ask, "rerank": True})
     assert status == 400 and '"rerank"' in bad["error"]

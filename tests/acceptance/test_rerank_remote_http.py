@@ -36,6 +36,9 @@ def test_post_search_reranks_through_a_remote_api(
         worker = searching_worker(conn, start_worker, search_dsn, COHERE_API_KEY=KEY)
         ask = {"table": "docs", "query": QUESTION, "k": 3}
 
+        status, _, typo = post(worker, "/search", {**ask, "rerank": "co-rx"})
+        assert status == 400, typo  # the caller's mistake: no retry will fix it
+        assert "did you mean 'co-rr'?" in typo["error"] and "Known models" not in typo["error"]
         status, _, first = post(worker, "/search", {**ask, "k": 9})
         assert status == 200 and all(r["rerank_score"] is None for r in first["results"])
         status, _, answer = post(worker, "/search", {**ask, "rerank": "co-rr", "rerank_depth": 9})

@@ -259,3 +259,30 @@ def test_held_jobs_are_taken_at_once_by_a_worker_that_can_serve_them(
     start_worker(http=False)
     wait_for(lambda: drained(conn), timeout=30, what="the held rows embedded")
     assert time.monotonic() - started < 30  # the held jobs' own wait was a minute
+
+
+def test_held_rows_of_a_table_moved_to_a_model_the_worker_has_are_embedded_at_once(
+    conn: Conn, dsn: str, worker: Callable[..., WorkerProcess]
+) -> None:
+    """A worker without the table's model holds its rows (put back for a minute). Moving the
+    table to a model the worker has (a model change, which it completes) makes its held jobs
+    servable: they are taken at once, not after their minute (issue 37's 15 s)."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 384, 512, 'mean')"
+    )
+    make_docs(conn, rows=20, model="absent-model")
+    running = worker()
+    wait_for(lambda: metric(running, "held") == 1.0, timeout=30, what="the rows held")
+
+    moved = time.monotonic()
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
+    wait_for(
+        lambda: (
+            drained(conn)
+            and conn.execute("SELECT model FROM embeddings.targets").fetchone() == (MINILM,)
+        ),
+        timeout=90,
+        what="the change to the loadable model",
+    )
+    assert time.monotonic() - moved < 15, running.log_text()[-4000:]

@@ -25,6 +25,7 @@ import pytest
 from tests.support import wheel as wheellib
 from tests.support.cluster import REPO
 from tests.support.models import MINILM, require_minilm
+from worker import schema, schema_files
 
 pytestmark = pytest.mark.slow
 
@@ -41,9 +42,18 @@ def load_demo() -> Any:
     return module
 
 
-@pytest.fixture(scope="module")
-def venv(wheel: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[wheellib.Venv]:
-    yield wheellib.install(wheel, tmp_path_factory.mktemp("installed") / "venv")
+@pytest.fixture(scope="module", params=["wheel", "sdist"])
+def venv(
+    request: pytest.FixtureRequest, wheel: Path, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[wheellib.Venv]:
+    """Each released artefact installed as a user installs it: the wheel, and the sdist (pip
+    builds it), each into a fresh virtual environment outside the checkout."""
+    if request.param == "wheel":
+        artefact = wheel
+    else:
+        artefact = wheellib.build(tmp_path_factory.mktemp("sdist"), kind="sdist")
+    root = tmp_path_factory.mktemp(f"installed-{request.param}") / "venv"
+    yield wheellib.install(artefact, root, dependencies_of=wheel)
 
 
 @pytest.fixture
@@ -107,11 +117,21 @@ def test_the_installed_package_prints_the_files_the_operating_steps_install(
         printed = cli(venv, elsewhere, "deploy", name)
         assert printed.returncode == 0, printed.stderr
         assert printed.stdout == (REPO / path).read_text(), name
-    unknown = cli(venv, elsewhere, "deploy", "kubernetes")
+    unknown = cli(venv, elsewhere, "deploy", "helm")
     assert (
         unknown.returncode == 2
-        and "choose from 'systemd', 'env', 'alerts', 'dashboard'" in unknown.stderr
+        and "choose from 'systemd', 'env', 'alerts', 'dashboard', 'kubernetes'" in unknown.stderr
     )
+    # docs/scaling.md's kustomization, written where the user says, never over their edits.
+    written = cli(venv, elsewhere, "deploy", "kubernetes", "k8s")
+    assert written.returncode == 0, written.stderr
+    shipped = sorted((REPO / "deploy" / "kubernetes").glob("*.yaml"))
+    assert sorted(p.name for p in (elsewhere / "k8s").iterdir()) == [p.name for p in shipped]
+    for manifest in shipped:
+        assert (elsewhere / "k8s" / manifest.name).read_text() == manifest.read_text()
+    again = cli(venv, elsewhere, "deploy", "kubernetes", "k8s")
+    assert again.returncode == 1 and "nothing written" in again.stderr
+    assert cli(venv, elsewhere, "deploy", "kubernetes").returncode != 0
 
 
 def test_migrate_run_status_and_the_demos_searches(
@@ -127,9 +147,10 @@ def test_migrate_run_status_and_the_demos_searches(
     }
     migrated = cli(venv, elsewhere, "migrate", **env)
     assert migrated.returncode == 0, migrated.stderr
-    # The newest revision is this version's ("(0.3.0)" once released, "(0.3.0, unreleased)"
-    # before).
-    assert f"({wheellib.version()}" in migrated.stdout + migrated.stderr
+    # Every revision up to the newest the package carries, named by its release ("(0.3.0)";
+    # "(0.4.0, unreleased)" while the open release has a revision of its own).
+    head = schema.head_revision()
+    assert f"applied {head} ({schema_files.release_of(head)})" in migrated.stdout
 
     # What demo/demo.py does before its worker runs.
     demo = load_demo()
@@ -171,3 +192,7 @@ def test_migrate_run_status_and_the_demos_searches(
         assert searched.returncode == 0, searched.stderr
         found = {modules[str(r["key"])] for r in json.loads(searched.stdout)}
         assert found & expected, (query, found)
+
+    doctor = cli(venv, elsewhere, "doctor", **env)
+    assert "Traceback" not in doctor.stdout + doctor.stderr, doctor.stderr
+    assert doctor.returncode == 0, doctor.stdout

@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import os
+import threading
 import uuid
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -181,3 +183,42 @@ def embedded_texts(monkeypatch: pytest.MonkeyPatch) -> list[str]:
 
     monkeypatch.setattr(Embedder, "embed_with_stats", count)
     return seen
+
+
+@dataclass
+class Running:
+    """An in-process worker (not --once) in a thread of the test."""
+
+    worker: Worker
+    thread: threading.Thread
+
+    def stop(self) -> None:
+        self.worker.request_stop("test over")
+        self.thread.join(timeout=60)
+        assert not self.thread.is_alive(), "the worker did not stop"
+
+
+@pytest.fixture
+def running(settings: Settings, embedders: LoadedModels) -> Iterator[Callable[..., Running]]:
+    """Starts an in-process worker (not --once) in a thread, with settings overridden as given;
+    each is stopped at the end of the test (after the test's own sessions let go of what they
+    held: their `with` blocks end first)."""
+    started: list[Running] = []
+
+    def start(**overrides: Any) -> Running:
+        worker = Worker(
+            settings.with_overrides(**overrides),
+            embedders=embedders,
+            progress=False,
+            handle_signals=False,
+        )
+        thread = threading.Thread(target=worker.run, daemon=True)
+        thread.start()
+        started.append(Running(worker, thread))
+        assert worker.started.wait(60), "the worker did not start"
+        return started[-1]
+
+    yield start
+    for run in started:
+        if run.thread.is_alive():
+            run.stop()

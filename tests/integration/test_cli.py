@@ -19,6 +19,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from worker import schema
 from worker.cli import main
 
 Conn = psycopg.Connection[Any]
@@ -74,6 +75,24 @@ def test_every_subcommand_help_describes_every_option() -> None:
     search_help = subparsers["search"].format_help()
     for flag in ("--rrf-k", "--vector-weight", "--text-weight", "--depth"):
         assert flag in search_help
+
+
+def test_migrate_waits_for_a_held_advisory_lock_only_until_lock_wait(conn: Conn, dsn: str) -> None:
+    """Any login can take migrate's advisory lock (a key every session shares): `migrate` tries
+    it and waits no longer than --lock-wait, then names who holds it; once free, it runs.
+    (Before, it waited for the lock as long as that session held it.)"""
+    with psycopg.connect(dsn, autocommit=True) as squatter:
+        squatter.execute("SELECT pg_advisory_lock(%s)", (schema.MIGRATION_LOCK_KEY,))
+        held = run_cli("migrate", "--lock-wait", "1", "--database-url", dsn)
+        assert held.returncode != 0, held.stdout
+        pid = squatter.info.backend_pid
+        assert f"pid {pid}" in held.stderr and "advisory lock of migrate" in held.stderr
+        assert "Traceback" not in held.stderr
+    free = run_cli("migrate", "--database-url", dsn)
+    assert free.returncode == 0, free.stderr
+    assert "already at" in free.stdout
+    refused = run_cli("migrate", "--lock-wait", "-1", "--database-url", dsn)
+    assert refused.returncode != 0 and "--lock-wait" in refused.stderr
 
 
 def test_embed_dash_reads_standard_input(monkeypatch: pytest.MonkeyPatch, minilm: str) -> None:
@@ -138,13 +157,18 @@ def test_search_mode_hybrid_and_its_tuning(conn: Conn, dsn: str, minilm: str) ->
     )
     assert run_cli("run", "--once", "--database-url", dsn).returncode == 0
 
-    args = ("search", "notes", "rmtree", "--mode", "hybrid", "--json", "--database-url", dsn)
+    hybrid = ("search", "notes", "rmtree", "--mode", "hybrid", "--json", "--database-url", dsn)
+    convex = run_cli(*hybrid, "-k", "3")  # the default fusion: scores, on scales of their own
+    assert convex.returncode == 0, convex.stderr
+    scores = [h["score"] for h in json.loads(convex.stdout)]
+    assert json.loads(convex.stdout)[0]["key"] == "a" and scores == sorted(scores, reverse=True)
+    args = (*hybrid, "--fusion", "rrf")
     result = run_cli(*args, "-k", "3")
     assert result.returncode == 0, result.stderr
     hits = json.loads(result.stdout)
     assert len(hits) == 3 and hits[0]["key"] == "a"
     assert all(isinstance(h["key"], str) for h in hits)
-    for h in hits:  # scored by the default fusion: weight / (60 + rank) per ranking holding it
+    for h in hits:  # scored by reciprocal ranks: weight / (60 + rank) per ranking holding it
         parts = [w / (60 + r) for w, r in ((1, h["vector_rank"]), (2, h["text_rank"])) if r]
         assert h["score"] == pytest.approx(sum(parts))
         assert h["similarity"] == pytest.approx(1 - h["distance"])

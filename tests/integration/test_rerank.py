@@ -137,11 +137,15 @@ def test_the_default_depth_reads_three_results_per_answer_at_least_twenty(
     assert_answer(results, expected(conn, embedders, reranker_path, depth=len(BODIES), k=2))
 
 
-def test_a_reranker_that_is_not_there_is_unavailable_and_named(
+def test_a_reranker_that_is_not_there_is_unknown_and_named(
     conn: Conn, docs: None, embedders: LoadedModels, tmp_path: Path
 ) -> None:
-    with pytest.raises(rerank.RerankerUnavailable, match="reranker no-such-reranker"):
+    """A name the request gave that nothing answers to is the caller's mistake (a 400 over
+    HTTP), said with what is registered, not the embedding models' catalog."""
+    with pytest.raises(rerank.UnknownReranker, match="no reranker 'no-such-reranker'") as caught:
         searched(conn, embedders, str(tmp_path), rerank="no-such-reranker")
+    assert "no reranker is registered" in str(caught.value)
+    assert isinstance(caught.value, InvalidSearch)
     # A path is no name, even where the code is called without the request's check.
     rerankers = LoadedRerankers(ModelLocation.of(str(tmp_path)), threads=1)
     with pytest.raises(exceptions.ModelNotFound, match="a reranker is named"):

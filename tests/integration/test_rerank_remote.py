@@ -407,3 +407,30 @@ def test_doctor_checks_the_rerankers_and_model_list_shows_them(
     assert "remote reranker (key: file" in rows["co"] and "cohere rerank-v3.5" in rows["co"]
     assert "rerank" in rows["bge"].split() and "10.0.0.7:8080" in rows["bge"]
     assert KEY not in listed.stdout + listed.stderr
+
+
+def test_a_mistyped_reranker_is_the_callers_mistake_naming_the_registered_ones(
+    conn: Conn, dsn: str, docs: None, embedders: LoadedModels, rerankers: LoadedRerankers
+) -> None:
+    """A search naming a reranker that is neither registered nor a directory is told the
+    registered rerankers and the near miss, not the embedding models' catalog; from the command
+    line too. The table's own set_rerank() naming a reranker this worker lacks stays a 503 (the
+    operator's to fix): only a name the request made up is the caller's mistake."""
+    with RerankServer(kind="cohere", api_key=KEY) as server:
+        register(conn, server, name="bar-rerank")
+        with pytest.raises(rerank.UnknownReranker) as raised:
+            searched(conn, embedders, rerankers, rerank="bar-rerenk")
+        message = str(raised.value)
+        assert "'bar-rerenk'" in message and "did you mean 'bar-rerank'?" in message
+        assert "registered rerankers: bar-rerank" in message
+        assert "gte-small" not in message and "Known models" not in message
+
+        result = run_cli(
+            "search", "docs", QUESTION, "--database-url", dsn, "--rerank", "bar-rerenk"
+        )
+        assert result.returncode != 0
+        assert "did you mean 'bar-rerank'?" in result.stderr and "Known models" not in result.stderr
+
+        conn.execute("SELECT embeddings.set_rerank('docs', 'bar-rerenk')")
+        with pytest.raises(rerank.RerankerUnavailable):
+            searched(conn, embedders, rerankers)

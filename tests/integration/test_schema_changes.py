@@ -209,7 +209,7 @@ def test_a_rename_while_a_write_holds_the_registration_waits_instead_of_deadlock
 
     target = load(conn)[docs]
     with psycopg.connect(dsn) as writer:
-        assert write._outdated_targets(writer, {target: []}) == set()
+        assert write._lock_targets(writer, {target: []}) == (set(), set())
         held = conn.execute(
             "SELECT mode FROM pg_locks WHERE pid = %s AND relation = 'docs'::regclass",
             (writer.info.backend_pid,),

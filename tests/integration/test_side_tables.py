@@ -401,24 +401,36 @@ def test_a_row_updated_while_in_flight_keeps_the_newest_contents_vector(
     )
 
 
-def test_a_side_table_write_holds_its_rows_advisory_locks_until_commit(
-    conn: Conn, docs: int, run_once: Callable[..., Worker]
+def test_a_side_table_write_holds_its_rows_until_commit(
+    conn: Conn, dsn: str, docs: int, run_once: Callable[..., Worker]
 ) -> None:
-    """Two writers of one row are ordered by its advisory lock from the md5 check to COMMIT (an
-    upsert has no row lock before it writes)."""
+    """Two writers of one row are ordered from the md5 check to COMMIT (an upsert has no row
+    lock before it writes): another writer of any of its rows waits (sql/41_locks.sql), and no
+    advisory lock, which any login could take, is held."""
     held: list[int] = []
+    advisory: list[Any] = []
 
     def look() -> None:
-        row = conn.execute(
-            "SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND granted"
-            " AND classid = %s AND pid <> pg_backend_pid()",
-            (docs,),
-        ).fetchone()
-        held.append(int(row[0]) if row else 0)
+        waited = 0
+        for key in ("1", "2", "3", "4"):
+            with psycopg.connect(dsn) as other:
+                other.execute("SET lock_timeout = '50ms'")
+                try:
+                    other.execute("SELECT embeddings.lock_documents(%s, ARRAY[%s])", (docs, key))
+                except psycopg.errors.LockNotAvailable:
+                    waited += 1
+        held.append(waited)
+        advisory.append(
+            conn.execute("SELECT count(*) FROM pg_locks WHERE locktype = 'advisory'").fetchone()
+        )
 
     with faults.injected("before_commit", look):
         run_once()
     assert held == [4]
+    assert advisory == [(0,)]
+    with psycopg.connect(dsn) as other:  # and none once it committed
+        other.execute("SET lock_timeout = '50ms'")
+        other.execute("SELECT embeddings.lock_documents(%s, ARRAY['1', '2', '3', '4'])", (docs,))
 
 
 def test_unwatch_keeps_the_side_table_and_watch_again_uses_it(

@@ -11,25 +11,22 @@ from __future__ import annotations
 
 import contextlib
 import functools
-import threading
 import uuid
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
 
+from tests.integration.conftest import Running
 from tests.integration.test_supabase import GUIDE_SETUP
 from tests.support.jobs import JOBS
 from tests.support.process import wait_for
-from worker.config import Settings
-from worker.models.loaded import LoadedModels
-from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
 DEADLINE = 30  # seconds for a committed row to be embedded by a running worker
+NO_TIMED_WAKE = 60  # the workers' poll: no timed wake-up in time to matter
 
 
 @pytest.fixture
@@ -57,41 +54,6 @@ def prepared(dsn: str, conn: Conn) -> Iterator[Callable[..., str]]:
         left = conn.execute("SELECT 1 FROM pg_prepared_xacts WHERE gid = %s", (gid,)).fetchone()
         if left:
             conn.execute(f"ROLLBACK PREPARED '{gid}'")
-
-
-@dataclass
-class Running:
-    worker: Worker
-    thread: threading.Thread
-
-    def stop(self) -> None:
-        self.worker.request_stop("test over")
-        self.thread.join(timeout=30)
-        assert not self.thread.is_alive(), "the worker did not stop"
-
-
-@pytest.fixture
-def running(settings: Settings, embedders: LoadedModels) -> Iterator[Callable[[], Running]]:
-    """Starts an in-process worker (not --once) in a thread; stopped at the end of the test."""
-    started: list[Running] = []
-
-    def start() -> Running:
-        worker = Worker(
-            settings.with_overrides(poll_seconds=60),  # no timed wake-up in time to matter
-            embedders=embedders,
-            progress=False,
-            handle_signals=False,
-        )
-        thread = threading.Thread(target=worker.run, daemon=True)
-        thread.start()
-        started.append(Running(worker, thread))
-        assert worker.started.wait(60), "the worker did not start"
-        return started[-1]
-
-    yield start
-    for run in started:
-        if run.thread.is_alive():
-            run.stop()
 
 
 @pytest.fixture
@@ -168,9 +130,9 @@ def write_and_commit_prepared(
 
 
 def test_prepared_writes_with_a_worker_idle_and_busy_are_embedded_after_commit(
-    conn: Conn, docs: None, prepared: Callable[..., str], running: Callable[[], Running]
+    conn: Conn, docs: None, prepared: Callable[..., str], running: Callable[..., Running]
 ) -> None:
-    running()
+    running(poll_seconds=NO_TIMED_WAKE)
     # Idle between rounds: each row is embedded before the next transaction begins.
     for key in range(1, 6):
         write_and_commit_prepared(conn, prepared, key)
@@ -194,26 +156,26 @@ def test_prepared_writes_with_a_worker_idle_and_busy_are_embedded_after_commit(
 
 
 def test_prepared_writes_after_a_worker_exited(
-    conn: Conn, docs: None, prepared: Callable[..., str], running: Callable[[], Running]
+    conn: Conn, docs: None, prepared: Callable[..., str], running: Callable[..., Running]
 ) -> None:
     """A worker that went away (after idling) leaves nothing behind that writers look at; the
     next worker embeds what was committed meanwhile."""
-    first = running()
+    first = running(poll_seconds=NO_TIMED_WAKE)
     conn.execute("INSERT INTO docs VALUES (1, 'committed the ordinary way')")
     wait_for(lambda: embedded(conn, "docs", 1), timeout=DEADLINE, what="row 1 to be embedded")
     first.stop()
     gid = prepared("INSERT INTO docs VALUES (2, 'written while no worker runs')")
     commit_prepared(conn, gid)
     assert queued_jobs(conn) == 1
-    running()
+    running(poll_seconds=NO_TIMED_WAKE)
     wait_for(lambda: embedded(conn, "docs", 2), timeout=DEADLINE, what="row 2 to be embedded")
 
 
 def test_rolled_back_prepared_writes_queue_and_embed_nothing(
-    conn: Conn, docs: None, prepared: Callable[..., str], running: Callable[[], Running]
+    conn: Conn, docs: None, prepared: Callable[..., str], running: Callable[..., Running]
 ) -> None:
     conn.execute("INSERT INTO docs VALUES (1, 'committed the ordinary way')")
-    running()
+    running(poll_seconds=NO_TIMED_WAKE)
     wait_for(lambda: embedded(conn, "docs", 1), timeout=DEADLINE, what="row 1 to be embedded")
     gid = prepared(
         "INSERT INTO docs VALUES (2, 'prepared, then rolled back')",
@@ -241,7 +203,7 @@ def guide_row_embedded(conn: Conn, title: str) -> bool:
 
 
 def test_supabase_guide_jobs_sent_in_a_prepared_transaction(
-    conn: Conn, prepared: Callable[..., str], running: Callable[[], Running], minilm: str
+    conn: Conn, prepared: Callable[..., str], running: Callable[..., Running], minilm: str
 ) -> None:
     """The guide's triggers call pgmq.send in the application's transaction."""
     conn.execute(GUIDE_SETUP)
@@ -249,7 +211,7 @@ def test_supabase_guide_jobs_sent_in_a_prepared_transaction(
         "SELECT embeddings.watch('documents', 'embedding_input', model => %s, triggers => false)",
         (minilm,),
     )
-    running()
+    running(poll_seconds=NO_TIMED_WAKE)
     for i in range(3):
         gid = prepared(
             f"INSERT INTO documents (title, content) VALUES ('guide {i}', 'sent by pgmq.send')"
@@ -267,10 +229,10 @@ def test_supabase_guide_jobs_sent_in_a_prepared_transaction(
 
 
 def test_schema_changes_of_a_watched_table_in_a_prepared_transaction(
-    conn: Conn, docs: None, prepared: Callable[..., str], running: Callable[[], Running]
+    conn: Conn, docs: None, prepared: Callable[..., str], running: Callable[..., Running]
 ) -> None:
     """DDL on a watched table runs our event triggers in the application's transaction."""
-    running()
+    running(poll_seconds=NO_TIMED_WAKE)
     gid = prepared(
         "ALTER TABLE docs ADD COLUMN extra integer",
         "ALTER TABLE docs RENAME COLUMN body TO content",

@@ -97,6 +97,26 @@ def watch_every_kind(conn: Conn) -> None:
     conn.execute("SELECT embeddings.watch('items', 'body', model => 'all-MiniLM-L6-v2')")
 
 
+def watch_every_kind_0_3_0(conn: Conn) -> None:
+    """Every kind 0.2.0 has (watch_every_kind), and the document targets 0.3.0 added: a bytea
+    column of files and a text column read as Markdown, both chunked."""
+    watch_every_kind(conn)
+    conn.execute("CREATE TABLE files (id bigint PRIMARY KEY, name text, body bytea)")
+    conn.execute(
+        "INSERT INTO files VALUES (1, 'a.md', convert_to('# Title\n\nsome words here', 'UTF8'))"
+    )
+    conn.execute(
+        "SELECT embeddings.watch('files', 'body', chunk_tokens => 64, chunk_overlap => 8,"
+        " fts => 'english')"
+    )
+    conn.execute("CREATE TABLE pages (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO pages VALUES (1, '# Heading\n\nA paragraph of text.')")
+    conn.execute(
+        "SELECT embeddings.watch('pages', 'body', chunk_tokens => 64, chunk_overlap => 0,"
+        " format => 'markdown')"
+    )
+
+
 QUEUED_KEYS = """
     SELECT m.message ->> 'target', k.key, 'live' FROM pgmq.q_embedding_jobs m,
            LATERAL embeddings.message_keys(m.message) AS k(key)
@@ -126,6 +146,8 @@ AT_RELEASE = {
     "at_0002": ("0002", jobs_failures_and_grants),
     "at_0002_chunk_tables": ("0002", chunk_tables_at_0_2_0),
     "at_0002_every_kind": ("0002", watch_every_kind),
+    "at_0019": ("0019", jobs_failures_and_grants),
+    "at_0019_every_kind": ("0019", watch_every_kind_0_3_0),
 }
 
 

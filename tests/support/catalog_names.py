@@ -30,7 +30,6 @@ _FUNCTIONS = (
     "generate_series",
     "has_function_privilege",
     "has_table_privilege",
-    "hashtext",
     "jsonb_agg",
     "jsonb_array_elements",
     "jsonb_array_elements_text",
@@ -52,7 +51,6 @@ _FUNCTIONS = (
     "now",
     "obj_description",
     "parse_ident",
-    "pg_advisory_xact_lock",
     "pg_backend_pid",
     "pg_current_snapshot",
     "pg_describe_object",
@@ -143,6 +141,7 @@ _TYPES = (
     "trigger",
     "tsquery",
     "tsvector",
+    "uuid",
     "void",
 )
 _COLLATIONS: tuple[str, ...] = ()

@@ -37,7 +37,14 @@ def wait_for(
 class WorkerProcess:
     """`embed-worker run` in a subprocess, logging JSON to a file the test can read."""
 
-    def __init__(self, dsn: str, env: dict[str, str], *args: str, http: bool = True) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        env: dict[str, str],
+        *args: str,
+        http: bool = True,
+        cwd: Path | None = None,
+    ) -> None:
         self.port = free_port() if http else None
         self.log_path = Path(tempfile.mkstemp(prefix="embed-worker-", suffix=".log")[1])
         full_env = {**os.environ, "DATABASE_URL": dsn, "EMBED_LOG_FORMAT": "json", **env}
@@ -49,6 +56,7 @@ class WorkerProcess:
             env=full_env,
             stdout=self._log,
             stderr=subprocess.STDOUT,
+            cwd=cwd,
         )
 
     @property

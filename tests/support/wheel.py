@@ -32,11 +32,12 @@ def version() -> str:
     return str(project["version"])
 
 
-def build(outdir: Path) -> Path:
-    """Builds the wheel of this checkout into `outdir` (as `make dist` does: no isolation, the
-    backend from the test run's environment) and returns its path."""
+def build(outdir: Path, kind: str = "wheel") -> Path:
+    """Builds the wheel (or, `kind` "sdist", the source distribution) of this checkout into
+    `outdir` (as `make dist` does: no isolation, the backend from the test run's environment)
+    and returns its path."""
     built = subprocess.run(
-        [sys.executable, "-m", "build", "--wheel", "--no-isolation", "--outdir", str(outdir)],
+        [sys.executable, "-m", "build", f"--{kind}", "--no-isolation", "--outdir", str(outdir)],
         cwd=REPO,
         capture_output=True,
         text=True,
@@ -44,8 +45,9 @@ def build(outdir: Path) -> Path:
         check=False,
     )
     assert built.returncode == 0, built.stdout[-2000:] + built.stderr[-2000:]
-    (wheel,) = outdir.glob("embed_worker-*-py3-none-any.whl")
-    return wheel
+    pattern = "embed_worker-*-py3-none-any.whl" if kind == "wheel" else "embed_worker-*.tar.gz"
+    (found,) = outdir.glob(pattern)
+    return found
 
 
 def requirements(wheel: Path) -> list[str]:
@@ -108,9 +110,11 @@ def clean_env(venv: Venv, **extra: str) -> dict[str, str]:
     return {**env, **extra}
 
 
-def install(wheel: Path, root: Path) -> Venv:
-    """A fresh virtual environment at `root` with the wheel and its dependencies installed from
-    the wheelhouse alone."""
+def install(wheel: Path, root: Path, *, dependencies_of: Path | None = None) -> Venv:
+    """A fresh virtual environment at `root` with the wheel (or an sdist, built by pip in
+    isolation with the backend from the wheelhouse) and its dependencies installed from the
+    wheelhouse alone. `dependencies_of`: the wheel whose dependencies the wheelhouse holds
+    (an sdist's own metadata is not read here)."""
     base = getattr(sys, "_base_executable", sys.executable)
     made = subprocess.run(
         [base, "-m", "venv", str(root)], capture_output=True, text=True, timeout=300, check=False
@@ -119,7 +123,7 @@ def install(wheel: Path, root: Path) -> Venv:
     venv = Venv(root)
     pip = [str(venv.bin / "python"), "-m", "pip", "install", "-q", "--no-index"]
     installed = subprocess.run(
-        [*pip, "--find-links", str(wheelhouse(wheel)), str(wheel)],
+        [*pip, "--find-links", str(wheelhouse(dependencies_of or wheel)), str(wheel)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -137,7 +141,9 @@ def wheelhouse(wheel: Path) -> Path:
     constraints = WHEELHOUSE / "constraints.txt"
     constraints.write_text(_pins())
     download = [sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:"]
-    download += ["-d", str(WHEELHOUSE), "-c", str(constraints), *requirements(wheel)]
+    # The build backend too: pip builds an sdist from the wheelhouse alone.
+    backend = tomllib.loads((REPO / "pyproject.toml").read_text())["build-system"]["requires"]
+    download += ["-d", str(WHEELHOUSE), "-c", str(constraints), *requirements(wheel), *backend]
     offline = ["--no-index", "--find-links", str(WHEELHOUSE)]
     if _pip(download + offline, index=False).returncode == 0:
         return WHEELHOUSE

@@ -131,6 +131,52 @@ def test_html_without_a_title_takes_its_first_h1_and_survives_bad_markup() -> No
     assert bodies(document) == [(("Guide",), "Unclosed text")]
 
 
+# One heading, "Installation", as documentation generators write its permalink.
+PERMALINKS = {
+    "sphinx": '<h2>Installation<a class="headerlink" href="#installation" '
+    'title="Permalink to this heading">\u00b6</a></h2>',
+    "mkdocs": '<h2 id="installation">Installation<a class="headerlink" href="#installation" '
+    'title="Permanent link">&para;</a></h2>',
+    "github": '<h2><a id="user-content-installation" class="anchor" aria-hidden="true" '
+    'href="#installation"><svg class="octicon"><path d="M0"></path></svg></a>Installation</h2>',
+    "docusaurus": '<h2 class="anchor" id="installation">Installation<a href="#installation" '
+    'class="hash-link" aria-label="Direct link to Installation">\u200b</a></h2>',
+    "anchor.js": '<h2 id="installation">Installation <a class="anchorjs-link" '
+    'href="#installation">#</a></h2>',
+    "bare symbol": '<h2 id="installation">Installation <a href="#installation">\u00a7</a></h2>',
+}
+
+
+@pytest.mark.parametrize("generator", PERMALINKS)
+def test_a_headings_permalink_is_not_its_text(generator: str) -> None:
+    """Sphinx, MkDocs, GitHub-rendered Markdown, Docusaurus and anchor.js put a link to the
+    heading inside it; its symbol went into the heading path, every context header and every
+    citation (`Installation\u00b6`)."""
+    page = f"<h1>Guide</h1>{PERMALINKS[generator]}<p>Run pip install.</p>"
+    document = extract(page, format="html", max_bytes=0)
+    assert bodies(document)[-1] == (("Guide", "Installation"), "Run pip install.")
+
+
+def test_a_heading_that_links_to_itself_keeps_its_words() -> None:
+    page = '<h2><a href="#setup">Setting up</a></h2><p>Body.</p><h2><a href="/x">Next</a></h2>'
+    document = extract(page, format="html", max_bytes=0)
+    assert [headings for headings, _ in bodies(document)] == [("Setting up",), ("Next",)]
+
+
+@pytest.mark.parametrize(
+    ("line", "heading"),
+    [
+        ("## Installation {#install}", "Installation"),
+        ("## Installation {: #install .tip }", "Installation"),
+        ("## Sets {a, b}", "Sets {a, b}"),  # not an attribute list: text
+        ("## C# {#c-sharp}", "C#"),
+    ],
+)
+def test_a_markdown_headings_anchor_id_is_not_its_text(line: str, heading: str) -> None:
+    document = extract(f"# Guide\n\n{line}\n\nBody.\n", format="markdown", max_bytes=0)
+    assert document.sections[-1].headings == ("Guide", heading)
+
+
 MARKDOWN = """Preamble line.
 
 # Help centre

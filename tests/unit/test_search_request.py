@@ -112,3 +112,16 @@ def test_the_command_line_passes_text_match_and_keeps_the_other_defaults() -> No
     assert commands._search_request(untuned).fusion is None
     with pytest.raises(SystemExit):  # argparse: one of all, any
         parser.parse_args(["search", "docs", "cats", "--text-match", "some"])
+
+
+@pytest.mark.parametrize("body", [None, {}, [], {"k": 3}, {"table": "", "query": ""}])
+def test_a_body_without_either_field_names_both(body: Any) -> None:
+    with pytest.raises(ValueError, match=r'"table" .*"query"'):
+        SearchRequest.parse(body)
+
+
+def test_a_body_missing_one_field_names_that_one() -> None:
+    with pytest.raises(ValueError, match='"query"'):
+        SearchRequest.parse({"table": "docs"})
+    with pytest.raises(ValueError, match='"table"'):
+        SearchRequest.parse({"query": "where"})

@@ -140,3 +140,24 @@ def test_each_failed_row_is_told_its_attempt_and_what_comes_next(
         "attempt=3/3, the last: dead-lettered into embeddings.failures" in failed["2"].getMessage()
     )
     assert failed["2"].getMessage().endswith(": boom 2")
+
+
+def test_blocked_rows_wait_for_a_later_batch_spending_no_attempt() -> None:
+    """A row a lock held up (worker/pipeline/bounds.py) is re-sent alone, its attempts as they
+    were before this read, after a delay that grows with each time it was held up."""
+    j = job({"target": 1, "keys": [1, 2, 3], "attempts": 2}, T, read_ct=1)
+    out = write.settle(batch_with((j, {"1": W, "2": RowState.BLOCKED, "3": W})), SETTINGS, NOW)
+    assert out.delete == [1] and not (out.retry or out.dead or out.archive)
+    assert out.resend == [({"target": 1, "keys": [2], "attempts": 2, "blocked": 1}, 1)]
+    again = job({"target": 1, "keys": [2], "attempts": 2, "blocked": 3}, T, read_ct=1)
+    out = write.settle(batch_with((again, {"2": RowState.BLOCKED})), SETTINGS, NOW)
+    assert out.resend == [({"target": 1, "keys": [2], "attempts": 2, "blocked": 4}, 8)]
+    assert out.delete == [1] and not (out.retry or out.dead)
+
+
+def test_the_delay_of_a_blocked_row_grows_to_its_cap() -> None:
+    from worker.pipeline import bounds
+
+    delays = [bounds.blocked_delay(n) for n in range(8)]
+    assert delays == [1, 2, 4, 8, 16, 30, 30, 30]
+    assert bounds.blocked_delay(10**6) == bounds.BLOCKED_MAX_SECONDS

@@ -41,7 +41,7 @@ def _connect(settings: Settings) -> db.Connection:
     """A connection to the database with our schema; says on stderr which database it is."""
     dsn = settings.dsn
     output.say_database(dsn, settings.database_url)
-    conn = db.connect(dsn)
+    conn = db.connect(dsn, lock_timeout_ms=settings.lock_timeout_ms)
     with db.translated():
         missing = not schema.installed(conn)
     if missing:
@@ -54,8 +54,16 @@ def _connect(settings: Settings) -> db.Connection:
 
 
 def deploy(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.cli.deploy import print_file
+    from worker.cli.deploy import DIRECTORIES, print_file, write_kustomization
 
+    if args.file in DIRECTORIES:
+        if args.directory is None:
+            raise exceptions.ConfigError(
+                f"`embed-worker deploy {args.file} DIR`: name the directory to write it into"
+            )
+        return write_kustomization(args.directory)
+    if args.directory is not None:
+        raise exceptions.ConfigError(f"`embed-worker deploy {args.file}` prints: it takes no DIR")
     return print_file(args.file)
 
 
@@ -83,12 +91,14 @@ def plan(args: argparse.Namespace, settings: Settings) -> int:
     return exits.OK
 
 
-def migrate(_args: argparse.Namespace, settings: Settings) -> int:
+def migrate(args: argparse.Namespace, settings: Settings) -> int:
     dsn = settings.dsn
+    if not args.lock_wait >= 0:
+        raise exceptions.ConfigError("--lock-wait takes a number of seconds, 0 or more")
     output.say_database(dsn, settings.database_url)
     db.connect(dsn).close()  # an unreachable database is reported plainly, not through Alembic
     try:
-        migration = schema.migrate(dsn)
+        migration = schema.migrate(dsn, lock_wait=args.lock_wait)
     except exceptions.EmbedWorkerError:
         raise
     except Exception as exc:  # psycopg/SQLAlchemy errors from inside Alembic

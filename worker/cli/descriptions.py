@@ -38,5 +38,7 @@ DESCRIPTIONS = {
     "(an installed package has no checkout beside it): the systemd unit, the env file with "
     "every setting commented, the Prometheus alerting rules, the Grafana dashboard. Redirect "
     "it where it goes, e.g. `embed-worker deploy systemd > /etc/systemd/system/"
-    "embed-worker.service`. Reads no database.",
+    "embed-worker.service`. `embed-worker deploy kubernetes DIR` writes the Kubernetes "
+    "kustomization (Deployment, Service, PodDisruptionBudget, KEDA ScaledObject) into DIR, "
+    "refusing to replace files there; then `kubectl apply -k DIR`. Reads no database.",
 }

@@ -12,6 +12,7 @@ import logging
 import signal
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from worker import __version__, exceptions, exits, logs
 from worker.cli.descriptions import DESCRIPTIONS
@@ -65,6 +66,17 @@ def _global_options(
         )
     model.add_argument("--threads", type=int, metavar="N", help="inference threads [EMBED_THREADS]")
     return parent
+
+
+def _migrate_options(migrate: argparse.ArgumentParser) -> None:
+    migrate.add_argument(
+        "--lock-wait",
+        type=float,
+        default=60.0,
+        metavar="SECONDS",
+        help="how long to keep trying while the tables it changes are in use (default 60);"
+        " each try waits under a second, so running workers are never held longer",
+    )
 
 
 def _run_options(run: argparse.ArgumentParser) -> None:
@@ -288,20 +300,27 @@ def _model_actions(model: argparse.ArgumentParser) -> None:
 
 
 def _deploy_options(deploy: argparse.ArgumentParser) -> None:
-    from worker.cli.deploy import FILES
+    from worker.cli.deploy import DIRECTORIES, FILES
 
     deploy.add_argument(
         "file",
         metavar="FILE",
-        choices=tuple(FILES),
-        help="; ".join(f"{name}: {what}" for name, (what, _) in FILES.items()),
+        choices=(*FILES, *DIRECTORIES),
+        help="; ".join(f"{name}: {what}" for name, (what, _) in {**FILES, **DIRECTORIES}.items()),
+    )
+    deploy.add_argument(
+        "directory",
+        metavar="DIR",
+        nargs="?",
+        type=Path,
+        help="where `kubernetes` writes its files (required for it; the others print)",
     )
 
 
 # The subcommands, in the order `--help` lists them: name, the line `--help` shows, whether it
 # loads models (those that do not list the model options), and what adds its own options.
 COMMANDS: tuple[tuple[str, str, bool, Callable[[argparse.ArgumentParser], None] | None], ...] = (
-    ("migrate", "install or upgrade the database schema", False, None),
+    ("migrate", "install or upgrade the database schema", False, _migrate_options),
     ("run", "run the worker", True, _run_options),
     ("status", "per watched table: rows, embedded, pending, failed, ETA", False, _status_options),
     ("embed", "print the embeddings of TEXT... as a JSON list", True, _embed_options),
@@ -318,7 +337,8 @@ COMMANDS: tuple[tuple[str, str, bool, Callable[[argparse.ArgumentParser], None] 
     ("model", "list or download models", True, _model_actions),
     (
         "deploy",
-        "print a file an install needs: systemd unit, env file, alerts, dashboard",
+        "print a file an install needs (systemd unit, env file, alerts, dashboard), or write "
+        "the Kubernetes kustomization into DIR",
         False,
         _deploy_options,
     ),

@@ -23,6 +23,12 @@ _STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"?', re.DOTALL)
 _NOT_BRACKET = bytes(sorted(set(range(256)) - set(b"[]{}")))
 
 
+def request_json(raw: bytes) -> Any:
+    """A POST route's body as JSON; None for an empty one, so that each route says what it
+    expects ("table" and "query") rather than "malformed JSON"."""
+    return None if not raw.strip() else parse_json(raw)
+
+
 def parse_json(raw: bytes) -> Any:
     """The JSON value of a request body. UTF-8 only (RFC 8259), nesting bounded before
     json.loads recurses into it, numbers finite and of sane length (NaN and Infinity are not

@@ -43,7 +43,9 @@ class Work:
         self.push = push
         # Searches lease a connection for their SQL only: a few serve every slot.
         self.searches = SearchConnections(
-            settings.search_database_url or dsn, max_size=settings.search_pool_size
+            settings.search_database_url or dsn,
+            max_size=settings.search_pool_size,
+            lock_timeout_ms=settings.lock_timeout_ms,
         )
         # Questions (/search's, /embed's) to one model embedded together.
         self.questions = QueryBatchers(
@@ -65,7 +67,7 @@ class Work:
         self.rerankers.close()
 
     def embed(self, request: Request) -> Answer:
-        body = bodies.parse_json(request.body)
+        body = bodies.request_json(request.body)
         if not isinstance(body, dict) or "input" not in body:
             raise BadRequest(HTTPStatus.BAD_REQUEST, 'expected a JSON object with "input"')
         given = body["input"]
@@ -118,7 +120,7 @@ class Work:
 
     def push_jobs(self, request: Request) -> Answer:
         try:
-            result = push.process(self.push, bodies.parse_json(request.body))
+            result = push.process(self.push, bodies.request_json(request.body))
         except push.InvalidRequest as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
         # 200 whatever the jobs' fates, exactly as the guide's Edge Function: monitoring
@@ -137,7 +139,7 @@ class Work:
         from worker.retrieval.request import SearchRequest
 
         try:
-            asked = SearchRequest.parse(bodies.parse_json(request.body))
+            asked = SearchRequest.parse(bodies.request_json(request.body))
         except ValueError as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
         # As the search role when one is configured: what it may SELECT, row-level security

@@ -149,6 +149,17 @@ class LoadedModels:
         )
         return embedder
 
+    def forget_unused(self, in_use: set[str]) -> None:
+        """Forgets the failed loads of models not `in_use` (no longer the default nor any
+        target's model): their load gauge leaves /metrics, and nothing reports them as failing.
+        A model still in use keeps its failure, retried as before."""
+        with self._lock:
+            unused = [name for name in self._failed if name not in in_use]
+            for name in unused:
+                del self._failed[name]
+        for name in unused:
+            metrics.model_unused(name)
+
     def _remember(self, model: str, error: str) -> None:
         with self._lock:
             self._failed[model] = LoadFailure(error, time.monotonic())

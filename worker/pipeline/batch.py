@@ -40,6 +40,10 @@ class RowState(enum.Enum):
     # Chunked targets: a piece of a long document written (worker/pipeline/pieces.py); the
     # rest is re-queued as a postponed row is.
     PIECE = "piece"
+    # Held up by another session's lock (on the row, its table, its registration) past
+    # EMBED_LOCK_TIMEOUT_MS, or not tried after a neighbour's owner code ran past its bound:
+    # re-queued after a short, growing delay, with no attempt counted (worker/pipeline/bounds.py).
+    BLOCKED = "blocked"
 
 
 @dataclass(frozen=True)
@@ -71,6 +75,9 @@ class Row:
     # A postponed row of a remote model: when its provider is worth asking again (seconds).
     retry_after: float | None = None
     permanent: bool = False  # failed for good (a document over its ceiling): no retries
+    # Its owner code ran past its bound (worker/pipeline/bounds.py): nothing more of that code
+    # runs for it in this batch (its vector is not cleared either).
+    ran_over: bool = False
 
     def fail(self, error: str, *, permanent: bool = False) -> None:
         self.state = RowState.FAILED
@@ -108,6 +115,24 @@ class Batch:
     # When the load stage stops waiting for its documents' parses (time.monotonic(); set by the
     # first wait): one short wait per batch, whatever its targets (worker/pipeline/chunks/).
     parse_deadline: float | None = None
+    # Statements of a table owner's code that ran past their bound and caught its cancel, so
+    # that the watchdog ended the session (worker/process/watchdog.py), by stage ("load",
+    # "write") and target: None when it was the statement of the target's rows together (they
+    # go one at a time when the stage runs again), else the key of the row whose statement it
+    # was alone (it fails; the target's rows after it wait for a later batch).
+    ignored_bound: dict[tuple[str, int], str | None] = field(default_factory=dict)
+    _ended: set[tuple[str, int, str | None]] = field(default_factory=set)
+
+    def ignored(self, label: object) -> bool:
+        """Records the label of a bounded statement whose session the watchdog ended (stage,
+        target id, key or None); False when it is none, or one recorded before (the stage
+        would only run into the same statement again)."""
+        if not (isinstance(label, tuple) and len(label) == 3) or label in self._ended:
+            return False
+        stage, target_id, key = label
+        self._ended.add(label)
+        self.ignored_bound[(stage, target_id)] = key
+        return True
 
     def by_target(self, state: RowState | None = None) -> dict[Target, list[Row]]:
         groups: dict[Target, list[Row]] = defaultdict(list)

@@ -7,7 +7,8 @@ array text, any other as a JSON array) or key by key (`{"target": 3, "keys": [..
 messages in the Supabase guide's shape (`{"id", "schema", "table", "contentFunction",
 "embeddingColumn"}`) carry one. Attempts are pgmq's read count plus what a re-sent message
 carries over from the message it split from. A job held for its target (worker/process/held.py)
-also carries `held`.
+also carries `held`; one re-sent because a lock held its rows up, how often that happened
+(`blocked`: worker/pipeline/bounds.py).
 """
 
 from __future__ import annotations
@@ -36,6 +37,7 @@ class Job:
     error: str | None = None  # the job as a whole cannot be served (unknown target, ...)
     supabase_shape: bool = False
     shadow: bool = False  # a model change's job: only the new model's vector is missing
+    blocked: int = 0  # times its rows were held up by a lock before (worker/pipeline/bounds.py)
 
     @property
     def attempts(self) -> int:
@@ -96,6 +98,8 @@ def _parse_ours(job: Job, message: dict[str, Any], targets: Mapping[int, Target]
         return
     job.prior_attempts = attempts if isinstance(attempts, int) and attempts > 0 else 0
     job.shadow = message.get("shadow") is True
+    blocked = message.get("blocked", 0)
+    job.blocked = blocked if isinstance(blocked, int) and blocked > 0 else 0
     target = targets.get(target_id)
     if target is None:
         job.error = (

@@ -61,15 +61,22 @@ MAX_CHUNKS = 4_096
 
 @dataclass(frozen=True)
 class Limits:
-    """What a batch may take of long documents (from Settings)."""
+    """What a batch may take (from Settings): of long documents, and of the time of a table
+    owner's code (worker/pipeline/bounds.py)."""
 
     piece_tokens: int = 4096
     max_document_bytes: int = 16_777_216  # 0: no ceiling
     parsing: Budgets = field(default_factory=Budgets)  # of each document's parse
+    owner_code_seconds: float = 1.0
 
     @classmethod
     def of(cls, settings: Settings) -> Limits:
-        return cls(settings.piece_tokens, settings.max_document_bytes, Budgets.of(settings))
+        return cls(
+            piece_tokens=settings.piece_tokens,
+            max_document_bytes=settings.max_document_bytes,
+            parsing=Budgets.of(settings),
+            owner_code_seconds=settings.owner_code_timeout_seconds,
+        )
 
 
 @dataclass

@@ -18,7 +18,7 @@ from worker import db, exceptions, metrics
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.models.remote.client import RemoteModel
-from worker.pipeline import faults, messages, pieces, remote, stores
+from worker.pipeline import bounds, faults, messages, pieces, remote, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.chunks import writing as chunk_writing
@@ -82,20 +82,34 @@ def prepare(batch: Batch) -> None:
 def load(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
     """Loads the content of every row, one query per target, through the target's function that
     runs as the table's owner. If a target's query fails (a content function raising for some
-    row), rows are loaded one by one to find the culprits. A target whose function cannot serve
-    it now (exceptions.TargetUnavailable) is deferred: a hidden row must not look deleted.
-    Chunked targets' documents are split with their model's tokenizer (from `models`)."""
+    row, or running past its bound), rows are loaded one by one to find the culprits. A target
+    whose function cannot serve it now (exceptions.TargetUnavailable) is deferred: a hidden row
+    must not look deleted; one whose table another session holds past the lock timeout has its
+    rows BLOCKED (worker/pipeline/bounds.py). Chunked targets' documents are split with their
+    model's tokenizer (from `models`)."""
     started = time.perf_counter()
     faults.reached("load")
+    seconds = batch.limits.owner_code_seconds
     for target, rows in batch.by_target(RowState.PENDING).items():
+        if ("load", target.id) in batch.ignored_bound:
+            bounds.OVERRUNS.note(conn, target.id)  # (the watchdog ended its session)
+        if bounds.OVERRUNS.recent(conn, target.id):
+            # Its content function ran past its bound lately: a row at a time.
+            _load_one_by_one(conn, batch, target, rows)
+            continue
         try:
-            found = _load_rows(conn, target, [r.key for r in rows])
+            found = _load_rows(conn, target, rows, seconds)
         except exceptions.ConnectionLost:
             raise
         except exceptions.TargetUnavailable as exc:
             batch.deferred[target.id] = f"{target.name}: {exc}"
             continue
-        except exceptions.DatabaseError:
+        except exceptions.LockUnavailable as exc:
+            _block(target, rows, exc)
+            continue
+        except exceptions.DatabaseError as exc:
+            if isinstance(exc, exceptions.StatementTimeout):
+                bounds.OVERRUNS.note(conn, target.id)
             _load_one_by_one(conn, batch, target, rows)
             continue
         for row in rows:
@@ -103,39 +117,79 @@ def load(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
     # What each kind of store needs beyond the content (chunked targets: split, find the vectors
     # already stored).
     for target, ready in batch.by_target(RowState.READY).items():
-        stores.of(target).prepare(conn, batch, target, ready, models)
+        try:
+            stores.of(target).prepare(conn, batch, target, ready, models)
+        except (exceptions.LockUnavailable, exceptions.StatementTimeout) as exc:
+            _block(target, [r for r in ready if r.state is RowState.READY], exc)
     batch.load_ms = (time.perf_counter() - started) * 1000
     metrics.STAGE_SECONDS.labels("load").observe(batch.load_ms / 1000)
 
 
 def _load_one_by_one(conn: db.Connection, batch: Batch, target: Target, rows: list[Row]) -> None:
-    for row in rows:
+    """Loads `rows` one at a time, failing those whose content cannot be had. A row held up by
+    a lock, or whose owner code runs past its bound alone (it fails: the code is the row's),
+    leaves the rows after it for a later batch: each would wait as long."""
+    seconds = batch.limits.owner_code_seconds
+    ran_over = batch.ignored_bound.get(("load", target.id))
+    for i, row in enumerate(rows):
+        if row.key == ran_over:  # its content function caught the cancel of its bound
+            row.fail(bounds.ignored_bound_error("loading the content"))
+            row.ran_over = True
+            _block(target, rows[i + 1 :], None)
+            return
         try:
-            _apply_loaded(row, _load_rows(conn, target, [row.key]))
+            _apply_loaded(row, _load_rows(conn, target, [row], seconds, one=True))
         except exceptions.ConnectionLost:
             raise
         except exceptions.TargetUnavailable as exc:
             batch.deferred[target.id] = f"{target.name}: {exc}"
             return
+        except exceptions.LockUnavailable as exc:
+            _block(target, rows[i:], exc)
+            return
+        except exceptions.StatementTimeout:
+            bounds.OVERRUNS.note(conn, target.id)
+            bound = bounds.owner_code_ms(seconds, [row])
+            row.fail(bounds.owner_code_error("loading the content", bound))
+            row.ran_over = True
+            _block(target, rows[i + 1 :], None)
+            return
         except exceptions.DatabaseError as exc:
             row.fail(f"loading the content failed: {exc}")
 
 
+def _block(target: Target, rows: list[Row], why: Exception | None) -> None:
+    """`rows` wait for a later batch (worker/pipeline/bounds.py)."""
+    for row in rows:
+        row.state = RowState.BLOCKED
+    if rows and why is not None:
+        logger.warning("target=%s: %d rows wait for a later batch: %s", target.name, len(rows), why)
+
+
 def _load_rows(
-    conn: db.Connection, target: Target, keys: list[str]
+    conn: db.Connection,
+    target: Target,
+    rows: list[Row],
+    owner_code_seconds: float,
+    *,
+    one: bool = False,
 ) -> dict[str, tuple[str | None, str | None]]:
-    """Content and md5 by key. A long document cached between its pieces (worker/pipeline/
-    pieces.py), or one being parsed (worker/pipeline/parsing/), comes from what the worker
-    holds, as long as the database's md5 is still the held one's."""
+    """Content and md5 by key, the table owner's code (its content function) bounded. A long
+    document cached between its pieces (worker/pipeline/pieces.py), or one being parsed
+    (worker/pipeline/parsing/), comes from what the worker holds, as long as the database's md5
+    is still the held one's."""
+    keys = [r.key for r in rows]
     known = {}
     if target.chunk_tokens is not None:  # documents: kept between pieces, or being parsed
         where = (pieces.database_of(conn), target.id, target.version, keys)
         known = {**parsing.SERVICE.known(*where), **pieces.CACHE.known(*where)}
-    with db.translated():
+    bound = bounds.owner_code_ms(owner_code_seconds, rows)
+    label = ("load", target.id, rows[0].key if one else None)  # (for worker/process/watchdog.py)
+    with db.translated(), db.bounded(conn, bound, label):
         if not known:
-            rows = conn.execute(target.query("load_content"), target.key_params(keys)).fetchall()
-            return {key: (content, digest) for key, content, digest in rows}
-        rows = conn.execute(
+            found = conn.execute(target.query("load_content"), target.key_params(keys)).fetchall()
+            return {key: (content, digest) for key, content, digest in found}
+        found = conn.execute(
             target.query("load_content_known"),
             {
                 **target.key_params(keys),
@@ -145,7 +199,7 @@ def _load_rows(
         ).fetchall()
     return {
         key: (known[key].text if is_known else content, digest)
-        for key, content, digest, is_known in rows
+        for key, content, digest, is_known in found
     }
 
 
@@ -227,7 +281,7 @@ def log_batch(batch: Batch) -> None:
             continue
         logger.info(
             "batch target=%s jobs=%d rows=%d embedded=%d cleared=%d gone=%d stale=%d failed=%d "
-            "tokens=%d load_ms=%.1f embed_ms=%.1f write_ms=%.1f",
+            "blocked=%d tokens=%d load_ms=%.1f embed_ms=%.1f write_ms=%.1f",
             names[target_id],
             stats.jobs,
             sum(states.values()),
@@ -236,6 +290,7 @@ def log_batch(batch: Batch) -> None:
             states["gone"],
             states["stale"],
             states["failed"],
+            states["blocked"],
             stats.tokens,
             batch.load_ms,
             stats.embed_ms,
@@ -247,6 +302,7 @@ def log_batch(batch: Batch) -> None:
                 "embedded": states["written"],
                 "failed": states["failed"],
                 "stale": states["stale"],
+                "blocked": states["blocked"],
                 "tokens": stats.tokens,
                 "load_ms": round(batch.load_ms, 1),
                 "embed_ms": round(stats.embed_ms, 1),

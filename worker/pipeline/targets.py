@@ -121,6 +121,7 @@ class Target:
     # and writes its table, as the table's owner.
     FUNCTIONS = (
         "load",
+        "lock_rows",
         "store",
         "blank",
         "forget",

@@ -6,11 +6,19 @@ only once COMMIT succeeded: a transaction that rolls back (a connection lost at 
 leaves the batch as it was read, and writing it again redoes everything. Each target's
 registration is locked for the transaction and its definition version compared with the one the
 batch was read under; a redefined target's jobs are handed back, not acknowledged.
+
+No statement waits without bound (worker/pipeline/bounds.py): a target whose table or
+registration another session holds past the lock timeout, or whose write waits on a lock, has its
+rows BLOCKED (a later batch writes them) and the rest of the batch commits; a row store's rows
+held by others are skipped alone. The table owner's code that fires on the write (its triggers)
+runs under a statement timeout; past it, the rows are written one at a time, and the first one
+that runs past it alone fails.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import time
 from collections import defaultdict
@@ -23,10 +31,13 @@ import psycopg
 
 from worker import db, metrics, queries
 from worker.config import Settings
-from worker.pipeline import deferrals, faults, fingerprints, messages, provenance, stores
+from worker.pipeline import bounds, deferrals, faults, fingerprints, messages, provenance, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Fate, Row, RowState
+from worker.pipeline.stores.base import Store
 from worker.pipeline.targets import Target
+
+logger = logging.getLogger(__name__)
 
 # A target that cannot be served (model missing, dimension mismatch) has its jobs put back
 # this long, without counting an attempt (held: a worker that can serve the target takes them
@@ -68,18 +79,29 @@ def write(
     read, so writing it again on a new connection redoes everything."""
     started = time.perf_counter()
     outcome = WriteOutcome()
-    with db.translated(), conn.transaction():
-        groups = batch.by_target()
-        outcome.outdated = _outdated_targets(conn, groups)
+    with (
+        db.translated(),
+        conn.transaction(),
+        db.bounded(conn, bounds.owner_code_ms(batch.limits.owner_code_seconds)),
+    ):
+        # (rows held up at their load have nothing to lock or write)
+        groups = {
+            target: rows
+            for target, rows in batch.by_target().items()
+            if any(r.state is not RowState.BLOCKED for r in rows)
+        }
+        outcome.outdated, locked = _lock_targets(conn, groups)
         for target, rows in groups.items():
             if target.id in outcome.outdated:
                 outcome.record({(target.id, r.key): RowState.OUTDATED for r in rows})
+            elif target.id in locked:
+                outcome.block(rows)
             elif (
                 refused := provenance.claim_target(conn, target, rows, batch.producers)
             ) is not None:
                 outcome.deferred[target.id] = refused  # another model's vectors are there
             else:
-                _write_target(conn, target, rows, outcome)
+                _write_target(conn, target, rows, outcome, batch)
         faults.reached("after_vectors")
         settlement = settle(batch, settings, now(), outcome)
         queue.delete(conn, settlement.delete)
@@ -137,6 +159,12 @@ class WriteOutcome:
         self.states[(row.target.id, row.key)] = RowState.FAILED
         self.errors[(row.target.id, row.key)] = error
 
+    def block(self, rows: list[Row]) -> None:
+        """`rows` wait for a later batch (a lock held them up): all but those postponed."""
+        for row in rows:
+            if row.state is not RowState.POSTPONED:
+                self.states[(row.target.id, row.key)] = RowState.BLOCKED
+
     def written_per_target(self) -> dict[int, int]:
         counts: dict[int, int] = defaultdict(int)
         for (target_id, _), state in self.states.items():
@@ -153,51 +181,126 @@ class WriteOutcome:
                 row.error = self.errors[key]
 
 
-def _outdated_targets(conn: db.Connection, groups: dict[Target, list[Row]]) -> set[int]:
+# What embeddings.lock_target() returns when another session held the table or registration
+# past the lock timeout (sql/42_definitions.sql).
+HELD = -1
+
+
+def _lock_targets(
+    conn: db.Connection, groups: dict[Target, list[Row]]
+) -> tuple[set[int], set[int]]:
     """Locks the table and then the registration of every target of the batch (in id order:
-    two writers never wait for each other crosswise; table first, as ALTER TABLE does) and
-    returns those whose definition version is no longer the one the batch was read under. The
-    locks hold until COMMIT, so a concurrent watch() or rename waits for this write, and a write
-    that starts after either sees its new version."""
-    outdated = set()
+    two writers never wait for each other crosswise; table first, as ALTER TABLE does). Returns
+    the targets whose definition version is no longer the one the batch was read under, and
+    those another session held past the lock timeout (nothing of them locked: their rows wait).
+    The locks hold until COMMIT, so a concurrent watch() or rename waits for this write, and a
+    write that starts after either sees its new version."""
+    outdated, held = set(), set()
     for target in sorted(groups, key=lambda t: t.id):
         row = conn.execute(queries.compose("lock_target"), {"target_id": target.id}).fetchone()
-        if row is None or row[0] != target.version:
+        if row is not None and row[0] == HELD:
+            held.add(target.id)
+            logger.warning(
+                "target=%s: its table or registration is locked by another session: its rows"
+                " wait for a later batch",
+                target.name,
+            )
+        elif row is None or row[0] != target.version:
             outdated.add(target.id)
-    return outdated
+    return outdated, held
 
 
 def _write_target(
-    conn: db.Connection, target: Target, rows: list[Row], outcome: WriteOutcome
+    conn: db.Connection,
+    target: Target,
+    rows: list[Row],
+    outcome: WriteOutcome,
+    batch: Batch,
 ) -> None:
     store = stores.of(target)
     embedded = [r for r in rows if r.state is RowState.EMBEDDED]
     blank = [r for r in rows if r.state is RowState.BLANK]
-    fingerprints.clear_failing(conn, target, [r for r in rows if r.state is RowState.FAILED])
+    failing = [r for r in rows if r.state is RowState.FAILED and not r.ran_over]
+    if ("clear", target.id) not in batch.ignored_bound:  # (its content function ran on)
+        with db.bounded(
+            conn,
+            bounds.owner_code_ms(batch.limits.owner_code_seconds, failing),
+            ("clear", target.id, None),
+        ):
+            fingerprints.clear_failing(conn, target, failing)
     # What rows gone (deleted since queued) left in a side or chunk table goes too.
     gone = [r for r in rows if r.state is RowState.GONE] if store.follows_deletes else []
     if not embedded and not blank and not gone:
         return
-    try:
-        with conn.transaction():  # a savepoint: a failure here fails only this target's rows
-            stored = store.write(conn, target, embedded, blank)
-            if gone:
-                store.forget(conn, target, gone)
-        outcome.record({(target.id, key): state for key, state in stored.items()})
-        fingerprints.record_written(conn, target, embedded, stored)
-    except psycopg.Error as exc:
-        if db.is_connection_error(exc):
-            raise
-        if db.unavailable(exc):
-            # The target's functions cannot write as its owner now (sql/32_access.sql): its
-            # jobs wait, no row fails.
-            outcome.deferred[target.id] = f"{target.name}: {db.redact(str(exc).strip())}"
+    rows = embedded + blank + gone
+    owner_code_seconds = batch.limits.owner_code_seconds
+    if ("write", target.id) in batch.ignored_bound:
+        bounds.OVERRUNS.note(conn, target.id)  # (the watchdog ended its session)
+    # (its triggers ran past their bound lately: a row at a time at once)
+    if not bounds.OVERRUNS.recent(conn, target.id):
+        bound = bounds.owner_code_ms(owner_code_seconds, rows)
+        try:
+            with db.bounded(conn, bound, ("write", target.id, None)):
+                # A savepoint: a failure here fails only this target's rows.
+                with conn.transaction():
+                    stored = store.write(conn, target, embedded, blank)
+                    if gone:
+                        store.forget(conn, target, gone)
+                outcome.record({(target.id, key): state for key, state in stored.items()})
+                fingerprints.record_written(conn, target, embedded, stored)  # (key checks)
             return
-        # Something in the table refused the write (a trigger, a constraint): one row at a
-        # time, to fail only the rows it refuses. Each row goes where its state before this
-        # write says (a vector, a clear, a row gone): the rolled-back savepoint changed nothing.
-        for row in embedded + blank + gone:
-            try:
+        except psycopg.Error as exc:
+            if db.is_connection_error(exc):
+                raise
+            if db.unavailable(exc):
+                # The target's functions cannot write as its owner now (sql/32_access.sql):
+                # its jobs wait, no row fails.
+                outcome.deferred[target.id] = f"{target.name}: {db.redact(str(exc).strip())}"
+                return
+            if exc.sqlstate == db.LOCK_NOT_AVAILABLE:
+                # Its table, side or chunk table, or a document another worker is writing,
+                # held past the lock timeout: every row would wait as long again.
+                outcome.block(rows)
+                return
+            if exc.sqlstate == db.QUERY_CANCELED:
+                bounds.OVERRUNS.note(conn, target.id)
+    # Something in the table refused the write (a trigger, a constraint), or its owner's code
+    # ran past its bound: one row at a time, to fail only the rows it refuses.
+    _write_one_by_one(
+        conn,
+        store,
+        target,
+        rows,
+        outcome=outcome,
+        owner_code_seconds=owner_code_seconds,
+        ran_over=batch.ignored_bound.get(("write", target.id)),
+    )
+
+
+def _write_one_by_one(
+    conn: db.Connection,
+    store: Store,
+    target: Target,
+    rows: list[Row],
+    *,
+    outcome: WriteOutcome,
+    owner_code_seconds: float,
+    ran_over: str | None = None,
+) -> None:
+    """Writes `rows` one at a time, each where its state before this write says (a vector, a
+    clear, a row gone: the rolled-back savepoint changed nothing), failing only those refused.
+    A row held up by a lock, or whose owner code runs past its bound alone (it fails: the code
+    is the row's), leaves the rows after it for a later batch: each would wait as long. So does
+    `ran_over`, the row whose triggers caught the cancel of their bound in an earlier try of
+    this write (worker/process/watchdog.py)."""
+    for i, row in enumerate(rows):
+        if row.key == ran_over:
+            outcome.fail(row, bounds.ignored_bound_error("storing the embedding"))
+            outcome.block(rows[i + 1 :])
+            return
+        bound = bounds.owner_code_ms(owner_code_seconds, [row])
+        try:
+            with db.bounded(conn, bound, ("write", target.id, row.key)):
                 with conn.transaction():
                     stored = {}
                     if row.state is RowState.EMBEDDED:
@@ -207,13 +310,19 @@ def _write_target(
                     else:
                         store.forget(conn, target, [row])
                 outcome.record({(target.id, key): state for key, state in stored.items()})
-                fingerprints.record_written(conn, target, embedded, stored)
-            except psycopg.Error as row_exc:
-                if db.is_connection_error(row_exc):
-                    raise
-                outcome.fail(
-                    row, f"storing the embedding failed: {db.redact(str(row_exc).strip())}"
-                )
+                fingerprints.record_written(conn, target, [row], stored)
+        except psycopg.Error as exc:
+            if db.is_connection_error(exc):
+                raise
+            if exc.sqlstate == db.LOCK_NOT_AVAILABLE:
+                outcome.block(rows[i:])
+                return
+            if exc.sqlstate == db.QUERY_CANCELED:
+                bounds.OVERRUNS.note(conn, target.id)
+                outcome.fail(row, bounds.owner_code_error("storing the embedding", bound))
+                outcome.block(rows[i + 1 :])
+                return
+            outcome.fail(row, f"storing the embedding failed: {db.redact(str(exc).strip())}")
 
 
 def settle(
@@ -310,8 +419,9 @@ def _resend_postponed(
     """Rows a store postponed (a chunk store's documents past the batch's chunk budget, a remote
     model's rows its provider could not serve) go back to the queue in a message of their own,
     with the attempts spent before this one; so do long documents with pieces still to go
-    (worker/pipeline/pieces.py), marked as going on from their recorded progress."""
-    for state in (RowState.POSTPONED, RowState.PIECE):
+    (worker/pipeline/pieces.py), marked as going on from their recorded progress, and rows a
+    lock held up, after a delay that grows with each time it did (worker/pipeline/bounds.py)."""
+    for state in (RowState.POSTPONED, RowState.PIECE, RowState.BLOCKED):
         postponed = [
             batch.rows[(target.id, key)]
             for key in job.keys
@@ -328,6 +438,9 @@ def _resend_postponed(
             message["continued"] = True
         # (remote models: visible again when their provider said it is worth asking)
         wait = max((row.retry_after or 0 for row in postponed), default=0)
+        if state is RowState.BLOCKED:
+            message["blocked"] = job.blocked + 1
+            wait = bounds.blocked_delay(job.blocked)
         out.resend.append((message, math.ceil(wait)))
 
 

@@ -29,19 +29,25 @@ _CANNOT_STEP = (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFu
 class Backfiller:
     """Steps the backfills of one queue's targets."""
 
-    def __init__(self, queue: str, batch_size: int) -> None:
+    def __init__(self, queue: str, batch_size: int, owner_code_seconds: float = 1.0) -> None:
         self.queue = queue
         self.step_keys = batch_size * STEP_BATCHES
         self.unavailable: str | None = None  # why this worker cannot step (logged once)
+        # A step scans a table as its owner (its key type's checks run), and may find it locked:
+        # it runs at most this long (a scan of keys, however many: the content is not read),
+        # and after a step that failed, the next waits a while (1 s, doubling to 30 s).
+        self.bound_ms = round(owner_code_seconds * 1000)
+        self._failures = 0
+        self._resume_at = 0.0
 
     def step(self, conn: db.Connection) -> bool:
         """Takes one step; True when it examined rows (the queue may have new jobs, and the
         backfill more rows). ConnectionLost propagates; other errors stop stepping, since
         embeddings.sweep() steps backfills too."""
-        if self.unavailable is not None:
+        if self.unavailable is not None or time.monotonic() < self._resume_at:
             return False
         try:
-            with db.translated():
+            with db.translated(), db.bounded(conn, self.bound_ms):
                 row = conn.execute(
                     queries.get("backfill_next"), {"queue": self.queue, "max_keys": self.step_keys}
                 ).fetchone()
@@ -49,7 +55,10 @@ class Backfiller:
             raise
         except exceptions.DatabaseError as exc:
             if not isinstance(exc.__cause__, _CANNOT_STEP):
-                logger.warning("backfill step failed (retried later): %s", exc)
+                self._failures += 1
+                pause = min(2.0 ** (self._failures - 1), 30.0)
+                self._resume_at = time.monotonic() + pause
+                logger.warning("backfill step failed (retried in %.0f s): %s", pause, exc)
                 return False
             self.unavailable = str(exc)
             logger.warning(
@@ -58,6 +67,7 @@ class Backfiller:
                 exc,
             )
             return False
+        self._failures = 0
         scanned, enqueued = row if row is not None else (0, 0)
         if scanned:
             logger.debug("backfill: examined %d rows, queued %d keys", scanned, enqueued)
@@ -103,7 +113,9 @@ class IndexBuilder:
 
     def _build(self, target_id: int, cleanup: str | None, statements: list[str]) -> None:
         try:
-            with db.connect(self.dsn) as conn, db.translated():
+            # No lock timeout: a CONCURRENTLY build waits for every transaction older than it
+            # (lock waits, to Postgres), in a thread of its own that nothing waits for.
+            with db.connect(self.dsn, lock_timeout_ms=0) as conn, db.translated():
                 if cleanup:
                     conn.execute(cleanup.encode())
                 logger.info(

@@ -22,6 +22,7 @@ from worker.process.backfill import Backfiller, IndexBuilder
 from worker.process.changes import Completer
 from worker.process.handoffs import Handoff, Handoffs, pass_on
 from worker.process.wakeups import Waiter
+from worker.process.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
 
@@ -32,6 +33,7 @@ class Fetcher:
 
     dsn: str
     settings: Settings  # pull, poll interval, batch size; what the lanes' read takes
+    watchdog: Watchdog  # ends its session when a table owner's code ignores its bound
     once: bool  # end when the queue is drained
     lanes: Lanes  # read from, and count the batches in flight
     registry: TargetRegistry
@@ -46,13 +48,22 @@ class Fetcher:
     wake: Callable[[], None]  # wakes a fetcher waiting for work
 
     def run(self) -> None:
-        session = db.Session(self.dsn, "fetcher", self.stopping)
+        session = db.Session(
+            self.dsn, "fetcher", self.stopping, lock_timeout_ms=self.settings.lock_timeout_ms
+        )
+        self.watchdog.watch(session)
         try:
             while not self.stopping.is_set():
                 try:
                     batch = self._next_batch(session)
                 except exceptions.ConnectionLost as exc:
                     _connection_lost(session, exc)
+                    continue
+                except exceptions.LockUnavailable as exc:
+                    # One of our own statements (the queue's, the registry's) found a table of
+                    # ours locked past EMBED_LOCK_TIMEOUT_MS (a migration's DDL): look again.
+                    logger.warning("fetcher: %s; reading again in a second", exc)
+                    self.stopping.wait(1.0)
                     continue
                 if batch is None:
                     break  # drained (--once) or stopping
@@ -92,7 +103,7 @@ class Fetcher:
             if self._work_behind_reads(conn, batch):
                 continue
             if batch is not None:
-                self._load(conn, batch)
+                self._load(session, batch)
                 return batch
             if self.once and drained and self.changes.run(conn, self.registry, force=True):
                 continue  # a model change completed or re-queued rows: read again
@@ -111,19 +122,29 @@ class Fetcher:
             conn = session.get()
             ahead = self.lanes.read_live(conn, self.registry, self.settings)
             if ahead is not None:
-                self._load(conn, ahead)
+                self._load(session, ahead)
         except exceptions.ConnectionLost as exc:  # the piece still goes on; its lease holds
             _connection_lost(session, exc)
             return None
         return ahead
 
-    def _load(self, conn: db.Connection, batch: Batch) -> None:
+    def _load(self, session: db.Session, batch: Batch) -> None:
         """Counts a batch just leased as in flight and loads its content (not in flight again
-        when the load fails)."""
+        when the load fails). When a table owner's code caught the cancel of its bound and the
+        watchdog ended the session (worker/process/watchdog.py), the rest is loaded on a new
+        connection, that code's rows a row at a time, or without the row it was."""
         self.waiter.found_work()
         self.begin(batch)
         try:
-            stages.load(conn, batch, self.embedders)
+            while True:
+                conn = session.get()
+                try:
+                    stages.load(conn, batch, self.embedders)
+                    return
+                except exceptions.ConnectionLost:
+                    if not batch.ignored(db.ended_by_watchdog(conn)):
+                        raise
+                    session.lost()  # then loaded again (worker/process/watchdog.py)
         except BaseException:
             self.end(batch)
             raise

@@ -9,9 +9,12 @@ a provider answers again) it makes the target's held jobs visible at once (the q
 release_held_jobs: only jobs still as the deferral left them, never one another worker leased
 since).
 
-Only on that change, not while a target stays servable: a target this worker itself defers for
-a reason it cannot see beforehand (another producer's vectors in the column, say) is not
-released again and again, and a scan of the queue is not paid per batch.
+Every way a target becomes servable counts: its model loading, its provider answering, and its
+redefinition (moved to a model the worker has, a model change's swap), which the keeper reads
+while some target is unservable. Only on that change, not while a target stays servable: a
+target this worker itself defers for a reason it cannot see beforehand (another producer's
+vectors in the column, say) is not released again and again, and a scan of the queue is not
+paid per batch.
 """
 
 from __future__ import annotations
@@ -77,6 +80,13 @@ class HeldJobs:
     def release(self, conn: db.Connection) -> int:
         """Makes the held jobs of the targets that became servable since the last call visible
         now, in both lanes; returns how many."""
+        if unservable(self.queue, self.registry, self.embedders):
+            # A redefinition can make it servable as well as a model that loads: watch()
+            # moving the table to a model this worker has, a model change's swap. So while
+            # something is unservable, the definitions are read again (one query) before
+            # the check, not only when a batch next needs them.
+            with db.translated():
+                self.registry.current_definitions(conn)
         servable = self.servable()
         became = set(servable) - self._servable
         released = 0

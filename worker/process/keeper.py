@@ -24,6 +24,7 @@ class Keeper:
     """What the keeper uses, given by the runner (worker/process/runner.py)."""
 
     dsn: str
+    lock_timeout_ms: int  # EMBED_LOCK_TIMEOUT_MS: the longest its statements wait for a lock
     lanes: Lanes  # whose leases it renews and whose gauges it refreshes
     vt_seconds: int  # a lease's length: renewed every third of it
     finished: threading.Event  # the pipeline has drained: the keeper ends
@@ -32,13 +33,17 @@ class Keeper:
     # Completes model changes (worker/process/changes.py); None where the fetcher does it
     # (--once) or no worker pulls (push only).
     complete_changes: Callable[[db.Connection], object] | None
+    # Forgets the failed loads of models nothing uses any more (their gauge leaves /metrics).
+    forget_unused_models: Callable[[], object]
     # Rows written so far, for the progress line of `run --once` on a terminal; None: no line.
     rows_done: Callable[[], int] | None
 
     def run(self) -> None:
         """Renews the leases of jobs in flight (every third of the lease), completes model
         changes, refreshes the queue gauges and shows progress, until the pipeline drains."""
-        session = db.Session(self.dsn, "keeper", self.finished)
+        session = db.Session(
+            self.dsn, "keeper", self.finished, lock_timeout_ms=self.lock_timeout_ms
+        )
         renew_every = self.vt_seconds / 3
         last_renew = last_gauges = time.monotonic()
         last_stopped = float("-inf")
@@ -56,6 +61,7 @@ class Keeper:
                     if self.complete_changes is not None:
                         self.complete_changes(conn)
                     self.held.release(conn)  # (the database only when a target became servable)
+                    self.forget_unused_models()
                     if now - last_stopped >= REFRESH_SECONDS:
                         last_stopped = now
                         self.stopped.refresh(conn)

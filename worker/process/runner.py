@@ -9,6 +9,8 @@ Threads, each with its own connection:
            (worker/process/writer.py)
   keeper   renews the leases of jobs in flight, refreshes queue gauges, shows progress
            (worker/process/keeper.py)
+  watchdog ends a fetcher's or writer's session whose table owner's code ignores its bound
+           (worker/process/watchdog.py; it connects only then)
 The Worker builds each of them, and start-up (worker/process/startup.py), with what it uses.
 At most one batch waits between two stages, so database I/O overlaps inference without
 leasing far ahead.
@@ -49,6 +51,7 @@ from worker.process.keeper import Keeper
 from worker.process.startup import DefaultModel, Startup, announce
 from worker.process.stopped import StoppedTargets
 from worker.process.wakeups import Waiter, WakePipe
+from worker.process.watchdog import Watchdog
 from worker.process.writer import Writer, hand_back
 
 logger = logging.getLogger(__name__)
@@ -122,16 +125,21 @@ class Worker:
         self._embedded: Handoffs = stdqueue.Queue(maxsize=1)
         self._wake_pipe = WakePipe()
         self.waiter = Waiter(settings.queue, self.stopping, self._wake_pipe.read_fd)
+        # Ends a pipeline session whose table owner's code ignores its bound.
+        self.watchdog = Watchdog(self.dsn, settings.lock_timeout_ms)
         self.fetcher = Fetcher(
             dsn=self.dsn,
             settings=settings,
+            watchdog=self.watchdog,
             once=once,
             lanes=self.lanes,
             registry=self.registry,
             embedders=self.embedders,
             waiter=self.waiter,
             # Backfills in key ranges, stepped when reads run short (worker/process/backfill.py).
-            backfill=Backfiller(settings.queue, settings.batch_size),
+            backfill=Backfiller(
+                settings.queue, settings.batch_size, settings.owner_code_timeout_seconds
+            ),
             indexer=IndexBuilder(self.dsn, settings.queue),
             changes=Completer(),  # completes model changes (worker/process/changes.py)
             stopping=self.stopping,
@@ -142,6 +150,7 @@ class Worker:
         self.writer = Writer(
             dsn=self.dsn,
             settings=settings,
+            watchdog=self.watchdog,
             lanes=self.lanes,
             embedded=self._embedded,
             finished=self.finished,
@@ -187,11 +196,13 @@ class Worker:
             default=self.default_model,
             started=self.started,
             held=self.held,
+            lock_timeout_ms=self.settings.lock_timeout_ms,
         ).run()
         # A one-shot run's fetcher completes model changes itself, when the queue drains.
         changes = self.fetcher.changes if self.settings.pull and not self.once else None
         keeper = Keeper(
             dsn=self.dsn,
+            lock_timeout_ms=self.settings.lock_timeout_ms,
             lanes=self.lanes,
             vt_seconds=self.settings.vt_seconds,
             finished=self.finished,
@@ -200,6 +211,7 @@ class Worker:
             complete_changes=(
                 (lambda conn: changes.run(conn, self.registry, force=False)) if changes else None
             ),
+            forget_unused_models=lambda: self.embedders.forget_unused(self.default_model.in_use()),
             rows_done=(lambda: self.writer.rows_done) if self.progress and self.once else None,
         )
         embedder = functools.partial(
@@ -217,6 +229,7 @@ class Worker:
             ("embedder", embedder),
             ("writer", self.writer.run),
             ("keeper", keeper.run),
+            ("watchdog", functools.partial(self.watchdog.run, self.finished)),
         ):
             thread = threading.Thread(target=self._guarded(target), name=name, daemon=True)
             thread.start()
@@ -232,7 +245,7 @@ class Worker:
                 and time.monotonic() - self._stop_requested_at > self.settings.grace_seconds
             ):
                 logger.warning("grace period over: handing back what is still in flight")
-                hand_back(self.dsn, self.lanes)
+                hand_back(self.dsn, self.lanes, self.settings.lock_timeout_ms)
                 break
         self.finished.set()
         self._wake()
@@ -240,7 +253,7 @@ class Worker:
             thread.join(timeout=2)
         if self.failure is not None:
             logger.error("worker stopped by an internal error: %r", self.failure)
-            hand_back(self.dsn, self.lanes)
+            hand_back(self.dsn, self.lanes, self.settings.lock_timeout_ms)
             return exits.FAILURE
         if self.once and self._interrupted_by is not None:
             # `--once` promised a drained queue: a script must not go on as if it were.
@@ -261,7 +274,7 @@ class Worker:
         name = signal.Signals(signum).name
         if self.stopping.is_set():
             logger.warning("second %s: handing back jobs in flight and exiting now", name)
-            hand_back(self.dsn, self.lanes)
+            hand_back(self.dsn, self.lanes, self.settings.lock_timeout_ms)
             logging.shutdown()
             os._exit(exits.interrupted(signal.Signals(signum)) if self.once else exits.OK)
         self._interrupted_by = signal.Signals(signum)

@@ -52,6 +52,16 @@ class DefaultModel:
     def name(self) -> str:
         return self.settings.default_model(self.registry.database_default)
 
+    def in_use(self) -> set[str]:
+        """The models this worker is wanted for: the default, and those of its queue's targets
+        (a model change's new one included), as last read."""
+        targets = [t for t in self.registry.snapshot().values() if t.queue == self.settings.queue]
+        return (
+            {self.name()}
+            | {t.model for t in targets}
+            | {t.shadow_model for t in targets if t.shadow_model is not None}
+        )
+
     def problem(self) -> str | None:
         """Why the default model is not loaded (None when it is). Tries to load it, at most
         every `retry_after` seconds, so a model downloaded after startup makes the worker
@@ -91,6 +101,7 @@ class Startup:
     default: DefaultModel
     started: threading.Event  # set once connected, the schema present and the models tried
     held: HeldJobs  # held jobs of the targets it can serve: taken at once, not after their wait
+    lock_timeout_ms: int  # EMBED_LOCK_TIMEOUT_MS: the longest its statements wait for a lock
 
     def run(self) -> None:
         targets = self.connect_and_read_targets()
@@ -104,7 +115,9 @@ class Startup:
         """Makes the held jobs of the targets this worker can serve visible now, before the
         fetcher starts (worker/process/held.py): a worker started to serve them takes them."""
         try:
-            with db.connect(self.dsn, connect_timeout=5) as conn:
+            with db.connect(
+                self.dsn, connect_timeout=5, lock_timeout_ms=self.lock_timeout_ms
+            ) as conn:
                 self.held.release(conn)
         except exceptions.EmbedWorkerError as exc:
             logger.warning("held jobs not taken yet (the keeper tries again): %s", exc)
@@ -113,7 +126,13 @@ class Startup:
         """Waits for the database and our schema (a worker may start before `migrate` ran)."""
         # A one-shot run reports an unreachable database at once (exit 1) instead of waiting.
         deadline = 0.0 if self.once else None
-        session = db.Session(self.dsn, "startup", self.stopping, deadline=deadline)
+        session = db.Session(
+            self.dsn,
+            "startup",
+            self.stopping,
+            deadline=deadline,
+            lock_timeout_ms=self.lock_timeout_ms,
+        )
         systemd.notify(status=f"connecting to {db.describe(self.dsn)}")
         try:
             while not self.stopping.is_set():
@@ -121,7 +140,8 @@ class Startup:
                     conn = session.get()
                     with db.translated():
                         installed = schema.installed(conn)
-                    if installed:
+                        problem = schema.mismatch(conn) if installed else MISSING_SCHEMA
+                    if problem is None:
                         targets = self.registry.refresh(conn)
                         self.check_configured_model(conn)
                         return targets
@@ -131,9 +151,9 @@ class Startup:
                     session.lost()
                     continue
                 if self.once:
-                    raise exceptions.DatabaseError(MISSING_SCHEMA)
-                logger.error("%s; retrying in 10 s", MISSING_SCHEMA)
-                systemd.notify(status=f"waiting: {MISSING_SCHEMA}")
+                    raise exceptions.DatabaseError(problem)
+                logger.error("%s; retrying in 10 s", problem)
+                systemd.notify(status=f"waiting: {problem}")
                 self.stopping.wait(10)
             return None
         finally:

@@ -15,8 +15,12 @@ from worker.pipeline import stages, write
 from worker.pipeline.batch import Batch, RowState
 from worker.pipeline.lanes import Lanes
 from worker.process.handoffs import Handoff, Handoffs
+from worker.process.watchdog import Watchdog
 
 logger = logging.getLogger(__name__)
+
+# Times a write transaction that one of our own statements' lock wait rolled back is run again.
+LOCK_RETRIES = 3
 
 
 @dataclass(kw_only=True)
@@ -25,6 +29,7 @@ class Writer:
 
     dsn: str
     settings: Settings  # attempts and backoff (the write stage)
+    watchdog: Watchdog  # ends its session when a table owner's code ignores its bound
     lanes: Lanes  # each batch's queue and leases
     embedded: Handoffs  # from the embedder
     finished: threading.Event  # set when the writer ends: the pipeline has drained
@@ -33,7 +38,14 @@ class Writer:
     rows_done: int = 0  # rows written, for the progress line
 
     def run(self) -> None:
-        session = db.Session(self.dsn, "writer", self.finished, vectors=True)
+        session = db.Session(
+            self.dsn,
+            "writer",
+            self.finished,
+            vectors=True,
+            lock_timeout_ms=self.settings.lock_timeout_ms,
+        )
+        self.watchdog.watch(session)
         try:
             while True:
                 item = self.embedded.get()
@@ -54,7 +66,10 @@ class Writer:
         held = lane.leases.held(batch.msg_ids)
         # Settled jobs are no longer ours to renew.
         lane.leases.drop(batch.msg_ids)
-        for attempt in range(2):  # once more after a reconnect; then the leases expire
+        lock_waits = 0
+        attempt = 0
+        conn: db.Connection | None = None
+        while attempt < 2:  # once more after a reconnect; then the leases expire
             try:
                 conn = session.get()
                 if item.release:
@@ -67,19 +82,41 @@ class Writer:
                 self.rows_done += sum(1 for r in batch.rows.values() if r.state is RowState.WRITTEN)
                 return
             except exceptions.ConnectionLost as exc:
-                metrics.DATABASE_UP.set(0)
+                ended_for = db.ended_by_watchdog(conn)
                 session.lost()
+                if batch.ignored(ended_for):
+                    # A table owner's code caught the cancel of its bound, and the watchdog ended
+                    # the session (worker/process/watchdog.py): written again, on a new one,
+                    # that code's rows a row at a time, or without that row.
+                    continue
+                metrics.DATABASE_UP.set(0)
                 logger.warning(
                     "writer: connection lost (%s)%s",
                     exc,
                     "; retrying" if attempt == 0 else "; its jobs return after their lease",
                 )
+                attempt += 1
+            except exceptions.LockUnavailable as exc:
+                # One of our own statements waited past EMBED_LOCK_TIMEOUT_MS (a table of ours
+                # held by a migration, a row by another worker's write): the transaction rolled
+                # back whole, and writing it again redoes everything.
+                lock_waits += 1
+                if lock_waits > LOCK_RETRIES:
+                    logger.error(
+                        "writing a batch waited for locks %d times (%s); its jobs return after"
+                        " their lease",
+                        lock_waits,
+                        exc,
+                    )
+                    return
+                logger.warning("writer: %s; writing the batch again", exc)
+                self.finished.wait(0.1 * 2**lock_waits)
             except exceptions.DatabaseError as exc:
                 logger.error("writing a batch failed (%s); its jobs return after their lease", exc)
                 return
 
 
-def hand_back(dsn: str, lanes: Lanes) -> None:
+def hand_back(dsn: str, lanes: Lanes, lock_timeout_ms: int) -> None:
     """Makes every job held in `lanes` visible again at once (a fresh, short-lived
     connection)."""
     for lane in lanes:
@@ -87,7 +124,7 @@ def hand_back(dsn: str, lanes: Lanes) -> None:
         if not held:
             continue
         try:
-            conn = db.connect(dsn, connect_timeout=3)
+            conn = db.connect(dsn, connect_timeout=3, lock_timeout_ms=lock_timeout_ms)
             try:
                 with db.translated(), conn.transaction():
                     conn.execute(queries.get("short_statement_timeout"))

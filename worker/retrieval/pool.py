@@ -18,13 +18,16 @@ CONNECTION_TIMEOUT = 5.0  # seconds a search waits for a pooled connection
 
 
 class SearchConnections:
-    def __init__(self, dsn: str, *, max_size: int) -> None:
+    def __init__(
+        self, dsn: str, *, max_size: int, lock_timeout_ms: int = db.DEFAULT_LOCK_TIMEOUT_MS
+    ) -> None:
         """`dsn`: the search role's when one is configured (EMBED_SEARCH_DATABASE_URL), whose
         rights, row-level security included, decide what an answer holds; `max_size`: the
-        searches whose SQL runs at once (EMBED_SEARCH_POOL_SIZE), at most."""
+        searches whose SQL runs at once (EMBED_SEARCH_POOL_SIZE), at most; `lock_timeout_ms`:
+        the longest a search waits for a lock (EMBED_LOCK_TIMEOUT_MS)."""
         self.dsn = dsn
         self.max_size = max_size
-        self.pool = db.pool(dsn, max_size=max_size, name="search")
+        self.pool = db.pool(dsn, max_size=max_size, name="search", lock_timeout_ms=lock_timeout_ms)
         self._opened = False
         self._lock = threading.Lock()
         self.leased = 0  # connections a search holds now

@@ -14,6 +14,10 @@ RERANKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # as set_rerank
 # "vector": by meaning only; "hybrid": fused with full-text search (the target needs it on:
 # embeddings.enable_fts()); "auto": hybrid where the target has full-text search.
 MODES = ("auto", "vector", "hybrid")
+REQUIRED = (
+    'expected a JSON object with "table" (the table to search) and "query" (the text to '
+    'search for): {"table": "documents", "query": "..."}'
+)
 
 
 @dataclass(frozen=True)
@@ -41,7 +45,10 @@ class SearchRequest:
         (docs/http.md#post-search), checked against the table by embeddings.search(), never spliced
         into SQL."""
         if not isinstance(body, dict):
-            raise ValueError('expected a JSON object with "table" and "query"')
+            raise ValueError(REQUIRED)
+        missing = [name for name in ("table", "query") if body.get(name) in (None, "")]
+        if len(missing) == 2:
+            raise ValueError(REQUIRED)
         table, query, k = body.get("table"), body.get("query"), body.get("k", 5)
         column = body.get("column")
         # No NUL: Postgres text cannot hold one, so no table name does.

@@ -13,6 +13,7 @@ column's, or for a chunked target the document's best chunk.
 
 from __future__ import annotations
 
+import difflib
 from dataclasses import dataclass
 from typing import Any
 
@@ -37,10 +38,16 @@ class RerankerUnavailable(exceptions.ModelError):
     with another order than the one asked for."""
 
 
+class UnknownReranker(InvalidSearch):
+    """The search names a reranker that is neither registered nor a cross-encoder directory:
+    the caller's mistake (a 400), not the server's."""
+
+
 @dataclass(frozen=True)
 class RerankPlan:
     model: str
     depth: int  # results of the first ranking the reranker reads (at least k)
+    asked: bool = False  # named by the request, not by the target's set_rerank()
 
 
 def plan(request: SearchRequest, target: Target) -> RerankPlan | None:
@@ -58,7 +65,29 @@ def plan(request: SearchRequest, target: Target) -> RerankPlan | None:
     depth = request.rerank_depth or target.rerank_depth
     if depth is None:
         depth = min(max(DEPTH_PER_RESULT * request.k, MIN_DEPTH), MAX_RERANK_DEPTH)
-    return RerankPlan(model, max(depth, request.k))
+    return RerankPlan(model, max(depth, request.k), asked=isinstance(request.rerank, str))
+
+
+def unknown(conn: db.Connection, name: str) -> UnknownReranker:
+    """The error for a search naming reranker `name`, which nothing serves: the rerankers that
+    are registered, and the one it nearly names."""
+    try:
+        with db.translated():
+            registered = [row[0] for row in conn.execute(queries.get("rerankers"), {"name": None})]
+    except exceptions.DatabaseError:
+        registered = []  # (a role that may not read the registry: no list to offer)
+    close = difflib.get_close_matches(name, registered, n=1)
+    return UnknownReranker(
+        f"no reranker {name!r}: none is registered under that name"
+        + (f" (did you mean {close[0]!r}?)" if close else "")
+        + (
+            f"; registered rerankers: {', '.join(registered)}"
+            if registered
+            else "; no reranker is registered (embeddings.register_reranker())"
+        )
+        + ", and no cross-encoder directory of that name is where the worker looks for models "
+        "(EMBED_MODEL_PATH)"
+    )
 
 
 def registration(conn: db.Connection, name: str) -> RerankerSpec | None:

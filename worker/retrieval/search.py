@@ -92,7 +92,9 @@ class SearchService:
             api_key=settings.api_key,
         )
         connections = SearchConnections(
-            settings.search_database_url or settings.dsn, max_size=settings.search_pool_size
+            settings.search_database_url or settings.dsn,
+            max_size=settings.search_pool_size,
+            lock_timeout_ms=settings.lock_timeout_ms,
         )
         rerankers = LoadedRerankers(
             settings.model_location, settings.threads, api_key=settings.api_key
@@ -199,8 +201,16 @@ def _reranker(conn: db.Connection, stage: rerank.RerankPlan, load: LoadReranker 
     the cross-encoder directory of that name."""
     if load is None:
         raise rerank.RerankerUnavailable("this search path has no rerank stage")
+    registration = None
     try:
-        return load(stage.model, rerank.registration(conn, stage.model))
+        registration = rerank.registration(conn, stage.model)
+        return load(stage.model, registration)
+    except exceptions.ModelNotFound as exc:
+        # A name the request made up is the caller's to fix; one the table's set_rerank()
+        # names and this worker lacks is the operator's, and may be served later: a 503.
+        if stage.asked and registration is None:
+            raise rerank.unknown(conn, stage.model) from None
+        raise rerank.RerankerUnavailable(f"reranker {stage.model}: {exc}") from exc
     except exceptions.ModelError as exc:
         raise rerank.RerankerUnavailable(f"reranker {stage.model}: {exc}") from exc
 

@@ -28,3 +28,12 @@ CREATE TABLE IF NOT EXISTS embeddings.rerankers (
     updated_at      timestamptz NOT NULL DEFAULT now()
 );
 GRANT SELECT ON embeddings.rerankers TO PUBLIC;
+
+-- sql/41_locks.sql: documents being written, a row per document only inside the worker's write
+-- transaction (it orders two writers of one document; advisory locks did, before 0.3.0).
+CREATE UNLOGGED TABLE IF NOT EXISTS embeddings.documents_written (
+    target_id integer NOT NULL,
+    key_md5   uuid NOT NULL,
+    PRIMARY KEY (target_id, key_md5)
+);
+REVOKE ALL ON embeddings.documents_written FROM PUBLIC;

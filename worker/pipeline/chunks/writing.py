@@ -16,6 +16,7 @@ from worker.pipeline import pieces
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.documents.stream import HeadedChunk
 from worker.pipeline.pieces import DocumentChunks
+from worker.pipeline.stores.side import lock_documents
 from worker.pipeline.targets import Target
 
 logger = logging.getLogger(__name__)
@@ -32,8 +33,7 @@ def store(
     rows = embedded + blank
     if not rows:
         return {}
-    keys = [r.key for r in rows]
-    conn.execute(target.query("lock_documents"), {"target_id": target.id, "keys": keys})
+    lock_documents(conn, target, rows)
     outcome: dict[str, RowState] = {}
     moved = {r.key for r in _moved_on(conn, target, embedded)}
     for key in moved:

@@ -54,6 +54,24 @@ class ExtractedDocument:
         found = bisect.bisect_right(starts, offset)
         return numbers[found - 1] if found else None
 
+    def page_of(self, start: int, end: int) -> int | None:
+        """The page holding most of the text in [start, end) (a chunk's), the first of equals;
+        None without pages. A chunk that begins in a page's last words (its overlap with the
+        chunk before) and runs on into the next page is the next page's."""
+        numbers, starts = self._page_starts
+        if not numbers:
+            return None
+        best, most = self.page_at(start), 0
+        # From the page holding `start` (or the first one after it) to the last starting in range.
+        for i in range(max(bisect.bisect_right(starts, start) - 1, 0), len(numbers)):
+            page_start, page_end = self.pages[numbers[i]]
+            if page_start >= end:
+                break
+            held = min(end, page_end) - max(start, page_start)
+            if held > most:
+                best, most = numbers[i], held
+        return best
+
     @cached_property
     def _page_starts(self) -> tuple[list[int], list[int]]:
         numbers = sorted(self.pages)

@@ -101,11 +101,12 @@ def _heading(
     paragraph), else None."""
     atx = _ATX.match(content)
     if atx:
-        return _Heading(len(atx.group(1)), headline(_atx_text(content[atx.end() :])), start, end)
+        text = _without_attributes(_atx_text(content[atx.end() :]))
+        return _Heading(len(atx.group(1)), headline(text), start, end)
     underline = _SETEXT.fullmatch(content)
     if underline and paragraph:
         level = 1 if underline.group(1)[0] == "=" else 2
-        title = headline(" ".join(line for _, line in paragraph))
+        title = headline(_without_attributes(" ".join(line for _, line in paragraph).rstrip()))
         return _Heading(level, title, paragraph[0][0], end)
     return None
 
@@ -118,3 +119,15 @@ def _atx_text(rest: str) -> str:
     if bare != text and (not bare or bare[-1] in " \t"):
         text = bare.rstrip(" \t")
     return text
+
+
+def _without_attributes(text: str) -> str:
+    """A heading's text without the attribute list that names its anchor (`## Install {#setup}`,
+    `{: #setup .tip}`: Pandoc, MkDocs' attr_list, Docusaurus): an id for links, not text."""
+    if not text.endswith("}"):
+        return text
+    opening = text.rfind("{")
+    inner = text[opening + 1 : -1].strip().removeprefix(":").strip()
+    if opening < 0 or not inner.startswith("#") or "{" in inner:
+        return text
+    return text[:opening].rstrip(" \t")

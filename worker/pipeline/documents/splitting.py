@@ -72,7 +72,7 @@ class DocumentSplitter:
             for piece in self._splitter_for(header).stream(body):
                 start, end = section.start + piece.start, section.start + piece.end
                 chunk = Chunk(seq, start, end, piece.text, piece.tokens)
-                page = document.page_at(start)
+                page = document.page_of(start, end)
                 yield DocumentChunk(chunk, section.headings, page, header)
                 seq += 1
 

@@ -32,6 +32,15 @@ _BLOCKS = frozenset(
     }
 )
 _HEADINGS = {f"h{n}": n for n in range(1, 7)}
+# A link inside a heading to the heading itself, put there by a documentation generator (Sphinx
+# and MkDocs `headerlink`, GitHub's `anchor`, Docusaurus' `hash-link`, anchor.js) for readers to
+# copy: its ¶, #, or zero-width space is not the heading's text. Known by its class or label, or
+# by having no letter or digit in it; a heading whose whole text links to itself keeps it.
+_PERMALINK_CLASSES = frozenset(
+    {"headerlink", "anchor", "hash-link", "anchor-link", "heading-anchor", "header-anchor"}
+    | {"permalink", "anchorjs-link", "heading-link", "headinglink"}
+)
+_PERMALINK_LABELS = ("permalink", "permanent link", "direct link", "link to this")
 
 
 def extract(html: str, *, max_bytes: int) -> ExtractedDocument:
@@ -54,6 +63,9 @@ class _Parser(HTMLParser):
         self._title_length = 0
         self._title_text: str | None = None
         self._first_h1: str | None = None
+        # A link inside the heading we are in: where its text starts in `_text`, and whether it
+        # says it is a permalink; None outside one.
+        self._link: tuple[int, bool] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
         if tag == "title" and self._title_text is None:
@@ -66,6 +78,9 @@ class _Parser(HTMLParser):
         elif tag in _HEADINGS:
             self._flush()
             self._heading = _HEADINGS[tag]
+            self._link = None
+        elif tag == "a" and self._heading is not None and not self._hidden:
+            self._link = _fragment_link(attrs, len(self._text))
         elif tag in _BLOCKS:
             self._flush()
             self._pre += tag == "pre"
@@ -81,7 +96,13 @@ class _Parser(HTMLParser):
         elif tag in _HIDDEN:
             if self._open[tag]:  # a stray end tag closes nothing
                 self._close_hidden(tag)
+        elif tag == "a" and self._link is not None:
+            start, permalink = self._link
+            self._link = None
+            if permalink or not any(c.isalnum() for part in self._text[start:] for c in part):
+                del self._text[start:]
         elif tag in _HEADINGS and self._heading is not None:
+            self._link = None
             text = headline("".join(self._text))
             self._text = []
             if self._heading == 1 and self._first_h1 is None and text:
@@ -123,3 +144,19 @@ class _Parser(HTMLParser):
             self._builder.paragraph(text.strip("\n"))
         else:
             self._builder.paragraph(collapse_spaces(text))
+
+
+def _fragment_link(attrs: list[tuple[str, str | None]], start: int) -> tuple[int, bool] | None:
+    """A link to a place in the page (`href="#..."`), with where its text starts and whether
+    its class or label says it is a permalink; None for any other link (its text is text)."""
+    found = dict(attrs)
+    if not (found.get("href") or "").startswith("#"):
+        return None
+    classes = set((found.get("class") or "").lower().split())
+    label = " ".join(found.get(a) or "" for a in ("title", "aria-label")).lower()
+    permalink = (
+        bool(classes & _PERMALINK_CLASSES)
+        or (found.get("aria-hidden") or "").lower() == "true"
+        or any(words in label for words in _PERMALINK_LABELS)
+    )
+    return start, permalink

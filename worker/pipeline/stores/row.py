@@ -1,9 +1,11 @@
 """The row store: a target's vectors in a column of its own table (the default).
 
 The vector write is an UPDATE of the row that checks the content's md5 in the same statement
-(the stale-write guard) and takes the row's lock, which orders two writers of one row until
-COMMIT. During a model change (sql/44_changes.sql) the new model's vectors go into the shadow
-column too, under the same guard.
+(the stale-write guard). The rows are locked first, as the UPDATE would lock them, which orders
+two writers of one row until COMMIT; a row another transaction holds (an application's open
+transaction) is skipped rather than waited for, and waits for a later batch (BLOCKED). During
+a model change (sql/44_changes.sql) the new model's vectors go into the shadow column too, under
+the same guard.
 """
 
 from __future__ import annotations
@@ -39,10 +41,13 @@ class RowStore(Store):
     def write(
         self, conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]
     ) -> dict[str, RowState]:
-        states: dict[str, RowState] = {}
+        held = self.lock(conn, target, embedded + blank)
+        states = {r.key: RowState.BLOCKED for r in embedded + blank if r.key in held}
+        embedded = [r for r in embedded if r.key not in held]
+        blank = [r for r in blank if r.key not in held]
         # A target being changed to another model gets the new model's vectors in its shadow
-        # column too, under the same stale-write guard: the first write ordered the rows' writers
-        # (their row locks, or a side table's advisory locks), so both columns hold vectors of the
+        # column too, under the same stale-write guard: the lock ordered the rows' writers (their
+        # row locks, or a side table's documents_written), so both columns hold vectors of the
         # same content. Shadow-only rows (the change's own jobs) keep their current vector.
         full = [r for r in embedded if not r.shadow_only]
         if full:
@@ -64,6 +69,14 @@ class RowStore(Store):
                 # Not cleared: already NULL, or the content changed since (its own job does it).
                 states[row.key] = RowState.CLEARED if row.key in cleared else RowState.BLANK
         return states
+
+    def lock(self, conn: db.Connection, target: Target, rows: list[Row]) -> set[str]:
+        """Locks the rows about to be written until COMMIT (the target's _lock_rows(), as the
+        table's owner); returns the keys of those another transaction holds, not locked."""
+        if not rows:
+            return set()
+        found = conn.execute(target.query("lock_rows"), target.key_params([r.key for r in rows]))
+        return {key for (key,) in found}
 
 
 def _write(conn: db.Connection, target: Target, rows: list[Row], *, shadow: bool) -> set[str]:

@@ -4,9 +4,10 @@ per vector, no serialization failure of the application's REPEATABLE READ or SER
 transactions, none of its UPDATE triggers fired.
 
 Written as the row store writes (the same generated function names: an upsert of the side row
-after the md5 check, blank content deleting it), except that an upsert takes no lock of the
-application's row before it writes: the rows' advisory locks order two writers of one row from
-the check to COMMIT. Rows deleted from the table leave their side rows behind until `forget`.
+after the md5 check, blank content deleting it), except that it takes no lock of the
+application's row: embeddings.lock_documents() (sql/41_locks.sql, on a table of ours no one else
+may lock) orders two writers of one row from the check to COMMIT. Rows deleted from the table
+leave their side rows behind until `forget`.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import ClassVar
 
 from worker import db, queries
-from worker.pipeline.batch import Row, RowState
+from worker.pipeline.batch import Row
 from worker.pipeline.stores.row import RowStore
 from worker.pipeline.targets import Target
 
@@ -22,22 +23,22 @@ from worker.pipeline.targets import Target
 class SideStore(RowStore):
     follows_deletes: ClassVar[bool] = True
 
-    def write(
-        self, conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]
-    ) -> dict[str, RowState]:
-        if embedded or blank:
-            lock_rows(conn, target, embedded + blank)
-        return super().write(conn, target, embedded, blank)
+    def lock(self, conn: db.Connection, target: Target, rows: list[Row]) -> set[str]:
+        lock_documents(conn, target, rows)
+        return set()
 
     def forget(self, conn: db.Connection, target: Target, gone: list[Row]) -> None:
         forget_rows(conn, target, gone)
 
 
-def lock_rows(conn: db.Connection, target: Target, rows: list[Row]) -> None:
-    """The rows' advisory locks (per target and key), until COMMIT."""
-    conn.execute(
-        queries.compose("lock_documents"), {"target_id": target.id, "keys": [r.key for r in rows]}
-    )
+def lock_documents(conn: db.Connection, target: Target, rows: list[Row]) -> None:
+    """Orders this write of the rows after any other transaction's, until COMMIT (waiting at
+    most EMBED_LOCK_TIMEOUT_MS for one: then lock_not_available)."""
+    if rows:
+        conn.execute(
+            queries.compose("lock_documents"),
+            {"target_id": target.id, "keys": [r.key for r in rows]},
+        )
 
 
 def forget_rows(conn: db.Connection, target: Target, gone: list[Row]) -> None:
@@ -45,5 +46,5 @@ def forget_rows(conn: db.Connection, target: Target, gone: list[Row]) -> None:
     embeddings_<id>_forget(): a row of that key inserted since keeps its own)."""
     if not gone:
         return
-    lock_rows(conn, target, gone)
+    lock_documents(conn, target, gone)
     conn.execute(target.query("forget_rows"), target.key_params([r.key for r in gone]))

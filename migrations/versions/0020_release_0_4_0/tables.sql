@@ -1,0 +1,2 @@
+-- Release 0.4.0, revision 0020: the tables new in 0.4.0, as sql/ makes them, after upgrade.sql
+-- (docs/development.md, "Schema changes"). Idempotent.

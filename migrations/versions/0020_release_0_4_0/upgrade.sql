@@ -1,0 +1,5 @@
+-- Release 0.4.0, revision 0020: the tables of 0.3.0 brought up to date, before the code of
+-- 0.4.0 is installed over them (migrations/versions/0020_release_0_4_0.py).
+--
+-- Every statement here is idempotent: ALTER TABLE ... ADD COLUMN IF NOT EXISTS, conversions
+-- that leave converted rows alone. Tables new in 0.4.0 need no line here: sql/ creates them.

@@ -1,0 +1,87 @@
+"""The watchdog: a statement that runs a table owner's code and ignores its bound ends with its
+session.
+
+The bound of such a statement (worker/pipeline/bounds.py) is a statement timeout, which Postgres
+enforces by cancelling the statement, and PL/pgSQL can catch a cancel (`EXCEPTION WHEN
+query_canceled`): an owner's trigger or content function that catches it and goes on would hold
+the worker's writer, or its fetcher, for as long as it liked. So a thread of its own looks at the
+pipeline's connections every POLL_SECONDS (reading what each says it runs: no database), and
+ends the session of one whose bounded statement is GRACE_SECONDS past its bound, from a
+short-lived connection of its own (pg_terminate_backend: a FATAL error, which no code can catch;
+a role may end its own sessions). The thread that ran the statement gets ConnectionLost, reads
+from its connection whose code it was (`ended_by`), and goes on with its batch on a new
+connection: that target's rows a row at a time, then without the row whose code it was, which
+fails (an attempt, as any row whose code ran past its bound).
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+
+from worker import db, exceptions, queries
+from worker.session_guard import GuardedConnection
+
+logger = logging.getLogger(__name__)
+
+POLL_SECONDS = 0.1
+GRACE_SECONDS = 0.25
+
+
+class Watchdog:
+    """The sessions whose bounded statements it watches (the fetcher's, the writer's)."""
+
+    def __init__(self, dsn: str, lock_timeout_ms: int) -> None:
+        self.dsn = dsn
+        self.lock_timeout_ms = lock_timeout_ms
+        self._sessions: list[db.Session] = []
+        self._lock = threading.Lock()
+
+    def watch(self, session: db.Session) -> None:
+        with self._lock:
+            self._sessions.append(session)
+
+    def run(self, finished: threading.Event) -> None:
+        """Looks every POLL_SECONDS until `finished`."""
+        while not finished.wait(POLL_SECONDS):
+            overdue = self.overdue()
+            if overdue:
+                self.end(overdue)
+
+    def overdue(self) -> list[tuple[str, GuardedConnection, int, object]]:
+        """The watched sessions whose bounded statement ran GRACE_SECONDS past its bound: name,
+        connection, backend pid, the statement's label."""
+        with self._lock:
+            sessions = list(self._sessions)
+        now = time.monotonic()
+        found = []
+        for session in sessions:
+            conn = session.current()
+            if not isinstance(conn, GuardedConnection):
+                continue
+            running = conn.running_bounded
+            if running is not None and now >= running[0] + GRACE_SECONDS:
+                found.append((session.name, conn, conn.pgconn.backend_pid, running[1]))
+        return found
+
+    def end(self, overdue: list[tuple[str, GuardedConnection, int, object]]) -> None:
+        try:
+            with (
+                db.connect(
+                    self.dsn, connect_timeout=3, lock_timeout_ms=self.lock_timeout_ms
+                ) as conn,
+                db.translated(),
+            ):
+                for name, watched, pid, label in overdue:
+                    watched.ended_by = label
+                    logger.warning(
+                        "%s: a statement running a table owner's code (%s) went on past its"
+                        " bound, catching the cancel: its session (pid %d) is ended",
+                        name,
+                        label,
+                        pid,
+                    )
+                    conn.execute(queries.get("terminate_backend"), {"pid": pid})
+        except exceptions.EmbedWorkerError as exc:
+            logger.warning("watchdog: could not end an overdue session (%s)", exc)
