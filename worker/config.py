@@ -109,9 +109,10 @@ class Settings:
     query_batch_wait_ms: float = field(default=2.0, metadata={"env": "EMBED_QUERY_BATCH_WAIT_MS"})
     # POST /search's connections: a search holds one only while its SQL runs.
     search_pool_size: int = field(default=8, metadata={"env": "EMBED_SEARCH_POOL_SIZE"})
-    # The nice value of the pipeline's embedding in a process that also serves HTTP: questions
-    # first (worker/models/priority.py); 0: the same priority as questions.
-    backlog_nice: int = field(default=10, metadata={"env": "EMBED_BACKLOG_NICE"})
+    # In a process that also serves HTTP, questions go first (worker/models/priority.py): the
+    # pipeline's inference calls yield to questions'. Above 0, the pipeline's embedding also
+    # runs at this nice value on an inference session of its own (more memory).
+    backlog_nice: int = field(default=0, metadata={"env": "EMBED_BACKLOG_NICE"})
     # POST routes on a non-loopback address without EMBED_HTTP_TOKEN need this explicit yes.
     http_allow_unauthenticated: bool = field(
         default=False, metadata={"env": "EMBED_HTTP_ALLOW_UNAUTHENTICATED"}

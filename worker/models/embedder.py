@@ -98,6 +98,7 @@ class Embedder:
         # that priority, so that its intra-op threads have it too. The first is `session`.
         self._sessions: dict[int, Any] = {priority.current(): session}
         self._sessions_lock = threading.Lock()
+        self.turns = priority.QuestionsFirst()
         self._tokenizer = tokenizer
         self._inputs = onnx.graph_inputs(session, model_file)
         self._output = onnx.hidden_state_output(session, model_file)
@@ -204,7 +205,7 @@ class Embedder:
         if not checked:
             return EmbedResult(vectors=vectors, tokens=0, padded_tokens=0)
         tokens = padded = 0
-        for batch in batches(self._encode(checked), self.token_budget):
+        for batch in batches(self._encode(checked), self.turns.token_budget(self.token_budget)):
             vectors[batch.rows] = self._run(batch)
             tokens += sum(len(e.ids) for e in batch.encodings)
             padded += len(batch.encodings) * batch.length
@@ -235,7 +236,8 @@ class Embedder:
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         ids, mask, type_ids = pad_batch(batch, self._pad_id)
         session = self._lane_session()
-        (hidden,) = session.run([self._output], onnx.feed(self._inputs, ids, mask, type_ids))
+        with self.turns.call():
+            (hidden,) = session.run([self._output], onnx.feed(self._inputs, ids, mask, type_ids))
         return hidden, mask
 
     def _probe_dim(self) -> int:

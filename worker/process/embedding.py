@@ -21,9 +21,9 @@ def embed_batches(
     nice: int = 0,
 ) -> None:
     """The embedder thread: runs the model on each batch the fetcher loaded and passes it on to
-    the writer; a batch not started once the worker is stopping is handed back instead. With
-    `nice`, the thread and its models' inference threads run at that lower priority, so that
-    questions answered in this process go first (worker/models/priority.py)."""
+    the writer; a batch not started once the worker is stopping is handed back instead. Its
+    inference calls yield to questions answered in this process; with `nice`, the thread and
+    its models' inference threads also run at that lower priority (worker/models/priority.py)."""
     priority.lower(nice)
     try:
         while True:
