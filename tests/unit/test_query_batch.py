@@ -178,7 +178,10 @@ def _nice_of_tasks() -> dict[int, int]:
     """This process's threads (tasks) and their nice values, from /proc."""
     found = {}
     for task in os.listdir("/proc/self/task"):
-        stat = Path(f"/proc/self/task/{task}/stat").read_text()
+        try:
+            stat = Path(f"/proc/self/task/{task}/stat").read_text()
+        except FileNotFoundError:  # a thread of another test's, ended since the listing
+            continue
         fields = stat[stat.rindex(")") + 2 :].split()
         found[int(task)] = int(fields[16])  # nice: field 19 of stat, 17th after the name
     return found
