@@ -3,7 +3,7 @@ instead, in one run on one machine. Results go to bench/results/*.json; `python 
 turns them into the table of docs/performance.md and the plots.
 
     python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,lanes,
-                            idle,remote,embedder,quality,swapstall]
+                            idle,remote,embedder,quality,swapstall,search]
                     [--rows N] [--quick] [--quality-function SCHEMA.FUNCTION]
 
 At scale, each run only when named in --only (each takes 5 to 15 minutes here):
@@ -65,6 +65,7 @@ from bench import (
     raw,
     remote,
     retrieval,
+    search,
     status,
     swapstall,
     trust,
@@ -101,6 +102,7 @@ SECTIONS = (
     "quality",
     "swapstall",
     "trust",
+    "search",
 )
 SCALE_SECTIONS = (
     "million",
@@ -375,6 +377,18 @@ def main() -> int:
                 fresh_db(cluster, template),
                 *found["all-MiniLM-L6-v2"],
                 rows=5000 if args.quick else 20000,
+            ),
+        )
+
+        section(
+            "search",  # POST /search against the in-caller baseline; while a backlog drains
+            lambda: search.run(
+                fresh_db(cluster, template),
+                SHARED_MODELS,
+                backlog_rows=5000 if args.quick else 20000,
+                hnsw_rows=args.scale_rows or (20_000 if args.quick else 100_000),
+                seconds=3.0 if args.quick else 6.0,
+                rounds=1 if args.quick else 3,
             ),
         )
 

@@ -24,7 +24,7 @@ def run(
         ids, mask, type_ids = pad_batch(batch, embedder._pad_id)
         arrays = {"input_ids": ids, "attention_mask": mask, "token_type_ids": type_ids}
         feeds.append({name: arrays[name].astype(np.int64) for name in embedder._inputs})
-    session, output = embedder._session, embedder._output
+    session, output = embedder._lane_session(), embedder._output
     session.run([output], feeds[0])  # warm up
     seconds = []
     for _ in range(repeats):

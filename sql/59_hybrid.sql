@@ -166,7 +166,11 @@ COMMENT ON FUNCTION embeddings.disable_fts IS
 -- (docs/performance.md). A lower-case "or" (Or, oR) gets a "_" after it: a word again,
 -- which the configuration drops as a stop word or keeps as a lexeme like any other, its
 -- position kept within a "quoted phrase"; OR in capitals stays the operator, as in web
--- search engines. Each with `text_score`, its ts_rank_cd divided by the best one's (the
+-- search engines. A "-" excludes the word it touches ("-pepper"); one before a space, another
+-- "-", an operator character or the end is a space: websearch_to_tsquery() reads each "-" in
+-- place of a word as a NOT waiting for its word, and 32 of them with none between (a
+-- docstring's "----------" under a heading, "- - -") failed the search with "tsquery stack too
+-- small". Each with `text_score`, its ts_rank_cd divided by the best one's (the
 -- convex fusion's text score, sql/59_hybrid.sql's hybrid_search()). $1 the query text, $2 the
 -- filter, $3 the depth. In two halves around the filter's condition (embeddings.generate_search() makes
 -- the target's embeddings_<id>_text_ranking() of them, sql/58_search.sql).
@@ -185,12 +189,13 @@ BEGIN
             '  %11$s AS start_offset, %12$s AS end_offset, %13$s AS headings, %14$s AS page,'
             '  pg_catalog.ts_rank_cd(%4$s.%5$I, q.q) AS text_rank'
             ' FROM %6$s, pg_catalog.websearch_to_tsquery(%7$L::pg_catalog.regconfig,'
-            '  pg_catalog.regexp_replace(pg_catalog.regexp_replace($1, %8$L, %9$L, ''g''),'
-            '   %15$L, %16$L, ''g'')) AS q(q)'
+            '  pg_catalog.regexp_replace(pg_catalog.regexp_replace('
+            '   pg_catalog.regexp_replace($1, %8$L, %9$L, ''g''), %15$L, %16$L, ''g''),'
+            '   %17$L, '' '', ''g'')) AS q(q)'
             ' WHERE %4$s.%5$I OPERATOR(pg_catalog.@@) q.q AND %10$s IS NOT NULL AND (',
             q->>'key', q->>'content', q->>'seq', doc, t.fts_column, q->>'from', t.fts_config::text,
             '(\w)\.(?=\w)', '\1 ', q->>'vector', q->>'start_offset', q->>'end_offset', q->>'headings', q->>'page',
-            '\m(or|Or|oR)\M', '\1_'),
+            '\m(or|Or|oR)\M', '\1_', '-(?=[-\s!&|()<]|$)'),
         format(
             ') ORDER BY %1$s, pg_catalog.ts_rank_cd(%2$s.%3$I, q.q) DESC) r'
             ' ORDER BY r.text_rank DESC, r.key LIMIT $3',

@@ -103,6 +103,16 @@ class Settings:
     http_max_waiting_connections: int = field(
         default=256, metadata={"env": "EMBED_HTTP_MAX_WAITING_CONNECTIONS"}
     )
+    # Questions (POST /search, POST /embed) to one model embedded together: at most this many
+    # texts per call, and the longest a question waits for others while others are about.
+    query_batch_size: int = field(default=32, metadata={"env": "EMBED_QUERY_BATCH_SIZE"})
+    query_batch_wait_ms: float = field(default=2.0, metadata={"env": "EMBED_QUERY_BATCH_WAIT_MS"})
+    # POST /search's connections: a search holds one only while its SQL runs.
+    search_pool_size: int = field(default=8, metadata={"env": "EMBED_SEARCH_POOL_SIZE"})
+    # In a process that also serves HTTP, questions go first (worker/models/priority.py): the
+    # pipeline's inference calls yield to questions'. Above 0, the pipeline's embedding also
+    # runs at this nice value on an inference session of its own (more memory).
+    backlog_nice: int = field(default=0, metadata={"env": "EMBED_BACKLOG_NICE"})
     # POST routes on a non-loopback address without EMBED_HTTP_TOKEN need this explicit yes.
     http_allow_unauthenticated: bool = field(
         default=False, metadata={"env": "EMBED_HTTP_ALLOW_UNAUTHENTICATED"}
@@ -208,6 +218,8 @@ class Settings:
             ("max_document_bytes", 0),  # 0: no ceiling
             ("parse_cpu_seconds", 1),
             ("parse_processes", 1),
+            ("query_batch_size", 1),
+            ("search_pool_size", 1),
             ("lock_timeout_ms", 0),  # 0: the role's and database's
         ):
             value = getattr(self, name)
@@ -215,6 +227,11 @@ class Settings:
                 raise fail(name, "must be at least 1" if lowest else "must not be negative")
         if self.vt_seconds < 3:
             raise fail("vt_seconds", "must be at least 3 (leases are renewed every third of it)")
+        if self.parse_memory_mb < MIN_PARSE_MEMORY_MB:
+            raise fail(
+                "parse_memory_mb",
+                f"must be at least {MIN_PARSE_MEMORY_MB} (a parse process's libraries need it)",
+            )
         for name in (
             "backoff_base_seconds",
             "backoff_max_seconds",
@@ -227,18 +244,10 @@ class Settings:
         ):
             if getattr(self, name) <= 0:
                 raise fail(name, "must be positive")
-        if self.parse_memory_mb < MIN_PARSE_MEMORY_MB:
-            raise fail(
-                "parse_memory_mb",
-                f"must be at least {MIN_PARSE_MEMORY_MB} (a parse process's libraries need it)",
-            )
-        for name, lowest, hint in (
-            ("http_port", 0, " (0 picks a free one)"),
-            ("devdb_port", 1, ""),
-        ):
-            port = getattr(self, name)
-            if port is not None and not lowest <= port <= 65535:
-                raise fail(name, f"must be a TCP port{hint}")
+        for name, lowest, highest, what in _RANGES:
+            value = getattr(self, name)
+            if value is not None and not lowest <= value <= highest:
+                raise fail(name, f"must be {what}")
         if not self.pull and self.http_port is None:
             raise fail(
                 "pull",
@@ -251,6 +260,13 @@ class Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
 
 
+# Settings with a range: (name, lowest, highest, what a value must be).
+_RANGES = (
+    ("http_port", 0, 65535, "a TCP port (0 picks a free one)"),
+    ("devdb_port", 1, 65535, "a TCP port"),
+    ("backlog_nice", 0, 19, "a nice value from 0 to 19"),
+    ("query_batch_wait_ms", 0, 1000, "from 0 to 1000 (milliseconds)"),
+)
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 

@@ -260,6 +260,33 @@ HTTP_WAITING = Gauge(
     registry=REGISTRY,
 )
 
+# Searches (worker/retrieval/): questions embedded together, and the connections their SQL
+# holds (a search leases one only while its SQL runs).
+QUERY_BATCH_QUESTIONS = Histogram(
+    "embed_worker_query_batch_questions",
+    "Questions (POST /search, POST /embed) embedded together in one batched call, by model",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64),
+    registry=REGISTRY,
+)
+SEARCH_POOL_SIZE = Gauge(
+    "embed_worker_search_pool_size",
+    "Connections POST /search's pool may open (EMBED_SEARCH_POOL_SIZE)",
+    registry=REGISTRY,
+)
+SEARCH_CONNECTIONS_LEASED = Gauge(
+    "embed_worker_search_connections_leased",
+    "POST /search's pooled connections held by a search's SQL now",
+    registry=REGISTRY,
+)
+SEARCH_CONNECTION_WAIT = Histogram(
+    "embed_worker_search_connection_wait_seconds",
+    "Time a search waited for a pooled connection (every one leased: the pool is too small "
+    "for the searches' SQL, or the database slow)",
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
+    registry=REGISTRY,
+)
+
 # Series exist from the start (at zero), so dashboards and alerts see them before any work.
 for _reason in HTTP_CLOSE_REASONS:
     HTTP_CLOSED.labels(_reason)

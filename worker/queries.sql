@@ -359,6 +359,19 @@ SELECT name, provider, endpoint, remote_model, max_documents, max_tokens, max_in
 FROM embeddings.rerankers WHERE %(name)s::text IS NULL OR name = %(name)s::text
 ORDER BY name;
 
+-- name: search_target_check
+-- The targets of table %(table)s (as the caller's own sessions find it: relation_named), of its
+-- embedding column %(column)s when given, with what a search compares with the target it read
+-- last (worker/retrieval/targets.py: KnownTargets): its definition version and what a search
+-- uses that may change without it. Cheaper than search_target by the catalog reads it skips.
+-- ours: touches only our tables and the catalog, runs no one else's code
+SELECT t.id, t.version, t.model, t.fts_config IS NOT NULL AS has_fulltext, t.rerank_model,
+       t.rerank_depth, t.problem, t.source::oid AS source
+FROM embeddings.targets t
+WHERE t.source = embeddings.relation_named(%(table)s)::oid
+  AND (%(column)s::name IS NULL OR t.embedding_column = %(column)s::name)
+ORDER BY t.id;
+
 -- name: search_target_version
 -- The definition version of target %(target)s (NULL: gone), checked after each search: a model
 -- change that swapped its column meanwhile means the query was embedded by the old model.

@@ -7,6 +7,7 @@ import http.client
 import json
 import select
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -477,3 +478,42 @@ def _refused(port: int) -> bool:
         return False
     assert answers[0].headers["retry-after"] == "1" and "retry" in answers[0].error
     return True
+
+
+def test_a_slow_client_holds_no_batch(http_worker: WorkerProcess) -> None:
+    """Questions are batched (worker/models/query_batch.py) only once their bodies are read
+    whole: a client stalled half-way through its body holds no one's answer, and is answered
+    itself once its body arrives."""
+    assert http_worker.port is not None
+    body = b'{"input": "a question sent slowly"}'
+    head = request(
+        "POST",
+        "/embed",
+        headers=[
+            ("Authorization", f"Bearer {TOKEN}"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", str(len(body))),
+        ],
+    )
+    with socket.create_connection(("127.0.0.1", http_worker.port)) as slow:
+        slow.sendall(head + body[:10])  # and then nothing, for now
+        answers: list[int] = []
+        threads = [
+            threading.Thread(
+                target=lambda i=i: answers.append(
+                    post(http_worker, "/embed", {"input": f"q{i}"})[0]
+                )
+            )
+            for i in range(4)
+        ]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(60)
+        assert answers == [200] * 4
+        assert not select.select([slow], [], [], 0)[0]  # no answer yet: its body is not whole
+        slow.sendall(body[10:])
+        slow.settimeout(30)
+        with slow.makefile("rb") as reader:
+            answer = read_answer(reader)
+        assert answer is not None and answer.status == 200

@@ -4,6 +4,7 @@ generated (chunk tables); filters apply to both rankings."""
 
 from __future__ import annotations
 
+import random
 from collections.abc import Callable
 from typing import Any
 
@@ -39,7 +40,8 @@ def text_ranking(conn: Conn, table: str, column: str, query: str) -> list[Any]:
     """The full-text ranking as the docs describe it, written out here."""
     rows = conn.execute(
         f"SELECT id FROM {table}, websearch_to_tsquery('english', regexp_replace("
-        r" regexp_replace(%s, '(\w)\.(?=\w)', '\1 ', 'g'), '\m(or|Or|oR)\M', '\1_', 'g')) q"
+        r" regexp_replace(regexp_replace(%s, '(\w)\.(?=\w)', '\1 ', 'g'),"
+        r" '\m(or|Or|oR)\M', '\1_', 'g'), '-(?=[-\s!&|()<]|$)', ' ', 'g')) q"
         f" WHERE {column} @@ q ORDER BY ts_rank_cd({column}, q) DESC, id",
         (query,),
     ).fetchall()
@@ -278,6 +280,83 @@ def test_only_an_upper_case_or_is_the_operator(conn: Conn) -> None:
     assert text_ranking(conn, "spices", "embedding_fts", "GET or POST") == [4]
 
 
+# Pieces of questions as they are pasted: a docstring's underlined heading, list dashes,
+# operators of other query languages, quotes, escapes.
+PUNCTUATION = [
+    "-",
+    "- ",
+    "--",
+    "-!",
+    "-(",
+    "-&",
+    "-|",
+    "-\n",
+    '"',
+    "'",
+    "!",
+    "&",
+    "|",
+    "(",
+    ")",
+    ":",
+    "*",
+    "<->",
+    "<",
+    ".",
+    ",",
+    "_",
+    "\\",
+    "OR ",
+    "or ",
+    " ",
+    "\n",
+    "\t",
+    "word",
+    "é",
+    "os.path",
+    "-x",
+    "\u00a0",
+]
+
+
+def _punctuated(rng: random.Random) -> str:
+    return "".join(rng.choice(PUNCTUATION) for _ in range(rng.randint(1, 300)))
+
+
+@pytest.mark.parametrize("text_match", ["any", "all"])
+def test_questions_of_any_punctuation_never_fail_a_search(
+    conn: Conn, items: Vec, text_match: str
+) -> None:
+    """websearch_to_tsquery() reads each "-" in place of a word as a NOT waiting for its word:
+    32 of them in a row ("----------" under a docstring's heading) failed every hybrid search
+    of text_match 'all' with "tsquery stack too small"."""
+    rng = random.Random(3)
+    asked = [
+        "-" * 80,
+        "Parameters\n----------\nx : int\n    the value",
+        "- " * 40 + "tree",
+        "-!" * 40,
+        "-(" * 40 + "tree",
+        " -- " * 33 + "directory",
+        *(_punctuated(rng) for _ in range(300)),
+    ]
+    for question in asked:
+        conn.execute(
+            "SELECT * FROM embeddings.hybrid_search('items', %s, %s::halfvec, 3, text_match => %s)",
+            (question, text(items), text_match),
+        ).fetchall()
+    target = find_target(conn, "items")
+
+    def matched(question: str) -> set[int]:
+        found = rankings.hybrid(conn, target, question, items, 8, fusion=Fusion(text_match="all"))
+        return {r["key"] for r in found if r["text_rank"] is not None}
+
+    assert matched("directory tree") == {5}
+    assert matched("directory -tree") == set()  # a "-" touching a word still excludes it
+    assert matched("directory - tree") == {5}  # one before a space is a space
+    assert matched("directory ---------- tree") == {5}
+
+
 def test_hybrid_on_a_target_without_full_text_is_refused(conn: Conn, items: Vec) -> None:
     conn.execute("SELECT embeddings.disable_fts('items')")
     target = find_target(conn, "items")
@@ -435,11 +514,12 @@ def test_turning_full_text_search_on_keeps_the_vector_indexes(conn: Conn, store:
     )
 
 
-def test_a_definition_changed_during_a_search_means_the_query_again(
+def test_a_model_changed_while_the_query_is_embedded_means_the_query_again(
     conn: Conn, minilm: str, embedders: LoadedModels
 ) -> None:
-    """A model change may swap the column between the query's embedding and the search: then
-    the query is embedded again with the target as it is now (worker/retrieval/search.py)."""
+    """A model change may swap the column while the query is embedded: the target is read
+    after the embedding, and the query is embedded again with the model the target has now
+    (worker/retrieval/search.py); a query is never compared with another model's vectors."""
     conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
     conn.execute("SELECT embeddings.watch('notes', 'body', model => %s)", (minilm,))
     target = find_target(conn, "notes")
@@ -447,9 +527,9 @@ def test_a_definition_changed_during_a_search_means_the_query_again(
 
     def load(name: str) -> Any:
         loads.append(name)
-        if len(loads) == 1:  # as if a swap committed while the query was embedded
-            conn.execute("UPDATE embeddings.targets SET version = version + 1")
-        return embedders.get(name)
+        if len(loads) == 1:  # as if a swap to another model committed meanwhile
+            conn.execute("UPDATE embeddings.targets SET model = 'gte-small', version = version + 1")
+        return embedders.get(minilm)  # the same dimensions under another name
 
     assert search.ranked(conn, load, target, "anything", 2, mode="vector") == []
-    assert loads == [minilm, minilm]
+    assert loads == [minilm, "gte-small"]

@@ -1,17 +1,29 @@
-"""POST /search's pooled connections (worker/http/search_pool.py): a connection comes back
-with nothing of the last search's session, and one the server closed is replaced."""
+"""POST /search's pooled connections (worker/retrieval/pool.py): a connection comes back
+with nothing of the last search's session, and one the server closed is replaced; a search
+holds one only while its SQL runs (worker/retrieval/search.py: SearchService), which every
+client goes through."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import threading
+import urllib.request
+from collections.abc import Callable, Sequence
 from typing import Any
 
+import numpy as np
 import psycopg
+import pytest
 
-from worker.http.search_pool import SearchConnections
+from worker.cli import main as cli
+from worker.config import Settings
+from worker.http.server import serve
+from worker.models.query_batch import QueryBatchers
+from worker.models.reranker import Scores
 from worker.process.runner import Worker
-from worker.retrieval import search
+from worker.retrieval.pool import SearchConnections
 from worker.retrieval.request import SearchRequest
+from worker.retrieval.search import SearchService
 
 
 def test_a_connection_comes_back_without_what_the_last_user_left(dsn: str) -> None:
@@ -66,7 +78,7 @@ class _Statements:
         monkeypatch.setattr(psycopg.Cursor, "execute", execute)
 
 
-def test_a_search_on_a_pooled_connection_sends_six_statements(
+def test_a_search_sends_six_statements(
     conn: psycopg.Connection[Any],
     dsn: str,
     minilm: str,
@@ -85,13 +97,186 @@ def test_a_search_on_a_pooled_connection_sends_six_statements(
     request = SearchRequest.parse({"table": "docs", "query": "document", "k": 2})
     searches = SearchConnections(dsn, max_size=1)
     try:
-        with searches.connection() as pooled:  # the pool's first connection, made and typed
-            search.run(pooled, embedders.get, request)
+        service = SearchService(searches.connection, QueryBatchers(embedders.get))
+        # The pool's first connection, made and typed; the table's model learnt.
+        service.search(request)
         statements = _Statements(monkeypatch)
         for _ in range(3):
             before = statements.sent
-            with searches.connection() as pooled:
-                assert [r["key"] for r in search.run(pooled, embedders.get, request)] == [1, 2]
+            assert [r["key"] for r in service.search(request)] == [1, 2]
             assert statements.sent - before == 6
     finally:
         searches.close()
+
+
+# --- the search service: no connection held while the CPU works; one path for every client --
+
+
+def _watched_docs(
+    conn: psycopg.Connection[Any], minilm: str, run_once: Callable[..., Worker]
+) -> None:
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    conn.execute(
+        "INSERT INTO docs (id, body) VALUES (1, 'a first document'), (2, 'a second one'),"
+        " (3, 'and a third')"
+    )
+    run_once()
+
+
+class _Blocking:
+    """Blocks its caller, once `entered` is set, until the test sets `go`."""
+
+    def __init__(self) -> None:
+        self.entered = threading.Event()
+        self.go = threading.Event()
+
+    def block(self) -> None:
+        self.entered.set()
+        assert self.go.wait(60)
+
+
+class _BlockingReranker(_Blocking):
+    """A cross-encoder stand-in that scores (shortest first) once the test looked at the
+    pool."""
+
+    name = "blocking-reranker"
+
+    def score(self, question: str, passages: Sequence[str]) -> Scores:
+        self.block()
+        return np.array([-len(p) for p in passages], dtype=np.float32)
+
+
+def _in_thread(call: Callable[[], Any]) -> tuple[threading.Thread, dict[str, Any]]:
+    outcome: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            outcome["value"] = call()
+        except BaseException as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread, outcome
+
+
+def _pool_is_whole(searches: SearchConnections) -> bool:
+    """No connection leased, and another search takes the pool's only one (max_size=1)."""
+    if searches.leased != 0:
+        return False
+    with searches.connection() as other:
+        return other.execute("SELECT 1").fetchone() == (1,)
+
+
+def test_a_search_holds_no_connection_while_its_results_are_reranked(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    minilm: str,
+    run_once: Callable[..., Worker],
+    embedders: Any,
+) -> None:
+    _watched_docs(conn, minilm, run_once)
+    reranker = _BlockingReranker()
+    searches = SearchConnections(dsn, max_size=1)
+    service = SearchService(
+        searches.connection, QueryBatchers(embedders.get), load_reranker=lambda *_: reranker
+    )
+    request = SearchRequest.parse(
+        {"table": "docs", "query": "document", "k": 2, "rerank": reranker.name}
+    )
+    try:
+        thread, outcome = _in_thread(lambda: service.search(request))
+        assert reranker.entered.wait(60)
+        whole = _pool_is_whole(searches)
+        reranker.go.set()
+        thread.join(60)
+        assert whole
+        assert [r["key"] for r in outcome["value"]] == [3, 2]  # the shortest contents first
+        assert all(r["rerank_score"] is not None for r in outcome["value"])
+    finally:
+        reranker.go.set()
+        searches.close()
+
+
+def test_a_search_holds_no_connection_while_its_question_is_embedded(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    minilm: str,
+    run_once: Callable[..., Worker],
+    embedders: Any,
+) -> None:
+    """The first search of a table reads its target, gives the connection back, embeds; a
+    later one embeds first (the model its target had): neither holds a connection then."""
+    _watched_docs(conn, minilm, run_once)
+    searches = SearchConnections(dsn, max_size=1)
+    gates: list[_Blocking] = []
+
+    class Model:
+        def __init__(self, inner: Any) -> None:
+            self.inner, self.name, self.dim, self.max_tokens = inner, inner.name, inner.dim, 512
+
+        def embed(self, texts: Sequence[str]) -> Any:
+            gates[-1].block()
+            return self.inner.embed(texts)
+
+        def embed_with_stats(self, texts: Sequence[str]) -> Any:
+            raise NotImplementedError
+
+    model = Model(embedders.get(minilm))
+    service = SearchService(searches.connection, QueryBatchers(lambda name: model))
+    request = SearchRequest.parse({"table": "docs", "query": "document", "k": 3})
+    try:
+        for _ in range(2):  # the first search of the table, then one with its model known
+            gates.append(_Blocking())
+            thread, outcome = _in_thread(lambda: service.search(request))
+            assert gates[-1].entered.wait(60)
+            whole = _pool_is_whole(searches)
+            gates[-1].go.set()
+            thread.join(60)
+            assert whole
+            assert sorted(r["key"] for r in outcome["value"]) == [1, 2, 3]
+    finally:
+        for gate in gates:
+            gate.go.set()
+        searches.close()
+
+
+def test_the_command_line_http_and_python_search_through_the_same_service(
+    conn: psycopg.Connection[Any],
+    minilm: str,
+    model_path: str,
+    settings: Settings,
+    run_once: Callable[..., Worker],
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    _watched_docs(conn, minilm, run_once)
+    served: list[str] = []
+    original = SearchService.search
+
+    def search(self: SearchService, request: SearchRequest) -> list[dict[str, Any]]:
+        served.append(request.query)
+        return original(self, request)
+
+    monkeypatch.setattr(SearchService, "search", search)
+    worker = run_once()
+    server = serve(worker, settings.with_overrides(http_port=0))
+    try:
+        body = json.dumps({"table": "docs", "query": "over http", "k": 1}).encode()
+        asked = urllib.request.Request(
+            f"{server.url}/search", body, {"Content-Type": "application/json"}
+        )
+        with urllib.request.urlopen(asked, timeout=60) as answer:
+            assert len(json.load(answer)["results"]) == 1
+    finally:
+        server.shutdown()
+    monkeypatch.setenv("DATABASE_URL", settings.dsn)
+    monkeypatch.setenv("EMBED_MODEL_PATH", model_path)
+    assert cli.main(["search", "docs", "on the command line", "-k", "1", "--json"]) == 0
+    assert len(json.loads(capsys.readouterr().out)) == 1
+
+    with SearchService.open(settings) as searches:  # a Python program's
+        assert len(searches.search(SearchRequest("docs", "from python", k=1))) == 1
+
+    assert served == ["over http", "on the command line", "from python"]

@@ -35,13 +35,13 @@ from tests.support.process import WorkerProcess, run_cli
 from tests.support.provider_server import ProviderServer
 from tests.support.rerank_server import RerankServer
 from worker import schema
-from worker.http.search_pool import SearchConnections
 from worker.models.files import ModelLocation
 from worker.models.loaded import LoadedModels
 from worker.models.remote import breaker as breakers
 from worker.models.reranker import LoadedRerankers
 from worker.process.runner import Worker
 from worker.retrieval import search
+from worker.retrieval.pool import SearchConnections
 from worker.retrieval.request import SearchRequest
 
 SUPERUSER, WORKER, APPLICATION = "superuser", "worker role", "application role"
@@ -133,7 +133,7 @@ def _forget_jobs_then(statement: str) -> Callable[[Context], None]:
 
 def _http_search(ctx: Context) -> None:
     """What POST /search runs (worker/http/work.py: Work.search), on the pooled connections it
-    uses (worker/http/search_pool.py), as the search role (EMBED_SEARCH_DATABASE_URL), the
+    uses (worker/retrieval/pool.py), as the search role (EMBED_SEARCH_DATABASE_URL), the
     application's: one connection, so every search after the first runs in a session the
     owner's code ran in before, and must find none of what it left."""
     searches = SearchConnections(ctx.dsn, max_size=1)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import re
 import sys
@@ -235,29 +236,30 @@ def _remote_models_if_registered(name: str, settings: Settings) -> dict[str, Rem
 
 
 def search(args: argparse.Namespace, settings: Settings) -> int:
+    from worker.models.query_batch import QueryBatchers
     from worker.models.reranker import LoadedRerankers
     from worker.pipeline.targets import load_remote_models
-    from worker.retrieval import search as search_mod
+    from worker.retrieval.search import SearchService
 
     request = _search_request(args)
     filter = request.filter
     with _connect(settings) as conn:
         status_hint = hints.command("status", settings.dsn)
-        # Embedded with the column's model at that moment; documents of a chunked target by
-        # their best chunk (worker/retrieval/search.py). As POST /search: the same request,
-        # checked the same way, run by the same run().
+        # The search service of POST /search, over this command's one connection: the same
+        # request, checked the same way, embedded and ranked the same way
+        # (worker/retrieval/search.py).
         models = _models(settings, load_remote_models(conn))
         rerankers = LoadedRerankers(
             settings.model_location, settings.threads, api_key=settings.api_key
         )
+        service = SearchService(
+            lambda: contextlib.nullcontext(conn),
+            QueryBatchers(models.get, max_batch=settings.query_batch_size),
+            load_reranker=rerankers.get,
+            then=f" then see `{status_hint}`",
+        )
         try:
-            results = search_mod.run(
-                conn,
-                models.get,
-                request,
-                load_reranker=rerankers.get,
-                then=f" then see `{status_hint}`",
-            )
+            results = service.search(request)
         finally:
             rerankers.close()
     if args.json:

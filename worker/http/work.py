@@ -11,9 +11,11 @@ from typing import TYPE_CHECKING
 from worker import exceptions
 from worker.http import bodies, push
 from worker.http.protocol import Answer, BadRequest, Request
-from worker.http.search_pool import SearchConnections
 from worker.models import catalog, files
+from worker.models.query_batch import QueryBatchers
 from worker.models.reranker import LoadedRerankers
+from worker.retrieval.pool import SearchConnections
+from worker.retrieval.search import SearchService
 
 if TYPE_CHECKING:
     from worker.config import Settings
@@ -39,15 +41,25 @@ class Work:
         self.embedders = embedders
         self.default_model = default_model
         self.push = push
+        # Searches lease a connection for their SQL only: a few serve every slot.
         self.searches = SearchConnections(
             settings.search_database_url or dsn,
-            max_size=settings.http_max_connections,
+            max_size=settings.search_pool_size,
             lock_timeout_ms=settings.lock_timeout_ms,
+        )
+        # Questions (/search's, /embed's) to one model embedded together.
+        self.questions = QueryBatchers(
+            embedders.get,
+            max_batch=settings.query_batch_size,
+            max_wait=settings.query_batch_wait_ms / 1000,
         )
         # Searches' rerankers, built by the first search that names one: cross-encoders, and
         # remote rerank APIs as registered (each search reads the registration).
         self.rerankers = LoadedRerankers(
             settings.model_location, settings.threads, api_key=settings.api_key
+        )
+        self.service = SearchService(
+            self.searches.connection, self.questions, load_reranker=self.rerankers.get
         )
 
     def close(self) -> None:
@@ -74,7 +86,7 @@ class Work:
         wanted = [i for i, text in enumerate(texts) if text.strip()]
         rows: list[list[float] | None] = [None] * len(texts)
         if wanted:
-            vectors = self.embedders.get(model_name).embed([texts[i] for i in wanted])
+            vectors = self.questions.embed(model_name, [texts[i] for i in wanted])
             for i, vector in zip(wanted, vectors, strict=True):
                 rows[i] = [round(float(x), 7) for x in vector]
         return Answer.json(
@@ -123,7 +135,7 @@ class Work:
         )
 
     def search(self, request: Request) -> Answer:
-        from worker.retrieval import errors, search
+        from worker.retrieval import errors
         from worker.retrieval.request import SearchRequest
 
         try:
@@ -133,10 +145,7 @@ class Work:
         # As the search role when one is configured: what it may SELECT, row-level security
         # included, is what the answer holds (the worker's own role reads no user table).
         try:
-            with self.searches.connection() as conn:
-                results = search.run(
-                    conn, self.embedders.get, asked, load_reranker=self.rerankers.get
-                )
+            results = self.service.search(asked)
         except errors.InvalidSearch as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
         except errors.SearchDenied as exc:

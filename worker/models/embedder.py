@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,7 +33,7 @@ import numpy as np
 import numpy.typing as npt
 
 from worker import exceptions
-from worker.models import catalog, files, onnx, quantization
+from worker.models import catalog, files, onnx, priority, quantization
 from worker.models.batching import DEFAULT_TOKEN_BUDGET, Encoding, TokenBatch, batches, pad_batch
 
 logger = logging.getLogger(__name__)
@@ -93,12 +94,29 @@ class Embedder:
         self.pooling = pooling
         self.threads = threads
         self.token_budget = token_budget
-        self._session = session
+        # A session per thread priority (worker/models/priority.py): each made by a thread of
+        # that priority, so that its intra-op threads have it too. The first is `session`.
+        self._sessions: dict[int, Any] = {priority.current(): session}
+        self._sessions_lock = threading.Lock()
+        self.turns = priority.QuestionsFirst()
         self._tokenizer = tokenizer
         self._inputs = onnx.graph_inputs(session, model_file)
         self._output = onnx.hidden_state_output(session, model_file)
         self._pad_id = onnx.pad_id(tokenizer)
         self.dim: int = onnx.output_dim(session, self._output) or hidden_size or self._probe_dim()
+
+    def _lane_session(self) -> Any:
+        """The session of this thread's priority, made by this thread on its first call."""
+        nice = priority.current()
+        session = self._sessions.get(nice)
+        if session is None:
+            with self._sessions_lock:
+                session = self._sessions.get(nice)
+                if session is None:
+                    session = onnx.create_session(self.model_file, self.threads)
+                    self._sessions[nice] = session
+                    logger.info("%s: a session for threads at nice %d", self.name, nice)
+        return session
 
     def __repr__(self) -> str:
         return (
@@ -187,7 +205,7 @@ class Embedder:
         if not checked:
             return EmbedResult(vectors=vectors, tokens=0, padded_tokens=0)
         tokens = padded = 0
-        for batch in batches(self._encode(checked), self.token_budget):
+        for batch in batches(self._encode(checked), self.turns.token_budget(self.token_budget)):
             vectors[batch.rows] = self._run(batch)
             tokens += sum(len(e.ids) for e in batch.encodings)
             padded += len(batch.encodings) * batch.length
@@ -217,7 +235,9 @@ class Embedder:
         self, batch: TokenBatch
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         ids, mask, type_ids = pad_batch(batch, self._pad_id)
-        (hidden,) = self._session.run([self._output], onnx.feed(self._inputs, ids, mask, type_ids))
+        session = self._lane_session()
+        with self.turns.call():
+            (hidden,) = session.run([self._output], onnx.feed(self._inputs, ids, mask, type_ids))
         return hidden, mask
 
     def _probe_dim(self) -> int:

@@ -221,6 +221,8 @@ class Worker:
             self.embedders,
             stopping=self.stopping,
             finished=self.finished,
+            # Questions first where this process answers them (POST /search, /embed).
+            nice=self.settings.backlog_nice if self.settings.http_port is not None else 0,
         )
         for name, target in (
             ("fetcher", self.fetcher.run),

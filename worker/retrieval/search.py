@@ -1,60 +1,204 @@
-"""A search from its words to its results: the query embedded with the model of the target's
-column, then ranked by meaning or, where the target has full-text search, hybrid."""
+"""A search from its words to its results, the one way every client searches: POST /search,
+`embed-worker search` and Python (SearchService) differ only in how the request arrives and
+where the connections come from.
+
+No connection is held while the CPU works:
+  1. the question is embedded with the model the table's target had at its last search,
+     batched with other questions for that model (worker/models/query_batch.py); the first
+     search of a table reads its target first;
+  2. a connection is leased for the SQL alone: the target as it is now (the one read last,
+     checked by one statement: worker/retrieval/targets.py; a model other than the one
+     embedded with: back to 1 with it), the rerank stage's registration, the
+     ranking (by meaning, or hybrid where the target has full-text search), the check that
+     the target did not change meanwhile; then given back;
+  3. the rerank stage (a cross-encoder's CPU, a remote API's wait) runs with none.
+A query is never compared with another model's vectors.
+"""
 
 from __future__ import annotations
 
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
+from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
+import numpy.typing as npt
+
 from worker import db, exceptions
+from worker.config import Settings
 from worker.models.embedder import TextModel
+from worker.models.loaded import LoadedModels
+from worker.models.query_batch import QueryBatchers
 from worker.models.remote.rerank_spec import RerankerSpec
-from worker.models.reranker import Reranker
+from worker.models.reranker import LoadedRerankers, Reranker
 from worker.retrieval import rankings, rerank
 from worker.retrieval.errors import InvalidSearch
 from worker.retrieval.fusion import Fusion
+from worker.retrieval.pool import SearchConnections
 from worker.retrieval.request import SearchRequest
-from worker.retrieval.targets import current_target, find_target, is_current
+from worker.retrieval.targets import KnownTargets, current_target, is_current
 from worker.target import Target
 
 # A reranker by its name and its registration, if it is a remote one (LoadedRerankers.get).
 LoadReranker = Callable[[str, RerankerSpec | None], Reranker]
+# A connection for one search's SQL, given back when the block ends.
+Lease = Callable[[], AbstractContextManager[db.Connection]]
+
+ATTEMPTS = 3  # model changes a search follows before answering with what it has
 
 
-def run(
+@dataclass
+class _Ranked:
+    results: list[dict[str, Any]]
+    reranker: Reranker | None
+
+
+class SearchService:
+    """Searches over connections from `lease`, their questions embedded by `questions`.
+    Safe to share between threads (as POST /search's worker threads do)."""
+
+    def __init__(
+        self,
+        lease: Lease,
+        questions: QueryBatchers,
+        *,
+        load_reranker: LoadReranker | None = None,
+        then: str = "",
+    ) -> None:
+        """`then` ends the hint given for an unwatched table."""
+        self.lease = lease
+        self.questions = questions
+        self.load_reranker = load_reranker
+        self.then = then
+        self.targets = KnownTargets()
+        self._closers: list[Callable[[], None]] = []
+
+    @classmethod
+    def open(cls, settings: Settings | None = None) -> SearchService:
+        """A service for a Python program, as POST /search's: the search role's pooled
+        connections (EMBED_SEARCH_DATABASE_URL, else the worker's database), the models and
+        rerankers found where the settings say, questions batched; close() when done.
+
+            with SearchService.open() as searches:
+                results = searches.search(SearchRequest("docs", "how do I reset it", k=5))
+        """
+        settings = settings or Settings.from_env()
+        models = LoadedModels(
+            variant=settings.model_variant,
+            threads=settings.threads,
+            location=settings.model_location,
+            downloads=settings.downloads,
+            api_key=settings.api_key,
+        )
+        connections = SearchConnections(
+            settings.search_database_url or settings.dsn,
+            max_size=settings.search_pool_size,
+            lock_timeout_ms=settings.lock_timeout_ms,
+        )
+        rerankers = LoadedRerankers(
+            settings.model_location, settings.threads, api_key=settings.api_key
+        )
+        service = cls(
+            connections.connection,
+            QueryBatchers(
+                models.get,
+                max_batch=settings.query_batch_size,
+                max_wait=settings.query_batch_wait_ms / 1000,
+            ),
+            load_reranker=rerankers.get,
+        )
+        service._closers += [connections.close, rerankers.close]
+        return service
+
+    def close(self) -> None:
+        for close in self._closers:
+            close()
+
+    def __enter__(self) -> SearchService:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def search(self, request: SearchRequest) -> list[dict[str, Any]]:
+        """Ranked results, one per row or, for a chunked target, per document
+        (results.search_result()), reranked where the request or the target says so."""
+        model = self.targets.model(request.table, request.column)
+        vector = None if model is None else self._embed(model, request.query)
+        for _ in range(ATTEMPTS):
+            with self.lease() as conn:
+                target = self.targets.find(conn, request.table, request.column, then=self.then)
+                if vector is not None and target.model == model:
+                    found = self._rank(conn, target, request, vector)
+                    if found is not None and is_current(conn, target):
+                        break
+                    target = current_target(conn, target)  # changed under the ranking
+            if vector is None or target.model != model:  # first read, or another model now
+                model = target.model
+                vector = self._embed(model, request.query)
+        else:  # the target kept changing: its vectors are compared with nothing
+            raise exceptions.ConnectionLost(
+                f"{request.table}'s target changed {ATTEMPTS} times during the search: ask again"
+            )
+        if found.reranker is None:
+            return found.results
+        return rerank.reorder(found.results, request.query, found.reranker, request.k)
+
+    def _embed(self, model: str, query: str) -> npt.NDArray[np.float32]:
+        vector: npt.NDArray[np.float32] = self.questions.embed(model, [query])[0]
+        return vector
+
+    def _rank(
+        self,
+        conn: db.Connection,
+        target: Target,
+        request: SearchRequest,
+        vector: npt.NDArray[np.float32],
+    ) -> _Ranked | None:
+        """The first ranking on `conn`, with the reranker that will reorder it (loaded before
+        the ranking runs: a search that cannot be reranked is answered at once); None when the
+        target changed under the ranking (a model change's swap)."""
+        if (problem := target.problem(vector.shape[0])) is not None:
+            raise exceptions.TargetError(problem)
+        stage = rerank.plan(request, target)
+        reranker = None if stage is None else _reranker(conn, stage, self.load_reranker)
+        k = request.k if stage is None else stage.depth
+        try:
+            results = _ranking(conn, target, request, vector, k)
+        except exceptions.DatabaseError:
+            if is_current(conn, target):
+                raise
+            return None
+        return _Ranked(results, reranker)
+
+
+def _ranking(
     conn: db.Connection,
-    load_model: Callable[[str], TextModel],
+    target: Target,
     request: SearchRequest,
-    *,
-    load_reranker: LoadReranker | None = None,
-    then: str = "",
+    vector: npt.NDArray[np.float32],
+    k: int,
 ) -> list[dict[str, Any]]:
-    """Ranked results, one per row or, for a chunked target, per document
-    (results.search_result()), reranked where the request or the target says so
-    (retrieval/rerank.py, with `load_reranker`): what `embed-worker search` and POST /search
-    both run. `then` ends the hint given for an unwatched table."""
-    target = find_target(conn, request.table, request.column, then=then)
-    stage = rerank.plan(request, target)
-    reranker = None if stage is None else _reranker(conn, stage, load_reranker)
-    results = ranked(
-        conn,
-        load_model,
-        target,
-        request.query,
-        request.k if stage is None else stage.depth,
-        filter=request.filter,
-        mode=request.mode,
-        fusion=request.fusion,
-    )
-    if reranker is None:
-        return results
-    return rerank.reorder(results, request.query, reranker, request.k)
+    """By meaning, or hybrid where the request or the target says so. `fusion` given, a search
+    that would not be hybrid (a target without full-text search, in mode "auto") is refused
+    rather than run untuned."""
+    mode, fusion = request.mode, request.fusion
+    if mode == "hybrid" or (mode == "auto" and target.has_fulltext):
+        return rankings.hybrid(
+            conn, target, request.query, vector, k, filter=request.filter, fusion=fusion
+        )
+    if fusion is not None:
+        raise InvalidSearch(
+            f"{target.name} has no full-text search: {', '.join(Fusion.names())} tune"
+            " hybrid search only"
+        )
+    return rankings.by_vector(conn, target, vector, k, request.filter)
 
 
 def _reranker(conn: db.Connection, stage: rerank.RerankPlan, load: LoadReranker | None) -> Reranker:
-    """The stage's reranker, before the first ranking runs (a search that cannot be reranked
-    is answered at once): a registered remote one (its registration as it is now), else the
-    cross-encoder directory of that name."""
+    """The stage's reranker: a registered remote one (its registration as it is now), else
+    the cross-encoder directory of that name."""
     if load is None:
         raise rerank.RerankerUnavailable("this search path has no rerank stage")
     registration = None
@@ -71,6 +215,22 @@ def _reranker(conn: db.Connection, stage: rerank.RerankPlan, load: LoadReranker 
         raise rerank.RerankerUnavailable(f"reranker {stage.model}: {exc}") from exc
 
 
+def run(
+    conn: db.Connection,
+    load_model: Callable[[str], TextModel],
+    request: SearchRequest,
+    *,
+    load_reranker: LoadReranker | None = None,
+    then: str = "",
+) -> list[dict[str, Any]]:
+    """One search on a connection the caller holds (tests, and callers with a session of
+    their own): SearchService.search with `conn` for every lease."""
+    service = SearchService(
+        lambda: nullcontext(conn), QueryBatchers(load_model), load_reranker=load_reranker, then=then
+    )
+    return service.search(request)
+
+
 def ranked(
     conn: db.Connection,
     load_model: Callable[[str], TextModel],
@@ -82,34 +242,11 @@ def ranked(
     mode: str = "auto",
     fusion: Fusion | None = None,
 ) -> list[dict[str, Any]]:
-    """The query embedded with the model of the target's column at that moment, ranked. A
-    model change that swapped the column meanwhile (the definition version moved) means once
-    more, with the new model: a query is never compared with another model's vectors.
-    `fusion` tunes the hybrid ranking; given, a search that would not be hybrid (a target
-    without full-text search, in mode "auto") is refused rather than run untuned."""
-    for _ in range(3):
-        model = load_model(target.model)
-        if (problem := target.problem(model.dim)) is not None:
-            raise exceptions.TargetError(problem)
-        vector = model.embed([query])[0]
-        try:
-            if mode == "hybrid" or (mode == "auto" and target.has_fulltext):
-                results = rankings.hybrid(
-                    conn, target, query, vector, k, filter=filter, fusion=fusion
-                )
-            elif fusion is not None:
-                raise InvalidSearch(
-                    f"{target.name} has no full-text search: {', '.join(Fusion.names())} tune"
-                    " hybrid search only"
-                )
-            else:
-                results = rankings.by_vector(conn, target, vector, k, filter)
-        except exceptions.DatabaseError:
-            if is_current(conn, target):
-                raise
-            target = current_target(conn, target)  # the column changed under the query
-            continue
-        if is_current(conn, target):
-            return results
-        target = current_target(conn, target)
-    return results
+    """The first ranking alone (no rerank stage) of `target`, as a search of its table
+    makes it."""
+    parts = (str(target.schema), str(target.table))
+    table = ".".join('"' + part.replace('"', '""') + '"' for part in parts)
+    request = SearchRequest(
+        table, query, k, target.embedding_column, filter, mode, fusion, rerank=False
+    )
+    return run(conn, load_model, request)

@@ -3,6 +3,8 @@ each (the named query search_target), never the whole registry."""
 
 from __future__ import annotations
 
+import threading
+from collections import OrderedDict
 from typing import Any
 
 from psycopg import errors, sql
@@ -40,6 +42,52 @@ def find_target(
     if len(found) > 1:
         raise exceptions.ConfigError(f"{table} has several embedding columns: pass a column")
     return target_of(found[0])
+
+
+class KnownTargets:
+    """The targets searches found by table name (and column), each checked by one cheap
+    statement (search_target_check) before it is used again: the same target, definition
+    version, model, full-text search, rerank setting and recorded problem, else read anew.
+    Bounded: the names are the callers'."""
+
+    LIMIT = 1024
+
+    def __init__(self) -> None:
+        self._known: OrderedDict[tuple[str, str | None], tuple[Any, Target]] = OrderedDict()
+        self._lock = threading.Lock()
+
+    def model(self, table: str, column: str | None) -> str | None:
+        """The model of the target this name meant last, if any: what to embed with first."""
+        with self._lock:
+            found = self._known.get((table, column))
+        return None if found is None else found[1].model
+
+    def find(
+        self, conn: db.Connection, table: str, column: str | None = None, *, then: str = ""
+    ) -> Target:
+        """find_target(), by one cheap statement while the target is as it was."""
+        key = (table, column)
+        with self._lock:
+            known = self._known.get(key)
+        if known is not None:
+            check = _check(conn, table, column)
+            if check == known[0]:
+                return known[1]
+        target = find_target(conn, table, column, then=then)
+        check = _check(conn, table, column)
+        with self._lock:
+            self._known[key] = (check, target)
+            self._known.move_to_end(key)
+            while len(self._known) > self.LIMIT:
+                self._known.popitem(last=False)
+        return target
+
+
+def _check(conn: db.Connection, table: str, column: str | None) -> Any:
+    with db.translated():
+        return conn.execute(
+            queries.get("search_target_check"), {"table": table, "column": column}
+        ).fetchall()
 
 
 def current_target(conn: db.Connection, target: Target) -> Target:

@@ -1,0 +1,460 @@
+"""`make bench`'s `search` section: POST /search against a caller doing the same work itself,
+side by side in one run on the same table and the same questions; questions while a backlog
+drains in the same worker; recall and speed of search() on a 100,000-row HNSW table.
+
+Table: `--rows` (4,000) standard-library docstrings with random unit vectors written straight
+in (no model runs for them), watched with all-MiniLM-L6-v2, full-text search on. Questions:
+sentences cut from other docstrings, every one new within a round. Paths, keep-alive clients,
+`seconds` each, rounds alternating path by path (the machine is shared: compare ratios):
+
+  http_vector, http_hybrid, http_hybrid_rerank
+            POST /search to one `embed-worker run` (mode vector; hybrid; hybrid reranked by a
+            cross-encoder of MiniLM-L6's size, random weights, 20 passages a search).
+  caller_vector, caller_hybrid
+            the in-caller baseline: the model loaded in this process (intra-op threads =
+            cores), one question embedded per call from N threads, embeddings.search() or
+            hybrid_search() over a psycopg_pool pool of N connections.
+
+Backlog: 8 clients, each asking a question THINK seconds after its last answer (a chat
+product's users), on the idle worker, then while it drains `--backlog-rows` rows of a second
+table, windows with and without questions alternating: question p95 against idle, the
+backlog's embed rate with questions against without. Once as by default (EMBED_BACKLOG_NICE=0:
+one session, the backlog's calls yielding to questions') and once niced (10: a session of its
+own at a lower CPU priority, opt-in).
+
+HNSW: `--hnsw-rows` rows of vectors shaped like MiniLM's (bench/hnsw.py), its HNSW index:
+embeddings.search() searches/s at 8 clients and recall@10 against an exact scan.
+
+Targets (issue 50), checked in the result: http_vector at 8 clients >= 1.0x caller_vector (goal
+1.5x); at 1 client, p50 <= caller's + 2 ms; with a backlog draining, p95 <= 2x idle and the
+embed rate >= 0.8x without questions.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import random
+import re
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psycopg
+from psycopg_pool import ConnectionPool
+
+from bench import corpus
+from bench.hnsw import gaussian_like, real_embeddings
+from tests.support import modelgen
+from tests.support.cluster import free_port
+from worker.models.embedder import Embedder
+
+TABLE = "bench_search"
+BACKLOG = "bench_backlog"
+HNSW_TABLE = "bench_hnsw"
+MODEL = "all-MiniLM-L6-v2"
+RERANKER = "bench-rerank"
+DIMS = 384
+# The reranked path at most at this many clients: a search reranks 20 passages with a
+# cross-encoder, seconds each on a loaded 2-core machine, so 32 clients make a round of minutes.
+RERANK_CLIENTS = 8
+THINK = 0.2  # seconds a backlog-phase client waits between an answer and its next question
+MINILM_SIZED = {"layers": 6, "hidden": 384, "heads": 12, "intermediate": 1536, "max_positions": 512}
+
+
+def questions(n: int, seed: int) -> list[str]:
+    """Runs of 4 to 14 words (letters only) cut from docstrings: each a new question."""
+    words = re.findall(r"[A-Za-z]{2,}", " ".join(corpus.stdlib_docstrings()))
+    rng = random.Random(seed)
+    asked = []
+    for _ in range(n):
+        start = rng.randrange(len(words) - 20)
+        asked.append(" ".join(words[start : start + rng.randint(4, 14)]) + "?")
+    return asked
+
+
+def _vec(v: np.ndarray[Any, Any]) -> str:
+    return "[" + ",".join(f"{x:.5f}" for x in v.tolist()) + "]"
+
+
+def setup(dsn: str, rows: int) -> None:
+    texts = corpus.stdlib_docstrings()
+    rng = np.random.default_rng(1)
+    vectors = rng.standard_normal((rows, DIMS)).astype(np.float32)
+    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(
+            f"CREATE TABLE {TABLE} (id int PRIMARY KEY, body text, embedding halfvec({DIMS}))"
+        )
+        with conn.cursor().copy(f"COPY {TABLE} (id, body, embedding) FROM STDIN") as copy:
+            for i, v in enumerate(vectors, start=1):
+                copy.write_row((i, texts[i % len(texts)], _vec(v)))
+        conn.execute(f"SELECT embeddings.watch('{TABLE}', 'body', model => %s)", (MODEL,))
+        conn.execute(f"SELECT embeddings.enable_fts('{TABLE}', 'english')")
+        conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+        conn.execute(f"ANALYZE {TABLE}")
+
+
+def reranker_dir(models: Path) -> Path:
+    return modelgen.cached_model_dir(
+        Path(tempfile.gettempdir()) / "embed-worker-bench-models",
+        name=RERANKER,
+        tokenizer_dir=models / MODEL,
+        cross_encoder=True,
+        seed=5,
+        **MINILM_SIZED,
+    )
+
+
+class WorkerProcess:
+    """`embed-worker run` with its HTTP side, pulling jobs (the backlog's)."""
+
+    def __init__(self, dsn: str, models: Path, reranker: Path, *, nice: int) -> None:
+        self.port = free_port()
+        env = {
+            **os.environ,
+            "DATABASE_URL": dsn,
+            "EMBED_HTTP_PORT": str(self.port),
+            "EMBED_HTTP_MAX_CONNECTIONS": "48",
+            "EMBED_MODEL": MODEL,
+            "EMBED_MODEL_PATH": f"{models}:{reranker.parent}",
+            "EMBED_LOG_LEVEL": "WARNING",
+            "EMBED_BACKLOG_NICE": str(nice),
+        }
+        self.log = tempfile.TemporaryFile()  # noqa: SIM115 - written as long as it runs
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "worker", "run"], env=env, stdout=self.log, stderr=self.log
+        )
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2):
+                    return
+            except OSError:
+                if self.proc.poll() is not None:
+                    self.log.seek(0)
+                    said = self.log.read().decode()[-2000:]
+                    raise RuntimeError(f"the worker exited: {said}") from None
+                time.sleep(0.2)
+        raise RuntimeError("the worker never became ready")
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(60)
+
+
+def drive(
+    clients: int, seconds: float, call: Callable[[int, int], None], *, think: float = 0.0
+) -> dict[str, float]:
+    """`clients` threads calling `call(client, n)` for `seconds` (each waiting `think` after
+    an answer): calls/s and p50/p95/p99 latency (ms)."""
+    latencies: list[list[float]] = [[] for _ in range(clients)]
+    errors: list[BaseException] = []
+    stop = time.monotonic() + seconds
+
+    def run(client: int) -> None:
+        n = 0
+        try:
+            while time.monotonic() < stop:
+                started = time.perf_counter()
+                call(client, n)
+                latencies[client].append(time.perf_counter() - started)
+                n += 1
+                if think:
+                    time.sleep(think)
+        except BaseException as exc:  # reported after the round
+            errors.append(exc)
+
+    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
+    began = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    elapsed = time.perf_counter() - began
+    if errors:
+        raise errors[0]
+    every = sorted(x for per in latencies for x in per)
+    return {
+        "per_second": round(len(every) / elapsed, 1),
+        "p50_ms": round(statistics.median(every) * 1000, 2),
+        "p95_ms": round(every[int(0.95 * (len(every) - 1))] * 1000, 2),
+        "p99_ms": round(every[int(0.99 * (len(every) - 1))] * 1000, 2),
+        "calls": len(every),
+    }
+
+
+def http_call(
+    port: int, clients: int, asked: list[str], **fields: Any
+) -> Callable[[int, int], None]:
+    local = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(clients)]
+
+    def call(client: int, n: int) -> None:
+        question = asked[(n * clients + client) % len(asked)]
+        body = json.dumps({"table": TABLE, "query": question, "k": 5, **fields})
+        try:
+            answer = _post(local[client], body)
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # The server closed it while it was idle (a slow round's other clients): anew,
+            # as an HTTP client's pool does.
+            local[client].close()
+            local[client] = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            answer = _post(local[client], body)
+        data = answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"POST /search: {answer.status} {data[:300]!r}")
+
+    return call
+
+
+def _post(conn: http.client.HTTPConnection, body: str) -> http.client.HTTPResponse:
+    conn.request("POST", "/search", body, {"Content-Type": "application/json"})
+    return conn.getresponse()
+
+
+def caller_call(
+    pool: ConnectionPool[Any], model: Embedder, clients: int, asked: list[str], *, hybrid: bool
+) -> Callable[[int, int], None]:
+    statement = (
+        f"SELECT key FROM embeddings.hybrid_search('{TABLE}', %s, %s::halfvec, 5)"
+        if hybrid
+        else f"SELECT key FROM embeddings.search('{TABLE}', %s::halfvec, 5)"
+    )
+
+    def call(client: int, n: int) -> None:
+        question = asked[(n * clients + client) % len(asked)]
+        vector = _vec(model.embed([question])[0])
+        with pool.connection() as conn:
+            params = (question, vector) if hybrid else (vector,)
+            conn.execute(statement, params).fetchall()
+
+    return call
+
+
+def _merge(runs: list[dict[str, float]]) -> dict[str, Any]:
+    return {
+        "per_second": statistics.median(r["per_second"] for r in runs),
+        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
+        "p95_ms": statistics.median(r["p95_ms"] for r in runs),
+        "p99_ms": statistics.median(r["p99_ms"] for r in runs),
+        "rounds": runs,
+    }
+
+
+def throughput(
+    dsn: str,
+    worker: WorkerProcess,
+    model: Embedder,
+    *,
+    counts: list[int],
+    seconds: float,
+    rounds: int,
+) -> dict[str, Any]:
+    asked = questions(20000, seed=7)
+    results: dict[str, Any] = {}
+    pool: ConnectionPool[Any] = ConnectionPool(
+        dsn, min_size=max(counts), max_size=max(counts), kwargs={"autocommit": True}
+    )
+    try:
+        pool.wait()
+        for clients in counts:
+            runs: dict[str, list[dict[str, float]]] = {}
+            ratios: dict[str, list[float]] = {"vector": [], "hybrid": []}
+            for _ in range(rounds):
+                # New keep-alive connections each round: the server closes idle ones.
+                paths = {
+                    "http_vector": http_call(worker.port, clients, asked, mode="vector"),
+                    "caller_vector": caller_call(pool, model, clients, asked, hybrid=False),
+                    "http_hybrid": http_call(worker.port, clients, asked, mode="hybrid"),
+                    "caller_hybrid": caller_call(pool, model, clients, asked, hybrid=True),
+                }
+                if clients <= RERANK_CLIENTS:
+                    paths["http_hybrid_rerank"] = http_call(
+                        worker.port, clients, asked, mode="hybrid", rerank=RERANKER
+                    )
+                for name, call in paths.items():
+                    drive(clients, 1.0, call)  # warm-up
+                    runs.setdefault(name, []).append(drive(clients, seconds, call))
+                    print(clients, name, runs[name][-1], flush=True)
+                for kind, each in ratios.items():
+                    each.append(
+                        runs[f"http_{kind}"][-1]["per_second"]
+                        / runs[f"caller_{kind}"][-1]["per_second"]
+                    )
+            per = {name: _merge(r) for name, r in runs.items()}
+            per["http/caller"] = {k: round(statistics.median(v), 3) for k, v in ratios.items()}
+            results[str(clients)] = per
+    finally:
+        pool.close()
+    return results
+
+
+def _embedded(conn: psycopg.Connection[Any]) -> int:
+    row = conn.execute(f"SELECT count(*) FROM {BACKLOG} WHERE embedding IS NOT NULL").fetchone()
+    return int(row[0]) if row else 0
+
+
+def backlog(
+    dsn: str, worker: WorkerProcess, rows: int, window: float, rounds: int
+) -> dict[str, Any]:
+    """p95 at 8 thinking clients idle, then while the worker drains `rows`, windows with and
+    without questions alternating; the embed rate in each."""
+    asked = questions(20000, seed=11)
+    call = http_call(worker.port, 8, asked, mode="vector")
+    drive(8, 2.0, call, think=THINK)
+    idle = [drive(8, window, call, think=THINK)]
+    texts = corpus.load(rows, seed=3)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"CREATE TABLE {BACKLOG} (id int PRIMARY KEY, body text)")
+        with conn.cursor().copy(f"COPY {BACKLOG} (id, body) FROM STDIN") as copy:
+            for i, text in enumerate(texts):
+                copy.write_row((i, text))
+        conn.execute(f"SELECT embeddings.watch('{BACKLOG}', 'body', model => %s)", (MODEL,))
+        time.sleep(window / 2)  # the drain under way
+        quiet: list[float] = []
+        busy: list[float] = []
+        loaded: list[dict[str, float]] = []
+        for _ in range(rounds):
+            before, started = _embedded(conn), time.monotonic()
+            time.sleep(window)
+            quiet.append((_embedded(conn) - before) / (time.monotonic() - started))
+            before, started = _embedded(conn), time.monotonic()
+            loaded.append(drive(8, window, call, think=THINK))
+            busy.append((_embedded(conn) - before) / (time.monotonic() - started))
+            print("backlog", quiet[-1], busy[-1], loaded[-1], flush=True)
+        left = rows - _embedded(conn)
+        conn.execute(f"SELECT embeddings.unwatch('{BACKLOG}')")
+        conn.execute(f"DROP TABLE {BACKLOG}")
+        conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    idle.append(drive(8, window, call, think=THINK))
+    idle_p95 = statistics.median(r["p95_ms"] for r in idle)
+    busy_p95 = statistics.median(r["p95_ms"] for r in loaded)
+    return {
+        "idle": idle,
+        "draining": loaded,
+        "rows_per_s_without_questions": [round(x, 1) for x in quiet],
+        "rows_per_s_with_questions": [round(x, 1) for x in busy],
+        "rows_left_unembedded": left,
+        "p95_draining/idle": round(busy_p95 / idle_p95, 2),
+        "rate_with/without_questions": round(statistics.median(busy) / statistics.median(quiet), 2),
+    }
+
+
+def hnsw(dsn: str, models: Path, rows: int, queries: int, seconds: float) -> dict[str, Any]:
+    real = real_embeddings(models / MODEL, 1000)
+    vectors = gaussian_like(real, rows, seed=21)
+    asked = gaussian_like(real, queries, seed=22)
+    search = f"SELECT key FROM embeddings.search('{HNSW_TABLE}', %s::halfvec, 10)"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("SET maintenance_work_mem = '1GB'")
+        conn.execute(
+            f"CREATE TABLE {HNSW_TABLE} (id int PRIMARY KEY, body text, embedding halfvec({DIMS}))"
+        )
+        with conn.cursor().copy(f"COPY {HNSW_TABLE} FROM STDIN") as copy:
+            for i, v in enumerate(vectors):
+                copy.write_row((i, "row", _vec(v)))
+        conn.execute(
+            f"CREATE INDEX ON {HNSW_TABLE} USING hnsw (embedding halfvec_cosine_ops)"
+        )  # before watch(): it finds one and builds none
+        conn.execute(
+            f"SELECT embeddings.watch('{HNSW_TABLE}', 'body', model => %s, backfill => false)",
+            (MODEL,),
+        )
+        conn.execute(f"VACUUM ANALYZE {HNSW_TABLE}")
+        recalls = []
+        for q in asked:
+            found = [r[0] for r in conn.execute(search, (_vec(q),)).fetchall()]
+            conn.execute("SET embeddings.exact_search_rows = 100000000")
+            exact = [r[0] for r in conn.execute(search, (_vec(q),)).fetchall()]
+            conn.execute("RESET embeddings.exact_search_rows")
+            recalls.append(len(set(found) & set(exact)) / len(exact))
+    pool: ConnectionPool[Any] = ConnectionPool(
+        dsn, min_size=8, max_size=8, kwargs={"autocommit": True}
+    )
+    literals = [_vec(q) for q in asked]
+
+    def call(client: int, n: int) -> None:
+        with pool.connection() as conn:
+            conn.execute(search, (literals[(n * 8 + client) % len(literals)],)).fetchall()
+
+    try:
+        pool.wait()
+        drive(8, 1.0, call)
+        speed = drive(8, seconds, call)
+    finally:
+        pool.close()
+    return {
+        "rows": rows,
+        "queries": queries,
+        "recall_at_10": round(statistics.mean(recalls), 4),
+        "search_8_clients": speed,
+    }
+
+
+def targets(result: dict[str, Any]) -> dict[str, Any]:
+    eight, one = result["throughput"].get("8"), result["throughput"].get("1")
+    checks: dict[str, Any] = {}
+    if eight:
+        ratio = eight["http/caller"]["vector"]
+        checks["http/caller at 8 clients >= 1.0 (goal 1.5)"] = {"value": ratio, "met": ratio >= 1.0}
+    if one:
+        gap = one["http_vector"]["p50_ms"] - one["caller_vector"]["p50_ms"]
+        checks["1 client p50 - caller's <= 2 ms"] = {"value": round(gap, 2), "met": gap <= 2.0}
+    drain = result.get("backlog", {}).get("nice 0")
+    if drain:
+        p95, rate = drain["p95_draining/idle"], drain["rate_with/without_questions"]
+        checks["draining p95 / idle <= 2"] = {"value": p95, "met": p95 <= 2.0}
+        checks["embed rate with / without questions >= 0.8"] = {"value": rate, "met": rate >= 0.8}
+    return checks
+
+
+def run(
+    dsn: str,
+    models: Path,
+    *,
+    rows: int = 4000,
+    backlog_rows: int = 20000,
+    hnsw_rows: int = 100_000,
+    seconds: float = 6.0,
+    rounds: int = 3,
+    clients: tuple[int, ...] = (1, 8, 32),
+) -> dict[str, Any]:
+    setup(dsn, rows)
+    reranker = reranker_dir(models)
+    threads = len(os.sched_getaffinity(0))
+    model = Embedder.load(models / MODEL, threads=threads)
+    result: dict[str, Any] = {
+        "rows": rows,
+        "seconds": seconds,
+        "rounds": rounds,
+        "caller_threads": threads,
+        "think_seconds": THINK,
+        "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+    }
+    worker = WorkerProcess(dsn, models, reranker, nice=0)
+    try:
+        result["throughput"] = throughput(
+            dsn, worker, model, counts=list(clients), seconds=seconds, rounds=rounds
+        )
+        result["backlog"] = {"nice 0": backlog(dsn, worker, backlog_rows, 2 * seconds, rounds)}
+    finally:
+        worker.stop()
+    worker = WorkerProcess(dsn, models, reranker, nice=10)
+    try:
+        result["backlog"]["nice 10"] = backlog(dsn, worker, backlog_rows, 2 * seconds, rounds)
+    finally:
+        worker.stop()
+    result["hnsw"] = hnsw(dsn, models, hnsw_rows, 100, seconds)
+    result["targets"] = targets(result)
+    result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    return result

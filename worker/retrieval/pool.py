@@ -1,0 +1,66 @@
+"""Searches' database connections: a pool (psycopg_pool), so a question pays no connection
+set-up; opened at the first search, closed with its owner. A search leases a connection only
+while its SQL runs (worker/retrieval/search.py), so a few serve many searches at once; how
+many are leased and how long a search waited for one are in /metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+from psycopg_pool import PoolTimeout
+
+from worker import db, exceptions, metrics
+
+CONNECTION_TIMEOUT = 5.0  # seconds a search waits for a pooled connection
+
+
+class SearchConnections:
+    def __init__(
+        self, dsn: str, *, max_size: int, lock_timeout_ms: int = db.DEFAULT_LOCK_TIMEOUT_MS
+    ) -> None:
+        """`dsn`: the search role's when one is configured (EMBED_SEARCH_DATABASE_URL), whose
+        rights, row-level security included, decide what an answer holds; `max_size`: the
+        searches whose SQL runs at once (EMBED_SEARCH_POOL_SIZE), at most; `lock_timeout_ms`:
+        the longest a search waits for a lock (EMBED_LOCK_TIMEOUT_MS)."""
+        self.dsn = dsn
+        self.max_size = max_size
+        self.pool = db.pool(dsn, max_size=max_size, name="search", lock_timeout_ms=lock_timeout_ms)
+        self._opened = False
+        self._lock = threading.Lock()
+        self.leased = 0  # connections a search holds now
+        metrics.SEARCH_POOL_SIZE.set(max_size)
+
+    @contextmanager
+    def connection(self) -> Iterator[db.Connection]:
+        """A pooled connection for one search's SQL (GuardedConnection: reset before use,
+        DISCARDed when given back); ConnectionLost when none comes within
+        CONNECTION_TIMEOUT (the database is down, or every one is busy)."""
+        with self._lock:
+            if not self._opened:
+                self.pool.open(wait=False)
+                self._opened = True
+        asked = time.perf_counter()
+        try:
+            with self.pool.connection(timeout=CONNECTION_TIMEOUT) as conn:
+                metrics.SEARCH_CONNECTION_WAIT.observe(time.perf_counter() - asked)
+                self._count(+1)
+                try:
+                    yield conn
+                finally:
+                    self._count(-1)
+        except PoolTimeout:
+            raise exceptions.ConnectionLost(
+                f"no connection to {db.describe(self.dsn)} for the search within "
+                f"{CONNECTION_TIMEOUT:.0f} s"
+            ) from None
+
+    def _count(self, change: int) -> None:
+        with self._lock:
+            self.leased += change
+        metrics.SEARCH_CONNECTIONS_LEASED.inc(change)
+
+    def close(self) -> None:
+        self.pool.close()
