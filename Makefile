@@ -62,11 +62,11 @@ dist: $(STAMP)
 	@out=$$($(BIN)/python -m build --no-isolation --outdir dist . 2>&1) || { echo "$$out" >&2; exit 1; }
 	@ls -1 dist/* | sed 's/^/built /'
 
-# At a release, once: prints the digests to pin in worker/schema_files.py (RELEASED_REVISIONS, the
+# At a release, once: prints the digests to pin in worker/schema/files.py (RELEASED_REVISIONS, the
 # revision's state files; RELEASED_SQL, the code it shipped). docs/development.md says when.
 freeze-release: $(STAMP)
 	@test -n "$(REVISION)" || { echo "usage: make freeze-release REVISION=NNNN" >&2; exit 2; }
-	@$(BIN)/python -m worker.schema_files freeze $(REVISION)
+	@$(BIN)/python -m worker.schema.files freeze $(REVISION)
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .

@@ -31,7 +31,8 @@ from typing import Any
 import psycopg
 
 from bench import oltp, writepath
-from worker import db, queries, schema, schema_files
+from worker import db, queries, schema
+from worker.schema import files as schema_files
 
 BEFORE = os.environ.get("BENCH_TRUST_BEFORE", "e55a0a5")
 ROWS = 64

@@ -18,7 +18,7 @@ Today's `migrate` runs as a subprocess of this checkout meanwhile. A third sessi
 pg_locks every LOCK_SAMPLE_SECONDS for ACCESS EXCLUSIVE held on the large table: the first
 and last sample that saw it bound how long the migration held it (the application's longest
 statement is the same figure, seen from the application). `migrate` says "trying again" on
-stderr for each try whose locks were busy (worker/schema_locks.py).
+stderr for each try whose locks were busy (worker/schema/locks.py).
 
 Last, the old worker stops and today's starts with the real model: the time from its start
 until every row the application wrote, and BACKLOG_ROWS rows inserted after the migration,

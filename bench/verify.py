@@ -29,7 +29,7 @@ import psycopg
 
 from bench.oltp import _pgbench
 from worker import db
-from worker.pipeline import fingerprints, targets, write
+from worker.pipeline import fingerprints, settlement, targets, write
 from worker.pipeline.batch import Batch, Row, RowState
 
 DIMS = 384
@@ -194,7 +194,7 @@ def write_stage(dsn: str, rounds: int, batches: int, batch_rows: int = 64) -> di
                         ]
                         with conn.transaction():
                             write._write_target(
-                                conn, target, rows, write.WriteOutcome(), Batch(jobs=[])
+                                conn, target, rows, settlement.WriteOutcome(), Batch(jobs=[])
                             )
                     rates[variant].append(batches * batch_rows / (time.perf_counter() - started))
                 finally:

@@ -15,7 +15,8 @@ from sqlalchemy import create_engine
 from sqlalchemy.engine import Connection
 from sqlalchemy.pool import NullPool
 
-from worker import schema, schema_locks
+from worker import schema
+from worker.schema import locks
 
 
 def run(connection: Connection) -> None:
@@ -36,13 +37,13 @@ def run(connection: Connection) -> None:
         schema.use_installer_path(driver)
         # One migrator at a time; the lock ends with the transaction. Tried, never waited
         # for: any login can take an advisory lock, so a wait for it is retried until
-        # --lock-wait like the tables' (schema_locks.py).
-        schema_locks.serialize(driver, schema.MIGRATION_LOCK_KEY)
+        # --lock-wait like the tables' (worker/schema/locks.py).
+        locks.serialize(driver, schema.MIGRATION_LOCK_KEY)
         # Every lock an upgrade needs on a table a running worker writes, first and all at
-        # once: a worker of the release before keeps writing beside it (schema_locks.py). A
+        # once: a worker of the release before keeps writing beside it (worker/schema/locks.py). A
         # database already at head is not locked at all.
         if schema.current_revision(driver) != schema.head_revision():
-            schema_locks.take(driver)
+            locks.take(driver)
         restamped = schema.restamp_squashed(driver)
         if migration is not None:
             migration.restamped_from = restamped

@@ -3,7 +3,7 @@
 --   vector   required: pgvector >= 0.7 (halfvec columns, HNSW with halfvec_cosine_ops).
 --   pgmq     required: the extension when the server offers it. Servers that cannot add it
 --            (some managed services) get the SQL bundled in the pgmq PyPI package installed as
---            plain SQL instead; worker/schema.py does that before running this file.
+--            plain SQL instead; worker/schema/install.py does that before running this file.
 --   pg_cron  optional: schedules embeddings.sweep() (see 50_maintenance.sql).
 --   pg_net   optional: lets embeddings.dispatch() push jobs to the worker over HTTP.
 -- Optional extensions that are missing, not preloaded or not permitted are skipped with a

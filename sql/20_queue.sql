@@ -31,6 +31,8 @@ RETURN CASE
         length(message -> 'columns' ->> 0) - length(replace(message -> 'columns' ->> 0, ',', '')) + 1
     ELSE 1
 END;
+COMMENT ON FUNCTION embeddings.message_key_count IS
+    'How many row keys a queued job message carries (for queue-length autoscalers such as KEDA).';
 
 -- The row keys of a job message of either of our shapes, each as the "keys" shape writes it (a
 -- JSON scalar, or a JSON array for a composite key), in message order.
@@ -108,6 +110,8 @@ BEGIN
     RETURN false;
 END
 $$;
+COMMENT ON FUNCTION embeddings.wait_for_jobs IS
+    'Waits until a queue may have work for a worker, or a timeout. Schema owner and worker roles.';
 
 -- Creates the pgmq queue unless it exists; for a live queue, its backfill lane too
 -- (embeddings.backfill_queue()), granted to the worker roles.
@@ -245,6 +249,5 @@ BEGIN
     RETURN (total + per_message - 1) / per_message;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.enqueue_keys(integer, anyarray, integer, text) FROM PUBLIC;
 
 SELECT embeddings.ensure_queue('embedding_jobs');

@@ -85,7 +85,6 @@ BEGIN
     RETURN sent;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.move_inbox(text, integer, integer) FROM PUBLIC;
 
 -- What waits in the inbox for live queue `queue_name`, per target: rows (statements), row keys,
 -- the oldest write. The inbox's part of embeddings.queue_pending() and of the worker's gauges.

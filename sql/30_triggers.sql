@@ -311,7 +311,6 @@ BEGIN
     PERFORM embeddings.generate_clear_function(t, row_type, table_owner);
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.generate_functions(embeddings.targets) FROM PUBLIC;
 
 -- Target t's trigger function for rows applied by logical replication, one at a time, for a
 -- replica target (generate_functions() calls it).
@@ -362,7 +361,6 @@ BEGIN
     END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.generate_replica_function(embeddings.targets, regclass, name) FROM PUBLIC;
 
 -- Target t's clear trigger function (generate_functions() calls it): a content change clears
 -- the stale embedding at once, for a target with clear_on_update (none for a chunked target,
@@ -444,7 +442,6 @@ BEGIN
         prefix || '_clear', body);
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.generate_clear_function(embeddings.targets, regclass, name) FROM PUBLIC;
 
 -- The tables target t's statement triggers belong on: its table, and every partition at any
 -- level when it is partitioned.
@@ -554,7 +551,6 @@ BEGIN
     RETURN added;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.install_triggers(embeddings.targets) FROM PUBLIC;
 
 -- Drops target t's triggers (all, or only those on tables it no longer covers: detached
 -- partitions) and, when all go, its trigger functions (and the _enqueue function of versions
@@ -588,4 +584,3 @@ BEGIN
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.drop_triggers(embeddings.targets, boolean) FROM PUBLIC;

@@ -390,7 +390,6 @@ BEGIN
     RETURN fn_name;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.create_access_function(jsonb, text, text, text, text, boolean, text, text, boolean, boolean) FROM PUBLIC;
 
 -- Creates (replacing any there are) the functions above for target t, as its table is now.
 -- SECURITY DEFINER: whoever causes the regeneration, they are created by this schema's owner,
@@ -412,7 +411,6 @@ BEGIN
     END IF;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.give_store_to_owner(embeddings.targets) FROM PUBLIC;
 
 CREATE FUNCTION embeddings.generate_access(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -555,7 +553,6 @@ BEGIN
     PERFORM set_config('embeddings.following', following, true);
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.generate_access(embeddings.targets) FROM PUBLIC;
 
 
 -- Drops target t's functions above and its store's policy (the trigger functions are
@@ -577,4 +574,3 @@ BEGIN
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.drop_access(embeddings.targets) FROM PUBLIC;

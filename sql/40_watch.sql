@@ -7,6 +7,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT n.nspname FROM pg_extension e JOIN pg_namespace n ON n.oid = e.extnamespace
     WHERE e.extname = 'vector'
 $$;
+COMMENT ON FUNCTION embeddings.vector_schema IS
+    'The schema of the vector extension (public, or extensions on Supabase).';
 
 -- The attribute number of column `col` of `rel`.
 CREATE FUNCTION embeddings.attnum_of(rel regclass, col name) RETURNS smallint
@@ -694,6 +696,8 @@ BEGIN
     RETURN t.id;
 END
 $$;
+COMMENT ON FUNCTION embeddings.watch IS
+    'Watches a table: its rows are embedded by the worker and kept current by triggers. Creates the embedding column (or side or chunk table), its index, the triggers, and queues existing rows. Schema owner only.';
 
 -- Stops watching: drops the triggers, the registration, its pending jobs and dead letters.
 -- The embedding column, its values and its index stay (a side table, or chunk table, and its
@@ -714,6 +718,8 @@ BEGIN
     RETURN true;
 END
 $$;
+COMMENT ON FUNCTION embeddings.unwatch IS
+    'Stops watching a table: drops its triggers, registration, pending jobs and dead letters; the vectors stay. Schema owner only.';
 
 -- Unregisters target t: its triggers and functions, its queued jobs, its registration
 -- (failures and throughput go with it), and tells workers.

@@ -117,4 +117,3 @@ BEGIN
     RETURN cardinality(hashes);
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.lock_documents(integer, text[]) FROM PUBLIC;

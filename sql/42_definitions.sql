@@ -11,7 +11,6 @@ CREATE FUNCTION embeddings.lock_target_version(target_id integer) RETURNS intege
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT t.version FROM embeddings.targets t WHERE t.id = target_id FOR SHARE
 $$;
-REVOKE ALL ON FUNCTION embeddings.lock_target_version(integer) FROM PUBLIC;
 
 -- Locks target `target_id`'s table, then its registration (lock_target_version), and returns
 -- the definition version; the worker's write calls it for each target, in id order. ALTER
@@ -42,7 +41,6 @@ EXCEPTION WHEN lock_not_available OR query_canceled THEN
     RETURN -1;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.lock_target(integer) FROM PUBLIC;
 
 -- Refuses a content function that cannot be trusted to run with the table owner's rights (as
 -- it does: sql/32_access.sql): one whose owner is neither the table's owner nor a superuser
@@ -76,7 +74,7 @@ $$;
 
 -- The Alembic revision the schema was migrated to (NULL: installed without Alembic's record),
 -- read by a starting worker to refuse a schema of another release with a message that says
--- what to run (worker/schema.py: mismatch). The record lives in `migrate`'s table, which worker
+-- what to run (worker/schema/revisions.py: mismatch). The record lives in `migrate`'s table, which worker
 -- roles may not read: they are granted this function (worker_functions()).
 CREATE FUNCTION embeddings.schema_revision() RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$

@@ -66,7 +66,6 @@ BEGIN
     RETURN recorded;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.claim_provenance(integer, boolean, text, text, text) FROM PUBLIC;
 
 -- Names of the shadow column and of the old column kept by a change with keep_old.
 CREATE FUNCTION embeddings.shadow_column(embedding_column name) RETURNS name
@@ -194,6 +193,8 @@ BEGIN
     RETURN embeddings.start_change(t, coalesce(model, t.model), keep_old, reembed => coalesce(model, t.model) = t.model);
 END
 $$;
+COMMENT ON FUNCTION embeddings.rewatch IS
+    'Changes a target''s model (blue/green, through a shadow column), or re-embeds it with the same one. Schema owner only.';
 
 -- Abandons the change of a target: its shadow column and index are dropped, its shadow-only
 -- jobs removed; the target's column and model are as before. Returns false (with a NOTICE)
@@ -237,6 +238,8 @@ BEGIN
     RETURN true;
 END
 $$;
+COMMENT ON FUNCTION embeddings.cancel_change IS
+    'Abandons a target''s model change in progress; its column and model stay as before. Schema owner only.';
 
 -- Row keys (JSON form) of target t that the application changed and whose jobs are moving: in
 -- the inbox, or in the live lane (either message shape) and visible or being embedded, not
@@ -447,7 +450,6 @@ BEGIN
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.complete_changes() FROM PUBLIC;
 
 -- For embeddings.status: the producer of target t's vectors ('model revision variant') and the
 -- progress of its change in progress, if any (rows with the new vector / rows with content).

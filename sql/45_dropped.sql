@@ -26,6 +26,8 @@ BEGIN
     RETURN forgotten;
 END
 $$;
+COMMENT ON FUNCTION embeddings.unwatch_dropped IS
+    'Forgets every target whose table or embedding column is gone; returns how many. Schema owner only.';
 
 -- Called at every DROP: forgets the targets whose table or embedding column this drop removed.
 -- SECURITY DEFINER because whoever may drop a table may not write our registry or the queue; it
@@ -55,7 +57,6 @@ BEGIN
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.forget_dropped_targets() FROM PUBLIC;
 
 DO $$
 BEGIN
@@ -165,7 +166,6 @@ BEGIN
     UPDATE embeddings.targets tg SET version = tg.version + 1 WHERE tg.id = target_id;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.refresh_target(integer) FROM PUBLIC;
 
 -- Called at the end of every ALTER TABLE, CREATE TABLE, ALTER FUNCTION and ALTER SCHEMA:
 -- refreshes the targets on the tables (or partition trees, content functions, generated
@@ -215,7 +215,6 @@ EXCEPTION WHEN OTHERS THEN
     RAISE WARNING 'embeddings: could not follow a schema change (%)', SQLERRM;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.follow_schema_changes() FROM PUBLIC;
 
 DO $$
 BEGIN

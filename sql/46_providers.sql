@@ -32,6 +32,8 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
            ('huggingface', 'https://router.huggingface.co/hf-inference/models/{model}/pipeline/feature-extraction',
             512, 32, NULL::integer, 'the Inference API''s feature extraction')
 $$;
+COMMENT ON FUNCTION embeddings.provider_defaults IS
+    'The remote embedding provider kinds register_model() takes, and their default endpoint and limits.';
 
 -- Refuses an endpoint the registry may not keep for `owner` (a model's or a reranker's name):
 -- one that is not an http(s) URL; one that carries a credential (the registry holds no secret:
@@ -182,6 +184,8 @@ BEGIN
     RETURN name;
 END
 $$;
+COMMENT ON FUNCTION embeddings.register_model IS
+    'Adds or updates a model by name: a local ONNX directory or a remote provider''s model. Schema owner only.';
 
 -- Records who produced the vectors a watched column already holds (vectors brought from
 -- elsewhere: docs/model-changes.md, "Bringing your own vectors"), so that the worker writes
@@ -240,3 +244,5 @@ BEGIN
     RETURN recorded;
 END
 $$;
+COMMENT ON FUNCTION embeddings.adopt_vectors IS
+    'Records which model produced the vectors a watched column already holds, so the worker keeps them. Schema owner only.';

@@ -427,3 +427,5 @@ BEGIN
     RETURN retried;
 END
 $$;
+COMMENT ON FUNCTION embeddings.retry_failures IS
+    'Re-queues dead letters (all, or those with the given ids); returns how many. Schema owner and worker roles.';

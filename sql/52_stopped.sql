@@ -168,7 +168,6 @@ BEGIN
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.stopped_targets() FROM PUBLIC;
 
 CREATE VIEW embeddings.stopped AS SELECT * FROM embeddings.stopped_targets();
 COMMENT ON VIEW embeddings.stopped IS 'Targets whose progress has stopped: state, why, the fix, since when (one row per state)';

@@ -104,7 +104,6 @@ BEGIN
     RETURN made;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.store_access(embeddings.targets, jsonb) FROM PUBLIC;
 
 CREATE FUNCTION embeddings.search_sql(t embeddings.targets) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -224,4 +223,3 @@ BEGIN
     RETURN made;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.row_store_access(embeddings.targets, jsonb) FROM PUBLIC;

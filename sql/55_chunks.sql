@@ -413,7 +413,8 @@ BEGIN
         FROM jsonb_array_elements(answer) WITH ORDINALITY AS r(value, i) ORDER BY r.i;
 END
 $$;
-GRANT EXECUTE ON FUNCTION embeddings.match_chunks(regclass, halfvec, integer) TO PUBLIC;
+COMMENT ON FUNCTION embeddings.match_chunks IS
+    'The k chunks of a chunked table nearest to a query vector, each with its document''s key and text. Reads with the caller''s rights.';
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- Long documents (worker/pipeline/pieces.py): a document of a chunked target longer than one
@@ -457,6 +458,7 @@ SELECT d.target_id, embeddings.target_name(t) AS target, d.row_key, d.state, d.b
        d.chunks_done, greatest(d.chunks_estimated, d.chunks_done) AS chunks_estimated,
        d.ceiling_bytes, d.started_at, d.updated_at
 FROM embeddings.documents d JOIN embeddings.targets t ON t.id = d.target_id;
+COMMENT ON VIEW embeddings.document_progress IS 'Long documents of chunked targets embedded in pieces: state, size, chunks done of how many, since when';
 
 -- The chunks store's operations (sql/54_stores.sql lists them).
 
@@ -588,4 +590,3 @@ BEGIN
     RETURN made;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.chunks_store_access(embeddings.targets, jsonb) FROM PUBLIC;

@@ -28,20 +28,20 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SET reason = excluded.reason, jobs = excluded.jobs, last_seen = now(),
         since = CASE WHEN d.reason = excluded.reason THEN d.since ELSE now() END
 $$;
-REVOKE ALL ON FUNCTION embeddings.note_deferrals(integer[], text[], integer[]) FROM PUBLIC;
 
 -- Forgets the deferrals of targets the worker served again (worker roles only, as above).
 CREATE FUNCTION embeddings.clear_deferrals(target_ids integer[]) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM embeddings.deferrals d WHERE d.target_id = ANY(target_ids)
 $$;
-REVOKE ALL ON FUNCTION embeddings.clear_deferrals(integer[]) FROM PUBLIC;
 
 -- The model watch() uses when none is named.
 CREATE FUNCTION embeddings.default_model() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT name FROM embeddings.models WHERE is_default
 $$;
+COMMENT ON FUNCTION embeddings.default_model IS
+    'The model watch() uses when none is named.';
 
 -- Makes `name` the model watch() uses when none is named (existing targets keep theirs).
 CREATE FUNCTION embeddings.set_default_model(name text) RETURNS text
@@ -57,6 +57,8 @@ BEGIN
     RETURN name;
 END
 $$;
+COMMENT ON FUNCTION embeddings.set_default_model IS
+    'Makes a model the one watch() uses when none is named. Schema owner only.';
 
 -- Refuses to install our triggers on a table that still has the Supabase guide's
 -- util.queue_embeddings triggers: both sets would queue a job for every change.

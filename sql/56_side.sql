@@ -154,7 +154,6 @@ BEGIN
     WHERE m.store = existing AND m.source IS DISTINCT FROM check_made_store.source;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.check_made_store(regclass, regclass, text) FROM PUBLIC;
 
 -- Creates side table `side_name` (schema-qualified, quoted) for target `target_id` (NULL: a new
 -- target) of `source`, keyed by the columns `key_nums` of the source, or checks that the existing
@@ -463,7 +462,6 @@ BEGIN
     RETURN made;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.side_store_access(embeddings.targets, jsonb) FROM PUBLIC;
 
 -- The functions that make a side table or a chunk table (the target's "store": neither has a
 -- foreign key to the table) follow the table's deletes and truncations, as the table's owner
@@ -498,7 +496,6 @@ BEGIN
         immediate => false)];
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.generate_follow_access(embeddings.targets, jsonb) FROM PUBLIC;
 
 -- Row-level security of a side table or chunk table (its "store"): a role that may read it sees
 -- exactly the rows whose row of the table it may see, so that the SELECT a searcher is granted on
@@ -557,7 +554,6 @@ BEGIN
          FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)));
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.generate_store_policy(embeddings.targets) FROM PUBLIC;
 
 -- Drops the policies that call target t's embeddings_<id>_visible() (whatever they have been
 -- renamed to), before the function goes (drop_access(), sql/32_access.sql).
@@ -578,7 +574,6 @@ BEGIN
     END LOOP;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.drop_store_policy(embeddings.targets) FROM PUBLIC;
 
 -- The side store's operations (sql/54_stores.sql lists them).
 

@@ -77,7 +77,8 @@ BEGIN
     WHERE tg.id = t.id;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.set_rerank(regclass, text, integer, name) FROM PUBLIC;
+COMMENT ON FUNCTION embeddings.set_rerank IS
+    'Sets or clears the rerank stage of a target''s searches. Schema owner only.';
 
 -- The remote rerank kinds and their defaults: the one place in SQL that knows them (the
 -- worker's side is a class per kind, worker/models/remote/rerank_providers.py, whose defaults
@@ -100,6 +101,8 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
            ('tei', NULL::text, 32, 512, NULL::text, false,
             'Hugging Face text-embeddings-inference''s /rerank (self-hosted: its base URL; a key only if it has --api-key)')
 $$;
+COMMENT ON FUNCTION embeddings.reranker_defaults IS
+    'The remote rerank kinds register_reranker() takes, and their default endpoint and limits.';
 
 -- Adds or updates remote reranker `name`, which searches (`"rerank": name`, `--rerank name`)
 -- and set_rerank() then name. `provider`: a kind of reranker_defaults(). `endpoint`: the base
@@ -191,6 +194,8 @@ BEGIN
     RETURN name;
 END
 $$;
+COMMENT ON FUNCTION embeddings.register_reranker IS
+    'Adds or updates a remote reranker that searches and set_rerank() may name. Schema owner only.';
 
 -- Removes remote reranker `name`; false when there was none. Refused while a target's rerank
 -- stage names it (set_rerank()): its searches would quietly fall back on a cross-encoder
@@ -216,3 +221,5 @@ BEGIN
     RETURN true;
 END
 $$;
+COMMENT ON FUNCTION embeddings.unregister_reranker IS
+    'Removes a remote reranker no target''s rerank stage names. Schema owner only.';

@@ -357,7 +357,6 @@ BEGIN
     PERFORM embeddings.generate_store_policy(t);
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.generate_search(embeddings.targets) FROM PUBLIC;
 
 -- The vector ranking of a search of target t, as the JSON array embeddings_<id>_search()
 -- returns (the rows nearest to `query` by distance, ties by key; for a chunked target each
@@ -458,4 +457,6 @@ BEGIN
         ORDER BY r.i LIMIT k;
 END
 $$;
+COMMENT ON FUNCTION embeddings.search IS
+    'The k rows of a watched table nearest to a query vector (cosine distance), nearest first; a chunked table''s k documents, each with its best chunk. Reads with the caller''s rights.';
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);

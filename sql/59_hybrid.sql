@@ -165,6 +165,8 @@ BEGIN
     PERFORM set_config('embeddings.following', 'off', true);
 END
 $$;
+COMMENT ON FUNCTION embeddings.enable_fts IS
+    'Turns full-text search on for a target (a tsvector column and its GIN index), for hybrid_search(). Schema owner only.';
 
 -- Turns full-text search off for `source`'s target: drops the tsvector column.
 CREATE FUNCTION embeddings.disable_fts(source regclass, embedding_column name DEFAULT NULL) RETURNS void
@@ -182,6 +184,8 @@ BEGIN
     PERFORM set_config('embeddings.following', 'off', true);
 END
 $$;
+COMMENT ON FUNCTION embeddings.disable_fts IS
+    'Turns full-text search off for a target: drops its tsvector column. Schema owner only.';
 
 -- The full-text ranking of a search of target t: documents (rows, or a chunked target's
 -- documents by their best chunk) matching websearch_to_tsquery(query) and the filter, best
@@ -354,4 +358,6 @@ BEGIN
         LIMIT k;
 END
 $$;
+COMMENT ON FUNCTION embeddings.hybrid_search IS
+    'The k rows of a watched table best by a fusion of vector distance and full-text match (convex, or reciprocal rank fusion). Reads with the caller''s rights; needs enable_fts().';
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);

@@ -142,6 +142,8 @@ BEGIN
     RETURN total;
 END
 $$;
+COMMENT ON FUNCTION embeddings.sweep IS
+    'Queues what the triggers could not: rows missing their vector, a step of each backfill, and with verify a slice of the verifying pass. Schema owner only.';
 
 -- Runs embeddings.sweep() on a pg_cron schedule (default: every minute; pg_cron 1.4 has minute
 -- granularity, 1.5+ also takes '30 seconds'). Calling it again replaces the schedule.
@@ -164,6 +166,8 @@ BEGIN
                CASE WHEN verify THEN ', verify => true' ELSE '' END));
 END
 $$;
+COMMENT ON FUNCTION embeddings.schedule_sweep IS
+    'Runs sweep() on a pg_cron schedule; returns the pg_cron job id. Schema owner only.';
 
 CREATE FUNCTION embeddings.unschedule_sweep() RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -177,3 +181,5 @@ BEGIN
     RETURN cron.unschedule('embeddings-sweep');
 END
 $$;
+COMMENT ON FUNCTION embeddings.unschedule_sweep IS
+    'Removes the pg_cron schedule of sweep(). Schema owner only.';

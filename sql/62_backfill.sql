@@ -44,6 +44,8 @@ COMMENT ON TABLE embeddings.backfills IS 'Targets whose existing rows are still 
 CREATE FUNCTION embeddings.backfill_step_keys() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 1000;
+COMMENT ON FUNCTION embeddings.backfill_step_keys IS
+    'Rows one backfill step examines (sweep(), and watch()''s first step).';
 
 -- The one function that sends backfill work: keys (JSON forms) of target `target_id`, as
 -- messages of keys_per_message() keys, into its backfill lane (20_queue.sql). SECURITY DEFINER
@@ -53,7 +55,6 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT embeddings.enqueue_keys(target_id, keys, 0, coalesce(  -- behind the live writes
         (SELECT b.lane FROM embeddings.backfills b WHERE b.target_id = send_backfill.target_id), 'backfill'))
 $$;
-REVOKE ALL ON FUNCTION embeddings.send_backfill(integer, jsonb[]) FROM PUBLIC;
 
 -- Starts (or restarts) target t's backfill and takes its first step inline. `every_row`
 -- restarts from the first key; otherwise a running backfill keeps its cursor. `lane`: where its
@@ -223,7 +224,6 @@ BEGIN
     RETURN left_rows;
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.backfill_rows_left(embeddings.targets) FROM PUBLIC;
 
 -- Deferred HNSW indexes (issue 16 §4). When watch() adds the embedding column to a large table,
 -- it builds no index: building one, even empty, scans the table under watch()'s lock, and
@@ -242,6 +242,8 @@ GRANT SELECT ON embeddings.deferred_indexes TO PUBLIC;  -- embeddings.status rea
 CREATE FUNCTION embeddings.index_defer_rows() RETURNS bigint
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 100000;
+COMMENT ON FUNCTION embeddings.index_defer_rows IS
+    'Tables estimated larger than this get their HNSW index deferred until their backfill is done.';
 
 -- The name and the statement of target t's deferred index (on its table, or its side table:
 -- sql/56_side.sql).
@@ -320,6 +322,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       AND pg_has_role(c.relowner, 'USAGE')
     ORDER BY t.id
 $$;
+COMMENT ON FUNCTION embeddings.deferred_index_ready IS
+    'The deferred HNSW indexes of a queue''s tables that may be built now, with the statements that build them.';
 
 -- Forgets target `target_id`'s deferred index once a valid HNSW index is on its column.
 -- SECURITY DEFINER: the worker that built it may not write the registry; it removes nothing

@@ -338,7 +338,6 @@ BEGIN
     RETURN ARRAY[(a->>'prefix') || '_verify', (a->>'prefix') || '_clear_failing', (a->>'prefix') || '_existing'];
 END
 $$;
-REVOKE ALL ON FUNCTION embeddings.generate_verify_access(embeddings.targets, jsonb) FROM PUBLIC;
 
 -- One slice (at most max_rows rows) of target t's verifying pass: queues (backfill lane) every
 -- row whose vector is not that of its content and definition now (no fingerprint, another one,
@@ -433,6 +432,8 @@ BEGIN
     RETURN total;
 END
 $$;
+COMMENT ON FUNCTION embeddings.verify IS
+    'Queues the rows of a slice of every target whose vector is not that of their current content. Schema owner only.';
 
 -- Per target: how far its verification is. `verified_rows` the rows of the last complete pass,
 -- `last_verified` when it finished; `pass_rows` the rows of the pass in progress.
@@ -449,6 +450,7 @@ SELECT format('%s.%I', t.source, t.embedding_column) AS target,
 FROM embeddings.targets t
 LEFT JOIN embeddings.verify_cursors c ON c.target_id = t.id
 WHERE EXISTS (SELECT FROM pg_class r WHERE r.oid = t.source);
+COMMENT ON VIEW embeddings.verification IS 'Per target: how far the verifying sweep has got (the last pass, the pass in progress) and the rows it queued';
 GRANT SELECT ON embeddings.verification TO PUBLIC;
 
 -- Trusts the vectors target (source, embedding_column) holds now: records, for every row with a
@@ -494,3 +496,5 @@ BEGIN
     RETURN total;
 END
 $$;
+COMMENT ON FUNCTION embeddings.adopt_fingerprints IS
+    'Trusts the vectors a target holds now, so that the verifying sweep does not queue them again. Schema owner only.';

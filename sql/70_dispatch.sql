@@ -38,6 +38,8 @@ BEGIN
         ORDER BY (j.n - 1) / batch_size;
 END
 $$;
+COMMENT ON FUNCTION embeddings.dispatch_batches IS
+    'Leases jobs and returns them as the request bodies dispatch() posts. Schema owner only.';
 
 -- Posts each batch with pg_net (asynchronously: responses land in net._http_response).
 -- `token` is sent as a bearer token (the worker's EMBED_HTTP_TOKEN). Returns the number of
@@ -71,3 +73,5 @@ BEGIN
     RETURN requests;
 END
 $$;
+COMMENT ON FUNCTION embeddings.dispatch IS
+    'Posts leased batches of jobs to an HTTP worker with pg_net; returns the number of requests. Schema owner only.';

@@ -52,6 +52,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'embeddings.record_fingerprints(integer, boolean, text[], text[])'  -- sql/64_verify.sql
     ]::regprocedure[]
 $$;
+COMMENT ON FUNCTION embeddings.worker_functions IS
+    'The functions of this schema that grant_worker() lets worker roles run, and no one else but the owner.';
 
 -- Grants `role_name` what the worker needs on one target (also called by watch()): its queues,
 -- and its functions (sql/32_access.sql; generate_access() grants those of targets watched or
@@ -160,6 +162,8 @@ BEGIN
     ON CONFLICT ON CONSTRAINT worker_roles_pkey DO UPDATE SET role_id = excluded.role_id;
 END
 $$;
+COMMENT ON FUNCTION embeddings.grant_worker IS
+    'Gives an existing role exactly what `embed-worker run` needs; watch() extends it to tables watched later. Schema owner only.';
 
 -- Databases from before 0.2.0, when worker roles read and wrote watched tables themselves: the
 -- row-level security policies and the privileges on embedding columns and chunk tables that

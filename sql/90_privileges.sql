@@ -1,15 +1,109 @@
--- Who may run what (docs/security.md has the table of roles and actions). Functions are
--- EXECUTE to PUBLIC by default: every function of this schema is revoked from PUBLIC here, and
--- granted back only where it can change nothing: the STABLE and IMMUTABLE functions that are
--- not SECURITY DEFINER (SQL builders, status, match_chunks(): they write nothing, and read with
--- their caller's rights). The rest is for this schema's owner (install, watch(), sweep(),
--- model changes, retries), for the worker roles (embeddings.worker_functions(), granted by
--- grant_worker()), or run by our triggers and event triggers (whose EXECUTE is not checked when
--- they fire). Postgres checks EXECUTE against the real caller, so nothing here relies on
--- current_user inside a SECURITY DEFINER function. The functions generated per target
--- (embeddings_<id>_*) are granted as they are made (sql/30_triggers.sql, sql/32_access.sql).
+-- Who may run what: the public API, and every grant of this schema's functions to PUBLIC, in one
+-- list. docs/sql.md documents each entry of the API (signature, rights, an example), and
+-- tests/integration/test_sql_reference.py compares that page, this list and the catalog.
+--
+-- Postgres grants EXECUTE on a new function to PUBLIC: every function of this schema is revoked
+-- from PUBLIC here and granted back by this list only. The rest is internal: its COMMENT says so,
+-- and it may change in any release. Internal functions run as the schema's owner (who owns them),
+-- as a worker role (embeddings.worker_functions(), granted by grant_worker()), or from our
+-- triggers and event triggers (whose EXECUTE is not checked when they fire). Postgres checks
+-- EXECUTE against the real caller, so nothing here relies on current_user inside a SECURITY
+-- DEFINER function. The functions generated per target (embeddings_<id>_*) are granted as they
+-- are made (sql/30_triggers.sql, sql/32_access.sql) and are not listed here.
+--
+-- The list names halfvec unqualified: the vector extension's schema is searched while it is read.
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, ' || pg_catalog.quote_ident(embeddings.vector_schema()) || ', pg_temp', true);
 DO $$
 DECLARE
+    -- The public API: what users call, and may rely on across releases.
+    -- Anyone (PUBLIC): they write nothing, and read with their caller's rights.
+    api_anyone CONSTANT regprocedure[] := ARRAY[
+        'embeddings.search(regclass, halfvec, integer, jsonb, name)',
+        'embeddings.hybrid_search(regclass, text, halfvec, integer, jsonb, name, double precision, double precision, double precision, integer, text, text)',
+        'embeddings.match_chunks(regclass, halfvec, integer)',
+        'embeddings.default_model()',
+        'embeddings.provider_defaults()',
+        'embeddings.reranker_defaults()',
+        'embeddings.vector_schema()',
+        'embeddings.message_key_count(jsonb)',
+        'embeddings.deferred_index_ready(text)',
+        'embeddings.backfill_step_keys()',
+        'embeddings.index_defer_rows()',
+        'embeddings.worker_functions()'
+    ]::regprocedure[];
+    -- The schema's owner only (it owns them: nothing to grant). Each writes the registry, a
+    -- queue or a watched table's triggers.
+    api_owner CONSTANT regprocedure[] := ARRAY[
+        'embeddings.watch(regclass, text, name, text, boolean, boolean, text, name[], boolean, integer, integer, text, boolean, boolean, text, text, regconfig, text, text)',
+        'embeddings.unwatch(regclass, name)',
+        'embeddings.rewatch(regclass, name, text, boolean)',
+        'embeddings.unwatch_dropped()',
+        'embeddings.cancel_change(regclass, name)',
+        'embeddings.adopt_vectors(regclass, name, text, text, text)',
+        'embeddings.adopt_fingerprints(regclass, name)',
+        'embeddings.enable_fts(regclass, regconfig, name)',
+        'embeddings.disable_fts(regclass, name)',
+        'embeddings.set_rerank(regclass, text, integer, name)',
+        'embeddings.register_model(text, integer, text, text, text, integer, boolean, integer, integer, integer, double precision, numeric, text, text, text, text)',
+        'embeddings.set_default_model(text)',
+        'embeddings.register_reranker(text, text, text, text, integer, integer, double precision, text, text, integer)',
+        'embeddings.unregister_reranker(text)',
+        'embeddings.sweep(integer, interval, boolean)',
+        'embeddings.schedule_sweep(text, integer, interval, boolean)',
+        'embeddings.unschedule_sweep()',
+        'embeddings.verify(integer)',
+        'embeddings.dispatch(text, integer, integer, text, integer, text)',
+        'embeddings.dispatch_batches(integer, integer, integer, text)',
+        'embeddings.grant_worker(name)'
+    ]::regprocedure[];
+    -- The schema's owner and the worker roles (embeddings.worker_functions() lists them).
+    api_owner_and_workers CONSTANT regprocedure[] := ARRAY[
+        'embeddings.retry_failures(bigint[])',
+        'embeddings.wait_for_jobs(text, integer, boolean, integer)'
+    ]::regprocedure[];
+    -- Internal, but run with their caller's rights by the API above and by the functions
+    -- generated per target (a search, a hybrid search's rankings, deferred_index_ready()), or
+    -- resolving a name the caller typed as its own sessions would: anyone may execute them;
+    -- users are told not to call them (docs/sql.md). Each writes nothing.
+    internal_anyone CONSTANT regprocedure[] := ARRAY[
+        -- search(), hybrid_search(), match_chunks() and the generated search and rankings
+        'embeddings.search_target(regclass, name)',
+        'embeddings.search_answer(embeddings.targets, halfvec, integer, jsonb)',
+        'embeddings.search_rows_estimate(embeddings.targets)',
+        'embeddings.search_sql(embeddings.targets)',
+        'embeddings.search_run(text, anyelement, jsonb)',
+        'embeddings.search_filter_sql(embeddings.targets, jsonb, integer)',
+        'embeddings.any_lexeme_query(tsvector)',
+        'embeddings.store_function(embeddings.targets, text)',
+        'embeddings.store_has_chunks(embeddings.targets)',
+        'embeddings.row_store_search_sql(embeddings.targets)',
+        'embeddings.side_store_search_sql(embeddings.targets)',
+        'embeddings.chunks_store_search_sql(embeddings.targets)',
+        'embeddings.row_search_sql(embeddings.targets, text, text)',
+        'embeddings.vector_relation(embeddings.targets)',
+        'embeddings.key_json_sql(embeddings.targets, text)',
+        'embeddings.key_part_json_sql(regtype, text)',
+        'embeddings.key_equal_sql(embeddings.targets, text, text)',
+        'embeddings.key_operator(regtype, integer)',
+        'embeddings.text_sql(regtype, text)',
+        'embeddings.as_base_sql(regtype, text)',
+        'embeddings.builtin_scalar(regtype)',
+        'embeddings.base_type(regtype)',
+        -- deferred_index_ready()
+        'embeddings.deferred_index_name(embeddings.targets)',
+        'embeddings.pending_count(embeddings.targets)',
+        'embeddings.queue_pending(text, double precision)',
+        'embeddings.backfill_queue(text)',
+        -- names as the caller's sessions resolve them (docs/security.md), and as status shows them
+        'embeddings.session_start_path()',
+        'embeddings.relation_named(text)',
+        'embeddings.function_named(text)',
+        'embeddings.display_name(regclass)',
+        'embeddings.target_name(embeddings.targets)',
+        'embeddings.leaf_relations(regclass)',
+        -- why a target cannot be served, read whenever a search or a worker loads the targets
+        'embeddings.access_problem(embeddings.targets)'
+    ]::regprocedure[];
     fn regprocedure;
 BEGIN
     FOR fn IN
@@ -17,13 +111,22 @@ BEGIN
         WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proname !~ '^embeddings_[0-9]+_'
     LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
+        -- Every function outside the API says so. The API's comments sit beside their
+        -- definitions.
+        IF fn <> ALL (api_anyone || api_owner || api_owner_and_workers) THEN
+            EXECUTE format('COMMENT ON FUNCTION %s IS %L', fn,
+                           'Internal to embed-worker, not to be called: not part of its API (docs/sql.md), it may change in any release.');
+        END IF;
     END LOOP;
-    FOR fn IN
-        SELECT p.oid::regprocedure FROM pg_proc p
-        WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proname !~ '^embeddings_[0-9]+_'
-          AND p.provolatile <> 'v' AND NOT p.prosecdef AND p.prokind = 'f'
-    LOOP
+    FOREACH fn IN ARRAY api_anyone || internal_anyone LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', fn);
+    END LOOP;
+    -- The owner's and the workers' are granted by grant_worker(), from worker_functions().
+    FOREACH fn IN ARRAY api_owner_and_workers LOOP
+        IF fn <> ALL (embeddings.worker_functions()) THEN
+            RAISE EXCEPTION 'embeddings: % is for worker roles but not in embeddings.worker_functions()', fn;
+        END IF;
     END LOOP;
 END
 $$;
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);

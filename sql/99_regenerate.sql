@@ -1,6 +1,6 @@
 -- Last of the install files: brings what the registry describes in line with the code just
 -- installed. On a fresh install there is nothing to do; over an existing one (a migration's
--- code reinstall, worker/schema.py) the functions and views were dropped and created again, so:
+-- code reinstall, worker/schema/install.py) the functions and views were dropped and created again, so:
 --   * every registered queue gets back a pgmq queue dropped by hand (and every live queue its
 --     backfill lane: a database from before the lanes existed);
 --   * every target whose table exists gets its generated functions and triggers regenerated

@@ -544,7 +544,7 @@ SELECT to_regprocedure('embeddings.schema_revision()') IS NOT NULL;
 SELECT embeddings.schema_revision();
 
 -- name: migration_tables
--- The tables `migrate` locks before it changes anything (worker/schema_locks.py): ours, and
+-- The tables `migrate` locks before it changes anything (worker/schema/locks.py): ours, and
 -- every table a target writes (its source, side or chunk table: read by name, as a schema of
 -- any release has them, 0.1.0's had no side_table), that this role may lock, as regclass text
 -- (quoted, qualified), in oid order.
@@ -567,7 +567,7 @@ ORDER BY r::oid;
 LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE;
 
 -- name: try_migration_lock
--- One `migrate` at a time (worker/schema_locks.py: serialize): the transaction's advisory lock
+-- One `migrate` at a time (worker/schema/locks.py: serialize): the transaction's advisory lock
 -- %(key)s if it is free, never waited for (any login may hold that key).
 -- ours: takes a lock, runs no one else's code
 SELECT pg_catalog.pg_try_advisory_xact_lock(%(key)s::bigint);
@@ -575,7 +575,7 @@ SELECT pg_catalog.pg_try_advisory_xact_lock(%(key)s::bigint);
 -- name: migration_lock_holders
 -- Sessions other than this one holding any lock on a table `migrate` locks, or its advisory
 -- lock %(key)s (a bigint key below 2^32: classid 0, objid the key, objsubid 1): who keeps it
--- waiting (worker/schema_locks.py).
+-- waiting (worker/schema/locks.py).
 -- ours: reads only the catalog and our tables, runs no one else's code
 SELECT a.pid, a.application_name, a.state,
        pg_catalog.date_part('epoch', pg_catalog.now() - coalesce(a.xact_start, a.backend_start))::float8,

@@ -7,8 +7,8 @@ Create Date: 2026-11-25
 Holds 0.4.0's state changes only: `0020_release_0_4_0/upgrade.sql` (what changed in the
 tables 0.3.0 had; every statement idempotent), then `tables.sql` (the tables new in 0.4.0, as
 sql/ makes them). The code is reinstalled from `sql/` once, after every pending revision ran
-(worker/schema.py: finish_upgrade); into an empty database, 0001 installs `sql/` whole and this
-revision's state changes are skipped.
+(worker/schema/revisions.py: finish_upgrade); into an empty database, 0001 installs `sql/`
+whole and this revision's state changes are skipped.
 
 Until the release, every schema change of 0.4.0 edits this revision: a function or view only in
 `sql/`; a change to a table 0.3.0 had in `sql/` and in `upgrade.sql`; a table new in 0.4.0 in

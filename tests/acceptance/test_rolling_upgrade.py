@@ -1,11 +1,12 @@
-"""A rolling upgrade from release 0.2.0: today's `migrate` runs while a 0.2.0 worker keeps
-working, rows keep arriving, then today's worker starts and the old one stops. Nothing is lost,
+"""A rolling upgrade from each release (0.2.0, 0.3.0): today's `migrate` runs while the
+release's worker keeps working, rows keep arriving, then today's worker starts and the old one stops. Nothing is lost,
 failed or written in a shape the new schema misreads; the old worker keeps working or stands
 down holding no jobs, saying why, without a traceback. Today's worker started first, against
 the 0.2.0 schema, refuses to start and says what to run.
 
-The 0.2.0 worker is the released code itself (tests/support/release.py: its tag's source, run
-on this environment's libraries), against a database its own `migrate` made."""
+An old worker is the released code itself (tests/support/release.py: its tag's source, run on
+this environment's libraries), against a database its own `migrate` made. The lock tests run
+beside 0.2.0's worker, whose upgrade changes the most tables."""
 
 from __future__ import annotations
 
@@ -28,7 +29,7 @@ from tests.support.cluster import REPO
 from tests.support.models import MINILM
 from tests.support.process import WorkerProcess, wait_for
 
-# A table of every kind 0.2.0 watches, with how it is watched.
+# A table of every kind both releases watch, with how it is watched.
 TABLES = {
     "up_rows": "'body'",
     "up_side": "'body', store => 'side'",
@@ -43,6 +44,17 @@ DRAIN_SECONDS = 10.0
 def release_0_2_0(tmp_path_factory: pytest.TempPathFactory) -> release.Release:
     try:
         return release.unpack("0.2.0", tmp_path_factory.mktemp("releases"))
+    except release.ReleaseUnavailable as exc:
+        pytest.skip(str(exc))
+
+
+@pytest.fixture(scope="module", params=sorted(release.RELEASES))
+def old_release(
+    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+) -> release.Release:
+    """Each release a database can be upgraded from, with its worker running beside the upgrade."""
+    try:
+        return release.unpack(request.param, tmp_path_factory.mktemp("releases"))
     except release.ReleaseUnavailable as exc:
         pytest.skip(str(exc))
 
@@ -95,23 +107,23 @@ def _migrate_today(dsn: str) -> subprocess.CompletedProcess[str]:
     )
 
 
-def test_each_release_s_dependencies_are_today_s(release_0_2_0: release.Release) -> None:
+def test_each_release_s_dependencies_are_today_s(old_release: release.Release) -> None:
     """The old worker runs on this environment's libraries: it asks for nothing today's does
     not (a library it needs, missing here, would fail the upgrade test for the wrong reason)."""
     with (REPO / "pyproject.toml").open("rb") as f:
         import tomllib
 
         today = {Requirement(r).name for r in tomllib.load(f)["project"]["dependencies"]}
-    assert {Requirement(r).name for r in release_0_2_0.dependencies()} <= today
+    assert {Requirement(r).name for r in old_release.dependencies()} <= today
 
 
-def test_a_rolling_upgrade_from_0_2_0_loses_nothing(
+def test_a_rolling_upgrade_from_each_release_loses_nothing(
     empty_dsn: str,
     worker_role: str,
     worker_env: dict[str, str],
-    release_0_2_0: release.Release,
+    old_release: release.Release,
 ) -> None:
-    migrated = release_0_2_0.run("migrate", dsn=empty_dsn)
+    migrated = old_release.run("migrate", dsn=empty_dsn)
     assert migrated.returncode == 0, migrated.stderr
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         conn.execute("SELECT embeddings.grant_worker(%s)", (worker_role,))
@@ -120,12 +132,16 @@ def test_a_rolling_upgrade_from_0_2_0_loses_nothing(
             conn.execute(f"SELECT embeddings.watch('{table}', {how}, model => '{MINILM}')")
     worker_dsn = make_conninfo(empty_dsn, user=worker_role)
 
-    old = WorkerProcess(worker_dsn, {**release_0_2_0.env(), **worker_env}, cwd=release_0_2_0.root)
+    old = WorkerProcess(worker_dsn, {**old_release.env(), **worker_env}, cwd=old_release.root)
     new: WorkerProcess | None = None
     try:
         old.wait_ready()
         _insert(empty_dsn, 1, ROWS_PER_STEP)
-        wait_for(lambda: _all_embedded(empty_dsn, ROWS_PER_STEP), 60, what="0.2.0 embeds")
+        wait_for(
+            lambda: _all_embedded(empty_dsn, ROWS_PER_STEP),
+            60,
+            what=f"{old_release.version} embeds",
+        )
 
         # Rows still queued while the schema changes under the old worker.
         _insert(empty_dsn, ROWS_PER_STEP + 1, ROWS_PER_STEP)

@@ -25,7 +25,8 @@ import pytest
 from tests.support import wheel as wheellib
 from tests.support.cluster import REPO
 from tests.support.models import MINILM, require_minilm
-from worker import schema, schema_files
+from worker import schema
+from worker.schema import files as schema_files
 
 pytestmark = pytest.mark.slow
 

@@ -20,7 +20,7 @@ import psycopg
 import pytest
 
 from worker import schema
-from worker.cli import main
+from worker.cli import parser as cli_parser
 
 Conn = psycopg.Connection[Any]
 
@@ -57,7 +57,7 @@ def test_without_database_url_it_says_it_uses_the_local_cluster(dsn: str) -> Non
 
 
 def test_every_subcommand_help_describes_every_option() -> None:
-    parser = main.build_parser()
+    parser = cli_parser.build_parser()
     action = next(a for a in parser._actions if a.dest == "command")
     assert isinstance(action.choices, dict)
     subparsers: dict[str, argparse.ArgumentParser] = action.choices

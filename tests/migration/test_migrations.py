@@ -24,7 +24,8 @@ from tests.migration.scenarios import (
 )
 from tests.support.cluster import Cluster
 from tests.support.schema_dump import pg_dump_schema
-from worker import exceptions, schema, schema_files
+from worker import exceptions, schema
+from worker.schema import files as schema_files
 
 
 def objects_of_ours(conn: psycopg.Connection[Any]) -> dict[str, int]:

@@ -1,4 +1,4 @@
-"""The code reinstall every release revision ends with (worker/schema.py: reinstall_code): over
+"""The code reinstall every release revision ends with (worker/schema/install.py: reinstall_code): over
 an installed schema it changes nothing, regenerates what hangs on the code, keeps others'
 grants, and refuses when an object of someone else's depends on the code."""
 

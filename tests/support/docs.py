@@ -7,7 +7,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 DOCS = Path(__file__).resolve().parents[2] / "docs"
-OPERATING = DOCS / "operating.md"
+METRICS = DOCS / "metrics.md"
 
 
 @dataclass(frozen=True)
@@ -18,8 +18,8 @@ class Documented:
 
 
 def documented_metrics(text: str | None = None) -> dict[str, Documented]:
-    """The `| metric | type | labels | what |` table of docs/operating.md."""
-    text = OPERATING.read_text() if text is None else text
+    """The `| metric | type | labels | what |` table of docs/metrics.md."""
+    text = METRICS.read_text() if text is None else text
     found: dict[str, Documented] = {}
     for line in text.splitlines():
         cells = [c.strip() for c in line.strip().strip("|").split("|")]

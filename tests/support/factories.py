@@ -6,7 +6,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from worker.pipeline.messages import Job, parse
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 
 def target(**overrides: Any) -> Target:

@@ -155,10 +155,10 @@ def test_model_location_and_download_switches_are_settings(tmp_path: Path) -> No
 
 
 def test_model_flags_reach_the_settings_not_the_environment(tmp_path: Path) -> None:
-    from worker.cli import main
+    from worker.cli import main, parser
 
     before = dict(os.environ)
-    args = main.build_parser().parse_args(
+    args = parser.build_parser().parse_args(
         ["--model-path", str(tmp_path), "model", "list", "--cache-dir", str(tmp_path / "c")]
     )
     s = main.settings_from(args)

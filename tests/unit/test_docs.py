@@ -88,6 +88,38 @@ def test_every_relative_link_resolves() -> None:
                 assert anchor in headings, f"{doc.name}: {target}"
 
 
+def test_every_page_is_listed_once_in_the_index_by_kind() -> None:
+    """docs/README.md sorts the pages by kind (Diataxis): each page of docs/ under one kind."""
+    index = DOCS / "README.md"
+    kinds = re.split(r"(?m)^## ", index.read_text())[1:]
+    assert [k.split(":")[0] for k in kinds][:4] == [
+        "Tutorials",
+        "How-to guides",
+        "Reference",
+        "Explanation",
+    ]
+    listed = [
+        target
+        for kind in kinds
+        for target in re.findall(r"(?m)^- \[[^]]+\]\(([\w.-]+\.md)\)", kind)
+    ]
+    assert sorted(listed) == sorted({p.name for p in DOCS.glob("*.md")} - {"README.md"})
+    assert "](docs/README.md)" in README.read_text()
+
+
+def test_performance_is_a_page_of_current_figures_each_with_its_machine_date_and_command() -> None:
+    """The dated runs live in bench/results/history/; the page keeps the figures of today."""
+    text = (DOCS / "performance.md").read_text()
+    assert len(text.split()) <= 5000
+    table = text.split("## Current figures", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in table.splitlines() if line.startswith("| ") and "---" not in line]
+    assert len(rows) > 10
+    for row in rows[1:]:
+        what, _, measured, reproduce = (c.strip() for c in row.strip("|").split("|"))
+        assert re.search(r"\b20\d\d-\d\d-\d\d, (AMD EPYC|Intel Xeon)", measured), what
+        assert re.search(r"`(python -m bench|make )", reproduce), what
+
+
 def test_the_readme_is_a_front_page() -> None:
     text = README.read_text()
     assert len(text.splitlines()) < 300

@@ -1,4 +1,4 @@
-"""The metrics the worker exports equal the documented ones (docs/operating.md's table), and
+"""The metrics the worker exports equal the documented ones (docs/metrics.md), and
 row outcomes are counted from RowState in one place (worker.metrics), deferred rows never."""
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ from tests.support.docs import Documented, documented_metrics
 from tests.support.factories import job, target
 from worker import metrics
 from worker.config import Settings
-from worker.pipeline import stages, write
+from worker.pipeline import settlement, stages, write
 from worker.pipeline.batch import Batch, RowState
 
 
@@ -128,9 +128,9 @@ def test_rows_of_a_deferred_target_are_not_counted_and_the_target_is_flagged() -
         batch.rows[key].state = state
     batch.deferred[72] = "model 'x' is not present"
     before_deferred_jobs = _gauge("embed_worker_jobs_total", outcome="deferred") or 0
-    settlement = write.settle(batch, Settings(), datetime.now(UTC))
+    settled = settlement.settle(batch, Settings(), datetime.now(UTC))
 
-    write._count(batch, settlement)
+    write._count(batch, settled)
 
     assert _rows_counted(served.name) == {"embedded": 1, "cleared": 1, "gone": 1}
     assert _rows_counted(deferred.name) == {}

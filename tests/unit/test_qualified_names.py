@@ -5,7 +5,7 @@ cast-needing function, so an unqualified name is safe only where the path search
 nothing but pg_catalog (and pg_temp last, never searched for functions and operators). Walked
 with Postgres' own grammar (pglast, tests/support/sql_names.py):
 - every statement of worker/queries.sql, rendered as the package composes it, the code
-  reinstall's statements (worker/schema_code.py), and the statements of sql/ outside functions
+  reinstall's statements (worker/schema/code.py), and the statements of sql/ outside functions
   (run by migrate): our sessions' path is pg_catalog, pg_temp (session_reset, installer_path);
 - every function of sql/: it has SET search_path = pg_catalog, pg_temp (or a SQL-standard
   body, bound to its objects when migrate created it), and its body (SQL or PL/pgSQL, and the
@@ -28,9 +28,11 @@ from pglast import ast
 
 from tests.support import sql_names
 from tests.support.catalog_names import CATALOG_NAMES, GENERATED_ONLY, VECTOR_TYPES
-from worker import queries, schema_code, schema_files
+from worker import queries
 from worker.pipeline import jobs
 from worker.retrieval import targets as retrieval_targets
+from worker.schema import code as schema_code
+from worker.schema import files as schema_files
 
 _PARAM = re.compile(r"%\((\w+)\)[sb]")
 _FILL = re.compile(r"(?<!\{)\{(\w+)\}(?!\})")

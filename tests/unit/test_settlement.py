@@ -9,7 +9,7 @@ import pytest
 
 from tests.support.factories import job, target
 from worker.config import Settings
-from worker.pipeline import stages, write
+from worker.pipeline import settlement, stages
 from worker.pipeline.batch import Batch, Fate, RowState
 
 SETTINGS = Settings(max_attempts=3, backoff_base_seconds=10, backoff_max_seconds=100)
@@ -35,14 +35,14 @@ W, F, G = RowState.WRITTEN, RowState.FAILED, RowState.GONE
 
 def test_a_job_whose_rows_all_succeeded_is_deleted() -> None:
     j = job({"target": 1, "keys": [1, 2, 3]}, T)
-    out = write.settle(batch_with((j, {"1": W, "2": G, "3": RowState.STALE})), SETTINGS, NOW)
+    out = settlement.settle(batch_with((j, {"1": W, "2": G, "3": RowState.STALE})), SETTINGS, NOW)
     assert out.delete == [1] and not (out.retry or out.resend or out.dead or out.archive)
     assert out.latencies == [5.0]
 
 
 def test_a_wholly_failed_job_backs_off_as_it_is() -> None:
     j = job({"target": 1, "keys": [1, 2]}, T, read_ct=2)
-    out = write.settle(batch_with((j, {"1": F, "2": F})), SETTINGS, NOW)
+    out = settlement.settle(batch_with((j, {"1": F, "2": F})), SETTINGS, NOW)
     assert list(out.retry) == [1]
     assert 16 <= out.retry[1] <= 24  # second attempt: 2 x 10 s, jittered
     assert out.errors == {1: "boom 1"}  # carried by the job it backs off (for `status`)
@@ -51,7 +51,7 @@ def test_a_wholly_failed_job_backs_off_as_it_is() -> None:
 
 def test_a_partly_failed_job_resends_only_the_failed_keys_with_its_attempts() -> None:
     j = job({"target": 1, "keys": [1, 2, 3]}, T, read_ct=1)
-    out = write.settle(batch_with((j, {"1": W, "2": F, "3": W})), SETTINGS, NOW)
+    out = settlement.settle(batch_with((j, {"1": W, "2": F, "3": W})), SETTINGS, NOW)
     assert out.delete == [1]
     assert [m for m, _ in out.resend] == [
         {"target": 1, "keys": [2], "attempts": 1, "last_error": "boom 2"}
@@ -61,7 +61,7 @@ def test_a_partly_failed_job_resends_only_the_failed_keys_with_its_attempts() ->
 
 def test_exhausted_rows_are_dead_lettered_one_by_one() -> None:
     j = job({"target": 1, "keys": [1, 2, 3], "attempts": 2}, T, read_ct=1)
-    out = write.settle(batch_with((j, {"1": W, "2": F, "3": F})), SETTINGS, NOW)
+    out = settlement.settle(batch_with((j, {"1": W, "2": F, "3": F})), SETTINGS, NOW)
     assert out.archive == [1] and not out.resend and not out.retry
     assert [(d.row_key, d.message, d.attempts, d.error) for d in out.dead] == [
         (2, {"target": 1, "keys": [2]}, 3, "boom 2"),
@@ -71,14 +71,14 @@ def test_exhausted_rows_are_dead_lettered_one_by_one() -> None:
 
 def test_invalid_keys_are_dead_at_once_and_the_rest_proceeds() -> None:
     j = job({"target": 1, "keys": [1, "not a number"]}, T)
-    out = write.settle(batch_with((j, {"1": W})), SETTINGS, NOW)
+    out = settlement.settle(batch_with((j, {"1": W})), SETTINGS, NOW)
     assert out.archive == [1]
     assert [d.row_key for d in out.dead] == ["not a number"]
 
 
 def test_unknown_targets_are_dead_lettered_without_running_anything() -> None:
     j = job({"id": 5, "schema": "public", "table": "secret", "contentFunction": "f"}, T)
-    out = write.settle(batch_with((j, {})), SETTINGS, NOW)
+    out = settlement.settle(batch_with((j, {})), SETTINGS, NOW)
     assert out.archive == [1]
     (dead,) = out.dead
     assert dead.target is None and dead.target_label == "public.secret.embedding"
@@ -89,7 +89,7 @@ def test_jobs_of_a_deferred_target_are_deferred() -> None:
     j = job({"target": 1, "keys": [1]}, T)
     batch = batch_with((j, {}))
     batch.deferred[1] = "model missing"
-    out = write.settle(batch, SETTINGS, NOW)
+    out = settlement.settle(batch, SETTINGS, NOW)
     assert out.defer == [1] and not (out.delete or out.dead or out.retry)
 
 
@@ -97,7 +97,7 @@ def test_postponed_rows_go_back_at_once_without_an_attempt() -> None:
     """Chunked targets: rows past a batch's chunk budget (worker.pipeline.chunks.reading) are re-queued."""
     P = RowState.POSTPONED
     j = job({"target": 1, "keys": [1, 2, 3], "attempts": 1}, T, read_ct=1)
-    out = write.settle(batch_with((j, {"1": W, "2": P, "3": P})), SETTINGS, NOW)
+    out = settlement.settle(batch_with((j, {"1": W, "2": P, "3": P})), SETTINGS, NOW)
     assert out.delete == [1]
     assert out.resend == [({"target": 1, "keys": [2, 3], "attempts": 1}, 0)]
     assert not (out.retry or out.dead or out.archive)
@@ -106,7 +106,7 @@ def test_postponed_rows_go_back_at_once_without_an_attempt() -> None:
 def test_postponed_and_failed_rows_of_one_job_go_back_separately() -> None:
     P = RowState.POSTPONED
     j = job({"target": 1, "keys": [1, 2]}, T, read_ct=1)
-    out = write.settle(batch_with((j, {"1": F, "2": P})), SETTINGS, NOW)
+    out = settlement.settle(batch_with((j, {"1": F, "2": P})), SETTINGS, NOW)
     assert out.delete == [1] and not out.retry
     messages = sorted((m["keys"], m["attempts"], delay > 0) for m, delay in out.resend)
     assert messages == [([1], 1, True), ([2], 0, False)]
@@ -120,7 +120,7 @@ def test_each_failed_row_is_told_its_attempt_and_what_comes_next(
     again = job({"target": 1, "keys": [1]}, T, read_ct=1)
     last = job({"target": 1, "keys": [2], "attempts": 2}, T, read_ct=1, msg_id=2)
     batch = batch_with((again, {"1": F}), (last, {"2": F}))
-    out = write.settle(batch, SETTINGS, NOW)
+    out = settlement.settle(batch, SETTINGS, NOW)
     assert out.fates[(1, "1")].attempt == 1 and out.fates[(1, "1")].of == 3
     assert out.fates[(1, "1")].retry_in == out.retry[1]
     assert out.fates[(1, "2")] == Fate(attempt=3, of=3, retry_in=None)
@@ -146,11 +146,11 @@ def test_blocked_rows_wait_for_a_later_batch_spending_no_attempt() -> None:
     """A row a lock held up (worker/pipeline/bounds.py) is re-sent alone, its attempts as they
     were before this read, after a delay that grows with each time it was held up."""
     j = job({"target": 1, "keys": [1, 2, 3], "attempts": 2}, T, read_ct=1)
-    out = write.settle(batch_with((j, {"1": W, "2": RowState.BLOCKED, "3": W})), SETTINGS, NOW)
+    out = settlement.settle(batch_with((j, {"1": W, "2": RowState.BLOCKED, "3": W})), SETTINGS, NOW)
     assert out.delete == [1] and not (out.retry or out.dead or out.archive)
     assert out.resend == [({"target": 1, "keys": [2], "attempts": 2, "blocked": 1}, 1)]
     again = job({"target": 1, "keys": [2], "attempts": 2, "blocked": 3}, T, read_ct=1)
-    out = write.settle(batch_with((again, {"2": RowState.BLOCKED})), SETTINGS, NOW)
+    out = settlement.settle(batch_with((again, {"2": RowState.BLOCKED})), SETTINGS, NOW)
     assert out.resend == [({"target": 1, "keys": [2], "attempts": 2, "blocked": 4}, 8)]
     assert out.delete == [1] and not (out.retry or out.dead)
 

@@ -1,4 +1,4 @@
-"""What each `embed-worker` subcommand does (the parser lives in worker.cli.main)."""
+"""What each `embed-worker` subcommand does (the parser is worker/cli/parser.py)."""
 
 from __future__ import annotations
 

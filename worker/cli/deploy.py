@@ -12,7 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-from worker.schema_files import bundled_or_checkout
+from worker.schema.files import bundled_or_checkout
 
 # name -> (what it is, its path in a checkout; in the wheel it is worker/_deploy/<basename>)
 FILES: dict[str, tuple[str, str]] = {

@@ -1,4 +1,4 @@
-"""What `embed-worker COMMAND --help` says a command does (the parser is worker/cli/main.py)."""
+"""What `embed-worker COMMAND --help` says a command does (the parser is worker/cli/parser.py)."""
 
 from __future__ import annotations
 

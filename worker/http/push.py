@@ -25,7 +25,7 @@ from worker import db, queries
 from worker.pipeline import inline, messages, pieces, stages
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch
-from worker.pipeline.write import Settlement
+from worker.pipeline.settlement import Settlement
 
 if TYPE_CHECKING:
     from worker.config import Settings

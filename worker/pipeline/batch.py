@@ -17,7 +17,7 @@ import numpy as np
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline import messages
 from worker.pipeline.pieces import Limits
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 if TYPE_CHECKING:
     from worker.pipeline.pieces import DocumentChunks

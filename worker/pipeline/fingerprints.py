@@ -15,7 +15,7 @@ import logging
 
 from worker import db, queries
 from worker.pipeline.batch import Row, RowState
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 log = logging.getLogger(__name__)
 

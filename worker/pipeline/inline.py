@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING
 from worker import db
 from worker.pipeline import stages, write
 from worker.pipeline.batch import Batch
-from worker.pipeline.write import Settlement
+from worker.pipeline.settlement import Settlement
 
 if TYPE_CHECKING:
     from worker.config import Settings

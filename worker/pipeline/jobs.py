@@ -18,7 +18,7 @@ from psycopg.types.json import Jsonb, set_json_loads
 from worker import db, queries
 from worker.backoff import Backoff
 from worker.pipeline.messages import Job, clip_error, loads_message
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 logger = logging.getLogger(__name__)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 
 @dataclass

@@ -21,7 +21,7 @@ from worker import db, exceptions, queries
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels
     from worker.pipeline.batch import Row
-    from worker.pipeline.targets import Target
+    from worker.target import Target
 
 logger = logging.getLogger(__name__)
 

@@ -15,7 +15,7 @@ from worker.models.loaded import LoadedModels
 from worker.pipeline import provenance
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.stores.base import EmbedRows
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 
 def embed(

@@ -23,7 +23,8 @@ from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.chunks import writing as chunk_writing
 from worker.pipeline.parsing import service as parsing
-from worker.pipeline.targets import Target, TargetRegistry
+from worker.pipeline.targets import TargetRegistry
+from worker.target import Target
 
 logger = logging.getLogger(__name__)
 

@@ -28,7 +28,8 @@ from worker.models.remote import breaker as breakers
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels
     from worker.pipeline.lanes import Lanes
-    from worker.pipeline.targets import Target, TargetRegistry
+    from worker.pipeline.targets import TargetRegistry
+    from worker.target import Target
 
 logger = logging.getLogger(__name__)
 

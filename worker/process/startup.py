@@ -14,9 +14,10 @@ from worker.config import Settings
 from worker.models import catalog, files
 from worker.models.loaded import LoadedModels
 from worker.pipeline import provenance
-from worker.pipeline.targets import Target, TargetRegistry
+from worker.pipeline.targets import TargetRegistry
 from worker.process import cores, systemd
 from worker.process.held import HeldJobs
+from worker.target import Target
 
 logger = logging.getLogger(__name__)
 

@@ -12,10 +12,10 @@ import numpy.typing as npt
 from pgvector import HalfVector
 
 from worker import db, queries
-from worker.pipeline.targets import Target
 from worker.retrieval.errors import search_errors
 from worker.retrieval.fusion import Fusion
 from worker.retrieval.results import search_result
+from worker.target import Target
 
 
 def by_vector(

@@ -23,9 +23,9 @@ from psycopg.rows import dict_row
 from worker import db, exceptions, queries
 from worker.models.remote.rerank_spec import RerankerSpec
 from worker.models.reranker import Reranker
-from worker.pipeline.targets import Target
 from worker.retrieval.errors import DENIED, InvalidSearch
 from worker.retrieval.request import MAX_RERANK_DEPTH, SearchRequest
+from worker.target import Target
 
 # Without a depth: three times k, at least 20 (a cross-encoder call per result: 20 short
 # passages take tens of milliseconds on two cores with a MiniLM-sized model).

@@ -10,12 +10,12 @@ from worker import db, exceptions
 from worker.models.embedder import TextModel
 from worker.models.remote.rerank_spec import RerankerSpec
 from worker.models.reranker import Reranker
-from worker.pipeline.targets import Target
 from worker.retrieval import rankings, rerank
 from worker.retrieval.errors import InvalidSearch
 from worker.retrieval.fusion import Fusion
 from worker.retrieval.request import SearchRequest
 from worker.retrieval.targets import current_target, find_target, is_current
+from worker.target import Target
 
 # A reranker by its name and its registration, if it is a remote one (LoadedRerankers.get).
 LoadReranker = Callable[[str, RerankerSpec | None], Reranker]

@@ -9,7 +9,8 @@ from psycopg import errors, sql
 from psycopg.rows import dict_row
 
 from worker import db, exceptions, queries
-from worker.pipeline.targets import Target, target_of
+from worker.pipeline.targets import target_of
+from worker.target import Target
 
 # search_target's targets: load_targets narrowed to the table's (and column's).
 _OF_THE_TABLE = sql.SQL(

@@ -25,7 +25,7 @@ from worker.pipeline.parsing.budgets import Budgets
 from worker.pipeline.parsing.process import Parse, input_size
 from worker.pipeline.parsing.service import SERVICE, ParseService
 from worker.pipeline.pieces import DocumentId, Limits
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 
 class ChunkReader(Protocol):

@@ -16,7 +16,7 @@ from worker.pipeline import messages, pieces
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.chunks.documents import ChunkReader, reader_for
 from worker.pipeline.pieces import Document, DocumentChunks
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels

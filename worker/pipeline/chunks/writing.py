@@ -17,7 +17,7 @@ from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.documents.stream import HeadedChunk
 from worker.pipeline.pieces import DocumentChunks
 from worker.pipeline.stores.side import lock_documents
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 logger = logging.getLogger(__name__)
 

@@ -20,7 +20,7 @@ from worker.pipeline.stores.base import Store
 from worker.pipeline.stores.chunked import ChunkStore
 from worker.pipeline.stores.row import RowStore
 from worker.pipeline.stores.side import SideStore
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 # By embeddings.targets.store_kind: the SQL side of each kind is embeddings.<kind>_store_*
 # (sql/54_stores.sql).

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from worker import db
 from worker.pipeline.batch import Batch, Row, RowState
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels

@@ -14,7 +14,7 @@ from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.chunks import embedding, reading, writing
 from worker.pipeline.stores.base import EmbedRows, Store
 from worker.pipeline.stores.side import forget_rows
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels

@@ -20,7 +20,7 @@ from worker import db
 from worker.pipeline import shadow
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.stores.base import EmbedRows, Store
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels

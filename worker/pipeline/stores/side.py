@@ -17,7 +17,7 @@ from typing import ClassVar
 from worker import db, queries
 from worker.pipeline.batch import Row
 from worker.pipeline.stores.row import RowStore
-from worker.pipeline.targets import Target
+from worker.target import Target
 
 
 class SideStore(RowStore):

@@ -1,4 +1,4 @@
-"""The code reinstall's steps around running the files (worker/schema.py: reinstall_code).
+"""The code reinstall's steps around running the files (worker/schema/install.py: reinstall_code).
 
 The schema's *code* is every function and view in schema `embeddings` except the per-target
 functions watch() generates (`embeddings_<id>_*`: user tables' triggers use them, and

@@ -22,7 +22,7 @@ RELEASED_REVISIONS: dict[str, str] = {
 # Code reaches a database only with a revision's upgrade, so once the newest revision is
 # released, a change of sql/ needs the next release's revision (a test checks it).
 RELEASED_SQL: str | None = None
-_PACKAGE_DIR = Path(__file__).resolve().parent
+_PACKAGE_DIR = Path(__file__).resolve().parents[1]  # worker/: the wheel's _sql/, _migrations/
 
 
 def bundled_or_checkout(bundled: str, checkout: str) -> Path:
@@ -118,10 +118,10 @@ def alembic_config() -> Any:
 
 if __name__ == "__main__":  # `make freeze-release REVISION=NNNN`
     if len(sys.argv) != 3 or sys.argv[1] != "freeze":
-        sys.exit("usage: python -m worker.schema_files freeze REVISION")
+        sys.exit("usage: python -m worker.schema.files freeze REVISION")
     try:
         pinned = freeze_release(sys.argv[2])
     except exceptions.EmbedWorkerError as exc:
         sys.exit(f"make freeze-release: {exc}")
-    print(f'pin in worker/schema_files.py, RELEASED_REVISIONS: "{sys.argv[2]}": "{pinned}",')
+    print(f'pin in worker/schema/files.py, RELEASED_REVISIONS: "{sys.argv[2]}": "{pinned}",')
     print(f'and RELEASED_SQL = "{sql_digest()}"')

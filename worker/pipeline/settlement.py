@@ -1,0 +1,213 @@
+"""How each job of a batch is settled (deleted, retried, re-sent in part, deferred, released,
+dead-lettered), decided from its rows' outcomes without a database: `settle()`. The write
+transaction (worker/pipeline/write.py) collects what it did to each row in a WriteOutcome, settles
+the batch over it, and applies the outcome to the rows only once COMMIT succeeded."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+from worker.config import Settings
+from worker.pipeline import bounds, messages
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline.batch import Batch, Fate, Row, RowState
+from worker.target import Target
+
+RowKey = tuple[int, str]  # (target id, canonical key)
+
+
+@dataclass
+class Settlement:
+    """What happens to each job of a batch, decided before the write transaction."""
+
+    delete: list[int] = field(default_factory=list)
+    archive: list[int] = field(default_factory=list)
+    retry: dict[int, int] = field(default_factory=dict)  # msg_id -> delay
+    errors: dict[int, str] = field(default_factory=dict)  # msg_id -> its last error (retries)
+    defer: list[int] = field(default_factory=list)
+    defer_for: dict[int, int] = field(default_factory=dict)  # msg_id -> its own delay (remote)
+    release: list[int] = field(default_factory=list)  # target redefined: redo at once
+    resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+    dead: list[jobqueue.DeadLetter] = field(default_factory=list)
+    latencies: list[float] = field(default_factory=list)
+    fates: dict[RowKey, Fate] = field(default_factory=dict)  # failed rows: retried, or dead
+
+
+@dataclass
+class WriteOutcome:
+    """What a write transaction did to each row (its new state, its error), kept apart from the
+    rows until the transaction commits."""
+
+    states: dict[RowKey, RowState] = field(default_factory=dict)
+    errors: dict[RowKey, str] = field(default_factory=dict)
+    outdated: set[int] = field(default_factory=set)  # targets redefined since the batch was read
+    # targets whose columns hold vectors of another producer (provenance): deferred, not written
+    deferred: dict[int, str] = field(default_factory=dict)
+
+    def state(self, row: Row) -> RowState:
+        return self.states.get((row.target.id, row.key), row.state)
+
+    def error(self, row: Row) -> str | None:
+        return self.errors.get((row.target.id, row.key), row.error)
+
+    def record(self, states: dict[RowKey, RowState]) -> None:
+        self.states.update(states)
+
+    def fail(self, row: Row, error: str) -> None:
+        self.states[(row.target.id, row.key)] = RowState.FAILED
+        self.errors[(row.target.id, row.key)] = error
+
+    def block(self, rows: list[Row]) -> None:
+        """`rows` wait for a later batch (a lock held them up): all but those postponed."""
+        for row in rows:
+            if row.state is not RowState.POSTPONED:
+                self.states[(row.target.id, row.key)] = RowState.BLOCKED
+
+    def written_per_target(self) -> dict[int, int]:
+        counts: dict[int, int] = defaultdict(int)
+        for (target_id, _), state in self.states.items():
+            if state is RowState.WRITTEN:
+                counts[target_id] += 1
+        return counts
+
+    def apply(self, batch: Batch) -> None:
+        batch.deferred.update(self.deferred)
+        for key, state in self.states.items():
+            row = batch.rows[key]
+            row.state = state
+            if key in self.errors:
+                row.error = self.errors[key]
+
+
+def settle(
+    batch: Batch, settings: Settings, now: datetime, outcome: WriteOutcome | None = None
+) -> Settlement:
+    """Decides each job's fate from its rows' outcomes (pure; no database): the rows' states,
+    overlaid with what the write transaction in progress did to them (`outcome`)."""
+    out = Settlement()
+    outcome = outcome or WriteOutcome()
+    for job in batch.jobs:
+        target = job.target
+        if target is None:
+            # Nothing named in the message runs unless registered: dead-letter it as it is.
+            out.archive.append(job.msg_id)
+            out.dead.append(
+                jobqueue.DeadLetter(
+                    target=None,
+                    target_label=_label(job),
+                    row_key=job.message.get("id") if isinstance(job.message, dict) else None,
+                    message=job.message,
+                    attempts=job.attempts,
+                    error=job.error or "unknown target",
+                )
+            )
+            continue
+        if target.id in batch.deferred or target.id in outcome.deferred:
+            if target.id in batch.defer_seconds and target.id not in outcome.deferred:
+                out.defer_for[job.msg_id] = math.ceil(batch.defer_seconds[target.id])
+            else:
+                out.defer.append(job.msg_id)
+            continue
+        if target.id in outcome.outdated:
+            out.release.append(job.msg_id)  # not done: redone under the new definition
+            continue
+        failed = [
+            (key, outcome.error(row) or "failed")
+            for key in job.keys
+            if outcome.state(row := batch.rows[(target.id, key)]) is RowState.FAILED
+        ]
+        _resend_postponed(out, batch, job, target, outcome)
+        if not failed and not job.bad_keys:
+            out.delete.append(job.msg_id)
+            out.latencies.append((now - job.enqueued_at).total_seconds())
+            continue
+        exhausted = job.attempts >= settings.max_attempts
+        # A row that failed for good (a document over its ceiling) is dead at once.
+        final = {k for k, _ in failed if exhausted or batch.rows[(target.id, k)].permanent}
+        dead = [(job.raw_keys[k], job.single_key_message(k), e) for k, e in failed if k in final]
+        # An invalid key can never succeed: dead at once.
+        dead += [
+            (
+                raw,
+                {"target": target.id, "keys": [raw]} if not job.supabase_shape else job.message,
+                e,
+            )
+            for raw, e in job.bad_keys
+        ]
+        retry_keys = [k for k, _ in failed if k not in final]
+        for raw, message, error in dead:
+            out.dead.append(
+                jobqueue.DeadLetter(target, target.name, raw, message, job.attempts, error)
+            )
+        delay = jobqueue.backoff_seconds(
+            job.attempts, settings.backoff_base_seconds, settings.backoff_max_seconds
+        )
+        for key, _ in failed:  # for the log: the last attempt must not read like a retry
+            fate = Fate(job.attempts, settings.max_attempts, None if key in final else delay)
+            out.fates[(target.id, key)] = fate
+        if retry_keys and len(retry_keys) == len(job.keys) and not job.bad_keys:
+            out.retry[job.msg_id] = delay  # the whole job failed: back it off as it is
+            out.errors[job.msg_id] = failed[0][1]
+            continue
+        if retry_keys:
+            # Part of the job failed: its other rows are done. Re-send only the failed keys,
+            # carrying the attempts spent so far and the error (for `status`).
+            out.resend.append(
+                (
+                    {
+                        "target": target.id,
+                        "keys": [job.raw_keys[k] for k in retry_keys],
+                        "attempts": job.attempts,
+                        "last_error": messages.clip_error(failed[0][1]),
+                    },
+                    delay,
+                )
+            )
+        (out.archive if dead else out.delete).append(job.msg_id)
+    return out
+
+
+def _resend_postponed(
+    out: Settlement, batch: Batch, job: messages.Job, target: Target, outcome: WriteOutcome
+) -> None:
+    """Rows a store postponed (a chunk store's documents past the batch's chunk budget, a remote
+    model's rows its provider could not serve) go back to the queue in a message of their own,
+    with the attempts spent before this one; so do long documents with pieces still to go
+    (worker/pipeline/pieces.py), marked as going on from their recorded progress, and rows a
+    lock held up, after a delay that grows with each time it did (worker/pipeline/bounds.py)."""
+    for state in (RowState.POSTPONED, RowState.PIECE, RowState.BLOCKED):
+        postponed = [
+            batch.rows[(target.id, key)]
+            for key in job.keys
+            if outcome.state(batch.rows[(target.id, key)]) is state
+        ]
+        if not postponed:
+            continue
+        message: dict[str, Any] = {
+            "target": target.id,
+            "keys": [job.raw_keys[row.key] for row in postponed],
+            "attempts": job.attempts - 1,
+        }
+        if state is RowState.PIECE:
+            message["continued"] = True
+        # (remote models: visible again when their provider said it is worth asking)
+        wait = max((row.retry_after or 0 for row in postponed), default=0)
+        if state is RowState.BLOCKED:
+            message["blocked"] = job.blocked + 1
+            wait = bounds.blocked_delay(job.blocked)
+        out.resend.append((message, math.ceil(wait)))
+
+
+def _label(job: messages.Job) -> str:
+    message = job.message if isinstance(job.message, dict) else {}
+    if "schema" in message and "table" in message:
+        return (
+            f"{message['schema']}.{message['table']}.{message.get('embeddingColumn', 'embedding')}"
+        )
+    if "target" in message:
+        return f"target {message['target']}"
+    return "unknown"

@@ -1,0 +1,74 @@
+"""Installing the schema: sql/'s files run with the installer's search path, pgmq ensured,
+and the code reinstall (functions and views dropped, the files run, grants kept: `code`)."""
+
+from __future__ import annotations
+
+import importlib.resources
+import logging
+from pathlib import Path
+
+from worker import queries
+from worker.db import Connection
+from worker.schema import code, files
+
+logger = logging.getLogger(__name__)
+
+
+def bundled_pgmq_sql() -> str:
+    """The pgmq SQL shipped in the `pgmq` PyPI package (for servers without the extension)."""
+    return (importlib.resources.files("pgmq") / "sql" / "pgmq.sql").read_text(encoding="utf-8")
+
+
+def ensure_pgmq(conn: Connection) -> None:
+    """pgmq as an extension when the server offers it, else as plain SQL from the pgmq package."""
+    row = conn.execute(queries.get("pgmq_state")).fetchone()
+    assert row is not None
+    present, available = row
+    if present:
+        return
+    if available:
+        conn.execute(queries.get("create_pgmq"))
+        return
+    logger.warning("pgmq extension not available on this server: installing its SQL as plain SQL")
+    conn.execute(bundled_pgmq_sql().encode())
+
+
+def run_files(conn: Connection, paths: list[Path]) -> None:
+    """Runs each file, as written, after the installer's search path (installer_path): in one
+    exchange, whose statements share one transaction (the caller's, or an implicit one), so
+    whoever calls this runs sql/ and what it calls (pgmq's functions, which set no path) with
+    pg_catalog only."""
+    pinned = queries.get("installer_path").encode() + b";\n"
+    for path in paths:
+        logger.debug("running %s", path.name)
+        # Bytes: the files are run as written, with no client-side parameter parsing of `%`.
+        conn.execute(pinned + path.read_bytes())
+
+
+def install(conn: Connection) -> None:
+    """Installs the whole current schema on `conn` (or reinstalls its code over an existing
+    one), inside the caller's transaction."""
+    ensure_pgmq(conn)
+    reinstall_code(conn, files.install_files())
+
+
+def reinstall_code(conn: Connection, paths: list[Path]) -> None:
+    """Drops the schema's functions and views, runs `paths`, regenerates what depends on them
+    (see the module docstring). Refuses, before dropping anything, when an object of someone
+    else's depends on them."""
+    code.refuse_foreign_dependents(conn)
+    grants = code.extra_grants(conn)
+    code.drop_code(conn)
+    run_files(conn, paths)  # the last, 99_regenerate.sql, regenerates targets and queues
+    code.restore_grants(conn, grants)
+
+
+def use_installer_path(conn: Connection) -> None:
+    """The search path of `migrate`'s transaction, before anything of sql/ or a revision runs:
+    pg_catalog only, as in our other sessions (queries.sql: installer_path)."""
+    conn.execute(queries.get("installer_path"))
+
+
+def uninstall(conn: Connection) -> None:
+    """Removes the schema installed by `install` (user data stays)."""
+    run_files(conn, [files.sql_dir() / "uninstall.sql"])

@@ -1,0 +1,185 @@
+"""Revisions: what a release revision's upgrade() and downgrade() run (`install_initial`,
+`upgrade_release`, `downgrade_revision`; the code reinstalled once after them, `finish_upgrade`),
+and which revision a database is at, against the one this package needs (`mismatch`)."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import psycopg
+from psycopg.sql import Identifier
+
+from worker import exceptions, queries
+from worker.db import Connection
+from worker.schema import files
+from worker.schema.install import ensure_pgmq, install, reinstall_code, run_files
+
+logger = logging.getLogger(__name__)
+
+VERSION_TABLE = "embed_worker_alembic_version"
+# Revisions of main between 0.1.0 and 0.2.0, squashed into 0002 (release 0.2.0). A database at
+# one of them is re-stamped as 0001; 0002's upgrade.sql takes any of them to 0.2.0.
+SQUASHED_REVISIONS = frozenset(f"{n:04d}" for n in range(2, 19))
+
+
+def install_initial() -> None:
+    """Body of revision 0001's upgrade(): the whole current schema into an empty database. The
+    later revisions' state changes are for databases at older releases: they are skipped."""
+    _require_head("install")
+    conn = revision_connection()
+    install(conn)
+    _attributes()["installed_fresh"] = True
+
+
+def upgrade_release(name: str) -> None:
+    """Body of a release revision's upgrade(): its state files (`upgrade.sql`, then
+    `tables.sql` when the release made tables), the code reinstall left to finish_upgrade."""
+    attributes = _attributes()
+    if attributes.get("installed_fresh"):
+        return
+    _require_head("upgrade")
+    conn = revision_connection()
+    ensure_pgmq(conn)
+    folder = files.versions_dir() / name
+    run_files(conn, [p for p in (folder / "upgrade.sql", folder / "tables.sql") if p.is_file()])
+    attributes["state_changed"] = True
+
+
+def finish_upgrade(conn: Connection) -> None:
+    """After the pending revisions ran (migrations/env.py): the code reinstalled from `sql/`,
+    once, when a revision changed state."""
+    if _attributes().pop("state_changed", False):
+        reinstall_code(conn, files.install_files())
+
+
+def _attributes() -> dict[str, Any]:
+    from alembic import context
+
+    attributes: dict[str, Any] = context.config.attributes
+    return attributes
+
+
+def _require_head(what: str) -> None:
+    """This package has only the newest code: a database stopped at an older revision would
+    hold that revision's tables under newer code."""
+    from alembic import context
+    from alembic.script import ScriptDirectory
+
+    wanted = context.get_revision_argument()
+    head = ScriptDirectory.from_config(context.config).get_current_head()
+    if wanted not in ("head", "heads", head):
+        raise exceptions.EmbedWorkerError(
+            f"cannot {what} at revision {wanted}: this package installs the code of revision "
+            f"{head} ({files.release_of(head)}) only; migrate to head, or use the package "
+            "of the release you want"
+        )
+
+
+def revision_connection() -> Connection:
+    """The psycopg connection under the Alembic operation context (inside a revision)."""
+    from alembic import op
+
+    conn = op.get_bind().connection.driver_connection
+    assert isinstance(conn, psycopg.Connection)
+    return conn
+
+
+def downgrade_revision(name: str) -> None:
+    """Body of a revision's downgrade() (after 0001). Going down to base, nothing: revision
+    0001's downgrade runs sql/uninstall.sql, which removes the schema of any revision. One step
+    down runs `<name>/downgrade.sql`; a revision without one cannot be stepped back (restore a
+    backup, or downgrade to base and migrate again)."""
+    from alembic import context
+
+    if context.get_revision_argument() in (None, "base"):
+        return
+    down = files.versions_dir() / name / "downgrade.sql"
+    if not down.is_file():
+        raise exceptions.EmbedWorkerError(
+            f"revision {name} cannot be stepped back; downgrade to base removes the schema"
+        )
+    run_files(revision_connection(), [down])
+
+
+def restamp_squashed(conn: Connection) -> str | None:
+    """A database at one of the SQUASHED_REVISIONS is marked as at 0001, whence 0002 upgrades
+    it; returns the revision it was at. The 0002 of main before the squash is told from the
+    release's by its schema: it still had `targets.key_column` (its 0003 dropped it)."""
+    at = current_revision(conn)
+    if at not in SQUASHED_REVISIONS:
+        return None
+    if at == "0002":
+        row = conn.execute(queries.get("targets_have_key_column")).fetchone()
+        if not row or not row[0]:
+            return None
+    conn.execute(queries.compose("restamp_0001", version_table=_version_table()))
+    logger.debug("re-stamped revision %s as 0001", at)
+    return at
+
+
+def installed(conn: Connection) -> bool:
+    """Whether the embeddings schema is installed in the database of `conn`."""
+    row = conn.execute(queries.get("schema_installed")).fetchone()
+    return bool(row and row[0])
+
+
+def current_revision(conn: Connection) -> str | None:
+    row = conn.execute(
+        queries.get("version_table_exists"), {"version_table": f"public.{VERSION_TABLE}"}
+    ).fetchone()
+    if not row or not row[0]:
+        return None
+    version = conn.execute(
+        queries.compose("current_revision", version_table=_version_table())
+    ).fetchone()
+    return str(version[0]) if version else None
+
+
+def head_revision() -> str:
+    """The revision whose schema this package's code needs: the newest it carries."""
+    from alembic.script import ScriptDirectory
+
+    head = ScriptDirectory.from_config(files.alembic_config()).get_current_head()
+    assert head is not None
+    return str(head)
+
+
+def mismatch(conn: Connection) -> str | None:
+    """Why this package's worker cannot serve the database's schema (None: it can). A schema
+    of an older release lacks what today's code calls: it must be migrated first. A schema
+    newer than this package was migrated by a later release, whose worker replaces this one."""
+    from alembic.script import ScriptDirectory
+
+    head = head_revision()
+    mine = f"release {files.release_of(head)} (revision {head})"
+    upgrade = (
+        f"run `embed-worker migrate` of {mine} to upgrade it (docs/upgrading.md); the worker "
+        "of the older release keeps serving meanwhile"
+    )
+    row = conn.execute(queries.get("schema_revision_defined")).fetchone()
+    if not row or not row[0]:
+        return f"the database's schema is of an older release than this worker's: {upgrade}"
+    try:
+        found = conn.execute(queries.get("schema_revision")).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        # A role that is not a worker role (grant_worker()) cannot tell: the checks of what
+        # it runs later say what it lacks.
+        return None
+    at = found[0] if found else None
+    if at is None or at == head:
+        return None  # (no Alembic record: installed by hand or restored without it; served as is)
+    script = ScriptDirectory.from_config(files.alembic_config())
+    if at in {s.revision for s in script.walk_revisions()} or at in SQUASHED_REVISIONS:
+        return (
+            f"the database's schema is release {files.release_of(at)} (revision {at}), "
+            f"older than this worker's: {upgrade}"
+        )
+    return (
+        f"the database's schema is at revision {at}, newer than this worker ({mine}): a later "
+        "release migrated it; replace this worker with that release's (docs/upgrading.md)"
+    )
+
+
+def _version_table() -> Identifier:
+    return Identifier("public", VERSION_TABLE)
