@@ -119,6 +119,10 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     document_format  text CONSTRAINT targets_document_format_check
                          CHECK (document_format IN ('auto', 'pdf', 'docx', 'html', 'markdown', 'text')),
     context_header   text,
+    -- Full-text fields (sql/59_hybrid.sql): with a weight, the content's text before its first
+    -- U+001F is a title, its words weighted A in the tsvector and counted this many times in
+    -- BM25's term frequency; NULL: one field.
+    fts_title_weight double precision CONSTRAINT targets_fts_title_weight_check CHECK (fts_title_weight >= 1),
     UNIQUE (source, embedding_column),
     CHECK ((content_column IS NULL) <> (content_function IS NULL))
 );

@@ -409,6 +409,27 @@ BEGIN
 END
 $$;
 
+-- watch()'s full-text options for target `target_id`: full-text search with configuration
+-- `fts` and fields of title weight `title_weight` (sql/59_hybrid.sql), each NULL: as it is.
+-- enable_fts() again when either changes.
+CREATE FUNCTION embeddings.watch_fts(target_id integer, fts regconfig, title_weight double precision) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    t embeddings.targets;
+BEGIN
+    SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = target_id;
+    IF (fts IS NOT NULL AND fts IS DISTINCT FROM t.fts_config)
+       OR (title_weight IS NOT NULL AND title_weight IS DISTINCT FROM t.fts_title_weight) THEN
+        IF coalesce(fts, t.fts_config) IS NULL THEN
+            RAISE EXCEPTION 'fts_title_weight weighs full-text fields: pass fts => too (e.g. ''english'')'
+                USING ERRCODE = 'invalid_parameter_value';
+        END IF;
+        PERFORM embeddings.enable_fts(t.source, coalesce(fts, t.fts_config), t.embedding_column,
+                                      coalesce(title_weight, t.fts_title_weight));
+    END IF;
+END
+$$;
+
 -- Validates everything, then registers `source` for embedding: creates the embedding column
 -- (halfvec(dim)) when missing, its HNSW index, the triggers, and enqueues existing rows that
 -- have content but no embedding. All or nothing: any error leaves no trace.
@@ -445,6 +466,10 @@ $$;
 --   context_header    documents: the template of the header embedded in front of each chunk,
 --                     {title} and {headings} its placeholders (NULL: as it is; at first the
 --                     default, E'{title}\n{headings}\n\n'; '' for none)
+--   fts_title_weight  full-text fields (sql/59_hybrid.sql): the content's text before its first
+--                     U+001F (chr(31)) is a title, its words weighted A and counted this many
+--                     times in BM25 (at least 1); the vector embeds the text with a space there.
+--                     Needs fts (now or before); not for chunked targets; NULL: as it is
 --
 -- With another model on a watched table it starts a model change without downtime
 -- (sql/44_changes.sql): the column keeps serving the old model until the swap.
@@ -471,7 +496,8 @@ CREATE FUNCTION embeddings.watch(
     side_table text DEFAULT NULL,
     fts regconfig DEFAULT NULL,  -- full-text search for hybrid search (sql/59_hybrid.sql); NULL: as it is
     format text DEFAULT NULL,  -- documents (sql/55_chunks.sql): the content's format; NULL: as it is
-    context_header text DEFAULT NULL  -- documents: the context header's template; NULL: as it is
+    context_header text DEFAULT NULL,  -- documents: the context header's template; NULL: as it is
+    fts_title_weight double precision DEFAULT NULL  -- full-text fields: the title's weight; NULL: as it is
 ) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -589,6 +615,10 @@ BEGIN
         SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = chunked_id;
         -- Full-text search on the chunk table, as for any target (until 0.3.0, fts => was
         -- ignored here); then the chunk offsets, after it (ensure_chunk_offsets says why).
+        IF fts_title_weight IS NOT NULL THEN
+            RAISE EXCEPTION 'fts_title_weight is for targets whose rows are embedded whole: a chunk holds no title'
+                USING ERRCODE = 'feature_not_supported';
+        END IF;
         IF fts IS NOT NULL AND fts IS DISTINCT FROM t.fts_config THEN
             PERFORM embeddings.enable_fts(source, fts, embedding_column);
         END IF;
@@ -609,6 +639,7 @@ BEGIN
        AND previous.has_triggers = triggers AND previous.clear_on_update = clear_updates
        AND previous.queue = watch.queue AND previous.replica = watch.replica
        AND embeddings.target_problem(previous) IS NULL THEN  -- as the catalog is now (52_stopped.sql)
+        PERFORM embeddings.watch_fts(previous.id, fts, fts_title_weight);
         RETURN previous.id;
     END IF;
 
@@ -660,9 +691,7 @@ BEGIN
             source, embedding_column;
     END IF;
 
-    IF fts IS NOT NULL AND fts IS DISTINCT FROM (SELECT tg.fts_config FROM embeddings.targets tg WHERE tg.id = t.id) THEN
-        PERFORM embeddings.enable_fts(source, fts, embedding_column);
-    END IF;
+    PERFORM embeddings.watch_fts(t.id, fts, fts_title_weight);
     PERFORM set_config('embeddings.following', 'off', true);
     RETURN t.id;
 END

@@ -16,6 +16,9 @@
 -- - tf: the lexeme's positions in the document's tsvector. to_tsvector() keeps at most 256
 --   positions per lexeme and none past 16,383 (later words share that last position), so a
 --   document of more words than that is counted short.
+-- - With fields (a target's fts_title_weight w, sql/59_hybrid.sql's fields_tsvector()): each
+--   of the lexeme's places in the title (weight A in the tsvector) counts w times in tf, as
+--   BM25F weighs a field; len(D), df and N as without (w 1 ranks as one field).
 -- - len(D): the number of distinct lexemes of the tsvector (length(), from its header). The
 --   number of words would need every lexeme's positions unnested: 3 to 5 times slower for a
 --   question of common words over the quality bench's chunks, and it ranked no better there.
@@ -63,31 +66,43 @@ DECLARE
     -- The relation of the tsvector: the table, its chunk table or its side table.
     fts text := format('%s.%I', CASE t.store_kind WHEN 'chunks' THEN 'c' WHEN 'side' THEN 'v' ELSE 's' END,
                        t.fts_column);
+    -- Fields (embeddings.fields_tsvector()): the title's words are weighted A in the tsvector.
+    fields boolean := t.fts_title_weight IS NOT NULL AND NOT embeddings.store_has_chunks(t);
 BEGIN
     RETURN ARRAY[
         -- m: the candidates, each with its length and the query's lexemes it holds (the others
         -- filtered out in C: setweight() marks the query's, ts_filter() keeps the marked). The
         -- tsvector is read (detoasted) once, in d: each function given the column itself would
-        -- read it again, and reading is most of a candidate's cost. Our tsvectors hold no
-        -- weight but D (fts_sql()), so the marked are exactly the query's lexemes.
+        -- read it again, and reading is most of a candidate's cost. Without fields our
+        -- tsvectors hold no weight but D (fts_sql()), so the marked are exactly the query's
+        -- lexemes. With fields they hold A (the title) and D: d is the tsvector as it is (an
+        -- empty setweight() copies it), the query's lexemes are marked B, and `title` keeps
+        -- the title's places of each (a few lexemes at most) for tf below.
         format(
             'WITH w AS (SELECT pg_catalog.tsvector_to_array(x.v) AS lexemes, embeddings.any_lexeme_query(x.v) AS q'
             '  FROM (SELECT %1$s AS v) x),'
             ' m AS MATERIALIZED (SELECT %2$s AS key, %3$s AS content, %4$s AS seq, %5$s AS start_offset,'
             '  %6$s AS end_offset, %7$s AS headings, %8$s AS page,'
             '  pg_catalog.length(d.v)::double precision AS len,'
-            '  pg_catalog.ts_filter(d.v, ''{a}'') AS hits,'
+            '  %12$s AS hits, %13$s AS title,'
             '  pg_catalog.row_number() OVER () AS i'
-            '  FROM %10$s CROSS JOIN w CROSS JOIN LATERAL (SELECT pg_catalog.setweight(%9$s, ''A'', w.lexemes) AS v OFFSET 0) d'
+            '  FROM %10$s CROSS JOIN w CROSS JOIN LATERAL (SELECT %14$s AS v OFFSET 0) d'
             '  WHERE %9$s OPERATOR(pg_catalog.@@) w.q AND %11$s IS NOT NULL AND (',
-            embeddings.fts_sql(t, '$1'), q->>'key', q->>'content', q->>'seq', q->>'start_offset',
-            q->>'end_offset', q->>'headings', q->>'page', fts, q->>'from', q->>'vector'),
+            embeddings.plain_fts_sql(t.fts_config, '$1'), q->>'key', q->>'content', q->>'seq', q->>'start_offset',
+            q->>'end_offset', q->>'headings', q->>'page', fts, q->>'from', q->>'vector',
+            CASE WHEN fields THEN 'pg_catalog.ts_filter(pg_catalog.setweight(d.v, ''B'', w.lexemes), ''{b}'')'
+                 ELSE 'pg_catalog.ts_filter(d.v, ''{a}'')' END,
+            CASE WHEN fields
+                 THEN 'pg_catalog.ts_filter(pg_catalog.setweight(pg_catalog.ts_filter(d.v, ''{a}''), ''B'', w.lexemes), ''{b}'')'
+                 ELSE 'NULL::pg_catalog.tsvector' END,
+            CASE WHEN fields THEN format('pg_catalog.setweight(%s, ''A'', ''{}''::pg_catalog.text[])', fts)
+                 ELSE format('pg_catalog.setweight(%s, ''A'', w.lexemes)', fts) END),
         -- n: N and avglen; h: each candidate's lexemes with tf and df; b: the scores; z: the
         -- sum of the idf of the query's lexemes found (text_score's divisor, below).
         format(
             ')), n AS (SELECT greatest(pg_catalog.count(*)::double precision, coalesce(%1$s, 0)) AS n,'
             '  pg_catalog.avg(m.len) AS avglen FROM m),'
-            ' h AS (SELECT m.i, m.len, x.lexeme, pg_catalog.cardinality(x.positions)::double precision AS tf,'
+            ' h AS (SELECT m.i, m.len, x.lexeme, %4$s AS tf,'
             '  pg_catalog.count(*) OVER (PARTITION BY x.lexeme)::double precision AS df'
             '  FROM m, pg_catalog.unnest(m.hits) x),'
             ' b AS (SELECT h.i, pg_catalog.sum(pg_catalog.ln(1 + (n.n - h.df + 0.5) / (h.df + 0.5))'
@@ -104,6 +119,12 @@ BEGIN
             embeddings.rows_estimate_sql(t),
             -- A document by its best chunk; a row is its own document.
             CASE WHEN embeddings.store_has_chunks(t) THEN 'DISTINCT ON (m.key)' ELSE '' END,
-            CASE WHEN embeddings.store_has_chunks(t) THEN 'ORDER BY m.key, b.score DESC, m.seq' ELSE '' END)];
+            CASE WHEN embeddings.store_has_chunks(t) THEN 'ORDER BY m.key, b.score DESC, m.seq' ELSE '' END,
+            -- tf: with fields, each of the lexeme's places in the title counts title_weight times.
+            CASE WHEN fields
+                 THEN format('(pg_catalog.cardinality(x.positions) + %s * coalesce((SELECT pg_catalog.cardinality(y.positions)'
+                             ' FROM pg_catalog.unnest(m.title) y WHERE y.lexeme OPERATOR(pg_catalog.=) x.lexeme), 0))::double precision',
+                             t.fts_title_weight - 1)
+                 ELSE 'pg_catalog.cardinality(x.positions)::double precision' END)];
 END
 $$;

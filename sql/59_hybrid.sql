@@ -17,13 +17,35 @@
 -- dotted name (`urllib.request.urlopen`) as one token, which a search for `urlopen` would
 -- never match.
 
--- The tsvector of text expression `expr` for target t (NULL when t has no full-text search).
+-- The tsvector of text expression `expr` with configuration `config`, dots split.
+CREATE FUNCTION embeddings.plain_fts_sql(config regconfig, expr text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('pg_catalog.to_tsvector(%L::pg_catalog.regconfig, pg_catalog.regexp_replace(%s, %L, %L, ''g''))',
+                  config::text, expr, '(\w)\.(?=\w)', '\1 ')
+$$;
+
+-- Fields: a content whose text holds U+001F (the unit separator, chr(31)) is a title (the
+-- text before the first one) and a body (the rest). Its tsvector: the title's words weighted
+-- A, then the body's (weight D, their places after the title's, as in one text). Without the
+-- separator, all body. The vector side embeds the text with the separator read as a space
+-- (the worker's load stage), so `title || chr(31) || body` embeds as `title || ' ' || body`.
+CREATE FUNCTION embeddings.fields_tsvector(config regconfig, content text) RETURNS tsvector
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN pg_catalog.strpos(content, pg_catalog.chr(31)) = 0
+                THEN pg_catalog.to_tsvector(config, pg_catalog.regexp_replace(content, '(\w)\.(?=\w)', '\1 ', 'g'))
+                ELSE pg_catalog.setweight(pg_catalog.to_tsvector(config, pg_catalog.regexp_replace(pg_catalog.split_part(content, pg_catalog.chr(31), 1), '(\w)\.(?=\w)', '\1 ', 'g')), 'A')
+                     || pg_catalog.to_tsvector(config, pg_catalog.regexp_replace(pg_catalog.substr(content, pg_catalog.strpos(content, pg_catalog.chr(31)) + 1), '(\w)\.(?=\w)', '\1 ', 'g')) END
+$$;
+
+-- The tsvector of target t's content, text expression `expr` (NULL when t has no full-text
+-- search): with fields (fts_title_weight), fields_tsvector()'s; a chunked target's chunks are
+-- one field.
 CREATE FUNCTION embeddings.fts_sql(t embeddings.targets, expr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN t.fts_config IS NOT NULL THEN
-        format('pg_catalog.to_tsvector(%L::pg_catalog.regconfig, pg_catalog.regexp_replace(%s, %L, %L, ''g''))',
-               t.fts_config::text, expr, '(\w)\.(?=\w)', '\1 ')
-    END
+    SELECT CASE WHEN t.fts_config IS NULL THEN NULL
+                WHEN t.fts_title_weight IS NOT NULL AND NOT embeddings.store_has_chunks(t)
+                THEN format('embeddings.fields_tsvector(%L::pg_catalog.regconfig, %s)', t.fts_config::text, expr)
+                ELSE embeddings.plain_fts_sql(t.fts_config, expr) END
 $$;
 
 -- The assignment the store function adds to its UPDATE for target t's tsvector (`value` the
@@ -65,8 +87,11 @@ $$;
 -- pgvector indexes of the table (or side table) are dropped before the fill and built again
 -- after it from their own definitions, unseen by anyone (the lock), as a rewrite rebuilds the
 -- chunk table's. A partitioned table keeps them (its indexes are per partition): slower.
+-- `title_weight`: fields (fields_tsvector() above), the title's words counted this many times
+-- in BM25's term frequency (at least 1); NULL: one field.
 CREATE FUNCTION embeddings.enable_fts(source regclass, config regconfig DEFAULT 'english',
-                                      embedding_column name DEFAULT NULL) RETURNS void
+                                      embedding_column name DEFAULT NULL,
+                                      title_weight double precision DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets := embeddings.search_target(source, embedding_column);
@@ -87,7 +112,12 @@ BEGIN
     IF t.fts_column IS NOT NULL OR embeddings.attnum_of(rel, col) IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', rel, coalesce(t.fts_column, col));
     END IF;
-    UPDATE embeddings.targets tg SET fts_config = config, fts_column = col, updated_at = now()
+    IF title_weight IS NOT NULL AND NOT title_weight >= 1 THEN
+        RAISE EXCEPTION 'embeddings.enable_fts: title_weight is at least 1 (NULL: no fields), not %', title_weight
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    UPDATE embeddings.targets tg SET fts_config = config, fts_column = col, fts_title_weight = title_weight,
+                                     updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
     IF embeddings.store_has_chunks(t) THEN
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I tsvector GENERATED ALWAYS AS (%s) STORED',
@@ -148,7 +178,7 @@ BEGIN
     IF t.fts_column IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', coalesce(t.chunk_table, t.side_table, t.source), t.fts_column);
     END IF;
-    UPDATE embeddings.targets tg SET fts_config = NULL, fts_column = NULL, updated_at = now()
+    UPDATE embeddings.targets tg SET fts_config = NULL, fts_column = NULL, fts_title_weight = NULL, updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
     PERFORM embeddings.generate_access(t);
     PERFORM set_config('embeddings.following', 'off', true);

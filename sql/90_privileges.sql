@@ -34,14 +34,14 @@ DECLARE
     -- The schema's owner only (it owns them: nothing to grant). Each writes the registry, a
     -- queue or a watched table's triggers.
     api_owner CONSTANT regprocedure[] := ARRAY[
-        'embeddings.watch(regclass, text, name, text, boolean, boolean, text, name[], boolean, integer, integer, text, boolean, boolean, text, text, regconfig, text, text)',
+        'embeddings.watch(regclass, text, name, text, boolean, boolean, text, name[], boolean, integer, integer, text, boolean, boolean, text, text, regconfig, text, text, double precision)',
         'embeddings.unwatch(regclass, name)',
         'embeddings.rewatch(regclass, name, text, boolean)',
         'embeddings.unwatch_dropped()',
         'embeddings.cancel_change(regclass, name)',
         'embeddings.adopt_vectors(regclass, name, text, text, text)',
         'embeddings.adopt_fingerprints(regclass, name)',
-        'embeddings.enable_fts(regclass, regconfig, name)',
+        'embeddings.enable_fts(regclass, regconfig, name, double precision)',
         'embeddings.disable_fts(regclass, name)',
         'embeddings.set_rerank(regclass, text, integer, name)',
         'embeddings.register_model(text, integer, text, text, text, integer, boolean, integer, integer, integer, double precision, numeric, text, text, text, text)',
@@ -74,6 +74,8 @@ DECLARE
         'embeddings.search_run(text, anyelement, jsonb)',
         'embeddings.search_filter_sql(embeddings.targets, jsonb, integer)',
         'embeddings.any_lexeme_query(tsvector)',
+        -- the tsvector of full-text fields, which the generated store functions write
+        'embeddings.fields_tsvector(regconfig, text)',
         'embeddings.store_function(embeddings.targets, text)',
         'embeddings.store_has_chunks(embeddings.targets)',
         'embeddings.row_store_search_sql(embeddings.targets)',

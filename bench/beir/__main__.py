@@ -13,7 +13,11 @@ DATA: a folder with corpus.jsonl, queries.jsonl and qrels/test.tsv (each may be 
 --chunked: watch in chunks of TOKENS (default 200): a document ranks by its best chunk.
 --hybrid: also score hybrid_search() with these options (repeatable), e.g.
   `--hybrid fusion=rrf` or `--hybrid text_match=all,text_weight=2`.
---watch: extra watch() arguments, e.g. `--watch fts_weights=AB`.
+--watch: extra watch() arguments, e.g. `--watch fts_title_weight=2` (full-text fields: the
+  content function then joins the title and the body with chr(31)).
+--title-weights: full-text fields: the content function joins the title and the body with
+  chr(31); after every ranking, the full-text and hybrid rankings again with the title weighted
+  each of these (`enable_fts(title_weight => W)` on the same vectors), e.g. `1,2,3`.
 --results: where the JSON goes (default bench/results/beir-<dataset>[-chunked].json).
 --runs: also write every ranking as a TREC run file in DIR (for trec_eval by hand).
 
@@ -51,6 +55,7 @@ def parser() -> argparse.ArgumentParser:
     p.add_argument("--chunked", nargs="?", type=int, const=DEFAULT_CHUNK_TOKENS, default=None)
     p.add_argument("--hybrid", action="append", default=[], metavar="name=value,...")
     p.add_argument("--watch", default="", metavar="name=value,...")
+    p.add_argument("--title-weights", default="", metavar="W,W,...")
     p.add_argument("--setup-sql", action="append", default=[], metavar="SQL")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--results", type=Path, default=None)
@@ -71,6 +76,7 @@ def measure(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
         threads=args.threads,
         setup_sql=tuple(args.setup_sql),
         watch_options=rankings.parse_option_list(args.watch),
+        title_weights=tuple(float(w) for w in args.title_weights.split(",") if w.strip()),
     )
     result = {"machine": machine(), **run.run(dsn, data, chosen, options, runs=args.runs)}
     print("\n".join(report.lines(result)), flush=True)

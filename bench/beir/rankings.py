@@ -19,7 +19,7 @@ import json
 import statistics
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -39,6 +39,14 @@ class Ranking:
     function: str  # "search" or "hybrid_search"
     options: Mapping[str, Any] = field(default_factory=dict)
     text_only: bool = False  # the full-text ranking alone: rows with a text_rank, by it
+
+    def with_title_weight(self, weight: float) -> Ranking:
+        """This ranking, named for a table whose title is weighted `weight` (the same call)."""
+        return replace(
+            self,
+            name=f"{self.name}[title={weight:g}]",
+            label=f"{self.label}, title weight {weight:g}",
+        )
 
     @property
     def body(self) -> dict[str, Any]:

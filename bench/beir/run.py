@@ -46,6 +46,9 @@ class Options:
     threads: int = 2
     setup_sql: Sequence[str] = ()  # run once after the schema is there (register_model()...)
     watch_options: dict[str, Any] | None = None
+    # Full-text fields: after the rankings as watched, the full-text and hybrid rankings again
+    # with the title weighted each of these (enable_fts(title_weight => w) on the same vectors).
+    title_weights: Sequence[float] = ()
 
 
 def _percentile(values: Sequence[float], q: float) -> float:
@@ -146,6 +149,36 @@ def disagreements(sql_ranked: Ranked, http_ranked: Ranked) -> list[str]:
     ]
 
 
+def measure_ranking(
+    dsn: str, dataset: Dataset, ranking: Ranking, vectors: dict[str, Vector32], port: int
+) -> tuple[dict[str, Any], dict[str, list[str]]]:
+    """One ranking's figures and its results per query, through SQL and POST /search, which
+    must agree."""
+    by_sql = rank_sql(dsn, load.TABLE, ranking, queries=dataset.queries, vectors=vectors, k=K)
+    by_http = rank_http(port, load.TABLE, ranking, queries=dataset.queries, k=K)
+    differing = disagreements(by_sql, by_http)
+    if differing:
+        first = differing[0]
+        raise RuntimeError(
+            f"{ranking.name}: SQL and POST /search disagree on {len(differing)} queries,"
+            f" e.g. {first}: SQL {by_sql.rankings[first][:5]}"
+            f" HTTP {by_http.rankings[first][:5]}"
+        )
+    scores = scoring.score(by_sql.rankings, dataset.qrels)
+    figures = {
+        "label": ranking.label,
+        **{name: round(value, 4) for name, value in scores.mean.items()},
+        **by_length(scores, dataset.queries),
+        "p50_ms": round(_percentile(by_sql.seconds, 50), 2),
+        "p95_ms": round(_percentile(by_sql.seconds, 95), 2),
+        "http_p50_ms": round(_percentile(by_http.seconds, 50), 2),
+        "http_p95_ms": round(_percentile(by_http.seconds, 95), 2),
+        "queries_with_results": sum(1 for r in by_sql.rankings.values() if r),
+        "agree_with_http": len(by_sql.rankings),
+    }
+    return figures, by_sql.rankings
+
+
 def run(
     dsn: str,
     dataset: Dataset,
@@ -165,6 +198,7 @@ def run(
             model=options.model,
             chunk_tokens=options.chunk_tokens,
             watch_options=options.watch_options,
+            fields=bool(options.title_weights),
         )
     embedded = load.embed(dsn, options.model, options.model_path, EMBED_THREADS=options.threads)
     vectors = query_vectors(dsn, options, dataset.queries)
@@ -173,36 +207,22 @@ def run(
     ranked: dict[str, dict[str, list[str]]] = {}
     try:
         for ranking in rankings:
-            by_sql = rank_sql(
-                dsn, load.TABLE, ranking, queries=dataset.queries, vectors=vectors, k=K
+            figures[ranking.name], ranked[ranking.name] = measure_ranking(
+                dsn, dataset, ranking, vectors, worker.port
             )
-            by_http = rank_http(worker.port, load.TABLE, ranking, queries=dataset.queries, k=K)
-            differing = disagreements(by_sql, by_http)
-            if differing:
-                first = differing[0]
-                raise RuntimeError(
-                    f"{ranking.name}: SQL and POST /search disagree on {len(differing)} queries,"
-                    f" e.g. {first}: SQL {by_sql.rankings[first][:5]}"
-                    f" HTTP {by_http.rankings[first][:5]}"
-                )
-            ranked[ranking.name] = by_sql.rankings
-            scores = scoring.score(by_sql.rankings, dataset.qrels)
-            figures[ranking.name] = {
-                "label": ranking.label,
-                **{name: round(value, 4) for name, value in scores.mean.items()},
-                **by_length(scores, dataset.queries),
-                "p50_ms": round(_percentile(by_sql.seconds, 50), 2),
-                "p95_ms": round(_percentile(by_sql.seconds, 95), 2),
-                "http_p50_ms": round(_percentile(by_http.seconds, 50), 2),
-                "http_p95_ms": round(_percentile(by_http.seconds, 95), 2),
-                "queries_with_results": sum(1 for r in by_sql.rankings.values() if r),
-                "agree_with_http": len(by_sql.rankings),
-            }
         # Vector against the default hybrid at k = 10 (what an application asks for), in turn.
         vector, hybrid = rankings[0], next(r for r in rankings if r.name == "hybrid")
         latency = alternating_p50(
             dsn, load.TABLE, [vector, hybrid], queries=dataset.queries, vectors=vectors, k=10
         )
+        for weight in options.title_weights:
+            with psycopg.connect(dsn, autocommit=True) as conn:
+                load.weigh_title(conn, weight)
+            for ranking in rankings[1:]:
+                fielded = ranking.with_title_weight(weight)
+                figures[fielded.name], ranked[fielded.name] = measure_ranking(
+                    dsn, dataset, fielded, vectors, worker.port
+                )
     finally:
         worker.close()
     if runs is not None:

@@ -95,6 +95,8 @@ def default_retrievers() -> list[Retriever]:
         # The full-text ranking's weight around the default's, 0.2 (docs/retrieval-quality.md).
         SqlFunction.named(hybrid, "text_weight => 0.15"),
         SqlFunction.named(hybrid, "text_weight => 0.3"),
+        # Full-text fields: the object's name as a title, weighted 2 (docs/retrieval-quality.md).
+        SqlFunction.fielded(2),
     ]
 
 

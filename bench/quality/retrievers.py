@@ -290,6 +290,19 @@ HYBRID_SETUP = (
     "SELECT embeddings.watch({name}, 'body', model => 'all-MiniLM-L6-v2',"
     " backfill => false, fts => 'english')"
 )
+# Full-text fields (sql/59_hybrid.sql): the documented object's name as the title, through a
+# content function `name || chr(31) || body` watched on a copy of the vectors (a second target
+# of the table: its own tsvector, the same vectors), the title weighted {weight}.
+FIELDS_COLUMN = "embedding_fields"
+FIELDS_SETUP = (
+    f"ALTER TABLE {{table}} ADD COLUMN {FIELDS_COLUMN} halfvec(384);"
+    f" UPDATE {{table}} SET {FIELDS_COLUMN} = embedding;"
+    " CREATE FUNCTION {function}(r {table}) RETURNS text LANGUAGE sql IMMUTABLE"
+    " AS $$ SELECT r.name || chr(31) || r.body $$;"
+    " SELECT embeddings.watch({name}, {function_name}, embedding_column => "
+    f"'{FIELDS_COLUMN}', model => 'all-MiniLM-L6-v2', backfill => false, fts => 'english',"
+    " fts_title_weight => {weight})"
+)
 
 
 @dataclass
@@ -306,6 +319,21 @@ class SqlFunction:
     # Only the rows the function's full-text ranking holds (`text_rank` not null), by it: with
     # `vector_weight => 0`, hybrid_search()'s text ranking alone.
     text_only: bool = False
+    # The table's embedding column the setup watches (None: any target of the table counts).
+    column: str | None = None
+    title_weight: float | None = None  # full-text fields: FIELDS_SETUP's
+
+    @classmethod
+    def fielded(cls, title_weight: float, arguments: str = "") -> SqlFunction:
+        """hybrid_search() of the table's fielded target (FIELDS_SETUP)."""
+        named = f"embedding_column => '{FIELDS_COLUMN}'" + (f", {arguments}" if arguments else "")
+        return cls(
+            "embeddings.hybrid_search",
+            FIELDS_SETUP,
+            named,
+            column=FIELDS_COLUMN,
+            title_weight=title_weight,
+        )
 
     @classmethod
     def named(cls, function: str, arguments: str = "", *, text_only: bool = False) -> SqlFunction:
@@ -318,12 +346,23 @@ class SqlFunction:
     @property
     def name(self) -> str:
         name = f"{self.function}({self.arguments})" if self.arguments else self.function
-        return f"{name}.text_rank" if self.text_only else name
+        return (f"{name}.text_rank" if self.text_only else name) + self.label
+
+    @property
+    def label(self) -> str:
+        return f" [title weight {self.title_weight:g}]" if self.title_weight else ""
 
     def prepare(self, conn: Conn, table: Table) -> None:
-        if self.setup and not _watched(conn, table):
+        if self.setup and not _watched(conn, table, self.column):
+            function = f"{table.name}_fields"
             conn.execute(
-                sql.SQL(self.setup).format(table=table.ident, name=sql.Literal(table.name))
+                sql.SQL(self.setup).format(
+                    table=table.ident,
+                    name=sql.Literal(table.name),
+                    function=sql.Identifier(function),
+                    function_name=sql.Literal(function),
+                    weight=sql.Literal(self.title_weight),
+                )
             )
 
     def search(self, conn: Conn, table: Table, query: str, vector: Vector32, k: int) -> list[int]:
@@ -338,10 +377,12 @@ class SqlFunction:
         return [int(row[0]) for row in rows]
 
 
-def _watched(conn: Conn, table: Table) -> bool:
-    """Whether `table` is watched already (by another variant of the same function)."""
+def _watched(conn: Conn, table: Table, column: str | None = None) -> bool:
+    """Whether `table` is watched already (by another variant of the same function), with
+    embedding column `column` when given."""
     row = conn.execute(
-        "SELECT EXISTS (SELECT FROM embeddings.targets WHERE source = to_regclass(%s))",
-        (table.name,),
+        "SELECT EXISTS (SELECT FROM embeddings.targets WHERE source = to_regclass(%s)"
+        " AND (%s::name IS NULL OR embedding_column = %s::name))",
+        (table.name, column, column),
     ).fetchone()
     return bool(row and row[0])

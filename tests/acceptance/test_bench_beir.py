@@ -141,3 +141,59 @@ def test_the_bench_scores_a_small_dataset_as_worked_out_by_hand(
     assert set(saved["latency_k10"]) == {"vector_p50_ms", "hybrid_p50_ms", "hybrid_over_vector"}
     run = (tmp_path / "runs" / "vector.run").read_text().splitlines()
     assert run[0].split() == ["q-bread", "Q0", "bread", "1", "-1", "vector"]
+
+
+# Fields: the question's words are in the title of "review" once each, and twice each in the
+# body of "cohort". One field, BM25 puts "cohort" first (tf 2 against 1; its body longer, but
+# not enough); with the title counted twice, "review" (tf 2, the shorter) comes first. Worked
+# out: the score of each lexeme, tf * 2.2 / (tf + 1.2 * (0.25 + 0.75 * len / avglen)), len 7
+# and 10 lexemes: "review" 1.078 at weight 1 and 1.447 at weight 2, "cohort" 1.310.
+FIELDS_CORPUS = {
+    "review": ("Statins and breast cancer", "A cohort followed for ten years."),
+    "cohort": (
+        "Cohort outcomes",
+        "Statins lowered breast cancer risk in one cohort, statins raised breast cancer in another.",
+    ),
+    **{key: CORPUS[key] for key in ("volcano", "chess", "tides")},
+}
+
+
+def test_the_bench_weighs_the_title_for_each_weight_asked(tmp_path: Path, cluster: Cluster) -> None:
+    model = require_minilm()
+    data = tmp_path / "fields-beir"
+    (data / "qrels").mkdir(parents=True)
+    (data / "corpus.jsonl").write_text(
+        "".join(
+            json.dumps({"_id": key, "title": title, "text": text}) + "\n"
+            for key, (title, text) in FIELDS_CORPUS.items()
+        )
+    )
+    (data / "queries.jsonl").write_text(json.dumps({"_id": "q", "text": "statins breast cancer"}))
+    (data / "qrels" / "test.tsv").write_text("query-id\tcorpus-id\tscore\nq\treview\t1\n")
+    results = tmp_path / "fields.json"
+    env = {**os.environ, "BENCH_DATABASE_URL": cluster.admin_dsn}
+    done = subprocess.run(
+        [sys.executable, "-m", "bench.beir", str(data), "--model", MINILM,
+         "--model-path", str(model.parent), "--results", str(results),
+         "--title-weights", "1,2"],
+        cwd=REPO, env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "SQL and POST /search returned the same rankings" in done.stdout
+    rankings = json.loads(results.read_text())["rankings"]
+    assert set(rankings) == {
+        "vector",
+        "fulltext",
+        "hybrid",
+        "fulltext[title=1]",
+        "hybrid[title=1]",
+        "fulltext[title=2]",
+        "hybrid[title=2]",
+    }
+    # "review" second by full text without fields and at weight 1 (nDCG@10 1/log2(3)), first
+    # at weight 2.
+    second = pytest.approx(0.6309, abs=1e-4)
+    assert rankings["fulltext"]["ndcg@10"] == second
+    assert rankings["fulltext[title=1]"]["ndcg@10"] == second
+    assert rankings["fulltext[title=2]"]["ndcg@10"] == 1.0
+    assert rankings["fulltext[title=2]"]["label"].endswith(", title weight 2")

@@ -412,9 +412,12 @@ def test_a_table_given_away_does_not_run_its_old_owners_function_with_the_new_ow
 
 
 @pytest.mark.parametrize("store", STORES)
+@pytest.mark.parametrize("title_weight", [None, 2], ids=["one-field", "fields"])
 def test_turning_full_text_search_on_runs_the_content_function_as_its_owner(
-    roles: Roles, store: str
+    roles: Roles, store: str, title_weight: float | None
 ) -> None:
+    """With fields too: the owner's fill then runs embeddings.fields_tsvector(), which the
+    owner (any role) may execute."""
     owner_docs(roles, store=store)
     with roles.connect() as su:  # rows with vectors: enable_fts() fills their tsvectors
         if store == "row":
@@ -427,7 +430,9 @@ def test_turning_full_text_search_on_runs_the_content_function_as_its_owner(
     turn(roles)
     tsvectors = "docs" if store == "row" else "docs_embeddings"
     with roles.connect() as su:
-        su.execute("SELECT embeddings.enable_fts('docs', 'english')")
+        su.execute(
+            "SELECT embeddings.enable_fts('docs', 'english', title_weight => %s)", (title_weight,)
+        )
         assert su.execute(
             f"SELECT count(*) FROM {tsvectors} WHERE embedding_fts IS NULL"
         ).fetchone() == (0,)

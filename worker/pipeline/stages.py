@@ -204,11 +204,20 @@ def _load_rows(
     }
 
 
+# Separates a content's full-text fields (its title, then its body: embeddings.fields_tsvector(),
+# sql/59_hybrid.sql). The model reads it as a space: `title || chr(31) || body` embeds as
+# `title || ' ' || body` (a tokenizer drops a control character, joining the words around it).
+FIELD_SEPARATOR = "\x1f"
+
+
 def _apply_loaded(row: Row, found: dict[str, tuple[str | None, str | None]]) -> None:
     if row.key not in found:
         row.state = RowState.GONE
         return
-    row.content, row.digest = found[row.key]
+    content, row.digest = found[row.key]
+    if content is not None and FIELD_SEPARATOR in content:
+        content = content.replace(FIELD_SEPARATOR, " ")  # the same length: chunk offsets hold
+    row.content = content
     row.state = RowState.READY if row.content and row.content.strip() else RowState.BLANK
 
 

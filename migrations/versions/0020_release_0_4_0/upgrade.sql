@@ -3,3 +3,8 @@
 --
 -- Every statement here is idempotent: ALTER TABLE ... ADD COLUMN IF NOT EXISTS, conversions
 -- that leave converted rows alone. Tables new in 0.4.0 need no line here: sql/ creates them.
+
+-- Full-text fields (sql/59_hybrid.sql): the title's weight. With IF NOT EXISTS the column and
+-- its check come together or not at all.
+ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS fts_title_weight double precision
+    CONSTRAINT targets_fts_title_weight_check CHECK (fts_title_weight >= 1);
