@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from worker import exceptions
 from worker.models import files
@@ -23,6 +23,9 @@ from worker.models.download import DownloadPolicy
 from worker.models.files import DEFAULT_CACHE_DIR, ModelLocation
 from worker.models.remote import keys
 from worker.secret import Secret
+
+if TYPE_CHECKING:
+    from worker.models.loaded import LoadedModels
 
 _LISTEN = ("auto", "true", "false")  # EMBED_LISTEN: still accepted, no longer used
 QUEUE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,46}$")  # what pgmq accepts as a table suffix
@@ -169,6 +172,22 @@ class Settings:
                 keys.JINA_KEY: self.jina_api_key,
                 keys.VOYAGE_KEY: self.voyage_api_key,
             },
+        )
+
+    def loaded_models(self, *, retry_after: float = 30.0) -> LoadedModels:
+        """The models as these settings find and load them (where names resolve, the variant,
+        threads, downloads, remote models' keys): the worker's, the search service's and the
+        commands' alike. `retry_after`: how long a model that failed to load waits before it is
+        tried again (0 for a command, which runs once)."""
+        from worker.models.loaded import LoadedModels  # (onnxruntime: only once models load)
+
+        return LoadedModels(
+            variant=self.model_variant,
+            threads=self.threads,
+            location=self.model_location,
+            downloads=self.downloads,
+            api_key=self.api_key,
+            retry_after=retry_after,
         )
 
     def default_model(self, database_default: str | None) -> str:

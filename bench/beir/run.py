@@ -32,7 +32,6 @@ from bench.beir.rankings import (
 )
 from tests.support.cluster import free_port
 from worker.config import Settings
-from worker.models.loaded import LoadedModels
 from worker.pipeline.targets import load_remote_models
 
 K = 100  # every figure is of the first 100 results at most (R@100)
@@ -69,14 +68,7 @@ def query_vectors(dsn: str, options: Options, queries: dict[str, str]) -> dict[s
     )
     with psycopg.connect(dsn) as conn:
         remote = load_remote_models(conn)
-    models = LoadedModels(
-        variant=settings.model_variant,
-        threads=settings.threads,
-        location=settings.model_location,
-        downloads=settings.downloads,
-        api_key=settings.api_key,
-        retry_after=0.0,
-    )
+    models = settings.loaded_models(retry_after=0.0)
     models.follow(lambda: remote)
     model = models.get(options.model)
     return {query_id: model.embed([text])[0] for query_id, text in queries.items()}

@@ -205,16 +205,7 @@ def _models(settings: Settings, remote: dict[str, RemoteSpec]) -> LoadedModels:
     """The models a command embeds with, loaded as the worker and POST /embed load them: a
     registry model by name (downloaded on first use), a model directory, or a remote model
     registered in the database (`remote`: embeddings.register_model())."""
-    from worker.models.loaded import LoadedModels
-
-    models = LoadedModels(
-        variant=settings.model_variant,
-        threads=settings.threads,
-        location=settings.model_location,
-        downloads=settings.downloads,
-        api_key=settings.api_key,
-        retry_after=0.0,
-    )
+    models = settings.loaded_models(retry_after=0.0)
     models.follow(lambda: remote)
     return models
 

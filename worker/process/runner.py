@@ -99,13 +99,7 @@ class Worker:
         self.lanes = Lanes(settings.queue, settings.batch_size)
         self.registry = registry or TargetRegistry()  # given: one across runs (tests)
         self.stopped = StoppedTargets(settings.queue)  # for /readyz and the metric
-        self.embedders = embedders or LoadedModels(
-            variant=settings.model_variant,
-            threads=settings.threads,
-            location=settings.model_location,
-            downloads=settings.downloads,
-            api_key=settings.api_key,
-        )
+        self.embedders = embedders or settings.loaded_models()
         # remote models: as registered
         self.embedders.follow(self.registry.remote_models, self.registry.refused_remote_models)
         self.held = HeldJobs(settings.queue, self.lanes, self.registry, self.embedders)

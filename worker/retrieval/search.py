@@ -28,7 +28,6 @@ import numpy.typing as npt
 from worker import db, exceptions
 from worker.config import Settings
 from worker.models.embedder import TextModel
-from worker.models.loaded import LoadedModels
 from worker.models.query_batch import QueryBatchers
 from worker.models.remote.rerank_spec import RerankerSpec
 from worker.models.reranker import LoadedRerankers, Reranker
@@ -84,13 +83,7 @@ class SearchService:
                 results = searches.search(SearchRequest("docs", "how do I reset it", k=5))
         """
         settings = settings or Settings.from_env()
-        models = LoadedModels(
-            variant=settings.model_variant,
-            threads=settings.threads,
-            location=settings.model_location,
-            downloads=settings.downloads,
-            api_key=settings.api_key,
-        )
+        models = settings.loaded_models()
         connections = SearchConnections(
             settings.search_database_url or settings.dsn,
             max_size=settings.search_pool_size,
