@@ -90,27 +90,27 @@ def test_the_command_line_checks_a_search_as_http_does_naming_its_flags(
     """`embed-worker search` builds the SearchRequest POST /search builds: one check, its
     complaints naming the flags."""
     from worker import exceptions
-    from worker.cli import commands, parser
+    from worker.cli import embedding, parser
 
     args = parser.build_parser().parse_args(["search", "docs", "cats", *argv])
     with pytest.raises(exceptions.ConfigError) as refused:
-        commands._search_request(args)
+        embedding._search_request(args)
     assert str(refused.value).startswith(message)
 
 
 def test_the_command_line_passes_text_match_and_keeps_the_other_defaults() -> None:
     """`--text-match any` is POST /search's "text_match": "any"; no tuning flag at all leaves
     the fusion to hybrid_search()'s defaults."""
-    from worker.cli import commands
+    from worker.cli import embedding
     from worker.cli.parser import build_parser
 
     parser = build_parser()
     args = parser.parse_args(["search", "docs", "cats", "--text-match", "any"])
-    assert commands._search_request(args).fusion == Fusion(text_match="any")
+    assert embedding._search_request(args).fusion == Fusion(text_match="any")
     args = parser.parse_args(["search", "docs", "cats", "--fusion", "rrf", "--text-match", "all"])
-    assert commands._search_request(args).fusion == Fusion(fusion="rrf", text_match="all")
+    assert embedding._search_request(args).fusion == Fusion(fusion="rrf", text_match="all")
     untuned = parser.parse_args(["search", "docs", "cats"])
-    assert commands._search_request(untuned).fusion is None
+    assert embedding._search_request(untuned).fusion is None
     with pytest.raises(SystemExit):  # argparse: one of all, any
         parser.parse_args(["search", "docs", "cats", "--text-match", "some"])
 

@@ -3,21 +3,17 @@
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
-import re
 import sys
-from typing import TYPE_CHECKING, Any, Literal
+from typing import TYPE_CHECKING, Literal
 
 from worker import db, exceptions, exits, queries, schema
-from worker.cli import hints, output
+from worker.cli import embedding, hints, output
+from worker.cli.connection import connect
 from worker.config import Settings
-from worker.retrieval.fusion import Fusion
-from worker.retrieval.request import SearchRequest
 
 if TYPE_CHECKING:  # the models are imported when a command embeds: the others start faster
-    from worker.models.loaded import LoadedModels
-    from worker.models.remote.spec import RemoteSpec
+    pass
 
 
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -25,8 +21,8 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "migrate": migrate,
         "run": run,
         "status": status,
-        "embed": embed,
-        "search": search,
+        "embed": embedding.embed,
+        "search": embedding.search,
         "failures": failures,
         "model": model,
         "doctor": doctor,
@@ -35,22 +31,6 @@ def dispatch(args: argparse.Namespace, settings: Settings) -> int:
         "deploy": deploy,
     }[args.command]
     return handler(args, settings)
-
-
-def _connect(settings: Settings) -> db.Connection:
-    """A connection to the database with our schema; says on stderr which database it is."""
-    dsn = settings.dsn
-    output.say_database(dsn, settings.database_url)
-    conn = db.connect(dsn, lock_timeout_ms=settings.lock_timeout_ms)
-    with db.translated():
-        missing = not schema.installed(conn)
-    if missing:
-        conn.close()
-        raise exceptions.DatabaseError(
-            f"the embeddings schema is not installed in {db.describe(dsn)}: run "
-            f"`{hints.command('migrate', dsn)}` (or `make migrate` for the local cluster)"
-        )
-    return conn
 
 
 def deploy(args: argparse.Namespace, settings: Settings) -> int:
@@ -78,7 +58,7 @@ def doctor(args: argparse.Namespace, settings: Settings) -> int:
 def plan(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli import plan as planning
 
-    with _connect(settings) as conn:
+    with connect(settings) as conn:
         found = planning.make(
             conn,
             args.table,
@@ -132,7 +112,7 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def status(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.status import show, watch
 
-    with _connect(settings) as conn:
+    with connect(settings) as conn:
         if args.watch is not None:
             if args.watch <= 0:
                 raise exceptions.ConfigError("--watch takes a positive number of seconds")
@@ -151,179 +131,14 @@ def sweep(args: argparse.Namespace, settings: Settings) -> int:
 
     if args.max_rows < 1:
         raise exceptions.ConfigError("--max-rows must be at least 1")
-    with _connect(settings) as conn:
+    with connect(settings) as conn:
         sweeping.show(sweeping.run(conn, args), as_json=args.json)
     return exits.OK
 
 
-# --- embed and search -------------------------------------------------------------------------
-def embed(args: argparse.Namespace, settings: Settings) -> int:
-    texts = list(args.texts)
-    if texts == ["-"]:
-        texts = [line.rstrip("\r\n") for line in sys.stdin]
-        if not texts:
-            raise exceptions.ConfigError("embed -: standard input held no lines")
-    name = args.model or _default_model(settings)
-    models = _models(settings, _remote_models_if_registered(name, settings))
-    vectors = models.get(name).embed(texts)
-    json.dump([[round(float(x), 7) for x in row] for row in vectors], sys.stdout)
-    sys.stdout.write("\n")
-    return exits.OK
-
-
-def _default_model(settings: Settings) -> str:
-    """The default model (Settings.default_model), saying on stderr which one and why: with
-    EMBED_MODEL unset it is the database's, so the database is asked when it can be reached."""
-    if settings.model:
-        print(f"embed-worker: model {settings.model} (EMBED_MODEL)", file=sys.stderr)
-        return settings.model
-    from worker.pipeline.targets import database_default_model
-
-    dsn = settings.dsn
-    try:
-        with db.connect(dsn, connect_timeout=3) as conn:
-            found = database_default_model(conn)
-    except exceptions.EmbedWorkerError as exc:
-        name = settings.default_model(None)
-        print(
-            f"embed-worker: model {name} (the built-in default: could not ask the database for "
-            f"its default model: {exc}; name one with --model or EMBED_MODEL)",
-            file=sys.stderr,
-        )
-        return name
-    name = settings.default_model(found)
-    why = (
-        f"the database's default model, embeddings.default_model() in {db.describe(dsn)}"
-        if found
-        else f"the built-in default: {db.describe(dsn)} names no default model"
-    )
-    print(f"embed-worker: model {name} ({why})", file=sys.stderr)
-    return name
-
-
-def _models(settings: Settings, remote: dict[str, RemoteSpec]) -> LoadedModels:
-    """The models a command embeds with, loaded as the worker and POST /embed load them: a
-    registry model by name (downloaded on first use), a model directory, or a remote model
-    registered in the database (`remote`: embeddings.register_model())."""
-    models = settings.loaded_models(retry_after=0.0)
-    models.follow(lambda: remote)
-    return models
-
-
-def _remote_models_if_registered(name: str, settings: Settings) -> dict[str, RemoteSpec]:
-    """The database's remote models when `name` may be one of them (not a catalog model, not a
-    path); none when the database cannot be reached, so that `embed` of a local model works
-    without one (its own error then says what `name` was looked for as)."""
-    from worker.models import catalog, files
-    from worker.pipeline.targets import load_remote_models
-
-    if name in catalog.REGISTRY or files.looks_like_path(name):
-        return {}
-    try:
-        with db.connect(settings.dsn, connect_timeout=3) as conn:
-            return load_remote_models(conn)
-    except exceptions.EmbedWorkerError:
-        return {}
-
-
-def search(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.models.query_batch import QueryBatchers
-    from worker.models.reranker import LoadedRerankers
-    from worker.pipeline.targets import load_remote_models
-    from worker.retrieval.search import SearchService
-
-    request = _search_request(args)
-    filter = request.filter
-    with _connect(settings) as conn:
-        status_hint = hints.command("status", settings.dsn)
-        # The search service of POST /search, over this command's one connection: the same
-        # request, checked the same way, embedded and ranked the same way
-        # (worker/retrieval/search.py).
-        models = _models(settings, load_remote_models(conn))
-        rerankers = LoadedRerankers(
-            settings.model_location, settings.threads, api_key=settings.api_key
-        )
-        service = SearchService(
-            lambda: contextlib.nullcontext(conn),
-            QueryBatchers(models.get, max_batch=settings.query_batch_size),
-            load_reranker=rerankers.get,
-            then=f" then see `{status_hint}`",
-        )
-        try:
-            results = service.search(request)
-        finally:
-            rerankers.close()
-    if args.json:
-        output.print_json(results)
-        return exits.OK
-    if not results:
-        which = "match the filter" if filter else "have an embedding yet"
-        print(f"no rows of {args.table} {which} (see `{status_hint}`)")
-        return exits.OK
-    reranked = results[0]["rerank_score"] is not None  # then ordered by that score
-    located = any(r["headings"] or r["page"] for r in results)  # documents: where each chunk is
-    output.print_table(
-        ["rerank"] * reranked + ["similarity", "key"] + ["section"] * located + ["content"],
-        [
-            ([f"{r['rerank_score']:.3f}"] if reranked else [])
-            + [
-                "-" if r["similarity"] is None else f"{r['similarity']:.3f}",
-                str(r["key"]),
-            ]
-            + ([_section(r)] if located else [])
-            + [output.preview(r["content"])]
-            for r in results
-        ],
-    )
-    return exits.OK
-
-
-def _section(result: dict[str, Any]) -> str:
-    """Where a document's chunk is: its heading path and PDF page ('Help > Refunds', 'p. 2')."""
-    parts = [" > ".join(result["headings"] or [])] + (
-        [f"p. {result['page']}"] if result["page"] is not None else []
-    )
-    return ", ".join(p for p in parts if p) or "-"
-
-
-# How SearchRequest names what the command line calls a flag.
-_FLAGS = {
-    '"k"': "-k",
-    '"mode"': "--mode",
-    '"filter"': "--filter",
-    '"column"': "--column",
-    '"mode": "vector"': "--mode vector",
-    '"rerank": false': "--no-rerank",
-    '"rerank"': "--rerank",
-    '"rerank_depth"': "--rerank-depth",
-    **{f'"{name}"': f"--{name.replace('_', '-')}" for name in Fusion.names()},
-    **{name: f"--{name.replace('_', '-')}" for name in Fusion.names()},
-}
-
-
-def _search_request(args: argparse.Namespace) -> SearchRequest:
-    """The search as POST /search would receive it, checked by SearchRequest.parse; its
-    complaints name the flags (--rrf-k where HTTP says "rrf_k")."""
-    body: dict[str, Any] = {"table": args.table, "query": args.query, "k": args.k}
-    body |= {"column": args.column, "mode": args.mode}
-    body |= {"rerank": args.rerank, "rerank_depth": args.rerank_depth}
-    body |= {name: getattr(args, name) for name in Fusion.names()}
-    if args.filter is not None:
-        try:
-            body["filter"] = json.loads(args.filter)
-        except ValueError as exc:
-            raise exceptions.ConfigError(f"--filter is not JSON: {exc}") from None
-    try:
-        return SearchRequest.parse({k: v for k, v in body.items() if v is not None})
-    except ValueError as exc:
-        said = "|".join(re.escape(k) for k in sorted(_FLAGS, key=len, reverse=True))
-        message = re.sub(rf"(?<![\w-])({said})(?![\w-])", lambda m: _FLAGS[m[1]], str(exc))
-        raise exceptions.ConfigError(message) from None
-
-
 # --- failures ---------------------------------------------------------------------------------
 def failures(args: argparse.Namespace, settings: Settings) -> int:
-    with _connect(settings) as conn, db.translated():
+    with connect(settings) as conn, db.translated():
         rows = conn.execute(queries.get("list_failures")).fetchall()
         if args.retry:
             retried_row = conn.execute(queries.get("retry_failures")).fetchone()

@@ -1,0 +1,23 @@
+"""The command line's connection to a database that has our schema installed."""
+
+from __future__ import annotations
+
+from worker import db, exceptions, schema
+from worker.cli import hints, output
+from worker.config import Settings
+
+
+def connect(settings: Settings) -> db.Connection:
+    """A connection to the database with our schema; says on stderr which database it is."""
+    dsn = settings.dsn
+    output.say_database(dsn, settings.database_url)
+    conn = db.connect(dsn, lock_timeout_ms=settings.lock_timeout_ms)
+    with db.translated():
+        missing = not schema.installed(conn)
+    if missing:
+        conn.close()
+        raise exceptions.DatabaseError(
+            f"the embeddings schema is not installed in {db.describe(dsn)}: run "
+            f"`{hints.command('migrate', dsn)}` (or `make migrate` for the local cluster)"
+        )
+    return conn
