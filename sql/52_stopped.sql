@@ -169,5 +169,17 @@ BEGIN
 END
 $$;
 
+-- What stops each target, by target id: a list of its states, each with its reason, fix and
+-- since (embeddings.target_status() reads it once per call).
+CREATE FUNCTION embeddings.status_stops() RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_object_agg(s.target_id::text, s.states), '{}')
+    FROM (SELECT st.target_id, jsonb_agg(jsonb_build_object(
+                     'state', st.state, 'reason', st.reason, 'fix', st.fix, 'since', st.since)
+                 ORDER BY st.ordinality) AS states
+          FROM embeddings.stopped_targets() WITH ORDINALITY AS st
+          GROUP BY st.target_id) s
+$$;
+
 CREATE VIEW embeddings.stopped AS SELECT * FROM embeddings.stopped_targets();
 COMMENT ON VIEW embeddings.stopped IS 'Targets whose progress has stopped: state, why, the fix, since when (one row per state)';
