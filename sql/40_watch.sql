@@ -651,6 +651,10 @@ $$;
 -- Calling it again with the same arguments changes nothing; with other arguments it updates the
 -- registration (a new content source or model re-enqueues every row with content).
 -- Returns the target id.
+--
+-- Its steps take its options whole (embeddings.watch_options): watch_check() checks them alone,
+-- watch_resolve() resolves the key, the content and the store into a plan, and one of
+-- watch_model_change(), watch_chunked() (sql/55_chunks.sql) and watch_plain() acts.
 CREATE FUNCTION embeddings.watch(
     source regclass,
     content text,

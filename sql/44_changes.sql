@@ -12,39 +12,6 @@
 -- renaming them in one short transaction, and sets the target's model. Nothing ever writes one
 -- model's vectors into the other model's column.
 
--- The change in progress of a target (at most one).
-CREATE TABLE IF NOT EXISTS embeddings.model_changes (
-    target_id     integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
-    model         text NOT NULL REFERENCES embeddings.models (name),
-    shadow_column name NOT NULL,
-    keep_old      boolean NOT NULL DEFAULT false,
-    rows_total    bigint,  -- rows with content when the change started (status recounts)
-    started_at    timestamptz NOT NULL DEFAULT now(),
-    -- The swap waiting for its table lock (complete_changes()): attempts in a row that found the
-    -- table held, since when, and by whom at the last one. Reset by any other outcome.
-    swap_attempts      integer NOT NULL DEFAULT 0,
-    swap_waiting_since timestamptz,
-    swap_holders       text
-);
-GRANT SELECT ON embeddings.model_changes TO PUBLIC;
-COMMENT ON TABLE embeddings.model_changes IS 'Model changes in progress: the shadow column being filled with the new model''s vectors';
-
--- Which model produced the vectors of a target's column (shadow false) or of its shadow column
--- during a change (shadow true): registry name, revision (the model file's digest or hub
--- revision) and variant. Written by the first worker write, checked by every later one: a
--- worker running another revision or variant does not write there (it defers the target).
-CREATE TABLE IF NOT EXISTS embeddings.provenance (
-    target_id   integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
-    shadow      boolean NOT NULL,
-    model       text NOT NULL,
-    revision    text NOT NULL,
-    variant     text NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (target_id, shadow)
-);
-GRANT SELECT ON embeddings.provenance TO PUBLIC;
-COMMENT ON TABLE embeddings.provenance IS 'Model, revision and variant that produced each target''s stored vectors';
-
 -- Records (model, revision, variant) as the producer of target_id's column (or shadow column)
 -- unless one is recorded already; returns the recorded producer as 'model revision variant'.
 -- The worker compares it with its own in its write transaction. SECURITY DEFINER: worker roles
@@ -109,7 +76,7 @@ DECLARE
     vec_rel regclass := coalesce(t.side_table, t.source);  -- where the embedding column is
 BEGIN
     -- The table first, the registration after, as the worker's write (embeddings.lock_target)
-    -- and complete_change() take them: the other order deadlocked with a write in flight. The
+    -- and complete_change() take them: the other order deadlocks with a write in flight. The
     -- table in the mode ALTER TABLE will take anyway (a weaker one would have to be upgraded),
     -- in short attempts that never stall the application's statements (41_locks.sql).
     PERFORM embeddings.lock_table(t.source);

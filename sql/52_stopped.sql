@@ -1,6 +1,6 @@
 -- Targets whose progress has stopped, with why and what to do: the one source that
 -- `embed-worker status` (the table and --json's `problem`), `doctor`, the worker's /readyz and
--- its embed_worker_target_stopped metric all read (issue 25 §5), so that they never disagree.
+-- its embed_worker_target_stopped metric all read, so that they never disagree.
 --
 -- A state here is one that does not go away by waiting: an operator has to act (or at least
 -- know). States:
@@ -23,14 +23,13 @@
 --                     rows was embedded, for embeddings.backfill_stall_alarm(): no worker
 --                     serves its queue.
 --   over_ceiling      documents of a chunked target longer than the worker's ceiling
---                     (EMBED_MAX_DOCUMENT_BYTES), failed without being embedded (55_chunks.sql:
---                     embeddings.documents); they stay until the ceiling is raised and they are
+--                     (EMBED_MAX_DOCUMENT_BYTES), failed without being embedded
+--                     (embeddings.documents); they stay until the ceiling is raised and they are
 --                     retried, or they are shortened.
--- Hook for further states (a chunked document over its ceiling, issue 25 §3): add a branch at
--- "(Hook: ...)" below that sets (state, reason, fix, since) for the target and RETURNs NEXT;
--- document the state here, in docs/operating.md's table and in worker/metrics.py's
--- STOPPED_STATES (the metric's documented label values); status, doctor, /readyz, the metric
--- and its alert pick it up unchanged.
+-- Hook for further states: add a branch at "(Hook: ...)" below that sets (state, reason, fix,
+-- since) for the target and RETURNs NEXT; document the state here, in docs/operating.md's table
+-- and in worker/metrics.py's STOPPED_STATES (the metric's documented label values); status,
+-- doctor, /readyz, the metric and its alert pick it up unchanged.
 
 -- How recent a deferral must be to count: the worker retries deferred jobs every minute.
 CREATE FUNCTION embeddings.deferral_fresh() RETURNS interval

@@ -28,7 +28,12 @@ class Statement:
 
     @property
     def where(self) -> str:
-        return f"{self.path.name}:{self.line}"
+        return f"{relative(self.path)}:{self.line}"
+
+
+def relative(path: Path) -> str:
+    """`path` as sql/ names it: `40_watch.sql`, `state/10_schema.sql`."""
+    return path.relative_to(schema_files.sql_dir()).as_posix()
 
 
 def _name(stmt: object) -> str:
@@ -74,6 +79,17 @@ def statements(path: Path) -> Iterator[Statement]:
 def sql_files() -> list[Path]:
     """Every file `migrate` runs, in its order, and uninstall.sql."""
     return [*schema_files.install_files(), schema_files.sql_dir() / "uninstall.sql"]
+
+
+def is_state(path: Path) -> bool:
+    return path.parent.name == "state"
+
+
+def comments(path: Path) -> Iterator[tuple[int, str]]:
+    """The `--` comments of a file, by line (a `--` inside a string or body counts too)."""
+    for number, line in enumerate(path.read_text().splitlines(), start=1):
+        if "--" in line:
+            yield number, line[line.index("--") :]
 
 
 def functions() -> list[Statement]:

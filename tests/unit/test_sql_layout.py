@@ -1,13 +1,16 @@
-"""The shape of sql/, read with Postgres' own grammar (tests/support/sql_layout.py): functions
-short enough to read in one sitting, and watch()'s options one field per parameter."""
+"""The shape of sql/, read with Postgres' own grammar (tests/support/sql_layout.py): state
+(sql/state/) apart from code, functions short enough to read in one sitting, watch()'s options
+one field per parameter, and comments that say why rather than when."""
 
 from __future__ import annotations
+
+import re
 
 import pglast
 from pglast import ast
 from pglast.stream import RawStream
 
-from tests.support import sql_layout
+from tests.support import sql_layout, sql_names
 from worker.schema import files as schema_files
 
 # About a screen: a function longer than this does several things, each of which can be a
@@ -72,3 +75,85 @@ def test_watch_options_are_watch_parameters() -> None:
     fields = [(c.colname, RawStream()(c.typeName)) for c in options.coldeflist or ()]
     assert len(parameters) == 20
     assert fields == parameters
+
+
+# What sql/state/ holds: extensions, the schema, tables and their indexes, grants and comments on
+# them, seed rows, and conversions of rows (DO blocks) that earlier releases' revisions rely on.
+STATE = (
+    ast.CreateExtensionStmt,
+    ast.CreateSchemaStmt,
+    ast.CreateStmt,
+    ast.IndexStmt,
+    ast.GrantStmt,
+    ast.CommentStmt,
+    ast.InsertStmt,
+    ast.DoStmt,
+)
+# What only sql/state/ may hold (a code file's DO block may not make a table or index either).
+STATE_ONLY = (
+    ast.CreateExtensionStmt,
+    ast.CreateSchemaStmt,
+    ast.CreateStmt,
+    ast.CreateTableAsStmt,
+    ast.IndexStmt,
+    ast.InsertStmt,
+    ast.UpdateStmt,
+    ast.AlterTableStmt,
+)
+MAKES_STATE = re.compile(
+    r"\bCREATE\s+(UNLOGGED\s+)?TABLE\s+(IF\s+NOT\s+EXISTS\s+)?embeddings\."
+    r"|\bCREATE\s+(UNIQUE\s+)?INDEX\b[^;]*\bON\s+embeddings\.",
+    re.I,
+)
+
+
+def _kinds(names: tuple[type, ...]) -> set[str]:
+    return {k.__name__ for k in names}
+
+
+def test_state_is_apart_from_code() -> None:
+    """sql/state/ holds tables, indexes and seed rows, and calls none of our functions (during
+    an upgrade it runs after the old code was dropped, before the new code is installed); the
+    code files hold none of them."""
+    wrong = []
+    for path in sql_layout.sql_files():
+        for s in sql_layout.statements(path):
+            if sql_layout.is_state(path):
+                if s.kind not in _kinds(STATE):
+                    wrong.append(f"{s.where}: {s.kind} in a state file")
+                calls = {
+                    str(r)
+                    for r in sql_names.references(s.text).references
+                    if r.kind == "function" and r.schema == "embeddings"
+                }
+                wrong += [f"{s.where}: calls {c}" for c in sorted(calls)]
+            elif s.kind in _kinds(STATE_ONLY) or (
+                s.kind == "DoStmt" and MAKES_STATE.search(s.text)
+            ):
+                wrong.append(f"{s.where}: {s.kind} in a code file")
+    assert wrong == []
+    state = [p for p in sql_layout.sql_files() if sql_layout.is_state(p)]
+    assert state and state == sorted(state) and schema_files.install_files()[: len(state)] == state
+
+
+# Files of the store-kind and template work (issue 48: one file per store kind, named
+# templates), whose comments are swept with their split.
+SWEPT_LATER = re.compile(r"^(3[0-9]|5[4-9]|64)_")
+HISTORY = re.compile(
+    r"\bissues? \d+|§|\b(since|before|until|after|from|in|of) (0\.\d+|release)\b"
+    r"|\breleases? before\b|\b20\d\d-\d\d-\d\d\b",
+    re.I,
+)
+
+
+def test_comments_say_why_not_when() -> None:
+    """History (releases, issue numbers, dated figures) belongs in CHANGELOG.md."""
+    found = [
+        f"{sql_layout.relative(path)}:{number}: {text}"
+        for path in sql_layout.sql_files()
+        if not SWEPT_LATER.match(path.name) or sql_layout.is_state(path)
+        for number, text in sql_layout.comments(path)
+        if HISTORY.search(text)
+    ]
+    assert found == []
+    assert HISTORY.search("-- NULL for minutes recorded before 0.3.0 (issue 25 §2)")
