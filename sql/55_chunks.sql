@@ -186,10 +186,10 @@ BEGIN
 END
 $$;
 
--- watch()'s checks of a chunked target's options (the overlap's default applied): chunk
--- settings for a target that is not one of vectors per row, chunk sizes the model can read, a
--- context header only for documents, a queue's name pgmq takes, no title weight (a chunk holds
--- no title).
+-- watch()'s checks of a chunked target's options (the overlap's default applied), after those of
+-- every target (watch_check_plan()): chunk settings for a target that is not one of vectors per
+-- row, chunk sizes the model can read, a context header only for documents, no title weight (a
+-- chunk holds no title).
 CREATE FUNCTION embeddings.watch_check_chunks(o embeddings.watch_options, previous embeddings.targets,
                                               document_format text, context_header text)
 RETURNS void
@@ -219,10 +219,6 @@ BEGIN
     END IF;
     IF o.chunk_overlap < 0 OR o.chunk_overlap > o.chunk_tokens / 2 THEN
         RAISE EXCEPTION 'chunk_overlap must be between 0 and half of chunk_tokens (%), not %', o.chunk_tokens / 2, o.chunk_overlap
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF o.queue !~ '^[a-z_][a-z0-9_]{0,46}$' THEN
-        RAISE EXCEPTION 'invalid queue name "%": lower-case letters, digits and _ only, at most 47', o.queue
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF o.fts_title_weight IS NOT NULL THEN
