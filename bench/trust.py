@@ -45,8 +45,7 @@ def _code_of(ref: str, into: Path) -> list[Path]:
         ["git", "-C", str(root), "archive", ref, "sql"], check=True, capture_output=True
     ).stdout
     subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    names = [p.name for p in schema_files.install_files()]
-    return [into / "sql" / n for n in names if (into / "sql" / n).exists()]
+    return schema_files.install_files(into / "sql")
 
 
 def _reinstall_before(dsn: str, ref: str) -> None:

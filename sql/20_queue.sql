@@ -7,7 +7,7 @@
 --       array of its values as to_jsonb() writes them.
 --   {"target": <targets.id>, "keys": [<row key>, ...]}  a row key is the key column's JSON value,
 --       or for a composite key a JSON array of them in key-column order (watch()'s backfill,
---       sweep(), retries; and every job queued before the column shape existed).
+--       sweep(), retries).
 -- Many keys per message: one message per row costs a bulk INSERT about twice what one per 128
 -- keys does (docs/performance.md, "Figures behind the code's choices"). Messages that the worker re-sends after a partial
 -- failure also carry "attempts" (attempts already spent on those keys). Messages in the
@@ -249,5 +249,3 @@ BEGIN
     RETURN (total + per_message - 1) / per_message;
 END
 $$;
-
-SELECT embeddings.ensure_queue('embedding_jobs');

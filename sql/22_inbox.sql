@@ -16,18 +16,6 @@
 -- inbox empties with no worker running (push mode) or after an old worker. Everything that
 -- counts or looks for queued keys (status, pending_keys, the worker's gauges) reads both.
 
--- Rows: `columns` is the column shape of 20_queue.sql (one entry per key column, all of one
--- length, at most inbox_keys_per_row() keys), `keys` that length, `enqueued_at` the writing
--- transaction's start, carried into the job message. No index and no foreign key: each would
--- be paid by every watched statement; a target's rows go with it (forget_target), and moving
--- joins the registry.
-CREATE TABLE IF NOT EXISTS embeddings.inbox (
-    target      integer NOT NULL,
-    keys        integer NOT NULL,
-    columns     jsonb NOT NULL,
-    enqueued_at timestamptz NOT NULL DEFAULT now()
-);
-
 -- A statement's keys go into rows of up to this many: a 10-million-row INSERT writes 2,442 rows
 -- rather than one jsonb of ~80 MB that every move and count would read whole.
 CREATE FUNCTION embeddings.inbox_keys_per_row() RETURNS integer

@@ -84,6 +84,51 @@ BEGIN
 END
 $$;
 
+-- watch()'s options, passed whole to each of its steps: one field per parameter of watch(),
+-- named and typed alike (tests/unit/test_sql_layout.py checks it), the model's default applied.
+CREATE TYPE embeddings.watch_options AS (
+    source           regclass,
+    content          text,
+    embedding_column name,
+    model            text,
+    triggers         boolean,
+    clear_on_update  boolean,
+    queue            text,
+    key              name[],
+    replica          boolean,
+    chunk_tokens     integer,
+    chunk_overlap    integer,
+    chunk_table      text,
+    backfill         boolean,
+    keep_old         boolean,
+    store            text,
+    side_table       text,
+    fts              regconfig,
+    format           text,
+    context_header   text,
+    fts_title_weight double precision
+);
+
+-- What watch() resolved from its options and the catalog before it acts (watch_resolve()).
+CREATE TYPE embeddings.watch_plan AS (
+    dims          integer,       -- the model's dimensions
+    key_names     name[],        -- the row key (watch_key())
+    key_types     regtype[],
+    key_nums      smallint[],
+    content_col   name,          -- the content (watch_content()): a column of the table,
+    content_fn    regprocedure,  -- or a function of its row type
+    content_type  regtype,
+    content_num   smallint,
+    chunked       boolean,       -- chunk options given, or a chunked target watched again
+    side          boolean,       -- the vectors in a side table (sql/56_side.sql)
+    side_name     text,          -- the side table's name, whether it exists yet or not
+    vec_rel       regclass,      -- where the embedding column is: the table, or its side table
+                                 -- (NULL: a side table not made yet)
+    clear_updates boolean,       -- clear_on_update, its default for the store applied
+    emb_type      regtype,       -- the embedding column's type and typmod; NULL: not there yet
+    emb_typmod    integer
+);
+
 -- watch()'s row key: the primary key, or the unique not-null key named by `key`. Any number of
 -- columns, of any types with an equality operator whose values travel exactly as text.
 CREATE FUNCTION embeddings.watch_key(source regclass, key name[],
@@ -195,33 +240,6 @@ BEGIN
 END
 $$;
 
--- watch()'s embedding column `embedding_column` of `vec_rel` (the table, or its side table):
--- absent (watch() adds it: NULL), or vector(dims) / halfvec(dims) of pgvector's schema `vschema`.
--- Returns its type and typmod.
-CREATE FUNCTION embeddings.watch_embedding_column(source regclass, vec_rel regclass, embedding_column name,
-                                                  model text, dims integer, vschema name,
-                                                  OUT emb_type regtype, OUT emb_typmod integer)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    SELECT a.atttypid::regtype, a.atttypmod INTO emb_type, emb_typmod
-    FROM pg_attribute a
-    WHERE a.attrelid = vec_rel AND a.attname = embedding_column AND a.attnum > 0 AND NOT a.attisdropped;
-    IF emb_type IS NOT NULL THEN
-        IF NOT EXISTS (SELECT FROM pg_type ty JOIN pg_namespace ns ON ns.oid = ty.typnamespace
-                       WHERE ty.oid = emb_type AND ty.typname IN ('vector', 'halfvec') AND ns.nspname = vschema) THEN
-            RAISE EXCEPTION 'embedding column %.% has type %, expected vector(%) or halfvec(%)',
-                    source, embedding_column, format_type(emb_type, emb_typmod), dims, dims
-                USING ERRCODE = 'datatype_mismatch';
-        ELSIF emb_typmod <> dims THEN
-            RAISE EXCEPTION 'embedding column %.% is %, but model "%" produces % dimensions',
-                    source, embedding_column, format_type(emb_type, emb_typmod), model, dims
-                USING ERRCODE = 'datatype_mismatch',
-                      HINT = format('Use a %s-dimensional column, or a model whose dimensions match.', dims);
-        END IF;
-    END IF;
-END
-$$;
-
 -- watch()'s HNSW index on `embedding_column` of `vec_rel` (of kind `vec_kind`, with its type
 -- `emb_type`), made now or deferred; returns whether it is deferred (the worker builds it).
 CREATE FUNCTION embeddings.watch_index(source regclass, vec_rel regclass, vec_kind "char", embedding_column name,
@@ -263,18 +281,18 @@ BEGIN
 END
 $$;
 
--- watch()'s store for `source`: whether it clears a stale vector at once (`clear_on_update`,
+-- watch()'s store for `o.source`: whether it clears a stale vector at once (`clear_on_update`,
 -- which only the row store does: asked of another, refused rather than ignored), and where the
 -- vectors live: the table itself, or its side table (`side`, sql/56_side.sql), which a target
 -- keeps under whatever name it has now (a renamed table's default name is another). vec_rel
 -- is NULL for a side table not made yet.
-CREATE FUNCTION embeddings.watch_store(source regclass, embedding_column name, previous embeddings.targets,
-                                       side boolean, chunked boolean, side_table text, clear_on_update boolean,
+CREATE FUNCTION embeddings.watch_store(o embeddings.watch_options, previous embeddings.targets,
+                                       side boolean, chunked boolean,
                                        OUT clear_updates boolean, OUT side_name text, OUT vec_rel regclass)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF (side OR chunked) AND clear_on_update THEN
-        RAISE EXCEPTION 'clear_on_update => true is for store => ''row'': % keeps its vectors in a % table', source,
+    IF (side OR chunked) AND o.clear_on_update THEN
+        RAISE EXCEPTION 'clear_on_update => true is for store => ''row'': % keeps its vectors in a % table', o.source,
                 CASE WHEN side THEN 'side' ELSE 'chunk' END
             USING ERRCODE = 'invalid_parameter_value',
                   DETAIL = CASE WHEN side
@@ -284,18 +302,18 @@ BEGIN
                            'unchanged chunks.' END,
                   HINT = 'Leave clear_on_update out (or pass clear_on_update => false), or use store => ''row''.';
     END IF;
-    clear_updates := coalesce(clear_on_update, NOT side);
+    clear_updates := coalesce(o.clear_on_update, NOT side);
     IF side THEN
-        side_name := CASE WHEN side_table IS NULL AND previous.store_kind = 'side' THEN previous.side_table::text
-                          ELSE embeddings.side_table_name(source, side_table, embedding_column) END;
+        side_name := CASE WHEN o.side_table IS NULL AND previous.store_kind = 'side' THEN previous.side_table::text
+                          ELSE embeddings.side_table_name(o.source, o.side_table, o.embedding_column) END;
         IF previous.store_kind = 'side' AND to_regclass(side_name) IS DISTINCT FROM previous.side_table THEN
-            RAISE EXCEPTION '%.% keeps its vectors in %, not %', source, embedding_column, previous.side_table, side_name
+            RAISE EXCEPTION '%.% keeps its vectors in %, not %', o.source, o.embedding_column, previous.side_table, side_name
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'Unwatch it first to move its vectors to another side table.';
         END IF;
         vec_rel := to_regclass(side_name);
     ELSE
-        vec_rel := source;
+        vec_rel := o.source;
     END IF;
 END
 $$;
@@ -320,73 +338,69 @@ $$;
 -- watch() with another model on a watched plain target starts a blue/green change
 -- (sql/44_changes.sql; the column keeps serving the old model until the swap), and returns the
 -- target's id; NULL when this call is no model change. A change changes nothing else at once.
-CREATE FUNCTION embeddings.watch_model_change(previous embeddings.targets, source regclass, embedding_column name,
-                                              vec_rel regclass, model text, keep_old boolean, chunking boolean,
-                                              content_col name, content_fn regprocedure, key_names name[],
-                                              replica boolean, triggers boolean, clear_updates boolean, queue text)
+CREATE FUNCTION embeddings.watch_model_change(o embeddings.watch_options, plan embeddings.watch_plan,
+                                              previous embeddings.targets)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF previous.id IS NULL OR previous.store_kind = 'chunks' OR previous.problem IS NOT NULL OR chunking
-       OR embeddings.attnum_of(vec_rel, embedding_column) IS NULL
-       OR (previous.model = model
+    IF previous.id IS NULL OR previous.store_kind = 'chunks' OR previous.problem IS NOT NULL
+       OR o.chunk_tokens IS NOT NULL OR o.chunk_overlap IS NOT NULL OR o.chunk_table IS NOT NULL
+       OR embeddings.attnum_of(plan.vec_rel, o.embedding_column) IS NULL
+       OR (previous.model = o.model
            AND NOT EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id)) THEN
         RETURN NULL;
     END IF;
-    IF previous.content_column IS DISTINCT FROM content_col
-       OR previous.content_function IS DISTINCT FROM content_fn
-       OR previous.key_columns <> key_names OR previous.replica <> replica
-       OR previous.has_triggers <> triggers OR previous.clear_on_update <> clear_updates
-       OR previous.queue <> queue THEN
-        RAISE EXCEPTION 'a model change cannot change other settings of %.% at the same time', source, embedding_column
+    IF previous.content_column IS DISTINCT FROM plan.content_col
+       OR previous.content_function IS DISTINCT FROM plan.content_fn
+       OR previous.key_columns <> plan.key_names OR previous.replica <> o.replica
+       OR previous.has_triggers <> o.triggers OR previous.clear_on_update <> plan.clear_updates
+       OR previous.queue <> o.queue THEN
+        RAISE EXCEPTION 'a model change cannot change other settings of %.% at the same time', o.source, o.embedding_column
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Call watch() with the current model and the new settings first, then with the new model.';
     END IF;
-    RETURN embeddings.start_change(previous, model, keep_old);
+    RETURN embeddings.start_change(previous, o.model, o.keep_old);
 END
 $$;
 
--- watch()'s registration of the target: a new row of embeddings.targets, or `previous`
+-- watch()'s registration of a plain target: a new row of embeddings.targets, or `previous`
 -- updated (a new version: in-flight writes under the old definition are rejected), its pending
--- jobs moved to another queue. `reembed`: every row again, since another content column under
--- the same name (dropped and added again), another content function or model, or a target that
--- was deferred (its triggers gone, so content changes went unseen).
-CREATE FUNCTION embeddings.watch_register(previous embeddings.targets, source regclass, embedding_column name,
-                                          content_col name, content_fn regprocedure, content_num smallint,
-                                          model text, queue text, triggers boolean, clear_updates boolean,
-                                          key_names name[], key_regtypes regtype[], key_nums smallint[],
-                                          replica boolean, side_table regclass,
+-- jobs moved to another queue. `side_table`: the side table holding its vectors, if any.
+-- `reembed`: every row again, since another content column under the same name (dropped and
+-- added again), another content function or model, or a target that was deferred (its
+-- triggers gone, so content changes went unseen).
+CREATE FUNCTION embeddings.watch_register(previous embeddings.targets, o embeddings.watch_options,
+                                          plan embeddings.watch_plan, side_table regclass,
                                           OUT t embeddings.targets, OUT reembed boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    emb_attnum smallint := CASE WHEN side_table IS NULL THEN embeddings.attnum_of(source, embedding_column) END;
+    emb_attnum smallint := CASE WHEN side_table IS NULL THEN embeddings.attnum_of(o.source, o.embedding_column) END;
 BEGIN
     reembed := false;
     IF previous.id IS NULL THEN
         INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
                                               queue, has_triggers, clear_on_update, key_columns, key_types,
                                               key_attnums, content_attnum, embedding_attnum, replica, side_table)
-        VALUES (watch_register.source, watch_register.embedding_column, content_col, content_fn,
-                watch_register.model, watch_register.queue, triggers, clear_updates, key_names, key_regtypes,
-                key_nums, content_num, emb_attnum, watch_register.replica,
-                watch_register.side_table)
+        VALUES (o.source, o.embedding_column, plan.content_col, plan.content_fn, o.model,
+                o.queue, o.triggers, plan.clear_updates, plan.key_names, plan.key_types,
+                plan.key_nums, plan.content_num, emb_attnum, o.replica, watch_register.side_table)
         RETURNING * INTO t;
         RETURN;
     END IF;
-    reembed := previous.content_column IS DISTINCT FROM content_col
-               OR previous.content_attnum IS DISTINCT FROM content_num
-               OR previous.content_function IS DISTINCT FROM content_fn
+    reembed := previous.content_column IS DISTINCT FROM plan.content_col
+               OR previous.content_attnum IS DISTINCT FROM plan.content_num
+               OR previous.content_function IS DISTINCT FROM plan.content_fn
                OR previous.problem IS NOT NULL
-               OR previous.model <> watch_register.model;
-    IF previous.queue <> watch_register.queue THEN
-        PERFORM embeddings.move_target_jobs(previous.id, previous.queue, watch_register.queue);
+               OR previous.model <> o.model;
+    IF previous.queue <> o.queue THEN
+        PERFORM embeddings.move_target_jobs(previous.id, previous.queue, o.queue);
     END IF;
     UPDATE embeddings.targets tg
-    SET content_column = content_col, content_function = content_fn, model = watch_register.model,
-        key_columns = key_names, key_types = key_regtypes, key_attnums = key_nums,
-        content_attnum = content_num, embedding_attnum = emb_attnum,
-        replica = watch_register.replica, problem = NULL, queue = watch_register.queue,
-        has_triggers = triggers, clear_on_update = clear_updates, updated_at = now(),
+    SET content_column = plan.content_col, content_function = plan.content_fn, model = o.model,
+        key_columns = plan.key_names, key_types = plan.key_types, key_attnums = plan.key_nums,
+        content_attnum = plan.content_num, embedding_attnum = emb_attnum,
+        replica = o.replica, problem = NULL, queue = o.queue,
+        has_triggers = o.triggers, clear_on_update = plan.clear_updates, updated_at = now(),
         version = tg.version + 1
     WHERE tg.id = previous.id
     RETURNING * INTO t;
@@ -427,6 +441,166 @@ BEGIN
         PERFORM embeddings.enable_fts(t.source, coalesce(fts, t.fts_config), t.embedding_column,
                                       coalesce(title_weight, t.fts_title_weight));
     END IF;
+END
+$$;
+
+-- watch()'s checks of its options alone: none NULL that must not be, `source` a table, the
+-- model known.
+CREATE FUNCTION embeddings.watch_check(o embeddings.watch_options) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF o.source IS NULL OR o.content IS NULL OR o.embedding_column IS NULL OR o.model IS NULL
+       OR o.triggers IS NULL OR o.queue IS NULL OR o.replica IS NULL
+       OR o.backfill IS NULL OR o.keep_old IS NULL THEN
+        RAISE EXCEPTION 'embeddings.watch(): arguments must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF (SELECT c.relkind FROM pg_class c WHERE c.oid = o.source) NOT IN ('r', 'p') THEN
+        RAISE EXCEPTION '% is not a table', o.source USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF NOT EXISTS (SELECT FROM embeddings.models m WHERE m.name = o.model) THEN
+        RAISE EXCEPTION 'unknown model "%"', o.model
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = embeddings.unknown_model_hint(o.model);
+    END IF;
+END
+$$;
+
+-- watch()'s plan: the row key, the content, and the store (`previous`: the target registered
+-- before, NULL id when none), each checked as it is resolved.
+CREATE FUNCTION embeddings.watch_resolve(o embeddings.watch_options, previous embeddings.targets)
+RETURNS embeddings.watch_plan
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    plan embeddings.watch_plan;
+BEGIN
+    SELECT m.dimensions INTO plan.dims FROM embeddings.models m WHERE m.name = o.model;
+    SELECT wk.key_names, wk.key_regtypes, wk.key_nums INTO plan.key_names, plan.key_types, plan.key_nums
+    FROM embeddings.watch_key(o.source, o.key) wk;
+    SELECT wc.content_col, wc.content_fn, wc.content_type, wc.content_num
+    INTO plan.content_col, plan.content_fn, plan.content_type, plan.content_num
+    FROM embeddings.watch_content(o.source, o.content) wc;
+    plan.chunked := o.chunk_tokens IS NOT NULL OR o.chunk_overlap IS NOT NULL OR o.chunk_table IS NOT NULL
+                    OR coalesce(previous.store_kind = 'chunks', false);
+    plan.side := embeddings.side_store(previous, o.store, o.side_table, plan.chunked);
+    SELECT ws.clear_updates, ws.side_name, ws.vec_rel INTO plan.clear_updates, plan.side_name, plan.vec_rel
+    FROM embeddings.watch_store(o, previous, plan.side, plan.chunked) ws;
+    SELECT a.atttypid::regtype, a.atttypmod INTO plan.emb_type, plan.emb_typmod
+    FROM pg_attribute a
+    WHERE a.attrelid = plan.vec_rel AND a.attname = o.embedding_column AND a.attnum > 0 AND NOT a.attisdropped;
+    RETURN plan;
+END
+$$;
+
+-- watch()'s checks of the plan for a target it registers (a model change has its own): the
+-- embedding column, if there, fits the model; the content is another column; the queue's name
+-- is one pgmq takes; the table has no other set of triggers; documents are chunked.
+CREATE FUNCTION embeddings.watch_check_plan(o embeddings.watch_options, plan embeddings.watch_plan)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF plan.emb_type IS NOT NULL AND NOT EXISTS (
+        SELECT FROM pg_type ty JOIN pg_namespace ns ON ns.oid = ty.typnamespace
+        WHERE ty.oid = plan.emb_type AND ty.typname IN ('vector', 'halfvec') AND ns.nspname = embeddings.vector_schema()
+    ) THEN
+        RAISE EXCEPTION 'embedding column %.% has type %, expected vector(%) or halfvec(%)',
+                o.source, o.embedding_column, format_type(plan.emb_type, plan.emb_typmod), plan.dims, plan.dims
+            USING ERRCODE = 'datatype_mismatch';
+    ELSIF plan.emb_type IS NOT NULL AND plan.emb_typmod <> plan.dims THEN
+        RAISE EXCEPTION 'embedding column %.% is %, but model "%" produces % dimensions',
+                o.source, o.embedding_column, format_type(plan.emb_type, plan.emb_typmod), o.model, plan.dims
+            USING ERRCODE = 'datatype_mismatch',
+                  HINT = format('Use a %s-dimensional column, or a model whose dimensions match.', plan.dims);
+    END IF;
+    IF o.embedding_column = plan.content_col AND NOT plan.side THEN
+        RAISE EXCEPTION 'the embedding column cannot be the content column' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF o.queue !~ '^[a-z_][a-z0-9_]{0,46}$' THEN
+        RAISE EXCEPTION 'invalid queue name "%": lower-case letters, digits and _ only, at most 47', o.queue
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    -- Both sets would queue a job for every change.
+    PERFORM embeddings.refuse_guide_triggers(o.source, o.triggers);
+    -- A document (a bytea column, a format, a header template) is split into chunks.
+    IF NOT plan.chunked
+       AND (plan.content_type = 'bytea'::regtype OR o.format IS NOT NULL OR o.context_header IS NOT NULL) THEN
+        RAISE EXCEPTION '%', CASE WHEN plan.content_type = 'bytea'::regtype
+                                  THEN format('content column %s.%s is bytea: documents are chunked', o.source, plan.content_col)
+                                  ELSE 'format and context_header are for documents, which are chunked' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'Pass chunk_tokens => N too (e.g. 200): each document is split into chunks, one vector each.';
+    END IF;
+END
+$$;
+
+-- watch() of a plain target, its plan checked: one vector per row, in a column of the table or
+-- of its side table. Unchanged, only its full-text options may change. Otherwise the table's
+-- lock is taken first, in short attempts that never stall the application (41_locks.sql); the
+-- embedding column (or side table) and its index are made, the target registered, its
+-- triggers and functions generated, and its rows queued by a backfill after this transaction.
+CREATE FUNCTION embeddings.watch_plain(o embeddings.watch_options, plan embeddings.watch_plan,
+                                       previous embeddings.targets)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    vschema name := embeddings.vector_schema();
+    vec_rel regclass := plan.vec_rel;
+    emb_type regtype := plan.emb_type;
+    defer_index boolean;
+    registered record;
+    t embeddings.targets;
+BEGIN
+    IF previous.id IS NOT NULL AND plan.emb_type IS NOT NULL
+       AND previous.content_column IS NOT DISTINCT FROM plan.content_col
+       AND previous.content_function IS NOT DISTINCT FROM plan.content_fn
+       AND previous.model = o.model
+       AND previous.key_columns = plan.key_names AND previous.key_types = plan.key_types
+       AND previous.has_triggers = o.triggers AND previous.clear_on_update = plan.clear_updates
+       AND previous.queue = o.queue AND previous.replica = o.replica
+       AND embeddings.target_problem(previous) IS NULL THEN  -- as the catalog is now (52_stopped.sql)
+        PERFORM embeddings.watch_fts(previous.id, o.fts, o.fts_title_weight);
+        RETURN previous.id;
+    END IF;
+    -- A re-registration in place (a target with a problem, e.g. its content column dropped and
+    -- added again) abandons a model change in progress.
+    IF previous.id IS NOT NULL AND EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id) THEN
+        PERFORM embeddings.cancel_change(o.source, o.embedding_column);
+    END IF;
+
+    PERFORM embeddings.lock_table(o.source);
+    PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
+    PERFORM embeddings.ensure_queue(o.queue);
+    IF plan.side THEN  -- the side table, with its embedding column (sql/56_side.sql)
+        vec_rel := embeddings.ensure_side_table(plan.side_name, o.source, plan.key_nums, o.embedding_column,
+                                                plan.dims, previous.id);
+        emb_type := format('%I.halfvec', vschema)::regtype;
+    ELSIF plan.emb_type IS NULL THEN
+        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %I.halfvec(%s)', o.source, o.embedding_column, vschema, plan.dims);
+        emb_type := format('%I.halfvec', vschema)::regtype;
+    END IF;
+    defer_index := embeddings.watch_index(o.source, vec_rel, (SELECT c.relkind FROM pg_class c WHERE c.oid = vec_rel),
+                                          o.embedding_column, emb_type, plan.emb_type IS NOT NULL, vschema);
+    registered := embeddings.watch_register(previous, o, plan, CASE WHEN plan.side THEN vec_rel END);
+    t := registered.t;
+    PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
+    PERFORM embeddings.install_triggers(t);  -- and the functions the worker reads and writes through
+    -- Worker roles set up by embeddings.grant_worker() serve this table too: its queues.
+    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
+
+    -- Existing rows: those with content and no embedding, or every row with content when the
+    -- content source or the model changed; none with backfill => false. Queued on the backfill
+    -- lane in key ranges after this transaction (sql/62_backfill.sql): one bounded step here,
+    -- not the whole table under the lock.
+    IF o.backfill THEN
+        PERFORM embeddings.start_backfill(t, registered.reembed);
+    END IF;
+    IF defer_index THEN
+        INSERT INTO embeddings.deferred_indexes (target_id) VALUES (t.id) ON CONFLICT DO NOTHING;
+        RAISE NOTICE 'embeddings: the HNSW index of %.% is built once its existing rows are embedded; search scans exactly meanwhile',
+            o.source, o.embedding_column;
+    END IF;
+    PERFORM embeddings.watch_fts(t.id, o.fts, o.fts_title_weight);
+    PERFORM set_config('embeddings.following', 'off', true);
+    RETURN t.id;
 END
 $$;
 
@@ -477,6 +651,10 @@ $$;
 -- Calling it again with the same arguments changes nothing; with other arguments it updates the
 -- registration (a new content source or model re-enqueues every row with content).
 -- Returns the target id.
+--
+-- Its steps take its options whole (embeddings.watch_options): watch_check() checks them alone,
+-- watch_resolve() resolves the key, the content and the store into a plan, and one of
+-- watch_model_change(), watch_chunked() (sql/55_chunks.sql) and watch_plain() acts.
 CREATE FUNCTION embeddings.watch(
     source regclass,
     content text,
@@ -501,199 +679,47 @@ CREATE FUNCTION embeddings.watch(
 ) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    dims integer;
-    rel_kind "char";
-    key_names name[];
-    key_regtypes regtype[];
-    key_nums smallint[];
-    content_num smallint;
-    content_col name;
-    content_fn regprocedure;
-    content_type regtype;
-    emb_type regtype;
-    emb_exists boolean;
-    vschema name := embeddings.vector_schema();
-    previous embeddings.targets;
-    t embeddings.targets;
-    fresh boolean;
-    reembed boolean := false;
-    defer_index boolean := false;
-    -- side tables (sql/56_side.sql): the vectors' relation, and the effective clear_on_update
-    side boolean;
-    side_name text;
-    vec_rel regclass;
-    vec_kind "char";
-    clear_updates boolean;
-    chunked_id integer;
-    chunked boolean;  -- chunk_tokens and the like, or a chunked target watched again
-    changing integer;  -- a model change's target
-    registered record;  -- watch_register()'s
+    o embeddings.watch_options;
+    previous embeddings.targets;  -- the target registered before; NULL id: none
+    plan embeddings.watch_plan;
+    changing integer;
 BEGIN
-    model := coalesce(model, embeddings.default_model());  -- newcomer: the database-level default model
-    IF source IS NULL OR content IS NULL OR embedding_column IS NULL OR model IS NULL
-       OR triggers IS NULL OR queue IS NULL OR replica IS NULL
-       OR backfill IS NULL OR keep_old IS NULL THEN
-        RAISE EXCEPTION 'embeddings.watch(): arguments must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
+    o.source := watch.source;
+    o.content := watch.content;
+    o.embedding_column := watch.embedding_column;
+    o.model := coalesce(watch.model, embeddings.default_model());  -- the database's default model
+    o.triggers := watch.triggers;
+    o.clear_on_update := watch.clear_on_update;
+    o.queue := watch.queue;
+    o.key := watch.key;
+    o.replica := watch.replica;
+    o.chunk_tokens := watch.chunk_tokens;
+    o.chunk_overlap := watch.chunk_overlap;
+    o.chunk_table := watch.chunk_table;
+    o.backfill := watch.backfill;
+    o.keep_old := watch.keep_old;
+    o.store := watch.store;
+    o.side_table := watch.side_table;
+    o.fts := watch.fts;
+    o.format := watch.format;
+    o.context_header := watch.context_header;
+    o.fts_title_weight := watch.fts_title_weight;
 
-    -- The table.
-    SELECT c.relkind INTO rel_kind FROM pg_class c WHERE c.oid = source;
-    IF rel_kind NOT IN ('r', 'p') THEN
-        RAISE EXCEPTION '% is not a table', source USING ERRCODE = 'wrong_object_type';
-    END IF;
-
-    -- The model.
-    SELECT m.dimensions INTO dims FROM embeddings.models m WHERE m.name = model;
-    IF dims IS NULL THEN
-        RAISE EXCEPTION 'unknown model "%"', model
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = embeddings.unknown_model_hint(model);
-    END IF;
-
-    SELECT wk.key_names, wk.key_regtypes, wk.key_nums INTO key_names, key_regtypes, key_nums
-    FROM embeddings.watch_key(source, key) wk;
-
-    SELECT wc.content_col, wc.content_fn, wc.content_type, wc.content_num
-    INTO content_col, content_fn, content_type, content_num
-    FROM embeddings.watch_content(source, content) wc;
-
+    PERFORM embeddings.watch_check(o);
     SELECT * INTO previous FROM embeddings.targets tg
-    WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column;
-    -- Where the vectors live: the row (vec_rel is the table) or a side table (sql/56_side.sql).
-    chunked := chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
-               OR previous.store_kind = 'chunks';
-    side := embeddings.side_store(previous, store, side_table, chunked);
-    SELECT ws.clear_updates, ws.side_name, ws.vec_rel INTO clear_updates, side_name, vec_rel
-    FROM embeddings.watch_store(source, embedding_column, previous, side, chunked, side_table, clear_on_update) ws;
-
-    -- Another model on a watched plain target: a blue/green change (sql/44_changes.sql).
-    changing := embeddings.watch_model_change(previous, source, embedding_column, vec_rel, model, keep_old,
-                                              chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL,
-                                              content_col, content_fn, key_names, replica, triggers, clear_updates, queue);
+    WHERE tg.source = o.source AND tg.embedding_column = o.embedding_column;
+    plan := embeddings.watch_resolve(o, previous);
+    -- Another model on a watched plain target: a blue/green change (sql/44_changes.sql), which
+    -- checks the rest itself (the column is the old model's until the swap).
+    changing := embeddings.watch_model_change(o, plan, previous);
     IF changing IS NOT NULL THEN
         RETURN changing;
     END IF;
-
-    emb_type := (embeddings.watch_embedding_column(source, vec_rel, embedding_column, model, dims, vschema)).emb_type;
-    emb_exists := emb_type IS NOT NULL;
-    IF embedding_column = content_col AND NOT side THEN
-        RAISE EXCEPTION 'the embedding column cannot be the content column' USING ERRCODE = 'invalid_parameter_value';
+    PERFORM embeddings.watch_check_plan(o, plan);
+    IF plan.chunked THEN  -- vectors in a chunk table, none in the table (sql/55_chunks.sql)
+        RETURN embeddings.watch_chunked(o, plan, previous);
     END IF;
-
-    IF queue !~ '^[a-z_][a-z0-9_]{0,46}$' THEN
-        RAISE EXCEPTION 'invalid queue name "%": lower-case letters, digits and _ only, at most 47', queue
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-
-    PERFORM embeddings.refuse_guide_triggers(source, triggers);  -- newcomer: never two sets of triggers
-
-    -- Documents are chunked (sql/55_chunks.sql): a bytea column, a format or a header template
-    -- needs chunk_tokens.
-    IF NOT coalesce(chunked, false)
-       AND (content_type = 'bytea'::regtype OR watch.format IS NOT NULL OR watch.context_header IS NOT NULL) THEN
-        RAISE EXCEPTION '%', CASE WHEN content_type = 'bytea'::regtype
-                                  THEN format('content column %s.%s is bytea: documents are chunked', source, content_col)
-                                  ELSE 'format and context_header are for documents, which are chunked' END
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = 'Pass chunk_tokens => N too (e.g. 200): each document is split into chunks, one vector each.';
-    END IF;
-
-    -- >>> chunked targets (sql/55_chunks.sql): vectors in a chunk table, none in the source
-    IF chunk_tokens IS NOT NULL OR chunk_overlap IS NOT NULL OR chunk_table IS NOT NULL
-       OR EXISTS (SELECT FROM embeddings.targets tg WHERE tg.source = watch.source
-                  AND tg.embedding_column = watch.embedding_column AND tg.store_kind = 'chunks') THEN
-        IF NOT backfill THEN
-            RAISE EXCEPTION 'backfill => false is for plain targets; a chunked target embeds its existing rows'
-                USING ERRCODE = 'feature_not_supported';
-        END IF;
-        chunked_id := embeddings.watch_chunked(source, content_col, content_fn, embedding_column, model, triggers,
-                                               queue, key_names, key_regtypes, key_nums, content_num, replica,
-                                               chunk_tokens, chunk_overlap, chunk_table,
-                                               embeddings.watch_document_format(source, content_col, content_type, watch.format,
-                                                                                previous),
-                                               embeddings.watch_context_header(watch.context_header, previous));
-        SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = chunked_id;
-        -- Full-text search on the chunk table, as for any target (until 0.3.0, fts => was
-        -- ignored here); then the chunk offsets, after it (ensure_chunk_offsets says why).
-        IF fts_title_weight IS NOT NULL THEN
-            RAISE EXCEPTION 'fts_title_weight is for targets whose rows are embedded whole: a chunk holds no title'
-                USING ERRCODE = 'feature_not_supported';
-        END IF;
-        IF fts IS NOT NULL AND fts IS DISTINCT FROM t.fts_config THEN
-            PERFORM embeddings.enable_fts(source, fts, embedding_column);
-        END IF;
-        PERFORM embeddings.ensure_chunk_offsets(t.chunk_table);
-        RETURN t.id;
-    END IF;
-    -- <<< chunked targets
-
-    -- Everything is valid: act.
-    SELECT * INTO previous FROM embeddings.targets tg
-    WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column;
-    fresh := previous.id IS NULL;
-    IF NOT fresh AND emb_exists
-       AND previous.content_column IS NOT DISTINCT FROM content_col
-       AND previous.content_function IS NOT DISTINCT FROM content_fn
-       AND previous.model = watch.model
-       AND previous.key_columns = key_names AND previous.key_types = key_regtypes
-       AND previous.has_triggers = triggers AND previous.clear_on_update = clear_updates
-       AND previous.queue = watch.queue AND previous.replica = watch.replica
-       AND embeddings.target_problem(previous) IS NULL THEN  -- as the catalog is now (52_stopped.sql)
-        PERFORM embeddings.watch_fts(previous.id, fts, fts_title_weight);
-        RETURN previous.id;
-    END IF;
-
-    -- model change: a re-registration in place (a target with a problem, e.g. its content
-    -- column dropped and added again) abandons a change in progress.
-    IF NOT fresh AND EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id) THEN
-        PERFORM embeddings.cancel_change(source, embedding_column);
-    END IF;
-
-    -- The DDL below is ours: the schema-change event trigger need not follow it. The table's
-    -- lock first, in short attempts that never stall the application (41_locks.sql).
-    PERFORM embeddings.lock_table(source);
-    PERFORM set_config('embeddings.following', 'on', true);
-    PERFORM embeddings.ensure_queue(queue);
-
-    IF side THEN  -- the side table, with its embedding column (sql/56_side.sql)
-        vec_rel := embeddings.ensure_side_table(side_name, source, key_nums, embedding_column, dims, previous.id);
-        emb_type := format('%I.halfvec', vschema)::regtype;
-    ELSIF NOT emb_exists THEN
-        EXECUTE format('ALTER TABLE %s ADD COLUMN %I %I.halfvec(%s)', source, embedding_column, vschema, dims);
-        emb_type := format('%I.halfvec', vschema)::regtype;
-    END IF;
-    vec_kind := (SELECT c.relkind FROM pg_class c WHERE c.oid = vec_rel);
-
-    defer_index := embeddings.watch_index(source, vec_rel, vec_kind, embedding_column, emb_type, emb_exists, vschema);
-
-    registered := embeddings.watch_register(previous, source, embedding_column, content_col, content_fn, content_num,
-                                            model, queue, triggers, clear_updates, key_names, key_regtypes, key_nums,
-                                            replica, CASE WHEN side THEN vec_rel END);
-    t := registered.t;
-    reembed := registered.reembed;
-
-    PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
-    PERFORM embeddings.install_triggers(t);  -- and the functions the worker reads and writes through
-    -- Worker roles set up by embeddings.grant_worker() serve this table too: its queues. (The
-    -- function is defined in 80_roles.sql; plpgsql resolves it when this line runs.)
-    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
-
-    -- Existing rows: those with content and no embedding, or every row with content when the
-    -- content source or the model changed; none with backfill => false. Queued on the backfill
-    -- lane by a backfill in key ranges after this transaction (sql/62_backfill.sql): one bounded
-    -- step here, not the whole table under the lock.
-    IF backfill THEN
-        PERFORM embeddings.start_backfill(t, reembed);
-    END IF;
-    IF defer_index THEN
-        INSERT INTO embeddings.deferred_indexes (target_id) VALUES (t.id) ON CONFLICT DO NOTHING;
-        RAISE NOTICE 'embeddings: the HNSW index of %.% is built once its existing rows are embedded; search scans exactly meanwhile',
-            source, embedding_column;
-    END IF;
-
-    PERFORM embeddings.watch_fts(t.id, fts, fts_title_weight);
-    PERFORM set_config('embeddings.following', 'off', true);
-    RETURN t.id;
+    RETURN embeddings.watch_plain(o, plan, previous);
 END
 $$;
 COMMENT ON FUNCTION embeddings.watch IS

@@ -1,4 +1,4 @@
--- Taking a user table's ACCESS EXCLUSIVE lock without stalling the application (issue 25 §2).
+-- Taking a user table's ACCESS EXCLUSIVE lock without stalling the application.
 --
 -- A request for ACCESS EXCLUSIVE that waits (behind a long read, say) queues every later
 -- statement on the table behind itself, reads and writes alike: waiting two seconds for it
@@ -80,24 +80,6 @@ BEGIN
     PERFORM set_config('lock_timeout', saved, true);
 END
 $$;
-
--- Documents being written: the rows of a side or chunked target that a worker's write
--- transaction is writing, one row per (target, key), inserted and deleted again by that
--- transaction (lock_documents() below). So it never holds a committed row, and needs no
--- durability (UNLOGGED). What it is for is its primary key: a transaction that inserts a key
--- another one inserted and has not yet committed (or rolled back) waits for it, even though that
--- one deleted its row again at once. Two writers of one document are thus ordered from before
--- the stale-write check of the first until its COMMIT (sql/56_side.sql, sql/55_chunks.sql).
--- No role but this schema's owner has any right on it, so no one else can take its locks: a
--- login that reads a target's id (embeddings.targets is readable) cannot hold up a write of
--- it, as it could with advisory locks, whose keys every login shares. `key_md5`: the md5 of the
--- key's canonical text (a key of any length fits the index).
-CREATE UNLOGGED TABLE IF NOT EXISTS embeddings.documents_written (
-    target_id integer NOT NULL,
-    key_md5   uuid NOT NULL,
-    PRIMARY KEY (target_id, key_md5)
-);
-REVOKE ALL ON embeddings.documents_written FROM PUBLIC;
 
 -- Orders this transaction's writes of target `target_id`'s documents `keys` after those of any
 -- other transaction writing one of them, until COMMIT: waits for them (in key order, so that

@@ -12,39 +12,6 @@
 -- renaming them in one short transaction, and sets the target's model. Nothing ever writes one
 -- model's vectors into the other model's column.
 
--- The change in progress of a target (at most one).
-CREATE TABLE IF NOT EXISTS embeddings.model_changes (
-    target_id     integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
-    model         text NOT NULL REFERENCES embeddings.models (name),
-    shadow_column name NOT NULL,
-    keep_old      boolean NOT NULL DEFAULT false,
-    rows_total    bigint,  -- rows with content when the change started (status recounts)
-    started_at    timestamptz NOT NULL DEFAULT now(),
-    -- The swap waiting for its table lock (complete_changes()): attempts in a row that found the
-    -- table held, since when, and by whom at the last one. Reset by any other outcome.
-    swap_attempts      integer NOT NULL DEFAULT 0,
-    swap_waiting_since timestamptz,
-    swap_holders       text
-);
-GRANT SELECT ON embeddings.model_changes TO PUBLIC;
-COMMENT ON TABLE embeddings.model_changes IS 'Model changes in progress: the shadow column being filled with the new model''s vectors';
-
--- Which model produced the vectors of a target's column (shadow false) or of its shadow column
--- during a change (shadow true): registry name, revision (the model file's digest or hub
--- revision) and variant. Written by the first worker write, checked by every later one: a
--- worker running another revision or variant does not write there (it defers the target).
-CREATE TABLE IF NOT EXISTS embeddings.provenance (
-    target_id   integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
-    shadow      boolean NOT NULL,
-    model       text NOT NULL,
-    revision    text NOT NULL,
-    variant     text NOT NULL,
-    recorded_at timestamptz NOT NULL DEFAULT now(),
-    PRIMARY KEY (target_id, shadow)
-);
-GRANT SELECT ON embeddings.provenance TO PUBLIC;
-COMMENT ON TABLE embeddings.provenance IS 'Model, revision and variant that produced each target''s stored vectors';
-
 -- Records (model, revision, variant) as the producer of target_id's column (or shadow column)
 -- unless one is recorded already; returns the recorded producer as 'model revision variant'.
 -- The worker compares it with its own in its write transaction. SECURITY DEFINER: worker roles
@@ -109,7 +76,7 @@ DECLARE
     vec_rel regclass := coalesce(t.side_table, t.source);  -- where the embedding column is
 BEGIN
     -- The table first, the registration after, as the worker's write (embeddings.lock_target)
-    -- and complete_change() take them: the other order deadlocked with a write in flight. The
+    -- and complete_change() take them: the other order deadlocks with a write in flight. The
     -- table in the mode ALTER TABLE will take anyway (a weaker one would have to be upgraded),
     -- in short attempts that never stall the application's statements (41_locks.sql).
     PERFORM embeddings.lock_table(t.source);
@@ -275,6 +242,120 @@ BEGIN
 END
 $$;
 
+-- What target t's model change waits for before its swap, or NULL when nothing: jobs of the
+-- change still queued, its rows still being queued (a backfill in key ranges), rows with
+-- content still lacking the new vector with no job (lost, dead-lettered, or given a vector of
+-- the old model by hand: queued now, unless the target has dead letters), or jobs of the
+-- application's writes held back (their target deferred: say the old model cannot be loaded),
+-- without which their rows would swap without a vector. Real content only: whitespace-only
+-- content is cleared by the worker, never embedded. The content is evaluated by the target's
+-- embeddings_<id>_unshadowed(), as the table's owner (sql/32_access.sql).
+CREATE FUNCTION embeddings.change_waits_for(t embeddings.targets) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    change_jobs bigint;
+    unqueued jsonb[];
+    missing bigint;
+    held bigint;
+BEGIN
+    EXECUTE format('SELECT count(*) FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1, ''shadow'', true)',
+                   pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q'))
+        INTO change_jobs USING t.id;
+    IF change_jobs > 0 THEN
+        RETURN format('%s jobs of the change are waiting', change_jobs);
+    END IF;
+    IF EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id) THEN
+        RETURN 'its rows are still being queued (a backfill in key ranges)';
+    END IF;
+    EXECUTE format('SELECT pg_catalog.array_agg(u.k) FROM embeddings.%I($1) AS u(k)', 'embeddings_' || t.id || '_unshadowed')
+        INTO unqueued USING ARRAY(SELECT p.k FROM embeddings.pending_keys(t) p);
+    missing := coalesce(cardinality(unqueued), 0);
+    IF missing > 0 THEN
+        IF EXISTS (SELECT FROM embeddings.failures f WHERE f.target_id = t.id) THEN
+            RETURN format('%s rows lack the new vector and the target has dead letters (embed-worker failures)', missing);
+        END IF;
+        PERFORM embeddings.enqueue_keys(t.id, unqueued, 0, 'change');
+        RETURN format('%s rows lacked the new vector: queued', missing);
+    END IF;
+    SELECT m.held INTO held FROM embeddings.moving_live_keys(t) m;
+    IF held > 0 THEN
+        RETURN format('%s jobs of the application''s writes are held back (deferred): waiting for them', held);
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- Under target t's table lock, what its swap waits for, or NULL when it may swap. No row that
+-- has a vector may lose it (the partial index holds the rows to look at). And a row whose
+-- content changed has its vector cleared (clear_on_update) and a job queued: its new vector, of
+-- the old content, must not show up either. Every row with content has its new vector, except
+-- rows the application changed whose jobs are moving (a row with any other job, in the
+-- backfill lane or held, would keep the swap waiting, and have its new vector cleared). Only
+-- those rows' new vectors may be stale (their content changed after it was written): only
+-- theirs are cleared. Both as the table's owner, by embeddings_<id>_swap_prepare()
+-- (sql/32_access.sql), whose triggers fire on that UPDATE; both read through the partial index
+-- of rows lacking the new vector.
+CREATE FUNCTION embeddings.prepare_swap(t embeddings.targets) RETURNS text
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    live jsonb[];
+    held bigint;
+    missing bigint;
+    ready boolean;
+BEGIN
+    SELECT * INTO live, held FROM embeddings.moving_live_keys(t);
+    IF held > 0 THEN
+        RETURN format('%s jobs of the application''s writes are held back (deferred): waiting for them', held);
+    END IF;
+    EXECUTE format('SELECT pg_catalog.count(*) FROM embeddings.%I($1)', 'embeddings_' || t.id || '_unshadowed')
+        INTO missing USING live;
+    IF missing > 0 THEN
+        RETURN format('%s rows lack the new vector and wait for their jobs: not yet', missing);
+    END IF;
+    EXECUTE format('SELECT embeddings.%I($1)', 'embeddings_' || t.id || '_swap_prepare') INTO ready USING live;
+    IF NOT ready THEN
+        RETURN 'rows written meanwhile lack the new vector: not yet';
+    END IF;
+    RETURN NULL;
+END
+$$;
+
+-- The swap's DDL, on target t's table or side table: change c's shadow column takes the name of
+-- the target's column, and its index the name of the column's index; the old column is kept as
+-- embeddings.kept_column() (keep_old) or dropped. Renames first, the drop last: a drop of a
+-- column named like the target's would make the event trigger of 45_dropped.sql forget the
+-- target. Leaves embeddings.following on: the caller brings the registry in line.
+CREATE FUNCTION embeddings.swap_columns(t embeddings.targets, c embeddings.model_changes) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    vec_rel regclass := coalesce(t.side_table, t.source);  -- the table, or its side table
+    rel_schema name := (SELECT n.nspname FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
+                        WHERE cl.oid = vec_rel);
+    old_index regclass;
+    new_index regclass;
+    old_index_name name;
+BEGIN
+    PERFORM set_config('embeddings.following', 'on', true);  -- our DDL
+    EXECUTE format('DROP INDEX IF EXISTS %I.%I', rel_schema, embeddings.missing_index_name(t.id));
+    old_index := embeddings.hnsw_index(vec_rel, t.embedding_column);
+    new_index := embeddings.hnsw_index(vec_rel, c.shadow_column);
+    SELECT relname INTO old_index_name FROM pg_class WHERE oid = old_index;
+    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', vec_rel, t.embedding_column,
+                   CASE WHEN c.keep_old THEN embeddings.kept_column(t.embedding_column)
+                        ELSE 'embeddings_' || t.id || '_replaced' END);
+    IF old_index IS NOT NULL THEN
+        EXECUTE format('ALTER INDEX %s RENAME TO %I', old_index, left(old_index_name, 54) || '_previous');
+    END IF;
+    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', vec_rel, c.shadow_column, t.embedding_column);
+    IF new_index IS NOT NULL AND old_index_name IS NOT NULL THEN
+        EXECUTE format('ALTER INDEX %s RENAME TO %I', new_index, old_index_name);
+    END IF;
+    IF NOT c.keep_old THEN
+        EXECUTE format('ALTER TABLE %s DROP COLUMN %I', vec_rel, 'embeddings_' || t.id || '_replaced');
+    END IF;
+END
+$$;
+
 -- Completes target_id's change when it is complete. It is when no shadow-only job of the change
 -- is queued, every row with content has its new vector or a job queued (a job left after the
 -- swap is simply served with the new model), and, checked under the table lock, no row that has
@@ -294,110 +375,28 @@ LANGUAGE plpgsql SET lock_timeout = '50ms' SET search_path = pg_catalog, pg_temp
 DECLARE
     t embeddings.targets;
     c embeddings.model_changes;
-    change_jobs bigint;
-    queuing boolean;
-    pending jsonb[];
-    unqueued jsonb[];
-    missing bigint;
-    ready boolean;
-    old_index regclass;
-    new_index regclass;
-    old_index_name name;
-    rel_schema name;
-    live jsonb[];
-    held bigint;
+    waiting text;
     following text := coalesce(current_setting('embeddings.following', true), 'off');
-    vec_rel regclass;  -- where the columns are: the table, or its side table
 BEGIN
     SELECT * INTO c FROM embeddings.model_changes mc WHERE mc.target_id = complete_change.target_id;
     IF NOT FOUND THEN
         RETURN 'no change in progress';
     END IF;
     SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = c.target_id;
-    vec_rel := coalesce(t.side_table, t.source);
-    EXECUTE format('SELECT count(*) FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1, ''shadow'', true)',
-                   pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q'))
-        INTO change_jobs USING t.id;
-    IF change_jobs > 0 THEN
-        RETURN format('%s jobs of the change are waiting', change_jobs);
+    waiting := embeddings.change_waits_for(t);
+    IF waiting IS NOT NULL THEN
+        RETURN waiting;
     END IF;
-    SELECT true INTO queuing FROM embeddings.backfills b WHERE b.target_id = t.id;
-    IF queuing THEN
-        RETURN 'its rows are still being queued (a backfill in key ranges)';
-    END IF;
-    -- Rows with content still lacking the new vector, with no job (lost, dead-lettered, or
-    -- given a vector of the old model by hand). Real content: whitespace-only content is
-    -- cleared by the worker, never embedded.
-    -- The content is evaluated by the target's embeddings_<id>_unshadowed(), as the table's
-    -- owner (sql/32_access.sql).
-    pending := ARRAY(SELECT p.k FROM embeddings.pending_keys(t) p);
-    EXECUTE format('SELECT pg_catalog.array_agg(u.k) FROM embeddings.%I($1) AS u(k)', 'embeddings_' || t.id || '_unshadowed')
-        INTO unqueued USING pending;
-    missing := coalesce(cardinality(unqueued), 0);
-    IF missing > 0 THEN
-        IF EXISTS (SELECT FROM embeddings.failures f WHERE f.target_id = t.id) THEN
-            RETURN format('%s rows lack the new vector and the target has dead letters (embed-worker failures)', missing);
-        END IF;
-        PERFORM embeddings.enqueue_keys(t.id, unqueued, 0, 'change');
-        RETURN format('%s rows lacked the new vector: queued', missing);
-    END IF;
-
-    -- Jobs of the application's writes held back (their target deferred: say the old model cannot
-    -- be loaded): the swap waits for them, or their rows would swap without a vector.
-    SELECT * INTO live, held FROM embeddings.moving_live_keys(t);
-    IF held > 0 THEN
-        RETURN format('%s jobs of the application''s writes are held back (deferred): waiting for them', held);
-    END IF;
-
     -- The swap. The table first (waits for application and worker writes in progress), then
     -- the registration, as ALTER TABLE and worker writes take them: writes that start later
     -- wait for us and then see the new version.
     PERFORM embeddings.lock_table(t.source, lock_wait);
     PERFORM FROM embeddings.targets tg WHERE tg.id = t.id FOR UPDATE;
-    -- No row that has a vector may lose it (the partial index holds the rows to look at). And a
-    -- row whose content changed has its vector cleared (clear_on_update) and a job queued: its
-    -- new vector, of the old content, must not show up either. Both as the table's owner, by
-    -- embeddings_<id>_swap_prepare() (sql/32_access.sql): its triggers fire on that UPDATE.
-    -- Every row with content has its new vector, except rows the application changed whose
-    -- jobs are moving (issue 25 §2: a row with any other job, in the backfill lane or held, kept
-    -- the swap from waiting for it, and had its new vector cleared). Only those rows' new
-    -- vectors may be stale (their content changed after it was written): only theirs are
-    -- cleared. Both read through the partial index of rows lacking the new vector.
-    SELECT * INTO live, held FROM embeddings.moving_live_keys(t);
-    IF held > 0 THEN
-        RETURN format('%s jobs of the application''s writes are held back (deferred): waiting for them', held);
+    waiting := embeddings.prepare_swap(t);
+    IF waiting IS NOT NULL THEN
+        RETURN waiting;
     END IF;
-    EXECUTE format('SELECT pg_catalog.count(*) FROM embeddings.%I($1)', 'embeddings_' || t.id || '_unshadowed')
-        INTO missing USING live;
-    IF missing > 0 THEN
-        RETURN format('%s rows lack the new vector and wait for their jobs: not yet', missing);
-    END IF;
-    EXECUTE format('SELECT embeddings.%I($1)', 'embeddings_' || t.id || '_swap_prepare') INTO ready USING live;
-    IF NOT ready THEN
-        RETURN 'rows written meanwhile lack the new vector: not yet';
-    END IF;
-    SELECT n.nspname INTO rel_schema FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
-    WHERE cl.oid = vec_rel;
-    PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: the registry follows below
-    EXECUTE format('DROP INDEX IF EXISTS %I.%I', rel_schema, embeddings.missing_index_name(t.id));
-    old_index := embeddings.hnsw_index(vec_rel, t.embedding_column);
-    new_index := embeddings.hnsw_index(vec_rel, c.shadow_column);
-    SELECT relname INTO old_index_name FROM pg_class WHERE oid = old_index;
-    -- Renames first, the drop last: a drop of a column named like the target's would make the
-    -- event trigger of 45_dropped.sql forget the target.
-    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', vec_rel, t.embedding_column,
-                   CASE WHEN c.keep_old THEN embeddings.kept_column(t.embedding_column)
-                        ELSE 'embeddings_' || t.id || '_replaced' END);
-    IF old_index IS NOT NULL THEN
-        EXECUTE format('ALTER INDEX %s RENAME TO %I', old_index, left(old_index_name, 54) || '_previous');
-    END IF;
-    EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', vec_rel, c.shadow_column, t.embedding_column);
-    IF new_index IS NOT NULL AND old_index_name IS NOT NULL THEN
-        EXECUTE format('ALTER INDEX %s RENAME TO %I', new_index, old_index_name);
-    END IF;
-    IF NOT c.keep_old THEN
-        EXECUTE format('ALTER TABLE %s DROP COLUMN %I', vec_rel, 'embeddings_' || t.id || '_replaced');
-    END IF;
+    PERFORM embeddings.swap_columns(t, c);
     UPDATE embeddings.targets tg
     SET model = c.model,
         embedding_attnum = CASE WHEN t.store_kind <> 'side' THEN embeddings.attnum_of(t.source, t.embedding_column) END,

@@ -222,7 +222,7 @@ BEGIN
                AND evttags @> ARRAY['ALTER SCHEMA']) THEN
         NULL;  -- installed already (a reinstall over an existing schema)
     ELSIF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
-        -- One installed before it followed ALTER SCHEMA is replaced.
+        -- One that does not follow ALTER SCHEMA (an older install's) is replaced.
         DROP EVENT TRIGGER IF EXISTS embeddings_follow_schema_changes;
         CREATE EVENT TRIGGER embeddings_follow_schema_changes ON ddl_command_end
             WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER FUNCTION', 'ALTER SCHEMA')

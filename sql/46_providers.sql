@@ -1,6 +1,6 @@
 -- Remote models: an OpenAI-compatible /embeddings endpoint or the Hugging Face Inference API's
 -- feature extraction, registered as rows of embeddings.models like the local ones (their
--- columns: sql/10_schema.sql) and selected by watch(..., model => ...) like any other.
+-- columns: sql/state/10_schema.sql) and selected by watch(..., model => ...) like any other.
 --
 -- What a row holds is configuration anyone reading the registry may see: the endpoint, the
 -- provider's model, request limits, a price, and the *name* of the API key (`credential`). The

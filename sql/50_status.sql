@@ -219,6 +219,88 @@ BEGIN
 END
 $$;
 
+-- The pending keys of each lane of `lanes` that `pending` (by lane) lacks, read once per status
+-- call with embeddings.queue_pending(): a lane of many messages (more than
+-- status_exact_rows(), `exact` not true) is sampled, about 2,000 of its messages, and named in
+-- `sampled` (an exact count reads every message: docs/performance.md, "Figures behind the
+-- code's choices"). A target with few messages among very many may be missed: `status --exact`.
+CREATE FUNCTION embeddings.status_read_lanes(INOUT pending jsonb, INOUT sampled text[], lanes text[], exact boolean)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    lane text;
+    messages bigint;
+BEGIN
+    FOREACH lane IN ARRAY lanes LOOP
+        CONTINUE WHEN pending ? lane;
+        messages := embeddings.queue_messages(lane);
+        IF NOT coalesce(exact, false) AND messages > embeddings.status_exact_rows() THEN
+            sampled := sampled || lane;
+        END IF;
+        pending := pending || jsonb_build_object(lane,
+            (SELECT coalesce(jsonb_agg(qp), '[]') FROM embeddings.queue_pending(lane,
+                 CASE WHEN lane = ANY (sampled) THEN least(100, 100.0 * 2000 / messages) END) qp));
+    END LOOP;
+END
+$$;
+
+-- Target t's pending keys in its lanes `lanes` (live, backfill), from `pending` (read by
+-- status_read_lanes()): its messages, or those of the Supabase guide's shape naming its table
+-- and column; and the age of the oldest.
+CREATE FUNCTION embeddings.status_pending(t embeddings.targets, lanes text[], pending jsonb,
+                                          OUT pending_live bigint, OUT pending_backfill bigint,
+                                          OUT oldest_pending_seconds double precision)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(sum(g.keys) FILTER (WHERE g.lane = lanes[1]), 0)::bigint,
+           coalesce(sum(g.keys) FILTER (WHERE g.lane = lanes[2]), 0)::bigint,
+           extract(epoch FROM clock_timestamp() - min(g.oldest))::double precision
+    FROM unnest(lanes) AS l(lane)
+    CROSS JOIN LATERAL jsonb_to_recordset(pending -> l.lane)
+         AS r(target_id jsonb, schema_name text, table_name text, embedding_column text, keys bigint, oldest timestamptz)
+    CROSS JOIN LATERAL (SELECT l.lane, r.target_id, r.schema_name, r.table_name, r.embedding_column, r.keys, r.oldest) g
+    JOIN pg_class c ON c.oid = t.source JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE g.target_id = to_jsonb(t.id)
+       OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column)
+$$;
+
+-- The rows target t's running backfill (62_backfill.sql) has still to queue; NULL when none
+-- runs. Estimated targets (`estimated`, of `total_rows` rows, `embedded_rows` with a vector):
+-- the rows it has not yet passed, times the share of the table that needs a job. Others:
+-- counted as the table's owner, for the roles granted that (grant_worker()); NULL for the rest.
+CREATE FUNCTION embeddings.status_backfill_rows(t embeddings.targets, estimated boolean,
+                                                total_rows bigint, embedded_rows bigint)
+RETURNS bigint
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    backfill_rows bigint;
+BEGIN
+    IF estimated THEN
+        SELECT round(greatest(total_rows - b.scanned_rows, 0)
+                     * CASE WHEN b.every_row OR total_rows = 0 THEN 1
+                            ELSE greatest(1 - coalesce(embedded_rows, 0)::float8 / total_rows, 0) END)
+        INTO backfill_rows
+        FROM embeddings.backfills b WHERE b.target_id = t.id;
+    ELSIF EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id) THEN
+        BEGIN
+            backfill_rows := embeddings.backfill_rows_left(t);
+        EXCEPTION WHEN insufficient_privilege OR SQLSTATE 'EW001' THEN
+            backfill_rows := NULL;
+        END;
+    END IF;
+    RETURN backfill_rows;
+END
+$$;
+
+-- Target t's rows embedded per second: those of the last five whole minutes and the current
+-- one, over the time since the first batch among them began (the minute's start where that is
+-- not recorded), so that a drain 10 s old is counted over 10 s, not over a minute.
+CREATE FUNCTION embeddings.status_rate(t embeddings.targets) RETURNS double precision
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(sum(tp.rows), 0)
+           / greatest(extract(epoch FROM clock_timestamp() - min(coalesce(tp.since, tp.minute))), 1)
+    FROM embeddings.throughput tp
+    WHERE tp.target_id = t.id AND tp.minute >= date_trunc('minute', clock_timestamp()) - interval '5 minutes'
+$$;
+
 -- One row per target. Row counts are exact for targets up to embeddings.status_exact_rows()
 -- rows and estimated above (`estimated`: see embeddings.estimated_counts()), so that reading
 -- the status costs the same for ten rows or ten million and never waits on a watched table's
@@ -273,18 +355,10 @@ CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TAB
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
-    -- What stops each target (embeddings.stopped_targets(), 52_stopped.sql), read once.
-    stops jsonb := coalesce((SELECT jsonb_object_agg(s.target_id::text, s.states)
-                             FROM (SELECT st.target_id, jsonb_agg(jsonb_build_object(
-                                              'state', st.state, 'reason', st.reason, 'fix', st.fix, 'since', st.since)
-                                          ORDER BY st.ordinality) AS states
-                                   FROM embeddings.stopped_targets() WITH ORDINALITY AS st
-                                   GROUP BY st.target_id) s), '{}');
-    pending jsonb := '{}';  -- per queue: embeddings.queue_pending(), read once per call
-    sampled text[] := '{}';  -- the queues whose pending keys were estimated
-    messages bigint;
+    stops jsonb := embeddings.status_stops();  -- read once
+    pending jsonb := '{}';  -- per lane: embeddings.queue_pending(), read once per call
+    sampled text[] := '{}';  -- the lanes whose pending keys were estimated
     lanes text[];
-    lane text;
 BEGIN
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
@@ -301,51 +375,13 @@ BEGIN
         ELSE
             SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.exact_counts(t);
         END IF;
-        -- Both lanes (20_queue.sql): the application's writes, and backfill work behind them.
+        -- Both lanes (20_queue.sql): the application's writes, and backfill work behind them;
+        -- the rows a running backfill has still to queue are pending in the second.
         lanes := ARRAY[t.queue, embeddings.backfill_queue(t.queue)];
-        FOREACH lane IN ARRAY lanes LOOP
-            IF NOT pending ? lane THEN
-                -- A lane of many messages: about 2,000 of them sampled (an exact count reads
-                -- every message: docs/performance.md, "Figures behind the code's choices").
-                -- A target with few messages among very many may be missed: `status --exact`.
-                messages := embeddings.queue_messages(lane);
-                IF NOT coalesce(exact, false) AND messages > embeddings.status_exact_rows() THEN
-                    sampled := sampled || lane;
-                END IF;
-                pending := pending || jsonb_build_object(lane,
-                    (SELECT coalesce(jsonb_agg(qp), '[]') FROM embeddings.queue_pending(lane,
-                         CASE WHEN lane = ANY (sampled) THEN least(100, 100.0 * 2000 / messages) END) qp));
-            END IF;
-        END LOOP;
-        SELECT coalesce(sum(g.keys) FILTER (WHERE g.lane = lanes[1]), 0)::bigint,
-               coalesce(sum(g.keys) FILTER (WHERE g.lane = lanes[2]), 0)::bigint,
-               extract(epoch FROM clock_timestamp() - min(g.oldest))::double precision
-        INTO pending_live, pending_backfill, oldest_pending_seconds
-        FROM unnest(lanes) AS l(lane)
-        CROSS JOIN LATERAL jsonb_to_recordset(pending -> l.lane)
-             AS r(target_id jsonb, schema_name text, table_name text, embedding_column text, keys bigint, oldest timestamptz)
-        CROSS JOIN LATERAL (SELECT l.lane, r.target_id, r.schema_name, r.table_name, r.embedding_column, r.keys, r.oldest) g
-        JOIN pg_class c ON c.oid = t.source JOIN pg_namespace n ON n.oid = c.relnamespace
-        WHERE g.target_id = to_jsonb(t.id)
-           OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column);
-        -- Rows a running backfill has still to queue are pending too, in the backfill lane
-        -- (62_backfill.sql).
-        IF estimated THEN
-            -- The rows it has not yet passed, times the share of the table that needs a job.
-            SELECT round(greatest(total_rows - b.scanned_rows, 0)
-                         * CASE WHEN b.every_row OR total_rows = 0 THEN 1
-                                ELSE greatest(1 - coalesce(embedded_rows, 0)::float8 / total_rows, 0) END)
-            INTO backfill_rows
-            FROM embeddings.backfills b WHERE b.target_id = t.id;
-        ELSIF EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id) THEN
-            BEGIN  -- counted as the table's owner, for the roles granted that (grant_worker())
-                backfill_rows := embeddings.backfill_rows_left(t);
-            EXCEPTION WHEN insufficient_privilege OR SQLSTATE 'EW001' THEN
-                backfill_rows := NULL;
-            END;
-        ELSE
-            backfill_rows := NULL;
-        END IF;
+        SELECT * INTO pending, sampled FROM embeddings.status_read_lanes(pending, sampled, lanes, exact);
+        SELECT * INTO pending_live, pending_backfill, oldest_pending_seconds
+        FROM embeddings.status_pending(t, lanes, pending);
+        backfill_rows := embeddings.status_backfill_rows(t, estimated, total_rows, embedded_rows);
         pending_backfill := pending_backfill + coalesce(backfill_rows, 0);
         pending_jobs := pending_live + pending_backfill;
         index_deferred := EXISTS (SELECT FROM embeddings.deferred_indexes d WHERE d.target_id = t.id);
@@ -354,31 +390,17 @@ BEGIN
                       change_rows_per_second, change_eta_seconds
         FROM embeddings.change_status(t, NOT estimated);
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
-        -- The rows embedded in the last five whole minutes plus the current one, per second
-        -- since the first batch among them began (the minute's start where that is not known,
-        -- before 0.3.0): a drain 10 s old is counted over 10 s, not over a minute.
-        SELECT coalesce(sum(tp.rows), 0)
-               / greatest(extract(epoch FROM clock_timestamp() - min(coalesce(tp.since, tp.minute))), 1)
-        INTO rows_per_second
-        FROM embeddings.throughput tp
-        WHERE tp.target_id = t.id AND tp.minute >= date_trunc('minute', clock_timestamp()) - interval '5 minutes';
-        deferred_reason := NULL;
-        deferred_since := NULL;
-        SELECT d.reason, d.since INTO deferred_reason, deferred_since
+        rows_per_second := embeddings.status_rate(t);
+        SELECT d.reason, d.since INTO deferred_reason, deferred_since  -- NULL when none
         FROM embeddings.deferrals d WHERE d.target_id = t.id AND pending_jobs > 0;
         -- Held: the jobs the worker puts back without an attempt (deferred_reason says why),
         -- unlike those of rows that failed and wait for their retry (not counted here).
         held_jobs := CASE WHEN deferred_reason IS NOT NULL THEN pending_jobs ELSE 0 END;
         -- A model change's swap waiting for its table lock, from its first attempt that found
         -- the table held (the stopped state swap_waiting comes after swap_wait_alarm()).
-        SELECT mc.swap_waiting_since, mc.swap_attempts, mc.swap_holders
+        SELECT mc.swap_waiting_since, mc.swap_attempts, mc.swap_holders  -- NULL when none
         INTO swap_waiting_since, swap_attempts, swap_holders
         FROM embeddings.model_changes mc WHERE mc.target_id = t.id AND mc.swap_waiting_since IS NOT NULL;
-        IF NOT FOUND THEN
-            swap_waiting_since := NULL;
-            swap_attempts := NULL;
-            swap_holders := NULL;
-        END IF;
         estimated := estimated OR lanes && sampled;  -- its pending counts, sampled
         RETURN NEXT;
     END LOOP;

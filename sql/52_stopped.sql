@@ -1,6 +1,6 @@
 -- Targets whose progress has stopped, with why and what to do: the one source that
 -- `embed-worker status` (the table and --json's `problem`), `doctor`, the worker's /readyz and
--- its embed_worker_target_stopped metric all read (issue 25 §5), so that they never disagree.
+-- its embed_worker_target_stopped metric all read, so that they never disagree.
 --
 -- A state here is one that does not go away by waiting: an operator has to act (or at least
 -- know). States:
@@ -23,14 +23,13 @@
 --                     rows was embedded, for embeddings.backfill_stall_alarm(): no worker
 --                     serves its queue.
 --   over_ceiling      documents of a chunked target longer than the worker's ceiling
---                     (EMBED_MAX_DOCUMENT_BYTES), failed without being embedded (55_chunks.sql:
---                     embeddings.documents); they stay until the ceiling is raised and they are
+--                     (EMBED_MAX_DOCUMENT_BYTES), failed without being embedded
+--                     (embeddings.documents); they stay until the ceiling is raised and they are
 --                     retried, or they are shortened.
--- Hook for further states (a chunked document over its ceiling, issue 25 §3): add a branch at
--- "(Hook: ...)" below that sets (state, reason, fix, since) for the target and RETURNs NEXT;
--- document the state here, in docs/operating.md's table and in worker/metrics.py's
--- STOPPED_STATES (the metric's documented label values); status, doctor, /readyz, the metric
--- and its alert pick it up unchanged.
+-- Hook for further states: add a branch at "(Hook: ...)" below that sets (state, reason, fix,
+-- since) for the target and RETURNs NEXT; document the state here, in docs/operating.md's table
+-- and in worker/metrics.py's STOPPED_STATES (the metric's documented label values); status,
+-- doctor, /readyz, the metric and its alert pick it up unchanged.
 
 -- How recent a deferral must be to count: the worker retries deferred jobs every minute.
 CREATE FUNCTION embeddings.deferral_fresh() RETURNS interval
@@ -167,6 +166,18 @@ BEGIN
         -- (Hook: further states join here; see the top of this file.)
     END LOOP;
 END
+$$;
+
+-- What stops each target, by target id: a list of its states, each with its reason, fix and
+-- since (embeddings.target_status() reads it once per call).
+CREATE FUNCTION embeddings.status_stops() RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(jsonb_object_agg(s.target_id::text, s.states), '{}')
+    FROM (SELECT st.target_id, jsonb_agg(jsonb_build_object(
+                     'state', st.state, 'reason', st.reason, 'fix', st.fix, 'since', st.since)
+                 ORDER BY st.ordinality) AS states
+          FROM embeddings.stopped_targets() WITH ORDINALITY AS st
+          GROUP BY st.target_id) s
 $$;
 
 CREATE VIEW embeddings.stopped AS SELECT * FROM embeddings.stopped_targets();

@@ -186,91 +186,74 @@ BEGIN
 END
 $$;
 
--- watch() for chunked targets (called by it once the table, model, key and content are
--- validated). Creates the chunk table, registers the target, installs its triggers and queues
--- the documents that have content and no chunks (every document with content when the content
--- source, the model or the chunk settings changed). Returns the target id.
-CREATE FUNCTION embeddings.watch_chunked(
-    source regclass,
-    content_col name,
-    content_fn regprocedure,
-    embedding_column name,
-    model text,
-    triggers boolean,
-    queue text,
-    key_names name[],
-    key_types regtype[],
-    key_nums smallint[],
-    content_num smallint,
-    replica boolean,
-    chunk_tokens integer,
-    chunk_overlap integer,
-    chunk_table text,
-    document_format text DEFAULT NULL,
-    context_header text DEFAULT NULL
-) RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- watch()'s checks of a chunked target's options (the overlap's default applied), after those of
+-- every target (watch_check_plan()): chunk settings for a target that is not one of vectors per
+-- row, chunk sizes the model can read, a context header only for documents, no title weight (a
+-- chunk holds no title).
+CREATE FUNCTION embeddings.watch_check_chunks(o embeddings.watch_options, previous embeddings.targets,
+                                              document_format text, context_header text)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    m embeddings.models;
-    overlap integer := coalesce(chunk_overlap, chunk_tokens / 10);
-    previous embeddings.targets;
-    t embeddings.targets;
-    table_parts text[];
-    table_name text;
-    chunks regclass;
-    reembed boolean := false;
+    max_tokens integer := (SELECT m.max_tokens FROM embeddings.models m WHERE m.name = o.model);
 BEGIN
-    SELECT * INTO previous FROM embeddings.targets tg
-    WHERE tg.source = watch_chunked.source AND tg.embedding_column = watch_chunked.embedding_column;
     IF previous.id IS NOT NULL AND previous.store_kind IS DISTINCT FROM 'chunks' THEN
-        RAISE EXCEPTION '%.% is watched with one vector per row, not in chunks', source, embedding_column
+        RAISE EXCEPTION '%.% is watched with one vector per row, not in chunks', o.source, o.embedding_column
             USING ERRCODE = 'object_not_in_prerequisite_state',
-                  HINT = format('Unwatch it first (SELECT embeddings.unwatch(%L)), or pass another embedding_column.', source::text);
-    ELSIF chunk_tokens IS NULL AND previous.id IS NULL THEN
+                  HINT = format('Unwatch it first (SELECT embeddings.unwatch(%L)), or pass another embedding_column.', o.source::text);
+    ELSIF o.chunk_tokens IS NULL AND previous.id IS NULL THEN
         RAISE EXCEPTION 'chunk_overlap and chunk_table need chunk_tokens' USING ERRCODE = 'invalid_parameter_value';
-    ELSIF chunk_tokens IS NULL THEN
-        RAISE EXCEPTION '% is watched in chunks of % tokens: pass chunk_tokens', source, previous.chunk_tokens
+    ELSIF o.chunk_tokens IS NULL THEN
+        RAISE EXCEPTION '% is watched in chunks of % tokens: pass chunk_tokens', o.source, previous.chunk_tokens
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'To keep one vector per row instead, unwatch it first.';
     END IF;
-
     IF context_header IS NOT NULL AND document_format IS NULL THEN
         RAISE EXCEPTION 'context_header is for documents: a bytea content column, or format => ''html'', ''markdown'' or ''text'''
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    SELECT * INTO m FROM embeddings.models mo WHERE mo.name = watch_chunked.model;
-    IF chunk_tokens < 8 OR chunk_tokens > m.max_tokens - 2 THEN
-        RAISE EXCEPTION 'chunk_tokens must be between 8 and % for model "%", not %', m.max_tokens - 2, model, chunk_tokens
+    IF o.chunk_tokens < 8 OR o.chunk_tokens > max_tokens - 2 THEN
+        RAISE EXCEPTION 'chunk_tokens must be between 8 and % for model "%", not %', max_tokens - 2, o.model, o.chunk_tokens
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = format('The model reads %s tokens, two of them [CLS] and [SEP].', m.max_tokens);
+                  HINT = format('The model reads %s tokens, two of them [CLS] and [SEP].', max_tokens);
     END IF;
-    IF overlap < 0 OR overlap > chunk_tokens / 2 THEN
-        RAISE EXCEPTION 'chunk_overlap must be between 0 and half of chunk_tokens (%), not %', chunk_tokens / 2, overlap
+    IF o.chunk_overlap < 0 OR o.chunk_overlap > o.chunk_tokens / 2 THEN
+        RAISE EXCEPTION 'chunk_overlap must be between 0 and half of chunk_tokens (%), not %', o.chunk_tokens / 2, o.chunk_overlap
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    IF queue !~ '^[a-z_][a-z0-9_]{0,46}$' THEN
-        RAISE EXCEPTION 'invalid queue name "%": lower-case letters, digits and _ only, at most 47', queue
-            USING ERRCODE = 'invalid_parameter_value';
+    IF o.fts_title_weight IS NOT NULL THEN
+        RAISE EXCEPTION 'fts_title_weight is for targets whose rows are embedded whole: a chunk holds no title'
+            USING ERRCODE = 'feature_not_supported';
     END IF;
+END
+$$;
 
-    -- The chunk table: chunk_table as given (optionally schema-qualified), else the target's own
-    -- (watched again after the table was renamed or moved: its chunks stay where they are, as a
-    -- side table's vectors do), else <table>_chunks beside the source.
-    IF chunk_table IS NULL AND previous.store_kind = 'chunks' THEN
+-- The chunk table of watch()'s chunked target, schema-qualified and quoted: chunk_table as given
+-- (optionally schema-qualified), else the target's own (watched again after the table was
+-- renamed or moved: its chunks stay where they are, as a side table's vectors do), else
+-- <table>_chunks beside the source. Refused when it holds another target's chunks.
+CREATE FUNCTION embeddings.watch_chunk_table(o embeddings.watch_options, previous embeddings.targets)
+RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    table_parts text[];
+    table_name text;
+BEGIN
+    IF o.chunk_table IS NULL AND previous.store_kind = 'chunks' THEN
         SELECT format('%I.%I', n.nspname, c.relname) INTO table_name
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = previous.chunk_table;
-    ELSIF chunk_table IS NULL THEN
+    ELSIF o.chunk_table IS NULL THEN
         SELECT format('%I.%I', n.nspname, c.relname || '_chunks') INTO table_name
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source;
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = o.source;
     ELSE
-        table_parts := parse_ident(chunk_table);
+        table_parts := parse_ident(o.chunk_table);
         table_name := CASE cardinality(table_parts)
             WHEN 1 THEN (SELECT format('%I.%I', n.nspname, table_parts[1])
-                         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source)
+                         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = o.source)
             WHEN 2 THEN format('%I.%I', table_parts[1], table_parts[2])
         END;
         IF table_name IS NULL THEN
-            RAISE EXCEPTION 'invalid chunk_table "%": a table name, optionally schema-qualified', chunk_table
+            RAISE EXCEPTION 'invalid chunk_table "%": a table name, optionally schema-qualified', o.chunk_table
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
     END IF;
@@ -279,80 +262,125 @@ BEGIN
         RAISE EXCEPTION 'table % already holds the chunks of another target', table_name
             USING ERRCODE = 'duplicate_table', HINT = 'Name another table with chunk_table => ...';
     END IF;
+    RETURN table_name;
+END
+$$;
 
-    IF previous.id IS NOT NULL
-       AND previous.content_column IS NOT DISTINCT FROM content_col
-       AND previous.content_function IS NOT DISTINCT FROM content_fn
-       AND previous.model = watch_chunked.model
-       AND previous.key_columns = key_names AND previous.key_types = watch_chunked.key_types
-       AND previous.has_triggers = triggers AND previous.queue = watch_chunked.queue
-       AND previous.replica = watch_chunked.replica AND previous.problem IS NULL
-       AND previous.chunk_table = to_regclass(table_name)
-       AND previous.chunk_tokens = watch_chunked.chunk_tokens AND previous.chunk_overlap = overlap
-       AND previous.document_format IS NOT DISTINCT FROM watch_chunked.document_format
-       AND previous.context_header IS NOT DISTINCT FROM watch_chunked.context_header THEN
-        RETURN previous.id;
-    END IF;
-
-    -- The DDL below is ours: the schema-change event trigger need not follow it.
-    PERFORM set_config('embeddings.following', 'on', true);
-    PERFORM embeddings.ensure_queue(queue);
-    chunks := embeddings.ensure_chunk_table(table_name, source, key_names, key_types, embedding_column, m.dimensions);
-
+-- watch()'s registration of a chunked target whose chunks are in `chunks`: a new row of
+-- embeddings.targets (no embedding_attnum: the embedding column is in the chunk table), or
+-- `previous` updated (a new version: in-flight writes under the old definition are rejected),
+-- its pending jobs moved to another queue. `reembed`: every document again, since the content
+-- source, the model or the chunk settings changed. Another model is a change in place: every
+-- document is embedded again with it, so the chunk table is the new model's from now on (the
+-- worker would otherwise refuse to mix the new model's vectors with the old one's, as it does
+-- for a plain column).
+CREATE FUNCTION embeddings.watch_chunks_register(previous embeddings.targets, o embeddings.watch_options,
+                                                 plan embeddings.watch_plan, chunks regclass,
+                                                 document_format text, context_header text,
+                                                 OUT t embeddings.targets, OUT reembed boolean)
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    reembed := false;
     IF previous.id IS NULL THEN
-        -- No embedding_attnum: the embedding column is in the chunk table.
         INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
                                               queue, has_triggers, clear_on_update, key_columns, key_types,
                                               key_attnums, content_attnum, embedding_attnum, replica,
                                               chunk_table, chunk_tokens, chunk_overlap, document_format, context_header)
-        VALUES (source, embedding_column, content_col, content_fn, model,
-                queue, triggers, false, key_names, key_types,
-                key_nums, content_num, NULL, replica,
-                chunks, chunk_tokens, overlap, watch_chunked.document_format, watch_chunked.context_header)
+        VALUES (o.source, o.embedding_column, plan.content_col, plan.content_fn, o.model,
+                o.queue, o.triggers, false, plan.key_names, plan.key_types,
+                plan.key_nums, plan.content_num, NULL, o.replica,
+                chunks, o.chunk_tokens, o.chunk_overlap, watch_chunks_register.document_format,
+                watch_chunks_register.context_header)
         RETURNING * INTO t;
-    ELSE
-        reembed := previous.content_column IS DISTINCT FROM content_col
-                   OR previous.content_function IS DISTINCT FROM content_fn
-                   OR previous.model <> watch_chunked.model
-                   OR previous.chunk_tokens <> watch_chunked.chunk_tokens
-                   OR previous.chunk_overlap <> overlap
-                   OR previous.chunk_table <> chunks
-                   OR previous.document_format IS DISTINCT FROM watch_chunked.document_format
-                   OR previous.context_header IS DISTINCT FROM watch_chunked.context_header;
-        IF previous.queue <> watch_chunked.queue THEN
-            -- Pending jobs move with the target.
-            EXECUTE format(
-                'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
-                'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
-                pgmq.format_table_name(previous.queue, 'q'), queue) USING previous.id;
-        END IF;
-        UPDATE embeddings.targets tg
-        SET content_column = content_col, content_function = content_fn, model = watch_chunked.model,
-            key_columns = key_names, key_types = watch_chunked.key_types, key_attnums = key_nums,
-            content_attnum = content_num, embedding_attnum = NULL, replica = watch_chunked.replica,
-            problem = NULL, queue = watch_chunked.queue, has_triggers = triggers, clear_on_update = false,
-            chunk_table = chunks, chunk_tokens = watch_chunked.chunk_tokens, chunk_overlap = overlap,
-            document_format = watch_chunked.document_format, context_header = watch_chunked.context_header, updated_at = now(),
-            version = tg.version + 1  -- in-flight writes under the old definition are rejected
-        WHERE tg.id = previous.id
-        RETURNING * INTO t;
-        IF previous.model <> watch_chunked.model THEN
-            -- Another model is a change in place: every document is embedded again with it, so
-            -- the chunk table is the new model's from now on (the worker would otherwise refuse
-            -- to mix the new model's vectors with the old one's, as it does for a plain column).
-            DELETE FROM embeddings.provenance p WHERE p.target_id = previous.id;
-        END IF;
+        RETURN;
     END IF;
+    reembed := previous.content_column IS DISTINCT FROM plan.content_col
+               OR previous.content_function IS DISTINCT FROM plan.content_fn
+               OR previous.model <> o.model
+               OR previous.chunk_tokens <> o.chunk_tokens
+               OR previous.chunk_overlap <> o.chunk_overlap
+               OR previous.chunk_table <> chunks
+               OR previous.document_format IS DISTINCT FROM watch_chunks_register.document_format
+               OR previous.context_header IS DISTINCT FROM watch_chunks_register.context_header;
+    IF previous.queue <> o.queue THEN  -- the live lane's jobs
+        EXECUTE format(
+            'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
+            'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
+            pgmq.format_table_name(previous.queue, 'q'), o.queue) USING previous.id;
+    END IF;
+    UPDATE embeddings.targets tg
+    SET content_column = plan.content_col, content_function = plan.content_fn, model = o.model,
+        key_columns = plan.key_names, key_types = plan.key_types, key_attnums = plan.key_nums,
+        content_attnum = plan.content_num, embedding_attnum = NULL, replica = o.replica,
+        problem = NULL, queue = o.queue, has_triggers = o.triggers, clear_on_update = false,
+        chunk_table = chunks, chunk_tokens = o.chunk_tokens, chunk_overlap = o.chunk_overlap,
+        document_format = watch_chunks_register.document_format,
+        context_header = watch_chunks_register.context_header, updated_at = now(),
+        version = tg.version + 1
+    WHERE tg.id = previous.id
+    RETURNING * INTO t;
+    IF previous.model <> o.model THEN
+        DELETE FROM embeddings.provenance p WHERE p.target_id = previous.id;
+    END IF;
+END
+$$;
 
-    PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
-    PERFORM embeddings.install_triggers(t);  -- the generated ones, chunk-aware (30_triggers.sql)
-    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
+-- watch() of a chunked target, its plan checked (sql/40_watch.sql). Creates the chunk table,
+-- registers the target, installs its triggers and queues the documents that have content and
+-- no chunks (every document with content when the content source, the model or the chunk
+-- settings changed); full-text search is on the chunk table. Returns the target id.
+CREATE FUNCTION embeddings.watch_chunked(o embeddings.watch_options, plan embeddings.watch_plan,
+                                         previous embeddings.targets)
+RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    document_format text;
+    context_header text;
+    table_name text;
+    unchanged boolean;
+    registered record;
+    t embeddings.targets := previous;
+BEGIN
+    IF NOT o.backfill THEN
+        RAISE EXCEPTION 'backfill => false is for plain targets; a chunked target embeds its existing rows'
+            USING ERRCODE = 'feature_not_supported';
+    END IF;
+    document_format := embeddings.watch_document_format(o.source, plan.content_col, plan.content_type, o.format, previous);
+    context_header := embeddings.watch_context_header(o.context_header, previous);
+    o.chunk_overlap := coalesce(o.chunk_overlap, o.chunk_tokens / 10);
+    PERFORM embeddings.watch_check_chunks(o, previous, document_format, context_header);
+    table_name := embeddings.watch_chunk_table(o, previous);
 
-    -- Documents with content and no chunks, or every document with content when the content
-    -- source, the model or the chunk settings changed: a backfill in key ranges (62_backfill.sql).
-    PERFORM embeddings.start_backfill(t, reembed);
-
-    PERFORM set_config('embeddings.following', 'off', true);
+    unchanged := previous.id IS NOT NULL
+       AND previous.content_column IS NOT DISTINCT FROM plan.content_col
+       AND previous.content_function IS NOT DISTINCT FROM plan.content_fn
+       AND previous.model = o.model
+       AND previous.key_columns = plan.key_names AND previous.key_types = plan.key_types
+       AND previous.has_triggers = o.triggers AND previous.queue = o.queue
+       AND previous.replica = o.replica AND previous.problem IS NULL
+       AND previous.chunk_table = to_regclass(table_name)
+       AND previous.chunk_tokens = o.chunk_tokens AND previous.chunk_overlap = o.chunk_overlap
+       AND previous.document_format IS NOT DISTINCT FROM document_format
+       AND previous.context_header IS NOT DISTINCT FROM context_header;
+    IF NOT coalesce(unchanged, false) THEN
+        PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
+        PERFORM embeddings.ensure_queue(o.queue);
+        registered := embeddings.watch_chunks_register(
+            previous, o, plan,
+            embeddings.ensure_chunk_table(table_name, o.source, plan.key_names, plan.key_types, o.embedding_column, plan.dims),
+            document_format, context_header);
+        t := registered.t;
+        PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
+        PERFORM embeddings.install_triggers(t);  -- the generated ones, chunk-aware (30_triggers.sql)
+        PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
+        -- Its documents, a backfill in key ranges (62_backfill.sql).
+        PERFORM embeddings.start_backfill(t, registered.reembed);
+        PERFORM set_config('embeddings.following', 'off', true);
+    END IF;
+    IF o.fts IS NOT NULL AND o.fts IS DISTINCT FROM t.fts_config THEN
+        PERFORM embeddings.enable_fts(o.source, o.fts, o.embedding_column);
+    END IF;
+    PERFORM embeddings.ensure_chunk_offsets(t.chunk_table);  -- after the full-text column: it says why
     RETURN t.id;
 END
 $$;
@@ -417,40 +445,7 @@ COMMENT ON FUNCTION embeddings.match_chunks IS
     'The k chunks of a chunked table nearest to a query vector, each with its document''s key and text. Reads with the caller''s rights.';
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
--- Long documents (worker/pipeline/pieces.py): a document of a chunked target longer than one
--- piece (EMBED_PIECE_TOKENS) is embedded and committed a piece at a time; a document over the
--- ceiling (EMBED_MAX_DOCUMENT_BYTES) is not embedded at all. One row per such document:
---   in_progress   its chunks 0 .. chunks_done - 1 are those of the content whose md5 is
---                 `digest` under the definition `target_version`, committed. Written in the transaction of each piece's chunk write;
---                 a worker continues from it after a restart, and a worker that finds it
---                 changed (someone else wrote the document since) starts the document over.
---                 Removed with the write of the document's last piece, and by any write of its
---                 chunks that is not a piece.
---   over_ceiling  the content whose md5 is `digest` is `bytes` long, over the worker's ceiling
---                 `ceiling_bytes`; its job failed into embeddings.failures. Removed when the
---                 document is written, cleared or deleted.
--- Row keys are the worker's canonical keys (text), as embeddings.failures' jobs carry them.
-CREATE TABLE IF NOT EXISTS embeddings.documents (
-    target_id        integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
-    row_key          text NOT NULL,
-    digest           text NOT NULL,
-    state            text NOT NULL CHECK (state IN ('in_progress', 'over_ceiling')),
-    bytes            bigint NOT NULL,
-    chunks_done      integer NOT NULL DEFAULT 0,
-    -- the chunks so far, scaled by the share of the text read so far (the splitter reads a
-    -- long document as far as the next piece needs)
-    chunks_estimated integer,
-    ceiling_bytes    bigint,
-    started_at       timestamptz NOT NULL DEFAULT now(),
-    updated_at       timestamptz NOT NULL DEFAULT now(),
-    -- the target's definition (embeddings.targets.version) the chunks were split under: after
-    -- watch() with other chunk settings or another model, progress under the old one is void
-    target_version   integer NOT NULL,
-    PRIMARY KEY (target_id, row_key)
-);
-COMMENT ON TABLE embeddings.documents IS 'Long documents of chunked targets embedded in pieces, and documents over the ceiling; written by embed-worker';
-
--- The table above with each target's name, for status and doctor: documents in progress
+-- embeddings.documents (state/55_chunks.sql) with each target's name, for status and doctor: documents in progress
 -- (chunks done of estimated) and documents over the ceiling, a problem that stops a document's
 -- progress until the ceiling is raised or the document shortened.
 CREATE VIEW embeddings.document_progress AS

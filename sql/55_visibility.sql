@@ -1,19 +1,6 @@
 -- What a newcomer needs to see: why jobs wait (deferrals), which model watch() uses by default,
 -- and whether a table still carries the Supabase guide's triggers.
 
--- Targets the worker cannot serve right now (model missing, dimension mismatch...), with why.
--- Written by the worker when it defers a target's jobs, removed when it writes for it again;
--- embeddings.status shows the reason while the target has pending jobs.
-CREATE TABLE IF NOT EXISTS embeddings.deferrals (
-    target_id   integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
-    reason      text NOT NULL,
-    jobs        integer NOT NULL,
-    since       timestamptz NOT NULL DEFAULT now(),
-    last_seen   timestamptz NOT NULL DEFAULT now()
-);
-GRANT SELECT ON embeddings.deferrals TO PUBLIC;
-COMMENT ON TABLE embeddings.deferrals IS 'Targets whose jobs the worker defers, with the reason; shown by embeddings.status';
-
 -- Records deferrals (one reason per target): why the worker put a target's jobs back.
 -- Executable by the worker roles only (grant_worker()): Postgres checks EXECUTE against the
 -- real caller, where a check inside this SECURITY DEFINER function would see its owner.

@@ -4,14 +4,6 @@
 -- minute with embeddings.schedule_sweep() where pg_cron is installed, or call it from any
 -- scheduler.
 
--- Where each target's sweep left off: a row key in its JSON form, as text. Work per run is bounded by
--- max_rows per target, so a huge table is swept a slice at a time and never stalls the job.
-CREATE TABLE IF NOT EXISTS embeddings.sweep_cursors (
-    target_id integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
-    after_key text,
-    swept_at  timestamptz NOT NULL DEFAULT now()
-);
-
 -- Row keys (JSON form) of target t that need no sweeping: queued in either message shape (in
 -- either lane, or in the inbox), or dead-lettered (those wait for `failures --retry`).
 CREATE FUNCTION embeddings.pending_keys(t embeddings.targets) RETURNS TABLE (k jsonb)

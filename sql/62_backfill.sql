@@ -2,13 +2,14 @@
 -- commits, one key range at a time.
 --
 -- watch() runs in its caller's transaction and may hold ACCESS EXCLUSIVE on the table (adding
--- the embedding column): queuing every key there held the lock for the whole enqueue (2.2 s at
--- 2M rows, every read of the table blocked) and built one array of all keys (Postgres's 1 GB
--- limit near 100M keys). Instead watch() records a cursor here and queues one step inline (at
--- most backfill_step_keys() rows: a bounded cost, whatever the table's size); the rest is
--- queued by later steps, each in its own short transaction:
+-- the embedding column): queuing every key there would hold the lock for the whole enqueue
+-- (every read of the table blocked, for seconds at millions of rows) and build one array of all
+-- keys (Postgres's 1 GB limit near 100M keys). Instead watch() records a cursor
+-- (embeddings.backfills) and queues one step inline (at most backfill_step_keys() rows: a
+-- bounded cost, whatever the table's size); the rest is queued by later steps, each in its own
+-- short transaction:
 --   * the worker steps the backfills of its queue when it finds the queue empty, so that live
---     jobs are never buried under a backfill (worker/backfill.py);
+--     jobs are never buried under a backfill (worker/process/backfill.py);
 --   * embeddings.sweep() steps them too when their queue is low (pg_cron, push mode).
 -- A step reads the next rows after the cursor in key order (keyset pagination: a row
 -- comparison on the key columns, served by the key's index), queues those that need a vector
@@ -17,28 +18,6 @@
 -- so no range is queued twice, and a stepper killed mid-step leaves the cursor where it was.
 -- Rows written meanwhile are queued by the triggers: a step skips keys already waiting in a
 -- job (or dead-lettered), and rows that hold a vector.
-
-CREATE TABLE IF NOT EXISTS embeddings.backfills (
-    target_id     integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
-    -- Every row with content, not only those without a vector (the model or content changed).
-    every_row     boolean NOT NULL,
-    -- The last row key queued or passed, in its JSON form (as messages carry keys); NULL: none yet.
-    after_key     jsonb,
-    scanned_rows  bigint NOT NULL DEFAULT 0,
-    enqueued_keys bigint NOT NULL DEFAULT 0,
-    started_at    timestamptz NOT NULL DEFAULT now(),
-    stepped_at    timestamptz,
-    -- Where its jobs go (enqueue_keys() lanes): 'backfill', or 'change' for a model change's
-    -- rows (their jobs fill the shadow column, 44_changes.sql).
-    lane          text NOT NULL DEFAULT 'backfill' CHECK (lane IN ('backfill', 'change'))
-);
--- embeddings.status reads its progress as its caller; not after_key, a real row key (issue 36:
--- a login without grants read a table's keys, e-mail addresses, as the cursor moved). The
--- REVOKE takes back the whole-table grant of 0.2.0 on upgrade (these lines run again).
-REVOKE SELECT ON embeddings.backfills FROM PUBLIC;
-GRANT SELECT (target_id, every_row, scanned_rows, enqueued_keys, started_at, stepped_at, lane)
-    ON embeddings.backfills TO PUBLIC;
-COMMENT ON TABLE embeddings.backfills IS 'Targets whose existing rows are still being queued, and where the queuing has got to';
 
 -- Rows one step examines by default (sweep(), and watch()'s inline first step).
 CREATE FUNCTION embeddings.backfill_step_keys() RETURNS integer
@@ -225,18 +204,13 @@ BEGIN
 END
 $$;
 
--- Deferred HNSW indexes (issue 16 §4). When watch() adds the embedding column to a large table,
--- it builds no index: building one, even empty, scans the table under watch()'s lock, and
--- inserting the backfill's vectors one by one into HNSW costs about ten times their share of a
--- build (docs/performance.md, "Figures behind the code's choices"). Search scans exactly
--- meanwhile (status: index_deferred). Once the backfill has ended and its jobs are done, a
--- worker that may (the table's owner) builds the index CONCURRENTLY, so that writes go on.
--- Partitioned tables are indexed at watch() as before (no CONCURRENTLY on their parent).
-CREATE TABLE IF NOT EXISTS embeddings.deferred_indexes (
-    target_id integer PRIMARY KEY REFERENCES embeddings.targets (id) ON DELETE CASCADE,
-    since     timestamptz NOT NULL DEFAULT now()
-);
-GRANT SELECT ON embeddings.deferred_indexes TO PUBLIC;  -- embeddings.status reads it as its caller
+-- Deferred HNSW indexes (embeddings.deferred_indexes). When watch() adds the embedding column to
+-- a large table, it builds no index: building one, even empty, scans the table under watch()'s
+-- lock, and inserting the backfill's vectors one by one into HNSW costs about ten times their
+-- share of a build (docs/performance.md, "Figures behind the code's choices"). Search scans
+-- exactly meanwhile (status: index_deferred). Once the backfill has ended and its jobs are done,
+-- a worker that may (the table's owner) builds the index CONCURRENTLY, so that writes go on.
+-- Partitioned tables are indexed at watch() (no CONCURRENTLY on their parent).
 
 -- Tables with more rows than this (the planner's estimate) get their HNSW index deferred.
 CREATE FUNCTION embeddings.index_defer_rows() RETURNS bigint

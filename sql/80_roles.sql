@@ -10,14 +10,6 @@
 -- and nothing on user tables: no SELECT, no UPDATE, no row-level security policy. The role needs
 -- no superuser, no BYPASSRLS, no ownership of anything.
 
--- A role by its oid (`role_id`; NULL in rows from before 0.2.0 until grant_worker() runs again):
--- a role renamed since keeps its grants on tables watched later. `role_name` is its name when
--- it was granted; worker_role_names() has the current ones.
-CREATE TABLE IF NOT EXISTS embeddings.worker_roles (
-    role_name name PRIMARY KEY,
-    role_id oid
-);
-
 -- The current names of the worker roles that still exist (renamed: the new name; dropped: none,
 -- so that watch() never tries to grant to a role that is gone).
 CREATE FUNCTION embeddings.worker_role_names() RETURNS SETOF name
@@ -164,32 +156,3 @@ END
 $$;
 COMMENT ON FUNCTION embeddings.grant_worker IS
     'Gives an existing role exactly what `embed-worker run` needs; watch() extends it to tables watched later. Schema owner only.';
-
--- Databases from before 0.2.0, when worker roles read and wrote watched tables themselves: the
--- row-level security policies and the privileges on embedding columns and chunk tables that
--- grant_worker() gave them go (a table-level SELECT stays: other code may rely on it; revoke it
--- by hand where nothing does).
-DO $$
-DECLARE
-    t embeddings.targets;
-    worker_role name;
-    policy name;
-BEGIN
-    FOR t IN SELECT * FROM embeddings.targets tg WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = tg.source) LOOP
-        FOR worker_role IN SELECT r.role_name FROM embeddings.worker_roles r
-                           WHERE EXISTS (SELECT FROM pg_roles WHERE rolname = r.role_name) LOOP
-            FOR policy IN SELECT p.polname FROM pg_policy p
-                          WHERE p.polrelid = t.source
-                            AND p.polname IN ('embeddings_worker_' || worker_role, 'embeddings_worker_' || worker_role || '_update')
-            LOOP
-                EXECUTE format('DROP POLICY %I ON %s', policy, t.source);
-            END LOOP;
-            IF t.store_kind <> 'chunks' AND embeddings.attnum_of(t.source, t.embedding_column) IS NOT NULL THEN
-                EXECUTE format('REVOKE UPDATE (%I) ON %s FROM %I', t.embedding_column, t.source, worker_role);
-            ELSIF t.store_kind = 'chunks' AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.chunk_table) THEN
-                EXECUTE format('REVOKE SELECT, INSERT, UPDATE, DELETE ON %s FROM %I', t.chunk_table, worker_role);
-            END IF;
-        END LOOP;
-    END LOOP;
-END
-$$;

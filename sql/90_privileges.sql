@@ -107,6 +107,7 @@ DECLARE
         'embeddings.access_problem(embeddings.targets)'
     ]::regprocedure[];
     fn regprocedure;
+    ty regtype;
 BEGIN
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
@@ -119,6 +120,17 @@ BEGIN
             EXECUTE format('COMMENT ON FUNCTION %s IS %L', fn,
                            'Internal to embed-worker, not to be called: not part of its API (docs/sql.md), it may change in any release.');
         END IF;
+    END LOOP;
+    -- The composite types our functions take (watch()'s options, say) are internal too, and
+    -- no one else's to use: a column or function of someone else's over one would keep
+    -- `embed-worker migrate` from replacing it (worker/schema/code.py refuses such dependents).
+    FOR ty IN
+        SELECT c.reltype::regtype FROM pg_class c
+        WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind = 'c'
+    LOOP
+        EXECUTE format('REVOKE USAGE ON TYPE %s FROM PUBLIC', ty);
+        EXECUTE format('COMMENT ON TYPE %s IS %L', ty,
+                       'Internal to embed-worker, not to be used: not part of its API (docs/sql.md), it may change in any release.');
     END LOOP;
     FOREACH fn IN ARRAY api_anyone || internal_anyone LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', fn);

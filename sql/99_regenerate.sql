@@ -1,14 +1,20 @@
--- Last of the install files: brings what the registry describes in line with the code just
--- installed. On a fresh install there is nothing to do; over an existing one (a migration's
--- code reinstall, worker/schema/install.py) the functions and views were dropped and created again, so:
---   * every registered queue gets back a pgmq queue dropped by hand (and every live queue its
---     backfill lane: a database from before the lanes existed);
+-- Last of the install files: what needs the code just installed. The default queue, and the
+-- fingerprints' key expressions kept by the code before (the code just installed may build them
+-- otherwise: sql/64_verify.sql). Then what the registry describes is brought in line with the
+-- code. On a fresh install there is nothing to do; over an existing one (a migration's code
+-- reinstall, worker/schema/install.py) the functions and views were dropped and created again,
+-- so:
+--   * every registered queue gets back a pgmq queue dropped by hand (and every live queue
+--     without a backfill lane gets one);
 --   * every target whose table exists gets its generated functions and triggers regenerated
 --     from the current generator (dropped first: names or shapes may have changed), and its
 --     side or chunk table is its table owner's;
 --   * every registered worker role that still exists gets its grants again.
--- It lives here rather than in Python so that a release's frozen copy of the files
--- (migrations/versions/<revision>/schema/) regenerates with that release's functions.
+-- It is SQL, run last by whatever installs sql/, so that it regenerates with the functions just
+-- installed, in the same transaction.
+
+SELECT embeddings.ensure_queue('embedding_jobs');
+DELETE FROM embeddings.fingerprint_keys;
 
 DO $$
 DECLARE
@@ -28,7 +34,7 @@ BEGIN
         PERFORM embeddings.drop_triggers(t);
         PERFORM embeddings.install_triggers(t);  -- tables it returns were covered already
         -- A target with a problem (no functions generated) may have left its side or chunk
-        -- table with its table's old owner before 0.3.0.
+        -- table with its table's old owner.
         BEGIN
             PERFORM embeddings.give_store_to_owner(t);
         EXCEPTION WHEN OTHERS THEN

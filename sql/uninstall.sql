@@ -1,6 +1,6 @@
 -- Removes everything embed-worker installed: the triggers on watched tables, the queues it
--- created (a queue that existed before it keeps its messages; releases before 0.2.0 also put a
--- notification trigger on it, dropped here), and the `embeddings` schema. User tables, their
+-- created (a queue that existed before it keeps its messages, without the notification trigger
+-- an older install may have put on it), and the `embeddings` schema. User tables, their
 -- rows, embedding columns and HNSW indexes stay. Extensions stay too: other code may use them,
 -- and the embedding columns need `vector`.
 

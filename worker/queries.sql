@@ -773,7 +773,7 @@ SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
 -- each file of sql/ wherever it is run (schema.run_files): the search path of our sessions
 -- (session_reset), so that nothing a tenant created in a schema named after the migrating role,
 -- or in `public`, is called by the installer. Everything of ours is schema-qualified; pgvector,
--- when missing, is created in `public` (sql/00_extensions.sql).
+-- when missing, is created in `public` (sql/state/00_extensions.sql).
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- name: session_lock_timeout

@@ -82,7 +82,9 @@ def test_the_wheel_holds_the_package_its_schema_and_migrations(wheel: Path) -> N
     tops = {name.split("/")[0] for name in names}
     assert tops == {"worker", f"embed_worker-{wheellib.version()}.dist-info"}
     shipped = {n.removeprefix("worker/_sql/") for n in names if n.startswith("worker/_sql/")}
-    assert shipped == {p.name for p in (REPO / "sql").iterdir() if p.suffix == ".sql"}
+    assert shipped == {
+        p.relative_to(REPO / "sql").as_posix() for p in (REPO / "sql").rglob("*.sql")
+    }
     assert "worker/_migrations/env.py" in names
     assert "worker/queries.sql" in names
     assert f"embed_worker-{wheellib.version()}.dist-info/entry_points.txt" in names

@@ -179,7 +179,7 @@ def test_missing_pgvector_is_a_clear_error(empty_dsn: str) -> None:
         )
         conn.execute("SET search_path = pg_temp, pg_catalog, public")
         with pytest.raises(psycopg.errors.RaiseException, match="pgvector"):
-            conn.execute((schema_files.sql_dir() / "00_extensions.sql").read_bytes())
+            conn.execute((schema_files.sql_dir() / "state" / "00_extensions.sql").read_bytes())
 
 
 def test_released_revisions_are_ancestors_of_head() -> None:

@@ -202,6 +202,35 @@ def test_public_may_execute_only_what_can_write_nothing(
     assert wrong == []
 
 
+def test_no_role_but_ours_may_use_our_types(roles: Roles) -> None:
+    """The composite types our functions take (watch()'s options) are no one else's to use: a
+    table or function of a tenant's over one would keep `migrate` from replacing it
+    (worker/schema/code.py refuses such dependents), so a login cannot make one."""
+    with roles.connect() as su:
+        types = [
+            r[0]
+            for r in su.execute(
+                "SELECT c.reltype::regtype::text FROM pg_class c"
+                " WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind = 'c' ORDER BY 1"
+            )
+        ]
+        usable = su.execute(
+            "SELECT t FROM unnest(%s::text[]) AS t"
+            " WHERE has_type_privilege(%s, t::regtype, 'USAGE')"
+            "    OR has_type_privilege('public', t::regtype, 'USAGE')",
+            (types, roles.owner),
+        ).fetchall()
+    assert "embeddings.watch_options" in types and usable == []
+    with roles.connect(roles.owner) as owner:
+        for name in types:
+            for ddl in (
+                f"CREATE TABLE public.holds_ours (o {name})",
+                f"CREATE FUNCTION public.takes_ours(o {name}) RETURNS int LANGUAGE sql AS 'SELECT 1'",
+            ):
+                with pytest.raises(psycopg.errors.InsufficientPrivilege, match="type"):
+                    owner.execute(ddl)
+
+
 # A row key and a content no login without grants may read: an e-mail address, as in issue 36.
 SECRET_KEY = "alice.secret@example.com"
 SECRET_TEXT = "the secret content of alice's row"

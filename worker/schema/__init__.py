@@ -1,16 +1,18 @@
 """The database schema: where its SQL lives, installing it, and migrating with Alembic.
 
-`sql/` holds the current schema as readable SQL files, run in name order (`00_extensions.sql`,
-`10_schema.sql`, ...); `sql/uninstall.sql` removes it, whatever revision installed it. The files
-hold two kinds of object, installed two ways:
+`sql/` holds the current schema as readable SQL files of two kinds, installed two ways, the state
+first (`files.install_files`); `sql/uninstall.sql` removes it, whatever revision installed it:
 
-- *state*: the schema, tables, indexes, seed rows, event triggers. Every file is re-runnable over
-  an existing install (`CREATE TABLE IF NOT EXISTS`, `ON CONFLICT DO NOTHING`, ...), so a table
-  that is new in this release comes from `sql/` alone.
-- *code*: functions and views, plain `CREATE`. `reinstall_code` drops all of them (never the
-  per-target functions `embeddings_<id>_*` that watch() generated), runs the files, then
-  regenerates every target's functions and triggers and every queue's notification trigger. A
-  fresh install is the same path over an empty schema.
+- *state*, `sql/state/NN_name.sql` in name order: extensions, the schema, tables, indexes, seed
+  rows. Every file is re-runnable over an existing install (`CREATE TABLE IF NOT EXISTS`, `ON
+  CONFLICT DO NOTHING`, ...) and calls none of our functions, so a table that is new in this
+  release comes from `sql/` alone.
+- *code*, `sql/NN_name.sql` in name order: functions, views and the composite types functions
+  take, plain `CREATE`, and what needs them (event triggers, the default queue). `reinstall_code`
+  drops all of them (never the per-target functions `embeddings_<id>_*` that watch()
+  generated), runs the files, then regenerates every target's functions and triggers and every
+  queue's notification trigger (`sql/99_regenerate.sql`). A fresh install is the same path over
+  an empty schema.
 
 One Alembic revision per release (`migrations/versions/`), holding only state: code always
 comes from `sql/`. `0001` installs the current `sql/` whole into an empty database (a fresh

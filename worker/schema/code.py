@@ -1,7 +1,7 @@
 """The code reinstall's steps around running the files (worker/schema/install.py: reinstall_code).
 
-The schema's *code* is every function and view in schema `embeddings` except the per-target
-functions watch() generates (`embeddings_<id>_*`: user tables' triggers use them, and
+The schema's *code* is every function, view and composite type in schema `embeddings` except the
+per-target functions watch() generates (`embeddings_<id>_*`: user tables' triggers use them, and
 sql/99_regenerate.sql regenerates them after the files ran). Dropping the code also drops what
 only we hang on it: the notification trigger on each pgmq queue table and our event triggers,
 which the files and 99_regenerate.sql create again. Anything else that depends on the code (a
@@ -18,16 +18,17 @@ from worker.db import Connection
 
 logger = logging.getLogger(__name__)
 
-# The code: functions (by regprocedure) and views (and their row types) of schema embeddings.
+# The code: functions (by regprocedure), views (and their row types) and composite types (the
+# functions' own, such as watch()'s options) of schema embeddings.
 _CODE = """
     SELECT 'pg_proc'::regclass AS classid, p.oid AS objid FROM pg_proc p
     WHERE p.pronamespace = to_regnamespace('embeddings') AND p.proname !~ '^embeddings_[0-9]+_'
     UNION ALL
     SELECT 'pg_class'::regclass, c.oid FROM pg_class c
-    WHERE c.relnamespace = to_regnamespace('embeddings') AND c.relkind IN ('v', 'm')
+    WHERE c.relnamespace = to_regnamespace('embeddings') AND c.relkind IN ('v', 'm', 'c')
     UNION ALL
     SELECT 'pg_type'::regclass, c.reltype FROM pg_class c
-    WHERE c.relnamespace = to_regnamespace('embeddings') AND c.relkind IN ('v', 'm')
+    WHERE c.relnamespace = to_regnamespace('embeddings') AND c.relkind IN ('v', 'm', 'c')
 """
 
 # Objects that depend on the code and are neither part of it nor ours to drop with it: a view's
@@ -77,7 +78,8 @@ ORDER BY 1
 
 # What the drop takes with it: the notification triggers that releases before 0.2.0 put on
 # pgmq's queue tables (0.2.0 has none: workers look for jobs, sql/20_queue.sql), our event
-# triggers (the files and sql/99_regenerate.sql create them again), then views, then functions.
+# triggers (the files and sql/99_regenerate.sql create them again), then views, then functions,
+# then the composite types the functions took.
 _DROPS = f"""
 WITH code AS ({_CODE})
 SELECT format('DROP TRIGGER %I ON %s', g.tgname, g.tgrelid::regclass)
@@ -88,11 +90,19 @@ SELECT format('DROP EVENT TRIGGER %I', e.evtname)
 FROM pg_event_trigger e JOIN code c ON c.classid = 'pg_proc'::regclass AND c.objid = e.evtfoid
 UNION ALL
 SELECT 'DROP VIEW ' || string_agg(c.oid::regclass::text, ', ')
-FROM pg_class c WHERE c.oid IN (SELECT objid FROM code WHERE classid = 'pg_class'::regclass)
+FROM pg_class c
+WHERE c.oid IN (SELECT objid FROM code WHERE classid = 'pg_class'::regclass)
+  AND c.relkind IN ('v', 'm')
 HAVING count(*) > 0
 UNION ALL
 SELECT 'DROP FUNCTION ' || string_agg(p.oid::regprocedure::text, ', ')
 FROM pg_proc p WHERE p.oid IN (SELECT objid FROM code WHERE classid = 'pg_proc'::regclass)
+HAVING count(*) > 0
+UNION ALL
+SELECT 'DROP TYPE ' || string_agg(c.reltype::regtype::text, ', ')
+FROM pg_class c
+WHERE c.oid IN (SELECT objid FROM code WHERE classid = 'pg_class'::regclass)
+  AND c.relkind = 'c'
 HAVING count(*) > 0
 """
 

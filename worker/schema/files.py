@@ -44,11 +44,14 @@ def versions_dir() -> Path:
     return migrations_dir() / "versions"
 
 
-def install_files() -> list[Path]:
-    """The install scripts in the order they run: `NN_name.sql`."""
-    files = sorted(sql_dir().glob("[0-9][0-9]_*.sql"))
+def install_files(sql: Path | None = None) -> list[Path]:
+    """The install scripts in the order they run: the state (`state/NN_name.sql`: extensions,
+    tables, indexes, seed rows), then the code (`NN_name.sql`: functions and views, which the
+    tables must precede)."""
+    sql = sql or sql_dir()
+    files = [*sorted(sql.glob("state/[0-9][0-9]_*.sql")), *sorted(sql.glob("[0-9][0-9]_*.sql"))]
     if not files:
-        raise exceptions.EmbedWorkerError(f"no schema files found in {sql_dir()}")
+        raise exceptions.EmbedWorkerError(f"no schema files found in {sql}")
     return files
 
 
@@ -87,10 +90,11 @@ def freeze_release(revision: str, versions: Path | None = None) -> str:
 
 
 def sql_digest(sql: Path | None = None) -> str:
-    """sha256 over the install files (`sql/NN_*.sql`), each preceded by its name."""
+    """sha256 over the install files (install_files()), each preceded by its path in `sql/`."""
+    sql = sql or sql_dir()
     digest = hashlib.sha256()
-    for path in sorted((sql or sql_dir()).glob("[0-9][0-9]_*.sql")):
-        digest.update(path.name.encode() + b"\0" + path.read_bytes() + b"\0")
+    for path in install_files(sql):
+        digest.update(path.relative_to(sql).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return digest.hexdigest()
 
 

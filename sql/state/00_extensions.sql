@@ -4,7 +4,7 @@
 --   pgmq     required: the extension when the server offers it. Servers that cannot add it
 --            (some managed services) get the SQL bundled in the pgmq PyPI package installed as
 --            plain SQL instead; worker/schema/install.py does that before running this file.
---   pg_cron  optional: schedules embeddings.sweep() (see 50_maintenance.sql).
+--   pg_cron  optional: schedules embeddings.sweep() (see 60_sweep.sql).
 --   pg_net   optional: lets embeddings.dispatch() push jobs to the worker over HTTP.
 -- Optional extensions that are missing, not preloaded or not permitted are skipped with a
 -- NOTICE naming what was skipped and why; nothing else depends on them at install time.

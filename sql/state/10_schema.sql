@@ -1,4 +1,6 @@
--- The `embeddings` schema: which models exist, which tables are watched, what failed.
+-- The `embeddings` schema and its registry: which models exist, which tables are watched, what
+-- failed. The state of sql/: this folder runs first on every install and upgrade, every
+-- statement re-runnable and calling none of our functions (the code files come after it).
 
 CREATE SCHEMA IF NOT EXISTS embeddings;
 COMMENT ON SCHEMA embeddings IS 'embed-worker: watched tables, models, queues, dead letters';
@@ -132,7 +134,7 @@ COMMENT ON TABLE embeddings.targets IS 'Tables whose rows embed-worker keeps emb
 -- The side and chunk tables watch() made, each for its source. watch() uses an existing table
 -- as a target's store only if it is here, for that source, and owned by the source's owner: a
 -- table someone else made first under the name watch() would pick carries their triggers,
--- grants and policies, which our writes would then run with the owner's rights (issue 36). A
+-- grants and policies, which our writes would then run with the owner's rights. A
 -- table kept by unwatch() stays here, so watch() again takes it back. Rows go with the tables
 -- (45_dropped.sql). Readable by no one but this schema's owner.
 CREATE TABLE IF NOT EXISTS embeddings.made_tables (
@@ -142,8 +144,8 @@ CREATE TABLE IF NOT EXISTS embeddings.made_tables (
 );
 REVOKE ALL ON embeddings.made_tables FROM PUBLIC;
 COMMENT ON TABLE embeddings.made_tables IS 'Side and chunk tables made by embeddings.watch(): the only existing tables it uses as a store';
--- The stores of a database upgraded from a release without this table: each registered
--- target's is ours by construction.
+-- The stores of targets registered before this table existed (an upgraded database): each is
+-- ours by construction. Revision 0019's tables.sql relies on it.
 INSERT INTO embeddings.made_tables (store, source, kind)
 SELECT coalesce(t.side_table, t.chunk_table), t.source, CASE WHEN t.side_table IS NOT NULL THEN 'side' ELSE 'chunks' END
 FROM embeddings.targets t
@@ -168,7 +170,7 @@ COMMENT ON TABLE embeddings.failures IS 'Dead-lettered embedding jobs; re-queue 
 
 -- Rows embedded per target and minute, written by the worker with each batch; feeds the
 -- recent rate in embeddings.status. `since`: when the first batch counted in the minute was
--- read (NULL for minutes recorded before 0.3.0). Old minutes are pruned by the worker.
+-- read (NULL where not recorded). Old minutes are pruned by the worker.
 CREATE TABLE IF NOT EXISTS embeddings.throughput (
     target_id integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     minute    timestamptz NOT NULL,
