@@ -24,6 +24,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   config::text, expr, '(\w)\.(?=\w)', '\1 ')
 $$;
 
+-- The every-word query of text expression `expr` with configuration `config`, as
+-- fts_ranking_sql() (below) says: websearch_to_tsquery() with dots split, a lower-case "or" a
+-- word and a "-" touching no word a space. Also what the BM25 ranking (sql/59_bm25.sql) tells
+-- its rows holding every word by.
+CREATE FUNCTION embeddings.every_word_query_sql(config regconfig, expr text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('pg_catalog.websearch_to_tsquery(%L::pg_catalog.regconfig,'
+                  ' pg_catalog.regexp_replace(pg_catalog.regexp_replace('
+                  '  pg_catalog.regexp_replace(%s, %L, %L, ''g''), %L, %L, ''g''),'
+                  '  %L, '' '', ''g''))',
+                  config::text, expr, '(\w)\.(?=\w)', '\1 ', '\m(or|Or|oR)\M', '\1_', '-(?=[-\s!&|()<]|$)')
+$$;
+
 -- Fields: a content whose text holds U+001F (the unit separator, chr(31)) is a title (the
 -- text before the first one) and a body (the rest). Its tsvector: the title's words weighted
 -- A, then the body's (weight D, their places after the title's, as in one text). Without the
@@ -216,16 +229,13 @@ BEGIN
             'SELECT r.key, r.content, r.seq, r.start_offset, r.end_offset, r.headings, r.page, r.text_rank,'
             ' r.text_rank OPERATOR(pg_catalog./) NULLIF(pg_catalog.max(r.text_rank) OVER (), 0) AS text_score FROM ('
             ' SELECT DISTINCT ON (%1$s) %1$s AS key, %2$s AS content, %3$s AS seq,'
-            '  %11$s AS start_offset, %12$s AS end_offset, %13$s AS headings, %14$s AS page,'
+            '  %9$s AS start_offset, %10$s AS end_offset, %11$s AS headings, %12$s AS page,'
             '  pg_catalog.ts_rank_cd(%4$s.%5$I, q.q) AS text_rank'
-            ' FROM %6$s, pg_catalog.websearch_to_tsquery(%7$L::pg_catalog.regconfig,'
-            '  pg_catalog.regexp_replace(pg_catalog.regexp_replace('
-            '   pg_catalog.regexp_replace($1, %8$L, %9$L, ''g''), %15$L, %16$L, ''g''),'
-            '   %17$L, '' '', ''g'')) AS q(q)'
-            ' WHERE %4$s.%5$I OPERATOR(pg_catalog.@@) q.q AND %10$s IS NOT NULL AND (',
-            q->>'key', q->>'content', q->>'seq', doc, t.fts_column, q->>'from', t.fts_config::text,
-            '(\w)\.(?=\w)', '\1 ', q->>'vector', q->>'start_offset', q->>'end_offset', q->>'headings', q->>'page',
-            '\m(or|Or|oR)\M', '\1_', '-(?=[-\s!&|()<]|$)'),
+            ' FROM %6$s, %7$s AS q(q)'
+            ' WHERE %4$s.%5$I OPERATOR(pg_catalog.@@) q.q AND %8$s IS NOT NULL AND (',
+            q->>'key', q->>'content', q->>'seq', doc, t.fts_column, q->>'from',
+            embeddings.every_word_query_sql(t.fts_config, '$1'), q->>'vector',
+            q->>'start_offset', q->>'end_offset', q->>'headings', q->>'page'),
         format(
             ') ORDER BY %1$s, pg_catalog.ts_rank_cd(%2$s.%3$I, q.q) DESC) r'
             ' ORDER BY r.text_rank DESC, r.key LIMIT $3',
@@ -329,13 +339,19 @@ BEGIN
             text_floor := coalesce((by_text->-1->>'text_score')::double precision, 0);
         END IF;
         -- The documents holding every word, when at most 10 do (11 asked for, to tell); none
-        -- when none holds any (a question of stop words has no words to hold).
+        -- when none holds any (a question of stop words has no words to hold). The BM25
+        -- ranking tells them itself where it can (its rows' `every`, sql/59_bm25.sql): then
+        -- they are its rows marked so.
         IF text_match = 'any' AND text_w > 0 AND jsonb_array_length(by_text) > 0 THEN
-            EXECUTE format('SELECT embeddings.%I($1, $2, 11)', prefix || '_text_ranking')
-                INTO every_word USING query, filter;
-            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
-            IF jsonb_array_length(every_word) > 10 THEN
-                every_word := '[]';
+            IF jsonb_typeof(by_text->0->'every') = 'boolean' THEN
+                every_word := jsonb_path_query_array(by_text, '$[*] ? (@.every == true)');
+            ELSE
+                EXECUTE format('SELECT embeddings.%I($1, $2, 11)', prefix || '_text_ranking')
+                    INTO every_word USING query, filter;
+                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
+                IF jsonb_array_length(every_word) > 10 THEN
+                    every_word := '[]';
+                END IF;
             END IF;
         END IF;
     END IF;
