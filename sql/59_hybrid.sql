@@ -355,28 +355,33 @@ BEGIN
             END IF;
         END IF;
     END IF;
+    -- The k best first (each ranking's row as it came, v and x), then their fields: read
+    -- from the JSON for those k only.
     RETURN QUERY
-        SELECT coalesce(v.value->'key', x.value->'key'),
-               CASE WHEN convex
-                    THEN vector_weight * coalesce(1 - (v.value->>'distance')::double precision, vector_floor)
-                         + text_w * (coalesce((x.value->>'text_score')::double precision, text_floor)
-                                     + CASE WHEN e.key IS NOT NULL THEN 2.5 ELSE 0 END)
-                    ELSE coalesce(vector_weight / (rrf_k + v.i), 0) + coalesce(text_w / (rrf_k + x.i), 0) END,
-               coalesce(v.value->>'content', x.value->>'content'),
-               coalesce(v.value->>'seq', x.value->>'seq')::integer,
-               (v.value->>'distance')::double precision,
-               v.i::integer, x.i::integer,
-               (CASE WHEN v.value IS NOT NULL THEN v.value->>'start_offset' ELSE x.value->>'start_offset' END)::integer,
-               (CASE WHEN v.value IS NOT NULL THEN v.value->>'end_offset' ELSE x.value->>'end_offset' END)::integer,
-               CASE WHEN jsonb_typeof(coalesce(v.value, x.value)->'headings') = 'array'
-                    THEN ARRAY(SELECT jsonb_array_elements_text(coalesce(v.value, x.value)->'headings')) END,
-               (coalesce(v.value, x.value)->>'page')::integer
-        FROM jsonb_array_elements(by_vector) WITH ORDINALITY AS v(value, i)
-        FULL JOIN jsonb_array_elements(by_text) WITH ORDINALITY AS x(value, i) ON v.value->'key' = x.value->'key'
-        LEFT JOIN (SELECT DISTINCT w.value->'key' AS key FROM jsonb_array_elements(every_word) w) e
-               ON e.key = coalesce(v.value->'key', x.value->'key')
-        ORDER BY 2 DESC, least(v.i, x.i), 1
-        LIMIT k;
+        SELECT f.key, f.score,
+               coalesce(f.v->>'content', f.x->>'content'),
+               coalesce(f.v->>'seq', f.x->>'seq')::integer,
+               (f.v->>'distance')::double precision,
+               f.vi::integer, f.xi::integer,
+               (CASE WHEN f.v IS NOT NULL THEN f.v->>'start_offset' ELSE f.x->>'start_offset' END)::integer,
+               (CASE WHEN f.v IS NOT NULL THEN f.v->>'end_offset' ELSE f.x->>'end_offset' END)::integer,
+               CASE WHEN jsonb_typeof(coalesce(f.v, f.x)->'headings') = 'array'
+                    THEN ARRAY(SELECT jsonb_array_elements_text(coalesce(f.v, f.x)->'headings')) END,
+               (coalesce(f.v, f.x)->>'page')::integer
+        FROM (SELECT coalesce(v.value->'key', x.value->'key') AS key,
+                     CASE WHEN convex
+                          THEN vector_weight * coalesce(1 - (v.value->>'distance')::double precision, vector_floor)
+                               + text_w * (coalesce((x.value->>'text_score')::double precision, text_floor)
+                                           + CASE WHEN e.key IS NOT NULL THEN 2.5 ELSE 0 END)
+                          ELSE coalesce(vector_weight / (rrf_k + v.i), 0) + coalesce(text_w / (rrf_k + x.i), 0) END AS score,
+                     v.value AS v, x.value AS x, v.i AS vi, x.i AS xi
+              FROM jsonb_array_elements(by_vector) WITH ORDINALITY AS v(value, i)
+              FULL JOIN jsonb_array_elements(by_text) WITH ORDINALITY AS x(value, i) ON v.value->'key' = x.value->'key'
+              LEFT JOIN (SELECT DISTINCT w.value->'key' AS key FROM jsonb_array_elements(every_word) w) e
+                     ON e.key = coalesce(v.value->'key', x.value->'key')
+              ORDER BY 2 DESC, least(v.i, x.i), 1
+              LIMIT k) f
+        ORDER BY f.score DESC, least(f.vi, f.xi), f.key;
 END
 $$;
 COMMENT ON FUNCTION embeddings.hybrid_search IS
