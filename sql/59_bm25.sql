@@ -141,13 +141,13 @@ BEGIN
             CASE WHEN fields THEN format('pg_catalog.setweight(%s, ''A'', ''{}''::pg_catalog.text[])', fts)
                  ELSE format('pg_catalog.setweight(%s, ''A'', w.lexemes)', fts) END,
             q->>'from', fts, q->>'vector'),
-        -- n: N and avglen; h: each candidate's lexemes with tf; f: each lexeme's idf from its
-        -- df; b: the scores; z: the sum of the idf of the query's lexemes found (text_score's
-        -- divisor, below); e: how many documents hold every word. The ranking, then each
+        -- n: N, avglen and how many documents hold every word; h: each candidate's lexemes
+        -- with tf; f: each lexeme's idf from its df; b: the scores; z: the sum of the idf of
+        -- the query's lexemes found (text_score's divisor, below). The ranking, then each
         -- row's `every` (above).
         format(
             ') OFFSET 0) d CROSS JOIN w), n AS (SELECT greatest(pg_catalog.count(*)::double precision, coalesce(%1$s, 0)) AS n,'
-            '  pg_catalog.avg(m.len) AS avglen FROM m),'
+            '  pg_catalog.avg(m.len) AS avglen, pg_catalog.count(*) FILTER (WHERE m.every) AS every FROM m),'
             ' h AS MATERIALIZED (SELECT y.%2$skey, y.len, y.every, (y.x).lexeme AS lexeme, %3$s AS tf'
             '  FROM (SELECT m.%2$skey, m.len, m.title, m.every, pg_catalog.unnest(m.hits) AS x FROM m) y),'
             ' f AS MATERIALIZED (SELECT h.lexeme, pg_catalog.ln(1 + (n.n - pg_catalog.count(*)::double precision + 0.5)'
@@ -155,11 +155,10 @@ BEGIN
             ' b AS (SELECT h.%2$skey, h.every, pg_catalog.sum(f.idf * h.tf * (1.2 + 1)'
             '  / (h.tf + 1.2 * (1 - 0.75 + 0.75 * h.len / n.avglen))) AS score'
             '  FROM h JOIN f ON f.lexeme OPERATOR(pg_catalog.=) h.lexeme, n GROUP BY h.%2$skey, h.every),'
-            ' z AS (SELECT pg_catalog.sum(f.idf) AS mass FROM f),'
-            ' e AS (SELECT pg_catalog.count(*) AS n FROM m WHERE m.every)'
+            ' z AS (SELECT pg_catalog.sum(f.idf) AS mass FROM f)'
             ' SELECT r.key, %4$s r.text_rank, r.text_score%5$s FROM ('
             '  SELECT r.*, r.text_rank OPERATOR(pg_catalog./) z.mass AS text_score FROM (%6$s) r, z'
-            '  ORDER BY r.text_rank DESC, r.key LIMIT $3) r, e, w'
+            '  ORDER BY r.text_rank DESC, r.key LIMIT $3) r, n, w'
             ' ORDER BY r.text_rank DESC, r.key',
             embeddings.rows_estimate_sql(t), id,
             -- tf: with fields, each of the lexeme's places in the title counts title_weight times.
@@ -170,8 +169,8 @@ BEGIN
                  ELSE 'pg_catalog.cardinality((y.x).positions)::double precision' END,
             replace(m_extra, 'm.', 'r.'),
             CASE WHEN chunks THEN ''
-                 ELSE ', CASE WHEN w.whole AND (e.n OPERATOR(pg_catalog.>) 10 OR e.n OPERATOR(pg_catalog.=)'
-                      ' pg_catalog.count(*) FILTER (WHERE r.every) OVER ()) THEN r.every AND e.n OPERATOR(pg_catalog.<=) 10 END AS every' END,
+                 ELSE ', CASE WHEN w.whole AND (n.every OPERATOR(pg_catalog.>) 10 OR n.every OPERATOR(pg_catalog.=)'
+                      ' pg_catalog.count(*) FILTER (WHERE r.every) OVER ()) THEN r.every AND n.every OPERATOR(pg_catalog.<=) 10 END AS every' END,
             CASE WHEN chunks
                  -- A document by its best chunk, with the chunk's place.
                  THEN format('SELECT DISTINCT ON (m.key) m.key, %s b.score AS text_rank, b.every FROM m JOIN b ON b.i OPERATOR(pg_catalog.=) m.i'
