@@ -340,18 +340,15 @@ BEGIN
         END IF;
         -- The documents holding every word, when at most 10 do (11 asked for, to tell); none
         -- when none holds any (a question of stop words has no words to hold). The BM25
-        -- ranking tells them itself where it can (its rows' `every`, sql/59_bm25.sql): then
-        -- they are its rows marked so.
-        IF text_match = 'any' AND text_w > 0 AND jsonb_array_length(by_text) > 0 THEN
-            IF jsonb_typeof(by_text->0->'every') = 'boolean' THEN
-                every_word := jsonb_path_query_array(by_text, '$[*] ? (@.every == true)');
-            ELSE
-                EXECUTE format('SELECT embeddings.%I($1, $2, 11)', prefix || '_text_ranking')
-                    INTO every_word USING query, filter;
-                PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
-                IF jsonb_array_length(every_word) > 10 THEN
-                    every_word := '[]';
-                END IF;
+        -- ranking marks them itself where it can (its rows' `every`, sql/59_bm25.sql, read
+        -- below); where it cannot (NULL), the every-word ranking tells.
+        IF text_match = 'any' AND text_w > 0 AND jsonb_array_length(by_text) > 0
+           AND jsonb_typeof(by_text->0->'every') IS DISTINCT FROM 'boolean' THEN
+            EXECUTE format('SELECT embeddings.%I($1, $2, 11)', prefix || '_text_ranking')
+                INTO every_word USING query, filter;
+            PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
+            IF jsonb_array_length(every_word) > 10 THEN
+                every_word := '[]';
             END IF;
         END IF;
     END IF;
@@ -372,7 +369,7 @@ BEGIN
                      CASE WHEN convex
                           THEN vector_weight * coalesce(1 - (v.value->>'distance')::double precision, vector_floor)
                                + text_w * (coalesce((x.value->>'text_score')::double precision, text_floor)
-                                           + CASE WHEN e.key IS NOT NULL THEN 2.5 ELSE 0 END)
+                                           + CASE WHEN (x.value->>'every')::boolean OR e.key IS NOT NULL THEN 2.5 ELSE 0 END)
                           ELSE coalesce(vector_weight / (rrf_k + v.i), 0) + coalesce(text_w / (rrf_k + x.i), 0) END AS score,
                      v.value AS v, x.value AS x, v.i AS vi, x.i AS xi
               FROM jsonb_array_elements(by_vector) WITH ORDINALITY AS v(value, i)
