@@ -24,6 +24,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   config::text, expr, '(\w)\.(?=\w)', '\1 ')
 $$;
 
+-- The every-word query of text expression `expr` with configuration `config`, as
+-- fts_ranking_sql() (below) says: websearch_to_tsquery() with dots split, a lower-case "or" a
+-- word and a "-" touching no word a space. Also what the BM25 ranking (sql/59_bm25.sql) tells
+-- its rows holding every word by.
+CREATE FUNCTION embeddings.every_word_query_sql(config regconfig, expr text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('pg_catalog.websearch_to_tsquery(%L::pg_catalog.regconfig,'
+                  ' pg_catalog.regexp_replace(pg_catalog.regexp_replace('
+                  '  pg_catalog.regexp_replace(%s, %L, %L, ''g''), %L, %L, ''g''),'
+                  '  %L, '' '', ''g''))',
+                  config::text, expr, '(\w)\.(?=\w)', '\1 ', '\m(or|Or|oR)\M', '\1_', '-(?=[-\s!&|()<]|$)')
+$$;
+
 -- Fields: a content whose text holds U+001F (the unit separator, chr(31)) is a title (the
 -- text before the first one) and a body (the rest). Its tsvector: the title's words weighted
 -- A, then the body's (weight D, their places after the title's, as in one text). Without the
@@ -216,16 +229,13 @@ BEGIN
             'SELECT r.key, r.content, r.seq, r.start_offset, r.end_offset, r.headings, r.page, r.text_rank,'
             ' r.text_rank OPERATOR(pg_catalog./) NULLIF(pg_catalog.max(r.text_rank) OVER (), 0) AS text_score FROM ('
             ' SELECT DISTINCT ON (%1$s) %1$s AS key, %2$s AS content, %3$s AS seq,'
-            '  %11$s AS start_offset, %12$s AS end_offset, %13$s AS headings, %14$s AS page,'
+            '  %9$s AS start_offset, %10$s AS end_offset, %11$s AS headings, %12$s AS page,'
             '  pg_catalog.ts_rank_cd(%4$s.%5$I, q.q) AS text_rank'
-            ' FROM %6$s, pg_catalog.websearch_to_tsquery(%7$L::pg_catalog.regconfig,'
-            '  pg_catalog.regexp_replace(pg_catalog.regexp_replace('
-            '   pg_catalog.regexp_replace($1, %8$L, %9$L, ''g''), %15$L, %16$L, ''g''),'
-            '   %17$L, '' '', ''g'')) AS q(q)'
-            ' WHERE %4$s.%5$I OPERATOR(pg_catalog.@@) q.q AND %10$s IS NOT NULL AND (',
-            q->>'key', q->>'content', q->>'seq', doc, t.fts_column, q->>'from', t.fts_config::text,
-            '(\w)\.(?=\w)', '\1 ', q->>'vector', q->>'start_offset', q->>'end_offset', q->>'headings', q->>'page',
-            '\m(or|Or|oR)\M', '\1_', '-(?=[-\s!&|()<]|$)'),
+            ' FROM %6$s, %7$s AS q(q)'
+            ' WHERE %4$s.%5$I OPERATOR(pg_catalog.@@) q.q AND %8$s IS NOT NULL AND (',
+            q->>'key', q->>'content', q->>'seq', doc, t.fts_column, q->>'from',
+            embeddings.every_word_query_sql(t.fts_config, '$1'), q->>'vector',
+            q->>'start_offset', q->>'end_offset', q->>'headings', q->>'page'),
         format(
             ') ORDER BY %1$s, pg_catalog.ts_rank_cd(%2$s.%3$I, q.q) DESC) r'
             ' ORDER BY r.text_rank DESC, r.key LIMIT $3',
@@ -329,8 +339,11 @@ BEGIN
             text_floor := coalesce((by_text->-1->>'text_score')::double precision, 0);
         END IF;
         -- The documents holding every word, when at most 10 do (11 asked for, to tell); none
-        -- when none holds any (a question of stop words has no words to hold).
-        IF text_match = 'any' AND text_w > 0 AND jsonb_array_length(by_text) > 0 THEN
+        -- when none holds any (a question of stop words has no words to hold). The BM25
+        -- ranking marks them itself where it can (its rows' `every`, sql/59_bm25.sql, read
+        -- below); where it cannot (NULL), the every-word ranking tells.
+        IF text_match = 'any' AND text_w > 0 AND jsonb_array_length(by_text) > 0
+           AND jsonb_typeof(by_text->0->'every') IS DISTINCT FROM 'boolean' THEN
             EXECUTE format('SELECT embeddings.%I($1, $2, 11)', prefix || '_text_ranking')
                 INTO every_word USING query, filter;
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
@@ -339,28 +352,33 @@ BEGIN
             END IF;
         END IF;
     END IF;
+    -- The k best first (each ranking's row as it came, v and x), then their fields: read
+    -- from the JSON for those k only.
     RETURN QUERY
-        SELECT coalesce(v.value->'key', x.value->'key'),
-               CASE WHEN convex
-                    THEN vector_weight * coalesce(1 - (v.value->>'distance')::double precision, vector_floor)
-                         + text_w * (coalesce((x.value->>'text_score')::double precision, text_floor)
-                                     + CASE WHEN e.key IS NOT NULL THEN 2.5 ELSE 0 END)
-                    ELSE coalesce(vector_weight / (rrf_k + v.i), 0) + coalesce(text_w / (rrf_k + x.i), 0) END,
-               coalesce(v.value->>'content', x.value->>'content'),
-               coalesce(v.value->>'seq', x.value->>'seq')::integer,
-               (v.value->>'distance')::double precision,
-               v.i::integer, x.i::integer,
-               (CASE WHEN v.value IS NOT NULL THEN v.value->>'start_offset' ELSE x.value->>'start_offset' END)::integer,
-               (CASE WHEN v.value IS NOT NULL THEN v.value->>'end_offset' ELSE x.value->>'end_offset' END)::integer,
-               CASE WHEN jsonb_typeof(coalesce(v.value, x.value)->'headings') = 'array'
-                    THEN ARRAY(SELECT jsonb_array_elements_text(coalesce(v.value, x.value)->'headings')) END,
-               (coalesce(v.value, x.value)->>'page')::integer
-        FROM jsonb_array_elements(by_vector) WITH ORDINALITY AS v(value, i)
-        FULL JOIN jsonb_array_elements(by_text) WITH ORDINALITY AS x(value, i) ON v.value->'key' = x.value->'key'
-        LEFT JOIN (SELECT DISTINCT w.value->'key' AS key FROM jsonb_array_elements(every_word) w) e
-               ON e.key = coalesce(v.value->'key', x.value->'key')
-        ORDER BY 2 DESC, least(v.i, x.i), 1
-        LIMIT k;
+        SELECT f.key, f.score,
+               coalesce(f.v->>'content', f.x->>'content'),
+               coalesce(f.v->>'seq', f.x->>'seq')::integer,
+               (f.v->>'distance')::double precision,
+               f.vi::integer, f.xi::integer,
+               (CASE WHEN f.v IS NOT NULL THEN f.v->>'start_offset' ELSE f.x->>'start_offset' END)::integer,
+               (CASE WHEN f.v IS NOT NULL THEN f.v->>'end_offset' ELSE f.x->>'end_offset' END)::integer,
+               CASE WHEN jsonb_typeof(coalesce(f.v, f.x)->'headings') = 'array'
+                    THEN ARRAY(SELECT jsonb_array_elements_text(coalesce(f.v, f.x)->'headings')) END,
+               (coalesce(f.v, f.x)->>'page')::integer
+        FROM (SELECT coalesce(v.value->'key', x.value->'key') AS key,
+                     CASE WHEN convex
+                          THEN vector_weight * coalesce(1 - (v.value->>'distance')::double precision, vector_floor)
+                               + text_w * (coalesce((x.value->>'text_score')::double precision, text_floor)
+                                           + CASE WHEN (x.value->>'every')::boolean OR e.key IS NOT NULL THEN 2.5 ELSE 0 END)
+                          ELSE coalesce(vector_weight / (rrf_k + v.i), 0) + coalesce(text_w / (rrf_k + x.i), 0) END AS score,
+                     v.value AS v, x.value AS x, v.i AS vi, x.i AS xi
+              FROM jsonb_array_elements(by_vector) WITH ORDINALITY AS v(value, i)
+              FULL JOIN jsonb_array_elements(by_text) WITH ORDINALITY AS x(value, i) ON v.value->'key' = x.value->'key'
+              LEFT JOIN (SELECT DISTINCT w.value->'key' AS key FROM jsonb_array_elements(every_word) w) e
+                     ON e.key = coalesce(v.value->'key', x.value->'key')
+              ORDER BY 2 DESC, least(v.i, x.i), 1
+              LIMIT k) f
+        ORDER BY f.score DESC, least(f.vi, f.xi), f.key;
 END
 $$;
 COMMENT ON FUNCTION embeddings.hybrid_search IS
