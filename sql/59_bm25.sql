@@ -49,6 +49,28 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM unnest(tsvector_to_array(v)) AS l
 $$;
 
+-- The BM25 ranking's first part, w: the query's lexemes; their OR (the candidates); the
+-- every-word query, and whether each document matching it is a candidate: no "!" outside its
+-- quoted lexemes, each of those among the lexemes (tsquery's text doubles a quote and a
+-- backslash in a lexeme). $1 the query text.
+CREATE FUNCTION embeddings.bm25_words_sql(t embeddings.targets) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN format(
+        'WITH w AS MATERIALIZED (SELECT y.*, y.e IS NOT NULL'
+        '  AND pg_catalog.regexp_replace(y.e::text, %1$L, '''', ''g'') OPERATOR(pg_catalog.~) %2$L'
+        '  AND ARRAY(SELECT pg_catalog.replace(pg_catalog.replace(l[1], %3$L, %4$L), %5$L, %6$L)'
+        '            FROM pg_catalog.regexp_matches(y.e::text, %7$L, ''g'') l) OPERATOR(pg_catalog.<@) y.lexemes AS whole'
+        '  FROM (SELECT pg_catalog.tsvector_to_array(x.v) AS lexemes, embeddings.any_lexeme_query(x.v) AS q,'
+        '   %8$s AS e FROM (SELECT %9$s AS v) x) y)',
+        $r$'(?:[^']|'')*'$r$, '^[\s&|()<>0-9-]*$', $r$''$r$, $r$'$r$, '\\', '\', $r$'((?:[^']|'')*)'$r$,
+        CASE WHEN embeddings.store_has_chunks(t) THEN 'NULL::pg_catalog.tsquery'
+             ELSE format('CASE WHEN pg_catalog.length(x.v) OPERATOR(pg_catalog.>) 0 THEN %s END',
+                         embeddings.every_word_query_sql(t.fts_config, '$1')) END,
+        embeddings.plain_fts_sql(t.fts_config, '$1'));
+END
+$$;
+
 -- The BM25 ranking of a search of target t, in the shape of fts_ranking_sql()'s: documents
 -- (rows, or a chunked target's documents by their best chunk) holding any lexeme of the query
 -- and matching the filter, best first by the score above (`text_rank`), ties by key; at most
@@ -96,21 +118,7 @@ DECLARE
                           WHERE q->>f !~ '^NULL::' ORDER BY i);
     -- A chunk's number among the candidates; a row's key is its own.
     id text := CASE WHEN chunks THEN 'i, ' ELSE '' END;
-    -- w: the query's lexemes; their OR (the candidates); the every-word query, and whether each
-    -- document matching it is a candidate: no "!" outside its quoted lexemes, each of those
-    -- among the lexemes (tsquery's text doubles a quote and a backslash in a lexeme).
-    w_sql text := format(
-        'WITH w AS MATERIALIZED (SELECT y.*, y.e IS NOT NULL'
-        '  AND pg_catalog.regexp_replace(y.e::text, %1$L, '''', ''g'') OPERATOR(pg_catalog.~) %2$L'
-        '  AND ARRAY(SELECT pg_catalog.replace(pg_catalog.replace(l[1], %3$L, %4$L), %5$L, %6$L)'
-        '            FROM pg_catalog.regexp_matches(y.e::text, %7$L, ''g'') l) OPERATOR(pg_catalog.<@) y.lexemes AS whole'
-        '  FROM (SELECT pg_catalog.tsvector_to_array(x.v) AS lexemes, embeddings.any_lexeme_query(x.v) AS q,'
-        '   %8$s AS e FROM (SELECT %9$s AS v) x) y)',
-        $r$'(?:[^']|'')*'$r$, '^[\s&|()<>0-9-]*$', $r$''$r$, $r$'$r$, '\\', '\', $r$'((?:[^']|'')*)'$r$,
-        CASE WHEN chunks THEN 'NULL::pg_catalog.tsquery'
-             ELSE format('CASE WHEN pg_catalog.length(x.v) OPERATOR(pg_catalog.>) 0 THEN %s END',
-                         embeddings.every_word_query_sql(t.fts_config, '$1')) END,
-        embeddings.plain_fts_sql(t.fts_config, '$1'));
+    w_sql text := embeddings.bm25_words_sql(t);
     m_extra text := (SELECT coalesce(string_agg(format('m.%I, ', f), ''), '') FROM unnest(extra) AS f);
 BEGIN
     RETURN ARRAY[
