@@ -13,7 +13,7 @@ DEVDB_URL := postgresql://postgres@127.0.0.1:$(DEVDB_PORT)/$(DEVDB_NAME)
 STAMP := $(VENV)/.installed
 
 .PHONY: help install db db-stop migrate run demo test lint bench bench-beir postgres-deps test-deps \
-	clean freeze-release dist infinity test-models fuzz
+	clean freeze-release dist infinity test-models fuzz golden
 
 help:
 	@echo "make demo    local cluster + migrations + worker + sample data + two searches"
@@ -67,6 +67,11 @@ dist: $(STAMP)
 freeze-release: $(STAMP)
 	@test -n "$(REVISION)" || { echo "usage: make freeze-release REVISION=NNNN" >&2; exit 2; }
 	@$(BIN)/python -m worker.schema.files freeze $(REVISION)
+
+# The generated code's golden files (tests/integration/generated/), written again from the
+# templates of sql/: after a deliberate change of one, read their diff in review.
+golden: postgres-deps test-deps
+	@EMBED_UPDATE_GOLDEN=1 $(BIN)/pytest -q tests/integration/test_generated_code.py
 
 lint: $(STAMP)
 	@$(BIN)/ruff check .

@@ -20,6 +20,10 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only documents [--document-mb MB] [--model M]
                                                       live rows during a 10 MB document
                                                       (bench/documents.py)
+    BENCH_BEFORE=CHECKOUT python -m bench --only oltp
+                                                      the write path's TPS, this checkout's
+                                                      triggers against CHECKOUT's, alternating
+                                                      (bench/oltp.py)
     BENCH_BEFORE=CHECKOUT python -m bench --only parsing
                                                       documents/s, plain rows/s and the
                                                       worker's RSS under a DOCX bomb, this
@@ -220,6 +224,7 @@ def main() -> int:
                 fresh_db(cluster, template),
                 seconds=5 if args.quick else 10,
                 rounds=2 if args.quick else 3,
+                before=Path(os.environ["BENCH_BEFORE"]) if os.environ.get("BENCH_BEFORE") else None,
             ),
         )
         section(

@@ -3,14 +3,21 @@ most applications put on a watched table (issue 16 §1).
 
 pgbench runs custom scripts with `clients` connections against three tables that differ only in
 their triggers: unwatched, watched by us, and the Supabase guide's per-row `pgmq.send` trigger.
-The variants alternate within each round (the machine's speed drifts), each for `seconds`; the
-report is the median TPS per variant and its ratio to the unwatched median. Two workloads:
-single-row INSERT, and single-row UPDATE that changes the content. Beside TPS, the CPU the
-server spent per transaction (all its processes, from /proc, when the server runs on this
-machine): on a shared machine TPS moves with the neighbours' load, CPU per transaction much
-less. No worker runs (nothing of ours sends a NOTIFY since 0.2.0: workers look for jobs).
+The variants alternate within each round (the machine's speed drifts; every other round runs
+them in reverse order), each for `seconds`; the report is the median TPS per variant and its
+ratio to the unwatched median. Two workloads: single-row INSERT, and single-row UPDATE that
+changes the content. Beside TPS, the CPU the server spent per transaction (all its processes,
+from /proc, when the server runs on this machine): on a shared machine TPS moves with the
+neighbours' load, CPU per transaction much less. No worker runs (nothing of ours sends a
+NOTIFY since 0.2.0: workers look for jobs).
 
-    python -m bench --only oltp [--quick]
+With BENCH_BEFORE=<checkout> (`git worktree add /tmp/before <tag>` makes one), the watched
+variants run a second time in each round, in a second database whose schema is that checkout's
+(its `migrate`, on its own source), alternating with this checkout's: `before_<variant>`, and
+`after_over_before`, this checkout's median TPS and CPU per transaction over the before
+checkout's, per variant and workload. A change to the triggers' text is measured so.
+
+    [BENCH_BEFORE=<checkout>] python -m bench --only oltp [--quick]
 """
 
 from __future__ import annotations
@@ -19,12 +26,13 @@ import os
 import re
 import statistics
 import subprocess
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict
+from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
 from bench.writepath import SUPABASE_TRIGGER, without_key_shift_clause
 
@@ -46,6 +54,8 @@ VARIANTS = (
     "watched_function_direct",
     "guide",
 )
+# The variants measured in the before checkout's database too (BENCH_BEFORE): ours.
+BEFORE_VARIANTS = ("watched", "watched_side", "watched_function")
 PRELOADED_ROWS = 20_000
 SCRIPTS = {
     "insert": "INSERT INTO {table} (body) VALUES ('client ' || :client_id || ' wrote some"
@@ -105,6 +115,36 @@ def _content_called_directly(conn: psycopg.Connection[Any], table: str) -> None:
             conn.execute(definition.replace(wrapper + "(", f"public.{table}_text("))
             rewritten += 1
     assert rewritten, "no trigger function calls the content wrapper: update the bench"
+
+
+def before_database(dsn: str, checkout: Path) -> str:
+    """A database beside `dsn`'s (same server) with the schema of the checkout at `checkout`,
+    as its own `migrate` installs it: that checkout's source first on the path, run on its
+    .venv when it has one, else on this one (a release's dependencies are a subset of ours)."""
+    info = conninfo_to_dict(dsn)
+    name = f"{info['dbname']}_before"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP DATABASE IF EXISTS {name}")
+        conn.execute(f"CREATE DATABASE {name}")
+    before = make_conninfo(dsn, dbname=name)
+    venv = checkout / ".venv" / "bin" / "python"
+    subprocess.run(
+        [str(venv) if venv.exists() else sys.executable, "-m", "worker", "migrate"],
+        cwd=checkout,
+        env={**os.environ, "PYTHONPATH": str(checkout), "DATABASE_URL": before},
+        check=True,
+        stdout=subprocess.DEVNULL,
+    )
+    return before
+
+
+def _commit(checkout: Path) -> str:
+    return subprocess.run(
+        ["git", "-C", str(checkout), "rev-parse", "--short", "HEAD"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
 
 
 def _pgbench(dsn: str, script: Path, clients: int, seconds: int) -> float:
@@ -177,36 +217,59 @@ def _postmaster(conn: psycopg.Connection[Any]) -> int | None:
     return int(stat[stat.rindex(")") + 2 :].split()[1])
 
 
-def run(dsn: str, *, clients: int = 8, seconds: int = 10, rounds: int = 3) -> dict[str, Any]:
-    tps: dict[str, dict[str, list[float]]] = {w: {v: [] for v in VARIANTS} for w in SCRIPTS}
-    cpu: dict[str, dict[str, list[float]]] = {w: {v: [] for v in VARIANTS} for w in SCRIPTS}
-    with psycopg.connect(dsn, autocommit=True) as conn, tempfile.TemporaryDirectory() as tmp:
-        postmaster = _postmaster(conn)
-        conn.execute("SELECT pgmq.create('bench_jobs')")
-        conn.execute(SUPABASE_TRIGGER)
-        for variant in VARIANTS:
-            _table(conn, f"oltp_{variant}", variant)
-        for workload, template in SCRIPTS.items():
-            for _ in range(rounds):
-                for variant in VARIANTS:
-                    script = Path(tmp) / f"{workload}_{variant}.sql"
-                    script.write_text(template.format(table=f"oltp_{variant}"))
-                    conn.execute("CHECKPOINT")
-                    before = _server_cpu(postmaster)
-                    rate = _pgbench(dsn, script, clients, seconds)
-                    after = _server_cpu(postmaster)
-                    tps[workload][variant].append(rate)
-                    if before is not None and after is not None and rate > 0:
-                        cpu[workload][variant].append((after - before) / (rate * seconds) * 1e6)
-                    # The queues (and our inbox) grow as they would without a worker; start each
-                    # run level.
-                    conn.execute(
-                        "SELECT pgmq.purge_queue('embedding_jobs'), pgmq.purge_queue('bench_jobs')"
-                    )
-                    conn.execute("TRUNCATE embeddings.inbox")
-        for variant in VARIANTS:
-            conn.execute(f"DROP TABLE oltp_{variant} CASCADE")
-        conn.execute("SELECT pgmq.drop_queue('bench_jobs')")
+def run(
+    dsn: str,
+    *,
+    clients: int = 8,
+    seconds: int = 10,
+    rounds: int = 3,
+    before: Path | None = None,
+) -> dict[str, Any]:
+    """The workloads' TPS per variant; with `before` (a checkout), also its watched variants,
+    in a database of its schema, alternating with ours in every round."""
+    databases = {"": dsn} | ({"before_": before_database(dsn, before)} if before else {})
+    runs = [("", v) for v in VARIANTS] + [("before_", v) for v in BEFORE_VARIANTS if before]
+    names = [prefix + v for prefix, v in runs]
+    tps: dict[str, dict[str, list[float]]] = {w: {n: [] for n in names} for w in SCRIPTS}
+    cpu: dict[str, dict[str, list[float]]] = {w: {n: [] for n in names} for w in SCRIPTS}
+    conns = {prefix: psycopg.connect(d, autocommit=True) for prefix, d in databases.items()}
+    try:
+        with tempfile.TemporaryDirectory() as tmp:
+            postmaster = _postmaster(conns[""])
+            for conn in conns.values():
+                conn.execute("SELECT pgmq.create('bench_jobs')")
+                conn.execute(SUPABASE_TRIGGER)
+            for prefix, variant in runs:
+                _table(conns[prefix], f"oltp_{variant}", variant)
+            for workload, template in SCRIPTS.items():
+                for round_ in range(rounds):
+                    # every other round in reverse: no variant always runs first, or last
+                    for prefix, variant in runs if round_ % 2 == 0 else runs[::-1]:
+                        conn = conns[prefix]
+                        script = Path(tmp) / f"{workload}_{prefix}{variant}.sql"
+                        script.write_text(template.format(table=f"oltp_{variant}"))
+                        conn.execute("CHECKPOINT")
+                        started = _server_cpu(postmaster)
+                        rate = _pgbench(databases[prefix], script, clients, seconds)
+                        ended = _server_cpu(postmaster)
+                        tps[workload][prefix + variant].append(rate)
+                        if started is not None and ended is not None and rate > 0:
+                            cpu[workload][prefix + variant].append(
+                                (ended - started) / (rate * seconds) * 1e6
+                            )
+                        # The queues (and our inbox) grow as they would without a worker; start
+                        # each run level.
+                        conn.execute(
+                            "SELECT pgmq.purge_queue('embedding_jobs'), pgmq.purge_queue('bench_jobs')"
+                        )
+                        conn.execute("TRUNCATE embeddings.inbox")
+            for prefix, variant in runs:
+                conns[prefix].execute(f"DROP TABLE oltp_{variant} CASCADE")
+            for conn in conns.values():
+                conn.execute("SELECT pgmq.drop_queue('bench_jobs')")
+    finally:
+        for conn in conns.values():
+            conn.close()
 
     def summary(runs: dict[str, list[float]], cpus: dict[str, list[float]]) -> dict[str, Any]:
         base = statistics.median(runs["unwatched"])
@@ -225,9 +288,38 @@ def run(dsn: str, *, clients: int = 8, seconds: int = 10, rounds: int = 3) -> di
                 )
         return out
 
-    return {
+    result: dict[str, Any] = {
         "clients": clients,
         "seconds": seconds,
         "rounds": rounds,
         **{workload: summary(runs, cpu[workload]) for workload, runs in tps.items()},
     }
+    if before:
+        # This checkout over the before one, per variant: TPS (above 1: faster now) and CPU per
+        # transaction (below 1: cheaper now).
+        result["before"] = {"checkout": str(before), "commit": _commit(before)}
+        result["after_over_before"] = {
+            workload: {
+                v: {
+                    "tps": round(
+                        statistics.median(tps[workload][v])
+                        / statistics.median(tps[workload]["before_" + v]),
+                        3,
+                    ),
+                    **(
+                        {
+                            "cpu_per_tx": round(
+                                statistics.median(cpu[workload][v])
+                                / statistics.median(cpu[workload]["before_" + v]),
+                                3,
+                            )
+                        }
+                        if cpu[workload][v] and cpu[workload]["before_" + v]
+                        else {}
+                    ),
+                }
+                for v in BEFORE_VARIANTS
+            }
+            for workload in SCRIPTS
+        }
+    return result

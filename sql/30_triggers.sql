@@ -9,18 +9,23 @@
 --   embeddings_<id>_replica  AFTER INSERT OR UPDATE, FOR EACH ROW, ENABLE ALWAYS, only for
 --                            rows applied by logical replication (replica => true): the apply
 --                            worker fires row triggers only
---   embeddings_<id>_delete   AFTER DELETE, FOR EACH STATEMENT, REFERENCING OLD TABLE (side and
---                            chunk tables, sql/56_side.sql): the deleted rows' keys, whose side
---                            rows or chunks the worker then deletes
---   embeddings_<id>_truncate AFTER TRUNCATE, FOR EACH STATEMENT (side and chunk tables): empties
---                            that table through embeddings_<id>_prune(), which runs as its owner
+--   embeddings_<id>_delete   AFTER DELETE, FOR EACH STATEMENT, REFERENCING OLD TABLE (a store
+--                            apart from the table, sql/54_stores.sql): the deleted rows' keys,
+--                            whose rows of the store the worker then deletes
+--   embeddings_<id>_truncate AFTER TRUNCATE, FOR EACH STATEMENT (a store apart): empties the
+--                            store through embeddings_<id>_prune(), which runs as its owner
 --
--- A chunked target (sql/55_chunks.sql) gets the same functions, except that a new row is queued
--- whenever it has content (its chunks, not the source, say whether it is embedded), and no
--- clear trigger: the old chunks keep their vectors until the new ones land, for reuse. A side-table
--- target (sql/56_side.sql) likewise queues every new row with content and has no clear trigger.
--- Both also queue the keys of deleted rows and the old key of a row whose key changed (neither
--- store has a foreign key to the table: one makes TRUNCATE fail).
+-- What differs by store kind comes from the kind (sql/54_stores.sql): which new rows need a job
+-- (new_row_sql: a row store's only those without a vector, a store apart's every one, its
+-- store may hold a vector of a deleted row of that key), and which updated rows besides those
+-- whose content changed (changed_vector_sql: a row store's rows whose vector moved with a key).
+-- A store apart from the table (its store_table is another table) has no clear trigger (its old
+-- vectors stay until the new ones land) and its triggers also queue the keys of deleted rows
+-- and the old key of a row whose key changed (it has no foreign key to the table: one makes
+-- TRUNCATE fail).
+--
+-- Each function is made from a template below (trigger_code() lists them; sql/26_render.sql),
+-- and installed by generate_functions() and install_triggers().
 --
 -- One statement writes one row of the inbox (22_inbox.sql) per 4,096 keys, in the column shape
 -- (20_queue.sql).
@@ -60,23 +65,28 @@ RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN embeddings.content_is_bytes(t) THEN
-            format('pg_catalog.encode(%I.%I, ''base64'')', row_alias, t.content_column)
+            embeddings.render('pg_catalog.encode(%(alias)I.%(column)I, ''base64'')', v.args)
         WHEN t.content_column IS NOT NULL THEN
             embeddings.text_sql((SELECT a.atttypid::regtype FROM pg_catalog.pg_attribute a
                                  WHERE a.attrelid = t.source AND a.attnum = t.content_attnum),
-                                format('%I.%I', row_alias, t.content_column))
-        ELSE format('%s(%s)',
-                    CASE WHEN wrapped THEN format('embeddings.%I', 'embeddings_' || t.id || '_content')
-                         ELSE (SELECT format('%I.%I', n.nspname, p.proname)
-                               FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-                               WHERE p.oid = t.content_function) END,
-                    CASE WHEN row_type IS NULL THEN quote_ident(row_alias)
-                         ELSE format('ROW(%s)::%s',
-                                     (SELECT string_agg(format('%I.%I', row_alias, a.attname), ', ' ORDER BY a.attnum)
-                                      FROM pg_catalog.pg_attribute a
-                                      WHERE a.attrelid = row_type AND a.attnum > 0 AND NOT a.attisdropped),
-                                     row_type) END)
+                                embeddings.render('%(alias)I.%(column)I', v.args))
+        WHEN wrapped THEN embeddings.render('embeddings.%(wrapper)I(%(arg)s)', v.args)
+        ELSE embeddings.render('%(schema)I.%(function)I(%(arg)s)', v.args)
     END
+    FROM (SELECT jsonb_build_object(
+                     'alias', row_alias, 'column', t.content_column, 'wrapper', 'embeddings_' || t.id || '_content',
+                     'schema', p.schema, 'function', p.function,
+                     'arg', CASE WHEN row_type IS NULL THEN quote_ident(row_alias)
+                                 ELSE embeddings.render('ROW(%(fields)s)::%(type)s', jsonb_build_object(
+                                          'type', row_type::text,
+                                          'fields', (SELECT embeddings.render_each('%(alias)I.%(field)I',
+                                                                                   jsonb_agg(jsonb_build_object('alias', row_alias, 'field', a.attname)
+                                                                                             ORDER BY a.attnum), ', ')
+                                                     FROM pg_catalog.pg_attribute a
+                                                     WHERE a.attrelid = row_type AND a.attnum > 0 AND NOT a.attisdropped))) END)
+          FROM (SELECT (SELECT n.nspname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                        WHERE p.oid = t.content_function) AS schema,
+                       (SELECT p.proname FROM pg_catalog.pg_proc p WHERE p.oid = t.content_function) AS function) p) v(args)
 $$;
 
 -- The content of row alias `row_alias` as the triggers compare it (changed, blank): as
@@ -86,7 +96,8 @@ $$;
 CREATE FUNCTION embeddings.content_compared_sql(t embeddings.targets, row_alias text, row_type regclass DEFAULT NULL)
 RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN embeddings.content_is_bytes(t) THEN format('%I.%I', row_alias, t.content_column)
+    SELECT CASE WHEN embeddings.content_is_bytes(t)
+                THEN embeddings.render('%(alias)I.%(column)I', jsonb_build_object('alias', row_alias, 'column', t.content_column))
                 ELSE embeddings.content_sql(t, row_alias, row_type) END
 $$;
 
@@ -110,6 +121,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     END
 $$;
 
+-- The rows of the transition table old_rows whose key no row of new_rows has: those an UPDATE
+-- gave another key.
+CREATE FUNCTION embeddings.vanished_rows_sql(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings.render('SELECT o.* FROM old_rows o WHERE NOT EXISTS (SELECT FROM new_rows n WHERE %(same_key)s)',
+                             jsonb_build_object('same_key', embeddings.key_equal_sql(t, 'o', 'n')))
+$$;
+
 -- The statement that enqueues the keys of the rows `from_where` selects (it binds alias n); 0
 -- rows send nothing. As rows of the inbox (22_inbox.sql) in the column shape (20_queue.sql), one
 -- per inbox_keys_per_row() keys (one for any statement of up to 4,096 rows), and nothing
@@ -124,322 +143,359 @@ $$;
 CREATE FUNCTION embeddings.enqueue_statement(t embeddings.targets, from_where text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH k AS (
-        SELECT u.c, u.ty, u.i - 1 AS n,
+        SELECT jsonb_build_object(
+                   'n', u.i - 1, 'column', u.c, 'per_row', embeddings.inbox_keys_per_row(),
+                   'value', embeddings.as_base_sql(u.ty, embeddings.render('n.%(column)I', jsonb_build_object('column', u.c))))
+               AS part,
                CASE WHEN NOT embeddings.builtin_scalar(u.ty) THEN 'text'
                     WHEN embeddings.base_type(u.ty) = ANY ('{int2,int4,int8}'::regtype[]) THEN 'int'
                     WHEN (SELECT ty.typlen FROM pg_catalog.pg_type ty WHERE ty.oid = embeddings.base_type(u.ty)) > 0
                     THEN 'fixed'
-                    ELSE 'variable' END AS class
+                    ELSE 'variable' END AS class,
+               u.i
         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS u(c, ty, i)
     )
-    SELECT format(
+    SELECT embeddings.render(
         'INSERT INTO embeddings.inbox (target, keys, columns) '
-        'SELECT %1$s, LEAST(s.keys - i + 1, %3$s), '
-        'pg_catalog.jsonb_build_array(%4$s) '
-        'FROM (SELECT pg_catalog.count(*)::integer AS keys, %5$s %6$s) AS s, '
-        'pg_catalog.generate_series(1, s.keys, %3$s) AS i',
-        t.id, t.queue, embeddings.inbox_keys_per_row(),
-        (SELECT string_agg(format(CASE k.class
-                                      WHEN 'int' THEN '(s.k%1$s[i : i + %2$s - 1])::pg_catalog.text'
-                                      WHEN 'fixed' THEN 'pg_catalog.to_jsonb(s.k%1$s[i : i + %2$s - 1])'
-                                      ELSE 'pg_catalog.jsonb_path_query_array(s.k%1$s, ''$[$a to $b]'', '
-                                           'pg_catalog.jsonb_build_object(''a'', i - 1, ''b'', i + %2$s - 2))' END,
-                                  k.n, embeddings.inbox_keys_per_row()), ', ' ORDER BY k.n)
-         FROM k),
-        (SELECT string_agg(format(CASE k.class
-                                      WHEN 'text' THEN 'pg_catalog.to_jsonb(pg_catalog.array_agg(pg_catalog.format(''%%s'', n.%1$I))) AS k%2$s'
-                                      WHEN 'variable' THEN 'pg_catalog.to_jsonb(pg_catalog.array_agg(%3$s)) AS k%2$s'
-                                      ELSE 'pg_catalog.array_agg(%3$s) AS k%2$s' END,
-                                  k.c, k.n, embeddings.as_base_sql(k.ty, format('n.%I', k.c))), ', ' ORDER BY k.n)
-         FROM k),
-        from_where)
+        'SELECT %(target)s, LEAST(s.keys - i + 1, %(per_row)s), '
+        'pg_catalog.jsonb_build_array(%(slices)s) '
+        'FROM (SELECT pg_catalog.count(*)::integer AS keys, %(aggregates)s %(from_where)s) AS s, '
+        'pg_catalog.generate_series(1, s.keys, %(per_row)s) AS i',
+        jsonb_build_object(
+            'target', t.id, 'per_row', embeddings.inbox_keys_per_row(), 'from_where', from_where,
+            -- each column's slice of the keys of one inbox row
+            'slices', (SELECT string_agg(embeddings.render(CASE k.class
+                                             WHEN 'int' THEN '(s.k%(n)s[i : i + %(per_row)s - 1])::pg_catalog.text'
+                                             WHEN 'fixed' THEN 'pg_catalog.to_jsonb(s.k%(n)s[i : i + %(per_row)s - 1])'
+                                             ELSE 'pg_catalog.jsonb_path_query_array(s.k%(n)s, ''$[$a to $b]'', '
+                                                  'pg_catalog.jsonb_build_object(''a'', i - 1, ''b'', i + %(per_row)s - 2))' END,
+                                         k.part), ', ' ORDER BY k.i)
+                       FROM k),
+            -- each column's keys, aggregated once
+            'aggregates', (SELECT string_agg(embeddings.render(CASE k.class
+                                                 WHEN 'text' THEN 'pg_catalog.to_jsonb(pg_catalog.array_agg(pg_catalog.format(''%s'', n.%(column)I))) AS k%(n)s'
+                                                 WHEN 'variable' THEN 'pg_catalog.to_jsonb(pg_catalog.array_agg(%(value)s)) AS k%(n)s'
+                                                 ELSE 'pg_catalog.array_agg(%(value)s) AS k%(n)s' END,
+                                             k.part), ', ' ORDER BY k.i)
+                           FROM k)))
 $$;
 
--- Creates (or replaces) the trigger functions of target t. SECURITY DEFINER: whoever causes the
--- regeneration (a DDL statement's event trigger), the functions belong to this schema's owner.
--- The content function's wrapper (sql/32_access.sql) must exist first.
-CREATE FUNCTION embeddings.generate_functions(t embeddings.targets) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    prefix text := 'embeddings_' || t.id;
-    by_function boolean := t.content_function IS NOT NULL;
-    partitioned boolean := (SELECT c.relkind = 'p' FROM pg_class c WHERE c.oid = t.source);
-    row_type regclass := CASE WHEN partitioned THEN t.source END;
-    new_content text := embeddings.content_compared_sql(t, 'n', row_type);
-    old_content text := embeddings.content_compared_sql(t, 'o', row_type);
-    inserted text;
-    changed text;
-    body text;
-    fallback text;
-    inputs name[] := embeddings.content_inputs(t);
-    -- A new row needs a job when it has no embedding yet; a chunked target's new row has no
-    -- chunks yet (sql/55_chunks.sql), whatever the source holds.
-    -- A side-table target's new row may have a side row left by a deleted row of that key.
-    unembedded text := embeddings.store_new_row_sql(t, 'n');  -- sql/54_stores.sql
-    -- Side and chunk tables (sql/56_side.sql): rows whose key is gone from the table (an UPDATE
-    -- of the key), whose side rows or chunks the worker deletes.
-    vanished text := format('SELECT o.* FROM old_rows o WHERE NOT EXISTS (SELECT FROM new_rows n WHERE %s)',
-                            embeddings.key_equal_sql(t, 'o', 'n'));
-    table_owner name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
-    no_old_row text := format(
+-- "A row of old_rows (alias o, NULL fields when the outer join found none) is missing": no old
+-- row of that key, so the row counts as changed. `IS NULL` is also true of a composite key
+-- whose fields are all NULL, and every write of the worker would queue such a row again: for a
+-- composite (or a domain, which may be one) num_nulls() tells them apart. Only there, so that
+-- the common key keeps the statement the write path was measured with (docs/performance.md,
+-- "Figures behind the code's choices").
+CREATE FUNCTION embeddings.no_old_row_sql(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings.render(
         CASE WHEN (SELECT ty.typtype IN ('c', 'd') FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
                    WHERE a.attrelid = t.source AND a.attname = t.key_columns[1])
-             THEN 'pg_catalog.num_nulls(o.%I) OPERATOR(pg_catalog.=) 1' ELSE 'o.%I IS NULL' END,
-        t.key_columns[1]);
-    fn regprocedure;
-BEGIN
-    -- Before 0.2.0 a content-function target's statement trigger functions were its table
-    -- owner's, and sent through embeddings_<id>_enqueue(): ours now (a replacement keeps the
-    -- owner).
-    FOR fn IN
-        SELECT p.oid::regprocedure FROM pg_proc p
-        WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proowner <> current_user::regrole
-          AND p.proname IN (prefix || '_insert', prefix || '_update', prefix || '_replica')
-    LOOP
-        EXECUTE format('ALTER FUNCTION %s OWNER TO %I', fn, current_user);
-    END LOOP;
-    FOR fn IN
-        SELECT p.oid::regprocedure FROM pg_proc p
-        WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proname = prefix || '_enqueue'
-    LOOP
-        EXECUTE format('DROP FUNCTION %s', fn);
-    END LOOP;
+             THEN 'pg_catalog.num_nulls(o.%(key)I) OPERATOR(pg_catalog.=) 1' ELSE 'o.%(key)I IS NULL' END,
+        jsonb_build_object('key', t.key_columns[1]))
+$$;
 
-    inserted := format('FROM new_rows n WHERE %s AND %s OPERATOR(pg_catalog.<>) ''''',
-                       unembedded, new_content);
-    -- A row whose key changed has no old row: it counts as changed. (No old row: the key column
-    -- is the NULL of the outer join. `IS NULL` is also true of a composite key whose fields are
-    -- all NULL, and every write of the worker would queue such a row again: for a composite (or
-    -- a domain, which may be one) num_nulls() tells them apart. Only there, so that the common
-    -- key keeps the statement the write path was measured with: docs/performance.md, "Figures
-    -- behind the code's choices".)
+-- The rows target t's statement triggers queue, each as the FROM ... WHERE that
+-- enqueue_statement() takes (binding alias n) over the transition tables: `inserted`, the new
+-- rows that need a job (the store kind's new_row_sql()) and have content; `changed`, the
+-- updated rows whose content changed, or whose vector the store kind says changed
+-- (changed_vector_sql()), and for a store apart from the table the old keys an UPDATE took
+-- away; the same `unfiltered`, for a content function that raised: without its content.
+-- `row_type`: the source's row type, to rebuild a partition's rows as (content_sql()).
+CREATE FUNCTION embeddings.trigger_rows_sql(t embeddings.targets, row_type regclass,
+    OUT inserted text, OUT changed text, OUT inserted_unfiltered text, OUT changed_unfiltered text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    by_function boolean := t.content_function IS NOT NULL;
+    apart boolean := embeddings.store_apart(t);  -- sql/54_stores.sql
+    args jsonb := jsonb_build_object(
+        'new_row', embeddings.store_new_row_sql(t, 'n'),
+        'new_content', embeddings.content_compared_sql(t, 'n', row_type),
+        'old_content', embeddings.content_compared_sql(t, 'o', row_type),
+        'same_key', embeddings.key_equal_sql(t, 'o', 'n'),
+        'no_old_row', embeddings.no_old_row_sql(t),
+        'vanished', embeddings.vanished_rows_sql(t));
+    changed_when text[];
+BEGIN
+    inserted := embeddings.render('FROM new_rows n WHERE %(new_row)s AND %(new_content)s OPERATOR(pg_catalog.<>) ''''', args);
+    inserted_unfiltered := embeddings.render('FROM new_rows n WHERE %(new_row)s', args);
     IF by_function THEN
         -- Each row's old and new content once (the wrapper is a call as the table's owner, which
         -- the planner would repeat for each mention: three per row with clear_on_update);
         -- OFFSET 0 keeps the subquery from being flattened back into those mentions.
-        changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s'
-                          ' CROSS JOIN LATERAL (SELECT %s AS new_text, CASE WHEN %s THEN NULL ELSE %s END AS old_text OFFSET 0) c'
-                          ' WHERE (%s OR c.new_text IS DISTINCT FROM c.old_text)',
-                          embeddings.key_equal_sql(t, 'o', 'n'), new_content, no_old_row, old_content, no_old_row);
-        new_content := 'c.new_text';
+        changed := embeddings.render(
+            'FROM new_rows n LEFT JOIN old_rows o ON %(same_key)s'
+            ' CROSS JOIN LATERAL (SELECT %(new_content)s AS new_text, CASE WHEN %(no_old_row)s THEN NULL ELSE %(old_content)s END AS old_text OFFSET 0) c',
+            args);
+        args := args || jsonb_build_object('new_content', 'c.new_text', 'old_content', 'c.old_text');
     ELSE
-        changed := format('FROM new_rows n LEFT JOIN old_rows o ON %s WHERE (%s OR %s IS DISTINCT FROM %s)',
-                          embeddings.key_equal_sql(t, 'o', 'n'), no_old_row, new_content, old_content);
+        changed := embeddings.render('FROM new_rows n LEFT JOIN old_rows o ON %(same_key)s', args);
     END IF;
-    IF t.clear_on_update AND coalesce(t.side_table, t.chunk_table) IS NULL THEN
-        -- A key whose embedding this statement cleared changed too. The clear trigger compares
-        -- each physical row with itself, this trigger each key with itself: one UPDATE that
-        -- moves keys and content together (SET pos = pos + 1, body = <text of pos + 1>) leaves
-        -- every key's content as it was, yet every row's embedding cleared (issue 25 §1).
-        changed := format('%s OR (n.%I IS NULL AND o.%I IS NOT NULL))', left(changed, -1),
-                          t.embedding_column, t.embedding_column);
-    ELSIF coalesce(t.side_table, t.chunk_table) IS NULL THEN
-        -- Without clearing, each row such an UPDATE moves carries its vector to its new key,
-        -- whose content is what it was: a key whose vector changed in a statement that took
-        -- some key away changed too (the worker's own writes change no key). Reached only for
-        -- rows whose content is unchanged; the key test runs once per statement, first, and the
-        -- vectors are compared as text (no operator of the vector type is looked up here).
-        changed := format('%s OR (EXISTS (%s) AND n.%I::pg_catalog.text IS DISTINCT FROM o.%I::pg_catalog.text))',
-                          left(changed, -1), vanished, t.embedding_column, t.embedding_column);
-    END IF;
+    changed_when := ARRAY[embeddings.render('%(no_old_row)s', args),
+                          embeddings.render('%(new_content)s IS DISTINCT FROM %(old_content)s', args)]
+                    || embeddings.store_changed_vector_sql(t);  -- (none: NULL, left out below)
+    changed := changed || ' WHERE (' || array_to_string(changed_when, ' OR ') || ')';
     IF t.clear_on_update THEN
         -- A change to blank content needs no job: the clear trigger already cleared the row.
-        changed := changed || format(' AND %s OPERATOR(pg_catalog.<>) ''''', new_content);
+        changed := changed || embeddings.render(' AND %(new_content)s OPERATOR(pg_catalog.<>) ''''', args);
     END IF;
-    IF coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN
-        changed := format('FROM (SELECT n.* %s UNION ALL %s) n', changed, vanished);
-    END IF;
-
-    -- INSERT and UPDATE. A content function that raises (for any row) must not fail the write:
-    -- the rows then go unfiltered, and the worker dead-letters the culprit with its error.
-    FOREACH body IN ARRAY ARRAY['insert', 'update'] LOOP
-        fallback := CASE WHEN body = 'insert' THEN 'FROM new_rows n WHERE ' || unembedded
-                         WHEN coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN format('FROM (SELECT * FROM new_rows UNION ALL %s) n', vanished)
-                         ELSE 'FROM new_rows n' END;
-        EXECUTE format(
-            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%4$s AS $body$
-            BEGIN
-                %2$s;
-                RETURN NULL;%3$s
-            END
-            $body$ $f$,
-            prefix || '_' || body,
-            embeddings.enqueue_statement(t, CASE body WHEN 'insert' THEN inserted ELSE changed END),
-            CASE WHEN by_function THEN format(
-                E'\n            EXCEPTION WHEN OTHERS THEN\n'
-                 '                RAISE WARNING ''embeddings: content function of %% failed (%%); enqueued the rows unfiltered'', %s, SQLERRM;\n'
-                 '                %s;\n'
-                 '                RETURN NULL;',
-                quote_literal(t.source::text), embeddings.enqueue_statement(t, fallback))
-            ELSE '' END,
-            embeddings.key_settings_sql(t));  -- the keys' text read back alike in any session
-        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_' || body);
-    END LOOP;
-
-    -- Side and chunk tables (sql/56_side.sql): deleted rows' keys, queued whatever their content
-    -- (the worker deletes the side rows or chunks of keys whose row is gone); a TRUNCATE empties
-    -- that table through the function that runs as its owner, and never fails the user's
-    -- statement.
-    IF coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN
-        EXECUTE format(
-            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            BEGIN
-                %2$s;
-                RETURN NULL;
-            END
-            $body$ $f$,
-            prefix || '_delete', embeddings.enqueue_statement(t, 'FROM old_rows n'));
-        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_delete');
-        EXECUTE format(
-            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
-            BEGIN
-                PERFORM embeddings.%2$I();
-                RETURN NULL;
-            EXCEPTION WHEN OTHERS THEN
-                RAISE WARNING 'embeddings: could not empty the side table of %% (%%): its rows are never returned, nor counted', %3$L, SQLERRM;
-                RETURN NULL;
-            END
-            $body$ $f$,
-            prefix || '_truncate', prefix || '_prune', t.source::text);
-        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_truncate');
-    END IF;
-
-    PERFORM embeddings.generate_replica_function(t, row_type, table_owner);
-    PERFORM embeddings.generate_clear_function(t, row_type, table_owner);
-END
-$$;
-
--- Target t's trigger function for rows applied by logical replication, one at a time, for a
--- replica target (generate_functions() calls it).
-CREATE FUNCTION embeddings.generate_replica_function(t embeddings.targets, row_type regclass, table_owner name)
-RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    prefix text := 'embeddings_' || t.id;
-    by_function boolean := t.content_function IS NOT NULL;
-BEGIN
-    IF t.replica THEN
-        EXECUTE format(
-            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
-            LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%11$s AS $body$
-            BEGIN%10$s
-                IF (TG_OP = 'INSERT' AND %2$s AND %3$s OPERATOR(pg_catalog.<>) '')
-                   OR (TG_OP = 'UPDATE' AND (NOT (%4$s) OR %3$s IS DISTINCT FROM %5$s) AND %3$s OPERATOR(pg_catalog.<>) '') THEN
-                    INSERT INTO pgmq.%6$I (vt, message)
-                    VALUES (pg_catalog.clock_timestamp(),
-                            pg_catalog.jsonb_build_object('target', %7$s, 'keys', pg_catalog.jsonb_build_array(%8$s)));
-                END IF;
-                RETURN NULL;%9$s
-            END
-            $body$ $f$,
-            prefix || '_replica',
-            embeddings.store_new_row_sql(t, 'NEW'),
-            embeddings.content_compared_sql(t, 'new', row_type), embeddings.key_equal_sql(t, 'old', 'new'),
-            embeddings.content_compared_sql(t, 'old', row_type),
-            pgmq.format_table_name(t.queue, 'q'), t.id, embeddings.key_json_sql(t, 'new'),
-            CASE WHEN by_function THEN E'\n            EXCEPTION WHEN OTHERS THEN\n                RETURN NULL;' ELSE '' END,
-            -- side and chunk tables: a deleted row's key, and the old key of a row whose key changed
-            CASE WHEN coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN format(
-                E'\n                IF TG_OP = ''DELETE'' OR (TG_OP = ''UPDATE'' AND NOT (%s)) THEN'
-                 '\n                    INSERT INTO pgmq.%I (vt, message)'
-                 '\n                    VALUES (pg_catalog.clock_timestamp(),'
-                 '\n                            pg_catalog.jsonb_build_object(''target'', %s, ''keys'', pg_catalog.jsonb_build_array(%s)));'
-                 '\n                END IF;'
-                 '\n                IF TG_OP = ''DELETE'' THEN'
-                 '\n                    RETURN NULL;'
-                 '\n                END IF;',
-                embeddings.key_equal_sql(t, 'old', 'new'), pgmq.format_table_name(t.queue, 'q'), t.id,
-                embeddings.key_json_sql(t, 'old')) ELSE '' END,
-            embeddings.key_settings_sql(t));
-        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_replica');
-        -- A row trigger: Postgres clones it onto each partition created or attached, checking
-        -- that whoever does so may EXECUTE it. The table's owner may (no one else: it queues).
-        EXECUTE format('GRANT EXECUTE ON FUNCTION embeddings.%I() TO %I', prefix || '_replica', table_owner);
+    IF apart THEN
+        changed := embeddings.render('FROM (SELECT n.* %(changed)s UNION ALL %(vanished)s) n',
+                                     args || jsonb_build_object('changed', changed));
+        changed_unfiltered := embeddings.render('FROM (SELECT * FROM new_rows UNION ALL %(vanished)s) n', args);
+    ELSE
+        changed_unfiltered := 'FROM new_rows n';
     END IF;
 END
 $$;
 
--- Target t's clear trigger function (generate_functions() calls it): a content change clears
--- the stale embedding at once, for a target with clear_on_update (none for a chunked target,
--- which has no embedding column to clear).
-CREATE FUNCTION embeddings.generate_clear_function(t embeddings.targets, row_type regclass, table_owner name)
-RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- The statement trigger function `name` of target t: queues the rows `queued` selects (a FROM
+-- ... WHERE of trigger_rows_sql()); with a content function, what the function raises (for any
+-- row) is caught, and `unfiltered` rows are queued instead: the write never fails, and the
+-- worker dead-letters the culprit with its error. `settings`: key_settings_sql() (the keys'
+-- text read back alike in any session).
+CREATE FUNCTION embeddings.statement_trigger_sql(t embeddings.targets, name text, queued text,
+                                                 unfiltered text DEFAULT NULL, settings text DEFAULT '')
+RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings.render($template$
+        CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
+        BEGIN
+            %(enqueue)s;
+            RETURN NULL;
+        %(fallback)sEND
+        $body$
+        $template$, jsonb_build_object(
+            'name', name, 'settings', settings, 'enqueue', embeddings.enqueue_statement(t, queued),
+            'fallback', CASE WHEN unfiltered IS NOT NULL THEN embeddings.render($template$
+                EXCEPTION WHEN OTHERS THEN
+                    RAISE WARNING 'embeddings: content function of % failed (%); enqueued the rows unfiltered', %(source)L, SQLERRM;
+                    %(enqueue)s;
+                    RETURN NULL;
+                $template$, jsonb_build_object('source', t.source::text,
+                                               'enqueue', embeddings.enqueue_statement(t, unfiltered))) || E'\n' END))
+$$;
+
+-- The TRUNCATE trigger function of a target whose store is apart from its table: empties the
+-- store through embeddings_<id>_prune(), which runs as its owner, and never fails the user's
+-- statement.
+CREATE FUNCTION embeddings.truncate_trigger_sql(t embeddings.targets, name text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings.render($template$
+        CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
+        BEGIN
+            PERFORM embeddings.%(prune)I();
+            RETURN NULL;
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'embeddings: could not empty the store of % (%): its rows are never returned, nor counted', %(source)L, SQLERRM;
+            RETURN NULL;
+        END
+        $body$
+        $template$, jsonb_build_object('name', name, 'prune', 'embeddings_' || t.id || '_prune', 'source', t.source::text))
+$$;
+
+-- Target t's trigger function for rows applied by logical replication, one at a time (a
+-- replica target's): as the statement triggers, a row at a time, straight into the queue.
+CREATE FUNCTION embeddings.replica_trigger_sql(t embeddings.targets, name text, row_type regclass) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    prefix text := 'embeddings_' || t.id;
-    by_function boolean := t.content_function IS NOT NULL;
-    inputs name[] := embeddings.content_inputs(t);
-    body text;
+    args jsonb := jsonb_build_object(
+        'name', name, 'settings', embeddings.key_settings_sql(t), 'target', t.id,
+        'queue_table', pgmq.format_table_name(t.queue, 'q'),
+        'new_row', embeddings.store_new_row_sql(t, 'NEW'),
+        'new_content', embeddings.content_compared_sql(t, 'new', row_type),
+        'old_content', embeddings.content_compared_sql(t, 'old', row_type),
+        'same_key', embeddings.key_equal_sql(t, 'old', 'new'),
+        'new_key', embeddings.key_json_sql(t, 'new'), 'old_key', embeddings.key_json_sql(t, 'old'));
 BEGIN
-    IF NOT t.clear_on_update OR t.store_kind = 'chunks' THEN
-        RETURN;
-    END IF;
-    -- The clear trigger names no column (no UPDATE OF, no WHEN), so that dropping or retyping
-    -- the content column is never refused because of it; it compares in its body, as text
-    -- (any type has a text form; not every type has an equality operator).
-    IF by_function THEN
-        -- A content function is user code and may raise (for the very row being fixed): then
-        -- it cannot tell, and clears. It only edits NEW and runs only the owner's code, so it is
-        -- the table owner's, SECURITY DEFINER, like the functions of sql/32_access.sql (not ours
-        -- calling the wrapper): Postgres clones a row trigger onto every partition created or
-        -- attached, and checks that the role doing so may EXECUTE its function; the owner may,
-        -- and so does whoever owns the table after a REASSIGN OWNED (which carries it along).
-        EXECUTE format(
-            $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger
+    RETURN embeddings.render($template$
+        CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger
+        LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
+        BEGIN
+        %(follow)s    IF (TG_OP = 'INSERT' AND %(new_row)s AND %(new_content)s OPERATOR(pg_catalog.<>) '')
+               OR (TG_OP = 'UPDATE' AND (NOT (%(same_key)s) OR %(new_content)s IS DISTINCT FROM %(old_content)s) AND %(new_content)s OPERATOR(pg_catalog.<>) '') THEN
+                INSERT INTO pgmq.%(queue_table)I (vt, message)
+                VALUES (pg_catalog.clock_timestamp(),
+                        pg_catalog.jsonb_build_object('target', %(target)s, 'keys', pg_catalog.jsonb_build_array(%(new_key)s)));
+            END IF;
+            RETURN NULL;
+        %(fallback)sEND
+        $body$
+        $template$, args || jsonb_build_object(
+            -- a store apart from the table: a deleted row's key, and the old key of a row whose key changed
+            'follow', CASE WHEN embeddings.store_apart(t) THEN embeddings.render($template$
+                    IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND NOT (%(same_key)s)) THEN
+                        INSERT INTO pgmq.%(queue_table)I (vt, message)
+                        VALUES (pg_catalog.clock_timestamp(),
+                                pg_catalog.jsonb_build_object('target', %(target)s, 'keys', pg_catalog.jsonb_build_array(%(old_key)s)));
+                    END IF;
+                    IF TG_OP = 'DELETE' THEN
+                        RETURN NULL;
+                    END IF;
+                $template$, args, indent => 4) || E'\n' END,
+            'fallback', CASE WHEN t.content_function IS NOT NULL THEN E'EXCEPTION WHEN OTHERS THEN\n    RETURN NULL;\n' END));
+END
+$$;
+
+-- Target t's clear trigger function: a content change clears the stale embedding at once (a
+-- target with clear_on_update, whose vectors are in its table). It names no column (no UPDATE
+-- OF, no WHEN), so that dropping or retyping the content column is never refused because of
+-- it; it compares in its body, as text (any type has a text form; not every type has an
+-- equality operator).
+--
+-- A content function is user code and may raise (for the very row being fixed): then it cannot
+-- tell, and clears. It only edits NEW and runs only the owner's code, so it is the table
+-- owner's, SECURITY DEFINER, like the functions of sql/32_access.sql (not ours calling the
+-- wrapper): Postgres clones a row trigger onto every partition created or attached, and checks
+-- that the role doing so may EXECUTE its function; the owner may, and so does whoever owns the
+-- table after a REASSIGN OWNED (which carries it along). A content column's runs with invoker's
+-- rights: it only edits NEW, and runs nothing of the table owner's (values of a type that is
+-- not built in are compared by their output function's text); EXECUTE stays with PUBLIC:
+-- whoever creates or attaches a partition clones it.
+CREATE FUNCTION embeddings.clear_trigger_sql(t embeddings.targets, name text, row_type regclass) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings.render(CASE
+        WHEN t.content_function IS NOT NULL THEN $template$
+            CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
             DECLARE
                 before pg_catalog.text;
                 after pg_catalog.text;
             BEGIN
-                before := %2$s;  -- (in the block: its handler catches what the function raises)
-                after := %3$s;
+                before := %(old_content)s;  -- (in the block: its handler catches what the function raises)
+                after := %(new_content)s;
                 -- IS DISTINCT FROM, with pg_catalog's operator named (the owner's search path)
                 IF NOT coalesce(before OPERATOR(pg_catalog.=) after, before IS NULL AND after IS NULL) THEN
-                    NEW.%4$I := NULL;
+                    NEW.%(embedding)I := NULL;
                 END IF;
                 RETURN NEW;
             EXCEPTION WHEN OTHERS THEN
-                NEW.%4$I := NULL;  -- cannot compare: the embedding may be stale
+                NEW.%(embedding)I := NULL;  -- cannot compare: the embedding may be stale
                 RETURN NEW;
             END
-            $body$ $f$,
-            prefix || '_clear', embeddings.content_sql(t, 'old', row_type, wrapped => false),
-            embeddings.content_sql(t, 'new', row_type, wrapped => false), t.embedding_column);
-        EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I() FROM PUBLIC', prefix || '_clear');
-        PERFORM embeddings.give_owner_path(format('embeddings.%I()', prefix || '_clear')::regprocedure,
-                                           (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
-        IF table_owner <> current_user THEN
-            EXECUTE format('ALTER FUNCTION embeddings.%I() OWNER TO %I', prefix || '_clear', table_owner);
-        END IF;
-        RETURN;
-    ELSIF cardinality(inputs) = 0 THEN
-        body := 'RETURN NEW;';  -- generated from constants: it never changes
-    ELSE
-        body := format(
-            $b$IF %1$s THEN
-                    NEW.%2$I := NULL;
-                END IF;
-                RETURN NEW;$b$,
-            (SELECT string_agg(format('%s IS DISTINCT FROM %s', embeddings.text_sql(a.atttypid, format('OLD.%I', c)),
-                                      embeddings.text_sql(a.atttypid, format('NEW.%I', c))), ' OR ')
-             FROM unnest(inputs) AS c
-             JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = c AND NOT a.attisdropped),
-            t.embedding_column);
-    END IF;
-    -- Invoker's rights: it only edits NEW, and runs nothing of the table owner's (values of a
-    -- type that is not built in are compared by their output function's text). EXECUTE stays
-    -- with PUBLIC: whoever creates or attaches a partition clones it (see above).
-    EXECUTE format(
-        $f$CREATE OR REPLACE FUNCTION embeddings.%1$I() RETURNS trigger LANGUAGE plpgsql
-            SET search_path = pg_catalog, pg_temp AS $body$
+            $body$
+            $template$
+        WHEN cardinality(embeddings.content_inputs(t)) = 0 THEN $template$
+            CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger LANGUAGE plpgsql
+                SET search_path = pg_catalog, pg_temp AS $body$
             BEGIN
-                %2$s
+                RETURN NEW;  -- the content depends on no column: it never changes
             END
-            $body$ $f$,
-        prefix || '_clear', body);
+            $body$
+            $template$
+        ELSE $template$
+            CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger LANGUAGE plpgsql
+                SET search_path = pg_catalog, pg_temp AS $body$
+            BEGIN
+                IF %(changed)s THEN
+                    NEW.%(embedding)I := NULL;
+                END IF;
+                RETURN NEW;
+            END
+            $body$
+            $template$ END,
+        jsonb_build_object(
+            'name', name, 'embedding', t.embedding_column,
+            'old_content', embeddings.content_sql(t, 'old', row_type, wrapped => false),
+            'new_content', embeddings.content_sql(t, 'new', row_type, wrapped => false),
+            'changed', (SELECT string_agg(embeddings.text_sql(a.atttypid, embeddings.render('OLD.%(c)I', jsonb_build_object('c', c)))
+                                          || ' IS DISTINCT FROM '
+                                          || embeddings.text_sql(a.atttypid, embeddings.render('NEW.%(c)I', jsonb_build_object('c', c))),
+                                          ' OR ')
+                        FROM unnest(embeddings.content_inputs(t)) AS c
+                        JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = c AND NOT a.attisdropped)))
+$$;
+
+-- Target t's trigger functions, as builders make them, each with who may run it (`rights`,
+-- which generate_functions() grants):
+--   ours     this schema's owner's; EXECUTE revoked from PUBLIC (a trigger's EXECUTE is not
+--            checked when it fires)
+--   cloned   ours, and its table's owner may EXECUTE it: a row trigger Postgres clones onto
+--            each partition created or attached, checking that whoever does so may
+--   owners   the table owner's, with its search path (a clear trigger of a content function)
+--   anyone   invoker's rights, EXECUTE to PUBLIC (a content column's clear trigger)
+CREATE FUNCTION embeddings.trigger_code(t embeddings.targets) RETURNS TABLE (name text, statement text, rights text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prefix text := 'embeddings_' || t.id;
+    row_type regclass := (SELECT CASE WHEN c.relkind = 'p' THEN c.oid END FROM pg_class c WHERE c.oid = t.source);
+    queued record := embeddings.trigger_rows_sql(t, row_type);
+    by_function boolean := t.content_function IS NOT NULL;
+BEGIN
+    RETURN QUERY VALUES
+        (prefix || '_insert',
+         embeddings.statement_trigger_sql(t, prefix || '_insert', queued.inserted,
+                                          CASE WHEN by_function THEN queued.inserted_unfiltered END, embeddings.key_settings_sql(t)),
+         'ours'),
+        (prefix || '_update',
+         embeddings.statement_trigger_sql(t, prefix || '_update', queued.changed,
+                                          CASE WHEN by_function THEN queued.changed_unfiltered END, embeddings.key_settings_sql(t)),
+         'ours');
+    -- A store apart from the table: deleted rows' keys, queued whatever their content (the
+    -- worker deletes their rows of the store), and TRUNCATE followed.
+    IF embeddings.store_apart(t) THEN
+        RETURN QUERY VALUES
+            (prefix || '_delete', embeddings.statement_trigger_sql(t, prefix || '_delete', 'FROM old_rows n'), 'ours'),
+            (prefix || '_truncate', embeddings.truncate_trigger_sql(t, prefix || '_truncate'), 'ours');
+    END IF;
+    IF t.replica THEN
+        RETURN QUERY VALUES (prefix || '_replica', embeddings.replica_trigger_sql(t, prefix || '_replica', row_type), 'cloned');
+    END IF;
+    IF t.clear_on_update AND NOT embeddings.store_apart(t) THEN
+        RETURN QUERY VALUES (prefix || '_clear', embeddings.clear_trigger_sql(t, prefix || '_clear', row_type),
+                             CASE WHEN by_function THEN 'owners' ELSE 'anyone' END);
+    END IF;
+END
+$$;
+
+-- Creates (or replaces) the trigger functions of target t (trigger_code()) and grants them.
+-- SECURITY DEFINER: whoever causes the regeneration (a DDL statement's event trigger), the
+-- functions belong to this schema's owner. The content function's wrapper (sql/32_access.sql)
+-- must exist first.
+CREATE FUNCTION embeddings.generate_functions(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    prefix text := 'embeddings_' || t.id;
+    table_owner name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
+    code record;
+    fn regprocedure;
+BEGIN
+    -- A content-function target's statement trigger functions were once its table owner's, and
+    -- sent through embeddings_<id>_enqueue(), as an upgraded database may still have them: ours
+    -- now (a replacement keeps the owner).
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proowner <> current_user::regrole
+          AND p.proname IN (prefix || '_insert', prefix || '_update', prefix || '_replica')
+    LOOP
+        EXECUTE embeddings.render('ALTER FUNCTION %(fn)s OWNER TO %(owner)I', jsonb_build_object('fn', fn::text, 'owner', current_user));
+    END LOOP;
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proname = prefix || '_enqueue'
+    LOOP
+        EXECUTE embeddings.render('DROP FUNCTION %(fn)s', jsonb_build_object('fn', fn::text));
+    END LOOP;
+
+    FOR code IN SELECT * FROM embeddings.trigger_code(t) LOOP
+        EXECUTE code.statement;
+        fn := embeddings.render('embeddings.%(name)I()', jsonb_build_object('name', code.name))::regprocedure;
+        IF code.rights <> 'anyone' THEN
+            EXECUTE embeddings.render('REVOKE ALL ON FUNCTION %(fn)s FROM PUBLIC', jsonb_build_object('fn', fn::text));
+        END IF;
+        IF code.rights = 'cloned' THEN
+            EXECUTE embeddings.render('GRANT EXECUTE ON FUNCTION %(fn)s TO %(owner)I',
+                                      jsonb_build_object('fn', fn::text, 'owner', table_owner));
+        ELSIF code.rights = 'owners' THEN
+            PERFORM embeddings.give_owner_path(fn, (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
+            IF table_owner <> current_user THEN
+                EXECUTE embeddings.render('ALTER FUNCTION %(fn)s OWNER TO %(owner)I',
+                                          jsonb_build_object('fn', fn::text, 'owner', table_owner));
+            END IF;
+        END IF;
+    END LOOP;
 END
 $$;
 
@@ -451,6 +507,59 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     UNION
     SELECT p.relid FROM pg_partition_tree(t.source) p
     WHERE (SELECT c.relkind FROM pg_class c WHERE c.oid = t.source) = 'p'
+$$;
+
+-- The triggers of target t on table `rel` (its table or one of its partitions), each with the
+-- statement that makes it (run unless a trigger of that name is there) and the one that sets
+-- when it fires (run every time: NULL for none). Statement triggers go on every table covered;
+-- the row triggers on the table itself (Postgres clones them onto its partitions).
+CREATE FUNCTION embeddings.trigger_ddl(t embeddings.targets, rel regclass)
+RETURNS TABLE (name text, statement text, firing text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    args jsonb := jsonb_build_object('prefix', 'embeddings_' || t.id, 'rel', rel::text,
+                                     'fired', CASE WHEN t.replica THEN 'ALWAYS ' ELSE '' END,
+                                     'follow_deletes', CASE WHEN embeddings.store_apart(t) THEN ' OR DELETE' ELSE '' END);
+BEGIN
+    RETURN QUERY VALUES
+        (args->>'prefix' || '_insert',
+         embeddings.render('CREATE TRIGGER %(prefix)I_insert AFTER INSERT ON %(rel)s REFERENCING NEW TABLE AS new_rows '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(prefix)I_insert()', args), NULL::text),
+        (args->>'prefix' || '_update',
+         embeddings.render('CREATE TRIGGER %(prefix)I_update AFTER UPDATE ON %(rel)s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(prefix)I_update()', args), NULL);
+    -- A store apart from the table follows deletes and truncations; a subscriber's apply
+    -- worker truncates with the statement triggers that fire ALWAYS.
+    IF embeddings.store_apart(t) THEN
+        RETURN QUERY VALUES
+            (args->>'prefix' || '_delete',
+             embeddings.render('CREATE TRIGGER %(prefix)I_delete AFTER DELETE ON %(rel)s REFERENCING OLD TABLE AS old_rows '
+                               'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(prefix)I_delete()', args), NULL),
+            (args->>'prefix' || '_truncate',
+             embeddings.render('CREATE TRIGGER %(prefix)I_truncate AFTER TRUNCATE ON %(rel)s '
+                               'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(prefix)I_truncate()', args),
+             embeddings.render('ALTER TABLE %(rel)s ENABLE %(fired)sTRIGGER %(prefix)I_truncate', args));
+    END IF;
+    IF rel <> t.source THEN
+        RETURN;
+    END IF;
+    IF t.clear_on_update AND NOT embeddings.store_apart(t) THEN
+        RETURN QUERY VALUES
+            (args->>'prefix' || '_clear',
+             embeddings.render('CREATE TRIGGER %(prefix)I_clear BEFORE UPDATE ON %(rel)s FOR EACH ROW '
+                               'EXECUTE FUNCTION embeddings.%(prefix)I_clear()', args),
+             embeddings.render('ALTER TABLE %(rel)s ENABLE %(fired)sTRIGGER %(prefix)I_clear', args));
+    END IF;
+    IF t.replica THEN
+        -- Only rows applied by replication (the origin's rows have the statement triggers).
+        RETURN QUERY VALUES
+            (args->>'prefix' || '_replica',
+             embeddings.render('CREATE TRIGGER %(prefix)I_replica AFTER INSERT OR UPDATE%(follow_deletes)s ON %(rel)s FOR EACH ROW '
+                               'WHEN (pg_catalog.current_setting(''session_replication_role'') = ''replica'') '
+                               'EXECUTE FUNCTION embeddings.%(prefix)I_replica()', args),
+             embeddings.render('ALTER TABLE %(rel)s ENABLE ALWAYS TRIGGER %(prefix)I_replica', args));
+    END IF;
+END
 $$;
 
 -- Brings target t's triggers in line with its registration and its table as it is now: the
@@ -465,7 +574,8 @@ DECLARE
     prefix text := 'embeddings_' || t.id;
     rel regclass;
     added regclass[] := '{}';
-    fired text := CASE WHEN t.replica THEN 'ALWAYS ' ELSE '' END;
+    made record;
+    row_trigger text;
 BEGIN
     IF t.problem IS NOT NULL THEN
         PERFORM embeddings.drop_triggers(t);
@@ -489,72 +599,36 @@ BEGIN
     END IF;
     PERFORM embeddings.generate_functions(t);
 
-    -- Statement triggers: on every covered table, off every other.
+    -- Statement triggers on every covered table, off every other; the row triggers on the
+    -- table itself.
     PERFORM embeddings.drop_triggers(t, only_uncovered => true);
     FOR rel IN SELECT * FROM embeddings.covered_tables(t) LOOP
-        IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel AND tgname = prefix || '_insert') THEN
-            EXECUTE format(
-                'CREATE TRIGGER %I AFTER INSERT ON %s REFERENCING NEW TABLE AS new_rows '
-                'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%I()',
-                prefix || '_insert', rel, prefix || '_insert');
-            IF rel <> t.source THEN
-                added := added || rel;
+        FOR made IN SELECT * FROM embeddings.trigger_ddl(t, rel) LOOP
+            IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel AND tgname = made.name) THEN
+                EXECUTE made.statement;
+                IF rel <> t.source AND made.name = prefix || '_insert' THEN
+                    added := added || rel;
+                END IF;
             END IF;
-        END IF;
-        IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel AND tgname = prefix || '_update') THEN
-            EXECUTE format(
-                'CREATE TRIGGER %I AFTER UPDATE ON %s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
-                'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%I()',
-                prefix || '_update', rel, prefix || '_update');
-        END IF;
-        -- Side and chunk tables (sql/56_side.sql): deletes and truncations are followed.
-        IF coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN
-            IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel AND tgname = prefix || '_delete') THEN
-                EXECUTE format(
-                    'CREATE TRIGGER %I AFTER DELETE ON %s REFERENCING OLD TABLE AS old_rows '
-                    'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%I()',
-                    prefix || '_delete', rel, prefix || '_delete');
+            IF made.firing IS NOT NULL THEN
+                EXECUTE made.firing;
             END IF;
-            IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel AND tgname = prefix || '_truncate') THEN
-                EXECUTE format('CREATE TRIGGER %I AFTER TRUNCATE ON %s FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%I()',
-                               prefix || '_truncate', rel, prefix || '_truncate');
-            END IF;
-            -- A subscriber's apply worker truncates with the statement triggers that fire ALWAYS.
-            EXECUTE format('ALTER TABLE %s ENABLE %sTRIGGER %I', rel, fired, prefix || '_truncate');
+        END LOOP;
+    END LOOP;
+    -- Row triggers the registration no longer asks for.
+    FOREACH row_trigger IN ARRAY ARRAY[prefix || '_clear', prefix || '_replica'] LOOP
+        IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = row_trigger)
+           AND NOT EXISTS (SELECT FROM embeddings.trigger_ddl(t, t.source) d WHERE d.name = row_trigger) THEN
+            EXECUTE embeddings.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', row_trigger, 'rel', t.source::text));
         END IF;
     END LOOP;
-
-    -- Row triggers: on the table itself (Postgres clones them onto partitions).
-    IF t.clear_on_update AND t.store_kind <> 'chunks' THEN
-        IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = prefix || '_clear') THEN
-            EXECUTE format('CREATE TRIGGER %I BEFORE UPDATE ON %s FOR EACH ROW EXECUTE FUNCTION embeddings.%I()',
-                           prefix || '_clear', t.source, prefix || '_clear');
-        END IF;
-        EXECUTE format('ALTER TABLE %s ENABLE %sTRIGGER %I', t.source, fired, prefix || '_clear');
-    ELSIF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = prefix || '_clear') THEN
-        EXECUTE format('DROP TRIGGER %I ON %s', prefix || '_clear', t.source);
-    END IF;
-    IF t.replica THEN
-        IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = prefix || '_replica') THEN
-            -- Only rows applied by replication (the origin's rows have the statement triggers).
-            EXECUTE format(
-                'CREATE TRIGGER %I AFTER INSERT OR UPDATE%s ON %s FOR EACH ROW '
-                'WHEN (pg_catalog.current_setting(''session_replication_role'') = ''replica'') '
-                'EXECUTE FUNCTION embeddings.%I()',
-                prefix || '_replica', CASE WHEN coalesce(t.side_table, t.chunk_table) IS NOT NULL THEN ' OR DELETE' ELSE '' END,
-                t.source, prefix || '_replica');
-        END IF;
-        EXECUTE format('ALTER TABLE %s ENABLE ALWAYS TRIGGER %I', t.source, prefix || '_replica');
-    ELSIF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = prefix || '_replica') THEN
-        EXECUTE format('DROP TRIGGER %I ON %s', prefix || '_replica', t.source);
-    END IF;
     RETURN added;
 END
 $$;
 
 -- Drops target t's triggers (all, or only those on tables it no longer covers: detached
--- partitions) and, when all go, its trigger functions (and the _enqueue function of versions
--- before 0.2.0).
+-- partitions) and, when all go, its trigger functions (and the _enqueue function older
+-- releases made).
 CREATE FUNCTION embeddings.drop_triggers(t embeddings.targets, only_uncovered boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -569,7 +643,7 @@ BEGIN
           AND g.tgparentid = 0  -- clones go with their parent trigger
           AND NOT (only_uncovered AND g.tgrelid IN (SELECT * FROM embeddings.covered_tables(t)))
     LOOP
-        EXECUTE format('DROP TRIGGER %I ON %s', tg.tgname, tg.rel);
+        EXECUTE embeddings.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', tg.tgname, 'rel', tg.rel::text));
     END LOOP;
     IF only_uncovered THEN
         RETURN;
@@ -580,7 +654,7 @@ BEGIN
           AND p.proname IN (prefix || '_insert', prefix || '_update', prefix || '_clear', prefix || '_replica',
                             prefix || '_delete', prefix || '_truncate', prefix || '_enqueue')
     LOOP
-        EXECUTE format('DROP FUNCTION %s', fn);
+        EXECUTE embeddings.render('DROP FUNCTION %(fn)s', jsonb_build_object('fn', fn::text));
     END LOOP;
 END
 $$;

@@ -6,161 +6,128 @@
 -- operators and domain checks) runs with its rights and never more, and worker roles need no
 -- privilege on user tables at all (docs/security.md).
 --
---   embeddings_<id>_content(row)      the content function of a row, for content-function
+--   embeddings_<id>_content(r)        the content function of a row, for content-function
 --                                     targets: the wrapper through which the trigger functions
 --                                     (owned by this schema's owner) evaluate it
 --   embeddings_<id>_lock()            locks the table for the worker's write (lock_target())
 --   embeddings_<id>_load(keys, k0..)  each key's row: key, content, md5 of the content
---   embeddings_<id>_lock_rows(keys, k0..)  a row store's rows locked for the write, skipping
---                                     (and returning) those another transaction holds
---   embeddings_<id>_store(keys, k0.., vectors, digests) / _blank(keys, k0.., digests)
---                                     writes or clears vectors where the content is still the
---                                     one loaded (its md5): the stale-write guard; returns the
---                                     keys written; _store_shadow / _blank_shadow the same for
---                                     the shadow column of a model change (sql/44_changes.sql)
---   embeddings_<id>_unshadowed(pending) / _swap_prepare(pending)   model-change completion
---   embeddings_<id>_scan(after, max_rows, every_row, content, sweep)  the keys after `after`
---                                     in key order, each with whether it needs a job: backfills
---                                     (sql/62_backfill.sql), sweep(), status
---   embeddings_<id>_reusable(keys, k0.., hashes) / _chunks(...)   a chunked target's chunk
---                                     table: vectors to reuse; the chunk write
---   embeddings_<id>_forget(keys, k0..) / _prune()   a side-table target's side rows of rows that
---                                     are gone: deleted (the worker), truncated (the TRUNCATE
---                                     trigger); the side table's writes (sql/56_side.sql)
+--   embeddings_<id>_scan(after, max_rows, every_row, with_content, sweep)  the keys after
+--                                     `after` in key order, each with whether it needs a job:
+--                                     backfills (sql/62_backfill.sql), sweep(), status
+--   the store kind's (its file, sql/54_stores.sql lists them): the vector writes under the
+--                                     stale-write guard (_store, _blank, a model change's
+--                                     _store_shadow, _blank_shadow, _unshadowed, _swap_prepare),
+--                                     a row store's _lock_rows, a chunk table's _reusable and
+--                                     _chunks, a store apart's _forget and _prune
+--   the verifying sweep's (sql/64_verify.sql): _verify, _clear_failing, _existing
 --
 -- Keys arrive as text: `keys` the worker's canonical keys (returned as they came), k0, k1, ...
--- one array per key column, cast to the column's type here, as the owner.
+-- one array per key column, cast to the column's type here, as the owner. A function names its
+-- parameters qualified by its own name (embeddings_<id>_load_body.keys): a column of the table
+-- may have any name.
 --
--- Each function first checks that it runs as the table's current owner
--- (embeddings.check_serving(), made inline by check_serving_sql()): the owner may ALTER them (they are its), to SECURITY INVOKER
--- say, which would make them run as their caller. The event trigger regenerates them after any
--- such ALTER; where there is none (an install by a non-superuser) the check refuses, with
--- SQLSTATE EW001, which the worker takes as a reason to defer the target, never as a row's
--- failure. Those that read the table refuse (EW001) while it has FORCE ROW LEVEL SECURITY: the
--- owner's policies would hide rows, and a hidden row would look deleted.
+-- Each function first checks that it runs as the table's current owner (check_serving_sql()):
+-- the owner may ALTER them (they are its), to SECURITY INVOKER say, which would make them run as
+-- their caller. The event trigger regenerates them after any such ALTER; where there is none (an
+-- install by a non-superuser) the check refuses, with SQLSTATE EW001, which the worker takes as
+-- a reason to defer the target, never as a row's failure. Those that read the table refuse
+-- (EW001) while it has FORCE ROW LEVEL SECURITY: the owner's policies would hide rows, and a
+-- hidden row would look deleted.
+--
+-- Each function is a spec (access_spec(): its name, parameters, result and a template of its
+-- body) made into SQL by access_function_code(), listed for a target by access_code() and
+-- installed by generate_access().
 
--- Refuses (SQLSTATE EW001) unless table `source` (its name as the functions were generated
--- with: renamed since, it has not been regenerated) exists and the caller runs as its owner,
--- and, with `reads`, unless it is free of FORCE ROW LEVEL SECURITY. `store`: a side table
--- (sql/56_side.sql), which must have the same owner and no FORCE ROW LEVEL SECURITY either.
--- Invoker's rights: it must see who runs.
-CREATE FUNCTION embeddings.check_serving(source text, reads boolean DEFAULT true, store text DEFAULT NULL) RETURNS void
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    owner_name name;
-    forced boolean;
-BEGIN
-    SELECT pg_get_userbyid(c.relowner), c.relrowsecurity AND c.relforcerowsecurity INTO owner_name, forced
-    FROM pg_class c WHERE c.oid = to_regclass(source);
-    IF store IS NOT NULL AND owner_name IS NOT NULL THEN
-        SELECT CASE WHEN pg_get_userbyid(c.relowner) OPERATOR(pg_catalog.=) owner_name THEN owner_name END,
-               forced OR (c.relrowsecurity AND c.relforcerowsecurity)
-        INTO owner_name, forced
-        FROM pg_class c WHERE c.oid = to_regclass(store);
-        IF owner_name IS NULL THEN
-            RAISE EXCEPTION 'embeddings: the side table % of % is missing or not owned by the table''s owner', store, source
-                USING ERRCODE = 'EW001',
-                      HINT = format('ALTER TABLE %s OWNER TO the owner of %s (or any ALTER TABLE of %s, with the event trigger)', store, source, source);
-        END IF;
-    END IF;
-    IF owner_name IS NULL THEN
-        RAISE EXCEPTION 'embeddings: the functions of table % find no table of that name (renamed?)', source
-            USING ERRCODE = 'EW001',
-                  HINT = 'They are regenerated by any ALTER TABLE of it (with the event trigger) and by embeddings.watch(); see docs/security.md.';
-    ELSIF owner_name <> current_user THEN
-        RAISE EXCEPTION 'embeddings: the functions of % run as %, not as its owner %', source, current_user, owner_name
-            USING ERRCODE = 'EW001',
-                  HINT = 'They are regenerated by any ALTER TABLE of it (with the event trigger) and by embeddings.watch(); see docs/security.md.';
-    END IF;
-    IF reads AND forced THEN
-        RAISE EXCEPTION 'embeddings: % has FORCE ROW LEVEL SECURITY: the worker reads and writes it as its owner, whom its policies would hide rows from', source
-            USING ERRCODE = 'EW001',
-                  HINT = format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', source);
-    END IF;
-END
-$$;
-
--- check_serving() as PL/pgSQL statements, for the generated functions to make inline: they run
--- as the table's owner, who may have no right to this schema (REVOKE USAGE ON SCHEMA embeddings
--- FROM PUBLIC, REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA embeddings FROM PUBLIC), and must
--- still serve the worker. Only pg_catalog is named.
-CREATE FUNCTION embeddings.check_serving_sql(source text, reads boolean DEFAULT true, store text DEFAULT NULL) RETURNS text
+-- The check every generated function makes first, as a PL/pgSQL block: the caller runs as the
+-- owner of table `source` (its name as the functions were generated with: renamed since, it has
+-- not been regenerated), which exists; with `reads`, it has no FORCE ROW LEVEL SECURITY. `store`:
+-- the table holding its vectors, when apart from it (sql/54_stores.sql), which must have the
+-- same owner and, with `reads`, no FORCE ROW LEVEL SECURITY either. They run as the table's
+-- owner, who may have no right to this schema (REVOKE USAGE ON SCHEMA embeddings FROM PUBLIC,
+-- REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA embeddings FROM PUBLIC), and must still serve the
+-- worker: only pg_catalog is named. `indent`: render()'s.
+CREATE FUNCTION embeddings.check_serving_sql(source text, reads boolean DEFAULT true, store text DEFAULT NULL,
+                                             indent integer DEFAULT 0) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format(
-        $c$DECLARE
-                serving_owner pg_catalog.name;
-                serving_forced boolean;
-            BEGIN
-                SELECT pg_catalog.pg_get_userbyid(c.relowner), c.relrowsecurity AND c.relforcerowsecurity
-                INTO serving_owner, serving_forced
-                FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%1$L);%4$s
-                IF serving_owner IS NULL THEN
-                    RAISE EXCEPTION 'embeddings: the functions of table %% find no table of that name (renamed?)', %1$L
-                        USING ERRCODE = 'EW001', HINT = %2$L;
-                ELSIF serving_owner OPERATOR(pg_catalog.<>) CURRENT_USER THEN
-                    RAISE EXCEPTION 'embeddings: the functions of %% run as %%, not as its owner %%', %1$L, CURRENT_USER, serving_owner
-                        USING ERRCODE = 'EW001', HINT = %2$L;
-                END IF;%3$s
-            END;$c$,
-        source,
-        'They are regenerated by any ALTER TABLE of it (with the event trigger) and by embeddings.watch(); see docs/security.md.',
-        CASE WHEN reads THEN format(
-            $c$
-                IF serving_forced THEN
-                    RAISE EXCEPTION 'embeddings: %% has FORCE ROW LEVEL SECURITY: the worker reads and writes it as its owner, whom its policies would hide rows from', %1$L
-                        USING ERRCODE = 'EW001', HINT = %2$L;
-                END IF;$c$,
-            source, format('ALTER TABLE %s NO FORCE ROW LEVEL SECURITY', source)) ELSE '' END,
-        -- a side table (its store): the table owner's too, and under its policies too
-        CASE WHEN store IS NOT NULL THEN format(
-            $c$
+    SELECT embeddings.render($template$
+        DECLARE
+            serving_owner pg_catalog.name;
+            serving_forced boolean;
+        BEGIN
+            SELECT pg_catalog.pg_get_userbyid(c.relowner), c.relrowsecurity AND c.relforcerowsecurity
+            INTO serving_owner, serving_forced
+            FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(source)L);%(store_check)s
+            IF serving_owner IS NULL THEN
+                RAISE EXCEPTION 'embeddings: the functions of table % find no table of that name (renamed?)', %(source)L
+                    USING ERRCODE = 'EW001', HINT = %(hint)L;
+            ELSIF serving_owner OPERATOR(pg_catalog.<>) CURRENT_USER THEN
+                RAISE EXCEPTION 'embeddings: the functions of % run as %, not as its owner %', %(source)L, CURRENT_USER, serving_owner
+                    USING ERRCODE = 'EW001', HINT = %(hint)L;
+            END IF;%(reads_check)s
+        END;
+        $template$, args || jsonb_build_object(
+            -- its store: the table owner's too, and under its policies too
+            'store_check', CASE WHEN store IS NOT NULL THEN E'\n' || embeddings.render($template$
                 IF serving_owner IS NOT NULL THEN
                     SELECT CASE WHEN pg_catalog.pg_get_userbyid(c.relowner) OPERATOR(pg_catalog.=) serving_owner THEN serving_owner END,
                            serving_forced OR (c.relrowsecurity AND c.relforcerowsecurity)
                     INTO serving_owner, serving_forced
-                    FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%2$L);
+                    FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) pg_catalog.to_regclass(%(store)L);
                     IF serving_owner IS NULL THEN
-                        RAISE EXCEPTION 'embeddings: the side table %% of %% is missing or not owned by the table''s owner', %2$L, %1$L
-                            USING ERRCODE = 'EW001', HINT = %3$L;
+                        RAISE EXCEPTION 'embeddings: the table % holding the vectors of % is missing or not owned by the table''s owner', %(store)L, %(source)L
+                            USING ERRCODE = 'EW001', HINT = %(store_hint)L;
                     END IF;
-                END IF;$c$,
-            source, store,
-            format('ALTER TABLE %s OWNER TO the owner of %s (or any ALTER TABLE of %s, with the event trigger)', store, source, source))
-        ELSE '' END)
+                END IF;
+                $template$, args, indent => indent + 4) END,
+            'reads_check', CASE WHEN reads THEN E'\n' || embeddings.render($template$
+                IF serving_forced THEN
+                    RAISE EXCEPTION 'embeddings: % has FORCE ROW LEVEL SECURITY: the worker reads and writes it as its owner, whom its policies would hide rows from', %(source)L
+                        USING ERRCODE = 'EW001', HINT = %(forced_hint)L;
+                END IF;
+                $template$, args, indent => indent + 4) END), indent)
+    FROM (SELECT jsonb_build_object(
+                     'source', source, 'store', store,
+                     'hint', 'They are regenerated by any ALTER TABLE of it (with the event trigger) and by embeddings.watch(); see docs/security.md.',
+                     'forced_hint', 'ALTER TABLE ' || source || ' NO FORCE ROW LEVEL SECURITY',
+                     'store_hint', 'ALTER TABLE ' || store || ' OWNER TO the owner of ' || source
+                                   || ' (or any ALTER TABLE of ' || source || ', with the event trigger)')) a(args)
 $$;
 
 -- Why the functions of target t cannot serve it now (a target problem for status, doctor and
 -- the worker), or NULL: missing, not owned by the table's owner, altered since they were
--- generated, or the table's FORCE ROW LEVEL SECURITY.
+-- generated, or the table's FORCE ROW LEVEL SECURITY (or its store's, apart from it).
 CREATE FUNCTION embeddings.access_problem(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source) OR t.problem IS NOT NULL THEN NULL
         WHEN (SELECT c.relrowsecurity AND c.relforcerowsecurity FROM pg_class c WHERE c.oid = t.source) THEN
-            format('%s has FORCE ROW LEVEL SECURITY: the worker reads and writes it as its owner, whom its policies would hide rows from; ALTER TABLE %s NO FORCE ROW LEVEL SECURITY',
-                   t.source, t.source)
-        -- A side table (sql/56_side.sql): its owner's, readable by its owner.
-        WHEN t.store_kind = 'side' AND NOT EXISTS (SELECT FROM pg_class c JOIN pg_class s ON s.relowner = c.relowner
-                                                      WHERE c.oid = t.source AND s.oid = t.side_table) THEN
-            format('its side table %s is missing or not owned by the owner of %s: ALTER TABLE %s OWNER TO %s',
-                   t.side_table, t.source, t.side_table, (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source))
-        WHEN (SELECT c.relrowsecurity AND c.relforcerowsecurity FROM pg_class c WHERE c.oid = t.side_table) THEN
-            format('%s has FORCE ROW LEVEL SECURITY: the worker reads and writes it as its owner, whom its policies would hide rows from; ALTER TABLE %s NO FORCE ROW LEVEL SECURITY',
-                   t.side_table, t.side_table)
+            t.source || ' has FORCE ROW LEVEL SECURITY: the worker reads and writes it as its owner, whom its policies would hide rows from; ALTER TABLE '
+                || t.source || ' NO FORCE ROW LEVEL SECURITY'
+        -- A store apart from the table (sql/54_stores.sql): its owner's, readable by its owner.
+        WHEN t.store_table <> t.source AND NOT EXISTS (SELECT FROM pg_class c JOIN pg_class s ON s.relowner = c.relowner
+                                                       WHERE c.oid = t.source AND s.oid = t.store_table) THEN
+            'the table ' || t.store_table || ' holding its vectors is missing or not owned by the owner of ' || t.source
+                || ': ALTER TABLE ' || t.store_table || ' OWNER TO '
+                || (SELECT quote_ident(pg_get_userbyid(c.relowner)) FROM pg_class c WHERE c.oid = t.source)
+        WHEN t.store_table <> t.source
+             AND (SELECT c.relrowsecurity AND c.relforcerowsecurity FROM pg_class c WHERE c.oid = t.store_table) THEN
+            t.store_table || ' has FORCE ROW LEVEL SECURITY: the worker reads and writes it as its owner, whom its policies would hide rows from; ALTER TABLE '
+                || t.store_table || ' NO FORCE ROW LEVEL SECURITY'
         WHEN NOT EXISTS (SELECT FROM pg_proc p WHERE p.pronamespace = 'embeddings'::regnamespace
                          AND p.proname = 'embeddings_' || t.id || '_load') THEN
             'its functions are missing: watch the table again'
         WHEN EXISTS (SELECT FROM pg_proc p JOIN pg_class c ON c.oid = t.source
                      WHERE p.pronamespace = 'embeddings'::regnamespace
                        AND p.proname ~ ('^embeddings_' || t.id || '_[a-z_]+$')
-                       AND p.proname !~ '_(search|text_ranking|bm25_ranking|visible)$'  -- the caller's (sql/58_search.sql, 56_side.sql)
-                       -- a guard (create_access_function()): the caller's, around the owner's body
+                       AND p.proname !~ '_(search|nearest|text_ranking|bm25_ranking|visible)$'  -- the caller's (sql/58_search.sql, 54_stores.sql)
+                       -- a guard (access_function_code()): the caller's, around the owner's body
                        AND NOT EXISTS (SELECT FROM pg_proc b WHERE b.pronamespace = p.pronamespace
                                                                AND b.proname = p.proname || '_body')
                        AND p.prorettype <> 'trigger'::regtype
                        AND (p.proowner <> c.relowner OR NOT p.prosecdef)) THEN
-            format('its functions do not run as the owner of %s (%s) as generated: an ALTER TABLE of it, or watch() again, regenerates them',
-                   t.source, (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source))
+            'its functions do not run as the owner of ' || t.source || ' ('
+                || (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source)
+                || ') as generated: an ALTER TABLE of it, or watch() again, regenerates them'
     END
 $$;
 
@@ -214,65 +181,113 @@ $$;
 
 -- "The rows `v` (unnested keys: v.k0, v.k1, ... as text) and `table_alias` have the same key":
 -- each key value cast to its column's type (`types`, as format_type() writes them), compared
--- with the operator of the type's default btree operator class.
-CREATE FUNCTION embeddings.access_match_sql(t embeddings.targets, table_alias text, types text[]) RETURNS text
+
+-- "The rows `v` (unnested keys: v.k0, v.k1, ... as text) and `table_alias` have the same key":
+-- each key value cast to its column's type (key_sql_types()), compared with the operator of the
+-- type's default btree operator class.
+CREATE FUNCTION embeddings.access_match_sql(t embeddings.targets, table_alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT string_agg(format('%I.%I %s (v.k%s)::%s', table_alias, k.c, embeddings.key_operator(k.ty, 3), k.i - 1,
-                             types[k.i]), ' AND ' ORDER BY k.i)
+    SELECT embeddings.render_each('%(alias)I.%(column)I %(equals)s (v.k%(n)s)::%(type)s',
+                                  jsonb_agg(jsonb_build_object('column', k.c, 'equals', embeddings.key_operator(k.ty, 3),
+                                                               'n', k.i - 1, 'type', (embeddings.key_sql_types(t))[k.i])
+                                            ORDER BY k.i),
+                                  ' AND ', jsonb_build_object('alias', table_alias))
     FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)
 $$;
 
--- What the generators below share about target t, as a JSON object:
+-- What every access template may name about target t (access_function_code() adds the
+-- function's own: access_key_args()):
 --   prefix       embeddings_<id>
---   key_params   ', k0 text[], k1 text[]'
---   key_rows     'pg_catalog.unnest($1), pg_catalog.unnest($2), ...': the canonical keys and
---                the key arrays, for ROWS FROM (unnest() of several arrays is resolved by
---                name, unqualified, through the search path)
---   key_aliases  ', k0, k1'
---   key_match    access_match_sql(t, 't', ...)
---   check_call   the check every function makes first
+--   source       the table; store: the table its vectors are written to (sql/54_stores.sql)
+--   id           the target's id
+--   key_aliases  ', k0, k1': the key columns' texts, as unnested (ROWS FROM ... AS v(key, k0, k1))
+--   key_match    "the row `t` has the key of v" (access_match_sql())
+--   key_order    't.a, t.b': row t's key columns, for ORDER BY
+--   key_json     row t's key as jobs carry it (JSON)
+--   key_columns  'a, b': the key columns, as a column list of the table (and of its store)
 --   content      the content of row t, as the owner evaluates it
---   key_order    't.k0, t.k1': row t's key columns, for ORDER BY
---   key_after    "row t's key comes after the key in $1" (a key as jobs carry it, JSON), for
---                the functions that go through a table a slice of keys at a time
+--   vector_schema  pgvector's schema
 CREATE FUNCTION embeddings.access_parts(t embeddings.targets) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT jsonb_build_object(
-        'key_order', (SELECT string_agg(format('t.%I', k.c), ', ' ORDER BY k.i)
-                      FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)),
-        'key_after', embeddings.key_after_sql(t, 't', ARRAY(
-            SELECT format(CASE WHEN c.n = 1 THEN '($1 OPERATOR(pg_catalog.#>>) ''{}'')::%2$s' ELSE '($1 OPERATOR(pg_catalog.->>) %1$s)::%2$s' END,
-                          i - 1, (embeddings.key_sql_types(t))[i])
-            FROM generate_series(1, c.n) i ORDER BY i)),
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    numbers jsonb := (SELECT jsonb_agg(jsonb_build_object('n', i - 1) ORDER BY i)
+                      FROM generate_series(1, cardinality(t.key_columns)) i);
+    columns jsonb := (SELECT jsonb_agg(jsonb_build_object('column', u.c) ORDER BY u.i)
+                      FROM unnest(t.key_columns) WITH ORDINALITY AS u(c, i));
+BEGIN
+    RETURN jsonb_build_object(
         'prefix', 'embeddings_' || t.id,
-        'key_params', (SELECT string_agg(format(', k%s text[]', i - 1), '' ORDER BY i) FROM generate_series(1, c.n) i),
-        'key_rows', (SELECT string_agg(format('pg_catalog.unnest($%s)', i), ', ' ORDER BY i) FROM generate_series(1, c.n + 1) i),
-        'key_aliases', (SELECT string_agg(format(', k%s', i - 1), '' ORDER BY i) FROM generate_series(1, c.n) i),
-        'key_match', embeddings.access_match_sql(t, 't', embeddings.key_sql_types(t)),
-        'check_call', embeddings.check_serving_sql(t.source::text, true, t.side_table::text),
-        'content', embeddings.content_sql(t, 't', NULL, wrapped => false))
-    FROM (SELECT cardinality(t.key_columns) AS n) c
+        'id', t.id,
+        'source', t.source::text,
+        'store', t.store_table::text,
+        'key_aliases', embeddings.render_each(', k%(n)s', numbers, ''),
+        'key_match', embeddings.access_match_sql(t, 't'),
+        'key_order', embeddings.render_each('t.%(column)I', columns, ', '),
+        'key_columns', embeddings.render_each('%(column)I', columns, ', '),
+        'key_json', embeddings.key_json_sql(t, 't'),
+        'content', embeddings.content_sql(t, 't', NULL, wrapped => false),
+        'vector_schema', embeddings.vector_schema());
+END
 $$;
 
--- The vector columns target t's writes go to in `rel` (its table, or its side table), a _store
--- and a _blank function each: its embedding column, with its type (halfvec or vector), suffix
--- ''; during a model change also the shadow column (halfvec), suffix '_shadow'. (PL/pgSQL: the
--- model changes' table comes later, sql/44_changes.sql.)
-CREATE FUNCTION embeddings.vector_columns(t embeddings.targets, rel regclass)
+-- The name of target t's function `suffix` that holds the owner's code: embeddings_<id><suffix>,
+-- with `_body` for a guarded one (access_function_code()). Its parameters are qualified by it.
+CREATE FUNCTION embeddings.access_body_name(t embeddings.targets, suffix text, guarded boolean DEFAULT true) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'embeddings_' || t.id || suffix || CASE WHEN guarded THEN '_body' ELSE '' END
+$$;
+
+-- The parameters of key arrays, after `keys`: {k0 text[], k1 text[], ...}, one per key column.
+CREATE FUNCTION embeddings.key_params(t embeddings.targets) RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT array_agg('k' || (i - 1) || ' text[]' ORDER BY i) FROM generate_series(1, cardinality(t.key_columns)) i
+$$;
+
+-- What access templates may name about function `fn` (its name) of target t:
+--   fn        the function, which qualifies its parameters
+--   key_rows  'pg_catalog.unnest(fn.keys), pg_catalog.unnest(fn.k0), ...': the canonical keys
+--             and the key arrays, for ROWS FROM
+CREATE FUNCTION embeddings.access_key_args(t embeddings.targets, fn text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'fn', fn,
+        'key_rows', embeddings.render_each('pg_catalog.unnest(%(fn)I.%(param)I)',
+                                           (SELECT jsonb_agg(jsonb_build_object('param', p.name) ORDER BY p.i)
+                                            FROM unnest(ARRAY['keys'] || ARRAY(SELECT 'k' || (i - 1)
+                                                                               FROM generate_series(1, cardinality(t.key_columns)) i
+                                                                               ORDER BY i)) WITH ORDINALITY AS p(name, i)),
+                                           ', ', jsonb_build_object('fn', fn)))
+$$;
+
+-- "Row t's key comes after the key in parameter `after` of function `fn`" (a key as jobs carry
+-- it, JSON), for the functions that go through a table a slice of keys at a time.
+CREATE FUNCTION embeddings.key_after_param_sql(t embeddings.targets, fn text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings.key_after_sql(t, 't', ARRAY(
+        SELECT embeddings.render(CASE WHEN cardinality(t.key_columns) = 1 THEN '(%(fn)I.after OPERATOR(pg_catalog.#>>) ''{}'')::%(type)s'
+                                      ELSE '(%(fn)I.after OPERATOR(pg_catalog.->>) %(n)s)::%(type)s' END,
+                                 jsonb_build_object('fn', fn, 'n', i - 1, 'type', (embeddings.key_sql_types(t))[i]))
+        FROM generate_series(1, cardinality(t.key_columns)) i ORDER BY i))
+$$;
+
+-- The vector columns target t's writes go to in its store table (the table itself, or its side
+-- table), a _store and a _blank function each: its embedding column, with its type (halfvec or
+-- vector), suffix ''; during a model change also the shadow column (halfvec), suffix
+-- '_shadow'. (PL/pgSQL: the model changes' table comes later, sql/44_changes.sql.)
+CREATE FUNCTION embeddings.vector_columns(t embeddings.targets)
 RETURNS TABLE (suffix text, name name, type text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY
-        SELECT ''::text, t.embedding_column, format('%I.%I', n.nspname, ty.typname)
-        FROM pg_attribute at JOIN pg_type ty ON ty.oid = at.atttypid JOIN pg_namespace n ON n.oid = ty.typnamespace
-        WHERE at.attrelid = rel AND at.attname = t.embedding_column AND NOT at.attisdropped
+        SELECT ''::text, t.embedding_column, at.atttypid::regtype::text
+        FROM pg_attribute at
+        WHERE at.attrelid = t.store_table AND at.attname = t.embedding_column AND NOT at.attisdropped
         UNION ALL
-        SELECT '_shadow'::text, mc.shadow_column, format('%I.halfvec', embeddings.vector_schema())
+        SELECT '_shadow'::text, mc.shadow_column, to_regtype(quote_ident(embeddings.vector_schema()) || '.halfvec')::text
         FROM embeddings.model_changes mc
-        WHERE mc.target_id = t.id AND embeddings.attnum_of(rel, mc.shadow_column) IS NOT NULL;
+        WHERE mc.target_id = t.id AND embeddings.attnum_of(t.store_table, mc.shadow_column) IS NOT NULL;
 END
 $$;
-
 -- The SET clauses of every function that evaluates a target's content (these below, and
 -- embeddings_<id>_verify(), sql/64_verify.sql): the formats of dates, timestamps and intervals
 -- pinned, whoever calls. The worker's sessions need them to read what they fetch (worker/db.py:
@@ -286,16 +301,9 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ' SET DateStyle = ISO SET IntervalStyle = postgres'
 $$;
 
--- Creates function embeddings.<prefix><suffix>(params) RETURNS returns, as every function of the
--- generators below is made: PL/pgSQL, SECURITY DEFINER with the search path pg_catalog, pg_temp
--- and the content formats above (generate_access() then gives it to the table's owner, with the
--- owner's path), `head` before
--- its BEGIN (a DECLARE block, #variable_conflict), the check every function makes first (`a`'s
--- check_call unless `check_call` is given), then `body`. So each generator says only what its
--- function does. Returns the function's name.
 -- The settings the owner's code could leave in the caller's session (set_config(name, value,
 -- false) outlives a SECURITY DEFINER function, its SET clauses included): each `guarded`
--- access function puts back whichever of them the owner's code changed (create_access_function).
+-- access function puts back whichever of them the owner's code changed (access_function_code()).
 CREATE FUNCTION embeddings.guarded_settings() RETURNS text[]
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ARRAY['search_path', 'statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout',
@@ -306,6 +314,146 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
                  'lc_monetary', 'lc_numeric', 'lc_time', 'check_function_bodies', 'session_replication_role']
 $$;
 
+-- One function a target's code holds, run as the table's owner: what access_function_code()
+-- makes it from.
+--   suffix     its name after embeddings_<id>
+--   params     its parameters, each 'name type' (the key arrays: key_params())
+--   returns    its result type
+--   body       a template of its statements (render(): access_parts(), access_key_args() and
+--              `args` name its values), after the check
+--   declare    what goes before its BEGIN: a DECLARE block, #variable_conflict, a label
+--   stable     STABLE (it writes nothing)
+--   check      'reads': the check (check_serving_sql()) of a function that reads the table and
+--              its store; 'owner': that it runs as the owner only; 'none': its body checks
+--   formats    the content formats pinned (content_settings_sql()): it evaluates content
+--   guarded    called by the worker and by our operations, never in the application's own
+--              transactions (the triggers' _content, the TRUNCATE trigger's _prune are not):
+--              SET CONSTRAINTS ALL IMMEDIATE first, and the body `<name>_body` inside a guard
+--              `<name>` (access_function_code() says why)
+CREATE FUNCTION embeddings.access_spec(
+    suffix text,
+    params text[],
+    returns text,
+    body text,
+    args jsonb DEFAULT '{}',
+    declare text DEFAULT '',
+    stable boolean DEFAULT false,
+    "check" text DEFAULT 'reads',
+    formats boolean DEFAULT true,
+    guarded boolean DEFAULT true
+) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('suffix', suffix, 'params', to_jsonb(coalesce(params, '{}')), 'returns', returns,
+                              'body', body, 'args', args, 'declare', declare, 'stable', stable, 'check', "check",
+                              'formats', formats, 'guarded', guarded)
+$$;
+
+-- A function of a target's code that is not run as its table's owner, `code` the statement
+-- that makes it (a kind's compatibility form, say): access_function_code() gives it as it is,
+-- and generate_access() grants it as a guard (EXECUTE to the table's owner and the worker roles).
+CREATE FUNCTION embeddings.access_code_spec(name text, code text) RETURNS jsonb
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object('name', name, 'code', code)
+$$;
+
+-- The statements that make target t's function of `spec` (access_spec()), `parts` its
+-- access_parts(): the function, PL/pgSQL, SECURITY DEFINER with the search path pg_catalog,
+-- pg_temp (generate_access() gives it to the table's owner, with the owner's path), its check
+-- first, then its body; and for a guarded one, the guard around it. So each spec says only what
+-- its function does.
+--
+-- A guarded function's body is `<name>_body`, and `<name>` a guard around it that puts back
+-- every setting of guarded_settings() the owner's code changed with set_config(..., false): a
+-- search path naming the owner's schema first would otherwise pick the owner's functions for the
+-- caller's next unqualified call (sweep()'s own, a superuser's next statement), as the caller.
+-- The guard has no SET clause (the settings it reads and puts back are the caller's), so it
+-- names only pg_catalog and this schema, and only qualified. It runs as its caller (SECURITY
+-- INVOKER: it does nothing a caller could not) and stays this schema's, so the table's owner
+-- cannot ALTER it; the body is the owner's, and needs no right to this schema. The body first
+-- sets every constraint IMMEDIATE: the owner's code that runs inside (its triggers, its
+-- content function) may queue deferred triggers, which Postgres 15 fires at COMMIT as whoever
+-- is the current user then (the worker, or the superuser running sweep()); immediate, they fire
+-- at the end of the statement that queued them, as the owner. Postgres refuses SET CONSTRAINTS
+-- in a STABLE function, and the owner's STABLE content function may still call a VOLATILE one
+-- that writes: such a function is VOLATILE.
+CREATE FUNCTION embeddings.access_function_code(t embeddings.targets, spec jsonb, parts jsonb)
+RETURNS TABLE (name text, statement text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    guarded boolean := (spec->>'guarded')::boolean;
+    fn_name text := (parts->>'prefix') || (spec->>'suffix');
+    body_name text := embeddings.access_body_name(t, spec->>'suffix', guarded);
+    returns text := spec->>'returns';
+    setof boolean := returns ~* '^\s*(TABLE|SETOF)\M';
+    void boolean := returns ~* '^\s*void\s*$';
+    params jsonb := (SELECT coalesce(jsonb_agg(jsonb_build_object('name', split_part(p.value, ' ', 1),
+                                                                  'type', substr(p.value, strpos(p.value, ' ') + 1))
+                                               ORDER BY p.i), '[]')
+                     FROM jsonb_array_elements_text(spec->'params') WITH ORDINALITY AS p(value, i));
+    args jsonb := jsonb_build_object('name', body_name, 'returns', returns,
+                                     'params', coalesce(embeddings.render_each('%(name)I %(type)s', params, ', '), ''));
+BEGIN
+    IF spec ? 'code' THEN  -- made by its kind as it is (access_code_spec())
+        RETURN QUERY VALUES (spec->>'name', spec->>'code');
+        RETURN;
+    END IF;
+    RETURN QUERY VALUES (body_name, embeddings.render($template$
+        CREATE FUNCTION embeddings.%(name)I(%(params)s) RETURNS %(returns)s
+        LANGUAGE plpgsql%(volatility)s SECURITY DEFINER SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
+        %(declare)sBEGIN
+        %(immediate)s%(check)s%(body)s
+        END
+        $body$
+        $template$, args || jsonb_build_object(
+            'volatility', CASE WHEN (spec->>'stable')::boolean AND NOT guarded THEN ' STABLE' ELSE '' END,
+            'settings', CASE WHEN (spec->>'formats')::boolean THEN embeddings.content_settings_sql() ELSE '' END,
+            'declare', spec->>'declare',
+            'immediate', CASE WHEN guarded THEN E'    SET CONSTRAINTS ALL IMMEDIATE;\n' ELSE '' END,
+            'check', CASE spec->>'check'
+                         WHEN 'none' THEN ''
+                         WHEN 'owner' THEN embeddings.check_serving_sql(t.source::text, false, NULL, indent => 4) || E'\n'
+                         ELSE embeddings.check_serving_sql(t.source::text, true,
+                                                           CASE WHEN t.store_table <> t.source THEN t.store_table::text END,
+                                                           indent => 4) || E'\n' END,
+            'body', embeddings.render(spec->>'body', parts || embeddings.access_key_args(t, body_name) || (spec->'args'),
+                                      indent => 4))));
+    IF NOT guarded THEN
+        RETURN;
+    END IF;
+    RETURN QUERY SELECT fn_name, embeddings.render($template$
+        CREATE FUNCTION embeddings.%(name)I(%(params)s) RETURNS %(returns)s
+        LANGUAGE plpgsql SECURITY INVOKER AS $body$
+        DECLARE
+            guarded_saved pg_catalog.text[] := ARRAY[%(saved)s];%(result)s
+        BEGIN
+            %(call)s
+            %(restore)s
+            %(return)s
+        END
+        $body$
+        $template$, args || jsonb_build_object(
+            'name', fn_name,
+            'saved', embeddings.render_each('pg_catalog.current_setting(%(setting)L)', s.settings, ', '),
+            'result', CASE WHEN setof OR void THEN '' ELSE embeddings.render(E'\n    guarded_result %(returns)s;', args) END,
+            'call', embeddings.render(CASE WHEN setof THEN 'RETURN QUERY SELECT * FROM embeddings.%(body)I(%(args)s);'
+                                           WHEN void THEN 'PERFORM embeddings.%(body)I(%(args)s);'
+                                           ELSE 'guarded_result := embeddings.%(body)I(%(args)s);' END,
+                                      jsonb_build_object('body', body_name,
+                                                         'args', coalesce(embeddings.render_each('%(name)I', params, ', '), ''))),
+            'restore', embeddings.render_each(
+                'IF pg_catalog.current_setting(%(setting)L) OPERATOR(pg_catalog.<>) guarded_saved[%(i)s] THEN '
+                'PERFORM pg_catalog.set_config(%(setting)L, guarded_saved[%(i)s], false); END IF;',
+                s.settings, E'\n    '),
+            'return', CASE WHEN setof OR void THEN 'RETURN;' ELSE 'RETURN guarded_result;' END))
+        FROM (SELECT jsonb_agg(jsonb_build_object('setting', g.setting, 'i', g.i) ORDER BY g.i) AS settings
+              FROM unnest(embeddings.guarded_settings()) WITH ORDINALITY AS g(setting, i)) s;
+END
+$$;
+
+-- Creates target t's function of a spec given piece by piece, `a` its access_parts(), `body`
+-- its statements as they are (no template), `params` its parameter list; returns its name.
+-- For code made outside the target's own list (enable_fts()'s one-off fill, sql/59_hybrid.sql;
+-- follow_store_key_types()'s, sql/54_stores.sql), run and dropped by its caller.
 CREATE FUNCTION embeddings.create_access_function(
     a jsonb,
     suffix text,
@@ -320,116 +468,30 @@ CREATE FUNCTION embeddings.create_access_function(
 ) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    fn_name text := (a->>'prefix') || suffix;
-    -- `immediate`: the function is called by the worker and by our operations (sweep(),
-    -- watch(), ...), never in the application's own transactions (the triggers' `_content`,
-    -- the TRUNCATE trigger's `_prune` pass false). Two things then hold:
-    -- * SET CONSTRAINTS ALL IMMEDIATE first. The owner's code that runs inside (its triggers,
-    --   its content function) may queue deferred triggers, which Postgres 15 fires at COMMIT as
-    --   whoever is the current user then: the worker, or the superuser running sweep().
-    --   Immediate, they fire at the end of the statement that queued them, as the owner.
-    --   Postgres refuses SET CONSTRAINTS in a STABLE function, and the owner's STABLE content
-    --   function may still call a VOLATILE one that writes: such a function is VOLATILE.
-    -- * The body is `<name>_body`, and `<name>` a guard around it that puts back every setting
-    --   of guarded_settings() the owner's code changed with set_config(..., false): a search
-    --   path naming the owner's schema first would otherwise pick the owner's functions for the
-    --   caller's next unqualified call (sweep()'s own, a superuser's next statement), as the
-    --   caller. The guard has no SET clause (the settings it reads and puts back are the
-    --   caller's), so it names only pg_catalog and this schema, and only qualified. It runs as
-    --   its caller (SECURITY INVOKER: it does nothing a caller could not) and stays this
-    --   schema's, so the table's owner cannot ALTER it; the body is the owner's, as before, and
-    --   needs no right to this schema.
-    body_name text := fn_name || CASE WHEN immediate THEN '_body' ELSE '' END;
-    settings text[] := embeddings.guarded_settings();
-    setof boolean := returns ~* '^\s*(TABLE|SETOF)\M';
-    void boolean := returns ~* '^\s*void\s*$';
-    args text;
+    t embeddings.targets;
+    code record;
 BEGIN
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(%2$s) RETURNS %3$s
-        LANGUAGE plpgsql%4$s SECURITY DEFINER SET search_path = pg_catalog, pg_temp%8$s AS $body$
-        %5$sBEGIN
-            %9$s%6$s
-            %7$s
-        END
-        $body$ $f$,
-        body_name, params, returns, CASE WHEN stable AND NOT immediate THEN ' STABLE' ELSE '' END, head,
-        coalesce(check_call, a->>'check_call'), body,
-        CASE WHEN formats THEN embeddings.content_settings_sql() ELSE '' END,
-        CASE WHEN immediate THEN 'SET CONSTRAINTS ALL IMMEDIATE;' ELSE '' END);
-    IF NOT immediate THEN
-        RETURN fn_name;
-    END IF;
-    SELECT coalesce(string_agg(format('$%s', i), ', ' ORDER BY i), '') INTO args
-    FROM generate_series(1, (SELECT p.pronargs FROM pg_proc p
-                             WHERE p.oid = format('embeddings.%I', body_name)::regproc)) AS i;
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(%2$s) RETURNS %3$s
-        LANGUAGE plpgsql SECURITY INVOKER AS $body$
-        DECLARE
-            guarded_saved pg_catalog.text[] := ARRAY[%4$s];%5$s
-        BEGIN
-            %6$s
-            %7$s
-            %8$s
-        END
-        $body$ $f$,
-        fn_name, params, returns,
-        (SELECT string_agg(format('pg_catalog.current_setting(%L)', n), ', ' ORDER BY i)
-         FROM unnest(settings) WITH ORDINALITY AS s(n, i)),
-        CASE WHEN setof OR void THEN '' ELSE format(E'\n            guarded_result %s;', returns) END,
-        CASE WHEN setof THEN format('RETURN QUERY SELECT * FROM embeddings.%I(%s);', body_name, args)
-             WHEN void THEN format('PERFORM embeddings.%I(%s);', body_name, args)
-             ELSE format('guarded_result := embeddings.%I(%s);', body_name, args) END,
-        (SELECT string_agg(format(
-                    'IF pg_catalog.current_setting(%1$L) OPERATOR(pg_catalog.<>) guarded_saved[%2$s] THEN '
-                    'PERFORM pg_catalog.set_config(%1$L, guarded_saved[%2$s], false); END IF;', n, i),
-                E'\n            ' ORDER BY i)
-         FROM unnest(settings) WITH ORDINALITY AS s(n, i)),
-        CASE WHEN setof OR void THEN 'RETURN;' ELSE 'RETURN guarded_result;' END);
-    RETURN fn_name;
+    SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = (a->>'id')::integer;
+    FOR code IN
+        SELECT * FROM embeddings.access_function_code(t, embeddings.access_spec(
+            suffix, string_to_array(nullif(params, ''), ', '), returns, '%(given)s', jsonb_build_object('given', body),
+            declare => head, stable => stable, "check" => coalesce(check_call, 'reads'), formats => formats,
+            guarded => immediate), a)
+    LOOP
+        EXECUTE code.statement;
+    END LOOP;
+    RETURN (a->>'prefix') || suffix;
 END
 $$;
 
--- Creates (replacing any there are) the functions above for target t, as its table is now.
--- SECURITY DEFINER: whoever causes the regeneration, they are created by this schema's owner,
--- then given to the table's owner and granted.
--- Gives target t's chunk or side table to its table's owner, if another role owns it: the store
--- holds the table's rows' vectors (and keys), and goes with the table, whatever else keeps the
--- target from being served (a content function left with the table's old owner: the target has a
--- problem and no functions, and the old owner must not keep a table of the new owner's data).
--- Called by generate_access() and, for a target with a problem, by refresh_target() (our DDL:
--- the caller has set embeddings.following).
-CREATE FUNCTION embeddings.give_store_to_owner(t embeddings.targets) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    IF coalesce(t.chunk_table, t.side_table) IS NOT NULL
-       AND (SELECT c.relowner FROM pg_class c WHERE c.oid = coalesce(t.chunk_table, t.side_table))
-           <> (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source) THEN
-        EXECUTE format('ALTER TABLE %s OWNER TO %I', coalesce(t.chunk_table, t.side_table),
-                       (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source));
-    END IF;
-END
-$$;
-
-CREATE FUNCTION embeddings.generate_access(t embeddings.targets) RETURNS void
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+-- Target t's functions that run as its table's owner, as specs (access_spec()), in the order
+-- they are made: the content wrapper, the lock, the load and the scan (below), its store
+-- kind's (sql/54_stores.sql), the verifying sweep's (sql/64_verify.sql).
+CREATE FUNCTION embeddings.access_specs(t embeddings.targets) RETURNS SETOF jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    a jsonb := embeddings.access_parts(t);
     owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
-    missing text := embeddings.embedding_missing_sql(t, 't');
-    following text := coalesce(current_setting('embeddings.following', true), 'off');
-    made text[] := '{}';
-    fn regprocedure;
-    guard boolean;
-    role_name name;
 BEGIN
-    PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
-    PERFORM embeddings.drop_access(t);
-    -- A chunked target's chunk table, or a side table, is its table owner's too (a new owner
-    -- takes it along).
-    PERFORM embeddings.give_store_to_owner(t);
-
     IF t.content_function IS NOT NULL THEN
         -- Called for each row by the trigger functions: the owner's name is compared first (a
         -- name: cheap), the catalog only where it differs (after REASSIGN OWNED, say). Without
@@ -437,116 +499,115 @@ BEGIN
         -- session, which any format tells apart, and two more settings per call would cost
         -- the application's statements; the texts that are embedded and fingerprinted come
         -- from _load and _verify, which pin them.
-        made := made || embeddings.create_access_function(a, '_content', format('r %s', t.source), 'text',
-            format($b$IF current_user OPERATOR(pg_catalog.<>) %1$L::pg_catalog.name THEN
-                %2$s
+        RETURN NEXT embeddings.access_spec('_content', ARRAY['r ' || t.source::text], 'text', $template$
+            IF current_user OPERATOR(pg_catalog.<>) %(owner)L::pg_catalog.name THEN
+                %(check)s
             END IF;
-            RETURN %3$s;$b$,
-                owner_name, embeddings.check_serving_sql(t.source::text, false),
-                embeddings.content_sql(t, 'r', NULL, wrapped => false)),
-            stable => true, check_call => '', formats => false, immediate => false);
+            RETURN %(row_content)s;
+            $template$,
+            jsonb_build_object('owner', owner_name, 'check', embeddings.check_serving_sql(t.source::text, false),
+                               'row_content', embeddings.content_sql(t, 'r', NULL, wrapped => false)),
+            stable => true, "check" => 'none', formats => false, guarded => false);
     END IF;
 
     -- The write transaction's first lock (embeddings.lock_target): the table, before the
     -- registration, as ALTER TABLE takes them.
-    made := made || embeddings.create_access_function(a, '_lock', '', 'void',
-        format('EXECUTE %L;', format('LOCK TABLE %s IN %s MODE', t.source::text, embeddings.store_lock_mode(t))),
-        check_call => embeddings.check_serving_sql(t.source::text, false));
+    RETURN NEXT embeddings.access_spec('_lock', '{}', 'void', $template$
+        EXECUTE %(lock)L;
+        $template$,
+        jsonb_build_object('lock', 'LOCK TABLE ' || t.source::text || ' IN ' || embeddings.store_lock_mode(t) || ' MODE'),
+        "check" => 'owner');
 
-    made := made || embeddings.create_access_function(a, '_load', format('keys text[]%s', a->>'key_params'),
-        'TABLE (key text, content text, digest text)',
-        format($b$RETURN QUERY
-                SELECT v.key, c.content, pg_catalog.md5(c.content)
-                FROM ROWS FROM (%1$s) AS v(key%2$s)
-                JOIN %3$s t ON %4$s
-                CROSS JOIN LATERAL (SELECT %5$s AS content OFFSET 0) c;$b$,
-            a->>'key_rows', a->>'key_aliases', t.source, a->>'key_match', a->>'content'),
-        stable => true);
+    RETURN NEXT embeddings.access_spec('_load', ARRAY['keys text[]'] || embeddings.key_params(t),
+        'TABLE (key text, content text, digest text)', $template$
+        RETURN QUERY
+            SELECT v.key, c.content, pg_catalog.md5(c.content)
+            FROM ROWS FROM (%(key_rows)s) AS v(key%(key_aliases)s)
+            JOIN %(source)s t ON %(key_match)s
+            CROSS JOIN LATERAL (SELECT %(content)s AS content OFFSET 0) c;
+        $template$, stable => true);
 
     -- Keys in key order after `after` (NULL: from the first), at most `max_rows` (NULL: all),
     -- each with whether it needs a job: no vector (no chunk), or with `every_row` any row; with
-    -- `with_content`, only rows with content (a plain target's row holding a vector too, with
-    -- `every_row`: its vector is cleared); `sweep`: no vector and content that is not blank. A
-    -- content function that raises for some row: the rows one at a time, a row it raises for
-    -- counted as needing a job (the worker dead-letters it with its error).
-    made := made || embeddings.create_access_function(a, '_scan',
-        'after jsonb, max_rows integer, every_row boolean, with_content boolean, sweep boolean DEFAULT false',
-        'TABLE (key jsonb, missing boolean)',
-        format($b$BEGIN
-                -- (aggregated in the order of the sorted slice)
-                SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.m) INTO keys, flags
-                FROM (SELECT %1$s AS k, %2$s AS m FROM %3$s t WHERE $1 IS NULL OR %4$s ORDER BY %5$s LIMIT $2) s;
-                RETURN QUERY SELECT u.k, u.m FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(flags)) AS u(k, m);
-                RETURN;
-            EXCEPTION WHEN OTHERS THEN
-                IF NOT $4 THEN
-                    RAISE;
-                END IF;
-            END;
-            FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %1$s AS k
-                     FROM %3$s t WHERE $1 IS NULL OR %4$s ORDER BY %5$s LIMIT $2 LOOP
-                key := r.k;
-                BEGIN
-                    SELECT %2$s INTO missing FROM %3$s t
-                    WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place;
-                EXCEPTION WHEN OTHERS THEN
-                    missing := true;
-                END;
-                RETURN NEXT;
-            END LOOP;$b$,
-            embeddings.key_json_sql(t, 't'),
-            format('CASE WHEN NOT $4 THEN $3 OR %1$s '
-                   'WHEN $5 THEN %1$s AND (%2$s) OPERATOR(pg_catalog.~) ''[^[:space:]]'' '
-                   'WHEN $3 THEN (%2$s) OPERATOR(pg_catalog.<>) ''''%3$s '
-                   'ELSE %1$s AND (%2$s) OPERATOR(pg_catalog.<>) '''' END',
-                   missing, (a->>'content'),
-                   coalesce(' OR ' || embeddings.store_holds_vector_sql(t, 't'), '')),
-            t.source, a->>'key_after', a->>'key_order'),
-        stable => true, head => E'DECLARE\n    keys jsonb[];\n    flags boolean[];\n    r record;\n');
-
-    made := made || embeddings.store_access(t, a);  -- the store kind's writes (sql/54_stores.sql)
-    IF t.store_kind <> 'row' THEN
-        -- Deletes and truncations followed into the side or chunk table (sql/56_side.sql).
-        made := made || embeddings.generate_follow_access(t, a);
-    END IF;
-    made := made || embeddings.generate_verify_access(t, a);  -- the verifying sweep's (sql/64_verify.sql)
-
-    -- The owner's, run by this schema's owner (the trigger functions) and the worker roles,
-    -- with the owner's search path (written with ours: owner_search_path() says why).
-    FOR fn, guard IN
-        SELECT p.oid::regprocedure,
-               EXISTS (SELECT FROM pg_proc b WHERE b.pronamespace = p.pronamespace AND b.proname = p.proname || '_body')
-        FROM pg_proc p
-        WHERE p.pronamespace = 'embeddings'::regnamespace
-          AND (p.proname = ANY (made) OR p.proname = ANY (ARRAY(SELECT m || '_body' FROM unnest(made) AS m)))
-    LOOP
-        -- A guard (create_access_function()) keeps no SET clause: it puts back its caller's.
-        IF NOT guard THEN
-            PERFORM embeddings.give_owner_path(fn, (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
-        END IF;
-        -- Those that turn keys into JSON (for backfills, model changes, search) do it alike in
-        -- every session: a float key with extra_float_digits < 1 would lose digits and match no
-        -- row (embeddings.key_settings_sql()).
-        IF NOT guard AND fn::text ~ '_(scan|unshadowed|nearest)(_body)?\(' AND embeddings.key_settings_sql(t) <> '' THEN
-            EXECUTE format('ALTER FUNCTION %s %s', fn, btrim(embeddings.key_settings_sql(t)));
-        END IF;
-        EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
-        IF owner_name <> current_user AND NOT guard THEN
+    -- `with_content`, only rows with content (a row holding a vector too, with `every_row`: its
+    -- vector is cleared); `sweep`: no vector and content that is not blank. A content function
+    -- that raises for some row: the rows one at a time, a row it raises for counted as needing
+    -- a job (the worker dead-letters it with its error).
+    RETURN NEXT embeddings.access_spec('_scan',
+        ARRAY['after jsonb', 'max_rows integer', 'every_row boolean', 'with_content boolean', 'sweep boolean DEFAULT false'],
+        'TABLE (key jsonb, missing boolean)', $template$
+        BEGIN
+            -- (aggregated in the order of the sorted slice)
+            SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.m) INTO keys, flags
+            FROM (SELECT %(key_json)s AS k, %(needs_job)s AS m FROM %(source)s t
+                  WHERE %(fn)I.after IS NULL OR %(key_after)s ORDER BY %(key_order)s LIMIT %(fn)I.max_rows) s;
+            RETURN QUERY SELECT u.k, u.m FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(flags)) AS u(k, m);
+            RETURN;
+        EXCEPTION WHEN OTHERS THEN
+            IF NOT %(fn)I.with_content THEN
+                RAISE;
+            END IF;
+        END;
+        FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %(key_json)s AS k
+                 FROM %(source)s t WHERE %(fn)I.after IS NULL OR %(key_after)s ORDER BY %(key_order)s LIMIT %(fn)I.max_rows LOOP
+            key := r.k;
             BEGIN
-                EXECUTE format('ALTER FUNCTION %s OWNER TO %I', fn, owner_name);
-            EXCEPTION WHEN insufficient_privilege THEN
-                RAISE EXCEPTION 'embeddings: cannot give the functions of % to its owner %: %', t.source, owner_name, SQLERRM
-                    USING ERRCODE = 'insufficient_privilege',
-                          HINT = 'They must run as the table''s owner: watch it as a superuser, or as a member of that role.';
+                SELECT %(needs_job)s INTO missing FROM %(source)s t
+                WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place;
+            EXCEPTION WHEN OTHERS THEN
+                missing := true;
             END;
-            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, current_user);
-        ELSIF guard AND owner_name <> current_user THEN
-            -- ours, run as the caller: the owner may call it as it may call its body
-            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, owner_name);
-        END IF;
-        FOR role_name IN SELECT r.role_name FROM embeddings.worker_role_names() AS r(role_name) LOOP
-            EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
+            RETURN NEXT;
         END LOOP;
+        $template$,
+        jsonb_build_object(
+            'key_after', embeddings.key_after_param_sql(t, embeddings.access_body_name(t, '_scan')),
+            'needs_job', embeddings.render(
+                'CASE WHEN NOT %(fn)I.with_content THEN %(fn)I.every_row OR %(missing)s '
+                'WHEN %(fn)I.sweep THEN %(missing)s AND (%(content)s) OPERATOR(pg_catalog.~) ''[^[:space:]]'' '
+                'WHEN %(fn)I.every_row THEN (%(content)s) OPERATOR(pg_catalog.<>) ''''%(or_holds_vector)s '
+                'ELSE %(missing)s AND (%(content)s) OPERATOR(pg_catalog.<>) '''' END',
+                jsonb_build_object('fn', embeddings.access_body_name(t, '_scan'),
+                                   'missing', embeddings.embedding_missing_sql(t, 't'),
+                                   'content', embeddings.content_sql(t, 't', NULL, wrapped => false),
+                                   'or_holds_vector', ' OR ' || embeddings.store_holds_vector_sql(t, 't')))),
+        declare => E'DECLARE\n    keys jsonb[];\n    flags boolean[];\n    r record;\n', stable => true);
+
+    RETURN QUERY SELECT * FROM embeddings.store_access(t);   -- the store kind's (sql/54_stores.sql)
+    RETURN QUERY SELECT * FROM embeddings.verify_access(t);  -- the verifying sweep's (sql/64_verify.sql)
+END
+$$;
+
+-- The statements that make target t's functions run as its table's owner (access_specs()), in
+-- order: what generate_access() runs.
+CREATE FUNCTION embeddings.access_code(t embeddings.targets) RETURNS TABLE (name text, statement text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    parts jsonb := embeddings.access_parts(t);  -- (once: it reads the catalog)
+    spec jsonb;
+BEGIN
+    FOR spec IN SELECT * FROM embeddings.access_specs(t) LOOP
+        RETURN QUERY SELECT * FROM embeddings.access_function_code(t, spec, parts);
+    END LOOP;
+END
+$$;
+
+-- Creates (replacing any there are) the functions of access_code() for target t, as its table
+-- is now. SECURITY DEFINER: whoever causes the regeneration, they are created by this schema's
+-- owner, then given to the table's owner and granted.
+CREATE FUNCTION embeddings.generate_access(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    following text := coalesce(current_setting('embeddings.following', true), 'off');
+    code record;
+BEGIN
+    PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
+    PERFORM embeddings.drop_access(t);
+    -- A store apart from the table is its table owner's too (a new owner takes it along).
+    PERFORM embeddings.give_store_to_owner(t);
+    FOR code IN SELECT * FROM embeddings.access_code(t) LOOP
+        EXECUTE code.statement;
+        PERFORM embeddings.grant_access_function(t, code.name);
     END LOOP;
     -- Search's statements (sql/58_search.sql): the caller's, not the owner's; ours, for PUBLIC.
     PERFORM embeddings.generate_search(t);
@@ -554,6 +615,56 @@ BEGIN
 END
 $$;
 
+-- Gives target t's access function `name` (just made) to whom it belongs: the table owner's,
+-- run by this schema's owner (the trigger functions) and the worker roles, with the owner's
+-- search path (written with ours: owner_search_path() says why); a guard stays ours, run as its
+-- caller, and keeps no SET clause (it puts back its caller's).
+CREATE FUNCTION embeddings.grant_access_function(t embeddings.targets, name text) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
+    fn regprocedure;
+    guard boolean;
+    role_name name;
+    args jsonb;
+BEGIN
+    FOR fn, guard IN
+        SELECT p.oid::regprocedure,
+               EXISTS (SELECT FROM pg_proc b WHERE b.pronamespace = p.pronamespace AND b.proname = p.proname || '_body')
+        FROM pg_proc p
+        WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proname = grant_access_function.name
+    LOOP
+        args := jsonb_build_object('fn', fn::text, 'owner', owner_name, 'us', current_user);
+        IF NOT guard THEN
+            PERFORM embeddings.give_owner_path(fn, (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
+        END IF;
+        -- Those that turn keys into JSON (for backfills, model changes, search) do it alike in
+        -- every session: a float key with extra_float_digits < 1 would lose digits and match no
+        -- row (embeddings.key_settings_sql()).
+        IF NOT guard AND fn::text ~ '_(scan|unshadowed|nearest)(_body)?\(' AND embeddings.key_settings_sql(t) <> '' THEN
+            EXECUTE embeddings.render('ALTER FUNCTION %(fn)s %(settings)s',
+                                      args || jsonb_build_object('settings', btrim(embeddings.key_settings_sql(t))));
+        END IF;
+        EXECUTE embeddings.render('REVOKE ALL ON FUNCTION %(fn)s FROM PUBLIC', args);
+        IF owner_name <> current_user AND NOT guard THEN
+            BEGIN
+                EXECUTE embeddings.render('ALTER FUNCTION %(fn)s OWNER TO %(owner)I', args);
+            EXCEPTION WHEN insufficient_privilege THEN
+                RAISE EXCEPTION 'embeddings: cannot give the functions of % to its owner %: %', t.source, owner_name, SQLERRM
+                    USING ERRCODE = 'insufficient_privilege',
+                          HINT = 'They must run as the table''s owner: watch it as a superuser, or as a member of that role.';
+            END;
+            EXECUTE embeddings.render('GRANT EXECUTE ON FUNCTION %(fn)s TO %(us)I', args);
+        ELSIF guard AND owner_name <> current_user THEN
+            -- ours, run as the caller: the owner may call it as it may call its body
+            EXECUTE embeddings.render('GRANT EXECUTE ON FUNCTION %(fn)s TO %(owner)I', args);
+        END IF;
+        FOR role_name IN SELECT r.role_name FROM embeddings.worker_role_names() AS r(role_name) LOOP
+            EXECUTE embeddings.render('GRANT EXECUTE ON FUNCTION %(fn)s TO %(role)I', args || jsonb_build_object('role', role_name));
+        END LOOP;
+    END LOOP;
+END
+$$;
 
 -- Drops target t's functions above and its store's policy (the trigger functions are
 -- drop_triggers()').
@@ -562,15 +673,15 @@ LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn regprocedure;
 BEGIN
-    PERFORM embeddings.drop_store_policy(t);  -- it calls _visible (sql/56_side.sql)
+    PERFORM embeddings.drop_store_policy(t);  -- it calls _visible (sql/54_stores.sql)
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace
           AND p.proname ~ ('^embeddings_' || t.id || '_(content|lock|lock_rows|load|scan|store|blank|store_shadow|blank_shadow'
                            '|unshadowed|swap_prepare|nearest|reusable|chunks|forget|prune|verify|clear_failing|existing|search|text_ranking|bm25_ranking'
-                           '|visible)(_body)?$')  -- (a guard's body: create_access_function())
+                           '|visible)(_body)?$')  -- (a guard's body: access_function_code())
     LOOP
-        EXECUTE format('DROP FUNCTION %s', fn);
+        EXECUTE embeddings.render('DROP FUNCTION %(fn)s', jsonb_build_object('fn', fn::text));
     END LOOP;
 END
 $$;

@@ -304,10 +304,10 @@ BEGIN
     END IF;
     clear_updates := coalesce(o.clear_on_update, NOT side);
     IF side THEN
-        side_name := CASE WHEN o.side_table IS NULL AND previous.store_kind = 'side' THEN previous.side_table::text
+        side_name := CASE WHEN o.side_table IS NULL AND previous.store_kind = 'side' THEN previous.store_table::text
                           ELSE embeddings.side_table_name(o.source, o.side_table, o.embedding_column) END;
-        IF previous.store_kind = 'side' AND to_regclass(side_name) IS DISTINCT FROM previous.side_table THEN
-            RAISE EXCEPTION '%.% keeps its vectors in %, not %', o.source, o.embedding_column, previous.side_table, side_name
+        IF previous.store_kind = 'side' AND to_regclass(side_name) IS DISTINCT FROM previous.store_table THEN
+            RAISE EXCEPTION '%.% keeps its vectors in %, not %', o.source, o.embedding_column, previous.store_table, side_name
                 USING ERRCODE = 'object_not_in_prerequisite_state',
                       HINT = 'Unwatch it first to move its vectors to another side table.';
         END IF;
@@ -343,7 +343,7 @@ CREATE FUNCTION embeddings.watch_model_change(o embeddings.watch_options, plan e
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF previous.id IS NULL OR previous.store_kind = 'chunks' OR previous.problem IS NOT NULL
+    IF previous.id IS NULL OR embeddings.store_has_chunks(previous) OR previous.problem IS NOT NULL
        OR o.chunk_tokens IS NOT NULL OR o.chunk_overlap IS NOT NULL OR o.chunk_table IS NOT NULL
        OR embeddings.attnum_of(plan.vec_rel, o.embedding_column) IS NULL
        OR (previous.model = o.model
@@ -365,25 +365,26 @@ $$;
 
 -- watch()'s registration of a plain target: a new row of embeddings.targets, or `previous`
 -- updated (a new version: in-flight writes under the old definition are rejected), its pending
--- jobs moved to another queue. `side_table`: the side table holding its vectors, if any.
+-- jobs moved to another queue. `store_kind`, `store_table`: its store's kind and the table its vectors are written to.
 -- `reembed`: every row again, since another content column under the same name (dropped and
 -- added again), another content function or model, or a target that was deferred (its
 -- triggers gone, so content changes went unseen).
 CREATE FUNCTION embeddings.watch_register(previous embeddings.targets, o embeddings.watch_options,
-                                          plan embeddings.watch_plan, side_table regclass,
+                                          plan embeddings.watch_plan, store_kind text, store_table regclass,
                                           OUT t embeddings.targets, OUT reembed boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    emb_attnum smallint := CASE WHEN side_table IS NULL THEN embeddings.attnum_of(o.source, o.embedding_column) END;
+    emb_attnum smallint := CASE WHEN store_table = o.source THEN embeddings.attnum_of(o.source, o.embedding_column) END;
 BEGIN
     reembed := false;
     IF previous.id IS NULL THEN
         INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
                                               queue, has_triggers, clear_on_update, key_columns, key_types,
-                                              key_attnums, content_attnum, embedding_attnum, replica, side_table)
+                                              key_attnums, content_attnum, embedding_attnum, replica, store_kind, store_table)
         VALUES (o.source, o.embedding_column, plan.content_col, plan.content_fn, o.model,
                 o.queue, o.triggers, plan.clear_updates, plan.key_names, plan.key_types,
-                plan.key_nums, plan.content_num, emb_attnum, o.replica, watch_register.side_table)
+                plan.key_nums, plan.content_num, emb_attnum, o.replica,
+                watch_register.store_kind, watch_register.store_table)
         RETURNING * INTO t;
         RETURN;
     END IF;
@@ -579,7 +580,7 @@ BEGIN
     END IF;
     defer_index := embeddings.watch_index(o.source, vec_rel, (SELECT c.relkind FROM pg_class c WHERE c.oid = vec_rel),
                                           o.embedding_column, emb_type, plan.emb_type IS NOT NULL, vschema);
-    registered := embeddings.watch_register(previous, o, plan, CASE WHEN plan.side THEN vec_rel END);
+    registered := embeddings.watch_register(previous, o, plan, CASE WHEN plan.side THEN 'side' ELSE 'row' END, vec_rel);
     t := registered.t;
     PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
     PERFORM embeddings.install_triggers(t);  -- and the functions the worker reads and writes through

@@ -73,7 +73,7 @@ DECLARE
     shadow name := embeddings.shadow_column(t.embedding_column);
     total bigint;
     following text := coalesce(current_setting('embeddings.following', true), 'off');
-    vec_rel regclass := coalesce(t.side_table, t.source);  -- where the embedding column is
+    vec_rel regclass := t.store_table;  -- where the embedding column is
 BEGIN
     -- The table first, the registration after, as the worker's write (embeddings.lock_target)
     -- and complete_change() take them: the other order deadlocks with a write in flight. The
@@ -81,7 +81,7 @@ BEGIN
     -- in short attempts that never stall the application's statements (41_locks.sql).
     PERFORM embeddings.lock_table(t.source);
     SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = t.id FOR UPDATE;
-    IF t.store_kind = 'chunks' THEN
+    IF embeddings.store_has_chunks(t) THEN
         RAISE EXCEPTION '%.% is a chunked target: a blue/green model change is for plain targets', t.source, t.embedding_column
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'watch() a chunked target with the new model to re-embed its chunks in place.';
@@ -185,10 +185,10 @@ BEGIN
     PERFORM set_config('embeddings.following', 'on', true);
     EXECUTE format('DROP INDEX IF EXISTS %I.%I',
                    (SELECT n.nspname FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
-                    WHERE cl.oid = coalesce(t.side_table, t.source)),
+                    WHERE cl.oid = t.store_table),
                    embeddings.missing_index_name(t.id));
-    IF embeddings.attnum_of(coalesce(t.side_table, t.source), c.shadow_column) IS NOT NULL THEN
-        EXECUTE format('ALTER TABLE %s DROP COLUMN %I', coalesce(t.side_table, t.source), c.shadow_column);
+    IF embeddings.attnum_of(t.store_table, c.shadow_column) IS NOT NULL THEN
+        EXECUTE format('ALTER TABLE %s DROP COLUMN %I', t.store_table, c.shadow_column);
     END IF;
     PERFORM set_config('embeddings.following', following, true);
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1, ''shadow'', true)',
@@ -328,7 +328,7 @@ $$;
 CREATE FUNCTION embeddings.swap_columns(t embeddings.targets, c embeddings.model_changes) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    vec_rel regclass := coalesce(t.side_table, t.source);  -- the table, or its side table
+    vec_rel regclass := t.store_table;  -- the table, or its side table
     rel_schema name := (SELECT n.nspname FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
                         WHERE cl.oid = vec_rel);
     old_index regclass;
@@ -399,7 +399,7 @@ BEGIN
     PERFORM embeddings.swap_columns(t, c);
     UPDATE embeddings.targets tg
     SET model = c.model,
-        embedding_attnum = CASE WHEN t.store_kind <> 'side' THEN embeddings.attnum_of(t.source, t.embedding_column) END,
+        embedding_attnum = CASE WHEN NOT embeddings.store_apart(t) THEN embeddings.attnum_of(t.source, t.embedding_column) END,
         version = tg.version + 1, updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
     PERFORM embeddings.install_triggers(t);  -- the generated functions name the new column
@@ -485,17 +485,17 @@ BEGIN
         -- Rows with the new vector, and rows with content (a content function is not evaluated
         -- by status: its total is the one counted as the change began).
         BEGIN
-            IF t.store_kind <> 'side' THEN
+            IF NOT embeddings.store_apart(t) THEN
                 EXECUTE format('SELECT pg_catalog.count(s.%I), pg_catalog.count(*) FILTER (WHERE s.%I IS NOT NULL OR (%s) OPERATOR(pg_catalog.~) ''[^[:space:]]'') FROM %s s',
                                c.shadow_column, c.shadow_column,
                                CASE WHEN t.content_column IS NOT NULL THEN embeddings.content_sql(t, 's') ELSE 'NULL' END,
                                t.source)
                     INTO change_done_rows, change_total_rows;
-            ELSE  -- the side rows of existing rows (sql/56_side.sql)
+            ELSE  -- the rows of its store of existing rows (a side table: sql/56_side.sql)
                 EXECUTE format('SELECT pg_catalog.count(x.%I), pg_catalog.count(*) FILTER (WHERE x.%I IS NOT NULL OR (%s) OPERATOR(pg_catalog.~) ''[^[:space:]]'') FROM %s s LEFT JOIN %s x ON %s',
                                c.shadow_column, c.shadow_column,
                                CASE WHEN t.content_column IS NOT NULL THEN embeddings.content_sql(t, 's') ELSE 'NULL' END,
-                               t.source, t.side_table, embeddings.key_equal_sql(t, 's', 'x'))
+                               t.source, t.store_table, embeddings.key_equal_sql(t, 's', 'x'))
                     INTO change_done_rows, change_total_rows;
             END IF;
         EXCEPTION WHEN OTHERS THEN  -- a table the caller may not read

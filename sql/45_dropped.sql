@@ -15,7 +15,7 @@ BEGIN
         SELECT * FROM embeddings.targets tg
         WHERE NOT EXISTS (
             SELECT FROM pg_attribute a
-            WHERE a.attrelid = coalesce(tg.side_table, tg.chunk_table, tg.source) AND a.attname = tg.embedding_column
+            WHERE a.attrelid = tg.store_table AND a.attname = tg.embedding_column
               AND a.attnum > 0 AND NOT a.attisdropped)
         ORDER BY tg.id
     LOOP
@@ -43,10 +43,10 @@ BEGIN
     FOR t IN
         SELECT DISTINCT tg.* FROM embeddings.targets tg
         JOIN pg_event_trigger_dropped_objects() d
-          ON d.classid = 'pg_class'::regclass AND d.objid IN (tg.source::oid, tg.chunk_table::oid, tg.side_table::oid)
-        WHERE d.objsubid = 0                                     -- the table (chunk table, side table)
+          ON d.classid = 'pg_class'::regclass AND d.objid IN (tg.source::oid, tg.store_table::oid)
+        WHERE d.objsubid = 0                                     -- the table (or its store: a chunk or side table)
            OR (d.address_names[3] = tg.embedding_column::text   -- its embedding column
-               AND (tg.store_kind <> 'side' OR d.objid = tg.side_table))  -- (a side table's)
+               AND d.objid = tg.store_table)                     -- (in its store)
     LOOP
         BEGIN
             PERFORM embeddings.forget_target(t);
@@ -128,8 +128,8 @@ BEGIN
          ) r
     WHERE tg.id = target_id
     RETURNING tg.* INTO t;
-    IF coalesce(t.chunk_table, t.side_table) IS NOT NULL AND t.problem IS NULL THEN
-        PERFORM embeddings.follow_store_keys(t);  -- renamed key columns (56_side.sql)
+    IF embeddings.store_apart(t) AND t.problem IS NULL THEN
+        PERFORM embeddings.follow_store_keys(t);  -- renamed key columns (54_stores.sql)
         -- retyped ones: a store that cannot follow is a problem, not rows dead-lettered
         UPDATE embeddings.targets tg SET problem = embeddings.follow_store_key_types(t)
         WHERE tg.id = target_id
@@ -187,12 +187,12 @@ BEGIN
           ON (c.classid = 'pg_class'::regclass
               AND (tg.source = c.objid OR tg.source IN (SELECT pg_partition_ancestors(c.objid))
                    -- its side or chunk table (renamed, moved: the functions name it)
-                   OR c.objid IN (tg.side_table, tg.chunk_table)))
+                   OR c.objid = tg.store_table))
           OR (c.classid = 'pg_proc'::regclass AND c.objid = tg.content_function)
           -- ALTER SCHEMA ... RENAME (or OWNER) of the schema of its table, chunk table or
           -- content function: the generated SQL names them by their schema.
           OR (c.classid = 'pg_namespace'::regclass
-              AND (c.objid IN (SELECT r.relnamespace FROM pg_class r WHERE r.oid IN (tg.source, tg.chunk_table, tg.side_table))
+              AND (c.objid IN (SELECT r.relnamespace FROM pg_class r WHERE r.oid IN (tg.source, tg.store_table))
                    OR c.objid = (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = tg.content_function)))
           -- The functions generated for it, which its table's owner owns and may ALTER (to
           -- SECURITY INVOKER, say): regenerated as they must be (sql/32_access.sql).

@@ -58,11 +58,10 @@ $$;
 -- Exact counts of target t: scans its table (and chunk table), with the caller's rights. Rows
 -- whose content is NULL or blank (whitespace only) are `cleared_rows`: the worker keeps them
 -- without an embedding on purpose; NULL for a content function, which status never evaluates
--- (it is the table owner's code: sql/32_access.sql). Each store kind counts its embedded rows
--- (embeddings.exact_counts() dispatches, sql/54_stores.sql): a chunked target's are its
--- documents with chunks (sql/55_chunks.sql); a side-table target's, its rows with a side row that
--- holds a vector (sql/56_side.sql: side rows of deleted rows are not counted). A store that is
--- gone (dropped under us) counts NULL: the other targets still show.
+-- (it is the table owner's code: sql/32_access.sql). Each store kind counts (its exact_counts:
+-- embeddings.exact_counts() dispatches, sql/54_stores.sql): a chunked target's embedded rows are
+-- its documents with chunks; a side-table target's, its rows with a side row that holds a
+-- vector. A store that is gone (dropped under us) counts NULL: the other targets still show.
 
 -- The count of target t's cleared rows over its table `s`, as a SELECT list item.
 CREATE FUNCTION embeddings.cleared_count_sql(t embeddings.targets) RETURNS text
@@ -71,45 +70,6 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 THEN format('count(*) FILTER (WHERE (%1$s) IS NULL OR (%1$s) !~ ''[^[:space:]]'')',
                             embeddings.content_sql(t, 's'))
                 ELSE 'NULL::bigint' END
-$$;
-
-CREATE FUNCTION embeddings.row_store_exact_counts(t embeddings.targets,
-    OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    EXECUTE format('SELECT count(*), count(s.%I), %s FROM %s s', t.embedding_column, embeddings.cleared_count_sql(t), t.source)
-        INTO total_rows, embedded_rows, cleared_rows;
-EXCEPTION WHEN OTHERS THEN  -- the embedding column is gone
-    total_rows := NULL;
-    embedded_rows := NULL;
-    cleared_rows := NULL;
-END
-$$;
-
-CREATE FUNCTION embeddings.side_store_exact_counts(t embeddings.targets,
-    OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    EXECUTE format('SELECT count(*), count(x.%I), %s FROM %s s LEFT JOIN %s x ON %s', t.embedding_column,
-                   embeddings.cleared_count_sql(t), t.source, t.side_table, embeddings.key_equal_sql(t, 's', 'x'))
-        INTO total_rows, embedded_rows, cleared_rows;
-EXCEPTION WHEN OTHERS THEN  -- the side table is gone
-    total_rows := NULL;
-    embedded_rows := NULL;
-    cleared_rows := NULL;
-END
-$$;
-
-CREATE FUNCTION embeddings.chunks_store_exact_counts(t embeddings.targets,
-    OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    EXECUTE format('SELECT count(*), %s FROM %s s', embeddings.cleared_count_sql(t), t.source) INTO total_rows, cleared_rows;
-    SELECT cc.documents, cc.chunks INTO embedded_rows, chunks FROM embeddings.chunk_counts(t) cc;
-EXCEPTION WHEN OTHERS THEN  -- the chunk table is gone
-    embedded_rows := NULL;
-    chunks := NULL;
-END
 $$;
 
 -- The relations holding rel's rows, as count(*) on rel reads them: rel, or its partitions and
@@ -141,14 +101,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM pg_class c WHERE c.oid = rel
 $$;
 
--- Estimated rows of target t's table (all partitions) and chunk table or side table.
+-- Estimated rows of target t's table (all partitions) and of its store apart from it.
 CREATE FUNCTION embeddings.target_rows(t embeddings.targets) RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(sum(embeddings.estimated_rows(r)), 0)
     FROM (SELECT embeddings.leaf_relations(t.source) AS r
           UNION ALL
-          SELECT embeddings.leaf_relations(coalesce(t.chunk_table, t.side_table))
-          WHERE coalesce(t.chunk_table, t.side_table) IS NOT NULL) rels
+          SELECT embeddings.leaf_relations(t.store_table) WHERE t.store_table <> t.source) rels
 $$;
 
 -- Up to how many rows (estimated, table and chunk table together) embeddings.status counts a
@@ -173,35 +132,17 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     leaf regclass;
     n double precision;
-    embedded_share double precision;
     cleared_share double precision;
     total double precision := 0;
-    embedded double precision := CASE WHEN t.store_kind <> 'chunks' THEN 0 END;
-    vec_rel regclass := coalesce(t.side_table, t.source);  -- where the embedding column is
     cleared double precision := CASE WHEN t.content_column IS NOT NULL THEN 0 END;
+    vectors record := embeddings.store_estimated_vectors(t);  -- the store kind's (sql/54_stores.sql)
 BEGIN
     -- One short statement per leaf (plans cached by the session), not one query over the
     -- pg_stats view, which costs milliseconds to plan on every call.
-    FOR leaf IN SELECT embeddings.leaf_relations(vec_rel) WHERE t.store_kind = 'side' LOOP
-        n := embeddings.estimated_rows(leaf);  -- the side table's rows
-        CONTINUE WHEN n < 1;
-        SELECT 1 - s.null_frac INTO embedded_share
-        FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
-        JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = c.relname
-        WHERE c.oid = leaf AND s.attname = t.embedding_column AND NOT s.inherited;
-        embedded := embedded + n * embedded_share;
-    END LOOP;
     FOR leaf IN SELECT embeddings.leaf_relations(t.source) LOOP
         n := embeddings.estimated_rows(leaf);
         total := total + n;
         CONTINUE WHEN n < 1;
-        IF t.store_kind <> 'side' THEN
-            SELECT 1 - s.null_frac INTO embedded_share
-            FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
-            JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = c.relname
-            WHERE c.oid = leaf AND s.attname = t.embedding_column AND NOT s.inherited;
-            embedded := embedded + n * embedded_share;  -- NULL from here on: no statistics yet
-        END IF;
         SELECT s.null_frac + coalesce((SELECT sum(m.f) FROM unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS m(v, f)
                                        WHERE m.v !~ '[^[:space:]]'), 0)
         INTO cleared_share
@@ -211,11 +152,11 @@ BEGIN
         cleared := cleared + n * cleared_share;
     END LOOP;
     total_rows := round(total);
-    embedded_rows := round(CASE WHEN t.store_kind <> 'side' THEN embedded ELSE least(embedded, total) END);
+    -- (a store apart may hold rows of deleted rows not yet followed up: never more than the
+    -- table's; NULL, no statistics yet, stays NULL)
+    embedded_rows := round(CASE WHEN vectors.embedded IS NOT NULL THEN least(vectors.embedded, total) END);
     cleared_rows := round(cleared);
-    IF t.store_kind = 'chunks' THEN
-        SELECT round(sum(embeddings.estimated_rows(cl))) INTO chunks FROM embeddings.leaf_relations(t.chunk_table) AS cl;
-    END IF;
+    chunks := round(vectors.chunks);
 END
 $$;
 

@@ -64,9 +64,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             format('its content column %I was dropped; watch the table again with its new content', t.content_column)
         WHEN t.content_function IS NOT NULL AND NOT EXISTS (SELECT FROM pg_proc p WHERE p.oid = t.content_function) THEN
             'its content function was dropped; create it again and watch the table again'
-        WHEN t.store_kind <> 'chunks' AND NOT EXISTS (
+        WHEN NOT EXISTS (
                 SELECT FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
-                WHERE a.attrelid = coalesce(t.side_table, t.source) AND a.attname = t.embedding_column AND NOT a.attisdropped
+                WHERE a.attrelid = t.store_table AND a.attname = t.embedding_column AND NOT a.attisdropped
                   AND ty.typname IN ('vector', 'halfvec')) THEN
             format('its embedding column %I is missing or not vector/halfvec; watch the table again', t.embedding_column)
     END, embeddings.access_problem(t))

@@ -19,7 +19,7 @@
 --                         document's characters start_offset (from 0) up to end_offset
 --                         (excluded), as Python slices (in SQL: substr(document, start_offset + 1,
 --                         end_offset - start_offset)). Characters, not bytes. NULL for chunks
---                         written before 0.3.0, until their document is embedded again
+--                         an older release wrote, until their document is embedded again
 --   headings    text[]    a document's chunk (format => ..., a bytea content column): the
 --                         heading path of its section, the highest heading first ('{}': none);
 --                         NULL for plain text
@@ -107,7 +107,7 @@ END
 $$;
 
 -- Gives chunk table `chunk_table` the chunks' offsets (start_offset, end_offset), then their
--- heading path and page (headings, page), when it lacks them: a chunk table made before 0.3.0
+-- heading path and page (headings, page), when it lacks them: a chunk table an older release made
 -- (its chunks' stay NULL until their document is embedded again), and every new one. Added by watch() last, after the full-text column a watch(...,
 -- fts => ...) adds, so that a new chunk table has the column order of a 0.2.0 one given full-text
 -- search and then upgraded (migrations/versions/0019_release_0_3_0/upgrade.sql adds them there).
@@ -241,7 +241,7 @@ DECLARE
 BEGIN
     IF o.chunk_table IS NULL AND previous.store_kind = 'chunks' THEN
         SELECT format('%I.%I', n.nspname, c.relname) INTO table_name
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = previous.chunk_table;
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = previous.store_table;
     ELSIF o.chunk_table IS NULL THEN
         SELECT format('%I.%I', n.nspname, c.relname || '_chunks') INTO table_name
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = o.source;
@@ -258,8 +258,8 @@ BEGIN
         END IF;
     END IF;
     IF EXISTS (SELECT FROM embeddings.targets tg
-               WHERE tg.chunk_table = to_regclass(table_name) AND tg.id IS DISTINCT FROM previous.id) THEN
-        RAISE EXCEPTION 'table % already holds the chunks of another target', table_name
+               WHERE tg.store_table = to_regclass(table_name) AND tg.id IS DISTINCT FROM previous.id) THEN
+        RAISE EXCEPTION 'table % already holds the vectors of another target', table_name
             USING ERRCODE = 'duplicate_table', HINT = 'Name another table with chunk_table => ...';
     END IF;
     RETURN table_name;
@@ -285,11 +285,11 @@ BEGIN
         INSERT INTO embeddings.targets AS tg (source, embedding_column, content_column, content_function, model,
                                               queue, has_triggers, clear_on_update, key_columns, key_types,
                                               key_attnums, content_attnum, embedding_attnum, replica,
-                                              chunk_table, chunk_tokens, chunk_overlap, document_format, context_header)
+                                              store_kind, store_table, chunk_tokens, chunk_overlap, document_format, context_header)
         VALUES (o.source, o.embedding_column, plan.content_col, plan.content_fn, o.model,
                 o.queue, o.triggers, false, plan.key_names, plan.key_types,
                 plan.key_nums, plan.content_num, NULL, o.replica,
-                chunks, o.chunk_tokens, o.chunk_overlap, watch_chunks_register.document_format,
+                'chunks', chunks, o.chunk_tokens, o.chunk_overlap, watch_chunks_register.document_format,
                 watch_chunks_register.context_header)
         RETURNING * INTO t;
         RETURN;
@@ -299,7 +299,7 @@ BEGIN
                OR previous.model <> o.model
                OR previous.chunk_tokens <> o.chunk_tokens
                OR previous.chunk_overlap <> o.chunk_overlap
-               OR previous.chunk_table <> chunks
+               OR previous.store_table <> chunks
                OR previous.document_format IS DISTINCT FROM watch_chunks_register.document_format
                OR previous.context_header IS DISTINCT FROM watch_chunks_register.context_header;
     IF previous.queue <> o.queue THEN  -- the live lane's jobs
@@ -313,7 +313,7 @@ BEGIN
         key_columns = plan.key_names, key_types = plan.key_types, key_attnums = plan.key_nums,
         content_attnum = plan.content_num, embedding_attnum = NULL, replica = o.replica,
         problem = NULL, queue = o.queue, has_triggers = o.triggers, clear_on_update = false,
-        chunk_table = chunks, chunk_tokens = o.chunk_tokens, chunk_overlap = o.chunk_overlap,
+        store_table = chunks, chunk_tokens = o.chunk_tokens, chunk_overlap = o.chunk_overlap,
         document_format = watch_chunks_register.document_format,
         context_header = watch_chunks_register.context_header, updated_at = now(),
         version = tg.version + 1
@@ -358,7 +358,7 @@ BEGIN
        AND previous.key_columns = plan.key_names AND previous.key_types = plan.key_types
        AND previous.has_triggers = o.triggers AND previous.queue = o.queue
        AND previous.replica = o.replica AND previous.problem IS NULL
-       AND previous.chunk_table = to_regclass(table_name)
+       AND previous.store_table = to_regclass(table_name)
        AND previous.chunk_tokens = o.chunk_tokens AND previous.chunk_overlap = o.chunk_overlap
        AND previous.document_format IS NOT DISTINCT FROM document_format
        AND previous.context_header IS NOT DISTINCT FROM context_header;
@@ -380,22 +380,8 @@ BEGIN
     IF o.fts IS NOT NULL AND o.fts IS DISTINCT FROM t.fts_config THEN
         PERFORM embeddings.enable_fts(o.source, o.fts, o.embedding_column);
     END IF;
-    PERFORM embeddings.ensure_chunk_offsets(t.chunk_table);  -- after the full-text column: it says why
+    PERFORM embeddings.ensure_chunk_offsets(t.store_table);  -- after the full-text column: it says why
     RETURN t.id;
-END
-$$;
-
--- Documents with at least one chunk, and chunks, of chunked target t (for embeddings.status).
-CREATE FUNCTION embeddings.chunk_counts(t embeddings.targets, OUT documents bigint, OUT chunks bigint)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    keys text := (SELECT string_agg(format('%I', k), ', ') FROM unnest(t.key_columns) AS k);
-BEGIN
-    -- Chunks of documents that exist (a delete not yet followed up leaves some behind).
-    EXECUTE format('SELECT count(*), coalesce(sum(n), 0)::bigint FROM (SELECT count(*) AS n FROM %s c '
-                   'WHERE EXISTS (SELECT FROM %s s WHERE %s) GROUP BY %s) d',
-                   t.chunk_table, t.source, embeddings.key_equal_sql(t, 's', 'c'), keys)
-        INTO documents, chunks;
 END
 $$;
 
@@ -412,8 +398,7 @@ RETURNS TABLE (key jsonb, seq integer, chunk text, distance double precision)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
-    q jsonb;
-    statement text;
+    nearest text;
     answer jsonb;
 BEGIN
     SELECT * INTO t FROM embeddings.targets tg
@@ -424,16 +409,19 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'SELECT embeddings.watch(''<table>'', ''<content>'', chunk_tokens => 200) first.';
     END IF;
-    -- Through search_sql() (sql/58_search.sql): with the caller's rights, the chunks of
-    -- documents it may see; an iterative index scan, and an exact one when the index yields
-    -- fewer than k.
-    q := embeddings.search_sql(t);
-    statement := format('SELECT %s AS key, %s AS seq, %s AS content, %s AS distance FROM %s WHERE %s',
-                        q->>'key', q->>'seq', q->>'content', q->>'distance', q->>'from', 'true');
-    answer := embeddings.search_run(format('%s ORDER BY %s LIMIT %s', statement, q->>'order', k), query, NULL);
+    -- Through the target's embeddings_<id>_nearest() (sql/58_search.sql): with the caller's
+    -- rights, the chunks of documents it may see; an iterative index scan, and an exact one
+    -- when the index yields fewer than k.
+    nearest := format('embeddings.%I', 'embeddings_' || t.id || '_nearest');
+    IF to_regproc(nearest) IS NULL THEN
+        RAISE EXCEPTION 'embeddings: the search function of % is missing%', t.source, coalesce(' (' || t.problem || ')', '')
+            USING ERRCODE = 'undefined_function',
+                  HINT = 'An ALTER TABLE of it, or watch() again, regenerates it.';
+    END IF;
+    answer := embeddings.search_run(format('SELECT * FROM %s($1, %s, false)', nearest, k), query, NULL);
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     IF jsonb_array_length(answer) < k THEN
-        answer := embeddings.search_run(format('SELECT * FROM (%s OFFSET 0) r ORDER BY r.distance LIMIT %s', statement, k), query, NULL);
+        answer := embeddings.search_run(format('SELECT * FROM %s($1, %s, true)', nearest, k), query, NULL);
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     END IF;
     RETURN QUERY
@@ -455,12 +443,13 @@ SELECT d.target_id, embeddings.target_name(t) AS target, d.row_key, d.state, d.b
 FROM embeddings.documents d JOIN embeddings.targets t ON t.id = d.target_id;
 COMMENT ON VIEW embeddings.document_progress IS 'Long documents of chunked targets embedded in pieces: state, size, chunks done of how many, since when';
 
--- The chunks store's operations (sql/54_stores.sql lists them).
+-- The chunks store's operations (sql/54_stores.sql lists them) --------------------------------
 
 -- A document lacks its vectors while it has no chunk.
 CREATE FUNCTION embeddings.chunks_store_missing_sql(t embeddings.targets, alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format('NOT EXISTS (SELECT FROM %s c WHERE %s)', t.chunk_table, embeddings.key_equal_sql(t, alias, 'c'))
+    SELECT embeddings.render('NOT EXISTS (SELECT FROM %(store)s c WHERE %(same_key)s)',
+                             jsonb_build_object('store', t.store_table::text, 'same_key', embeddings.key_equal_sql(t, alias, 'c')))
 $$;
 
 -- Blank content: the chunk write deletes the document's chunks (its count is 0), no scan needed.
@@ -475,113 +464,185 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'true'::text
 $$;
 
+-- Chunks live under their document's key in the chunk table: an UPDATE moves no vector.
+CREATE FUNCTION embeddings.chunks_store_changed_vector_sql(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT NULL::text
+$$;
+
 -- The write goes to the chunk table: the table is only read.
 CREATE FUNCTION embeddings.chunks_store_lock_mode(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'ACCESS SHARE'::text
 $$;
 
--- A chunked target's chunk table (sql/55_chunks.sql): vectors to reuse and the chunk write
--- (search runs with the caller's rights: sql/58_search.sql). Returns the names of the functions created.
-CREATE FUNCTION embeddings.chunks_store_access(t embeddings.targets, a jsonb) RETURNS text[]
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- A chunked target's functions that read and write its chunk table, as the table's owner
+-- (access_spec()s, sql/32_access.sql; search runs with the caller's rights: sql/58_search.sql):
+-- vectors to reuse, the chunk write, and following the table's deletes and truncations.
+CREATE FUNCTION embeddings.chunks_store_access(t embeddings.targets) RETURNS SETOF jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    vschema name := embeddings.vector_schema();
-    nkeys integer := cardinality(t.key_columns);
-    types text[] := embeddings.key_sql_types(t);
-    key_list text := (SELECT string_agg(format('%I', c), ', ' ORDER BY i) FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
-    chunk_match text := embeddings.access_match_sql(t, 'c', types);
-    made text[];
+    vectors text := to_regtype(quote_ident(embeddings.vector_schema()) || '.halfvec')::text || '[]';
+    args jsonb := jsonb_build_object(
+        'vector', t.embedding_column,
+        'chunk_match', embeddings.access_match_sql(t, 'c'),
+        'key_values', embeddings.render_each('(v.k%(n)s)::%(type)s',
+                                             (SELECT jsonb_agg(jsonb_build_object('n', i - 1, 'type', (embeddings.key_sql_types(t))[i]) ORDER BY i)
+                                              FROM generate_series(1, cardinality(t.key_columns)) i), ', '));
 BEGIN
-    made := ARRAY[
     -- Vectors stored for chunks of these documents with these hashes (the chunks an edit left
     -- unchanged), as real[] (the worker's loading connection needs no pgvector types). The key
     -- arrays repeat each document's key, once per chunk hash.
-    embeddings.create_access_function(a, '_reusable', format('keys text[]%s, hashes text[]', a->>'key_params'),
-        'TABLE (key text, chunk_hash text, embedding real[])',
-        format($b$RETURN QUERY
-            SELECT DISTINCT ON (v.key, c.chunk_hash) v.key, c.chunk_hash, (c.%1$I)::real[]
-            FROM ROWS FROM (%2$s, pg_catalog.unnest($%3$s)) AS v(key%4$s, hash)
-            JOIN %5$s c ON %6$s AND c.chunk_hash OPERATOR(pg_catalog.=) v.hash;$b$,
-            t.embedding_column, a->>'key_rows', nkeys + 2, a->>'key_aliases', t.chunk_table, chunk_match),
-        stable => true),
+    RETURN NEXT embeddings.access_spec('_reusable', ARRAY['keys text[]'] || embeddings.key_params(t) || ARRAY['hashes text[]'],
+        'TABLE (key text, chunk_hash text, embedding real[])', $template$
+        RETURN QUERY
+            SELECT DISTINCT ON (v.key, c.chunk_hash) v.key, c.chunk_hash, (c.%(vector)I)::real[]
+            FROM ROWS FROM (%(key_rows)s, pg_catalog.unnest(%(fn)I.hashes)) AS v(key%(key_aliases)s, hash)
+            JOIN %(store)s c ON %(chunk_match)s AND c.chunk_hash OPERATOR(pg_catalog.=) v.hash;
+        $template$, args, stable => true);
 
     -- The chunk write, for documents whose content is still the one loaded (the md5 `digests`;
     -- the caller ordered itself after their other writers: embeddings.lock_documents()):
-    -- upserts their chunks (a chunk whose hash is unchanged at its position is left as it
-    -- is) and deletes those past each document's
-    -- `counts` (all of them for 0: blank content). Chunks name their document by its canonical
-    -- key (`chunk_keys`); `starts` and `ends` are their character offsets in it (an unchanged
-    -- chunk that moved in its document gets its new ones, its vector kept); `headings` (a JSON
-    -- array of heading paths, NULL for plain text) and `pages` a document's chunks' heading
-    -- path and PDF page (NULL: none). Returns, per
-    -- document, whether it was current and lost chunks. The chunk table's key columns are
-    -- named as the source's, and may be named as a parameter (k0, keys, ...): ON CONFLICT
-    -- names columns, and the variables are qualified.
-    embeddings.create_access_function(a, '_chunks',
-        format('keys text[]%s, digests text[], counts integer[], chunk_keys text[], seqs integer[], chunks text[], '
-               'hashes text[], vectors %I.halfvec[], starts integer[], ends integer[], headings jsonb, pages integer[]',
-               a->>'key_params', vschema),
-        'TABLE (key text, is_current boolean, trimmed boolean)',
-        format($b$current_keys := ARRAY(
-                SELECT v.key FROM ROWS FROM (%1$s, pg_catalog.unnest($%2$s)) AS v(key%3$s, h)
-                JOIN %4$s t ON %5$s
-                WHERE CASE WHEN v.h IS NULL THEN pg_catalog.md5(%6$s) IS NULL ELSE pg_catalog.md5(%6$s) OPERATOR(pg_catalog.=) v.h END);
-            INSERT INTO %7$s AS c (%8$s, seq, chunk, chunk_hash, %9$I, start_offset, end_offset, headings, page)
-            SELECT %10$s, x.seq, x.chunk, x.hash, x.e, x.start_offset, x.end_offset,
-                   CASE WHEN pg_catalog.jsonb_typeof(x.h) OPERATOR(pg_catalog.=) 'array'
-                        THEN ARRAY(SELECT pg_catalog.jsonb_array_elements_text(x.h)) END, x.page
-            FROM ROWS FROM (pg_catalog.unnest($%11$s), pg_catalog.unnest($%12$s), pg_catalog.unnest($%13$s), pg_catalog.unnest($%14$s), pg_catalog.unnest($%15$s),
-                            pg_catalog.unnest($%18$s), pg_catalog.unnest($%19$s), pg_catalog.jsonb_array_elements($%20$s),
-                            pg_catalog.unnest($%21$s)) AS x(key, seq, chunk, hash, e, start_offset, end_offset, h, page)
-            JOIN ROWS FROM (%1$s) AS v(key%3$s) ON v.key OPERATOR(pg_catalog.=) x.key
-            WHERE x.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
-            ON CONFLICT (%8$s, seq) DO UPDATE
-            SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, %9$I = excluded.%9$I,
-                start_offset = excluded.start_offset, end_offset = excluded.end_offset,
-                headings = excluded.headings, page = excluded.page
-            WHERE NOT (coalesce(c.chunk_hash OPERATOR(pg_catalog.=) excluded.chunk_hash, false)
-                       AND coalesce(c.start_offset OPERATOR(pg_catalog.=) excluded.start_offset,
-                                    c.start_offset IS NULL AND excluded.start_offset IS NULL)
-                       AND coalesce(c.end_offset OPERATOR(pg_catalog.=) excluded.end_offset,
-                                    c.end_offset IS NULL AND excluded.end_offset IS NULL)
-                       AND coalesce(c.headings OPERATOR(pg_catalog.=) excluded.headings,
-                                    c.headings IS NULL AND excluded.headings IS NULL)
-                       AND coalesce(c.page OPERATOR(pg_catalog.=) excluded.page,
-                                    c.page IS NULL AND excluded.page IS NULL));
-            WITH gone AS (
-                DELETE FROM %7$s c USING ROWS FROM (%1$s, pg_catalog.unnest($%16$s)) AS v(key%3$s, n)
-                WHERE %17$s AND c.seq OPERATOR(pg_catalog.>=) v.n AND v.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
-                RETURNING v.key)
-            SELECT pg_catalog.array_agg(DISTINCT g.key) INTO trimmed_keys FROM gone g;
-            RETURN QUERY
-                SELECT d.key, d.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys),
-                       coalesce(d.key OPERATOR(pg_catalog.=) ANY (chunk_write.trimmed_keys), false)
-                FROM pg_catalog.unnest($1) AS d(key);$b$,
-            a->>'key_rows', nkeys + 2, a->>'key_aliases', t.source, a->>'key_match', a->>'content', t.chunk_table,
-            key_list, t.embedding_column,
-            (SELECT string_agg(format('(v.k%s)::%s', i - 1, types[i]), ', ' ORDER BY i) FROM generate_series(1, nkeys) i),
-            nkeys + 4, nkeys + 5, nkeys + 6, nkeys + 7, nkeys + 8, nkeys + 3, chunk_match, nkeys + 9, nkeys + 10,
-            nkeys + 11, nkeys + 12),
-        head => E'#variable_conflict use_column\n<<chunk_write>>\nDECLARE\n    current_keys text[];\n    trimmed_keys text[];\n')];
-    -- The chunk write as release 0.2.0's worker calls it (no offsets, headings or pages), for a
-    -- rolling upgrade: a 0.2.0 worker still running after `migrate` writes its chunks through
-    -- this, with their offsets NULL as a chunk from before the upgrade has them (the next write
-    -- of the document fills them in), ordered after the new workers' writers of the same
-    -- documents (it orders itself with advisory locks, which they no longer take). Ours, run as
-    -- the caller (a worker role), as a guard is: the table's owner cannot redefine it.
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(keys text[]%2$s, digests text[], counts integer[], chunk_keys text[],
-                                           seqs integer[], chunks text[], hashes text[], vectors %3$I.halfvec[])
+    -- upserts their chunks (a chunk whose hash is unchanged at its position is left as it is)
+    -- and deletes those past each document's `counts` (all of them for 0: blank content).
+    -- Chunks name their document by its canonical key (`chunk_keys`); `starts` and `ends` are
+    -- their character offsets in it (an unchanged chunk that moved in its document gets its new
+    -- ones, its vector kept); `headings` (a JSON array of heading paths, NULL for plain text)
+    -- and `pages` a document's chunks' heading path and PDF page (NULL: none). Returns, per
+    -- document, whether it was current and lost chunks. The chunk table's key columns are named
+    -- as the source's, and may be named as a parameter (k0, keys, ...): ON CONFLICT names
+    -- columns (#variable_conflict use_column), and the variables are qualified.
+    RETURN NEXT embeddings.access_spec('_chunks',
+        ARRAY['keys text[]'] || embeddings.key_params(t)
+        || ARRAY['digests text[]', 'counts integer[]', 'chunk_keys text[]', 'seqs integer[]', 'chunks text[]',
+                 'hashes text[]', 'vectors ' || vectors, 'starts integer[]', 'ends integer[]', 'headings jsonb', 'pages integer[]'],
+        'TABLE (key text, is_current boolean, trimmed boolean)', $template$
+        current_keys := ARRAY(
+            SELECT v.key FROM ROWS FROM (%(key_rows)s, pg_catalog.unnest(%(fn)I.digests)) AS v(key%(key_aliases)s, h)
+            JOIN %(source)s t ON %(key_match)s
+            WHERE CASE WHEN v.h IS NULL THEN pg_catalog.md5(%(content)s) IS NULL ELSE pg_catalog.md5(%(content)s) OPERATOR(pg_catalog.=) v.h END);
+        INSERT INTO %(store)s AS c (%(key_columns)s, seq, chunk, chunk_hash, %(vector)I, start_offset, end_offset, headings, page)
+        SELECT %(key_values)s, x.seq, x.chunk, x.hash, x.e, x.start_offset, x.end_offset,
+               CASE WHEN pg_catalog.jsonb_typeof(x.h) OPERATOR(pg_catalog.=) 'array'
+                    THEN ARRAY(SELECT pg_catalog.jsonb_array_elements_text(x.h)) END, x.page
+        FROM ROWS FROM (pg_catalog.unnest(%(fn)I.chunk_keys), pg_catalog.unnest(%(fn)I.seqs), pg_catalog.unnest(%(fn)I.chunks),
+                        pg_catalog.unnest(%(fn)I.hashes), pg_catalog.unnest(%(fn)I.vectors), pg_catalog.unnest(%(fn)I.starts),
+                        pg_catalog.unnest(%(fn)I.ends), pg_catalog.jsonb_array_elements(%(fn)I.headings),
+                        pg_catalog.unnest(%(fn)I.pages)) AS x(key, seq, chunk, hash, e, start_offset, end_offset, h, page)
+        JOIN ROWS FROM (%(key_rows)s) AS v(key%(key_aliases)s) ON v.key OPERATOR(pg_catalog.=) x.key
+        WHERE x.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
+        ON CONFLICT (%(key_columns)s, seq) DO UPDATE
+        SET chunk = excluded.chunk, chunk_hash = excluded.chunk_hash, %(vector)I = excluded.%(vector)I,
+            start_offset = excluded.start_offset, end_offset = excluded.end_offset,
+            headings = excluded.headings, page = excluded.page
+        WHERE NOT (coalesce(c.chunk_hash OPERATOR(pg_catalog.=) excluded.chunk_hash, false)
+                   AND coalesce(c.start_offset OPERATOR(pg_catalog.=) excluded.start_offset,
+                                c.start_offset IS NULL AND excluded.start_offset IS NULL)
+                   AND coalesce(c.end_offset OPERATOR(pg_catalog.=) excluded.end_offset,
+                                c.end_offset IS NULL AND excluded.end_offset IS NULL)
+                   AND coalesce(c.headings OPERATOR(pg_catalog.=) excluded.headings,
+                                c.headings IS NULL AND excluded.headings IS NULL)
+                   AND coalesce(c.page OPERATOR(pg_catalog.=) excluded.page,
+                                c.page IS NULL AND excluded.page IS NULL));
+        WITH gone AS (
+            DELETE FROM %(store)s c USING ROWS FROM (%(key_rows)s, pg_catalog.unnest(%(fn)I.counts)) AS v(key%(key_aliases)s, n)
+            WHERE %(chunk_match)s AND c.seq OPERATOR(pg_catalog.>=) v.n AND v.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys)
+            RETURNING v.key)
+        SELECT pg_catalog.array_agg(DISTINCT g.key) INTO trimmed_keys FROM gone g;
+        RETURN QUERY
+            SELECT d.key, d.key OPERATOR(pg_catalog.=) ANY (chunk_write.current_keys),
+                   coalesce(d.key OPERATOR(pg_catalog.=) ANY (chunk_write.trimmed_keys), false)
+            FROM pg_catalog.unnest(%(fn)I.keys) AS d(key);
+        $template$, args,
+        declare => E'#variable_conflict use_column\n<<chunk_write>>\nDECLARE\n    current_keys text[];\n    trimmed_keys text[];\n');
+    RETURN NEXT embeddings.access_code_spec('embeddings_' || t.id || '_chunks', embeddings.chunks_store_compat_code(t));
+    RETURN QUERY SELECT * FROM embeddings.follow_access(t);  -- deletes and truncations (sql/54_stores.sql)
+END
+$$;
+
+-- The chunk write as release 0.2.0's worker calls it (no offsets, headings or pages), for a
+-- rolling upgrade: a 0.2.0 worker still running after `migrate` writes its chunks through this,
+-- with their offsets NULL as a chunk from before the upgrade has them (the next write of the
+-- document fills them in), ordered after the new workers' writers of the same documents (it
+-- orders itself with advisory locks, which they no longer take). Ours, run as the caller (a
+-- worker role), as a guard is: the table's owner cannot redefine it (chunks_store_access()).
+CREATE FUNCTION embeddings.chunks_store_compat_code(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings.render($template$
+        CREATE FUNCTION embeddings.%(name)I(keys text[]%(key_params)s, digests text[], counts integer[], chunk_keys text[],
+                                           seqs integer[], chunks text[], hashes text[], vectors %(vectors)s)
         RETURNS TABLE (key text, is_current boolean, trimmed boolean)
         LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $body$
         BEGIN
-            PERFORM embeddings.lock_documents(%4$s, $1);
-            RETURN QUERY SELECT * FROM embeddings.%1$I(%5$s, NULL::integer[], NULL::integer[], NULL::jsonb, NULL::integer[]);
+            PERFORM embeddings.lock_documents(%(id)s, %(name)I.keys);
+            RETURN QUERY SELECT * FROM embeddings.%(name)I(%(args)s, NULL::integer[], NULL::integer[], NULL::jsonb, NULL::integer[]);
         END
-        $body$ $f$,
-        (a->>'prefix') || '_chunks', a->>'key_params', vschema, t.id,
-        (SELECT string_agg(format('$%s', i), ', ' ORDER BY i) FROM generate_series(1, nkeys + 8) i));
-    RETURN made;
+        $body$
+        $template$, jsonb_build_object(
+            'name', 'embeddings_' || t.id || '_chunks', 'id', t.id,
+            'key_params', coalesce(', ' || array_to_string(embeddings.key_params(t), ', '), ''),
+            'vectors', to_regtype(quote_ident(embeddings.vector_schema()) || '.halfvec')::text || '[]',
+            'args', embeddings.render_each('%(fn)I.%(param)I',
+                                           (SELECT jsonb_agg(jsonb_build_object('param', p) ORDER BY i)
+                                            FROM unnest(ARRAY['keys'] || ARRAY(SELECT 'k' || (g - 1) FROM generate_series(1, cardinality(t.key_columns)) g ORDER BY g)
+                                                        || ARRAY['digests', 'counts', 'chunk_keys', 'seqs', 'chunks', 'hashes', 'vectors'])
+                                                 WITH ORDINALITY AS u(p, i)),
+                                           ', ', jsonb_build_object('fn', 'embeddings_' || t.id || '_chunks'))))
+$$;
+
+CREATE FUNCTION embeddings.chunks_store_clear_sql(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings.apart_clear_sql(t)
+$$;
+
+-- A chunked target's search: its chunk table `c` joined to the table, a row per chunk.
+CREATE FUNCTION embeddings.chunks_store_search_sql(t embeddings.targets) RETURNS jsonb
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT jsonb_build_object(
+        'from', embeddings.render('%(store)s c JOIN %(source)s s ON %(same_key)s', a.args),
+        'store', 'c',
+        'vector', embeddings.render('c.%(vector)I', a.args),
+        'key', embeddings.key_json_sql(t, 'c'),
+        'content', 'c.chunk',
+        'seq', 'c.seq',
+        'start_offset', 'c.start_offset',
+        'end_offset', 'c.end_offset',
+        'headings', 'c.headings',
+        'page', 'c.page',
+        'order', embeddings.render('c.%(vector)I OPERATOR(%(vector_schema)I.<=>) $1', a.args),
+        'distance', embeddings.render('(c.%(vector)I OPERATOR(%(vector_schema)I.<=>) $1)::double precision', a.args))
+    FROM (SELECT jsonb_build_object('store', t.store_table::text, 'source', t.source::text,
+                                    'same_key', embeddings.key_equal_sql(t, 'c', 's'),
+                                    'vector', t.embedding_column, 'vector_schema', embeddings.vector_schema())) a(args)
+$$;
+
+-- Status's exact counts: the table's rows and those with blank content; embedded rows are its
+-- documents with chunks, and the chunks of documents that exist (a delete not yet followed up
+-- leaves some behind).
+CREATE FUNCTION embeddings.chunks_store_exact_counts(t embeddings.targets,
+    OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    EXECUTE embeddings.render('SELECT count(*), %(cleared)s FROM %(source)s s',
+                              jsonb_build_object('cleared', embeddings.cleared_count_sql(t), 'source', t.source::text))
+        INTO total_rows, cleared_rows;
+    EXECUTE embeddings.render('SELECT count(*), coalesce(sum(n), 0)::bigint FROM (SELECT count(*) AS n FROM %(store)s c '
+                              'WHERE EXISTS (SELECT FROM %(source)s s WHERE %(same_key)s) GROUP BY %(keys)s) d',
+                              jsonb_build_object('store', t.store_table::text, 'source', t.source::text,
+                                                 'same_key', embeddings.key_equal_sql(t, 's', 'c'),
+                                                 'keys', embeddings.render_each('%(column)I', (SELECT jsonb_agg(jsonb_build_object('column', k))
+                                                                                               FROM unnest(t.key_columns) AS k), ', ')))
+        INTO embedded_rows, chunks;
+EXCEPTION WHEN OTHERS THEN  -- the chunk table is gone
+    embedded_rows := NULL;
+    chunks := NULL;
 END
+$$;
+
+-- Status's estimates: documents with chunks are not estimated (NULL); the chunks are the chunk
+-- table's rows.
+CREATE FUNCTION embeddings.chunks_store_estimated_vectors(t embeddings.targets,
+    OUT embedded double precision, OUT chunks double precision)
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT NULL::double precision, sum(embeddings.estimated_rows(cl)) FROM embeddings.leaf_relations(t.store_table) AS cl
 $$;

@@ -16,35 +16,37 @@
 -- answers (the filtered set, or the table, is then small or nearly exhausted). A table below
 -- embeddings.exact_search_rows rows (a setting, default 10000) is scanned exactly at once.
 
--- The rows of the relation a search of target t reads: its chunk table or its table (the sum
--- of its partitions' for a partitioned one), as ANALYZE last estimated; NULL when unknown.
--- (pg_partition_tree() lists nothing for a table that is not partitioned: the relation itself
--- counts then. A partitioned table's own reltuples is not its rows': only its leaves count.)
+-- The vectors a search of target t reads: the rows of its store table (the table itself, its
+-- side table, its chunk table; the sum of its partitions' for a partitioned one), as ANALYZE
+-- last estimated; NULL when unknown. (pg_partition_tree() lists nothing for a table that is not
+-- partitioned: the relation itself counts then. A partitioned table's own reltuples is not its
+-- rows': only its leaves count.)
 CREATE FUNCTION embeddings.search_rows_estimate(t embeddings.targets) RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT nullif(sum(greatest(c.reltuples, 0)), 0)::double precision
     FROM pg_class c
     WHERE c.relkind OPERATOR(pg_catalog.<>) 'p'
-      AND c.oid IN (SELECT coalesce(t.chunk_table, t.source)::oid
+      AND c.oid IN (SELECT t.store_table::oid
                     UNION
-                    SELECT p.relid::oid FROM pg_partition_tree(coalesce(t.chunk_table, t.source)) p WHERE p.isleaf)
+                    SELECT p.relid::oid FROM pg_partition_tree(t.store_table) p WHERE p.isleaf)
 $$;
 
 -- search_rows_estimate(t) as an SQL expression for the statements generated for t: for a
--- table that is not partitioned (nor its chunk table), its pg_class.reltuples read directly, a
--- statement the generated function's plan keeps; else the call, which lists the partitions.
--- The relation is found through the target's id, never an OID written into the function: a
--- dump restored elsewhere gives the table another OID, and keeps the target's id.
+-- store table that is not partitioned, its pg_class.reltuples read directly, a statement the
+-- generated function's plan keeps; else the call, which lists the partitions. The relation is
+-- found through the target's id, never an OID written into the function: a dump restored
+-- elsewhere gives the table another OID, and keeps the target's id.
 CREATE FUNCTION embeddings.rows_estimate_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = coalesce(t.chunk_table, t.source)) = 'r'
-                THEN format('(SELECT nullif(greatest(c.reltuples, 0), 0)::double precision'
-                            ' FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=)'
-                            ' (SELECT coalesce(x.chunk_table, x.source)::pg_catalog.oid FROM embeddings.targets x'
-                            ' WHERE x.id OPERATOR(pg_catalog.=) %s))',
-                            t.id)
-                ELSE format('(SELECT embeddings.search_rows_estimate(x) FROM embeddings.targets x'
-                            ' WHERE x.id OPERATOR(pg_catalog.=) %s)', t.id) END
+    SELECT embeddings.render(
+        CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = t.store_table) = 'r'
+             THEN '(SELECT nullif(greatest(c.reltuples, 0), 0)::double precision'
+                  ' FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=)'
+                  ' (SELECT x.store_table::pg_catalog.oid FROM embeddings.targets x'
+                  ' WHERE x.id OPERATOR(pg_catalog.=) %(id)s))'
+             ELSE '(SELECT embeddings.search_rows_estimate(x) FROM embeddings.targets x'
+                  ' WHERE x.id OPERATOR(pg_catalog.=) %(id)s)' END,
+        jsonb_build_object('id', t.id))
 $$;
 
 -- The SQL condition (on row alias `s` of t's table) of a structured filter: a JSON object
@@ -140,76 +142,18 @@ BEGIN
 END
 $$;
 
--- The parts of a search statement over target t, as a JSON object of SQL fragments:
---   from      the relations (`s` the table; `c` its chunk table, joined to it)
+-- The parts of a search statement over target t, as a JSON object of SQL fragments (the store
+-- kind's search_sql(), sql/54_stores.sql, makes them):
+--   from      the relations (`s` the table; a store apart from it joined to it)
+--   store     the alias of the relation holding the vectors (and a tsvector: sql/59_hybrid.sql)
 --   vector    the embedding column; key, content, seq, start_offset, end_offset, headings,
 --             page the result's columns (content the content column's text (NULL for a content
 --             function) and the others NULL for a plain target; for a chunked one the chunk's
 --             text, position, character offsets, heading path and page, sql/55_chunks.sql)
+--   order     what the nearest come first by (an index scan's ORDER BY)
 --   distance  the cosine distance to $1 (a halfvec; cast to the column's type)
 -- Key values keep the table's type in JSON as jobs carry them (sql/25_keys.sql): a number for
 -- an integer key, a string for text, an array of the columns' values for a composite key.
--- (embeddings.search_sql() dispatches to the target's store kind: sql/54_stores.sql.)
-
--- The parts for a store with one vector per row (`vec`, the embedding column's reference) in
--- `from`: the row store's and the side store's.
-CREATE FUNCTION embeddings.row_search_sql(t embeddings.targets, from_sql text, vec text) RETURNS jsonb
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    vschema name := embeddings.vector_schema();
-    emb_type text;
-BEGIN
-    SELECT format('%I.%I', n.nspname, ty.typname) INTO emb_type
-    FROM pg_attribute at JOIN pg_type ty ON ty.oid = at.atttypid JOIN pg_namespace n ON n.oid = ty.typnamespace
-    WHERE at.attrelid = embeddings.vector_relation(t) AND at.attname = t.embedding_column AND NOT at.attisdropped;
-    RETURN jsonb_build_object(
-        'from', from_sql,
-        'vector', vec,
-        'key', embeddings.key_json_sql(t, 's'),
-        'content', CASE WHEN t.content_column IS NOT NULL
-                        THEN embeddings.text_sql((SELECT a.atttypid::regtype FROM pg_attribute a
-                                                  WHERE a.attrelid = t.source AND a.attname = t.content_column),
-                                                 format('s.%I', t.content_column))
-                        ELSE 'NULL::text' END,
-        'seq', 'NULL::integer',
-        'start_offset', 'NULL::integer',
-        'end_offset', 'NULL::integer',
-        'headings', 'NULL::text[]',
-        'page', 'NULL::integer',
-        'order', format('%s OPERATOR(%I.<=>) ($1)::%s', vec, vschema, emb_type),
-        'distance', format('(%s OPERATOR(%I.<=>) ($1)::%s)::double precision', vec, vschema, emb_type));
-END
-$$;
-
-CREATE FUNCTION embeddings.row_store_search_sql(t embeddings.targets) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.row_search_sql(t, format('%s s', t.source), format('s.%I', t.embedding_column))
-$$;
-
--- A side-table target's vectors are in its side table `v`, keyed like the table.
-CREATE FUNCTION embeddings.side_store_search_sql(t embeddings.targets) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.row_search_sql(t, format('%s v JOIN %s s ON %s', t.side_table, t.source,
-                                               embeddings.key_equal_sql(t, 'v', 's')),
-                                     format('v.%I', t.embedding_column))
-$$;
-
--- A chunked target's: its chunk table `c` joined to the table, a row per chunk.
-CREATE FUNCTION embeddings.chunks_store_search_sql(t embeddings.targets) RETURNS jsonb
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT jsonb_build_object(
-        'from', format('%s c JOIN %s s ON %s', t.chunk_table, t.source, embeddings.key_equal_sql(t, 'c', 's')),
-        'vector', format('c.%I', t.embedding_column),
-        'key', embeddings.key_json_sql(t, 'c'),
-        'content', 'c.chunk',
-        'seq', 'c.seq',
-        'start_offset', 'c.start_offset',
-        'end_offset', 'c.end_offset',
-        'headings', 'c.headings',
-        'page', 'c.page',
-        'order', format('c.%I OPERATOR(%I.<=>) $1', t.embedding_column, embeddings.vector_schema()),
-        'distance', format('(c.%I OPERATOR(%I.<=>) $1)::double precision', t.embedding_column, embeddings.vector_schema()))
-$$;
 
 -- Runs `statement` (a query of (key, content, seq, distance) rows, $1 the query vector, $2 the
 -- filter) with iterative index scans on, and returns its rows as one JSON array, by distance
@@ -250,111 +194,161 @@ $$;
 
 -- The statements of a search of target t, made once per target with its other functions
 -- (embeddings.generate_access(), sql/32_access.sql, on watch() and on every change of the table
--- that can change them) rather than from the catalog on every call: building them cost search() more than the index
--- scan itself (docs/performance.md, "Figures behind the code's choices").
+-- that can change them) rather than from the catalog on every call: building them cost
+-- search() more than the index scan itself (docs/performance.md, "Figures behind the code's
+-- choices").
 --
---   embeddings_<id>_search($1 query, $2 filter, $3 n, $4 exact) RETURNS jsonb
+--   embeddings_<id>_search(query, filter, n, exact) RETURNS jsonb
 --     the rows of the index path (the n nearest candidates, each with `candidates`, their count;
---     for a chunked target one per document) or with $4 the exact path's n nearest, as a JSON
---     array by distance, ties by key. Without a filter its statements are static (PL/pgSQL
+--     for a chunked target one per document) or with `exact` the exact path's n nearest, as a
+--     JSON array by distance, ties by key. Without a filter its statements are static (PL/pgSQL
 --     prepares them once per session); a filter's condition is made for each call
 --     (search_filter_sql(): the filter's columns vary).
---   embeddings_<id>_text_ranking($1 query text, $2 filter, $3 depth) RETURNS jsonb
+--   embeddings_<id>_nearest(query, n, exact) RETURNS TABLE (key, seq, content, distance)
+--     for a store of several vectors per row (a chunked target): the n nearest vectors
+--     themselves, every chunk, by the index or with `exact` every one's distance (match_chunks())
+--   embeddings_<id>_text_ranking(query, filter, depth) RETURNS jsonb
 --     for a target with full-text search: fts_ranking_sql()'s rows (sql/59_hybrid.sql);
 --   embeddings_<id>_bm25_ranking(the same) RETURNS jsonb
 --     the same for text_match 'any': bm25_ranking_sql()'s rows (sql/59_bm25.sql).
 --
+-- Their statements name the parameters $1 (the query), $2 (the filter) and $3 (n, or the depth):
+-- one text runs static, and with a filter's condition through EXECUTE ... USING in that order
+-- (the search parts of the store kind, search_sql(), compare with $1 too).
 -- Both SECURITY INVOKER: they run with the rights of whoever calls search(), row-level security
 -- included, exactly as the statements they replace. So they are not the table owner's (unlike
 -- the functions that read and write the table for the worker): owned by this schema's owner,
--- EXECUTE to PUBLIC as search() is; a table owner cannot redefine what its searchers run.
-CREATE FUNCTION embeddings.generate_search(t embeddings.targets) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- EXECUTE to PUBLIC as search() is; a table owner cannot redefine what its searchers run. A
+-- searcher granted SELECT on a store apart from the table reads there only its rows of the
+-- table (store_policy_code(), sql/54_stores.sql), as the statements do.
+CREATE FUNCTION embeddings.search_code(t embeddings.targets) RETURNS TABLE (name text, statement text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := embeddings.search_sql(t);
-    columns text := format('%s AS key, %s AS content, %s AS seq, %s AS start_offset, %s AS end_offset, %s AS headings, '
-                           '%s AS page, %s AS distance',
-                           q->>'key', q->>'content', q->>'seq', q->>'start_offset', q->>'end_offset', q->>'headings',
-                           q->>'page', q->>'distance');
-    -- One result per row: a chunked target's best chunk.
-    distinct_on text := CASE WHEN embeddings.store_has_chunks(t) THEN 'DISTINCT ON (r.key)' ELSE '' END;
-    distinct_order text := CASE WHEN embeddings.store_has_chunks(t) THEN 'ORDER BY r.key, r.distance' ELSE '' END;
-    -- Each statement as its result (into which the static one selects), then its FROM in two
-    -- halves around the filter's condition.
+    args jsonb := q || jsonb_build_object(
+        'name', 'embeddings_' || t.id || '_search', 'id', t.id, 'settings', embeddings.key_settings_sql(t),
+        'halfvec', to_regtype(quote_ident(embeddings.vector_schema()) || '.halfvec')::text,
+        -- one result per row: a chunked target's best chunk
+        'distinct_on', CASE WHEN embeddings.store_has_chunks(t) THEN 'DISTINCT ON (r.key)' ELSE '' END,
+        'distinct_order', CASE WHEN embeddings.store_has_chunks(t) THEN 'ORDER BY r.key, r.distance' ELSE '' END);
+    -- Each statement in three parts: its result (into which the static one selects), then its
+    -- FROM in two halves around the filter's condition. The exact path's OFFSET 0 keeps the
+    -- index from ordering the rows: every matching row's distance.
+    columns CONSTANT text := '%(key)s AS key, %(content)s AS content, %(seq)s AS seq, %(start_offset)s AS start_offset, '
+                             '%(end_offset)s AS end_offset, %(headings)s AS headings, %(page)s AS page, %(distance)s AS distance';
     index_sql text[] := ARRAY[
         'SELECT coalesce(pg_catalog.jsonb_agg(r ORDER BY r.distance, r.key), ''[]'')',
-        format(' FROM (SELECT %s r.* FROM (SELECT c.*, pg_catalog.count(*) OVER () AS candidates'
-               ' FROM (SELECT %s FROM %s WHERE %s IS NOT NULL AND (',
-               distinct_on, columns, q->>'from', q->>'vector'),
-        format(') ORDER BY %s LIMIT $3) c) r %s) r', q->>'order', distinct_order)];
-    -- OFFSET 0 keeps the index from ordering them: every matching row's distance.
+        embeddings.render(' FROM (SELECT %(distinct_on)s r.* FROM (SELECT c.*, pg_catalog.count(*) OVER () AS candidates'
+                          ' FROM (SELECT ' || columns || ' FROM %(from)s WHERE %(vector)s IS NOT NULL AND (', args),
+        embeddings.render(') ORDER BY %(order)s LIMIT $3) c) r %(distinct_order)s) r', args)];
     exact_sql text[] := ARRAY[
         'SELECT coalesce(pg_catalog.jsonb_agg(d ORDER BY d.distance, d.key), ''[]'')',
-        format(' FROM (SELECT * FROM (SELECT %s r.* FROM (SELECT %s FROM %s WHERE %s IS NOT NULL AND (',
-               distinct_on, columns, q->>'from', q->>'vector'),
-        format(') OFFSET 0) r %s) d ORDER BY d.distance, d.key LIMIT $3) d', distinct_order)];
-    text_sql text[];
-    ranking text;
-    settings text := embeddings.key_settings_sql(t);
-    prefix text := 'embeddings_' || t.id;
+        embeddings.render(' FROM (SELECT * FROM (SELECT %(distinct_on)s r.* FROM (SELECT ' || columns
+                          || ' FROM %(from)s WHERE %(vector)s IS NOT NULL AND (', args),
+        embeddings.render(') OFFSET 0) r %(distinct_order)s) d ORDER BY d.distance, d.key LIMIT $3) d', args)];
 BEGIN
-    EXECUTE format(
-        $f$CREATE FUNCTION embeddings.%1$I(%2$I.halfvec, jsonb, integer, boolean) RETURNS jsonb
-        LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp%3$s AS $body$
+    RETURN QUERY VALUES (args->>'name', embeddings.render($template$
+        CREATE FUNCTION embeddings.%(name)I(query %(halfvec)s, filter jsonb, n integer, exact boolean) RETURNS jsonb
+        LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
         DECLARE
             result jsonb;
         BEGIN
-            IF $2 IS NOT NULL THEN
-                EXECUTE CASE WHEN $4 THEN %4$L ELSE %5$L END
+            IF %(name)I.filter IS NOT NULL THEN
+                EXECUTE CASE WHEN %(name)I.exact THEN %(exact_head)L ELSE %(index_head)L END
                         OPERATOR(pg_catalog.||) embeddings.search_filter_sql(
-                            (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %6$s), $2, 2)
-                        OPERATOR(pg_catalog.||) CASE WHEN $4 THEN %7$L ELSE %8$L END
-                    INTO result USING $1, $2, $3;
-            ELSIF $4 THEN
-                %9$s;
+                            (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %(id)s), %(name)I.filter, 2)
+                        OPERATOR(pg_catalog.||) CASE WHEN %(name)I.exact THEN %(exact_tail)L ELSE %(index_tail)L END
+                    INTO result USING %(name)I.query, %(name)I.filter, %(name)I.n;
+            ELSIF %(name)I.exact THEN
+                %(exact_static)s;
             ELSE
-                %10$s;
+                %(index_static)s;
             END IF;
             RETURN result;
         END
-        $body$ $f$,
-        prefix || '_search', embeddings.vector_schema(), settings,
-        exact_sql[1] || exact_sql[2], index_sql[1] || index_sql[2], t.id, exact_sql[3], index_sql[3],
-        exact_sql[1] || ' INTO result' || exact_sql[2] || 'true' || exact_sql[3],
-        index_sql[1] || ' INTO result' || index_sql[2] || 'true' || index_sql[3]);
-    -- The full-text rankings, every word's and any word's (BM25: sql/59_bm25.sql).
+        $body$
+        $template$, args || jsonb_build_object(
+            'exact_head', exact_sql[1] || exact_sql[2], 'exact_tail', exact_sql[3],
+            'index_head', index_sql[1] || index_sql[2], 'index_tail', index_sql[3],
+            'exact_static', exact_sql[1] || ' INTO result' || exact_sql[2] || 'true' || exact_sql[3],
+            'index_static', index_sql[1] || ' INTO result' || index_sql[2] || 'true' || index_sql[3])));
+    IF embeddings.store_has_chunks(t) THEN
+        -- A store of several vectors per row: its nearest vectors themselves too, every chunk
+        -- (match_chunks(), sql/55_chunks.sql).
+        RETURN QUERY VALUES ('embeddings_' || t.id || '_nearest', embeddings.render($template$
+            CREATE FUNCTION embeddings.%(name)I(query %(halfvec)s, n integer, exact boolean)
+            RETURNS TABLE (key jsonb, seq integer, content text, distance double precision)
+            LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
+            BEGIN
+                IF %(name)I.exact THEN
+                    RETURN QUERY SELECT * FROM (%(nearest)s OFFSET 0) r ORDER BY r.distance LIMIT %(name)I.n;
+                ELSE
+                    RETURN QUERY %(nearest)s ORDER BY %(order)s LIMIT %(name)I.n;
+                END IF;
+            END
+            $body$
+            $template$, args || jsonb_build_object(
+                'name', 'embeddings_' || t.id || '_nearest',
+                'nearest', embeddings.render('SELECT %(key)s AS key, %(seq)s AS seq, %(content)s AS content, %(distance)s AS distance '
+                                             'FROM %(from)s', args))));
+    END IF;
+    RETURN QUERY SELECT * FROM embeddings.ranking_code(t, args);
+    RETURN QUERY SELECT * FROM embeddings.store_policy_code(t);
+END
+$$;
+
+-- Target t's full-text rankings for search_code() (`args`: its values), with full-text search
+-- on: every word's and any word's (BM25: sql/59_bm25.sql).
+CREATE FUNCTION embeddings.ranking_code(t embeddings.targets, args jsonb) RETURNS TABLE (name text, statement text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    ranking text;
+    ranking_sql text[];
+BEGIN
     FOREACH ranking IN ARRAY CASE WHEN t.fts_config IS NULL THEN '{}' ELSE ARRAY['text_ranking', 'bm25_ranking'] END LOOP
-        text_sql := CASE ranking WHEN 'bm25_ranking' THEN embeddings.bm25_ranking_sql(t) ELSE embeddings.fts_ranking_sql(t) END;
-        text_sql := ARRAY['SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'')',
-                          ' FROM (' || text_sql[1], text_sql[2] || ') r'];
+        ranking_sql := CASE ranking WHEN 'bm25_ranking' THEN embeddings.bm25_ranking_sql(t) ELSE embeddings.fts_ranking_sql(t) END;
+        ranking_sql := ARRAY['SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'')',
+                             ' FROM (' || ranking_sql[1], ranking_sql[2] || ') r'];
         -- One plan for every query text (plan_cache_mode): a plan made for each text, as
         -- Postgres makes the first five and keeps making while they look cheaper, cost about
         -- a third of the ranking itself (NFCorpus: BM25 ranking p50 4.4 against 3.2 ms); the
         -- generic one reads the GIN index for any text, as the planner chose for nearly all.
-        EXECUTE format(
-            $f$CREATE FUNCTION embeddings.%1$I(text, jsonb, integer) RETURNS jsonb
-            LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan%2$s AS $body$
+        RETURN QUERY VALUES ('embeddings_' || t.id || '_' || ranking, embeddings.render($template$
+            CREATE FUNCTION embeddings.%(name)I(query text, filter jsonb, depth integer) RETURNS jsonb
+            LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan%(settings)s AS $body$
             DECLARE
                 result jsonb;
             BEGIN
-                IF $2 IS NOT NULL THEN
-                    EXECUTE %3$L
+                IF %(name)I.filter IS NOT NULL THEN
+                    EXECUTE %(head)L
                             OPERATOR(pg_catalog.||) embeddings.search_filter_sql(
-                                (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %4$s), $2, 2)
-                            OPERATOR(pg_catalog.||) %5$L
-                        INTO result USING $1, $2, $3;
+                                (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %(id)s), %(name)I.filter, 2)
+                            OPERATOR(pg_catalog.||) %(tail)L
+                        INTO result USING %(name)I.query, %(name)I.filter, %(name)I.depth;
                 ELSE
-                    %6$s;
+                    %(static)s;
                 END IF;
                 RETURN result;
             END
-            $body$ $f$,
-            prefix || '_' || ranking, settings, text_sql[1] || text_sql[2], t.id, text_sql[3],
-            text_sql[1] || ' INTO result' || text_sql[2] || 'true' || text_sql[3]);
+            $body$
+            $template$, args || jsonb_build_object(
+                'name', 'embeddings_' || t.id || '_' || ranking,
+                'head', ranking_sql[1] || ranking_sql[2], 'tail', ranking_sql[3],
+                'static', ranking_sql[1] || ' INTO result' || ranking_sql[2] || 'true' || ranking_sql[3])));
     END LOOP;
-    -- A searcher granted SELECT on the side or chunk table reads there only its rows of the
-    -- table (sql/56_side.sql), as the statements above do.
-    PERFORM embeddings.generate_store_policy(t);
+END
+$$;
+
+-- Makes target t's search functions (search_code()) and its store's policy; EXECUTE to PUBLIC.
+CREATE FUNCTION embeddings.generate_search(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    code record;
+BEGIN
+    FOR code IN SELECT * FROM embeddings.search_code(t) WHERE name NOT LIKE '%\_visible' LOOP
+        EXECUTE code.statement;
+    END LOOP;
+    PERFORM embeddings.generate_store_policy(t);  -- (sql/54_stores.sql)
 END
 $$;
 

@@ -107,7 +107,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := embeddings.search_sql(t);
     -- The relation of the tsvector: the table, its chunk table or its side table.
-    fts text := format('%s.%I', CASE t.store_kind WHEN 'chunks' THEN 'c' WHEN 'side' THEN 'v' ELSE 's' END,
+    fts text := format('%s.%I', q->>'store',
                        t.fts_column);
     -- Fields (embeddings.fields_tsvector()): the title's words are weighted A in the tsvector.
     fields boolean := t.fts_title_weight IS NOT NULL AND NOT embeddings.store_has_chunks(t);

@@ -120,7 +120,7 @@ BEGIN
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
     -- The tsvector beside the vectors: a generated column `fts` of a chunk table, else kept
     -- by the store function in the table or its side table.
-    rel := embeddings.vector_relation(t);
+    rel := t.store_table;
     col := CASE WHEN embeddings.store_has_chunks(t) THEN 'fts' ELSE left(t.embedding_column, 59) || '_fts' END;
     IF t.fts_column IS NOT NULL OR embeddings.attnum_of(rel, col) IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', rel, coalesce(t.fts_column, col));
@@ -142,7 +142,7 @@ BEGIN
         -- function's, say) is evaluated and the table's triggers fire as the owner, never as
         -- us. Only this column changes: no job is queued, no vector cleared.
         PERFORM embeddings.create_access_function(a, '_fill_fts', '', 'void',
-            CASE WHEN t.store_kind = 'row'
+            CASE WHEN rel = t.source
                  THEN format('UPDATE %s t SET %I = %s WHERE t.%I IS NOT NULL;',
                              rel, col, embeddings.fts_sql(t, a->>'content'), t.embedding_column)
                  -- A side row's tsvector from its row's content (the table named first, as
@@ -189,7 +189,7 @@ DECLARE
 BEGIN
     PERFORM set_config('embeddings.following', 'on', true);
     IF t.fts_column IS NOT NULL THEN
-        EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', coalesce(t.chunk_table, t.side_table, t.source), t.fts_column);
+        EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', t.store_table, t.fts_column);
     END IF;
     UPDATE embeddings.targets tg SET fts_config = NULL, fts_column = NULL, fts_title_weight = NULL, updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
@@ -222,7 +222,7 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := embeddings.search_sql(t);
     -- The relation of the tsvector: the table, its chunk table or its side table.
-    doc text := CASE t.store_kind WHEN 'chunks' THEN 'c' WHEN 'side' THEN 'v' ELSE 's' END;
+    doc text := q->>'store';
 BEGIN
     RETURN ARRAY[
         format(
@@ -265,7 +265,7 @@ $$;
 --     / (rrf_k + text_rank), a ranking a document is missing from adding nothing. Weights 1
 --     and 2 unless given.
 -- The defaults were chosen by measurement (docs/retrieval-quality.md). On BEIR's NFCorpus with
--- all-MiniLM-L6-v2: nDCG@10 0.366, against 0.354 for the default until 0.3.0 (RRF of
+-- all-MiniLM-L6-v2: nDCG@10 0.366, against 0.354 for the previous default (RRF of
 -- every-word matching, text_weight 2), 0.356 for RRF of the same BM25 ranking and 0.317 for
 -- the vector ranking alone. On the standard library's documentation (bench/quality): exact
 -- terms as high or higher, paraphrases within 0.01. A convex fusion weighs how well a

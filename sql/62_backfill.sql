@@ -224,7 +224,7 @@ COMMENT ON FUNCTION embeddings.index_defer_rows IS
 CREATE FUNCTION embeddings.deferred_index_name(t embeddings.targets) RETURNS name
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT (left(c.relname, 40) || '_' || left(t.embedding_column, 16) || '_hnsw')::name
-    FROM pg_class c WHERE c.oid = coalesce(t.side_table, t.source)
+    FROM pg_class c WHERE c.oid = t.store_table
 $$;
 
 -- Keys of target t waiting in either lane of its queue (in flight included):
@@ -268,7 +268,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
            END
     FROM embeddings.deferred_indexes d
     JOIN embeddings.targets t ON t.id = d.target_id
-    JOIN pg_class c ON c.oid = coalesce(t.side_table, t.source)  -- where the embedding column is
+    JOIN pg_class c ON c.oid = t.store_table  -- where the embedding column is
     JOIN pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_attribute a ON a.attrelid = c.oid AND a.attname = t.embedding_column AND NOT a.attisdropped
     JOIN pg_type ty ON ty.oid = a.atttypid
@@ -312,7 +312,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
           JOIN pg_class ic ON ic.oid = i.indexrelid
           JOIN pg_am am ON am.oid = ic.relam
           JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]
-          WHERE i.indrelid = coalesce(t.side_table, t.source) AND am.amname = 'hnsw' AND a.attname = t.embedding_column
+          WHERE i.indrelid = t.store_table AND am.amname = 'hnsw' AND a.attname = t.embedding_column
             AND i.indisvalid)
     RETURNING true
 $$;

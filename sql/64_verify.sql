@@ -22,14 +22,6 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                     t.chunk_tokens, t.chunk_overlap))
 $$;
 
--- The side table of target t (a target whose vectors live in a table of their own, sql/56_side.sql
--- where installed), else NULL. Read through the row's JSON so that this file installs with or
--- without that column.
-CREATE FUNCTION embeddings.side_table_of(t embeddings.targets) RETURNS regclass
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT (pg_catalog.to_jsonb(t) ->> 'side_table')::regclass
-$$;
-
 -- The slot of target t's vectors (its embedding column, or with `shadow` its model change's
 -- shadow column; 0 for a chunked target), and the model they are made with.
 CREATE FUNCTION embeddings.fingerprint_slot(t embeddings.targets, shadow boolean DEFAULT false,
@@ -40,7 +32,7 @@ DECLARE
     change embeddings.model_changes;
 BEGIN
     model := t.model;
-    IF t.store_kind = 'chunks' THEN
+    IF embeddings.store_has_chunks(t) THEN
         slot := 0;
         RETURN;
     END IF;
@@ -48,8 +40,8 @@ BEGIN
         SELECT * INTO change FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
         model := change.model;
     END IF;
-    SELECT a.attnum INTO slot FROM pg_attribute a  -- in the side table, for a side-table target
-    WHERE a.attrelid = coalesce(embeddings.side_table_of(t), t.source) AND a.attname = CASE WHEN shadow THEN change.shadow_column ELSE t.embedding_column END
+    SELECT a.attnum INTO slot FROM pg_attribute a  -- in its store table: the table, or its side table
+    WHERE a.attrelid = t.store_table AND a.attname = CASE WHEN shadow THEN change.shadow_column ELSE t.embedding_column END
       AND a.attnum > 0 AND NOT a.attisdropped;
 END
 $$;
@@ -129,61 +121,28 @@ BEGIN
 END
 $$;
 
--- Target t's functions for the verifying sweep, run as the table's owner (generate_access()
--- calls this and gives them to the owner; `a`: access_parts(t); each made as every access function
--- is, by embeddings.create_access_function()). Returns their names.
---   embeddings_<id>_verify(after, max_rows)  the rows after `after` in key order, at most
---       `max_rows`: key (JSON form), whether a vector is stored, the md5 of the content, whether
---       the content is blank, and whether evaluating it raised (then the rows one at a time)
---   embeddings_<id>_clear_failing(keys, k0..)  clears the vectors of these rows whose content
---       raises now (a re-registration's content function failing for them): no vector rather
---       than one of an older definition. Returns the keys cleared.
---   embeddings_<id>_existing(keys, k0..)  the keys whose row exists (pruning fingerprints)
-CREATE FUNCTION embeddings.generate_verify_access(t embeddings.targets, a jsonb) RETURNS text[]
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+-- The spec (access_spec()) of target t's embeddings_<id>_verify(after, max_rows): `args` as
+-- verify_access() makes them. The rows' keys are rendered with the key settings pinned, then
+-- their content evaluated with the caller's put back (a target whose keys need no setting reads
+-- both at once).
+CREATE FUNCTION embeddings.verify_spec(t embeddings.targets, args jsonb) RETURNS jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    types text[] := embeddings.key_sql_types(t);
-    nkeys integer := cardinality(t.key_columns);
-    key_order text := (SELECT string_agg(format('t.%I', c), ', ' ORDER BY i)
-                       FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
-    after_sql text := embeddings.key_after_sql(t, 't', ARRAY(
-        SELECT format(CASE WHEN nkeys = 1 THEN '($1 OPERATOR(pg_catalog.#>>) ''{}'')::%2$s' ELSE '($1 OPERATOR(pg_catalog.->>) %1$s)::%2$s' END, i - 1, types[i])
-        FROM generate_series(1, nkeys) i ORDER BY i));
-    -- Where the vectors are: the row itself, or the chunk table or side table (keyed by the
-    -- source's key columns, same names).
-    apart regclass := coalesce(t.chunk_table, embeddings.side_table_of(t));
-    has_vector text := CASE WHEN apart IS NULL THEN format('t.%I IS NOT NULL', t.embedding_column)
-                            ELSE format('EXISTS (SELECT FROM %s c WHERE %s)', apart,
-                                        embeddings.key_equal_sql(t, 'c', 't')) END;
-    clear_sql text := CASE WHEN apart IS NULL
-                           THEN format('UPDATE %s t SET %I = NULL WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place',
-                                       t.source, t.embedding_column)
-                           ELSE format('DELETE FROM %s c USING %s t WHERE %s AND t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place',
-                                       apart, t.source, embeddings.key_equal_sql(t, 'c', 't')) END;
-    -- Keys whose text depends on session settings (embeddings.key_settings()): rendered with
-    -- them pinned, as the triggers and the worker render them, whoever calls; the content with
-    -- the function's own (embeddings.content_settings_sql(): as the worker's load evaluates it;
-    -- a content function may format dates).
-    pin text := (SELECT string_agg(format('PERFORM pg_catalog.set_config(%L, %L, true);', s.name, s.value), ' ' ORDER BY s.name)
-                 FROM embeddings.key_settings(t) s);
-    save text := (SELECT format('saved := ARRAY[%s];', string_agg(format('pg_catalog.current_setting(%L)', s.name), ', ' ORDER BY s.name))
-                  FROM embeddings.key_settings(t) s);
-    restore text := (SELECT string_agg(format('PERFORM pg_catalog.set_config(%L, saved[%s], true);', s.name, s.i), ' ' ORDER BY s.i)
-                     FROM (SELECT k.name, row_number() OVER (ORDER BY k.name) AS i FROM embeddings.key_settings(t) k) s);
     verify_returns CONSTANT text := 'TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)';
 BEGIN
-    IF pin IS NOT NULL THEN
-        PERFORM embeddings.create_access_function(a, '_verify', 'after jsonb, max_rows integer', verify_returns, format(
-            $b$%8$s %9$s
+    IF args->>'pin' <> '' THEN
+        -- The rows' keys with the settings pinned, then their content with the caller's put back.
+        RETURN embeddings.access_spec('_verify', ARRAY['after jsonb', 'max_rows integer'], verify_returns, $template$
+            %(save)s %(pin)s
             SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.r), pg_catalog.array_agg(s.p)
             INTO keys, vectors, rels, places
-            FROM (SELECT %1$s AS k, %2$s AS v, t.tableoid AS r, t.ctid AS p
-                  FROM %4$s t WHERE $1 IS NULL OR %5$s ORDER BY %6$s LIMIT $2) s;
-            %7$s
+            FROM (SELECT %(key_json)s AS k, %(has_vector)s AS v, t.tableoid AS r, t.ctid AS p
+                  FROM %(source)s t WHERE %(fn)I.after IS NULL OR %(key_after)s ORDER BY %(key_order)s LIMIT %(fn)I.max_rows) s;
+            %(restore)s
             BEGIN
                 SELECT pg_catalog.array_agg(c.c ORDER BY u.i) INTO contents
                 FROM ROWS FROM (pg_catalog.unnest(rels), pg_catalog.unnest(places)) WITH ORDINALITY AS u(r, p, i)
-                LEFT JOIN LATERAL (SELECT %3$s AS c FROM %4$s t
+                LEFT JOIN LATERAL (SELECT %(content)s AS c FROM %(source)s t
                                    WHERE t.tableoid OPERATOR(pg_catalog.=) u.r AND t.ctid OPERATOR(pg_catalog.=) u.p) c ON true;
                 RETURN QUERY
                     SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
@@ -198,7 +157,7 @@ BEGIN
                 failed := false;
                 BEGIN
                     SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
-                    FROM (SELECT %3$s AS c FROM %4$s t
+                    FROM (SELECT %(content)s AS c FROM %(source)s t
                           WHERE t.tableoid OPERATOR(pg_catalog.=) rels[i] AND t.ctid OPERATOR(pg_catalog.=) places[i]) c;
                 EXCEPTION WHEN OTHERS THEN
                     digest := NULL;
@@ -206,19 +165,17 @@ BEGIN
                     failed := true;
                 END;
                 RETURN NEXT;
-            END LOOP;$b$,
-            embeddings.key_json_sql(t, 't'), has_vector, (a->>'content'), t.source, after_sql, key_order,
-            restore, save, pin),
-            stable => true,
-            head => E'DECLARE\n    keys jsonb[];\n    vectors boolean[];\n    rels oid[];\n    places tid[];\n    contents text[];\n    saved text[];\n');
+            END LOOP;
+            $template$, args, stable => true,
+            declare => E'DECLARE\n    keys jsonb[];\n    vectors boolean[];\n    rels oid[];\n    places tid[];\n    contents text[];\n    saved text[];\n');
     ELSE
-        PERFORM embeddings.create_access_function(a, '_verify', 'after jsonb, max_rows integer', verify_returns, format(
-            $b$BEGIN
+        RETURN embeddings.access_spec('_verify', ARRAY['after jsonb', 'max_rows integer'], verify_returns, $template$
+            BEGIN
                 -- (into arrays first: rows a RETURN QUERY returned stay returned when it raises)
                 SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.c)
                 INTO keys, vectors, contents
-                FROM (SELECT %1$s AS k, %2$s AS v, %3$s AS c
-                      FROM %4$s t WHERE $1 IS NULL OR %5$s ORDER BY %6$s LIMIT $2) s;
+                FROM (SELECT %(key_json)s AS k, %(has_vector)s AS v, %(content)s AS c
+                      FROM %(source)s t WHERE %(fn)I.after IS NULL OR %(key_after)s ORDER BY %(key_order)s LIMIT %(fn)I.max_rows) s;
                 RETURN QUERY
                     SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
                     FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
@@ -226,14 +183,14 @@ BEGIN
             EXCEPTION WHEN OTHERS THEN
                 NULL;  -- a content function raised for some row: one row at a time below
             END;
-            FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %1$s AS k, %2$s AS v
-                     FROM %4$s t WHERE $1 IS NULL OR %5$s ORDER BY %6$s LIMIT $2 LOOP
+            FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %(key_json)s AS k, %(has_vector)s AS v
+                     FROM %(source)s t WHERE %(fn)I.after IS NULL OR %(key_after)s ORDER BY %(key_order)s LIMIT %(fn)I.max_rows LOOP
                 key := r.k;
                 has_vector := r.v;
                 failed := false;
                 BEGIN
                     SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
-                    FROM (SELECT %3$s AS c FROM %4$s t
+                    FROM (SELECT %(content)s AS c FROM %(source)s t
                           WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place) c;
                 EXCEPTION WHEN OTHERS THEN
                     digest := NULL;
@@ -241,51 +198,79 @@ BEGIN
                     failed := true;
                 END;
                 RETURN NEXT;
-            END LOOP;$b$,
-            embeddings.key_json_sql(t, 't'), has_vector, (a->>'content'), t.source, after_sql, key_order),
-            stable => true,
-            head => E'DECLARE\n    r record;\n    keys jsonb[];\n    vectors boolean[];\n    contents text[];\n');
+            END LOOP;
+            $template$, args, stable => true,
+            declare => E'DECLARE\n    r record;\n    keys jsonb[];\n    vectors boolean[];\n    contents text[];\n');
     END IF;
+END
+$$;
 
-    PERFORM embeddings.create_access_function(a, '_clear_failing', format('keys text[]%s', a->>'key_params'), 'SETOF text', format(
-        $b$FOR r IN SELECT v.key, t.tableoid AS rel, t.ctid AS place
-                 FROM ROWS FROM (%1$s) AS v(key%2$s) JOIN %3$s t ON %4$s WHERE %5$s LOOP
+-- Target t's functions for the verifying sweep, run as the table's owner (access_spec()s,
+-- sql/32_access.sql, which gives them to the owner):
+--   embeddings_<id>_verify(after, max_rows)  the rows after `after` in key order, at most
+--       `max_rows`: key (JSON form), whether a vector is stored, the md5 of the content, whether
+--       the content is blank, and whether evaluating it raised (then the rows one at a time)
+--   embeddings_<id>_clear_failing(keys, k0..)  clears the vectors of these rows whose content
+--       raises now (a re-registration's content function failing for them): no vector rather
+--       than one of an older definition (its store kind's clear_sql()). Returns the keys cleared.
+--   embeddings_<id>_existing(keys, k0..)  the keys whose row exists (pruning fingerprints)
+CREATE FUNCTION embeddings.verify_access(t embeddings.targets) RETURNS SETOF jsonb
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    verify_fn text := embeddings.access_body_name(t, '_verify');
+    -- Keys whose text depends on session settings (embeddings.key_settings()): rendered with
+    -- them pinned, as the triggers and the worker render them, whoever calls; the content with
+    -- the function's own (embeddings.content_settings_sql(): as the worker's load evaluates it;
+    -- a content function may format dates).
+    settings jsonb := (SELECT jsonb_agg(jsonb_build_object('setting', k.name, 'value', k.value, 'i', k.i) ORDER BY k.i)
+                       FROM (SELECT s.name, s.value, row_number() OVER (ORDER BY s.name) AS i FROM embeddings.key_settings(t) s) k);
+    args jsonb := jsonb_build_object(
+        'key_after', embeddings.key_after_param_sql(t, verify_fn),
+        'has_vector', 'NOT (' || embeddings.embedding_missing_sql(t, 't') || ')',  -- sql/54_stores.sql
+        'clear', embeddings.store_clear_sql(t),
+        'pin', coalesce(embeddings.render_each('PERFORM pg_catalog.set_config(%(setting)L, %(value)L, true);', settings, ' '), ''),
+        'save', coalesce(embeddings.render('saved := ARRAY[%(list)s];', jsonb_build_object(
+                             'list', embeddings.render_each('pg_catalog.current_setting(%(setting)L)', settings, ', '))), ''),
+        'restore', coalesce(embeddings.render_each('PERFORM pg_catalog.set_config(%(setting)L, saved[%(i)s], true);', settings, ' '), ''),
+        'key_texts', embeddings.render_each('r.k%(n)s AS k%(n)s', (SELECT jsonb_agg(jsonb_build_object('n', i - 1) ORDER BY i)
+                                                                   FROM generate_series(1, cardinality(t.key_columns)) i), ', '));
+BEGIN
+    RETURN NEXT embeddings.verify_spec(t, args);
+    RETURN NEXT embeddings.access_spec('_clear_failing', ARRAY['keys text[]'] || embeddings.key_params(t), 'SETOF text', $template$
+        FOR r IN SELECT v.key, t.tableoid AS rel, t.ctid AS place
+                 FROM ROWS FROM (%(key_rows)s) AS v(key%(key_aliases)s) JOIN %(source)s t ON %(key_match)s WHERE %(has_vector)s LOOP
             BEGIN
-                SELECT %6$s INTO ignored FROM %3$s t
+                SELECT %(content)s INTO ignored FROM %(source)s t
                 WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place;
             EXCEPTION WHEN OTHERS THEN
-                %7$s;
+                %(clear)s;
                 RETURN NEXT r.key;
             END;
-        END LOOP;$b$,
-        (a->>'key_rows'), (a->>'key_aliases'), t.source, (a->>'key_match'), has_vector, (a->>'content'), clear_sql),
-        head => E'DECLARE\n    r record;\n    ignored text;\n');
+        END LOOP;
+        $template$, args, declare => E'DECLARE\n    r record;\n    ignored text;\n');
+
     -- The keys (`keys`: any text naming each; k0..: the key columns' texts) whose row exists.
     -- A key that is no value of its column's type now (the table watched again with another
     -- key) names no row: one key at a time then, so that it does not stop the others.
-    PERFORM embeddings.create_access_function(a, '_existing', format('keys text[]%s', a->>'key_params'), 'SETOF text', format(
-        $b$BEGIN
-            SELECT pg_catalog.array_agg(v.key) INTO found FROM ROWS FROM (%1$s) AS v(key%2$s)
-            WHERE EXISTS (SELECT FROM %3$s t WHERE %4$s);
+    RETURN NEXT embeddings.access_spec('_existing', ARRAY['keys text[]'] || embeddings.key_params(t), 'SETOF text', $template$
+        BEGIN
+            SELECT pg_catalog.array_agg(v.key) INTO found FROM ROWS FROM (%(key_rows)s) AS v(key%(key_aliases)s)
+            WHERE EXISTS (SELECT FROM %(source)s t WHERE %(key_match)s);
             RETURN QUERY SELECT pg_catalog.unnest(found);
             RETURN;
         EXCEPTION WHEN OTHERS THEN
             NULL;
         END;
-        FOR r IN SELECT * FROM ROWS FROM (%1$s) AS v(key%2$s) LOOP
+        FOR r IN SELECT * FROM ROWS FROM (%(key_rows)s) AS v(key%(key_aliases)s) LOOP
             BEGIN
-                IF EXISTS (SELECT FROM (SELECT %5$s) v, %3$s t WHERE %4$s) THEN
+                IF EXISTS (SELECT FROM (SELECT %(key_texts)s) v, %(source)s t WHERE %(key_match)s) THEN
                     RETURN NEXT r.key;
                 END IF;
             EXCEPTION WHEN OTHERS THEN
                 NULL;
             END;
-        END LOOP;$b$,
-        (a->>'key_rows'), (a->>'key_aliases'), t.source, (a->>'key_match'),
-        (SELECT string_agg(format('r.k%1$s AS k%1$s', i - 1), ', ' ORDER BY i) FROM generate_series(1, nkeys) i)),
-        stable => true,
-        head => E'DECLARE\n    r record;\n    found text[];\n');
-    RETURN ARRAY[(a->>'prefix') || '_verify', (a->>'prefix') || '_clear_failing', (a->>'prefix') || '_existing'];
+        END LOOP;
+        $template$, args, stable => true, declare => E'DECLARE\n    r record;\n    found text[];\n');
 END
 $$;
 
@@ -406,7 +391,7 @@ GRANT SELECT ON embeddings.verification TO PUBLIC;
 -- Trusts the vectors target (source, embedding_column) holds now: records, for every row with a
 -- vector and no fingerprint, the fingerprint of its current content and definition, so that the
 -- verifying sweep does not queue it. For vectors written before fingerprints existed (a database
--- upgraded from 0.1), when re-embedding them all once is not wanted; only where they are known
+-- upgraded from the first release), when re-embedding them all once is not wanted; only where they are known
 -- to be current. The content is evaluated by embeddings_<id>_verify(), as the table's owner.
 -- Returns the number of fingerprints recorded.
 CREATE FUNCTION embeddings.adopt_fingerprints(source regclass, embedding_column name DEFAULT 'embedding')

@@ -144,8 +144,8 @@ SET rows = tp.rows + excluded.rows, since = least(tp.since, excluded.since);
 -- The registered targets ({which}: all of them, or a search's) with what the worker needs to
 -- serve them, from the catalog, by name (worker/pipeline/targets.py: target_of); each one's
 -- problem, or why its functions cannot serve it now (sql/32_access.sql).
--- A chunked target's embedding column is in its chunk table, a side-table target's in its side
--- table.
+-- The embedding column is in the target's store table (the table itself, or a side or chunk
+-- table: sql/54_stores.sql).
 -- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT t.id, n.nspname AS schema, c.relname AS "table", t.embedding_column,
        ty.typname AS embedding_type, a.atttypmod AS embedding_dims, t.content_column,
@@ -154,19 +154,14 @@ SELECT t.id, n.nspname AS schema, c.relname AS "table", t.embedding_column,
        ARRAY(SELECT kt.typname::text FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
              JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i) AS key_types,
        t.queue, coalesce(t.problem, embeddings.access_problem(t)) AS registry_problem, t.version,
-       chunk_ns.nspname AS chunk_schema, chunk_c.relname AS chunk_name, t.chunk_tokens,
-       t.chunk_overlap, side_ns.nspname AS side_schema, side_c.relname AS side_name,
-       t.fts_config IS NOT NULL AS has_fulltext, t.store_kind, t.rerank_model, t.rerank_depth,
+       t.chunk_tokens, t.chunk_overlap, t.fts_config IS NOT NULL AS has_fulltext, t.store_kind,
+       embeddings.store_has_chunks(t) AS chunked, t.rerank_model, t.rerank_depth,
        t.document_format, t.context_header,
        coalesce(ca.atttypid = 'pg_catalog.bytea'::regtype, false) AS content_bytes
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
 LEFT JOIN pg_namespace n ON n.oid = c.relnamespace
-LEFT JOIN pg_class chunk_c ON chunk_c.oid = t.chunk_table
-LEFT JOIN pg_namespace chunk_ns ON chunk_ns.oid = chunk_c.relnamespace
-LEFT JOIN pg_class side_c ON side_c.oid = t.side_table
-LEFT JOIN pg_namespace side_ns ON side_ns.oid = side_c.relnamespace
-LEFT JOIN pg_attribute a ON a.attrelid = coalesce(t.side_table, t.chunk_table, t.source) AND a.attname = t.embedding_column
+LEFT JOIN pg_attribute a ON a.attrelid = t.store_table AND a.attname = t.embedding_column
                         AND a.attnum > 0 AND NOT a.attisdropped
 LEFT JOIN pg_type ty ON ty.oid = a.atttypid
 LEFT JOIN pg_proc p ON p.oid = t.content_function
@@ -469,7 +464,7 @@ SELECT embeddings.deferred_index_built(%(target_id)s);
 SELECT mc.target_id, mc.model, mc.shadow_column, ty.typname, a.atttypmod
 FROM embeddings.model_changes mc
 JOIN embeddings.targets t ON t.id = mc.target_id
-LEFT JOIN pg_attribute a ON a.attrelid = coalesce(t.side_table, t.source) AND a.attname = mc.shadow_column
+LEFT JOIN pg_attribute a ON a.attrelid = t.store_table AND a.attname = mc.shadow_column
                         AND a.attnum > 0 AND NOT a.attisdropped
 LEFT JOIN pg_type ty ON ty.oid = a.atttypid;
 
@@ -558,17 +553,18 @@ SELECT embeddings.schema_revision();
 
 -- name: migration_tables
 -- The tables `migrate` locks before it changes anything (worker/schema/locks.py): ours, and
--- every table a target writes (its source, side or chunk table: read by name, as a schema of
--- any release has them, 0.1.0's had no side_table), that this role may lock, as regclass text
--- (quoted, qualified), in oid order.
+-- every table a target writes (every column of its registry row that names a table: its source
+-- and its store_table, before 0.4.0 its side_table or chunk_table; read by name, so that the
+-- schema of any release serves), that this role may lock, as regclass text (quoted,
+-- qualified), in oid order.
 -- ours: reads only the catalog and our tables, runs no one else's code
 SELECT r::text FROM (
     SELECT c.oid::regclass AS r FROM pg_catalog.pg_class c
     WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind IN ('r', 'p')
     UNION
     SELECT x.r FROM embeddings.targets t
-    CROSS JOIN LATERAL (VALUES (t.source), ((pg_catalog.to_jsonb(t) ->> 'side_table')::regclass),
-                                           ((pg_catalog.to_jsonb(t) ->> 'chunk_table')::regclass)) AS x(r)
+    CROSS JOIN LATERAL (SELECT CASE WHEN e.key = 'source' OR e.key LIKE '%%\_table' THEN e.value::regclass END
+                        FROM pg_catalog.jsonb_each_text(pg_catalog.to_jsonb(t)) AS e) AS x(r)
     WHERE x.r IS NOT NULL
 ) AS tables
 WHERE pg_catalog.has_table_privilege(r, 'UPDATE, DELETE, TRUNCATE')
@@ -598,9 +594,9 @@ WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid()
   AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
   AND ((l.locktype = 'relation'
         AND (l.relation IN (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace = 'embeddings'::regnamespace)
-             OR l.relation IN (SELECT x.r FROM embeddings.targets t
-                               CROSS JOIN LATERAL (VALUES (t.source), ((pg_catalog.to_jsonb(t) ->> 'side_table')::regclass),
-                                           ((pg_catalog.to_jsonb(t) ->> 'chunk_table')::regclass)) AS x(r))))
+             OR l.relation IN (SELECT CASE WHEN e.key = 'source' OR e.key LIKE '%%\_table' THEN e.value::regclass END
+                               FROM embeddings.targets t
+                               CROSS JOIN LATERAL pg_catalog.jsonb_each_text(pg_catalog.to_jsonb(t)) AS e)))
        OR (l.locktype = 'advisory' AND l.classid = 0 AND l.objsubid = 1 AND l.objid = %(key)s::bigint::oid))
 ORDER BY a.xact_start NULLS LAST, a.pid
 LIMIT 10;

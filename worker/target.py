@@ -43,7 +43,6 @@ class Target:
     version: int = 1  # of the definition (embeddings.targets.version) this object describes
     registry_problem: str | None = None  # embeddings.targets.problem
     # Chunked targets (worker/pipeline/chunks/): vectors in a chunk table, one per chunk.
-    chunk_table: tuple[str, str] | None = None  # (schema, table)
     chunk_tokens: int | None = None
     chunk_overlap: int | None = None
     # Documents (worker/pipeline/documents/, docs/documents.md): the content's format ("auto":
@@ -52,13 +51,12 @@ class Target:
     document_format: str | None = None
     content_bytes: bool = False
     context_header: str | None = None
-    # Side-table targets (sql/56_side.sql, worker/pipeline/stores/side.py): one vector per row,
-    # in a table of its own keyed like the source.
-    side_table: tuple[str, str] | None = None  # (schema, table)
     has_fulltext: bool = False  # full-text search on (embeddings.enable_fts()): hybrid search
-    # Where the vectors are (embeddings.targets.store_kind): "row", "side" or "chunks"; the
-    # store strategy is chosen by it (worker/pipeline/stores/).
+    # How the vectors are kept (embeddings.targets.store_kind, sql/54_stores.sql); the store
+    # strategy is chosen by it (worker/pipeline/stores/). `chunked`: the kind keeps a vector per
+    # chunk of a row, not one per row (embeddings.store_has_chunks()).
     store_kind: str = "row"
+    chunked: bool = False
     # Search's rerank stage by default (embeddings.set_rerank(), worker/retrieval/rerank.py).
     rerank_model: str | None = None
     rerank_depth: int | None = None

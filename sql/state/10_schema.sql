@@ -86,30 +86,24 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     -- ddl_command_end event trigger re-reads them and regenerates the trigger functions).
     key_attnums      smallint[] NOT NULL,
     content_attnum   smallint,
-    -- NULL for a chunked target: its embedding column is in its chunk table, not in `source`.
+    -- NULL for a target whose vectors are apart from `source` (store_table): its embedding
+    -- column is there.
     embedding_attnum smallint,
     -- Triggers fire for rows applied by logical replication too (ENABLE ALWAYS TRIGGER).
     replica          boolean NOT NULL DEFAULT false,
     -- Why the target is not being served (its content column was dropped, say); NULL when fine.
     -- Set by the schema-change event trigger; the worker defers its jobs and status shows it.
     problem          text,
-    -- Chunked targets (sql/55_chunks.sql): the chunk table and the splitter's settings.
-    chunk_table      regclass,
+    -- Chunked targets (sql/55_chunks.sql): the splitter's settings.
     chunk_tokens     integer,
     chunk_overlap    integer,
-    -- Targets whose vectors live in a side table (sql/56_side.sql): that table, keyed like the
-    -- source; the embedding column is there, not in `source` (embedding_attnum is NULL).
-    side_table       regclass CONSTRAINT targets_side_table_check CHECK (side_table IS NULL OR chunk_table IS NULL),
     -- Full-text search for hybrid search (sql/59_hybrid.sql): the text search configuration
     -- and the tsvector column (in `source`, or `fts` in the chunk table); NULL: none.
     fts_config       regconfig,
     fts_column       name,
-    -- Where the vectors are, the store kind (sql/54_stores.sql, worker/pipeline/stores/): `row`
-    -- (the embedding column of `source`), `side` (side_table) or `chunks` (chunk_table). Each
-    -- kind's behaviour is in its functions, embeddings.<kind>_store_<operation>.
-    store_kind       text NOT NULL GENERATED ALWAYS AS (
-                         CASE WHEN chunk_table IS NOT NULL THEN 'chunks' WHEN side_table IS NOT NULL THEN 'side'
-                              ELSE 'row' END) STORED,
+    -- How the vectors are kept, the store kind (sql/54_stores.sql lists the kinds; each kind's
+    -- behaviour is in its functions, embeddings.<kind>_store_<operation>).
+    store_kind       text NOT NULL CONSTRAINT targets_store_kind_check CHECK (store_kind ~ '^[a-z]+$'),
     -- Search's rerank stage by default for this target (sql/57_rerank.sql: set_rerank()): the
     -- cross-encoder's name and how many of the first ranking's results it reorders (NULL:
     -- the worker's default). NULL model: no rerank unless a search asks for one.
@@ -125,6 +119,14 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     -- U+001F is a title, its words weighted A in the tsvector and counted this many times in
     -- BM25's term frequency; NULL: one field.
     fts_title_weight double precision CONSTRAINT targets_fts_title_weight_check CHECK (fts_title_weight >= 1),
+    -- The table the vectors are written to: `source` itself (the row store), or a table apart
+    -- from it (a side or chunk table), keyed like it.
+    store_table      regclass NOT NULL,
+    -- The store table under the older names that workers of the previous release read during a
+    -- rolling upgrade (docs/upgrading.md): derived from the two columns above, never written, and
+    -- dropped once no supported release reads them (CHANGELOG.md).
+    chunk_table      regclass GENERATED ALWAYS AS (CASE WHEN store_kind = 'chunks' THEN store_table END) STORED,
+    side_table       regclass GENERATED ALWAYS AS (CASE WHEN store_kind = 'side' THEN store_table END) STORED,
     UNIQUE (source, embedding_column),
     CHECK ((content_column IS NULL) <> (content_function IS NULL))
 );
@@ -140,16 +142,16 @@ COMMENT ON TABLE embeddings.targets IS 'Tables whose rows embed-worker keeps emb
 CREATE TABLE IF NOT EXISTS embeddings.made_tables (
     store  regclass PRIMARY KEY,
     source regclass NOT NULL,
-    kind   text NOT NULL CHECK (kind IN ('side', 'chunks'))
+    kind   text NOT NULL CONSTRAINT made_tables_kind_check CHECK (kind ~ '^[a-z]+$')  -- its store_kind
 );
 REVOKE ALL ON embeddings.made_tables FROM PUBLIC;
 COMMENT ON TABLE embeddings.made_tables IS 'Side and chunk tables made by embeddings.watch(): the only existing tables it uses as a store';
 -- The stores of targets registered before this table existed (an upgraded database): each is
 -- ours by construction. Revision 0019's tables.sql relies on it.
 INSERT INTO embeddings.made_tables (store, source, kind)
-SELECT coalesce(t.side_table, t.chunk_table), t.source, CASE WHEN t.side_table IS NOT NULL THEN 'side' ELSE 'chunks' END
+SELECT t.store_table, t.source, t.store_kind
 FROM embeddings.targets t
-WHERE coalesce(t.side_table, t.chunk_table) IS NOT NULL
+WHERE t.store_table <> t.source
 ON CONFLICT DO NOTHING;
 
 -- Dead letters: one row per row key that exhausted its attempts, or per message that named no

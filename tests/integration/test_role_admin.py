@@ -79,7 +79,7 @@ class Site:
         """The owner of the side table (None for a target without one)."""
         row = self.conn.execute(
             "SELECT c.relowner::regrole::text FROM embeddings.targets t"
-            " JOIN pg_class c ON c.oid = t.side_table WHERE t.id = %s",
+            " JOIN pg_class c ON c.oid = t.store_table AND t.store_kind = 'side' WHERE t.id = %s",
             (self.target,),
         ).fetchone()
         return None if row is None else str(row[0])

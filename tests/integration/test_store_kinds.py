@@ -1,6 +1,7 @@
-"""Store kinds as strategies in SQL (sql/54_stores.sql): the registry names each target's kind,
-every kind has every operation the shared code dispatches to, and a kind or an operation that
-does not exist is refused by name, never served by another kind's functions."""
+"""Store kinds as strategies in SQL (sql/54_stores.sql): the registry names each target's kind
+and the table its vectors are written to, every kind of store_kinds() has every operation the
+shared code dispatches to, and a kind or an operation that does not exist is refused by name,
+never served by another kind's functions."""
 
 from __future__ import annotations
 
@@ -19,30 +20,44 @@ OPERATIONS = (
     "missing_sql",
     "holds_vector_sql",
     "new_row_sql",
+    "changed_vector_sql",
     "lock_mode",
     "access",
+    "clear_sql",
     "search_sql",
     "exact_counts",
+    "estimated_vectors",
 )
 
 
-def test_the_registry_names_each_targets_store_kind(conn: Conn) -> None:
+def test_the_registry_names_each_targets_store_kind_and_table(conn: Conn) -> None:
     for store in ALL_STORES:
         conn.execute(f"CREATE TABLE docs_{store} (id int PRIMARY KEY, body text)")
         target = stores.watch(conn, store, "all-MiniLM-L6-v2", table=f"docs_{store}")
-        kind = conn.execute(
-            "SELECT store_kind FROM embeddings.targets WHERE id = %s", (target,)
+        row = conn.execute(
+            "SELECT store_kind, store_table = source, side_table, chunk_table"
+            " FROM embeddings.targets WHERE id = %s",
+            (target,),
         ).fetchone()
-        assert kind == (store,)
-    # Derived from the store tables, so that it cannot disagree with them.
+        assert row is not None
+        kind, in_its_table, side_table, chunk_table = row
+        assert kind == store
+        assert in_its_table == (store == "row")
+        # release 0.3.0's columns, derived for its workers (a rolling upgrade)
+        assert (side_table is not None, chunk_table is not None) == (
+            store == "side",
+            store == "chunks",
+        )
     with pytest.raises(psycopg.errors.GeneratedAlways):
-        conn.execute("UPDATE embeddings.targets SET store_kind = 'row'")
+        conn.execute("UPDATE embeddings.targets SET side_table = NULL")
 
 
 def test_every_kind_has_every_operation(conn: Conn) -> None:
+    kinds = [k for (k,) in conn.execute("SELECT kind FROM embeddings.store_kinds()").fetchall()]
+    assert sorted(kinds) == sorted(ALL_STORES)
     missing = [
         f"{kind}_store_{operation}"
-        for kind in ALL_STORES
+        for kind in kinds
         for operation in OPERATIONS
         if conn.execute(
             "SELECT to_regproc(format('embeddings.%%I', %s::text))",

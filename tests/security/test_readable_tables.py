@@ -36,8 +36,7 @@ SELECT c.oid::regclass::text FROM pg_class c
 WHERE c.relkind IN ('r', 'v', 'p', 'm')
   AND (c.relnamespace = 'embeddings'::regnamespace
        OR c.oid IN (SELECT m.store FROM embeddings.made_tables m)
-       OR c.oid IN (SELECT t.side_table FROM embeddings.targets t
-                    UNION SELECT t.chunk_table FROM embeddings.targets t)
+       OR c.oid IN (SELECT t.store_table FROM embeddings.targets t WHERE t.store_table <> t.source)
        OR (c.relnamespace = 'pgmq'::regnamespace
            AND c.relname IN (SELECT pgmq.format_table_name(q.name, kind)
                              FROM embeddings.queues q, unnest(ARRAY['q', 'a']) AS kind)))

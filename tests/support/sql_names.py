@@ -111,8 +111,9 @@ def placeholder(ref: Reference) -> bool:
     return "x_" in ref.name or ref.schema == "x_"
 
 
-# format() placeholders: %I, %L, %s, with a position (%1$I) or width.
-_PLACEHOLDER = re.compile(r"%(?:(\d+)\$)?-?\d*([ILs%])")
+# format() placeholders: %I, %L, %s, with a position (%1$I) or width; and embeddings.render()'s
+# named ones, %(name)I, %(name)L, %(name)s (sql/26_render.sql).
+_PLACEHOLDER = re.compile(r"%(?:\(\w+\)|(\d+)\$)?-?\d*([ILs%])")
 
 
 def render_template(template: str) -> str:
@@ -264,10 +265,10 @@ def _plpgsql_nodes(tree: Any) -> Iterator[tuple[str, Any]]:
 
 
 def _templates(stmt: Any) -> Found:
-    """The SQL of format() templates in `stmt`: the first argument of each pg_catalog.format()
-    or format() call, when a string constant."""
+    """The SQL of format() and embeddings.render() templates in `stmt`: the first argument of
+    each such call, when a string constant."""
     found = Found()
-    for call in _calls(stmt, "format"):
+    for call in [*_calls(stmt, "format"), *_calls(stmt, "render")]:
         first = call.args[0] if call.args else None
         if isinstance(first, ast.A_Const) and isinstance(first.val, ast.String):
             template = str(first.val.sval)

@@ -37,7 +37,7 @@ def embedded(conn: Conn, store: str, table: str = "docs", key: str = "id") -> di
     """Each row's key: whether it has its vector (a chunked target's: at least one chunk). Rows
     of the side or chunk table whose row is gone are not shown."""
     target = conn.execute(
-        "SELECT coalesce(side_table, chunk_table)::text FROM embeddings.targets"
+        "SELECT store_table::text FROM embeddings.targets"
         " WHERE source = %s::regclass ORDER BY id LIMIT 1",
         (table,),
     ).fetchone()
@@ -62,8 +62,8 @@ def vectors(conn: Conn, store: str, table: sql.Composable | str = "docs") -> sql
     if store == "row":
         return source
     row = conn.execute(
-        "SELECT side_table::text, key_columns::text[] FROM embeddings.targets"
-        " WHERE side_table IS NOT NULL ORDER BY id LIMIT 1"
+        "SELECT store_table::text, key_columns::text[] FROM embeddings.targets"
+        " WHERE store_kind = 'side' ORDER BY id LIMIT 1"
     ).fetchone()
     assert row is not None, "no side-table target"
     side, keys = row
@@ -77,7 +77,7 @@ def vector_table(conn: Conn, store: str, table: str = "docs") -> str:
     if store == "row":
         return table
     row = conn.execute(
-        "SELECT side_table::text FROM embeddings.targets WHERE side_table IS NOT NULL"
+        "SELECT store_table::text FROM embeddings.targets WHERE store_kind = 'side'"
         " ORDER BY id LIMIT 1"
     ).fetchone()
     assert row is not None, "no side-table target"

@@ -52,19 +52,14 @@ def target_of(row: dict[str, Any]) -> Target:
         queue=row["queue"],
         version=row["version"],
         registry_problem=row["registry_problem"],
-        chunk_table=(
-            (row["chunk_schema"], row["chunk_name"]) if row["chunk_name"] is not None else None
-        ),
         chunk_tokens=row["chunk_tokens"],
         chunk_overlap=row["chunk_overlap"],
         document_format=row["document_format"],
         content_bytes=row["content_bytes"],
         context_header=row["context_header"],
-        side_table=(
-            (row["side_schema"], row["side_name"]) if row["side_name"] is not None else None
-        ),
         has_fulltext=row["has_fulltext"],
         store_kind=row["store_kind"],
+        chunked=row["chunked"],
         rerank_model=row["rerank_model"],
         rerank_depth=row["rerank_depth"],
     )

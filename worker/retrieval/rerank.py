@@ -57,7 +57,7 @@ def plan(request: SearchRequest, target: Target) -> RerankPlan | None:
     model = request.rerank if isinstance(request.rerank, str) else target.rerank_model
     if model is None:
         return None
-    if target.content_function is not None and target.chunk_table is None:
+    if target.content_function is not None and not target.chunked:
         raise InvalidSearch(
             f"{target.name} embeds a content function's output, which search does not return: "
             "there is no text to rerank (search it without rerank)"

@@ -8,3 +8,34 @@
 -- its check come together or not at all.
 ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS fts_title_weight double precision
     CONSTRAINT targets_fts_title_weight_check CHECK (fts_title_weight >= 1);
+
+-- Store kinds (sql/54_stores.sql): the kind is a column of its own, written by watch(), and the
+-- table the vectors are written to another (store_table: the table itself for the row store),
+-- where the kind was derived from two nullable columns. Those two, chunk_table and side_table,
+-- stay for 0.3.0's workers during a rolling upgrade, derived from the new ones. The old pair is
+-- renamed before the new is added and dropped after: the event triggers of the release being
+-- upgraded still run (its code is replaced after this file), and name them.
+SELECT pg_catalog.set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
+ALTER TABLE embeddings.targets ADD COLUMN IF NOT EXISTS store_table regclass;
+UPDATE embeddings.targets SET store_table = coalesce(side_table, chunk_table, source) WHERE store_table IS NULL;
+ALTER TABLE embeddings.targets ALTER COLUMN store_table SET NOT NULL;
+ALTER TABLE embeddings.targets ALTER COLUMN store_kind DROP EXPRESSION IF EXISTS;
+ALTER TABLE embeddings.targets DROP CONSTRAINT IF EXISTS targets_store_kind_check,
+    ADD CONSTRAINT targets_store_kind_check CHECK (store_kind ~ '^[a-z]+$');
+DO $$
+BEGIN
+    IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = 'embeddings.targets'::regclass
+               AND a.attname = 'chunk_table' AND a.attgenerated = '' AND NOT a.attisdropped) THEN
+        ALTER TABLE embeddings.targets RENAME COLUMN chunk_table TO chunk_table_until_0_4_0;
+        ALTER TABLE embeddings.targets RENAME COLUMN side_table TO side_table_until_0_4_0;
+        ALTER TABLE embeddings.targets
+            ADD COLUMN chunk_table regclass GENERATED ALWAYS AS (CASE WHEN store_kind = 'chunks' THEN store_table END) STORED,
+            ADD COLUMN side_table regclass GENERATED ALWAYS AS (CASE WHEN store_kind = 'side' THEN store_table END) STORED;
+        ALTER TABLE embeddings.targets DROP COLUMN chunk_table_until_0_4_0, DROP COLUMN side_table_until_0_4_0;
+    END IF;
+END
+$$;
+-- A store made by watch() may be of any kind apart from its table.
+ALTER TABLE embeddings.made_tables DROP CONSTRAINT IF EXISTS made_tables_kind_check,
+    ADD CONSTRAINT made_tables_kind_check CHECK (kind ~ '^[a-z]+$');
+SELECT pg_catalog.set_config('embeddings.following', 'off', true);

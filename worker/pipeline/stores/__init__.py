@@ -1,6 +1,7 @@
 """Where a target keeps its vectors: one strategy per kind of store, chosen from the target.
 
   row     (row.py)      a column of the watched table: the vector is an UPDATE of the row
+                        (sql/55_row.sql)
   side    (side.py)     a side table keyed like the watched table (watch(..., store => 'side'),
                         sql/56_side.sql): the worker never writes the application's rows
   chunks  (chunked.py)  a chunk table, one vector per chunk of a document (chunk_tokens => N,
@@ -22,8 +23,8 @@ from worker.pipeline.stores.row import RowStore
 from worker.pipeline.stores.side import SideStore
 from worker.target import Target
 
-# By embeddings.targets.store_kind: the SQL side of each kind is embeddings.<kind>_store_*
-# (sql/54_stores.sql).
+# By embeddings.targets.store_kind: the SQL side of each kind is embeddings.<kind>_store_*, in a
+# file of its own; sql/54_stores.sql lists the kinds (store_kinds()) and their operations.
 _BY_KIND: dict[str, Store] = {"row": RowStore(), "side": SideStore(), "chunks": ChunkStore()}
 
 __all__ = ["ChunkStore", "RowStore", "SideStore", "Store", "of"]
