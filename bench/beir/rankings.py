@@ -193,15 +193,8 @@ def rank_http(
     conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
     try:
         for query_id, text in queries.items():
-            body = json.dumps({"table": table, "query": text, "k": k, **ranking.body})
-            started = time.perf_counter()
-            conn.request("POST", "/search", body, {"Content-Type": "application/json"})
-            answer = conn.getresponse()
-            data = answer.read()
-            ranked.seconds.append(time.perf_counter() - started)
-            if answer.status != 200:
-                raise RuntimeError(f"POST /search {ranking.name}: {answer.status} {data[:300]!r}")
-            results = json.loads(data)["results"]
+            seconds, results = _post_search(conn, table, ranking, text, k)
+            ranked.seconds.append(seconds)
             if ranking.text_only:
                 results = sorted(
                     (r for r in results if r["text_rank"] is not None),
@@ -211,6 +204,46 @@ def rank_http(
     finally:
         conn.close()
     return ranked
+
+
+def alternating_http_p50(
+    port: int,
+    table: str,
+    chosen: Sequence[Ranking],
+    *,
+    queries: Mapping[str, str],
+    k: int,
+    rounds: int = 2,
+) -> dict[str, float]:
+    """Each ranking's median latency in ms through POST /search, the question's embedding
+    included (what an application waits for), the rankings asked in turn for every query as
+    alternating_p50() does for the SQL calls."""
+    seconds: dict[str, list[float]] = {r.name: [] for r in chosen}
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+    try:
+        for _ in range(rounds):
+            for text in queries.values():
+                for ranking in chosen:
+                    seconds[ranking.name].append(_post_search(conn, table, ranking, text, k)[0])
+    finally:
+        conn.close()
+    return {name: round(statistics.median(s) * 1000, 2) for name, s in seconds.items()}
+
+
+def _post_search(
+    conn: http.client.HTTPConnection, table: str, ranking: Ranking, text: str, k: int
+) -> tuple[float, list[dict[str, Any]]]:
+    """One POST /search of `ranking`: the seconds it took, and its results."""
+    body = json.dumps({"table": table, "query": text, "k": k, **ranking.body})
+    started = time.perf_counter()
+    conn.request("POST", "/search", body, {"Content-Type": "application/json"})
+    answer = conn.getresponse()
+    data = answer.read()
+    seconds = time.perf_counter() - started
+    if answer.status != 200:
+        raise RuntimeError(f"POST /search {ranking.name}: {answer.status} {data[:300]!r}")
+    results: list[dict[str, Any]] = json.loads(data)["results"]
+    return seconds, results
 
 
 def _key(key: Any) -> str:

@@ -26,6 +26,7 @@ from bench.beir.rankings import (
     Ranked,
     Ranking,
     Vector32,
+    alternating_http_p50,
     alternating_p50,
     rank_http,
     rank_sql,
@@ -207,6 +208,9 @@ def run(
         latency = alternating_p50(
             dsn, load.TABLE, [vector, hybrid], queries=dataset.queries, vectors=vectors, k=10
         )
+        latency_http = alternating_http_p50(
+            worker.port, load.TABLE, [vector, hybrid], queries=dataset.queries, k=10
+        )
         for weight in options.title_weights:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 load.weigh_title(conn, weight)
@@ -240,6 +244,11 @@ def run(
             "vector_p50_ms": latency[vector.name],
             "hybrid_p50_ms": latency[hybrid.name],
             "hybrid_over_vector": round(latency[hybrid.name] / latency[vector.name], 2),
+            "http_vector_p50_ms": latency_http[vector.name],
+            "http_hybrid_p50_ms": latency_http[hybrid.name],
+            "http_hybrid_over_vector": round(
+                latency_http[hybrid.name] / latency_http[vector.name], 2
+            ),
         },
         "median_query_words": statistics.median(len(q.split()) for q in dataset.queries.values()),
     }

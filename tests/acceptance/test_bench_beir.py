@@ -138,7 +138,14 @@ def test_the_bench_scores_a_small_dataset_as_worked_out_by_hand(
     assert saved["rankings"]["fulltext"]["queries_with_results"] == 2
     assert saved["embedding"]["documents"] == 8
     assert saved["machine"]["cores"] >= 1
-    assert set(saved["latency_k10"]) == {"vector_p50_ms", "hybrid_p50_ms", "hybrid_over_vector"}
+    assert set(saved["latency_k10"]) == {
+        "vector_p50_ms",
+        "hybrid_p50_ms",
+        "hybrid_over_vector",
+        "http_vector_p50_ms",
+        "http_hybrid_p50_ms",
+        "http_hybrid_over_vector",
+    }
     run = (tmp_path / "runs" / "vector.run").read_text().splitlines()
     assert run[0].split() == ["q-bread", "Q0", "bread", "1", "-1", "vector"]
 
