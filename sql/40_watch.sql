@@ -304,13 +304,7 @@ BEGIN
     END IF;
     clear_updates := coalesce(o.clear_on_update, NOT side);
     IF side THEN
-        side_name := CASE WHEN o.side_table IS NULL AND previous.store_kind = 'side' THEN previous.store_table::text
-                          ELSE embeddings.side_table_name(o.source, o.side_table, o.embedding_column) END;
-        IF previous.store_kind = 'side' AND to_regclass(side_name) IS DISTINCT FROM previous.store_table THEN
-            RAISE EXCEPTION '%.% keeps its vectors in %, not %', o.source, o.embedding_column, previous.store_table, side_name
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = 'Unwatch it first to move its vectors to another side table.';
-        END IF;
+        side_name := embeddings.watch_side_table(o, previous);
         vec_rel := to_regclass(side_name);
     ELSE
         vec_rel := o.source;
@@ -481,7 +475,7 @@ BEGIN
     INTO plan.content_col, plan.content_fn, plan.content_type, plan.content_num
     FROM embeddings.watch_content(o.source, o.content) wc;
     plan.chunked := o.chunk_tokens IS NOT NULL OR o.chunk_overlap IS NOT NULL OR o.chunk_table IS NOT NULL
-                    OR coalesce(previous.store_kind = 'chunks', false);
+                    OR embeddings.store_has_chunks(previous);
     plan.side := embeddings.side_store(previous, o.store, o.side_table, plan.chunked);
     SELECT ws.clear_updates, ws.side_name, ws.vec_rel INTO plan.clear_updates, plan.side_name, plan.vec_rel
     FROM embeddings.watch_store(o, previous, plan.side, plan.chunked) ws;
@@ -580,7 +574,7 @@ BEGIN
     END IF;
     defer_index := embeddings.watch_index(o.source, vec_rel, (SELECT c.relkind FROM pg_class c WHERE c.oid = vec_rel),
                                           o.embedding_column, emb_type, plan.emb_type IS NOT NULL, vschema);
-    registered := embeddings.watch_register(previous, o, plan, CASE WHEN plan.side THEN 'side' ELSE 'row' END, vec_rel);
+    registered := embeddings.watch_register(previous, o, plan, embeddings.plain_store_kind(plan.side), vec_rel);
     t := registered.t;
     PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
     PERFORM embeddings.install_triggers(t);  -- and the functions the worker reads and writes through
