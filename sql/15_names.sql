@@ -16,31 +16,33 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) 'search_path'
 $$;
 
--- Table (or view, ...) `name` as the caller's sessions find it: NULL when there is none.
-CREATE FUNCTION embeddings.relation_named(name text) RETURNS regclass
+-- Relation (`is_function` false: to_regclass()) or function (true: to_regprocedure()) `name`
+-- as the caller's sessions find it, NULL when there is none: looked up in the path the session
+-- started with, ours put back after. Qualified throughout: it is parsed under that path.
+CREATE FUNCTION embeddings.named_in_session(name text, is_function boolean) RETURNS oid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    found regclass;
+    found oid;
 BEGIN
-    PERFORM set_config('search_path', embeddings.session_start_path(), true);
-    found := to_regclass(name);
-    PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
+    PERFORM pg_catalog.set_config('search_path', embeddings.session_start_path(), true);
+    found := CASE WHEN is_function THEN pg_catalog.to_regprocedure(name)::pg_catalog.oid
+                  ELSE pg_catalog.to_regclass(name)::pg_catalog.oid END;
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     RETURN found;
 END
+$$;
+
+-- Table (or view, ...) `name` as the caller's sessions find it: NULL when there is none.
+CREATE FUNCTION embeddings.relation_named(name text) RETURNS regclass
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings.named_in_session(name, false)::pg_catalog.regclass
 $$;
 
 -- Function `signature` (`name(argument types)`) as the caller's sessions find it: NULL when
 -- there is none.
 CREATE FUNCTION embeddings.function_named(signature text) RETURNS regprocedure
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    found regprocedure;
-BEGIN
-    PERFORM set_config('search_path', embeddings.session_start_path(), true);
-    found := to_regprocedure(signature);
-    PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
-    RETURN found;
-END
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings.named_in_session(signature, true)::pg_catalog.regprocedure
 $$;
 
 -- Relation `rel` as a default search path ("$user", public) spells it: unqualified in public,

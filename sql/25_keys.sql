@@ -83,24 +83,28 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                       WHERE t.oid = embeddings.base_type(ty)) END
 $$;
 
+-- Expression `expr` of type `ty` written with no cast of a user type: by format() template
+-- `builtin` of its base-type expression (as_base_sql()) when ty is a built-in scalar, else by
+-- template `other` of expr as it is (text_sql(), key_part_json_sql()).
+CREATE FUNCTION embeddings.builtin_or_other_sql(ty regtype, expr text, builtin text, other text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN embeddings.builtin_scalar(ty) THEN format(builtin, embeddings.as_base_sql(ty, expr))
+                ELSE format(other, expr) END
+$$;
+
 -- The text of expression `expr` of type `ty`, NULL for NULL, with no cast of a user type: a
 -- built-in type's cast to text, else its output function.
 CREATE FUNCTION embeddings.text_sql(ty regtype, expr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN embeddings.builtin_scalar(ty)
-                THEN format('(%s)::pg_catalog.text', embeddings.as_base_sql(ty, expr))
-                ELSE format('CASE WHEN (%1$s) IS NULL THEN NULL ELSE pg_catalog.format(''%%s'', %1$s) END', expr)
-           END
+    SELECT embeddings.builtin_or_other_sql(ty, expr, '(%s)::pg_catalog.text',
+                                           'CASE WHEN (%1$s) IS NULL THEN NULL ELSE pg_catalog.format(''%%s'', %1$s) END')
 $$;
 
 -- The JSON of expression `expr` of key type `ty`, as jobs carry key values: to_jsonb() of a
 -- built-in scalar, else the JSON string of its text.
 CREATE FUNCTION embeddings.key_part_json_sql(ty regtype, expr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN embeddings.builtin_scalar(ty)
-                THEN format('pg_catalog.to_jsonb(%s)', embeddings.as_base_sql(ty, expr))
-                ELSE format('pg_catalog.to_jsonb(pg_catalog.format(''%%s'', %s))', expr)
-           END
+    SELECT embeddings.builtin_or_other_sql(ty, expr, 'pg_catalog.to_jsonb(%s)', 'pg_catalog.to_jsonb(pg_catalog.format(''%%s'', %s))')
 $$;
 
 -- The row key of row alias `row_alias` as it goes into a message: the key column's JSON (a

@@ -304,13 +304,7 @@ BEGIN
     END IF;
     clear_updates := coalesce(o.clear_on_update, NOT side);
     IF side THEN
-        side_name := CASE WHEN o.side_table IS NULL AND previous.store_kind = 'side' THEN previous.store_table::text
-                          ELSE embeddings.side_table_name(o.source, o.side_table, o.embedding_column) END;
-        IF previous.store_kind = 'side' AND to_regclass(side_name) IS DISTINCT FROM previous.store_table THEN
-            RAISE EXCEPTION '%.% keeps its vectors in %, not %', o.source, o.embedding_column, previous.store_table, side_name
-                USING ERRCODE = 'object_not_in_prerequisite_state',
-                      HINT = 'Unwatch it first to move its vectors to another side table.';
-        END IF;
+        side_name := embeddings.watch_side_table(o, previous);
         vec_rel := to_regclass(side_name);
     ELSE
         vec_rel := o.source;
@@ -481,7 +475,7 @@ BEGIN
     INTO plan.content_col, plan.content_fn, plan.content_type, plan.content_num
     FROM embeddings.watch_content(o.source, o.content) wc;
     plan.chunked := o.chunk_tokens IS NOT NULL OR o.chunk_overlap IS NOT NULL OR o.chunk_table IS NOT NULL
-                    OR coalesce(previous.store_kind = 'chunks', false);
+                    OR embeddings.store_has_chunks(previous);
     plan.side := embeddings.side_store(previous, o.store, o.side_table, plan.chunked);
     SELECT ws.clear_updates, ws.side_name, ws.vec_rel INTO plan.clear_updates, plan.side_name, plan.vec_rel
     FROM embeddings.watch_store(o, previous, plan.side, plan.chunked) ws;
@@ -533,6 +527,32 @@ BEGIN
 END
 $$;
 
+-- Whether watch()'s call `o` (its plan `plan`) registers the target `previous` as it is, in what
+-- every kind registers: the content, the model, the key, the triggers, the queue, the replica
+-- setting (watch_plain() and watch_chunked() compare their kinds' own settings besides).
+CREATE FUNCTION embeddings.watch_same(o embeddings.watch_options, plan embeddings.watch_plan, previous embeddings.targets)
+RETURNS boolean
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT previous.id IS NOT NULL
+       AND previous.content_column IS NOT DISTINCT FROM plan.content_col
+       AND previous.content_function IS NOT DISTINCT FROM plan.content_fn
+       AND previous.model = o.model
+       AND previous.key_columns = plan.key_names AND previous.key_types = plan.key_types
+       AND previous.has_triggers = o.triggers AND previous.queue = o.queue AND previous.replica = o.replica
+$$;
+
+-- Target t's triggers and generated functions made anew (those of another shape, its key or
+-- content changed, go first), and the worker roles (embeddings.grant_worker()) given its queues:
+-- watch()'s last steps of a registration, whatever the kind.
+CREATE FUNCTION embeddings.watch_install(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    PERFORM embeddings.drop_triggers(t);
+    PERFORM embeddings.install_triggers(t);
+    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
+END
+$$;
+
 -- watch() of a plain target, its plan checked: one vector per row, in a column of the table or
 -- of its side table. Unchanged, only its full-text options may change. Otherwise the table's
 -- lock is taken first, in short attempts that never stall the application (41_locks.sql); the
@@ -550,13 +570,8 @@ DECLARE
     registered record;
     t embeddings.targets;
 BEGIN
-    IF previous.id IS NOT NULL AND plan.emb_type IS NOT NULL
-       AND previous.content_column IS NOT DISTINCT FROM plan.content_col
-       AND previous.content_function IS NOT DISTINCT FROM plan.content_fn
-       AND previous.model = o.model
-       AND previous.key_columns = plan.key_names AND previous.key_types = plan.key_types
-       AND previous.has_triggers = o.triggers AND previous.clear_on_update = plan.clear_updates
-       AND previous.queue = o.queue AND previous.replica = o.replica
+    IF embeddings.watch_same(o, plan, previous) AND plan.emb_type IS NOT NULL
+       AND previous.clear_on_update = plan.clear_updates
        AND embeddings.target_problem(previous) IS NULL THEN  -- as the catalog is now (52_stopped.sql)
         PERFORM embeddings.watch_fts(previous.id, o.fts, o.fts_title_weight);
         RETURN previous.id;
@@ -580,12 +595,9 @@ BEGIN
     END IF;
     defer_index := embeddings.watch_index(o.source, vec_rel, (SELECT c.relkind FROM pg_class c WHERE c.oid = vec_rel),
                                           o.embedding_column, emb_type, plan.emb_type IS NOT NULL, vschema);
-    registered := embeddings.watch_register(previous, o, plan, CASE WHEN plan.side THEN 'side' ELSE 'row' END, vec_rel);
+    registered := embeddings.watch_register(previous, o, plan, embeddings.plain_store_kind(plan.side), vec_rel);
     t := registered.t;
-    PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
-    PERFORM embeddings.install_triggers(t);  -- and the functions the worker reads and writes through
-    -- Worker roles set up by embeddings.grant_worker() serve this table too: its queues.
-    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
+    PERFORM embeddings.watch_install(t);
 
     -- Existing rows: those with content and no embedding, or every row with content when the
     -- content source or the model changed; none with backfill => false. Queued on the backfill

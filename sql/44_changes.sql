@@ -215,12 +215,7 @@ COMMENT ON FUNCTION embeddings.cancel_change IS
 -- and its job writes the new one at once); `held` counts the live jobs held back.
 CREATE FUNCTION embeddings.moving_live_keys(t embeddings.targets, OUT keys jsonb[], OUT held bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    rel_schema name;
-    rel_name name;
 BEGIN
-    SELECT n.nspname, c.relname INTO rel_schema, rel_name
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
     EXECUTE format($q$
         SELECT pg_catalog.array_agg(s.k) FILTER (WHERE NOT s.held),
                pg_catalog.count(DISTINCT s.msg_id) FILTER (WHERE s.held)
@@ -229,14 +224,12 @@ BEGIN
               WHERE m.message @> pg_catalog.jsonb_build_object('target', $1)
               UNION ALL
               SELECT m.msg_id, m.message -> 'id', m.read_ct = 0 AND m.vt > pg_catalog.clock_timestamp()
-              FROM pgmq.%1$I m
-              WHERE m.message @> pg_catalog.jsonb_build_object('schema', %2$L, 'table', %3$L)
-                AND coalesce(m.message ->> 'embeddingColumn', 'embedding') = %4$L AND m.message -> 'id' IS NOT NULL
+              FROM pgmq.%1$I m WHERE %2$s
               UNION ALL
               SELECT NULL, key_json, false FROM embeddings.inbox i,
                    LATERAL embeddings.message_keys(pg_catalog.jsonb_build_object('columns', i.columns)) AS key_json
               WHERE i.target = $1) s
-        $q$, pgmq.format_table_name(t.queue, 'q'), rel_schema, rel_name, t.embedding_column)
+        $q$, pgmq.format_table_name(t.queue, 'q'), embeddings.guide_job_sql(t, 'm'))
         INTO keys, held USING t.id;
     keys := coalesce(keys, '{}');
 END

@@ -360,14 +360,10 @@ CREATE VIEW embeddings.status AS
     FROM embeddings.target_status();
 COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets; rows a running backfill has still to queue; whether the HNSW index waits for the backfill. Row counts of large tables are estimates (estimated = true); embeddings.status_exact counts them';
 
--- The same, every count exact: scans every watched table (`embed-worker status --exact`).
+-- The same, every count exact: scans every watched table (`embed-worker status --exact`). Its
+-- columns are status's, target_status()'s all, in their order.
 CREATE VIEW embeddings.status_exact AS
-    SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
-           target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
-           chunks, estimated, backfill_rows, index_deferred, pending_live, pending_backfill,
-           vectors_from, change_model, change_done_rows, change_total_rows, change_rows_per_second,
-           change_eta_seconds, stopped, held_jobs, swap_waiting_since, swap_attempts, swap_holders
-    FROM embeddings.target_status(exact => true);
+    SELECT * FROM embeddings.target_status(exact => true);
 COMMENT ON VIEW embeddings.status_exact IS 'embeddings.status with exact counts: scans every watched table';
 
 -- Re-queues dead letters (all, or those with the given ids) and removes them from

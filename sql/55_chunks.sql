@@ -351,13 +351,7 @@ BEGIN
     PERFORM embeddings.watch_check_chunks(o, previous, document_format, context_header);
     table_name := embeddings.watch_chunk_table(o, previous);
 
-    unchanged := previous.id IS NOT NULL
-       AND previous.content_column IS NOT DISTINCT FROM plan.content_col
-       AND previous.content_function IS NOT DISTINCT FROM plan.content_fn
-       AND previous.model = o.model
-       AND previous.key_columns = plan.key_names AND previous.key_types = plan.key_types
-       AND previous.has_triggers = o.triggers AND previous.queue = o.queue
-       AND previous.replica = o.replica AND previous.problem IS NULL
+    unchanged := embeddings.watch_same(o, plan, previous) AND previous.problem IS NULL
        AND previous.store_table = to_regclass(table_name)
        AND previous.chunk_tokens = o.chunk_tokens AND previous.chunk_overlap = o.chunk_overlap
        AND previous.document_format IS NOT DISTINCT FROM document_format
@@ -370,9 +364,7 @@ BEGIN
             embeddings.ensure_chunk_table(table_name, o.source, plan.key_names, plan.key_types, o.embedding_column, plan.dims),
             document_format, context_header);
         t := registered.t;
-        PERFORM embeddings.drop_triggers(t);  -- functions of another shape (key, content) go first
-        PERFORM embeddings.install_triggers(t);  -- the generated ones, chunk-aware (30_triggers.sql)
-        PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
+        PERFORM embeddings.watch_install(t);  -- the generated functions chunk-aware (30_triggers.sql)
         -- Its documents, a backfill in key ranges (62_backfill.sql).
         PERFORM embeddings.start_backfill(t, registered.reembed);
         PERFORM set_config('embeddings.following', 'off', true);

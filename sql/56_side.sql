@@ -88,6 +88,31 @@ BEGIN
 END
 $$;
 
+-- The kind of a target with one vector per row (watch_plain(), sql/40_watch.sql): side when
+-- side_store() said so, else row.
+CREATE FUNCTION embeddings.plain_store_kind(side boolean) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN side THEN 'side' ELSE 'row' END
+$$;
+
+-- The side table of watch()'s call `o` (watch_store(), sql/40_watch.sql): the one the target
+-- registered before (`previous`) keeps, whatever its name now (a renamed table's default name
+-- is another), unless `side_table` names one; refused when that is another than the target's.
+CREATE FUNCTION embeddings.watch_side_table(o embeddings.watch_options, previous embeddings.targets) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    side_name text := CASE WHEN o.side_table IS NULL AND previous.store_kind = 'side' THEN previous.store_table::text
+                           ELSE embeddings.side_table_name(o.source, o.side_table, o.embedding_column) END;
+BEGIN
+    IF previous.store_kind = 'side' AND to_regclass(side_name) IS DISTINCT FROM previous.store_table THEN
+        RAISE EXCEPTION '%.% keeps its vectors in %, not %', o.source, o.embedding_column, previous.store_table, side_name
+            USING ERRCODE = 'object_not_in_prerequisite_state',
+                  HINT = 'Unwatch it first to move its vectors to another side table.';
+    END IF;
+    RETURN side_name;
+END
+$$;
+
 -- The side table's name, schema-qualified and quoted: `side_table` as given (optionally
 -- schema-qualified; unqualified, beside the source), else `<table>_embeddings` beside the
 -- source, `<table>_<embedding_column>` for an embedding column not named 'embedding' (a second

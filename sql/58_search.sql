@@ -155,6 +155,21 @@ $$;
 -- Key values keep the table's type in JSON as jobs carry them (sql/25_keys.sql): a number for
 -- an integer key, a string for text, an array of the columns' values for a composite key.
 
+-- Sets pgvector's hnsw.iterative_scan and hnsw.ef_search for the transaction, each that is not
+-- NULL (a server without them has none to set or put back): a search raises them, then puts
+-- back the caller's (search_run(), search_answer()).
+CREATE FUNCTION embeddings.set_hnsw(iterative text, ef text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF iterative IS NOT NULL THEN
+        PERFORM set_config('hnsw.iterative_scan', iterative, true);
+    END IF;
+    IF ef IS NOT NULL THEN
+        PERFORM set_config('hnsw.ef_search', ef, true);
+    END IF;
+END
+$$;
+
 -- Runs `statement` (a query of (key, content, seq, distance) rows, $1 the query vector, $2 the
 -- filter) with iterative index scans on, and returns its rows as one JSON array, by distance
 -- (ties by key: duplicate texts have equal distances, and the answer must not depend on luck). The settings
@@ -170,24 +185,15 @@ DECLARE
     ef text := current_setting('hnsw.ef_search', true);
     ef_floor integer := coalesce(nullif(current_setting('embeddings.search_ef_search', true), '')::integer, 200);
 BEGIN
-    IF iterative IS NOT NULL THEN
-        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
-    END IF;
-    IF ef IS NOT NULL THEN
-        PERFORM set_config('hnsw.ef_search', least(greatest(ef::integer, ef_floor), 1000)::text, true);
-    END IF;
+    PERFORM embeddings.set_hnsw(CASE WHEN iterative IS NOT NULL THEN 'relaxed_order' END,
+                                CASE WHEN ef IS NOT NULL THEN least(greatest(ef::integer, ef_floor), 1000)::text END);
     EXECUTE format('SELECT coalesce(pg_catalog.jsonb_agg(r ORDER BY r.distance, r.key), ''[]'') FROM (%s) r', statement)
         INTO result USING query, filter;
     -- The statement ran the table's policies, the owner's code, which may have SET a search path
     -- for the session: a session-level SET outlives our SET clause, so the rest of this function
     -- (and of its callers, each of which pins it again) would resolve names in it. Ours again:
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    IF iterative IS NOT NULL THEN
-        PERFORM set_config('hnsw.iterative_scan', iterative, true);
-    END IF;
-    IF ef IS NOT NULL THEN
-        PERFORM set_config('hnsw.ef_search', ef, true);
-    END IF;
+    PERFORM embeddings.set_hnsw(iterative, ef);
     RETURN result;
 END
 $$;
@@ -383,12 +389,8 @@ BEGIN
     END IF;
     -- Iterative index scans (pgvector >= 0.8), for this search only: put back below, as they
     -- must not outlive it in the caller's transaction.
-    IF iterative IS NOT NULL THEN
-        PERFORM set_config('hnsw.iterative_scan', 'relaxed_order', true);
-    END IF;
-    IF ef IS NOT NULL THEN
-        PERFORM set_config('hnsw.ef_search', least(greatest(ef::integer, ef_floor, k), 1000)::text, true);
-    END IF;
+    PERFORM embeddings.set_hnsw(CASE WHEN iterative IS NOT NULL THEN 'relaxed_order' END,
+                                CASE WHEN ef IS NOT NULL THEN least(greatest(ef::integer, ef_floor, k), 1000)::text END);
     IF estimate IS NULL OR estimate >= exact_below THEN
         -- The index: k rows, or for chunks candidates doubling until they hold k documents or
         -- the index yields no more (fewer candidates than asked for).
@@ -409,12 +411,7 @@ BEGIN
         EXECUTE run INTO answer USING query, filter, k, true;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     END IF;
-    IF iterative IS NOT NULL THEN
-        PERFORM set_config('hnsw.iterative_scan', iterative, true);
-    END IF;
-    IF ef IS NOT NULL THEN
-        PERFORM set_config('hnsw.ef_search', ef, true);
-    END IF;
+    PERFORM embeddings.set_hnsw(iterative, ef);
     RETURN answer;
 END
 $$;

@@ -4,34 +4,40 @@
 -- minute with embeddings.schedule_sweep() where pg_cron is installed, or call it from any
 -- scheduler.
 
+-- A predicate on a queue message `m`: a job of the Supabase guide's shape ({"id", "schema",
+-- "table", "embeddingColumn"}) for target t's table and column. Such jobs are t's too, though
+-- they name no target (pending_keys(), and a model change's moving_live_keys()).
+CREATE FUNCTION embeddings.guide_job_sql(t embeddings.targets, m text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings.render('%(m)I.message @> pg_catalog.jsonb_build_object(''schema'', %(schema)L, ''table'', %(table)L)'
+                             ' AND coalesce(%(m)I.message ->> ''embeddingColumn'', ''embedding'') = %(column)L'
+                             ' AND %(m)I.message -> ''id'' IS NOT NULL',
+                             jsonb_build_object('m', m, 'column', t.embedding_column,
+                                                'schema', (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+                                                           WHERE c.oid = t.source),
+                                                'table', (SELECT c.relname FROM pg_class c WHERE c.oid = t.source)))
+$$;
+
 -- Row keys (JSON form) of target t that need no sweeping: queued in either message shape (in
 -- either lane, or in the inbox), or dead-lettered (those wait for `failures --retry`).
 CREATE FUNCTION embeddings.pending_keys(t embeddings.targets) RETURNS TABLE (k jsonb)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    rel_schema name;
-    rel_name name;
 BEGIN
-    SELECT n.nspname, c.relname INTO rel_schema, rel_name
-    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
     RETURN QUERY EXECUTE format($q$
         SELECT key_json FROM pgmq.%1$I m, LATERAL embeddings.message_keys(m.message) AS key_json
         WHERE m.message @> jsonb_build_object('target', $1)
         UNION ALL
-        SELECT key_json FROM pgmq.%5$I m, LATERAL embeddings.message_keys(m.message) AS key_json
+        SELECT key_json FROM pgmq.%3$I m, LATERAL embeddings.message_keys(m.message) AS key_json
         WHERE m.message @> jsonb_build_object('target', $1)
         UNION ALL
         SELECT key_json FROM embeddings.inbox i,
              LATERAL embeddings.message_keys(jsonb_build_object('columns', i.columns)) AS key_json
         WHERE i.target = $1
         UNION ALL
-        SELECT m.message -> 'id' FROM pgmq.%1$I m
-        WHERE m.message @> jsonb_build_object('schema', %2$L, 'table', %3$L)
-          AND coalesce(m.message ->> 'embeddingColumn', 'embedding') = %4$L
-          AND m.message -> 'id' IS NOT NULL
+        SELECT m.message -> 'id' FROM pgmq.%1$I m WHERE %2$s
         UNION ALL
         SELECT f.row_key FROM embeddings.failures f WHERE f.target_id = $1 AND f.row_key IS NOT NULL
-        $q$, pgmq.format_table_name(t.queue, 'q'), rel_schema, rel_name, t.embedding_column,
+        $q$, pgmq.format_table_name(t.queue, 'q'), embeddings.guide_job_sql(t, 'm'),
         pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q'))
     USING t.id;
 END
@@ -47,8 +53,6 @@ CREATE FUNCTION embeddings.sweep(
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
-    rel_schema name;
-    rel_name name;
     cursor_key text;
     last_key text;
     scanned integer;
@@ -63,9 +67,8 @@ BEGIN
     -- running): into their live queues (22_inbox.sql).
     PERFORM embeddings.move_inbox(lq.name, 100000, 10000000) FROM embeddings.queues lq WHERE lq.live_queue IS NULL;
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
-        SELECT n.nspname, c.relname INTO rel_schema, rel_name
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source;
-        CONTINUE WHEN rel_name IS NULL OR t.problem IS NOT NULL;  -- table dropped, or not served
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source)
+                      OR t.problem IS NOT NULL;  -- table dropped, or not served
         IF EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id) THEN
             -- Its existing rows are still being queued (62_backfill.sql): a backfill step instead
             -- of a slice (which would queue the rows ahead of the backfill twice), when its

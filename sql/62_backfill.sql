@@ -153,32 +153,26 @@ CREATE FUNCTION embeddings.backfill_next(
     OUT scanned integer, OUT enqueued integer
 )
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    b embeddings.backfills;
-    t embeddings.targets;
 BEGIN
     scanned := 0;
     enqueued := 0;
-    IF max_keys IS NULL OR max_keys < 1 THEN
-        RAISE EXCEPTION 'max_keys must be at least 1' USING ERRCODE = 'invalid_parameter_value';
-    END IF;
     -- Not while the backfill lane holds a step's worth of jobs: a worker whose reads run short
     -- because its backfill batch is still in flight must not queue the whole table meanwhile.
-    IF embeddings.backfill_lane_full(queue, max_keys) THEN
+    -- (A max_keys under 1 goes straight to backfill_step(), which refuses it.)
+    IF max_keys >= 1 AND embeddings.backfill_lane_full(queue, max_keys) THEN
         RETURN;
     END IF;
-    SELECT bf.* INTO b FROM embeddings.backfills bf
-    JOIN embeddings.targets tg ON tg.id = bf.target_id
-    WHERE tg.queue = backfill_next.queue AND tg.problem IS NULL
-      AND EXISTS (SELECT FROM pg_class c WHERE c.oid = tg.source)
-    ORDER BY bf.target_id
-    LIMIT 1
-    FOR UPDATE OF bf SKIP LOCKED;
-    IF NOT FOUND THEN
-        RETURN;
-    END IF;
-    SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = b.target_id;
-    SELECT r.scanned, r.enqueued INTO scanned, enqueued FROM embeddings.backfill_range(t, b, max_keys) r;
+    -- The backfill taken (locked here: backfill_step() locks it again, ours already), stepped
+    -- as backfill_step() steps one: no backfill to take is a step of none, 0 rows.
+    SELECT s.scanned, s.enqueued INTO scanned, enqueued
+    FROM embeddings.backfill_step((SELECT bf.target_id FROM embeddings.backfills bf
+                                   JOIN embeddings.targets tg ON tg.id = bf.target_id
+                                   WHERE tg.queue = backfill_next.queue AND tg.problem IS NULL
+                                     AND EXISTS (SELECT FROM pg_class c WHERE c.oid = tg.source)
+                                   ORDER BY bf.target_id
+                                   LIMIT 1
+                                   FOR UPDATE OF bf SKIP LOCKED),
+                                  max_keys) s;
 END
 $$;
 

@@ -129,6 +129,33 @@ CREATE FUNCTION embeddings.verify_spec(t embeddings.targets, args jsonb) RETURNS
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     verify_returns CONSTANT text := 'TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)';
+    -- Both forms end alike: every row's content at once, and when that raises (a content
+    -- function failing for some row), the rows one at a time, each row's content by its place,
+    -- `row_*` naming where the form keeps each row's key, vector flag and place.
+    all_at_once CONSTANT text := $template$
+                RETURN QUERY
+                    SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
+                    FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
+                RETURN;
+            EXCEPTION WHEN OTHERS THEN
+                NULL;  -- a content function raised for some row: one row at a time below
+            END;$template$;
+    one_at_a_time CONSTANT text := $template$
+                key := %(row_key)s;
+                has_vector := %(row_vector)s;
+                failed := false;
+                BEGIN
+                    SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
+                    FROM (SELECT %(content)s AS c FROM %(source)s t
+                          WHERE t.tableoid OPERATOR(pg_catalog.=) %(row_rel)s AND t.ctid OPERATOR(pg_catalog.=) %(row_place)s) c;
+                EXCEPTION WHEN OTHERS THEN
+                    digest := NULL;
+                    blank := false;
+                    failed := true;
+                END;
+                RETURN NEXT;
+            END LOOP;
+            $template$;
 BEGIN
     IF args->>'pin' <> '' THEN
         -- The rows' keys with the settings pinned, then their content with the caller's put back.
@@ -143,30 +170,11 @@ BEGIN
                 SELECT pg_catalog.array_agg(c.c ORDER BY u.i) INTO contents
                 FROM ROWS FROM (pg_catalog.unnest(rels), pg_catalog.unnest(places)) WITH ORDINALITY AS u(r, p, i)
                 LEFT JOIN LATERAL (SELECT %(content)s AS c FROM %(source)s t
-                                   WHERE t.tableoid OPERATOR(pg_catalog.=) u.r AND t.ctid OPERATOR(pg_catalog.=) u.p) c ON true;
-                RETURN QUERY
-                    SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
-                    FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
-                RETURN;
-            EXCEPTION WHEN OTHERS THEN
-                NULL;  -- a content function raised for some row: one row at a time below
-            END;
-            FOR i IN 1 .. coalesce(pg_catalog.cardinality(keys), 0) LOOP
-                key := keys[i];
-                has_vector := vectors[i];
-                failed := false;
-                BEGIN
-                    SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
-                    FROM (SELECT %(content)s AS c FROM %(source)s t
-                          WHERE t.tableoid OPERATOR(pg_catalog.=) rels[i] AND t.ctid OPERATOR(pg_catalog.=) places[i]) c;
-                EXCEPTION WHEN OTHERS THEN
-                    digest := NULL;
-                    blank := false;
-                    failed := true;
-                END;
-                RETURN NEXT;
-            END LOOP;
-            $template$, args, stable => true,
+                                   WHERE t.tableoid OPERATOR(pg_catalog.=) u.r AND t.ctid OPERATOR(pg_catalog.=) u.p) c ON true;$template$
+            || all_at_once || $template$
+            FOR i IN 1 .. coalesce(pg_catalog.cardinality(keys), 0) LOOP$template$
+            || one_at_a_time,
+            args || jsonb_build_object('row_key', 'keys[i]', 'row_vector', 'vectors[i]', 'row_rel', 'rels[i]', 'row_place', 'places[i]'), stable => true,
             declare => E'DECLARE\n    keys jsonb[];\n    vectors boolean[];\n    rels oid[];\n    places tid[];\n    contents text[];\n    saved text[];\n');
     ELSE
         RETURN embeddings.access_spec('_verify', ARRAY['after jsonb', 'max_rows integer'], verify_returns, $template$
@@ -175,31 +183,12 @@ BEGIN
                 SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.c)
                 INTO keys, vectors, contents
                 FROM (SELECT %(key_json)s AS k, %(has_vector)s AS v, %(content)s AS c
-                      FROM %(source)s t WHERE %(fn)I.after IS NULL OR %(key_after)s ORDER BY %(key_order)s LIMIT %(fn)I.max_rows) s;
-                RETURN QUERY
-                    SELECT u.k, u.v, pg_catalog.md5(u.c), u.c IS NULL OR u.c OPERATOR(pg_catalog.!~) '[^[:space:]]', false
-                    FROM ROWS FROM (pg_catalog.unnest(keys), pg_catalog.unnest(vectors), pg_catalog.unnest(contents)) AS u(k, v, c);
-                RETURN;
-            EXCEPTION WHEN OTHERS THEN
-                NULL;  -- a content function raised for some row: one row at a time below
-            END;
+                      FROM %(source)s t WHERE %(fn)I.after IS NULL OR %(key_after)s ORDER BY %(key_order)s LIMIT %(fn)I.max_rows) s;$template$
+            || all_at_once || $template$
             FOR r IN SELECT t.tableoid AS rel, t.ctid AS place, %(key_json)s AS k, %(has_vector)s AS v
-                     FROM %(source)s t WHERE %(fn)I.after IS NULL OR %(key_after)s ORDER BY %(key_order)s LIMIT %(fn)I.max_rows LOOP
-                key := r.k;
-                has_vector := r.v;
-                failed := false;
-                BEGIN
-                    SELECT pg_catalog.md5(c.c), c.c IS NULL OR c.c OPERATOR(pg_catalog.!~) '[^[:space:]]' INTO digest, blank
-                    FROM (SELECT %(content)s AS c FROM %(source)s t
-                          WHERE t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place) c;
-                EXCEPTION WHEN OTHERS THEN
-                    digest := NULL;
-                    blank := false;
-                    failed := true;
-                END;
-                RETURN NEXT;
-            END LOOP;
-            $template$, args, stable => true,
+                     FROM %(source)s t WHERE %(fn)I.after IS NULL OR %(key_after)s ORDER BY %(key_order)s LIMIT %(fn)I.max_rows LOOP$template$
+            || one_at_a_time,
+            args || jsonb_build_object('row_key', 'r.k', 'row_vector', 'r.v', 'row_rel', 'r.rel', 'row_place', 'r.place'), stable => true,
             declare => E'DECLARE\n    r record;\n    keys jsonb[];\n    vectors boolean[];\n    contents text[];\n');
     END IF;
 END

@@ -71,6 +71,7 @@ DECLARE
         'embeddings.search_answer(embeddings.targets, halfvec, integer, jsonb)',
         'embeddings.search_rows_estimate(embeddings.targets)',
         'embeddings.search_run(text, anyelement, jsonb)',
+        'embeddings.set_hnsw(text, text)',
         'embeddings.search_filter_sql(embeddings.targets, jsonb, integer)',
         'embeddings.any_lexeme_query(tsvector)',
         -- the tsvector of full-text fields, which the generated store functions write
@@ -82,6 +83,7 @@ DECLARE
         'embeddings.key_equal_sql(embeddings.targets, text, text)',
         'embeddings.key_operator(regtype, integer)',
         'embeddings.text_sql(regtype, text)',
+        'embeddings.builtin_or_other_sql(regtype, text, text, text)',
         'embeddings.as_base_sql(regtype, text)',
         'embeddings.builtin_scalar(regtype)',
         'embeddings.base_type(regtype)',
@@ -92,6 +94,7 @@ DECLARE
         'embeddings.backfill_queue(text)',
         -- names as the caller's sessions resolve them (docs/security.md), and as status shows them
         'embeddings.session_start_path()',
+        'embeddings.named_in_session(text, boolean)',
         'embeddings.relation_named(text)',
         'embeddings.function_named(text)',
         'embeddings.display_name(regclass)',

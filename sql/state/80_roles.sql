@@ -28,11 +28,11 @@ BEGIN
             LOOP
                 EXECUTE format('DROP POLICY %I ON %s', policy, t.source);
             END LOOP;
-            IF t.store_kind <> 'chunks' AND EXISTS (SELECT FROM pg_attribute a
-                                                    WHERE a.attrelid = t.source AND a.attname = t.embedding_column
-                                                      AND a.attnum > 0 AND NOT a.attisdropped) THEN
+            IF t.chunk_table IS NULL AND EXISTS (SELECT FROM pg_attribute a
+                                                 WHERE a.attrelid = t.source AND a.attname = t.embedding_column
+                                                   AND a.attnum > 0 AND NOT a.attisdropped) THEN
                 EXECUTE format('REVOKE UPDATE (%I) ON %s FROM %I', t.embedding_column, t.source, worker_role);
-            ELSIF t.store_kind = 'chunks' AND EXISTS (SELECT FROM pg_class c WHERE c.oid = t.chunk_table) THEN
+            ELSIF EXISTS (SELECT FROM pg_class c WHERE c.oid = t.chunk_table) THEN
                 EXECUTE format('REVOKE SELECT, INSERT, UPDATE, DELETE ON %s FROM %I', t.chunk_table, worker_role);
             END IF;
         END LOOP;
