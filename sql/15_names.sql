@@ -11,18 +11,18 @@
 -- server's; what RESET would restore. Looking a name up runs no one's code.
 
 -- The search path the caller's session started with (pg_settings.reset_val).
-CREATE FUNCTION embeddings.session_start_path() RETURNS text
+CREATE FUNCTION embeddings_internal.session_start_path() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) 'search_path'
 $$;
 
 -- Table (or view, ...) `name` as the caller's sessions find it: NULL when there is none.
-CREATE FUNCTION embeddings.relation_named(name text) RETURNS regclass
+CREATE FUNCTION embeddings_internal.relation_named(name text) RETURNS regclass
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found regclass;
 BEGIN
-    PERFORM set_config('search_path', embeddings.session_start_path(), true);
+    PERFORM set_config('search_path', embeddings_internal.session_start_path(), true);
     found := to_regclass(name);
     PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
     RETURN found;
@@ -31,12 +31,12 @@ $$;
 
 -- Function `signature` (`name(argument types)`) as the caller's sessions find it: NULL when
 -- there is none.
-CREATE FUNCTION embeddings.function_named(signature text) RETURNS regprocedure
+CREATE FUNCTION embeddings_internal.function_named(signature text) RETURNS regprocedure
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found regprocedure;
 BEGIN
-    PERFORM set_config('search_path', embeddings.session_start_path(), true);
+    PERFORM set_config('search_path', embeddings_internal.session_start_path(), true);
     found := to_regprocedure(signature);
     PERFORM set_config('search_path', 'pg_catalog, pg_temp', true);
     RETURN found;
@@ -46,7 +46,7 @@ $$;
 -- Relation `rel` as a default search path ("$user", public) spells it: unqualified in public,
 -- else schema-qualified. For text that names a table to a person (a store table's COMMENT),
 -- the same whichever session made it.
-CREATE FUNCTION embeddings.display_name(rel regclass) RETURNS text
+CREATE FUNCTION embeddings_internal.display_name(rel regclass) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN n.nspname OPERATOR(pg_catalog.=) 'public' THEN pg_catalog.quote_ident(c.relname)
                 ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END

@@ -12,7 +12,7 @@
 
 -- The current names of the worker roles that still exist (renamed: the new name; dropped: none,
 -- so that watch() never tries to grant to a role that is gone).
-CREATE FUNCTION embeddings.worker_role_names() RETURNS SETOF name
+CREATE FUNCTION embeddings_internal.worker_role_names() RETURNS SETOF name
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT r.rolname FROM embeddings.worker_roles w
     JOIN pg_roles r ON CASE WHEN w.role_id IS NULL THEN r.rolname = w.role_name ELSE r.oid = w.role_id END
@@ -24,24 +24,24 @@ $$;
 CREATE FUNCTION embeddings.worker_functions() RETURNS regprocedure[]
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ARRAY[
-        'embeddings.lock_target(integer)',
-        'embeddings.lock_target_version(integer)',
-        'embeddings.schema_revision()',  -- a starting worker refuses another release's schema
-        'embeddings.lock_documents(integer, text[])',  -- sql/41_locks.sql
-        'embeddings.move_inbox(text, integer, integer)',
-        'embeddings.inbox_pending(text)',
-        'embeddings.backfill_next(text, integer)',
-        'embeddings.backfill_rows_left(embeddings.targets)',
-        'embeddings.target_status(boolean)',  -- embeddings.status, embeddings.status_exact
-        'embeddings.stopped_targets()',  -- embeddings.stopped: status, doctor, /readyz, metrics
-        'embeddings.complete_changes()',
-        'embeddings.claim_provenance(integer, boolean, text, text, text)',
-        'embeddings.note_deferrals(integer[], text[], integer[])',
-        'embeddings.clear_deferrals(integer[])',
+        'embeddings_internal.lock_target(integer)',
+        'embeddings_internal.lock_target_version(integer)',
+        'embeddings_internal.schema_revision()',  -- a starting worker refuses another release's schema
+        'embeddings_internal.lock_documents(integer, text[])',  -- sql/41_locks.sql
+        'embeddings_internal.move_inbox(text, integer, integer)',
+        'embeddings_internal.inbox_pending(text)',
+        'embeddings_internal.backfill_next(text, integer)',
+        'embeddings_internal.backfill_rows_left(embeddings.targets)',
+        'embeddings_internal.target_status(boolean)',  -- embeddings.status, embeddings.status_exact
+        'embeddings_internal.stopped_targets()',  -- embeddings.stopped: status, doctor, /readyz, metrics
+        'embeddings_internal.complete_changes()',
+        'embeddings_internal.claim_provenance(integer, boolean, text, text, text)',
+        'embeddings_internal.note_deferrals(integer[], text[], integer[])',
+        'embeddings_internal.clear_deferrals(integer[])',
         'embeddings.wait_for_jobs(text, integer, boolean, integer)',
-        'embeddings.deferred_index_built(integer)',
+        'embeddings_internal.deferred_index_built(integer)',
         'embeddings.retry_failures(bigint[])',  -- `embed-worker failures --retry` as the worker role
-        'embeddings.record_fingerprints(integer, boolean, text[], text[])'  -- sql/64_verify.sql
+        'embeddings_internal.record_fingerprints(integer, boolean, text[], text[])'  -- sql/64_verify.sql
     ]::regprocedure[]
 $$;
 COMMENT ON FUNCTION embeddings.worker_functions IS
@@ -50,7 +50,7 @@ COMMENT ON FUNCTION embeddings.worker_functions IS
 -- Grants `role_name` what the worker needs on one target (also called by watch()): its queues,
 -- and its functions (sql/32_access.sql; generate_access() grants those of targets watched or
 -- regenerated later itself).
-CREATE FUNCTION embeddings.grant_worker_target(role_name name, t embeddings.targets) RETURNS void
+CREATE FUNCTION embeddings_internal.grant_worker_target(role_name name, t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn regprocedure;
@@ -62,12 +62,12 @@ BEGIN
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
     END LOOP;
-    PERFORM embeddings.grant_worker_queue(role_name, t.queue);
-    PERFORM embeddings.grant_worker_queue(role_name, embeddings.backfill_queue(t.queue));  -- lanes
+    PERFORM embeddings_internal.grant_worker_queue(role_name, t.queue);
+    PERFORM embeddings_internal.grant_worker_queue(role_name, embeddings_internal.backfill_queue(t.queue));  -- lanes
 END
 $$;
 
-CREATE FUNCTION embeddings.grant_worker_queue(role_name name, queue_name text) RETURNS void
+CREATE FUNCTION embeddings_internal.grant_worker_queue(role_name name, queue_name text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON pgmq.%I TO %I',
@@ -136,11 +136,11 @@ BEGIN
         EXECUTE format('GRANT SELECT (%I) ON %s TO %I', col, rel, role_name);
     END LOOP;
     FOR q IN SELECT * FROM embeddings.queues LOOP
-        PERFORM embeddings.grant_worker_queue(role_name, q.name);
+        PERFORM embeddings_internal.grant_worker_queue(role_name, q.name);
     END LOOP;
     FOR t IN SELECT * FROM embeddings.targets LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);
-        PERFORM embeddings.grant_worker_target(role_name, t);
+        PERFORM embeddings_internal.grant_worker_target(role_name, t);
     END LOOP;
     -- Roles renamed since they were granted go by their names now; dropped ones go.
     DELETE FROM embeddings.worker_roles w

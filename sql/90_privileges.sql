@@ -67,38 +67,38 @@ DECLARE
     -- users are told not to call them (docs/sql.md). Each writes nothing.
     internal_anyone CONSTANT regprocedure[] := ARRAY[
         -- search(), hybrid_search(), match_chunks() and the generated search and rankings
-        'embeddings.search_target(regclass, name)',
-        'embeddings.search_answer(embeddings.targets, halfvec, integer, jsonb)',
-        'embeddings.search_rows_estimate(embeddings.targets)',
-        'embeddings.search_run(text, anyelement, jsonb)',
-        'embeddings.search_filter_sql(embeddings.targets, jsonb, integer)',
-        'embeddings.any_lexeme_query(tsvector)',
+        'embeddings_internal.search_target(regclass, name)',
+        'embeddings_internal.search_answer(embeddings.targets, halfvec, integer, jsonb)',
+        'embeddings_internal.search_rows_estimate(embeddings.targets)',
+        'embeddings_internal.search_run(text, anyelement, jsonb)',
+        'embeddings_internal.search_filter_sql(embeddings.targets, jsonb, integer)',
+        'embeddings_internal.any_lexeme_query(tsvector)',
         -- the tsvector of full-text fields, which the generated store functions write
-        'embeddings.fields_tsvector(regconfig, text)',
-        'embeddings.store_kinds()',
-        'embeddings.store_has_chunks(embeddings.targets)',
-        'embeddings.key_json_sql(embeddings.targets, text)',
-        'embeddings.key_part_json_sql(regtype, text)',
-        'embeddings.key_equal_sql(embeddings.targets, text, text)',
-        'embeddings.key_operator(regtype, integer)',
-        'embeddings.text_sql(regtype, text)',
-        'embeddings.as_base_sql(regtype, text)',
-        'embeddings.builtin_scalar(regtype)',
-        'embeddings.base_type(regtype)',
+        'embeddings_internal.fields_tsvector(regconfig, text)',
+        'embeddings_internal.store_kinds()',
+        'embeddings_internal.store_has_chunks(embeddings.targets)',
+        'embeddings_internal.key_json_sql(embeddings.targets, text)',
+        'embeddings_internal.key_part_json_sql(regtype, text)',
+        'embeddings_internal.key_equal_sql(embeddings.targets, text, text)',
+        'embeddings_internal.key_operator(regtype, integer)',
+        'embeddings_internal.text_sql(regtype, text)',
+        'embeddings_internal.as_base_sql(regtype, text)',
+        'embeddings_internal.builtin_scalar(regtype)',
+        'embeddings_internal.base_type(regtype)',
         -- deferred_index_ready()
-        'embeddings.deferred_index_name(embeddings.targets)',
-        'embeddings.pending_count(embeddings.targets)',
-        'embeddings.queue_pending(text, double precision)',
-        'embeddings.backfill_queue(text)',
+        'embeddings_internal.deferred_index_name(embeddings.targets)',
+        'embeddings_internal.pending_count(embeddings.targets)',
+        'embeddings_internal.queue_pending(text, double precision)',
+        'embeddings_internal.backfill_queue(text)',
         -- names as the caller's sessions resolve them (docs/security.md), and as status shows them
-        'embeddings.session_start_path()',
-        'embeddings.relation_named(text)',
-        'embeddings.function_named(text)',
-        'embeddings.display_name(regclass)',
-        'embeddings.target_name(embeddings.targets)',
-        'embeddings.leaf_relations(regclass)',
+        'embeddings_internal.session_start_path()',
+        'embeddings_internal.relation_named(text)',
+        'embeddings_internal.function_named(text)',
+        'embeddings_internal.display_name(regclass)',
+        'embeddings_internal.target_name(embeddings.targets)',
+        'embeddings_internal.leaf_relations(regclass)',
         -- why a target cannot be served, read whenever a search or a worker loads the targets
-        'embeddings.access_problem(embeddings.targets)'
+        'embeddings_internal.access_problem(embeddings.targets)'
     ]::regprocedure[];
     fn regprocedure;
     ty regtype;

@@ -16,9 +16,9 @@ BEGIN
         PERFORM cron.unschedule(jobid) FROM cron.job WHERE jobname LIKE 'embeddings-%';
     END IF;
     FOR t IN SELECT * FROM embeddings.targets LOOP
-        PERFORM embeddings.drop_access(t);  -- the functions owned by the tables' owners
+        PERFORM embeddings_internal.drop_access(t);  -- the functions owned by the tables' owners
         IF EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN
-            PERFORM embeddings.drop_triggers(t);
+            PERFORM embeddings_internal.drop_triggers(t);
         END IF;
     END LOOP;
     FOR q IN SELECT * FROM embeddings.queues LOOP

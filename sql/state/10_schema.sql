@@ -75,7 +75,7 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     -- Bumped by watch() whenever the registration changes: a worker's write is rejected when
-    -- the version it read the batch under is no longer current (embeddings.lock_target_version).
+    -- the version it read the batch under is no longer current (embeddings_internal.lock_target_version).
     version          integer NOT NULL DEFAULT 1,
     -- The row key: the primary key's columns, or a unique not-null key named at watch().
     -- Jobs carry a scalar per row for a one-column key, a JSON array in this order otherwise.

@@ -196,7 +196,7 @@ def test_a_key_file_that_cannot_be_used_defers_the_target_with_a_clear_error(
     conn.execute("SELECT embeddings.watch('docs', 'body', model => 'remote-8')")
     run_once(max_attempts=1)
     (reason,) = conn.execute(
-        "SELECT deferred_reason FROM embeddings.target_status(true)"
+        "SELECT deferred_reason FROM embeddings_internal.target_status(true)"
     ).fetchone() or (None,)
     assert reason is not None and expected in reason, reason
     assert keyed_provider.requests == []

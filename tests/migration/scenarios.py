@@ -119,13 +119,13 @@ def watch_every_kind_0_3_0(conn: Conn) -> None:
 
 QUEUED_KEYS = """
     SELECT m.message ->> 'target', k.key, 'live' FROM pgmq.q_embedding_jobs m,
-           LATERAL embeddings.message_keys(m.message) AS k(key)
+           LATERAL embeddings_internal.message_keys(m.message) AS k(key)
     UNION ALL
     SELECT m.message ->> 'target', k.key, 'backfill' FROM pgmq.q_embedding_jobs_backfill m,
-           LATERAL embeddings.message_keys(m.message) AS k(key)
+           LATERAL embeddings_internal.message_keys(m.message) AS k(key)
     UNION ALL
     SELECT i.target::text, k.key, 'inbox' FROM embeddings.inbox i,
-           LATERAL embeddings.message_keys(jsonb_build_object('columns', i.columns)) AS k(key)
+           LATERAL embeddings_internal.message_keys(jsonb_build_object('columns', i.columns)) AS k(key)
 """
 # 0.1.0 queued into the live queue only, always in the "keys" shape.
 QUEUED_KEYS_0_1_0 = """

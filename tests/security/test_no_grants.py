@@ -92,11 +92,11 @@ def world(roles: Roles) -> dict[str, int]:
             (ids["docs"],),
         )
         su.execute(
-            "SELECT embeddings.note_deferrals(ARRAY[%s], ARRAY['a real reason'], ARRAY[1])",
+            "SELECT embeddings_internal.note_deferrals(ARRAY[%s], ARRAY['a real reason'], ARRAY[1])",
             (ids["docs"],),
         )
         su.execute(
-            "SELECT embeddings.claim_provenance(%s, false, 'gte-small', 'r1', 'fp32')",
+            "SELECT embeddings_internal.claim_provenance(%s, false, 'gte-small', 'r1', 'fp32')",
             (ids["docs"],),
         )
         su.execute("INSERT INTO docs VALUES (2001, 'written after: in the inbox')")
@@ -220,7 +220,7 @@ def test_no_role_but_ours_may_use_our_types(roles: Roles) -> None:
             "    OR has_type_privilege('public', t::regtype, 'USAGE')",
             (types, roles.owner),
         ).fetchall()
-    assert "embeddings.watch_options" in types and usable == []
+    assert "embeddings_internal.watch_options" in types and usable == []
     with roles.connect(roles.owner) as owner:
         for name in types:
             for ddl in (
@@ -275,7 +275,7 @@ def test_a_login_without_grants_reads_no_keys_or_content(roles: Roles) -> None:
                 ),
             )
             su.execute(
-                "SELECT embeddings.record_fingerprints(%s, false, ARRAY[%s], ARRAY[md5(%s)])",
+                "SELECT embeddings_internal.record_fingerprints(%s, false, ARRAY[%s], ARRAY[md5(%s)])",
                 (target_id, SECRET_KEY, SECRET_TEXT),
             )
             su.execute(

@@ -111,7 +111,7 @@ def placeholder(ref: Reference) -> bool:
     return "x_" in ref.name or ref.schema == "x_"
 
 
-# format() placeholders: %I, %L, %s, with a position (%1$I) or width; and embeddings.render()'s
+# format() placeholders: %I, %L, %s, with a position (%1$I) or width; and embeddings_internal.render()'s
 # named ones, %(name)I, %(name)L, %(name)s (sql/26_render.sql).
 _PLACEHOLDER = re.compile(r"%(?:\(\w+\)|(\d+)\$)?-?\d*([ILs%])")
 
@@ -265,7 +265,7 @@ def _plpgsql_nodes(tree: Any) -> Iterator[tuple[str, Any]]:
 
 
 def _templates(stmt: Any) -> Found:
-    """The SQL of format() and embeddings.render() templates in `stmt`: the first argument of
+    """The SQL of format() and embeddings_internal.render() templates in `stmt`: the first argument of
     each such call, when a string constant."""
     found = Found()
     for call in [*_calls(stmt, "format"), *_calls(stmt, "render")]:

@@ -30,7 +30,7 @@ OTHERS_CODE = (
     "embeddings_",
     "embeddings.sweep",
     "embeddings.verify",
-    "embeddings.lock_target",
+    "embeddings_internal.lock_target",
     "embeddings.search",
     "embeddings.hybrid_search",
     "embeddings.status",

@@ -71,7 +71,7 @@ class TextReader:
 
 class DocumentReader:
     """Documents of `format` ("auto": detected from the bytes), a bytea column's loaded as
-    base64 (embeddings.content_sql()); the ceiling is on the extracted text. Those of format
+    base64 (embeddings_internal.content_sql()); the ceiling is on the extracted text. Those of format
     "text" are plain text: read here, not parsed."""
 
     def __init__(
