@@ -208,15 +208,17 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 10_000_000, rounds: int = 3) 
             conn.execute("SELECT pg_stat_force_next_flush()")
             label = f"two targets, {backlog:,} rows pending"
             result[label] = compare(conn, rounds if backlog < rows else 1)
-            result[label]["counting the pending keys alone (embeddings_internal.queue_pending)"] = summary(
-                [
-                    timed(
-                        lambda: conn.execute(
-                            "SELECT * FROM embeddings_internal.queue_pending('embedding_jobs')"
-                        ).fetchall()
-                    )
-                    for _ in range(5)
-                ]
+            result[label]["counting the pending keys alone (embeddings_internal.queue_pending)"] = (
+                summary(
+                    [
+                        timed(
+                            lambda: conn.execute(
+                                "SELECT * FROM embeddings_internal.queue_pending('embedding_jobs')"
+                            ).fetchall()
+                        )
+                        for _ in range(5)
+                    ]
+                )
             )
             result[label]["/metrics scrape"] = scrapes(dsn, tokenizer_dir, 50)
             result[label]["keeper's queue_depth query (every 5 s)"] = queue_depth(conn, 10)

@@ -53,7 +53,7 @@ $$;
 CREATE FUNCTION embeddings_internal.store_function(t embeddings.targets, operation text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    fn text := embeddings_internal.render('embeddings.%(name)I', jsonb_build_object('name', t.store_kind || '_store_' || operation));
+    fn text := embeddings_internal.render('embeddings_internal.%(name)I', jsonb_build_object('name', t.store_kind || '_store_' || operation));
 BEGIN
     IF NOT EXISTS (SELECT FROM embeddings_internal.store_kinds() k WHERE k.kind = t.store_kind)
        OR operation !~ '^[a-z_]+$' OR to_regproc(fn) IS NULL THEN

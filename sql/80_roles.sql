@@ -1,7 +1,7 @@
 -- A least-privilege role for the worker. `SELECT embeddings.grant_worker('embed_worker');` gives
 -- an existing role exactly what `embed-worker run` needs, and watch() extends it to every table
 -- registered later:
---   * USAGE on the schemas embeddings and pgmq; the registry tables to read, dead letters,
+--   * USAGE on the schemas embeddings, embeddings_internal and pgmq; the registry tables to read, dead letters,
 --     throughput and long documents' progress to write
 --   * its queues' tables (leasing, acknowledging, retrying, archiving: pgmq's functions run
 --     with the caller's rights)
@@ -18,7 +18,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     JOIN pg_roles r ON CASE WHEN w.role_id IS NULL THEN r.rolname = w.role_name ELSE r.oid = w.role_id END
 $$;
 
--- The functions of this schema that worker roles may run and no one else (besides its owner):
+-- The functions of ours that worker roles may run and no one else (besides its owner), internals
+-- most of them; and, while workers of the previous release may still run, the names it calls
+-- them by (embeddings_internal.compat_worker_functions(), sql/95_compat_0_3_0.sql):
 -- what they write is what operators read (queues, deferrals, provenance, backfills, model
 -- changes). Postgres checks EXECUTE against the real caller (docs/security.md).
 CREATE FUNCTION embeddings.worker_functions() RETURNS regprocedure[]
@@ -45,7 +47,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     ]::regprocedure[]
 $$;
 COMMENT ON FUNCTION embeddings.worker_functions IS
-    'The functions of this schema that grant_worker() lets worker roles run, and no one else but the owner.';
+    'The functions of embed-worker that grant_worker() lets worker roles run, and no one else but the owner.';
 
 -- Grants `role_name` what the worker needs on one target (also called by watch()): its queues,
 -- and its functions (sql/32_access.sql; generate_access() grants those of targets watched or
@@ -91,7 +93,7 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = format('CREATE ROLE %I LOGIN PASSWORD ''...''; first.', role_name);
     END IF;
-    EXECUTE format('GRANT USAGE ON SCHEMA embeddings, pgmq TO %I', role_name);
+    EXECUTE format('GRANT USAGE ON SCHEMA embeddings, embeddings_internal, pgmq TO %I', role_name);
     EXECUTE format('GRANT SELECT ON embeddings.targets, embeddings.models, embeddings.queues, embeddings.status, embeddings.status_exact TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, DELETE ON embeddings.failures TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON embeddings.throughput TO %I', role_name);
@@ -101,16 +103,16 @@ BEGIN
     EXECUTE format('GRANT SELECT ON pgmq.meta TO %I', role_name);
     -- It skips keys waiting in the inbox when it counts its queue (22_inbox.sql).
     EXECUTE format('GRANT SELECT ON embeddings.inbox TO %I', role_name);
-    FOREACH fn IN ARRAY embeddings.worker_functions() LOOP
+    FOREACH fn IN ARRAY embeddings.worker_functions() || embeddings_internal.compat_worker_functions() LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
     END LOOP;
     -- What it uses of ours that PUBLIC may use, its own: an administrator may revoke from PUBLIC
-    -- what this schema grants it (REVOKE ... ON ALL FUNCTIONS / TABLES IN SCHEMA embeddings
-    -- FROM PUBLIC), and the worker must keep working. Only what PUBLIC has now: nothing
+    -- what this schema grants it (REVOKE ... ON ALL FUNCTIONS / TABLES IN SCHEMA embeddings or
+    -- embeddings_internal FROM PUBLIC), and the worker must keep working. Only what PUBLIC has now: nothing
     -- revoked from PUBLIC by design (sql/90_privileges.sql) is given.
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
-        WHERE p.pronamespace = 'embeddings'::regnamespace
+        WHERE p.pronamespace IN ('embeddings'::regnamespace, 'embeddings_internal'::regnamespace)
           AND p.prokind IN ('f', 'p') AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)
           AND p.proname !~ '^embeddings_[0-9]+_'
           AND (p.proacl IS NULL OR EXISTS (SELECT FROM aclexplode(p.proacl) a

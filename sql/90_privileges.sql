@@ -1,10 +1,12 @@
--- Who may run what: the public API, and every grant of this schema's functions to PUBLIC, in one
--- list. docs/sql.md documents each entry of the API (signature, rights, an example), and
+-- Who may run what: the public API, and every grant of our functions to PUBLIC, in one list.
+-- docs/sql.md documents each entry of the API (signature, rights, an example), and
 -- tests/integration/test_sql_reference.py compares that page, this list and the catalog.
 --
--- Postgres grants EXECUTE on a new function to PUBLIC: every function of this schema is revoked
--- from PUBLIC here and granted back by this list only. The rest is internal: its COMMENT says so,
--- and it may change in any release. Internal functions run as the schema's owner (who owns them),
+-- The API is schema `embeddings`; everything else is in schema `embeddings_internal` (the
+-- functions watch() generates per target and the forwarders kept for the previous release's
+-- workers, sql/95_compat_0_3_0.sql, aside). Postgres grants EXECUTE on a new function to PUBLIC: every
+-- function of both schemas is revoked from PUBLIC here and granted back by this list only. The
+-- internals' COMMENTs say they are internal: they may change in any release. Internal functions run as the schema's owner (who owns them),
 -- as a worker role (embeddings.worker_functions(), granted by grant_worker()), or from our
 -- triggers and event triggers (whose EXECUTE is not checked when they fire). Postgres checks
 -- EXECUTE against the real caller, so nothing here relies on current_user inside a SECURITY
@@ -105,12 +107,16 @@ DECLARE
 BEGIN
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
-        WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proname !~ '^embeddings_[0-9]+_'
+        WHERE (p.pronamespace = 'embeddings'::regnamespace AND p.proname !~ '^embeddings_[0-9]+_')
+           OR p.pronamespace = 'embeddings_internal'::regnamespace
     LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         -- Every function outside the API says so. The API's comments sit beside their
-        -- definitions.
+        -- definitions. Nothing but the API is left in schema embeddings.
         IF fn <> ALL (api_anyone || api_owner || api_owner_and_workers) THEN
+            IF (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = fn) = 'embeddings'::regnamespace THEN
+                RAISE EXCEPTION 'embeddings: % is not in the API''s list: it belongs in schema embeddings_internal', fn;
+            END IF;
             EXECUTE format('COMMENT ON FUNCTION %s IS %L', fn,
                            'Internal to embed-worker, not to be called: not part of its API (docs/sql.md), it may change in any release.');
         END IF;
@@ -120,7 +126,7 @@ BEGIN
     -- `embed-worker migrate` from replacing it (worker/schema/code.py refuses such dependents).
     FOR ty IN
         SELECT c.reltype::regtype FROM pg_class c
-        WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind = 'c'
+        WHERE c.relnamespace IN ('embeddings'::regnamespace, 'embeddings_internal'::regnamespace) AND c.relkind = 'c'
     LOOP
         EXECUTE format('REVOKE USAGE ON TYPE %s FROM PUBLIC', ty);
         EXECUTE format('COMMENT ON TYPE %s IS %L', ty,

@@ -323,7 +323,9 @@ def test_the_any_word_query_keeps_lexemes_as_they_are(conn: Conn) -> None:
     parts = ["it", "s", "a", "b", "x", "y", "sp", "ace"]
     row = conn.execute(f"SELECT array_to_tsvector(%s::text[]) @@ {query}", (parts, words))
     assert row.fetchone() == (False,)
-    assert conn.execute("SELECT embeddings_internal.any_lexeme_query(''::tsvector)").fetchone() == (None,)
+    assert conn.execute("SELECT embeddings_internal.any_lexeme_query(''::tsvector)").fetchone() == (
+        None,
+    )
 
 
 def test_the_default_is_any_word_fused_by_score(conn: Conn, items: Items) -> None:

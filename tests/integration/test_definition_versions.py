@@ -69,7 +69,9 @@ def drain(
                 stages.load(conn, batch, embedders)
                 stages.embed(embedders, batch)
                 write.write(conn, queue, batch, settings)
-        results = conn.execute("SELECT result FROM embeddings_internal.complete_changes()").fetchall()
+        results = conn.execute(
+            "SELECT result FROM embeddings_internal.complete_changes()"
+        ).fetchall()
         if not any(r == "done" or r.endswith("the new vector: queued") for (r,) in results):
             return
 

@@ -88,9 +88,9 @@ def test_concurrent_movers_send_each_key_exactly_once(conn: Conn, dsn: str) -> N
     def mover() -> None:
         with psycopg.connect(dsn, autocommit=True) as c:
             barrier.wait()
-            while c.execute("SELECT embeddings_internal.move_inbox('embedding_jobs', 50)").fetchone() != (
-                0,
-            ):
+            while c.execute(
+                "SELECT embeddings_internal.move_inbox('embedding_jobs', 50)"
+            ).fetchone() != (0,):
                 pass
 
     threads = [threading.Thread(target=mover) for _ in range(4)]
@@ -163,7 +163,9 @@ def test_a_big_statement_is_sliced_into_inbox_rows_and_moved_by_a_key_budget(con
     rows = conn.execute("SELECT keys FROM embeddings.inbox ORDER BY keys DESC").fetchall()
     assert rows == [(4096,), (4096,), (1808,)]
     # Whole rows, until the budget is reached: 4,096 + 4,096 keys for a budget of 5,000.
-    sent = conn.execute("SELECT embeddings_internal.move_inbox('embedding_jobs', 100, 5000)").fetchone()
+    sent = conn.execute(
+        "SELECT embeddings_internal.move_inbox('embedding_jobs', 100, 5000)"
+    ).fetchone()
     assert sent == (64,)
     assert inbox_rows(conn) == 1
     move_inbox(conn)

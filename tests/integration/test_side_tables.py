@@ -388,7 +388,9 @@ def test_a_side_table_write_holds_its_rows_until_commit(
             with psycopg.connect(dsn) as other:
                 other.execute("SET lock_timeout = '50ms'")
                 try:
-                    other.execute("SELECT embeddings_internal.lock_documents(%s, ARRAY[%s])", (docs, key))
+                    other.execute(
+                        "SELECT embeddings_internal.lock_documents(%s, ARRAY[%s])", (docs, key)
+                    )
                 except psycopg.errors.LockNotAvailable:
                     waited += 1
         held.append(waited)
@@ -402,7 +404,9 @@ def test_a_side_table_write_holds_its_rows_until_commit(
     assert advisory == [(0,)]
     with psycopg.connect(dsn) as other:  # and none once it committed
         other.execute("SET lock_timeout = '50ms'")
-        other.execute("SELECT embeddings_internal.lock_documents(%s, ARRAY['1', '2', '3', '4'])", (docs,))
+        other.execute(
+            "SELECT embeddings_internal.lock_documents(%s, ARRAY['1', '2', '3', '4'])", (docs,)
+        )
 
 
 def test_unwatch_keeps_the_side_table_and_watch_again_uses_it(

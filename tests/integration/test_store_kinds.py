@@ -53,7 +53,9 @@ def test_the_registry_names_each_targets_store_kind_and_table(conn: Conn) -> Non
 
 
 def test_every_kind_has_every_operation(conn: Conn) -> None:
-    kinds = [k for (k,) in conn.execute("SELECT kind FROM embeddings_internal.store_kinds()").fetchall()]
+    kinds = [
+        k for (k,) in conn.execute("SELECT kind FROM embeddings_internal.store_kinds()").fetchall()
+    ]
     assert sorted(kinds) == sorted(ALL_STORES)
     missing = [
         f"{kind}_store_{operation}"

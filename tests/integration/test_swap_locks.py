@@ -97,7 +97,8 @@ def test_a_swap_behind_a_long_reader_never_fails_the_application_s_statements(
     # The swap retried as fast as it can (the worker backs off between calls; this does not).
     with psycopg.connect(dsn, autocommit=True) as swapper:
         while_running(
-            application, lambda: swapper.execute("SELECT * FROM embeddings_internal.complete_changes()")
+            application,
+            lambda: swapper.execute("SELECT * FROM embeddings_internal.complete_changes()"),
         )
 
     assert outcome["errors"] == []

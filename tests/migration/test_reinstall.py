@@ -84,7 +84,9 @@ def test_a_reinstall_refuses_when_objects_of_others_depend_on_the_code(
 
     message = str(refused.value)
     assert "view pending" in message and "view embeddings.status" in message
-    assert "function lane(text)" in message and "embeddings_internal.backfill_queue(text)" in message
+    assert (
+        "function lane(text)" in message and "embeddings_internal.backfill_queue(text)" in message
+    )
     assert "Drop them, migrate, then create them again" in message
     assert pg_dump_schema(dsn) == before
 

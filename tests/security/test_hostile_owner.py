@@ -132,7 +132,9 @@ def test_backfill_steps_evaluate_no_content_function(roles: Roles) -> None:
     with roles.connect() as su:
         clear_queue(su)  # a step waits while the lane holds one: as if the worker had done it
     with roles.connect(roles.worker) as worker:
-        row = worker.execute("SELECT * FROM embeddings_internal.backfill_next('embedding_jobs')").fetchone()
+        row = worker.execute(
+            "SELECT * FROM embeddings_internal.backfill_next('embedding_jobs')"
+        ).fetchone()
         assert row == (1000, 1000)
     with roles.connect() as su:
         clear_queue(su)
@@ -150,7 +152,9 @@ def test_model_change_completion_runs_the_content_function_as_its_owner(roles: R
     forget_jobs(roles)  # the change's own jobs: lost, so that completion looks for the rows
     for who in (roles.worker, None):
         with roles.connect(who) as caller:
-            results = caller.execute("SELECT result FROM embeddings_internal.complete_changes()").fetchall()
+            results = caller.execute(
+                "SELECT result FROM embeddings_internal.complete_changes()"
+            ).fetchall()
         assert results and "lacked the new vector" in results[0][0], results
         forget_jobs(roles)
     contained(roles)

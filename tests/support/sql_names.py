@@ -218,10 +218,10 @@ def _as_function(body: str) -> str:
 
 # pglast's PL/pgSQL parser looks declared types' schemas up, and knows pg_catalog and public
 # only: ours are spelled as public.<schema>__ for it, and back in what it returns.
-_SCHEMA = re.compile(r"\b(embeddings|pgmq)\.")
-_UNSCHEMA = re.compile(r"\bpublic\.(embeddings|pgmq)__")
+_SCHEMA = re.compile(r"\b(embeddings_internal|embeddings|pgmq)\.")
+_UNSCHEMA = re.compile(r"\bpublic\.(embeddings_internal|embeddings|pgmq)__")
 
-_ROW_ARRAY = re.compile(r"\b(?:embeddings|pgmq)\.\w+\[\]")
+_ROW_ARRAY = re.compile(r"\b(?:embeddings_internal|embeddings|pgmq)\.\w+\[\]")
 _VECTOR_TYPES = re.compile(r"\b(?:\w+\.)?(?:halfvec|vector|sparsevec)\b")
 
 _ASSIGNED = re.compile(r"^\s*[\w\".\[\]]+(?:\s*\[[^\]]*\])*\s*:?=\s*", re.S)

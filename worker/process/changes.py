@@ -1,8 +1,8 @@
 """Model changes in the worker: their completion (the database side is sql/44_changes.sql; the
 rows' two vectors meanwhile are worker/pipeline/shadow.py).
 
-When every row has its new vector, embeddings_internal.complete_changes() swaps the columns in one short
-transaction; the worker calls it from its keeper (at most every CHECK_SECONDS) and when
+When every row has its new vector, embeddings_internal.complete_changes() swaps the columns in one
+short transaction; the worker calls it from its keeper (at most every CHECK_SECONDS) and when
 `run --once` drains. A swap that finds its table held (a long transaction) backs off: each call
 asks for the lock in short attempts only (sql/41_locks.sql), and the next call comes after a
 growing, jittered pause, so the application's statements never queue behind the swap for long.
