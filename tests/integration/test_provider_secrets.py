@@ -58,7 +58,7 @@ def everything_in_the_database(conn: Conn) -> str:
     ]
     functions = conn.execute(
         "SELECT string_agg(prosrc, ' ') FROM pg_proc p JOIN pg_namespace n"
-        " ON n.oid = p.pronamespace WHERE n.nspname = 'embeddings'"
+        " ON n.oid = p.pronamespace WHERE n.nspname IN ('embeddings', 'embeddings_internal')"
     ).fetchone()
     return " ".join([*parts, str(functions)])
 

@@ -204,6 +204,8 @@ def test_the_content_function_given_to_another_role(
         "REVOKE ALL ON SCHEMA embeddings FROM PUBLIC",
         "REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA embeddings FROM PUBLIC",
         "REVOKE ALL ON ALL TABLES IN SCHEMA embeddings FROM PUBLIC",
+        "REVOKE USAGE ON SCHEMA embeddings_internal FROM PUBLIC",
+        "REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA embeddings_internal FROM PUBLIC",
         "REVOKE USAGE ON SCHEMA pgmq FROM PUBLIC",
         "REVOKE ALL ON ALL TABLES IN SCHEMA pgmq FROM PUBLIC",
     ],

@@ -62,7 +62,7 @@ def test_every_kind_has_every_operation(conn: Conn) -> None:
         for kind in kinds
         for operation in OPERATIONS
         if conn.execute(
-            "SELECT to_regproc(format('embeddings.%%I', %s::text))",
+            "SELECT to_regproc(format('embeddings_internal.%%I', %s::text))",
             (f"{kind}_store_{operation}",),
         ).fetchone()
         == (None,)
