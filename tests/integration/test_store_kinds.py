@@ -79,7 +79,7 @@ def test_dispatch_reaches_the_kinds_function(conn: Conn) -> None:
         conn.execute("SET search_path = pg_catalog, pg_temp")
         shared, own = conn.execute(
             "SELECT embeddings_internal.embedding_missing_sql(t, 'x'),"
-            f" embeddings.{store}_store_missing_sql(t, 'x')"
+            f" embeddings_internal.{store}_store_missing_sql(t, 'x')"
             " FROM embeddings.targets t WHERE t.id = %s",
             (target,),
         ).fetchone() or (None, None)
