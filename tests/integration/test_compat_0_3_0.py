@@ -1,7 +1,9 @@
 """The forwarders kept for workers of 0.3.0 (sql/95_compat_0_3_0.sql): every function of ours
-that 0.3.0's worker calls (its worker/queries.sql, read from the release's source) is callable
-in schema `embeddings` by the name and arguments 0.3.0 used, by whom 0.3.0 let call it, and
-gives what the internal function of that name gives. The rolling upgrade itself runs in
+that 0.3.0's worker calls (its worker/queries.sql, read from the release's source), and every
+function those call in their 0.3.0 bodies (its sql/: a 0.3.0 statement that waited on migrate's
+locks runs the rest of its body after migrate, naming them), is callable in schema `embeddings`
+by the name 0.3.0 used, by whom 0.3.0 let call it, and gives what the internal function of that
+name gives. The rolling upgrade itself runs in
 tests/acceptance/test_rolling_upgrade.py."""
 
 from __future__ import annotations
@@ -30,6 +32,37 @@ def called_by(root: Path) -> set[str]:
     return set(CALLED.findall(code))
 
 
+def bodies(root: Path) -> dict[str, str]:
+    """The release's functions of schema embeddings (sql/, its code files), each name with the
+    text of its definitions (their comments left out)."""
+    found: dict[str, str] = {}
+    for path in sorted((root / "sql").glob("[0-9][0-9]_*.sql")):
+        for part in re.split(
+            r"^(?=CREATE (?:OR REPLACE )?FUNCTION )", path.read_text(), flags=re.M
+        ):
+            named = re.match(r"CREATE (?:OR REPLACE )?FUNCTION embeddings\.(\w+)", part)
+            if named:
+                code = "\n".join(line.split("--", 1)[0] for line in part.splitlines())
+                found[named.group(1)] = found.get(named.group(1), "") + code
+    return found
+
+
+def in_embeddings(conn: Conn, names: set[str]) -> list[str]:
+    """Those of `names` that are no function (nor table) of schema embeddings."""
+    return [
+        name
+        for name in sorted(names)
+        if conn.execute(
+            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'embeddings'::regnamespace"
+            " AND proname = %s",
+            (name,),
+        ).fetchone()
+        == (0,)
+        # (`INSERT INTO embeddings.failures (...)` is a table's)
+        and conn.execute("SELECT to_regclass('embeddings.' || %s)", (name,)).fetchone() == (None,)
+    ]
+
+
 @pytest.fixture(scope="module")
 def release_0_3_0(tmp_path_factory: pytest.TempPathFactory) -> release.Release:
     try:
@@ -43,19 +76,18 @@ def test_every_function_0_3_0_s_worker_calls_is_in_embeddings(
 ) -> None:
     called = called_by(release_0_3_0.root)
     assert {"lock_target", "move_inbox", "target_status", "relation_named"} <= called
-    missing = [
-        name
-        for name in sorted(called)
-        if conn.execute(
-            "SELECT count(*) FROM pg_proc WHERE pronamespace = 'embeddings'::regnamespace"
-            " AND proname = %s",
-            (name,),
-        ).fetchone()
-        == (0,)
-        # (`INSERT INTO embeddings.failures (...)` is a table's)
-        and conn.execute("SELECT to_regclass('embeddings.' || %s)", (name,)).fetchone() == (None,)
-    ]
+    missing = in_embeddings(conn, called)
     assert missing == []
+
+
+def test_every_function_their_0_3_0_bodies_call_is_in_embeddings(
+    conn: Conn, release_0_3_0: release.Release
+) -> None:
+    defined = bodies(release_0_3_0.root)
+    called = called_by(release_0_3_0.root) & set(defined)
+    inner = {name for f in called for name in CALLED.findall(defined[f]) if name in defined}
+    assert {"lock_target_version", "message_keys", "exact_counts"} <= inner
+    assert in_embeddings(conn, inner) == []
 
 
 def test_the_forwarders_answer_as_the_internals_and_with_0_3_0_s_grants(conn: Conn) -> None:

@@ -24,7 +24,7 @@ Conn = psycopg.Connection[Any]
 INTERNAL = "Internal to embed-worker"
 API_LISTS = ("api_anyone", "api_owner", "api_owner_and_workers")
 PUBLIC_LISTS = ("api_anyone", "internal_anyone", "compat_anyone")
-COMPAT_LISTS = ("compat_anyone", "compat_workers")
+COMPAT_LISTS = ("compat_anyone", "compat_owner", "compat_workers")
 RIGHTS_OF_LIST = {
     "api_anyone": "anyone",
     "api_owner": "owner",
@@ -94,7 +94,7 @@ def use_vector_schema(conn: Conn) -> None:
 
 def listed(conn: Conn, page: str | None = None) -> dict[str, set[int]]:
     """sql/90_privileges.sql's lists, as function oids; with the forwarders kept for workers of
-    0.3.0: those PUBLIC may run (sql/95_compat_0_3_0.sql), the worker roles' ones
+    0.3.0: those PUBLIC may run and the owner's (sql/95_compat_0_3_0.sql), the worker roles'
     (embeddings_internal.compat_worker_functions()) and those the page lists."""
     use_vector_schema(conn)
     found: dict[str, set[int]] = {}
@@ -103,7 +103,8 @@ def listed(conn: Conn, page: str | None = None) -> dict[str, set[int]]:
     ).fetchone()
     lists = {
         **sql_reference.api_lists(),
-        "compat_anyone": sql_reference.compat_anyone(),
+        "compat_anyone": sql_reference.compat_lists()["anyone"],
+        "compat_owner": sql_reference.compat_lists()["owner_only"],
         "compat_workers": list(row[0] if row and row[0] else []),
         "compat_documented": sql_reference.compat_listed(page),
     }

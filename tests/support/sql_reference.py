@@ -81,7 +81,7 @@ def compat_listed(text: str | None = None) -> list[str]:
     return re.findall(r"^- `(embeddings\.\w+\([^`]*\))`", section, flags=re.MULTILINE)
 
 
-def compat_anyone(text: str | None = None) -> list[str]:
-    """The forwarders sql/95_compat_0_3_0.sql lets PUBLIC run, as written."""
-    text = COMPAT.read_text() if text is None else text
-    return api_lists(text).get("anyone", [])
+def compat_lists(text: str | None = None) -> dict[str, list[str]]:
+    """The forwarders sql/95_compat_0_3_0.sql lets PUBLIC run (`anyone`) and those it leaves
+    to the schema's owner (`owner_only`), as written."""
+    return api_lists(COMPAT.read_text() if text is None else text)
