@@ -118,7 +118,7 @@ def _drive_backfill(dsn: str) -> dict[str, float]:
         while True:
             started = time.perf_counter()
             row = conn.execute(
-                "SELECT scanned, enqueued FROM embeddings.backfill_next('embedding_jobs', %s)",
+                "SELECT scanned, enqueued FROM embeddings_internal.backfill_next('embedding_jobs', %s)",
                 (STEP_KEYS,),
             ).fetchone()
             durations.append(time.perf_counter() - started)

@@ -198,7 +198,9 @@ def _write_table(dsn: str, table: str) -> None:
         )
         conn.execute(f"SELECT embeddings.watch('{table}', 'body', model => 'gte-small')")
         if table == WRITE_TABLES["without an index"]:
-            index = conn.execute(f"SELECT embeddings.hnsw_index('{table}', 'embedding')::text")
+            index = conn.execute(
+                f"SELECT embeddings_internal.hnsw_index('{table}', 'embedding')::text"
+            )
             row = index.fetchone()
             assert row is not None and row[0] is not None
             conn.execute(f"DROP INDEX {row[0]}")

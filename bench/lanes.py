@@ -146,7 +146,7 @@ def _behind_one_queue(conn: Conn) -> dict[str, Any]:
     """Every row queued again on the live lane (as one FIFO queue would hold a backfill), then
     one live row behind them: its latency, and the wait for the whole queue to drain."""
     conn.execute(
-        "SELECT embeddings.enqueue_keys(t.id, array_agg(b.id ORDER BY b.id), 0, 'live')"
+        "SELECT embeddings_internal.enqueue_keys(t.id, array_agg(b.id ORDER BY b.id), 0, 'live')"
         " FROM bench_lanes b, embeddings.targets t GROUP BY t.id"
     )
     started = time.monotonic()

@@ -199,7 +199,7 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 10_000_000, rounds: int = 3) 
         queued = 0
         for backlog in (min(BACKLOG_ROWS, rows), rows):
             conn.execute(
-                "SELECT embeddings.enqueue_keys(%s, ARRAY(SELECT generate_series(%s, %s)::bigint))",
+                "SELECT embeddings_internal.enqueue_keys(%s, ARRAY(SELECT generate_series(%s, %s)::bigint))",
                 (target[0], queued + 1, backlog),
             )
             queued = backlog
@@ -208,15 +208,17 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 10_000_000, rounds: int = 3) 
             conn.execute("SELECT pg_stat_force_next_flush()")
             label = f"two targets, {backlog:,} rows pending"
             result[label] = compare(conn, rounds if backlog < rows else 1)
-            result[label]["counting the pending keys alone (embeddings.queue_pending)"] = summary(
-                [
-                    timed(
-                        lambda: conn.execute(
-                            "SELECT * FROM embeddings.queue_pending('embedding_jobs')"
-                        ).fetchall()
-                    )
-                    for _ in range(5)
-                ]
+            result[label]["counting the pending keys alone (embeddings_internal.queue_pending)"] = (
+                summary(
+                    [
+                        timed(
+                            lambda: conn.execute(
+                                "SELECT * FROM embeddings_internal.queue_pending('embedding_jobs')"
+                            ).fetchall()
+                        )
+                        for _ in range(5)
+                    ]
+                )
             )
             result[label]["/metrics scrape"] = scrapes(dsn, tokenizer_dir, 50)
             result[label]["keeper's queue_depth query (every 5 s)"] = queue_depth(conn, 10)
@@ -224,6 +226,6 @@ def run(dsn: str, tokenizer_dir: Path, rows: int = 10_000_000, rounds: int = 3) 
 
 
 def status_view_threshold(conn: Conn) -> int:
-    row = conn.execute("SELECT embeddings.status_exact_rows()").fetchone()
+    row = conn.execute("SELECT embeddings_internal.status_exact_rows()").fetchone()
     assert row is not None
     return int(row[0])

@@ -63,7 +63,9 @@ def _variant(dsn: str, name: str, seconds: float) -> dict[str, Any]:
             if name == "before":
                 swap.execute("SET embeddings.lock_attempt_ms = 2000")
             while not done.is_set():
-                results = swap.execute("SELECT * FROM embeddings.complete_changes()").fetchall()
+                results = swap.execute(
+                    "SELECT * FROM embeddings_internal.complete_changes()"
+                ).fetchall()
                 calls += 1
                 busy = any(r.startswith("table busy") for _, r in results)
                 pause = CHECK_SECONDS if name == "before" else completer._pause(busy)

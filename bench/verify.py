@@ -64,8 +64,8 @@ def _big_table(conn: psycopg.Connection[Any], rows: int) -> int:
     # Every vector with the fingerprint the worker would have recorded for it.
     conn.execute(
         "INSERT INTO embeddings.fingerprints (target_id, slot, key, fingerprint)"
-        " SELECT t.id, s.slot, to_jsonb(d.id), md5(embeddings.definition_tag(t, s.model) || md5(d.body))"
-        " FROM embeddings.targets t CROSS JOIN LATERAL embeddings.fingerprint_slot(t) s, vdocs d"
+        " SELECT t.id, s.slot, to_jsonb(d.id), md5(embeddings_internal.definition_tag(t, s.model) || md5(d.body))"
+        " FROM embeddings.targets t CROSS JOIN LATERAL embeddings_internal.fingerprint_slot(t) s, vdocs d"
         " WHERE t.id = %s",
         (target,),
     )
@@ -76,7 +76,7 @@ def _big_table(conn: psycopg.Connection[Any], rows: int) -> int:
 
 def _purge(conn: psycopg.Connection[Any]) -> None:
     conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
-    conn.execute("SELECT pgmq.purge_queue(embeddings.backfill_queue('embedding_jobs'))")
+    conn.execute("SELECT pgmq.purge_queue(embeddings_internal.backfill_queue('embedding_jobs'))")
     conn.execute("TRUNCATE embeddings.inbox")
 
 

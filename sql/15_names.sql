@@ -11,7 +11,7 @@
 -- server's; what RESET would restore. Looking a name up runs no one's code.
 
 -- The search path the caller's session started with (pg_settings.reset_val).
-CREATE FUNCTION embeddings.session_start_path() RETURNS text
+CREATE FUNCTION embeddings_internal.session_start_path() RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) 'search_path'
 $$;
@@ -19,12 +19,12 @@ $$;
 -- Relation (`is_function` false: to_regclass()) or function (true: to_regprocedure()) `name`
 -- as the caller's sessions find it, NULL when there is none: looked up in the path the session
 -- started with, ours put back after. Qualified throughout: it is parsed under that path.
-CREATE FUNCTION embeddings.named_in_session(name text, is_function boolean) RETURNS oid
+CREATE FUNCTION embeddings_internal.named_in_session(name text, is_function boolean) RETURNS oid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found oid;
 BEGIN
-    PERFORM pg_catalog.set_config('search_path', embeddings.session_start_path(), true);
+    PERFORM pg_catalog.set_config('search_path', embeddings_internal.session_start_path(), true);
     found := CASE WHEN is_function THEN pg_catalog.to_regprocedure(name)::pg_catalog.oid
                   ELSE pg_catalog.to_regclass(name)::pg_catalog.oid END;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
@@ -33,22 +33,22 @@ END
 $$;
 
 -- Table (or view, ...) `name` as the caller's sessions find it: NULL when there is none.
-CREATE FUNCTION embeddings.relation_named(name text) RETURNS regclass
+CREATE FUNCTION embeddings_internal.relation_named(name text) RETURNS regclass
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.named_in_session(name, false)::pg_catalog.regclass
+    SELECT embeddings_internal.named_in_session(name, false)::pg_catalog.regclass
 $$;
 
 -- Function `signature` (`name(argument types)`) as the caller's sessions find it: NULL when
 -- there is none.
-CREATE FUNCTION embeddings.function_named(signature text) RETURNS regprocedure
+CREATE FUNCTION embeddings_internal.function_named(signature text) RETURNS regprocedure
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.named_in_session(signature, true)::pg_catalog.regprocedure
+    SELECT embeddings_internal.named_in_session(signature, true)::pg_catalog.regprocedure
 $$;
 
 -- Relation `rel` as a default search path ("$user", public) spells it: unqualified in public,
 -- else schema-qualified. For text that names a table to a person (a store table's COMMENT),
 -- the same whichever session made it.
-CREATE FUNCTION embeddings.display_name(rel regclass) RETURNS text
+CREATE FUNCTION embeddings_internal.display_name(rel regclass) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN n.nspname OPERATOR(pg_catalog.=) 'public' THEN pg_catalog.quote_ident(c.relname)
                 ELSE pg_catalog.format('%I.%I', n.nspname, c.relname) END

@@ -14,7 +14,7 @@
 -- Supabase guide's shape ({"id", "schema", "table", "contentFunction", "embeddingColumn"})
 -- share the queue.
 
-CREATE FUNCTION embeddings.keys_per_message() RETURNS integer
+CREATE FUNCTION embeddings_internal.keys_per_message() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 128;
 
@@ -36,7 +36,7 @@ COMMENT ON FUNCTION embeddings.message_key_count IS
 
 -- The row keys of a job message of either of our shapes, each as the "keys" shape writes it (a
 -- JSON scalar, or a JSON array for a composite key), in message order.
-CREATE FUNCTION embeddings.message_keys(message jsonb) RETURNS SETOF jsonb
+CREATE FUNCTION embeddings_internal.message_keys(message jsonb) RETURNS SETOF jsonb
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 BEGIN ATOMIC
     SELECT k.value FROM jsonb_array_elements(
@@ -84,7 +84,7 @@ DECLARE
         'SELECT least((SELECT min(q.vt) FROM pgmq.%I q), %s)',
         pgmq.format_table_name(queue_name, 'q'),
         CASE WHEN backfill THEN format('(SELECT min(b.vt) FROM pgmq.%I b)',
-                                       pgmq.format_table_name(embeddings.backfill_queue(queue_name), 'q'))
+                                       pgmq.format_table_name(embeddings_internal.backfill_queue(queue_name), 'q'))
              ELSE 'NULL' END);
     next_job timestamptz;
     looked_at text;
@@ -114,20 +114,20 @@ COMMENT ON FUNCTION embeddings.wait_for_jobs IS
     'Waits until a queue may have work for a worker, or a timeout. Schema owner and worker roles.';
 
 -- Creates the pgmq queue unless it exists; for a live queue, its backfill lane too
--- (embeddings.backfill_queue()), granted to the worker roles.
-CREATE FUNCTION embeddings.ensure_queue(queue_name text) RETURNS void
+-- (embeddings_internal.backfill_queue()), granted to the worker roles.
+CREATE FUNCTION embeddings_internal.ensure_queue(queue_name text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     lane text;
 BEGIN
-    PERFORM embeddings.create_queue(queue_name, NULL);
+    PERFORM embeddings_internal.create_queue(queue_name, NULL);
     -- lanes: BEGIN (every live queue has a backfill queue beside it)
     IF (SELECT q.live_queue FROM embeddings.queues q WHERE q.name = queue_name) IS NULL THEN
-        lane := embeddings.backfill_queue(queue_name);
+        lane := embeddings_internal.backfill_queue(queue_name);
         -- Not while the schema is being installed (80_roles.sql grants every queue then).
-        IF embeddings.create_queue(lane, queue_name)
-           AND to_regprocedure('embeddings.grant_worker_queue(name, text)') IS NOT NULL THEN
-            PERFORM embeddings.grant_worker_queue(r.role_name, lane) FROM embeddings.worker_role_names() AS r(role_name);
+        IF embeddings_internal.create_queue(lane, queue_name)
+           AND to_regprocedure('embeddings_internal.grant_worker_queue(name, text)') IS NOT NULL THEN
+            PERFORM embeddings_internal.grant_worker_queue(r.role_name, lane) FROM embeddings_internal.worker_role_names() AS r(role_name);
         END IF;
     END IF;
     -- lanes: END
@@ -141,7 +141,7 @@ $$;
 -- built into Postgres (names starting with "pg_", which only Postgres makes) holds on the queue
 -- table, its archive and its message id sequence is revoked. Grants an operator gave a role of
 -- its own stay; pgmq's other tables (its registry of queues) hold no keys and are left as they are.
-CREATE FUNCTION embeddings.revoke_pgmq_grants(queue_name text) RETURNS void
+CREATE FUNCTION embeddings_internal.revoke_pgmq_grants(queue_name text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     queue_table regclass := pg_catalog.to_regclass(pg_catalog.format('pgmq.%I', pgmq.format_table_name(queue_name, 'q')));
@@ -172,7 +172,7 @@ $$;
 -- queue a backfill lane serves. Returns false when it was registered already; a registered
 -- queue gets back a missing pgmq queue, and loses what pgmq granted (on every install and
 -- upgrade too: sql/99_regenerate.sql).
-CREATE FUNCTION embeddings.create_queue(queue_name text, live_queue text) RETURNS boolean
+CREATE FUNCTION embeddings_internal.create_queue(queue_name text, live_queue text) RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     created boolean := false;
@@ -183,7 +183,7 @@ BEGIN
         PERFORM pgmq.create(queue_name);
         created := true;
     END IF;
-    PERFORM embeddings.revoke_pgmq_grants(queue_name);
+    PERFORM embeddings_internal.revoke_pgmq_grants(queue_name);
     IF registered.name IS NOT NULL THEN
         RETURN false;
     END IF;
@@ -198,7 +198,7 @@ $$;
 -- queue; watch()'s initial enqueue, model changes, sweep() and `failures --retry` go here.
 -- Workers read the live queue first, so a row the application writes never waits behind a
 -- backfill (worker/lanes.py).
-CREATE FUNCTION embeddings.backfill_queue(queue_name text) RETURNS text
+CREATE FUNCTION embeddings_internal.backfill_queue(queue_name text) RETURNS text
 LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN length(queue_name) <= 38 THEN queue_name || '_backfill'
                 ELSE left(queue_name, 28) || '_' || left(md5(queue_name), 8) || '_backfill' END
@@ -212,14 +212,14 @@ $$;
 -- live queue themselves. SECURITY DEFINER so that its callers need no rights on pgmq, and so
 -- executable by no one but its owner unless granted: any role that could call it could flood
 -- any target's queue.
-CREATE FUNCTION embeddings.enqueue_keys(target_id integer, keys anyarray, delay integer DEFAULT 0,
+CREATE FUNCTION embeddings_internal.enqueue_keys(target_id integer, keys anyarray, delay integer DEFAULT 0,
                                         lane text DEFAULT 'live')
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     queue_name text;
     total integer := coalesce(cardinality(keys), 0);
-    per_message integer := embeddings.keys_per_message();
+    per_message integer := embeddings_internal.keys_per_message();
     extra jsonb := CASE WHEN lane = 'change' THEN '{"shadow": true}'::jsonb ELSE '{}'::jsonb END;
     all_keys jsonb;
 BEGIN
@@ -234,7 +234,7 @@ BEGIN
         RAISE EXCEPTION 'embeddings: no target with id %', target_id;
     END IF;
     IF lane <> 'live' THEN
-        queue_name := embeddings.backfill_queue(queue_name);
+        queue_name := embeddings_internal.backfill_queue(queue_name);
     END IF;
     -- Slicing an array is several times cheaper than grouping rows into chunks; a jsonb array,
     -- since slicing a Postgres array of variable-width keys (text, composite keys' jsonb) walks

@@ -8,7 +8,7 @@
 -- statement's keys go in as its key columns' arrays: single-row INSERTs run measurably faster
 -- (docs/performance.md, "The inbox: no queue row per statement"). A bulk statement writes one row per 4,096 keys.
 --
--- Moving (embeddings.move_inbox) deletes inbox rows and inserts their keys as job messages of
+-- Moving (embeddings_internal.move_inbox) deletes inbox rows and inserts their keys as job messages of
 -- up to keys_per_message() keys, one transaction, so a key is in exactly one of the two places
 -- at any moment; SKIP LOCKED keeps concurrent movers apart. Keys of single-row statements are
 -- coalesced into shared messages, and a key written twice before a move is queued once. The
@@ -18,7 +18,7 @@
 
 -- A statement's keys go into rows of up to this many: a 10-million-row INSERT writes 2,442 rows
 -- rather than one jsonb of ~80 MB that every move and count would read whole.
-CREATE FUNCTION embeddings.inbox_keys_per_row() RETURNS integer
+CREATE FUNCTION embeddings_internal.inbox_keys_per_row() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 4096;
 
@@ -27,7 +27,7 @@ RETURN 4096;
 -- when the inbox is empty (the worker calls it before every read), and a move takes what
 -- accumulated since the last, so the inbox stays short and the queue keeps the order.
 -- SECURITY DEFINER: worker roles need no rights on the queue's insert.
-CREATE FUNCTION embeddings.move_inbox(queue_name text, max_rows integer DEFAULT 10000,
+CREATE FUNCTION embeddings_internal.move_inbox(queue_name text, max_rows integer DEFAULT 10000,
                                       max_keys integer DEFAULT 100000) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -54,7 +54,7 @@ BEGIN
             FROM (SELECT t.target, t.enqueued_at, m.key,
                          row_number() OVER (ORDER BY t.enqueued_at, t.place, m.n) AS pos
                   FROM taken t,
-                       LATERAL embeddings.message_keys(jsonb_build_object('columns', t.columns))
+                       LATERAL embeddings_internal.message_keys(jsonb_build_object('columns', t.columns))
                            WITH ORDINALITY AS m(key, n)) k
             GROUP BY k.target, k.key),
         parts AS (
@@ -68,16 +68,16 @@ BEGIN
         GROUP BY p.target, p.part
         ORDER BY min(p.pos)$q$,
         pgmq.format_table_name(queue_name, 'q'))
-    USING queue_name, max_rows, embeddings.keys_per_message(), max_keys;
+    USING queue_name, max_rows, embeddings_internal.keys_per_message(), max_keys;
     GET DIAGNOSTICS sent = ROW_COUNT;
     RETURN sent;
 END
 $$;
 
 -- What waits in the inbox for live queue `queue_name`, per target: rows (statements), row keys,
--- the oldest write. The inbox's part of embeddings.queue_pending() and of the worker's gauges.
+-- the oldest write. The inbox's part of embeddings_internal.queue_pending() and of the worker's gauges.
 -- SECURITY DEFINER: whoever may read the status or run a worker may read these counts.
-CREATE FUNCTION embeddings.inbox_pending(queue_name text)
+CREATE FUNCTION embeddings_internal.inbox_pending(queue_name text)
 RETURNS TABLE (target_id integer, rows bigint, keys bigint, oldest timestamptz)
 LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT i.target, count(*), sum(i.keys), min(i.enqueued_at)

@@ -15,7 +15,7 @@
 -- (sql/32_access.sql).
 
 -- A domain's base type (through domains over domains); any other type itself.
-CREATE FUNCTION embeddings.base_type(ty regtype) RETURNS regtype
+CREATE FUNCTION embeddings_internal.base_type(ty regtype) RETURNS regtype
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH RECURSIVE d (oid, base) AS (
         SELECT t.oid, t.typbasetype FROM pg_catalog.pg_type t WHERE t.oid = ty
@@ -30,11 +30,11 @@ $$;
 -- given to to_jsonb() in privileged code. Not jsonb: to_jsonb() of one is the value itself, whose
 -- text the worker could not write back as Postgres does (key order, number format), so a jsonb
 -- key travels as the string of its text, as a user type's does.
-CREATE FUNCTION embeddings.builtin_scalar(ty regtype) RETURNS boolean
+CREATE FUNCTION embeddings_internal.builtin_scalar(ty regtype) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT t.oid < 16384 AND t.typtype = 'b' AND t.typcategory NOT IN ('A', 'C')
            AND t.oid <> 'pg_catalog.jsonb'::regtype
-    FROM pg_catalog.pg_type t WHERE t.oid = embeddings.base_type(ty)
+    FROM pg_catalog.pg_type t WHERE t.oid = embeddings_internal.base_type(ty)
 $$;
 
 -- The operator of strategy `strategy` (1 <, 3 =, 5 >) of the default btree operator class of
@@ -44,11 +44,11 @@ $$;
 -- arrays, ranges). Used as OPERATOR(schema.name) the operator is resolved in that schema only,
 -- for the operands' types: a type binary-coercible only in assignment (xml to text) would not
 -- find it, so only implicit coercions count, as Postgres's own choice of a default class has it.
-CREATE FUNCTION embeddings.key_operator(ty regtype, strategy integer) RETURNS text
+CREATE FUNCTION embeddings_internal.key_operator(ty regtype, strategy integer) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH b AS (
         SELECT t.oid, t.typtype, t.typsubscript FROM pg_catalog.pg_type t
-        WHERE t.oid = embeddings.base_type(ty)
+        WHERE t.oid = embeddings_internal.base_type(ty)
     ), candidates (intype, preference) AS (
         SELECT b.oid, 0 FROM b
         UNION ALL
@@ -75,46 +75,46 @@ $$;
 
 -- Expression `expr` of type `ty` as its base type: a domain's value cast to the base type (no
 -- cast function, no CHECK), anything else as it is.
-CREATE FUNCTION embeddings.as_base_sql(ty regtype, expr text) RETURNS text
+CREATE FUNCTION embeddings_internal.as_base_sql(ty regtype, expr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN embeddings.base_type(ty) = ty THEN expr
+    SELECT CASE WHEN embeddings_internal.base_type(ty) = ty THEN expr
                 ELSE (SELECT format('(%s)::%I.%I', expr, n.nspname, t.typname)
                       FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-                      WHERE t.oid = embeddings.base_type(ty)) END
+                      WHERE t.oid = embeddings_internal.base_type(ty)) END
 $$;
 
 -- Expression `expr` of type `ty` written with no cast of a user type: by format() template
 -- `builtin` of its base-type expression (as_base_sql()) when ty is a built-in scalar, else by
 -- template `other` of expr as it is (text_sql(), key_part_json_sql()).
-CREATE FUNCTION embeddings.builtin_or_other_sql(ty regtype, expr text, builtin text, other text) RETURNS text
+CREATE FUNCTION embeddings_internal.builtin_or_other_sql(ty regtype, expr text, builtin text, other text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN embeddings.builtin_scalar(ty) THEN format(builtin, embeddings.as_base_sql(ty, expr))
+    SELECT CASE WHEN embeddings_internal.builtin_scalar(ty) THEN format(builtin, embeddings_internal.as_base_sql(ty, expr))
                 ELSE format(other, expr) END
 $$;
 
 -- The text of expression `expr` of type `ty`, NULL for NULL, with no cast of a user type: a
 -- built-in type's cast to text, else its output function.
-CREATE FUNCTION embeddings.text_sql(ty regtype, expr text) RETURNS text
+CREATE FUNCTION embeddings_internal.text_sql(ty regtype, expr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.builtin_or_other_sql(ty, expr, '(%s)::pg_catalog.text',
+    SELECT embeddings_internal.builtin_or_other_sql(ty, expr, '(%s)::pg_catalog.text',
                                            'CASE WHEN (%1$s) IS NULL THEN NULL ELSE pg_catalog.format(''%%s'', %1$s) END')
 $$;
 
 -- The JSON of expression `expr` of key type `ty`, as jobs carry key values: to_jsonb() of a
 -- built-in scalar, else the JSON string of its text.
-CREATE FUNCTION embeddings.key_part_json_sql(ty regtype, expr text) RETURNS text
+CREATE FUNCTION embeddings_internal.key_part_json_sql(ty regtype, expr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.builtin_or_other_sql(ty, expr, 'pg_catalog.to_jsonb(%s)', 'pg_catalog.to_jsonb(pg_catalog.format(''%%s'', %s))')
+    SELECT embeddings_internal.builtin_or_other_sql(ty, expr, 'pg_catalog.to_jsonb(%s)', 'pg_catalog.to_jsonb(pg_catalog.format(''%%s'', %s))')
 $$;
 
 -- The row key of row alias `row_alias` as it goes into a message: the key column's JSON (a
 -- scalar), or a JSON array of the key columns'.
-CREATE FUNCTION embeddings.key_json_sql(t embeddings.targets, row_alias text) RETURNS text
+CREATE FUNCTION embeddings_internal.key_json_sql(t embeddings.targets, row_alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN cardinality(t.key_columns) = 1
-                THEN embeddings.key_part_json_sql(t.key_types[1], format('%I.%I', row_alias, t.key_columns[1]))
+                THEN embeddings_internal.key_part_json_sql(t.key_types[1], format('%I.%I', row_alias, t.key_columns[1]))
                 ELSE format('pg_catalog.jsonb_build_array(%s)',
-                            (SELECT string_agg(embeddings.key_part_json_sql(k.ty, format('%I.%I', row_alias, k.c)),
+                            (SELECT string_agg(embeddings_internal.key_part_json_sql(k.ty, format('%I.%I', row_alias, k.c)),
                                                ', ' ORDER BY k.i)
                              FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)))
            END
@@ -122,10 +122,10 @@ $$;
 
 -- "Same key" between two row aliases, with the equality operator of each key column's type's
 -- default btree operator class.
-CREATE FUNCTION embeddings.key_equal_sql(t embeddings.targets, left_alias text, right_alias text) RETURNS text
+CREATE FUNCTION embeddings_internal.key_equal_sql(t embeddings.targets, left_alias text, right_alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT string_agg(format('%1$I.%3$I %4$s %2$I.%3$I', left_alias, right_alias, k.c,
-                             embeddings.key_operator(k.ty, 3)),
+                             embeddings_internal.key_operator(k.ty, 3)),
                       ' AND ' ORDER BY k.i)
     FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)
 $$;
@@ -134,10 +134,10 @@ $$;
 -- types, in key order) in the key's order (ORDER BY the key columns), with the operators of the
 -- key types' default btree operator classes: one row comparison where they are all of one
 -- schema (an index range), else spelled out column by column.
-CREATE FUNCTION embeddings.key_after_sql(t embeddings.targets, row_alias text, key_values text[]) RETURNS text
+CREATE FUNCTION embeddings_internal.key_after_sql(t embeddings.targets, row_alias text, key_values text[]) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH k AS (
-        SELECT c, ty, i, v, embeddings.key_operator(ty, 5) AS gt, embeddings.key_operator(ty, 3) AS eq
+        SELECT c, ty, i, v, embeddings_internal.key_operator(ty, 5) AS gt, embeddings_internal.key_operator(ty, 3) AS eq
         FROM unnest(t.key_columns, t.key_types, key_values) WITH ORDINALITY AS u(c, ty, v, i)
     )
     SELECT CASE
@@ -157,7 +157,7 @@ $$;
 
 -- The key column types of table `source` with their modifiers, as format_type() writes them
 -- (char(10), not character), for casts of key values made from text.
-CREATE FUNCTION embeddings.key_sql_types(t embeddings.targets) RETURNS text[]
+CREATE FUNCTION embeddings_internal.key_sql_types(t embeddings.targets) RETURNS text[]
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT array_agg(format_type(a.atttypid, a.atttypmod) ORDER BY k.i)
     FROM unnest(t.key_attnums) WITH ORDINALITY AS k(n, i)
@@ -167,12 +167,12 @@ $$;
 -- The types the text of a value of key type `ty` is made of: the type itself (a domain: its base
 -- type) and, `nested` in it, an array's elements, a range's subtype (a multirange's range), a
 -- composite's fields, recursively.
-CREATE FUNCTION embeddings.key_part_types(ty regtype) RETURNS TABLE (part regtype, nested boolean)
+CREATE FUNCTION embeddings_internal.key_part_types(ty regtype) RETURNS TABLE (part regtype, nested boolean)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH RECURSIVE p (part, nested, depth) AS (
-        SELECT embeddings.base_type(ty), false, 0
+        SELECT embeddings_internal.base_type(ty), false, 0
         UNION ALL
-        SELECT embeddings.base_type(c.child), true, p.depth + 1
+        SELECT embeddings_internal.base_type(c.child), true, p.depth + 1
         FROM p CROSS JOIN LATERAL (
             SELECT t.typelem FROM pg_catalog.pg_type t
             WHERE t.oid = p.part AND t.typsubscript = 'pg_catalog.array_subscript_handler'::regproc
@@ -198,22 +198,22 @@ $$;
 -- with theirs, and fails on the first comparison when one has none (point[]; a composite holding
 -- xml): every part must have one. (A range compares its bounds with the class its definition
 -- names, so one over a type without a default class is refused too: a superuser's type.)
-CREATE FUNCTION embeddings.key_type_problem(ty regtype) RETURNS text
+CREATE FUNCTION embeddings_internal.key_type_problem(ty regtype) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH incomparable AS (
         SELECT string_agg(DISTINCT format_type(p.part, NULL), ', ') AS parts
-        FROM embeddings.key_part_types(ty) p
-        WHERE p.nested AND (embeddings.key_operator(p.part, 3) IS NULL OR embeddings.key_operator(p.part, 5) IS NULL)
+        FROM embeddings_internal.key_part_types(ty) p
+        WHERE p.nested AND (embeddings_internal.key_operator(p.part, 3) IS NULL OR embeddings_internal.key_operator(p.part, 5) IS NULL)
     )
     SELECT CASE
-        WHEN embeddings.key_operator(ty, 3) IS NULL OR embeddings.key_operator(ty, 5) IS NULL THEN
+        WHEN embeddings_internal.key_operator(ty, 3) IS NULL OR embeddings_internal.key_operator(ty, 5) IS NULL THEN
             'which has no default btree operator class: rows are found by their key''s equality and order'
         WHEN (SELECT parts FROM incomparable) IS NOT NULL THEN
             format('holding %s, which has no default btree operator class: rows are found by their key''s equality and order',
                    (SELECT parts FROM incomparable))
-        WHEN EXISTS (SELECT FROM embeddings.key_part_types(ty) p WHERE p.part = 'pg_catalog.money'::regtype) THEN
+        WHEN EXISTS (SELECT FROM embeddings_internal.key_part_types(ty) p WHERE p.part = 'pg_catalog.money'::regtype) THEN
             'whose text depends on lc_monetary: a key written by a session with another setting than the worker''s would read back as another value'
-        WHEN EXISTS (SELECT FROM embeddings.key_part_types(ty) p JOIN pg_catalog.pg_type t ON t.oid = p.part
+        WHEN EXISTS (SELECT FROM embeddings_internal.key_part_types(ty) p JOIN pg_catalog.pg_type t ON t.oid = p.part
                      WHERE t.typnamespace = 'pg_catalog'::regnamespace AND t.typname ~ '^reg[a-z]+$') THEN
             'whose text depends on search_path: a key written by a session with another setting than the worker''s would read back as another object'
     END
@@ -233,11 +233,11 @@ $$;
 -- fingerprints, enqueueing a table's rows) pin all of them, for every target, written out:
 --   SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = postgres
 --   SET extra_float_digits = 3 SET bytea_output = hex
-CREATE FUNCTION embeddings.key_settings(t embeddings.targets) RETURNS TABLE (name text, value text)
+CREATE FUNCTION embeddings_internal.key_settings(t embeddings.targets) RETURNS TABLE (name text, value text)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT DISTINCT s.name, s.value
     FROM unnest(t.key_types) AS k(ty)
-    CROSS JOIN LATERAL embeddings.key_part_types(k.ty) p
+    CROSS JOIN LATERAL embeddings_internal.key_part_types(k.ty) p
     JOIN (VALUES ('pg_catalog.float4'::regtype, false, 'extra_float_digits', '3'),
                  ('pg_catalog.float8'::regtype, false, 'extra_float_digits', '3'),
                  ('pg_catalog.interval'::regtype, false, 'IntervalStyle', 'postgres'),
@@ -250,8 +250,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The same as SET clauses of CREATE FUNCTION (' SET TimeZone = ''UTC''...'), or ''.
-CREATE FUNCTION embeddings.key_settings_sql(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.key_settings_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(string_agg(format(' SET %s = %L', s.name, s.value), '' ORDER BY s.name), '')
-    FROM embeddings.key_settings(t) s
+    FROM embeddings_internal.key_settings(t) s
 $$;

@@ -24,7 +24,7 @@
 -- lines lose the indentation they share, and its first and last blank lines go; with
 -- `indent`, its lines are indented by that many spaces instead (a block to go inside another:
 -- only the template's own lines move, never a value's).
-CREATE FUNCTION embeddings.render(template text, args jsonb, indent integer DEFAULT 0) RETURNS text
+CREATE FUNCTION embeddings_internal.render(template text, args jsonb, indent integer DEFAULT 0) RETURNS text
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     pieces text[];
@@ -46,7 +46,7 @@ BEGIN
     rendered := pieces[1];
     FOR placeholder IN SELECT regexp_matches(template, '%\((\w+)\)([IsL])', 'g') LOOP
         IF NOT args ? placeholder[1] THEN
-            RAISE EXCEPTION 'embeddings.render: the template names %%(%)%, which has no value', placeholder[1], placeholder[2]
+            RAISE EXCEPTION 'embeddings_internal.render: the template names %%(%)%, which has no value', placeholder[1], placeholder[2]
                 USING ERRCODE = 'undefined_parameter',
                       DETAIL = format('Values given: %s.', (SELECT string_agg(k, ', ' ORDER BY k) FROM jsonb_object_keys(args) k));
         END IF;
@@ -55,7 +55,7 @@ BEGIN
         -- Function bodies are quoted $body$ ... $body$: a name or value holding that tag (a
         -- column named so) would end the body there, and what follows would be run as SQL.
         IF strpos(value, '$body$') > 0 THEN
-            RAISE EXCEPTION 'embeddings.render: the value of %%(%)% holds "$body$", which generated code may not contain: %',
+            RAISE EXCEPTION 'embeddings_internal.render: the value of %%(%)% holds "$body$", which generated code may not contain: %',
                     placeholder[1], placeholder[2], left(value, 200)
                 USING ERRCODE = 'invalid_name', HINT = 'Rename the table, column or function whose name holds it.';
         END IF;
@@ -68,15 +68,15 @@ $$;
 -- The texts of `template` rendered with each element of `each` (a JSON array of objects: each
 -- element's values over `args`), joined by `separator`: a list (a key's columns, say) from one
 -- template. NULL for an empty array.
-CREATE FUNCTION embeddings.render_each(template text, each jsonb, separator text, args jsonb DEFAULT '{}')
+CREATE FUNCTION embeddings_internal.render_each(template text, each jsonb, separator text, args jsonb DEFAULT '{}')
 RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT string_agg(embeddings.render(template, args || e.value), separator ORDER BY e.i)
+    SELECT string_agg(embeddings_internal.render(template, args || e.value), separator ORDER BY e.i)
     FROM jsonb_array_elements(each) WITH ORDINALITY AS e(value, i)
 $$;
 
 -- Runs the statements a builder returned, in order (an installer's one step).
-CREATE FUNCTION embeddings.run_code(code text[]) RETURNS void
+CREATE FUNCTION embeddings_internal.run_code(code text[]) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     statement text;
@@ -93,15 +93,15 @@ $$;
 -- (trigger_code() and trigger_ddl(), sql/30_triggers.sql, run by generate_functions() and
 -- install_triggers()), search's functions and its store's policy (search_code(),
 -- sql/58_search.sql). The installers add only grants and owners.
-CREATE FUNCTION embeddings.target_code(t embeddings.targets) RETURNS TABLE (part text, name text, statement text)
+CREATE FUNCTION embeddings_internal.target_code(t embeddings.targets) RETURNS TABLE (part text, name text, statement text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN QUERY SELECT 'access'::text, c.name, c.statement FROM embeddings.access_code(t) c;
-    RETURN QUERY SELECT 'trigger function'::text, c.name, c.statement FROM embeddings.trigger_code(t) c;
+    RETURN QUERY SELECT 'access'::text, c.name, c.statement FROM embeddings_internal.access_code(t) c;
+    RETURN QUERY SELECT 'trigger function'::text, c.name, c.statement FROM embeddings_internal.trigger_code(t) c;
     RETURN QUERY SELECT 'trigger'::text, d.name, s.statement
-                 FROM embeddings.trigger_ddl(t, t.source) WITH ORDINALITY AS d(name, statement, firing, i)
+                 FROM embeddings_internal.trigger_ddl(t, t.source) WITH ORDINALITY AS d(name, statement, firing, i)
                  CROSS JOIN LATERAL (VALUES (1, d.statement), (2, d.firing)) AS s(j, statement)
                  WHERE s.statement IS NOT NULL ORDER BY d.i, s.j;
-    RETURN QUERY SELECT 'search'::text, c.name, c.statement FROM embeddings.search_code(t) c;
+    RETURN QUERY SELECT 'search'::text, c.name, c.statement FROM embeddings_internal.search_code(t) c;
 END
 $$;

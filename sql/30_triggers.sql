@@ -46,7 +46,7 @@
 -- caught.
 
 -- Whether target t's content is a bytea column: documents (sql/55_chunks.sql).
-CREATE FUNCTION embeddings.content_is_bytes(t embeddings.targets) RETURNS boolean
+CREATE FUNCTION embeddings_internal.content_is_bytes(t embeddings.targets) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce((SELECT a.atttypid = 'pg_catalog.bytea'::regtype FROM pg_catalog.pg_attribute a
                      WHERE a.attrelid = t.source AND a.attnum = t.content_attnum AND t.content_column IS NOT NULL), false)
@@ -59,27 +59,27 @@ $$;
 -- have the partition's own type. A bytea column's documents (sql/55_chunks.sql) as base64, one
 -- text whatever the session's bytea_output: the worker decodes it, and its md5 is the
 -- stale-write guard's as any content's.
-CREATE FUNCTION embeddings.content_sql(t embeddings.targets, row_alias text, row_type regclass DEFAULT NULL,
+CREATE FUNCTION embeddings_internal.content_sql(t embeddings.targets, row_alias text, row_type regclass DEFAULT NULL,
                                        wrapped boolean DEFAULT true)
 RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
-        WHEN embeddings.content_is_bytes(t) THEN
-            embeddings.render('pg_catalog.encode(%(alias)I.%(column)I, ''base64'')', v.args)
+        WHEN embeddings_internal.content_is_bytes(t) THEN
+            embeddings_internal.render('pg_catalog.encode(%(alias)I.%(column)I, ''base64'')', v.args)
         WHEN t.content_column IS NOT NULL THEN
-            embeddings.text_sql((SELECT a.atttypid::regtype FROM pg_catalog.pg_attribute a
+            embeddings_internal.text_sql((SELECT a.atttypid::regtype FROM pg_catalog.pg_attribute a
                                  WHERE a.attrelid = t.source AND a.attnum = t.content_attnum),
-                                embeddings.render('%(alias)I.%(column)I', v.args))
-        WHEN wrapped THEN embeddings.render('embeddings.%(wrapper)I(%(arg)s)', v.args)
-        ELSE embeddings.render('%(schema)I.%(function)I(%(arg)s)', v.args)
+                                embeddings_internal.render('%(alias)I.%(column)I', v.args))
+        WHEN wrapped THEN embeddings_internal.render('embeddings.%(wrapper)I(%(arg)s)', v.args)
+        ELSE embeddings_internal.render('%(schema)I.%(function)I(%(arg)s)', v.args)
     END
     FROM (SELECT jsonb_build_object(
                      'alias', row_alias, 'column', t.content_column, 'wrapper', 'embeddings_' || t.id || '_content',
                      'schema', p.schema, 'function', p.function,
                      'arg', CASE WHEN row_type IS NULL THEN quote_ident(row_alias)
-                                 ELSE embeddings.render('ROW(%(fields)s)::%(type)s', jsonb_build_object(
+                                 ELSE embeddings_internal.render('ROW(%(fields)s)::%(type)s', jsonb_build_object(
                                           'type', row_type::text,
-                                          'fields', (SELECT embeddings.render_each('%(alias)I.%(field)I',
+                                          'fields', (SELECT embeddings_internal.render_each('%(alias)I.%(field)I',
                                                                                    jsonb_agg(jsonb_build_object('alias', row_alias, 'field', a.attname)
                                                                                              ORDER BY a.attnum), ', ')
                                                      FROM pg_catalog.pg_attribute a
@@ -93,18 +93,18 @@ $$;
 -- content_sql(), but a bytea column as it is. A trigger runs in the application's statement:
 -- encoding a document twice per updated row would cost it time, and a value past 750 MB
 -- would fail it (base64 grows it past the 1 GB a value may have).
-CREATE FUNCTION embeddings.content_compared_sql(t embeddings.targets, row_alias text, row_type regclass DEFAULT NULL)
+CREATE FUNCTION embeddings_internal.content_compared_sql(t embeddings.targets, row_alias text, row_type regclass DEFAULT NULL)
 RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN embeddings.content_is_bytes(t)
-                THEN embeddings.render('%(alias)I.%(column)I', jsonb_build_object('alias', row_alias, 'column', t.content_column))
-                ELSE embeddings.content_sql(t, row_alias, row_type) END
+    SELECT CASE WHEN embeddings_internal.content_is_bytes(t)
+                THEN embeddings_internal.render('%(alias)I.%(column)I', jsonb_build_object('alias', row_alias, 'column', t.content_column))
+                ELSE embeddings_internal.content_sql(t, row_alias, row_type) END
 $$;
 
 -- Columns whose change can change the content: the content column, or, for a generated
 -- content column, the columns its expression reads (a BEFORE trigger cannot see NEW generated
 -- values). NULL for a content function (it may read anything).
-CREATE FUNCTION embeddings.content_inputs(t embeddings.targets) RETURNS name[]
+CREATE FUNCTION embeddings_internal.content_inputs(t embeddings.targets) RETURNS name[]
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN t.content_column IS NULL THEN NULL
@@ -123,10 +123,10 @@ $$;
 
 -- The rows of the transition table old_rows whose key no row of new_rows has: those an UPDATE
 -- gave another key.
-CREATE FUNCTION embeddings.vanished_rows_sql(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.vanished_rows_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.render('SELECT o.* FROM old_rows o WHERE NOT EXISTS (SELECT FROM new_rows n WHERE %(same_key)s)',
-                             jsonb_build_object('same_key', embeddings.key_equal_sql(t, 'o', 'n')))
+    SELECT embeddings_internal.render('SELECT o.* FROM old_rows o WHERE NOT EXISTS (SELECT FROM new_rows n WHERE %(same_key)s)',
+                             jsonb_build_object('same_key', embeddings_internal.key_equal_sql(t, 'o', 'n')))
 $$;
 
 -- The statement that enqueues the keys of the rows `from_where` selects (it binds alias n); 0
@@ -140,31 +140,31 @@ $$;
 -- (through numeric) ~3x their array text. A column of a variable-width type (text, numeric,
 -- ...) is sliced as one jsonb array: slicing a Postgres array of such elements walks it from its
 -- start, so the slices of n keys would cost O(n^2).
-CREATE FUNCTION embeddings.enqueue_statement(t embeddings.targets, from_where text) RETURNS text
+CREATE FUNCTION embeddings_internal.enqueue_statement(t embeddings.targets, from_where text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH k AS (
         SELECT jsonb_build_object(
-                   'n', u.i - 1, 'column', u.c, 'per_row', embeddings.inbox_keys_per_row(),
-                   'value', embeddings.as_base_sql(u.ty, embeddings.render('n.%(column)I', jsonb_build_object('column', u.c))))
+                   'n', u.i - 1, 'column', u.c, 'per_row', embeddings_internal.inbox_keys_per_row(),
+                   'value', embeddings_internal.as_base_sql(u.ty, embeddings_internal.render('n.%(column)I', jsonb_build_object('column', u.c))))
                AS part,
-               CASE WHEN NOT embeddings.builtin_scalar(u.ty) THEN 'text'
-                    WHEN embeddings.base_type(u.ty) = ANY ('{int2,int4,int8}'::regtype[]) THEN 'int'
-                    WHEN (SELECT ty.typlen FROM pg_catalog.pg_type ty WHERE ty.oid = embeddings.base_type(u.ty)) > 0
+               CASE WHEN NOT embeddings_internal.builtin_scalar(u.ty) THEN 'text'
+                    WHEN embeddings_internal.base_type(u.ty) = ANY ('{int2,int4,int8}'::regtype[]) THEN 'int'
+                    WHEN (SELECT ty.typlen FROM pg_catalog.pg_type ty WHERE ty.oid = embeddings_internal.base_type(u.ty)) > 0
                     THEN 'fixed'
                     ELSE 'variable' END AS class,
                u.i
         FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS u(c, ty, i)
     )
-    SELECT embeddings.render(
+    SELECT embeddings_internal.render(
         'INSERT INTO embeddings.inbox (target, keys, columns) '
         'SELECT %(target)s, LEAST(s.keys - i + 1, %(per_row)s), '
         'pg_catalog.jsonb_build_array(%(slices)s) '
         'FROM (SELECT pg_catalog.count(*)::integer AS keys, %(aggregates)s %(from_where)s) AS s, '
         'pg_catalog.generate_series(1, s.keys, %(per_row)s) AS i',
         jsonb_build_object(
-            'target', t.id, 'per_row', embeddings.inbox_keys_per_row(), 'from_where', from_where,
+            'target', t.id, 'per_row', embeddings_internal.inbox_keys_per_row(), 'from_where', from_where,
             -- each column's slice of the keys of one inbox row
-            'slices', (SELECT string_agg(embeddings.render(CASE k.class
+            'slices', (SELECT string_agg(embeddings_internal.render(CASE k.class
                                              WHEN 'int' THEN '(s.k%(n)s[i : i + %(per_row)s - 1])::pg_catalog.text'
                                              WHEN 'fixed' THEN 'pg_catalog.to_jsonb(s.k%(n)s[i : i + %(per_row)s - 1])'
                                              ELSE 'pg_catalog.jsonb_path_query_array(s.k%(n)s, ''$[$a to $b]'', '
@@ -172,7 +172,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                          k.part), ', ' ORDER BY k.i)
                        FROM k),
             -- each column's keys, aggregated once
-            'aggregates', (SELECT string_agg(embeddings.render(CASE k.class
+            'aggregates', (SELECT string_agg(embeddings_internal.render(CASE k.class
                                                  WHEN 'text' THEN 'pg_catalog.to_jsonb(pg_catalog.array_agg(pg_catalog.format(''%s'', n.%(column)I))) AS k%(n)s'
                                                  WHEN 'variable' THEN 'pg_catalog.to_jsonb(pg_catalog.array_agg(%(value)s)) AS k%(n)s'
                                                  ELSE 'pg_catalog.array_agg(%(value)s) AS k%(n)s' END,
@@ -186,9 +186,9 @@ $$;
 -- composite (or a domain, which may be one) num_nulls() tells them apart. Only there, so that
 -- the common key keeps the statement the write path was measured with (docs/performance.md,
 -- "Figures behind the code's choices").
-CREATE FUNCTION embeddings.no_old_row_sql(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.no_old_row_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.render(
+    SELECT embeddings_internal.render(
         CASE WHEN (SELECT ty.typtype IN ('c', 'd') FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
                    WHERE a.attrelid = t.source AND a.attname = t.key_columns[1])
              THEN 'pg_catalog.num_nulls(o.%(key)I) OPERATOR(pg_catalog.=) 1' ELSE 'o.%(key)I IS NULL' END,
@@ -202,47 +202,47 @@ $$;
 -- (changed_vector_sql()), and for a store apart from the table the old keys an UPDATE took
 -- away; the same `unfiltered`, for a content function that raised: without its content.
 -- `row_type`: the source's row type, to rebuild a partition's rows as (content_sql()).
-CREATE FUNCTION embeddings.trigger_rows_sql(t embeddings.targets, row_type regclass,
+CREATE FUNCTION embeddings_internal.trigger_rows_sql(t embeddings.targets, row_type regclass,
     OUT inserted text, OUT changed text, OUT inserted_unfiltered text, OUT changed_unfiltered text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     by_function boolean := t.content_function IS NOT NULL;
-    apart boolean := embeddings.store_apart(t);  -- sql/54_stores.sql
+    apart boolean := embeddings_internal.store_apart(t);  -- sql/54_stores.sql
     args jsonb := jsonb_build_object(
-        'new_row', embeddings.store_new_row_sql(t, 'n'),
-        'new_content', embeddings.content_compared_sql(t, 'n', row_type),
-        'old_content', embeddings.content_compared_sql(t, 'o', row_type),
-        'same_key', embeddings.key_equal_sql(t, 'o', 'n'),
-        'no_old_row', embeddings.no_old_row_sql(t),
-        'vanished', embeddings.vanished_rows_sql(t));
+        'new_row', embeddings_internal.store_new_row_sql(t, 'n'),
+        'new_content', embeddings_internal.content_compared_sql(t, 'n', row_type),
+        'old_content', embeddings_internal.content_compared_sql(t, 'o', row_type),
+        'same_key', embeddings_internal.key_equal_sql(t, 'o', 'n'),
+        'no_old_row', embeddings_internal.no_old_row_sql(t),
+        'vanished', embeddings_internal.vanished_rows_sql(t));
     changed_when text[];
 BEGIN
-    inserted := embeddings.render('FROM new_rows n WHERE %(new_row)s AND %(new_content)s OPERATOR(pg_catalog.<>) ''''', args);
-    inserted_unfiltered := embeddings.render('FROM new_rows n WHERE %(new_row)s', args);
+    inserted := embeddings_internal.render('FROM new_rows n WHERE %(new_row)s AND %(new_content)s OPERATOR(pg_catalog.<>) ''''', args);
+    inserted_unfiltered := embeddings_internal.render('FROM new_rows n WHERE %(new_row)s', args);
     IF by_function THEN
         -- Each row's old and new content once (the wrapper is a call as the table's owner, which
         -- the planner would repeat for each mention: three per row with clear_on_update);
         -- OFFSET 0 keeps the subquery from being flattened back into those mentions.
-        changed := embeddings.render(
+        changed := embeddings_internal.render(
             'FROM new_rows n LEFT JOIN old_rows o ON %(same_key)s'
             ' CROSS JOIN LATERAL (SELECT %(new_content)s AS new_text, CASE WHEN %(no_old_row)s THEN NULL ELSE %(old_content)s END AS old_text OFFSET 0) c',
             args);
         args := args || jsonb_build_object('new_content', 'c.new_text', 'old_content', 'c.old_text');
     ELSE
-        changed := embeddings.render('FROM new_rows n LEFT JOIN old_rows o ON %(same_key)s', args);
+        changed := embeddings_internal.render('FROM new_rows n LEFT JOIN old_rows o ON %(same_key)s', args);
     END IF;
-    changed_when := ARRAY[embeddings.render('%(no_old_row)s', args),
-                          embeddings.render('%(new_content)s IS DISTINCT FROM %(old_content)s', args)]
-                    || embeddings.store_changed_vector_sql(t);  -- (none: NULL, left out below)
+    changed_when := ARRAY[embeddings_internal.render('%(no_old_row)s', args),
+                          embeddings_internal.render('%(new_content)s IS DISTINCT FROM %(old_content)s', args)]
+                    || embeddings_internal.store_changed_vector_sql(t);  -- (none: NULL, left out below)
     changed := changed || ' WHERE (' || array_to_string(changed_when, ' OR ') || ')';
     IF t.clear_on_update THEN
         -- A change to blank content needs no job: the clear trigger already cleared the row.
-        changed := changed || embeddings.render(' AND %(new_content)s OPERATOR(pg_catalog.<>) ''''', args);
+        changed := changed || embeddings_internal.render(' AND %(new_content)s OPERATOR(pg_catalog.<>) ''''', args);
     END IF;
     IF apart THEN
-        changed := embeddings.render('FROM (SELECT n.* %(changed)s UNION ALL %(vanished)s) n',
+        changed := embeddings_internal.render('FROM (SELECT n.* %(changed)s UNION ALL %(vanished)s) n',
                                      args || jsonb_build_object('changed', changed));
-        changed_unfiltered := embeddings.render('FROM (SELECT * FROM new_rows UNION ALL %(vanished)s) n', args);
+        changed_unfiltered := embeddings_internal.render('FROM (SELECT * FROM new_rows UNION ALL %(vanished)s) n', args);
     ELSE
         changed_unfiltered := 'FROM new_rows n';
     END IF;
@@ -254,11 +254,11 @@ $$;
 -- row) is caught, and `unfiltered` rows are queued instead: the write never fails, and the
 -- worker dead-letters the culprit with its error. `settings`: key_settings_sql() (the keys'
 -- text read back alike in any session).
-CREATE FUNCTION embeddings.statement_trigger_sql(t embeddings.targets, name text, queued text,
+CREATE FUNCTION embeddings_internal.statement_trigger_sql(t embeddings.targets, name text, queued text,
                                                  unfiltered text DEFAULT NULL, settings text DEFAULT '')
 RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.render($template$
+    SELECT embeddings_internal.render($template$
         CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
         BEGIN
@@ -267,22 +267,22 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         %(fallback)sEND
         $body$
         $template$, jsonb_build_object(
-            'name', name, 'settings', settings, 'enqueue', embeddings.enqueue_statement(t, queued),
-            'fallback', CASE WHEN unfiltered IS NOT NULL THEN embeddings.render($template$
+            'name', name, 'settings', settings, 'enqueue', embeddings_internal.enqueue_statement(t, queued),
+            'fallback', CASE WHEN unfiltered IS NOT NULL THEN embeddings_internal.render($template$
                 EXCEPTION WHEN OTHERS THEN
                     RAISE WARNING 'embeddings: content function of % failed (%); enqueued the rows unfiltered', %(source)L, SQLERRM;
                     %(enqueue)s;
                     RETURN NULL;
                 $template$, jsonb_build_object('source', t.source::text,
-                                               'enqueue', embeddings.enqueue_statement(t, unfiltered))) || E'\n' END))
+                                               'enqueue', embeddings_internal.enqueue_statement(t, unfiltered))) || E'\n' END))
 $$;
 
 -- The TRUNCATE trigger function of a target whose store is apart from its table: empties the
 -- store through embeddings_<id>_prune(), which runs as its owner, and never fails the user's
 -- statement.
-CREATE FUNCTION embeddings.truncate_trigger_sql(t embeddings.targets, name text) RETURNS text
+CREATE FUNCTION embeddings_internal.truncate_trigger_sql(t embeddings.targets, name text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.render($template$
+    SELECT embeddings_internal.render($template$
         CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
         BEGIN
@@ -298,19 +298,19 @@ $$;
 
 -- Target t's trigger function for rows applied by logical replication, one at a time (a
 -- replica target's): as the statement triggers, a row at a time, straight into the queue.
-CREATE FUNCTION embeddings.replica_trigger_sql(t embeddings.targets, name text, row_type regclass) RETURNS text
+CREATE FUNCTION embeddings_internal.replica_trigger_sql(t embeddings.targets, name text, row_type regclass) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     args jsonb := jsonb_build_object(
-        'name', name, 'settings', embeddings.key_settings_sql(t), 'target', t.id,
+        'name', name, 'settings', embeddings_internal.key_settings_sql(t), 'target', t.id,
         'queue_table', pgmq.format_table_name(t.queue, 'q'),
-        'new_row', embeddings.store_new_row_sql(t, 'NEW'),
-        'new_content', embeddings.content_compared_sql(t, 'new', row_type),
-        'old_content', embeddings.content_compared_sql(t, 'old', row_type),
-        'same_key', embeddings.key_equal_sql(t, 'old', 'new'),
-        'new_key', embeddings.key_json_sql(t, 'new'), 'old_key', embeddings.key_json_sql(t, 'old'));
+        'new_row', embeddings_internal.store_new_row_sql(t, 'NEW'),
+        'new_content', embeddings_internal.content_compared_sql(t, 'new', row_type),
+        'old_content', embeddings_internal.content_compared_sql(t, 'old', row_type),
+        'same_key', embeddings_internal.key_equal_sql(t, 'old', 'new'),
+        'new_key', embeddings_internal.key_json_sql(t, 'new'), 'old_key', embeddings_internal.key_json_sql(t, 'old'));
 BEGIN
-    RETURN embeddings.render($template$
+    RETURN embeddings_internal.render($template$
         CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
         BEGIN
@@ -325,7 +325,7 @@ BEGIN
         $body$
         $template$, args || jsonb_build_object(
             -- a store apart from the table: a deleted row's key, and the old key of a row whose key changed
-            'follow', CASE WHEN embeddings.store_apart(t) THEN embeddings.render($template$
+            'follow', CASE WHEN embeddings_internal.store_apart(t) THEN embeddings_internal.render($template$
                     IF TG_OP = 'DELETE' OR (TG_OP = 'UPDATE' AND NOT (%(same_key)s)) THEN
                         INSERT INTO pgmq.%(queue_table)I (vt, message)
                         VALUES (pg_catalog.clock_timestamp(),
@@ -354,9 +354,9 @@ $$;
 -- rights: it only edits NEW, and runs nothing of the table owner's (values of a type that is
 -- not built in are compared by their output function's text); EXECUTE stays with PUBLIC:
 -- whoever creates or attaches a partition clones it.
-CREATE FUNCTION embeddings.clear_trigger_sql(t embeddings.targets, name text, row_type regclass) RETURNS text
+CREATE FUNCTION embeddings_internal.clear_trigger_sql(t embeddings.targets, name text, row_type regclass) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.render(CASE
+    SELECT embeddings_internal.render(CASE
         WHEN t.content_function IS NOT NULL THEN $template$
             CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger
             LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
@@ -377,7 +377,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             END
             $body$
             $template$
-        WHEN cardinality(embeddings.content_inputs(t)) = 0 THEN $template$
+        WHEN cardinality(embeddings_internal.content_inputs(t)) = 0 THEN $template$
             CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger LANGUAGE plpgsql
                 SET search_path = pg_catalog, pg_temp AS $body$
             BEGIN
@@ -398,13 +398,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             $template$ END,
         jsonb_build_object(
             'name', name, 'embedding', t.embedding_column,
-            'old_content', embeddings.content_sql(t, 'old', row_type, wrapped => false),
-            'new_content', embeddings.content_sql(t, 'new', row_type, wrapped => false),
-            'changed', (SELECT string_agg(embeddings.text_sql(a.atttypid, embeddings.render('OLD.%(c)I', jsonb_build_object('c', c)))
+            'old_content', embeddings_internal.content_sql(t, 'old', row_type, wrapped => false),
+            'new_content', embeddings_internal.content_sql(t, 'new', row_type, wrapped => false),
+            'changed', (SELECT string_agg(embeddings_internal.text_sql(a.atttypid, embeddings_internal.render('OLD.%(c)I', jsonb_build_object('c', c)))
                                           || ' IS DISTINCT FROM '
-                                          || embeddings.text_sql(a.atttypid, embeddings.render('NEW.%(c)I', jsonb_build_object('c', c))),
+                                          || embeddings_internal.text_sql(a.atttypid, embeddings_internal.render('NEW.%(c)I', jsonb_build_object('c', c))),
                                           ' OR ')
-                        FROM unnest(embeddings.content_inputs(t)) AS c
+                        FROM unnest(embeddings_internal.content_inputs(t)) AS c
                         JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = c AND NOT a.attisdropped)))
 $$;
 
@@ -416,35 +416,35 @@ $$;
 --            each partition created or attached, checking that whoever does so may
 --   owners   the table owner's, with its search path (a clear trigger of a content function)
 --   anyone   invoker's rights, EXECUTE to PUBLIC (a content column's clear trigger)
-CREATE FUNCTION embeddings.trigger_code(t embeddings.targets) RETURNS TABLE (name text, statement text, rights text)
+CREATE FUNCTION embeddings_internal.trigger_code(t embeddings.targets) RETURNS TABLE (name text, statement text, rights text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     prefix text := 'embeddings_' || t.id;
     row_type regclass := (SELECT CASE WHEN c.relkind = 'p' THEN c.oid END FROM pg_class c WHERE c.oid = t.source);
-    queued record := embeddings.trigger_rows_sql(t, row_type);
+    queued record := embeddings_internal.trigger_rows_sql(t, row_type);
     by_function boolean := t.content_function IS NOT NULL;
 BEGIN
     RETURN QUERY VALUES
         (prefix || '_insert',
-         embeddings.statement_trigger_sql(t, prefix || '_insert', queued.inserted,
-                                          CASE WHEN by_function THEN queued.inserted_unfiltered END, embeddings.key_settings_sql(t)),
+         embeddings_internal.statement_trigger_sql(t, prefix || '_insert', queued.inserted,
+                                          CASE WHEN by_function THEN queued.inserted_unfiltered END, embeddings_internal.key_settings_sql(t)),
          'ours'),
         (prefix || '_update',
-         embeddings.statement_trigger_sql(t, prefix || '_update', queued.changed,
-                                          CASE WHEN by_function THEN queued.changed_unfiltered END, embeddings.key_settings_sql(t)),
+         embeddings_internal.statement_trigger_sql(t, prefix || '_update', queued.changed,
+                                          CASE WHEN by_function THEN queued.changed_unfiltered END, embeddings_internal.key_settings_sql(t)),
          'ours');
     -- A store apart from the table: deleted rows' keys, queued whatever their content (the
     -- worker deletes their rows of the store), and TRUNCATE followed.
-    IF embeddings.store_apart(t) THEN
+    IF embeddings_internal.store_apart(t) THEN
         RETURN QUERY VALUES
-            (prefix || '_delete', embeddings.statement_trigger_sql(t, prefix || '_delete', 'FROM old_rows n'), 'ours'),
-            (prefix || '_truncate', embeddings.truncate_trigger_sql(t, prefix || '_truncate'), 'ours');
+            (prefix || '_delete', embeddings_internal.statement_trigger_sql(t, prefix || '_delete', 'FROM old_rows n'), 'ours'),
+            (prefix || '_truncate', embeddings_internal.truncate_trigger_sql(t, prefix || '_truncate'), 'ours');
     END IF;
     IF t.replica THEN
-        RETURN QUERY VALUES (prefix || '_replica', embeddings.replica_trigger_sql(t, prefix || '_replica', row_type), 'cloned');
+        RETURN QUERY VALUES (prefix || '_replica', embeddings_internal.replica_trigger_sql(t, prefix || '_replica', row_type), 'cloned');
     END IF;
-    IF t.clear_on_update AND NOT embeddings.store_apart(t) THEN
-        RETURN QUERY VALUES (prefix || '_clear', embeddings.clear_trigger_sql(t, prefix || '_clear', row_type),
+    IF t.clear_on_update AND NOT embeddings_internal.store_apart(t) THEN
+        RETURN QUERY VALUES (prefix || '_clear', embeddings_internal.clear_trigger_sql(t, prefix || '_clear', row_type),
                              CASE WHEN by_function THEN 'owners' ELSE 'anyone' END);
     END IF;
 END
@@ -454,7 +454,7 @@ $$;
 -- SECURITY DEFINER: whoever causes the regeneration (a DDL statement's event trigger), the
 -- functions belong to this schema's owner. The content function's wrapper (sql/32_access.sql)
 -- must exist first.
-CREATE FUNCTION embeddings.generate_functions(t embeddings.targets) RETURNS void
+CREATE FUNCTION embeddings_internal.generate_functions(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     prefix text := 'embeddings_' || t.id;
@@ -470,28 +470,28 @@ BEGIN
         WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proowner <> current_user::regrole
           AND p.proname IN (prefix || '_insert', prefix || '_update', prefix || '_replica')
     LOOP
-        EXECUTE embeddings.render('ALTER FUNCTION %(fn)s OWNER TO %(owner)I', jsonb_build_object('fn', fn::text, 'owner', current_user));
+        EXECUTE embeddings_internal.render('ALTER FUNCTION %(fn)s OWNER TO %(owner)I', jsonb_build_object('fn', fn::text, 'owner', current_user));
     END LOOP;
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proname = prefix || '_enqueue'
     LOOP
-        EXECUTE embeddings.render('DROP FUNCTION %(fn)s', jsonb_build_object('fn', fn::text));
+        EXECUTE embeddings_internal.render('DROP FUNCTION %(fn)s', jsonb_build_object('fn', fn::text));
     END LOOP;
 
-    FOR code IN SELECT * FROM embeddings.trigger_code(t) LOOP
+    FOR code IN SELECT * FROM embeddings_internal.trigger_code(t) LOOP
         EXECUTE code.statement;
-        fn := embeddings.render('embeddings.%(name)I()', jsonb_build_object('name', code.name))::regprocedure;
+        fn := embeddings_internal.render('embeddings.%(name)I()', jsonb_build_object('name', code.name))::regprocedure;
         IF code.rights <> 'anyone' THEN
-            EXECUTE embeddings.render('REVOKE ALL ON FUNCTION %(fn)s FROM PUBLIC', jsonb_build_object('fn', fn::text));
+            EXECUTE embeddings_internal.render('REVOKE ALL ON FUNCTION %(fn)s FROM PUBLIC', jsonb_build_object('fn', fn::text));
         END IF;
         IF code.rights = 'cloned' THEN
-            EXECUTE embeddings.render('GRANT EXECUTE ON FUNCTION %(fn)s TO %(owner)I',
+            EXECUTE embeddings_internal.render('GRANT EXECUTE ON FUNCTION %(fn)s TO %(owner)I',
                                       jsonb_build_object('fn', fn::text, 'owner', table_owner));
         ELSIF code.rights = 'owners' THEN
-            PERFORM embeddings.give_owner_path(fn, (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
+            PERFORM embeddings_internal.give_owner_path(fn, (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
             IF table_owner <> current_user THEN
-                EXECUTE embeddings.render('ALTER FUNCTION %(fn)s OWNER TO %(owner)I',
+                EXECUTE embeddings_internal.render('ALTER FUNCTION %(fn)s OWNER TO %(owner)I',
                                           jsonb_build_object('fn', fn::text, 'owner', table_owner));
             END IF;
         END IF;
@@ -501,7 +501,7 @@ $$;
 
 -- The tables target t's statement triggers belong on: its table, and every partition at any
 -- level when it is partitioned.
-CREATE FUNCTION embeddings.covered_tables(t embeddings.targets) RETURNS SETOF regclass
+CREATE FUNCTION embeddings_internal.covered_tables(t embeddings.targets) RETURNS SETOF regclass
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT t.source
     UNION
@@ -513,51 +513,51 @@ $$;
 -- statement that makes it (run unless a trigger of that name is there) and the one that sets
 -- when it fires (run every time: NULL for none). Statement triggers go on every table covered;
 -- the row triggers on the table itself (Postgres clones them onto its partitions).
-CREATE FUNCTION embeddings.trigger_ddl(t embeddings.targets, rel regclass)
+CREATE FUNCTION embeddings_internal.trigger_ddl(t embeddings.targets, rel regclass)
 RETURNS TABLE (name text, statement text, firing text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     args jsonb := jsonb_build_object('prefix', 'embeddings_' || t.id, 'rel', rel::text,
                                      'fired', CASE WHEN t.replica THEN 'ALWAYS ' ELSE '' END,
-                                     'follow_deletes', CASE WHEN embeddings.store_apart(t) THEN ' OR DELETE' ELSE '' END);
+                                     'follow_deletes', CASE WHEN embeddings_internal.store_apart(t) THEN ' OR DELETE' ELSE '' END);
 BEGIN
     RETURN QUERY VALUES
         (args->>'prefix' || '_insert',
-         embeddings.render('CREATE TRIGGER %(prefix)I_insert AFTER INSERT ON %(rel)s REFERENCING NEW TABLE AS new_rows '
+         embeddings_internal.render('CREATE TRIGGER %(prefix)I_insert AFTER INSERT ON %(rel)s REFERENCING NEW TABLE AS new_rows '
                            'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(prefix)I_insert()', args), NULL::text),
         (args->>'prefix' || '_update',
-         embeddings.render('CREATE TRIGGER %(prefix)I_update AFTER UPDATE ON %(rel)s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+         embeddings_internal.render('CREATE TRIGGER %(prefix)I_update AFTER UPDATE ON %(rel)s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
                            'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(prefix)I_update()', args), NULL);
     -- A store apart from the table follows deletes and truncations; a subscriber's apply
     -- worker truncates with the statement triggers that fire ALWAYS.
-    IF embeddings.store_apart(t) THEN
+    IF embeddings_internal.store_apart(t) THEN
         RETURN QUERY VALUES
             (args->>'prefix' || '_delete',
-             embeddings.render('CREATE TRIGGER %(prefix)I_delete AFTER DELETE ON %(rel)s REFERENCING OLD TABLE AS old_rows '
+             embeddings_internal.render('CREATE TRIGGER %(prefix)I_delete AFTER DELETE ON %(rel)s REFERENCING OLD TABLE AS old_rows '
                                'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(prefix)I_delete()', args), NULL),
             (args->>'prefix' || '_truncate',
-             embeddings.render('CREATE TRIGGER %(prefix)I_truncate AFTER TRUNCATE ON %(rel)s '
+             embeddings_internal.render('CREATE TRIGGER %(prefix)I_truncate AFTER TRUNCATE ON %(rel)s '
                                'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(prefix)I_truncate()', args),
-             embeddings.render('ALTER TABLE %(rel)s ENABLE %(fired)sTRIGGER %(prefix)I_truncate', args));
+             embeddings_internal.render('ALTER TABLE %(rel)s ENABLE %(fired)sTRIGGER %(prefix)I_truncate', args));
     END IF;
     IF rel <> t.source THEN
         RETURN;
     END IF;
-    IF t.clear_on_update AND NOT embeddings.store_apart(t) THEN
+    IF t.clear_on_update AND NOT embeddings_internal.store_apart(t) THEN
         RETURN QUERY VALUES
             (args->>'prefix' || '_clear',
-             embeddings.render('CREATE TRIGGER %(prefix)I_clear BEFORE UPDATE ON %(rel)s FOR EACH ROW '
+             embeddings_internal.render('CREATE TRIGGER %(prefix)I_clear BEFORE UPDATE ON %(rel)s FOR EACH ROW '
                                'EXECUTE FUNCTION embeddings.%(prefix)I_clear()', args),
-             embeddings.render('ALTER TABLE %(rel)s ENABLE %(fired)sTRIGGER %(prefix)I_clear', args));
+             embeddings_internal.render('ALTER TABLE %(rel)s ENABLE %(fired)sTRIGGER %(prefix)I_clear', args));
     END IF;
     IF t.replica THEN
         -- Only rows applied by replication (the origin's rows have the statement triggers).
         RETURN QUERY VALUES
             (args->>'prefix' || '_replica',
-             embeddings.render('CREATE TRIGGER %(prefix)I_replica AFTER INSERT OR UPDATE%(follow_deletes)s ON %(rel)s FOR EACH ROW '
+             embeddings_internal.render('CREATE TRIGGER %(prefix)I_replica AFTER INSERT OR UPDATE%(follow_deletes)s ON %(rel)s FOR EACH ROW '
                                'WHEN (pg_catalog.current_setting(''session_replication_role'') = ''replica'') '
                                'EXECUTE FUNCTION embeddings.%(prefix)I_replica()', args),
-             embeddings.render('ALTER TABLE %(rel)s ENABLE ALWAYS TRIGGER %(prefix)I_replica', args));
+             embeddings_internal.render('ALTER TABLE %(rel)s ENABLE ALWAYS TRIGGER %(prefix)I_replica', args));
     END IF;
 END
 $$;
@@ -568,7 +568,7 @@ $$;
 -- replica mode. With has_triggers false, drops the triggers; with a problem, the functions
 -- too. Returns the tables newly covered (partitions attached since), whose rows the caller may
 -- need to enqueue.
-CREATE FUNCTION embeddings.install_triggers(t embeddings.targets) RETURNS regclass[]
+CREATE FUNCTION embeddings_internal.install_triggers(t embeddings.targets) RETURNS regclass[]
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     prefix text := 'embeddings_' || t.id;
@@ -578,13 +578,13 @@ DECLARE
     row_trigger text;
 BEGIN
     IF t.problem IS NOT NULL THEN
-        PERFORM embeddings.drop_triggers(t);
-        PERFORM embeddings.drop_access(t);
+        PERFORM embeddings_internal.drop_triggers(t);
+        PERFORM embeddings_internal.drop_access(t);
         -- Its vectors stay searchable where the table still has what search reads (the
         -- statements run as the searcher and evaluate no content function: a table handed to
         -- another owner, say); not where a key or content column went.
         BEGIN
-            PERFORM embeddings.generate_search(t);
+            PERFORM embeddings_internal.generate_search(t);
         EXCEPTION WHEN OTHERS THEN
             NULL;
         END;
@@ -592,18 +592,18 @@ BEGIN
     END IF;
     -- The functions through which the worker (and our own code) reaches the table, running as
     -- its owner: every target has them, with triggers or not (sql/32_access.sql).
-    PERFORM embeddings.generate_access(t);
+    PERFORM embeddings_internal.generate_access(t);
     IF NOT t.has_triggers THEN
-        PERFORM embeddings.drop_triggers(t);
+        PERFORM embeddings_internal.drop_triggers(t);
         RETURN added;
     END IF;
-    PERFORM embeddings.generate_functions(t);
+    PERFORM embeddings_internal.generate_functions(t);
 
     -- Statement triggers on every covered table, off every other; the row triggers on the
     -- table itself.
-    PERFORM embeddings.drop_triggers(t, only_uncovered => true);
-    FOR rel IN SELECT * FROM embeddings.covered_tables(t) LOOP
-        FOR made IN SELECT * FROM embeddings.trigger_ddl(t, rel) LOOP
+    PERFORM embeddings_internal.drop_triggers(t, only_uncovered => true);
+    FOR rel IN SELECT * FROM embeddings_internal.covered_tables(t) LOOP
+        FOR made IN SELECT * FROM embeddings_internal.trigger_ddl(t, rel) LOOP
             IF NOT EXISTS (SELECT FROM pg_trigger WHERE tgrelid = rel AND tgname = made.name) THEN
                 EXECUTE made.statement;
                 IF rel <> t.source AND made.name = prefix || '_insert' THEN
@@ -618,8 +618,8 @@ BEGIN
     -- Row triggers the registration no longer asks for.
     FOREACH row_trigger IN ARRAY ARRAY[prefix || '_clear', prefix || '_replica'] LOOP
         IF EXISTS (SELECT FROM pg_trigger WHERE tgrelid = t.source AND tgname = row_trigger)
-           AND NOT EXISTS (SELECT FROM embeddings.trigger_ddl(t, t.source) d WHERE d.name = row_trigger) THEN
-            EXECUTE embeddings.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', row_trigger, 'rel', t.source::text));
+           AND NOT EXISTS (SELECT FROM embeddings_internal.trigger_ddl(t, t.source) d WHERE d.name = row_trigger) THEN
+            EXECUTE embeddings_internal.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', row_trigger, 'rel', t.source::text));
         END IF;
     END LOOP;
     RETURN added;
@@ -629,7 +629,7 @@ $$;
 -- Drops target t's triggers (all, or only those on tables it no longer covers: detached
 -- partitions) and, when all go, its trigger functions (and the _enqueue function older
 -- releases made).
-CREATE FUNCTION embeddings.drop_triggers(t embeddings.targets, only_uncovered boolean DEFAULT false) RETURNS void
+CREATE FUNCTION embeddings_internal.drop_triggers(t embeddings.targets, only_uncovered boolean DEFAULT false) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     prefix text := 'embeddings_' || t.id;
@@ -641,9 +641,9 @@ BEGIN
         WHERE g.tgname IN (prefix || '_insert', prefix || '_update', prefix || '_clear', prefix || '_replica',
                            prefix || '_delete', prefix || '_truncate')
           AND g.tgparentid = 0  -- clones go with their parent trigger
-          AND NOT (only_uncovered AND g.tgrelid IN (SELECT * FROM embeddings.covered_tables(t)))
+          AND NOT (only_uncovered AND g.tgrelid IN (SELECT * FROM embeddings_internal.covered_tables(t)))
     LOOP
-        EXECUTE embeddings.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', tg.tgname, 'rel', tg.rel::text));
+        EXECUTE embeddings_internal.render('DROP TRIGGER %(name)I ON %(rel)s', jsonb_build_object('name', tg.tgname, 'rel', tg.rel::text));
     END LOOP;
     IF only_uncovered THEN
         RETURN;
@@ -654,7 +654,7 @@ BEGIN
           AND p.proname IN (prefix || '_insert', prefix || '_update', prefix || '_clear', prefix || '_replica',
                             prefix || '_delete', prefix || '_truncate', prefix || '_enqueue')
     LOOP
-        EXECUTE embeddings.render('DROP FUNCTION %(fn)s', jsonb_build_object('fn', fn::text));
+        EXECUTE embeddings_internal.render('DROP FUNCTION %(fn)s', jsonb_build_object('fn', fn::text));
     END LOOP;
 END
 $$;

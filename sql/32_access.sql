@@ -1,5 +1,5 @@
 -- How the worker, and our own code wherever it reads or writes a watched table's rows, reaches
--- the table: through functions generated per target by embeddings.generate_access(t), owned by
+-- the table: through functions generated per target by embeddings_internal.generate_access(t), owned by
 -- the table's owner, SECURITY DEFINER with the owner's search path (and pg_temp last), EXECUTE
 -- revoked from PUBLIC and granted to this schema's owner and to the worker roles. So
 -- whatever the table's owner wrote (its content function, its triggers, its key types' casts,
@@ -46,10 +46,10 @@
 -- owner, who may have no right to this schema (REVOKE USAGE ON SCHEMA embeddings FROM PUBLIC,
 -- REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA embeddings FROM PUBLIC), and must still serve the
 -- worker: only pg_catalog is named. `indent`: render()'s.
-CREATE FUNCTION embeddings.check_serving_sql(source text, reads boolean DEFAULT true, store text DEFAULT NULL,
+CREATE FUNCTION embeddings_internal.check_serving_sql(source text, reads boolean DEFAULT true, store text DEFAULT NULL,
                                              indent integer DEFAULT 0) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.render($template$
+    SELECT embeddings_internal.render($template$
         DECLARE
             serving_owner pg_catalog.name;
             serving_forced boolean;
@@ -67,7 +67,7 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
         END;
         $template$, args || jsonb_build_object(
             -- its store: the table owner's too, and under its policies too
-            'store_check', CASE WHEN store IS NOT NULL THEN E'\n' || embeddings.render($template$
+            'store_check', CASE WHEN store IS NOT NULL THEN E'\n' || embeddings_internal.render($template$
                 IF serving_owner IS NOT NULL THEN
                     SELECT CASE WHEN pg_catalog.pg_get_userbyid(c.relowner) OPERATOR(pg_catalog.=) serving_owner THEN serving_owner END,
                            serving_forced OR (c.relrowsecurity AND c.relforcerowsecurity)
@@ -79,7 +79,7 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
                     END IF;
                 END IF;
                 $template$, args, indent => indent + 4) END,
-            'reads_check', CASE WHEN reads THEN E'\n' || embeddings.render($template$
+            'reads_check', CASE WHEN reads THEN E'\n' || embeddings_internal.render($template$
                 IF serving_forced THEN
                     RAISE EXCEPTION 'embeddings: % has FORCE ROW LEVEL SECURITY: the worker reads and writes it as its owner, whom its policies would hide rows from', %(source)L
                         USING ERRCODE = 'EW001', HINT = %(forced_hint)L;
@@ -96,7 +96,7 @@ $$;
 -- Why the functions of target t cannot serve it now (a target problem for status, doctor and
 -- the worker), or NULL: missing, not owned by the table's owner, altered since they were
 -- generated, or the table's FORCE ROW LEVEL SECURITY (or its store's, apart from it).
-CREATE FUNCTION embeddings.access_problem(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.access_problem(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE
         WHEN NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source) OR t.problem IS NOT NULL THEN NULL
@@ -136,7 +136,7 @@ $$;
 -- below run with it (and pg_temp last): the owner's own triggers fire inside them when they write
 -- the table, and its content function runs there, both written for the owner's sessions. Their
 -- own SQL is schema-qualified throughout (operators too), so the path changes nothing of ours.
-CREATE FUNCTION embeddings.owner_search_path(role_oid oid) RETURNS text
+CREATE FUNCTION embeddings_internal.owner_search_path(role_oid oid) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found text;
@@ -164,13 +164,13 @@ $$;
 -- Gives function `fn` the search path of role `role_oid` (owner_search_path()), pg_temp last.
 -- Through the setting itself, never spliced into SQL: a role sets its own search path (ALTER
 -- ROLE ... SET), and this runs as the schema's owner. A path Postgres refuses: its default.
-CREATE FUNCTION embeddings.give_owner_path(fn regprocedure, role_oid oid) RETURNS void
+CREATE FUNCTION embeddings_internal.give_owner_path(fn regprocedure, role_oid oid) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     statement text := format('ALTER FUNCTION %s SET search_path FROM CURRENT', fn);
 BEGIN
     BEGIN
-        PERFORM set_config('search_path', embeddings.owner_search_path(role_oid) || ', pg_temp', true);
+        PERFORM set_config('search_path', embeddings_internal.owner_search_path(role_oid) || ', pg_temp', true);
     EXCEPTION WHEN OTHERS THEN
         PERFORM set_config('search_path', '"$user", public, pg_temp', true);
     END;
@@ -185,11 +185,11 @@ $$;
 -- "The rows `v` (unnested keys: v.k0, v.k1, ... as text) and `table_alias` have the same key":
 -- each key value cast to its column's type (key_sql_types()), compared with the operator of the
 -- type's default btree operator class.
-CREATE FUNCTION embeddings.access_match_sql(t embeddings.targets, table_alias text) RETURNS text
+CREATE FUNCTION embeddings_internal.access_match_sql(t embeddings.targets, table_alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.render_each('%(alias)I.%(column)I %(equals)s (v.k%(n)s)::%(type)s',
-                                  jsonb_agg(jsonb_build_object('column', k.c, 'equals', embeddings.key_operator(k.ty, 3),
-                                                               'n', k.i - 1, 'type', (embeddings.key_sql_types(t))[k.i])
+    SELECT embeddings_internal.render_each('%(alias)I.%(column)I %(equals)s (v.k%(n)s)::%(type)s',
+                                  jsonb_agg(jsonb_build_object('column', k.c, 'equals', embeddings_internal.key_operator(k.ty, 3),
+                                                               'n', k.i - 1, 'type', (embeddings_internal.key_sql_types(t))[k.i])
                                             ORDER BY k.i),
                                   ' AND ', jsonb_build_object('alias', table_alias))
     FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)
@@ -207,7 +207,7 @@ $$;
 --   key_columns  'a, b': the key columns, as a column list of the table (and of its store)
 --   content      the content of row t, as the owner evaluates it
 --   vector_schema  pgvector's schema
-CREATE FUNCTION embeddings.access_parts(t embeddings.targets) RETURNS jsonb
+CREATE FUNCTION embeddings_internal.access_parts(t embeddings.targets) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     numbers jsonb := (SELECT jsonb_agg(jsonb_build_object('n', i - 1) ORDER BY i)
@@ -220,25 +220,25 @@ BEGIN
         'id', t.id,
         'source', t.source::text,
         'store', t.store_table::text,
-        'key_aliases', embeddings.render_each(', k%(n)s', numbers, ''),
-        'key_match', embeddings.access_match_sql(t, 't'),
-        'key_order', embeddings.render_each('t.%(column)I', columns, ', '),
-        'key_columns', embeddings.render_each('%(column)I', columns, ', '),
-        'key_json', embeddings.key_json_sql(t, 't'),
-        'content', embeddings.content_sql(t, 't', NULL, wrapped => false),
+        'key_aliases', embeddings_internal.render_each(', k%(n)s', numbers, ''),
+        'key_match', embeddings_internal.access_match_sql(t, 't'),
+        'key_order', embeddings_internal.render_each('t.%(column)I', columns, ', '),
+        'key_columns', embeddings_internal.render_each('%(column)I', columns, ', '),
+        'key_json', embeddings_internal.key_json_sql(t, 't'),
+        'content', embeddings_internal.content_sql(t, 't', NULL, wrapped => false),
         'vector_schema', embeddings.vector_schema());
 END
 $$;
 
 -- The name of target t's function `suffix` that holds the owner's code: embeddings_<id><suffix>,
 -- with `_body` for a guarded one (access_function_code()). Its parameters are qualified by it.
-CREATE FUNCTION embeddings.access_body_name(t embeddings.targets, suffix text, guarded boolean DEFAULT true) RETURNS text
+CREATE FUNCTION embeddings_internal.access_body_name(t embeddings.targets, suffix text, guarded boolean DEFAULT true) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'embeddings_' || t.id || suffix || CASE WHEN guarded THEN '_body' ELSE '' END
 $$;
 
 -- The parameters of key arrays, after `keys`: {k0 text[], k1 text[], ...}, one per key column.
-CREATE FUNCTION embeddings.key_params(t embeddings.targets) RETURNS text[]
+CREATE FUNCTION embeddings_internal.key_params(t embeddings.targets) RETURNS text[]
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT array_agg('k' || (i - 1) || ' text[]' ORDER BY i) FROM generate_series(1, cardinality(t.key_columns)) i
 $$;
@@ -247,11 +247,11 @@ $$;
 --   fn        the function, which qualifies its parameters
 --   key_rows  'pg_catalog.unnest(fn.keys), pg_catalog.unnest(fn.k0), ...': the canonical keys
 --             and the key arrays, for ROWS FROM
-CREATE FUNCTION embeddings.access_key_args(t embeddings.targets, fn text) RETURNS jsonb
+CREATE FUNCTION embeddings_internal.access_key_args(t embeddings.targets, fn text) RETURNS jsonb
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object(
         'fn', fn,
-        'key_rows', embeddings.render_each('pg_catalog.unnest(%(fn)I.%(param)I)',
+        'key_rows', embeddings_internal.render_each('pg_catalog.unnest(%(fn)I.%(param)I)',
                                            (SELECT jsonb_agg(jsonb_build_object('param', p.name) ORDER BY p.i)
                                             FROM unnest(ARRAY['keys'] || ARRAY(SELECT 'k' || (i - 1)
                                                                                FROM generate_series(1, cardinality(t.key_columns)) i
@@ -261,12 +261,12 @@ $$;
 
 -- "Row t's key comes after the key in parameter `after` of function `fn`" (a key as jobs carry
 -- it, JSON), for the functions that go through a table a slice of keys at a time.
-CREATE FUNCTION embeddings.key_after_param_sql(t embeddings.targets, fn text) RETURNS text
+CREATE FUNCTION embeddings_internal.key_after_param_sql(t embeddings.targets, fn text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.key_after_sql(t, 't', ARRAY(
-        SELECT embeddings.render(CASE WHEN cardinality(t.key_columns) = 1 THEN '(%(fn)I.after OPERATOR(pg_catalog.#>>) ''{}'')::%(type)s'
+    SELECT embeddings_internal.key_after_sql(t, 't', ARRAY(
+        SELECT embeddings_internal.render(CASE WHEN cardinality(t.key_columns) = 1 THEN '(%(fn)I.after OPERATOR(pg_catalog.#>>) ''{}'')::%(type)s'
                                       ELSE '(%(fn)I.after OPERATOR(pg_catalog.->>) %(n)s)::%(type)s' END,
-                                 jsonb_build_object('fn', fn, 'n', i - 1, 'type', (embeddings.key_sql_types(t))[i]))
+                                 jsonb_build_object('fn', fn, 'n', i - 1, 'type', (embeddings_internal.key_sql_types(t))[i]))
         FROM generate_series(1, cardinality(t.key_columns)) i ORDER BY i))
 $$;
 
@@ -274,7 +274,7 @@ $$;
 -- table), a _store and a _blank function each: its embedding column, with its type (halfvec or
 -- vector), suffix ''; during a model change also the shadow column (halfvec), suffix
 -- '_shadow'. (PL/pgSQL: the model changes' table comes later, sql/44_changes.sql.)
-CREATE FUNCTION embeddings.vector_columns(t embeddings.targets)
+CREATE FUNCTION embeddings_internal.vector_columns(t embeddings.targets)
 RETURNS TABLE (suffix text, name name, type text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -285,7 +285,7 @@ BEGIN
         UNION ALL
         SELECT '_shadow'::text, mc.shadow_column, to_regtype(quote_ident(embeddings.vector_schema()) || '.halfvec')::text
         FROM embeddings.model_changes mc
-        WHERE mc.target_id = t.id AND embeddings.attnum_of(t.store_table, mc.shadow_column) IS NOT NULL;
+        WHERE mc.target_id = t.id AND embeddings_internal.attnum_of(t.store_table, mc.shadow_column) IS NOT NULL;
 END
 $$;
 -- The SET clauses of every function that evaluates a target's content (these below, and
@@ -296,7 +296,7 @@ $$;
 -- every such row would look stale at every pass, and be embedded again. `ISO` alone keeps the
 -- caller's day/month order (it only parses input); TimeZone stays the caller's (a content
 -- function that shows local times means the database's zone: docs/reliability.md).
-CREATE FUNCTION embeddings.content_settings_sql() RETURNS text
+CREATE FUNCTION embeddings_internal.content_settings_sql() RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ' SET DateStyle = ISO SET IntervalStyle = postgres'
 $$;
@@ -304,7 +304,7 @@ $$;
 -- The settings the owner's code could leave in the caller's session (set_config(name, value,
 -- false) outlives a SECURITY DEFINER function, its SET clauses included): each `guarded`
 -- access function puts back whichever of them the owner's code changed (access_function_code()).
-CREATE FUNCTION embeddings.guarded_settings() RETURNS text[]
+CREATE FUNCTION embeddings_internal.guarded_settings() RETURNS text[]
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ARRAY['search_path', 'statement_timeout', 'lock_timeout', 'idle_in_transaction_session_timeout',
                  'default_transaction_read_only', 'default_transaction_isolation', 'default_transaction_deferrable',
@@ -330,7 +330,7 @@ $$;
 --              transactions (the triggers' _content, the TRUNCATE trigger's _prune are not):
 --              SET CONSTRAINTS ALL IMMEDIATE first, and the body `<name>_body` inside a guard
 --              `<name>` (access_function_code() says why)
-CREATE FUNCTION embeddings.access_spec(
+CREATE FUNCTION embeddings_internal.access_spec(
     suffix text,
     params text[],
     returns text,
@@ -351,7 +351,7 @@ $$;
 -- A function of a target's code that is not run as its table's owner, `code` the statement
 -- that makes it (a kind's compatibility form, say): access_function_code() gives it as it is,
 -- and generate_access() grants it as a guard (EXECUTE to the table's owner and the worker roles).
-CREATE FUNCTION embeddings.access_code_spec(name text, code text) RETURNS jsonb
+CREATE FUNCTION embeddings_internal.access_code_spec(name text, code text) RETURNS jsonb
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object('name', name, 'code', code)
 $$;
@@ -376,13 +376,13 @@ $$;
 -- at the end of the statement that queued them, as the owner. Postgres refuses SET CONSTRAINTS
 -- in a STABLE function, and the owner's STABLE content function may still call a VOLATILE one
 -- that writes: such a function is VOLATILE.
-CREATE FUNCTION embeddings.access_function_code(t embeddings.targets, spec jsonb, parts jsonb)
+CREATE FUNCTION embeddings_internal.access_function_code(t embeddings.targets, spec jsonb, parts jsonb)
 RETURNS TABLE (name text, statement text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     guarded boolean := (spec->>'guarded')::boolean;
     fn_name text := (parts->>'prefix') || (spec->>'suffix');
-    body_name text := embeddings.access_body_name(t, spec->>'suffix', guarded);
+    body_name text := embeddings_internal.access_body_name(t, spec->>'suffix', guarded);
     returns text := spec->>'returns';
     setof boolean := returns ~* '^\s*(TABLE|SETOF)\M';
     void boolean := returns ~* '^\s*void\s*$';
@@ -391,13 +391,13 @@ DECLARE
                                                ORDER BY p.i), '[]')
                      FROM jsonb_array_elements_text(spec->'params') WITH ORDINALITY AS p(value, i));
     args jsonb := jsonb_build_object('name', body_name, 'returns', returns,
-                                     'params', coalesce(embeddings.render_each('%(name)I %(type)s', params, ', '), ''));
+                                     'params', coalesce(embeddings_internal.render_each('%(name)I %(type)s', params, ', '), ''));
 BEGIN
     IF spec ? 'code' THEN  -- made by its kind as it is (access_code_spec())
         RETURN QUERY VALUES (spec->>'name', spec->>'code');
         RETURN;
     END IF;
-    RETURN QUERY VALUES (body_name, embeddings.render($template$
+    RETURN QUERY VALUES (body_name, embeddings_internal.render($template$
         CREATE FUNCTION embeddings.%(name)I(%(params)s) RETURNS %(returns)s
         LANGUAGE plpgsql%(volatility)s SECURITY DEFINER SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
         %(declare)sBEGIN
@@ -406,21 +406,21 @@ BEGIN
         $body$
         $template$, args || jsonb_build_object(
             'volatility', CASE WHEN (spec->>'stable')::boolean AND NOT guarded THEN ' STABLE' ELSE '' END,
-            'settings', CASE WHEN (spec->>'formats')::boolean THEN embeddings.content_settings_sql() ELSE '' END,
+            'settings', CASE WHEN (spec->>'formats')::boolean THEN embeddings_internal.content_settings_sql() ELSE '' END,
             'declare', spec->>'declare',
             'immediate', CASE WHEN guarded THEN E'    SET CONSTRAINTS ALL IMMEDIATE;\n' ELSE '' END,
             'check', CASE spec->>'check'
                          WHEN 'none' THEN ''
-                         WHEN 'owner' THEN embeddings.check_serving_sql(t.source::text, false, NULL, indent => 4) || E'\n'
-                         ELSE embeddings.check_serving_sql(t.source::text, true,
+                         WHEN 'owner' THEN embeddings_internal.check_serving_sql(t.source::text, false, NULL, indent => 4) || E'\n'
+                         ELSE embeddings_internal.check_serving_sql(t.source::text, true,
                                                            CASE WHEN t.store_table <> t.source THEN t.store_table::text END,
                                                            indent => 4) || E'\n' END,
-            'body', embeddings.render(spec->>'body', parts || embeddings.access_key_args(t, body_name) || (spec->'args'),
+            'body', embeddings_internal.render(spec->>'body', parts || embeddings_internal.access_key_args(t, body_name) || (spec->'args'),
                                       indent => 4))));
     IF NOT guarded THEN
         RETURN;
     END IF;
-    RETURN QUERY SELECT fn_name, embeddings.render($template$
+    RETURN QUERY SELECT fn_name, embeddings_internal.render($template$
         CREATE FUNCTION embeddings.%(name)I(%(params)s) RETURNS %(returns)s
         LANGUAGE plpgsql SECURITY INVOKER AS $body$
         DECLARE
@@ -433,20 +433,20 @@ BEGIN
         $body$
         $template$, args || jsonb_build_object(
             'name', fn_name,
-            'saved', embeddings.render_each('pg_catalog.current_setting(%(setting)L)', s.settings, ', '),
-            'result', CASE WHEN setof OR void THEN '' ELSE embeddings.render(E'\n    guarded_result %(returns)s;', args) END,
-            'call', embeddings.render(CASE WHEN setof THEN 'RETURN QUERY SELECT * FROM embeddings.%(body)I(%(args)s);'
+            'saved', embeddings_internal.render_each('pg_catalog.current_setting(%(setting)L)', s.settings, ', '),
+            'result', CASE WHEN setof OR void THEN '' ELSE embeddings_internal.render(E'\n    guarded_result %(returns)s;', args) END,
+            'call', embeddings_internal.render(CASE WHEN setof THEN 'RETURN QUERY SELECT * FROM embeddings.%(body)I(%(args)s);'
                                            WHEN void THEN 'PERFORM embeddings.%(body)I(%(args)s);'
                                            ELSE 'guarded_result := embeddings.%(body)I(%(args)s);' END,
                                       jsonb_build_object('body', body_name,
-                                                         'args', coalesce(embeddings.render_each('%(name)I', params, ', '), ''))),
-            'restore', embeddings.render_each(
+                                                         'args', coalesce(embeddings_internal.render_each('%(name)I', params, ', '), ''))),
+            'restore', embeddings_internal.render_each(
                 'IF pg_catalog.current_setting(%(setting)L) OPERATOR(pg_catalog.<>) guarded_saved[%(i)s] THEN '
                 'PERFORM pg_catalog.set_config(%(setting)L, guarded_saved[%(i)s], false); END IF;',
                 s.settings, E'\n    '),
             'return', CASE WHEN setof OR void THEN 'RETURN;' ELSE 'RETURN guarded_result;' END))
         FROM (SELECT jsonb_agg(jsonb_build_object('setting', g.setting, 'i', g.i) ORDER BY g.i) AS settings
-              FROM unnest(embeddings.guarded_settings()) WITH ORDINALITY AS g(setting, i)) s;
+              FROM unnest(embeddings_internal.guarded_settings()) WITH ORDINALITY AS g(setting, i)) s;
 END
 $$;
 
@@ -454,7 +454,7 @@ $$;
 -- its statements as they are (no template), `params` its parameter list; returns its name.
 -- For code made outside the target's own list (enable_fts()'s one-off fill, sql/59_hybrid.sql;
 -- follow_store_key_types()'s, sql/54_stores.sql), run and dropped by its caller.
-CREATE FUNCTION embeddings.create_access_function(
+CREATE FUNCTION embeddings_internal.create_access_function(
     a jsonb,
     suffix text,
     params text,
@@ -473,7 +473,7 @@ DECLARE
 BEGIN
     SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = (a->>'id')::integer;
     FOR code IN
-        SELECT * FROM embeddings.access_function_code(t, embeddings.access_spec(
+        SELECT * FROM embeddings_internal.access_function_code(t, embeddings_internal.access_spec(
             suffix, string_to_array(nullif(params, ''), ', '), returns, '%(given)s', jsonb_build_object('given', body),
             declare => head, stable => stable, "check" => coalesce(check_call, 'reads'), formats => formats,
             guarded => immediate), a)
@@ -487,7 +487,7 @@ $$;
 -- Target t's functions that run as its table's owner, as specs (access_spec()), in the order
 -- they are made: the content wrapper, the lock, the load and the scan (below), its store
 -- kind's (sql/54_stores.sql), the verifying sweep's (sql/64_verify.sql).
-CREATE FUNCTION embeddings.access_specs(t embeddings.targets) RETURNS SETOF jsonb
+CREATE FUNCTION embeddings_internal.access_specs(t embeddings.targets) RETURNS SETOF jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
@@ -499,26 +499,26 @@ BEGIN
         -- session, which any format tells apart, and two more settings per call would cost
         -- the application's statements; the texts that are embedded and fingerprinted come
         -- from _load and _verify, which pin them.
-        RETURN NEXT embeddings.access_spec('_content', ARRAY['r ' || t.source::text], 'text', $template$
+        RETURN NEXT embeddings_internal.access_spec('_content', ARRAY['r ' || t.source::text], 'text', $template$
             IF current_user OPERATOR(pg_catalog.<>) %(owner)L::pg_catalog.name THEN
                 %(check)s
             END IF;
             RETURN %(row_content)s;
             $template$,
-            jsonb_build_object('owner', owner_name, 'check', embeddings.check_serving_sql(t.source::text, false),
-                               'row_content', embeddings.content_sql(t, 'r', NULL, wrapped => false)),
+            jsonb_build_object('owner', owner_name, 'check', embeddings_internal.check_serving_sql(t.source::text, false),
+                               'row_content', embeddings_internal.content_sql(t, 'r', NULL, wrapped => false)),
             stable => true, "check" => 'none', formats => false, guarded => false);
     END IF;
 
-    -- The write transaction's first lock (embeddings.lock_target): the table, before the
+    -- The write transaction's first lock (embeddings_internal.lock_target): the table, before the
     -- registration, as ALTER TABLE takes them.
-    RETURN NEXT embeddings.access_spec('_lock', '{}', 'void', $template$
+    RETURN NEXT embeddings_internal.access_spec('_lock', '{}', 'void', $template$
         EXECUTE %(lock)L;
         $template$,
-        jsonb_build_object('lock', 'LOCK TABLE ' || t.source::text || ' IN ' || embeddings.store_lock_mode(t) || ' MODE'),
+        jsonb_build_object('lock', 'LOCK TABLE ' || t.source::text || ' IN ' || embeddings_internal.store_lock_mode(t) || ' MODE'),
         "check" => 'owner');
 
-    RETURN NEXT embeddings.access_spec('_load', ARRAY['keys text[]'] || embeddings.key_params(t),
+    RETURN NEXT embeddings_internal.access_spec('_load', ARRAY['keys text[]'] || embeddings_internal.key_params(t),
         'TABLE (key text, content text, digest text)', $template$
         RETURN QUERY
             SELECT v.key, c.content, pg_catalog.md5(c.content)
@@ -533,7 +533,7 @@ BEGIN
     -- vector is cleared); `sweep`: no vector and content that is not blank. A content function
     -- that raises for some row: the rows one at a time, a row it raises for counted as needing
     -- a job (the worker dead-letters it with its error).
-    RETURN NEXT embeddings.access_spec('_scan',
+    RETURN NEXT embeddings_internal.access_spec('_scan',
         ARRAY['after jsonb', 'max_rows integer', 'every_row boolean', 'with_content boolean', 'sweep boolean DEFAULT false'],
         'TABLE (key jsonb, missing boolean)', $template$
         BEGIN
@@ -561,33 +561,33 @@ BEGIN
         END LOOP;
         $template$,
         jsonb_build_object(
-            'key_after', embeddings.key_after_param_sql(t, embeddings.access_body_name(t, '_scan')),
-            'needs_job', embeddings.render(
+            'key_after', embeddings_internal.key_after_param_sql(t, embeddings_internal.access_body_name(t, '_scan')),
+            'needs_job', embeddings_internal.render(
                 'CASE WHEN NOT %(fn)I.with_content THEN %(fn)I.every_row OR %(missing)s '
                 'WHEN %(fn)I.sweep THEN %(missing)s AND (%(content)s) OPERATOR(pg_catalog.~) ''[^[:space:]]'' '
                 'WHEN %(fn)I.every_row THEN (%(content)s) OPERATOR(pg_catalog.<>) ''''%(or_holds_vector)s '
                 'ELSE %(missing)s AND (%(content)s) OPERATOR(pg_catalog.<>) '''' END',
-                jsonb_build_object('fn', embeddings.access_body_name(t, '_scan'),
-                                   'missing', embeddings.embedding_missing_sql(t, 't'),
-                                   'content', embeddings.content_sql(t, 't', NULL, wrapped => false),
-                                   'or_holds_vector', ' OR ' || embeddings.store_holds_vector_sql(t, 't')))),
+                jsonb_build_object('fn', embeddings_internal.access_body_name(t, '_scan'),
+                                   'missing', embeddings_internal.embedding_missing_sql(t, 't'),
+                                   'content', embeddings_internal.content_sql(t, 't', NULL, wrapped => false),
+                                   'or_holds_vector', ' OR ' || embeddings_internal.store_holds_vector_sql(t, 't')))),
         declare => E'DECLARE\n    keys jsonb[];\n    flags boolean[];\n    r record;\n', stable => true);
 
-    RETURN QUERY SELECT * FROM embeddings.store_access(t);   -- the store kind's (sql/54_stores.sql)
-    RETURN QUERY SELECT * FROM embeddings.verify_access(t);  -- the verifying sweep's (sql/64_verify.sql)
+    RETURN QUERY SELECT * FROM embeddings_internal.store_access(t);   -- the store kind's (sql/54_stores.sql)
+    RETURN QUERY SELECT * FROM embeddings_internal.verify_access(t);  -- the verifying sweep's (sql/64_verify.sql)
 END
 $$;
 
 -- The statements that make target t's functions run as its table's owner (access_specs()), in
 -- order: what generate_access() runs.
-CREATE FUNCTION embeddings.access_code(t embeddings.targets) RETURNS TABLE (name text, statement text)
+CREATE FUNCTION embeddings_internal.access_code(t embeddings.targets) RETURNS TABLE (name text, statement text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    parts jsonb := embeddings.access_parts(t);  -- (once: it reads the catalog)
+    parts jsonb := embeddings_internal.access_parts(t);  -- (once: it reads the catalog)
     spec jsonb;
 BEGIN
-    FOR spec IN SELECT * FROM embeddings.access_specs(t) LOOP
-        RETURN QUERY SELECT * FROM embeddings.access_function_code(t, spec, parts);
+    FOR spec IN SELECT * FROM embeddings_internal.access_specs(t) LOOP
+        RETURN QUERY SELECT * FROM embeddings_internal.access_function_code(t, spec, parts);
     END LOOP;
 END
 $$;
@@ -595,22 +595,22 @@ $$;
 -- Creates (replacing any there are) the functions of access_code() for target t, as its table
 -- is now. SECURITY DEFINER: whoever causes the regeneration, they are created by this schema's
 -- owner, then given to the table's owner and granted.
-CREATE FUNCTION embeddings.generate_access(t embeddings.targets) RETURNS void
+CREATE FUNCTION embeddings_internal.generate_access(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     following text := coalesce(current_setting('embeddings.following', true), 'off');
     code record;
 BEGIN
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
-    PERFORM embeddings.drop_access(t);
+    PERFORM embeddings_internal.drop_access(t);
     -- A store apart from the table is its table owner's too (a new owner takes it along).
-    PERFORM embeddings.give_store_to_owner(t);
-    FOR code IN SELECT * FROM embeddings.access_code(t) LOOP
+    PERFORM embeddings_internal.give_store_to_owner(t);
+    FOR code IN SELECT * FROM embeddings_internal.access_code(t) LOOP
         EXECUTE code.statement;
-        PERFORM embeddings.grant_access_function(t, code.name);
+        PERFORM embeddings_internal.grant_access_function(t, code.name);
     END LOOP;
     -- Search's statements (sql/58_search.sql): the caller's, not the owner's; ours, for PUBLIC.
-    PERFORM embeddings.generate_search(t);
+    PERFORM embeddings_internal.generate_search(t);
     PERFORM set_config('embeddings.following', following, true);
 END
 $$;
@@ -619,7 +619,7 @@ $$;
 -- run by this schema's owner (the trigger functions) and the worker roles, with the owner's
 -- search path (written with ours: owner_search_path() says why); a guard stays ours, run as its
 -- caller, and keeps no SET clause (it puts back its caller's).
-CREATE FUNCTION embeddings.grant_access_function(t embeddings.targets, name text) RETURNS void
+CREATE FUNCTION embeddings_internal.grant_access_function(t embeddings.targets, name text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
@@ -636,31 +636,31 @@ BEGIN
     LOOP
         args := jsonb_build_object('fn', fn::text, 'owner', owner_name, 'us', current_user);
         IF NOT guard THEN
-            PERFORM embeddings.give_owner_path(fn, (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
+            PERFORM embeddings_internal.give_owner_path(fn, (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
         END IF;
         -- Those that turn keys into JSON (for backfills, model changes, search) do it alike in
         -- every session: a float key with extra_float_digits < 1 would lose digits and match no
-        -- row (embeddings.key_settings_sql()).
-        IF NOT guard AND fn::text ~ '_(scan|unshadowed|nearest)(_body)?\(' AND embeddings.key_settings_sql(t) <> '' THEN
-            EXECUTE embeddings.render('ALTER FUNCTION %(fn)s %(settings)s',
-                                      args || jsonb_build_object('settings', btrim(embeddings.key_settings_sql(t))));
+        -- row (embeddings_internal.key_settings_sql()).
+        IF NOT guard AND fn::text ~ '_(scan|unshadowed|nearest)(_body)?\(' AND embeddings_internal.key_settings_sql(t) <> '' THEN
+            EXECUTE embeddings_internal.render('ALTER FUNCTION %(fn)s %(settings)s',
+                                      args || jsonb_build_object('settings', btrim(embeddings_internal.key_settings_sql(t))));
         END IF;
-        EXECUTE embeddings.render('REVOKE ALL ON FUNCTION %(fn)s FROM PUBLIC', args);
+        EXECUTE embeddings_internal.render('REVOKE ALL ON FUNCTION %(fn)s FROM PUBLIC', args);
         IF owner_name <> current_user AND NOT guard THEN
             BEGIN
-                EXECUTE embeddings.render('ALTER FUNCTION %(fn)s OWNER TO %(owner)I', args);
+                EXECUTE embeddings_internal.render('ALTER FUNCTION %(fn)s OWNER TO %(owner)I', args);
             EXCEPTION WHEN insufficient_privilege THEN
                 RAISE EXCEPTION 'embeddings: cannot give the functions of % to its owner %: %', t.source, owner_name, SQLERRM
                     USING ERRCODE = 'insufficient_privilege',
                           HINT = 'They must run as the table''s owner: watch it as a superuser, or as a member of that role.';
             END;
-            EXECUTE embeddings.render('GRANT EXECUTE ON FUNCTION %(fn)s TO %(us)I', args);
+            EXECUTE embeddings_internal.render('GRANT EXECUTE ON FUNCTION %(fn)s TO %(us)I', args);
         ELSIF guard AND owner_name <> current_user THEN
             -- ours, run as the caller: the owner may call it as it may call its body
-            EXECUTE embeddings.render('GRANT EXECUTE ON FUNCTION %(fn)s TO %(owner)I', args);
+            EXECUTE embeddings_internal.render('GRANT EXECUTE ON FUNCTION %(fn)s TO %(owner)I', args);
         END IF;
-        FOR role_name IN SELECT r.role_name FROM embeddings.worker_role_names() AS r(role_name) LOOP
-            EXECUTE embeddings.render('GRANT EXECUTE ON FUNCTION %(fn)s TO %(role)I', args || jsonb_build_object('role', role_name));
+        FOR role_name IN SELECT r.role_name FROM embeddings_internal.worker_role_names() AS r(role_name) LOOP
+            EXECUTE embeddings_internal.render('GRANT EXECUTE ON FUNCTION %(fn)s TO %(role)I', args || jsonb_build_object('role', role_name));
         END LOOP;
     END LOOP;
 END
@@ -668,12 +668,12 @@ $$;
 
 -- Drops target t's functions above and its store's policy (the trigger functions are
 -- drop_triggers()').
-CREATE FUNCTION embeddings.drop_access(t embeddings.targets) RETURNS void
+CREATE FUNCTION embeddings_internal.drop_access(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn regprocedure;
 BEGIN
-    PERFORM embeddings.drop_store_policy(t);  -- it calls _visible (sql/54_stores.sql)
+    PERFORM embeddings_internal.drop_store_policy(t);  -- it calls _visible (sql/54_stores.sql)
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
         WHERE p.pronamespace = 'embeddings'::regnamespace
@@ -681,7 +681,7 @@ BEGIN
                            '|unshadowed|swap_prepare|nearest|reusable|chunks|forget|prune|verify|clear_failing|existing|search|text_ranking|bm25_ranking'
                            '|visible)(_body)?$')  -- (a guard's body: access_function_code())
     LOOP
-        EXECUTE embeddings.render('DROP FUNCTION %(fn)s', jsonb_build_object('fn', fn::text));
+        EXECUTE embeddings_internal.render('DROP FUNCTION %(fn)s', jsonb_build_object('fn', fn::text));
     END LOOP;
 END
 $$;

@@ -11,7 +11,7 @@ COMMENT ON FUNCTION embeddings.vector_schema IS
     'The schema of the vector extension (public, or extensions on Supabase).';
 
 -- The attribute number of column `col` of `rel`.
-CREATE FUNCTION embeddings.attnum_of(rel regclass, col name) RETURNS smallint
+CREATE FUNCTION embeddings_internal.attnum_of(rel regclass, col name) RETURNS smallint
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT a.attnum FROM pg_attribute a
     WHERE a.attrelid = rel AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
@@ -19,7 +19,7 @@ $$;
 
 -- Levenshtein distance between a and b, case-insensitive (fuzzystrmatch is not everywhere).
 -- For a mistyped model name: model names are short and embeddings.models has a few rows.
-CREATE FUNCTION embeddings.edit_distance(a text, b text) RETURNS int
+CREATE FUNCTION embeddings_internal.edit_distance(a text, b text) RETURNS int
 LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     x text := lower(a);
@@ -46,13 +46,13 @@ $$;
 
 -- The HINT of an "unknown model" error: the closest known name (a typo is the usual cause),
 -- the known ones, and how to add one (providers.md's register_model() for a remote model).
-CREATE FUNCTION embeddings.unknown_model_hint(name text) RETURNS text
+CREATE FUNCTION embeddings_internal.unknown_model_hint(name text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT concat_ws(' ',
         (SELECT format('Did you mean "%s"?', m.name) FROM embeddings.models m
-         WHERE embeddings.edit_distance(m.name, unknown_model_hint.name)
+         WHERE embeddings_internal.edit_distance(m.name, unknown_model_hint.name)
                <= greatest(2, length(unknown_model_hint.name) / 4)
-         ORDER BY embeddings.edit_distance(m.name, unknown_model_hint.name), m.name LIMIT 1),
+         ORDER BY embeddings_internal.edit_distance(m.name, unknown_model_hint.name), m.name LIMIT 1),
         format('Known models: %s.', coalesce(
             (SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM embeddings.models m), 'none')),
         'Add a remote one with embeddings.register_model() (docs/providers.md), a local one with'
@@ -61,24 +61,24 @@ $$;
 
 -- Enqueues the keys of the rows of `rel` (target t's table, or one of its partitions: a
 -- partition attached with its rows) that have no embedding (no chunk, for a chunked target) and
--- content in their content column, on target t's lane `lane` (embeddings.enqueue_keys():
+-- content in their content column, on target t's lane `lane` (embeddings_internal.enqueue_keys():
 -- existing rows are backfill work, behind the application's writes). A content function is
 -- never evaluated here (this runs in the event trigger, as its superuser owner): its rows are
 -- queued by key, and the worker clears what turns out blank. Returns the number of messages
 -- sent.
-CREATE FUNCTION embeddings.enqueue_rows(t embeddings.targets, rel regclass, lane text DEFAULT 'backfill')
+CREATE FUNCTION embeddings_internal.enqueue_rows(t embeddings.targets, rel regclass, lane text DEFAULT 'backfill')
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp
--- Keys as one text whichever session calls (embeddings.key_settings()).
+-- Keys as one text whichever session calls (embeddings_internal.key_settings()).
 SET extra_float_digits = 3 SET IntervalStyle = postgres SET DateStyle = 'ISO, MDY' SET TimeZone = 'UTC'
 SET bytea_output = hex AS $$
 DECLARE
     sent integer;
 BEGIN
-    EXECUTE format('SELECT embeddings.enqueue_keys($1, pg_catalog.array_agg(%s), 0, $2) FROM %s n WHERE %s%s',
-                   embeddings.key_json_sql(t, 'n'), rel, embeddings.embedding_missing_sql(t, 'n'),  -- 55_chunks.sql
+    EXECUTE format('SELECT embeddings_internal.enqueue_keys($1, pg_catalog.array_agg(%s), 0, $2) FROM %s n WHERE %s%s',
+                   embeddings_internal.key_json_sql(t, 'n'), rel, embeddings_internal.embedding_missing_sql(t, 'n'),  -- 55_chunks.sql
                    CASE WHEN t.content_column IS NOT NULL
-                        THEN format(' AND (%s) OPERATOR(pg_catalog.<>) ''''', embeddings.content_compared_sql(t, 'n')) ELSE '' END)
+                        THEN format(' AND (%s) OPERATOR(pg_catalog.<>) ''''', embeddings_internal.content_compared_sql(t, 'n')) ELSE '' END)
         INTO sent USING t.id, lane;
     RETURN sent;
 END
@@ -86,7 +86,7 @@ $$;
 
 -- watch()'s options, passed whole to each of its steps: one field per parameter of watch(),
 -- named and typed alike (tests/unit/test_sql_layout.py checks it), the model's default applied.
-CREATE TYPE embeddings.watch_options AS (
+CREATE TYPE embeddings_internal.watch_options AS (
     source           regclass,
     content          text,
     embedding_column name,
@@ -110,7 +110,7 @@ CREATE TYPE embeddings.watch_options AS (
 );
 
 -- What watch() resolved from its options and the catalog before it acts (watch_resolve()).
-CREATE TYPE embeddings.watch_plan AS (
+CREATE TYPE embeddings_internal.watch_plan AS (
     dims          integer,       -- the model's dimensions
     key_names     name[],        -- the row key (watch_key())
     key_types     regtype[],
@@ -131,7 +131,7 @@ CREATE TYPE embeddings.watch_plan AS (
 
 -- watch()'s row key: the primary key, or the unique not-null key named by `key`. Any number of
 -- columns, of any types with an equality operator whose values travel exactly as text.
-CREATE FUNCTION embeddings.watch_key(source regclass, key name[],
+CREATE FUNCTION embeddings_internal.watch_key(source regclass, key name[],
                                      OUT key_names name[], OUT key_regtypes regtype[], OUT key_nums smallint[])
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -180,11 +180,11 @@ BEGIN
     -- operator found by name could be the table owner's), and travel as text from the writer's
     -- session to the worker's: what cannot make that trip exactly is refused (sql/25_keys.sql).
     FOR i IN 1 .. cardinality(key_regtypes) LOOP
-        IF embeddings.key_type_problem(key_regtypes[i]) IS NOT NULL THEN
+        IF embeddings_internal.key_type_problem(key_regtypes[i]) IS NOT NULL THEN
             RAISE EXCEPTION 'key column %.% has type %, %', source, key_names[i],
                     (SELECT format_type(a.atttypid, a.atttypmod) FROM pg_attribute a
                      WHERE a.attrelid = source AND a.attnum = key_nums[i]),
-                    embeddings.key_type_problem(key_regtypes[i])
+                    embeddings_internal.key_type_problem(key_regtypes[i])
                 USING ERRCODE = 'feature_not_supported',
                       HINT = 'Name another unique, not-null key with key => array[...] (a column of a type such as bigint, text, uuid, numeric, a date or timestamp), or add one.';
         END IF;
@@ -195,7 +195,7 @@ $$;
 -- watch()'s content: a text (or, for documents, bytea) column of `source`, else a function of
 -- its row type returning text (checked by check_content_function()). Exactly one of
 -- content_col, content_fn is set.
-CREATE FUNCTION embeddings.watch_content(source regclass, content text,
+CREATE FUNCTION embeddings_internal.watch_content(source regclass, content text,
                                          OUT content_col name, OUT content_fn regprocedure,
                                          OUT content_type regtype, OUT content_num smallint)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -218,7 +218,7 @@ BEGIN
     ELSE
         BEGIN
             -- as the caller's own sessions find it (sql/15_names.sql)
-            content_fn := embeddings.function_named(format('%s(%I.%I)', content, rel_schema, rel_name));
+            content_fn := embeddings_internal.function_named(format('%s(%I.%I)', content, rel_schema, rel_name));
         EXCEPTION WHEN OTHERS THEN
             content_fn := NULL;  -- not even a valid function name
         END;
@@ -235,14 +235,14 @@ BEGIN
                          THEN 'a set of ' ELSE '' END || content_type
                 USING ERRCODE = 'datatype_mismatch';
         END IF;
-        PERFORM embeddings.check_content_function(source, content_fn);  -- trusted, not VOLATILE
+        PERFORM embeddings_internal.check_content_function(source, content_fn);  -- trusted, not VOLATILE
     END IF;
 END
 $$;
 
 -- watch()'s HNSW index on `embedding_column` of `vec_rel` (of kind `vec_kind`, with its type
 -- `emb_type`), made now or deferred; returns whether it is deferred (the worker builds it).
-CREATE FUNCTION embeddings.watch_index(source regclass, vec_rel regclass, vec_kind "char", embedding_column name,
+CREATE FUNCTION embeddings_internal.watch_index(source regclass, vec_rel regclass, vec_kind "char", embedding_column name,
                                        emb_type regtype, emb_exists boolean, vschema name)
 RETURNS boolean
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -268,7 +268,7 @@ BEGIN
         defer_index := NOT emb_exists
             AND (vec_kind = 'r' OR NOT EXISTS (SELECT FROM pg_inherits i JOIN pg_class pc ON pc.oid = i.inhrelid
                                                WHERE i.inhparent = source AND pc.relkind = 'p'))
-            AND (SELECT sum(embeddings.estimated_rows(r)) FROM embeddings.leaf_relations(source) r) > embeddings.index_defer_rows();
+            AND (SELECT sum(embeddings_internal.estimated_rows(r)) FROM embeddings_internal.leaf_relations(source) r) > embeddings.index_defer_rows();
         IF NOT defer_index OR vec_kind = 'p' THEN
             EXECUTE format('CREATE INDEX %s ON %s %s USING hnsw (%I %I.%I)',
                 CASE WHEN defer_index THEN quote_ident(left(rel_name, 40) || '_' || left(embedding_column, 16) || '_hnsw') ELSE '' END,
@@ -286,7 +286,7 @@ $$;
 -- vectors live: the table itself, or its side table (`side`, sql/56_side.sql), which a target
 -- keeps under whatever name it has now (a renamed table's default name is another). vec_rel
 -- is NULL for a side table not made yet.
-CREATE FUNCTION embeddings.watch_store(o embeddings.watch_options, previous embeddings.targets,
+CREATE FUNCTION embeddings_internal.watch_store(o embeddings_internal.watch_options, previous embeddings.targets,
                                        side boolean, chunked boolean,
                                        OUT clear_updates boolean, OUT side_name text, OUT vec_rel regclass)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -304,7 +304,7 @@ BEGIN
     END IF;
     clear_updates := coalesce(o.clear_on_update, NOT side);
     IF side THEN
-        side_name := embeddings.watch_side_table(o, previous);
+        side_name := embeddings_internal.watch_side_table(o, previous);
         vec_rel := to_regclass(side_name);
     ELSE
         vec_rel := o.source;
@@ -314,7 +314,7 @@ $$;
 
 -- Target `target_id`'s pending jobs move from queue `from_queue` to `to_queue`, each lane's to
 -- the same lane (watch() with another queue).
-CREATE FUNCTION embeddings.move_target_jobs(target_id integer, from_queue text, to_queue text) RETURNS void
+CREATE FUNCTION embeddings_internal.move_target_jobs(target_id integer, from_queue text, to_queue text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     EXECUTE format(
@@ -324,22 +324,22 @@ BEGIN
     EXECUTE format(
         'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
         'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
-        pgmq.format_table_name(embeddings.backfill_queue(from_queue), 'q'),
-        embeddings.backfill_queue(to_queue)) USING target_id;
+        pgmq.format_table_name(embeddings_internal.backfill_queue(from_queue), 'q'),
+        embeddings_internal.backfill_queue(to_queue)) USING target_id;
 END
 $$;
 
 -- watch() with another model on a watched plain target starts a blue/green change
 -- (sql/44_changes.sql; the column keeps serving the old model until the swap), and returns the
 -- target's id; NULL when this call is no model change. A change changes nothing else at once.
-CREATE FUNCTION embeddings.watch_model_change(o embeddings.watch_options, plan embeddings.watch_plan,
+CREATE FUNCTION embeddings_internal.watch_model_change(o embeddings_internal.watch_options, plan embeddings_internal.watch_plan,
                                               previous embeddings.targets)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF previous.id IS NULL OR embeddings.store_has_chunks(previous) OR previous.problem IS NOT NULL
+    IF previous.id IS NULL OR embeddings_internal.store_has_chunks(previous) OR previous.problem IS NOT NULL
        OR o.chunk_tokens IS NOT NULL OR o.chunk_overlap IS NOT NULL OR o.chunk_table IS NOT NULL
-       OR embeddings.attnum_of(plan.vec_rel, o.embedding_column) IS NULL
+       OR embeddings_internal.attnum_of(plan.vec_rel, o.embedding_column) IS NULL
        OR (previous.model = o.model
            AND NOT EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id)) THEN
         RETURN NULL;
@@ -353,7 +353,7 @@ BEGIN
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'Call watch() with the current model and the new settings first, then with the new model.';
     END IF;
-    RETURN embeddings.start_change(previous, o.model, o.keep_old);
+    RETURN embeddings_internal.start_change(previous, o.model, o.keep_old);
 END
 $$;
 
@@ -363,12 +363,12 @@ $$;
 -- `reembed`: every row again, since another content column under the same name (dropped and
 -- added again), another content function or model, or a target that was deferred (its
 -- triggers gone, so content changes went unseen).
-CREATE FUNCTION embeddings.watch_register(previous embeddings.targets, o embeddings.watch_options,
-                                          plan embeddings.watch_plan, store_kind text, store_table regclass,
+CREATE FUNCTION embeddings_internal.watch_register(previous embeddings.targets, o embeddings_internal.watch_options,
+                                          plan embeddings_internal.watch_plan, store_kind text, store_table regclass,
                                           OUT t embeddings.targets, OUT reembed boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    emb_attnum smallint := CASE WHEN store_table = o.source THEN embeddings.attnum_of(o.source, o.embedding_column) END;
+    emb_attnum smallint := CASE WHEN store_table = o.source THEN embeddings_internal.attnum_of(o.source, o.embedding_column) END;
 BEGIN
     reembed := false;
     IF previous.id IS NULL THEN
@@ -388,7 +388,7 @@ BEGIN
                OR previous.problem IS NOT NULL
                OR previous.model <> o.model;
     IF previous.queue <> o.queue THEN
-        PERFORM embeddings.move_target_jobs(previous.id, previous.queue, o.queue);
+        PERFORM embeddings_internal.move_target_jobs(previous.id, previous.queue, o.queue);
     END IF;
     UPDATE embeddings.targets tg
     SET content_column = plan.content_col, content_function = plan.content_fn, model = o.model,
@@ -404,12 +404,12 @@ $$;
 
 -- Target `target_id`'s pending jobs in queue `queue`, both lanes, deleted (superseded: every
 -- row of the target is queued again; sql/45_dropped.sql).
-CREATE FUNCTION embeddings.drop_target_jobs(target_id integer, queue text) RETURNS void
+CREATE FUNCTION embeddings_internal.drop_target_jobs(target_id integer, queue text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     lane text;
 BEGIN
-    FOREACH lane IN ARRAY ARRAY[queue, embeddings.backfill_queue(queue)] LOOP
+    FOREACH lane IN ARRAY ARRAY[queue, embeddings_internal.backfill_queue(queue)] LOOP
         IF to_regclass(format('pgmq.%I', pgmq.format_table_name(lane, 'q'))) IS NOT NULL THEN
             EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',
                            pgmq.format_table_name(lane, 'q')) USING target_id;
@@ -421,7 +421,7 @@ $$;
 -- watch()'s full-text options for target `target_id`: full-text search with configuration
 -- `fts` and fields of title weight `title_weight` (sql/59_hybrid.sql), each NULL: as it is.
 -- enable_fts() again when either changes.
-CREATE FUNCTION embeddings.watch_fts(target_id integer, fts regconfig, title_weight double precision) RETURNS void
+CREATE FUNCTION embeddings_internal.watch_fts(target_id integer, fts regconfig, title_weight double precision) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
@@ -441,7 +441,7 @@ $$;
 
 -- watch()'s checks of its options alone: none NULL that must not be, `source` a table, the
 -- model known.
-CREATE FUNCTION embeddings.watch_check(o embeddings.watch_options) RETURNS void
+CREATE FUNCTION embeddings_internal.watch_check(o embeddings_internal.watch_options) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF o.source IS NULL OR o.content IS NULL OR o.embedding_column IS NULL OR o.model IS NULL
@@ -455,30 +455,30 @@ BEGIN
     IF NOT EXISTS (SELECT FROM embeddings.models m WHERE m.name = o.model) THEN
         RAISE EXCEPTION 'unknown model "%"', o.model
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = embeddings.unknown_model_hint(o.model);
+                  HINT = embeddings_internal.unknown_model_hint(o.model);
     END IF;
 END
 $$;
 
 -- watch()'s plan: the row key, the content, and the store (`previous`: the target registered
 -- before, NULL id when none), each checked as it is resolved.
-CREATE FUNCTION embeddings.watch_resolve(o embeddings.watch_options, previous embeddings.targets)
-RETURNS embeddings.watch_plan
+CREATE FUNCTION embeddings_internal.watch_resolve(o embeddings_internal.watch_options, previous embeddings.targets)
+RETURNS embeddings_internal.watch_plan
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    plan embeddings.watch_plan;
+    plan embeddings_internal.watch_plan;
 BEGIN
     SELECT m.dimensions INTO plan.dims FROM embeddings.models m WHERE m.name = o.model;
     SELECT wk.key_names, wk.key_regtypes, wk.key_nums INTO plan.key_names, plan.key_types, plan.key_nums
-    FROM embeddings.watch_key(o.source, o.key) wk;
+    FROM embeddings_internal.watch_key(o.source, o.key) wk;
     SELECT wc.content_col, wc.content_fn, wc.content_type, wc.content_num
     INTO plan.content_col, plan.content_fn, plan.content_type, plan.content_num
-    FROM embeddings.watch_content(o.source, o.content) wc;
+    FROM embeddings_internal.watch_content(o.source, o.content) wc;
     plan.chunked := o.chunk_tokens IS NOT NULL OR o.chunk_overlap IS NOT NULL OR o.chunk_table IS NOT NULL
-                    OR embeddings.store_has_chunks(previous);
-    plan.side := embeddings.side_store(previous, o.store, o.side_table, plan.chunked);
+                    OR embeddings_internal.store_has_chunks(previous);
+    plan.side := embeddings_internal.side_store(previous, o.store, o.side_table, plan.chunked);
     SELECT ws.clear_updates, ws.side_name, ws.vec_rel INTO plan.clear_updates, plan.side_name, plan.vec_rel
-    FROM embeddings.watch_store(o, previous, plan.side, plan.chunked) ws;
+    FROM embeddings_internal.watch_store(o, previous, plan.side, plan.chunked) ws;
     SELECT a.atttypid::regtype, a.atttypmod INTO plan.emb_type, plan.emb_typmod
     FROM pg_attribute a
     WHERE a.attrelid = plan.vec_rel AND a.attname = o.embedding_column AND a.attnum > 0 AND NOT a.attisdropped;
@@ -489,7 +489,7 @@ $$;
 -- watch()'s checks of the plan for a target it registers (a model change has its own): the
 -- embedding column, if there, fits the model; the content is another column; the queue's name
 -- is one pgmq takes; the table has no other set of triggers; documents are chunked.
-CREATE FUNCTION embeddings.watch_check_plan(o embeddings.watch_options, plan embeddings.watch_plan)
+CREATE FUNCTION embeddings_internal.watch_check_plan(o embeddings_internal.watch_options, plan embeddings_internal.watch_plan)
 RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -514,7 +514,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- Both sets would queue a job for every change.
-    PERFORM embeddings.refuse_guide_triggers(o.source, o.triggers);
+    PERFORM embeddings_internal.refuse_guide_triggers(o.source, o.triggers);
     -- A document (a bytea column, a format, a header template) is split into chunks.
     IF NOT plan.chunked
        AND (plan.content_type = 'bytea'::regtype OR o.format IS NOT NULL OR o.context_header IS NOT NULL) THEN
@@ -530,7 +530,7 @@ $$;
 -- Whether watch()'s call `o` (its plan `plan`) registers the target `previous` as it is, in what
 -- every kind registers: the content, the model, the key, the triggers, the queue, the replica
 -- setting (watch_plain() and watch_chunked() compare their kinds' own settings besides).
-CREATE FUNCTION embeddings.watch_same(o embeddings.watch_options, plan embeddings.watch_plan, previous embeddings.targets)
+CREATE FUNCTION embeddings_internal.watch_same(o embeddings_internal.watch_options, plan embeddings_internal.watch_plan, previous embeddings.targets)
 RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT previous.id IS NOT NULL
@@ -544,12 +544,12 @@ $$;
 -- Target t's triggers and generated functions made anew (those of another shape, its key or
 -- content changed, go first), and the worker roles (embeddings.grant_worker()) given its queues:
 -- watch()'s last steps of a registration, whatever the kind.
-CREATE FUNCTION embeddings.watch_install(t embeddings.targets) RETURNS void
+CREATE FUNCTION embeddings_internal.watch_install(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM embeddings.drop_triggers(t);
-    PERFORM embeddings.install_triggers(t);
-    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
+    PERFORM embeddings_internal.drop_triggers(t);
+    PERFORM embeddings_internal.install_triggers(t);
+    PERFORM embeddings_internal.grant_worker_target(r.role_name, t) FROM embeddings_internal.worker_role_names() AS r(role_name);
 END
 $$;
 
@@ -558,7 +558,7 @@ $$;
 -- lock is taken first, in short attempts that never stall the application (41_locks.sql); the
 -- embedding column (or side table) and its index are made, the target registered, its
 -- triggers and functions generated, and its rows queued by a backfill after this transaction.
-CREATE FUNCTION embeddings.watch_plain(o embeddings.watch_options, plan embeddings.watch_plan,
+CREATE FUNCTION embeddings_internal.watch_plain(o embeddings_internal.watch_options, plan embeddings_internal.watch_plan,
                                        previous embeddings.targets)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -570,10 +570,10 @@ DECLARE
     registered record;
     t embeddings.targets;
 BEGIN
-    IF embeddings.watch_same(o, plan, previous) AND plan.emb_type IS NOT NULL
+    IF embeddings_internal.watch_same(o, plan, previous) AND plan.emb_type IS NOT NULL
        AND previous.clear_on_update = plan.clear_updates
-       AND embeddings.target_problem(previous) IS NULL THEN  -- as the catalog is now (52_stopped.sql)
-        PERFORM embeddings.watch_fts(previous.id, o.fts, o.fts_title_weight);
+       AND embeddings_internal.target_problem(previous) IS NULL THEN  -- as the catalog is now (52_stopped.sql)
+        PERFORM embeddings_internal.watch_fts(previous.id, o.fts, o.fts_title_weight);
         RETURN previous.id;
     END IF;
     -- A re-registration in place (a target with a problem, e.g. its content column dropped and
@@ -582,36 +582,36 @@ BEGIN
         PERFORM embeddings.cancel_change(o.source, o.embedding_column);
     END IF;
 
-    PERFORM embeddings.lock_table(o.source);
+    PERFORM embeddings_internal.lock_table(o.source);
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
-    PERFORM embeddings.ensure_queue(o.queue);
+    PERFORM embeddings_internal.ensure_queue(o.queue);
     IF plan.side THEN  -- the side table, with its embedding column (sql/56_side.sql)
-        vec_rel := embeddings.ensure_side_table(plan.side_name, o.source, plan.key_nums, o.embedding_column,
+        vec_rel := embeddings_internal.ensure_side_table(plan.side_name, o.source, plan.key_nums, o.embedding_column,
                                                 plan.dims, previous.id);
         emb_type := format('%I.halfvec', vschema)::regtype;
     ELSIF plan.emb_type IS NULL THEN
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I %I.halfvec(%s)', o.source, o.embedding_column, vschema, plan.dims);
         emb_type := format('%I.halfvec', vschema)::regtype;
     END IF;
-    defer_index := embeddings.watch_index(o.source, vec_rel, (SELECT c.relkind FROM pg_class c WHERE c.oid = vec_rel),
+    defer_index := embeddings_internal.watch_index(o.source, vec_rel, (SELECT c.relkind FROM pg_class c WHERE c.oid = vec_rel),
                                           o.embedding_column, emb_type, plan.emb_type IS NOT NULL, vschema);
-    registered := embeddings.watch_register(previous, o, plan, embeddings.plain_store_kind(plan.side), vec_rel);
+    registered := embeddings_internal.watch_register(previous, o, plan, embeddings_internal.plain_store_kind(plan.side), vec_rel);
     t := registered.t;
-    PERFORM embeddings.watch_install(t);
+    PERFORM embeddings_internal.watch_install(t);
 
     -- Existing rows: those with content and no embedding, or every row with content when the
     -- content source or the model changed; none with backfill => false. Queued on the backfill
     -- lane in key ranges after this transaction (sql/62_backfill.sql): one bounded step here,
     -- not the whole table under the lock.
     IF o.backfill THEN
-        PERFORM embeddings.start_backfill(t, registered.reembed);
+        PERFORM embeddings_internal.start_backfill(t, registered.reembed);
     END IF;
     IF defer_index THEN
         INSERT INTO embeddings.deferred_indexes (target_id) VALUES (t.id) ON CONFLICT DO NOTHING;
         RAISE NOTICE 'embeddings: the HNSW index of %.% is built once its existing rows are embedded; search scans exactly meanwhile',
             o.source, o.embedding_column;
     END IF;
-    PERFORM embeddings.watch_fts(t.id, o.fts, o.fts_title_weight);
+    PERFORM embeddings_internal.watch_fts(t.id, o.fts, o.fts_title_weight);
     PERFORM set_config('embeddings.following', 'off', true);
     RETURN t.id;
 END
@@ -641,7 +641,7 @@ $$;
 --                     chunk_overlap (default chunk_tokens / 10) and chunk_table go with it
 --   backfill          false: existing rows are not enqueued at all (bring your own vectors;
 --                     rows that hold a vector are never re-embedded by watch() anyway)
---   keep_old          a model change keeps the old column as embeddings.kept_column()
+--   keep_old          a model change keeps the old column as embeddings_internal.kept_column()
 --   store             where the vectors live: 'row' (a column of the table, the default for a
 --                     new target) or 'side' (a side table keyed like the table, sql/56_side.sql:
 --                     the worker never writes the table's rows); NULL keeps the target's store
@@ -665,7 +665,7 @@ $$;
 -- registration (a new content source or model re-enqueues every row with content).
 -- Returns the target id.
 --
--- Its steps take its options whole (embeddings.watch_options): watch_check() checks them alone,
+-- Its steps take its options whole (embeddings_internal.watch_options): watch_check() checks them alone,
 -- watch_resolve() resolves the key, the content and the store into a plan, and one of
 -- watch_model_change(), watch_chunked() (sql/55_chunks.sql) and watch_plain() acts.
 CREATE FUNCTION embeddings.watch(
@@ -692,9 +692,9 @@ CREATE FUNCTION embeddings.watch(
 ) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    o embeddings.watch_options;
+    o embeddings_internal.watch_options;
     previous embeddings.targets;  -- the target registered before; NULL id: none
-    plan embeddings.watch_plan;
+    plan embeddings_internal.watch_plan;
     changing integer;
 BEGIN
     o.source := watch.source;
@@ -718,21 +718,21 @@ BEGIN
     o.context_header := watch.context_header;
     o.fts_title_weight := watch.fts_title_weight;
 
-    PERFORM embeddings.watch_check(o);
+    PERFORM embeddings_internal.watch_check(o);
     SELECT * INTO previous FROM embeddings.targets tg
     WHERE tg.source = o.source AND tg.embedding_column = o.embedding_column;
-    plan := embeddings.watch_resolve(o, previous);
+    plan := embeddings_internal.watch_resolve(o, previous);
     -- Another model on a watched plain target: a blue/green change (sql/44_changes.sql), which
     -- checks the rest itself (the column is the old model's until the swap).
-    changing := embeddings.watch_model_change(o, plan, previous);
+    changing := embeddings_internal.watch_model_change(o, plan, previous);
     IF changing IS NOT NULL THEN
         RETURN changing;
     END IF;
-    PERFORM embeddings.watch_check_plan(o, plan);
+    PERFORM embeddings_internal.watch_check_plan(o, plan);
     IF plan.chunked THEN  -- vectors in a chunk table, none in the table (sql/55_chunks.sql)
-        RETURN embeddings.watch_chunked(o, plan, previous);
+        RETURN embeddings_internal.watch_chunked(o, plan, previous);
     END IF;
-    RETURN embeddings.watch_plain(o, plan, previous);
+    RETURN embeddings_internal.watch_plain(o, plan, previous);
 END
 $$;
 COMMENT ON FUNCTION embeddings.watch IS
@@ -753,7 +753,7 @@ BEGIN
         RAISE NOTICE '%.% is not watched', source, embedding_column;
         RETURN false;
     END IF;
-    PERFORM embeddings.forget_target(t);
+    PERFORM embeddings_internal.forget_target(t);
     RETURN true;
 END
 $$;
@@ -762,12 +762,12 @@ COMMENT ON FUNCTION embeddings.unwatch IS
 
 -- Unregisters target t: its triggers and functions, its queued jobs, its registration
 -- (failures and throughput go with it), and tells workers.
-CREATE FUNCTION embeddings.forget_target(t embeddings.targets) RETURNS void
+CREATE FUNCTION embeddings_internal.forget_target(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    PERFORM embeddings.drop_access(t);
+    PERFORM embeddings_internal.drop_access(t);
     IF EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN
-        PERFORM embeddings.drop_triggers(t);
+        PERFORM embeddings_internal.drop_triggers(t);
     END IF;
     -- model change: a change in progress goes (its shadow column is ours)
     IF EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = t.id)
@@ -778,7 +778,7 @@ BEGIN
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',
                    pgmq.format_table_name(t.queue, 'q')) USING t.id;
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',  -- lanes
-                   pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q')) USING t.id;
+                   pgmq.format_table_name(embeddings_internal.backfill_queue(t.queue), 'q')) USING t.id;
     DELETE FROM embeddings.targets tg WHERE tg.id = t.id;
 END
 $$;

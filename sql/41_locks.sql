@@ -5,14 +5,14 @@
 -- stalled each application statement up to two seconds, and failed those with a shorter
 -- lock_timeout. So our DDL-like calls on a user table (watch() adding a column or changing the
 -- model, cancel_change(), the swap of complete_change()) ask in short attempts: each waits at
--- most embeddings.lock_attempt_ms(), and between attempts we step aside for a growing,
+-- most embeddings_internal.lock_attempt_ms(), and between attempts we step aside for a growing,
 -- jittered pause while the application's statements go through. Past a deadline the call
 -- fails with lock_not_available and names the sessions holding the table; the worker's swap
 -- just tries again later (worker/process/changes.py), and reports how long it has waited.
 
 -- How long one attempt may queue ahead of the application's statements: 20 ms unless the
 -- setting embeddings.lock_attempt_ms says otherwise.
-CREATE FUNCTION embeddings.lock_attempt_ms() RETURNS integer
+CREATE FUNCTION embeddings_internal.lock_attempt_ms() RETURNS integer
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('embeddings.lock_attempt_ms', true), '')::integer, 20)
 $$;
@@ -20,7 +20,7 @@ $$;
 -- How long watch() and cancel_change() keep trying before they give up with a clear error:
 -- 30 s unless the setting embeddings.lock_wait says otherwise (an interval: '5min'); a
 -- caller's own lock_timeout, when shorter, wins.
-CREATE FUNCTION embeddings.lock_wait() RETURNS interval
+CREATE FUNCTION embeddings_internal.lock_wait() RETURNS interval
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT least(coalesce(nullif(current_setting('embeddings.lock_wait', true), '')::interval, interval '30 seconds'),
                  CASE WHEN current_setting('lock_timeout') NOT IN ('0', '')
@@ -28,8 +28,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The sessions holding a lock on `rel` (pid, what they run, since when), for the error message
--- and for status (embeddings.stopped_targets()).
-CREATE FUNCTION embeddings.lock_holders(rel regclass) RETURNS text
+-- and for status (embeddings_internal.stopped_targets()).
+CREATE FUNCTION embeddings_internal.lock_holders(rel regclass) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT string_agg(DISTINCT format('pid %s (%s, %s, since %s)', a.pid, l.mode, a.state,
                                       to_char(coalesce(a.xact_start, a.query_start), 'HH24:MI:SS')), '; ')
@@ -37,15 +37,15 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE l.locktype = 'relation' AND l.relation = rel AND l.granted AND l.pid <> pg_backend_pid()
 $$;
 
--- Locks `rel` in ACCESS EXCLUSIVE mode in attempts of embeddings.lock_attempt_ms(), with
+-- Locks `rel` in ACCESS EXCLUSIVE mode in attempts of embeddings_internal.lock_attempt_ms(), with
 -- pauses between them (10 ms doubling up to 1 s, each jittered by +-50%), for up to `max_wait`
--- (default embeddings.lock_wait()). Then lock_not_available, naming the holders. The caller's
+-- (default embeddings_internal.lock_wait()). Then lock_not_available, naming the holders. The caller's
 -- lock_timeout is as it was afterwards.
-CREATE FUNCTION embeddings.lock_table(rel regclass, max_wait interval DEFAULT NULL) RETURNS void
+CREATE FUNCTION embeddings_internal.lock_table(rel regclass, max_wait interval DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     saved text := current_setting('lock_timeout');
-    deadline timestamptz := clock_timestamp() + coalesce(max_wait, embeddings.lock_wait());
+    deadline timestamptz := clock_timestamp() + coalesce(max_wait, embeddings_internal.lock_wait());
     pause double precision := 0.01;
     attempts integer := 0;
     holders text;
@@ -54,7 +54,7 @@ BEGIN
                AND l.pid = pg_backend_pid() AND l.mode = 'AccessExclusiveLock' AND l.granted) THEN
         RETURN;  -- ours already
     END IF;
-    PERFORM set_config('lock_timeout', embeddings.lock_attempt_ms() || 'ms', true);
+    PERFORM set_config('lock_timeout', embeddings_internal.lock_attempt_ms() || 'ms', true);
     LOOP
         attempts := attempts + 1;
         BEGIN
@@ -64,10 +64,10 @@ BEGIN
             NULL;
         END;
         IF clock_timestamp() + make_interval(secs => pause) > deadline THEN
-            holders := embeddings.lock_holders(rel);
+            holders := embeddings_internal.lock_holders(rel);
             PERFORM set_config('lock_timeout', saved, true);
             RAISE EXCEPTION 'could not lock % in % attempt(s) over % s: other sessions hold it (%)', rel, attempts,
-                    round(extract(epoch FROM coalesce(max_wait, embeddings.lock_wait()))::numeric, 2),
+                    round(extract(epoch FROM coalesce(max_wait, embeddings_internal.lock_wait()))::numeric, 2),
                     coalesce(holders, 'none left')
                 USING ERRCODE = 'lock_not_available',
                       HINT = 'We do not queue ahead of the application''s statements for long. End or wait for '
@@ -86,7 +86,7 @@ $$;
 -- two writers never wait for each other crosswise; at most the caller's lock_timeout, then
 -- lock_not_available). Returns the number of documents. SECURITY DEFINER: worker roles have no
 -- right on the table.
-CREATE FUNCTION embeddings.lock_documents(target_id integer, keys text[]) RETURNS integer
+CREATE FUNCTION embeddings_internal.lock_documents(target_id integer, keys text[]) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     hashes uuid[] := ARRAY(SELECT DISTINCT md5(k)::uuid FROM unnest(keys) AS k ORDER BY 1);

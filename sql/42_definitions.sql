@@ -7,7 +7,7 @@
 -- the batch under: watch() updates the registration row, so it waits for writes in progress
 -- and writes that start after it see the new version. SECURITY DEFINER because FOR SHARE needs
 -- UPDATE rights on embeddings.targets, which the worker role must not have.
-CREATE FUNCTION embeddings.lock_target_version(target_id integer) RETURNS integer
+CREATE FUNCTION embeddings_internal.lock_target_version(target_id integer) RETURNS integer
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     SELECT t.version FROM embeddings.targets t WHERE t.id = target_id FOR SHARE
 $$;
@@ -25,7 +25,7 @@ $$;
 -- INDEX or LOCK TABLE of the application's, a watch() in progress), or the call past the
 -- caller's statement_timeout: -1, and nothing of the target is locked; the worker postpones the
 -- target's rows, and writes the rest of its batch.
-CREATE FUNCTION embeddings.lock_target(target_id integer) RETURNS integer
+CREATE FUNCTION embeddings_internal.lock_target(target_id integer) RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF EXISTS (SELECT FROM pg_proc p WHERE p.pronamespace = 'embeddings'::regnamespace
@@ -36,7 +36,7 @@ BEGIN
             NULL;
         END;
     END IF;
-    RETURN embeddings.lock_target_version(target_id);
+    RETURN embeddings_internal.lock_target_version(target_id);
 EXCEPTION WHEN lock_not_available OR query_canceled THEN
     RETURN -1;
 END
@@ -46,7 +46,7 @@ $$;
 -- it does: sql/32_access.sql): one whose owner is neither the table's owner nor a superuser
 -- (anyone who owns it can redefine it later), and a VOLATILE one (its result can change between loading the
 -- content and writing the vector, so the content check of the write could never match).
-CREATE FUNCTION embeddings.check_content_function(source regclass, fn regprocedure) RETURNS void
+CREATE FUNCTION embeddings_internal.check_content_function(source regclass, fn regprocedure) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn_owner oid;
@@ -76,7 +76,7 @@ $$;
 -- read by a starting worker to refuse a schema of another release with a message that says
 -- what to run (worker/schema/revisions.py: mismatch). The record lives in `migrate`'s table, which worker
 -- roles may not read: they are granted this function (worker_functions()).
-CREATE FUNCTION embeddings.schema_revision() RETURNS text
+CREATE FUNCTION embeddings_internal.schema_revision() RETURNS text
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF pg_catalog.to_regclass('public.embed_worker_alembic_version') IS NULL THEN

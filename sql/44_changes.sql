@@ -8,7 +8,7 @@
 -- index) while the target's column keeps serving the old model's vectors for every row. Rows
 -- written meanwhile get both vectors (the worker writes both columns in one statement pair
 -- under the same stale-write guard). When every row with content has its new vector and no
--- job of the target is queued, embeddings.complete_change() swaps the columns and indexes by
+-- job of the target is queued, embeddings_internal.complete_change() swaps the columns and indexes by
 -- renaming them in one short transaction, and sets the target's model. Nothing ever writes one
 -- model's vectors into the other model's column.
 
@@ -16,7 +16,7 @@
 -- unless one is recorded already; returns the recorded producer as 'model revision variant'.
 -- The worker compares it with its own in its write transaction. SECURITY DEFINER: worker roles
 -- have no rights on the table.
-CREATE FUNCTION embeddings.claim_provenance(
+CREATE FUNCTION embeddings_internal.claim_provenance(
     target_id integer, shadow boolean, model text, revision text, variant text
 ) RETURNS text
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
@@ -35,14 +35,14 @@ END
 $$;
 
 -- Names of the shadow column and of the old column kept by a change with keep_old.
-CREATE FUNCTION embeddings.shadow_column(embedding_column name) RETURNS name
+CREATE FUNCTION embeddings_internal.shadow_column(embedding_column name) RETURNS name
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT (left(embedding_column, 54) || '_next')::name $$;
 
-CREATE FUNCTION embeddings.kept_column(embedding_column name) RETURNS name
+CREATE FUNCTION embeddings_internal.kept_column(embedding_column name) RETURNS name
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT (left(embedding_column, 50) || '_previous')::name $$;
 
 -- The HNSW index on column `col` of `source`, if any.
-CREATE FUNCTION embeddings.hnsw_index(source regclass, col name) RETURNS regclass
+CREATE FUNCTION embeddings_internal.hnsw_index(source regclass, col name) RETURNS regclass
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT i.indexrelid::regclass FROM pg_index i
     JOIN pg_class ic ON ic.oid = i.indexrelid
@@ -54,7 +54,7 @@ $$;
 
 -- The partial index of rows still lacking their new vector: completion checks it under the
 -- table lock without scanning the table.
-CREATE FUNCTION embeddings.missing_index_name(target_id integer) RETURNS name
+CREATE FUNCTION embeddings_internal.missing_index_name(target_id integer) RETURNS name
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT ('embeddings_' || target_id || '_change_missing')::name $$;
 
 -- Starts changing target t's model to `new_model` (see the top of this file). A change to the
@@ -62,7 +62,7 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT ('embe
 -- a change back to the target's own model cancels it. `reembed` starts a change even to the
 -- same model (new vectors from another revision or variant). Every row with content gets a
 -- shadow-only job on the backfill lane. Returns the target id.
-CREATE FUNCTION embeddings.start_change(
+CREATE FUNCTION embeddings_internal.start_change(
     t embeddings.targets, new_model text, keep_old boolean DEFAULT false, reembed boolean DEFAULT false
 ) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -70,18 +70,18 @@ DECLARE
     c embeddings.model_changes;
     dims integer;
     vschema name := embeddings.vector_schema();
-    shadow name := embeddings.shadow_column(t.embedding_column);
+    shadow name := embeddings_internal.shadow_column(t.embedding_column);
     total bigint;
     following text := coalesce(current_setting('embeddings.following', true), 'off');
     vec_rel regclass := t.store_table;  -- where the embedding column is
 BEGIN
-    -- The table first, the registration after, as the worker's write (embeddings.lock_target)
+    -- The table first, the registration after, as the worker's write (embeddings_internal.lock_target)
     -- and complete_change() take them: the other order deadlocks with a write in flight. The
     -- table in the mode ALTER TABLE will take anyway (a weaker one would have to be upgraded),
     -- in short attempts that never stall the application's statements (41_locks.sql).
-    PERFORM embeddings.lock_table(t.source);
+    PERFORM embeddings_internal.lock_table(t.source);
     SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = t.id FOR UPDATE;
-    IF embeddings.store_has_chunks(t) THEN
+    IF embeddings_internal.store_has_chunks(t) THEN
         RAISE EXCEPTION '%.% is a chunked target: a blue/green model change is for plain targets', t.source, t.embedding_column
             USING ERRCODE = 'feature_not_supported',
                   HINT = 'watch() a chunked target with the new model to re-embed its chunks in place.';
@@ -101,22 +101,22 @@ BEGIN
     SELECT m.dimensions INTO dims FROM embeddings.models m WHERE m.name = new_model;
     IF dims IS NULL THEN
         RAISE EXCEPTION 'unknown model "%"', new_model
-            USING ERRCODE = 'invalid_parameter_value', HINT = embeddings.unknown_model_hint(new_model);
+            USING ERRCODE = 'invalid_parameter_value', HINT = embeddings_internal.unknown_model_hint(new_model);
     END IF;
-    IF embeddings.attnum_of(vec_rel, shadow) IS NOT NULL THEN
+    IF embeddings_internal.attnum_of(vec_rel, shadow) IS NOT NULL THEN
         RAISE EXCEPTION 'column %.% exists: a model change needs that name for its shadow column', vec_rel, shadow
             USING ERRCODE = 'duplicate_column', HINT = 'Rename or drop that column, then watch() again.';
     END IF;
-    IF keep_old AND embeddings.attnum_of(vec_rel, embeddings.kept_column(t.embedding_column)) IS NOT NULL THEN
+    IF keep_old AND embeddings_internal.attnum_of(vec_rel, embeddings_internal.kept_column(t.embedding_column)) IS NOT NULL THEN
         RAISE EXCEPTION 'column %.% exists (kept from an earlier change?)', vec_rel,
-                embeddings.kept_column(t.embedding_column)
+                embeddings_internal.kept_column(t.embedding_column)
             USING ERRCODE = 'duplicate_column', HINT = 'Drop it first, or change with keep_old => false.';
     END IF;
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
     EXECUTE format('ALTER TABLE %s ADD COLUMN %I %I.halfvec(%s)', vec_rel, shadow, vschema, dims);
     EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.halfvec_cosine_ops)', vec_rel, shadow, vschema);
     EXECUTE format('CREATE INDEX %I ON %s ((true)) WHERE %I IS NULL',
-                   embeddings.missing_index_name(t.id), vec_rel, shadow);
+                   embeddings_internal.missing_index_name(t.id), vec_rel, shadow);
     PERFORM set_config('embeddings.following', following, true);
     -- In-flight batches read under the old definition are handed back and redone with both models.
     UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now()
@@ -124,16 +124,16 @@ BEGIN
     DELETE FROM embeddings.provenance p WHERE p.target_id = t.id AND p.shadow;
     -- Every row with content, queued in key ranges on the backfill lane after this transaction
     -- (62_backfill.sql): one bounded step here, not the whole table under the lock.
-    PERFORM embeddings.start_backfill(t, true, 'change');
+    PERFORM embeddings_internal.start_backfill(t, true, 'change');
     -- Rows to do, for the progress: counted on small tables, estimated on large ones.
-    total := round(embeddings.target_rows(t));
-    IF total <= embeddings.status_exact_rows() THEN
+    total := round(embeddings_internal.target_rows(t));
+    IF total <= embeddings_internal.status_exact_rows() THEN
         EXECUTE format('SELECT pg_catalog.count(*) FROM %s', t.source) INTO total;
     END IF;
     INSERT INTO embeddings.model_changes (target_id, model, shadow_column, keep_old, rows_total)
     VALUES (t.id, new_model, shadow, keep_old, total);
     -- The functions that write the shadow column too (sql/32_access.sql).
-    PERFORM embeddings.generate_access(t);
+    PERFORM embeddings_internal.generate_access(t);
     RETURN t.id;
 END
 $$;
@@ -150,14 +150,14 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
 BEGIN
-    PERFORM embeddings.lock_table(source);  -- as start_change()
+    PERFORM embeddings_internal.lock_table(source);  -- as start_change()
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = rewatch.source AND tg.embedding_column = rewatch.embedding_column FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION '%.% is not watched', source, embedding_column
             USING ERRCODE = 'undefined_object', HINT = 'Register it with embeddings.watch() first.';
     END IF;
-    RETURN embeddings.start_change(t, coalesce(model, t.model), keep_old, reembed => coalesce(model, t.model) = t.model);
+    RETURN embeddings_internal.start_change(t, coalesce(model, t.model), keep_old, reembed => coalesce(model, t.model) = t.model);
 END
 $$;
 COMMENT ON FUNCTION embeddings.rewatch IS
@@ -174,7 +174,7 @@ DECLARE
     c embeddings.model_changes;
     following text := coalesce(current_setting('embeddings.following', true), 'off');
 BEGIN
-    PERFORM embeddings.lock_table(source);  -- as start_change()
+    PERFORM embeddings_internal.lock_table(source);  -- as start_change()
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = cancel_change.source AND tg.embedding_column = cancel_change.embedding_column FOR UPDATE;
     SELECT * INTO c FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
@@ -186,13 +186,13 @@ BEGIN
     EXECUTE format('DROP INDEX IF EXISTS %I.%I',
                    (SELECT n.nspname FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
                     WHERE cl.oid = t.store_table),
-                   embeddings.missing_index_name(t.id));
-    IF embeddings.attnum_of(t.store_table, c.shadow_column) IS NOT NULL THEN
+                   embeddings_internal.missing_index_name(t.id));
+    IF embeddings_internal.attnum_of(t.store_table, c.shadow_column) IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN %I', t.store_table, c.shadow_column);
     END IF;
     PERFORM set_config('embeddings.following', following, true);
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1, ''shadow'', true)',
-                   pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q')) USING t.id;
+                   pgmq.format_table_name(embeddings_internal.backfill_queue(t.queue), 'q')) USING t.id;
     -- The change's backfill becomes an ordinary one again, from the first key: rows it would
     -- have reached (a backfill it replaced, say) still get their vector of the current model.
     UPDATE embeddings.backfills b SET lane = 'backfill', every_row = false, after_key = NULL
@@ -201,7 +201,7 @@ BEGIN
     DELETE FROM embeddings.provenance p WHERE p.target_id = t.id AND p.shadow;
     UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now() WHERE tg.id = t.id
     RETURNING * INTO t;
-    PERFORM embeddings.generate_access(t);  -- no shadow column to write any more
+    PERFORM embeddings_internal.generate_access(t);  -- no shadow column to write any more
     RETURN true;
 END
 $$;
@@ -213,23 +213,23 @@ COMMENT ON FUNCTION embeddings.cancel_change IS
 -- held back (a deferred job is put back unread: read_ct 0, vt ahead). Only such a row may
 -- lack its new vector at the swap (its content changed, so its old vector was cleared too,
 -- and its job writes the new one at once); `held` counts the live jobs held back.
-CREATE FUNCTION embeddings.moving_live_keys(t embeddings.targets, OUT keys jsonb[], OUT held bigint)
+CREATE FUNCTION embeddings_internal.moving_live_keys(t embeddings.targets, OUT keys jsonb[], OUT held bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     EXECUTE format($q$
         SELECT pg_catalog.array_agg(s.k) FILTER (WHERE NOT s.held),
                pg_catalog.count(DISTINCT s.msg_id) FILTER (WHERE s.held)
         FROM (SELECT m.msg_id, key_json AS k, m.read_ct = 0 AND m.vt > pg_catalog.clock_timestamp() AS held
-              FROM pgmq.%1$I m, LATERAL embeddings.message_keys(m.message) AS key_json
+              FROM pgmq.%1$I m, LATERAL embeddings_internal.message_keys(m.message) AS key_json
               WHERE m.message @> pg_catalog.jsonb_build_object('target', $1)
               UNION ALL
               SELECT m.msg_id, m.message -> 'id', m.read_ct = 0 AND m.vt > pg_catalog.clock_timestamp()
               FROM pgmq.%1$I m WHERE %2$s
               UNION ALL
               SELECT NULL, key_json, false FROM embeddings.inbox i,
-                   LATERAL embeddings.message_keys(pg_catalog.jsonb_build_object('columns', i.columns)) AS key_json
+                   LATERAL embeddings_internal.message_keys(pg_catalog.jsonb_build_object('columns', i.columns)) AS key_json
               WHERE i.target = $1) s
-        $q$, pgmq.format_table_name(t.queue, 'q'), embeddings.guide_job_sql(t, 'm'))
+        $q$, pgmq.format_table_name(t.queue, 'q'), embeddings_internal.guide_job_sql(t, 'm'))
         INTO keys, held USING t.id;
     keys := coalesce(keys, '{}');
 END
@@ -243,7 +243,7 @@ $$;
 -- without which their rows would swap without a vector. Real content only: whitespace-only
 -- content is cleared by the worker, never embedded. The content is evaluated by the target's
 -- embeddings_<id>_unshadowed(), as the table's owner (sql/32_access.sql).
-CREATE FUNCTION embeddings.change_waits_for(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.change_waits_for(t embeddings.targets) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     change_jobs bigint;
@@ -252,7 +252,7 @@ DECLARE
     held bigint;
 BEGIN
     EXECUTE format('SELECT count(*) FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1, ''shadow'', true)',
-                   pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q'))
+                   pgmq.format_table_name(embeddings_internal.backfill_queue(t.queue), 'q'))
         INTO change_jobs USING t.id;
     IF change_jobs > 0 THEN
         RETURN format('%s jobs of the change are waiting', change_jobs);
@@ -261,16 +261,16 @@ BEGIN
         RETURN 'its rows are still being queued (a backfill in key ranges)';
     END IF;
     EXECUTE format('SELECT pg_catalog.array_agg(u.k) FROM embeddings.%I($1) AS u(k)', 'embeddings_' || t.id || '_unshadowed')
-        INTO unqueued USING ARRAY(SELECT p.k FROM embeddings.pending_keys(t) p);
+        INTO unqueued USING ARRAY(SELECT p.k FROM embeddings_internal.pending_keys(t) p);
     missing := coalesce(cardinality(unqueued), 0);
     IF missing > 0 THEN
         IF EXISTS (SELECT FROM embeddings.failures f WHERE f.target_id = t.id) THEN
             RETURN format('%s rows lack the new vector and the target has dead letters (embed-worker failures)', missing);
         END IF;
-        PERFORM embeddings.enqueue_keys(t.id, unqueued, 0, 'change');
+        PERFORM embeddings_internal.enqueue_keys(t.id, unqueued, 0, 'change');
         RETURN format('%s rows lacked the new vector: queued', missing);
     END IF;
-    SELECT m.held INTO held FROM embeddings.moving_live_keys(t) m;
+    SELECT m.held INTO held FROM embeddings_internal.moving_live_keys(t) m;
     IF held > 0 THEN
         RETURN format('%s jobs of the application''s writes are held back (deferred): waiting for them', held);
     END IF;
@@ -288,7 +288,7 @@ $$;
 -- theirs are cleared. Both as the table's owner, by embeddings_<id>_swap_prepare()
 -- (sql/32_access.sql), whose triggers fire on that UPDATE; both read through the partial index
 -- of rows lacking the new vector.
-CREATE FUNCTION embeddings.prepare_swap(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.prepare_swap(t embeddings.targets) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     live jsonb[];
@@ -296,7 +296,7 @@ DECLARE
     missing bigint;
     ready boolean;
 BEGIN
-    SELECT * INTO live, held FROM embeddings.moving_live_keys(t);
+    SELECT * INTO live, held FROM embeddings_internal.moving_live_keys(t);
     IF held > 0 THEN
         RETURN format('%s jobs of the application''s writes are held back (deferred): waiting for them', held);
     END IF;
@@ -315,10 +315,10 @@ $$;
 
 -- The swap's DDL, on target t's table or side table: change c's shadow column takes the name of
 -- the target's column, and its index the name of the column's index; the old column is kept as
--- embeddings.kept_column() (keep_old) or dropped. Renames first, the drop last: a drop of a
+-- embeddings_internal.kept_column() (keep_old) or dropped. Renames first, the drop last: a drop of a
 -- column named like the target's would make the event trigger of 45_dropped.sql forget the
 -- target. Leaves embeddings.following on: the caller brings the registry in line.
-CREATE FUNCTION embeddings.swap_columns(t embeddings.targets, c embeddings.model_changes) RETURNS void
+CREATE FUNCTION embeddings_internal.swap_columns(t embeddings.targets, c embeddings.model_changes) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     vec_rel regclass := t.store_table;  -- the table, or its side table
@@ -329,12 +329,12 @@ DECLARE
     old_index_name name;
 BEGIN
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL
-    EXECUTE format('DROP INDEX IF EXISTS %I.%I', rel_schema, embeddings.missing_index_name(t.id));
-    old_index := embeddings.hnsw_index(vec_rel, t.embedding_column);
-    new_index := embeddings.hnsw_index(vec_rel, c.shadow_column);
+    EXECUTE format('DROP INDEX IF EXISTS %I.%I', rel_schema, embeddings_internal.missing_index_name(t.id));
+    old_index := embeddings_internal.hnsw_index(vec_rel, t.embedding_column);
+    new_index := embeddings_internal.hnsw_index(vec_rel, c.shadow_column);
     SELECT relname INTO old_index_name FROM pg_class WHERE oid = old_index;
     EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', vec_rel, t.embedding_column,
-                   CASE WHEN c.keep_old THEN embeddings.kept_column(t.embedding_column)
+                   CASE WHEN c.keep_old THEN embeddings_internal.kept_column(t.embedding_column)
                         ELSE 'embeddings_' || t.id || '_replaced' END);
     IF old_index IS NOT NULL THEN
         EXECUTE format('ALTER INDEX %s RENAME TO %I', old_index, left(old_index_name, 54) || '_previous');
@@ -354,7 +354,7 @@ $$;
 -- swap is simply served with the new model), and, checked under the table lock, no row that has
 -- a vector lacks the new one. Then, in this one transaction: rows whose vector was cleared by a
 -- content change (their job is queued) have their stale new vector cleared too; the target's
--- column is dropped (or kept as embeddings.kept_column()); the shadow column and its index take
+-- column is dropped (or kept as embeddings_internal.kept_column()); the shadow column and its index take
 -- the column's name and the index's name; the registry's attribute number follows (the rename
 -- follower is off for our own DDL); the target's model is set and its definition version
 -- bumped (batches read before are handed back and redone). Returns 'done', or what it waits
@@ -362,7 +362,7 @@ $$;
 -- the swap never queues the application's statements behind it for more than one attempt
 -- (lock_not_available: try later; complete_changes() records the wait). Every other lock
 -- (the registration, the indexes) is bounded by a 50 ms lock_timeout.
-CREATE FUNCTION embeddings.complete_change(target_id integer, lock_wait interval DEFAULT interval '200 milliseconds')
+CREATE FUNCTION embeddings_internal.complete_change(target_id integer, lock_wait interval DEFAULT interval '200 milliseconds')
 RETURNS text
 LANGUAGE plpgsql SET lock_timeout = '50ms' SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -376,31 +376,31 @@ BEGIN
         RETURN 'no change in progress';
     END IF;
     SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = c.target_id;
-    waiting := embeddings.change_waits_for(t);
+    waiting := embeddings_internal.change_waits_for(t);
     IF waiting IS NOT NULL THEN
         RETURN waiting;
     END IF;
     -- The swap. The table first (waits for application and worker writes in progress), then
     -- the registration, as ALTER TABLE and worker writes take them: writes that start later
     -- wait for us and then see the new version.
-    PERFORM embeddings.lock_table(t.source, lock_wait);
+    PERFORM embeddings_internal.lock_table(t.source, lock_wait);
     PERFORM FROM embeddings.targets tg WHERE tg.id = t.id FOR UPDATE;
-    waiting := embeddings.prepare_swap(t);
+    waiting := embeddings_internal.prepare_swap(t);
     IF waiting IS NOT NULL THEN
         RETURN waiting;
     END IF;
-    PERFORM embeddings.swap_columns(t, c);
+    PERFORM embeddings_internal.swap_columns(t, c);
     UPDATE embeddings.targets tg
     SET model = c.model,
-        embedding_attnum = CASE WHEN NOT embeddings.store_apart(t) THEN embeddings.attnum_of(t.source, t.embedding_column) END,
+        embedding_attnum = CASE WHEN NOT embeddings_internal.store_apart(t) THEN embeddings_internal.attnum_of(t.source, t.embedding_column) END,
         version = tg.version + 1, updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
-    PERFORM embeddings.install_triggers(t);  -- the generated functions name the new column
+    PERFORM embeddings_internal.install_triggers(t);  -- the generated functions name the new column
     PERFORM set_config('embeddings.following', following, true);
     DELETE FROM embeddings.provenance p WHERE p.target_id = t.id AND NOT p.shadow;
     UPDATE embeddings.provenance p SET shadow = false WHERE p.target_id = t.id AND p.shadow;
     DELETE FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
-    PERFORM embeddings.grant_worker_target(r.role_name, t) FROM embeddings.worker_role_names() AS r(role_name);
+    PERFORM embeddings_internal.grant_worker_target(r.role_name, t) FROM embeddings_internal.worker_role_names() AS r(role_name);
     RETURN 'done';
 END
 $$;
@@ -408,7 +408,7 @@ $$;
 -- Tries to complete every change in progress (the worker calls it when its queues are idle;
 -- anyone may call it). A table busy past the lock timeout is left for the next call. Returns
 -- one row per change: target id and complete_change()'s answer.
-CREATE FUNCTION embeddings.complete_changes(OUT target_id integer, OUT result text) RETURNS SETOF record
+CREATE FUNCTION embeddings_internal.complete_changes(OUT target_id integer, OUT result text) RETURNS SETOF record
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id integer;
@@ -420,12 +420,12 @@ BEGIN
               ORDER BY mc.target_id LOOP
         target_id := id;
         BEGIN
-            result := embeddings.complete_change(id);
+            result := embeddings_internal.complete_change(id);
         EXCEPTION WHEN lock_not_available THEN
             result := 'table busy: retried later';
             UPDATE embeddings.model_changes mc
             SET swap_attempts = mc.swap_attempts + 1, swap_waiting_since = coalesce(mc.swap_waiting_since, now()),
-                swap_holders = (SELECT embeddings.lock_holders(tg.source) FROM embeddings.targets tg WHERE tg.id = mc.target_id)
+                swap_holders = (SELECT embeddings_internal.lock_holders(tg.source) FROM embeddings.targets tg WHERE tg.id = mc.target_id)
             WHERE mc.target_id = id;
         WHEN dependent_objects_still_exist THEN
             -- A view or trigger of the user's uses the old column: it cannot be dropped.
@@ -445,7 +445,7 @@ $$;
 
 -- For embeddings.status: the producer of target t's vectors ('model revision variant') and the
 -- progress of its change in progress, if any (rows with the new vector / rows with content).
-CREATE FUNCTION embeddings.change_status(
+CREATE FUNCTION embeddings_internal.change_status(
     t embeddings.targets, exact boolean DEFAULT true,
     OUT vectors_from text, OUT change_model text, OUT change_done_rows bigint,
     OUT change_total_rows bigint, OUT change_rows_per_second double precision,
@@ -468,7 +468,7 @@ BEGIN
         -- (all of them once it ended), less the change's jobs still queued.
         EXECUTE format('SELECT coalesce(sum(embeddings.message_key_count(message)), 0) FROM pgmq.%I '
                        'WHERE message @> jsonb_build_object(''target'', $1, ''shadow'', true)',
-                       pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q'))
+                       pgmq.format_table_name(embeddings_internal.backfill_queue(t.queue), 'q'))
             INTO queued USING t.id;
         change_total_rows := c.rows_total;
         change_done_rows := greatest(least(coalesce(
@@ -478,17 +478,17 @@ BEGIN
         -- Rows with the new vector, and rows with content (a content function is not evaluated
         -- by status: its total is the one counted as the change began).
         BEGIN
-            IF NOT embeddings.store_apart(t) THEN
+            IF NOT embeddings_internal.store_apart(t) THEN
                 EXECUTE format('SELECT pg_catalog.count(s.%I), pg_catalog.count(*) FILTER (WHERE s.%I IS NOT NULL OR (%s) OPERATOR(pg_catalog.~) ''[^[:space:]]'') FROM %s s',
                                c.shadow_column, c.shadow_column,
-                               CASE WHEN t.content_column IS NOT NULL THEN embeddings.content_sql(t, 's') ELSE 'NULL' END,
+                               CASE WHEN t.content_column IS NOT NULL THEN embeddings_internal.content_sql(t, 's') ELSE 'NULL' END,
                                t.source)
                     INTO change_done_rows, change_total_rows;
             ELSE  -- the rows of its store of existing rows (a side table: sql/56_side.sql)
                 EXECUTE format('SELECT pg_catalog.count(x.%I), pg_catalog.count(*) FILTER (WHERE x.%I IS NOT NULL OR (%s) OPERATOR(pg_catalog.~) ''[^[:space:]]'') FROM %s s LEFT JOIN %s x ON %s',
                                c.shadow_column, c.shadow_column,
-                               CASE WHEN t.content_column IS NOT NULL THEN embeddings.content_sql(t, 's') ELSE 'NULL' END,
-                               t.source, t.store_table, embeddings.key_equal_sql(t, 's', 'x'))
+                               CASE WHEN t.content_column IS NOT NULL THEN embeddings_internal.content_sql(t, 's') ELSE 'NULL' END,
+                               t.source, t.store_table, embeddings_internal.key_equal_sql(t, 's', 'x'))
                     INTO change_done_rows, change_total_rows;
             END IF;
         EXCEPTION WHEN OTHERS THEN  -- a table the caller may not read

@@ -19,7 +19,7 @@ BEGIN
               AND a.attnum > 0 AND NOT a.attisdropped)
         ORDER BY tg.id
     LOOP
-        PERFORM embeddings.forget_target(t);
+        PERFORM embeddings_internal.forget_target(t);
         RAISE NOTICE 'embeddings: target % is no longer watched: its table or embedding column is gone', t.id;
         forgotten := forgotten + 1;
     END LOOP;
@@ -32,7 +32,7 @@ COMMENT ON FUNCTION embeddings.unwatch_dropped IS
 -- Called at every DROP: forgets the targets whose table or embedding column this drop removed.
 -- SECURITY DEFINER because whoever may drop a table may not write our registry or the queue; it
 -- only acts on the objects Postgres reports as dropped. It never fails the user's DROP.
-CREATE FUNCTION embeddings.forget_dropped_targets() RETURNS event_trigger
+CREATE FUNCTION embeddings_internal.forget_dropped_targets() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
@@ -49,7 +49,7 @@ BEGIN
                AND d.objid = tg.store_table)                     -- (in its store)
     LOOP
         BEGIN
-            PERFORM embeddings.forget_target(t);
+            PERFORM embeddings_internal.forget_target(t);
             RAISE NOTICE 'embeddings: target % is no longer watched: its table or embedding column was dropped', t.id;
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'embeddings: could not forget dropped target % (%); run SELECT embeddings.unwatch_dropped()', t.id, SQLERRM;
@@ -64,7 +64,7 @@ BEGIN
         NULL;  -- installed already (a reinstall over an existing schema)
     ELSIF (SELECT rolsuper FROM pg_roles WHERE rolname = current_user) THEN
         CREATE EVENT TRIGGER embeddings_forget_dropped ON sql_drop
-            EXECUTE FUNCTION embeddings.forget_dropped_targets();
+            EXECUTE FUNCTION embeddings_internal.forget_dropped_targets();
     ELSE
         RAISE NOTICE 'embeddings: not a superuser, so no event trigger forgets dropped watched tables; after dropping one, run SELECT embeddings.unwatch_dropped()';
     END IF;
@@ -81,7 +81,7 @@ $$;
 -- partition (the keys of newly attached partitions' rows enqueued). What cannot be followed (the
 -- content or key column dropped) becomes the target's `problem`: its triggers go, the worker
 -- defers its jobs, status shows why; watch() again clears it.
-CREATE FUNCTION embeddings.refresh_target(target_id integer) RETURNS void
+CREATE FUNCTION embeddings_internal.refresh_target(target_id integer) RETURNS void
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
@@ -105,7 +105,7 @@ BEGIN
             WHEN tg.content_function IS NOT NULL AND NOT EXISTS (SELECT FROM pg_proc WHERE oid = tg.content_function) THEN
                 'its content function was dropped; create it again and watch the table again'
             -- The table or the function changed hands: the function would run with the rights
-            -- of a role that did not write it (watch()'s rule, embeddings.check_content_function).
+            -- of a role that did not write it (watch()'s rule, embeddings_internal.check_content_function).
             WHEN tg.content_function IS NOT NULL AND EXISTS (
                     SELECT FROM pg_proc p JOIN pg_roles fr ON fr.oid = p.proowner
                     WHERE p.oid = tg.content_function AND NOT fr.rolsuper
@@ -128,22 +128,22 @@ BEGIN
          ) r
     WHERE tg.id = target_id
     RETURNING tg.* INTO t;
-    IF embeddings.store_apart(t) AND t.problem IS NULL THEN
-        PERFORM embeddings.follow_store_keys(t);  -- renamed key columns (54_stores.sql)
+    IF embeddings_internal.store_apart(t) AND t.problem IS NULL THEN
+        PERFORM embeddings_internal.follow_store_keys(t);  -- renamed key columns (54_stores.sql)
         -- retyped ones: a store that cannot follow is a problem, not rows dead-lettered
-        UPDATE embeddings.targets tg SET problem = embeddings.follow_store_key_types(t)
+        UPDATE embeddings.targets tg SET problem = embeddings_internal.follow_store_key_types(t)
         WHERE tg.id = target_id
         RETURNING tg.* INTO t;
     END IF;
     IF t.problem IS NOT NULL AND t.problem IS DISTINCT FROM before.problem THEN
-        RAISE WARNING 'embeddings: % is no longer embedded: %', embeddings.target_name(t), t.problem;
+        RAISE WARNING 'embeddings: % is no longer embedded: %', embeddings_internal.target_name(t), t.problem;
     END IF;
     IF t.problem IS NOT NULL THEN
         -- (without a problem, install_triggers() regenerates the functions, which moves it too)
-        PERFORM embeddings.give_store_to_owner(t);
+        PERFORM embeddings_internal.give_store_to_owner(t);
     END IF;
-    FOREACH rel IN ARRAY embeddings.install_triggers(t) LOOP
-        PERFORM embeddings.enqueue_rows(t, rel);  -- a partition attached with its rows
+    FOREACH rel IN ARRAY embeddings_internal.install_triggers(t) LOOP
+        PERFORM embeddings_internal.enqueue_rows(t, rel);  -- a partition attached with its rows
     END LOOP;
     -- A problem that went away (the table and its content function in one owner's hands again,
     -- after one ALTER ... OWNER and before the other): the triggers were off meanwhile, so rows
@@ -153,8 +153,8 @@ BEGIN
     -- key retyped while its store could not follow: `1` where a uuid is now wanted), which a
     -- worker would dead-letter as invalid keys: they go.
     IF before.problem IS NOT NULL AND t.problem IS NULL THEN
-        PERFORM embeddings.drop_target_jobs(t.id, t.queue);
-        PERFORM embeddings.start_backfill(t, true);
+        PERFORM embeddings_internal.drop_target_jobs(t.id, t.queue);
+        PERFORM embeddings_internal.start_backfill(t, true);
     END IF;
     IF (t.key_columns, t.key_types, t.content_column, t.embedding_column, t.problem)
        IS DISTINCT FROM (before.key_columns, before.key_types, before.content_column, before.embedding_column, before.problem) THEN
@@ -171,7 +171,7 @@ $$;
 -- refreshes the targets on the tables (or partition trees, content functions, generated
 -- functions, schemas holding them) the command touched. It
 -- never fails the user's DDL: a target that cannot be refreshed gets a problem and a WARNING.
-CREATE FUNCTION embeddings.follow_schema_changes() RETURNS event_trigger
+CREATE FUNCTION embeddings_internal.follow_schema_changes() RETURNS event_trigger
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     target_id integer;
@@ -202,7 +202,7 @@ BEGIN
         ORDER BY tg.id
     LOOP
         BEGIN
-            PERFORM embeddings.refresh_target(target_id);
+            PERFORM embeddings_internal.refresh_target(target_id);
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'embeddings: could not follow the change for target % (%)', target_id, SQLERRM;
             UPDATE embeddings.targets tg SET problem = 'could not follow a schema change: ' || SQLERRM
@@ -226,7 +226,7 @@ BEGIN
         DROP EVENT TRIGGER IF EXISTS embeddings_follow_schema_changes;
         CREATE EVENT TRIGGER embeddings_follow_schema_changes ON ddl_command_end
             WHEN TAG IN ('ALTER TABLE', 'CREATE TABLE', 'ALTER FUNCTION', 'ALTER SCHEMA')
-            EXECUTE FUNCTION embeddings.follow_schema_changes();
+            EXECUTE FUNCTION embeddings_internal.follow_schema_changes();
     ELSE
         RAISE NOTICE 'embeddings: not a superuser, so no event trigger follows renames of watched tables'' columns; after one, call embeddings.watch() again';
     END IF;

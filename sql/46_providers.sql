@@ -13,7 +13,7 @@
 -- produce the same vectors, so the endpoint is not part of it. Spaces (none in real ids) become
 -- underscores: a producer is 'model revision variant', split at spaces.
 -- (worker/models/remote/spec.py: RemoteSpec.revision computes the same.)
-CREATE FUNCTION embeddings.remote_revision(m embeddings.models) RETURNS text
+CREATE FUNCTION embeddings_internal.remote_revision(m embeddings.models) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT regexp_replace(m.remote_model, '\s', '_', 'g') || '@' || m.dimensions
 $$;
@@ -43,7 +43,7 @@ COMMENT ON FUNCTION embeddings.provider_defaults IS
 -- 127.0.0.1.nip.io resolves wherever its owner says. The worker refuses the same when it
 -- builds the model or the reranker (worker/models/remote/spec.py: plain_http_problem).
 -- register_model() and register_reranker() (sql/57_rerank.sql) call it.
-CREATE FUNCTION embeddings.check_endpoint(owner text, endpoint text, credential text) RETURNS void
+CREATE FUNCTION embeddings_internal.check_endpoint(owner text, endpoint text, credential text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     endpoint_host text;
@@ -140,7 +140,7 @@ BEGIN
         m.remote_model := coalesce(remote_model, name);
         m.endpoint := rtrim(coalesce(endpoint, replace(kind.endpoint, '{model}', m.remote_model)), '/');
         m.credential := CASE WHEN credential IS NULL THEN provider ELSE nullif(credential, '') END;
-        PERFORM embeddings.check_endpoint(name, m.endpoint, m.credential);
+        PERFORM embeddings_internal.check_endpoint(name, m.endpoint, m.credential);
         m.source := m.endpoint;
         -- The provider's documented limits (docs/providers.md cites them); a self-hosted server's
         -- are yours to set.
@@ -155,9 +155,9 @@ BEGIN
     IF FOUND AND (old.provider, old.remote_model, old.dimensions, old.send_dimensions)
                  IS DISTINCT FROM (m.provider, m.remote_model, m.dimensions, m.send_dimensions) THEN
         SELECT string_agg(u, ', ') INTO users FROM (
-            SELECT embeddings.target_name(t) AS u FROM embeddings.targets t WHERE t.model = register_model.name
+            SELECT embeddings_internal.target_name(t) AS u FROM embeddings.targets t WHERE t.model = register_model.name
             UNION ALL
-            SELECT embeddings.target_name(t) || ' (changing to it)' FROM embeddings.model_changes c
+            SELECT embeddings_internal.target_name(t) || ' (changing to it)' FROM embeddings.model_changes c
             JOIN embeddings.targets t ON t.id = c.target_id WHERE c.model = register_model.name) x;
         IF users IS NOT NULL THEN
             RAISE EXCEPTION 'model % is in use (%): its provider, remote model, dimensions and send_dimensions decide its vectors', name, users
@@ -220,7 +220,7 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown model "%"', coalesce(adopt_vectors.model, t.model)
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = embeddings.unknown_model_hint(coalesce(adopt_vectors.model, t.model));
+                  HINT = embeddings_internal.unknown_model_hint(coalesce(adopt_vectors.model, t.model));
     END IF;
     IF m.name <> t.model THEN
         RAISE EXCEPTION '%.% is watched with model %, not %', source, embedding_column, t.model, m.name
@@ -232,10 +232,10 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Or adopt nothing: the worker''s first write records its own revision.';
     END IF;
-    rev := regexp_replace(coalesce(revision, embeddings.remote_revision(m)), '\s', '_', 'g');
+    rev := regexp_replace(coalesce(revision, embeddings_internal.remote_revision(m)), '\s', '_', 'g');
     var := regexp_replace(coalesce(variant, CASE WHEN m.provider = 'local' THEN 'fp32' ELSE 'remote' END), '\s', '_', 'g');
     ours := concat_ws(' ', m.name, rev, var);
-    recorded := embeddings.claim_provenance(t.id, false, m.name, rev, var);
+    recorded := embeddings_internal.claim_provenance(t.id, false, m.name, rev, var);
     IF recorded <> ours THEN
         RAISE EXCEPTION 'the vectors of %.% are recorded as produced by %, not %', source, embedding_column, recorded, ours
             USING ERRCODE = 'object_in_use',

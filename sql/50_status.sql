@@ -1,7 +1,7 @@
 -- What is going on: per-target progress, and the dead letters.
 
 -- A target's display name: schema.table.column, quoted where needed.
-CREATE FUNCTION embeddings.target_name(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.target_name(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('%I.%I.%I', n.nspname, c.relname, t.embedding_column)
     FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
@@ -16,7 +16,7 @@ $$;
 -- `sample_percent`, an estimate from that share of the queue's pages (TABLESAMPLE SYSTEM),
 -- each group's keys scaled up by it; the inbox part stays exact (it is short). A caller sums a
 -- group's rows (the queue's and the inbox's come apart).
-CREATE FUNCTION embeddings.queue_pending(queue text, sample_percent double precision DEFAULT NULL)
+CREATE FUNCTION embeddings_internal.queue_pending(queue text, sample_percent double precision DEFAULT NULL)
 RETURNS TABLE (
     target_id        jsonb,
     schema_name      text,
@@ -40,7 +40,7 @@ BEGIN
         '      CROSS JOIN LATERAL (SELECT q.message->''target'' AS target OFFSET 0) m '
         '      UNION ALL '  -- the inbox of a live queue (22_inbox.sql)
         '      SELECT pg_catalog.to_jsonb(i.target_id), NULL, NULL, NULL, i.keys, i.oldest, 1 '
-        '      FROM embeddings.inbox_pending($1) i) g '
+        '      FROM embeddings_internal.inbox_pending($1) i) g '
         'GROUP BY 1, 2, 3, 4, g.scale',
         pgmq.format_table_name(queue, 'q'),
         CASE WHEN sample_percent IS NOT NULL THEN 'TABLESAMPLE SYSTEM ($2)' ELSE '' END)
@@ -50,7 +50,7 @@ $$;
 
 -- Messages in `queue` as the statistics system counts them (inserts and deletes, reported at
 -- each transaction's end): no scan.
-CREATE FUNCTION embeddings.queue_messages(queue text) RETURNS bigint
+CREATE FUNCTION embeddings_internal.queue_messages(queue text) RETURNS bigint
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(pg_stat_get_live_tuples(to_regclass(format('pgmq.%I', pgmq.format_table_name(queue, 'q')))), 0)
 $$;
@@ -59,16 +59,16 @@ $$;
 -- whose content is NULL or blank (whitespace only) are `cleared_rows`: the worker keeps them
 -- without an embedding on purpose; NULL for a content function, which status never evaluates
 -- (it is the table owner's code: sql/32_access.sql). Each store kind counts (its exact_counts:
--- embeddings.exact_counts() dispatches, sql/54_stores.sql): a chunked target's embedded rows are
+-- embeddings_internal.exact_counts() dispatches, sql/54_stores.sql): a chunked target's embedded rows are
 -- its documents with chunks; a side-table target's, its rows with a side row that holds a
 -- vector. A store that is gone (dropped under us) counts NULL: the other targets still show.
 
 -- The count of target t's cleared rows over its table `s`, as a SELECT list item.
-CREATE FUNCTION embeddings.cleared_count_sql(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.cleared_count_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN t.content_column IS NOT NULL
                 THEN format('count(*) FILTER (WHERE (%1$s) IS NULL OR (%1$s) !~ ''[^[:space:]]'')',
-                            embeddings.content_sql(t, 's'))
+                            embeddings_internal.content_sql(t, 's'))
                 ELSE 'NULL::bigint' END
 $$;
 
@@ -76,7 +76,7 @@ $$;
 -- inheritance children, partitioned tables left out (they hold no rows). Walked through
 -- pg_inherits, taking no lock: pg_partition_tree() would lock every partition, and status must
 -- not wait behind a long ALTER TABLE on a watched table.
-CREATE FUNCTION embeddings.leaf_relations(rel regclass) RETURNS SETOF regclass
+CREATE FUNCTION embeddings_internal.leaf_relations(rel regclass) RETURNS SETOF regclass
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WITH RECURSIVE tree (relid) AS (
         SELECT rel::oid
@@ -91,7 +91,7 @@ $$;
 -- flushed within about a second; set to what each VACUUM and ANALYZE counts). Where the
 -- statistics system knows nothing of the relation (after a crash or pg_stat_reset(), on a
 -- standby), what the last VACUUM or ANALYZE counted (pg_class.reltuples); 0 when neither ran.
-CREATE FUNCTION embeddings.estimated_rows(rel regclass) RETURNS double precision
+CREATE FUNCTION embeddings_internal.estimated_rows(rel regclass) RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN pg_stat_get_tuples_inserted(c.oid) + pg_stat_get_tuples_deleted(c.oid)
                      + pg_stat_get_vacuum_count(c.oid) + pg_stat_get_autovacuum_count(c.oid)
@@ -102,31 +102,31 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Estimated rows of target t's table (all partitions) and of its store apart from it.
-CREATE FUNCTION embeddings.target_rows(t embeddings.targets) RETURNS double precision
+CREATE FUNCTION embeddings_internal.target_rows(t embeddings.targets) RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(sum(embeddings.estimated_rows(r)), 0)
-    FROM (SELECT embeddings.leaf_relations(t.source) AS r
+    SELECT coalesce(sum(embeddings_internal.estimated_rows(r)), 0)
+    FROM (SELECT embeddings_internal.leaf_relations(t.source) AS r
           UNION ALL
-          SELECT embeddings.leaf_relations(t.store_table) WHERE t.store_table <> t.source) rels
+          SELECT embeddings_internal.leaf_relations(t.store_table) WHERE t.store_table <> t.source) rels
 $$;
 
 -- Up to how many rows (estimated, table and chunk table together) embeddings.status counts a
 -- target exactly: 5000 unless the setting embeddings.status_exact_rows says otherwise (per
 -- database, role or session); 0 always estimates.
-CREATE FUNCTION embeddings.status_exact_rows() RETURNS bigint
+CREATE FUNCTION embeddings_internal.status_exact_rows() RETURNS bigint
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('embeddings.status_exact_rows', true), '')::bigint, 5000)
 $$;
 
 -- Estimated counts of target t in time that does not grow with its table: rows from
--- embeddings.estimated_rows() over its leaf relations; embedded rows and cleared rows scale
+-- embeddings_internal.estimated_rows() over its leaf relations; embedded rows and cleared rows scale
 -- those by the shares ANALYZE sampled (pg_stats): embeddings not NULL, content NULL or blank
 -- (blank among the most common values only). A count is NULL where a leaf with rows has no
 -- statistics of that column yet (never analyzed since watch()), and cleared rows are NULL for a
 -- content function. Chunked targets: chunks estimated likewise, embedded documents NULL.
 -- Side-table targets (sql/56_side.sql): embedded rows from the side table's rows and the share of
 -- them with a vector (side rows of deleted rows not yet followed up counted too).
-CREATE FUNCTION embeddings.estimated_counts(t embeddings.targets,
+CREATE FUNCTION embeddings_internal.estimated_counts(t embeddings.targets,
     OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -135,12 +135,12 @@ DECLARE
     cleared_share double precision;
     total double precision := 0;
     cleared double precision := CASE WHEN t.content_column IS NOT NULL THEN 0 END;
-    vectors record := embeddings.store_estimated_vectors(t);  -- the store kind's (sql/54_stores.sql)
+    vectors record := embeddings_internal.store_estimated_vectors(t);  -- the store kind's (sql/54_stores.sql)
 BEGIN
     -- One short statement per leaf (plans cached by the session), not one query over the
     -- pg_stats view, which costs milliseconds to plan on every call.
-    FOR leaf IN SELECT embeddings.leaf_relations(t.source) LOOP
-        n := embeddings.estimated_rows(leaf);
+    FOR leaf IN SELECT embeddings_internal.leaf_relations(t.source) LOOP
+        n := embeddings_internal.estimated_rows(leaf);
         total := total + n;
         CONTINUE WHEN n < 1;
         SELECT s.null_frac + coalesce((SELECT sum(m.f) FROM unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS m(v, f)
@@ -161,11 +161,11 @@ END
 $$;
 
 -- The pending keys of each lane of `lanes` that `pending` (by lane) lacks, read once per status
--- call with embeddings.queue_pending(): a lane of many messages (more than
+-- call with embeddings_internal.queue_pending(): a lane of many messages (more than
 -- status_exact_rows(), `exact` not true) is sampled, about 2,000 of its messages, and named in
 -- `sampled` (an exact count reads every message: docs/performance.md, "Figures behind the
 -- code's choices"). A target with few messages among very many may be missed: `status --exact`.
-CREATE FUNCTION embeddings.status_read_lanes(INOUT pending jsonb, INOUT sampled text[], lanes text[], exact boolean)
+CREATE FUNCTION embeddings_internal.status_read_lanes(INOUT pending jsonb, INOUT sampled text[], lanes text[], exact boolean)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     lane text;
@@ -173,12 +173,12 @@ DECLARE
 BEGIN
     FOREACH lane IN ARRAY lanes LOOP
         CONTINUE WHEN pending ? lane;
-        messages := embeddings.queue_messages(lane);
-        IF NOT coalesce(exact, false) AND messages > embeddings.status_exact_rows() THEN
+        messages := embeddings_internal.queue_messages(lane);
+        IF NOT coalesce(exact, false) AND messages > embeddings_internal.status_exact_rows() THEN
             sampled := sampled || lane;
         END IF;
         pending := pending || jsonb_build_object(lane,
-            (SELECT coalesce(jsonb_agg(qp), '[]') FROM embeddings.queue_pending(lane,
+            (SELECT coalesce(jsonb_agg(qp), '[]') FROM embeddings_internal.queue_pending(lane,
                  CASE WHEN lane = ANY (sampled) THEN least(100, 100.0 * 2000 / messages) END) qp));
     END LOOP;
 END
@@ -187,7 +187,7 @@ $$;
 -- Target t's pending keys in its lanes `lanes` (live, backfill), from `pending` (read by
 -- status_read_lanes()): its messages, or those of the Supabase guide's shape naming its table
 -- and column; and the age of the oldest.
-CREATE FUNCTION embeddings.status_pending(t embeddings.targets, lanes text[], pending jsonb,
+CREATE FUNCTION embeddings_internal.status_pending(t embeddings.targets, lanes text[], pending jsonb,
                                           OUT pending_live bigint, OUT pending_backfill bigint,
                                           OUT oldest_pending_seconds double precision)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -207,7 +207,7 @@ $$;
 -- runs. Estimated targets (`estimated`, of `total_rows` rows, `embedded_rows` with a vector):
 -- the rows it has not yet passed, times the share of the table that needs a job. Others:
 -- counted as the table's owner, for the roles granted that (grant_worker()); NULL for the rest.
-CREATE FUNCTION embeddings.status_backfill_rows(t embeddings.targets, estimated boolean,
+CREATE FUNCTION embeddings_internal.status_backfill_rows(t embeddings.targets, estimated boolean,
                                                 total_rows bigint, embedded_rows bigint)
 RETURNS bigint
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -222,7 +222,7 @@ BEGIN
         FROM embeddings.backfills b WHERE b.target_id = t.id;
     ELSIF EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id) THEN
         BEGIN
-            backfill_rows := embeddings.backfill_rows_left(t);
+            backfill_rows := embeddings_internal.backfill_rows_left(t);
         EXCEPTION WHEN insufficient_privilege OR SQLSTATE 'EW001' THEN
             backfill_rows := NULL;
         END;
@@ -234,7 +234,7 @@ $$;
 -- Target t's rows embedded per second: those of the last five whole minutes and the current
 -- one, over the time since the first batch among them began (the minute's start where that is
 -- not recorded), so that a drain 10 s old is counted over 10 s, not over a minute.
-CREATE FUNCTION embeddings.status_rate(t embeddings.targets) RETURNS double precision
+CREATE FUNCTION embeddings_internal.status_rate(t embeddings.targets) RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(sum(tp.rows), 0)
            / greatest(extract(epoch FROM clock_timestamp() - min(coalesce(tp.since, tp.minute))), 1)
@@ -242,13 +242,13 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE tp.target_id = t.id AND tp.minute >= date_trunc('minute', clock_timestamp()) - interval '5 minutes'
 $$;
 
--- One row per target. Row counts are exact for targets up to embeddings.status_exact_rows()
--- rows and estimated above (`estimated`: see embeddings.estimated_counts()), so that reading
+-- One row per target. Row counts are exact for targets up to embeddings_internal.status_exact_rows()
+-- rows and estimated above (`estimated`: see embeddings_internal.estimated_counts()), so that reading
 -- the status costs the same for ten rows or ten million and never waits on a watched table's
 -- lock. `exact => true` counts every target exactly (scans each table: embeddings.status_exact),
 -- `exact => false` estimates every one.
--- Pending jobs are exact unless a lane holds more than embeddings.status_exact_rows() messages
--- and `exact` is not true: then sampled (embeddings.queue_pending(), `estimated` true). Dead letters and the rate are exact either way: they come from our own tables. `deferred_reason` says why the pending jobs
+-- Pending jobs are exact unless a lane holds more than embeddings_internal.status_exact_rows() messages
+-- and `exact` is not true: then sampled (embeddings_internal.queue_pending(), `estimated` true). Dead letters and the rate are exact either way: they come from our own tables. `deferred_reason` says why the pending jobs
 -- wait, when the worker defers them; `held_jobs` how many wait so (held: put back without an
 -- attempt, not failed), as opposed to rows that failed and wait for their retry. `swap_*`: a
 -- model change's swap waiting for its table lock (since when, attempts, who holds the table),
@@ -261,7 +261,7 @@ $$;
 -- SELECT on the views to a monitoring role likewise): it counts every watched table whoever
 -- reads the status, and evaluates nothing of the tables' owners (docs/security.md), so what
 -- it reads with its owner's rights is rows counted, never run.
-CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TABLE (
+CREATE FUNCTION embeddings_internal.target_status(exact boolean DEFAULT NULL) RETURNS TABLE (
     target                 text,
     total_rows             bigint,
     embedded_rows          bigint,
@@ -296,42 +296,42 @@ CREATE FUNCTION embeddings.target_status(exact boolean DEFAULT NULL) RETURNS TAB
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
-    stops jsonb := embeddings.status_stops();  -- read once
-    pending jsonb := '{}';  -- per lane: embeddings.queue_pending(), read once per call
+    stops jsonb := embeddings_internal.status_stops();  -- read once
+    pending jsonb := '{}';  -- per lane: embeddings_internal.queue_pending(), read once per call
     sampled text[] := '{}';  -- the lanes whose pending keys were estimated
     lanes text[];
 BEGIN
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
-        target := embeddings.target_name(t);
+        target := embeddings_internal.target_name(t);
         target_id := t.id;
         model := t.model;
         -- What stops its progress, if anything (52_stopped.sql): `problem` says why in words
         -- (every state's reason), `stopped` lists each state with its reason, fix and since.
         stopped := stops -> t.id::text;
         problem := (SELECT string_agg(e ->> 'reason', '; ') FROM jsonb_array_elements(stopped) e);
-        estimated := NOT coalesce(exact, embeddings.target_rows(t) <= embeddings.status_exact_rows());
+        estimated := NOT coalesce(exact, embeddings_internal.target_rows(t) <= embeddings_internal.status_exact_rows());
         IF estimated THEN
-            SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.estimated_counts(t);
+            SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings_internal.estimated_counts(t);
         ELSE
-            SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings.exact_counts(t);
+            SELECT * INTO total_rows, embedded_rows, cleared_rows, chunks FROM embeddings_internal.exact_counts(t);
         END IF;
         -- Both lanes (20_queue.sql): the application's writes, and backfill work behind them;
         -- the rows a running backfill has still to queue are pending in the second.
-        lanes := ARRAY[t.queue, embeddings.backfill_queue(t.queue)];
-        SELECT * INTO pending, sampled FROM embeddings.status_read_lanes(pending, sampled, lanes, exact);
+        lanes := ARRAY[t.queue, embeddings_internal.backfill_queue(t.queue)];
+        SELECT * INTO pending, sampled FROM embeddings_internal.status_read_lanes(pending, sampled, lanes, exact);
         SELECT * INTO pending_live, pending_backfill, oldest_pending_seconds
-        FROM embeddings.status_pending(t, lanes, pending);
-        backfill_rows := embeddings.status_backfill_rows(t, estimated, total_rows, embedded_rows);
+        FROM embeddings_internal.status_pending(t, lanes, pending);
+        backfill_rows := embeddings_internal.status_backfill_rows(t, estimated, total_rows, embedded_rows);
         pending_backfill := pending_backfill + coalesce(backfill_rows, 0);
         pending_jobs := pending_live + pending_backfill;
         index_deferred := EXISTS (SELECT FROM embeddings.deferred_indexes d WHERE d.target_id = t.id);
         -- model change: provenance, and the progress of a change in progress
         SELECT * INTO vectors_from, change_model, change_done_rows, change_total_rows,
                       change_rows_per_second, change_eta_seconds
-        FROM embeddings.change_status(t, NOT estimated);
+        FROM embeddings_internal.change_status(t, NOT estimated);
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
-        rows_per_second := embeddings.status_rate(t);
+        rows_per_second := embeddings_internal.status_rate(t);
         SELECT d.reason, d.since INTO deferred_reason, deferred_since  -- NULL when none
         FROM embeddings.deferrals d WHERE d.target_id = t.id AND pending_jobs > 0;
         -- Held: the jobs the worker puts back without an attempt (deferred_reason says why),
@@ -350,20 +350,20 @@ $$;
 
 -- What `embed-worker status` shows. total_rows, embedded_rows, cleared_rows and chunks are
 -- estimates where `estimated` is true (large tables), and so are the pending counts when a lane
--- holds more than embeddings.status_exact_rows() messages; every other column is exact.
+-- holds more than embeddings_internal.status_exact_rows() messages; every other column is exact.
 CREATE VIEW embeddings.status AS
     SELECT target, total_rows, embedded_rows, pending_jobs, failed_jobs, oldest_pending_seconds,
            target_id, model, rows_per_second, cleared_rows, deferred_reason, deferred_since, problem,
            chunks, estimated, backfill_rows, index_deferred, pending_live, pending_backfill,
            vectors_from, change_model, change_done_rows, change_total_rows, change_rows_per_second,
            change_eta_seconds, stopped, held_jobs, swap_waiting_since, swap_attempts, swap_holders
-    FROM embeddings.target_status();
+    FROM embeddings_internal.target_status();
 COMMENT ON VIEW embeddings.status IS 'Per watched table: rows, embedded, pending jobs, dead letters, age of the oldest job, blank rows, why jobs wait; chunks of chunked targets; rows a running backfill has still to queue; whether the HNSW index waits for the backfill. Row counts of large tables are estimates (estimated = true); embeddings.status_exact counts them';
 
 -- The same, every count exact: scans every watched table (`embed-worker status --exact`). Its
 -- columns are status's, target_status()'s all, in their order.
 CREATE VIEW embeddings.status_exact AS
-    SELECT * FROM embeddings.target_status(exact => true);
+    SELECT * FROM embeddings_internal.target_status(exact => true);
 COMMENT ON VIEW embeddings.status_exact IS 'embeddings.status with exact counts: scans every watched table';
 
 -- Re-queues dead letters (all, or those with the given ids) and removes them from
@@ -378,9 +378,9 @@ BEGIN
     FOR f IN
         DELETE FROM embeddings.failures WHERE ids IS NULL OR id = ANY(ids) RETURNING *
     LOOP
-        PERFORM embeddings.ensure_queue(f.queue);
+        PERFORM embeddings_internal.ensure_queue(f.queue);
         -- lanes: a retry is backfill work (the live lane stays the application's writes')
-        PERFORM pgmq.send(embeddings.backfill_queue(f.queue), f.message);
+        PERFORM pgmq.send(embeddings_internal.backfill_queue(f.queue), f.message);
         retried := retried + 1;
     END LOOP;
     RETURN retried;

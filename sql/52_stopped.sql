@@ -14,13 +14,13 @@
 --                     held, not failed (rows that failed and wait for their retry are not
 --                     this: they are `retrying` in status). Written by the worker
 --                     (55_visibility.sql: embeddings.deferrals); shown while the worker has
---                     held them within embeddings.deferral_fresh().
+--                     held them within embeddings_internal.deferral_fresh().
 --   swap_waiting      a model change is complete but its swap has found the table held by
---                     another transaction for longer than embeddings.swap_wait_alarm() (status
+--                     another transaction for longer than embeddings_internal.swap_wait_alarm() (status
 --                     shows the wait from the first attempt: embeddings.status's swap_* columns)
 --                     (44_changes.sql records each attempt; 41_locks.sql bounds them).
 --   backfill_stalled  a backfill (62_backfill.sql) has queued nothing, and none of the target's
---                     rows was embedded, for embeddings.backfill_stall_alarm(): no worker
+--                     rows was embedded, for embeddings_internal.backfill_stall_alarm(): no worker
 --                     serves its queue.
 --   over_ceiling      documents of a chunked target longer than the worker's ceiling
 --                     (EMBED_MAX_DOCUMENT_BYTES), failed without being embedded
@@ -32,25 +32,25 @@
 -- doctor, /readyz, the metric and its alert pick it up unchanged.
 
 -- How recent a deferral must be to count: the worker retries deferred jobs every minute.
-CREATE FUNCTION embeddings.deferral_fresh() RETURNS interval
+CREATE FUNCTION embeddings_internal.deferral_fresh() RETURNS interval
 LANGUAGE sql IMMUTABLE RETURN interval '5 minutes';
 
 -- How long a swap may wait for its table lock before it counts as stopped: 1 minute unless
 -- the setting embeddings.swap_wait_alarm says otherwise (per database or role).
-CREATE FUNCTION embeddings.swap_wait_alarm() RETURNS interval
+CREATE FUNCTION embeddings_internal.swap_wait_alarm() RETURNS interval
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('embeddings.swap_wait_alarm', true), '')::interval, interval '1 minute')
 $$;
 
 -- How long a backfill may go without progress (no step, no row embedded) before it counts as
 -- stopped: 10 minutes unless the setting embeddings.backfill_stall_alarm says otherwise.
-CREATE FUNCTION embeddings.backfill_stall_alarm() RETURNS interval
+CREATE FUNCTION embeddings_internal.backfill_stall_alarm() RETURNS interval
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('embeddings.backfill_stall_alarm', true), '')::interval, interval '10 minutes')
 $$;
 
 -- Why target t cannot be served, as its registration and the catalog say now, or NULL.
-CREATE FUNCTION embeddings.target_problem(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.target_problem(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(t.problem, CASE
         WHEN NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source) THEN
@@ -69,14 +69,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 WHERE a.attrelid = t.store_table AND a.attname = t.embedding_column AND NOT a.attisdropped
                   AND ty.typname IN ('vector', 'halfvec')) THEN
             format('its embedding column %I is missing or not vector/halfvec; watch the table again', t.embedding_column)
-    END, embeddings.access_problem(t))
+    END, embeddings_internal.access_problem(t))
 $$;
 
 -- One row per stopped state of each target (a target may be in several), in a fixed order of
--- states. SECURITY DEFINER, like embeddings.target_status(): for this schema's owner and the
+-- states. SECURITY DEFINER, like embeddings_internal.target_status(): for this schema's owner and the
 -- worker roles (grant_worker()); it reads our tables and the catalog, and runs nothing of the
 -- tables' owners.
-CREATE FUNCTION embeddings.stopped_targets()
+CREATE FUNCTION embeddings_internal.stopped_targets()
 RETURNS TABLE (target_id integer, target text, queue text, state text, reason text, fix text, since timestamptz)
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -85,10 +85,10 @@ DECLARE
 BEGIN
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         target_id := t.id;
-        target := coalesce(embeddings.target_name(t), format('target %s', t.id));
+        target := coalesce(embeddings_internal.target_name(t), format('target %s', t.id));
         queue := t.queue;
 
-        problem := embeddings.target_problem(t);
+        problem := embeddings_internal.target_problem(t);
         IF problem IS NOT NULL THEN
             state := 'problem';
             reason := problem;
@@ -114,7 +114,7 @@ BEGIN
             INTO state, reason, fix, since
             FROM embeddings.deferrals d
             LEFT JOIN embeddings.models m ON m.name = t.model
-            WHERE d.target_id = t.id AND d.last_seen > now() - embeddings.deferral_fresh();
+            WHERE d.target_id = t.id AND d.last_seen > now() - embeddings_internal.deferral_fresh();
             IF FOUND THEN
                 RETURN NEXT;
             END IF;
@@ -126,11 +126,11 @@ BEGIN
                       mc.swap_attempts, coalesce(mc.swap_holders, 'none named')),
                'end or shorten the long transaction(s) named (SELECT pg_terminate_backend(pid)); the swap '
                'retries by itself and never queues the application behind it for more than '
-               || embeddings.lock_attempt_ms() || ' ms',
+               || embeddings_internal.lock_attempt_ms() || ' ms',
                mc.swap_waiting_since
         INTO state, reason, fix, since
         FROM embeddings.model_changes mc
-        WHERE mc.target_id = t.id AND mc.swap_waiting_since <= now() - embeddings.swap_wait_alarm();
+        WHERE mc.target_id = t.id AND mc.swap_waiting_since <= now() - embeddings_internal.swap_wait_alarm();
         IF FOUND THEN
             RETURN NEXT;
         END IF;
@@ -143,9 +143,9 @@ BEGIN
                coalesce(b.stepped_at, b.started_at)
         INTO state, reason, fix, since
         FROM embeddings.backfills b
-        WHERE b.target_id = t.id AND coalesce(b.stepped_at, b.started_at) <= now() - embeddings.backfill_stall_alarm()
+        WHERE b.target_id = t.id AND coalesce(b.stepped_at, b.started_at) <= now() - embeddings_internal.backfill_stall_alarm()
           AND NOT EXISTS (SELECT FROM embeddings.throughput tp
-                          WHERE tp.target_id = t.id AND tp.minute > now() - embeddings.backfill_stall_alarm());
+                          WHERE tp.target_id = t.id AND tp.minute > now() - embeddings_internal.backfill_stall_alarm());
         IF FOUND THEN
             RETURN NEXT;
         END IF;
@@ -169,16 +169,16 @@ END
 $$;
 
 -- What stops each target, by target id: a list of its states, each with its reason, fix and
--- since (embeddings.target_status() reads it once per call).
-CREATE FUNCTION embeddings.status_stops() RETURNS jsonb
+-- since (embeddings_internal.target_status() reads it once per call).
+CREATE FUNCTION embeddings_internal.status_stops() RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(jsonb_object_agg(s.target_id::text, s.states), '{}')
     FROM (SELECT st.target_id, jsonb_agg(jsonb_build_object(
                      'state', st.state, 'reason', st.reason, 'fix', st.fix, 'since', st.since)
                  ORDER BY st.ordinality) AS states
-          FROM embeddings.stopped_targets() WITH ORDINALITY AS st
+          FROM embeddings_internal.stopped_targets() WITH ORDINALITY AS st
           GROUP BY st.target_id) s
 $$;
 
-CREATE VIEW embeddings.stopped AS SELECT * FROM embeddings.stopped_targets();
+CREATE VIEW embeddings.stopped AS SELECT * FROM embeddings_internal.stopped_targets();
 COMMENT ON VIEW embeddings.stopped IS 'Targets whose progress has stopped: state, why, the fix, since when (one row per state)';

@@ -23,7 +23,7 @@
 --                                     version) true when its vector changed so that it needs
 --                                     a job though its content did not, or NULL (the update
 --                                     trigger, sql/30_triggers.sql)
---   lock_mode(t) text                 the table lock of the worker's write (embeddings.lock_target)
+--   lock_mode(t) text                 the table lock of the worker's write (embeddings_internal.lock_target)
 --   access(t) SETOF jsonb             the kind's owner-run functions, as access_spec()s (their
 --                                     templates): the vector writes and their model-change
 --                                     twins (sql/32_access.sql makes the rest)
@@ -41,7 +41,7 @@
 
 -- The store kinds, one line each (its file beside it): `chunked` when it keeps several vectors
 -- per row of the table, one per chunk (search returns each row once, with its best chunk).
-CREATE FUNCTION embeddings.store_kinds() RETURNS TABLE (kind text, chunked boolean)
+CREATE FUNCTION embeddings_internal.store_kinds() RETURNS TABLE (kind text, chunked boolean)
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     VALUES ('row', false),     -- sql/55_row.sql
            ('chunks', true),   -- sql/55_chunks.sql
@@ -50,12 +50,12 @@ $$;
 
 -- The function of target t's kind for `operation`; an error naming both when there is none.
 -- Dispatchers run it with their caller's rights.
-CREATE FUNCTION embeddings.store_function(t embeddings.targets, operation text) RETURNS text
+CREATE FUNCTION embeddings_internal.store_function(t embeddings.targets, operation text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    fn text := embeddings.render('embeddings.%(name)I', jsonb_build_object('name', t.store_kind || '_store_' || operation));
+    fn text := embeddings_internal.render('embeddings_internal.%(name)I', jsonb_build_object('name', t.store_kind || '_store_' || operation));
 BEGIN
-    IF NOT EXISTS (SELECT FROM embeddings.store_kinds() k WHERE k.kind = t.store_kind)
+    IF NOT EXISTS (SELECT FROM embeddings_internal.store_kinds() k WHERE k.kind = t.store_kind)
        OR operation !~ '^[a-z_]+$' OR to_regproc(fn) IS NULL THEN
         RAISE EXCEPTION 'embeddings: the % store has no % operation (no function %)', t.store_kind, operation, fn
             USING ERRCODE = 'undefined_function';
@@ -66,9 +66,9 @@ $$;
 
 -- Whether target t's store holds several vectors per row (a chunked target's): search returns
 -- one result per row, its best chunk. Plain SQL (inlined into search()).
-CREATE FUNCTION embeddings.store_has_chunks(t embeddings.targets) RETURNS boolean
+CREATE FUNCTION embeddings_internal.store_has_chunks(t embeddings.targets) RETURNS boolean
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT k.chunked FROM embeddings.store_kinds() k WHERE k.kind = t.store_kind), false)
+    SELECT coalesce((SELECT k.chunked FROM embeddings_internal.store_kinds() k WHERE k.kind = t.store_kind), false)
 $$;
 
 -- Whether target t's vectors are in a table apart from its table (a side or chunk table):
@@ -76,95 +76,95 @@ $$;
 -- changes and truncations are followed (the triggers, sql/30_triggers.sql, and the functions
 -- below), it belongs to the table's owner and shows a reader only the rows of the table it may
 -- see (its policy, below).
-CREATE FUNCTION embeddings.store_apart(t embeddings.targets) RETURNS boolean
+CREATE FUNCTION embeddings_internal.store_apart(t embeddings.targets) RETURNS boolean
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT t.store_table IS DISTINCT FROM t.source
 $$;
 
 -- The dispatchers (the list above says what each returns). The predicates share one call: the
 -- kind's `operation` of (t, alias).
-CREATE FUNCTION embeddings.store_predicate_sql(t embeddings.targets, operation text, alias text) RETURNS text
+CREATE FUNCTION embeddings_internal.store_predicate_sql(t embeddings.targets, operation text, alias text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found text;
 BEGIN
-    EXECUTE 'SELECT ' || embeddings.store_function(t, operation) || '($1, $2)' INTO found USING t, alias;
+    EXECUTE 'SELECT ' || embeddings_internal.store_function(t, operation) || '($1, $2)' INTO found USING t, alias;
     RETURN found;
 END
 $$;
 
-CREATE FUNCTION embeddings.embedding_missing_sql(t embeddings.targets, alias text) RETURNS text
+CREATE FUNCTION embeddings_internal.embedding_missing_sql(t embeddings.targets, alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.store_predicate_sql(t, 'missing_sql', alias)
+    SELECT embeddings_internal.store_predicate_sql(t, 'missing_sql', alias)
 $$;
 
-CREATE FUNCTION embeddings.store_holds_vector_sql(t embeddings.targets, alias text) RETURNS text
+CREATE FUNCTION embeddings_internal.store_holds_vector_sql(t embeddings.targets, alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.store_predicate_sql(t, 'holds_vector_sql', alias)
+    SELECT embeddings_internal.store_predicate_sql(t, 'holds_vector_sql', alias)
 $$;
 
-CREATE FUNCTION embeddings.store_new_row_sql(t embeddings.targets, alias text) RETURNS text
+CREATE FUNCTION embeddings_internal.store_new_row_sql(t embeddings.targets, alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.store_predicate_sql(t, 'new_row_sql', alias)
+    SELECT embeddings_internal.store_predicate_sql(t, 'new_row_sql', alias)
 $$;
 
 -- The operations of t alone, each returning text.
-CREATE FUNCTION embeddings.store_text(t embeddings.targets, operation text) RETURNS text
+CREATE FUNCTION embeddings_internal.store_text(t embeddings.targets, operation text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found text;
 BEGIN
-    EXECUTE 'SELECT ' || embeddings.store_function(t, operation) || '($1)' INTO found USING t;
+    EXECUTE 'SELECT ' || embeddings_internal.store_function(t, operation) || '($1)' INTO found USING t;
     RETURN found;
 END
 $$;
 
-CREATE FUNCTION embeddings.store_changed_vector_sql(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.store_changed_vector_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.store_text(t, 'changed_vector_sql')
+    SELECT embeddings_internal.store_text(t, 'changed_vector_sql')
 $$;
 
-CREATE FUNCTION embeddings.store_lock_mode(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.store_lock_mode(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.store_text(t, 'lock_mode')
+    SELECT embeddings_internal.store_text(t, 'lock_mode')
 $$;
 
-CREATE FUNCTION embeddings.store_clear_sql(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.store_clear_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.store_text(t, 'clear_sql')
+    SELECT embeddings_internal.store_text(t, 'clear_sql')
 $$;
 
-CREATE FUNCTION embeddings.store_access(t embeddings.targets) RETURNS SETOF jsonb
+CREATE FUNCTION embeddings_internal.store_access(t embeddings.targets) RETURNS SETOF jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    RETURN QUERY EXECUTE 'SELECT * FROM ' || embeddings.store_function(t, 'access') || '($1)' USING t;
+    RETURN QUERY EXECUTE 'SELECT * FROM ' || embeddings_internal.store_function(t, 'access') || '($1)' USING t;
 END
 $$;
 
-CREATE FUNCTION embeddings.search_sql(t embeddings.targets) RETURNS jsonb
+CREATE FUNCTION embeddings_internal.search_sql(t embeddings.targets) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     parts jsonb;
 BEGIN
-    EXECUTE 'SELECT ' || embeddings.store_function(t, 'search_sql') || '($1)' INTO parts USING t;
+    EXECUTE 'SELECT ' || embeddings_internal.store_function(t, 'search_sql') || '($1)' INTO parts USING t;
     RETURN parts;
 END
 $$;
 
-CREATE FUNCTION embeddings.exact_counts(t embeddings.targets,
+CREATE FUNCTION embeddings_internal.exact_counts(t embeddings.targets,
     OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    EXECUTE 'SELECT * FROM ' || embeddings.store_function(t, 'exact_counts') || '($1)'
+    EXECUTE 'SELECT * FROM ' || embeddings_internal.store_function(t, 'exact_counts') || '($1)'
         INTO total_rows, embedded_rows, cleared_rows, chunks USING t;
 END
 $$;
 
-CREATE FUNCTION embeddings.store_estimated_vectors(t embeddings.targets,
+CREATE FUNCTION embeddings_internal.store_estimated_vectors(t embeddings.targets,
     OUT embedded double precision, OUT chunks double precision)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    EXECUTE 'SELECT * FROM ' || embeddings.store_function(t, 'estimated_vectors') || '($1)' INTO embedded, chunks USING t;
+    EXECUTE 'SELECT * FROM ' || embeddings_internal.store_function(t, 'estimated_vectors') || '($1)' INTO embedded, chunks USING t;
 END
 $$;
 
@@ -173,7 +173,7 @@ $$;
 -- The share of rows of `rel` (a table or partition) whose column `col` is not NULL, as ANALYZE
 -- sampled it (pg_stats); NULL before its first ANALYZE. (One short statement per leaf, plans
 -- cached by the session: one query over the pg_stats view costs milliseconds to plan.)
-CREATE FUNCTION embeddings.not_null_share(rel regclass, col name) RETURNS double precision
+CREATE FUNCTION embeddings_internal.not_null_share(rel regclass, col name) RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 1 - s.null_frac
     FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
@@ -185,12 +185,12 @@ $$;
 -- `from_sql` (joined to its store, alias `x`, for a store apart from it), those whose `vector`
 -- is not NULL, those with blank content (cleared_count_sql(), sql/50_status.sql); NULL when
 -- the store or its column is gone (dropped under us: the other targets still show).
-CREATE FUNCTION embeddings.one_vector_exact_counts(t embeddings.targets, from_sql text, vector text,
+CREATE FUNCTION embeddings_internal.one_vector_exact_counts(t embeddings.targets, from_sql text, vector text,
     OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    EXECUTE embeddings.render('SELECT count(*), count(%(vector)s), %(cleared)s FROM %(from)s', jsonb_build_object(
-                'vector', vector, 'cleared', embeddings.cleared_count_sql(t), 'from', from_sql))
+    EXECUTE embeddings_internal.render('SELECT count(*), count(%(vector)s), %(cleared)s FROM %(from)s', jsonb_build_object(
+                'vector', vector, 'cleared', embeddings_internal.cleared_count_sql(t), 'from', from_sql))
         INTO total_rows, embedded_rows, cleared_rows;
 EXCEPTION WHEN OTHERS THEN
     total_rows := NULL;
@@ -202,17 +202,17 @@ $$;
 -- The estimated rows of relation `rel` (its leaves: a partitioned table's partitions) whose
 -- column `col` is not NULL: each leaf's rows (estimated_rows(), sql/50_status.sql) times the
 -- share ANALYZE found not NULL; NULL where a leaf with rows has no statistics yet.
-CREATE FUNCTION embeddings.estimated_not_null(rel regclass, col name) RETURNS double precision
+CREATE FUNCTION embeddings_internal.estimated_not_null(rel regclass, col name) RETURNS double precision
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     leaf regclass;
     n double precision;
     found double precision := 0;
 BEGIN
-    FOR leaf IN SELECT embeddings.leaf_relations(rel) LOOP
-        n := embeddings.estimated_rows(leaf);
+    FOR leaf IN SELECT embeddings_internal.leaf_relations(rel) LOOP
+        n := embeddings_internal.estimated_rows(leaf);
         CONTINUE WHEN n < 1;
-        found := found + n * embeddings.not_null_share(leaf, col);
+        found := found + n * embeddings_internal.not_null_share(leaf, col);
     END LOOP;
     RETURN found;
 END
@@ -221,7 +221,7 @@ $$;
 -- The parts of a search statement (search_sql()) for a store with one vector per row, in
 -- `from` (its relations: `s` the table), the vector `vec` (a column reference, of relation
 -- alias `store`): the row store's and the side store's.
-CREATE FUNCTION embeddings.one_vector_search_sql(t embeddings.targets, from_sql text, store text) RETURNS jsonb
+CREATE FUNCTION embeddings_internal.one_vector_search_sql(t embeddings.targets, from_sql text, store text) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     args jsonb := jsonb_build_object(
@@ -232,20 +232,20 @@ BEGIN
     RETURN jsonb_build_object(
         'from', from_sql,
         'store', store,
-        'vector', embeddings.render('%(store)I.%(vector)I', args),
-        'key', embeddings.key_json_sql(t, 's'),
+        'vector', embeddings_internal.render('%(store)I.%(vector)I', args),
+        'key', embeddings_internal.key_json_sql(t, 's'),
         'content', CASE WHEN t.content_column IS NOT NULL
-                        THEN embeddings.text_sql((SELECT a.atttypid::regtype FROM pg_attribute a
+                        THEN embeddings_internal.text_sql((SELECT a.atttypid::regtype FROM pg_attribute a
                                                   WHERE a.attrelid = t.source AND a.attname = t.content_column),
-                                                 embeddings.render('s.%(column)I', jsonb_build_object('column', t.content_column)))
+                                                 embeddings_internal.render('s.%(column)I', jsonb_build_object('column', t.content_column)))
                         ELSE 'NULL::text' END,
         'seq', 'NULL::integer',
         'start_offset', 'NULL::integer',
         'end_offset', 'NULL::integer',
         'headings', 'NULL::text[]',
         'page', 'NULL::integer',
-        'order', embeddings.render('%(store)I.%(vector)I OPERATOR(%(vector_schema)I.<=>) ($1)::%(type)s', args),
-        'distance', embeddings.render('(%(store)I.%(vector)I OPERATOR(%(vector_schema)I.<=>) ($1)::%(type)s)::double precision', args));
+        'order', embeddings_internal.render('%(store)I.%(vector)I OPERATOR(%(vector_schema)I.<=>) ($1)::%(type)s', args),
+        'distance', embeddings_internal.render('(%(store)I.%(vector)I OPERATOR(%(vector_schema)I.<=>) ($1)::%(type)s)::double precision', args));
 END
 $$;
 
@@ -256,7 +256,7 @@ $$;
 -- else made first, under the name watch() would pick, may carry their triggers, rules, grants
 -- and policies, and our writes would run them with the owner's rights. `option`: the watch()
 -- argument that names another table.
-CREATE FUNCTION embeddings.check_made_store(existing regclass, source regclass, option text) RETURNS void
+CREATE FUNCTION embeddings_internal.check_made_store(existing regclass, source regclass, option text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source);
@@ -292,13 +292,13 @@ $$;
 -- target has a problem and no functions, and the old owner must not keep a table of the new
 -- owner's data). Called by generate_access() and, for a target with a problem, by
 -- refresh_target() (our DDL: the caller has set embeddings.following).
-CREATE FUNCTION embeddings.give_store_to_owner(t embeddings.targets) RETURNS void
+CREATE FUNCTION embeddings_internal.give_store_to_owner(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF embeddings.store_apart(t)
+    IF embeddings_internal.store_apart(t)
        AND (SELECT c.relowner FROM pg_class c WHERE c.oid = t.store_table)
            <> (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source) THEN
-        EXECUTE embeddings.render('ALTER TABLE %(store)s OWNER TO %(owner)I', jsonb_build_object(
+        EXECUTE embeddings_internal.render('ALTER TABLE %(store)s OWNER TO %(owner)I', jsonb_build_object(
             'store', t.store_table::text, 'owner', (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source)));
     END IF;
 END
@@ -307,9 +307,9 @@ $$;
 -- Renames the key columns of target t's store (apart from its table) after the source's key
 -- columns, so that the generated functions name both alike: the columns of its unique index on
 -- the key (key and seq for a chunk table), in key order -- its primary key for a table watch()
--- made. Called by embeddings.refresh_target() with the event trigger's DDL following switched
+-- made. Called by embeddings_internal.refresh_target() with the event trigger's DDL following switched
 -- off.
-CREATE FUNCTION embeddings.follow_store_keys(t embeddings.targets) RETURNS void
+CREATE FUNCTION embeddings_internal.follow_store_keys(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     col record;
@@ -322,12 +322,12 @@ BEGIN
         WHERE i.indexrelid = (SELECT u.indexrelid FROM pg_index u
                               WHERE u.indrelid = t.store_table AND u.indisunique AND u.indpred IS NULL
                                 AND u.indexprs IS NULL
-                                AND u.indnkeyatts = cardinality(t.key_columns) + CASE WHEN embeddings.store_has_chunks(t) THEN 1 ELSE 0 END
+                                AND u.indnkeyatts = cardinality(t.key_columns) + CASE WHEN embeddings_internal.store_has_chunks(t) THEN 1 ELSE 0 END
                               ORDER BY u.indisprimary DESC, u.indexrelid LIMIT 1)
           AND sa.attname <> t.key_columns[k.i]
         ORDER BY k.i
     LOOP
-        EXECUTE embeddings.render('ALTER TABLE %(store)s RENAME COLUMN %(from)I TO %(to)I', jsonb_build_object(
+        EXECUTE embeddings_internal.render('ALTER TABLE %(store)s RENAME COLUMN %(from)I TO %(to)I', jsonb_build_object(
             'store', t.store_table::text, 'from', col.store_name, 'to', col.source_name));
     END LOOP;
 END
@@ -337,7 +337,7 @@ $$;
 -- (type and modifiers: integer to bigint, varchar(10) to varchar(100)), after
 -- follow_store_keys() named them alike: the store's keys are the source's rows' keys, and a key
 -- the store cannot hold ("integer out of range") would dead-letter its row. Called by
--- embeddings.refresh_target(), in the transaction of the user's ALTER TABLE, with the event
+-- embeddings_internal.refresh_target(), in the transaction of the user's ALTER TABLE, with the event
 -- trigger's DDL following off. Returns NULL, or the target's problem when the store cannot
 -- follow.
 --
@@ -350,19 +350,19 @@ $$;
 -- fails (no cast from the old type, a value the new type rejects: the source's own conversion
 -- may have had a USING we do not know) is a problem: its jobs wait, no attempt spent, until
 -- the store's key columns are converted by hand (that ALTER TABLE is followed, clearing it).
-CREATE FUNCTION embeddings.follow_store_key_types(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.follow_store_key_types(t embeddings.targets) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
     changes jsonb;
     wanted text;
     code record;
-    fn text := embeddings.access_body_name(t, '_retype_keys', false);
+    fn text := embeddings_internal.access_body_name(t, '_retype_keys', false);
     problem text;
 BEGIN
     SELECT jsonb_agg(jsonb_build_object('column', a.attname, 'type', format_type(a.atttypid, a.atttypmod),
                                         'collate', CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation
-                                                        THEN embeddings.render(' COLLATE %(schema)I.%(name)I',
+                                                        THEN embeddings_internal.render(' COLLATE %(schema)I.%(name)I',
                                                                                jsonb_build_object('schema', cn.nspname, 'name', co.collname))
                                                         ELSE '' END,
                                         'now', format_type(sa.atttypid, sa.atttypmod)) ORDER BY k.i)
@@ -377,31 +377,31 @@ BEGIN
     IF changes IS NULL THEN
         RETURN NULL;
     END IF;
-    wanted := embeddings.render_each('%(column)I %(type)s (now %(now)s)', changes, ', ');
-    PERFORM embeddings.give_store_to_owner(t);  -- the owner alters it
+    wanted := embeddings_internal.render_each('%(column)I %(type)s (now %(now)s)', changes, ', ');
+    PERFORM embeddings_internal.give_store_to_owner(t);  -- the owner alters it
     -- Its row-level security policy names the key columns, and Postgres alters no column a
     -- policy uses: dropped here, made again with the functions right after (refresh_target());
     -- meanwhile, and if the change cannot be followed, only the owner reads the store.
-    PERFORM embeddings.drop_store_policy(t);
+    PERFORM embeddings_internal.drop_store_policy(t);
     FOR code IN
-        SELECT * FROM embeddings.access_function_code(t, embeddings.access_spec('_retype_keys', '{}', 'void', $template$
+        SELECT * FROM embeddings_internal.access_function_code(t, embeddings_internal.access_spec('_retype_keys', '{}', 'void', $template$
             EXECUTE %(statement)L;
             $template$,
-            jsonb_build_object('statement', embeddings.render('ALTER TABLE %(store)s %(changes)s', jsonb_build_object(
+            jsonb_build_object('statement', embeddings_internal.render('ALTER TABLE %(store)s %(changes)s', jsonb_build_object(
                 'store', t.store_table::text,
-                'changes', embeddings.render_each('ALTER COLUMN %(column)I TYPE %(type)s%(collate)s USING %(column)I::%(type)s',
+                'changes', embeddings_internal.render_each('ALTER COLUMN %(column)I TYPE %(type)s%(collate)s USING %(column)I::%(type)s',
                                                   changes, ', ')))),
-            "check" => 'owner', formats => false, guarded => false), embeddings.access_parts(t))
+            "check" => 'owner', formats => false, guarded => false), embeddings_internal.access_parts(t))
     LOOP
         EXECUTE code.statement;  -- made, run once and dropped here: no guard around it
     END LOOP;
-    EXECUTE embeddings.render('REVOKE ALL ON FUNCTION embeddings.%(fn)I() FROM PUBLIC', jsonb_build_object('fn', fn));
+    EXECUTE embeddings_internal.render('REVOKE ALL ON FUNCTION embeddings.%(fn)I() FROM PUBLIC', jsonb_build_object('fn', fn));
     IF owner_name <> current_user THEN
-        EXECUTE embeddings.render('ALTER FUNCTION embeddings.%(fn)I() OWNER TO %(owner)I',
+        EXECUTE embeddings_internal.render('ALTER FUNCTION embeddings.%(fn)I() OWNER TO %(owner)I',
                                   jsonb_build_object('fn', fn, 'owner', owner_name));
     END IF;
     BEGIN
-        EXECUTE embeddings.render('SELECT embeddings.%(fn)I()', jsonb_build_object('fn', fn));
+        EXECUTE embeddings_internal.render('SELECT embeddings.%(fn)I()', jsonb_build_object('fn', fn));
     EXCEPTION WHEN OTHERS THEN
         problem := 'its key changed type and the table ' || t.store_table || ' holding its vectors could not follow ('
                    || wanted || '): '
@@ -412,7 +412,7 @@ BEGIN
                    || '; convert that table''s key columns as the table''s were (ALTER TABLE ' || t.store_table
                    || ' ALTER COLUMN ... TYPE ... USING ...)';
     END;
-    EXECUTE embeddings.render('DROP FUNCTION embeddings.%(fn)I()', jsonb_build_object('fn', fn));
+    EXECUTE embeddings_internal.render('DROP FUNCTION embeddings.%(fn)I()', jsonb_build_object('fn', fn));
     RETURN problem;
 END
 $$;
@@ -423,31 +423,31 @@ $$;
 -- store go, unless a row of that key was inserted since; returns the keys whose rows were
 -- deleted) and `_prune` (after a TRUNCATE, its trigger's: an empty table empties its store; one
 -- partition truncated, the rows of the store whose row is gone go).
-CREATE FUNCTION embeddings.follow_access(t embeddings.targets) RETURNS SETOF jsonb
+CREATE FUNCTION embeddings_internal.follow_access(t embeddings.targets) RETURNS SETOF jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    VALUES (embeddings.access_spec('_forget', ARRAY['keys text[]'] || embeddings.key_params(t), 'SETOF text', $template$
+    VALUES (embeddings_internal.access_spec('_forget', ARRAY['keys text[]'] || embeddings_internal.key_params(t), 'SETOF text', $template$
                 RETURN QUERY
                     DELETE FROM %(store)s x USING ROWS FROM (%(key_rows)s) AS v(key%(key_aliases)s)
                     WHERE %(store_match)s AND NOT EXISTS (SELECT FROM %(source)s t WHERE %(key_match)s)
                     RETURNING v.key;
-                $template$, jsonb_build_object('store_match', embeddings.access_match_sql(t, 'x')))),
-           (embeddings.access_spec('_prune', '{}', 'void', $template$
+                $template$, jsonb_build_object('store_match', embeddings_internal.access_match_sql(t, 'x')))),
+           (embeddings_internal.access_spec('_prune', '{}', 'void', $template$
                 IF NOT EXISTS (SELECT FROM %(source)s t) THEN
                     TRUNCATE %(store)s;
                 ELSE
                     DELETE FROM %(store)s x WHERE NOT EXISTS (SELECT FROM %(source)s t WHERE %(same_key)s);
                 END IF;
-                $template$, jsonb_build_object('same_key', embeddings.key_equal_sql(t, 't', 'x')), guarded => false))
+                $template$, jsonb_build_object('same_key', embeddings_internal.key_equal_sql(t, 't', 'x')), guarded => false))
 $$;
 
 -- A store apart's clear_sql(): the vectors of the row at (r.rel, r.place) go with its rows of
 -- the store.
-CREATE FUNCTION embeddings.apart_clear_sql(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.apart_clear_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.render('DELETE FROM %(store)s c USING %(source)s t WHERE %(same_key)s '
+    SELECT embeddings_internal.render('DELETE FROM %(store)s c USING %(source)s t WHERE %(same_key)s '
                              'AND t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place',
                              jsonb_build_object('store', t.store_table::text, 'source', t.source::text,
-                                                'same_key', embeddings.key_equal_sql(t, 'c', 't')))
+                                                'same_key', embeddings_internal.key_equal_sql(t, 'c', 't')))
 $$;
 
 -- Row-level security of a store apart from its table: a role that may read it sees exactly the
@@ -478,51 +478,51 @@ $$;
 -- with them (drop_access()). Row-level security stays on: a store left without the policy (its
 -- target unwatched or forgotten, or the policy not made: a key column gone) shows its rows to
 -- its owner only. NULL for a target whose vectors are in its table.
-CREATE FUNCTION embeddings.store_policy_code(t embeddings.targets) RETURNS TABLE (name text, statement text)
+CREATE FUNCTION embeddings_internal.store_policy_code(t embeddings.targets) RETURNS TABLE (name text, statement text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     args jsonb := jsonb_build_object(
         'name', 'embeddings_' || t.id || '_visible', 'source', t.source::text, 'store', t.store_table::text,
         'store_name', (SELECT c.relname FROM pg_class c WHERE c.oid = t.store_table),
-        'columns', (SELECT embeddings.render_each('k%(n)s %(type)s',
+        'columns', (SELECT embeddings_internal.render_each('k%(n)s %(type)s',
                                                   jsonb_agg(jsonb_build_object('n', k.i - 1, 'type', format_type(a.atttypid, NULL))
                                                             ORDER BY k.i), ', ')
                     FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)
                     JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = k.c AND NOT a.attisdropped),
-        'keys', embeddings.render_each('s.%(column)I', (SELECT jsonb_agg(jsonb_build_object('column', c) ORDER BY i)
+        'keys', embeddings_internal.render_each('s.%(column)I', (SELECT jsonb_agg(jsonb_build_object('column', c) ORDER BY i)
                                                          FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i)), ', '));
 BEGIN
-    IF NOT embeddings.store_apart(t) THEN
+    IF NOT embeddings_internal.store_apart(t) THEN
         RETURN;
     END IF;
-    args := args || jsonb_build_object('visible', embeddings.render_each(
+    args := args || jsonb_build_object('visible', embeddings_internal.render_each(
         'embeddings_visible_row.k%(n)s %(equals)s %(store_name)I.%(column)I',
-        (SELECT jsonb_agg(jsonb_build_object('n', k.i - 1, 'equals', embeddings.key_operator(k.ty, 3), 'column', k.c) ORDER BY k.i)
+        (SELECT jsonb_agg(jsonb_build_object('n', k.i - 1, 'equals', embeddings_internal.key_operator(k.ty, 3), 'column', k.c) ORDER BY k.i)
          FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)),
         ' AND ', args));
     RETURN QUERY VALUES
-        (args->>'name', embeddings.render($template$
+        (args->>'name', embeddings_internal.render($template$
             CREATE FUNCTION embeddings.%(name)I() RETURNS TABLE (%(columns)s, visible boolean) LANGUAGE sql STABLE AS $body$
                 SELECT %(keys)s, true FROM %(source)s s
             $body$
             $template$, args)),
-        (args->>'name', embeddings.render('GRANT EXECUTE ON FUNCTION embeddings.%(name)I() TO PUBLIC', args)),
-        (args->>'name', embeddings.render(
+        (args->>'name', embeddings_internal.render('GRANT EXECUTE ON FUNCTION embeddings.%(name)I() TO PUBLIC', args)),
+        (args->>'name', embeddings_internal.render(
             'CREATE POLICY %(name)I ON %(store)s USING (EXISTS (SELECT FROM embeddings.%(name)I() embeddings_visible_row WHERE %(visible)s))',
             args));
 END
 $$;
 
 -- Makes target t's store policy (store_policy_code()), its store's row-level security on.
-CREATE FUNCTION embeddings.generate_store_policy(t embeddings.targets) RETURNS void
+CREATE FUNCTION embeddings_internal.generate_store_policy(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     code record;
 BEGIN
-    IF embeddings.store_apart(t) AND NOT (SELECT c.relrowsecurity FROM pg_class c WHERE c.oid = t.store_table) THEN
-        EXECUTE embeddings.render('ALTER TABLE %(store)s ENABLE ROW LEVEL SECURITY', jsonb_build_object('store', t.store_table::text));
+    IF embeddings_internal.store_apart(t) AND NOT (SELECT c.relrowsecurity FROM pg_class c WHERE c.oid = t.store_table) THEN
+        EXECUTE embeddings_internal.render('ALTER TABLE %(store)s ENABLE ROW LEVEL SECURITY', jsonb_build_object('store', t.store_table::text));
     END IF;
-    FOR code IN SELECT * FROM embeddings.store_policy_code(t) LOOP
+    FOR code IN SELECT * FROM embeddings_internal.store_policy_code(t) LOOP
         EXECUTE code.statement;
     END LOOP;
 END
@@ -530,7 +530,7 @@ $$;
 
 -- Drops the policies that call target t's embeddings_<id>_visible() (whatever they have been
 -- renamed to), before the function goes (drop_access(), sql/32_access.sql).
-CREATE FUNCTION embeddings.drop_store_policy(t embeddings.targets) RETURNS void
+CREATE FUNCTION embeddings_internal.drop_store_policy(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     policy record;
@@ -543,7 +543,7 @@ BEGIN
           AND d.refobjid = (SELECT p.oid FROM pg_proc p WHERE p.pronamespace = 'embeddings'::regnamespace
                             AND p.proname = 'embeddings_' || t.id || '_visible')
     LOOP
-        EXECUTE embeddings.render('DROP POLICY %(name)I ON %(rel)s', jsonb_build_object('name', policy.polname, 'rel', policy.rel::text));
+        EXECUTE embeddings_internal.render('DROP POLICY %(name)I ON %(rel)s', jsonb_build_object('name', policy.polname, 'rel', policy.rel::text));
     END LOOP;
 END
 $$;

@@ -1,7 +1,7 @@
 -- Chunked targets: long documents split into chunks, one vector per chunk.
 --
 -- embeddings.watch(source, content, ..., chunk_tokens => N, chunk_overlap => M) hands over to
--- embeddings.watch_chunked() below. The worker splits each document with the model's own
+-- embeddings_internal.watch_chunked() below. The worker splits each document with the model's own
 -- tokenizer and keeps its chunks in a table of their own, `<schema>.<table>_chunks` unless
 -- chunk_table names another:
 --
@@ -36,12 +36,12 @@
 -- triggers are the generated ones of any target (sql/30_triggers.sql), minus the clear trigger: a
 -- changed document keeps its old chunks until its new ones land (the old vectors are what makes
 -- reuse possible); like a side-table target it has triggers that follow deletes and truncations.
--- The chunk table's key columns follow renames of the source's (embeddings.follow_store_keys,
+-- The chunk table's key columns follow renames of the source's (embeddings_internal.follow_store_keys,
 -- sql/56_side.sql, called by the schema-change event trigger).
 
 -- The type modifier of column `col` of `source` (char(6): 10), NULL for none: a chunk table's key
 -- column is typed as its source's, char(n) and numeric(p,s) included (a bare char is char(1)).
-CREATE FUNCTION embeddings.key_typmod(source regclass, col name) RETURNS integer
+CREATE FUNCTION embeddings_internal.key_typmod(source regclass, col name) RETURNS integer
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT nullif(a.atttypmod, -1) FROM pg_catalog.pg_attribute a
     WHERE a.attrelid = source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped
@@ -49,7 +49,7 @@ $$;
 
 -- Creates the chunk table `chunk_table` (schema-qualified, quoted) for `source`, or checks that
 -- the existing one has the expected shape. Generic over the key: one or several columns.
-CREATE FUNCTION embeddings.ensure_chunk_table(
+CREATE FUNCTION embeddings_internal.ensure_chunk_table(
     chunk_table text,
     source regclass,
     key_names name[],
@@ -66,9 +66,9 @@ DECLARE
     problem text;
 BEGIN
     IF existing IS NOT NULL THEN
-        PERFORM embeddings.check_made_store(existing, source, 'chunk_table');
+        PERFORM embeddings_internal.check_made_store(existing, source, 'chunk_table');
         SELECT string_agg(format_type(need.typ, need.typmod) || ' ' || quote_ident(need.col), ', ') INTO problem
-        FROM (SELECT k AS col, ty AS typ, embeddings.key_typmod(source, k) AS typmod FROM unnest(key_names, key_types) AS u(k, ty)
+        FROM (SELECT k AS col, ty AS typ, embeddings_internal.key_typmod(source, k) AS typmod FROM unnest(key_names, key_types) AS u(k, ty)
               UNION ALL VALUES ('seq'::name, 'integer'::regtype, NULL::integer), ('chunk', 'text', NULL),
                                ('chunk_hash', 'text', NULL),
                                (embedding_column, format('%I.halfvec', vschema)::regtype, dims)) need
@@ -84,7 +84,7 @@ BEGIN
         END IF;
         RETURN existing;
     END IF;
-    SELECT string_agg(format('%I %s NOT NULL', k, format_type(ty, embeddings.key_typmod(source, k))), ', ' ORDER BY o),
+    SELECT string_agg(format('%I %s NOT NULL', k, format_type(ty, embeddings_internal.key_typmod(source, k))), ', ' ORDER BY o),
            string_agg(format('%I', k), ', ' ORDER BY o)
     INTO columns, keys
     FROM unnest(key_names, key_types) WITH ORDINALITY AS u(k, ty, o);
@@ -101,7 +101,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %s OWNER TO %I', existing,
                    (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source));
     EXECUTE format('COMMENT ON TABLE %s IS %L', existing,
-                   format('Chunks of %s and their embeddings, kept by embed-worker (embeddings.watch)', embeddings.display_name(source)));
+                   format('Chunks of %s and their embeddings, kept by embed-worker (embeddings.watch)', embeddings_internal.display_name(source)));
     RETURN existing;
 END
 $$;
@@ -111,16 +111,16 @@ $$;
 -- (its chunks' stay NULL until their document is embedded again), and every new one. Added by watch() last, after the full-text column a watch(...,
 -- fts => ...) adds, so that a new chunk table has the column order of a 0.2.0 one given full-text
 -- search and then upgraded (migrations/versions/0019_release_0_3_0/upgrade.sql adds them there).
-CREATE FUNCTION embeddings.ensure_chunk_offsets(chunk_table regclass) RETURNS void
+CREATE FUNCTION embeddings_internal.ensure_chunk_offsets(chunk_table regclass) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    IF embeddings.attnum_of(chunk_table, 'start_offset') IS NULL OR embeddings.attnum_of(chunk_table, 'end_offset') IS NULL THEN
+    IF embeddings_internal.attnum_of(chunk_table, 'start_offset') IS NULL OR embeddings_internal.attnum_of(chunk_table, 'end_offset') IS NULL THEN
         PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
         EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS start_offset integer, '
                        'ADD COLUMN IF NOT EXISTS end_offset integer', chunk_table);
         PERFORM set_config('embeddings.following', 'off', true);
     END IF;
-    IF embeddings.attnum_of(chunk_table, 'headings') IS NULL OR embeddings.attnum_of(chunk_table, 'page') IS NULL THEN
+    IF embeddings_internal.attnum_of(chunk_table, 'headings') IS NULL OR embeddings_internal.attnum_of(chunk_table, 'page') IS NULL THEN
         PERFORM set_config('embeddings.following', 'on', true);
         EXECUTE format('ALTER TABLE %s ADD COLUMN IF NOT EXISTS headings text[], '
                        'ADD COLUMN IF NOT EXISTS page integer', chunk_table);
@@ -133,7 +133,7 @@ $$;
 -- the target's (`previous`), else 'auto' for a bytea column (detected from the bytes) and NULL
 -- for text (plain text, chunked as it is). A PDF or DOCX is bytes: a text column (or a content
 -- function) may hold HTML, Markdown or text only.
-CREATE FUNCTION embeddings.watch_document_format(source regclass, content_col name, content_type regtype,
+CREATE FUNCTION embeddings_internal.watch_document_format(source regclass, content_col name, content_type regtype,
                                                  format text, previous embeddings.targets) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -164,7 +164,7 @@ $$;
 -- watch()'s context header template (docs/documents.md): as given, else the target's. Its
 -- placeholders are {title} and {headings} only, without conversion or format spec; a brace is
 -- written {{ or }} (the worker checks it the same way: worker/pipeline/documents/headers.py).
-CREATE FUNCTION embeddings.watch_context_header(template text, previous embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.watch_context_header(template text, previous embeddings.targets) RETURNS text
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     rest text;
@@ -190,7 +190,7 @@ $$;
 -- every target (watch_check_plan()): chunk settings for a target that is not one of vectors per
 -- row, chunk sizes the model can read, a context header only for documents, no title weight (a
 -- chunk holds no title).
-CREATE FUNCTION embeddings.watch_check_chunks(o embeddings.watch_options, previous embeddings.targets,
+CREATE FUNCTION embeddings_internal.watch_check_chunks(o embeddings_internal.watch_options, previous embeddings.targets,
                                               document_format text, context_header text)
 RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -232,7 +232,7 @@ $$;
 -- (optionally schema-qualified), else the target's own (watched again after the table was
 -- renamed or moved: its chunks stay where they are, as a side table's vectors do), else
 -- <table>_chunks beside the source. Refused when it holds another target's chunks.
-CREATE FUNCTION embeddings.watch_chunk_table(o embeddings.watch_options, previous embeddings.targets)
+CREATE FUNCTION embeddings_internal.watch_chunk_table(o embeddings_internal.watch_options, previous embeddings.targets)
 RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -274,8 +274,8 @@ $$;
 -- document is embedded again with it, so the chunk table is the new model's from now on (the
 -- worker would otherwise refuse to mix the new model's vectors with the old one's, as it does
 -- for a plain column).
-CREATE FUNCTION embeddings.watch_chunks_register(previous embeddings.targets, o embeddings.watch_options,
-                                                 plan embeddings.watch_plan, chunks regclass,
+CREATE FUNCTION embeddings_internal.watch_chunks_register(previous embeddings.targets, o embeddings_internal.watch_options,
+                                                 plan embeddings_internal.watch_plan, chunks regclass,
                                                  document_format text, context_header text,
                                                  OUT t embeddings.targets, OUT reembed boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -329,7 +329,7 @@ $$;
 -- registers the target, installs its triggers and queues the documents that have content and
 -- no chunks (every document with content when the content source, the model or the chunk
 -- settings changed); full-text search is on the chunk table. Returns the target id.
-CREATE FUNCTION embeddings.watch_chunked(o embeddings.watch_options, plan embeddings.watch_plan,
+CREATE FUNCTION embeddings_internal.watch_chunked(o embeddings_internal.watch_options, plan embeddings_internal.watch_plan,
                                          previous embeddings.targets)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -345,34 +345,34 @@ BEGIN
         RAISE EXCEPTION 'backfill => false is for plain targets; a chunked target embeds its existing rows'
             USING ERRCODE = 'feature_not_supported';
     END IF;
-    document_format := embeddings.watch_document_format(o.source, plan.content_col, plan.content_type, o.format, previous);
-    context_header := embeddings.watch_context_header(o.context_header, previous);
+    document_format := embeddings_internal.watch_document_format(o.source, plan.content_col, plan.content_type, o.format, previous);
+    context_header := embeddings_internal.watch_context_header(o.context_header, previous);
     o.chunk_overlap := coalesce(o.chunk_overlap, o.chunk_tokens / 10);
-    PERFORM embeddings.watch_check_chunks(o, previous, document_format, context_header);
-    table_name := embeddings.watch_chunk_table(o, previous);
+    PERFORM embeddings_internal.watch_check_chunks(o, previous, document_format, context_header);
+    table_name := embeddings_internal.watch_chunk_table(o, previous);
 
-    unchanged := embeddings.watch_same(o, plan, previous) AND previous.problem IS NULL
+    unchanged := embeddings_internal.watch_same(o, plan, previous) AND previous.problem IS NULL
        AND previous.store_table = to_regclass(table_name)
        AND previous.chunk_tokens = o.chunk_tokens AND previous.chunk_overlap = o.chunk_overlap
        AND previous.document_format IS NOT DISTINCT FROM document_format
        AND previous.context_header IS NOT DISTINCT FROM context_header;
     IF NOT coalesce(unchanged, false) THEN
         PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
-        PERFORM embeddings.ensure_queue(o.queue);
-        registered := embeddings.watch_chunks_register(
+        PERFORM embeddings_internal.ensure_queue(o.queue);
+        registered := embeddings_internal.watch_chunks_register(
             previous, o, plan,
-            embeddings.ensure_chunk_table(table_name, o.source, plan.key_names, plan.key_types, o.embedding_column, plan.dims),
+            embeddings_internal.ensure_chunk_table(table_name, o.source, plan.key_names, plan.key_types, o.embedding_column, plan.dims),
             document_format, context_header);
         t := registered.t;
-        PERFORM embeddings.watch_install(t);  -- the generated functions chunk-aware (30_triggers.sql)
+        PERFORM embeddings_internal.watch_install(t);  -- the generated functions chunk-aware (30_triggers.sql)
         -- Its documents, a backfill in key ranges (62_backfill.sql).
-        PERFORM embeddings.start_backfill(t, registered.reembed);
+        PERFORM embeddings_internal.start_backfill(t, registered.reembed);
         PERFORM set_config('embeddings.following', 'off', true);
     END IF;
     IF o.fts IS NOT NULL AND o.fts IS DISTINCT FROM t.fts_config THEN
         PERFORM embeddings.enable_fts(o.source, o.fts, o.embedding_column);
     END IF;
-    PERFORM embeddings.ensure_chunk_offsets(t.store_table);  -- after the full-text column: it says why
+    PERFORM embeddings_internal.ensure_chunk_offsets(t.store_table);  -- after the full-text column: it says why
     RETURN t.id;
 END
 $$;
@@ -410,10 +410,10 @@ BEGIN
             USING ERRCODE = 'undefined_function',
                   HINT = 'An ALTER TABLE of it, or watch() again, regenerates it.';
     END IF;
-    answer := embeddings.search_run(format('SELECT * FROM %s($1, %s, false)', nearest, k), query, NULL);
+    answer := embeddings_internal.search_run(format('SELECT * FROM %s($1, %s, false)', nearest, k), query, NULL);
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     IF jsonb_array_length(answer) < k THEN
-        answer := embeddings.search_run(format('SELECT * FROM %s($1, %s, true)', nearest, k), query, NULL);
+        answer := embeddings_internal.search_run(format('SELECT * FROM %s($1, %s, true)', nearest, k), query, NULL);
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     END IF;
     RETURN QUERY
@@ -429,7 +429,7 @@ SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 -- (chunks done of estimated) and documents over the ceiling, a problem that stops a document's
 -- progress until the ceiling is raised or the document shortened.
 CREATE VIEW embeddings.document_progress AS
-SELECT d.target_id, embeddings.target_name(t) AS target, d.row_key, d.state, d.bytes,
+SELECT d.target_id, embeddings_internal.target_name(t) AS target, d.row_key, d.state, d.bytes,
        d.chunks_done, greatest(d.chunks_estimated, d.chunks_done) AS chunks_estimated,
        d.ceiling_bytes, d.started_at, d.updated_at
 FROM embeddings.documents d JOIN embeddings.targets t ON t.id = d.target_id;
@@ -438,32 +438,32 @@ COMMENT ON VIEW embeddings.document_progress IS 'Long documents of chunked targe
 -- The chunks store's operations (sql/54_stores.sql lists them) --------------------------------
 
 -- A document lacks its vectors while it has no chunk.
-CREATE FUNCTION embeddings.chunks_store_missing_sql(t embeddings.targets, alias text) RETURNS text
+CREATE FUNCTION embeddings_internal.chunks_store_missing_sql(t embeddings.targets, alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.render('NOT EXISTS (SELECT FROM %(store)s c WHERE %(same_key)s)',
-                             jsonb_build_object('store', t.store_table::text, 'same_key', embeddings.key_equal_sql(t, alias, 'c')))
+    SELECT embeddings_internal.render('NOT EXISTS (SELECT FROM %(store)s c WHERE %(same_key)s)',
+                             jsonb_build_object('store', t.store_table::text, 'same_key', embeddings_internal.key_equal_sql(t, alias, 'c')))
 $$;
 
 -- Blank content: the chunk write deletes the document's chunks (its count is 0), no scan needed.
-CREATE FUNCTION embeddings.chunks_store_holds_vector_sql(t embeddings.targets, alias text) RETURNS text
+CREATE FUNCTION embeddings_internal.chunks_store_holds_vector_sql(t embeddings.targets, alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT NULL::text
 $$;
 
 -- A new row has no chunks yet, whatever the table holds.
-CREATE FUNCTION embeddings.chunks_store_new_row_sql(t embeddings.targets, alias text) RETURNS text
+CREATE FUNCTION embeddings_internal.chunks_store_new_row_sql(t embeddings.targets, alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'true'::text
 $$;
 
 -- Chunks live under their document's key in the chunk table: an UPDATE moves no vector.
-CREATE FUNCTION embeddings.chunks_store_changed_vector_sql(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.chunks_store_changed_vector_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT NULL::text
 $$;
 
 -- The write goes to the chunk table: the table is only read.
-CREATE FUNCTION embeddings.chunks_store_lock_mode(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.chunks_store_lock_mode(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'ACCESS SHARE'::text
 $$;
@@ -471,21 +471,21 @@ $$;
 -- A chunked target's functions that read and write its chunk table, as the table's owner
 -- (access_spec()s, sql/32_access.sql; search runs with the caller's rights: sql/58_search.sql):
 -- vectors to reuse, the chunk write, and following the table's deletes and truncations.
-CREATE FUNCTION embeddings.chunks_store_access(t embeddings.targets) RETURNS SETOF jsonb
+CREATE FUNCTION embeddings_internal.chunks_store_access(t embeddings.targets) RETURNS SETOF jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     vectors text := to_regtype(quote_ident(embeddings.vector_schema()) || '.halfvec')::text || '[]';
     args jsonb := jsonb_build_object(
         'vector', t.embedding_column,
-        'chunk_match', embeddings.access_match_sql(t, 'c'),
-        'key_values', embeddings.render_each('(v.k%(n)s)::%(type)s',
-                                             (SELECT jsonb_agg(jsonb_build_object('n', i - 1, 'type', (embeddings.key_sql_types(t))[i]) ORDER BY i)
+        'chunk_match', embeddings_internal.access_match_sql(t, 'c'),
+        'key_values', embeddings_internal.render_each('(v.k%(n)s)::%(type)s',
+                                             (SELECT jsonb_agg(jsonb_build_object('n', i - 1, 'type', (embeddings_internal.key_sql_types(t))[i]) ORDER BY i)
                                               FROM generate_series(1, cardinality(t.key_columns)) i), ', '));
 BEGIN
     -- Vectors stored for chunks of these documents with these hashes (the chunks an edit left
     -- unchanged), as real[] (the worker's loading connection needs no pgvector types). The key
     -- arrays repeat each document's key, once per chunk hash.
-    RETURN NEXT embeddings.access_spec('_reusable', ARRAY['keys text[]'] || embeddings.key_params(t) || ARRAY['hashes text[]'],
+    RETURN NEXT embeddings_internal.access_spec('_reusable', ARRAY['keys text[]'] || embeddings_internal.key_params(t) || ARRAY['hashes text[]'],
         'TABLE (key text, chunk_hash text, embedding real[])', $template$
         RETURN QUERY
             SELECT DISTINCT ON (v.key, c.chunk_hash) v.key, c.chunk_hash, (c.%(vector)I)::real[]
@@ -494,7 +494,7 @@ BEGIN
         $template$, args, stable => true);
 
     -- The chunk write, for documents whose content is still the one loaded (the md5 `digests`;
-    -- the caller ordered itself after their other writers: embeddings.lock_documents()):
+    -- the caller ordered itself after their other writers: embeddings_internal.lock_documents()):
     -- upserts their chunks (a chunk whose hash is unchanged at its position is left as it is)
     -- and deletes those past each document's `counts` (all of them for 0: blank content).
     -- Chunks name their document by its canonical key (`chunk_keys`); `starts` and `ends` are
@@ -504,8 +504,8 @@ BEGIN
     -- document, whether it was current and lost chunks. The chunk table's key columns are named
     -- as the source's, and may be named as a parameter (k0, keys, ...): ON CONFLICT names
     -- columns (#variable_conflict use_column), and the variables are qualified.
-    RETURN NEXT embeddings.access_spec('_chunks',
-        ARRAY['keys text[]'] || embeddings.key_params(t)
+    RETURN NEXT embeddings_internal.access_spec('_chunks',
+        ARRAY['keys text[]'] || embeddings_internal.key_params(t)
         || ARRAY['digests text[]', 'counts integer[]', 'chunk_keys text[]', 'seqs integer[]', 'chunks text[]',
                  'hashes text[]', 'vectors ' || vectors, 'starts integer[]', 'ends integer[]', 'headings jsonb', 'pages integer[]'],
         'TABLE (key text, is_current boolean, trimmed boolean)', $template$
@@ -547,8 +547,8 @@ BEGIN
             FROM pg_catalog.unnest(%(fn)I.keys) AS d(key);
         $template$, args,
         declare => E'#variable_conflict use_column\n<<chunk_write>>\nDECLARE\n    current_keys text[];\n    trimmed_keys text[];\n');
-    RETURN NEXT embeddings.access_code_spec('embeddings_' || t.id || '_chunks', embeddings.chunks_store_compat_code(t));
-    RETURN QUERY SELECT * FROM embeddings.follow_access(t);  -- deletes and truncations (sql/54_stores.sql)
+    RETURN NEXT embeddings_internal.access_code_spec('embeddings_' || t.id || '_chunks', embeddings_internal.chunks_store_compat_code(t));
+    RETURN QUERY SELECT * FROM embeddings_internal.follow_access(t);  -- deletes and truncations (sql/54_stores.sql)
 END
 $$;
 
@@ -558,23 +558,23 @@ $$;
 -- document fills them in), ordered after the new workers' writers of the same documents (it
 -- orders itself with advisory locks, which they no longer take). Ours, run as the caller (a
 -- worker role), as a guard is: the table's owner cannot redefine it (chunks_store_access()).
-CREATE FUNCTION embeddings.chunks_store_compat_code(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.chunks_store_compat_code(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.render($template$
+    SELECT embeddings_internal.render($template$
         CREATE FUNCTION embeddings.%(name)I(keys text[]%(key_params)s, digests text[], counts integer[], chunk_keys text[],
                                            seqs integer[], chunks text[], hashes text[], vectors %(vectors)s)
         RETURNS TABLE (key text, is_current boolean, trimmed boolean)
         LANGUAGE plpgsql SECURITY INVOKER SET search_path = pg_catalog, pg_temp AS $body$
         BEGIN
-            PERFORM embeddings.lock_documents(%(id)s, %(name)I.keys);
+            PERFORM embeddings_internal.lock_documents(%(id)s, %(name)I.keys);
             RETURN QUERY SELECT * FROM embeddings.%(name)I(%(args)s, NULL::integer[], NULL::integer[], NULL::jsonb, NULL::integer[]);
         END
         $body$
         $template$, jsonb_build_object(
             'name', 'embeddings_' || t.id || '_chunks', 'id', t.id,
-            'key_params', coalesce(', ' || array_to_string(embeddings.key_params(t), ', '), ''),
+            'key_params', coalesce(', ' || array_to_string(embeddings_internal.key_params(t), ', '), ''),
             'vectors', to_regtype(quote_ident(embeddings.vector_schema()) || '.halfvec')::text || '[]',
-            'args', embeddings.render_each('%(fn)I.%(param)I',
+            'args', embeddings_internal.render_each('%(fn)I.%(param)I',
                                            (SELECT jsonb_agg(jsonb_build_object('param', p) ORDER BY i)
                                             FROM unnest(ARRAY['keys'] || ARRAY(SELECT 'k' || (g - 1) FROM generate_series(1, cardinality(t.key_columns)) g ORDER BY g)
                                                         || ARRAY['digests', 'counts', 'chunk_keys', 'seqs', 'chunks', 'hashes', 'vectors'])
@@ -582,47 +582,47 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                            ', ', jsonb_build_object('fn', 'embeddings_' || t.id || '_chunks'))))
 $$;
 
-CREATE FUNCTION embeddings.chunks_store_clear_sql(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.chunks_store_clear_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.apart_clear_sql(t)
+    SELECT embeddings_internal.apart_clear_sql(t)
 $$;
 
 -- A chunked target's search: its chunk table `c` joined to the table, a row per chunk.
-CREATE FUNCTION embeddings.chunks_store_search_sql(t embeddings.targets) RETURNS jsonb
+CREATE FUNCTION embeddings_internal.chunks_store_search_sql(t embeddings.targets) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT jsonb_build_object(
-        'from', embeddings.render('%(store)s c JOIN %(source)s s ON %(same_key)s', a.args),
+        'from', embeddings_internal.render('%(store)s c JOIN %(source)s s ON %(same_key)s', a.args),
         'store', 'c',
-        'vector', embeddings.render('c.%(vector)I', a.args),
-        'key', embeddings.key_json_sql(t, 'c'),
+        'vector', embeddings_internal.render('c.%(vector)I', a.args),
+        'key', embeddings_internal.key_json_sql(t, 'c'),
         'content', 'c.chunk',
         'seq', 'c.seq',
         'start_offset', 'c.start_offset',
         'end_offset', 'c.end_offset',
         'headings', 'c.headings',
         'page', 'c.page',
-        'order', embeddings.render('c.%(vector)I OPERATOR(%(vector_schema)I.<=>) $1', a.args),
-        'distance', embeddings.render('(c.%(vector)I OPERATOR(%(vector_schema)I.<=>) $1)::double precision', a.args))
+        'order', embeddings_internal.render('c.%(vector)I OPERATOR(%(vector_schema)I.<=>) $1', a.args),
+        'distance', embeddings_internal.render('(c.%(vector)I OPERATOR(%(vector_schema)I.<=>) $1)::double precision', a.args))
     FROM (SELECT jsonb_build_object('store', t.store_table::text, 'source', t.source::text,
-                                    'same_key', embeddings.key_equal_sql(t, 'c', 's'),
+                                    'same_key', embeddings_internal.key_equal_sql(t, 'c', 's'),
                                     'vector', t.embedding_column, 'vector_schema', embeddings.vector_schema())) a(args)
 $$;
 
 -- Status's exact counts: the table's rows and those with blank content; embedded rows are its
 -- documents with chunks, and the chunks of documents that exist (a delete not yet followed up
 -- leaves some behind).
-CREATE FUNCTION embeddings.chunks_store_exact_counts(t embeddings.targets,
+CREATE FUNCTION embeddings_internal.chunks_store_exact_counts(t embeddings.targets,
     OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
-    EXECUTE embeddings.render('SELECT count(*), %(cleared)s FROM %(source)s s',
-                              jsonb_build_object('cleared', embeddings.cleared_count_sql(t), 'source', t.source::text))
+    EXECUTE embeddings_internal.render('SELECT count(*), %(cleared)s FROM %(source)s s',
+                              jsonb_build_object('cleared', embeddings_internal.cleared_count_sql(t), 'source', t.source::text))
         INTO total_rows, cleared_rows;
-    EXECUTE embeddings.render('SELECT count(*), coalesce(sum(n), 0)::bigint FROM (SELECT count(*) AS n FROM %(store)s c '
+    EXECUTE embeddings_internal.render('SELECT count(*), coalesce(sum(n), 0)::bigint FROM (SELECT count(*) AS n FROM %(store)s c '
                               'WHERE EXISTS (SELECT FROM %(source)s s WHERE %(same_key)s) GROUP BY %(keys)s) d',
                               jsonb_build_object('store', t.store_table::text, 'source', t.source::text,
-                                                 'same_key', embeddings.key_equal_sql(t, 's', 'c'),
-                                                 'keys', embeddings.render_each('%(column)I', (SELECT jsonb_agg(jsonb_build_object('column', k))
+                                                 'same_key', embeddings_internal.key_equal_sql(t, 's', 'c'),
+                                                 'keys', embeddings_internal.render_each('%(column)I', (SELECT jsonb_agg(jsonb_build_object('column', k))
                                                                                                FROM unnest(t.key_columns) AS k), ', ')))
         INTO embedded_rows, chunks;
 EXCEPTION WHEN OTHERS THEN  -- the chunk table is gone
@@ -633,8 +633,8 @@ $$;
 
 -- Status's estimates: documents with chunks are not estimated (NULL); the chunks are the chunk
 -- table's rows.
-CREATE FUNCTION embeddings.chunks_store_estimated_vectors(t embeddings.targets,
+CREATE FUNCTION embeddings_internal.chunks_store_estimated_vectors(t embeddings.targets,
     OUT embedded double precision, OUT chunks double precision)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT NULL::double precision, sum(embeddings.estimated_rows(cl)) FROM embeddings.leaf_relations(t.store_table) AS cl
+    SELECT NULL::double precision, sum(embeddings_internal.estimated_rows(cl)) FROM embeddings_internal.leaf_relations(t.store_table) AS cl
 $$;

@@ -4,7 +4,7 @@
 -- Records deferrals (one reason per target): why the worker put a target's jobs back.
 -- Executable by the worker roles only (grant_worker()): Postgres checks EXECUTE against the
 -- real caller, where a check inside this SECURITY DEFINER function would see its owner.
-CREATE FUNCTION embeddings.note_deferrals(target_ids integer[], reasons text[], job_counts integer[])
+CREATE FUNCTION embeddings_internal.note_deferrals(target_ids integer[], reasons text[], job_counts integer[])
 RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     INSERT INTO embeddings.deferrals AS d (target_id, reason, jobs)
@@ -17,7 +17,7 @@ LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Forgets the deferrals of targets the worker served again (worker roles only, as above).
-CREATE FUNCTION embeddings.clear_deferrals(target_ids integer[]) RETURNS void
+CREATE FUNCTION embeddings_internal.clear_deferrals(target_ids integer[]) RETURNS void
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM embeddings.deferrals d WHERE d.target_id = ANY(target_ids)
 $$;
@@ -37,7 +37,7 @@ BEGIN
     IF NOT EXISTS (SELECT FROM embeddings.models m WHERE m.name = set_default_model.name) THEN
         RAISE EXCEPTION 'unknown model "%"', name
             USING ERRCODE = 'invalid_parameter_value',
-                  HINT = embeddings.unknown_model_hint(name);
+                  HINT = embeddings_internal.unknown_model_hint(name);
     END IF;
     UPDATE embeddings.models m SET is_default = false WHERE m.is_default AND m.name <> set_default_model.name;
     UPDATE embeddings.models m SET is_default = true WHERE m.name = set_default_model.name;
@@ -49,7 +49,7 @@ COMMENT ON FUNCTION embeddings.set_default_model IS
 
 -- Refuses to install our triggers on a table that still has the Supabase guide's
 -- util.queue_embeddings triggers: both sets would queue a job for every change.
-CREATE FUNCTION embeddings.refuse_guide_triggers(source regclass, triggers boolean) RETURNS void
+CREATE FUNCTION embeddings_internal.refuse_guide_triggers(source regclass, triggers boolean) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     theirs text;

@@ -29,7 +29,7 @@
 --
 -- Following the source:
 --   * the worker's write orders itself after any other writer of the same keys
---     (embeddings.lock_documents(), sql/41_locks.sql, as the chunk write does) before it checks
+--     (embeddings_internal.lock_documents(), sql/41_locks.sql, as the chunk write does) before it checks
 --     the content's md5 and upserts, so two writers of one row never interleave (stale-write
 --     guard, exactly-once effect);
 --   * DELETE: a statement trigger queues the deleted rows' keys; the worker finds them gone and
@@ -59,7 +59,7 @@
 -- Checks watch()'s `store` and `side_table` against the call and the target registered before
 -- (`previous`; NULL id: none) and says whether the target keeps its vectors in a side table.
 -- A target changes its store only by unwatch() and watch() again.
-CREATE FUNCTION embeddings.side_store(previous embeddings.targets, store text, side_table text, chunked boolean)
+CREATE FUNCTION embeddings_internal.side_store(previous embeddings.targets, store text, side_table text, chunked boolean)
 RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -90,7 +90,7 @@ $$;
 
 -- The kind of a target with one vector per row (watch_plain(), sql/40_watch.sql): side when
 -- side_store() said so, else row.
-CREATE FUNCTION embeddings.plain_store_kind(side boolean) RETURNS text
+CREATE FUNCTION embeddings_internal.plain_store_kind(side boolean) RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN side THEN 'side' ELSE 'row' END
 $$;
@@ -98,11 +98,11 @@ $$;
 -- The side table of watch()'s call `o` (watch_store(), sql/40_watch.sql): the one the target
 -- registered before (`previous`) keeps, whatever its name now (a renamed table's default name
 -- is another), unless `side_table` names one; refused when that is another than the target's.
-CREATE FUNCTION embeddings.watch_side_table(o embeddings.watch_options, previous embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.watch_side_table(o embeddings_internal.watch_options, previous embeddings.targets) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     side_name text := CASE WHEN o.side_table IS NULL AND previous.store_kind = 'side' THEN previous.store_table::text
-                           ELSE embeddings.side_table_name(o.source, o.side_table, o.embedding_column) END;
+                           ELSE embeddings_internal.side_table_name(o.source, o.side_table, o.embedding_column) END;
 BEGIN
     IF previous.store_kind = 'side' AND to_regclass(side_name) IS DISTINCT FROM previous.store_table THEN
         RAISE EXCEPTION '%.% keeps its vectors in %, not %', o.source, o.embedding_column, previous.store_table, side_name
@@ -117,7 +117,7 @@ $$;
 -- schema-qualified; unqualified, beside the source), else `<table>_embeddings` beside the
 -- source, `<table>_<embedding_column>` for an embedding column not named 'embedding' (a second
 -- target of the table).
-CREATE FUNCTION embeddings.side_table_name(source regclass, side_table text, embedding_column name) RETURNS text
+CREATE FUNCTION embeddings_internal.side_table_name(source regclass, side_table text, embedding_column name) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     parts text[];
@@ -151,7 +151,7 @@ $$;
 -- target) of `source`, keyed by the columns `key_nums` of the source, or checks that the existing
 -- one has the expected shape and serves no other target. Without its HNSW index: watch() adds it
 -- (or defers it, for a large table). Returns it.
-CREATE FUNCTION embeddings.ensure_side_table(
+CREATE FUNCTION embeddings_internal.ensure_side_table(
     side_name text,
     source regclass,
     key_nums smallint[],
@@ -174,7 +174,7 @@ BEGIN
             USING ERRCODE = 'duplicate_table', HINT = 'Name another table with side_table => ...';
     END IF;
     IF existing IS NOT NULL THEN
-        PERFORM embeddings.check_made_store(existing, source, 'side_table');
+        PERFORM embeddings_internal.check_made_store(existing, source, 'side_table');
         -- The key columns with their exact types, the vector and md5 columns, a unique index on
         -- the key columns.
         SELECT string_agg(format_type(need.typ, need.typmod) || ' ' || quote_ident(need.col), ', ') INTO problem
@@ -205,7 +205,7 @@ BEGIN
     END IF;
     -- Key columns as the source has them: type modifiers (char(10), numeric(20,5)) and collation
     -- (equality under a nondeterministic collation) included, in key order; the primary key in
-    -- that order (embeddings.follow_store_keys() relies on it).
+    -- that order (embeddings_internal.follow_store_keys() relies on it).
     SELECT string_agg(format('%I %s%s NOT NULL', a.attname, format_type(a.atttypid, a.atttypmod),
                              CASE WHEN a.attcollation <> 0 AND a.attcollation <> ty.typcollation
                                   THEN format(' COLLATE %I.%I', cn.nspname, co.collname) ELSE '' END), ', ' ORDER BY k.i),
@@ -225,7 +225,7 @@ BEGIN
     EXECUTE format('ALTER TABLE %s OWNER TO %I', existing,
                    (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = source));
     EXECUTE format('COMMENT ON TABLE %s IS %L', existing,
-                   format('Embeddings of the rows of %s, kept by embed-worker (embeddings.watch, store => ''side'')', embeddings.display_name(source)));
+                   format('Embeddings of the rows of %s, kept by embed-worker (embeddings.watch, store => ''side'')', embeddings_internal.display_name(source)));
     RETURN existing;
 END
 $$;
@@ -233,32 +233,32 @@ $$;
 -- The side store's operations ----------------------------------------------------------------
 
 -- A row lacks its vector while no side row of its key holds one.
-CREATE FUNCTION embeddings.side_store_missing_sql(t embeddings.targets, alias text) RETURNS text
+CREATE FUNCTION embeddings_internal.side_store_missing_sql(t embeddings.targets, alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.render('NOT EXISTS (SELECT FROM %(store)s c WHERE %(same_key)s AND c.%(column)I IS NOT NULL)',
-                             jsonb_build_object('store', t.store_table::text, 'same_key', embeddings.key_equal_sql(t, alias, 'c'),
+    SELECT embeddings_internal.render('NOT EXISTS (SELECT FROM %(store)s c WHERE %(same_key)s AND c.%(column)I IS NOT NULL)',
+                             jsonb_build_object('store', t.store_table::text, 'same_key', embeddings_internal.key_equal_sql(t, alias, 'c'),
                                                 'column', t.embedding_column))
 $$;
 
-CREATE FUNCTION embeddings.side_store_holds_vector_sql(t embeddings.targets, alias text) RETURNS text
+CREATE FUNCTION embeddings_internal.side_store_holds_vector_sql(t embeddings.targets, alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 'NOT ' || embeddings.side_store_missing_sql(t, alias)
+    SELECT 'NOT ' || embeddings_internal.side_store_missing_sql(t, alias)
 $$;
 
 -- A new row may find a side row left by a deleted row of its key: it always needs a job.
-CREATE FUNCTION embeddings.side_store_new_row_sql(t embeddings.targets, alias text) RETURNS text
+CREATE FUNCTION embeddings_internal.side_store_new_row_sql(t embeddings.targets, alias text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'true'::text
 $$;
 
 -- A vector lives under its key in the side table: an UPDATE moves no vector.
-CREATE FUNCTION embeddings.side_store_changed_vector_sql(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.side_store_changed_vector_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT NULL::text
 $$;
 
 -- The write goes to the side table: the table is only read.
-CREATE FUNCTION embeddings.side_store_lock_mode(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.side_store_lock_mode(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'ACCESS SHARE'::text
 $$;
@@ -270,31 +270,31 @@ $$;
 -- Each write joins the row as it is now and writes only where its content's md5 is the one the
 -- worker loaded (`cur`: the rows given, key_ the key as given, kc0, kc1, ... the row's key
 -- values, e_ the vector, h_ the md5, f_ its tsvector with full-text search on, sql/59_hybrid.sql);
--- the worker has ordered itself after any other writer of the rows (embeddings.lock_documents(),
+-- the worker has ordered itself after any other writer of the rows (embeddings_internal.lock_documents(),
 -- sql/41_locks.sql) from before this check until its commit, so no other writer of the same row
 -- comes in between. Every query names the table before the side table: locks are taken in that
 -- order everywhere (the worker's write, search, status, TRUNCATE, a model change's swap), never
 -- the other. The side table's key columns are named as the source's, and may be named as a
 -- parameter (k0, keys, ...): ON CONFLICT names columns (#variable_conflict use_column), and
 -- the parameters are qualified.
-CREATE FUNCTION embeddings.side_store_access(t embeddings.targets) RETURNS SETOF jsonb
+CREATE FUNCTION embeddings_internal.side_store_access(t embeddings.targets) RETURNS SETOF jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    shadow name := (SELECT c.name FROM embeddings.vector_columns(t) c WHERE c.suffix = '_shadow');
+    shadow name := (SELECT c.name FROM embeddings_internal.vector_columns(t) c WHERE c.suffix = '_shadow');
     numbers jsonb := (SELECT jsonb_agg(jsonb_build_object('n', i - 1, 'column', c) ORDER BY i)
                       FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
     args jsonb := jsonb_build_object(
-        'key_values', embeddings.render_each(', t.%(column)I AS kc%(n)s', numbers, ''),
-        'cur_values', embeddings.render_each('cur.kc%(n)s', numbers, ', '),
-        'side_cur', embeddings.render_each('x.%(column)I %(equals)s cur.kc%(n)s',
+        'key_values', embeddings_internal.render_each(', t.%(column)I AS kc%(n)s', numbers, ''),
+        'cur_values', embeddings_internal.render_each('cur.kc%(n)s', numbers, ', '),
+        'side_cur', embeddings_internal.render_each('x.%(column)I %(equals)s cur.kc%(n)s',
                                            (SELECT jsonb_agg(jsonb_build_object('n', k.i - 1, 'column', k.c,
-                                                                                'equals', embeddings.key_operator(k.ty, 3)) ORDER BY k.i)
+                                                                                'equals', embeddings_internal.key_operator(k.ty, 3)) ORDER BY k.i)
                                             FROM unnest(t.key_columns, t.key_types) WITH ORDINALITY AS k(c, ty, i)), ' AND '),
-        'joined', embeddings.key_equal_sql(t, 't', 'x'),
+        'joined', embeddings_internal.key_equal_sql(t, 't', 'x'),
         'column', t.embedding_column, 'shadow', shadow,
-        'content_is_current', embeddings.render(
+        'content_is_current', embeddings_internal.render(
             'CASE WHEN v.h IS NULL THEN pg_catalog.md5(%(content)s) IS NULL ELSE pg_catalog.md5(%(content)s) OPERATOR(pg_catalog.=) v.h END',
-            jsonb_build_object('content', embeddings.content_sql(t, 't', NULL, wrapped => false))));
+            jsonb_build_object('content', embeddings_internal.content_sql(t, 't', NULL, wrapped => false))));
     -- the rows given to a write (with a vector each, or not) whose content is still the one
     -- loaded, joined to the table as it is now
     cur_with_vectors CONSTANT text :=
@@ -312,9 +312,9 @@ BEGIN
     -- that of the content of its embedding column's vector, and so is its tsvector, with
     -- full-text search on (written with the vector, from the content the write checked: it
     -- lags behind a content change exactly as the vector does).
-    FOR col IN SELECT * FROM embeddings.vector_columns(t) LOOP
-        RETURN NEXT embeddings.access_spec('_store' || col.suffix,
-            ARRAY['keys text[]'] || embeddings.key_params(t) || ARRAY['vectors ' || col.type || '[]', 'digests text[]'],
+    FOR col IN SELECT * FROM embeddings_internal.vector_columns(t) LOOP
+        RETURN NEXT embeddings_internal.access_spec('_store' || col.suffix,
+            ARRAY['keys text[]'] || embeddings_internal.key_params(t) || ARRAY['vectors ' || col.type || '[]', 'digests text[]'],
             'SETOF text', $template$
             RETURN QUERY
                 WITH cur AS ($template$ || cur_with_vectors || $template$),
@@ -328,40 +328,40 @@ BEGIN
             args || jsonb_build_object(
                 'vector', col.name,
                 'fts_value', CASE WHEN col.suffix = '' AND t.fts_config IS NOT NULL
-                                  THEN ', ' || embeddings.fts_sql(t, embeddings.content_sql(t, 't', NULL, wrapped => false)) || ' AS f_'
+                                  THEN ', ' || embeddings_internal.fts_sql(t, embeddings_internal.content_sql(t, 't', NULL, wrapped => false)) || ' AS f_'
                                   ELSE '' END,
                 'fts_column', CASE WHEN col.suffix = '' AND t.fts_config IS NOT NULL
-                                   THEN embeddings.render(', %(fts)I', jsonb_build_object('fts', t.fts_column)) ELSE '' END,
+                                   THEN embeddings_internal.render(', %(fts)I', jsonb_build_object('fts', t.fts_column)) ELSE '' END,
                 'fts_insert', CASE WHEN col.suffix = '' AND t.fts_config IS NOT NULL THEN ', cur.f_' ELSE '' END,
-                'assignments', embeddings.render(
+                'assignments', embeddings_internal.render(
                     CASE WHEN col.suffix = '' THEN '%(vector)I = excluded.%(vector)I, content_md5 = excluded.content_md5%(fts)s'
                          ELSE '%(vector)I = excluded.%(vector)I, content_md5 = CASE WHEN x.%(column)I IS NULL '
                               'THEN excluded.content_md5 ELSE x.content_md5 END' END,
                     jsonb_build_object('vector', col.name, 'column', t.embedding_column,
                                        'fts', CASE WHEN t.fts_config IS NOT NULL
-                                                   THEN embeddings.render(', %(fts)I = excluded.%(fts)I', jsonb_build_object('fts', t.fts_column))
+                                                   THEN embeddings_internal.render(', %(fts)I = excluded.%(fts)I', jsonb_build_object('fts', t.fts_column))
                                                    ELSE '' END))),
             declare => E'#variable_conflict use_column\n');
     END LOOP;
 
     -- Blank content: the side row goes (both vectors); during a change, clearing only the new
     -- model's vector (the worker's rows whose new vector could not be made).
-    RETURN NEXT embeddings.access_spec('_blank', ARRAY['keys text[]'] || embeddings.key_params(t) || ARRAY['digests text[]'],
+    RETURN NEXT embeddings_internal.access_spec('_blank', ARRAY['keys text[]'] || embeddings_internal.key_params(t) || ARRAY['digests text[]'],
         'SETOF text', $template$
         RETURN QUERY
             WITH cur AS ($template$ || cur_without || $template$)
             DELETE FROM %(store)s x USING cur WHERE %(side_cur)s RETURNING cur.key_;
         $template$, args);
     IF shadow IS NOT NULL THEN
-        RETURN NEXT embeddings.access_spec('_blank_shadow', ARRAY['keys text[]'] || embeddings.key_params(t) || ARRAY['digests text[]'],
+        RETURN NEXT embeddings_internal.access_spec('_blank_shadow', ARRAY['keys text[]'] || embeddings_internal.key_params(t) || ARRAY['digests text[]'],
             'SETOF text', $template$
             RETURN QUERY
                 WITH cur AS ($template$ || cur_without || $template$)
                 UPDATE %(store)s x SET %(shadow)I = NULL FROM cur WHERE %(side_cur)s AND x.%(shadow)I IS NOT NULL RETURNING cur.key_;
             $template$, args);
-        -- Model-change completion (embeddings.complete_change): the rows with content still
+        -- Model-change completion (embeddings_internal.complete_change): the rows with content still
         -- lacking the new vector and waiting in no job...
-        RETURN NEXT embeddings.access_spec('_unshadowed', ARRAY['pending jsonb[]'], 'SETOF jsonb', $template$
+        RETURN NEXT embeddings_internal.access_spec('_unshadowed', ARRAY['pending jsonb[]'], 'SETOF jsonb', $template$
             RETURN QUERY
                 SELECT s.k FROM (SELECT %(key_json)s AS k FROM %(source)s t LEFT JOIN %(store)s x ON %(joined)s
                                  WHERE x.%(shadow)I IS NULL AND (%(content)s) OPERATOR(pg_catalog.~) '[^[:space:]]') s
@@ -370,44 +370,44 @@ BEGIN
         -- ... and, under the table lock, whether the swap may go ahead: no row's vector lacks the
         -- new one. (A content change clears nothing in a side table: a row whose job is pending
         -- keeps its vectors, and its job writes the new model's after the swap.)
-        RETURN NEXT embeddings.access_spec('_swap_prepare', ARRAY['pending jsonb[]'], 'boolean', $template$
+        RETURN NEXT embeddings_internal.access_spec('_swap_prepare', ARRAY['pending jsonb[]'], 'boolean', $template$
             RETURN NOT EXISTS (SELECT FROM %(source)s t JOIN %(store)s x ON %(joined)s WHERE x.%(shadow)I IS NULL AND x.%(column)I IS NOT NULL);
             $template$, args);
     END IF;
-    RETURN QUERY SELECT * FROM embeddings.follow_access(t);  -- deletes and truncations (sql/54_stores.sql)
+    RETURN QUERY SELECT * FROM embeddings_internal.follow_access(t);  -- deletes and truncations (sql/54_stores.sql)
 END
 $$;
 
-CREATE FUNCTION embeddings.side_store_clear_sql(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.side_store_clear_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.apart_clear_sql(t)
+    SELECT embeddings_internal.apart_clear_sql(t)
 $$;
 
 -- A side-table target's vectors are in its side table `v`, keyed like the table.
-CREATE FUNCTION embeddings.side_store_search_sql(t embeddings.targets) RETURNS jsonb
+CREATE FUNCTION embeddings_internal.side_store_search_sql(t embeddings.targets) RETURNS jsonb
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.one_vector_search_sql(t, embeddings.render('%(store)s v JOIN %(source)s s ON %(same_key)s', jsonb_build_object(
+    SELECT embeddings_internal.one_vector_search_sql(t, embeddings_internal.render('%(store)s v JOIN %(source)s s ON %(same_key)s', jsonb_build_object(
                                                     'store', t.store_table::text, 'source', t.source::text,
-                                                    'same_key', embeddings.key_equal_sql(t, 'v', 's'))),
+                                                    'same_key', embeddings_internal.key_equal_sql(t, 'v', 's'))),
                                             'v')
 $$;
 
 -- Status's exact counts: the table's rows, those with a side row that holds a vector (side rows
 -- of deleted rows are not counted), those with blank content.
-CREATE FUNCTION embeddings.side_store_exact_counts(t embeddings.targets,
+CREATE FUNCTION embeddings_internal.side_store_exact_counts(t embeddings.targets,
     OUT total_rows bigint, OUT embedded_rows bigint, OUT cleared_rows bigint, OUT chunks bigint)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT * FROM embeddings.one_vector_exact_counts(
-        t, embeddings.render('%(source)s s LEFT JOIN %(store)s x ON %(same_key)s', jsonb_build_object(
-               'source', t.source::text, 'store', t.store_table::text, 'same_key', embeddings.key_equal_sql(t, 's', 'x'))),
-        embeddings.render('x.%(column)I', jsonb_build_object('column', t.embedding_column)))
+    SELECT * FROM embeddings_internal.one_vector_exact_counts(
+        t, embeddings_internal.render('%(source)s s LEFT JOIN %(store)s x ON %(same_key)s', jsonb_build_object(
+               'source', t.source::text, 'store', t.store_table::text, 'same_key', embeddings_internal.key_equal_sql(t, 's', 'x'))),
+        embeddings_internal.render('x.%(column)I', jsonb_build_object('column', t.embedding_column)))
 $$;
 
 -- Status's estimate of the rows with a vector: the side table's rows times the share of them
 -- with a vector (side rows of deleted rows not yet followed up counted too; status caps it at
 -- the table's rows).
-CREATE FUNCTION embeddings.side_store_estimated_vectors(t embeddings.targets,
+CREATE FUNCTION embeddings_internal.side_store_estimated_vectors(t embeddings.targets,
     OUT embedded double precision, OUT chunks double precision)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.estimated_not_null(t.store_table, t.embedding_column), NULL::double precision
+    SELECT embeddings_internal.estimated_not_null(t.store_table, t.embedding_column), NULL::double precision
 $$;

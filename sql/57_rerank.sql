@@ -11,7 +11,7 @@
 -- path (a search must not make the worker read a directory it names). set_rerank(),
 -- register_reranker() and the table's check take the same names, and so do searches
 -- (worker/retrieval/request.py: RERANKER_NAME).
-CREATE FUNCTION embeddings.check_reranker_name(name text) RETURNS void
+CREATE FUNCTION embeddings_internal.check_reranker_name(name text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF name IS NULL OR name !~ '^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$' THEN
@@ -32,10 +32,10 @@ CREATE FUNCTION embeddings.set_rerank(source regclass, model text, depth integer
                                       embedding_column name DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    t embeddings.targets := embeddings.search_target(source, embedding_column);
+    t embeddings.targets := embeddings_internal.search_target(source, embedding_column);
 BEGIN
     IF model IS NOT NULL THEN
-        PERFORM embeddings.check_reranker_name(model);
+        PERFORM embeddings_internal.check_reranker_name(model);
     END IF;
     IF depth IS NOT NULL AND NOT depth BETWEEN 1 AND 200 THEN
         RAISE EXCEPTION 'embeddings: a rerank depth is from 1 to 200, not %', depth
@@ -108,7 +108,7 @@ DECLARE
     bad record;
     r embeddings.rerankers;
 BEGIN
-    PERFORM embeddings.check_reranker_name(name);
+    PERFORM embeddings_internal.check_reranker_name(name);
     SELECT * INTO kind FROM embeddings.reranker_defaults() d WHERE d.provider = register_reranker.provider;
     IF kind.provider IS NULL THEN
         RAISE EXCEPTION 'unknown rerank provider "%"', provider
@@ -153,7 +153,7 @@ BEGIN
     r.max_in_flight := coalesce(max_in_flight, 4);
     r.timeout_seconds := coalesce(register_reranker.timeout_seconds, 30);
     r.credential := CASE WHEN credential IS NULL THEN kind.credential ELSE nullif(credential, '') END;
-    PERFORM embeddings.check_endpoint(name, r.endpoint, r.credential);
+    PERFORM embeddings_internal.check_endpoint(name, r.endpoint, r.credential);
     INSERT INTO embeddings.rerankers AS rr (name, provider, endpoint, remote_model, max_documents, max_tokens,
                                             max_in_flight, timeout_seconds, credential, description)
     VALUES (r.name, r.provider, r.endpoint, r.remote_model, r.max_documents, r.max_tokens,
@@ -183,7 +183,7 @@ BEGIN
     IF NOT FOUND THEN
         RETURN false;
     END IF;
-    SELECT string_agg(embeddings.target_name(t), ', ' ORDER BY t.id) INTO users
+    SELECT string_agg(embeddings_internal.target_name(t), ', ' ORDER BY t.id) INTO users
     FROM embeddings.targets t WHERE t.rerank_model = unregister_reranker.name;
     IF users IS NOT NULL THEN
         RAISE EXCEPTION 'reranker % is the rerank stage of %', name, users

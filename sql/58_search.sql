@@ -21,7 +21,7 @@
 -- last estimated; NULL when unknown. (pg_partition_tree() lists nothing for a table that is not
 -- partitioned: the relation itself counts then. A partitioned table's own reltuples is not its
 -- rows': only its leaves count.)
-CREATE FUNCTION embeddings.search_rows_estimate(t embeddings.targets) RETURNS double precision
+CREATE FUNCTION embeddings_internal.search_rows_estimate(t embeddings.targets) RETURNS double precision
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT nullif(sum(greatest(c.reltuples, 0)), 0)::double precision
     FROM pg_class c
@@ -36,15 +36,15 @@ $$;
 -- generated function's plan keeps; else the call, which lists the partitions. The relation is
 -- found through the target's id, never an OID written into the function: a dump restored
 -- elsewhere gives the table another OID, and keeps the target's id.
-CREATE FUNCTION embeddings.rows_estimate_sql(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.rows_estimate_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.render(
+    SELECT embeddings_internal.render(
         CASE WHEN (SELECT c.relkind FROM pg_class c WHERE c.oid = t.store_table) = 'r'
              THEN '(SELECT nullif(greatest(c.reltuples, 0), 0)::double precision'
                   ' FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=)'
                   ' (SELECT x.store_table::pg_catalog.oid FROM embeddings.targets x'
                   ' WHERE x.id OPERATOR(pg_catalog.=) %(id)s))'
-             ELSE '(SELECT embeddings.search_rows_estimate(x) FROM embeddings.targets x'
+             ELSE '(SELECT embeddings_internal.search_rows_estimate(x) FROM embeddings.targets x'
                   ' WHERE x.id OPERATOR(pg_catalog.=) %(id)s)' END,
         jsonb_build_object('id', t.id))
 $$;
@@ -55,7 +55,7 @@ $$;
 -- {"eq"|"ne"|"lt"|"lte"|"gt"|"gte": value, "in": [values]}; all must hold. Values are read
 -- as the column's type from their JSON text (`param` is the filter's parameter, $n), never
 -- spliced into the SQL. 'true' for NULL or {}.
-CREATE FUNCTION embeddings.search_filter_sql(t embeddings.targets, filter jsonb, param integer) RETURNS text
+CREATE FUNCTION embeddings_internal.search_filter_sql(t embeddings.targets, filter jsonb, param integer) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     parts text[] := ARRAY['true'];
@@ -83,12 +83,12 @@ BEGIN
             RAISE EXCEPTION 'embeddings: search filter: % has no column %', t.source, quote_ident(col)
                 USING ERRCODE = 'undefined_column';
         END IF;
-        IF NOT embeddings.builtin_scalar(ty) THEN
+        IF NOT embeddings_internal.builtin_scalar(ty) THEN
             RAISE EXCEPTION 'embeddings: search filter: column % is of type %; filters take columns of built-in scalar types', quote_ident(col), ty
                 USING ERRCODE = 'feature_not_supported';
         END IF;
-        base := format_type(embeddings.base_type(ty), NULL);
-        column_sql := embeddings.as_base_sql(ty, format('s.%I', col));
+        base := format_type(embeddings_internal.base_type(ty), NULL);
+        column_sql := embeddings_internal.as_base_sql(ty, format('s.%I', col));
         value_sql := format('($%s OPERATOR(pg_catalog.->) %L)', param, col);
         IF jsonb_typeof(val) = 'null' THEN
             parts := parts || format('%s IS NULL', column_sql);
@@ -122,7 +122,7 @@ END
 $$;
 
 -- The target of `source` to search: the one of `embedding_column`, or its only one.
-CREATE FUNCTION embeddings.search_target(source regclass, embedding_column name DEFAULT NULL) RETURNS embeddings.targets
+CREATE FUNCTION embeddings_internal.search_target(source regclass, embedding_column name DEFAULT NULL) RETURNS embeddings.targets
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found embeddings.targets[];  -- one look at the registry, every search
@@ -158,7 +158,7 @@ $$;
 -- Sets pgvector's hnsw.iterative_scan and hnsw.ef_search for the transaction, each that is not
 -- NULL (a server without them has none to set or put back): a search raises them, then puts
 -- back the caller's (search_run(), search_answer()).
-CREATE FUNCTION embeddings.set_hnsw(iterative text, ef text) RETURNS void
+CREATE FUNCTION embeddings_internal.set_hnsw(iterative text, ef text) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     IF iterative IS NOT NULL THEN
@@ -176,7 +176,7 @@ $$;
 -- are put back afterwards: they must not outlive the search in the caller's transaction.
 -- STABLE, as search(): they write nothing (sql/90_privileges.sql grants such functions to
 -- PUBLIC).
-CREATE FUNCTION embeddings.search_run(statement text, query anyelement, filter jsonb) RETURNS jsonb
+CREATE FUNCTION embeddings_internal.search_run(statement text, query anyelement, filter jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     result jsonb;
@@ -185,7 +185,7 @@ DECLARE
     ef text := current_setting('hnsw.ef_search', true);
     ef_floor integer := coalesce(nullif(current_setting('embeddings.search_ef_search', true), '')::integer, 200);
 BEGIN
-    PERFORM embeddings.set_hnsw(CASE WHEN iterative IS NOT NULL THEN 'relaxed_order' END,
+    PERFORM embeddings_internal.set_hnsw(CASE WHEN iterative IS NOT NULL THEN 'relaxed_order' END,
                                 CASE WHEN ef IS NOT NULL THEN least(greatest(ef::integer, ef_floor), 1000)::text END);
     EXECUTE format('SELECT coalesce(pg_catalog.jsonb_agg(r ORDER BY r.distance, r.key), ''[]'') FROM (%s) r', statement)
         INTO result USING query, filter;
@@ -193,13 +193,13 @@ BEGIN
     -- for the session: a session-level SET outlives our SET clause, so the rest of this function
     -- (and of its callers, each of which pins it again) would resolve names in it. Ours again:
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
-    PERFORM embeddings.set_hnsw(iterative, ef);
+    PERFORM embeddings_internal.set_hnsw(iterative, ef);
     RETURN result;
 END
 $$;
 
 -- The statements of a search of target t, made once per target with its other functions
--- (embeddings.generate_access(), sql/32_access.sql, on watch() and on every change of the table
+-- (embeddings_internal.generate_access(), sql/32_access.sql, on watch() and on every change of the table
 -- that can change them) rather than from the catalog on every call: building them cost
 -- search() more than the index scan itself (docs/performance.md, "Figures behind the code's
 -- choices").
@@ -227,16 +227,16 @@ $$;
 -- EXECUTE to PUBLIC as search() is; a table owner cannot redefine what its searchers run. A
 -- searcher granted SELECT on a store apart from the table reads there only its rows of the
 -- table (store_policy_code(), sql/54_stores.sql), as the statements do.
-CREATE FUNCTION embeddings.search_code(t embeddings.targets) RETURNS TABLE (name text, statement text)
+CREATE FUNCTION embeddings_internal.search_code(t embeddings.targets) RETURNS TABLE (name text, statement text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    q jsonb := embeddings.search_sql(t);
+    q jsonb := embeddings_internal.search_sql(t);
     args jsonb := q || jsonb_build_object(
-        'name', 'embeddings_' || t.id || '_search', 'id', t.id, 'settings', embeddings.key_settings_sql(t),
+        'name', 'embeddings_' || t.id || '_search', 'id', t.id, 'settings', embeddings_internal.key_settings_sql(t),
         'halfvec', to_regtype(quote_ident(embeddings.vector_schema()) || '.halfvec')::text,
         -- one result per row: a chunked target's best chunk
-        'distinct_on', CASE WHEN embeddings.store_has_chunks(t) THEN 'DISTINCT ON (r.key)' ELSE '' END,
-        'distinct_order', CASE WHEN embeddings.store_has_chunks(t) THEN 'ORDER BY r.key, r.distance' ELSE '' END);
+        'distinct_on', CASE WHEN embeddings_internal.store_has_chunks(t) THEN 'DISTINCT ON (r.key)' ELSE '' END,
+        'distinct_order', CASE WHEN embeddings_internal.store_has_chunks(t) THEN 'ORDER BY r.key, r.distance' ELSE '' END);
     -- Each statement in three parts: its result (into which the static one selects), then its
     -- FROM in two halves around the filter's condition. The exact path's OFFSET 0 keeps the
     -- index from ordering the rows: every matching row's distance.
@@ -244,16 +244,16 @@ DECLARE
                              '%(end_offset)s AS end_offset, %(headings)s AS headings, %(page)s AS page, %(distance)s AS distance';
     index_sql text[] := ARRAY[
         'SELECT coalesce(pg_catalog.jsonb_agg(r ORDER BY r.distance, r.key), ''[]'')',
-        embeddings.render(' FROM (SELECT %(distinct_on)s r.* FROM (SELECT c.*, pg_catalog.count(*) OVER () AS candidates'
+        embeddings_internal.render(' FROM (SELECT %(distinct_on)s r.* FROM (SELECT c.*, pg_catalog.count(*) OVER () AS candidates'
                           ' FROM (SELECT ' || columns || ' FROM %(from)s WHERE %(vector)s IS NOT NULL AND (', args),
-        embeddings.render(') ORDER BY %(order)s LIMIT $3) c) r %(distinct_order)s) r', args)];
+        embeddings_internal.render(') ORDER BY %(order)s LIMIT $3) c) r %(distinct_order)s) r', args)];
     exact_sql text[] := ARRAY[
         'SELECT coalesce(pg_catalog.jsonb_agg(d ORDER BY d.distance, d.key), ''[]'')',
-        embeddings.render(' FROM (SELECT * FROM (SELECT %(distinct_on)s r.* FROM (SELECT ' || columns
+        embeddings_internal.render(' FROM (SELECT * FROM (SELECT %(distinct_on)s r.* FROM (SELECT ' || columns
                           || ' FROM %(from)s WHERE %(vector)s IS NOT NULL AND (', args),
-        embeddings.render(') OFFSET 0) r %(distinct_order)s) d ORDER BY d.distance, d.key LIMIT $3) d', args)];
+        embeddings_internal.render(') OFFSET 0) r %(distinct_order)s) d ORDER BY d.distance, d.key LIMIT $3) d', args)];
 BEGIN
-    RETURN QUERY VALUES (args->>'name', embeddings.render($template$
+    RETURN QUERY VALUES (args->>'name', embeddings_internal.render($template$
         CREATE FUNCTION embeddings.%(name)I(query %(halfvec)s, filter jsonb, n integer, exact boolean) RETURNS jsonb
         LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
         DECLARE
@@ -261,7 +261,7 @@ BEGIN
         BEGIN
             IF %(name)I.filter IS NOT NULL THEN
                 EXECUTE CASE WHEN %(name)I.exact THEN %(exact_head)L ELSE %(index_head)L END
-                        OPERATOR(pg_catalog.||) embeddings.search_filter_sql(
+                        OPERATOR(pg_catalog.||) embeddings_internal.search_filter_sql(
                             (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %(id)s), %(name)I.filter, 2)
                         OPERATOR(pg_catalog.||) CASE WHEN %(name)I.exact THEN %(exact_tail)L ELSE %(index_tail)L END
                     INTO result USING %(name)I.query, %(name)I.filter, %(name)I.n;
@@ -278,10 +278,10 @@ BEGIN
             'index_head', index_sql[1] || index_sql[2], 'index_tail', index_sql[3],
             'exact_static', exact_sql[1] || ' INTO result' || exact_sql[2] || 'true' || exact_sql[3],
             'index_static', index_sql[1] || ' INTO result' || index_sql[2] || 'true' || index_sql[3])));
-    IF embeddings.store_has_chunks(t) THEN
+    IF embeddings_internal.store_has_chunks(t) THEN
         -- A store of several vectors per row: its nearest vectors themselves too, every chunk
         -- (match_chunks(), sql/55_chunks.sql).
-        RETURN QUERY VALUES ('embeddings_' || t.id || '_nearest', embeddings.render($template$
+        RETURN QUERY VALUES ('embeddings_' || t.id || '_nearest', embeddings_internal.render($template$
             CREATE FUNCTION embeddings.%(name)I(query %(halfvec)s, n integer, exact boolean)
             RETURNS TABLE (key jsonb, seq integer, content text, distance double precision)
             LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
@@ -295,31 +295,31 @@ BEGIN
             $body$
             $template$, args || jsonb_build_object(
                 'name', 'embeddings_' || t.id || '_nearest',
-                'nearest', embeddings.render('SELECT %(key)s AS key, %(seq)s AS seq, %(content)s AS content, %(distance)s AS distance '
+                'nearest', embeddings_internal.render('SELECT %(key)s AS key, %(seq)s AS seq, %(content)s AS content, %(distance)s AS distance '
                                              'FROM %(from)s', args))));
     END IF;
-    RETURN QUERY SELECT * FROM embeddings.ranking_code(t, args);
-    RETURN QUERY SELECT * FROM embeddings.store_policy_code(t);
+    RETURN QUERY SELECT * FROM embeddings_internal.ranking_code(t, args);
+    RETURN QUERY SELECT * FROM embeddings_internal.store_policy_code(t);
 END
 $$;
 
 -- Target t's full-text rankings for search_code() (`args`: its values), with full-text search
 -- on: every word's and any word's (BM25: sql/59_bm25.sql).
-CREATE FUNCTION embeddings.ranking_code(t embeddings.targets, args jsonb) RETURNS TABLE (name text, statement text)
+CREATE FUNCTION embeddings_internal.ranking_code(t embeddings.targets, args jsonb) RETURNS TABLE (name text, statement text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ranking text;
     ranking_sql text[];
 BEGIN
     FOREACH ranking IN ARRAY CASE WHEN t.fts_config IS NULL THEN '{}' ELSE ARRAY['text_ranking', 'bm25_ranking'] END LOOP
-        ranking_sql := CASE ranking WHEN 'bm25_ranking' THEN embeddings.bm25_ranking_sql(t) ELSE embeddings.fts_ranking_sql(t) END;
+        ranking_sql := CASE ranking WHEN 'bm25_ranking' THEN embeddings_internal.bm25_ranking_sql(t) ELSE embeddings_internal.fts_ranking_sql(t) END;
         ranking_sql := ARRAY['SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'')',
                              ' FROM (' || ranking_sql[1], ranking_sql[2] || ') r'];
         -- One plan for every query text (plan_cache_mode): a plan made for each text, as
         -- Postgres makes the first five and keeps making while they look cheaper, cost about
         -- a third of the ranking itself (NFCorpus: BM25 ranking p50 4.4 against 3.2 ms); the
         -- generic one reads the GIN index for any text, as the planner chose for nearly all.
-        RETURN QUERY VALUES ('embeddings_' || t.id || '_' || ranking, embeddings.render($template$
+        RETURN QUERY VALUES ('embeddings_' || t.id || '_' || ranking, embeddings_internal.render($template$
             CREATE FUNCTION embeddings.%(name)I(query text, filter jsonb, depth integer) RETURNS jsonb
             LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan%(settings)s AS $body$
             DECLARE
@@ -327,7 +327,7 @@ BEGIN
             BEGIN
                 IF %(name)I.filter IS NOT NULL THEN
                     EXECUTE %(head)L
-                            OPERATOR(pg_catalog.||) embeddings.search_filter_sql(
+                            OPERATOR(pg_catalog.||) embeddings_internal.search_filter_sql(
                                 (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %(id)s), %(name)I.filter, 2)
                             OPERATOR(pg_catalog.||) %(tail)L
                         INTO result USING %(name)I.query, %(name)I.filter, %(name)I.depth;
@@ -346,15 +346,15 @@ END
 $$;
 
 -- Makes target t's search functions (search_code()) and its store's policy; EXECUTE to PUBLIC.
-CREATE FUNCTION embeddings.generate_search(t embeddings.targets) RETURNS void
+CREATE FUNCTION embeddings_internal.generate_search(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     code record;
 BEGIN
-    FOR code IN SELECT * FROM embeddings.search_code(t) WHERE name NOT LIKE '%\_visible' LOOP
+    FOR code IN SELECT * FROM embeddings_internal.search_code(t) WHERE name NOT LIKE '%\_visible' LOOP
         EXECUTE code.statement;
     END LOOP;
-    PERFORM embeddings.generate_store_policy(t);  -- (sql/54_stores.sql)
+    PERFORM embeddings_internal.generate_store_policy(t);  -- (sql/54_stores.sql)
 END
 $$;
 
@@ -364,12 +364,12 @@ $$;
 -- index path, which callers cut). search() and hybrid_search() rank by it: hybrid search
 -- fuses the array as it comes, never as rows made and aggregated again.
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, ' || pg_catalog.quote_ident(embeddings.vector_schema()) || ', pg_temp', true);
-CREATE FUNCTION embeddings.search_answer(t embeddings.targets, query halfvec, k integer, filter jsonb) RETURNS jsonb
+CREATE FUNCTION embeddings_internal.search_answer(t embeddings.targets, query halfvec, k integer, filter jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     run text := format('SELECT embeddings.%I($1, $2, $3, $4)', 'embeddings_' || t.id || '_search');
     -- The table's size as ANALYZE last estimated it (pg_class: no count(*) on every call).
-    estimate double precision := embeddings.search_rows_estimate(t);
+    estimate double precision := embeddings_internal.search_rows_estimate(t);
     exact_below double precision := coalesce(nullif(current_setting('embeddings.exact_search_rows', true), '')::double precision, 10000);
     max_scan double precision := coalesce(nullif(current_setting('hnsw.max_scan_tuples', true), '')::double precision, 20000);
     iterative text := current_setting('hnsw.iterative_scan', true);
@@ -389,17 +389,17 @@ BEGIN
     END IF;
     -- Iterative index scans (pgvector >= 0.8), for this search only: put back below, as they
     -- must not outlive it in the caller's transaction.
-    PERFORM embeddings.set_hnsw(CASE WHEN iterative IS NOT NULL THEN 'relaxed_order' END,
+    PERFORM embeddings_internal.set_hnsw(CASE WHEN iterative IS NOT NULL THEN 'relaxed_order' END,
                                 CASE WHEN ef IS NOT NULL THEN least(greatest(ef::integer, ef_floor, k), 1000)::text END);
     IF estimate IS NULL OR estimate >= exact_below THEN
         -- The index: k rows, or for chunks candidates doubling until they hold k documents or
         -- the index yields no more (fewer candidates than asked for).
-        n := CASE WHEN embeddings.store_has_chunks(t) THEN greatest(k * 10, 40) ELSE k END;
+        n := CASE WHEN embeddings_internal.store_has_chunks(t) THEN greatest(k * 10, 40) ELSE k END;
         LOOP
             EXECUTE run INTO answer USING query, filter, n, false;
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
             candidates := coalesce((answer->0->>'candidates')::integer, 0);
-            EXIT WHEN jsonb_array_length(answer) >= k OR NOT embeddings.store_has_chunks(t) OR candidates < n OR n >= max_scan;
+            EXIT WHEN jsonb_array_length(answer) >= k OR NOT embeddings_internal.store_has_chunks(t) OR candidates < n OR n >= max_scan;
             n := least(n * 2, max_scan)::integer;
         END LOOP;
     END IF;
@@ -411,7 +411,7 @@ BEGIN
         EXECUTE run INTO answer USING query, filter, k, true;
         PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     END IF;
-    PERFORM embeddings.set_hnsw(iterative, ef);
+    PERFORM embeddings_internal.set_hnsw(iterative, ef);
     RETURN answer;
 END
 $$;
@@ -433,7 +433,7 @@ RETURNS TABLE (key jsonb, distance double precision, content text, seq integer,
                start_offset integer, end_offset integer, headings text[], page integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    t embeddings.targets := embeddings.search_target(source, embedding_column);
+    t embeddings.targets := embeddings_internal.search_target(source, embedding_column);
 BEGIN
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'embeddings.search: k must be at least 1' USING ERRCODE = 'invalid_parameter_value';
@@ -444,7 +444,7 @@ BEGIN
                CASE WHEN jsonb_typeof(r.value->'headings') = 'array'
                     THEN ARRAY(SELECT jsonb_array_elements_text(r.value->'headings')) END,
                (r.value->>'page')::integer
-        FROM jsonb_array_elements(embeddings.search_answer(t, query, k, filter)) WITH ORDINALITY AS r(value, i)
+        FROM jsonb_array_elements(embeddings_internal.search_answer(t, query, k, filter)) WITH ORDINALITY AS r(value, i)
         ORDER BY r.i LIMIT k;
 END
 $$;

@@ -43,7 +43,7 @@
 -- The OR of the lexemes of `v` (a query's tsvector) as a tsquery; NULL when it has none (a
 -- question of stop words only). Built from the lexemes as they are: to_tsquery() would
 -- normalize them a second time.
-CREATE FUNCTION embeddings.any_lexeme_query(v tsvector) RETURNS tsquery
+CREATE FUNCTION embeddings_internal.any_lexeme_query(v tsvector) RETURNS tsquery
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT string_agg('''' || replace(replace(l, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery
     FROM unnest(tsvector_to_array(v)) AS l
@@ -53,7 +53,7 @@ $$;
 -- every-word query, and whether each document matching it is a candidate: no "!" outside its
 -- quoted lexemes, each of those among the lexemes (tsquery's text doubles a quote and a
 -- backslash in a lexeme). $1 the query text.
-CREATE FUNCTION embeddings.bm25_words_sql(t embeddings.targets) RETURNS text
+CREATE FUNCTION embeddings_internal.bm25_words_sql(t embeddings.targets) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN format(
@@ -61,13 +61,13 @@ BEGIN
         '  AND pg_catalog.regexp_replace(y.e::text, %1$L, '''', ''g'') OPERATOR(pg_catalog.~) %2$L'
         '  AND ARRAY(SELECT pg_catalog.replace(pg_catalog.replace(l[1], %3$L, %4$L), %5$L, %6$L)'
         '            FROM pg_catalog.regexp_matches(y.e::text, %7$L, ''g'') l) OPERATOR(pg_catalog.<@) y.lexemes AS whole'
-        '  FROM (SELECT pg_catalog.tsvector_to_array(x.v) AS lexemes, embeddings.any_lexeme_query(x.v) AS q,'
+        '  FROM (SELECT pg_catalog.tsvector_to_array(x.v) AS lexemes, embeddings_internal.any_lexeme_query(x.v) AS q,'
         '   %8$s AS e FROM (SELECT %9$s AS v) x) y)',
         $r$'(?:[^']|'')*'$r$, '^[\s&|()<>0-9-]*$', $r$''$r$, $r$'$r$, '\\', '\', $r$'((?:[^']|'')*)'$r$,
-        CASE WHEN embeddings.store_has_chunks(t) THEN 'NULL::pg_catalog.tsquery'
+        CASE WHEN embeddings_internal.store_has_chunks(t) THEN 'NULL::pg_catalog.tsquery'
              ELSE format('CASE WHEN pg_catalog.length(x.v) OPERATOR(pg_catalog.>) 0 THEN %s END',
-                         embeddings.every_word_query_sql(t.fts_config, '$1')) END,
-        embeddings.plain_fts_sql(t.fts_config, '$1'));
+                         embeddings_internal.every_word_query_sql(t.fts_config, '$1')) END,
+        embeddings_internal.plain_fts_sql(t.fts_config, '$1'));
 END
 $$;
 
@@ -83,7 +83,7 @@ $$;
 -- place, the content of a target with a content function) are left out: each field of each
 -- of up to `depth` rows is JSON that hybrid_search() reads back, where a missing field reads
 -- as NULL. $1 the query text, $2 the filter, $3 the depth. In two halves around the filter's
--- condition (embeddings.generate_search() makes the target's embeddings_<id>_bm25_ranking()
+-- condition (embeddings_internal.generate_search() makes the target's embeddings_<id>_bm25_ranking()
 -- of them).
 --
 -- For a target that is not chunked, each row also tells whether the document holds every word
@@ -102,23 +102,23 @@ $$;
 -- tsvector read once (d, a subquery scan rather than a lateral subquery per candidate), its
 -- hits unnested once (in a target list: no function scan per candidate), the idf computed once
 -- per lexeme, and a row's key carried along with its score rather than joined back.
-CREATE FUNCTION embeddings.bm25_ranking_sql(t embeddings.targets) RETURNS text[]
+CREATE FUNCTION embeddings_internal.bm25_ranking_sql(t embeddings.targets) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    q jsonb := embeddings.search_sql(t);
+    q jsonb := embeddings_internal.search_sql(t);
     -- The relation of the tsvector: the table, its chunk table or its side table.
     fts text := format('%s.%I', q->>'store',
                        t.fts_column);
-    -- Fields (embeddings.fields_tsvector()): the title's words are weighted A in the tsvector.
-    fields boolean := t.fts_title_weight IS NOT NULL AND NOT embeddings.store_has_chunks(t);
-    chunks boolean := embeddings.store_has_chunks(t);
+    -- Fields (embeddings_internal.fields_tsvector()): the title's words are weighted A in the tsvector.
+    fields boolean := t.fts_title_weight IS NOT NULL AND NOT embeddings_internal.store_has_chunks(t);
+    chunks boolean := embeddings_internal.store_has_chunks(t);
     -- The result's fields besides the key that this store kind fills (search_sql()'s others
     -- are NULL literals): a content column's text, a chunk's place.
     extra text[] := ARRAY(SELECT f FROM unnest(ARRAY['content', 'seq', 'start_offset', 'end_offset', 'headings', 'page']) WITH ORDINALITY AS x(f, i)
                           WHERE q->>f !~ '^NULL::' ORDER BY i);
     -- A chunk's number among the candidates; a row's key is its own.
     id text := CASE WHEN chunks THEN 'i, ' ELSE '' END;
-    w_sql text := embeddings.bm25_words_sql(t);
+    w_sql text := embeddings_internal.bm25_words_sql(t);
     m_extra text := (SELECT coalesce(string_agg(format('m.%I, ', f), ''), '') FROM unnest(extra) AS f);
 BEGIN
     RETURN ARRAY[
@@ -168,7 +168,7 @@ BEGIN
             '  SELECT r.*, r.text_rank OPERATOR(pg_catalog./) z.mass AS text_score FROM (%6$s) r, z'
             '  ORDER BY r.text_rank DESC, r.key LIMIT $3) r, n, w'
             ' ORDER BY r.text_rank DESC, r.key',
-            embeddings.rows_estimate_sql(t), id,
+            embeddings_internal.rows_estimate_sql(t), id,
             -- tf: with fields, each of the lexeme's places in the title counts title_weight times.
             CASE WHEN fields
                  THEN format('(pg_catalog.cardinality((y.x).positions) + %s * coalesce((SELECT pg_catalog.cardinality(u.positions)'

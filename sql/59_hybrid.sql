@@ -18,7 +18,7 @@
 -- never match.
 
 -- The tsvector of text expression `expr` with configuration `config`, dots split.
-CREATE FUNCTION embeddings.plain_fts_sql(config regconfig, expr text) RETURNS text
+CREATE FUNCTION embeddings_internal.plain_fts_sql(config regconfig, expr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('pg_catalog.to_tsvector(%L::pg_catalog.regconfig, pg_catalog.regexp_replace(%s, %L, %L, ''g''))',
                   config::text, expr, '(\w)\.(?=\w)', '\1 ')
@@ -28,7 +28,7 @@ $$;
 -- fts_ranking_sql() (below) says: websearch_to_tsquery() with dots split, a lower-case "or" a
 -- word and a "-" touching no word a space. Also what the BM25 ranking (sql/59_bm25.sql) tells
 -- its rows holding every word by.
-CREATE FUNCTION embeddings.every_word_query_sql(config regconfig, expr text) RETURNS text
+CREATE FUNCTION embeddings_internal.every_word_query_sql(config regconfig, expr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('pg_catalog.websearch_to_tsquery(%L::pg_catalog.regconfig,'
                   ' pg_catalog.regexp_replace(pg_catalog.regexp_replace('
@@ -42,7 +42,7 @@ $$;
 -- A, then the body's (weight D, their places after the title's, as in one text). Without the
 -- separator, all body. The vector side embeds the text with the separator read as a space
 -- (the worker's load stage), so `title || chr(31) || body` embeds as `title || ' ' || body`.
-CREATE FUNCTION embeddings.fields_tsvector(config regconfig, content text) RETURNS tsvector
+CREATE FUNCTION embeddings_internal.fields_tsvector(config regconfig, content text) RETURNS tsvector
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN pg_catalog.strpos(content, pg_catalog.chr(31)) = 0
                 THEN pg_catalog.to_tsvector(config, pg_catalog.regexp_replace(content, '(\w)\.(?=\w)', '\1 ', 'g'))
@@ -53,27 +53,27 @@ $$;
 -- The tsvector of target t's content, text expression `expr` (NULL when t has no full-text
 -- search): with fields (fts_title_weight), fields_tsvector()'s; a chunked target's chunks are
 -- one field.
-CREATE FUNCTION embeddings.fts_sql(t embeddings.targets, expr text) RETURNS text
+CREATE FUNCTION embeddings_internal.fts_sql(t embeddings.targets, expr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN t.fts_config IS NULL THEN NULL
-                WHEN t.fts_title_weight IS NOT NULL AND NOT embeddings.store_has_chunks(t)
-                THEN format('embeddings.fields_tsvector(%L::pg_catalog.regconfig, %s)', t.fts_config::text, expr)
-                ELSE embeddings.plain_fts_sql(t.fts_config, expr) END
+                WHEN t.fts_title_weight IS NOT NULL AND NOT embeddings_internal.store_has_chunks(t)
+                THEN format('embeddings_internal.fields_tsvector(%L::pg_catalog.regconfig, %s)', t.fts_config::text, expr)
+                ELSE embeddings_internal.plain_fts_sql(t.fts_config, expr) END
 $$;
 
 -- The assignment the store function adds to its UPDATE for target t's tsvector (`value` the
 -- content, or NULL to clear it); '' without full-text search or for a chunked target.
-CREATE FUNCTION embeddings.fts_assign_sql(t embeddings.targets, value text) RETURNS text
+CREATE FUNCTION embeddings_internal.fts_assign_sql(t embeddings.targets, value text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN t.fts_config IS NULL OR embeddings.store_has_chunks(t) OR t.fts_column IS NULL THEN ''
+    SELECT CASE WHEN t.fts_config IS NULL OR embeddings_internal.store_has_chunks(t) OR t.fts_column IS NULL THEN ''
                 WHEN value IS NULL THEN format(', %I = NULL', t.fts_column)
-                ELSE format(', %I = %s', t.fts_column, embeddings.fts_sql(t, value)) END
+                ELSE format(', %I = %s', t.fts_column, embeddings_internal.fts_sql(t, value)) END
 $$;
 
 -- The pgvector indexes (HNSW, IVFFlat) of table `rel` on plain columns (no expression, no
 -- predicate), each with the statements that make it again as it is: its definition, its
 -- tablespace, its comment.
-CREATE FUNCTION embeddings.vector_indexes(rel regclass) RETURNS TABLE (index regclass, statements text[])
+CREATE FUNCTION embeddings_internal.vector_indexes(rel regclass) RETURNS TABLE (index regclass, statements text[])
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT i.indexrelid::regclass,
            ARRAY[pg_get_indexdef(i.indexrelid)
@@ -107,8 +107,8 @@ CREATE FUNCTION embeddings.enable_fts(source regclass, config regconfig DEFAULT 
                                       title_weight double precision DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    t embeddings.targets := embeddings.search_target(source, embedding_column);
-    a jsonb := embeddings.access_parts(t);
+    t embeddings.targets := embeddings_internal.search_target(source, embedding_column);
+    a jsonb := embeddings_internal.access_parts(t);
     owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
     fill text := (a->>'prefix') || '_fill_fts';
     col name;
@@ -121,8 +121,8 @@ BEGIN
     -- The tsvector beside the vectors: a generated column `fts` of a chunk table, else kept
     -- by the store function in the table or its side table.
     rel := t.store_table;
-    col := CASE WHEN embeddings.store_has_chunks(t) THEN 'fts' ELSE left(t.embedding_column, 59) || '_fts' END;
-    IF t.fts_column IS NOT NULL OR embeddings.attnum_of(rel, col) IS NOT NULL THEN
+    col := CASE WHEN embeddings_internal.store_has_chunks(t) THEN 'fts' ELSE left(t.embedding_column, 59) || '_fts' END;
+    IF t.fts_column IS NOT NULL OR embeddings_internal.attnum_of(rel, col) IS NOT NULL THEN
         EXECUTE format('ALTER TABLE %s DROP COLUMN IF EXISTS %I', rel, coalesce(t.fts_column, col));
     END IF;
     IF title_weight IS NOT NULL AND NOT title_weight >= 1 THEN
@@ -132,27 +132,27 @@ BEGIN
     UPDATE embeddings.targets tg SET fts_config = config, fts_column = col, fts_title_weight = title_weight,
                                      updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
-    IF embeddings.store_has_chunks(t) THEN
+    IF embeddings_internal.store_has_chunks(t) THEN
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I tsvector GENERATED ALWAYS AS (%s) STORED',
-                       rel, col, embeddings.fts_sql(t, 'chunk'));
+                       rel, col, embeddings_internal.fts_sql(t, 'chunk'));
     ELSE
         EXECUTE format('ALTER TABLE %s ADD COLUMN %I tsvector', rel, col);
         -- The rows embedded already (the rest get theirs with their vectors), through a
         -- function of the table's owner, as the store function is: the content (a content
         -- function's, say) is evaluated and the table's triggers fire as the owner, never as
         -- us. Only this column changes: no job is queued, no vector cleared.
-        PERFORM embeddings.create_access_function(a, '_fill_fts', '', 'void',
+        PERFORM embeddings_internal.create_access_function(a, '_fill_fts', '', 'void',
             CASE WHEN rel = t.source
                  THEN format('UPDATE %s t SET %I = %s WHERE t.%I IS NOT NULL;',
-                             rel, col, embeddings.fts_sql(t, a->>'content'), t.embedding_column)
+                             rel, col, embeddings_internal.fts_sql(t, a->>'content'), t.embedding_column)
                  -- A side row's tsvector from its row's content (the table named first, as
                  -- everywhere: sql/56_side.sql says why).
                  ELSE format('UPDATE %s x SET %I = %s FROM %s t WHERE %s;',
-                             rel, col, embeddings.fts_sql(t, a->>'content'), t.source,
-                             embeddings.key_equal_sql(t, 't', 'x')) END);
+                             rel, col, embeddings_internal.fts_sql(t, a->>'content'), t.source,
+                             embeddings_internal.key_equal_sql(t, 't', 'x')) END);
         -- (Its body `<fill>_body` runs the owner's code with the owner's path; `<fill>`, the
         -- guard, puts back what that code left in our session: create_access_function().)
-        PERFORM embeddings.give_owner_path(format('embeddings.%I()', fill || '_body')::regprocedure,
+        PERFORM embeddings_internal.give_owner_path(format('embeddings.%I()', fill || '_body')::regprocedure,
                                            (SELECT c.relowner FROM pg_class c WHERE c.oid = t.source));
         EXECUTE format('REVOKE ALL ON FUNCTION embeddings.%I(), embeddings.%I() FROM PUBLIC', fill, fill || '_body');
         IF owner_name <> current_user THEN
@@ -161,7 +161,7 @@ BEGIN
         END IF;
         IF (SELECT c.relkind FROM pg_class c WHERE c.oid = rel) = 'r' THEN
             FOR dropped, statement IN
-                SELECT v.index, array_to_string(v.statements, '; ') FROM embeddings.vector_indexes(rel) v
+                SELECT v.index, array_to_string(v.statements, '; ') FROM embeddings_internal.vector_indexes(rel) v
             LOOP
                 rebuild := rebuild || statement;
                 EXECUTE format('DROP INDEX %s', dropped);
@@ -174,7 +174,7 @@ BEGIN
         END LOOP;
     END IF;
     EXECUTE format('CREATE INDEX ON %s USING gin (%I)', rel, col);
-    PERFORM embeddings.generate_access(t);
+    PERFORM embeddings_internal.generate_access(t);
     PERFORM set_config('embeddings.following', 'off', true);
 END
 $$;
@@ -185,7 +185,7 @@ COMMENT ON FUNCTION embeddings.enable_fts IS
 CREATE FUNCTION embeddings.disable_fts(source regclass, embedding_column name DEFAULT NULL) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    t embeddings.targets := embeddings.search_target(source, embedding_column);
+    t embeddings.targets := embeddings_internal.search_target(source, embedding_column);
 BEGIN
     PERFORM set_config('embeddings.following', 'on', true);
     IF t.fts_column IS NOT NULL THEN
@@ -193,7 +193,7 @@ BEGIN
     END IF;
     UPDATE embeddings.targets tg SET fts_config = NULL, fts_column = NULL, fts_title_weight = NULL, updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
-    PERFORM embeddings.generate_access(t);
+    PERFORM embeddings_internal.generate_access(t);
     PERFORM set_config('embeddings.following', 'off', true);
 END
 $$;
@@ -215,12 +215,12 @@ COMMENT ON FUNCTION embeddings.disable_fts IS
 -- docstring's "----------" under a heading, "- - -") failed the search with "tsquery stack too
 -- small". Each with `text_score`, its ts_rank_cd divided by the best one's (the
 -- convex fusion's text score, sql/59_hybrid.sql's hybrid_search()). $1 the query text, $2 the
--- filter, $3 the depth. In two halves around the filter's condition (embeddings.generate_search() makes
+-- filter, $3 the depth. In two halves around the filter's condition (embeddings_internal.generate_search() makes
 -- the target's embeddings_<id>_text_ranking() of them, sql/58_search.sql).
-CREATE FUNCTION embeddings.fts_ranking_sql(t embeddings.targets) RETURNS text[]
+CREATE FUNCTION embeddings_internal.fts_ranking_sql(t embeddings.targets) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    q jsonb := embeddings.search_sql(t);
+    q jsonb := embeddings_internal.search_sql(t);
     -- The relation of the tsvector: the table, its chunk table or its side table.
     doc text := q->>'store';
 BEGIN
@@ -234,7 +234,7 @@ BEGIN
             ' FROM %6$s, %7$s AS q(q)'
             ' WHERE %4$s.%5$I OPERATOR(pg_catalog.@@) q.q AND %8$s IS NOT NULL AND (',
             q->>'key', q->>'content', q->>'seq', doc, t.fts_column, q->>'from',
-            embeddings.every_word_query_sql(t.fts_config, '$1'), q->>'vector',
+            embeddings_internal.every_word_query_sql(t.fts_config, '$1'), q->>'vector',
             q->>'start_offset', q->>'end_offset', q->>'headings', q->>'page'),
         format(
             ') ORDER BY %1$s, pg_catalog.ts_rank_cd(%2$s.%3$I, q.q) DESC) r'
@@ -291,7 +291,7 @@ RETURNS TABLE (key jsonb, score double precision, content text, seq integer, dis
                headings text[], page integer)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    t embeddings.targets := embeddings.search_target(source, embedding_column);
+    t embeddings.targets := embeddings_internal.search_target(source, embedding_column);
     by_vector jsonb;
     by_text jsonb;
     every_word jsonb := '[]';
@@ -321,7 +321,7 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     -- search()'s ranking as its JSON array (sql/58_search.sql), cut at n.
-    by_vector := embeddings.search_answer(t, query_embedding, n, filter);
+    by_vector := embeddings_internal.search_answer(t, query_embedding, n, filter);
     IF jsonb_array_length(by_vector) > n THEN
         SELECT jsonb_agg(v.value ORDER BY v.i) INTO by_vector
         FROM jsonb_array_elements(by_vector) WITH ORDINALITY AS v(value, i) WHERE v.i <= n;

@@ -7,9 +7,9 @@
 -- A predicate on a queue message `m`: a job of the Supabase guide's shape ({"id", "schema",
 -- "table", "embeddingColumn"}) for target t's table and column. Such jobs are t's too, though
 -- they name no target (pending_keys(), and a model change's moving_live_keys()).
-CREATE FUNCTION embeddings.guide_job_sql(t embeddings.targets, m text) RETURNS text
+CREATE FUNCTION embeddings_internal.guide_job_sql(t embeddings.targets, m text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.render('%(m)I.message @> pg_catalog.jsonb_build_object(''schema'', %(schema)L, ''table'', %(table)L)'
+    SELECT embeddings_internal.render('%(m)I.message @> pg_catalog.jsonb_build_object(''schema'', %(schema)L, ''table'', %(table)L)'
                              ' AND coalesce(%(m)I.message ->> ''embeddingColumn'', ''embedding'') = %(column)L'
                              ' AND %(m)I.message -> ''id'' IS NOT NULL',
                              jsonb_build_object('m', m, 'column', t.embedding_column,
@@ -20,25 +20,25 @@ $$;
 
 -- Row keys (JSON form) of target t that need no sweeping: queued in either message shape (in
 -- either lane, or in the inbox), or dead-lettered (those wait for `failures --retry`).
-CREATE FUNCTION embeddings.pending_keys(t embeddings.targets) RETURNS TABLE (k jsonb)
+CREATE FUNCTION embeddings_internal.pending_keys(t embeddings.targets) RETURNS TABLE (k jsonb)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     RETURN QUERY EXECUTE format($q$
-        SELECT key_json FROM pgmq.%1$I m, LATERAL embeddings.message_keys(m.message) AS key_json
+        SELECT key_json FROM pgmq.%1$I m, LATERAL embeddings_internal.message_keys(m.message) AS key_json
         WHERE m.message @> jsonb_build_object('target', $1)
         UNION ALL
-        SELECT key_json FROM pgmq.%3$I m, LATERAL embeddings.message_keys(m.message) AS key_json
+        SELECT key_json FROM pgmq.%3$I m, LATERAL embeddings_internal.message_keys(m.message) AS key_json
         WHERE m.message @> jsonb_build_object('target', $1)
         UNION ALL
         SELECT key_json FROM embeddings.inbox i,
-             LATERAL embeddings.message_keys(jsonb_build_object('columns', i.columns)) AS key_json
+             LATERAL embeddings_internal.message_keys(jsonb_build_object('columns', i.columns)) AS key_json
         WHERE i.target = $1
         UNION ALL
         SELECT m.message -> 'id' FROM pgmq.%1$I m WHERE %2$s
         UNION ALL
         SELECT f.row_key FROM embeddings.failures f WHERE f.target_id = $1 AND f.row_key IS NOT NULL
-        $q$, pgmq.format_table_name(t.queue, 'q'), embeddings.guide_job_sql(t, 'm'),
-        pgmq.format_table_name(embeddings.backfill_queue(t.queue), 'q'))
+        $q$, pgmq.format_table_name(t.queue, 'q'), embeddings_internal.guide_job_sql(t, 'm'),
+        pgmq.format_table_name(embeddings_internal.backfill_queue(t.queue), 'q'))
     USING t.id;
 END
 $$;
@@ -65,7 +65,7 @@ BEGIN
     END IF;
     -- Keys the triggers left in the inbox, where no worker moves them (push mode, or none
     -- running): into their live queues (22_inbox.sql).
-    PERFORM embeddings.move_inbox(lq.name, 100000, 10000000) FROM embeddings.queues lq WHERE lq.live_queue IS NULL;
+    PERFORM embeddings_internal.move_inbox(lq.name, 100000, 10000000) FROM embeddings.queues lq WHERE lq.live_queue IS NULL;
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source)
                       OR t.problem IS NOT NULL;  -- table dropped, or not served
@@ -74,8 +74,8 @@ BEGIN
             -- of a slice (which would queue the rows ahead of the backfill twice), when its
             -- backfill lane is low, so that the lane holds a step or two at most, not the table
             -- (a pulling worker steps it too).
-            IF NOT embeddings.backfill_lane_full(t.queue, embeddings.backfill_step_keys()) THEN
-                total := total + coalesce((SELECT s.enqueued FROM embeddings.backfill_step(t.id) s), 0);
+            IF NOT embeddings_internal.backfill_lane_full(t.queue, embeddings.backfill_step_keys()) THEN
+                total := total + coalesce((SELECT s.enqueued FROM embeddings_internal.backfill_step(t.id) s), 0);
             END IF;
             CONTINUE;
         END IF;
@@ -96,10 +96,10 @@ BEGIN
                     FROM embeddings.%I($1::jsonb, $2, false, true, true) AS s
                 ),
                 queued AS (
-                    SELECT embeddings.enqueue_keys($3, array_agg(s.k), 0, 'backfill') AS messages, count(*)::int AS keys
+                    SELECT embeddings_internal.enqueue_keys($3, array_agg(s.k), 0, 'backfill') AS messages, count(*)::int AS keys
                     FROM slice s
                     WHERE s.missing
-                      AND s.k NOT IN (SELECT p.k FROM embeddings.pending_keys($4) p)
+                      AND s.k NOT IN (SELECT p.k FROM embeddings_internal.pending_keys($4) p)
                 )
                 SELECT (SELECT count(*) FROM slice)::int,
                        (SELECT k::text FROM slice ORDER BY ord DESC LIMIT 1), keys

@@ -29,16 +29,16 @@ COMMENT ON FUNCTION embeddings.backfill_step_keys IS
 -- The one function that sends backfill work: keys (JSON forms) of target `target_id`, as
 -- messages of keys_per_message() keys, into its backfill lane (20_queue.sql). SECURITY DEFINER
 -- (through enqueue_keys), so executable by no one but its owner unless granted.
-CREATE FUNCTION embeddings.send_backfill(target_id integer, keys jsonb[]) RETURNS integer
+CREATE FUNCTION embeddings_internal.send_backfill(target_id integer, keys jsonb[]) RETURNS integer
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings.enqueue_keys(target_id, keys, 0, coalesce(  -- behind the live writes
+    SELECT embeddings_internal.enqueue_keys(target_id, keys, 0, coalesce(  -- behind the live writes
         (SELECT b.lane FROM embeddings.backfills b WHERE b.target_id = send_backfill.target_id), 'backfill'))
 $$;
 
 -- Starts (or restarts) target t's backfill and takes its first step inline. `every_row`
 -- restarts from the first key; otherwise a running backfill keeps its cursor. `lane`: where its
 -- jobs go, 'change' for a model change (44_changes.sql).
-CREATE FUNCTION embeddings.start_backfill(t embeddings.targets, every_row boolean, lane text DEFAULT 'backfill')
+CREATE FUNCTION embeddings_internal.start_backfill(t embeddings.targets, every_row boolean, lane text DEFAULT 'backfill')
 RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -51,7 +51,7 @@ BEGIN
         scanned_rows = CASE WHEN excluded.every_row THEN 0 ELSE b.scanned_rows END,
         enqueued_keys = CASE WHEN excluded.every_row THEN 0 ELSE b.enqueued_keys END,
         lane = CASE WHEN excluded.every_row THEN excluded.lane ELSE b.lane END;
-    PERFORM embeddings.backfill_step(t.id, embeddings.backfill_step_keys());
+    PERFORM embeddings_internal.backfill_step(t.id, embeddings.backfill_step_keys());
 END
 $$;
 
@@ -60,7 +60,7 @@ $$;
 -- and moves the cursor past them; at the end of the table the backfill is done (its row goes).
 -- Every row again (`every_row`) queues keys that wait in a job too: that job may be one the
 -- worker deferred (its target could not be served), not due for a while.
-CREATE FUNCTION embeddings.backfill_range(
+CREATE FUNCTION embeddings_internal.backfill_range(
     t embeddings.targets, b embeddings.backfills, max_keys integer,
     OUT scanned integer, OUT enqueued integer
 )
@@ -81,13 +81,13 @@ BEGIN
         SELECT (SELECT count(*) FROM slice)::int,
                (SELECT k FROM slice ORDER BY ord DESC LIMIT 1),
                ARRAY(SELECT s.k FROM slice s
-                     WHERE s.missing AND ($4 OR s.k NOT IN (SELECT p.k FROM embeddings.pending_keys($3) p))
+                     WHERE s.missing AND ($4 OR s.k NOT IN (SELECT p.k FROM embeddings_internal.pending_keys($3) p))
                      ORDER BY s.ord)
         $q$, 'embeddings_' || t.id || '_scan')
         INTO scanned, last_key, keys USING b.after_key, max_keys, t, b.every_row, t.content_column IS NOT NULL;
     enqueued := cardinality(keys);
     IF enqueued > 0 THEN
-        PERFORM embeddings.send_backfill(t.id, keys);
+        PERFORM embeddings_internal.send_backfill(t.id, keys);
     END IF;
     IF scanned < max_keys THEN
         DELETE FROM embeddings.backfills WHERE target_id = t.id;  -- the end of the table
@@ -103,7 +103,7 @@ $$;
 -- One step of target `target_id`'s backfill, unless another session is taking one (then, or
 -- when there is no backfill or the target is not served: 0 rows). Returns the rows examined
 -- and the keys queued.
-CREATE FUNCTION embeddings.backfill_step(
+CREATE FUNCTION embeddings_internal.backfill_step(
     target_id integer, max_keys integer DEFAULT embeddings.backfill_step_keys(),
     OUT scanned integer, OUT enqueued integer
 )
@@ -126,21 +126,21 @@ BEGIN
     IF t.problem IS NOT NULL OR NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN
         RETURN;  -- not served now: watch() again restarts it
     END IF;
-    SELECT r.scanned, r.enqueued INTO scanned, enqueued FROM embeddings.backfill_range(t, b, max_keys) r;
+    SELECT r.scanned, r.enqueued INTO scanned, enqueued FROM embeddings_internal.backfill_range(t, b, max_keys) r;
 END
 $$;
 
 -- Whether `queue`'s backfill lane already holds a step of `max_keys` keys (in messages of
 -- keys_per_message() keys). Steps that are not watch()'s own wait until it does not, so that the
 -- lane holds a step or two, never the table. Reads at most that many messages.
-CREATE FUNCTION embeddings.backfill_lane_full(queue text, max_keys integer) RETURNS boolean
+CREATE FUNCTION embeddings_internal.backfill_lane_full(queue text, max_keys integer) RETURNS boolean
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     lane_full boolean;
 BEGIN
     EXECUTE format('SELECT count(*) >= $1 FROM (SELECT FROM pgmq.%I LIMIT $1) q',
-                   pgmq.format_table_name(embeddings.backfill_queue(queue), 'q'))
-        INTO lane_full USING max_keys / embeddings.keys_per_message() + 1;
+                   pgmq.format_table_name(embeddings_internal.backfill_queue(queue), 'q'))
+        INTO lane_full USING max_keys / embeddings_internal.keys_per_message() + 1;
     RETURN lane_full;
 END
 $$;
@@ -148,7 +148,7 @@ $$;
 -- One step of the first backfill of a target on `queue` that no other session is stepping
 -- (the worker calls this when its queue is empty). Returns the rows examined (0: none to step)
 -- and the keys queued.
-CREATE FUNCTION embeddings.backfill_next(
+CREATE FUNCTION embeddings_internal.backfill_next(
     queue text, max_keys integer DEFAULT embeddings.backfill_step_keys(),
     OUT scanned integer, OUT enqueued integer
 )
@@ -159,13 +159,13 @@ BEGIN
     -- Not while the backfill lane holds a step's worth of jobs: a worker whose reads run short
     -- because its backfill batch is still in flight must not queue the whole table meanwhile.
     -- (A max_keys under 1 goes straight to backfill_step(), which refuses it.)
-    IF max_keys >= 1 AND embeddings.backfill_lane_full(queue, max_keys) THEN
+    IF max_keys >= 1 AND embeddings_internal.backfill_lane_full(queue, max_keys) THEN
         RETURN;
     END IF;
     -- The backfill taken (locked here: backfill_step() locks it again, ours already), stepped
     -- as backfill_step() steps one: no backfill to take is a step of none, 0 rows.
     SELECT s.scanned, s.enqueued INTO scanned, enqueued
-    FROM embeddings.backfill_step((SELECT bf.target_id FROM embeddings.backfills bf
+    FROM embeddings_internal.backfill_step((SELECT bf.target_id FROM embeddings.backfills bf
                                    JOIN embeddings.targets tg ON tg.id = bf.target_id
                                    WHERE tg.queue = backfill_next.queue AND tg.problem IS NULL
                                      AND EXISTS (SELECT FROM pg_class c WHERE c.oid = tg.source)
@@ -181,7 +181,7 @@ $$;
 -- target's embeddings_<id>_scan(), as the table's owner (sql/32_access.sql), like the
 -- backfill's steps: SECURITY DEFINER, for the worker roles (grant_worker()) and the schema's
 -- owner; status leaves the count out for other callers.
-CREATE FUNCTION embeddings.backfill_rows_left(t embeddings.targets) RETURNS bigint
+CREATE FUNCTION embeddings_internal.backfill_rows_left(t embeddings.targets) RETURNS bigint
 LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     b embeddings.backfills;
@@ -215,20 +215,20 @@ COMMENT ON FUNCTION embeddings.index_defer_rows IS
 
 -- The name and the statement of target t's deferred index (on its table, or its side table:
 -- sql/56_side.sql).
-CREATE FUNCTION embeddings.deferred_index_name(t embeddings.targets) RETURNS name
+CREATE FUNCTION embeddings_internal.deferred_index_name(t embeddings.targets) RETURNS name
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT (left(c.relname, 40) || '_' || left(t.embedding_column, 16) || '_hnsw')::name
     FROM pg_class c WHERE c.oid = t.store_table
 $$;
 
 -- Keys of target t waiting in either lane of its queue (in flight included):
--- embeddings.queue_pending()'s groups of t (50_status.sql).
-CREATE FUNCTION embeddings.pending_count(t embeddings.targets, OUT pending_jobs bigint, OUT oldest_pending_seconds double precision)
+-- embeddings_internal.queue_pending()'s groups of t (50_status.sql).
+CREATE FUNCTION embeddings_internal.pending_count(t embeddings.targets, OUT pending_jobs bigint, OUT oldest_pending_seconds double precision)
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(sum(g.keys), 0)::bigint, extract(epoch FROM clock_timestamp() - min(g.oldest))::double precision
-    FROM (SELECT * FROM embeddings.queue_pending(t.queue)
+    FROM (SELECT * FROM embeddings_internal.queue_pending(t.queue)
           UNION ALL
-          SELECT * FROM embeddings.queue_pending(embeddings.backfill_queue(t.queue))) g
+          SELECT * FROM embeddings_internal.queue_pending(embeddings_internal.backfill_queue(t.queue))) g
     JOIN pg_class c ON c.oid = t.source JOIN pg_namespace n ON n.oid = c.relnamespace
     WHERE g.target_id = to_jsonb(t.id)
        OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column)
@@ -247,18 +247,18 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             FROM pg_class ic JOIN pg_index i ON i.indexrelid = ic.oid
             JOIN pg_namespace ns ON ns.oid = ic.relnamespace
             WHERE ic.relnamespace = coalesce(leaf.relnamespace, c.relnamespace)
-              AND ic.relname = coalesce(leaf.index_name, embeddings.deferred_index_name(t))
+              AND ic.relname = coalesce(leaf.index_name, embeddings_internal.deferred_index_name(t))
               AND NOT i.indisvalid),
            CASE WHEN c.relkind = 'r' THEN
                ARRAY[format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s USING hnsw (%I %I.%I)',
-                            embeddings.deferred_index_name(t), c.oid::regclass, t.embedding_column, tn.nspname,
+                            embeddings_internal.deferred_index_name(t), c.oid::regclass, t.embedding_column, tn.nspname,
                             ty.typname || '_cosine_ops')]
            ELSE
                ARRAY[format('CREATE INDEX CONCURRENTLY IF NOT EXISTS %I ON %s USING hnsw (%I %I.%I)',
                             leaf.index_name, leaf.oid::regclass, t.embedding_column, tn.nspname,
                             ty.typname || '_cosine_ops'),
                      format('ALTER INDEX %I.%I ATTACH PARTITION %I.%I', n.nspname,
-                            embeddings.deferred_index_name(t), leaf.nspname, leaf.index_name)]
+                            embeddings_internal.deferred_index_name(t), leaf.nspname, leaf.index_name)]
            END
     FROM embeddings.deferred_indexes d
     JOIN embeddings.targets t ON t.id = d.target_id
@@ -278,7 +278,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
               SELECT FROM pg_inherits ii
               JOIN pg_class parent_index ON parent_index.oid = ii.inhparent
               JOIN pg_index ci ON ci.indexrelid = ii.inhrelid
-              WHERE ci.indrelid = pc.oid AND parent_index.relname = embeddings.deferred_index_name(t)
+              WHERE ci.indrelid = pc.oid AND parent_index.relname = embeddings_internal.deferred_index_name(t)
                 AND parent_index.relnamespace = c.relnamespace)
         ORDER BY pc.oid
         LIMIT 1
@@ -286,7 +286,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     WHERE t.queue = deferred_index_ready.queue AND t.problem IS NULL
       AND (c.relkind = 'r' OR leaf.oid IS NOT NULL)
       AND NOT EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id)
-      AND (SELECT p.pending_jobs FROM embeddings.pending_count(t) p) < embeddings.backfill_step_keys()
+      AND (SELECT p.pending_jobs FROM embeddings_internal.pending_count(t) p) < embeddings.backfill_step_keys()
       AND pg_has_role(c.relowner, 'USAGE')
     ORDER BY t.id
 $$;
@@ -296,7 +296,7 @@ COMMENT ON FUNCTION embeddings.deferred_index_ready IS
 -- Forgets target `target_id`'s deferred index once a valid HNSW index is on its column.
 -- SECURITY DEFINER: the worker that built it may not write the registry; it removes nothing
 -- that is not done.
-CREATE FUNCTION embeddings.deferred_index_built(target_id integer) RETURNS boolean
+CREATE FUNCTION embeddings_internal.deferred_index_built(target_id integer) RETURNS boolean
 LANGUAGE sql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
     DELETE FROM embeddings.deferred_indexes d
     USING embeddings.targets t

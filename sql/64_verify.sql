@@ -16,7 +16,7 @@
 -- column's attribute number or the function's oid: both follow renames), the model, and the
 -- chunking. A re-registration with another content source or model changes it, so every
 -- vector of the old definition stops matching.
-CREATE FUNCTION embeddings.definition_tag(t embeddings.targets, model text) RETURNS text
+CREATE FUNCTION embeddings_internal.definition_tag(t embeddings.targets, model text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT pg_catalog.md5(concat_ws('|', 'v1', t.content_attnum, t.content_function::oid, model,
                                     t.chunk_tokens, t.chunk_overlap))
@@ -24,7 +24,7 @@ $$;
 
 -- The slot of target t's vectors (its embedding column, or with `shadow` its model change's
 -- shadow column; 0 for a chunked target), and the model they are made with.
-CREATE FUNCTION embeddings.fingerprint_slot(t embeddings.targets, shadow boolean DEFAULT false,
+CREATE FUNCTION embeddings_internal.fingerprint_slot(t embeddings.targets, shadow boolean DEFAULT false,
                                             OUT slot smallint, OUT model text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 -- (PL/pgSQL: its statements' plans are kept for the session; the worker calls it per batch)
@@ -32,7 +32,7 @@ DECLARE
     change embeddings.model_changes;
 BEGIN
     model := t.model;
-    IF embeddings.store_has_chunks(t) THEN
+    IF embeddings_internal.store_has_chunks(t) THEN
         slot := 0;
         RETURN;
     END IF;
@@ -50,12 +50,12 @@ $$;
 -- the canonical key text `expr` (the worker's: worker/pipeline/targets.py): each part read by
 -- its built-in type's input function (a domain: its base type) and given to to_jsonb(), as the
 -- triggers do; a user type's part stays the JSON string of its text.
-CREATE FUNCTION embeddings.key_json_from_text_sql(t embeddings.targets, expr text) RETURNS text
+CREATE FUNCTION embeddings_internal.key_json_from_text_sql(t embeddings.targets, expr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN cardinality(t.key_types) = 1
                 THEN part.sql[1]
                 ELSE format('pg_catalog.jsonb_build_array(%s)', array_to_string(part.sql, ', ')) END
-    FROM (SELECT array_agg(CASE WHEN embeddings.builtin_scalar(k.ty)
+    FROM (SELECT array_agg(CASE WHEN embeddings_internal.builtin_scalar(k.ty)
                                 THEN format('pg_catalog.to_jsonb((%s)::%I.%I)', k.part, b.nspname, b.typname)
                                 ELSE format('pg_catalog.to_jsonb(%s)', k.part) END ORDER BY k.i) AS sql
           FROM (SELECT u.ty, u.i,
@@ -67,7 +67,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
           -- pg_catalog.bit are of any length
           JOIN LATERAL (SELECT n.nspname, ty.typname FROM pg_catalog.pg_type ty
                         JOIN pg_catalog.pg_namespace n ON n.oid = ty.typnamespace
-                        WHERE ty.oid = embeddings.base_type(k.ty)) b ON true) part
+                        WHERE ty.oid = embeddings_internal.base_type(k.ty)) b ON true) part
 $$;
 
 -- Records the fingerprints of vectors the worker is writing (in its write transaction): rows
@@ -76,8 +76,8 @@ $$;
 -- Worker roles only (80_roles.sql). A failure here never fails the write: a vector without its
 -- fingerprint is only verified (and embedded) once more.
 -- Its settings: the keys' JSON as the triggers and embeddings_<id>_verify() write it, whatever
--- the worker's session's (embeddings.key_settings()).
-CREATE FUNCTION embeddings.record_fingerprints(target_id integer, shadow boolean, keys text[], digests text[])
+-- the worker's session's (embeddings_internal.key_settings()).
+CREATE FUNCTION embeddings_internal.record_fingerprints(target_id integer, shadow boolean, keys text[], digests text[])
 RETURNS integer
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp
 SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = postgres SET extra_float_digits = 3
@@ -92,14 +92,14 @@ BEGIN
     IF t.id IS NULL OR cardinality(keys) IS NULL THEN
         RETURN 0;
     END IF;
-    s := embeddings.fingerprint_slot(t, shadow);
+    s := embeddings_internal.fingerprint_slot(t, shadow);
     IF s.slot IS NULL THEN
         RETURN 0;
     END IF;
     SELECT fk.key_sql INTO key_sql FROM embeddings.fingerprint_keys fk
     WHERE fk.target_id = t.id AND fk.version = t.version;
     IF key_sql IS NULL THEN
-        key_sql := embeddings.key_json_from_text_sql(t, 'v.k');
+        key_sql := embeddings_internal.key_json_from_text_sql(t, 'v.k');
         DELETE FROM embeddings.fingerprint_keys fk WHERE fk.target_id = t.id;
         INSERT INTO embeddings.fingerprint_keys VALUES (t.id, t.version, key_sql) ON CONFLICT DO NOTHING;
     END IF;
@@ -111,7 +111,7 @@ BEGIN
             ' ON CONFLICT (target_id, slot, key) DO UPDATE'
             ' SET fingerprint = excluded.fingerprint, written_at = excluded.written_at',
             key_sql)
-        USING t.id, s.slot, embeddings.definition_tag(t, s.model), keys, digests;
+        USING t.id, s.slot, embeddings_internal.definition_tag(t, s.model), keys, digests;
         GET DIAGNOSTICS recorded = ROW_COUNT;
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'embeddings: fingerprints of %.% not recorded: %', t.source, t.embedding_column, SQLERRM;
@@ -125,7 +125,7 @@ $$;
 -- verify_access() makes them. The rows' keys are rendered with the key settings pinned, then
 -- their content evaluated with the caller's put back (a target whose keys need no setting reads
 -- both at once).
-CREATE FUNCTION embeddings.verify_spec(t embeddings.targets, args jsonb) RETURNS jsonb
+CREATE FUNCTION embeddings_internal.verify_spec(t embeddings.targets, args jsonb) RETURNS jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     verify_returns CONSTANT text := 'TABLE (key jsonb, has_vector boolean, digest text, blank boolean, failed boolean)';
@@ -159,7 +159,7 @@ DECLARE
 BEGIN
     IF args->>'pin' <> '' THEN
         -- The rows' keys with the settings pinned, then their content with the caller's put back.
-        RETURN embeddings.access_spec('_verify', ARRAY['after jsonb', 'max_rows integer'], verify_returns, $template$
+        RETURN embeddings_internal.access_spec('_verify', ARRAY['after jsonb', 'max_rows integer'], verify_returns, $template$
             %(save)s %(pin)s
             SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.r), pg_catalog.array_agg(s.p)
             INTO keys, vectors, rels, places
@@ -177,7 +177,7 @@ BEGIN
             args || jsonb_build_object('row_key', 'keys[i]', 'row_vector', 'vectors[i]', 'row_rel', 'rels[i]', 'row_place', 'places[i]'), stable => true,
             declare => E'DECLARE\n    keys jsonb[];\n    vectors boolean[];\n    rels oid[];\n    places tid[];\n    contents text[];\n    saved text[];\n');
     ELSE
-        RETURN embeddings.access_spec('_verify', ARRAY['after jsonb', 'max_rows integer'], verify_returns, $template$
+        RETURN embeddings_internal.access_spec('_verify', ARRAY['after jsonb', 'max_rows integer'], verify_returns, $template$
             BEGIN
                 -- (into arrays first: rows a RETURN QUERY returned stay returned when it raises)
                 SELECT pg_catalog.array_agg(s.k), pg_catalog.array_agg(s.v), pg_catalog.array_agg(s.c)
@@ -203,29 +203,29 @@ $$;
 --       raises now (a re-registration's content function failing for them): no vector rather
 --       than one of an older definition (its store kind's clear_sql()). Returns the keys cleared.
 --   embeddings_<id>_existing(keys, k0..)  the keys whose row exists (pruning fingerprints)
-CREATE FUNCTION embeddings.verify_access(t embeddings.targets) RETURNS SETOF jsonb
+CREATE FUNCTION embeddings_internal.verify_access(t embeddings.targets) RETURNS SETOF jsonb
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    verify_fn text := embeddings.access_body_name(t, '_verify');
-    -- Keys whose text depends on session settings (embeddings.key_settings()): rendered with
+    verify_fn text := embeddings_internal.access_body_name(t, '_verify');
+    -- Keys whose text depends on session settings (embeddings_internal.key_settings()): rendered with
     -- them pinned, as the triggers and the worker render them, whoever calls; the content with
-    -- the function's own (embeddings.content_settings_sql(): as the worker's load evaluates it;
+    -- the function's own (embeddings_internal.content_settings_sql(): as the worker's load evaluates it;
     -- a content function may format dates).
     settings jsonb := (SELECT jsonb_agg(jsonb_build_object('setting', k.name, 'value', k.value, 'i', k.i) ORDER BY k.i)
-                       FROM (SELECT s.name, s.value, row_number() OVER (ORDER BY s.name) AS i FROM embeddings.key_settings(t) s) k);
+                       FROM (SELECT s.name, s.value, row_number() OVER (ORDER BY s.name) AS i FROM embeddings_internal.key_settings(t) s) k);
     args jsonb := jsonb_build_object(
-        'key_after', embeddings.key_after_param_sql(t, verify_fn),
-        'has_vector', 'NOT (' || embeddings.embedding_missing_sql(t, 't') || ')',  -- sql/54_stores.sql
-        'clear', embeddings.store_clear_sql(t),
-        'pin', coalesce(embeddings.render_each('PERFORM pg_catalog.set_config(%(setting)L, %(value)L, true);', settings, ' '), ''),
-        'save', coalesce(embeddings.render('saved := ARRAY[%(list)s];', jsonb_build_object(
-                             'list', embeddings.render_each('pg_catalog.current_setting(%(setting)L)', settings, ', '))), ''),
-        'restore', coalesce(embeddings.render_each('PERFORM pg_catalog.set_config(%(setting)L, saved[%(i)s], true);', settings, ' '), ''),
-        'key_texts', embeddings.render_each('r.k%(n)s AS k%(n)s', (SELECT jsonb_agg(jsonb_build_object('n', i - 1) ORDER BY i)
+        'key_after', embeddings_internal.key_after_param_sql(t, verify_fn),
+        'has_vector', 'NOT (' || embeddings_internal.embedding_missing_sql(t, 't') || ')',  -- sql/54_stores.sql
+        'clear', embeddings_internal.store_clear_sql(t),
+        'pin', coalesce(embeddings_internal.render_each('PERFORM pg_catalog.set_config(%(setting)L, %(value)L, true);', settings, ' '), ''),
+        'save', coalesce(embeddings_internal.render('saved := ARRAY[%(list)s];', jsonb_build_object(
+                             'list', embeddings_internal.render_each('pg_catalog.current_setting(%(setting)L)', settings, ', '))), ''),
+        'restore', coalesce(embeddings_internal.render_each('PERFORM pg_catalog.set_config(%(setting)L, saved[%(i)s], true);', settings, ' '), ''),
+        'key_texts', embeddings_internal.render_each('r.k%(n)s AS k%(n)s', (SELECT jsonb_agg(jsonb_build_object('n', i - 1) ORDER BY i)
                                                                    FROM generate_series(1, cardinality(t.key_columns)) i), ', '));
 BEGIN
-    RETURN NEXT embeddings.verify_spec(t, args);
-    RETURN NEXT embeddings.access_spec('_clear_failing', ARRAY['keys text[]'] || embeddings.key_params(t), 'SETOF text', $template$
+    RETURN NEXT embeddings_internal.verify_spec(t, args);
+    RETURN NEXT embeddings_internal.access_spec('_clear_failing', ARRAY['keys text[]'] || embeddings_internal.key_params(t), 'SETOF text', $template$
         FOR r IN SELECT v.key, t.tableoid AS rel, t.ctid AS place
                  FROM ROWS FROM (%(key_rows)s) AS v(key%(key_aliases)s) JOIN %(source)s t ON %(key_match)s WHERE %(has_vector)s LOOP
             BEGIN
@@ -241,7 +241,7 @@ BEGIN
     -- The keys (`keys`: any text naming each; k0..: the key columns' texts) whose row exists.
     -- A key that is no value of its column's type now (the table watched again with another
     -- key) names no row: one key at a time then, so that it does not stop the others.
-    RETURN NEXT embeddings.access_spec('_existing', ARRAY['keys text[]'] || embeddings.key_params(t), 'SETOF text', $template$
+    RETURN NEXT embeddings_internal.access_spec('_existing', ARRAY['keys text[]'] || embeddings_internal.key_params(t), 'SETOF text', $template$
         BEGIN
             SELECT pg_catalog.array_agg(v.key) INTO found FROM ROWS FROM (%(key_rows)s) AS v(key%(key_aliases)s)
             WHERE EXISTS (SELECT FROM %(source)s t WHERE %(key_match)s);
@@ -269,11 +269,11 @@ $$;
 -- already or dead-lettered. Returns the number of rows queued. The content is evaluated only
 -- by embeddings_<id>_verify(), as the table's owner; the comparison with our fingerprints
 -- happens here, where the owner's code does not run.
-CREATE FUNCTION embeddings.verify_target(t embeddings.targets, max_rows integer) RETURNS integer
+CREATE FUNCTION embeddings_internal.verify_target(t embeddings.targets, max_rows integer) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c embeddings.verify_cursors;
-    s record := embeddings.fingerprint_slot(t, false);
+    s record := embeddings_internal.fingerprint_slot(t, false);
     scanned integer;
     last_key jsonb;
     enqueued integer;
@@ -293,15 +293,15 @@ BEGIN
                        ELSE NOT s.blank END
         ),
         queued AS (
-            SELECT embeddings.enqueue_keys($3, array_agg(w.k), 0, 'backfill') AS messages, count(*)::int AS keys
+            SELECT embeddings_internal.enqueue_keys($3, array_agg(w.k), 0, 'backfill') AS messages, count(*)::int AS keys
             FROM wrong w
-            WHERE w.k NOT IN (SELECT p.k FROM embeddings.pending_keys($4) p)
+            WHERE w.k NOT IN (SELECT p.k FROM embeddings_internal.pending_keys($4) p)
         )
         SELECT (SELECT count(*) FROM slice)::int, (SELECT k FROM slice ORDER BY ord DESC LIMIT 1), keys
         FROM queued
         $q$, 'embeddings_' || t.id || '_verify')
     INTO scanned, last_key, enqueued
-    USING c.after_key, max_rows, t.id, t, coalesce(s.slot, -1), embeddings.definition_tag(t, s.model);
+    USING c.after_key, max_rows, t.id, t, coalesce(s.slot, -1), embeddings_internal.definition_tag(t, s.model);
     enqueued := coalesce(enqueued, 0);
 
     IF c.after_key IS NULL THEN  -- a new pass
@@ -324,7 +324,7 @@ BEGIN
     -- As many fingerprints as rows verified, checked for a row that still exists (65_prune.sql).
     -- Its failure costs only the pruning: never the verification.
     BEGIN
-        PERFORM embeddings.prune_fingerprints(t, max_rows);
+        PERFORM embeddings_internal.prune_fingerprints(t, max_rows);
     EXCEPTION WHEN OTHERS THEN
         RAISE WARNING 'embeddings.sweep(verify => true): fingerprints of %.% not pruned: %', t.source, t.embedding_column, SQLERRM;
     END;
@@ -348,7 +348,7 @@ BEGIN
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source) OR t.problem IS NOT NULL;
         CONTINUE WHEN EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id);
         BEGIN
-            total := total + embeddings.verify_target(t, max_rows);
+            total := total + embeddings_internal.verify_target(t, max_rows);
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'embeddings.sweep(verify => true): skipped %.%: %', t.source, t.embedding_column, SQLERRM;
         END;
@@ -399,7 +399,7 @@ BEGIN
     IF t.id IS NULL THEN
         RAISE EXCEPTION '%.% is not watched', source, embedding_column USING ERRCODE = 'undefined_object';
     END IF;
-    s := embeddings.fingerprint_slot(t, false);
+    s := embeddings_internal.fingerprint_slot(t, false);
     LOOP
         EXECUTE format($q$
             WITH slice AS (SELECT v.*, row_number() OVER () AS ord FROM embeddings.%I($1, 10000) v),
@@ -413,7 +413,7 @@ BEGIN
                    (SELECT count(*) FROM added)::int
             $q$, 'embeddings_' || t.id || '_verify')
         INTO scanned, after, added
-        USING after, t.id, s.slot, embeddings.definition_tag(t, s.model);
+        USING after, t.id, s.slot, embeddings_internal.definition_tag(t, s.model);
         total := total + added;
         EXIT WHEN scanned < 10000;
     END LOOP;

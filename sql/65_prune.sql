@@ -11,19 +11,19 @@
 -- owner's runs. A fingerprint the worker rewrites meanwhile (its row inserted again) is kept:
 -- only one still as it was read goes (and one lost too early costs no more than verifying and
 -- embedding its row once again). Returns the number of fingerprints deleted.
-CREATE FUNCTION embeddings.prune_fingerprints(t embeddings.targets, max_rows integer) RETURNS integer
+CREATE FUNCTION embeddings_internal.prune_fingerprints(t embeddings.targets, max_rows integer) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     c embeddings.verify_cursors;
-    slots smallint[] := array_remove(ARRAY[(embeddings.fingerprint_slot(t, false)).slot,
-                                           (embeddings.fingerprint_slot(t, true)).slot], NULL);
+    slots smallint[] := array_remove(ARRAY[(embeddings_internal.fingerprint_slot(t, false)).slot,
+                                           (embeddings_internal.fingerprint_slot(t, true)).slot], NULL);
     nkeys integer := cardinality(t.key_columns);
     scanned integer;
     last_slot smallint;
     last_key jsonb;
     pruned integer;
 BEGIN
-    IF (embeddings.fingerprint_slot(t, false)).slot IS NULL THEN
+    IF (embeddings_internal.fingerprint_slot(t, false)).slot IS NULL THEN
         RETURN 0;  -- its vectors' column is gone: not servable, nothing to compare with
     END IF;
     SELECT * INTO c FROM embeddings.verify_cursors vc WHERE vc.target_id = t.id;

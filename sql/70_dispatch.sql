@@ -20,15 +20,15 @@ DECLARE
     live jsonb[];
     backfill jsonb[] := '{}';
 BEGIN
-    PERFORM embeddings.move_inbox(queue);  -- the triggers' keys (22_inbox.sql)
+    PERFORM embeddings_internal.move_inbox(queue);  -- the triggers' keys (22_inbox.sql)
     live := ARRAY(SELECT r.message || jsonb_build_object('jobId', r.msg_id)
                   FROM pgmq.read(queue, timeout_seconds, wanted) AS r ORDER BY r.msg_id);
     -- lanes: backfill work fills what the live queue leaves; its jobs say their lane (job ids
     -- are per queue).
     IF cardinality(live) < wanted
-       AND EXISTS (SELECT FROM embeddings.queues q WHERE q.name = embeddings.backfill_queue(dispatch_batches.queue)) THEN
+       AND EXISTS (SELECT FROM embeddings.queues q WHERE q.name = embeddings_internal.backfill_queue(dispatch_batches.queue)) THEN
         backfill := ARRAY(SELECT r.message || jsonb_build_object('jobId', r.msg_id, 'lane', 'backfill')
-                          FROM pgmq.read(embeddings.backfill_queue(queue), timeout_seconds, wanted - cardinality(live)) AS r
+                          FROM pgmq.read(embeddings_internal.backfill_queue(queue), timeout_seconds, wanted - cardinality(live)) AS r
                           ORDER BY r.msg_id);
     END IF;
     RETURN QUERY

@@ -1,7 +1,7 @@
 -- A least-privilege role for the worker. `SELECT embeddings.grant_worker('embed_worker');` gives
 -- an existing role exactly what `embed-worker run` needs, and watch() extends it to every table
 -- registered later:
---   * USAGE on the schemas embeddings and pgmq; the registry tables to read, dead letters,
+--   * USAGE on the schemas embeddings, embeddings_internal and pgmq; the registry tables to read, dead letters,
 --     throughput and long documents' progress to write
 --   * its queues' tables (leasing, acknowledging, retrying, archiving: pgmq's functions run
 --     with the caller's rights)
@@ -12,45 +12,47 @@
 
 -- The current names of the worker roles that still exist (renamed: the new name; dropped: none,
 -- so that watch() never tries to grant to a role that is gone).
-CREATE FUNCTION embeddings.worker_role_names() RETURNS SETOF name
+CREATE FUNCTION embeddings_internal.worker_role_names() RETURNS SETOF name
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT r.rolname FROM embeddings.worker_roles w
     JOIN pg_roles r ON CASE WHEN w.role_id IS NULL THEN r.rolname = w.role_name ELSE r.oid = w.role_id END
 $$;
 
--- The functions of this schema that worker roles may run and no one else (besides its owner):
+-- The functions of ours that worker roles may run and no one else (besides its owner), internals
+-- most of them; and, while workers of the previous release may still run, the names it calls
+-- them by (embeddings_internal.compat_worker_functions(), sql/95_compat_0_3_0.sql):
 -- what they write is what operators read (queues, deferrals, provenance, backfills, model
 -- changes). Postgres checks EXECUTE against the real caller (docs/security.md).
 CREATE FUNCTION embeddings.worker_functions() RETURNS regprocedure[]
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT ARRAY[
-        'embeddings.lock_target(integer)',
-        'embeddings.lock_target_version(integer)',
-        'embeddings.schema_revision()',  -- a starting worker refuses another release's schema
-        'embeddings.lock_documents(integer, text[])',  -- sql/41_locks.sql
-        'embeddings.move_inbox(text, integer, integer)',
-        'embeddings.inbox_pending(text)',
-        'embeddings.backfill_next(text, integer)',
-        'embeddings.backfill_rows_left(embeddings.targets)',
-        'embeddings.target_status(boolean)',  -- embeddings.status, embeddings.status_exact
-        'embeddings.stopped_targets()',  -- embeddings.stopped: status, doctor, /readyz, metrics
-        'embeddings.complete_changes()',
-        'embeddings.claim_provenance(integer, boolean, text, text, text)',
-        'embeddings.note_deferrals(integer[], text[], integer[])',
-        'embeddings.clear_deferrals(integer[])',
+        'embeddings_internal.lock_target(integer)',
+        'embeddings_internal.lock_target_version(integer)',
+        'embeddings_internal.schema_revision()',  -- a starting worker refuses another release's schema
+        'embeddings_internal.lock_documents(integer, text[])',  -- sql/41_locks.sql
+        'embeddings_internal.move_inbox(text, integer, integer)',
+        'embeddings_internal.inbox_pending(text)',
+        'embeddings_internal.backfill_next(text, integer)',
+        'embeddings_internal.backfill_rows_left(embeddings.targets)',
+        'embeddings_internal.target_status(boolean)',  -- embeddings.status, embeddings.status_exact
+        'embeddings_internal.stopped_targets()',  -- embeddings.stopped: status, doctor, /readyz, metrics
+        'embeddings_internal.complete_changes()',
+        'embeddings_internal.claim_provenance(integer, boolean, text, text, text)',
+        'embeddings_internal.note_deferrals(integer[], text[], integer[])',
+        'embeddings_internal.clear_deferrals(integer[])',
         'embeddings.wait_for_jobs(text, integer, boolean, integer)',
-        'embeddings.deferred_index_built(integer)',
+        'embeddings_internal.deferred_index_built(integer)',
         'embeddings.retry_failures(bigint[])',  -- `embed-worker failures --retry` as the worker role
-        'embeddings.record_fingerprints(integer, boolean, text[], text[])'  -- sql/64_verify.sql
+        'embeddings_internal.record_fingerprints(integer, boolean, text[], text[])'  -- sql/64_verify.sql
     ]::regprocedure[]
 $$;
 COMMENT ON FUNCTION embeddings.worker_functions IS
-    'The functions of this schema that grant_worker() lets worker roles run, and no one else but the owner.';
+    'The functions of embed-worker that grant_worker() lets worker roles run, and no one else but the owner.';
 
 -- Grants `role_name` what the worker needs on one target (also called by watch()): its queues,
 -- and its functions (sql/32_access.sql; generate_access() grants those of targets watched or
 -- regenerated later itself).
-CREATE FUNCTION embeddings.grant_worker_target(role_name name, t embeddings.targets) RETURNS void
+CREATE FUNCTION embeddings_internal.grant_worker_target(role_name name, t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn regprocedure;
@@ -62,12 +64,12 @@ BEGIN
     LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
     END LOOP;
-    PERFORM embeddings.grant_worker_queue(role_name, t.queue);
-    PERFORM embeddings.grant_worker_queue(role_name, embeddings.backfill_queue(t.queue));  -- lanes
+    PERFORM embeddings_internal.grant_worker_queue(role_name, t.queue);
+    PERFORM embeddings_internal.grant_worker_queue(role_name, embeddings_internal.backfill_queue(t.queue));  -- lanes
 END
 $$;
 
-CREATE FUNCTION embeddings.grant_worker_queue(role_name name, queue_name text) RETURNS void
+CREATE FUNCTION embeddings_internal.grant_worker_queue(role_name name, queue_name text) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON pgmq.%I TO %I',
@@ -91,7 +93,7 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = format('CREATE ROLE %I LOGIN PASSWORD ''...''; first.', role_name);
     END IF;
-    EXECUTE format('GRANT USAGE ON SCHEMA embeddings, pgmq TO %I', role_name);
+    EXECUTE format('GRANT USAGE ON SCHEMA embeddings, embeddings_internal, pgmq TO %I', role_name);
     EXECUTE format('GRANT SELECT ON embeddings.targets, embeddings.models, embeddings.queues, embeddings.status, embeddings.status_exact TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, DELETE ON embeddings.failures TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, UPDATE ON embeddings.throughput TO %I', role_name);
@@ -101,16 +103,16 @@ BEGIN
     EXECUTE format('GRANT SELECT ON pgmq.meta TO %I', role_name);
     -- It skips keys waiting in the inbox when it counts its queue (22_inbox.sql).
     EXECUTE format('GRANT SELECT ON embeddings.inbox TO %I', role_name);
-    FOREACH fn IN ARRAY embeddings.worker_functions() LOOP
+    FOREACH fn IN ARRAY embeddings.worker_functions() || embeddings_internal.compat_worker_functions() LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
     END LOOP;
     -- What it uses of ours that PUBLIC may use, its own: an administrator may revoke from PUBLIC
-    -- what this schema grants it (REVOKE ... ON ALL FUNCTIONS / TABLES IN SCHEMA embeddings
-    -- FROM PUBLIC), and the worker must keep working. Only what PUBLIC has now: nothing
+    -- what this schema grants it (REVOKE ... ON ALL FUNCTIONS / TABLES IN SCHEMA embeddings or
+    -- embeddings_internal FROM PUBLIC), and the worker must keep working. Only what PUBLIC has now: nothing
     -- revoked from PUBLIC by design (sql/90_privileges.sql) is given.
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
-        WHERE p.pronamespace = 'embeddings'::regnamespace
+        WHERE p.pronamespace IN ('embeddings'::regnamespace, 'embeddings_internal'::regnamespace)
           AND p.prokind IN ('f', 'p') AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)
           AND p.proname !~ '^embeddings_[0-9]+_'
           AND (p.proacl IS NULL OR EXISTS (SELECT FROM aclexplode(p.proacl) a
@@ -136,11 +138,11 @@ BEGIN
         EXECUTE format('GRANT SELECT (%I) ON %s TO %I', col, rel, role_name);
     END LOOP;
     FOR q IN SELECT * FROM embeddings.queues LOOP
-        PERFORM embeddings.grant_worker_queue(role_name, q.name);
+        PERFORM embeddings_internal.grant_worker_queue(role_name, q.name);
     END LOOP;
     FOR t IN SELECT * FROM embeddings.targets LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);
-        PERFORM embeddings.grant_worker_target(role_name, t);
+        PERFORM embeddings_internal.grant_worker_target(role_name, t);
     END LOOP;
     -- Roles renamed since they were granted go by their names now; dropped ones go.
     DELETE FROM embeddings.worker_roles w

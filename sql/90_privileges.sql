@@ -1,10 +1,12 @@
--- Who may run what: the public API, and every grant of this schema's functions to PUBLIC, in one
--- list. docs/sql.md documents each entry of the API (signature, rights, an example), and
+-- Who may run what: the public API, and every grant of our functions to PUBLIC, in one list.
+-- docs/sql.md documents each entry of the API (signature, rights, an example), and
 -- tests/integration/test_sql_reference.py compares that page, this list and the catalog.
 --
--- Postgres grants EXECUTE on a new function to PUBLIC: every function of this schema is revoked
--- from PUBLIC here and granted back by this list only. The rest is internal: its COMMENT says so,
--- and it may change in any release. Internal functions run as the schema's owner (who owns them),
+-- The API is schema `embeddings`; everything else is in schema `embeddings_internal` (the
+-- functions watch() generates per target and the forwarders kept for the previous release's
+-- workers, sql/95_compat_0_3_0.sql, aside). Postgres grants EXECUTE on a new function to PUBLIC: every
+-- function of both schemas is revoked from PUBLIC here and granted back by this list only. The
+-- internals' COMMENTs say they are internal: they may change in any release. Internal functions run as the schema's owner (who owns them),
 -- as a worker role (embeddings.worker_functions(), granted by grant_worker()), or from our
 -- triggers and event triggers (whose EXECUTE is not checked when they fire). Postgres checks
 -- EXECUTE against the real caller, so nothing here relies on current_user inside a SECURITY
@@ -67,53 +69,57 @@ DECLARE
     -- users are told not to call them (docs/sql.md). Each writes nothing.
     internal_anyone CONSTANT regprocedure[] := ARRAY[
         -- search(), hybrid_search(), match_chunks() and the generated search and rankings
-        'embeddings.search_target(regclass, name)',
-        'embeddings.search_answer(embeddings.targets, halfvec, integer, jsonb)',
-        'embeddings.search_rows_estimate(embeddings.targets)',
-        'embeddings.search_run(text, anyelement, jsonb)',
-        'embeddings.set_hnsw(text, text)',
-        'embeddings.search_filter_sql(embeddings.targets, jsonb, integer)',
-        'embeddings.any_lexeme_query(tsvector)',
+        'embeddings_internal.search_target(regclass, name)',
+        'embeddings_internal.search_answer(embeddings.targets, halfvec, integer, jsonb)',
+        'embeddings_internal.search_rows_estimate(embeddings.targets)',
+        'embeddings_internal.search_run(text, anyelement, jsonb)',
+        'embeddings_internal.set_hnsw(text, text)',
+        'embeddings_internal.search_filter_sql(embeddings.targets, jsonb, integer)',
+        'embeddings_internal.any_lexeme_query(tsvector)',
         -- the tsvector of full-text fields, which the generated store functions write
-        'embeddings.fields_tsvector(regconfig, text)',
-        'embeddings.store_kinds()',
-        'embeddings.store_has_chunks(embeddings.targets)',
-        'embeddings.key_json_sql(embeddings.targets, text)',
-        'embeddings.key_part_json_sql(regtype, text)',
-        'embeddings.key_equal_sql(embeddings.targets, text, text)',
-        'embeddings.key_operator(regtype, integer)',
-        'embeddings.text_sql(regtype, text)',
-        'embeddings.builtin_or_other_sql(regtype, text, text, text)',
-        'embeddings.as_base_sql(regtype, text)',
-        'embeddings.builtin_scalar(regtype)',
-        'embeddings.base_type(regtype)',
+        'embeddings_internal.fields_tsvector(regconfig, text)',
+        'embeddings_internal.store_kinds()',
+        'embeddings_internal.store_has_chunks(embeddings.targets)',
+        'embeddings_internal.key_json_sql(embeddings.targets, text)',
+        'embeddings_internal.key_part_json_sql(regtype, text)',
+        'embeddings_internal.key_equal_sql(embeddings.targets, text, text)',
+        'embeddings_internal.key_operator(regtype, integer)',
+        'embeddings_internal.text_sql(regtype, text)',
+        'embeddings_internal.builtin_or_other_sql(regtype, text, text, text)',
+        'embeddings_internal.as_base_sql(regtype, text)',
+        'embeddings_internal.builtin_scalar(regtype)',
+        'embeddings_internal.base_type(regtype)',
         -- deferred_index_ready()
-        'embeddings.deferred_index_name(embeddings.targets)',
-        'embeddings.pending_count(embeddings.targets)',
-        'embeddings.queue_pending(text, double precision)',
-        'embeddings.backfill_queue(text)',
+        'embeddings_internal.deferred_index_name(embeddings.targets)',
+        'embeddings_internal.pending_count(embeddings.targets)',
+        'embeddings_internal.queue_pending(text, double precision)',
+        'embeddings_internal.backfill_queue(text)',
         -- names as the caller's sessions resolve them (docs/security.md), and as status shows them
-        'embeddings.session_start_path()',
-        'embeddings.named_in_session(text, boolean)',
-        'embeddings.relation_named(text)',
-        'embeddings.function_named(text)',
-        'embeddings.display_name(regclass)',
-        'embeddings.target_name(embeddings.targets)',
-        'embeddings.leaf_relations(regclass)',
+        'embeddings_internal.session_start_path()',
+        'embeddings_internal.named_in_session(text, boolean)',
+        'embeddings_internal.relation_named(text)',
+        'embeddings_internal.function_named(text)',
+        'embeddings_internal.display_name(regclass)',
+        'embeddings_internal.target_name(embeddings.targets)',
+        'embeddings_internal.leaf_relations(regclass)',
         -- why a target cannot be served, read whenever a search or a worker loads the targets
-        'embeddings.access_problem(embeddings.targets)'
+        'embeddings_internal.access_problem(embeddings.targets)'
     ]::regprocedure[];
     fn regprocedure;
     ty regtype;
 BEGIN
     FOR fn IN
         SELECT p.oid::regprocedure FROM pg_proc p
-        WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proname !~ '^embeddings_[0-9]+_'
+        WHERE (p.pronamespace = 'embeddings'::regnamespace AND p.proname !~ '^embeddings_[0-9]+_')
+           OR p.pronamespace = 'embeddings_internal'::regnamespace
     LOOP
         EXECUTE format('REVOKE ALL ON FUNCTION %s FROM PUBLIC', fn);
         -- Every function outside the API says so. The API's comments sit beside their
-        -- definitions.
+        -- definitions. Nothing but the API is left in schema embeddings.
         IF fn <> ALL (api_anyone || api_owner || api_owner_and_workers) THEN
+            IF (SELECT p.pronamespace FROM pg_proc p WHERE p.oid = fn) = 'embeddings'::regnamespace THEN
+                RAISE EXCEPTION 'embeddings: % is not in the API''s list: it belongs in schema embeddings_internal', fn;
+            END IF;
             EXECUTE format('COMMENT ON FUNCTION %s IS %L', fn,
                            'Internal to embed-worker, not to be called: not part of its API (docs/sql.md), it may change in any release.');
         END IF;
@@ -123,7 +129,7 @@ BEGIN
     -- `embed-worker migrate` from replacing it (worker/schema/code.py refuses such dependents).
     FOR ty IN
         SELECT c.reltype::regtype FROM pg_class c
-        WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind = 'c'
+        WHERE c.relnamespace IN ('embeddings'::regnamespace, 'embeddings_internal'::regnamespace) AND c.relkind = 'c'
     LOOP
         EXECUTE format('REVOKE USAGE ON TYPE %s FROM PUBLIC', ty);
         EXECUTE format('COMMENT ON TYPE %s IS %L', ty,

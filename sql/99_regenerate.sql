@@ -13,7 +13,7 @@
 -- It is SQL, run last by whatever installs sql/, so that it regenerates with the functions just
 -- installed, in the same transaction.
 
-SELECT embeddings.ensure_queue('embedding_jobs');
+SELECT embeddings_internal.ensure_queue('embedding_jobs');
 DELETE FROM embeddings.fingerprint_keys;
 
 DO $$
@@ -24,25 +24,25 @@ DECLARE
 BEGIN
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
     FOR q IN SELECT * FROM embeddings.queues ORDER BY name LOOP
-        PERFORM embeddings.create_queue(q.name, q.live_queue);
+        PERFORM embeddings_internal.create_queue(q.name, q.live_queue);
     END LOOP;
     FOR q IN SELECT * FROM embeddings.queues WHERE live_queue IS NULL ORDER BY name LOOP
-        PERFORM embeddings.ensure_queue(q.name);
+        PERFORM embeddings_internal.ensure_queue(q.name);
     END LOOP;
     FOR t IN SELECT * FROM embeddings.targets tg
              WHERE EXISTS (SELECT FROM pg_class c WHERE c.oid = tg.source) ORDER BY tg.id LOOP
-        PERFORM embeddings.drop_triggers(t);
-        PERFORM embeddings.install_triggers(t);  -- tables it returns were covered already
+        PERFORM embeddings_internal.drop_triggers(t);
+        PERFORM embeddings_internal.install_triggers(t);  -- tables it returns were covered already
         -- A target with a problem (no functions generated) may have left its side or chunk
         -- table with its table's old owner.
         BEGIN
-            PERFORM embeddings.give_store_to_owner(t);
+            PERFORM embeddings_internal.give_store_to_owner(t);
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'embeddings: could not give the side or chunk table of % to its table''s owner (%)',
-                embeddings.target_name(t), SQLERRM;
+                embeddings_internal.target_name(t), SQLERRM;
         END;
     END LOOP;
-    FOR worker_role IN SELECT r.role_name FROM embeddings.worker_role_names() AS r(role_name)
+    FOR worker_role IN SELECT r.role_name FROM embeddings_internal.worker_role_names() AS r(role_name)
                      ORDER BY r.role_name LOOP
         PERFORM embeddings.grant_worker(worker_role);
     END LOOP;

@@ -153,9 +153,9 @@ SELECT t.id, n.nspname AS schema, c.relname AS "table", t.embedding_column,
        t.key_columns::text[] AS key_columns,
        ARRAY(SELECT kt.typname::text FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
              JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i) AS key_types,
-       t.queue, coalesce(t.problem, embeddings.access_problem(t)) AS registry_problem, t.version,
+       t.queue, coalesce(t.problem, embeddings_internal.access_problem(t)) AS registry_problem, t.version,
        t.chunk_tokens, t.chunk_overlap, t.fts_config IS NOT NULL AS has_fulltext, t.store_kind,
-       embeddings.store_has_chunks(t) AS chunked, t.rerank_model, t.rerank_depth,
+       embeddings_internal.store_has_chunks(t) AS chunked, t.rerank_model, t.rerank_depth,
        t.document_format, t.context_header,
        coalesce(ca.atttypid = 'pg_catalog.bytea'::regtype, false) AS content_bytes
 FROM embeddings.targets t
@@ -195,13 +195,13 @@ SELECT id, version FROM embeddings.targets;
 
 -- name: lock_target
 -- Locks a target's table, then its registration, until the write transaction ends; returns its
--- current definition version (NULL when it was unwatched). See embeddings.lock_target().
-SELECT embeddings.lock_target(%(target_id)s);
+-- current definition version (NULL when it was unwatched). See embeddings_internal.lock_target().
+SELECT embeddings_internal.lock_target(%(target_id)s);
 
 -- name: move_inbox
 -- Moves the triggers' keys from the inbox into the live queue as job messages (sql/22_inbox.sql).
 -- ours: touches only our tables and pgmq's, runs no one else's code
-SELECT embeddings.move_inbox(%(queue)s);
+SELECT embeddings_internal.move_inbox(%(queue)s);
 
 -- name: queue_depth
 -- Jobs in the queue, how many are visible now, and the age of the oldest in seconds; for a live
@@ -213,7 +213,7 @@ FROM (SELECT count(*) AS jobs, count(*) FILTER (WHERE vt <= clock_timestamp()) A
              min(enqueued_at) AS oldest
       FROM {queue_table}) q,
      (SELECT coalesce(sum(p.rows), 0) AS jobs, min(p.oldest) AS oldest
-      FROM embeddings.inbox_pending(%(queue)s) p) i;
+      FROM embeddings_internal.inbox_pending(%(queue)s) p) i;
 
 -- name: pending_keys
 -- Row keys waiting in the queue and its inbox (messages count their keys, in either of our
@@ -225,7 +225,7 @@ SELECT coalesce(sum(CASE WHEN jsonb_typeof(message -> 'keys') = 'array' THEN jso
                          THEN length(message -> 'columns' ->> 0)
                               - length(replace(message -> 'columns' ->> 0, ',', '')) + 1
                          ELSE 1 END), 0)::bigint
-       + (SELECT coalesce(sum(p.keys), 0) FROM embeddings.inbox_pending(%(queue)s) p)::bigint
+       + (SELECT coalesce(sum(p.keys), 0) FROM embeddings_internal.inbox_pending(%(queue)s) p)::bigint
 FROM {queue_table};
 
 -- name: load_content
@@ -292,12 +292,12 @@ WHERE f.target_id = r.target_id
 -- name: note_deferrals
 -- Records why targets' jobs were deferred (embeddings.status shows it).
 -- ours: touches only our tables and pgmq's, runs no one else's code
-SELECT embeddings.note_deferrals(%(target_ids)s::integer[], %(reasons)s::text[], %(jobs)s::integer[]);
+SELECT embeddings_internal.note_deferrals(%(target_ids)s::integer[], %(reasons)s::text[], %(jobs)s::integer[]);
 
 -- name: clear_deferrals
 -- Forgets the deferrals of targets served again.
 -- ours: touches only our tables and pgmq's, runs no one else's code
-SELECT embeddings.clear_deferrals(%(target_ids)s::integer[]);
+SELECT embeddings_internal.clear_deferrals(%(target_ids)s::integer[]);
 
 -- Chunked targets (worker/pipeline/chunks/). A document's chunks are keyed by (key, seq); each
 -- carries the md5 of its model and text (chunk_hash), by which unchanged chunks keep their vector.
@@ -309,12 +309,12 @@ SELECT embeddings.clear_deferrals(%(target_ids)s::integer[]);
 SELECT key, chunk_hash, embedding FROM {reusable}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[]);
 
 -- name: lock_documents
--- Orders writers of the same documents until commit (embeddings.lock_documents(), sql/41_locks.sql:
+-- Orders writers of the same documents until commit (embeddings_internal.lock_documents(), sql/41_locks.sql:
 -- rows of a table of ours no one else may lock, in key order so that two writers never
 -- deadlock): the stale-write check and the chunk writes that follow it see no other writer in
 -- between. Side-table targets' writes take them too.
 -- ours: touches only our tables, runs no one else's code
-SELECT embeddings.lock_documents(%(target_id)s, %(keys)s::text[]);
+SELECT embeddings_internal.lock_documents(%(target_id)s, %(keys)s::text[]);
 
 -- name: write_chunks
 -- Writes the chunks of documents whose content is still what was loaded (same md5; NULL for
@@ -336,7 +336,7 @@ FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::inte
 -- such table. A search resolves its target in this one statement (worker/retrieval/targets.py).
 -- ours: touches only our tables and the catalog, runs no one else's code
 WITH source AS (
-    SELECT coalesce(embeddings.relation_named(%(table)s)::oid,
+    SELECT coalesce(embeddings_internal.relation_named(%(table)s)::oid,
                     (SELECT t.source::oid FROM embeddings.targets t WHERE t.id = %(target)s::integer)) AS oid
 )
 SELECT source.oid AS source, found.*
@@ -363,7 +363,7 @@ ORDER BY name;
 SELECT t.id, t.version, t.model, t.fts_config IS NOT NULL AS has_fulltext, t.rerank_model,
        t.rerank_depth, t.problem, t.source::oid AS source
 FROM embeddings.targets t
-WHERE t.source = embeddings.relation_named(%(table)s)::oid
+WHERE t.source = embeddings_internal.relation_named(%(table)s)::oid
   AND (%(column)s::name IS NULL OR t.embedding_column = %(column)s::name)
 ORDER BY t.id;
 
@@ -447,7 +447,7 @@ SET digest = excluded.digest, state = excluded.state, bytes = excluded.bytes, ch
 -- name: backfill_next
 -- One step of a backfill of a target on %(queue)s that no other worker is stepping: queues the
 -- next %(max_keys)s rows' keys that need a job and advances its cursor (sql/62_backfill.sql).
-SELECT scanned, enqueued FROM embeddings.backfill_next(%(queue)s, %(max_keys)s);
+SELECT scanned, enqueued FROM embeddings_internal.backfill_next(%(queue)s, %(max_keys)s);
 
 -- name: deferred_index_ready
 -- Deferred HNSW indexes of %(queue)s's targets this worker may build now (sql/62_backfill.sql).
@@ -455,7 +455,7 @@ SELECT target_id, cleanup, statements FROM embeddings.deferred_index_ready(%(que
 
 -- name: deferred_index_built
 -- Forgets a deferred index once a valid HNSW index is on the target's column.
-SELECT embeddings.deferred_index_built(%(target_id)s);
+SELECT embeddings_internal.deferred_index_built(%(target_id)s);
 
 -- model change: BEGIN (queries of the blue/green model change, sql/44_changes.sql)
 
@@ -472,15 +472,15 @@ LEFT JOIN pg_type ty ON ty.oid = a.atttypid;
 -- Records this worker's model as the producer of a target's (shadow) vectors unless one is
 -- recorded; returns the recorded producer ('model revision variant').
 -- ours: touches only our tables, runs no one else's code
-SELECT embeddings.claim_provenance(%(target_id)s, %(shadow)s, %(model)s, %(revision)s, %(variant)s);
+SELECT embeddings_internal.claim_provenance(%(target_id)s, %(shadow)s, %(model)s, %(revision)s, %(variant)s);
 
 -- name: load_provenance
 -- The recorded producer of every target's vectors (shadow: of its shadow column).
 SELECT target_id, shadow, concat_ws(' ', model, revision, variant) FROM embeddings.provenance;
 
 -- name: complete_changes
--- Completes the model changes whose every row has its new vector (embeddings.complete_change).
-SELECT target_id, result FROM embeddings.complete_changes();
+-- Completes the model changes whose every row has its new vector (embeddings_internal.complete_change).
+SELECT target_id, result FROM embeddings_internal.complete_changes();
 
 -- model change: END
 
@@ -523,11 +523,11 @@ GROUP BY 1, 2, 3, 4;
 -- name: stopped_targets
 -- What stops the progress of the targets of queue %(queue)s (sql/52_stopped.sql), one row per
 -- state: the source of /readyz's stopped_targets and the embed_worker_target_stopped gauge.
-SELECT target, state, reason, fix, since FROM embeddings.stopped_targets() WHERE queue = %(queue)s;
+SELECT target, state, reason, fix, since FROM embeddings_internal.stopped_targets() WHERE queue = %(queue)s;
 -- name: record_fingerprints
 -- The fingerprints (content and definition) of the vectors this write transaction stores: what
 -- embeddings.sweep(verify => true) checks each row's vector against (sql/64_verify.sql).
-SELECT embeddings.record_fingerprints(%(target_id)s, %(shadow)s, %(keys)s::text[], %(hashes)s::text[]);
+SELECT embeddings_internal.record_fingerprints(%(target_id)s, %(shadow)s, %(keys)s::text[], %(hashes)s::text[]);
 
 -- name: clear_failing
 -- Clears the vectors of rows whose content function raises now: no vector rather than one of
@@ -541,15 +541,15 @@ SELECT k FROM {clear_failing}(%(keys)s::text[]{key_arrays}) AS k;
 SELECT to_regclass('embeddings.targets') IS NOT NULL;
 
 -- name: schema_revision_defined
--- Whether the schema records its revision for worker roles (embeddings.schema_revision(), since
+-- Whether the schema records its revision for worker roles (embeddings_internal.schema_revision(), since
 -- 0.3.0): a schema without it is of an older release.
 -- ours: reads only the catalog, runs no one else's code
-SELECT to_regprocedure('embeddings.schema_revision()') IS NOT NULL;
+SELECT to_regprocedure('embeddings_internal.schema_revision()') IS NOT NULL;
 
 -- name: schema_revision
 -- The Alembic revision the schema was migrated to (NULL: installed without Alembic's record).
 -- ours: reads only our tables, runs no one else's code
-SELECT embeddings.schema_revision();
+SELECT embeddings_internal.schema_revision();
 
 -- name: migration_tables
 -- The tables `migrate` locks before it changes anything (worker/schema/locks.py): ours, and
@@ -675,7 +675,7 @@ SELECT model FROM embeddings.targets;
 -- functions through which the worker reads and writes the table as its owner
 -- (sql/32_access.sql; it holds no privilege on the table itself), use its queue, record
 -- failures. Run without parameters (its `%I` is format()'s).
-SELECT embeddings.target_name(t), t.model, a.atttypmod,
+SELECT embeddings_internal.target_name(t), t.model, a.atttypmod,
        coalesce((SELECT bool_and(has_function_privilege(p.oid, 'EXECUTE')) FROM pg_proc p
                  WHERE p.pronamespace = 'embeddings'::regnamespace
                    AND p.proname ~ ('^embeddings_' || t.id
@@ -844,7 +844,7 @@ SELECT CASE WHEN to_regclass('embeddings.rerankers') IS NULL THEN false
 
 -- name: target_rerankers
 -- The reranker each target's rerank stage names (set_rerank()), with the targets naming it.
-SELECT t.rerank_model, string_agg(embeddings.target_name(t), ', ' ORDER BY t.id)
+SELECT t.rerank_model, string_agg(embeddings_internal.target_name(t), ', ' ORDER BY t.id)
 FROM embeddings.targets t WHERE t.rerank_model IS NOT NULL GROUP BY 1 ORDER BY 1;
 
 -- name: plan_model
@@ -855,12 +855,12 @@ FROM embeddings.models WHERE name = %(model)s;
 -- name: plan_targets
 -- `plan`: the watched columns of a table (one, when %(column)s names it).
 SELECT id, model, content_column, embedding_column FROM embeddings.targets
-WHERE source = embeddings.relation_named(%(table)s) AND (%(column)s::name IS NULL OR embedding_column = %(column)s::name)
+WHERE source = embeddings_internal.relation_named(%(table)s) AND (%(column)s::name IS NULL OR embedding_column = %(column)s::name)
 ORDER BY id;
 
 -- name: plan_target_rows
 -- `plan`: a target's rows, and those with a vector, counted exactly.
-SELECT total_rows, embedded_rows FROM embeddings.target_status(true) WHERE target_id = %(target_id)s;
+SELECT total_rows, embedded_rows FROM embeddings_internal.target_status(true) WHERE target_id = %(target_id)s;
 
 -- name: plan_relation
 -- `plan`: table %(table)s as the caller's own sessions find it (relation_named): its name as Postgres quotes it,
@@ -868,20 +868,20 @@ SELECT total_rows, embedded_rows FROM embeddings.target_status(true) WHERE targe
 SELECT c.oid::pg_catalog.regclass::pg_catalog.text, c.relkind::pg_catalog.text,
        pg_catalog.format('%%I.%%I', n.nspname, c.relname)
 FROM pg_catalog.pg_class c JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
-WHERE c.oid = embeddings.relation_named(%(table)s::pg_catalog.text);
+WHERE c.oid = embeddings_internal.relation_named(%(table)s::pg_catalog.text);
 
 -- name: plan_content_column
 -- `plan`: column %(column)s of table %(table)s, from the catalog: its type, and whether that
 -- type is of the string category watch() takes for a content column (sql/40_watch.sql).
 SELECT pg_catalog.format_type(a.atttypid, a.atttypmod), t.typcategory OPERATOR(pg_catalog.=) 'S'
 FROM pg_catalog.pg_attribute a JOIN pg_catalog.pg_type t ON t.oid = a.atttypid
-WHERE a.attrelid = embeddings.relation_named(%(table)s::pg_catalog.text)
+WHERE a.attrelid = embeddings_internal.relation_named(%(table)s::pg_catalog.text)
   AND a.attname = %(column)s::pg_catalog.name AND a.attnum > 0 AND NOT a.attisdropped;
 
 -- name: plan_content_function
 -- `plan`: the content function %(function)s of the row type %(row_type)s names, as watch()
 -- finds it (sql/40_watch.sql): looked up, not called. NULL when there is none.
-SELECT embeddings.function_named(pg_catalog.format('%%s(%%s)', %(function)s::pg_catalog.text,
+SELECT embeddings_internal.function_named(pg_catalog.format('%%s(%%s)', %(function)s::pg_catalog.text,
                                                     %(row_type)s::pg_catalog.text))::pg_catalog.text;
 
 -- name: plan_estimated_rows
@@ -900,7 +900,7 @@ FROM (SELECT CASE WHEN c.reltuples >= 0 AND c.relpages > 0
                        + pg_catalog.pg_stat_get_analyze_count(c.oid) + pg_catalog.pg_stat_get_autoanalyze_count(c.oid) > 0
                   THEN pg_catalog.pg_stat_get_live_tuples(c.oid)::float8
                   WHEN pg_catalog.pg_relation_size(c.oid) = 0 THEN 0 END AS n
-      FROM embeddings.leaf_relations(embeddings.relation_named(%(table)s::pg_catalog.text)) l
+      FROM embeddings_internal.leaf_relations(embeddings_internal.relation_named(%(table)s::pg_catalog.text)) l
       JOIN pg_catalog.pg_class c ON c.oid = l) e;
 
 -- name: plan_column_width
@@ -914,11 +914,11 @@ WITH own AS (
     FROM pg_catalog.pg_stats s
     JOIN pg_catalog.pg_class c ON c.relname = s.tablename
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace AND n.nspname = s.schemaname
-    WHERE c.oid = embeddings.relation_named(%(table)s::pg_catalog.text) AND s.attname = %(column)s::pg_catalog.name
+    WHERE c.oid = embeddings_internal.relation_named(%(table)s::pg_catalog.text) AND s.attname = %(column)s::pg_catalog.name
     ORDER BY s.inherited DESC LIMIT 1
 ), leaves AS (
     SELECT pg_catalog.sum(s.avg_width * greatest(c.reltuples, 1)) / pg_catalog.sum(greatest(c.reltuples, 1)) AS width
-    FROM embeddings.leaf_relations(embeddings.relation_named(%(table)s::pg_catalog.text)) l
+    FROM embeddings_internal.leaf_relations(embeddings_internal.relation_named(%(table)s::pg_catalog.text)) l
     JOIN pg_catalog.pg_class c ON c.oid = l
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_catalog.pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname

@@ -54,7 +54,7 @@ class Target:
     has_fulltext: bool = False  # full-text search on (embeddings.enable_fts()): hybrid search
     # How the vectors are kept (embeddings.targets.store_kind, sql/54_stores.sql); the store
     # strategy is chosen by it (worker/pipeline/stores/). `chunked`: the kind keeps a vector per
-    # chunk of a row, not one per row (embeddings.store_has_chunks()).
+    # chunk of a row, not one per row (embeddings_internal.store_has_chunks()).
     store_kind: str = "row"
     chunked: bool = False
     # Search's rerank stage by default (embeddings.set_rerank(), worker/retrieval/rerank.py).

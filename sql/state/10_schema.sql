@@ -9,6 +9,42 @@ COMMENT ON SCHEMA embeddings IS 'embed-worker: watched tables, models, queues, d
 -- registry; the registry holds table and column names only.
 GRANT USAGE ON SCHEMA embeddings TO PUBLIC;
 
+-- The internals: every function and composite type that is not the public API (docs/sql.md),
+-- apart from it, so that no user mistakes one for a function to rely on. Tables, views and the
+-- functions watch() generates per target stay in `embeddings`. Made by the installer, or
+-- refused: a schema of that name that someone else made first (any role with CREATE on the
+-- database may) would let its owner replace our code, which runs as the schema's owner and
+-- inside every watched table's triggers. So it must belong to the owner of `embeddings`, and
+-- no other role may create in it.
+DO $$
+DECLARE
+    ours oid := (SELECT n.nspowner FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'embeddings');
+    found pg_catalog.pg_namespace;
+BEGIN
+    SELECT * INTO found FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'embeddings_internal';
+    IF found.oid IS NULL THEN
+        EXECUTE pg_catalog.format('CREATE SCHEMA embeddings_internal AUTHORIZATION %I', (SELECT r.rolname FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) ours));
+        RETURN;
+    END IF;
+    IF found.nspowner OPERATOR(pg_catalog.<>) ours
+       OR EXISTS (SELECT FROM pg_catalog.aclexplode(found.nspacl) a
+                  WHERE a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
+                    AND a.grantee OPERATOR(pg_catalog.<>) found.nspowner) THEN
+        RAISE EXCEPTION 'schema embeddings_internal exists and is not embed-worker''s: its owner is %, and may create in it: %; it must be the owner of schema embeddings, %, alone',
+            found.nspowner::pg_catalog.regrole,
+            coalesce((SELECT pg_catalog.string_agg(CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::pg_catalog.text END, ', ')
+                      FROM pg_catalog.aclexplode(found.nspacl) a WHERE a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'), 'its owner'),
+            ours::pg_catalog.regrole
+            USING ERRCODE = 'duplicate_schema',
+                  HINT = 'Drop that schema (or rename it) if nothing of yours is in it, then migrate again.';
+    END IF;
+END
+$$;
+COMMENT ON SCHEMA embeddings_internal IS 'embed-worker''s internals: not to be called, they may change in any release (docs/sql.md)';
+-- Our triggers and the API run some internals with their caller's rights (sql/90_privileges.sql
+-- lists which PUBLIC may execute); the rest are revoked from PUBLIC one by one.
+GRANT USAGE ON SCHEMA embeddings_internal TO PUBLIC;
+
 -- Models the worker can run. Dimensions decide the embedding column's type at watch() time;
 -- the worker checks them against the model it loads. Add your own with an INSERT.
 CREATE TABLE IF NOT EXISTS embeddings.models (
@@ -75,7 +111,7 @@ CREATE TABLE IF NOT EXISTS embeddings.targets (
     created_at       timestamptz NOT NULL DEFAULT now(),
     updated_at       timestamptz NOT NULL DEFAULT now(),
     -- Bumped by watch() whenever the registration changes: a worker's write is rejected when
-    -- the version it read the batch under is no longer current (embeddings.lock_target_version).
+    -- the version it read the batch under is no longer current (embeddings_internal.lock_target_version).
     version          integer NOT NULL DEFAULT 1,
     -- The row key: the primary key's columns, or a unique not-null key named at watch().
     -- Jobs carry a scalar per row for a one-column key, a JSON array in this order otherwise.

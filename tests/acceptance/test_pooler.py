@@ -64,7 +64,7 @@ def count(conn: Conn, query: str) -> int:
 
 def pending_keys(conn: Conn) -> set[int]:
     rows = conn.execute(
-        f"SELECT (k #>> '{{}}')::bigint FROM {JOBS}, embeddings.message_keys(message) k"
+        f"SELECT (k #>> '{{}}')::bigint FROM {JOBS}, embeddings_internal.message_keys(message) k"
     ).fetchall()
     return {int(r[0]) for r in rows}
 

@@ -288,7 +288,7 @@ def test_migrate_gives_up_on_a_lock_held_too_long_and_changes_nothing(
         assert f"pid {holder.info.backend_pid}" in output and "--lock-wait" in output, output
         assert "Traceback" not in output
         assert obs.execute(
-            "SELECT to_regprocedure('embeddings.schema_revision()') IS NULL"
+            "SELECT to_regprocedure('embeddings_internal.schema_revision()') IS NULL"
         ).fetchone() == (True,)
 
 

@@ -43,7 +43,8 @@ def backfill(conn: Conn, target_id: int) -> dict[str, Any] | None:
 
 def step(conn: Conn, target_id: int, max_keys: int) -> tuple[int, int]:
     row = conn.execute(
-        "SELECT scanned, enqueued FROM embeddings.backfill_step(%s, %s)", (target_id, max_keys)
+        "SELECT scanned, enqueued FROM embeddings_internal.backfill_step(%s, %s)",
+        (target_id, max_keys),
     ).fetchone()
     assert row is not None
     return int(row[0]), int(row[1])
@@ -169,7 +170,7 @@ def test_concurrent_steps_never_queue_a_range_twice(conn: Conn, dsn: str) -> Non
         assert step(first, target, 500) == (500, 500)
         assert step(second, target, 500) == (0, 0)
         row = second.execute(
-            "SELECT scanned FROM embeddings.backfill_next('embedding_jobs', 500)"
+            "SELECT scanned FROM embeddings_internal.backfill_next('embedding_jobs', 500)"
         ).fetchone()
         assert row == (0,)
         first.commit()
@@ -243,7 +244,9 @@ def test_sweep_steps_a_backfill_when_the_queue_is_low(conn: Conn) -> None:
 def test_the_worker_steps_only_while_the_backfill_lane_is_low(conn: Conn) -> None:
     make_docs(conn, 5000)
     target = watch(conn, "docs")  # its inline step fills the lane with a step's worth
-    step_query = "SELECT scanned, enqueued FROM embeddings.backfill_next('embedding_jobs', 700)"
+    step_query = (
+        "SELECT scanned, enqueued FROM embeddings_internal.backfill_next('embedding_jobs', 700)"
+    )
     assert conn.execute(step_query).fetchone() == (0, 0)
     clear_queue(conn)  # (as if a worker had done them)
     assert conn.execute(step_query).fetchone() == (700, 700)
@@ -257,7 +260,7 @@ def test_a_worker_role_steps_backfills(conn: Conn) -> None:
     conn.execute("SELECT embeddings.grant_worker('backfill_worker')")
     conn.execute("SET ROLE backfill_worker")
     row = conn.execute(
-        "SELECT scanned, enqueued FROM embeddings.backfill_next('embedding_jobs', 700)"
+        "SELECT scanned, enqueued FROM embeddings_internal.backfill_next('embedding_jobs', 700)"
     ).fetchone()
     conn.execute("RESET ROLE")
     assert row == (700, 700)

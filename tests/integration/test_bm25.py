@@ -316,14 +316,16 @@ def test_the_any_word_query_keeps_lexemes_as_they_are(conn: Conn) -> None:
     """Quotes, backslashes and tsquery operators inside a lexeme stay the lexeme's: the query
     matches each word, and none of the words their parts would make."""
     words = ["it's", "a\\b", "x:y", "a|b", "!", "'", "sp ace"]
-    query = "embeddings.any_lexeme_query(array_to_tsvector(%s::text[]))"
+    query = "embeddings_internal.any_lexeme_query(array_to_tsvector(%s::text[]))"
     for word in words:
         row = conn.execute(f"SELECT array_to_tsvector(%s::text[]) @@ {query}", ([word], words))
         assert row.fetchone() == (True,), word
     parts = ["it", "s", "a", "b", "x", "y", "sp", "ace"]
     row = conn.execute(f"SELECT array_to_tsvector(%s::text[]) @@ {query}", (parts, words))
     assert row.fetchone() == (False,)
-    assert conn.execute("SELECT embeddings.any_lexeme_query(''::tsvector)").fetchone() == (None,)
+    assert conn.execute("SELECT embeddings_internal.any_lexeme_query(''::tsvector)").fetchone() == (
+        None,
+    )
 
 
 def test_the_default_is_any_word_fused_by_score(conn: Conn, items: Items) -> None:

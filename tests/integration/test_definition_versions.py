@@ -69,7 +69,9 @@ def drain(
                 stages.load(conn, batch, embedders)
                 stages.embed(embedders, batch)
                 write.write(conn, queue, batch, settings)
-        results = conn.execute("SELECT result FROM embeddings.complete_changes()").fetchall()
+        results = conn.execute(
+            "SELECT result FROM embeddings_internal.complete_changes()"
+        ).fetchall()
         if not any(r == "done" or r.endswith("the new vector: queued") for (r,) in results):
             return
 
@@ -135,7 +137,7 @@ def test_watch_waits_for_a_write_in_progress_and_later_writes_see_its_version(
 ) -> None:
     first, second = tiny_models
     make_docs(conn, first)
-    lock = "SELECT embeddings.lock_target_version(id) FROM embeddings.targets"
+    lock = "SELECT embeddings_internal.lock_target_version(id) FROM embeddings.targets"
     with psycopg.connect(dsn) as writer:  # a write transaction, as the worker's
         assert writer.execute(lock).fetchone() == (1,)
         conn.execute("SET lock_timeout = '200ms'")

@@ -54,7 +54,7 @@ def watch(conn: Conn, **options: Any) -> None:
 
 def embed(conn: Conn) -> None:
     """Vectors for every row; then full-text search fills the tsvectors as the worker's store
-    function writes them (embeddings.fts_sql())."""
+    function writes them (embeddings_internal.fts_sql())."""
     conn.execute("UPDATE papers SET embedding = array_fill(0.1::real, ARRAY[%s])", (DIMS,))
 
 

@@ -1,6 +1,6 @@
 """The code watch() generates for each kind of table, as text: the golden files of
 tests/integration/generated/ (<kind>.golden: SQL, kept out of the tree's code) hold what
-embeddings.target_code() returns (sql/26_render.sql: the builders' output, every statement the
+embeddings_internal.target_code() returns (sql/26_render.sql: the builders' output, every statement the
 installers run but grants), and a changed template shows here as a diff of the generated code.
 
 After a deliberate change of a template (or of what feeds one), write the files again and read
@@ -55,7 +55,7 @@ def generated(conn: Conn, target: int) -> str:
     """Target `target`'s code as a golden file holds it."""
     rows = conn.execute(
         "SELECT c.part, c.name, c.statement FROM embeddings.targets t,"
-        " embeddings.target_code(t) WITH ORDINALITY AS c(part, name, statement, i)"
+        " embeddings_internal.target_code(t) WITH ORDINALITY AS c(part, name, statement, i)"
         " WHERE t.id = %s ORDER BY c.i",
         (target,),
     ).fetchall()
@@ -116,7 +116,7 @@ def test_the_generated_code_is_what_is_installed(conn: Conn, watched: dict[str, 
         made = {
             name
             for (name,) in conn.execute(
-                "SELECT DISTINCT c.name FROM embeddings.targets t, embeddings.target_code(t) c"
+                "SELECT DISTINCT c.name FROM embeddings.targets t, embeddings_internal.target_code(t) c"
                 " WHERE t.id = %s AND c.statement ~ '^CREATE (OR REPLACE )?FUNCTION'",
                 (target,),
             ).fetchall()
@@ -134,7 +134,7 @@ def test_the_generated_code_is_what_is_installed(conn: Conn, watched: dict[str, 
 
 def test_render_quotes_each_value_as_its_placeholder_says(conn: Conn) -> None:
     row = conn.execute(
-        "SELECT embeddings.render('SELECT %(col)I FROM %(rel)s WHERE x = %(v)L AND y = %(n)L',"
+        "SELECT embeddings_internal.render('SELECT %(col)I FROM %(rel)s WHERE x = %(v)L AND y = %(n)L',"
         " jsonb_build_object('col', 'We''ird Col', 'rel', 'public.t', 'v', 'it''s', 'n', NULL::text))"
     ).fetchone()
     assert row == ("""SELECT "We'ird Col" FROM public.t WHERE x = 'it''s' AND y = NULL""",)
@@ -142,7 +142,7 @@ def test_render_quotes_each_value_as_its_placeholder_says(conn: Conn) -> None:
 
 def test_render_refuses_a_placeholder_without_a_value(conn: Conn) -> None:
     with pytest.raises(psycopg.errors.UndefinedParameter, match=r"%\(missing\)I"):
-        conn.execute("SELECT embeddings.render('SELECT %(missing)I', '{}')")
+        conn.execute("SELECT embeddings_internal.render('SELECT %(missing)I', '{}')")
 
 
 def test_a_name_holding_the_quote_of_generated_bodies_is_refused(conn: Conn) -> None:

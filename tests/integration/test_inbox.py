@@ -88,9 +88,9 @@ def test_concurrent_movers_send_each_key_exactly_once(conn: Conn, dsn: str) -> N
     def mover() -> None:
         with psycopg.connect(dsn, autocommit=True) as c:
             barrier.wait()
-            while c.execute("SELECT embeddings.move_inbox('embedding_jobs', 50)").fetchone() != (
-                0,
-            ):
+            while c.execute(
+                "SELECT embeddings_internal.move_inbox('embedding_jobs', 50)"
+            ).fetchone() != (0,):
                 pass
 
     threads = [threading.Thread(target=mover) for _ in range(4)]
@@ -106,7 +106,7 @@ def test_a_mover_skips_rows_another_mover_holds(conn: Conn, dsn: str) -> None:
     target = watched(conn)
     conn.execute("INSERT INTO docs VALUES (1, 'one')")
     with psycopg.connect(dsn) as holder:
-        holder.execute("SELECT embeddings.move_inbox('embedding_jobs')")  # not committed
+        holder.execute("SELECT embeddings_internal.move_inbox('embedding_jobs')")  # not committed
         conn.execute("INSERT INTO docs VALUES (2, 'two')")
         assert move_inbox(conn) == 1  # does not wait for the holder
         holder.rollback()  # the holder's move never happened: its row is back in the inbox
@@ -163,7 +163,9 @@ def test_a_big_statement_is_sliced_into_inbox_rows_and_moved_by_a_key_budget(con
     rows = conn.execute("SELECT keys FROM embeddings.inbox ORDER BY keys DESC").fetchall()
     assert rows == [(4096,), (4096,), (1808,)]
     # Whole rows, until the budget is reached: 4,096 + 4,096 keys for a budget of 5,000.
-    sent = conn.execute("SELECT embeddings.move_inbox('embedding_jobs', 100, 5000)").fetchone()
+    sent = conn.execute(
+        "SELECT embeddings_internal.move_inbox('embedding_jobs', 100, 5000)"
+    ).fetchone()
     assert sent == (64,)
     assert inbox_rows(conn) == 1
     move_inbox(conn)

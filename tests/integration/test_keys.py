@@ -65,7 +65,7 @@ def test_composite_keys_are_queued_as_arrays_and_embedded(
         r[0]
         for r in conn.execute(
             "SELECT k FROM embeddings.inbox i,"
-            " embeddings.message_keys(jsonb_build_object('columns', i.columns)) k"
+            " embeddings_internal.message_keys(jsonb_build_object('columns', i.columns)) k"
         ).fetchall()
     ] == expected
     move_inbox(conn)

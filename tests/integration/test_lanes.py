@@ -116,9 +116,9 @@ def test_a_model_change_of_a_table_with_a_composite_key(
 
 def test_the_backfill_lane_is_named_as_the_database_names_it(conn: Conn) -> None:
     """jobqueue.backfill_queue_name (the worker builds its lanes before it connects) is the
-    Python twin of embeddings.backfill_queue(): they agree on each side of the length limit."""
+    Python twin of embeddings_internal.backfill_queue(): they agree on each side of the length limit."""
     names = ["embedding_jobs", "q", "a" * 37, "b" * 38, "c" * 39, "queue_" + "x" * 41]
     for name in names:
-        row = conn.execute("SELECT embeddings.backfill_queue(%s)", (name,)).fetchone()
+        row = conn.execute("SELECT embeddings_internal.backfill_queue(%s)", (name,)).fetchone()
         assert row is not None
         assert backfill_queue_name(name) == row[0], name

@@ -456,10 +456,12 @@ def test_a_change_of_a_table_larger_than_a_step_queues_its_rows_in_key_ranges(
     ).fetchone()
     assert queued == (step[0],)
     row = conn.execute(
-        "SELECT change_done_rows, change_total_rows FROM embeddings.target_status(exact => false)"
+        "SELECT change_done_rows, change_total_rows FROM embeddings_internal.target_status(exact => false)"
     ).fetchone()
     assert row == (0, 2500)  # estimated from the cursor and the queue, the table unread
-    waits = conn.execute("SELECT embeddings.complete_change(id) FROM embeddings.targets").fetchone()
+    waits = conn.execute(
+        "SELECT embeddings_internal.complete_change(id) FROM embeddings.targets"
+    ).fetchone()
     assert waits is not None and "jobs of the change are waiting" in waits[0]
 
     wait_for(lambda: (run_once(model=old), not in_change(conn))[1], timeout=120)
@@ -491,7 +493,7 @@ def test_cancelling_a_change_mid_backfill_leaves_an_ordinary_backfill(
 def test_a_change_waits_for_a_worker_write_in_flight_instead_of_deadlocking(
     conn: Conn, dsn: str, models: tuple[str, str, str], start: str
 ) -> None:
-    # A worker's write locks the table (embeddings.lock_target), then the registration. A
+    # A worker's write locks the table (embeddings_internal.lock_target), then the registration. A
     # change that locked the registration first and then altered the table deadlocked with it.
     make_table(conn, 3, model=models[0])
     if start == "cancel":
@@ -526,7 +528,9 @@ def test_a_change_waits_for_a_worker_write_in_flight_instead_of_deadlocking(
             ),
             what="the change to wait for the write's table lock",
         )
-        version = write.execute("SELECT embeddings.lock_target_version(%s)", target).fetchone()
+        version = write.execute(
+            "SELECT embeddings_internal.lock_target_version(%s)", target
+        ).fetchone()
         assert version is not None and version[0] is not None
         write.commit()
         thread.join(timeout=30)

@@ -58,7 +58,7 @@ def everything_in_the_database(conn: Conn) -> str:
     ]
     functions = conn.execute(
         "SELECT string_agg(prosrc, ' ') FROM pg_proc p JOIN pg_namespace n"
-        " ON n.oid = p.pronamespace WHERE n.nspname = 'embeddings'"
+        " ON n.oid = p.pronamespace WHERE n.nspname IN ('embeddings', 'embeddings_internal')"
     ).fetchone()
     return " ".join([*parts, str(functions)])
 
@@ -196,7 +196,7 @@ def test_a_key_file_that_cannot_be_used_defers_the_target_with_a_clear_error(
     conn.execute("SELECT embeddings.watch('docs', 'body', model => 'remote-8')")
     run_once(max_attempts=1)
     (reason,) = conn.execute(
-        "SELECT deferred_reason FROM embeddings.target_status(true)"
+        "SELECT deferred_reason FROM embeddings_internal.target_status(true)"
     ).fetchone() or (None,)
     assert reason is not None and expected in reason, reason
     assert keyed_provider.requests == []

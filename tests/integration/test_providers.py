@@ -302,7 +302,9 @@ def test_a_provider_that_is_down_opens_its_circuit_and_defers_its_target(
     watched_docs(conn, register(conn, provider))
     provider.down = True
     worker = run_once(max_attempts=1)
-    row = conn.execute("SELECT deferred_reason FROM embeddings.target_status(true)").fetchone()
+    row = conn.execute(
+        "SELECT deferred_reason FROM embeddings_internal.target_status(true)"
+    ).fetchone()
     assert row is not None and "circuit open" in row[0] and "HTTP 500" in row[0]
     host = f"127.0.0.1:{provider.port}"
     probe = ReadinessProbe(  # as /readyz asks (worker/http/server.py: serve())
@@ -316,7 +318,9 @@ def test_a_provider_that_is_down_opens_its_circuit_and_defers_its_target(
     (deferred,) = probe.unservable_targets().items()
     assert deferred[0] == "public.docs.embedding" and "circuit open" in deferred[1]
     # The fix is the provider's, not a local model's (issue 37): the endpoint named, no key.
-    held = conn.execute("SELECT fix FROM embeddings.stopped_targets() WHERE state = 'held'")
+    held = conn.execute(
+        "SELECT fix FROM embeddings_internal.stopped_targets() WHERE state = 'held'"
+    )
     (fix,) = held.fetchone() or ("",)
     assert f"its provider reachable from the worker (model remote-8 at http://{host}" in fix
     assert "model download" not in fix and "EMBED_MODEL_PATH" not in fix
@@ -361,7 +365,7 @@ def test_vectors_of_the_wrong_dimension_defer_the_target_with_a_clear_error(
     watched_docs(conn, register(conn, provider), rows=5)
     run_once(max_attempts=1)
     (reason,) = conn.execute(
-        "SELECT deferred_reason FROM embeddings.target_status(true)"
+        "SELECT deferred_reason FROM embeddings_internal.target_status(true)"
     ).fetchone() or (None,)
     assert reason is not None and "7-dimensional" in reason and "8 dimensions" in reason
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)

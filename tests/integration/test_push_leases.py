@@ -48,7 +48,7 @@ def docs(conn: Conn, minilm: str) -> Iterator[int]:
     # One job per row, as the Supabase guide's triggers send them.
     conn.execute("SELECT pgmq.purge_queue('embedding_jobs_backfill')")  # watch()'s jobs
     conn.execute(
-        "SELECT embeddings.enqueue_keys(%s, ARRAY[g]::bigint[]) FROM generate_series(1, 6) g",
+        "SELECT embeddings_internal.enqueue_keys(%s, ARRAY[g]::bigint[]) FROM generate_series(1, 6) g",
         (row[0],),
     )
     yield int(row[0])

@@ -204,6 +204,8 @@ def test_the_content_function_given_to_another_role(
         "REVOKE ALL ON SCHEMA embeddings FROM PUBLIC",
         "REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA embeddings FROM PUBLIC",
         "REVOKE ALL ON ALL TABLES IN SCHEMA embeddings FROM PUBLIC",
+        "REVOKE USAGE ON SCHEMA embeddings_internal FROM PUBLIC",
+        "REVOKE EXECUTE ON ALL FUNCTIONS IN SCHEMA embeddings_internal FROM PUBLIC",
         "REVOKE USAGE ON SCHEMA pgmq FROM PUBLIC",
         "REVOKE ALL ON ALL TABLES IN SCHEMA pgmq FROM PUBLIC",
     ],
@@ -238,7 +240,7 @@ def test_renaming_the_worker_role(site: Site, work: Callable[..., Worker], minil
     site.conn.execute("CREATE TABLE public.later (id bigint PRIMARY KEY, body text)")
     site.conn.execute("INSERT INTO public.later VALUES (1, 'watched after the rename')")
     site.conn.execute("SELECT embeddings.watch('public.later', 'body', model => %s)", (minilm,))
-    listed = site.conn.execute("SELECT embeddings.worker_role_names()").fetchall()
+    listed = site.conn.execute("SELECT embeddings_internal.worker_role_names()").fetchall()
     assert (renamed,) in listed, listed
     site.write(10)
     work()

@@ -293,7 +293,7 @@ def test_a_filter_value_is_a_constant_to_the_planner(conn: Conn) -> None:
     conn.execute("CREATE TABLE items (id int PRIMARY KEY, tenant int, body text)")
     conn.execute("SELECT embeddings.watch('items', 'body', model => %s)", (MODEL,))
     (condition,) = conn.execute(
-        "SELECT embeddings.search_filter_sql(t, '{\"tenant\": 7}', 1) FROM embeddings.targets t"
+        "SELECT embeddings_internal.search_filter_sql(t, '{\"tenant\": 7}', 1) FROM embeddings.targets t"
     ).fetchone() or (None,)
     conn.execute(f"PREPARE filtered(jsonb) AS SELECT count(*) FROM items s WHERE {condition}")
     conn.execute("SET plan_cache_mode = force_custom_plan")
@@ -330,7 +330,7 @@ def test_the_size_that_picks_the_exact_scan_is_the_table_s(conn: Conn, query: Ve
     conn.execute("ANALYZE parted")
     estimates = {
         table: conn.execute(
-            "SELECT embeddings.search_rows_estimate(t) FROM embeddings.targets t"
+            "SELECT embeddings_internal.search_rows_estimate(t) FROM embeddings.targets t"
             " WHERE t.source = %s::regclass",
             (table,),
         ).fetchone()

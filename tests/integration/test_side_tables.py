@@ -388,7 +388,9 @@ def test_a_side_table_write_holds_its_rows_until_commit(
             with psycopg.connect(dsn) as other:
                 other.execute("SET lock_timeout = '50ms'")
                 try:
-                    other.execute("SELECT embeddings.lock_documents(%s, ARRAY[%s])", (docs, key))
+                    other.execute(
+                        "SELECT embeddings_internal.lock_documents(%s, ARRAY[%s])", (docs, key)
+                    )
                 except psycopg.errors.LockNotAvailable:
                     waited += 1
         held.append(waited)
@@ -402,7 +404,9 @@ def test_a_side_table_write_holds_its_rows_until_commit(
     assert advisory == [(0,)]
     with psycopg.connect(dsn) as other:  # and none once it committed
         other.execute("SET lock_timeout = '50ms'")
-        other.execute("SELECT embeddings.lock_documents(%s, ARRAY['1', '2', '3', '4'])", (docs,))
+        other.execute(
+            "SELECT embeddings_internal.lock_documents(%s, ARRAY['1', '2', '3', '4'])", (docs,)
+        )
 
 
 def test_unwatch_keeps_the_side_table_and_watch_again_uses_it(
@@ -480,7 +484,7 @@ def test_application_transactions_at_repeatable_read_and_serializable(
     failures = 0
     for i in range(20):
         with psycopg.connect(dsn) as gate, psycopg.connect(dsn) as app:
-            # The worker's write waits for the registration (embeddings.lock_target) until the
+            # The worker's write waits for the registration (embeddings_internal.lock_target) until the
             # application's transaction has taken its snapshot: the vector lands after it.
             gate.execute("SELECT FROM embeddings.targets WHERE id = %s FOR UPDATE", target)
             conn.execute("INSERT INTO docs (id, body) VALUES (%s, %s)", (i, f"document number {i}"))

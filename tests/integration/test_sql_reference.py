@@ -1,8 +1,10 @@
 """The SQL reference (docs/sql.md) against the database and the API's list (sql/90_privileges.sql),
 both ways: every object the page documents exists with exactly that signature, is public and
-callable by whom the page says; every public object is on the page and in the list; every
-function of the schema has a COMMENT, which says it is internal unless it is public; and PUBLIC
-may execute the list's functions and no other."""
+callable by whom the page says; every public object is on the page and in the list; schema
+`embeddings` holds the API and, while workers of 0.3.0 may run, the forwarders kept for them
+(sql/95_compat_0_3_0.sql, listed on the page as such) and nothing else; every function of both
+schemas has a COMMENT, which says it is internal unless it is public; and PUBLIC may execute
+the lists' functions and no other."""
 
 from __future__ import annotations
 
@@ -21,30 +23,32 @@ Conn = psycopg.Connection[Any]
 
 INTERNAL = "Internal to embed-worker"
 API_LISTS = ("api_anyone", "api_owner", "api_owner_and_workers")
-PUBLIC_LISTS = ("api_anyone", "internal_anyone")
+PUBLIC_LISTS = ("api_anyone", "internal_anyone", "compat_anyone")
+COMPAT_LISTS = ("compat_anyone", "compat_owner", "compat_workers")
 RIGHTS_OF_LIST = {
     "api_anyone": "anyone",
     "api_owner": "owner",
     "api_owner_and_workers": "owner and workers",
 }
 
-# Every function and view of the schema but those generated per target, with what the page
+# Every function and view of both schemas but those generated per target, with what the page
 # compares: a function's signature as Postgres prints it, its COMMENT, whether PUBLIC and a
 # worker role (given grant_worker()) may execute it, or for a view SELECT from it.
 CATALOG = """
-SELECT p.oid, 'embeddings.' || p.proname, false,
-       format('embeddings.%%s(%%s) RETURNS %%s', p.proname, pg_get_function_arguments(p.oid),
+SELECT p.oid, n.nspname || '.' || p.proname, false,
+       format('%%s.%%s(%%s) RETURNS %%s', n.nspname, p.proname, pg_get_function_arguments(p.oid),
               pg_get_function_result(p.oid)),
        obj_description(p.oid, 'pg_proc'),
        has_function_privilege('public', p.oid, 'EXECUTE'),
        has_function_privilege(%(worker)s, p.oid, 'EXECUTE')
-FROM pg_proc p
-WHERE p.pronamespace = 'embeddings'::regnamespace AND p.proname !~ '^embeddings_[0-9]+_'
+FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+WHERE (n.nspname = 'embeddings' AND p.proname !~ '^embeddings_[0-9]+_')
+   OR n.nspname = 'embeddings_internal'
 UNION ALL
-SELECT c.oid, 'embeddings.' || c.relname, true, NULL, obj_description(c.oid, 'pg_class'),
+SELECT c.oid, n.nspname || '.' || c.relname, true, NULL, obj_description(c.oid, 'pg_class'),
        has_table_privilege('public', c.oid, 'SELECT'), has_table_privilege(%(worker)s, c.oid, 'SELECT')
-FROM pg_class c
-WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind = 'v'
+FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+WHERE n.nspname IN ('embeddings', 'embeddings_internal') AND c.relkind = 'v'
 """
 
 
@@ -57,6 +61,10 @@ class Object:
     comment: str | None
     public_may: bool
     worker_may: bool
+
+    @property
+    def schema(self) -> str:
+        return self.name.split(".", 1)[0]
 
     @property
     def rights(self) -> str:
@@ -84,11 +92,23 @@ def use_vector_schema(conn: Conn) -> None:
     )
 
 
-def listed(conn: Conn) -> dict[str, set[int]]:
-    """sql/90_privileges.sql's lists, as function oids."""
+def listed(conn: Conn, page: str | None = None) -> dict[str, set[int]]:
+    """sql/90_privileges.sql's lists, as function oids; with the forwarders kept for workers of
+    0.3.0: those PUBLIC may run and the owner's (sql/95_compat_0_3_0.sql), the worker roles'
+    (embeddings_internal.compat_worker_functions()) and those the page lists."""
     use_vector_schema(conn)
     found: dict[str, set[int]] = {}
-    for name, signatures in sql_reference.api_lists().items():
+    row = conn.execute(
+        "SELECT array_agg(f::text) FROM unnest(embeddings_internal.compat_worker_functions()) f"
+    ).fetchone()
+    lists = {
+        **sql_reference.api_lists(),
+        "compat_anyone": sql_reference.compat_lists()["anyone"],
+        "compat_owner": sql_reference.compat_lists()["owner_only"],
+        "compat_workers": list(row[0] if row and row[0] else []),
+        "compat_documented": sql_reference.compat_listed(page),
+    }
+    for name, signatures in lists.items():
         found[name] = set()
         for signature in signatures:
             row = conn.execute("SELECT to_regprocedure(%s)::oid", (signature,)).fetchone()
@@ -107,6 +127,7 @@ def problems(
     return (
         page_problems(page, catalog, lists)
         + catalog_problems(page, catalog, api)
+        + placement_problems(catalog, lists)
         + grant_problems(catalog, lists)
     )
 
@@ -160,18 +181,58 @@ def catalog_problems(
     return found
 
 
+def placement_problems(catalog: list[Object], lists: dict[str, set[int]]) -> list[str]:
+    """Schema embeddings holds the API and the forwarders kept for workers of 0.3.0, each of
+    those listed on the page and saying when it goes; everything else is internal."""
+    found: list[str] = []
+    api = set().union(*(lists[name] for name in API_LISTS))
+    compat = set().union(*(lists[name] for name in COMPAT_LISTS))
+    for obj in catalog:
+        if obj.is_view:
+            if obj.schema != "embeddings":
+                found.append(f"{obj.name}: a view outside schema embeddings")
+        elif obj.oid in api:
+            if obj.schema != "embeddings":
+                found.append(f"{obj.name}: in the API's list, but not in schema embeddings")
+        elif obj.oid in compat:
+            if obj.schema != "embeddings":
+                found.append(f"{obj.name}: kept for 0.3.0, but not in schema embeddings")
+            if obj.oid not in lists["compat_documented"]:
+                found.append(f"{obj.name}: kept for 0.3.0, but not listed so in docs/sql.md")
+            if not obj.comment or "0.3.0" not in obj.comment or "0.5.0" not in obj.comment:
+                found.append(f"{obj.name}: kept for 0.3.0, but its COMMENT does not say so")
+        elif obj.schema == "embeddings":
+            found.append(
+                f"{obj.name}: in schema embeddings, but neither in the API nor kept for 0.3.0"
+            )
+    names = {obj.oid: obj.name for obj in catalog}
+    found += [
+        f"{names.get(oid, oid)}: listed in docs/sql.md as kept for 0.3.0, but is not"
+        for oid in sorted(lists["compat_documented"] - compat)
+    ]
+    return found
+
+
 def grant_problems(catalog: list[Object], lists: dict[str, set[int]]) -> list[str]:
     """Functions PUBLIC may execute that the list does not grant it, and the other way."""
     may_public = {obj.oid for obj in catalog if obj.public_may and not obj.is_view}
     granted = set().union(*(lists[name] for name in PUBLIC_LISTS))
     names = {obj.oid: obj.name for obj in catalog}
-    return [
-        f"{names[oid]}: PUBLIC may execute it, but the list does not grant it"
-        for oid in sorted(may_public - granted)
-    ] + [
-        f"{names[oid]}: listed for PUBLIC, but PUBLIC may not execute it"
-        for oid in sorted(granted - may_public)
-    ]
+    workers_only = {obj.oid for obj in catalog if obj.worker_may and not obj.public_may}
+    return (
+        [
+            f"{names[oid]}: kept for workers of 0.3.0, but worker roles may not run it alone"
+            for oid in sorted(lists["compat_workers"] - workers_only)
+        ]
+        + [
+            f"{names[oid]}: PUBLIC may execute it, but the list does not grant it"
+            for oid in sorted(may_public - granted)
+        ]
+        + [
+            f"{names[oid]}: listed for PUBLIC, but PUBLIC may not execute it"
+            for oid in sorted(granted - may_public)
+        ]
+    )
 
 
 def test_the_sql_reference_the_apis_list_and_the_database_agree(
@@ -222,4 +283,25 @@ def test_a_changed_signature_right_or_section_is_found(conn: Conn, catalog: list
     assert any(
         "PUBLIC may execute it, but the list does not grant it" in p
         for p in problems(sql_reference.documented(), catalog, lists_more)
+    )
+
+
+def test_a_function_left_in_the_api_s_schema_or_a_forwarder_undocumented_is_found(
+    conn: Conn, catalog: list[Object]
+) -> None:
+    lists = listed(conn)
+    with_stray = [
+        *catalog,
+        Object(0, "embeddings.stray", False, None, "Internal to embed-worker", False, False),
+    ]
+    assert "embeddings.stray: in schema embeddings, but neither in the API nor kept for 0.3.0" in (
+        placement_problems(with_stray, lists)
+    )
+    text = sql_reference.PAGE.read_text()
+    without = text.replace(
+        "- `embeddings.lock_target(integer)`: the schema's owner and worker roles\n", "", 1
+    )
+    assert without != text
+    assert "embeddings.lock_target: kept for 0.3.0, but not listed so in docs/sql.md" in problems(
+        sql_reference.documented(without), catalog, listed(conn, without)
     )

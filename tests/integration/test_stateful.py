@@ -199,7 +199,7 @@ class EmbeddingMachine(RuleBasedStateMachine):
             ).fetchall()
         }
         row = self.conn.execute(
-            "SELECT m.keys FROM embeddings.targets t, embeddings.moving_live_keys(t) m"
+            "SELECT m.keys FROM embeddings.targets t, embeddings_internal.moving_live_keys(t) m"
         ).fetchone()
         moving = {int(k) for k in (row[0] if row and row[0] else [])}
         assert lacking <= dead | moving, (

@@ -61,7 +61,7 @@ def finish_backfills(conn: Conn) -> None:
     """Queues what watch()'s backfill has still to pass: the queue then holds every pending key
     (status counts a running backfill's rest as an estimate on large tables)."""
     conn.execute(
-        "SELECT embeddings.backfill_step(b.target_id, 1000000) FROM embeddings.backfills b"
+        "SELECT embeddings_internal.backfill_step(b.target_id, 1000000) FROM embeddings.backfills b"
     )
     assert conn.execute("SELECT count(*) FROM embeddings.backfills").fetchone() == (0,)
 
@@ -153,7 +153,7 @@ def test_partitioned_targets_sum_their_partitions(conn: Conn) -> None:
     conn.execute("ANALYZE docs_a")
     conn.execute("ANALYZE docs_b")
 
-    row = status(conn, "embeddings.target_status(exact => false)")
+    row = status(conn, "embeddings_internal.target_status(exact => false)")
 
     truth = exact_counts(conn)
     assert truth == {"total_rows": 6000, "embedded_rows": 4000, "cleared_rows": 1000}
@@ -164,7 +164,7 @@ def test_partitioned_targets_sum_their_partitions(conn: Conn) -> None:
 def test_counts_not_known_yet_are_null_not_guessed(conn: Conn) -> None:
     watched_docs(conn)  # never analyzed: no statistics of the embedding and content columns
 
-    row = status(conn, "embeddings.target_status(exact => false)")
+    row = status(conn, "embeddings_internal.target_status(exact => false)")
 
     assert (row["embedded_rows"], row["cleared_rows"]) == (None, None)
     assert row["total_rows"] == 3000  # the live-row count of the statistics system
@@ -204,7 +204,7 @@ def test_status_does_not_wait_behind_a_lock_on_the_watched_table(conn: Conn, dsn
 
 
 def test_small_tables_are_counted_exactly_by_default(conn: Conn) -> None:
-    watched_docs(conn)  # 3000 short rows: well under embeddings.status_exact_rows()
+    watched_docs(conn)  # 3000 short rows: well under embeddings_internal.status_exact_rows()
 
     row = status(conn)
 
@@ -240,7 +240,7 @@ def test_chunked_targets_estimate_their_chunks(conn: Conn) -> None:
     conn.execute("ANALYZE docs")
     conn.execute("ANALYZE docs_chunks")
 
-    row = status(conn, "embeddings.target_status(exact => false)")
+    row = status(conn, "embeddings_internal.target_status(exact => false)")
     exact = status(conn, "embeddings.status_exact")
 
     assert (row["total_rows"], row["chunks"], row["estimated"]) == (100, 300, True)
@@ -332,7 +332,7 @@ def test_a_lane_with_many_messages_is_sampled_unless_exact(conn: Conn) -> None:
     assert docs is not None
     # 600 messages of 5 keys, and 3 single keys in the inbox: more messages than the threshold.
     conn.execute(
-        "SELECT embeddings.enqueue_keys(%s, ARRAY(SELECT g FROM generate_series(1, 5) g))"
+        "SELECT embeddings_internal.enqueue_keys(%s, ARRAY(SELECT g FROM generate_series(1, 5) g))"
         " FROM generate_series(1, 600)",
         docs,
     )

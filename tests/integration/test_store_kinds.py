@@ -53,14 +53,16 @@ def test_the_registry_names_each_targets_store_kind_and_table(conn: Conn) -> Non
 
 
 def test_every_kind_has_every_operation(conn: Conn) -> None:
-    kinds = [k for (k,) in conn.execute("SELECT kind FROM embeddings.store_kinds()").fetchall()]
+    kinds = [
+        k for (k,) in conn.execute("SELECT kind FROM embeddings_internal.store_kinds()").fetchall()
+    ]
     assert sorted(kinds) == sorted(ALL_STORES)
     missing = [
         f"{kind}_store_{operation}"
         for kind in kinds
         for operation in OPERATIONS
         if conn.execute(
-            "SELECT to_regproc(format('embeddings.%%I', %s::text))",
+            "SELECT to_regproc(format('embeddings_internal.%%I', %s::text))",
             (f"{kind}_store_{operation}",),
         ).fetchone()
         == (None,)
@@ -76,14 +78,14 @@ def test_dispatch_reaches_the_kinds_function(conn: Conn) -> None:
         # as the generators call them: tables named with their schema
         conn.execute("SET search_path = pg_catalog, pg_temp")
         shared, own = conn.execute(
-            "SELECT embeddings.embedding_missing_sql(t, 'x'),"
-            f" embeddings.{store}_store_missing_sql(t, 'x')"
+            "SELECT embeddings_internal.embedding_missing_sql(t, 'x'),"
+            f" embeddings_internal.{store}_store_missing_sql(t, 'x')"
             " FROM embeddings.targets t WHERE t.id = %s",
             (target,),
         ).fetchone() or (None, None)
         assert shared == own and own is not None
         lock = conn.execute(
-            "SELECT embeddings.store_lock_mode(t) FROM embeddings.targets t WHERE t.id = %s",
+            "SELECT embeddings_internal.store_lock_mode(t) FROM embeddings.targets t WHERE t.id = %s",
             (target,),
         ).fetchone()
         assert lock == ("ROW EXCLUSIVE" if store == "row" else "ACCESS SHARE",)
@@ -106,7 +108,7 @@ def test_an_unknown_kind_or_operation_is_refused_by_name(
     stores.watch(conn, "row", "all-MiniLM-L6-v2")
     with pytest.raises(psycopg.errors.UndefinedFunction) as raised:
         conn.execute(
-            "SELECT embeddings.store_function("
+            "SELECT embeddings_internal.store_function("
             " jsonb_populate_record(t, jsonb_build_object('store_kind', %s::text)), %s)"
             " FROM embeddings.targets t",
             (kind, operation),

@@ -97,7 +97,8 @@ def test_a_swap_behind_a_long_reader_never_fails_the_application_s_statements(
     # The swap retried as fast as it can (the worker backs off between calls; this does not).
     with psycopg.connect(dsn, autocommit=True) as swapper:
         while_running(
-            application, lambda: swapper.execute("SELECT * FROM embeddings.complete_changes()")
+            application,
+            lambda: swapper.execute("SELECT * FROM embeddings_internal.complete_changes()"),
         )
 
     assert outcome["errors"] == []
@@ -111,7 +112,7 @@ def test_a_swap_behind_a_long_reader_never_fails_the_application_s_statements(
     assert f"pid {reader_pid} (AccessShareLock" in waiting[2]
 
     long_reader.rollback()
-    result = conn.execute("SELECT result FROM embeddings.complete_changes()").fetchone()
+    result = conn.execute("SELECT result FROM embeddings_internal.complete_changes()").fetchone()
     assert result == ("done",)
     assert target_model(conn) == models[1]
 
@@ -152,7 +153,7 @@ def test_lock_table_keeps_the_caller_s_lock_timeout(conn: Conn) -> None:
     conn.execute("CREATE TABLE t (id int)")
     conn.execute("SET lock_timeout = '7s'")
     with conn.transaction():
-        conn.execute("SELECT embeddings.lock_table('t')")
+        conn.execute("SELECT embeddings_internal.lock_table('t')")
         assert conn.execute("SHOW lock_timeout").fetchone() == ("7s",)
 
 

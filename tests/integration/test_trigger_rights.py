@@ -51,7 +51,7 @@ def test_a_writer_enqueues_by_writing_and_no_other_way(
         writer.execute("INSERT INTO docs VALUES (1, 'written by the app')")
         writer.execute("UPDATE docs SET body = 'edited by the app' WHERE id = 1")
         for attempt in (
-            "SELECT embeddings.enqueue_keys(%s, ARRAY[99])",
+            "SELECT embeddings_internal.enqueue_keys(%s, ARRAY[99])",
             "SELECT pgmq.send('embedding_jobs', jsonb_build_object('target', %s::int, 'keys', '[99]'::jsonb))",
         ):
             with pytest.raises(psycopg.errors.InsufficientPrivilege):
@@ -68,7 +68,7 @@ def test_a_role_that_cannot_write_the_table_cannot_enqueue_for_it(
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
             stranger.execute("INSERT INTO docs VALUES (2, 'not allowed')")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):
-            stranger.execute("SELECT embeddings.enqueue_keys(%s, ARRAY[2])", (docs,))
+            stranger.execute("SELECT embeddings_internal.enqueue_keys(%s, ARRAY[2])", (docs,))
         # Its own table with its own trigger cannot reach ours either.
         stranger.execute("CREATE TEMP TABLE mine (id int)")
         with pytest.raises(psycopg.errors.InsufficientPrivilege):

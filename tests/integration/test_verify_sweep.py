@@ -270,7 +270,7 @@ def test_a_model_change_leaves_every_vector_verified(
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (second,))
     assert verify(conn) == 0  # the old model's vectors serve, and are current, until the swap
     run_once(model=first)
-    conn.execute("SELECT * FROM embeddings.complete_changes()")
+    conn.execute("SELECT * FROM embeddings_internal.complete_changes()")
     row = conn.execute("SELECT model FROM embeddings.targets").fetchone()
     assert row == (second,)
     assert verify(conn) == 0

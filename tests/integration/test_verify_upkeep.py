@@ -214,7 +214,7 @@ def test_content_that_formats_dates_is_embedded_and_verified_alike_in_any_sessio
         conn,
         "SELECT count(*) FROM embeddings.fingerprints f JOIN embeddings.targets t"
         " ON t.id = f.target_id WHERE t.id = %s AND f.key = '1'"
-        " AND f.fingerprint = md5(embeddings.definition_tag(t, t.model) || md5(%s))",
+        " AND f.fingerprint = md5(embeddings_internal.definition_tag(t, t.model) || md5(%s))",
         target,
         iso[0],
     )

@@ -82,7 +82,7 @@ def test_a_failed_clear_does_not_clear_the_fresh_vectors_of_its_batch(
     row = conn.execute("SELECT id FROM embeddings.targets").fetchone()
     assert row is not None
     clear_queue(conn)
-    conn.execute("SELECT embeddings.enqueue_keys(%s, ARRAY[1, 2, 3]::bigint[])", (row[0],))
+    conn.execute("SELECT embeddings_internal.enqueue_keys(%s, ARRAY[1, 2, 3]::bigint[])", (row[0],))
 
     run_once()
 

@@ -119,13 +119,13 @@ def watch_every_kind_0_3_0(conn: Conn) -> None:
 
 QUEUED_KEYS = """
     SELECT m.message ->> 'target', k.key, 'live' FROM pgmq.q_embedding_jobs m,
-           LATERAL embeddings.message_keys(m.message) AS k(key)
+           LATERAL {internals}.message_keys(m.message) AS k(key)
     UNION ALL
     SELECT m.message ->> 'target', k.key, 'backfill' FROM pgmq.q_embedding_jobs_backfill m,
-           LATERAL embeddings.message_keys(m.message) AS k(key)
+           LATERAL {internals}.message_keys(m.message) AS k(key)
     UNION ALL
     SELECT i.target::text, k.key, 'inbox' FROM embeddings.inbox i,
-           LATERAL embeddings.message_keys(jsonb_build_object('columns', i.columns)) AS k(key)
+           LATERAL {internals}.message_keys(jsonb_build_object('columns', i.columns)) AS k(key)
 """
 # 0.1.0 queued into the live queue only, always in the "keys" shape.
 QUEUED_KEYS_0_1_0 = """
@@ -137,7 +137,11 @@ QUEUED_KEYS_0_1_0 = """
 def queued_keys(conn: Conn) -> list[tuple[str, Any, str]]:
     """Every row key waiting anywhere (queues, lane, inbox), with where."""
     old = conn.execute("SELECT to_regclass('embeddings.inbox') IS NULL").fetchone() == (True,)
-    return sorted(conn.execute(QUEUED_KEYS_0_1_0 if old else QUEUED_KEYS).fetchall())
+    # Releases before 0.4.0 kept their internals in schema embeddings.
+    moved = conn.execute("SELECT to_regnamespace('embeddings_internal') IS NOT NULL").fetchone()
+    internals = "embeddings_internal" if moved == (True,) else "embeddings"
+    query = QUEUED_KEYS_0_1_0 if old else QUEUED_KEYS.format(internals=internals)
+    return sorted(conn.execute(query).fetchall())
 
 
 # Each fixture: the release revision it is at, and what was done there (make_at_release.py).

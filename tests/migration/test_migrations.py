@@ -321,11 +321,11 @@ def test_upgrade_keeps_jobs_failures_and_grants_and_equals_fresh_install(
             worker_dsn = make_conninfo(cluster.dsn(upgraded), user=ROLE)
             with psycopg.connect(worker_dsn) as worker_conn:  # the rights of the worker now
                 row = worker_conn.execute(
-                    "SELECT embeddings.lock_target_version(id) FROM embeddings.targets"
+                    "SELECT embeddings_internal.lock_target_version(id) FROM embeddings.targets"
                 ).fetchone()
                 assert row == (1,)
                 assert worker_conn.execute(
-                    "SELECT embeddings.move_inbox('embedding_jobs')"
+                    "SELECT embeddings_internal.move_inbox('embedding_jobs')"
                 ).fetchone()
         finally:
             cluster.drop_database(upgraded)

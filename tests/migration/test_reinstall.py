@@ -72,7 +72,7 @@ def test_a_reinstall_refuses_when_objects_of_others_depend_on_the_code(
     code would take them along, so the reinstall says which and what to do, and drops nothing."""
     conn.execute("CREATE VIEW pending AS SELECT target, pending_jobs FROM embeddings.status")
     conn.execute(
-        "CREATE FUNCTION lane(q text) RETURNS text LANGUAGE sql RETURN embeddings.backfill_queue(q)"
+        "CREATE FUNCTION lane(q text) RETURNS text LANGUAGE sql RETURN embeddings_internal.backfill_queue(q)"
     )
     before = pg_dump_schema(dsn)
 
@@ -84,7 +84,9 @@ def test_a_reinstall_refuses_when_objects_of_others_depend_on_the_code(
 
     message = str(refused.value)
     assert "view pending" in message and "view embeddings.status" in message
-    assert "function lane(text)" in message and "embeddings.backfill_queue(text)" in message
+    assert (
+        "function lane(text)" in message and "embeddings_internal.backfill_queue(text)" in message
+    )
     assert "Drop them, migrate, then create them again" in message
     assert pg_dump_schema(dsn) == before
 

@@ -31,7 +31,8 @@ def test_every_security_definer_function_has_a_fixed_search_path(roles: Roles) -
     with roles.connect() as su:
         definers = su.execute(
             "SELECT p.proname::text, p.oid::regprocedure::text, p.proconfig FROM pg_proc p"
-            " WHERE p.pronamespace = 'embeddings'::regnamespace AND p.prosecdef"
+            " WHERE p.pronamespace IN ('embeddings'::regnamespace, 'embeddings_internal'::regnamespace)"
+            " AND p.prosecdef"
         ).fetchall()
         # The guards around the access functions the worker and our operations call
         # (sql/32_access.sql: create_access_function): SECURITY INVOKER and no SET clause,
@@ -40,7 +41,8 @@ def test_every_security_definer_function_has_a_fixed_search_path(roles: Roles) -
         guards = dict(
             su.execute(
                 "SELECT p.oid::regprocedure::text, p.prosrc FROM pg_proc p"
-                " WHERE p.pronamespace = 'embeddings'::regnamespace AND NOT p.prosecdef"
+                " WHERE p.pronamespace IN ('embeddings'::regnamespace,"
+                " 'embeddings_internal'::regnamespace) AND NOT p.prosecdef"
                 " AND EXISTS (SELECT FROM pg_proc b WHERE b.pronamespace = p.pronamespace"
                 "             AND b.proname = p.proname || '_body')"
             ).fetchall()

@@ -380,7 +380,8 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     "status (SQL)": (
         (SUPERUSER, WORKER),
         lambda ctx: ctx.sql(
-            "SELECT * FROM embeddings.status", "SELECT * FROM embeddings.target_status(true)"
+            "SELECT * FROM embeddings.status",
+            "SELECT * FROM embeddings_internal.target_status(true)",
         ),
     ),
     "search (SQL)": ((APPLICATION, SUPERUSER), _sql_search),

@@ -132,7 +132,9 @@ def test_backfill_steps_evaluate_no_content_function(roles: Roles) -> None:
     with roles.connect() as su:
         clear_queue(su)  # a step waits while the lane holds one: as if the worker had done it
     with roles.connect(roles.worker) as worker:
-        row = worker.execute("SELECT * FROM embeddings.backfill_next('embedding_jobs')").fetchone()
+        row = worker.execute(
+            "SELECT * FROM embeddings_internal.backfill_next('embedding_jobs')"
+        ).fetchone()
         assert row == (1000, 1000)
     with roles.connect() as su:
         clear_queue(su)
@@ -150,7 +152,9 @@ def test_model_change_completion_runs_the_content_function_as_its_owner(roles: R
     forget_jobs(roles)  # the change's own jobs: lost, so that completion looks for the rows
     for who in (roles.worker, None):
         with roles.connect(who) as caller:
-            results = caller.execute("SELECT result FROM embeddings.complete_changes()").fetchall()
+            results = caller.execute(
+                "SELECT result FROM embeddings_internal.complete_changes()"
+            ).fetchall()
         assert results and "lacked the new vector" in results[0][0], results
         forget_jobs(roles)
     contained(roles)
@@ -288,7 +292,7 @@ def test_the_owner_cannot_call_the_generated_functions_into_running_as_someone_e
         run_once(database_url=roles.worker_dsn)
         with roles.connect() as su:
             su.execute("SELECT embeddings.sweep()")
-            su.execute("SELECT * FROM embeddings.complete_changes()")
+            su.execute("SELECT * FROM embeddings_internal.complete_changes()")
             row = su.execute(
                 "SELECT deferred_reason, pending_jobs FROM embeddings.status WHERE target_id = %s",
                 (target,),
@@ -321,7 +325,7 @@ def test_altering_a_generated_function_is_undone_by_the_event_trigger(roles: Rol
     with roles.connect(roles.owner) as owner:
         loaded = owner.execute(attributes, (load,)).fetchone()
         guard = owner.execute(attributes, (load.replace("_body", ""),)).fetchone()
-    # What the worker embeds is evaluated in pinned formats (embeddings.content_settings_sql()).
+    # What the worker embeds is evaluated in pinned formats (embeddings_internal.content_settings_sql()).
     assert loaded is not None and loaded[1][1:] == ["DateStyle=iso", "IntervalStyle=postgres"]
     # Its guard runs as its caller and sets nothing: it puts back its caller's settings
     # (create_access_function()).
@@ -416,7 +420,7 @@ def test_a_table_given_away_does_not_run_its_old_owners_function_with_the_new_ow
 def test_turning_full_text_search_on_runs_the_content_function_as_its_owner(
     roles: Roles, store: str, title_weight: float | None
 ) -> None:
-    """With fields too: the owner's fill then runs embeddings.fields_tsvector(), which the
+    """With fields too: the owner's fill then runs embeddings_internal.fields_tsvector(), which the
     owner (any role) may execute."""
     owner_docs(roles, store=store)
     with roles.connect() as su:  # rows with vectors: enable_fts() fills their tsvectors

@@ -1,5 +1,5 @@
-"""The functions of schema `embeddings` as installed, those watch() generates for every kind of
-target included, name nothing a tenant could capture (tests/unit/test_qualified_names.py walks
+"""The functions of schemas `embeddings` and `embeddings_internal` as installed, those watch()
+generates for every kind of target included, name nothing a tenant could capture (tests/unit/test_qualified_names.py walks
 sql/ and what the package sends; the SQL that generators build at run time is seen only here).
 
 Each function's body (PL/pgSQL or SQL, from pg_proc) is walked with pglast:
@@ -8,7 +8,7 @@ Each function's body (PL/pgSQL or SQL, from pg_proc) is walked with pglast:
 - the functions that run as a table's owner with the owner's search path (its content
   function and triggers are written for its sessions), and the guards around them (no SET
   clause: they put back their caller's settings), name nothing unqualified at all;
-- anything qualified is in pg_catalog, our schema, pgmq's or pgvector's.
+- anything qualified is in pg_catalog, our schemas, pgmq's or pgvector's.
 And each listed name is pg_catalog's on this server: what resolves there, whatever a tenant
 creates anywhere else.
 """
@@ -30,7 +30,8 @@ _FUNCTIONS = """
 SELECT p.oid::regprocedure::text, pg_catalog.pg_get_functiondef(p.oid), l.lanname,
        p.prosecdef, p.proconfig, p.prosqlbody IS NOT NULL
 FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_language l ON l.oid = p.prolang
-WHERE p.pronamespace = 'embeddings'::regnamespace AND p.prokind IN ('f', 'p')
+WHERE p.pronamespace IN ('embeddings'::regnamespace, 'embeddings_internal'::regnamespace)
+  AND p.prokind IN ('f', 'p')
 """
 
 
@@ -53,8 +54,19 @@ def test_installed_functions_name_only_what_they_may(roles: Roles) -> None:
     with roles.connect() as su:
         functions = installed_functions(su)
         vector_schema = su.execute("SELECT embeddings.vector_schema()").fetchone()
-    installer = {"pg_catalog", "embeddings", "pgmq", "cron", *(vector_schema or ())}
+    installer = {
+        "pg_catalog",
+        "embeddings",
+        "embeddings_internal",
+        "pgmq",
+        "cron",
+        *(vector_schema or ()),
+    }
     generated = [f for f in functions if f[0].startswith("embeddings.embeddings_")]
+    # The walk covers both schemas: the internals (and nothing generated) in the internal one.
+    internal = [f for f in functions if f[0].startswith("embeddings_internal.")]
+    assert len(internal) > 200
+    assert not [f for f in internal if f[0].startswith("embeddings_internal.embeddings_")]
     for kind, target in targets.items():  # every kind's functions are there
         assert any(f[0].startswith(f"embeddings.embeddings_{target}_") for f in generated), kind
     # Without a SET clause, by design: the guards around the owner-run functions (they put back

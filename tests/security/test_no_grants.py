@@ -48,6 +48,9 @@ CLOCK_COLUMNS = {
     "change_eta_seconds",
 }
 
+# Our schemas, as an SQL list of regnamespace: the API's and the internals'.
+OURS = "('embeddings'::regnamespace, 'embeddings_internal'::regnamespace)"
+
 
 def argument(type_name: str, target_id: int) -> str:
     if type_name == "integer":
@@ -92,11 +95,11 @@ def world(roles: Roles) -> dict[str, int]:
             (ids["docs"],),
         )
         su.execute(
-            "SELECT embeddings.note_deferrals(ARRAY[%s], ARRAY['a real reason'], ARRAY[1])",
+            "SELECT embeddings_internal.note_deferrals(ARRAY[%s], ARRAY['a real reason'], ARRAY[1])",
             (ids["docs"],),
         )
         su.execute(
-            "SELECT embeddings.claim_provenance(%s, false, 'gte-small', 'r1', 'fp32')",
+            "SELECT embeddings_internal.claim_provenance(%s, false, 'gte-small', 'r1', 'fp32')",
             (ids["docs"],),
         )
         su.execute("INSERT INTO docs VALUES (2001, 'written after: in the inbox')")
@@ -133,12 +136,12 @@ def snapshot(conn: Conn) -> dict[str, Any]:
     found["functions"] = conn.execute(
         "SELECT p.oid::regprocedure::text, md5(p.prosrc), p.proowner::regrole::text,"
         " p.prosecdef, p.proconfig, p.proacl::text FROM pg_proc p"
-        " WHERE p.pronamespace = 'embeddings'::regnamespace ORDER BY 1"
+        f" WHERE p.pronamespace IN {OURS} ORDER BY 1"
     ).fetchall()
     found["grants"] = conn.execute(
         "SELECT c.oid::regclass::text, c.relacl::text, c.relrowsecurity FROM pg_class c"
         " JOIN pg_namespace n ON n.oid = c.relnamespace"
-        " WHERE n.nspname IN ('public', 'embeddings', 'pgmq') ORDER BY 1"
+        " WHERE n.nspname IN ('public', 'embeddings', 'embeddings_internal', 'pgmq') ORDER BY 1"
     ).fetchall()
     found["triggers"] = conn.execute(
         "SELECT tgrelid::regclass::text, tgname, tgenabled FROM pg_trigger"
@@ -157,18 +160,18 @@ def test_a_login_without_grants_changes_nothing_an_operator_reads(
 ) -> None:
     with roles.connect() as su:
         functions = su.execute(
-            "SELECT p.oid::regprocedure::text, p.proname, p.proretset,"
-            " ARRAY(SELECT format_type(a, NULL) FROM unnest(p.proargtypes) AS a)"
-            " FROM pg_proc p WHERE p.pronamespace = 'embeddings'::regnamespace ORDER BY 1"
+            "SELECT p.oid::regprocedure::text, p.pronamespace::regnamespace::text || '.' || p.proname,"
+            " p.proretset, ARRAY(SELECT format_type(a, NULL) FROM unnest(p.proargtypes) AS a)"
+            f" FROM pg_proc p WHERE p.pronamespace IN {OURS} ORDER BY 1"
         ).fetchall()
         before = snapshot(su)
-    assert len(functions) > 100  # ours, and those generated for the three targets
+    assert len(functions) > 300  # ours, both schemas, and those generated for the three targets
     ran: list[str] = []
     with roles.connect(roles.stranger) as stranger:
         stranger.execute("SET statement_timeout = '5s'")
         for signature, name, returns_set, types in functions:
             args = ", ".join(argument(t, world["docs"]) for t in types)
-            call = f"embeddings.{name}({args})"
+            call = f"{name}({args})"
             try:
                 stranger.execute(f"SELECT * FROM {call}" if returns_set else f"SELECT {call}")
             except psycopg.Error:
@@ -192,7 +195,7 @@ def test_public_may_execute_only_what_can_write_nothing(
     with roles.connect() as su:
         wrong = su.execute(
             "SELECT p.oid::regprocedure::text FROM pg_proc p"
-            " WHERE p.pronamespace = 'embeddings'::regnamespace"
+            f" WHERE p.pronamespace IN {OURS}"
             "   AND has_function_privilege(%s, p.oid, 'EXECUTE')"
             "   AND (p.prosecdef OR (p.provolatile = 'v'"
             "        AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)))"
@@ -211,7 +214,7 @@ def test_no_role_but_ours_may_use_our_types(roles: Roles) -> None:
             r[0]
             for r in su.execute(
                 "SELECT c.reltype::regtype::text FROM pg_class c"
-                " WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind = 'c' ORDER BY 1"
+                f" WHERE c.relnamespace IN {OURS} AND c.relkind = 'c' ORDER BY 1"
             )
         ]
         usable = su.execute(
@@ -220,7 +223,7 @@ def test_no_role_but_ours_may_use_our_types(roles: Roles) -> None:
             "    OR has_type_privilege('public', t::regtype, 'USAGE')",
             (types, roles.owner),
         ).fetchall()
-    assert "embeddings.watch_options" in types and usable == []
+    assert "embeddings_internal.watch_options" in types and usable == []
     with roles.connect(roles.owner) as owner:
         for name in types:
             for ddl in (
@@ -275,7 +278,7 @@ def test_a_login_without_grants_reads_no_keys_or_content(roles: Roles) -> None:
                 ),
             )
             su.execute(
-                "SELECT embeddings.record_fingerprints(%s, false, ARRAY[%s], ARRAY[md5(%s)])",
+                "SELECT embeddings_internal.record_fingerprints(%s, false, ARRAY[%s], ARRAY[md5(%s)])",
                 (target_id, SECRET_KEY, SECRET_TEXT),
             )
             su.execute(

@@ -46,7 +46,9 @@ def provider(monkeypatch: pytest.MonkeyPatch) -> Iterator[ProviderServer]:
 
 
 def deferred(conn: Conn) -> dict[str, str | None]:
-    rows = conn.execute("SELECT target, deferred_reason FROM embeddings.target_status(true)")
+    rows = conn.execute(
+        "SELECT target, deferred_reason FROM embeddings_internal.target_status(true)"
+    )
     return {str(target): reason for target, reason in rows}
 
 

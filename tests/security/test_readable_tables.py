@@ -34,7 +34,7 @@ READS_EVERYTHING = "pg_read_all_data"  # by design: every table of the database
 RELATIONS = """
 SELECT c.oid::regclass::text FROM pg_class c
 WHERE c.relkind IN ('r', 'v', 'p', 'm')
-  AND (c.relnamespace = 'embeddings'::regnamespace
+  AND (c.relnamespace IN ('embeddings'::regnamespace, 'embeddings_internal'::regnamespace)
        OR c.oid IN (SELECT m.store FROM embeddings.made_tables m)
        OR c.oid IN (SELECT t.store_table FROM embeddings.targets t WHERE t.store_table <> t.source)
        OR (c.relnamespace = 'pgmq'::regnamespace

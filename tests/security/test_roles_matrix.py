@@ -47,7 +47,7 @@ def _attempts(world: World) -> dict[str, list[str]]:
             f"SELECT {blank}(ARRAY['1'], ARRAY['1'], ARRAY[md5('text 1')])"
         ],
         "queue keys through `enqueue_keys()` or the inbox": [
-            f"SELECT embeddings.enqueue_keys({world.target}, ARRAY[1])",
+            f"SELECT embeddings_internal.enqueue_keys({world.target}, ARRAY[1])",
             "INSERT INTO embeddings.inbox (target, keys, columns)"
             f""" VALUES ({world.target}, 1, '["{{1}}"]')""",
         ],
@@ -61,12 +61,12 @@ def _attempts(world: World) -> dict[str, list[str]]:
             "DELETE FROM embeddings.failures",
         ],
         "record why a target's jobs wait (deferrals)": [
-            f"SELECT embeddings.note_deferrals(ARRAY[{world.target}], ARRAY['why'], ARRAY[1])",
-            f"SELECT embeddings.clear_deferrals(ARRAY[{world.target}])",
+            f"SELECT embeddings_internal.note_deferrals(ARRAY[{world.target}], ARRAY['why'], ARRAY[1])",
+            f"SELECT embeddings_internal.clear_deferrals(ARRAY[{world.target}])",
         ],
         "step backfills, complete model changes": [
-            "SELECT * FROM embeddings.backfill_next('embedding_jobs')",
-            "SELECT * FROM embeddings.complete_changes()",
+            "SELECT * FROM embeddings_internal.backfill_next('embedding_jobs')",
+            "SELECT * FROM embeddings_internal.complete_changes()",
         ],
         "read `embeddings.status`": ["SELECT * FROM embeddings.status"],
         "read the keys of queued and dead-lettered jobs (the queues, the inbox, `embeddings.failures`)": [
@@ -91,7 +91,7 @@ def _attempts(world: World) -> dict[str, list[str]]:
             "SELECT embeddings.adopt_fingerprints('docs')",
         ],
         "record vectors' fingerprints (`record_fingerprints()`, in its write transaction)": [
-            f"SELECT embeddings.record_fingerprints({world.target}, false, ARRAY['1'], ARRAY['x'])"
+            f"SELECT embeddings_internal.record_fingerprints({world.target}, false, ARRAY['1'], ARRAY['x'])"
         ],
         "register, change or unregister a remote reranker (`register_reranker()`,"
         " `unregister_reranker()`, `embeddings.rerankers`)": [

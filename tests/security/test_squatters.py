@@ -2,17 +2,21 @@
 the name watch() would pick, with its own trigger and a grant to PUBLIC (issue 36 §1). watch()
 must not adopt it: the worker's writes through the owner's functions would fire the squatter's
 trigger with the owner's rights (a superuser's, here), and the squatter could read every vector
-and chunk afterwards."""
+and chunk afterwards. And the schema of our internals, made first by a role that may create
+schemas, or one that others may create in: migrate refuses it."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import uuid
+from collections.abc import Callable, Iterator
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.security.conftest import Roles, contained
 from tests.support.models import MINILM
+from worker import schema
 from worker.process.runner import Worker
 
 # The store's shape as watch() makes it (sql/56_side.sql, sql/55_chunks.sql), for MiniLM's 384
@@ -114,3 +118,52 @@ def test_a_store_left_by_a_dropped_table_is_taken_back_by_its_successor(
             " WHERE source = 'docs'::regclass"
         ).fetchone()
     assert stored == (table,)
+
+
+@pytest.fixture
+def squatter(empty_dsn: str) -> Iterator[str]:
+    """A login that may create schemas in the database (GRANT CREATE ON DATABASE)."""
+    name = f"squatter_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(empty_dsn, autocommit=True) as su:
+        su.execute(f"CREATE ROLE {name} LOGIN")
+        database = su.execute("SELECT current_database()").fetchone()
+        assert database is not None
+        su.execute(f'GRANT CREATE ON DATABASE "{database[0]}" TO {name}')
+    yield name
+    with psycopg.connect(empty_dsn, autocommit=True) as su:
+        su.execute(f"DROP OWNED BY {name} CASCADE")
+        su.execute(f"DROP ROLE {name}")
+
+
+INTERNAL_SQUAT = """
+CREATE SCHEMA embeddings_internal;
+CREATE FUNCTION embeddings_internal.render(template text, args jsonb) RETURNS text
+LANGUAGE sql AS $$ SELECT 'squatted' $$;
+"""
+
+
+def test_migrate_refuses_an_internal_schema_someone_else_made_first(
+    empty_dsn: str, squatter: str
+) -> None:
+    """The internals' schema, made first by a role that may create schemas: migrate stops,
+    naming its owner, and installs nothing (its functions would run ours, as the migrator)."""
+    with psycopg.connect(make_conninfo(empty_dsn, user=squatter), autocommit=True) as conn:
+        conn.execute(INTERNAL_SQUAT.encode())
+    with pytest.raises(psycopg.errors.DuplicateSchema, match=f"its owner is {squatter}"):
+        schema.migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as su:
+        assert su.execute("SELECT to_regnamespace('embeddings')").fetchone() == (None,)
+
+
+def test_migrate_refuses_an_internal_schema_others_may_create_in(
+    empty_dsn: str, squatter: str
+) -> None:
+    """Installed, then someone is given CREATE on the internals' schema: the next migrate (an
+    upgrade reinstalls the code) stops before anything of theirs could be called."""
+    schema.migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as su:
+        su.execute(f"GRANT CREATE ON SCHEMA embeddings_internal TO {squatter}")
+        with su.transaction():
+            with pytest.raises(psycopg.errors.DuplicateSchema, match=f"{squatter}"):
+                schema.install(su)
+            raise psycopg.Rollback()

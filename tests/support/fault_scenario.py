@@ -117,7 +117,7 @@ def measure(
     queued = {
         str(k)
         for (k,) in conn.execute(
-            f"SELECT k #>> '{{}}' FROM {JOBS}, embeddings.message_keys(message) k"
+            f"SELECT k #>> '{{}}' FROM {JOBS}, embeddings_internal.message_keys(message) k"
         ).fetchall()
     }
     dead = {

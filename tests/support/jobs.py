@@ -77,11 +77,11 @@ def queued_keys(conn: Conn, target_id: int, queue: str = "embedding_jobs") -> li
 
 def keys_read_by_the_database(conn: Conn) -> list[Any]:
     """The row keys of the live lane's messages as the database itself reads them
-    (embeddings.message_keys), in message order."""
+    (embeddings_internal.message_keys), in message order."""
     return [
         r[0]
         for r in conn.execute(
-            "SELECT k FROM pgmq.q_embedding_jobs m, embeddings.message_keys(m.message) k"
+            "SELECT k FROM pgmq.q_embedding_jobs m, embeddings_internal.message_keys(m.message) k"
             " ORDER BY m.msg_id"
         ).fetchall()
     ]
@@ -99,7 +99,7 @@ def clear_queue(conn: Conn, queue: str = "embedding_jobs") -> None:
 
 def move_inbox(conn: Conn, queue: str = "embedding_jobs") -> int:
     """What a worker's read does first: the inbox's keys into `queue` as job messages."""
-    row = conn.execute("SELECT embeddings.move_inbox(%s)", (queue,)).fetchone()
+    row = conn.execute("SELECT embeddings_internal.move_inbox(%s)", (queue,)).fetchone()
     assert row is not None
     return int(row[0])
 
@@ -111,7 +111,7 @@ def deferred_reason(conn: Conn) -> str:
     return str(
         wait_for(
             lambda: conn.execute(
-                "SELECT deferred_reason FROM embeddings.target_status(true)"
+                "SELECT deferred_reason FROM embeddings_internal.target_status(true)"
             ).fetchone()[0],  # type: ignore[index]
             what="the target deferred",
         )

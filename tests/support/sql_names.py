@@ -111,7 +111,7 @@ def placeholder(ref: Reference) -> bool:
     return "x_" in ref.name or ref.schema == "x_"
 
 
-# format() placeholders: %I, %L, %s, with a position (%1$I) or width; and embeddings.render()'s
+# format() placeholders: %I, %L, %s, with a position (%1$I) or width; and embeddings_internal.render()'s
 # named ones, %(name)I, %(name)L, %(name)s (sql/26_render.sql).
 _PLACEHOLDER = re.compile(r"%(?:\(\w+\)|(\d+)\$)?-?\d*([ILs%])")
 
@@ -218,10 +218,10 @@ def _as_function(body: str) -> str:
 
 # pglast's PL/pgSQL parser looks declared types' schemas up, and knows pg_catalog and public
 # only: ours are spelled as public.<schema>__ for it, and back in what it returns.
-_SCHEMA = re.compile(r"\b(embeddings|pgmq)\.")
-_UNSCHEMA = re.compile(r"\bpublic\.(embeddings|pgmq)__")
+_SCHEMA = re.compile(r"\b(embeddings_internal|embeddings|pgmq)\.")
+_UNSCHEMA = re.compile(r"\bpublic\.(embeddings_internal|embeddings|pgmq)__")
 
-_ROW_ARRAY = re.compile(r"\b(?:embeddings|pgmq)\.\w+\[\]")
+_ROW_ARRAY = re.compile(r"\b(?:embeddings_internal|embeddings|pgmq)\.\w+\[\]")
 _VECTOR_TYPES = re.compile(r"\b(?:\w+\.)?(?:halfvec|vector|sparsevec)\b")
 
 _ASSIGNED = re.compile(r"^\s*[\w\".\[\]]+(?:\s*\[[^\]]*\])*\s*:?=\s*", re.S)
@@ -265,7 +265,7 @@ def _plpgsql_nodes(tree: Any) -> Iterator[tuple[str, Any]]:
 
 
 def _templates(stmt: Any) -> Found:
-    """The SQL of format() and embeddings.render() templates in `stmt`: the first argument of
+    """The SQL of format() and embeddings_internal.render() templates in `stmt`: the first argument of
     each such call, when a string constant."""
     found = Found()
     for call in [*_calls(stmt, "format"), *_calls(stmt, "render")]:

@@ -10,6 +10,10 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[2]
 PAGE = REPO / "docs" / "sql.md"
 PRIVILEGES = REPO / "sql" / "90_privileges.sql"
+COMPAT = REPO / "sql" / "95_compat_0_3_0.sql"
+# The page's list of the forwarders kept for workers of 0.3.0: its section's `embeddings.<name>(`
+# items, each a signature as regprocedure spells it.
+_COMPAT_SECTION = "## Kept for workers of 0.3.0"
 
 # What the page's "Who may call it:" lines say, by their first words (the longest first).
 RIGHTS = {
@@ -66,3 +70,18 @@ def api_lists(text: str | None = None) -> dict[str, list[str]]:
         flags=re.MULTILINE | re.DOTALL,
     )
     return {name: re.findall(r"'([^']+)'", re.sub(r"--[^\n]*", "", body)) for name, body in lists}
+
+
+def compat_listed(text: str | None = None) -> list[str]:
+    """The signatures docs/sql.md lists as kept for workers of 0.3.0, as written."""
+    text = PAGE.read_text() if text is None else text
+    if _COMPAT_SECTION not in text:
+        return []
+    section = re.split(r"^## ", text.split(_COMPAT_SECTION, 1)[1], flags=re.MULTILINE)[0]
+    return re.findall(r"^- `(embeddings\.\w+\([^`]*\))`", section, flags=re.MULTILINE)
+
+
+def compat_lists(text: str | None = None) -> dict[str, list[str]]:
+    """The forwarders sql/95_compat_0_3_0.sql lets PUBLIC run (`anyone`) and those it leaves
+    to the schema's owner (`owner_only`), as written."""
+    return api_lists(COMPAT.read_text() if text is None else text)

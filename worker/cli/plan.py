@@ -11,10 +11,10 @@ owner's types to text, not a view, not a row-level security policy, each of whic
 with the caller's rights (an operator's, often a superuser's: docs/security.md). So it reads
 no row of a table not watched: its rows and tokens are estimates from the catalog (pg_class,
 the statistics system, pg_stats), which ANALYZE fills, as the table's owner. A watched table's
-rows are counted exactly by embeddings.target_status(), which evaluates nothing of its owner's.
-Where the catalog knows nothing yet (a table never analyzed), the figure is unknown and plan
-says `ANALYZE <table>` gives one; plan itself changes nothing. Only tables are planned, as only
-tables are watched: a view, a foreign table and the like are refused unread.
+rows are counted exactly by embeddings_internal.target_status(), which evaluates nothing of its
+owner's. Where the catalog knows nothing yet (a table never analyzed), the figure is unknown
+and plan says `ANALYZE <table>` gives one; plan itself changes nothing. Only tables are planned,
+as only tables are watched: a view, a foreign table and the like are refused unread.
 
 Bytes become tokens as the worker's estimate for remote models does
 (worker/models/remote/tokens.py: one per 3 bytes, which over-counts English text by about a

@@ -40,7 +40,7 @@ LAST_READ_STAMP = ", last_read_at = pg_catalog.clock_timestamp()"
 
 
 def backfill_queue_name(queue: str) -> str:
-    """The backfill lane of live queue `queue`, as embeddings.backfill_queue() names it."""
+    """The backfill lane of live queue `queue`, as embeddings_internal.backfill_queue() names it."""
     if len(queue) <= 38:
         return queue + "_backfill"
     digest = hashlib.md5(queue.encode()).hexdigest()[:8]  # noqa: S324 - a name, not secrecy

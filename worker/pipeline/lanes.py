@@ -1,6 +1,7 @@
 """Priority lanes: the application's writes go before backfill work.
 
-Every live queue has a backfill queue beside it (embeddings.backfill_queue(): `<queue>_backfill`).
+Every live queue has a backfill queue beside it (embeddings_internal.backfill_queue():
+`<queue>_backfill`).
 The triggers send the application's writes to the live queue; watch()'s initial enqueue, model
 changes, sweep() and `failures --retry` send to the backfill lane. The fetcher reads the live
 queue first, and a backfill batch only

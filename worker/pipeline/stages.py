@@ -204,8 +204,9 @@ def _load_rows(
     }
 
 
-# Separates a content's full-text fields (its title, then its body: embeddings.fields_tsvector(),
-# sql/59_hybrid.sql). The model reads it as a space: `title || chr(31) || body` embeds as
+# Separates a content's full-text fields (its title, then its body:
+# embeddings_internal.fields_tsvector(), sql/59_hybrid.sql). The model reads it as a space:
+# `title || chr(31) || body` embeds as
 # `title || ' ' || body` (a tokenizer drops a control character, joining the words around it).
 FIELD_SEPARATOR = "\x1f"
 

@@ -113,7 +113,7 @@ def write(
     return settlement
 
 
-# What embeddings.lock_target() returns when another session held the table or registration
+# What embeddings_internal.lock_target() returns when another session held the table or registration
 # past the lock timeout (sql/42_definitions.sql).
 HELD = -1
 

@@ -1,8 +1,8 @@
 """Model changes in the worker: their completion (the database side is sql/44_changes.sql; the
 rows' two vectors meanwhile are worker/pipeline/shadow.py).
 
-When every row has its new vector, embeddings.complete_changes() swaps the columns in one short
-transaction; the worker calls it from its keeper (at most every CHECK_SECONDS) and when
+When every row has its new vector, embeddings_internal.complete_changes() swaps the columns in one
+short transaction; the worker calls it from its keeper (at most every CHECK_SECONDS) and when
 `run --once` drains. A swap that finds its table held (a long transaction) backs off: each call
 asks for the lock in short attempts only (sql/41_locks.sql), and the next call comes after a
 growing, jittered pause, so the application's statements never queue behind the swap for long.
@@ -25,7 +25,7 @@ BUSY_BACKOFF = Backoff(CHECK_SECONDS, BUSY_BACKOFF_MAX_SECONDS, spread=(0.5, 1.5
 
 
 class Completer:
-    """Calls embeddings.complete_changes() when some target is being changed."""
+    """Calls embeddings_internal.complete_changes() when some target is being changed."""
 
     def __init__(self) -> None:
         self._next = float("-inf")

@@ -2,7 +2,10 @@
 
 The schema's *code* is every function, view and composite type in schema `embeddings` except the
 per-target functions watch() generates (`embeddings_<id>_*`: user tables' triggers use them, and
-sql/99_regenerate.sql regenerates them after the files ran). Dropping the code also drops what
+sql/99_regenerate.sql regenerates them after the files ran), and everything of those kinds in
+schema `embeddings_internal`. A database of a release that kept its internals in `embeddings`
+(before 0.4.0) loses them here, and the files create them in `embeddings_internal`: that is
+how an upgrade moves them. Dropping the code also drops what
 only we hang on it: the notification trigger on each pgmq queue table and our event triggers,
 which the files and 99_regenerate.sql create again. Anything else that depends on the code (a
 view of the user's over embeddings.status, say) would be lost, so the reinstall refuses first.
@@ -19,16 +22,19 @@ from worker.db import Connection
 logger = logging.getLogger(__name__)
 
 # The code: functions (by regprocedure), views (and their row types) and composite types (the
-# functions' own, such as watch()'s options) of schema embeddings.
+# functions' own, such as watch()'s options) of schemas embeddings and embeddings_internal.
 _CODE = """
     SELECT 'pg_proc'::regclass AS classid, p.oid AS objid FROM pg_proc p
-    WHERE p.pronamespace = to_regnamespace('embeddings') AND p.proname !~ '^embeddings_[0-9]+_'
+    WHERE (p.pronamespace = to_regnamespace('embeddings') AND p.proname !~ '^embeddings_[0-9]+_')
+       OR p.pronamespace = to_regnamespace('embeddings_internal')
     UNION ALL
     SELECT 'pg_class'::regclass, c.oid FROM pg_class c
-    WHERE c.relnamespace = to_regnamespace('embeddings') AND c.relkind IN ('v', 'm', 'c')
+    WHERE c.relnamespace IN (to_regnamespace('embeddings'), to_regnamespace('embeddings_internal'))
+      AND c.relkind IN ('v', 'm', 'c')
     UNION ALL
     SELECT 'pg_type'::regclass, c.reltype FROM pg_class c
-    WHERE c.relnamespace = to_regnamespace('embeddings') AND c.relkind IN ('v', 'm', 'c')
+    WHERE c.relnamespace IN (to_regnamespace('embeddings'), to_regnamespace('embeddings_internal'))
+      AND c.relkind IN ('v', 'm', 'c')
 """
 
 # Objects that depend on the code and are neither part of it nor ours to drop with it: a view's
@@ -64,7 +70,8 @@ SELECT format('GRANT %%s ON FUNCTION %%s TO %%I%%s',
               CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END),
        'function', p.oid::regprocedure::text
 FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a JOIN pg_roles r ON r.oid = a.grantee
-WHERE p.pronamespace = to_regnamespace('embeddings') AND p.proname !~ '^embeddings_[0-9]+_'
+WHERE ((p.pronamespace = to_regnamespace('embeddings') AND p.proname !~ '^embeddings_[0-9]+_')
+       OR p.pronamespace = to_regnamespace('embeddings_internal'))
   AND a.grantee <> p.proowner AND r.rolname <> ALL (%(workers)s)
 UNION ALL
 SELECT format('GRANT %%s ON %%s TO %%I%%s', a.privilege_type, c.oid::regclass, r.rolname,

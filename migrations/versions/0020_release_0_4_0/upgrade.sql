@@ -3,6 +3,13 @@
 --
 -- Every statement here is idempotent: ALTER TABLE ... ADD COLUMN IF NOT EXISTS, conversions
 -- that leave converted rows alone. Tables new in 0.4.0 need no line here: sql/ creates them.
+--
+-- The internals' move to schema embeddings_internal needs no line here either: the schema is
+-- state (sql/state/10_schema.sql makes it, or refuses one that is not ours), and the functions
+-- are code, which the reinstall after this file drops from embeddings (all but the generated
+-- embeddings_<id>_* ones, which stay) and creates from sql/ in embeddings_internal, in this
+-- same transaction (worker/schema/code.py); sql/95_compat_0_3_0.sql keeps the names 0.3.0's
+-- workers call.
 
 -- Full-text fields (sql/59_hybrid.sql): the title's weight. With IF NOT EXISTS the column and
 -- its check come together or not at all.

@@ -65,7 +65,7 @@ class RemoteSpec:
 
     @property
     def revision(self) -> str:
-        """As embeddings.remote_revision() computes it: model id @ dimensions."""
+        """As embeddings_internal.remote_revision() computes it: model id @ dimensions."""
         model = re.sub(r"\s", "_", self.remote_model)
         return f"{model}@{self.dimensions}"
 
@@ -106,8 +106,8 @@ def plain_http_problem(endpoint: str, credential: str | None) -> str | None:
     name `localhost` (reserved for loopback, RFC 6761, and resolved from /etc/hosts), a sidecar
     or a test server. A *name* that merely starts with 127. (127.0.0.1.nip.io) resolves wherever
     its owner says, so the address is parsed, never matched by prefix. sql/46_providers.sql
-    (embeddings.check_endpoint(), which register_model() and register_reranker() call) refuses
-    the same endpoints."""
+    (embeddings_internal.check_endpoint(), which register_model() and register_reranker() call)
+    refuses the same endpoints."""
     parts = urlsplit(endpoint)
     if credential is None or parts.scheme.lower() != "http":
         return None

@@ -15,9 +15,9 @@ each a module here:
       batch of thousands of chunks never holds thousands of encodings at once; a document whose
       text the model fails on fails alone.
   writing.store (write stage, inside the batch's write transaction)  orders this write of the
-      documents after any other's (embeddings.lock_documents(), per key, on a table of ours no
-      one else may lock); the target's chunk write then keeps only those whose content md5 is
-      still the one loaded, upserts their chunks (unchanged chunks at their position are not
+      documents after any other's (embeddings_internal.lock_documents(), per key, on a table of
+      ours no one else may lock); the target's chunk write then keeps only those whose content
+      md5 is still the one loaded, upserts their chunks (unchanged chunks at their position are not
       rewritten) and deletes the vanished ones (for a piece: only with the last one). It returns
       each row's outcome; the caller applies it as it applies its own.
 

@@ -71,8 +71,8 @@ class TextReader:
 
 class DocumentReader:
     """Documents of `format` ("auto": detected from the bytes), a bytea column's loaded as
-    base64 (embeddings.content_sql()); the ceiling is on the extracted text. Those of format
-    "text" are plain text: read here, not parsed."""
+    base64 (embeddings_internal.content_sql()); the ceiling is on the extracted text. Those of
+    format "text" are plain text: read here, not parsed."""
 
     def __init__(
         self,

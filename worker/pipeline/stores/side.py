@@ -5,9 +5,9 @@ transactions, none of its UPDATE triggers fired.
 
 Written as the row store writes (the same generated function names: an upsert of the side row
 after the md5 check, blank content deleting it), except that it takes no lock of the
-application's row: embeddings.lock_documents() (sql/41_locks.sql, on a table of ours no one else
-may lock) orders two writers of one row from the check to COMMIT. Rows deleted from the table
-leave their side rows behind until `forget`.
+application's row: embeddings_internal.lock_documents() (sql/41_locks.sql, on a table of ours no
+one else may lock) orders two writers of one row from the check to COMMIT. Rows deleted from the
+table leave their side rows behind until `forget`.
 """
 
 from __future__ import annotations
