@@ -6,11 +6,13 @@ No connection is held while the CPU works:
   1. the question is embedded with the model the table's target had at its last search,
      batched with other questions for that model (worker/models/query_batch.py); the first
      search of a table reads its target first;
-  2. a connection is leased for the SQL alone: the target as it is now (the one read last,
-     checked by one statement: worker/retrieval/targets.py; a model other than the one
-     embedded with: back to 1 with it), the rerank stage's registration, the
-     ranking (by meaning, or hybrid where the target has full-text search), the check that
-     the target did not change meanwhile; then given back;
+  2. a connection is leased for the SQL alone, taken and given back without a statement of
+     its own (worker/retrieval/pool.py; one found broken: the search asks once more): the
+     target as it is now (the one read last, checked by one statement:
+     worker/retrieval/targets.py; a model other than the one embedded with: back to 1 with
+     it), the rerank stage's registration, the ranking (by meaning, or hybrid where the
+     target has full-text search), and in one last exchange the DISCARD of the session the
+     ranking ran others' code in, with the check that the target did not change meanwhile;
   3. the rerank stage (a cross-encoder's CPU, a remote API's wait) runs with none.
 A query is never compared with another model's vectors.
 """
@@ -47,6 +49,14 @@ Lease = Callable[[], AbstractContextManager[db.Connection]]
 ATTEMPTS = 3  # model changes a search follows before answering with what it has
 
 
+class _Broken(Exception):
+    """The leased connection was lost during the search (`lost`, raised inside the lease)."""
+
+    def __init__(self, lost: exceptions.ConnectionLost) -> None:
+        super().__init__(str(lost))
+        self.lost = lost
+
+
 @dataclass
 class _Ranked:
     results: list[dict[str, Any]]
@@ -64,9 +74,12 @@ class SearchService:
         *,
         load_reranker: LoadReranker | None = None,
         then: str = "",
+        recover: Callable[[], None] | None = None,
     ) -> None:
-        """`then` ends the hint given for an unwatched table."""
+        """`then` ends the hint given for an unwatched table; `recover`, called once a leased
+        connection was found broken, before the search asks once more (the pool's check)."""
         self.lease = lease
+        self.recover = recover
         self.questions = questions
         self.load_reranker = load_reranker
         self.then = then
@@ -100,6 +113,7 @@ class SearchService:
                 max_wait=settings.query_batch_wait_ms / 1000,
             ),
             load_reranker=rerankers.get,
+            recover=connections.check,
         )
         service._closers += [connections.close, rerankers.close]
         return service
@@ -119,24 +133,40 @@ class SearchService:
         (results.search_result()), reranked where the request or the target says so."""
         model = self.targets.model(request.table, request.column)
         vector = None if model is None else self._embed(model, request.query)
-        for _ in range(ATTEMPTS):
-            with self.lease() as conn:
-                target = self.targets.find(conn, request.table, request.column, then=self.then)
-                if vector is not None and target.model == model:
-                    found = self._rank(conn, target, request, vector)
-                    if found is not None and is_current(conn, target):
-                        break
-                    target = current_target(conn, target)  # changed under the ranking
-            if vector is None or target.model != model:  # first read, or another model now
-                model = target.model
-                vector = self._embed(model, request.query)
-        else:  # the target kept changing: its vectors are compared with nothing
-            raise exceptions.ConnectionLost(
-                f"{request.table}'s target changed {ATTEMPTS} times during the search: ask again"
-            )
+        try:
+            found = self._ranked(request, model, vector)
+        except _Broken:  # a pooled connection the server closed: once more, on a sound one
+            if self.recover is not None:
+                self.recover()
+            try:
+                found = self._ranked(request, model, vector)
+            except _Broken as broken:
+                raise broken.lost from None
         if found.reranker is None:
             return found.results
         return rerank.reorder(found.results, request.query, found.reranker, request.k)
+
+    def _ranked(
+        self, request: SearchRequest, model: str | None, vector: npt.NDArray[np.float32] | None
+    ) -> _Ranked:
+        for _ in range(ATTEMPTS):
+            with self.lease() as conn:
+                try:
+                    target = self.targets.find(conn, request.table, request.column, then=self.then)
+                    if vector is not None and target.model == model:
+                        found = self._rank(conn, target, request, vector)
+                        if found is not None and is_current(conn, target, last=True):
+                            return found
+                        target = current_target(conn, target)  # changed under the ranking
+                except exceptions.ConnectionLost as lost:
+                    raise _Broken(lost) from lost
+            if vector is None or target.model != model:  # first read, or another model now
+                model = target.model
+                vector = self._embed(model, request.query)
+        # The target kept changing: its vectors are compared with nothing.
+        raise exceptions.ConnectionLost(
+            f"{request.table}'s target changed {ATTEMPTS} times during the search: ask again"
+        )
 
     def _embed(self, model: str, query: str) -> npt.NDArray[np.float32]:
         vector: npt.NDArray[np.float32] = self.questions.embed(model, [query])[0]

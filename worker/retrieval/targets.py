@@ -7,11 +7,12 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from psycopg import errors, sql
+from psycopg import ClientCursor, errors, sql
 from psycopg.rows import dict_row
 
 from worker import db, exceptions, queries
 from worker.pipeline.targets import target_of
+from worker.session_guard import GuardedConnection
 from worker.target import Target
 
 # search_target's targets: load_targets narrowed to the table's (and column's).
@@ -100,10 +101,18 @@ def current_target(conn: db.Connection, target: Target) -> Target:
     return target_of(found[0])
 
 
-def is_current(conn: db.Connection, target: Target) -> bool:
-    """Whether `target` is still the registered definition: one row read."""
+def is_current(conn: db.Connection, target: Target, *, last: bool = False) -> bool:
+    """Whether `target` is still the registered definition: one row read. `last`: the
+    search's last statement on `conn`; a pooled connection then sends it after DISCARDing its
+    session, in one exchange, and goes back to its pool clean (session_guard:
+    discard_session)."""
+    query, params = queries.get("search_target_version"), {"target": target.id}
     with db.translated():
-        row = conn.execute(queries.get("search_target_version"), {"target": target.id}).fetchone()
+        if last and isinstance(conn, GuardedConnection) and conn.pooled:
+            rows = conn.discard_session(then=ClientCursor(conn).mogrify(query, params))
+            row = rows[0] if rows else None
+        else:
+            row = conn.execute(query, params).fetchone()
     return row is not None and row[0] == target.version
 
 
