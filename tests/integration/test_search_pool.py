@@ -23,6 +23,7 @@ from worker.http.server import serve
 from worker.models.query_batch import QueryBatchers
 from worker.models.reranker import Scores
 from worker.process.runner import Worker
+from worker.retrieval.errors import InvalidSearch
 from worker.retrieval.pool import SearchConnections
 from worker.retrieval.request import SearchRequest
 from worker.retrieval.search import SearchService
@@ -138,22 +139,32 @@ def test_a_search_on_a_broken_connection_asks_once_more_only(
     assert len(leases) == 2
 
 
-class _Statements:
-    """Counts the statements our connections send (each cursor's execute(), resets included:
-    reset_session() and discard_session() run theirs on a plain cursor)."""
+class _Exchanges:
+    """Counts our connections' exchanges with the server: each cursor's execute() outside a
+    pipeline (resets included: reset_session() and discard_session() run theirs on a plain
+    cursor, one simple query each), and each pipeline (its statements sent together, their
+    results read after one sync)."""
 
     def __init__(self, monkeypatch: Any) -> None:
         self.sent = 0
-        original = psycopg.Cursor.execute
+        self.statements = 0
+        execute, pipeline = psycopg.Cursor.execute, psycopg.Connection.pipeline
 
-        def execute(cursor: psycopg.Cursor[Any], *args: Any, **kwargs: Any) -> Any:
+        def counted_execute(cursor: psycopg.Cursor[Any], *args: Any, **kwargs: Any) -> Any:
+            self.statements += 1
+            if cursor.connection._pipeline is None:
+                self.sent += 1
+            return execute(cursor, *args, **kwargs)
+
+        def counted_pipeline(conn: psycopg.Connection[Any]) -> Any:
             self.sent += 1
-            return original(cursor, *args, **kwargs)
+            return pipeline(conn)
 
-        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        monkeypatch.setattr(psycopg.Cursor, "execute", counted_execute)
+        monkeypatch.setattr(psycopg.Connection, "pipeline", counted_pipeline)
 
 
-def test_a_search_sends_three_statements(
+def test_a_search_makes_two_exchanges(
     conn: psycopg.Connection[Any],
     dsn: str,
     minilm: str,
@@ -161,10 +172,11 @@ def test_a_search_sends_three_statements(
     embedders: Any,
     monkeypatch: Any,
 ) -> None:
-    """The table's target checked, the search, then in one exchange the DISCARD and reset its
-    owner's code calls for with the check that the table's model did not change meanwhile;
-    nothing to take the connection (no ping) or to give it back. Before: 6 (a ping, the check,
-    the search, a reset, the model check, the DISCARD on a pool thread), and 11 before that."""
+    """The table's target checked and the search sent together; then in one exchange the
+    DISCARD and reset its owner's code calls for, with the check that the table's model did
+    not change meanwhile; nothing to take the connection (no ping) or to give it back. Before:
+    6 (a ping, the check, the search, a reset, the model check, the DISCARD on a pool
+    thread), and 11 before that."""
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(384))")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
     conn.execute("INSERT INTO docs (id, body) VALUES (1, 'a first document'), (2, 'a second')")
@@ -175,13 +187,41 @@ def test_a_search_sends_three_statements(
         service = SearchService(searches.connection, QueryBatchers(embedders.get))
         # The pool's first connection, made and typed; the table's model learnt.
         service.search(request)
-        statements = _Statements(monkeypatch)
+        exchanges = _Exchanges(monkeypatch)
         for _ in range(3):
-            before = statements.sent
+            before, statements = exchanges.sent, exchanges.statements
             assert [r["key"] for r in service.search(request)] == [1, 2]
-            assert statements.sent - before == 3
+            assert (exchanges.sent - before, exchanges.statements - statements) == (2, 3)
         with searches.connection() as pooled:  # given back clean: nothing of the search left
             assert pooled.clean  # type: ignore[attr-defined]
+        # The table's target changed since the last search: checked and searched anew.
+        conn.execute("SELECT embeddings.enable_fts('docs', 'english')")
+        before = exchanges.sent
+        assert {r["key"] for r in service.search(request)} == {1, 2}
+        assert exchanges.sent - before > 2
+        assert service.targets.known("docs", None)[1].has_fulltext  # type: ignore[index]
+    finally:
+        searches.close()
+
+
+def test_a_search_sent_with_its_check_fails_as_it_fails_alone(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    minilm: str,
+    run_once: Callable[..., Worker],
+    embedders: Any,
+) -> None:
+    """A ranking that fails in the exchange with its target's check (a filter naming no
+    column) raises its own error once, and leaves the pooled session for the next search."""
+    _watched_docs(conn, minilm, run_once)
+    searches = SearchConnections(dsn, max_size=1)
+    service = SearchService(searches.connection, QueryBatchers(embedders.get))
+    asked = {"table": "docs", "query": "document", "k": 3, "mode": "vector"}
+    try:
+        service.search(SearchRequest.parse(asked))  # the target known, the pool's connection typed
+        with pytest.raises(InvalidSearch, match="nowhere"):
+            service.search(SearchRequest.parse({**asked, "filter": {"nowhere": 1}}))
+        assert sorted(r["key"] for r in service.search(SearchRequest.parse(asked))) == [1, 2, 3]
     finally:
         searches.close()
 

@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import psycopg
 
 from worker import db, exceptions
 from worker.config import Settings
@@ -34,11 +35,12 @@ from worker.models.query_batch import QueryBatchers
 from worker.models.remote.rerank_spec import RerankerSpec
 from worker.models.reranker import LoadedRerankers, Reranker
 from worker.retrieval import rankings, rerank
-from worker.retrieval.errors import InvalidSearch
+from worker.retrieval.errors import InvalidSearch, search_errors
 from worker.retrieval.fusion import Fusion
 from worker.retrieval.pool import SearchConnections
 from worker.retrieval.request import SearchRequest
-from worker.retrieval.targets import KnownTargets, current_target, is_current
+from worker.retrieval.targets import KnownTargets, check_statement, current_target, is_current
+from worker.session_guard import GuardedConnection
 from worker.target import Target
 
 # A reranker by its name and its registration, if it is a remote one (LoadedRerankers.get).
@@ -152,9 +154,16 @@ class SearchService:
         for _ in range(ATTEMPTS):
             with self.lease() as conn:
                 try:
-                    target = self.targets.find(conn, request.table, request.column, then=self.then)
+                    at_once = self._rank_known(conn, request, model, vector)
+                    if at_once is not None:
+                        target, found = at_once
+                    else:
+                        target = self.targets.find(
+                            conn, request.table, request.column, then=self.then
+                        )
+                        found = None
                     if vector is not None and target.model == model:
-                        found = self._rank(conn, target, request, vector)
+                        found = found or self._rank(conn, target, request, vector)
                         if found is not None and is_current(conn, target, last=True):
                             return found
                         target = current_target(conn, target)  # changed under the ranking
@@ -167,6 +176,48 @@ class SearchService:
         raise exceptions.ConnectionLost(
             f"{request.table}'s target changed {ATTEMPTS} times during the search: ask again"
         )
+
+    def _rank_known(
+        self,
+        conn: db.Connection,
+        request: SearchRequest,
+        model: str | None,
+        vector: npt.NDArray[np.float32] | None,
+    ) -> tuple[Target, _Ranked] | None:
+        """The ranking of the target this table meant last, sent with the statement that
+        checks it is still that target, in one exchange (a pipeline): on a pooled connection
+        as it was given back (clean: no reset may come between them), for a search without a
+        rerank stage, once the connection knows pgvector's types. None when this does not
+        apply or the target changed: the search checks and ranks one statement at a time."""
+        known = self.targets.known(request.table, request.column)
+        if (
+            known is None
+            or vector is None
+            or not (isinstance(conn, GuardedConnection) and conn.clean)
+            or conn.adapters.types.get("halfvec") is None
+        ):
+            return None
+        check, target = known
+        if (
+            target.model != model
+            or target.problem(vector.shape[0]) is not None
+            or rerank.plan(request, target) is not None
+        ):
+            return None
+        ranking = _ranking(target, request, vector, request.k)
+        checked = ranked = None
+        try:
+            with search_errors(), conn.pipeline():
+                checked = conn.execute(*check_statement(request.table, request.column))
+                ranked = conn.execute(ranking.query, ranking.params)
+        except exceptions.DatabaseError:
+            if _rows(checked) == check:  # the same target: the ranking's own error
+                raise
+            return None
+        assert ranked is not None
+        if _rows(checked) != check:
+            return None
+        return target, _Ranked(ranking.results(ranked.fetchall()), None)
 
     def _embed(self, model: str, query: str) -> npt.NDArray[np.float32]:
         vector: npt.NDArray[np.float32] = self.questions.embed(model, [query])[0]
@@ -188,7 +239,7 @@ class SearchService:
         reranker = None if stage is None else _reranker(conn, stage, self.load_reranker)
         k = request.k if stage is None else stage.depth
         try:
-            results = _ranking(conn, target, request, vector, k)
+            results = rankings.run(conn, _ranking(target, request, vector, k))
         except exceptions.DatabaseError:
             if is_current(conn, target):
                 raise
@@ -197,26 +248,35 @@ class SearchService:
 
 
 def _ranking(
-    conn: db.Connection,
     target: Target,
     request: SearchRequest,
     vector: npt.NDArray[np.float32],
     k: int,
-) -> list[dict[str, Any]]:
+) -> rankings.Ranking:
     """By meaning, or hybrid where the request or the target says so. `fusion` given, a search
     that would not be hybrid (a target without full-text search, in mode "auto") is refused
     rather than run untuned."""
     mode, fusion = request.mode, request.fusion
     if mode == "hybrid" or (mode == "auto" and target.has_fulltext):
-        return rankings.hybrid(
-            conn, target, request.query, vector, k, filter=request.filter, fusion=fusion
+        return rankings.hybrid_ranking(
+            target, request.query, vector, k, filter=request.filter, fusion=fusion
         )
     if fusion is not None:
         raise InvalidSearch(
             f"{target.name} has no full-text search: {', '.join(Fusion.names())} tune"
             " hybrid search only"
         )
-    return rankings.by_vector(conn, target, vector, k, request.filter)
+    return rankings.by_vector_ranking(target, vector, k, request.filter)
+
+
+def _rows(cursor: Any) -> Any:
+    """A pipelined statement's rows; None when it has none (it failed, or never ran)."""
+    if cursor is None:
+        return None
+    try:
+        return cursor.fetchall()
+    except psycopg.Error:
+        return None
 
 
 def _reranker(conn: db.Connection, stage: rerank.RerankPlan, load: LoadReranker | None) -> Reranker:

@@ -63,6 +63,12 @@ class KnownTargets:
             found = self._known.get((table, column))
         return None if found is None else found[1].model
 
+    def known(self, table: str, column: str | None) -> tuple[Any, Target] | None:
+        """What the last check of this name found, and the target it meant: a search may send
+        its ranking of that target with the check (check_statement()), in one exchange."""
+        with self._lock:
+            return self._known.get((table, column))
+
     def find(
         self, conn: db.Connection, table: str, column: str | None = None, *, then: str = ""
     ) -> Target:
@@ -86,9 +92,13 @@ class KnownTargets:
 
 def _check(conn: db.Connection, table: str, column: str | None) -> Any:
     with db.translated():
-        return conn.execute(
-            queries.get("search_target_check"), {"table": table, "column": column}
-        ).fetchall()
+        return conn.execute(*check_statement(table, column)).fetchall()
+
+
+def check_statement(table: str, column: str | None) -> tuple[str, dict[str, Any]]:
+    """The statement KnownTargets checks a target it knows by (its rows: what known() gives
+    first), with its parameters."""
+    return queries.get("search_target_check"), {"table": table, "column": column}
 
 
 def current_target(conn: db.Connection, target: Target) -> Target:
