@@ -207,6 +207,35 @@ def test_a_backlog_call_is_stopped_at_most_max_stops_times() -> None:
 
 
 @pytest.mark.usefixtures("run_options")
+@pytest.mark.parametrize(("seconds_per_token", "stopped"), [(1e-9, False), (1e6, True)])
+def test_a_backlog_call_is_stopped_only_early_in_its_run(
+    seconds_per_token: float, stopped: bool
+) -> None:
+    """Stopping loses what the call computed: past STOP_WITHIN of the time its tokens should
+    take (at the pace of the calls before it), the question shares the cores with the rest."""
+    turns = priority.QuestionsFirst(max_yield=60, model="stop-test")
+    turns.seconds_per_token = seconds_per_token  # 1 ns or 11 days for its one token
+    call = _StoppableCall()
+
+    def backlog() -> None:
+        priority.lower(0)
+        turns.run(call, tokens=1)
+
+    thread = _in_thread(backlog)
+    assert call.started.acquire(timeout=60)
+    with turns.call():
+        if stopped:
+            wait_for(lambda: turns.stopped == 1, what="the backlog call stopped")
+        else:
+            assert not call.finish.wait(0.05) and turns.stopped == 0
+            call.finish.set()  # it ends beside the question's call
+            thread.join(60)
+    call.finish.set()
+    thread.join(60)
+    assert (turns.stopped, call.calls) == ((1, 2) if stopped else (0, 1))
+
+
+@pytest.mark.usefixtures("run_options")
 def test_a_backlog_call_that_fails_by_itself_is_not_run_again() -> None:
     turns = priority.QuestionsFirst(max_yield=60)
     calls = []

@@ -237,7 +237,9 @@ class Embedder:
         ids, mask, type_ids = pad_batch(batch, self._pad_id)
         session = self._lane_session()
         feed = onnx.feed(self._inputs, ids, mask, type_ids)
-        (hidden,) = self.turns.run(lambda options: session.run([self._output], feed, options))
+        (hidden,) = self.turns.run(
+            lambda options: session.run([self._output], feed, options), tokens=ids.size
+        )
         return hidden, mask
 
     def _probe_dim(self) -> int:

@@ -45,6 +45,7 @@ T = TypeVar("T")
 
 MAX_YIELD_SECONDS = 0.5  # the longest a backlog call waits for questions' calls to end
 MAX_STOPS = 3  # times one backlog call is stopped for questions before it runs to its end
+STOP_WITHIN = 0.5  # a backlog call is stopped for a question only in this share of its time
 # While questions come (one within RECENT_SECONDS), a backlog's inference calls are cut to this
 # many tokens, so that it yields often and a question shares the cores with a short call only.
 # The embedder's speed is flat from 1024 to 32768 tokens a call (worker/models/batching.py).
@@ -89,11 +90,19 @@ def is_backlog() -> bool:
 
 class _BacklogRun:
     """A backlog inference call running with `options` (onnxruntime.RunOptions), which a
-    question's call may stop."""
+    question's call may stop; `expected`: the seconds it should take (None: not known yet)."""
 
-    def __init__(self, options: Any) -> None:
+    def __init__(self, options: Any, expected: float | None) -> None:
         self.options = options
+        self.expected = expected
+        self.started = time.monotonic()
         self.stopped = False
+
+    def worth_stopping(self, now: float) -> bool:
+        """Whether to stop it for a question's call starting `now`: while it is in the first
+        STOP_WITHIN of its expected time (stopping loses what it computed; past that, the
+        question shares the cores with what is left of it, at most its own time again)."""
+        return self.expected is None or now - self.started < STOP_WITHIN * self.expected
 
     def stop(self) -> None:
         self.stopped = True
@@ -116,6 +125,9 @@ class QuestionsFirst:
         self._questions = 0  # questions' inference calls running now
         self._last_question = float("-inf")  # time.monotonic() when the last one ended
         self._running: set[_BacklogRun] = set()  # backlog calls a question's may stop
+        # Seconds a backlog call took per token fed (a moving average): how long the next
+        # should take, None until one ran to its end.
+        self.seconds_per_token: float | None = None
         self.yielded = 0  # backlog calls that waited for a question's (for tests and benches)
         self.stopped = 0  # backlog calls stopped for a question's, and run again
 
@@ -131,22 +143,27 @@ class QuestionsFirst:
                 self._wait_for_questions()
         yield
 
-    def run(self, infer: Callable[[Any], T]) -> T:
-        """One inference call, `infer(run_options)`: a question's at once (run_options None);
-        a backlog's on the questions' session once no question's runs, with RunOptions a
-        question's call stops it by, and again, with the same inputs, once stopped."""
+    def run(self, infer: Callable[[Any], T], *, tokens: int = 0) -> T:
+        """One inference call of `tokens` tokens (padding included), `infer(run_options)`: a
+        question's at once (run_options None); a backlog's on the questions' session once no
+        question's runs, with RunOptions a question's call stops it by (early in it:
+        _BacklogRun.worth_stopping), and again, with the same inputs, once stopped."""
         if not is_backlog() or current() != 0:
             with self.call():
                 return infer(None)
         stops = 0
         while True:
-            run = _BacklogRun(_run_options())
             with self._ended:
                 self._wait_for_questions()
+                pace = self.seconds_per_token
+                run = _BacklogRun(_run_options(), None if pace is None else pace * tokens)
                 if stops < self.max_stops:
                     self._running.add(run)
             try:
-                return infer(run.options)
+                found = infer(run.options)
+                if tokens and not run.stopped:
+                    self._paced((time.monotonic() - run.started) / tokens)
+                return found
             except Exception:
                 if not run.stopped:
                     raise
@@ -158,13 +175,21 @@ class QuestionsFirst:
                 self.stopped += 1
             metrics.BACKLOG_YIELDS.labels(self.model, "stopped").inc()
 
+    def _paced(self, seconds_per_token: float) -> None:
+        with self._ended:
+            last = self.seconds_per_token
+            self.seconds_per_token = (
+                seconds_per_token if last is None else 0.8 * last + 0.2 * seconds_per_token
+            )
+
     @contextmanager
     def _question(self) -> Iterator[None]:
         with self._ended:
             self._questions += 1
-            for run in self._running:  # the backlog's calls running now make way
-                run.stop()
-            self._running.clear()
+            now = time.monotonic()
+            for run in [r for r in self._running if r.worth_stopping(now)]:
+                run.stop()  # a backlog call early in its run makes way
+                self._running.discard(run)
         try:
             yield
         finally:
