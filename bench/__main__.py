@@ -29,6 +29,10 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
                                                       worker's RSS under a DOCX bomb, this
                                                       checkout against CHECKOUT's
                                                       (bench/parsing.py)
+    BENCH_BEFORE=CHECKOUT python -m bench --only search
+                                                      POST /search and the backlog phases of
+                                                      this checkout's worker beside CHECKOUT's
+                                                      (bench/search.py)
     python -m bench --only beir [--beir-data DIR] [--model M] [--beir-args "..."]
                                                       retrieval quality on a BEIR dataset
                                                       (bench/beir/, `make bench-beir`)
@@ -394,6 +398,7 @@ def main() -> int:
                 hnsw_rows=args.scale_rows or (20_000 if args.quick else 100_000),
                 seconds=3.0 if args.quick else 6.0,
                 rounds=1 if args.quick else 3,
+                before=Path(os.environ["BENCH_BEFORE"]) if os.environ.get("BENCH_BEFORE") else None,
             ),
         )
 

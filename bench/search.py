@@ -15,12 +15,19 @@ sentences cut from other docstrings, every one new within a round. Paths, keep-a
             cores), one question embedded per call from N threads, embeddings.search() or
             hybrid_search() over a psycopg_pool pool of N connections.
 
-Backlog: 8 clients, each asking a question THINK seconds after its last answer (a chat
-product's users), on the idle worker, then while it drains `--backlog-rows` rows of a second
-table, windows with and without questions alternating: question p95 against idle, the
-backlog's embed rate with questions against without. Once as by default (EMBED_BACKLOG_NICE=0:
-one session, the backlog's calls yielding to questions') and once niced (10: a session of its
-own at a lower CPU priority, opt-in).
+Backlog: 8 clients asking on the idle worker, then while it drains `--backlog-rows` rows of a
+second table, windows with and without questions alternating: question p95 (over every
+question of the windows) against idle, the backlog's embed rate with questions against
+without. The clients ask as a chat product's users do: each after a think time drawn from the
+exponential distribution of mean POISSON_THINK (2 s: questions arrive as a Poisson process's,
+about 4 a second); and, as before, THINK (0.2 s) after each answer (about 30 a second, most
+of what the CPU can answer). Both as by default (EMBED_BACKLOG_NICE=0: one session, the
+backlog's calls making way for questions'), then niced with Poisson arrivals (10: a session
+of its own at a lower CPU priority, opt-in).
+
+BENCH_BEFORE=CHECKOUT (`python -m bench --only search`): CHECKOUT's worker (its package on
+PYTHONPATH) takes its turn in each round as http_vector_before, and runs the backlog phases
+after this one's, on the same table and questions.
 
 HNSW: `--hnsw-rows` rows of vectors shaped like MiniLM's (bench/hnsw.py), its HNSW index:
 embeddings.search() searches/s at 8 clients and recall@10 against an exact scan.
@@ -46,7 +53,7 @@ import time
 import urllib.request
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 import psycopg
@@ -58,6 +65,8 @@ from tests.support import modelgen
 from tests.support.cluster import free_port
 from worker.models.embedder import Embedder
 
+T = TypeVar("T")
+
 TABLE = "bench_search"
 BACKLOG = "bench_backlog"
 HNSW_TABLE = "bench_hnsw"
@@ -68,6 +77,7 @@ DIMS = 384
 # cross-encoder, seconds each on a loaded 2-core machine, so 32 clients make a round of minutes.
 RERANK_CLIENTS = 8
 THINK = 0.2  # seconds a backlog-phase client waits between an answer and its next question
+POISSON_THINK = 2.0  # ... its mean, drawn from the exponential distribution (Poisson arrivals)
 MINILM_SIZED = {"layers": 6, "hidden": 384, "heads": 12, "intermediate": 1536, "max_positions": 512}
 
 
@@ -118,10 +128,22 @@ def reranker_dir(models: Path) -> Path:
 class WorkerProcess:
     """`embed-worker run` with its HTTP side, pulling jobs (the backlog's)."""
 
-    def __init__(self, dsn: str, models: Path, reranker: Path, *, nice: int) -> None:
+    def __init__(
+        self,
+        dsn: str,
+        models: Path,
+        reranker: Path,
+        *,
+        nice: int,
+        checkout: Path | None = None,
+        pull: bool = True,
+    ) -> None:
+        """`checkout`: another checkout's worker package (BENCH_BEFORE), else this one's;
+        `pull`: False, a worker that leases no jobs (serves only HTTP)."""
         self.port = free_port()
         env = {
             **os.environ,
+            **({"PYTHONPATH": str(checkout)} if checkout else {}),
             "DATABASE_URL": dsn,
             "EMBED_HTTP_PORT": str(self.port),
             "EMBED_HTTP_MAX_CONNECTIONS": "48",
@@ -132,7 +154,11 @@ class WorkerProcess:
         }
         self.log = tempfile.TemporaryFile()  # noqa: SIM115 - written as long as it runs
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "worker", "run"], env=env, stdout=self.log, stderr=self.log
+            [sys.executable, "-m", "worker", "run", *(["--no-pull"] if not pull else [])],
+            env=env,
+            stdout=self.log,
+            stderr=self.log,
+            cwd=checkout,  # `-m` puts the working directory first on the path: the checkout's
         )
         deadline = time.monotonic() + 180
         while time.monotonic() < deadline:
@@ -153,24 +179,35 @@ class WorkerProcess:
 
 
 def drive(
-    clients: int, seconds: float, call: Callable[[int, int], None], *, think: float = 0.0
-) -> dict[str, float]:
-    """`clients` threads calling `call(client, n)` for `seconds` (each waiting `think` after
-    an answer): calls/s and p50/p95/p99 latency (ms)."""
+    clients: int,
+    seconds: float,
+    call: Callable[[int, int], None],
+    *,
+    think: float = 0.0,
+    poisson: bool = False,
+) -> dict[str, Any]:
+    """`clients` threads calling `call(client, n)` for `seconds`, each waiting `think` after
+    an answer (`poisson`: a time drawn from the exponential distribution of mean `think`, so
+    that questions arrive as a Poisson process's do, as a chat product's users ask): calls/s,
+    p50/p95/p99 latency (ms), and every latency (s, under "latencies")."""
     latencies: list[list[float]] = [[] for _ in range(clients)]
     errors: list[BaseException] = []
     stop = time.monotonic() + seconds
 
     def run(client: int) -> None:
         n = 0
+        rng = random.Random(client)
         try:
+            if poisson:  # the clients' first questions spread too
+                time.sleep(min(rng.expovariate(1 / think), max(0.0, stop - time.monotonic())))
             while time.monotonic() < stop:
                 started = time.perf_counter()
                 call(client, n)
                 latencies[client].append(time.perf_counter() - started)
                 n += 1
                 if think:
-                    time.sleep(think)
+                    wait = rng.expovariate(1 / think) if poisson else think
+                    time.sleep(min(wait, max(0.0, stop - time.monotonic())))
         except BaseException as exc:  # reported after the round
             errors.append(exc)
 
@@ -184,12 +221,17 @@ def drive(
     if errors:
         raise errors[0]
     every = sorted(x for per in latencies for x in per)
+    return {"per_second": round(len(every) / elapsed, 1), **_percentiles(every)}
+
+
+def _percentiles(every: list[float]) -> dict[str, Any]:
+    every = sorted(every)
     return {
-        "per_second": round(len(every) / elapsed, 1),
         "p50_ms": round(statistics.median(every) * 1000, 2),
         "p95_ms": round(every[int(0.95 * (len(every) - 1))] * 1000, 2),
         "p99_ms": round(every[int(0.99 * (len(every) - 1))] * 1000, 2),
         "calls": len(every),
+        "latencies": every,
     }
 
 
@@ -258,7 +300,10 @@ def throughput(
     counts: list[int],
     seconds: float,
     rounds: int,
+    before: WorkerProcess | None = None,
 ) -> dict[str, Any]:
+    """`before`: a worker of another checkout (BENCH_BEFORE), whose POST /search (vector)
+    takes its turn in each round as http_vector_before."""
     asked = questions(20000, seed=7)
     results: dict[str, Any] = {}
     pool: ConnectionPool[Any] = ConnectionPool(
@@ -269,11 +314,22 @@ def throughput(
         for clients in counts:
             runs: dict[str, list[dict[str, float]]] = {}
             ratios: dict[str, list[float]] = {"vector": [], "hybrid": []}
+            gaps: dict[str, list[float]] = {}  # http p50 - caller p50, ms, per round
+            against_before: list[float] = []  # http_vector / http_vector_before, searches/s
             for _ in range(rounds):
                 # New keep-alive connections each round: the server closes idle ones.
                 paths = {
                     "http_vector": http_call(worker.port, clients, asked, mode="vector"),
                     "caller_vector": caller_call(pool, model, clients, asked, hybrid=False),
+                    **(
+                        {
+                            "http_vector_before": http_call(
+                                before.port, clients, asked, mode="vector"
+                            )
+                        }
+                        if before
+                        else {}
+                    ),
                     "http_hybrid": http_call(worker.port, clients, asked, mode="hybrid"),
                     "caller_hybrid": caller_call(pool, model, clients, asked, hybrid=True),
                 }
@@ -283,19 +339,75 @@ def throughput(
                     )
                 for name, call in paths.items():
                     drive(clients, 1.0, call)  # warm-up
-                    runs.setdefault(name, []).append(drive(clients, seconds, call))
+                    found = drive(clients, seconds, call)
+                    found.pop("latencies")
+                    runs.setdefault(name, []).append(found)
                     print(clients, name, runs[name][-1], flush=True)
                 for kind, each in ratios.items():
                     each.append(
                         runs[f"http_{kind}"][-1]["per_second"]
                         / runs[f"caller_{kind}"][-1]["per_second"]
                     )
+                if before:
+                    against_before.append(
+                        runs["http_vector"][-1]["per_second"]
+                        / runs["http_vector_before"][-1]["per_second"]
+                    )
+                    gaps.setdefault("after", []).append(
+                        runs["http_vector"][-1]["p50_ms"] - runs["caller_vector"][-1]["p50_ms"]
+                    )
+                    gaps.setdefault("before", []).append(
+                        runs["http_vector_before"][-1]["p50_ms"]
+                        - runs["caller_vector"][-1]["p50_ms"]
+                    )
             per = {name: _merge(r) for name, r in runs.items()}
             per["http/caller"] = {k: round(statistics.median(v), 3) for k, v in ratios.items()}
+            if against_before:
+                per["http/caller"]["vector, after/before"] = round(
+                    statistics.median(against_before), 3
+                )
+            if gaps:
+                per["p50 - caller p50, ms"] = {
+                    k: {
+                        "median": round(statistics.median(v), 2),
+                        "rounds": [round(x, 2) for x in v],
+                    }
+                    for k, v in gaps.items()
+                }
             results[str(clients)] = per
     finally:
         pool.close()
     return results
+
+
+def _rate(dsn: str, work: Callable[[], T]) -> tuple[float, T]:
+    """The backlog's rows embedded per second while `work` runs, and what it returned. The
+    worker commits a batch at a time (128 rows, a second or more apart): the count is polled
+    and the rate taken between its first and last change in the window, so that where the
+    window cuts a batch does not count."""
+    samples: list[tuple[float, int]] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            while not done.is_set():
+                samples.append((time.monotonic(), _embedded(conn)))
+                done.wait(0.25)
+            samples.append((time.monotonic(), _embedded(conn)))
+
+    thread = threading.Thread(target=poll)
+    thread.start()
+    try:
+        found = work()
+    finally:
+        done.set()
+        thread.join()
+    changes = [samples[i] for i in range(1, len(samples)) if samples[i][1] != samples[i - 1][1]]
+    if len(changes) >= 2:
+        (t0, n0), (t1, n1) = changes[0], changes[-1]
+    else:
+        (t0, n0), (t1, n1) = samples[0], samples[-1]
+    return (n1 - n0) / max(t1 - t0, 1e-9), found
 
 
 def _embedded(conn: psycopg.Connection[Any]) -> int:
@@ -304,14 +416,18 @@ def _embedded(conn: psycopg.Connection[Any]) -> int:
 
 
 def backlog(
-    dsn: str, worker: WorkerProcess, rows: int, window: float, rounds: int
+    dsn: str, worker: WorkerProcess, rows: int, window: float, rounds: int, *, poisson: bool
 ) -> dict[str, Any]:
-    """p95 at 8 thinking clients idle, then while the worker drains `rows`, windows with and
-    without questions alternating; the embed rate in each."""
+    """8 clients asking, idle, then while the worker drains `rows`, windows with and without
+    questions alternating: question p95 (over every question of the windows) against idle's,
+    and the embed rate in each. `poisson`: each client asks after a think time drawn with mean
+    POISSON_THINK (questions arrive as a Poisson process's, as a chat product's users ask),
+    else THINK after each answer."""
+    think = POISSON_THINK if poisson else THINK
     asked = questions(20000, seed=11)
     call = http_call(worker.port, 8, asked, mode="vector")
     drive(8, 2.0, call, think=THINK)
-    idle = [drive(8, window, call, think=THINK)]
+    idle = [drive(8, window, call, think=think, poisson=poisson)]
     texts = corpus.load(rows, seed=3)
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {BACKLOG} (id int PRIMARY KEY, body text)")
@@ -322,31 +438,51 @@ def backlog(
         time.sleep(window / 2)  # the drain under way
         quiet: list[float] = []
         busy: list[float] = []
-        loaded: list[dict[str, float]] = []
+        loaded: list[dict[str, Any]] = []
         for _ in range(rounds):
-            before, started = _embedded(conn), time.monotonic()
-            time.sleep(window)
-            quiet.append((_embedded(conn) - before) / (time.monotonic() - started))
-            before, started = _embedded(conn), time.monotonic()
-            loaded.append(drive(8, window, call, think=THINK))
-            busy.append((_embedded(conn) - before) / (time.monotonic() - started))
-            print("backlog", quiet[-1], busy[-1], loaded[-1], flush=True)
+            quiet.append(_rate(dsn, lambda: time.sleep(window))[0])
+            rate, found = _rate(dsn, lambda: drive(8, window, call, think=think, poisson=poisson))
+            busy.append(rate)
+            loaded.append(found)
+            shown = {k: v for k, v in loaded[-1].items() if k != "latencies"}
+            print("backlog", round(quiet[-1], 1), round(busy[-1], 1), shown, flush=True)
         left = rows - _embedded(conn)
         conn.execute(f"SELECT embeddings.unwatch('{BACKLOG}')")
         conn.execute(f"DROP TABLE {BACKLOG}")
         conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
-    idle.append(drive(8, window, call, think=THINK))
-    idle_p95 = statistics.median(r["p95_ms"] for r in idle)
-    busy_p95 = statistics.median(r["p95_ms"] for r in loaded)
+    idle.append(drive(8, window, call, think=think, poisson=poisson))
+    idle_all = _percentiles([x for r in idle for x in r.pop("latencies")])
+    busy_all = _percentiles([x for r in loaded for x in r.pop("latencies")])
+    idle_all.pop("latencies")
+    busy_all.pop("latencies")
     return {
+        "arrivals": f"poisson, mean think {think} s" if poisson else f"think {think} s",
         "idle": idle,
         "draining": loaded,
+        "idle_all": idle_all,
+        "draining_all": busy_all,
         "rows_per_s_without_questions": [round(x, 1) for x in quiet],
         "rows_per_s_with_questions": [round(x, 1) for x in busy],
         "rows_left_unembedded": left,
-        "p95_draining/idle": round(busy_p95 / idle_p95, 2),
+        "p95_draining/idle": round(busy_all["p95_ms"] / idle_all["p95_ms"], 2),
         "rate_with/without_questions": round(statistics.median(busy) / statistics.median(quiet), 2),
+        "yields": _backlog_yields(worker.port),
     }
+
+
+def _backlog_yields(port: int) -> float | None:
+    """embed_worker_backlog_yields_total, summed, from the worker's /metrics."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
+            text = answer.read().decode()
+    except OSError:
+        return None
+    found = [
+        float(line.rsplit(" ", 1)[1])
+        for line in text.splitlines()
+        if line.startswith("embed_worker_backlog_yields_total")
+    ]
+    return sum(found) if found else None
 
 
 def hnsw(dsn: str, models: Path, rows: int, queries: int, seconds: float) -> dict[str, Any]:
@@ -409,12 +545,43 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     if one:
         gap = one["http_vector"]["p50_ms"] - one["caller_vector"]["p50_ms"]
         checks["1 client p50 - caller's <= 2 ms"] = {"value": round(gap, 2), "met": gap <= 2.0}
-    drain = result.get("backlog", {}).get("nice 0")
-    if drain:
-        p95, rate = drain["p95_draining/idle"], drain["rate_with/without_questions"]
-        checks["draining p95 / idle <= 2"] = {"value": p95, "met": p95 <= 2.0}
-        checks["embed rate with / without questions >= 0.8"] = {"value": rate, "met": rate >= 0.8}
+    for name in ("nice 0, poisson", "nice 0"):
+        drain = result.get("backlog", {}).get(name)
+        if drain:
+            p95, rate = drain["p95_draining/idle"], drain["rate_with/without_questions"]
+            checks[f"{name}: draining p95 / idle <= 2"] = {"value": p95, "met": p95 <= 2.0}
+            checks[f"{name}: embed rate with / without questions >= 0.8"] = {
+                "value": rate,
+                "met": rate >= 0.8,
+            }
     return checks
+
+
+def _other_backlogs(
+    dsn: str,
+    models: Path,
+    reranker: Path,
+    *,
+    rows: int,
+    window: float,
+    rounds: int,
+    before: Path | None,
+) -> dict[str, Any]:
+    """The backlog phases of `before`'s worker, as this one's ran; then of this one's niced."""
+    found: dict[str, Any] = {}
+    if before:
+        worker = WorkerProcess(dsn, models, reranker, nice=0, checkout=before)
+        try:
+            for name, poisson in (("before, nice 0, poisson", True), ("before, nice 0", False)):
+                found[name] = backlog(dsn, worker, rows, window, rounds, poisson=poisson)
+        finally:
+            worker.stop()
+    worker = WorkerProcess(dsn, models, reranker, nice=10)
+    try:
+        found["nice 10, poisson"] = backlog(dsn, worker, rows, window, rounds, poisson=True)
+    finally:
+        worker.stop()
+    return found
 
 
 def run(
@@ -427,7 +594,10 @@ def run(
     seconds: float = 6.0,
     rounds: int = 3,
     clients: tuple[int, ...] = (1, 8, 32),
+    before: Path | None = None,
 ) -> dict[str, Any]:
+    """`before`: another checkout (BENCH_BEFORE) whose worker takes its turn beside this one's
+    (POST /search, vector, each round; the backlog phases, by default), on the same table."""
     setup(dsn, rows)
     reranker = reranker_dir(models)
     threads = len(os.sched_getaffinity(0))
@@ -438,23 +608,54 @@ def run(
         "rounds": rounds,
         "caller_threads": threads,
         "think_seconds": THINK,
+        "poisson_mean_think_seconds": POISSON_THINK,
+        "before": str(before) if before else None,
         "started": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
     }
+    window = 2 * seconds
     worker = WorkerProcess(dsn, models, reranker, nice=0)
     try:
-        result["throughput"] = throughput(
-            dsn, worker, model, counts=list(clients), seconds=seconds, rounds=rounds
+        earlier = (
+            WorkerProcess(dsn, models, reranker, nice=0, checkout=before, pull=False)
+            if before
+            else None
         )
-        result["backlog"] = {"nice 0": backlog(dsn, worker, backlog_rows, 2 * seconds, rounds)}
+        try:
+            result["throughput"] = throughput(
+                dsn,
+                worker,
+                model,
+                counts=list(clients),
+                seconds=seconds,
+                rounds=rounds,
+                before=earlier,
+            )
+        finally:
+            if earlier:
+                earlier.stop()
+        result["backlog"] = {}
+        if backlog_rows:
+            result["backlog"] = {
+                "nice 0, poisson": backlog(dsn, worker, backlog_rows, window, rounds, poisson=True),
+                "nice 0": backlog(dsn, worker, backlog_rows, window, rounds, poisson=False),
+            }
     finally:
         worker.stop()
-    worker = WorkerProcess(dsn, models, reranker, nice=10)
-    try:
-        result["backlog"]["nice 10"] = backlog(dsn, worker, backlog_rows, 2 * seconds, rounds)
-    finally:
-        worker.stop()
-    result["hnsw"] = hnsw(dsn, models, hnsw_rows, 100, seconds)
+    if backlog_rows:
+        result["backlog"].update(
+            _other_backlogs(
+                dsn,
+                models,
+                reranker,
+                rows=backlog_rows,
+                window=window,
+                rounds=rounds,
+                before=before,
+            )
+        )
+    if hnsw_rows:
+        result["hnsw"] = hnsw(dsn, models, hnsw_rows, 100, seconds)
     result["targets"] = targets(result)
     result["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     return result

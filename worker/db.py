@@ -128,15 +128,19 @@ def connect(
 def pool(
     dsn: str, *, max_size: int, name: str, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
 ) -> ConnectionPool[session_guard.GuardedConnection]:
-    """Connections kept open for short requests (POST /search), made as connect() makes them;
-    each DISCARDed when given back (what someone's code left in the session), and reset again
-    before its next statement. Closed until the first `open()`: a worker whose HTTP side never
-    searches opens none. A broken connection is found when taken, and replaced."""
+    """Connections kept open for short requests (POST /search), made as connect() makes them
+    and handed out as they are: no statement is sent when one is taken (a broken one is found
+    by its first statement: the caller asks again, worker/retrieval/search.py) or given back
+    (its user leaves it clean, DISCARDed in its last exchange: SearchConnections does so where
+    the user did not). Closed until the first `open()`: a worker whose HTTP side never searches
+    opens none."""
     conninfo = make_conninfo(dsn, application_name=APPLICATION_NAME, connect_timeout="10")
 
     def configure(conn: session_guard.GuardedConnection) -> None:
         conn.lock_timeout_ms = lock_timeout_ms or None
         conn.reset_session()
+        conn.clean = True  # a new session: nothing ran in it yet
+        conn.pooled = True
 
     return ConnectionPool(
         conninfo,
@@ -151,16 +155,7 @@ def pool(
         open=False,
         name=name,
         configure=configure,
-        reset=lambda conn: conn.discard_session(),
-        check=_ping,
     )
-
-
-def _ping(conn: Connection) -> None:
-    """The pool's check of a connection it hands out (a broken one is replaced): our `ping`,
-    which leaves the session trusted (psycopg_pool's own check, an empty statement, would
-    cost a reset before the next one)."""
-    conn.execute(queries.get("ping"))
 
 
 @contextmanager

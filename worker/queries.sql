@@ -369,8 +369,11 @@ ORDER BY t.id;
 
 -- name: search_target_version
 -- The definition version of target %(target)s (NULL: gone), checked after each search: a model
--- change that swapped its column meanwhile means the query was embedded by the old model.
-SELECT version FROM embeddings.targets WHERE id = %(target)s;
+-- change that swapped its column meanwhile means the query was embedded by the old model. A
+-- pooled search sends it last, after the DISCARD of its session, in the same exchange
+-- (worker/retrieval/targets.py: is_current); the operator is schema-qualified all the same.
+-- ours: touches only our tables, runs no one else's code
+SELECT version FROM embeddings.targets WHERE id OPERATOR(pg_catalog.=) %(target)s;
 
 -- name: search
 -- The %(k)s rows (documents, for a chunked target) nearest to %(query)s among those matching

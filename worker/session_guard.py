@@ -104,22 +104,37 @@ class GuardedConnection(psycopg.Connection[Any]):
     # when it ended the session because the statement ignored its bound.
     running_bounded: tuple[float, object] | None = None
     ended_by: object = None
+    # Nothing ran in the session since it was made or DISCARDed (discard_session): a pooled
+    # connection given back so needs no DISCARD of its own (worker/retrieval/pool.py).
+    clean = False
+    # Given back to a pool after each use (db.pool): its user's last exchange DISCARDs the
+    # session (discard_session(then=...)).
+    pooled = False
 
     def reset_session(self) -> None:
         """RESET ALL and our settings, now (a plain cursor: this statement is not guarded)."""
         self._reset(queries.get("session_reset"), bound=None)
 
-    def discard_session(self) -> None:
+    def discard_session(self, then: str | None = None) -> list[tuple[Any, ...]]:
         """DISCARD ALL, then our reset, in one exchange (a pooled connection given back):
         nothing of the last user's session stays, and the next user's first statement needs
-        no reset of its own."""
+        no reset of its own. `then`: one statement of ours (without parameters) run last in
+        the same exchange, in the session as it is now clean, whose rows are returned: a
+        search's last statement costs no exchange of its own (worker/retrieval/targets.py)."""
+        if then is not None and not _ours(then):
+            raise ValueError("discard_session() runs only statements of ours after the reset")
         discard = queries.get("session_discard").rstrip().rstrip(";")
-        self._reset(discard + ";\n" + queries.get("session_reset"), bound=None)
+        rows = self._reset(discard + ";\n" + queries.get("session_reset"), bound=None, then=then)
         self._ran_others = False
+        self.clean = True
+        return rows
 
-    def _reset(self, script: str, *, bound: int | None) -> None:
+    def _reset(
+        self, script: str, *, bound: int | None, then: str | None = None
+    ) -> list[tuple[Any, ...]]:
         """`script`, then our bounds (the lock timeout; `bound`: a statement timeout, local to
-        the transaction), in one exchange: scripts without parameters are one simple query."""
+        the transaction), then `then`, in one exchange: scripts without parameters are one
+        simple query. The rows of `then` (none without it)."""
         parts = [script.rstrip().rstrip(";")]
         if self.lock_timeout_ms is not None:
             parts.append(self._setting("session_lock_timeout", self.lock_timeout_ms))
@@ -127,11 +142,19 @@ class GuardedConnection(psycopg.Connection[Any]):
                 parts.append(queries.get("session_client_check"))
         if bound is not None:
             parts.append(self._setting("statement_bound", bound))
+        if then is not None:
+            parts.append(then.rstrip().rstrip(";"))
+        rows: list[tuple[Any, ...]] = []
         with psycopg.Cursor(self) as cur:
             cur.execute(";\n".join(parts))
+            if then is not None:
+                while cur.nextset():
+                    pass
+                rows = cur.fetchall()
         self.resets += 1
         self._distrusted = False
         self._bound_set = bound
+        return rows
 
     def _setting(self, name: str, ms: int) -> str:
         return queries.compose(name, ms=sql.Literal(f"{ms}ms")).as_string(self)
@@ -155,6 +178,7 @@ class GuardedConnection(psycopg.Connection[Any]):
             self._bound_ms, self._bound_label = outer, outer_label
 
     def before_statement(self, query: Any = None) -> None:
+        self.clean = False
         if self.pgconn.transaction_status == pq.TransactionStatus.INERROR:
             return
         bound = None if query is None or _ours(query) else self._bound_ms

@@ -8,19 +8,22 @@ from __future__ import annotations
 import json
 import threading
 import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
 
+from worker import exceptions
 from worker.cli import main as cli
 from worker.config import Settings
 from worker.http.server import serve
 from worker.models.query_batch import QueryBatchers
 from worker.models.reranker import Scores
 from worker.process.runner import Worker
+from worker.retrieval.errors import InvalidSearch
 from worker.retrieval.pool import SearchConnections
 from worker.retrieval.request import SearchRequest
 from worker.retrieval.search import SearchService
@@ -49,36 +52,119 @@ def test_a_connection_comes_back_without_what_the_last_user_left(dsn: str) -> No
         searches.close()
 
 
-def test_a_connection_the_server_closed_is_replaced(dsn: str) -> None:
+@pytest.mark.parametrize("ending", ["raised", "in a transaction", "in a failed transaction"])
+def test_a_connection_given_back_however_the_lease_ended_comes_back_clean(
+    dsn: str, ending: str
+) -> None:
+    """Nothing is sent when a connection is given back after a search's last exchange
+    DISCARDed its session; one given back otherwise (an error, a transaction left open) is
+    DISCARDed before anyone else may take it, its transaction ended first (a rollback after
+    would undo the reset)."""
     searches = SearchConnections(dsn, max_size=1)
     try:
-        with searches.connection() as conn:
+        with pytest.raises(RuntimeError), searches.connection() as conn:
             backend = conn.info.backend_pid
-        with psycopg.connect(dsn, autocommit=True) as admin:
-            admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+            conn.execute("SELECT set_config('search_path', 'evil, pg_catalog', false)")
+            conn.execute("CREATE TEMPORARY TABLE left_behind (x int)")
+            if ending != "raised":  # a DISCARD in it would be rolled back with it
+                conn.execute("BEGIN")
+                conn.execute("INSERT INTO left_behind VALUES (1)")
+            if ending == "in a failed transaction":
+                with pytest.raises(psycopg.errors.DivisionByZero):
+                    conn.execute("SELECT 1 / 0")
+            raise RuntimeError("the search failed")
         with searches.connection() as conn:
-            assert conn.execute("SELECT 1").fetchone() == (1,)
-            assert conn.info.backend_pid != backend
+            assert conn.info.backend_pid == backend
+            assert conn.clean  # type: ignore[attr-defined]
+            state = conn.execute(
+                "SELECT current_setting('search_path'), to_regclass('pg_temp.left_behind')"
+            ).fetchone()
+            assert state is not None and not state[0].startswith("evil") and state[1] is None
     finally:
         searches.close()
 
 
-class _Statements:
-    """Counts the statements our connections send (each cursor's execute(), resets included:
-    reset_session() and discard_session() run theirs on a plain cursor)."""
+def test_a_search_whose_pooled_connections_the_server_closed_answers(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    minilm: str,
+    run_once: Callable[..., Worker],
+    embedders: Any,
+) -> None:
+    """No statement checks a connection when it is taken: a search finds one broken by its
+    first statement, and asks once more after the pool's idle connections were tried (a
+    restarted server breaks them all)."""
+    _watched_docs(conn, minilm, run_once)
+    searches = SearchConnections(dsn, max_size=2)
+    service = SearchService(
+        searches.connection, QueryBatchers(embedders.get), recover=searches.check
+    )
+    request = SearchRequest.parse({"table": "docs", "query": "document", "k": 3})
+    try:
+        with searches.connection() as one, searches.connection() as two:  # two in the pool
+            backends = {one.info.backend_pid, two.info.backend_pid}
+        assert sorted(r["key"] for r in service.search(request)) == [1, 2, 3]
+        with psycopg.connect(dsn, autocommit=True) as admin:
+            for backend in backends:
+                admin.execute("SELECT pg_terminate_backend(%s)", (backend,))
+        assert sorted(r["key"] for r in service.search(request)) == [1, 2, 3]
+        with searches.connection() as pooled:
+            assert pooled.info.backend_pid not in backends
+    finally:
+        searches.close()
+
+
+def test_a_search_on_a_broken_connection_asks_once_more_only(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    minilm: str,
+    run_once: Callable[..., Worker],
+    embedders: Any,
+) -> None:
+    """Asking again is bounded: a search whose connection is lost twice says so."""
+    _watched_docs(conn, minilm, run_once)
+    lost = psycopg.connect(dsn, autocommit=True)
+    lost.close()
+    leases: list[int] = []
+
+    @contextmanager
+    def lease() -> Iterator[psycopg.Connection[Any]]:
+        leases.append(1)
+        yield lost
+
+    service = SearchService(lease, QueryBatchers(embedders.get))
+    request = SearchRequest.parse({"table": "docs", "query": "document", "k": 3})
+    with pytest.raises(exceptions.ConnectionLost):
+        service.search(request)
+    assert len(leases) == 2
+
+
+class _Exchanges:
+    """Counts our connections' exchanges with the server: each cursor's execute() outside a
+    pipeline (resets included: reset_session() and discard_session() run theirs on a plain
+    cursor, one simple query each), and each pipeline (its statements sent together, their
+    results read after one sync)."""
 
     def __init__(self, monkeypatch: Any) -> None:
         self.sent = 0
-        original = psycopg.Cursor.execute
+        self.statements = 0
+        execute, pipeline = psycopg.Cursor.execute, psycopg.Connection.pipeline
 
-        def execute(cursor: psycopg.Cursor[Any], *args: Any, **kwargs: Any) -> Any:
+        def counted_execute(cursor: psycopg.Cursor[Any], *args: Any, **kwargs: Any) -> Any:
+            self.statements += 1
+            if cursor.connection._pipeline is None:
+                self.sent += 1
+            return execute(cursor, *args, **kwargs)
+
+        def counted_pipeline(conn: psycopg.Connection[Any]) -> Any:
             self.sent += 1
-            return original(cursor, *args, **kwargs)
+            return pipeline(conn)
 
-        monkeypatch.setattr(psycopg.Cursor, "execute", execute)
+        monkeypatch.setattr(psycopg.Cursor, "execute", counted_execute)
+        monkeypatch.setattr(psycopg.Connection, "pipeline", counted_pipeline)
 
 
-def test_a_search_sends_six_statements(
+def test_a_search_makes_two_exchanges(
     conn: psycopg.Connection[Any],
     dsn: str,
     minilm: str,
@@ -86,10 +172,11 @@ def test_a_search_sends_six_statements(
     embedders: Any,
     monkeypatch: Any,
 ) -> None:
-    """Taking the connection (the pool's check: our ping), resolving the table, the search,
-    the reset its owner's code calls for and the check that the table's model did not change
-    meanwhile; giving it back (DISCARD ALL and our reset, one simple query). Before: 11, with a
-    reset before the pool's check and one after it, and three pgvector type lookups a search."""
+    """The table's target checked and the search sent together; then in one exchange the
+    DISCARD and reset its owner's code calls for, with the check that the table's model did
+    not change meanwhile; nothing to take the connection (no ping) or to give it back. Before:
+    6 (a ping, the check, the search, a reset, the model check, the DISCARD on a pool
+    thread), and 11 before that."""
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(384))")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
     conn.execute("INSERT INTO docs (id, body) VALUES (1, 'a first document'), (2, 'a second')")
@@ -100,11 +187,41 @@ def test_a_search_sends_six_statements(
         service = SearchService(searches.connection, QueryBatchers(embedders.get))
         # The pool's first connection, made and typed; the table's model learnt.
         service.search(request)
-        statements = _Statements(monkeypatch)
+        exchanges = _Exchanges(monkeypatch)
         for _ in range(3):
-            before = statements.sent
+            before, statements = exchanges.sent, exchanges.statements
             assert [r["key"] for r in service.search(request)] == [1, 2]
-            assert statements.sent - before == 6
+            assert (exchanges.sent - before, exchanges.statements - statements) == (2, 3)
+        with searches.connection() as pooled:  # given back clean: nothing of the search left
+            assert pooled.clean  # type: ignore[attr-defined]
+        # The table's target changed since the last search: checked and searched anew.
+        conn.execute("SELECT embeddings.enable_fts('docs', 'english')")
+        before = exchanges.sent
+        assert {r["key"] for r in service.search(request)} == {1, 2}
+        assert exchanges.sent - before > 2
+        assert service.targets.known("docs", None)[1].has_fulltext  # type: ignore[index]
+    finally:
+        searches.close()
+
+
+def test_a_search_sent_with_its_check_fails_as_it_fails_alone(
+    conn: psycopg.Connection[Any],
+    dsn: str,
+    minilm: str,
+    run_once: Callable[..., Worker],
+    embedders: Any,
+) -> None:
+    """A ranking that fails in the exchange with its target's check (a filter naming no
+    column) raises its own error once, and leaves the pooled session for the next search."""
+    _watched_docs(conn, minilm, run_once)
+    searches = SearchConnections(dsn, max_size=1)
+    service = SearchService(searches.connection, QueryBatchers(embedders.get))
+    asked = {"table": "docs", "query": "document", "k": 3, "mode": "vector"}
+    try:
+        service.search(SearchRequest.parse(asked))  # the target known, the pool's connection typed
+        with pytest.raises(InvalidSearch, match="nowhere"):
+            service.search(SearchRequest.parse({**asked, "filter": {"nowhere": 1}}))
+        assert sorted(r["key"] for r in service.search(SearchRequest.parse(asked))) == [1, 2, 3]
     finally:
         searches.close()
 

@@ -37,6 +37,7 @@ from tests.support.rerank_server import RerankServer
 from worker import schema
 from worker.models.files import ModelLocation
 from worker.models.loaded import LoadedModels
+from worker.models.query_batch import QueryBatchers
 from worker.models.remote import breaker as breakers
 from worker.models.reranker import LoadedRerankers
 from worker.process.runner import Worker
@@ -135,15 +136,19 @@ def _http_search(ctx: Context) -> None:
     """What POST /search runs (worker/http/work.py: Work.search), on the pooled connections it
     uses (worker/retrieval/pool.py), as the search role (EMBED_SEARCH_DATABASE_URL), the
     application's: one connection, so every search after the first runs in a session the
-    owner's code ran in before, and must find none of what it left."""
+    owner's code ran in before, and must find none of what it left. The search DISCARDs its
+    session in its last exchange (no statement is sent to take or give back a connection),
+    and each search runs twice: the first reads the table's target, the second checks it."""
     searches = SearchConnections(ctx.dsn, max_size=1)
+    service = search.SearchService(searches.connection, QueryBatchers(ctx.embedders.get))
     try:
         asked = [{"table": t} for t in ("docs_row", "docs_side", "docs_chunked", "docs_fn")]
         asked += [{"table": "docs_document"}, {"table": "docs_fn", "text_match": "any"}]  # BM25
-        for ask in asked:  # (docs_side and docs_fn have full-text search: hybrid)
+        for ask in asked * 2:  # (docs_side and docs_fn have full-text search: hybrid)
             request = SearchRequest.parse({**ask, "query": "a document of", "k": 3})
-            with searches.connection() as conn:
-                search.run(conn, ctx.embedders.get, request)
+            service.search(request)
+        with searches.connection() as conn:  # one search's own SQL, in the pooled session
+            search.run(conn, ctx.embedders.get, SearchRequest.parse({**asked[3], "query": "a"}))
         with searches.connection() as conn:  # what the next search's session holds
             settings = dict(conn.execute(harness.SESSION_STATE_NOW).fetchall())
             assert settings == harness.session_state_of_a_fresh(ctx.dsn), settings

@@ -18,7 +18,7 @@ from tokenizers import Tokenizer
 from tests.support import modelgen
 from worker import exceptions
 from worker.models import quantization
-from worker.models.batching import batches
+from worker.models.batching import CALL_TOKENS, batches
 from worker.models.embedder import Embedder
 from worker.models.files import ModelLocation
 from worker.models.onnx import resolve_threads, session_options
@@ -235,7 +235,7 @@ def test_batches_respect_the_budget_and_cover_every_input(tiny_model_dir: Path) 
     embedder = Embedder.load(tiny_model_dir)
     encodings = embedder._encode(mixed_texts(100, seed=5))
 
-    produced = list(batches(encodings, token_budget=300))
+    produced = list(batches(encodings, token_budget=300, padding_allowance=0))
 
     rows = np.concatenate([b.rows for b in produced])
     assert sorted(rows.tolist()) == list(range(100))
@@ -247,6 +247,39 @@ def test_batches_respect_the_budget_and_cover_every_input(tiny_model_dir: Path) 
             assert len(batch.rows) * batch.length <= 1.05 * real
     lengths = [b.length for b in produced]
     assert lengths == sorted(lengths)  # shortest first
+
+
+def test_short_inputs_share_a_call_whatever_their_padding(tiny_model_dir: Path) -> None:
+    """Questions of 3 to 14 words: one call (the padding cap alone cut eight into six), until
+    the call holds CALL_TOKENS padded tokens; past that the cap applies again."""
+    embedder = Embedder.load(tiny_model_dir)
+    words = [
+        "what",
+        "does",
+        "the",
+        "pool",
+        "hand",
+        "out",
+        "when",
+        "a",
+        "search",
+        "asks",
+        "for",
+        "one",
+        "twice",
+    ]
+    questions = [" ".join(words[: 3 + i % 12]) for i in range(8)]
+    assert len(list(batches(embedder._encode(questions), 4096, padding_allowance=0))) > 2
+
+    assert len(list(batches(embedder._encode(questions), 4096))) == 1
+
+    many = embedder._encode(questions * 40)
+    produced = list(batches(many, 4096))
+    assert sorted(np.concatenate([b.rows for b in produced]).tolist()) == list(range(320))
+    for batch in produced:
+        padded = len(batch.rows) * batch.length
+        real = sum(len(e.ids) for e in batch.encodings)
+        assert padded <= CALL_TOKENS or padded <= 1.05 * real
 
 
 def test_long_inputs_are_batched_by_attention_cells_not_only_tokens(tiny_model_dir: Path) -> None:

@@ -59,7 +59,10 @@ class Work:
             settings.model_location, settings.threads, api_key=settings.api_key
         )
         self.service = SearchService(
-            self.searches.connection, self.questions, load_reranker=self.rerankers.get
+            self.searches.connection,
+            self.questions,
+            load_reranker=self.rerankers.get,
+            recover=self.searches.check,
         )
 
     def close(self) -> None:

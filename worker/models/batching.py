@@ -30,6 +30,12 @@ ATTENTION_BUDGET = 2**18
 # fastest setting at every budget measured (docs/performance.md, "Figures behind the code's
 # choices").
 MAX_PADDING = 0.05
+# Padded tokens a call may hold whatever its padding: below this, an inference call's fixed
+# cost outweighs the padding's, so a batch of short inputs (questions: 8 to 25 tokens, batched
+# by worker/models/query_batch.py) is not cut into a call per length. Eight questions cut by the
+# padding cap alone took 6 calls, 16% slower than one (all-MiniLM-L6-v2, 2 threads, AMD EPYC,
+# 2026-11-25); the pipeline's calls (4096 tokens) are cut by the cap as before past this.
+CALL_TOKENS = 512
 
 
 class Encoding(Protocol):
@@ -62,14 +68,16 @@ def batches(
     *,
     max_padding: float = MAX_PADDING,
     attention_budget: int = ATTENTION_BUDGET,
+    padding_allowance: int = CALL_TOKENS,
 ) -> Iterator[TokenBatch]:
     """Shortest first; a batch closes when one more input would break a limit.
 
     The limits: rows x padded length at most `token_budget`; rows x length² (the attention
     score cells per head, which dominate memory for long inputs) at most `attention_budget`;
     and padding at most `max_padding` of the batch's real tokens (without it, a long tail of
-    short texts would be padded to the longest that still fits the budget). An input longer
-    than the budgets gets a batch of its own.
+    short texts would be padded to the longest that still fits the budget), except in a call
+    of at most `padding_allowance` padded tokens. An input longer than the budgets gets a
+    batch of its own.
     """
     lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
     order = np.argsort(lengths, kind="stable")
@@ -81,7 +89,7 @@ def batches(
         if rows > 1 and (
             padded > token_budget
             or padded * length > attention_budget
-            or padded > (1 + max_padding) * (real + length)
+            or (padded > padding_allowance and padded > (1 + max_padding) * (real + length))
         ):
             yield _batch(order[start:end], encodings, lengths)
             start, real = end, 0

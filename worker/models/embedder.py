@@ -98,7 +98,7 @@ class Embedder:
         # that priority, so that its intra-op threads have it too. The first is `session`.
         self._sessions: dict[int, Any] = {priority.current(): session}
         self._sessions_lock = threading.Lock()
-        self.turns = priority.QuestionsFirst()
+        self.turns = priority.QuestionsFirst(model=name)
         self._tokenizer = tokenizer
         self._inputs = onnx.graph_inputs(session, model_file)
         self._output = onnx.hidden_state_output(session, model_file)
@@ -236,8 +236,10 @@ class Embedder:
     ) -> tuple[npt.NDArray[np.float32], npt.NDArray[np.int64]]:
         ids, mask, type_ids = pad_batch(batch, self._pad_id)
         session = self._lane_session()
-        with self.turns.call():
-            (hidden,) = session.run([self._output], onnx.feed(self._inputs, ids, mask, type_ids))
+        feed = onnx.feed(self._inputs, ids, mask, type_ids)
+        (hidden,) = self.turns.run(
+            lambda options: session.run([self._output], feed, options), tokens=ids.size
+        )
         return hidden, mask
 
     def _probe_dim(self) -> int:

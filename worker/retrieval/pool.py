@@ -10,9 +10,12 @@ import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 
+import psycopg
+from psycopg import pq
 from psycopg_pool import PoolTimeout
 
 from worker import db, exceptions, metrics
+from worker.session_guard import GuardedConnection
 
 CONNECTION_TIMEOUT = 5.0  # seconds a search waits for a pooled connection
 
@@ -35,9 +38,12 @@ class SearchConnections:
 
     @contextmanager
     def connection(self) -> Iterator[db.Connection]:
-        """A pooled connection for one search's SQL (GuardedConnection: reset before use,
-        DISCARDed when given back); ConnectionLost when none comes within
-        CONNECTION_TIMEOUT (the database is down, or every one is busy)."""
+        """A pooled connection for one search's SQL, as it was given back: no statement is
+        sent to take it. ConnectionLost when none comes within CONNECTION_TIMEOUT (the database
+        is down, or every one is busy). Given back, a connection its user did not leave clean
+        (session_guard: discard_session(), the search's last exchange) is DISCARDed here,
+        before any other search may take it; one that cannot be is closed (the pool replaces
+        it)."""
         with self._lock:
             if not self._opened:
                 self.pool.open(wait=False)
@@ -51,11 +57,17 @@ class SearchConnections:
                     yield conn
                 finally:
                     self._count(-1)
+                    _leave_clean(conn)
         except PoolTimeout:
             raise exceptions.ConnectionLost(
                 f"no connection to {db.describe(self.dsn)} for the search within "
                 f"{CONNECTION_TIMEOUT:.0f} s"
             ) from None
+
+    def check(self) -> None:
+        """The idle connections tried, the broken ones replaced (psycopg_pool's check()):
+        after a search found its connection broken, before it asks again."""
+        self.pool.check()
 
     def _count(self, change: int) -> None:
         with self._lock:
@@ -64,3 +76,16 @@ class SearchConnections:
 
     def close(self) -> None:
         self.pool.close()
+
+
+def _leave_clean(conn: GuardedConnection) -> None:
+    """Nothing of this lease's session for the next: its transaction ended (a rollback would
+    undo a reset made in it), then DISCARD ALL and our reset, unless its user did so last."""
+    if conn.closed or conn.clean:
+        return
+    try:
+        if conn.info.transaction_status != pq.TransactionStatus.IDLE:
+            conn.rollback()
+        conn.discard_session()
+    except psycopg.Error:
+        conn.close()  # given back closed: the pool makes another

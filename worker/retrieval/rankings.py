@@ -5,6 +5,7 @@ full-text search."""
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -18,6 +19,57 @@ from worker.retrieval.results import search_result
 from worker.target import Target
 
 
+@dataclass(frozen=True)
+class Ranking:
+    """One ranking's statement, and how its rows become results: run by run(), or sent with
+    other statements in one exchange (worker/retrieval/search.py)."""
+
+    query: str
+    params: dict[str, Any]
+    hybrid: bool
+
+    def results(self, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
+        if self.hybrid:
+            return [
+                search_result(
+                    key,
+                    distance,
+                    content,
+                    seq,
+                    score=score,
+                    vector_rank=vr,
+                    text_rank=tr,
+                    offsets=(start, end),
+                    headings=headings,
+                    page=page,
+                )
+                for key, score, content, seq, distance, vr, tr, start, end, headings, page in rows
+            ]
+        return [
+            search_result(
+                key,
+                distance,
+                content,
+                seq,
+                vector_rank=rank,
+                offsets=(start, end),
+                headings=headings,
+                page=page,
+            )
+            for rank, (key, distance, content, seq, start, end, headings, page) in enumerate(
+                rows, start=1
+            )
+        ]
+
+
+def run(conn: db.Connection, ranking: Ranking) -> list[dict[str, Any]]:
+    """`ranking`'s results, on `conn`."""
+    db.register_vector_types(conn)
+    with search_errors():
+        rows = conn.execute(ranking.query, ranking.params).fetchall()
+    return ranking.results(rows)
+
+
 def by_vector(
     conn: db.Connection,
     target: Target,
@@ -28,7 +80,15 @@ def by_vector(
     """embeddings.search(): the k rows nearest to `vector` (for a chunked target the k
     documents with the nearest chunks, each with its best one) among those matching `filter`,
     nearest first, as the connection's role may see them (row-level security included)."""
-    db.register_vector_types(conn)
+    return run(conn, by_vector_ranking(target, vector, k, filter))
+
+
+def by_vector_ranking(
+    target: Target,
+    vector: npt.NDArray[np.float32],
+    k: int,
+    filter: dict[str, Any] | None = None,
+) -> Ranking:
     params = {
         "target": target.id,
         "query": HalfVector(vector),
@@ -36,23 +96,7 @@ def by_vector(
         "filter": None if filter is None else json.dumps(filter),
         "column": target.embedding_column,
     }
-    with search_errors():
-        rows = conn.execute(queries.get("search"), params).fetchall()
-    return [
-        search_result(
-            key,
-            distance,
-            content,
-            seq,
-            vector_rank=rank,
-            offsets=(start, end),
-            headings=headings,
-            page=page,
-        )
-        for rank, (key, distance, content, seq, start, end, headings, page) in enumerate(
-            rows, start=1
-        )
-    ]
+    return Ranking(queries.get("search"), params, hybrid=False)
 
 
 def hybrid(
@@ -68,7 +112,18 @@ def hybrid(
     """embeddings.hybrid_search(): the k documents best by the fusion of the vector ranking
     and the full-text ranking of `query`, tuned by `fusion` (None, or a field of it None: the
     SQL function's defaults)."""
-    db.register_vector_types(conn)
+    return run(conn, hybrid_ranking(target, query, vector, k, filter=filter, fusion=fusion))
+
+
+def hybrid_ranking(
+    target: Target,
+    query: str,
+    vector: npt.NDArray[np.float32],
+    k: int,
+    *,
+    filter: dict[str, Any] | None = None,
+    fusion: Fusion | None = None,
+) -> Ranking:
     fusion = fusion or Fusion()
     params = {
         "rrf_k": fusion.rrf_k,
@@ -84,20 +139,4 @@ def hybrid(
         "filter": None if filter is None else json.dumps(filter),
         "column": target.embedding_column,
     }
-    with search_errors():
-        rows = conn.execute(queries.get("hybrid_search"), params).fetchall()
-    return [
-        search_result(
-            key,
-            distance,
-            content,
-            seq,
-            score=score,
-            vector_rank=vr,
-            text_rank=tr,
-            offsets=(start, end),
-            headings=headings,
-            page=page,
-        )
-        for key, score, content, seq, distance, vr, tr, start, end, headings, page in rows
-    ]
+    return Ranking(queries.get("hybrid_search"), params, hybrid=True)

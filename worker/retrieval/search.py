@@ -6,11 +6,13 @@ No connection is held while the CPU works:
   1. the question is embedded with the model the table's target had at its last search,
      batched with other questions for that model (worker/models/query_batch.py); the first
      search of a table reads its target first;
-  2. a connection is leased for the SQL alone: the target as it is now (the one read last,
-     checked by one statement: worker/retrieval/targets.py; a model other than the one
-     embedded with: back to 1 with it), the rerank stage's registration, the
-     ranking (by meaning, or hybrid where the target has full-text search), the check that
-     the target did not change meanwhile; then given back;
+  2. a connection is leased for the SQL alone, taken and given back without a statement of
+     its own (worker/retrieval/pool.py; one found broken: the search asks once more): the
+     target as it is now (the one read last, checked by one statement:
+     worker/retrieval/targets.py; a model other than the one embedded with: back to 1 with
+     it), the rerank stage's registration, the ranking (by meaning, or hybrid where the
+     target has full-text search), and in one last exchange the DISCARD of the session the
+     ranking ran others' code in, with the check that the target did not change meanwhile;
   3. the rerank stage (a cross-encoder's CPU, a remote API's wait) runs with none.
 A query is never compared with another model's vectors.
 """
@@ -24,6 +26,7 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+import psycopg
 
 from worker import db, exceptions
 from worker.config import Settings
@@ -32,11 +35,12 @@ from worker.models.query_batch import QueryBatchers
 from worker.models.remote.rerank_spec import RerankerSpec
 from worker.models.reranker import LoadedRerankers, Reranker
 from worker.retrieval import rankings, rerank
-from worker.retrieval.errors import InvalidSearch
+from worker.retrieval.errors import InvalidSearch, search_errors
 from worker.retrieval.fusion import Fusion
 from worker.retrieval.pool import SearchConnections
 from worker.retrieval.request import SearchRequest
-from worker.retrieval.targets import KnownTargets, current_target, is_current
+from worker.retrieval.targets import KnownTargets, check_statement, current_target, is_current
+from worker.session_guard import GuardedConnection
 from worker.target import Target
 
 # A reranker by its name and its registration, if it is a remote one (LoadedRerankers.get).
@@ -45,6 +49,14 @@ LoadReranker = Callable[[str, RerankerSpec | None], Reranker]
 Lease = Callable[[], AbstractContextManager[db.Connection]]
 
 ATTEMPTS = 3  # model changes a search follows before answering with what it has
+
+
+class _Broken(Exception):
+    """The leased connection was lost during the search (`lost`, raised inside the lease)."""
+
+    def __init__(self, lost: exceptions.ConnectionLost) -> None:
+        super().__init__(str(lost))
+        self.lost = lost
 
 
 @dataclass
@@ -64,9 +76,12 @@ class SearchService:
         *,
         load_reranker: LoadReranker | None = None,
         then: str = "",
+        recover: Callable[[], None] | None = None,
     ) -> None:
-        """`then` ends the hint given for an unwatched table."""
+        """`then` ends the hint given for an unwatched table; `recover`, called once a leased
+        connection was found broken, before the search asks once more (the pool's check)."""
         self.lease = lease
+        self.recover = recover
         self.questions = questions
         self.load_reranker = load_reranker
         self.then = then
@@ -100,6 +115,7 @@ class SearchService:
                 max_wait=settings.query_batch_wait_ms / 1000,
             ),
             load_reranker=rerankers.get,
+            recover=connections.check,
         )
         service._closers += [connections.close, rerankers.close]
         return service
@@ -119,24 +135,89 @@ class SearchService:
         (results.search_result()), reranked where the request or the target says so."""
         model = self.targets.model(request.table, request.column)
         vector = None if model is None else self._embed(model, request.query)
-        for _ in range(ATTEMPTS):
-            with self.lease() as conn:
-                target = self.targets.find(conn, request.table, request.column, then=self.then)
-                if vector is not None and target.model == model:
-                    found = self._rank(conn, target, request, vector)
-                    if found is not None and is_current(conn, target):
-                        break
-                    target = current_target(conn, target)  # changed under the ranking
-            if vector is None or target.model != model:  # first read, or another model now
-                model = target.model
-                vector = self._embed(model, request.query)
-        else:  # the target kept changing: its vectors are compared with nothing
-            raise exceptions.ConnectionLost(
-                f"{request.table}'s target changed {ATTEMPTS} times during the search: ask again"
-            )
+        try:
+            found = self._ranked(request, model, vector)
+        except _Broken:  # a pooled connection the server closed: once more, on a sound one
+            if self.recover is not None:
+                self.recover()
+            try:
+                found = self._ranked(request, model, vector)
+            except _Broken as broken:
+                raise broken.lost from None
         if found.reranker is None:
             return found.results
         return rerank.reorder(found.results, request.query, found.reranker, request.k)
+
+    def _ranked(
+        self, request: SearchRequest, model: str | None, vector: npt.NDArray[np.float32] | None
+    ) -> _Ranked:
+        for _ in range(ATTEMPTS):
+            with self.lease() as conn:
+                try:
+                    at_once = self._rank_known(conn, request, model, vector)
+                    if at_once is not None:
+                        target, found = at_once
+                    else:
+                        target = self.targets.find(
+                            conn, request.table, request.column, then=self.then
+                        )
+                        found = None
+                    if vector is not None and target.model == model:
+                        found = found or self._rank(conn, target, request, vector)
+                        if found is not None and is_current(conn, target, last=True):
+                            return found
+                        target = current_target(conn, target)  # changed under the ranking
+                except exceptions.ConnectionLost as lost:
+                    raise _Broken(lost) from lost
+            if vector is None or target.model != model:  # first read, or another model now
+                model = target.model
+                vector = self._embed(model, request.query)
+        # The target kept changing: its vectors are compared with nothing.
+        raise exceptions.ConnectionLost(
+            f"{request.table}'s target changed {ATTEMPTS} times during the search: ask again"
+        )
+
+    def _rank_known(
+        self,
+        conn: db.Connection,
+        request: SearchRequest,
+        model: str | None,
+        vector: npt.NDArray[np.float32] | None,
+    ) -> tuple[Target, _Ranked] | None:
+        """The ranking of the target this table meant last, sent with the statement that
+        checks it is still that target, in one exchange (a pipeline): on a pooled connection
+        as it was given back (clean: no reset may come between them), for a search without a
+        rerank stage, once the connection knows pgvector's types. None when this does not
+        apply or the target changed: the search checks and ranks one statement at a time."""
+        known = self.targets.known(request.table, request.column)
+        if (
+            known is None
+            or vector is None
+            or not (isinstance(conn, GuardedConnection) and conn.clean)
+            or conn.adapters.types.get("halfvec") is None
+        ):
+            return None
+        check, target = known
+        if (
+            target.model != model
+            or target.problem(vector.shape[0]) is not None
+            or rerank.plan(request, target) is not None
+        ):
+            return None
+        ranking = _ranking(target, request, vector, request.k)
+        checked = ranked = None
+        try:
+            with search_errors(), conn.pipeline():
+                checked = conn.execute(*check_statement(request.table, request.column))
+                ranked = conn.execute(ranking.query, ranking.params)
+        except exceptions.DatabaseError:
+            if _rows(checked) == check:  # the same target: the ranking's own error
+                raise
+            return None
+        assert ranked is not None
+        if _rows(checked) != check:
+            return None
+        return target, _Ranked(ranking.results(ranked.fetchall()), None)
 
     def _embed(self, model: str, query: str) -> npt.NDArray[np.float32]:
         vector: npt.NDArray[np.float32] = self.questions.embed(model, [query])[0]
@@ -158,7 +239,7 @@ class SearchService:
         reranker = None if stage is None else _reranker(conn, stage, self.load_reranker)
         k = request.k if stage is None else stage.depth
         try:
-            results = _ranking(conn, target, request, vector, k)
+            results = rankings.run(conn, _ranking(target, request, vector, k))
         except exceptions.DatabaseError:
             if is_current(conn, target):
                 raise
@@ -167,26 +248,35 @@ class SearchService:
 
 
 def _ranking(
-    conn: db.Connection,
     target: Target,
     request: SearchRequest,
     vector: npt.NDArray[np.float32],
     k: int,
-) -> list[dict[str, Any]]:
+) -> rankings.Ranking:
     """By meaning, or hybrid where the request or the target says so. `fusion` given, a search
     that would not be hybrid (a target without full-text search, in mode "auto") is refused
     rather than run untuned."""
     mode, fusion = request.mode, request.fusion
     if mode == "hybrid" or (mode == "auto" and target.has_fulltext):
-        return rankings.hybrid(
-            conn, target, request.query, vector, k, filter=request.filter, fusion=fusion
+        return rankings.hybrid_ranking(
+            target, request.query, vector, k, filter=request.filter, fusion=fusion
         )
     if fusion is not None:
         raise InvalidSearch(
             f"{target.name} has no full-text search: {', '.join(Fusion.names())} tune"
             " hybrid search only"
         )
-    return rankings.by_vector(conn, target, vector, k, request.filter)
+    return rankings.by_vector_ranking(target, vector, k, request.filter)
+
+
+def _rows(cursor: Any) -> Any:
+    """A pipelined statement's rows; None when it has none (it failed, or never ran)."""
+    if cursor is None:
+        return None
+    try:
+        return cursor.fetchall()
+    except psycopg.Error:
+        return None
 
 
 def _reranker(conn: db.Connection, stage: rerank.RerankPlan, load: LoadReranker | None) -> Reranker:

@@ -7,11 +7,12 @@ import threading
 from collections import OrderedDict
 from typing import Any
 
-from psycopg import errors, sql
+from psycopg import ClientCursor, errors, sql
 from psycopg.rows import dict_row
 
 from worker import db, exceptions, queries
 from worker.pipeline.targets import target_of
+from worker.session_guard import GuardedConnection
 from worker.target import Target
 
 # search_target's targets: load_targets narrowed to the table's (and column's).
@@ -62,6 +63,12 @@ class KnownTargets:
             found = self._known.get((table, column))
         return None if found is None else found[1].model
 
+    def known(self, table: str, column: str | None) -> tuple[Any, Target] | None:
+        """What the last check of this name found, and the target it meant: a search may send
+        its ranking of that target with the check (check_statement()), in one exchange."""
+        with self._lock:
+            return self._known.get((table, column))
+
     def find(
         self, conn: db.Connection, table: str, column: str | None = None, *, then: str = ""
     ) -> Target:
@@ -85,9 +92,13 @@ class KnownTargets:
 
 def _check(conn: db.Connection, table: str, column: str | None) -> Any:
     with db.translated():
-        return conn.execute(
-            queries.get("search_target_check"), {"table": table, "column": column}
-        ).fetchall()
+        return conn.execute(*check_statement(table, column)).fetchall()
+
+
+def check_statement(table: str, column: str | None) -> tuple[str, dict[str, Any]]:
+    """The statement KnownTargets checks a target it knows by (its rows: what known() gives
+    first), with its parameters."""
+    return queries.get("search_target_check"), {"table": table, "column": column}
 
 
 def current_target(conn: db.Connection, target: Target) -> Target:
@@ -100,10 +111,18 @@ def current_target(conn: db.Connection, target: Target) -> Target:
     return target_of(found[0])
 
 
-def is_current(conn: db.Connection, target: Target) -> bool:
-    """Whether `target` is still the registered definition: one row read."""
+def is_current(conn: db.Connection, target: Target, *, last: bool = False) -> bool:
+    """Whether `target` is still the registered definition: one row read. `last`: the
+    search's last statement on `conn`; a pooled connection then sends it after DISCARDing its
+    session, in one exchange, and goes back to its pool clean (session_guard:
+    discard_session)."""
+    query, params = queries.get("search_target_version"), {"target": target.id}
     with db.translated():
-        row = conn.execute(queries.get("search_target_version"), {"target": target.id}).fetchone()
+        if last and isinstance(conn, GuardedConnection) and conn.pooled:
+            rows = conn.discard_session(then=ClientCursor(conn).mogrify(query, params))
+            row = rows[0] if rows else None
+        else:
+            row = conn.execute(query, params).fetchone()
     return row is not None and row[0] == target.version
 
 
