@@ -2,9 +2,10 @@
 heading path in front of it buys in retrieval, on sections that mean nothing without their
 heading ("## Refunds\\nIt takes 14 days.").
 
-One Markdown help-centre page of 30 short sections; 30 questions, one per section, that name
-the section's subject but share almost no word with its body. Each question's answer is its
-section's chunk. Ranked by cosine similarity with the real all-MiniLM-L6-v2, recall@1 and @5 of:
+One Markdown help-centre page of 30 short sections (bench/context_headers.json); 30 questions,
+one per section, that name the section's subject but share almost no word with its body. Each
+question's answer is its section's chunk. Ranked by cosine similarity with the real
+all-MiniLM-L6-v2, recall@1 and @5 of:
 - `body`: the section chunks as stored, embedded as they are (what a heading-aware split
   without a header embeds; HTML and DOCX chunks hold no heading line at all);
 - `heading_line`: each section's own Markdown, heading line and body ("## Refunds\\nIt takes 14
@@ -39,76 +40,8 @@ CHUNK_TOKENS = 128
 
 # (heading, body, question): the body alone does not say what it is about.
 SECTIONS = [
-    ("Refunds", "It takes 14 days.", "how long does a refund take"),
-    ("Shipping", "It takes 3 to 5 working days.", "how long does shipping take"),
-    (
-        "Password reset",
-        "Use the link we email you; it expires after one hour.",
-        "how do I reset my password",
-    ),
-    (
-        "Deleting your account",
-        "Open settings and choose the last option. It cannot be undone.",
-        "how do I delete my account",
-    ),
-    ("Opening hours", "Monday to Friday, 9 to 5.", "when is the office open"),
-    ("Phone support", "Call 0800 123 456.", "what is the support phone number"),
-    (
-        "Cancelling a subscription",
-        "Do it any time before the next billing date.",
-        "when can I cancel my subscription",
-    ),
-    ("Returns", "Within 30 days, in the original packaging.", "what is the return policy"),
-    ("Warranty", "Two years from the date of purchase.", "how long is the warranty"),
-    ("Payment methods", "We accept cards and bank transfer.", "which payment methods are accepted"),
-    ("Gift cards", "They are valid for one year.", "do gift cards expire"),
-    (
-        "International orders",
-        "Customs fees are paid by the buyer.",
-        "who pays customs on orders from abroad",
-    ),
-    (
-        "Order tracking",
-        "The number is in your confirmation email.",
-        "where do I find my tracking number",
-    ),
-    (
-        "Price matching",
-        "We pay the difference if you find it cheaper within 7 days.",
-        "do you offer price matching",
-    ),
-    ("Student discount", "15% off with a valid card.", "is there a student discount"),
-    (
-        "Two-factor authentication",
-        "Turn it on under Security; an app or SMS works.",
-        "how do I enable two-factor authentication",
-    ),
-    ("Exporting your data", "A download link arrives within 48 hours.", "how can I export my data"),
-    (
-        "Changing your email address",
-        "Confirm it from the new inbox.",
-        "how do I change my email address",
-    ),
-    ("Damaged items", "Send us a photo and we replace it.", "what if my item arrives damaged"),
-    ("Store pickup", "Ready after 2 hours; bring your ID.", "can I pick up my order in store"),
-    ("Invoices", "They are under Orders, as PDF.", "where can I download my invoice"),
-    (
-        "Loyalty points",
-        "One per euro spent; they expire after a year.",
-        "how do loyalty points work",
-    ),
-    ("Pets", "Dogs are welcome, cats are not.", "are pets allowed"),
-    ("Parking", "Free for the first two hours.", "is parking free"),
-    ("Wi-Fi", "The code is on your receipt.", "what is the wifi password"),
-    ("Age limit", "You must be 18 or older.", "how old do I need to be to sign up"),
-    (
-        "Minimum order",
-        "Orders under 20 euros cost 4 euros more.",
-        "is there a minimum order amount",
-    ),
-    ("Bulk orders", "Contact sales for more than 50 units.", "how do I place a bulk order"),
-    ("Newsletter", "Use the link at the bottom of any email.", "how do I stop the newsletter"),
-    ("Gift wrapping", "Available at checkout for 3 euros.", "can you gift wrap my order"),
+    (s["heading"], s["body"], s["question"])
+    for s in json.loads((Path(__file__).parent / "context_headers.json").read_text())
 ]
 
 

@@ -172,34 +172,16 @@ def _random_spacing(piece_s: float) -> Any:
 def _sample(
     conn: Conn, samples: int, go_on: Any, spacing: Any = lambda: 0.2, timeout: float = 600
 ) -> list[float]:
-    latencies: list[float] = []
-    for i in range(samples):
-        if not go_on():
-            break
-        row = conn.execute(
-            "INSERT INTO bench_notes (body) VALUES (%s) RETURNING id",
-            (f"Live note {i}: written by the application while a long document is embedded.",),
-        ).fetchone()
-        assert row is not None
-        wait_until(
-            lambda key=row[0]: (
-                conn.execute(
-                    "SELECT embedded_at IS NOT NULL FROM bench_notes WHERE id = %s", (key,)
-                ).fetchone()
-                == (True,)
-            ),
-            timeout,
-            f"row {row[0]}",
-        )
-        latency = conn.execute(
-            "SELECT extract(epoch FROM embedded_at - inserted_at) * 1000 FROM bench_notes"
-            " WHERE id = %s",
-            (row[0],),
-        ).fetchone()
-        assert latency is not None
-        latencies.append(float(latency[0]))
-        time.sleep(spacing())
-    return latencies
+    return sampling.live_latencies(
+        conn,
+        "bench_notes",
+        "INSERT INTO bench_notes (body) VALUES (%s) RETURNING id",
+        "written by the application while a long document is embedded.",
+        samples,
+        go_on=go_on,
+        pause=spacing,
+        timeout=timeout,
+    )
 
 
 def _progress(conn: Conn) -> int | None:

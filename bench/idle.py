@@ -170,18 +170,7 @@ def _insert(conn: Conn, body: str, *, prepared: bool = False, timeout: float = 3
             "INSERT INTO bench_idle (body) VALUES (%s) RETURNING id", (body,)
         ).fetchone()
     assert row is not None
-    deadline = time.monotonic() + timeout
-    while True:
-        found = conn.execute(
-            "SELECT extract(epoch FROM embedded_at - inserted_at) * 1000 FROM bench_idle"
-            " WHERE id = %s",
-            (row[0],),
-        ).fetchone()
-        if found is not None and found[0] is not None:
-            return float(found[0])
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"row {row[0]} not embedded within {timeout} s")
-        time.sleep(0.002)
+    return sampling.embedded_latency(conn, "bench_idle", row[0], timeout, poll=0.002)
 
 
 def _cpu_seconds(pid: int) -> float:

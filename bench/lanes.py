@@ -112,34 +112,17 @@ def _sample(
 ) -> list[float]:
     """Live single-row inserts, each after the previous one landed; stops early when sampling
     under backfill and the backfill is gone."""
-    latencies: list[float] = []
-    for i in range(samples):
-        if until_backfill_done and _pending_backfill(conn) == 0:
-            break
-        row = conn.execute(
-            "INSERT INTO bench_lanes (body, live) VALUES (%s, true) RETURNING id",
-            (f"Live note {i}: written by the application while the backfill runs.",),
-        ).fetchone()
-        assert row is not None
-        _wait(
-            lambda key=row[0]: (
-                conn.execute(
-                    "SELECT embedded_at IS NOT NULL FROM bench_lanes WHERE id = %s", (key,)
-                ).fetchone()
-                == (True,)
-            ),
-            timeout,
-            f"row {row[0]}",
-        )
-        latency = conn.execute(
-            "SELECT extract(epoch FROM embedded_at - inserted_at) * 1000 FROM bench_lanes"
-            " WHERE id = %s",
-            (row[0],),
-        ).fetchone()
-        assert latency is not None
-        latencies.append(float(latency[0]))
-        time.sleep(0.05)
-    return latencies
+    return sampling.live_latencies(
+        conn,
+        "bench_lanes",
+        "INSERT INTO bench_lanes (body, live) VALUES (%s, true) RETURNING id",
+        "written by the application while the backfill runs.",
+        samples,
+        go_on=lambda: not (until_backfill_done and _pending_backfill(conn) == 0),
+        pause=lambda: 0.05,
+        timeout=timeout,
+        poll=0.002,  # the latencies measured here are a few milliseconds
+    )
 
 
 def _behind_one_queue(conn: Conn) -> dict[str, Any]:

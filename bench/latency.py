@@ -9,7 +9,6 @@ worker is idle every time: this is the latency of a quiet system, not of a backl
 from __future__ import annotations
 
 import random
-import statistics
 import time
 from pathlib import Path
 from typing import Any
@@ -44,7 +43,7 @@ def run(
                 _wait_embedded(conn, row[0])
                 time.sleep(rng.uniform(0.05, 0.15))
             latencies = [
-                r[0]
+                float(r[0])
                 for r in conn.execute(
                     "SELECT extract(epoch FROM embedded_at - inserted_at) * 1000 FROM bench_latency"
                     " WHERE body LIKE 'Short note%' ORDER BY id"
@@ -53,14 +52,7 @@ def run(
         finally:
             worker.terminate()
             worker.wait(30)
-    ordered = sorted(float(x) for x in latencies)
-    return {
-        "samples": len(ordered),
-        "p50_ms": round(statistics.median(ordered), 1),
-        "p95_ms": round(ordered[int(0.95 * (len(ordered) - 1))], 1),
-        "max_ms": round(ordered[-1], 1),
-        "mean_ms": round(statistics.fmean(ordered), 1),
-    }
+    return sampling.latency_summary(latencies, mean=True)
 
 
 def _warm_up(conn: psycopg.Connection[Any]) -> None:
@@ -73,10 +65,4 @@ def _warm_up(conn: psycopg.Connection[Any]) -> None:
 
 
 def _wait_embedded(conn: psycopg.Connection[Any], key: int, timeout: float = 30) -> None:
-    deadline = time.monotonic() + timeout
-    while conn.execute(
-        "SELECT embedded_at IS NULL FROM bench_latency WHERE id = %s", (key,)
-    ).fetchone() == (True,):
-        if time.monotonic() > deadline:
-            raise TimeoutError(f"row {key} not embedded within {timeout} s")
-        time.sleep(0.002)
+    sampling.wait_embedded(conn, "bench_latency", key, timeout, poll=0.002)

@@ -12,7 +12,7 @@ import re
 import threading
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager, suppress
-from dataclasses import dataclass
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import psycopg
@@ -286,6 +286,7 @@ def register_vector_types(conn: Connection) -> None:
             register(conn, info)
 
 
+@dataclass(eq=False, repr=False)  # one per thread, compared by identity; its DSN never printed
 class Session:
     """One connection that comes back when lost.
 
@@ -297,25 +298,15 @@ class Session:
     there.
     """
 
-    def __init__(
-        self,
-        dsn: str,
-        name: str,
-        stop: threading.Event,
-        *,
-        max_wait: float = 30.0,
-        vectors: bool = False,
-        deadline: float | None = None,
-        lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
-    ):
-        self.dsn = dsn
-        self.lock_timeout_ms = lock_timeout_ms
-        self.deadline = deadline
-        self.vectors = vectors
-        self.name = name
-        self.stop = stop
-        self.max_wait = max_wait
-        self._conn: Connection | None = None
+    dsn: str
+    name: str
+    stop: threading.Event
+    _: KW_ONLY
+    max_wait: float = 30.0
+    vectors: bool = False
+    deadline: float | None = None
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
+    _conn: Connection | None = field(default=None, init=False)
 
     def get(self) -> Connection:
         if self._conn is not None and not self._conn.closed:

@@ -5,19 +5,16 @@ their best chunk; status and failures --retry cover chunked targets."""
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from tests.acceptance.test_http import TOKEN, post
-from tests.support.process import WorkerProcess, wait_for
+from tests.support.login_roles import login_role
+from tests.support.process import WorkerProcess, run_cli, wait_for
 
 Conn = psycopg.Connection[Any]
 
@@ -50,22 +47,12 @@ def chunked(conn: Conn, worker_env: dict[str, str]) -> int:
 @pytest.fixture
 def search_dsn(conn: Conn, dsn: str) -> Iterator[str]:
     """A read-only role for POST /search: SELECT on docs and its chunks."""
-    role = f"app_search_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"CREATE ROLE {role} LOGIN")
-    conn.execute(f"GRANT SELECT ON docs, docs_chunks TO {role}")
-    yield make_conninfo(dsn, user=role)
-    conn.execute(f"DROP OWNED BY {role}")
-    conn.execute(f"DROP ROLE {role}")
+    with login_role(conn, dsn, "app_search", "SELECT ON docs, docs_chunks") as role_dsn:
+        yield role_dsn
 
 
 def cli(dsn: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env={**os.environ, **env, "DATABASE_URL": dsn},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env={**env, "DATABASE_URL": dsn})
 
 
 def documents_with_chunks(conn: Conn) -> set[int]:

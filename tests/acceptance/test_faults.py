@@ -4,10 +4,8 @@ The worker is the real process, running as a least-privilege role."""
 from __future__ import annotations
 
 import json
-import os
 import signal
 import subprocess
-import sys
 from collections.abc import Callable
 from typing import Any
 
@@ -18,7 +16,7 @@ import pytest
 from tests.support.cluster import Cluster
 from tests.support.jobs import JOBS
 from tests.support.models import MINILM, require_minilm
-from tests.support.process import WorkerProcess, wait_for
+from tests.support.process import WorkerProcess, run_cli, wait_for
 from worker.models.embedder import Embedder
 
 Conn = psycopg.Connection[Any]
@@ -49,13 +47,7 @@ def drained(conn: Conn, rows: int) -> bool:
 
 
 def cli(dsn: str, env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env={**os.environ, **env, "DATABASE_URL": dsn},
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    return run_cli(*args, env={**env, "DATABASE_URL": dsn}, timeout=300)
 
 
 def test_kill_9_mid_batch_loses_nothing_and_keeps_the_latest_content(

@@ -430,21 +430,27 @@ def test_slow_clients_are_cut_off_and_connections_bounded(
     wait_for(lambda: post(worker, "/embed", {"input": "x"})[0] == 200, 10, what="served again")
 
 
+def embed_head(content_length: str) -> bytes:
+    """The request line and headers of an authenticated POST /embed of a JSON body of
+    `content_length` bytes, to be followed by as much of that body as a test sends."""
+    return request(
+        "POST",
+        "/embed",
+        headers=[
+            ("Authorization", f"Bearer {TOKEN}"),
+            ("Content-Type", "application/json"),
+            ("Content-Length", content_length),
+        ],
+    )
+
+
 def _stall_every_slot(
     port: int, slots: int, open_sockets: contextlib.ExitStack
 ) -> list[socket.socket]:
     """Holds every slot with an authenticated POST whose body stops half-way; returns those
     clients once another authenticated POST is refused 503 (a stalled client that already
     timed out, on a slow machine, makes the attempt start over)."""
-    head = request(
-        "POST",
-        "/embed",
-        headers=[
-            ("Authorization", f"Bearer {TOKEN}"),
-            ("Content-Type", "application/json"),
-            ("Content-Length", "100"),
-        ],
-    )
+    head = embed_head(content_length="100")
 
     def attempt() -> list[socket.socket] | None:
         clients = [
@@ -486,15 +492,7 @@ def test_a_slow_client_holds_no_batch(http_worker: WorkerProcess) -> None:
     itself once its body arrives."""
     assert http_worker.port is not None
     body = b'{"input": "a question sent slowly"}'
-    head = request(
-        "POST",
-        "/embed",
-        headers=[
-            ("Authorization", f"Bearer {TOKEN}"),
-            ("Content-Type", "application/json"),
-            ("Content-Length", str(len(body))),
-        ],
-    )
+    head = embed_head(content_length=str(len(body)))
     with socket.create_connection(("127.0.0.1", http_worker.port)) as slow:
         slow.sendall(head + body[:10])  # and then nothing, for now
         answers: list[int] = []

@@ -66,6 +66,22 @@ def searches(stdout: str) -> dict[str, list[str]]:
     return found
 
 
+def assert_hint_finds_archives(hint: str, shell: dict[str, str], cwd: Path) -> None:
+    """The demo's closing hint, its question filled in, run as printed in a shell of `shell`'s
+    environment: it answers with the demo's documents on compression."""
+    searched = subprocess.run(
+        hint.replace("'your question'", "'reading compressed archives'"),
+        shell=True,
+        cwd=cwd,
+        env=shell,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert searched.returncode == 0, searched.stderr
+    assert any(word in searched.stdout.lower() for word in ("gzip", "compress", "archiv"))
+
+
 def test_the_quickstart_downloads_the_model_and_finds_by_meaning(
     clone: Path, newcomer_env: dict[str, str], empty_dsn: str, tmp_path: Path
 ) -> None:
@@ -96,17 +112,7 @@ def test_the_quickstart_downloads_the_model_and_finds_by_meaning(
         assert hint.startswith("DATABASE_URL=") and "search embed_demo.documents" in hint
         shell = {k: v for k, v in env.items() if k != "DATABASE_URL"}
         shell["PATH"] = "/usr/bin:/bin"
-        searched = subprocess.run(
-            hint.replace("'your question'", "'reading compressed archives'"),
-            shell=True,
-            cwd=tmp_path,
-            env=shell,
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )
-        assert searched.returncode == 0, searched.stderr
-        assert any(word in searched.stdout.lower() for word in ("gzip", "compress", "archiv"))
+        assert_hint_finds_archives(hint, shell, tmp_path)
 
         again = run(clone, env, "demo/demo.py")  # a second run downloads nothing
         assert again.returncode == 0 and "downloading" not in again.stdout
@@ -133,17 +139,7 @@ def test_offline_with_a_model_directory_the_closing_hint_works_as_printed(
     # A new shell: none of the demo's settings, and no hub to download from.
     shell = {k: v for k, v in newcomer_env.items() if not k.startswith("EMBED_")}
     shell |= {"PATH": "/usr/bin:/bin", "HF_ENDPOINT": "http://127.0.0.1:9"}
-    searched = subprocess.run(
-        hint.replace("'your question'", "'reading compressed archives'"),
-        shell=True,
-        cwd=tmp_path,
-        env=shell,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert searched.returncode == 0, searched.stderr
-    assert any(word in searched.stdout.lower() for word in ("gzip", "compress", "archiv"))
+    assert_hint_finds_archives(hint, shell, tmp_path)
     assert f"EMBED_MODEL_PATH={models.resolve()} " in hint
 
     # The demo printed the README's lines, and left one notion of the default model: the

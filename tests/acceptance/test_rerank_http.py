@@ -6,16 +6,15 @@ reranker it cannot load is a 503 naming it, a bad field a 400."""
 from __future__ import annotations
 
 import os
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from tests.acceptance.test_http import TOKEN, post
 from tests.integration.test_rerank import BODIES, QUESTION, RERANKER, reranker_path
+from tests.support.login_roles import login_role
 from tests.support.models import MINILM
 from tests.support.process import WorkerProcess, wait_for
 from worker.models.files import ModelLocation
@@ -32,12 +31,8 @@ def search_dsn(conn: Conn, dsn: str) -> Iterator[str]:
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.cursor().executemany("INSERT INTO docs VALUES (%s, %s)", list(enumerate(BODIES, start=1)))
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
-    role = f"app_search_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"CREATE ROLE {role} LOGIN")
-    conn.execute(f"GRANT SELECT ON docs TO {role}")
-    yield make_conninfo(dsn, user=role)
-    conn.execute(f"DROP OWNED BY {role}")
-    conn.execute(f"DROP ROLE {role}")
+    with login_role(conn, dsn, "app_search", "SELECT ON docs") as role_dsn:
+        yield role_dsn
 
 
 def searching_worker(

@@ -7,9 +7,7 @@ Each state is made for real, with a real worker process running as a least-privi
 from __future__ import annotations
 
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -19,20 +17,14 @@ import pytest
 
 from tests.support.jobs import JOBS
 from tests.support.models import MINILM
-from tests.support.process import WorkerProcess, wait_for
+from tests.support.process import WorkerProcess, run_cli, wait_for
 
 Conn = psycopg.Connection[Any]
 TARGET = "public.docs.embedding"
 
 
 def cli(dsn: str, *args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *args],
-        env={**os.environ, "DATABASE_URL": dsn},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    return run_cli(*args, env={"DATABASE_URL": dsn})
 
 
 def make_docs(conn: Conn, rows: int = 5, model: str = MINILM) -> None:

@@ -12,26 +12,31 @@ from __future__ import annotations
 
 from typing import Any
 
+
+def closed_object(properties: dict[str, Any], required: list[str] | None = None) -> dict[str, Any]:
+    """An object of these properties and no other (a misspelt field fails)."""
+    schema: dict[str, Any] = {"type": "object"}
+    if required is not None:
+        schema["required"] = required
+    return schema | {"properties": properties, "additionalProperties": False}
+
+
 STRING_MAP = {"type": "object", "additionalProperties": {"type": "string"}}
 NAME = {"type": "string", "pattern": r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$", "maxLength": 253}
 
-METADATA = {
-    "type": "object",
-    "required": ["name"],
-    "properties": {
+METADATA = closed_object(
+    {
         "name": NAME,
         "namespace": NAME,
         "labels": STRING_MAP,
         "annotations": STRING_MAP,
     },
-    "additionalProperties": False,
-}
+    required=["name"],
+)
 
 # The PostgreSQL scaler: trigger metadata and TriggerAuthentication parameters.
-POSTGRESQL_METADATA = {
-    "type": "object",
-    "required": ["query", "targetQueryValue"],
-    "properties": {
+POSTGRESQL_METADATA = closed_object(
+    {
         key: {"type": "string"}
         for key in (
             "query",
@@ -47,8 +52,8 @@ POSTGRESQL_METADATA = {
             "metricName",
         )
     },
-    "additionalProperties": False,
-}
+    required=["query", "targetQueryValue"],
+)
 POSTGRESQL_AUTH_PARAMETERS = (
     "connection",
     "password",
@@ -59,70 +64,54 @@ POSTGRESQL_AUTH_PARAMETERS = (
     "sslmode",
 )
 
-SCALED_OBJECT: dict[str, Any] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
+SCALED_OBJECT: dict[str, Any] = closed_object(
+    {
         "apiVersion": {"const": "keda.sh/v1alpha1"},
         "kind": {"const": "ScaledObject"},
         "metadata": METADATA,
-        "spec": {
-            "type": "object",
-            "required": ["scaleTargetRef", "triggers"],
-            "properties": {
-                "scaleTargetRef": {
-                    "type": "object",
-                    "required": ["name"],
-                    "properties": {
+        "spec": closed_object(
+            {
+                "scaleTargetRef": closed_object(
+                    {
                         "apiVersion": {"type": "string"},
                         "kind": {"type": "string"},
                         "name": NAME,
                         "envSourceContainerName": {"type": "string"},
                     },
-                    "additionalProperties": False,
-                },
+                    required=["name"],
+                ),
                 "pollingInterval": {"type": "integer", "minimum": 1},
                 "cooldownPeriod": {"type": "integer", "minimum": 0},
                 "initialCooldownPeriod": {"type": "integer", "minimum": 0},
                 "idleReplicaCount": {"type": "integer", "minimum": 0},
                 "minReplicaCount": {"type": "integer", "minimum": 0},
                 "maxReplicaCount": {"type": "integer", "minimum": 1},
-                "fallback": {
-                    "type": "object",
-                    "required": ["failureThreshold", "replicas"],
-                    "properties": {
+                "fallback": closed_object(
+                    {
                         "failureThreshold": {"type": "integer"},
                         "replicas": {"type": "integer"},
                     },
-                    "additionalProperties": False,
-                },
-                "advanced": {
-                    "type": "object",
-                    "properties": {
+                    required=["failureThreshold", "replicas"],
+                ),
+                "advanced": closed_object(
+                    {
                         "restoreToOriginalReplicaCount": {"type": "boolean"},
-                        "horizontalPodAutoscalerConfig": {
-                            "type": "object",
-                            "properties": {"name": NAME, "behavior": {"type": "object"}},
-                            "additionalProperties": False,
-                        },
+                        "horizontalPodAutoscalerConfig": closed_object(
+                            {"name": NAME, "behavior": {"type": "object"}}
+                        ),
                         "scalingModifiers": {"type": "object"},
-                    },
-                    "additionalProperties": False,
-                },
+                    }
+                ),
                 "triggers": {
                     "type": "array",
                     "minItems": 1,
-                    "items": {
-                        "type": "object",
-                        "required": ["type", "metadata"],
-                        "properties": {
+                    "items": closed_object(
+                        {
                             "type": {"type": "string"},
                             "name": {"type": "string"},
                             "metadata": STRING_MAP,
-                            "authenticationRef": {
-                                "type": "object",
-                                "required": ["name"],
-                                "properties": {
+                            "authenticationRef": closed_object(
+                                {
                                     "name": NAME,
                                     "kind": {
                                         "enum": [
@@ -131,45 +120,42 @@ SCALED_OBJECT: dict[str, Any] = {
                                         ]
                                     },
                                 },
-                                "additionalProperties": False,
-                            },
+                                required=["name"],
+                            ),
                             "metricType": {"enum": ["AverageValue", "Value", "Utilization"]},
                             "useCachedMetrics": {"type": "boolean"},
                         },
-                        "additionalProperties": False,
+                        required=["type", "metadata"],
+                    )
+                    | {
                         "if": {"properties": {"type": {"const": "postgresql"}}},
                         "then": {"properties": {"metadata": POSTGRESQL_METADATA}},
                     },
                 },
             },
-            "additionalProperties": False,
-        },
+            required=["scaleTargetRef", "triggers"],
+        ),
     },
-    "additionalProperties": False,
-}
+    required=["apiVersion", "kind", "metadata", "spec"],
+)
 
-TRIGGER_AUTHENTICATION: dict[str, Any] = {
-    "type": "object",
-    "required": ["apiVersion", "kind", "metadata", "spec"],
-    "properties": {
+TRIGGER_AUTHENTICATION: dict[str, Any] = closed_object(
+    {
         "apiVersion": {"const": "keda.sh/v1alpha1"},
         "kind": {"const": "TriggerAuthentication"},
         "metadata": METADATA,
-        "spec": {
-            "type": "object",
-            "properties": {
+        "spec": closed_object(
+            {
                 "secretTargetRef": {
                     "type": "array",
-                    "items": {
-                        "type": "object",
-                        "required": ["parameter", "name", "key"],
-                        "properties": {
+                    "items": closed_object(
+                        {
                             "parameter": {"type": "string"},
                             "name": NAME,
                             "key": {"type": "string"},
                         },
-                        "additionalProperties": False,
-                    },
+                        required=["parameter", "name", "key"],
+                    ),
                 },
                 "env": {"type": "array"},
                 "configMapTargetRef": {"type": "array"},
@@ -178,11 +164,10 @@ TRIGGER_AUTHENTICATION: dict[str, Any] = {
                 "azureKeyVault": {"type": "object"},
                 "awsSecretManager": {"type": "object"},
                 "gcpSecretManager": {"type": "object"},
-            },
-            "additionalProperties": False,
-        },
+            }
+        ),
     },
-    "additionalProperties": False,
-}
+    required=["apiVersion", "kind", "metadata", "spec"],
+)
 
 SCHEMAS = {"ScaledObject": SCALED_OBJECT, "TriggerAuthentication": TRIGGER_AUTHENTICATION}

@@ -168,6 +168,16 @@ def test_an_owner_trigger_that_sleeps_fails_only_its_row(
     assert row is not None and "EMBED_OWNER_CODE_TIMEOUT_SECONDS" in row[0], row
 
 
+def watch_docs_by_content_function(conn: Conn, minilm: str, owner_code: str) -> None:
+    """docs watched by a PL/pgSQL content function that runs `owner_code` (a template of the
+    row's name, `{row}`) before it returns the body."""
+    conn.execute(
+        "CREATE FUNCTION docs_text(d docs) RETURNS text LANGUAGE plpgsql STABLE AS"
+        f" $$ BEGIN {owner_code.format(row='d')} RETURN d.body; END $$"
+    )
+    stores.watch(conn, "row", minilm, table="docs", content="docs_text")
+
+
 def test_a_content_function_that_sleeps_fails_only_its_row(
     conn: Conn, minilm: str, running: Callable[..., Running]
 ) -> None:
@@ -176,11 +186,7 @@ def test_a_content_function_that_sleeps_fails_only_its_row(
     embedded; once it no longer sleeps, a retried row is embedded."""
     conn.execute(SLEEPERS)
     conn.execute("CREATE TABLE docs (id integer PRIMARY KEY, body text)")
-    conn.execute(
-        "CREATE FUNCTION docs_text(d docs) RETURNS text LANGUAGE plpgsql STABLE AS"
-        f" $$ BEGIN {SLEEP.format(row='d')} RETURN d.body; END $$"
-    )
-    stores.watch(conn, "row", minilm, table="docs", content="docs_text")
+    watch_docs_by_content_function(conn, minilm, SLEEP)
     watched(conn, minilm, "others")
     fill(conn, "docs", "others")
     conn.execute("INSERT INTO sleepers VALUES (2)")
@@ -237,11 +243,7 @@ def test_owner_code_that_catches_the_cancel_ends_its_session_not_the_worker(
             " FOR EACH ROW EXECUTE FUNCTION stubborn()"
         )
     else:
-        conn.execute(
-            "CREATE FUNCTION docs_text(d docs) RETURNS text LANGUAGE plpgsql STABLE AS"
-            f" $$ BEGIN {STUBBORN.format(row='d')} RETURN d.body; END $$"
-        )
-        stores.watch(conn, "row", minilm, table="docs", content="docs_text")
+        watch_docs_by_content_function(conn, minilm, STUBBORN)
     watched(conn, minilm, "others")
     fill(conn, "docs", "others")
     conn.execute("INSERT INTO sleepers VALUES (2)")  # (the triggers' own evaluation ran before)

@@ -9,7 +9,6 @@ import os
 import re
 import shlex
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -19,19 +18,10 @@ import pytest
 from tests.support.cluster import REPO, free_port
 from tests.support.fakehub import FakeHub
 from tests.support.models import shared_models_dir
+from tests.support.process import run_cli
 from tests.support.standin_hub import serve_gte_small
 
 Conn = psycopg.Connection[Any]
-
-
-def run_cli(*argv: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "worker", *argv],
-        capture_output=True,
-        text=True,
-        env={**os.environ, **env},
-        timeout=120,
-    )
 
 
 def doctor_lines(stdout: str, check: str) -> tuple[str, str]:

@@ -8,6 +8,7 @@ from typing import Any
 
 import psycopg
 
+from tests.support.fetch import fetch_row, fetch_value
 from tests.support.jobs import clear_queue, messages, move_inbox, queued_keys
 from worker.pipeline.messages import message_keys
 
@@ -16,22 +17,17 @@ Conn = psycopg.Connection[Any]
 
 def watched(conn: Conn, table: str = "docs") -> int:
     conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, body text)")
-    row = conn.execute("SELECT embeddings.watch(%s, 'body')", (table,)).fetchone()
-    assert row is not None
+    row = fetch_row(conn, "SELECT embeddings.watch(%s, 'body')", (table,))
     clear_queue(conn)
     return int(row[0])
 
 
 def queue_rows(conn: Conn) -> int:
-    row = conn.execute("SELECT count(*) FROM pgmq.q_embedding_jobs").fetchone()
-    assert row is not None
-    return int(row[0])
+    return int(fetch_value(conn, "SELECT count(*) FROM pgmq.q_embedding_jobs"))
 
 
 def inbox_rows(conn: Conn) -> int:
-    row = conn.execute("SELECT count(*) FROM embeddings.inbox").fetchone()
-    assert row is not None
-    return int(row[0])
+    return int(fetch_value(conn, "SELECT count(*) FROM embeddings.inbox"))
 
 
 def test_a_statement_writes_one_inbox_row_and_no_job_message(conn: Conn) -> None:
@@ -70,8 +66,7 @@ def test_moving_coalesces_single_row_statements_in_write_order_and_once_per_key(
 
 def test_composite_and_text_keys_are_moved_as_keys(conn: Conn) -> None:
     conn.execute("CREATE TABLE t (tenant int, slug text, body text, PRIMARY KEY (tenant, slug))")
-    row = conn.execute("SELECT embeddings.watch('t', 'body')").fetchone()
-    assert row is not None
+    row = fetch_row(conn, "SELECT embeddings.watch('t', 'body')")
     clear_queue(conn)
     conn.execute("""INSERT INTO t VALUES (1, 'a"b', 'x'), (2, 'c,d', 'y')""")
     before = queued_keys(conn, row[0])
@@ -119,8 +114,7 @@ def test_a_mover_skips_rows_another_mover_holds(conn: Conn, dsn: str) -> None:
 def test_each_queue_moves_only_its_own_targets(conn: Conn) -> None:
     docs = watched(conn)
     conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text)")
-    row = conn.execute("SELECT embeddings.watch('notes', 'body', queue => 'other_jobs')").fetchone()
-    assert row is not None
+    row = fetch_row(conn, "SELECT embeddings.watch('notes', 'body', queue => 'other_jobs')")
     conn.execute("INSERT INTO docs VALUES (1, 'one')")
     conn.execute("INSERT INTO notes VALUES (7, 'seven')")
     assert move_inbox(conn) == 1

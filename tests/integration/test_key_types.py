@@ -235,6 +235,21 @@ class KeyType:
         return self.declared.replace("{s}", schema)
 
 
+def holding_no_equality(
+    name: str, declared: str, value: str, part: str, setup: tuple[str, ...] = ()
+) -> KeyType:
+    """A type holding `part`, a type without btree equality: watch() refuses it, and its one
+    value is tried alone."""
+    return KeyType(
+        name,
+        declared,
+        st.just(value),
+        setup=setup,
+        refused=f"holding {part}, which has no default btree operator class",
+        drawn=False,
+    )
+
+
 TYPES: dict[str, KeyType] = {
     **{name: KeyType(name, name, s.map(str)) for name, s in ints.items()},
     "numeric": KeyType("numeric", "numeric", numeric),
@@ -328,28 +343,20 @@ TYPES: dict[str, KeyType] = {
     # default btree operator classes exist (array_ops, record_ops) and fail on the first
     # comparison. (A key column of such a type itself needs a unique index of a non-default
     # operator class: test_a_key_type_without_default_btree_equality_is_refused below.)
-    "point[]": KeyType(
-        "point[]",
-        "point[]",
-        st.just('{"(1,2)"}'),
-        refused="holding point, which has no default btree operator class",
-        drawn=False,
-    ),
-    "composite(point)": KeyType(
+    "point[]": holding_no_equality("point[]", "point[]", '{"(1,2)"}', "point"),
+    "composite(point)": holding_no_equality(
         "composite(point)",
         "{s}.located",
-        st.just('(1,"(1,2)")'),
+        '(1,"(1,2)")',
+        "point",
         setup=("CREATE TYPE {s}.located AS (n integer, at point)",),
-        refused="holding point, which has no default btree operator class",
-        drawn=False,
     ),
-    "composite(xml)": KeyType(
+    "composite(xml)": holding_no_equality(
         "composite(xml)",
         "{s}.marked",
-        st.just("(1,<a/>)"),
+        "(1,<a/>)",
+        "xml",
         setup=("CREATE TYPE {s}.marked AS (n integer, doc xml)",),
-        refused="holding xml, which has no default btree operator class",
-        drawn=False,
     ),
     "bytea": KeyType("bytea", "bytea", st.binary(max_size=40).map(lambda b: "\\x" + b.hex())),
     "enum": KeyType("enum", "{s}.mood", st.sampled_from(ENUM_LABELS), setup=(MOOD,)),

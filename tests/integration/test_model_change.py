@@ -20,6 +20,7 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import WIDE, WIDE_DIMS
+from tests.support.fetch import fetch_value
 from tests.support.process import WorkerProcess, run_cli, wait_for
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
@@ -74,9 +75,7 @@ def make_table(conn: Conn, rows: int, *, clear_on_update: bool = True, model: st
 
 
 def target_model(conn: Conn) -> str:
-    row = conn.execute("SELECT model FROM embeddings.targets").fetchone()
-    assert row is not None
-    return str(row[0])
+    return str(fetch_value(conn, "SELECT model FROM embeddings.targets"))
 
 
 def in_change(conn: Conn) -> bool:

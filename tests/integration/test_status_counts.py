@@ -13,6 +13,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.fetch import fetch_row, fetch_value
+
 Conn = psycopg.Connection[Any]
 
 TARGET = "public.docs.embedding"
@@ -74,11 +76,11 @@ def status(conn: Conn, source: str = "embeddings.status") -> dict[str, Any]:
 
 
 def exact_counts(conn: Conn) -> dict[str, int]:
-    row = conn.execute(
+    row = fetch_row(
+        conn,
         "SELECT count(*), count(embedding), count(*) FILTER (WHERE body !~ '[^[:space:]]'"
-        " OR body IS NULL) FROM docs"
-    ).fetchone()
-    assert row is not None
+        " OR body IS NULL) FROM docs",
+    )
     return dict(zip(ESTIMATED_COUNTS, row, strict=True))
 
 
@@ -86,13 +88,14 @@ def reads_of(conn: Conn, table: str) -> int:
     """Scans of `table` so far (sequential and index), as the statistics system counts them."""
     conn.execute("SELECT pg_stat_force_next_flush()")  # our own pending counts, flushed
     conn.execute("SELECT pg_stat_clear_snapshot()")
-    row = conn.execute(
-        "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables"
-        " WHERE relid = %s::regclass",
-        (table,),
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return int(
+        fetch_value(
+            conn,
+            "SELECT coalesce(seq_scan, 0) + coalesce(idx_scan, 0) FROM pg_stat_user_tables"
+            " WHERE relid = %s::regclass",
+            (table,),
+        )
+    )
 
 
 def test_estimates_after_analyze_are_within_bounds(conn: Conn) -> None:

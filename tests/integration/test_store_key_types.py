@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from tests.support import stores
+from tests.support.fetch import fetch_row, fetch_value
 from tests.support.jobs import JOBS
 from worker.process.runner import Worker
 
@@ -25,21 +26,20 @@ LONG_KEY = "a key far longer than ten characters"
 
 
 def store_table(conn: Conn) -> str:
-    row = conn.execute(
-        "SELECT coalesce(side_table, chunk_table)::text FROM embeddings.targets"
-    ).fetchone()
-    assert row is not None
-    return str(row[0])
+    return str(
+        fetch_value(conn, "SELECT coalesce(side_table, chunk_table)::text FROM embeddings.targets")
+    )
 
 
 def key_type(conn: Conn, table: str) -> str:
-    row = conn.execute(
-        "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
-        " WHERE attrelid = %s::regclass AND attname = 'id'",
-        (table,),
-    ).fetchone()
-    assert row is not None
-    return str(row[0])
+    return str(
+        fetch_value(
+            conn,
+            "SELECT format_type(atttypid, atttypmod) FROM pg_attribute"
+            " WHERE attrelid = %s::regclass AND attname = 'id'",
+            (table,),
+        )
+    )
 
 
 def failures(conn: Conn) -> list[tuple[Any, ...]]:
@@ -47,10 +47,9 @@ def failures(conn: Conn) -> list[tuple[Any, ...]]:
 
 
 def problem(conn: Conn) -> tuple[Any, Any]:
-    row = conn.execute(
-        "SELECT t.problem, s.problem FROM embeddings.targets t, embeddings.status s"
-    ).fetchone()
-    assert row is not None
+    row = fetch_row(
+        conn, "SELECT t.problem, s.problem FROM embeddings.targets t, embeddings.status s"
+    )
     return row[0], row[1]
 
 

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from tests.support import stores
+from tests.support.fetch import fetch_row
 from tests.support.stores import ALL_STORES
 
 Conn = psycopg.Connection[Any]
@@ -34,12 +35,12 @@ def test_the_registry_names_each_targets_store_kind_and_table(conn: Conn) -> Non
     for store in ALL_STORES:
         conn.execute(f"CREATE TABLE docs_{store} (id int PRIMARY KEY, body text)")
         target = stores.watch(conn, store, "all-MiniLM-L6-v2", table=f"docs_{store}")
-        row = conn.execute(
+        row = fetch_row(
+            conn,
             "SELECT store_kind, store_table = source, side_table, chunk_table"
             " FROM embeddings.targets WHERE id = %s",
             (target,),
-        ).fetchone()
-        assert row is not None
+        )
         kind, in_its_table, side_table, chunk_table = row
         assert kind == store
         assert in_its_table == (store == "row")

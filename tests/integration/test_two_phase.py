@@ -20,6 +20,7 @@ import pytest
 
 from tests.integration.conftest import Running
 from tests.integration.test_supabase import GUIDE_SETUP
+from tests.support.fetch import fetch_value
 from tests.support.jobs import JOBS
 from tests.support.process import wait_for
 
@@ -88,17 +89,15 @@ def embedded(conn: Conn, table: str, key: int) -> bool:
 
 
 def vector_writes(conn: Conn, table: str, key: int) -> int:
-    row = conn.execute(
-        "SELECT count(*) FROM vector_writes WHERE tab = %s AND id = %s", (table, key)
-    ).fetchone()
-    assert row is not None
-    return int(row[0])
+    return int(
+        fetch_value(
+            conn, "SELECT count(*) FROM vector_writes WHERE tab = %s AND id = %s", (table, key)
+        )
+    )
 
 
 def queued_jobs(conn: Conn) -> int:
-    row = conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone()
-    assert row is not None
-    return int(row[0])
+    return int(fetch_value(conn, f"SELECT count(*) FROM {JOBS}"))
 
 
 def commit_prepared(conn: Conn, gid: str) -> None:

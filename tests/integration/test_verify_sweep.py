@@ -211,15 +211,21 @@ def test_verification_is_bounded_per_call_and_reported(
     assert verify(conn, max_rows=3) == 0  # a new pass: all four are pending now
 
 
-def test_a_chunked_target_is_verified_too(conn: Conn, minilm: str, run_once: RunOnce) -> None:
-    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta')")
-    target = embedded_docs(conn, minilm, run_once, "chunks")  # (chunks of 64 tokens)
+def assert_an_unseen_edit_is_found_and_embedded(conn: Conn, target: int, run_once: RunOnce) -> None:
+    """Row 2's body edited where no trigger sees it ('beta, edited unseen'): the verifying
+    pass finds and queues it alone, and once the worker has run every vector is current."""
     write_unseen(conn, "UPDATE docs SET body = 'beta, edited unseen' WHERE id = 2")
     assert verify(conn) == 1
     assert queued_keys(conn, target) == [2]
     run_once()
     assert verify(conn) == 0
+
+
+def test_a_chunked_target_is_verified_too(conn: Conn, minilm: str, run_once: RunOnce) -> None:
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta')")
+    target = embedded_docs(conn, minilm, run_once, "chunks")  # (chunks of 64 tokens)
+    assert_an_unseen_edit_is_found_and_embedded(conn, target, run_once)
     chunk = conn.execute("SELECT chunk FROM docs_chunks WHERE id = 2").fetchone()
     assert chunk is not None and "edited unseen" in chunk[0]
 
@@ -287,11 +293,7 @@ def test_a_side_table_target_is_verified_too(conn: Conn, minilm: str, run_once: 
     conn.execute("INSERT INTO docs VALUES (1, 'alpha'), (2, 'beta'), (3, 'gamma')")
     target = embedded_docs(conn, minilm, run_once, "side")
     before = conn.execute("SELECT embedding::text FROM docs_embeddings WHERE id = 2").fetchone()
-    write_unseen(conn, "UPDATE docs SET body = 'beta, edited unseen' WHERE id = 2")
-    assert verify(conn) == 1
-    assert queued_keys(conn, target) == [2]
-    run_once()
-    assert verify(conn) == 0
+    assert_an_unseen_edit_is_found_and_embedded(conn, target, run_once)
     after = conn.execute("SELECT embedding::text FROM docs_embeddings WHERE id = 2").fetchone()
     assert after is not None and after != before
     # A re-registration whose content function raises for a row: its side row goes.

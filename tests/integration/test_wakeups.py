@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.fetch import fetch_row, fetch_value
 from tests.support.jobs import clear_queue
 from tests.support.process import wait_for
 from worker import db
@@ -23,18 +24,19 @@ LONG_MS = 60_000  # a timeout no test waits out: a call that returns found what 
 @pytest.fixture
 def docs(conn: Conn) -> Iterator[int]:
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
-    row = conn.execute("SELECT embeddings.watch('docs', 'body')").fetchone()
-    assert row is not None
+    row = fetch_row(conn, "SELECT embeddings.watch('docs', 'body')")
     clear_queue(conn)
     yield int(row[0])
 
 
 def wait(conn: Conn, timeout_ms: int, backfill: bool = True) -> bool:
-    row = conn.execute(
-        "SELECT embeddings.wait_for_jobs('embedding_jobs', %s, %s)", (timeout_ms, backfill)
-    ).fetchone()
-    assert row is not None
-    return bool(row[0])
+    return bool(
+        fetch_value(
+            conn,
+            "SELECT embeddings.wait_for_jobs('embedding_jobs', %s, %s)",
+            (timeout_ms, backfill),
+        )
+    )
 
 
 def waiting(dsn: str) -> None:

@@ -9,15 +9,14 @@ made. `pg_read_all_data` reads every table by design, and the docs say so."""
 from __future__ import annotations
 
 import re
-import uuid
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
-from psycopg.conninfo import make_conninfo
 
 from tests.support.cluster import REPO
+from tests.support.login_roles import login_role
 from tests.support.models import MINILM
 
 Conn = psycopg.Connection[Any]
@@ -138,11 +137,8 @@ def test_public_reads_no_column_of_the_models_registry(conn: Conn) -> None:
 @pytest.fixture
 def monitor(conn: Conn, dsn: str) -> Iterator[str]:
     """A login that is a member of pg_monitor only, as a monitoring agent is set up."""
-    name = f"monitor_{uuid.uuid4().hex[:8]}"
-    conn.execute(f"CREATE ROLE {name} LOGIN")
-    conn.execute(f"GRANT pg_monitor TO {name}")
-    yield make_conninfo(dsn, user=name)
-    conn.execute(f"DROP ROLE {name}")
+    with login_role(conn, dsn, "monitor", "pg_monitor") as monitor_dsn:
+        yield monitor_dsn
 
 
 @pytest.mark.parametrize(

@@ -50,6 +50,14 @@ def _superusers_docs(roles: Roles) -> None:
         su.execute("INSERT INTO docs SELECT g, 'text ' || g FROM generate_series(1, 3) g")
 
 
+def _superusers_docs_to_watch(roles: Roles, store: str) -> tuple[str, str]:
+    """The superuser's docs, not yet watched: the name of the `store` kind's table that watch()
+    makes, and the watch() statement (its model a parameter)."""
+    table, _, option = SHAPES[store]
+    _superusers_docs(roles)
+    return table, f"SELECT embeddings.watch('docs', 'body', model => %s{option})"
+
+
 @pytest.mark.parametrize("store", sorted(SHAPES))
 def test_watch_never_adopts_a_store_table_someone_else_made(
     roles: Roles, run_once: Callable[..., Worker], store: str
@@ -82,9 +90,7 @@ def test_a_store_kept_by_unwatch_is_taken_back_only_from_the_tables_owner(
 ) -> None:
     """unwatch() keeps the store and watch() again takes it back, as documented; but not once it
     belongs to someone other than the table's owner (who could have added triggers since)."""
-    table, _, option = SHAPES[store]
-    _superusers_docs(roles)
-    watch = f"SELECT embeddings.watch('docs', 'body', model => %s{option})"
+    table, watch = _superusers_docs_to_watch(roles, store)
     with roles.connect() as su:
         su.execute(watch, (MINILM,))
         su.execute("SELECT embeddings.unwatch('docs')")
@@ -105,9 +111,7 @@ def test_a_store_left_by_a_dropped_table_is_taken_back_by_its_successor(
 ) -> None:
     """DROP TABLE, CREATE TABLE of the same name, watch() again: the store it left is ours, and
     the table's owner's, so it serves the new table (as before made_tables)."""
-    table, _, option = SHAPES[store]
-    _superusers_docs(roles)
-    watch = f"SELECT embeddings.watch('docs', 'body', model => %s{option})"
+    table, watch = _superusers_docs_to_watch(roles, store)
     with roles.connect() as su:
         su.execute(watch, (MINILM,))
         su.execute("DROP TABLE docs")

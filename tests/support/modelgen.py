@@ -26,7 +26,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, TypedDict
+from typing import Any, TypedDict, Unpack
 
 import numpy as np
 import onnx
@@ -74,15 +74,11 @@ def write_model_dir(
     dest: Path,
     *,
     tokenizer_dir: Path,
-    layers: int,
-    hidden: int,
-    heads: int,
-    intermediate: int,
-    max_positions: int,
     seed: int = 0,
     with_token_type_ids: bool = True,
     pooling: str | None = None,
     cross_encoder: bool = False,
+    **architecture: Unpack[Architecture],
 ) -> Path:
     """Write model.onnx, config.json and `tokenizer_dir`'s tokenizer files into `dest`.
 
@@ -94,14 +90,10 @@ def write_model_dir(
     vocab_size = _vocab_size(tokenizer_dir / "tokenizer.json")
     model = build_bert(
         vocab_size=vocab_size,
-        layers=layers,
-        hidden=hidden,
-        heads=heads,
-        intermediate=intermediate,
-        max_positions=max_positions,
         seed=seed,
         with_token_type_ids=with_token_type_ids,
         cross_encoder=cross_encoder,
+        **architecture,
     )
     dest.mkdir(parents=True, exist_ok=True)
     onnx.save_model(model, str(dest / "model.onnx"))
@@ -111,11 +103,11 @@ def write_model_dir(
     config = {
         "architectures": ["BertForSequenceClassification" if cross_encoder else "BertModel"],
         "model_type": "bert",
-        "hidden_size": hidden,
-        "num_hidden_layers": layers,
-        "num_attention_heads": heads,
-        "intermediate_size": intermediate,
-        "max_position_embeddings": max_positions,
+        "hidden_size": architecture["hidden"],
+        "num_hidden_layers": architecture["layers"],
+        "num_attention_heads": architecture["heads"],
+        "intermediate_size": architecture["intermediate"],
+        "max_position_embeddings": architecture["max_positions"],
         "vocab_size": vocab_size,
         "type_vocab_size": 2,
         "layer_norm_eps": 1e-12,
@@ -127,7 +119,7 @@ def write_model_dir(
         pooling_dir = dest / "1_Pooling"
         pooling_dir.mkdir(exist_ok=True)
         pooling_config = {
-            "word_embedding_dimension": hidden,
+            "word_embedding_dimension": architecture["hidden"],
             "pooling_mode_cls_token": pooling == "cls",
             "pooling_mode_mean_tokens": pooling == "mean",
         }

@@ -21,7 +21,11 @@ T = TypeVar("T")
 
 
 def run_cli(
-    *argv: str, stdin: str | None = None, env: dict[str, str] | None = None, check: bool = False
+    *argv: str,
+    stdin: str | None = None,
+    env: dict[str, str] | None = None,
+    check: bool = False,
+    timeout: float = 120,
 ) -> subprocess.CompletedProcess[str]:
     """`python -m worker ARGV...` run to its end, its output captured as text; `env` on top of
     this process's environment. `check`: a non-zero exit raises."""
@@ -31,7 +35,7 @@ def run_cli(
         capture_output=True,
         text=True,
         env={**os.environ, **(env or {})},
-        timeout=120,
+        timeout=timeout,
         check=check,
     )
 

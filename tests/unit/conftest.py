@@ -14,6 +14,7 @@ import pytest
 
 from tests.support import modelgen
 from tests.support.models import shared_models_dir
+from tests.support.remote_clients import close_all
 from worker.models.embedder import Embedder
 
 EMBED_ENV = (
@@ -23,6 +24,13 @@ EMBED_ENV = (
     "EMBED_MODEL",
     "HF_HUB_OFFLINE",
 )
+
+
+@pytest.fixture(autouse=True)
+def _close_remote_clients() -> Iterator[None]:
+    """The remote models and rerankers a test made (remote_clients.closed_after_test)."""
+    yield
+    close_all()
 
 
 def _shared_model(name: str) -> Path:

@@ -30,6 +30,7 @@ import numpy as np
 import pytest
 
 from tests.support.provider_server import ProviderServer, fake_vector
+from tests.support.remote_clients import api_key, closed_after_test
 from worker import exceptions
 from worker.models.remote import breaker as breakers
 from worker.models.remote import protocol, providers
@@ -37,7 +38,6 @@ from worker.models.remote.client import RemoteModel
 from worker.models.remote.spec import RemoteSpec
 from worker.models.remote.tokens import EstimatedTokens
 from worker.models.remote.transport import retry_after
-from worker.secret import Secret
 
 KEY = "sk-test-CONTRACT-0123456789abcdef"
 
@@ -71,26 +71,15 @@ def parser_spec(provider: str, endpoint: str) -> RemoteSpec:
     )
 
 
-_made: list[RemoteModel] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_models() -> Iterator[None]:
-    yield
-    while _made:
-        _made.pop().close()
-
-
 def model_for(spec: RemoteSpec, key: str | None = KEY) -> RemoteModel:
     model = RemoteModel(
         spec,
-        api_key=lambda _: (Secret(key) if key else None, "TEST_KEY"),
+        api_key=api_key(key),
         counter=EstimatedTokens(),
         breaker=breakers.Breaker(spec.host),
         sleep=lambda _: None,
     )
-    _made.append(model)
-    return model
+    return closed_after_test(model)
 
 
 @pytest.fixture

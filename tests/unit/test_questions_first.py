@@ -25,14 +25,21 @@ def _in_thread(work: Callable[[], None]) -> threading.Thread:
     return thread
 
 
-def test_a_backlog_call_waits_for_the_question_call_running() -> None:
-    turns = priority.QuestionsFirst(max_yield=60)
-    backlog_ran = threading.Event()
+def _backlog_call(turns: priority.QuestionsFirst, ran: threading.Event) -> Callable[[], None]:
+    """A backlog thread's work (not niced): one call, which sets `ran` once it runs."""
 
     def backlog() -> None:
         priority.lower(0)
         with turns.call():
-            backlog_ran.set()
+            ran.set()
+
+    return backlog
+
+
+def test_a_backlog_call_waits_for_the_question_call_running() -> None:
+    turns = priority.QuestionsFirst(max_yield=60)
+    backlog_ran = threading.Event()
+    backlog = _backlog_call(turns, backlog_ran)
 
     with turns.call():  # a question's call, on this thread
         thread = _in_thread(backlog)
@@ -45,11 +52,7 @@ def test_a_backlog_call_waits_for_the_question_call_running() -> None:
 def test_a_backlog_call_waits_a_bounded_time_and_questions_never_wait() -> None:
     turns = priority.QuestionsFirst(max_yield=0.05)
     backlog_ran = threading.Event()
-
-    def backlog() -> None:
-        priority.lower(0)
-        with turns.call():
-            backlog_ran.set()
+    backlog = _backlog_call(turns, backlog_ran)
 
     with turns.call():  # a question that outlasts the backlog's patience
         _in_thread(backlog)

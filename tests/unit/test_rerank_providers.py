@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.support.remote_clients import api_key, closed_after_test
 from tests.support.rerank_server import KINDS, RerankServer, overlap
 from worker import exceptions
 from worker.models.remote import breaker as breakers
@@ -60,27 +61,16 @@ def spec_for(server: RerankServer, **overrides: Any) -> RerankerSpec:
     return RerankerSpec.from_row(row)
 
 
-_made: list[RemoteReranker] = []
-
-
-@pytest.fixture(autouse=True)
-def _close_rerankers() -> Iterator[None]:
-    yield
-    while _made:
-        _made.pop().close()
-
-
 def reranker_for(
     spec: RerankerSpec, key: str | None = KEY, sleeps: list[float] | None = None
 ) -> RemoteReranker:
     made = RemoteReranker(
         spec,
-        api_key=lambda _: (Secret(key) if key else None, "TEST_KEY"),
+        api_key=api_key(key),
         breaker=breakers.Breaker(spec.host),
         sleep=(sleeps.append if sleeps is not None else lambda _: None),
     )
-    _made.append(made)
-    return made
+    return closed_after_test(made)
 
 
 @pytest.fixture(params=KINDS)

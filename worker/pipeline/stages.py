@@ -102,11 +102,8 @@ def load(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
             found = _load_rows(conn, target, rows, seconds)
         except exceptions.ConnectionLost:
             raise
-        except exceptions.TargetUnavailable as exc:
-            batch.deferred[target.id] = f"{target.name}: {exc}"
-            continue
-        except exceptions.LockUnavailable as exc:
-            _block(target, rows, exc)
+        except (exceptions.TargetUnavailable, exceptions.LockUnavailable) as exc:
+            _not_now(batch, target, rows, exc)
             continue
         except exceptions.DatabaseError as exc:
             if isinstance(exc, exceptions.StatementTimeout):
@@ -142,11 +139,8 @@ def _load_one_by_one(conn: db.Connection, batch: Batch, target: Target, rows: li
             _apply_loaded(row, _load_rows(conn, target, [row], seconds, one=True))
         except exceptions.ConnectionLost:
             raise
-        except exceptions.TargetUnavailable as exc:
-            batch.deferred[target.id] = f"{target.name}: {exc}"
-            return
-        except exceptions.LockUnavailable as exc:
-            _block(target, rows[i:], exc)
+        except (exceptions.TargetUnavailable, exceptions.LockUnavailable) as exc:
+            _not_now(batch, target, rows[i:], exc)
             return
         except exceptions.StatementTimeout:
             bounds.OVERRUNS.note(conn, target.id)
@@ -157,6 +151,20 @@ def _load_one_by_one(conn: db.Connection, batch: Batch, target: Target, rows: li
             return
         except exceptions.DatabaseError as exc:
             row.fail(f"loading the content failed: {exc}")
+
+
+def _not_now(
+    batch: Batch,
+    target: Target,
+    rows: list[Row],
+    why: exceptions.TargetUnavailable | exceptions.LockUnavailable,
+) -> None:
+    """The content of `rows` cannot be had now: the target is deferred when its function cannot
+    serve it (a hidden row must not look deleted), the rows wait when a lock holds them."""
+    if isinstance(why, exceptions.TargetUnavailable):
+        batch.deferred[target.id] = f"{target.name}: {why}"
+    else:
+        _block(target, rows, why)
 
 
 def _block(target: Target, rows: list[Row], why: Exception | None) -> None:

@@ -31,37 +31,43 @@ def load(conn: db.Connection) -> dict[int, Target]:
     return _with_changes(conn, {row["id"]: target_of(row) for row in rows})
 
 
+# Target's fields that load_targets' columns of the same names give as they are.
+_AS_READ = (
+    "id",
+    "schema",
+    "table",
+    "embedding_column",
+    "embedding_type",
+    "content_column",
+    "model",
+    "queue",
+    "version",
+    "registry_problem",
+    "chunk_tokens",
+    "chunk_overlap",
+    "document_format",
+    "content_bytes",
+    "context_header",
+    "has_fulltext",
+    "store_kind",
+    "chunked",
+    "rerank_model",
+    "rerank_depth",
+)
+
+
 def target_of(row: dict[str, Any]) -> Target:
     """A target from a row of the named query load_targets, by its columns' names."""
     return Target(
-        id=row["id"],
-        schema=row["schema"],
-        table=row["table"],
-        embedding_column=row["embedding_column"],
-        embedding_type=row["embedding_type"],
+        **{name: row[name] for name in _AS_READ},
         embedding_dims=row["embedding_dims"] if row["embedding_dims"] is not None else -1,
-        content_column=row["content_column"],
         content_function=(
             (row["function_schema"], row["function_name"])
             if row["function_name"] is not None
             else None
         ),
-        model=row["model"],
         key_columns=tuple(row["key_columns"] or ()),
         key_types=tuple(row["key_types"] or ()),
-        queue=row["queue"],
-        version=row["version"],
-        registry_problem=row["registry_problem"],
-        chunk_tokens=row["chunk_tokens"],
-        chunk_overlap=row["chunk_overlap"],
-        document_format=row["document_format"],
-        content_bytes=row["content_bytes"],
-        context_header=row["context_header"],
-        has_fulltext=row["has_fulltext"],
-        store_kind=row["store_kind"],
-        chunked=row["chunked"],
-        rerank_model=row["rerank_model"],
-        rerank_depth=row["rerank_depth"],
     )
 
 

@@ -34,6 +34,7 @@ from worker.models.embedder import EmbedResult, FloatMatrix
 from worker.models.remote import breaker as breakers
 from worker.models.remote import exchange, protocol
 from worker.models.remote.keys import ApiKey
+from worker.models.remote.remote_client import RemoteClient
 from worker.models.remote.spec import VARIANT, RemoteSpec
 from worker.models.remote.tokens import TokenCounter
 
@@ -58,7 +59,7 @@ class Partial:
     tokens: int = 0
 
 
-class RemoteModel:
+class RemoteModel(RemoteClient[RemoteSpec]):
     """A remote model: `name`, `dim`, `max_tokens`, `variant` ("remote") like an Embedder.
     Thread-safe; its request threads are its own."""
 
@@ -71,19 +72,12 @@ class RemoteModel:
         breaker: breakers.Breaker | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.spec = spec
-        self.name = spec.name
+        super().__init__(spec, api_key=api_key, breaker=breaker, sleep=sleep)
         self.dim = spec.dimensions
         self.max_tokens = spec.max_tokens
         self.variant = VARIANT
         self.pooling = spec.pooling
         self.counter = counter
-        self.breaker = breaker or breakers.for_provider(spec.host)
-        self._sleep = sleep
-        # Its requests' threads, max_in_flight of them, and their connections.
-        self._exchange = exchange.Exchange(spec, api_key=api_key, breaker=self.breaker)
-        # (the exchange's series, and these, exist at zero from the moment the model is loaded)
-        metrics.PROVIDER_TOKENS.labels(spec.host, self.name)
         metrics.PROVIDER_COST.labels(spec.host, self.name)
 
     def __repr__(self) -> str:
@@ -92,9 +86,6 @@ class RemoteModel:
     @property
     def producer(self) -> str:
         return self.spec.producer
-
-    def close(self) -> None:
-        self._exchange.close()
 
     # --- the Embedder interface -----------------------------------------------------------------
     def embed(self, texts: Sequence[str]) -> FloatMatrix:

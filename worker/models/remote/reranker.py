@@ -31,6 +31,7 @@ from worker.models.embedder import PREFIX_CHARS_PER_TOKEN
 from worker.models.remote import breaker as breakers
 from worker.models.remote import exchange, rerank_providers
 from worker.models.remote.keys import ApiKey
+from worker.models.remote.remote_client import RemoteClient
 from worker.models.remote.rerank_providers import Scores
 from worker.models.remote.rerank_spec import RerankerSpec
 
@@ -43,7 +44,7 @@ BACKOFF = exchange.BACKOFF
 MAX_INLINE_WAIT_SECONDS = exchange.MAX_INLINE_WAIT_SECONDS  # longer: the search answers 503
 
 
-class RemoteReranker:
+class RemoteReranker(RemoteClient[RerankerSpec]):
     """A registered remote reranker: `name` and `score()` like a CrossEncoder. Thread-safe."""
 
     def __init__(
@@ -54,20 +55,11 @@ class RemoteReranker:
         breaker: breakers.Breaker | None = None,
         sleep: Callable[[float], None] = time.sleep,
     ) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.kind = rerank_providers.of(spec.provider)
-        self.breaker = breaker or breakers.for_provider(spec.host)
-        self._sleep = sleep
-        # Its requests' threads, max_in_flight of them whatever the searches at once.
-        self._exchange = exchange.Exchange(spec, api_key=api_key, breaker=self.breaker)
-        metrics.PROVIDER_TOKENS.labels(spec.host, self.name)
+        self.kind = rerank_providers.of(spec.provider)  # (an unknown kind: before any thread)
+        super().__init__(spec, api_key=api_key, breaker=breaker, sleep=sleep)
 
     def __repr__(self) -> str:
         return f"RemoteReranker(name={self.name!r}, {self.spec.describe()})"
-
-    def close(self) -> None:
-        self._exchange.close()
 
     def score(self, question: str, passages: Sequence[str]) -> Scores:
         """One score per passage, in the passages' order: higher is more relevant."""
