@@ -77,8 +77,8 @@ def test_every_security_definer_function_has_a_fixed_search_path(roles: Roles) -
         assert guards_name_only_qualified_objects(source), (signature, source)
 
 
-# What a guard's source may call: pg_catalog's functions and operators, this schema's functions
-# (the body it guards), and PL/pgSQL's own words.
+# What a guard's source may call: pg_catalog's functions and operators, our schemas' functions
+# (the body it guards, the internals), and PL/pgSQL's own words.
 _CALL = re.compile(r"([A-Za-z_][A-Za-z_0-9.]*)\s*\(")
 _PLPGSQL = {
     "ARRAY",
@@ -97,7 +97,10 @@ _PLPGSQL = {
 def guards_name_only_qualified_objects(source: str) -> bool:
     calls = {m.group(1) for m in _CALL.finditer(source)}
     loose = {
-        c for c in calls if not c.startswith(("pg_catalog.", "embeddings.")) and c not in _PLPGSQL
+        c
+        for c in calls
+        if not c.startswith(("pg_catalog.", "embeddings.", "embeddings_internal."))
+        and c not in _PLPGSQL
     }
     operators = re.findall(r"OPERATOR\(([^)]*)\)", source)
     return not loose and all(o.startswith("pg_catalog.") for o in operators) and " = " not in source
