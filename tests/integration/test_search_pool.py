@@ -84,17 +84,35 @@ def test_a_connection_given_back_however_the_lease_ended_comes_back_clean(
         searches.close()
 
 
+@pytest.fixture
+def docs(conn: psycopg.Connection[Any], minilm: str, run_once: Callable[..., Worker]) -> str:
+    """Table `docs`, watched with all-MiniLM-L6-v2, its three rows embedded."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    conn.execute(
+        "INSERT INTO docs (id, body) VALUES (1, 'a first document'), (2, 'a second one'),"
+        " (3, 'and a third')"
+    )
+    run_once()
+    return "docs"
+
+
+@pytest.fixture
+def one_connection(dsn: str) -> Iterator[SearchConnections]:
+    """A search pool of one connection, closed after the test."""
+    searches = SearchConnections(dsn, max_size=1)
+    try:
+        yield searches
+    finally:
+        searches.close()
+
+
 def test_a_search_whose_pooled_connections_the_server_closed_answers(
-    conn: psycopg.Connection[Any],
-    dsn: str,
-    minilm: str,
-    run_once: Callable[..., Worker],
-    embedders: Any,
+    docs: str, dsn: str, embedders: Any
 ) -> None:
     """No statement checks a connection when it is taken: a search finds one broken by its
     first statement, and asks once more after the pool's idle connections were tried (a
     restarted server breaks them all)."""
-    _watched_docs(conn, minilm, run_once)
     searches = SearchConnections(dsn, max_size=2)
     service = SearchService(
         searches.connection, QueryBatchers(embedders.get), recover=searches.check
@@ -115,14 +133,9 @@ def test_a_search_whose_pooled_connections_the_server_closed_answers(
 
 
 def test_a_search_on_a_broken_connection_asks_once_more_only(
-    conn: psycopg.Connection[Any],
-    dsn: str,
-    minilm: str,
-    run_once: Callable[..., Worker],
-    embedders: Any,
+    docs: str, dsn: str, embedders: Any
 ) -> None:
     """Asking again is bounded: a search whose connection is lost twice says so."""
-    _watched_docs(conn, minilm, run_once)
     lost = psycopg.connect(dsn, autocommit=True)
     lost.close()
     leases: list[int] = []
@@ -205,40 +218,19 @@ def test_a_search_makes_two_exchanges(
 
 
 def test_a_search_sent_with_its_check_fails_as_it_fails_alone(
-    conn: psycopg.Connection[Any],
-    dsn: str,
-    minilm: str,
-    run_once: Callable[..., Worker],
-    embedders: Any,
+    docs: str, one_connection: SearchConnections, embedders: Any
 ) -> None:
     """A ranking that fails in the exchange with its target's check (a filter naming no
     column) raises its own error once, and leaves the pooled session for the next search."""
-    _watched_docs(conn, minilm, run_once)
-    searches = SearchConnections(dsn, max_size=1)
-    service = SearchService(searches.connection, QueryBatchers(embedders.get))
-    asked = {"table": "docs", "query": "document", "k": 3, "mode": "vector"}
-    try:
-        service.search(SearchRequest.parse(asked))  # the target known, the pool's connection typed
-        with pytest.raises(InvalidSearch, match="nowhere"):
-            service.search(SearchRequest.parse({**asked, "filter": {"nowhere": 1}}))
-        assert sorted(r["key"] for r in service.search(SearchRequest.parse(asked))) == [1, 2, 3]
-    finally:
-        searches.close()
+    service = SearchService(one_connection.connection, QueryBatchers(embedders.get))
+    asked = {"table": docs, "query": "document", "k": 3, "mode": "vector"}
+    service.search(SearchRequest.parse(asked))  # the target known, the pool's connection typed
+    with pytest.raises(InvalidSearch, match="nowhere"):
+        service.search(SearchRequest.parse({**asked, "filter": {"nowhere": 1}}))
+    assert sorted(r["key"] for r in service.search(SearchRequest.parse(asked))) == [1, 2, 3]
 
 
 # --- the search service: no connection held while the CPU works; one path for every client --
-
-
-def _watched_docs(
-    conn: psycopg.Connection[Any], minilm: str, run_once: Callable[..., Worker]
-) -> None:
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
-    conn.execute(
-        "INSERT INTO docs (id, body) VALUES (1, 'a first document'), (2, 'a second one'),"
-        " (3, 'and a third')"
-    )
-    run_once()
 
 
 class _Blocking:
@@ -287,25 +279,19 @@ def _pool_is_whole(searches: SearchConnections) -> bool:
 
 
 def test_a_search_holds_no_connection_while_its_results_are_reranked(
-    conn: psycopg.Connection[Any],
-    dsn: str,
-    minilm: str,
-    run_once: Callable[..., Worker],
-    embedders: Any,
+    docs: str, one_connection: SearchConnections, embedders: Any
 ) -> None:
-    _watched_docs(conn, minilm, run_once)
     reranker = _BlockingReranker()
-    searches = SearchConnections(dsn, max_size=1)
     service = SearchService(
-        searches.connection, QueryBatchers(embedders.get), load_reranker=lambda *_: reranker
+        one_connection.connection, QueryBatchers(embedders.get), load_reranker=lambda *_: reranker
     )
     request = SearchRequest.parse(
-        {"table": "docs", "query": "document", "k": 2, "rerank": reranker.name}
+        {"table": docs, "query": "document", "k": 2, "rerank": reranker.name}
     )
     try:
         thread, outcome = _in_thread(lambda: service.search(request))
         assert reranker.entered.wait(60)
-        whole = _pool_is_whole(searches)
+        whole = _pool_is_whole(one_connection)
         reranker.go.set()
         thread.join(60)
         assert whole
@@ -313,20 +299,14 @@ def test_a_search_holds_no_connection_while_its_results_are_reranked(
         assert all(r["rerank_score"] is not None for r in outcome["value"])
     finally:
         reranker.go.set()
-        searches.close()
 
 
 def test_a_search_holds_no_connection_while_its_question_is_embedded(
-    conn: psycopg.Connection[Any],
-    dsn: str,
-    minilm: str,
-    run_once: Callable[..., Worker],
-    embedders: Any,
+    docs: str, one_connection: SearchConnections, minilm: str, embedders: Any
 ) -> None:
     """The first search of a table reads its target, gives the connection back, embeds; a
     later one embeds first (the model its target had): neither holds a connection then."""
-    _watched_docs(conn, minilm, run_once)
-    searches = SearchConnections(dsn, max_size=1)
+    searches = one_connection
     gates: list[_Blocking] = []
 
     class Model:
@@ -356,19 +336,16 @@ def test_a_search_holds_no_connection_while_its_question_is_embedded(
     finally:
         for gate in gates:
             gate.go.set()
-        searches.close()
 
 
 def test_the_command_line_http_and_python_search_through_the_same_service(
-    conn: psycopg.Connection[Any],
-    minilm: str,
+    docs: str,
     model_path: str,
     settings: Settings,
     run_once: Callable[..., Worker],
     monkeypatch: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
-    _watched_docs(conn, minilm, run_once)
     served: list[str] = []
     original = SearchService.search
 
