@@ -11,7 +11,7 @@ drifts):
   in 184 KB) is parsed: its peak RSS over its RSS when ready, with a gte-small-sized model
   (random weights), and what became of the row.
 
-    python -m bench.parsing --before /work/wt-base [--after .] [--rounds 3]
+    python -m bench.parsing --before <another checkout> [--after .] [--rounds 3]
 
 A checkout is run with its own .venv (`<checkout>/.venv/bin/python -m worker run`) and migrates
 its own databases. `python -m bench --only parsing` runs it with BENCH_BEFORE as the before

@@ -9,7 +9,7 @@
 -- embeddings_internal.compat_worker_functions() in sql/80_roles.sql. The workers of 0.2.0 call
 -- a subset of them, under the same signatures.
 --
--- This file keeps the old names on purpose: /work/briefs/rename_internal.py leaves it alone.
+-- This file keeps the old names on purpose: the internals moved everywhere else, not here.
 
 -- What 0.3.0's worker calls (its worker/queries.sql; its Python names no other function of
 -- ours but the per-target ones, which stay in `embeddings`).
