@@ -13,9 +13,7 @@ from bench import corpus, endtoend, worker_process
 
 
 def run(dsn: str, model: str, model_path: Path, rows: int = 20000) -> dict[str, Any]:
-    pool = corpus.stdlib_docstrings()
-    texts = [f"{pool[i % len(pool)]} ({i})" for i in range(rows)]  # distinct rows, real text
-    endtoend.prepare(dsn, model, texts)
+    endtoend.prepare(dsn, model, corpus.rows(rows))
     env = worker_process.worker_env(dsn, model, model_path)
     started = time.perf_counter()
     process = worker_process.start(env, "--once", "--no-progress")

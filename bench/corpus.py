@@ -66,6 +66,16 @@ def load(n: int = 1000, *, seed: int = 0) -> list[str]:
     return random.Random(seed).sample(texts, n)
 
 
+def rows(n: int, *, seed: int | None = None) -> list[str]:
+    """`n` distinct texts of real prose, however many `n` is: the docstrings (sampled with
+    `seed`, or in their stable order), cycled past their number (about 8,000), each text
+    marked with its row number so that no two rows are the same text."""
+    pool = stdlib_docstrings()
+    if seed is not None:
+        random.Random(seed).shuffle(pool)
+    return [f"{pool[i % len(pool)]} ({i})" for i in range(n)]
+
+
 def token_lengths(texts: Sequence[str], tokenizer: Tokenizer) -> np.ndarray:
     """Token count of each text (special tokens included, no truncation applied by us)."""
     return np.array([len(e.ids) for e in tokenizer.encode_batch(list(texts))], dtype=np.int64)

@@ -97,7 +97,7 @@ def postgres_restart(cluster: Cluster, dsn: str, outage: float = 5.0) -> dict[st
 
 
 def many_workers(dsn: str, workers: int, rows: int = 5000) -> dict[str, Any]:
-    endtoend.prepare(dsn, MODEL, [f"{t} ({i})" for i, t in enumerate(corpus.load(rows))])
+    endtoend.prepare(dsn, MODEL, corpus.rows(rows))
     env = worker_process.worker_env(
         dsn, MODEL, SHARED_MODELS, EMBED_THREADS=1, EMBED_LOG_FORMAT="json", EMBED_LOG_LEVEL="INFO"
     )

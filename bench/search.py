@@ -428,7 +428,7 @@ def backlog(
     call = http_call(worker.port, 8, asked, mode="vector")
     drive(8, 2.0, call, think=THINK)
     idle = [drive(8, window, call, think=think, poisson=poisson)]
-    texts = corpus.load(rows, seed=3)
+    texts = corpus.rows(rows, seed=3)  # more rows than the docstrings: cycled, each distinct
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(f"CREATE TABLE {BACKLOG} (id int PRIMARY KEY, body text)")
         with conn.cursor().copy(f"COPY {BACKLOG} (id, body) FROM STDIN") as copy:
