@@ -10,6 +10,7 @@ Python version (sorted files, a seeded sample), and the version is recorded with
 from __future__ import annotations
 
 import ast
+import functools
 import random
 import sys
 import sysconfig
@@ -47,7 +48,13 @@ def _docstrings(path: Path) -> Iterator[str]:
 
 
 def stdlib_docstrings() -> list[str]:
-    """Every distinct docstring of the standard library, in a stable order."""
+    """Every distinct docstring of the standard library, in a stable order (a new list: the
+    caller may change it)."""
+    return list(_stdlib_docstrings())
+
+
+@functools.cache  # reading the standard library's sources takes seconds
+def _stdlib_docstrings() -> tuple[str, ...]:
     seen: set[str] = set()
     texts: list[str] = []
     for path in _source_files(stdlib_dir()):
@@ -55,7 +62,7 @@ def stdlib_docstrings() -> list[str]:
             if doc not in seen:
                 seen.add(doc)
                 texts.append(doc)
-    return texts
+    return tuple(texts)
 
 
 def load(n: int = 1000, *, seed: int = 0) -> list[str]:
