@@ -119,6 +119,14 @@ def constraints(conn: Conn, table: str) -> dict[str, str]:
     )
 
 
+def watched_table(conn: Conn, model: str, rows: str, table: str = "docs") -> int:
+    """`table` (id int, body text) holding `rows` (SQL: a VALUES list or a query), watched with
+    `model` (its vectors in the row); returns the target id."""
+    conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
+    conn.execute(f"INSERT INTO {table} {rows}")
+    return watch(conn, "row", model, table)
+
+
 def watch_absent_model(conn: Conn, rows: str = "(1, 'hello')") -> None:
     """`docs` (id int, body text) holding `rows` (SQL VALUES), watched with 'absent-model': a
     model the registry knows and no worker has, so its jobs wait."""
@@ -126,6 +134,4 @@ def watch_absent_model(conn: Conn, rows: str = "(1, 'hello')") -> None:
         "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
         " VALUES ('absent-model', 384, 512, 'mean')"
     )
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute(f"INSERT INTO docs VALUES {rows}")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    watched_table(conn, "absent-model", f"VALUES {rows}")
