@@ -345,11 +345,7 @@ def test_a_document_the_model_fails_on_fails_alone(
 def test_sweep_queues_documents_without_chunks(
     conn: Conn, docs: int, run_once: Callable[..., Worker]
 ) -> None:
-    run_once()
-    conn.execute("DELETE FROM docs_chunks WHERE id = 2")
-    assert conn.execute("SELECT embeddings.sweep()").fetchone() == (1,)
-    assert queued_keys(conn, docs) == [2]
-    run_once()
+    stores.assert_sweep_restores(conn, run_once, docs, "docs_chunks", "id = 2", 2)
     assert {r[0] for r in chunks(conn)} == {1, 2, 3}
 
 
