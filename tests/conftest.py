@@ -8,12 +8,13 @@ none of this, and the cluster starts only when a test first asks for a database.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
+from tests.support import release
 from tests.support.cluster import Cluster, session_cluster
 from worker import schema
 
@@ -58,3 +59,17 @@ def empty_dsn(cluster: Cluster) -> Iterator[str]:
 def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(dsn, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture(scope="session")
+def unpack_release(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], release.Release]:
+    """release.unpack() of a version into a fresh temporary folder; where this checkout cannot
+    produce its source, the test that asked skips, saying why."""
+
+    def unpack(version: str) -> release.Release:
+        try:
+            return release.unpack(version, tmp_path_factory.mktemp("releases"))
+        except release.ReleaseUnavailable as exc:
+            pytest.skip(str(exc))
+
+    return unpack

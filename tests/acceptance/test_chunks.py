@@ -13,6 +13,7 @@ import psycopg
 import pytest
 
 from tests.acceptance.test_http import TOKEN, post
+from tests.support import stores
 from tests.support.login_roles import login_role
 from tests.support.process import WorkerProcess, run_cli, wait_for
 
@@ -32,9 +33,7 @@ DOCS = {
 
 @pytest.fixture
 def chunked(conn: Conn, worker_env: dict[str, str]) -> int:
-    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
-    with conn.cursor() as cur:
-        cur.executemany("INSERT INTO docs VALUES (%s, %s)", list(DOCS.items()))
+    stores.texts_table(conn, DOCS)
     row = conn.execute(
         "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 48,"
         " chunk_overlap => 8)",
@@ -147,9 +146,7 @@ def test_the_running_worker_chunks_search_finds_documents_by_their_best_chunk(
 def test_failures_retry_re_chunks_a_dead_lettered_document(
     conn: Conn, worker_dsn: str, worker_env: dict[str, str]
 ) -> None:
-    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
-    with conn.cursor() as cur:
-        cur.executemany("INSERT INTO docs VALUES (%s, %s)", list(DOCS.items()))
+    stores.texts_table(conn, DOCS)
     conn.execute(
         "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql STABLE AS"
         " $$ BEGIN IF d.id = 2 AND current_setting('test.fail', true) = 'on' THEN"

@@ -94,16 +94,23 @@ def pieces_logged(worker: WorkerProcess) -> list[dict[str, Any]]:
     return [r for r in worker.log_records() if r.get("message", "").startswith("document ")]
 
 
-def test_a_live_row_gets_its_vector_while_a_long_document_is_embedded_in_pieces(
-    conn: Conn,
-    tables: dict[str, str],
-    tiny_model: Path,
-    start_worker: Callable[..., WorkerProcess],
-) -> None:
+@pytest.fixture
+def long_document(
+    conn: Conn, tables: dict[str, str], start_worker: Callable[..., WorkerProcess]
+) -> tuple[WorkerProcess, str]:
+    """A worker started on `tables`, then a long document written to `docs` (row 1): the worker
+    and the document's text."""
     text = long_text(1500)  # ~50k tokens: a few hundred pieces
     worker = start_worker(**tables)
     worker.wait_ready()
     conn.execute("INSERT INTO docs VALUES (1, %s)", (text,))
+    return worker, text
+
+
+def test_a_live_row_gets_its_vector_while_a_long_document_is_embedded_in_pieces(
+    conn: Conn, long_document: tuple[WorkerProcess, str], tiny_model: Path
+) -> None:
+    worker, text = long_document
     first = wait_for(lambda: progress(conn), timeout=60, what="the first piece")
     conn.execute("INSERT INTO notes VALUES (1, 'A live row, written meanwhile.')")
     wait_for(
@@ -124,14 +131,12 @@ def test_a_live_row_gets_its_vector_while_a_long_document_is_embedded_in_pieces(
 
 def test_sigkill_mid_document_loses_at_most_the_piece_in_flight(
     conn: Conn,
+    long_document: tuple[WorkerProcess, str],
     tables: dict[str, str],
     tiny_model: Path,
     start_worker: Callable[..., WorkerProcess],
 ) -> None:
-    text = long_text(1500)
-    worker = start_worker(**tables)
-    worker.wait_ready()
-    conn.execute("INSERT INTO docs VALUES (1, %s)", (text,))
+    worker, text = long_document
     wait_for(lambda: (progress(conn) or (0, 0))[0] >= 20, timeout=120, what="a few pieces")
     worker.signal(signal.SIGKILL)
     assert worker.wait_exit(10) == -signal.SIGKILL

@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import psycopg
@@ -41,22 +41,16 @@ DRAIN_SECONDS = 10.0
 
 
 @pytest.fixture(scope="module")
-def release_0_2_0(tmp_path_factory: pytest.TempPathFactory) -> release.Release:
-    try:
-        return release.unpack("0.2.0", tmp_path_factory.mktemp("releases"))
-    except release.ReleaseUnavailable as exc:
-        pytest.skip(str(exc))
+def release_0_2_0(unpack_release: Callable[[str], release.Release]) -> release.Release:
+    return unpack_release("0.2.0")
 
 
 @pytest.fixture(scope="module", params=sorted(release.RELEASES))
 def old_release(
-    request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory
+    request: pytest.FixtureRequest, unpack_release: Callable[[str], release.Release]
 ) -> release.Release:
     """Each release a database can be upgraded from, with its worker running beside the upgrade."""
-    try:
-        return release.unpack(request.param, tmp_path_factory.mktemp("releases"))
-    except release.ReleaseUnavailable as exc:
-        pytest.skip(str(exc))
+    return unpack_release(request.param)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.fetch import wait_for_row
 from tests.support.jobs import JOBS
 from tests.support.models import MINILM
 from tests.support.process import WorkerProcess, run_cli, wait_for
@@ -39,6 +40,20 @@ def drained(conn: Conn) -> bool:
     row = conn.execute(f"SELECT count(*) FROM {JOBS}").fetchone()
     missing = conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone()
     return row == (0,) and missing == (0,)
+
+
+def move_to_minilm(conn: Conn, timeout: float) -> None:
+    """docs watched again with a model the worker can load; returns once the change is
+    complete and every row embedded."""
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
+    wait_for(
+        lambda: (
+            drained(conn)
+            and conn.execute("SELECT model FROM embeddings.targets").fetchone() == (MINILM,)
+        ),
+        timeout=timeout,
+        what="the change to the loadable model",
+    )
 
 
 def metric(worker: WorkerProcess, state: str) -> float | None:
@@ -151,15 +166,7 @@ def test_jobs_held_because_the_model_cannot_be_loaded(
     assert "SELECT embeddings.watch('public.docs', 'body', model => 'NAME')" in held["fix"], held
     assert "SELECT embeddings.set_default_model(" in held["fix"], held
     # A model it can load: a change, which the worker completes (the old model never loads).
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
-    wait_for(
-        lambda: (
-            drained(conn)
-            and conn.execute("SELECT model FROM embeddings.targets").fetchone() == (MINILM,)
-        ),
-        timeout=120,
-        what="the change to the loadable model",
-    )
+    move_to_minilm(conn, timeout=120)
     assert_cleared(dsn, running, "held")
 
 
@@ -176,11 +183,7 @@ def test_a_swap_waiting_behind_a_long_transaction(
 
         assert_stopped(dsn, running, "swap_waiting", f"pid {reader.info.backend_pid}")
         reader.rollback()
-    wait_for(
-        lambda: conn.execute("SELECT count(*) FROM embeddings.model_changes").fetchone() == (0,),
-        timeout=90,
-        what="the swap",
-    )
+    wait_for_row(conn, "SELECT count(*) FROM embeddings.model_changes", (0,), 90, "the swap")
     assert_cleared(dsn, running, "swap_waiting")
 
 
@@ -194,10 +197,8 @@ def test_a_stalled_backfill(conn: Conn, dsn: str, worker: Callable[..., WorkerPr
 
         assert_stopped(dsn, running, "backfill_stalled", "its backfill has queued no rows")
         stepper.rollback()
-    wait_for(
-        lambda: conn.execute("SELECT count(*) FROM embeddings.backfills").fetchone() == (0,),
-        timeout=120,
-        what="the backfill to end",
+    wait_for_row(
+        conn, "SELECT count(*) FROM embeddings.backfills", (0,), 120, "the backfill to end"
     )
     assert_cleared(dsn, running, "backfill_stalled")
 
@@ -215,10 +216,12 @@ def test_a_document_over_its_ceiling(
     assert_stopped(dsn, running, "over_ceiling", "longer than the ceiling of 1000 bytes")
     # Shortened: its job embeds it, and the state goes.
     conn.execute("UPDATE docs SET body = 'Shorter now.' WHERE id = 2")
-    wait_for(
-        lambda: conn.execute("SELECT count(DISTINCT id) FROM docs_chunks").fetchone() == (2,),
-        timeout=60,
-        what="the shortened document embedded",
+    wait_for_row(
+        conn,
+        "SELECT count(DISTINCT id) FROM docs_chunks",
+        (2,),
+        60,
+        "the shortened document embedded",
     )
     assert_cleared(dsn, running, "over_ceiling")
 
@@ -268,13 +271,5 @@ def test_held_rows_of_a_table_moved_to_a_model_the_worker_has_are_embedded_at_on
     wait_for(lambda: metric(running, "held") == 1.0, timeout=30, what="the rows held")
 
     moved = time.monotonic()
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
-    wait_for(
-        lambda: (
-            drained(conn)
-            and conn.execute("SELECT model FROM embeddings.targets").fetchone() == (MINILM,)
-        ),
-        timeout=90,
-        what="the change to the loadable model",
-    )
+    move_to_minilm(conn, timeout=90)
     assert time.monotonic() - moved < 15, running.log_text()[-4000:]

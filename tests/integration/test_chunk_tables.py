@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from tests.integration.test_chunks import long_text
+from tests.support import stores
 from tests.support.jobs import clear_queue, messages, queued_keys
 from worker.process.runner import Worker
 
@@ -128,12 +129,9 @@ def test_a_composite_key_chunked_target_is_embedded_edited_and_searched(
 def test_sweep_queues_composite_documents_without_chunks(
     conn: Conn, tenant_docs: int, run_once: Callable[..., Worker]
 ) -> None:
-    run_once()
-    conn.execute("DELETE FROM tenant_docs_chunks WHERE (tenant, id) = (2, 'a')")
-    assert conn.execute("SELECT embeddings.sweep()").fetchone() is not None
-    assert queued_keys(conn, tenant_docs) == [[2, "a"]]
-    run_once()
-    assert chunk_counts(conn, "tenant_docs_chunks", "tenant::text || id").get("2a", 0) > 0
+    stores.assert_sweep_restores(
+        conn, run_once, tenant_docs, "tenant_docs_chunks", "(tenant, id) = (2, 'a')", [2, "a"]
+    )
 
 
 def test_a_declared_key_makes_a_chunked_target(

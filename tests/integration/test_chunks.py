@@ -54,6 +54,13 @@ def docs(conn: Conn, minilm: str) -> int:
     return watch(conn, minilm, chunk_tokens=64, chunk_overlap=8)
 
 
+@pytest.fixture
+def embedded_docs(docs: int, run_once: Callable[..., Worker]) -> int:
+    """`docs`, embedded by one run of the worker: its target id."""
+    run_once()
+    return docs
+
+
 def column_types(conn: Conn, table: str) -> list[tuple[str, str]]:
     return [(name, kind) for name, kind, _ in stores.columns(conn, table)]
 
@@ -193,10 +200,10 @@ def test_insert_with_a_raising_content_function_still_succeeds(conn: Conn, minil
 
 
 # --- the worker -------------------------------------------------------------------------------------
+@pytest.mark.usefixtures("embedded_docs")
 def test_documents_are_chunked_within_budget_covering_the_text(
-    conn: Conn, docs: int, run_once: Callable[..., Worker], embedders: LoadedModels, minilm: str
+    conn: Conn, embedders: LoadedModels, minilm: str
 ) -> None:
-    run_once()
     rows = chunks(conn)
     splitter = chunking.Splitter.from_file(shared_models_dir() / minilm / "tokenizer.json", 64, 8)
     bodies = dict(conn.execute("SELECT id, body FROM docs").fetchall())
@@ -240,10 +247,10 @@ def test_an_edit_re_embeds_only_the_changed_chunks(
             assert r[4] == before[(1, r[3])]  # the very same vector
 
 
+@pytest.mark.usefixtures("embedded_docs")
 def test_a_shorter_document_loses_its_vanished_chunks_and_blank_clears_all(
-    conn: Conn, docs: int, run_once: Callable[..., Worker]
+    conn: Conn, run_once: Callable[..., Worker]
 ) -> None:
-    run_once()
     many = len([r for r in chunks(conn) if r[0] == 1])
     conn.execute("UPDATE docs SET body = %s WHERE id = 1", (long_text(2),))
     conn.execute("UPDATE docs SET body = '   ' WHERE id = 2")
@@ -256,9 +263,8 @@ def test_a_shorter_document_loses_its_vanished_chunks_and_blank_clears_all(
 
 
 def test_deleting_a_document_deletes_its_chunks(
-    conn: Conn, docs: int, run_once: Callable[..., Worker]
+    conn: Conn, embedded_docs: int, run_once: Callable[..., Worker]
 ) -> None:
-    run_once()
     conn.execute("DELETE FROM docs WHERE id = 1")
     # Never returned, nor counted, from the delete on; the worker deletes them (the delete
     # queued the key).
@@ -267,17 +273,15 @@ def test_deleting_a_document_deletes_its_chunks(
         " WHERE id = 1 LIMIT 1), 40)"
     ).fetchall()
     assert ("1",) not in [(str(k),) for (k,) in found]
-    assert queued_keys(conn, docs) == [1]
+    assert queued_keys(conn, embedded_docs) == [1]
     run_once()
     assert not [r for r in chunks(conn) if r[0] == 1]
     assert messages(conn) == []
 
 
-def test_truncate_of_a_chunked_target_empties_its_chunk_table(
-    conn: Conn, docs: int, run_once: Callable[..., Worker]
-) -> None:
+@pytest.mark.usefixtures("embedded_docs")
+def test_truncate_of_a_chunked_target_empties_its_chunk_table(conn: Conn) -> None:
     """It failed on the chunk table's foreign key (issue 25 §4)."""
-    run_once()
     assert chunks(conn)
     conn.execute("TRUNCATE docs")
     assert chunks(conn) == []
@@ -345,11 +349,7 @@ def test_a_document_the_model_fails_on_fails_alone(
 def test_sweep_queues_documents_without_chunks(
     conn: Conn, docs: int, run_once: Callable[..., Worker]
 ) -> None:
-    run_once()
-    conn.execute("DELETE FROM docs_chunks WHERE id = 2")
-    assert conn.execute("SELECT embeddings.sweep()").fetchone() == (1,)
-    assert queued_keys(conn, docs) == [2]
-    run_once()
+    stores.assert_sweep_restores(conn, run_once, docs, "docs_chunks", "id = 2", 2)
     assert {r[0] for r in chunks(conn)} == {1, 2, 3}
 
 
@@ -380,10 +380,10 @@ def test_supabase_shaped_jobs_work_for_chunked_targets(
     assert messages(conn) == []
 
 
+@pytest.mark.usefixtures("embedded_docs")
 def test_match_chunks_returns_nearest_chunks_with_their_document_key(
-    conn: Conn, docs: int, run_once: Callable[..., Worker], embedders: LoadedModels, minilm: str
+    conn: Conn, embedders: LoadedModels, minilm: str
 ) -> None:
-    run_once()
     (query,) = embedders.get(minilm).embed(["Short one."])
     found = conn.execute(
         "SELECT key, seq, chunk, distance FROM embeddings.match_chunks('docs', %s::halfvec, 3)",

@@ -4,14 +4,13 @@ POST /embed do, against a stand-in OpenAI-compatible provider."""
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 from typing import Any
 
 import psycopg
 import pytest
 
-from tests.support.process import run_cli
+from tests.support.process import cli_json
 from tests.support.provider_server import ProviderServer, fake_vector
 
 Conn = psycopg.Connection[Any]
@@ -24,13 +23,14 @@ def provider() -> Iterator[ProviderServer]:
         yield server
 
 
-def remote_docs(dsn: str, server: ProviderServer) -> None:
+@pytest.fixture
+def remote_docs(dsn: str, provider: ProviderServer) -> None:
     """docs on the remote model minilm-remote, each row's vector the provider's for its body."""
     with psycopg.connect(dsn, autocommit=True) as conn:
         conn.execute(
             "SELECT embeddings.register_model('minilm-remote', %s, 'openai', %s, 'test-model',"
             " credential => '')",
-            (DIMS, server.base_url),
+            (DIMS, provider.base_url),
         )
         conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
         conn.execute("SELECT embeddings.watch('docs', 'body', model => 'minilm-remote')")
@@ -42,15 +42,12 @@ def remote_docs(dsn: str, server: ProviderServer) -> None:
             )
 
 
+@pytest.mark.usefixtures("remote_docs")
 def test_search_embeds_the_query_with_the_tables_remote_model(
     dsn: str, provider: ProviderServer
 ) -> None:
-    remote_docs(dsn, provider)
+    results = cli_json("search", "docs", "document number 3", "--json", "--database-url", dsn)
 
-    result = run_cli("search", "docs", "document number 3", "--json", "--database-url", dsn)
-
-    assert result.returncode == 0, result.stderr
-    results = json.loads(result.stdout)
     assert results[0]["key"] == 3
     assert results[0]["similarity"] == pytest.approx(1.0, abs=1e-2)
     assert any(r.get("inputs") == ["document number 3"] for r in provider.requests), (
@@ -58,13 +55,8 @@ def test_search_embeds_the_query_with_the_tables_remote_model(
     )
 
 
-def test_embed_names_a_remote_model_registered_in_the_database(
-    dsn: str, provider: ProviderServer
-) -> None:
-    remote_docs(dsn, provider)
+@pytest.mark.usefixtures("remote_docs")
+def test_embed_names_a_remote_model_registered_in_the_database(dsn: str) -> None:
+    [vector] = cli_json("embed", "--model", "minilm-remote", "hello there", "--database-url", dsn)
 
-    result = run_cli("embed", "--model", "minilm-remote", "hello there", "--database-url", dsn)
-
-    assert result.returncode == 0, result.stderr
-    [vector] = json.loads(result.stdout)
     assert vector == pytest.approx(fake_vector("hello there", DIMS), abs=1e-6)

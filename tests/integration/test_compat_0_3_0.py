@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import re
 import uuid
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,11 +65,8 @@ def in_embeddings(conn: Conn, names: set[str]) -> list[str]:
 
 
 @pytest.fixture(scope="module")
-def release_0_3_0(tmp_path_factory: pytest.TempPathFactory) -> release.Release:
-    try:
-        return release.unpack("0.3.0", tmp_path_factory.mktemp("releases"))
-    except release.ReleaseUnavailable as exc:
-        pytest.skip(str(exc))
+def release_0_3_0(unpack_release: Callable[[str], release.Release]) -> release.Release:
+    return unpack_release("0.3.0")
 
 
 def test_every_function_0_3_0_s_worker_calls_is_in_embeddings(

@@ -11,6 +11,7 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import TINY_DIMS
+from tests.support import stores
 from tests.support.in_flight import InFlight, backfill_lane
 from tests.support.jobs import messages
 from worker import db
@@ -27,11 +28,9 @@ TEXTS = {1: "alpha beta gamma", 2: "the quick brown fox", 3: "a third sentence"}
 
 
 def make_docs(conn: Conn, model: str) -> None:
-    conn.execute(
-        f"CREATE TABLE docs (id bigint PRIMARY KEY, body text, embedding halfvec({TINY_DIMS}))"
+    stores.texts_table(
+        conn, TEXTS, f"id bigint PRIMARY KEY, body text, embedding halfvec({TINY_DIMS})"
     )
-    with conn.cursor() as cur:
-        cur.executemany("INSERT INTO docs VALUES (%s, %s)", list(TEXTS.items()))
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (model,))
 
 

@@ -8,7 +8,6 @@ vectors of two models, and no row that had a vector may be seen without one.
 
 from __future__ import annotations
 
-import json
 import os
 import threading
 import time
@@ -21,12 +20,13 @@ import pytest
 
 from tests.integration.conftest import WIDE, WIDE_DIMS
 from tests.support.fetch import fetch_value
-from tests.support.process import WorkerProcess, run_cli, wait_for
+from tests.support.process import WorkerProcess, cli_json, wait_for
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
+EmbeddedDocs = Callable[[int], tuple[str, str, str]]
 
 
 @pytest.fixture
@@ -72,6 +72,21 @@ def make_table(conn: Conn, rows: int, *, clear_on_update: bool = True, model: st
         "SELECT embeddings.watch('docs', 'body', model => %s, clear_on_update => %s)",
         (model, clear_on_update),
     )
+
+
+@pytest.fixture
+def embedded_docs(
+    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+) -> EmbeddedDocs:
+    """Makes `docs` of a number of rows on the first model and embeds them (one run); returns
+    the models."""
+
+    def make(rows: int) -> tuple[str, str, str]:
+        make_table(conn, rows, model=models[0])
+        run_once(model=models[0])
+        return models
+
+    return make
 
 
 def target_model(conn: Conn) -> str:
@@ -211,11 +226,9 @@ def test_a_change_while_writes_arrive_never_exposes_a_mixed_or_missing_vector(
 
 
 def test_a_dimension_change_swaps_in_a_column_of_the_new_dimension_and_keeps_the_old(
-    conn: Conn, dsn: str, models: tuple[str, str, str], run_once: Callable[..., Worker]
+    conn: Conn, dsn: str, embedded_docs: EmbeddedDocs, run_once: Callable[..., Worker]
 ) -> None:
-    old, _, wide = models
-    make_table(conn, 100, model=old)
-    run_once(model=old)
+    old, _, wide = embedded_docs(100)
     assert column_type(conn, "embedding") == "halfvec(32)"
     conn.execute(
         "SELECT embeddings.rewatch('docs', 'embedding', model => %s, keep_old => true)", (wide,)
@@ -249,21 +262,18 @@ def test_a_dimension_change_swaps_in_a_column_of_the_new_dimension_and_keeps_the
     row = conn.execute("SELECT vector_dims(embedding) FROM docs WHERE id = 500").fetchone()
     assert row == (48,)
     # search embeds its query with the column's model now (48-d): the row is its own best match.
-    found = run_cli(
+    found = cli_json(
         "search", "docs", "after the change", "-k", "1", "--json", "--database-url", dsn
     )
-    assert found.returncode == 0, found.stderr
-    assert json.loads(found.stdout)[0]["key"] == 500
+    assert found[0]["key"] == 500
     produced = conn.execute("SELECT vectors_from FROM embeddings.status").fetchone()
     assert produced is not None and produced[0].startswith(wide)
 
 
 def test_cancel_abandons_the_change_cleanly(
-    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+    conn: Conn, embedded_docs: EmbeddedDocs, run_once: Callable[..., Worker]
 ) -> None:
-    old, new, _ = models
-    make_table(conn, 50, model=old)
-    run_once(model=old)
+    old, new, _ = embedded_docs(50)
     before = conn.execute("SELECT id, embedding::text FROM docs ORDER BY id").fetchall()
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (new,))
     assert column_type(conn, "embedding_next") == "halfvec(32)"
@@ -396,11 +406,9 @@ def test_a_worker_of_another_variant_does_not_mix_vectors(
 
 
 def test_rewatch_re_embeds_the_vectors_of_another_variant_blue_green(
-    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+    conn: Conn, embedded_docs: EmbeddedDocs, run_once: Callable[..., Worker]
 ) -> None:
-    old = models[0]
-    make_table(conn, 10, model=old)
-    run_once(model=old)
+    old = embedded_docs(10)[0]
     conn.execute("UPDATE embeddings.provenance SET variant = 'int8'")  # as if int8 produced them
     conn.execute("SELECT embeddings.rewatch('docs')")  # the same model: a re-embedding
     conn.execute("INSERT INTO docs VALUES (11, 'written during the change')")
@@ -412,11 +420,9 @@ def test_rewatch_re_embeds_the_vectors_of_another_variant_blue_green(
 
 
 def test_a_missing_new_model_does_not_stop_the_application_s_rows(
-    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+    conn: Conn, embedded_docs: EmbeddedDocs, run_once: Callable[..., Worker]
 ) -> None:
-    old = models[0]
-    make_table(conn, 10, model=old)
-    run_once(model=old)
+    old = embedded_docs(10)[0]
     conn.execute(
         "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
         " VALUES ('absent-model', 32, 512, 'mean')"
@@ -435,11 +441,9 @@ def test_a_missing_new_model_does_not_stop_the_application_s_rows(
 
 
 def test_a_change_of_a_table_larger_than_a_step_queues_its_rows_in_key_ranges(
-    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+    conn: Conn, embedded_docs: EmbeddedDocs, run_once: Callable[..., Worker]
 ) -> None:
-    old, new, _ = models
-    make_table(conn, 2500, model=old)
-    run_once(model=old)
+    old, new, _ = embedded_docs(2500)
     step = conn.execute("SELECT embeddings.backfill_step_keys()").fetchone()
     assert step is not None and step[0] < 2500
 
@@ -471,11 +475,9 @@ def test_a_change_of_a_table_larger_than_a_step_queues_its_rows_in_key_ranges(
 
 
 def test_cancelling_a_change_mid_backfill_leaves_an_ordinary_backfill(
-    conn: Conn, models: tuple[str, str, str], run_once: Callable[..., Worker]
+    conn: Conn, embedded_docs: EmbeddedDocs, run_once: Callable[..., Worker]
 ) -> None:
-    old, new, _ = models
-    make_table(conn, 2500, model=old)
-    run_once(model=old)
+    old, new, _ = embedded_docs(2500)
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (new,))
     assert conn.execute("SELECT embeddings.cancel_change('docs')").fetchone() == (True,)
 

@@ -11,6 +11,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.defaults import assert_sql_defaults_are_the_classes
 from tests.support.jobs import deferred_reason
 from tests.support.process import run_cli
 from worker import exceptions
@@ -33,14 +34,18 @@ def register_newer_kind(conn: Conn, dimensions: int = 8) -> None:
 
 
 def test_the_sql_defaults_are_the_classes(conn: Conn) -> None:
-    rows = conn.execute(
-        "SELECT provider, endpoint, max_tokens, max_inputs, max_request_tokens"
-        " FROM embeddings.provider_defaults() ORDER BY provider"
-    ).fetchall()
-    assert rows == [
-        (p.name, p.default_endpoint, p.max_tokens, p.max_inputs, p.max_request_tokens)
-        for p in sorted(providers.PROVIDERS.values(), key=lambda p: p.name)
-    ]
+    assert_sql_defaults_are_the_classes(
+        conn,
+        "provider_defaults",
+        {
+            "provider": "name",
+            "endpoint": "default_endpoint",
+            "max_tokens": "max_tokens",
+            "max_inputs": "max_inputs",
+            "max_request_tokens": "max_request_tokens",
+        },
+        providers.PROVIDERS.values(),
+    )
     assert keys.CREDENTIAL_VARIABLES == {"openai": "OPENAI_API_KEY", "huggingface": "HF_TOKEN"}
 
 

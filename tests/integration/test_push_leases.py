@@ -9,6 +9,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.fetch import fetch_value
 from worker.config import Settings
 from worker.http import push
 from worker.models.loaded import LoadedModels
@@ -16,6 +17,7 @@ from worker.pipeline import faults
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
+Jobs = list[dict[str, Any]]
 
 DISPATCH_LEASE = 300
 
@@ -54,13 +56,15 @@ def docs(conn: Conn, minilm: str) -> Iterator[int]:
     yield int(row[0])
 
 
-def dispatched(conn: Conn) -> list[dict[str, Any]]:
-    """What embeddings.dispatch() would post: the jobs leased for DISPATCH_LEASE seconds."""
-    row = conn.execute(
-        "SELECT * FROM embeddings.dispatch_batches(100, 1, %s)", (DISPATCH_LEASE,)
-    ).fetchone()
-    assert row is not None
-    return list(row[0])
+@pytest.fixture
+def body(conn: Conn, docs: int) -> Jobs:
+    """What embeddings.dispatch() would post (a push request's body): docs' jobs, leased for
+    DISPATCH_LEASE seconds."""
+    return list(
+        fetch_value(
+            conn, "SELECT * FROM embeddings.dispatch_batches(100, 1, %s)", (DISPATCH_LEASE,)
+        )
+    )
 
 
 def seconds_left(conn: Conn) -> list[float]:
@@ -74,9 +78,8 @@ def seconds_left(conn: Conn) -> list[float]:
 
 
 def test_a_dispatch_lease_is_kept_and_the_jobs_are_renewed_while_processed(
-    conn: Conn, docs: int, worker: Worker
+    conn: Conn, body: Jobs, worker: Worker
 ) -> None:
-    body = dispatched(conn)
     seen: dict[str, Any] = {}
 
     def look() -> None:  # in the middle of the request, before inference
@@ -94,10 +97,9 @@ def test_a_dispatch_lease_is_kept_and_the_jobs_are_renewed_while_processed(
 
 
 def test_one_request_embeds_a_bounded_number_of_rows_in_batches(
-    conn: Conn, docs: int, worker: Worker, monkeypatch: pytest.MonkeyPatch
+    conn: Conn, body: Jobs, worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(push, "MAX_ROWS", 4)
-    body = dispatched(conn)
     batches = []
     with faults.injected("embed", lambda: batches.append(1)):
         result = push.process(pushed_to(worker, worker.settings.with_overrides(batch_size=2)), body)
@@ -113,10 +115,9 @@ def test_one_request_embeds_a_bounded_number_of_rows_in_batches(
 
 
 def test_concurrent_requests_are_bounded(
-    conn: Conn, docs: int, worker: Worker, monkeypatch: pytest.MonkeyPatch
+    conn: Conn, body: Jobs, worker: Worker, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(push, "BUSY_WAIT_SECONDS", 0.01)
-    body = dispatched(conn)
     held = 0
     while push.SLOTS.acquire(blocking=False):  # every slot busy with another request
         held += 1

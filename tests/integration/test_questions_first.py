@@ -11,6 +11,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from tests.support import stores
 from tests.support.jobs import messages
 from worker.models.embedder import Embedder
 from worker.models.loaded import LoadedModels
@@ -26,9 +27,7 @@ def test_a_backlog_stopped_for_questions_loses_and_repeats_no_row(
     embedders: LoadedModels,
 ) -> None:
     texts = {i: f"row {i}: " + " ".join(["backlog", "words"] * (5 + i % 40)) for i in range(ROWS)}
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedded int DEFAULT 0)")
-    with conn.cursor() as cur:
-        cur.executemany("INSERT INTO docs (id, body) VALUES (%s, %s)", list(texts.items()))
+    stores.texts_table(conn, texts, "id int PRIMARY KEY, body text, embedded int DEFAULT 0")
     # Counts each store of a vector: a row embedded twice would say 2.
     conn.execute(
         "CREATE FUNCTION count_embedded() RETURNS trigger LANGUAGE plpgsql AS"

@@ -11,27 +11,26 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support.defaults import assert_sql_defaults_are_the_classes
 from worker.models.remote import rerank_providers
 
 Conn = psycopg.Connection[Any]
 
 
 def test_the_sql_defaults_are_the_classes(conn: Conn) -> None:
-    rows = conn.execute(
-        "SELECT provider, endpoint, max_documents, max_tokens, credential, sends_model"
-        " FROM embeddings.reranker_defaults() ORDER BY provider"
-    ).fetchall()
-    assert rows == [
-        (
-            k.name,
-            k.default_endpoint,
-            k.max_documents,
-            k.max_tokens,
-            k.default_credential,
-            k.sends_model,
-        )
-        for k in sorted(rerank_providers.KINDS.values(), key=lambda k: k.name)
-    ]
+    assert_sql_defaults_are_the_classes(
+        conn,
+        "reranker_defaults",
+        {
+            "provider": "name",
+            "endpoint": "default_endpoint",
+            "max_documents": "max_documents",
+            "max_tokens": "max_tokens",
+            "credential": "default_credential",
+            "sends_model": "sends_model",
+        },
+        rerank_providers.KINDS.values(),
+    )
 
 
 def registered(conn: Conn, name: str) -> tuple[Any, ...] | None:

@@ -48,9 +48,7 @@ def watch(conn: Conn, model: str, table: str = "docs", **options: Any) -> int:
 
 @pytest.fixture
 def docs(conn: Conn, minilm: str) -> int:
-    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text, updated_at timestamptz)")
-    with conn.cursor() as cur:
-        cur.executemany("INSERT INTO docs (id, body) VALUES (%s, %s)", list(TEXTS.items()))
+    stores.texts_table(conn, TEXTS, "id bigint PRIMARY KEY, body text, updated_at timestamptz")
     return watch(conn, minilm)
 
 
@@ -430,10 +428,7 @@ def test_unwatch_keeps_the_side_table_and_watch_again_uses_it(
 def test_sweep_queues_rows_whose_side_row_is_missing(
     conn: Conn, docs: int, run_once: Callable[..., Worker]
 ) -> None:
-    run_once()
-    conn.execute("DELETE FROM docs_embeddings WHERE id = 2")
-    assert conn.execute("SELECT embeddings.sweep()").fetchone() == (1,)
-    run_once()
+    stores.assert_sweep_restores(conn, run_once, docs, "docs_embeddings", "id = 2", 2)
     assert sorted(side_rows(conn)) == [1, 2, 3, 4]
 
 

@@ -52,9 +52,7 @@ def test_status_says_why_jobs_wait_until_the_target_is_served(
 def test_blank_rows_count_as_cleared(
     conn: Conn, run_once: Callable[..., Worker], minilm: str
 ) -> None:
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO docs VALUES (1, 'hello'), (2, '   '), (3, NULL), (4, E'\\t\\n')")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    stores.watched_table(conn, minilm, "VALUES (1, 'hello'), (2, '   '), (3, NULL), (4, E'\\t\\n')")
     run_once()
 
     row = status_row(conn)
@@ -100,9 +98,7 @@ def test_watch_refuses_to_double_the_guides_triggers(conn: Conn) -> None:
 def test_dead_letters_of_rows_embedded_later_are_resolved(
     conn: Conn, run_once: Callable[..., Worker], minilm: str
 ) -> None:
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO docs VALUES (1, 'hello'), (2, 'world')")
-    target = stores.watch(conn, "row", minilm)
+    target = stores.watched_table(conn, minilm, "VALUES (1, 'hello'), (2, 'world')")
     # Both rows were dead-lettered once (say, a content function that raised back then).
     conn.execute(
         "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
@@ -126,12 +122,8 @@ def test_dead_letters_of_rows_embedded_later_are_resolved(
 def test_a_target_without_its_embedding_column_is_deferred_and_shown(
     conn: Conn, run_once: Callable[..., Worker], minilm: str
 ) -> None:
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
-    conn.execute("SELECT embeddings.watch('notes', 'body', model => %s)", (minilm,))
-    conn.execute("INSERT INTO docs VALUES (1, 'hello')")
-    conn.execute("INSERT INTO notes VALUES (1, 'hello')")
+    for table in ("docs", "notes"):
+        stores.watched_table(conn, minilm, "VALUES (1, 'hello')", table)
     # Renames are followed by an event trigger, which only a superuser can install: without
     # it (as on managed servers), the registration still names the old column.
     conn.execute("ALTER EVENT TRIGGER embeddings_follow_schema_changes DISABLE")

@@ -40,12 +40,8 @@ def cosine(a: np.ndarray[Any, Any], b: np.ndarray[Any, Any]) -> float:
 
 @pytest.fixture
 def docs(conn: Conn, minilm: str) -> int:
-    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
-    with conn.cursor() as cur:
-        cur.executemany("INSERT INTO docs VALUES (%s, %s)", list(TEXTS.items()))
-    row = conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,)).fetchone()
-    assert row is not None
-    return int(row[0])
+    stores.texts_table(conn, TEXTS)
+    return stores.watch(conn, "row", minilm)
 
 
 def test_stored_vectors_equal_the_embedder_output(
@@ -252,9 +248,7 @@ def test_a_dimension_mismatch_is_deferred_for_that_target_only(
 ) -> None:
     # A model the registry says is 384-d but whose files say otherwise cannot happen with our
     # own registry; a column altered after watch() can.
-    conn.execute("CREATE TABLE wide (id int PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO wide VALUES (1, 'hello')")
-    conn.execute("SELECT embeddings.watch('wide', 'body', model => 'all-MiniLM-L6-v2')")
+    stores.watched_table(conn, "all-MiniLM-L6-v2", "VALUES (1, 'hello')", "wide")
     conn.execute("ALTER TABLE wide ALTER COLUMN embedding TYPE halfvec(768)")
     run_once()
     assert all(v is not None for v in stored(conn).values())  # the other target proceeds

@@ -12,6 +12,7 @@ from typing import Any
 
 import psycopg
 
+from tests.support import stores
 from tests.support.jobs import clear_queue, messages
 from worker.process.runner import Worker
 
@@ -43,9 +44,9 @@ def kill_own_backend_at_commit_once(conn: Conn, table: str) -> None:
 def test_a_connection_lost_at_commit_leaves_no_row_without_its_vector(
     conn: Conn, run_once: Callable[..., Worker], minilm: str
 ) -> None:
-    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO docs SELECT g, 'document number ' || g FROM generate_series(1, 6) g")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    stores.watched_table(
+        conn, minilm, "SELECT g, 'document number ' || g FROM generate_series(1, 6) g"
+    )
     kill_own_backend_at_commit_once(conn, "docs")
 
     run_once()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import re
 import shutil
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 import pytest
@@ -28,7 +28,16 @@ from worker import exceptions, schema
 from worker.schema import files as schema_files
 
 
-def objects_of_ours(conn: psycopg.Connection[Any]) -> dict[str, int]:
+class Ours(NamedTuple):
+    """How many of each kind of object of ours a database holds."""
+
+    schema: int
+    triggers: int  # the watched tables'
+    queue: int
+    event_triggers: int
+
+
+def objects_of_ours(conn: psycopg.Connection[Any]) -> Ours:
     row = conn.execute(
         """SELECT (SELECT count(*) FROM pg_namespace WHERE nspname = 'embeddings'),
                   (SELECT count(*) FROM pg_trigger WHERE tgname ~ '^embeddings_[0-9]+_'),
@@ -36,12 +45,7 @@ def objects_of_ours(conn: psycopg.Connection[Any]) -> dict[str, int]:
                   (SELECT count(*) FROM pg_event_trigger WHERE evtname ~ '^embeddings_')"""
     ).fetchone()
     assert row is not None
-    return {
-        "schema": int(row[0]),
-        "triggers": int(row[1]),
-        "queue": int(row[2]),
-        "event_triggers": int(row[3]),
-    }
+    return Ours(*(int(n) for n in row))
 
 
 QUEUE_TABLES = {
@@ -81,22 +85,12 @@ def test_up_down_up_keeps_user_data(empty_dsn: str) -> None:
         conn.execute(
             "UPDATE docs SET embedding = array_fill(0.5, ARRAY[384])::halfvec WHERE id = 1"
         )
-        assert objects_of_ours(conn) == {
-            "schema": 1,
-            "triggers": 3,
-            "queue": 1,
-            "event_triggers": 2,
-        }
+        assert objects_of_ours(conn) == Ours(schema=1, triggers=3, queue=1, event_triggers=2)
 
     schema.downgrade(empty_dsn)
 
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
-        assert objects_of_ours(conn) == {
-            "schema": 0,
-            "triggers": 0,
-            "queue": 0,
-            "event_triggers": 0,
-        }
+        assert objects_of_ours(conn) == Ours(schema=0, triggers=0, queue=0, event_triggers=0)
         rows = conn.execute(
             "SELECT id, body, embedding IS NOT NULL FROM docs ORDER BY id"
         ).fetchall()
@@ -107,12 +101,7 @@ def test_up_down_up_keeps_user_data(empty_dsn: str) -> None:
 
     schema.migrate(empty_dsn)
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
-        assert objects_of_ours(conn) == {
-            "schema": 1,
-            "triggers": 0,
-            "queue": 1,
-            "event_triggers": 2,
-        }
+        assert objects_of_ours(conn) == Ours(schema=1, triggers=0, queue=1, event_triggers=2)
         assert conn.execute("SELECT embeddings.watch('docs', 'body')").fetchone() == (1,)
         # The existing 384-d column is reused; rows 2 and 3 lack an embedding and are queued
         # (on the backfill lane: watch()'s initial enqueue is backfill work).

@@ -143,17 +143,23 @@ def owners_table(conn: Conn, roles: Roles, name: str, *, format: str | None) -> 
     )
 
 
+def insert_hostile(roles: Roles, files: dict[int, bytes]) -> None:
+    """The hostile files into the owner's table `hostile` (its writer's rows), by key."""
+    with roles.connect(roles.writer) as writer, writer.cursor() as cur:
+        cur.executemany("INSERT INTO hostile VALUES (%s, %s)", list(files.items()))
+
+
 @pytest.fixture
-def other_tenant(conn: Conn, roles: Roles) -> Callable[[], Callable[[], bool]]:
-    """The other tenant's page table, watched; returns what inserts its row and page and says
-    whether both are embedded."""
+def other_tenant(conn: Conn, roles: Roles) -> Callable[[], Callable[[], None]]:
+    """The other tenant's page table, watched; returns what inserts its row and page, and
+    returns what waits (OTHER_TENANT_SECONDS at the most) until both are embedded."""
     with roles.connect(roles.tenant) as tenant:
         tenant.execute("CREATE TABLE pages (id int PRIMARY KEY, body bytea)")
     conn.execute(
         "SELECT embeddings.watch('pages', 'body', model => %s, chunk_tokens => 64)", (MINILM,)
     )
 
-    def insert() -> Callable[[], bool]:
+    def insert() -> Callable[[], None]:
         with roles.connect(roles.tenant) as tenant:
             tenant.execute("INSERT INTO secrets VALUES (2, 'the other tenant''s new row')")
             tenant.execute("INSERT INTO pages VALUES (1, %s)", (PAGE,))
@@ -165,7 +171,10 @@ def other_tenant(conn: Conn, roles: Roles) -> Callable[[], Callable[[], bool]]:
             ).fetchone()
             return row == (True, True)
 
-        return embedded
+        def wait() -> None:
+            wait_for(embedded, OTHER_TENANT_SECONDS, what="the other tenant's row and document")
+
+        return wait
 
     return insert
 
@@ -186,25 +195,55 @@ def failures(conn: Conn, table: str) -> dict[int, str]:
     return dict(rows)
 
 
+@dataclass
+class Served:
+    """A worker serving the hostile owner's table with its files in, and the other tenant's row
+    and document just written."""
+
+    worker: WorkerProcess
+    watch: Watch
+    baseline_rss: int  # the worker's, before the files came
+    wait_for_other_tenant: Callable[[], None]
+
+    def assert_other_tenant_served(self) -> None:
+        """What the other tenant is promised: its row and document embedded (within
+        OTHER_TENANT_SECONDS), and /healthz answered all along."""
+        self.wait_for_other_tenant()
+        assert not self.watch.unanswered, self.watch.unanswered
+
+
+@pytest.fixture
+def serve_hostile(
+    conn: Conn,
+    roles: Roles,
+    start: Callable[..., tuple[WorkerProcess, Watch]],
+    other_tenant: Callable[[], Callable[[], None]],
+) -> Callable[..., Served]:
+    """Watches the owner's table `hostile` (`format`: watch()'s, None to detect), starts a worker
+    (`env` on top of the harness's), then writes `files` into the table and the other tenant's
+    row and document."""
+
+    def serve(files: dict[int, bytes], format: str | None, **env: str) -> Served:
+        owners_table(conn, roles, "hostile", format=format)
+        worker, watch = start(**env)
+        baseline = rss(worker)
+        insert_hostile(roles, files)
+        return Served(worker, watch, baseline, other_tenant())
+
+    return serve
+
+
 # --- the floor --------------------------------------------------------------------------------
 @pytest.mark.slow
 @pytest.mark.parametrize("format", [*FORMATS, DETECTED])
 def test_a_tenants_hostile_files_fail_alone_within_their_budget(
-    format: str,
-    conn: Conn,
-    roles: Roles,
-    start: Callable[..., tuple[WorkerProcess, Watch]],
-    other_tenant: Callable[[], Callable[[], bool]],
+    format: str, conn: Conn, serve_hostile: Callable[..., Served]
 ) -> None:
     group: list[Hostile] = [h for h in CORPUS if h.format == format]
     files = {k: h.make() for k, h in enumerate(group, start=1)}
-    owners_table(conn, roles, "hostile", format=None if format == DETECTED else format)
-    worker, watch = start(**BUDGETS)
-    baseline = rss(worker)
-    with roles.connect(roles.writer) as writer, writer.cursor() as cur:
-        cur.executemany("INSERT INTO hostile VALUES (%s, %s)", list(files.items()))
-    other_embedded = other_tenant()
-    wait_for(other_embedded, OTHER_TENANT_SECONDS, what="the other tenant's row and document")
+    served = serve_hostile(files, None if format == DETECTED else format, **BUDGETS)
+    worker, watch, baseline = served.worker, served.watch, served.baseline_rss
+    served.assert_other_tenant_served()
     # One parse process is the hostile tenant's at most: its files go one after another.
     wait_for(lambda: settled(conn, "hostile"), 60 + len(group) * BUDGET_SECONDS, what=format)
     watch.stop()
@@ -223,33 +262,23 @@ def test_a_tenants_hostile_files_fail_alone_within_their_budget(
 # --- the defects of the review, each a test that failed before ---------------------------------
 @pytest.mark.slow
 def test_a_page_html_parser_raises_on_fails_alone_and_the_worker_goes_on(
-    conn: Conn,
-    roles: Roles,
-    start: Callable[..., tuple[WorkerProcess, Watch]],
-    other_tenant: Callable[[], Callable[[], bool]],
+    conn: Conn, serve_hostile: Callable[..., Served]
 ) -> None:
     """html.parser raised AssertionError on an unknown marked section, which stopped the worker
     ("internal error"); restarted, it read the same job and stopped again, forever."""
-    owners_table(conn, roles, "hostile", format=None)
-    worker, watch = start()
-    with roles.connect(roles.writer) as writer:
-        writer.execute("INSERT INTO hostile VALUES (1, %s)", (hostile_files.html_marked_section(),))
-    other_embedded = other_tenant()
+    served = serve_hostile({1: hostile_files.html_marked_section()}, None)
+    worker = served.worker
     wait_for(lambda: failures(conn, "hostile") or worker.proc.poll() is not None, 30)
     assert worker.proc.poll() is None, worker.log_text()[-3000:]
     assert failures(conn, "hostile")[1].startswith(
         "html document: cannot be read (AssertionError: unknown status keyword 'foo'"
     )
-    wait_for(other_embedded, OTHER_TENANT_SECONDS, what="the other tenant's row and document")
-    assert not watch.unanswered, watch.unanswered
+    served.assert_other_tenant_served()
 
 
 @pytest.mark.slow
 def test_a_docx_of_120_mib_of_xml_fails_within_its_memory_budget(
-    conn: Conn,
-    roles: Roles,
-    start: Callable[..., tuple[WorkerProcess, Watch]],
-    other_tenant: Callable[[], Callable[[], bool]],
+    conn: Conn, serve_hostile: Callable[..., Served]
 ) -> None:
     """The review's 184 KB DOCX of 21 million empty elements, under the archive check's limit
     with the default ceiling: lxml's tree took the worker from 240 MiB to 2.9 GiB. Now its parse
@@ -257,12 +286,8 @@ def test_a_docx_of_120_mib_of_xml_fails_within_its_memory_budget(
     memory does not move."""
     bomb = hostile_files.docx_element_bomb()
     assert len(bomb) < 256 * 1024
-    owners_table(conn, roles, "hostile", format=None)
-    worker, watch = start(EMBED_MAX_ATTEMPTS="1")  # the default budgets and ceiling
-    baseline = rss(worker)
-    with roles.connect(roles.writer) as writer:
-        writer.execute("INSERT INTO hostile VALUES (1, %s)", (bomb,))
-    other_embedded = other_tenant()
+    served = serve_hostile({1: bomb}, None, EMBED_MAX_ATTEMPTS="1")  # default budgets, ceiling
+    watch, baseline = served.watch, served.baseline_rss
     wait_for(
         lambda: failures(conn, "hostile") or watch.peak_rss - baseline > RSS_GROWTH,
         120,
@@ -273,30 +298,21 @@ def test_a_docx_of_120_mib_of_xml_fails_within_its_memory_budget(
     assert failures(conn, "hostile") == {
         1: "document: parsing needed more than 96 MiB (EMBED_PARSE_MEMORY_MB)"
     }
-    wait_for(other_embedded, OTHER_TENANT_SECONDS, what="the other tenant's row and document")
-    assert not watch.unanswered, watch.unanswered
+    served.assert_other_tenant_served()
 
 
 @pytest.mark.slow
 def test_a_heading_over_a_long_run_of_spaces_leaves_the_worker_answering(
-    conn: Conn,
-    roles: Roles,
-    start: Callable[..., tuple[WorkerProcess, Watch]],
-    other_tenant: Callable[[], Callable[[], bool]],
+    conn: Conn, serve_hostile: Callable[..., Served]
 ) -> None:
     """The review's 100 KB Markdown file: the heading pattern backtracked for 80 s holding the
     GIL, and /healthz, the keeper and every other thread stopped with it. Now it is parsed in a
     parse process, in one pass: the document is embedded and /healthz answered all along."""
-    owners_table(conn, roles, "hostile", format="markdown")
-    worker, watch = start()
-    with roles.connect(roles.writer) as writer:
-        data = hostile_files.markdown_heading_then_spaces()
-        writer.execute("INSERT INTO hostile VALUES (1, %s)", (data,))
-    other_embedded = other_tenant()
+    served = serve_hostile({1: hostile_files.markdown_heading_then_spaces()}, "markdown")
+    worker, watch = served.worker, served.watch
     seen = watch.probes
     wait_for(lambda: watch.probes >= seen + 20 or watch.unanswered, 60, what="20 more probes")
-    assert not watch.unanswered, watch.unanswered
-    wait_for(other_embedded, OTHER_TENANT_SECONDS, what="the other tenant's row and document")
+    served.assert_other_tenant_served()
     wait_for(lambda: settled(conn, "hostile"), 60, what="the Markdown file")
     watch.stop()
     assert not watch.unanswered, watch.unanswered

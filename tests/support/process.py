@@ -40,6 +40,13 @@ def run_cli(
     )
 
 
+def cli_json(*argv: str, env: dict[str, str] | None = None) -> Any:
+    """What `python -m worker ARGV...` printed, as JSON; the command must succeed."""
+    result = run_cli(*argv, env=env)
+    assert result.returncode == 0, result.stderr
+    return json.loads(result.stdout)
+
+
 def wait_for(
     condition: Callable[[], T], timeout: float = 60.0, interval: float = 0.05, what: str = ""
 ) -> T:

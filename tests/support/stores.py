@@ -10,10 +10,14 @@ FROM <vectors>` reads the same way for both, and a side row whose row is gone ne
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import psycopg
 from psycopg import sql
+
+from tests.support.fetch import fetch_row, fetch_value
+from tests.support.jobs import queued_keys
 
 Conn = psycopg.Connection[Any]
 
@@ -61,12 +65,11 @@ def vectors(conn: Conn, store: str, table: sql.Composable | str = "docs") -> sql
     source = sql.SQL(table) if isinstance(table, str) else table
     if store == "row":
         return source
-    row = conn.execute(
+    side, keys = fetch_row(
+        conn,
         "SELECT store_table::text, key_columns::text[] FROM embeddings.targets"
-        " WHERE store_kind = 'side' ORDER BY id LIMIT 1"
-    ).fetchone()
-    assert row is not None, "no side-table target"
-    side, keys = row
+        " WHERE store_kind = 'side' ORDER BY id LIMIT 1",
+    )
     return sql.SQL("(SELECT * FROM {} LEFT JOIN {} USING ({})) AS vectors").format(
         source, sql.SQL(side), sql.SQL(", ").join(sql.Identifier(k) for k in keys)
     )
@@ -76,12 +79,13 @@ def vector_table(conn: Conn, store: str, table: str = "docs") -> str:
     """The table that has the embedding column (its name as text)."""
     if store == "row":
         return table
-    row = conn.execute(
-        "SELECT store_table::text FROM embeddings.targets WHERE store_kind = 'side'"
-        " ORDER BY id LIMIT 1"
-    ).fetchone()
-    assert row is not None, "no side-table target"
-    return str(row[0])
+    return str(
+        fetch_value(
+            conn,
+            "SELECT store_table::text FROM embeddings.targets WHERE store_kind = 'side'"
+            " ORDER BY id LIMIT 1",
+        )
+    )
 
 
 def watch_with(conn: Conn, table: str = "docs", content: str = "body", **options: Any) -> int:
@@ -119,6 +123,26 @@ def constraints(conn: Conn, table: str) -> dict[str, str]:
     )
 
 
+def texts_table(
+    conn: Conn,
+    texts: Mapping[Any, str | None],
+    columns: str = "id bigint PRIMARY KEY, body text",
+    table: str = "docs",
+) -> None:
+    """`table` of `columns` (among them `id` and `body`), holding `texts` (id: body)."""
+    conn.execute(f"CREATE TABLE {table} ({columns})")
+    with conn.cursor() as cur:
+        cur.executemany(f"INSERT INTO {table} (id, body) VALUES (%s, %s)", list(texts.items()))
+
+
+def watched_table(conn: Conn, model: str, rows: str, table: str = "docs") -> int:
+    """`table` (id int, body text) holding `rows` (SQL: a VALUES list or a query), watched with
+    `model` (its vectors in the row); returns the target id."""
+    conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
+    conn.execute(f"INSERT INTO {table} {rows}")
+    return watch(conn, "row", model, table)
+
+
 def watch_absent_model(conn: Conn, rows: str = "(1, 'hello')") -> None:
     """`docs` (id int, body text) holding `rows` (SQL VALUES), watched with 'absent-model': a
     model the registry knows and no worker has, so its jobs wait."""
@@ -126,6 +150,17 @@ def watch_absent_model(conn: Conn, rows: str = "(1, 'hello')") -> None:
         "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
         " VALUES ('absent-model', 384, 512, 'mean')"
     )
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute(f"INSERT INTO docs VALUES {rows}")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    watched_table(conn, "absent-model", f"VALUES {rows}")
+
+
+def assert_sweep_restores(
+    conn: Conn, run_once: Callable[..., Any], target: int, store_table: str, where: str, key: Any
+) -> None:
+    """Once the worker ran, `store_table` loses one row's vectors (`where`: SQL naming them):
+    embeddings.sweep() queues that row's key alone, and the worker stores its vectors again."""
+    run_once()
+    conn.execute(f"DELETE FROM {store_table} WHERE {where}")
+    assert conn.execute("SELECT embeddings.sweep()").fetchone() == (1,)
+    assert queued_keys(conn, target) == [key]
+    run_once()
+    assert conn.execute(f"SELECT count(*) FROM {store_table} WHERE {where}").fetchone() != (0,)
