@@ -2,7 +2,41 @@
 -- failed. The state of sql/: this folder runs first on every install and upgrade, every
 -- statement re-runnable and calling none of our functions (the code files come after it).
 
-CREATE SCHEMA IF NOT EXISTS embeddings;
+-- Made by the installer, or refused: a schema of that name that another role made first (any
+-- role with CREATE on the database may) would be adopted, and its owner could drop and replace
+-- any function in it, which runs inside every watched table's triggers. So an `embeddings`
+-- that exists must belong to the installer, a role it is a member of (a superuser being a
+-- member of every role does not count), a superuser or the database's owner, and no other role
+-- may create in it.
+DO $$
+DECLARE
+    found pg_catalog.pg_namespace;
+    owner_ok boolean;
+BEGIN
+    SELECT * INTO found FROM pg_catalog.pg_namespace n WHERE n.nspname OPERATOR(pg_catalog.=) 'embeddings';
+    IF found.oid IS NULL THEN
+        CREATE SCHEMA embeddings;
+        RETURN;
+    END IF;
+    owner_ok := found.nspowner OPERATOR(pg_catalog.=) (SELECT r.oid FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user)
+        OR (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.oid OPERATOR(pg_catalog.=) found.nspowner)
+        OR found.nspowner OPERATOR(pg_catalog.=) (SELECT d.datdba FROM pg_catalog.pg_database d WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+        OR (NOT (SELECT r.rolsuper FROM pg_catalog.pg_roles r WHERE r.rolname OPERATOR(pg_catalog.=) current_user)
+            AND pg_catalog.pg_has_role(current_user, found.nspowner, 'MEMBER'));
+    IF NOT owner_ok
+       OR EXISTS (SELECT FROM pg_catalog.aclexplode(found.nspacl) a
+                  WHERE a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'
+                    AND a.grantee OPERATOR(pg_catalog.<>) found.nspowner) THEN
+        RAISE EXCEPTION 'schema embeddings exists and is not embed-worker''s: its owner is %, and may create in it: %; it must belong to %, a role % is a member of, a superuser or the database''s owner, and no other role may create in it',
+            found.nspowner::pg_catalog.regrole,
+            coalesce((SELECT pg_catalog.string_agg(CASE a.grantee WHEN 0 THEN 'PUBLIC' ELSE a.grantee::pg_catalog.regrole::pg_catalog.text END, ', ')
+                      FROM pg_catalog.aclexplode(found.nspacl) a WHERE a.privilege_type OPERATOR(pg_catalog.=) 'CREATE'), 'its owner'),
+            current_user, current_user
+            USING ERRCODE = 'duplicate_schema',
+                  HINT = 'Drop that schema (or rename it) if nothing of yours is in it, or revoke CREATE on it from the others, then migrate again.';
+    END IF;
+END
+$$;
 COMMENT ON SCHEMA embeddings IS 'embed-worker: watched tables, models, queues, dead letters';
 
 -- Roles that write to watched tables run our statement triggers, which read the target

@@ -3,7 +3,7 @@ the name watch() would pick, with its own trigger and a grant to PUBLIC (issue 3
 must not adopt it: the worker's writes through the owner's functions would fire the squatter's
 trigger with the owner's rights (a superuser's, here), and the squatter could read every vector
 and chunk afterwards. And the schema of our internals, made first by a role that may create
-schemas, or one that others may create in: migrate refuses it."""
+schemas, or one that others may create in: migrate refuses it; likewise `embeddings` itself."""
 
 from __future__ import annotations
 
@@ -139,34 +139,59 @@ def squatter(empty_dsn: str) -> Iterator[str]:
         su.execute(f"DROP ROLE {name}")
 
 
-INTERNAL_SQUAT = """
+# Each of our schemas, made first by a role that may create schemas, with a function of ours
+# in it: adopted, its owner could drop and replace our code, which runs as the migrator and
+# inside every watched table's triggers.
+SCHEMA_SQUATS = {
+    "embeddings": """
+CREATE SCHEMA embeddings;
+CREATE FUNCTION embeddings.backfill_step_keys() RETURNS integer LANGUAGE sql AS $$ SELECT 1 $$;
+""",
+    "embeddings_internal": """
 CREATE SCHEMA embeddings_internal;
 CREATE FUNCTION embeddings_internal.render(template text, args jsonb) RETURNS text
 LANGUAGE sql AS $$ SELECT 'squatted' $$;
-"""
+""",
+}
 
 
-def test_migrate_refuses_an_internal_schema_someone_else_made_first(
-    empty_dsn: str, squatter: str
+@pytest.mark.parametrize("squatted", sorted(SCHEMA_SQUATS))
+def test_migrate_refuses_a_schema_of_ours_someone_else_made_first(
+    empty_dsn: str, squatter: str, squatted: str
 ) -> None:
-    """The internals' schema, made first by a role that may create schemas: migrate stops,
-    naming its owner, and installs nothing (its functions would run ours, as the migrator)."""
+    """One of our schemas, made first by a role that may create schemas: migrate stops,
+    naming its owner, and installs nothing."""
     with psycopg.connect(make_conninfo(empty_dsn, user=squatter), autocommit=True) as conn:
-        conn.execute(INTERNAL_SQUAT.encode())
+        conn.execute(SCHEMA_SQUATS[squatted].encode())
     with pytest.raises(psycopg.errors.DuplicateSchema, match=f"its owner is {squatter}"):
         schema.migrate(empty_dsn)
     with psycopg.connect(empty_dsn, autocommit=True) as su:
-        assert su.execute("SELECT to_regnamespace('embeddings')").fetchone() == (None,)
+        found = su.execute(
+            "SELECT to_regproc('embeddings.watch'), to_regclass('public.embed_worker_alembic_version')"
+        ).fetchone()
+        assert found == (None, None)
 
 
-def test_migrate_refuses_an_internal_schema_others_may_create_in(
-    empty_dsn: str, squatter: str
+def test_migrate_accepts_an_embeddings_schema_its_installer_made(empty_dsn: str) -> None:
+    """A schema made beforehand by the installer itself (a DBA preparing the database) is
+    ours: migrate installs into it."""
+    with psycopg.connect(empty_dsn, autocommit=True) as su:
+        su.execute("CREATE SCHEMA embeddings")
+    schema.migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as su:
+        found = su.execute("SELECT to_regproc('embeddings.watch') IS NOT NULL").fetchone()
+        assert found == (True,)
+
+
+@pytest.mark.parametrize("squatted", sorted(SCHEMA_SQUATS))
+def test_migrate_refuses_a_schema_of_ours_others_may_create_in(
+    empty_dsn: str, squatter: str, squatted: str
 ) -> None:
-    """Installed, then someone is given CREATE on the internals' schema: the next migrate (an
+    """Installed, then someone is given CREATE on one of our schemas: the next migrate (an
     upgrade reinstalls the code) stops before anything of theirs could be called."""
     schema.migrate(empty_dsn)
     with psycopg.connect(empty_dsn, autocommit=True) as su:
-        su.execute(f"GRANT CREATE ON SCHEMA embeddings_internal TO {squatter}")
+        su.execute(f"GRANT CREATE ON SCHEMA {squatted} TO {squatter}")
         with su.transaction():
             with pytest.raises(psycopg.errors.DuplicateSchema, match=f"{squatter}"):
                 schema.install(su)
