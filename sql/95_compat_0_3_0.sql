@@ -109,8 +109,8 @@ BEGIN
         END IF;
         EXECUTE embeddings_internal.render(forwarder, jsonb_build_object(
             'name', internal.proname,
-            'arguments', pg_get_function_arguments(internal.oid),
-            'result', pg_get_function_result(internal.oid),
+            'arguments', pg_catalog.pg_get_function_arguments(internal.oid),
+            'result', pg_catalog.pg_get_function_result(internal.oid),
             'volatility', CASE internal.provolatile WHEN 'i' THEN 'IMMUTABLE' WHEN 's' THEN 'STABLE' ELSE 'VOLATILE' END,
             -- a set, or a record of OUT arguments, is passed on as rows; anything else as a value
             'select', CASE WHEN internal.proretset OR internal.prorettype = 'record'::regtype THEN 'SELECT * FROM' ELSE 'SELECT' END,
@@ -135,7 +135,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(array_agg(f.forwarder ORDER BY f.forwarder::text), '{}')
     FROM unnest(embeddings.worker_functions()) AS w(fn)
     JOIN pg_proc p ON p.oid = w.fn AND p.pronamespace = 'embeddings_internal'::regnamespace
-    CROSS JOIN LATERAL to_regprocedure(format('embeddings.%I(%s)', p.proname, oidvectortypes(p.proargtypes))) AS f(forwarder)
+    CROSS JOIN LATERAL to_regprocedure(format('embeddings.%I(%s)', p.proname, pg_catalog.oidvectortypes(p.proargtypes))) AS f(forwarder)
     WHERE f.forwarder IS NOT NULL
 $$;
 REVOKE ALL ON FUNCTION embeddings_internal.compat_worker_functions() FROM PUBLIC;
