@@ -12,8 +12,6 @@ docs/development.md, "Schema changes".
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from worker import schema
 
 revision = ${repr(up_revision)}
@@ -22,12 +20,4 @@ branch_labels = ${repr(branch_labels)}
 depends_on = ${repr(depends_on)}
 release = "X.Y.Z"  # the release this revision ships in
 
-NAME = Path(__file__).stem
-
-
-def upgrade() -> None:
-    schema.upgrade_release(NAME)
-
-
-def downgrade() -> None:
-    schema.downgrade_revision(NAME)
+upgrade, downgrade = schema.release_steps(__file__)

@@ -469,17 +469,13 @@ CREATE FUNCTION embeddings_internal.create_access_function(
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
-    code record;
 BEGIN
     SELECT * INTO t FROM embeddings.targets tg WHERE tg.id = (a->>'id')::integer;
-    FOR code IN
-        SELECT * FROM embeddings_internal.access_function_code(t, embeddings_internal.access_spec(
+    PERFORM embeddings_internal.run_code(ARRAY(
+        SELECT c.statement FROM embeddings_internal.access_function_code(t, embeddings_internal.access_spec(
             suffix, string_to_array(nullif(params, ''), ', '), returns, '%(given)s', jsonb_build_object('given', body),
             declare => head, stable => stable, "check" => coalesce(check_call, 'reads'), formats => formats,
-            guarded => immediate), a)
-    LOOP
-        EXECUTE code.statement;
-    END LOOP;
+            guarded => immediate), a) c));
     RETURN (a->>'prefix') || suffix;
 END
 $$;

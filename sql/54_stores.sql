@@ -7,8 +7,11 @@
 --   chunks   a chunk table, a row per chunk of a document (sql/55_chunks.sql)
 --   side     a side table keyed like the watched table (sql/56_side.sql)
 --
--- A kind is one file of functions named embeddings.<kind>_store_<operation>, one for each
--- operation below, and one line in store_kinds(). The shared code calls the dispatchers below
+-- A kind is one file of functions named embeddings_internal.<kind>_store_<operation>, one for
+-- each operation below, and one line in store_kinds(); a kind whose vectors are in a table apart
+-- from the watched one (store_kinds()' `apart`) leaves out the operations it answers as every
+-- such store does, and is served the shared apart_store_<operation> (at the end of this file).
+-- The shared code calls the dispatchers below
 -- (embeddings.store_<operation>(t, ...)), never asking which kind a target is; what a kind is
 -- (several vectors per row or one) store_kinds() says, and where its vectors are, store_table
 -- (a store apart from the table: store_apart()). The operations:
@@ -40,27 +43,34 @@
 -- operation.
 
 -- The store kinds, one line each (its file beside it): `chunked` when it keeps several vectors
--- per row of the table, one per chunk (search returns each row once, with its best chunk).
-CREATE FUNCTION embeddings_internal.store_kinds() RETURNS TABLE (kind text, chunked boolean)
+-- per row of the table, one per chunk (search returns each row once, with its best chunk);
+-- `apart` when they are in a table apart from the watched one (store_table; store_apart()).
+CREATE FUNCTION embeddings_internal.store_kinds() RETURNS TABLE (kind text, chunked boolean, apart boolean)
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    VALUES ('row', false),     -- sql/55_row.sql
-           ('chunks', true),   -- sql/55_chunks.sql
-           ('side', false)     -- sql/56_side.sql
+    VALUES ('row', false, false),    -- sql/55_row.sql
+           ('chunks', true, true),   -- sql/55_chunks.sql
+           ('side', false, true)     -- sql/56_side.sql
 $$;
 
--- The function of target t's kind for `operation`; an error naming both when there is none.
--- Dispatchers run it with their caller's rights.
+-- The function of target t's kind for `operation`: its own, else for a kind apart the one the
+-- stores apart share; an error naming both when there is none. Dispatchers run it with their
+-- caller's rights.
 CREATE FUNCTION embeddings_internal.store_function(t embeddings.targets, operation text) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn text := embeddings_internal.render('embeddings_internal.%(name)I', jsonb_build_object('name', t.store_kind || '_store_' || operation));
+    shared text := embeddings_internal.render('embeddings_internal.%(name)I', jsonb_build_object('name', 'apart_store_' || operation));
+    apart boolean := (SELECT k.apart FROM embeddings_internal.store_kinds() k WHERE k.kind = t.store_kind);
 BEGIN
-    IF NOT EXISTS (SELECT FROM embeddings_internal.store_kinds() k WHERE k.kind = t.store_kind)
-       OR operation !~ '^[a-z_]+$' OR to_regproc(fn) IS NULL THEN
-        RAISE EXCEPTION 'embeddings: the % store has no % operation (no function %)', t.store_kind, operation, fn
-            USING ERRCODE = 'undefined_function';
+    IF apart IS NOT NULL AND operation ~ '^[a-z_]+$' THEN
+        IF to_regproc(fn) IS NOT NULL THEN
+            RETURN fn;
+        ELSIF apart AND to_regproc(shared) IS NOT NULL THEN
+            RETURN shared;
+        END IF;
     END IF;
-    RETURN fn;
+    RAISE EXCEPTION 'embeddings: the % store has no % operation (no function %)', t.store_kind, operation, fn
+        USING ERRCODE = 'undefined_function';
 END
 $$;
 
@@ -356,7 +366,6 @@ DECLARE
     owner_name name := (SELECT pg_get_userbyid(c.relowner) FROM pg_class c WHERE c.oid = t.source);
     changes jsonb;
     wanted text;
-    code record;
     fn text := embeddings_internal.access_body_name(t, '_retype_keys', false);
     problem text;
 BEGIN
@@ -383,18 +392,16 @@ BEGIN
     -- policy uses: dropped here, made again with the functions right after (refresh_target());
     -- meanwhile, and if the change cannot be followed, only the owner reads the store.
     PERFORM embeddings_internal.drop_store_policy(t);
-    FOR code IN
-        SELECT * FROM embeddings_internal.access_function_code(t, embeddings_internal.access_spec('_retype_keys', '{}', 'void', $template$
+    -- made, run once and dropped here: no guard around it
+    PERFORM embeddings_internal.run_code(ARRAY(
+        SELECT c.statement FROM embeddings_internal.access_function_code(t, embeddings_internal.access_spec('_retype_keys', '{}', 'void', $template$
             EXECUTE %(statement)L;
             $template$,
             jsonb_build_object('statement', embeddings_internal.render('ALTER TABLE %(store)s %(changes)s', jsonb_build_object(
                 'store', t.store_table::text,
                 'changes', embeddings_internal.render_each('ALTER COLUMN %(column)I TYPE %(type)s%(collate)s USING %(column)I::%(type)s',
                                                   changes, ', ')))),
-            "check" => 'owner', formats => false, guarded => false), embeddings_internal.access_parts(t))
-    LOOP
-        EXECUTE code.statement;  -- made, run once and dropped here: no guard around it
-    END LOOP;
+            "check" => 'owner', formats => false, guarded => false), embeddings_internal.access_parts(t)) c));
     EXECUTE embeddings_internal.render('REVOKE ALL ON FUNCTION embeddings.%(fn)I() FROM PUBLIC', jsonb_build_object('fn', fn));
     IF owner_name <> current_user THEN
         EXECUTE embeddings_internal.render('ALTER FUNCTION embeddings.%(fn)I() OWNER TO %(owner)I',
@@ -440,9 +447,30 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 $template$, jsonb_build_object('same_key', embeddings_internal.key_equal_sql(t, 't', 'x')), guarded => false))
 $$;
 
--- A store apart's clear_sql(): the vectors of the row at (r.rel, r.place) go with its rows of
--- the store.
-CREATE FUNCTION embeddings_internal.apart_clear_sql(t embeddings.targets) RETURNS text
+-- The operations every store apart from its table answers alike (store_function() serves them
+-- to a kind apart that has none of its own).
+
+-- A new row always needs a job: its vectors are not in it, and a row of its key in the store
+-- (left by a deleted row) is not its.
+CREATE FUNCTION embeddings_internal.apart_store_new_row_sql(t embeddings.targets, alias text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'true'::text
+$$;
+
+-- Vectors live under their row's key in the store: an UPDATE of the table moves none.
+CREATE FUNCTION embeddings_internal.apart_store_changed_vector_sql(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT NULL::text
+$$;
+
+-- The write goes to the store: the table is only read.
+CREATE FUNCTION embeddings_internal.apart_store_lock_mode(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'ACCESS SHARE'::text
+$$;
+
+-- The vectors of the row at (r.rel, r.place) go with its rows of the store.
+CREATE FUNCTION embeddings_internal.apart_store_clear_sql(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT embeddings_internal.render('DELETE FROM %(store)s c USING %(source)s t WHERE %(same_key)s '
                              'AND t.tableoid OPERATOR(pg_catalog.=) r.rel AND t.ctid OPERATOR(pg_catalog.=) r.place',
@@ -516,15 +544,11 @@ $$;
 -- Makes target t's store policy (store_policy_code()), its store's row-level security on.
 CREATE FUNCTION embeddings_internal.generate_store_policy(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    code record;
 BEGIN
     IF embeddings_internal.store_apart(t) AND NOT (SELECT c.relrowsecurity FROM pg_class c WHERE c.oid = t.store_table) THEN
         EXECUTE embeddings_internal.render('ALTER TABLE %(store)s ENABLE ROW LEVEL SECURITY', jsonb_build_object('store', t.store_table::text));
     END IF;
-    FOR code IN SELECT * FROM embeddings_internal.store_policy_code(t) LOOP
-        EXECUTE code.statement;
-    END LOOP;
+    PERFORM embeddings_internal.run_code(ARRAY(SELECT c.statement FROM embeddings_internal.store_policy_code(t) c));
 END
 $$;
 

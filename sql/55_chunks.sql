@@ -450,24 +450,6 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT NULL::text
 $$;
 
--- A new row has no chunks yet, whatever the table holds.
-CREATE FUNCTION embeddings_internal.chunks_store_new_row_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 'true'::text
-$$;
-
--- Chunks live under their document's key in the chunk table: an UPDATE moves no vector.
-CREATE FUNCTION embeddings_internal.chunks_store_changed_vector_sql(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT NULL::text
-$$;
-
--- The write goes to the chunk table: the table is only read.
-CREATE FUNCTION embeddings_internal.chunks_store_lock_mode(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 'ACCESS SHARE'::text
-$$;
-
 -- A chunked target's functions that read and write its chunk table, as the table's owner
 -- (access_spec()s, sql/32_access.sql; search runs with the caller's rights: sql/58_search.sql):
 -- vectors to reuse, the chunk write, and following the table's deletes and truncations.
@@ -580,11 +562,6 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                                         || ARRAY['digests', 'counts', 'chunk_keys', 'seqs', 'chunks', 'hashes', 'vectors'])
                                                  WITH ORDINALITY AS u(p, i)),
                                            ', ', jsonb_build_object('fn', 'embeddings_' || t.id || '_chunks'))))
-$$;
-
-CREATE FUNCTION embeddings_internal.chunks_store_clear_sql(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings_internal.apart_clear_sql(t)
 $$;
 
 -- A chunked target's search: its chunk table `c` joined to the table, a row per chunk.

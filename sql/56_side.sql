@@ -245,24 +245,6 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT 'NOT ' || embeddings_internal.side_store_missing_sql(t, alias)
 $$;
 
--- A new row may find a side row left by a deleted row of its key: it always needs a job.
-CREATE FUNCTION embeddings_internal.side_store_new_row_sql(t embeddings.targets, alias text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 'true'::text
-$$;
-
--- A vector lives under its key in the side table: an UPDATE moves no vector.
-CREATE FUNCTION embeddings_internal.side_store_changed_vector_sql(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT NULL::text
-$$;
-
--- The write goes to the side table: the table is only read.
-CREATE FUNCTION embeddings_internal.side_store_lock_mode(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT 'ACCESS SHARE'::text
-$$;
-
 -- The functions of a side-table target that read and write its side table, as the table's
 -- owner (access_spec()s, sql/32_access.sql): the vector writes under the stale-write guard,
 -- their model-change twins, and following the table's deletes and truncations.
@@ -376,11 +358,6 @@ BEGIN
     END IF;
     RETURN QUERY SELECT * FROM embeddings_internal.follow_access(t);  -- deletes and truncations (sql/54_stores.sql)
 END
-$$;
-
-CREATE FUNCTION embeddings_internal.side_store_clear_sql(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings_internal.apart_clear_sql(t)
 $$;
 
 -- A side-table target's vectors are in its side table `v`, keyed like the table.

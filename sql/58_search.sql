@@ -348,12 +348,9 @@ $$;
 -- Makes target t's search functions (search_code()) and its store's policy; EXECUTE to PUBLIC.
 CREATE FUNCTION embeddings_internal.generate_search(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    code record;
 BEGIN
-    FOR code IN SELECT * FROM embeddings_internal.search_code(t) WHERE name NOT LIKE '%\_visible' LOOP
-        EXECUTE code.statement;
-    END LOOP;
+    PERFORM embeddings_internal.run_code(ARRAY(SELECT c.statement FROM embeddings_internal.search_code(t) c
+                                               WHERE c.name NOT LIKE '%\_visible'));
     PERFORM embeddings_internal.generate_store_policy(t);  -- (sql/54_stores.sql)
 END
 $$;

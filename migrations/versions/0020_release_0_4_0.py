@@ -18,8 +18,6 @@ digests to pin.
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from worker import schema
 
 revision = "0020"
@@ -28,12 +26,4 @@ branch_labels = None
 depends_on = None
 release = "0.4.0"
 
-NAME = Path(__file__).stem
-
-
-def upgrade() -> None:
-    schema.upgrade_release(NAME)
-
-
-def downgrade() -> None:
-    schema.downgrade_revision(NAME)
+upgrade, downgrade = schema.release_steps(__file__)

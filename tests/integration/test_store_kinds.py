@@ -1,7 +1,8 @@
 """Store kinds as strategies in SQL (sql/54_stores.sql): the registry names each target's kind
 and the table its vectors are written to, every kind of store_kinds() has every operation the
-shared code dispatches to, and a kind or an operation that does not exist is refused by name,
-never served by another kind's functions."""
+shared code dispatches to (its own function, or for a kind apart from its table the one stores
+apart share), and a kind or an operation that does not exist is refused by name, never served
+by another kind's functions."""
 
 from __future__ import annotations
 
@@ -58,17 +59,28 @@ def test_every_kind_has_every_operation(conn: Conn) -> None:
         k for (k,) in conn.execute("SELECT kind FROM embeddings_internal.store_kinds()").fetchall()
     ]
     assert sorted(kinds) == sorted(ALL_STORES)
-    missing = [
-        f"{kind}_store_{operation}"
+    served = {
+        (kind, operation): conn.execute(
+            "SELECT embeddings_internal.store_function("
+            " jsonb_populate_record(NULL::embeddings.targets, jsonb_build_object('store_kind', %s::text)),"
+            " %s)",
+            (kind, operation),
+        ).fetchone()
         for kind in kinds
         for operation in OPERATIONS
-        if conn.execute(
-            "SELECT to_regproc(format('embeddings_internal.%%I', %s::text))",
-            (f"{kind}_store_{operation}",),
-        ).fetchone()
-        == (None,)
-    ]
-    assert missing == []
+    }
+    # the kind's own function, or (a kind apart from its table) the one stores apart share
+    assert {
+        key: fn
+        for key, fn in served.items()
+        if fn
+        not in (
+            (f"embeddings_internal.{key[0]}_store_{key[1]}",),
+            (f"embeddings_internal.apart_store_{key[1]}",),
+        )
+    } == {}
+    assert served[("row", "lock_mode")] == ("embeddings_internal.row_store_lock_mode",)
+    assert served[("side", "lock_mode")] == ("embeddings_internal.apart_store_lock_mode",)
 
 
 def test_dispatch_reaches_the_kinds_function(conn: Conn) -> None:

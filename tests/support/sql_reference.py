@@ -62,10 +62,11 @@ def documented(text: str | None = None) -> dict[str, Documented]:
 
 def api_lists(text: str | None = None) -> dict[str, list[str]]:
     """The arrays of sql/90_privileges.sql (`api_anyone`, `api_owner`, `api_owner_and_workers`,
-    `internal_anyone`): the signatures each lists, as written."""
+    `internal_anyone`): the signatures each lists, as written (regprocedure[], or text[] where
+    the functions are made from the list)."""
     text = PRIVILEGES.read_text() if text is None else text
     lists = re.findall(
-        r"^\s*(\w+) CONSTANT regprocedure\[\] := ARRAY\[(.*?)\]::regprocedure\[\];",
+        r"^\s*(\w+) CONSTANT (?:regprocedure|text)\[\] := ARRAY\[(.*?)\](?:::regprocedure\[\])?;",
         text,
         flags=re.MULTILINE | re.DOTALL,
     )

@@ -1,10 +1,13 @@
 """Revisions: what a release revision's upgrade() and downgrade() run (`install_initial`,
-`upgrade_release`, `downgrade_revision`; the code reinstalled once after them, `finish_upgrade`),
+`upgrade_release`, `downgrade_revision`, both as `release_steps`; the code reinstalled once after
+them, `finish_upgrade`),
 and which revision a database is at, against the one this package needs (`mismatch`)."""
 
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -44,6 +47,20 @@ def upgrade_release(name: str) -> None:
     folder = files.versions_dir() / name
     run_files(conn, [p for p in (folder / "upgrade.sql", folder / "tables.sql") if p.is_file()])
     attributes["state_changed"] = True
+
+
+def release_steps(module_file: str) -> tuple[Callable[[], None], Callable[[], None]]:
+    """A release revision's upgrade() and downgrade(), for its module (`__file__`): its state
+    files are in the folder named as the module (`upgrade_release`, `downgrade_revision`)."""
+    name = Path(module_file).stem
+
+    def upgrade() -> None:
+        upgrade_release(name)
+
+    def downgrade() -> None:
+        downgrade_revision(name)
+
+    return upgrade, downgrade
 
 
 def finish_upgrade(conn: Connection) -> None:
