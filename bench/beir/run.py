@@ -10,8 +10,6 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +18,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from bench import worker_process
 from bench.beir import load, scoring
 from bench.beir.dataset import Dataset
 from bench.beir.rankings import (
@@ -97,19 +96,13 @@ class SearchingWorker:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    self._log.seek(0)
-                    tail = self._log.read().decode(errors="replace")[-2000:]
-                    raise RuntimeError(f"the searching worker exited:\n{tail}") from None
-                time.sleep(0.2)
-        self.close()
-        raise RuntimeError("the searching worker never became ready")
+        try:
+            worker_process.wait_ready(
+                self.process, self.port, self._log, seconds=300, what="the searching worker"
+            )
+        except RuntimeError:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self.process.poll() is None:
