@@ -26,7 +26,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import corpus
+from bench import calls, corpus
 from worker.models import priority
 from worker.models.embedder import Embedder
 
@@ -79,18 +79,13 @@ def _window(
     ]
     if backlog is not None:
         threads.append(threading.Thread(target=drain))
-    began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
+    elapsed = calls.run_all(threads)
     found: dict[str, Any] = {"backlog_texts_per_s": round(embedded[0] / elapsed, 1)}
     if latencies:
-        latencies.sort()
-        found["questions"] = len(latencies)
-        found["p50_ms"] = round(statistics.median(latencies) * 1000, 2)
-        found["p95_ms"] = round(latencies[int(0.95 * (len(latencies) - 1))] * 1000, 2)
+        timed = calls.percentiles(latencies)
+        found["questions"] = timed["calls"]
+        found["p50_ms"] = timed["p50_ms"]
+        found["p95_ms"] = timed["p95_ms"]
     return found
 
 

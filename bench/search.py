@@ -59,7 +59,8 @@ import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from bench import corpus
+from bench import corpus, worker_process
+from bench.calls import drive, percentiles
 from bench.hnsw import gaussian_like, real_embeddings
 from tests.support import modelgen
 from tests.support.cluster import free_port
@@ -160,79 +161,11 @@ class WorkerProcess:
             stderr=self.log,
             cwd=checkout,  # `-m` puts the working directory first on the path: the checkout's
         )
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=2):
-                    return
-            except OSError:
-                if self.proc.poll() is not None:
-                    self.log.seek(0)
-                    said = self.log.read().decode()[-2000:]
-                    raise RuntimeError(f"the worker exited: {said}") from None
-                time.sleep(0.2)
-        raise RuntimeError("the worker never became ready")
+        worker_process.wait_ready(self.proc, self.port, self.log, seconds=180, what="the worker")
 
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
-
-
-def drive(
-    clients: int,
-    seconds: float,
-    call: Callable[[int, int], None],
-    *,
-    think: float = 0.0,
-    poisson: bool = False,
-) -> dict[str, Any]:
-    """`clients` threads calling `call(client, n)` for `seconds`, each waiting `think` after
-    an answer (`poisson`: a time drawn from the exponential distribution of mean `think`, so
-    that questions arrive as a Poisson process's do, as a chat product's users ask): calls/s,
-    p50/p95/p99 latency (ms), and every latency (s, under "latencies")."""
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[BaseException] = []
-    stop = time.monotonic() + seconds
-
-    def run(client: int) -> None:
-        n = 0
-        rng = random.Random(client)
-        try:
-            if poisson:  # the clients' first questions spread too
-                time.sleep(min(rng.expovariate(1 / think), max(0.0, stop - time.monotonic())))
-            while time.monotonic() < stop:
-                started = time.perf_counter()
-                call(client, n)
-                latencies[client].append(time.perf_counter() - started)
-                n += 1
-                if think:
-                    wait = rng.expovariate(1 / think) if poisson else think
-                    time.sleep(min(wait, max(0.0, stop - time.monotonic())))
-        except BaseException as exc:  # reported after the round
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
-    began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
-    if errors:
-        raise errors[0]
-    every = sorted(x for per in latencies for x in per)
-    return {"per_second": round(len(every) / elapsed, 1), **_percentiles(every)}
-
-
-def _percentiles(every: list[float]) -> dict[str, Any]:
-    every = sorted(every)
-    return {
-        "p50_ms": round(statistics.median(every) * 1000, 2),
-        "p95_ms": round(every[int(0.95 * (len(every) - 1))] * 1000, 2),
-        "p99_ms": round(every[int(0.99 * (len(every) - 1))] * 1000, 2),
-        "calls": len(every),
-        "latencies": every,
-    }
 
 
 def http_call(
@@ -451,8 +384,8 @@ def backlog(
         conn.execute(f"DROP TABLE {BACKLOG}")
         conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
     idle.append(drive(8, window, call, think=think, poisson=poisson))
-    idle_all = _percentiles([x for r in idle for x in r.pop("latencies")])
-    busy_all = _percentiles([x for r in loaded for x in r.pop("latencies")])
+    idle_all = percentiles([x for r in idle for x in r.pop("latencies")])
+    busy_all = percentiles([x for r in loaded for x in r.pop("latencies")])
     idle_all.pop("latencies")
     busy_all.pop("latencies")
     return {

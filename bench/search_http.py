@@ -27,13 +27,9 @@ import argparse
 import http.client
 import json
 import os
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
-import time
-import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -42,6 +38,7 @@ import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
+from bench import calls, worker_process
 from bench.machine import describe as machine
 from tests.support.cluster import free_port
 from tests.support.models import MINILM, require_minilm
@@ -85,52 +82,14 @@ def start_worker(dsn: str, checkout: Path, max_clients: int) -> tuple[subprocess
         [sys.executable, "-m", "worker", "run", "--no-pull"], env=env, stdout=log, stderr=log,
         cwd=checkout,
     )  # fmt: skip
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2):
-                return proc, port
-        except OSError:
-            if proc.poll() is not None:
-                log.seek(0)
-                raise RuntimeError(f"the worker exited: {log.read().decode()[-2000:]}") from None
-            time.sleep(0.2)
-    raise RuntimeError("the worker never became ready")
+    worker_process.wait_ready(proc, port, log, seconds=120, what="the worker")
+    return proc, port
 
 
 def drive(clients: int, seconds: float, call: Callable[[int, int], None]) -> dict[str, float]:
     """`clients` threads calling `call(client, n)` for `seconds`: throughput, p50, p95 (ms)."""
-    latencies: list[list[float]] = [[] for _ in range(clients)]
-    errors: list[BaseException] = []
-    stop = time.monotonic() + seconds
-
-    def run(client: int) -> None:
-        n = 0
-        try:
-            while time.monotonic() < stop:
-                started = time.perf_counter()
-                call(client, n)
-                latencies[client].append(time.perf_counter() - started)
-                n += 1
-        except BaseException as exc:  # reported after the round
-            errors.append(exc)
-
-    threads = [threading.Thread(target=run, args=(c,)) for c in range(clients)]
-    began = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    elapsed = time.perf_counter() - began
-    if errors:
-        raise errors[0]
-    every = sorted(x for per in latencies for x in per)
-    return {
-        "per_second": round(len(every) / elapsed, 1),
-        "p50_ms": round(statistics.median(every) * 1000, 2),
-        "p95_ms": round(every[int(0.95 * (len(every) - 1))] * 1000, 2),
-        "calls": len(every),
-    }
+    found = calls.drive(clients, seconds, call)
+    return {key: found[key] for key in ("per_second", "p50_ms", "p95_ms", "calls")}
 
 
 def http_call(port: int, clients: int) -> Callable[[int, int], None]:

@@ -7,8 +7,10 @@ import os
 import subprocess
 import sys
 import time
+import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 # Jobs a worker on the default queue has still to do: its live queue's messages and the
 # triggers' inbox rows not yet moved into it (sql/22_inbox.sql).
@@ -69,6 +71,25 @@ def start(env: dict[str, str], *args: str, log: Path | None = None) -> subproces
         stdout=out,
         stderr=subprocess.STDOUT,
     )
+
+
+def wait_ready(
+    process: subprocess.Popen[bytes], port: int, log: IO[bytes], *, seconds: float, what: str
+) -> None:
+    """Waits until the worker `process` answers GET /readyz on `port`; RuntimeError naming
+    `what` (with the tail of its `log`) when it exits first or is not ready within `seconds`."""
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5):
+                return
+        except OSError:
+            if process.poll() is not None:
+                log.seek(0)
+                tail = log.read().decode(errors="replace")[-2000:]
+                raise RuntimeError(f"{what} exited:\n{tail}") from None
+            time.sleep(0.2)
+    raise RuntimeError(f"{what} never became ready")
 
 
 def _high_water_kb(pid: int) -> int:

@@ -136,97 +136,76 @@ class Ranked:
     seconds: list[float] = field(default_factory=list)
 
 
-def rank_sql(
-    dsn: str,
-    table: str,
-    ranking: Ranking,
-    *,
-    queries: Mapping[str, str],
-    vectors: Mapping[str, Vector32],
-    k: int,
-) -> Ranked:
+class SqlSearch:
+    """Rankings called as the SQL functions, on one connection, with each query's vector
+    embedded beforehand: the call alone is timed, round trip included."""
+
+    def __init__(self, dsn: str, table: str, *, vectors: Mapping[str, Vector32], k: int) -> None:
+        self.table = table
+        self.vectors = vectors
+        self.k = k
+        self._conn = psycopg.connect(dsn, autocommit=True)
+        register_vector(self._conn)
+
+    def search(self, ranking: Ranking, query_id: str, text: str) -> tuple[float, list[str]]:
+        """One call of `ranking`: the seconds it took, and the documents' ids, best first."""
+        vector = HalfVector(self.vectors[query_id])
+        params = {"table": self.table, "text": text, "vector": vector, "k": self.k}
+        statement = ranking.statement()
+        started = time.perf_counter()
+        rows = self._conn.execute(statement, params).fetchall()
+        return time.perf_counter() - started, [str(row[0]) for row in rows]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+class HttpSearch:
+    """The same rankings through POST /search: the worker embeds each query itself, and the
+    time is what an application waits for."""
+
+    def __init__(self, port: int, table: str, *, k: int) -> None:
+        self.table = table
+        self.k = k
+        self._conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+
+    def search(self, ranking: Ranking, query_id: str, text: str) -> tuple[float, list[str]]:
+        seconds, results = _post_search(self._conn, self.table, ranking, text, self.k)
+        if ranking.text_only:
+            results = sorted(
+                (r for r in results if r["text_rank"] is not None),
+                key=lambda r: r["text_rank"],
+            )
+        return seconds, [_key(r["key"]) for r in results]
+
+    def close(self) -> None:
+        self._conn.close()
+
+
+def rank(search: SqlSearch | HttpSearch, ranking: Ranking, queries: Mapping[str, str]) -> Ranked:
+    """`ranking`'s results for each query, and each call's time."""
     ranked = Ranked()
-    statement = ranking.statement()
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        register_vector(conn)
-        for query_id, text in queries.items():
-            params = {"table": table, "text": text, "vector": HalfVector(vectors[query_id]), "k": k}
-            started = time.perf_counter()
-            rows = conn.execute(statement, params).fetchall()
-            ranked.seconds.append(time.perf_counter() - started)
-            ranked.rankings[query_id] = [str(row[0]) for row in rows]
+    for query_id, text in queries.items():
+        seconds, ranked.rankings[query_id] = search.search(ranking, query_id, text)
+        ranked.seconds.append(seconds)
     return ranked
 
 
 def alternating_p50(
-    dsn: str,
-    table: str,
+    search: SqlSearch | HttpSearch,
     chosen: Sequence[Ranking],
-    *,
     queries: Mapping[str, str],
-    vectors: Mapping[str, Vector32],
-    k: int,
+    *,
     rounds: int = 2,
 ) -> dict[str, float]:
-    """Each ranking's median SQL latency in ms, the rankings called in turn for every query
+    """Each ranking's median latency in ms, the rankings called in turn for every query
     (round after round): on a shared machine, whose speed drifts, their ratio is fair where
     figures of runs minutes apart are not."""
     seconds: dict[str, list[float]] = {r.name: [] for r in chosen}
-    statements = {r.name: r.statement() for r in chosen}
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        register_vector(conn)
-        for _ in range(rounds):
-            for query_id, text in queries.items():
-                params = {"table": table, "text": text, "vector": HalfVector(vectors[query_id])}
-                for name, statement in statements.items():
-                    started = time.perf_counter()
-                    conn.execute(statement, {**params, "k": k}).fetchall()
-                    seconds[name].append(time.perf_counter() - started)
-    return {name: round(statistics.median(s) * 1000, 2) for name, s in seconds.items()}
-
-
-def rank_http(
-    port: int, table: str, ranking: Ranking, queries: Mapping[str, str], k: int
-) -> Ranked:
-    """The same ranking through POST /search: the worker embeds each query itself."""
-    ranked = Ranked()
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    try:
+    for _ in range(rounds):
         for query_id, text in queries.items():
-            seconds, results = _post_search(conn, table, ranking, text, k)
-            ranked.seconds.append(seconds)
-            if ranking.text_only:
-                results = sorted(
-                    (r for r in results if r["text_rank"] is not None),
-                    key=lambda r: r["text_rank"],
-                )
-            ranked.rankings[query_id] = [_key(r["key"]) for r in results]
-    finally:
-        conn.close()
-    return ranked
-
-
-def alternating_http_p50(
-    port: int,
-    table: str,
-    chosen: Sequence[Ranking],
-    *,
-    queries: Mapping[str, str],
-    k: int,
-    rounds: int = 2,
-) -> dict[str, float]:
-    """Each ranking's median latency in ms through POST /search, the question's embedding
-    included (what an application waits for), the rankings asked in turn for every query as
-    alternating_p50() does for the SQL calls."""
-    seconds: dict[str, list[float]] = {r.name: [] for r in chosen}
-    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
-    try:
-        for _ in range(rounds):
-            for text in queries.values():
-                for ranking in chosen:
-                    seconds[ranking.name].append(_post_search(conn, table, ranking, text, k)[0])
-    finally:
-        conn.close()
+            for ranking in chosen:
+                seconds[ranking.name].append(search.search(ranking, query_id, text)[0])
     return {name: round(statistics.median(s) * 1000, 2) for name, s in seconds.items()}
 
 

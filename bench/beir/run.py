@@ -10,9 +10,8 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import time
-import urllib.request
 from collections.abc import Sequence
+from contextlib import closing
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -20,16 +19,17 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from bench import worker_process
 from bench.beir import load, scoring
 from bench.beir.dataset import Dataset
 from bench.beir.rankings import (
+    HttpSearch,
     Ranked,
     Ranking,
+    SqlSearch,
     Vector32,
-    alternating_http_p50,
     alternating_p50,
-    rank_http,
-    rank_sql,
+    rank,
 )
 from tests.support.cluster import free_port
 from worker.config import Settings
@@ -97,19 +97,13 @@ class SearchingWorker:
             stdout=self._log,
             stderr=subprocess.STDOUT,
         )
-        deadline = time.monotonic() + 300
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/readyz", timeout=5):
-                    return
-            except OSError:
-                if self.process.poll() is not None:
-                    self._log.seek(0)
-                    tail = self._log.read().decode(errors="replace")[-2000:]
-                    raise RuntimeError(f"the searching worker exited:\n{tail}") from None
-                time.sleep(0.2)
-        self.close()
-        raise RuntimeError("the searching worker never became ready")
+        try:
+            worker_process.wait_ready(
+                self.process, self.port, self._log, seconds=300, what="the searching worker"
+            )
+        except RuntimeError:
+            self.close()
+            raise
 
     def close(self) -> None:
         if self.process.poll() is None:
@@ -147,8 +141,10 @@ def measure_ranking(
 ) -> tuple[dict[str, Any], dict[str, list[str]]]:
     """One ranking's figures and its results per query, through SQL and POST /search, which
     must agree."""
-    by_sql = rank_sql(dsn, load.TABLE, ranking, queries=dataset.queries, vectors=vectors, k=K)
-    by_http = rank_http(port, load.TABLE, ranking, queries=dataset.queries, k=K)
+    with closing(SqlSearch(dsn, load.TABLE, vectors=vectors, k=K)) as search:
+        by_sql = rank(search, ranking, dataset.queries)
+    with closing(HttpSearch(port, load.TABLE, k=K)) as search:
+        by_http = rank(search, ranking, dataset.queries)
     differing = disagreements(by_sql, by_http)
     if differing:
         first = differing[0]
@@ -205,12 +201,10 @@ def run(
             )
         # Vector against the default hybrid at k = 10 (what an application asks for), in turn.
         vector, hybrid = rankings[0], next(r for r in rankings if r.name == "hybrid")
-        latency = alternating_p50(
-            dsn, load.TABLE, [vector, hybrid], queries=dataset.queries, vectors=vectors, k=10
-        )
-        latency_http = alternating_http_p50(
-            worker.port, load.TABLE, [vector, hybrid], queries=dataset.queries, k=10
-        )
+        with closing(SqlSearch(dsn, load.TABLE, vectors=vectors, k=10)) as search:
+            latency = alternating_p50(search, [vector, hybrid], dataset.queries)
+        with closing(HttpSearch(worker.port, load.TABLE, k=10)) as search:
+            latency_http = alternating_p50(search, [vector, hybrid], dataset.queries)
         for weight in options.title_weights:
             with psycopg.connect(dsn, autocommit=True) as conn:
                 load.weigh_title(conn, weight)

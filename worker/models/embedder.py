@@ -68,7 +68,7 @@ class TextModel(Protocol):
     def embed_with_stats(self, texts: Sequence[str]) -> EmbedResult: ...
 
 
-class Embedder:
+class Embedder(onnx.OnnxModel):
     """A loaded model. Build it with `Embedder.load`; it is safe to share between threads."""
 
     def __init__(
@@ -85,24 +85,22 @@ class Embedder:
         hidden_size: int | None = None,
         token_budget: int = DEFAULT_TOKEN_BUDGET,
     ) -> None:
-        if token_budget < 1:
-            raise ValueError(f"token_budget must be positive, not {token_budget}")
-        self.name = name
+        super().__init__(
+            name=name,
+            model_file=model_file,
+            session=session,
+            tokenizer=tokenizer,
+            max_tokens=max_tokens,
+            threads=threads,
+            token_budget=token_budget,
+        )
         self.variant = variant
-        self.model_file = model_file
-        self.max_tokens = max_tokens
         self.pooling = pooling
-        self.threads = threads
-        self.token_budget = token_budget
         # A session per thread priority (worker/models/priority.py): each made by a thread of
         # that priority, so that its intra-op threads have it too. The first is `session`.
-        self._sessions: dict[int, Any] = {priority.current(): session}
+        self._sessions: dict[int, Any] = {priority.current(): self._session}
         self._sessions_lock = threading.Lock()
         self.turns = priority.QuestionsFirst(model=name)
-        self._tokenizer = tokenizer
-        self._inputs = onnx.graph_inputs(session, model_file)
-        self._output = onnx.hidden_state_output(session, model_file)
-        self._pad_id = onnx.pad_id(tokenizer)
         self.dim: int = onnx.output_dim(session, self._output) or hidden_size or self._probe_dim()
 
     def _lane_session(self) -> Any:

@@ -13,6 +13,7 @@ from typing import Any
 import numpy as np
 
 from worker import exceptions
+from worker.models.batching import DEFAULT_TOKEN_BUDGET
 
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids", "position_ids")
 ONNX_INT_TYPES: dict[str, type[np.signedinteger[Any]]] = {
@@ -139,3 +140,37 @@ def feed(
         else:
             fed[name] = arrays[name].astype(dtype, copy=False)
     return fed
+
+
+class OnnxModel:
+    """A BERT-style graph loaded with its tokenizer, as the embedder and the cross-encoder keep
+    it: the inputs it declares, the output read (`_output_of`), the pad token, and the token
+    budget its batches are cut by."""
+
+    def __init__(
+        self,
+        *,
+        name: str,
+        model_file: Path,
+        session: Any,
+        tokenizer: Any,
+        max_tokens: int,
+        threads: int,
+        token_budget: int = DEFAULT_TOKEN_BUDGET,
+    ) -> None:
+        if token_budget < 1:
+            raise ValueError(f"token_budget must be positive, not {token_budget}")
+        self.name = name
+        self.model_file = model_file
+        self.max_tokens = max_tokens
+        self.threads = threads
+        self.token_budget = token_budget
+        self._session = session  # the one it was loaded with
+        self._tokenizer = tokenizer
+        self._inputs = graph_inputs(session, model_file)
+        self._output = self._output_of(session, model_file)
+        self._pad_id = pad_id(tokenizer)
+
+    def _output_of(self, session: Any, model_file: Path) -> str:
+        """The graph's output this model reads: its hidden states."""
+        return hidden_state_output(session, model_file)

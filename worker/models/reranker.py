@@ -27,7 +27,7 @@ import numpy.typing as npt
 
 from worker import exceptions
 from worker.models import files, onnx
-from worker.models.batching import DEFAULT_TOKEN_BUDGET, Encoding, batches, pad_batch
+from worker.models.batching import Encoding, batches, pad_batch
 from worker.models.embedder import PREFIX_CHARS_PER_TOKEN
 from worker.models.remote import keys
 from worker.models.remote.keys import ApiKey
@@ -40,30 +40,11 @@ logger = logging.getLogger(__name__)
 Scores = npt.NDArray[np.float32]
 
 
-class CrossEncoder:
+class CrossEncoder(onnx.OnnxModel):
     """A loaded cross-encoder. Build it with `CrossEncoder.load`; safe to share between threads."""
 
-    def __init__(
-        self,
-        *,
-        name: str,
-        model_file: Path,
-        session: Any,
-        tokenizer: Any,
-        max_tokens: int,
-        threads: int,
-        token_budget: int = DEFAULT_TOKEN_BUDGET,
-    ) -> None:
-        self.name = name
-        self.model_file = model_file
-        self.max_tokens = max_tokens
-        self.threads = threads
-        self.token_budget = token_budget
-        self._session = session
-        self._tokenizer = tokenizer
-        self._inputs = onnx.graph_inputs(session, model_file)
-        self._output = _score_output(session, model_file)
-        self._pad_id = onnx.pad_id(tokenizer)
+    def _output_of(self, session: Any, model_file: Path) -> str:
+        return _score_output(session, model_file)
 
     def __repr__(self) -> str:
         return (

@@ -1,4 +1,5 @@
-"""A target's rows embedded during a model change (sql/44_changes.sql): both vectors.
+"""A row or side store's rows embedded (embed_rows: a text the model fails on fails alone), and
+during a model change (sql/44_changes.sql) both vectors.
 
 While a target is changed to another model, its rows get both vectors: the old model's in the
 target's column (searchable now) and the new model's in the shadow column. Jobs of the change
@@ -12,15 +13,13 @@ from typing import Any
 
 from worker import exceptions, metrics
 from worker.models.loaded import LoadedModels
-from worker.pipeline import provenance
+from worker.models.remote.client import RemoteModel
+from worker.pipeline import provenance, remote
 from worker.pipeline.batch import Batch, Row, RowState
-from worker.pipeline.stores.base import EmbedRows
 from worker.target import Target
 
 
-def embed(
-    embedders: LoadedModels, batch: Batch, target: Target, rows: list[Row], embed_rows: EmbedRows
-) -> int | None:
+def embed(embedders: LoadedModels, batch: Batch, target: Target, rows: list[Row]) -> int | None:
     """Embeds the rows of a plain target: with its model (rows that need it), and during a
     change with the new model too. Returns the tokens, or None when the target is deferred (the
     reason in batch.deferred). The new model's tokens are counted apart (its own metric label,
@@ -87,3 +86,27 @@ def _shadow_problem(target: Target, shadow_model: Any) -> str | None:
         f"{target.shadow_model!r} has {target.shadow_dims} dimensions, the model produces "
         f"{shadow_model.dim}"
     )
+
+
+def embed_rows(model: Any, rows: list[Row], attribute: str = "vector") -> int:
+    """Embeds `rows` into their `attribute` (vector, or shadow_vector during a model change); a
+    text the model fails on fails only its own row (the rows are split until the culprit is
+    alone). Returns the tokens embedded."""
+    if not rows:
+        return 0
+    if isinstance(model, RemoteModel):
+        return remote.embed_rows(model, rows, attribute)
+    try:
+        result = model.embed_with_stats([row.content for row in rows])
+    except Exception as exc:  # the model's failure on some input: find which
+        if len(rows) == 1:
+            rows[0].fail(f"embedding failed: {type(exc).__name__}: {exc}")
+            return 0
+        middle = len(rows) // 2
+        return embed_rows(model, rows[:middle], attribute) + embed_rows(
+            model, rows[middle:], attribute
+        )
+    for row, vector in zip(rows, result.vectors, strict=True):
+        setattr(row, attribute, vector)
+        row.state = RowState.EMBEDDED
+    return int(result.tokens)

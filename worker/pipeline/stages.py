@@ -17,8 +17,7 @@ from typing import Any
 from worker import db, exceptions, metrics
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
-from worker.models.remote.client import RemoteModel
-from worker.pipeline import bounds, faults, messages, pieces, remote, stores
+from worker.pipeline import bounds, faults, messages, pieces, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.chunks import writing as chunk_writing
@@ -240,7 +239,7 @@ def embed(embedders: LoadedModels, batch: Batch) -> None:
     for target, rows in batch.by_target(RowState.READY).items():
         started = time.perf_counter()
         try:
-            tokens = stores.of(target).embed(embedders, batch, target, rows, _embed_isolating)
+            tokens = stores.of(target).embed(embedders, batch, target, rows)
         except exceptions.ProviderError as exc:
             # A remote model's provider could not embed any of the target's rows: they wait,
             # spending no attempt, for as long as the provider said (worker/pipeline/remote.py).
@@ -256,28 +255,6 @@ def embed(embedders: LoadedModels, batch: Batch) -> None:
         metrics.TOKENS.labels(target.model).inc(tokens)
     total_ms = sum(s.embed_ms for s in batch.stats.values())
     metrics.STAGE_SECONDS.labels("embed").observe(total_ms / 1000)
-
-
-def _embed_isolating(model: Any, rows: list[Row], attribute: str = "vector") -> int:
-    """Embeds `rows` into their `attribute` (vector, or shadow_vector during a model change)."""
-    if not rows:
-        return 0
-    if isinstance(model, RemoteModel):
-        return remote.embed_rows(model, rows, attribute)
-    try:
-        result = model.embed_with_stats([row.content for row in rows])
-    except Exception as exc:  # the model's failure on some input: find which
-        if len(rows) == 1:
-            rows[0].fail(f"embedding failed: {type(exc).__name__}: {exc}")
-            return 0
-        middle = len(rows) // 2
-        return _embed_isolating(model, rows[:middle], attribute) + _embed_isolating(
-            model, rows[middle:], attribute
-        )
-    for row, vector in zip(rows, result.vectors, strict=True):
-        setattr(row, attribute, vector)
-        row.state = RowState.EMBEDDED
-    return int(result.tokens)
 
 
 def log_batch(batch: Batch) -> None:

@@ -5,8 +5,9 @@ full-text search."""
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Concatenate, ParamSpec
 
 import numpy as np
 import numpy.typing as npt
@@ -17,6 +18,9 @@ from worker.retrieval.errors import search_errors
 from worker.retrieval.fusion import Fusion
 from worker.retrieval.results import search_result
 from worker.target import Target
+
+P = ParamSpec("P")
+Results = list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -29,21 +33,14 @@ class Ranking:
     hybrid: bool
 
     def results(self, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
-        if self.hybrid:
-            return [
-                search_result(
-                    key,
-                    distance,
-                    content,
-                    seq,
-                    score=score,
-                    vector_rank=vr,
-                    text_rank=tr,
-                    offsets=(start, end),
-                    headings=headings,
-                    page=page,
+        if not self.hybrid:
+            # A vector ranking's rows as a hybrid ranking's: no score or text rank, and the
+            # vector rank their place.
+            rows = [
+                (key, None, content, seq, distance, rank, None, start, end, headings, page)
+                for rank, (key, distance, content, seq, start, end, headings, page) in enumerate(
+                    rows, start=1
                 )
-                for key, score, content, seq, distance, vr, tr, start, end, headings, page in rows
             ]
         return [
             search_result(
@@ -51,14 +48,14 @@ class Ranking:
                 distance,
                 content,
                 seq,
-                vector_rank=rank,
+                score=score,
+                vector_rank=vr,
+                text_rank=tr,
                 offsets=(start, end),
                 headings=headings,
                 page=page,
             )
-            for rank, (key, distance, content, seq, start, end, headings, page) in enumerate(
-                rows, start=1
-            )
+            for key, score, content, seq, distance, vr, tr, start, end, headings, page in rows
         ]
 
 
@@ -70,17 +67,14 @@ def run(conn: db.Connection, ranking: Ranking) -> list[dict[str, Any]]:
     return ranking.results(rows)
 
 
-def by_vector(
-    conn: db.Connection,
-    target: Target,
-    vector: npt.NDArray[np.float32],
-    k: int,
-    filter: dict[str, Any] | None = None,
-) -> list[dict[str, Any]]:
-    """embeddings.search(): the k rows nearest to `vector` (for a chunked target the k
-    documents with the nearest chunks, each with its best one) among those matching `filter`,
-    nearest first, as the connection's role may see them (row-level security included)."""
-    return run(conn, by_vector_ranking(target, vector, k, filter))
+def run_on(ranking: Callable[P, Ranking]) -> Callable[Concatenate[db.Connection, P], Results]:
+    """The call that runs the rankings `ranking` makes: its arguments after a connection, and
+    the results (by_vector(), hybrid())."""
+
+    def ranked(conn: db.Connection, /, *args: P.args, **kwargs: P.kwargs) -> Results:
+        return run(conn, ranking(*args, **kwargs))
+
+    return ranked
 
 
 def by_vector_ranking(
@@ -89,6 +83,9 @@ def by_vector_ranking(
     k: int,
     filter: dict[str, Any] | None = None,
 ) -> Ranking:
+    """embeddings.search(): the k rows nearest to `vector` (for a chunked target the k
+    documents with the nearest chunks, each with its best one) among those matching `filter`,
+    nearest first, as the connection's role may see them (row-level security included)."""
     params = {
         "target": target.id,
         "query": HalfVector(vector),
@@ -97,22 +94,6 @@ def by_vector_ranking(
         "column": target.embedding_column,
     }
     return Ranking(queries.get("search"), params, hybrid=False)
-
-
-def hybrid(
-    conn: db.Connection,
-    target: Target,
-    query: str,
-    vector: npt.NDArray[np.float32],
-    k: int,
-    *,
-    filter: dict[str, Any] | None = None,
-    fusion: Fusion | None = None,
-) -> list[dict[str, Any]]:
-    """embeddings.hybrid_search(): the k documents best by the fusion of the vector ranking
-    and the full-text ranking of `query`, tuned by `fusion` (None, or a field of it None: the
-    SQL function's defaults)."""
-    return run(conn, hybrid_ranking(target, query, vector, k, filter=filter, fusion=fusion))
 
 
 def hybrid_ranking(
@@ -124,6 +105,9 @@ def hybrid_ranking(
     filter: dict[str, Any] | None = None,
     fusion: Fusion | None = None,
 ) -> Ranking:
+    """embeddings.hybrid_search(): the k documents best by the fusion of the vector ranking
+    and the full-text ranking of `query`, tuned by `fusion` (None, or a field of it None: the
+    SQL function's defaults)."""
     fusion = fusion or Fusion()
     params = {
         "rrf_k": fusion.rrf_k,
@@ -140,3 +124,9 @@ def hybrid_ranking(
         "column": target.embedding_column,
     }
     return Ranking(queries.get("hybrid_search"), params, hybrid=True)
+
+
+# Each ranking run on a connection: by_vector(conn, target, vector, k, filter) and
+# hybrid(conn, target, query, vector, k, filter=..., fusion=...), the results.
+by_vector = run_on(by_vector_ranking)
+hybrid = run_on(hybrid_ranking)

@@ -48,10 +48,18 @@ class RerankerSpec:
             credential=row.get("credential"),
         )
 
+    def __post_init__(self) -> None:
+        rerank_providers.of(self.provider)  # ConfigError for an unknown kind: before any request
+
+    @property
+    def kind(self) -> rerank_providers.RerankProvider:
+        """How requests of this provider are made and answered."""
+        return rerank_providers.of(self.provider)
+
     @property
     def url(self) -> str:
         """Where requests go."""
-        return rerank_providers.of(self.provider).url(self)
+        return self.kind.url(self)
 
     @property
     def host(self) -> str:

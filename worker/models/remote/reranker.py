@@ -20,17 +20,14 @@ ranking's order passed off as reranked.
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import CancelledError, Future
 
 import numpy as np
 
 from worker import exceptions, metrics
 from worker.models.embedder import PREFIX_CHARS_PER_TOKEN
-from worker.models.remote import breaker as breakers
 from worker.models.remote import exchange, rerank_providers
-from worker.models.remote.keys import ApiKey
 from worker.models.remote.remote_client import RemoteClient
 from worker.models.remote.rerank_providers import Scores
 from worker.models.remote.rerank_spec import RerankerSpec
@@ -46,17 +43,6 @@ MAX_INLINE_WAIT_SECONDS = exchange.MAX_INLINE_WAIT_SECONDS  # longer: the search
 
 class RemoteReranker(RemoteClient[RerankerSpec]):
     """A registered remote reranker: `name` and `score()` like a CrossEncoder. Thread-safe."""
-
-    def __init__(
-        self,
-        spec: RerankerSpec,
-        *,
-        api_key: ApiKey,
-        breaker: breakers.Breaker | None = None,
-        sleep: Callable[[float], None] = time.sleep,
-    ) -> None:
-        self.kind = rerank_providers.of(spec.provider)  # (an unknown kind: before any thread)
-        super().__init__(spec, api_key=api_key, breaker=breaker, sleep=sleep)
 
     def __repr__(self) -> str:
         return f"RemoteReranker(name={self.name!r}, {self.spec.describe()})"
@@ -104,10 +90,11 @@ class RemoteReranker(RemoteClient[RerankerSpec]):
         return groups
 
     def _request(self, question: str, documents: list[str]) -> Scores:
+        kind = self.spec.kind
         found, tokens = self._exchange.post(
-            self.kind.request_body(self.spec, question, documents),
+            kind.request_body(self.spec, question, documents),
             rerank_providers.answer_limit(len(documents)),
-            lambda body: rerank_providers.scores(self.kind, body, len(documents)),
+            lambda body: rerank_providers.scores(kind, body, len(documents)),
             # This module's policy as it is now, and the reranker's sleep (tests tune both).
             exchange.Policy(ATTEMPTS, BACKOFF, MAX_INLINE_WAIT_SECONDS, self._sleep),
         )

@@ -7,14 +7,37 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING
 
 from worker import exceptions
-from worker.pipeline.batch import Row, RowState
+from worker.pipeline import provenance
+from worker.pipeline.batch import Batch, Row, RowState
 from worker.pipeline.pieces import DocumentChunks
+from worker.target import Target
 
 if TYPE_CHECKING:
     from worker.models.embedder import TextModel
+    from worker.models.loaded import LoadedModels
 
 # Chunks per embed call: bounds the tokenizer's encodings and the padded input tensors.
 EMBED_GROUP = 256
+
+
+def embed_target(
+    embedders: LoadedModels, batch: Batch, target: Target, rows: list[Row]
+) -> int | None:
+    """The chunk store's embed stage: the chunks that changed, with the target's model (a
+    chunked target's model change is in place: docs/models.md). Returns the tokens, or None
+    when the target is deferred (the reason in batch.deferred)."""
+    try:
+        model = embedders.get(target.model)
+    except exceptions.ModelError as exc:
+        batch.deferred[target.id] = str(exc)
+        return None
+    problem = target.problem(model.dim)
+    if problem:
+        batch.deferred[target.id] = problem
+        return None
+    tokens = embed(model, rows)
+    batch.producers[target.id] = (provenance.producer(model), None)
+    return tokens
 
 
 def embed(model: TextModel, rows: Sequence[Row]) -> int:

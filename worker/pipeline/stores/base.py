@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from worker import db
 from worker.pipeline.batch import Batch, Row, RowState
@@ -12,10 +11,6 @@ from worker.target import Target
 
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels
-
-# Embeds rows into one of their attributes ("vector", "shadow_vector") with a model, isolating a
-# text the model fails on; returns the tokens (worker/pipeline/stages.py).
-EmbedRows = Callable[[Any, list[Row], str], int]
 
 
 class Store(ABC):
@@ -46,7 +41,6 @@ class Store(ABC):
         batch: Batch,
         target: Target,
         rows: list[Row],
-        embed_rows: EmbedRows,
     ) -> int | None:
         """Embed stage: embeds `rows` (READY) and makes them EMBEDDED (or FAILED, POSTPONED);
         returns the tokens embedded, or None when the target is deferred (the reason in

@@ -10,33 +10,20 @@ the same guard.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import numpy as np
 import numpy.typing as npt
 from pgvector import HalfVector, Vector
 
 from worker import db
 from worker.pipeline import shadow
-from worker.pipeline.batch import Batch, Row, RowState
-from worker.pipeline.stores.base import EmbedRows, Store
+from worker.pipeline.batch import Row, RowState
+from worker.pipeline.stores.base import Store
 from worker.target import Target
-
-if TYPE_CHECKING:
-    from worker.models.loaded import LoadedModels
 
 
 class RowStore(Store):
-    def embed(
-        self,
-        embedders: LoadedModels,
-        batch: Batch,
-        target: Target,
-        rows: list[Row],
-        embed_rows: EmbedRows,
-    ) -> int | None:
-        # With the target's model, and during a model change with the new one too.
-        return shadow.embed(embedders, batch, target, rows, embed_rows)
+    # With the target's model, and during a model change with the new one too.
+    embed = staticmethod(shadow.embed)
 
     def write(
         self, conn: db.Connection, target: Target, embedded: list[Row], blank: list[Row]
