@@ -269,16 +269,10 @@ QUERY_BATCH_QUESTIONS = Histogram(
     buckets=(1, 2, 4, 8, 16, 32, 64),
     registry=REGISTRY,
 )
-BACKLOG_YIELD_KINDS = (
-    "waited",  # a backlog inference call waited for a question's call to end before it began
-    "stopped",  # a backlog inference call stopped for a question's, and run again after it
-)
 BACKLOG_YIELDS = Counter(
     "embed_worker_backlog_yields",
-    "Backlog inference calls that made way for a question's, by model and how: waited (began "
-    "once the question's call ended) or stopped (stopped when the question's began, and run "
-    "again after it: its rows lost nothing)",
-    ["model", "how"],
+    "Backlog inference calls that waited for a question's call to end before they began, by model",
+    ["model"],
     registry=REGISTRY,
 )
 SEARCH_POOL_SIZE = Gauge(
@@ -323,7 +317,6 @@ ENUMERATED_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "embed_worker_http_connections_closed_total": {"reason": HTTP_CLOSE_REASONS},
     "embed_worker_provider_requests_total": {"outcome": PROVIDER_OUTCOMES},
     "embed_worker_parse_failures_total": {"cause": PARSE_FAILURE_CAUSES},
-    "embed_worker_backlog_yields_total": {"how": BACKLOG_YIELD_KINDS},
 }
 
 

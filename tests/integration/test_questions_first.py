@@ -1,6 +1,6 @@
 """A backlog drained by the worker while questions come to the same model in the same process
-(worker/models/priority.py): the backlog's inference calls are stopped for the questions'
-and run again, and every row ends embedded once, with the vector it gets alone."""
+(worker/models/priority.py): the backlog's inference calls wait for the questions' and are
+cut short while they come, and every row ends embedded once, with the vector it gets alone."""
 
 from __future__ import annotations
 
@@ -20,7 +20,7 @@ from worker.process.runner import Worker
 ROWS = 300
 
 
-def test_a_backlog_stopped_for_questions_loses_and_repeats_no_row(
+def test_a_backlog_yielding_to_questions_loses_and_repeats_no_row(
     conn: psycopg.Connection[Any],
     minilm: str,
     run_once: Callable[..., Worker],
@@ -40,7 +40,7 @@ def test_a_backlog_stopped_for_questions_loses_and_repeats_no_row(
     )
     model = embedders.get(minilm)
     assert isinstance(model, Embedder)
-    stopped = model.turns.stopped
+    yielded = model.turns.yielded
     drained = threading.Event()
 
     def drain() -> None:
@@ -57,7 +57,7 @@ def test_a_backlog_stopped_for_questions_loses_and_repeats_no_row(
         asked += 1
     thread.join(60)
 
-    assert model.turns.stopped > stopped  # backlog calls were stopped, and run again
+    assert model.turns.yielded > yielded  # backlog calls waited for questions' calls
     assert messages(conn) == []
     rows = conn.execute("SELECT id, embedding::real[], embedded FROM docs ORDER BY id").fetchall()
     assert [r[2] for r in rows] == [1] * ROWS  # each row stored once

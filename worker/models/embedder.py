@@ -235,9 +235,8 @@ class Embedder(onnx.OnnxModel):
         ids, mask, type_ids = pad_batch(batch, self._pad_id)
         session = self._lane_session()
         feed = onnx.feed(self._inputs, ids, mask, type_ids)
-        (hidden,) = self.turns.run(
-            lambda options: session.run([self._output], feed, options), tokens=ids.size
-        )
+        with self.turns.call():
+            (hidden,) = session.run([self._output], feed)
         return hidden, mask
 
     def _probe_dim(self) -> int:
