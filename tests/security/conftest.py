@@ -42,24 +42,39 @@ Conn = psycopg.Connection[Any]
 # What the hostile owner's code does wherever it runs: says as whom it ran, tries to become a
 # superuser, and tries to copy the other tenant's rows into its own table. `loot` is the owner's
 # table; anyone may insert into it, so that the code leaves a trace whoever runs it.
-PAYLOAD = """
-CREATE TABLE public.loot (ran_as name NOT NULL, what text NOT NULL);
-GRANT INSERT ON public.loot TO PUBLIC;
-CREATE FUNCTION public.payload() RETURNS text LANGUAGE plpgsql AS $$
-BEGIN
-    INSERT INTO public.loot VALUES (current_user, 'ran');
+# What the owner's code tries wherever it runs, as whoever runs it: to make the owner a
+# superuser, and to read the secrets only the table's readers may read. BECAME_SUPERUSER: the
+# SQL text it records when the first worked.
+_ESCALATIONS = """
     BEGIN
-        EXECUTE format('ALTER ROLE %I SUPERUSER', '{owner}');
-        INSERT INTO public.loot VALUES (current_user, 'became superuser');
+        EXECUTE pg_catalog.format('ALTER ROLE %I SUPERUSER', '{owner}');
+        INSERT INTO public.loot VALUES (current_user, BECAME_SUPERUSER);
     EXCEPTION WHEN OTHERS THEN NULL;
     END;
     BEGIN
         INSERT INTO public.loot SELECT current_user, 'secret: ' || s.secret FROM public.secrets s;
     EXCEPTION WHEN OTHERS THEN NULL;
     END;
-    RETURN '';
+"""
+
+
+def escalations(became_superuser: str) -> str:
+    """The owner's code's attempts (a PL/pgSQL fragment; `{owner}` left for str.format)."""
+    return _ESCALATIONS.replace("BECAME_SUPERUSER", became_superuser)
+
+
+PAYLOAD = (
+    """
+CREATE TABLE public.loot (ran_as name NOT NULL, what text NOT NULL);
+GRANT INSERT ON public.loot TO PUBLIC;
+CREATE FUNCTION public.payload() RETURNS text LANGUAGE plpgsql AS $$
+BEGIN
+    INSERT INTO public.loot VALUES (current_user, 'ran');"""
+    + escalations("'became superuser'")
+    + """    RETURN '';
 END $$;
 """
+)
 
 
 @dataclass(frozen=True)

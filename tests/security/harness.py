@@ -26,7 +26,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from tests.security import name_capture
-from tests.security.conftest import Roles
+from tests.security.conftest import Roles, escalations
 from tests.support.models import MINILM
 
 # Every kind of table the owner has, with how the superuser watches it.
@@ -91,22 +91,15 @@ HOOKS = (
     "row security policy",
 )
 
-_HOOK_FUNCTION = """
+_HOOK_FUNCTION = (
+    """
 CREATE FUNCTION public.hook(place text) RETURNS boolean LANGUAGE plpgsql AS $f$
 DECLARE
     setting record;
 BEGIN
-    INSERT INTO public.loot VALUES (current_user, 'ran: ' || place);
-    BEGIN
-        EXECUTE pg_catalog.format('ALTER ROLE %I SUPERUSER', '{owner}');
-        INSERT INTO public.loot VALUES (current_user, 'escalated: superuser from ' || place);
-    EXCEPTION WHEN OTHERS THEN NULL;
-    END;
-    BEGIN
-        INSERT INTO public.loot SELECT current_user, 'secret: ' || s.secret FROM public.secrets s;
-    EXCEPTION WHEN OTHERS THEN NULL;
-    END;
-    BEGIN
+    INSERT INTO public.loot VALUES (current_user, 'ran: ' || place);"""
+    + escalations("'escalated: superuser from ' || place")
+    + """    BEGIN
         EXECUTE pg_catalog.format(
             'INSERT INTO public.loot SELECT current_user, ''secret: '' || l.content'
             ' FROM embeddings.embeddings_%s_load(ARRAY[''1''], ARRAY[''1'']) l', {secrets_target});
@@ -151,6 +144,7 @@ CREATE FUNCTION public.key_ok(k integer) RETURNS boolean LANGUAGE plpgsql IMMUTA
 $f$ BEGIN PERFORM public.hook('key domain check'); RETURN true; END $f$;
 CREATE DOMAIN public.hostile_key AS integer CHECK (public.key_ok(VALUE));
 """
+)
 
 _TABLES = """
 CREATE TABLE docs_row (id integer PRIMARY KEY, body text);
