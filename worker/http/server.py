@@ -30,6 +30,7 @@ from __future__ import annotations
 import hmac
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -45,45 +46,29 @@ from worker.http.work import Work
 
 if TYPE_CHECKING:
     from worker.config import Settings
-    from worker.models.loaded import LoadedModels
-    from worker.pipeline.targets import TargetRegistry
     from worker.process.runner import Worker
-    from worker.process.startup import DefaultModel
     from worker.process.stopped import StoppedTargets
 
 logger = logging.getLogger(__name__)
 
 
+@dataclass(eq=False)
 class Server:
     """The routes over the parts of the worker they use (the probes here, the POST routes'
     work in `Work`), served by a `Front`."""
 
-    def __init__(
-        self,
-        settings: Settings,
-        *,
-        dsn: str,
-        registry: TargetRegistry,
-        embedders: LoadedModels,
-        default_model: DefaultModel,
-        failure: Callable[[], BaseException | None],  # what stopped the worker, if anything
-        stopped: StoppedTargets,  # what stops each target's progress (sql/52_stopped.sql)
-        readiness: ReadinessProbe,
-        push: push.Push,
-    ) -> None:
-        self.settings = settings
-        self.failure = failure
-        self.stopped = stopped
-        self.readiness = readiness
-        self.work = Work(
-            settings,
-            dsn=dsn,
-            registry=registry,
-            embedders=embedders,
-            default_model=default_model,
-            push=push,
-        )
-        self.post_refusal = post_refusal(settings)
+    settings: Settings
+    work: Work
+    failure: Callable[[], BaseException | None]  # what stopped the worker, if anything
+    stopped: StoppedTargets  # what stops each target's progress (sql/52_stopped.sql)
+    readiness: ReadinessProbe
+    post_refusal: str | None = field(init=False)
+    get_routes: dict[str, Route] = field(init=False)
+    post_routes: dict[str, Route] = field(init=False)
+    front: Front = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.post_refusal = post_refusal(self.settings)
         self.get_routes = {
             "/healthz": Route(Lane.INLINE, self._healthz),  # nothing to wait for
             "/readyz": Route(Lane.PROBE, self._readyz),
@@ -94,7 +79,8 @@ class Server:
             "/functions/v1/embed": Route(Lane.WORK, self.work.push_jobs),
             "/search": Route(Lane.WORK, self.work.search),
         }
-        self.front = Front(self, Limits.of(settings), settings.http_host, settings.http_port or 0)
+        limits = Limits.of(self.settings)
+        self.front = Front(self, limits, self.settings.http_host, self.settings.http_port or 0)
 
     def start(self) -> None:
         self.front.start()
@@ -206,10 +192,20 @@ def serve(worker: Worker, settings: Settings) -> Server:
 
     server = Server(
         settings,
-        dsn=worker.dsn,
-        registry=worker.registry,
-        embedders=worker.embedders,
-        default_model=worker.default_model,
+        work=Work(
+            settings,
+            dsn=worker.dsn,
+            registry=worker.registry,
+            embedders=worker.embedders,
+            default_model=worker.default_model,
+            push=push.Push(
+                dsn=worker.dsn,
+                settings=settings,
+                lanes=worker.lanes,
+                registry=worker.registry,
+                embedders=worker.embedders,
+            ),
+        ),
         failure=lambda: worker.failure,
         stopped=worker.stopped,
         readiness=ReadinessProbe(
@@ -219,13 +215,6 @@ def serve(worker: Worker, settings: Settings) -> Server:
             embedders=worker.embedders,
             default_model=worker.default_model,
             stopped=stopped,
-        ),
-        push=push.Push(
-            dsn=worker.dsn,
-            settings=settings,
-            lanes=worker.lanes,
-            registry=worker.registry,
-            embedders=worker.embedders,
         ),
     )
     server.start()
