@@ -14,7 +14,7 @@ import os
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from worker import exceptions
 from worker.models import files
@@ -25,11 +25,16 @@ from worker.models.remote import keys
 from worker.secret import Secret
 
 if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
+
     from worker.models.loaded import LoadedModels
 
 _LISTEN = ("auto", "true", "false")  # EMBED_LISTEN: still accepted, no longer used
 QUEUE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,46}$")  # what pgmq accepts as a table suffix
 MIN_PARSE_MEMORY_MB = 16
+
+
+G = TypeVar("G", bound="DataclassInstance")  # a group of settings (Settings.group)
 
 
 @dataclass(frozen=True)
@@ -189,6 +194,12 @@ class Settings:
             api_key=self.api_key,
             retry_after=retry_after,
         )
+
+    def group(self, kind: type[G], prefix: str) -> G:
+        """`kind` (a dataclass) from the settings named `prefix` and each of its fields, as
+        the part of the worker that takes that group of settings sees them (HTTP limits,
+        parse budgets): one mapping for every group, no field forgotten on the way."""
+        return kind(**{f.name: getattr(self, prefix + f.name) for f in fields(kind)})
 
     def default_model(self, database_default: str | None) -> str:
         """The model used when none is named (`embed`, POST /embed, readiness, doctor):

@@ -235,3 +235,20 @@ def test_a_key_file_that_cannot_be_read_is_a_clear_error_without_the_key(tmp_pat
     (tmp_path / "openai").unlink()
     (tmp_path / "openai").mkdir()
     assert keys_in(tmp_path, OPENAI_API_KEY=ENV_KEY).api_key("openai")[1] == "OPENAI_API_KEY"
+
+
+def test_a_group_of_settings_is_read_by_its_prefix() -> None:
+    """The HTTP limits and the parse budgets are the settings of their prefix, as set."""
+    from worker.http.front import Limits
+    from worker.pipeline.parsing.budgets import Budgets
+
+    settings = Settings.from_env(
+        {"EMBED_HTTP_MAX_WAITING_CONNECTIONS": "7", "EMBED_PARSE_CPU_SECONDS": "3"}
+    )
+    limits = settings.group(Limits, "http_")
+    assert limits.max_waiting_connections == 7
+    assert limits.max_body == settings.http_max_body
+    budgets = settings.group(Budgets, "parse_")
+    assert (budgets.cpu_seconds, budgets.memory_mb) == (3, settings.parse_memory_mb)
+    with pytest.raises(AttributeError, match="no_such_timeout_seconds"):
+        settings.group(Budgets, "no_such_")

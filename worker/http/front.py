@@ -36,7 +36,6 @@ from worker import metrics
 from worker.http.protocol import Answer, BadRequest, Request
 
 if TYPE_CHECKING:
-    from worker.config import Settings
     from worker.http.connection import Connection
 
 logger = logging.getLogger(__name__)
@@ -84,17 +83,7 @@ class Limits:
     head_timeout_seconds: float  # a request line and headers, from their first byte
     max_body: int
     max_connections: int  # slots of work
-    max_waiting: int  # connections waiting for a request
-
-    @classmethod
-    def of(cls, settings: Settings) -> Limits:
-        return cls(
-            timeout_seconds=settings.http_timeout_seconds,
-            head_timeout_seconds=settings.http_head_timeout_seconds,
-            max_body=settings.http_max_body,
-            max_connections=settings.http_max_connections,
-            max_waiting=settings.http_max_waiting_connections,
-        )
+    max_waiting_connections: int  # connections waiting for a request
 
 
 class Front:
@@ -177,7 +166,7 @@ class Front:
         """`connection` waits for a request (or answers one refused): it is counted, and at
         the limit the connection that has waited longest is closed to make room."""
         self._waiting.pop(connection, None)
-        while len(self._waiting) >= self.limits.max_waiting:
+        while len(self._waiting) >= self.limits.max_waiting_connections:
             oldest = next(iter(self._waiting))
             del self._waiting[oldest]
             oldest.evict()

@@ -79,7 +79,7 @@ class Server:
             "/functions/v1/embed": Route(Lane.WORK, self.work.push_jobs),
             "/search": Route(Lane.WORK, self.work.search),
         }
-        limits = Limits.of(self.settings)
+        limits = self.settings.group(Limits, "http_")
         self.front = Front(self, limits, self.settings.http_host, self.settings.http_port or 0)
 
     def start(self) -> None:

@@ -74,7 +74,7 @@ class Limits:
         return cls(
             piece_tokens=settings.piece_tokens,
             max_document_bytes=settings.max_document_bytes,
-            parsing=Budgets.of(settings),
+            parsing=settings.group(Budgets, "parse_"),
             owner_code_seconds=settings.owner_code_timeout_seconds,
         )
 

@@ -8,10 +8,6 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
-
-if TYPE_CHECKING:
-    from worker.config import Settings
 
 BASE_SECONDS = 5.0
 SECONDS_PER_MIB = 10.0
@@ -40,15 +36,6 @@ class Budgets:
     cpu_seconds: int = 20
     memory_mb: int = 96
     processes: int = 1
-
-    @classmethod
-    def of(cls, settings: Settings) -> Budgets:
-        return cls(
-            timeout_seconds=settings.parse_timeout_seconds,
-            cpu_seconds=settings.parse_cpu_seconds,
-            memory_mb=settings.parse_memory_mb,
-            processes=settings.parse_processes,
-        )
 
     def for_size(self, size: int) -> Budget:
         """The budget of a parse of `size` input bytes."""
