@@ -6,10 +6,10 @@ makes way for questions (QuestionsFirst, held by each embedder): a backlog call 
 while a question's call runs (it waits at most MAX_YIELD_SECONDS, so a steady stream of
 questions slows the backlog without stopping it), and while questions come its calls are cut
 to YIELDING_TOKEN_BUDGET tokens, so that a question arriving during one shares the cores with
-a short call only (about 10 ms on 2 cores for all-MiniLM-L6-v2). A question's call starts at
+a short call only (all-MiniLM-L6-v2 on 2 cores: about 13 ms). A question's call starts at
 once. No call is stopped midway: stopping one loses what it computed, and in the search bench
-(bench/search.py) stopping the calls a question met cost the backlog a fifth to a half of its
-rate with no gain in the questions' p95 (docs/performance.md).
+(bench/search.py) stopping the calls a question met kept 0.42-0.86 of the backlog's rate
+against 0.58-1.01 without, for a p95 no better at chat-like arrivals (docs/performance.md).
 
 With a nice value (EMBED_BACKLOG_NICE, opt-in) the backlog thread also runs at a lower CPU
 priority for the rest of its life, and so do the inference threads of a session of its own:
