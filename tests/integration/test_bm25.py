@@ -218,8 +218,9 @@ def test_any_word_ranks_by_bm25_as_written_out_here(items: Items) -> None:
     assert len(expected) >= 5, expected
     items.check(items.text_ranking(QUERY), expected)
 
-    results = rankings.hybrid(
-        items.conn, items.target, QUERY, items.query, 10, fusion=Fusion(fusion="rrf")
+    results = rankings.run(
+        items.conn,
+        rankings.hybrid_ranking(items.target, QUERY, items.query, 10, fusion=Fusion(fusion="rrf")),
     )
     by_vector = list(range(1, len(BODIES) + 1))  # document i is the i-th nearest
     assert [r["key"] for r in results] == rrf([by_vector, ranked(expected)], weights=(1, 2))
@@ -305,8 +306,11 @@ def test_a_question_of_stop_words_has_no_text_ranking(conn: Conn, items: Items) 
     error and no notice about an empty query."""
     notices: list[str] = []
     conn.add_notice_handler(lambda n: notices.append(str(n.message_primary)))
-    results = rankings.hybrid(
-        conn, items.target, "how do I do it?", items.query, 3, fusion=Fusion(text_match="any")
+    results = rankings.run(
+        conn,
+        rankings.hybrid_ranking(
+            items.target, "how do I do it?", items.query, 3, fusion=Fusion(text_match="any")
+        ),
     )
     assert [r["key"] for r in results] == [1, 2, 3]
     assert all(r["text_rank"] is None for r in results) and notices == []
@@ -362,8 +366,11 @@ def test_the_convex_fusion_weighs_the_scores_as_written_out_here(
     items.analyze()
     expected = items.reference(question)
     assert (1 <= len(expected.every) <= 10) == selective
-    results = rankings.hybrid(
-        items.conn, items.target, question, items.query, 10, fusion=Fusion(vector_weight=0.5)
+    results = rankings.run(
+        items.conn,
+        rankings.hybrid_ranking(
+            items.target, question, items.query, 10, fusion=Fusion(vector_weight=0.5)
+        ),
     )
     assert len(results) == len(BODIES)
     reference = {

@@ -142,10 +142,14 @@ def test_any_word_ranks_the_rows_with_any_word_of_the_question(conn: Conn, items
     BM25: tests/integration/test_bm25.py checks its scores)."""
     question = 'how do I "delete" a folder -and open a url with urlopen'
     target = find_target(conn, "items")
-    all_words = rankings.hybrid(conn, target, question, items, 8, fusion=Fusion(text_match="all"))
+    all_words = rankings.run(
+        conn, rankings.hybrid_ranking(target, question, items, 8, fusion=Fusion(text_match="all"))
+    )
     assert all(r["text_rank"] is None for r in all_words)
 
-    any_words = rankings.hybrid(conn, target, question, items, 8, fusion=Fusion())
+    any_words = rankings.run(
+        conn, rankings.hybrid_ranking(target, question, items, 8, fusion=Fusion())
+    )
     holding = text_ranking(
         conn, "items", "embedding_fts", "delete OR folder OR open OR url OR urlopen"
     )
@@ -174,7 +178,9 @@ def test_tuning_from_outside_sql_reaches_the_fusion(conn: Conn, items: Vec) -> N
     by_vector = [1, 2, 3, 4]  # row i is the i-th nearest; cut at depth 4
     by_text = text_ranking(conn, "items", "embedding_fts", words)[:4]
     expected = rrf([by_vector, by_text], rrf_k=5, weights=(0.25, 3))[:3]
-    found = rankings.hybrid(conn, find_target(conn, "items"), words, items, 3, fusion=fusion)
+    found = rankings.run(
+        conn, rankings.hybrid_ranking(find_target(conn, "items"), words, items, 3, fusion=fusion)
+    )
     assert [r["key"] for r in found] == expected
     for r in found:
         parts = [0.25 / (5 + r["vector_rank"])] if r["vector_rank"] else []
@@ -182,8 +188,11 @@ def test_tuning_from_outside_sql_reaches_the_fusion(conn: Conn, items: Vec) -> N
         assert r["score"] == pytest.approx(sum(parts))
         assert (r["vector_rank"] or 0) <= 4 and (r["text_rank"] or 0) <= 4
     with pytest.raises(errors.InvalidSearch, match="weights at least 0"):
-        rankings.hybrid(
-            conn, find_target(conn, "items"), words, items, 4, fusion=Fusion(text_weight=-1)
+        rankings.run(
+            conn,
+            rankings.hybrid_ranking(
+                find_target(conn, "items"), words, items, 4, fusion=Fusion(text_weight=-1)
+            ),
         )
 
 
@@ -235,7 +244,7 @@ def test_hybrid_search_under_row_level_security_sees_only_the_policy_s_rows(
 
 def test_dotted_names_match_their_last_part(conn: Conn, items: Vec) -> None:
     target = find_target(conn, "items")
-    found = rankings.hybrid(conn, target, "urlopen", items, 3)
+    found = rankings.run(conn, rankings.hybrid_ranking(target, "urlopen", items, 3))
     assert found[0]["key"] == 1 and found[0]["text_rank"] == 1
 
 
@@ -265,8 +274,11 @@ def test_only_an_upper_case_or_is_the_operator(conn: Conn) -> None:
     target = find_target(conn, "spices")
 
     def matched(question: str) -> set[int]:
-        found = rankings.hybrid(
-            conn, target, question, query, len(OR_BODIES), fusion=Fusion(text_match="all")
+        found = rankings.run(
+            conn,
+            rankings.hybrid_ranking(
+                target, question, query, len(OR_BODIES), fusion=Fusion(text_match="all")
+            ),
         )
         return {r["key"] for r in found if r["text_rank"] is not None}
 
@@ -348,7 +360,10 @@ def test_questions_of_any_punctuation_never_fail_a_search(
     target = find_target(conn, "items")
 
     def matched(question: str) -> set[int]:
-        found = rankings.hybrid(conn, target, question, items, 8, fusion=Fusion(text_match="all"))
+        found = rankings.run(
+            conn,
+            rankings.hybrid_ranking(target, question, items, 8, fusion=Fusion(text_match="all")),
+        )
         return {r["key"] for r in found if r["text_rank"] is not None}
 
     assert matched("directory tree") == {5}
@@ -361,7 +376,7 @@ def test_hybrid_on_a_target_without_full_text_is_refused(conn: Conn, items: Vec)
     conn.execute("SELECT embeddings.disable_fts('items')")
     target = find_target(conn, "items")
     with pytest.raises(errors.InvalidSearch, match="no full-text search"):
-        rankings.hybrid(conn, target, "urlopen", items, 3)
+        rankings.run(conn, rankings.hybrid_ranking(target, "urlopen", items, 3))
     assert not target.has_fulltext
 
 

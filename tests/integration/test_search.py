@@ -98,7 +98,7 @@ def chunked(conn: Conn, query: Vec) -> dict[int, Vec]:
 
 def searched(conn: Conn, table: str, query: Vec, k: int, **kw: Any) -> list[dict[str, Any]]:
     target = find_target(conn, table)
-    return rankings.by_vector(conn, target, query, k, **kw)
+    return rankings.run(conn, rankings.by_vector_ranking(target, query, k, **kw))
 
 
 @pytest.mark.parametrize("exact_below", [0, 1_000_000])

@@ -5,9 +5,8 @@ full-text search."""
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Concatenate, ParamSpec
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -18,9 +17,6 @@ from worker.retrieval.errors import search_errors
 from worker.retrieval.fusion import Fusion
 from worker.retrieval.results import search_result
 from worker.target import Target
-
-P = ParamSpec("P")
-Results = list[dict[str, Any]]
 
 
 @dataclass(frozen=True)
@@ -65,16 +61,6 @@ def run(conn: db.Connection, ranking: Ranking) -> list[dict[str, Any]]:
     with search_errors():
         rows = conn.execute(ranking.query, ranking.params).fetchall()
     return ranking.results(rows)
-
-
-def run_on(ranking: Callable[P, Ranking]) -> Callable[Concatenate[db.Connection, P], Results]:
-    """The call that runs the rankings `ranking` makes: its arguments after a connection, and
-    the results (by_vector(), hybrid())."""
-
-    def ranked(conn: db.Connection, /, *args: P.args, **kwargs: P.kwargs) -> Results:
-        return run(conn, ranking(*args, **kwargs))
-
-    return ranked
 
 
 def by_vector_ranking(
@@ -124,9 +110,3 @@ def hybrid_ranking(
         "column": target.embedding_column,
     }
     return Ranking(queries.get("hybrid_search"), params, hybrid=True)
-
-
-# Each ranking run on a connection: by_vector(conn, target, vector, k, filter) and
-# hybrid(conn, target, query, vector, k, filter=..., fusion=...), the results.
-by_vector = run_on(by_vector_ranking)
-hybrid = run_on(hybrid_ranking)
