@@ -17,19 +17,30 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Relation (`is_function` false: to_regclass()) or function (true: to_regprocedure()) `name`
--- as the caller's sessions find it, NULL when there is none: looked up in the path the session
--- started with, ours put back after. Qualified throughout: it is parsed under that path.
-CREATE FUNCTION embeddings_internal.named_in_session(name text, is_function boolean) RETURNS oid
+-- as a session whose search path is `path` finds it (NULL: the path this session started
+-- with), NULL when there is none: looked up in that path, ours put back after. Qualified
+-- throughout: it is parsed under that path. A caller that looks names up often reads the path
+-- once (a search: worker/session_guard.py, start_path): session_start_path() reads
+-- pg_settings, every setting made into text, which cost a search's check of its target more
+-- than the check itself. Any path is safe to pass: a name is only looked up, and a caller may
+-- name a table by its schema anyway.
+CREATE FUNCTION embeddings_internal.named_in_path(name text, is_function boolean, path text) RETURNS oid
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found oid;
 BEGIN
-    PERFORM pg_catalog.set_config('search_path', embeddings_internal.session_start_path(), true);
+    PERFORM pg_catalog.set_config('search_path', coalesce(path, embeddings_internal.session_start_path()), true);
     found := CASE WHEN is_function THEN pg_catalog.to_regprocedure(name)::pg_catalog.oid
                   ELSE pg_catalog.to_regclass(name)::pg_catalog.oid END;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
     RETURN found;
 END
+$$;
+
+-- named_in_path() in the path the caller's session started with.
+CREATE FUNCTION embeddings_internal.named_in_session(name text, is_function boolean) RETURNS oid
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT embeddings_internal.named_in_path(name, is_function, NULL)
 $$;
 
 -- Table (or view, ...) `name` as the caller's sessions find it: NULL when there is none.

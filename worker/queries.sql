@@ -329,14 +329,14 @@ FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::inte
               %(pages)s::integer[]);
 
 -- name: search_target
--- Table %(table)s as the caller's own sessions find it (sql/15_names.sql: relation_named), or
--- target %(target)s's table, and its targets
+-- Table %(table)s as the caller's own sessions find it (sql/15_names.sql: named_in_path, in the
+-- path %(path)s the session started with, NULL: read now), or target %(target)s's table, and its targets
 -- (of its embedding column %(column)s, when given), in load_targets' columns: one row per
 -- target; one row of NULLs after the table's oid when it is not watched; none when there is no
 -- such table. A search resolves its target in this one statement (worker/retrieval/targets.py).
 -- ours: touches only our tables and the catalog, runs no one else's code
 WITH source AS (
-    SELECT coalesce(embeddings_internal.relation_named(%(table)s)::oid,
+    SELECT coalesce(embeddings_internal.named_in_path(%(table)s, false, %(path)s)::oid,
                     (SELECT t.source::oid FROM embeddings.targets t WHERE t.id = %(target)s::integer)) AS oid
 )
 SELECT source.oid AS source, found.*
@@ -355,15 +355,15 @@ FROM embeddings.rerankers WHERE %(name)s::text IS NULL OR name = %(name)s::text
 ORDER BY name;
 
 -- name: search_target_check
--- The targets of table %(table)s (as the caller's own sessions find it: relation_named), of its
--- embedding column %(column)s when given, with what a search compares with the target it read
+-- The targets of table %(table)s (as the caller's own sessions find it, in the path %(path)s they
+-- start with: named_in_path), of its embedding column %(column)s when given, with what a search compares with the target it read
 -- last (worker/retrieval/targets.py: KnownTargets): its definition version and what a search
 -- uses that may change without it. Cheaper than search_target by the catalog reads it skips.
 -- ours: touches only our tables and the catalog, runs no one else's code
 SELECT t.id, t.version, t.model, t.fts_config IS NOT NULL AS has_fulltext, t.rerank_model,
        t.rerank_depth, t.problem, t.source::oid AS source
 FROM embeddings.targets t
-WHERE t.source = embeddings_internal.relation_named(%(table)s)::oid
+WHERE t.source = embeddings_internal.named_in_path(%(table)s, false, %(path)s)::oid
   AND (%(column)s::name IS NULL OR t.embedding_column = %(column)s::name)
 ORDER BY t.id;
 
@@ -766,6 +766,15 @@ RESET ALL;
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
        pg_catalog.set_config('DateStyle', 'ISO', false),
        pg_catalog.set_config('IntervalStyle', 'postgres', false);
+
+-- name: session_start_path
+-- The search path the session started with, what RESET restores (pg_settings.reset_val): read
+-- once, after the connection's first session_reset in the same exchange (worker/session_guard.py:
+-- start_path), for looking up the names a user gives as the user's own sessions do. Read here
+-- rather than by sql/15_names.sql's session_start_path(): connections are made before migrate
+-- installs it.
+-- ours: reads the catalog, runs no one else's code
+SELECT s.reset_val FROM pg_catalog.pg_settings s WHERE s.name OPERATOR(pg_catalog.=) 'search_path';
 
 -- name: installer_path
 -- `migrate`'s transaction (migrations/env.py), before anything of sql/ or a revision runs, and

@@ -110,10 +110,19 @@ class GuardedConnection(psycopg.Connection[Any]):
     # Given back to a pool after each use (db.pool): its user's last exchange DISCARDs the
     # session (discard_session(then=...)).
     pooled = False
+    # The search path the session started with (`session_start_path` in queries.sql), read by
+    # the first reset: the path a name the user gives is looked up in (worker/retrieval/
+    # targets.py). What RESET restores; no SET of anyone's changes it.
+    start_path: str | None = None
 
     def reset_session(self) -> None:
-        """RESET ALL and our settings, now (a plain cursor: this statement is not guarded)."""
-        self._reset(queries.get("session_reset"), bound=None)
+        """RESET ALL and our settings, now (a plain cursor: this statement is not guarded);
+        the first reset also reads start_path, in the same exchange."""
+        first = self.start_path is None
+        then = queries.get("session_start_path") if first else None
+        rows = self._reset(queries.get("session_reset"), bound=None, then=then)
+        if first and rows:
+            self.start_path = rows[0][0]
 
     def discard_session(self, then: str | None = None) -> list[tuple[Any, ...]]:
         """DISCARD ALL, then our reset, in one exchange (a pooled connection given back):

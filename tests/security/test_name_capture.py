@@ -131,3 +131,23 @@ def test_a_table_name_the_user_gives_resolves_in_the_roles_own_path(roles: Roles
         assert conn.execute("SELECT current_setting('search_path')").fetchone() == (
             "pg_catalog, pg_temp",
         )
+
+
+def test_a_name_looked_up_in_a_path_given_runs_nothing_there(roles: Roles) -> None:
+    """named_in_path(), a search's lookup of its table in the path its connection read once
+    (worker/session_guard.py: start_path), takes whatever path its caller gives: with the
+    tenant's schemas and their overloads first in it, it finds the name and runs nothing, and
+    the caller's session has its own path back."""
+    _owner_docs(roles)
+    schemas = plant(roles)
+    path = ", ".join(f'"{schema}"' for schema in schemas) + ", pg_catalog"
+    with db.connect(roles.dsn_of(roles.stranger)) as conn:
+        found = conn.execute(
+            "SELECT embeddings_internal.named_in_path('docs', false, %s)"
+            " OPERATOR(pg_catalog.=) 'public.docs'::pg_catalog.regclass::pg_catalog.oid,"
+            " embeddings_internal.named_in_path('no_such_table', false, %s),"
+            " pg_catalog.current_setting('search_path')",
+            (path, path),
+        ).fetchone()
+    assert found == (True, None, "pg_catalog, pg_temp")
+    assert contained(roles) == []

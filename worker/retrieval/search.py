@@ -208,7 +208,7 @@ class SearchService:
         checked = ranked = None
         try:
             with search_errors(), conn.pipeline():
-                checked = conn.execute(*check_statement(request.table, request.column))
+                checked = conn.execute(*check_statement(conn, request.table, request.column))
                 ranked = conn.execute(ranking.query, ranking.params)
         except exceptions.DatabaseError:
             if _rows(checked) == check:  # the same target: the ranking's own error

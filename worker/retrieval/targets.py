@@ -30,7 +30,9 @@ def find_target(
     is added to the hint given for an unwatched table."""
     with db.translated():
         try:
-            rows = _search_target(conn, {"table": table, "column": column, "target": None})
+            rows = _search_target(
+                conn, {"table": table, "column": column, "target": None, "path": start_path(conn)}
+            )
         except (errors.InvalidName, errors.SyntaxError, errors.FeatureNotSupported) as exc:
             # Not a name at all ('"', 'a.b.c.d', another database's): no such table either.
             raise exceptions.TargetError(f"no table {table!r}: {exc}") from None
@@ -92,19 +94,31 @@ class KnownTargets:
 
 def _check(conn: db.Connection, table: str, column: str | None) -> Any:
     with db.translated():
-        return conn.execute(*check_statement(table, column)).fetchall()
+        return conn.execute(*check_statement(conn, table, column)).fetchall()
 
 
-def check_statement(table: str, column: str | None) -> tuple[str, dict[str, Any]]:
+def check_statement(
+    conn: db.Connection, table: str, column: str | None
+) -> tuple[str, dict[str, Any]]:
     """The statement KnownTargets checks a target it knows by (its rows: what known() gives
-    first), with its parameters."""
-    return queries.get("search_target_check"), {"table": table, "column": column}
+    first), with its parameters, for `conn`."""
+    params = {"table": table, "column": column, "path": start_path(conn)}
+    return queries.get("search_target_check"), params
+
+
+def start_path(conn: db.Connection) -> str | None:
+    """The search path `conn`'s session started with, where a user's table name is looked
+    up; None where the connection did not read it (one of the caller's own): the statement
+    reads it then."""
+    return conn.start_path if isinstance(conn, GuardedConnection) else None
 
 
 def current_target(conn: db.Connection, target: Target) -> Target:
     """`target` as registered now (its definition version moves with a model change)."""
     with db.translated():
-        rows = _search_target(conn, {"table": None, "column": None, "target": target.id})
+        rows = _search_target(
+            conn, {"table": None, "column": None, "target": target.id, "path": None}
+        )
     found = [row for row in rows if row["id"] is not None]
     if not found:
         raise exceptions.TargetError(f"{target.name} is not watched any more")
