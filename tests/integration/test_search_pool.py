@@ -190,11 +190,7 @@ def test_a_search_makes_two_exchanges(
     not change meanwhile; nothing to take the connection (no ping) or to give it back. Before:
     6 (a ping, the check, the search, a reset, the model check, the DISCARD on a pool
     thread), and 11 before that."""
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(384))")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
-    conn.execute("INSERT INTO docs (id, body) VALUES (1, 'a first document'), (2, 'a second')")
-    run_once()
-    request = SearchRequest.parse({"table": "docs", "query": "document", "k": 2})
+    request = _two_docs(conn, minilm, run_once)
     searches = SearchConnections(dsn, max_size=1)
     try:
         service = SearchService(searches.connection, QueryBatchers(embedders.get))
@@ -228,11 +224,7 @@ def test_a_search_looks_its_table_up_in_the_path_its_connection_read_once(
     connection reads with its first reset: no search's check reads it again (pg_settings, every
     setting made into text, cost the check more than the rest of it). Here the function that
     reads it fails once the pool's connection is made, and searches still answer."""
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(384))")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
-    conn.execute("INSERT INTO docs (id, body) VALUES (1, 'a first document'), (2, 'a second')")
-    run_once()
-    request = SearchRequest.parse({"table": "docs", "query": "document", "k": 2})
+    request = _two_docs(conn, minilm, run_once)
     searches = SearchConnections(dsn, max_size=1)
     try:
         service = SearchService(searches.connection, QueryBatchers(embedders.get))
@@ -410,3 +402,14 @@ def test_the_command_line_http_and_python_search_through_the_same_service(
         assert len(searches.search(SearchRequest("docs", "from python", k=1))) == 1
 
     assert served == ["over http", "on the command line", "from python"]
+
+
+def _two_docs(
+    conn: psycopg.Connection[Any], minilm: str, run_once: Callable[..., Worker]
+) -> SearchRequest:
+    """A watched table of two embedded rows, and a search of it that finds both."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(384))")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    conn.execute("INSERT INTO docs (id, body) VALUES (1, 'a first document'), (2, 'a second')")
+    run_once()
+    return SearchRequest.parse({"table": "docs", "query": "document", "k": 2})
