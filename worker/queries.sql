@@ -330,8 +330,8 @@ FROM {chunks}(%(keys)s::text[]{key_arrays}, %(hashes)s::text[], %(counts)s::inte
 
 -- name: search_target
 -- Table %(table)s as the caller's own sessions find it (sql/15_names.sql: named_in_path, in the
--- path %(path)s the session started with, NULL: read now), or target %(target)s's table, and its targets
--- (of its embedding column %(column)s, when given), in load_targets' columns: one row per
+-- path %(path)s the session started with, NULL: read now), or target %(target)s's table, and
+-- its targets (of its embedding column %(column)s, when given), in load_targets' columns: one row per
 -- target; one row of NULLs after the table's oid when it is not watched; none when there is no
 -- such table. A search resolves its target in this one statement (worker/retrieval/targets.py).
 -- ours: touches only our tables and the catalog, runs no one else's code
@@ -355,10 +355,11 @@ FROM embeddings.rerankers WHERE %(name)s::text IS NULL OR name = %(name)s::text
 ORDER BY name;
 
 -- name: search_target_check
--- The targets of table %(table)s (as the caller's own sessions find it, in the path %(path)s they
--- start with: named_in_path), of its embedding column %(column)s when given, with what a search compares with the target it read
--- last (worker/retrieval/targets.py: KnownTargets): its definition version and what a search
--- uses that may change without it. Cheaper than search_target by the catalog reads it skips.
+-- The targets of table %(table)s (as the caller's own sessions find it, in the path %(path)s
+-- they start with: named_in_path), of its embedding column %(column)s when given, with what a
+-- search compares with the target it read last (worker/retrieval/targets.py: KnownTargets):
+-- its definition version and what a search uses that may change without it. Cheaper than
+-- search_target by the catalog reads it skips.
 -- ours: touches only our tables and the catalog, runs no one else's code
 SELECT t.id, t.version, t.model, t.fts_config IS NOT NULL AS has_fulltext, t.rerank_model,
        t.rerank_depth, t.problem, t.source::oid AS source

@@ -117,7 +117,7 @@ def current_target(conn: db.Connection, target: Target) -> Target:
     """`target` as registered now (its definition version moves with a model change)."""
     with db.translated():
         rows = _search_target(
-            conn, {"table": None, "column": None, "target": target.id, "path": None}
+            conn, {"table": None, "column": None, "target": target.id, "path": start_path(conn)}
         )
     found = [row for row in rows if row["id"] is not None]
     if not found:
