@@ -37,23 +37,17 @@ BEGIN
 END
 $$;
 
--- named_in_path() in the path the caller's session started with.
-CREATE FUNCTION embeddings_internal.named_in_session(name text, is_function boolean) RETURNS oid
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings_internal.named_in_path(name, is_function, NULL)
-$$;
-
 -- Table (or view, ...) `name` as the caller's sessions find it: NULL when there is none.
 CREATE FUNCTION embeddings_internal.relation_named(name text) RETURNS regclass
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings_internal.named_in_session(name, false)::pg_catalog.regclass
+    SELECT embeddings_internal.named_in_path(name, false, NULL)::pg_catalog.regclass
 $$;
 
 -- Function `signature` (`name(argument types)`) as the caller's sessions find it: NULL when
 -- there is none.
 CREATE FUNCTION embeddings_internal.function_named(signature text) RETURNS regprocedure
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings_internal.named_in_session(signature, true)::pg_catalog.regprocedure
+    SELECT embeddings_internal.named_in_path(signature, true, NULL)::pg_catalog.regprocedure
 $$;
 
 -- Relation `rel` as a default search path ("$user", public) spells it: unqualified in public,

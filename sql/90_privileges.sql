@@ -97,7 +97,6 @@ DECLARE
         -- names as the caller's sessions resolve them (docs/security.md), and as status shows them
         'embeddings_internal.session_start_path()',
         'embeddings_internal.named_in_path(text, boolean, text)',
-        'embeddings_internal.named_in_session(text, boolean)',
         'embeddings_internal.relation_named(text)',
         'embeddings_internal.function_named(text)',
         'embeddings_internal.display_name(regclass)',

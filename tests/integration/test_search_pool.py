@@ -190,7 +190,11 @@ def test_a_search_makes_two_exchanges(
     not change meanwhile; nothing to take the connection (no ping) or to give it back. Before:
     6 (a ping, the check, the search, a reset, the model check, the DISCARD on a pool
     thread), and 11 before that."""
-    request = _two_docs(conn, minilm, run_once)
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(384))")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    conn.execute("INSERT INTO docs (id, body) VALUES (1, 'a first document'), (2, 'a second')")
+    run_once()
+    request = SearchRequest.parse({"table": "docs", "query": "document", "k": 2})
     searches = SearchConnections(dsn, max_size=1)
     try:
         service = SearchService(searches.connection, QueryBatchers(embedders.get))
@@ -214,35 +218,28 @@ def test_a_search_makes_two_exchanges(
 
 
 def test_a_search_looks_its_table_up_in_the_path_its_connection_read_once(
-    conn: psycopg.Connection[Any],
-    dsn: str,
-    minilm: str,
-    run_once: Callable[..., Worker],
-    embedders: Any,
+    conn: psycopg.Connection[Any], docs: str, one_connection: SearchConnections, embedders: Any
 ) -> None:
     """A table name is looked up in the search path the session started with, which the
     connection reads with its first reset: no search's check reads it again (pg_settings, every
     setting made into text, cost the check more than the rest of it). Here the function that
-    reads it fails once the pool's connection is made, and searches still answer."""
-    request = _two_docs(conn, minilm, run_once)
-    searches = SearchConnections(dsn, max_size=1)
-    try:
-        service = SearchService(searches.connection, QueryBatchers(embedders.get))
-        service.search(request)
-        with searches.connection() as pooled:
-            started = conn.execute(
-                "SELECT reset_val FROM pg_settings WHERE name = 'search_path'"
-            ).fetchone()
-            assert started is not None and pooled.start_path == started[0]  # type: ignore[attr-defined]
-        conn.execute(
-            "CREATE OR REPLACE FUNCTION embeddings_internal.session_start_path() RETURNS text"
-            " LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp"
-            " AS $$ BEGIN RAISE EXCEPTION 'the start path read again'; END $$"
-        )
-        for _ in range(3):
-            assert [r["key"] for r in service.search(request)] == [1, 2]
-    finally:
-        searches.close()
+    reads it fails once the pool's connection is made, and searches still answer as before."""
+    request = SearchRequest.parse({"table": docs, "query": "document", "k": 2})
+    service = SearchService(one_connection.connection, QueryBatchers(embedders.get))
+    first = [r["key"] for r in service.search(request)]
+    assert len(first) == 2
+    with one_connection.connection() as pooled:
+        started = conn.execute(
+            "SELECT reset_val FROM pg_settings WHERE name = 'search_path'"
+        ).fetchone()
+        assert started is not None and pooled.start_path == started[0]  # type: ignore[attr-defined]
+    conn.execute(
+        "CREATE OR REPLACE FUNCTION embeddings_internal.session_start_path() RETURNS text"
+        " LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp"
+        " AS $$ BEGIN RAISE EXCEPTION 'the start path read again'; END $$"
+    )
+    for _ in range(3):
+        assert [r["key"] for r in service.search(request)] == first
 
 
 def test_a_search_sent_with_its_check_fails_as_it_fails_alone(
@@ -402,14 +399,3 @@ def test_the_command_line_http_and_python_search_through_the_same_service(
         assert len(searches.search(SearchRequest("docs", "from python", k=1))) == 1
 
     assert served == ["over http", "on the command line", "from python"]
-
-
-def _two_docs(
-    conn: psycopg.Connection[Any], minilm: str, run_once: Callable[..., Worker]
-) -> SearchRequest:
-    """A watched table of two embedded rows, and a search of it that finds both."""
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(384))")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
-    conn.execute("INSERT INTO docs (id, body) VALUES (1, 'a first document'), (2, 'a second')")
-    run_once()
-    return SearchRequest.parse({"table": "docs", "query": "document", "k": 2})
