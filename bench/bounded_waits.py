@@ -123,6 +123,7 @@ def _ratio(after: list[float], before: list[float]) -> float:
 def oltp(dsns: dict[str, str], rounds: int, seconds: int) -> dict[str, Any]:
     import psycopg
 
+    from bench import cputime
     from bench import oltp as bench_oltp
 
     variants = ("unwatched", "watched", "watched_side")
@@ -143,14 +144,14 @@ def oltp(dsns: dict[str, str], rounds: int, seconds: int) -> dict[str, Any]:
                 order = list(dsns.items()) if r % 2 == 0 else list(reversed(dsns.items()))
                 for name, dsn in order:
                     with psycopg.connect(dsn, autocommit=True) as conn:
-                        postmaster = bench_oltp._postmaster(conn)
+                        postmaster = cputime.postmaster(conn)
                         for variant in variants:
                             script = Path(tmp) / f"{workload}_{variant}.sql"
                             script.write_text(template.format(table=f"oltp_{variant}"))
                             conn.execute("CHECKPOINT")
-                            before = bench_oltp._server_cpu(postmaster)
+                            before = cputime.server_seconds(postmaster)
                             rate = bench_oltp._pgbench(dsn, script, 8, seconds)
-                            after = bench_oltp._server_cpu(postmaster)
+                            after = cputime.server_seconds(postmaster)
                             tps.setdefault(workload, {}).setdefault(name, {}).setdefault(
                                 variant, []
                             ).append(rate)

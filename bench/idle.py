@@ -19,7 +19,6 @@ vector lands):
 
 from __future__ import annotations
 
-import os
 import random
 import threading
 import time
@@ -31,7 +30,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
-from bench import sampling, worker_process
+from bench import cputime, sampling, worker_process
 from bench.sampling import latency_summary
 from tests.support import modelgen, pgbouncer
 from tests.support.cluster import Cluster
@@ -42,7 +41,6 @@ MODEL = "tiny-a"
 IDLE_SECONDS = 30.0
 QUIET = float(getattr(wakeups, "QUIET_SECONDS", 10.0))  # worker/process/wakeups.py (10 s)
 OTHER_WRITES_PER_S = 200
-TICKS = os.sysconf("SC_CLK_TCK")
 
 SETUP = sampling.stamped_table("bench_idle") + (
     "CREATE TABLE bench_idle_other (id bigint GENERATED ALWAYS AS IDENTITY, at timestamptz DEFAULT now());"
@@ -173,15 +171,6 @@ def _insert(conn: Conn, body: str, *, prepared: bool = False, timeout: float = 3
     return sampling.embedded_latency(conn, "bench_idle", row[0], timeout, poll=0.002)
 
 
-def _cpu_seconds(pid: int) -> float:
-    """User + system CPU time of one process (/proc/<pid>/stat: utime, stime)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / TICKS
-
-
 def _pgbouncer_pids() -> list[int]:
     found = []
     for entry in Path("/proc").iterdir():
@@ -220,13 +209,13 @@ def _idle_cost(
     xacts = _committed(conn)
     if others_write:
         writer.start()
-    before = (_cpu_seconds(worker_pid), sum(map(_cpu_seconds, backends)))
-    pooled_before = sum(map(_cpu_seconds, others))
+    before = (cputime.process_seconds(worker_pid), sum(map(cputime.process_seconds, backends)))
+    pooled_before = sum(map(cputime.process_seconds, others))
     started = time.monotonic()
     time.sleep(seconds)
     wall = time.monotonic() - started
-    after = (_cpu_seconds(worker_pid), sum(map(_cpu_seconds, backends)))
-    pooled_after = sum(map(_cpu_seconds, others))
+    after = (cputime.process_seconds(worker_pid), sum(map(cputime.process_seconds, backends)))
+    pooled_after = sum(map(cputime.process_seconds, others))
     stop.set()
     if others_write:
         writer.join()

@@ -34,6 +34,7 @@ from typing import Any
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
 
+from bench import cputime
 from bench.writepath import SUPABASE_TRIGGER, without_key_shift_clause
 
 # watched: a content column; watched_side: the same, its vectors in a side table (other
@@ -183,40 +184,6 @@ def _pgbench(dsn: str, script: Path, clients: int, seconds: int) -> float:
     return float(match.group(1))
 
 
-def _server_cpu(postmaster: int | None) -> float | None:
-    """CPU seconds the server has used: the postmaster, its exited children, its live ones."""
-    if postmaster is None:
-        return None
-    tick = os.sysconf("SC_CLK_TCK")
-
-    def fields(pid: int | str) -> list[str]:
-        text = Path(f"/proc/{pid}/stat").read_text()
-        return text[text.rindex(")") + 2 :].split()
-
-    try:
-        total = sum(int(x) for x in fields(postmaster)[11:15])
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    f = fields(entry.name)
-                except OSError:
-                    continue
-                if int(f[1]) == postmaster:
-                    total += int(f[11]) + int(f[12])
-    except OSError:
-        return None
-    return total / tick
-
-
-def _postmaster(conn: psycopg.Connection[Any]) -> int | None:
-    row = conn.execute("SELECT pg_backend_pid()").fetchone()
-    try:
-        stat = Path(f"/proc/{row[0] if row else 0}/stat").read_text()
-    except OSError:
-        return None  # the server runs elsewhere
-    return int(stat[stat.rindex(")") + 2 :].split()[1])
-
-
 def run(
     dsn: str,
     *,
@@ -235,7 +202,7 @@ def run(
     conns = {prefix: psycopg.connect(d, autocommit=True) for prefix, d in databases.items()}
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            postmaster = _postmaster(conns[""])
+            postmaster = cputime.postmaster(conns[""])
             for conn in conns.values():
                 conn.execute("SELECT pgmq.create('bench_jobs')")
                 conn.execute(SUPABASE_TRIGGER)
@@ -249,9 +216,9 @@ def run(
                         script = Path(tmp) / f"{workload}_{prefix}{variant}.sql"
                         script.write_text(template.format(table=f"oltp_{variant}"))
                         conn.execute("CHECKPOINT")
-                        started = _server_cpu(postmaster)
+                        started = cputime.server_seconds(postmaster)
                         rate = _pgbench(databases[prefix], script, clients, seconds)
-                        ended = _server_cpu(postmaster)
+                        ended = cputime.server_seconds(postmaster)
                         tps[workload][prefix + variant].append(rate)
                         if started is not None and ended is not None and rate > 0:
                             cpu[workload][prefix + variant].append(

@@ -15,6 +15,10 @@ sentences cut from other docstrings, every one new within a round. Paths, keep-a
             cores), one question embedded per call from N threads, embeddings.search() or
             hybrid_search() over a psycopg_pool pool of N connections.
 
+Each path's rounds also give its CPU per search (the worker processes, the database server,
+this process) and the cores it kept busy (bench/search_paths.py): on 2 cores POST /search
+spends about the caller's CPU per search and keeps fewer cores busy.
+
 Backlog: 8 clients asking on the idle worker, then while it drains `--backlog-rows` rows of a
 second table, windows with and without questions alternating: question p95 (over every
 question of the windows) against idle, the backlog's embed rate with questions against
@@ -39,8 +43,6 @@ embed rate >= 0.8x without questions.
 
 from __future__ import annotations
 
-import http.client
-import json
 import os
 import random
 import re
@@ -62,21 +64,17 @@ from psycopg_pool import ConnectionPool
 from bench import corpus, worker_process
 from bench.calls import drive, percentiles
 from bench.hnsw import gaussian_like, real_embeddings
+from bench.search_paths import RERANKER, TABLE, _vec, http_call, throughput
 from tests.support import modelgen
 from tests.support.cluster import free_port
 from worker.models.embedder import Embedder
 
 T = TypeVar("T")
 
-TABLE = "bench_search"
 BACKLOG = "bench_backlog"
 HNSW_TABLE = "bench_hnsw"
 MODEL = "all-MiniLM-L6-v2"
-RERANKER = "bench-rerank"
 DIMS = 384
-# The reranked path at most at this many clients: a search reranks 20 passages with a
-# cross-encoder, seconds each on a loaded 2-core machine, so 32 clients make a round of minutes.
-RERANK_CLIENTS = 8
 THINK = 0.2  # seconds a backlog-phase client waits between an answer and its next question
 POISSON_THINK = 2.0  # ... its mean, drawn from the exponential distribution (Poisson arrivals)
 MINILM_SIZED = {"layers": 6, "hidden": 384, "heads": 12, "intermediate": 1536, "max_positions": 512}
@@ -91,10 +89,6 @@ def questions(n: int, seed: int) -> list[str]:
         start = rng.randrange(len(words) - 20)
         asked.append(" ".join(words[start : start + rng.randint(4, 14)]) + "?")
     return asked
-
-
-def _vec(v: np.ndarray[Any, Any]) -> str:
-    return "[" + ",".join(f"{x:.5f}" for x in v.tolist()) + "]"
 
 
 def setup(dsn: str, rows: int) -> None:
@@ -166,151 +160,6 @@ class WorkerProcess:
     def stop(self) -> None:
         self.proc.terminate()
         self.proc.wait(60)
-
-
-def http_call(
-    port: int, clients: int, asked: list[str], **fields: Any
-) -> Callable[[int, int], None]:
-    local = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(clients)]
-
-    def call(client: int, n: int) -> None:
-        question = asked[(n * clients + client) % len(asked)]
-        body = json.dumps({"table": TABLE, "query": question, "k": 5, **fields})
-        try:
-            answer = _post(local[client], body)
-        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
-            # The server closed it while it was idle (a slow round's other clients): anew,
-            # as an HTTP client's pool does.
-            local[client].close()
-            local[client] = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
-            answer = _post(local[client], body)
-        data = answer.read()
-        if answer.status != 200:
-            raise RuntimeError(f"POST /search: {answer.status} {data[:300]!r}")
-
-    return call
-
-
-def _post(conn: http.client.HTTPConnection, body: str) -> http.client.HTTPResponse:
-    conn.request("POST", "/search", body, {"Content-Type": "application/json"})
-    return conn.getresponse()
-
-
-def caller_call(
-    pool: ConnectionPool[Any], model: Embedder, clients: int, asked: list[str], *, hybrid: bool
-) -> Callable[[int, int], None]:
-    statement = (
-        f"SELECT key FROM embeddings.hybrid_search('{TABLE}', %s, %s::halfvec, 5)"
-        if hybrid
-        else f"SELECT key FROM embeddings.search('{TABLE}', %s::halfvec, 5)"
-    )
-
-    def call(client: int, n: int) -> None:
-        question = asked[(n * clients + client) % len(asked)]
-        vector = _vec(model.embed([question])[0])
-        with pool.connection() as conn:
-            params = (question, vector) if hybrid else (vector,)
-            conn.execute(statement, params).fetchall()
-
-    return call
-
-
-def _merge(runs: list[dict[str, float]]) -> dict[str, Any]:
-    return {
-        "per_second": statistics.median(r["per_second"] for r in runs),
-        "p50_ms": statistics.median(r["p50_ms"] for r in runs),
-        "p95_ms": statistics.median(r["p95_ms"] for r in runs),
-        "p99_ms": statistics.median(r["p99_ms"] for r in runs),
-        "rounds": runs,
-    }
-
-
-def throughput(
-    dsn: str,
-    worker: WorkerProcess,
-    model: Embedder,
-    *,
-    counts: list[int],
-    seconds: float,
-    rounds: int,
-    before: WorkerProcess | None = None,
-) -> dict[str, Any]:
-    """`before`: a worker of another checkout (BENCH_BEFORE), whose POST /search (vector)
-    takes its turn in each round as http_vector_before."""
-    asked = questions(20000, seed=7)
-    results: dict[str, Any] = {}
-    pool: ConnectionPool[Any] = ConnectionPool(
-        dsn, min_size=max(counts), max_size=max(counts), kwargs={"autocommit": True}
-    )
-    try:
-        pool.wait()
-        for clients in counts:
-            runs: dict[str, list[dict[str, float]]] = {}
-            ratios: dict[str, list[float]] = {"vector": [], "hybrid": []}
-            gaps: dict[str, list[float]] = {}  # http p50 - caller p50, ms, per round
-            against_before: list[float] = []  # http_vector / http_vector_before, searches/s
-            for _ in range(rounds):
-                # New keep-alive connections each round: the server closes idle ones.
-                paths = {
-                    "http_vector": http_call(worker.port, clients, asked, mode="vector"),
-                    "caller_vector": caller_call(pool, model, clients, asked, hybrid=False),
-                    **(
-                        {
-                            "http_vector_before": http_call(
-                                before.port, clients, asked, mode="vector"
-                            )
-                        }
-                        if before
-                        else {}
-                    ),
-                    "http_hybrid": http_call(worker.port, clients, asked, mode="hybrid"),
-                    "caller_hybrid": caller_call(pool, model, clients, asked, hybrid=True),
-                }
-                if clients <= RERANK_CLIENTS:
-                    paths["http_hybrid_rerank"] = http_call(
-                        worker.port, clients, asked, mode="hybrid", rerank=RERANKER
-                    )
-                for name, call in paths.items():
-                    drive(clients, 1.0, call)  # warm-up
-                    found = drive(clients, seconds, call)
-                    found.pop("latencies")
-                    runs.setdefault(name, []).append(found)
-                    print(clients, name, runs[name][-1], flush=True)
-                for kind, each in ratios.items():
-                    each.append(
-                        runs[f"http_{kind}"][-1]["per_second"]
-                        / runs[f"caller_{kind}"][-1]["per_second"]
-                    )
-                if before:
-                    against_before.append(
-                        runs["http_vector"][-1]["per_second"]
-                        / runs["http_vector_before"][-1]["per_second"]
-                    )
-                    gaps.setdefault("after", []).append(
-                        runs["http_vector"][-1]["p50_ms"] - runs["caller_vector"][-1]["p50_ms"]
-                    )
-                    gaps.setdefault("before", []).append(
-                        runs["http_vector_before"][-1]["p50_ms"]
-                        - runs["caller_vector"][-1]["p50_ms"]
-                    )
-            per = {name: _merge(r) for name, r in runs.items()}
-            per["http/caller"] = {k: round(statistics.median(v), 3) for k, v in ratios.items()}
-            if against_before:
-                per["http/caller"]["vector, after/before"] = round(
-                    statistics.median(against_before), 3
-                )
-            if gaps:
-                per["p50 - caller p50, ms"] = {
-                    k: {
-                        "median": round(statistics.median(v), 2),
-                        "rounds": [round(x, 2) for x in v],
-                    }
-                    for k, v in gaps.items()
-                }
-            results[str(clients)] = per
-    finally:
-        pool.close()
-    return results
 
 
 def _rate(dsn: str, work: Callable[[], T]) -> tuple[float, T]:
@@ -560,6 +409,7 @@ def run(
                 dsn,
                 worker,
                 model,
+                questions(20000, seed=7),
                 counts=list(clients),
                 seconds=seconds,
                 rounds=rounds,

@@ -1,0 +1,228 @@
+"""The search bench's paths to an answer (bench/search.py): POST /search to a worker, and the
+in-caller baseline (the model in this process, embeddings.search() over a pool), each driven
+by keep-alive clients; and their side-by-side run, with what each search cost in CPU."""
+
+from __future__ import annotations
+
+import http.client
+import json
+import statistics
+import subprocess
+import time
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import numpy as np
+from psycopg_pool import ConnectionPool
+
+from bench import cputime
+from bench.calls import drive
+from worker.models.embedder import Embedder
+
+TABLE = "bench_search"
+RERANKER = "bench-rerank"
+# The reranked path at most at this many clients: a search reranks 20 passages with a
+# cross-encoder, seconds each on a loaded 2-core machine, so 32 clients make a round of minutes.
+RERANK_CLIENTS = 8
+
+
+class Server(Protocol):
+    """A worker serving POST /search (bench/search.py: WorkerProcess)."""
+
+    port: int
+    proc: subprocess.Popen[bytes]
+
+
+def _vec(v: np.ndarray[Any, Any]) -> str:
+    return "[" + ",".join(f"{x:.5f}" for x in v.tolist()) + "]"
+
+
+def http_call(
+    port: int, clients: int, asked: list[str], **fields: Any
+) -> Callable[[int, int], None]:
+    local = [http.client.HTTPConnection("127.0.0.1", port, timeout=60) for _ in range(clients)]
+
+    def call(client: int, n: int) -> None:
+        question = asked[(n * clients + client) % len(asked)]
+        body = json.dumps({"table": TABLE, "query": question, "k": 5, **fields})
+        try:
+            answer = _post(local[client], body)
+        except (BrokenPipeError, ConnectionResetError, http.client.RemoteDisconnected):
+            # The server closed it while it was idle (a slow round's other clients): anew,
+            # as an HTTP client's pool does.
+            local[client].close()
+            local[client] = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+            answer = _post(local[client], body)
+        data = answer.read()
+        if answer.status != 200:
+            raise RuntimeError(f"POST /search: {answer.status} {data[:300]!r}")
+
+    return call
+
+
+def _post(conn: http.client.HTTPConnection, body: str) -> http.client.HTTPResponse:
+    conn.request("POST", "/search", body, {"Content-Type": "application/json"})
+    return conn.getresponse()
+
+
+def caller_call(
+    pool: ConnectionPool[Any], model: Embedder, clients: int, asked: list[str], *, hybrid: bool
+) -> Callable[[int, int], None]:
+    statement = (
+        f"SELECT key FROM embeddings.hybrid_search('{TABLE}', %s, %s::halfvec, 5)"
+        if hybrid
+        else f"SELECT key FROM embeddings.search('{TABLE}', %s::halfvec, 5)"
+    )
+
+    def call(client: int, n: int) -> None:
+        question = asked[(n * clients + client) % len(asked)]
+        vector = _vec(model.embed([question])[0])
+        with pool.connection() as conn:
+            params = (question, vector) if hybrid else (vector,)
+            conn.execute(statement, params).fetchall()
+
+    return call
+
+
+def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
+    merged: dict[str, Any] = {
+        key: statistics.median(r[key] for r in runs)
+        for key in ("per_second", "p50_ms", "p95_ms", "p99_ms", "cores_busy")
+        if all(key in r for r in runs)
+    }
+    if all("cpu_ms_per_search" in r for r in runs):
+        merged["cpu_ms_per_search"] = {
+            part: round(statistics.median(r["cpu_ms_per_search"][part] for r in runs), 2)
+            for part in runs[0]["cpu_ms_per_search"]
+        }
+    return merged | {"rounds": runs}
+
+
+def _costed(
+    clients: int,
+    seconds: float,
+    call: Callable[[int, int], None],
+    workers: list[int],
+    postmaster: int | None,
+) -> dict[str, Any]:
+    """drive()'s figures (without every latency), and what the searches cost: the CPU of the
+    worker processes, the database server and this process (the clients; the caller's model
+    too) per search, and the cores they kept busy over the run. On two cores, a path can spend
+    less CPU per search and still answer fewer: what it leaves idle says why. No CPU figures
+    for a server on another machine."""
+    before = _cpu(workers, postmaster)
+    started = time.perf_counter()
+    found = drive(clients, seconds, call)
+    wall = time.perf_counter() - started
+    after = _cpu(workers, postmaster)
+    found.pop("latencies")
+    if before is not None and after is not None and found["calls"]:
+        spent = {part: after[part] - before[part] for part in after}
+        found["cpu_ms_per_search"] = {
+            part: round(used / found["calls"] * 1000, 2)
+            for part, used in (spent | {"total": sum(spent.values())}).items()
+        }
+        found["cores_busy"] = round(sum(spent.values()) / wall, 2)
+    return found
+
+
+def _cpu(workers: list[int], postmaster: int | None) -> dict[str, float] | None:
+    server = cputime.server_seconds(postmaster)
+    if server is None:
+        return None
+    return {
+        "worker": sum(map(cputime.process_seconds, workers)),
+        "postgres": server,
+        "bench": time.process_time(),
+    }
+
+
+def throughput(
+    dsn: str,
+    worker: Server,
+    model: Embedder,
+    asked: list[str],
+    *,
+    counts: list[int],
+    seconds: float,
+    rounds: int,
+    before: Server | None = None,
+) -> dict[str, Any]:
+    """Each path in turn, every round, at each of `counts` clients, asking `asked`; `before`: a
+    worker of another checkout (BENCH_BEFORE), whose POST /search (vector) takes its turn in
+    each round as http_vector_before."""
+    results: dict[str, Any] = {}
+    pool: ConnectionPool[Any] = ConnectionPool(
+        dsn, min_size=max(counts), max_size=max(counts), kwargs={"autocommit": True}
+    )
+    workers = [worker.proc.pid] + ([before.proc.pid] if before else [])
+    try:
+        pool.wait()
+        with pool.connection() as conn:
+            postmaster = cputime.postmaster(conn)
+        for clients in counts:
+            runs: dict[str, list[dict[str, float]]] = {}
+            ratios: dict[str, list[float]] = {"vector": [], "hybrid": []}
+            gaps: dict[str, list[float]] = {}  # http p50 - caller p50, ms, per round
+            against_before: list[float] = []  # http_vector / http_vector_before, searches/s
+            for _ in range(rounds):
+                # New keep-alive connections each round: the server closes idle ones.
+                paths = {
+                    "http_vector": http_call(worker.port, clients, asked, mode="vector"),
+                    "caller_vector": caller_call(pool, model, clients, asked, hybrid=False),
+                    **(
+                        {
+                            "http_vector_before": http_call(
+                                before.port, clients, asked, mode="vector"
+                            )
+                        }
+                        if before
+                        else {}
+                    ),
+                    "http_hybrid": http_call(worker.port, clients, asked, mode="hybrid"),
+                    "caller_hybrid": caller_call(pool, model, clients, asked, hybrid=True),
+                }
+                if clients <= RERANK_CLIENTS:
+                    paths["http_hybrid_rerank"] = http_call(
+                        worker.port, clients, asked, mode="hybrid", rerank=RERANKER
+                    )
+                for name, call in paths.items():
+                    drive(clients, 1.0, call)  # warm-up
+                    found = _costed(clients, seconds, call, workers, postmaster)
+                    runs.setdefault(name, []).append(found)
+                    print(clients, name, runs[name][-1], flush=True)
+                for kind, each in ratios.items():
+                    each.append(
+                        runs[f"http_{kind}"][-1]["per_second"]
+                        / runs[f"caller_{kind}"][-1]["per_second"]
+                    )
+                if before:
+                    against_before.append(
+                        runs["http_vector"][-1]["per_second"]
+                        / runs["http_vector_before"][-1]["per_second"]
+                    )
+                    gaps.setdefault("after", []).append(
+                        runs["http_vector"][-1]["p50_ms"] - runs["caller_vector"][-1]["p50_ms"]
+                    )
+                    gaps.setdefault("before", []).append(
+                        runs["http_vector_before"][-1]["p50_ms"]
+                        - runs["caller_vector"][-1]["p50_ms"]
+                    )
+            per = {name: _merge(r) for name, r in runs.items()}
+            per["http/caller"] = {k: round(statistics.median(v), 3) for k, v in ratios.items()}
+            if against_before:
+                per["http/caller"]["vector, after/before"] = round(
+                    statistics.median(against_before), 3
+                )
+            if gaps:
+                per["p50 - caller p50, ms"] = {
+                    k: {
+                        "median": round(statistics.median(v), 2),
+                        "rounds": [round(x, 2) for x in v],
+                    }
+                    for k, v in gaps.items()
+                }
+            results[str(clients)] = per
+    finally:
+        pool.close()
+    return results
