@@ -64,7 +64,7 @@ from psycopg_pool import ConnectionPool
 from bench import corpus, worker_process
 from bench.calls import drive, percentiles
 from bench.hnsw import gaussian_like, real_embeddings
-from bench.search_paths import RERANKER, TABLE, _vec, http_call, throughput
+from bench.search_paths import RERANKER, TABLE, http_call, throughput, vector_literal
 from tests.support import modelgen
 from tests.support.cluster import free_port
 from worker.models.embedder import Embedder
@@ -102,7 +102,7 @@ def setup(dsn: str, rows: int) -> None:
         )
         with conn.cursor().copy(f"COPY {TABLE} (id, body, embedding) FROM STDIN") as copy:
             for i, v in enumerate(vectors, start=1):
-                copy.write_row((i, texts[i % len(texts)], _vec(v)))
+                copy.write_row((i, texts[i % len(texts)], vector_literal(v)))
         conn.execute(f"SELECT embeddings.watch('{TABLE}', 'body', model => %s)", (MODEL,))
         conn.execute(f"SELECT embeddings.enable_fts('{TABLE}', 'english')")
         conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
@@ -279,7 +279,7 @@ def hnsw(dsn: str, models: Path, rows: int, queries: int, seconds: float) -> dic
         )
         with conn.cursor().copy(f"COPY {HNSW_TABLE} FROM STDIN") as copy:
             for i, v in enumerate(vectors):
-                copy.write_row((i, "row", _vec(v)))
+                copy.write_row((i, "row", vector_literal(v)))
         conn.execute(
             f"CREATE INDEX ON {HNSW_TABLE} USING hnsw (embedding halfvec_cosine_ops)"
         )  # before watch(): it finds one and builds none
@@ -290,15 +290,15 @@ def hnsw(dsn: str, models: Path, rows: int, queries: int, seconds: float) -> dic
         conn.execute(f"VACUUM ANALYZE {HNSW_TABLE}")
         recalls = []
         for q in asked:
-            found = [r[0] for r in conn.execute(search, (_vec(q),)).fetchall()]
+            found = [r[0] for r in conn.execute(search, (vector_literal(q),)).fetchall()]
             conn.execute("SET embeddings.exact_search_rows = 100000000")
-            exact = [r[0] for r in conn.execute(search, (_vec(q),)).fetchall()]
+            exact = [r[0] for r in conn.execute(search, (vector_literal(q),)).fetchall()]
             conn.execute("RESET embeddings.exact_search_rows")
             recalls.append(len(set(found) & set(exact)) / len(exact))
     pool: ConnectionPool[Any] = ConnectionPool(
         dsn, min_size=8, max_size=8, kwargs={"autocommit": True}
     )
-    literals = [_vec(q) for q in asked]
+    literals = [vector_literal(q) for q in asked]
 
     def call(client: int, n: int) -> None:
         with pool.connection() as conn:

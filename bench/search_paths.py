@@ -33,7 +33,8 @@ class Server(Protocol):
     proc: subprocess.Popen[bytes]
 
 
-def _vec(v: np.ndarray[Any, Any]) -> str:
+def vector_literal(v: np.ndarray[Any, Any]) -> str:
+    """`v` as pgvector's text form, five decimals a component."""
     return "[" + ",".join(f"{x:.5f}" for x in v.tolist()) + "]"
 
 
@@ -76,7 +77,7 @@ def caller_call(
 
     def call(client: int, n: int) -> None:
         question = asked[(n * clients + client) % len(asked)]
-        vector = _vec(model.embed([question])[0])
+        vector = vector_literal(model.embed([question])[0])
         with pool.connection() as conn:
             params = (question, vector) if hybrid else (vector,)
             conn.execute(statement, params).fetchall()
