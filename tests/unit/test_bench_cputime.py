@@ -7,7 +7,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 
 import pytest
 
@@ -41,13 +41,13 @@ def burnt() -> Iterator[subprocess.Popen[str]]:
                 child.kill()
 
 
-def _eventually_at_least(read: object, least: float) -> float:
-    """`read()` once it is at least `least` (the kernel's tick accounting lags a little)."""
-    assert callable(read)
+def _eventually_at_least(read: Callable[[], float], least: float) -> float:
+    """`read()` once it is at least `least` (the kernel's tick accounting lags a little), or
+    what it reads at the deadline."""
     deadline = time.monotonic() + 5
     while (value := read()) < least and time.monotonic() < deadline:
         time.sleep(0.01)
-    return float(value)
+    return value
 
 
 def test_a_process_s_cpu_seconds_count_what_it_spent(burnt: subprocess.Popen[str]) -> None:
