@@ -162,7 +162,7 @@ def throughput(
         with pool.connection() as conn:
             postmaster = cputime.postmaster(conn)
         for clients in counts:
-            runs: dict[str, list[dict[str, float]]] = {}
+            runs: dict[str, list[dict[str, Any]]] = {}
             ratios: dict[str, list[float]] = {"vector": [], "hybrid": []}
             gaps: dict[str, list[float]] = {}  # http p50 - caller p50, ms, per round
             against_before: list[float] = []  # http_vector / http_vector_before, searches/s
