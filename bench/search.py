@@ -16,8 +16,8 @@ sentences cut from other docstrings, every one new within a round. Paths, keep-a
             hybrid_search() over a psycopg_pool pool of N connections.
 
 Each path's rounds also give its CPU per search (the worker processes, the database server,
-this process) and the cores it kept busy (bench/search_paths.py): on 2 cores POST /search
-spends about the caller's CPU per search and keeps fewer cores busy.
+this process) and the cores it kept busy (bench/search_paths.py): on 2 cores, at 8 clients,
+POST /search spent about the caller's CPU per search and kept fewer cores busy (2026-11-26).
 
 Backlog: 8 clients asking on the idle worker, then while it drains `--backlog-rows` rows of a
 second table, windows with and without questions alternating: question p95 (over every
