@@ -1,7 +1,8 @@
 """Inputs cut into inference calls: sorted by token count, batched by a token budget (rows times
 padded length), an attention budget and a cap on padding, then padded to each batch's longest
-input. The embedder (worker/models/embedder.py) runs each batch; results go back in the caller's
-order through `TokenBatch.rows`."""
+input. A few inputs (questions, a small fetch) are cut where the calls cost least, a call's own
+cost counted (CALL_COST_TOKENS); more are cut greedily. The embedder (worker/models/embedder.py)
+runs each batch; results go back in the caller's order through `TokenBatch.rows`."""
 
 from __future__ import annotations
 
@@ -36,6 +37,19 @@ MAX_PADDING = 0.05
 # padding cap alone took 6 calls, 16% slower than one (all-MiniLM-L6-v2, 2 threads, AMD EPYC,
 # 2026-11-25); the pipeline's calls (4096 tokens) are cut by the cap as before past this.
 CALL_TOKENS = 512
+# What an inference call costs beyond its padded tokens, counted in tokens: every call reads all
+# of the model's weights from memory once (42 MB for all-MiniLM-L6-v2), however few its inputs.
+# One 1-token input took 2.3 ms of CPU, each padded token 0.107 ms more (all-MiniLM-L6-v2, 1 and
+# 2 intra-op threads, AMD EPYC with AVX-512, 2026-11-26). Weights and work per token grow
+# together with a model's size, so the ratio is the machine's (its arithmetic over its memory
+# bandwidth) more than the model's: about half as many tokens where only AVX2 computes.
+CALL_COST_TOKENS = 22
+# Inputs cut at the cheapest places (_cheapest_cuts weighs every way); more are cut greedily.
+# Questions (at most EMBED_QUERY_BATCH_SIZE, 32 by default) and the pipeline's small fetches
+# come under it. Cut greedily, eight questions went in one call 40% padding; random batches of
+# 16 and 32 questions took 10-14% less CPU per question cut at the cheapest places, and
+# fetches of 16 docstrings 5-15% less (all-MiniLM-L6-v2, 2 threads, AMD EPYC, 2026-11-26).
+EXACT_INPUTS = 64
 
 
 class Encoding(Protocol):
@@ -70,32 +84,94 @@ def batches(
     attention_budget: int = ATTENTION_BUDGET,
     padding_allowance: int = CALL_TOKENS,
 ) -> Iterator[TokenBatch]:
-    """Shortest first; a batch closes when one more input would break a limit.
+    """Shortest first, each batch a run of the inputs sorted by length, within the limits:
+    rows x padded length at most `token_budget`; rows x length² (the attention score cells per
+    head, which dominate memory for long inputs) at most `attention_budget`; and padding at most
+    `max_padding` of the batch's real tokens (without it, a long tail of short texts would be
+    padded to the longest that still fits the budget), except in a call of at most
+    `padding_allowance` padded tokens. An input longer than the budgets gets a batch of its own.
 
-    The limits: rows x padded length at most `token_budget`; rows x length² (the attention
-    score cells per head, which dominate memory for long inputs) at most `attention_budget`;
-    and padding at most `max_padding` of the batch's real tokens (without it, a long tail of
-    short texts would be padded to the longest that still fits the budget), except in a call
-    of at most `padding_allowance` padded tokens. An input longer than the budgets gets a
-    batch of its own.
+    Up to EXACT_INPUTS inputs are cut where the calls cost least in all (padded tokens, and
+    CALL_COST_TOKENS per call); more are cut greedily: a batch closes when one more input would
+    break a limit.
     """
     lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
     order = np.argsort(lengths, kind="stable")
-    start = real = 0
-    for end in range(len(order)):
-        length = int(lengths[order[end]])  # sorted: each new input is the batch's longest
-        rows = end - start + 1
+    limits = _Limits(token_budget, attention_budget, max_padding, padding_allowance)
+    if len(order) <= EXACT_INPUTS:
+        runs = _cheapest_cuts([int(n) for n in lengths[order]], limits)
+    else:
+        runs = _greedy_cuts([int(n) for n in lengths[order]], limits)
+    for start, end in runs:
+        yield _batch(order[start:end], encodings, lengths)
+
+
+@dataclass(frozen=True)
+class _Limits:
+    token_budget: int
+    attention_budget: int
+    max_padding: float
+    padding_allowance: int
+
+    def beyond_budgets(self, rows: int, length: int) -> bool:
+        """Whether `rows` inputs padded to `length` break a budget (more rows only break it
+        more). One input never does: it gets a call of its own whatever its length."""
         padded = rows * length
-        if rows > 1 and (
-            padded > token_budget
-            or padded * length > attention_budget
-            or (padded > padding_allowance and padded > (1 + max_padding) * (real + length))
-        ):
-            yield _batch(order[start:end], encodings, lengths)
+        return rows > 1 and (padded > self.token_budget or padded * length > self.attention_budget)
+
+    def padded_too_much(self, rows: int, length: int, real: int) -> bool:
+        padded = rows * length
+        return (
+            rows > 1 and padded > self.padding_allowance and padded > (1 + self.max_padding) * real
+        )
+
+    def allows(self, rows: int, length: int, real: int) -> bool:
+        return not (self.beyond_budgets(rows, length) or self.padded_too_much(rows, length, real))
+
+
+def _greedy_cuts(lengths: list[int], limits: _Limits) -> list[tuple[int, int]]:
+    """Runs of `lengths` (ascending), each closed when one more input would break a limit."""
+    runs = []
+    start = real = 0
+    for end, length in enumerate(lengths):  # sorted: each new input is the run's longest
+        if not limits.allows(end - start + 1, length, real + length):
+            runs.append((start, end))
             start, real = end, 0
         real += length
-    if start < len(order):
-        yield _batch(order[start:], encodings, lengths)
+    if start < len(lengths):
+        runs.append((start, len(lengths)))
+    return runs
+
+
+def _cheapest_cuts(lengths: list[int], limits: _Limits) -> list[tuple[int, int]]:
+    """Runs of `lengths` (ascending) within the limits whose calls cost least in all: each
+    costs CALL_COST_TOKENS plus its rows times its longest. Every split of the sorted inputs is
+    weighed (dynamic programming: the cheapest way to embed the first `end` inputs ends with
+    one run, and before it the cheapest way for the inputs before that run); an ordering other
+    than by length never pads less. Where calls cost the same, the one with fewer calls wins."""
+    cheapest = [0] + [0] * len(lengths)  # of the first `end` inputs
+    run_start = [0] * (len(lengths) + 1)  # where the last run of that cheapest way starts
+    for end in range(1, len(lengths) + 1):
+        length = lengths[end - 1]
+        best = -1
+        real = 0
+        for start in range(end - 1, -1, -1):
+            rows = end - start
+            real += lengths[start]
+            if limits.beyond_budgets(rows, length):
+                break
+            if limits.padded_too_much(rows, length, real):
+                continue
+            cost = cheapest[start] + CALL_COST_TOKENS + rows * length
+            if best < 0 or cost <= best:
+                best, run_start[end] = cost, start
+        cheapest[end] = best
+    runs = []
+    end = len(lengths)
+    while end > 0:
+        runs.append((run_start[end], end))
+        end = run_start[end]
+    return runs[::-1]
 
 
 def _batch(
