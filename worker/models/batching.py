@@ -149,11 +149,12 @@ def _cheapest_cuts(lengths: list[int], limits: _Limits) -> list[tuple[int, int]]
     weighed (dynamic programming: the cheapest way to embed the first `end` inputs ends with
     one run, and before it the cheapest way for the inputs before that run); an ordering other
     than by length never pads less. Where calls cost the same, the one with fewer calls wins."""
-    cheapest = [0] + [0] * len(lengths)  # of the first `end` inputs
-    run_start = [0] * (len(lengths) + 1)  # where the last run of that cheapest way starts
+    # Of the first `end` inputs: (cost, calls) of the cheapest way, and where its last run starts.
+    cheapest = [(0, 0)] * (len(lengths) + 1)
+    run_start = [0] * (len(lengths) + 1)
     for end in range(1, len(lengths) + 1):
         length = lengths[end - 1]
-        best = -1
+        best: tuple[int, int] | None = None
         real = 0
         for start in range(end - 1, -1, -1):
             rows = end - start
@@ -162,9 +163,11 @@ def _cheapest_cuts(lengths: list[int], limits: _Limits) -> list[tuple[int, int]]
                 break
             if limits.padded_too_much(rows, length, real):
                 continue
-            cost = cheapest[start] + CALL_COST_TOKENS + rows * length
-            if best < 0 or cost <= best:
-                best, run_start[end] = cost, start
+            cost, calls = cheapest[start]
+            way = (cost + CALL_COST_TOKENS + rows * length, calls + 1)
+            if best is None or way < best:
+                best, run_start[end] = way, start
+        assert best is not None  # one input alone is always allowed
         cheapest[end] = best
     runs = []
     end = len(lengths)
