@@ -98,11 +98,8 @@ def batches(
     lengths = np.fromiter((len(e.ids) for e in encodings), dtype=np.int64, count=len(encodings))
     order = np.argsort(lengths, kind="stable")
     limits = _Limits(token_budget, attention_budget, max_padding, padding_allowance)
-    if len(order) <= EXACT_INPUTS:
-        runs = _cheapest_cuts([int(n) for n in lengths[order]], limits)
-    else:
-        runs = _greedy_cuts([int(n) for n in lengths[order]], limits)
-    for start, end in runs:
+    cut = _cheapest_cuts if len(order) <= EXACT_INPUTS else _greedy_cuts
+    for start, end in cut([int(n) for n in lengths[order]], limits):
         yield _batch(order[start:end], encodings, lengths)
 
 
