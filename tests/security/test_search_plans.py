@@ -1,0 +1,114 @@
+"""A pooled search session keeps no plan that someone else's code built (worker/retrieval/pool.py:
+each lease ends with `session_discard` in queries.sql, DISCARD PLANS among it).
+
+A table owner's policy runs in the search role's pooled session whenever that table is searched,
+and it may search other tables there under planner settings it chose. PL/pgSQL caches the plans
+of a search's statements for the session, and a generic plan built under those settings keeps
+their costs: with a sequential scan made to look free, it would win the plan cache's choice for
+the next searches of that table on the connection, whosever they are. Here the hostile owner's
+policy does that to the other tenant's indexed table; the tenant's next searches on the same
+pooled connection must still use the index (counted in pg_stat_user_tables: no timing)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import psycopg
+
+from tests.security.conftest import Roles
+from worker.models.loaded import LoadedModels
+from worker.models.query_batch import QueryBatchers
+from worker.retrieval.pool import SearchConnections
+from worker.retrieval.request import SearchRequest
+from worker.retrieval.search import SearchService
+
+ROWS = 4000  # enough that the index is the cheap way under the database's settings (below)
+SEARCHES_UNDER_ITS_SETTINGS = 10  # past the plan cache's five custom plans: a generic one
+
+
+def _vector(rng: np.random.Generator) -> str:
+    v = rng.standard_normal(384).astype(np.float32)
+    return "[" + ",".join(f"{x:.5f}" for x in v / np.linalg.norm(v)) + "]"
+
+
+def _scans(conn: psycopg.Connection[Any], table: str) -> tuple[int, int]:
+    conn.execute("SELECT pg_stat_clear_snapshot()")
+    row = conn.execute(
+        "SELECT seq_scan, coalesce(idx_scan, 0) FROM pg_stat_user_tables WHERE relname = %s",
+        (table,),
+    ).fetchone()
+    assert row is not None
+    return int(row[0]), int(row[1])
+
+
+def _flush_scans(searches: SearchConnections) -> None:
+    """The pooled session's counts sent to the statistics now (they go at most once a second)."""
+    with searches.connection() as conn:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        conn.execute("SELECT 1")
+
+
+def test_a_plan_another_tenants_policy_built_does_not_serve_the_next_searches(
+    conn: psycopg.Connection[Any],
+    roles: Roles,
+    minilm: str,
+    embedders: LoadedModels,
+) -> None:
+    rng = np.random.default_rng(7)
+    with roles.connect(roles.tenant) as tenant:
+        tenant.execute("CREATE TABLE notes (id int PRIMARY KEY, body text, embedding halfvec(384))")
+        with tenant.cursor().copy("COPY notes (id, body, embedding) FROM STDIN") as copy:
+            for i in range(1, ROWS + 1):
+                copy.write_row((i, f"note {i}", _vector(rng)))
+        tenant.execute("CREATE INDEX ON notes USING hnsw (embedding halfvec_cosine_ops)")
+        tenant.execute("ANALYZE notes")
+        tenant.execute(f"GRANT SELECT ON notes TO {roles.writer}")
+    with roles.connect(roles.owner) as owner:
+        owner.execute(
+            "CREATE TABLE slanted (id int PRIMARY KEY, body text, embedding halfvec(384))"
+        )
+        owner.execute("INSERT INTO slanted VALUES (1, 'slanted', %s)", (_vector(rng),))
+        owner.execute(
+            f"""CREATE FUNCTION public.slant() RETURNS boolean LANGUAGE plpgsql AS $$
+            BEGIN
+                PERFORM set_config('seq_page_cost', '0', false);
+                PERFORM set_config('cpu_tuple_cost', '0', false);
+                PERFORM set_config('cpu_operator_cost', '0', false);
+                PERFORM set_config('random_page_cost', '1000', false);
+                FOR i IN 1..{SEARCHES_UNDER_ITS_SETTINGS} LOOP
+                    PERFORM * FROM embeddings.search('public.notes',
+                                                     '{_vector(rng)}'::public.halfvec, 5);
+                END LOOP;
+                RETURN true;
+            END $$"""
+        )
+        owner.execute("ALTER TABLE slanted ENABLE ROW LEVEL SECURITY")
+        owner.execute("CREATE POLICY slant ON slanted FOR SELECT USING (public.slant())")
+        owner.execute(f"GRANT SELECT ON slanted TO {roles.writer}")
+    for table in ("notes", "slanted"):
+        conn.execute(f"SELECT embeddings.watch('{table}', 'body', model => %s)", (minilm,))
+    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
+    # A table this small is otherwise searched exactly, which scans it whatever the plan; and
+    # at the default random_page_cost (4, a spinning disk's) its index is dearer than a scan.
+    # 1.1 is the usual setting on SSDs.
+    database = conn.info.dbname
+    conn.execute(f"ALTER DATABASE {database} SET embeddings.exact_search_rows = 100")
+    conn.execute(f"ALTER DATABASE {database} SET random_page_cost = 1.1")
+
+    # POST /search's pool as the application role, one connection: every search after the
+    # first runs in the session the owner's policy ran in.
+    searches = SearchConnections(roles.dsn_of(roles.writer), max_size=1)
+    service = SearchService(searches.connection, QueryBatchers(embedders.get))
+    try:
+        service.search(SearchRequest("slanted", "a question", 5))
+        _flush_scans(searches)
+        seq_before, index_before = _scans(conn, "notes")
+        assert seq_before + index_before >= SEARCHES_UNDER_ITS_SETTINGS  # the policy's searches
+        for question in ("a question", "another question", "a third one"):
+            assert len(service.search(SearchRequest("notes", question, 5))) == 5
+        _flush_scans(searches)
+        seq_after, index_after = _scans(conn, "notes")
+    finally:
+        searches.close()
+    assert (seq_after - seq_before, index_after - index_before) == (0, 3)
