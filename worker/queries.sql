@@ -730,8 +730,9 @@ SELECT 1;
 
 -- name: session_discard
 -- A pooled connection given back (db.pool, POST /search): everything a session holds beyond its
--- settings dropped too (temporary tables, LISTENs, prepared statements, advisory locks, cached
--- plans), which someone's code run by a search (a policy, a content function) may have left.
+-- settings dropped too (temporary tables, LISTENs, prepared statements, advisory locks), which
+-- someone's code run by a search (a policy, a content function) may have left; its cached plans
+-- too unless the search keeps them for its table's next searches (session_discard_plans).
 -- session_reset follows in the same exchange (worker/session_guard.py: discard_session), which
 -- DISCARD ALL itself refuses (it cannot run in a transaction block, and several statements in
 -- one query string are one): so it is spelled out, as the PostgreSQL manual defines it.
@@ -741,9 +742,15 @@ RESET ALL;
 DEALLOCATE ALL;
 UNLISTEN *;
 SELECT pg_catalog.pg_advisory_unlock_all();
-DISCARD PLANS;
 DISCARD TEMP;
 DISCARD SEQUENCES;
+
+-- name: session_discard_plans
+-- ours: the rest of DISCARD ALL, the session's cached plans. A table owner's code run by a search
+-- may search other tables under planner settings it chose, and PL/pgSQL caches the plans it
+-- builds then for the session: they may serve only the searches of the table whose search ran
+-- that code (worker/retrieval/search.py), and are dropped before any other's.
+DISCARD PLANS;
 
 -- name: session_reset
 -- Every connection's first statement (db.connect), and again after anyone else's code may have

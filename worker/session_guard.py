@@ -114,6 +114,10 @@ class GuardedConnection(psycopg.Connection[Any]):
     # the first reset: the path a name the user gives is looked up in (worker/retrieval/
     # targets.py). What RESET restores; no SET of anyone's changes it.
     start_path: str | None = None
+    # The target whose searches alone ran in the session since its cached plans were last
+    # dropped, kept for its next searches (discard_session(keeping_plans_of=...)); None: no
+    # plans kept. A search of any other target drops them first (worker/retrieval/search.py).
+    plans_of: int | None = None
 
     def reset_session(self) -> None:
         """RESET ALL and our settings, now (a plain cursor: this statement is not guarded);
@@ -124,19 +128,37 @@ class GuardedConnection(psycopg.Connection[Any]):
         if first and rows:
             self.start_path = rows[0][0]
 
-    def discard_session(self, then: str | None = None) -> list[tuple[Any, ...]]:
+    def discard_session(
+        self, then: str | None = None, *, keeping_plans_of: int | None = None
+    ) -> list[tuple[Any, ...]]:
         """DISCARD ALL, then our reset, in one exchange (a pooled connection given back):
         nothing of the last user's session stays, and the next user's first statement needs
         no reset of its own. `then`: one statement of ours (without parameters) run last in
         the same exchange, in the session as it is now clean, whose rows are returned: a
-        search's last statement costs no exchange of its own (worker/retrieval/targets.py)."""
+        search's last statement costs no exchange of its own (worker/retrieval/targets.py).
+        `keeping_plans_of`: the target whose searches alone ran since the plans were last
+        dropped (this one's among them): its cached plans stay for its next searches."""
         if then is not None and not _ours(then):
             raise ValueError("discard_session() runs only statements of ours after the reset")
-        discard = queries.get("session_discard").rstrip().rstrip(";")
-        rows = self._reset(discard + ";\n" + queries.get("session_reset"), bound=None, then=then)
+        parts = [queries.get("session_discard")]
+        if keeping_plans_of is None or self.plans_of not in (None, keeping_plans_of):
+            parts.append(queries.get("session_discard_plans"))
+            keeping_plans_of = None
+        parts.append(queries.get("session_reset"))
+        rows = self._reset(";\n".join(p.rstrip().rstrip(";") for p in parts), bound=None, then=then)
         self._ran_others = False
         self.clean = True
+        self.plans_of = keeping_plans_of
         return rows
+
+    def drop_plans_unless_of(self, target: int | None) -> str | None:
+        """The statement that drops the session's cached plans when they were kept for a
+        target other than `target` (None: a target not known yet), to send before this
+        search's first; None when none needs dropping."""
+        if self.plans_of is None or self.plans_of == target:
+            return None
+        self.plans_of = None
+        return queries.get("session_discard_plans")
 
     def _reset(
         self, script: str, *, bound: int | None, then: str | None = None

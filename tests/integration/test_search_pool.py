@@ -217,6 +217,50 @@ def test_a_search_makes_two_exchanges(
         searches.close()
 
 
+def test_a_connection_keeps_its_plans_for_the_next_searches_of_its_table_only(
+    conn: psycopg.Connection[Any],
+    docs: str,
+    one_connection: SearchConnections,
+    run_once: Callable[..., Worker],
+    minilm: str,
+    embedders: Any,
+    monkeypatch: Any,
+) -> None:
+    """The DISCARD that ends a search keeps the session's cached plans for the next searches
+    of the same table: after DISCARD PLANS, hybrid search's BM25 ranking alone was planned
+    again on every lease, 0.6-0.9 ms of Postgres CPU (bench/results/history/search.md). A
+    search of another table drops them first, in its first exchange, so that no plan built
+    while one table's owner's code ran serves another's searches
+    (tests/security/test_search_plans.py)."""
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('notes', 'body', model => %s)", (minilm,))
+    conn.execute("INSERT INTO notes VALUES (1, 'a note'), (2, 'another note')")
+    run_once()
+    service = SearchService(one_connection.connection, QueryBatchers(embedders.get))
+    of_docs = SearchRequest.parse({"table": docs, "query": "document", "k": 2})
+    of_notes = SearchRequest.parse({"table": "notes", "query": "note", "k": 2})
+    for request in (of_docs, of_notes, of_docs):  # the tables' targets and models learnt
+        service.search(request)
+    sent: list[str] = []
+    execute = psycopg.Cursor.execute
+
+    def recorded(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
+        sent.append(query if isinstance(query, str) else str(query))
+        return execute(cursor, query, *args, **kwargs)
+
+    monkeypatch.setattr(psycopg.Cursor, "execute", recorded)
+    exchanges = _Exchanges(monkeypatch)
+    for _ in range(2):
+        service.search(of_docs)
+    assert not [q for q in sent if "DISCARD PLANS" in q]
+    assert exchanges.sent == 4  # two a search, as ever
+    sent.clear()
+    assert len(service.search(of_notes)) == 2
+    dropped = [i for i, q in enumerate(sent) if "DISCARD PLANS" in q]
+    assert dropped == [0]  # first, in the pipeline with the check and the ranking
+    assert exchanges.sent == 6
+
+
 def test_a_search_looks_its_table_up_in_the_path_its_connection_read_once(
     conn: psycopg.Connection[Any], docs: str, one_connection: SearchConnections, embedders: Any
 ) -> None:

@@ -13,6 +13,8 @@ No connection is held while the CPU works:
      it), the rerank stage's registration, the ranking (by meaning, or hybrid where the
      target has full-text search), and in one last exchange the DISCARD of the session the
      ranking ran others' code in, with the check that the target did not change meanwhile;
+     the session's cached plans are kept for the same target's next searches, and dropped
+     first by a search of any other (session_discard_plans in queries.sql);
   3. the rerank stage (a cross-encoder's CPU, a remote API's wait) runs with none.
 A query is never compared with another model's vectors.
 """
@@ -158,11 +160,14 @@ class SearchService:
                     if at_once is not None:
                         target, found = at_once
                     else:
+                        known = self.targets.known(request.table, request.column)
+                        _plans_for(conn, None if known is None else known[1].id)
                         target = self.targets.find(
                             conn, request.table, request.column, then=self.then
                         )
                         found = None
                     if vector is not None and target.model == model:
+                        _plans_for(conn, target.id)
                         found = found or self._rank(conn, target, request, vector)
                         if found is not None and is_current(conn, target, last=True):
                             return found
@@ -205,9 +210,12 @@ class SearchService:
         ):
             return None
         ranking = _ranking(target, request, vector, request.k)
+        drop_plans = conn.drop_plans_unless_of(target.id)
         checked = ranked = None
         try:
             with search_errors(), conn.pipeline():
+                if drop_plans is not None:
+                    conn.execute(drop_plans)
                 checked = conn.execute(*check_statement(conn, request.table, request.column))
                 ranked = conn.execute(ranking.query, ranking.params)
         except exceptions.DatabaseError:
@@ -267,6 +275,14 @@ def _ranking(
             " hybrid search only"
         )
     return rankings.by_vector_ranking(target, vector, k, request.filter)
+
+
+def _plans_for(conn: db.Connection, target: int | None) -> None:
+    """Drops the session's cached plans unless they were kept for `target`'s searches (None:
+    a target not known yet): a plan someone's code built during another table's search never
+    serves this one (queries.sql: session_discard_plans)."""
+    if isinstance(conn, GuardedConnection) and (drop := conn.drop_plans_unless_of(target)):
+        conn.execute(drop)
 
 
 def _rows(cursor: Any) -> Any:

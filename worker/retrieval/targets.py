@@ -127,13 +127,16 @@ def current_target(conn: db.Connection, target: Target) -> Target:
 
 def is_current(conn: db.Connection, target: Target, *, last: bool = False) -> bool:
     """Whether `target` is still the registered definition: one row read. `last`: the
-    search's last statement on `conn`; a pooled connection then sends it after DISCARDing its
-    session, in one exchange, and goes back to its pool clean (session_guard:
-    discard_session)."""
+    search's last statement on `conn`, which ran only searches of `target` since its plans
+    were dropped; a pooled connection then sends it after DISCARDing its session but the plans
+    (kept for `target`'s next searches), in one exchange, and goes back to its pool clean
+    (session_guard: discard_session)."""
     query, params = queries.get("search_target_version"), {"target": target.id}
     with db.translated():
         if last and isinstance(conn, GuardedConnection) and conn.pooled:
-            rows = conn.discard_session(then=ClientCursor(conn).mogrify(query, params))
+            rows = conn.discard_session(
+                then=ClientCursor(conn).mogrify(query, params), keeping_plans_of=target.id
+            )
             row = rows[0] if rows else None
         else:
             row = conn.execute(query, params).fetchone()
