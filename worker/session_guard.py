@@ -115,8 +115,8 @@ class GuardedConnection(psycopg.Connection[Any]):
     # targets.py). What RESET restores; no SET of anyone's changes it.
     start_path: str | None = None
     # The target whose searches alone ran in the session since its cached plans were last
-    # dropped, kept for its next searches (discard_session(keeping_plans_of=...)); None: no
-    # plans kept. A search of any other target drops them first (worker/retrieval/search.py).
+    # dropped (plans_for()), kept for its next searches (discard_session(keeping_plans_of=));
+    # None: no plans kept. A search of any other target drops them first.
     plans_of: int | None = None
 
     def reset_session(self) -> None:
@@ -151,14 +151,14 @@ class GuardedConnection(psycopg.Connection[Any]):
         self.plans_of = keeping_plans_of
         return rows
 
-    def drop_plans_unless_of(self, target: int | None) -> str | None:
-        """The statement that drops the session's cached plans when they were kept for a
-        target other than `target` (None: a target not known yet), to send before this
-        search's first; None when none needs dropping."""
-        if self.plans_of is None or self.plans_of == target:
-            return None
-        self.plans_of = None
-        return queries.get("session_discard_plans")
+    def plans_for(self, target: int | None) -> str | None:
+        """The statement that drops the session's cached plans unless they were kept for
+        `target`'s searches (None: a table whose target is not known yet), to send before the
+        search's first; None when none needs dropping. From then on the session's plans are
+        `target`'s: its search runs its table owner's code."""
+        drop = None if self.plans_of in (None, target) else queries.get("session_discard_plans")
+        self.plans_of = target
+        return drop
 
     def _reset(
         self, script: str, *, bound: int | None, then: str | None = None

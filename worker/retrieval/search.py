@@ -210,7 +210,7 @@ class SearchService:
         ):
             return None
         ranking = _ranking(target, request, vector, request.k)
-        drop_plans = conn.drop_plans_unless_of(target.id)
+        drop_plans = conn.plans_for(target.id)
         checked = ranked = None
         try:
             with search_errors(), conn.pipeline():
@@ -281,7 +281,7 @@ def _plans_for(conn: db.Connection, target: int | None) -> None:
     """Drops the session's cached plans unless they were kept for `target`'s searches (None:
     a target not known yet): a plan someone's code built during another table's search never
     serves this one (queries.sql: session_discard_plans)."""
-    if isinstance(conn, GuardedConnection) and (drop := conn.drop_plans_unless_of(target)):
+    if isinstance(conn, GuardedConnection) and (drop := conn.plans_for(target)):
         conn.execute(drop)
 
 
