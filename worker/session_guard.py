@@ -136,12 +136,12 @@ class GuardedConnection(psycopg.Connection[Any]):
         no reset of its own. `then`: one statement of ours (without parameters) run last in
         the same exchange, in the session as it is now clean, whose rows are returned: a
         search's last statement costs no exchange of its own (worker/retrieval/targets.py).
-        `keeping_plans_of`: the target whose searches alone ran since the plans were last
-        dropped (this one's among them): its cached plans stay for its next searches."""
+        `keeping_plans_of`: the target plans_for() gave the session to: its cached plans stay
+        for its next searches (any other: they are dropped too)."""
         if then is not None and not _ours(then):
             raise ValueError("discard_session() runs only statements of ours after the reset")
         parts = [queries.get("session_discard")]
-        if keeping_plans_of is None or self.plans_of not in (None, keeping_plans_of):
+        if keeping_plans_of is None or self.plans_of != keeping_plans_of:
             parts.append(queries.get("session_discard_plans"))
             keeping_plans_of = None
         parts.append(queries.get("session_reset"))

@@ -161,13 +161,17 @@ class _Exchanges:
     def __init__(self, monkeypatch: Any) -> None:
         self.sent = 0
         self.statements = 0
+        self.queries: list[str] = []  # each statement's text, in the order sent
         execute, pipeline = psycopg.Cursor.execute, psycopg.Connection.pipeline
 
-        def counted_execute(cursor: psycopg.Cursor[Any], *args: Any, **kwargs: Any) -> Any:
+        def counted_execute(
+            cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any
+        ) -> Any:
             self.statements += 1
+            self.queries.append(query if isinstance(query, str) else str(query))
             if cursor.connection._pipeline is None:
                 self.sent += 1
-            return execute(cursor, *args, **kwargs)
+            return execute(cursor, query, *args, **kwargs)
 
         def counted_pipeline(conn: psycopg.Connection[Any]) -> Any:
             self.sent += 1
@@ -241,22 +245,14 @@ def test_a_connection_keeps_its_plans_for_the_next_searches_of_its_table_only(
     of_notes = SearchRequest.parse({"table": "notes", "query": "note", "k": 2})
     for request in (of_docs, of_notes, of_docs):  # the tables' targets and models learnt
         service.search(request)
-    sent: list[str] = []
-    execute = psycopg.Cursor.execute
-
-    def recorded(cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any) -> Any:
-        sent.append(query if isinstance(query, str) else str(query))
-        return execute(cursor, query, *args, **kwargs)
-
-    monkeypatch.setattr(psycopg.Cursor, "execute", recorded)
     exchanges = _Exchanges(monkeypatch)
     for _ in range(2):
         service.search(of_docs)
-    assert not [q for q in sent if "DISCARD PLANS" in q]
+    assert not [q for q in exchanges.queries if "DISCARD PLANS" in q]
     assert exchanges.sent == 4  # two a search, as ever
-    sent.clear()
+    exchanges.queries.clear()
     assert len(service.search(of_notes)) == 2
-    dropped = [i for i, q in enumerate(sent) if "DISCARD PLANS" in q]
+    dropped = [i for i, q in enumerate(exchanges.queries) if "DISCARD PLANS" in q]
     assert dropped == [0]  # first, in the pipeline with the check and the ranking
     assert exchanges.sent == 6
 

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
+from bench.search_paths import vector_literal
 from tests.security.conftest import Roles
 from worker.models.loaded import LoadedModels
 from worker.models.query_batch import QueryBatchers
@@ -31,7 +32,7 @@ SEARCHES_UNDER_ITS_SETTINGS = 10  # past the plan cache's five custom plans: a g
 
 def _vector(rng: np.random.Generator) -> str:
     v = rng.standard_normal(384).astype(np.float32)
-    return "[" + ",".join(f"{x:.5f}" for x in v / np.linalg.norm(v)) + "]"
+    return vector_literal(v / np.linalg.norm(v))
 
 
 def _scans(conn: psycopg.Connection[Any], table: str) -> tuple[int, int]:
