@@ -160,7 +160,7 @@ BEGIN
         LEFT JOIN pg_catalog.pg_roles r ON r.oid = a.grantee
         WHERE c.oid IN (queue_table, id_sequence,
                         pg_catalog.to_regclass(pg_catalog.format('pgmq.%I', pgmq.format_table_name(queue_name, 'a'))))
-          AND (a.grantee = 0 OR r.rolname LIKE 'pg\_%')
+          AND (a.grantee = 0 OR r.rolname LIKE E'pg\\_%')
         ORDER BY 1, 3
     LOOP
         EXECUTE pg_catalog.format('REVOKE ALL ON %s %s FROM %s', held.kind, held.relation, held.grantee);

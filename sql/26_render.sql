@@ -34,17 +34,17 @@ DECLARE
     margin integer;
     value text;
 BEGIN
-    IF template ~ '^[ ]*\n' THEN
-        template := regexp_replace(regexp_replace(template, '^[ ]*\n', ''), '\n[ ]*$', '');
+    IF template ~ E'^[ ]*\\n' THEN
+        template := regexp_replace(regexp_replace(template, E'^[ ]*\\n', ''), E'\\n[ ]*$', '');
         margin := (SELECT min(length(l) - length(ltrim(l, ' '))) FROM unnest(string_to_array(template, E'\n')) l
                    WHERE l ~ '[^ ]');
         template := array_to_string(ARRAY(SELECT CASE WHEN l ~ '[^ ]' THEN repeat(' ', indent) || substr(l, margin + 1) ELSE '' END
                                           FROM unnest(string_to_array(template, E'\n')) WITH ORDINALITY AS u(l, n)
                                           ORDER BY n), E'\n');
     END IF;
-    pieces := regexp_split_to_array(template, '%\(\w+\)[IsL]');
+    pieces := regexp_split_to_array(template, E'%\\(\\w+\\)[IsL]');
     rendered := pieces[1];
-    FOR placeholder IN SELECT regexp_matches(template, '%\((\w+)\)([IsL])', 'g') LOOP
+    FOR placeholder IN SELECT regexp_matches(template, E'%\\((\\w+)\\)([IsL])', 'g') LOOP
         IF NOT args ? placeholder[1] THEN
             RAISE EXCEPTION 'embeddings_internal.render: the template names %%(%)%, which has no value', placeholder[1], placeholder[2]
                 USING ERRCODE = 'undefined_parameter',

@@ -143,7 +143,7 @@ DECLARE
 BEGIN
     SELECT substr(c.setting, length('search_path=') + 1) INTO found
     FROM pg_db_role_setting s CROSS JOIN LATERAL unnest(s.setconfig) AS c(setting)
-    WHERE c.setting LIKE 'search\_path=%'
+    WHERE c.setting LIKE E'search\\_path=%'
       AND s.setrole IN (role_oid, 0)
       AND s.setdatabase IN ((SELECT d.oid FROM pg_database d WHERE d.datname = current_database()), 0)
       AND NOT (s.setrole = 0 AND s.setdatabase = 0)
@@ -384,8 +384,8 @@ DECLARE
     fn_name text := (parts->>'prefix') || (spec->>'suffix');
     body_name text := embeddings_internal.access_body_name(t, spec->>'suffix', guarded);
     returns text := spec->>'returns';
-    setof boolean := returns ~* '^\s*(TABLE|SETOF)\M';
-    void boolean := returns ~* '^\s*void\s*$';
+    setof boolean := returns ~* E'^\\s*(TABLE|SETOF)\\M';
+    void boolean := returns ~* E'^\\s*void\\s*$';
     params jsonb := (SELECT coalesce(jsonb_agg(jsonb_build_object('name', split_part(p.value, ' ', 1),
                                                                   'type', substr(p.value, strpos(p.value, ' ') + 1))
                                                ORDER BY p.i), '[]')
@@ -637,7 +637,7 @@ BEGIN
         -- Those that turn keys into JSON (for backfills, model changes, search) do it alike in
         -- every session: a float key with extra_float_digits < 1 would lose digits and match no
         -- row (embeddings_internal.key_settings_sql()).
-        IF NOT guard AND fn::text ~ '_(scan|unshadowed|nearest)(_body)?\(' AND embeddings_internal.key_settings_sql(t) <> '' THEN
+        IF NOT guard AND fn::text ~ E'_(scan|unshadowed|nearest)(_body)?\\(' AND embeddings_internal.key_settings_sql(t) <> '' THEN
             EXECUTE embeddings_internal.render('ALTER FUNCTION %(fn)s %(settings)s',
                                       args || jsonb_build_object('settings', btrim(embeddings_internal.key_settings_sql(t))));
         END IF;

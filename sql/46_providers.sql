@@ -15,7 +15,7 @@
 -- (worker/models/remote/spec.py: RemoteSpec.revision computes the same.)
 CREATE FUNCTION embeddings_internal.remote_revision(m embeddings.models) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT regexp_replace(m.remote_model, '\s', '_', 'g') || '@' || m.dimensions
+    SELECT regexp_replace(m.remote_model, E'\\s', '_', 'g') || '@' || m.dimensions
 $$;
 
 -- The remote provider kinds and their defaults: the one place in SQL that knows them (the
@@ -59,7 +59,7 @@ BEGIN
                   HINT = 'Keys stay out of the database: give the key''s name as credential => ''...'' and the key to the worker (docs/providers.md).';
     END IF;
     IF credential IS NOT NULL AND endpoint ~* '^http://' THEN
-        endpoint_host := lower(substring(endpoint from '^[^:]+://(\[[^]/]*\]|[^/?#:]*)'));
+        endpoint_host := lower(substring(endpoint from E'^[^:]+://(\\[[^]/]*\\]|[^/?#:]*)'));
         loopback := endpoint_host = 'localhost';
         IF NOT loopback THEN
             BEGIN
@@ -232,8 +232,8 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Or adopt nothing: the worker''s first write records its own revision.';
     END IF;
-    rev := regexp_replace(coalesce(revision, embeddings_internal.remote_revision(m)), '\s', '_', 'g');
-    var := regexp_replace(coalesce(variant, CASE WHEN m.provider = 'local' THEN 'fp32' ELSE 'remote' END), '\s', '_', 'g');
+    rev := regexp_replace(coalesce(revision, embeddings_internal.remote_revision(m)), E'\\s', '_', 'g');
+    var := regexp_replace(coalesce(variant, CASE WHEN m.provider = 'local' THEN 'fp32' ELSE 'remote' END), E'\\s', '_', 'g');
     ours := concat_ws(' ', m.name, rev, var);
     recorded := embeddings_internal.claim_provenance(t.id, false, m.name, rev, var);
     IF recorded <> ours THEN

@@ -350,7 +350,7 @@ CREATE FUNCTION embeddings_internal.generate_search(t embeddings.targets) RETURN
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM embeddings_internal.run_code(ARRAY(SELECT c.statement FROM embeddings_internal.search_code(t) c
-                                               WHERE c.name NOT LIKE '%\_visible'));
+                                               WHERE c.name NOT LIKE E'%\\_visible'));
     PERFORM embeddings_internal.generate_store_policy(t);  -- (sql/54_stores.sql)
 END
 $$;

@@ -45,7 +45,7 @@
 -- normalize them a second time.
 CREATE FUNCTION embeddings_internal.any_lexeme_query(v tsvector) RETURNS tsquery
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT string_agg('''' || replace(replace(l, '\', '\\'), '''', '''''') || '''', ' | ')::tsquery
+    SELECT string_agg('''' || replace(replace(l, E'\\', E'\\\\'), '''', '''''') || '''', ' | ')::tsquery
     FROM unnest(tsvector_to_array(v)) AS l
 $$;
 
@@ -63,7 +63,7 @@ BEGIN
         '            FROM pg_catalog.regexp_matches(y.e::text, %7$L, ''g'') l) OPERATOR(pg_catalog.<@) y.lexemes AS whole'
         '  FROM (SELECT pg_catalog.tsvector_to_array(x.v) AS lexemes, embeddings_internal.any_lexeme_query(x.v) AS q,'
         '   %8$s AS e FROM (SELECT %9$s AS v) x) y)',
-        $r$'(?:[^']|'')*'$r$, '^[\s&|()<>0-9-]*$', $r$''$r$, $r$'$r$, '\\', '\', $r$'((?:[^']|'')*)'$r$,
+        $r$'(?:[^']|'')*'$r$, E'^[\\s&|()<>0-9-]*$', $r$''$r$, $r$'$r$, E'\\\\', E'\\', $r$'((?:[^']|'')*)'$r$,
         CASE WHEN embeddings_internal.store_has_chunks(t) THEN 'NULL::pg_catalog.tsquery'
              ELSE format('CASE WHEN pg_catalog.length(x.v) OPERATOR(pg_catalog.>) 0 THEN %s END',
                          embeddings_internal.every_word_query_sql(t.fts_config, '$1')) END,

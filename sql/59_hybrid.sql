@@ -21,7 +21,7 @@
 CREATE FUNCTION embeddings_internal.plain_fts_sql(config regconfig, expr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT format('pg_catalog.to_tsvector(%L::pg_catalog.regconfig, pg_catalog.regexp_replace(%s, %L, %L, ''g''))',
-                  config::text, expr, '(\w)\.(?=\w)', '\1 ')
+                  config::text, expr, E'(\\w)\\.(?=\\w)', E'\\1 ')
 $$;
 
 -- The every-word query of text expression `expr` with configuration `config`, as
@@ -34,7 +34,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   ' pg_catalog.regexp_replace(pg_catalog.regexp_replace('
                   '  pg_catalog.regexp_replace(%s, %L, %L, ''g''), %L, %L, ''g''),'
                   '  %L, '' '', ''g''))',
-                  config::text, expr, '(\w)\.(?=\w)', '\1 ', '\m(or|Or|oR)\M', '\1_', '-(?=[-\s!&|()<]|$)')
+                  config::text, expr, E'(\\w)\\.(?=\\w)', E'\\1 ', E'\\m(or|Or|oR)\\M', E'\\1_', E'-(?=[-\\s!&|()<]|$)')
 $$;
 
 -- Fields: a content whose text holds U+001F (the unit separator, chr(31)) is a title (the
@@ -45,9 +45,9 @@ $$;
 CREATE FUNCTION embeddings_internal.fields_tsvector(config regconfig, content text) RETURNS tsvector
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN pg_catalog.strpos(content, pg_catalog.chr(31)) = 0
-                THEN pg_catalog.to_tsvector(config, pg_catalog.regexp_replace(content, '(\w)\.(?=\w)', '\1 ', 'g'))
-                ELSE pg_catalog.setweight(pg_catalog.to_tsvector(config, pg_catalog.regexp_replace(pg_catalog.split_part(content, pg_catalog.chr(31), 1), '(\w)\.(?=\w)', '\1 ', 'g')), 'A')
-                     || pg_catalog.to_tsvector(config, pg_catalog.regexp_replace(pg_catalog.substr(content, pg_catalog.strpos(content, pg_catalog.chr(31)) + 1), '(\w)\.(?=\w)', '\1 ', 'g')) END
+                THEN pg_catalog.to_tsvector(config, pg_catalog.regexp_replace(content, E'(\\w)\\.(?=\\w)', E'\\1 ', 'g'))
+                ELSE pg_catalog.setweight(pg_catalog.to_tsvector(config, pg_catalog.regexp_replace(pg_catalog.split_part(content, pg_catalog.chr(31), 1), E'(\\w)\\.(?=\\w)', E'\\1 ', 'g')), 'A')
+                     || pg_catalog.to_tsvector(config, pg_catalog.regexp_replace(pg_catalog.substr(content, pg_catalog.strpos(content, pg_catalog.chr(31)) + 1), E'(\\w)\\.(?=\\w)', E'\\1 ', 'g')) END
 $$;
 
 -- The tsvector of target t's content, text expression `expr` (NULL when t has no full-text

@@ -103,7 +103,7 @@ DECLARE
 BEGIN
     FOREACH signature IN ARRAY anyone || owner_only || workers LOOP
         SELECT * INTO internal FROM pg_proc
-        WHERE oid = to_regprocedure(regexp_replace(signature, '^embeddings\.', 'embeddings_internal.'));
+        WHERE oid = to_regprocedure(regexp_replace(signature, E'^embeddings\\.', 'embeddings_internal.'));
         IF NOT FOUND THEN
             RAISE EXCEPTION 'sql/95_compat_0_3_0.sql: % forwards to no function of embeddings_internal', signature;
         END IF;

@@ -567,7 +567,7 @@ SELECT r::text FROM (
     WHERE c.relnamespace = 'embeddings'::regnamespace AND c.relkind IN ('r', 'p')
     UNION
     SELECT x.r FROM embeddings.targets t
-    CROSS JOIN LATERAL (SELECT CASE WHEN e.key = 'source' OR e.key LIKE '%%\_table' THEN e.value::regclass END
+    CROSS JOIN LATERAL (SELECT CASE WHEN e.key = 'source' OR e.key LIKE E'%%\\_table' THEN e.value::regclass END
                         FROM pg_catalog.jsonb_each_text(pg_catalog.to_jsonb(t)) AS e) AS x(r)
     WHERE x.r IS NOT NULL
 ) AS tables
@@ -598,7 +598,7 @@ WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid()
   AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
   AND ((l.locktype = 'relation'
         AND (l.relation IN (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace = 'embeddings'::regnamespace)
-             OR l.relation IN (SELECT CASE WHEN e.key = 'source' OR e.key LIKE '%%\_table' THEN e.value::regclass END
+             OR l.relation IN (SELECT CASE WHEN e.key = 'source' OR e.key LIKE E'%%\\_table' THEN e.value::regclass END
                                FROM embeddings.targets t
                                CROSS JOIN LATERAL pg_catalog.jsonb_each_text(pg_catalog.to_jsonb(t)) AS e)))
        OR (l.locktype = 'advisory' AND l.classid = 0 AND l.objsubid = 1 AND l.objid = %(key)s::bigint::oid))

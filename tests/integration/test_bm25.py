@@ -387,3 +387,29 @@ def test_the_convex_fusion_weighs_the_scores_as_written_out_here(
     assert [r["key"] for r in results] == sorted(reference, key=lambda k: -reference[k])
     if selective:  # the bonus lifts the documents holding every word above the others
         assert {r["key"] for r in results[: len(expected.every)]} == expected.every
+
+
+def test_a_session_without_standard_conforming_strings_ranks_alike(items: Items, dsn: str) -> None:
+    """A session (a legacy application's, a role's or database's default) with
+    standard_conforming_strings off parses our functions' bodies with backslashes as escapes:
+    any_lexeme_query()'s '\\' ended its string early (a syntax error), '\\1 ' became chr(1).
+    Written as escape strings, they rank the same, any word and every word, and make the
+    same tsvector (tests/unit/test_escape_literals.py keeps them so)."""
+    items.analyze()
+    vector = text(items.query)
+    statement = (
+        "SELECT key, score, text_rank FROM embeddings.hybrid_search('items', %s, %s::halfvec,"
+        " 5, text_match => %s)"
+    )
+    fields = "SELECT embeddings_internal.fields_tsvector('english', %s)::text"
+    found = {}
+    for setting in ("on", "off"):
+        with psycopg.connect(dsn, autocommit=True) as session:  # bodies parsed afresh
+            session.execute(f"SET standard_conforming_strings = {setting}")
+            session.execute("SET escape_string_warning = off")
+            found[setting] = [
+                session.execute(statement, (QUERY, vector, match)).fetchall()
+                for match in ("any", "all")
+            ] + [session.execute(fields, ("os.path a\\b" + chr(31) + "x.y",)).fetchall()]
+    assert found["off"] == found["on"]
+    assert any(row[2] for row in found["on"][0])

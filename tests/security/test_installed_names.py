@@ -23,6 +23,7 @@ from tests.security.conftest import Roles
 from tests.security.every_kind import install_every_kind
 from tests.support import sql_names
 from tests.support.catalog_names import CATALOG_NAMES
+from tests.support.sql_literals import plain_literals_with_backslashes
 
 Conn = psycopg.Connection[Any]
 
@@ -126,3 +127,21 @@ def test_the_listed_names_are_pg_catalogs(conn: Conn) -> None:
         if conn.execute(query, (name,)).fetchone() is None:
             missing.append((kind, name))
     assert missing == []
+
+
+def test_installed_functions_read_the_same_under_either_setting(roles: Roles) -> None:
+    """Every function as installed, those watch() generates for every kind of target included,
+    writes a constant holding a backslash as an escape string or dollar-quoted: its body is
+    parsed under the calling session's standard_conforming_strings (tests/unit/
+    test_escape_literals.py walks sql/; what generators build at run time is seen only here)."""
+    install_every_kind(roles)
+    with roles.connect() as su:
+        functions = installed_functions(su)
+    assert any(f[0].startswith("embeddings.embeddings_") for f in functions)
+    found = {
+        f"{signature}: {raw}"
+        for signature, definition, language, *_ in functions
+        if language in ("sql", "plpgsql")
+        for raw in plain_literals_with_backslashes(definition)
+    }
+    assert not found, "\n".join(sorted(found))

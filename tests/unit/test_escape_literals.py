@@ -1,0 +1,56 @@
+"""No string constant of ours reads differently when standard_conforming_strings is off.
+
+A plain literal ('...') takes a backslash as an escape when standard_conforming_strings is off:
+a setting Postgres still honours, from a role or database default (ALTER DATABASE ... SET), a
+legacy application's session, or a table owner's policy SETting it in the middle of a search.
+Our functions' bodies are parsed in the calling session, under its setting (a SQL function's
+each call, a PL/pgSQL function's at first use), so '\\s' in a regular expression became 's' and
+any_lexeme_query()'s '\\' ended its string early: hybrid search failed with a syntax error.
+Every constant holding a backslash is therefore written so that it reads the same under either
+setting: an escape string (E'\\\\s') or dollar-quoted ($r$\\s$r$). Walked with Postgres' own
+scanner (pglast), into dollar-quoted bodies and format() templates, in every file of sql/ and
+every statement of worker/queries.sql. Generated code quotes with format()'s %L, which writes
+an escape string whenever a backslash is in the value.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from tests.support.sql_literals import plain_literals_with_backslashes
+from tests.unit.test_qualified_names import rendered
+from worker import queries
+from worker.schema import files as schema_files
+
+
+def _sql_files() -> list[Path]:
+    return [*schema_files.install_files(), schema_files.sql_dir() / "uninstall.sql"]
+
+
+def test_every_constant_of_sql_reads_the_same_under_either_setting() -> None:
+    found = {
+        f"{path.name}: {raw}"
+        for path in _sql_files()
+        for raw in plain_literals_with_backslashes(path.read_text())
+    }
+    assert not found, "write these as E'' (each backslash doubled) or $$-quoted:\n" + "\n".join(
+        sorted(found)
+    )
+
+
+def test_every_statement_we_send_reads_the_same_under_either_setting() -> None:
+    found = {
+        f"queries.sql {name}: {raw}"
+        for name in queries.names()
+        for raw in plain_literals_with_backslashes(rendered(name))
+    }
+    assert not found, "\n".join(sorted(found))
+
+
+def test_a_plain_backslash_is_found_at_any_depth() -> None:
+    body = "CREATE FUNCTION f() RETURNS text LANGUAGE sql AS $$ SELECT format('%s', 'a\\b') $$"
+    assert list(plain_literals_with_backslashes(body)) == ["'a\\b'"]
+    nested = "SELECT $o$ SELECT $i$ SELECT '\\s' $i$ $o$"
+    assert list(plain_literals_with_backslashes(nested)) == ["'\\s'"]
+    fine = "SELECT E'\\\\s', $r$\\s$r$, 'no backslash', U&'\\0041'"
+    assert list(plain_literals_with_backslashes(fine)) == []
