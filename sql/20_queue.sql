@@ -76,7 +76,7 @@ END;
 CREATE FUNCTION embeddings.wait_for_jobs(queue_name text, timeout_ms integer, backfill boolean DEFAULT true,
                                          poll_ms integer DEFAULT 2)
 RETURNS boolean
-LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     deadline timestamptz := clock_timestamp() + make_interval(secs => greatest(timeout_ms, 0) / 1000.0);
     -- The earliest visibility timeout of either lane: visible now when it has passed.
@@ -142,7 +142,7 @@ $$;
 -- table, its archive and its message id sequence is revoked. Grants an operator gave a role of
 -- its own stay; pgmq's other tables (its registry of queues) hold no keys and are left as they are.
 CREATE FUNCTION embeddings_internal.revoke_pgmq_grants(queue_name text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     queue_table regclass := pg_catalog.to_regclass(pg_catalog.format('pgmq.%I', pgmq.format_table_name(queue_name, 'q')));
     id_sequence regclass;
@@ -173,7 +173,7 @@ $$;
 -- queue gets back a missing pgmq queue, and loses what pgmq granted (on every install and
 -- upgrade too: sql/99_regenerate.sql).
 CREATE FUNCTION embeddings_internal.create_queue(queue_name text, live_queue text) RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     created boolean := false;
     registered embeddings.queues;
@@ -215,7 +215,7 @@ $$;
 CREATE FUNCTION embeddings_internal.enqueue_keys(target_id integer, keys anyarray, delay integer DEFAULT 0,
                                         lane text DEFAULT 'live')
 RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     queue_name text;
     total integer := coalesce(cardinality(keys), 0);

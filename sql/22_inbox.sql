@@ -29,7 +29,7 @@ RETURN 4096;
 -- SECURITY DEFINER: worker roles need no rights on the queue's insert.
 CREATE FUNCTION embeddings_internal.move_inbox(queue_name text, max_rows integer DEFAULT 10000,
                                       max_keys integer DEFAULT 100000) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     sent integer;
 BEGIN

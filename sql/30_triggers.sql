@@ -299,7 +299,7 @@ $$;
 -- Target t's trigger function for rows applied by logical replication, one at a time (a
 -- replica target's): as the statement triggers, a row at a time, straight into the queue.
 CREATE FUNCTION embeddings_internal.replica_trigger_sql(t embeddings.targets, name text, row_type regclass) RETURNS text
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     args jsonb := jsonb_build_object(
         'name', name, 'settings', embeddings_internal.key_settings_sql(t), 'target', t.id,
@@ -521,24 +521,28 @@ DECLARE
                                      'fired', CASE WHEN t.replica THEN 'ALWAYS ' ELSE '' END,
                                      'follow_deletes', CASE WHEN embeddings_internal.store_apart(t) THEN ' OR DELETE' ELSE '' END);
 BEGIN
+    -- Each trigger's (and its function's) whole name quoted as one: %(insert)I would put
+    -- the suffix outside the quotes that quote_all_identifiers adds to every identifier.
+    SELECT args || jsonb_object_agg(kind, (args->>'prefix') || '_' || kind) INTO args
+    FROM unnest(ARRAY['insert', 'update', 'delete', 'truncate', 'clear', 'replica']) AS kind;
     RETURN QUERY VALUES
         (args->>'prefix' || '_insert',
-         embeddings_internal.render('CREATE TRIGGER %(prefix)I_insert AFTER INSERT ON %(rel)s REFERENCING NEW TABLE AS new_rows '
-                           'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(prefix)I_insert()', args), NULL::text),
+         embeddings_internal.render('CREATE TRIGGER %(insert)I AFTER INSERT ON %(rel)s REFERENCING NEW TABLE AS new_rows '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(insert)I()', args), NULL::text),
         (args->>'prefix' || '_update',
-         embeddings_internal.render('CREATE TRIGGER %(prefix)I_update AFTER UPDATE ON %(rel)s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
-                           'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(prefix)I_update()', args), NULL);
+         embeddings_internal.render('CREATE TRIGGER %(update)I AFTER UPDATE ON %(rel)s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
+                           'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(update)I()', args), NULL);
     -- A store apart from the table follows deletes and truncations; a subscriber's apply
     -- worker truncates with the statement triggers that fire ALWAYS.
     IF embeddings_internal.store_apart(t) THEN
         RETURN QUERY VALUES
             (args->>'prefix' || '_delete',
-             embeddings_internal.render('CREATE TRIGGER %(prefix)I_delete AFTER DELETE ON %(rel)s REFERENCING OLD TABLE AS old_rows '
-                               'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(prefix)I_delete()', args), NULL),
+             embeddings_internal.render('CREATE TRIGGER %(delete)I AFTER DELETE ON %(rel)s REFERENCING OLD TABLE AS old_rows '
+                               'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(delete)I()', args), NULL),
             (args->>'prefix' || '_truncate',
-             embeddings_internal.render('CREATE TRIGGER %(prefix)I_truncate AFTER TRUNCATE ON %(rel)s '
-                               'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(prefix)I_truncate()', args),
-             embeddings_internal.render('ALTER TABLE %(rel)s ENABLE %(fired)sTRIGGER %(prefix)I_truncate', args));
+             embeddings_internal.render('CREATE TRIGGER %(truncate)I AFTER TRUNCATE ON %(rel)s '
+                               'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(truncate)I()', args),
+             embeddings_internal.render('ALTER TABLE %(rel)s ENABLE %(fired)sTRIGGER %(truncate)I', args));
     END IF;
     IF rel <> t.source THEN
         RETURN;
@@ -546,18 +550,18 @@ BEGIN
     IF t.clear_on_update AND NOT embeddings_internal.store_apart(t) THEN
         RETURN QUERY VALUES
             (args->>'prefix' || '_clear',
-             embeddings_internal.render('CREATE TRIGGER %(prefix)I_clear BEFORE UPDATE ON %(rel)s FOR EACH ROW '
-                               'EXECUTE FUNCTION embeddings.%(prefix)I_clear()', args),
-             embeddings_internal.render('ALTER TABLE %(rel)s ENABLE %(fired)sTRIGGER %(prefix)I_clear', args));
+             embeddings_internal.render('CREATE TRIGGER %(clear)I BEFORE UPDATE ON %(rel)s FOR EACH ROW '
+                               'EXECUTE FUNCTION embeddings.%(clear)I()', args),
+             embeddings_internal.render('ALTER TABLE %(rel)s ENABLE %(fired)sTRIGGER %(clear)I', args));
     END IF;
     IF t.replica THEN
         -- Only rows applied by replication (the origin's rows have the statement triggers).
         RETURN QUERY VALUES
             (args->>'prefix' || '_replica',
-             embeddings_internal.render('CREATE TRIGGER %(prefix)I_replica AFTER INSERT OR UPDATE%(follow_deletes)s ON %(rel)s FOR EACH ROW '
+             embeddings_internal.render('CREATE TRIGGER %(replica)I AFTER INSERT OR UPDATE%(follow_deletes)s ON %(rel)s FOR EACH ROW '
                                'WHEN (pg_catalog.current_setting(''session_replication_role'') = ''replica'') '
-                               'EXECUTE FUNCTION embeddings.%(prefix)I_replica()', args),
-             embeddings_internal.render('ALTER TABLE %(rel)s ENABLE ALWAYS TRIGGER %(prefix)I_replica', args));
+                               'EXECUTE FUNCTION embeddings.%(replica)I()', args),
+             embeddings_internal.render('ALTER TABLE %(rel)s ENABLE ALWAYS TRIGGER %(replica)I', args));
     END IF;
 END
 $$;

@@ -315,7 +315,7 @@ $$;
 -- Target `target_id`'s pending jobs move from queue `from_queue` to `to_queue`, each lane's to
 -- the same lane (watch() with another queue).
 CREATE FUNCTION embeddings_internal.move_target_jobs(target_id integer, from_queue text, to_queue text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 BEGIN
     EXECUTE format(
         'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
@@ -405,7 +405,7 @@ $$;
 -- Target `target_id`'s pending jobs in queue `queue`, both lanes, deleted (superseded: every
 -- row of the target is queued again; sql/45_dropped.sql).
 CREATE FUNCTION embeddings_internal.drop_target_jobs(target_id integer, queue text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     lane text;
 BEGIN
@@ -763,7 +763,7 @@ COMMENT ON FUNCTION embeddings.unwatch IS
 -- Unregisters target t: its triggers and functions, its queued jobs, its registration
 -- (failures and throughput go with it), and tells workers.
 CREATE FUNCTION embeddings_internal.forget_target(t embeddings.targets) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 BEGIN
     PERFORM embeddings_internal.drop_access(t);
     IF EXISTS (SELECT FROM pg_class WHERE oid = t.source) THEN

@@ -168,7 +168,7 @@ COMMENT ON FUNCTION embeddings.rewatch IS
 -- when no change was in progress.
 CREATE FUNCTION embeddings.cancel_change(source regclass, embedding_column name DEFAULT 'embedding')
 RETURNS boolean
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     t embeddings.targets;
     c embeddings.model_changes;
@@ -214,7 +214,7 @@ COMMENT ON FUNCTION embeddings.cancel_change IS
 -- lack its new vector at the swap (its content changed, so its old vector was cleared too,
 -- and its job writes the new one at once); `held` counts the live jobs held back.
 CREATE FUNCTION embeddings_internal.moving_live_keys(t embeddings.targets, OUT keys jsonb[], OUT held bigint)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 BEGIN
     EXECUTE format($q$
         SELECT pg_catalog.array_agg(s.k) FILTER (WHERE NOT s.held),
@@ -244,7 +244,7 @@ $$;
 -- content is cleared by the worker, never embedded. The content is evaluated by the target's
 -- embeddings_<id>_unshadowed(), as the table's owner (sql/32_access.sql).
 CREATE FUNCTION embeddings_internal.change_waits_for(t embeddings.targets) RETURNS text
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     change_jobs bigint;
     unqueued jsonb[];
@@ -451,7 +451,7 @@ CREATE FUNCTION embeddings_internal.change_status(
     OUT change_total_rows bigint, OUT change_rows_per_second double precision,
     OUT change_eta_seconds double precision
 )
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     c embeddings.model_changes;
     queued bigint;

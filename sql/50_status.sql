@@ -25,7 +25,7 @@ RETURNS TABLE (
     keys             bigint,
     oldest           timestamptz
 )
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 BEGIN
     RETURN QUERY EXECUTE format(
         'SELECT g.target, g.schema_name, g.table_name, g.embedding_column, '
@@ -51,7 +51,7 @@ $$;
 -- Messages in `queue` as the statistics system counts them (inserts and deletes, reported at
 -- each transaction's end): no scan.
 CREATE FUNCTION embeddings_internal.queue_messages(queue text) RETURNS bigint
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
     SELECT coalesce(pg_stat_get_live_tuples(to_regclass(format('pgmq.%I', pgmq.format_table_name(queue, 'q')))), 0)
 $$;
 
@@ -370,7 +370,7 @@ COMMENT ON VIEW embeddings.status_exact IS 'embeddings.status with exact counts:
 -- embeddings.failures. Returns how many were re-queued. SECURITY DEFINER, for this schema's
 -- owner and the worker roles (`embed-worker failures --retry` under the worker's role).
 CREATE FUNCTION embeddings.retry_failures(ids bigint[] DEFAULT NULL) RETURNS integer
-LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     f embeddings.failures;
     retried integer := 0;

@@ -278,7 +278,7 @@ CREATE FUNCTION embeddings_internal.watch_chunks_register(previous embeddings.ta
                                                  plan embeddings_internal.watch_plan, chunks regclass,
                                                  document_format text, context_header text,
                                                  OUT t embeddings.targets, OUT reembed boolean)
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 BEGIN
     reembed := false;
     IF previous.id IS NULL THEN

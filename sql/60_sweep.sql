@@ -21,7 +21,7 @@ $$;
 -- Row keys (JSON form) of target t that need no sweeping: queued in either message shape (in
 -- either lane, or in the inbox), or dead-lettered (those wait for `failures --retry`).
 CREATE FUNCTION embeddings_internal.pending_keys(t embeddings.targets) RETURNS TABLE (k jsonb)
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 BEGIN
     RETURN QUERY EXECUTE format($q$
         SELECT key_json FROM pgmq.%1$I m, LATERAL embeddings_internal.message_keys(m.message) AS key_json
@@ -50,7 +50,7 @@ CREATE FUNCTION embeddings.sweep(
     archive_retention interval DEFAULT '7 days',
     verify boolean DEFAULT false
 ) RETURNS integer
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     t embeddings.targets;
     cursor_key text;

@@ -134,7 +134,7 @@ $$;
 -- keys_per_message() keys). Steps that are not watch()'s own wait until it does not, so that the
 -- lane holds a step or two, never the table. Reads at most that many messages.
 CREATE FUNCTION embeddings_internal.backfill_lane_full(queue text, max_keys integer) RETURNS boolean
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     lane_full boolean;
 BEGIN

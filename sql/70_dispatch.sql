@@ -14,7 +14,7 @@ CREATE FUNCTION embeddings.dispatch_batches(
     timeout_seconds integer DEFAULT 300,
     queue text DEFAULT 'embedding_jobs'
 ) RETURNS SETOF jsonb
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     wanted integer := batch_size * max_requests;
     live jsonb[];

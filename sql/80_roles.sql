@@ -70,7 +70,7 @@ END
 $$;
 
 CREATE FUNCTION embeddings_internal.grant_worker_queue(role_name name, queue_name text) RETURNS void
-LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 BEGIN
     EXECUTE format('GRANT SELECT, INSERT, UPDATE, DELETE ON pgmq.%I TO %I',
                    pgmq.format_table_name(queue_name, 'q'), role_name);

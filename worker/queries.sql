@@ -770,10 +770,14 @@ DISCARD PLANS;
 -- re-applies DateStyle and IntervalStyle (reported parameters) on whatever server connection
 -- serves us. Content is evaluated under these same formats in every session (sql/32_access.sql:
 -- content_settings_sql), so what the worker embeds and what the verifying sweep checks agree.
+-- Backslashes in string constants as the SQL standard reads them (the default, which a role or
+-- database may turn off): pgmq's functions, parsed in our sessions, need it
+-- (pgmq.format_table_name's '\'' would end its string).
 RESET ALL;
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
        pg_catalog.set_config('DateStyle', 'ISO', false),
-       pg_catalog.set_config('IntervalStyle', 'postgres', false);
+       pg_catalog.set_config('IntervalStyle', 'postgres', false),
+       pg_catalog.set_config('standard_conforming_strings', 'on', false);
 
 -- name: session_start_path
 -- The search path the session started with, what RESET restores (pg_settings.reset_val): read

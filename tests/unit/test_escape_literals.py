@@ -11,12 +11,20 @@ setting: an escape string (E'\\\\s') or dollar-quoted ($r$\\s$r$). Walked with P
 scanner (pglast), into dollar-quoted bodies and format() templates, in every file of sql/ and
 every statement of worker/queries.sql. Generated code quotes with format()'s %L, which writes
 an escape string whenever a backslash is in the value.
+
+pgmq's functions are not ours to rewrite (pgmq.format_table_name's '\\'' ends its string early
+when the setting is off): every function of ours that calls one sets standard_conforming_strings
+on for the call, so that pgmq's are parsed under it, and our sessions set it (session_reset).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import pglast
+from pglast import ast
+
+from tests.support import sql_names
 from tests.support.sql_literals import plain_literals_with_backslashes
 from tests.unit.test_qualified_names import rendered
 from worker import queries
@@ -45,6 +53,36 @@ def test_every_statement_we_send_reads_the_same_under_either_setting() -> None:
         for raw in plain_literals_with_backslashes(rendered(name))
     }
     assert not found, "\n".join(sorted(found))
+
+
+def test_every_function_that_calls_pgmq_reads_it_under_standard_strings() -> None:
+    calling, unset = set(), set()
+    for path in _sql_files():
+        text = path.read_text()
+        for raw in pglast.parse_sql(text):
+            stmt = raw.stmt
+            found = sql_names._statement(stmt, text, raw)
+            if not any(r.kind == "function" and r.schema == "pgmq" for r in found.references):
+                continue
+            if not isinstance(stmt, ast.CreateFunctionStmt):
+                continue  # a statement migrate or uninstall runs: in our session (session_reset)
+            name = ".".join(str(n.sval) for n in stmt.funcname or ())
+            calling.add(name)
+            settings = {
+                (option.arg.name, ",".join(str(a.val.sval) for a in option.arg.args or ()))
+                for option in stmt.options or ()
+                if option.defname == "set"
+            }
+            if ("standard_conforming_strings", "on") not in settings:
+                unset.add(f"{path.name}: {name}")
+    assert "embeddings.sweep" in calling and "embeddings.dispatch_batches" in calling
+    assert not unset, "add SET standard_conforming_strings = on:\n" + "\n".join(sorted(unset))
+
+
+def test_our_sessions_read_standard_strings() -> None:
+    assert "pg_catalog.set_config('standard_conforming_strings', 'on', false)" in queries.get(
+        "session_reset"
+    )
 
 
 def test_a_plain_backslash_is_found_at_any_depth() -> None:

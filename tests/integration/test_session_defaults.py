@@ -1,0 +1,73 @@
+"""A database whose sessions start with settings that change how SQL text reads: our functions
+and the worker work in it as in any other.
+
+- standard_conforming_strings off (backslashes in plain string constants are escapes): pgmq's
+  own functions (pgmq.format_table_name's '\\'') no longer parse, so every function of ours
+  that calls pgmq sets it on for the call, and our sessions set it (session_reset); our own
+  constants read the same either way (tests/unit/test_escape_literals.py).
+- quote_all_identifiers on: %I quotes every name, so a generated trigger's name is quoted whole
+  (watch() had made `"embeddings_1"_insert`, a syntax error).
+Set as the database's defaults (ALTER DATABASE ... SET), so that every new session has them:
+the application's that watches and writes, the worker's, the search pool's, pg_cron's.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+
+from worker.models.query_batch import QueryBatchers
+from worker.process.runner import Worker
+from worker.retrieval.pool import SearchConnections
+from worker.retrieval.request import SearchRequest
+from worker.retrieval.search import SearchService
+
+Conn = psycopg.Connection[Any]
+
+ODD_DEFAULTS = {
+    "standard_conforming_strings": "off",
+    "escape_string_warning": "off",
+    "quote_all_identifiers": "on",
+}
+BODIES = ["a path C:\\docs\\notes", "the os.path module", "it's a \\n newline"] * 4
+
+
+def test_a_database_with_odd_session_defaults_is_watched_embedded_and_searched(
+    conn: Conn,
+    dsn: str,
+    embedders: Any,
+    run_once: Callable[..., Worker],
+    tiny_models: tuple[str, str],
+) -> None:
+    database = conn.info.dbname
+    for name, value in ODD_DEFAULTS.items():
+        conn.execute(f'ALTER DATABASE "{database}" SET {name} = {value}')
+    with psycopg.connect(dsn, autocommit=True) as app:  # the application's session
+        assert app.execute("SHOW standard_conforming_strings").fetchone() == ("off",)
+        app.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+        app.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (tiny_models[0],))
+        app.execute("SELECT embeddings.enable_fts('docs', 'english')")
+        with app.cursor() as cur:
+            cur.executemany("INSERT INTO docs VALUES (%s, %s)", list(enumerate(BODIES, start=1)))
+        app.execute("UPDATE docs SET body = body || ' (edited)' WHERE id = 1")
+        assert app.execute("SELECT count(*) FROM embeddings.status").fetchone() == (1,)
+
+    run_once(model=tiny_models[0])
+
+    with psycopg.connect(dsn, autocommit=True) as app:
+        assert app.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
+        row = app.execute("SELECT pending_jobs, failed_jobs FROM embeddings.status").fetchone()
+        assert row == (0, 0)
+        assert app.execute("SELECT count(*) FROM embeddings.sweep()").fetchone() is not None
+    searches = SearchConnections(dsn, max_size=1)
+    service = SearchService(searches.connection, QueryBatchers(embedders.get))
+    try:
+        for mode in ("vector", "hybrid"):
+            request = SearchRequest.parse(
+                {"table": "docs", "query": "os.path module", "k": 3, "mode": mode}
+            )
+            assert len(service.search(request)) == 3, mode
+    finally:
+        searches.close()
