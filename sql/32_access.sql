@@ -295,10 +295,12 @@ $$;
 -- run from pg_cron or psql under the database's DateStyle, the text the worker embedded: else
 -- every such row would look stale at every pass, and be embedded again. `ISO` alone keeps the
 -- caller's day/month order (it only parses input); TimeZone stays the caller's (a content
--- function that shows local times means the database's zone: docs/reliability.md).
+-- function that shows local times means the database's zone: docs/reliability.md). A content
+-- function's string constants read as the SQL standard does ('\t' two characters, not a tab),
+-- whatever standard_conforming_strings the database or the caller's session starts with.
 CREATE FUNCTION embeddings_internal.content_settings_sql() RETURNS text
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT ' SET DateStyle = ISO SET IntervalStyle = postgres'
+    SELECT ' SET DateStyle = ISO SET IntervalStyle = postgres SET standard_conforming_strings = on'
 $$;
 
 -- The settings the owner's code could leave in the caller's session (set_config(name, value,

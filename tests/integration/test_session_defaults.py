@@ -7,6 +7,8 @@ and the worker work in it as in any other.
   constants read the same either way (tests/unit/test_escape_literals.py).
 - quote_all_identifiers on: %I quotes every name, so a generated trigger's name is quoted whole
   (watch() had made `"embeddings_1"_insert`, a syntax error).
+- and settings that change how values read and print (German dates, SQL-standard intervals, a
+  time zone 12:45 ahead, 2 float digits, bytea as escapes, `= NULL` as IS NULL, an empty path).
 Set as the database's defaults (ALTER DATABASE ... SET), so that every new session has them:
 the application's that watches and writes, the worker's, the search pool's, pg_cron's.
 """
@@ -30,6 +32,13 @@ ODD_DEFAULTS = {
     "standard_conforming_strings": "off",
     "escape_string_warning": "off",
     "quote_all_identifiers": "on",
+    "DateStyle": "'German, DMY'",
+    "IntervalStyle": "sql_standard",
+    "TimeZone": "'Pacific/Chatham'",
+    "extra_float_digits": "-15",
+    "bytea_output": "escape",
+    "transform_null_equals": "on",
+    "search_path": "''",
 }
 BODIES = ["a path C:\\docs\\notes", "the os.path module", "it's a \\n newline"] * 4
 
@@ -46,18 +55,24 @@ def test_a_database_with_odd_session_defaults_is_watched_embedded_and_searched(
         conn.execute(f'ALTER DATABASE "{database}" SET {name} = {value}')
     with psycopg.connect(dsn, autocommit=True) as app:  # the application's session
         assert app.execute("SHOW standard_conforming_strings").fetchone() == ("off",)
-        app.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-        app.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (tiny_models[0],))
-        app.execute("SELECT embeddings.enable_fts('docs', 'english')")
+        app.execute("CREATE TABLE public.docs (id int PRIMARY KEY, body text)")
+        app.execute(
+            "SELECT embeddings.watch('public.docs', 'body', model => %s)", (tiny_models[0],)
+        )
+        app.execute("SELECT embeddings.enable_fts('public.docs', 'english')")
         with app.cursor() as cur:
-            cur.executemany("INSERT INTO docs VALUES (%s, %s)", list(enumerate(BODIES, start=1)))
-        app.execute("UPDATE docs SET body = body || ' (edited)' WHERE id = 1")
+            cur.executemany(
+                "INSERT INTO public.docs VALUES (%s, %s)", list(enumerate(BODIES, start=1))
+            )
+        app.execute("UPDATE public.docs SET body = body || ' (edited)' WHERE id = 1")
         assert app.execute("SELECT count(*) FROM embeddings.status").fetchone() == (1,)
 
     run_once(model=tiny_models[0])
 
     with psycopg.connect(dsn, autocommit=True) as app:
-        assert app.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
+        assert app.execute(
+            "SELECT count(*) FROM public.docs WHERE embedding IS NULL"
+        ).fetchone() == (0,)
         row = app.execute("SELECT pending_jobs, failed_jobs FROM embeddings.status").fetchone()
         assert row == (0, 0)
         assert app.execute("SELECT count(*) FROM embeddings.sweep()").fetchone() is not None
@@ -66,7 +81,7 @@ def test_a_database_with_odd_session_defaults_is_watched_embedded_and_searched(
     try:
         for mode in ("vector", "hybrid"):
             request = SearchRequest.parse(
-                {"table": "docs", "query": "os.path module", "k": 3, "mode": mode}
+                {"table": "public.docs", "query": "os.path module", "k": 3, "mode": mode}
             )
             assert len(service.search(request)) == 3, mode
     finally:

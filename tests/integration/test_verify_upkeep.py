@@ -219,3 +219,46 @@ def test_content_that_formats_dates_is_embedded_and_verified_alike_in_any_sessio
         iso[0],
     )
     assert made_from_iso == 1
+
+
+def test_content_with_backslashes_in_its_constants_is_embedded_and_verified_alike(
+    conn: Conn, dsn: str, minilm: str, run_once: RunOnce
+) -> None:
+    """A content function whose SQL holds a backslash in a string constant reads it as the
+    session's standard_conforming_strings says ('\\t': two characters, or a tab). Content is
+    evaluated with it on wherever the worker or a verifying sweep evaluates it, so a database
+    whose sessions start with it off (pg_cron's, psql's) verifies what the worker embedded."""
+    conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO notes SELECT i, 'note ' || i FROM generate_series(1, 3) i")
+    conn.execute(
+        "CREATE FUNCTION note_text(n notes) RETURNS text LANGUAGE sql STABLE AS"
+        " $$ SELECT n.body || ' \\t tabbed' $$"
+    )
+    name = conn.execute("SELECT current_database()").fetchone()
+    assert name is not None
+    conn.execute(f'ALTER DATABASE "{name[0]}" SET standard_conforming_strings = off')
+    conn.execute(f'ALTER DATABASE "{name[0]}" SET escape_string_warning = off')
+    target = stores.watch_with(conn, "notes", "note_text", model=minilm)
+
+    run_once()
+
+    assert count(conn, "SELECT count(*) FROM notes WHERE embedding IS NULL") == 0
+    for options in ("", "-c standard_conforming_strings=on"):
+        with psycopg.connect(dsn, autocommit=True, options=options) as session:
+            assert complete_pass(session, 2) == 0, options
+            # embeddings.verify() too, called alone (sweep() sets the setting for pgmq).
+            queued = 0
+            for _ in range(3):
+                row = session.execute("SELECT embeddings.verify(2)").fetchone()
+                queued += row[0] if row else 0
+            assert queued == 0, options
+            assert queued_keys(session, target) == [], options
+    made_from_standard = count(
+        conn,
+        "SELECT count(*) FROM embeddings.fingerprints f JOIN embeddings.targets t"
+        " ON t.id = f.target_id WHERE t.id = %s AND f.key = '1'"
+        " AND f.fingerprint = md5(embeddings_internal.definition_tag(t, t.model) || md5(%s))",
+        target,
+        "note 1 \\t tabbed",
+    )
+    assert made_from_standard == 1

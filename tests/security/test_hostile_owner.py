@@ -326,7 +326,11 @@ def test_altering_a_generated_function_is_undone_by_the_event_trigger(roles: Rol
         loaded = owner.execute(attributes, (load,)).fetchone()
         guard = owner.execute(attributes, (load.replace("_body", ""),)).fetchone()
     # What the worker embeds is evaluated in pinned formats (embeddings_internal.content_settings_sql()).
-    assert loaded is not None and loaded[1][1:] == ["DateStyle=iso", "IntervalStyle=postgres"]
+    assert loaded is not None and loaded[1][1:] == [
+        "DateStyle=iso",
+        "IntervalStyle=postgres",
+        "standard_conforming_strings=on",
+    ]
     # Its guard runs as its caller and sets nothing: it puts back its caller's settings
     # (create_access_function()).
     assert guard == (False, None)
