@@ -521,8 +521,8 @@ DECLARE
                                      'fired', CASE WHEN t.replica THEN 'ALWAYS ' ELSE '' END,
                                      'follow_deletes', CASE WHEN embeddings_internal.store_apart(t) THEN ' OR DELETE' ELSE '' END);
 BEGIN
-    -- Each trigger's (and its function's) whole name quoted as one: %(insert)I would put
-    -- the suffix outside the quotes that quote_all_identifiers adds to every identifier.
+    -- Each trigger's (and its function's) whole name, quoted as one: a quoted prefix with the
+    -- suffix after it ("embeddings_1"_insert, as quote_all_identifiers quotes) is a syntax error.
     SELECT args || jsonb_object_agg(kind, (args->>'prefix') || '_' || kind) INTO args
     FROM unnest(ARRAY['insert', 'update', 'delete', 'truncate', 'clear', 'replica']) AS kind;
     RETURN QUERY VALUES

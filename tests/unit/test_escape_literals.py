@@ -19,20 +19,13 @@ on for the call, so that pgmq's are parsed under it, and our sessions set it (se
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pglast
 from pglast import ast
 
 from tests.support import sql_names
 from tests.support.sql_literals import plain_literals_with_backslashes
-from tests.unit.test_qualified_names import rendered
+from tests.unit.test_qualified_names import _sql_files, rendered
 from worker import queries
-from worker.schema import files as schema_files
-
-
-def _sql_files() -> list[Path]:
-    return [*schema_files.install_files(), schema_files.sql_dir() / "uninstall.sql"]
 
 
 def test_every_constant_of_sql_reads_the_same_under_either_setting() -> None:
@@ -56,6 +49,8 @@ def test_every_statement_we_send_reads_the_same_under_either_setting() -> None:
 
 
 def test_every_function_that_calls_pgmq_reads_it_under_standard_strings() -> None:
+    """pgmq's functions are parsed, at their first call in a session, under the setting of the
+    moment: a function of ours that calls one (directly or in a format() template) sets it."""
     calling, unset = set(), set()
     for path in _sql_files():
         text = path.read_text()
