@@ -159,6 +159,40 @@ def test_keys_are_verified_alike_in_sessions_with_other_settings(
 # --- content evaluated in the same formats in every session --------------------------------
 
 
+def watched_notes(
+    conn: Conn, minilm: str, columns: str, values: str, content: str, defaults: dict[str, str]
+) -> int:
+    """Table `notes` (`columns`; rows 1-3 of `values`, an expression of i) watched through the
+    content function note_text(n), whose SQL is `content`, in a database whose sessions start
+    with `defaults`; its target."""
+    conn.execute(f"CREATE TABLE notes (id bigint PRIMARY KEY, {columns})")
+    conn.execute(f"INSERT INTO notes SELECT i, {values} FROM generate_series(1, 3) i")
+    conn.execute(
+        "CREATE FUNCTION note_text(n notes) RETURNS text LANGUAGE sql STABLE AS"
+        f" $$ SELECT {content} $$"
+    )
+    name = conn.execute("SELECT current_database()").fetchone()
+    assert name is not None
+    for setting, value in defaults.items():
+        conn.execute(f'ALTER DATABASE "{name[0]}" SET {setting} = {value}')
+    return stores.watch_with(conn, "notes", "note_text", model=minilm)
+
+
+def fingerprinted_from(conn: Conn, target: int, text: str) -> bool:
+    """Whether row 1's fingerprint was made from content `text`."""
+    return (
+        count(
+            conn,
+            "SELECT count(*) FROM embeddings.fingerprints f JOIN embeddings.targets t"
+            " ON t.id = f.target_id WHERE t.id = %s AND f.key = '1'"
+            " AND f.fingerprint = md5(embeddings_internal.definition_tag(t, t.model) || md5(%s))",
+            target,
+            text,
+        )
+        == 1
+    )
+
+
 def test_content_that_formats_dates_is_embedded_and_verified_alike_in_any_session(
     conn: Conn, dsn: str, minilm: str, run_once: RunOnce
 ) -> None:
@@ -166,24 +200,15 @@ def test_content_that_formats_dates_is_embedded_and_verified_alike_in_any_sessio
     sessions start with them, still reads what it fetches and embeds every row; and content
     that formats a date, a timestamp and an interval has one text, so one fingerprint, in the
     worker's session and in a verifying sweep's with yet other formats."""
-    conn.execute(
-        "CREATE TABLE notes (id bigint PRIMARY KEY, body text, day date, at timestamp,"
-        " took interval)"
+    target = watched_notes(
+        conn,
+        minilm,
+        "body text, day date, at timestamp, took interval",
+        "'note ' || i, date '2026-11-20' + i, timestamp '2026-11-23 10:00' + i * interval"
+        " '1 hour', i * interval '90 minutes'",
+        "n.body || ' on ' || n.day || ', ' || n.at || ', took ' || n.took",
+        {"DateStyle": "'German, DMY'", "IntervalStyle": "sql_standard"},
     )
-    conn.execute(
-        "INSERT INTO notes SELECT i, 'note ' || i, date '2026-11-20' + i,"
-        " timestamp '2026-11-23 10:00' + i * interval '1 hour', i * interval '90 minutes'"
-        " FROM generate_series(1, 3) i"
-    )
-    conn.execute(
-        "CREATE FUNCTION note_text(n notes) RETURNS text LANGUAGE sql STABLE AS"
-        " $$ SELECT n.body || ' on ' || n.day || ', ' || n.at || ', took ' || n.took $$"
-    )
-    name = conn.execute("SELECT current_database()").fetchone()
-    assert name is not None
-    conn.execute(f"ALTER DATABASE \"{name[0]}\" SET DateStyle = 'German, DMY'")
-    conn.execute(f'ALTER DATABASE "{name[0]}" SET IntervalStyle = sql_standard')
-    target = stores.watch_with(conn, "notes", "note_text", model=minilm)
 
     run_once()
 
@@ -210,15 +235,7 @@ def test_content_that_formats_dates_is_embedded_and_verified_alike_in_any_sessio
         by_default.execute("SET IntervalStyle = postgres")
         iso = by_default.execute("SELECT note_text(n) FROM notes n WHERE id = 1").fetchone()
     assert iso == ("note 1 on 2026-11-21, 2026-11-23 11:00:00, took 01:30:00",)
-    made_from_iso = count(
-        conn,
-        "SELECT count(*) FROM embeddings.fingerprints f JOIN embeddings.targets t"
-        " ON t.id = f.target_id WHERE t.id = %s AND f.key = '1'"
-        " AND f.fingerprint = md5(embeddings_internal.definition_tag(t, t.model) || md5(%s))",
-        target,
-        iso[0],
-    )
-    assert made_from_iso == 1
+    assert fingerprinted_from(conn, target, iso[0])
 
 
 def test_content_with_backslashes_in_its_constants_is_embedded_and_verified_alike(
@@ -228,17 +245,14 @@ def test_content_with_backslashes_in_its_constants_is_embedded_and_verified_alik
     session's standard_conforming_strings says ('\\t': two characters, or a tab). Content is
     evaluated with it on wherever the worker or a verifying sweep evaluates it, so a database
     whose sessions start with it off (pg_cron's, psql's) verifies what the worker embedded."""
-    conn.execute("CREATE TABLE notes (id bigint PRIMARY KEY, body text)")
-    conn.execute("INSERT INTO notes SELECT i, 'note ' || i FROM generate_series(1, 3) i")
-    conn.execute(
-        "CREATE FUNCTION note_text(n notes) RETURNS text LANGUAGE sql STABLE AS"
-        " $$ SELECT n.body || ' \\t tabbed' $$"
+    target = watched_notes(
+        conn,
+        minilm,
+        "body text",
+        "'note ' || i",
+        "n.body || ' \\t tabbed'",
+        {"standard_conforming_strings": "off", "escape_string_warning": "off"},
     )
-    name = conn.execute("SELECT current_database()").fetchone()
-    assert name is not None
-    conn.execute(f'ALTER DATABASE "{name[0]}" SET standard_conforming_strings = off')
-    conn.execute(f'ALTER DATABASE "{name[0]}" SET escape_string_warning = off')
-    target = stores.watch_with(conn, "notes", "note_text", model=minilm)
 
     run_once()
 
@@ -253,12 +267,4 @@ def test_content_with_backslashes_in_its_constants_is_embedded_and_verified_alik
                 queued += row[0] if row else 0
             assert queued == 0, options
             assert queued_keys(session, target) == [], options
-    made_from_standard = count(
-        conn,
-        "SELECT count(*) FROM embeddings.fingerprints f JOIN embeddings.targets t"
-        " ON t.id = f.target_id WHERE t.id = %s AND f.key = '1'"
-        " AND f.fingerprint = md5(embeddings_internal.definition_tag(t, t.model) || md5(%s))",
-        target,
-        "note 1 \\t tabbed",
-    )
-    assert made_from_standard == 1
+    assert fingerprinted_from(conn, target, "note 1 \\t tabbed")
