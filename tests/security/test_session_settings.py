@@ -42,6 +42,9 @@ SETTINGS = [
     ("plan_cache_mode = force_generic_plan",),
     ("enable_seqscan = off", "enable_indexscan = off"),
     ("default_transaction_isolation = 'serializable'",),
+    ("row_security = off",),  # a policy that would filter is an error, not a silent bypass
+    # Every query through parallel workers: a function marked PARALLEL SAFE that is not fails.
+    ("force_parallel_mode = on", "parallel_setup_cost = 0", "parallel_tuple_cost = 0"),
 ]
 VECTOR = "[" + ",".join(["0.05"] * 384) + "]"
 
