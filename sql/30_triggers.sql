@@ -526,20 +526,20 @@ BEGIN
     SELECT args || jsonb_object_agg(kind, (args->>'prefix') || '_' || kind) INTO args
     FROM unnest(ARRAY['insert', 'update', 'delete', 'truncate', 'clear', 'replica']) AS kind;
     RETURN QUERY VALUES
-        (args->>'prefix' || '_insert',
+        (args->>'insert',
          embeddings_internal.render('CREATE TRIGGER %(insert)I AFTER INSERT ON %(rel)s REFERENCING NEW TABLE AS new_rows '
                            'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(insert)I()', args), NULL::text),
-        (args->>'prefix' || '_update',
+        (args->>'update',
          embeddings_internal.render('CREATE TRIGGER %(update)I AFTER UPDATE ON %(rel)s REFERENCING OLD TABLE AS old_rows NEW TABLE AS new_rows '
                            'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(update)I()', args), NULL);
     -- A store apart from the table follows deletes and truncations; a subscriber's apply
     -- worker truncates with the statement triggers that fire ALWAYS.
     IF embeddings_internal.store_apart(t) THEN
         RETURN QUERY VALUES
-            (args->>'prefix' || '_delete',
+            (args->>'delete',
              embeddings_internal.render('CREATE TRIGGER %(delete)I AFTER DELETE ON %(rel)s REFERENCING OLD TABLE AS old_rows '
                                'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(delete)I()', args), NULL),
-            (args->>'prefix' || '_truncate',
+            (args->>'truncate',
              embeddings_internal.render('CREATE TRIGGER %(truncate)I AFTER TRUNCATE ON %(rel)s '
                                'FOR EACH STATEMENT EXECUTE FUNCTION embeddings.%(truncate)I()', args),
              embeddings_internal.render('ALTER TABLE %(rel)s ENABLE %(fired)sTRIGGER %(truncate)I', args));
@@ -549,7 +549,7 @@ BEGIN
     END IF;
     IF t.clear_on_update AND NOT embeddings_internal.store_apart(t) THEN
         RETURN QUERY VALUES
-            (args->>'prefix' || '_clear',
+            (args->>'clear',
              embeddings_internal.render('CREATE TRIGGER %(clear)I BEFORE UPDATE ON %(rel)s FOR EACH ROW '
                                'EXECUTE FUNCTION embeddings.%(clear)I()', args),
              embeddings_internal.render('ALTER TABLE %(rel)s ENABLE %(fired)sTRIGGER %(clear)I', args));
@@ -557,7 +557,7 @@ BEGIN
     IF t.replica THEN
         -- Only rows applied by replication (the origin's rows have the statement triggers).
         RETURN QUERY VALUES
-            (args->>'prefix' || '_replica',
+            (args->>'replica',
              embeddings_internal.render('CREATE TRIGGER %(replica)I AFTER INSERT OR UPDATE%(follow_deletes)s ON %(rel)s FOR EACH ROW '
                                'WHEN (pg_catalog.current_setting(''session_replication_role'') = ''replica'') '
                                'EXECUTE FUNCTION embeddings.%(replica)I()', args),
