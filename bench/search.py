@@ -37,8 +37,9 @@ HNSW: `--hnsw-rows` rows of vectors shaped like MiniLM's (bench/hnsw.py), its HN
 embeddings.search() searches/s at 8 clients and recall@10 against an exact scan.
 
 Targets (issue 50), checked in the result: http_vector at 8 clients >= 1.0x caller_vector (goal
-1.5x); at 1 client, p50 <= caller's + 2 ms; with a backlog draining, p95 <= 2x idle and the
-embed rate >= 0.8x without questions.
+1.5x); at 1 client, p50 <= caller's + 2 ms (the median of the rounds' differences, each
+round's http_vector against the caller_vector run right after it); with a backlog draining,
+p95 <= 2x idle and the embed rate >= 0.8x without questions.
 """
 
 from __future__ import annotations
@@ -326,8 +327,14 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
         ratio = eight["http/caller"]["vector"]
         checks["http/caller at 8 clients >= 1.0 (goal 1.5)"] = {"value": ratio, "met": ratio >= 1.0}
     if one:
-        gap = one["http_vector"]["p50_ms"] - one["caller_vector"]["p50_ms"]
-        checks["1 client p50 - caller's <= 2 ms"] = {"value": round(gap, 2), "met": gap <= 2.0}
+        # Round by round (paths alternate, the host drifts); the medians' difference beside it.
+        apart = round(one["http_vector"]["p50_ms"] - one["caller_vector"]["p50_ms"], 2)
+        paired = one.get("p50 - caller p50, ms", {}).get("after", {}).get("median", apart)
+        checks["1 client p50 - caller's <= 2 ms"] = {
+            "value": paired,
+            "medians_apart": apart,
+            "met": paired <= 2.0,
+        }
     for name in ("nice 0, poisson", "nice 0"):
         drain = result.get("backlog", {}).get(name)
         if drain:

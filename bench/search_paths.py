@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 import numpy as np
+import psycopg
 from psycopg_pool import ConnectionPool
 
 from bench import cputime
@@ -85,6 +86,14 @@ def caller_call(
     return call
 
 
+def _p50_gap(runs: dict[str, list[dict[str, Any]]], path: str) -> float:
+    """`path`'s p50 over the caller's (vector), in ms, in the round just run: the two ran one
+    after the other, so a host that slows down between rounds moves both (the medians of each
+    path's rounds, taken apart, may pair one round's with another's)."""
+    gap: float = runs[path][-1]["p50_ms"] - runs["caller_vector"][-1]["p50_ms"]
+    return gap
+
+
 def _merge(runs: list[dict[str, Any]]) -> dict[str, Any]:
     merged: dict[str, Any] = {
         key: statistics.median(r[key] for r in runs)
@@ -153,18 +162,21 @@ def throughput(
     worker of another checkout (BENCH_BEFORE), whose POST /search (vector) takes its turn in
     each round as http_vector_before."""
     results: dict[str, Any] = {}
-    pool: ConnectionPool[Any] = ConnectionPool(
-        dsn, min_size=max(counts), max_size=max(counts), kwargs={"autocommit": True}
-    )
     workers = [worker.proc.pid] + ([before.proc.pid] if before else [])
-    try:
-        pool.wait()
-        with pool.connection() as conn:
-            postmaster = cputime.postmaster(conn)
-        for clients in counts:
+    with psycopg.connect(dsn) as conn:
+        postmaster = cputime.postmaster(conn)
+    for clients in counts:
+        # The caller's pool holds a connection per client, as issue 50's baseline: psycopg_pool
+        # hands out its idle connections oldest first, so a larger one would send a lone
+        # client's searches round all its backends (history/search.md: a pool that rotates).
+        pool: ConnectionPool[Any] = ConnectionPool(
+            dsn, min_size=clients, max_size=clients, kwargs={"autocommit": True}
+        )
+        try:
+            pool.wait()
             runs: dict[str, list[dict[str, Any]]] = {}
             ratios: dict[str, list[float]] = {"vector": [], "hybrid": []}
-            gaps: dict[str, list[float]] = {}  # http p50 - caller p50, ms, per round
+            gaps: dict[str, list[float]] = {}  # http p50 - caller p50 (vector), ms, per round
             against_before: list[float] = []  # http_vector / http_vector_before, searches/s
             for _ in range(rounds):
                 # New keep-alive connections each round: the server closes idle ones.
@@ -197,33 +209,24 @@ def throughput(
                         runs[f"http_{kind}"][-1]["per_second"]
                         / runs[f"caller_{kind}"][-1]["per_second"]
                     )
+                gaps.setdefault("after", []).append(_p50_gap(runs, "http_vector"))
                 if before:
                     against_before.append(
                         runs["http_vector"][-1]["per_second"]
                         / runs["http_vector_before"][-1]["per_second"]
                     )
-                    gaps.setdefault("after", []).append(
-                        runs["http_vector"][-1]["p50_ms"] - runs["caller_vector"][-1]["p50_ms"]
-                    )
-                    gaps.setdefault("before", []).append(
-                        runs["http_vector_before"][-1]["p50_ms"]
-                        - runs["caller_vector"][-1]["p50_ms"]
-                    )
+                    gaps.setdefault("before", []).append(_p50_gap(runs, "http_vector_before"))
             per = {name: _merge(r) for name, r in runs.items()}
             per["http/caller"] = {k: round(statistics.median(v), 3) for k, v in ratios.items()}
             if against_before:
                 per["http/caller"]["vector, after/before"] = round(
                     statistics.median(against_before), 3
                 )
-            if gaps:
-                per["p50 - caller p50, ms"] = {
-                    k: {
-                        "median": round(statistics.median(v), 2),
-                        "rounds": [round(x, 2) for x in v],
-                    }
-                    for k, v in gaps.items()
-                }
+            per["p50 - caller p50, ms"] = {
+                k: {"median": round(statistics.median(v), 2), "rounds": [round(x, 2) for x in v]}
+                for k, v in gaps.items()
+            }
             results[str(clients)] = per
-    finally:
-        pool.close()
+        finally:
+            pool.close()
     return results

@@ -1,0 +1,37 @@
+"""bench/search.py's targets (issue 50) read from a run's figures."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from bench.search import targets
+
+
+def _one_client(http_p50: float, caller_p50: float, rounds: list[float]) -> dict[str, Any]:
+    one: dict[str, Any] = {
+        "http_vector": {"p50_ms": http_p50},
+        "caller_vector": {"p50_ms": caller_p50},
+    }
+    if rounds:
+        median = sorted(rounds)[len(rounds) // 2]
+        one["p50 - caller p50, ms"] = {"after": {"median": median, "rounds": rounds}}
+    return {"throughput": {"1": one}}
+
+
+def test_the_one_client_gap_is_the_median_of_each_rounds_own_difference() -> None:
+    # A host slowing down between rounds: http 8.8, 9.5, 10.1 ms against the caller's 7.2,
+    # 7.4, 8.1 right after each. Paired, +1.6, +2.1, +2.0; the medians apart (9.5 - 7.4)
+    # pair the second round's http with the second's caller by chance only.
+    found = targets(_one_client(9.53, 7.38, [1.58, 2.15, 1.98]))
+    check = found["1 client p50 - caller's <= 2 ms"]
+    assert check == {"value": 1.98, "medians_apart": 2.15, "met": True}
+
+
+def test_the_gap_above_two_ms_is_not_met() -> None:
+    check = targets(_one_client(10.5, 8.0, [2.4, 2.5, 2.6]))["1 client p50 - caller's <= 2 ms"]
+    assert check["met"] is False and check["value"] == 2.5
+
+
+def test_a_run_without_paired_rounds_falls_back_to_the_medians_apart() -> None:
+    check = targets(_one_client(10.0, 8.5, []))["1 client p50 - caller's <= 2 ms"]
+    assert check == {"value": 1.5, "medians_apart": 1.5, "met": True}
