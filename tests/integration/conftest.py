@@ -100,17 +100,22 @@ def minilm(monkeypatch: pytest.MonkeyPatch, model_path: str) -> str:
     return MINILM
 
 
-@pytest.fixture
-def settings(dsn: str, minilm: str, model_path: str) -> Settings:
+def case_settings(dsn: str, model: str, model_path: str) -> Settings:
+    """The in-process worker's settings in the tests (`settings`)."""
     return Settings(
         database_url=dsn,
-        model=minilm,
+        model=model,
         model_path=model_path,
         batch_size=64,
         max_attempts=3,
         backoff_base_seconds=0.01,  # retries become visible at once: tests need not wait
         vt_seconds=30,
     )
+
+
+@pytest.fixture
+def settings(dsn: str, minilm: str, model_path: str) -> Settings:
+    return case_settings(dsn, minilm, model_path)
 
 
 @pytest.fixture

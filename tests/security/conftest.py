@@ -94,12 +94,18 @@ class Roles:
         return psycopg.connect(self.dsn_of(role), autocommit=True)
 
     @property
+    def names(self) -> tuple[str, ...]:
+        """Every role's name."""
+        return (self.owner, self.tenant, self.writer, self.worker, self.stranger, self.monitor)
+
+    @property
     def worker_dsn(self) -> str:
         return make_conninfo(self.dsn, user=self.worker)
 
 
-@pytest.fixture
-def roles(conn: Conn, dsn: str) -> Iterator[Roles]:
+def create_roles(conn: Conn, dsn: str) -> Roles:
+    """The roles, under names no other test takes, with `secrets` watched and the owner's
+    payload in the database of `dsn` (`conn`: the superuser's connection to it)."""
     suffix = uuid.uuid4().hex[:8]
     kinds = ("owner", "tenant", "writer", "worker", "stranger", "monitor")
     names = {kind: f"{kind}_{suffix}" for kind in kinds}
@@ -116,11 +122,23 @@ def roles(conn: Conn, dsn: str) -> Iterator[Roles]:
     conn.execute("SELECT embeddings.watch('secrets', 'secret', model => %s)", (MINILM,))
     with found.connect(found.owner) as owner:
         owner.execute(PAYLOAD.format(owner=found.owner).encode())
-    yield found
-    for name in names.values():
+    return found
+
+
+def drop_roles(conn: Conn, roles: Roles) -> None:
+    """The roles gone, with what they own in `conn`'s database (the only one left that holds
+    anything of theirs)."""
+    for name in roles.names:
         conn.execute(f"ALTER ROLE {name} NOSUPERUSER")
         conn.execute(f"DROP OWNED BY {name} CASCADE")
         conn.execute(f"DROP ROLE {name}")
+
+
+@pytest.fixture
+def roles(conn: Conn, dsn: str) -> Iterator[Roles]:
+    found = create_roles(conn, dsn)
+    yield found
+    drop_roles(conn, found)
 
 
 def contained(roles: Roles, *also: str) -> list[tuple[str, str]]:

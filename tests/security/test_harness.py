@@ -2,8 +2,9 @@
 
 tests/security/harness.py builds the world: the table owner's tables of every kind, watched,
 with its code planted at every hook it controls, each piece recording as whom it ran, leaving
-session state behind and trying to escalate. Here every product operation runs, as each role
-the docs tell operators to use, and after each:
+session state behind and trying to escalate, once for the module; every case runs in a copy of
+its database. Here every product operation runs, as each role the docs tell operators to use,
+and after each:
 - the owner's code ran as the owner only (or as a role that itself read the owner's table);
 - no escalation succeeded, nothing of the other tenant reached the owner;
 - the worker still serves the other tenant: a row it adds afterwards is embedded.
@@ -13,24 +14,28 @@ table lists them (test_the_documented_operations_are_the_harness_operations)."""
 
 from __future__ import annotations
 
+import dataclasses
 import http.client
 import io
 import json
 import os
 import socket
 import zipfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 import pytest
 
+from tests.integration.conftest import TINY_DIMS, TINY_MODELS, case_settings
 from tests.security import harness
-from tests.security.conftest import Roles
+from tests.security.conftest import Roles, create_roles
+from tests.support.cluster import Cluster
 from tests.support.docs import DOCS
 from tests.support.documents import encrypted, pdf_bytes
-from tests.support.models import MINILM
+from tests.support.in_flight import in_process_worker
+from tests.support.models import MINILM, require_minilm
 from tests.support.process import WorkerProcess, run_cli
 from tests.support.provider_server import ProviderServer
 from tests.support.rerank_server import RerankServer
@@ -423,14 +428,60 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
 CASES = [(op, role) for op, (roles, _) in OPERATIONS.items() for role in roles]
 
 
+@pytest.fixture(scope="module")
+def built_world(
+    cluster: Cluster,
+    template_db: str,
+    embedders: LoadedModels,
+    model_path: str,
+    tiny_model_paths: str,
+) -> Iterator[tuple[str, harness.World]]:
+    """The world built once for the module, every row embedded once, and its database's name:
+    building it takes 13-16 s on a 2-core machine, and each case gets a copy (`world`)."""
+    require_minilm()
+    name = cluster.create_database(template=template_db, prefix="world")
+    dsn = cluster.dsn(name)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        roles = create_roles(conn, dsn)
+        for model in TINY_MODELS:  # (what the tiny_models fixture registers)
+            conn.execute(
+                "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+                " VALUES (%s, %s, 512, 'mean')",
+                (model, TINY_DIMS),
+            )
+    built = harness.build(roles)
+    worker = in_process_worker(
+        case_settings(dsn, MINILM, model_path),
+        embedders,
+        once=True,
+        database_url=roles.worker_dsn,
+        batch_size=3,
+    )
+    assert worker.run() == 0
+    harness.verdict(roles)
+    yield name, built
+    cluster.drop_database(name)  # (each case's copy is gone by now: nothing else of the roles')
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:
+        for role in roles.names:
+            conn.execute(f"DROP ROLE {role}")
+
+
 @pytest.fixture
 def world(
-    roles: Roles, run_once: Callable[..., Worker], tiny_models: tuple[str, str]
-) -> harness.World:
-    built = harness.build(roles)
-    run_once(database_url=roles.worker_dsn, batch_size=3)  # every row embedded once
-    harness.verdict(roles)
-    return built
+    cluster: Cluster, built_world: tuple[str, harness.World], minilm: str
+) -> Iterator[harness.World]:
+    """A copy of the module's world for one case. CREATE DATABASE ... TEMPLATE copies what is in
+    the database, not the grants on the database itself: the owner's CREATE on it again."""
+    template, built = built_world
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:  # (a session left in the
+        conn.execute(  # template stops the copy; CREATE DATABASE waits for one going away)
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (template,)
+        )
+    name = cluster.create_database(template=template, prefix="world")
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:
+        conn.execute(f"GRANT CREATE ON DATABASE {name} TO {built.roles.owner}")
+    yield dataclasses.replace(built, roles=dataclasses.replace(built.roles, dsn=cluster.dsn(name)))
+    cluster.drop_database(name)
 
 
 @pytest.mark.parametrize(("operation", "role"), CASES, ids=[f"{o} as {r}" for o, r in CASES])
