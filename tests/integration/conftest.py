@@ -171,6 +171,11 @@ def tiny_models(
     conn: psycopg.Connection[Any], tiny_model_paths: str, minilm: str
 ) -> tuple[str, str]:
     """The two tiny models, findable by name (beside MiniLM) and registered in the database."""
+    return register_tiny_models(conn)
+
+
+def register_tiny_models(conn: psycopg.Connection[Any]) -> tuple[str, str]:
+    """The two tiny models in the registry of `conn`'s database."""
     for name in TINY_MODELS:
         conn.execute(
             "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"

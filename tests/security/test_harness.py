@@ -28,9 +28,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.integration.conftest import TINY_DIMS, TINY_MODELS, case_settings
+from tests.integration.conftest import case_settings, register_tiny_models
 from tests.security import harness
-from tests.security.conftest import Roles, create_roles
+from tests.security.conftest import Roles, create_roles, drop_roles
 from tests.support.cluster import Cluster
 from tests.support.docs import DOCS
 from tests.support.documents import encrypted, pdf_bytes
@@ -443,12 +443,7 @@ def built_world(
     dsn = cluster.dsn(name)
     with psycopg.connect(dsn, autocommit=True) as conn:
         roles = create_roles(conn, dsn)
-        for model in TINY_MODELS:  # (what the tiny_models fixture registers)
-            conn.execute(
-                "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
-                " VALUES (%s, %s, 512, 'mean')",
-                (model, TINY_DIMS),
-            )
+        register_tiny_models(conn)
     built = harness.build(roles)
     worker = in_process_worker(
         case_settings(dsn, MINILM, model_path),
@@ -459,11 +454,14 @@ def built_world(
     )
     assert worker.run() == 0
     harness.verdict(roles)
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:  # (a session left in the
+        conn.execute(  # template would stop every copy; CREATE DATABASE waits for one going away)
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+        )
     yield name, built
     cluster.drop_database(name)  # (each case's copy is gone by now: nothing else of the roles')
     with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:
-        for role in roles.names:
-            conn.execute(f"DROP ROLE {role}")
+        drop_roles(conn, roles)
 
 
 @pytest.fixture
@@ -473,10 +471,6 @@ def world(
     """A copy of the module's world for one case. CREATE DATABASE ... TEMPLATE copies what is in
     the database, not the grants on the database itself: the owner's CREATE on it again."""
     template, built = built_world
-    with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:  # (a session left in the
-        conn.execute(  # template stops the copy; CREATE DATABASE waits for one going away)
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (template,)
-        )
     name = cluster.create_database(template=template, prefix="world")
     with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:
         conn.execute(f"GRANT CREATE ON DATABASE {name} TO {built.roles.owner}")
