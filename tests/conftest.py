@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -59,6 +60,17 @@ def empty_dsn(cluster: Cluster) -> Iterator[str]:
 def conn(dsn: str) -> Iterator[psycopg.Connection[Any]]:
     with psycopg.connect(dsn, autocommit=True) as connection:
         yield connection
+
+
+@pytest.fixture(scope="session")
+def generated_models_root(request: pytest.FixtureRequest) -> Path:
+    """Where the tiny random-weight models are built (tests/support/modelgen.py): pytest's
+    cache, so later runs reuse them; a temporary folder when the cache plugin is off
+    (`-p no:cacheprovider`)."""
+    cache = getattr(request.config, "cache", None)
+    if cache is not None:
+        return Path(cache.mkdir("embed-worker-models"))
+    return Path(request.getfixturevalue("tmp_path_factory").mktemp("models"))
 
 
 @pytest.fixture(scope="session")

@@ -35,15 +35,17 @@ def long_text(paragraphs: int) -> str:
 
 
 @pytest.fixture(scope="module")
-def tiny_model(request: pytest.FixtureRequest) -> Path:
+def tiny_model(generated_models_root: Path) -> Path:
     tokenizer = shared_models_dir() / "gte-small"
     if not (tokenizer / "tokenizer.json").is_file():
         pytest.skip(f"the gte-small tokenizer is not in {shared_models_dir()}")
-    cache = request.config.cache
-    assert cache is not None
-    root = Path(cache.mkdir("embed-worker-models"))
     return modelgen.cached_model_dir(
-        root, name=MODEL, tokenizer_dir=tokenizer, seed=1, pooling="mean", **modelgen.TINY
+        generated_models_root,
+        name=MODEL,
+        tokenizer_dir=tokenizer,
+        seed=1,
+        pooling="mean",
+        **modelgen.TINY,
     )
 
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import subprocess
+import tarfile
 import zipfile
 from collections.abc import Iterator
 from pathlib import Path
@@ -43,16 +44,18 @@ def load_demo() -> Any:
     return module
 
 
+@pytest.fixture(scope="module")
+def sdist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    return wheellib.build(tmp_path_factory.mktemp("sdist"), kind="sdist")
+
+
 @pytest.fixture(scope="module", params=["wheel", "sdist"])
 def venv(
     request: pytest.FixtureRequest, wheel: Path, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[wheellib.Venv]:
     """Each released artefact installed as a user installs it: the wheel, and the sdist (pip
     builds it), each into a fresh virtual environment outside the checkout."""
-    if request.param == "wheel":
-        artefact = wheel
-    else:
-        artefact = wheellib.build(tmp_path_factory.mktemp("sdist"), kind="sdist")
+    artefact = wheel if request.param == "wheel" else request.getfixturevalue("sdist")
     root = tmp_path_factory.mktemp(f"installed-{request.param}") / "venv"
     yield wheellib.install(artefact, root, dependencies_of=wheel)
 
@@ -88,6 +91,23 @@ def test_the_wheel_holds_the_package_its_schema_and_migrations(wheel: Path) -> N
     assert "worker/_migrations/env.py" in names
     assert "worker/queries.sql" in names
     assert f"embed_worker-{wheellib.version()}.dist-info/entry_points.txt" in names
+
+
+def test_the_sdist_holds_tracked_files_only(sdist: Path) -> None:
+    """hatch's sdist takes every file of the checkout that git does not ignore, through links:
+    a tracked link to a virtualenv (.venv-main, committed by mistake) once put 240 MB of
+    site-packages into it."""
+    try:
+        listed = subprocess.run(
+            ["git", "-C", str(REPO), "ls-files", "-z"], capture_output=True, check=True
+        )
+    except (OSError, subprocess.CalledProcessError) as exc:
+        pytest.skip(f"this checkout has no git history to compare the sdist with: {exc}")
+    tracked = {p for p in listed.stdout.decode().split("\0") if p}
+    with tarfile.open(sdist) as archive:
+        members = {m.name.partition("/")[2] for m in archive.getmembers() if not m.isdir()}
+    assert members - {"PKG-INFO"} <= tracked, sorted(members - tracked - {"PKG-INFO"})[:10]
+    assert {"pyproject.toml", "README.md", "worker/__init__.py"} <= members
 
 
 def test_the_installed_package_runs_with_nothing_of_the_checkout_on_its_path(

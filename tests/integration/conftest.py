@@ -39,21 +39,15 @@ GENERATED: dict[str, tuple[int, dict[str, Any]]] = {
 
 
 @pytest.fixture(scope="session")
-def generated_model_path(request: pytest.FixtureRequest) -> str:
+def generated_model_path(generated_models_root: Path) -> str:
     """EMBED_MODEL_PATH entries holding the GENERATED models; "" without the gte-small
     tokenizer to build them (the tests that need them skip)."""
-    cache = getattr(request.config, "cache", None)
-    root = (
-        Path(cache.mkdir("embed-worker-models"))
-        if cache is not None
-        else Path(request.getfixturevalue("tmp_path_factory").mktemp("models"))
-    )
     tokenizer = shared_models_dir() / "gte-small"
     if not (tokenizer / "tokenizer.json").is_file():
         return ""
     dirs = [
         modelgen.cached_model_dir(
-            root,
+            generated_models_root,
             name=name,
             tokenizer_dir=tokenizer,
             seed=seed,

@@ -47,19 +47,18 @@ BODIES = [
 
 
 @pytest.fixture(scope="session")
-def reranker_path(request: pytest.FixtureRequest) -> str:
+def reranker_path(generated_models_root: Path) -> str:
     """An EMBED_MODEL_PATH entry holding the tiny cross-encoder `tiny-rerank`."""
     tokenizer = shared_models_dir() / "gte-small"
     if not (tokenizer / "tokenizer.json").is_file():
         pytest.skip(f"the gte-small tokenizer is not in {shared_models_dir()}")
-    cache = getattr(request.config, "cache", None)
-    root = (
-        Path(cache.mkdir("embed-worker-models"))
-        if cache is not None
-        else Path(request.getfixturevalue("tmp_path_factory").mktemp("rerankers"))
-    )
     model = modelgen.cached_model_dir(
-        root, name=RERANKER, tokenizer_dir=tokenizer, cross_encoder=True, seed=3, **modelgen.TINY
+        generated_models_root,
+        name=RERANKER,
+        tokenizer_dir=tokenizer,
+        cross_encoder=True,
+        seed=3,
+        **modelgen.TINY,
     )
     return str(model.parent)
 

@@ -444,24 +444,27 @@ def built_world(
     with psycopg.connect(dsn, autocommit=True) as conn:
         roles = create_roles(conn, dsn)
         register_tiny_models(conn)
-    built = harness.build(roles)
-    worker = in_process_worker(
-        case_settings(dsn, MINILM, model_path),
-        embedders,
-        once=True,
-        database_url=roles.worker_dsn,
-        batch_size=3,
-    )
-    assert worker.run() == 0
-    harness.verdict(roles)
-    with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:  # (a session left in the
-        conn.execute(  # template would stop every copy; CREATE DATABASE waits for one going away)
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s", (name,)
+    try:  # (a build that fails leaves no roles behind on a server of TEST_DATABASE_URL either)
+        built = harness.build(roles)
+        worker = in_process_worker(
+            case_settings(dsn, MINILM, model_path),
+            embedders,
+            once=True,
+            database_url=roles.worker_dsn,
+            batch_size=3,
         )
-    yield name, built
-    cluster.drop_database(name)  # (each case's copy is gone by now: nothing else of the roles')
-    with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:
-        drop_roles(conn, roles)
+        assert worker.run() == 0
+        harness.verdict(roles)
+        with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:  # (a session left in
+            conn.execute(  # the template would stop every copy: CREATE DATABASE waits for it)
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE datname = %s",
+                (name,),
+            )
+        yield name, built
+    finally:
+        cluster.drop_database(name)  # (each case's copy is gone by now: nothing else of theirs)
+        with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:
+            drop_roles(conn, roles)
 
 
 @pytest.fixture

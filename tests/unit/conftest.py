@@ -61,14 +61,6 @@ def minilm(minilm_dir: Path) -> Embedder:
 
 
 @pytest.fixture(scope="session")
-def generated_models_root(request: pytest.FixtureRequest) -> Path:
-    cache = getattr(request.config, "cache", None)
-    if cache is not None:
-        return Path(cache.mkdir("embed-worker-models"))
-    return Path(request.getfixturevalue("tmp_path_factory").mktemp("models"))
-
-
-@pytest.fixture(scope="session")
 def tiny_model_dir(generated_models_root: Path, gte_tokenizer_dir: Path) -> Path:
     """2 layers, hidden 32, 512 positions, the real gte-small tokenizer; random weights."""
     return modelgen.cached_model_dir(
