@@ -30,9 +30,11 @@ It runs once per store of the vectors (tests/support/stores.py): in the row, in 
 (chunks of a few tokens, embedded a piece of a few chunks at a time: every row with content
 must hold exactly its content's chunks, each with its vector).
 
-`make test` runs a fixed (derandomized) set of 25 examples of at most 20 steps: 20-35 s per store
-on these 2-core machines when quiet (2026-11-23: 80 s for the three stores, 27 s of it the
-chunked one). The soak run (deselected by default: pyproject's addopts has `-m 'not soak'`)
+`make test` runs a fixed (derandomized) set of 25 examples of at most 20 steps: 80-120 s per store
+on a 2-core Zen 3 (2026-11-27, beside the suite's other process: row 79 s, side 89 s, chunked
+120 s; 20-35 s each on 2026-11-23, before the key shift, content function and long-reader
+rules). Of the row store's 80 s: 36 s of SQL (`watch()` alone 11 s), 27 s of worker runs, 10 s
+of the connection killer's random delays. The soak run (deselected by default: pyproject's addopts has `-m 'not soak'`)
 explores much more, with a fresh seed each time:
 
     .venv/bin/pytest tests/integration/test_stateful.py -m soak          # STATEFUL_EXAMPLES=200
