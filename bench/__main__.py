@@ -33,6 +33,11 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
                                                       POST /search and the backlog phases of
                                                       this checkout's worker beside CHECKOUT's
                                                       (bench/search.py)
+    [BENCH_BEFORE=CHECKOUT] python -m bench --only exact
+                                                      search()'s exact path on 4,000 rows and
+                                                      on 1,000 chunked documents, beside
+                                                      CHECKOUT's, query by query
+                                                      (bench/exact_search.py)
     python -m bench --only beir [--beir-data DIR] [--model M] [--beir-args "..."]
                                                       retrieval quality on a BEIR dataset
                                                       (bench/beir/, `make bench-beir`)
@@ -61,6 +66,7 @@ from bench import (
     corpus,
     documents,
     endtoend,
+    exact_search,
     hnsw,
     idle,
     index,
@@ -399,6 +405,16 @@ def main() -> int:
                 seconds=3.0 if args.quick else 6.0,
                 rounds=1 if args.quick else 3,
                 before=Path(os.environ["BENCH_BEFORE"]) if os.environ.get("BENCH_BEFORE") else None,
+            ),
+        )
+
+        section(
+            "exact",  # search()'s exact path, this checkout's against BENCH_BEFORE's
+            lambda: exact_search.run(
+                fresh_db(cluster, template),
+                lambda: cluster.dsn(cluster.create_database(prefix="benchbefore")),
+                before=Path(os.environ["BENCH_BEFORE"]) if os.environ.get("BENCH_BEFORE") else None,
+                samples=100 if args.quick else 300,
             ),
         )
 

@@ -244,6 +244,7 @@ BEGIN
         'store', store,
         'vector', embeddings_internal.render('%(store)I.%(vector)I', args),
         'key', embeddings_internal.key_json_sql(t, 's'),
+        'key_alias', 's',
         'content', CASE WHEN t.content_column IS NOT NULL
                         THEN embeddings_internal.text_sql((SELECT a.atttypid::regtype FROM pg_attribute a
                                                   WHERE a.attrelid = t.source AND a.attname = t.content_column),

@@ -572,6 +572,7 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         'store', 'c',
         'vector', embeddings_internal.render('c.%(vector)I', a.args),
         'key', embeddings_internal.key_json_sql(t, 'c'),
+        'key_alias', 'c',
         'content', 'c.chunk',
         'seq', 'c.seq',
         'start_offset', 'c.start_offset',

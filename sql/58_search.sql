@@ -152,6 +152,8 @@ $$;
 --             text, position, character offsets, heading path and page, sql/55_chunks.sql)
 --   order     what the nearest come first by (an index scan's ORDER BY)
 --   distance  the cosine distance to $1 (a halfvec; cast to the column's type)
+--   key_alias the alias of the relation whose key columns `key` is made of (the exact path
+--             carries them raw, and makes the key only for the rows it may answer with)
 -- Key values keep the table's type in JSON as jobs carry them (sql/25_keys.sql): a number for
 -- an integer key, a string for text, an array of the columns' values for a composite key.
 
@@ -240,19 +242,40 @@ DECLARE
     -- Each statement in three parts: its result (into which the static one selects), then its
     -- FROM in two halves around the filter's condition. The exact path's OFFSET 0 keeps the
     -- index from ordering the rows: every matching row's distance.
-    columns CONSTANT text := '%(key)s AS key, %(content)s AS content, %(seq)s AS seq, %(start_offset)s AS start_offset, '
+    unkeyed CONSTANT text := '%(content)s AS content, %(seq)s AS seq, %(start_offset)s AS start_offset, '
                              '%(end_offset)s AS end_offset, %(headings)s AS headings, %(page)s AS page, %(distance)s AS distance';
+    columns CONSTANT text := '%(key)s AS key, ' || unkeyed;
+    -- The exact path sorts every matching row by distance, and making each row's key (JSON)
+    -- before the sort cost about as much as the distances (docs/performance.md): the key
+    -- columns go raw (k1, k2, ...) through it, ties at the k-th distance kept by the columns'
+    -- own order, and only the k rows kept get their JSON key. (WITH TIES instead would keep
+    -- the JSON key's order at the boundary, but Postgres then sorts every row, not the top k:
+    -- slower than before.) A chunked target's best chunk per document is found by the raw
+    -- key too (its columns' own equality, the one its primary key keeps).
+    raw_keys CONSTANT text := (SELECT string_agg(format('%I.%I AS k%s', q->>'key_alias', k.c, k.i), ', ' ORDER BY k.i)
+                               FROM unnest(t.key_columns) WITH ORDINALITY AS k(c, i));
+    raw_key_list CONSTANT text := (SELECT string_agg('r.k' || i, ', ' ORDER BY i)
+                                   FROM generate_series(1, cardinality(t.key_columns)) AS i);
+    late_key_target embeddings.targets := t;  -- t, its key columns named as the raw ones are
+    late_args jsonb;
     index_sql text[] := ARRAY[
         'SELECT coalesce(pg_catalog.jsonb_agg(r ORDER BY r.distance, r.key), ''[]'')',
         embeddings_internal.render(' FROM (SELECT %(distinct_on)s r.* FROM (SELECT c.*, pg_catalog.count(*) OVER () AS candidates'
                           ' FROM (SELECT ' || columns || ' FROM %(from)s WHERE %(vector)s IS NOT NULL AND (', args),
         embeddings_internal.render(') ORDER BY %(order)s LIMIT $3) c) r %(distinct_order)s) r', args)];
-    exact_sql text[] := ARRAY[
-        'SELECT coalesce(pg_catalog.jsonb_agg(d ORDER BY d.distance, d.key), ''[]'')',
-        embeddings_internal.render(' FROM (SELECT * FROM (SELECT %(distinct_on)s r.* FROM (SELECT ' || columns
-                          || ' FROM %(from)s WHERE %(vector)s IS NOT NULL AND (', args),
-        embeddings_internal.render(') OFFSET 0) r %(distinct_order)s) d ORDER BY d.distance, d.key LIMIT $3) d', args)];
+    exact_sql text[];
 BEGIN
+    late_key_target.key_columns := ARRAY(SELECT 'k' || i FROM generate_series(1, cardinality(t.key_columns)) AS i);
+    late_args := args || jsonb_build_object(
+        'raw_keys', raw_keys, 'late_key', embeddings_internal.key_json_sql(late_key_target, 'r'),
+        'distinct_on', CASE WHEN embeddings_internal.store_has_chunks(t) THEN 'DISTINCT ON (' || raw_key_list || ')' ELSE '' END,
+        'distinct_order', CASE WHEN embeddings_internal.store_has_chunks(t) THEN 'ORDER BY ' || raw_key_list || ', r.distance' ELSE '' END);
+    exact_sql := ARRAY[
+        'SELECT coalesce(pg_catalog.jsonb_agg(d ORDER BY d.distance, d.key), ''[]'')',
+        embeddings_internal.render(' FROM (SELECT %(late_key)s AS key, r.content, r.seq, r.start_offset, r.end_offset,'
+                          ' r.headings, r.page, r.distance FROM (SELECT * FROM (SELECT %(distinct_on)s r.* FROM (SELECT %(raw_keys)s, ' || unkeyed
+                          || ' FROM %(from)s WHERE %(vector)s IS NOT NULL AND (', late_args),
+        embeddings_internal.render(') OFFSET 0) r %(distinct_order)s) r ORDER BY r.distance, ' || raw_key_list || ' LIMIT $3) r) d', late_args)];
     RETURN QUERY VALUES (args->>'name', embeddings_internal.render($template$
         CREATE FUNCTION embeddings.%(name)I(query %(halfvec)s, filter jsonb, n integer, exact boolean) RETURNS jsonb
         LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
@@ -286,15 +309,19 @@ BEGIN
             RETURNS TABLE (key jsonb, seq integer, content text, distance double precision)
             LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp%(settings)s AS $body$
             BEGIN
-                IF %(name)I.exact THEN
-                    RETURN QUERY SELECT * FROM (%(nearest)s OFFSET 0) r ORDER BY r.distance LIMIT %(name)I.n;
+                IF %(name)I.exact THEN  -- keys made late, as the search's exact path makes them
+                    RETURN QUERY SELECT %(late_key)s, r.seq, r.content, r.distance
+                        FROM (SELECT * FROM (%(raw_nearest)s OFFSET 0) r ORDER BY r.distance, %(raw_key_list)s LIMIT %(name)I.n) r
+                        ORDER BY r.distance, %(raw_key_list)s;
                 ELSE
                     RETURN QUERY %(nearest)s ORDER BY %(order)s LIMIT %(name)I.n;
                 END IF;
             END
             $body$
-            $template$, args || jsonb_build_object(
-                'name', 'embeddings_' || t.id || '_nearest',
+            $template$, late_args || jsonb_build_object(
+                'name', 'embeddings_' || t.id || '_nearest', 'raw_key_list', raw_key_list,
+                'raw_nearest', embeddings_internal.render('SELECT %(raw_keys)s, %(seq)s AS seq, %(content)s AS content, %(distance)s AS distance '
+                                                 'FROM %(from)s', late_args),
                 'nearest', embeddings_internal.render('SELECT %(key)s AS key, %(seq)s AS seq, %(content)s AS content, %(distance)s AS distance '
                                              'FROM %(from)s', args))));
     END IF;

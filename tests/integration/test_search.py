@@ -201,6 +201,42 @@ def test_keys_keep_their_type_in_json(
     assert found["distance"] == pytest.approx(0, abs=1e-3)
 
 
+@pytest.mark.parametrize("chunks", [False, True], ids=["rows", "chunks"])
+def test_exact_ties_at_the_kth_distance_go_by_key(conn: Conn, query: Vec, chunks: bool) -> None:
+    """Rows at one distance (duplicate texts) straddling the k-th: the exact path keeps the
+    first by key and answers in key order, whatever order they were written in; a chunked
+    document once, with its best chunk. (It makes the JSON keys of the rows it keeps only,
+    after sorting on the key columns themselves: sql/58_search.sql, search_code().)"""
+    rng = np.random.default_rng(4)
+    conn.execute("CREATE TABLE items (region text, n int, body text, PRIMARY KEY (region, n))")
+    written = [(region, n) for region in ("b", "a", "c") for n in (3, 1, 2)]
+    conn.execute(
+        "INSERT INTO items SELECT * FROM unnest(%s::text[], %s::int[]) AS k(region, n),"
+        " LATERAL (SELECT 'item ' || region || n) b",
+        ([r for r, _ in written], [n for _, n in written]),
+    )
+    conn.execute(
+        f"SELECT embeddings.watch('items', 'body', model => %s{', chunk_tokens => 64' if chunks else ''})",
+        (MODEL,),
+    )
+    if chunks:  # every document's chunk n % 2 is the query itself, the other one farther
+        statement = "COPY items_chunks (region, n, seq, chunk, chunk_hash, embedding) FROM STDIN"
+        with conn.cursor() as cur, cur.copy(statement) as copy:
+            for region, n in written:
+                for seq in (0, 1):
+                    v = query if seq == n % 2 else toward(query, rng, 0.1)[0]
+                    copy.write_row((region, n, seq, f"{region}{n} chunk {seq}", f"h{seq}", text(v)))
+    else:
+        conn.execute("UPDATE items SET embedding = %s", (text(query),))
+    conn.execute("SET embeddings.exact_search_rows = 1000000")
+    found = searched(conn, "items", query, 4)
+    assert [r["key"] for r in found] == [["a", 1], ["a", 2], ["a", 3], ["b", 1]]
+    assert len({r["distance"] for r in found}) == 1
+    if chunks:
+        assert [r["seq"] for r in found] == [1, 0, 1, 1]
+        assert found[1]["content"] == "a2 chunk 0"
+
+
 def test_plain_table_k_rows_past_dead_duplicates_and_filters(conn: Conn, query: Vec) -> None:
     rng = np.random.default_rng(3)
     conn.execute("CREATE TABLE notes (id int PRIMARY KEY, tenant int, body text)")
