@@ -10,7 +10,7 @@ import logging
 import os
 import re
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager, suppress
 from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
@@ -126,14 +126,19 @@ def connect(
 
 
 def pool(
-    dsn: str, *, max_size: int, name: str, lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
+    dsn: str,
+    *,
+    max_size: int,
+    name: str,
+    lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    reset: Callable[[session_guard.GuardedConnection], None] | None = None,
 ) -> ConnectionPool[session_guard.GuardedConnection]:
     """Connections kept open for short requests (POST /search), made as connect() makes them
     and handed out as they are: no statement is sent when one is taken (a broken one is found
-    by its first statement: the caller asks again, worker/retrieval/search.py) or given back
-    (its user leaves it clean, DISCARDed in its last exchange: SearchConnections does so where
-    the user did not). Closed until the first `open()`: a worker whose HTTP side never searches
-    opens none."""
+    by its first statement: the caller asks again, worker/retrieval/search.py). `reset`: run
+    on each connection given back, on a thread of the pool's, before another user may take it
+    (SearchConnections DISCARDs there what its user's session left). Closed until the first
+    `open()`: a worker whose HTTP side never searches opens none."""
     conninfo = make_conninfo(dsn, application_name=APPLICATION_NAME, connect_timeout="10")
 
     def configure(conn: session_guard.GuardedConnection) -> None:
@@ -155,6 +160,7 @@ def pool(
         open=False,
         name=name,
         configure=configure,
+        reset=reset,
     )
 
 

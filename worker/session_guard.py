@@ -108,7 +108,8 @@ class GuardedConnection(psycopg.Connection[Any]):
     # connection given back so needs no DISCARD of its own (worker/retrieval/pool.py).
     clean = False
     # Given back to a pool after each use (db.pool): its user's last exchange DISCARDs the
-    # session (discard_session(then=...)).
+    # session (discard_session(then=...)), or the pool's reset does after (worker/retrieval/
+    # pool.py).
     pooled = False
     # The search path the session started with (`session_start_path` in queries.sql), read by
     # the first reset: the path a name the user gives is looked up in (worker/retrieval/
@@ -150,6 +151,19 @@ class GuardedConnection(psycopg.Connection[Any]):
         self.clean = True
         self.plans_of = keeping_plans_of
         return rows
+
+    def execute_as_left(self, query: str, params: Any = None) -> psycopg.Cursor[Any]:
+        """`query`, one of ours, run in the session as others' code left it: no reset before
+        it (a pipeline's statement after a search's ranking, where a reset cannot go: a pipeline
+        takes one statement a message). Only for statements that name everything schema-
+        qualified and read our tables alone: what that code may have SET can make them fail,
+        not change what they read. The session stays distrusted: the next guarded statement,
+        or the pool's DISCARD (worker/retrieval/pool.py), resets it first."""
+        if not _ours(query):
+            raise ValueError("execute_as_left() runs only statements of ours")
+        cursor = psycopg.Cursor(self)
+        cursor.execute(query, params)
+        return cursor
 
     def plans_for(self, target: int | None) -> str | None:
         """The statement that drops the session's cached plans unless they were kept for

@@ -56,10 +56,9 @@ def test_a_connection_comes_back_without_what_the_last_user_left(dsn: str) -> No
 def test_a_connection_given_back_however_the_lease_ended_comes_back_clean(
     dsn: str, ending: str
 ) -> None:
-    """Nothing is sent when a connection is given back after a search's last exchange
-    DISCARDed its session; one given back otherwise (an error, a transaction left open) is
-    DISCARDed before anyone else may take it, its transaction ended first (a rollback after
-    would undo the reset)."""
+    """A connection given back after an error, or with a transaction left open, is DISCARDed
+    before anyone else may take it, its transaction ended first (a rollback after would undo
+    the reset)."""
     searches = SearchConnections(dsn, max_size=1)
     try:
         with pytest.raises(RuntimeError), searches.connection() as conn:
@@ -161,8 +160,10 @@ class _Exchanges:
     def __init__(self, monkeypatch: Any) -> None:
         self.sent = 0
         self.statements = 0
+        self.sent_by_pool = 0  # of `sent`: those of the pool's own threads (its reset)
         self.queries: list[str] = []  # each statement's text, in the order sent
         execute, pipeline = psycopg.Cursor.execute, psycopg.Connection.pipeline
+        asking = threading.current_thread()
 
         def counted_execute(
             cursor: psycopg.Cursor[Any], query: Any, *args: Any, **kwargs: Any
@@ -171,6 +172,7 @@ class _Exchanges:
             self.queries.append(query if isinstance(query, str) else str(query))
             if cursor.connection._pipeline is None:
                 self.sent += 1
+                self.sent_by_pool += threading.current_thread() is not asking
             return execute(cursor, query, *args, **kwargs)
 
         def counted_pipeline(conn: psycopg.Connection[Any]) -> Any:
@@ -181,7 +183,14 @@ class _Exchanges:
         monkeypatch.setattr(psycopg.Connection, "pipeline", counted_pipeline)
 
 
-def test_a_search_makes_two_exchanges(
+def _given_back(searches: SearchConnections) -> None:
+    """Once the pool has the connections back, reset (taking one waits for it, in a pool of
+    one): what the pool's thread sends after a search has been sent."""
+    with searches.connection():
+        pass
+
+
+def test_a_search_answers_after_one_exchange(
     conn: psycopg.Connection[Any],
     dsn: str,
     minilm: str,
@@ -189,11 +198,12 @@ def test_a_search_makes_two_exchanges(
     embedders: Any,
     monkeypatch: Any,
 ) -> None:
-    """The table's target checked and the search sent together; then in one exchange the
-    DISCARD and reset its owner's code calls for, with the check that the table's model did
-    not change meanwhile; nothing to take the connection (no ping) or to give it back. Before:
-    6 (a ping, the check, the search, a reset, the model check, the DISCARD on a pool
-    thread), and 11 before that."""
+    """The table's target checked, the search, and the check that the table's model did not
+    change meanwhile, sent together: the answer after one exchange; then, on the pool's
+    thread, the DISCARD and reset its owner's code calls for, before another search may take
+    the connection; nothing to take it (no ping). Before: two exchanges before the answer (the
+    DISCARD sent with the model check), 6 before that (a ping, the check, the search, a
+    reset, the model check, the DISCARD on a pool thread), and 11 before that."""
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text, embedding vector(384))")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
     conn.execute("INSERT INTO docs (id, body) VALUES (1, 'a first document'), (2, 'a second')")
@@ -204,11 +214,14 @@ def test_a_search_makes_two_exchanges(
         service = SearchService(searches.connection, QueryBatchers(embedders.get))
         # The pool's first connection, made and typed; the table's model learnt.
         service.search(request)
+        _given_back(searches)
         exchanges = _Exchanges(monkeypatch)
-        for _ in range(3):
-            before, statements = exchanges.sent, exchanges.statements
+        for searched in range(1, 4):
             assert [r["key"] for r in service.search(request)] == [1, 2]
-            assert (exchanges.sent - before, exchanges.statements - statements) == (2, 3)
+            assert exchanges.sent - exchanges.sent_by_pool == searched  # the answer's
+            _given_back(searches)
+            assert exchanges.sent_by_pool == searched  # the DISCARD, after it
+        assert exchanges.statements == 3 * (3 + 1)
         with searches.connection() as pooled:  # given back clean: nothing of the search left
             assert pooled.clean  # type: ignore[attr-defined]
         # The table's target changed since the last search: checked and searched anew.
@@ -245,13 +258,16 @@ def test_a_connection_keeps_its_plans_for_the_next_searches_of_its_table_only(
     of_notes = SearchRequest.parse({"table": "notes", "query": "note", "k": 2})
     for request in (of_docs, of_notes, of_docs):  # the tables' targets and models learnt
         service.search(request)
+    _given_back(one_connection)
     exchanges = _Exchanges(monkeypatch)
     for _ in range(2):
         service.search(of_docs)
+    _given_back(one_connection)
     assert not [q for q in exchanges.queries if "DISCARD PLANS" in q]
-    assert exchanges.sent == 4  # two a search, as ever
+    assert exchanges.sent == 4  # two a search, as ever: the answer's, the pool's DISCARD
     exchanges.queries.clear()
     assert len(service.search(of_notes)) == 2
+    _given_back(one_connection)
     dropped = [i for i, q in enumerate(exchanges.queries) if "DISCARD PLANS" in q]
     assert dropped == [0]  # first, in the pipeline with the check and the ranking
     assert exchanges.sent == 6

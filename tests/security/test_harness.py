@@ -141,9 +141,11 @@ def _http_search(ctx: Context) -> None:
     """What POST /search runs (worker/http/work.py: Work.search), on the pooled connections it
     uses (worker/retrieval/pool.py), as the search role (EMBED_SEARCH_DATABASE_URL), the
     application's: one connection, so every search after the first runs in a session the
-    owner's code ran in before, and must find none of what it left. The search DISCARDs its
-    session in its last exchange (no statement is sent to take or give back a connection),
-    and each search runs twice: the first reads the table's target, the second checks it."""
+    owner's code ran in before, and must find none of what it left. A search's last check
+    (of its target's version) runs in the session as the owner's code left it, in the
+    ranking's exchange; the pool DISCARDs the session after the answer, before the connection
+    is taken again. Each search runs twice: the first reads the table's target, the second
+    checks it."""
     searches = SearchConnections(ctx.dsn, max_size=1)
     service = search.SearchService(searches.connection, QueryBatchers(ctx.embedders.get))
     try:

@@ -180,8 +180,8 @@ def _nice_of_tasks() -> dict[int, int]:
     for task in os.listdir("/proc/self/task"):
         try:
             stat = Path(f"/proc/self/task/{task}/stat").read_text()
-        except FileNotFoundError:  # a thread of another test's, ended since the listing
-            continue
+        except (FileNotFoundError, ProcessLookupError):  # a thread of another test's, ended
+            continue  # since the listing (before its stat was opened, or while it was read)
         fields = stat[stat.rindex(")") + 2 :].split()
         found[int(task)] = int(fields[16])  # nice: field 19 of stat, 17th after the name
     return found

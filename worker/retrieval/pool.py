@@ -30,7 +30,13 @@ class SearchConnections:
         the longest a search waits for a lock (EMBED_LOCK_TIMEOUT_MS)."""
         self.dsn = dsn
         self.max_size = max_size
-        self.pool = db.pool(dsn, max_size=max_size, name="search", lock_timeout_ms=lock_timeout_ms)
+        self.pool = db.pool(
+            dsn,
+            max_size=max_size,
+            name="search",
+            lock_timeout_ms=lock_timeout_ms,
+            reset=_leave_clean,
+        )
         self._opened = False
         self._lock = threading.Lock()
         self.leased = 0  # connections a search holds now
@@ -41,9 +47,9 @@ class SearchConnections:
         """A pooled connection for one search's SQL, as it was given back: no statement is
         sent to take it. ConnectionLost when none comes within CONNECTION_TIMEOUT (the database
         is down, or every one is busy). Given back, a connection its user did not leave clean
-        (session_guard: discard_session(), the search's last exchange) is DISCARDed here,
-        before any other search may take it; one that cannot be is closed (the pool replaces
-        it)."""
+        (session_guard: discard_session()) is DISCARDed by the pool on a thread of its own,
+        after the search answered and before any other search may take it (psycopg_pool runs
+        `reset` so); one that cannot be is closed (the pool replaces it)."""
         with self._lock:
             if not self._opened:
                 self.pool.open(wait=False)
@@ -57,7 +63,6 @@ class SearchConnections:
                     yield conn
                 finally:
                     self._count(-1)
-                    _leave_clean(conn)
         except PoolTimeout:
             raise exceptions.ConnectionLost(
                 f"no connection to {db.describe(self.dsn)} for the search within "
@@ -79,13 +84,15 @@ class SearchConnections:
 
 
 def _leave_clean(conn: GuardedConnection) -> None:
-    """Nothing of this lease's session for the next: its transaction ended (a rollback would
-    undo a reset made in it), then DISCARD ALL and our reset, unless its user did so last."""
+    """Nothing of this lease's session for the next (the pool's `reset`): its transaction
+    ended (a rollback would undo a reset made in it), then DISCARD ALL and our reset, unless
+    its user did so last. The cached plans stay if they are one target's (plans_for()): a
+    search of any other drops them first."""
     if conn.closed or conn.clean:
         return
     try:
         if conn.info.transaction_status != pq.TransactionStatus.IDLE:
             conn.rollback()
-        conn.discard_session()
+        conn.discard_session(keeping_plans_of=conn.plans_of)
     except psycopg.Error:
         conn.close()  # given back closed: the pool makes another

@@ -11,10 +11,13 @@ No connection is held while the CPU works:
      target as it is now (the one read last, checked by one statement:
      worker/retrieval/targets.py; a model other than the one embedded with: back to 1 with
      it), the rerank stage's registration, the ranking (by meaning, or hybrid where the
-     target has full-text search), and in one last exchange the DISCARD of the session the
-     ranking ran others' code in, with the check that the target did not change meanwhile;
-     the session's cached plans are kept for the same target's next searches, and dropped
-     first by a search of any other (session_discard_plans in queries.sql);
+     target has full-text search), and the check that the target did not change meanwhile:
+     for a table whose target is known, all three in one exchange (a pipeline). The DISCARD
+     of the session the ranking ran others' code in follows the answer: the pool's, on its
+     own thread, before any other search may take the connection (a search that went one
+     statement at a time sends it with its last check instead). The session's cached plans
+     are kept for the same target's next searches, and dropped first by a search of any
+     other (session_discard_plans in queries.sql);
   3. the rerank stage (a cross-encoder's CPU, a remote API's wait) runs with none.
 A query is never compared with another model's vectors.
 """
@@ -41,7 +44,14 @@ from worker.retrieval.errors import InvalidSearch, search_errors
 from worker.retrieval.fusion import Fusion
 from worker.retrieval.pool import SearchConnections
 from worker.retrieval.request import SearchRequest
-from worker.retrieval.targets import KnownTargets, check_statement, current_target, is_current
+from worker.retrieval.targets import (
+    KnownTargets,
+    check_statement,
+    current_target,
+    is_current,
+    is_current_version,
+    version_statement,
+)
 from worker.session_guard import GuardedConnection
 from worker.target import Target
 
@@ -158,20 +168,22 @@ class SearchService:
                 try:
                     at_once = self._rank_known(conn, request, model, vector)
                     if at_once is not None:
-                        target, found = at_once
+                        target, found, current = at_once
+                        if current:
+                            return found
+                        target = current_target(conn, target)  # changed under the ranking
                     else:
                         known = self.targets.known(request.table, request.column)
                         _plans_for(conn, None if known is None else known[1].id)
                         target = self.targets.find(
                             conn, request.table, request.column, then=self.then
                         )
-                        found = None
-                    if vector is not None and target.model == model:
-                        _plans_for(conn, target.id)
-                        found = found or self._rank(conn, target, request, vector)
-                        if found is not None and is_current(conn, target, last=True):
-                            return found
-                        target = current_target(conn, target)  # changed under the ranking
+                        if vector is not None and target.model == model:
+                            _plans_for(conn, target.id)
+                            ranked = self._rank(conn, target, request, vector)
+                            if ranked is not None and is_current(conn, target, last=True):
+                                return ranked
+                            target = current_target(conn, target)  # changed under the ranking
                 except exceptions.ConnectionLost as lost:
                     raise _Broken(lost) from lost
             if vector is None or target.model != model:  # first read, or another model now
@@ -188,12 +200,14 @@ class SearchService:
         request: SearchRequest,
         model: str | None,
         vector: npt.NDArray[np.float32] | None,
-    ) -> tuple[Target, _Ranked] | None:
-        """The ranking of the target this table meant last, sent with the statement that
-        checks it is still that target, in one exchange (a pipeline): on a pooled connection
-        as it was given back (clean: no reset may come between them), for a search without a
-        rerank stage, once the connection knows pgvector's types. None when this does not
-        apply or the target changed: the search checks and ranks one statement at a time."""
+    ) -> tuple[Target, _Ranked, bool] | None:
+        """The ranking of the target this table meant last, sent between the statement that
+        checks it is still that target and the one that reads its version again, in one
+        exchange (a pipeline): on a pooled connection as it was given back (clean: no reset
+        may come between them), for a search without a rerank stage, once the connection knows
+        pgvector's types; with whether the version was still the target's after the ranking.
+        None when this does not apply or the target changed: the search checks and ranks one
+        statement at a time."""
         known = self.targets.known(request.table, request.column)
         if (
             known is None
@@ -211,13 +225,17 @@ class SearchService:
             return None
         ranking = _ranking(target, request, vector, request.k)
         drop_plans = conn.plans_for(target.id)
-        checked = ranked = None
+        checked = ranked = version = None
         try:
             with search_errors(), conn.pipeline():
                 if drop_plans is not None:
                     conn.execute(drop_plans)
                 checked = conn.execute(*check_statement(conn, request.table, request.column))
                 ranked = conn.execute(ranking.query, ranking.params)
+                # After the ranking, in the same exchange: a model change that swapped the
+                # column meanwhile. The DISCARD the ranking calls for is the pool's, after
+                # the answer (worker/retrieval/pool.py).
+                version = conn.execute_as_left(*version_statement(target))
         except exceptions.DatabaseError:
             if _rows(checked) == check:  # the same target: the ranking's own error
                 raise
@@ -225,7 +243,8 @@ class SearchService:
         assert ranked is not None
         if _rows(checked) != check:
             return None
-        return target, _Ranked(ranking.results(ranked.fetchall()), None)
+        found = _Ranked(ranking.results(ranked.fetchall()), None)
+        return target, found, is_current_version(_rows(version), target)
 
     def _embed(self, model: str, query: str) -> npt.NDArray[np.float32]:
         vector: npt.NDArray[np.float32] = self.questions.embed(model, [query])[0]

@@ -125,22 +125,32 @@ def current_target(conn: db.Connection, target: Target) -> Target:
     return target_of(found[0])
 
 
+def version_statement(target: Target) -> tuple[str, dict[str, Any]]:
+    """The statement that reads `target`'s definition version now (one row; none: gone), with
+    its parameters: is_current() sends it, and a search sends it in the ranking's pipeline."""
+    return queries.get("search_target_version"), {"target": target.id}
+
+
+def is_current_version(rows: Any, target: Target) -> bool:
+    """Whether version_statement()'s `rows` say `target` is still the registered definition."""
+    return bool(rows) and rows[0][0] == target.version
+
+
 def is_current(conn: db.Connection, target: Target, *, last: bool = False) -> bool:
     """Whether `target` is still the registered definition: one row read. `last`: the
     search's last statement on `conn`, which ran only searches of `target` since its plans
     were dropped; a pooled connection then sends it after DISCARDing its session but the plans
     (kept for `target`'s next searches), in one exchange, and goes back to its pool clean
     (session_guard: discard_session)."""
-    query, params = queries.get("search_target_version"), {"target": target.id}
+    query, params = version_statement(target)
     with db.translated():
         if last and isinstance(conn, GuardedConnection) and conn.pooled:
             rows = conn.discard_session(
                 then=ClientCursor(conn).mogrify(query, params), keeping_plans_of=target.id
             )
-            row = rows[0] if rows else None
         else:
-            row = conn.execute(query, params).fetchone()
-    return row is not None and row[0] == target.version
+            rows = conn.execute(query, params).fetchall()
+    return is_current_version(rows, target)
 
 
 def _search_target(conn: db.Connection, params: dict[str, Any]) -> list[dict[str, Any]]:
