@@ -44,9 +44,9 @@ def _vector(rng: np.random.Generator) -> str:
     return "[" + ",".join(f"{x:.5f}" for x in v) + "]"
 
 
-def make_tables(dsn: str) -> dict[str, str]:
-    """The two tables, watched by the schema of the `worker` package imported; each kind's
-    generated search function's definition."""
+def make_tables(dsn: str) -> dict[str, tuple[str, str]]:
+    """The two tables, watched by the schema of the `worker` package imported; by table, its
+    generated search function's name and definition."""
     from worker import schema
 
     schema.migrate(dsn)
@@ -78,10 +78,11 @@ def make_tables(dsn: str) -> dict[str, str]:
         conn.execute("ANALYZE exact_rows")
         conn.execute("ANALYZE exact_docs_chunks")
         found = conn.execute(
-            "SELECT t.source::text, pg_get_functiondef(format('embeddings.%I', 'embeddings_' || t.id"
-            " || '_search')::regproc), 'embeddings_' || t.id || '_search' FROM embeddings.targets t"
+            "SELECT t.source::text, 'embeddings_' || t.id || '_search', pg_get_functiondef("
+            "format('embeddings.%I', 'embeddings_' || t.id || '_search')::regproc)"
+            " FROM embeddings.targets t"
         ).fetchall()
-    return {table: json.dumps([definition, name]) for table, definition, name in found}
+    return {table: (name, definition) for table, name, definition in found}
 
 
 def _before_functions(
@@ -94,8 +95,7 @@ def _before_functions(
         [sys.executable, __file__, empty_dsn], env=env, check=True, capture_output=True, text=True
     )
     names = {}
-    for table, found in json.loads(made.stdout.splitlines()[-1]).items():
-        definition, name = json.loads(found)
+    for table, (name, definition) in json.loads(made.stdout.splitlines()[-1]).items():
         names[table] = f"before_{table}"
         conn.execute(definition.replace(name, names[table]))
     return names
@@ -104,7 +104,7 @@ def _before_functions(
 def run(
     dsn: str, empty_db: Callable[[], str], before: Path | None, samples: int = 300
 ) -> dict[str, Any]:
-    ours = {table: json.loads(found)[1] for table, found in make_tables(dsn).items()}
+    ours = {table: name for table, (name, _) in make_tables(dsn).items()}
     rng = np.random.default_rng(7)
     result: dict[str, Any] = {"rows": ROWS, "documents": DOCUMENTS, "chunks": CHUNKS, "k": K}
     with psycopg.connect(dsn, autocommit=True) as conn:
