@@ -65,6 +65,9 @@ class Target:
     shadow_model: str | None = None
     shadow_column: str | None = None
     shadow_dims: int = -1
+    # The table's oid (embeddings.targets.source): a search's ranking names its table by it
+    # (worker/retrieval/rankings.py); None for a target not read from the registry.
+    source: int | None = None
 
     @property
     def in_change(self) -> bool:

@@ -53,6 +53,7 @@ _AS_READ = (
     "chunked",
     "rerank_model",
     "rerank_depth",
+    "source",
 )
 
 

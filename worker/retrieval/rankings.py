@@ -73,7 +73,7 @@ def by_vector_ranking(
     documents with the nearest chunks, each with its best one) among those matching `filter`,
     nearest first, as the connection's role may see them (row-level security included)."""
     params = {
-        "target": target.id,
+        "source": target.source,
         "query": HalfVector(vector),
         "k": k,
         "filter": None if filter is None else json.dumps(filter),
@@ -102,7 +102,7 @@ def hybrid_ranking(
         "depth": fusion.depth,
         "text_match": fusion.text_match,
         "fusion": fusion.fusion,
-        "target": target.id,
+        "source": target.source,
         "text": query,
         "query": HalfVector(vector),
         "k": k,
