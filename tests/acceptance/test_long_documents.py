@@ -15,7 +15,7 @@ import psycopg
 import pytest
 
 from tests.support import modelgen
-from tests.support.models import shared_models_dir
+from tests.support.models import require_gte_tokenizer
 from tests.support.process import WorkerProcess, wait_for
 from worker.pipeline.chunking import Splitter
 
@@ -36,13 +36,10 @@ def long_text(paragraphs: int) -> str:
 
 @pytest.fixture(scope="module")
 def tiny_model(generated_models_root: Path) -> Path:
-    tokenizer = shared_models_dir() / "gte-small"
-    if not (tokenizer / "tokenizer.json").is_file():
-        pytest.skip(f"the gte-small tokenizer is not in {shared_models_dir()}")
     return modelgen.cached_model_dir(
         generated_models_root,
         name=MODEL,
-        tokenizer_dir=tokenizer,
+        tokenizer_dir=require_gte_tokenizer(),
         seed=1,
         pooling="mean",
         **modelgen.TINY,

@@ -16,7 +16,13 @@ import pytest
 from tests.support import modelgen
 from tests.support.fault_scenario import Scenario
 from tests.support.in_flight import InFlight, in_process_worker
-from tests.support.models import MINILM, require_minilm, shared_models_dir
+from tests.support.models import (
+    MINILM,
+    gte_tokenizer,
+    require_gte_tokenizer,
+    require_minilm,
+    shared_models_dir,
+)
 from worker import config
 from worker.config import Settings
 from worker.models.embedder import Embedder
@@ -42,8 +48,8 @@ GENERATED: dict[str, tuple[int, dict[str, Any]]] = {
 def generated_model_path(generated_models_root: Path) -> str:
     """EMBED_MODEL_PATH entries holding the GENERATED models; "" without the gte-small
     tokenizer to build them (the tests that need them skip)."""
-    tokenizer = shared_models_dir() / "gte-small"
-    if not (tokenizer / "tokenizer.json").is_file():
+    tokenizer = gte_tokenizer()
+    if tokenizer is None:
         return ""
     dirs = [
         modelgen.cached_model_dir(
@@ -63,7 +69,7 @@ def generated_model_path(generated_models_root: Path) -> str:
 def tiny_model_paths(generated_model_path: str) -> str:
     """EMBED_MODEL_PATH entries holding the generated models, or skip saying why."""
     if not generated_model_path:
-        pytest.skip(f"the gte-small tokenizer is not in {shared_models_dir()}")
+        require_gte_tokenizer()
     return generated_model_path
 
 

@@ -16,7 +16,7 @@ import psycopg
 import pytest
 
 from tests.support import modelgen
-from tests.support.models import shared_models_dir
+from tests.support.models import require_gte_tokenizer
 from tests.support.process import run_cli
 from worker import exceptions
 from worker.models.files import ModelLocation
@@ -49,13 +49,10 @@ BODIES = [
 @pytest.fixture(scope="session")
 def reranker_path(generated_models_root: Path) -> str:
     """An EMBED_MODEL_PATH entry holding the tiny cross-encoder `tiny-rerank`."""
-    tokenizer = shared_models_dir() / "gte-small"
-    if not (tokenizer / "tokenizer.json").is_file():
-        pytest.skip(f"the gte-small tokenizer is not in {shared_models_dir()}")
     model = modelgen.cached_model_dir(
         generated_models_root,
         name=RERANKER,
-        tokenizer_dir=tokenizer,
+        tokenizer_dir=require_gte_tokenizer(),
         cross_encoder=True,
         seed=3,
         **modelgen.TINY,

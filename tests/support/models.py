@@ -13,6 +13,7 @@ import pytest
 from tests.support.cluster import REPO
 
 MINILM = "all-MiniLM-L6-v2"
+GTE_SMALL = "gte-small"  # its real tokenizer and config, without weights: the generated models'
 BUILT = REPO / ".cache" / "test-models"  # make test-models
 
 # all-MiniLM-L6-v2's vector of "hello world", its first 8 dimensions (public: other projects'
@@ -35,6 +36,24 @@ def require_minilm() -> Path:
         pytest.skip(
             f"real model weights not found at {path}: `make test-models` builds them "
             "(or set EMBED_TEST_MODELS)"
+        )
+    return path
+
+
+def gte_tokenizer() -> Path | None:
+    """The real gte-small tokenizer's directory, which the test session's generated models are
+    built with (tests/support/modelgen.py); None when it is absent."""
+    path = shared_models_dir() / GTE_SMALL
+    return path if (path / "tokenizer.json").is_file() else None
+
+
+def require_gte_tokenizer() -> Path:
+    """gte_tokenizer(), or skip with the reason."""
+    path = gte_tokenizer()
+    if path is None:
+        pytest.skip(
+            f"the gte-small tokenizer is not in {shared_models_dir()}: `make test-models` "
+            "builds it (or set EMBED_TEST_MODELS)"
         )
     return path
 

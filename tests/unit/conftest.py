@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import modelgen
-from tests.support.models import shared_models_dir
+from tests.support.models import require_gte_tokenizer, shared_models_dir
 from tests.support.remote_clients import close_all
 from worker.models.embedder import Embedder
 
@@ -52,7 +52,7 @@ def minilm_dir() -> Path:
 @pytest.fixture(scope="session")
 def gte_tokenizer_dir() -> Path:
     """The real gte-small tokenizer and config, without weights."""
-    return _shared_model("gte-small")
+    return require_gte_tokenizer()
 
 
 @pytest.fixture(scope="session")
