@@ -57,7 +57,8 @@ def generated_model_path(generated_models_root: Path) -> str:
             name=name,
             tokenizer_dir=tokenizer,
             seed=seed,
-            pooling="mean",
+            # (a cross-encoder scores a pair from its [CLS] token: no pooling to say)
+            **({} if params.get("cross_encoder") else {"pooling": "mean"}),
             **{**modelgen.TINY, **params},
         )
         for name, (seed, params) in GENERATED.items()

@@ -23,7 +23,11 @@ from tests.support.fetch import fetch_value
 from tests.support.process import WorkerProcess, cli_json, wait_for
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
+from worker.models.query_batch import QueryBatchers
 from worker.process.runner import Worker
+from worker.retrieval.pool import SearchConnections
+from worker.retrieval.request import SearchRequest
+from worker.retrieval.search import SearchService
 
 Conn = psycopg.Connection[Any]
 EmbeddedDocs = Callable[[int], tuple[str, str, str]]
@@ -268,6 +272,39 @@ def test_a_dimension_change_swaps_in_a_column_of_the_new_dimension_and_keeps_the
     assert found[0]["key"] == 500
     produced = conn.execute("SELECT vectors_from FROM embeddings.status").fetchone()
     assert produced is not None and produced[0].startswith(wide)
+
+
+def test_a_service_that_searched_before_a_model_change_searches_with_the_new_model(
+    conn: Conn,
+    dsn: str,
+    embedded_docs: EmbeddedDocs,
+    run_once: Callable[..., Worker],
+    embedders: LoadedModels,
+) -> None:
+    """A long-lived search service (POST /search's) knows the table's target from its last
+    search: after a change to a model of another dimension it finds the target changed, embeds
+    the question again with the new model and answers from the new column, not with an error
+    or the old model's vector."""
+    old, _, wide = embedded_docs(20)
+    searches = SearchConnections(dsn, max_size=1)
+    try:
+        service = SearchService(searches.connection, QueryBatchers(embedders.get))
+        assert len(service.search(SearchRequest("docs", "a question", k=3))) == 3
+        assert service.targets.known("docs", None)[1].model == old  # type: ignore[index]
+        conn.execute("SELECT embeddings.rewatch('docs', 'embedding', model => %s)", (wide,))
+        run_once(model=old)
+        assert column_type(conn, "embedding") == "halfvec(48)"
+        conn.execute("INSERT INTO docs VALUES (500, 'after the change')")
+        run_once(model=old)
+        found = service.search(SearchRequest("docs", "after the change", k=1))
+        assert [r["key"] for r in found] == [500]
+        assert service.targets.known("docs", None)[1].model == wide  # type: ignore[index]
+        # ... and its next search goes the known target's way again, with the new model.
+        assert [
+            r["key"] for r in service.search(SearchRequest("docs", "after the change", k=1))
+        ] == [500]
+    finally:
+        searches.close()
 
 
 def test_cancel_abandons_the_change_cleanly(

@@ -15,8 +15,6 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.support import modelgen
-from tests.support.models import require_gte_tokenizer
 from tests.support.process import run_cli
 from worker import exceptions
 from worker.models.files import ModelLocation
@@ -47,17 +45,10 @@ BODIES = [
 
 
 @pytest.fixture(scope="session")
-def reranker_path(generated_models_root: Path) -> str:
-    """An EMBED_MODEL_PATH entry holding the tiny cross-encoder `tiny-rerank`."""
-    model = modelgen.cached_model_dir(
-        generated_models_root,
-        name=RERANKER,
-        tokenizer_dir=require_gte_tokenizer(),
-        cross_encoder=True,
-        seed=3,
-        **modelgen.TINY,
-    )
-    return str(model.parent)
+def reranker_path(tiny_model_paths: str) -> str:
+    """EMBED_MODEL_PATH entries holding the tiny cross-encoder `tiny-rerank`: the session's
+    generated models (tests/integration/conftest.py: GENERATED), or skip saying why."""
+    return tiny_model_paths
 
 
 @pytest.fixture

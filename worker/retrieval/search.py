@@ -166,33 +166,45 @@ class SearchService:
         for _ in range(ATTEMPTS):
             with self.lease() as conn:
                 try:
-                    at_once = self._rank_known(conn, request, model, vector)
-                    if at_once is not None:
-                        target, found, current = at_once
-                        if current:
-                            return found
-                        target = current_target(conn, target)  # changed under the ranking
-                    else:
-                        known = self.targets.known(request.table, request.column)
-                        _plans_for(conn, None if known is None else known[1].id)
-                        target = self.targets.find(
-                            conn, request.table, request.column, then=self.then
-                        )
-                        if vector is not None and target.model == model:
-                            _plans_for(conn, target.id)
-                            ranked = self._rank(conn, target, request, vector)
-                            if ranked is not None and is_current(conn, target, last=True):
-                                return ranked
-                            target = current_target(conn, target)  # changed under the ranking
+                    found = self._attempt(conn, request, model, vector)
                 except exceptions.ConnectionLost as lost:
                     raise _Broken(lost) from lost
-            if vector is None or target.model != model:  # first read, or another model now
-                model = target.model
+            if isinstance(found, _Ranked):
+                return found
+            if vector is None or found.model != model:  # first read, or another model now
+                model = found.model
                 vector = self._embed(model, request.query)
         # The target kept changing: its vectors are compared with nothing.
         raise exceptions.ConnectionLost(
             f"{request.table}'s target changed {ATTEMPTS} times during the search: ask again"
         )
+
+    def _attempt(
+        self,
+        conn: db.Connection,
+        request: SearchRequest,
+        model: str | None,
+        vector: npt.NDArray[np.float32] | None,
+    ) -> _Ranked | Target:
+        """The ranking, on one lease; or the table's target as it is now, when the question
+        was not embedded for it yet (`vector` None, another model) or the target changed
+        under the ranking: the search embeds again if it must and asks once more."""
+        at_once = self._rank_known(conn, request, model, vector)
+        if at_once is not None:
+            target, found, current = at_once
+            if current:
+                return found
+        else:
+            known = self.targets.known(request.table, request.column)
+            _plans_for(conn, None if known is None else known[1].id)
+            target = self.targets.find(conn, request.table, request.column, then=self.then)
+            if vector is None or target.model != model:
+                return target
+            _plans_for(conn, target.id)
+            ranked = self._rank(conn, target, request, vector)
+            if ranked is not None and is_current(conn, target, last=True):
+                return ranked
+        return current_target(conn, target)  # changed under the ranking
 
     def _rank_known(
         self,
