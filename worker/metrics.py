@@ -38,6 +38,11 @@ JOB_OUTCOMES = ("done", "retried", "dead", "deferred", "released")
 ROW_OUTCOMES = ("embedded", "cleared", "gone", "stale", "failed", "blocked")
 STAGES = ("read", "load", "embed", "write")
 LANES = ("live", "backfill")  # jobs.LIVE, jobs.BACKFILL (worker/pipeline/lanes.py)
+# A search's end, as POST /search answers it: answered (200); refused, the caller's to fix (the
+# request, the table, the rights: 4xx); unavailable, may succeed later (a model, a reranker,
+# the database: 503); failed (500).
+SEARCH_OUTCOMES = ("answered", "refused", "unavailable", "failed")
+SEARCH_STAGES = ("embed", "sql", "rerank")
 
 # A settled row's outcome, by the value of its RowState (worker/pipeline/batch.py; keyed by
 # value so that this module needs no import of the pipeline, which imports it). A blank row
@@ -285,6 +290,24 @@ SEARCH_CONNECTIONS_LEASED = Gauge(
     "POST /search's pooled connections held by a search's SQL now",
     registry=REGISTRY,
 )
+# Searches are milliseconds; the first of a model includes its load (seconds).
+SEARCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
+SEARCH_SECONDS = Histogram(
+    "embed_worker_search_duration_seconds",
+    "Time per search (POST /search, embed-worker search, SearchService), from its question to "
+    "its results, by outcome",
+    ["outcome"],
+    buckets=SEARCH_BUCKETS,
+    registry=REGISTRY,
+)
+SEARCH_STAGE_SECONDS = Histogram(
+    "embed_worker_search_stage_duration_seconds",
+    "Time per search and stage: embed (the question, its batch's wait included), sql (a pooled "
+    "connection held: the target checked, the ranking), rerank",
+    ["stage"],
+    buckets=SEARCH_BUCKETS,
+    registry=REGISTRY,
+)
 SEARCH_CONNECTION_WAIT = Histogram(
     "embed_worker_search_connection_wait_seconds",
     "Time a search waited for a pooled connection (every one leased: the pool is too small "
@@ -305,6 +328,10 @@ for _lane in LANES:
     LANE_OLDEST.labels(_lane)
 for _cause in PARSE_FAILURE_CAUSES:
     PARSE_FAILURES.labels(_cause)
+for _outcome in SEARCH_OUTCOMES:
+    SEARCH_SECONDS.labels(_outcome)
+for _stage in SEARCH_STAGES:
+    SEARCH_STAGE_SECONDS.labels(_stage)
 
 # Enumerated labels, by exported metric name: what docs/operating.md must list.
 ENUMERATED_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -317,6 +344,8 @@ ENUMERATED_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "embed_worker_http_connections_closed_total": {"reason": HTTP_CLOSE_REASONS},
     "embed_worker_provider_requests_total": {"outcome": PROVIDER_OUTCOMES},
     "embed_worker_parse_failures_total": {"cause": PARSE_FAILURE_CAUSES},
+    "embed_worker_search_duration_seconds": {"outcome": SEARCH_OUTCOMES},
+    "embed_worker_search_stage_duration_seconds": {"stage": SEARCH_STAGES},
 }
 
 

@@ -25,6 +25,8 @@ import psycopg
 import pytest
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
 
 from tests.support.cluster import REPO, free_port
 from tests.support.docs import documented_metrics
@@ -181,13 +183,36 @@ def prometheus(worker: WorkerProcess, prometheus_dir: Path) -> Iterator[Promethe
 
 
 def test_every_dashboard_and_alert_expression_returns_series(
-    conn: Conn, worker: WorkerProcess, prometheus: Prometheus
+    conn: Conn, worker: WorkerProcess, prometheus: Prometheus, worker_dsn: str
 ) -> None:
     wait_for(
         lambda: conn.execute("SELECT count(embedding) FROM served").fetchone() == (39,),
         120,
         0.2,
         "the served table to be embedded",
+    )
+    # A search, counted by the worker that answered it (the dashboard's Search row); the
+    # worker's role searches (no EMBED_SEARCH_DATABASE_URL), so it may read the table.
+    conn.execute(
+        sql.SQL("GRANT SELECT ON served TO {}").format(
+            sql.Identifier(str(conninfo_to_dict(worker_dsn)["user"]))
+        )
+    )
+    asked = json.dumps({"table": "served", "query": "note 3", "k": 3}).encode()
+    request = urllib.request.Request(
+        f"http://127.0.0.1:{worker.port}/search",
+        data=asked,
+        headers={"Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=30) as answer:
+        assert len(json.loads(answer.read())["results"]) == 3
+    wait_for(
+        lambda: prometheus.series(
+            'embed_worker_search_duration_seconds_count{outcome="answered"} == 1'
+        ),
+        60,
+        0.5,
+        "Prometheus to scrape the search",
     )
     expressions = dashboard_expressions() + sorted(alert_selectors())
     assert len(alert_selectors()) >= 10

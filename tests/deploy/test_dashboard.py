@@ -68,5 +68,8 @@ def test_the_dashboard_covers_what_operators_watch() -> None:
         "embed_worker_provider_tokens_total",  # tokens and spend,
         "embed_worker_provider_cost_total",
         "embed_worker_provider_circuit_open",  # and whether a provider is down
+        "embed_worker_search_duration_seconds_count",  # searches: by outcome,
+        "embed_worker_search_duration_seconds_bucket",  # their time,
+        "embed_worker_search_stage_duration_seconds_bucket",  # where it went
     ):
         assert needed in text, needed

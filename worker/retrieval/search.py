@@ -7,7 +7,8 @@ No connection is held while the CPU works:
      batched with other questions for that model (worker/models/query_batch.py); the first
      search of a table reads its target first;
   2. a connection is leased for the SQL alone, taken and given back without a statement of
-     its own (worker/retrieval/pool.py; one found broken: the search asks once more): the
+     its own (worker/retrieval/pool.py; one found broken: the search asks once more), and
+     one attempt runs on it (worker/retrieval/attempt.py): the
      target as it is now (the one read last, checked by one statement:
      worker/retrieval/targets.py; a model other than the one embedded with: back to 1 with
      it), the rerank stage's registration, the ranking (by meaning, or hybrid where the
@@ -24,39 +25,27 @@ A query is never compared with another model's vectors.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import numpy.typing as npt
-import psycopg
 
-from worker import db, exceptions
+from worker import db, exceptions, metrics
 from worker.config import Settings
 from worker.models.embedder import TextModel
 from worker.models.query_batch import QueryBatchers
-from worker.models.remote.rerank_spec import RerankerSpec
-from worker.models.reranker import LoadedRerankers, Reranker
-from worker.retrieval import rankings, rerank
-from worker.retrieval.errors import InvalidSearch, search_errors
+from worker.models.reranker import LoadedRerankers
+from worker.retrieval import rerank
+from worker.retrieval.attempt import LoadReranker, Ranked, attempt
 from worker.retrieval.fusion import Fusion
 from worker.retrieval.pool import SearchConnections
 from worker.retrieval.request import SearchRequest
-from worker.retrieval.targets import (
-    KnownTargets,
-    check_statement,
-    current_target,
-    is_current,
-    is_current_version,
-    version_statement,
-)
-from worker.session_guard import GuardedConnection
+from worker.retrieval.targets import KnownTargets
 from worker.target import Target
 
-# A reranker by its name and its registration, if it is a remote one (LoadedRerankers.get).
-LoadReranker = Callable[[str, RerankerSpec | None], Reranker]
 # A connection for one search's SQL, given back when the block ends.
 Lease = Callable[[], AbstractContextManager[db.Connection]]
 
@@ -69,12 +58,6 @@ class _Broken(Exception):
     def __init__(self, lost: exceptions.ConnectionLost) -> None:
         super().__init__(str(lost))
         self.lost = lost
-
-
-@dataclass
-class _Ranked:
-    results: list[dict[str, Any]]
-    reranker: Reranker | None
 
 
 class SearchService:
@@ -144,7 +127,18 @@ class SearchService:
 
     def search(self, request: SearchRequest) -> list[dict[str, Any]]:
         """Ranked results, one per row or, for a chunked target, per document
-        (results.search_result()), reranked where the request or the target says so."""
+        (results.search_result()), reranked where the request or the target says so. Its time,
+        by outcome, and its stages' are in /metrics."""
+        started = time.perf_counter()
+        try:
+            results = self._search(request)
+        except Exception as exc:
+            metrics.SEARCH_SECONDS.labels(_outcome(exc)).observe(time.perf_counter() - started)
+            raise
+        metrics.SEARCH_SECONDS.labels("answered").observe(time.perf_counter() - started)
+        return results
+
+    def _search(self, request: SearchRequest) -> list[dict[str, Any]]:
         model = self.targets.model(request.table, request.column)
         vector = None if model is None else self._embed(model, request.query)
         try:
@@ -158,18 +152,27 @@ class SearchService:
                 raise broken.lost from None
         if found.reranker is None:
             return found.results
-        return rerank.reorder(found.results, request.query, found.reranker, request.k)
+        with metrics.SEARCH_STAGE_SECONDS.labels("rerank").time():
+            return rerank.reorder(found.results, request.query, found.reranker, request.k)
 
     def _ranked(
         self, request: SearchRequest, model: str | None, vector: npt.NDArray[np.float32] | None
-    ) -> _Ranked:
+    ) -> Ranked:
         for _ in range(ATTEMPTS):
-            with self.lease() as conn:
+            with self.lease() as conn, metrics.SEARCH_STAGE_SECONDS.labels("sql").time():
                 try:
-                    found = self._attempt(conn, request, model, vector)
+                    found = attempt(
+                        conn,
+                        request,
+                        model,
+                        vector,
+                        targets=self.targets,
+                        load_reranker=self.load_reranker,
+                        then=self.then,
+                    )
                 except exceptions.ConnectionLost as lost:
                     raise _Broken(lost) from lost
-            if isinstance(found, _Ranked):
+            if isinstance(found, Ranked):
                 return found
             if vector is None or found.model != model:  # first read, or another model now
                 model = found.model
@@ -179,170 +182,20 @@ class SearchService:
             f"{request.table}'s target changed {ATTEMPTS} times during the search: ask again"
         )
 
-    def _attempt(
-        self,
-        conn: db.Connection,
-        request: SearchRequest,
-        model: str | None,
-        vector: npt.NDArray[np.float32] | None,
-    ) -> _Ranked | Target:
-        """The ranking, on one lease; or the table's target as it is now, when the question
-        was not embedded for it yet (`vector` None, another model) or the target changed
-        under the ranking: the search embeds again if it must and asks once more."""
-        at_once = self._rank_known(conn, request, model, vector)
-        if at_once is not None:
-            target, found, current = at_once
-            if current:
-                return found
-        else:
-            known = self.targets.known(request.table, request.column)
-            _plans_for(conn, None if known is None else known[1].id)
-            target = self.targets.find(conn, request.table, request.column, then=self.then)
-            if vector is None or target.model != model:
-                return target
-            _plans_for(conn, target.id)
-            ranked = self._rank(conn, target, request, vector)
-            if ranked is not None and is_current(conn, target, last=True):
-                return ranked
-        return current_target(conn, target)  # changed under the ranking
-
-    def _rank_known(
-        self,
-        conn: db.Connection,
-        request: SearchRequest,
-        model: str | None,
-        vector: npt.NDArray[np.float32] | None,
-    ) -> tuple[Target, _Ranked, bool] | None:
-        """The ranking of the target this table meant last, sent between the statement that
-        checks it is still that target and the one that reads its version again, in one
-        exchange (a pipeline): on a pooled connection as it was given back (clean: no reset
-        may come between them), for a search without a rerank stage, once the connection knows
-        pgvector's types; with whether the version was still the target's after the ranking.
-        None when this does not apply or the target changed: the search checks and ranks one
-        statement at a time."""
-        known = self.targets.known(request.table, request.column)
-        if (
-            known is None
-            or vector is None
-            or not (isinstance(conn, GuardedConnection) and conn.clean)
-            or conn.adapters.types.get("halfvec") is None
-        ):
-            return None
-        check, target = known
-        if (
-            target.model != model
-            or target.problem(vector.shape[0]) is not None
-            or rerank.plan(request, target) is not None
-        ):
-            return None
-        ranking = _ranking(target, request, vector, request.k)
-        drop_plans = conn.plans_for(target.id)
-        checked = ranked = version = None
-        try:
-            with search_errors(), conn.pipeline():
-                if drop_plans is not None:
-                    conn.execute(drop_plans)
-                checked = conn.execute(*check_statement(conn, request.table, request.column))
-                ranked = conn.execute(ranking.query, ranking.params)
-                # After the ranking, in the same exchange: a model change that swapped the
-                # column meanwhile. The DISCARD the ranking calls for is the pool's, after
-                # the answer (worker/retrieval/pool.py).
-                version = conn.execute_as_left(*version_statement(target))
-        except exceptions.DatabaseError:
-            if _rows(checked) == check:  # the same target: the ranking's own error
-                raise
-            return None
-        assert ranked is not None
-        if _rows(checked) != check:
-            return None
-        found = _Ranked(ranking.results(ranked.fetchall()), None)
-        return target, found, is_current_version(_rows(version), target)
-
     def _embed(self, model: str, query: str) -> npt.NDArray[np.float32]:
-        vector: npt.NDArray[np.float32] = self.questions.embed(model, [query])[0]
+        with metrics.SEARCH_STAGE_SECONDS.labels("embed").time():
+            vector: npt.NDArray[np.float32] = self.questions.embed(model, [query])[0]
         return vector
 
-    def _rank(
-        self,
-        conn: db.Connection,
-        target: Target,
-        request: SearchRequest,
-        vector: npt.NDArray[np.float32],
-    ) -> _Ranked | None:
-        """The first ranking on `conn`, with the reranker that will reorder it (loaded before
-        the ranking runs: a search that cannot be reranked is answered at once); None when the
-        target changed under the ranking (a model change's swap)."""
-        if (problem := target.problem(vector.shape[0])) is not None:
-            raise exceptions.TargetError(problem)
-        stage = rerank.plan(request, target)
-        reranker = None if stage is None else _reranker(conn, stage, self.load_reranker)
-        k = request.k if stage is None else stage.depth
-        try:
-            results = rankings.run(conn, _ranking(target, request, vector, k))
-        except exceptions.DatabaseError:
-            if is_current(conn, target):
-                raise
-            return None
-        return _Ranked(results, reranker)
 
-
-def _ranking(
-    target: Target,
-    request: SearchRequest,
-    vector: npt.NDArray[np.float32],
-    k: int,
-) -> rankings.Ranking:
-    """By meaning, or hybrid where the request or the target says so. `fusion` given, a search
-    that would not be hybrid (a target without full-text search, in mode "auto") is refused
-    rather than run untuned."""
-    mode, fusion = request.mode, request.fusion
-    if mode == "hybrid" or (mode == "auto" and target.has_fulltext):
-        return rankings.hybrid_ranking(
-            target, request.query, vector, k, filter=request.filter, fusion=fusion
-        )
-    if fusion is not None:
-        raise InvalidSearch(
-            f"{target.name} has no full-text search: {', '.join(Fusion.names())} tune"
-            " hybrid search only"
-        )
-    return rankings.by_vector_ranking(target, vector, k, request.filter)
-
-
-def _plans_for(conn: db.Connection, target: int | None) -> None:
-    """Drops the session's cached plans unless they were kept for `target`'s searches (None:
-    a target not known yet): a plan someone's code built during another table's search never
-    serves this one (queries.sql: session_discard_plans)."""
-    if isinstance(conn, GuardedConnection) and (drop := conn.plans_for(target)):
-        conn.execute(drop)
-
-
-def _rows(cursor: Any) -> Any:
-    """A pipelined statement's rows; None when it has none (it failed, or never ran)."""
-    if cursor is None:
-        return None
-    try:
-        return cursor.fetchall()
-    except psycopg.Error:
-        return None
-
-
-def _reranker(conn: db.Connection, stage: rerank.RerankPlan, load: LoadReranker | None) -> Reranker:
-    """The stage's reranker: a registered remote one (its registration as it is now), else
-    the cross-encoder directory of that name."""
-    if load is None:
-        raise rerank.RerankerUnavailable("this search path has no rerank stage")
-    registration = None
-    try:
-        registration = rerank.registration(conn, stage.model)
-        return load(stage.model, registration)
-    except exceptions.ModelNotFound as exc:
-        # A name the request made up is the caller's to fix; one the table's set_rerank()
-        # names and this worker lacks is the operator's, and may be served later: a 503.
-        if stage.asked and registration is None:
-            raise rerank.unknown(conn, stage.model) from None
-        raise rerank.RerankerUnavailable(f"reranker {stage.model}: {exc}") from exc
-    except exceptions.ModelError as exc:
-        raise rerank.RerankerUnavailable(f"reranker {stage.model}: {exc}") from exc
+def _outcome(exc: Exception) -> str:
+    """A failed search's outcome in /metrics, as POST /search answers it (worker/http/work.py,
+    server.py): the caller's to fix (4xx), may succeed later (503), or failed (500)."""
+    if isinstance(exc, exceptions.ConfigError | exceptions.TargetError):
+        return "refused"
+    if isinstance(exc, exceptions.ModelError | exceptions.ConnectionLost):
+        return "unavailable"
+    return "failed"
 
 
 def run(
