@@ -258,6 +258,16 @@ HTTP_CLOSED = Counter(
     ["reason"],
     registry=REGISTRY,
 )
+# Routes by their path; any other path (a 404) is `other`, so that no client adds series.
+HTTP_ROUTES = ("/healthz", "/readyz", "/metrics", "/embed", "/functions/v1/embed", "/search")
+HTTP_REQUEST_SECONDS = Histogram(
+    "embed_worker_http_request_duration_seconds",
+    "Time per HTTP request answered, from its head read to its answer sent (its body's arrival "
+    "included), by route and status code",
+    ["route", "code"],
+    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
+    registry=REGISTRY,
+)
 HTTP_WAITING = Gauge(
     "embed_worker_http_waiting_connections",
     "HTTP connections open without a request being served (idle keep-alive ones, heads still "
@@ -342,11 +352,17 @@ ENUMERATED_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "embed_worker_lane_oldest_job_age_seconds": {"lane": LANES},
     "embed_worker_target_stopped": {"state": STOPPED_STATES},
     "embed_worker_http_connections_closed_total": {"reason": HTTP_CLOSE_REASONS},
+    "embed_worker_http_request_duration_seconds": {"route": (*HTTP_ROUTES, "other")},
     "embed_worker_provider_requests_total": {"outcome": PROVIDER_OUTCOMES},
     "embed_worker_parse_failures_total": {"cause": PARSE_FAILURE_CAUSES},
     "embed_worker_search_duration_seconds": {"outcome": SEARCH_OUTCOMES},
     "embed_worker_search_stage_duration_seconds": {"stage": SEARCH_STAGES},
 }
+
+
+def http_answered(path: str, status: int, seconds: float) -> None:
+    route = path if path in HTTP_ROUTES else "other"
+    HTTP_REQUEST_SECONDS.labels(route, str(int(status))).observe(seconds)
 
 
 def row_outcome(state: str) -> str | None:

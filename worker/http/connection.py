@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import logging
 import socket
+import time
 from collections.abc import Callable
 from http import HTTPStatus
 from typing import TYPE_CHECKING
@@ -86,6 +87,7 @@ class Connection:
             if not head:
                 return False
             request = parse_head(head, self.limits.max_body)
+            request.received = time.perf_counter()
         except (BadRequest, TimeoutError) as exc:
             if isinstance(exc, TimeoutError) and not scan.started(self.incoming.buffer):
                 return False  # silent between requests: just hang up
@@ -141,6 +143,7 @@ class Connection:
             except (BadRequest, TimeoutError) as exc:
                 answer, close = _body_error(exc, self.limits.timeout_seconds), True
                 await self._send(render(answer, head_only=request.head_only, close=close))
+                _answered(request, answer)
             else:
                 answer = await self.front.in_thread(
                     Lane.WORK, route, request, self._sender(request, close)
@@ -166,6 +169,7 @@ class Connection:
                 self.sock.sendall(data)
             finally:
                 self.sock.setblocking(False)
+            _answered(request, answer)
 
         return send
 
@@ -182,6 +186,7 @@ class Connection:
         when the request's body was left unread: the stream cannot carry another)."""
         close = close or unread or request.close
         await self._send(render(answer, head_only=request.head_only, close=close))
+        _answered(request, answer)
         self._log(request, answer)
         if close and answer.status >= HTTPStatus.BAD_REQUEST:
             await self._linger()
@@ -218,6 +223,11 @@ class Connection:
 
     def _log(self, request: Request, answer: Answer) -> None:
         logger.debug("%s %s %s %d", self.peer, request.method, request.path[:100], answer.status)
+
+
+def _answered(request: Request, answer: Answer) -> None:
+    """The request's time, from its head read to its answer sent, in /metrics."""
+    metrics.http_answered(request.path, answer.status, time.perf_counter() - request.received)
 
 
 def _body_error(exc: BadRequest | TimeoutError, timeout: float) -> Answer:

@@ -105,6 +105,7 @@ class Request:
     expect_continue: bool  # the client waits for 100 Continue before it sends the body
     close: bool  # the client asked to close after this request (or speaks HTTP/1.0)
     body: bytes = b""
+    received: float = 0.0  # time.perf_counter() when its head had been read
 
     @property
     def head_only(self) -> bool:

@@ -1,0 +1,105 @@
+"""What a running worker's HTTP side counts in /metrics: each request answered, once, by route
+and status code, timed from its head read to its answer sent; a search's own time inside it."""
+
+from __future__ import annotations
+
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+from psycopg import sql
+from psycopg.conninfo import conninfo_to_dict
+
+from tests.acceptance.test_http import TOKEN, post
+from tests.support.models import MINILM
+from tests.support.process import WorkerProcess, wait_for
+
+Conn = psycopg.Connection[Any]
+Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
+
+
+def scrape(worker: WorkerProcess) -> Samples:
+    status, body = worker.get("/metrics")
+    assert status == 200
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(body.decode())
+        for sample in family.samples
+    }
+
+
+def requests_since(before: Samples, after: Samples) -> dict[tuple[str, str], float]:
+    """embed_worker_http_request_duration_seconds' counts that changed: (route, code) -> n."""
+    changed = {}
+    for (name, labels), value in after.items():
+        if name == "embed_worker_http_request_duration_seconds_count":
+            n = value - before.get((name, labels), 0)
+            if n:
+                found = dict(labels)
+                changed[found["route"], found["code"]] = n
+    return changed
+
+
+def total(samples: Samples, name: str, **labels: str) -> float:
+    return samples.get((name, tuple(sorted(labels.items()))), 0)
+
+
+@pytest.fixture
+def worker(
+    conn: Conn, start_worker: Callable[..., WorkerProcess], worker_dsn: str
+) -> WorkerProcess:
+    """A worker serving `docs`, which its role (searching as itself) may read."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
+    conn.execute("INSERT INTO docs VALUES (1, 'refunds take 14 days'), (2, 'shipping is free')")
+    role = str(conninfo_to_dict(worker_dsn)["user"])
+    conn.execute(sql.SQL("GRANT SELECT ON docs TO {}").format(sql.Identifier(role)))
+    process = start_worker(EMBED_HTTP_TOKEN=TOKEN)
+    process.wait_ready()
+    wait_for(
+        lambda: conn.execute("SELECT count(embedding) FROM docs").fetchone() == (2,),
+        60,
+        0.2,
+        "docs to be embedded",
+    )
+    return process
+
+
+def test_each_request_counts_once_by_route_and_status(worker: WorkerProcess) -> None:
+    before = scrape(worker)
+    assert worker.get("/healthz")[0] == 200
+    assert post(worker, "/search", {"table": "docs", "query": "refund", "k": 1})[0] == 200
+    asked = {"table": "docs", "query": "refund", "filter": {"nowhere": 1}}
+    assert post(worker, "/search", asked)[0] == 400  # the caller's filter
+    assert post(worker, "/search", {"table": "docs", "query": "x"}, token="wrong")[0] == 401
+    assert worker.get("/no/such/route/" + "x" * 50)[0] == 404
+    with pytest.raises(urllib.error.HTTPError):  # GET where only POST goes: 405
+        urllib.request.urlopen(worker.url + "/search", timeout=5)
+    after = scrape(worker)
+    assert requests_since(before, after) == {
+        ("/metrics", "200"): 1,  # the first scrape, counted once its answer had gone
+        ("/healthz", "200"): 1,
+        ("/search", "200"): 1,
+        ("/search", "400"): 1,
+        ("/search", "401"): 1,
+        ("/search", "405"): 1,
+        ("other", "404"): 1,  # any path no route has: no series of a client's making
+    }
+    # The searches' own time is inside their requests' (both answered by the service).
+    searched = total(after, "embed_worker_search_duration_seconds_sum", outcome="answered") - total(
+        before, "embed_worker_search_duration_seconds_sum", outcome="answered"
+    )
+    refused = total(after, "embed_worker_search_duration_seconds_sum", outcome="refused") - total(
+        before, "embed_worker_search_duration_seconds_sum", outcome="refused"
+    )
+    answered = sum(
+        total(after, "embed_worker_http_request_duration_seconds_sum", route="/search", code=code)
+        - total(
+            before, "embed_worker_http_request_duration_seconds_sum", route="/search", code=code
+        )
+        for code in ("200", "400")
+    )
+    assert 0 < searched + refused < answered
