@@ -312,8 +312,8 @@ SEARCH_SECONDS = Histogram(
 )
 SEARCH_STAGE_SECONDS = Histogram(
     "embed_worker_search_stage_duration_seconds",
-    "Time per search and stage: embed (the question, its batch's wait included), sql (a pooled "
-    "connection held: the target checked, the ranking), rerank",
+    "Time of each stage of a search as it runs: embed (the question, its batch's wait "
+    "included), sql (each lease of a pooled connection: the target checked, the ranking), rerank",
     ["stage"],
     buckets=SEARCH_BUCKETS,
     registry=REGISTRY,
@@ -361,6 +361,7 @@ ENUMERATED_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
 
 
 def http_answered(path: str, status: int, seconds: float) -> None:
+    """A request to `path` answered `status` after `seconds` (worker/http/connection.py)."""
     route = path if path in HTTP_ROUTES else "other"
     HTTP_REQUEST_SECONDS.labels(route, str(int(status))).observe(seconds)
 

@@ -8,19 +8,19 @@ No connection is held while the CPU works:
      search of a table reads its target first;
   2. a connection is leased for the SQL alone, taken and given back without a statement of
      its own (worker/retrieval/pool.py; one found broken: the search asks once more), and
-     one attempt runs on it (worker/retrieval/attempt.py): the
-     target as it is now (the one read last, checked by one statement:
-     worker/retrieval/targets.py; a model other than the one embedded with: back to 1 with
-     it), the rerank stage's registration, the ranking (by meaning, or hybrid where the
-     target has full-text search), and the check that the target did not change meanwhile:
-     for a table whose target is known, all three in one exchange (a pipeline). The DISCARD
-     of the session the ranking ran others' code in follows the answer: the pool's, on its
-     own thread, before any other search may take the connection (a search that went one
-     statement at a time sends it with its last check instead). The session's cached plans
-     are kept for the same target's next searches, and dropped first by a search of any
-     other (session_discard_plans in queries.sql);
+     one attempt runs on it (worker/retrieval/attempt.py): the target as it is now (the one
+     read last, checked by one statement: worker/retrieval/targets.py; a model other than
+     the one embedded with: back to 1 with it), the rerank stage's registration, the ranking
+     (by meaning, or hybrid where the target has full-text search), and the check that the
+     target did not change meanwhile: for a table whose target is known, all three in one
+     exchange (a pipeline). The DISCARD of the session the ranking ran others' code in
+     follows the answer: the pool's, on its own thread, before any other search may take the
+     connection (a search that went one statement at a time sends it with its last check
+     instead). The session's cached plans are kept for the same target's next searches, and
+     dropped first by a search of any other (session_discard_plans in queries.sql);
   3. the rerank stage (a cross-encoder's CPU, a remote API's wait) runs with none.
-A query is never compared with another model's vectors.
+A query is never compared with another model's vectors. Each search's time, by outcome, and
+each stage's (embed, sql, rerank) are in /metrics.
 """
 
 from __future__ import annotations
