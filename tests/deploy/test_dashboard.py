@@ -71,5 +71,6 @@ def test_the_dashboard_covers_what_operators_watch() -> None:
         "embed_worker_search_duration_seconds_count",  # searches: by outcome,
         "embed_worker_search_duration_seconds_bucket",  # their time,
         "embed_worker_search_stage_duration_seconds_bucket",  # where it went
+        "embed_worker_http_request_duration_seconds_bucket",  # HTTP requests' time, by route
     ):
         assert needed in text, needed
