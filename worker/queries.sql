@@ -669,6 +669,20 @@ SELECT current_user;
 -- Whether this role may SELECT from %(table)s.
 SELECT has_table_privilege(%(table)s, 'SELECT');
 
+-- name: session_identity
+-- The role this connection runs as, the same as an identifier in a statement, and its database.
+SELECT current_user, quote_ident(current_user), current_database();
+
+-- name: unsearchable_tables
+-- The watched tables, and the tables apart that hold their vectors (a chunked or a side-table
+-- target's), on no column of which role %(role)s holds SELECT: its searches of them are refused
+-- (42501; POST /search answers 403). Column grants count: a role that holds some may search.
+SELECT DISTINCT r.rel::regclass::text
+FROM embeddings.targets t
+CROSS JOIN LATERAL (VALUES (t.source), (t.store_table)) AS r(rel)
+WHERE NOT pg_catalog.has_any_column_privilege(%(role)s, r.rel, 'SELECT')
+ORDER BY 1;
+
 -- name: model_dimensions
 -- The dimensions of each model the database knows.
 SELECT name, dimensions FROM embeddings.models;

@@ -11,7 +11,7 @@ import os
 import psycopg
 
 from worker import db, exceptions, exits, queries, schema
-from worker.cli import hints, output, remote, verification
+from worker.cli import hints, output, remote, search_access, verification
 from worker.cli.findings import Finding, Level
 from worker.config import Settings
 from worker.models import catalog
@@ -58,6 +58,7 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
         installed = _schema(conn, dsn, found)
         if installed:
             found += _targets(conn, dsn, settings)
+            found += search_access.findings(conn, settings)
         found += _cron(conn)
     return found
 
