@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 import time
+import uuid
 from typing import Any
 
 import psycopg
@@ -131,6 +132,29 @@ def test_search_prints_no_model_load_line_and_hints_work_as_printed(
     retried = subprocess.run(hint, shell=True, capture_output=True, text=True, env=env)
     assert retried.returncode == 0, retried.stderr
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+
+
+def test_search_as_a_read_only_role(conn: Conn, dsn: str, minilm: str) -> None:
+    """`search` as a role that may read the table and nothing of ours (an application's, as
+    POST /search's role is): the registry of remote models, which it may not read, is not needed
+    to search a table of a local model."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'cats sleep'), (2, 'stocks fell')")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    assert run_cli("run", "--once", "--database-url", dsn).returncode == 0
+    reader = f"reader_{uuid.uuid4().hex[:10]}"
+    conn.execute(f"CREATE ROLE {reader} LOGIN")
+    conn.execute(f"GRANT SELECT ON docs TO {reader}")
+    try:
+        as_reader = psycopg.conninfo.make_conninfo(dsn, user=reader)
+        result = run_cli(
+            "search", "docs", "kittens napping", "-k", "1", "--database-url", as_reader
+        )
+        assert result.returncode == 0, result.stderr
+        assert "cats sleep" in result.stdout
+    finally:
+        conn.execute(f"DROP OWNED BY {reader}")
+        conn.execute(f"DROP ROLE {reader}")
 
 
 def test_search_mode_hybrid_and_its_tuning(conn: Conn, dsn: str, minilm: str) -> None:

@@ -76,6 +76,22 @@ def _models(settings: Settings, remote: dict[str, RemoteSpec]) -> LoadedModels:
     return models
 
 
+def _readable_remote_models(conn: db.Connection) -> dict[str, RemoteSpec]:
+    """The registry's remote models, if this role may read them: an application's read-only
+    role (the one its searches run as) may not, and searches a table of a local model all the
+    same; a table of a remote model then says its model was not found."""
+    from psycopg.errors import InsufficientPrivilege
+
+    from worker.pipeline.targets import load_remote_models
+
+    try:
+        return load_remote_models(conn)
+    except exceptions.DatabaseError as exc:
+        if not isinstance(exc.__cause__, InsufficientPrivilege):
+            raise
+        return {}
+
+
 def _remote_models_if_registered(name: str, settings: Settings) -> dict[str, RemoteSpec]:
     """The database's remote models when `name` may be one of them (not a catalog model, not a
     path); none when the database cannot be reached, so that `embed` of a local model works
@@ -95,7 +111,6 @@ def _remote_models_if_registered(name: str, settings: Settings) -> dict[str, Rem
 def search(args: argparse.Namespace, settings: Settings) -> int:
     from worker.models.query_batch import QueryBatchers
     from worker.models.reranker import LoadedRerankers
-    from worker.pipeline.targets import load_remote_models
     from worker.retrieval.search import SearchService
 
     request = _search_request(args)
@@ -105,7 +120,7 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         # The search service of POST /search, over this command's one connection: the same
         # request, checked the same way, embedded and ranked the same way
         # (worker/retrieval/search.py).
-        models = _models(settings, load_remote_models(conn))
+        models = _models(settings, _readable_remote_models(conn))
         rerankers = LoadedRerankers(
             settings.model_location, settings.threads, api_key=settings.api_key
         )
