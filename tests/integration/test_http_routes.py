@@ -1,4 +1,4 @@
-"""The HTTP side's routes are the ones /metrics names (worker/metrics.py: HTTP_ROUTES): a route
+"""The HTTP side's routes are the ones /metrics names (worker/metrics/serving.py: HTTP_ROUTES): a route
 added without its label would be counted as `other`, with the 404s."""
 
 from __future__ import annotations

@@ -1,48 +1,19 @@
-"""Prometheus metrics of the worker, served at GET /metrics.
-
-The one source of truth for what the worker exports: metric names, help texts and the values of
-enumerated labels are defined here, docs/operating.md's metrics table lists exactly these (a test
-compares them), and alerts and dashboards in deploy/ are written against that table.
-
-Names follow Prometheus conventions: `embed_worker_` prefix, base units in the name
-(`_seconds`, `_bytes`), `_total` on counters (prometheus_client adds it), `_info` on the info
-metric. The process collector adds the standard `process_*` series (CPU seconds, resident
-memory, open files) to our registry.
-
-Own registry (not the global default) so that tests and embedding programs get only ours.
-"""
+"""The embedding side's series: jobs, rows, batches' stages, the queue and its lanes, the
+models, the targets, remote models' providers, documents' parses."""
 
 from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import (
-    CollectorRegistry,
-    Counter,
-    Gauge,
-    Histogram,
-    Info,
-    ProcessCollector,
-    disable_created_metrics,
-)
+from prometheus_client import Counter, Gauge, Histogram, Info
 
-# The `_created` series (one per counter and histogram child) only double what Prometheus
-# stores: nothing reads them from the text format.
-disable_created_metrics()  # type: ignore[no-untyped-call]
-
-REGISTRY = CollectorRegistry(auto_describe=True)
-ProcessCollector(registry=REGISTRY)
+from worker.metrics.registry import REGISTRY
 
 # --- enumerated label values ------------------------------------------------------------------
 JOB_OUTCOMES = ("done", "retried", "dead", "deferred", "released")
 ROW_OUTCOMES = ("embedded", "cleared", "gone", "stale", "failed", "blocked")
 STAGES = ("read", "load", "embed", "write")
 LANES = ("live", "backfill")  # jobs.LIVE, jobs.BACKFILL (worker/pipeline/lanes.py)
-# A search's end, as POST /search answers it: answered (200); refused, the caller's to fix (the
-# request, the table, the rights: 4xx); unavailable, may succeed later (a model, a reranker,
-# the database: 503); failed (500).
-SEARCH_OUTCOMES = ("answered", "refused", "unavailable", "failed")
-SEARCH_STAGES = ("embed", "sql", "rerank")
 
 # A settled row's outcome, by the value of its RowState (worker/pipeline/batch.py; keyed by
 # value so that this module needs no import of the pipeline, which imports it). A blank row
@@ -243,92 +214,7 @@ PARSE_SECONDS = Histogram(
     registry=REGISTRY,
 )
 
-# The HTTP side (worker/http/front.py): what it did to keep connections that send no request, or
-# more requests than it serves at once, from keeping out the others.
-HTTP_CLOSE_REASONS = (
-    "busy",  # a request refused 503: every slot (or probe place) taken
-    "head_timeout",  # a request line and headers not received in time: 408
-    "evicted",  # a connection waiting for a request, closed to make room for a new one
-)
-HTTP_CLOSED = Counter(
-    "embed_worker_http_connections_closed",
-    "HTTP connections the server closed to protect the others, by reason: busy (a request "
-    "refused 503, no slot free), head_timeout (its request line and headers not received "
-    "in time: 408), evicted (waiting for a request when a new connection needed room)",
-    ["reason"],
-    registry=REGISTRY,
-)
-# Routes by their path; any other path (a 404) is `other`, so that no client adds series.
-HTTP_ROUTES = ("/healthz", "/readyz", "/metrics", "/embed", "/functions/v1/embed", "/search")
-HTTP_REQUEST_SECONDS = Histogram(
-    "embed_worker_http_request_duration_seconds",
-    "Time per HTTP request answered, from its head read to its answer sent (its body's arrival "
-    "included), by route and status code",
-    ["route", "code"],
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10),
-    registry=REGISTRY,
-)
-HTTP_WAITING = Gauge(
-    "embed_worker_http_waiting_connections",
-    "HTTP connections open without a request being served (idle keep-alive ones, heads still "
-    "arriving); at most EMBED_HTTP_MAX_WAITING_CONNECTIONS",
-    registry=REGISTRY,
-)
-
-# Searches (worker/retrieval/): questions embedded together, and the connections their SQL
-# holds (a search leases one only while its SQL runs).
-QUERY_BATCH_QUESTIONS = Histogram(
-    "embed_worker_query_batch_questions",
-    "Questions (POST /search, POST /embed) embedded together in one batched call, by model",
-    ["model"],
-    buckets=(1, 2, 4, 8, 16, 32, 64),
-    registry=REGISTRY,
-)
-BACKLOG_YIELDS = Counter(
-    "embed_worker_backlog_yields",
-    "Backlog inference calls that waited for a question's call to end before they began, by model",
-    ["model"],
-    registry=REGISTRY,
-)
-SEARCH_POOL_SIZE = Gauge(
-    "embed_worker_search_pool_size",
-    "Connections POST /search's pool may open (EMBED_SEARCH_POOL_SIZE)",
-    registry=REGISTRY,
-)
-SEARCH_CONNECTIONS_LEASED = Gauge(
-    "embed_worker_search_connections_leased",
-    "POST /search's pooled connections held by a search's SQL now",
-    registry=REGISTRY,
-)
-# Searches are milliseconds; the first of a model includes its load (seconds).
-SEARCH_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10)
-SEARCH_SECONDS = Histogram(
-    "embed_worker_search_duration_seconds",
-    "Time per search (POST /search, embed-worker search, SearchService), from its question to "
-    "its results, by outcome",
-    ["outcome"],
-    buckets=SEARCH_BUCKETS,
-    registry=REGISTRY,
-)
-SEARCH_STAGE_SECONDS = Histogram(
-    "embed_worker_search_stage_duration_seconds",
-    "Time of each stage of a search as it runs: embed (the question, its batch's wait "
-    "included), sql (each lease of a pooled connection: the target checked, the ranking), rerank",
-    ["stage"],
-    buckets=SEARCH_BUCKETS,
-    registry=REGISTRY,
-)
-SEARCH_CONNECTION_WAIT = Histogram(
-    "embed_worker_search_connection_wait_seconds",
-    "Time a search waited for a pooled connection (every one leased: the pool is too small "
-    "for the searches' SQL, or the database slow)",
-    buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5),
-    registry=REGISTRY,
-)
-
 # Series exist from the start (at zero), so dashboards and alerts see them before any work.
-for _reason in HTTP_CLOSE_REASONS:
-    HTTP_CLOSED.labels(_reason)
 for _stage in STAGES:
     STAGE_SECONDS.labels(_stage)
 for _outcome in JOB_OUTCOMES:
@@ -338,32 +224,18 @@ for _lane in LANES:
     LANE_OLDEST.labels(_lane)
 for _cause in PARSE_FAILURE_CAUSES:
     PARSE_FAILURES.labels(_cause)
-for _outcome in SEARCH_OUTCOMES:
-    SEARCH_SECONDS.labels(_outcome)
-for _stage in SEARCH_STAGES:
-    SEARCH_STAGE_SECONDS.labels(_stage)
 
-# Enumerated labels, by exported metric name: what docs/operating.md must list.
-ENUMERATED_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
+# Enumerated labels, by exported metric name (metrics.ENUMERATED_LABELS).
+EMBEDDING_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "embed_worker_jobs_total": {"outcome": JOB_OUTCOMES},
     "embed_worker_rows_total": {"outcome": ROW_OUTCOMES},
     "embed_worker_batch_stage_duration_seconds": {"stage": STAGES},
     "embed_worker_lane_jobs": {"lane": LANES},
     "embed_worker_lane_oldest_job_age_seconds": {"lane": LANES},
     "embed_worker_target_stopped": {"state": STOPPED_STATES},
-    "embed_worker_http_connections_closed_total": {"reason": HTTP_CLOSE_REASONS},
-    "embed_worker_http_request_duration_seconds": {"route": (*HTTP_ROUTES, "other")},
     "embed_worker_provider_requests_total": {"outcome": PROVIDER_OUTCOMES},
     "embed_worker_parse_failures_total": {"cause": PARSE_FAILURE_CAUSES},
-    "embed_worker_search_duration_seconds": {"outcome": SEARCH_OUTCOMES},
-    "embed_worker_search_stage_duration_seconds": {"stage": SEARCH_STAGES},
 }
-
-
-def http_answered(path: str, status: int, seconds: float) -> None:
-    """A request to `path` answered `status` after `seconds` (worker/http/connection.py)."""
-    route = path if path in HTTP_ROUTES else "other"
-    HTTP_REQUEST_SECONDS.labels(route, str(int(status))).observe(seconds)
 
 
 def row_outcome(state: str) -> str | None:
