@@ -7,7 +7,7 @@ import contextlib
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
-from worker.metrics.registry import REGISTRY
+from worker.metrics.registry import REGISTRY, at_zero
 
 # --- enumerated label values ------------------------------------------------------------------
 JOB_OUTCOMES = ("done", "retried", "dead", "deferred", "released")
@@ -215,15 +215,11 @@ PARSE_SECONDS = Histogram(
 )
 
 # Series exist from the start (at zero), so dashboards and alerts see them before any work.
-for _stage in STAGES:
-    STAGE_SECONDS.labels(_stage)
-for _outcome in JOB_OUTCOMES:
-    JOBS.labels(_outcome)
-for _lane in LANES:
-    LANE_JOBS.labels(_lane)
-    LANE_OLDEST.labels(_lane)
-for _cause in PARSE_FAILURE_CAUSES:
-    PARSE_FAILURES.labels(_cause)
+at_zero(STAGE_SECONDS, STAGES)
+at_zero(JOBS, JOB_OUTCOMES)
+at_zero(LANE_JOBS, LANES)
+at_zero(LANE_OLDEST, LANES)
+at_zero(PARSE_FAILURES, PARSE_FAILURE_CAUSES)
 
 # Enumerated labels, by exported metric name (metrics.ENUMERATED_LABELS).
 EMBEDDING_LABELS: dict[str, dict[str, tuple[str, ...]]] = {

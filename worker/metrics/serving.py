@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from prometheus_client import Counter, Gauge, Histogram
 
-from worker.metrics.registry import REGISTRY
+from worker.metrics.registry import REGISTRY, at_zero
 
 # A search's end, as POST /search answers it: answered (200); refused, the caller's to fix (the
 # request, the table, the rights: 4xx); unavailable, may succeed later (a model, a reranker,
@@ -97,12 +97,9 @@ SEARCH_CONNECTION_WAIT = Histogram(
 )
 
 # Series exist from the start (at zero), so dashboards and alerts see them before any work.
-for _reason in HTTP_CLOSE_REASONS:
-    HTTP_CLOSED.labels(_reason)
-for _outcome in SEARCH_OUTCOMES:
-    SEARCH_SECONDS.labels(_outcome)
-for _stage in SEARCH_STAGES:
-    SEARCH_STAGE_SECONDS.labels(_stage)
+at_zero(HTTP_CLOSED, HTTP_CLOSE_REASONS)
+at_zero(SEARCH_SECONDS, SEARCH_OUTCOMES)
+at_zero(SEARCH_STAGE_SECONDS, SEARCH_STAGES)
 
 # Enumerated labels, by exported metric name (metrics.ENUMERATED_LABELS).
 SERVING_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
