@@ -239,7 +239,7 @@ def test_a_key_file_that_cannot_be_read_is_a_clear_error_without_the_key(tmp_pat
 
 def test_a_group_of_settings_is_read_by_its_prefix() -> None:
     """The HTTP limits and the parse budgets are the settings of their prefix, as set."""
-    from worker.http.front import Limits
+    from worker.http.lanes import Limits
     from worker.pipeline.parsing.budgets import Budgets
 
     settings = Settings.from_env(

@@ -20,11 +20,11 @@ import socket
 import time
 from collections.abc import Callable
 from http import HTTPStatus
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 from worker import metrics
-from worker.http.front import Lane, Route
 from worker.http.incoming import READ_SIZE, Incoming
+from worker.http.lanes import Lane, Limits, Route, Service
 from worker.http.protocol import (
     BUSY,
     CONTINUE,
@@ -37,16 +37,37 @@ from worker.http.protocol import (
     render,
 )
 
-if TYPE_CHECKING:
-    from worker.http.front import Front
-
 logger = logging.getLogger(__name__)
 
 LINGER_SECONDS = 2.0  # how long input is drained after an error answer, before closing
 
 
+class Host(Protocol):
+    """What a connection asks of the front that accepted it (worker.http.front.Front): its
+    loop, limits and service; the count of connections waiting for a request; the lanes'
+    places; a route's answer, at once or computed by a lane's thread."""
+
+    loop: asyncio.AbstractEventLoop
+    limits: Limits
+    service: Service
+
+    def waiting(self, connection: Connection) -> None: ...
+
+    def busy(self, connection: Connection) -> None: ...
+
+    def take(self, lane: Lane) -> bool: ...
+
+    def give_back(self, lane: Lane) -> None: ...
+
+    def answer(self, route: Route, request: Request) -> Answer: ...
+
+    def in_thread(
+        self, lane: Lane, route: Route, request: Request, send: Callable[[Answer], None]
+    ) -> asyncio.Future[Answer]: ...
+
+
 class Connection:
-    def __init__(self, front: Front, sock: socket.socket, peer: str) -> None:
+    def __init__(self, front: Host, sock: socket.socket, peer: str) -> None:
         self.front = front
         self.limits = front.limits
         self.loop = front.loop

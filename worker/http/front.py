@@ -23,20 +23,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 import logging
 import queue
 import socket
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
-from typing import TYPE_CHECKING, Protocol
 
 from worker import metrics
+from worker.http.connection import Connection
+from worker.http.lanes import Lane, Limits, Outcome, Route, Service
 from worker.http.protocol import Answer, BadRequest, Request
-
-if TYPE_CHECKING:
-    from worker.http.connection import Connection
 
 logger = logging.getLogger(__name__)
 
@@ -45,45 +41,6 @@ PROBES = 4  # /readyz and /metrics computed at once; more get 503
 # connecting at once had connections reset with socketserver's 5: bench/search_http.py).
 BACKLOG = 128
 ACCEPT_BACKOFF_SECONDS = 0.1  # after accept() failed (out of file descriptors, say)
-
-
-# What a lane's thread did with a request: the answer, and the error that kept it from the
-# client, if one did.
-Outcome = tuple[Answer, BaseException | None]
-
-
-class Lane(enum.Enum):
-    INLINE = "inline"
-    PROBE = "probe"
-    WORK = "work"
-
-
-@dataclass(frozen=True)
-class Route:
-    lane: Lane
-    run: Callable[[Request], Answer]  # may raise BadRequest, or whatever `failed()` answers
-
-
-class Service(Protocol):
-    """What the front serves: worker.http.server's routes."""
-
-    def route(self, request: Request) -> Route:
-        """The route for a request whose head was read (its body not yet), or a BadRequest:
-        no such route or method, POST refused, a wrong token, a body it cannot take."""
-        ...
-
-    def failed(self, request: Request, exc: Exception) -> Answer:
-        """The answer to an exception a route raised."""
-        ...
-
-
-@dataclass(frozen=True)
-class Limits:
-    timeout_seconds: float  # silence, a body's arrival, an answer's departure
-    head_timeout_seconds: float  # a request line and headers, from their first byte
-    max_body: int
-    max_connections: int  # slots of work
-    max_waiting_connections: int  # connections waiting for a request
 
 
 class Front:
@@ -135,8 +92,6 @@ class Front:
             self.loop.close()
 
     async def _accept(self) -> None:
-        from worker.http.connection import Connection
-
         try:
             while True:
                 try:

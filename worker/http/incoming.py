@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING
 from worker.http.protocol import MAX_HEAD, BadRequest, HeadScan, parse_head
 
 if TYPE_CHECKING:
-    from worker.http.front import Limits
+    from worker.http.lanes import Limits
 
 READ_SIZE = 65536
 

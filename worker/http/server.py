@@ -39,7 +39,8 @@ from prometheus_client import CONTENT_TYPE_LATEST, generate_latest
 from worker import exceptions, metrics
 from worker.http import push
 from worker.http.exposure import post_refusal
-from worker.http.front import Front, Lane, Limits, Route
+from worker.http.front import Front
+from worker.http.lanes import Lane, Limits, Route
 from worker.http.protocol import Answer, BadRequest, Request, retry_after
 from worker.http.readiness import ReadinessProbe
 from worker.http.work import Work

@@ -28,16 +28,36 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
+from typing import Any, ClassVar, Protocol, TypeVar
 
 import numpy as np
 
 from worker import exceptions
 
-if TYPE_CHECKING:
-    from worker.models.remote.spec import RemoteSpec
-
 TOKEN_SLACK = 8  # special tokens ([CLS], [SEP], ...) beyond max_tokens in a token-level answer
+
+
+class Registration(Protocol):
+    """What a provider reads of a remote model's registration (spec.RemoteSpec, which names
+    the provider kind: this module does not import it back)."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def remote_model(self) -> str: ...
+
+    @property
+    def dimensions(self) -> int: ...
+
+    @property
+    def max_tokens(self) -> int: ...
+
+    @property
+    def pooling(self) -> str: ...
+
+    @property
+    def send_dimensions(self) -> bool: ...
 
 
 class BadResponse(Exception):
@@ -60,18 +80,18 @@ class Provider:
     max_inputs: ClassVar[int]  # per request
     max_request_tokens: ClassVar[int | None]  # per request (None: no documented limit)
 
-    def url(self, spec: RemoteSpec) -> str:
+    def url(self, spec: Registration) -> str:
         """Where a request goes, from the registered endpoint."""
         raise NotImplementedError
 
-    def request_body(self, spec: RemoteSpec, texts: list[str]) -> dict[str, Any]:
+    def request_body(self, spec: Registration, texts: list[str]) -> dict[str, Any]:
         raise NotImplementedError
 
-    def vectors_per_input(self, spec: RemoteSpec) -> int:
+    def vectors_per_input(self, spec: Registration) -> int:
         """The most vectors an answer may carry per input (the answer's size bound)."""
         return 1
 
-    def rows(self, spec: RemoteSpec, payload: Any, n: int) -> tuple[list[Any], int | None]:
+    def rows(self, spec: Registration, payload: Any, n: int) -> tuple[list[Any], int | None]:
         """Each input's vector (a list, unchecked) in the inputs' order, and the tokens the
         provider counted (None when it does not say); BadResponse when the shape is wrong."""
         raise NotImplementedError
@@ -87,10 +107,10 @@ class OpenAI(Provider):
     max_inputs = 2048
     max_request_tokens = 300_000
 
-    def url(self, spec: RemoteSpec) -> str:
+    def url(self, spec: Registration) -> str:
         return spec.endpoint + "/embeddings"
 
-    def request_body(self, spec: RemoteSpec, texts: list[str]) -> dict[str, Any]:
+    def request_body(self, spec: Registration, texts: list[str]) -> dict[str, Any]:
         body: dict[str, Any] = {
             "model": spec.remote_model,
             "input": texts,
@@ -100,7 +120,7 @@ class OpenAI(Provider):
             body["dimensions"] = spec.dimensions
         return body
 
-    def rows(self, spec: RemoteSpec, payload: Any, n: int) -> tuple[list[Any], int | None]:
+    def rows(self, spec: Registration, payload: Any, n: int) -> tuple[list[Any], int | None]:
         if not isinstance(payload, dict) or not isinstance(payload.get("data"), list):
             raise BadResponse('the answer has no "data" list')
         data = payload["data"]
@@ -137,17 +157,17 @@ class HuggingFace(Provider):
     max_inputs = 32
     max_request_tokens = None
 
-    def url(self, spec: RemoteSpec) -> str:
+    def url(self, spec: Registration) -> str:
         return spec.endpoint
 
-    def request_body(self, spec: RemoteSpec, texts: list[str]) -> dict[str, Any]:
+    def request_body(self, spec: Registration, texts: list[str]) -> dict[str, Any]:
         return {"inputs": texts, "truncate": True}
 
-    def vectors_per_input(self, spec: RemoteSpec) -> int:
+    def vectors_per_input(self, spec: Registration) -> int:
         # A model without pooling answers a vector per token of the input cut to max_tokens.
         return spec.max_tokens + TOKEN_SLACK
 
-    def rows(self, spec: RemoteSpec, payload: Any, n: int) -> tuple[list[Any], int | None]:
+    def rows(self, spec: Registration, payload: Any, n: int) -> tuple[list[Any], int | None]:
         if not isinstance(payload, list):
             raise BadResponse("the answer is not a list of embeddings")
         if n == 1 and payload and all(is_number(x) for x in payload):
@@ -191,7 +211,7 @@ def key_patterns() -> list[str]:
     return [p.key_pattern for p in PROVIDERS.values()]
 
 
-def _pool(spec: RemoteSpec, tokens: list[Any]) -> Any:
+def _pool(spec: Registration, tokens: list[Any]) -> Any:
     try:
         matrix = np.asarray(tokens, dtype=np.float64)
     except (ValueError, TypeError):

@@ -44,15 +44,24 @@ from __future__ import annotations
 import json
 import math
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
 from worker.models.remote.providers import BadResponse, is_number, kind_of
 
-if TYPE_CHECKING:
-    from worker.models.remote.rerank_spec import RerankerSpec
+
+class RerankRegistration(Protocol):
+    """What a rerank provider reads of a reranker's registration (rerank_spec.RerankerSpec,
+    which names the provider kind: this module does not import it back)."""
+
+    @property
+    def endpoint(self) -> str: ...
+
+    @property
+    def remote_model(self) -> str | None: ...
+
 
 Scores = npt.NDArray[np.float32]
 
@@ -85,10 +94,12 @@ class RerankProvider:
         variable for its key."""
         return self.name if self.credential_variable is not None else None
 
-    def url(self, spec: RerankerSpec) -> str:
+    def url(self, spec: RerankRegistration) -> str:
         return spec.endpoint + "/rerank"
 
-    def request_body(self, spec: RerankerSpec, query: str, documents: list[str]) -> dict[str, Any]:
+    def request_body(
+        self, spec: RerankRegistration, query: str, documents: list[str]
+    ) -> dict[str, Any]:
         return {
             "model": spec.remote_model,
             "query": query,
@@ -163,7 +174,9 @@ class TextEmbeddingsInference(RerankProvider):
     results_field = None
     score_field = "score"
 
-    def request_body(self, spec: RerankerSpec, query: str, documents: list[str]) -> dict[str, Any]:
+    def request_body(
+        self, spec: RerankRegistration, query: str, documents: list[str]
+    ) -> dict[str, Any]:
         return {
             "query": query,
             "texts": documents,
