@@ -137,24 +137,41 @@ def test_search_prints_no_model_load_line_and_hints_work_as_printed(
 def test_search_as_a_read_only_role(conn: Conn, dsn: str, minilm: str) -> None:
     """`search` as a role that may read the table and nothing of ours (an application's, as
     POST /search's role is): the registry of remote models, which it may not read, is not needed
-    to search a table of a local model."""
+    to search a table of a local model. With the worker's environment, it is the role the
+    command searches as, as POST /search does; `--database-url` names another."""
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs VALUES (1, 'cats sleep'), (2, 'stocks fell')")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
     assert run_cli("run", "--once", "--database-url", dsn).returncode == 0
     reader = f"reader_{uuid.uuid4().hex[:10]}"
+    worker = f"worker_{uuid.uuid4().hex[:10]}"  # a worker's role: no right on the table
     conn.execute(f"CREATE ROLE {reader} LOGIN")
+    conn.execute(f"CREATE ROLE {worker} LOGIN")
     conn.execute(f"GRANT SELECT ON docs TO {reader}")
+    as_reader = psycopg.conninfo.make_conninfo(dsn, user=reader)
+    as_worker = psycopg.conninfo.make_conninfo(dsn, user=worker)
+    asked = ("search", "docs", "kittens napping", "-k", "1")
     try:
-        as_reader = psycopg.conninfo.make_conninfo(dsn, user=reader)
-        result = run_cli(
-            "search", "docs", "kittens napping", "-k", "1", "--database-url", as_reader
-        )
+        result = run_cli(*asked, "--database-url", as_reader)
         assert result.returncode == 0, result.stderr
         assert "cats sleep" in result.stdout
+
+        # The worker's environment: the command searches as POST /search does, as the role
+        # EMBED_SEARCH_DATABASE_URL names, not as DATABASE_URL's (which may not read docs).
+        env = {"DATABASE_URL": as_worker, "EMBED_SEARCH_DATABASE_URL": as_reader}
+        alone = run_cli(*asked, env={"DATABASE_URL": as_worker})
+        assert alone.returncode == 2 and "permission denied for table docs" in alone.stderr
+        result = run_cli(*asked, env=env)
+        assert result.returncode == 0, result.stderr
+        assert "cats sleep" in result.stdout
+        assert "as EMBED_SEARCH_DATABASE_URL's role" in result.stderr
+        # A role named on the command line is the one searched as, whatever the environment.
+        named = run_cli(*asked, "--database-url", as_worker, env=env)
+        assert named.returncode == 2 and "permission denied" in named.stderr, named.stderr
     finally:
-        conn.execute(f"DROP OWNED BY {reader}")
-        conn.execute(f"DROP ROLE {reader}")
+        for role in (reader, worker):
+            conn.execute(f"DROP OWNED BY {role}")
+            conn.execute(f"DROP ROLE {role}")
 
 
 def test_search_mode_hybrid_and_its_tuning(conn: Conn, dsn: str, minilm: str) -> None:

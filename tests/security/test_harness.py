@@ -76,10 +76,11 @@ class Context:
                 conn.execute(statement.encode())
                 conn.execute("SELECT now(), clock_timestamp()")  # the session, after
 
-    def cli(self, *argv: str, refused: bool = False) -> Any:
-        """The real command line: exit 0 or 1 (a problem reported), or 2 where `refused`."""
-        env = {"DATABASE_URL": self.dsn, "EMBED_MODEL_PATH": self.model_path}
-        result = run_cli(*argv, env={**env, "EMBED_MODEL": MINILM})
+    def cli(self, *argv: str, refused: bool = False, env: dict[str, str] | None = None) -> Any:
+        """The real command line: exit 0 or 1 (a problem reported), or 2 where `refused`;
+        `env` over the role's DATABASE_URL and the models'."""
+        given = {"DATABASE_URL": self.dsn, "EMBED_MODEL_PATH": self.model_path}
+        result = run_cli(*argv, env={**given, "EMBED_MODEL": MINILM, **(env or {})})
         assert result.returncode in ((2,) if refused else (0, 1)), result.stderr
         return result
 
@@ -161,6 +162,16 @@ def _http_search(ctx: Context) -> None:
             assert settings == harness.session_state_of_a_fresh(ctx.dsn), settings
     finally:
         searches.close()
+
+
+def _cli_search(ctx: Context) -> None:
+    """`embed-worker search` with the worker's environment: DATABASE_URL the worker role's,
+    EMBED_SEARCH_DATABASE_URL the application's, the role it searches as (as POST /search
+    does), in a session where the owner's policies and content functions run."""
+    env = {"DATABASE_URL": ctx.roles.worker_dsn, "EMBED_SEARCH_DATABASE_URL": ctx.dsn}
+    for table in ("docs_row", "docs_side", "docs_chunked", "docs_fn"):
+        result = ctx.cli("search", table, "a document of", "-k", "3", "--json", env=env)
+        assert result.returncode == 0, result.stderr
 
 
 HOSTILE_CLIENTS = range(8)
@@ -403,6 +414,7 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
         (SUPERUSER,),
         lambda ctx: ctx.cli("search", "docs_chunked", "document", "-k", "2"),
     ),
+    "search (CLI, as EMBED_SEARCH_DATABASE_URL's role)": ((APPLICATION,), _cli_search),
     "plan": ((SUPERUSER,), _plan),
     "status": ((SUPERUSER, WORKER), lambda ctx: ctx.cli("status", "--json")),
     "doctor": ((SUPERUSER,), lambda ctx: ctx.cli("doctor")),

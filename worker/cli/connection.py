@@ -7,10 +7,16 @@ from worker.cli import hints, output
 from worker.config import Settings
 
 
-def connect(settings: Settings) -> db.Connection:
-    """A connection to the database with our schema; says on stderr which database it is."""
-    dsn = settings.dsn
-    output.say_database(dsn, settings.database_url)
+def connect(settings: Settings, *, searcher: bool = False) -> db.Connection:
+    """A connection to the database with our schema; says on stderr which database it is.
+    `searcher`: as the role POST /search searches as (worker/http/work.py), whose rights and
+    row-level security decide what an answer holds: EMBED_SEARCH_DATABASE_URL's, when set."""
+    if searcher and settings.search_database_url:
+        dsn = settings.search_database_url
+        output.say(f"{output.database_line(dsn, dsn)}, as EMBED_SEARCH_DATABASE_URL's role")
+    else:
+        dsn = settings.dsn
+        output.say_database(dsn, settings.database_url)
     conn = db.connect(dsn, lock_timeout_ms=settings.lock_timeout_ms)
     with db.translated():
         missing = not schema.installed(conn)
@@ -18,6 +24,6 @@ def connect(settings: Settings) -> db.Connection:
         conn.close()
         raise exceptions.DatabaseError(
             f"the embeddings schema is not installed in {db.describe(dsn)}: run "
-            f"`{hints.command('migrate', dsn)}` (or `make migrate` for the local cluster)"
+            f"`{hints.command('migrate', settings.dsn)}` (or `make migrate` for the local cluster)"
         )
     return conn

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import dataclasses
 import json
 import re
 import sys
@@ -115,11 +116,13 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
 
     request = _search_request(args)
     filter = request.filter
-    with connect(settings) as conn:
+    if getattr(args, "database_url", None):  # a role named on the command line: over the env's
+        settings = dataclasses.replace(settings, search_database_url=None)
+    with connect(settings, searcher=True) as conn:
         status_hint = hints.command("status", settings.dsn)
-        # The search service of POST /search, over this command's one connection: the same
-        # request, checked the same way, embedded and ranked the same way
-        # (worker/retrieval/search.py).
+        # The search service of POST /search, over this command's one connection, as its role:
+        # the same request, checked the same way, embedded and ranked the same way, answered
+        # from what the same rights may read (worker/retrieval/search.py).
         models = _models(settings, _readable_remote_models(conn))
         rerankers = LoadedRerankers(
             settings.model_location, settings.threads, api_key=settings.api_key

@@ -63,4 +63,9 @@ def database_line(dsn: str, explicit: str | None) -> str:
 
 def say_database(dsn: str, explicit: str | None) -> None:
     """Tells stderr which database this command uses (stdout stays for results)."""
-    print(f"embed-worker: {database_line(dsn, explicit)}", file=sys.stderr)
+    say(database_line(dsn, explicit))
+
+
+def say(line: str) -> None:
+    """A line about the command's own doing on stderr (stdout stays for results)."""
+    print(f"embed-worker: {line}", file=sys.stderr)
