@@ -7,11 +7,25 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from worker import db
+
+# What a terminal acts on rather than shows: the C0 and C1 controls and DEL (an escape sequence
+# moves the cursor, clears the screen, sets the title, writes a clipboard) and the bidirectional
+# marks, overrides and isolates (which reorder the text after them). Tenants name tables and write
+# the content, errors and headings an operator reads in a terminal.
+_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
+
+
+def visible(text: str) -> str:
+    """`text` with each character a terminal would act on written as its escape (`\\x1b`,
+    `\\n`, `\\u202e`): for a line of human output, which must stay one line, as it reads."""
+    return _UNSHOWN.sub(lambda found: ascii(found.group())[1:-1], text)
+
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into JSON.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
@@ -53,15 +67,16 @@ class JsonFormatter(logging.Formatter):
 
 class TextFormatter(logging.Formatter):
     """One line per record: Postgres errors carry `CONTEXT:`/`DETAIL:` on lines of their own,
-    which would read as separate records (and break line-based log shipping). Tracebacks,
-    which only bugs produce, keep their lines."""
+    which would read as separate records (and break line-based log shipping); a tenant's names
+    and errors in it are shown, not acted on (visible()). Tracebacks, which only bugs produce,
+    keep their lines."""
 
     def __init__(self) -> None:
         super().__init__("%(asctime)s %(levelname)-7s %(name)s: %(message)s")
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         lines = [line.strip() for line in record.message.splitlines() if line.strip()]
-        record.message = " | ".join(lines)
+        record.message = visible(" | ".join(lines))
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:

@@ -174,6 +174,33 @@ def test_search_as_a_read_only_role(conn: Conn, dsn: str, minilm: str) -> None:
             conn.execute(f"DROP ROLE {role}")
 
 
+def test_a_tenants_names_and_content_are_shown_not_obeyed(
+    conn: Conn, dsn: str, minilm: str
+) -> None:
+    """A table named, and content written, with what a terminal acts on (an escape sequence that
+    clears the screen, one that sets the window's title, a right-to-left override): `status`,
+    `search` and `doctor` print them as escapes, every line of their output printable."""
+    name = "notes\x1b[2J\u202e"
+    quoted = '"' + name + '"'
+    conn.execute(f"CREATE TABLE {quoted} (id int PRIMARY KEY, body text)")
+    conn.execute(
+        f"INSERT INTO {quoted} VALUES (1, 'cats \x1b]0;owned\x07 sleep'), (2, 'stocks fell')"
+    )
+    conn.execute("SELECT embeddings.watch(%s, 'body', model => %s)", (quoted, minilm))
+    assert run_cli("run", "--once", "--database-url", dsn).returncode == 0
+    printed = {
+        "status": run_cli("status", "--database-url", dsn),
+        "search": run_cli("search", quoted, "kittens", "-k", "1", "--database-url", dsn),
+        "doctor": run_cli("doctor", "--database-url", dsn),
+    }
+    for command, result in printed.items():
+        assert result.returncode in (0, 1), (command, result.stderr)
+        lines = (result.stdout + result.stderr).splitlines()
+        assert all(line.isprintable() for line in lines), (command, lines)
+    assert "notes\\x1b[2J\\u202e" in printed["status"].stdout
+    assert "cats \\x1b]0;owned\\x07 sleep" in printed["search"].stdout
+
+
 def test_search_mode_hybrid_and_its_tuning(conn: Conn, dsn: str, minilm: str) -> None:
     """`search --mode hybrid`: k results with the hybrid score and both ranks, keys typed as in
     the table (text here); --rrf-k, --vector-weight, --text-weight and --depth reach the

@@ -66,3 +66,34 @@ def test_a_postgres_error_with_context_is_one_text_line() -> None:
     text = buffer.getvalue()
     assert text.count("\n") == 1
     assert "boom | CONTEXT:  PL/pgSQL function body_of(docs) line 3 at RAISE" in text
+
+
+# A tenant's table name, content or error: an escape sequence that clears the screen and sets the
+# window's title, a C1 control sequence introducer, a right-to-left override, a tab.
+HOSTILE = "docs\x1b[2J\x1b]0;owned\x07\x9b31m\u202etxt.exe\tend"
+
+
+def test_what_a_terminal_would_act_on_is_shown_as_escapes() -> None:
+    shown = logs.visible(HOSTILE)
+    assert shown == "docs\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\u202etxt.exe\\tend"
+    assert shown.isprintable()
+    assert logs.visible("plain, é, 漢字, a \\ backslash") == "plain, é, 漢字, a \\ backslash"
+    assert logs.visible(shown) == shown  # shown twice, the same
+
+
+def test_a_tenants_text_in_a_text_log_line_is_shown_not_obeyed() -> None:
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.configure("text", "INFO")
+        buffer = io.StringIO()
+        handler = root.handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(buffer)
+        logging.getLogger("worker.test").warning("row of %s failed", HOSTILE)
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+    line = buffer.getvalue().rstrip("\n")
+    assert line.isprintable() and "\n" not in line
+    assert line.endswith("row of " + logs.visible(HOSTILE) + " failed")

@@ -83,8 +83,8 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
         raise
     except Exception as exc:  # psycopg/SQLAlchemy errors from inside Alembic
         raise exceptions.DatabaseError(f"migration failed: {db.redact(str(exc))}") from exc
-    for line in migration.lines():  # `applied 0002 (0.2.0)`, or `already at ...`; NOTICEs
-        print(line)
+    # `applied 0002 (0.2.0)`, or `already at ...`; NOTICEs
+    output.print_lines(migration.lines())
     return exits.OK
 
 

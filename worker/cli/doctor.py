@@ -34,9 +34,9 @@ def _version(text: str | None) -> tuple[int, ...]:
 def run(dsn: str, settings: Settings) -> int:
     findings = check(dsn, settings)
     for f in findings:
-        print(f"{f.level:<4}  {f.check}: {f.detail}")
+        output.print_lines([f"{f.level:<4}  {f.check}: {f.detail}"])
         if f.fix:
-            print(f"      fix: {f.fix}")
+            output.print_lines([f"      fix: {f.fix}"])
     failed = sum(f.level == "FAIL" for f in findings)
     warned = sum(f.level == "warn" for f in findings)
     print(f"\n{failed} problem(s), {warned} warning(s)")

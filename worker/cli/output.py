@@ -1,4 +1,6 @@
-"""Printing for the CLI: tables, JSON, ages, previews, and which database a command talks to."""
+"""Printing for the CLI: tables, JSON, ages, previews, and which database a command talks to.
+What a tenant wrote (a table's name, content, an error) is shown, never acted on by the terminal:
+every cell and field goes through logs.visible(); JSON escapes it itself."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from worker import db
+from worker.logs import visible
 
 
 def print_json(value: Any) -> None:
@@ -16,11 +19,12 @@ def print_json(value: Any) -> None:
 
 
 def table_lines(header: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
-    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=True)]
+    cells = [[visible(str(c)) for c in row] for row in rows]
+    widths = [max(len(c) for c in col) for col in zip(header, *cells, strict=True)]
     lines = ["  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)).rstrip()]
     lines.append("  ".join("-" * w for w in widths))
-    for row in rows:
-        lines.append("  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip())
     return lines
 
 
@@ -31,7 +35,7 @@ def print_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> None:
 def print_fields(fields: Sequence[tuple[str, str]]) -> None:
     """One line per field, its label padded: a record, which has no header row to print."""
     width = max(len(label) for label, _ in fields)
-    print("\n".join(f"{label.ljust(width)}  {value}".rstrip() for label, value in fields))
+    print("\n".join(f"{label.ljust(width)}  {visible(value)}".rstrip() for label, value in fields))
 
 
 def age(seconds: float | None) -> str:
@@ -68,4 +72,9 @@ def say_database(dsn: str, explicit: str | None) -> None:
 
 def say(line: str) -> None:
     """A line about the command's own doing on stderr (stdout stays for results)."""
-    print(f"embed-worker: {line}", file=sys.stderr)
+    print(f"embed-worker: {visible(line)}", file=sys.stderr)
+
+
+def print_lines(lines: Sequence[str]) -> None:
+    """Lines of a report, each shown as one line (visible())."""
+    print("\n".join(visible(line) for line in lines))

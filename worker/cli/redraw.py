@@ -18,6 +18,8 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from types import FrameType
 
+from worker.logs import visible
+
 CLEAR_SCREEN = "\x1b[H\x1b[J"  # cursor home, erase below: the next frame replaces this one
 
 
@@ -28,7 +30,8 @@ def every(interval: float, header: str, frame: Callable[[], list[str]]) -> None:
         while not stop.is_set():
             lines = frame()
             stamp = datetime.now(UTC).strftime("%H:%M:%S UTC")
-            text = [f"{header}, {stamp} (every {interval:g} s; Ctrl-C to stop)", "", *lines]
+            text = [f"{header}, {stamp} (every {interval:g} s; Ctrl-C to stop)", ""]
+            text += [visible(line) for line in lines]  # a tenant's names: shown, not obeyed
             sys.stdout.write((CLEAR_SCREEN if in_place else "\n") + "\n".join(text) + "\n")
             sys.stdout.flush()
             stop.wait(interval)

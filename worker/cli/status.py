@@ -233,7 +233,7 @@ def show(conn: db.Connection, *, as_json: bool, exact: bool = False) -> None:
     if as_json:
         output.print_json(rows)
     else:
-        print("\n".join(render(rows)))
+        output.print_lines(render(rows))
 
 
 def watch(conn: db.Connection, interval: float, header: str, *, exact: bool = False) -> None:

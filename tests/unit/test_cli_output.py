@@ -1,0 +1,26 @@
+"""The CLI's human output: a tenant's text in a table, a record or a report is shown, never
+acted on by the terminal (worker/cli/output.py)."""
+
+from __future__ import annotations
+
+import pytest
+
+from worker.cli import output
+
+HOSTILE = "docs\x1b[2J\u202eexe\nfake line"
+
+
+def test_table_cells_are_shown_and_columns_line_up() -> None:
+    lines = output.table_lines(["target", "n"], [[HOSTILE, "1"], ["short", "22"]])
+    assert all(line.isprintable() for line in lines)
+    assert lines[2] == "docs\\x1b[2J\\u202eexe\\nfake line  1"
+    assert lines[3].index("22") == lines[2].rindex("1") == lines[0].rindex("n")
+
+
+def test_records_and_reports_are_one_line_each(capsys: pytest.CaptureFixture[str]) -> None:
+    output.print_fields([("target", HOSTILE)])
+    output.print_lines(["warn  search: may not read " + HOSTILE])
+    output.say("database " + HOSTILE)
+    printed = capsys.readouterr()
+    assert printed.out.count("\n") == 2 and printed.err.count("\n") == 1
+    assert all(line.isprintable() for line in (printed.out + printed.err).splitlines())
