@@ -47,59 +47,21 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import shlex
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from tokenizers import Tokenizer
-
-from bench import (
-    backlog,
-    bigwatch,
-    chunks,
-    corpus,
-    documents,
-    endtoend,
-    exact_search,
-    hnsw,
-    idle,
-    index,
-    lanes,
-    latency,
-    manyworkers,
-    million,
-    oltp,
-    parsing,
-    raw,
-    remote,
-    retrieval,
-    search,
-    status,
-    swapstall,
-    trust,
-    upgrade,
-    verify,
-    writepath,
-)
-from bench.beir import __main__ as beir_main
+from bench import corpus
 from bench.machine import describe as machine
-from bench.quality import evaluate, retrievers
-from tests.support.cluster import Cluster, session_cluster
+from bench.sections import RESULTS, ROOT, SECTIONS, SHARED_MODELS, Run
+from tests.support.cluster import session_cluster
 from tests.support.modelgen import GTE_SMALL, cached_model_dir
 from worker import schema
 
-ROOT = Path(__file__).resolve().parent
-RESULTS = ROOT / "results"
-SHARED_MODELS = Path(
-    os.environ.get("EMBED_TEST_MODELS") or ROOT.parent.parent / "shared" / "models"
-)
-SECTIONS = (
+DEFAULT_SECTIONS = (
     "writepath",
     "oltp",
     "latency",
@@ -146,13 +108,9 @@ def models() -> dict[str, tuple[str, Path]]:
     return found
 
 
-def fresh_db(cluster: Cluster, template: str) -> str:
-    return cluster.dsn(cluster.create_database(template=template, prefix="bench"))
-
-
-def main() -> int:
+def parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m bench")
-    parser.add_argument("--only", default=",".join(SECTIONS))
+    parser.add_argument("--only", default=",".join(DEFAULT_SECTIONS))
     parser.add_argument("--rows", type=int, default=1000, help="corpus rows per drain")
     parser.add_argument("--quick", action="store_true", help="fewer rounds and samples")
     parser.add_argument(
@@ -188,326 +146,39 @@ def main() -> int:
         default="",
         help="more arguments of the beir section (python -m bench.beir -h)",
     )
-    args = parser.parse_args()
+    return parser
+
+
+def main() -> int:
+    asked = parser()
+    args = asked.parse_args()
     wanted = set(args.only.split(","))
+    if unknown := wanted - {section.name for section in SECTIONS} - {"embedder"}:
+        asked.error(f"--only: no section {', '.join(sorted(unknown))}")
     RESULTS.mkdir(exist_ok=True)
-    texts = corpus.load(args.rows)
-    found = models()
-
-    def save(name: str, value: dict[str, Any]) -> None:
-        value = {"machine": machine(), "corpus": corpus.describe(), **value}
-        (RESULTS / f"{name}.json").write_text(json.dumps(value, indent=2) + "\n")
-        print(f"bench: wrote bench/results/{name}.json", file=sys.stderr)
-
-    def section(
-        name: str, body: Callable[[], dict[str, Any]], *, results: str | None = None
-    ) -> None:
-        """Runs `name` when wanted; its results go to bench/results/<results or name>.json."""
-        if name not in wanted:
-            return
-        started = time.monotonic()
-        print(f"bench: {name}...", file=sys.stderr)
-        save(results or name, body())
-        print(f"bench: {name} took {time.monotonic() - started:.0f} s", file=sys.stderr)
-
     with session_cluster(fast=False, external_env="BENCH_DATABASE_URL") as cluster:
         template = cluster.create_database(prefix="benchtemplate")
         schema.migrate(cluster.dsn(template))
-
-        section(
-            "writepath",
-            lambda: writepath.run(fresh_db(cluster, template), rounds=3 if args.quick else 7),
-        )
-        section(
-            "trust",
-            lambda: trust.run(
-                fresh_db(cluster, template), fresh_db(cluster, template), quick=args.quick
-            ),
-        )
-        section(
-            "swapstall",
-            lambda: swapstall.run(fresh_db(cluster, template), seconds=8 if args.quick else 20),
-        )
-        section(
-            "oltp",
-            lambda: oltp.run(
-                fresh_db(cluster, template),
-                seconds=5 if args.quick else 10,
-                rounds=2 if args.quick else 3,
-                before=Path(os.environ["BENCH_BEFORE"]) if os.environ.get("BENCH_BEFORE") else None,
-            ),
-        )
-        section(
-            "latency",
-            lambda: {
-                label: latency.run(
-                    fresh_db(cluster, template), name, path, samples=50 if args.quick else 200
-                )
-                for label, (name, path) in found.items()
-            },
-        )
-
-        rounds = 1 if args.quick else 3
-
-        def worker_and_model(name: str, path: Path, inputs: list[str], **kw: Any) -> dict[str, Any]:
-            # Side by side, alternating round by round (the machine's speed drifts): the whole
-            # worker (process start and model load included), then the model alone on the same
-            # texts and threads. Each is the median of its rounds.
-            workers, alone = [], []
-            for _ in range(rounds):
-                workers.append(
-                    endtoend.drain(fresh_db(cluster, template), name, path, inputs, **kw)
-                )
-                alone.append(
-                    raw.run(path / name, inputs, variant=kw.get("variant", "fp32"), repeats=1)
-                )
-            result = endtoend.median(workers)
-            result["raw_onnxruntime"] = endtoend.median(alone)
-            return result
-
-        def drains() -> dict[str, Any]:
-            return {
-                label: {
-                    variant: worker_and_model(name, path, texts, variant=variant)
-                    for variant in ("fp32", "int8")
-                }
-                for label, (name, path) in found.items()
-            }
-
-        section("drain", drains)
-
-        def ceiling() -> dict[str, Any]:
-            # The workload of the quoted ceiling: gte-small at 128-token inputs, fp32.
-            name, path = found["gte-small (random weights)"]
-            fixed = corpus.fixed_length(500, 128, SHARED_MODELS / "gte-small" / "tokenizer.json")
-            result = worker_and_model(name, path, fixed)
-            result["quoted_ceiling_docs_per_s"] = {"measured matmul-bound": 37, "theoretical": 56}
-            tokenizer = Tokenizer.from_file(str(SHARED_MODELS / "gte-small" / "tokenizer.json"))
-            tokenizer.no_truncation()  # the file truncates and pads to 128 itself:
-            tokenizer.no_padding()  # measure the real lengths
-            result["tokens"] = corpus.length_distribution(corpus.token_lengths(fixed, tokenizer))
-            return result
-
-        section("ceiling", ceiling)
-
-        def scaling() -> dict[str, Any]:
-            name, path = found["gte-small (random weights)"]
-            shapes = {"1 worker x 2 threads": (1, 2), "2 workers x 1 thread": (2, 1)}
-            samples: dict[str, list[dict[str, Any]]] = {shape: [] for shape in shapes}
-            for _ in range(rounds):  # alternating, as above
-                for shape, (workers, threads) in shapes.items():
-                    samples[shape].append(
-                        endtoend.drain(
-                            fresh_db(cluster, template),
-                            name,
-                            path,
-                            texts,
-                            workers=workers,
-                            threads=threads,
-                        )
-                    )
-            return {shape: endtoend.median(runs) for shape, runs in samples.items()}
-
-        section("scaling", scaling)
-        section(
-            "index",
-            lambda: index.run(fresh_db(cluster, template), rounds=3 if args.quick else 7),
-        )
-        section(
-            "million",
-            lambda: million.run(
-                fresh_db(cluster, template),
-                SHARED_MODELS / "gte-small",
-                rows=args.scale_rows or 1_000_000,
-            ),
-        )
-        section(
-            "workers",
-            lambda: manyworkers.run(
-                lambda: fresh_db(cluster, template),
-                SHARED_MODELS / "gte-small",
-                rows_per_table=(args.scale_rows or 20_000) // manyworkers.TABLES,
-                rounds=args.remote_rounds or (1 if args.quick else 2),
-            ),
-        )
-        section(
-            "retrieval",  # recall and latency of each search path (bench/retrieval.py)
-            lambda: retrieval.run(
-                fresh_db(cluster, template),
-                SHARED_MODELS / "all-MiniLM-L6-v2",
-                rows=args.scale_rows or 100_000,
-                queries=50 if args.quick else 100,
-            ),
-            # One file per scale (docs/performance.md compares 100k and 1M rows).
-            results=f"retrieval-{args.scale_rows or 100_000}",
-        )
-        section(
-            "hnsw",
-            lambda: hnsw.run(
-                fresh_db(cluster, template),
-                SHARED_MODELS / "all-MiniLM-L6-v2",
-                rows=args.scale_rows or 1_000_000,
-                rounds=3 if args.quick else 8,
-            ),
-        )
-        section(
-            "status",
-            lambda: status.run(
-                fresh_db(cluster, template),
-                SHARED_MODELS / "gte-small",
-                rows=args.scale_rows or 10_000_000,
-                rounds=1 if args.quick else 3,
-            ),
-        )
-        section(
-            "verify",
-            lambda: verify.run(
-                fresh_db(cluster, template), rows=args.scale_rows or 1_000_000, quick=args.quick
-            ),
-        )
-        section(
-            "bigwatch",
-            lambda: bigwatch.run(
-                cluster,
-                sizes=(args.scale_rows,) if args.scale_rows else bigwatch.SIZES,
-                rounds=args.remote_rounds or (1 if args.quick else 2),
-            ),
-        )
-
-        upgrade_rows = args.scale_rows or (upgrade.QUICK_ROWS if args.quick else upgrade.ROWS)
-
-        def upgrading() -> dict[str, Any]:
-            result = upgrade.run(cluster, SHARED_MODELS, rows=upgrade_rows)
-            print(upgrade.table(result))
-            return result
-
-        section(  # the figure of docs/performance.md in upgrade.json, smaller runs beside it
-            "upgrade",
-            upgrading,
-            results="upgrade" if upgrade_rows == upgrade.ROWS else f"upgrade-{upgrade_rows}",
-        )
-        section(
-            "backlog",
-            lambda: backlog.run(
-                fresh_db(cluster, template),
-                *found["all-MiniLM-L6-v2"],
-                rows=5000 if args.quick else 20000,
-            ),
-        )
-
-        section(
-            "search",  # POST /search against the in-caller baseline; while a backlog drains
-            lambda: search.run(
-                fresh_db(cluster, template),
-                SHARED_MODELS,
-                backlog_rows=5000 if args.quick else 20000,
-                hnsw_rows=args.scale_rows or (20_000 if args.quick else 100_000),
-                seconds=3.0 if args.quick else 6.0,
-                rounds=1 if args.quick else 3,
-                before=Path(os.environ["BENCH_BEFORE"]) if os.environ.get("BENCH_BEFORE") else None,
-            ),
-        )
-
-        section(
-            "exact",  # search()'s exact path, this checkout's against BENCH_BEFORE's
-            lambda: exact_search.run(
-                fresh_db(cluster, template),
-                lambda: cluster.dsn(cluster.create_database(prefix="benchbefore")),
-                before=Path(os.environ["BENCH_BEFORE"]) if os.environ.get("BENCH_BEFORE") else None,
-                samples=100 if args.quick else 300,
-            ),
-        )
-
-        section(
-            "chunks",  # chunked targets against one vector per row, on the same long documents
-            lambda: chunks.run(
-                lambda: fresh_db(cluster, template),
-                *found["all-MiniLM-L6-v2"],
-                max_tokens=256,
-                rounds=1 if args.quick else 3,
-            ),
-        )
-
-        section(
-            "lanes",  # live rows during a backfill vs idle; a model change's wall time
-            lambda: lanes.run(
-                fresh_db(cluster, template),
-                SHARED_MODELS / "gte-small",
-                rows=5000 if args.quick else 20000,
-                samples=50 if args.quick else 100,
-            ),
-        )
-
-        section(
-            "documents",  # live rows while a long document is embedded in pieces, vs idle
-            lambda: documents.run(
-                fresh_db(cluster, template),
-                SHARED_MODELS / args.model,
-                mb=args.document_mb,
-                samples=20 if args.quick else 50,
-                one_batch_mb=min(args.document_mb, 1.0),
-            ),
-        )
-
-        section(
-            "idle",  # an idle worker: insert-to-vector latency (also prepared), CPU while waiting
-            lambda: idle.run(
-                cluster,
-                fresh_db(cluster, template),
-                SHARED_MODELS / "gte-small",
-                samples=50 if args.quick else 100,
-            ),
-        )
-
-        section(
-            "remote",  # the worker through infinity-emb vs infinity's own throughput
-            lambda: remote.run(
-                fresh_db(cluster, template),
-                texts[: 192 if args.quick else 512],
-                rounds=args.remote_rounds or (1 if args.quick else 2),
-            ),
-        )
-
-        def quality() -> dict[str, Any]:
-            # Retrieval quality (recall@10, nDCG@10) of full-text, vector and hybrid search
-            # over the standard library's documentation, rows and chunks (bench/quality/).
-            chosen = evaluate.default_retrievers()  # embeddings.hybrid_search() among them
-            chosen += [
-                retrievers.SqlFunction.named(name)
-                for name in dict.fromkeys(args.quality_function)
-                if name not in {r.name for r in chosen}
-            ]
-            return evaluate.run(
-                fresh_db(cluster, template),
-                SHARED_MODELS / "all-MiniLM-L6-v2",
-                chosen,
-                details=RESULTS / "quality_details.jsonl",  # per query; not committed
-            )
-
-        section("quality", quality)
-        before = os.environ.get("BENCH_BEFORE")
-        section(
-            "parsing",
-            lambda: parsing.run(
-                cluster, ROOT.parent, Path(before) if before else None, rounds=rounds
-            ),
-        )
-
-        def beir() -> dict[str, Any]:
-            # The product's search on a public benchmark, through SQL and POST /search
-            # (bench/beir/; docs/retrieval-quality.md).
-            beir_args = beir_main.parser().parse_args(
-                [str(args.beir_data), "--model", args.model, *shlex.split(args.beir_args)]
-            )
-            return beir_main.measure(fresh_db(cluster, template), beir_args)
-
-        section("beir", beir, results=f"beir-{args.beir_data.resolve().name}")
+        run = Run(cluster, template, args, corpus.load(args.rows), models())
+        for section in SECTIONS:
+            if section.name not in wanted:
+                continue
+            started = time.monotonic()
+            print(f"bench: {section.name}...", file=sys.stderr)
+            save(section.results_name(run), section.measure(run))
+            print(f"bench: {section.name} took {time.monotonic() - started:.0f} s", file=sys.stderr)
 
     if "embedder" in wanted and (ROOT / "embedder.py").is_file():
         # Model-only figures (raw onnxruntime, sentence-transformers side by side, int8 fidelity,
         # padding) come from their own module, in their own process.
         subprocess.run([sys.executable, "-m", "bench.embedder"], check=True)
     return 0
+
+
+def save(name: str, value: dict[str, Any]) -> None:
+    value = {"machine": machine(), "corpus": corpus.describe(), **value}
+    (RESULTS / f"{name}.json").write_text(json.dumps(value, indent=2) + "\n")
+    print(f"bench: wrote bench/results/{name}.json", file=sys.stderr)
 
 
 if __name__ == "__main__":

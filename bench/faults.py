@@ -21,8 +21,8 @@ from typing import Any
 import psycopg
 
 from bench import corpus, endtoend, worker_process
-from bench.__main__ import RESULTS, SHARED_MODELS
 from bench.machine import describe as machine
+from bench.sections import RESULTS, SHARED_MODELS
 from tests.support.cluster import Cluster, session_cluster
 from worker import schema
 
