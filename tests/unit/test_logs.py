@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
@@ -12,19 +13,28 @@ import pytest
 from worker import logs
 
 
+@contextlib.contextmanager
+def logged(log_format: str) -> Iterator[io.StringIO]:
+    """The CLI's logging in `log_format`, writing to a buffer instead of stderr."""
+    root = logging.getLogger()
+    saved = root.handlers[:], root.level
+    try:
+        logs.configure(log_format, "INFO")
+        buffer = io.StringIO()
+        handler = root.handlers[0]
+        assert isinstance(handler, logging.StreamHandler)
+        handler.setStream(buffer)
+        yield buffer
+    finally:
+        root.handlers[:], level = saved
+        root.setLevel(level)
+
+
 @pytest.fixture
 def output() -> Iterator[io.StringIO]:
     """The CLI's logging (JSON), writing to a buffer instead of stderr."""
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    logs.configure("json", "INFO")
-    buffer = io.StringIO()
-    handler = root.handlers[0]
-    assert isinstance(handler, logging.StreamHandler)
-    handler.setStream(buffer)
-    yield buffer
-    root.handlers[:], level = saved
-    root.setLevel(level)
+    with logged("json") as buffer:
+        yield buffer
 
 
 def test_root_logger_chatter_is_dropped_but_not_its_warnings(output: io.StringIO) -> None:
@@ -47,22 +57,12 @@ def test_passwords_never_reach_the_log(output: io.StringIO) -> None:
 
 
 def test_a_postgres_error_with_context_is_one_text_line() -> None:
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        logs.configure("text", "INFO")
-        buffer = io.StringIO()
-        handler = root.handlers[0]
-        assert isinstance(handler, logging.StreamHandler)
-        handler.setStream(buffer)
+    with logged("text") as buffer:
         logging.getLogger("worker.pipeline.stages").warning(
             "row failed: %s",
             "loading the content failed: boom\nCONTEXT:  PL/pgSQL function body_of(docs) line 3"
             " at RAISE",
         )
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
     text = buffer.getvalue()
     assert text.count("\n") == 1
     assert "boom | CONTEXT:  PL/pgSQL function body_of(docs) line 3 at RAISE" in text
@@ -82,18 +82,8 @@ def test_what_a_terminal_would_act_on_is_shown_as_escapes() -> None:
 
 
 def test_a_tenants_text_in_a_text_log_line_is_shown_not_obeyed() -> None:
-    root = logging.getLogger()
-    saved = root.handlers[:], root.level
-    try:
-        logs.configure("text", "INFO")
-        buffer = io.StringIO()
-        handler = root.handlers[0]
-        assert isinstance(handler, logging.StreamHandler)
-        handler.setStream(buffer)
+    with logged("text") as buffer:
         logging.getLogger("worker.test").warning("row of %s failed", HOSTILE)
-    finally:
-        root.handlers[:], level = saved
-        root.setLevel(level)
     line = buffer.getvalue().rstrip("\n")
     assert line.isprintable() and "\n" not in line
     assert line.endswith("row of " + logs.visible(HOSTILE) + " failed")
