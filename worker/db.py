@@ -208,6 +208,13 @@ _TARGET_FUNCTION = re.compile(r"function (embeddings\.)?embeddings_[0-9]+_[a-z_]
 # SQLSTATE of the functions that read and write a watched table as its owner when they cannot
 # serve it now (sql/32_access.sql: check_serving).
 TARGET_UNAVAILABLE = "EW001"
+INSUFFICIENT_PRIVILEGE = "42501"
+
+
+def denied(exc: BaseException) -> bool:
+    """Whether `exc`, or the database error ours was translated from, is a privilege refused."""
+    cause = exc if isinstance(exc, psycopg.Error) else exc.__cause__
+    return getattr(cause, "sqlstate", None) == INSUFFICIENT_PRIVILEGE
 
 
 def unavailable(exc: BaseException) -> bool:
@@ -221,7 +228,7 @@ def unavailable(exc: BaseException) -> bool:
         return True
     if exc.sqlstate == "42883":
         return "embeddings.embeddings_" in str(exc)
-    if exc.sqlstate == "42501":  # insufficient_privilege
+    if exc.sqlstate == INSUFFICIENT_PRIVILEGE:
         return bool(_TARGET_FUNCTION.search(f"{exc} {exc.diag.context or ''}"))
     return False
 

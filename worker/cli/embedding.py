@@ -81,14 +81,12 @@ def _readable_remote_models(conn: db.Connection) -> dict[str, RemoteSpec]:
     """The registry's remote models, if this role may read them: an application's read-only
     role (the one its searches run as) may not, and searches a table of a local model all the
     same; a table of a remote model then says its model was not found."""
-    from psycopg.errors import InsufficientPrivilege
-
     from worker.pipeline.targets import load_remote_models
 
     try:
         return load_remote_models(conn)
     except exceptions.DatabaseError as exc:
-        if not isinstance(exc.__cause__, InsufficientPrivilege):
+        if not db.denied(exc):
             raise
         return {}
 

@@ -12,7 +12,6 @@ from worker import db, exceptions
 # column type filters do not take, a value of the wrong type) or may not make (no SELECT on
 # the table).
 BAD_SEARCH = {"42703", "22023", "0A000", "22P02", "22003", "22007", "22008"}
-DENIED = "42501"
 
 
 class InvalidSearch(exceptions.ConfigError):
@@ -33,7 +32,7 @@ def search_errors() -> Iterator[None]:
         state = getattr(exc.__cause__, "sqlstate", None)
         if state in BAD_SEARCH:
             raise InvalidSearch(_told(exc)) from exc
-        if state == DENIED:
+        if db.denied(exc):
             raise SearchDenied(_told(exc)) from exc
         raise
 

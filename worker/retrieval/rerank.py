@@ -23,7 +23,7 @@ from psycopg.rows import dict_row
 from worker import db, exceptions, queries
 from worker.models.remote.rerank_spec import RerankerSpec
 from worker.models.reranker import Reranker
-from worker.retrieval.errors import DENIED, InvalidSearch
+from worker.retrieval.errors import InvalidSearch
 from worker.retrieval.request import MAX_RERANK_DEPTH, SearchRequest
 from worker.target import Target
 
@@ -103,7 +103,7 @@ def registration(conn: db.Connection, name: str) -> RerankerSpec | None:
                 .fetchone()
             )
     except exceptions.DatabaseError as exc:
-        if getattr(exc.__cause__, "sqlstate", None) != DENIED:
+        if not db.denied(exc):
             raise
         denied = True
     else:
