@@ -19,15 +19,15 @@ Each path's rounds also give its CPU per search (the worker processes, the datab
 this process) and the cores it kept busy (bench/search_paths.py): on 2 cores, at 8 clients,
 POST /search spent about the caller's CPU per search and kept fewer cores busy (2026-11-26).
 
-Backlog: 8 clients asking on the idle worker, then while it drains `--backlog-rows` rows of a
-second table, windows with and without questions alternating: question p95 (over every
-question of the windows) against idle, the backlog's embed rate with questions against
-without. The clients ask as a chat product's users do: each after a think time drawn from the
-exponential distribution of mean POISSON_THINK (2 s: questions arrive as a Poisson process's,
-about 4 a second); and, as before, THINK (0.2 s) after each answer (about 30 a second, most
-of what the CPU can answer). Both as by default (EMBED_BACKLOG_NICE=0: one session, the
-backlog's calls making way for questions'), then niced with Poisson arrivals (10: a session
-of its own at a lower CPU priority, opt-in).
+Backlog (bench/search_backlog.py): 8 clients asking on the idle worker, then while it drains
+`--backlog-rows` rows of a second table, windows with and without questions alternating:
+question p95 (over every question of the windows) against idle, the backlog's embed rate with
+questions against without. The clients ask as a chat product's users do: each after a think
+time drawn from the exponential distribution of mean POISSON_THINK (2 s: questions arrive as a
+Poisson process's, about 4 a second); and, as before, THINK (0.2 s) after each answer (about 30
+a second, most of what the CPU can answer). Both as by default (EMBED_BACKLOG_NICE=0: one
+session, the backlog's calls making way for questions'), then niced with Poisson arrivals (10:
+a session of its own at a lower CPU priority, opt-in).
 
 BENCH_BEFORE=CHECKOUT (`python -m bench --only search`): CHECKOUT's worker (its package on
 PYTHONPATH) takes its turn in each round as http_vector_before, and runs the backlog phases
@@ -51,33 +51,26 @@ import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
-import urllib.request
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 
 import numpy as np
 import psycopg
 from psycopg_pool import ConnectionPool
 
-from bench import corpus, worker_process
-from bench.calls import drive, percentiles
+from bench import corpus, search_backlog, worker_process
+from bench.calls import drive
 from bench.hnsw import gaussian_like, real_embeddings
-from bench.search_paths import RERANKER, TABLE, http_call, throughput, vector_literal
+from bench.search_backlog import POISSON_THINK, THINK
+from bench.search_paths import RERANKER, TABLE, throughput, vector_literal
 from tests.support import modelgen
 from tests.support.cluster import free_port
 from worker.models.embedder import Embedder
 
-T = TypeVar("T")
-
-BACKLOG = "bench_backlog"
 HNSW_TABLE = "bench_hnsw"
 MODEL = "all-MiniLM-L6-v2"
 DIMS = 384
-THINK = 0.2  # seconds a backlog-phase client waits between an answer and its next question
-POISSON_THINK = 2.0  # ... its mean, drawn from the exponential distribution (Poisson arrivals)
 MINILM_SIZED = {"layers": 6, "hidden": 384, "heads": 12, "intermediate": 1536, "max_positions": 512}
 
 
@@ -163,111 +156,6 @@ class WorkerProcess:
         self.proc.wait(60)
 
 
-def _rate(dsn: str, work: Callable[[], T]) -> tuple[float, T]:
-    """The backlog's rows embedded per second while `work` runs, and what it returned. The
-    worker commits a batch at a time (128 rows, a second or more apart): the count is polled
-    and the rate taken between its first and last change in the window, so that where the
-    window cuts a batch does not count."""
-    samples: list[tuple[float, int]] = []
-    done = threading.Event()
-
-    def poll() -> None:
-        with psycopg.connect(dsn, autocommit=True) as conn:
-            while not done.is_set():
-                samples.append((time.monotonic(), _embedded(conn)))
-                done.wait(0.25)
-            samples.append((time.monotonic(), _embedded(conn)))
-
-    thread = threading.Thread(target=poll)
-    thread.start()
-    try:
-        found = work()
-    finally:
-        done.set()
-        thread.join()
-    changes = [samples[i] for i in range(1, len(samples)) if samples[i][1] != samples[i - 1][1]]
-    if len(changes) >= 2:
-        (t0, n0), (t1, n1) = changes[0], changes[-1]
-    else:
-        (t0, n0), (t1, n1) = samples[0], samples[-1]
-    return (n1 - n0) / max(t1 - t0, 1e-9), found
-
-
-def _embedded(conn: psycopg.Connection[Any]) -> int:
-    row = conn.execute(f"SELECT count(*) FROM {BACKLOG} WHERE embedding IS NOT NULL").fetchone()
-    return int(row[0]) if row else 0
-
-
-def backlog(
-    dsn: str, worker: WorkerProcess, rows: int, window: float, rounds: int, *, poisson: bool
-) -> dict[str, Any]:
-    """8 clients asking, idle, then while the worker drains `rows`, windows with and without
-    questions alternating: question p95 (over every question of the windows) against idle's,
-    and the embed rate in each. `poisson`: each client asks after a think time drawn with mean
-    POISSON_THINK (questions arrive as a Poisson process's, as a chat product's users ask),
-    else THINK after each answer."""
-    think = POISSON_THINK if poisson else THINK
-    asked = questions(20000, seed=11)
-    call = http_call(worker.port, 8, asked, mode="vector")
-    drive(8, 2.0, call, think=THINK)
-    idle = [drive(8, window, call, think=think, poisson=poisson)]
-    texts = corpus.rows(rows, seed=3)  # more rows than the docstrings: cycled, each distinct
-    with psycopg.connect(dsn, autocommit=True) as conn:
-        conn.execute(f"CREATE TABLE {BACKLOG} (id int PRIMARY KEY, body text)")
-        with conn.cursor().copy(f"COPY {BACKLOG} (id, body) FROM STDIN") as copy:
-            for i, text in enumerate(texts):
-                copy.write_row((i, text))
-        conn.execute(f"SELECT embeddings.watch('{BACKLOG}', 'body', model => %s)", (MODEL,))
-        time.sleep(window / 2)  # the drain under way
-        quiet: list[float] = []
-        busy: list[float] = []
-        loaded: list[dict[str, Any]] = []
-        for _ in range(rounds):
-            quiet.append(_rate(dsn, lambda: time.sleep(window))[0])
-            rate, found = _rate(dsn, lambda: drive(8, window, call, think=think, poisson=poisson))
-            busy.append(rate)
-            loaded.append(found)
-            shown = {k: v for k, v in loaded[-1].items() if k != "latencies"}
-            print("backlog", round(quiet[-1], 1), round(busy[-1], 1), shown, flush=True)
-        left = rows - _embedded(conn)
-        conn.execute(f"SELECT embeddings.unwatch('{BACKLOG}')")
-        conn.execute(f"DROP TABLE {BACKLOG}")
-        conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
-    idle.append(drive(8, window, call, think=think, poisson=poisson))
-    idle_all = percentiles([x for r in idle for x in r.pop("latencies")])
-    busy_all = percentiles([x for r in loaded for x in r.pop("latencies")])
-    idle_all.pop("latencies")
-    busy_all.pop("latencies")
-    return {
-        "arrivals": f"poisson, mean think {think} s" if poisson else f"think {think} s",
-        "idle": idle,
-        "draining": loaded,
-        "idle_all": idle_all,
-        "draining_all": busy_all,
-        "rows_per_s_without_questions": [round(x, 1) for x in quiet],
-        "rows_per_s_with_questions": [round(x, 1) for x in busy],
-        "rows_left_unembedded": left,
-        "p95_draining/idle": round(busy_all["p95_ms"] / idle_all["p95_ms"], 2),
-        "rate_with/without_questions": round(statistics.median(busy) / statistics.median(quiet), 2),
-        "yields": _backlog_yields(worker.port),
-    }
-
-
-def _backlog_yields(port: int) -> float | None:
-    """embed_worker_backlog_yields_total, summed, from the worker's /metrics."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=10) as answer:
-            text = answer.read().decode()
-    except OSError:
-        return None
-    found = [
-        float(line.rsplit(" ", 1)[1])
-        for line in text.splitlines()
-        if line.startswith("embed_worker_backlog_yields_total")
-    ]
-    return sum(found) if found else None
-
-
 def hnsw(dsn: str, models: Path, rows: int, queries: int, seconds: float) -> dict[str, Any]:
     real = real_embeddings(models / MODEL, 1000)
     vectors = gaussian_like(real, rows, seed=21)
@@ -347,6 +235,23 @@ def targets(result: dict[str, Any]) -> dict[str, Any]:
     return checks
 
 
+def _backlog(
+    dsn: str, worker: WorkerProcess, rows: int, window: float, rounds: int, *, poisson: bool
+) -> dict[str, Any]:
+    """The backlog phase (bench/search_backlog.py) on `worker`, with this section's model and
+    its own questions."""
+    return search_backlog.backlog(
+        dsn,
+        worker.port,
+        model=MODEL,
+        asked=questions(20000, seed=11),
+        rows=rows,
+        window=window,
+        rounds=rounds,
+        poisson=poisson,
+    )
+
+
 def _other_backlogs(
     dsn: str,
     models: Path,
@@ -363,12 +268,12 @@ def _other_backlogs(
         worker = WorkerProcess(dsn, models, reranker, nice=0, checkout=before)
         try:
             for name, poisson in (("before, nice 0, poisson", True), ("before, nice 0", False)):
-                found[name] = backlog(dsn, worker, rows, window, rounds, poisson=poisson)
+                found[name] = _backlog(dsn, worker, rows, window, rounds, poisson=poisson)
         finally:
             worker.stop()
     worker = WorkerProcess(dsn, models, reranker, nice=10)
     try:
-        found["nice 10, poisson"] = backlog(dsn, worker, rows, window, rounds, poisson=True)
+        found["nice 10, poisson"] = _backlog(dsn, worker, rows, window, rounds, poisson=True)
     finally:
         worker.stop()
     return found
@@ -428,8 +333,10 @@ def run(
         result["backlog"] = {}
         if backlog_rows:
             result["backlog"] = {
-                "nice 0, poisson": backlog(dsn, worker, backlog_rows, window, rounds, poisson=True),
-                "nice 0": backlog(dsn, worker, backlog_rows, window, rounds, poisson=False),
+                "nice 0, poisson": _backlog(
+                    dsn, worker, backlog_rows, window, rounds, poisson=True
+                ),
+                "nice 0": _backlog(dsn, worker, backlog_rows, window, rounds, poisson=False),
             }
     finally:
         worker.stop()
