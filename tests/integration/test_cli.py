@@ -188,17 +188,36 @@ def test_a_tenants_names_and_content_are_shown_not_obeyed(
     )
     conn.execute("SELECT embeddings.watch(%s, 'body', model => %s)", (quoted, minilm))
     assert run_cli("run", "--once", "--database-url", dsn).returncode == 0
-    printed = {
-        "status": run_cli("status", "--database-url", dsn),
-        "search": run_cli("search", quoted, "kittens", "-k", "1", "--database-url", dsn),
-        "doctor": run_cli("doctor", "--database-url", dsn),
-    }
-    for command, result in printed.items():
-        assert result.returncode in (0, 1), (command, result.stderr)
-        lines = (result.stdout + result.stderr).splitlines()
-        assert all(line.isprintable() for line in lines), (command, lines)
-    assert "notes\\x1b[2J\\u202e" in printed["status"].stdout
-    assert "cats \\x1b]0;owned\\x07 sleep" in printed["search"].stdout
+    reader = f"reader_{uuid.uuid4().hex[:10]}"  # POST /search's role, which may not read it
+    conn.execute(f"CREATE ROLE {reader} LOGIN")
+    as_reader = {"EMBED_SEARCH_DATABASE_URL": psycopg.conninfo.make_conninfo(dsn, user=reader)}
+    try:
+        printed = {
+            "status": run_cli("status", "--database-url", dsn),
+            "search": run_cli("search", quoted, "kittens", "-k", "1", "--database-url", dsn),
+            "doctor": run_cli("doctor", "--database-url", dsn, env=as_reader),
+        }
+        for command, result in printed.items():
+            assert result.returncode in (0, 1), (command, result.stderr)
+            lines = (result.stdout + result.stderr).splitlines()
+            assert all(line.isprintable() for line in lines), (command, lines)
+        assert "notes\\x1b[2J\\u202e" in printed["status"].stdout
+        assert "cats \\x1b]0;owned\\x07 sleep" in printed["search"].stdout
+        # doctor's fix names the table with Unicode escapes: pasted, it grants what it says.
+        fix = next(
+            line.split("fix: as the tables' owner: ", 1)[1]
+            for line in printed["doctor"].stdout.splitlines()
+            if "fix: as the tables' owner: GRANT" in line
+        )
+        assert 'U&"notes\\001b[2J\\202e"' in fix
+        conn.execute(fix.encode())
+        granted = conn.execute(
+            "SELECT has_table_privilege(%s, %s, 'SELECT')", (reader, quoted)
+        ).fetchone()
+        assert granted == (True,)
+    finally:
+        conn.execute(f"DROP OWNED BY {reader}")
+        conn.execute(f"DROP ROLE {reader}")
 
 
 def test_search_mode_hybrid_and_its_tuning(conn: Conn, dsn: str, minilm: str) -> None:

@@ -1,6 +1,6 @@
 """doctor's check of who searches: `POST /search` runs as the role of EMBED_SEARCH_DATABASE_URL,
-else as the worker's own (`embed-worker search` as DATABASE_URL's, its user's), and a search of a
-table that role may not read is answered 403. The worker's role holds no right on the watched
+else as the worker's own (`embed-worker search` as the same), and a search of a table that role
+may not read is answered 403. The worker's role holds no right on the watched
 tables (docs/security.md), so a worker whose searches were never given a role of their own
 refuses every one (docs/http.md#post-search): said here, before an application meets it."""
 
@@ -11,6 +11,7 @@ import psycopg
 from worker import db, exceptions, queries
 from worker.cli.findings import Finding
 from worker.config import Settings
+from worker.logs import visible_sql
 
 CHECK = "search"
 SHOWN_TABLES = 5  # named in the finding; the rest counted
@@ -70,6 +71,7 @@ def findings(conn: db.Connection, settings: Settings) -> list[Finding]:
             "give POST /search a read-only role of its own: as the tables' owner, "
             f"{grant} <reader>; then set EMBED_SEARCH_DATABASE_URL to connect as it"
         )
+    fix = visible_sql(fix)  # a name with control characters: shown, and the same when pasted
     return [
         Finding(
             "warn",
