@@ -247,7 +247,7 @@ SECTIONS = (
             r.fresh_db(),
             SHARED_MODELS / "gte-small",
             rows=r.args.scale_rows or 10_000_000,
-            rounds=1 if r.quick else 3,
+            rounds=r.rounds,
         ),
     ),
     Section(
@@ -283,7 +283,7 @@ SECTIONS = (
             backlog_rows=5000 if r.quick else 20000,
             hnsw_rows=r.args.scale_rows or (20_000 if r.quick else 100_000),
             seconds=3.0 if r.quick else 6.0,
-            rounds=1 if r.quick else 3,
+            rounds=r.rounds,
             before=r.before,
         ),
     ),
@@ -302,7 +302,7 @@ SECTIONS = (
             r.fresh_db,
             *r.found["all-MiniLM-L6-v2"],
             max_tokens=256,
-            rounds=1 if r.quick else 3,
+            rounds=r.rounds,
         ),
     ),
     Section(

@@ -27,26 +27,6 @@ def visible(text: str) -> str:
     return _UNSHOWN.sub(lambda found: ascii(found.group())[1:-1], text)
 
 
-_QUOTED_IDENTIFIER = re.compile(r'"((?:[^"]|"")*)"')
-
-
-def visible_sql(text: str) -> str:
-    """SQL for an operator to run (a fix doctor prints), its quoted identifiers that hold
-    characters a terminal acts on spelled with Unicode escapes (`U&"notes\\001b[2J"`): shown,
-    and still the same names when pasted, where visible() would show other names."""
-
-    def spelled(found: re.Match[str]) -> str:
-        name = found.group(1)
-        if not _UNSHOWN.search(name):
-            return found.group(0)
-        escaped = (
-            f"\\{ord(c):04x}" if _UNSHOWN.fullmatch(c) else "\\\\" if c == "\\" else c for c in name
-        )
-        return 'U&"' + "".join(escaped) + '"'
-
-    return _QUOTED_IDENTIFIER.sub(spelled, text)
-
-
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into JSON.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import pytest
 
+from worker import logs
 from worker.cli import output
 
 HOSTILE = "docs\x1b[2J\u202eexe\nfake line"
@@ -24,3 +25,14 @@ def test_records_and_reports_are_one_line_each(capsys: pytest.CaptureFixture[str
     printed = capsys.readouterr()
     assert printed.out.count("\n") == 2 and printed.err.count("\n") == 1
     assert all(line.isprintable() for line in (printed.out + printed.err).splitlines())
+
+
+def test_sql_for_an_operator_keeps_its_names_when_shown() -> None:
+    """A quoted identifier holding what a terminal acts on is spelled with Unicode escapes (the
+    same name to Postgres: tests/integration/test_cli.py runs one); others are left as they are."""
+    grant = 'GRANT SELECT ON public."no""tes\x1b[2J\\x", plain, "Mixed" TO "app\u202e";'
+    shown = output.visible_sql(grant)
+    assert shown == (
+        'GRANT SELECT ON public.U&"no""tes\\001b[2J\\\\x", plain, "Mixed" TO U&"app\\202e";'
+    )
+    assert logs.visible(shown) == shown

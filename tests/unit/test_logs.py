@@ -87,14 +87,3 @@ def test_a_tenants_text_in_a_text_log_line_is_shown_not_obeyed() -> None:
     line = buffer.getvalue().rstrip("\n")
     assert line.isprintable() and "\n" not in line
     assert line.endswith("row of " + logs.visible(HOSTILE) + " failed")
-
-
-def test_sql_for_an_operator_keeps_its_names_when_shown() -> None:
-    """A quoted identifier holding what a terminal acts on is spelled with Unicode escapes (the
-    same name to Postgres: tests/integration/test_cli.py runs one); others are left as they are."""
-    grant = 'GRANT SELECT ON public."no""tes\x1b[2J\\x", plain, "Mixed" TO "app\u202e";'
-    shown = logs.visible_sql(grant)
-    assert shown == (
-        'GRANT SELECT ON public.U&"no""tes\\001b[2J\\\\x", plain, "Mixed" TO U&"app\\202e";'
-    )
-    assert logs.visible(shown) == shown

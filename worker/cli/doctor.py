@@ -33,10 +33,12 @@ def _version(text: str | None) -> tuple[int, ...]:
 
 def run(dsn: str, settings: Settings) -> int:
     findings = check(dsn, settings)
+    lines = []
     for f in findings:
-        output.print_lines([f"{f.level:<4}  {f.check}: {f.detail}"])
+        lines.append(f"{f.level:<4}  {f.check}: {f.detail}")
         if f.fix:
-            output.print_lines([f"      fix: {f.fix}"])
+            lines.append(f"      fix: {f.fix}")
+    output.print_lines(lines)
     failed = sum(f.level == "FAIL" for f in findings)
     warned = sum(f.level == "warn" for f in findings)
     print(f"\n{failed} problem(s), {warned} warning(s)")

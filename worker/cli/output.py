@@ -5,6 +5,7 @@ every cell and field goes through logs.visible(); JSON escapes it itself."""
 from __future__ import annotations
 
 import json
+import re
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -73,6 +74,26 @@ def say_database(dsn: str, explicit: str | None) -> None:
 def say(line: str) -> None:
     """A line about the command's own doing on stderr (stdout stays for results)."""
     print(f"embed-worker: {visible(line)}", file=sys.stderr)
+
+
+_QUOTED_IDENTIFIER = re.compile(r'"((?:[^"]|"")*)"')
+
+
+def visible_sql(text: str) -> str:
+    """SQL for an operator to run (a fix doctor prints), its quoted identifiers that hold
+    characters a terminal acts on spelled with Unicode escapes (`U&"notes\\001b[2J"`): shown,
+    and still the same names when pasted, where visible() would show other names."""
+
+    def spelled(found: re.Match[str]) -> str:
+        name = found.group(1)
+        if visible(name) == name:
+            return found.group(0)
+        escaped = (
+            f"\\{ord(c):04x}" if visible(c) != c else "\\\\" if c == "\\" else c for c in name
+        )
+        return 'U&"' + "".join(escaped) + '"'
+
+    return _QUOTED_IDENTIFIER.sub(spelled, text)
 
 
 def print_lines(lines: Sequence[str]) -> None:

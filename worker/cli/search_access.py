@@ -10,8 +10,8 @@ import psycopg
 
 from worker import db, exceptions, queries
 from worker.cli.findings import Finding
+from worker.cli.output import visible_sql
 from worker.config import Settings
-from worker.logs import visible_sql
 
 CHECK = "search"
 SHOWN_TABLES = 5  # named in the finding; the rest counted
