@@ -7,25 +7,12 @@ from __future__ import annotations
 
 import json
 import logging
-import re
 import sys
 from datetime import UTC, datetime
 from typing import Any
 
 from worker import db
-
-# What a terminal acts on rather than shows: the C0 and C1 controls and DEL (an escape sequence
-# moves the cursor, clears the screen, sets the title, writes a clipboard) and the bidirectional
-# marks, overrides and isolates (which reorder the text after them). Tenants name tables and write
-# the content, errors and headings an operator reads in a terminal.
-_UNSHOWN = re.compile("[\x00-\x1f\x7f-\x9f\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")
-
-
-def visible(text: str) -> str:
-    """`text` with each character a terminal would act on written as its escape (`\\x1b`,
-    `\\n`, `\\u202e`): for a line of human output, which must stay one line, as it reads."""
-    return _UNSHOWN.sub(lambda found: ascii(found.group())[1:-1], text)
-
+from worker.escapes import visible
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into JSON.
 _STANDARD = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime"}

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from worker import logs
+from worker import escapes
 from worker.cli import output
 
 HOSTILE = "docs\x1b[2J\u202eexe\nfake line"
@@ -35,4 +35,4 @@ def test_sql_for_an_operator_keeps_its_names_when_shown() -> None:
     assert shown == (
         'GRANT SELECT ON public.U&"no""tes\\001b[2J\\\\x", plain, "Mixed" TO U&"app\\202e";'
     )
-    assert logs.visible(shown) == shown
+    assert escapes.visible(shown) == shown

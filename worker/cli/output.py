@@ -1,6 +1,6 @@
 """Printing for the CLI: tables, JSON, ages, previews, and which database a command talks to.
 What a tenant wrote (a table's name, content, an error) is shown, never acted on by the terminal:
-every cell and field goes through logs.visible(); JSON escapes it itself."""
+every cell and field goes through escapes.visible(); JSON escapes it itself."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from worker import db
-from worker.logs import visible
+from worker.escapes import visible
 
 
 def print_json(value: Any) -> None:

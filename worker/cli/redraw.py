@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from datetime import UTC, datetime
 from types import FrameType
 
-from worker.logs import visible
+from worker.escapes import visible
 
 CLEAR_SCREEN = "\x1b[H\x1b[J"  # cursor home, erase below: the next frame replaces this one
 

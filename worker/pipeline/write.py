@@ -267,7 +267,7 @@ def _count(batch: Batch, settlement: Settlement) -> None:
     metrics.JOBS.labels("released").inc(len(settlement.release))
     targets = {job.target.id: job.target.name for job in batch.jobs if job.target is not None}
     for target_id, name in targets.items():
-        metrics.TARGET_DEFERRED.labels(name).set(1 if target_id in batch.deferred else 0)
+        metrics.target_deferred(name, target_id in batch.deferred)
     for row in batch.rows.values():
         if row.target.id not in batch.deferred:
             metrics.count_row(row.target.name, row.state.value)

@@ -34,9 +34,9 @@ class StoppedTargets:
             )
         exported = {(target, stop["state"]) for target, stops in current.items() for stop in stops}
         for target, state in self._exported - exported:
-            metrics.TARGET_STOPPED.labels(target, state).set(0)  # cleared: the alert resolves
+            metrics.target_stopped(target, state, stopped=False)
         for target, state in exported:
-            metrics.TARGET_STOPPED.labels(target, state).set(1)
+            metrics.target_stopped(target, state, stopped=True)
         with self._lock:
             self._current = current
             self._exported = exported

@@ -1,0 +1,43 @@
+"""A tenant's text shown, not obeyed, wherever it meets a terminal (worker/escapes.py): the
+escapes themselves, and /metrics' label values (the CLI's tables: test_cli_output.py; log
+lines: test_logs.py)."""
+
+from __future__ import annotations
+
+from prometheus_client import generate_latest
+
+from worker import escapes, metrics
+
+# A tenant's table name, content or error: an escape sequence that clears the screen and sets the
+# window's title, a C1 control sequence introducer, a right-to-left override, a tab.
+HOSTILE = "docs\x1b[2J\x1b]0;owned\x07\x9b31m\u202etxt.exe\tend"
+
+
+def test_what_a_terminal_would_act_on_is_shown_as_escapes() -> None:
+    shown = escapes.visible(HOSTILE)
+    assert shown == "docs\\x1b[2J\\x1b]0;owned\\x07\\x9b31m\\u202etxt.exe\\tend"
+    assert shown.isprintable()
+    assert escapes.visible("plain, é, 漢字, a \\ backslash") == "plain, é, 漢字, a \\ backslash"
+    assert escapes.visible(shown) == shown  # shown twice, the same
+
+
+def test_a_tenants_target_name_in_metrics_is_shown_not_obeyed() -> None:
+    """`curl /metrics` prints label values as they are but for a backslash, a quote and a
+    newline: a table named with an escape sequence would reach the operator's terminal raw."""
+    name = "public." + HOSTILE
+    metrics.count_row(name, "written")
+    metrics.target_deferred(name, deferred=True)
+    metrics.target_stopped(name, "problem", stopped=True)
+    exposed = generate_latest(metrics.REGISTRY).decode()
+    assert all(line.isprintable() for line in exposed.splitlines())
+    shown = escapes.visible(name).replace("\\", "\\\\")  # the text format's own escape
+    for series in (
+        f'embed_worker_rows_total{{outcome="embedded",target="{shown}"}}',
+        f'embed_worker_target_deferred{{target="{shown}"}} 1.0',
+        f'embed_worker_target_stopped{{state="problem",target="{shown}"}} 1.0',
+    ):
+        assert any(line.startswith(series) for line in exposed.splitlines()), series
+    metrics.target_stopped(name, "problem", stopped=False)  # the same series, cleared
+    assert f'embed_worker_target_stopped{{state="problem",target="{shown}"}} 0.0' in (
+        generate_latest(metrics.REGISTRY).decode()
+    )
