@@ -12,7 +12,7 @@ watch()'s own time is recorded. A side-store table and a chunked table of SMALL_
 are watched too, so that every store kind is migrated.
 
 Then, with 0.2.0's worker running (a rolling upgrade: it keeps serving), an application session
-writes to the large table, one INSERT or UPDATE per transaction every PACE_SECONDS, each
+writes to the large table (bench/upgrade_sessions.py), one INSERT or UPDATE per transaction every PACE_SECONDS, each
 statement timed: BASELINE_SECONDS before the migration, through it, AFTER_SECONDS after it.
 Today's `migrate` runs as a subprocess of this checkout meanwhile. A third session samples
 pg_locks every LOCK_SAMPLE_SECONDS for ACCESS EXCLUSIVE held on the large table: the first
@@ -31,19 +31,17 @@ hold a vector again.
 from __future__ import annotations
 
 import os
-import random
 import signal
-import statistics
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any
 
 import psycopg
 
+from bench.upgrade_sessions import PACE_SECONDS, Application, LockSampler, latency_summary
 from tests.support import release
 from tests.support.cluster import REPO, Cluster
 from tests.support.process import wait_for
@@ -59,35 +57,8 @@ OTHER_TABLES = {  # every other store kind 0.2.0 has, small
 SMALL_ROWS = 200
 BASELINE_SECONDS = 5.0
 AFTER_SECONDS = 2.0
-PACE_SECONDS = 0.002
-LOCK_SAMPLE_SECONDS = 0.005
 BACKLOG_ROWS = 1000
 DRAIN_TIMEOUT = 900.0
-# The sessions a waiting LOCK of `migrate` waits for (worker/queries.sql: lock_for_migration),
-# by application name and what they run: why a try found its tables busy.
-BLOCKERS = """
-    SELECT DISTINCT coalesce(nullif(b.application_name, ''), 'no application_name') || ' ('
-           || coalesce(b.state, '') || '): ' || left(b.query, 100)
-    FROM pg_stat_activity w
-    CROSS JOIN LATERAL unnest(pg_blocking_pids(w.pid)) AS blocking(pid)
-    JOIN pg_stat_activity b ON b.pid = blocking.pid
-    WHERE w.wait_event_type = 'Lock' AND w.query LIKE '%LOCK TABLE % IN ACCESS EXCLUSIVE MODE'
-"""
-
-
-def latency_summary(seconds: list[float]) -> dict[str, float]:
-    """Count, median, p99 and max of statement latencies, in milliseconds (p99: the value
-    under which 99% of the statements finished, nearest rank)."""
-    if not seconds:
-        return {"statements": 0}
-    ordered = sorted(seconds)
-    rank = max(0, -(-99 * len(ordered) // 100) - 1)
-    return {
-        "statements": len(ordered),
-        "median_ms": round(statistics.median(ordered) * 1000, 2),
-        "p99_ms": round(ordered[rank] * 1000, 2),
-        "max_ms": round(ordered[-1] * 1000, 2),
-    }
 
 
 def _fill(dsn: str, rows: int) -> dict[str, float]:
@@ -142,78 +113,6 @@ def _watch(dsn: str) -> dict[str, float]:
         "keys_queued_by_watch": float(queued),
         "backfill_cursor_rows": float(cursor[0]) if cursor else -1.0,
     }
-
-
-class Application(threading.Thread):
-    """One session writing to the large table, one statement per transaction, each timed:
-    INSERTs of new keys and UPDATEs of existing rows, alternately."""
-
-    def __init__(self, dsn: str, rows: int) -> None:
-        super().__init__(daemon=True)
-        self.dsn, self.rows = dsn, rows
-        self.statements: list[tuple[float, float]] = []  # (started, seconds), monotonic
-        self.keys: set[int] = set()
-        self.stop = threading.Event()
-        self.error: BaseException | None = None
-
-    def run(self) -> None:
-        rng = random.Random(0)
-        next_key = self.rows + 1
-        try:
-            with psycopg.connect(self.dsn, autocommit=True) as conn:
-                while not self.stop.is_set():
-                    if len(self.statements) % 2:
-                        key = rng.randint(1, self.rows)
-                        query = f"UPDATE {TABLE} SET body = 'edited ' || id WHERE id = %s"
-                    else:
-                        key, next_key = next_key, next_key + 1
-                        query = f"INSERT INTO {TABLE} VALUES (%s, 'written during the upgrade')"
-                    started = time.monotonic()
-                    conn.execute(query, (key,))
-                    self.statements.append((started, time.monotonic() - started))
-                    self.keys.add(key)
-                    time.sleep(PACE_SECONDS)
-        except BaseException as exc:  # reported by the bench after join()
-            self.error = exc
-
-    def between(self, start: float, end: float) -> list[float]:
-        """Latencies of the statements that started in [start, end) or were still running."""
-        return [s for t, s in self.statements if t < end and t + s >= start]
-
-
-class LockSampler(threading.Thread):
-    """Samples pg_locks for ACCESS EXCLUSIVE granted on the large table, from its own session."""
-
-    def __init__(self, dsn: str) -> None:
-        super().__init__(daemon=True)
-        self.dsn = dsn
-        self.seen: list[float] = []
-        self.samples: list[float] = []
-        self.blockers: set[str] = set()  # sessions seen holding up migrate's LOCK
-        self.stop = threading.Event()
-
-    def run(self) -> None:
-        with psycopg.connect(self.dsn, autocommit=True) as conn:
-            row = conn.execute("SELECT %s::regclass::oid", (TABLE,)).fetchone()
-            assert row is not None
-            while not self.stop.is_set():
-                sampled = time.monotonic()
-                held = conn.execute(
-                    "SELECT EXISTS (SELECT FROM pg_locks WHERE locktype = 'relation'"
-                    " AND relation = %s AND mode = 'AccessExclusiveLock' AND granted)",
-                    (row[0],),
-                ).fetchone()
-                self.samples.append(sampled)
-                if held and held[0]:
-                    self.seen.append(sampled)
-                for (blocker,) in conn.execute(BLOCKERS).fetchall():
-                    self.blockers.add(blocker)
-                time.sleep(LOCK_SAMPLE_SECONDS)
-
-    def interval(self) -> float:
-        """The mean time between two samples (the sleep plus a sample's own time)."""
-        span = self.samples[-1] - self.samples[0] if len(self.samples) > 1 else 0.0
-        return span / (len(self.samples) - 1) if span else 0.0
 
 
 def _migrate_today(dsn: str) -> tuple[float, float, subprocess.CompletedProcess[str]]:
@@ -334,7 +233,7 @@ def _measure(dsn: str, models: Path, rows: int, tmp: Path) -> dict[str, Any]:
 
     old_log = tmp / "old.log"
     old_worker = _worker(old.command("run"), dsn, models, cwd=old.root, env=old.env(), log=old_log)
-    app, sampler = Application(dsn, rows), LockSampler(dsn)
+    app, sampler = Application(dsn, TABLE, rows), LockSampler(dsn, TABLE)
     try:
         # The baseline starts once 0.2.0's worker is at work (its model loaded, vectors written).
         wait_for(

@@ -1,8 +1,8 @@
-"""The upgrade bench's summary of statement latencies (bench/upgrade.py)."""
+"""The upgrade bench's summary of statement latencies (bench/upgrade_sessions.py)."""
 
 from __future__ import annotations
 
-from bench.upgrade import latency_summary
+from bench.upgrade_sessions import latency_summary
 
 
 def test_p99_is_the_nearest_rank_and_max_the_longest_stall() -> None:
