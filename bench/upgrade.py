@@ -289,7 +289,7 @@ def _measure(dsn: str, models: Path, rows: int, tmp: Path) -> dict[str, Any]:
         first = max(keys) + 1
         conn.execute(
             f"INSERT INTO {TABLE} SELECT g, 'queued after the upgrade: row ' || g"
-            " FROM generate_series(%s, %s) g",
+            " FROM generate_series(%s::bigint, %s::bigint) g",
             (first, first + BACKLOG_ROWS - 1),
         )
     keys += list(range(first, first + BACKLOG_ROWS))
