@@ -245,8 +245,6 @@ def row_outcome(state: str) -> str | None:
 # A target's label is its name as a terminal shows it: a tenant names the table, and an operator
 # reads /metrics with curl too (the text format escapes only a backslash, a quote and a newline).
 # Names without control characters, which is all an alert is written against, are unchanged.
-
-
 def count_row(target: str, state: str) -> None:
     outcome = row_outcome(state)
     if outcome is not None:
