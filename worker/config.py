@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 import re
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields, replace
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -221,82 +221,89 @@ class Settings:
         return cls(**values).validated()
 
     def validated(self) -> Settings:
-        def fail(name: str, problem: str) -> exceptions.ConfigError:
+        """These settings, or ConfigError naming the first variable out of its bounds."""
+        found = next(_problems(self), None)
+        if found is not None:
+            name, problem = found
             env = next(f.metadata["env"] for f in fields(self) if f.name == name)
-            return exceptions.ConfigError(f"{env}: {problem}")
-
-        choices = (
-            ("model_variant", ("fp32", "int8")),
-            ("log_format", ("text", "json")),
-            ("listen", _LISTEN),
-        )
-        for name, allowed in choices:
-            if getattr(self, name) not in allowed:
-                expected = ", ".join(allowed[:-1]) + " or " + allowed[-1]
-                raise fail(name, f"expected {expected}, got {getattr(self, name)!r}")
-        if not QUEUE_NAME.match(self.queue):
-            raise fail("queue", f"{self.queue!r} is not a valid pgmq queue name")
-        for name, lowest in (
-            ("batch_size", 1),
-            ("vt_seconds", 1),
-            ("max_attempts", 1),
-            ("http_max_connections", 1),
-            ("http_max_waiting_connections", 1),
-            ("threads", 1),
-            ("piece_tokens", 1),
-            ("grace_seconds", 0),
-            ("max_document_bytes", 0),  # 0: no ceiling
-            ("parse_cpu_seconds", 1),
-            ("parse_processes", 1),
-            ("query_batch_size", 1),
-            ("search_pool_size", 1),
-            ("lock_timeout_ms", 0),  # 0: the role's and database's
-        ):
-            value = getattr(self, name)
-            if value is not None and value < lowest:
-                raise fail(name, "must be at least 1" if lowest else "must not be negative")
-        if self.vt_seconds < 3:
-            raise fail("vt_seconds", "must be at least 3 (leases are renewed every third of it)")
-        if self.parse_memory_mb < MIN_PARSE_MEMORY_MB:
-            raise fail(
-                "parse_memory_mb",
-                f"must be at least {MIN_PARSE_MEMORY_MB} (a parse process's libraries need it)",
-            )
-        for name in (
-            "backoff_base_seconds",
-            "backoff_max_seconds",
-            "poll_seconds",
-            "http_timeout_seconds",
-            "http_head_timeout_seconds",
-            "verify_max_age_seconds",
-            "parse_timeout_seconds",
-            "owner_code_timeout_seconds",
-        ):
-            if getattr(self, name) <= 0:
-                raise fail(name, "must be positive")
-        for name, lowest, highest, what in _RANGES:
-            value = getattr(self, name)
-            if value is not None and not lowest <= value <= highest:
-                raise fail(name, f"must be {what}")
-        if not self.pull and self.http_port is None:
-            raise fail(
-                "pull",
-                "false (push only) needs EMBED_HTTP_PORT: jobs would arrive only through "
-                "POST /functions/v1/embed",
-            )
+            raise exceptions.ConfigError(f"{env}: {problem}")
         return self
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
 
 
-# Settings with a range: (name, lowest, highest, what a value must be).
-_RANGES = (
+# The bounds Settings.validated() holds every setting to, each rule a kind of bound.
+_CHOICES = (
+    ("model_variant", ("fp32", "int8")),
+    ("log_format", ("text", "json")),
+    ("listen", _LISTEN),
+)
+_AT_LEAST = (  # (name, lowest, why that lowest); None (unset) passes
+    ("batch_size", 1, ""),
+    ("vt_seconds", 3, "leases are renewed every third of it"),
+    ("max_attempts", 1, ""),
+    ("http_max_connections", 1, ""),
+    ("http_max_waiting_connections", 1, ""),
+    ("threads", 1, ""),
+    ("piece_tokens", 1, ""),
+    ("grace_seconds", 0, ""),
+    ("max_document_bytes", 0, ""),  # 0: no ceiling
+    ("parse_cpu_seconds", 1, ""),
+    ("parse_processes", 1, ""),
+    ("parse_memory_mb", MIN_PARSE_MEMORY_MB, "a parse process's libraries need it"),
+    ("query_batch_size", 1, ""),
+    ("search_pool_size", 1, ""),
+    ("lock_timeout_ms", 0, ""),  # 0: the role's and database's
+)
+_POSITIVE = (
+    "backoff_base_seconds",
+    "backoff_max_seconds",
+    "poll_seconds",
+    "http_timeout_seconds",
+    "http_head_timeout_seconds",
+    "verify_max_age_seconds",
+    "parse_timeout_seconds",
+    "owner_code_timeout_seconds",
+)
+_RANGES = (  # (name, lowest, highest, what a value must be)
     ("http_port", 0, 65535, "a TCP port (0 picks a free one)"),
     ("devdb_port", 1, 65535, "a TCP port"),
     ("backlog_nice", 0, 19, "a nice value from 0 to 19"),
     ("query_batch_wait_ms", 0, 1000, "from 0 to 1000 (milliseconds)"),
 )
+
+
+def _problems(settings: Settings) -> Iterator[tuple[str, str]]:
+    """Each setting out of its bounds, and what is wrong with it."""
+    for name, allowed in _CHOICES:
+        if getattr(settings, name) not in allowed:
+            expected = ", ".join(allowed[:-1]) + " or " + allowed[-1]
+            yield name, f"expected {expected}, got {getattr(settings, name)!r}"
+    if not QUEUE_NAME.match(settings.queue):
+        yield "queue", f"{settings.queue!r} is not a valid pgmq queue name"
+    for name, lowest, why in _AT_LEAST:
+        value = getattr(settings, name)
+        if value is not None and value < lowest:
+            bound = f"must be at least {lowest}" + (f" ({why})" if why else "")
+            yield name, "must not be negative" if lowest == 0 else bound
+    for name in _POSITIVE:
+        if getattr(settings, name) <= 0:
+            yield name, "must be positive"
+    for name, lowest, highest, what in _RANGES:
+        value = getattr(settings, name)
+        if value is not None and not lowest <= value <= highest:
+            yield name, f"must be {what}"
+    if not settings.pull and settings.http_port is None:
+        yield (
+            "pull",
+            (
+                "false (push only) needs EMBED_HTTP_PORT: jobs would arrive only through "
+                "POST /functions/v1/embed"
+            ),
+        )
+
+
 _TRUE = ("1", "true", "yes", "on")
 _FALSE = ("0", "false", "no", "off")
 
