@@ -1,6 +1,7 @@
 """Questions embedded together (worker/models/query_batch.py): each gets its own vector, as
 alone; a failing question fails alone; a batch closes when full and a lone question never
-waits. And questions before backlog (worker/models/priority.py): a niced thread embeds on
+waits; a second batch starts beside a running one once two questions wait, and no more than
+max_batches run at once. And questions before backlog (worker/models/priority.py): a niced thread embeds on
 inference threads of its own priority, with the same vectors."""
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def ask_all(
 def gather_behind_a_first_question(
     model: Gated, batcher: QueryBatcher, questions: list[str]
 ) -> tuple[dict[str, FloatMatrix], dict[str, BaseException]]:
-    """A first question holds the model; `questions` are asked meanwhile, then it lets go."""
+    """A first question holds the model; `questions` are asked meanwhile, then it lets go (a
+    batcher of one batch at a time: they all gather behind it)."""
+    assert batcher.max_batches == 1
     _, _, join_first = ask_all(batcher, ["a first question"])
     assert model.entered.wait(30)
     answers, errors, join = ask_all(batcher, questions)
@@ -109,7 +112,7 @@ def gather_behind_a_first_question(
 
 def test_questions_embedded_together_get_the_vectors_they_get_alone(minilm: Embedder) -> None:
     model = Gated(minilm)
-    batcher = QueryBatcher(model, max_batch=32, max_wait=0.0)
+    batcher = QueryBatcher(model, max_batch=32, max_wait=0.0, max_batches=1)
 
     answers, errors = gather_behind_a_first_question(model, batcher, QUESTIONS)
 
@@ -121,7 +124,7 @@ def test_questions_embedded_together_get_the_vectors_they_get_alone(minilm: Embe
 
 def test_a_question_that_fails_the_model_fails_alone() -> None:
     model = Gated()
-    batcher = QueryBatcher(model, max_batch=32, max_wait=0.0)
+    batcher = QueryBatcher(model, max_batch=32, max_wait=0.0, max_batches=1)
     asked = ["a fine question", "a poison question", "another fine one"]
 
     answers, errors = gather_behind_a_first_question(model, batcher, asked)
@@ -140,7 +143,7 @@ def test_a_full_batch_is_embedded_without_waiting_out_the_wait() -> None:
     """An hour's wait: the test ends only because a batch closes when it holds max_batch
     texts."""
     model = Gated()
-    batcher = QueryBatcher(model, max_batch=3, max_wait=3600.0)
+    batcher = QueryBatcher(model, max_batch=3, max_wait=3600.0, max_batches=1)
 
     answers, errors = gather_behind_a_first_question(model, batcher, ["q1", "q2", "q3"])
 
@@ -169,6 +172,89 @@ def test_the_biggest_question_goes_alone_and_empty_ones_cost_nothing() -> None:
     assert batcher.embed(["a", "b", "c"]).shape == (3, 4)
     assert batcher.embed([]).shape == (0, 4)
     assert model.calls == [["a", "b", "c"]]
+
+
+class Held:
+    """A model whose every call waits until the test lets that call go (`go`, in the order
+    the calls came); the texts of each call, and the most calls that ran at once."""
+
+    name = "held"
+    dim = 4
+    max_tokens = 512
+
+    def __init__(self) -> None:
+        self.calls: list[list[str]] = []
+        self.gates: list[threading.Event] = []
+        self.running = 0
+        self.most_at_once = 0
+        self._lock = threading.Lock()
+
+    def embed(self, texts: Sequence[str]) -> FloatMatrix:
+        gate = threading.Event()
+        with self._lock:
+            self.calls.append(list(texts))
+            self.gates.append(gate)
+            self.running += 1
+            self.most_at_once = max(self.most_at_once, self.running)
+        try:
+            assert gate.wait(30)
+            return digests(texts)
+        finally:
+            with self._lock:
+                self.running -= 1
+
+    def go(self, call: int) -> None:
+        wait_for(lambda: len(self.gates) > call, timeout=30)
+        self.gates[call].set()
+
+    def embed_with_stats(self, texts: Sequence[str]) -> Any:
+        raise NotImplementedError
+
+
+def test_two_waiting_questions_start_a_batch_beside_the_one_being_embedded() -> None:
+    """One question waiting while a batch is embedded waits for it; a second one waiting
+    starts a batch of both at once, without waiting for the first to end."""
+    model = Held()
+    batcher = QueryBatcher(model, max_batch=32, max_wait=0.0)
+    _, _, join_first = ask_all(batcher, ["first"])
+    wait_for(lambda: len(model.calls) == 1, timeout=30)
+    answers, errors, join_one = ask_all(batcher, ["q1"])
+    wait_for(lambda: batcher.waiting() == 1, timeout=30)
+    more, more_errors, join_two = ask_all(batcher, ["q2"])
+
+    wait_for(lambda: len(model.calls) == 2, timeout=30)  # the first still embedding
+    assert model.calls == [["first"], ["q1", "q2"]] and model.running == 2
+    model.go(1)
+    join_one()
+    join_two()
+    model.go(0)
+    join_first()
+    assert errors == more_errors == {}
+    np.testing.assert_array_equal(answers["q1"], digests(["q1"])[0])
+    np.testing.assert_array_equal(more["q2"], digests(["q2"])[0])
+
+
+def test_no_more_batches_at_once_than_max_batches() -> None:
+    """Two batches being embedded: the questions asked meanwhile wait for one of them to end,
+    then go together."""
+    model = Held()
+    batcher = QueryBatcher(model, max_batch=32, max_wait=0.0, max_batches=2)
+    _, _, join_first = ask_all(batcher, ["first"])
+    wait_for(lambda: len(model.calls) == 1, timeout=30)
+    _, _, join_second = ask_all(batcher, ["s1", "s2"])
+    wait_for(lambda: len(model.calls) == 2, timeout=30)
+
+    answers, errors, join = ask_all(batcher, ["t1", "t2", "t3"])
+    wait_for(lambda: batcher.waiting() == 3, timeout=30)
+    model.go(1)
+    model.go(2)
+    join_second()
+    join()
+    model.go(0)
+    join_first()
+    assert errors == {} and set(answers) == {"t1", "t2", "t3"}
+    assert sorted(model.calls[2]) == ["t1", "t2", "t3"]
+    assert model.most_at_once == 2
 
 
 # --- questions before backlog ---------------------------------------------------------------

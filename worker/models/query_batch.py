@@ -4,12 +4,20 @@ about what two cost alone.
 
 Whoever asks while no batch is being embedded leads: it takes the questions waiting (its own
 among them, oldest first, up to `max_batch` texts), embeds them in one call, hands each caller
-its rows, and stops leading once its own question is answered; the next waiting caller leads
+its rows, and stops leading once its own question is in a batch; the next waiting caller leads
 then. There is no thread of our own: a lone question is embedded on its caller's thread at
 once. A leader waits for more questions only while others are about (the last batch held
 several, or some already wait), and only until the oldest waiting question has waited
 `max_wait`: the wait buys a fuller batch, never delays a question beyond `max_wait`, and
 never delays a question that is alone.
+
+While a batch is being embedded, a second one starts beside it as soon as SECOND_BATCH_WAITING
+questions wait (`max_batches` at once, 2 by default), on the same inference session: at 8
+clients one batch at a time kept the model embedding 95% of the time and its two intra-op
+threads got about one core between them (a parallel section waits for whichever thread a
+database backend preempted), leaving 0.2 of the cores idle; two at once keep them busy, and
+waiting for two questions keeps the batches full enough to keep batching's savings
+(bench/results/history/search.md, 2026-11-28).
 
 Only what is fully asked reaches a batch: POST /search's body is read whole before its search
 starts (worker/http/front.py), so a slow client holds no batch. A question whose text makes
@@ -34,6 +42,8 @@ from worker.models.embedder import FloatMatrix, TextModel
 
 DEFAULT_MAX_BATCH = 32  # texts per batched call: EMBED_QUERY_BATCH_SIZE
 DEFAULT_MAX_WAIT = 0.002  # seconds a leader waits for more: EMBED_QUERY_BATCH_WAIT_MS
+DEFAULT_MAX_BATCHES = 2  # batches of one model embedded at once, at most
+SECOND_BATCH_WAITING = 2  # questions waiting that start a batch beside one being embedded
 
 
 @dataclass(eq=False)
@@ -42,10 +52,14 @@ class _Question:
     asked: float = field(default_factory=time.monotonic)
     vectors: FloatMatrix | None = None
     error: BaseException | None = None
+    taken: bool = field(default=False)  # into a batch: no longer waiting
     done: bool = field(default=False)
 
     def answered(self) -> bool:
         return self.done
+
+    def in_batch(self) -> bool:
+        return self.taken
 
     def answer(self) -> FloatMatrix:
         if self.error is not None:
@@ -57,19 +71,29 @@ class _Question:
 class QueryBatcher:
     """One model's questions, batched. Safe to share between threads."""
 
-    def __init__(self, model: TextModel, *, max_batch: int, max_wait: float) -> None:
+    def __init__(
+        self,
+        model: TextModel,
+        *,
+        max_batch: int,
+        max_wait: float,
+        max_batches: int = DEFAULT_MAX_BATCHES,
+    ) -> None:
         if max_batch < 1:
             raise ValueError(f"max_batch must be at least 1, not {max_batch}")
         if max_wait < 0:
             raise ValueError(f"max_wait must not be negative, not {max_wait}")
+        if max_batches < 1:
+            raise ValueError(f"max_batches must be at least 1, not {max_batches}")
         self.model = model
         self.max_batch = max_batch
         self.max_wait = max_wait
+        self.max_batches = max_batches
         lock = threading.Lock()
-        self._arrived = threading.Condition(lock)  # a leader gathering waits on it
+        self._arrived = threading.Condition(lock)  # leaders gathering wait on it
         self._answered = threading.Condition(lock)  # callers whose question waits, on this
         self._waiting: deque[_Question] = deque()
-        self._leading = False
+        self._leaders = 0  # batches being gathered or embedded now
         self._crowded = False  # the last batch held several questions: others are about
 
     def embed(self, texts: Sequence[str]) -> FloatMatrix:
@@ -80,42 +104,63 @@ class QueryBatcher:
             return np.zeros((0, self.model.dim), dtype=np.float32)
         with self._arrived:
             self._waiting.append(question)
-            self._arrived.notify()
-            while self._leading and not question.answered():
+            self._arrived.notify_all()
+            while not question.answered() and not self._may_lead(question):
                 self._answered.wait()
             if question.answered():
                 return question.answer()
-            self._leading = True
+            self._leaders += 1
         try:
-            while not question.answered():
-                self._embed_batch(self._gather())
+            while batch := self._gather(question):
+                self._embed_batch(batch)
         finally:
             with self._arrived:
-                self._leading = False
-                self._answered.notify_all()  # the next waiting caller leads
+                self._leaders -= 1
+                if not question.in_batch():  # interrupted: nobody is left to ask for it
+                    self._waiting.remove(question)
+                self._answered.notify_all()  # the next waiting caller may lead
+        with self._arrived:
+            while not question.answered():  # in another leader's batch
+                self._answered.wait()
         return question.answer()
+
+    def _may_lead(self, question: _Question) -> bool:
+        """(Holding the lock.) Whether the caller of `question`, still waiting, leads a batch
+        now: when none is being embedded, or beside those that are once enough wait."""
+        if question.in_batch():
+            return False
+        if self._leaders == 0:
+            return True
+        return self._leaders < self.max_batches and len(self._waiting) >= SECOND_BATCH_WAITING
 
     def waiting(self) -> int:
         """Questions waiting for a batch now."""
         with self._arrived:
             return len(self._waiting)
 
-    def _gather(self) -> list[_Question]:
-        """The next batch, oldest first: while other questions are about, once it is full or
-        its oldest question has waited max_wait."""
+    def _gather(self, question: _Question) -> list[_Question]:
+        """The next batch of a leader whose own `question` is not in one yet, oldest first:
+        while other questions are about, once it is full or its oldest question has waited
+        max_wait. Empty once `question` is in a batch (this leader's or another's)."""
         with self._arrived:
+            if question.in_batch():
+                return []
             if self._crowded or len(self._waiting) > 1:
                 deadline = self._waiting[0].asked + self.max_wait
-                while self._texts_waiting() < self.max_batch:
+                while not question.in_batch() and self._texts_waiting() < self.max_batch:
                     left = deadline - time.monotonic()
                     if left <= 0:
                         break
                     self._arrived.wait(left)
+                if question.in_batch():  # another leader took it while this one waited
+                    return []
             batch = [self._waiting.popleft()]
             size = len(batch[0].texts)
             while self._waiting and size + len(self._waiting[0].texts) <= self.max_batch:
                 size += len(self._waiting[0].texts)
                 batch.append(self._waiting.popleft())
+            for taken in batch:
+                taken.taken = True
             self._crowded = len(batch) > 1
         return batch
 
