@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from worker import db, exceptions, metrics
 from worker.config import Settings
@@ -39,13 +39,22 @@ class Fetcher:
     registry: TargetRegistry
     embedders: LoadedModels
     waiter: Waiter
-    backfill: Backfiller
-    indexer: IndexBuilder
-    changes: Completer  # a one-shot run completes model changes when the queue drains
     stopping: threading.Event  # no more reading
     finished: threading.Event  # the pipeline ended: stop waiting for the embedder
     loaded: Handoffs  # to the embedder
     wake: Callable[[], None]  # wakes a fetcher waiting for work
+    # Backfills in key ranges, stepped when reads run short (worker/process/backfill.py), the
+    # indexes deferred until a backfill's end, and model changes completed (a one-shot run
+    # completes them when the queue drains; a running worker's keeper, through `changes`).
+    backfill: Backfiller = field(init=False)
+    indexer: IndexBuilder = field(init=False)
+    changes: Completer = field(init=False, default_factory=Completer)
+
+    def __post_init__(self) -> None:
+        queue, settings = self.settings.queue, self.settings
+        backfill = Backfiller(queue, settings.batch_size, settings.owner_code_timeout_seconds)
+        object.__setattr__(self, "backfill", backfill)  # (frozen)
+        object.__setattr__(self, "indexer", IndexBuilder(self.dsn, queue))
 
     def run(self) -> None:
         session = db.Session(

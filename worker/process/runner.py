@@ -41,8 +41,6 @@ from worker.models.loaded import LoadedModels
 from worker.pipeline.lanes import Lanes
 from worker.pipeline.targets import TargetRegistry
 from worker.process import systemd
-from worker.process.backfill import Backfiller, IndexBuilder
-from worker.process.changes import Completer
 from worker.process.embedding import embed_batches
 from worker.process.fetcher import Fetcher
 from worker.process.handoffs import Handoffs
@@ -130,12 +128,6 @@ class Worker:
             registry=self.registry,
             embedders=self.embedders,
             waiter=self.waiter,
-            # Backfills in key ranges, stepped when reads run short (worker/process/backfill.py).
-            backfill=Backfiller(
-                settings.queue, settings.batch_size, settings.owner_code_timeout_seconds
-            ),
-            indexer=IndexBuilder(self.dsn, settings.queue),
-            changes=Completer(),  # completes model changes (worker/process/changes.py)
             stopping=self.stopping,
             finished=self.finished,
             loaded=self._loaded,
