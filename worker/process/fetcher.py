@@ -29,7 +29,8 @@ logger = logging.getLogger(__name__)
 
 @dataclass(frozen=True, kw_only=True)
 class Fetcher:
-    """What the fetcher uses, given by the runner (worker/process/runner.py)."""
+    """What the fetcher uses, given by the runner (worker/process/runner.py) but for the
+    backfill stepper, index builder and completer it builds from its settings."""
 
     dsn: str
     settings: Settings  # pull, poll interval, batch size; what the lanes' read takes
@@ -51,10 +52,10 @@ class Fetcher:
     changes: Completer = field(init=False, default_factory=Completer)
 
     def __post_init__(self) -> None:
-        queue, settings = self.settings.queue, self.settings
-        backfill = Backfiller(queue, settings.batch_size, settings.owner_code_timeout_seconds)
+        s = self.settings
+        backfill = Backfiller(s.queue, s.batch_size, s.owner_code_timeout_seconds)
         object.__setattr__(self, "backfill", backfill)  # (frozen)
-        object.__setattr__(self, "indexer", IndexBuilder(self.dsn, queue))
+        object.__setattr__(self, "indexer", IndexBuilder(self.dsn, s.queue))
 
     def run(self) -> None:
         session = db.Session(
