@@ -225,9 +225,13 @@ class Settings:
         found = next(_problems(self), None)
         if found is not None:
             name, problem = found
-            env = next(f.metadata["env"] for f in fields(self) if f.name == name)
-            raise exceptions.ConfigError(f"{env}: {problem}")
+            raise exceptions.ConfigError(f"{self.env_of(name)}: {problem}")
         return self
+
+    @classmethod
+    def env_of(cls, name: str) -> str:
+        """The environment variable of setting `name`."""
+        return str(next(f.metadata["env"] for f in fields(cls) if f.name == name))
 
     def with_overrides(self, **overrides: Any) -> Settings:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 import re
-from dataclasses import fields
 from pathlib import Path
 
 import pytest
@@ -50,26 +49,22 @@ def test_invalid_settings_name_their_variable(env: dict[str, str], message: str)
         Settings.from_env(env)
 
 
-def _env_of(name: str) -> str:
-    return str(next(f.metadata["env"] for f in fields(Settings) if f.name == name))
-
-
 @pytest.mark.parametrize(("name", "lowest", "why"), config._AT_LEAST)
 def test_every_floor_is_held_and_named(name: str, lowest: int, why: str) -> None:
     """Each setting with a floor refuses the value below it, naming its variable (and why the
     floor is where it is, where that is not plain), and takes the floor itself."""
     with pytest.raises(exceptions.ConfigError) as refused:
-        Settings.from_env({_env_of(name): str(lowest - 1)})
+        Settings.from_env({Settings.env_of(name): str(lowest - 1)})
     expected = "must not be negative" if lowest == 0 else f"must be at least {lowest}"
-    assert str(refused.value).startswith(f"{_env_of(name)}: {expected}")
+    assert str(refused.value).startswith(f"{Settings.env_of(name)}: {expected}")
     assert why in str(refused.value)
-    assert getattr(Settings.from_env({_env_of(name): str(lowest)}), name) == lowest
+    assert getattr(Settings.from_env({Settings.env_of(name): str(lowest)}), name) == lowest
 
 
 @pytest.mark.parametrize("name", config._POSITIVE)
 def test_every_positive_setting_refuses_zero(name: str) -> None:
-    with pytest.raises(exceptions.ConfigError, match=f"^{_env_of(name)}: must be positive"):
-        Settings.from_env({_env_of(name): "0"})
+    with pytest.raises(exceptions.ConfigError, match=f"^{Settings.env_of(name)}: must be positive"):
+        Settings.from_env({Settings.env_of(name): "0"})
 
 
 def test_database_url_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
