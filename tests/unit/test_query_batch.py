@@ -1,8 +1,8 @@
 """Questions embedded together (worker/models/query_batch.py): each gets its own vector, as
 alone; a failing question fails alone; a batch closes when full and a lone question never
 waits; a second batch starts beside a running one once two questions wait, and no more than
-max_batches run at once. And questions before backlog (worker/models/priority.py): a niced thread embeds on
-inference threads of its own priority, with the same vectors."""
+max_batches run at once. And questions before backlog (worker/models/priority.py): a niced
+thread embeds on inference threads of its own priority, with the same vectors."""
 
 from __future__ import annotations
 
