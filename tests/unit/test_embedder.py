@@ -392,6 +392,7 @@ def test_session_options_are_explicit() -> None:
     assert options.graph_optimization_level == ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     assert options.get_session_config_entry("session.intra_op.allow_spinning") == "0"
     assert options.get_session_config_entry("session.inter_op.allow_spinning") == "0"
+    assert options.get_session_config_entry("session.dynamic_block_base") == "4"
 
 
 def test_load_uses_threads_argument(tiny_model_dir: Path) -> None:
