@@ -5,7 +5,8 @@ drains in the same worker; recall and speed of search() on a 100,000-row HNSW ta
 Table: `--rows` (4,000) standard-library docstrings with random unit vectors written straight
 in (no model runs for them), watched with all-MiniLM-L6-v2, full-text search on. Questions:
 sentences cut from other docstrings, every one new within a round. Paths, keep-alive clients,
-`seconds` each, rounds alternating path by path (the machine is shared: compare ratios):
+`seconds` each, path after path in a round, the order reversed every other round (the machine
+is shared: compare ratios):
 
   http_vector, http_hybrid, http_hybrid_rerank
             POST /search to one `embed-worker run` (mode vector; hybrid; hybrid reranked by a

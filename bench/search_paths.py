@@ -147,6 +147,14 @@ def _cpu(workers: list[int], postmaster: int | None) -> dict[str, float] | None:
     }
 
 
+def in_turn(names: list[str], turn: int) -> list[str]:
+    """The paths' order in round `turn`: as given, reversed every other round. In one fixed
+    order this worker's vector path (first, after the last round's reranking) ran 2-12% under
+    the head's (third) at 1 client on an unchanged path, three runs in three (history/search.md,
+    2026-11-28); alternating paired rounds put them level."""
+    return names if turn % 2 == 0 else names[::-1]
+
+
 def throughput(
     dsn: str,
     worker: Server,
@@ -178,7 +186,7 @@ def throughput(
             ratios: dict[str, list[float]] = {"vector": [], "hybrid": []}
             gaps: dict[str, list[float]] = {}  # http p50 - caller p50 (vector), ms, per round
             against_before: list[float] = []  # http_vector / http_vector_before, searches/s
-            for _ in range(rounds):
+            for turn in range(rounds):
                 # New keep-alive connections each round: the server closes idle ones.
                 paths = {
                     "http_vector": http_call(worker.port, clients, asked, mode="vector"),
@@ -199,7 +207,8 @@ def throughput(
                     paths["http_hybrid_rerank"] = http_call(
                         worker.port, clients, asked, mode="hybrid", rerank=RERANKER
                     )
-                for name, call in paths.items():
+                for name in in_turn(list(paths), turn):
+                    call = paths[name]
                     drive(clients, 1.0, call)  # warm-up
                     found = _costed(clients, seconds, call, workers, postmaster)
                     runs.setdefault(name, []).append(found)

@@ -1,10 +1,11 @@
-"""bench/search.py's targets (issue 50) read from a run's figures."""
+"""bench/search.py's targets (issue 50) read from a run's figures, and its paths' order."""
 
 from __future__ import annotations
 
 from typing import Any
 
 from bench.search import targets
+from bench.search_paths import in_turn
 
 
 def _one_client(http_p50: float, caller_p50: float, rounds: list[float]) -> dict[str, Any]:
@@ -35,3 +36,14 @@ def test_the_gap_above_two_ms_is_not_met() -> None:
 def test_a_run_without_paired_rounds_falls_back_to_the_medians_apart() -> None:
     check = targets(_one_client(10.0, 8.5, []))["1 client p50 - caller's <= 2 ms"]
     assert check == {"value": 1.5, "medians_apart": 1.5, "met": True}
+
+
+def test_the_paths_take_their_turns_in_alternating_order() -> None:
+    names = ["http_vector", "caller_vector", "http_vector_before", "http_hybrid"]
+    assert in_turn(names, 0) == names and in_turn(names, 2) == names
+    assert in_turn(names, 1) == [
+        "http_hybrid",
+        "http_vector_before",
+        "caller_vector",
+        "http_vector",
+    ]
