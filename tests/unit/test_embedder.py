@@ -4,8 +4,11 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import random
 import shutil
+import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -534,3 +537,45 @@ def test_a_changed_source_model_is_quantized_again(
 def test_unknown_variant_is_refused(tiny_model_dir: Path) -> None:
     with pytest.raises(ValueError, match="variant"):
         Embedder.load(tiny_model_dir, variant="fp16")  # type: ignore[arg-type]
+
+
+# Run in a process of its own: the tokenizers library starts its thread pool once per process,
+# on the first `encode_batch` of any test before this one.
+_TOKENIZE_HERE = """
+import os, sys
+from pathlib import Path
+from worker.models.embedder import Embedder
+from worker.models.files import ModelLocation
+from worker.models.reranker import CrossEncoder
+from worker.pipeline.chunking import Splitter
+
+model, reranker = Path(sys.argv[1]), Path(sys.argv[2])
+embedder = Embedder.load(model, threads=1)
+cross_encoder = CrossEncoder.load(reranker, location=ModelLocation.of(), threads=1)
+splitter = Splitter.from_file(model / "tokenizer.json", 64, 8)
+before = len(os.listdir("/proc/self/task"))
+texts = [f"question number {i} about the thing" for i in range(8)]
+embedder.embed(texts)
+cross_encoder.score("which thing", texts)
+splitter.count_tokens(texts)
+print(len(os.listdir("/proc/self/task")) - before)
+"""
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="counts threads in /proc")
+def test_batches_are_tokenized_on_the_calling_thread(
+    tiny_model_dir: Path, tiny_cross_encoder_dir: Path
+) -> None:
+    """encode_batch hands a batch to the tokenizers library's thread pool, whose wake-ups
+    cost twice the CPU of tokenizing questions one after another and took cores from the
+    model's threads (worker/models/onnx.py: encode_each): no thread is started for it."""
+    env = {k: v for k, v in os.environ.items() if k != "TOKENIZERS_PARALLELISM"}
+    found = subprocess.run(
+        [sys.executable, "-c", _TOKENIZE_HERE, str(tiny_model_dir), str(tiny_cross_encoder_dir)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    assert found.stdout.split()[-1] == "0", found.stdout + found.stderr

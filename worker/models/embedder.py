@@ -8,7 +8,8 @@ says so), and each vector is L2-normalized.
 
 For speed, inputs are sorted by token count and cut into batches by a token budget (rows times
 padded length) with at most 5% padding per batch, so short texts are not padded to the length of
-long ones; results come back in the caller's order. Tokenization (`encode_batch`) and inference
+long ones; results come back in the caller's order. Tokenization of a batch of rows
+(`encode_batch`; questions are tokenized on the calling thread: onnx.encode_each) and inference
 (`InferenceSession.run`, 90%+ of the time) release the GIL, and pooling is vectorized numpy, so
 other threads (database I/O) keep running while a batch is embedded.
 
@@ -214,7 +215,7 @@ class Embedder(onnx.OnnxModel):
         limit = self.max_tokens * PREFIX_CHARS_PER_TOKEN
         heads = [t if len(t) <= limit else t[:limit] for t in texts]
         try:
-            encodings: list[Encoding] = self._tokenizer.encode_batch(heads)
+            encodings: list[Encoding] = onnx.encode_each(self._tokenizer, heads)
         except TypeError:
             _raise_for_invalid_unicode(texts)
             raise
@@ -241,7 +242,7 @@ class Embedder(onnx.OnnxModel):
 
     def _probe_dim(self) -> int:
         """Hidden size from one tiny inference, for graphs that leave it symbolic."""
-        encodings: list[Encoding] = self._tokenizer.encode_batch([""])
+        encodings: list[Encoding] = onnx.encode_each(self._tokenizer, [""])
         hidden, _ = self._hidden_states(TokenBatch(np.arange(1), encodings, len(encodings[0].ids)))
         return int(hidden.shape[-1])
 

@@ -7,6 +7,7 @@ outputs are checked here, so a model the embedder cannot feed fails at load with
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +93,34 @@ def load_tokenizer(path: Path, *, max_tokens: int | None) -> Any:
     else:
         tokenizer.enable_truncation(max_length=max_tokens)
     return tokenizer
+
+
+# Characters up to which a call's inputs are tokenized on the calling thread (encode_each):
+# about 0.7 ms of tokenizing, holding the GIL; more go to the tokenizers library's own threads.
+SERIAL_CHARS = 2048
+
+
+def encode_each(
+    tokenizer: Any, inputs: Sequence[str | tuple[str, str]], *, add_special_tokens: bool = True
+) -> list[Any]:
+    """Each input's encoding (a text, or a (question, passage) pair), as `encode_batch` makes
+    them without padding. Inputs of SERIAL_CHARS characters or fewer in all (questions) are
+    tokenized on the calling thread one after another: `encode_batch` hands two or more to
+    the tokenizers library's thread pool, whose threads woke and slept about 15 times a batch
+    of 4 questions and spent twice the CPU of tokenizing them here (239 against 124 us); at 8
+    clients of POST /search those wake-ups were a quarter of the worker's context switches,
+    each taking a core from the model's threads or a database backend (bench/results/history/
+    search.md, 2026-11-28). Longer inputs (the pipeline's batches of rows) keep `encode_batch`:
+    it releases the GIL while it works, which tokenizing one input at a time does not."""
+    if sum(len(i) if isinstance(i, str) else len(i[0]) + len(i[1]) for i in inputs) > SERIAL_CHARS:
+        return list(tokenizer.encode_batch(inputs, add_special_tokens=add_special_tokens))
+    encode = tokenizer.encode
+    return [
+        encode(*item, add_special_tokens=add_special_tokens)
+        if isinstance(item, tuple)
+        else encode(item, add_special_tokens=add_special_tokens)
+        for item in inputs
+    ]
 
 
 def pad_id(tokenizer: Any) -> int:

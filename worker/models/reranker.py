@@ -99,8 +99,8 @@ class CrossEncoder(onnx.OnnxModel):
         # Only a passage's head is read (truncation keeps its first tokens): a row of megabytes
         # is not tokenized whole for the few hundred tokens kept, as the embedder does not.
         limit = self.max_tokens * PREFIX_CHARS_PER_TOKEN
-        encodings: list[Encoding] = self._tokenizer.encode_batch(
-            [(question, passage[:limit]) for passage in passages]
+        encodings: list[Encoding] = onnx.encode_each(
+            self._tokenizer, [(question, passage[:limit]) for passage in passages]
         )
         for batch in batches(encodings, self.token_budget):
             ids, mask, type_ids = pad_batch(batch, self._pad_id)

@@ -120,7 +120,8 @@ class Splitter:
 
     def count_tokens(self, texts: list[str]) -> list[int]:
         """Tokens of each text on its own, special tokens excluded."""
-        return [len(e.ids) for e in self._tokenizer.encode_batch(texts, add_special_tokens=False)]
+        encodings = onnx.encode_each(self._tokenizer, texts, add_special_tokens=False)
+        return [len(e.ids) for e in encodings]
 
     def split(self, text: str) -> list[Chunk]:
         """The chunks of `text` in order; none when it holds no token (empty, blank)."""
