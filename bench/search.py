@@ -5,8 +5,8 @@ drains in the same worker; recall and speed of search() on a 100,000-row HNSW ta
 Table: `--rows` (4,000) standard-library docstrings with random unit vectors written straight
 in (no model runs for them), watched with all-MiniLM-L6-v2, full-text search on. Questions:
 sentences cut from other docstrings, every one new within a round. Paths, keep-alive clients,
-`seconds` each, path after path in a round, the order reversed every other round (the machine
-is shared: compare ratios):
+`seconds` each, path after path in a round, the order reversed every other round (an even
+number of rounds: 4 by default; the machine is shared: compare ratios):
 
   http_vector, http_hybrid, http_hybrid_rerank
             POST /search to one `embed-worker run` (mode vector; hybrid; hybrid reranked by a
@@ -64,7 +64,7 @@ from bench import corpus, search_backlog, worker_process
 from bench.calls import drive
 from bench.hnsw import gaussian_like, real_embeddings
 from bench.search_backlog import POISSON_THINK, THINK
-from bench.search_paths import RERANKER, TABLE, throughput, vector_literal
+from bench.search_paths import RERANKER, TABLE, even, throughput, vector_literal
 from tests.support import modelgen
 from tests.support.cluster import free_port
 from worker.models.embedder import Embedder
@@ -301,7 +301,8 @@ def run(
     result: dict[str, Any] = {
         "rows": rows,
         "seconds": seconds,
-        "rounds": rounds,
+        "rounds": rounds,  # the backlog's; the paths' are even(rounds)
+        "path_rounds": even(rounds),
         "caller_threads": threads,
         "think_seconds": THINK,
         "poisson_mean_think_seconds": POISSON_THINK,

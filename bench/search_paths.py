@@ -155,6 +155,12 @@ def in_turn(names: list[str], turn: int) -> list[str]:
     return names if turn % 2 == 0 else names[::-1]
 
 
+def even(rounds: int) -> int:
+    """`rounds`, one more when odd: each order of in_turn() then runs as often (with 3, one
+    order ran twice and the other once, and the medians leaned its way)."""
+    return rounds + rounds % 2
+
+
 def throughput(
     dsn: str,
     worker: Server,
@@ -166,9 +172,9 @@ def throughput(
     rounds: int,
     before: Server | None = None,
 ) -> dict[str, Any]:
-    """Each path in turn, every round, at each of `counts` clients, asking `asked`; `before`: a
-    worker of another checkout (BENCH_BEFORE), whose POST /search (vector) takes its turn in
-    each round as http_vector_before."""
+    """Each path in turn, every round (`rounds`, made even), at each of `counts` clients,
+    asking `asked`; `before`: a worker of another checkout (BENCH_BEFORE), whose POST /search
+    (vector) takes its turn in each round as http_vector_before."""
     results: dict[str, Any] = {}
     workers = [worker.proc.pid] + ([before.proc.pid] if before else [])
     with psycopg.connect(dsn) as conn:
@@ -186,7 +192,7 @@ def throughput(
             ratios: dict[str, list[float]] = {"vector": [], "hybrid": []}
             gaps: dict[str, list[float]] = {}  # http p50 - caller p50 (vector), ms, per round
             against_before: list[float] = []  # http_vector / http_vector_before, searches/s
-            for turn in range(rounds):
+            for turn in range(even(rounds)):
                 # New keep-alive connections each round: the server closes idle ones.
                 paths = {
                     "http_vector": http_call(worker.port, clients, asked, mode="vector"),

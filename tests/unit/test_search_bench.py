@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from bench.search import targets
-from bench.search_paths import in_turn
+from bench.search_paths import even, in_turn
 
 
 def _one_client(http_p50: float, caller_p50: float, rounds: list[float]) -> dict[str, Any]:
@@ -47,3 +47,10 @@ def test_the_paths_take_their_turns_in_alternating_order() -> None:
         "caller_vector",
         "http_vector",
     ]
+
+
+def test_each_order_runs_as_often() -> None:
+    """The bench's default 3 rounds ran one order twice and the other once."""
+    assert [even(n) for n in (1, 2, 3, 4)] == [2, 2, 4, 4]
+    orders = [tuple(in_turn(["a", "b"], turn)) for turn in range(even(3))]
+    assert orders.count(("a", "b")) == orders.count(("b", "a"))
