@@ -184,22 +184,7 @@ class Worker:
             held=self.held,
             lock_timeout_ms=self.settings.lock_timeout_ms,
         ).run()
-        # A one-shot run's fetcher completes model changes itself, when the queue drains.
-        changes = self.fetcher.changes if self.settings.pull and not self.once else None
-        keeper = Keeper(
-            dsn=self.dsn,
-            lock_timeout_ms=self.settings.lock_timeout_ms,
-            lanes=self.lanes,
-            vt_seconds=self.settings.vt_seconds,
-            finished=self.finished,
-            stopped=self.stopped,
-            held=self.held,
-            complete_changes=(
-                (lambda conn: changes.run(conn, self.registry, force=False)) if changes else None
-            ),
-            forget_unused_models=lambda: self.embedders.forget_unused(self.default_model.in_use()),
-            rows_done=(lambda: self.writer.rows_done) if self.progress and self.once else None,
-        )
+        keeper = _keeper(self)
         embedder = functools.partial(
             embed_batches,
             self._loaded,
@@ -282,3 +267,23 @@ class Worker:
     def _wake(self) -> None:
         if self._wake_pipe.wake() and self.stopping.is_set():
             self.waiter.interrupt()  # a wait for jobs in the database
+
+
+def _keeper(worker: Worker) -> Keeper:
+    """What `worker`'s keeper thread uses: its leases, its model changes (a one-shot run's
+    fetcher completes them itself, when the queue drains), its progress."""
+    changes = worker.fetcher.changes if worker.settings.pull and not worker.once else None
+    return Keeper(
+        dsn=worker.dsn,
+        lock_timeout_ms=worker.settings.lock_timeout_ms,
+        lanes=worker.lanes,
+        vt_seconds=worker.settings.vt_seconds,
+        finished=worker.finished,
+        stopped=worker.stopped,
+        held=worker.held,
+        complete_changes=(
+            (lambda conn: changes.run(conn, worker.registry, force=False)) if changes else None
+        ),
+        forget_unused_models=lambda: worker.embedders.forget_unused(worker.default_model.in_use()),
+        rows_done=(lambda: worker.writer.rows_done) if worker.progress and worker.once else None,
+    )
