@@ -114,7 +114,7 @@ class Settings:
     # Questions (POST /search, POST /embed) to one model embedded together: at most this many
     # texts per call, and the longest a question waits for others while others are about.
     query_batch_size: int = field(default=32, metadata={"env": "EMBED_QUERY_BATCH_SIZE"})
-    query_batch_wait_ms: float = field(default=2.0, metadata={"env": "EMBED_QUERY_BATCH_WAIT_MS"})
+    query_batch_wait_ms: float = field(default=1.0, metadata={"env": "EMBED_QUERY_BATCH_WAIT_MS"})
     # POST /search's connections: a search holds one only while its SQL runs.
     search_pool_size: int = field(default=8, metadata={"env": "EMBED_SEARCH_POOL_SIZE"})
     # In a process that also serves HTTP, questions go first (worker/models/priority.py): the

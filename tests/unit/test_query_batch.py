@@ -94,6 +94,18 @@ def ask_all(
     return answers, errors, join
 
 
+def ask_together(batcher: QueryBatcher, texts: list[str]) -> Callable[[], None]:
+    """One question of several texts, asked from a thread of its own; a join()."""
+    thread = threading.Thread(target=batcher.embed, args=(texts,))
+    thread.start()
+
+    def join() -> None:
+        thread.join(30)
+        assert not thread.is_alive()
+
+    return join
+
+
 def gather_behind_a_first_question(
     model: Gated, batcher: QueryBatcher, questions: list[str]
 ) -> tuple[dict[str, FloatMatrix], dict[str, BaseException]]:
@@ -212,18 +224,18 @@ class Held:
 
 
 def test_two_waiting_questions_start_a_batch_beside_the_one_being_embedded() -> None:
-    """One question waiting while a batch is embedded waits for it; a second one waiting
-    starts a batch of both at once, without waiting for the first to end."""
+    """One question waiting while a batch of several texts is embedded waits for it; a second
+    one waiting starts a batch of both at once, without waiting for the first to end."""
     model = Held()
     batcher = QueryBatcher(model, max_batch=32, max_wait=0.0)
-    _, _, join_first = ask_all(batcher, ["first"])
+    join_first = ask_together(batcher, ["first", "second"])
     wait_for(lambda: len(model.calls) == 1, timeout=30)
     answers, errors, join_one = ask_all(batcher, ["q1"])
     wait_for(lambda: batcher.waiting() == 1, timeout=30)
     more, more_errors, join_two = ask_all(batcher, ["q2"])
 
     wait_for(lambda: len(model.calls) == 2, timeout=30)  # the first still embedding
-    assert model.calls == [["first"], ["q1", "q2"]] and model.running == 2
+    assert model.calls == [["first", "second"], ["q1", "q2"]] and model.running == 2
     model.go(1)
     join_one()
     join_two()
@@ -239,7 +251,7 @@ def test_no_more_batches_at_once_than_max_batches() -> None:
     then go together."""
     model = Held()
     batcher = QueryBatcher(model, max_batch=32, max_wait=0.0, max_batches=2)
-    _, _, join_first = ask_all(batcher, ["first"])
+    join_first = ask_together(batcher, ["first", "second"])
     wait_for(lambda: len(model.calls) == 1, timeout=30)
     _, _, join_second = ask_all(batcher, ["s1", "s2"])
     wait_for(lambda: len(model.calls) == 2, timeout=30)
@@ -255,6 +267,31 @@ def test_no_more_batches_at_once_than_max_batches() -> None:
     assert errors == {} and set(answers) == {"t1", "t2", "t3"}
     assert sorted(model.calls[2]) == ["t1", "t2", "t3"]
     assert model.most_at_once == 2
+
+
+def test_a_question_asked_beside_a_lone_question_starts_at_once() -> None:
+    """A lone question (one text) being embedded: the next question does not wait for it or
+    for company, it starts beside it; a third waits (two batches at most)."""
+    model = Held()
+    batcher = QueryBatcher(model, max_batch=32, max_wait=0.0, max_batches=2)
+    _, _, join_first = ask_all(batcher, ["first"])
+    wait_for(lambda: len(model.calls) == 1, timeout=30)
+    answers, errors, join_next = ask_all(batcher, ["next"])
+    wait_for(lambda: len(model.calls) == 2, timeout=30)  # the first still embedding
+    assert model.calls == [["first"], ["next"]] and model.running == 2
+
+    last, last_errors, join_last = ask_all(batcher, ["third"])
+    wait_for(lambda: batcher.waiting() == 1, timeout=30)
+    model.go(1)
+    join_next()
+    model.go(2)  # the third, once a place was free
+    join_last()
+    model.go(0)
+    join_first()
+    assert errors == last_errors == {}
+    assert model.calls[2] == ["third"] and model.most_at_once == 2
+    np.testing.assert_array_equal(answers["next"], digests(["next"])[0])
+    np.testing.assert_array_equal(last["third"], digests(["third"])[0])
 
 
 # --- questions before backlog ---------------------------------------------------------------
