@@ -73,6 +73,11 @@ HNSW_TABLE = "bench_hnsw"
 MODEL = "all-MiniLM-L6-v2"
 DIMS = 384
 MINILM_SIZED = {"layers": 6, "hidden": 384, "heads": 12, "intermediate": 1536, "max_positions": 512}
+# Concurrent clients of the paths' rounds: issue 50's 1, 8 and 32 (ISSUE_COUNTS, a quick run's),
+# and 2 and 4, where the server was furthest behind the caller (bench/results/history/
+# search.md, 2026-11-28: 0.60-0.64 and 0.67-0.70 against 0.79-0.83 at 8).
+ISSUE_COUNTS = (1, 8, 32)
+CLIENT_COUNTS = (1, 2, 4, 8, 32)
 
 
 def questions(n: int, seed: int) -> list[str]:
@@ -289,11 +294,12 @@ def run(
     hnsw_rows: int = 100_000,
     seconds: float = 6.0,
     rounds: int = 3,
-    clients: tuple[int, ...] = (1, 8, 32),
+    clients: tuple[int, ...] = CLIENT_COUNTS,
     before: Path | None = None,
 ) -> dict[str, Any]:
-    """`before`: another checkout (BENCH_BEFORE) whose worker takes its turn beside this one's
-    (POST /search, vector, each round; the backlog phases, by default), on the same table."""
+    """`clients`: the counts of concurrent clients the paths' rounds run at; `before`: another
+    checkout (BENCH_BEFORE) whose worker takes its turn beside this one's (POST /search,
+    vector, each round; the backlog phases, by default), on the same table."""
     setup(dsn, rows)
     reranker = reranker_dir(models)
     threads = len(os.sched_getaffinity(0))

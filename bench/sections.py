@@ -284,6 +284,7 @@ SECTIONS = (
             hnsw_rows=r.args.scale_rows or (20_000 if r.quick else 100_000),
             seconds=3.0 if r.quick else 6.0,
             rounds=r.rounds,
+            clients=search.ISSUE_COUNTS if r.quick else search.CLIENT_COUNTS,
             before=r.before,
         ),
     ),

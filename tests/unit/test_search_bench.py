@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from bench.search import targets
-from bench.search_paths import even, in_turn
+from bench.search import CLIENT_COUNTS, ISSUE_COUNTS, targets
+from bench.search_paths import RERANK_CLIENTS, even, in_turn
 
 
 def _one_client(http_p50: float, caller_p50: float, rounds: list[float]) -> dict[str, Any]:
@@ -54,3 +54,11 @@ def test_each_order_runs_as_often() -> None:
     assert [even(n) for n in (1, 2, 3, 4)] == [2, 2, 4, 4]
     orders = [tuple(in_turn(["a", "b"], turn)) for turn in range(even(3))]
     assert orders.count(("a", "b")) == orders.count(("b", "a"))
+
+
+def test_a_full_run_measures_the_issues_client_counts_and_the_servers_weakest() -> None:
+    """2 and 4 clients, where the server was furthest behind the caller, beside issue 50's 1, 8
+    and 32; the reranked path (seconds a search) at the issue's counts that name it only."""
+    assert set(ISSUE_COUNTS) | {2, 4} <= set(CLIENT_COUNTS)
+    assert list(CLIENT_COUNTS) == sorted(CLIENT_COUNTS)
+    assert set(RERANK_CLIENTS) == {1, 8}
