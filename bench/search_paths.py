@@ -22,10 +22,10 @@ from worker.models.embedder import Embedder
 
 TABLE = "bench_search"
 RERANKER = "bench-rerank"
-# The reranked path at these client counts only (issue 50's): a search reranks 20 passages
-# with a cross-encoder, seconds each on a loaded 2-core machine, so 32 clients make a round of
-# minutes, and 2 and 4 (the server's weakest counts, measured for the vector and hybrid paths)
-# would add a minute each.
+# The reranked path at these client counts only: a search reranks 20 passages with a
+# cross-encoder, seconds each on a loaded 2-core machine, so at 32 clients (which issue 50 also
+# names) a round would take minutes, and 2 and 4 (the server's weakest counts, measured for
+# the vector and hybrid paths) would add a minute each.
 RERANK_CLIENTS = (1, 8)
 
 

@@ -58,7 +58,7 @@ def test_each_order_runs_as_often() -> None:
 
 def test_a_full_run_measures_the_issues_client_counts_and_the_servers_weakest() -> None:
     """2 and 4 clients, where the server was furthest behind the caller, beside issue 50's 1, 8
-    and 32; the reranked path (seconds a search) at the issue's counts that name it only."""
+    and 32; the reranked path (seconds a search) at 1 and 8 only."""
     assert set(ISSUE_COUNTS) | {2, 4} <= set(CLIENT_COUNTS)
     assert list(CLIENT_COUNTS) == sorted(CLIENT_COUNTS)
     assert set(RERANK_CLIENTS) == {1, 8}
