@@ -1,6 +1,7 @@
-"""The search bench's paths to an answer (bench/search.py): POST /search to a worker, and the
-in-caller baseline (the model in this process, embeddings.search() over a pool), each driven
-by keep-alive clients; and their side-by-side run, with what each search cost in CPU."""
+"""The search bench's paths to an answer (bench/search.py): POST /search to a worker, the
+in-caller baseline (the model in this process, embeddings.search() over a pool), and the
+search service in this process (the Python entry point), each driven by clients of their own
+(keep-alive ones for HTTP); and their side-by-side run, with what each search cost in CPU."""
 
 from __future__ import annotations
 
@@ -19,6 +20,10 @@ from psycopg_pool import ConnectionPool
 from bench import cputime
 from bench.calls import drive
 from worker.models.embedder import Embedder
+from worker.models.query_batch import QueryBatchers
+from worker.retrieval.pool import SearchConnections
+from worker.retrieval.request import SearchRequest
+from worker.retrieval.search import SearchService
 
 TABLE = "bench_search"
 RERANKER = "bench-rerank"
@@ -84,6 +89,22 @@ def caller_call(
         with pool.connection() as conn:
             params = (question, vector) if hybrid else (vector,)
             conn.execute(statement, params).fetchall()
+
+    return call
+
+
+def service_call(
+    service: SearchService, clients: int, asked: list[str]
+) -> Callable[[int, int], None]:
+    """The Python entry point, vector: `service` in this process (its questions batched as
+    POST /search's are, its SQL on its own pool), the way an application would embed it; between
+    the caller and POST /search it tells the service's own cost from the transport's."""
+
+    def call(client: int, n: int) -> None:
+        question = asked[(n * clients + client) % len(asked)]
+        service.search(
+            SearchRequest.parse({"table": TABLE, "query": question, "k": 5, "mode": "vector"})
+        )
 
     return call
 
@@ -188,17 +209,21 @@ def throughput(
         pool: ConnectionPool[Any] = ConnectionPool(
             dsn, min_size=clients, max_size=clients, kwargs={"autocommit": True}
         )
+        searches = SearchConnections(dsn, max_size=clients)
+        service = SearchService(searches.connection, QueryBatchers(lambda name: model))
         try:
             pool.wait()
             runs: dict[str, list[dict[str, Any]]] = {}
             ratios: dict[str, list[float]] = {"vector": [], "hybrid": []}
             gaps: dict[str, list[float]] = {}  # http p50 - caller p50 (vector), ms, per round
             against_before: list[float] = []  # http_vector / http_vector_before, searches/s
+            in_process: list[float] = []  # service_vector / caller_vector, searches/s
             for turn in range(even(rounds)):
                 # New keep-alive connections each round: the server closes idle ones.
                 paths = {
                     "http_vector": http_call(worker.port, clients, asked, mode="vector"),
                     "caller_vector": caller_call(pool, model, clients, asked, hybrid=False),
+                    "service_vector": service_call(service, clients, asked),
                     **(
                         {
                             "http_vector_before": http_call(
@@ -226,6 +251,10 @@ def throughput(
                         runs[f"http_{kind}"][-1]["per_second"]
                         / runs[f"caller_{kind}"][-1]["per_second"]
                     )
+                in_process.append(
+                    runs["service_vector"][-1]["per_second"]
+                    / runs["caller_vector"][-1]["per_second"]
+                )
                 gaps.setdefault("after", []).append(_p50_gap(runs, "http_vector"))
                 if before:
                     against_before.append(
@@ -235,6 +264,7 @@ def throughput(
                     gaps.setdefault("before", []).append(_p50_gap(runs, "http_vector_before"))
             per = {name: _merge(r) for name, r in runs.items()}
             per["http/caller"] = {k: round(statistics.median(v), 3) for k, v in ratios.items()}
+            per["service/caller"] = {"vector": round(statistics.median(in_process), 3)}
             if against_before:
                 per["http/caller"]["vector, after/before"] = round(
                     statistics.median(against_before), 3
@@ -245,5 +275,6 @@ def throughput(
             }
             results[str(clients)] = per
         finally:
+            searches.close()
             pool.close()
     return results
