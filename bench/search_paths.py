@@ -109,6 +109,12 @@ def service_call(
     return call
 
 
+def _rate_ratio(runs: dict[str, list[dict[str, Any]]], path: str, against: str) -> float:
+    """`path`'s searches a second over `against`'s, in the round just run (as _p50_gap())."""
+    ratio: float = runs[path][-1]["per_second"] / runs[against][-1]["per_second"]
+    return ratio
+
+
 def _p50_gap(runs: dict[str, list[dict[str, Any]]], path: str) -> float:
     """`path`'s p50 over the caller's (vector), in ms, in the round just run: the two ran one
     after the other, so a host that slows down between rounds moves both (the medians of each
@@ -247,20 +253,11 @@ def throughput(
                     runs.setdefault(name, []).append(found)
                     print(clients, name, runs[name][-1], flush=True)
                 for kind, each in ratios.items():
-                    each.append(
-                        runs[f"http_{kind}"][-1]["per_second"]
-                        / runs[f"caller_{kind}"][-1]["per_second"]
-                    )
-                in_process.append(
-                    runs["service_vector"][-1]["per_second"]
-                    / runs["caller_vector"][-1]["per_second"]
-                )
+                    each.append(_rate_ratio(runs, f"http_{kind}", f"caller_{kind}"))
+                in_process.append(_rate_ratio(runs, "service_vector", "caller_vector"))
                 gaps.setdefault("after", []).append(_p50_gap(runs, "http_vector"))
                 if before:
-                    against_before.append(
-                        runs["http_vector"][-1]["per_second"]
-                        / runs["http_vector_before"][-1]["per_second"]
-                    )
+                    against_before.append(_rate_ratio(runs, "http_vector", "http_vector_before"))
                     gaps.setdefault("before", []).append(_p50_gap(runs, "http_vector_before"))
             per = {name: _merge(r) for name, r in runs.items()}
             per["http/caller"] = {k: round(statistics.median(v), 3) for k, v in ratios.items()}
