@@ -108,7 +108,13 @@ if [ ! -e "$data/PG_VERSION" ]; then
         echo "listen_addresses = '127.0.0.1'"
         echo "port = $port"
         echo "unix_socket_directories = ''"
-        echo "shared_preload_libraries = 'pg_cron'"
+        # A test cluster also counts each statement's calls and JIT work (pg_stat_statements,
+        # as Supabase and most managed services preload it): tests/security/conftest.py, Compiled.
+        if $fast; then
+            echo "shared_preload_libraries = 'pg_cron, pg_stat_statements'"
+        else
+            echo "shared_preload_libraries = 'pg_cron'"
+        fi
         echo "cron.database_name = '$dbname'"
         echo "cron.host = '127.0.0.1'"   # pg_cron connects over TCP: there is no Unix socket
         echo "max_connections = 200"

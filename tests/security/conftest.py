@@ -20,6 +20,7 @@ from tests.integration.conftest import (
     minilm,
     model_path,
     run_once,
+    running,
     settings,
     tiny_model_paths,
     tiny_models,
@@ -32,6 +33,7 @@ __all__ = [
     "minilm",
     "model_path",
     "run_once",
+    "running",
     "settings",
     "tiny_model_paths",
     "tiny_models",
@@ -156,3 +158,42 @@ def contained(roles: Roles, *also: str) -> list[tuple[str, str]]:
     assert {ran_as for ran_as, _ in traces} <= {roles.owner, *also}, traces
     assert not [w for _, w in traces if w.startswith("secret")], traces
     return traces
+
+
+@dataclass(frozen=True)
+class Compiled:
+    """What pg_stat_statements counted in the test's database (nested statements too, ours
+    inside functions included): `reset()` starts the count again."""
+
+    conn: Conn
+
+    def reset(self) -> None:
+        self.conn.execute("SELECT pg_stat_statements_reset()")
+
+    def by(self, role: str) -> tuple[int, int]:
+        """The statements that ran as `role` since the last reset: their calls, and the
+        functions JIT-compiled for them."""
+        row = self.conn.execute(
+            "SELECT coalesce(sum(s.calls), 0), coalesce(sum(s.jit_functions), 0)"
+            " FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid"
+            " JOIN pg_database d ON d.oid = s.dbid"
+            " WHERE r.rolname = %s AND d.datname = current_database()",
+            (role,),
+        ).fetchone()
+        assert row is not None
+        return int(row[0]), int(row[1])
+
+
+@pytest.fixture
+def compiled(conn: Conn) -> Compiled:
+    """JIT compilation counted, statement by statement, in the test's database (sessions made
+    from now on); skipped where the server cannot JIT or does not preload pg_stat_statements (a
+    test cluster of scripts/pgcluster.sh does both, with Debian's LLVM-built Postgres)."""
+    if conn.execute("SELECT pg_jit_available()").fetchone() != (True,):
+        pytest.skip("this server has no JIT (no LLVM): a plan cannot keep a decision to compile")
+    preloaded = conn.execute("SELECT current_setting('shared_preload_libraries')").fetchone()
+    if "pg_stat_statements" not in str(preloaded):
+        pytest.skip("pg_stat_statements is not preloaded here: nothing counts what is compiled")
+    conn.execute("CREATE EXTENSION pg_stat_statements")
+    conn.execute(f"ALTER DATABASE {conn.info.dbname} SET pg_stat_statements.track = 'all'")
+    return Compiled(conn)

@@ -5,10 +5,14 @@ next searches of the table its last search ranked; a search of any other drops t
 A table owner's policy runs in the search role's pooled session whenever that table is searched,
 and it may search other tables there under planner settings it chose. PL/pgSQL caches the plans
 of a search's statements for the session, and a generic plan built under those settings keeps
-their costs: with a sequential scan made to look free, it would win the plan cache's choice for
-the next searches of that table on the connection, whosever they are. Here the hostile owner's
-policy does that to the other tenant's indexed table; the tenant's next searches on the same
-pooled connection must still use the index (counted in pg_stat_user_tables: no timing)."""
+what they decided. Two forms: with a sequential scan made to look free, the plan keeps its costs
+and wins the plan cache's choice for the next searches of that table on the connection,
+whosever they are; with `jit_above_cost = 0`, the plan keeps the decision to compile its
+expressions with LLVM, and every later search of the table would pay the compilation (tens of
+milliseconds) under the database's own settings. Here the hostile owner's policy does each to
+the other tenant's indexed table; the tenant's next searches on the same pooled connection must
+still use the index (counted in pg_stat_user_tables) and compile nothing (pg_stat_statements'
+JIT counts): no timing."""
 
 from __future__ import annotations
 
@@ -19,7 +23,7 @@ import numpy as np
 import psycopg
 
 from bench.search_paths import vector_literal
-from tests.security.conftest import Roles
+from tests.security.conftest import Compiled, Roles
 from worker.models.loaded import LoadedModels
 from worker.models.query_batch import QueryBatchers
 from worker.retrieval.pool import SearchConnections
@@ -45,12 +49,12 @@ def _scans(conn: psycopg.Connection[Any], table: str) -> tuple[int, int]:
     return int(row[0]), int(row[1])
 
 
-def test_a_plan_another_tenants_policy_built_does_not_serve_the_next_searches(
-    conn: psycopg.Connection[Any],
-    roles: Roles,
-    minilm: str,
-    embedders: LoadedModels,
+def _slanted(
+    conn: psycopg.Connection[Any], roles: Roles, minilm: str, slant: dict[str, str]
 ) -> None:
+    """The tenant's indexed table `notes` and the hostile owner's `slanted`, both watched, whose
+    policy sets the session's `slant` settings and searches `notes` under them, past the plan
+    cache's custom plans."""
     rng = np.random.default_rng(7)
     with roles.connect(roles.tenant) as tenant:
         tenant.execute("CREATE TABLE notes (id int PRIMARY KEY, body text, embedding halfvec(384))")
@@ -60,6 +64,9 @@ def test_a_plan_another_tenants_policy_built_does_not_serve_the_next_searches(
         tenant.execute("CREATE INDEX ON notes USING hnsw (embedding halfvec_cosine_ops)")
         tenant.execute("ANALYZE notes")
         tenant.execute(f"GRANT SELECT ON notes TO {roles.writer}")
+    settings = "".join(
+        f"PERFORM set_config('{name}', '{value}', false);\n" for name, value in slant.items()
+    )
     with roles.connect(roles.owner) as owner:
         owner.execute(
             "CREATE TABLE slanted (id int PRIMARY KEY, body text, embedding halfvec(384))"
@@ -68,10 +75,7 @@ def test_a_plan_another_tenants_policy_built_does_not_serve_the_next_searches(
         owner.execute(
             f"""CREATE FUNCTION public.slant() RETURNS boolean LANGUAGE plpgsql AS $$
             BEGIN
-                PERFORM set_config('seq_page_cost', '0', false);
-                PERFORM set_config('cpu_tuple_cost', '0', false);
-                PERFORM set_config('cpu_operator_cost', '0', false);
-                PERFORM set_config('random_page_cost', '1000', false);
+                {settings}
                 FOR i IN 1..{SEARCHES_UNDER_ITS_SETTINGS} LOOP
                     PERFORM * FROM embeddings.search('public.notes',
                                                      '{_vector(rng)}'::public.halfvec, 5);
@@ -93,12 +97,26 @@ def test_a_plan_another_tenants_policy_built_does_not_serve_the_next_searches(
     conn.execute(f"ALTER DATABASE {database} SET embeddings.exact_search_rows = 100")
     conn.execute(f"ALTER DATABASE {database} SET random_page_cost = 1.1")
 
-    # POST /search's pool as the application role, one connection: every search after the
-    # first runs in the session the owner's policy ran in. The tenant's table is searched once
-    # first, so that its next searches are of a table the service knows (a table's first
-    # search reads its target on a lease of its own, and that lease drops every plan).
+
+def _service(roles: Roles, embedders: LoadedModels) -> tuple[SearchConnections, SearchService]:
+    """POST /search's pool as the application role, one connection: every search after the
+    first runs in the session the owner's policy ran in."""
     searches = SearchConnections(roles.dsn_of(roles.writer), max_size=1)
-    service = SearchService(searches.connection, QueryBatchers(embedders.get))
+    return searches, SearchService(searches.connection, QueryBatchers(embedders.get))
+
+
+def test_a_plan_another_tenants_policy_built_does_not_serve_the_next_searches(
+    conn: psycopg.Connection[Any],
+    roles: Roles,
+    minilm: str,
+    embedders: LoadedModels,
+) -> None:
+    slant = {"seq_page_cost": "0", "cpu_tuple_cost": "0", "cpu_operator_cost": "0"}
+    _slanted(conn, roles, minilm, slant | {"random_page_cost": "1000"})
+    # The tenant's table is searched once first, so that its next searches are of a table the
+    # service knows (a table's first search reads its target on a lease of its own, and that
+    # lease drops every plan).
+    searches, service = _service(roles, embedders)
     try:
         assert len(service.search(SearchRequest("notes", "a first question", 5))) == 5
         service.search(SearchRequest("slanted", "a question", 5))
@@ -116,3 +134,28 @@ def test_a_plan_another_tenants_policy_built_does_not_serve_the_next_searches(
         assert time.monotonic() < deadline, "the searches' scans were never counted"
         time.sleep(0.05)
     assert (seq_after - seq_before, index_after - index_before) == (0, 3)
+
+
+def test_a_plan_compiled_under_another_tenants_jit_settings_does_not_serve_the_next_searches(
+    conn: psycopg.Connection[Any],
+    roles: Roles,
+    minilm: str,
+    embedders: LoadedModels,
+    compiled: Compiled,
+) -> None:
+    _slanted(conn, roles, minilm, {"jit": "on", "jit_above_cost": "0"})
+    searches, service = _service(roles, embedders)
+    try:
+        assert len(service.search(SearchRequest("notes", "a first question", 5))) == 5
+        compiled.reset()
+        service.search(SearchRequest("slanted", "a question", 5))
+        _, functions = compiled.by(roles.writer)
+        assert functions > 0, "the policy's searches were not compiled: the test shows nothing"
+        compiled.reset()
+        for question in ("a question", "another question", "a third one"):
+            assert len(service.search(SearchRequest("notes", question, 5))) == 5
+        calls, functions = compiled.by(roles.writer)
+    finally:
+        searches.close()
+    assert calls >= 3  # the tenant's searches were counted ...
+    assert functions == 0  # ... and none of their statements was compiled

@@ -9,11 +9,13 @@ worker serving the other tenants."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import pytest
 
-from tests.security.conftest import Roles, contained
+from tests.integration.conftest import Running
+from tests.security.conftest import Compiled, Conn, Roles, contained
 from tests.support.models import MINILM
 from worker.process.runner import Worker
 
@@ -104,3 +106,38 @@ def test_a_deferred_trigger_of_the_owner_fires_as_the_owner(
     assert contained(roles)  # it fired, as the owner
     with roles.connect() as su:
         assert su.execute("SELECT count(embedding) FROM docs").fetchone() == (3,)
+
+
+def _embedded(roles: Roles, table: str, keys: range) -> None:
+    """Waits until the rows of `table` with these ids have their vectors."""
+    query = f"SELECT count(embedding) FROM {table} WHERE id BETWEEN %s AND %s"
+    deadline = time.monotonic() + 60
+    with roles.connect() as su:
+        while su.execute(query, (keys.start, keys.stop - 1)).fetchone() != (len(keys),):
+            assert time.monotonic() < deadline, f"{table} {keys}: not embedded in 60 s"
+            time.sleep(0.05)
+
+
+def test_plans_made_under_the_owners_jit_settings_serve_no_other_tenants_rows(
+    conn: Conn, roles: Roles, running: Callable[..., Running], compiled: Compiled
+) -> None:
+    """The owner's trigger turns JIT on for every plan (`jit_above_cost = 0`) in the worker's
+    new session, whose first rows are the owner's: a plan of the worker's own statements made
+    then, and cached for the session, would keep the decision to compile (LLVM, milliseconds a
+    statement) for every later run. The other tenant's rows, embedded in the same session
+    afterwards, compile nothing."""
+    conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")  # (the tenant's first row)
+    # (and the trigger's next statement is compiled: the settings took in the worker's session)
+    jit = "set_config('jit', 'on', false), set_config('jit_above_cost', '0', false)"
+    _owner_docs(roles, f"SELECT {jit}; PERFORM count(*) FROM pg_catalog.pg_class")
+    worker = running(database_url=roles.worker_dsn, batch_size=1)
+    _embedded(roles, "docs", range(1, 4))
+    assert compiled.by(roles.owner)[1] > 0, "the owner's settings did not take: nothing shown"
+    compiled.reset()
+    with roles.connect(roles.tenant) as tenant:
+        tenant.execute("INSERT INTO secrets SELECT g, 'more ' || g FROM generate_series(2, 9) g")
+    _embedded(roles, "secrets", range(2, 10))
+    worker.stop()
+    calls, functions = compiled.by(roles.worker)
+    assert calls > 0  # the worker's statements were counted ...
+    assert functions == 0  # ... and none was compiled
