@@ -170,14 +170,15 @@ class Compiled:
     def reset(self) -> None:
         self.conn.execute("SELECT pg_stat_statements_reset()")
 
-    def by(self, role: str) -> tuple[int, int]:
-        """The statements that ran as `role` since the last reset: their calls, and the
-        functions JIT-compiled for them."""
+    def by(self, role: str | None = None) -> tuple[int, int]:
+        """The statements that ran as `role` (None: as anyone, our SECURITY DEFINER functions'
+        owner included) since the last reset: their calls, and the functions JIT-compiled for
+        them."""
         row = self.conn.execute(
             "SELECT coalesce(sum(s.calls), 0), coalesce(sum(s.jit_functions), 0)"
             " FROM pg_stat_statements s JOIN pg_roles r ON r.oid = s.userid"
             " JOIN pg_database d ON d.oid = s.dbid"
-            " WHERE r.rolname = %s AND d.datname = current_database()",
+            " WHERE r.rolname = coalesce(%s, r.rolname) AND d.datname = current_database()",
             (role,),
         ).fetchone()
         assert row is not None
