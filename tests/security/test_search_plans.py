@@ -111,8 +111,13 @@ def test_a_plan_another_tenants_policy_built_does_not_serve_the_next_searches(
     minilm: str,
     embedders: LoadedModels,
 ) -> None:
-    slant = {"seq_page_cost": "0", "cpu_tuple_cost": "0", "cpu_operator_cost": "0"}
-    _slanted(conn, roles, minilm, slant | {"random_page_cost": "1000"})
+    free_scan = {
+        "seq_page_cost": "0",
+        "cpu_tuple_cost": "0",
+        "cpu_operator_cost": "0",
+        "random_page_cost": "1000",
+    }
+    _slanted(conn, roles, minilm, free_scan)
     # The tenant's table is searched once first, so that its next searches are of a table the
     # service knows (a table's first search reads its target on a lease of its own, and that
     # lease drops every plan).

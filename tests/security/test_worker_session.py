@@ -9,13 +9,13 @@ worker serving the other tenants."""
 
 from __future__ import annotations
 
-import time
 from collections.abc import Callable
 
 import pytest
 
 from tests.integration.conftest import Running
 from tests.security.conftest import Compiled, Conn, Roles, contained
+from tests.support.fetch import wait_for_row
 from tests.support.models import MINILM
 from worker.process.runner import Worker
 
@@ -108,16 +108,6 @@ def test_a_deferred_trigger_of_the_owner_fires_as_the_owner(
         assert su.execute("SELECT count(embedding) FROM docs").fetchone() == (3,)
 
 
-def _embedded(roles: Roles, table: str, keys: range) -> None:
-    """Waits until the rows of `table` with these ids have their vectors."""
-    query = f"SELECT count(embedding) FROM {table} WHERE id BETWEEN %s AND %s"
-    deadline = time.monotonic() + 60
-    with roles.connect() as su:
-        while su.execute(query, (keys.start, keys.stop - 1)).fetchone() != (len(keys),):
-            assert time.monotonic() < deadline, f"{table} {keys}: not embedded in 60 s"
-            time.sleep(0.05)
-
-
 def test_plans_made_under_the_owners_jit_settings_serve_no_other_tenants_rows(
     conn: Conn, roles: Roles, running: Callable[..., Running], compiled: Compiled
 ) -> None:
@@ -132,12 +122,13 @@ def test_plans_made_under_the_owners_jit_settings_serve_no_other_tenants_rows(
     jit = "set_config('jit', 'on', false), set_config('jit_above_cost', '0', false)"
     _owner_docs(roles, f"SELECT {jit}; PERFORM count(*) FROM pg_catalog.pg_class")
     worker = running(database_url=roles.worker_dsn, batch_size=1)
-    _embedded(roles, "docs", range(1, 4))
+    embedded = "SELECT count(embedding) FROM {} WHERE id BETWEEN {} AND {}"
+    wait_for_row(conn, embedded.format("docs", 1, 3), (3,), 60, "the owner's rows embedded")
     assert compiled.by(roles.owner)[1] > 0, "the owner's settings did not take: nothing shown"
     compiled.reset()
     with roles.connect(roles.tenant) as tenant:
         tenant.execute("INSERT INTO secrets SELECT g, 'more ' || g FROM generate_series(2, 9) g")
-    _embedded(roles, "secrets", range(2, 10))
+    wait_for_row(conn, embedded.format("secrets", 2, 9), (8,), 60, "the tenant's rows embedded")
     worker.stop()
     assert compiled.by(roles.worker)[0] > 0  # the worker's statements were counted ...
     assert compiled.by()[1] == 0  # ... and nobody's was compiled meanwhile
