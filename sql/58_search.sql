@@ -339,9 +339,11 @@ DECLARE
     ranking_sql text[];
 BEGIN
     FOREACH ranking IN ARRAY CASE WHEN t.fts_config IS NULL THEN '{}' ELSE ARRAY['text_ranking', 'bm25_ranking'] END LOOP
+        -- Its parts around the filter's condition (two, or three for BM25, whose document
+        -- frequencies are counted under the same condition as its candidates).
         ranking_sql := CASE ranking WHEN 'bm25_ranking' THEN embeddings_internal.bm25_ranking_sql(t) ELSE embeddings_internal.fts_ranking_sql(t) END;
-        ranking_sql := ARRAY['SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'')',
-                             ' FROM (' || ranking_sql[1], ranking_sql[2] || ') r'];
+        ranking_sql[1] := ' FROM (' || ranking_sql[1];
+        ranking_sql[cardinality(ranking_sql)] := ranking_sql[cardinality(ranking_sql)] || ') r';
         -- One plan for every query text (plan_cache_mode): a plan made for each text, as
         -- Postgres makes the first five and keeps making while they look cheaper, cost about
         -- a third of the ranking itself (NFCorpus: BM25 ranking p50 4.4 against 3.2 ms); the
@@ -353,10 +355,9 @@ BEGIN
                 result jsonb;
             BEGIN
                 IF %(name)I.filter IS NOT NULL THEN
-                    EXECUTE %(head)L
-                            OPERATOR(pg_catalog.||) embeddings_internal.search_filter_sql(
-                                (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %(id)s), %(name)I.filter, 2)
-                            OPERATOR(pg_catalog.||) %(tail)L
+                    EXECUTE 'SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'')' OPERATOR(pg_catalog.||) pg_catalog.array_to_string(
+                            %(parts)s, embeddings_internal.search_filter_sql(
+                                (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %(id)s), %(name)I.filter, 2))
                         INTO result USING %(name)I.query, %(name)I.filter, %(name)I.depth;
                 ELSE
                     %(static)s;
@@ -366,8 +367,9 @@ BEGIN
             $body$
             $template$, args || jsonb_build_object(
                 'name', 'embeddings_' || t.id || '_' || ranking,
-                'head', ranking_sql[1] || ranking_sql[2], 'tail', ranking_sql[3],
-                'static', ranking_sql[1] || ' INTO result' || ranking_sql[2] || 'true' || ranking_sql[3])));
+                'parts', (SELECT 'ARRAY[' || string_agg(quote_literal(p), ', ' ORDER BY i) || ']'
+                          FROM unnest(ranking_sql) WITH ORDINALITY AS x(p, i)),
+                'static', 'SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'') INTO result' || array_to_string(ranking_sql, 'true'))));
     END LOOP;
 END
 $$;

@@ -22,21 +22,38 @@
 -- - len(D): the number of distinct lexemes of the tsvector (length(), from its header). The
 --   number of words would need every lexeme's positions unnested: 3 to 5 times slower for a
 --   question of common words over the quality bench's chunks, and it ranked no better there.
--- - df(t) and avglen: counted over the candidates, the rows holding any of the query's lexemes
---   that the search may return (the filter, the caller's row-level security, a vector). Every
---   row holding t is a candidate, so df(t) is exact for those rows, and it costs nothing: the
---   ranking reads each candidate's tsvector to score it anyway. Not the planner's statistics
---   (pg_stats' most_common_elems, lexeme frequencies from ANALYZE): Postgres shows them only to
---   a role that may read the column and that no row-level security applies to, which leaves out
---   every search of a chunked or side-table target but its owner's (their tables have a policy,
---   sql/56_side.sql). Counted over what the caller sees, a tenant's ranking also never depends
---   on another tenant's rows. avglen is the candidates' mean too: no statistic holds a
---   tsvector's length in lexemes (pg_stats' avg_width is in stored bytes, compressed in wide
---   rows) and the table's mean is a full scan. Measured on the quality bench, these ranked as
---   well as the corpus's exact figures (docs/performance.md).
+-- - df(t): over the rows the search may return (the filter, the caller's row-level security, a
+--   vector). From embeddings.bm25_prune_rows rows (a setting, default 10000; the table's rows
+--   as ANALYZE estimated them) counted lexeme by lexeme first: a count of the GIN index's
+--   matches, about a microsecond a row against about 7 to score one. Below, the candidates
+--   holding it: every row holding it is one then, and it costs nothing more. Not the planner's
+--   statistics (pg_stats' most_common_elems, lexeme frequencies from ANALYZE): Postgres shows
+--   them only to a role that may read the column and that no row-level security applies to,
+--   which leaves out every search of a chunked or side-table target but its owner's (their
+--   tables have a policy, sql/56_side.sql). Counted over what the caller sees, a tenant's
+--   ranking also never depends on another tenant's rows.
+-- - The candidates, the rows scored: those holding a lexeme sought. Below
+--   embeddings.bm25_prune_rows every lexeme is sought; from it, a lexeme is sought when a
+--   tenth of N or fewer hold it, or while the rarer lexemes' rows (their df summed) are fewer
+--   than the depth; a lexeme left out (`return` in a third of a table of docstrings) still
+--   scores the candidates holding it. A row holding only words left out is not ranked: each
+--   of those is held by more than a tenth of N (an idf under ln 10) and by no fewer rows than
+--   any word sought, whose df sum to `depth` or more. Every row holding every word of the
+--   query is a candidate (hybrid search asks which hold every word). So the
+--   statement's cost follows the rows holding the query's rarer words, not its commonest
+--   (docs/retrieval-quality.md, "On large tables: the common words left out").
+-- - avglen: the candidates' mean length, with the rows left out counted in where any are: at
+--   most their number (for each lexeme left out, its df less the candidates holding it,
+--   summed) at the mean length of the first 1,000 of them. A table-wide mean would be a full
+--   scan, and no statistic holds a tsvector's length in lexemes (pg_stats' avg_width is in
+--   stored bytes, compressed in wide rows); the mean of the rows holding any of the query's
+--   words ranked as well as the corpus's exact figures on the quality bench
+--   (docs/performance.md), and the candidates alone can be far from it (the few rows of a
+--   rare word: one docstring cycled through a table).
 -- - N: the relation's rows as ANALYZE last estimated them (pg_class.reltuples, which any role
---   may read: search_rows_estimate()), and at least the candidates: a table never analyzed
---   (reltuples -1) counts only its candidates, every idf then low but still in order of rarity.
+--   may read: search_rows_estimate()), and at least the candidates and any lexeme's df: a
+--   table never analyzed (reltuples -1) counts only those, every idf then low but still in
+--   order of rarity.
 --   Under a filter or row-level security N stays the table's, so each idf is higher by about
 --   ln(table rows / rows searched): more weight to matching more of the query's lexemes.
 
@@ -61,7 +78,7 @@ BEGIN
         '  AND pg_catalog.regexp_replace(y.e::text, %1$L, '''', ''g'') OPERATOR(pg_catalog.~) %2$L'
         '  AND ARRAY(SELECT pg_catalog.replace(pg_catalog.replace(l[1], %3$L, %4$L), %5$L, %6$L)'
         '            FROM pg_catalog.regexp_matches(y.e::text, %7$L, ''g'') l) OPERATOR(pg_catalog.<@) y.lexemes AS whole'
-        '  FROM (SELECT pg_catalog.tsvector_to_array(x.v) AS lexemes, embeddings_internal.any_lexeme_query(x.v) AS q,'
+        '  FROM (SELECT pg_catalog.tsvector_to_array(x.v) AS lexemes,'
         '   %8$s AS e FROM (SELECT %9$s AS v) x) y)',
         $r$'(?:[^']|'')*'$r$, E'^[\\s&|()<>0-9-]*$', $r$''$r$, $r$'$r$, E'\\\\', E'\\', $r$'((?:[^']|'')*)'$r$,
         CASE WHEN embeddings_internal.store_has_chunks(t) THEN 'NULL::pg_catalog.tsquery'
@@ -71,20 +88,88 @@ BEGIN
 END
 $$;
 
+-- The BM25 ranking's lexemes (its first part, before the candidates): w (bm25_words_sql()), g:
+-- each lexeme's df, counted under the search's own conditions from embeddings.bm25_prune_rows
+-- rows (NULL below); j: whether each is sought (above); a: the candidates' query, the OR of
+-- the lexemes sought (or the every-word query where `whole` and a lexeme is left out: a
+-- document holding every word is a candidate, so that `every` stays exact), the OR of those
+-- left out, and N. In two parts around the filter's condition.
+CREATE FUNCTION embeddings_internal.bm25_sought_sql(t embeddings.targets) RETURNS text[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q jsonb := embeddings_internal.search_sql(t);
+    fts text := format('%s.%I', q->>'store', t.fts_column);
+BEGIN
+    RETURN ARRAY[
+        embeddings_internal.bm25_words_sql(t) || format(
+            ', g AS MATERIALIZED (SELECT l.lexeme, CASE WHEN coalesce(%1$s, 0) OPERATOR(pg_catalog.>=) coalesce(nullif('
+            '  pg_catalog.current_setting(''embeddings.bm25_prune_rows'', true), '''')::double precision, 10000) THEN (SELECT pg_catalog.count(*) FROM %2$s'
+            '  WHERE %3$s OPERATOR(pg_catalog.@@) embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector(ARRAY[l.lexeme]))'
+            '  AND %4$s IS NOT NULL AND (',
+            embeddings_internal.rows_estimate_sql(t), q->>'from', fts, q->>'vector'),
+        format(
+            ')) END AS df FROM w, pg_catalog.unnest(w.lexemes) AS l(lexeme)),'
+            ' j AS MATERIALIZED (SELECT y.lexeme, y.df, y.df IS NULL OR y.rarer OPERATOR(pg_catalog.<) $3 OR y.df * 10 OPERATOR(pg_catalog.<=) y.n AS sought, y.n'
+            '  FROM (SELECT g.lexeme, g.df, greatest(pg_catalog.max(g.df) OVER ()::double precision, coalesce(%1$s, 0)) AS n,'
+            '   coalesce(pg_catalog.sum(g.df) OVER (ORDER BY g.df, g.lexeme ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS rarer'
+            '   FROM g WHERE g.df IS NULL OR g.df OPERATOR(pg_catalog.>) 0) y),'
+            ' a AS MATERIALIZED (SELECT CASE WHEN w.whole AND x.left_out IS NOT NULL THEN x.q OPERATOR(pg_catalog.||) w.e ELSE x.q END AS q,'
+            '  x.left_out, x.n FROM w,'
+            '  (SELECT embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector(pg_catalog.array_agg(j.lexeme) FILTER (WHERE j.sought))) AS q,'
+            '   CASE WHEN pg_catalog.bool_or(NOT j.sought) THEN embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector('
+            '    pg_catalog.array_agg(j.lexeme) FILTER (WHERE NOT j.sought))) END AS left_out,'
+            '   pg_catalog.max(j.n) AS n FROM j) x),',
+            embeddings_internal.rows_estimate_sql(t))];
+END
+$$;
+
+-- The BM25 ranking's part after its candidates (m): h, each candidate's lexemes with tf; k,
+-- how many candidates hold each; o, the rows left out, for avglen: their number (at most: for
+-- each lexeme left out, its df less the candidates holding it, summed) and the mean length of
+-- the first 1,000 of them, up to the filter's condition. The candidates alone can be far from
+-- the mean (the few documents of a rare word: a title's).
+CREATE FUNCTION embeddings_internal.bm25_left_out_sql(t embeddings.targets) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    q jsonb := embeddings_internal.search_sql(t);
+    fts text := format('%s.%I', q->>'store', t.fts_column);
+    fields boolean := t.fts_title_weight IS NOT NULL AND NOT embeddings_internal.store_has_chunks(t);
+    chunks boolean := embeddings_internal.store_has_chunks(t);
+BEGIN
+    RETURN format(
+        ' h AS MATERIALIZED (SELECT y.%1$skey, y.len, y.every, (y.x).lexeme AS lexeme, %2$s AS tf'
+        '  FROM (SELECT m.%1$skey, m.len, m.title, m.every, pg_catalog.unnest(m.hits) AS x FROM m) y),'
+        ' k AS MATERIALIZED (SELECT h.lexeme, pg_catalog.count(*) AS held FROM h GROUP BY h.lexeme),'
+        ' o AS MATERIALIZED (SELECT (SELECT pg_catalog.sum(j.df OPERATOR(pg_catalog.-) coalesce(k.held, 0)) FROM j'
+        '   LEFT JOIN k ON k.lexeme OPERATOR(pg_catalog.=) j.lexeme WHERE NOT j.sought)::double precision AS rows,'
+        '  (SELECT pg_catalog.avg(pg_catalog.length(y.v))::double precision FROM (SELECT %3$s AS v FROM %4$s CROSS JOIN a'
+        '   WHERE %3$s OPERATOR(pg_catalog.@@) a.left_out AND NOT %3$s OPERATOR(pg_catalog.@@) a.q AND %5$s IS NOT NULL AND (',
+        CASE WHEN chunks THEN 'i, ' ELSE '' END,
+        -- tf: with fields, each of the lexeme's places in the title counts title_weight times.
+        CASE WHEN fields
+             THEN format('(pg_catalog.cardinality((y.x).positions) + %s * coalesce((SELECT pg_catalog.cardinality(u.positions)'
+                         ' FROM pg_catalog.unnest(y.title) u WHERE u.lexeme OPERATOR(pg_catalog.=) (y.x).lexeme), 0))::double precision',
+                         t.fts_title_weight - 1)
+             ELSE 'pg_catalog.cardinality((y.x).positions)::double precision' END,
+        fts, q->>'from', q->>'vector');
+END
+$$;
+
 -- The BM25 ranking of a search of target t, in the shape of fts_ranking_sql()'s: documents
--- (rows, or a chunked target's documents by their best chunk) holding any lexeme of the query
--- and matching the filter, best first by the score above (`text_rank`), ties by key; at most
+-- (rows, or a chunked target's documents by their best chunk) holding a lexeme of the query
+-- sought (above) and matching the filter, best first by the score above (`text_rank`), ties by key; at most
 -- `depth`. Each also with `text_score`, its score divided by the sum of the idf of the query's
--- lexemes that any candidate holds: about 1 for a document holding each of them once at the
+-- lexemes that any row holds: about 1 for a document holding each of them once at the
 -- mean length, whatever the query's length or rarity, so that hybrid search's convex fusion
 -- can weigh it against a cosine similarity (sql/59_hybrid.sql). A query whose words a
 -- document matches poorly keeps low scores, where dividing by the best document's score would
 -- raise its best to 1. A row's fields that are NULL for every row of its store kind (a chunk's
 -- place, the content of a target with a content function) are left out: each field of each
 -- of up to `depth` rows is JSON that hybrid_search() reads back, where a missing field reads
--- as NULL. $1 the query text, $2 the filter, $3 the depth. In two halves around the filter's
--- condition (embeddings_internal.generate_search() makes the target's embeddings_<id>_bm25_ranking()
--- of them).
+-- as NULL. $1 the query text, $2 the filter, $3 the depth. In four parts around the filter's
+-- condition, which the counts of df, the candidates and the rows left out each apply
+-- (embeddings_internal.generate_search() makes the target's embeddings_<id>_bm25_ranking() of
+-- them).
 --
 -- For a target that is not chunked, each row also tells whether the document holds every word
 -- (`every`): whether it matches the every-word query (fts_ranking_sql()'s), true for none when
@@ -92,10 +177,11 @@ $$;
 -- ask the every-word ranking for them, a second search. Only when that is exact, else `every`
 -- is NULL on each row: every document matching the every-word query must be a candidate here
 -- (the query has no negated word, and each of its lexemes is one of the query's here: then a
--- document matching it holds one of them), and every one of them must be among the rows
--- returned (or more than 10 match).
+-- document matching it holds one of them, and the candidates' query ORs the every-word query
+-- in: no more rows unless that query has an OR), and every one of
+-- them must be among the rows returned (or more than 10 match).
 --
--- Its cost is per candidate (every row holding a word of the query), so the statement touches
+-- Its cost is per candidate (every row holding a word sought), so the statement touches
 -- each as few times as it can (docs/retrieval-quality.md, "What it costs", has the figures):
 -- the query's lexemes and queries are computed once (w, materialized: inlined, the planner
 -- put the query's to_tsvector() in every candidate's setweight() call), each candidate's
@@ -118,10 +204,12 @@ DECLARE
                           WHERE q->>f !~ '^NULL::' ORDER BY i);
     -- A chunk's number among the candidates; a row's key is its own.
     id text := CASE WHEN chunks THEN 'i, ' ELSE '' END;
-    w_sql text := embeddings_internal.bm25_words_sql(t);
+    -- w, g, j and a, in two parts around the filter's condition.
+    w_sought text[] := embeddings_internal.bm25_sought_sql(t);
     m_extra text := (SELECT coalesce(string_agg(format('m.%I, ', f), ''), '') FROM unnest(extra) AS f);
 BEGIN
     RETURN ARRAY[
+        w_sought[1],
         -- m: the candidates, each with its length, the query's lexemes it holds (the others
         -- filtered out in C: setweight() marks the query's, ts_filter() keeps the marked) and
         -- whether it matches the every-word query. The tsvector is read (detoasted) once, in
@@ -131,11 +219,11 @@ BEGIN
         -- (the title) and D: d is the tsvector as it is (an empty setweight() copies it), the
         -- query's lexemes are marked B, and `title` keeps the title's places of each (a few
         -- lexemes at most) for tf below.
-        w_sql || format(
-            ', m AS MATERIALIZED (SELECT d.key, %1$s pg_catalog.length(d.v)::double precision AS len,'
+        w_sought[2] || format(
+            ' m AS MATERIALIZED (SELECT d.key, %1$s pg_catalog.length(d.v)::double precision AS len,'
             '  %2$s AS hits, %3$s AS title, %4$s AS every%5$s'
-            '  FROM (SELECT %6$s AS key, %7$s %8$s AS v FROM %9$s CROSS JOIN w'
-            '  WHERE %10$s OPERATOR(pg_catalog.@@) w.q AND %11$s IS NOT NULL AND (',
+            '  FROM (SELECT %6$s AS key, %7$s %8$s AS v FROM %9$s CROSS JOIN w CROSS JOIN a'
+            '  WHERE %10$s OPERATOR(pg_catalog.@@) a.q AND %11$s IS NOT NULL AND (',
             (SELECT coalesce(string_agg(format('d.%I, ', f), ''), '') FROM unnest(extra) AS f),
             CASE WHEN fields THEN 'pg_catalog.ts_filter(pg_catalog.setweight(d.v, ''B'', w.lexemes), ''{b}'')'
                  ELSE 'pg_catalog.ts_filter(d.v, ''{a}'')' END,
@@ -149,32 +237,30 @@ BEGIN
             CASE WHEN fields THEN format('pg_catalog.setweight(%s, ''A'', ''{}''::pg_catalog.text[])', fts)
                  ELSE format('pg_catalog.setweight(%s, ''A'', w.lexemes)', fts) END,
             q->>'from', fts, q->>'vector'),
-        -- n: N, avglen and how many documents hold every word; h: each candidate's lexemes
-        -- with tf; f: each lexeme's idf from its df; b: the scores; z: the sum of the idf of
-        -- the query's lexemes found (text_score's divisor, below). The ranking, then each
-        -- row's `every` (above).
+        ') OFFSET 0) d CROSS JOIN w),' || embeddings_internal.bm25_left_out_sql(t),
+        -- n: N, avglen and how many documents hold every word; f: each lexeme's idf from its
+        -- df (counted, or below embeddings.bm25_prune_rows the candidates holding it), NULL
+        -- where no row holds it (not filtered out: the planner would expect a few rows of f,
+        -- and then group b's by sorting, a seventh slower on NFCorpus); b: the scores; z: the
+        -- sum of the idf of the query's lexemes any row holds (text_score's divisor, below).
+        -- The ranking, then each row's `every` (above).
         format(
-            ') OFFSET 0) d CROSS JOIN w), n AS (SELECT greatest(pg_catalog.count(*)::double precision, coalesce(%1$s, 0)) AS n,'
-            '  pg_catalog.avg(m.len) AS avglen, pg_catalog.count(*) FILTER (WHERE m.every) AS every FROM m),'
-            ' h AS MATERIALIZED (SELECT y.%2$skey, y.len, y.every, (y.x).lexeme AS lexeme, %3$s AS tf'
-            '  FROM (SELECT m.%2$skey, m.len, m.title, m.every, pg_catalog.unnest(m.hits) AS x FROM m) y),'
-            ' f AS MATERIALIZED (SELECT h.lexeme, pg_catalog.ln(1 + (n.n - pg_catalog.count(*)::double precision + 0.5)'
-            '  / (pg_catalog.count(*)::double precision + 0.5)) AS idf FROM h, n GROUP BY h.lexeme, n.n),'
-            ' b AS (SELECT h.%2$skey, h.every, pg_catalog.sum(f.idf * h.tf * (1.2 + 1)'
+            ') LIMIT 1000) y) AS len),'
+            ' n AS (SELECT greatest(pg_catalog.count(*)::double precision, (SELECT a.n FROM a)) AS n,'
+            '  (pg_catalog.sum(m.len) + (SELECT coalesce(o.len * o.rows, 0) FROM o))'
+            '  / (pg_catalog.count(*) + (SELECT CASE WHEN o.len IS NULL THEN 0 ELSE o.rows END FROM o)) AS avglen,'
+            '  pg_catalog.count(*) FILTER (WHERE m.every) AS every FROM m),'
+            ' f AS MATERIALIZED (SELECT y.lexeme, CASE WHEN y.df OPERATOR(pg_catalog.>) 0 THEN pg_catalog.ln(1 + (n.n - y.df + 0.5) / (y.df + 0.5)) END AS idf'
+            '  FROM (SELECT g.lexeme, coalesce(g.df, k.held)::double precision AS df FROM g LEFT JOIN k ON k.lexeme OPERATOR(pg_catalog.=) g.lexeme) y, n),'
+            ' b AS (SELECT h.%1$skey, h.every, pg_catalog.sum(f.idf * h.tf * (1.2 + 1)'
             '  / (h.tf + 1.2 * (1 - 0.75 + 0.75 * h.len / n.avglen))) AS score'
-            '  FROM h JOIN f ON f.lexeme OPERATOR(pg_catalog.=) h.lexeme, n GROUP BY h.%2$skey, h.every),'
+            '  FROM h JOIN f ON f.lexeme OPERATOR(pg_catalog.=) h.lexeme, n GROUP BY h.%1$skey, h.every),'
             ' z AS (SELECT pg_catalog.sum(f.idf) AS mass FROM f)'
-            ' SELECT r.key, %4$s r.text_rank, r.text_score%5$s FROM ('
-            '  SELECT r.*, r.text_rank OPERATOR(pg_catalog./) z.mass AS text_score FROM (%6$s) r, z'
+            ' SELECT r.key, %2$s r.text_rank, r.text_score%3$s FROM ('
+            '  SELECT r.*, r.text_rank OPERATOR(pg_catalog./) z.mass AS text_score FROM (%4$s) r, z'
             '  ORDER BY r.text_rank DESC, r.key LIMIT $3) r, n, w'
             ' ORDER BY r.text_rank DESC, r.key',
-            embeddings_internal.rows_estimate_sql(t), id,
-            -- tf: with fields, each of the lexeme's places in the title counts title_weight times.
-            CASE WHEN fields
-                 THEN format('(pg_catalog.cardinality((y.x).positions) + %s * coalesce((SELECT pg_catalog.cardinality(u.positions)'
-                             ' FROM pg_catalog.unnest(y.title) u WHERE u.lexeme OPERATOR(pg_catalog.=) (y.x).lexeme), 0))::double precision',
-                             t.fts_title_weight - 1)
-                 ELSE 'pg_catalog.cardinality((y.x).positions)::double precision' END,
+            id,
             replace(m_extra, 'm.', 'r.'),
             CASE WHEN chunks THEN ''
                  ELSE ', CASE WHEN w.whole AND (n.every OPERATOR(pg_catalog.>) 10 OR n.every OPERATOR(pg_catalog.=)'

@@ -1,10 +1,13 @@
 """Any-word full-text ranking by BM25 (sql/59_bm25.sql): hybrid_search(text_match => 'any')
 ranks as the BM25 written out here from the same statistics (df and mean length over the rows
 the search may return, N from pg_class.reltuples), for every store kind, before the first
-ANALYZE, under a filter and for a role whose row-level security hides pg_stats from it."""
+ANALYZE, under a filter and for a role whose row-level security hides pg_stats from it; and,
+from embeddings.bm25_prune_rows rows, with the question's common words left out of its
+candidates (their df counted apart, the rows left out counted in the mean length)."""
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -69,7 +72,16 @@ class Reference:
 
     @classmethod
     def of(
-        cls, conn: Conn, relation: str, fts: str, query: str, *, rows: float, where: str = "true"
+        cls,
+        conn: Conn,
+        relation: str,
+        fts: str,
+        query: str,
+        *,
+        rows: float,
+        where: str = "true",
+        depth: int = 100,
+        prune_rows: float = 10_000,
     ) -> Reference:
         wanted = lexemes(conn, query)
         docs: dict[Any, tuple[int, dict[str, int]]] = {}
@@ -78,17 +90,36 @@ class Reference:
             f" FROM {relation}, unnest({fts}) x WHERE embedding IS NOT NULL AND {where}"
         ):
             docs.setdefault(key, (length, {}))[1][lexeme] = tf
-        candidates = {
+        held = {
             key: (length, {w: tf for w, tf in tfs.items() if w in wanted})
             for key, (length, tfs) in docs.items()
             if wanted & tfs.keys()
         }
-        n = max(rows, len(candidates))
-        mean = sum(length for length, _ in candidates.values()) / max(len(candidates), 1)
         df: dict[str, int] = {}
-        for _, tfs in candidates.values():
+        for _, tfs in held.values():
             for w in tfs:
                 df[w] = df.get(w, 0) + 1
+        # The lexemes sought: from embeddings.bm25_prune_rows rows (ANALYZE's estimate) those a
+        # tenth of N or fewer hold, or while the rarer ones' rows (their df summed) are fewer
+        # than the depth; below it, all. The candidates hold one of them.
+        n = max(rows, max(df.values(), default=0))
+        sought, rarer = set(), 0.0
+        for w in sorted(df, key=lambda w: (df[w], w)):
+            if rows < prune_rows or rarer < depth or df[w] * 10 <= n:
+                sought.add(w)
+            rarer += df[w]
+        candidates = {key: doc for key, doc in held.items() if sought & doc[1].keys()}
+        n = max(n, len(candidates))
+        # The mean length: the candidates', with the rows left out counted in at most their
+        # number (each lexeme left out: its df less the candidates holding it) at their mean.
+        outside = [length for key, (length, _) in held.items() if key not in candidates]
+        weight = sum(
+            df[w] - sum(1 for _, tfs in candidates.values() if w in tfs) for w in df.keys() - sought
+        )
+        total, count = float(sum(length for length, _ in candidates.values())), len(candidates)
+        if outside:
+            total, count = total + weight * sum(outside) / len(outside), count + weight
+        mean = total / max(count, 1)
         idf = {w: math.log(1 + (n - d + 0.5) / (d + 0.5)) for w, d in df.items()}
         scores = {
             key: sum(
@@ -166,20 +197,30 @@ class Items:
         """N's estimate (search_rows_estimate()): the chunk table's rows, else the table's."""
         return reltuples(self.conn, "items_chunks" if self.store == "chunks" else "items")
 
-    def scores(self, query: str, *, where: str = "true") -> dict[Any, float]:
+    def scores(self, query: str, *, where: str = "true", depth: int = 100) -> dict[Any, float]:
         """Each document's reference score: a chunked target's by its best chunk."""
-        return self.reference(query, where=where).scores
+        return self.reference(query, where=where, depth=depth).scores
 
-    def reference(self, query: str, *, where: str = "true") -> Reference:
-        """The reference by document: a chunked target's scores by its best chunk, and the
-        documents one of whose chunks holds every lexeme."""
+    def reference(self, query: str, *, where: str = "true", depth: int = 100) -> Reference:
+        """The reference by document (with embeddings.bm25_prune_rows as the session has it):
+        a chunked target's scores by its best chunk, and the documents one of whose chunks
+        holds every lexeme."""
+        row = self.conn.execute("SELECT current_setting('embeddings.bm25_prune_rows', true)")
+        setting = (row.fetchone() or (None,))[0]
+        of = functools.partial(
+            Reference.of,
+            rows=self.rows(),
+            where=where,
+            depth=depth,
+            prune_rows=float(setting or 10_000),
+        )
         fts = "fts" if self.store == "chunks" else "embedding_fts"
         if self.store == "row":
             relation = "(SELECT id AS key, * FROM items) r"
-            return Reference.of(self.conn, relation, fts, query, rows=self.rows(), where=where)
+            return of(self.conn, relation, fts, query)
         key = "(x.id, x.seq)" if self.store == "chunks" else "x.id"
         relation = f"(SELECT {key} AS key, x.*, i.tenant FROM {self.store_table} x JOIN items i USING (id)) r"
-        found = Reference.of(self.conn, relation, fts, query, rows=self.rows(), where=where)
+        found = of(self.conn, relation, fts, query)
 
         def document(key: Any) -> Any:
             return int(key[0]) if self.store == "chunks" else key
@@ -189,19 +230,21 @@ class Items:
             best[document(key)] = max(best.get(document(key), 0.0), score)
         return Reference(best, found.mass, {document(key) for key in found.every})
 
-    def text_ranking(self, query: str, filter: dict[str, Any] | None = None) -> dict[Any, float]:
+    def text_ranking(
+        self, query: str, filter: dict[str, Any] | None = None, *, depth: int = 100
+    ) -> dict[Any, float]:
         """The target's BM25 ranking function's answer, in its order: key -> score."""
         row = self.conn.execute(
-            f"SELECT embeddings.embeddings_{self.target.id}_bm25_ranking(%s, %s, 100)",
-            (query, None if filter is None else Jsonb(filter)),
+            f"SELECT embeddings.embeddings_{self.target.id}_bm25_ranking(%s, %s, %s)",
+            (query, None if filter is None else Jsonb(filter), depth),
         ).fetchone()
         assert row is not None
         return {r["key"]: r["text_rank"] for r in row[0]}
 
-    def check(self, found: dict[Any, float], expected: dict[Any, float]) -> None:
-        assert list(found) == ranked(expected)
-        for key, score in expected.items():
-            assert found[key] == pytest.approx(score), key
+    def check(self, found: dict[Any, float], expected: dict[Any, float], depth: int = 100) -> None:
+        assert list(found) == ranked(expected)[:depth]
+        for key, score in found.items():
+            assert score == pytest.approx(expected[key]), key
 
 
 @pytest.fixture(params=ALL_STORES)
@@ -242,6 +285,43 @@ def test_a_filter_narrows_the_statistics_to_the_rows_it_keeps(items: Items) -> N
     found = items.text_ranking(QUERY, {"tenant": 1})
     assert found and all(key % 2 == 1 for key in found)
     items.check(found, expected)
+
+
+SHALLOW = "file folder tree"  # held by 6, 4 and 2 of the 10 documents
+
+
+def test_below_the_prune_rows_every_holder_is_ranked(items: Items) -> None:
+    """A table under embeddings.bm25_prune_rows (10,000 rows by default) has no word left out,
+    its df never counted apart: at depth 2 the ranking is the full ranking's first two."""
+    items.analyze()
+    full = items.scores(SHALLOW)
+    assert items.scores(SHALLOW, depth=2) == full
+    items.check(items.text_ranking(SHALLOW, depth=2), full, depth=2)
+
+
+def test_a_shallow_ranking_scores_the_holders_of_its_rarer_words(items: Items) -> None:
+    """At depth 2 `file` and `folder` are left out of the candidates' query (each held by more
+    than a tenth of the rows, and `tree`'s rows already two): only the documents holding `tree`
+    are scored, `file` and `folder` still counted in their scores, their df over every row and
+    the mean length with the rows left out counted in, as the reference writes them out."""
+    items.analyze()
+    items.conn.execute("SET embeddings.bm25_prune_rows = 0")
+    shallow = items.scores(SHALLOW, depth=2)
+    full = items.scores(SHALLOW, depth=100)  # every holder: the rarer words' rows too few
+    assert 0 < len(shallow) < len(full)  # some documents left out
+    assert shallow != {key: full[key] for key in shallow}  # another mean length
+    items.check(items.text_ranking(SHALLOW, depth=2), shallow, depth=2)
+
+
+def test_a_shallow_ranking_under_a_filter_counts_its_rows_only(items: Items) -> None:
+    """The filter's condition applies to the df counts, the candidates and the rows left out
+    alike (the statement's parts around it, run through EXECUTE)."""
+    items.analyze()
+    items.conn.execute("SET embeddings.bm25_prune_rows = 0")
+    expected = items.scores(SHALLOW, where="r.tenant = 1", depth=1)
+    found = items.text_ranking(SHALLOW, {"tenant": 1}, depth=1)
+    assert found and all(key % 2 == 1 for key in found)
+    items.check(found, expected, depth=1)
 
 
 def test_a_role_that_cannot_read_pg_stats_ranks_what_it_may_see(items: Items, role: str) -> None:
