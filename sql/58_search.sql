@@ -331,46 +331,71 @@ END
 $$;
 
 -- Target t's full-text rankings for search_code() (`args`: its values), with full-text search
--- on: every word's and any word's (BM25: sql/59_bm25.sql).
+-- on: every word's and any word's (BM25: sql/59_bm25.sql). BM25's in two statements: from
+-- embeddings.bm25_prune_rows rows (the table's estimate) the one that counts each word of the
+-- question first and leaves its common words out of the candidates; below, one without those
+-- counts, which would only add to its cost (and to its planning, on every call with a filter).
 CREATE FUNCTION embeddings_internal.ranking_code(t embeddings.targets, args jsonb) RETURNS TABLE (name text, statement text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ranking text;
-    ranking_sql text[];
+    named jsonb;
 BEGIN
     FOREACH ranking IN ARRAY CASE WHEN t.fts_config IS NULL THEN '{}' ELSE ARRAY['text_ranking', 'bm25_ranking'] END LOOP
-        -- Its parts around the filter's condition (two, or three for BM25, whose document
-        -- frequencies are counted under the same condition as its candidates).
-        ranking_sql := CASE ranking WHEN 'bm25_ranking' THEN embeddings_internal.bm25_ranking_sql(t) ELSE embeddings_internal.fts_ranking_sql(t) END;
-        ranking_sql[1] := ' FROM (' || ranking_sql[1];
-        ranking_sql[cardinality(ranking_sql)] := ranking_sql[cardinality(ranking_sql)] || ') r';
+        named := args || jsonb_build_object('name', 'embeddings_' || t.id || '_' || ranking);
         -- One plan for every query text (plan_cache_mode): a plan made for each text, as
         -- Postgres makes the first five and keeps making while they look cheaper, cost about
         -- a third of the ranking itself (NFCorpus: BM25 ranking p50 4.4 against 3.2 ms); the
         -- generic one reads the GIN index for any text, as the planner chose for nearly all.
-        RETURN QUERY VALUES ('embeddings_' || t.id || '_' || ranking, embeddings_internal.render($template$
+        RETURN QUERY VALUES (named->>'name', embeddings_internal.render($template$
             CREATE FUNCTION embeddings.%(name)I(query text, filter jsonb, depth integer) RETURNS jsonb
             LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan%(settings)s AS $body$
             DECLARE
                 result jsonb;
             BEGIN
-                IF %(name)I.filter IS NOT NULL THEN
-                    EXECUTE 'SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'')' OPERATOR(pg_catalog.||) pg_catalog.array_to_string(
-                            %(parts)s, embeddings_internal.search_filter_sql(
-                                (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %(id)s), %(name)I.filter, 2))
-                        INTO result USING %(name)I.query, %(name)I.filter, %(name)I.depth;
-                ELSE
-                    %(static)s;
-                END IF;
+                %(run)s
                 RETURN result;
             END
             $body$
-            $template$, args || jsonb_build_object(
-                'name', 'embeddings_' || t.id || '_' || ranking,
-                'parts', (SELECT 'ARRAY[' || string_agg(quote_literal(p), ', ' ORDER BY i) || ']'
-                          FROM unnest(ranking_sql) WITH ORDINALITY AS x(p, i)),
-                'static', 'SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'') INTO result' || array_to_string(ranking_sql, 'true'))));
+            $template$, named || jsonb_build_object('run', CASE ranking
+                WHEN 'bm25_ranking' THEN ltrim(embeddings_internal.render($run$
+                    IF coalesce(%(estimate)s, 0) OPERATOR(pg_catalog.>=) coalesce(nullif(
+                            pg_catalog.current_setting('embeddings.bm25_prune_rows', true), '')::double precision, 10000) THEN
+                        %(pruned)s
+                    ELSE
+                        %(plain)s
+                    END IF;
+                    $run$, jsonb_build_object(
+                        'estimate', embeddings_internal.rows_estimate_sql(t),
+                        'pruned', embeddings_internal.ranking_run_code(named, embeddings_internal.bm25_ranking_sql(t, true), 8),
+                        'plain', embeddings_internal.ranking_run_code(named, embeddings_internal.bm25_ranking_sql(t, false), 8)), 4), ' ')
+                ELSE embeddings_internal.ranking_run_code(named, embeddings_internal.fts_ranking_sql(t), 4) END)));
     END LOOP;
+END
+$$;
+
+-- The statements of a ranking function (ranking_code()) run, indented `indent` but for the
+-- first line (it goes where its placeholder is): `parts` (a ranking's statement in parts
+-- around the filter's condition) as one static statement without a filter, else through
+-- EXECUTE with the filter's condition between each two.
+CREATE FUNCTION embeddings_internal.ranking_run_code(args jsonb, parts text[], indent integer) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    parts[1] := ' FROM (' || parts[1];
+    parts[cardinality(parts)] := parts[cardinality(parts)] || ') r';
+    RETURN ltrim(embeddings_internal.render($run$
+        IF %(name)I.filter IS NOT NULL THEN
+            EXECUTE 'SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'')' OPERATOR(pg_catalog.||) pg_catalog.array_to_string(
+                    %(parts)s, embeddings_internal.search_filter_sql(
+                        (SELECT t FROM embeddings.targets t WHERE t.id OPERATOR(pg_catalog.=) %(id)s), %(name)I.filter, 2))
+                INTO result USING %(name)I.query, %(name)I.filter, %(name)I.depth;
+        ELSE
+            %(static)s;
+        END IF;
+        $run$, args || jsonb_build_object(
+            'parts', (SELECT 'ARRAY[' || string_agg(quote_literal(p), ', ' ORDER BY i) || ']'
+                      FROM unnest(parts) WITH ORDINALITY AS x(p, i)),
+            'static', 'SELECT coalesce(pg_catalog.jsonb_agg(r), ''[]'') INTO result' || array_to_string(parts, 'true')), indent), ' ');
 END
 $$;
 

@@ -66,10 +66,10 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM unnest(tsvector_to_array(v)) AS l
 $$;
 
--- The BM25 ranking's first part, w: the query's lexemes; their OR (the candidates); the
--- every-word query, and whether each document matching it is a candidate: no "!" outside its
--- quoted lexemes, each of those among the lexemes (tsquery's text doubles a quote and a
--- backslash in a lexeme). $1 the query text.
+-- The BM25 ranking's first part, w: the query's lexemes; the every-word query, and whether
+-- each document matching it holds a lexeme (`whole`): no "!" outside its quoted lexemes, each
+-- of those among the lexemes (tsquery's text doubles a quote and a backslash in a lexeme). $1
+-- the query text.
 CREATE FUNCTION embeddings_internal.bm25_words_sql(t embeddings.targets) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -88,88 +88,110 @@ BEGIN
 END
 $$;
 
+-- Two statements in parts around a filter's condition, one after the other: `a`'s last part
+-- and `b`'s first joined (no condition between them).
+CREATE FUNCTION embeddings_internal.glued(a text[], b text[]) RETURNS text[]
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT a[1:cardinality(a) - 1] || (a[cardinality(a)] || b[1]) || b[2:cardinality(b)]
+$$;
+
 -- The BM25 ranking's lexemes (its first part, before the candidates): w (bm25_words_sql()), g:
--- each lexeme's df, counted under the search's own conditions from embeddings.bm25_prune_rows
--- rows (NULL below); j: whether each is sought (above); a: the candidates' query, the OR of
--- the lexemes sought (or the every-word query where `whole` and a lexeme is left out: a
--- document holding every word is a candidate, so that `every` stays exact), the OR of those
--- left out, and N. In two parts around the filter's condition.
-CREATE FUNCTION embeddings_internal.bm25_sought_sql(t embeddings.targets) RETURNS text[]
+-- each lexeme's df, with `prune` counted under the search's own conditions (in two parts
+-- around the filter's condition), else NULL; j (with `prune`): whether each is sought
+-- (above); a: the
+-- candidates' query, the OR of the lexemes sought (or the every-word query where `whole` and
+-- a lexeme is left out: a document holding every word is a candidate, so that `every` stays
+-- exact), the OR of those left out, and N.
+CREATE FUNCTION embeddings_internal.bm25_sought_sql(t embeddings.targets, prune boolean) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := embeddings_internal.search_sql(t);
     fts text := format('%s.%I', q->>'store', t.fts_column);
+    ja text := format(
+        ' j AS MATERIALIZED (SELECT y.lexeme, y.df, y.df IS NULL OR y.rarer OPERATOR(pg_catalog.<) $3 OR y.df * 10 OPERATOR(pg_catalog.<=) y.n AS sought, y.n'
+        '  FROM (SELECT g.lexeme, g.df, greatest(pg_catalog.max(g.df) OVER ()::double precision, coalesce(%1$s, 0)) AS n,'
+        '   coalesce(pg_catalog.sum(g.df) OVER (ORDER BY g.df, g.lexeme ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS rarer'
+        '   FROM g WHERE g.df IS NULL OR g.df OPERATOR(pg_catalog.>) 0) y),'
+        ' a AS MATERIALIZED (SELECT CASE WHEN w.whole AND x.left_out IS NOT NULL THEN x.q OPERATOR(pg_catalog.||) w.e ELSE x.q END AS q,'
+        '  x.left_out, x.n FROM w,'
+        '  (SELECT embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector(pg_catalog.array_agg(j.lexeme) FILTER (WHERE j.sought))) AS q,'
+        '   CASE WHEN pg_catalog.bool_or(NOT j.sought) THEN embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector('
+        '    pg_catalog.array_agg(j.lexeme) FILTER (WHERE NOT j.sought))) END AS left_out,'
+        '   pg_catalog.max(j.n) AS n FROM j) x),',
+        embeddings_internal.rows_estimate_sql(t));
 BEGIN
+    IF NOT prune THEN  -- every lexeme sought (no j), its df from the candidates (NULL here)
+        RETURN ARRAY[embeddings_internal.bm25_words_sql(t) || format(
+            ', g AS MATERIALIZED (SELECT l.lexeme, NULL::bigint AS df FROM w, pg_catalog.unnest(w.lexemes) AS l(lexeme)),'
+            ' a AS MATERIALIZED (SELECT embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector(w.lexemes)) AS q,'
+            '  NULL::pg_catalog.tsquery AS left_out, coalesce(%s, 0) AS n FROM w),',
+            embeddings_internal.rows_estimate_sql(t))];
+    END IF;
     RETURN ARRAY[
         embeddings_internal.bm25_words_sql(t) || format(
-            ', g AS MATERIALIZED (SELECT l.lexeme, CASE WHEN coalesce(%1$s, 0) OPERATOR(pg_catalog.>=) coalesce(nullif('
-            '  pg_catalog.current_setting(''embeddings.bm25_prune_rows'', true), '''')::double precision, 10000) THEN (SELECT pg_catalog.count(*) FROM %2$s'
-            '  WHERE %3$s OPERATOR(pg_catalog.@@) embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector(ARRAY[l.lexeme]))'
-            '  AND %4$s IS NOT NULL AND (',
-            embeddings_internal.rows_estimate_sql(t), q->>'from', fts, q->>'vector'),
-        format(
-            ')) END AS df FROM w, pg_catalog.unnest(w.lexemes) AS l(lexeme)),'
-            ' j AS MATERIALIZED (SELECT y.lexeme, y.df, y.df IS NULL OR y.rarer OPERATOR(pg_catalog.<) $3 OR y.df * 10 OPERATOR(pg_catalog.<=) y.n AS sought, y.n'
-            '  FROM (SELECT g.lexeme, g.df, greatest(pg_catalog.max(g.df) OVER ()::double precision, coalesce(%1$s, 0)) AS n,'
-            '   coalesce(pg_catalog.sum(g.df) OVER (ORDER BY g.df, g.lexeme ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS rarer'
-            '   FROM g WHERE g.df IS NULL OR g.df OPERATOR(pg_catalog.>) 0) y),'
-            ' a AS MATERIALIZED (SELECT CASE WHEN w.whole AND x.left_out IS NOT NULL THEN x.q OPERATOR(pg_catalog.||) w.e ELSE x.q END AS q,'
-            '  x.left_out, x.n FROM w,'
-            '  (SELECT embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector(pg_catalog.array_agg(j.lexeme) FILTER (WHERE j.sought))) AS q,'
-            '   CASE WHEN pg_catalog.bool_or(NOT j.sought) THEN embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector('
-            '    pg_catalog.array_agg(j.lexeme) FILTER (WHERE NOT j.sought))) END AS left_out,'
-            '   pg_catalog.max(j.n) AS n FROM j) x),',
-            embeddings_internal.rows_estimate_sql(t))];
+            ', g AS MATERIALIZED (SELECT l.lexeme, (SELECT pg_catalog.count(*) FROM %1$s'
+            '  WHERE %2$s OPERATOR(pg_catalog.@@) embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector(ARRAY[l.lexeme]))'
+            '  AND %3$s IS NOT NULL AND (',
+            q->>'from', fts, q->>'vector'),
+        ')) AS df FROM w, pg_catalog.unnest(w.lexemes) AS l(lexeme)),' || ja];
 END
 $$;
 
 -- The BM25 ranking's part after its candidates (m): h, each candidate's lexemes with tf; k,
--- how many candidates hold each; o, the rows left out, for avglen: their number (at most: for
--- each lexeme left out, its df less the candidates holding it, summed) and the mean length of
--- the first 1,000 of them, up to the filter's condition. The candidates alone can be far from
--- the mean (the few documents of a rare word: a title's).
-CREATE FUNCTION embeddings_internal.bm25_left_out_sql(t embeddings.targets) RETURNS text
+-- how many candidates hold each; o, with `prune` the rows left out, for avglen: their number
+-- (at most: for each lexeme left out, its df less the candidates holding it, summed) and the
+-- mean length of the first 1,000 of them (in two parts around the filter's condition), else
+-- NULLs. The candidates alone can be far from the mean (the few documents of a rare word: a
+-- title's).
+CREATE FUNCTION embeddings_internal.bm25_left_out_sql(t embeddings.targets, prune boolean) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := embeddings_internal.search_sql(t);
     fts text := format('%s.%I', q->>'store', t.fts_column);
     fields boolean := t.fts_title_weight IS NOT NULL AND NOT embeddings_internal.store_has_chunks(t);
     chunks boolean := embeddings_internal.store_has_chunks(t);
-BEGIN
-    RETURN format(
+    hk text := format(
         ' h AS MATERIALIZED (SELECT y.%1$skey, y.len, y.every, (y.x).lexeme AS lexeme, %2$s AS tf'
         '  FROM (SELECT m.%1$skey, m.len, m.title, m.every, pg_catalog.unnest(m.hits) AS x FROM m) y),'
-        ' k AS MATERIALIZED (SELECT h.lexeme, pg_catalog.count(*) AS held FROM h GROUP BY h.lexeme),'
-        ' o AS MATERIALIZED (SELECT (SELECT pg_catalog.sum(j.df OPERATOR(pg_catalog.-) coalesce(k.held, 0)) FROM j'
-        '   LEFT JOIN k ON k.lexeme OPERATOR(pg_catalog.=) j.lexeme WHERE NOT j.sought)::double precision AS rows,'
-        '  (SELECT pg_catalog.avg(pg_catalog.length(y.v))::double precision FROM (SELECT %3$s AS v FROM %4$s CROSS JOIN a'
-        '   WHERE %3$s OPERATOR(pg_catalog.@@) a.left_out AND NOT %3$s OPERATOR(pg_catalog.@@) a.q AND %5$s IS NOT NULL AND (',
+        ' k AS MATERIALIZED (SELECT h.lexeme, pg_catalog.count(*) AS held FROM h GROUP BY h.lexeme),',
         CASE WHEN chunks THEN 'i, ' ELSE '' END,
         -- tf: with fields, each of the lexeme's places in the title counts title_weight times.
         CASE WHEN fields
              THEN format('(pg_catalog.cardinality((y.x).positions) + %s * coalesce((SELECT pg_catalog.cardinality(u.positions)'
                          ' FROM pg_catalog.unnest(y.title) u WHERE u.lexeme OPERATOR(pg_catalog.=) (y.x).lexeme), 0))::double precision',
                          t.fts_title_weight - 1)
-             ELSE 'pg_catalog.cardinality((y.x).positions)::double precision' END,
-        fts, q->>'from', q->>'vector');
+             ELSE 'pg_catalog.cardinality((y.x).positions)::double precision' END);
+BEGIN
+    IF NOT prune THEN  -- nothing left out
+        RETURN ARRAY[hk || ' o AS (SELECT NULL::double precision AS rows, NULL::double precision AS len),'];
+    END IF;
+    RETURN ARRAY[
+        hk || format(
+            ' o AS MATERIALIZED (SELECT (SELECT pg_catalog.sum(j.df OPERATOR(pg_catalog.-) coalesce(k.held, 0)) FROM j'
+            '   LEFT JOIN k ON k.lexeme OPERATOR(pg_catalog.=) j.lexeme WHERE NOT j.sought)::double precision AS rows,'
+            '  (SELECT pg_catalog.avg(pg_catalog.length(y.v))::double precision FROM (SELECT %1$s AS v FROM %2$s CROSS JOIN a'
+            '   WHERE %1$s OPERATOR(pg_catalog.@@) a.left_out AND NOT %1$s OPERATOR(pg_catalog.@@) a.q AND %3$s IS NOT NULL AND (',
+            fts, q->>'from', q->>'vector'),
+        ') LIMIT 1000) y) AS len),'];
 END
 $$;
 
 -- The BM25 ranking of a search of target t, in the shape of fts_ranking_sql()'s: documents
 -- (rows, or a chunked target's documents by their best chunk) holding a lexeme of the query
--- sought (above) and matching the filter, best first by the score above (`text_rank`), ties by key; at most
--- `depth`. Each also with `text_score`, its score divided by the sum of the idf of the query's
--- lexemes that any row holds: about 1 for a document holding each of them once at the
--- mean length, whatever the query's length or rarity, so that hybrid search's convex fusion
--- can weigh it against a cosine similarity (sql/59_hybrid.sql). A query whose words a
+-- sought (above) and matching the filter, best first by the score above (`text_rank`), ties
+-- by key; at most `depth`. Each also with `text_score`, its score divided by the sum of the
+-- idf of the query's lexemes that any row holds: about 1 for a document holding each of them
+-- once at the mean length, whatever the query's length or rarity, so that hybrid search's
+-- convex fusion can weigh it against a cosine similarity (sql/59_hybrid.sql). A query whose words a
 -- document matches poorly keeps low scores, where dividing by the best document's score would
 -- raise its best to 1. A row's fields that are NULL for every row of its store kind (a chunk's
 -- place, the content of a target with a content function) are left out: each field of each
 -- of up to `depth` rows is JSON that hybrid_search() reads back, where a missing field reads
--- as NULL. $1 the query text, $2 the filter, $3 the depth. In four parts around the filter's
--- condition, which the counts of df, the candidates and the rows left out each apply
--- (embeddings_internal.generate_search() makes the target's embeddings_<id>_bm25_ranking() of
--- them).
+-- as NULL. $1 the query text, $2 the filter, $3 the depth. With `prune` the statement for
+-- tables of embeddings.bm25_prune_rows rows or more, in four parts around the filter's
+-- condition, which the counts of df, the candidates and the rows left out each apply; without,
+-- the one for smaller tables, in two (embeddings_internal.ranking_code() makes the target's
+-- embeddings_<id>_bm25_ranking() of both).
 --
 -- For a target that is not chunked, each row also tells whether the document holds every word
 -- (`every`): whether it matches the every-word query (fts_ranking_sql()'s), true for none when
@@ -177,9 +199,9 @@ $$;
 -- ask the every-word ranking for them, a second search. Only when that is exact, else `every`
 -- is NULL on each row: every document matching the every-word query must be a candidate here
 -- (the query has no negated word, and each of its lexemes is one of the query's here: then a
--- document matching it holds one of them, and the candidates' query ORs the every-word query
--- in: no more rows unless that query has an OR), and every one of
--- them must be among the rows returned (or more than 10 match).
+-- document matching it holds one of them, and where a lexeme is left out the candidates'
+-- query ORs the every-word query in, no more rows unless it has an OR), and every one of them
+-- must be among the rows returned (or more than 10 match).
 --
 -- Its cost is per candidate (every row holding a word sought), so the statement touches
 -- each as few times as it can (docs/retrieval-quality.md, "What it costs", has the figures):
@@ -188,7 +210,7 @@ $$;
 -- tsvector read once (d, a subquery scan rather than a lateral subquery per candidate), its
 -- hits unnested once (in a target list: no function scan per candidate), the idf computed once
 -- per lexeme, and a row's key carried along with its score rather than joined back.
-CREATE FUNCTION embeddings_internal.bm25_ranking_sql(t embeddings.targets) RETURNS text[]
+CREATE FUNCTION embeddings_internal.bm25_ranking_sql(t embeddings.targets, prune boolean) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := embeddings_internal.search_sql(t);
@@ -204,12 +226,11 @@ DECLARE
                           WHERE q->>f !~ '^NULL::' ORDER BY i);
     -- A chunk's number among the candidates; a row's key is its own.
     id text := CASE WHEN chunks THEN 'i, ' ELSE '' END;
-    -- w, g, j and a, in two parts around the filter's condition.
-    w_sought text[] := embeddings_internal.bm25_sought_sql(t);
     m_extra text := (SELECT coalesce(string_agg(format('m.%I, ', f), ''), '') FROM unnest(extra) AS f);
 BEGIN
-    RETURN ARRAY[
-        w_sought[1],
+    RETURN embeddings_internal.glued(embeddings_internal.glued(embeddings_internal.glued(
+        -- w, g, j and a
+        embeddings_internal.bm25_sought_sql(t, prune),
         -- m: the candidates, each with its length, the query's lexemes it holds (the others
         -- filtered out in C: setweight() marks the query's, ts_filter() keeps the marked) and
         -- whether it matches the every-word query. The tsvector is read (detoasted) once, in
@@ -219,7 +240,7 @@ BEGIN
         -- (the title) and D: d is the tsvector as it is (an empty setweight() copies it), the
         -- query's lexemes are marked B, and `title` keeps the title's places of each (a few
         -- lexemes at most) for tf below.
-        w_sought[2] || format(
+        ARRAY[format(
             ' m AS MATERIALIZED (SELECT d.key, %1$s pg_catalog.length(d.v)::double precision AS len,'
             '  %2$s AS hits, %3$s AS title, %4$s AS every%5$s'
             '  FROM (SELECT %6$s AS key, %7$s %8$s AS v FROM %9$s CROSS JOIN w CROSS JOIN a'
@@ -236,16 +257,16 @@ BEGIN
             (SELECT coalesce(string_agg(format('%s AS %I, ', q->>f, f), ''), '') FROM unnest(extra) AS f),
             CASE WHEN fields THEN format('pg_catalog.setweight(%s, ''A'', ''{}''::pg_catalog.text[])', fts)
                  ELSE format('pg_catalog.setweight(%s, ''A'', w.lexemes)', fts) END,
-            q->>'from', fts, q->>'vector'),
-        ') OFFSET 0) d CROSS JOIN w),' || embeddings_internal.bm25_left_out_sql(t),
+            q->>'from', fts, q->>'vector'), ') OFFSET 0) d CROSS JOIN w),']),
+        -- h, k and o
+        embeddings_internal.bm25_left_out_sql(t, prune)),
         -- n: N, avglen and how many documents hold every word; f: each lexeme's idf from its
         -- df (counted, or below embeddings.bm25_prune_rows the candidates holding it), NULL
         -- where no row holds it (not filtered out: the planner would expect a few rows of f,
         -- and then group b's by sorting, a seventh slower on NFCorpus); b: the scores; z: the
         -- sum of the idf of the query's lexemes any row holds (text_score's divisor, below).
         -- The ranking, then each row's `every` (above).
-        format(
-            ') LIMIT 1000) y) AS len),'
+        ARRAY[format(
             ' n AS (SELECT greatest(pg_catalog.count(*)::double precision, (SELECT a.n FROM a)) AS n,'
             '  (pg_catalog.sum(m.len) + (SELECT coalesce(o.len * o.rows, 0) FROM o))'
             '  / (pg_catalog.count(*) + (SELECT CASE WHEN o.len IS NULL THEN 0 ELSE o.rows END FROM o)) AS avglen,'
@@ -272,6 +293,6 @@ BEGIN
                  WHEN cardinality(extra) > 0
                  THEN format('SELECT m.key, %s b.score AS text_rank, b.every FROM m JOIN b ON b.key OPERATOR(pg_catalog.=) m.key', m_extra)
                  -- A row is its own document, its key all it returns.
-                 ELSE 'SELECT b.key, b.score AS text_rank, b.every FROM b' END)];
+                 ELSE 'SELECT b.key, b.score AS text_rank, b.every FROM b' END)]);
 END
 $$;
