@@ -98,10 +98,9 @@ $$;
 -- The BM25 ranking's lexemes (its first part, before the candidates): w (bm25_words_sql()), g:
 -- each lexeme's df, with `prune` counted under the search's own conditions (in two parts
 -- around the filter's condition), else NULL; j (with `prune`): whether each is sought
--- (above); a: the
--- candidates' query, the OR of the lexemes sought (or the every-word query where `whole` and
--- a lexeme is left out: a document holding every word is a candidate, so that `every` stays
--- exact), the OR of those left out, and N.
+-- (above); a: the candidates' query, the OR of the lexemes sought (or the every-word query
+-- where `whole` and a lexeme is left out: a document holding every word is a candidate, so
+-- that `every` stays exact), the OR of those left out, and N.
 CREATE FUNCTION embeddings_internal.bm25_sought_sql(t embeddings.targets, prune boolean) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
