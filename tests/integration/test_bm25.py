@@ -105,7 +105,7 @@ class Reference:
         n = max(rows, max(df.values(), default=0))
         sought, rarer = set(), 0.0
         for w in sorted(df, key=lambda w: (df[w], w)):
-            if rows < prune_rows or rarer < depth or df[w] * 10 <= n:
+            if max(rows, 0) < prune_rows or rarer < depth or df[w] * 10 <= n:
                 sought.add(w)
             rarer += df[w]
         candidates = {key: doc for key, doc in held.items() if sought & doc[1].keys()}
@@ -311,6 +311,14 @@ def test_a_shallow_ranking_scores_the_holders_of_its_rarer_words(items: Items) -
     assert 0 < len(shallow) < len(full)  # some documents left out
     assert shallow != {key: full[key] for key in shallow}  # another mean length
     items.check(items.text_ranking(SHALLOW, depth=2), shallow, depth=2)
+
+
+def test_a_shallow_ranking_before_the_first_analyze(items: Items) -> None:
+    """No row estimate (reltuples -1) counts as 0 rows against the threshold, and N is then the
+    largest df or the candidates, whichever is more: the reference's still."""
+    assert items.rows() == -1
+    items.conn.execute("SET embeddings.bm25_prune_rows = 0")
+    items.check(items.text_ranking(SHALLOW, depth=2), items.scores(SHALLOW, depth=2), depth=2)
 
 
 def test_a_shallow_ranking_under_a_filter_counts_its_rows_only(items: Items) -> None:
