@@ -100,13 +100,21 @@ $$;
 -- around the filter's condition), else NULL; j (with `prune`): whether each is sought
 -- (above); a: the candidates' query, the OR of the lexemes sought (or the every-word query
 -- where `whole` and a lexeme is left out: a document holding every word is a candidate, so
--- that `every` stays exact), the OR of those left out, and N.
-CREATE FUNCTION embeddings_internal.bm25_sought_sql(t embeddings.targets, prune boolean) RETURNS text[]
+-- that `every` stays exact), the OR of those left out, and N. `q` and `fts`: the store kind's
+-- search parts and the tsvector column, as bm25_ranking_sql() read them.
+CREATE FUNCTION embeddings_internal.bm25_sought_sql(t embeddings.targets, prune boolean, q jsonb, fts text) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    q jsonb := embeddings_internal.search_sql(t);
-    fts text := format('%s.%I', q->>'store', t.fts_column);
-    ja text := format(
+    ja text;
+BEGIN
+    IF NOT prune THEN  -- every lexeme sought (no j), its df from the candidates (NULL here)
+        RETURN ARRAY[embeddings_internal.bm25_words_sql(t) || format(
+            ', g AS MATERIALIZED (SELECT l.lexeme, NULL::bigint AS df FROM w, pg_catalog.unnest(w.lexemes) AS l(lexeme)),'
+            ' a AS MATERIALIZED (SELECT embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector(w.lexemes)) AS q,'
+            '  NULL::pg_catalog.tsquery AS left_out, coalesce(%s, 0) AS n FROM w),',
+            embeddings_internal.rows_estimate_sql(t))];
+    END IF;
+    ja := format(
         ' j AS MATERIALIZED (SELECT y.lexeme, y.df, y.df IS NULL OR y.rarer OPERATOR(pg_catalog.<) $3 OR y.df * 10 OPERATOR(pg_catalog.<=) y.n AS sought, y.n'
         '  FROM (SELECT g.lexeme, g.df, greatest(pg_catalog.max(g.df) OVER ()::double precision, coalesce(%1$s, 0)) AS n,'
         '   coalesce(pg_catalog.sum(g.df) OVER (ORDER BY g.df, g.lexeme ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS rarer'
@@ -118,14 +126,6 @@ DECLARE
         '    pg_catalog.array_agg(j.lexeme) FILTER (WHERE NOT j.sought))) END AS left_out,'
         '   pg_catalog.max(j.n) AS n FROM j) x),',
         embeddings_internal.rows_estimate_sql(t));
-BEGIN
-    IF NOT prune THEN  -- every lexeme sought (no j), its df from the candidates (NULL here)
-        RETURN ARRAY[embeddings_internal.bm25_words_sql(t) || format(
-            ', g AS MATERIALIZED (SELECT l.lexeme, NULL::bigint AS df FROM w, pg_catalog.unnest(w.lexemes) AS l(lexeme)),'
-            ' a AS MATERIALIZED (SELECT embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector(w.lexemes)) AS q,'
-            '  NULL::pg_catalog.tsquery AS left_out, coalesce(%s, 0) AS n FROM w),',
-            embeddings_internal.rows_estimate_sql(t))];
-    END IF;
     RETURN ARRAY[
         embeddings_internal.bm25_words_sql(t) || format(
             ', g AS MATERIALIZED (SELECT l.lexeme, (SELECT pg_catalog.count(*) FROM %1$s'
@@ -141,12 +141,10 @@ $$;
 -- (at most: for each lexeme left out, its df less the candidates holding it, summed) and the
 -- mean length of the first 1,000 of them (in two parts around the filter's condition), else
 -- NULLs. The candidates alone can be far from the mean (the few documents of a rare word: a
--- title's).
-CREATE FUNCTION embeddings_internal.bm25_left_out_sql(t embeddings.targets, prune boolean) RETURNS text[]
+-- title's). `q` and `fts` as bm25_sought_sql()'s.
+CREATE FUNCTION embeddings_internal.bm25_left_out_sql(t embeddings.targets, prune boolean, q jsonb, fts text) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    q jsonb := embeddings_internal.search_sql(t);
-    fts text := format('%s.%I', q->>'store', t.fts_column);
     fields boolean := t.fts_title_weight IS NOT NULL AND NOT embeddings_internal.store_has_chunks(t);
     chunks boolean := embeddings_internal.store_has_chunks(t);
     hk text := format(
@@ -229,7 +227,7 @@ DECLARE
 BEGIN
     RETURN embeddings_internal.glued(embeddings_internal.glued(embeddings_internal.glued(
         -- w, g, j and a
-        embeddings_internal.bm25_sought_sql(t, prune),
+        embeddings_internal.bm25_sought_sql(t, prune, q, fts),
         -- m: the candidates, each with its length, the query's lexemes it holds (the others
         -- filtered out in C: setweight() marks the query's, ts_filter() keeps the marked) and
         -- whether it matches the every-word query. The tsvector is read (detoasted) once, in
@@ -258,7 +256,7 @@ BEGIN
                  ELSE format('pg_catalog.setweight(%s, ''A'', w.lexemes)', fts) END,
             q->>'from', fts, q->>'vector'), ') OFFSET 0) d CROSS JOIN w),']),
         -- h, k and o
-        embeddings_internal.bm25_left_out_sql(t, prune)),
+        embeddings_internal.bm25_left_out_sql(t, prune, q, fts)),
         -- n: N, avglen and how many documents hold every word; f: each lexeme's idf from its
         -- df (counted, or below embeddings.bm25_prune_rows the candidates holding it), NULL
         -- where no row holds it (not filtered out: the planner would expect a few rows of f,
