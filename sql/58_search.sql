@@ -331,10 +331,12 @@ END
 $$;
 
 -- Target t's full-text rankings for search_code() (`args`: its values), with full-text search
--- on: every word's and any word's (BM25: sql/59_bm25.sql). BM25's in two statements: from
--- embeddings.bm25_prune_rows rows (the table's estimate) the one that counts each word of the
--- question first and leaves its common words out of the candidates; below, one without those
--- counts, which would only add to its cost (and to its planning, on every call with a filter).
+-- on: every word's and any word's (BM25: sql/59_bm25.sql). BM25's in three statements, chosen
+-- by the table's estimate: from embeddings.bm25_sample_rows rows the one that estimates each
+-- word's df from a sample of the table's pages and scores a budget of the rarer words' rows;
+-- from embeddings.bm25_prune_rows the one that counts each word of the question first and
+-- leaves its common words out of the candidates; below, one without those counts, which would
+-- only add to its cost (and to its planning, on every call with a filter).
 CREATE FUNCTION embeddings_internal.ranking_code(t embeddings.targets, args jsonb) RETURNS TABLE (name text, statement text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -349,7 +351,7 @@ BEGIN
         -- generic one reads the GIN index for any text, as the planner chose for nearly all.
         RETURN QUERY VALUES (named->>'name', embeddings_internal.render($template$
             CREATE FUNCTION embeddings.%(name)I(query text, filter jsonb, depth integer) RETURNS jsonb
-            LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan%(settings)s AS $body$
+            LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp SET plan_cache_mode = force_generic_plan%(jit)s%(settings)s AS $body$
             DECLARE
                 result jsonb;
             BEGIN
@@ -357,9 +359,17 @@ BEGIN
                 RETURN result;
             END
             $body$
-            $template$, named || jsonb_build_object('run', CASE ranking
+            $template$, named || jsonb_build_object(
+                -- No JIT for BM25: its generic plan on a large table costs above
+                -- jit_above_cost, and compiling its expressions took 100-130 ms a call on
+                -- 1,000,000 rows, more than the ranking's own work (80-265 ms).
+                'jit', CASE ranking WHEN 'bm25_ranking' THEN ' SET jit = off' ELSE '' END,
+                'run', CASE ranking
                 WHEN 'bm25_ranking' THEN ltrim(embeddings_internal.render($run$
                     IF coalesce(%(estimate)s, 0) OPERATOR(pg_catalog.>=) coalesce(nullif(
+                            pg_catalog.current_setting('embeddings.bm25_sample_rows', true), '')::double precision, 200000) THEN
+                        %(sampled)s
+                    ELSIF coalesce(%(estimate)s, 0) OPERATOR(pg_catalog.>=) coalesce(nullif(
                             pg_catalog.current_setting('embeddings.bm25_prune_rows', true), '')::double precision, 10000) THEN
                         %(pruned)s
                     ELSE
@@ -367,8 +377,9 @@ BEGIN
                     END IF;
                     $run$, jsonb_build_object(
                         'estimate', embeddings_internal.rows_estimate_sql(t),
-                        'pruned', embeddings_internal.ranking_run_code(named, embeddings_internal.bm25_ranking_sql(t, true), 8),
-                        'plain', embeddings_internal.ranking_run_code(named, embeddings_internal.bm25_ranking_sql(t, false), 8)), 4), ' ')
+                        'sampled', embeddings_internal.ranking_run_code(named, embeddings_internal.bm25_ranking_sql(t, 'sampled'), 8),
+                        'pruned', embeddings_internal.ranking_run_code(named, embeddings_internal.bm25_ranking_sql(t, 'pruned'), 8),
+                        'plain', embeddings_internal.ranking_run_code(named, embeddings_internal.bm25_ranking_sql(t, 'plain'), 8)), 4), ' ')
                 ELSE embeddings_internal.ranking_run_code(named, embeddings_internal.fts_ranking_sql(t), 4) END)));
     END LOOP;
 END

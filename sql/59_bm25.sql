@@ -31,20 +31,29 @@
 --   them only to a role that may read the column and that no row-level security applies to,
 --   which leaves out every search of a chunked or side-table target but its owner's (their
 --   tables have a policy, sql/56_side.sql). Counted over what the caller sees, a tenant's
---   ranking also never depends on another tenant's rows.
+--   ranking also never depends on another tenant's rows. From embeddings.bm25_sample_rows
+--   rows (a setting, default 200,000) no longer counted (a word in a third of 1,000,000 rows
+--   took a second, the GIN bitmap lossy and every row rechecked): estimated from a sample of
+--   the store's pages (TABLESAMPLE SYSTEM, about 10,000 rows, the same pages on every call),
+--   under the same conditions, for the words left out; a word sought gets its exact df from
+--   the candidates, each of its rows one.
 -- - The candidates, the rows scored: those holding a lexeme sought. Below
 --   embeddings.bm25_prune_rows every lexeme is sought; from it, a lexeme is sought when a
 --   tenth of N or fewer hold it, or while the rarer lexemes' rows (their df summed) are fewer
 --   than the depth; a lexeme left out (`return` in a third of a table of docstrings) still
 --   scores the candidates holding it. A row holding only words left out is not ranked: each
 --   of those is held by more than a tenth of N (an idf under ln 10) and by no fewer rows than
---   any word sought, whose df sum to `depth` or more. Every row holding every word of the
+--   any word sought, whose df sum to `depth` or more. From embeddings.bm25_sample_rows a word
+--   is also sought only while the rarer words' rows with its own (estimated) are within
+--   embeddings.bm25_candidate_rows (a setting, default 10,000), the rarest always: a tenth
+--   of 1,000,000 rows is 100,000 to score a word. Every row holding every word of the
 --   query is a candidate (hybrid search asks which hold every word). So the
 --   statement's cost follows the rows holding the query's rarer words, not its commonest
 --   (docs/retrieval-quality.md, "On large tables: the common words left out").
 -- - avglen: the candidates' mean length, with the rows left out counted in where any are: at
 --   most their number (for each lexeme left out, its df less the candidates holding it,
---   summed) at the mean length of the first 1,000 of them. A table-wide mean would be a full
+--   summed) at the mean length of the first 1,000 of them; sampled, their number and mean in
+--   the sample, scaled. A table-wide mean would be a full
 --   scan, and no statistic holds a tsvector's length in lexemes (pg_stats' avg_width is in
 --   stored bytes, compressed in wide rows); the mean of the rows holding any of the query's
 --   words ranked as well as the corpus's exact figures on the quality bench
@@ -96,18 +105,59 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- The BM25 ranking's lexemes (its first part, before the candidates): w (bm25_words_sql()), g:
--- each lexeme's df, with `prune` counted under the search's own conditions (in two parts
--- around the filter's condition), else NULL; j (with `prune`): whether each is sought
--- (above); a: the candidates' query, the OR of the lexemes sought (or the every-word query
--- where `whole` and a lexeme is left out: a document holding every word is a candidate, so
--- that `every` stays exact), the OR of those left out, and N. `q` and `fts`: the store kind's
--- search parts and the tsvector column, as bm25_ranking_sql() read them.
-CREATE FUNCTION embeddings_internal.bm25_sought_sql(t embeddings.targets, prune boolean, q jsonb, fts text) RETURNS text[]
+-- On a table of embeddings.bm25_sample_rows rows or more (a setting, default 200,000; the
+-- table's estimate), the most rows of the rarer words the ranking scores: the setting
+-- embeddings.bm25_candidate_rows (default 10,000), as an SQL expression.
+CREATE FUNCTION embeddings_internal.bm25_budget_sql() RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT 'coalesce(nullif(pg_catalog.current_setting(''embeddings.bm25_candidate_rows'', true), '''')::double precision, 10000)'
+$$;
+
+-- The percent of target t's store pages sampled for its words' df there: about as many rows
+-- as the budget, at least 10,000 (a word held by a tenth of the rows is then seen about 1,000
+-- times: within a few percent), all of them where the table has fewer.
+CREATE FUNCTION embeddings_internal.bm25_sample_percent_sql(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('LEAST(100, 100 * greatest(10000, %s) / greatest(coalesce(%s, 0), 1))',
+                  embeddings_internal.bm25_budget_sql(), embeddings_internal.rows_estimate_sql(t))
+$$;
+
+-- The relations of target t's search (`q`: search_sql()'s parts) with its store sampled: a
+-- percent of its pages (bm25_sample_percent_sql()), the same pages on every call while the
+-- table's pages and estimate stay (REPEATABLE), so that a question asked twice ranks alike.
+-- Pages rather than rows (BERNOULLI would read every page): a table laid out in order (a
+-- document's chunks together) makes the estimate coarser, not slower.
+CREATE FUNCTION embeddings_internal.sampled_sql(t embeddings.targets, q jsonb) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    store text := t.store_table::regclass::text || ' ' || (q->>'store');
+BEGIN
+    -- Every store kind's relations begin with its store (search_sql()).
+    IF left(q->>'from', length(store)) IS DISTINCT FROM store THEN
+        RAISE EXCEPTION 'the search of target % does not begin with its store: %', t.id, q->>'from';
+    END IF;
+    RETURN store || format(' TABLESAMPLE pg_catalog.system ((%s)::real) REPEATABLE (0)',
+                           embeddings_internal.bm25_sample_percent_sql(t))
+           || substr(q->>'from', length(store) + 1);
+END
+$$;
+
+-- each lexeme's df: with `mode` 'pruned' counted under the search's own conditions (in two parts
+-- around the filter's condition); with 'sampled' (sa, ge) estimated from a sample of the
+-- table's pages (sampled_sql()) for the lexemes it holds, NULL for the others; with 'plain'
+-- NULL. j (but with 'plain'): whether each is sought (above). a: the candidates' query, the
+-- OR of the lexemes sought (or the every-word query where `whole` and a lexeme is left out: a
+-- document holding every word is a candidate, so that `every` stays exact), the OR of those
+-- left out, and N. With 'sampled' g follows j: the df of the lexemes left out as estimated,
+-- NULL for those sought, whose df the candidates give exactly (each of their rows is one).
+-- `q` and `fts`: the store kind's search parts and the tsvector column, as
+-- bm25_ranking_sql() read them.
+CREATE FUNCTION embeddings_internal.bm25_sought_sql(t embeddings.targets, mode text, q jsonb, fts text) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     ja text;
 BEGIN
-    IF NOT prune THEN  -- every lexeme sought (no j), its df from the candidates (NULL here)
+    IF mode = 'plain' THEN  -- every lexeme sought (no j), its df from the candidates (NULL here)
         RETURN ARRAY[embeddings_internal.bm25_words_sql(t) || format(
             ', g AS MATERIALIZED (SELECT l.lexeme, NULL::bigint AS df FROM w, pg_catalog.unnest(w.lexemes) AS l(lexeme)),'
             ' a AS MATERIALIZED (SELECT embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector(w.lexemes)) AS q,'
@@ -115,17 +165,41 @@ BEGIN
             embeddings_internal.rows_estimate_sql(t))];
     END IF;
     ja := format(
-        ' j AS MATERIALIZED (SELECT y.lexeme, y.df, y.df IS NULL OR y.rarer OPERATOR(pg_catalog.<) $3 OR y.df * 10 OPERATOR(pg_catalog.<=) y.n AS sought, y.n'
+        ' j AS MATERIALIZED (SELECT y.lexeme, y.df, y.df IS NULL OR y.rarer OPERATOR(pg_catalog.<) $3'
+        '  OR y.df * 10 OPERATOR(pg_catalog.<=) y.n%3$s AS sought, y.n'
         '  FROM (SELECT g.lexeme, g.df, greatest(pg_catalog.max(g.df) OVER ()::double precision, coalesce(%1$s, 0)) AS n,'
-        '   coalesce(pg_catalog.sum(g.df) OVER (ORDER BY g.df, g.lexeme ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS rarer'
-        '   FROM g WHERE g.df IS NULL OR g.df OPERATOR(pg_catalog.>) 0) y),'
+        '   coalesce(pg_catalog.sum(g.df) OVER (ORDER BY g.df%5$s, g.lexeme ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING), 0) AS rarer'
+        '   FROM %2$s WHERE g.df IS NULL OR g.df OPERATOR(pg_catalog.>) 0) y),%4$s'
         ' a AS MATERIALIZED (SELECT CASE WHEN w.whole AND x.left_out IS NOT NULL THEN x.q OPERATOR(pg_catalog.||) w.e ELSE x.q END AS q,'
         '  x.left_out, x.n FROM w,'
         '  (SELECT embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector(pg_catalog.array_agg(j.lexeme) FILTER (WHERE j.sought))) AS q,'
         '   CASE WHEN pg_catalog.bool_or(NOT j.sought) THEN embeddings_internal.any_lexeme_query(pg_catalog.array_to_tsvector('
         '    pg_catalog.array_agg(j.lexeme) FILTER (WHERE NOT j.sought))) END AS left_out,'
         '   pg_catalog.max(j.n) AS n FROM j) x),',
-        embeddings_internal.rows_estimate_sql(t));
+        embeddings_internal.rows_estimate_sql(t),
+        CASE mode WHEN 'sampled' THEN 'ge g' ELSE 'g' END,
+        -- Sampled (a large table): the rarer words' rows, the candidates, within a budget.
+        CASE mode WHEN 'sampled' THEN format(' AND y.rarer + y.df OPERATOR(pg_catalog.<=) %s', embeddings_internal.bm25_budget_sql()) ELSE '' END,
+        CASE mode WHEN 'sampled'
+             THEN ' g AS MATERIALIZED (SELECT j.lexeme, CASE WHEN NOT j.sought THEN j.df END AS df FROM j),' ELSE '' END,
+        CASE mode WHEN 'sampled' THEN ' NULLS FIRST' ELSE '' END);
+    IF mode = 'sampled' THEN
+        -- sa: the sample's rows (those the search may return), each with its length and the
+        -- query's lexemes it holds (marked and filtered in C, as m's candidates); ge: each
+        -- lexeme's rows in it, scaled to the table (NULL: none in the sample; ordered first).
+        RETURN ARRAY[
+            embeddings_internal.bm25_words_sql(t) || format(
+                ', sa AS MATERIALIZED (SELECT pg_catalog.length(d.v)::double precision AS len,'
+                '  pg_catalog.tsvector_to_array(pg_catalog.ts_filter(pg_catalog.setweight(d.v, ''B'', w.lexemes), ''{b}'')) AS held'
+                '  FROM (SELECT %1$s AS v FROM %2$s WHERE %1$s IS NOT NULL AND %3$s IS NOT NULL AND (',
+                fts, embeddings_internal.sampled_sql(t, q), q->>'vector'),
+            format(
+                ') OFFSET 0) d CROSS JOIN w),'
+                ' ge AS MATERIALIZED (SELECT l.lexeme, c.seen * 100 / %1$s AS df FROM w CROSS JOIN pg_catalog.unnest(w.lexemes) AS l(lexeme)'
+                '  LEFT JOIN (SELECT x.lexeme, pg_catalog.count(*)::double precision AS seen FROM sa, pg_catalog.unnest(sa.held) AS x(lexeme)'
+                '   GROUP BY x.lexeme) c ON c.lexeme OPERATOR(pg_catalog.=) l.lexeme),',
+                embeddings_internal.bm25_sample_percent_sql(t)) || ja];
+    END IF;
     RETURN ARRAY[
         embeddings_internal.bm25_words_sql(t) || format(
             ', g AS MATERIALIZED (SELECT l.lexeme, (SELECT pg_catalog.count(*) FROM %1$s'
@@ -137,12 +211,13 @@ END
 $$;
 
 -- The BM25 ranking's part after its candidates (m): h, each candidate's lexemes with tf; k,
--- how many candidates hold each; o, with `prune` the rows left out, for avglen: their number
--- (at most: for each lexeme left out, its df less the candidates holding it, summed) and the
--- mean length of the first 1,000 of them (in two parts around the filter's condition), else
--- NULLs. The candidates alone can be far from the mean (the few documents of a rare word: a
--- title's). `q` and `fts` as bm25_sought_sql()'s.
-CREATE FUNCTION embeddings_internal.bm25_left_out_sql(t embeddings.targets, prune boolean, q jsonb, fts text) RETURNS text[]
+-- how many candidates hold each; o, where lexemes are left out the rows holding only those,
+-- for avglen: their number and mean length. With `mode` 'pruned' their number at most (for
+-- each lexeme left out, its df less the candidates holding it, summed) and the mean length of
+-- the first 1,000 of them (in two parts around the filter's condition); with 'sampled' both
+-- from the sample (sa), scaled; with 'plain' NULLs. The candidates alone can be far from the
+-- mean (the few documents of a rare word: a title's). `q` and `fts` as bm25_sought_sql()'s.
+CREATE FUNCTION embeddings_internal.bm25_left_out_sql(t embeddings.targets, mode text, q jsonb, fts text) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fields boolean := t.fts_title_weight IS NOT NULL AND NOT embeddings_internal.store_has_chunks(t);
@@ -159,8 +234,15 @@ DECLARE
                          t.fts_title_weight - 1)
              ELSE 'pg_catalog.cardinality((y.x).positions)::double precision' END);
 BEGIN
-    IF NOT prune THEN  -- nothing left out
+    IF mode = 'plain' THEN  -- nothing left out
         RETURN ARRAY[hk || ' o AS (SELECT NULL::double precision AS rows, NULL::double precision AS len),'];
+    ELSIF mode = 'sampled' THEN
+        RETURN ARRAY[hk || format(
+            ' o AS MATERIALIZED (SELECT pg_catalog.count(*)::double precision * 100 / %s AS rows, pg_catalog.avg(sa.len) AS len'
+            '  FROM sa, (SELECT pg_catalog.array_agg(j.lexeme) FILTER (WHERE NOT j.sought) AS left_out,'
+            '   pg_catalog.array_agg(j.lexeme) FILTER (WHERE j.sought) AS sought FROM j) x'
+            '  WHERE sa.held OPERATOR(pg_catalog.&&) x.left_out AND NOT sa.held OPERATOR(pg_catalog.&&) x.sought),',
+            embeddings_internal.bm25_sample_percent_sql(t))];
     END IF;
     RETURN ARRAY[
         hk || format(
@@ -184,11 +266,12 @@ $$;
 -- raise its best to 1. A row's fields that are NULL for every row of its store kind (a chunk's
 -- place, the content of a target with a content function) are left out: each field of each
 -- of up to `depth` rows is JSON that hybrid_search() reads back, where a missing field reads
--- as NULL. $1 the query text, $2 the filter, $3 the depth. With `prune` the statement for
+-- as NULL. $1 the query text, $2 the filter, $3 the depth. `mode` 'pruned': the statement for
 -- tables of embeddings.bm25_prune_rows rows or more, in four parts around the filter's
--- condition, which the counts of df, the candidates and the rows left out each apply; without,
--- the one for smaller tables, in two (embeddings_internal.ranking_code() makes the target's
--- embeddings_<id>_bm25_ranking() of both).
+-- condition, which the counts of df, the candidates and the rows left out each apply;
+-- 'sampled', the one from embeddings.bm25_sample_rows, in three (the sample, the candidates);
+-- 'plain', the one for smaller tables, in two (embeddings_internal.ranking_code() makes the
+-- target's embeddings_<id>_bm25_ranking() of the three).
 --
 -- For a target that is not chunked, each row also tells whether the document holds every word
 -- (`every`): whether it matches the every-word query (fts_ranking_sql()'s), true for none when
@@ -207,7 +290,7 @@ $$;
 -- tsvector read once (d, a subquery scan rather than a lateral subquery per candidate), its
 -- hits unnested once (in a target list: no function scan per candidate), the idf computed once
 -- per lexeme, and a row's key carried along with its score rather than joined back.
-CREATE FUNCTION embeddings_internal.bm25_ranking_sql(t embeddings.targets, prune boolean) RETURNS text[]
+CREATE FUNCTION embeddings_internal.bm25_ranking_sql(t embeddings.targets, mode text) RETURNS text[]
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     q jsonb := embeddings_internal.search_sql(t);
@@ -227,7 +310,7 @@ DECLARE
 BEGIN
     RETURN embeddings_internal.glued(embeddings_internal.glued(embeddings_internal.glued(
         -- w, g, j and a
-        embeddings_internal.bm25_sought_sql(t, prune, q, fts),
+        embeddings_internal.bm25_sought_sql(t, mode, q, fts),
         -- m: the candidates, each with its length, the query's lexemes it holds (the others
         -- filtered out in C: setweight() marks the query's, ts_filter() keeps the marked) and
         -- whether it matches the every-word query. The tsvector is read (detoasted) once, in
@@ -256,9 +339,9 @@ BEGIN
                  ELSE format('pg_catalog.setweight(%s, ''A'', w.lexemes)', fts) END,
             q->>'from', fts, q->>'vector'), ') OFFSET 0) d CROSS JOIN w),']),
         -- h, k and o
-        embeddings_internal.bm25_left_out_sql(t, prune, q, fts)),
+        embeddings_internal.bm25_left_out_sql(t, mode, q, fts)),
         -- n: N, avglen and how many documents hold every word; f: each lexeme's idf from its
-        -- df (counted, or below embeddings.bm25_prune_rows the candidates holding it), NULL
+        -- df (counted or estimated where given, else the candidates holding it), NULL
         -- where no row holds it (not filtered out: the planner would expect a few rows of f,
         -- and then group b's by sorting, a seventh slower on NFCorpus); b: the scores; z: the
         -- sum of the idf of the query's lexemes any row holds (text_score's divisor, below).

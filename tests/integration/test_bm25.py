@@ -3,7 +3,9 @@ ranks as the BM25 written out here from the same statistics (df and mean length 
 the search may return, N from pg_class.reltuples), for every store kind, before the first
 ANALYZE, under a filter and for a role whose row-level security hides pg_stats from it; and,
 from embeddings.bm25_prune_rows rows, with the question's common words left out of its
-candidates (their df counted apart, the rows left out counted in the mean length)."""
+candidates (their df counted apart, the rows left out counted in the mean length), and from
+embeddings.bm25_sample_rows with the df estimated from a sample of the pages and the rarer words'
+rows within a budget."""
 
 from __future__ import annotations
 
@@ -82,6 +84,8 @@ class Reference:
         where: str = "true",
         depth: int = 100,
         prune_rows: float = 10_000,
+        sample_rows: float = 200_000,
+        budget: float = 10_000,
     ) -> Reference:
         wanted = lexemes(conn, query)
         docs: dict[Any, tuple[int, dict[str, int]]] = {}
@@ -101,20 +105,35 @@ class Reference:
                 df[w] = df.get(w, 0) + 1
         # The lexemes sought: from embeddings.bm25_prune_rows rows (ANALYZE's estimate) those a
         # tenth of N or fewer hold, or while the rarer ones' rows (their df summed) are fewer
-        # than the depth; below it, all. The candidates hold one of them.
+        # than the depth; below it, all. From embeddings.bm25_sample_rows also only while the
+        # rarer ones' rows with their own are within the budget (embeddings.bm25_candidate_rows;
+        # df from a sample of the pages: here, tables under 10,000 rows, all of them). The
+        # candidates hold one of them.
+        sampled = max(rows, 0) >= sample_rows
         n = max(rows, max(df.values(), default=0))
         sought, rarer = set(), 0.0
         for w in sorted(df, key=lambda w: (df[w], w)):
-            if max(rows, 0) < prune_rows or rarer < depth or df[w] * 10 <= n:
+            within = not sampled or rarer + df[w] <= budget
+            if (
+                (not sampled and max(rows, 0) < prune_rows)
+                or rarer < depth
+                or (df[w] * 10 <= n and within)
+            ):
                 sought.add(w)
             rarer += df[w]
         candidates = {key: doc for key, doc in held.items() if sought & doc[1].keys()}
         n = max(n, len(candidates))
-        # The mean length: the candidates', with the rows left out counted in at most their
-        # number (each lexeme left out: its df less the candidates holding it) at their mean.
+        # The mean length: the candidates', with the rows left out counted in at their mean:
+        # at most their number (each lexeme left out: its df less the candidates holding it),
+        # or sampled, their number (in the sample, scaled: here all of them).
         outside = [length for key, (length, _) in held.items() if key not in candidates]
-        weight = sum(
-            df[w] - sum(1 for _, tfs in candidates.values() if w in tfs) for w in df.keys() - sought
+        weight = (
+            len(outside)
+            if sampled
+            else sum(
+                df[w] - sum(1 for _, tfs in candidates.values() if w in tfs)
+                for w in df.keys() - sought
+            )
         )
         total, count = float(sum(length for length, _ in candidates.values())), len(candidates)
         if outside:
@@ -202,17 +221,23 @@ class Items:
         return self.reference(query, where=where, depth=depth).scores
 
     def reference(self, query: str, *, where: str = "true", depth: int = 100) -> Reference:
-        """The reference by document (with embeddings.bm25_prune_rows as the session has it):
+        """The reference by document (with the embeddings.bm25_* settings as the session has them):
         a chunked target's scores by its best chunk, and the documents one of whose chunks
         holds every lexeme."""
-        row = self.conn.execute("SELECT current_setting('embeddings.bm25_prune_rows', true)")
-        setting = (row.fetchone() or (None,))[0]
+        settings = self.conn.execute(
+            "SELECT current_setting('embeddings.bm25_prune_rows', true),"
+            " current_setting('embeddings.bm25_sample_rows', true),"
+            " current_setting('embeddings.bm25_candidate_rows', true)"
+        ).fetchone()
+        prune_rows, sample_rows, budget = settings or (None, None, None)
         of = functools.partial(
             Reference.of,
             rows=self.rows(),
             where=where,
             depth=depth,
-            prune_rows=float(setting or 10_000),
+            prune_rows=float(prune_rows or 10_000),
+            sample_rows=float(sample_rows or 200_000),
+            budget=float(budget or 10_000),
         )
         fts = "fts" if self.store == "chunks" else "embedding_fts"
         if self.store == "row":
@@ -332,12 +357,95 @@ def test_a_shallow_ranking_under_a_filter_counts_its_rows_only(items: Items) -> 
     items.check(found, expected, depth=1)
 
 
-def test_a_role_that_cannot_read_pg_stats_ranks_what_it_may_see(items: Items, role: str) -> None:
+def test_a_sampled_ranking_where_the_sample_is_the_whole_table(items: Items) -> None:
+    """From embeddings.bm25_sample_rows the words' df come from a sample of the store's pages:
+    under 10,000 rows all of them, so the df are exact and the ranking the reference's, the rows
+    left out now counted in the mean length by their number (not at most: a row holding two
+    words left out once), with a filter (three parts, through EXECUTE) and without."""
+    items.analyze()
+    items.conn.execute("SET embeddings.bm25_prune_rows = 0")
+    counted = items.scores(SHALLOW, depth=2)
+    items.conn.execute("SET embeddings.bm25_sample_rows = 0")
+    sampled = items.scores(SHALLOW, depth=2)
+    assert sampled.keys() == counted.keys() and sampled != counted  # another mean length
+    items.check(items.text_ranking(SHALLOW, depth=2), sampled, depth=2)
+    expected = items.scores(SHALLOW, where="r.tenant = 1", depth=1)
+    found = items.text_ranking(SHALLOW, {"tenant": 1}, depth=1)
+    assert found and all(key % 2 == 1 for key in found)
+    items.check(found, expected, depth=1)
+
+
+def test_a_sampled_ranking_scores_the_rarer_words_within_the_budget(items: Items) -> None:
+    """On a sampled table the rarer words are sought only while their rows sum to at most
+    embeddings.bm25_candidate_rows: `brown` and `byte` (one document each, a tenth of the rows
+    or fewer) are both sought under the default budget, and byte's document (the word twice)
+    ranks first; under a budget of one row `brown` alone is (the first of the rarest, always
+    sought: the depth's rows), and its document is the ranking."""
+    items.analyze()
+    query = "brown byte"
+    items.conn.execute("SET embeddings.bm25_sample_rows = 0")
+    unbounded = items.scores(query, depth=1)
+    assert ranked(unbounded) == [10, 5]
+    items.check(items.text_ranking(query, depth=1), unbounded, depth=1)
+    items.conn.execute("SET embeddings.bm25_candidate_rows = 1")
+    budgeted = items.scores(query, depth=1)
+    assert budgeted.keys() == {5}
+    items.check(items.text_ranking(query, depth=1), budgeted, depth=1)
+
+
+def test_a_sample_of_a_large_table_estimates_df_alike_on_every_call(conn: Conn) -> None:
+    """On 40,000 rows a quarter of the pages is sampled (about 10,000 rows): the df of the
+    words held by a quarter and by all of the rows are scaled from it, so the scores are the
+    counted statement's within the sample's error (page by page: up to about a tenth in a
+    word's df), the order the same, and a question asked twice ranks alike (the same pages)."""
+    conn.execute("CREATE TABLE big (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('big', 'body', model => %s, fts => 'english')", (MODEL,))
+    conn.execute(
+        "INSERT INTO big SELECT g, CASE WHEN g % 5000 = 0 THEN 'rare ' ELSE '' END"
+        " || CASE WHEN g % 4 = 0 THEN 'middle ' ELSE '' END || 'common words'"
+        " FROM generate_series(1, 40000) g"
+    )
+    vector = text(unit(np.random.default_rng(7).standard_normal(DIMS)))
+    conn.execute(
+        "UPDATE big SET embedding = %s, embedding_fts = to_tsvector('english', body)", (vector,)
+    )
+    conn.execute("ANALYZE big")
+    ranking = (
+        f"SELECT embeddings.embeddings_{find_target(conn, 'big').id}_bm25_ranking(%s, NULL, 20)"
+    )
+    query = "rare middle common"
+
+    def ranked_now() -> dict[Any, float]:
+        row = conn.execute(ranking, (query,)).fetchone()
+        assert row is not None
+        return {r["key"]: r["text_rank"] for r in row[0]}
+
+    conn.execute("SET embeddings.bm25_prune_rows = 0")
+    counted = ranked_now()
+    conn.execute("SET embeddings.bm25_sample_rows = 0")
+    sampled = ranked_now()
+    assert list(sampled) == list(counted) and len(counted) == 20
+    assert [key % 5000 for key in list(counted)[:8]] == [0] * 8  # the rare word's rows first
+    for key, score in counted.items():
+        assert sampled[key] == pytest.approx(score, rel=0.1), key
+    assert ranked_now() == sampled
+
+
+@pytest.mark.parametrize("sampled", [False, True], ids=["counted", "sampled"])
+def test_a_role_that_cannot_read_pg_stats_ranks_what_it_may_see(
+    items: Items, role: str, sampled: bool
+) -> None:
     """Row-level security on the table: pg_stats shows the role nothing of it (nor of the side
     or chunk table, whose policy follows the table's), and the ranking is BM25 over the rows
-    the role sees, N still the table's estimate (pg_class, which anyone reads)."""
+    the role sees, N still the table's estimate (pg_class, which anyone reads). Sampled (at
+    depth 2, words left out), the sample holds the role's rows only: their df and mean length
+    the role's."""
     conn = items.conn
     items.analyze()
+    query, depth = QUERY, 100
+    if sampled:
+        conn.execute("SET embeddings.bm25_sample_rows = 0")
+        query, depth = SHALLOW, 2
     conn.execute(f"GRANT SELECT ON items, {items.store_table} TO {role}")
     conn.execute("ALTER TABLE items ENABLE ROW LEVEL SECURITY")
     conn.execute(f"CREATE POLICY odd ON items FOR SELECT TO {role} USING (tenant = 1)")
@@ -348,12 +456,12 @@ def test_a_role_that_cannot_read_pg_stats_ranks_what_it_may_see(items: Items, ro
     conn.execute(f"SET ROLE {role}")
     try:
         assert conn.execute(stats, (items.store_table,)).fetchone() == (0,)
-        expected = items.scores(QUERY)  # as the role: its rows only
-        found = items.text_ranking(QUERY)
+        expected = items.scores(query, depth=depth)  # as the role: its rows only
+        found = items.text_ranking(query, depth=depth)
     finally:
         conn.execute("RESET ROLE")
     assert expected and all(key % 2 == 1 for key in expected)
-    items.check(found, expected)
+    items.check(found, expected, depth=depth)
 
 
 def test_bm25_puts_the_rare_word_above_many_common_ones(conn: Conn) -> None:
