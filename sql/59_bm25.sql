@@ -104,7 +104,6 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT a[1:cardinality(a) - 1] || (a[cardinality(a)] || b[1]) || b[2:cardinality(b)]
 $$;
 
--- The BM25 ranking's lexemes (its first part, before the candidates): w (bm25_words_sql()), g:
 -- On a table of embeddings.bm25_sample_rows rows or more (a setting, default 200,000; the
 -- table's estimate), the most rows of the rarer words the ranking scores: the setting
 -- embeddings.bm25_candidate_rows (default 10,000), as an SQL expression.
@@ -142,8 +141,9 @@ BEGIN
 END
 $$;
 
--- each lexeme's df: with `mode` 'pruned' counted under the search's own conditions (in two parts
--- around the filter's condition); with 'sampled' (sa, ge) estimated from a sample of the
+-- The BM25 ranking's lexemes (its first part, before the candidates): w (bm25_words_sql()), g:
+-- each lexeme's df: with `mode` 'pruned' counted under the search's own conditions (in two
+-- parts around the filter's condition); with 'sampled' (sa, ge) estimated from a sample of the
 -- table's pages (sampled_sql()) for the lexemes it holds, NULL for the others; with 'plain'
 -- NULL. j (but with 'plain'): whether each is sought (above). a: the candidates' query, the
 -- OR of the lexemes sought (or the every-word query where `whole` and a lexeme is left out: a
