@@ -35,10 +35,17 @@ def every(items: Items, question: str, depth: int = 100) -> dict[Any, Any]:
     return {r["key"]: r.get("every", ABSENT) for r in row[0]}
 
 
+@pytest.mark.parametrize("sampled", [False, True], ids=["small", "sampled"])
 @pytest.mark.parametrize("question", ["directory tree", "file", "parse a folder of json", QUERY])
-def test_the_ranking_marks_the_documents_holding_every_word(items: Items, question: str) -> None:
+def test_the_ranking_marks_the_documents_holding_every_word(
+    items: Items, question: str, sampled: bool
+) -> None:
     """Those of at most 10 documents holding every lexeme of the question: the reference's
-    (written out in test_bm25.py); a chunked target's rows leave it to the every-word ranking."""
+    (written out in test_bm25.py), with the table's statement and with the sampled one (as from
+    embeddings.bm25_sample_rows rows); a chunked target's rows leave it to the every-word
+    ranking."""
+    if sampled:
+        items.conn.execute("SET embeddings.bm25_sample_rows = 0")
     found = every(items, question)
     if items.store == "chunks":
         assert set(found.values()) == {ABSENT}
@@ -59,10 +66,17 @@ def test_the_ranking_marks_the_documents_holding_every_word(items: Items, questi
         ("tree OR file", 2),
     ],
 )
-def test_where_it_cannot_tell_every_row_says_so(items: Items, question: str, depth: int) -> None:
+@pytest.mark.parametrize(
+    "setting",
+    ["embeddings.bm25_prune_rows", "embeddings.bm25_sample_rows"],
+    ids=["counted", "sampled"],
+)
+def test_where_it_cannot_tell_every_row_says_so(
+    items: Items, question: str, depth: int, setting: str
+) -> None:
     if items.store == "chunks":
         pytest.skip("a chunked target's rows never tell")
-    items.conn.execute("SET embeddings.bm25_prune_rows = 0")  # common words left out, too
+    items.conn.execute(f"SET {setting} = 0")  # common words left out, too
     assert set(every(items, question, depth).values()) == {None}
 
 
