@@ -243,6 +243,14 @@ def _sql_search(ctx: Context) -> None:
         # code, runs in the application's own session here: _http_search() runs it.)
         f"SELECT * FROM embeddings.hybrid_search('docs_side', 'a document of', {vector}, 3,"
         " text_match => 'any')",
+        # The same through the ranking's statements for large tables (sql/58_search.sql's
+        # ranking_code()): the common words counted, then the df sampled (TABLESAMPLE).
+        "SET embeddings.bm25_prune_rows = 0",
+        f"SELECT * FROM embeddings.hybrid_search('docs_side', 'a document of', {vector}, 3,"
+        " text_match => 'any')",
+        "SET embeddings.bm25_sample_rows = 0",
+        f"SELECT * FROM embeddings.hybrid_search('docs_side', 'a document of', {vector}, 3,"
+        " text_match => 'any')",
     )
 
 
