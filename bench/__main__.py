@@ -13,6 +13,10 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
     python -m bench --only status [--scale-rows N]    status and /metrics at 10M (bench/status.py)
     python -m bench --only bigwatch [--scale-rows N]  watch() on 1M and 10M rows (bench/bigwatch.py)
     python -m bench --only verify [--scale-rows N]    the verifying sweep at 1M (bench/verify.py)
+    python -m bench --only retrieval [--scale-rows N] each search path's recall and latency at
+                                                      100k rows, and BM25's two statements for
+                                                      large tables paired (bench/retrieval.py;
+                                                      1M rows: 45 minutes)
     python -m bench --only upgrade [--scale-rows N] [--quick]
                                                       today's `migrate` under a running 0.2.0
                                                       with a 10M-row watched table (--quick:

@@ -18,6 +18,8 @@ Texts: the docstrings, cycled (for the full-text side of hybrid search). Paths, 
   ranked, so its cost does not grow with the rows holding a common one;
 - `search_ef<N>` / `hnsw_ef<N>`: search() and the plain HNSW scan with hnsw.ef_search = N
   (EF_SEARCH), the recall each buys and what it costs: what search()'s default is chosen from.
+And hybrid search's BM25 ranking alone, its counted and its sampled statement paired on the
+plain table (bench/bm25_statements.py): what embeddings.bm25_sample_rows is chosen from.
 
 Not part of the default `make bench`: `python -m bench --only retrieval [--scale-rows N]`.
 """
@@ -32,7 +34,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from bench import corpus
+from bench import bm25_statements, corpus
 from bench.hnsw import gaussian_like, real_embeddings
 
 DIMS = 384
@@ -70,7 +72,9 @@ def _summary(times: list[float], recalls: list[float] | None) -> dict[str, Any]:
     return out
 
 
-def run(dsn: str, model_dir: Path, *, rows: int = 100_000, queries: int = 100) -> dict[str, Any]:
+def run(
+    dsn: str, model_dir: Path, *, rows: int = 100_000, queries: int = 100, rounds: int = 2
+) -> dict[str, Any]:
     real = real_embeddings(model_dir, 1000)
     vectors = gaussian_like(real, rows, seed=21)
     asked = gaussian_like(real, queries, seed=22)
@@ -197,6 +201,7 @@ def run(dsn: str, model_dir: Path, *, rows: int = 100_000, queries: int = 100) -
                 paths[name][0].append(ms)
         for name in ("exact", "exact_filtered", "chunks_exact"):
             paths[name] = (paths[name][0], None)
+        statements = bm25_statements.run(conn, "plain", texts, rounds=rounds)
         sizes = conn.execute(
             "SELECT pg_size_pretty(pg_total_relation_size('plain')),"
             " pg_size_pretty(pg_total_relation_size('docs_chunks'))"
@@ -215,4 +220,5 @@ def run(dsn: str, model_dir: Path, *, rows: int = 100_000, queries: int = 100) -
         "enable_fts_s": round(fts_s, 1),
         "sizes": sizes,
         "paths": {name: _summary(t, r) for name, (t, r) in paths.items()},
+        "bm25_statements": statements,
     }

@@ -228,6 +228,7 @@ SECTIONS = (
             SHARED_MODELS / "all-MiniLM-L6-v2",
             rows=r.args.scale_rows or 100_000,
             queries=50 if r.quick else 100,
+            rounds=1 if r.quick else 2,
         ),
         # One file per scale (docs/performance.md compares 100k and 1M rows).
         results=lambda r: f"retrieval-{r.args.scale_rows or 100_000}",
