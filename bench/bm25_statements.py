@@ -3,12 +3,14 @@ the counted one (each word's df counted before the words sought are chosen) and 
 (df estimated from a sample of the table's pages, the candidates budgeted), both in the
 generated `embeddings_<id>_bm25_ranking()` (sql/59_bm25.sql), which picks one by the table's
 estimate. Here each question is ranked by both, the statement chosen by setting
-embeddings.bm25_sample_rows above or below the table, in alternating order (neither always
-finds the pages the other read), best of the rounds per question: p50 / p95 / mean ms each, and
-how often the two rankings agree (the same keys in the same order to `depth`; the top 10s'
-overlap), and where they do not, each ranking's first document: the texts are cycled (a table
-of 1,000,000 rows holds each docstring about 125 times, so a ranking to depth 100 is the copies
-of one or two docstrings), and two docstrings near a tie that trade places trade every key.
+embeddings.bm25_sample_rows above or below the table (the counted one from
+embeddings.bm25_prune_rows rows, 10,000: below, the plain one stands in), in alternating
+order (neither always finds the pages the other read), best of the rounds per question: p50 /
+p95 / mean ms each, and how often the two rankings agree (the same keys in the same order to
+`depth`; the top 10s' overlap), and where they do not, each ranking's first document: the
+texts are cycled (a table of 1,000,000 rows holds each docstring about 125 times, so a ranking
+to depth 100 is the copies of one or two docstrings), and two docstrings near a tie that trade
+places trade every key.
 
 Questions: a docstring's first 3 words and another's first 8 (the texts are the docstrings,
 cycled), and the 3-word ones under a filter one row in 100 passes (`tenant`, no index on it).
@@ -67,7 +69,7 @@ def _differing(
     """The questions the two rank apart, each with both rankings' first document and its
     score, and the counted score of the sampled ranking's first text where the counted ranking
     holds it: texts cycled through a table tie or nearly tie, and a copy of one text against a
-    copy of another is a different key, not a worse answer."""
+    copy of another is a different key, by itself no worse an answer (the scores say)."""
     out = []
     for question, a, b in zip(asked, counted, sampled, strict=True):
         if [row["key"] for row in a] == [row["key"] for row in b]:
@@ -97,6 +99,8 @@ def run(
     (target,) = conn.execute(
         "SELECT id FROM embeddings.targets WHERE source = %s::regclass", (table,)
     ).fetchone() or (None,)
+    if target is None:
+        raise ValueError(f"{table} is not watched: it has no BM25 ranking to time")
     ranking = sql.SQL("SELECT embeddings.{}(%s, %s::jsonb, %s)").format(
         sql.Identifier(f"embeddings_{target}_bm25_ranking")
     )
