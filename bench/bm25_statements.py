@@ -63,6 +63,11 @@ def _agreement(counted: list[list[Any]], sampled: list[list[Any]]) -> dict[str, 
     }
 
 
+def _first(rows: list[dict[str, Any]]) -> list[Any] | None:
+    """A ranking's first document, its text cut short, and its score."""
+    return [rows[0].get("content", "")[:60], round(rows[0]["text_score"], 4)] if rows else None
+
+
 def _differing(
     asked: list[str], counted: list[list[dict[str, Any]]], sampled: list[list[dict[str, Any]]]
 ) -> list[dict[str, Any]]:
@@ -74,19 +79,16 @@ def _differing(
     for question, a, b in zip(asked, counted, sampled, strict=True):
         if [row["key"] for row in a] == [row["key"] for row in b]:
             continue
-        counted_scores = {row.get("content"): row["text_score"] for row in reversed(a)}
-        first = {
-            mode: [row.get("content", "")[:60], round(row["text_score"], 4)] if row else None
-            for mode, row in (("counted", a[0] if a else None), ("sampled", b[0] if b else None))
-        }
-        sampled_first_counted = counted_scores.get(b[0].get("content")) if b else None
+        its_counted = next(
+            (row["text_score"] for row in a if b and row.get("content") == b[0].get("content")),
+            None,
+        )
         out.append(
             {
                 "question": question,
-                **{f"{mode}_first": value for mode, value in first.items()},
-                "its_counted_score": None
-                if sampled_first_counted is None
-                else round(sampled_first_counted, 4),
+                "counted_first": _first(a),
+                "sampled_first": _first(b),
+                "its_counted_score": None if its_counted is None else round(its_counted, 4),
             }
         )
     return out
