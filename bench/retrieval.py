@@ -15,7 +15,8 @@ Texts: the docstrings, cycled (for the full-text side of hybrid search). Paths, 
 - `chunks`: a chunked target, 10 chunks per document: search() (documents by their best
   chunk) against the exact per-document answer (questions of its own; `_warm` as above);
 - `hybrid`: hybrid_search() as shipped, any word of the question ranked by BM25 (latency
-  only: its quality is bench/quality's and the BEIR bench's);
+  only: its quality is bench/quality's and the BEIR bench's; its vector side asked after the
+  paths above, so warm: its cost is the full-text ranking's);
 - `hybrid_every_word`: hybrid_search(text_match => 'all'): only rows holding every word are
   ranked, so its cost does not grow with the rows holding a common one;
 - `search_ef<N>` / `hnsw_ef<N>`: search() and the plain HNSW scan with hnsw.ef_search = N
