@@ -683,6 +683,21 @@ CROSS JOIN LATERAL (VALUES (t.source), (t.store_table)) AS r(rel)
 WHERE NOT pg_catalog.has_any_column_privilege(%(role)s, r.rel, 'SELECT')
 ORDER BY 1;
 
+-- name: search_index_sizes
+-- The HNSW indexes a search walks (on each target's vector table, its partitions' included),
+-- each with its size in bytes, largest first, and the server's shared_buffers in bytes.
+SELECT DISTINCT c.oid::pg_catalog.regclass::text, pg_catalog.pg_relation_size(c.oid),
+       (SELECT s.setting::bigint * pg_catalog.current_setting('block_size')::bigint
+        FROM pg_catalog.pg_settings s WHERE s.name = 'shared_buffers')
+FROM embeddings.targets t
+-- pg_partition_tree() lists nothing for a table neither partitioned nor a partition.
+CROSS JOIN LATERAL (SELECT t.store_table::oid AS relid
+                    UNION SELECT relid FROM pg_catalog.pg_partition_tree(t.store_table)) p
+JOIN pg_catalog.pg_index i ON i.indrelid = p.relid
+JOIN pg_catalog.pg_class c ON c.oid = i.indexrelid AND c.relkind = 'i'  -- a partitioned one holds none
+JOIN pg_catalog.pg_am am ON am.oid = c.relam AND am.amname = 'hnsw'
+ORDER BY 2 DESC, 1;
+
 -- name: model_dimensions
 -- The dimensions of each model the database knows.
 SELECT name, dimensions FROM embeddings.models;

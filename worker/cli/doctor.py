@@ -11,7 +11,7 @@ import os
 import psycopg
 
 from worker import db, exceptions, exits, queries, schema
-from worker.cli import hints, output, remote, search_access, verification
+from worker.cli import hints, output, remote, search_access, search_memory, verification
 from worker.cli.findings import Finding, Level
 from worker.config import Settings
 from worker.models import catalog
@@ -61,6 +61,7 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
         if installed:
             found += _targets(conn, dsn, settings)
             found += search_access.findings(conn, settings)
+            found += search_memory.findings(conn)
         found += _cron(conn)
     return found
 
