@@ -48,7 +48,7 @@ def memory_finding(indexes: list[tuple[str, int]], shared_buffers: int) -> Findi
         "warn",
         CHECK,
         f"{sizes} ({shown}): a new question's search reads the index pages it walks from "
-        "the OS (1.7x to 3.1x the time of one whose pages shared buffers held, measured)",
+        "the OS (1.7x to 3.1x a repeat's time: docs/performance.md#search-paths-at-scale)",
         "raise shared_buffers above the indexes searched (a restart), or pg_prewarm them after "
         "one; see docs/operating.md#searches-are-slow",
     )
