@@ -26,7 +26,7 @@ def findings(conn: db.Connection) -> list[Finding]:
                 return [memory_finding([], 0)]
     except psycopg.errors.LockNotAvailable:
         # An index's size takes a share lock on it: one held exclusively (a REINDEX, or a
-        # tenant's open ALTER INDEX) is waited for no longer than EMBED_LOCK_TIMEOUT_MS.
+        # tenant's open DROP INDEX) is waited for no longer than EMBED_LOCK_TIMEOUT_MS.
         return [Finding("warn", CHECK, "not checked: an HNSW index was locked", "run doctor again")]
     except psycopg.Error:
         return []  # the registry unreadable: the status check said so already
