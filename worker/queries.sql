@@ -687,8 +687,7 @@ ORDER BY 1;
 -- The HNSW indexes a search walks (on each target's vector table, its partitions' included),
 -- each with its size in bytes, largest first, and the server's shared_buffers in bytes.
 SELECT DISTINCT c.oid::pg_catalog.regclass::text, pg_catalog.pg_relation_size(c.oid),
-       (SELECT s.setting::bigint * pg_catalog.current_setting('block_size')::bigint
-        FROM pg_catalog.pg_settings s WHERE s.name = 'shared_buffers')
+       pg_catalog.pg_size_bytes(pg_catalog.current_setting('shared_buffers'))
 FROM embeddings.targets t
 -- pg_partition_tree() lists nothing for a table neither partitioned nor a partition.
 CROSS JOIN LATERAL (SELECT t.store_table::oid AS relid
