@@ -19,3 +19,12 @@ def visible(text: str) -> str:
     """`text` with each character a terminal would act on written as its escape (`\\x1b`,
     `\\n`, `\\u202e`): for a line of human output, which must stay one line, as it reads."""
     return _UNSHOWN.sub(lambda found: ascii(found.group())[1:-1], text)
+
+
+def label(text: str) -> str:
+    """`text` as one label value a terminal shows: visible(), with each backslash of `text`
+    written twice first, so that two names never share a label (a table named `t\\x1b` and one
+    named `t` + ESC would both show as `t\\x1b` through visible() alone: one series for two
+    tables). Names without a backslash or a control character, which alerts are written
+    against, are unchanged."""
+    return visible(text.replace("\\", "\\\\"))

@@ -30,7 +30,7 @@ def test_a_tenants_target_name_in_metrics_is_shown_not_obeyed() -> None:
     metrics.target_stopped(name, "problem", stopped=True)
     exposed = generate_latest(metrics.REGISTRY).decode()
     assert all(line.isprintable() for line in exposed.splitlines())
-    shown = escapes.visible(name).replace("\\", "\\\\")  # the text format's own escape
+    shown = escapes.label(name).replace("\\", "\\\\")  # the text format's own escape
     for series in (
         f'embed_worker_rows_total{{outcome="embedded",target="{shown}"}}',
         f'embed_worker_target_deferred{{target="{shown}"}} 1.0',
@@ -41,3 +41,24 @@ def test_a_tenants_target_name_in_metrics_is_shown_not_obeyed() -> None:
     assert f'embed_worker_target_stopped{{state="problem",target="{shown}"}} 0.0' in (
         generate_latest(metrics.REGISTRY).decode()
     )
+
+
+def test_two_tables_never_share_a_target_label() -> None:
+    """A name holding a backslash is not shown as another name's escape: `t` + ESC and the
+    five characters `t\\x1b` (both legal table names) get a series each."""
+    escaped, literal = "public.t\x1b", "public.t\\x1b"
+    assert escapes.visible(escaped) == escapes.visible(literal)  # shown alike to a human
+    assert escapes.label(escaped) == "public.t\\x1b"
+    assert escapes.label(literal) == "public.t\\\\x1b"
+    assert escapes.label("public.docs") == "public.docs"
+    metrics.count_row(escaped, "written")
+    metrics.count_row(literal, "written")
+    metrics.count_row(literal, "written")
+    counts = {
+        labels["target"]: value
+        for family in metrics.REGISTRY.collect()
+        if family.name == "embed_worker_rows"
+        for name, labels, value, *_ in family.samples
+        if name == "embed_worker_rows_total" and labels["target"].startswith("public.t\\")
+    }
+    assert counts == {"public.t\\x1b": 1.0, "public.t\\\\x1b": 2.0}

@@ -7,7 +7,7 @@ import contextlib
 
 from prometheus_client import Counter, Gauge, Histogram, Info
 
-from worker.escapes import visible
+from worker.escapes import label
 from worker.metrics.registry import REGISTRY, at_zero
 
 # --- enumerated label values ------------------------------------------------------------------
@@ -242,22 +242,23 @@ def row_outcome(state: str) -> str | None:
     return ROW_OUTCOME_OF_STATE[state]  # a KeyError names a new state nobody mapped
 
 
-# A target's label is its name as a terminal shows it: a tenant names the table, and an operator
-# reads /metrics with curl too (the text format escapes only a backslash, a quote and a newline).
-# Names without control characters, which is all an alert is written against, are unchanged.
+# A target's label is its name as a terminal shows it (escapes.label(), one label per name): a
+# tenant names the table, and an operator reads /metrics with curl too (the text format escapes
+# only a backslash, a quote and a newline). Names without control characters or backslashes,
+# which is all an alert is written against, are unchanged.
 def count_row(target: str, state: str) -> None:
     outcome = row_outcome(state)
     if outcome is not None:
-        ROWS.labels(visible(target), outcome).inc()
+        ROWS.labels(label(target), outcome).inc()
 
 
 def target_deferred(target: str, deferred: bool) -> None:
-    TARGET_DEFERRED.labels(visible(target)).set(1 if deferred else 0)
+    TARGET_DEFERRED.labels(label(target)).set(1 if deferred else 0)
 
 
 def target_stopped(target: str, state: str, stopped: bool) -> None:
     """1 while `state` stops `target`; 0 once it cleared, so that the alert resolves."""
-    TARGET_STOPPED.labels(visible(target), state).set(1 if stopped else 0)
+    TARGET_STOPPED.labels(label(target), state).set(1 if stopped else 0)
 
 
 def model_loaded(model: str) -> None:
