@@ -158,7 +158,7 @@ SELECT t.id, n.nspname AS schema, c.relname AS "table", t.embedding_column,
        embeddings_internal.store_has_chunks(t) AS chunked, t.rerank_model, t.rerank_depth,
        t.document_format, t.context_header,
        coalesce(ca.atttypid = 'pg_catalog.bytea'::regtype, false) AS content_bytes,
-       t.source::oid AS source
+       t.source::oid AS source, embeddings_internal.target_name(t) AS qualified_name
 FROM embeddings.targets t
 LEFT JOIN pg_class c ON c.oid = t.source
 LEFT JOIN pg_namespace n ON n.oid = c.relnamespace

@@ -68,6 +68,10 @@ class Target:
     # The table's oid (embeddings.targets.source): a search's ranking names its table by it
     # (worker/retrieval/rankings.py); None for a target not read from the registry.
     source: int | None = None
+    # schema.table.column as embeddings.status shows it (embeddings_internal.target_name(): each
+    # part quoted where SQL would need it); None for a target not read from the registry, or
+    # whose table is gone.
+    qualified_name: str | None = None
 
     @property
     def in_change(self) -> bool:
@@ -79,8 +83,10 @@ class Target:
 
     @property
     def name(self) -> str:
-        """schema.table.column, as embeddings.status shows it."""
-        return f"{self.schema}.{self.table}.{self.embedding_column}"
+        """schema.table.column, as embeddings.status shows it and as logs, errors and metrics'
+        `target` label name it: one name per target (`a."b.c".embedding` and
+        `"a.b".c.embedding` are two tables); `target <id>` once the table is gone."""
+        return self.qualified_name or f"target {self.id}"
 
     def matches_supabase(self, schema: str, table: str, column: str) -> bool:
         return (self.schema, self.table, self.embedding_column) == (schema, table, column)

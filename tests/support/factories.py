@@ -25,6 +25,10 @@ def target(**overrides: Any) -> Target:
         "queue": "embedding_jobs",
     }
     values.update(overrides)
+    # As embeddings_internal.target_name() writes a plain name.
+    values.setdefault(
+        "qualified_name", f"{values['schema']}.{values['table']}.{values['embedding_column']}"
+    )
     return Target(**values)
 
 

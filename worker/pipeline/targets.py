@@ -54,6 +54,7 @@ _AS_READ = (
     "rerank_model",
     "rerank_depth",
     "source",
+    "qualified_name",
 )
 
 
