@@ -10,6 +10,8 @@ from typing import Any
 import numpy as np
 import psycopg
 import pytest
+from psycopg import sql
+from psycopg.types.json import Jsonb
 
 from tests.support import stores
 from tests.support.in_flight import InFlight
@@ -184,6 +186,41 @@ def test_jobs_for_unregistered_targets_are_dead_lettered_and_nothing_runs(
     assert "register it with: SELECT embeddings.watch('public.secrets'" in rows[0][1]
     assert conn.execute("SELECT embedding FROM secrets").fetchone() == (None,)
     assert conn.execute("SELECT count(*) FROM pgmq.a_embedding_jobs").fetchone() == (4,)
+
+
+def test_the_fix_for_an_unregistered_table_watches_that_table_whatever_its_name(
+    conn: Conn, run_once: Callable[..., Worker]
+) -> None:
+    """A Supabase-shaped job names a table the producer (a tenant) named: the watch() its
+    failure tells an operator to run quotes it, so that, run as shown, it registers exactly
+    that table and nothing else runs."""
+    hostile = "Docs', 'body'); DROP TABLE keep; --"
+    conn.execute("CREATE TABLE keep (id int)")
+    conn.execute(
+        sql.SQL(
+            "CREATE TABLE public.{} (id int PRIMARY KEY, body text, embedding halfvec(384))"
+        ).format(sql.Identifier(hostile))
+    )
+    message = {
+        "id": 1,
+        "schema": "public",
+        "table": hostile,
+        "contentFunction": "body",
+        "embeddingColumn": "embedding",
+    }
+    conn.execute("SELECT pgmq.send('embedding_jobs', %s)", (Jsonb(message),))
+    run_once()
+    (error,) = conn.execute("SELECT last_error FROM embeddings.failures").fetchone() or ("",)
+    fix = error.split("register it with: ", 1)[1]
+    assert fix == (
+        "SELECT embeddings.watch('public.\"Docs'', ''body''); DROP TABLE keep; --\"', 'body', "
+        "embedding_column => 'embedding', triggers => false);"
+    )
+    conn.execute(fix)
+    watched = conn.execute("SELECT source::oid FROM embeddings.targets").fetchall()
+    table = sql.Identifier("public", hostile).as_string(conn)
+    assert watched == [(conn.execute("SELECT %s::regclass::oid", (table,)).fetchone() or (0,))]
+    assert conn.execute("SELECT to_regclass('public.keep')").fetchone() == ("keep",)
 
 
 def test_jobs_in_the_supabase_shape_are_processed_for_registered_targets(

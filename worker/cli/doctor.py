@@ -147,7 +147,7 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
                 "FAIL",
                 "status",
                 f"cannot read embeddings.status as {who}: {exc}",
-                f"as the table owner: SELECT embeddings.grant_worker('{who}');",
+                _grant_worker_fix(who),
             )
         )
     dims = dict(
@@ -197,7 +197,7 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
                     "FAIL",
                     f"grants {name}",
                     f"role {who} lacks {', '.join(missing)}",
-                    f"as the table owner: SELECT embeddings.grant_worker('{who}');",
+                    _grant_worker_fix(who),
                 )
             )
     out += _queue(rows, dsn)
@@ -229,7 +229,6 @@ def _default_model(settings: Settings, database_default: str | None) -> Finding:
     if database_default in (None, settings.model):
         also = ", and the database's default too" if database_default else ""
         return Finding("ok", "default model", f"{name} (EMBED_MODEL{also})")
-    quoted = settings.model.replace("'", "''")
     return Finding(
         "warn",
         "default model",
@@ -237,7 +236,7 @@ def _default_model(settings: Settings, database_default: str | None) -> Finding:
         f"named, but the database's default is {database_default} (embeddings.default_model(), "
         "what watch() uses when no model is named)",
         "unset EMBED_MODEL to follow the database, or make the database agree: "
-        f"SELECT embeddings.set_default_model('{quoted}');",
+        f"SELECT embeddings.set_default_model({queries.shown_literal(settings.model)});",
     )
 
 
@@ -372,3 +371,7 @@ def _cron(conn: db.Connection) -> list[Finding]:
             "then `embed-worker migrate`",
         )
     ]
+
+
+def _grant_worker_fix(who: str) -> str:
+    return f"as the table owner: SELECT embeddings.grant_worker({queries.shown_literal(who)});"

@@ -14,12 +14,19 @@ also carries `held`; one re-sent because a lock held its rows up, how often that
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from psycopg import sql
+
+from worker import queries
 from worker.target import Target
+
+# A name that SQL reads as itself unquoted, in a regclass's text (no keyword is special there).
+_PLAIN_NAME = re.compile(r"[a-z_][a-z0-9_]*")
 
 
 @dataclass
@@ -65,10 +72,18 @@ def loads_message(data: str | bytes) -> Any:
     return json.loads(data, parse_float=KeyNumber)
 
 
-def register_hint(schema: str, table: str, content: str, column: str) -> str:
+def watch_statement(schema: str, table: str, content: str, column: str) -> str:
+    """The watch() call that registers a table a Supabase-shaped message names, for an operator
+    to run: the names are a producer's (a tenant's table), so each is quoted as SQL must
+    (`'public."My''Docs"'`) rather than pasted into the statement as they are."""
+    table_name = ".".join(
+        part if _PLAIN_NAME.fullmatch(part) else sql.Identifier(part).as_string(None)
+        for part in (schema, table)
+    )
+    shown = queries.shown_literal
     return (
-        f"register it with: SELECT embeddings.watch('{schema}.{table}', '{content}', "
-        f"embedding_column => '{column}', triggers => false);"
+        f"SELECT embeddings.watch({shown(table_name)}, {shown(content)}, "
+        f"embedding_column => {shown(column)}, triggers => false);"
     )
 
 
@@ -158,9 +173,10 @@ def _parse_supabase(job: Job, message: dict[str, Any], targets: Mapping[int, Tar
     assert isinstance(schema, str) and isinstance(table, str) and isinstance(column, str)
     target = next((t for t in targets.values() if t.matches_supabase(schema, table, column)), None)
     if target is None:
-        job.error = f"{schema}.{table}.{column} is not watched; " + register_hint(
+        statement = watch_statement(
             schema, table, function or "<content column or function>", column
         )
+        job.error = f"{schema}.{table}.{column} is not watched; register it with: {statement}"
         return
     if function is not None and not _same_function(target, function):
         registered = (
@@ -170,8 +186,8 @@ def _parse_supabase(job: Job, message: dict[str, Any], targets: Mapping[int, Tar
         )
         job.error = (
             f"{target.name} is registered with content {registered}, but the job names "
-            f"function {function!r}; re-register with: SELECT embeddings.watch("
-            f"'{schema}.{table}', '{function}', embedding_column => '{column}', triggers => false);"
+            f"function {function!r}; re-register with: "
+            + watch_statement(schema, table, function, column)
         )
         return
     job.target = target

@@ -40,7 +40,7 @@ def find_target(
         raise exceptions.TargetError(f"no table {table!r}")
     found = [row for row in rows if row["id"] is not None]
     if not found:
-        hint = f"SELECT embeddings.watch('{table}', 'content_column');{then}"
+        hint = f"SELECT embeddings.watch({queries.shown_literal(table)}, 'content_column');{then}"
         raise exceptions.TargetError(f"{table} is not watched: {hint}")
     if len(found) > 1:
         raise exceptions.ConfigError(f"{table} has several embedding columns: pass a column")
