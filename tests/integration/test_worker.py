@@ -210,7 +210,10 @@ def test_the_fix_for_an_unregistered_table_watches_that_table_whatever_its_name(
     }
     conn.execute("SELECT pgmq.send('embedding_jobs', %s)", (Jsonb(message),))
     run_once()
-    (error,) = conn.execute("SELECT last_error FROM embeddings.failures").fetchone() or ("",)
+    failure = conn.execute("SELECT target, last_error FROM embeddings.failures").fetchone()
+    assert failure is not None
+    named, error = failure
+    assert named == "public.\"Docs', 'body'); DROP TABLE keep; --\".embedding"
     fix = error.split("register it with: ", 1)[1]
     assert fix == (
         "SELECT embeddings.watch('public.\"Docs'', ''body''); DROP TABLE keep; --\"', 'body', "

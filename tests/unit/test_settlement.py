@@ -85,6 +85,19 @@ def test_unknown_targets_are_dead_lettered_without_running_anything() -> None:
     assert dead.row_key == 5 and "embeddings.watch" in dead.error
 
 
+def test_an_unknown_tables_dead_letter_names_it_quoted_where_sql_must() -> None:
+    """Two tables whose names join alike unquoted (`"a.b".c`, `a."b.c"`) are two labels."""
+    labels = [
+        settlement.settle(batch_with((job(message, T), {})), SETTINGS, NOW).dead[0].target_label
+        for message in (
+            {"id": 1, "schema": "a.b", "table": "c"},
+            {"id": 1, "schema": "a", "table": "b.c"},
+            {"id": 1, "schema": "public", "table": "Docs", "embeddingColumn": "Vec"},
+        )
+    ]
+    assert labels == ['"a.b".c.embedding', 'a."b.c".embedding', 'public."Docs"."Vec"']
+
+
 def test_jobs_of_a_deferred_target_are_deferred() -> None:
     j = job({"target": 1, "keys": [1]}, T)
     batch = batch_with((j, {}))

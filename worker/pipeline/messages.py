@@ -72,17 +72,22 @@ def loads_message(data: str | bytes) -> Any:
     return json.loads(data, parse_float=KeyNumber)
 
 
+def qualified_name(*parts: str) -> str:
+    """Names a Supabase-shaped message carries, dotted, each quoted where SQL would need it
+    (`public."My Docs"`): one name per table, as a target's name is (Target.name)."""
+    return ".".join(
+        part if _PLAIN_NAME.fullmatch(part) else sql.Identifier(part).as_string(None)
+        for part in parts
+    )
+
+
 def watch_statement(schema: str, table: str, content: str, column: str) -> str:
     """The watch() call that registers a table a Supabase-shaped message names, for an operator
     to run: the names are a producer's (a tenant's table), so each is quoted as SQL must
     (`'public."My''Docs"'`) rather than pasted into the statement as they are."""
-    table_name = ".".join(
-        part if _PLAIN_NAME.fullmatch(part) else sql.Identifier(part).as_string(None)
-        for part in (schema, table)
-    )
     shown = queries.shown_literal
     return (
-        f"SELECT embeddings.watch({shown(table_name)}, {shown(content)}, "
+        f"SELECT embeddings.watch({shown(qualified_name(schema, table))}, {shown(content)}, "
         f"embedding_column => {shown(column)}, triggers => false);"
     )
 
@@ -176,7 +181,8 @@ def _parse_supabase(job: Job, message: dict[str, Any], targets: Mapping[int, Tar
         statement = watch_statement(
             schema, table, function or "<content column or function>", column
         )
-        job.error = f"{schema}.{table}.{column} is not watched; register it with: {statement}"
+        named = qualified_name(schema, table, column)
+        job.error = f"{named} is not watched; register it with: {statement}"
         return
     if function is not None and not _same_function(target, function):
         registered = (

@@ -203,11 +203,11 @@ def _resend_postponed(
 
 
 def _label(job: messages.Job) -> str:
+    """The `target` of a job whose target is unknown: what its message names."""
     message = job.message if isinstance(job.message, dict) else {}
-    if "schema" in message and "table" in message:
-        return (
-            f"{message['schema']}.{message['table']}.{message.get('embeddingColumn', 'embedding')}"
-        )
+    parts = (message.get("schema"), message.get("table"), message.get("embeddingColumn"))
+    if all(isinstance(part, str) for part in parts[:2]):
+        return messages.qualified_name(*(str(part or "embedding") for part in parts))
     if "target" in message:
         return f"target {message['target']}"
     return "unknown"
