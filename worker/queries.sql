@@ -685,8 +685,11 @@ ORDER BY 1;
 
 -- name: search_index_sizes
 -- The HNSW indexes a search walks (on each target's vector table, its partitions' included),
--- each with its size in bytes, largest first, and the server's shared_buffers in bytes.
+-- each with its size in bytes, largest first, the index scans it served since the statistics
+-- were last reset (0: no search walked it; a table under exact_search_rows is scanned instead),
+-- and the server's shared_buffers in bytes.
 SELECT DISTINCT c.oid::pg_catalog.regclass::text, pg_catalog.pg_relation_size(c.oid),
+       pg_catalog.pg_stat_get_numscans(c.oid),
        pg_catalog.pg_size_bytes(pg_catalog.current_setting('shared_buffers'))
 FROM embeddings.targets t
 -- pg_partition_tree() lists nothing for a table neither partitioned nor a partition.

@@ -9,6 +9,7 @@ from typing import Any
 
 import psycopg
 
+from tests.support.fetch import wait_for_row
 from tests.support.process import run_cli
 from worker import db
 from worker.cli import search_memory
@@ -57,8 +58,8 @@ def test_doctor_counts_the_hnsw_indexes_of_every_target_against_shared_buffers(
     (shared_buffers,) = conn.execute(
         "SELECT pg_size_bytes(current_setting('shared_buffers'))"
     ).fetchone() or (0,)
-    assert found == search_memory.memory_finding(
-        [("total", hnsw_bytes(conn, walked))], int(shared_buffers)
+    assert found == search_memory.memory_finding(  # none searched yet: all of them count
+        [("total", hnsw_bytes(conn, walked), 0)], int(shared_buffers)
     )
     out = run_cli("doctor", "--database-url", dsn).stdout
     assert re.search(
@@ -67,6 +68,22 @@ def test_doctor_counts_the_hnsw_indexes_of_every_target_against_shared_buffers(
         out,
         re.MULTILINE,
     ), out
+
+    # A search walks notes' index (the others' tables are searched exactly, or not at all):
+    # only it needs shared buffers now.
+    conn.execute("SELECT pg_stat_force_next_flush()")
+    conn.execute(
+        "SET enable_seqscan = off; SELECT id FROM notes"
+        " ORDER BY embedding <=> (SELECT embedding FROM notes WHERE id = 1) LIMIT 1"
+    )
+    conn.execute("RESET enable_seqscan")
+    searched = "SELECT pg_stat_get_numscans('notes_embedding_idx'::regclass) > 0"
+    wait_for_row(conn, searched, (True,), 10, "notes' index scan counted")
+    (found,) = search_memory.findings(conn)
+    assert found == search_memory.memory_finding(
+        [("notes", hnsw_bytes(conn, ("notes",)), 1), *[("other", 0, 0)] * 3], int(shared_buffers)
+    )
+    assert "searched (3 more never searched, not counted)" in found.detail
 
 
 def test_an_index_held_locked_is_waited_for_within_the_lock_timeout(

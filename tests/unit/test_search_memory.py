@@ -9,7 +9,7 @@ MB = 1024 * 1024
 
 
 def test_indexes_shared_buffers_can_hold_are_ok() -> None:
-    found = memory_finding([("public.notes_embedding_idx", 112 * MB)], 128 * MB)
+    found = memory_finding([("public.notes_embedding_idx", 112 * MB, 5)], 128 * MB)
     assert (found.level, found.check, found.fix) == ("ok", "search memory", "")
     assert found.detail == (
         "112 MB of HNSW indexes, shared_buffers 128 MB: shared buffers can hold them"
@@ -23,7 +23,8 @@ def test_no_index_is_ok_and_says_so() -> None:
 
 def test_indexes_beyond_shared_buffers_warn_naming_the_largest_and_the_fix() -> None:
     indexes = [
-        (f"public.t{n}_embedding_idx", size * MB) for n, size in enumerate((900, 300, 100, 60, 1))
+        (f"public.t{n}_embedding_idx", size * MB, 1)
+        for n, size in enumerate((900, 300, 100, 60, 1))
     ]
     found = memory_finding(indexes, 1024 * MB)
     assert found.level == "warn"
@@ -37,5 +38,27 @@ def test_indexes_beyond_shared_buffers_warn_naming_the_largest_and_the_fix() -> 
 
 
 def test_small_indexes_are_counted_in_kilobytes() -> None:
-    found = memory_finding([("public.a_idx", 16 * 1024), ("public.b_idx", 40 * 1024)], 128 * MB)
+    found = memory_finding(
+        [("public.a_idx", 16 * 1024, 0), ("public.b_idx", 40 * 1024, 0)], 128 * MB
+    )
     assert found.detail.startswith("56 kB of HNSW indexes, shared_buffers 128 MB")
+
+
+def test_only_searched_indexes_need_shared_buffers() -> None:
+    """An index no search walked (its table searched exactly, or not at all) is not counted
+    once another was searched; while none was (statistics just reset), all count."""
+    indexes = [("public.big_idx", 900 * MB, 0), ("public.used_idx", 100 * MB, 12)]
+    found = memory_finding(indexes, 128 * MB)
+    assert (found.level, found.detail) == (
+        "ok",
+        "100 MB of HNSW indexes searched (1 more never searched, not counted), shared_buffers"
+        " 128 MB: shared buffers can hold them",
+    )
+    found = memory_finding(
+        [("public.big_idx", 900 * MB, 0), ("public.used_idx", 100 * MB, 0)], 128 * MB
+    )
+    assert found.level == "warn" and found.detail.startswith("1,000 MB of HNSW indexes, shared")
+    found = memory_finding(
+        [("public.big_idx", 900 * MB, 3), ("public.used_idx", 100 * MB, 0)], 128 * MB
+    )
+    assert found.level == "warn" and "(public.big_idx 900 MB)" in found.detail
