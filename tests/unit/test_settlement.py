@@ -93,9 +93,15 @@ def test_an_unknown_tables_dead_letter_names_it_quoted_where_sql_must() -> None:
             {"id": 1, "schema": "a.b", "table": "c"},
             {"id": 1, "schema": "a", "table": "b.c"},
             {"id": 1, "schema": "public", "table": "Docs", "embeddingColumn": "Vec"},
+            {"id": 1, "schema": "", "table": "t"},
         )
     ]
-    assert labels == ['"a.b".c.embedding', 'a."b.c".embedding', 'public."Docs"."Vec"']
+    assert labels == [
+        '"a.b".c.embedding',
+        'a."b.c".embedding',
+        'public."Docs"."Vec"',
+        '"".t.embedding',
+    ]
 
 
 def test_jobs_of_a_deferred_target_are_deferred() -> None:

@@ -205,9 +205,10 @@ def _resend_postponed(
 def _label(job: messages.Job) -> str:
     """The `target` of a job whose target is unknown: what its message names."""
     message = job.message if isinstance(job.message, dict) else {}
-    parts = (message.get("schema"), message.get("table"), message.get("embeddingColumn"))
-    if all(isinstance(part, str) for part in parts[:2]):
-        return messages.qualified_name(*(str(part or "embedding") for part in parts))
+    schema, table = message.get("schema"), message.get("table")
+    if isinstance(schema, str) and isinstance(table, str):
+        column = str(message.get("embeddingColumn") or "embedding")  # as the parse defaults it
+        return messages.qualified_name(schema, table, column)
     if "target" in message:
         return f"target {message['target']}"
     return "unknown"
