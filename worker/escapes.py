@@ -28,3 +28,15 @@ def label(text: str) -> str:
     tables). Names without a backslash or a control character, which alerts are written
     against, are unchanged."""
     return visible(text.replace("\\", "\\\\"))
+
+
+def shown_literal(text: str) -> str:
+    """`text` as an SQL string literal (`'O''Reilly'`) for a statement we print for someone to
+    run (a fix, a hint), never one we send: names in it may be a tenant's, and a quote in them
+    must end nothing. Written as psycopg's sql.Literal writes it (an escape string, `E'a\\\\b'`,
+    once a backslash is in it, so that it reads the same whatever standard_conforming_strings
+    is), here because the models' side may not import psycopg."""
+    quoted = text.replace("'", "''")
+    if "\\" in text:
+        return "E'" + quoted.replace("\\", "\\\\") + "'"
+    return "'" + quoted + "'"

@@ -51,9 +51,3 @@ def names() -> list[str]:
 def queue_table(queue: str) -> sql.Identifier:
     """pgmq's table for `queue` (the name is validated by worker.config)."""
     return sql.Identifier("pgmq", f"q_{queue}")
-
-
-def shown_literal(text: str) -> str:
-    """`text` as an SQL string literal (`'O''Reilly'`), for a statement we print for someone to
-    run (a fix, a hint), never one we send: names in it may be a tenant's."""
-    return sql.Literal(text).as_string(None).strip()

@@ -4,9 +4,16 @@ lines: test_logs.py)."""
 
 from __future__ import annotations
 
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import generate_latest
+from psycopg import sql
 
-from worker import escapes, metrics
+from worker import escapes, exceptions, metrics
+from worker.config import Settings
+from worker.models.loaded import LoadedModels
+from worker.models.remote.spec import RemoteSpec
 
 # A tenant's table name, content or error: an escape sequence that clears the screen and sets the
 # window's title, a C1 control sequence introducer, a right-to-left override, a tab.
@@ -62,3 +69,42 @@ def test_two_tables_never_share_a_target_label() -> None:
         if name == "embed_worker_rows_total" and labels["target"].startswith("public.t\\")
     }
     assert counts == {"public.t\\x1b": 1.0, "public.t\\\\x1b": 2.0}
+
+
+def test_a_shown_literal_is_the_text_itself_when_run() -> None:
+    """A fix we print quotes what a tenant named: a quote ends nothing, a backslash is kept."""
+    assert escapes.shown_literal("public.docs") == "'public.docs'"
+    assert escapes.shown_literal("x'); DROP TABLE t; --") == "'x''); DROP TABLE t; --'"
+    assert escapes.shown_literal("a\\b") == "E'a\\\\b'"
+
+
+@given(st.text(alphabet=st.characters(blacklist_characters="\x00")))
+def test_a_shown_literal_is_written_as_psycopg_writes_one(text: str) -> None:
+    """The models' side may not import psycopg, so the literal is written by hand: the same
+    bytes as psycopg's sql.Literal, which the database reads back as `text` (the integration
+    tests run printed fixes: test_worker.py)."""
+    assert escapes.shown_literal(text) == sql.Literal(text).as_string(None).strip()
+
+
+def test_a_remote_models_tokenizer_hint_quotes_its_name() -> None:
+    """A registered model's name is any text: the register_model() call the hint prints takes
+    it as one literal, so a quote in it ends nothing."""
+    name = "m', 8); DROP TABLE keep; --"
+    spec = RemoteSpec.from_row(
+        {
+            "name": name,
+            "provider": "openai",
+            "endpoint": "https://api.example.com/v1",
+            "remote_model": "test-model",
+            "dimensions": 8,
+            "max_tokens": 512,
+        }
+    )
+    settings = Settings.from_env()
+    models = LoadedModels(
+        location=settings.model_location, downloads=settings.downloads, api_key=settings.api_key
+    )
+    models.follow(lambda: {name: spec})
+    with pytest.raises(exceptions.ModelError) as raised:
+        models.tokenizer(name)
+    assert "register_model('m'', 8); DROP TABLE keep; --', ..., tokenizer" in str(raised.value)

@@ -61,10 +61,3 @@ def test_the_session_guard_recognises_our_statements_whatever_their_form() -> No
     assert not _ours(queries.get("status_rows"))
     assert not _ours("SELECT 1")  # not one of ours: distrusted
     assert not _ours(sql.SQL("SELECT {x}").format(x=sql.Identifier("t")))
-
-
-def test_a_shown_literal_is_the_text_itself_when_run() -> None:
-    """A fix we print quotes what a tenant named: a quote ends nothing, a backslash is kept."""
-    assert queries.shown_literal("public.docs") == "'public.docs'"
-    assert queries.shown_literal("x'); DROP TABLE t; --") == "'x''); DROP TABLE t; --'"
-    assert queries.shown_literal("a\\b") == "E'a\\\\b'"

@@ -10,7 +10,7 @@ import os
 
 import psycopg
 
-from worker import db, exceptions, exits, queries, schema
+from worker import db, escapes, exceptions, exits, queries, schema
 from worker.cli import hints, output, remote, search_access, search_memory, verification
 from worker.cli.findings import Finding, Level
 from worker.config import Settings
@@ -236,7 +236,7 @@ def _default_model(settings: Settings, database_default: str | None) -> Finding:
         f"named, but the database's default is {database_default} (embeddings.default_model(), "
         "what watch() uses when no model is named)",
         "unset EMBED_MODEL to follow the database, or make the database agree: "
-        f"SELECT embeddings.set_default_model({queries.shown_literal(settings.model)});",
+        f"SELECT embeddings.set_default_model({escapes.shown_literal(settings.model)});",
     )
 
 
@@ -374,4 +374,4 @@ def _cron(conn: db.Connection) -> list[Finding]:
 
 
 def _grant_worker_fix(who: str) -> str:
-    return f"as the table owner: SELECT embeddings.grant_worker({queries.shown_literal(who)});"
+    return f"as the table owner: SELECT embeddings.grant_worker({escapes.shown_literal(who)});"

@@ -10,7 +10,7 @@ import os
 
 from psycopg.rows import dict_row
 
-from worker import db, exceptions, queries, schema
+from worker import db, escapes, exceptions, queries, schema
 from worker.cli.findings import Finding, Level
 from worker.config import Settings
 from worker.models.remote import keys
@@ -173,7 +173,10 @@ def _registered_finding(
         return Finding(level, check, f"remote: {refused}", fix)
     problem = spec.plain_http_problem()
     if problem is not None:
-        fix = f"SELECT embeddings.register_reranker('{name}', ...) with an https endpoint"
+        fix = (
+            f"SELECT embeddings.register_reranker({escapes.shown_literal(name)}, ...) "
+            "with an https endpoint"
+        )
         return Finding(level, check, f"remote, {spec.describe()}: {problem}", fix)
     detail, missing = key_problem(spec, settings)
     if missing is None:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from worker import exceptions, metrics
+from worker import escapes, exceptions, metrics
 from worker.models import download, files, onnx
 from worker.models.catalog import Variant
 from worker.models.embedder import Embedder
@@ -181,8 +181,8 @@ class LoadedModels:
             if spec.tokenizer is None:
                 raise exceptions.ModelError(
                     f"remote model {model} names no tokenizer, which a chunked target needs to "
-                    f"split by: SELECT embeddings.register_model('{model}', ..., tokenizer => "
-                    "'<a local model or tokenizer.json>')"
+                    f"split by: SELECT embeddings.register_model({escapes.shown_literal(model)}, "
+                    "..., tokenizer => '<a local model or tokenizer.json>')"
                 )
             return self._tokenizer_file(spec.tokenizer)
         with self._lock:

@@ -22,7 +22,7 @@ from typing import Any
 
 from psycopg import sql
 
-from worker import queries
+from worker import escapes
 from worker.target import Target
 
 # A name that SQL reads as itself unquoted, in a regclass's text (no keyword is special there).
@@ -85,7 +85,7 @@ def watch_statement(schema: str, table: str, content: str, column: str) -> str:
     """The watch() call that registers a table a Supabase-shaped message names, for an operator
     to run: the names are a producer's (a tenant's table), so each is quoted as SQL must
     (`'public."My''Docs"'`) rather than pasted into the statement as they are."""
-    shown = queries.shown_literal
+    shown = escapes.shown_literal
     return (
         f"SELECT embeddings.watch({shown(qualified_name(schema, table))}, {shown(content)}, "
         f"embedding_column => {shown(column)}, triggers => false);"

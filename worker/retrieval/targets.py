@@ -10,7 +10,7 @@ from typing import Any
 from psycopg import ClientCursor, errors, sql
 from psycopg.rows import dict_row
 
-from worker import db, exceptions, queries
+from worker import db, escapes, exceptions, queries
 from worker.pipeline.targets import target_of
 from worker.session_guard import GuardedConnection
 from worker.target import Target
@@ -40,7 +40,7 @@ def find_target(
         raise exceptions.TargetError(f"no table {table!r}")
     found = [row for row in rows if row["id"] is not None]
     if not found:
-        hint = f"SELECT embeddings.watch({queries.shown_literal(table)}, 'content_column');{then}"
+        hint = f"SELECT embeddings.watch({escapes.shown_literal(table)}, 'content_column');{then}"
         raise exceptions.TargetError(f"{table} is not watched: {hint}")
     if len(found) > 1:
         raise exceptions.ConfigError(f"{table} has several embedding columns: pass a column")
