@@ -129,6 +129,29 @@ CREATE TYPE embeddings_internal.watch_plan AS (
     emb_typmod    integer
 );
 
+-- `name` unquoted where it is written as SQL quotes a name (`"Body Text"`); NULL for any other.
+-- Our functions take column names as pg_attribute holds them (`Body Text`), as Postgres's own
+-- do (has_column_privilege()): a quoted one names a column whose name holds the quotes.
+CREATE FUNCTION embeddings_internal.unquoted_identifier(name text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT replace(substr(name, 2, length(name) - 2), '""', '"') WHERE name ~ '^"([^"]|"")+"$'
+$$;
+
+-- The HINT for column names `given` that name no column of `source`: the names to pass where
+-- one is written in SQL's quotes and names a column unquoted; else `otherwise`.
+CREATE FUNCTION embeddings_internal.column_names_hint(source regclass, given text[], otherwise text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(
+        (SELECT 'Column names are given as they are, without SQL''s double quotes: '
+                || string_agg(quote_literal(u.name), ', ' ORDER BY u.ord) || '.'
+         FROM (SELECT embeddings_internal.unquoted_identifier(g.name) AS name, g.ord
+               FROM unnest(given) WITH ORDINALITY AS g(name, ord)) u
+         WHERE EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = source AND a.attname = u.name::name
+                                                    AND a.attnum > 0 AND NOT a.attisdropped)
+         HAVING count(*) > 0),
+        otherwise)
+$$;
+
 -- watch()'s row key: the primary key, or the unique not-null key named by `key`. Any number of
 -- columns, of any types with an equality operator whose values travel exactly as text.
 CREATE FUNCTION embeddings_internal.watch_key(source regclass, key name[],
@@ -157,7 +180,9 @@ BEGIN
         IF cardinality(key) = 0 OR coalesce(cardinality(key_names), 0) <> cardinality(key)
            OR cardinality(key) <> (SELECT count(DISTINCT k) FROM unnest(key) AS k) THEN
             RAISE EXCEPTION 'key % does not name distinct columns of %', key, source
-                USING ERRCODE = 'undefined_column';
+                USING ERRCODE = 'undefined_column',
+                      HINT = embeddings_internal.column_names_hint(source, key::text[],
+                          'Name each column of a unique key once, as the table spells it.');
         END IF;
         IF EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = source AND a.attnum = ANY(key_nums) AND NOT a.attnotnull) THEN
             RAISE EXCEPTION 'key (%) of % has nullable columns', array_to_string(key, ', '), source
@@ -225,7 +250,8 @@ BEGIN
         IF content_fn IS NULL THEN
             RAISE EXCEPTION 'content "%" is neither a column of % nor a function %(%)', content, source, content, source
                 USING ERRCODE = 'undefined_column',
-                      HINT = 'Pass a text column name, or the name of a function that takes the table''s row type and returns text.';
+                      HINT = embeddings_internal.column_names_hint(source, ARRAY[content],
+                          'Pass a text column name, or the name of a function that takes the table''s row type and returns text.');
         END IF;
         SELECT p.prorettype::regtype INTO content_type FROM pg_proc p WHERE p.oid = content_fn;
         IF content_type NOT IN ('text'::regtype, 'character varying'::regtype) OR
@@ -505,6 +531,14 @@ BEGIN
                 o.source, o.embedding_column, format_type(plan.emb_type, plan.emb_typmod), o.model, plan.dims
             USING ERRCODE = 'datatype_mismatch',
                   HINT = format('Use a %s-dimensional column, or a model whose dimensions match.', plan.dims);
+    END IF;
+    -- A column watch() makes: a name written in SQL's quotes would keep them.
+    IF plan.emb_type IS NULL AND embeddings_internal.unquoted_identifier(o.embedding_column) IS NOT NULL THEN
+        RAISE EXCEPTION 'embedding column % of % is written in SQL''s double quotes, which the column made would keep in its name',
+                quote_literal(o.embedding_column), o.source
+            USING ERRCODE = 'invalid_name',
+                  HINT = format('Column names are given as they are: embedding_column => %L.',
+                                embeddings_internal.unquoted_identifier(o.embedding_column));
     END IF;
     IF o.embedding_column = plan.content_col AND NOT plan.side THEN
         RAISE EXCEPTION 'the embedding column cannot be the content column' USING ERRCODE = 'invalid_parameter_value';

@@ -270,6 +270,12 @@ def test_unwatch_removes_triggers_registration_and_jobs_and_keeps_data(conn: Con
         ),
         (
             "CREATE TABLE t (id int PRIMARY KEY, body text)",
+            """embeddings.watch('t', 'body', embedding_column => '"Vec X"')""",
+            psycopg.errors.InvalidName,
+            "embedding column '\"Vec X\"' of public.t is written in SQL's double quotes",
+        ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, body text)",
             "embeddings.watch('t', 'body', queue => 'Bad-Name')",
             psycopg.errors.InvalidParameterValue,
             'invalid queue name "Bad-Name"',
@@ -315,6 +321,51 @@ def test_bad_input_is_a_clear_error_and_creates_nothing(
         == columns_before
     )
     assert messages(conn) == []
+
+
+def test_a_column_name_written_in_sql_quotes_is_answered_with_the_name_to_pass(
+    conn: Conn,
+) -> None:
+    """Column names are taken as the catalog holds them: `'"Body Text"'` is not `Body Text`.
+    A new embedding column so named would keep the quotes in its name (watch() made it so,
+    silently); a content column or key so named was refused without saying why."""
+    conn.execute(
+        'CREATE TABLE t (id int PRIMARY KEY, "Row Id" int NOT NULL UNIQUE, "Body Text" text)'
+    )
+    for call, error, hint in (
+        (
+            """embeddings.watch('t', '"Body Text"')""",
+            psycopg.errors.UndefinedColumn,
+            "without SQL's double quotes: 'Body Text'.",
+        ),
+        (
+            """embeddings.watch('t', 'Body Text', key => ARRAY['"Row Id"'])""",
+            psycopg.errors.UndefinedColumn,
+            "without SQL's double quotes: 'Row Id'.",
+        ),
+        (
+            "embeddings.watch('t', 'Body Text', embedding_column => '\"My \"\"Vec\"\"\"')",
+            psycopg.errors.InvalidName,
+            """embedding_column => 'My "Vec"'.""",
+        ),
+    ):
+        with pytest.raises(error) as info:
+            conn.execute(f"SELECT {call}")
+        assert info.value.diag.message_hint is not None
+        assert info.value.diag.message_hint.endswith(hint), info.value.diag.message_hint
+    # Passed as the catalog holds them, the same names watch the table; a column the table
+    # already has is used whatever its name holds, quotes included.
+    conn.execute('ALTER TABLE t ADD COLUMN """Vec""" halfvec(384)')
+    conn.execute(
+        """SELECT embeddings.watch('t', 'Body Text', key => ARRAY['Row Id'],"""
+        """ embedding_column => '"Vec"')"""
+    )
+    assert conn.execute(
+        "SELECT content_column, embedding_column FROM embeddings.targets"
+    ).fetchone() == (
+        "Body Text",
+        '"Vec"',
+    )
 
 
 def test_an_unknown_model_is_answered_with_the_closest_name_and_register_model(conn: Conn) -> None:
