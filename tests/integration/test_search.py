@@ -16,6 +16,7 @@ import psycopg
 import pytest
 from psycopg import sql
 
+from worker import exceptions
 from worker.pipeline import targets as targets_mod
 from worker.retrieval import errors, rankings
 from worker.retrieval.targets import find_target
@@ -373,3 +374,48 @@ def test_the_size_that_picks_the_exact_scan_is_the_table_s(conn: Conn, query: Ve
         for table in ("plain", "parted", "docs")
     }
     assert estimates == {"plain": (300.0,), "parted": (300.0,), "docs": (200.0,)}
+
+
+def test_a_table_not_found_but_for_case_is_named_in_the_error(conn: Conn) -> None:
+    """A table made with capitals (Supabase's table editor keeps them) is `"Documents"`;
+    `Documents` unquoted is `documents`, which does not exist: the error names the watched
+    tables the caller may read that are named so but for case, as SQL writes them."""
+    conn.execute('CREATE TABLE "Documents" (id int PRIMARY KEY, body text)')
+    conn.execute('CREATE SCHEMA "Team"')
+    conn.execute('CREATE TABLE "Team"."Notes" (id int PRIMARY KEY, body text)')
+    conn.execute('CREATE TABLE "Unwatched" (id int PRIMARY KEY, body text)')
+    for table in ('"Documents"', '"Team"."Notes"'):
+        conn.execute("SELECT embeddings.watch(%s, 'body', model => %s)", (table, MODEL))
+    for given, meant in (
+        ("Documents", '"Documents"'),
+        ("DOCUMENTS", '"Documents"'),
+        ("team.notes", '"Team"."Notes"'),
+        ("Notes", '"Team"."Notes"'),  # in a schema of its own: named with it
+    ):
+        with pytest.raises(exceptions.TargetError) as info:
+            find_target(conn, given)
+        assert str(info.value) == (
+            f"no table {given!r}; did you mean {meant}? (a name not in double quotes is read "
+            "in lower case)"
+        )
+    for nothing_alike in ("unwatched", "other.documents", "documentss"):
+        with pytest.raises(exceptions.TargetError) as info:
+            find_target(conn, nothing_alike)
+        assert str(info.value) == f"no table {nothing_alike!r}"
+    # A role that may not read the table is not told its name.
+    role = f"no_reader_{conn.info.backend_pid}"
+    conn.execute(f"CREATE ROLE {role}")
+    try:
+        conn.execute(f"SET ROLE {role}")
+        with pytest.raises(exceptions.TargetError) as info:
+            find_target(conn, "documents")
+        assert str(info.value) == "no table 'documents'"
+        conn.execute("RESET ROLE")
+        conn.execute(f'GRANT SELECT ON "Documents" TO {role}')
+        conn.execute(f"SET ROLE {role}")
+        with pytest.raises(exceptions.TargetError, match='did you mean "Documents"'):
+            find_target(conn, "documents")
+    finally:
+        conn.execute("RESET ROLE")
+        conn.execute(f'REVOKE ALL ON "Documents" FROM {role}')
+        conn.execute(f"DROP ROLE {role}")

@@ -37,7 +37,7 @@ def find_target(
             # Not a name at all ('"', 'a.b.c.d', another database's): no such table either.
             raise exceptions.TargetError(f"no table {table!r}: {exc}") from None
     if not rows:
-        raise exceptions.TargetError(f"no table {table!r}")
+        raise exceptions.TargetError(f"no table {table!r}{_alike_hint(conn, table)}")
     found = [row for row in rows if row["id"] is not None]
     if not found:
         hint = f"SELECT embeddings.watch({escapes.shown_literal(table)}, 'content_column');{then}"
@@ -45,6 +45,26 @@ def find_target(
     if len(found) > 1:
         raise exceptions.ConfigError(f"{table} has several embedding columns: pass a column")
     return target_of(found[0])
+
+
+def _alike_hint(conn: db.Connection, table: str) -> str:
+    """Where a watched table the caller may read is named `table` but for case: the names to
+    give instead (a table made with capitals is named in double quotes)."""
+    try:
+        with db.translated():
+            alike = [
+                name
+                for (name,) in conn.execute(
+                    queries.get("search_table_alike"), {"table": table}
+                ).fetchall()
+            ]
+    except exceptions.DatabaseError:  # not a name parse_ident takes: no hint
+        return ""
+    if not alike:
+        return ""
+    return (
+        f"; did you mean {' or '.join(alike)}? (a name not in double quotes is read in lower case)"
+    )
 
 
 class KnownTargets:
