@@ -344,22 +344,23 @@ SELECT found.*
 FROM source LEFT JOIN LATERAL ({targets}) AS found ON true
 WHERE source.oid IS NOT NULL;
 
--- name: search_table_alike
--- The watched tables the caller may read whose names are %(table)s's but for case, as a
--- default search path spells them (`"Documents"`, `docs."Notes"`): the hint of a search whose
--- table is not found, where Postgres folded an unquoted name to lower case (`Documents` is
--- `documents`) and tables made by Supabase's table editor keep theirs. %(table)s is a name
--- (parse_ident: it raises for anything else).
+-- name: tables_alike
+-- The tables the caller may read (%(watched)s: the watched ones only) whose names are
+-- %(table)s's but for case, as a default search path spells them (`"Documents"`,
+-- `docs."Notes"`): the hint of a command whose table is not found, where Postgres folded an
+-- unquoted name to lower case (`Documents` is `documents`) and tables made by Supabase's table
+-- editor keep their capitals. %(table)s is a name (parse_ident raises for anything else).
 -- ours: touches only our tables and the catalog, runs no one else's code
 WITH given AS (SELECT parse_ident(%(table)s) AS parts)
-SELECT DISTINCT embeddings_internal.display_name(t.source) AS name
-FROM embeddings.targets t
-JOIN pg_class c ON c.oid = t.source
+SELECT DISTINCT embeddings_internal.display_name(c.oid::regclass) AS name
+FROM pg_class c
 JOIN pg_namespace n ON n.oid = c.relnamespace
 CROSS JOIN given
-WHERE lower(c.relname) = lower(given.parts[cardinality(given.parts)])
+WHERE c.relkind IN ('r', 'p')
+  AND lower(c.relname) = lower(given.parts[cardinality(given.parts)])
   AND (cardinality(given.parts) = 1 OR (cardinality(given.parts) = 2 AND lower(n.nspname) = lower(given.parts[1])))
-  AND has_table_privilege(t.source, 'SELECT')
+  AND (NOT %(watched)s OR EXISTS (SELECT FROM embeddings.targets t WHERE t.source = c.oid))
+  AND has_table_privilege(c.oid, 'SELECT')
 ORDER BY 1
 LIMIT 3;
 

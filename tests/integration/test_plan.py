@@ -120,6 +120,19 @@ def test_a_relation_that_is_not_a_table_is_refused_unread(
         plan.make(c, "seen", content="body", model=priced)
 
 
+def test_a_table_not_found_but_for_case_is_named_watched_or_not(dsn: str, conn: Conn) -> None:
+    """plan is run before watch(): any table the role may read, named so but for case."""
+    conn.execute('CREATE TABLE "Docs" (id int PRIMARY KEY, body text)')
+    with db.connect(dsn) as c, pytest.raises(exceptions.ConfigError) as info:
+        plan.make(c, "docs", content="body", model="all-MiniLM-L6-v2")
+    assert str(info.value) == (
+        'no table docs; did you mean "Docs"? (a name not in double quotes is read in lower case)'
+    )
+    with db.connect(dsn) as c, pytest.raises(exceptions.ConfigError) as info:
+        plan.make(c, "nothing", content="body", model="all-MiniLM-L6-v2")
+    assert str(info.value) == "no table nothing"
+
+
 def test_plan_on_the_command_line(dsn: str, conn: Conn, priced: str) -> None:
     conn.execute(
         "CREATE FUNCTION doc_text(d docs) RETURNS text LANGUAGE sql STABLE AS 'SELECT d.body'"

@@ -37,6 +37,7 @@ from psycopg.rows import dict_row
 from worker import db, exceptions, queries
 from worker.cli import output
 from worker.models.remote.tokens import BYTES_PER_TOKEN
+from worker.retrieval.targets import alike_hint
 
 # pg_class.relkind of what plan refuses (watch() takes 'r' and 'p' only), in words.
 RELATION_KINDS = {
@@ -177,7 +178,7 @@ def _relation(conn: db.Connection, table: str) -> tuple[str, str]:
     it calls would run as the caller), a foreign table's from its server. Neither is read."""
     row = conn.execute(queries.get("plan_relation"), {"table": table}).fetchone()
     if row is None:
-        raise exceptions.ConfigError(f"no table {table}")
+        raise exceptions.ConfigError(f"no table {table}{alike_hint(conn, table, watched=False)}")
     name, kind, row_type = str(row[0]), str(row[1]), str(row[2])
     if kind not in ("r", "p"):
         raise exceptions.ConfigError(

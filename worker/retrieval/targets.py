@@ -37,7 +37,7 @@ def find_target(
             # Not a name at all ('"', 'a.b.c.d', another database's): no such table either.
             raise exceptions.TargetError(f"no table {table!r}: {exc}") from None
     if not rows:
-        raise exceptions.TargetError(f"no table {table!r}{_alike_hint(conn, table)}")
+        raise exceptions.TargetError(f"no table {table!r}{alike_hint(conn, table, watched=True)}")
     found = [row for row in rows if row["id"] is not None]
     if not found:
         hint = f"SELECT embeddings.watch({escapes.shown_literal(table)}, 'content_column');{then}"
@@ -47,24 +47,20 @@ def find_target(
     return target_of(found[0])
 
 
-def _alike_hint(conn: db.Connection, table: str) -> str:
-    """Where a watched table the caller may read is named `table` but for case: the names to
-    give instead (a table made with capitals is named in double quotes)."""
+def alike_hint(conn: db.Connection, table: str, *, watched: bool) -> str:
+    """For a table not found: the tables the caller may read (`watched`: of those watched)
+    named `table` but for case, as the names to give instead (a table made with capitals is
+    named in double quotes); "" when there is none."""
     try:
         with db.translated():
-            alike = [
-                name
-                for (name,) in conn.execute(
-                    queries.get("search_table_alike"), {"table": table}
-                ).fetchall()
-            ]
+            params = {"table": table, "watched": watched}
+            rows = conn.execute(queries.get("tables_alike"), params).fetchall()
     except exceptions.DatabaseError:  # not a name parse_ident takes: no hint
         return ""
-    if not alike:
+    if not rows:
         return ""
-    return (
-        f"; did you mean {' or '.join(alike)}? (a name not in double quotes is read in lower case)"
-    )
+    alike = " or ".join(name for (name,) in rows)
+    return f"; did you mean {alike}? (a name not in double quotes is read in lower case)"
 
 
 class KnownTargets:
