@@ -3,7 +3,7 @@ instead, in one run on one machine. Results go to bench/results/*.json; `python 
 turns them into the table of docs/performance.md and the plots.
 
     python -m bench [--only writepath,oltp,latency,drain,ceiling,scaling,backlog,index,chunks,lanes,
-                            idle,remote,embedder,quality,swapstall,search]
+                            idle,remote,embedder,quality,swapstall,search,upkeep]
                     [--rows N] [--quick] [--quality-function SCHEMA.FUNCTION]
 
 At scale, each run only when named in --only (each takes 5 to 15 minutes here):
@@ -42,6 +42,12 @@ At scale, each run only when named in --only (each takes 5 to 15 minutes here):
                                                       on 1,000 chunked documents, beside
                                                       CHECKOUT's, query by query
                                                       (bench/exact_search.py)
+    [BENCH_BEFORE=CHECKOUT] python -m bench --only upkeep
+                                                      what the statements a worker runs for
+                                                      every watched table cost at 10 and 50
+                                                      tables, in a catalog as made and after
+                                                      10 code reinstalls, beside CHECKOUT's
+                                                      schema (bench/upkeep.py)
     python -m bench --only beir [--beir-data DIR] [--model M] [--beir-args "..."]
                                                       retrieval quality on a BEIR dataset
                                                       (bench/beir/, `make bench-beir`)
@@ -83,6 +89,7 @@ DEFAULT_SECTIONS = (
     "swapstall",
     "trust",
     "search",
+    "upkeep",
 )
 SCALE_SECTIONS = (
     "million",

@@ -39,6 +39,7 @@ from bench import (
     swapstall,
     trust,
     upgrade,
+    upkeep,
     verify,
     writepath,
 )
@@ -287,6 +288,15 @@ SECTIONS = (
             rounds=r.rounds,
             clients=search.ISSUE_COUNTS if r.quick else search.CLIENT_COUNTS,
             before=r.before,
+        ),
+    ),
+    Section(
+        "upkeep",  # a worker's statements for every watched table, this checkout's and BENCH_BEFORE's
+        lambda r: upkeep.run(
+            r.fresh_db(),
+            lambda: r.cluster.dsn(r.cluster.create_database(prefix="benchbefore")),
+            before=r.before,
+            rounds=2 if r.quick else 6,
         ),
     ),
     Section(

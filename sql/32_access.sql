@@ -118,6 +118,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'its functions are missing: watch the table again'
         WHEN EXISTS (SELECT FROM pg_proc p JOIN pg_class c ON c.oid = t.source
                      WHERE p.pronamespace = 'embeddings'::regnamespace
+                       -- The target's names as a range the name index finds: this function's
+                       -- plan is generic (t.id unknown when it is made), and the pattern alone
+                       -- read every function of the database for each target (stopped_targets()
+                       -- runs this for every target every few seconds: 10 ms a target).
+                       AND p.proname >= ('embeddings_' || t.id || '_')::name
+                       AND p.proname < ('embeddings_' || t.id || '`')::name  -- '`' follows '_'
                        AND p.proname ~ ('^embeddings_' || t.id || '_[a-z_]+$')
                        AND p.proname !~ '_(search|nearest|text_ranking|bm25_ranking|visible)$'  -- the caller's (sql/58_search.sql, 54_stores.sql)
                        -- a guard (access_function_code()): the caller's, around the owner's body

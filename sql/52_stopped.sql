@@ -50,9 +50,16 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 
 -- Why target t cannot be served, as its registration and the catalog say now, or NULL.
+-- PL/pgSQL, and access_problem() called in an expression of its own: an SQL function plans its
+-- statement on every call, and one called inside another's statement anew on each call of the
+-- outer one, so stopped_targets() (every worker, every 5 s) planned access_problem()'s for every
+-- target (about 1.5 ms a target on a 2-core VM); here it is planned once per transaction.
 CREATE FUNCTION embeddings_internal.target_problem(t embeddings.targets) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(t.problem, CASE
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    problem text;
+BEGIN
+    problem := coalesce(t.problem, CASE
         WHEN NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source) THEN
             'its table no longer exists: SELECT embeddings.unwatch_dropped()'
         WHEN EXISTS (SELECT FROM unnest(t.key_attnums) AS k(n)
@@ -69,7 +76,38 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                 WHERE a.attrelid = t.store_table AND a.attname = t.embedding_column AND NOT a.attisdropped
                   AND ty.typname IN ('vector', 'halfvec')) THEN
             format('its embedding column %I is missing or not vector/halfvec; watch the table again', t.embedding_column)
-    END, embeddings_internal.access_problem(t))
+    END);
+    RETURN coalesce(problem, embeddings_internal.access_problem(t));
+END
+$$;
+
+-- What makes target t's held jobs go: the model the worker cannot load made loadable (during a
+-- model change the change's: the application's rows are embedded by the old model without it,
+-- worker/pipeline/shadow.py), or the change cancelled, or the table on another model.
+CREATE FUNCTION embeddings_internal.held_fix(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('make the target servable: %s, or %s; a column that fits the model. The worker '
+                  'retries its jobs every minute',
+                  CASE WHEN m.provider IS DISTINCT FROM 'local'
+                       THEN format('its provider reachable from the worker (model %s at %s: the '
+                                   'endpoint up, the network open, its key valid)',
+                                   m.name, substring(m.endpoint FROM '^[a-z]+://[^/?#]+'))
+                       WHEN m.source IS NULL  -- registered by hand: nothing to download
+                       THEN format('model %1$s loadable where the worker runs (EMBED_MODEL_PATH '
+                                   'naming a directory that holds %1$s/)', m.name)
+                       ELSE format('model %1$s loadable where the worker runs (`embed-worker model '
+                                   'download %1$s`, or EMBED_MODEL_PATH naming a directory that '
+                                   'holds %1$s/)', m.name) END,
+                  CASE WHEN mc.model IS NOT NULL
+                       THEN format('the change to it cancelled: SELECT embeddings.cancel_change(%L, %L)',
+                                   t.source::text, t.embedding_column)
+                       ELSE format('the table on a model the worker has: SELECT embeddings.watch(%L, %L, '
+                                   'model => ''NAME''); (and SELECT embeddings.set_default_model(''NAME''); '
+                                   'for watch() without a model)', t.source::text,
+                                   coalesce(t.content_column::text, t.content_function::regproc::text)) END)
+    FROM embeddings.models m
+    LEFT JOIN embeddings.model_changes mc ON mc.target_id = t.id
+    WHERE m.name = coalesce(mc.model, t.model)
 $$;
 
 -- One row per stopped state of each target (a target may be in several), in a fixed order of
@@ -98,22 +136,9 @@ BEGIN
         ELSE
             -- Deferred by the worker (a target with a problem is deferred for that problem).
             SELECT 'held', format('its jobs are held, put back without an attempt (not failed): %s', d.reason),
-                   format('make the target servable: %4$s, or the table on a model the worker has: '
-                          'SELECT embeddings.watch(%2$L, %3$L, model => ''NAME''); (and SELECT '
-                          'embeddings.set_default_model(''NAME''); for watch() without a model); a column '
-                          'that fits the model. The worker retries its jobs every minute', t.model,
-                          t.source::text, coalesce(t.content_column::text, t.content_function::regproc::text),
-                          CASE WHEN m.provider IS DISTINCT FROM 'local'
-                               THEN format('its provider reachable from the worker (model %s at %s: the '
-                                           'endpoint up, the network open, its key valid)',
-                                           t.model, substring(m.endpoint FROM '^[a-z]+://[^/?#]+'))
-                               ELSE format('its model loadable where the worker runs (`embed-worker model '
-                                           'download %1$s`, or EMBED_MODEL_PATH naming a directory that '
-                                           'holds %1$s/)', t.model) END),
-                   d.since
+                   embeddings_internal.held_fix(t), d.since
             INTO state, reason, fix, since
             FROM embeddings.deferrals d
-            LEFT JOIN embeddings.models m ON m.name = t.model
             WHERE d.target_id = t.id AND d.last_seen > now() - embeddings_internal.deferral_fresh();
             IF FOUND THEN
                 RETURN NEXT;

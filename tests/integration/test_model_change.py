@@ -475,6 +475,12 @@ def test_a_missing_new_model_does_not_stop_the_application_s_rows(
     assert conn.execute("SELECT count(embedding_next) FROM docs").fetchone() == (0,)
     row = conn.execute("SELECT pending_backfill, deferred_reason FROM embeddings.status").fetchone()
     assert row is not None and row[0] == 10 and "absent-model" in row[1]
+    # What stops it names the change's model and the way back (it named the old model, which
+    # the worker has, and a download of it).
+    fix = fetch_value(conn, "SELECT fix FROM embeddings.stopped WHERE state = 'held'")
+    assert "model absent-model loadable where the worker runs (EMBED_MODEL_PATH" in fix, fix
+    assert "SELECT embeddings.cancel_change('public.docs', 'embedding'); a column" in fix, fix
+    assert old not in fix and "model download" not in fix, fix
 
 
 def test_a_change_of_a_table_larger_than_a_step_queues_its_rows_in_key_ranges(

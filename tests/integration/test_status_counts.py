@@ -354,3 +354,28 @@ def test_a_lane_with_many_messages_is_sampled_unless_exact(conn: Conn) -> None:
     assert exact == (3000, False)
     conn.execute("RESET embeddings.status_exact_rows")
     assert status(conn)["estimated"] is False  # 600 messages: counted
+
+
+def test_a_targets_functions_are_checked_through_the_name_index(conn: Conn) -> None:
+    """stopped_targets() (every worker, every few seconds), status and load_targets check each
+    target's generated functions (access_problem()). That function's plan is generic, made
+    before the target's id is known: a name pattern alone read every function of the database
+    for each target (about 10 ms a target beside 4,000 functions, on a 2-core VM). The range of
+    names the index finds is read instead. Seen in the plans auto_explain writes of the
+    statements run inside the function."""
+    watched_docs(conn)
+    plans: list[str] = []
+    conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
+    conn.execute("LOAD 'auto_explain'")
+    conn.execute("SET auto_explain.log_min_duration = 0")
+    conn.execute("SET auto_explain.log_nested_statements = on")
+    conn.execute("SET auto_explain.log_level = notice")
+    conn.execute("SELECT embeddings_internal.access_problem(t) FROM embeddings.targets t")
+    conn.execute("RESET auto_explain.log_min_duration")
+    explained = "\n".join(plans)
+    assert "on pg_proc" in explained  # the function's own statement was explained
+    # Every read of pg_proc bounded by name: not a sequential scan, nor the whole index read
+    # for the schema's functions (the plan this test caught had the latter).
+    assert "Seq Scan on pg_proc" not in explained, explained
+    assert "Index Cond: (pronamespace =" not in explained, explained
+    assert "Index Cond: ((proname >= " in explained, explained

@@ -1,0 +1,154 @@
+"""What a worker's upkeep costs the database per watched table: the statements it runs for every
+target while nothing else happens, and the one a search runs for a table it does not know yet.
+
+- `stopped_targets()`: every worker's keeper reads it every 5 s (worker/process/stopped.py) for
+  /readyz and embed_worker_target_stopped; `embed-worker status` and doctor read it too;
+- load_targets: the registry's read of every target (a worker's start, each definition change);
+- search_target: a search's lookup of one table it has not searched yet (worker/retrieval/
+  targets.py: find_target).
+
+At 10 and 50 watched tables (empty: the statements read the catalog and our tables, never a
+watched table's rows), each statement timed from the client, one connection, CALLS calls a
+round; first once the tables are watched (at 50, after the reinstalls of the round at 10),
+then after the code was reinstalled REINSTALLS more times
+(each as `migrate` reinstalls it on an upgrade, and as ALTERs of watched tables regenerate
+their functions): a catalog that has lived, whose pg_proc is larger and planned
+otherwise. With BENCH_BEFORE=CHECKOUT, CHECKOUT's schema is installed in a database of its own
+with the same tables, reinstalled by its own package, and the two are timed round by round,
+alternating which goes first: the schema is all that differs.
+
+    [BENCH_BEFORE=CHECKOUT] python -m bench --only upkeep
+"""
+
+from __future__ import annotations
+
+import os
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import psycopg
+from psycopg import sql
+
+from worker import queries
+
+TARGETS = (10, 50)
+CALLS = 40
+REINSTALLS = 10
+MODEL = "upkeep-4d"  # a model row for the watch; nothing is embedded
+Conn = psycopg.Connection[Any]
+
+
+def _statements() -> dict[str, tuple[sql.Composed, dict[str, Any]]]:
+    everyone = queries.compose("load_targets", which=sql.SQL("true"))
+    one = sql.SQL(
+        "t.source = source.oid AND (%(column)s::name IS NULL OR t.embedding_column ="
+        " %(column)s::name) AND (%(target)s::integer IS NULL OR t.id = %(target)s::integer)"
+    )
+    lookup = queries.compose("search_target", targets=queries.compose("load_targets", which=one))
+    return {
+        "stopped_targets": (queries.compose("stopped_targets"), {"queue": "embedding_jobs"}),
+        "load_targets": (everyone, {}),
+        "search_target": (
+            lookup,
+            {"table": "upkeep_1", "column": None, "target": None, "path": None},
+        ),
+    }
+
+
+def watch_tables(conn: Conn, upto: int) -> None:
+    """upkeep_1 .. upkeep_<upto> watched (those not yet)."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES (%s, 4, 512, 'mean') ON CONFLICT (name) DO NOTHING",
+        (MODEL,),
+    )
+    (have,) = conn.execute("SELECT count(*) FROM embeddings.targets").fetchone() or (0,)
+    for i in range(int(have) + 1, upto + 1):
+        conn.execute(f"CREATE TABLE upkeep_{i} (id int PRIMARY KEY, body text)")
+        conn.execute("SELECT embeddings.watch(%s, 'body', model => %s)", (f"upkeep_{i}", MODEL))
+
+
+def _reinstall(dsn: str, checkout: Path | None, times: int = 1) -> None:
+    """The code of `checkout`'s package (None: this one) reinstalled over `dsn`'s schema
+    `times` times, each in a transaction of its own (a first time: installed)."""
+    code = (
+        "import sys, psycopg\n"
+        "from worker import schema\n"
+        "from worker.schema.install import install\n"
+        "schema.migrate(sys.argv[1])\n"
+        "for _ in range(int(sys.argv[2])):\n"
+        "    with psycopg.connect(sys.argv[1]) as conn, conn.transaction():\n"
+        "        install(conn)\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(checkout)} if checkout is not None else None
+    subprocess.run(  # in the checkout: `-c` puts the working directory first on the path
+        [sys.executable, "-c", code, dsn, str(times)],
+        cwd=checkout,
+        env=env,
+        check=True,
+        capture_output=True,
+    )
+
+
+def _round(conn: Conn, query: sql.Composed, params: dict[str, Any]) -> float:
+    """ms a call, over CALLS calls after one that plans."""
+    conn.execute(query, params).fetchall()
+    started = time.perf_counter()
+    for _ in range(CALLS):
+        conn.execute(query, params).fetchall()
+    return (time.perf_counter() - started) * 1000 / CALLS
+
+
+def _timed(dsns: dict[str, str], rounds: int) -> dict[str, Any]:
+    statements = _statements()
+    times: dict[tuple[str, str], list[float]] = {}
+    for r in range(rounds):
+        order = list(dsns) if r % 2 == 0 else list(reversed(dsns))
+        for path in order:
+            with psycopg.connect(dsns[path], autocommit=True) as conn:  # a new session
+                for name, (query, params) in statements.items():
+                    times.setdefault((name, path), []).append(_round(conn, query, params))
+    figures: dict[str, Any] = {}
+    for name in statements:
+        figures[name] = {path: round(statistics.median(times[(name, path)]), 2) for path in dsns}
+        if "before" in dsns:
+            figures[name]["this_over_before"] = round(
+                figures[name]["this"] / figures[name]["before"], 3
+            )
+    return figures
+
+
+def _proc_bytes(dsn: str) -> int:
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        (size,) = conn.execute("SELECT pg_relation_size('pg_catalog.pg_proc')").fetchone() or (0,)
+    return int(size)
+
+
+def run(
+    dsn: str, empty_db: Callable[[], str], before: Path | None, rounds: int = 6
+) -> dict[str, Any]:
+    dsns = {"this": dsn}  # made from the run's migrated template
+    checkouts: dict[str, Path | None] = {"this": None}
+    if before is not None:
+        dsns["before"] = empty_db()
+        checkouts["before"] = before
+        _reinstall(dsns["before"], before, times=0)
+    result: dict[str, Any] = {"calls_a_round": CALLS, "rounds": rounds, "reinstalls": REINSTALLS}
+    for targets in TARGETS:
+        for each in dsns.values():
+            with psycopg.connect(each, autocommit=True) as conn:
+                watch_tables(conn, targets)
+        for catalog in ("as_made", "lived_in"):
+            if catalog == "lived_in":
+                for path, each in dsns.items():
+                    _reinstall(each, checkouts[path], times=REINSTALLS)
+            figures = _timed(dsns, rounds)
+            figures["pg_proc_bytes"] = {path: _proc_bytes(each) for path, each in dsns.items()}
+            result[f"{targets}_targets_{catalog}_ms"] = figures
+            print(f"bench: upkeep, {targets} targets, {catalog}: {figures}", file=sys.stderr)
+    return result
