@@ -120,6 +120,44 @@ def test_a_relation_that_is_not_a_table_is_refused_unread(
         plan.make(c, "seen", content="body", model=priced)
 
 
+def test_a_plan_reads_no_other_watched_table_and_estimates_a_large_one(
+    dsn: str, conn: Conn, priced: str
+) -> None:
+    """A watched table's rows are as `status` has them: counted up to status_exact_rows, else
+    estimated; and only that table's. plan had every watched table counted, however large, to
+    give one (18.7 s for 200 rows beside two of a million)."""
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (priced,))
+    conn.execute("CREATE TABLE big (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO big SELECT g, 'row ' || g FROM generate_series(1, 1000) g")
+    conn.execute("SELECT embeddings.watch('big', 'body', model => %s)", (priced,))
+    conn.execute("ANALYZE big")
+    conn.execute(f"ALTER DATABASE {conn.info.dbname} SET embeddings.status_exact_rows = 500")
+    conn.execute("SET embeddings.status_exact_rows = 500")  # this session's too
+
+    def reads_of_big() -> int:
+        conn.execute("SELECT pg_stat_force_next_flush()")
+        conn.execute("SELECT pg_stat_clear_snapshot()")
+        (n,) = conn.execute(
+            "SELECT seq_scan + coalesce(idx_scan, 0) FROM pg_stat_user_tables"
+            " WHERE relid = 'big'::regclass"
+        ).fetchone() or (0,)
+        return int(n)
+
+    before = reads_of_big()
+    with db.connect(dsn) as c:
+        small = plan.make(c, "docs")
+        large = plan.make(c, "big")
+        c.execute("SELECT pg_stat_force_next_flush()")
+    assert small.rows == 300 and small.rows_from == plan.COUNTED
+    shown = conn.execute(
+        "SELECT total_rows - coalesce(embedded_rows, 0), estimated FROM embeddings.status"
+        " WHERE target_id = (SELECT id FROM embeddings.targets WHERE source = 'big'::regclass)"
+    ).fetchone()
+    assert shown is not None and shown[1]  # status estimates it too
+    assert large.rows == shown[0] and large.rows_from == plan.ESTIMATED
+    assert reads_of_big() == before
+
+
 def test_a_table_not_found_but_for_case_is_named_watched_or_not(dsn: str, conn: Conn) -> None:
     """plan is run before watch(): any table the role may read, named so but for case."""
     conn.execute('CREATE TABLE "Docs" (id int PRIMARY KEY, body text)')

@@ -11,8 +11,9 @@ owner's types to text, not a view, not a row-level security policy, each of whic
 with the caller's rights (an operator's, often a superuser's: docs/security.md). So it reads
 no row of a table not watched: its rows and tokens are estimates from the catalog (pg_class,
 the statistics system, pg_stats), which ANALYZE fills, as the table's owner. A watched table's
-rows are counted exactly by embeddings_internal.target_status(), which evaluates nothing of its
-owner's. Where the catalog knows nothing yet (a table never analyzed), the figure is unknown
+rows are as `embed-worker status` has them, from embeddings_internal.target_status(), which
+evaluates nothing of its owner's: counted up to embeddings.status_exact_rows (5,000), estimated
+beyond. Where the catalog knows nothing yet (a table never analyzed), the figure is unknown
 and plan says `ANALYZE <table>` gives one; plan itself changes nothing. Only tables are planned,
 as only tables are watched: a view, a foreign table and the like are refused unread.
 
@@ -211,7 +212,8 @@ def _rows(
         row = conn.execute(queries.get("plan_target_rows"), {"target_id": target["id"]}).fetchone()
         if row is not None and row[0] is not None:
             total, embedded = int(row[0]), int(row[1] or 0)
-            return (total if changing else max(total - embedded, 0)), COUNTED
+            found = ESTIMATED if row[2] else COUNTED
+            return (total if changing else max(total - embedded, 0)), found
     row = conn.execute(queries.get("plan_estimated_rows"), {"table": table}).fetchone()
     if row is None or row[0] is None:
         return None, f"unknown: no statistics of {name} yet (run ANALYZE {name})"
