@@ -32,9 +32,10 @@ from pathlib import Path
 from typing import Any
 
 import psycopg
-from psycopg import sql
 
-from worker import queries
+from worker.pipeline.targets import load as load_targets
+from worker.process.stopped import StoppedTargets
+from worker.retrieval.targets import find_target
 
 TARGETS = (10, 50)
 CALLS = 40
@@ -43,20 +44,13 @@ MODEL = "upkeep-4d"  # a model row for the watch; nothing is embedded
 Conn = psycopg.Connection[Any]
 
 
-def _statements() -> dict[str, tuple[sql.Composed, dict[str, Any]]]:
-    everyone = queries.compose("load_targets", which=sql.SQL("true"))
-    one = sql.SQL(
-        "t.source = source.oid AND (%(column)s::name IS NULL OR t.embedding_column ="
-        " %(column)s::name) AND (%(target)s::integer IS NULL OR t.id = %(target)s::integer)"
-    )
-    lookup = queries.compose("search_target", targets=queries.compose("load_targets", which=one))
+def _statements() -> dict[str, Callable[[Conn], object]]:
+    """Each statement as the worker runs it, by its own code."""
+    stopped = StoppedTargets("embedding_jobs")
     return {
-        "stopped_targets": (queries.compose("stopped_targets"), {"queue": "embedding_jobs"}),
-        "load_targets": (everyone, {}),
-        "search_target": (
-            lookup,
-            {"table": "upkeep_1", "column": None, "target": None, "path": None},
-        ),
+        "stopped_targets": stopped.refresh,
+        "load_targets": load_targets,
+        "search_target": lambda conn: find_target(conn, "upkeep_1"),
     }
 
 
@@ -95,12 +89,12 @@ def _reinstall(dsn: str, checkout: Path | None, times: int = 1) -> None:
     )
 
 
-def _round(conn: Conn, query: sql.Composed, params: dict[str, Any]) -> float:
+def _round(conn: Conn, statement: Callable[[Conn], object]) -> float:
     """ms a call, over CALLS calls after one that plans."""
-    conn.execute(query, params).fetchall()
+    statement(conn)
     started = time.perf_counter()
     for _ in range(CALLS):
-        conn.execute(query, params).fetchall()
+        statement(conn)
     return (time.perf_counter() - started) * 1000 / CALLS
 
 
@@ -111,8 +105,8 @@ def _timed(dsns: dict[str, str], rounds: int) -> dict[str, Any]:
         order = list(dsns) if r % 2 == 0 else list(reversed(dsns))
         for path in order:
             with psycopg.connect(dsns[path], autocommit=True) as conn:  # a new session
-                for name, (query, params) in statements.items():
-                    times.setdefault((name, path), []).append(_round(conn, query, params))
+                for name, statement in statements.items():
+                    times.setdefault((name, path), []).append(_round(conn, statement))
     figures: dict[str, Any] = {}
     for name in statements:
         figures[name] = {path: round(statistics.median(times[(name, path)]), 2) for path in dsns}
