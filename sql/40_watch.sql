@@ -147,9 +147,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
          FROM (SELECT embeddings_internal.unquoted_identifier(g.name) AS name, g.ord
                FROM unnest(given) WITH ORDINALITY AS g(name, ord)) u
          WHERE EXISTS (SELECT FROM pg_attribute a WHERE a.attrelid = source AND a.attname = u.name::name
-                                                    AND a.attnum > 0 AND NOT a.attisdropped)
-         HAVING count(*) > 0),
-        otherwise)
+                                                    AND a.attnum > 0 AND NOT a.attisdropped)),
+        otherwise)  -- (no such name: the aggregate NULL, and the text with it)
 $$;
 
 -- watch()'s row key: the primary key, or the unique not-null key named by `key`. Any number of
