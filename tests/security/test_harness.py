@@ -274,6 +274,49 @@ def _unknown_model(ctx: Context) -> None:
             ctx.sql(statement)
 
 
+def _named_fixes(ctx: Context) -> None:
+    """The refusals that name what to pass: watch() given column names in SQL's quotes
+    (unquoted_identifier(), column_names_hint() read the owner's columns), and a search and a
+    plan of a table named but for case (the tables_alike lookup, as the caller's rights allow)."""
+    for statement, error, hint in (
+        (
+            f"""SELECT embeddings.watch('docs_row', '"body"', model => '{MINILM}')""",
+            psycopg.errors.UndefinedColumn,
+            "without SQL's double quotes: 'body'.",
+        ),
+        (
+            f"""SELECT embeddings.watch('docs_row', 'body', key => ARRAY['"id"'], model => '{MINILM}')""",
+            psycopg.errors.UndefinedColumn,
+            "without SQL's double quotes: 'id'.",
+        ),
+        (
+            f"""SELECT embeddings.watch('docs_row', 'body', embedding_column => '"vec"', model => '{MINILM}')""",
+            psycopg.errors.InvalidName,
+            "embedding_column => 'vec'.",
+        ),
+    ):
+        with pytest.raises(error) as refused:
+            ctx.sql(statement)
+        assert (refused.value.diag.message_hint or "").endswith(hint), refused.value
+    alike = "did you mean docs_row?"
+    assert alike in ctx.cli("search", '"Docs_Row"', "document").stderr
+    assert alike in ctx.cli("plan", '"Docs_Row"', "--content", "body", refused=True).stderr
+
+
+def _held_fix(ctx: Context) -> None:
+    """What embeddings.stopped tells an operator of held jobs (held_fix()): every target held,
+    one of them in a model change (the superuser's case), read as each role reads it."""
+    if ctx.role == SUPERUSER:
+        ctx.sql("SELECT embeddings.watch('docs_row', 'body', model => 'tiny-a')")
+    ctx.sql(  # qualified, as the worker's statements are: the role's path finds planted overloads
+        "SELECT embeddings_internal.note_deferrals(pg_catalog.array_agg(id),"
+        " pg_catalog.array_agg('held by the harness'::pg_catalog.text), pg_catalog.array_agg(1))"
+        " FROM embeddings.targets",
+        "SELECT * FROM embeddings_internal.stopped_targets()",
+        "SELECT embeddings_internal.clear_deferrals(pg_catalog.array_agg(id)) FROM embeddings.targets",
+    )
+
+
 def _reranked_search(ctx: Context) -> None:
     """The table's reranker set, then searches reranked by it and by one the command names."""
     ctx.sql("SELECT embeddings.set_rerank('docs_side', 'tiny-rerank', depth => 5)")
@@ -429,6 +472,11 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     "failures --retry": ((SUPERUSER,), lambda ctx: ctx.cli("failures", "--retry")),
     "sweep (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("sweep", "--verify")),
     "an unknown model refused": ((SUPERUSER,), _unknown_model),
+    "refusals that name what to pass (quoted columns, a table named but for case)": (
+        (SUPERUSER,),
+        _named_fixes,
+    ),
+    "held jobs' fix (embeddings.stopped)": ((SUPERUSER, WORKER), _held_fix),
     "a reranked search (set_rerank, search --rerank)": ((SUPERUSER,), _reranked_search),
     "a remotely reranked search (register_reranker, POST /search, search --rerank)": (
         (APPLICATION, SUPERUSER),
