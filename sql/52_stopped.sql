@@ -101,10 +101,16 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   CASE WHEN mc.model IS NOT NULL
                        THEN format('the change to it cancelled: SELECT embeddings.cancel_change(%L, %L)',
                                    t.source::text, t.embedding_column)
+                       -- The target as it is: watch() without its column would start another
+                       -- target, and a chunked one re-watched without chunk_tokens is refused.
                        ELSE format('the table on a model the worker has: SELECT embeddings.watch(%L, %L, '
-                                   'model => ''NAME''); (and SELECT embeddings.set_default_model(''NAME''); '
+                                   '%smodel => ''NAME''%s); (and SELECT embeddings.set_default_model(''NAME''); '
                                    'for watch() without a model)', t.source::text,
-                                   coalesce(t.content_column::text, t.content_function::regproc::text)) END)
+                                   coalesce(t.content_column::text, t.content_function::regproc::text),
+                                   CASE WHEN t.embedding_column <> 'embedding'
+                                        THEN format('embedding_column => %L, ', t.embedding_column) END,
+                                   CASE WHEN t.chunk_tokens IS NOT NULL
+                                        THEN format(', chunk_tokens => %s', t.chunk_tokens) END) END)
     FROM embeddings.models m
     LEFT JOIN embeddings.model_changes mc ON mc.target_id = t.id
     WHERE m.name = coalesce(mc.model, t.model)

@@ -4,6 +4,7 @@ the Supabase guide's triggers never doubled, dead letters resolved once their ro
 from __future__ import annotations
 
 import json
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -12,6 +13,7 @@ import pytest
 
 from tests.integration.test_supabase import GUIDE_SETUP
 from tests.support import stores
+from tests.support.fetch import fetch_value
 from tests.support.process import run_cli
 from worker.process.runner import Worker
 
@@ -159,3 +161,36 @@ def test_jobs_held_for_a_model_that_cannot_load_show_as_held_with_the_reason(
     assert "deferred" not in text
     doctor = run_cli("doctor", env=env).stdout
     assert "stopped (held): its jobs are held" in doctor
+
+
+@pytest.mark.parametrize(
+    ("store", "column"), [*((s, "embedding") for s in stores.ALL_STORES), ("row", "vec")]
+)
+def test_the_held_fix_s_watch_moves_the_target_to_a_model_the_worker_has(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str, store: str, column: str
+) -> None:
+    """The fix `status` and `doctor` print for jobs held on a model the worker lacks is a
+    statement to paste: with NAME filled in, it must run on that target as it is and keep what
+    the target is (a chunked target re-watched without chunk_tokens is refused; without its
+    embedding_column, watch() would start another target)."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 384, 512, 'mean')"
+    )
+    stores.texts_table(conn, {1: "hello", 2: "world"})
+    by_store: dict[str, dict[str, Any]] = {
+        "side": {"store": "side"},
+        "chunks": {"chunk_tokens": 64},
+    }
+    options = by_store.get(store, {})
+    stores.watch_with(conn, model="absent-model", embedding_column=column, **options)
+    run_once()
+    fix = str(fetch_value(conn, "SELECT fix FROM embeddings.stopped WHERE state = 'held'"))
+    found = re.search(r"SELECT embeddings\.watch\(.*?\);", fix)
+    assert found is not None, fix
+    conn.execute(found.group(0).replace("'NAME'", f"'{minilm}'"))
+    run_once()
+    assert conn.execute(
+        "SELECT model, store_kind, embedding_column FROM embeddings.targets"
+    ).fetchall() == [(minilm, store, column)]
+    assert fetch_value(conn, "SELECT embedded_rows FROM embeddings.status") == 2
