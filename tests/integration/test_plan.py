@@ -169,6 +169,13 @@ def test_a_table_not_found_but_for_case_is_named_watched_or_not(dsn: str, conn: 
     with db.connect(dsn) as c, pytest.raises(exceptions.ConfigError) as info:
         plan.make(c, "nothing", content="body", model="all-MiniLM-L6-v2")
     assert str(info.value) == "no table nothing"
+    conn.execute('CREATE TABLE "Release Notes" (id int PRIMARY KEY, body text)')
+    with db.connect(dsn) as c, pytest.raises(exceptions.ConfigError) as info:
+        plan.make(c, "release notes", content="body", model="all-MiniLM-L6-v2")
+    assert str(info.value) == (
+        'no table release notes: invalid name syntax; did you mean "Release Notes"? (a name with'
+        " spaces or other signs than letters, digits and _ is written in double quotes)"
+    )
 
 
 def test_plan_on_the_command_line(dsn: str, conn: Conn, priced: str) -> None:

@@ -419,3 +419,27 @@ def test_a_table_not_found_but_for_case_is_named_in_the_error(conn: Conn) -> Non
         conn.execute("RESET ROLE")
         conn.execute(f'REVOKE ALL ON "Documents" FROM {role}')
         conn.execute(f"DROP ROLE {role}")
+
+
+def test_a_name_that_needs_double_quotes_is_answered_with_them(conn: Conn) -> None:
+    """`My App.Notes` is not a name Postgres can read (a space outside double quotes): the
+    error says so in one line (no CONTEXT of our functions) and names the watched tables the
+    caller may read that it would name quoted, whole or part by part."""
+    conn.execute('CREATE SCHEMA "My App"')
+    conn.execute('CREATE TABLE "My App"."Notes" (id int PRIMARY KEY, body text)')
+    conn.execute('CREATE TABLE "Release Notes" (id int PRIMARY KEY, body text)')
+    for table in ('"My App"."Notes"', '"Release Notes"'):
+        conn.execute("SELECT embeddings.watch(%s, 'body', model => %s)", (table, MODEL))
+    quoting = (
+        "(a name with spaces or other signs than letters, digits and _ is written in double quotes)"
+    )
+    for given, answer in (
+        ("My App.Notes", f'invalid name syntax; did you mean "My App"."Notes"? {quoting}'),
+        ("my app.notes", f'invalid name syntax; did you mean "My App"."Notes"? {quoting}'),
+        ("Release Notes", f'invalid name syntax; did you mean "Release Notes"? {quoting}'),
+        ("Other Notes", "invalid name syntax"),
+        ("a.b.c.d", "improper relation name (too many dotted names): a.b.c.d"),
+    ):
+        with pytest.raises(exceptions.TargetError) as info:
+            find_target(conn, given)
+        assert str(info.value) == f"no table {given!r}: {answer}"

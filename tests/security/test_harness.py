@@ -277,7 +277,8 @@ def _unknown_model(ctx: Context) -> None:
 def _named_fixes(ctx: Context) -> None:
     """The refusals that name what to pass: watch() given column names in SQL's quotes
     (unquoted_identifier(), column_names_hint() read the owner's columns), and a search and a
-    plan of a table named but for case (the tables_alike lookup, as the caller's rights allow)."""
+    plan of a table named but for case or without the double quotes its name needs (the
+    tables_alike lookup, as the caller's rights allow)."""
     for statement, error, hint in (
         (
             f"""SELECT embeddings.watch('docs_row', '"body"', model => '{MINILM}')""",
@@ -301,6 +302,10 @@ def _named_fixes(ctx: Context) -> None:
     alike = "did you mean docs_row?"
     assert alike in ctx.cli("search", '"Docs_Row"', "document").stderr
     assert alike in ctx.cli("plan", '"Docs_Row"', "--content", "body", refused=True).stderr
+    # A name that is none (a space outside double quotes): tables_alike asked of it quoted.
+    for command in (("search", "docs row", "document"), ("plan", "docs row", "--content", "body")):
+        refused = ctx.cli(*command, refused=command[0] == "plan").stderr
+        assert "no table docs row" in refused.replace("'", "") and "CONTEXT" not in refused
 
 
 def _held_fix(ctx: Context) -> None:
@@ -472,7 +477,7 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     "failures --retry": ((SUPERUSER,), lambda ctx: ctx.cli("failures", "--retry")),
     "sweep (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("sweep", "--verify")),
     "an unknown model refused": ((SUPERUSER,), _unknown_model),
-    "refusals that name what to pass (quoted columns, a table named but for case)": (
+    "refusals that name what to pass (quoted columns, a table named but for case or unquoted)": (
         (SUPERUSER,),
         _named_fixes,
     ),

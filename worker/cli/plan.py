@@ -38,7 +38,7 @@ from psycopg.rows import dict_row
 from worker import db, exceptions, queries
 from worker.cli import output
 from worker.models.remote.tokens import BYTES_PER_TOKEN
-from worker.retrieval.targets import alike_hint
+from worker.retrieval.targets import NOT_A_NAME, alike_hint, quoting_hint
 
 # pg_class.relkind of what plan refuses (watch() takes 'r' and 'p' only), in words.
 RELATION_KINDS = {
@@ -177,7 +177,13 @@ def _relation(conn: db.Connection, table: str) -> tuple[str, str]:
     """The table's name as Postgres quotes it and its row type's, or ConfigError for no table
     or for a relation watch() does not take: a view's rows come from running it (the functions
     it calls would run as the caller), a foreign table's from its server. Neither is read."""
-    row = conn.execute(queries.get("plan_relation"), {"table": table}).fetchone()
+    try:
+        row = conn.execute(queries.get("plan_relation"), {"table": table}).fetchone()
+    except NOT_A_NAME as exc:
+        hint = quoting_hint(conn, table, watched=False)
+        raise exceptions.ConfigError(
+            f"no table {table}: {exc.diag.message_primary}{hint}"
+        ) from None
     if row is None:
         raise exceptions.ConfigError(f"no table {table}{alike_hint(conn, table, watched=False)}")
     name, kind, row_type = str(row[0]), str(row[1]), str(row[2])

@@ -15,6 +15,9 @@ from worker.pipeline.targets import target_of
 from worker.session_guard import GuardedConnection
 from worker.target import Target
 
+# What Postgres raises for a table name that is no name ('"', 'a.b.c.d', 'My App.Notes').
+NOT_A_NAME = (errors.InvalidName, errors.SyntaxError, errors.FeatureNotSupported)
+
 # search_target's targets: load_targets narrowed to the table's (and column's).
 _OF_THE_TABLE = sql.SQL(
     "t.source = source.oid"
@@ -33,9 +36,12 @@ def find_target(
             rows = _search_target(
                 conn, {"table": table, "column": column, "target": None, "path": start_path(conn)}
             )
-        except (errors.InvalidName, errors.SyntaxError, errors.FeatureNotSupported) as exc:
+        except NOT_A_NAME as exc:
             # Not a name at all ('"', 'a.b.c.d', another database's): no such table either.
-            raise exceptions.TargetError(f"no table {table!r}: {exc}") from None
+            raise exceptions.TargetError(
+                f"no table {table!r}: {exc.diag.message_primary}"
+                f"{quoting_hint(conn, table, watched=True)}"
+            ) from None
     if not rows:
         raise exceptions.TargetError(f"no table {table!r}{alike_hint(conn, table, watched=True)}")
     found = [row for row in rows if row["id"] is not None]
@@ -51,16 +57,44 @@ def alike_hint(conn: db.Connection, table: str, *, watched: bool) -> str:
     """For a table not found: the tables the caller may read (`watched`: of those watched)
     named `table` but for case, as the names to give instead (a table made with capitals is
     named in double quotes); "" when there is none."""
-    try:
-        with db.translated():
-            params = {"table": table, "watched": watched}
-            rows = conn.execute(queries.get("tables_alike"), params).fetchall()
-    except exceptions.DatabaseError:  # not a name parse_ident takes: no hint
+    return _did_you_mean(
+        conn, [table], watched, "a name not in double quotes is read in lower case"
+    )
+
+
+def quoting_hint(conn: db.Connection, table: str, *, watched: bool) -> str:
+    """For a name Postgres cannot read (`My App.Notes`: a space outside double quotes): the
+    tables the caller may read (`watched`: of those watched) that it names in double quotes,
+    whole or each dotted part; "" when there is none."""
+    if '"' in table:
         return ""
-    if not rows:
+    meant = [f'"{table}"']
+    if "." in table:
+        meant.append(".".join(f'"{part}"' for part in table.split(".")))
+    return _did_you_mean(
+        conn,
+        meant,
+        watched,
+        "a name with spaces or other signs than letters, digits and _ is written in double quotes",
+    )
+
+
+def _did_you_mean(conn: db.Connection, names: list[str], watched: bool, why: str) -> str:
+    """ "; did you mean A or B? (why)" for the tables tables_alike finds for any of `names`,
+    "" when it finds none."""
+    alike: list[str] = []
+    for name in names:
+        try:
+            with db.translated():
+                rows = conn.execute(
+                    queries.get("tables_alike"), {"table": name, "watched": watched}
+                ).fetchall()
+        except exceptions.DatabaseError:  # not a name parse_ident takes: no hint
+            continue
+        alike += [found for (found,) in rows if found not in alike]
+    if not alike:
         return ""
-    alike = " or ".join(name for (name,) in rows)
-    return f"; did you mean {alike}? (a name not in double quotes is read in lower case)"
+    return f"; did you mean {' or '.join(alike)}? ({why})"
 
 
 class KnownTargets:
