@@ -151,6 +151,18 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         otherwise)  -- (no such name: the aggregate NULL, and the text with it)
 $$;
 
+-- The HINT for a target of `source` named by an embedding column it is not watched with: the
+-- names it is watched with (a name in SQL's double quotes, `'"embedding"'`, names a column
+-- whose name holds the quotes); else `otherwise`.
+CREATE FUNCTION embeddings_internal.watched_columns_hint(source regclass, otherwise text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT coalesce(
+        (SELECT watched_columns_hint.source::text || ' is watched with embedding_column => '
+                || string_agg(quote_literal(t.embedding_column), ' or ' ORDER BY t.id) || '.'
+         FROM embeddings.targets t WHERE t.source = watched_columns_hint.source),
+        otherwise)  -- (no target: the aggregate NULL, and the text with it)
+$$;
+
 -- watch()'s row key: the primary key, or the unique not-null key named by `key`. Any number of
 -- columns, of any types with an equality operator whose values travel exactly as text.
 CREATE FUNCTION embeddings_internal.watch_key(source regclass, key name[],
@@ -783,7 +795,8 @@ BEGIN
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = unwatch.source AND tg.embedding_column = unwatch.embedding_column;
     IF NOT FOUND THEN
-        RAISE NOTICE '%.% is not watched', source, embedding_column;
+        RAISE NOTICE '%.% is not watched', source, embedding_column
+            USING HINT = embeddings_internal.watched_columns_hint(source, format('No column of %s is watched.', source));
         RETURN false;
     END IF;
     PERFORM embeddings_internal.forget_target(t);

@@ -155,7 +155,8 @@ BEGIN
     WHERE tg.source = rewatch.source AND tg.embedding_column = rewatch.embedding_column FOR UPDATE;
     IF NOT FOUND THEN
         RAISE EXCEPTION '%.% is not watched', source, embedding_column
-            USING ERRCODE = 'undefined_object', HINT = 'Register it with embeddings.watch() first.';
+            USING ERRCODE = 'undefined_object',
+                  HINT = embeddings_internal.watched_columns_hint(source, 'Register it with embeddings.watch() first.');
     END IF;
     RETURN embeddings_internal.start_change(t, coalesce(model, t.model), keep_old, reembed => coalesce(model, t.model) = t.model);
 END
@@ -177,6 +178,11 @@ BEGIN
     PERFORM embeddings_internal.lock_table(source);  -- as start_change()
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = cancel_change.source AND tg.embedding_column = cancel_change.embedding_column FOR UPDATE;
+    IF t.id IS NULL THEN
+        RAISE NOTICE '%.% is not watched', source, embedding_column
+            USING HINT = embeddings_internal.watched_columns_hint(source, format('No column of %s is watched.', source));
+        RETURN false;
+    END IF;
     SELECT * INTO c FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
     IF NOT FOUND THEN
         RAISE NOTICE 'no model change in progress for %.%', source, embedding_column;

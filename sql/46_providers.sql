@@ -214,7 +214,8 @@ BEGIN
     IF NOT FOUND THEN
         RAISE EXCEPTION '%.% is not watched', source, embedding_column
             USING ERRCODE = 'undefined_object',
-                  HINT = 'Watch it first, without queuing its rows: embeddings.watch(..., backfill => false).';
+                  HINT = embeddings_internal.watched_columns_hint(source,
+                             'Watch it first, without queuing its rows: embeddings.watch(..., backfill => false).');
     END IF;
     SELECT * INTO m FROM embeddings.models mo WHERE mo.name = coalesce(adopt_vectors.model, t.model);
     IF NOT FOUND THEN

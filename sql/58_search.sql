@@ -133,7 +133,8 @@ BEGIN
         RAISE EXCEPTION '% is not watched%', source,
             CASE WHEN embedding_column IS NULL THEN '' ELSE format(' with embedding column %I', embedding_column) END
             USING ERRCODE = 'undefined_object',
-                  HINT = format('SELECT embeddings.watch(%L, ''<content column>'');', source::text);
+                  HINT = embeddings_internal.watched_columns_hint(source,
+                             format('SELECT embeddings.watch(%L, ''<content column>'');', source::text));
     ELSIF cardinality(found) > 1 THEN
         RAISE EXCEPTION '% has several embedding columns: name one', source
             USING ERRCODE = 'ambiguous_column';

@@ -397,7 +397,8 @@ BEGIN
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = adopt_fingerprints.source AND tg.embedding_column = adopt_fingerprints.embedding_column;
     IF t.id IS NULL THEN
-        RAISE EXCEPTION '%.% is not watched', source, embedding_column USING ERRCODE = 'undefined_object';
+        RAISE EXCEPTION '%.% is not watched', source, embedding_column
+            USING ERRCODE = 'undefined_object', HINT = embeddings_internal.watched_columns_hint(source, 'Watch it first with embeddings.watch().');
     END IF;
     s := embeddings_internal.fingerprint_slot(t, false);
     LOOP

@@ -70,6 +70,7 @@ DECLARE
     internal_anyone CONSTANT regprocedure[] := ARRAY[
         -- search(), hybrid_search(), match_chunks() and the generated search and rankings
         'embeddings_internal.search_target(regclass, name)',
+        'embeddings_internal.watched_columns_hint(regclass, text)',  -- search_target()'s refusal
         'embeddings_internal.search_answer(embeddings.targets, halfvec, integer, jsonb)',
         'embeddings_internal.search_rows_estimate(embeddings.targets)',
         'embeddings_internal.search_run(text, anyelement, jsonb)',

@@ -368,6 +368,60 @@ def test_a_column_name_written_in_sql_quotes_is_answered_with_the_name_to_pass(
     )
 
 
+def test_a_target_named_by_a_column_it_is_not_watched_with_is_answered_with_its_columns(
+    conn: Conn, role: str
+) -> None:
+    """unwatch(), cancel_change(), rewatch(), search(), adopt_vectors() and
+    adopt_fingerprints() given an embedding column the table is not watched with (`'"vec"'`
+    in SQL's quotes, or a typo) said "not watched", and search() told to watch() a table that
+    is watched: each names the columns it is watched with."""
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, body text)")
+    conn.execute("CREATE TABLE plain (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('t', 'body', embedding_column => 'vec')")
+    conn.execute("SELECT embeddings.watch('t', 'body', embedding_column => 'Vec 2')")
+    watched = "public.t is watched with embedding_column => 'vec' or 'Vec 2'."
+    vector = "array_fill(0.1, ARRAY[384])::halfvec"
+    for call in (
+        "embeddings.rewatch('t', '\"vec\"')",
+        f"embeddings.search('t', {vector}, 3, embedding_column => 'embedding')",
+        "embeddings.adopt_vectors('t', 'vec2')",
+        "embeddings.adopt_fingerprints('t')",
+    ):
+        with pytest.raises(psycopg.errors.UndefinedObject) as info:
+            conn.execute(f"SELECT * FROM {call}")
+        assert info.value.diag.message_hint == watched, call
+    # search() runs as its caller: a role that may read the table is answered alike.
+    conn.execute(f"GRANT USAGE ON SCHEMA embeddings TO {role}")
+    conn.execute(f"GRANT SELECT ON t TO {role}")
+    conn.execute(f"SET ROLE {role}")
+    try:
+        with pytest.raises(psycopg.errors.UndefinedObject) as info:
+            conn.execute(
+                f"SELECT * FROM embeddings.search('t', {vector}, 3, embedding_column => 'v')"
+            )
+        assert info.value.diag.message_hint == watched
+    finally:
+        conn.execute("RESET ROLE")
+    with pytest.raises(psycopg.errors.UndefinedObject) as info:
+        conn.execute(f"SELECT * FROM embeddings.search('plain', {vector}, 3)")
+    assert (
+        info.value.diag.message_hint
+        == "SELECT embeddings.watch('public.plain', '<content column>');"
+    )
+
+    hints: list[str | None] = []  # read in the handler: a notice's result is freed after it
+    conn.add_notice_handler(lambda notice: hints.append(notice.message_hint))
+    for call in ("embeddings.unwatch('t')", "embeddings.cancel_change('t', '\"Vec 2\"')"):
+        assert conn.execute(f"SELECT {call}").fetchone() == (False,)
+    assert conn.execute("SELECT embeddings.unwatch('plain')").fetchone() == (False,)
+    assert hints == [
+        watched,
+        watched,
+        "No column of public.plain is watched.",
+    ]
+    assert conn.execute("SELECT count(*) FROM embeddings.targets").fetchone() == (2,)
+
+
 def test_an_unknown_model_is_answered_with_the_closest_name_and_register_model(conn: Conn) -> None:
     """issue 37: watch(..., model => 'typo') hinted INSERT INTO embeddings.models only; the
     same hint serves set_default_model() and a model change."""

@@ -252,6 +252,15 @@ def _sql_search(ctx: Context) -> None:
         f"SELECT * FROM embeddings.hybrid_search('docs_side', 'a document of', {vector}, 3,"
         " text_match => 'any')",
     )
+    # A column the table is not watched with: refused naming those it is (watched_columns_hint(),
+    # run as the caller).
+    with pytest.raises(psycopg.errors.UndefinedObject) as refused:
+        ctx.sql(
+            f"SELECT * FROM embeddings.search('docs_row', {vector}, 3, embedding_column => 'v')"
+        )
+    assert "is watched with embedding_column => 'embedding'." in str(
+        refused.value.diag.message_hint
+    )
 
 
 def _plan(ctx: Context) -> None:
@@ -294,6 +303,11 @@ def _named_fixes(ctx: Context) -> None:
             f"""SELECT embeddings.watch('docs_row', 'body', embedding_column => '"vec"', model => '{MINILM}')""",
             psycopg.errors.InvalidName,
             "embedding_column => 'vec'.",
+        ),
+        (
+            """SELECT embeddings.rewatch('docs_row', '"embedding"')""",
+            psycopg.errors.UndefinedObject,
+            "is watched with embedding_column => 'embedding'.",
         ),
     ):
         with pytest.raises(error) as refused:
