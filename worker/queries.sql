@@ -878,12 +878,26 @@ SELECT pg_catalog.set_config('statement_timeout', {ms}, true);
 SELECT pg_catalog.pg_terminate_backend(%(pid)s);
 
 -- name: list_failures
--- The dead-lettered jobs, oldest first.
-SELECT id, target, row_key, attempts, last_error, failed_at FROM embeddings.failures ORDER BY id;
+-- The dead-lettered jobs, oldest first: of the targets %(targets)s and with the ids %(ids)s (NULL:
+-- any), at most %(limit)s (NULL: all), each with how many there are in all.
+SELECT id, target, row_key, attempts, last_error, failed_at, count(*) OVER () AS total
+FROM embeddings.failures f
+WHERE (%(targets)s::integer[] IS NULL OR f.target_id = ANY(%(targets)s::integer[]))
+  AND (%(ids)s::bigint[] IS NULL OR f.id = ANY(%(ids)s::bigint[]))
+ORDER BY id
+LIMIT %(limit)s;
+
+-- name: failures_table
+-- `failures TABLE`: table %(table)s as the caller's own sessions find it (relation_named), its
+-- name as Postgres quotes it and the ids of its targets; NULL when there is none.
+SELECT r.rel::pg_catalog.text,
+       ARRAY(SELECT t.id FROM embeddings.targets t WHERE t.source OPERATOR(pg_catalog.=) r.rel ORDER BY t.id)
+FROM (SELECT embeddings_internal.relation_named(%(table)s::pg_catalog.text) AS rel) r;
 
 -- name: retry_failures
--- Sends every dead-lettered job back to its backfill lane; returns how many.
-SELECT embeddings.retry_failures();
+-- Sends the dead-lettered jobs with the ids %(ids)s (NULL: every one) back to their backfill
+-- lane; returns how many.
+SELECT embeddings.retry_failures(%(ids)s::bigint[]);
 
 -- name: status_rows
 -- `status`: the columns {columns} of view {view} (embeddings.status, or status_exact).

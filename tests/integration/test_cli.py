@@ -388,3 +388,63 @@ def test_an_unknown_embed_model_is_a_usage_error_naming_the_variable(dsn: str) -
     assert result.returncode == 2, result.stderr
     assert "EMBED_MODEL=all-MiniLM-L6v2" in result.stderr
     assert "did you mean all-MiniLM-L6-v2?" in result.stderr
+
+
+def test_failures_of_one_table_or_some_ids_are_listed_and_retried_alone(
+    conn: Conn, dsn: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """An operator fixes one table's cause, or one row's, and re-queues those dead letters only;
+    a long list is shown a page at a time, saying how many more there are."""
+    from worker.cli import main as cli
+
+    for table in ("docs", "notes"):
+        stores.texts_table(conn, {}, table=table)
+        conn.execute(f"SELECT embeddings.watch('{table}', 'body')")
+    conn.execute(
+        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
+        " last_error) SELECT t.id, embeddings_internal.target_name(t), to_jsonb(k),"
+        " 'embedding_jobs', jsonb_build_object('target', t.id, 'keys', jsonb_build_array(k)), 5,"
+        " 'boom ' || k FROM embeddings.targets t, generate_series(1, 3) AS k ORDER BY t.id, k"
+    )
+
+    def failures(*argv: str) -> tuple[int, str, str]:
+        code = cli.main(["failures", *argv, "--database-url", dsn])
+        out, err = capsys.readouterr()
+        return code, out, err
+
+    def left() -> list[tuple[str, int]]:
+        return conn.execute(
+            "SELECT target, row_key::int FROM embeddings.failures ORDER BY id"
+        ).fetchall()
+
+    code, out, _ = failures("notes", "--json")
+    assert code == 0 and [(f["target"], f["row_key"]) for f in json.loads(out)] == [
+        ("public.notes.embedding", k) for k in (1, 2, 3)
+    ]
+    code, out, _ = failures("--limit", "2")
+    assert code == 0 and "6 dead-lettered, the first 2 shown (--limit)" in out
+    assert len(re.findall(r"public\.\w+\.embedding", out)) == 2
+    code, out, _ = failures("docs")
+    assert out.strip().endswith(" failures docs --retry"), out
+
+    first_notes = conn.execute("SELECT min(id) FROM embeddings.failures WHERE target ~ 'notes'")
+    (one,) = first_notes.fetchone() or (0,)
+    code, _, err = failures("--id", str(one), "--retry")
+    assert code == 0 and "re-queued 1 dead-lettered job(s)" in err
+    assert ("public.notes.embedding", 1) not in left() and len(left()) == 5
+    code, _, err = failures("docs", "--retry")
+    assert code == 0 and "re-queued 3 dead-lettered job(s)" in err
+    assert left() == [("public.notes.embedding", 2), ("public.notes.embedding", 3)]
+    queued = conn.execute(
+        "SELECT t.source::text, (q.message->'keys'->>0)::int FROM pgmq.q_embedding_jobs_backfill q"
+        " JOIN embeddings.targets t ON t.id = (q.message->>'target')::int ORDER BY 1, 2"
+    ).fetchall()
+    assert queued == [("docs", 1), ("docs", 2), ("docs", 3), ("notes", 1)]
+
+    code, _, err = failures("nosuch", "--retry")
+    assert code == 2 and "no table nosuch" in err and len(left()) == 2
+    conn.execute("CREATE TABLE plain (id int)")
+    code, _, err = failures("plain")
+    assert code == 2 and "public.plain is not watched: it has no dead letters" in err
+    code, _, err = failures("--id", "0", "--retry")
+    assert code == 0 and "re-queued 0 dead-lettered job(s)" in err and len(left()) == 2

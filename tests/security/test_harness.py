@@ -263,6 +263,15 @@ def _sql_search(ctx: Context) -> None:
     )
 
 
+def _failures_retry(ctx: Context) -> None:
+    """Dead letters listed and re-queued by table (named as the role's own sessions find it:
+    relation_named(), past the overloads planted in its path), by id, then all."""
+    ctx.cli("failures", "docs_row", "--limit", "5")
+    ctx.cli("failures", "docs_row", "--retry")
+    ctx.cli("failures", "--id", "1", "--id", "2", "--retry")
+    ctx.cli("failures", "--retry")
+
+
 def _plan(ctx: Context) -> None:
     for table, content in (
         ("docs_row", "body"),
@@ -488,7 +497,7 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     "plan": ((SUPERUSER,), _plan),
     "status": ((SUPERUSER, WORKER), lambda ctx: ctx.cli("status", "--json")),
     "doctor": ((SUPERUSER,), lambda ctx: ctx.cli("doctor")),
-    "failures --retry": ((SUPERUSER,), lambda ctx: ctx.cli("failures", "--retry")),
+    "failures --retry (a table's, an id's, all)": ((SUPERUSER, WORKER), _failures_retry),
     "sweep (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("sweep", "--verify")),
     "an unknown model refused": ((SUPERUSER,), _unknown_model),
     "refusals that name what to pass (quoted columns, a table named but for case or unquoted)": (

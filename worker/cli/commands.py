@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from typing import TYPE_CHECKING, Literal
 
-from worker import db, exceptions, exits, queries, schema
-from worker.cli import embedding, hints, output
+from worker import db, exceptions, exits, schema
+from worker.cli import embedding, output
 from worker.cli.connection import connect
 from worker.config import Settings
 
@@ -138,37 +137,10 @@ def sweep(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- failures ---------------------------------------------------------------------------------
 def failures(args: argparse.Namespace, settings: Settings) -> int:
-    with connect(settings) as conn, db.translated():
-        rows = conn.execute(queries.get("list_failures")).fetchall()
-        if args.retry:
-            retried_row = conn.execute(queries.get("retry_failures")).fetchone()
-            retried = retried_row[0] if retried_row else 0
-            print(f"re-queued {retried} dead-lettered job(s)", file=sys.stderr)
-            return exits.OK
-    keys = ("id", "target", "row_key", "attempts", "last_error", "failed_at")
-    if args.json:
-        output.print_json([dict(zip(keys, r, strict=True)) for r in rows])
-        return exits.OK
-    if not rows:
-        print("no dead-lettered jobs")
-        return exits.OK
-    output.print_table(
-        ["id", "target", "row key", "attempts", "failed at", "last error"],
-        [
-            [
-                str(r[0]),
-                r[1],
-                json.dumps(r[2]),
-                str(r[3]),
-                f"{r[5]:%Y-%m-%d %H:%M:%S}",
-                output.preview(r[4], 70),
-            ]
-            for r in rows
-        ],
-    )
-    retry = hints.command("failures --retry", settings.dsn)
-    print(f"\n{len(rows)} dead-lettered; re-queue with: {retry}")
-    return exits.OK
+    from worker.cli import failures as dead_letters
+
+    with connect(settings) as conn:
+        return dead_letters.run(conn, args, settings.dsn)
 
 
 # --- models -----------------------------------------------------------------------------------

@@ -238,7 +238,26 @@ def _sweep_options(sweep: argparse.ArgumentParser) -> None:
 
 
 def _failures_options(failures: argparse.ArgumentParser) -> None:
-    failures.add_argument("--retry", action="store_true", help="re-queue them all")
+    failures.add_argument(
+        "table", nargs="?", metavar="TABLE", help="only this table's dead letters (default: all)"
+    )
+    failures.add_argument(
+        "--id",
+        dest="ids",
+        type=int,
+        action="append",
+        metavar="ID",
+        help="only the dead letter with this id (repeatable)",
+    )
+    failures.add_argument(
+        "--retry", action="store_true", help="re-queue them (all, or those TABLE and --id choose)"
+    )
+    failures.add_argument(
+        "--limit",
+        type=int,
+        metavar="N",
+        help="list at most N (default: 100 in the table; all in --json)",
+    )
     failures.add_argument("--json", action="store_true", help="print JSON instead of a table")
 
 

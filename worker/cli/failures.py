@@ -1,0 +1,93 @@
+"""`embed-worker failures [TABLE] [--id ID]... [--retry]`: the dead-lettered jobs
+(embeddings.failures), all or one table's or some ids', listed a page at a time, or re-queued
+(embeddings.retry_failures(), sql/50_status.sql): an operator who fixed one table's cause, or
+one row's, re-queues those and leaves the rest."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+from typing import Any
+
+from worker import db, exceptions, exits, queries
+from worker.cli import hints, output
+from worker.retrieval.targets import NOT_A_NAME, alike_hint, quoting_hint
+
+KEYS = ("id", "target", "row_key", "attempts", "last_error", "failed_at")
+PAGE = 100  # rows the table view shows without --limit
+
+
+def run(conn: db.Connection, args: argparse.Namespace, dsn: str) -> int:
+    if args.limit is not None and args.limit < 1:
+        raise exceptions.ConfigError("--limit must be at least 1")
+    chosen = {"targets": _targets(conn, args.table), "ids": args.ids}
+    if args.retry:
+        every = args.table is None and args.ids is None
+        with db.translated():
+            ids = None if every else [row[0] for row in _listed(conn, chosen, None)]
+            retried = conn.execute(queries.get("retry_failures"), {"ids": ids}).fetchone()
+        print(f"re-queued {retried[0] if retried else 0} dead-lettered job(s)", file=sys.stderr)
+        return exits.OK
+    limit = args.limit if args.limit is not None or not args.json else None
+    with db.translated():
+        rows = _listed(conn, chosen, PAGE if limit is None and not args.json else limit)
+    if args.json:
+        output.print_json([dict(zip(KEYS, r[:6], strict=True)) for r in rows])
+    else:
+        _show(rows, _retry_command(args, dsn))
+    return exits.OK
+
+
+def _targets(conn: db.Connection, table: str | None) -> list[int] | None:
+    """The ids of `table`'s targets (None: no table given), or ConfigError naming what the
+    caller may have meant."""
+    if table is None:
+        return None
+    try:
+        row = conn.execute(queries.get("failures_table"), {"table": table}).fetchone()
+    except NOT_A_NAME as exc:
+        why = f"{exc.diag.message_primary}{quoting_hint(conn, table, watched=True)}"
+        raise exceptions.ConfigError(f"no table {table}: {why}") from None
+    if row is None or row[0] is None:
+        raise exceptions.ConfigError(f"no table {table}{alike_hint(conn, table, watched=True)}")
+    if not row[1]:
+        raise exceptions.ConfigError(f"{row[0]} is not watched: it has no dead letters")
+    return list(row[1])
+
+
+def _listed(conn: db.Connection, chosen: dict[str, Any], limit: int | None) -> list[Any]:
+    """The chosen dead letters, oldest first, at most `limit`, each with how many were chosen."""
+    return conn.execute(queries.get("list_failures"), {**chosen, "limit": limit}).fetchall()
+
+
+def _retry_command(args: argparse.Namespace, dsn: str) -> str:
+    chosen = [shlex.quote(args.table)] if args.table is not None else []
+    chosen += [f"--id {i}" for i in args.ids or ()]
+    return hints.command(" ".join(["failures", *chosen, "--retry"]), dsn)
+
+
+def _show(rows: list[Any], retry: str) -> None:
+    if not rows:
+        print("no dead-lettered jobs")
+        return
+    output.print_table(
+        ["id", "target", "row key", "attempts", "failed at", "last error"],
+        [
+            [
+                str(r[0]),
+                r[1],
+                json.dumps(r[2]),
+                str(r[3]),
+                f"{r[5]:%Y-%m-%d %H:%M:%S}",
+                output.preview(r[4], 70),
+            ]
+            for r in rows
+        ],
+    )
+    total = int(rows[0][6])
+    shown = f"{total} dead-lettered" + (
+        f", the first {len(rows)} shown (--limit)" if len(rows) < total else ""
+    )
+    print(f"\n{shown}; re-queue with: {retry}")
