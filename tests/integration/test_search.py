@@ -443,3 +443,30 @@ def test_a_name_that_needs_double_quotes_is_answered_with_them(conn: Conn) -> No
         with pytest.raises(exceptions.TargetError) as info:
             find_target(conn, given)
         assert str(info.value) == f"no table {given!r}: {answer}"
+
+
+def test_a_column_the_table_is_not_watched_with_is_answered_with_those_it_is(conn: Conn) -> None:
+    """A search naming an embedding column the table is not watched with was told to watch()
+    a watched table; it is told the columns to name instead."""
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute("CREATE TABLE plain (id int PRIMARY KEY, body text)")
+    for column in ("vec", "Vec 2"):
+        conn.execute(
+            "SELECT embeddings.watch('notes', 'body', embedding_column => %s, model => %s)",
+            (column, MODEL),
+        )
+    with pytest.raises(exceptions.TargetError) as info:
+        find_target(conn, "notes", "embedding")
+    assert str(info.value) == (
+        "notes is not watched with embedding column 'embedding': its embedding columns are"
+        " 'vec' or 'Vec 2'"
+    )
+    conn.execute("SELECT embeddings.unwatch('notes', 'Vec 2')")
+    with pytest.raises(exceptions.TargetError, match=r"its embedding column is 'vec'$"):
+        find_target(conn, "notes", '"vec"')
+    with pytest.raises(exceptions.TargetError) as info:
+        find_target(conn, "plain", "vec")
+    assert (
+        str(info.value)
+        == "plain is not watched: SELECT embeddings.watch('plain', 'content_column');"
+    )

@@ -39,7 +39,7 @@ from tests.support.models import MINILM, require_minilm
 from tests.support.process import WorkerProcess, run_cli
 from tests.support.provider_server import ProviderServer
 from tests.support.rerank_server import RerankServer
-from worker import schema
+from worker import exceptions, schema
 from worker.models.files import ModelLocation
 from worker.models.loaded import LoadedModels
 from worker.models.query_batch import QueryBatchers
@@ -155,6 +155,10 @@ def _http_search(ctx: Context) -> None:
         for ask in asked * 2:  # (docs_side and docs_fn have full-text search: hybrid)
             request = SearchRequest.parse({**ask, "query": "a document of", "k": 3})
             service.search(request)
+        # A column the table is not watched with: its watched ones looked up (find_target).
+        wrong = SearchRequest.parse({"table": "docs_row", "query": "a", "column": "v"})
+        with pytest.raises(exceptions.TargetError, match="its embedding column is 'embedding'"):
+            service.search(wrong)
         with searches.connection() as conn:  # one search's own SQL, in the pooled session
             search.run(conn, ctx.embedders.get, SearchRequest.parse({**asked[3], "query": "a"}))
         with searches.connection() as conn:  # what the next search's session holds

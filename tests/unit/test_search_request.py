@@ -126,3 +126,26 @@ def test_a_body_missing_one_field_names_that_one() -> None:
         SearchRequest.parse({"table": "docs"})
     with pytest.raises(ValueError, match='"table"'):
         SearchRequest.parse({"query": "where"})
+
+
+@pytest.mark.parametrize(
+    ("field", "meant"),
+    [
+        ("embedding_column", "column"),  # the SQL functions' name
+        ("top_k", "k"),
+        ("rerank_dept", "rerank_depth"),  # a typo
+        ("textmatch", "text_match"),
+        ("colour", None),
+    ],
+)
+def test_a_field_a_search_does_not_take_is_refused_with_the_one_meant(
+    field: str, meant: str | None
+) -> None:
+    """Ignored, `{"embedding_column": "vec"}` searched the table's only column and `top_k`
+    returned 5 results: an answer to another question."""
+    with pytest.raises(ValueError) as info:
+        SearchRequest.parse({**BASE, field: 3})
+    said = str(info.value)
+    assert said.startswith(f"unknown field {field!r}")
+    assert (f"did you mean {meant!r}?" in said) == (meant is not None), said
+    assert "a search takes table, query, k, column, filter, mode" in said

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import difflib
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -14,6 +15,16 @@ RERANKER_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # as set_rerank
 # "vector": by meaning only; "hybrid": fused with full-text search (the target needs it on:
 # embeddings.enable_fts()); "auto": hybrid where the target has full-text search.
 MODES = ("auto", "vector", "hybrid")
+# What other search APIs (and our SQL functions) call a field: the hint of a field refused.
+OTHER_NAMES = {
+    "embedding_column": "column",
+    "top_k": "k",
+    "topk": "k",
+    "limit": "k",
+    "filters": "filter",
+    "text": "query",
+    "question": "query",
+}
 REQUIRED = (
     'expected a JSON object with "table" (the table to search) and "query" (the text to '
     'search for): {"table": "documents", "query": "..."}'
@@ -46,6 +57,7 @@ class SearchRequest:
         into SQL."""
         if not isinstance(body, dict):
             raise ValueError(REQUIRED)
+        _refuse_unknown(body)
         missing = [name for name in ("table", "query") if body.get(name) in (None, "")]
         if len(missing) == 2:
             raise ValueError(REQUIRED)
@@ -76,6 +88,26 @@ class SearchRequest:
             fusion = Fusion.parse(body)
         rerank, rerank_depth = _rerank_of(body)
         return cls(table, query, k, column, filter, mode, fusion, rerank, rerank_depth)
+
+
+def _search_fields() -> tuple[str, ...]:
+    """The fields a search's body may hold."""
+    asked = ("table", "query", "k", "column", "filter", "mode")
+    return (*asked, *Fusion.names(), "rerank", "rerank_depth")
+
+
+def _refuse_unknown(body: dict[str, Any]) -> None:
+    """A field the search does not know (a typo, another API's name for one) is refused, not
+    ignored: a search that left out what its caller asked for would answer another question."""
+    known = _search_fields()
+    for name in body:
+        if name not in known:
+            close = difflib.get_close_matches(str(name), known, n=1)
+            meant = OTHER_NAMES.get(name) or (close[0] if close else None)
+            meant = f"; did you mean {meant!r}?" if meant else ""
+            raise ValueError(
+                f"unknown field {str(name)[:100]!r}{meant} (a search takes {', '.join(known)})"
+            )
 
 
 def _rerank_of(body: dict[str, Any]) -> tuple[str | bool | None, int | None]:

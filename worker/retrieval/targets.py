@@ -45,6 +45,18 @@ def find_target(
     if not rows:
         raise exceptions.TargetError(f"no table {table!r}{alike_hint(conn, table, watched=True)}")
     found = [row for row in rows if row["id"] is not None]
+    if not found and column is not None:  # watched, maybe, under other columns: say which
+        path = start_path(conn)
+        params = {"table": table, "column": None, "target": None, "path": path}
+        with db.translated():
+            columns = [r["embedding_column"] for r in _search_target(conn, params) if r["id"]]
+        if columns:
+            watched = " or ".join(escapes.shown_literal(c) for c in columns)
+            are = "columns are" if len(columns) > 1 else "column is"
+            raise exceptions.TargetError(
+                f"{table} is not watched with embedding column {column!r}: its embedding {are}"
+                f" {watched}"
+            )
     if not found:
         hint = f"SELECT embeddings.watch({escapes.shown_literal(table)}, 'content_column');{then}"
         raise exceptions.TargetError(f"{table} is not watched: {hint}")
