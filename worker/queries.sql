@@ -945,10 +945,15 @@ SELECT name, provider, max_tokens, max_inputs, max_request_tokens, price_per_mil
 FROM embeddings.models WHERE name = %(model)s;
 
 -- name: plan_targets
--- `plan`: the watched columns of a table (one, when %(column)s names it).
-SELECT id, model, content_column, embedding_column FROM embeddings.targets
-WHERE source = embeddings_internal.relation_named(%(table)s) AND (%(column)s::name IS NULL OR embedding_column = %(column)s::name)
-ORDER BY id;
+-- `plan`: the watched columns of a table (one, when %(column)s names it), with their chunking
+-- and whether their content is a bytea column of files (sql/55_chunks.sql).
+SELECT t.id, t.model, t.content_column, t.embedding_column, t.chunk_tokens, t.chunk_overlap,
+       coalesce((SELECT a.atttypid = 'pg_catalog.bytea'::pg_catalog.regtype FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = t.source AND a.attnum = t.content_attnum AND t.content_column IS NOT NULL),
+                false) AS content_bytes
+FROM embeddings.targets t
+WHERE t.source = embeddings_internal.relation_named(%(table)s) AND (%(column)s::name IS NULL OR t.embedding_column = %(column)s::name)
+ORDER BY t.id;
 
 -- name: plan_target_rows
 -- `plan`: a target's rows, and those with a vector, as embeddings.status has them: counted up to
@@ -1003,7 +1008,10 @@ FROM (SELECT CASE WHEN c.reltuples >= 0 AND c.relpages > 0
 -- (pg_stats: as ANALYZE measured it, run as the table's owner), where the caller may read its
 -- statistics (pg_stats shows only columns the caller can SELECT): the table's own (a
 -- partitioned table's once it was analyzed itself), else its leaf relations' weighted by their
--- rows (autovacuum analyzes partitions, never their parent). NULL without statistics.
+-- rows (autovacuum analyzes partitions, never their parent). NULL without statistics. And the
+-- bytes a row the table holds out of line (TOAST, compressed, every column's): ANALYZE counts
+-- an out-of-line value's pointer (18 bytes), not its text, so a table of documents longer than
+-- about 2 kB would otherwise seem to hold a few tokens a row.
 WITH own AS (
     SELECT s.avg_width::float8 AS width
     FROM pg_catalog.pg_stats s
@@ -1018,6 +1026,12 @@ WITH own AS (
     JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
     JOIN pg_catalog.pg_stats s ON s.schemaname = n.nspname AND s.tablename = c.relname
                               AND s.attname = %(column)s::pg_catalog.name AND NOT s.inherited
+), out_of_line AS (
+    SELECT pg_catalog.sum(CASE WHEN c.reltoastrelid OPERATOR(pg_catalog.<>) 0
+                               THEN pg_catalog.pg_relation_size(c.reltoastrelid) ELSE 0 END)::float8
+           / greatest(pg_catalog.sum(greatest(c.reltuples, 0)), 1) AS per_row
+    FROM embeddings_internal.leaf_relations(embeddings_internal.relation_named(%(table)s::pg_catalog.text)) l
+    JOIN pg_catalog.pg_class c ON c.oid = l
 )
-SELECT coalesce((SELECT width FROM own), (SELECT width FROM leaves));
+SELECT coalesce((SELECT width FROM own), (SELECT width FROM leaves)), (SELECT per_row FROM out_of_line);
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 from typing import Any
 
 import psycopg
@@ -200,8 +201,59 @@ def test_plan_on_the_command_line(dsn: str, conn: Conn, priced: str) -> None:
         "rows_from": "counted",
         "tokens_per_row": 50.0,
         "tokens_from": None,
+        "chunks": None,  # one vector a row
+        "chunking": None,
         "tokens": 15_000,
         "requests": 3,
         "price_per_million_tokens": 0.02,
         "cost": 0.0003,
     }
+
+
+def test_a_chunked_table_is_planned_by_its_chunks_and_files_are_not_guessed(
+    dsn: str, conn: Conn, priced: str
+) -> None:
+    """A chunked row is embedded whole, in overlapping chunks: its tokens are not capped at
+    the model's limit for one input, the overlap is embedded twice, and requests go by chunks.
+    A bytea column holds files, whose bytes (compressed, zipped) say nothing of their text."""
+    conn.execute(  # 2,999 bytes a row, which TOAST cannot compress: its statistics show them all
+        "UPDATE docs d SET body = (SELECT string_agg(md5(random()::text || g || d.id), ' ')"
+        " FROM generate_series(1, 91) g) || 'ab'"
+    )
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 200,"
+        " chunk_overlap => 20)",
+        (priced,),
+    )
+    conn.execute("ANALYZE docs")
+    with db.connect(dsn) as c:
+        found = plan.make(c, "docs")
+    # ~1,000 tokens a row, stored out of line (its statistics count an 18-byte pointer: 6
+    # tokens, as plan said before), in chunks starting 180 apart: 6 a row
+    assert found.tokens_from == plan.STATISTICS_AND_TOAST
+    assert found.tokens_per_row is not None and 950 <= found.tokens_per_row <= 1_500, found
+    per_row = found.tokens_per_row
+    each = math.ceil((per_row - 20) / 180)
+    assert found.rows == 300 and found.chunks == 300 * each, found
+    assert found.chunking == "of at most 200 tokens, 20 overlapping"
+    tokens = found.tokens
+    assert tokens is not None and tokens == pytest.approx(
+        300 * (per_row + (each - 1) * 20), rel=0.01
+    )
+    # by tokens (5,000 each) more than by inputs (100 chunks each)
+    assert found.requests == math.ceil(tokens / 5_000)
+    assert found.cost == pytest.approx(tokens * 0.02 / 1e6)
+
+    conn.execute("CREATE TABLE files (id int PRIMARY KEY, body bytea)")
+    conn.execute("INSERT INTO files SELECT g, '\\x255044462d'::bytea FROM generate_series(1, 5) g")
+    conn.execute(
+        "SELECT embeddings.watch('files', 'body', model => %s, chunk_tokens => 200)", (priced,)
+    )
+    conn.execute("ANALYZE files")
+    with db.connect(dsn) as c:
+        found = plan.make(c, "files")
+    assert found.rows == 5 and found.chunks is None and found.tokens is None
+    assert found.tokens_from == plan.FILES and found.requests is None and found.cost is None
+    with db.connect(dsn) as c:
+        given = plan.make(c, "files", tokens_per_row=380)
+    assert (given.chunks, given.tokens) == (10, 5 * (380 + 20))  # 2 a row, overlap 20 (200 / 10)

@@ -19,8 +19,11 @@ as only tables are watched: a view, a foreign table and the like are refused unr
 
 Bytes become tokens as the worker's estimate for remote models does
 (worker/models/remote/tokens.py: one per 3 bytes, which over-counts English text by about a
-third), capped at the model's token limit per input. A content function, or a column whose
-statistics the caller cannot read, needs `--tokens-per-row`. Requests follow the model's
+third), capped at the model's token limit per input but for a chunked target, whose rows are
+embedded whole in overlapping chunks. The statistics count a value stored out of line (TOAST,
+over about 2 kB) as its pointer: the table's out-of-line bytes a row are added. A content
+function, a column of files (bytea: the bytes are not the text), or a column whose statistics
+the caller cannot read, needs `--tokens-per-row`. Requests follow the model's
 limits (inputs and tokens per request); cost is tokens x price_per_million_tokens / 1e6, in
 that price's currency.
 """
@@ -53,6 +56,16 @@ RELATION_KINDS = {
 }
 COUNTED = "counted"
 ESTIMATED = "estimated from the table's statistics"
+# Out-of-line bytes a row from which plan says it counted them (below: TOAST's own overhead).
+TOASTED_BYTES = 64
+STATISTICS_AND_TOAST = (
+    "from the column's statistics and the table's out-of-line values: compressed, and every"
+    " large column's"
+)
+FILES = (
+    "unknown: a file's text is known once the worker has read it (its bytes are not its text:"
+    " pass --tokens-per-row)"
+)
 
 
 @dataclass
@@ -64,6 +77,8 @@ class Plan:
     rows_from: str  # how rows was found
     tokens_per_row: float | None
     tokens_from: str  # how tokens_per_row was found
+    chunks: int | None  # a chunked target's: the chunks its rows make (None: not chunked, unknown)
+    chunking: str | None  # a chunked target's chunk size and overlap, said
     tokens: int | None
     requests: int | None
     price_per_million_tokens: float | None
@@ -100,17 +115,25 @@ def make(
         else:
             assert content is not None
             content_column = _content_column(conn, table, name, row_type, content)
+        chunking = _chunking(target)
         if tokens_per_row is not None:
             per_row, where = float(tokens_per_row), "given (--tokens-per-row)"
         elif content_column is None:
             per_row, where = None, "unknown: a content function (pass --tokens-per-row)"
-        else:
-            per_row, where = _tokens_per_row(conn, table, name, content_column, max_tokens)
-    tokens = math.ceil(rows * per_row) if per_row is not None and rows is not None else None
+        elif (target or {}).get("content_bytes"):
+            per_row, where = None, FILES
+        else:  # a chunked row is embedded whole, a plain one up to the model's limit
+            cap = None if chunking else max_tokens
+            per_row, where = _tokens_per_row(conn, table, name, content_column, cap)
+    inputs, per_input = rows, per_row  # what the model is given: a row each, or its chunks
+    if chunking:  # as many chunks as the tokens make: unknown while they are
+        inputs, per_input = None, None
+        if per_row is not None and rows is not None:
+            inputs, per_input = _chunks(rows, per_row, *chunking)
+    tokens = math.ceil(inputs * per_input) if per_input is not None and inputs is not None else None
     requests = None
-    if provider != "local" and rows is not None:
-        inputs = max_inputs or 1
-        requests = math.ceil(rows / inputs)
+    if provider != "local" and inputs is not None:
+        requests = math.ceil(inputs / (max_inputs or 1))
         if tokens is not None and max_request_tokens:
             requests = max(requests, math.ceil(tokens / max_request_tokens))
     price_f = float(price) if price is not None else None
@@ -123,6 +146,10 @@ def make(
         rows_from=rows_from,
         tokens_per_row=round(per_row, 1) if per_row is not None else None,
         tokens_from=where,
+        chunks=inputs if chunking else None,
+        chunking=f"of at most {chunking[0]} tokens, {chunking[1]} overlapping"
+        if chunking
+        else None,
         tokens=tokens,
         requests=requests,
         price_per_million_tokens=price_f,
@@ -139,6 +166,7 @@ def show(plan: Plan, *, as_json: bool) -> None:
             ("table", plan.table),
             ("model", f"{plan.model} ({plan.provider})"),
             ("rows to embed", _rows_line(plan)),
+            *([("chunks", _chunks_line(plan))] if plan.chunking else []),
             ("tokens", _tokens_line(plan)),
             ("requests", f"~{plan.requests:,}" if plan.requests is not None else "-"),
             ("cost", _cost_line(plan)),
@@ -152,6 +180,12 @@ def _rows_line(plan: Plan) -> str:
     if plan.rows_from == COUNTED:
         return f"{plan.rows:,}"
     return f"~{plan.rows:,} ({plan.rows_from})"
+
+
+def _chunks_line(plan: Plan) -> str:
+    if plan.chunks is None:
+        return f"unknown ({plan.chunking})"
+    return f"~{plan.chunks:,} ({plan.chunking})"
 
 
 def _tokens_line(plan: Plan) -> str:
@@ -257,8 +291,26 @@ def _content_column(
     return None
 
 
+def _chunking(target: dict[str, Any] | None) -> tuple[int, int] | None:
+    """A chunked target's chunk size and overlap in tokens; None for one vector a row."""
+    if target is None or target.get("chunk_tokens") is None:
+        return None
+    return int(target["chunk_tokens"]), int(target["chunk_overlap"] or 0)
+
+
+def _chunks(rows: int, per_row: float, size: int, overlap: int) -> tuple[int, float]:
+    """The chunks `rows` of `per_row` tokens make (sql/55_chunks.sql: each starts `size -
+    overlap` tokens after the one before) and their average tokens: the overlap is embedded
+    twice. Averages: a table of rows of very different lengths makes more chunks than this."""
+    step = max(size - overlap, 1)
+    each = max(1, math.ceil((per_row - overlap) / step)) if per_row > size else 1
+    return rows * each, min(per_row, float(size)) if each == 1 else (
+        per_row + (each - 1) * overlap
+    ) / each
+
+
 def _tokens_per_row(
-    conn: db.Connection, table: str, name: str, column: str, max_tokens: int
+    conn: db.Connection, table: str, name: str, column: str, max_tokens: int | None
 ) -> tuple[float | None, str]:
     stats = conn.execute(
         queries.get("plan_column_width"), {"table": table, "column": column}
@@ -268,5 +320,10 @@ def _tokens_per_row(
             f"unknown: no statistics of {name}.{column} you may read (run ANALYZE {name}, "
             "or pass --tokens-per-row)"
         )
-    width = float(stats[0])
-    return min(width / BYTES_PER_TOKEN, float(max_tokens)), "from the column's statistics"
+    out_of_line = float(stats[1] or 0)
+    per_row = (float(stats[0]) + out_of_line) / BYTES_PER_TOKEN
+    if max_tokens is not None:
+        per_row = min(per_row, float(max_tokens))
+    if out_of_line < TOASTED_BYTES:
+        return per_row, "from the column's statistics"
+    return per_row, STATISTICS_AND_TOAST
