@@ -13,7 +13,7 @@ from typing import Any
 
 from worker import db, exceptions, exits, queries
 from worker.cli import hints, output
-from worker.retrieval.targets import NOT_A_NAME, alike_hint, quoting_hint
+from worker.retrieval.targets import NOT_A_NAME, no_table
 
 KEYS = ("id", "target", "row_key", "attempts", "last_error", "failed_at")
 PAGE = 100  # rows the table view shows without --limit
@@ -48,10 +48,9 @@ def _targets(conn: db.Connection, table: str | None) -> list[int] | None:
     try:
         row = conn.execute(queries.get("failures_table"), {"table": table}).fetchone()
     except NOT_A_NAME as exc:
-        why = f"{exc.diag.message_primary}{quoting_hint(conn, table, watched=True)}"
-        raise exceptions.ConfigError(f"no table {table}: {why}") from None
+        raise exceptions.ConfigError(no_table(conn, table, watched=True, error=exc)) from None
     if row is None or row[0] is None:
-        raise exceptions.ConfigError(f"no table {table}{alike_hint(conn, table, watched=True)}")
+        raise exceptions.ConfigError(no_table(conn, table, watched=True))
     if not row[1]:
         raise exceptions.ConfigError(f"{row[0]} is not watched: it has no dead letters")
     return list(row[1])

@@ -41,7 +41,7 @@ from psycopg.rows import dict_row
 from worker import db, exceptions, queries
 from worker.cli import output
 from worker.models.remote.tokens import BYTES_PER_TOKEN
-from worker.retrieval.targets import NOT_A_NAME, alike_hint, quoting_hint
+from worker.retrieval.targets import NOT_A_NAME, no_table
 
 # pg_class.relkind of what plan refuses (watch() takes 'r' and 'p' only), in words.
 RELATION_KINDS = {
@@ -214,12 +214,9 @@ def _relation(conn: db.Connection, table: str) -> tuple[str, str]:
     try:
         row = conn.execute(queries.get("plan_relation"), {"table": table}).fetchone()
     except NOT_A_NAME as exc:
-        hint = quoting_hint(conn, table, watched=False)
-        raise exceptions.ConfigError(
-            f"no table {table}: {exc.diag.message_primary}{hint}"
-        ) from None
+        raise exceptions.ConfigError(no_table(conn, table, watched=False, error=exc)) from None
     if row is None:
-        raise exceptions.ConfigError(f"no table {table}{alike_hint(conn, table, watched=False)}")
+        raise exceptions.ConfigError(no_table(conn, table, watched=False))
     name, kind, row_type = str(row[0]), str(row[1]), str(row[2])
     if kind not in ("r", "p"):
         raise exceptions.ConfigError(

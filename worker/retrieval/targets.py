@@ -36,36 +36,59 @@ def find_target(
             rows = _search_target(
                 conn, {"table": table, "column": column, "target": None, "path": start_path(conn)}
             )
-        except NOT_A_NAME as exc:
-            # Not a name at all ('"', 'a.b.c.d', another database's): no such table either.
+        except NOT_A_NAME as exc:  # not a name at all ('"', 'a.b.c.d', 'My App.Notes')
             raise exceptions.TargetError(
-                f"no table {table!r}: {exc.diag.message_primary}"
-                f"{quoting_hint(conn, table, watched=True)}"
+                no_table(conn, table, watched=True, shown=repr(table), error=exc)
             ) from None
     if not rows:
-        raise exceptions.TargetError(f"no table {table!r}{alike_hint(conn, table, watched=True)}")
+        raise exceptions.TargetError(no_table(conn, table, watched=True, shown=repr(table)))
     found = [row for row in rows if row["id"] is not None]
-    if not found and column is not None:  # watched, maybe, under other columns: say which
-        path = start_path(conn)
-        params = {"table": table, "column": None, "target": None, "path": path}
-        with db.translated():
-            columns = [r["embedding_column"] for r in _search_target(conn, params) if r["id"]]
-        if columns:
-            watched = " or ".join(escapes.shown_literal(c) for c in columns)
-            are = "columns are" if len(columns) > 1 else "column is"
-            raise exceptions.TargetError(
-                f"{table} is not watched with embedding column {column!r}: its embedding {are}"
-                f" {watched}"
-            )
     if not found:
-        hint = f"SELECT embeddings.watch({escapes.shown_literal(table)}, 'content_column');{then}"
-        raise exceptions.TargetError(f"{table} is not watched: {hint}")
+        raise _not_watched(conn, table, column, then)
     if len(found) > 1:
         raise exceptions.ConfigError(f"{table} has several embedding columns: pass a column")
     return target_of(found[0])
 
 
-def alike_hint(conn: db.Connection, table: str, *, watched: bool) -> str:
+def _not_watched(
+    conn: db.Connection, table: str, column: str | None, then: str
+) -> exceptions.TargetError:
+    """The error for a table found but not watched (with `column`, when given): the columns it
+    is watched with, if any, else the watch() to run (`then` after it)."""
+    if column is not None:
+        params = {"table": table, "column": None, "target": None, "path": start_path(conn)}
+        with db.translated():
+            columns = [r["embedding_column"] for r in _search_target(conn, params) if r["id"]]
+        if columns:
+            watched = " or ".join(escapes.shown_literal(c) for c in columns)
+            are = "columns are" if len(columns) > 1 else "column is"
+            return exceptions.TargetError(
+                f"{table} is not watched with embedding column {column!r}: its embedding {are}"
+                f" {watched}"
+            )
+    hint = f"SELECT embeddings.watch({escapes.shown_literal(table)}, 'content_column');{then}"
+    return exceptions.TargetError(f"{table} is not watched: {hint}")
+
+
+def no_table(
+    conn: db.Connection,
+    table: str,
+    *,
+    watched: bool,
+    shown: str | None = None,
+    error: errors.Error | None = None,
+) -> str:
+    """What to say of `table` (`shown` so) when it names no table: with `error`, the one
+    Postgres raised for a name that is none; and the tables the caller may read (`watched`: of
+    those watched) it may mean: named so but for case, or in the double quotes it lacks."""
+    shown = table if shown is None else shown
+    if error is not None:
+        hint = _quoting_hint(conn, table, watched=watched)
+        return f"no table {shown}: {error.diag.message_primary}{hint}"
+    return f"no table {shown}{_alike_hint(conn, table, watched=watched)}"
+
+
+def _alike_hint(conn: db.Connection, table: str, *, watched: bool) -> str:
     """For a table not found: the tables the caller may read (`watched`: of those watched)
     named `table` but for case, as the names to give instead (a table made with capitals is
     named in double quotes); "" when there is none."""
@@ -74,7 +97,7 @@ def alike_hint(conn: db.Connection, table: str, *, watched: bool) -> str:
     )
 
 
-def quoting_hint(conn: db.Connection, table: str, *, watched: bool) -> str:
+def _quoting_hint(conn: db.Connection, table: str, *, watched: bool) -> str:
     """For a name Postgres cannot read (`My App.Notes`: a space outside double quotes): the
     tables the caller may read (`watched`: of those watched) that it names in double quotes,
     whole or each dotted part; "" when there is none."""
