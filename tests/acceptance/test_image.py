@@ -107,8 +107,9 @@ def test_the_image_migrates_and_embeds_as_an_unprivileged_user(
             "INSERT INTO docs SELECT g, 'document number ' || g FROM generate_series(1, 60) g"
         )
         ran = docker.run(
-            "run", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp",
-            *models_mount(), *container_env(empty_dsn), image, "run", "--once",
+            "run", "--rm", "--network", "host", "--read-only", "--tmpfs", "/tmp", *models_mount(),
+            # a port of its own: the image's 8080 may be a worker's on this host already
+            *container_env(empty_dsn, EMBED_HTTP_PORT=str(free_port())), image, "run", "--once",
         )  # fmt: skip
         assert ran.returncode == 0
         assert count(conn, "SELECT count(embedding) FROM docs") == 60
