@@ -22,17 +22,16 @@ PAGE = 100  # rows the table view shows without --limit
 def run(conn: db.Connection, args: argparse.Namespace, dsn: str) -> int:
     if args.limit is not None and args.limit < 1:
         raise exceptions.ConfigError("--limit must be at least 1")
-    chosen = {"targets": _targets(conn, args.table), "ids": args.ids}
-    if args.retry:
-        every = args.table is None and args.ids is None
-        with db.translated():
+    with db.translated():
+        chosen = {"targets": _targets(conn, args.table), "ids": args.ids}
+        if args.retry:
+            every = args.table is None and args.ids is None  # all at once, as ever
             ids = None if every else [row[0] for row in _listed(conn, chosen, None)]
             retried = conn.execute(queries.get("retry_failures"), {"ids": ids}).fetchone()
-        print(f"re-queued {retried[0] if retried else 0} dead-lettered job(s)", file=sys.stderr)
-        return exits.OK
-    limit = args.limit if args.limit is not None or not args.json else None
-    with db.translated():
-        rows = _listed(conn, chosen, PAGE if limit is None and not args.json else limit)
+            print(f"re-queued {retried[0] if retried else 0} dead-lettered job(s)", file=sys.stderr)
+            return exits.OK
+        default = None if args.json else PAGE
+        rows = _listed(conn, chosen, args.limit if args.limit is not None else default)
     if args.json:
         output.print_json([dict(zip(KEYS, r[:6], strict=True)) for r in rows])
     else:

@@ -299,11 +299,10 @@ def _chunks(rows: int, per_row: float, size: int, overlap: int) -> tuple[int, fl
     """The chunks `rows` of `per_row` tokens make (sql/55_chunks.sql: each starts `size -
     overlap` tokens after the one before) and their average tokens: the overlap is embedded
     twice. Averages: a table of rows of very different lengths makes more chunks than this."""
-    step = max(size - overlap, 1)
-    each = max(1, math.ceil((per_row - overlap) / step)) if per_row > size else 1
-    return rows * each, min(per_row, float(size)) if each == 1 else (
-        per_row + (each - 1) * overlap
-    ) / each
+    if per_row <= size:
+        return rows, per_row
+    each = math.ceil((per_row - overlap) / max(size - overlap, 1))
+    return rows * each, (per_row + (each - 1) * overlap) / each
 
 
 def _tokens_per_row(
