@@ -681,6 +681,10 @@ SELECT EXISTS (SELECT FROM pg_available_extensions WHERE name = 'pg_cron');
 -- shared_preload_libraries (a role without pg_read_all_settings may not read it).
 SELECT current_setting('shared_preload_libraries');
 
+-- name: target_tables
+-- `doctor`: each target's table as a command names it (in our sessions' path: qualified).
+SELECT id, source::text FROM embeddings.targets;
+
 -- name: current_role
 -- The role this connection runs as.
 SELECT current_user;

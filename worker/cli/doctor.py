@@ -7,6 +7,7 @@ The exit code is 1 when any check fails, so scripts and CI can gate on it.
 from __future__ import annotations
 
 import os
+import shlex
 
 import psycopg
 
@@ -200,7 +201,9 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
                     _grant_worker_fix(who),
                 )
             )
-    out += _queue(rows, dsn)
+    readable_targets = _can_read(conn, "embeddings.targets")
+    tables = dict(conn.execute(queries.get("target_tables")).fetchall()) if readable_targets else {}
+    out += _queue(rows, dsn, tables)
     if rows:
         out.append(verification.finding(conn, rows, settings.verify_max_age_seconds, dsn))
     return out
@@ -293,7 +296,8 @@ def _missing_model(name: str, settings: Settings) -> Finding:
     )
 
 
-def _queue(rows: list[dict[str, object]], dsn: str) -> list[Finding]:
+def _queue(rows: list[dict[str, object]], dsn: str, tables: dict[int, str]) -> list[Finding]:
+    """Each target's stops, backlog and dead letters; `tables`: each target's table, by id."""
     out = []
     for r in rows:
         name = str(r["target"])
@@ -334,13 +338,15 @@ def _queue(rows: list[dict[str, object]], dsn: str) -> list[Finding]:
             )
         failed = int(str(r["failed_jobs"]))
         if failed:
+            table = tables.get(int(str(r["target_id"])))  # that table's alone, where known
+            chosen = f"failures {shlex.quote(table)}" if table else "failures"
             out.append(
                 Finding(
                     "FAIL",
                     f"dead letters {name}",
                     f"{failed} job(s) exhausted their attempts",
-                    f"read why with `{hints.command('failures', dsn)}`, fix the cause, then "
-                    f"`{hints.command('failures --retry', dsn)}`",
+                    f"read why with `{hints.command(chosen, dsn)}`, fix the cause, then "
+                    f"`{hints.command(f'{chosen} --retry', dsn)}`",
                 )
             )
     if not rows:
