@@ -122,12 +122,27 @@ SELECT pgmq.send(%(queue)s, m.message, m.delay)
 FROM unnest(%(messages)s::jsonb[], %(delays)s::integer[]) AS m(message, delay);
 
 -- name: record_failures
--- Dead-letters rows: one embeddings.failures row each.
+-- Dead-letters rows: one embeddings.failures row each, which replaces the row's earlier one of
+-- its lane (a model change's shadow jobs are another): a row whose content keeps failing as the
+-- application keeps writing it has one dead letter, its latest, not one per job. A letter of no
+-- target or no key (a message nothing could read) is its own.
 -- ours: touches only our tables and pgmq's, runs no one else's code
+WITH letter AS (
+    SELECT l.*, l.target_id IS NULL OR l.row_key IS NULL AS alone
+    FROM unnest(%(target_ids)s::integer[], %(targets)s::text[], %(row_keys)s::jsonb[],
+                %(queues)s::text[], %(messages)s::jsonb[], %(attempts)s::integer[],
+                %(errors)s::text[]) WITH ORDINALITY
+         AS l(target_id, target, row_key, queue, message, attempts, last_error, n)
+), replaced AS (
+    DELETE FROM embeddings.failures f USING letter l
+    WHERE f.row_key = l.row_key AND f.target_id = l.target_id
+      AND (f.message -> 'shadow') IS NOT DISTINCT FROM (l.message -> 'shadow')
+)
 INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts, last_error)
-SELECT * FROM unnest(%(target_ids)s::integer[], %(targets)s::text[], %(row_keys)s::jsonb[],
-                     %(queues)s::text[], %(messages)s::jsonb[], %(attempts)s::integer[],
-                     %(errors)s::text[]);
+SELECT DISTINCT ON (l.target_id, l.row_key, l.message -> 'shadow', CASE WHEN l.alone THEN l.n END)
+       l.target_id, l.target, l.row_key, l.queue, l.message, l.attempts, l.last_error
+FROM letter l
+ORDER BY l.target_id, l.row_key, l.message -> 'shadow', CASE WHEN l.alone THEN l.n END, l.n DESC;
 
 -- name: record_throughput
 -- Counts rows embedded for a target in the current minute (feeds embeddings.status), with when

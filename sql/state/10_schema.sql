@@ -238,6 +238,9 @@ CREATE TABLE IF NOT EXISTS embeddings.failures (
     failed_at  timestamptz NOT NULL DEFAULT now()
 );
 CREATE INDEX IF NOT EXISTS failures_target_id ON embeddings.failures (target_id);
+-- A row's earlier dead letter, found when it is dead-lettered again (worker/queries.sql:
+-- record_failures). Hash: a key of any length (a btree entry holds at most ~2.7 kB).
+CREATE INDEX IF NOT EXISTS failures_row_key ON embeddings.failures USING hash (row_key);
 COMMENT ON TABLE embeddings.failures IS 'Dead-lettered embedding jobs; re-queue with embeddings.retry_failures() or `embed-worker failures --retry`';
 
 -- Rows embedded per target and minute, written by the worker with each batch; feeds the

@@ -121,6 +121,41 @@ def test_dead_letters_of_rows_embedded_later_are_resolved(
     assert status_row(conn)["failed_jobs"] == 1
 
 
+def test_a_row_that_fails_again_keeps_one_dead_letter_its_latest(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    """A row whose content keeps failing (its content function raises, and the application
+    keeps updating it) was dead-lettered once per job: a hot row piled up dead letters without
+    bound, `status` counted each, and `failures --retry` queued each again. A row keeps one,
+    the latest; another row's and another target's are its own."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute(
+        "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$"
+        " BEGIN IF d.body LIKE 'poison%' THEN RAISE EXCEPTION 'no %', d.body; END IF;"
+        " RETURN d.body; END $$"
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'picky', model => %s)", (minilm,))
+    conn.execute("INSERT INTO docs VALUES (1, 'poison 1'), (2, 'poison 2'), (3, 'fine')")
+    run_once(max_attempts=1)
+    for n in range(2, 5):  # the application writes it again, still poisoned
+        conn.execute("UPDATE docs SET body = %s WHERE id = 1", (f"poison 1, take {n}",))
+        run_once(max_attempts=1)
+    # Two jobs of one row failing in the same batch leave one as well.
+    conn.execute("UPDATE docs SET body = 'poison 2, again' WHERE id = 2")
+    conn.execute(
+        "SELECT pgmq.send('embedding_jobs', jsonb_build_object('target', t.id, 'keys', '[2]'::jsonb))"
+        " FROM embeddings.targets t"
+    )
+    run_once(max_attempts=1)
+    letters = conn.execute(
+        "SELECT row_key::int, last_error FROM embeddings.failures ORDER BY row_key"
+    ).fetchall()
+    assert [k for k, _ in letters] == [1, 2], letters
+    assert "no poison 1, take 4" in letters[0][1] and "no poison 2, again" in letters[1][1]
+    assert status_row(conn)["failed_jobs"] == 2
+    assert conn.execute("SELECT embeddings.retry_failures()").fetchone() == (2,)
+
+
 def test_a_target_without_its_embedding_column_is_deferred_and_shown(
     conn: Conn, run_once: Callable[..., Worker], minilm: str
 ) -> None:
