@@ -107,14 +107,12 @@ def test_a_declared_unique_key_serves_a_table_without_primary_key(
 def test_composite_failures_show_the_key_and_retry(
     conn: Conn, run_once: Callable[..., Worker], minilm: str
 ) -> None:
-    conn.execute("CREATE TABLE docs (tenant int, id int, body text, PRIMARY KEY (tenant, id))")
-    conn.execute(
-        "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$"
-        " BEGIN IF d.body = 'poison' THEN RAISE EXCEPTION 'no poison'; END IF;"
-        " RETURN d.body; END $$"
+    stores.watch_poisoned(
+        conn,
+        minilm,
+        "tenant int, id int, body text, PRIMARY KEY (tenant, id)",
+        "(1, 1, 'fine'), (1, 2, 'poison')",
     )
-    conn.execute("SELECT embeddings.watch('docs', 'picky', model => %s)", (minilm,))
-    conn.execute("INSERT INTO docs VALUES (1, 1, 'fine'), (1, 2, 'poison')")
     run_once(max_attempts=1)
     failures = conn.execute("SELECT row_key, last_error FROM embeddings.failures").fetchall()
     assert len(failures) == 1

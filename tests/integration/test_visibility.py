@@ -128,14 +128,9 @@ def test_a_row_that_fails_again_keeps_one_dead_letter_its_latest(
     keeps updating it) was dead-lettered once per job: a hot row piled up dead letters without
     bound, `status` counted each, and `failures --retry` queued each again. A row keeps one,
     the latest; another row's and another target's are its own."""
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute(
-        "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$"
-        " BEGIN IF d.body LIKE 'poison%' THEN RAISE EXCEPTION 'no %', d.body; END IF;"
-        " RETURN d.body; END $$"
+    stores.watch_poisoned(
+        conn, minilm, "id int PRIMARY KEY, body text", "(1, 'poison 1'), (2, 'poison 2'), (3, 'ok')"
     )
-    conn.execute("SELECT embeddings.watch('docs', 'picky', model => %s)", (minilm,))
-    conn.execute("INSERT INTO docs VALUES (1, 'poison 1'), (2, 'poison 2'), (3, 'fine')")
     run_once(max_attempts=1)
     for n in range(2, 5):  # the application writes it again, still poisoned
         conn.execute("UPDATE docs SET body = %s WHERE id = 1", (f"poison 1, take {n}",))

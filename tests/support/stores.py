@@ -143,6 +143,20 @@ def watched_table(conn: Conn, model: str, rows: str, table: str = "docs") -> int
     return watch(conn, "row", model, table)
 
 
+def watch_poisoned(conn: Conn, model: str, columns: str, rows: str) -> None:
+    """`docs` of `columns` (SQL, a `body` text among them) holding `rows` (SQL VALUES), watched
+    through a content function that raises `no <body>` for a body starting with 'poison': rows
+    the worker dead-letters until they are cured."""
+    conn.execute(f"CREATE TABLE docs ({columns})")
+    conn.execute(
+        "CREATE FUNCTION picky(d docs) RETURNS text LANGUAGE plpgsql IMMUTABLE AS $$"
+        " BEGIN IF d.body LIKE 'poison%' THEN RAISE EXCEPTION 'no %', d.body; END IF;"
+        " RETURN d.body; END $$"
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'picky', model => %s)", (model,))
+    conn.execute(f"INSERT INTO docs VALUES {rows}")
+
+
 def watch_absent_model(conn: Conn, rows: str = "(1, 'hello')") -> None:
     """`docs` (id int, body text) holding `rows` (SQL VALUES), watched with 'absent-model': a
     model the registry knows and no worker has, so its jobs wait."""
