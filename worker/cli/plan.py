@@ -116,15 +116,10 @@ def make(
             assert content is not None
             content_column = _content_column(conn, table, name, row_type, content)
         chunking = _chunking(target)
-        if tokens_per_row is not None:
-            per_row, where = float(tokens_per_row), "given (--tokens-per-row)"
-        elif content_column is None:
-            per_row, where = None, "unknown: a content function (pass --tokens-per-row)"
-        elif (target or {}).get("content_bytes"):
-            per_row, where = None, FILES
-        else:  # a chunked row is embedded whole, a plain one up to the model's limit
-            cap = None if chunking else max_tokens
-            per_row, where = _tokens_per_row(conn, table, name, content_column, cap)
+        cap = None if chunking else max_tokens  # a chunked row is embedded whole
+        per_row, where = _per_row(
+            conn, table, name, target, content_column, given=tokens_per_row, cap=cap
+        )
     inputs, per_input = rows, per_row  # what the model is given: a row each, or its chunks
     if chunking:  # as many chunks as the tokens make: unknown while they are
         inputs, per_input = None, None
@@ -286,6 +281,26 @@ def _content_column(
             "(a content function)"
         )
     return None
+
+
+def _per_row(
+    conn: db.Connection,
+    table: str,
+    name: str,
+    target: dict[str, Any] | None,
+    content_column: str | None,
+    *,
+    given: float | None,
+    cap: int | None,
+) -> tuple[float | None, str]:
+    """The tokens of a row's content (at most `cap`), and how they were found."""
+    if given is not None:
+        return float(given), "given (--tokens-per-row)"
+    if content_column is None:
+        return None, "unknown: a content function (pass --tokens-per-row)"
+    if (target or {}).get("content_bytes"):
+        return None, FILES
+    return _tokens_per_row(conn, table, name, content_column, cap)
 
 
 def _chunking(target: dict[str, Any] | None) -> tuple[int, int] | None:
