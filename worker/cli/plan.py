@@ -311,9 +311,9 @@ def _chunking(target: dict[str, Any] | None) -> tuple[int, int] | None:
 
 
 def _chunks(rows: int, per_row: float, size: int, overlap: int) -> tuple[int, float]:
-    """The chunks `rows` of `per_row` tokens make (sql/55_chunks.sql: each starts `size -
-    overlap` tokens after the one before) and their average tokens: the overlap is embedded
-    twice. Averages: a table of rows of very different lengths makes more chunks than this."""
+    """The chunks `rows` of `per_row` tokens make (worker/pipeline/chunking.py: each starts
+    about `size - overlap` tokens after the one before) and their average tokens: the overlap
+    is embedded twice. Averages: rows of very different lengths make more chunks than this."""
     if per_row <= size:
         return rows, per_row
     each = math.ceil((per_row - overlap) / max(size - overlap, 1))

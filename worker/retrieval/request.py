@@ -25,6 +25,18 @@ OTHER_NAMES = {
     "text": "query",
     "question": "query",
 }
+# The fields a search's body may hold.
+FIELDS = (
+    "table",
+    "query",
+    "k",
+    "column",
+    "filter",
+    "mode",
+    *Fusion.names(),
+    "rerank",
+    "rerank_depth",
+)
 REQUIRED = (
     'expected a JSON object with "table" (the table to search) and "query" (the text to '
     'search for): {"table": "documents", "query": "..."}'
@@ -90,23 +102,16 @@ class SearchRequest:
         return cls(table, query, k, column, filter, mode, fusion, rerank, rerank_depth)
 
 
-def _search_fields() -> tuple[str, ...]:
-    """The fields a search's body may hold."""
-    asked = ("table", "query", "k", "column", "filter", "mode")
-    return (*asked, *Fusion.names(), "rerank", "rerank_depth")
-
-
 def _refuse_unknown(body: dict[str, Any]) -> None:
     """A field the search does not know (a typo, another API's name for one) is refused, not
     ignored: a search that left out what its caller asked for would answer another question."""
-    known = _search_fields()
     for name in body:
-        if name not in known:
-            close = difflib.get_close_matches(str(name), known, n=1)
+        if name not in FIELDS:
+            close = difflib.get_close_matches(str(name), FIELDS, n=1)
             meant = OTHER_NAMES.get(name) or (close[0] if close else None)
             meant = f"; did you mean {meant!r}?" if meant else ""
             raise ValueError(
-                f"unknown field {str(name)[:100]!r}{meant} (a search takes {', '.join(known)})"
+                f"unknown field {str(name)[:100]!r}{meant} (a search takes {', '.join(FIELDS)})"
             )
 
 
