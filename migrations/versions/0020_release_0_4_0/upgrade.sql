@@ -45,7 +45,8 @@ $$;
 -- A store made by watch() may be of any kind apart from its table.
 ALTER TABLE embeddings.made_tables DROP CONSTRAINT IF EXISTS made_tables_kind_check,
     ADD CONSTRAINT made_tables_kind_check CHECK (kind ~ '^[a-z]+$');
--- Dead letters (worker/queries.sql: record_failures): a row's earlier one is found, and
--- replaced, when it is dead-lettered again.
+-- Dead letters (worker/queries.sql: record_failures, resolve_failures): a row's earlier one is
+-- found, and replaced, when it is dead-lettered again; found, and removed, when it is written.
 CREATE INDEX IF NOT EXISTS failures_row_key ON embeddings.failures USING hash (row_key);
+CREATE INDEX IF NOT EXISTS failures_row_key_text ON embeddings.failures USING hash ((row_key #>> ARRAY[]::text[]));
 SELECT pg_catalog.set_config('embeddings.following', 'off', true);
