@@ -332,8 +332,10 @@ BEGIN
         FROM embeddings_internal.change_status(t, NOT estimated);
         SELECT count(*) INTO failed_jobs FROM embeddings.failures f WHERE f.target_id = t.id;
         rows_per_second := embeddings_internal.status_rate(t);
-        SELECT d.reason, d.since INTO deferred_reason, deferred_since  -- NULL when none
-        FROM embeddings.deferrals d WHERE d.target_id = t.id AND pending_jobs > 0;
+        -- NULL when none, or when it was the definition's before watch() changed it (not seen since).
+        SELECT d.reason, d.since INTO deferred_reason, deferred_since
+        FROM embeddings.deferrals d
+        WHERE d.target_id = t.id AND pending_jobs > 0 AND d.last_seen >= t.updated_at;
         -- Held: the jobs the worker puts back without an attempt (deferred_reason says why),
         -- unlike those of rows that failed and wait for their retry (not counted here).
         held_jobs := CASE WHEN deferred_reason IS NOT NULL THEN pending_jobs ELSE 0 END;

@@ -14,7 +14,9 @@
 --                     held, not failed (rows that failed and wait for their retry are not
 --                     this: they are `retrying` in status). Written by the worker
 --                     (55_visibility.sql: embeddings.deferrals); shown while the worker has
---                     held them within embeddings_internal.deferral_fresh().
+--                     held them within embeddings_internal.deferral_fresh() and since the
+--                     target was last redefined (a hold of the definition watch() replaced
+--                     says nothing of the new one).
 --   swap_waiting      a model change is complete but its swap has found the table held by
 --                     another transaction for longer than embeddings_internal.swap_wait_alarm() (status
 --                     shows the wait from the first attempt: embeddings.status's swap_* columns)
@@ -145,7 +147,8 @@ BEGIN
                    embeddings_internal.held_fix(t), d.since
             INTO state, reason, fix, since
             FROM embeddings.deferrals d
-            WHERE d.target_id = t.id AND d.last_seen > now() - embeddings_internal.deferral_fresh();
+            WHERE d.target_id = t.id AND d.last_seen > now() - embeddings_internal.deferral_fresh()
+              AND d.last_seen >= t.updated_at;  -- not a hold of the definition watch() replaced
             IF FOUND THEN
                 RETURN NEXT;
             END IF;

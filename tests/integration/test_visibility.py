@@ -227,6 +227,27 @@ def test_jobs_held_for_a_model_that_cannot_load_show_as_held_with_the_reason(
     assert "stopped (held): its jobs are held" in doctor
 
 
+def test_a_redefined_target_no_longer_shows_the_old_definitions_hold(
+    conn: Conn, run_once: Callable[..., Worker], minilm: str
+) -> None:
+    """A worker's deferral says why the target as it was then cannot be served. Once `watch()`
+    redefined it (the held fix, moving it to a model the worker has), status went on saying
+    `held` for the old model, beside a fix naming the new one, until a worker served it: up to
+    five minutes with none running. The deferral counts only if seen since the redefinition."""
+    stores.watch_absent_model(conn, "(1, 'hello'), (2, 'world')")
+    run_once()
+    assert [r[0] for r in conn.execute("SELECT state FROM embeddings.stopped")] == ["held"]
+
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+
+    row = status_row(conn)
+    assert (row["deferred_reason"], row["held_jobs"]) == (None, 0)
+    assert row["pending_jobs"] > 0
+    assert conn.execute("SELECT state FROM embeddings.stopped").fetchall() == []
+    run_once()
+    assert status_row(conn)["embedded_rows"] == 2
+
+
 @pytest.mark.parametrize(
     ("store", "column"), [*((s, "embedding") for s in stores.ALL_STORES), ("row", "vec")]
 )
