@@ -18,7 +18,8 @@ from worker.process.runner import Worker
 Conn = psycopg.Connection[Any]
 
 
-def lane_keys(conn: Conn, queue: str) -> list[Any]:
+def lane_keys(conn: Conn, queue: str, *, in_order: bool = False) -> list[Any]:
+    """The keys queued on `queue`, sorted, or (`in_order`) in the order they were sent."""
     if not queue.endswith("_backfill"):
         move_inbox(conn, queue)  # the triggers' keys, as the worker's read moves them first
     rows = conn.execute(
@@ -26,7 +27,8 @@ def lane_keys(conn: Conn, queue: str) -> list[Any]:
             psycopg.sql.Identifier(f"q_{queue}")
         )
     ).fetchall()
-    return sorted(k for (m,) in rows for k in message_keys(m))
+    keys = [k for (m,) in rows for k in message_keys(m)]
+    return keys if in_order else sorted(keys)
 
 
 def test_each_kind_of_work_goes_to_its_lane(conn: Conn, tiny_models: tuple[str, str]) -> None:
@@ -97,11 +99,7 @@ def test_retried_dead_letters_go_out_oldest_first_each_queue_made_sure_of_once(
         ).fetchone()
     assert calls == (4,)  # two calls, two queues each
     for queue in ("embedding_jobs_backfill", "other_jobs_backfill"):
-        sent = [
-            k
-            for (m,) in conn.execute(f"SELECT message FROM pgmq.q_{queue} ORDER BY msg_id")
-            for k in message_keys(m)
-        ]
+        sent = lane_keys(conn, queue, in_order=True)
         first = [k for k in oldest if k <= 8 and (k % 4 == 0) == queue.startswith("other")]
         rest = [k for k in oldest if k > 8 and (k % 4 == 0) == queue.startswith("other")]
         assert sent == first + rest
