@@ -36,6 +36,8 @@ DEFAULT_LOCK_TIMEOUT_MS = 500
 # statement_timeout (or cancelled).
 LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
+# The transaction was rolled back for a concurrent one's sake: worth running again as it was.
+TRANSACTION_CONFLICTS = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 
 Connection = psycopg.Connection[Any]
 
@@ -176,6 +178,8 @@ def translated() -> Iterator[None]:
             raise exceptions.StatementTimeout(redact(str(exc).strip())) from exc
         if exc.sqlstate == LOCK_NOT_AVAILABLE:
             raise exceptions.LockUnavailable(redact(str(exc).strip())) from exc
+        if exc.sqlstate in TRANSACTION_CONFLICTS:
+            raise exceptions.TransactionConflict(redact(str(exc).strip())) from exc
         raise exceptions.DatabaseError(redact(str(exc).strip())) from exc
     except psycopg.Error as exc:
         if unavailable(exc):

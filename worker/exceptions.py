@@ -44,9 +44,20 @@ class AuthenticationFailed(ConnectionLost):
     the worker waits), but reported as what it is."""
 
 
-class LockUnavailable(DatabaseError):
+class Contention(DatabaseError):
+    """Another session's work stood in the way of a statement of ours, which Postgres ended:
+    nothing was wrong with it. Tried again (the writer's whole transaction, the fetcher's read)."""
+
+
+class LockUnavailable(Contention):
     """Another session held a lock for longer than our lock_timeout (EMBED_LOCK_TIMEOUT_MS):
     nothing we run waits longer. What waited is tried again later, spending no attempt."""
+
+
+class TransactionConflict(Contention):
+    """Postgres rolled our transaction back for a concurrent one's sake: a deadlock (40P01), or
+    a serialization failure (40001). Our sessions run at READ COMMITTED, where the latter does
+    not happen to our own statements; a table owner's code may still raise either."""
 
 
 class StatementTimeout(DatabaseError):

@@ -853,12 +853,19 @@ DISCARD PLANS;
 -- content_settings_sql), so what the worker embeds and what the verifying sweep checks agree.
 -- Backslashes in string constants as the SQL standard reads them (the default, which a role or
 -- database may turn off): pgmq's functions, parsed in our sessions, need it
--- (pgmq.format_table_name's '\'' would end its string).
+-- (pgmq.format_table_name's '\'' would end its string). Our transactions at READ COMMITTED,
+-- whatever a database or role makes the default (`default_transaction_isolation =
+-- 'serializable'` is common): every statement of ours is written for it, re-checking a row
+-- another session wrote meanwhile (a vector's write compares the content's md5, and skips a
+-- changed row) where REPEATABLE READ and SERIALIZABLE fail the whole transaction (40001); two
+-- workers and an application writing at once failed most batches so, spending the rows'
+-- attempts (docs/reliability.md, "Isolation and conflicts").
 RESET ALL;
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
        pg_catalog.set_config('DateStyle', 'ISO', false),
        pg_catalog.set_config('IntervalStyle', 'postgres', false),
-       pg_catalog.set_config('standard_conforming_strings', 'on', false);
+       pg_catalog.set_config('standard_conforming_strings', 'on', false),
+       pg_catalog.set_config('default_transaction_isolation', 'read committed', false);
 
 -- name: session_start_path
 -- The search path the session started with, what RESET restores (pg_settings.reset_val): read

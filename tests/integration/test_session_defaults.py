@@ -20,6 +20,7 @@ from typing import Any
 
 import psycopg
 
+from worker import db
 from worker.models.query_batch import QueryBatchers
 from worker.process.runner import Worker
 from worker.retrieval.pool import SearchConnections
@@ -86,3 +87,28 @@ def test_a_database_with_odd_session_defaults_is_watched_embedded_and_searched(
             assert len(service.search(request)) == 3, mode
     finally:
         searches.close()
+
+
+def test_our_transactions_run_at_read_committed_whatever_the_database_s_default(
+    conn: Conn, dsn: str
+) -> None:
+    """`default_transaction_isolation = 'serializable'` is a common database default. At it,
+    two workers and an application writing at once failed most of the workers' batches (a
+    vector's write, the queue's delete, the inbox's move: could not serialize access), spent
+    the rows' attempts, and stopped a worker; every statement of ours is written for READ
+    COMMITTED, where a row written meanwhile is re-checked (queries.sql: session_reset)."""
+    database = conn.info.dbname
+    conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_isolation = serializable')
+    with psycopg.connect(dsn, autocommit=True) as app:  # the application's sessions: as set
+        assert app.execute("SHOW default_transaction_isolation").fetchone() == ("serializable",)
+    worker_session = db.connect(dsn)
+    searches = SearchConnections(dsn, max_size=1)
+    try:
+        with searches.connection() as pooled:
+            for session in (worker_session, pooled):
+                with session.transaction():
+                    level = session.execute("SHOW transaction_isolation").fetchone()
+                assert level == ("read committed",)
+    finally:
+        searches.close()
+        worker_session.close()

@@ -69,9 +69,10 @@ class Fetcher:
                 except exceptions.ConnectionLost as exc:
                     _connection_lost(session, exc)
                     continue
-                except exceptions.LockUnavailable as exc:
+                except exceptions.Contention as exc:
                     # One of our own statements (the queue's, the registry's) found a table of
-                    # ours locked past EMBED_LOCK_TIMEOUT_MS (a migration's DDL): look again.
+                    # ours locked past EMBED_LOCK_TIMEOUT_MS (a migration's DDL), or was rolled
+                    # back for a concurrent transaction's sake: look again.
                     logger.warning("fetcher: %s; reading again in a second", exc)
                     self.stopping.wait(1.0)
                     continue

@@ -96,14 +96,15 @@ class Writer:
                     "; retrying" if attempt == 0 else "; its jobs return after their lease",
                 )
                 attempt += 1
-            except exceptions.LockUnavailable as exc:
+            except exceptions.Contention as exc:
                 # One of our own statements waited past EMBED_LOCK_TIMEOUT_MS (a table of ours
-                # held by a migration, a row by another worker's write): the transaction rolled
-                # back whole, and writing it again redoes everything.
+                # held by a migration, a row by another worker's write), or Postgres ended the
+                # transaction for a concurrent one's (a deadlock): it rolled back whole, and
+                # writing it again redoes everything.
                 lock_waits += 1
                 if lock_waits > LOCK_RETRIES:
                     logger.error(
-                        "writing a batch waited for locks %d times (%s); its jobs return after"
+                        "writing a batch met other sessions %d times (%s); its jobs return after"
                         " their lease",
                         lock_waits,
                         exc,
