@@ -38,6 +38,7 @@ LOCK_NOT_AVAILABLE = "55P03"
 QUERY_CANCELED = "57014"
 # The transaction was rolled back for a concurrent one's sake: worth running again as it was.
 TRANSACTION_CONFLICTS = frozenset({"40001", "40P01"})  # serialization failure, deadlock
+READ_ONLY_TRANSACTION = "25006"
 
 Connection = psycopg.Connection[Any]
 
@@ -184,6 +185,8 @@ def translated() -> Iterator[None]:
     except psycopg.Error as exc:
         if unavailable(exc):
             raise exceptions.TargetUnavailable(redact(str(exc).strip())) from exc
+        if exc.sqlstate == READ_ONLY_TRANSACTION:
+            raise exceptions.ReadOnlyTransaction(redact(str(exc).strip())) from exc
         raise exceptions.DatabaseError(redact(str(exc).strip())) from exc
 
 
@@ -274,9 +277,12 @@ def best_effort(conn: Connection, what: str, log: logging.Logger) -> Iterator[At
         log.warning("%s: %s", what, redact(str(exc).strip()))
 
 
-def ping(conn: Connection) -> None:
-    """The database answers on `conn` (or a psycopg error says why not)."""
-    conn.execute(queries.get("ping"))
+def takes_no_writes(conn: Connection) -> str | None:
+    """Why the database refuses every write now (a hot standby, read-only by default), or
+    None."""
+    with translated():
+        row = conn.execute(queries.get("takes_no_writes")).fetchone()
+    return row[0] if row else None
 
 
 def register_vector_types(conn: Connection) -> None:
@@ -339,12 +345,17 @@ class Session:
         ):
             with attempt:
                 conn = connect(self.dsn, lock_timeout_ms=self.lock_timeout_ms)
-                if self.vectors:
-                    try:
+                try:
+                    read_only = takes_no_writes(conn)
+                    if read_only is not None:
+                        raise exceptions.DatabaseReadOnly(
+                            f"{describe(self.dsn)} takes no writes: {read_only}"
+                        )
+                    if self.vectors:
                         register_vector_types(conn)
-                    except BaseException:
-                        conn.close()
-                        raise
+                except BaseException:
+                    conn.close()
+                    raise
                 self._conn = conn
                 if attempt.retry_state.attempt_number > 1:
                     logger.info("%s: reconnected to %s", self.name, describe(self.dsn))
@@ -364,7 +375,8 @@ class Session:
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
         delay = state.next_action.sleep if state.next_action else 0.0
-        if isinstance(error, exceptions.AuthenticationFailed):  # not down: misconfigured
+        if isinstance(error, exceptions.AuthenticationFailed | exceptions.DatabaseReadOnly):
+            # (not down: misconfigured, or a failover not yet over)
             logger.error("%s: %s; retrying in %.1f s", self.name, error, delay)
             return
         logger.warning("%s: database unavailable (%s); retrying in %.1f s", self.name, error, delay)

@@ -49,6 +49,18 @@ class Contention(DatabaseError):
     nothing was wrong with it. Tried again (the writer's whole transaction, the fetcher's read)."""
 
 
+class DatabaseReadOnly(ConnectionLost):
+    """The database takes no writes: a hot standby, or read-only transactions by default. The
+    worker's sessions wait it out as a lost connection (a failover's new primary soon answers at
+    the same address), reporting it as what it is."""
+
+
+class ReadOnlyTransaction(DatabaseError):
+    """A write was refused in a read-only transaction (25006): the database may have stopped
+    taking writes (the worker's threads drop their connection, and db.Session asks the server
+    before using a new one)."""
+
+
 class LockUnavailable(Contention):
     """Another session held a lock for longer than our lock_timeout (EMBED_LOCK_TIMEOUT_MS):
     nothing we run waits longer. What waited is tried again later, spending no attempt."""

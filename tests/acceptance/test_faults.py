@@ -108,6 +108,43 @@ def test_postgres_restart_under_a_running_worker(
     assert worker.wait_exit(30) == 0
 
 
+def test_a_database_that_stops_taking_writes_is_waited_out(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """As a failover that leaves the worker on the old primary, now a standby, or a freeze for
+    maintenance: its sessions end, and the new ones may not write. /readyz says why, the
+    process waits (it had stopped, its fetcher's first read refused), and embeds what came
+    meanwhile once writes are taken again."""
+    make_docs(conn, 10)
+    worker = start_worker(EMBED_POLL_SECONDS=1)
+    worker.wait_ready()
+    wait_for(lambda: drained(conn, 10), timeout=60, what="the first rows")
+
+    database = conn.info.dbname
+    try:
+        conn.execute(f'ALTER DATABASE "{database}" SET default_transaction_read_only = on')
+        conn.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+            " WHERE datname = current_database() AND pid <> pg_backend_pid()"
+        )
+        wait_for(lambda: worker.get("/readyz")[0] == 503, timeout=30, what="readiness to drop")
+        assert "takes no writes" in worker.get("/readyz")[1].decode()
+        conn.execute("SET default_transaction_read_only = off")  # (the application's own writes)
+        conn.execute("INSERT INTO docs SELECT g, 'meanwhile ' || g FROM generate_series(11, 20) g")
+        wait_for(
+            lambda: any("takes no writes" in r.get("message", "") for r in worker.log_records()),
+            timeout=30,
+            what="the worker to log why it waits",
+        )
+        assert worker.proc.poll() is None
+    finally:
+        conn.execute(f'ALTER DATABASE "{database}" RESET default_transaction_read_only')
+    wait_for(lambda: drained(conn, 20), timeout=90, what="rows inserted meanwhile")
+    wait_for(lambda: worker.get("/readyz")[0] == 200, timeout=10, what="ready again")
+    worker.signal()
+    assert worker.wait_exit(30) == 0
+
+
 def test_a_poisoned_row_is_dead_lettered_and_retried_from_the_cli(
     conn: Conn, worker_dsn: str, worker_env: dict[str, str]
 ) -> None:

@@ -132,3 +132,51 @@ def test_plans_made_under_the_owners_jit_settings_serve_no_other_tenants_rows(
     worker.stop()
     assert compiled.by(roles.worker)[0] > 0  # the worker's statements were counted ...
     assert compiled.by()[1] == 0  # ... and nobody's was compiled meanwhile
+
+
+# What the owner's hook runs: the rest of the worker's transaction read-only (SET LOCAL), which no
+# one can turn back in that transaction; only its rollback, or the end of a function with a SET
+# clause that it ran in, does.
+READ_ONLY = "SELECT set_config('transaction_read_only', 'on', true)"
+
+
+@pytest.mark.parametrize("store", ["row", "side"])
+def test_a_hook_that_makes_the_worker_s_transaction_read_only_stops_no_other_rows(
+    roles: Roles, running: Callable[..., Running], store: str
+) -> None:
+    """The owner's trigger (on its table; on its side table, which it owns) makes the rest of
+    the worker's write transaction read-only. The other tenant's rows, in the same batches, are
+    embedded all the same: the owner's code runs inside functions with a SET clause, at whose
+    end Postgres undoes a SET LOCAL made in them. In the row store the owner's rows fail (the
+    target's own trigger on that UPDATE writes the queue's inbox, in the same statement);
+    written into a side table, they are embedded."""
+    with roles.connect() as su:
+        su.execute(f"GRANT CREATE ON DATABASE {su.info.dbname} TO {roles.owner}")
+    with roles.connect(roles.owner) as owner:
+        owner.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+        owner.execute(
+            "CREATE FUNCTION hook() RETURNS trigger LANGUAGE plpgsql AS"
+            f" $$ BEGIN PERFORM {READ_ONLY.removeprefix('SELECT ')}; RETURN NULL; END $$"
+        )
+    with roles.connect() as su:
+        su.execute(
+            "SELECT embeddings.watch('docs', 'body', model => %s, store => %s)", (MINILM, store)
+        )
+    # (on the owner's table, only the worker's UPDATE: its INSERT below must go through)
+    hooked = "UPDATE ON docs" if store == "row" else "INSERT OR UPDATE ON docs_embeddings"
+    with roles.connect(roles.owner) as owner:
+        owner.execute(f"CREATE TRIGGER hook AFTER {hooked} FOR EACH ROW EXECUTE FUNCTION hook()")
+        owner.execute("INSERT INTO docs SELECT g, 'text ' || g FROM generate_series(1, 3) g")
+    with roles.connect(roles.tenant) as tenant:  # queued after the owner's rows
+        tenant.execute("INSERT INTO secrets SELECT g, 'more ' || g FROM generate_series(2, 4) g")
+    running(database_url=roles.worker_dsn)
+    with roles.connect() as su:
+        wait_for_row(
+            su, "SELECT count(embedding) FROM secrets", (4,), 20, "the tenant's rows embedded"
+        )
+        if store == "row":
+            failed = "SELECT count(*) FROM embeddings.failures"
+            wait_for_row(su, failed, (3,), 20, "the owner's rows failed")
+        else:
+            embedded = "SELECT count(*) FROM docs_embeddings"
+            wait_for_row(su, embedded, (3,), 20, "the owner's rows embedded")

@@ -54,7 +54,7 @@ def test_the_session_guard_recognises_our_statements_whatever_their_form() -> No
 
     from worker.session_guard import _ours
 
-    assert _ours(queries.get("ping"))
+    assert _ours(queries.get("takes_no_writes"))
     assert _ours(
         queries.compose("read_jobs", queue_table=sql.Identifier("q"), read_stamp=sql.SQL(""))
     )

@@ -56,7 +56,7 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
             Finding("FAIL", "database", str(exc), "set DATABASE_URL (or --database-url)"),
         ]
     with conn, db.translated():
-        found = [Finding("ok", "database", f"connected to {db.describe(dsn)}")]
+        found = [_database(conn, dsn)]
         found += _extensions(conn)
         installed = _schema(conn, dsn, found)
         if installed:
@@ -65,6 +65,19 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
             found += search_memory.findings(conn)
         found += _cron(conn)
     return found
+
+
+def _database(conn: db.Connection, dsn: str) -> Finding:
+    read_only = db.takes_no_writes(conn)
+    if read_only is None:
+        return Finding("ok", "database", f"connected to {db.describe(dsn)}")
+    return Finding(
+        "FAIL",
+        "database",
+        f"{db.describe(dsn)} takes no writes: {read_only}; the worker waits until it does",
+        "connect to the primary (DATABASE_URL), or end the freeze: ALTER DATABASE ... RESET"
+        " default_transaction_read_only",
+    )
 
 
 def _extensions(conn: db.Connection) -> list[Finding]:

@@ -1,5 +1,5 @@
-"""Readiness for /readyz: the database answers, the default model is loaded, and which
-targets the worker cannot serve now (their jobs are deferred, with why)."""
+"""Readiness for /readyz: the database answers and takes writes, the default model is loaded,
+and which targets the worker cannot serve now (their jobs are deferred, with why)."""
 
 from __future__ import annotations
 
@@ -18,7 +18,8 @@ if TYPE_CHECKING:
 
 
 class ReadinessProbe:
-    """Database reachable (checked at most once a second) and the default model loaded."""
+    """Database reachable and taking writes (checked at most once a second) and the default model
+    loaded."""
 
     def __init__(
         self,
@@ -62,8 +63,8 @@ class ReadinessProbe:
                 return self._db_error
             try:
                 with db.connect(self.dsn, connect_timeout=2) as conn:
-                    db.ping(conn)
-                self._db_error = None
+                    read_only = db.takes_no_writes(conn)  # (and the database answers)
+                self._db_error = None if read_only is None else f"takes no writes: {read_only}"
             except exceptions.EmbedWorkerError as exc:
                 self._db_error = str(exc)
             self._checked_at = time.monotonic()

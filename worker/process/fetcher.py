@@ -69,6 +69,13 @@ class Fetcher:
                 except exceptions.ConnectionLost as exc:
                     _connection_lost(session, exc)
                     continue
+                except exceptions.ReadOnlyTransaction as exc:
+                    # The database stopped taking writes (a failover demoted it, a freeze): a
+                    # new connection waits until it takes them again (db.Session).
+                    logger.warning("fetcher: %s", exc)
+                    metrics.DATABASE_UP.set(0)
+                    session.lost()
+                    continue
                 except exceptions.Contention as exc:
                     # One of our own statements (the queue's, the registry's) found a table of
                     # ours locked past EMBED_LOCK_TIMEOUT_MS (a migration's DDL), or was rolled

@@ -70,8 +70,8 @@ class Keeper:
                         last_gauges = now
                         if progress:
                             progress.show(conn)
-                except exceptions.ConnectionLost:
-                    session.lost()
+                except (exceptions.ConnectionLost, exceptions.ReadOnlyTransaction):
+                    session.lost()  # (a new one waits for a database that takes writes)
                 except exceptions.DatabaseError as exc:
                     logger.warning("keeper: %s", exc)
         finally:

@@ -114,6 +114,8 @@ class Writer:
                 self.finished.wait(0.1 * 2**lock_waits)
             except exceptions.DatabaseError as exc:
                 logger.error("writing a batch failed (%s); its jobs return after their lease", exc)
+                if isinstance(exc, exceptions.ReadOnlyTransaction):
+                    session.lost()  # (a new one waits for a database that takes writes)
                 return
 
 
