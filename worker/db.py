@@ -87,10 +87,14 @@ def connect(
     autocommit: bool = True,
     connect_timeout: int = 10,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
+    unbounded: bool = False,
 ) -> Connection:
     """A new connection, autocommit by default: every transaction of ours is explicit. No
     statement on it waits longer than `lock_timeout_ms` for a lock (EMBED_LOCK_TIMEOUT_MS; 0:
-    as the role and the database say)."""
+    as the role and the database say). `unbounded`: no lock or statement timeout at all,
+    whatever the role or the database set, for a statement that waits for others by design
+    (CREATE INDEX CONCURRENTLY waits for every older transaction), in a thread nothing waits
+    for."""
     try:
         conninfo = make_conninfo(
             dsn, application_name=APPLICATION_NAME, connect_timeout=str(connect_timeout)
@@ -106,7 +110,8 @@ def connect(
             cursor_factory=session_guard.GuardedCursor,
         )
         try:
-            conn.lock_timeout_ms = lock_timeout_ms or None
+            conn.lock_timeout_ms = 0 if unbounded else lock_timeout_ms or None
+            conn.statement_timeout_ms = 0 if unbounded else None
             conn.reset_session()  # queries.sql: session_reset
             if not autocommit:
                 conn.commit()

@@ -902,6 +902,13 @@ SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 -- ours: sets a setting, runs no one else's code
 SELECT pg_catalog.set_config('lock_timeout', {ms}, false);
 
+-- name: session_statement_timeout
+-- After every session_reset, on a connection made to wait for others by design (db.connect's
+-- `unbounded`: the index builder's CREATE INDEX CONCURRENTLY): the statement_timeout {ms},
+-- whatever the role or the database set.
+-- ours: sets a setting, runs no one else's code
+SELECT pg_catalog.set_config('statement_timeout', {ms}, false);
+
 -- name: session_client_check
 -- With session_lock_timeout (PostgreSQL 14 and later): a statement of ours whose client is gone
 -- (a worker killed while a table owner's code ran, and went on, in its session) ends within a

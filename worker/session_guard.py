@@ -96,6 +96,9 @@ class GuardedConnection(psycopg.Connection[Any]):
     # The longest any statement waits for a lock, in ms (EMBED_LOCK_TIMEOUT_MS), set by every
     # reset; None: what the role and the database give (db.connect sets it before the first).
     lock_timeout_ms: int | None = None
+    # The session's statement_timeout in ms, set by every reset the same way; None: the role's
+    # and the database's (0: none, for a statement that waits for others by design).
+    statement_timeout_ms: int | None = None
     _bound_ms: int | None = None  # inside bounded(): the statement_timeout of others' code
     _bound_label: object = None  # ... and whose code it runs: (stage, target id, key)
     _bound_set: int | None = None  # the statement_timeout set (locally) since the last reset
@@ -185,6 +188,8 @@ class GuardedConnection(psycopg.Connection[Any]):
             parts.append(self._setting("session_lock_timeout", self.lock_timeout_ms))
             if self.info.server_version >= CLIENT_CHECK_SINCE:
                 parts.append(queries.get("session_client_check"))
+        if self.statement_timeout_ms is not None:
+            parts.append(self._setting("session_statement_timeout", self.statement_timeout_ms))
         if bound is not None:
             parts.append(self._setting("statement_bound", bound))
         if then is not None:

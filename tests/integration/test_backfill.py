@@ -15,8 +15,10 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.integration.conftest import Running
 from tests.support import stores
 from tests.support.jobs import clear_queue, queued_keys
+from tests.support.process import wait_for
 from worker import status as status_model
 from worker.cli import status
 from worker.process.runner import Worker
@@ -325,6 +327,42 @@ def test_a_large_table_gets_its_index_after_the_backfill(
     assert conn.execute("SELECT count(*) FROM docs WHERE embedding IS NULL").fetchone() == (0,)
     assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", True)]
     assert index_deferred(conn, target) is False
+
+
+def test_a_deferred_index_waits_for_old_transactions_past_the_database_s_timeouts(
+    conn: Conn, dsn: str, running: Callable[..., Running], tiny_models: tuple[str, str]
+) -> None:
+    """A CONCURRENTLY build waits for every transaction older than it, and building a million
+    rows' index takes minutes: the database's statement_timeout and lock_timeout (common as
+    `ALTER DATABASE ... SET`) cancelled it at each try, leaving it invalid, for as long as the
+    application ran transactions that long. The build has neither."""
+    rows = conn.execute("SELECT embeddings.index_defer_rows()").fetchone()
+    assert rows is not None
+    make_docs(conn, rows[0] + 1000)
+    conn.execute("ANALYZE docs")
+    watch(conn, "docs", model=tiny_models[0])
+    conn.execute("DELETE FROM docs WHERE id > 300")  # (a short drain for the tiny model)
+    for setting in ("statement_timeout", "lock_timeout"):
+        conn.execute(f'ALTER DATABASE "{conn.info.dbname}" SET {setting} = 500')
+    with psycopg.connect(dsn) as report:  # the application's long transaction, a snapshot held
+        report.execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ")
+        report.execute("SELECT count(*) FROM docs")
+        running(model=tiny_models[0])
+        building = (
+            "SELECT count(*) FROM pg_stat_activity WHERE query ~* 'CREATE INDEX CONCURRENTLY'"
+            " AND state = 'active' AND query_start < now() - interval '2 s'"
+        )
+        wait_for(
+            lambda: conn.execute(building).fetchone() == (1,),
+            timeout=30,
+            what="the build to wait for the application's transaction past both timeouts",
+        )
+        report.commit()
+    wait_for(
+        lambda: hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", True)],
+        timeout=30,
+        what="the index built",
+    )
 
 
 def test_a_large_partitioned_table_gets_its_index_partition_by_partition(

@@ -113,9 +113,11 @@ class IndexBuilder:
 
     def _build(self, target_id: int, cleanup: str | None, statements: list[str]) -> None:
         try:
-            # No lock timeout: a CONCURRENTLY build waits for every transaction older than it
-            # (lock waits, to Postgres), in a thread of its own that nothing waits for.
-            with db.connect(self.dsn, lock_timeout_ms=0) as conn, db.translated():
+            # No lock or statement timeout, not even the database's: a CONCURRENTLY build
+            # waits for every transaction older than it (lock waits, to Postgres), and takes
+            # minutes on a large table, in a thread of its own that nothing waits for. Cut
+            # short, it would leave an invalid index and start over at each try.
+            with db.connect(self.dsn, unbounded=True) as conn, db.translated():
                 if cleanup:
                     conn.execute(cleanup.encode())
                 logger.info(
