@@ -110,6 +110,7 @@ def connect(
             cursor_factory=session_guard.GuardedCursor,
         )
         try:
+            _check_encoding(conn, dsn)
             conn.lock_timeout_ms = 0 if unbounded else lock_timeout_ms or None
             conn.statement_timeout_ms = 0 if unbounded else None
             conn.reset_session()  # queries.sql: session_reset
@@ -131,6 +132,18 @@ def connect(
         ) from None
     except psycopg.ProgrammingError as exc:
         raise exceptions.ConfigError(f"invalid DATABASE_URL: {redact(str(exc))}") from None
+
+
+def _check_encoding(conn: Connection, dsn: str) -> None:
+    """A database whose encoding is SQL_ASCII stores bytes without saying which characters they
+    are: psycopg returns its text as bytes, and jsonb (the queue's messages) refuses non-ASCII
+    escapes there. Said plainly at connect, rather than as a Python error from inside."""
+    if conn.info.parameter_status("server_encoding") == "SQL_ASCII":
+        raise exceptions.ConfigError(
+            f"{describe(dsn)} has the encoding SQL_ASCII (bytes, no characters): embed-worker"
+            " needs a database that knows its text's characters; make one with ENCODING 'UTF8'"
+            " and move the data into it (pg_dump, then pg_restore)"
+        )
 
 
 def pool(

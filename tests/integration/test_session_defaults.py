@@ -19,8 +19,10 @@ from collections.abc import Callable
 from typing import Any
 
 import psycopg
+import pytest
 
-from worker import db
+from tests.support.process import run_cli
+from worker import db, exceptions
 from worker.models.query_batch import QueryBatchers
 from worker.process.runner import Worker
 from worker.retrieval.pool import SearchConnections
@@ -112,3 +114,20 @@ def test_our_transactions_run_at_read_committed_whatever_the_database_s_default(
     finally:
         searches.close()
         worker_session.close()
+
+
+def test_a_database_whose_encoding_is_sql_ascii_is_refused_plainly(conn: Conn, dsn: str) -> None:
+    """initdb in a C locale without --encoding makes SQL_ASCII databases. `migrate` failed there
+    with "cannot use a string pattern on a bytes-like object" (psycopg returns such a
+    database's text as bytes); every command says what is wrong now, and exits 2."""
+    name = f"{conn.info.dbname}_ascii"
+    conn.execute(f'CREATE DATABASE "{name}" ENCODING SQL_ASCII LOCALE "C" TEMPLATE template0')
+    try:
+        ascii_dsn = psycopg.conninfo.make_conninfo(dsn, dbname=name)
+        with pytest.raises(exceptions.ConfigError, match="SQL_ASCII"):
+            db.connect(ascii_dsn)
+        done = run_cli("migrate", env={"DATABASE_URL": ascii_dsn}, timeout=120)
+        assert done.returncode == 2, done.stderr
+        assert "ENCODING 'UTF8'" in done.stderr and "Traceback" not in done.stderr
+    finally:
+        conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
