@@ -6,18 +6,22 @@ The exit code is 1 when any check fails, so scripts and CI can gate on it.
 
 from __future__ import annotations
 
-import os
 import shlex
 
 import psycopg
 
 from worker import db, escapes, exceptions, exits, queries, schema
-from worker.cli import hints, output, remote, search_access, search_memory, verification
-from worker.cli.findings import Finding, Level
+from worker.cli import (
+    hints,
+    model_findings,
+    output,
+    remote,
+    search_access,
+    search_memory,
+    verification,
+)
+from worker.cli.findings import Finding
 from worker.config import Settings
-from worker.models import catalog
-from worker.models.remote.spec import RemoteSpec
-from worker.pipeline.targets import database_default_model
 
 BACKLOG_SECONDS = 300.0  # a job older than this, with no rate to drain it, is a backlog
 MIN_VECTOR = (0, 7)  # halfvec
@@ -169,20 +173,7 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
         if _can_read(conn, "embeddings.models")
         else []
     )
-    watched = {m for (m,) in conn.execute(queries.get("watched_models")).fetchall()}
-    readable = _can_read(conn, "embeddings.models")
-    database_default = database_default_model(conn) if readable else None
-    out.append(_default_model(settings, database_default))
-    remote_models, refused = remote.in_database(conn) if readable else ({}, {})
-    for model in sorted({settings.default_model(database_default)} | watched):
-        spec = remote_models.get(model)
-        if model in refused:  # a provider kind this worker does not know: no key serves it
-            fix = "register the model again with a known provider kind, or upgrade the worker"
-            out.append(Finding("FAIL", f"model {model}", f"remote: {refused[model]}", fix))
-        elif spec is None:
-            out.append(_model(model, settings))
-        else:
-            out.append(_remote_model(spec, settings))
+    out += model_findings.findings(conn, settings, _can_read(conn, "embeddings.models"))
     out += remote.reranker_findings(conn, settings)  # registered ones, and those tables name
     targets = conn.execute(queries.get("target_grants")).fetchall()
     for name, model, typmod, can_run, can_queue, can_fail in targets:
@@ -225,88 +216,6 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
 def _can_read(conn: db.Connection, table: str) -> bool:
     row = conn.execute(queries.get("can_read_table"), {"table": table}).fetchone()
     return bool(row and row[0])
-
-
-def _default_model(settings: Settings, database_default: str | None) -> Finding:
-    """Which model `embed` and POST /embed use when none is named, and whether it is the one
-    watch() uses (the database's default): two different answers are a warning, named both."""
-    name = settings.default_model(database_default)
-    if settings.model is None:
-        source = (
-            "the database's default model, embeddings.default_model()"
-            if database_default
-            else "built in: the database names none"
-        )
-        return Finding(
-            "ok",
-            "default model",
-            f"{name} ({source}); EMBED_MODEL is unset, so embed and POST /embed use it too",
-        )
-    if database_default in (None, settings.model):
-        also = ", and the database's default too" if database_default else ""
-        return Finding("ok", "default model", f"{name} (EMBED_MODEL{also})")
-    return Finding(
-        "warn",
-        "default model",
-        f"EMBED_MODEL={settings.model} is what embed and POST /embed use when no model is "
-        f"named, but the database's default is {database_default} (embeddings.default_model(), "
-        "what watch() uses when no model is named)",
-        "unset EMBED_MODEL to follow the database, or make the database agree: "
-        f"SELECT embeddings.set_default_model({escapes.shown_literal(settings.model)});",
-    )
-
-
-def _model(name: str, settings: Settings) -> Finding:
-    location = settings.model_location
-    try:
-        where = location.locate(name)
-    except exceptions.ModelNotFound:
-        return _missing_model(name, settings)
-    return Finding("ok", f"model {name}", f"found in {os.fspath(where)}")
-
-
-def _remote_model(spec: RemoteSpec, settings: Settings) -> Finding:
-    """A remote model is not looked for on disk: its key is (in this command's environment,
-    which should be the worker's), by its credential's name and where it was found."""
-    detail, fix = remote.key_problem(spec, settings)
-    level: Level = "ok" if fix is None else "FAIL"
-    return Finding(level, f"model {spec.name}", f"remote, {spec.describe()}; {detail}", fix or "")
-
-
-def _missing_model(name: str, settings: Settings) -> Finding:
-    """A model that is not on disk: what is wrong, and the exact command or files that fix it."""
-    location, off_by = settings.model_location, settings.downloads.off_by
-    check = f"model {name}"
-    fetch = hints.model_download(name, settings)
-    incomplete = location.incomplete(name)
-    if incomplete:
-        fix = f"complete {incomplete[0]}: {hints.model_layout(name, settings, incomplete[0])}"
-        if name in catalog.REGISTRY:
-            fix += f"; or remove it and fetch the model: `{fetch}`"
-        return Finding("FAIL", check, location.why_incomplete(incomplete[0]), fix)
-    searched = ", ".join(os.fspath(d) for d in location.search_dirs())
-    offline_use = hints.model_on_path(name, settings)
-    if name not in catalog.REGISTRY:
-        return Finding(
-            "FAIL",
-            check,
-            f"not present (looked in {searched}); no download exists for it",
-            offline_use,
-        )
-    if off_by is None:
-        return Finding(
-            "warn",
-            check,
-            f"not on disk here (looked in {searched}); the worker downloads it on first use",
-            f"to fetch it now: `{fetch}`",
-        )
-    return Finding(
-        "FAIL",
-        check,
-        f"not present (looked in {searched}) and downloads are off ({off_by}=1)",
-        f"`{fetch}` where the hub is reachable (it fills {location.cache.absolute() / name}/: "
-        f"copy that directory here if it ran on another machine); or {offline_use}",
-    )
 
 
 def _queue(rows: list[dict[str, object]], dsn: str, tables: dict[int, str]) -> list[Finding]:
