@@ -111,6 +111,10 @@ def connect(
         )
         try:
             _check_encoding(conn, dsn)
+            # Our transactions BEGIN at READ COMMITTED, as every statement of ours is written
+            # for, whatever the session's default: behind a transaction pooler the session that
+            # serves a transaction is not the one session_reset set up (docs/poolers.md).
+            conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
             conn.lock_timeout_ms = 0 if unbounded else lock_timeout_ms or None
             conn.statement_timeout_ms = 0 if unbounded else None
             conn.reset_session()  # queries.sql: session_reset
@@ -163,6 +167,7 @@ def pool(
     conninfo = make_conninfo(dsn, application_name=APPLICATION_NAME, connect_timeout="10")
 
     def configure(conn: session_guard.GuardedConnection) -> None:
+        conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED  # (as connect() says why)
         conn.lock_timeout_ms = lock_timeout_ms or None
         conn.reset_session()
         conn.clean = True  # a new session: nothing ran in it yet

@@ -111,6 +111,12 @@ def test_our_transactions_run_at_read_committed_whatever_the_database_s_default(
                 with session.transaction():
                     level = session.execute("SHOW transaction_isolation").fetchone()
                 assert level == ("read committed",)
+                # Behind a transaction pooler, a server session that no reset of ours set up:
+                # our transactions say their level themselves.
+                psycopg.Cursor(session).execute("SET default_transaction_isolation = serializable")
+                with session.transaction():
+                    level = session.execute("SHOW transaction_isolation").fetchone()
+                assert level == ("read committed",)
     finally:
         searches.close()
         worker_session.close()
