@@ -49,9 +49,10 @@ SETTINGS = {
 }
 
 
-def _owner_docs(roles: Roles, hook: str, *, deferred: bool = False) -> None:
+def _owner_docs(roles: Roles, hook: str, *, deferred: bool = False, store: str = "row") -> None:
     """The owner's `docs`, watched by the superuser, with a trigger that runs `hook` (and the
-    payload) whenever the worker writes a vector."""
+    payload) whenever the worker writes a vector: on `docs`, or on its side table (the owner's
+    too) for store 'side'."""
     with roles.connect() as su:  # a tenant with a schema of its own, as on a shared database
         su.execute(f"GRANT CREATE ON DATABASE {su.info.dbname} TO {roles.owner}")
     with roles.connect(roles.owner) as owner:
@@ -63,18 +64,22 @@ def _owner_docs(roles: Roles, hook: str, *, deferred: bool = False) -> None:
             f" $$ BEGIN PERFORM public.payload(); PERFORM {hook.removeprefix('SELECT ')};"
             " RETURN NULL; END $$"
         )
+    with roles.connect() as su:
+        su.execute(
+            "SELECT embeddings.watch('docs', 'body', model => %s, store => %s)", (MINILM, store)
+        )
+    hooked = "UPDATE ON docs" if store == "row" else "INSERT OR UPDATE ON docs_embeddings"
+    with roles.connect(roles.owner) as owner:
         if deferred:
             owner.execute(
-                "CREATE CONSTRAINT TRIGGER hook AFTER UPDATE ON docs DEFERRABLE INITIALLY DEFERRED"
+                f"CREATE CONSTRAINT TRIGGER hook AFTER {hooked} DEFERRABLE INITIALLY DEFERRED"
                 " FOR EACH ROW EXECUTE FUNCTION hook()"
             )
         else:
             owner.execute(
-                "CREATE TRIGGER hook AFTER UPDATE ON docs FOR EACH ROW EXECUTE FUNCTION hook()"
+                f"CREATE TRIGGER hook AFTER {hooked} FOR EACH ROW EXECUTE FUNCTION hook()"
             )
         owner.execute("TRUNCATE loot")
-    with roles.connect() as su:
-        su.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
 
 
 @pytest.mark.parametrize("setting", sorted(SETTINGS))
@@ -150,23 +155,7 @@ def test_a_hook_that_makes_the_worker_s_transaction_read_only_stops_no_other_row
     end Postgres undoes a SET LOCAL made in them. In the row store the owner's rows fail (the
     target's own trigger on that UPDATE writes the queue's inbox, in the same statement);
     written into a side table, they are embedded."""
-    with roles.connect() as su:
-        su.execute(f"GRANT CREATE ON DATABASE {su.info.dbname} TO {roles.owner}")
-    with roles.connect(roles.owner) as owner:
-        owner.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-        owner.execute(
-            "CREATE FUNCTION hook() RETURNS trigger LANGUAGE plpgsql AS"
-            f" $$ BEGIN PERFORM {READ_ONLY.removeprefix('SELECT ')}; RETURN NULL; END $$"
-        )
-    with roles.connect() as su:
-        su.execute(
-            "SELECT embeddings.watch('docs', 'body', model => %s, store => %s)", (MINILM, store)
-        )
-    # (on the owner's table, only the worker's UPDATE: its INSERT below must go through)
-    hooked = "UPDATE ON docs" if store == "row" else "INSERT OR UPDATE ON docs_embeddings"
-    with roles.connect(roles.owner) as owner:
-        owner.execute(f"CREATE TRIGGER hook AFTER {hooked} FOR EACH ROW EXECUTE FUNCTION hook()")
-        owner.execute("INSERT INTO docs SELECT g, 'text ' || g FROM generate_series(1, 3) g")
+    _owner_docs(roles, READ_ONLY, store=store)
     with roles.connect(roles.tenant) as tenant:  # queued after the owner's rows
         tenant.execute("INSERT INTO secrets SELECT g, 'more ' || g FROM generate_series(2, 4) g")
     running(database_url=roles.worker_dsn)
@@ -180,3 +169,4 @@ def test_a_hook_that_makes_the_worker_s_transaction_read_only_stops_no_other_row
         else:
             embedded = "SELECT count(*) FROM docs_embeddings"
             wait_for_row(su, embedded, (3,), 20, "the owner's rows embedded")
+    contained(roles)
