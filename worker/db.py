@@ -300,12 +300,23 @@ def best_effort(conn: Connection, what: str, log: logging.Logger) -> Iterator[At
         log.warning("%s: %s", what, redact(str(exc).strip()))
 
 
-def takes_no_writes(conn: Connection) -> str | None:
-    """Why the database refuses every write now (a hot standby, read-only by default), or
-    None."""
+# Why a database takes no writes (queries.sql: takes_no_writes), and what ends it.
+READ_ONLY = {
+    "standby": ("it is a hot standby (in recovery)", "point DATABASE_URL at the primary"),
+    "read_only": (
+        "its transactions are read-only by default (default_transaction_read_only is on for the"
+        " database or the role)",
+        "end the freeze: ALTER DATABASE ... RESET default_transaction_read_only (or ALTER ROLE)",
+    ),
+}
+
+
+def takes_no_writes(conn: Connection) -> tuple[str, str] | None:
+    """Why the database refuses every write now (a hot standby, read-only by default), and what
+    ends it; None when it takes writes."""
     with translated():
         row = conn.execute(queries.get("takes_no_writes")).fetchone()
-    return row[0] if row else None
+    return READ_ONLY[row[0]] if row and row[0] else None
 
 
 def register_vector_types(conn: Connection) -> None:
@@ -371,8 +382,9 @@ class Session:
                 try:
                     read_only = takes_no_writes(conn)
                     if read_only is not None:
+                        why, fix = read_only
                         raise exceptions.DatabaseReadOnly(
-                            f"{describe(self.dsn)} takes no writes: {read_only}"
+                            f"{describe(self.dsn)} takes no writes: {why}: {fix}"
                         )
                     if self.vectors:
                         register_vector_types(conn)

@@ -805,19 +805,17 @@ SELECT embeddings.wait_for_jobs(%(queue)s, %(ms)s, %(backfill)s, %(poll_ms)s);
 SET LOCAL statement_timeout = '3s';
 
 -- name: takes_no_writes
--- Why the database refuses every write of the worker, or NULL: a hot standby (DATABASE_URL names a
--- replica, or a failover left us on the old primary), or transactions read-only by default
--- (`ALTER DATABASE ... SET default_transaction_read_only = on`: a freeze for maintenance). Asked
+-- Why the database refuses every write of the worker (db.READ_ONLY says what each means), or NULL:
+-- a hot standby (DATABASE_URL names a replica, or a failover left us on the old primary:
+-- 'standby'), or transactions read-only by default ('read_only':
+-- `ALTER DATABASE ... SET default_transaction_read_only = on`, a freeze for maintenance). Asked
 -- in a transaction of its own: what it reads is the server's state and the database's and role's
 -- defaults, which no table owner's code can change for us (a SET LOCAL ends with the function
 -- with a SET clause that runs the owner's code, and the session guard resets the rest).
 -- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT CASE
-    WHEN pg_catalog.pg_is_in_recovery()
-        THEN 'it is a hot standby (in recovery): point DATABASE_URL at the primary'
-    WHEN pg_catalog.current_setting('transaction_read_only')::boolean
-        THEN 'its transactions are read-only by default (default_transaction_read_only is on for'
-             ' the database or the role)'
+    WHEN pg_catalog.pg_is_in_recovery() THEN 'standby'
+    WHEN pg_catalog.current_setting('transaction_read_only')::boolean THEN 'read_only'
 END;
 
 -- name: session_discard

@@ -75,13 +75,9 @@ def _database(conn: db.Connection, dsn: str) -> Finding:
     read_only = db.takes_no_writes(conn)
     if read_only is None:
         return Finding("ok", "database", f"connected to {db.describe(dsn)}")
-    return Finding(
-        "FAIL",
-        "database",
-        f"{db.describe(dsn)} takes no writes: {read_only}; the worker waits until it does",
-        "connect to the primary (DATABASE_URL), or end the freeze: ALTER DATABASE ... RESET"
-        " default_transaction_read_only",
-    )
+    why, fix = read_only
+    detail = f"{db.describe(dsn)} takes no writes: {why}; the worker waits until it does"
+    return Finding("FAIL", "database", detail, fix)
 
 
 def _extensions(conn: db.Connection) -> list[Finding]:
