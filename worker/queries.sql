@@ -759,18 +759,25 @@ SELECT model FROM embeddings.targets;
 -- Each target's name, model, column typmod and whether this role may do its work: execute the
 -- functions through which the worker reads and writes the table as its owner
 -- (sql/32_access.sql; it holds no privilege on the table itself), use its queue, record
--- failures. Run without parameters (its `%I` is format()'s).
-SELECT embeddings_internal.target_name(t), t.model, a.atttypmod,
-       coalesce((SELECT bool_and(has_function_privilege(p.oid, 'EXECUTE')) FROM pg_proc p
-                 WHERE p.pronamespace = 'embeddings'::regnamespace
-                   AND p.proname ~ ('^embeddings_' || t.id
-                                    || '_(lock|lock_rows|load|store|blank|reusable|chunks)$')),
-                false),
+-- failures. Run without parameters (its `%I` is format()'s). The functions are read in one pass
+-- over our schema, grouped by the target id in their names: a pass per target (a regular
+-- expression per function per target) took 40 s at 1,000 targets.
+WITH functions AS (
+    SELECT substring(p.proname FROM '^embeddings_([0-9]+)_')::integer AS target_id,
+           bool_and(has_function_privilege(p.oid, 'EXECUTE')) AS can_run
+    FROM pg_proc p
+    WHERE p.pronamespace = 'embeddings'::regnamespace
+      AND p.proname ~ '^embeddings_[0-9]+_(lock|lock_rows|load|store|blank|reusable|chunks)$'
+    GROUP BY 1
+)
+SELECT embeddings_internal.target_name(t), t.model, a.atttypmod, coalesce(f.can_run, false),
        has_table_privilege(format('pgmq.%I', pgmq.format_table_name(t.queue, 'q')),
                            'SELECT, UPDATE, DELETE'),
        has_table_privilege('embeddings.failures', 'INSERT')
 FROM embeddings.targets t JOIN pg_attribute a ON a.attrelid = t.source
- AND a.attname = t.embedding_column AND NOT a.attisdropped ORDER BY t.id;
+ AND a.attname = t.embedding_column AND NOT a.attisdropped
+LEFT JOIN functions f ON f.target_id = t.id
+ORDER BY t.id;
 
 -- name: targets_have_key_column
 -- Whether embeddings.targets still has key_column: main's 0002 from before the squash had it.
