@@ -15,6 +15,7 @@ import pytest
 from tests.migration.scenarios import queued_keys
 from tests.support.schema_dump import pg_dump_schema
 from worker import exceptions, schema
+from worker.schema import code
 
 Conn = psycopg.Connection[Any]
 
@@ -140,3 +141,35 @@ def test_migrate_prints_one_line_per_revision_and_no_alembic_chatter(empty_dsn: 
     again = migrate()
     assert again.returncode == 0, again.stderr
     assert again.stdout.splitlines() == ["already at 0020 (0.4.0, unreleased)"]
+
+
+def locks_held_by_a_reinstall(dsn: str) -> int:
+    """The locks a reinstall holds at its end (rolled back: nothing changed)."""
+    with psycopg.connect(dsn) as conn:
+        schema.install(conn)
+        row = conn.execute("SELECT count(*) FROM pg_locks WHERE pid = pg_backend_pid()").fetchone()
+        conn.rollback()
+    assert row is not None
+    return int(row[0])
+
+
+def test_a_reinstall_locks_within_what_the_lock_table_check_counts(dsn: str, conn: Conn) -> None:
+    """The locks refuse_short_lock_table() counts on are the reinstall's own, measured: the code,
+    and each watched table of every kind."""
+    alone = locks_held_by_a_reinstall(dsn)
+    watch_every_kind(conn)
+    targets = conn.execute("SELECT count(*) FROM embeddings.targets").fetchone()
+    assert targets is not None
+    with_targets = locks_held_by_a_reinstall(dsn)
+    assert alone <= code.CODE_LOCKS
+    assert (with_targets - alone) / targets[0] <= code.LOCKS_PER_TARGET
+
+
+def test_a_reinstall_beyond_the_lock_table_is_refused_with_the_setting_that_fits() -> None:
+    """1,000 watched tables held some 29,000 locks; a default server (100 connections) has room
+    for 7,000-odd, and the migration failed minutes in with 'out of shared memory'."""
+    assert code.lock_shortage(100, 64, 114) is None
+    refused = code.lock_shortage(1000, 64, 114)
+    assert refused is not None
+    assert "1,000 watched tables" in refused and "max_locks_per_transaction = 512" in refused
+    assert code.lock_shortage(1000, 512, 114) is None

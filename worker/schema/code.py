@@ -129,6 +129,62 @@ class Grant:
     identity: str  # regprocedure or regclass text
 
 
+# What a reinstall locks until the migration's COMMIT (one transaction: an upgrade is all or
+# nothing), measured with a margin (tests/migration/test_reinstall.py keeps them
+# honest): the code itself, and each watched table whose functions and triggers
+# sql/99_regenerate.sql makes again.
+CODE_LOCKS = 1000
+LOCKS_PER_TARGET = 40  # a plain table 28; a partitioned or chunked one more
+
+# The watched tables the reinstall regenerates, and the server's lock table: Postgres has room
+# for max_locks_per_transaction times the processes it may run (its NLOCKENTS).
+_LOCK_ROOM = """
+    SELECT (SELECT count(*) FROM embeddings.targets t
+            WHERE EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid = t.source)),
+           current_setting('max_locks_per_transaction')::integer,
+           current_setting('max_connections')::integer
+             + current_setting('autovacuum_max_workers')::integer + 1
+             + current_setting('max_worker_processes')::integer
+             + current_setting('max_wal_senders')::integer
+             + current_setting('max_prepared_transactions')::integer
+"""
+
+
+def lock_shortage(targets: int, per_transaction: int, processes: int) -> str | None:
+    """Why a reinstall regenerating `targets` watched tables would run out of the server's lock
+    table, and the setting that gives it room; None when it fits."""
+    needed = CODE_LOCKS + LOCKS_PER_TARGET * targets
+    room = per_transaction * processes
+    if needed <= room:
+        return None
+    enough = 64
+    while enough * processes < needed:
+        enough *= 2
+    return (
+        f"cannot upgrade the embeddings schema here: it regenerates the triggers and functions of "
+        f"the {targets:,} watched tables in one transaction, which holds about {needed:,} locks "
+        f"until it commits, and this server's lock table holds {room:,} "
+        f"(max_locks_per_transaction {per_transaction} x {processes} server processes): Postgres "
+        f"would fail it with 'out of shared memory'. Set max_locks_per_transaction = {enough} "
+        "(ALTER SYSTEM SET, then restart PostgreSQL) and migrate again; nothing was changed"
+    )
+
+
+def refuse_short_lock_table(conn: Connection) -> None:
+    """Raises EmbedWorkerError before anything is dropped when the server's lock table cannot
+    hold the reinstall's locks: the failure would come minutes in (1,000 tables), as 'out of
+    shared memory', with no word of what to raise."""
+    if not _installed(conn) or conn.execute(
+        "SELECT to_regclass('embeddings.targets') IS NULL"
+    ).fetchone() == (True,):
+        return
+    row = conn.execute(_LOCK_ROOM).fetchone()
+    assert row is not None
+    shortage = lock_shortage(*row)
+    if shortage is not None:
+        raise exceptions.EmbedWorkerError(shortage)
+
+
 def _installed(conn: Connection) -> bool:
     row = conn.execute("SELECT to_regnamespace('embeddings') IS NOT NULL").fetchone()
     return bool(row and row[0])

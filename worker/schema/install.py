@@ -57,6 +57,7 @@ def reinstall_code(conn: Connection, paths: list[Path]) -> None:
     (see the module docstring). Refuses, before dropping anything, when an object of someone
     else's depends on them."""
     code.refuse_foreign_dependents(conn)
+    code.refuse_short_lock_table(conn)
     grants = code.extra_grants(conn)
     code.drop_code(conn)
     run_files(conn, paths)  # the last, 99_regenerate.sql, regenerates targets and queues
