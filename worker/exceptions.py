@@ -57,7 +57,7 @@ class DatabaseReadOnly(ConnectionLost):
 
 class ReadOnlyTransaction(DatabaseError):
     """A write was refused in a read-only transaction (25006): the database may have stopped
-    taking writes (the worker's threads drop their connection, and db.Session asks the server
+    taking writes (the worker's threads drop their connection, and sessions.Session asks the server
     before using a new one)."""
 
 

@@ -16,7 +16,7 @@ from psycopg.conninfo import make_conninfo
 
 from tests.support.cluster import Cluster
 from tests.support.process import run_cli
-from worker import db, exceptions
+from worker import db, exceptions, sessions
 
 
 @pytest.fixture
@@ -49,7 +49,7 @@ def test_a_wrong_password_is_named_and_retried_at_error(
         db.connect(password_user)
 
     stop = threading.Event()
-    session = db.Session(password_user, "test", stop, deadline=1.5)
+    session = sessions.Session(password_user, "test", stop, deadline=1.5)
     with (
         caplog.at_level(logging.WARNING, logger="worker.db"),
         pytest.raises(exceptions.AuthenticationFailed),

@@ -11,7 +11,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from worker import db, exceptions, metrics
+from worker import db, exceptions, metrics, sessions
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline import stages
@@ -58,7 +58,7 @@ class Fetcher:
         object.__setattr__(self, "indexer", IndexBuilder(self.dsn, s.queue))
 
     def run(self) -> None:
-        session = db.Session(
+        session = sessions.Session(
             self.dsn, "fetcher", self.stopping, lock_timeout_ms=self.settings.lock_timeout_ms
         )
         self.watchdog.watch(session)
@@ -71,7 +71,7 @@ class Fetcher:
                     continue
                 except exceptions.ReadOnlyTransaction as exc:
                     # The database stopped taking writes (a failover demoted it, a freeze): a
-                    # new connection waits until it takes them again (db.Session).
+                    # new connection waits until it takes them again (sessions.Session).
                     logger.warning("fetcher: %s", exc)
                     metrics.DATABASE_UP.set(0)
                     session.lost()
@@ -104,7 +104,7 @@ class Fetcher:
         self.wake()  # the fetcher may read backfill work again
         metrics.IN_FLIGHT.set(self.lanes.held())
 
-    def _next_batch(self, session: db.Session) -> Batch | None:
+    def _next_batch(self, session: sessions.Session) -> Batch | None:
         while not self.stopping.is_set():
             if not self.settings.pull:
                 self.waiter.sleep(self.settings.poll_seconds)  # push only: lease nothing
@@ -130,7 +130,7 @@ class Fetcher:
             self._wait_for_work(conn)
         return None
 
-    def _live_ahead_of(self, session: db.Session, batch: Batch) -> Batch | None:
+    def _live_ahead_of(self, session: sessions.Session, batch: Batch) -> Batch | None:
         """A live batch to embed before `batch`, a piece of a long document just loaded: the
         application's rows that arrived while the piece was being loaded wait for one piece at
         most (the one in the embedder), not for this one too. None when there is none."""
@@ -146,7 +146,7 @@ class Fetcher:
             return None
         return ahead
 
-    def _load(self, session: db.Session, batch: Batch) -> None:
+    def _load(self, session: sessions.Session, batch: Batch) -> None:
         """Counts a batch just leased as in flight and loads its content (not in flight again
         when the load fails). When a table owner's code caught the cancel of its bound and the
         watchdog ended the session (worker/process/watchdog.py), the rest is loaded on a new
@@ -190,7 +190,7 @@ class Fetcher:
         return False
 
 
-def _connection_lost(session: db.Session, exc: exceptions.ConnectionLost) -> None:
+def _connection_lost(session: sessions.Session, exc: exceptions.ConnectionLost) -> None:
     logger.warning("fetcher: connection lost (%s)", exc)
     metrics.DATABASE_UP.set(0)
     session.lost()

@@ -10,7 +10,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from worker import db, exceptions
+from worker import db, exceptions, sessions
 from worker.pipeline.lanes import Lanes
 from worker.process.held import HeldJobs
 from worker.process.progress import ProgressLine
@@ -41,7 +41,7 @@ class Keeper:
     def run(self) -> None:
         """Renews the leases of jobs in flight (every third of the lease), completes model
         changes, refreshes the queue gauges and shows progress, until the pipeline drains."""
-        session = db.Session(
+        session = sessions.Session(
             self.dsn, "keeper", self.finished, lock_timeout_ms=self.lock_timeout_ms
         )
         renew_every = self.vt_seconds / 3

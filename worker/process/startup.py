@@ -9,7 +9,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from worker import db, exceptions, metrics, queries, schema
+from worker import db, exceptions, metrics, queries, schema, sessions
 from worker.config import Settings
 from worker.models import catalog, files
 from worker.models.loaded import LoadedModels
@@ -127,7 +127,7 @@ class Startup:
         """Waits for the database and our schema (a worker may start before `migrate` ran)."""
         # A one-shot run reports an unreachable database at once (exit 1) instead of waiting.
         deadline = 0.0 if self.once else None
-        session = db.Session(
+        session = sessions.Session(
             self.dsn,
             "startup",
             self.stopping,

@@ -20,7 +20,7 @@ import logging
 import threading
 import time
 
-from worker import db, exceptions, queries
+from worker import db, exceptions, queries, sessions
 from worker.session_guard import GuardedConnection
 
 logger = logging.getLogger(__name__)
@@ -35,10 +35,10 @@ class Watchdog:
     def __init__(self, dsn: str, lock_timeout_ms: int) -> None:
         self.dsn = dsn
         self.lock_timeout_ms = lock_timeout_ms
-        self._sessions: list[db.Session] = []
+        self._sessions: list[sessions.Session] = []
         self._lock = threading.Lock()
 
-    def watch(self, session: db.Session) -> None:
+    def watch(self, session: sessions.Session) -> None:
         with self._lock:
             self._sessions.append(session)
 

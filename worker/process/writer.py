@@ -9,7 +9,7 @@ import threading
 from collections.abc import Callable
 from dataclasses import dataclass
 
-from worker import db, exceptions, metrics, queries
+from worker import db, exceptions, metrics, queries, sessions
 from worker.config import Settings
 from worker.pipeline import stages, write
 from worker.pipeline.batch import Batch, RowState
@@ -38,7 +38,7 @@ class Writer:
     rows_done: int = 0  # rows written, for the progress line
 
     def run(self) -> None:
-        session = db.Session(
+        session = sessions.Session(
             self.dsn,
             "writer",
             self.finished,
@@ -60,7 +60,7 @@ class Writer:
             self.finished.set()
             self.wake()
 
-    def _write(self, session: db.Session, item: Handoff) -> None:
+    def _write(self, session: sessions.Session, item: Handoff) -> None:
         batch = item.batch
         lane = self.lanes.of(batch)
         held = lane.leases.held(batch.msg_ids)
