@@ -4,11 +4,11 @@ searches go to one (EMBED_SEARCH_DATABASE_URL) while the worker writes to its pr
 
 from __future__ import annotations
 
-import json
 from typing import Any
 
 import psycopg
 
+from tests.acceptance.test_http import post
 from tests.support.process import WorkerProcess, run_cli, wait_for
 from tests.support.standby import primary_and_standby
 
@@ -31,7 +31,8 @@ def test_a_standby_is_searched_and_waited_out_but_never_written(worker_env: dict
             writer.wait_ready()
 
             def found() -> list[Any]:
-                status, body = _search(writer)
+                question = {"table": "docs", "query": "lighthouse", "k": 1}
+                status, _, body = post(writer, "/search", question, token=None)
                 assert status == 200, body
                 return [r["key"] for r in body["results"]]
 
@@ -49,20 +50,3 @@ def test_a_standby_is_searched_and_waited_out_but_never_written(worker_env: dict
         finally:
             on_standby.stop()
             writer.stop()
-
-
-def _search(worker: WorkerProcess) -> tuple[int, Any]:
-    import urllib.error
-    import urllib.request
-
-    request = urllib.request.Request(
-        worker.url + "/search",
-        data=json.dumps({"table": "docs", "query": "lighthouse", "k": 1}).encode(),
-        headers={"Content-Type": "application/json"},
-    )
-    try:
-        with urllib.request.urlopen(request, timeout=30) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        with error:
-            return error.code, json.loads(error.read())
