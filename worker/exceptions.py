@@ -49,6 +49,17 @@ class Contention(DatabaseError):
     nothing was wrong with it. Tried again (the writer's whole transaction, the fetcher's read)."""
 
 
+class LockUnavailable(Contention):
+    """Another session held a lock for longer than our lock_timeout (EMBED_LOCK_TIMEOUT_MS):
+    nothing we run waits longer. What waited is tried again later, spending no attempt."""
+
+
+class TransactionConflict(Contention):
+    """Postgres rolled our transaction back for a concurrent one's sake: a deadlock (40P01), or
+    a serialization failure (40001). Our sessions run at READ COMMITTED, where the latter does
+    not happen to our own statements; a table owner's code may still raise either."""
+
+
 class DatabaseReadOnly(ConnectionLost):
     """The database takes no writes: a hot standby, or read-only transactions by default. The
     worker's sessions wait it out as a lost connection (a failover's new primary soon answers at
@@ -59,17 +70,6 @@ class ReadOnlyTransaction(DatabaseError):
     """A write was refused in a read-only transaction (25006): the database may have stopped
     taking writes (the worker's threads drop their connection, and sessions.Session asks the server
     before using a new one)."""
-
-
-class LockUnavailable(Contention):
-    """Another session held a lock for longer than our lock_timeout (EMBED_LOCK_TIMEOUT_MS):
-    nothing we run waits longer. What waited is tried again later, spending no attempt."""
-
-
-class TransactionConflict(Contention):
-    """Postgres rolled our transaction back for a concurrent one's sake: a deadlock (40P01), or
-    a serialization failure (40001). Our sessions run at READ COMMITTED, where the latter does
-    not happen to our own statements; a table owner's code may still raise either."""
 
 
 class StatementTimeout(DatabaseError):
