@@ -234,8 +234,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
        OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column)
 $$;
 -- Deferred indexes a worker of `queue` may build now: their backfill ended, its jobs are nearly
--- done (fewer than one step's keys wait: live writes never stop it), and the current role owns
--- the table. `cleanup` drops what an interrupted build left (an invalid index); `statements`
+-- done (fewer than one step's keys wait: live writes never stop it), the current role owns
+-- the table, and no index of it is being built. `cleanup` drops what an interrupted build left (an invalid index); `statements`
 -- build the index CONCURRENTLY (each at top level, in order). For a partitioned table, one
 -- partition at a time: its index, then its attachment to the parent's (invalid) index, which
 -- becomes valid with the last one.
@@ -292,6 +292,11 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
       AND (SELECT p.pending_jobs FROM embeddings_internal.pending_count(t) p
            WHERE d.target_id IS NOT NULL) < embeddings.backfill_step_keys()
       AND pg_has_role(c.relowner, 'USAGE')
+      -- Not while an index of the table is being built (another worker's build of this one:
+      -- its cleanup would wait for that build, then drop the index it made). Another role's
+      -- builds show without their table (pg_stat_progress_*): the build waits for them. (An
+      -- array, read once: as a join, it made the planner's search cost 7 ms a call.)
+      AND coalesce(leaf.oid, c.oid) <> ALL (ARRAY(SELECT p.relid FROM pg_stat_progress_create_index p WHERE p.relid IS NOT NULL))
     ORDER BY t.id
 $$;
 COMMENT ON FUNCTION embeddings.deferred_index_ready IS

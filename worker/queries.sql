@@ -501,7 +501,17 @@ SELECT scanned, enqueued FROM embeddings_internal.backfill_next(%(queue)s, %(max
 
 -- name: deferred_index_ready
 -- Deferred HNSW indexes of %(queue)s's targets this worker may build now (sql/62_backfill.sql).
-SELECT target_id, cleanup, statements FROM embeddings.deferred_index_ready(%(queue)s) LIMIT 1;
+SELECT target_id, cleanup, statements FROM embeddings.deferred_index_ready(%(queue)s);
+
+-- name: index_build_held
+-- Whether session %(pid)s, a deferred index build of this worker's, waits for what its table's
+-- users hold (the table's lock; the transactions writing it): any lock wait but the wait for
+-- older snapshots, which every build in the database waits for. And the sessions it waits for.
+SELECT a.wait_event_type = 'Lock' AND p.phase IS DISTINCT FROM 'waiting for old snapshots',
+       pg_catalog.pg_blocking_pids(a.pid)
+FROM pg_catalog.pg_stat_activity a
+LEFT JOIN pg_catalog.pg_stat_progress_create_index p ON p.pid = a.pid
+WHERE a.pid = %(pid)s;
 
 -- name: deferred_index_built
 -- Forgets a deferred index once a valid HNSW index is on the target's column.

@@ -9,7 +9,6 @@ queue without visible jobs, so a backfill never buries live jobs: they are alway
 from __future__ import annotations
 
 import logging
-import threading
 import time
 
 import psycopg
@@ -72,63 +71,3 @@ class Backfiller:
         if scanned:
             logger.debug("backfill: examined %d rows, queued %d keys", scanned, enqueued)
         return bool(scanned)
-
-
-class IndexBuilder:
-    """Builds the HNSW indexes watch() deferred on large tables, CONCURRENTLY (so that writes
-    go on), one at a time in a thread of its own, once their backfill has ended. Only where
-    this worker's role owns the table; otherwise the index waits for its owner (status shows
-    `index_deferred`). A build interrupted by a stop leaves an invalid index, dropped before
-    the next try. A partitioned table's index is built one partition per run (the partition's
-    index, then its attachment to the parent's), until the parent's is valid."""
-
-    def __init__(self, dsn: str, queue: str) -> None:
-        self.dsn = dsn
-        self.queue = queue
-        self._thread: threading.Thread | None = None
-
-    @property
-    def busy(self) -> bool:
-        return self._thread is not None and self._thread.is_alive()
-
-    def maybe_start(self, conn: db.Connection) -> None:
-        if self.busy:
-            return
-        try:
-            with db.translated():
-                row = conn.execute(
-                    queries.get("deferred_index_ready"), {"queue": self.queue}
-                ).fetchone()
-        except exceptions.ConnectionLost:
-            raise
-        except exceptions.DatabaseError as exc:
-            logger.debug("no deferred index lookup: %s", exc)  # a schema older than 0008
-            return
-        if row is None:
-            return
-        self._thread = threading.Thread(
-            target=self._build, args=row, name="index-builder", daemon=True
-        )
-        self._thread.start()
-
-    def _build(self, target_id: int, cleanup: str | None, statements: list[str]) -> None:
-        try:
-            # No lock or statement timeout, not even the database's: a CONCURRENTLY build
-            # waits for every transaction older than it (lock waits, to Postgres), and takes
-            # minutes on a large table, in a thread of its own that nothing waits for. Cut
-            # short, it would leave an invalid index and start over at each try.
-            with db.connect(self.dsn, unbounded=True) as conn, db.translated():
-                if cleanup:
-                    conn.execute(cleanup.encode())
-                logger.info(
-                    "target %d: building its deferred index: %s", target_id, "; ".join(statements)
-                )
-                started = time.monotonic()
-                for statement in statements:  # each at top level (CONCURRENTLY)
-                    conn.execute(statement.encode())
-                conn.execute(queries.get("deferred_index_built"), {"target_id": target_id})
-                logger.info(
-                    "target %d: index built in %.1f s", target_id, time.monotonic() - started
-                )
-        except exceptions.EmbedWorkerError as exc:
-            logger.warning("target %d: deferred index build failed: %s", target_id, exc)

@@ -18,9 +18,10 @@ from worker.pipeline import stages
 from worker.pipeline.batch import Batch
 from worker.pipeline.lanes import Lanes
 from worker.pipeline.targets import TargetRegistry
-from worker.process.backfill import Backfiller, IndexBuilder
+from worker.process.backfill import Backfiller
 from worker.process.changes import Completer
 from worker.process.handoffs import Handoff, Handoffs, pass_on
+from worker.process.index_builder import IndexBuilder
 from worker.process.wakeups import Waiter
 from worker.process.watchdog import Watchdog
 

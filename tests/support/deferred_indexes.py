@@ -1,0 +1,37 @@
+"""Tables whose HNSW index watch() deferred (sql/62_backfill.sql): the planner estimated them at
+more than embeddings.index_defer_rows() rows when they were watched."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import psycopg
+
+from tests.support.fetch import fetch_value
+
+Conn = psycopg.Connection[Any]
+
+
+def deferred_table(conn: Conn, table: str, model: str, *, kept_rows: int = 300) -> int:
+    """`table` (id bigint, body text), watched with `model` while it held more rows than
+    index_defer_rows(), so its index is deferred; then all but its first `kept_rows` rows are
+    deleted (a short drain, even for a real model). Returns the target id."""
+    rows = fetch_value(conn, "SELECT embeddings.index_defer_rows()")
+    conn.execute(f"CREATE TABLE {table} (id bigint PRIMARY KEY, body text)")
+    conn.execute(
+        f"INSERT INTO {table} SELECT i, 'doc ' || i FROM generate_series(1, %s) i", (rows + 1000,)
+    )
+    conn.execute(f"ANALYZE {table}")
+    target = fetch_value(conn, "SELECT embeddings.watch(%s, 'body', model => %s)", (table, model))
+    conn.execute(f"DELETE FROM {table} WHERE id > %s", (kept_rows,))
+    return int(target)
+
+
+def hnsw_indexes(conn: Conn, table: str) -> list[tuple[str, bool]]:
+    """The HNSW indexes on `table`: (name, valid)."""
+    return conn.execute(
+        "SELECT ic.relname, i.indisvalid FROM pg_index i JOIN pg_class ic ON ic.oid = i.indexrelid"
+        " JOIN pg_am am ON am.oid = ic.relam WHERE i.indrelid = %s::regclass AND am.amname = 'hnsw'"
+        " ORDER BY ic.relname",
+        (table,),
+    ).fetchall()

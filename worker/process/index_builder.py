@@ -1,0 +1,169 @@
+"""The deferred HNSW indexes' builds: watch() defers a large table's index until its backfill
+ends (sql/62_backfill.sql), and a worker whose role owns the table builds it CONCURRENTLY.
+
+A build waits for two kinds of things. What every CONCURRENTLY build in the database waits for,
+the transactions older than it, it waits for without bound: another table's build would wait
+for them too. What one table's users hold, its lock (a VACUUM, a LOCK TABLE, an index of theirs
+being built) or a write to it not yet committed, it waits for only while no other table's index
+is ready: after TABLE_WAIT_SECONDS of such a wait it is cancelled, and the table's turn comes
+after the others' (docs/reliability.md, "Bounded waits").
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import psycopg
+
+from worker import db, exceptions, queries
+
+logger = logging.getLogger(__name__)
+
+# How long a build may wait for what its table's users hold while another table's index is
+# ready. Long enough for an application's ordinary write transactions, which a build waits for
+# at two of its steps; looked at in the fetcher's idle rounds (EMBED_POLL_SECONDS apart).
+TABLE_WAIT_SECONDS = 10.0
+LOOK_SECONDS = 1.0  # at most one look at a waiting build a second
+
+Ready = tuple[int, str | None, list[str]]  # target id, cleanup, statements
+
+
+@dataclass
+class _Build:
+    """A build under way, as its thread and the fetcher's looks at it share it."""
+
+    target_id: int
+    connection: db.Connection | None = None  # its session, once connected
+    held_since: float | None = None  # when a look first found it waiting for its table
+    given_way: bool = False  # cancelled for another table's: not a failure
+
+
+class IndexBuilder:
+    """Builds the HNSW indexes watch() deferred on large tables, CONCURRENTLY (so that writes
+    go on), one at a time in a thread of its own, once their backfill has ended. Only where
+    this worker's role owns the table; otherwise the index waits for its owner (status shows
+    `index_deferred`). A build interrupted by a stop leaves an invalid index, dropped before
+    the next try. A partitioned table's index is built one partition per run (the partition's
+    index, then its attachment to the parent's), until the parent's is valid."""
+
+    def __init__(self, dsn: str, queue: str) -> None:
+        self.dsn = dsn
+        self.queue = queue
+        self._thread: threading.Thread | None = None
+        self._build: _Build | None = None
+        self._given_way: dict[int, int] = {}  # target id: builds cancelled for others' turns
+        self._next_look = 0.0
+
+    @property
+    def busy(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def maybe_start(self, conn: db.Connection) -> None:
+        """Starts the build of a ready index, those that gave way the fewest times first; or,
+        when one is under way, looks at what it waits for."""
+        if self.busy:
+            self._look(conn)
+            return
+        ready = self._ready(conn)
+        if not ready:
+            return
+        target_id, cleanup, statements = min(
+            ready, key=lambda row: (self._given_way.get(row[0], 0), row[0])
+        )
+        self._build = _Build(target_id)
+        self._thread = threading.Thread(
+            target=self._run,
+            args=(self._build, cleanup, statements),
+            name="index-builder",
+            daemon=True,
+        )
+        self._thread.start()
+
+    def _ready(self, conn: db.Connection) -> list[Ready]:
+        try:
+            with db.translated():
+                rows = conn.execute(
+                    queries.get("deferred_index_ready"), {"queue": self.queue}
+                ).fetchall()
+        except exceptions.ConnectionLost:
+            raise
+        except exceptions.DatabaseError as exc:
+            logger.debug("no deferred index lookup: %s", exc)  # a schema older than 0008
+            return []
+        return [(row[0], row[1], row[2]) for row in rows]
+
+    def _look(self, conn: db.Connection) -> None:
+        """Cancels the build under way when it has waited for its table's users for
+        TABLE_WAIT_SECONDS and another table's index is ready."""
+        build, now = self._build, time.monotonic()
+        if build is None or build.connection is None or now < self._next_look:
+            return
+        self._next_look = now + LOOK_SECONDS
+        holders = self._table_holders(conn, build.connection.info.backend_pid)
+        if holders is None:
+            build.held_since = None
+            return
+        if build.held_since is None:
+            build.held_since = now
+        waited = now - build.held_since
+        if waited < TABLE_WAIT_SECONDS:
+            return
+        if not [row for row in self._ready(conn) if row[0] != build.target_id]:
+            return  # nothing waits behind it
+        self._given_way[build.target_id] = self._given_way.get(build.target_id, 0) + 1
+        build.given_way = True
+        logger.warning(
+            "target %d: its index build has waited %.0f s for sessions holding its table "
+            "(pids %s); cancelled: the other tables' ready indexes are built first, then it "
+            "is tried again",
+            build.target_id,
+            waited,
+            ", ".join(map(str, holders)) or "gone",
+        )
+        try:
+            build.connection.cancel_safe(timeout=5.0)
+        except psycopg.Error as exc:  # (it ended meanwhile)
+            logger.debug("target %d: no cancel: %s", build.target_id, exc)
+
+    def _table_holders(self, conn: db.Connection, pid: int) -> list[int] | None:
+        """The sessions session `pid` waits for, when it waits for what its table's users hold
+        (not for older snapshots); else None."""
+        try:
+            with db.translated():
+                row: Any = conn.execute(queries.get("index_build_held"), {"pid": pid}).fetchone()
+        except exceptions.ConnectionLost:
+            raise
+        except exceptions.DatabaseError as exc:
+            logger.debug("no look at the index build: %s", exc)
+            return None
+        return None if row is None or not row[0] else list(row[1])
+
+    def _run(self, build: _Build, cleanup: str | None, statements: list[str]) -> None:
+        target_id = build.target_id
+        try:
+            # No lock or statement timeout, not even the database's: a CONCURRENTLY build
+            # waits for every transaction older than it (lock waits, to Postgres), and takes
+            # minutes on a large table, in a thread of its own that nothing waits for. Cut
+            # short, it would leave an invalid index and start over at each try. What one
+            # table's users hold, the fetcher's looks bound (_look).
+            with db.connect(self.dsn, unbounded=True) as conn, db.translated():
+                build.connection = conn
+                if cleanup:
+                    conn.execute(cleanup.encode())
+                logger.info(
+                    "target %d: building its deferred index: %s", target_id, "; ".join(statements)
+                )
+                started = time.monotonic()
+                for statement in statements:  # each at top level (CONCURRENTLY)
+                    conn.execute(statement.encode())
+                conn.execute(queries.get("deferred_index_built"), {"target_id": target_id})
+                logger.info(
+                    "target %d: index built in %.1f s", target_id, time.monotonic() - started
+                )
+        except exceptions.EmbedWorkerError as exc:
+            if not build.given_way:
+                logger.warning("target %d: deferred index build failed: %s", target_id, exc)
