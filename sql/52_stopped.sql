@@ -28,8 +28,8 @@
 --                     (EMBED_MAX_DOCUMENT_BYTES), failed without being embedded
 --                     (embeddings.documents); they stay until the ceiling is raised and they are
 --                     retried, or they are shortened.
--- Hook for further states: add a branch at "(Hook: ...)" below that sets (state, reason, fix,
--- since) for the target and RETURNs NEXT; document the state here, in docs/operating.md's table
+-- Hook for further states: add a branch at "(Hook: ...)" below, a SELECT of (rank, state, reason,
+-- fix, since) for target t; document the state here, in docs/operating.md's table
 -- and in worker/metrics.py's STOPPED_STATES (the metric's documented label values); status,
 -- doctor, /readyz, the metric and its alert pick it up unchanged.
 
@@ -51,17 +51,16 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT coalesce(nullif(current_setting('embeddings.backfill_stall_alarm', true), '')::interval, interval '10 minutes')
 $$;
 
--- Why target t cannot be served, as its registration and the catalog say now, or NULL.
--- PL/pgSQL, and access_problem() called in an expression of its own: an SQL function plans its
--- statement on every call, and one called inside another's statement anew on each call of the
--- outer one, so stopped_targets() (every worker, every 5 s) planned access_problem()'s for every
--- target (about 1.5 ms a target on a 2-core VM); here it is planned once per transaction.
-CREATE FUNCTION embeddings_internal.target_problem(t embeddings.targets) RETURNS text
+-- Why each target (of `only_ids`, or every target when NULL) cannot be served, as its
+-- registration and the catalog say now, or NULL. One statement for every target, as
+-- access_problems() (32_access.sql) for the same reason.
+CREATE FUNCTION embeddings_internal.target_problems(only_ids integer[] DEFAULT NULL)
+RETURNS TABLE (target_id integer, problem text)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    problem text;
+#variable_conflict use_column
 BEGIN
-    problem := coalesce(t.problem, CASE
+    RETURN QUERY
+    SELECT t.id, coalesce(t.problem, CASE
         WHEN NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source) THEN
             'its table no longer exists: SELECT embeddings.unwatch_dropped()'
         WHEN EXISTS (SELECT FROM unnest(t.key_attnums) AS k(n)
@@ -78,9 +77,16 @@ BEGIN
                 WHERE a.attrelid = t.store_table AND a.attname = t.embedding_column AND NOT a.attisdropped
                   AND ty.typname IN ('vector', 'halfvec')) THEN
             format('its embedding column %I is missing or not vector/halfvec; watch the table again', t.embedding_column)
-    END);
-    RETURN coalesce(problem, embeddings_internal.access_problem(t));
+    END, a.problem)
+    FROM embeddings.targets t
+    JOIN embeddings_internal.access_problems(only_ids) a ON a.target_id = t.id;
 END
+$$;
+
+-- The same for one registered target (t as embeddings.targets holds it).
+CREATE FUNCTION embeddings_internal.target_problem(t embeddings.targets) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT p.problem FROM embeddings_internal.target_problems(ARRAY[t.id]) p
 $$;
 
 -- What makes target t's held jobs go: the model the worker cannot load made loadable (during a
@@ -121,40 +127,32 @@ $$;
 -- One row per stopped state of each target (a target may be in several), in a fixed order of
 -- states. SECURITY DEFINER, like embeddings_internal.target_status(): for this schema's owner and the
 -- worker roles (grant_worker()); it reads our tables and the catalog, and runs nothing of the
--- tables' owners.
+-- tables' owners. One statement for every target (it was a loop of five a target: 0.24 s beside
+-- 1,000 watched tables, every 5 s in every worker's keeper).
 CREATE FUNCTION embeddings_internal.stopped_targets()
 RETURNS TABLE (target_id integer, target text, queue text, state text, reason text, fix text, since timestamptz)
-LANGUAGE plpgsql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
-DECLARE
-    t embeddings.targets;
-    problem text;
-BEGIN
-    FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
-        target_id := t.id;
-        target := coalesce(embeddings_internal.target_name(t), format('target %s', t.id));
-        queue := t.queue;
-
-        problem := embeddings_internal.target_problem(t);
-        IF problem IS NOT NULL THEN
-            state := 'problem';
-            reason := problem;
-            fix := 'fix what the reason names, then watch() the table again; its jobs wait meanwhile (held, not failed)';
-            since := t.updated_at;
-            RETURN NEXT;
-        ELSE
-            -- Deferred by the worker (a target with a problem is deferred for that problem).
-            SELECT 'held', format('its jobs are held, put back without an attempt (not failed): %s', d.reason),
-                   embeddings_internal.held_fix(t), d.since
-            INTO state, reason, fix, since
-            FROM embeddings.deferrals d
-            WHERE d.target_id = t.id AND d.last_seen > now() - embeddings_internal.deferral_fresh()
-              AND d.last_seen >= t.updated_at;  -- not a hold of the definition watch() replaced
-            IF FOUND THEN
-                RETURN NEXT;
-            END IF;
-        END IF;
-
-        SELECT 'swap_waiting',
+LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
+    SELECT t.id, coalesce(embeddings_internal.target_name(t), format('target %s', t.id)), t.queue,
+           s.state, s.reason, s.fix, s.since
+    FROM embeddings.targets t
+    JOIN embeddings_internal.target_problems() p ON p.target_id = t.id
+    CROSS JOIN (SELECT embeddings_internal.deferral_fresh() AS deferral_fresh,
+                       embeddings_internal.swap_wait_alarm() AS swap_wait_alarm,
+                       embeddings_internal.backfill_stall_alarm() AS backfill_stall_alarm) alarm
+    CROSS JOIN LATERAL (
+        SELECT 1, 'problem', p.problem,
+               'fix what the reason names, then watch() the table again; its jobs wait meanwhile (held, not failed)',
+               t.updated_at
+        WHERE p.problem IS NOT NULL
+        UNION ALL
+        -- Deferred by the worker (a target with a problem is deferred for that problem).
+        SELECT 2, 'held', format('its jobs are held, put back without an attempt (not failed): %s', d.reason),
+               embeddings_internal.held_fix(t), d.since
+        FROM embeddings.deferrals d
+        WHERE p.problem IS NULL AND d.target_id = t.id AND d.last_seen > now() - alarm.deferral_fresh
+          AND d.last_seen >= t.updated_at  -- not a hold of the definition watch() replaced
+        UNION ALL
+        SELECT 3, 'swap_waiting',
                format('the swap to model %s has waited for its table lock since %s (%s attempts): other '
                       'transactions hold the table (%s)', mc.model, to_char(mc.swap_waiting_since, 'YYYY-MM-DD HH24:MI:SS TZ'),
                       mc.swap_attempts, coalesce(mc.swap_holders, 'none named')),
@@ -162,44 +160,31 @@ BEGIN
                'retries by itself and never queues the application behind it for more than '
                || embeddings_internal.lock_attempt_ms() || ' ms',
                mc.swap_waiting_since
-        INTO state, reason, fix, since
         FROM embeddings.model_changes mc
-        WHERE mc.target_id = t.id AND mc.swap_waiting_since <= now() - embeddings_internal.swap_wait_alarm();
-        IF FOUND THEN
-            RETURN NEXT;
-        END IF;
-
-        SELECT 'backfill_stalled',
+        WHERE mc.target_id = t.id AND mc.swap_waiting_since <= now() - alarm.swap_wait_alarm
+        UNION ALL
+        SELECT 4, 'backfill_stalled',
                format('its backfill has queued no rows since %s and no row was embedded since (%s rows scanned '
                       'so far)', to_char(coalesce(b.stepped_at, b.started_at), 'YYYY-MM-DD HH24:MI:SS TZ'), b.scanned_rows),
                format('start a worker for queue %s (`embed-worker run`), or see why it stopped (its log; '
                       '`embed-worker status`)', t.queue),
                coalesce(b.stepped_at, b.started_at)
-        INTO state, reason, fix, since
         FROM embeddings.backfills b
-        WHERE b.target_id = t.id AND coalesce(b.stepped_at, b.started_at) <= now() - embeddings_internal.backfill_stall_alarm()
+        WHERE b.target_id = t.id AND coalesce(b.stepped_at, b.started_at) <= now() - alarm.backfill_stall_alarm
           AND NOT EXISTS (SELECT FROM embeddings.throughput tp
-                          WHERE tp.target_id = t.id AND tp.minute > now() - embeddings_internal.backfill_stall_alarm());
-        IF FOUND THEN
-            RETURN NEXT;
-        END IF;
-
-        SELECT 'over_ceiling',
+                          WHERE tp.target_id = t.id AND tp.minute > now() - alarm.backfill_stall_alarm)
+        UNION ALL
+        SELECT 5, 'over_ceiling',
                format('%s document(s) longer than the ceiling of %s bytes (EMBED_MAX_DOCUMENT_BYTES) were not '
                       'embedded; the longest has %s bytes', count(*), max(d.ceiling_bytes), max(d.bytes)),
                'raise EMBED_MAX_DOCUMENT_BYTES and `embed-worker failures --retry`, or shorten the documents',
                min(d.updated_at)
-        INTO state, reason, fix, since
         FROM embeddings.documents d
         WHERE d.target_id = t.id AND d.state = 'over_ceiling'
-        HAVING count(*) > 0;
-        IF FOUND THEN
-            RETURN NEXT;
-        END IF;
-
+        HAVING count(*) > 0
         -- (Hook: further states join here; see the top of this file.)
-    END LOOP;
-END
+    ) s(rank, state, reason, fix, since)
+    ORDER BY t.id, s.rank
 $$;
 
 -- What stops each target, by target id: a list of its states, each with its reason, fix and

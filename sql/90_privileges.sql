@@ -104,7 +104,8 @@ DECLARE
         'embeddings_internal.target_name(embeddings.targets)',
         'embeddings_internal.leaf_relations(regclass)',
         -- why a target cannot be served, read whenever a search or a worker loads the targets
-        'embeddings_internal.access_problem(embeddings.targets)'
+        'embeddings_internal.access_problem(embeddings.targets)',
+        'embeddings_internal.access_problems(integer[])'
     ]::regprocedure[];
     fn regprocedure;
     ty regtype;

@@ -168,7 +168,7 @@ SELECT t.id, n.nspname AS schema, c.relname AS "table", t.embedding_column,
        t.key_columns::text[] AS key_columns,
        ARRAY(SELECT kt.typname::text FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
              JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i) AS key_types,
-       t.queue, coalesce(t.problem, embeddings_internal.access_problem(t)) AS registry_problem, t.version,
+       t.queue, coalesce(t.problem, ap.problem) AS registry_problem, t.version,
        t.chunk_tokens, t.chunk_overlap, t.fts_config IS NOT NULL AS has_fulltext, t.store_kind,
        embeddings_internal.store_has_chunks(t) AS chunked, t.rerank_model, t.rerank_depth,
        t.document_format, t.context_header,
@@ -184,6 +184,9 @@ LEFT JOIN pg_proc p ON p.oid = t.content_function
 LEFT JOIN pg_namespace fn_ns ON fn_ns.oid = p.pronamespace
 LEFT JOIN pg_attribute ca ON ca.attrelid = t.source AND ca.attnum = t.content_attnum
                          AND t.content_column IS NOT NULL AND NOT ca.attisdropped
+-- (one call for the targets read: called once a target, it starts its statement each time)
+LEFT JOIN embeddings_internal.access_problems(ARRAY(SELECT t.id FROM embeddings.targets t WHERE {which})) ap
+       ON ap.target_id = t.id
 WHERE {which}
 ORDER BY t.id
 

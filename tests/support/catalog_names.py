@@ -84,6 +84,7 @@ _FUNCTIONS = (
     "rtrim",
     "set_config",
     "split_part",
+    "starts_with",
     "string_agg",
     "string_to_array",
     "strpos",
