@@ -14,7 +14,12 @@ import pytest
 
 from tests.integration.conftest import Running
 from tests.support import stores
-from tests.support.deferred_indexes import deferred_table, hnsw_indexes
+from tests.support.deferred_indexes import (
+    build_waits,
+    deferred_count,
+    deferred_table,
+    hnsw_indexes,
+)
 from tests.support.fetch import fetch_value
 from tests.support.jobs import clear_queue
 from tests.support.process import wait_for
@@ -100,7 +105,7 @@ def test_a_deferred_index_waits_for_old_transactions_past_the_database_s_timeout
         )
         report.commit()
     wait_for(
-        lambda: fetch_value(conn, "SELECT count(*) FROM embeddings.deferred_indexes") == 0,
+        lambda: deferred_count(conn) == 0,
         timeout=30,
         what="both indexes built",
     )
@@ -156,18 +161,6 @@ HOLDS = {
 }
 
 
-def building(conn: Conn, table: str) -> bool:
-    """Whether a CREATE INDEX CONCURRENTLY on `table` waits for a lock."""
-    return bool(
-        fetch_value(
-            conn,
-            "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-            " AND query ~* ('CREATE INDEX CONCURRENTLY .* ON public\\.' || %s)",
-            (table,),
-        )
-    )
-
-
 @pytest.mark.parametrize("hold", HOLDS)
 def test_a_table_its_users_hold_keeps_only_its_own_index_waiting(
     conn: Conn,
@@ -186,7 +179,9 @@ def test_a_table_its_users_hold_keeps_only_its_own_index_waiting(
     with psycopg.connect(dsn) as holder:  # a transaction, open while the test runs
         holder.execute(HOLDS[hold])
         running(model=tiny_models[0], poll_seconds=0.2)
-        wait_for(lambda: building(conn, "held"), timeout=30, what="the held table's build to wait")
+        wait_for(
+            lambda: build_waits(conn, "held"), timeout=30, what="the held table's build to wait"
+        )
         deferred_table(conn, "other", tiny_models[0])  # ready while the first build waits
         wait_for(
             lambda: hnsw_indexes(conn, "other") == [("other_embedding_hnsw", True)],
@@ -196,7 +191,7 @@ def test_a_table_its_users_hold_keeps_only_its_own_index_waiting(
         assert not any(valid for _, valid in hnsw_indexes(conn, "held"))
         holder.rollback()
     wait_for(
-        lambda: fetch_value(conn, "SELECT count(*) FROM embeddings.deferred_indexes") == 0,
+        lambda: deferred_count(conn) == 0,
         timeout=60,
         what="the held table's index once it was let go",
     )
@@ -221,7 +216,7 @@ def test_an_index_another_session_is_building_is_not_offered(
         writer.execute("INSERT INTO docs VALUES (1, 'not yet')")  # the build waits for it
         thread = threading.Thread(target=lambda: builder.execute(statement), daemon=True)
         thread.start()
-        wait_for(lambda: building(conn, "docs"), timeout=30, what="the build to wait")
+        wait_for(lambda: build_waits(conn, "docs"), timeout=30, what="the build to wait")
         assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", False)]
         assert fetch_value(conn, ready) == 0
         writer.rollback()

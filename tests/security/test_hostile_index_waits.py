@@ -25,8 +25,12 @@ import pytest
 from psycopg.conninfo import make_conninfo
 
 from tests.support.cluster import Cluster
-from tests.support.deferred_indexes import deferred_table, hnsw_indexes
-from tests.support.fetch import fetch_value
+from tests.support.deferred_indexes import (
+    build_waits,
+    deferred_count,
+    deferred_table,
+    hnsw_indexes,
+)
 from tests.support.models import MINILM, require_minilm
 from tests.support.process import WorkerProcess, wait_for
 from worker.process.index_builder import TABLE_WAIT_SECONDS
@@ -89,21 +93,14 @@ def deferred_table_of(world: World, table: str) -> None:
         su.execute(f"GRANT INSERT, UPDATE ON {table} TO {world.hostile}")
 
 
-def built(world: World) -> int:
+def deferred(world: World) -> int:
     with world.connect() as su:
-        return int(fetch_value(su, "SELECT count(*) FROM embeddings.deferred_indexes"))
+        return deferred_count(su)
 
 
-def build_waits(world: World, table: str) -> bool:
+def build_waits_on(world: World, table: str) -> bool:
     with world.connect() as su:
-        return bool(
-            fetch_value(
-                su,
-                "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
-                " AND query ~* ('CREATE INDEX CONCURRENTLY .* ON public\\.' || %s)",
-                (table,),
-            )
-        )
+        return build_waits(su, table)
 
 
 @pytest.mark.parametrize("hold", HOLDS)
@@ -126,14 +123,14 @@ def test_a_hostile_tenant_holds_up_only_its_own_index(
             hostile.execute(HOLDS[hold].format(table="hostile"))
             worker.wait_ready()
             wait_for(
-                lambda: build_waits(world, "hostile"),
+                lambda: build_waits_on(world, "hostile"),
                 timeout=60,
                 what="the hostile tenant's index build to wait",
             )
             deferred_table_of(world, "other")
             try:
                 wait_for(
-                    lambda: built(world) == 1,
+                    lambda: deferred(world) == 1,
                     timeout=OTHERS_SECONDS,
                     what=f"the other tenant's index while {hold}",
                 )
@@ -144,7 +141,7 @@ def test_a_hostile_tenant_holds_up_only_its_own_index(
                 assert not any(valid for _, valid in hnsw_indexes(su, "hostile"))
             hostile.rollback()
         wait_for(
-            lambda: built(world) == 0,
+            lambda: deferred(world) == 0,
             timeout=RELEASED_SECONDS,
             what="the hostile tenant's index once it let go",
         )

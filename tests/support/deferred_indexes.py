@@ -35,3 +35,20 @@ def hnsw_indexes(conn: Conn, table: str) -> list[tuple[str, bool]]:
         " ORDER BY ic.relname",
         (table,),
     ).fetchall()
+
+
+def build_waits(conn: Conn, table: str) -> bool:
+    """Whether a CREATE INDEX CONCURRENTLY on `table` (in schema public) waits for a lock."""
+    return bool(
+        fetch_value(
+            conn,
+            "SELECT count(*) > 0 FROM pg_stat_activity WHERE wait_event_type = 'Lock'"
+            " AND query ~* ('CREATE INDEX CONCURRENTLY .* ON public\\.' || %s)",
+            (table,),
+        )
+    )
+
+
+def deferred_count(conn: Conn) -> int:
+    """The indexes still deferred (embeddings.deferred_indexes): 0 once every one is built."""
+    return int(fetch_value(conn, "SELECT count(*) FROM embeddings.deferred_indexes"))
