@@ -235,10 +235,10 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
 $$;
 -- Deferred indexes a worker of `queue` may build now: their backfill ended, its jobs are nearly
 -- done (fewer than one step's keys wait: live writes never stop it), the current role owns
--- the table, and no index of it is being built. `cleanup` drops what an interrupted build left (an invalid index); `statements`
--- build the index CONCURRENTLY (each at top level, in order). For a partitioned table, one
--- partition at a time: its index, then its attachment to the parent's (invalid) index, which
--- becomes valid with the last one.
+-- the table, and no index of it is being built. `cleanup` drops what an interrupted build left
+-- (an invalid index); `statements` build the index CONCURRENTLY (each at top level, in order).
+-- For a partitioned table, one partition at a time: its index, then its attachment to the
+-- parent's (invalid) index, which becomes valid with the last one.
 CREATE FUNCTION embeddings.deferred_index_ready(queue text)
 RETURNS TABLE (target_id integer, cleanup text, statements text[])
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
