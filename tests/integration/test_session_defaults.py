@@ -22,7 +22,7 @@ import psycopg
 import pytest
 
 from tests.support.process import run_cli
-from worker import db, exceptions
+from worker import db, exceptions, schema
 from worker.models.query_batch import QueryBatchers
 from worker.process.runner import Worker
 from worker.retrieval.pool import SearchConnections
@@ -137,3 +137,28 @@ def test_a_database_whose_encoding_is_sql_ascii_is_refused_plainly(conn: Conn, d
         assert "ENCODING 'UTF8'" in done.stderr and "Traceback" not in done.stderr
     finally:
         conn.execute(f'DROP DATABASE "{name}" WITH (FORCE)')
+
+
+def test_migrate_runs_at_read_committed_whatever_the_database_s_default(empty_dsn: str) -> None:
+    """`migrate` runs beside workers and applications; its statements, like ours everywhere,
+    are written for READ COMMITTED. It ran at the database's default (serializable here), where
+    a write beside it could fail the migration with a serialization failure. Each DDL of the
+    install records the isolation it ran at (an event trigger of the test's)."""
+    with psycopg.connect(empty_dsn, autocommit=True) as su:
+        database = su.info.dbname
+        su.execute(f'ALTER DATABASE "{database}" SET default_transaction_isolation = serializable')
+        su.execute("CREATE TABLE public.isolation_seen (level text)")
+        su.execute(
+            "CREATE FUNCTION public.note_isolation() RETURNS event_trigger LANGUAGE plpgsql AS"
+            " $$ BEGIN INSERT INTO public.isolation_seen"
+            " VALUES (current_setting('transaction_isolation')); END $$"
+        )
+        su.execute(
+            "CREATE EVENT TRIGGER note_isolation ON ddl_command_end"
+            " EXECUTE FUNCTION public.note_isolation()"
+        )
+    schema.migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as su:
+        seen = su.execute("SELECT level, count(*) FROM public.isolation_seen GROUP BY 1").fetchall()
+        su.execute("DROP EVENT TRIGGER note_isolation")
+    assert [level for level, _ in seen] == ["read committed"], seen

@@ -112,8 +112,14 @@ def _run_alembic_once(dsn: str, action: Callable[..., None], *args: str) -> Migr
 
     config = files.alembic_config()
     result = Migration()
+    # READ COMMITTED, whatever the database's default: the migration runs beside workers and
+    # applications, and its statements, like ours everywhere, are written for it (at
+    # serializable, a write beside it could fail it with a serialization failure).
     engine = create_engine(
-        "postgresql+psycopg://", creator=lambda: psycopg.connect(dsn), poolclass=NullPool
+        "postgresql+psycopg://",
+        creator=lambda: psycopg.connect(dsn),
+        poolclass=NullPool,
+        isolation_level="READ COMMITTED",
     )
     alembic_log = logging.getLogger("alembic")
     level = alembic_log.level
