@@ -162,3 +162,21 @@ def test_migrate_runs_at_read_committed_whatever_the_database_s_default(empty_ds
         seen = su.execute("SELECT level, count(*) FROM public.isolation_seen GROUP BY 1").fetchall()
         su.execute("DROP EVENT TRIGGER note_isolation")
     assert [level for level, _ in seen] == ["read committed"], seen
+
+
+def test_a_command_past_its_statement_timeout_says_how_to_give_it_longer(
+    conn: Conn, dsn: str
+) -> None:
+    """A database's statement_timeout cancelled `status` beside many tables with the server's
+    message and pages of our SQL it was inside (CONTEXT), and no word of what to do."""
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'all-MiniLM-L6-v2')")
+    # Rows enough that counting them exactly takes well past 50 ms (not queued: no worker here).
+    conn.execute("ALTER TABLE docs DISABLE TRIGGER USER")
+    conn.execute("INSERT INTO docs SELECT g, 'row ' || g FROM generate_series(1, 400000) g")
+    done = run_cli(
+        "status", "--exact", env={"DATABASE_URL": dsn, "PGOPTIONS": "-c statement_timeout=50"}
+    )
+    assert done.returncode == 1, done.stderr
+    assert "statement timeout" in done.stderr and "CONTEXT" not in done.stderr, done.stderr
+    assert "PGOPTIONS='-c statement_timeout=10min'" in done.stderr
