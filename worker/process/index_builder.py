@@ -38,6 +38,7 @@ class _Build:
 
     target_id: int
     connection: db.Connection | None = None  # its session, once connected
+    pid: int | None = None  # that session's backend (read once: the connection may be closing)
     held_since: float | None = None  # when a look first found it waiting for its table
     given_way: bool = False  # cancelled for another table's: not a failure
 
@@ -100,10 +101,10 @@ class IndexBuilder:
         """Cancels the build under way when it has waited for its table's users for
         TABLE_WAIT_SECONDS and another table's index is ready."""
         build, now = self._build, time.monotonic()
-        if build is None or build.connection is None or now < self._next_look:
+        if build is None or build.connection is None or build.pid is None or now < self._next_look:
             return
         self._next_look = now + LOOK_SECONDS
-        holders = self._table_holders(conn, build.connection.info.backend_pid)
+        holders = self._table_holders(conn, build.pid)
         if holders is None:
             build.held_since = None
             return
@@ -151,6 +152,7 @@ class IndexBuilder:
             # short, it would leave an invalid index and start over at each try. What one
             # table's users hold, the fetcher's looks bound (_look).
             with db.connect(self.dsn, unbounded=True) as conn, db.translated():
+                build.pid = conn.info.backend_pid
                 build.connection = conn
                 if cleanup:
                     conn.execute(cleanup.encode())
