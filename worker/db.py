@@ -13,7 +13,7 @@ import re
 from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import psycopg
 from psycopg.conninfo import conninfo_to_dict, make_conninfo
@@ -298,10 +298,20 @@ def best_effort(conn: Connection, what: str, log: logging.Logger) -> Iterator[At
         log.warning("%s: %s", what, redact(str(exc).strip()))
 
 
-# Why a database takes no writes (queries.sql: takes_no_writes), and what ends it.
+class ReadOnly(NamedTuple):
+    """Why a database takes no writes, and what ends it."""
+
+    why: str
+    fix: str
+
+    def __str__(self) -> str:
+        return f"takes no writes: {self.why}: {self.fix}"
+
+
+# Each answer of queries.sql's takes_no_writes.
 READ_ONLY = {
-    "standby": ("it is a hot standby (in recovery)", "point DATABASE_URL at the primary"),
-    "read_only": (
+    "standby": ReadOnly("it is a hot standby (in recovery)", "point DATABASE_URL at the primary"),
+    "read_only": ReadOnly(
         "its transactions are read-only by default (default_transaction_read_only is on for the"
         " database or the role)",
         "end the freeze: ALTER DATABASE ... RESET default_transaction_read_only (or ALTER ROLE)",
@@ -309,7 +319,7 @@ READ_ONLY = {
 }
 
 
-def takes_no_writes(conn: Connection) -> tuple[str, str] | None:
+def takes_no_writes(conn: Connection) -> ReadOnly | None:
     """Why the database refuses every write now (a hot standby, read-only by default), and what
     ends it; None when it takes writes."""
     with translated():

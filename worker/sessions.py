@@ -64,10 +64,7 @@ class Session:
                 try:
                     read_only = takes_no_writes(conn)
                     if read_only is not None:
-                        why, fix = read_only
-                        raise exceptions.DatabaseReadOnly(
-                            f"{describe(self.dsn)} takes no writes: {why}: {fix}"
-                        )
+                        raise exceptions.DatabaseReadOnly(f"{describe(self.dsn)} {read_only}")
                     if self.vectors:
                         register_vector_types(conn)
                 except BaseException:

@@ -64,9 +64,7 @@ class ReadinessProbe:
             try:
                 with db.connect(self.dsn, connect_timeout=2) as conn:
                     read_only = db.takes_no_writes(conn)  # (and the database answers)
-                self._db_error = (
-                    None if read_only is None else "takes no writes: {}: {}".format(*read_only)
-                )
+                self._db_error = None if read_only is None else str(read_only)
             except exceptions.EmbedWorkerError as exc:
                 self._db_error = str(exc)
             self._checked_at = time.monotonic()
