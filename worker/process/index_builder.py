@@ -85,16 +85,7 @@ class IndexBuilder:
         self._thread.start()
 
     def _ready(self, conn: db.Connection) -> list[Ready]:
-        try:
-            with db.translated():
-                rows = conn.execute(
-                    queries.get("deferred_index_ready"), {"queue": self.queue}
-                ).fetchall()
-        except exceptions.ConnectionLost:
-            raise
-        except exceptions.DatabaseError as exc:
-            logger.debug("no deferred index lookup: %s", exc)  # a schema older than 0008
-            return []
+        rows = _read(conn, "deferred_index_ready", {"queue": self.queue})
         return [(row[0], row[1], row[2]) for row in rows]
 
     def _look(self, conn: db.Connection) -> None:
@@ -133,15 +124,8 @@ class IndexBuilder:
     def _table_holders(self, conn: db.Connection, pid: int) -> list[int] | None:
         """The sessions session `pid` waits for, when it waits for what its table's users hold
         (not for older snapshots); else None."""
-        try:
-            with db.translated():
-                row: Any = conn.execute(queries.get("index_build_held"), {"pid": pid}).fetchone()
-        except exceptions.ConnectionLost:
-            raise
-        except exceptions.DatabaseError as exc:
-            logger.debug("no look at the index build: %s", exc)
-            return None
-        return None if row is None or not row[0] else list(row[1])
+        rows = _read(conn, "index_build_held", {"pid": pid})
+        return list(rows[0][1]) if rows and rows[0][0] else None
 
     def _run(self, build: _Build, cleanup: str | None, statements: list[str]) -> None:
         target_id = build.target_id
@@ -169,3 +153,17 @@ class IndexBuilder:
         except exceptions.EmbedWorkerError as exc:
             if not build.given_way:
                 logger.warning("target %d: deferred index build failed: %s", target_id, exc)
+
+
+def _read(conn: db.Connection, name: str, params: dict[str, Any]) -> list[Any]:
+    """The rows of named query `name`; none when it fails (a schema older than deferred
+    indexes, a view this role may not read), but for a lost connection, which the fetcher
+    handles."""
+    try:
+        with db.translated():
+            return conn.execute(queries.get(name), params).fetchall()
+    except exceptions.ConnectionLost:
+        raise
+    except exceptions.DatabaseError as exc:
+        logger.debug("index builder: no %s: %s", name, exc)
+        return []
