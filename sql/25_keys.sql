@@ -16,13 +16,16 @@
 
 -- A domain's base type (through domains over domains); any other type itself.
 CREATE FUNCTION embeddings_internal.base_type(ty regtype) RETURNS regtype
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH RECURSIVE d (oid, base) AS (
-        SELECT t.oid, t.typbasetype FROM pg_catalog.pg_type t WHERE t.oid = ty
-        UNION ALL
-        SELECT t.oid, t.typbasetype FROM pg_catalog.pg_type t JOIN d ON t.oid = d.base
-    )
-    SELECT d.oid::regtype FROM d WHERE d.base = 0
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        WITH RECURSIVE d (oid, base) AS (
+            SELECT t.oid, t.typbasetype FROM pg_catalog.pg_type t WHERE t.oid = ty
+            UNION ALL
+            SELECT t.oid, t.typbasetype FROM pg_catalog.pg_type t JOIN d ON t.oid = d.base
+        )
+        SELECT d.oid::regtype FROM d WHERE d.base = 0);
+END
 $$;
 
 -- Whether values of type `ty` (a domain: its base type) are built-in scalars: a type of the
@@ -31,10 +34,13 @@ $$;
 -- text the worker could not write back as Postgres does (key order, number format), so a jsonb
 -- key travels as the string of its text, as a user type's does.
 CREATE FUNCTION embeddings_internal.builtin_scalar(ty regtype) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT t.oid < 16384 AND t.typtype = 'b' AND t.typcategory NOT IN ('A', 'C')
-           AND t.oid <> 'pg_catalog.jsonb'::regtype
-    FROM pg_catalog.pg_type t WHERE t.oid = embeddings_internal.base_type(ty)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT t.oid < 16384 AND t.typtype = 'b' AND t.typcategory NOT IN ('A', 'C')
+               AND t.oid <> 'pg_catalog.jsonb'::regtype
+        FROM pg_catalog.pg_type t WHERE t.oid = embeddings_internal.base_type(ty));
+END
 $$;
 
 -- The operator of strategy `strategy` (1 <, 3 =, 5 >) of the default btree operator class of
@@ -76,28 +82,37 @@ $$;
 -- Expression `expr` of type `ty` as its base type: a domain's value cast to the base type (no
 -- cast function, no CHECK), anything else as it is.
 CREATE FUNCTION embeddings_internal.as_base_sql(ty regtype, expr text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN embeddings_internal.base_type(ty) = ty THEN expr
-                ELSE (SELECT format('(%s)::%I.%I', expr, n.nspname, t.typname)
-                      FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
-                      WHERE t.oid = embeddings_internal.base_type(ty)) END
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT CASE WHEN embeddings_internal.base_type(ty) = ty THEN expr
+                    ELSE (SELECT format('(%s)::%I.%I', expr, n.nspname, t.typname)
+                          FROM pg_catalog.pg_type t JOIN pg_catalog.pg_namespace n ON n.oid = t.typnamespace
+                          WHERE t.oid = embeddings_internal.base_type(ty)) END);
+END
 $$;
 
 -- Expression `expr` of type `ty` written with no cast of a user type: by format() template
 -- `builtin` of its base-type expression (as_base_sql()) when ty is a built-in scalar, else by
 -- template `other` of expr as it is (text_sql(), key_part_json_sql()).
 CREATE FUNCTION embeddings_internal.builtin_or_other_sql(ty regtype, expr text, builtin text, other text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN embeddings_internal.builtin_scalar(ty) THEN format(builtin, embeddings_internal.as_base_sql(ty, expr))
-                ELSE format(other, expr) END
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT CASE WHEN embeddings_internal.builtin_scalar(ty) THEN format(builtin, embeddings_internal.as_base_sql(ty, expr))
+                    ELSE format(other, expr) END);
+END
 $$;
 
 -- The text of expression `expr` of type `ty`, NULL for NULL, with no cast of a user type: a
 -- built-in type's cast to text, else its output function.
 CREATE FUNCTION embeddings_internal.text_sql(ty regtype, expr text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT embeddings_internal.builtin_or_other_sql(ty, expr, '(%s)::pg_catalog.text',
-                                           'CASE WHEN (%1$s) IS NULL THEN NULL ELSE pg_catalog.format(''%%s'', %1$s) END')
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT embeddings_internal.builtin_or_other_sql(ty, expr, '(%s)::pg_catalog.text',
+                                               'CASE WHEN (%1$s) IS NULL THEN NULL ELSE pg_catalog.format(''%%s'', %1$s) END'));
+END
 $$;
 
 -- The JSON of expression `expr` of key type `ty`, as jobs carry key values: to_jsonb() of a

@@ -47,9 +47,12 @@
 
 -- Whether target t's content is a bytea column: documents (sql/55_chunks.sql).
 CREATE FUNCTION embeddings_internal.content_is_bytes(t embeddings.targets) RETURNS boolean
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce((SELECT a.atttypid = 'pg_catalog.bytea'::regtype FROM pg_catalog.pg_attribute a
-                     WHERE a.attrelid = t.source AND a.attnum = t.content_attnum AND t.content_column IS NOT NULL), false)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT coalesce((SELECT a.atttypid = 'pg_catalog.bytea'::regtype FROM pg_catalog.pg_attribute a
+                         WHERE a.attrelid = t.source AND a.attnum = t.content_attnum AND t.content_column IS NOT NULL), false));
+END
 $$;
 
 -- The content of row alias `row_alias` as text: the content column's text, or the content
@@ -62,31 +65,36 @@ $$;
 CREATE FUNCTION embeddings_internal.content_sql(t embeddings.targets, row_alias text, row_type regclass DEFAULT NULL,
                                        wrapped boolean DEFAULT true)
 RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE
-        WHEN embeddings_internal.content_is_bytes(t) THEN
-            embeddings_internal.render('pg_catalog.encode(%(alias)I.%(column)I, ''base64'')', v.args)
-        WHEN t.content_column IS NOT NULL THEN
-            embeddings_internal.text_sql((SELECT a.atttypid::regtype FROM pg_catalog.pg_attribute a
-                                 WHERE a.attrelid = t.source AND a.attnum = t.content_attnum),
-                                embeddings_internal.render('%(alias)I.%(column)I', v.args))
-        WHEN wrapped THEN embeddings_internal.render('embeddings.%(wrapper)I(%(arg)s)', v.args)
-        ELSE embeddings_internal.render('%(schema)I.%(function)I(%(arg)s)', v.args)
-    END
-    FROM (SELECT jsonb_build_object(
-                     'alias', row_alias, 'column', t.content_column, 'wrapper', 'embeddings_' || t.id || '_content',
-                     'schema', p.schema, 'function', p.function,
-                     'arg', CASE WHEN row_type IS NULL THEN quote_ident(row_alias)
-                                 ELSE embeddings_internal.render('ROW(%(fields)s)::%(type)s', jsonb_build_object(
-                                          'type', row_type::text,
-                                          'fields', (SELECT embeddings_internal.render_each('%(alias)I.%(field)I',
-                                                                                   jsonb_agg(jsonb_build_object('alias', row_alias, 'field', a.attname)
-                                                                                             ORDER BY a.attnum), ', ')
-                                                     FROM pg_catalog.pg_attribute a
-                                                     WHERE a.attrelid = row_type AND a.attnum > 0 AND NOT a.attisdropped))) END)
-          FROM (SELECT (SELECT n.nspname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
-                        WHERE p.oid = t.content_function) AS schema,
-                       (SELECT p.proname FROM pg_catalog.pg_proc p WHERE p.oid = t.content_function) AS function) p) v(args)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    args jsonb := jsonb_build_object('alias', row_alias, 'column', t.content_column);
+BEGIN
+    IF embeddings_internal.content_is_bytes(t) THEN
+        RETURN embeddings_internal.render('pg_catalog.encode(%(alias)I.%(column)I, ''base64'')', args);
+    ELSIF t.content_column IS NOT NULL THEN
+        RETURN embeddings_internal.text_sql((SELECT a.atttypid::regtype FROM pg_catalog.pg_attribute a
+                                             WHERE a.attrelid = t.source AND a.attnum = t.content_attnum),
+                                            embeddings_internal.render('%(alias)I.%(column)I', args));
+    END IF;
+    -- a content function, of the row (rebuilt as row_type where given)
+    args := args || jsonb_build_object(
+        'wrapper', 'embeddings_' || t.id || '_content',
+        'arg', CASE WHEN row_type IS NULL THEN quote_ident(row_alias)
+                    ELSE embeddings_internal.render('ROW(%(fields)s)::%(type)s', jsonb_build_object(
+                             'type', row_type::text,
+                             'fields', (SELECT embeddings_internal.render_each('%(alias)I.%(field)I',
+                                                                      jsonb_agg(jsonb_build_object('alias', row_alias, 'field', a.attname)
+                                                                                ORDER BY a.attnum), ', ')
+                                        FROM pg_catalog.pg_attribute a
+                                        WHERE a.attrelid = row_type AND a.attnum > 0 AND NOT a.attisdropped))) END);
+    IF wrapped THEN
+        RETURN embeddings_internal.render('embeddings.%(wrapper)I(%(arg)s)', args);
+    END IF;
+    RETURN embeddings_internal.render('%(schema)I.%(function)I(%(arg)s)', args || jsonb_build_object(
+        'schema', (SELECT n.nspname FROM pg_catalog.pg_proc p JOIN pg_catalog.pg_namespace n ON n.oid = p.pronamespace
+                   WHERE p.oid = t.content_function),
+        'function', (SELECT p.proname FROM pg_catalog.pg_proc p WHERE p.oid = t.content_function)));
+END
 $$;
 
 -- The content of row alias `row_alias` as the triggers compare it (changed, blank): as

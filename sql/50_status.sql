@@ -77,13 +77,16 @@ $$;
 -- pg_inherits, taking no lock: pg_partition_tree() would lock every partition, and status must
 -- not wait behind a long ALTER TABLE on a watched table.
 CREATE FUNCTION embeddings_internal.leaf_relations(rel regclass) RETURNS SETOF regclass
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    WITH RECURSIVE tree (relid) AS (
-        SELECT rel::oid
-        UNION ALL
-        SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid
-    )
-    SELECT tree.relid::regclass FROM tree JOIN pg_class c ON c.oid = tree.relid WHERE c.relkind <> 'p'
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY
+        WITH RECURSIVE tree (relid) AS (
+            SELECT rel::oid
+            UNION ALL
+            SELECT i.inhrelid FROM pg_inherits i JOIN tree ON i.inhparent = tree.relid
+        )
+        SELECT tree.relid::regclass FROM tree JOIN pg_class c ON c.oid = tree.relid WHERE c.relkind <> 'p';
+END
 $$;
 
 -- Estimated live rows of one table or partition, without reading or locking it: the statistics
@@ -138,7 +141,8 @@ DECLARE
     vectors record := embeddings_internal.store_estimated_vectors(t);  -- the store kind's (sql/54_stores.sql)
 BEGIN
     -- One short statement per leaf (plans cached by the session), not one query over the
-    -- pg_stats view, which costs milliseconds to plan on every call.
+    -- pg_stats view, which costs milliseconds to plan on every call; pg_stats found by the
+    -- leaf's schema and name (not_null_share(), sql/54_stores.sql, says why).
     FOR leaf IN SELECT embeddings_internal.leaf_relations(t.source) LOOP
         n := embeddings_internal.estimated_rows(leaf);
         total := total + n;
@@ -146,9 +150,10 @@ BEGIN
         SELECT s.null_frac + coalesce((SELECT sum(m.f) FROM unnest(s.most_common_vals::text::text[], s.most_common_freqs) AS m(v, f)
                                        WHERE m.v !~ '[^[:space:]]'), 0)
         INTO cleared_share
-        FROM pg_class c JOIN pg_namespace ns ON ns.oid = c.relnamespace
-        JOIN pg_stats s ON s.schemaname = ns.nspname AND s.tablename = c.relname
-        WHERE c.oid = leaf AND s.attname = t.content_column AND NOT s.inherited;
+        FROM pg_stats s
+        WHERE (s.schemaname, s.tablename) = (SELECT ns.nspname, c.relname FROM pg_class c
+                                             JOIN pg_namespace ns ON ns.oid = c.relnamespace WHERE c.oid = leaf)
+          AND s.attname = t.content_column AND NOT s.inherited;
         cleared := cleared + n * cleared_share;
     END LOOP;
     total_rows := round(total);
@@ -160,11 +165,36 @@ BEGIN
 END
 $$;
 
+-- The key of a group of queue_pending() (status_read_lanes() files each lane's groups by it):
+-- its messages' target id, or for messages in the Supabase guide's shape their schema, table
+-- and embedding column. target_pending_keys() makes a target's two.
+CREATE FUNCTION embeddings_internal.pending_group_key(target_id jsonb, schema_name text, table_name text,
+                                                      embedding_column text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN target_id IS NOT NULL THEN 'target ' || target_id::text
+                ELSE 'name ' || jsonb_build_array(schema_name, table_name, embedding_column)::text END
+$$;
+
+-- The keys of target t's groups among queue_pending()'s (pending_group_key()): its own
+-- messages', and those of the guide's shape that name its table and column.
+CREATE FUNCTION embeddings_internal.target_pending_keys(t embeddings.targets) RETURNS text[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (
+        SELECT ARRAY[embeddings_internal.pending_group_key(to_jsonb(t.id), NULL, NULL, NULL),
+                     embeddings_internal.pending_group_key(NULL, n.nspname, c.relname, t.embedding_column)]
+        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source);
+END
+$$;
+
 -- The pending keys of each lane of `lanes` that `pending` (by lane) lacks, read once per status
--- call with embeddings_internal.queue_pending(): a lane of many messages (more than
--- status_exact_rows(), `exact` not true) is sampled, about 2,000 of its messages, and named in
--- `sampled` (an exact count reads every message: docs/performance.md, "Figures behind the
--- code's choices"). A target with few messages among very many may be missed: `status --exact`.
+-- call with embeddings_internal.queue_pending(): per lane, an object of [keys, oldest] by
+-- pending_group_key(), so that each target finds its own in constant time (a list of every
+-- target's groups searched by each target cost status 1.4 s beside 1,000 tables). A lane of
+-- many messages (more than status_exact_rows(), `exact` not true) is sampled, about 2,000 of
+-- its messages, and named in `sampled` (an exact count reads every message:
+-- docs/performance.md, "Figures behind the code's choices"). A target with few messages among
+-- very many may be missed: `status --exact`.
 CREATE FUNCTION embeddings_internal.status_read_lanes(INOUT pending jsonb, INOUT sampled text[], lanes text[], exact boolean)
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -177,30 +207,34 @@ BEGIN
         IF NOT coalesce(exact, false) AND messages > embeddings_internal.status_exact_rows() THEN
             sampled := sampled || lane;
         END IF;
-        pending := pending || jsonb_build_object(lane,
-            (SELECT coalesce(jsonb_agg(qp), '[]') FROM embeddings_internal.queue_pending(lane,
-                 CASE WHEN lane = ANY (sampled) THEN least(100, 100.0 * 2000 / messages) END) qp));
+        pending := pending || jsonb_build_object(lane, (
+            SELECT coalesce(jsonb_object_agg(g.key, jsonb_build_array(g.keys, g.oldest)), '{}')
+            FROM (SELECT embeddings_internal.pending_group_key(qp.target_id, qp.schema_name, qp.table_name,
+                                                              qp.embedding_column) AS key,
+                         sum(qp.keys) AS keys, min(qp.oldest) AS oldest
+                  FROM embeddings_internal.queue_pending(lane,
+                           CASE WHEN lane = ANY (sampled) THEN least(100, 100.0 * 2000 / messages) END) qp
+                  GROUP BY 1) g));
     END LOOP;
 END
 $$;
 
 -- Target t's pending keys in its lanes `lanes` (live, backfill), from `pending` (read by
--- status_read_lanes()): its messages, or those of the Supabase guide's shape naming its table
+-- status_read_lanes()): its messages, and those of the Supabase guide's shape naming its table
 -- and column; and the age of the oldest.
 CREATE FUNCTION embeddings_internal.status_pending(t embeddings.targets, lanes text[], pending jsonb,
                                           OUT pending_live bigint, OUT pending_backfill bigint,
                                           OUT oldest_pending_seconds double precision)
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT coalesce(sum(g.keys) FILTER (WHERE g.lane = lanes[1]), 0)::bigint,
-           coalesce(sum(g.keys) FILTER (WHERE g.lane = lanes[2]), 0)::bigint,
-           extract(epoch FROM clock_timestamp() - min(g.oldest))::double precision
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    SELECT coalesce(sum((g.hit ->> 0)::bigint) FILTER (WHERE g.lane = lanes[1]), 0)::bigint,
+           coalesce(sum((g.hit ->> 0)::bigint) FILTER (WHERE g.lane = lanes[2]), 0)::bigint,
+           extract(epoch FROM clock_timestamp() - min((g.hit ->> 1)::timestamptz))::double precision
+    INTO pending_live, pending_backfill, oldest_pending_seconds
     FROM unnest(lanes) AS l(lane)
-    CROSS JOIN LATERAL jsonb_to_recordset(pending -> l.lane)
-         AS r(target_id jsonb, schema_name text, table_name text, embedding_column text, keys bigint, oldest timestamptz)
-    CROSS JOIN LATERAL (SELECT l.lane, r.target_id, r.schema_name, r.table_name, r.embedding_column, r.keys, r.oldest) g
-    JOIN pg_class c ON c.oid = t.source JOIN pg_namespace n ON n.oid = c.relnamespace
-    WHERE g.target_id = to_jsonb(t.id)
-       OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column)
+    CROSS JOIN unnest(embeddings_internal.target_pending_keys(t)) AS k(key)
+    CROSS JOIN LATERAL (SELECT l.lane, pending -> l.lane -> k.key AS hit) g;
+END
 $$;
 
 -- The rows target t's running backfill (62_backfill.sql) has still to queue; NULL when none
