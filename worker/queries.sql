@@ -957,8 +957,8 @@ WHERE (%(targets)s::integer[] IS NULL OR f.target_id = ANY(%(targets)s::integer[
 ORDER BY id
 LIMIT %(limit)s;
 
--- name: failures_table
--- `failures TABLE`: table %(table)s as the caller's own sessions find it (relation_named), its
+-- name: table_targets
+-- `failures TABLE`, `status TABLE`: table %(table)s as the caller's own sessions find it (relation_named), its
 -- name as Postgres quotes it and the ids of its targets; NULL when there is none.
 SELECT r.rel::pg_catalog.text,
        ARRAY(SELECT t.id FROM embeddings.targets t WHERE t.source OPERATOR(pg_catalog.=) r.rel ORDER BY t.id)
@@ -970,8 +970,11 @@ FROM (SELECT embeddings_internal.relation_named(%(table)s::pg_catalog.text) AS r
 SELECT embeddings.retry_failures(%(ids)s::bigint[]);
 
 -- name: status_rows
--- `status`: the columns {columns} of view {view} (embeddings.status, or status_exact).
-SELECT {columns} FROM {view} ORDER BY target;
+-- `status`: the columns {columns} of view {view} (embeddings.status, or status_exact), of the
+-- targets with ids %(targets)s (NULL: every one).
+SELECT {columns} FROM {view}
+WHERE %(targets)s::integer[] IS NULL OR target_id OPERATOR(pg_catalog.=) ANY (%(targets)s::integer[])
+ORDER BY target;
 
 -- name: sweep
 -- One embeddings.sweep() (`embed-worker sweep`): rows that lost their job, and with %(verify)s

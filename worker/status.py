@@ -55,14 +55,18 @@ COLUMNS = (
 VIEWS = {False: "status", True: "status_exact"}
 
 
-def fetch(conn: db.Connection, *, exact: bool = False) -> list[dict[str, Any]]:
+def fetch(
+    conn: db.Connection, *, exact: bool = False, targets: list[int] | None = None
+) -> list[dict[str, Any]]:
+    """The status of every target, or of those with the ids `targets`."""
     with db.translated():
         cur = conn.cursor(row_factory=dict_row).execute(
             queries.compose(
                 "status_rows",
                 columns=sql.SQL(", ").join(map(sql.Identifier, COLUMNS)),
                 view=sql.Identifier("embeddings", VIEWS[exact]),
-            )
+            ),
+            {"targets": targets},
         )
         rows: list[dict[str, Any]] = cur.fetchall()
     _add_retrying(conn, rows)

@@ -276,6 +276,12 @@ def _failures_retry(ctx: Context) -> None:
     ctx.cli("failures", "--retry")
 
 
+def _status(ctx: Context) -> None:
+    """Every table's status, then one table's (named as the role's own sessions find it)."""
+    ctx.cli("status", "--json")
+    ctx.cli("status", "docs_row", "--json")
+
+
 def _plan(ctx: Context) -> None:
     for table, content in (
         ("docs_row", "body"),
@@ -499,7 +505,7 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     ),
     "search (CLI, as EMBED_SEARCH_DATABASE_URL's role)": ((APPLICATION,), _cli_search),
     "plan": ((SUPERUSER,), _plan),
-    "status": ((SUPERUSER, WORKER), lambda ctx: ctx.cli("status", "--json")),
+    "status": ((SUPERUSER, WORKER), _status),
     "doctor": ((SUPERUSER,), lambda ctx: ctx.cli("doctor")),
     "failures --retry (a table's, an id's, all)": ((SUPERUSER, WORKER), _failures_retry),
     "sweep (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("sweep", "--verify")),

@@ -109,19 +109,20 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- status -----------------------------------------------------------------------------------
 def status(args: argparse.Namespace, settings: Settings) -> int:
-    from worker.cli.status import show, watch
+    from worker.cli.status import chosen_targets, show, watch
 
     with connect(settings) as conn:
+        targets = chosen_targets(conn, args.table)
         if args.watch is not None:
             if args.watch <= 0:
                 raise exceptions.ConfigError("--watch takes a positive number of seconds")
             dsn = settings.dsn
             header = output.database_line(dsn, settings.database_url)
             try:
-                watch(conn, args.watch, header, exact=args.exact)
+                watch(conn, args.watch, header, exact=args.exact, targets=targets)
             except KeyboardInterrupt:
                 return exits.OK
-        show(conn, as_json=args.json, exact=args.exact)
+        show(conn, as_json=args.json, exact=args.exact, targets=targets)
     return exits.OK
 
 

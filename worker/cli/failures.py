@@ -13,7 +13,7 @@ from typing import Any
 
 from worker import db, exceptions, exits, queries
 from worker.cli import hints, output
-from worker.retrieval.targets import NOT_A_NAME, no_table
+from worker.retrieval.targets import table_targets
 
 KEYS = ("id", "target", "row_key", "attempts", "last_error", "failed_at")
 PAGE = 100  # rows the table view shows without --limit
@@ -44,15 +44,10 @@ def _targets(conn: db.Connection, table: str | None) -> list[int] | None:
     caller may have meant."""
     if table is None:
         return None
-    try:
-        row = conn.execute(queries.get("failures_table"), {"table": table}).fetchone()
-    except NOT_A_NAME as exc:
-        raise exceptions.ConfigError(no_table(conn, table, watched=True, error=exc)) from None
-    if row is None or row[0] is None:
-        raise exceptions.ConfigError(no_table(conn, table, watched=True))
-    if not row[1]:
-        raise exceptions.ConfigError(f"{row[0]} is not watched: it has no dead letters")
-    return list(row[1])
+    name, ids = table_targets(conn, table)
+    if not ids:
+        raise exceptions.ConfigError(f"{name} is not watched: it has no dead letters")
+    return ids
 
 
 def _listed(conn: db.Connection, chosen: dict[str, Any], limit: int | None) -> list[Any]:

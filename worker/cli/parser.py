@@ -114,6 +114,9 @@ def _run_options(run: argparse.ArgumentParser) -> None:
 
 
 def _status_options(status: argparse.ArgumentParser) -> None:
+    status.add_argument(
+        "table", nargs="?", metavar="TABLE", help="only this table's targets (default: all)"
+    )
     status.add_argument("--json", action="store_true", help="print JSON instead of a table")
     status.add_argument(
         "--exact",

@@ -1,5 +1,6 @@
-"""`embed-worker status`: one row per target, with progress bars and an ETA where work is
-pending, why jobs wait when the worker defers them, and `--watch` to refresh in place.
+"""`embed-worker status [TABLE]`: one row per target (TABLE's alone, if given), with progress
+bars and an ETA where work is pending, why jobs wait when the worker defers them, and `--watch`
+to refresh in place.
 
 Reads `embeddings.status`, whose row counts are estimates for large tables (its `estimated`
 column; shown with a `~`) so that a status costs the same at ten rows or ten million;
@@ -10,8 +11,9 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from worker import db
+from worker import db, exceptions
 from worker.cli import output, redraw
+from worker.retrieval.targets import not_watched, table_targets
 from worker.status import fetch
 
 ESTIMATE_NOTE = (
@@ -228,14 +230,35 @@ def verification(r: dict[str, Any]) -> str:
     return "; ".join(said)
 
 
-def show(conn: db.Connection, *, as_json: bool, exact: bool = False) -> None:
-    rows = fetch(conn, exact=exact)
+def chosen_targets(conn: db.Connection, table: str | None) -> list[int] | None:
+    """The ids of `table`'s targets (None: every target's status), or ConfigError when it
+    names no table, or one not watched."""
+    if table is None:
+        return None
+    with db.translated():
+        name, ids = table_targets(conn, table)
+    if not ids:  # a usage error here, as `failures` has it (a search's is the table's)
+        raise exceptions.ConfigError(str(not_watched(conn, name)))
+    return ids
+
+
+def show(
+    conn: db.Connection, *, as_json: bool, exact: bool = False, targets: list[int] | None = None
+) -> None:
+    rows = fetch(conn, exact=exact, targets=targets)
     if as_json:
         output.print_json(rows)
     else:
         output.print_lines(render(rows))
 
 
-def watch(conn: db.Connection, interval: float, header: str, *, exact: bool = False) -> None:
+def watch(
+    conn: db.Connection,
+    interval: float,
+    header: str,
+    *,
+    exact: bool = False,
+    targets: list[int] | None = None,
+) -> None:
     """Redraws the status every `interval` seconds until Ctrl-C (worker/cli/redraw.py)."""
-    redraw.every(interval, header, lambda: render(fetch(conn, exact=exact)))
+    redraw.every(interval, header, lambda: render(fetch(conn, exact=exact, targets=targets)))

@@ -44,14 +44,27 @@ def find_target(
         raise exceptions.TargetError(no_table(conn, table, watched=True, shown=repr(table)))
     found = [row for row in rows if row["id"] is not None]
     if not found:
-        raise _not_watched(conn, table, column, then)
+        raise not_watched(conn, table, column, then)
     if len(found) > 1:
         raise exceptions.ConfigError(f"{table} has several embedding columns: pass a column")
     return target_of(found[0])
 
 
-def _not_watched(
-    conn: db.Connection, table: str, column: str | None, then: str
+def table_targets(conn: db.Connection, table: str) -> tuple[str, list[int]]:
+    """`table` as the caller's own sessions find it (its name as Postgres quotes it) and the
+    ids of its targets, none when it is not watched; ConfigError naming what the caller may
+    have meant when it names no table (`failures TABLE`, `status TABLE`)."""
+    try:
+        row = conn.execute(queries.get("table_targets"), {"table": table}).fetchone()
+    except NOT_A_NAME as exc:
+        raise exceptions.ConfigError(no_table(conn, table, watched=True, error=exc)) from None
+    if row is None or row[0] is None:
+        raise exceptions.ConfigError(no_table(conn, table, watched=True))
+    return row[0], list(row[1])
+
+
+def not_watched(
+    conn: db.Connection, table: str, column: str | None = None, then: str = ""
 ) -> exceptions.TargetError:
     """The error for a table found but not watched (with `column`, when given): the columns it
     is watched with, if any, else the watch() to run (`then` after it)."""
