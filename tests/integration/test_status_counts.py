@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from tests.support.fetch import fetch_row, fetch_value
+from tests.support.plans import nested_plans
 
 Conn = psycopg.Connection[Any]
 
@@ -364,14 +365,9 @@ def test_a_targets_functions_are_checked_through_the_name_index(conn: Conn) -> N
     names the index finds is read instead. Seen in the plans auto_explain writes of the
     statements run inside the function."""
     watched_docs(conn)
-    plans: list[str] = []
-    conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
-    conn.execute("LOAD 'auto_explain'")
-    conn.execute("SET auto_explain.log_min_duration = 0")
-    conn.execute("SET auto_explain.log_nested_statements = on")
-    conn.execute("SET auto_explain.log_level = notice")
-    conn.execute("SELECT embeddings_internal.access_problem(t) FROM embeddings.targets t")
-    conn.execute("RESET auto_explain.log_min_duration")
+    plans = nested_plans(
+        conn, "SELECT embeddings_internal.access_problem(t) FROM embeddings.targets t"
+    )
     explained = "\n".join(plans)
     assert "on pg_proc" in explained  # the function's own statement was explained
     # Every read of pg_proc bounded by name: not a sequential scan, nor the whole index read
@@ -416,15 +412,9 @@ def test_estimates_find_the_statistics_through_the_catalogs_indexes(conn: Conn) 
     conn.execute("ANALYZE docs")
     conn.execute("SET embeddings.status_exact_rows = 0")
     conn.execute("SET plan_cache_mode = force_generic_plan")
-    plans: list[str] = []
-    conn.add_notice_handler(lambda notice: plans.append(notice.message_primary or ""))
-    conn.execute("LOAD 'auto_explain'")
-    conn.execute("SET auto_explain.log_min_duration = 0")
-    conn.execute("SET auto_explain.log_nested_statements = on")
-    conn.execute("SET auto_explain.log_level = notice")
-    row = status(conn)
-    conn.execute("RESET auto_explain.log_min_duration")
+    plans = nested_plans(conn, "SELECT * FROM embeddings.status")
     statistics_reads = [plan for plan in plans if "on pg_statistic" in plan]
+    row = status(conn)
     assert row["estimated"] is True and row["embedded_rows"] is not None, row
     # both: the content column's blank share, the embedding column's not-NULL share
     assert len(statistics_reads) >= 2, plans
