@@ -5,10 +5,12 @@ target while nothing else happens, and the one a search runs for a table it does
   /readyz and embed_worker_target_stopped; `embed-worker status` and doctor read it too;
 - load_targets: the registry's read of every target (a worker's start, each definition change);
 - search_target: a search's lookup of one table it has not searched yet (worker/retrieval/
-  targets.py: find_target).
+  targets.py: find_target);
+- status: what `embed-worker status` reads (worker/status.py: fetch), every watched table's
+  counts and pending jobs (each table holds ROWS rows, whose backfill jobs wait in the queue).
 
-At 10 and 50 watched tables (empty: the statements read the catalog and our tables, never a
-watched table's rows), each statement timed from the client, one connection, CALLS calls a
+At 10 and 50 watched tables (of ROWS rows each: the statements read the catalog and our
+tables, and status counts the small tables' rows), each statement timed from the client, one connection, CALLS calls a
 round; first once the tables are watched (at 50, after the reinstalls of the round at 10),
 then after the code was reinstalled REINSTALLS more times
 (each as `migrate` reinstalls it on an upgrade, and as ALTERs of watched tables regenerate
@@ -33,6 +35,7 @@ from typing import Any
 
 import psycopg
 
+from worker import status
 from worker.pipeline.targets import load as load_targets
 from worker.process.stopped import StoppedTargets
 from worker.retrieval.targets import find_target
@@ -41,6 +44,7 @@ TARGETS = (10, 50)
 CALLS = 40
 REINSTALLS = 10
 MODEL = "upkeep-4d"  # a model row for the watch; nothing is embedded
+ROWS = 10  # a watched table's
 Conn = psycopg.Connection[Any]
 
 
@@ -51,6 +55,7 @@ def _statements() -> dict[str, Callable[[Conn], object]]:
         "stopped_targets": stopped.refresh,
         "load_targets": load_targets,
         "search_target": lambda conn: find_target(conn, "upkeep_1"),
+        "status": status.fetch,
     }
 
 
@@ -64,6 +69,9 @@ def watch_tables(conn: Conn, upto: int) -> None:
     (have,) = conn.execute("SELECT count(*) FROM embeddings.targets").fetchone() or (0,)
     for i in range(int(have) + 1, upto + 1):
         conn.execute(f"CREATE TABLE upkeep_{i} (id int PRIMARY KEY, body text)")
+        conn.execute(
+            f"INSERT INTO upkeep_{i} SELECT g, 'row ' || g FROM generate_series(1, %s) g", (ROWS,)
+        )
         conn.execute("SELECT embeddings.watch(%s, 'body', model => %s)", (f"upkeep_{i}", MODEL))
 
 
