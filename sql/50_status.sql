@@ -167,13 +167,15 @@ $$;
 
 -- The key of a group of queue_pending() (status_read_lanes() files each lane's groups by it):
 -- its messages' target id, or for messages in the Supabase guide's shape their schema, table
--- and embedding column. target_pending_keys() makes a target's two.
+-- and embedding column (pending_count(), sql/62_backfill.sql, matches a target's groups by the
+-- same rule, field by field). target_pending_keys() makes a target's two. A SQL-standard body,
+-- its names bound as it is made (under pg_catalog only), and no SET search_path, so that the
+-- planner inlines it into the statement that files every group.
 CREATE FUNCTION embeddings_internal.pending_group_key(target_id jsonb, schema_name text, table_name text,
                                                       embedding_column text) RETURNS text
-LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN target_id IS NOT NULL THEN 'target ' || target_id::text
-                ELSE 'name ' || jsonb_build_array(schema_name, table_name, embedding_column)::text END
-$$;
+LANGUAGE sql IMMUTABLE PARALLEL SAFE
+RETURN CASE WHEN target_id IS NOT NULL THEN 'target ' || target_id::text
+            ELSE 'name ' || jsonb_build_array(schema_name, table_name, embedding_column)::text END;
 
 -- The keys of target t's groups among queue_pending()'s (pending_group_key()): its own
 -- messages', and those of the guide's shape that name its table and column.

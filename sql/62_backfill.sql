@@ -229,8 +229,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     FROM (SELECT * FROM embeddings_internal.queue_pending(t.queue)
           UNION ALL
           SELECT * FROM embeddings_internal.queue_pending(embeddings_internal.backfill_queue(t.queue))) g
-    WHERE embeddings_internal.pending_group_key(g.target_id, g.schema_name, g.table_name, g.embedding_column)
-          = ANY (embeddings_internal.target_pending_keys(t))
+    JOIN pg_class c ON c.oid = t.source JOIN pg_namespace n ON n.oid = c.relnamespace
+    WHERE g.target_id = to_jsonb(t.id)
+       OR (g.schema_name = n.nspname AND g.table_name = c.relname AND g.embedding_column = t.embedding_column)
 $$;
 -- Deferred indexes a worker of `queue` may build now: their backfill ended, its jobs are nearly
 -- done (fewer than one step's keys wait: live writes never stop it), the current role owns

@@ -93,8 +93,6 @@ DECLARE
         -- deferred_index_ready()
         'embeddings_internal.deferred_index_name(embeddings.targets)',
         'embeddings_internal.pending_count(embeddings.targets)',
-        'embeddings_internal.target_pending_keys(embeddings.targets)',
-        'embeddings_internal.pending_group_key(jsonb, text, text, text)',
         'embeddings_internal.queue_pending(text, double precision)',
         'embeddings_internal.backfill_queue(text)',
         -- names as the caller's sessions resolve them (docs/security.md), and as status shows them

@@ -958,8 +958,9 @@ ORDER BY id
 LIMIT %(limit)s;
 
 -- name: table_targets
--- `failures TABLE`, `status TABLE`: table %(table)s as the caller's own sessions find it (relation_named), its
--- name as Postgres quotes it and the ids of its targets; NULL when there is none.
+-- `failures TABLE`, `status TABLE`: table %(table)s as the caller's own sessions find it
+-- (relation_named), its name as Postgres quotes it and the ids of its targets; NULL when there
+-- is none.
 SELECT r.rel::pg_catalog.text,
        ARRAY(SELECT t.id FROM embeddings.targets t WHERE t.source OPERATOR(pg_catalog.=) r.rel ORDER BY t.id)
 FROM (SELECT embeddings_internal.relation_named(%(table)s::pg_catalog.text) AS rel) r;

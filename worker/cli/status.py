@@ -238,7 +238,7 @@ def chosen_targets(conn: db.Connection, table: str | None) -> list[int] | None:
     with db.translated():
         name, ids = table_targets(conn, table)
     if not ids:  # a usage error here, as `failures` has it (a search's is the table's)
-        raise exceptions.ConfigError(str(not_watched(conn, name)))
+        raise exceptions.ConfigError(not_watched(conn, name))
     return ids
 
 

@@ -44,7 +44,7 @@ def find_target(
         raise exceptions.TargetError(no_table(conn, table, watched=True, shown=repr(table)))
     found = [row for row in rows if row["id"] is not None]
     if not found:
-        raise not_watched(conn, table, column, then)
+        raise exceptions.TargetError(not_watched(conn, table, column, then))
     if len(found) > 1:
         raise exceptions.ConfigError(f"{table} has several embedding columns: pass a column")
     return target_of(found[0])
@@ -63,11 +63,9 @@ def table_targets(conn: db.Connection, table: str) -> tuple[str, list[int]]:
     return row[0], list(row[1])
 
 
-def not_watched(
-    conn: db.Connection, table: str, column: str | None = None, then: str = ""
-) -> exceptions.TargetError:
-    """The error for a table found but not watched (with `column`, when given): the columns it
-    is watched with, if any, else the watch() to run (`then` after it)."""
+def not_watched(conn: db.Connection, table: str, column: str | None = None, then: str = "") -> str:
+    """What to say of a table found but not watched (with `column`, when given): the columns
+    it is watched with, if any, else the watch() to run (`then` after it)."""
     if column is not None:
         params = {"table": table, "column": None, "target": None, "path": start_path(conn)}
         with db.translated():
@@ -75,12 +73,12 @@ def not_watched(
         if columns:
             watched = " or ".join(escapes.shown_literal(c) for c in columns)
             are = "columns are" if len(columns) > 1 else "column is"
-            return exceptions.TargetError(
+            return (
                 f"{table} is not watched with embedding column {column!r}: its embedding {are}"
                 f" {watched}"
             )
     hint = f"SELECT embeddings.watch({escapes.shown_literal(table)}, 'content_column');{then}"
-    return exceptions.TargetError(f"{table} is not watched: {hint}")
+    return f"{table} is not watched: {hint}"
 
 
 def no_table(
