@@ -168,7 +168,7 @@ $$;
 -- The key of a group of queue_pending() (status_read_lanes() files each lane's groups by it):
 -- its messages' target id, or for messages in the Supabase guide's shape their schema, table
 -- and embedding column (pending_count(), sql/62_backfill.sql, matches a target's groups by the
--- same rule, field by field). target_pending_keys() makes a target's two. A SQL-standard body,
+-- same rule, field by field); status_pending() makes a target's two. A SQL-standard body,
 -- its names bound as it is made (under pg_catalog only), and no SET search_path, so that the
 -- planner inlines it into the statement that files every group.
 CREATE FUNCTION embeddings_internal.pending_group_key(target_id jsonb, schema_name text, table_name text,
@@ -176,18 +176,6 @@ CREATE FUNCTION embeddings_internal.pending_group_key(target_id jsonb, schema_na
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN CASE WHEN target_id IS NOT NULL THEN 'target ' || target_id::text
             ELSE 'name ' || jsonb_build_array(schema_name, table_name, embedding_column)::text END;
-
--- The keys of target t's groups among queue_pending()'s (pending_group_key()): its own
--- messages', and those of the guide's shape that name its table and column.
-CREATE FUNCTION embeddings_internal.target_pending_keys(t embeddings.targets) RETURNS text[]
-LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
-BEGIN
-    RETURN (
-        SELECT ARRAY[embeddings_internal.pending_group_key(to_jsonb(t.id), NULL, NULL, NULL),
-                     embeddings_internal.pending_group_key(NULL, n.nspname, c.relname, t.embedding_column)]
-        FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source);
-END
-$$;
 
 -- The pending keys of each lane of `lanes` that `pending` (by lane) lacks, read once per status
 -- call with embeddings_internal.queue_pending(): per lane, an object of [keys, oldest] by
@@ -234,7 +222,10 @@ BEGIN
            extract(epoch FROM clock_timestamp() - min((g.hit ->> 1)::timestamptz))::double precision
     INTO pending_live, pending_backfill, oldest_pending_seconds
     FROM unnest(lanes) AS l(lane)
-    CROSS JOIN unnest(embeddings_internal.target_pending_keys(t)) AS k(key)
+    CROSS JOIN unnest(ARRAY[  -- its own messages', and those of the guide's shape naming its table
+        embeddings_internal.pending_group_key(to_jsonb(t.id), NULL, NULL, NULL),
+        (SELECT embeddings_internal.pending_group_key(NULL, n.nspname, c.relname, t.embedding_column)
+         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = t.source)]) AS k(key)
     CROSS JOIN LATERAL (SELECT l.lane, pending -> l.lane -> k.key AS hit) g;
 END
 $$;
