@@ -44,6 +44,12 @@ class AuthenticationFailed(ConnectionLost):
     the worker waits), but reported as what it is."""
 
 
+class SessionTimedOut(ConnectionLost):
+    """The session's own statement_timeout (the database's, the role's or PGOPTIONS') cancelled
+    the statements that set it up: retried as a lost connection (the setting may be changed
+    while the worker waits), but reported as what it is and how to mend it."""
+
+
 class Contention(DatabaseError):
     """Another session's work stood in the way of a statement of ours, which Postgres ended:
     nothing was wrong with it. Tried again (the writer's whole transaction, the fetcher's read)."""
@@ -75,6 +81,13 @@ class ReadOnlyTransaction(DatabaseError):
 class StatementTimeout(DatabaseError):
     """A statement ran past its statement_timeout (a table owner's code past
     EMBED_OWNER_CODE_TIMEOUT_SECONDS), or was cancelled."""
+
+    @property
+    def first_line(self) -> str:
+        """The server's message alone, without the statements it was inside (CONTEXT: pages
+        of our SQL)."""
+        text = str(self).strip()
+        return text.splitlines()[0] if text else "canceled"
 
 
 class TargetError(EmbedWorkerError):

@@ -89,7 +89,12 @@ class Session:
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
         delay = state.next_action.sleep if state.next_action else 0.0
-        if isinstance(error, exceptions.AuthenticationFailed | exceptions.DatabaseReadOnly):
+        if isinstance(
+            error,
+            exceptions.AuthenticationFailed
+            | exceptions.DatabaseReadOnly
+            | exceptions.SessionTimedOut,
+        ):
             # (not down: misconfigured, or a failover not yet over)
             logger.error("%s: %s; retrying in %.1f s", self.name, error, delay)
             return

@@ -180,3 +180,21 @@ def test_a_command_past_its_statement_timeout_says_how_to_give_it_longer(
     assert done.returncode == 1, done.stderr
     assert "statement timeout" in done.stderr and "CONTEXT" not in done.stderr, done.stderr
     assert "PGOPTIONS='-c statement_timeout=10min'" in done.stderr
+
+
+def test_a_worker_whose_sessions_time_out_at_once_says_how_to_give_them_longer(
+    conn: Conn, dsn: str
+) -> None:
+    """A statement_timeout of 1 ms cancelled the worker's start either in the setup of its
+    session (reported as "cannot connect", and retried as a database down) or in its first
+    reads (the server's message and pages of our SQL it was inside), with no word of what to
+    do. Which of the two it meets depends on the machine's speed: both say the same."""
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'all-MiniLM-L6-v2')")
+    done = run_cli(
+        "run", "--once", env={"DATABASE_URL": dsn, "PGOPTIONS": "-c statement_timeout=1"}
+    )
+    assert done.returncode == 1, done.stderr
+    assert "statement_timeout (the database's, the role's or PGOPTIONS')" in done.stderr
+    assert "PGOPTIONS='-c statement_timeout=0'" in done.stderr, done.stderr
+    assert "cannot connect" not in done.stderr and "CONTEXT" not in done.stderr, done.stderr

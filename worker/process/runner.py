@@ -46,7 +46,7 @@ from worker.process.fetcher import Fetcher
 from worker.process.handoffs import Handoffs
 from worker.process.held import HeldJobs
 from worker.process.keeper import Keeper
-from worker.process.startup import DefaultModel, Startup, announce
+from worker.process.startup import DefaultModel, Startup, announce, startup_timeout_message
 from worker.process.stopped import StoppedTargets
 from worker.process.wakeups import Waiter, WakePipe
 from worker.process.watchdog import Watchdog
@@ -159,6 +159,9 @@ class Worker:
             except exceptions.ConfigError as exc:
                 logger.error("%s", exc)
                 return exits.USAGE  # bad configuration, as the command line's usage errors
+            except exceptions.StatementTimeout as exc:
+                logger.error("%s", startup_timeout_message(exc))
+                return exits.FAILURE
             except exceptions.EmbedWorkerError as exc:
                 logger.error("%s", exc)
                 return exits.FAILURE

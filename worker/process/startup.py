@@ -24,6 +24,17 @@ logger = logging.getLogger(__name__)
 MISSING_SCHEMA = "the embeddings schema is not installed: run `embed-worker migrate`"
 
 
+def startup_timeout_message(exc: exceptions.StatementTimeout) -> str:
+    """A start cancelled by the session's statement_timeout: the server's first line, not the
+    pages of our SQL it was inside, and how to give the worker's sessions the time they need
+    (reading the targets and their problems takes longer the more tables are watched)."""
+    return (
+        f"{exc.first_line}, while starting: the session's statement_timeout (the database's, the"
+        " role's or PGOPTIONS') is shorter than the worker's statements need. It bounds its"
+        f" own waits (EMBED_LOCK_TIMEOUT_MS, EMBED_OWNER_CODE_TIMEOUT_SECONDS): {db.TIMEOUT_FIX}"
+    )
+
+
 def announce(settings: Settings) -> None:
     logger.info(
         "embed-worker starting: database %s, queue %s%s, model %s (%s), batch %d",
