@@ -18,6 +18,13 @@ from worker.process import cores
         (["/usr/local/bin/embed-worker", "status", "--watch"], False),
         (["python", "-m", "worker", "search", "docs", "run"], False),
         (["python", "-m", "pytest", "-k", "run"], False),
+        (["python3", "-X", "importtime", "-u", "-m", "worker", "run"], True),
+        (["/usr/bin/python3.11", "-I", "/usr/local/bin/embed-worker", "run"], True),
+        # Launchers: their child is the worker (counting both made one worker two).
+        (["sudo", "-u", "embed", "/usr/local/bin/embed-worker", "run"], False),
+        (["timeout", "60", ".venv/bin/python", "-m", "worker", "run", "--once"], False),
+        (["uv", "run", "embed-worker", "run"], False),
+        (["python3", "wrapper.py", "-m", "worker", "run"], False),
         (["vim", "embed-worker.env"], False),
         ([], False),
     ],

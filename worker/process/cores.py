@@ -14,11 +14,16 @@ from pathlib import Path
 
 from worker.models.onnx import resolve_threads
 
+# Interpreter options that take the next word as their value (`python -X importtime -m ...`).
+_INTERPRETER_VALUES = frozenset({"-X", "-W", "-Q"})
+
 
 def is_worker_command(argv: Sequence[str]) -> bool:
     """`embed-worker run ...` (the console script, run by its interpreter or not) or
     `python -m worker run ...`. Options before the command are the global ones, which all take
-    a value (`--log-format json run`, `--log-format=json run`)."""
+    a value (`--log-format json run`, `--log-format=json run`). A process that only launches
+    one (`sudo -u embed embed-worker run`, `timeout 1h python -m worker run`, `uv run ...`) is
+    not one: its child is, and counting both told one worker on two cores that two ran."""
     for i, word in enumerate(argv):
         if Path(word).name == "embed-worker":
             rest = iter(argv[i + 1 :])
@@ -26,6 +31,8 @@ def is_worker_command(argv: Sequence[str]) -> bool:
             rest = iter(argv[i + 2 :])
         else:
             continue
+        if not _run_by_itself(argv[:i]):
+            return False
         for arg in rest:
             if not arg.startswith("-"):
                 return arg == "run"
@@ -33,6 +40,22 @@ def is_worker_command(argv: Sequence[str]) -> bool:
                 next(rest, None)  # its value
         return False
     return False
+
+
+def _run_by_itself(before: Sequence[str]) -> bool:
+    """Whether the words before `embed-worker` or `-m worker` are nothing, or its interpreter
+    and the interpreter's options (a shebang's script runs as `python3 /path/embed-worker`)."""
+    if not before:
+        return True
+    if not Path(before[0]).name.startswith(("python", "pypy")):
+        return False
+    words = iter(before[1:])
+    for word in words:
+        if not word.startswith("-"):
+            return False
+        if word in _INTERPRETER_VALUES:
+            next(words, None)
+    return True
 
 
 def command_lines(proc: Path = Path("/proc")) -> Iterable[list[str]]:
