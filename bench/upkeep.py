@@ -7,7 +7,12 @@ target while nothing else happens, and the one a search runs for a table it does
 - search_target: a search's lookup of one table it has not searched yet (worker/retrieval/
   targets.py: find_target);
 - status: what `embed-worker status` reads (worker/status.py: fetch), every watched table's
-  counts and pending jobs (each table holds ROWS rows, whose backfill jobs wait in the queue).
+  counts and pending jobs (each table holds ROWS rows, whose backfill jobs wait in the queue);
+- a session's memory for each table it served: a new session calls, for every table, the
+  generated functions a worker's calls for a batch (`_lock`, `_lock_rows`, `_store` in a
+  transaction rolled back, `_load`), and reads what its backend holds
+  (pg_backend_memory_contexts) before and after: the plans and compiled functions a session
+  keeps, which grow with the tables it writes.
 
 At 10 and 50 watched tables (of ROWS rows each: the statements read the catalog and our
 tables, and status counts the small tables' rows), each statement timed from the client, one connection, CALLS calls a
@@ -125,6 +130,32 @@ def _timed(dsns: dict[str, str], rounds: int) -> dict[str, Any]:
     return figures
 
 
+def _session_kb_a_table(dsn: str) -> float:
+    """KB a new session holds more for each watched table once it served each one's batch."""
+    held = "SELECT sum(total_bytes) FROM pg_backend_memory_contexts"
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        targets = conn.execute(
+            "SELECT t.id, format_type(a.atttypid, a.atttypmod) FROM embeddings.targets t"
+            " JOIN pg_attribute a ON a.attrelid = t.store_table AND a.attname = t.embedding_column"
+            " ORDER BY t.id"
+        ).fetchall()
+        keys = [str(k) for k in range(1, ROWS + 1)]
+        vectors = ["[0.1,0.2,0.3,0.4]"] * ROWS
+        (before,) = conn.execute(held).fetchone() or (0,)
+        for target, vector_type in targets:
+            fn = f"embeddings.embeddings_{target}"
+            with conn.transaction(force_rollback=True):
+                conn.execute(f"SELECT {fn}_lock()")
+                conn.execute(f"SELECT * FROM {fn}_lock_rows(%s, %s)", (keys, keys))
+                conn.execute(
+                    f"SELECT * FROM {fn}_store(%s, %s, %s::text[]::{vector_type}[], %s)",
+                    (keys, keys, vectors, [None] * ROWS),
+                )
+                conn.execute(f"SELECT * FROM {fn}_load(%s, %s)", (keys, keys))
+        (after,) = conn.execute(held).fetchone() or (0,)
+    return round((int(after) - int(before)) / 1024 / max(1, len(targets)), 1)
+
+
 def _proc_bytes(dsn: str) -> int:
     with psycopg.connect(dsn, autocommit=True) as conn:
         (size,) = conn.execute("SELECT pg_relation_size('pg_catalog.pg_proc')").fetchone() or (0,)
@@ -151,6 +182,9 @@ def run(
                     _reinstall(each, checkouts[path], times=REINSTALLS)
             figures = _timed(dsns, rounds)
             figures["pg_proc_bytes"] = {path: _proc_bytes(each) for path, each in dsns.items()}
+            figures["session_kb_a_table"] = {
+                path: _session_kb_a_table(each) for path, each in dsns.items()
+            }
             result[f"{targets}_targets_{catalog}_ms"] = figures
             print(f"bench: upkeep, {targets} targets, {catalog}: {figures}", file=sys.stderr)
     return result

@@ -339,6 +339,36 @@ LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
                  'lc_monetary', 'lc_numeric', 'lc_time', 'check_function_bodies', 'session_replication_role']
 $$;
 
+-- A guard's two halves (access_function_code()): the caller's values of guarded_settings()
+-- before the owner's code runs, and after it, each one it changed put back. Shared by every
+-- guard rather than spelled out in each: a session keeps a plan for each expression of each
+-- PL/pgSQL function it ran, and 25 settings compared in each of a target's nine guards held
+-- 1.3 MB of a session's memory for every table it had written (1.7 GB beside 1,000 tables).
+-- No SET clause (they read and set the caller's settings: a SET search_path would be put back
+-- over the one restored), so everything in them is qualified. They do nothing a caller could
+-- not do with set_config(), and whoever runs a guard runs them: anyone may.
+CREATE FUNCTION embeddings_internal.guard_save() RETURNS pg_catalog.text[]
+LANGUAGE plpgsql STABLE AS $$
+BEGIN
+    RETURN ARRAY(SELECT pg_catalog.current_setting(g.setting)
+                 FROM pg_catalog.unnest(embeddings_internal.guarded_settings()) WITH ORDINALITY AS g(setting, i)
+                 ORDER BY g.i);
+END
+$$;
+
+CREATE FUNCTION embeddings_internal.guard_restore(saved pg_catalog.text[]) RETURNS void
+LANGUAGE plpgsql AS $$
+DECLARE
+    settings pg_catalog.text[] := embeddings_internal.guarded_settings();
+BEGIN
+    FOR i IN 1 .. pg_catalog.cardinality(settings) LOOP
+        IF pg_catalog.current_setting(settings[i]) OPERATOR(pg_catalog.<>) saved[i] THEN
+            PERFORM pg_catalog.set_config(settings[i], saved[i], false);
+        END IF;
+    END LOOP;
+END
+$$;
+
 -- One function a target's code holds, run as the table's owner: what access_function_code()
 -- makes it from.
 --   suffix     its name after embeddings_<id>
@@ -388,7 +418,8 @@ $$;
 -- its function does.
 --
 -- A guarded function's body is `<name>_body`, and `<name>` a guard around it that puts back
--- every setting of guarded_settings() the owner's code changed with set_config(..., false): a
+-- every setting of guarded_settings() the owner's code changed with set_config(..., false)
+-- (guard_save() before the body, guard_restore() after): a
 -- search path naming the owner's schema first would otherwise pick the owner's functions for the
 -- caller's next unqualified call (sweep()'s own, a superuser's next statement), as the caller.
 -- The guard has no SET clause (the settings it reads and puts back are the caller's), so it
@@ -449,29 +480,22 @@ BEGIN
         CREATE FUNCTION embeddings.%(name)I(%(params)s) RETURNS %(returns)s
         LANGUAGE plpgsql SECURITY INVOKER AS $body$
         DECLARE
-            guarded_saved pg_catalog.text[] := ARRAY[%(saved)s];%(result)s
+            guarded_saved pg_catalog.text[] := embeddings_internal.guard_save();%(result)s
         BEGIN
             %(call)s
-            %(restore)s
+            PERFORM embeddings_internal.guard_restore(guarded_saved);
             %(return)s
         END
         $body$
         $template$, args || jsonb_build_object(
             'name', fn_name,
-            'saved', embeddings_internal.render_each('pg_catalog.current_setting(%(setting)L)', s.settings, ', '),
             'result', CASE WHEN setof OR void THEN '' ELSE embeddings_internal.render(E'\n    guarded_result %(returns)s;', args) END,
             'call', embeddings_internal.render(CASE WHEN setof THEN 'RETURN QUERY SELECT * FROM embeddings.%(body)I(%(args)s);'
                                            WHEN void THEN 'PERFORM embeddings.%(body)I(%(args)s);'
                                            ELSE 'guarded_result := embeddings.%(body)I(%(args)s);' END,
                                       jsonb_build_object('body', body_name,
                                                          'args', coalesce(embeddings_internal.render_each('%(name)I', params, ', '), ''))),
-            'restore', embeddings_internal.render_each(
-                'IF pg_catalog.current_setting(%(setting)L) OPERATOR(pg_catalog.<>) guarded_saved[%(i)s] THEN '
-                'PERFORM pg_catalog.set_config(%(setting)L, guarded_saved[%(i)s], false); END IF;',
-                s.settings, E'\n    '),
-            'return', CASE WHEN setof OR void THEN 'RETURN;' ELSE 'RETURN guarded_result;' END))
-        FROM (SELECT jsonb_agg(jsonb_build_object('setting', g.setting, 'i', g.i) ORDER BY g.i) AS settings
-              FROM unnest(embeddings_internal.guarded_settings()) WITH ORDINALITY AS g(setting, i)) s;
+            'return', CASE WHEN setof OR void THEN 'RETURN;' ELSE 'RETURN guarded_result;' END));
 END
 $$;
 

@@ -105,7 +105,13 @@ DECLARE
         'embeddings_internal.leaf_relations(regclass)',
         -- why a target cannot be served, read whenever a search or a worker loads the targets
         'embeddings_internal.access_problem(embeddings.targets)',
-        'embeddings_internal.access_problems(integer[])'
+        'embeddings_internal.access_problems(integer[])',
+        -- what every guard around a table owner's code calls, as its caller: the worker roles,
+        -- the schema's owner, and the table's owner, whoever that is (sql/32_access.sql); they
+        -- set the caller's own settings, nothing else
+        'embeddings_internal.guarded_settings()',
+        'embeddings_internal.guard_save()',
+        'embeddings_internal.guard_restore(text[])'
     ]::regprocedure[];
     fn regprocedure;
     ty regtype;

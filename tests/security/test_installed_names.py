@@ -27,6 +27,9 @@ from tests.support.sql_literals import plain_literals_with_backslashes
 
 Conn = psycopg.Connection[Any]
 
+# What every guard calls before and after the owner's code (sql/32_access.sql).
+GUARD_HALVES = {"embeddings_internal.guard_save", "embeddings_internal.guard_restore"}
+
 _FUNCTIONS = """
 SELECT p.oid::regprocedure::text, pg_catalog.pg_get_functiondef(p.oid), l.lanname,
        p.prosecdef, p.proconfig, p.prosqlbody IS NOT NULL
@@ -70,8 +73,9 @@ def test_installed_functions_name_only_what_they_may(roles: Roles) -> None:
     assert not [f for f in internal if f[0].startswith("embeddings_internal.embeddings_")]
     for kind, target in targets.items():  # every kind's functions are there
         assert any(f[0].startswith(f"embeddings.embeddings_{target}_") for f in generated), kind
-    # Without a SET clause, by design: the guards around the owner-run functions (they put back
-    # their caller's settings: sql/32_access.sql), embeddings_<id>_visible(), which the planner
+    # Without a SET clause, by design: the guards around the owner-run functions and the two
+    # halves they share (they read and put back their caller's settings: sql/32_access.sql),
+    # embeddings_<id>_visible(), which the planner
     # inlines into its store's policy (sql/56_side.sql), and SQL-standard bodies (bound to their
     # objects when created, under migrate's path): all name nothing unqualified but types.
     bodies = {f[0].split("(")[0] for f in functions if f[0].split("(")[0].endswith("_body")}
@@ -98,7 +102,8 @@ def test_installed_functions_name_only_what_they_may(roles: Roles) -> None:
             # `text`), which resolve in pg_catalog first unless the owner's own path names it later
             name = signature.split("(")[0]
             assert definer or (
-                path is None and (name + "_body" in bodies or name.endswith("_visible"))
+                path is None
+                and (name + "_body" in bodies or name.endswith("_visible") or name in GUARD_HALVES)
             ), (
                 signature,
                 config,

@@ -97,6 +97,12 @@ def _path_switch(stmt: Any) -> str | None:
     return "vector"
 
 
+# Functions without a SET clause by design: they read and put back their caller's settings (a
+# SET search_path would be put back over the one they restore: sql/32_access.sql), so they
+# name nothing unqualified but types.
+CALLERS_SETTINGS = {"embeddings_internal.guard_save", "embeddings_internal.guard_restore"}
+
+
 def walk_sql_files() -> tuple[dict[str, set[str]], sql_names.Found]:
     """Per function or statement of sql/ that breaks the rule, what is wrong; and everything
     the files name."""
@@ -122,7 +128,10 @@ def walk_sql_files() -> tuple[dict[str, set[str]], sql_names.Found]:
                 # migrate created it, under pg_catalog only: it needs no SET (which would keep
                 # the planner from inlining it).
                 standard = sql_names.function_body_text(stmt) is None
-                if path_set != sql_names.FIXED_PATH and not (standard and path_set is None):
+                name = ".".join(str(n.sval) for n in stmt.funcname or ())
+                if name in CALLERS_SETTINGS and path_set is None:
+                    problems |= {str(r) for r in found.unqualified() if r.kind != "type"}
+                elif path_set != sql_names.FIXED_PATH and not (standard and path_set is None):
                     problems.add(f"SET search_path = {path_set}")
             else:
                 where += f"{type(stmt).__name__} at {raw.stmt_location}"
