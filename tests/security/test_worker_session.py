@@ -101,6 +101,38 @@ def test_settings_a_trigger_leaves_in_the_worker_session_change_nothing(
         assert su.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
 
 
+@pytest.mark.parametrize("store", ["row", "side"])
+def test_the_guard_puts_back_every_setting_the_owners_code_left(roles: Roles, store: str) -> None:
+    """A caller that does not reset its session (a superuser's own session, sweep() inside
+    one) calls a target's guarded write directly; the owner's trigger, fired by it, leaves every
+    setting above in the session. The guard (guard_save(), guard_restore(): sql/32_access.sql)
+    puts each back: the session's settings after the call are those before it."""
+    hooks = ", ".join(hook.removeprefix("SELECT ") for hook in SETTINGS.values())
+    _owner_docs(roles, f"SELECT {hooks}", store=store)
+    names = ["search_path", "statement_timeout", "lock_timeout", "default_transaction_read_only",
+             "default_transaction_isolation", "DateStyle", "IntervalStyle", "TimeZone",
+             "bytea_output", "extra_float_digits", "transform_null_equals"]  # fmt: skip
+    read = "SELECT " + ", ".join(f"pg_catalog.current_setting('{n}')" for n in names)
+    with roles.connect() as su:
+        (target,) = su.execute(
+            "SELECT id FROM embeddings.targets WHERE source = 'docs'::regclass"
+        ).fetchone() or (None,)
+        keys = ["1", "2", "3"]
+        digests = [d for (d,) in su.execute("SELECT md5(body) FROM docs ORDER BY id").fetchall()]
+        vector = "[" + ",".join(["0.5"] * 384) + "]"
+        before = su.execute(read).fetchone()
+        with su.transaction():
+            written = su.execute(
+                f"SELECT * FROM embeddings.embeddings_{target}_store(%s, %s,"
+                " ARRAY[%s, %s, %s]::halfvec[], %s)",
+                (keys, keys, vector, vector, vector, digests),
+            ).fetchall()
+            assert sorted(written) == [("1",), ("2",), ("3",)]
+            assert su.execute(read).fetchone() == before
+        assert su.execute(read).fetchone() == before
+    assert contained(roles)  # the hook ran, as the owner
+
+
 def test_a_deferred_trigger_of_the_owner_fires_as_the_owner(
     roles: Roles, run_once: Callable[..., Worker]
 ) -> None:
