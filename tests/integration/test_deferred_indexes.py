@@ -198,6 +198,27 @@ def test_a_table_its_users_hold_keeps_only_its_own_index_waiting(
     assert hnsw_indexes(conn, "held") == [("held_embedding_hnsw", True)]
 
 
+def test_a_worker_stopped_while_it_builds_an_index_leaves_no_build_running(
+    conn: Conn, dsn: str, running: Callable[..., Running], tiny_models: tuple[str, str]
+) -> None:
+    """The build runs in a thread of its own that nothing joined: a worker stopped while it
+    built left that thread and its session behind in a process that went on (an application
+    running the worker, the tests: it logged into a closed stream), and in the database the
+    build went on without it. Now the stop cancels the build and waits for its thread."""
+    deferred_table(conn, "held", tiny_models[0])
+    with psycopg.connect(dsn) as holder:  # the build waits for it
+        holder.execute(HOLDS["the table in SHARE UPDATE EXCLUSIVE mode"])
+        worker = running(model=tiny_models[0], poll_seconds=0.2)
+        wait_for(
+            lambda: build_waits(conn, "held"), timeout=30, what="the held table's build to wait"
+        )
+        worker.stop()
+        assert not [t for t in threading.enumerate() if t.name == "index-builder"]
+        assert not build_waits(conn, "held")
+        holder.rollback()
+    assert not any(valid for _, valid in hnsw_indexes(conn, "held"))
+
+
 def test_an_index_another_session_is_building_is_not_offered(
     conn: Conn, dsn: str, tiny_models: tuple[str, str]
 ) -> None:

@@ -92,6 +92,7 @@ class Fetcher:
                         release = self.stopping.is_set()
                         pass_on(self.loaded, Handoff(item, release=release), self.finished)
         finally:
+            self.indexer.stop()
             session.close()
             self.loaded.put(None)
 

@@ -41,6 +41,7 @@ class _Build:
     pid: int | None = None  # that session's backend (read once: the connection may be closing)
     held_since: float | None = None  # when a look first found it waiting for its table
     given_way: bool = False  # cancelled for another table's: not a failure
+    stopped: bool = False  # cancelled by the worker's stop: not a failure either
 
 
 class IndexBuilder:
@@ -58,6 +59,7 @@ class IndexBuilder:
         self._build: _Build | None = None
         self._given_way: dict[int, int] = {}  # target id: builds cancelled for others' turns
         self._next_look = 0.0
+        self._stopping = threading.Event()
 
     @property
     def busy(self) -> bool:
@@ -66,6 +68,8 @@ class IndexBuilder:
     def maybe_start(self, conn: db.Connection) -> None:
         """Starts the build of a ready index, those that gave way the fewest times first; or,
         when one is under way, looks at what it waits for."""
+        if self._stopping.is_set():
+            return
         if self.busy:
             self._look(conn)
             return
@@ -83,6 +87,29 @@ class IndexBuilder:
             daemon=True,
         )
         self._thread.start()
+
+    def stop(self, timeout: float = 5.0) -> None:
+        """Cancels the build under way, if any, and waits for its thread: a worker that stops
+        leaves no build of its own running (an invalid index it leaves is dropped before the
+        next try). Before, the thread and its session outlived a worker run in a process that
+        went on, and a stopped process's build went on in the database until its end."""
+        self._stopping.set()
+        thread, build = self._thread, self._build
+        if thread is None or build is None:
+            return
+        build.stopped = True
+        deadline = time.monotonic() + timeout
+        while thread.is_alive() and time.monotonic() < deadline:
+            if build.connection is not None:  # (None: still connecting, it checks _stopping)
+                try:
+                    build.connection.cancel_safe(timeout=max(0.1, deadline - time.monotonic()))
+                except psycopg.Error as exc:  # (it ended meanwhile)
+                    logger.debug("target %d: no cancel: %s", build.target_id, exc)
+            thread.join(0.2)
+        if thread.is_alive():
+            logger.warning(
+                "target %d: its index build did not stop in %.0f s", build.target_id, timeout
+            )
 
     def _ready(self, conn: db.Connection) -> list[Ready]:
         rows = _read(conn, "deferred_index_ready", {"queue": self.queue})
@@ -138,6 +165,8 @@ class IndexBuilder:
             with db.connect(self.dsn, unbounded=True) as conn, db.translated():
                 build.pid = conn.info.backend_pid
                 build.connection = conn
+                if self._stopping.is_set():
+                    return
                 if cleanup:
                     conn.execute(cleanup.encode())
                 logger.info(
@@ -151,7 +180,9 @@ class IndexBuilder:
                     "target %d: index built in %.1f s", target_id, time.monotonic() - started
                 )
         except exceptions.EmbedWorkerError as exc:
-            if not build.given_way:
+            if build.stopped:
+                logger.info("target %d: index build stopped with the worker", target_id)
+            elif not build.given_way:
                 logger.warning("target %d: deferred index build failed: %s", target_id, exc)
 
 
