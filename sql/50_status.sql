@@ -273,7 +273,9 @@ $$;
 -- rows and estimated above (`estimated`: see embeddings_internal.estimated_counts()), so that reading
 -- the status costs the same for ten rows or ten million and never waits on a watched table's
 -- lock. `exact => true` counts every target exactly (scans each table: embeddings.status_exact),
--- `exact => false` estimates every one.
+-- `exact => false` estimates every one. The setting embeddings.counted_targets (target ids, as an
+-- array: `embed-worker status TABLE` sets it for its transaction) narrows it to those targets:
+-- one table's status beside a thousand, exact or not, counts that table alone.
 -- Pending jobs are exact unless a lane holds more than embeddings_internal.status_exact_rows() messages
 -- and `exact` is not true: then sampled (embeddings_internal.queue_pending(), `estimated` true). Dead letters and the rate are exact either way: they come from our own tables. `deferred_reason` says why the pending jobs
 -- wait, when the worker defers them; `held_jobs` how many wait so (held: put back without an
@@ -327,8 +329,9 @@ DECLARE
     pending jsonb := '{}';  -- per lane: embeddings_internal.queue_pending(), read once per call
     sampled text[] := '{}';  -- the lanes whose pending keys were estimated
     lanes text[];
+    only_ids integer[] := nullif(current_setting('embeddings.counted_targets', true), '')::integer[];
 BEGIN
-    FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
+    FOR t IN SELECT * FROM embeddings.targets tg WHERE only_ids IS NULL OR tg.id = ANY (only_ids) ORDER BY tg.id LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class WHERE oid = t.source);  -- table dropped
         target := embeddings_internal.target_name(t);
         target_id := t.id;

@@ -970,6 +970,12 @@ FROM (SELECT embeddings_internal.relation_named(%(table)s::pg_catalog.text) AS r
 -- lane; returns how many.
 SELECT embeddings.retry_failures(%(ids)s::bigint[]);
 
+-- name: status_only
+-- `status TABLE`: the status views count the targets with ids %(targets)s (an array's text;
+-- '': every target again) alone, until the transaction ends (embeddings_internal.target_status()).
+-- ours: touches only our tables and pgmq's, runs no one else's code
+SELECT pg_catalog.set_config('embeddings.counted_targets', %(targets)s, true);
+
 -- name: status_rows
 -- `status`: the columns {columns} of view {view} (embeddings.status, or status_exact), of the
 -- targets with ids %(targets)s (NULL: every one).

@@ -58,8 +58,12 @@ VIEWS = {False: "status", True: "status_exact"}
 def fetch(
     conn: db.Connection, *, exact: bool = False, targets: list[int] | None = None
 ) -> list[dict[str, Any]]:
-    """The status of every target, or of those with the ids `targets`."""
-    with db.translated():
+    """The status of every target, or of those with the ids `targets` (the others are not
+    counted: an exact status of one table scans that table alone)."""
+    with db.translated(), conn.transaction():
+        if targets is not None:
+            only = "{" + ",".join(str(int(t)) for t in targets) + "}"
+            conn.execute(queries.compose("status_only"), {"targets": only})
         cur = conn.cursor(row_factory=dict_row).execute(
             queries.compose(
                 "status_rows",
@@ -69,6 +73,8 @@ def fetch(
             {"targets": targets},
         )
         rows: list[dict[str, Any]] = cur.fetchall()
+        if targets is not None:  # (inside a caller's transaction, it would last as long)
+            conn.execute(queries.compose("status_only"), {"targets": ""})
     _add_retrying(conn, rows)
     _add_verification(conn, rows)
     _add_documents(conn, rows)

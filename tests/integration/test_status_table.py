@@ -45,3 +45,28 @@ def test_status_of_one_table_shows_its_targets_alone(
     assert code == 2 and "plain is not watched: SELECT embeddings.watch(" in err and out == ""
     code, _, err = status("My Notes.x")  # no name at all: Postgres's reason, not a traceback
     assert code == 2 and "no table My Notes.x" in err, err
+
+
+def test_an_exact_status_of_one_table_counts_that_table_alone(conn: Conn) -> None:
+    """`status TABLE` filtered the view's rows: `status docs --exact` counted every watched
+    table exactly, scanning each (beside a thousand large tables, minutes), to show one. The
+    view counts the targets named alone now (embeddings.counted_targets, for the transaction)."""
+    from worker import status
+
+    targets = {}
+    for table in ("docs", "notes"):
+        stores.texts_table(conn, {1: "one", 2: "two"}, table=table)
+        row = conn.execute(f"SELECT embeddings.watch('{table}', 'body')").fetchone()
+        assert row is not None
+        targets[table] = row[0]
+    scans = (
+        "SELECT relname::text, seq_scan + coalesce(idx_scan, 0) FROM pg_stat_xact_user_tables"
+        " WHERE relname IN ('docs', 'notes')"
+    )
+    with conn.transaction():  # (this transaction's scans: pg_stat_xact_user_tables)
+        before = dict(conn.execute(scans).fetchall())
+        rows = status.fetch(conn, exact=True, targets=[targets["docs"]])
+        after = dict(conn.execute(scans).fetchall())
+        assert conn.execute("SELECT count(*) FROM embeddings.status_exact").fetchone() == (2,)
+    assert [(r["target"], r["total_rows"]) for r in rows] == [("public.docs.embedding", 2)]
+    assert after["docs"] > before["docs"] and after["notes"] == before["notes"], (before, after)
