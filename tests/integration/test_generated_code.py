@@ -156,7 +156,7 @@ def test_a_name_holding_the_quote_of_generated_bodies_is_refused(conn: Conn) -> 
 def test_a_sessions_plans_of_the_guards_settings_do_not_grow_with_its_tables(conn: Conn) -> None:
     """A session keeps a plan for each expression of each PL/pgSQL function it ran. Each guard
     spelled out the 25 settings it puts back (an expression each, in each of a target's nine
-    guards): a worker's session held 1.3 MB more for every table it had written, 1.7 GB beside
+    guards): a worker's session held 2 MB more for every table it had written, 2 GB beside
     1,000 tables. The guards share guard_save() and guard_restore() now: a table's guards add
     no plan of the settings."""
     settings_plans = (
