@@ -37,12 +37,6 @@ QUERY_CANCELED = "57014"
 # The transaction was rolled back for a concurrent one's sake: worth running again as it was.
 TRANSACTION_CONFLICTS = frozenset({"40001", "40P01"})  # serialization failure, deadlock
 READ_ONLY_TRANSACTION = "25006"
-# What gives the worker's sessions the time its statements need, when the database's or the
-# role's statement_timeout does not.
-TIMEOUT_FIX = (
-    "give its sessions a longer one, or none: PGOPTIONS='-c statement_timeout=0' in its"
-    " environment, or ALTER ROLE <its role> SET statement_timeout = 0"
-)
 
 Connection = psycopg.Connection[Any]
 
@@ -132,10 +126,8 @@ def connect(
         if exc.sqlstate == QUERY_CANCELED:
             # (not the server: a session whose settings leave our setup no time)
             raise exceptions.SessionTimedOut(
-                f"cannot set up a session at {describe(dsn)}: its statement_timeout (the"
-                " database's, the role's or PGOPTIONS') cancelled our first statements. The"
-                " worker bounds its own waits (EMBED_LOCK_TIMEOUT_MS, EMBED_OWNER_CODE_TIMEOUT_"
-                f"SECONDS): {TIMEOUT_FIX}"
+                f"cannot set up a session at {describe(dsn)}: its {exceptions.SESSION_TIMEOUT}"
+                f" cancelled our first statements; {exceptions.TIMEOUT_FIX}"
             ) from None
         refused = _AUTHENTICATION.search(str(exc))
         if refused:

@@ -45,8 +45,8 @@ class AuthenticationFailed(ConnectionLost):
 
 
 class SessionTimedOut(ConnectionLost):
-    """The session's own statement_timeout (the database's, the role's or PGOPTIONS') cancelled
-    the statements that set it up: retried as a lost connection (the setting may be changed
+    """The session's own statement_timeout (SESSION_TIMEOUT) cancelled the statements that set
+    it up: retried as a lost connection (the setting may be changed
     while the worker waits), but reported as what it is and how to mend it."""
 
 
@@ -76,6 +76,16 @@ class ReadOnlyTransaction(DatabaseError):
     """A write was refused in a read-only transaction (25006): the database may have stopped
     taking writes (the worker's threads drop their connection, and sessions.Session asks the server
     before using a new one)."""
+
+
+# Whose statement_timeout cancels our statements when we set none, and what gives the worker's
+# sessions the time their statements need (it bounds its own waits).
+SESSION_TIMEOUT = "statement_timeout (the database's, the role's or PGOPTIONS')"
+TIMEOUT_FIX = (
+    "the worker bounds its own waits (EMBED_LOCK_TIMEOUT_MS, EMBED_OWNER_CODE_TIMEOUT_SECONDS):"
+    " give its sessions a longer one, or none: PGOPTIONS='-c statement_timeout=0' in its"
+    " environment, or ALTER ROLE <its role> SET statement_timeout = 0"
+)
 
 
 class StatementTimeout(DatabaseError):

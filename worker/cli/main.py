@@ -76,8 +76,7 @@ def statement_timeout_message(exc: exceptions.StatementTimeout) -> str:
     """A command cancelled by its session's statement_timeout: the server's first line, not the
     statements it was inside (pages of our SQL), and how to give this one command longer."""
     return (
-        f"{exc.first_line}: the session's statement_timeout (the database's, the role's or"
-        " PGOPTIONS') "
+        f"{exc.first_line}: the session's {exceptions.SESSION_TIMEOUT} "
         "is shorter than this command needs. Run it again with a longer one for its own "
         "session: PGOPTIONS='-c statement_timeout=10min' in its environment (`status` reads "
         "every watched table's counts, seconds beside a thousand tables; --exact scans each)"

@@ -29,9 +29,8 @@ def startup_timeout_message(exc: exceptions.StatementTimeout) -> str:
     pages of our SQL it was inside, and how to give the worker's sessions the time they need
     (reading the targets and their problems takes longer the more tables are watched)."""
     return (
-        f"{exc.first_line}, while starting: the session's statement_timeout (the database's, the"
-        " role's or PGOPTIONS') is shorter than the worker's statements need. It bounds its"
-        f" own waits (EMBED_LOCK_TIMEOUT_MS, EMBED_OWNER_CODE_TIMEOUT_SECONDS): {db.TIMEOUT_FIX}"
+        f"{exc.first_line}, while starting: the session's {exceptions.SESSION_TIMEOUT} is shorter"
+        f" than the worker's statements need; {exceptions.TIMEOUT_FIX}"
     )
 
 
