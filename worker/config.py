@@ -63,6 +63,9 @@ class Settings:
     # The longest any statement of ours waits for a lock (ms; 0: as the role and database say).
     # A row, table or registration another session holds longer waits for a later batch.
     lock_timeout_ms: int = field(default=500, metadata={"env": "EMBED_LOCK_TIMEOUT_MS"})
+    # A worker's session is replaced once it served this many watched tables (sessions.py says
+    # why: memory); 0: never.
+    session_max_tables: int = field(default=100, metadata={"env": "EMBED_SESSION_MAX_TABLES"})
     # The longest a statement that runs a table owner's code (its content function, its
     # triggers on our writes) may run, plus OWNER_CODE_MS_PER_ROW for each row or chunk it
     # reads or writes; past it, only that target's rows wait or fail.
@@ -259,6 +262,7 @@ _AT_LEAST = (  # (name, lowest, why that lowest); None (unset) passes
     ("query_batch_size", 1, ""),
     ("search_pool_size", 1, ""),
     ("lock_timeout_ms", 0, ""),  # 0: the role's and database's
+    ("session_max_tables", 0, ""),  # 0: never replaced
 )
 _POSITIVE = (
     "backoff_base_seconds",

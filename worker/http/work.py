@@ -46,6 +46,7 @@ class Work:
             settings.search_database_url or dsn,
             max_size=settings.search_pool_size,
             lock_timeout_ms=settings.lock_timeout_ms,
+            max_tables=settings.session_max_tables,
         )
         # Questions (/search's, /embed's) to one model embedded together.
         self.questions = QueryBatchers(

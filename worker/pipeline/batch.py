@@ -150,5 +150,9 @@ class Batch:
         return any(row.chunks is not None and not row.chunks.whole for row in self.rows.values())
 
     @property
+    def target_ids(self) -> set[int]:
+        return {row.target.id for row in self.rows.values()}
+
+    @property
     def msg_ids(self) -> list[int]:
         return [job.msg_id for job in self.jobs]

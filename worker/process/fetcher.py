@@ -60,7 +60,11 @@ class Fetcher:
 
     def run(self) -> None:
         session = sessions.Session(
-            self.dsn, "fetcher", self.stopping, lock_timeout_ms=self.settings.lock_timeout_ms
+            self.dsn,
+            "fetcher",
+            self.stopping,
+            lock_timeout_ms=self.settings.lock_timeout_ms,
+            max_tables=self.settings.session_max_tables,
         )
         self.watchdog.watch(session)
         try:
@@ -160,6 +164,7 @@ class Fetcher:
                 conn = session.get()
                 try:
                     stages.load(conn, batch, self.embedders)
+                    session.served(batch.target_ids)
                     return
                 except exceptions.ConnectionLost:
                     if not batch.ignored(db.ended_by_watchdog(conn)):

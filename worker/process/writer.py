@@ -44,6 +44,7 @@ class Writer:
             self.finished,
             vectors=True,
             lock_timeout_ms=self.settings.lock_timeout_ms,
+            max_tables=self.settings.session_max_tables,
         )
         self.watchdog.watch(session)
         try:
@@ -78,6 +79,7 @@ class Writer:
                     logger.info("handed back %d jobs", released)
                     return
                 write.write(conn, lane.queue, batch, self.settings)
+                session.served(batch.target_ids)
                 stages.log_batch(batch)
                 self.rows_done += sum(1 for r in batch.rows.values() if r.state is RowState.WRITTEN)
                 return

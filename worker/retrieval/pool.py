@@ -5,8 +5,10 @@ many are leased and how long a search waited for one are in /metrics."""
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
+import weakref
 from collections.abc import Iterator
 from contextlib import contextmanager
 
@@ -17,19 +19,34 @@ from psycopg_pool import PoolTimeout
 from worker import db, exceptions, metrics
 from worker.session_guard import GuardedConnection
 
+logger = logging.getLogger(__name__)
+
 CONNECTION_TIMEOUT = 5.0  # seconds a search waits for a pooled connection
 
 
 class SearchConnections:
     def __init__(
-        self, dsn: str, *, max_size: int, lock_timeout_ms: int = db.DEFAULT_LOCK_TIMEOUT_MS
+        self,
+        dsn: str,
+        *,
+        max_size: int,
+        lock_timeout_ms: int = db.DEFAULT_LOCK_TIMEOUT_MS,
+        max_tables: int = 0,
     ) -> None:
         """`dsn`: the search role's when one is configured (EMBED_SEARCH_DATABASE_URL), whose
         rights, row-level security included, decide what an answer holds; `max_size`: the
         searches whose SQL runs at once (EMBED_SEARCH_POOL_SIZE), at most; `lock_timeout_ms`:
-        the longest a search waits for a lock (EMBED_LOCK_TIMEOUT_MS)."""
+        the longest a search waits for a lock (EMBED_LOCK_TIMEOUT_MS); `max_tables`: a
+        connection that searched more different tables is replaced when given back
+        (EMBED_SESSION_MAX_TABLES; 0: never): its session keeps each table's search functions
+        compiled, about 0.16 MB a table, until it ends."""
         self.dsn = dsn
         self.max_size = max_size
+        self.max_tables = max_tables
+        # The targets each pooled connection searched (its `plans_of` after each lease).
+        self._searched: weakref.WeakKeyDictionary[GuardedConnection, set[int]] = (
+            weakref.WeakKeyDictionary()
+        )
         self.pool = db.pool(
             dsn,
             max_size=max_size,
@@ -63,11 +80,25 @@ class SearchConnections:
                     yield conn
                 finally:
                     self._count(-1)
+                    self._count_tables(conn)
         except PoolTimeout:
             raise exceptions.ConnectionLost(
                 f"no connection to {db.describe(self.dsn)} for the search within "
                 f"{CONNECTION_TIMEOUT:.0f} s"
             ) from None
+
+    def _count_tables(self, conn: GuardedConnection) -> None:
+        """Notes the table the lease searched; past `max_tables` different ones, the pool
+        replaces the connection when it comes back, as it replaces one past its lifetime (an
+        info line, where a connection given back closed is a warning)."""
+        if not self.max_tables or conn.plans_of is None:
+            return
+        searched = self._searched.setdefault(conn, set())
+        searched.add(conn.plans_of)
+        if len(searched) > self.max_tables:
+            logger.debug("search: a new session after %d tables", len(searched))
+            conn._expire_at = 0.0  # (psycopg_pool's own, which psycopg declares)
+            del self._searched[conn]
 
     def check(self) -> None:
         """The idle connections tried, the broken ones replaced (psycopg_pool's check()):

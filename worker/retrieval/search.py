@@ -98,6 +98,7 @@ class SearchService:
             settings.search_database_url or settings.dsn,
             max_size=settings.search_pool_size,
             lock_timeout_ms=settings.lock_timeout_ms,
+            max_tables=settings.session_max_tables,
         )
         rerankers = LoadedRerankers(
             settings.model_location, settings.threads, api_key=settings.api_key
