@@ -2,10 +2,11 @@
 
 This is the one place that reads our environment variables: each setting has one (the table in
 docs/configuration.md lists them all, a test keeps it equal to this class), and CLI flags are
-applied here, never written back into the environment. Values are validated here, once, with
-errors that name the variable. The rest of the package receives what it uses from a Settings:
-`model_location` (where model names resolve), `downloads` (whether and from where a missing
-model is fetched), `threads`, `default_model(...)`.
+applied here, never written back into the environment (how: worker/environment.py). Values are
+validated here, once, against the bounds below, with errors that name the variable. The rest of
+the package receives what it uses from a Settings: `model_location` (where model names
+resolve), `downloads` (whether and from where a missing model is fetched), `threads`,
+`default_model(...)`.
 """
 
 from __future__ import annotations
@@ -13,10 +14,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, fields, replace
-from typing import TYPE_CHECKING, Any, TypeVar
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, TypeVar
 
-from worker import exceptions
+from worker.environment import FromEnvironment
 from worker.models import files
 from worker.models.catalog import DEFAULT_MODEL, Variant
 from worker.models.download import DownloadPolicy
@@ -38,7 +39,7 @@ G = TypeVar("G", bound="DataclassInstance")  # a group of settings (Settings.gro
 
 
 @dataclass(frozen=True)
-class Settings:
+class Settings(FromEnvironment):
     """Worker configuration. Field metadata `env` names the environment variable."""
 
     database_url: str | None = field(default=None, metadata={"env": "DATABASE_URL"})
@@ -211,33 +212,8 @@ class Settings:
         else gte-small."""
         return self.model or database_default or DEFAULT_MODEL
 
-    @classmethod
-    def from_env(cls, env: Mapping[str, str] | None = None, **overrides: Any) -> Settings:
-        """Settings from `env` (default: os.environ); `overrides` (CLI flags) win when not None."""
-        env = os.environ if env is None else env
-        values: dict[str, Any] = {}
-        for f in fields(cls):
-            raw = env.get(f.metadata["env"], "").strip()
-            if raw:
-                values[f.name] = _parse(f.metadata["env"], str(f.type), raw)
-        values.update({k: v for k, v in overrides.items() if v is not None})
-        return cls(**values).validated()
-
-    def validated(self) -> Settings:
-        """These settings, or ConfigError naming the first variable out of its bounds."""
-        found = next(_problems(self), None)
-        if found is not None:
-            name, problem = found
-            raise exceptions.ConfigError(f"{self.env_of(name)}: {problem}")
-        return self
-
-    @classmethod
-    def env_of(cls, name: str) -> str:
-        """The environment variable of setting `name`."""
-        return str(next(f.metadata["env"] for f in fields(cls) if f.name == name))
-
-    def with_overrides(self, **overrides: Any) -> Settings:
-        return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
+    def problems(self) -> Iterator[tuple[str, str]]:
+        return _problems(self)
 
 
 # The bounds Settings.validated() holds every setting to, each rule a kind of bound.
@@ -310,27 +286,6 @@ def _problems(settings: Settings) -> Iterator[tuple[str, str]]:
                 "POST /functions/v1/embed"
             ),
         )
-
-
-_TRUE = ("1", "true", "yes", "on")
-_FALSE = ("0", "false", "no", "off")
-
-
-def _parse(env: str, type_name: str, raw: str) -> Any:
-    if type_name.startswith("Secret"):
-        return Secret(raw)
-    if type_name == "bool":
-        if raw.lower() in _TRUE + _FALSE:
-            return raw.lower() in _TRUE
-        raise exceptions.ConfigError(f"{env}: expected true or false, got {raw!r}")
-    try:
-        if type_name.startswith("int"):
-            return int(raw)
-        if type_name.startswith("float"):
-            return float(raw)
-    except ValueError:
-        raise exceptions.ConfigError(f"{env}: expected a number, got {raw!r}") from None
-    return raw
 
 
 def model_location_from_env(env: Mapping[str, str] | None = None) -> ModelLocation:
