@@ -12,7 +12,7 @@ from dataclasses import KW_ONLY, dataclass, field
 import psycopg
 import tenacity
 
-from worker import exceptions
+from worker import exceptions, metrics
 from worker.backoff import Backoff
 from worker.db import (
     DEFAULT_LOCK_TIMEOUT_MS,
@@ -126,6 +126,7 @@ class Session:
             self.name,
             len(self._tables),
         )
+        metrics.SESSIONS_REPLACED.labels(self.name).inc()
         self.lost()
 
     def current(self) -> Connection | None:

@@ -18,7 +18,7 @@ import psycopg
 import pytest
 
 from tests.support.stores import watched_table
-from worker import sessions
+from worker import metrics, sessions
 from worker.models.query_batch import QueryBatchers
 from worker.process.runner import Worker
 from worker.retrieval.pool import SearchConnections
@@ -26,6 +26,14 @@ from worker.retrieval.request import SearchRequest
 from worker.retrieval.search import SearchService
 
 Conn = psycopg.Connection[Any]
+
+
+def replaced(session: str) -> float:
+    """embed_worker_sessions_replaced_total of `session` (writer, fetcher, search), now."""
+    value = metrics.REGISTRY.get_sample_value(
+        "embed_worker_sessions_replaced_total", {"session": session}
+    )
+    return value or 0.0
 
 
 def backend(session: sessions.Session) -> int:
@@ -80,15 +88,18 @@ def test_a_worker_whose_sessions_are_replaced_for_their_tables_embeds_every_row(
             conn, tiny_models[0], "SELECT g, 'note ' || g FROM generate_series(1, 3) g", table
         )
 
+    before = {kind: replaced(kind) for kind in ("writer", "fetcher")}
     with caplog.at_level(logging.DEBUG, logger=sessions.__name__):
         run_once(session_max_tables=1, batch_size=3)  # a batch: one table's three rows
 
     for table in tables:
         left = conn.execute(f"SELECT count(*) FROM {table} WHERE embedding IS NULL").fetchone()
         assert left == (0,), table
-    replaced = [r.getMessage() for r in caplog.records if "a new session after" in r.getMessage()]
-    assert any(m.startswith("writer:") for m in replaced), caplog.text
-    assert any(m.startswith("fetcher:") for m in replaced), caplog.text
+    logged = [r.getMessage() for r in caplog.records if "a new session after" in r.getMessage()]
+    assert any(m.startswith("writer:") for m in logged), caplog.text
+    assert any(m.startswith("fetcher:") for m in logged), caplog.text
+    for kind, count in before.items():  # (the counter is the process's: other tests' too)
+        assert replaced(kind) > count, kind
 
 
 def test_a_search_connection_past_its_tables_is_replaced_when_given_back(
@@ -115,6 +126,7 @@ def test_a_search_connection_past_its_tables_is_replaced_when_given_back(
         with searches.connection() as leased:
             return leased.info.backend_pid
 
+    before = replaced("search")
     try:
         with caplog.at_level(logging.INFO):
             first = search(tables[0])
@@ -123,4 +135,5 @@ def test_a_search_connection_past_its_tables_is_replaced_when_given_back(
             assert search(tables[2]) != first
     finally:
         searches.close()
+    assert replaced("search") == before + 1
     assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text

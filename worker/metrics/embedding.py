@@ -1,5 +1,6 @@
 """The embedding side's series: jobs, rows, batches' stages, the queue and its lanes, the
-models, the targets, remote models' providers, documents' parses."""
+models, the targets, remote models' providers, documents' parses, and the database sessions
+replaced for the tables they served (the search pool's too)."""
 
 from __future__ import annotations
 
@@ -208,6 +209,17 @@ PARSE_FAILURES = Counter(
     ["cause"],
     registry=REGISTRY,
 )
+# Sessions replaced for the tables they served (EMBED_SESSION_MAX_TABLES): the worker's
+# (worker/sessions.py, by Session.name) and POST /search's pooled ones (worker/retrieval/pool.py).
+REPLACED_SESSIONS = ("writer", "fetcher", "search")
+SESSIONS_REPLACED = Counter(
+    "embed_worker_sessions_replaced",
+    "Database sessions replaced after serving EMBED_SESSION_MAX_TABLES different watched "
+    "tables (Postgres frees what a session compiled of each table's functions only when it "
+    "ends), by session: writer, fetcher (the worker's), search (a POST /search connection)",
+    ["session"],
+    registry=REGISTRY,
+)
 PARSE_SECONDS = Histogram(
     "embed_worker_parse_duration_seconds",
     "Wall time of each document's parse in a parse process, done or failed",
@@ -221,6 +233,7 @@ at_zero(JOBS, JOB_OUTCOMES)
 at_zero(LANE_JOBS, LANES)
 at_zero(LANE_OLDEST, LANES)
 at_zero(PARSE_FAILURES, PARSE_FAILURE_CAUSES)
+at_zero(SESSIONS_REPLACED, REPLACED_SESSIONS)
 
 # Enumerated labels, by exported metric name (metrics.ENUMERATED_LABELS).
 EMBEDDING_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
@@ -232,6 +245,7 @@ EMBEDDING_LABELS: dict[str, dict[str, tuple[str, ...]]] = {
     "embed_worker_target_stopped": {"state": STOPPED_STATES},
     "embed_worker_provider_requests_total": {"outcome": PROVIDER_OUTCOMES},
     "embed_worker_parse_failures_total": {"cause": PARSE_FAILURE_CAUSES},
+    "embed_worker_sessions_replaced_total": {"session": REPLACED_SESSIONS},
 }
 
 

@@ -98,6 +98,7 @@ class SearchConnections:
         if len(searched) > self.max_tables:
             logger.debug("search: a new session after %d tables", len(searched))
             conn._expire_at = 0.0  # (psycopg_pool's own, which psycopg declares)
+            metrics.SESSIONS_REPLACED.labels("search").inc()
             del self._searched[conn]
 
     def check(self) -> None:
