@@ -361,7 +361,11 @@ $$;
 -- table after a REASSIGN OWNED (which carries it along). A content column's runs with invoker's
 -- rights: it only edits NEW, and runs nothing of the table owner's (values of a type that is
 -- not built in are compared by their output function's text); EXECUTE stays with PUBLIC:
--- whoever creates or attaches a partition clones it.
+-- whoever creates or attaches a partition clones it. It has no SET clause: it runs for every
+-- row an UPDATE touches, whatever the columns, and a SET clause saves and restores the search
+-- path at each call (a 100,000-row UPDATE of another column took 1.18 times as long with it:
+-- bench/results/history/write-path.md). So it names nothing the path could resolve: every
+-- operator and type qualified, `=` spelled out for IS DISTINCT FROM (which looks `=` up).
 CREATE FUNCTION embeddings_internal.clear_trigger_sql(t embeddings.targets, name text, row_type regclass) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT embeddings_internal.render(CASE
@@ -386,16 +390,14 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             $body$
             $template$
         WHEN cardinality(embeddings_internal.content_inputs(t)) = 0 THEN $template$
-            CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger LANGUAGE plpgsql
-                SET search_path = pg_catalog, pg_temp AS $body$
+            CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger LANGUAGE plpgsql AS $body$
             BEGIN
                 RETURN NEW;  -- the content depends on no column: it never changes
             END
             $body$
             $template$
         ELSE $template$
-            CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger LANGUAGE plpgsql
-                SET search_path = pg_catalog, pg_temp AS $body$
+            CREATE OR REPLACE FUNCTION embeddings.%(name)I() RETURNS trigger LANGUAGE plpgsql AS $body$
             BEGIN
                 IF %(changed)s THEN
                     NEW.%(embedding)I := NULL;
@@ -408,9 +410,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
             'name', name, 'embedding', t.embedding_column,
             'old_content', embeddings_internal.content_sql(t, 'old', row_type, wrapped => false),
             'new_content', embeddings_internal.content_sql(t, 'new', row_type, wrapped => false),
-            'changed', (SELECT string_agg(embeddings_internal.text_sql(a.atttypid, embeddings_internal.render('OLD.%(c)I', jsonb_build_object('c', c)))
-                                          || ' IS DISTINCT FROM '
-                                          || embeddings_internal.text_sql(a.atttypid, embeddings_internal.render('NEW.%(c)I', jsonb_build_object('c', c))),
+            -- NOT coalesce(old = new, both NULL): IS DISTINCT FROM, with pg_catalog's `=`
+            'changed', (SELECT string_agg(embeddings_internal.render(
+                                              'NOT coalesce(%(old)s OPERATOR(pg_catalog.=) %(new)s, OLD.%(c)I IS NULL AND NEW.%(c)I IS NULL)',
+                                              jsonb_build_object('c', c,
+                                                                 'old', embeddings_internal.text_sql(a.atttypid, embeddings_internal.render('OLD.%(c)I', jsonb_build_object('c', c))),
+                                                                 'new', embeddings_internal.text_sql(a.atttypid, embeddings_internal.render('NEW.%(c)I', jsonb_build_object('c', c))))),
                                           ' OR ')
                         FROM unnest(embeddings_internal.content_inputs(t)) AS c
                         JOIN pg_attribute a ON a.attrelid = t.source AND a.attname = c AND NOT a.attisdropped)))

@@ -139,6 +139,9 @@ $f$ BEGIN PERFORM public.hook('search path functions'); RETURN pg_catalog.md5(t)
 CREATE FUNCTION evil.count_eq(a integer, b integer) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS
 $f$ BEGIN PERFORM public.hook('search path functions'); RETURN a OPERATOR(pg_catalog.=) b; END $f$;
 CREATE OPERATOR evil.= (LEFTARG = integer, RIGHTARG = integer, FUNCTION = evil.count_eq);
+CREATE FUNCTION evil.text_eq(a text, b text) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS
+$f$ BEGIN PERFORM public.hook('search path functions'); RETURN a OPERATOR(pg_catalog.=) b; END $f$;
+CREATE OPERATOR evil.= (LEFTARG = text, RIGHTARG = text, FUNCTION = evil.text_eq);
 
 CREATE FUNCTION public.key_ok(k integer) RETURNS boolean LANGUAGE plpgsql IMMUTABLE AS
 $f$ BEGIN PERFORM public.hook('key domain check'); RETURN true; END $f$;

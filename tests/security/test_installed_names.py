@@ -75,7 +75,8 @@ def test_installed_functions_name_only_what_they_may(roles: Roles) -> None:
         assert any(f[0].startswith(f"embeddings.embeddings_{target}_") for f in generated), kind
     # Without a SET clause, by design: the guards around the owner-run functions and the two
     # halves they share (they read and put back their caller's settings: sql/32_access.sql),
-    # embeddings_<id>_visible(), which the planner
+    # a content column's clear trigger (it runs for every row an UPDATE touches: a SET clause
+    # costs each call; sql/30_triggers.sql), embeddings_<id>_visible(), which the planner
     # inlines into its store's policy (sql/56_side.sql), and SQL-standard bodies (bound to their
     # objects when created, under migrate's path): all name nothing unqualified but types.
     bodies = {f[0].split("(")[0] for f in functions if f[0].split("(")[0].endswith("_body")}
@@ -103,7 +104,11 @@ def test_installed_functions_name_only_what_they_may(roles: Roles) -> None:
             name = signature.split("(")[0]
             assert definer or (
                 path is None
-                and (name + "_body" in bodies or name.endswith("_visible") or name in GUARD_HALVES)
+                and (
+                    name + "_body" in bodies
+                    or name.endswith(("_visible", "_clear"))
+                    or name in GUARD_HALVES
+                )
             ), (
                 signature,
                 config,
