@@ -222,6 +222,12 @@ SELECT embeddings_internal.lock_target(%(target_id)s);
 -- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT embeddings_internal.move_inbox(%(queue)s);
 
+-- name: inbox_waiting
+-- Whether keys of live queue `queue` wait in the inbox: not moved yet, or being moved by another
+-- worker (its move holds them until it commits, and ours skips them): jobs still to come.
+-- ours: touches only our tables and pgmq's, runs no one else's code
+SELECT EXISTS (SELECT FROM embeddings_internal.inbox_pending(%(queue)s));
+
 -- name: queue_depth
 -- Jobs in the queue, how many are visible now, and the age of the oldest in seconds; for a live
 -- queue, the inbox's rows count as visible jobs (each becomes one or more when moved).
