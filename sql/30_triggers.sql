@@ -363,7 +363,7 @@ $$;
 -- not built in are compared by their output function's text); EXECUTE stays with PUBLIC:
 -- whoever creates or attaches a partition clones it. It has no SET clause: it runs for every
 -- row an UPDATE touches, whatever the columns, and a SET clause saves and restores the search
--- path at each call (a 100,000-row UPDATE of another column took 1.18 times as long with it:
+-- path at each call (a 100,000-row UPDATE of another column took 1.22 times as long with it:
 -- bench/results/history/write-path.md). So it names nothing the path could resolve: every
 -- operator and type qualified, `=` spelled out for IS DISTINCT FROM (which looks `=` up).
 CREATE FUNCTION embeddings_internal.clear_trigger_sql(t embeddings.targets, name text, row_type regclass) RETURNS text
