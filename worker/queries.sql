@@ -508,6 +508,17 @@ SET digest = excluded.digest, state = excluded.state, bytes = excluded.bytes, ch
 -- next %(max_keys)s rows' keys that need a job and advances its cursor (sql/62_backfill.sql).
 SELECT scanned, enqueued FROM embeddings_internal.backfill_next(%(queue)s, %(max_keys)s);
 
+-- name: backfill_cursors
+-- Where the backfills of %(queue)s's served targets have got to (target, rows scanned, last
+-- step), for `run --once` finding nothing to read or step: a step another worker takes holds
+-- its backfill's row until it commits, and ours skips it (sql/62_backfill.sql).
+-- ours: reads only the catalog and our tables, runs no one else's code
+SELECT b.target_id, b.scanned_rows, b.stepped_at
+FROM embeddings.backfills b JOIN embeddings.targets t ON t.id OPERATOR(pg_catalog.=) b.target_id
+WHERE t.queue OPERATOR(pg_catalog.=) %(queue)s AND t.problem IS NULL
+  AND EXISTS (SELECT FROM pg_catalog.pg_class c WHERE c.oid OPERATOR(pg_catalog.=) t.source)
+ORDER BY b.target_id;
+
 -- name: deferred_index_ready
 -- Deferred HNSW indexes of %(queue)s's targets this worker may build now (sql/62_backfill.sql).
 SELECT target_id, cleanup, statements FROM embeddings.deferred_index_ready(%(queue)s);

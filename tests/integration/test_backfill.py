@@ -8,6 +8,7 @@ cursor is right after watch(), then that stepping queues every row exactly once.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -16,9 +17,15 @@ import psycopg
 import pytest
 
 from tests.support import stores
+from tests.support.fetch import fetch_value
+from tests.support.in_flight import in_process_worker
 from tests.support.jobs import clear_queue, queued_keys
+from tests.support.process import wait_for
 from worker import status as status_model
 from worker.cli import status
+from worker.config import Settings
+from worker.db import APPLICATION_NAME
+from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -290,3 +297,74 @@ def test_the_worker_embeds_every_row_once(
     ).fetchall()
     assert writes == []
     assert conn.execute("SELECT count(DISTINCT id) FROM writes").fetchone() == (2600,)
+
+
+def run_once_in_thread(worker: Worker) -> tuple[threading.Thread, list[int]]:
+    exits: list[int] = []
+    thread = threading.Thread(target=lambda: exits.append(worker.run()), daemon=True)
+    thread.start()
+    return thread, exits
+
+
+def looked_at_the_backfills(conn: Conn) -> bool:
+    """A worker's session read embeddings.backfills (its look for a backfill another steps)."""
+    return bool(
+        fetch_value(
+            conn,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = %s AND query LIKE '%%embeddings.backfills%%'",
+            (APPLICATION_NAME,),
+        )
+    )
+
+
+def test_run_once_waits_for_a_backfill_another_worker_is_stepping(
+    conn: Conn, dsn: str, settings: Settings, embedders: LoadedModels, tiny_models: tuple[str, str]
+) -> None:
+    """Two `run --once` workers over one backfill: when the lane runs dry both step it, and the
+    step of the first holds the cursor until it commits. The second's step skipped it, its read
+    found nothing, and it exited drained as it saw it, its share of the backfill undone."""
+    target = watched_docs_with(conn, 1500, tiny_models[0])  # watch() queued 1,000; 500 wait
+    worker = in_process_worker(settings, embedders, once=True, model=tiny_models[0])
+    with psycopg.connect(dsn) as other:  # the other worker, mid-step
+        other.execute("SELECT FROM embeddings.backfills WHERE target_id = %s FOR UPDATE", (target,))
+        thread, exits = run_once_in_thread(worker)
+        wait_for(
+            lambda: not thread.is_alive() or looked_at_the_backfills(conn),
+            what="the worker's look at the backfill",
+        )
+        assert step(other, target, 1000) == (500, 500)
+        other.commit()
+    thread.join(60)
+    assert exits == [0]
+    assert fetch_value(conn, "SELECT count(*) FROM docs WHERE embedding IS NULL") == 0
+
+
+def test_run_once_leaves_a_backfill_no_one_moves(
+    conn: Conn,
+    dsn: str,
+    settings: Settings,
+    embedders: LoadedModels,
+    tiny_models: tuple[str, str],
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A backfill's cursor row held and not stepped (a transaction left open on it): `--once`
+    waits for it a bounded time (five of its steps' bounds), then ends, the rest left queued
+    for a worker that runs on."""
+    target = watched_docs_with(conn, 1500, tiny_models[0])
+    worker = in_process_worker(
+        settings, embedders, once=True, model=tiny_models[0], owner_code_timeout_seconds=0.2
+    )
+    with psycopg.connect(dsn) as other:
+        other.execute("SELECT FROM embeddings.backfills WHERE target_id = %s FOR UPDATE", (target,))
+        thread, exits = run_once_in_thread(worker)
+        thread.join(60)
+        assert exits == [0]
+    assert fetch_value(conn, "SELECT count(*) FROM docs WHERE embedding IS NULL") == 500
+    assert backfill(conn, target) is not None
+    assert f"backfill of target {target} not stepped for 1 s" in caplog.text
+
+
+def watched_docs_with(conn: Conn, rows: int, model: str) -> int:
+    make_docs(conn, rows)
+    return watch(conn, "docs", model=model)

@@ -132,10 +132,14 @@ class Fetcher:
             if self.once and drained and self.changes.run(conn, self.registry, force=True):
                 continue  # a model change completed or re-queued rows: read again
             if self.once and drained and not self.indexer.busy:
-                # Not drained while the inbox holds keys: another worker moving them into the
-                # queue holds them (our read skipped them) until its move commits. A second
-                # `run --once` started beside the first exited at once, its share undone.
-                if not self.lanes.live.queue.inbox_waiting(conn):
+                # Not drained while the inbox holds keys, or a backfill moves: another worker
+                # moving them into the queue, or stepping it, holds them (our read and step
+                # skipped them) until it commits. A second `run --once` started beside the
+                # first exited at once, its share undone.
+                if not (
+                    self.lanes.live.queue.inbox_waiting(conn)
+                    or self.backfill.stepped_elsewhere(conn)
+                ):
                     return None
                 self.stopping.wait(0.05)
                 continue
