@@ -222,11 +222,12 @@ SELECT embeddings_internal.lock_target(%(target_id)s);
 -- ours: touches only our tables and pgmq's, runs no one else's code
 SELECT embeddings_internal.move_inbox(%(queue)s);
 
--- name: inbox_waiting
--- Whether keys of live queue `queue` wait in the inbox: not moved yet, or being moved by another
--- worker (its move holds them until it commits, and ours skips them): jobs still to come.
+-- name: inbox_pending
+-- What waits in the inbox for live queue %(queue)s, per target (rows, keys, the oldest write),
+-- for `run --once` finding nothing to read: not moved yet, or being moved by another worker
+-- (its move holds the rows until it commits, and ours skips them). worker/process/elsewhere.py.
 -- ours: touches only our tables and pgmq's, runs no one else's code
-SELECT EXISTS (SELECT FROM embeddings_internal.inbox_pending(%(queue)s));
+SELECT target_id, rows, keys, oldest FROM embeddings_internal.inbox_pending(%(queue)s) ORDER BY target_id;
 
 -- name: queue_depth
 -- Jobs in the queue, how many are visible now, and the age of the oldest in seconds; for a live
@@ -511,7 +512,7 @@ SELECT scanned, enqueued FROM embeddings_internal.backfill_next(%(queue)s, %(max
 -- name: backfill_cursors
 -- Where the backfills of %(queue)s's served targets have got to (target, rows scanned, last
 -- step), for `run --once` finding nothing to read or step: a step another worker takes holds
--- its backfill's row until it commits, and ours skips it (sql/62_backfill.sql).
+-- its backfill's row until it commits, and ours skips it. worker/process/elsewhere.py.
 -- ours: reads only the catalog and our tables, runs no one else's code
 SELECT b.target_id, b.scanned_rows, b.stepped_at
 FROM embeddings.backfills b JOIN embeddings.targets t ON t.id OPERATOR(pg_catalog.=) b.target_id

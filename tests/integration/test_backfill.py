@@ -362,7 +362,7 @@ def test_run_once_leaves_a_backfill_no_one_moves(
         assert exits == [0]
     assert fetch_value(conn, "SELECT count(*) FROM docs WHERE embedding IS NULL") == 500
     assert backfill(conn, target) is not None
-    assert f"backfill of target {target} not stepped for 1 s" in caplog.text
+    assert "backfill of queue embedding_jobs not moved for 1 s" in caplog.text
 
 
 def watched_docs_with(conn: Conn, rows: int, model: str) -> int:

@@ -7,6 +7,7 @@ import threading
 from typing import Any
 
 import psycopg
+import pytest
 
 from tests.support.fetch import fetch_row, fetch_value
 from tests.support.in_flight import in_process_worker
@@ -196,6 +197,35 @@ def test_run_once_beside_a_worker_moving_the_inbox_waits_for_the_jobs_it_moves(
     thread.join(60)
     assert exits == [0]
     assert fetch_value(conn, "SELECT count(*) FROM docs WHERE embedding IS NULL") == 0
+
+
+def test_run_once_leaves_what_a_move_held_open_holds(
+    conn: Conn,
+    dsn: str,
+    minilm: str,
+    settings: Settings,
+    embedders: LoadedModels,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A move of the inbox left open (a session that ran embeddings.sweep() in a transaction it
+    did not end) holds the inbox's rows for as long as it lives: `--once` waits for them a
+    bounded time, as for a backfill no one steps, then ends; they are the queue's if that
+    transaction commits, the inbox's again if it rolls back. It waited for them forever."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    conn.execute("INSERT INTO docs SELECT g, 'note ' || g FROM generate_series(1, 5) g")
+    worker = in_process_worker(settings, embedders, once=True, owner_code_timeout_seconds=0.2)
+    exits: list[int] = []
+    with psycopg.connect(dsn) as mover:
+        mover.execute("SELECT embeddings_internal.move_inbox('embedding_jobs')")
+        thread = threading.Thread(target=lambda: exits.append(worker.run()), daemon=True)
+        thread.start()
+        thread.join(30)
+        assert exits == [0]
+        mover.rollback()
+    assert fetch_value(conn, "SELECT count(*) FROM docs WHERE embedding IS NULL") == 5
+    assert inbox_rows(conn) == 1
+    assert "inbox of queue embedding_jobs not moved for 1 s" in caplog.text
 
 
 def looked_at_the_inbox(conn: Conn, other_than: int) -> bool:

@@ -74,15 +74,6 @@ class Queue:
             set_json_loads(loads_message, cur)  # key numbers as their text (KeyNumber)
             return cur.execute(self._read_query, {"max_keys": max_keys, "vt": vt}).fetchall()
 
-    def inbox_waiting(self, conn: db.Connection) -> bool:
-        """Keys of this live queue wait in the inbox: moved by no one yet, or being moved by
-        another worker, whose move holds them until it commits (read() skipped them)."""
-        if self.lane != LIVE:
-            return False
-        with db.translated():
-            row = conn.execute(queries.get("inbox_waiting"), {"queue": self.name}).fetchone()
-        return bool(row and row[0])
-
     def _compose_read(self, conn: db.Connection) -> Any:
         # pgmq before 1.8 (what Supabase ships) has no last_read_at column.
         row = conn.execute(

@@ -4,10 +4,8 @@ watch() only records a cursor (and queues one bounded step) so that it holds its
 time that does not grow with the table; the rest of the rows are queued by steps that run
 after it committed (sql/62_backfill.sql). The fetcher takes a step whenever it finds its
 queue without visible jobs, so a backfill never buries live jobs: they are always read first.
-
-A step another worker takes holds its backfill's row until it commits, and ours skips it: for
-`run --once`, which ends when it finds nothing to read or step, a backfill is still work while
-another session moves its cursor (`stepped_elsewhere`).
+A step another worker takes holds its backfill's row until it commits, and ours skips it: `run
+--once` waits for that backfill while its cursor moves (worker/process/elsewhere.py).
 """
 
 from __future__ import annotations
@@ -25,10 +23,6 @@ logger = logging.getLogger(__name__)
 # enough that a step is a short transaction, large enough that the fetcher rarely finds the
 # queue empty during a backfill.
 STEP_BATCHES = 16
-# `run --once` waits for a backfill another session holds while its cursor moves; one that has
-# not moved for this many step bounds is held by something else (a transaction left open on its
-# row, steps that keep failing), and --once ends without it.
-STALLED_STEPS = 5
 # A role without the grants of embeddings.grant_worker(), or a schema older than backfills.
 _CANNOT_STEP = (psycopg.errors.InsufficientPrivilege, psycopg.errors.UndefinedFunction)
 
@@ -46,9 +40,6 @@ class Backfiller:
         self.bound_ms = round(owner_code_seconds * 1000)
         self._failures = 0
         self._resume_at = 0.0
-        self.stall_seconds = STALLED_STEPS * owner_code_seconds
-        self._cursors: list[tuple[object, ...]] | None = None  # as `stepped_elsewhere` last saw
-        self._moved_at = 0.0
 
     def step(self, conn: db.Connection) -> bool:
         """Takes one step; True when it examined rows (the queue may have new jobs, and the
@@ -82,26 +73,3 @@ class Backfiller:
         if scanned:
             logger.debug("backfill: examined %d rows, queued %d keys", scanned, enqueued)
         return bool(scanned)
-
-    def stepped_elsewhere(self, conn: db.Connection) -> bool:
-        """For `run --once` finding nothing to read or step: True while a backfill of its queue
-        waits for steps that another session takes (its step holds the backfill's row until it
-        commits; ours skipped it), so that the jobs it queues are read here too. False once no
-        backfill is left, or none moved for `stall_seconds` (then it is left, logged)."""
-        with db.translated():
-            cursors = [
-                tuple(r)
-                for r in conn.execute(queries.get("backfill_cursors"), {"queue": self.queue})
-            ]
-        now = time.monotonic()
-        if cursors != self._cursors:
-            self._cursors, self._moved_at = cursors, now
-        if not cursors or now - self._moved_at < self.stall_seconds:
-            return bool(cursors)
-        logger.warning(
-            "backfill of target %s not stepped for %.0f s (its row held by another session, "
-            "or its steps failing): leaving it",
-            ", ".join(str(c[0]) for c in cursors),
-            now - self._moved_at,
-        )
-        return False

@@ -20,6 +20,7 @@ from worker.pipeline.lanes import Lanes
 from worker.pipeline.targets import TargetRegistry
 from worker.process.backfill import Backfiller
 from worker.process.changes import Completer
+from worker.process.elsewhere import WorkElsewhere
 from worker.process.handoffs import Handoff, Handoffs, pass_on
 from worker.process.index_builder import IndexBuilder
 from worker.process.wakeups import Waiter
@@ -50,6 +51,8 @@ class Fetcher:
     # completes them when the queue drains; a running worker's keeper, through `changes`).
     backfill: Backfiller = field(init=False)
     indexer: IndexBuilder = field(init=False)
+    # What other sessions hold of the queue's work, which a one-shot run waits for while it moves.
+    elsewhere: WorkElsewhere = field(init=False)
     changes: Completer = field(init=False, default_factory=Completer)
 
     def __post_init__(self) -> None:
@@ -57,6 +60,8 @@ class Fetcher:
         backfill = Backfiller(s.queue, s.batch_size, s.owner_code_timeout_seconds)
         object.__setattr__(self, "backfill", backfill)  # (frozen)
         object.__setattr__(self, "indexer", IndexBuilder(self.dsn, s.queue))
+        elsewhere = WorkElsewhere(s.queue, s.owner_code_timeout_seconds)
+        object.__setattr__(self, "elsewhere", elsewhere)
 
     def run(self) -> None:
         session = sessions.Session(
@@ -132,14 +137,10 @@ class Fetcher:
             if self.once and drained and self.changes.run(conn, self.registry, force=True):
                 continue  # a model change completed or re-queued rows: read again
             if self.once and drained and not self.indexer.busy:
-                # Not drained while the inbox holds keys, or a backfill moves: another worker
-                # moving them into the queue, or stepping it, holds them (our read and step
-                # skipped them) until it commits. A second `run --once` started beside the
-                # first exited at once, its share undone.
-                if not (
-                    self.lanes.live.queue.inbox_waiting(conn)
-                    or self.backfill.stepped_elsewhere(conn)
-                ):
+                # Not drained while another worker moves the inbox into the queue or steps a
+                # backfill (our read and step skipped what it holds until it commits): a
+                # second `run --once` started beside the first exited at once, its share undone.
+                if not self.elsewhere.waiting(conn):
                     return None
                 self.stopping.wait(0.05)
                 continue
