@@ -8,7 +8,6 @@ cursor is right after watch(), then that stepping queues every row exactly once.
 
 from __future__ import annotations
 
-import threading
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
@@ -18,13 +17,11 @@ import pytest
 
 from tests.support import stores
 from tests.support.fetch import fetch_value
-from tests.support.in_flight import in_process_worker
+from tests.support.in_flight import in_process_worker, run_until_it_looks, run_within
 from tests.support.jobs import clear_queue, queued_keys
-from tests.support.process import wait_for
 from worker import status as status_model
 from worker.cli import status
 from worker.config import Settings
-from worker.db import APPLICATION_NAME
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
 
@@ -299,25 +296,6 @@ def test_the_worker_embeds_every_row_once(
     assert conn.execute("SELECT count(DISTINCT id) FROM writes").fetchone() == (2600,)
 
 
-def run_once_in_thread(worker: Worker) -> tuple[threading.Thread, list[int]]:
-    exits: list[int] = []
-    thread = threading.Thread(target=lambda: exits.append(worker.run()), daemon=True)
-    thread.start()
-    return thread, exits
-
-
-def looked_at_the_backfills(conn: Conn) -> bool:
-    """A worker's session read embeddings.backfills (its look for a backfill another steps)."""
-    return bool(
-        fetch_value(
-            conn,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = %s AND query LIKE '%%embeddings.backfills%%'",
-            (APPLICATION_NAME,),
-        )
-    )
-
-
 def test_run_once_waits_for_a_backfill_another_worker_is_stepping(
     conn: Conn, dsn: str, settings: Settings, embedders: LoadedModels, tiny_models: tuple[str, str]
 ) -> None:
@@ -328,14 +306,12 @@ def test_run_once_waits_for_a_backfill_another_worker_is_stepping(
     worker = in_process_worker(settings, embedders, once=True, model=tiny_models[0])
     with psycopg.connect(dsn) as other:  # the other worker, mid-step
         other.execute("SELECT FROM embeddings.backfills WHERE target_id = %s FOR UPDATE", (target,))
-        thread, exits = run_once_in_thread(worker)
-        wait_for(
-            lambda: not thread.is_alive() or looked_at_the_backfills(conn),
-            what="the worker's look at the backfill",
-        )
-        assert step(other, target, 1000) == (500, 500)
-        other.commit()
-    thread.join(60)
+
+        def step_and_commit() -> None:
+            assert step(other, target, 1000) == (500, 500)
+            other.commit()
+
+        exits = run_until_it_looks(worker, conn, "%embeddings.backfills%", then=step_and_commit)
     assert exits == [0]
     assert fetch_value(conn, "SELECT count(*) FROM docs WHERE embedding IS NULL") == 0
 
@@ -357,9 +333,7 @@ def test_run_once_leaves_a_backfill_no_one_moves(
     )
     with psycopg.connect(dsn) as other:
         other.execute("SELECT FROM embeddings.backfills WHERE target_id = %s FOR UPDATE", (target,))
-        thread, exits = run_once_in_thread(worker)
-        thread.join(60)
-        assert exits == [0]
+        assert run_within(worker, 60) == [0]
     assert fetch_value(conn, "SELECT count(*) FROM docs WHERE embedding IS NULL") == 500
     assert backfill(conn, target) is not None
     assert "backfill of queue embedding_jobs not moved for 1 s" in caplog.text

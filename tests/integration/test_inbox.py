@@ -10,11 +10,9 @@ import psycopg
 import pytest
 
 from tests.support.fetch import fetch_row, fetch_value
-from tests.support.in_flight import in_process_worker
+from tests.support.in_flight import in_process_worker, run_until_it_looks, run_within
 from tests.support.jobs import clear_queue, messages, move_inbox, queued_keys
-from tests.support.process import wait_for
 from worker.config import Settings
-from worker.db import APPLICATION_NAME
 from worker.models.loaded import LoadedModels
 from worker.pipeline.messages import message_keys
 
@@ -184,17 +182,10 @@ def test_run_once_beside_a_worker_moving_the_inbox_waits_for_the_jobs_it_moves(
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
     conn.execute("INSERT INTO docs SELECT g, 'note ' || g FROM generate_series(1, 5) g")
     worker = in_process_worker(settings, embedders, once=True)
-    exits: list[int] = []
     with psycopg.connect(dsn) as mover:  # the other worker, mid-move
         mover.execute("SELECT embeddings_internal.move_inbox('embedding_jobs')")
-        thread = threading.Thread(target=lambda: exits.append(worker.run()), daemon=True)
-        thread.start()
-        wait_for(
-            lambda: not thread.is_alive() or looked_at_the_inbox(conn, mover.info.backend_pid),
-            what="the worker's first read",
-        )
-        mover.commit()
-    thread.join(60)
+        pid = mover.info.backend_pid
+        exits = run_until_it_looks(worker, conn, "%inbox%", then=mover.commit, other_than=pid)
     assert exits == [0]
     assert fetch_value(conn, "SELECT count(*) FROM docs WHERE embedding IS NULL") == 0
 
@@ -215,26 +206,10 @@ def test_run_once_leaves_what_a_move_held_open_holds(
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
     conn.execute("INSERT INTO docs SELECT g, 'note ' || g FROM generate_series(1, 5) g")
     worker = in_process_worker(settings, embedders, once=True, owner_code_timeout_seconds=0.2)
-    exits: list[int] = []
     with psycopg.connect(dsn) as mover:
         mover.execute("SELECT embeddings_internal.move_inbox('embedding_jobs')")
-        thread = threading.Thread(target=lambda: exits.append(worker.run()), daemon=True)
-        thread.start()
-        thread.join(30)
-        assert exits == [0]
+        assert run_within(worker, 30) == [0]
         mover.rollback()
     assert fetch_value(conn, "SELECT count(*) FROM docs WHERE embedding IS NULL") == 5
     assert inbox_rows(conn) == 1
     assert "inbox of queue embedding_jobs not moved for 1 s" in caplog.text
-
-
-def looked_at_the_inbox(conn: Conn, other_than: int) -> bool:
-    """A worker's session ran a statement on the inbox (its move, its look), as its last."""
-    return bool(
-        fetch_value(
-            conn,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = %s AND pid <> %s AND query LIKE '%%inbox%%'",
-            (APPLICATION_NAME, other_than),
-        )
-    )

@@ -5,12 +5,15 @@ then (after the test's own writes) embedded and written."""
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
 import psycopg
 
+from tests.support.fetch import fetch_value
+from tests.support.process import wait_for
 from worker import db
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
@@ -33,6 +36,54 @@ def in_process_worker(
         progress=False,
         handle_signals=False,
     )
+
+
+def run_in_thread(worker: Worker) -> tuple[threading.Thread, list[int]]:
+    """`worker.run()` on a daemon thread, and the list its exit code goes into."""
+    exits: list[int] = []
+    thread = threading.Thread(target=lambda: exits.append(worker.run()), daemon=True)
+    thread.start()
+    return thread, exits
+
+
+def run_within(worker: Worker, seconds: float) -> list[int]:
+    """`worker.run()` given `seconds` to end (on a thread, so that one that does not end fails
+    the test rather than hanging it); the exit code it ended with, if it did."""
+    thread, exits = run_in_thread(worker)
+    thread.join(seconds)
+    return exits
+
+
+def worker_ran(conn: psycopg.Connection[Any], like: str, other_than: int = 0) -> bool:
+    """A session of the worker's (but `other_than`'s) has a statement LIKE `like` as its last."""
+    return bool(
+        fetch_value(
+            conn,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = %s AND pid <> %s AND query LIKE %s",
+            (db.APPLICATION_NAME, other_than, like),
+        )
+    )
+
+
+def run_until_it_looks(
+    worker: Worker,
+    conn: psycopg.Connection[Any],
+    like: str,
+    then: Callable[[], None],
+    other_than: int = 0,
+) -> list[int]:
+    """Runs a `--once` worker on a thread until one of its sessions ran a statement LIKE `like`
+    (or it ended), calls `then` (another session lets go of what it held), and waits for the
+    worker to end; returns the exit code it ended with (none if it did not end in 60 s)."""
+    thread, exits = run_in_thread(worker)
+    wait_for(
+        lambda: not thread.is_alive() or worker_ran(conn, like, other_than),
+        what=f"the worker's statement like {like}",
+    )
+    then()
+    thread.join(60)
+    return exits
 
 
 def backfill_lane(settings: Settings) -> jobqueue.Queue:
