@@ -525,10 +525,12 @@ ORDER BY b.target_id;
 SELECT target_id, cleanup, statements FROM embeddings.deferred_index_ready(%(queue)s);
 
 -- name: index_build_held
--- Whether session %(pid)s, a deferred index build of this worker's, waits for what its table's
--- users hold (the table's lock; the transactions writing it): any lock wait but the wait for
--- older snapshots, which every build in the database waits for. And the sessions it waits for.
-SELECT a.wait_event_type = 'Lock' AND p.phase IS DISTINCT FROM 'waiting for old snapshots',
+-- What session %(pid)s, a deferred index build of this worker's, waits for: 'table' for what its
+-- table's users hold (the table's lock; the transactions writing it: any lock wait but the
+-- next), 'older' for the transactions older than it, which every build in the database waits
+-- for; NULL when it waits for no lock. And the sessions it waits for.
+SELECT CASE WHEN a.wait_event_type IS DISTINCT FROM 'Lock' THEN NULL
+            WHEN p.phase = 'waiting for old snapshots' THEN 'older' ELSE 'table' END,
        pg_catalog.pg_blocking_pids(a.pid)
 FROM pg_catalog.pg_stat_activity a
 LEFT JOIN pg_catalog.pg_stat_progress_create_index p ON p.pid = a.pid

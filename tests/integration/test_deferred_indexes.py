@@ -78,6 +78,7 @@ def test_a_deferred_index_waits_for_old_transactions_past_the_database_s_timeout
     running: Callable[..., Running],
     tiny_models: tuple[str, str],
     monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """A CONCURRENTLY build waits for every transaction older than it, and building a million
     rows' index takes minutes: the database's statement_timeout and lock_timeout (common as
@@ -85,6 +86,7 @@ def test_a_deferred_index_waits_for_old_transactions_past_the_database_s_timeout
     application ran transactions that long. The build has neither, and does not give way to
     another table's index for this wait, which any build would wait for too."""
     monkeypatch.setattr(index_builder, "TABLE_WAIT_SECONDS", 0.5)
+    monkeypatch.setattr(index_builder, "OLDER_SAY_SECONDS", 1.0)
     deferred_table(conn, "docs", tiny_models[0])
     deferred_table(conn, "other", tiny_models[0])
     for setting in ("statement_timeout", "lock_timeout"):
@@ -102,6 +104,13 @@ def test_a_deferred_index_waits_for_old_transactions_past_the_database_s_timeout
             lambda: conn.execute(building).fetchone() == (1,),
             timeout=30,
             what="the build to wait for the application's transaction past both timeouts",
+        )
+        # and says which session it waits for (only that session can end the wait)
+        said = f"waited {{}} s for transactions older than it (pids {report.info.backend_pid})"
+        wait_for(
+            lambda: any(said.format(n) in caplog.text for n in range(1, 60)),
+            timeout=30,
+            what="the build to say what it waits for",
         )
         report.commit()
     wait_for(

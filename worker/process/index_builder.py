@@ -6,7 +6,8 @@ the transactions older than it, it waits for without bound: another table's buil
 for them too. What one table's users hold, its lock (a VACUUM, a LOCK TABLE, an index of theirs
 being built) or a write to it not yet committed, it waits for only while no other table's index
 is ready: after TABLE_WAIT_SECONDS of such a wait it is cancelled, and the table's turn comes
-after the others' (docs/reliability.md, "Bounded waits").
+after the others' (docs/reliability.md, "Bounded waits"). The first wait it says, naming the
+sessions, every OLDER_SAY_SECONDS: only they can end it, and a `run --once` waits for the build.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ logger = logging.getLogger(__name__)
 # at two of its steps; looked at in the fetcher's idle rounds (EMBED_POLL_SECONDS apart).
 TABLE_WAIT_SECONDS = 10.0
 LOOK_SECONDS = 1.0  # at most one look at a waiting build a second
+# A build waiting for transactions older than it (a session left idle in a transaction) logs
+# which, once it has waited this long, and again as often.
+OLDER_SAY_SECONDS = 60.0
 
 Ready = tuple[int, str | None, list[str]]  # target id, cleanup, statements
 
@@ -40,6 +44,8 @@ class _Build:
     connection: db.Connection | None = None  # its session, once connected
     pid: int | None = None  # that session's backend (read once: the connection may be closing)
     held_since: float | None = None  # when a look first found it waiting for its table
+    older_since: float | None = None  # ... for transactions older than it
+    older_said: float = 0.0  # when that wait was last logged
     given_way: bool = False  # cancelled for another table's: not a failure
     stopped: bool = False  # cancelled by the worker's stop: not a failure either
 
@@ -122,8 +128,9 @@ class IndexBuilder:
         if build is None or build.connection is None or build.pid is None or now < self._next_look:
             return
         self._next_look = now + LOOK_SECONDS
-        holders = self._table_holders(conn, build.pid)
-        if holders is None:
+        waits_for, holders = self._waits(conn, build.pid)
+        self._say_older(build, holders if waits_for == "older" else None, now)
+        if waits_for != "table":
             build.held_since = None
             return
         if build.held_since is None:
@@ -148,11 +155,30 @@ class IndexBuilder:
         except psycopg.Error as exc:  # (it ended meanwhile)
             logger.debug("target %d: no cancel: %s", build.target_id, exc)
 
-    def _table_holders(self, conn: db.Connection, pid: int) -> list[int] | None:
-        """The sessions session `pid` waits for, when it waits for what its table's users hold
-        (not for older snapshots); else None."""
+    def _waits(self, conn: db.Connection, pid: int) -> tuple[str | None, list[int]]:
+        """What session `pid` waits for ('table': what its table's users hold; 'older':
+        transactions older than it; None: no lock), and the sessions it waits for."""
         rows = _read(conn, "index_build_held", {"pid": pid})
-        return list(rows[0][1]) if rows and rows[0][0] else None
+        return (rows[0][0], list(rows[0][1] or ())) if rows else (None, [])
+
+    @staticmethod
+    def _say_older(build: _Build, holders: list[int] | None, now: float) -> None:
+        """Logs a build's wait for older transactions every OLDER_SAY_SECONDS it lasts."""
+        if holders is None:
+            build.older_since = None
+            return
+        if build.older_since is None:
+            build.older_since = build.older_said = now
+        if now - build.older_said < OLDER_SAY_SECONDS:
+            return
+        build.older_said = now
+        logger.warning(
+            "target %d: its index build has waited %.0f s for transactions older than it "
+            "(pids %s), as any CONCURRENTLY build in the database would; it goes on when they end",
+            build.target_id,
+            now - build.older_since,
+            ", ".join(map(str, holders)) or "gone",
+        )
 
     def _run(self, build: _Build, cleanup: str | None, statements: list[str]) -> None:
         target_id = build.target_id
