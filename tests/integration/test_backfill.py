@@ -17,7 +17,7 @@ import pytest
 
 from tests.support import stores
 from tests.support.fetch import fetch_value
-from tests.support.in_flight import in_process_worker, run_until_it_looks, run_within
+from tests.support.in_flight import in_process_worker, run_until, run_within, waiting_for_work
 from tests.support.jobs import clear_queue, queued_keys
 from worker import status as status_model
 from worker.cli import status
@@ -311,7 +311,12 @@ def test_run_once_waits_for_a_backfill_another_worker_is_stepping(
             assert step(other, target, 1000) == (500, 500)
             other.commit()
 
-        exits = run_until_it_looks(worker, conn, "%embeddings.backfills%", then=step_and_commit)
+        def drained() -> bool:
+            """Done with the rows watch() queued, and waiting."""
+            embedded = fetch_value(conn, "SELECT count(embedding) FROM docs")
+            return embedded == 1000 and waiting_for_work(conn)
+
+        exits = run_until(worker, drained, then=step_and_commit)
     assert exits == [0]
     assert fetch_value(conn, "SELECT count(*) FROM docs WHERE embedding IS NULL") == 0
 

@@ -10,10 +10,11 @@ import psycopg
 import pytest
 
 from tests.support.fetch import fetch_row, fetch_value
-from tests.support.in_flight import in_process_worker, run_until_it_looks, run_within
+from tests.support.in_flight import in_process_worker, run_until, run_within, waiting_for_work
 from tests.support.jobs import clear_queue, messages, move_inbox, queued_keys
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
+from worker.pipeline import faults
 from worker.pipeline.messages import message_keys
 
 Conn = psycopg.Connection[Any]
@@ -184,9 +185,25 @@ def test_run_once_beside_a_worker_moving_the_inbox_waits_for_the_jobs_it_moves(
     worker = in_process_worker(settings, embedders, once=True)
     with psycopg.connect(dsn) as mover:  # the other worker, mid-move
         mover.execute("SELECT embeddings_internal.move_inbox('embedding_jobs')")
-        pid = mover.info.backend_pid
-        exits = run_until_it_looks(worker, conn, "%inbox%", then=mover.commit, other_than=pid)
+        exits = run_until(worker, lambda: waiting_for_work(conn), then=mover.commit)
     assert exits == [0]
+    assert fetch_value(conn, "SELECT count(*) FROM docs WHERE embedding IS NULL") == 0
+
+
+def test_run_once_reads_what_a_move_committed_while_it_looked(
+    conn: Conn, dsn: str, minilm: str, settings: Settings, embedders: LoadedModels
+) -> None:
+    """The move another worker holds commits between our read (nothing: the move held the
+    rows) and our look at the inbox (empty now: they are jobs). Looked at after the read, the
+    inbox passed for drained and the worker exited, the jobs queued (CI met it once)."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+    conn.execute("INSERT INTO docs SELECT g, 'note ' || g FROM generate_series(1, 5) g")
+    worker = in_process_worker(settings, embedders, once=True)
+    with psycopg.connect(dsn) as mover:  # the other worker, mid-move
+        mover.execute("SELECT embeddings_internal.move_inbox('embedding_jobs')")
+        with faults.injected("read_empty", mover.commit):
+            assert run_within(worker, 60) == [0]
     assert fetch_value(conn, "SELECT count(*) FROM docs WHERE embedding IS NULL") == 0
 
 

@@ -66,24 +66,21 @@ def worker_ran(conn: psycopg.Connection[Any], like: str, other_than: int = 0) ->
     )
 
 
-def run_until_it_looks(
-    worker: Worker,
-    conn: psycopg.Connection[Any],
-    like: str,
-    then: Callable[[], None],
-    other_than: int = 0,
-) -> list[int]:
-    """Runs a `--once` worker on a thread until one of its sessions ran a statement LIKE `like`
-    (or it ended), calls `then` (another session lets go of what it held), and waits for the
-    worker to end; returns the exit code it ended with (none if it did not end in 60 s)."""
+def run_until(worker: Worker, ready: Callable[[], bool], then: Callable[[], None]) -> list[int]:
+    """Runs a `--once` worker on a thread until `ready()` (or it ended), calls `then` (another
+    session lets go of what it held), and waits for the worker to end; returns the exit code it
+    ended with (none if it did not end in 60 s)."""
     thread, exits = run_in_thread(worker)
-    wait_for(
-        lambda: not thread.is_alive() or worker_ran(conn, like, other_than),
-        what=f"the worker's statement like {like}",
-    )
+    wait_for(lambda: not thread.is_alive() or ready(), what="the worker to be ready (or end)")
     then()
     thread.join(60)
     return exits
+
+
+def waiting_for_work(conn: psycopg.Connection[Any]) -> bool:
+    """The worker found nothing to read or step: it ran what it runs last in each round while
+    it waits (the look for deferred indexes, after a read and a step that found nothing)."""
+    return worker_ran(conn, "%deferred_index_ready%")
 
 
 def backfill_lane(settings: Settings) -> jobqueue.Queue:

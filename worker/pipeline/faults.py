@@ -6,7 +6,8 @@ point costs one dict lookup.
 
 Points, in a batch's order: "leased" (the read committed), "load" (before loading content),
 "embed" (before inference), "after_vectors" (inside the write transaction, vectors stored, jobs
-not yet settled), "before_commit" (everything done but COMMIT).
+not yet settled), "before_commit" (everything done but COMMIT). And "read_empty": the fetcher's
+read found no job.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
-POINTS = ("leased", "load", "embed", "after_vectors", "before_commit")
+POINTS = ("leased", "load", "embed", "after_vectors", "before_commit", "read_empty")
 
 _handlers: dict[str, Callable[[], None]] = {}
 

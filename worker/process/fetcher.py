@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 from worker import db, exceptions, metrics, sessions
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
-from worker.pipeline import stages
+from worker.pipeline import faults, stages
 from worker.pipeline.batch import Batch
 from worker.pipeline.lanes import Lanes
 from worker.pipeline.targets import TargetRegistry
@@ -126,9 +126,15 @@ class Fetcher:
             # found nothing. Asked after the read, a batch ending meanwhile passed for drained
             # with the backfill lane unread, and the worker exited with jobs queued.
             idle = self.lanes.drained()
+            # What other sessions hold of the queue's work (the inbox another worker moves, a
+            # backfill it steps), asked before the read: once let go, it is in the read's view.
+            # Asked after, a move committed in between passed for none, jobs left queued.
+            elsewhere = self.once and idle and self.elsewhere.waiting(conn)
             batch = self.lanes.read(conn, self.registry, self.settings)
             metrics.DATABASE_UP.set(1)
             drained = batch is None and idle
+            if batch is None:
+                faults.reached("read_empty")
             if self._work_behind_reads(conn, batch):
                 continue
             if batch is not None:
@@ -140,7 +146,7 @@ class Fetcher:
                 # Not drained while another worker moves the inbox into the queue or steps a
                 # backfill (our read and step skipped what it holds until it commits): a
                 # second `run --once` started beside the first exited at once, its share undone.
-                if not self.elsewhere.waiting(conn):
+                if not elsewhere:
                     return None
                 self.stopping.wait(0.05)
                 continue
