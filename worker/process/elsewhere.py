@@ -35,6 +35,7 @@ class WorkElsewhere:
         self.stall_seconds = STALLED_BOUNDS * owner_code_seconds
         self._seen: dict[str, list[tuple[object, ...]]] = {}
         self._moved_at = 0.0
+        self._said = False  # the stall of what was last seen logged
 
     def waiting(self, conn: db.Connection) -> bool:
         """True while keys of the queue wait in the inbox, or a backfill of its tables has rows
@@ -47,9 +48,12 @@ class WorkElsewhere:
             }
         now = time.monotonic()
         if seen != self._seen:
-            self._seen, self._moved_at = seen, now
+            self._seen, self._moved_at, self._said = seen, now, False
         if not any(seen.values()) or now - self._moved_at < self.stall_seconds:
             return any(seen.values())
+        if self._said:  # (asked before every read while idle: once is enough)
+            return False
+        self._said = True
         logger.warning(
             "%s of queue %s not moved for %.0f s (held by a session that is not a worker's move "
             "or step, or steps that keep failing): leaving it to a worker that runs on",
