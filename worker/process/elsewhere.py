@@ -23,8 +23,11 @@ from worker import db, queries
 logger = logging.getLogger(__name__)
 
 # A backfill step runs a table owner's scan, bounded by EMBED_OWNER_CODE_TIMEOUT_SECONDS; work
-# that did not move for this many of those bounds is held by something else.
+# that did not move for this many of those bounds (and at least a second, whatever the bound:
+# a move of the inbox, which runs no owner's code, is not bounded by it) is held by something
+# else.
 STALLED_BOUNDS = 5
+STALLED_SECONDS_AT_LEAST = 1.0
 
 
 class WorkElsewhere:
@@ -32,7 +35,7 @@ class WorkElsewhere:
 
     def __init__(self, queue: str, owner_code_seconds: float) -> None:
         self.queue = queue
-        self.stall_seconds = STALLED_BOUNDS * owner_code_seconds
+        self.stall_seconds = max(STALLED_SECONDS_AT_LEAST, STALLED_BOUNDS * owner_code_seconds)
         self._seen: dict[str, list[tuple[object, ...]]] = {}
         self._moved_at = 0.0
         self._said = False  # the stall of what was last seen logged
