@@ -179,9 +179,7 @@ def test_run_once_beside_a_worker_moving_the_inbox_waits_for_the_jobs_it_moves(
     commits. The second's read skipped them and found the queue empty: it exited at once,
     drained as it saw it, and the first embedded everything alone (63 s for 5,000 rows
     against 39 s shared)."""
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
-    conn.execute("INSERT INTO docs SELECT g, 'note ' || g FROM generate_series(1, 5) g")
+    five_notes(conn, minilm)
     worker = in_process_worker(settings, embedders, once=True)
     with psycopg.connect(dsn) as mover:  # the other worker, mid-move
         mover.execute("SELECT embeddings_internal.move_inbox('embedding_jobs')")
@@ -196,9 +194,7 @@ def test_run_once_reads_what_a_move_committed_while_it_looked(
     """The move another worker holds commits between our read (nothing: the move held the
     rows) and our look at the inbox (empty now: they are jobs). Looked at after the read, the
     inbox passed for drained and the worker exited, the jobs queued (CI met it once)."""
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
-    conn.execute("INSERT INTO docs SELECT g, 'note ' || g FROM generate_series(1, 5) g")
+    five_notes(conn, minilm)
     worker = in_process_worker(settings, embedders, once=True)
     with psycopg.connect(dsn) as mover:  # the other worker, mid-move
         mover.execute("SELECT embeddings_internal.move_inbox('embedding_jobs')")
@@ -219,9 +215,7 @@ def test_run_once_leaves_what_a_move_held_open_holds(
     did not end) holds the inbox's rows for as long as it lives: `--once` waits for them a
     bounded time, as for a backfill no one steps, then ends; they are the queue's if that
     transaction commits, the inbox's again if it rolls back. It waited for them forever."""
-    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
-    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
-    conn.execute("INSERT INTO docs SELECT g, 'note ' || g FROM generate_series(1, 5) g")
+    five_notes(conn, minilm)
     worker = in_process_worker(settings, embedders, once=True, owner_code_timeout_seconds=0.2)
     with psycopg.connect(dsn) as mover:
         mover.execute("SELECT embeddings_internal.move_inbox('embedding_jobs')")
@@ -230,3 +224,10 @@ def test_run_once_leaves_what_a_move_held_open_holds(
     assert fetch_value(conn, "SELECT count(*) FROM docs WHERE embedding IS NULL") == 5
     assert inbox_rows(conn) == 1
     assert "inbox of queue embedding_jobs not moved for 1 s" in caplog.text
+
+
+def five_notes(conn: Conn, model: str) -> None:
+    """`docs`, watched with `model`, and 5 rows written: their keys in the inbox."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (model,))
+    conn.execute("INSERT INTO docs SELECT g, 'note ' || g FROM generate_series(1, 5) g")
