@@ -6,11 +6,11 @@ rows another worker is moving into the queue (our move skips them), and the back
 worker is stepping (our step skips it). Two `--once` workers started together (a Job's parallel
 pods) would otherwise see each other's work as none, and one would stop with its share undone.
 
-The wait is bounded by what it waits for moving, not by a clock: a session that holds either
-for longer than `stall_seconds` without it changing is not a worker's move or step, which are
-short statements (a transaction left open after `SELECT embeddings.sweep()`, a backfill's row
-held by an unfinished `watch()`, steps that keep failing), and --once ends without that work,
-saying so; a worker that runs on gets it when it is let go.
+The wait goes on while what it waits for moves, and no longer than `stall_seconds` without a
+change: a worker's move or step is one short statement, so what stays as it was that long is
+held by something else (a transaction left open after `SELECT embeddings.sweep()`, a
+backfill's row held by an unfinished `watch()`, steps that keep failing), and --once ends
+without that work, saying so; a worker that runs on gets it when it is let go.
 """
 
 from __future__ import annotations

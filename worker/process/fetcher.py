@@ -129,7 +129,7 @@ class Fetcher:
             # What other sessions hold of the queue's work (the inbox another worker moves, a
             # backfill it steps), asked before the read: once let go, it is in the read's view.
             # Asked after, a move committed in between passed for none, jobs left queued.
-            elsewhere = self.once and idle and self.elsewhere.waiting(conn)
+            held_elsewhere = self.once and idle and self.elsewhere.waiting(conn)
             batch = self.lanes.read(conn, self.registry, self.settings)
             metrics.DATABASE_UP.set(1)
             drained = batch is None and idle
@@ -146,7 +146,7 @@ class Fetcher:
                 # Not drained while another worker moves the inbox into the queue or steps a
                 # backfill (our read and step skipped what it holds until it commits): a
                 # second `run --once` started beside the first exited at once, its share undone.
-                if not elsewhere:
+                if not held_elsewhere:
                     return None
                 self.stopping.wait(0.05)
                 continue

@@ -6,8 +6,9 @@ the transactions older than it, it waits for without bound: another table's buil
 for them too. What one table's users hold, its lock (a VACUUM, a LOCK TABLE, an index of theirs
 being built) or a write to it not yet committed, it waits for only while no other table's index
 is ready: after TABLE_WAIT_SECONDS of such a wait it is cancelled, and the table's turn comes
-after the others' (docs/reliability.md, "Bounded waits"). The first wait it says, naming the
-sessions, every OLDER_SAY_SECONDS: only they can end it, and a `run --once` waits for the build.
+after the others' (docs/reliability.md, "Bounded waits"). Of the first wait it says every
+OLDER_SAY_SECONDS which sessions it waits for: only they can end it, and a `run --once` waits
+for the build.
 """
 
 from __future__ import annotations
