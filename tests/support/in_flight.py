@@ -54,18 +54,6 @@ def run_within(worker: Worker, seconds: float) -> list[int]:
     return exits
 
 
-def worker_ran(conn: psycopg.Connection[Any], like: str, other_than: int = 0) -> bool:
-    """A session of the worker's (but `other_than`'s) has a statement LIKE `like` as its last."""
-    return bool(
-        fetch_value(
-            conn,
-            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
-            " AND application_name = %s AND pid <> %s AND query LIKE %s",
-            (db.APPLICATION_NAME, other_than, like),
-        )
-    )
-
-
 def run_until(worker: Worker, ready: Callable[[], bool], then: Callable[[], None]) -> list[int]:
     """Runs a `--once` worker on a thread until `ready()` (or it ended), calls `then` (another
     session lets go of what it held), and waits for the worker to end; returns the exit code it
@@ -80,7 +68,14 @@ def run_until(worker: Worker, ready: Callable[[], bool], then: Callable[[], None
 def waiting_for_work(conn: psycopg.Connection[Any]) -> bool:
     """The worker found nothing to read or step: it ran what it runs last in each round while
     it waits (the look for deferred indexes, after a read and a step that found nothing)."""
-    return worker_ran(conn, "%deferred_index_ready%")
+    return bool(
+        fetch_value(
+            conn,
+            "SELECT count(*) FROM pg_stat_activity WHERE datname = current_database()"
+            " AND application_name = %s AND query LIKE '%%deferred_index_ready%%'",
+            (db.APPLICATION_NAME,),
+        )
+    )
 
 
 def backfill_lane(settings: Settings) -> jobqueue.Queue:
