@@ -130,7 +130,10 @@ class IndexBuilder:
             return
         self._next_look = now + LOOK_SECONDS
         waits_for, holders = self._waits(conn, build.pid)
-        self._say_older(build, holders if waits_for == "older" else None, now)
+        if waits_for == "older":
+            self._say_older(build, holders, now)
+        else:
+            build.older_since = None
         if waits_for != "table":
             build.held_since = None
             return
@@ -163,11 +166,9 @@ class IndexBuilder:
         return (rows[0][0], list(rows[0][1] or ())) if rows else (None, [])
 
     @staticmethod
-    def _say_older(build: _Build, holders: list[int] | None, now: float) -> None:
-        """Logs a build's wait for older transactions every OLDER_SAY_SECONDS it lasts."""
-        if holders is None:
-            build.older_since = None
-            return
+    def _say_older(build: _Build, holders: list[int], now: float) -> None:
+        """Logs a build's wait for older transactions (`holders`) every OLDER_SAY_SECONDS it
+        lasts."""
         if build.older_since is None:
             build.older_since = build.older_said = now
         if now - build.older_said < OLDER_SAY_SECONDS:
