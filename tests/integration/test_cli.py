@@ -21,6 +21,7 @@ import psycopg
 import pytest
 
 from tests.support import stores
+from tests.support.jobs import dead_letters
 from tests.support.process import run_cli
 from worker import queries, schema
 from worker.cli import parser as cli_parser
@@ -120,11 +121,7 @@ def test_search_prints_no_model_load_line_and_hints_work_as_printed(
     assert "PL/pgSQL function" not in result.stderr and "CONTEXT" not in result.stderr
     assert len(result.stderr) < 600, result.stderr
 
-    conn.execute(
-        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
-        " last_error) SELECT id, 'public.docs.embedding', '2', 'embedding_jobs',"
-        """ '{"target": 1, "keys": [2]}', 5, 'boom' FROM embeddings.targets"""
-    )
+    dead_letters(conn, [2])
     listed = run_cli("failures", "--database-url", dsn)
     hint = listed.stdout.strip().splitlines()[-1].split("re-queue with: ", 1)[1]
     env = {k: v for k, v in os.environ.items() if k != "DATABASE_URL"}
@@ -330,11 +327,7 @@ def test_status_watch_refreshes_in_place(conn: Conn, dsn: str) -> None:
 def test_doctor_names_each_problem_with_its_fix(conn: Conn, dsn: str) -> None:
     stores.watch_absent_model(conn)
     conn.execute("ALTER TABLE docs ALTER COLUMN embedding TYPE halfvec(768)")
-    conn.execute(
-        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
-        " last_error) SELECT id, 'public.docs.embedding', '1', 'embedding_jobs',"
-        """ '{"target": 1, "keys": [1]}', 5, 'boom' FROM embeddings.targets"""
-    )
+    dead_letters(conn, [1])
     conn.execute(  # watch()'s jobs wait on the backfill lane
         "UPDATE pgmq.q_embedding_jobs_backfill SET enqueued_at = now() - interval '1 hour'"
     )

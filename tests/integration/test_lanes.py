@@ -9,7 +9,7 @@ from typing import Any
 import numpy as np
 import psycopg
 
-from tests.support.jobs import messages, move_inbox
+from tests.support.jobs import dead_letters, messages, move_inbox
 from tests.support.plans import nested_plans
 from worker.models.loaded import LoadedModels
 from worker.pipeline.jobs import backfill_queue_name
@@ -62,12 +62,7 @@ def test_each_kind_of_work_goes_to_its_lane(conn: Conn, tiny_models: tuple[str, 
     # A retried dead letter is backfill work too.
     conn.execute("SELECT pgmq.purge_queue('embedding_jobs')")
     conn.execute("SELECT pgmq.purge_queue('embedding_jobs_backfill')")
-    conn.execute(
-        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
-        " last_error) SELECT id, 'public.docs.embedding', '4', 'embedding_jobs',"
-        """ jsonb_build_object('target', id, 'keys', '[4]'::jsonb), 5, 'boom'"""
-        " FROM embeddings.targets"
-    )
+    dead_letters(conn, [4])
     assert conn.execute("SELECT embeddings.retry_failures()").fetchone() == (1,)
     assert lane_keys(conn, "embedding_jobs_backfill") == [4]
     assert lane_keys(conn, "embedding_jobs") == []
@@ -117,12 +112,7 @@ def test_a_retry_of_some_dead_letters_reads_them_by_their_ids(
     made as dear as Postgres makes them: the primary key and pg_class's oid index find them."""
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (tiny_models[0],))
-    conn.execute(
-        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
-        " last_error) SELECT t.id, 'public.docs.embedding', to_jsonb(k), 'embedding_jobs',"
-        " jsonb_build_object('target', t.id, 'keys', jsonb_build_array(k)), 5, 'boom'"
-        " FROM embeddings.targets t, generate_series(1, 20) k"
-    )
+    dead_letters(conn, list(range(1, 21)))
     conn.execute("SET enable_seqscan = off")
     plans = nested_plans(
         conn, "SELECT embeddings.retry_failures(ARRAY(SELECT max(id) FROM embeddings.failures))"

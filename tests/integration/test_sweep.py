@@ -7,7 +7,7 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.support.jobs import clear_queue, move_inbox, queued_keys
+from tests.support.jobs import clear_queue, dead_letters, move_inbox, queued_keys
 
 Conn = psycopg.Connection[Any]
 
@@ -50,11 +50,7 @@ def test_work_per_run_is_bounded_and_wraps_around(conn: Conn, docs: int) -> None
 
 def test_dead_lettered_rows_wait_for_a_retry(conn: Conn, docs: int) -> None:
     clear_queue(conn)
-    conn.execute(
-        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts, last_error)"
-        """ VALUES (%s, 'public.docs.embedding', '7', 'embedding_jobs', '{"target": 1, "keys": [7]}', 5, 'boom')""",
-        (docs,),
-    )
+    dead_letters(conn, [7], target_id=docs)
     assert sweep(conn) == 24
     assert 7 not in queued_keys(conn, docs)
 

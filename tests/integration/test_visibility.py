@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 from tests.integration.test_supabase import GUIDE_SETUP
 from tests.support import stores
 from tests.support.fetch import fetch_value
+from tests.support.jobs import dead_letters
 from tests.support.process import run_cli
 from worker import queries
 from worker.process.runner import Worker
@@ -105,13 +106,7 @@ def test_dead_letters_of_rows_embedded_later_are_resolved(
 ) -> None:
     target = stores.watched_table(conn, minilm, "VALUES (1, 'hello'), (2, 'world')")
     # Both rows were dead-lettered once (say, a content function that raised back then).
-    conn.execute(
-        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
-        " last_error) SELECT %s, 'public.docs.embedding', to_jsonb(k), 'embedding_jobs',"
-        " jsonb_build_object('target', %s, 'keys', jsonb_build_array(k)), 5, 'boom'"
-        " FROM unnest(ARRAY[1, 2]) k",
-        (target, target),
-    )
+    dead_letters(conn, [1, 2], target_id=target)
     for lane in ("q_embedding_jobs", "q_embedding_jobs_backfill"):  # watch()'s are on the second
         conn.execute(f"DELETE FROM pgmq.{lane} WHERE message->'keys' @> '[2]'")
         conn.execute(f"DELETE FROM pgmq.{lane} WHERE message->'keys' @> '[1]'")
@@ -132,14 +127,7 @@ def test_a_written_rows_dead_letter_is_found_by_its_key_not_compared_with_every_
     batch of 128 rows took 4 s beside 100,000 dead letters of other rows. The rows are joined
     with the letters by key now, and still resolved by either form of their key."""
     target = stores.watched_table(conn, minilm, "VALUES (1, 'hello'), (2, 'world')")
-    conn.execute(
-        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
-        " last_error) SELECT %s, 'public.docs.embedding', k, 'embedding_jobs',"
-        " jsonb_build_object('target', %s, 'keys', jsonb_build_array(k)), 5, 'boom'"
-        " FROM unnest(ARRAY['1', '\"2\"']::jsonb[] || ARRAY(SELECT to_jsonb(i)"
-        "   FROM generate_series(1001, 6000) i)) k",
-        (target, target),
-    )
+    dead_letters(conn, [1, "2", *range(1001, 6001)], target_id=target)
     conn.execute("ANALYZE embeddings.failures")
     resolve = sql.SQL("EXPLAIN (COSTS OFF) ") + queries.compose("resolve_failures")
     keys = [str(k) for k in range(1, 129)]

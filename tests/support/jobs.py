@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 import psycopg
+from psycopg.types.json import Jsonb
 
 from worker.pipeline.jobs import backfill_queue_name
 from worker.pipeline.messages import message_keys
@@ -85,6 +86,34 @@ def keys_read_by_the_database(conn: Conn) -> list[Any]:
             " ORDER BY m.msg_id"
         ).fetchall()
     ]
+
+
+def dead_letters(
+    conn: Conn,
+    keys: list[Any],
+    *,
+    target_id: int | None = None,
+    target: str = "public.docs.embedding",
+    queue: str = "embedding_jobs",
+    error: str = "boom",
+) -> None:
+    """Dead-letters `keys` (JSON values, as jobs carry them) of target `target_id` (None: the
+    only target) as the worker does after a job's last attempt (queries.sql: record_failures):
+    one letter a key, in order, each with a job of that key alone."""
+    conn.execute(
+        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
+        " last_error) SELECT t.id, %(target)s, l.k, %(queue)s,"
+        " jsonb_build_object('target', t.id, 'keys', jsonb_build_array(l.k)), 5, %(error)s"
+        " FROM (SELECT coalesce(%(id)s::integer, (SELECT id FROM embeddings.targets)) AS id) t,"
+        " unnest(%(keys)s::jsonb[]) WITH ORDINALITY AS l(k, n) ORDER BY l.n",
+        {
+            "id": target_id,
+            "target": target,
+            "queue": queue,
+            "error": error,
+            "keys": [Jsonb(k) for k in keys],
+        },
+    )
 
 
 def clear_queue(conn: Conn, queue: str = "embedding_jobs") -> None:
