@@ -210,6 +210,8 @@ CASES: list[tuple[str, bytes, int, str]] = [
             (b'{"table": "docs", "query": []}', 400, '"query"'),
             (b'{"table": "docs\\u0000", "query": "x"}', 400, '"table"'),
             (b'{"table": "docs", "query": "x", "column": "e\\u0000"}', 400, '"column"'),
+            (b'{"table": "docs", "query": "pass\\u0000word"}', 400, '"query"'),
+            (b'{"table": "docs", "query": "x", "filter": {"lang": "e\\u0000n"}}', 400, '"filter"'),
             (b'{"table": "\\"", "query": "x"}', 404, "no table"),
             (b'{"table": "a.b.c.d", "query": "x"}', 404, "no table"),
             (b'{"table": "other_db.public.docs", "query": "x"}', 404, "no table"),
@@ -225,6 +227,9 @@ CASES: list[tuple[str, bytes, int, str]] = [
         (f"push {body.decode()}", post("/functions/v1/embed", body), 400, "jobId")
         for body in (
             b'[{"jobId": true}]',
+            b'[{"jobId": 1.9}]',  # not job 1
+            b'[{"jobId": "1"}]',
+            b'[{"jobId": null}]',
             b'[{"jobId": 1e30}]',
             b'[{"jobId": ' + str(10**30).encode() + b"}]",
             b'[{"jobId": -9223372036854775809}]',

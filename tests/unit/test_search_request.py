@@ -149,3 +149,24 @@ def test_a_field_a_search_does_not_take_is_refused_with_the_one_meant(
     assert said.startswith(f"unknown field {field!r}")
     assert (f"did you mean {meant!r}?" in said) == (meant is not None), said
     assert "a search takes table, query, k, column, filter, mode" in said
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        ({"query": "pass\x00word"}, '"query" must not contain a NUL'),
+        ({"filter": {"lang": "e\x00n"}}, '"filter" must not contain a NUL'),
+        ({"filter": {"la\x00ng": "en"}}, '"filter" must not contain a NUL'),
+        ({"filter": {"lang": {"in": ["en", "f\x00r"]}}}, '"filter" must not contain a NUL'),
+    ],
+)
+def test_a_nul_in_the_question_or_the_filter_is_the_caller_s_mistake(
+    fields: dict[str, Any], message: str
+) -> None:
+    """Postgres text cannot hold a NUL: the server failed the search with a 500 (psycopg's
+    error for the question, the jsonb cast's for the filter). Refused by whichever entry point
+    made the request, the Python one included."""
+    with pytest.raises(ValueError, match=message):
+        SearchRequest.parse({**BASE, **fields})
+    with pytest.raises(ValueError, match=message):
+        SearchRequest("docs", fields.get("query", "x"), filter=fields.get("filter"))

@@ -60,15 +60,10 @@ def job_ids(body: Any) -> list[tuple[int, dict[str, Any]]]:
     for index, job in enumerate(body):
         if not isinstance(job, dict):
             raise InvalidRequest(f"invalid request body: job {index} is not an object")
-        raw = job.get("jobId")
-        try:
-            if isinstance(raw, bool) or raw is None:
-                raise ValueError
-            job_id = int(raw)
-        except (TypeError, ValueError, OverflowError):
-            raise InvalidRequest(
-                f"invalid request body: job {index} has no numeric jobId"
-            ) from None
+        job_id = job.get("jobId")
+        # A JSON integer only: int() would cut 1.9 to job 1, another job, and take "1" too.
+        if not isinstance(job_id, int) or isinstance(job_id, bool):
+            raise InvalidRequest(f"invalid request body: job {index} has no integer jobId")
         if not -(2**63) <= job_id < 2**63:  # pgmq's msg_id is a bigint
             raise InvalidRequest(f"invalid request body: job {index} has a jobId out of range")
         found.append((job_id, job))

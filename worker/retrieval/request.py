@@ -59,6 +59,14 @@ class SearchRequest:
     rerank: str | bool | None = None
     rerank_depth: int | None = None
 
+    def __post_init__(self) -> None:
+        # Postgres text cannot hold a NUL: refused here, as the caller's mistake, by whichever
+        # entry point made the request (HTTP, the CLI, Python), not failed in the database.
+        if "\x00" in self.query:
+            raise ValueError('"query" must not contain a NUL character')
+        if self.filter is not None and _holds_nul(self.filter):
+            raise ValueError('"filter" must not contain a NUL character, in a name or a value')
+
     @classmethod
     def parse(cls, body: Any) -> SearchRequest:
         """A request from a JSON body ({"table", "query", "k"?, "column"?, "filter"?,
@@ -100,6 +108,17 @@ class SearchRequest:
             fusion = Fusion.parse(body)
         rerank, rerank_depth = _rerank_of(body)
         return cls(table, query, k, column, filter, mode, fusion, rerank, rerank_depth)
+
+
+def _holds_nul(value: Any) -> bool:
+    """Whether a JSON value holds a NUL character in any string or object key."""
+    if isinstance(value, str):
+        return "\x00" in value
+    if isinstance(value, dict):
+        return any(_holds_nul(k) or _holds_nul(v) for k, v in value.items())
+    if isinstance(value, list):
+        return any(_holds_nul(v) for v in value)
+    return False
 
 
 def _refuse_unknown(body: dict[str, Any]) -> None:
