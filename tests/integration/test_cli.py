@@ -109,6 +109,8 @@ def test_search_prints_no_model_load_line_and_hints_work_as_printed(
     assert result.returncode == 0, result.stderr
     assert "cats sleep" in result.stdout
     assert "INFO" not in result.stderr
+    # Whose rights and row-level security made the answer (docs/cli.md).
+    assert f"searching as role {conn.info.user}" in result.stderr
     # Keys typed as in the table; a filter that nothing passes says so (no empty table).
     result = run_cli("search", "docs", "cats", "--json", "--database-url", dsn)
     assert [r["key"] for r in json.loads(result.stdout)] == [1, 2]

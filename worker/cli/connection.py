@@ -18,6 +18,8 @@ def connect(settings: Settings, *, searcher: bool = False) -> db.Connection:
         dsn = settings.dsn
         output.say_database(dsn, settings.database_url)
     conn = db.connect(dsn, lock_timeout_ms=settings.lock_timeout_ms)
+    if searcher:  # whose rights and row-level security decide what the answer holds
+        output.say(f"searching as role {conn.info.user}")
     with db.translated():
         missing = not schema.installed(conn)
     if missing:
