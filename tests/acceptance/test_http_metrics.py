@@ -17,6 +17,7 @@ from psycopg.conninfo import conninfo_to_dict
 from tests.acceptance.test_http import TOKEN, post
 from tests.support.models import MINILM
 from tests.support.process import WorkerProcess, wait_for
+from tests.support.rawhttp import exchange, request
 
 Conn = psycopg.Connection[Any]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -118,6 +119,34 @@ def test_each_request_counts_once_by_route_and_status(worker: WorkerProcess) -> 
         for code in ("200", "400")
     )
     assert 0 < searched < answered
+
+
+def test_a_request_refused_for_its_declared_length_counts_as_one(worker: WorkerProcess) -> None:
+    """Its head was read in full: a request, counted with its status (only a head that could
+    not be read is not), even though its connection closes after the answer."""
+    assert worker.port is not None
+    auth = [("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json")]
+    refused = {
+        "413": [("Content-Length", "2000000")],
+        "400": [("Content-Length", "x")],
+        "411": [("Transfer-Encoding", "chunked")],
+    }
+    both = [("Transfer-Encoding", "chunked"), ("Content-Length", "2")]
+    before = scrape(worker)
+    for code, headers in [*refused.items(), ("400", both)]:
+        sent = request("POST", "/search", b"{}", headers=[*auth, *headers])
+        assert [a.status for a in exchange(worker.port, sent)] == [int(code)]
+    expected = {("/search", "413"): 1, ("/search", "400"): 2, ("/search", "411"): 1}
+    found: dict[tuple[str, str], float] = {}
+
+    def counted() -> bool:
+        found.clear()
+        found.update(_without_scrapes(requests_since(before, scrape(worker))))
+        return found == expected
+
+    with contextlib.suppress(TimeoutError):
+        wait_for(counted, 10, 0.05, "the refused requests to be counted")
+    assert found == expected
 
 
 def _without_scrapes(found: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
