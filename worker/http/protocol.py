@@ -236,9 +236,12 @@ class Answer:
         allow: str | None = None,
         retry_after: int | None = None,
     ) -> Answer:
-        """{"error": reason}, a password in the reason redacted; `Allow` for a 405, and
-        `Retry-After` where the time to wait is known."""
+        """{"error": reason}, a password in the reason redacted; `Allow` for a 405, the
+        challenge every 401 must carry (RFC 9110 11.6.1: the bearer token, EMBED_HTTP_TOKEN),
+        and `Retry-After` where the time to wait is known."""
         headers = {"Allow": allow} if allow else {}
+        if status == HTTPStatus.UNAUTHORIZED:
+            headers["WWW-Authenticate"] = "Bearer"
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
         return cls.json(status, {"error": db.redact(message)}, headers)
