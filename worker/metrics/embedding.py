@@ -102,8 +102,11 @@ LANE_OLDEST = Gauge(
     registry=REGISTRY,
 )
 IN_FLIGHT = Gauge("embed_worker_in_flight_jobs", "Jobs leased by this worker", registry=REGISTRY)
-DATABASE_UP = Gauge(
-    "embed_worker_database_up", "1 when the last database operation succeeded", registry=REGISTRY
+DATABASE_UP = Gauge(  # set by worker/http/readiness.py, for /readyz and each scrape
+    "embed_worker_database_up",
+    "1 when the database answers and takes writes, as /readyz checks it (at each scrape, at "
+    "most once a second); 0 when it does not answer, or refuses writes (a standby, read-only)",
+    registry=REGISTRY,
 )
 MODEL_INFO_KEYS = ("name", "variant", "dimensions", "max_tokens")  # set by worker.process.runner
 MODEL = Info(

@@ -118,7 +118,6 @@ class Startup:
         targets = self.connect_and_read_targets()
         if targets is None:
             return  # stopped while waiting for the database
-        metrics.DATABASE_UP.set(1)
         self.load_models(targets)
         self.release_held()
 
