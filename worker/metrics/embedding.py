@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import Counter, Gauge, Histogram
 
 from worker.escapes import label
-from worker.metrics.registry import REGISTRY, at_zero
+from worker.metrics.registry import REGISTRY, InfoOnceSet, at_zero
 
 # --- enumerated label values ------------------------------------------------------------------
 JOB_OUTCOMES = ("done", "retried", "dead", "deferred", "released")
@@ -109,7 +109,7 @@ DATABASE_UP = Gauge(  # set by worker/http/readiness.py, for /readyz and each sc
     registry=REGISTRY,
 )
 MODEL_INFO_KEYS = ("name", "variant", "dimensions", "max_tokens")  # set by worker.process.runner
-MODEL = Info(
+MODEL = InfoOnceSet(  # no sample while no default model is loaded
     "embed_worker_model", "The default model of this worker, once loaded", registry=REGISTRY
 )
 MODEL_LOADED = Gauge(
