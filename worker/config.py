@@ -33,6 +33,9 @@ if TYPE_CHECKING:
 _LISTEN = ("auto", "true", "false")  # EMBED_LISTEN: still accepted, no longer used
 QUEUE_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,46}$")  # what pgmq accepts as a table suffix
 MIN_PARSE_MEMORY_MB = 16
+# EMBED_HTTP_MAX_BODY's floor: one request of a short question or job takes a few hundred bytes
+# of JSON; below this, every real POST would be refused 413.
+MIN_HTTP_BODY = 1024
 
 
 G = TypeVar("G", bound="DataclassInstance")  # a group of settings (Settings.group)
@@ -228,6 +231,7 @@ _AT_LEAST = (  # (name, lowest, why that lowest); None (unset) passes
     ("max_attempts", 1, ""),
     ("http_max_connections", 1, ""),
     ("http_max_waiting_connections", 1, ""),
+    ("http_max_body", MIN_HTTP_BODY, "a POST body must hold a whole request: a question, a job"),
     ("threads", 1, ""),
     ("piece_tokens", 1, ""),
     ("grace_seconds", 0, ""),

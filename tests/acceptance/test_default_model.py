@@ -62,6 +62,7 @@ def test_a_model_no_one_uses_any_more_leaves_the_load_gauge(
     worker = start_worker(EMBED_MODEL="")
     failed = 'embed_worker_model_loaded{model="gte-small"} 0.0'
     wait_for(lambda: failed in _metrics(worker), 60, what="gte-small's failed load, exported")
+    assert _info_lines(worker) == []  # no default model loaded: no info (was one, unlabelled)
 
     conn.execute("SELECT embeddings.set_default_model(%s)", (MINILM,))
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
@@ -77,3 +78,12 @@ def test_a_model_no_one_uses_any_more_leaves_the_load_gauge(
     gauge = 'embed_worker_model_loaded{model="gte-small"}'
     wait_for(lambda: gauge not in _metrics(worker), 30, what="gte-small's load gauge gone")
     assert f'embed_worker_model_loaded{{model="{MINILM}"}} 1.0' in _metrics(worker)
+    [info] = _info_lines(worker)
+    assert f'name="{MINILM}"' in info, info
+
+
+def _info_lines(worker: WorkerProcess) -> list[str]:
+    """embed_worker_model_info's samples, as /metrics shows them."""
+    return [
+        line for line in _metrics(worker).splitlines() if line.startswith("embed_worker_model_info")
+    ]

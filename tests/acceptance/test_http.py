@@ -145,6 +145,13 @@ def test_bad_requests_get_a_clear_status_and_reason(
     assert TOKEN not in json.dumps(body)
 
 
+def test_a_401_says_which_scheme_it_takes(http_worker: WorkerProcess) -> None:
+    """RFC 9110 11.6.1: a 401 carries a WWW-Authenticate challenge."""
+    for token in (None, "wrong"):
+        status, headers, _ = post(http_worker, "/embed", {"input": "x"}, token=token)
+        assert status == 401 and headers.get("WWW-Authenticate") == "Bearer", headers
+
+
 def test_an_oversized_body_is_refused_before_it_is_read(http_worker: WorkerProcess) -> None:
     """413 on the headers alone. (Sending the whole body races the server's early answer and
     close: the client may get a broken pipe instead of the 413, as curl or a browser would.)"""

@@ -15,8 +15,10 @@ from psycopg import sql
 from psycopg.conninfo import conninfo_to_dict
 
 from tests.acceptance.test_http import TOKEN, post
+from tests.integration.test_read_only_database import frozen
 from tests.support.models import MINILM
 from tests.support.process import WorkerProcess, wait_for
+from tests.support.rawhttp import exchange, request
 
 Conn = psycopg.Connection[Any]
 Samples = dict[tuple[str, tuple[tuple[str, str], ...]], float]
@@ -118,6 +120,54 @@ def test_each_request_counts_once_by_route_and_status(worker: WorkerProcess) -> 
         for code in ("200", "400")
     )
     assert 0 < searched < answered
+
+
+def test_a_request_refused_for_its_declared_length_counts_as_one(worker: WorkerProcess) -> None:
+    """Its head was read in full: a request, counted with its status (only a head that could
+    not be read is not), even though its connection closes after the answer."""
+    assert worker.port is not None
+    auth = [("Authorization", f"Bearer {TOKEN}"), ("Content-Type", "application/json")]
+    refused = {
+        "413": [("Content-Length", "2000000")],
+        "400": [("Content-Length", "x")],
+        "411": [("Transfer-Encoding", "chunked")],
+    }
+    both = [("Transfer-Encoding", "chunked"), ("Content-Length", "2")]
+    before = scrape(worker)
+    for code, headers in [*refused.items(), ("400", both)]:
+        sent = request("POST", "/search", b"{}", headers=[*auth, *headers])
+        assert [a.status for a in exchange(worker.port, sent)] == [int(code)]
+    expected = {("/search", "413"): 1, ("/search", "400"): 2, ("/search", "411"): 1}
+    found: dict[tuple[str, str], float] = {}
+
+    def counted() -> bool:
+        found.clear()
+        found.update(_without_scrapes(requests_since(before, scrape(worker))))
+        return found == expected
+
+    with contextlib.suppress(TimeoutError):
+        wait_for(counted, 10, 0.05, "the refused requests to be counted")
+    assert found == expected
+
+
+def test_database_up_says_what_readyz_says(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """A database that stops taking writes: /readyz answers 503 and the gauge is 0 (it stayed 1:
+    the pipeline's sessions, older than the setting, went on); once it takes them again, both
+    are back together (the gauge lagged /readyz by the fetcher's reconnect backoff)."""
+    worker = start_worker(EMBED_HTTP_TOKEN=TOKEN)
+    worker.wait_ready()
+
+    def up() -> float:
+        return total(scrape(worker), "embed_worker_database_up")
+
+    assert up() == 1
+    with frozen(conn):
+        wait_for(lambda: worker.get("/readyz")[0] == 503, 30, 0.1, "/readyz to answer 503")
+        assert up() == 0
+    wait_for(lambda: worker.get("/readyz")[0] == 200, 30, 0.1, "/readyz to answer 200")
+    assert up() == 1
 
 
 def _without_scrapes(found: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:

@@ -175,6 +175,37 @@ def test_bad_configuration_exits_2_with_the_variable_named(args: list[str], dsn:
     assert "EMBED_BATCH_SIZE" in result.stderr or "EMBED_QUEUE" in result.stderr
 
 
+@pytest.mark.parametrize(
+    ("host", "code", "variable"),
+    [
+        ("127.0.0.1", 1, "EMBED_HTTP_PORT"),  # the port taken below: the machine's, for now
+        ("not.a.host", 2, "EMBED_HTTP_HOST"),  # no such name: the configuration's
+        ("192.0.2.1", 2, "EMBED_HTTP_HOST"),  # (TEST-NET-1) not an address of this machine
+    ],
+)
+def test_an_address_it_cannot_listen_on_is_one_line_naming_it(
+    host: str, code: int, variable: str, dsn: str
+) -> None:
+    with socket.create_server(("127.0.0.1", 0)) as taken:
+        port = taken.getsockname()[1]
+        result = subprocess.run(
+            [sys.executable, "-m", "worker", "run"],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={
+                **os.environ,
+                "DATABASE_URL": dsn,
+                "EMBED_HTTP_HOST": host,
+                "EMBED_HTTP_PORT": str(port),
+            },
+        )
+    assert result.returncode == code, result.stderr
+    errors = [line for line in result.stderr.splitlines() if "ERROR" in line]
+    assert len(errors) == 1 and "Traceback" not in result.stderr, result.stderr
+    assert f"{variable}: cannot listen on {host}:{port}" in errors[0], result.stderr
+
+
 def test_no_password_reaches_the_output(worker_env: dict[str, str]) -> None:
     """A failing connection's error names where, never the password."""
     secret = "Sup3r-s3cret-pw"

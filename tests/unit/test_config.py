@@ -50,6 +50,8 @@ def test_flags_win_over_the_environment() -> None:
         ({"EMBED_LOG_FORMAT": "xml"}, "EMBED_LOG_FORMAT"),
         ({"EMBED_VT_SECONDS": "1"}, "EMBED_VT_SECONDS"),
         ({"EMBED_HTTP_PORT": "70000"}, "EMBED_HTTP_PORT"),
+        ({"EMBED_HTTP_MAX_BODY": "0"}, "EMBED_HTTP_MAX_BODY: must be at least 1024"),
+        ({"EMBED_HTTP_MAX_BODY": "-5"}, "EMBED_HTTP_MAX_BODY: must be at least 1024"),
     ],
 )
 def test_invalid_settings_name_their_variable(env: dict[str, str], message: str) -> None:

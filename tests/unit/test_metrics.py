@@ -139,6 +139,31 @@ def test_rows_of_a_deferred_target_are_not_counted_and_the_target_is_flagged() -
     assert _gauge("embed_worker_target_deferred", target=served.name) == 0
 
 
+def test_the_model_info_has_its_labels_or_no_sample() -> None:
+    """No default model loaded (not yet, or it failed): no `embed_worker_model_info 1.0`
+    without labels, but no sample at all; once loaded, one with every documented label."""
+    saved = dict(metrics.MODEL._value)
+    try:
+        metrics.MODEL.info({})
+        assert _info_samples() == []
+        metrics.MODEL.info(
+            {"name": "m", "variant": "fp32", "dimensions": "384", "max_tokens": "512"}
+        )
+        assert [set(labels) for labels in _info_samples()] == [set(metrics.MODEL_INFO_KEYS)]
+    finally:
+        metrics.MODEL.info(saved)
+
+
+def _info_samples() -> list[dict[str, str]]:
+    exposition = generate_latest(metrics.REGISTRY).decode()
+    return [
+        sample.labels
+        for family in text_string_to_metric_families(exposition)
+        for sample in family.samples
+        if sample.name == "embed_worker_model_info"
+    ]
+
+
 def test_model_load_outcomes_are_exported() -> None:
     metrics.model_load_failed("unit-test-model")
     assert _gauge("embed_worker_model_loaded", model="unit-test-model") == 0

@@ -30,6 +30,7 @@ from worker.http.protocol import (
     CONTINUE,
     MAX_HEAD,
     Answer,
+    BadFraming,
     BadRequest,
     HeadScan,
     Request,
@@ -103,12 +104,16 @@ class Connection:
         self.front.waiting(self)
         scan = HeadScan()
         head = b""
+        framing: BadFraming | None = None
         try:
             head = await self.incoming.head(scan)
             if not head:
                 return False
             request = parse_head(head, self.limits.max_body)
-            request.received = time.perf_counter()
+        except BadFraming as exc:
+            # The head was read in full: a request, answered as one with its status (and
+            # counted in /metrics); where its body ends is unknown, so it closes (request.close).
+            request, framing = exc.request, exc
         except (BadRequest, TimeoutError) as exc:
             if isinstance(exc, TimeoutError) and not scan.started(self.incoming.buffer):
                 return False  # silent between requests: just hang up
@@ -120,7 +125,10 @@ class Connection:
                 metrics.HTTP_CLOSED.labels("head_timeout").inc()
             seen = head or bytes(self.incoming.buffer[scan.start : scan.start + 5])
             return await self._refuse(Answer.error(status, str(exc)), seen.startswith(b"HEAD "))
+        request.received = time.perf_counter()
         try:
+            if framing is not None:
+                raise framing
             route = self.front.service.route(request)
         except BadRequest as exc:
             answer = Answer.error(exc.status, str(exc), allow=exc.allow)

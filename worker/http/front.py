@@ -23,13 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import errno
 import logging
 import queue
 import socket
 import threading
 from collections.abc import Callable
 
-from worker import metrics
+from worker import exceptions, metrics
 from worker.http.connection import Connection
 from worker.http.lanes import Lane, Limits, Outcome, Route, Service
 from worker.http.protocol import Answer, BadRequest, Request
@@ -43,6 +44,47 @@ BACKLOG = 128
 ACCEPT_BACKOFF_SECONDS = 0.1  # after accept() failed (out of file descriptors, say)
 
 
+# What getaddrinfo says of a name that is no IPv4 address this machine could have: the
+# configuration's, not a moment's (EAI_AGAIN, a name service down, is a moment's).
+_NO_SUCH_HOST = {
+    getattr(socket, name)
+    for name in ("EAI_NONAME", "EAI_NODATA", "EAI_ADDRFAMILY")
+    if hasattr(socket, name)
+}
+
+
+def listen(host: str, port: int) -> socket.socket:
+    """The listening socket on `host`:`port`, or a one-line error naming the variable to look
+    at (docs/cli.md#exit-codes): a host that resolves to no address of this machine is the
+    configuration's (ConfigError, exit 2: restarting cannot help); a port another process
+    holds, or any other refusal, is the machine's at this moment (exit 1: a restart may find
+    the port free)."""
+    shown = f"{host}:{port}"
+    try:
+        return socket.create_server((host, port), backlog=BACKLOG)
+    except OSError as exc:
+        # (create_server re-raises a resolver's error as a plain OSError, its errno kept)
+        reason = (exc.strerror or str(exc)).split(" (while attempting", 1)[0]
+        if exc.errno in _NO_SUCH_HOST:
+            raise exceptions.ConfigError(
+                f"EMBED_HTTP_HOST: cannot listen on {shown}: {host!r} does not resolve to an "
+                f"IPv4 address ({reason})"
+            ) from None
+        if exc.errno == errno.EADDRNOTAVAIL:
+            raise exceptions.ConfigError(
+                f"EMBED_HTTP_HOST: cannot listen on {shown}: {host} is not an address of this "
+                "machine (127.0.0.1: this machine only; 0.0.0.0: every interface)"
+            ) from None
+        if exc.errno == errno.EADDRINUSE:
+            raise exceptions.EmbedWorkerError(
+                f"EMBED_HTTP_PORT: cannot listen on {shown}: the port is in use by another "
+                "process (another worker?)"
+            ) from None
+        raise exceptions.EmbedWorkerError(
+            f"EMBED_HTTP_HOST, EMBED_HTTP_PORT: cannot listen on {shown}: {reason}"
+        ) from None
+
+
 class Front:
     """The listening socket and the loop's thread; the lanes' counts and the waiting
     connections, touched by the loop's thread only."""
@@ -50,7 +92,7 @@ class Front:
     def __init__(self, service: Service, limits: Limits, host: str, port: int) -> None:
         self.service = service
         self.limits = limits
-        self.listener = socket.create_server((host, port), backlog=BACKLOG)
+        self.listener = listen(host, port)
         self.listener.setblocking(False)
         self.loop = asyncio.new_event_loop()
         self._capacity = {Lane.PROBE: PROBES, Lane.WORK: limits.max_connections}

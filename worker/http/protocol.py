@@ -44,6 +44,17 @@ class BadRequest(Exception):
         self.allow = allow
 
 
+class BadFraming(BadRequest):
+    """A head read and parsed in full whose body's declared length is refused (ambiguous,
+    malformed, a transfer coding, over EMBED_HTTP_MAX_BODY): the request is known (`request`,
+    its length None), so it is answered and counted as one; where it ends is not, so its
+    connection closes after the answer (`request.close`)."""
+
+    def __init__(self, refusal: BadRequest, request: Request) -> None:
+        super().__init__(refusal.status, str(refusal))
+        self.request = request
+
+
 class HeadScan:
     """Where the head of the next request ends in a connection's buffer, found as its bytes
     arrive: each call goes on from where the last one stopped, so a head that trickles in a byte
@@ -147,18 +158,23 @@ def parse_head(head: bytes, max_body: int) -> Request:
     if parser.request_version == "HTTP/0.9":
         raise BadRequest(HTTPStatus.BAD_REQUEST, "HTTP/0.9 requests are not served")
     check_headers(parser.headers)
-    length = declared_length(parser.headers, max_body)
     path = parser.path.split("?", 1)[0]
     if path.startswith(("http://", "https://")):  # the absolute form (RFC 9112 3.2.2)
         path = "/" + path.split("/", 3)[3] if path.count("/") >= 3 else "/"
-    return Request(
+    request = Request(
         method=str(parser.command),
         path=path,
         headers=parser.headers,
-        length=length,
+        length=None,
         expect_continue=parser.expect_continue,
         close=parser.close_connection,
     )
+    try:
+        request.length = declared_length(parser.headers, max_body)
+    except BadRequest as exc:
+        request.close = True  # where its body ends is unknown: nothing after it can be read
+        raise BadFraming(exc, request) from None
+    return request
 
 
 def check_headers(headers: email.message.Message) -> None:
@@ -220,9 +236,12 @@ class Answer:
         allow: str | None = None,
         retry_after: int | None = None,
     ) -> Answer:
-        """{"error": reason}, a password in the reason redacted; `Allow` for a 405, and
-        `Retry-After` where the time to wait is known."""
+        """{"error": reason}, a password in the reason redacted; `Allow` for a 405, the
+        challenge every 401 must carry (RFC 9110 11.6.1: the bearer token, EMBED_HTTP_TOKEN),
+        and `Retry-After` where the time to wait is known."""
         headers = {"Allow": allow} if allow else {}
+        if status == HTTPStatus.UNAUTHORIZED:
+            headers["WWW-Authenticate"] = "Bearer"
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
         return cls.json(status, {"error": db.redact(message)}, headers)

@@ -1,5 +1,10 @@
 """Readiness for /readyz: the database answers and takes writes, the default model is loaded,
-and which targets the worker cannot serve now (their jobs are deferred, with why)."""
+and which targets the worker cannot serve now (their jobs are deferred, with why).
+
+The database check is also embed_worker_database_up's one source (checked again for /metrics):
+the gauge and /readyz say the same, rather than the gauge following whichever pipeline thread
+last touched the database (a fetcher in its reconnect backoff kept it 0 for seconds after
+/readyz was back, and a database refusing writes left it 1)."""
 
 from __future__ import annotations
 
@@ -8,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from worker import db, exceptions
+from worker import db, exceptions, metrics
 from worker.process import held
 
 if TYPE_CHECKING:
@@ -52,12 +57,14 @@ class ReadinessProbe:
             found.append(f"model {self.default_model.name()}: {model_problem}")
         if self.stopped():
             found.append("worker stopped")
-        db_error = self._database()
+        db_error = self.database()
         if db_error:
             found.append(f"database: {db_error}")
         return found
 
-    def _database(self) -> str | None:
+    def database(self) -> str | None:
+        """Why the database is not ready (it does not answer, or takes no writes), or None;
+        checked at most once a second, embed_worker_database_up set from it."""
         with self._lock:
             if time.monotonic() - self._checked_at < 1.0:
                 return self._db_error
@@ -68,4 +75,5 @@ class ReadinessProbe:
             except exceptions.EmbedWorkerError as exc:
                 self._db_error = str(exc)
             self._checked_at = time.monotonic()
+            metrics.DATABASE_UP.set(0 if self._db_error else 1)
             return self._db_error

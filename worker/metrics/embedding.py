@@ -6,10 +6,10 @@ from __future__ import annotations
 
 import contextlib
 
-from prometheus_client import Counter, Gauge, Histogram, Info
+from prometheus_client import Counter, Gauge, Histogram
 
 from worker.escapes import label
-from worker.metrics.registry import REGISTRY, at_zero
+from worker.metrics.registry import REGISTRY, InfoOnceSet, at_zero
 
 # --- enumerated label values ------------------------------------------------------------------
 JOB_OUTCOMES = ("done", "retried", "dead", "deferred", "released")
@@ -102,11 +102,14 @@ LANE_OLDEST = Gauge(
     registry=REGISTRY,
 )
 IN_FLIGHT = Gauge("embed_worker_in_flight_jobs", "Jobs leased by this worker", registry=REGISTRY)
-DATABASE_UP = Gauge(
-    "embed_worker_database_up", "1 when the last database operation succeeded", registry=REGISTRY
+DATABASE_UP = Gauge(  # set by worker/http/readiness.py, for /readyz and each scrape
+    "embed_worker_database_up",
+    "1 when the database answers and takes writes, as /readyz checks it (at each scrape, at "
+    "most once a second); 0 when it does not answer, or refuses writes (a standby, read-only)",
+    registry=REGISTRY,
 )
 MODEL_INFO_KEYS = ("name", "variant", "dimensions", "max_tokens")  # set by worker.process.runner
-MODEL = Info(
+MODEL = InfoOnceSet(  # no sample while no default model is loaded
     "embed_worker_model", "The default model of this worker, once loaded", registry=REGISTRY
 )
 MODEL_LOADED = Gauge(

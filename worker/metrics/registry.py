@@ -6,8 +6,9 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 
-from prometheus_client import CollectorRegistry, ProcessCollector, disable_created_metrics
+from prometheus_client import CollectorRegistry, Info, ProcessCollector, disable_created_metrics
 from prometheus_client.metrics import MetricWrapperBase
+from prometheus_client.samples import Sample
 
 # The `_created` series (one per counter and histogram child) only double what Prometheus
 # stores: nothing reads them from the text format.
@@ -22,3 +23,15 @@ def at_zero(metric: MetricWrapperBase, values: Iterable[str]) -> None:
     before any work."""
     for value in values:
         metric.labels(value)
+
+
+class InfoOnceSet(Info):
+    """An info metric with no sample until its labels are set (and none again once they are
+    cleared with `info({})`): prometheus_client's own shows `name_info 1.0` without labels
+    before, which says nothing and reads as if something were set."""
+
+    def _child_samples(self) -> Iterable[Sample]:
+        with self._lock:
+            if not self._value:
+                return ()
+        return super()._child_samples()

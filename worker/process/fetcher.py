@@ -83,7 +83,6 @@ class Fetcher:
                     # The database stopped taking writes (a failover demoted it, a freeze): a
                     # new connection waits until it takes them again (sessions.Session).
                     logger.warning("fetcher: %s", exc)
-                    metrics.DATABASE_UP.set(0)
                     session.lost()
                     continue
                 except exceptions.Contention as exc:
@@ -131,7 +130,6 @@ class Fetcher:
             # Asked after, a move committed in between passed for none, jobs left queued.
             held_elsewhere = self.once and idle and self.elsewhere.waiting(conn)
             batch = self.lanes.read(conn, self.registry, self.settings)
-            metrics.DATABASE_UP.set(1)
             drained = batch is None and idle
             if batch is None:
                 faults.reached("read_empty")
@@ -216,5 +214,4 @@ class Fetcher:
 
 def _connection_lost(session: sessions.Session, exc: exceptions.ConnectionLost) -> None:
     logger.warning("fetcher: connection lost (%s)", exc)
-    metrics.DATABASE_UP.set(0)
     session.lost()

@@ -81,13 +81,18 @@ class HeldJobs:
     def release(self, conn: db.Connection) -> int:
         """Makes the held jobs of the targets that became servable since the last call visible
         now, in both lanes; returns how many."""
-        if unservable(self.queue, self.registry, self.embedders):
-            # A redefinition can make it servable as well as a model that loads: watch()
-            # moving the table to a model this worker has, a model change's swap. So while
-            # something is unservable, the definitions are read again (one query) before
-            # the check, not only when a batch next needs them.
-            with db.translated():
+        with db.translated():
+            if unservable(self.queue, self.registry, self.embedders):
+                # A redefinition can make it servable as well as a model that loads: watch()
+                # moving the table to a model this worker has, a model change's swap. So while
+                # something is unservable, the definitions are read again (one query) before
+                # the check, not only when a batch next needs them.
                 self.registry.current_definitions(conn)
+            else:
+                # And once they are stale (a minute), even while no batch reads them (an idle
+                # queue): a target that became unservable meanwhile (its content column
+                # dropped) is then known as such here, and in /readyz's deferred_targets.
+                self.registry.current(conn)
         servable = self.servable()
         became = set(servable) - self._servable
         released = 0

@@ -60,7 +60,8 @@ class Keeper:
                         last_renew = now
                     if self.complete_changes is not None:
                         self.complete_changes(conn)
-                    self.held.release(conn)  # (the database only when a target became servable)
+                    # (the database: definitions once a minute, jobs when a target became servable)
+                    self.held.release(conn)
                     self.forget_unused_models()
                     if now - last_stopped >= REFRESH_SECONDS:
                         last_stopped = now

@@ -81,12 +81,16 @@ class DefaultModel:
         if not self.started.is_set():
             return "starting (waiting for the database and the schema)"
         name = self.name()
-        if self.ready.is_set() and name in self.embedders.loaded():
-            return None
-        try:
-            default = self.embedders.get(name)
-        except exceptions.ModelError as exc:
-            return str(exc)
+        default = self.embedders.loaded().get(name) if self.ready.is_set() else None
+        if default is None:
+            try:
+                default = self.embedders.get(name)
+            except exceptions.ModelError as exc:
+                # No default model loaded: no embed_worker_model_info (a former default's
+                # labels would say it is loaded).
+                metrics.MODEL.info({})
+                return str(exc)
+        # (set each time: a default changed back to a model loaded before is the info again)
         metrics.MODEL.info(
             {
                 "name": name,
@@ -118,7 +122,6 @@ class Startup:
         targets = self.connect_and_read_targets()
         if targets is None:
             return  # stopped while waiting for the database
-        metrics.DATABASE_UP.set(1)
         self.load_models(targets)
         self.release_held()
 

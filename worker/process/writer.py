@@ -91,7 +91,6 @@ class Writer:
                     # the session (worker/process/watchdog.py): written again, on a new one,
                     # that code's rows a row at a time, or without that row.
                     continue
-                metrics.DATABASE_UP.set(0)
                 logger.warning(
                     "writer: connection lost (%s)%s",
                     exc,
