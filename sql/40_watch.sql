@@ -228,6 +228,19 @@ BEGIN
 END
 $$;
 
+-- Why a content column of type `content_type` cannot be a target's content, or NULL: text (any
+-- type of the string category), or bytea when the target is `chunked` (documents: PDF, DOCX,
+-- ...; sql/55_chunks.sql). watch()'s rule, and target_problems()' (52_stopped.sql) for a column
+-- retyped since: the text of another type (an integer, JSON, a bytea's base64) is not what
+-- the rows say, and embedding it would store vectors of something else.
+CREATE FUNCTION embeddings_internal.content_type_problem(content_type regtype, chunked boolean) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN content_type = 'pg_catalog.bytea'::regtype
+                THEN CASE WHEN NOT chunked THEN 'is bytea: documents are chunked' END
+                WHEN (SELECT ty.typcategory FROM pg_type ty WHERE ty.oid = content_type) IS DISTINCT FROM 'S'
+                THEN format('has type %s, not text (or bytea, for documents)', content_type) END
+$$;
+
 -- watch()'s content: a text (or, for documents, bytea) column of `source`, else a function of
 -- its row type returning text (checked by check_content_function()). Exactly one of
 -- content_col, content_fn is set.
@@ -245,9 +258,9 @@ BEGIN
     FROM pg_attribute a
     WHERE a.attrelid = source AND a.attname = content AND a.attnum > 0 AND NOT a.attisdropped;
     IF content_col IS NOT NULL THEN
-        -- bytea: documents (PDF, DOCX, ...), for a chunked target only (watch() checks).
-        IF (SELECT typcategory FROM pg_type WHERE oid = content_type) <> 'S' AND content_type <> 'bytea'::regtype THEN
-            RAISE EXCEPTION 'content column %.% has type %, not text (or bytea, for documents)', source, content_col, content_type
+        -- bytea: documents (PDF, DOCX, ...), for a chunked target only (watch_check_plan()).
+        IF embeddings_internal.content_type_problem(content_type, true) IS NOT NULL THEN
+            RAISE EXCEPTION 'content column %.% %', source, content_col, embeddings_internal.content_type_problem(content_type, true)
                 USING ERRCODE = 'datatype_mismatch',
                       HINT = 'Use a content function that returns text, e.g. one that casts or formats the column.';
         END IF;
@@ -562,9 +575,11 @@ BEGIN
     PERFORM embeddings_internal.refuse_guide_triggers(o.source, o.triggers);
     -- A document (a bytea column, a format, a header template) is split into chunks.
     IF NOT plan.chunked
-       AND (plan.content_type = 'bytea'::regtype OR o.format IS NOT NULL OR o.context_header IS NOT NULL) THEN
-        RAISE EXCEPTION '%', CASE WHEN plan.content_type = 'bytea'::regtype
-                                  THEN format('content column %s.%s is bytea: documents are chunked', o.source, plan.content_col)
+       AND (embeddings_internal.content_type_problem(plan.content_type, false) IS NOT NULL
+            OR o.format IS NOT NULL OR o.context_header IS NOT NULL) THEN
+        RAISE EXCEPTION '%', CASE WHEN embeddings_internal.content_type_problem(plan.content_type, false) IS NOT NULL
+                                  THEN format('content column %s.%s %s', o.source, plan.content_col,
+                                              embeddings_internal.content_type_problem(plan.content_type, false))
                                   ELSE 'format and context_header are for documents, which are chunked' END
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = 'Pass chunk_tokens => N too (e.g. 200): each document is split into chunks, one vector each.';

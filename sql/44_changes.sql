@@ -205,6 +205,10 @@ BEGIN
     WHERE b.target_id = t.id AND b.lane = 'change';
     DELETE FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
     DELETE FROM embeddings.provenance p WHERE p.target_id = t.id AND p.shadow;
+    -- A hold of the change's jobs (its model cannot load) goes with them. updated_at alone does
+    -- not hide it: a worker may hold them again after this transaction began (it waited for the
+    -- table), and a hold of the target as it is now is noted again by the next batch.
+    DELETE FROM embeddings.deferrals d WHERE d.target_id = t.id;
     UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now() WHERE tg.id = t.id
     RETURNING * INTO t;
     PERFORM embeddings_internal.generate_access(t);  -- no shadow column to write any more

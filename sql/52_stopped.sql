@@ -5,8 +5,8 @@
 -- A state here is one that does not go away by waiting: an operator has to act (or at least
 -- know). States:
 --   problem           the target cannot be served: a schema change it cannot follow (content,
---                     key or embedding column dropped, content function dropped or handed to
---                     another owner), functions that cannot run as the table's owner, FORCE ROW
+--                     key or embedding column dropped, the content column retyped to what
+--                     watch() refuses, content function dropped or handed to another owner), functions that cannot run as the table's owner, FORCE ROW
 --                     LEVEL SECURITY. Read from the catalog as it is now, so it shows whether or
 --                     not the event triggers of 45_dropped.sql (superuser only) are installed.
 --   held              the worker puts the target's jobs back without an attempt (its model
@@ -70,6 +70,10 @@ BEGIN
         WHEN t.content_function IS NULL AND NOT EXISTS (
                 SELECT FROM pg_attribute a WHERE a.attrelid = t.source AND a.attnum = t.content_attnum AND NOT a.attisdropped) THEN
             format('its content column %I was dropped; watch the table again with its new content', t.content_column)
+        -- Retyped since watch(): its text would be another thing's (an integer, JSON, base64).
+        WHEN ct.problem IS NOT NULL THEN
+            format('its content column %I %s; ALTER it back to text, or watch the table again with a '
+                   'content function that returns text', t.content_column, ct.problem)
         WHEN t.content_function IS NOT NULL AND NOT EXISTS (SELECT FROM pg_proc p WHERE p.oid = t.content_function) THEN
             'its content function was dropped; create it again and watch the table again'
         WHEN NOT EXISTS (
@@ -79,7 +83,12 @@ BEGIN
             format('its embedding column %I is missing or not vector/halfvec; watch the table again', t.embedding_column)
     END, a.problem)
     FROM embeddings.targets t
-    JOIN embeddings_internal.access_problems(only_ids) a ON a.target_id = t.id;
+    JOIN embeddings_internal.access_problems(only_ids) a ON a.target_id = t.id
+    LEFT JOIN LATERAL (
+        SELECT embeddings_internal.content_type_problem(ca.atttypid, embeddings_internal.store_has_chunks(t)) AS problem
+        FROM pg_attribute ca
+        WHERE t.content_function IS NULL AND ca.attrelid = t.source AND ca.attnum = t.content_attnum
+          AND NOT ca.attisdropped) ct ON true;
 END
 $$;
 

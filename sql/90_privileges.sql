@@ -106,6 +106,8 @@ DECLARE
         -- why a target cannot be served, read whenever a search or a worker loads the targets
         'embeddings_internal.access_problem(embeddings.targets)',
         'embeddings_internal.access_problems(integer[])',
+        'embeddings_internal.target_problems(integer[])',
+        'embeddings_internal.content_type_problem(regtype, boolean)',
         -- what every guard around a table owner's code calls, as its caller: the worker roles,
         -- the schema's owner, and the table's owner, whoever that is (sql/32_access.sql); they
         -- set the caller's own settings, nothing else

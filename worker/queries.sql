@@ -158,7 +158,9 @@ SET rows = tp.rows + excluded.rows, since = least(tp.since, excluded.since);
 -- name: load_targets
 -- The registered targets ({which}: all of them, or a search's) with what the worker needs to
 -- serve them, from the catalog, by name (worker/pipeline/targets.py: target_of); each one's
--- problem, or why its functions cannot serve it now (sql/32_access.sql).
+-- problem as `status` shows it (sql/52_stopped.sql: its registration's, what the catalog says
+-- now, such as a content column retyped to what watch() refuses, or why its functions cannot
+-- serve it now).
 -- The embedding column is in the target's store table (the table itself, or a side or chunk
 -- table: sql/54_stores.sql).
 -- ours: touches only our tables and pgmq's, runs no one else's code
@@ -168,7 +170,7 @@ SELECT t.id, n.nspname AS schema, c.relname AS "table", t.embedding_column,
        t.key_columns::text[] AS key_columns,
        ARRAY(SELECT kt.typname::text FROM unnest(t.key_types) WITH ORDINALITY AS k(ty, i)
              JOIN pg_type kt ON kt.oid = k.ty ORDER BY k.i) AS key_types,
-       t.queue, coalesce(t.problem, ap.problem) AS registry_problem, t.version,
+       t.queue, tp.problem AS registry_problem, t.version,
        t.chunk_tokens, t.chunk_overlap, t.fts_config IS NOT NULL AS has_fulltext, t.store_kind,
        embeddings_internal.store_has_chunks(t) AS chunked, t.rerank_model, t.rerank_depth,
        t.document_format, t.context_header,
@@ -185,8 +187,8 @@ LEFT JOIN pg_namespace fn_ns ON fn_ns.oid = p.pronamespace
 LEFT JOIN pg_attribute ca ON ca.attrelid = t.source AND ca.attnum = t.content_attnum
                          AND t.content_column IS NOT NULL AND NOT ca.attisdropped
 -- (one call for the targets read: called once a target, it starts its statement each time)
-LEFT JOIN embeddings_internal.access_problems(ARRAY(SELECT t.id FROM embeddings.targets t WHERE {which})) ap
-       ON ap.target_id = t.id
+LEFT JOIN embeddings_internal.target_problems(ARRAY(SELECT t.id FROM embeddings.targets t WHERE {which})) tp
+       ON tp.target_id = t.id
 WHERE {which}
 ORDER BY t.id
 

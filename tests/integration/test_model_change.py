@@ -483,6 +483,66 @@ def test_a_missing_new_model_does_not_stop_the_application_s_rows(
     assert old not in fix and "model download" not in fix, fix
 
 
+def change_to_absent_model(conn: Conn) -> None:
+    """A change of `docs` to 'absent-model': registered, and no worker has it."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 32, 512, 'mean')"
+    )
+    conn.execute("SELECT embeddings.rewatch('docs', model => 'absent-model')")
+
+
+def stopped_states(conn: Conn) -> list[str]:
+    return [r[0] for r in conn.execute("SELECT state FROM embeddings.stopped")]
+
+
+def test_serving_the_application_s_rows_keeps_the_hold_of_the_change_s_jobs(
+    conn: Conn, embedded_docs: EmbeddedDocs, running: Callable[[], Worker]
+) -> None:
+    """The change's jobs wait for a model the worker cannot load, while the application's rows
+    are embedded by the old model (the live lane). Serving one of those cleared the target's
+    deferral: status said nothing was held (held_jobs 0, no reason, not stopped) while the
+    change's jobs still were."""
+    embedded_docs(10)
+    change_to_absent_model(conn)
+    running()
+    wait_for(lambda: stopped_states(conn) == ["held"], timeout=60)
+    conn.execute("INSERT INTO docs VALUES (11, 'written during the change')")
+    wait_for(
+        lambda: fetch_value(conn, "SELECT embedding IS NOT NULL FROM docs WHERE id = 11"),
+        timeout=60,
+    )
+    row = conn.execute("SELECT held_jobs, deferred_reason FROM embeddings.status").fetchone()
+    assert row is not None and row[0] > 0 and "absent-model" in str(row[1]), row
+    assert stopped_states(conn) == ["held"]
+
+
+def test_cancelling_a_held_change_ends_its_hold(
+    conn: Conn, dsn: str, embedded_docs: EmbeddedDocs, run_once: Callable[..., Worker]
+) -> None:
+    """The hold of a change's jobs (its model cannot load) is the change's: cancelled, nothing
+    is held. A worker that held them again while cancel_change() waited for the table (its
+    transaction begun before) left a deferral newer than the cancel, and `embeddings.stopped`
+    went on listing the target as held for the change's model, no job pending, until the
+    deferral aged out (/readyz degraded meanwhile)."""
+    old = embedded_docs(10)[0]
+    change_to_absent_model(conn)
+    run_once(model=old)
+    assert stopped_states(conn) == ["held"]
+    with psycopg.connect(dsn) as cancel:
+        cancel.execute("SELECT now()")  # its transaction begins (now() is its start)
+        # the worker, meanwhile, holds the change's jobs again
+        conn.execute(
+            "SELECT embeddings_internal.note_deferrals(ARRAY[id], ARRAY[%s], ARRAY[1])"
+            " FROM embeddings.targets",
+            ("model 'absent-model' is not present",),
+        )
+        assert fetch_value(cancel, "SELECT embeddings.cancel_change('docs')") is True
+    assert stopped_states(conn) == []
+    row = conn.execute("SELECT pending_jobs, held_jobs, deferred_reason FROM embeddings.status")
+    assert row.fetchone() == (0, 0, None)
+
+
 def test_a_change_of_a_table_larger_than_a_step_queues_its_rows_in_key_ranges(
     conn: Conn, embedded_docs: EmbeddedDocs, run_once: Callable[..., Worker]
 ) -> None:

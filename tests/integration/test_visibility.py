@@ -187,7 +187,7 @@ def test_a_target_without_its_embedding_column_is_deferred_and_shown(
 
     assert conn.execute("SELECT embedding IS NOT NULL FROM notes").fetchone() == (True,)
     reasons = dict(conn.execute("SELECT target, deferred_reason FROM embeddings.status").fetchall())
-    assert "embedding column is missing" in reasons["public.docs.embedding"]
+    assert "embedding column embedding is missing" in reasons["public.docs.embedding"]
     assert reasons["public.notes.embedding"] is None
 
 

@@ -2,7 +2,10 @@
 
 - A target whose jobs were deferred (model missing, dimensions that do not fit...) gets its
   reason recorded in `embeddings.deferrals`; `embeddings.status` shows it while jobs wait. A
-  target the batch wrote for again loses its deferral.
+  target the batch wrote for again loses its deferral, but for a target in a model change
+  whose new model the batch did not use: its application's rows are embedded by the old model
+  while the new one cannot load (worker/pipeline/shadow.py), and the change's jobs are still
+  held.
 - A row written or cleared resolves its dead letters: a row dead-lettered once and embedded
   later (its content changed, or someone re-queued it by hand) no longer counts as failed, so
   `failures` and `status` agree.
@@ -34,9 +37,12 @@ SETTLED = ("written", "cleared")  # RowState values whose dead letters are resol
 
 def record(conn: db.Connection, batch: Batch, state_of: Callable[[Row], RowState]) -> None:
     served: dict[int, list[str]] = defaultdict(list)
+    whole: set[int] = set()  # targets served as a whole: their deferrals go
     for row in batch.rows.values():
         if row.target.id not in batch.deferred and state_of(row).value in SETTLED:
             served[row.target.id].append(row.key)
+            if not row.target.in_change or batch.producers.get(row.target.id, (None, None))[1]:
+                whole.add(row.target.id)
     if served:
         # A dead letter holds the key as its job carried it: matched by that JSON value, or by
         # its text where the two forms agree (one-column keys from the guide's messages).
@@ -56,7 +62,8 @@ def record(conn: db.Connection, batch: Batch, state_of: Callable[[Row], RowState
                 "raw_keys": [Jsonb(raw.get(pair)) for pair in pairs],
             },
         )
-        _note(conn, "clear_deferrals", {"target_ids": list(served)})
+        if whole:
+            _note(conn, "clear_deferrals", {"target_ids": sorted(whole)})
     if batch.deferred:
         jobs: dict[int, int] = defaultdict(int)
         for job in batch.jobs:
