@@ -117,6 +117,12 @@ DECLARE
     dropped regclass;
     statement text;
 BEGIN
+    -- (else the column's generated expression is no SQL: a syntax error quoting all of it)
+    IF config IS NULL THEN
+        RAISE EXCEPTION 'embeddings.enable_fts(): config must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Name a text search configuration, e.g. ''english'' (pg_catalog.pg_ts_config lists them); disable_fts() turns full-text search off.';
+    END IF;
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
     -- The tsvector beside the vectors: a generated column `fts` of a chunk table, else kept
     -- by the store function in the table or its side table.

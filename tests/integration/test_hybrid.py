@@ -372,6 +372,17 @@ def test_questions_of_any_punctuation_never_fail_a_search(
     assert matched("directory ---------- tree") == {5}
 
 
+def test_enable_fts_without_a_configuration_is_an_error_naming_it(conn: Conn, items: Vec) -> None:
+    """Not a syntax error quoting the whole generated fill; the full-text search stays."""
+    with pytest.raises(
+        psycopg.errors.NullValueNotAllowed, match=r"enable_fts\(\): config must not be NULL"
+    ):
+        conn.execute("SELECT embeddings.enable_fts('items', NULL)")
+    assert conn.execute("SELECT fts_config::text FROM embeddings.targets").fetchone() == (
+        "english",
+    )
+
+
 def test_hybrid_on_a_target_without_full_text_is_refused(conn: Conn, items: Vec) -> None:
     conn.execute("SELECT embeddings.disable_fts('items')")
     target = find_target(conn, "items")
