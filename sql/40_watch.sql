@@ -489,8 +489,8 @@ BEGIN
 END
 $$;
 
--- watch()'s checks of its options alone: none NULL that must not be, `source` a table, the
--- model known.
+-- watch()'s checks of its options alone: none NULL that must not be, no name empty, `source`
+-- a table, the model known.
 CREATE FUNCTION embeddings_internal.watch_check(o embeddings_internal.watch_options) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
@@ -499,6 +499,12 @@ BEGIN
        OR o.backfill IS NULL OR o.keep_old IS NULL THEN
         RAISE EXCEPTION 'embeddings.watch(): arguments must not be NULL' USING ERRCODE = 'null_value_not_allowed';
     END IF;
+    -- (else it reaches our DDL as "" and Postgres answers with a syntax error)
+    IF o.embedding_column = '' OR o.content = '' THEN
+        RAISE EXCEPTION 'embeddings.watch(): % must not be empty',
+                CASE WHEN o.content = '' THEN 'content' ELSE 'embedding_column' END
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = o.source) NOT IN ('r', 'p') THEN
         RAISE EXCEPTION '% is not a table', o.source USING ERRCODE = 'wrong_object_type';
     END IF;
@@ -506,6 +512,46 @@ BEGIN
         RAISE EXCEPTION 'unknown model "%"', o.model
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = embeddings_internal.unknown_model_hint(o.model);
+    END IF;
+END
+$$;
+
+-- watch()'s table: one whose rows a worker can serve, and that no other target embeds.
+-- Refused: a temporary table (the worker's sessions cannot see another session's, and when that
+-- session ends no event trigger fires: its target would hold every job, then stay behind); a
+-- table of ours or pgmq's (the registry, the queues: watch() would add a column and triggers to
+-- them); a partition of a table watched on the same embedding column, or a partitioned table
+-- one of whose partitions is (two targets would embed each of its rows into the same column).
+CREATE FUNCTION embeddings_internal.watch_check_table(o embeddings_internal.watch_options) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    other embeddings.targets;
+    above boolean;  -- the other target's table is an ancestor of `source`, not a partition of it
+BEGIN
+    IF (SELECT c.relpersistence FROM pg_class c WHERE c.oid = o.source) = 't' THEN
+        RAISE EXCEPTION '% is a temporary table', o.source
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = 'The worker''s sessions cannot read another session''s temporary tables: its rows would never be embedded.',
+                  HINT = 'Watch a permanent (or unlogged) table.';
+    END IF;
+    IF (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = o.source)
+       IN ('embeddings', 'embeddings_internal', 'pgmq') THEN
+        RAISE EXCEPTION '% is a table of embed-worker''s own (or of pgmq''s): it cannot be watched', o.source
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT * INTO other FROM embeddings.targets tg
+    WHERE tg.embedding_column = o.embedding_column AND tg.source <> o.source
+      AND (tg.source IN (SELECT pg_partition_ancestors(o.source)) OR o.source IN (SELECT pg_partition_ancestors(tg.source)))
+    ORDER BY tg.id LIMIT 1;
+    IF FOUND THEN
+        above := other.source IN (SELECT pg_partition_ancestors(o.source));
+        RAISE EXCEPTION '%', format(CASE WHEN above THEN '%s is a partition of %s, which is watched with embedding_column => %L'
+                                         ELSE '%s has a partition, %s, watched with embedding_column => %L' END,
+                                    o.source, other.source, o.embedding_column)
+                             || ': its rows would be embedded twice, into the same column'
+            USING ERRCODE = 'object_in_use',
+                  DETAIL = format('Target %s embeds them already.', embeddings_internal.target_name(other)),
+                  HINT = 'Watch the partitioned table or its partitions, not both; or name another embedding_column.';
     END IF;
 END
 $$;
@@ -779,6 +825,7 @@ BEGIN
     o.fts_title_weight := watch.fts_title_weight;
 
     PERFORM embeddings_internal.watch_check(o);
+    PERFORM embeddings_internal.watch_check_table(o);
     SELECT * INTO previous FROM embeddings.targets tg
     WHERE tg.source = o.source AND tg.embedding_column = o.embedding_column;
     plan := embeddings_internal.watch_resolve(o, previous);
@@ -807,6 +854,10 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
 BEGIN
+    IF source IS NULL OR embedding_column IS NULL THEN
+        RAISE EXCEPTION 'embeddings.unwatch(): % must not be NULL', CASE WHEN source IS NULL THEN 'source' ELSE 'embedding_column' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = unwatch.source AND tg.embedding_column = unwatch.embedding_column;
     IF NOT FOUND THEN

@@ -150,6 +150,11 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     t embeddings.targets;
 BEGIN
+    IF source IS NULL OR embedding_column IS NULL OR keep_old IS NULL THEN
+        RAISE EXCEPTION 'embeddings.rewatch(): % must not be NULL',
+                CASE WHEN source IS NULL THEN 'source' WHEN embedding_column IS NULL THEN 'embedding_column' ELSE 'keep_old' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     PERFORM embeddings_internal.lock_table(source);  -- as start_change()
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = rewatch.source AND tg.embedding_column = rewatch.embedding_column FOR UPDATE;
@@ -175,6 +180,11 @@ DECLARE
     c embeddings.model_changes;
     following text := coalesce(current_setting('embeddings.following', true), 'off');
 BEGIN
+    IF source IS NULL OR embedding_column IS NULL THEN
+        RAISE EXCEPTION 'embeddings.cancel_change(): % must not be NULL',
+                CASE WHEN source IS NULL THEN 'source' ELSE 'embedding_column' END
+            USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     PERFORM embeddings_internal.lock_table(source);  -- as start_change()
     SELECT * INTO t FROM embeddings.targets tg
     WHERE tg.source = cancel_change.source AND tg.embedding_column = cancel_change.embedding_column FOR UPDATE;

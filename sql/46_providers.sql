@@ -118,6 +118,13 @@ DECLARE
     users text;
     kind record;
 BEGIN
+    -- (a NULL name would be blamed on the endpoint made of it; an empty one is no name to pass)
+    IF name IS NULL OR btrim(name) = '' OR dimensions IS NULL THEN
+        RAISE EXCEPTION 'embeddings.register_model(): %',
+                CASE WHEN name IS NULL THEN 'name must not be NULL' WHEN dimensions IS NULL THEN 'dimensions must not be NULL'
+                     ELSE 'name must not be empty' END
+            USING ERRCODE = CASE WHEN name IS NULL OR dimensions IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END;
+    END IF;
     SELECT * INTO kind FROM embeddings.provider_defaults() d WHERE d.provider = register_model.provider;
     IF provider IS DISTINCT FROM 'local' AND kind.provider IS NULL THEN
         RAISE EXCEPTION 'unknown provider "%"', provider

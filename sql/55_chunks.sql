@@ -401,6 +401,12 @@ BEGIN
             USING ERRCODE = 'undefined_object',
                   HINT = 'SELECT embeddings.watch(''<table>'', ''<content>'', chunk_tokens => 200) first.';
     END IF;
+    IF k IS NULL OR k < 1 THEN  -- as search()
+        RAISE EXCEPTION 'embeddings.match_chunks: k must be at least 1' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF query IS NULL THEN
+        RAISE EXCEPTION 'embeddings.match_chunks: query must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     -- Through the target's embeddings_<id>_nearest() (sql/58_search.sql): with the caller's
     -- rights, the chunks of documents it may see; an iterative index scan, and an exact one
     -- when the index yields fewer than k.

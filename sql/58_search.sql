@@ -501,6 +501,11 @@ BEGIN
     IF k IS NULL OR k < 1 THEN
         RAISE EXCEPTION 'embeddings.search: k must be at least 1' USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- Without one, the rows would come in no order, each with a NULL distance: "results" for
+    -- an application whose question's embedding failed.
+    IF query IS NULL THEN
+        RAISE EXCEPTION 'embeddings.search: query must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     RETURN QUERY
         SELECT r.value->'key', (r.value->>'distance')::double precision, r.value->>'content', (r.value->>'seq')::integer,
                (r.value->>'start_offset')::integer, (r.value->>'end_offset')::integer,

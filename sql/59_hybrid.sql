@@ -117,6 +117,12 @@ DECLARE
     dropped regclass;
     statement text;
 BEGIN
+    -- (else the column's generated expression is no SQL: a syntax error quoting all of it)
+    IF config IS NULL THEN
+        RAISE EXCEPTION 'embeddings.enable_fts(): config must not be NULL'
+            USING ERRCODE = 'null_value_not_allowed',
+                  HINT = 'Name a text search configuration, e.g. ''english'' (pg_catalog.pg_ts_config lists them); disable_fts() turns full-text search off.';
+    END IF;
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
     -- The tsvector beside the vectors: a generated column `fts` of a chunk table, else kept
     -- by the store function in the table or its side table.
@@ -243,6 +249,32 @@ BEGIN
 END
 $$;
 
+-- hybrid_search()'s tuning checked (`text_w`: the text weight, its default applied), as the
+-- worker checks it for the CLI and HTTP (worker/retrieval/fusion.py): a weight or rrf_k that
+-- is NaN or infinite is refused too, not fused into NaN scores.
+CREATE FUNCTION embeddings_internal.hybrid_tuning_check(k integer, depth integer, rrf_k double precision,
+                                                        vector_weight double precision, text_w double precision,
+                                                        text_match text, fusion text) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- (NaN compares above every number, 'Infinity' included: `< 'Infinity'` refuses both)
+    IF k IS NULL OR k < 1 OR depth IS NULL OR depth < 1 OR rrf_k IS NULL OR rrf_k < 0 OR NOT rrf_k < 'Infinity'
+       OR vector_weight IS NULL OR vector_weight < 0 OR NOT vector_weight < 'Infinity'
+       OR text_w < 0 OR NOT text_w < 'Infinity' THEN
+        RAISE EXCEPTION 'embeddings.hybrid_search: k and depth must be at least 1, rrf_k and the weights at least 0 and finite'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF text_match IS NULL OR text_match NOT IN ('all', 'any') THEN
+        RAISE EXCEPTION 'embeddings.hybrid_search: text_match is ''all'' (every word) or ''any'' (any word), not %', coalesce(quote_literal(text_match), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    IF fusion IS NULL OR fusion NOT IN ('convex', 'rrf') THEN
+        RAISE EXCEPTION 'embeddings.hybrid_search: fusion is ''convex'' (weighted scores) or ''rrf'' (reciprocal ranks), not %', coalesce(quote_literal(fusion), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
 -- Hybrid search: the `k` documents of `source` best by a fusion of the vector ranking
 -- (embeddings.search() of `query_embedding`) and the full-text ranking of `query`, each cut at
 -- `depth` candidates. The full-text ranking (`text_match`):
@@ -307,21 +339,17 @@ BEGIN
             USING ERRCODE = 'feature_not_supported',
                   HINT = format('SELECT embeddings.enable_fts(%L, ''english'');', source::text);
     END IF;
-    IF k IS NULL OR k < 1 OR depth IS NULL OR depth < 1 OR rrf_k IS NULL OR rrf_k < 0
-       OR vector_weight IS NULL OR vector_weight < 0 OR text_w < 0 THEN
-        RAISE EXCEPTION 'embeddings.hybrid_search: k and depth must be at least 1, rrf_k and the weights at least 0'
-            USING ERRCODE = 'invalid_parameter_value';
+    PERFORM embeddings_internal.hybrid_tuning_check(k, depth, rrf_k, vector_weight, text_w, text_match, fusion);
+    -- Either ranking may be left out (NULL), not both: no question at all is an error, not the
+    -- table's first rows with a score of 0.
+    IF query IS NULL AND query_embedding IS NULL THEN
+        RAISE EXCEPTION 'embeddings.hybrid_search: query and query_embedding must not both be NULL'
+            USING ERRCODE = 'null_value_not_allowed';
     END IF;
-    IF text_match IS NULL OR text_match NOT IN ('all', 'any') THEN
-        RAISE EXCEPTION 'embeddings.hybrid_search: text_match is ''all'' (every word) or ''any'' (any word), not %', coalesce(quote_literal(text_match), 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF fusion IS NULL OR fusion NOT IN ('convex', 'rrf') THEN
-        RAISE EXCEPTION 'embeddings.hybrid_search: fusion is ''convex'' (weighted scores) or ''rrf'' (reciprocal ranks), not %', coalesce(quote_literal(fusion), 'NULL')
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    -- search()'s ranking as its JSON array (sql/58_search.sql), cut at n.
-    by_vector := embeddings_internal.search_answer(t, query_embedding, n, filter);
+    -- search()'s ranking as its JSON array (sql/58_search.sql), cut at n; none without a
+    -- query vector (the rows in no order, else, each with a NULL distance).
+    by_vector := CASE WHEN query_embedding IS NULL THEN '[]'
+                      ELSE embeddings_internal.search_answer(t, query_embedding, n, filter) END;
     IF jsonb_array_length(by_vector) > n THEN
         SELECT jsonb_agg(v.value ORDER BY v.i) INTO by_vector
         FROM jsonb_array_elements(by_vector) WITH ORDINALITY AS v(value, i) WHERE v.i <= n;

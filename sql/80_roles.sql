@@ -79,6 +79,11 @@ BEGIN
 END
 $$;
 
+-- Gives `role_name`, a role of the installer's, what the worker needs. Never PUBLIC nor a role
+-- built into Postgres (pg_monitor, pg_read_all_stats, pg_database_owner, ...: Postgres reserves
+-- the prefix pg_): every login that is a member of one (a monitoring agent's, any database
+-- owner's) would become a worker role, and read rows' content through the targets' functions,
+-- the queues' keys, the dead letters (docs/security.md: such roles read what PUBLIC reads).
 CREATE FUNCTION embeddings.grant_worker(role_name name) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -88,6 +93,15 @@ DECLARE
     rel regclass;
     col name;
 BEGIN
+    IF role_name IS NULL THEN
+        RAISE EXCEPTION 'embeddings.grant_worker(): role_name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF role_name = 'public' OR role_name ~ '^pg_' THEN
+        RAISE EXCEPTION '%', CASE WHEN role_name = 'public' THEN 'PUBLIC cannot be a worker role: every role would be one'
+                                  ELSE format('role %I is built into Postgres and cannot be a worker role: each of its members would be one', role_name) END
+            USING ERRCODE = 'reserved_name',
+                  HINT = 'Make a role for the worker alone: CREATE ROLE embed_worker LOGIN PASSWORD ''...''; SELECT embeddings.grant_worker(''embed_worker'');';
+    END IF;
     IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
         RAISE EXCEPTION 'role "%" does not exist', role_name
             USING ERRCODE = 'undefined_object',

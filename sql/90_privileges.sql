@@ -76,6 +76,7 @@ DECLARE
         'embeddings_internal.search_run(text, anyelement, jsonb)',
         'embeddings_internal.set_hnsw(text, text)',
         'embeddings_internal.search_filter_sql(embeddings.targets, jsonb, integer)',
+        'embeddings_internal.hybrid_tuning_check(integer, integer, double precision, double precision, double precision, text, text)',
         'embeddings_internal.any_lexeme_query(tsvector)',
         -- the tsvector of full-text fields, which the generated store functions write
         'embeddings_internal.fields_tsvector(regconfig, text)',

@@ -398,6 +398,15 @@ def test_match_chunks_returns_nearest_chunks_with_their_document_key(
             "SELECT * FROM embeddings.match_chunks('other', %s::halfvec, 3)",
             (str(list(map(float, query))),),
         )
+    # As search(): no k, or a NULL query, is an error (not nothing, or chunks in no order).
+    for k in ("0", "NULL"):
+        with pytest.raises(psycopg.errors.InvalidParameterValue, match="k must be at least 1"):
+            conn.execute(
+                f"SELECT * FROM embeddings.match_chunks('docs', %s::halfvec, {k})",
+                (str(list(map(float, query))),),
+            )
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="query must not be NULL"):
+        conn.execute("SELECT * FROM embeddings.match_chunks('docs', NULL, 3)")
 
 
 def test_dropping_the_chunk_table_forgets_the_target(conn: Conn, docs: int) -> None:

@@ -372,6 +372,57 @@ def test_questions_of_any_punctuation_never_fail_a_search(
     assert matched("directory ---------- tree") == {5}
 
 
+def test_a_hybrid_search_without_a_question_is_an_error(conn: Conn, items: Vec) -> None:
+    """Both NULL: an error, not the table's first rows with a score of 0. The vector ranking
+    left out (NULL), the text ranking alone: no row there but for the text, whatever the fusion
+    (the vector ranking of NULL was every row in no order, which RRF scored)."""
+    with pytest.raises(
+        psycopg.errors.NullValueNotAllowed, match="query and query_embedding must not both be NULL"
+    ):
+        conn.execute("SELECT * FROM embeddings.hybrid_search('items', NULL, NULL, k => 3)")
+    holding = text_ranking(conn, "items", "embedding_fts", "directory OR folder")
+    for fusion in ("convex", "rrf"):
+        found = conn.execute(
+            "SELECT key, vector_rank, text_rank FROM embeddings.hybrid_search('items',"
+            " 'directory OR folder', NULL, k => 5, text_match => 'all', fusion => %s)",
+            (fusion,),
+        ).fetchall()
+        assert [r[0] for r in found] == holding
+        assert {r[1] for r in found} == {None}
+        # The text ranking left out instead: the vector ranking alone (row i is the i-th nearest).
+        found = conn.execute(
+            "SELECT key, text_rank FROM embeddings.hybrid_search('items', NULL, %s::halfvec,"
+            " k => 3, fusion => %s)",
+            (text(items), fusion),
+        ).fetchall()
+        assert found == [(1, None), (2, None), (3, None)]
+
+
+@pytest.mark.parametrize("weight", ["vector_weight", "text_weight", "rrf_k"])
+@pytest.mark.parametrize("value", ["NaN", "Infinity"])
+def test_a_weight_that_is_not_a_finite_number_is_refused(
+    conn: Conn, items: Vec, weight: str, value: str
+) -> None:
+    """As the CLI and HTTP refuse it (worker/retrieval/fusion.py), not fused into NaN scores."""
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="weights at least 0 and finite"):
+        conn.execute(
+            f"SELECT * FROM embeddings.hybrid_search('items', 'folder', %s::halfvec, k => 3,"
+            f" {weight} => %s::double precision)",
+            (text(items), value),
+        )
+
+
+def test_enable_fts_without_a_configuration_is_an_error_naming_it(conn: Conn, items: Vec) -> None:
+    """Not a syntax error quoting the whole generated fill; the full-text search stays."""
+    with pytest.raises(
+        psycopg.errors.NullValueNotAllowed, match=r"enable_fts\(\): config must not be NULL"
+    ):
+        conn.execute("SELECT embeddings.enable_fts('items', NULL)")
+    assert conn.execute("SELECT fts_config::text FROM embeddings.targets").fetchone() == (
+        "english",
+    )
+
+
 def test_hybrid_on_a_target_without_full_text_is_refused(conn: Conn, items: Vec) -> None:
     conn.execute("SELECT embeddings.disable_fts('items')")
     target = find_target(conn, "items")

@@ -307,6 +307,30 @@ def test_a_service_that_searched_before_a_model_change_searches_with_the_new_mod
         searches.close()
 
 
+@pytest.mark.parametrize(
+    ("call", "argument"),
+    [
+        ("rewatch(NULL)", "source"),
+        ("rewatch('docs', NULL)", "embedding_column"),
+        ("rewatch('docs', keep_old => NULL)", "keep_old"),
+        ("cancel_change(NULL)", "source"),
+        ("cancel_change('docs', NULL)", "embedding_column"),
+    ],
+)
+def test_a_null_argument_is_an_error_naming_it(
+    conn: Conn, models: tuple[str, str, str], call: str, argument: str
+) -> None:
+    """Not `syntax error at or near "IN"` from the table lock's statement made of NULL."""
+    make_table(conn, 3, model=models[0])
+    function = call.split("(", maxsplit=1)[0]
+    with pytest.raises(
+        psycopg.errors.NullValueNotAllowed,
+        match=rf"^embeddings\.{function}\(\): {argument} must not be NULL",
+    ):
+        conn.execute(f"SELECT embeddings.{call}")
+    assert not in_change(conn)
+
+
 def test_cancel_abandons_the_change_cleanly(
     conn: Conn, embedded_docs: EmbeddedDocs, run_once: Callable[..., Worker]
 ) -> None:

@@ -106,3 +106,44 @@ def test_a_detached_partition_is_no_longer_covered(conn: Conn, docs: int) -> Non
     assert queued_keys(conn, docs) == []
     conn.execute("INSERT INTO docs VALUES ('us', 12, 'the rest still is')")
     assert queued_keys(conn, docs) == [["us", 12]]
+
+
+@pytest.mark.parametrize("partition", ["docs_eu", "docs_us_low"])
+def test_a_partition_of_a_watched_table_is_refused_on_the_same_column(
+    conn: Conn, docs: int, minilm: str, partition: str
+) -> None:
+    """Two targets would embed its rows into the same column (and a verifying sweep of one
+    would queue again what the other wrote). Another column, or once detached, is another
+    target's to have."""
+    with pytest.raises(
+        psycopg.errors.ObjectInUse,
+        match=rf"public\.{partition} is a partition of public\.docs, which is watched with"
+        r" embedding_column => 'embedding'",
+    ) as refused:
+        conn.execute("SELECT embeddings.watch(%s, 'body', model => %s)", (partition, minilm))
+    assert refused.value.diag.message_detail == "Target public.docs.embedding embeds them already."
+    assert conn.execute("SELECT count(*) FROM embeddings.targets").fetchone() == (1,)
+    conn.execute("ALTER TABLE docs DETACH PARTITION docs_eu")
+    conn.execute("SELECT embeddings.watch('docs_eu', 'body', model => %s)", (minilm,))
+
+
+def test_a_table_one_of_whose_partitions_is_watched_is_refused_on_the_same_column(
+    conn: Conn, minilm: str
+) -> None:
+    conn.execute(
+        "CREATE TABLE events (id int, at date, body text, embedding halfvec(384),"
+        " PRIMARY KEY (id, at)) PARTITION BY RANGE (at)"
+    )
+    conn.execute(
+        "CREATE TABLE events_2025 PARTITION OF events FOR VALUES FROM ('2025-01-01') TO ('2026-01-01')"
+    )
+    conn.execute("SELECT embeddings.watch('events_2025', 'body', model => %s)", (minilm,))
+    with pytest.raises(
+        psycopg.errors.ObjectInUse,
+        match=r"public\.events has a partition, public\.events_2025, watched with"
+        r" embedding_column => 'embedding'",
+    ):
+        conn.execute("SELECT embeddings.watch('events', 'body', model => %s)", (minilm,))
+    assert conn.execute("SELECT source::text FROM embeddings.targets").fetchall() == [
+        ("events_2025",)
+    ]

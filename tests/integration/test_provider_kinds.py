@@ -74,6 +74,31 @@ def test_an_unknown_kind_is_refused_by_name_in_sql(conn: Conn) -> None:
     assert "openai (" in (e.value.diag.message_hint or "")
 
 
+@pytest.mark.parametrize(
+    ("call", "error", "message"),
+    [
+        # (the name went into the default endpoint: "endpoint "<NULL>" is not an http(s) URL")
+        ("register_model(NULL, 10)", psycopg.errors.NullValueNotAllowed, "name must not be NULL"),
+        # (accepted: a model named '' then showed in every unknown-model hint)
+        ("register_model('', 10)", psycopg.errors.InvalidParameterValue, "name must not be empty"),
+        ("register_model(' ', 10)", psycopg.errors.InvalidParameterValue, "name must not be empty"),
+        (
+            "register_model('m', NULL)",
+            psycopg.errors.NullValueNotAllowed,
+            "dimensions must not be NULL",
+        ),
+    ],
+)
+def test_a_null_or_empty_name_is_refused_naming_the_argument(
+    conn: Conn, call: str, error: type[Exception], message: str
+) -> None:
+    with pytest.raises(error, match=rf"^embeddings\.register_model\(\): {message}"):
+        conn.execute(f"SELECT embeddings.{call}")
+    assert conn.execute(
+        "SELECT count(*) FROM embeddings.models WHERE name IS NULL OR btrim(name) = '' OR name = 'm'"
+    ).fetchone() == (0,)
+
+
 def test_a_new_kind_changes_no_table_and_an_unknown_one_is_not_served(
     conn: Conn, caplog: pytest.LogCaptureFixture
 ) -> None:

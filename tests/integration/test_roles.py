@@ -29,6 +29,18 @@ def worker_role(conn: Conn) -> Iterator[str]:
 def test_grant_worker_needs_an_existing_role(conn: Conn) -> None:
     with pytest.raises(psycopg.errors.UndefinedObject, match='role "nobody_here" does not exist'):
         conn.execute("SELECT embeddings.grant_worker('nobody_here')")
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="role_name must not be NULL"):
+        conn.execute("SELECT embeddings.grant_worker(NULL)")
+
+
+@pytest.mark.parametrize("role", ["pg_monitor", "pg_read_all_data", "pg_database_owner", "public"])
+def test_grant_worker_refuses_a_role_every_member_of_which_would_be_a_worker(
+    conn: Conn, role: str
+) -> None:
+    """Predefined roles and PUBLIC (tests/security/test_readable_tables.py tries them all)."""
+    with pytest.raises(psycopg.errors.ReservedName, match="cannot be a worker role") as refused:
+        conn.execute("SELECT embeddings.grant_worker(%s)", (role,))
+    assert "CREATE ROLE embed_worker" in (refused.value.diag.message_hint or "")
 
 
 def test_the_worker_runs_with_least_privilege_under_row_level_security(

@@ -288,6 +288,15 @@ def test_search_function_in_sql(conn: Conn, chunked: dict[int, Vec], query: Vec)
         )
 
 
+def test_a_search_without_a_query_vector_is_an_error(
+    conn: Conn, chunked: dict[int, Vec], query: Vec
+) -> None:
+    """An application whose question's embedding failed passes NULL: it gets an error, not
+    k rows in no order with a NULL distance."""
+    with pytest.raises(psycopg.errors.NullValueNotAllowed, match="query must not be NULL"):
+        conn.execute("SELECT * FROM embeddings.search('docs', NULL, 5)")
+
+
 def test_search_follows_a_renamed_column_in_the_same_session(conn: Conn, query: Vec) -> None:
     """search()'s statements are made once per target (sql/58_search.sql), and PL/pgSQL keeps
     their plans for the session: a rename of the content or key column remakes them."""

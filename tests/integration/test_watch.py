@@ -33,6 +33,16 @@ def hnsw_indexes(conn: Conn, table: str) -> list[str]:
     ]
 
 
+def embedding_columns(conn: Conn) -> list[str]:
+    """The columns named `embedding` in any table but the test's (ours and pgmq's, say)."""
+    rows = conn.execute(
+        "SELECT a.attrelid::regclass::text FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid"
+        " WHERE a.attname = 'embedding' AND NOT a.attisdropped AND c.relkind IN ('r', 'p')"
+        " AND c.relnamespace <> 'public'::regnamespace"
+    ).fetchall()
+    return [r[0] for r in rows]
+
+
 def trigger_names(conn: Conn, table: str) -> list[str]:
     return [
         r[0]
@@ -187,6 +197,26 @@ def test_unwatch_removes_triggers_registration_and_jobs_and_keeps_data(conn: Con
 
 
 @pytest.mark.parametrize(
+    ("call", "argument"),
+    [
+        ("embeddings.unwatch(NULL)", "source"),
+        ("embeddings.unwatch('docs', NULL)", "embedding_column"),
+    ],
+)
+def test_unwatch_of_null_is_an_error_naming_the_argument(
+    conn: Conn, call: str, argument: str
+) -> None:
+    """Not a NOTICE that "<NULL>.embedding is not watched" with an empty hint."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body')")
+    with pytest.raises(
+        psycopg.errors.NullValueNotAllowed, match=rf"unwatch\(\): {argument} must not be NULL"
+    ):
+        conn.execute(f"SELECT {call}")
+    assert conn.execute("SELECT count(*) FROM embeddings.targets").fetchone() == (1,)
+
+
+@pytest.mark.parametrize(
     ("setup", "call", "error", "message"),
     [
         (
@@ -298,6 +328,38 @@ def test_unwatch_removes_triggers_registration_and_jobs_and_keeps_data(conn: Con
             psycopg.errors.NullValueNotAllowed,
             "must not be NULL",
         ),
+        (
+            "CREATE TABLE t (id int PRIMARY KEY, body text)",
+            "embeddings.watch('t', 'body', embedding_column => '')",
+            psycopg.errors.InvalidParameterValue,
+            "embedding_column must not be empty",
+        ),
+        # The worker's sessions cannot see another session's temporary table.
+        (
+            "CREATE TEMP TABLE tmp2 (id int PRIMARY KEY, body text)",
+            "embeddings.watch('tmp2', 'body')",
+            psycopg.errors.WrongObjectType,
+            "^tmp2 is a temporary table",
+        ),
+        # Our own tables and pgmq's: the registry would get a column and triggers.
+        (
+            "",
+            "embeddings.watch('embeddings.targets', 'problem')",
+            psycopg.errors.WrongObjectType,
+            "embeddings.targets is a table of embed-worker's own",
+        ),
+        (
+            "",
+            "embeddings.watch('embeddings.failures', 'last_error')",
+            psycopg.errors.WrongObjectType,
+            "embeddings.failures is a table of embed-worker's own",
+        ),
+        (
+            "",
+            "embeddings.watch('pgmq.meta', 'queue_name')",
+            psycopg.errors.WrongObjectType,
+            "pgmq.meta is a table of embed-worker's own",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error_and_creates_nothing(
@@ -314,6 +376,7 @@ def test_bad_input_is_a_clear_error_and_creates_nothing(
     assert conn.execute(
         "SELECT count(*) FROM pg_trigger WHERE tgname ~ '^embeddings_[0-9]'"
     ).fetchone() == (0,)
+    assert embedding_columns(conn) == []
     assert (
         conn.execute(
             "SELECT count(*) FROM pg_attribute a JOIN pg_class c ON c.oid = a.attrelid WHERE c.relnamespace = 'public'::regnamespace AND a.attnum > 0 AND NOT a.attisdropped"

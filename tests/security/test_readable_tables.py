@@ -158,3 +158,23 @@ def test_a_monitoring_login_reads_no_queued_or_dead_lettered_key(
 ) -> None:
     with psycopg.connect(monitor) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
         conn.execute(f"SELECT message FROM {table}")
+
+
+def test_no_built_in_role_nor_public_can_be_made_a_worker_role(stores: Conn, monitor: str) -> None:
+    """grant_worker() of one would make every member a worker role (a monitoring agent's login,
+    any database owner's): able to read rows' content through the targets' functions, the
+    queues' keys and the dead letters. Refused, granting nothing."""
+    for role in [*built_in_roles(stores), "public"]:
+        with pytest.raises(psycopg.errors.ReservedName, match="cannot be a worker role"):
+            stores.execute("SELECT embeddings.grant_worker(%s)", (role,))
+    assert stores.execute("SELECT count(*) FROM embeddings.worker_roles").fetchone() == (0,)
+    # (the targets' searches are PUBLIC's: they run as their caller)
+    granted = stores.execute(
+        "SELECT p.oid::regprocedure::text FROM pg_proc p"
+        " WHERE (p.oid = ANY (embeddings.worker_functions()) OR p.proname ~ '^embeddings_[0-9]+_')"
+        "   AND has_function_privilege('pg_monitor', p.oid, 'EXECUTE')"
+        "   AND NOT has_function_privilege('public', p.oid, 'EXECUTE')"
+    ).fetchall()
+    assert granted == []
+    with psycopg.connect(monitor) as conn, pytest.raises(psycopg.errors.InsufficientPrivilege):
+        conn.execute("SELECT * FROM embeddings.failures")
