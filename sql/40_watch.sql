@@ -806,7 +806,13 @@ BEGIN
     o.source := watch.source;
     o.content := watch.content;
     o.embedding_column := watch.embedding_column;
-    o.model := coalesce(watch.model, embeddings.default_model());  -- the database's default model
+    -- No model named: a watched table's own (or the one a change in progress moves it to), as
+    -- set_default_model() promises; a new target's, the database's default model.
+    o.model := coalesce(watch.model,
+                        (SELECT coalesce(mc.model, tg.model) FROM embeddings.targets tg
+                         LEFT JOIN embeddings.model_changes mc ON mc.target_id = tg.id
+                         WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column),
+                        embeddings.default_model());
     o.triggers := watch.triggers;
     o.clear_on_update := watch.clear_on_update;
     o.queue := watch.queue;

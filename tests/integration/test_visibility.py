@@ -86,6 +86,29 @@ def test_watch_follows_the_database_default_model(conn: Conn) -> None:
         conn.execute("SELECT embeddings.set_default_model('nope')")
 
 
+def test_watch_again_without_a_model_keeps_the_table_s_model(conn: Conn) -> None:
+    """A setup script run again after the default changed (set_default_model(): "watched
+    tables keep theirs") started a model change of every table it watched: a whole re-embed,
+    with no word. Without a model, watch() of a watched table keeps its model, or the model a
+    change in progress moves it to; another model is named to change it."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'hello')")
+    conn.execute("SELECT embeddings.watch('docs', 'body')")
+    conn.execute("SELECT embeddings.set_default_model('all-MiniLM-L6-v2')")
+
+    conn.execute("SELECT embeddings.watch('docs', 'body', clear_on_update => true)")
+
+    assert conn.execute("SELECT model FROM embeddings.targets").fetchall() == [("gte-small",)]
+    assert conn.execute("SELECT count(*) FROM embeddings.model_changes").fetchone() == (0,)
+    # Named, it changes; watch() again without a model then keeps that change going.
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'all-MiniLM-L6-v2')")
+    conn.execute("SELECT embeddings.set_default_model('gte-small')")
+    conn.execute("SELECT embeddings.watch('docs', 'body')")
+    assert conn.execute("SELECT model FROM embeddings.model_changes").fetchall() == [
+        ("all-MiniLM-L6-v2",)
+    ]
+
+
 def test_watch_refuses_to_double_the_guides_triggers(conn: Conn) -> None:
     conn.execute(GUIDE_SETUP)
 
