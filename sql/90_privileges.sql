@@ -77,6 +77,7 @@ DECLARE
         'embeddings_internal.set_hnsw(text, text)',
         'embeddings_internal.search_filter_sql(embeddings.targets, jsonb, integer)',
         'embeddings_internal.any_lexeme_query(tsvector)',
+        'embeddings_internal.fulltext_words(text)',  -- the words hybrid_search()'s full-text side reads
         -- the tsvector of full-text fields, which the generated store functions write
         'embeddings_internal.fields_tsvector(regconfig, text)',
         'embeddings_internal.store_kinds()',
