@@ -319,6 +319,14 @@ def test_a_table_of_two_targets_is_searched_by_naming_the_column(conn: Conn, que
     statement = "SELECT key, content FROM embeddings.search('items', %s::halfvec, 1, NULL, %s)"
     with pytest.raises(psycopg.errors.AmbiguousColumn, match="several embedding columns"):
         conn.execute(statement, (text(query), None))
+    # POST /search and `embed-worker search`: the request is incomplete, a 400 (InvalidSearch;
+    # before: a ConfigError, answered 404 as a table not found), naming what to pass.
+    with pytest.raises(
+        errors.InvalidSearch,
+        match="items has several embedding columns: pass a column, 'embedding' or"
+        " 'title_embedding'",
+    ):
+        find_target(conn, "items")
     assert conn.execute(statement, (text(query), "title_embedding")).fetchall() == [(1, "a title")]
     assert conn.execute(statement, (text(query), "embedding")).fetchall() == []
 
