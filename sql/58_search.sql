@@ -51,7 +51,7 @@ $$;
 
 -- The SQL condition (on row alias `s` of t's table) of a structured filter: a JSON object
 -- whose keys are column names of built-in scalar types, each value either a JSON scalar
--- (equality; null: IS NULL), an array (any of them), or an object of comparisons
+-- (equality; null: IS NULL), an array (any of them, null among them matching NULL), or an object of comparisons
 -- {"eq"|"ne"|"lt"|"lte"|"gt"|"gte": value, "in": [values]}; all must hold. Values are read
 -- as the column's type from their JSON text (`param` is the filter's parameter, $n), never
 -- spliced into the SQL. 'true' for NULL or {}.
@@ -93,13 +93,16 @@ BEGIN
         IF jsonb_typeof(val) = 'null' THEN
             parts := parts || format('%s IS NULL', column_sql);
         ELSIF jsonb_typeof(val) = 'array' THEN
-            parts := parts || format('%s OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x::%s FROM pg_catalog.jsonb_array_elements_text(%s) x))',
-                                     column_sql, base, value_sql);
+            -- A null among the values matches NULL, as null alone does (= ANY never does).
+            parts := parts || format('(%s OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x::%s FROM pg_catalog.jsonb_array_elements_text(%s) x))%s)',
+                                     column_sql, base, value_sql,
+                                     CASE WHEN val @> '[null]' THEN format(' OR %s IS NULL', column_sql) ELSE '' END);
         ELSIF jsonb_typeof(val) = 'object' THEN
             FOR op, arg IN SELECT e.key, e.value FROM jsonb_each(val) e ORDER BY e.key LOOP
                 IF op = 'in' AND jsonb_typeof(arg) = 'array' THEN
-                    parts := parts || format('%s OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x::%s FROM pg_catalog.jsonb_array_elements_text(%s OPERATOR(pg_catalog.->) ''in'') x))',
-                                             column_sql, base, value_sql);
+                    parts := parts || format('(%s OPERATOR(pg_catalog.=) ANY (ARRAY(SELECT x::%s FROM pg_catalog.jsonb_array_elements_text(%s OPERATOR(pg_catalog.->) ''in'') x))%s)',
+                                             column_sql, base, value_sql,
+                                             CASE WHEN arg @> '[null]' THEN format(' OR %s IS NULL', column_sql) ELSE '' END);
                 ELSIF ops ? op AND jsonb_typeof(arg) NOT IN ('object', 'array', 'null') THEN
                     parts := parts || format('%s OPERATOR(pg_catalog.%s) (%s OPERATOR(pg_catalog.->>) %L)::%s',
                                              column_sql, ops->>op, value_sql, op, base);

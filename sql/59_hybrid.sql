@@ -37,6 +37,30 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   config::text, expr, E'(\\w)\\.(?=\\w)', E'\\1 ', E'\\m(or|Or|oR)\\M', E'\\1_', E'-(?=[-\\s!&|()<]|$)')
 $$;
 
+-- The words of hybrid search's question that its full-text side reads (docs/sql.md): the first
+-- 64 runs of characters between white space; in a question without websearch syntax (no `"`,
+-- no word "or", no word starting with "-") a word seen before (in any case) is left out first.
+-- The every-word query is a tree with an AND per word: 20,000 words overflowed the stack, and
+-- "password reset" 8,000 times kept a backend ranking for 35 s (ts_rank_cd of an every-word
+-- query of 16,000 items); a question's keywords fit in 64 words, and the vector side reads the
+-- model's first 512 tokens alike. Linear in the question (1 MiB, POST /search's bound: 0.1 s).
+CREATE FUNCTION embeddings_internal.fulltext_words(question text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    -- Read once (in the statement below, once a word: quadratic in the question).
+    syntax boolean := question ~ E'"|(^|\\s)-|(^|\\s)[oO][rR](\\s|$)';
+BEGIN
+    RETURN (
+        SELECT coalesce(string_agg(w.word, ' ' ORDER BY w.i), '')
+        FROM (SELECT k.word, k.i, row_number() OVER (ORDER BY k.i) AS n
+              FROM (SELECT s.word, s.i, s.i = min(s.i) OVER (PARTITION BY lower(s.word)) AS first
+                    FROM pg_catalog.regexp_split_to_table(question, E'\\s+') WITH ORDINALITY AS s(word, i)
+                    WHERE s.word <> '') k
+              WHERE k.first OR syntax) w
+        WHERE w.n <= 64);
+END
+$$;
+
 -- Fields: a content whose text holds U+001F (the unit separator, chr(31)) is a title (the
 -- text before the first one) and a body (the rest). Its tsvector: the title's words weighted
 -- A, then the body's (weight D, their places after the title's, as in one text). Without the
@@ -357,7 +381,7 @@ BEGIN
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     EXECUTE format('SELECT embeddings.%I($1, $2, $3)',
                    prefix || CASE text_match WHEN 'any' THEN '_bm25_ranking' ELSE '_text_ranking' END)
-        INTO by_text USING query, filter, n;
+        INTO by_text USING embeddings_internal.fulltext_words(query), filter, n;
     PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
     IF convex THEN
         -- The figures of a document a ranking left out (above): the vector ranking's least
@@ -373,7 +397,7 @@ BEGIN
         IF text_match = 'any' AND text_w > 0 AND jsonb_array_length(by_text) > 0
            AND jsonb_typeof(by_text->0->'every') IS DISTINCT FROM 'boolean' THEN
             EXECUTE format('SELECT embeddings.%I($1, $2, 11)', prefix || '_text_ranking')
-                INTO every_word USING query, filter;
+                INTO every_word USING embeddings_internal.fulltext_words(query), filter;
             PERFORM pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);  -- (search_run() says why)
             IF jsonb_array_length(every_word) > 10 THEN
                 every_word := '[]';

@@ -423,6 +423,38 @@ def test_enable_fts_without_a_configuration_is_an_error_naming_it(conn: Conn, it
     )
 
 
+@pytest.mark.parametrize("text_match", ["any", "all"])
+def test_the_full_text_side_reads_the_question_s_first_64_words(
+    conn: Conn, items: Vec, text_match: str
+) -> None:
+    """A question of 20,000 words is answered (before: "stack depth limit exceeded", the
+    every-word query a tree with an AND per word), its full-text side reading its first 64
+    words (docs/sql.md), a word repeated counted once: "directory tree" 8,000 times ranks as
+    "directory tree" (before: a backend busy half a minute on a larger table)."""
+    target = find_target(conn, "items")
+
+    def matched(question: str) -> set[int]:
+        found = rankings.run(
+            conn,
+            rankings.hybrid_ranking(
+                target, question, items, 8, fusion=Fusion(text_match=text_match)
+            ),
+        )
+        return {r["key"] for r in found if r["text_rank"] is not None}
+
+    assert matched(" ".join(f"w{i}" for i in range(20_000))) == set()
+    if text_match == "any":
+        filler = " ".join(f"w{i}" for i in range(62))
+        assert matched(f"urlopen {filler} tree") == {1, 5}  # words 1 and 64
+        assert matched(f"urlopen {filler} x tree") == {1}
+        assert matched("Directory tree DIRECTORY " * 8000 + " urlopen") == {1, 5}  # 3rd word
+    else:  # words none holds are no filler here: excluded ones
+        excluded = " ".join(f"-w{i}" for i in range(62))
+        assert matched(f"directory tree {excluded} -tree") == {5}  # "-tree" the 65th
+        assert matched(f"directory tree {excluded[:-4]} -tree") == set()  # the 64th
+    assert matched("directory tree " * 8000) == {5}
+
+
 def test_hybrid_on_a_target_without_full_text_is_refused(conn: Conn, items: Vec) -> None:
     conn.execute("SELECT embeddings.disable_fts('items')")
     target = find_target(conn, "items")

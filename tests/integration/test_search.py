@@ -328,8 +328,39 @@ def test_a_table_of_two_targets_is_searched_by_naming_the_column(conn: Conn, que
     statement = "SELECT key, content FROM embeddings.search('items', %s::halfvec, 1, NULL, %s)"
     with pytest.raises(psycopg.errors.AmbiguousColumn, match="several embedding columns"):
         conn.execute(statement, (text(query), None))
+    # POST /search and `embed-worker search`: the request is incomplete, a 400 (InvalidSearch;
+    # before: a ConfigError, answered 404 as a table not found), naming what to pass.
+    with pytest.raises(
+        errors.InvalidSearch,
+        match="items has several embedding columns: pass a column, 'embedding' or"
+        " 'title_embedding'",
+    ):
+        find_target(conn, "items")
     assert conn.execute(statement, (text(query), "title_embedding")).fetchall() == [(1, "a title")]
     assert conn.execute(statement, (text(query), "embedding")).fetchall() == []
+
+
+def test_a_null_among_a_filter_s_values_matches_null(conn: Conn, query: Vec) -> None:
+    """`null` is IS NULL and a list is any of its values (docs/http.md), so a list holding
+    null matches NULL rows too, in a list as in "in", from SQL and from the worker alike.
+    Before: `= ANY` never matched NULL, and such a filter silently left those rows out."""
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, lang text, body text)")
+    conn.execute("INSERT INTO notes VALUES (1, 'en', 'a'), (2, 'fr', 'b'), (3, NULL, 'c')")
+    conn.execute("SELECT embeddings.watch('notes', 'body', model => %s)", (MODEL,))
+    conn.execute("UPDATE notes SET embedding = %s", (text(query),))
+    for lang, keys in (
+        (["en", None], {1, 3}),
+        ({"in": ["en", None]}, {1, 3}),
+        ([None], {3}),
+        (["en", "fr"], {1, 2}),
+        ({"in": ["fr"], "ne": "en"}, {2}),
+    ):
+        by_sql = conn.execute(
+            "SELECT key FROM embeddings.search('notes', %s::halfvec, 5, %s::jsonb)",
+            (text(query), json.dumps({"lang": lang})),
+        ).fetchall()
+        assert {key for (key,) in by_sql} == keys, lang
+        assert {r["key"] for r in searched(conn, "notes", query, 5, filter={"lang": lang})} == keys
 
 
 def test_a_filter_value_is_a_constant_to_the_planner(conn: Conn) -> None:

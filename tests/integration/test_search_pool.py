@@ -6,6 +6,8 @@ client goes through."""
 from __future__ import annotations
 
 import json
+import logging
+import select
 import threading
 import urllib.request
 from collections.abc import Callable, Iterator, Sequence
@@ -27,6 +29,7 @@ from worker.retrieval.errors import InvalidSearch
 from worker.retrieval.pool import SearchConnections
 from worker.retrieval.request import SearchRequest
 from worker.retrieval.search import SearchService
+from worker.session_guard import GuardedConnection
 
 
 def test_a_connection_comes_back_without_what_the_last_user_left(dsn: str) -> None:
@@ -311,6 +314,38 @@ def test_a_search_sent_with_its_check_fails_as_it_fails_alone(
     assert sorted(r["key"] for r in service.search(SearchRequest.parse(asked))) == [1, 2, 3]
 
 
+def test_a_refused_search_logs_no_warning(
+    docs: str,
+    one_connection: SearchConnections,
+    embedders: Any,
+    caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A filter naming no column is the caller's mistake: a 400, and nothing in the worker's
+    log. Before: psycopg logged `WARNING error ignored terminating <psycopg.Pipeline ...>:
+    pipeline aborted` for each one (the ranking's error let out of the pipeline's block), so a
+    client could fill the operator's log with what reads as database trouble."""
+    service = SearchService(one_connection.connection, QueryBatchers(embedders.get))
+    asked = {"table": docs, "query": "document", "k": 3}
+    service.search(SearchRequest.parse(asked))  # the target known: the pipelined path next
+    # The ranking's error on the socket before the pipeline's last statement is sent (the
+    # server sends an error at once), as when the client is slower than the server: one
+    # search in ten here, more under load.
+    as_left = GuardedConnection.execute_as_left
+
+    def answered_first(conn: GuardedConnection, query: str, params: Any = None) -> Any:
+        readable, _, _ = select.select([conn.pgconn.socket], [], [], 30)
+        assert readable, "the ranking's error never came"
+        return as_left(conn, query, params)
+
+    monkeypatch.setattr(GuardedConnection, "execute_as_left", answered_first)
+    caplog.set_level(logging.DEBUG)
+    for _ in range(2):
+        with pytest.raises(InvalidSearch, match="nope"):
+            service.search(SearchRequest.parse({**asked, "filter": {"nope": 1}}))
+    assert [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING] == []
+
+
 # --- the search service: no connection held while the CPU works; one path for every client --
 
 
@@ -455,3 +490,55 @@ def test_the_command_line_http_and_python_search_through_the_same_service(
         assert len(searches.search(SearchRequest("docs", "from python", k=1))) == 1
 
     assert served == ["over http", "on the command line", "from python"]
+
+
+@pytest.mark.parametrize("followed", [True, False], ids=["event-triggers", "no-event-triggers"])
+@pytest.mark.parametrize("dropped", ["body", "embedding"])
+def test_a_search_of_a_table_whose_column_was_dropped_is_answered_as_a_first_one(
+    conn: psycopg.Connection[Any],
+    docs: str,
+    dsn: str,
+    one_connection: SearchConnections,
+    embedders: Any,
+    followed: bool,
+    dropped: str,
+) -> None:
+    """A table searched before its content or embedding column was dropped is answered as
+    a table searched first after the drop, however it is spelled: where the event triggers
+    recorded the drop (a superuser's install), the content column's is the target's problem
+    (a TargetError: a 404); without them, the embedding column's is found missing when the
+    ranking fails. Before: the ranking sent with the known target's check failed, and its
+    error was raised even when the check showed the target had changed, or when its
+    registration read anew said why (400 "column s.body does not exist", at every later
+    search)."""
+    if not followed:
+        conn.execute("ALTER EVENT TRIGGER embeddings_follow_schema_changes DISABLE")
+        conn.execute("ALTER EVENT TRIGGER embeddings_forget_dropped DISABLE")
+    service = SearchService(one_connection.connection, QueryBatchers(embedders.get))
+    asked = {"table": docs, "query": "document", "k": 3}
+    for _ in range(3):  # the target known, the pool's connection typed: the one exchange
+        assert len(service.search(SearchRequest.parse(asked))) == 3
+    conn.execute(f"ALTER TABLE docs DROP COLUMN {dropped}")
+
+    def refusal(searches: SearchService, table: str) -> tuple[type, str]:
+        with pytest.raises(exceptions.EmbedWorkerError) as refused:
+            searches.search(SearchRequest.parse({**asked, "table": table}))
+        return type(refused.value), str(refused.value)
+
+    fresh = SearchConnections(dsn, max_size=1)
+    try:  # each spelling searched first (a table name is known by its spelling)
+        first_search = SearchService(fresh.connection, QueryBatchers(embedders.get))
+        first = {table: refusal(first_search, table) for table in (docs, "public.docs")}
+    finally:
+        fresh.close()
+    if followed and dropped == "body":
+        assert first[docs] == (
+            exceptions.TargetError,
+            "public.docs.embedding: its content column body was dropped; watch the table"
+            " again with its new content",
+        )
+    if not followed and dropped == "embedding":
+        assert first[docs][0] is exceptions.TargetError
+        assert "the embedding column is missing" in first[docs][1]
+    for table in (docs, "public.docs", docs):
+        assert refusal(service, table) == first[table]

@@ -63,6 +63,9 @@ def test_text_match_and_fusion_are_read_from_the_body_with_the_other_defaults() 
         ({"depth": False}, '"depth" must be an integer'),
         ({"rrf_k": float("inf")}, '"rrf_k" must be a number of at least 0'),
         ({"text_weight": 10**400}, '"text_weight" is out of range'),
+        ({"vector_weight": 1.7e308}, '"vector_weight" must be a number of at least 0: 0 or'),
+        ({"text_weight": 5e-324}, '"text_weight" must be a number of at least 0: 0 or'),
+        ({"rrf_k": 1e7}, '"rrf_k" must be a number of at least 0: 0 or from 1e-06 to 1e'),
         ({"mode": "vector", "depth": 5}, 'depth: these tune hybrid search, not "mode": "vector"'),
     ],
 )

@@ -107,23 +107,31 @@ def _rank_known(
     ranking = _ranking(target, request, vector, request.k)
     drop_plans = conn.plans_for(target.id)
     checked = ranked = version = None
-    try:
-        with search_errors(), conn.pipeline():
-            if drop_plans is not None:
-                conn.execute(drop_plans)
-            checked = conn.execute(*check_statement(conn, request.table, request.column))
-            ranked = conn.execute(ranking.query, ranking.params)
-            # After the ranking, in the same exchange: a model change that swapped the
-            # column meanwhile. The DISCARD the ranking calls for is the pool's, after
-            # the answer (worker/retrieval/pool.py).
-            version = conn.execute_as_left(*version_statement(target))
-    except exceptions.DatabaseError:
-        if _rows(checked) == check:  # the same target: the ranking's own error
-            raise
-        return None
-    assert ranked is not None
+
+    def send() -> None:
+        nonlocal checked, ranked, version
+        if drop_plans is not None:
+            conn.execute(drop_plans)
+        checked = conn.execute(*check_statement(conn, request.table, request.column))
+        ranked = conn.execute(ranking.query, ranking.params)
+        # After the ranking, in the same exchange: a model change that swapped the
+        # column meanwhile. The DISCARD the ranking calls for is the pool's, after
+        # the answer (worker/retrieval/pool.py).
+        version = conn.execute_as_left(*version_statement(target))
+
+    failure = _pipelined(conn, send)
     if _rows(checked) != check:
+        # Another target, or this one changed (a column dropped: its problem recorded):
+        # checked and ranked one statement at a time, as a first search of it would be.
         return None
+    if failure is not None:  # the same target: the ranking's own error, or its problem
+        try:
+            with search_errors():
+                raise failure
+        except (exceptions.DatabaseError, exceptions.ConfigError):
+            _refuse_if_unservable(conn, target, vector)
+            raise
+    assert ranked is not None
     found = Ranked(ranking.results(ranked.fetchall()), None)
     return target, found, is_current_version(_rows(version), target)
 
@@ -143,13 +151,26 @@ def _rank(
     stage = rerank.plan(request, target)
     reranker = None if stage is None else _reranker(conn, stage, load_reranker)
     k = request.k if stage is None else stage.depth
+    ranking = _ranking(target, request, vector, k)
     try:
-        results = rankings.run(conn, _ranking(target, request, vector, k))
-    except exceptions.DatabaseError:
+        results = rankings.run(conn, ranking)
+    except (exceptions.DatabaseError, exceptions.ConfigError):  # ConfigError: InvalidSearch
         if is_current(conn, target):
+            _refuse_if_unservable(conn, target, vector)
             raise
         return None
     return Ranked(results, reranker)
+
+
+def _refuse_if_unservable(
+    conn: db.Connection, target: Target, vector: npt.NDArray[np.float32]
+) -> None:
+    """After `target`'s ranking failed: its problem (a TargetError), if it has one as it is
+    registered now, which is what a first search of its table answers (a content column
+    dropped without an event trigger to record it is seen by the registration's read, not
+    by the cheap check of a known target); else nothing, and the ranking's error stands."""
+    if (problem := current_target(conn, target).problem(vector.shape[0])) is not None:
+        raise exceptions.TargetError(problem)
 
 
 def _ranking(
@@ -180,6 +201,24 @@ def _plans_for(conn: db.Connection, target: int | None) -> None:
     serves this one (queries.sql: session_discard_plans)."""
     if isinstance(conn, GuardedConnection) and (drop := conn.plans_for(target)):
         conn.execute(drop)
+
+
+def _pipelined(conn: db.Connection, send: Callable[[], None]) -> psycopg.Error | None:
+    """Sends `send()`'s statements in one pipeline; the first error one of them raised, or
+    None. The pipeline is ended as a pipeline that ran well is: an error let out of its block
+    has psycopg log, at WARNING, the "pipeline aborted" of the statements after the failed one
+    (a refused filter, a caller's mistake, read as database trouble in the worker's log)."""
+    failure: psycopg.Error | None = None
+    try:
+        with conn.pipeline():
+            try:
+                send()
+            except psycopg.Error as exc:
+                failure = exc
+    except psycopg.Error as exc:  # raised by the pipeline's end: its sync, or a result
+        if failure is None:
+            failure = exc
+    return failure
 
 
 def _rows(cursor: Any) -> Any:

@@ -16,7 +16,6 @@ are hybrid_search()'s; text_weight's depends on the fusion (None here: the SQL f
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -24,6 +23,11 @@ from typing import Any
 # index scan and the full-text ranking's scoring must produce (as pgvector caps
 # hnsw.ef_search at 1000).
 MAX_DEPTH = 1000
+# The range of rrf_k and the weights, besides 0: beyond it hybrid_search()'s arithmetic over-
+# or underflows (1.7e308 and 5e-324 were Postgres's "value out of range", naming no field),
+# and within it any ratio of weights one could mean (a millionth of the other's, and less:
+# 0) is there.
+SMALLEST, LARGEST = 1e-6, 1e6
 TEXT_MATCHES = ("all", "any")  # every word of the query, or any of them
 FUSIONS = ("convex", "rrf")  # weighted scores, or reciprocal ranks
 
@@ -77,8 +81,11 @@ class Fusion:
         """This tuning, if hybrid_search() takes it (ValueError naming the field if not)."""
         for name in ("rrf_k", "vector_weight", "text_weight"):
             value = getattr(self, name)
-            if value is not None and (not math.isfinite(value) or value < 0):
-                raise ValueError(f'"{name}" must be a number of at least 0, not {value:g}')
+            if value is not None and not (value == 0 or SMALLEST <= value <= LARGEST):
+                raise ValueError(
+                    f'"{name}" must be a number of at least 0: 0 or from {SMALLEST:g} to'
+                    f" {LARGEST:g}, not {value:g}"
+                )
         if self.vector_weight == 0 and self.text_weight == 0:
             raise ValueError('"vector_weight" and "text_weight" cannot both be 0')
         if not 1 <= self.depth <= MAX_DEPTH:

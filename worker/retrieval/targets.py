@@ -12,6 +12,7 @@ from psycopg.rows import dict_row
 
 from worker import db, escapes, exceptions, queries
 from worker.pipeline.targets import target_of
+from worker.retrieval.errors import InvalidSearch
 from worker.session_guard import GuardedConnection
 from worker.target import Target
 
@@ -45,8 +46,9 @@ def find_target(
     found = [row for row in rows if row["id"] is not None]
     if not found:
         raise exceptions.TargetError(not_watched(conn, table, column, then))
-    if len(found) > 1:
-        raise exceptions.ConfigError(f"{table} has several embedding columns: pass a column")
+    if len(found) > 1:  # the request is incomplete (a 400), not of a table not found
+        columns = " or ".join(escapes.shown_literal(row["embedding_column"]) for row in found)
+        raise InvalidSearch(f"{table} has several embedding columns: pass a column, {columns}")
     return target_of(found[0])
 
 
