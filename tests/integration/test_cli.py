@@ -436,6 +436,7 @@ def test_failures_of_one_table_or_some_ids_are_listed_and_retried_alone(
     code, out, _ = failures("--limit", "2")
     assert code == 0 and "6 dead-lettered, the first 2 shown (--limit)" in out
     assert len(re.findall(r"public\.\w+\.embedding", out)) == 2
+    assert out.strip().endswith(" failures --limit 2 --retry"), out  # re-queues what it showed
     code, out, _ = failures("docs")
     assert out.strip().endswith(" failures docs --retry"), out
 
@@ -460,3 +461,6 @@ def test_failures_of_one_table_or_some_ids_are_listed_and_retried_alone(
     assert code == 2 and "public.plain is not watched: it has no dead letters" in err
     code, _, err = failures("--id", "0", "--retry")
     assert code == 0 and "re-queued 0 dead-lettered job(s)" in err and len(left()) == 2
+    code, _, err = failures("--limit", "1", "--retry")  # what `failures --limit 1` lists, no more
+    assert code == 0 and "re-queued 1 dead-lettered job(s)" in err
+    assert left() == [("public.notes.embedding", 3)]

@@ -25,8 +25,10 @@ def run(conn: db.Connection, args: argparse.Namespace, dsn: str) -> int:
     with db.translated():
         chosen = {"targets": _targets(conn, args.table), "ids": args.ids}
         if args.retry:
-            every = args.table is None and args.ids is None  # all at once, as ever
-            ids = None if every else [row[0] for row in _listed(conn, chosen, None)]
+            # --retry re-queues what the same command without it lists: --limit N included, so
+            # a user who narrowed the list to what they checked re-queues no more than that
+            every = args.table is None and args.ids is None and args.limit is None
+            ids = None if every else [row[0] for row in _listed(conn, chosen, args.limit)]
             retried = conn.execute(queries.get("retry_failures"), {"ids": ids}).fetchone()
             print(f"re-queued {retried[0] if retried else 0} dead-lettered job(s)", file=sys.stderr)
             return exits.OK
@@ -58,6 +60,7 @@ def _listed(conn: db.Connection, chosen: dict[str, Any], limit: int | None) -> l
 def _retry_command(args: argparse.Namespace, dsn: str) -> str:
     chosen = [shlex.quote(args.table)] if args.table is not None else []
     chosen += [f"--id {i}" for i in args.ids or ()]
+    chosen += [f"--limit {args.limit}"] if args.limit is not None else []  # what was shown
     return hints.command(" ".join(["failures", *chosen, "--retry"]), dsn)
 
 

@@ -253,7 +253,9 @@ def _failures_options(failures: argparse.ArgumentParser) -> None:
         help="only the dead letter with this id (repeatable)",
     )
     failures.add_argument(
-        "--retry", action="store_true", help="re-queue them (all, or those TABLE and --id choose)"
+        "--retry",
+        action="store_true",
+        help="re-queue them (all, or those TABLE, --id and --limit choose)",
     )
     failures.add_argument(
         "--limit",
