@@ -52,6 +52,8 @@ def test_flags_win_over_the_environment() -> None:
         ({"EMBED_LOG_FORMAT": "xml"}, "EMBED_LOG_FORMAT"),
         ({"EMBED_VT_SECONDS": "1"}, "EMBED_VT_SECONDS"),
         ({"EMBED_HTTP_PORT": "70000"}, "EMBED_HTTP_PORT"),
+        ({"EMBED_LOG_LEVEL": "5"}, "EMBED_LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or"),
+        ({"EMBED_GRACE_SECONDS": "inf"}, "EMBED_GRACE_SECONDS: expected a finite number"),
     ],
 )
 def test_invalid_settings_name_their_variable(env: dict[str, str], message: str) -> None:
@@ -69,6 +71,16 @@ def test_every_floor_is_held_and_named(name: str, lowest: int, why: str) -> None
     assert str(refused.value).startswith(f"{Settings.env_of(name)}: {expected}")
     assert why in str(refused.value)
     assert getattr(Settings.from_env({Settings.env_of(name): str(lowest)}), name) == lowest
+
+
+@pytest.mark.parametrize("name", config._AT_MOST_INTEGER)
+def test_every_ceiling_is_held_and_named(name: str) -> None:
+    """Past a Postgres integer, a setting reached our SQL as a bigint no function takes
+    (EMBED_BATCH_SIZE) or overflowed there (EMBED_LOCK_TIMEOUT_MS): refused, named, at once."""
+    highest = config.PG_INTEGER_MAX
+    with pytest.raises(exceptions.ConfigError, match=f"^{Settings.env_of(name)}: must be at most"):
+        Settings.from_env({Settings.env_of(name): str(highest + 1)})
+    assert getattr(Settings.from_env({Settings.env_of(name): str(highest)}), name) == highest
 
 
 @pytest.mark.parametrize("name", config._POSITIVE)

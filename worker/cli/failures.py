@@ -13,15 +13,23 @@ from typing import Any
 
 from worker import db, exceptions, exits, queries
 from worker.cli import hints, output
+from worker.config import PG_INTEGER_MAX
 from worker.retrieval.targets import table_targets
 
 KEYS = ("id", "target", "row_key", "attempts", "last_error", "failed_at")
 PAGE = 100  # rows the table view shows without --limit
+PG_BIGINT_MAX = 2**63 - 1  # embeddings.failures.id
+
+
+def check(args: argparse.Namespace) -> None:
+    """ConfigError for options out of their bounds, before anything connects."""
+    if args.limit is not None and not 1 <= args.limit <= PG_INTEGER_MAX:
+        raise exceptions.ConfigError(f"--limit must be from 1 to {PG_INTEGER_MAX}")
+    if any(abs(i) > PG_BIGINT_MAX for i in args.ids or ()):  # ids are bigints: one past is none
+        raise exceptions.ConfigError(f"--id must be at most {PG_BIGINT_MAX}")
 
 
 def run(conn: db.Connection, args: argparse.Namespace, dsn: str) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise exceptions.ConfigError("--limit must be at least 1")
     with db.translated():
         chosen = {"targets": _targets(conn, args.table), "ids": args.ids}
         if args.retry:
