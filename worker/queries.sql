@@ -788,6 +788,11 @@ SELECT name, dimensions FROM embeddings.models;
 -- The model of each target.
 SELECT model FROM embeddings.targets;
 
+-- name: live_queues
+-- The live queues (not their backfill lanes) by name: the queues a worker may serve (EMBED_QUEUE).
+-- ours: touches only our tables, runs no one else's code
+SELECT q.name FROM embeddings.queues q WHERE q.live_queue IS NULL ORDER BY q.name;
+
 -- name: target_grants
 -- Each target's name, model, column typmod and whether this role may do its work: execute the
 -- functions through which the worker reads and writes the table as its owner
