@@ -1065,11 +1065,12 @@ WHERE t.source = embeddings_internal.relation_named(%(table)s) AND (%(column)s::
 ORDER BY t.id;
 
 -- name: plan_target_rows
--- `plan`: a target's rows, and those with a vector, as embeddings.status has them: counted up to
--- status_exact_rows() rows, else estimated (`estimated`). Not target_status(true), which counts
--- every watched table, however large, to give one (18.7 s for a 200-row table beside two of a
--- million rows).
-SELECT total_rows, embedded_rows, estimated FROM embeddings_internal.target_status() WHERE target_id = %(target_id)s;
+-- `plan`: a target's rows, those with a vector, and those cleared (NULL or blank content: no
+-- vector is wanted), as embeddings.status has them: counted up to status_exact_rows() rows, else
+-- estimated (`estimated`). Not target_status(true), which counts every watched table, however
+-- large, to give one (18.7 s for a 200-row table beside two of a million rows).
+SELECT total_rows, embedded_rows, estimated, cleared_rows
+FROM embeddings_internal.target_status() WHERE target_id = %(target_id)s;
 
 -- name: plan_relation
 -- `plan`: table %(table)s as the caller's own sessions find it (relation_named): its name as Postgres quotes it,
