@@ -36,6 +36,11 @@ MIN_PARSE_MEMORY_MB = 16
 # EMBED_HTTP_MAX_BODY's floor: one request of a short question or job takes a few hundred bytes
 # of JSON; below this, every real POST would be refused 413.
 MIN_HTTP_BODY = 1024
+# A Postgres integer's largest value: what our SQL takes counts, sizes and times as (a batch's
+# keys, a lease's seconds, lock_timeout's milliseconds); a larger setting reached the database
+# as a bigint no function of ours takes, or overflowed there.
+PG_INTEGER_MAX = 2_147_483_647
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # EMBED_LOG_LEVEL, any case
 
 
 G = TypeVar("G", bound="DataclassInstance")  # a group of settings (Settings.group)
@@ -244,6 +249,21 @@ _AT_LEAST = (  # (name, lowest, why that lowest); None (unset) passes
     ("lock_timeout_ms", 0, ""),  # 0: the role's and database's
     ("session_max_tables", 0, ""),  # 0: never replaced
 )
+_AT_MOST_INTEGER = (  # counts, sizes and times that mean nothing past PG_INTEGER_MAX
+    "batch_size",
+    "vt_seconds",
+    "max_attempts",
+    "threads",
+    "piece_tokens",
+    "max_document_bytes",
+    "parse_cpu_seconds",
+    "parse_processes",
+    "parse_memory_mb",
+    "query_batch_size",
+    "search_pool_size",
+    "lock_timeout_ms",
+    "session_max_tables",
+)
 _POSITIVE = (
     "backoff_base_seconds",
     "backoff_max_seconds",
@@ -268,20 +288,12 @@ def _problems(settings: Settings) -> Iterator[tuple[str, str]]:
         if getattr(settings, name) not in allowed:
             expected = ", ".join(allowed[:-1]) + " or " + allowed[-1]
             yield name, f"expected {expected}, got {getattr(settings, name)!r}"
+    if settings.log_level.upper() not in LOG_LEVELS:
+        expected = ", ".join(LOG_LEVELS[:-1]) + " or " + LOG_LEVELS[-1]
+        yield "log_level", f"expected {expected}, got {settings.log_level!r}"
     if not QUEUE_NAME.match(settings.queue):
         yield "queue", f"{settings.queue!r} is not a valid pgmq queue name"
-    for name, lowest, why in _AT_LEAST:
-        value = getattr(settings, name)
-        if value is not None and value < lowest:
-            bound = f"must be at least {lowest}" + (f" ({why})" if why else "")
-            yield name, "must not be negative" if lowest == 0 else bound
-    for name in _POSITIVE:
-        if getattr(settings, name) <= 0:
-            yield name, "must be positive"
-    for name, lowest, highest, what in _RANGES:
-        value = getattr(settings, name)
-        if value is not None and not lowest <= value <= highest:
-            yield name, f"must be {what}"
+    yield from _numbers(settings)
     if not settings.pull and settings.http_port is None:
         yield (
             "pull",
@@ -290,6 +302,26 @@ def _problems(settings: Settings) -> Iterator[tuple[str, str]]:
                 "POST /functions/v1/embed"
             ),
         )
+
+
+def _numbers(settings: Settings) -> Iterator[tuple[str, str]]:
+    """Each number out of its bounds, and what is wrong with it."""
+    for name, lowest, why in _AT_LEAST:
+        value = getattr(settings, name)
+        if value is not None and value < lowest:
+            bound = f"must be at least {lowest}" + (f" ({why})" if why else "")
+            yield name, "must not be negative" if lowest == 0 else bound
+    for name in _AT_MOST_INTEGER:
+        value = getattr(settings, name)
+        if value is not None and value > PG_INTEGER_MAX:
+            yield name, f"must be at most {PG_INTEGER_MAX}"
+    for name in _POSITIVE:
+        if getattr(settings, name) <= 0:
+            yield name, "must be positive"
+    for name, lowest, highest, what in _RANGES:
+        value = getattr(settings, name)
+        if value is not None and not lowest <= value <= highest:
+            yield name, f"must be {what}"
 
 
 def model_location_from_env(env: Mapping[str, str] | None = None) -> ModelLocation:

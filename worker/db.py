@@ -57,11 +57,18 @@ def resolve_dsn(
 
 
 _URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@")
-_KV_PASSWORD = re.compile(r"(password\s*=\s*)('(?:[^'\\]|\\.)*'|\S+)", re.IGNORECASE)
+# A value already redacted (*** then only the quotes that close the text around it) is left as
+# it is: a hint redacts its connection string and the log filter redacts the line again, and a
+# second pass taking `***'` for a value ate the shell quote that closes it. A quoted value takes
+# what follows its closing quote up to a space, so that *** never comes out with more after it.
+_KV_PASSWORD = re.compile(
+    r"""(password\s*=\s*)(?!\*\*\*['"]*(?:\s|$))('(?:[^'\\]|\\.)*'\S*|\S+)""", re.IGNORECASE
+)
 
 
 def redact(text: str) -> str:
-    """`text` with any password in a connection string replaced by ***."""
+    """`text` with any password in a connection string replaced by ***; idempotent: what it
+    returns, it returns unchanged."""
     text = _URL_PASSWORD.sub(r"\1***@", text)
     return _KV_PASSWORD.sub(r"\1***", text)
 

@@ -5,6 +5,7 @@ class; what its fields are and the bounds they keep live there."""
 
 from __future__ import annotations
 
+import math
 import os
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, fields, replace
@@ -64,7 +65,10 @@ def parse(env: str, type_name: str, raw: str) -> Any:
         if type_name.startswith("int"):
             return int(raw)
         if type_name.startswith("float"):
-            return float(raw)
+            value = float(raw)
+            if not math.isfinite(value):  # nan passed every bound (nan <= 0 is false)
+                raise exceptions.ConfigError(f"{env}: expected a finite number, got {raw!r}")
+            return value
     except ValueError:
         raise exceptions.ConfigError(f"{env}: expected a number, got {raw!r}") from None
     return raw

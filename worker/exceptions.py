@@ -104,6 +104,11 @@ class TargetError(EmbedWorkerError):
     """A watched table (target) is misconfigured."""
 
 
+class TargetNotFound(TargetError, ConfigError):
+    """No watched table by that name: the table is not there, or not watched (with that
+    column). Bad usage (exit 2), as `status TABLE` says it; 404 over HTTP."""
+
+
 class TargetUnavailable(DatabaseError):
     """A watched table cannot be served as it is now: the functions through which the worker
     reads and writes it cannot run as its owner, or it has FORCE ROW LEVEL SECURITY. Its jobs

@@ -790,13 +790,21 @@ SELECT name, dimensions FROM embeddings.models;
 -- The model of each target.
 SELECT model FROM embeddings.targets;
 
+-- name: live_queues
+-- The live queues (not their backfill lanes) by name: the queues a worker may serve (EMBED_QUEUE).
+-- ours: touches only our tables, runs no one else's code
+SELECT q.name FROM embeddings.queues q WHERE q.live_queue IS NULL ORDER BY q.name;
+
 -- name: target_grants
 -- Each target's name, model, column typmod and whether this role may do its work: execute the
 -- functions through which the worker reads and writes the table as its owner
 -- (sql/32_access.sql; it holds no privilege on the table itself), use its queue, record
 -- failures. Run without parameters (its `%I` is format()'s). The functions are read in one pass
 -- over our schema, grouped by the target id in their names: a pass per target (a regular
--- expression per function per target) took 40 s at 1,000 targets.
+-- expression per function per target) took 40 s at 1,000 targets. The queue's table is found in
+-- pg_class by pgmq's name for it (pgmq.format_table_name: 'q_' and the queue name, lowercased),
+-- not by calling pgmq: a role without USAGE on schema pgmq (the very one doctor must tell to
+-- grant_worker()) could not even name that function, and doctor ended with no report.
 WITH functions AS (
     SELECT substring(p.proname FROM '^embeddings_([0-9]+)_')::integer AS target_id,
            bool_and(has_function_privilege(p.oid, 'EXECUTE')) AS can_run
@@ -806,12 +814,13 @@ WITH functions AS (
     GROUP BY 1
 )
 SELECT embeddings_internal.target_name(t), t.model, a.atttypmod, coalesce(f.can_run, false),
-       has_table_privilege(format('pgmq.%I', pgmq.format_table_name(t.queue, 'q')),
-                           'SELECT, UPDATE, DELETE'),
+       has_schema_privilege('pgmq', 'USAGE')
+           AND coalesce(has_table_privilege(q.oid, 'SELECT, UPDATE, DELETE'), false),
        has_table_privilege('embeddings.failures', 'INSERT')
 FROM embeddings.targets t JOIN pg_attribute a ON a.attrelid = t.source
  AND a.attname = t.embedding_column AND NOT a.attisdropped
 LEFT JOIN functions f ON f.target_id = t.id
+LEFT JOIN pg_class q ON q.relnamespace = 'pgmq'::regnamespace AND q.relname = 'q_' || lower(t.queue)
 ORDER BY t.id;
 
 -- name: targets_have_key_column
@@ -1058,11 +1067,12 @@ WHERE t.source = embeddings_internal.relation_named(%(table)s) AND (%(column)s::
 ORDER BY t.id;
 
 -- name: plan_target_rows
--- `plan`: a target's rows, and those with a vector, as embeddings.status has them: counted up to
--- status_exact_rows() rows, else estimated (`estimated`). Not target_status(true), which counts
--- every watched table, however large, to give one (18.7 s for a 200-row table beside two of a
--- million rows).
-SELECT total_rows, embedded_rows, estimated FROM embeddings_internal.target_status() WHERE target_id = %(target_id)s;
+-- `plan`: a target's rows, those with a vector, and those cleared (NULL or blank content: no
+-- vector is wanted), as embeddings.status has them: counted up to status_exact_rows() rows, else
+-- estimated (`estimated`). Not target_status(true), which counts every watched table, however
+-- large, to give one (18.7 s for a 200-row table beside two of a million rows).
+SELECT total_rows, embedded_rows, estimated, cleared_rows
+FROM embeddings_internal.target_status() WHERE target_id = %(target_id)s;
 
 -- name: plan_relation
 -- `plan`: table %(table)s as the caller's own sessions find it (relation_named): its name as Postgres quotes it,

@@ -334,7 +334,6 @@ def test_doctor_names_each_problem_with_its_fix(conn: Conn, dsn: str) -> None:
         "UPDATE pgmq.q_embedding_jobs_backfill SET enqueued_at = now() - interval '1 hour'"
     )
     conn.execute("CREATE ROLE doctor_probe LOGIN")
-    conn.execute("GRANT USAGE ON SCHEMA embeddings, pgmq TO doctor_probe")
 
     result = run_cli("doctor", "--database-url", dsn)
     assert result.returncode == 1, result.stderr
@@ -346,6 +345,11 @@ def test_doctor_names_each_problem_with_its_fix(conn: Conn, dsn: str) -> None:
     assert "failures public.docs --retry" in out  # that table's alone
 
     probe = psycopg.conninfo.make_conninfo(dsn, user="doctor_probe")
+    bare = run_cli("doctor", "--database-url", probe)  # no USAGE on pgmq: a report all the same
+    assert "ok    schema: the embeddings schema is installed" in bare.stdout, bare.stderr
+    assert "FAIL  grants public.docs.embedding: role doctor_probe lacks" in bare.stdout
+    assert "SELECT embeddings.grant_worker('doctor_probe');" in bare.stdout
+    conn.execute("GRANT USAGE ON SCHEMA embeddings, pgmq TO doctor_probe")
     denied = run_cli("doctor", "--database-url", probe)
     assert "FAIL  grants public.docs.embedding: role doctor_probe lacks EXECUTE" in denied.stdout
     assert "SELECT embeddings.grant_worker('doctor_probe');" in denied.stdout
@@ -438,6 +442,7 @@ def test_failures_of_one_table_or_some_ids_are_listed_and_retried_alone(
     code, out, _ = failures("--limit", "2")
     assert code == 0 and "6 dead-lettered, the first 2 shown (--limit)" in out
     assert len(re.findall(r"public\.\w+\.embedding", out)) == 2
+    assert out.strip().endswith(" failures --limit 2 --retry"), out  # re-queues what it showed
     code, out, _ = failures("docs")
     assert out.strip().endswith(" failures docs --retry"), out
 
@@ -462,3 +467,6 @@ def test_failures_of_one_table_or_some_ids_are_listed_and_retried_alone(
     assert code == 2 and "public.plain is not watched: it has no dead letters" in err
     code, _, err = failures("--id", "0", "--retry")
     assert code == 0 and "re-queued 0 dead-lettered job(s)" in err and len(left()) == 2
+    code, _, err = failures("--limit", "1", "--retry")  # what `failures --limit 1` lists, no more
+    assert code == 0 and "re-queued 1 dead-lettered job(s)" in err
+    assert left() == [("public.notes.embedding", 3)]

@@ -75,6 +75,29 @@ def test_a_model_change_plans_every_row_and_a_table_not_watched_yet(
             plan.make(c, "notes")
 
 
+def test_rows_with_blank_or_null_content_are_not_rows_to_embed(
+    dsn: str, conn: Conn, minilm: str
+) -> None:
+    """6 rows, 4 embedded, 2 cleared (blank, NULL: no vector is made for them, status counts
+    them apart): `rows to embed 2` said those 2 were still to come, for good."""
+    conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
+    conn.execute(
+        "INSERT INTO notes VALUES (1, 'a'), (2, 'b'), (3, 'c'), (4, 'd'), (5, ' '), (6, NULL)"
+    )
+    conn.execute(
+        "SELECT embeddings.watch('notes', 'body', model => %s, backfill => false)", (minilm,)
+    )
+    conn.execute("UPDATE notes SET embedding = array_fill(0.1, ARRAY[384])::halfvec WHERE id <= 4")
+    with db.connect(dsn) as c:
+        assert plan.make(c, "notes").rows == 0
+        assert plan.make(c, "notes", model="all-MiniLM-L6-v2").rows == 4  # a change: those 4
+        with pytest.raises(exceptions.ConfigError) as info:  # said as search says it
+            plan.make(c, "notes", column="nosuch")
+    assert str(info.value) == (
+        "notes is not watched with embedding column 'nosuch': its embedding column is 'embedding'"
+    )
+
+
 def test_a_partitioned_table_is_estimated_from_its_partitions(
     dsn: str, conn: Conn, priced: str
 ) -> None:

@@ -7,6 +7,8 @@ import re
 from pathlib import Path
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from worker import config, db, exceptions, exits
 from worker.config import Settings
@@ -52,6 +54,8 @@ def test_flags_win_over_the_environment() -> None:
         ({"EMBED_HTTP_PORT": "70000"}, "EMBED_HTTP_PORT"),
         ({"EMBED_HTTP_MAX_BODY": "0"}, "EMBED_HTTP_MAX_BODY: must be at least 1024"),
         ({"EMBED_HTTP_MAX_BODY": "-5"}, "EMBED_HTTP_MAX_BODY: must be at least 1024"),
+        ({"EMBED_LOG_LEVEL": "5"}, "EMBED_LOG_LEVEL: expected DEBUG, INFO, WARNING, ERROR or"),
+        ({"EMBED_GRACE_SECONDS": "inf"}, "EMBED_GRACE_SECONDS: expected a finite number"),
     ],
 )
 def test_invalid_settings_name_their_variable(env: dict[str, str], message: str) -> None:
@@ -69,6 +73,16 @@ def test_every_floor_is_held_and_named(name: str, lowest: int, why: str) -> None
     assert str(refused.value).startswith(f"{Settings.env_of(name)}: {expected}")
     assert why in str(refused.value)
     assert getattr(Settings.from_env({Settings.env_of(name): str(lowest)}), name) == lowest
+
+
+@pytest.mark.parametrize("name", config._AT_MOST_INTEGER)
+def test_every_ceiling_is_held_and_named(name: str) -> None:
+    """Past a Postgres integer, a setting reached our SQL as a bigint no function takes
+    (EMBED_BATCH_SIZE) or overflowed there (EMBED_LOCK_TIMEOUT_MS): refused, named, at once."""
+    highest = config.PG_INTEGER_MAX
+    with pytest.raises(exceptions.ConfigError, match=f"^{Settings.env_of(name)}: must be at most"):
+        Settings.from_env({Settings.env_of(name): str(highest + 1)})
+    assert getattr(Settings.from_env({Settings.env_of(name): str(highest)}), name) == highest
 
 
 @pytest.mark.parametrize("name", config._POSITIVE)
@@ -100,7 +114,38 @@ def test_database_url_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
 )
 def test_passwords_are_redacted(text: str, expected: str) -> None:
     assert db.redact(text) == expected
+    assert db.redact(expected) == expected
     assert db.describe("postgresql://app:s3cret@db:5433/x") == "db:5433/x"
+
+
+def test_a_redacted_hint_keeps_its_quotes_through_the_log_filter() -> None:
+    """A hint redacts its DATABASE_URL and the log filter redacts the line again: the second
+    pass took `***'` for a password and ate the quote that closes it, so the hint could not be
+    pasted."""
+    import logging
+    import shlex
+
+    from worker import logs
+    from worker.cli import hints
+
+    hint = hints.command("status", "host=127.0.0.1 dbname=x password=s3cretPW")
+    assert "DATABASE_URL='host=127.0.0.1 dbname=x password=***' " in hint
+    record = logging.LogRecord("worker.cli", logging.INFO, "", 0, "then see `%s`", (hint,), None)
+    logs.RedactingFilter().filter(record)
+    assert record.getMessage() == f"then see `{hint}`"
+    assert shlex.split(hint)[0] == "DATABASE_URL=host=127.0.0.1 dbname=x password=***"
+
+
+# What a connection string's password and the text around a redacted one are made of.
+_PIECES = ["password=", "PASSWORD = ", "postgresql://u:", "***", "pw", *"'\"\\ \n@"]
+
+
+@given(st.lists(st.sampled_from(_PIECES), max_size=12))
+def test_redaction_is_idempotent(pieces: list[str]) -> None:
+    """What redact() returns it returns unchanged: a line redacted twice (a hint, then the log
+    filter) reads as redacted once."""
+    once = db.redact("".join(pieces))
+    assert db.redact(once) == once
 
 
 @pytest.mark.parametrize(

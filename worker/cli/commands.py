@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from typing import TYPE_CHECKING, Literal
 
 from worker import db, exceptions, exits, schema
 from worker.cli import embedding, output
 from worker.cli.connection import connect
-from worker.config import Settings
+from worker.config import PG_INTEGER_MAX, Settings
 
 if TYPE_CHECKING:  # the models are imported when a command embeds: the others start faster
     pass
@@ -57,6 +58,9 @@ def doctor(args: argparse.Namespace, settings: Settings) -> int:
 def plan(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli import plan as planning
 
+    per_row = args.tokens_per_row
+    if per_row is not None and not (0 < per_row < math.inf):  # nan too
+        raise exceptions.ConfigError("--tokens-per-row takes a positive, finite number of tokens")
     with connect(settings) as conn:
         found = planning.make(
             conn,
@@ -111,11 +115,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def status(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.status import chosen_targets, show, watch
 
+    if args.watch is not None and not (0 < args.watch < math.inf):  # nan: a busy loop
+        raise exceptions.ConfigError("--watch takes a positive, finite number of seconds")
     with connect(settings) as conn:
         targets = chosen_targets(conn, args.table)
         if args.watch is not None:
-            if args.watch <= 0:
-                raise exceptions.ConfigError("--watch takes a positive number of seconds")
             dsn = settings.dsn
             header = output.database_line(dsn, settings.database_url)
             try:
@@ -129,8 +133,8 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
 def sweep(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli import sweep as sweeping
 
-    if args.max_rows < 1:
-        raise exceptions.ConfigError("--max-rows must be at least 1")
+    if not 1 <= args.max_rows <= PG_INTEGER_MAX:  # embeddings.sweep() takes an integer
+        raise exceptions.ConfigError(f"--max-rows must be from 1 to {PG_INTEGER_MAX}")
     with connect(settings) as conn:
         sweeping.show(sweeping.run(conn, args), as_json=args.json)
     return exits.OK
@@ -140,6 +144,7 @@ def sweep(args: argparse.Namespace, settings: Settings) -> int:
 def failures(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli import failures as dead_letters
 
+    dead_letters.check(args)
     with connect(settings) as conn:
         return dead_letters.run(conn, args, settings.dsn)
 

@@ -12,6 +12,7 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+from worker import exceptions
 from worker.schema.files import bundled_or_checkout
 
 # name -> (what it is, its path in a checkout; in the wheel it is worker/_deploy/<basename>)
@@ -53,7 +54,15 @@ def write_kustomization(into: Path) -> int:
     """Writes the kustomization into `into` (made if missing); refuses to replace a file that is
     there, so a kustomization someone edited is never overwritten. Then `kubectl apply -k`."""
     files = kustomization_files()
-    into.mkdir(parents=True, exist_ok=True)
+    try:
+        into.mkdir(parents=True, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # DIR, or a folder on its way, is a file
+        raise exceptions.ConfigError(
+            f"`embed-worker deploy kubernetes {into}`: {into} is not a directory (a file is in"
+            " its place): name a directory, new or existing"
+        ) from None
+    except OSError as exc:
+        raise exceptions.EmbedWorkerError(f"cannot make the directory {into}: {exc}") from None
     there = [name for name in files if (into / name).exists()]
     if there:
         print(

@@ -187,7 +187,7 @@ def _targets(conn: db.Connection, dsn: str, settings: Settings) -> list[Finding]
             what
             for what, ok in (
                 ("EXECUTE on the functions of its target", can_run),
-                ("SELECT/UPDATE/DELETE on the queue", can_queue),
+                ("USAGE on schema pgmq and SELECT/UPDATE/DELETE on the queue", can_queue),
                 ("INSERT on embeddings.failures", can_fail),
             )
             if not ok

@@ -13,20 +13,30 @@ from typing import Any
 
 from worker import db, exceptions, exits, queries
 from worker.cli import hints, output
+from worker.config import PG_INTEGER_MAX
 from worker.retrieval.targets import table_targets
 
 KEYS = ("id", "target", "row_key", "attempts", "last_error", "failed_at")
 PAGE = 100  # rows the table view shows without --limit
+PG_BIGINT_MAX = 2**63 - 1  # embeddings.failures.id
+
+
+def check(args: argparse.Namespace) -> None:
+    """ConfigError for options out of their bounds, before anything connects."""
+    if args.limit is not None and not 1 <= args.limit <= PG_INTEGER_MAX:
+        raise exceptions.ConfigError(f"--limit must be from 1 to {PG_INTEGER_MAX}")
+    if any(abs(i) > PG_BIGINT_MAX for i in args.ids or ()):  # ids are bigints: one past is none
+        raise exceptions.ConfigError(f"--id must be at most {PG_BIGINT_MAX}")
 
 
 def run(conn: db.Connection, args: argparse.Namespace, dsn: str) -> int:
-    if args.limit is not None and args.limit < 1:
-        raise exceptions.ConfigError("--limit must be at least 1")
     with db.translated():
         chosen = {"targets": _targets(conn, args.table), "ids": args.ids}
         if args.retry:
-            every = args.table is None and args.ids is None  # all at once, as ever
-            ids = None if every else [row[0] for row in _listed(conn, chosen, None)]
+            # --retry re-queues what the same command without it lists: --limit N included, so
+            # a user who narrowed the list to what they checked re-queues no more than that
+            every = args.table is None and args.ids is None and args.limit is None
+            ids = None if every else [row[0] for row in _listed(conn, chosen, args.limit)]
             retried = conn.execute(queries.get("retry_failures"), {"ids": ids}).fetchone()
             print(f"re-queued {retried[0] if retried else 0} dead-lettered job(s)", file=sys.stderr)
             return exits.OK
@@ -58,6 +68,7 @@ def _listed(conn: db.Connection, chosen: dict[str, Any], limit: int | None) -> l
 def _retry_command(args: argparse.Namespace, dsn: str) -> str:
     chosen = [shlex.quote(args.table)] if args.table is not None else []
     chosen += [f"--id {i}" for i in args.ids or ()]
+    chosen += [f"--limit {args.limit}"] if args.limit is not None else []  # what was shown
     return hints.command(" ".join(["failures", *chosen, "--retry"]), dsn)
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from worker import __version__
 from worker.cli.descriptions import DESCRIPTIONS
+from worker.config import LOG_LEVELS
 
 
 def _global_options(
@@ -32,7 +33,10 @@ def _global_options(
         help="log lines as text or JSON [EMBED_LOG_FORMAT]",
     )
     common.add_argument(
-        "--log-level", metavar="LEVEL", help="DEBUG, INFO, WARNING... [EMBED_LOG_LEVEL]"
+        "--log-level",
+        type=str.upper,
+        choices=LOG_LEVELS,
+        help="the least severe log lines shown (any case) [EMBED_LOG_LEVEL]",
     )
     if not models:
         return parent
@@ -253,7 +257,9 @@ def _failures_options(failures: argparse.ArgumentParser) -> None:
         help="only the dead letter with this id (repeatable)",
     )
     failures.add_argument(
-        "--retry", action="store_true", help="re-queue them (all, or those TABLE and --id choose)"
+        "--retry",
+        action="store_true",
+        help="re-queue them (all, or those TABLE, --id and --limit choose)",
     )
     failures.add_argument(
         "--limit",

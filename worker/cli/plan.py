@@ -41,7 +41,7 @@ from psycopg.rows import dict_row
 from worker import db, exceptions, queries
 from worker.cli import output
 from worker.models.remote.tokens import BYTES_PER_TOKEN
-from worker.retrieval.targets import NOT_A_NAME, no_table
+from worker.retrieval.targets import NOT_A_NAME, no_table, not_watched
 
 # pg_class.relkind of what plan refuses (watch() takes 'r' and 'p' only), in words.
 RELATION_KINDS = {
@@ -97,6 +97,9 @@ def make(
     with db.translated():
         name, row_type = _relation(conn, table)
         target = _target(conn, table, column)
+        if target is None and column is not None and _watched(conn, table):
+            # watched with other columns: said as search says it (they are named)
+            raise exceptions.ConfigError(not_watched(conn, table, column))
         if target is None and (content is None or model is None):
             raise exceptions.ConfigError(
                 f"{table} is not watched: name its content column and the model "
@@ -235,17 +238,25 @@ def _target(conn: db.Connection, table: str, column: str | None) -> dict[str, An
     return found[0] if found else None
 
 
+def _watched(conn: db.Connection, table: str) -> bool:
+    """Whether any column of `table` is watched."""
+    return bool(
+        conn.execute(queries.get("plan_targets"), {"table": table, "column": None}).fetchall()
+    )
+
+
 def _rows(
     conn: db.Connection, table: str, name: str, target: dict[str, Any] | None, changing: bool
 ) -> tuple[int | None, str]:
-    """Rows to embed: all of them for a new or changed model, else those without a vector; and
-    how they were found."""
+    """Rows to embed: all of them for a new or changed model, else those without a vector; of a
+    watched table, less its cleared rows (NULL or blank content: no vector is made for them,
+    as status counts them; unknown for a content function); and how they were found."""
     if target is not None:
         row = conn.execute(queries.get("plan_target_rows"), {"target_id": target["id"]}).fetchone()
         if row is not None and row[0] is not None:
-            total, embedded = int(row[0]), int(row[1] or 0)
+            wanted, embedded = int(row[0]) - int(row[3] or 0), int(row[1] or 0)
             found = ESTIMATED if row[2] else COUNTED
-            return (total if changing else max(total - embedded, 0)), found
+            return max(wanted if changing else wanted - embedded, 0), found
     row = conn.execute(queries.get("plan_estimated_rows"), {"table": table}).fetchone()
     if row is None or row[0] is None:
         return None, f"unknown: no statistics of {name} yet (run ANALYZE {name})"

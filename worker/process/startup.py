@@ -155,7 +155,8 @@ class Startup:
                     with db.translated():
                         installed = schema.installed(conn)
                         problem = schema.mismatch(conn) if installed else MISSING_SCHEMA
-                    if problem is None:
+                        no_queue = self.missing_queue(conn) if problem is None else None
+                    if problem is None and no_queue is None:
                         targets = self.registry.refresh(conn)
                         self.check_configured_model(conn)
                         return targets
@@ -164,6 +165,9 @@ class Startup:
                         raise
                     session.lost()
                     continue
+                if self.once and no_queue is not None:
+                    raise exceptions.ConfigError(no_queue)  # most likely a typo: exit 2
+                problem = problem or no_queue
                 if self.once:
                     raise exceptions.DatabaseError(problem)
                 logger.error("%s; retrying in 10 s", problem)
@@ -172,6 +176,19 @@ class Startup:
             return None
         finally:
             session.close()
+
+    def missing_queue(self, conn: db.Connection) -> str | None:
+        """Why EMBED_QUEUE names no queue of ours (None when it names one): a lease from a queue
+        no watch() made ended the fetcher with `relation "pgmq.q_..." does not exist`. A worker
+        that runs on waits for it, as for the schema: it may be started before the watch()."""
+        queues = [row[0] for row in conn.execute(queries.get("live_queues"))]
+        if self.queue in queues:
+            return None
+        return (
+            f"EMBED_QUEUE={self.queue} (run --queue): no queue {self.queue}; the queues are "
+            f"{', '.join(queues) or 'none yet'}. The first watch() that names a queue makes it:"
+            f" SELECT embeddings.watch(..., queue => '{self.queue}')"
+        )
 
     def check_configured_model(self, conn: db.Connection) -> None:
         """EMBED_MODEL must name a model: one of the catalog's, one registered in

@@ -38,14 +38,14 @@ def find_target(
                 conn, {"table": table, "column": column, "target": None, "path": start_path(conn)}
             )
         except NOT_A_NAME as exc:  # not a name at all ('"', 'a.b.c.d', 'My App.Notes')
-            raise exceptions.TargetError(
+            raise exceptions.TargetNotFound(
                 no_table(conn, table, watched=True, shown=repr(table), error=exc)
             ) from None
     if not rows:
-        raise exceptions.TargetError(no_table(conn, table, watched=True, shown=repr(table)))
+        raise exceptions.TargetNotFound(no_table(conn, table, watched=True, shown=repr(table)))
     found = [row for row in rows if row["id"] is not None]
     if not found:
-        raise exceptions.TargetError(not_watched(conn, table, column, then))
+        raise exceptions.TargetNotFound(not_watched(conn, table, column, then))
     if len(found) > 1:  # the request is incomplete (a 400), not of a table not found
         columns = " or ".join(escapes.shown_literal(row["embedding_column"]) for row in found)
         raise InvalidSearch(f"{table} has several embedding columns: pass a column, {columns}")
