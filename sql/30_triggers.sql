@@ -287,7 +287,8 @@ $$;
 
 -- The TRUNCATE trigger function of a target whose store is apart from its table: empties the
 -- store through embeddings_<id>_prune(), which runs as its owner, and never fails the user's
--- statement.
+-- statement. The progress recorded of its long documents goes with their chunks: a row
+-- inserted again with the same content starts its document over (worker/pipeline/pieces.py).
 CREATE FUNCTION embeddings_internal.truncate_trigger_sql(t embeddings.targets, name text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT embeddings_internal.render($template$
@@ -295,13 +296,16 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $body$
         BEGIN
             PERFORM embeddings.%(prune)I();
+            DELETE FROM embeddings.documents d
+            WHERE d.target_id OPERATOR(pg_catalog.=) %(id)s AND d.state OPERATOR(pg_catalog.=) 'in_progress';
             RETURN NULL;
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'embeddings: could not empty the store of % (%): its rows are never returned, nor counted', %(source)L, SQLERRM;
             RETURN NULL;
         END
         $body$
-        $template$, jsonb_build_object('name', name, 'prune', 'embeddings_' || t.id || '_prune', 'source', t.source::text))
+        $template$, jsonb_build_object('name', name, 'prune', 'embeddings_' || t.id || '_prune', 'source', t.source::text,
+                                       'id', t.id))
 $$;
 
 -- Target t's trigger function for rows applied by logical replication, one at a time (a

@@ -458,10 +458,11 @@ FROM embeddings.hybrid_search(%(source)s::pg_catalog.regclass,
 
 -- name: document_progress
 -- Long documents of a target in progress or over the ceiling (embeddings.documents): what a
--- worker continues from, and what tells it whether its last piece committed.
-SELECT row_key, digest, state, chunks_done
+-- worker continues from (under the definition %(version)s only), and what tells it whether
+-- its last piece committed or another job's piece went on since.
+SELECT row_key, digest, state, chunks_done, target_version = %(version)s
 FROM embeddings.documents
-WHERE target_id = %(target_id)s AND row_key = ANY(%(keys)s::text[]) AND target_version = %(version)s;
+WHERE target_id = %(target_id)s AND row_key = ANY(%(keys)s::text[]);
 
 -- name: long_documents
 -- For `status` and `doctor`: every long document in progress or over the ceiling.

@@ -21,6 +21,7 @@ from worker.models.loaded import LoadedModels
 from worker.pipeline import faults, pieces
 from worker.pipeline.batch import RowState
 from worker.pipeline.chunking import Splitter
+from worker.pipeline.chunks import reading
 from worker.process.handoffs import Handoffs
 from worker.process.runner import Worker
 
@@ -302,9 +303,9 @@ def test_a_document_re_watched_with_other_chunk_settings_mid_way_ends_with_the_n
 def test_a_document_deleted_and_inserted_again_between_pieces_is_written_whole(
     conn: Conn, doc: LongDocument
 ) -> None:
-    """Same key, same content: the recorded progress matches, but the chunks the record
-    speaks of may be gone with the delete. The insert's job starts the document over; only the job a piece sent back goes on
-    from the record."""
+    """Same key, same content: the recorded progress matches, and the chunks it speaks of are
+    still there (the delete's job, which would take them, found the row back): the document
+    goes on from the record and ends with its content's chunks."""
     doc.step()
     doc.step()
     assert progress(conn)
@@ -318,6 +319,55 @@ def test_a_document_deleted_and_inserted_again_between_pieces_is_written_whole(
     doc.run_once(piece_tokens=PIECE_TOKENS)
     assert stored_chunks(conn) == doc.expected(long_text(40))
     assert progress(conn) == []
+
+
+def test_a_document_truncated_and_inserted_again_between_pieces_is_written_whole(
+    conn: Conn, doc: LongDocument
+) -> None:
+    """TRUNCATE empties the chunk table at once (its trigger): the record of the progress goes
+    with the chunks, so that the insert's job starts the document over rather than trust
+    chunks that are gone."""
+    doc.step()
+    doc.step()
+    assert progress(conn)
+    conn.execute("TRUNCATE docs")
+    assert progress(conn) == []
+    conn.execute("INSERT INTO docs VALUES (1, %s)", (long_text(40),))
+    doc.run_once(piece_tokens=PIECE_TOKENS)
+    assert stored_chunks(conn) == doc.expected(long_text(40))
+    assert progress(conn) == []
+
+
+def test_two_jobs_of_one_long_document_never_lower_its_progress(
+    conn: Conn, doc: LongDocument, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A second job for a document half-way through its pieces (watch() again with another
+    header, a model change, an edit and its revert queue one): each batch goes on from the
+    record of the content's committed chunks, whichever job it came with, and the chain of
+    pieces the other job's took over ends. The record only grows, the document completes in
+    about as many batches as alone, and nothing is left in the queue."""
+    # A batch reads ~2 groups of chunks (stored vectors reused or not): starting over shows.
+    monkeypatch.setattr(reading, "MAX_ROUNDS", 2)
+    one_at_a_time = dataclasses.replace(doc, settings=doc.settings.with_overrides(batch_size=1))
+    expected = doc.expected(long_text(40))
+    for _ in range(4):
+        one_at_a_time.step()
+    ((_, _, done, _),) = progress(conn)
+    assert 12 < done < len(expected) - 8  # further than a batch reads
+    requeue = {"target": doc.target, "keys": [1]}  # as watch() queues a row again
+    conn.execute("SELECT pgmq.send('embedding_jobs_backfill', %s)", (Jsonb(requeue),))
+    seen = [done]
+    steps = 0
+    while messages(conn) and steps < 40:
+        one_at_a_time.step()
+        steps += 1
+        seen += [done for _, _, done, _ in progress(conn)] or [len(expected)]
+    assert seen == sorted(seen), f"progress went back: {seen}"
+    assert seen[-1] == len(expected) and messages(conn) == []
+    assert stored_chunks(conn) == expected
+    assert progress(conn) == []
+    # As alone (a piece a batch), and one batch for the chain that was taken over.
+    assert steps <= len(set(seen)) + 1, seen
 
 
 def test_a_document_over_the_ceiling_fails_at_once_and_shows(conn: Conn, doc: LongDocument) -> None:

@@ -106,6 +106,30 @@ def test_html_and_docx_sections_become_chunks(tokenizer: object) -> None:
         ]
 
 
+def test_a_document_whose_only_text_is_headings_is_chunked_by_its_headings(
+    tokenizer: object,
+) -> None:
+    """Its headings are all a user can search it by: they are its chunks (no header, which
+    would only repeat them); a document with no text at all still has none."""
+    splitter = DocumentSplitter(tokenizer, 64, 8)
+    markdown = "# Refund policy: refunds take 14 days\n"
+    html = "<html><body><h1>Contact us at help@example.com</h1></body></html>"
+    found = []
+    for document in (
+        extract(markdown, format="markdown", max_bytes=0),
+        extract(html, format="html", max_bytes=0),
+    ):
+        chunks = splitter.split(document)
+        check(document.text, chunks, splitter)
+        found.append([(c.headings, c.header, c.chunk.text.strip()) for c in chunks])
+    assert found == [
+        [((), "", "# Refund policy: refunds take 14 days")],
+        [((), "", "Contact us at help@example.com")],
+    ]
+    for empty in ("<html></html>", "   "):
+        assert splitter.split(extract(empty, format="html", max_bytes=0)) == []
+
+
 def test_pdf_chunks_say_their_page(tokenizer: object) -> None:
     pages = [[f"Page {p} sentence {n} about the topic." for n in range(12)] for p in (1, 2, 3)]
     document = extract(pdf_bytes(pages, title="Report"), max_bytes=0)

@@ -34,8 +34,11 @@ ROW_OUTCOME_OF_STATE = {
 # target was redefined meanwhile): never counted. Rows of a deferred target are not counted
 # either, whatever their state: their jobs go back to the queue untouched.
 # Chunked targets' rows past a batch's chunk budget ("postponed") go back to the queue too, as
-# do long documents after each piece but the last ("piece").
-UNSETTLED_STATES = frozenset({"pending", "ready", "embedded", "outdated", "postponed", "piece"})
+# do long documents after each piece but the last ("piece"); a long document's piece whose chain
+# another job's took over ("superseded") is counted by that chain, when its last piece is written.
+UNSETTLED_STATES = frozenset(
+    {"pending", "ready", "embedded", "outdated", "postponed", "piece", "superseded"}
+)
 
 # --- the metrics ------------------------------------------------------------------------------
 JOBS = Counter(

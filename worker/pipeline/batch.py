@@ -44,6 +44,9 @@ class RowState(enum.Enum):
     # EMBED_LOCK_TIMEOUT_MS, or not tried after a neighbour's owner code ran past its bound:
     # re-queued after a short, growing delay, with no attempt counted (worker/pipeline/bounds.py).
     BLOCKED = "blocked"
+    # Chunked targets: a long document's next piece whose chain of pieces another job's took
+    # over (worker/pipeline/chunks/reading.py): acknowledged, nothing written.
+    SUPERSEDED = "superseded"
 
 
 @dataclass(frozen=True)

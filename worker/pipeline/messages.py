@@ -8,7 +8,8 @@ messages in the Supabase guide's shape (`{"id", "schema", "table", "contentFunct
 "embeddingColumn"}`) carry one. Attempts are pgmq's read count plus what a re-sent message
 carries over from the message it split from. A job held for its target (worker/process/held.py)
 also carries `held`; one re-sent because a lock held its rows up, how often that happened
-(`blocked`: worker/pipeline/bounds.py).
+(`blocked`: worker/pipeline/bounds.py); a long document's next piece, `continued` and the
+progress its chain recorded (`chunks_done`: worker/pipeline/pieces.py).
 """
 
 from __future__ import annotations
@@ -45,6 +46,9 @@ class Job:
     supabase_shape: bool = False
     shadow: bool = False  # a model change's job: only the new model's vector is missing
     blocked: int = 0  # times its rows were held up by a lock before (worker/pipeline/bounds.py)
+    # A long document's next piece (worker/pipeline/pieces.py): where its chain left the
+    # document's recorded progress (None: a job of 0.3.0's, or not a continuation).
+    chunks_done: int | None = None
 
     @property
     def attempts(self) -> int:
@@ -120,6 +124,9 @@ def _parse_ours(job: Job, message: dict[str, Any], targets: Mapping[int, Target]
     job.shadow = message.get("shadow") is True
     blocked = message.get("blocked", 0)
     job.blocked = blocked if isinstance(blocked, int) and blocked > 0 else 0
+    done = message.get("chunks_done")
+    if message.get("continued") is True and isinstance(done, int) and not isinstance(done, bool):
+        job.chunks_done = done if done >= 0 else None
     target = targets.get(target_id)
     if target is None:
         job.error = (

@@ -24,6 +24,15 @@ up to where the piece starts (else someone else wrote the document since, and it
 and a worker without the cache (restarted after a kill) continues from the record: a kill
 loses at most the piece in flight.
 
+Every job of the document continues from the record of its content, not only the one a piece
+sent back: a second job (watch() again, a model change, an edit and its revert) must not
+start the document over and lower the record under the chain in progress, which would then
+find the record moved and start over in turn, on and on. The message a piece sends back says
+where its chain left the record (`chunks_done`); a chain that finds the record of the same
+content moved on from there, or gone, was taken over (by the job that moved it, whose own
+message went back with that write) and ends (worker/pipeline/chunks/reading.py). A row goes
+back once per batch however many of its jobs the batch held.
+
 A document longer than `max_document_bytes` (EMBED_MAX_DOCUMENT_BYTES) is not embedded: it fails
 at once, into embeddings.failures, and `embeddings.documents` marks it `over_ceiling` for
 status and doctor.

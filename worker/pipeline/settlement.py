@@ -35,6 +35,7 @@ class Settlement:
     dead: list[jobqueue.DeadLetter] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     fates: dict[RowKey, Fate] = field(default_factory=dict)  # failed rows: retried, or dead
+    resent: set[RowKey] = field(default_factory=set)  # rows in `resend` (each once a batch)
 
 
 @dataclass
@@ -178,28 +179,50 @@ def _resend_postponed(
     model's rows its provider could not serve) go back to the queue in a message of their own,
     with the attempts spent before this one; so do long documents with pieces still to go
     (worker/pipeline/pieces.py), marked as going on from their recorded progress, and rows a
-    lock held up, after a delay that grows with each time it did (worker/pipeline/bounds.py)."""
+    lock held up, after a delay that grows with each time it did (worker/pipeline/bounds.py).
+    A row goes back once, however many of the batch's jobs asked for it: two messages of one
+    long document would be two chains of pieces, each taking the other's progress for another
+    writer's."""
     for state in (RowState.POSTPONED, RowState.PIECE, RowState.BLOCKED):
         postponed = [
-            batch.rows[(target.id, key)]
+            row
             for key in job.keys
-            if outcome.state(batch.rows[(target.id, key)]) is state
+            if outcome.state(row := batch.rows[(target.id, key)]) is state
+            and (target.id, key) not in out.resent
         ]
         if not postponed:
             continue
-        message: dict[str, Any] = {
-            "target": target.id,
-            "keys": [job.raw_keys[row.key] for row in postponed],
-            "attempts": job.attempts - 1,
-        }
-        if state is RowState.PIECE:
-            message["continued"] = True
-        # (remote models: visible again when their provider said it is worth asking)
-        wait = max((row.retry_after or 0 for row in postponed), default=0)
-        if state is RowState.BLOCKED:
-            message["blocked"] = job.blocked + 1
-            wait = bounds.blocked_delay(job.blocked)
-        out.resend.append((message, math.ceil(wait)))
+        out.resent.update((target.id, row.key) for row in postponed)
+        chains: dict[int | None, list[Row]] = defaultdict(list)
+        for row in postponed:
+            chains[_chunks_done(row, state, job)].append(row)
+        for done, rows in chains.items():
+            message: dict[str, Any] = {
+                "target": target.id,
+                "keys": [job.raw_keys[row.key] for row in rows],
+                "attempts": job.attempts - 1,
+            }
+            if done is not None:
+                message["continued"] = True
+                message["chunks_done"] = done
+            # (remote models: visible again when their provider said it is worth asking)
+            wait = max((row.retry_after or 0 for row in rows), default=0)
+            if state is RowState.BLOCKED:
+                message["blocked"] = job.blocked + 1
+                wait = bounds.blocked_delay(job.blocked)
+            out.resend.append((message, math.ceil(wait)))
+
+
+def _chunks_done(row: Row, state: RowState, job: messages.Job) -> int | None:
+    """Where a long document's recorded progress ends for the job that goes on with it: after
+    the piece just written; where the piece that could not be written expected it (another
+    writer moved it on: worker/pipeline/chunks/writing.py); else where the job's own chain left
+    it. None: no chain of pieces to go on with."""
+    if state is RowState.PIECE and row.chunks is not None:
+        return row.chunks.end
+    if state is RowState.POSTPONED and row.chunks is not None and row.chunks.first_seq > 0:
+        return row.chunks.first_seq
+    return job.chunks_done
 
 
 def _label(job: messages.Job) -> str:

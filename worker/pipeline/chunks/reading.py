@@ -7,7 +7,7 @@ from __future__ import annotations
 import base64
 import time
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -82,24 +82,8 @@ def _prepare_target(
     rows = [r for r in rows if r.state is RowState.READY]
     if not rows:
         return
-    with db.translated():
-        found = conn.execute(
-            queries.compose("document_progress"),
-            {"target_id": target.id, "keys": [r.key for r in rows], "version": target.version},
-        ).fetchall()
-    # Only a continuation (the job a piece sent back) goes on from the recorded progress: any
-    # other job may follow a delete and re-insert of the same content, whose chunks are gone.
-    fresh = {
-        key
-        for job in batch.jobs
-        if job.target is not None and job.target.id == target.id and not _continued(job)
-        for key in job.keys
-    }
-    committed = {
-        key: done
-        for key, digest, state, done in found
-        if state == "in_progress" and digest == _digest(rows, key) and key not in fresh
-    }
+    committed = _committed(conn, batch, target, rows)
+    rows = [r for r in rows if r.state is RowState.READY]
     if reader.parses:
         _request_parses(conn, batch, target, rows, reader)
     documents: dict[str, Document] = {}
@@ -136,6 +120,31 @@ def _prepare_target(
         _settle_prepared(row, documents.get(row.key))
 
 
+def _committed(
+    conn: db.Connection, batch: Batch, target: Target, rows: list[Row]
+) -> dict[str, int]:
+    """How far each row's document's committed chunks go (by key; none: from its start), by the
+    record of its progress; rows whose chain of pieces another job's took over are marked so
+    (nothing to do)."""
+    with db.translated():
+        found = conn.execute(
+            queries.compose("document_progress"),
+            {"target_id": target.id, "keys": [r.key for r in rows], "version": target.version},
+        ).fetchall()
+    for row in _superseded(batch, target, rows, found):
+        row.state = RowState.SUPERSEDED
+    # Whatever job it came with, a document goes on from the record of its content's committed
+    # chunks: a delete that takes its chunks takes the record too (the worker forgets both, a
+    # TRUNCATE's trigger every record of the target), so the record never speaks of chunks
+    # that are gone; starting over instead would throw away the progress another job's chain
+    # of pieces is making on the same content.
+    return {
+        key: done
+        for key, digest, state, done, current in found
+        if state == "in_progress" and current and digest == _digest(rows, key)
+    }
+
+
 def _request_parses(
     conn: db.Connection, batch: Batch, target: Target, rows: list[Row], reader: ChunkReader
 ) -> None:
@@ -156,8 +165,38 @@ def _request_parses(
         reader.wait(keys, batch.parse_deadline)
 
 
-def _continued(job: messages.Job) -> bool:
-    return isinstance(job.message, dict) and job.message.get("continued") is True
+def _superseded(
+    batch: Batch, target: Target, rows: list[Row], found: list[tuple[Any, ...]]
+) -> list[Row]:
+    """Rows every job of which in the batch is a chain of pieces that another job's chain
+    took over: the record of the same content goes on from elsewhere than where this chain
+    left it, or is gone with a last piece, a delete or a new content (whose own job goes on
+    with it; a new definition keeps the record until its job starts the document over).
+    Each write of the record sent the continuation of the chain that wrote it, in its
+    transaction: this one is done, and two chains would undo each other's progress."""
+    records: dict[str, tuple[str, str, int]] = {
+        key: (digest, state, done) for key, digest, state, done, _ in found
+    }
+    asked: dict[str, list[messages.Job]] = {}
+    for job in batch.jobs:
+        if job.target is not None and job.target.id == target.id:
+            for key in job.keys:
+                asked.setdefault(key, []).append(job)
+
+    def taken_over(job: messages.Job, row: Row) -> bool:
+        if job.chunks_done is None:
+            return False  # not a continuation, or one of 0.3.0's: it goes on from the record
+        record = records.get(row.key)
+        if record is None:
+            return job.chunks_done > 0
+        digest, state, done = record
+        return state == "in_progress" and digest == row.digest and done != job.chunks_done
+
+    return [
+        row
+        for row in rows
+        if row.key in asked and all(taken_over(job, row) for job in asked[row.key])
+    ]
 
 
 def _digest(rows: list[Row], key: str) -> str | None:

@@ -121,16 +121,26 @@ def _chunk_params(target: Target, embedded: list[Row]) -> dict[str, Any]:
 
 def _moved_on(conn: db.Connection, target: Target, embedded: list[Row]) -> list[Row]:
     """Pieces whose document's recorded progress does not end where they start: another writer
-    wrote the document since this one read it (the record was replaced or removed)."""
-    later = [r for r in embedded if _chunks_of(r).first_seq > 0]
-    if not later:
+    wrote the document since this one read it (the record was replaced or removed), or, for a
+    first piece, another job's chain of pieces has gone on with the same content since (its
+    record would be lowered to this piece's end: its progress thrown away)."""
+    pieces_ = [r for r in embedded if not _chunks_of(r).whole]
+    if not pieces_:
         return []
     found = conn.execute(
         queries.compose("lock_document_progress"),
-        {"target_id": target.id, "keys": [r.key for r in later], "version": target.version},
+        {"target_id": target.id, "keys": [r.key for r in pieces_], "version": target.version},
     ).fetchall()
     progress = {key: (digest, done) for key, digest, done in found}
-    return [r for r in later if progress.get(r.key) != (r.digest, _chunks_of(r).first_seq)]
+
+    def moved_on(row: Row) -> bool:
+        first = _chunks_of(row).first_seq
+        record = progress.get(row.key)
+        if first == 0:
+            return record is not None and record[0] == row.digest
+        return record != (row.digest, first)
+
+    return [r for r in pieces_ if moved_on(r)]
 
 
 def _note_progress(conn: db.Connection, target: Target, rows: list[Row]) -> None:

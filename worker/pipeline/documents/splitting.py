@@ -6,7 +6,8 @@ heading path, its page (PDF) and the context header embedded in front of it.
 The header's tokens are taken from the section's budget, so that header and chunk together fit
 the budget the target was given; a header never takes more than half of it (a deep heading
 path does not leave the body a few tokens). A document with neither title nor headings (plain
-text) has an empty header, one section and so exactly the chunks `Splitter.split` makes."""
+text) has an empty header, one section and so exactly the chunks `Splitter.split` makes; so
+does a document whose only text is its headings (its headings are its chunks)."""
 
 from __future__ import annotations
 
@@ -63,6 +64,14 @@ class DocumentSplitter:
         return list(self.stream(document))
 
     def stream(self, document: ExtractedDocument) -> Iterator[DocumentChunk]:
+        if not _has_body(document):
+            # Its only text is headings ("# Refunds take 14 days", a page that is one <h1>):
+            # they are what a user searches for, so they are its chunks, split as plain text
+            # is, with no header (it would only repeat them).
+            for chunk in self._body.stream(document.text):
+                page = document.page_of(chunk.start, chunk.end)
+                yield DocumentChunk(chunk, (), page, "")
+            return
         seq = 0
         for section in document.sections:
             body = document.text[section.start : section.end]
@@ -82,3 +91,8 @@ class DocumentSplitter:
             return self._body
         budget = max(self.chunk_tokens - header_tokens, (self.chunk_tokens + 1) // 2)
         return Splitter(self._tokenizer, budget, min(self.chunk_overlap, budget - 1))
+
+
+def _has_body(document: ExtractedDocument) -> bool:
+    """Whether any section has text of its own, besides its heading."""
+    return any(document.text[s.start : s.end].strip() for s in document.sections)
