@@ -32,7 +32,9 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-SETTLED = ("written", "cleared")  # RowState values whose dead letters are resolved
+# RowState values whose dead letters are resolved: a row embedded, cleared, or gone (deleted:
+# its letter named a row there is no more, and was counted in status's failed_jobs for ever).
+SETTLED = ("written", "cleared", "gone")
 
 
 def record(conn: db.Connection, batch: Batch, state_of: Callable[[Row], RowState]) -> None:
