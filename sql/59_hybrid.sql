@@ -76,13 +76,20 @@ $$;
 
 -- The tsvector of target t's content, text expression `expr` (NULL when t has no full-text
 -- search): with fields (fts_title_weight), fields_tsvector()'s; a chunked target's chunks are
--- one field.
+-- one field. It reads the content's first 1,048,576 characters (docs/sql.md, enable_fts): its
+-- vector reads the model's first 512 tokens, a long document is chunked, and to_tsvector() of
+-- a whole multi-megabyte row took longer than the store's UPDATE may (that of the table
+-- owner's triggers: 6.75 MB failed every attempt, its error naming the owner's code) or
+-- overflowed a tsvector's 1 MB.
 CREATE FUNCTION embeddings_internal.fts_sql(t embeddings.targets, expr text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN t.fts_config IS NULL THEN NULL
                 WHEN t.fts_title_weight IS NOT NULL AND NOT embeddings_internal.store_has_chunks(t)
-                THEN format('embeddings_internal.fields_tsvector(%L::pg_catalog.regconfig, %s)', t.fts_config::text, expr)
-                ELSE embeddings_internal.plain_fts_sql(t.fts_config, expr) END
+                THEN format('embeddings_internal.fields_tsvector(%L::pg_catalog.regconfig, pg_catalog.left(%s, 1048576))',
+                            t.fts_config::text, expr)
+                WHEN embeddings_internal.store_has_chunks(t)  -- (a chunk: a few hundred tokens)
+                THEN embeddings_internal.plain_fts_sql(t.fts_config, expr)
+                ELSE embeddings_internal.plain_fts_sql(t.fts_config, format('pg_catalog.left(%s, 1048576)', expr)) END
 $$;
 
 -- The assignment the store function adds to its UPDATE for target t's tsvector (`value` the
