@@ -172,3 +172,21 @@ def test_database_up_says_what_readyz_says(
 
 def _without_scrapes(found: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:
     return {key: n for key, n in found.items() if key != ("/metrics", "200")}
+
+
+def test_a_search_of_a_table_another_session_holds_locked_is_a_503_to_retry(
+    conn: Conn, worker: WorkerProcess, dsn: str
+) -> None:
+    """An ALTER TABLE or LOCK TABLE held past the search's lock timeout (EMBED_LOCK_TIMEOUT_MS)
+    answered 500 with the server's raw "canceling statement due to lock timeout" and its
+    QUERY: the search is nobody's mistake and may succeed a second later."""
+    asked = {"table": "docs", "query": "refund", "k": 1}
+    assert post(worker, "/search", asked)[0] == 200
+    with psycopg.connect(dsn) as holder:
+        holder.execute("LOCK TABLE docs IN ACCESS EXCLUSIVE MODE")
+        status, headers, body = post(worker, "/search", asked)
+    assert status == 503, body
+    assert "lock" in body["error"] and "EMBED_LOCK_TIMEOUT_MS" in body["error"]
+    assert "QUERY" not in body["error"]
+    assert headers.get("Retry-After") == "1"
+    assert post(worker, "/search", asked)[0] == 200  # the lock let go: answered

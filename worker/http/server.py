@@ -143,8 +143,11 @@ class Server:
             raise BadRequest(HTTPStatus.UNAUTHORIZED, "missing or wrong bearer token")
 
     def failed(self, request: Request, exc: Exception) -> Answer:
-        if isinstance(exc, exceptions.ModelError | exceptions.ConnectionLost):
-            # The request may succeed later: when, where the provider or its breaker knows.
+        if isinstance(
+            exc, exceptions.ModelError | exceptions.ConnectionLost | exceptions.Contention
+        ):
+            # The request may succeed later: when, where the provider or its breaker knows
+            # (another session's lock on the table: in a second).
             return Answer.error(
                 HTTPStatus.SERVICE_UNAVAILABLE, str(exc), retry_after=retry_after(exc)
             )

@@ -22,12 +22,25 @@ class SearchDenied(exceptions.ConfigError):
     """The searching role may not read the table: a 403."""
 
 
+class TableLocked(exceptions.LockUnavailable):
+    """Another session held a lock on the table (an ALTER TABLE, a LOCK TABLE, a VACUUM FULL)
+    past the search's lock timeout: a 503 to try again shortly, nobody's mistake."""
+
+    retry_after = 1  # (the 503's Retry-After: a search waits EMBED_LOCK_TIMEOUT_MS at most)
+
+
 @contextmanager
 def search_errors() -> Iterator[None]:
     """The database's errors translated (worker.db), those above raised as themselves."""
     try:
         with db.translated():
             yield
+    except exceptions.LockUnavailable as exc:
+        raise TableLocked(
+            "another session holds a lock on the table for longer than a search waits"
+            " (EMBED_LOCK_TIMEOUT_MS); try again shortly"
+            f" ({_told(exc).splitlines()[0]})"
+        ) from exc
     except exceptions.DatabaseError as exc:
         state = getattr(exc.__cause__, "sqlstate", None)
         if state in BAD_SEARCH:
