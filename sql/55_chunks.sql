@@ -167,7 +167,7 @@ $$;
 CREATE FUNCTION embeddings_internal.watch_context_header(template text, previous embeddings.targets) RETURNS text
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    rest text;
+    bad text;  -- the first brace group that is not a placeholder, or a lone brace
 BEGIN
     IF template IS NULL THEN
         RETURN previous.context_header;
@@ -176,10 +176,15 @@ BEGIN
         RAISE EXCEPTION 'context_header is % characters long; at most 1000', length(template)
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    rest := replace(replace(replace(replace(template, '{{', ''), '}}', ''), '{title}', ''), '{headings}', '');
-    IF rest ~ '[{}]' THEN
-        RAISE EXCEPTION 'context_header %: its placeholders are {title} and {headings}; write a brace as {{ or }}',
-                quote_literal(template)
+    SELECT m[1] INTO bad
+    FROM regexp_matches(replace(replace(template, '{{', ''), '}}', ''), E'(\\{[^{}]*\\}|[{}])', 'g') AS m
+    WHERE m[1] NOT IN ('{title}', '{headings}')
+    LIMIT 1;
+    IF bad IS NOT NULL THEN
+        RAISE EXCEPTION 'context_header %: %; its placeholders are {title} and {headings}, without a conversion or format; write a brace as {{ or }}',
+                quote_literal(template),
+                CASE WHEN bad IN ('{', '}') THEN format('an unmatched %s', bad)
+                     ELSE format('%s is not a placeholder', bad) END
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     RETURN template;

@@ -317,11 +317,15 @@ def test_a_document_over_the_ceiling_fails_alone_and_is_recorded(
         ),
         (
             "'body', chunk_tokens => 64, context_header => '{author}: '",
-            "its placeholders are {title} and {headings}",
+            "{author} is not a placeholder; its placeholders are {title} and {headings}",
         ),
         (
             "'body', chunk_tokens => 64, context_header => '{title!r}'",
-            "its placeholders are {title} and {headings}",
+            "{title!r} is not a placeholder; its placeholders are {title} and {headings}",
+        ),
+        (  # each message says which part (a QA pass: the same message for all three)
+            "'body', chunk_tokens => 64, context_header => '{{title}} {title'",
+            "an unmatched {; its placeholders",
         ),
     ],
 )
