@@ -29,6 +29,7 @@ _FUNCTIONS = (
     "format_type",
     "generate_series",
     "has_function_privilege",
+    "has_schema_privilege",
     "has_table_privilege",
     "jsonb_agg",
     "jsonb_array_elements",
