@@ -60,10 +60,12 @@ class SearchRequest:
     rerank_depth: int | None = None
 
     def __post_init__(self) -> None:
-        # Postgres text cannot hold a NUL: refused here, as the caller's mistake, by whichever
-        # entry point made the request (HTTP, the CLI, Python), not failed in the database.
-        if "\x00" in self.query:
-            raise ValueError('"query" must not contain a NUL character')
+        # Postgres text cannot hold a NUL (so no name does): refused here, as the caller's
+        # mistake, by whichever entry point made the request (HTTP, the CLI, Python), not
+        # failed in the database.
+        for field, text in (("table", self.table), ("query", self.query), ("column", self.column)):
+            if text is not None and "\x00" in text:
+                raise ValueError(f'"{field}" must not contain a NUL character')
         if self.filter is not None and _holds_nul(self.filter):
             raise ValueError('"filter" must not contain a NUL character, in a name or a value')
 
@@ -83,14 +85,13 @@ class SearchRequest:
             raise ValueError(REQUIRED)
         table, query, k = body.get("table"), body.get("query"), body.get("k", 5)
         column = body.get("column")
-        # No NUL: Postgres text cannot hold one, so no table name does.
-        if not isinstance(table, str) or not table or "\x00" in table:
+        if not isinstance(table, str) or not table:
             raise ValueError('"table" must be a table name')
         if not isinstance(query, str) or not query.strip():
             raise ValueError('"query" must be a non-empty string')
         if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= MAX_K:
             raise ValueError(f'"k" must be an integer from 1 to {MAX_K}')
-        if column is not None and (not isinstance(column, str) or "\x00" in column):
+        if column is not None and not isinstance(column, str):
             raise ValueError('"column" must be a column name')
         filter = body.get("filter")
         if filter is not None and not isinstance(filter, dict):
