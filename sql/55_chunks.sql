@@ -437,14 +437,15 @@ COMMENT ON FUNCTION embeddings.match_chunks IS
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 
 -- embeddings.documents (state/55_chunks.sql) with each target's name, for status and doctor: documents in progress
--- (chunks done of estimated) and documents over the ceiling, a problem that stops a document's
--- progress until the ceiling is raised or the document shortened.
+-- (chunks done of estimated), documents over the ceiling, a problem that stops a document's
+-- progress until the ceiling is raised or the document shortened, and documents with no text,
+-- settled without a chunk.
 CREATE VIEW embeddings.document_progress AS
 SELECT d.target_id, embeddings_internal.target_name(t) AS target, d.row_key, d.state, d.bytes,
        d.chunks_done, greatest(d.chunks_estimated, d.chunks_done) AS chunks_estimated,
        d.ceiling_bytes, d.started_at, d.updated_at
 FROM embeddings.documents d JOIN embeddings.targets t ON t.id = d.target_id;
-COMMENT ON VIEW embeddings.document_progress IS 'Long documents of chunked targets embedded in pieces: state, size, chunks done of how many, since when';
+COMMENT ON VIEW embeddings.document_progress IS 'Long documents of chunked targets embedded in pieces, over the ceiling or with no text: state, size, chunks done of how many, since when';
 
 -- The chunks store's operations (sql/54_stores.sql lists them) --------------------------------
 

@@ -43,6 +43,28 @@ BEGIN
 END
 $$;
 
+-- Row keys (JSON form, as the scans return them) of target t's documents settled with no text
+-- (embeddings.documents, state no_text: an empty page, a PDF of images only) under its
+-- definition now, each with the md5 of the content it was settled for: sweep() does not queue
+-- them (they have no chunk, and never will for that content), the verifying sweep only once
+-- their content is another (sql/64_verify.sql). The worker records canonical key text: read
+-- back with the key settings pinned, as record_fingerprints() reads it.
+CREATE FUNCTION embeddings_internal.no_text_keys(t embeddings.targets) RETURNS TABLE (k jsonb, digest text)
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp
+SET TimeZone = 'UTC' SET DateStyle = 'ISO, MDY' SET IntervalStyle = postgres SET extra_float_digits = 3
+SET bytea_output = hex AS $$
+BEGIN
+    IF NOT EXISTS (SELECT FROM embeddings.documents d WHERE d.target_id = t.id AND d.state = 'no_text') THEN
+        RETURN;  -- (nearly every target: no key conversion to render)
+    END IF;
+    RETURN QUERY EXECUTE format(
+        'SELECT %s, d.digest FROM embeddings.documents d'
+        ' WHERE d.target_id = $1 AND d.state = ''no_text'' AND d.target_version = $2',
+        embeddings_internal.key_json_from_text_sql(t, 'd.row_key'))  -- 64_verify.sql
+    USING t.id, t.version;
+END
+$$;
+
 -- With `verify`, also a slice of the verifying pass (sql/64_verify.sql): rows whose vector is not
 -- that of their current content and definition are queued too.
 CREATE FUNCTION embeddings.sweep(
@@ -88,8 +110,9 @@ BEGIN
             -- which runs as the table's owner and evaluates the content as that role
             -- (sql/32_access.sql). A row is missing when it has real content (whitespace-only
             -- content would be cleared and queued again forever), no embedding, no pending job
-            -- in either message shape, and no dead letter (those wait for `failures --retry`).
-            -- Keys are compared in their JSON form, as messages carry them.
+            -- in either message shape, no dead letter (those wait for `failures --retry`), and
+            -- is no document settled with no text (no_text_keys()). Keys are compared in their
+            -- JSON form, as messages carry them.
             EXECUTE format($q$
                 WITH slice AS (
                     SELECT s.key AS k, s.missing, row_number() OVER () AS ord
@@ -100,6 +123,7 @@ BEGIN
                     FROM slice s
                     WHERE s.missing
                       AND s.k NOT IN (SELECT p.k FROM embeddings_internal.pending_keys($4) p)
+                      AND s.k NOT IN (SELECT n.k FROM embeddings_internal.no_text_keys($4) n)
                 )
                 SELECT (SELECT count(*) FROM slice)::int,
                        (SELECT k::text FROM slice ORDER BY ord DESC LIMIT 1), keys

@@ -265,8 +265,9 @@ $$;
 
 -- One slice (at most max_rows rows) of target t's verifying pass: queues (backfill lane) every
 -- row whose vector is not that of its content and definition now (no fingerprint, another one,
--- content now blank or raising) and every row with content but no vector, unless it is pending
--- already or dead-lettered. Returns the number of rows queued. The content is evaluated only
+-- content now blank or raising) and every row with content but no vector (but a document
+-- settled with no text for the content it holds now), unless it is pending already or
+-- dead-lettered. Returns the number of rows queued. The content is evaluated only
 -- by embeddings_<id>_verify(), as the table's owner; the comparison with our fingerprints
 -- happens here, where the owner's code does not run.
 CREATE FUNCTION embeddings_internal.verify_target(t embeddings.targets, max_rows integer) RETURNS integer
@@ -285,12 +286,14 @@ BEGIN
             SELECT v.key AS k, v.has_vector, v.digest, v.blank, v.failed, row_number() OVER () AS ord
             FROM embeddings.%I($1, $2) AS v
         ),
+        settled AS MATERIALIZED (SELECT n.k, n.digest FROM embeddings_internal.no_text_keys($4) n),
         wrong AS (
             SELECT s.k FROM slice s
             LEFT JOIN embeddings.fingerprints f ON f.target_id = $3 AND f.slot = $5 AND f.key = s.k
+            LEFT JOIN settled n ON n.k = s.k AND n.digest = s.digest
             WHERE CASE WHEN s.has_vector
                        THEN s.failed OR s.blank OR f.fingerprint IS DISTINCT FROM pg_catalog.md5($6 || s.digest)
-                       ELSE NOT s.blank END
+                       ELSE NOT s.blank AND n.k IS NULL END
         ),
         queued AS (
             SELECT embeddings_internal.enqueue_keys($3, array_agg(w.k), 0, 'backfill') AS messages, count(*)::int AS keys

@@ -465,7 +465,8 @@ FROM embeddings.documents
 WHERE target_id = %(target_id)s AND row_key = ANY(%(keys)s::text[]);
 
 -- name: long_documents
--- For `status` and `doctor`: every long document in progress or over the ceiling.
+-- For `status` and `doctor`: every long document in progress or over the ceiling, and every
+-- document settled with no text.
 SELECT target_id, row_key, state, chunks_done, chunks_estimated, bytes, ceiling_bytes, started_at, updated_at
 FROM embeddings.document_progress ORDER BY target_id, started_at;
 
@@ -492,7 +493,8 @@ SET digest = excluded.digest, state = excluded.state, bytes = excluded.bytes,
     started_at = CASE WHEN d.digest = excluded.digest AND d.state = 'in_progress' THEN d.started_at ELSE now() END;
 
 -- name: forget_documents
--- Documents written whole (or by their last piece), cleared or gone: no progress, no ceiling.
+-- Documents written whole (or by their last piece), cleared or gone: no progress, no ceiling,
+-- no settling for want of text.
 DELETE FROM embeddings.documents
 WHERE target_id = %(target_id)s AND row_key = ANY(%(keys)s::text[]);
 
@@ -506,6 +508,18 @@ SET digest = excluded.digest, state = excluded.state, bytes = excluded.bytes, ch
     chunks_estimated = NULL, ceiling_bytes = excluded.ceiling_bytes, updated_at = now(),
     target_version = excluded.target_version,
     started_at = CASE WHEN d.state = 'over_ceiling' THEN d.started_at ELSE now() END;
+
+-- name: note_no_text
+-- Documents whose content (`digests`) holds no text to embed, in the write transaction that
+-- clears their chunks: settled, for sweep() (sql/60_sweep.sql: no_text_keys()) and status.
+INSERT INTO embeddings.documents AS d (target_id, row_key, digest, state, bytes, target_version)
+SELECT %(target_id)s, n.key, n.digest, 'no_text', n.bytes, %(version)s
+FROM unnest(%(keys)s::text[], %(digests)s::text[], %(bytes)s::bigint[]) AS n(key, digest, bytes)
+ON CONFLICT (target_id, row_key) DO UPDATE
+SET digest = excluded.digest, state = excluded.state, bytes = excluded.bytes, chunks_done = 0,
+    chunks_estimated = NULL, ceiling_bytes = NULL, updated_at = now(),
+    target_version = excluded.target_version,
+    started_at = CASE WHEN d.state = 'no_text' AND d.digest = excluded.digest THEN d.started_at ELSE now() END;
 
 -- name: backfill_next
 -- One step of a backfill of a target on %(queue)s that no other worker is stepping: queues the

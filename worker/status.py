@@ -158,11 +158,12 @@ def _add_retrying(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
 
 def _add_documents(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
     """Chunked targets' long documents: `documents_in_progress` (each embedded a piece at a
-    time: key, chunks done and estimated, since when) and `documents_over_ceiling` (documents
-    the worker refuses, EMBED_MAX_DOCUMENT_BYTES), from embeddings.document_progress. Left
-    empty where it cannot be read (a role without the worker's grants)."""
+    time: key, chunks done and estimated, since when), `documents_over_ceiling` (documents
+    the worker refuses, EMBED_MAX_DOCUMENT_BYTES) and `documents_no_text` (documents with no
+    text to embed, settled without a chunk), from embeddings.document_progress. Left empty
+    where it cannot be read (a role without the worker's grants)."""
     for row in rows:
-        row.update(documents_in_progress=[], documents_over_ceiling=0)
+        row.update(documents_in_progress=[], documents_over_ceiling=0, documents_no_text=0)
     by_id = {row["target_id"]: row for row in rows}
     try:
         with db.translated(), conn.transaction():  # a savepoint where one is open (doctor)
@@ -176,6 +177,9 @@ def _add_documents(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
         if state == "over_ceiling":
             target["documents_over_ceiling"] += 1
             target.setdefault("ceiling_bytes", ceiling)
+            continue
+        if state == "no_text":
+            target["documents_no_text"] += 1
             continue
         target["documents_in_progress"].append(
             {

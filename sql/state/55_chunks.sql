@@ -12,12 +12,17 @@
 --   over_ceiling  the content whose md5 is `digest` is `bytes` long, over the worker's ceiling
 --                 `ceiling_bytes`; its job failed into embeddings.failures. Removed when the
 --                 document is written, cleared or deleted.
+--   no_text       the content whose md5 is `digest` (`bytes` long) holds no text to embed (an
+--                 empty page, a PDF of images only): settled, with no chunk. sweep() does not
+--                 queue it again, nor the verifying sweep while its content is that one
+--                 (sql/60_sweep.sql: no_text_keys()). Replaced when the document is written,
+--                 removed when it is deleted.
 -- Row keys are the worker's canonical keys (text), as embeddings.failures' jobs carry them.
 CREATE TABLE IF NOT EXISTS embeddings.documents (
     target_id        integer NOT NULL REFERENCES embeddings.targets (id) ON DELETE CASCADE,
     row_key          text NOT NULL,
     digest           text NOT NULL,
-    state            text NOT NULL CHECK (state IN ('in_progress', 'over_ceiling')),
+    state            text NOT NULL CHECK (state IN ('in_progress', 'over_ceiling', 'no_text')),
     bytes            bigint NOT NULL,
     chunks_done      integer NOT NULL DEFAULT 0,
     -- the chunks so far, scaled by the share of the text read so far (the splitter reads a
@@ -31,5 +36,5 @@ CREATE TABLE IF NOT EXISTS embeddings.documents (
     target_version   integer NOT NULL,
     PRIMARY KEY (target_id, row_key)
 );
-COMMENT ON TABLE embeddings.documents IS 'Long documents of chunked targets embedded in pieces, and documents over the ceiling; written by embed-worker';
+COMMENT ON TABLE embeddings.documents IS 'Long documents of chunked targets embedded in pieces, documents over the ceiling and documents with no text; written by embed-worker';
 

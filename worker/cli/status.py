@@ -61,6 +61,7 @@ def embedded_estimate(row: dict[str, Any]) -> int | None:
     if known is not None or not row["estimated"] or row["total_rows"] is None:
         return known
     wanted = int(row["total_rows"]) - int(row["cleared_rows"] or 0)
+    wanted -= int(row.get("documents_no_text") or 0)
     return max(wanted - int(row["pending_jobs"]) - int(row["failed_jobs"]), 0)
 
 
@@ -70,7 +71,8 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
     table = []
     for r in rows:
         cleared = r["cleared_rows"] or 0
-        wanted = (r["total_rows"] or 0) - cleared  # rows that should have an embedding
+        # rows that should have an embedding (a document with no text never gets one)
+        wanted = (r["total_rows"] or 0) - cleared - (r.get("documents_no_text") or 0)
         pending = r["pending_jobs"]
         estimated = bool(r["estimated"])
         progress = bar(progress_done(r, wanted), wanted) if pending else "done" if wanted else "-"
@@ -162,6 +164,13 @@ def notes(r: dict[str, Any]) -> list[str]:
             f"{r['target']}: document {doc['key']} ({doc['bytes']:,} bytes) embedded in pieces:"
             f" {bar(done, estimated)} {done:,}/~{estimated:,} chunks,"
             f" started {output.age(_seconds_since(doc['started_at']))} ago"
+        )
+    if r.get("documents_no_text"):
+        lines.append("")
+        lines.append(
+            f"{r['target']}: {r['documents_no_text']:,} document(s) with no text to embed (an"
+            " empty page, a PDF of images only): no chunks, not queued again until their content"
+            " changes (embeddings.document_progress, state no_text)"
         )
     if r.get("retrying_rows"):
         lines.append("")

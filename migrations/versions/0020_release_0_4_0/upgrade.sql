@@ -49,4 +49,8 @@ ALTER TABLE embeddings.made_tables DROP CONSTRAINT IF EXISTS made_tables_kind_ch
 -- found, and replaced, when it is dead-lettered again; found, and removed, when it is written.
 CREATE INDEX IF NOT EXISTS failures_row_key ON embeddings.failures USING hash (row_key);
 CREATE INDEX IF NOT EXISTS failures_row_key_text ON embeddings.failures USING hash ((row_key #>> ARRAY[]::text[]));
+-- Documents with no text (sql/state/55_chunks.sql): a third state of embeddings.documents, so
+-- that sweep() stops queuing them again. (The constraint's name is the one CREATE TABLE gives.)
+ALTER TABLE embeddings.documents DROP CONSTRAINT IF EXISTS documents_state_check,
+    ADD CONSTRAINT documents_state_check CHECK (state IN ('in_progress', 'over_ceiling', 'no_text'));
 SELECT pg_catalog.set_config('embeddings.following', 'off', true);

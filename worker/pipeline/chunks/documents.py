@@ -122,6 +122,12 @@ class DocumentReader:
         return len(stream.text.encode())
 
 
+def stored_bytes(target: Target, content: str) -> int:
+    """How long the row's content is as the table stores it (a bytea column's content comes as
+    base64), for the records of embeddings.documents that status shows."""
+    return len(base64.b64decode(content) if target.content_bytes else content.encode())
+
+
 def reader_for(target: Target, tokenizer: Any, limits: Limits) -> ChunkReader:
     """The reader of target's content. A context header template the worker cannot use raises
     ConfigError (watch() checks it the same way, so only a hand-edited registry gets here)."""

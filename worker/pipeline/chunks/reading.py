@@ -4,7 +4,6 @@ the ceiling failed (worker/pipeline/chunks/__init__.py has the whole path)."""
 
 from __future__ import annotations
 
-import base64
 import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -14,7 +13,7 @@ import numpy as np
 from worker import db, exceptions, queries
 from worker.pipeline import messages, pieces
 from worker.pipeline.batch import Batch, Row, RowState
-from worker.pipeline.chunks.documents import ChunkReader, reader_for
+from worker.pipeline.chunks.documents import ChunkReader, reader_for, stored_bytes
 from worker.pipeline.pieces import Document, DocumentChunks
 from worker.target import Target
 
@@ -266,8 +265,7 @@ def _fail_document(
     the document as stored, for status and doctor."""
     row.fail(str(exc), permanent=True)
     if isinstance(exc, exceptions.DocumentTooLarge) and row.content is not None:
-        content = row.content
-        stored = len(base64.b64decode(content) if target.content_bytes else content.encode())
+        stored = stored_bytes(target, row.content)
         _note_over_ceiling(conn, batch, target, [row], {row.key: stored})
 
 
@@ -280,7 +278,9 @@ def _settle_prepared(row: Row, doc: Document | None) -> None:
         row.state = RowState.POSTPONED
         return
     if doc.complete and doc.done == 0 and not doc.pending.chunks:
-        row.state = RowState.BLANK  # nothing the tokenizer reads (control characters only)
+        # No text (a document of images, an empty page; control characters only): its chunks
+        # are cleared and, content there, it is settled as such (chunks/writing.py).
+        row.state = RowState.BLANK
         return
     if not doc.pending.chunks and not doc.complete:
         row.state = RowState.POSTPONED  # skipped committed chunks only: next time further

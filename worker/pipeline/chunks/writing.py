@@ -14,6 +14,7 @@ from psycopg.types.json import Jsonb
 from worker import db, queries
 from worker.pipeline import pieces
 from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.chunks.documents import stored_bytes
 from worker.pipeline.documents.stream import HeadedChunk
 from worker.pipeline.pieces import DocumentChunks
 from worker.pipeline.stores.side import lock_documents
@@ -65,7 +66,10 @@ def store(
         # Not cleared: it had no chunks, or its content changed since (its own job handles it).
         outcome[row.key] = RowState.CLEARED if row.key in trimmed else RowState.BLANK
     _note_progress(conn, target, [r for r in embedded if outcome[r.key] is RowState.PIECE])
-    done = [r.key for r in rows if outcome[r.key] is not RowState.PIECE]
+    no_text = [r for r in blank if r.key in current and _holds_content(r)]
+    _note_no_text(conn, target, no_text)
+    settled = {r.key for r in no_text}
+    done = [r.key for r in rows if outcome[r.key] is not RowState.PIECE and r.key not in settled]
     if done:  # whole, last piece, cleared or stale: no progress to continue from
         conn.execute(queries.compose("forget_documents"), {"target_id": target.id, "keys": done})
     for row in embedded:
@@ -161,6 +165,30 @@ def _note_progress(conn: db.Connection, target: Target, rows: list[Row]) -> None
     )
 
 
+def _holds_content(row: Row) -> bool:
+    """A blank row whose content is not: a document with no text in it (an empty page, a PDF of
+    images only), which sweep() would otherwise queue again and again (it has content and no
+    chunk)."""
+    return bool(row.content and row.content.strip())
+
+
+def _note_no_text(conn: db.Connection, target: Target, rows: list[Row]) -> None:
+    """Settles documents with no text for the content they hold (embeddings.documents,
+    no_text): sweep() leaves them, status counts them, their next content is read again."""
+    if not rows:
+        return
+    conn.execute(
+        queries.compose("note_no_text"),
+        {
+            "target_id": target.id,
+            "version": target.version,
+            "keys": [r.key for r in rows],
+            "digests": [r.digest for r in rows],
+            "bytes": [stored_bytes(target, r.content or "") for r in rows],
+        },
+    )
+
+
 def log_pieces(batch: Batch) -> None:
     """One line per piece of a long document the batch wrote (after its commit)."""
     for row in batch.rows.values():
@@ -193,7 +221,7 @@ def log_pieces(batch: Batch) -> None:
 
 
 def forget(conn: db.Connection, target: Target, gone: list[Row]) -> None:
-    """Deleted documents: their progress or ceiling goes (embeddings.documents)."""
+    """Deleted documents: their progress, ceiling or want of text goes (embeddings.documents)."""
     if gone:
         conn.execute(
             queries.compose("forget_documents"),
