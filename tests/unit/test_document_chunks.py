@@ -4,7 +4,6 @@ chunk carries its headings, page and context header; the header template is chec
 
 from __future__ import annotations
 
-import itertools
 from pathlib import Path
 
 import pytest
@@ -130,6 +129,45 @@ def test_a_document_whose_only_text_is_headings_is_chunked_by_its_headings(
         assert splitter.split(extract(empty, format="html", max_bytes=0)) == []
 
 
+def test_a_heading_with_nothing_under_it_is_in_a_chunk(tokenizer: object) -> None:
+    """A bare heading before a sibling's section, or at the end, is a chunk of its own under its
+    parent's path (a QA pass: its text was in no chunk); one whose subsections have text is in
+    their heading path, and gets no chunk of its own."""
+    splitter = DocumentSplitter(tokenizer, 64, 8)
+    markdown = "# Guide\n\nIntro.\n\n## Returns\n\n## Shipping\n\nTwo days.\n\n## Contact\n"
+    html = (
+        "<h1>Guide</h1><p>Intro.</p><h2>Returns</h2><h2>Shipping</h2><p>Two days.</p>"
+        "<h2>Contact</h2><h3>By mail</h3>"
+    )
+    found = []
+    for document in (
+        extract(markdown, format="markdown", max_bytes=0),
+        extract(html, format="html", max_bytes=0),
+    ):
+        chunks = splitter.split(document)
+        check(document.text, chunks, splitter)
+        found.append([(c.headings, c.chunk.text) for c in chunks])
+    assert found == [
+        [
+            (("Guide",), "Intro."),
+            (("Guide",), "## Returns"),
+            (("Guide", "Shipping"), "Two days."),
+            (("Guide",), "## Contact"),
+        ],
+        [
+            (("Guide",), "Intro."),
+            (("Guide",), "Returns"),
+            (("Guide", "Shipping"), "Two days."),
+            (("Guide",), "Contact\n\nBy mail"),
+        ],
+    ]
+    # A title over sections with text is in their heading path: no chunk of its own.
+    nested = extract("# Guide\n\n## Shipping\n\nTwo days.\n", format="markdown", max_bytes=0)
+    assert [(c.headings, c.chunk.text) for c in splitter.split(nested)] == [
+        (("Guide", "Shipping"), "Two days.")
+    ]
+
+
 def test_pdf_chunks_say_their_page(tokenizer: object) -> None:
     pages = [[f"Page {p} sentence {n} about the topic." for n in range(12)] for p in (1, 2, 3)]
     document = extract(pdf_bytes(pages, title="Report"), max_bytes=0)
@@ -184,11 +222,15 @@ def test_digests_change_with_the_header(tokenizer: object) -> None:
     assert one[0].digest("m") != two[0].digest("m")
 
 
-def test_blank_sections_make_no_chunk(tokenizer: object) -> None:
+def test_blank_sections_make_no_blank_chunk(tokenizer: object) -> None:
+    """A's and B's bodies are blank: no chunk of blank text; A is in C's heading path, and B,
+    which no later path holds, is a chunk of its own heading."""
     document = extract("# A\n\n## B\n\n## C\nText.", format="markdown", max_bytes=0)
     chunks = DocumentSplitter(tokenizer, 64, 8).split(document)
-    assert [(c.chunk.seq, c.headings) for c in chunks] == [(0, ("A", "C"))]
-    assert list(itertools.chain.from_iterable(c.headings for c in chunks)) == ["A", "C"]
+    assert [(c.chunk.seq, c.headings, c.chunk.text) for c in chunks] == [
+        (0, ("A",), "## B"),
+        (1, ("A", "C"), "Text."),
+    ]
 
 
 def test_the_default_template() -> None:

@@ -7,7 +7,9 @@ The header's tokens are taken from the section's budget, so that header and chun
 the budget the target was given; a header never takes more than half of it (a deep heading
 path does not leave the body a few tokens). A document with neither title nor headings (plain
 text) has an empty header, one section and so exactly the chunks `Splitter.split` makes; so
-does a document whose only text is its headings (its headings are its chunks)."""
+does a document whose only text is its headings (its headings are its chunks). A heading with
+no text of its own, whose path the next section's does not extend (a heading before a sibling's,
+or at the end), is a chunk of its own, under its parent's path: its text is in some chunk."""
 
 from __future__ import annotations
 
@@ -73,17 +75,22 @@ class DocumentSplitter:
                 yield DocumentChunk(chunk, (), page, "")
             return
         seq = 0
-        for section in document.sections:
-            body = document.text[section.start : section.end]
-            if not body.strip():
-                continue
-            header = self.template.render(document.title, section.headings)
-            for piece in self._splitter_for(header).stream(body):
-                start, end = section.start + piece.start, section.start + piece.end
-                chunk = Chunk(seq, start, end, piece.text, piece.tokens)
-                page = document.page_of(start, end)
-                yield DocumentChunk(chunk, section.headings, page, header)
+        for start, end, headings in _ranges(document):
+            for made in self._section(document, start, end, headings, seq):
+                yield made
                 seq += 1
+
+    def _section(
+        self, document: ExtractedDocument, start: int, end: int, headings: Headings, seq: int
+    ) -> Iterator[DocumentChunk]:
+        """The chunks of document.text[start:end] under the heading path `headings`, numbered
+        from `seq`."""
+        header = self.template.render(document.title, headings)
+        for piece in self._splitter_for(header).stream(document.text[start:end]):
+            begin, finish = start + piece.start, start + piece.end
+            chunk = Chunk(seq, begin, finish, piece.text, piece.tokens)
+            yield DocumentChunk(chunk, headings, document.page_of(begin, finish), header)
+            seq += 1
 
     def _splitter_for(self, header: str) -> Splitter:
         header_tokens = self.count_tokens([header])[0] if header.strip() else 0
@@ -91,6 +98,45 @@ class DocumentSplitter:
             return self._body
         budget = max(self.chunk_tokens - header_tokens, (self.chunk_tokens + 1) // 2)
         return Splitter(self._tokenizer, budget, min(self.chunk_overlap, budget - 1))
+
+
+def _ranges(document: ExtractedDocument) -> Iterator[tuple[int, int, Headings]]:
+    """The ranges of the text to chunk, in order, each under its heading path: each section's
+    body, and before it the bare headings (no body of their own) its heading path does not
+    hold (a sibling's, another branch's), which would otherwise be in no chunk; after the last,
+    the bare headings at the end."""
+    bare: list[int] = []  # sections with no body of their own since the last with one
+    for i, section in enumerate(document.sections):
+        if not document.text[section.start : section.end].strip():
+            bare.append(i)
+            continue
+        yield from _bare_runs(document, bare, section.headings)
+        bare = []
+        yield section.start, section.end, section.headings
+    yield from _bare_runs(document, bare, None)
+
+
+def _bare_runs(
+    document: ExtractedDocument, bare: list[int], next_path: Headings | None
+) -> list[tuple[int, int, Headings]]:
+    """The headings of the bare sections `bare` (no body of their own) that the heading path of
+    the next section with a body (None: there is none) does not hold, as ranges of the text:
+    [start, end) from the previous section's end to the section's start (its heading's line),
+    consecutive ones together, each with the heading path its first heading is under."""
+    runs: list[tuple[int, int, Headings]] = []
+    last = -2
+    for i in bare:
+        headings = document.sections[i].headings
+        if next_path is not None and next_path[: len(headings)] == headings:
+            continue  # context of the next section: in its heading path
+        start = document.sections[i - 1].end if i > 0 else 0
+        end = document.sections[i].end
+        if runs and last == i - 1:
+            runs[-1] = (runs[-1][0], end, runs[-1][2])
+        else:
+            runs.append((start, end, headings[:-1]))
+        last = i
+    return runs
 
 
 def _has_body(document: ExtractedDocument) -> bool:
