@@ -86,3 +86,19 @@ def test_a_file_not_parsed_within_the_batchs_wait_comes_back_without_an_attempt(
     assert failures(conn) == {}
     assert {r["id"] for r in chunk_rows(conn)} == {1, 2, 3, 4, 5}
     assert conn.execute("SELECT embedding IS NOT NULL FROM notes").fetchone() == (True,)
+
+
+def test_a_zip_bomb_fails_for_good_naming_the_bound_it_inflates_past(
+    conn: Conn, files: dict[int, bytes], run_once: Callable[..., Worker]
+) -> None:
+    """Its text was never read: not a document over the ceiling (a QA pass: recorded so, and
+    status's fix said to raise EMBED_MAX_DOCUMENT_BYTES, which cannot make it parse)."""
+    conn.execute("INSERT INTO files VALUES (10, 'bomb', %s)", (hostile.docx_zip_bomb(),))
+    run_once()
+    attempts, error = failures(conn)[10]
+    assert attempts == 1
+    assert error.startswith("docx document: its parts would inflate to ")
+    assert "more than the 134,217,728 a DOCX may inflate to (8 per byte of text" in error
+    assert "refused unread, as a zip bomb" in error and "raise" not in error
+    assert conn.execute("SELECT count(*) FROM embeddings.documents").fetchone() == (0,)
+    assert conn.execute("SELECT count(*) FROM embeddings.stopped").fetchone() == (0,)

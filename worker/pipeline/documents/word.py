@@ -90,14 +90,23 @@ def _table_text(table: Table) -> str:
 
 def _check_inflated_size(data: bytes, max_bytes: int) -> None:
     """Refuses, unread, an archive whose parts inflate past the bound (zipfile never inflates a
-    part past the size its entry declares, so the declared sizes bound what python-docx reads)."""
+    part past the size its entry declares, so the declared sizes bound what python-docx reads).
+    A DocumentError, not DocumentTooLarge: nothing says the text is over the ceiling (it was
+    never read), and raising the ceiling is no cure: python-docx would inflate the parts in the
+    parse's memory budget, and a zip bomb inflates past any."""
     with zipfile.ZipFile(io.BytesIO(data)) as archive:
         inflated = sum(info.file_size for info in archive.infolist())
     limit = max(INFLATED_FLOOR, INFLATED_PER_TEXT_BYTE * max_bytes) if max_bytes else INFLATED_CAP
     if inflated > limit:
-        raise exceptions.DocumentTooLarge(
+        bound = (
+            f"{INFLATED_PER_TEXT_BYTE} per byte of text EMBED_MAX_DOCUMENT_BYTES allows, at least "
+            f"{INFLATED_FLOOR // 2**20} MiB"
+            if max_bytes
+            else f"the cap of {INFLATED_CAP // 2**20} MiB without a ceiling"
+        )
+        raise exceptions.DocumentError(
             "docx",
-            f"its parts inflate to {inflated:,} bytes, more than {limit:,} "
-            f"({INFLATED_PER_TEXT_BYTE} per byte of EMBED_MAX_DOCUMENT_BYTES={max_bytes:,}): "
-            "refused unread (a zip bomb, or raise the ceiling)",
+            f"its parts would inflate to {inflated:,} bytes, more than the {limit:,} a DOCX may "
+            f"inflate to ({bound}): refused unread, as a zip bomb; replace the file (the same "
+            "bytes fail the same way)",
         )
