@@ -69,13 +69,20 @@ class HeldJobs:
 
     def servable(self) -> dict[int, Target]:
         """Our queue's targets whose model is loaded (built, for a remote one) and that nothing
-        stops this worker from serving."""
+        stops this worker from serving. A target in a model change whose new model failed to
+        load here is not: the change's jobs are held for that model, and released they would
+        only be held again by the first batch (every start moved them, and the held counts and
+        metrics flickered); they are taken once that model loads."""
         loaded = self.embedders.loaded()
+        failed = self.embedders.failures()
         problems = unservable(self.queue, self.registry, self.embedders)
         return {
             target.id: target
             for target in self.registry.snapshot().values()
-            if target.queue == self.queue and target.model in loaded and target.name not in problems
+            if target.queue == self.queue
+            and target.model in loaded
+            and target.name not in problems
+            and not (target.in_change and target.shadow_model in failed)
         }
 
     def release(self, conn: db.Connection) -> int:
