@@ -9,7 +9,8 @@ a provider answers again) it makes the target's held jobs visible at once (the q
 release_held_jobs: only jobs still as the deferral left them, never one another worker leased
 since).
 
-Every way a target becomes servable counts: its model loading, its provider answering, and its
+Every way a target becomes servable counts: its model loading (during a model change, the new
+model too: the change's jobs are held for it), its provider answering, and its
 redefinition (moved to a model the worker has, a model change's swap), which the keeper reads
 while some target is unservable. Only on that change, not while a target stays servable: a
 target this worker itself defers for a reason it cannot see beforehand (another producer's
