@@ -7,6 +7,7 @@ none of this, and the cluster starts only when a test first asks for a database.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -17,12 +18,28 @@ import pytest
 
 from tests.support import release
 from tests.support.cluster import Cluster, session_cluster
-from worker import schema
+from worker import logs, schema
 
 # The suite never reaches the real Hugging Face hub: models are fetched on first use, so a test
 # that wants a download serves it from the stand-in (tests/support/fakehub.py, HF_ENDPOINT) and
 # clears this itself.
 os.environ.setdefault("EMBED_OFFLINE", "1")
+
+
+@pytest.fixture(autouse=True)
+def _cli_logging_removed() -> Iterator[None]:
+    """`cli.main()` run in the test's process configures logging (worker/logs.py): the root
+    logger's handler then writes to the test's stderr as pytest captures it, a file closed at
+    the test's end. Every record after it, from any later test of the process (an in-process
+    worker's thread), was "--- Logging error --- ValueError: I/O operation on closed file".
+    The handler goes with the test that made it, and the root logger's level is put back."""
+    root = logging.getLogger()
+    level = root.level
+    yield
+    for handler in root.handlers[:]:
+        if any(isinstance(f, logs.RedactingFilter) for f in handler.filters):
+            root.removeHandler(handler)
+    root.setLevel(level)
 
 
 @pytest.fixture(scope="session")

@@ -40,6 +40,11 @@ MIN_HTTP_BODY = 1024
 # keys, a lease's seconds, lock_timeout's milliseconds); a larger setting reached the database
 # as a bigint no function of ours takes, or overflowed there.
 PG_INTEGER_MAX = 2_147_483_647
+# The longest a number of seconds may be (24.8 days): a Postgres timeout in milliseconds holds no
+# more (the owner code's statement_timeout, a wait's poll), and past about 9.2e9 s Python's own
+# waits (threading.Event.wait, select, a socket's timeout) raise OverflowError: EMBED_POLL_SECONDS
+# or EMBED_HTTP_TIMEOUT_SECONDS of 1e300 passed every check and stopped a thread.
+SECONDS_MAX = PG_INTEGER_MAX // 1000
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")  # EMBED_LOG_LEVEL, any case
 
 
@@ -274,6 +279,18 @@ _POSITIVE = (
     "parse_timeout_seconds",
     "owner_code_timeout_seconds",
 )
+_AT_MOST_SECONDS = (  # (name, highest): every setting in seconds, each finite already
+    ("backoff_base_seconds", SECONDS_MAX),
+    ("backoff_max_seconds", SECONDS_MAX),
+    ("poll_seconds", SECONDS_MAX),
+    ("owner_code_timeout_seconds", SECONDS_MAX),
+    ("parse_timeout_seconds", SECONDS_MAX),
+    ("grace_seconds", SECONDS_MAX),
+    ("http_timeout_seconds", SECONDS_MAX),
+    ("http_head_timeout_seconds", SECONDS_MAX),
+    # (an age `doctor` compares, never waited for: a verification every year is an age too)
+    ("verify_max_age_seconds", PG_INTEGER_MAX),
+)
 _RANGES = (  # (name, lowest, highest, what a value must be)
     ("http_port", 0, 65535, "a TCP port (0 picks a free one)"),
     ("devdb_port", 1, 65535, "a TCP port"),
@@ -318,6 +335,9 @@ def _numbers(settings: Settings) -> Iterator[tuple[str, str]]:
     for name in _POSITIVE:
         if getattr(settings, name) <= 0:
             yield name, "must be positive"
+    for name, highest in _AT_MOST_SECONDS:
+        if getattr(settings, name) > highest:
+            yield name, f"must be at most {highest} seconds"
     for name, lowest, highest, what in _RANGES:
         value = getattr(settings, name)
         if value is not None and not lowest <= value <= highest:

@@ -15,7 +15,7 @@ import pytest
 
 from tests.support import modelgen
 from tests.support.fault_scenario import Scenario
-from tests.support.in_flight import InFlight, in_process_worker
+from tests.support.in_flight import InFlight, in_process_worker, stop_worker
 from tests.support.models import (
     MINILM,
     gte_tokenizer,
@@ -225,9 +225,7 @@ class Running:
     thread: threading.Thread
 
     def stop(self) -> None:
-        self.worker.request_stop("test over")
-        self.thread.join(timeout=60)
-        assert not self.thread.is_alive(), "the worker did not stop"
+        stop_worker(self.worker, self.thread)
 
 
 @pytest.fixture

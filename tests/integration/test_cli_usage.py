@@ -9,7 +9,8 @@ from typing import Any
 import psycopg
 
 from tests.support import stores
-from tests.support.process import run_cli
+from tests.support.fetch import fetch_value
+from tests.support.process import WorkerProcess, run_cli, wait_for
 
 Conn = psycopg.Connection[Any]
 
@@ -29,6 +30,30 @@ def test_run_once_on_a_queue_no_watch_made_names_the_queues(conn: Conn, dsn: str
     stores.watch_with(conn, model="all-MiniLM-L6-v2", queue="nosuchq")
     served = run_cli("run", "--once", "--queue", "nosuchq", "--no-progress", "--database-url", dsn)
     assert served.returncode == 0 and "no queue" not in served.stderr, served.stderr
+
+
+def test_run_on_a_queue_no_watch_made_says_so_and_waits_for_it(
+    conn: Conn, dsn: str, minilm: str
+) -> None:
+    """A waiting `run` (not --once) is started before the watch() that makes its queue, as
+    before `migrate` (docs/cli.md, --queue): it names the queues there are, is not ready, and
+    serves the queue once a watch() made it; a stop while it waits is exit 0."""
+    worker = WorkerProcess(dsn, {"EMBED_MODEL": minilm}, "--queue", "nosuchq")
+    try:
+        said = "EMBED_QUEUE=nosuchq (run --queue): no queue nosuchq; the queues are embedding_jobs"
+        wait_for(lambda: said in worker.log_text(), timeout=60, what="the missing queue named")
+        assert worker.proc.poll() is None, worker.log_text()
+        assert worker.get("/readyz")[0] == 503
+
+        stores.texts_table(conn, {1: "a row for the queue made later"}, table="docs")
+        stores.watch_with(conn, model=minilm, queue="nosuchq")
+        embedded = "SELECT embedding IS NOT NULL FROM docs WHERE id = 1"
+        wait_for(lambda: fetch_value(conn, embedded), timeout=90, what="the row embedded")
+        worker.signal()
+        assert worker.wait_exit(30) == 0
+        assert "Traceback" not in worker.log_text()
+    finally:
+        worker.stop()
 
 
 def test_a_table_not_there_or_not_watched_is_a_usage_error_from_every_command(

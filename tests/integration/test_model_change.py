@@ -20,6 +20,7 @@ import pytest
 
 from tests.integration.conftest import WIDE, WIDE_DIMS
 from tests.support.fetch import fetch_value
+from tests.support.in_flight import stop_worker
 from tests.support.process import WorkerProcess, cli_json, wait_for
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
@@ -63,8 +64,7 @@ def running(worker_settings: Settings, embedders: LoadedModels) -> Iterator[Call
 
     yield start
     for worker, thread in started:
-        worker.request_stop("test over")
-        thread.join(timeout=30)
+        stop_worker(worker, thread)
 
 
 def make_table(conn: Conn, rows: int, *, clear_on_update: bool = True, model: str) -> None:

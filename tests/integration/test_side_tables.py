@@ -19,7 +19,7 @@ import pytest
 from tests.integration.conftest import WIDE, WIDE_DIMS
 from tests.integration.test_worker import TEXTS
 from tests.support import stores
-from tests.support.in_flight import InFlight
+from tests.support.in_flight import InFlight, stop_worker
 from tests.support.jobs import clear_queue, messages, queued_keys
 from tests.support.process import run_cli, wait_for
 from tests.support.stores import STORES, vectors
@@ -457,9 +457,7 @@ def running_worker(settings: Settings, embedders: LoadedModels) -> Iterator[Work
     thread.start()
     assert worker.started.wait(60), "the worker did not start"
     yield worker
-    worker.request_stop("test over")
-    thread.join(timeout=30)
-    assert not thread.is_alive(), "the worker did not stop"
+    stop_worker(worker, thread)
 
 
 @pytest.mark.parametrize("isolation", ["REPEATABLE READ", "SERIALIZABLE"])

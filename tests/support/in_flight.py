@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
@@ -36,6 +37,19 @@ def in_process_worker(
         progress=False,
         handle_signals=False,
     )
+
+
+def stop_worker(worker: Worker, thread: threading.Thread, timeout: float = 60) -> None:
+    """Stops an in-process worker running on `thread` and joins it and every thread of its
+    pipeline (worker.run() returns with one still in a statement): nothing of it logs after
+    the test's teardown, once pytest has closed the test's capture ("Logging error: I/O
+    operation on closed file")."""
+    worker.request_stop("test over")
+    deadline = time.monotonic() + timeout
+    for each in (thread, *worker.threads):
+        each.join(timeout=max(0.0, deadline - time.monotonic()))
+    left = [each.name for each in (thread, *worker.threads) if each.is_alive()]
+    assert not left, f"the worker did not stop within {timeout} s: {left} still running"
 
 
 def run_in_thread(worker: Worker) -> tuple[threading.Thread, list[int]]:

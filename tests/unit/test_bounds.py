@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from tests.support.factories import target
 from worker import db
-from worker.config import Settings
+from worker.config import PG_INTEGER_MAX, SECONDS_MAX, Settings
 from worker.pipeline import bounds, pieces
 from worker.pipeline.batch import Row
 
@@ -17,6 +17,13 @@ def test_the_bound_is_the_setting_plus_an_allowance_per_row_or_chunk() -> None:
     chunked = Row(target(), "9")
     chunked.chunks = pieces.DocumentChunks(chunks=[object()] * 40, hashes=[])  # type: ignore[list-item]
     assert bounds.work([chunked, *rows]) == 43
+
+
+def test_the_bound_at_the_settings_ceiling_is_still_a_statement_timeout() -> None:
+    """EMBED_OWNER_CODE_TIMEOUT_SECONDS at its ceiling, plus the rows' allowance, passed the
+    largest statement_timeout Postgres takes: every statement failed on its SET."""
+    rows = [Row(target(), str(i)) for i in range(1000)]
+    assert bounds.owner_code_ms(SECONDS_MAX, rows) == PG_INTEGER_MAX
 
 
 def test_a_rows_error_names_the_setting_that_bounds_it() -> None:

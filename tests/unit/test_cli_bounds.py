@@ -30,6 +30,13 @@ NOWHERE = "postgresql://nobody@127.0.0.1:1/none"  # a check that fires late fail
         (["status", "--watch", "nan"], {}, "--watch takes a positive, finite number of seconds"),
         (["status", "--watch", "inf"], {}, "--watch takes a positive, finite number of seconds"),
         (["status"], {"EMBED_POLL_SECONDS": "nan"}, "EMBED_POLL_SECONDS: expected a finite"),
+        (["status", "--watch", "1e300"], {}, "--watch takes a positive, finite number of seconds,"),
+        (
+            ["status"],
+            {"EMBED_POLL_SECONDS": "1e300"},
+            "EMBED_POLL_SECONDS: must be at most 2147483",
+        ),
+        (["run"], {"EMBED_HTTP_TIMEOUT_SECONDS": "1e300"}, "EMBED_HTTP_TIMEOUT_SECONDS: must be"),
         (["failures", "--limit", "9" * 20], {}, "--limit must be from 1 to"),
         (["failures", "--id", "9" * 20, "--retry"], {}, "--id must be at most 9223372036854775807"),
     ],

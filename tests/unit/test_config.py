@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import re
 from pathlib import Path
@@ -329,3 +330,21 @@ def test_a_group_of_settings_is_read_by_its_prefix() -> None:
     assert (budgets.cpu_seconds, budgets.memory_mb) == (3, settings.parse_memory_mb)
     with pytest.raises(AttributeError, match="no_such_timeout_seconds"):
         settings.group(Budgets, "no_such_")
+
+
+@pytest.mark.parametrize(("name", "highest"), config._AT_MOST_SECONDS)
+def test_every_seconds_setting_has_a_ceiling(name: str, highest: int) -> None:
+    """A huge, finite number of seconds (1e300) passed every check, then overflowed where it
+    was waited for (threading.Event.wait, select, a socket's timeout: OverflowError, a thread
+    gone) or sent to Postgres as milliseconds: refused, named, at once."""
+    env = Settings.env_of(name)
+    with pytest.raises(exceptions.ConfigError, match=f"^{env}: must be at most {highest} seconds"):
+        Settings.from_env({env: "1e300"})
+    assert getattr(Settings.from_env({env: str(highest)}), name) == highest
+
+
+def test_every_setting_in_seconds_has_its_ceiling() -> None:
+    """A new setting in seconds joins _AT_MOST_SECONDS (or the integers' ceiling)."""
+    bounded = {name for name, _ in config._AT_MOST_SECONDS} | set(config._AT_MOST_INTEGER)
+    in_seconds = {f.name for f in dataclasses.fields(Settings) if f.name.endswith("_seconds")}
+    assert in_seconds - bounded == set()

@@ -79,3 +79,22 @@ def test_a_tenants_text_in_a_text_log_line_is_shown_not_obeyed() -> None:
     line = buffer.getvalue().rstrip("\n")
     assert line.isprintable() and "\n" not in line
     assert line.endswith("row of " + escapes.visible(HOSTILE) + " failed")
+
+
+# The two tests below run in this order (a module's tests run in file order, the file in one
+# process): the first configures logging as cli.main() does, in a test capturing its stderr.
+def test_the_cli_configures_logging_in_a_test(capsys: pytest.CaptureFixture[str]) -> None:
+    logs.configure("text", "INFO")
+    logging.getLogger("worker.test").warning("said while captured")
+    assert "said while captured" in capsys.readouterr().err
+
+
+def test_no_handler_a_test_left_writes_to_its_closed_capture() -> None:
+    """Every record after the test above went to its closed capture: "--- Logging error ---
+    ValueError: I/O operation on closed file" (in CI, from in-process workers' threads)."""
+    closed = [
+        handler
+        for handler in logging.getLogger().handlers
+        if getattr(getattr(handler, "stream", None), "closed", False)
+    ]
+    assert closed == []

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING, Literal
 from worker import db, exceptions, exits, schema
 from worker.cli import embedding, output
 from worker.cli.connection import connect
-from worker.config import PG_INTEGER_MAX, Settings
+from worker.config import PG_INTEGER_MAX, SECONDS_MAX, Settings
 
 if TYPE_CHECKING:  # the models are imported when a command embeds: the others start faster
     pass
@@ -115,8 +115,11 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 def status(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli.status import chosen_targets, show, watch
 
-    if args.watch is not None and not (0 < args.watch < math.inf):  # nan: a busy loop
-        raise exceptions.ConfigError("--watch takes a positive, finite number of seconds")
+    # nan: a busy loop; past SECONDS_MAX (1e300) the redraw's wait overflowed (OverflowError)
+    if args.watch is not None and not (0 < args.watch <= SECONDS_MAX):
+        raise exceptions.ConfigError(
+            f"--watch takes a positive, finite number of seconds, at most {SECONDS_MAX}"
+        )
     with connect(settings) as conn:
         targets = chosen_targets(conn, args.table)
         if args.watch is not None:

@@ -105,7 +105,8 @@ def _run_options(run: argparse.ArgumentParser) -> None:
         " [EMBED_HTTP_PORT]",
     )
     run.add_argument(
-        "--http-host", help="bind address for HTTP (default 127.0.0.1) [EMBED_HTTP_HOST]"
+        "--http-host",
+        help="bind address for HTTP (default 127.0.0.1; IPv6: :: or ::1) [EMBED_HTTP_HOST]",
     )
     run.add_argument(
         "--no-pull",

@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import errno
+import ipaddress
 import logging
 import queue
 import socket
@@ -53,27 +54,45 @@ _NO_SUCH_HOST = {
 }
 
 
+def family(host: str) -> socket.AddressFamily:
+    """IPv6 for an IPv6 address (`::`, `::1`; socket.create_server's default, IPv4, could not
+    even parse one), else IPv4: a name resolves to its IPv4 address, as it always did."""
+    try:
+        version = ipaddress.ip_address(host).version
+    except ValueError:
+        return socket.AF_INET
+    return socket.AF_INET6 if version == 6 else socket.AF_INET
+
+
 def listen(host: str, port: int) -> socket.socket:
     """The listening socket on `host`:`port`, or a one-line error naming the variable to look
     at (docs/cli.md#exit-codes): a host that resolves to no address of this machine is the
     configuration's (ConfigError, exit 2: restarting cannot help); a port another process
     holds, or any other refusal, is the machine's at this moment (exit 1: a restart may find
-    the port free)."""
-    shown = f"{host}:{port}"
+    the port free). `::` is every interface, IPv4 ones too where the system can (dual stack),
+    as 0.0.0.0 is every IPv4 one."""
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    kind = family(host)
+    dual = kind == socket.AF_INET6 and ipaddress.ip_address(host).is_unspecified
     try:
-        return socket.create_server((host, port), backlog=BACKLOG)
+        return socket.create_server(
+            (host, port),
+            family=kind,
+            backlog=BACKLOG,
+            dualstack_ipv6=dual and socket.has_dualstack_ipv6(),
+        )
     except OSError as exc:
         # (create_server re-raises a resolver's error as a plain OSError, its errno kept)
         reason = (exc.strerror or str(exc)).split(" (while attempting", 1)[0]
         if exc.errno in _NO_SUCH_HOST:
             raise exceptions.ConfigError(
-                f"EMBED_HTTP_HOST: cannot listen on {shown}: {host!r} does not resolve to an "
-                f"IPv4 address ({reason})"
+                f"EMBED_HTTP_HOST: cannot listen on {shown}: {host!r} is not an IP address and"
+                f" does not resolve to an IPv4 address ({reason})"
             ) from None
         if exc.errno == errno.EADDRNOTAVAIL:
             raise exceptions.ConfigError(
                 f"EMBED_HTTP_HOST: cannot listen on {shown}: {host} is not an address of this "
-                "machine (127.0.0.1: this machine only; 0.0.0.0: every interface)"
+                "machine (127.0.0.1 or ::1: this machine only; 0.0.0.0 or ::: every interface)"
             ) from None
         if exc.errno == errno.EADDRINUSE:
             raise exceptions.EmbedWorkerError(

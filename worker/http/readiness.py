@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from worker import db, exceptions, metrics
+from worker import db, exceptions, metrics, sessions
 from worker.process import held
 
 if TYPE_CHECKING:
@@ -72,6 +72,10 @@ class ReadinessProbe:
                 with db.connect(self.dsn, connect_timeout=2) as conn:
                     read_only = db.takes_no_writes(conn)  # (and the database answers)
                 self._db_error = None if read_only is None else str(read_only)
+                if self._db_error is None:
+                    # Ready: the pipeline's sessions waiting to reconnect retry now, rather than
+                    # fetching only after the rest of their backoff (up to 45 s).
+                    sessions.reachable(self.dsn)
             except exceptions.EmbedWorkerError as exc:
                 self._db_error = str(exc)
             self._checked_at = time.monotonic()

@@ -93,6 +93,8 @@ class Server:
     @property
     def url(self) -> str:
         host, port = self.front.address
+        if ":" in host:  # an IPv6 address, in brackets in a URL (RFC 3986)
+            host = f"[{host}]"
         return f"http://{host}:{port}"
 
     # --- routing ----------------------------------------------------------------------------

@@ -21,6 +21,7 @@ import threading
 import time
 from typing import Any
 
+from worker.config import PG_INTEGER_MAX
 from worker.pipeline import pieces
 from worker.pipeline.batch import Row
 
@@ -35,7 +36,9 @@ BLOCKED_MAX_SECONDS = 30
 def owner_code_ms(seconds: float, rows: list[Row] | None = None) -> int:
     """The statement timeout of a statement that runs a table owner's code over `rows`
     (`seconds`: EMBED_OWNER_CODE_TIMEOUT_SECONDS, the batch's limits.owner_code_seconds)."""
-    return round(seconds * 1000) + OWNER_CODE_MS_PER_ROW * work(rows)
+    # (at most the largest statement_timeout: the setting's ceiling, config.SECONDS_MAX, plus the
+    # rows' allowance could pass it, and the statement would fail on the SET instead)
+    return min(round(seconds * 1000) + OWNER_CODE_MS_PER_ROW * work(rows), PG_INTEGER_MAX)
 
 
 def work(rows: list[Row] | None) -> int:

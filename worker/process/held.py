@@ -9,7 +9,8 @@ a provider answers again) it makes the target's held jobs visible at once (the q
 release_held_jobs: only jobs still as the deferral left them, never one another worker leased
 since).
 
-Every way a target becomes servable counts: its model loading, its provider answering, and its
+Every way a target becomes servable counts: its model loading (during a model change, the new
+model too: the change's jobs are held for it), its provider answering, and its
 redefinition (moved to a model the worker has, a model change's swap), which the keeper reads
 while some target is unservable. Only on that change, not while a target stays servable: a
 target this worker itself defers for a reason it cannot see beforehand (another producer's
@@ -69,13 +70,20 @@ class HeldJobs:
 
     def servable(self) -> dict[int, Target]:
         """Our queue's targets whose model is loaded (built, for a remote one) and that nothing
-        stops this worker from serving."""
+        stops this worker from serving. A target in a model change whose new model failed to
+        load here is not: the change's jobs are held for that model, and released they would
+        only be held again by the first batch (every start moved them, and the held counts and
+        metrics flickered); they are taken once that model loads."""
         loaded = self.embedders.loaded()
+        failed = self.embedders.failures()
         problems = unservable(self.queue, self.registry, self.embedders)
         return {
             target.id: target
             for target in self.registry.snapshot().values()
-            if target.queue == self.queue and target.model in loaded and target.name not in problems
+            if target.queue == self.queue
+            and target.model in loaded
+            and target.name not in problems
+            and not (target.in_change and target.shadow_model in failed)
         }
 
     def release(self, conn: db.Connection) -> int:

@@ -147,6 +147,13 @@ class Worker:
         self._stop_requested_at: float | None = None
         self._interrupted_by: signal.Signals | None = None  # the signal that stopped a run
 
+    @property
+    def threads(self) -> tuple[threading.Thread, ...]:
+        """The pipeline's threads, once started. run() gives each a moment (2 s) to end and
+        returns: one still in a statement ends after it. A process that goes on after run()
+        (the tests' in-process workers) joins them, or they log after it moved on."""
+        return tuple(self._threads)
+
     # --- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
         """Runs until stopped (with `once`: until the queue is drained); returns the exit code."""

@@ -232,6 +232,13 @@ class Startup:
         for target in ours:
             if target.id not in problems and (problem := target.problem()):
                 problems[target.id] = problem
+        # The new models of changes in progress: one that cannot load is then known before the
+        # held jobs are taken (release_held), and the change's jobs held for it stay held.
+        for model in sorted({t.shadow_model for t in ours if t.shadow_model is not None}):
+            try:
+                self.embedders.get(model)
+            except exceptions.ModelError:
+                continue  # logged; the change's jobs wait until it loads
         for problem in problems.values():
             logger.error("target not servable: %s", problem)
         provenance.check_at_startup(self.dsn, ours, self.embedders)
