@@ -831,6 +831,9 @@ BEGIN
     o.fts_title_weight := watch.fts_title_weight;
 
     PERFORM embeddings_internal.watch_check(o);
+    -- Until COMMIT, no other session's watch() of this table's partition tree passes its check
+    -- against this one's registration (41_locks.sql).
+    PERFORM embeddings_internal.lock_partition_tree(o.source);
     PERFORM embeddings_internal.watch_check_table(o);
     SELECT * INTO previous FROM embeddings.targets tg
     WHERE tg.source = o.source AND tg.embedding_column = o.embedding_column;

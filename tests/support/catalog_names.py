@@ -63,6 +63,7 @@ _FUNCTIONS = (
     "pg_get_userbyid",
     "pg_has_role",
     "pg_partition_ancestors",
+    "pg_partition_root",
     "pg_partition_tree",
     "pg_sleep",
     "pg_stat_get_analyze_count",
