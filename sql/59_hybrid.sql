@@ -280,19 +280,35 @@ BEGIN
 END
 $$;
 
--- hybrid_search()'s tuning checked (`text_w`: the text weight, its default applied), as the
--- worker checks it for the CLI and HTTP (worker/retrieval/fusion.py): a weight or rrf_k that
--- is NaN or infinite is refused too, not fused into NaN scores.
+-- hybrid_search()'s tuning checked (`text_w`: the text weight, its default applied), for every
+-- caller: the CLI and POST /search refuse the same tuning before they embed the question, with
+-- the same message but for its "embeddings.hybrid_search: " (worker/retrieval/fusion.py; a 400
+-- over HTTP). rrf_k and each weight: 0, or from 1e-6 to 1e6: beyond, the fusion's
+-- arithmetic over- or underflows (1.7e308 and 5e-324 were Postgres's "value out of range",
+-- naming no argument), and within it is any ratio of weights one could mean; NaN (which
+-- compares above every number) and infinities are refused, not fused into NaN scores. The
+-- weights not both 0: no ranking would count, every score 0.
 CREATE FUNCTION embeddings_internal.hybrid_tuning_check(k integer, depth integer, rrf_k double precision,
                                                         vector_weight double precision, text_w double precision,
                                                         text_match text, fusion text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    names CONSTANT text[] := ARRAY['rrf_k', 'vector_weight', 'text_weight'];
+    given CONSTANT double precision[] := ARRAY[rrf_k, vector_weight, text_w];
 BEGIN
-    -- (NaN compares above every number, 'Infinity' included: `< 'Infinity'` refuses both)
-    IF k IS NULL OR k < 1 OR depth IS NULL OR depth < 1 OR rrf_k IS NULL OR rrf_k < 0 OR NOT rrf_k < 'Infinity'
-       OR vector_weight IS NULL OR vector_weight < 0 OR NOT vector_weight < 'Infinity'
-       OR text_w < 0 OR NOT text_w < 'Infinity' THEN
-        RAISE EXCEPTION 'embeddings.hybrid_search: k and depth must be at least 1, rrf_k and the weights at least 0 and finite'
+    IF k IS NULL OR k < 1 OR depth IS NULL OR depth < 1 THEN
+        RAISE EXCEPTION 'embeddings.hybrid_search: k and depth must be at least 1'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR i IN 1..3 LOOP
+        IF given[i] IS NULL OR NOT (given[i] = 0 OR given[i] BETWEEN 1e-6 AND 1e6) THEN
+            RAISE EXCEPTION 'embeddings.hybrid_search: % must be a number of at least 0: 0 or from 1e-06 to 1e+06', names[i]
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('%s is %s.', names[i], coalesce(given[i]::text, 'NULL'));
+        END IF;
+    END LOOP;
+    IF vector_weight = 0 AND text_w = 0 THEN
+        RAISE EXCEPTION 'embeddings.hybrid_search: vector_weight and text_weight cannot both be 0'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF text_match IS NULL OR text_match NOT IN ('all', 'any') THEN

@@ -5,6 +5,7 @@ generated (chunk tables); filters apply to both rankings."""
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -19,6 +20,7 @@ from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
 from worker.retrieval import errors, rankings, search
 from worker.retrieval.fusion import Fusion
+from worker.retrieval.request import SearchRequest
 from worker.retrieval.targets import find_target
 
 Conn = psycopg.Connection[Any]
@@ -187,7 +189,7 @@ def test_tuning_from_outside_sql_reaches_the_fusion(conn: Conn, items: Vec) -> N
         parts += [3 / (5 + r["text_rank"])] if r["text_rank"] else []
         assert r["score"] == pytest.approx(sum(parts))
         assert (r["vector_rank"] or 0) <= 4 and (r["text_rank"] or 0) <= 4
-    with pytest.raises(errors.InvalidSearch, match="weights at least 0"):
+    with pytest.raises(errors.InvalidSearch, match=re.escape(f"text_weight {RANGE}")):
         rankings.run(
             conn,
             rankings.hybrid_ranking(
@@ -398,18 +400,45 @@ def test_a_hybrid_search_without_a_question_is_an_error(conn: Conn, items: Vec) 
         assert found == [(1, None), (2, None), (3, None)]
 
 
-@pytest.mark.parametrize("weight", ["vector_weight", "text_weight", "rrf_k"])
-@pytest.mark.parametrize("value", ["NaN", "Infinity"])
-def test_a_weight_that_is_not_a_finite_number_is_refused(
-    conn: Conn, items: Vec, weight: str, value: str
+RANGE = "must be a number of at least 0: 0 or from 1e-06 to 1e+06"
+
+
+@pytest.mark.parametrize(
+    ("tuning", "message", "given"),
+    [
+        (
+            {"vector_weight": 0.0, "text_weight": 0.0},
+            "vector_weight and text_weight cannot both be 0",
+            None,
+        ),
+        ({"rrf_k": 1e7}, f"rrf_k {RANGE}", "rrf_k is 10000000."),
+        ({"text_weight": 5e-7}, f"text_weight {RANGE}", "text_weight is 5e-07."),
+        ({"vector_weight": -1.0}, f"vector_weight {RANGE}", "vector_weight is -1."),
+        ({"vector_weight": float("nan")}, f"vector_weight {RANGE}", "vector_weight is NaN."),
+        ({"text_weight": float("inf")}, f"text_weight {RANGE}", "text_weight is Infinity."),
+        ({"rrf_k": float("-inf")}, f"rrf_k {RANGE}", "rrf_k is -Infinity."),
+    ],
+)
+def test_bad_tuning_is_refused_alike_from_sql_and_from_outside(
+    conn: Conn, items: Vec, tuning: dict[str, float], message: str, given: str | None
 ) -> None:
-    """As the CLI and HTTP refuse it (worker/retrieval/fusion.py), not fused into NaN scores."""
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="weights at least 0 and finite"):
+    """hybrid_search() took both weights 0 and any weight up to 1.7e308, which only the CLI
+    and HTTP refused (worker/retrieval/fusion.py), in words of their own; NaN and infinities
+    it refused without saying which argument. Now SQL refuses what they refuse, and they say
+    what SQL says (but for the function's name)."""
+    named = ", ".join(f"{name} => %({name})s::double precision" for name in tuning)
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as in_sql:
         conn.execute(
-            f"SELECT * FROM embeddings.hybrid_search('items', 'folder', %s::halfvec, k => 3,"
-            f" {weight} => %s::double precision)",
-            (text(items), value),
+            "SELECT * FROM embeddings.hybrid_search('items', 'folder', %(q)s::halfvec, k => 3,"
+            f" {named})",
+            {"q": text(items), **tuning},
         )
+    assert in_sql.value.diag.message_primary == f"embeddings.hybrid_search: {message}"
+    assert in_sql.value.diag.message_detail == given
+    # POST /search and `embed-worker search` (which names the flags) parse the request so.
+    with pytest.raises(ValueError) as outside:
+        SearchRequest.parse({"table": "items", "query": "folder", **tuning})
+    assert str(outside.value) == message
 
 
 def test_enable_fts_without_a_configuration_is_an_error_naming_it(conn: Conn, items: Vec) -> None:
