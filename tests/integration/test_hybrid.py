@@ -15,6 +15,7 @@ import pytest
 
 from bench.quality.retrievers import rrf
 from tests.integration.test_search import DIMS, MODEL, Vec, text, toward, unit
+from tests.support.fetch import fetch_value
 from tests.support.stores import STORES, WATCH_ARGS
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
@@ -482,6 +483,72 @@ def test_the_full_text_side_reads_the_question_s_first_64_words(
         assert matched(f"directory tree {excluded} -tree") == {5}  # "-tree" the 65th
         assert matched(f"directory tree {excluded[:-4]} -tree") == set()  # the 64th
     assert matched("directory tree " * 8000) == {5}
+
+
+def test_terms_repeated_in_websearch_syntax_are_read_once(conn: Conn, items: Vec) -> None:
+    """A word repeated was read once only in a question without websearch syntax: `"a b" "a b"
+    ...` made the every-word query 32 phrases in its 64 words, each scored by ts_rank_cd in
+    every row (about 2 s on 2,000 rows). A term given again between the same ORs, and a run of
+    terms given again between ORs, say nothing more (x AND x is x, X OR X is X)."""
+
+    def words(question: str) -> str:
+        return str(fetch_value(conn, "SELECT embeddings_internal.fulltext_words(%s)", (question,)))
+
+    assert words('"directory tree" ' * 8000) == '"directory tree"'
+    assert words('"directory tree" ' * 100 + "urlopen") == '"directory tree" urlopen'
+    assert words('"Directory tree" -fox "directory TREE" -fox tree') == '"Directory tree" -fox tree'
+    assert words("urlopen OR tree fox fox OR urlopen OR fox tree") == "urlopen OR tree fox"
+    assert words('tree - - "fox" fox') == 'tree - - "fox" fox'  # nothing given again: as it is
+    # An OR first, last or doubled is a word, not the operator: the question is left as it is.
+    assert words("OR tree tree") == "OR tree tree"
+    assert words("tree tree OR OR fox") == "tree tree OR OR fox"
+    target = find_target(conn, "items")
+    for text_match in ("all", "any"):
+        fusion = Fusion(text_match=text_match)
+        once, repeated = (
+            rankings.run(conn, rankings.hybrid_ranking(target, q, items, 8, fusion=fusion))
+            for q in ('"directory tree"', '"directory tree" ' * 32)
+        )
+        assert once == repeated
+
+
+def test_a_question_read_once_matches_what_it_matched(conn: Conn) -> None:
+    """websearch_distinct() leaves the every-word query's matches as they were, over random
+    questions of words, -words, "phrases", ORs (any case) and lone "-" and quotes."""
+    rnd = random.Random(7)
+    vocab = ["ant", "bee", "cat", "dog"]
+    conn.execute("CREATE TEMP TABLE docs (v tsvector)")
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO docs VALUES (to_tsvector('simple', %s))",
+            [(" ".join(rnd.choices(vocab, k=rnd.randint(0, 6))),) for _ in range(200)],
+        )
+    query = fetch_value(conn, "SELECT embeddings_internal.every_word_query_sql('simple', '$1')")
+    conn.execute(
+        f"CREATE FUNCTION pg_temp.q(text) RETURNS tsquery LANGUAGE sql AS $f$ SELECT {query} $f$"
+    )
+
+    def term() -> str:
+        roll = rnd.random()
+        if roll < 0.3:
+            return '"' + " ".join(rnd.choices(vocab, k=rnd.randint(1, 3))) + '"'
+        if roll < 0.45:
+            return "-" + rnd.choice(vocab)
+        if roll < 0.6:
+            return "OR"
+        if roll < 0.65:
+            return rnd.choice(['"', "-", "or", '"' + rnd.choice(vocab)])
+        return rnd.choice(vocab).upper() if rnd.random() < 0.2 else rnd.choice(vocab)
+
+    for _ in range(500):
+        question = " ".join(term() for _ in range(rnd.randint(1, 9)))
+        differ = fetch_value(
+            conn,
+            "SELECT count(*) FROM docs WHERE (v @@ pg_temp.q(%(q)s)) IS DISTINCT FROM"
+            " (v @@ pg_temp.q(embeddings_internal.websearch_distinct(%(q)s)))",
+            {"q": question},
+        )
+        assert differ == 0, question
 
 
 def test_hybrid_on_a_target_without_full_text_is_refused(conn: Conn, items: Vec) -> None:
