@@ -520,7 +520,8 @@ $$;
 -- Refused: a temporary table (the worker's sessions cannot see another session's, and when that
 -- session ends no event trigger fires: its target would hold every job, then stay behind); a
 -- table of ours or pgmq's (the registry, the queues: watch() would add a column and triggers to
--- them); a partition of a table watched on the same embedding column, or a partitioned table
+-- them), or of the system catalogs; another target's side or chunk table (the worker writes
+-- it: a trigger there would queue a job for each vector written); a partition of a table watched on the same embedding column, or a partitioned table
 -- one of whose partitions is (two targets would embed each of its rows into the same column).
 CREATE FUNCTION embeddings_internal.watch_check_table(o embeddings_internal.watch_options) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
@@ -538,6 +539,22 @@ BEGIN
        IN ('embeddings', 'embeddings_internal', 'pgmq') THEN
         RAISE EXCEPTION '% is a table of embed-worker''s own (or of pgmq''s): it cannot be watched', o.source
             USING ERRCODE = 'wrong_object_type';
+    END IF;
+    IF (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = o.source)
+       IN ('pg_catalog', 'information_schema') THEN
+        RAISE EXCEPTION '% is a table of the system catalogs (%): it cannot be watched', o.source,
+                (SELECT n.nspname FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = o.source)
+            USING ERRCODE = 'wrong_object_type';
+    END IF;
+    SELECT * INTO other FROM embeddings.targets tg WHERE tg.store_table = o.source AND tg.source <> o.source
+    ORDER BY tg.id LIMIT 1;
+    IF FOUND THEN
+        RAISE EXCEPTION '% is the % table of target %: it cannot be watched', o.source,
+                CASE other.store_kind WHEN 'chunks' THEN 'chunk' ELSE other.store_kind END,
+                embeddings_internal.target_name(other)
+            USING ERRCODE = 'wrong_object_type',
+                  DETAIL = 'The worker writes its vectors there; its rows are that target''s, not an application''s.',
+                  HINT = format('Watch %s, the table whose rows they embed.', other.source);
     END IF;
     SELECT * INTO other FROM embeddings.targets tg
     WHERE tg.embedding_column = o.embedding_column AND tg.source <> o.source
@@ -831,6 +848,9 @@ BEGIN
     o.fts_title_weight := watch.fts_title_weight;
 
     PERFORM embeddings_internal.watch_check(o);
+    -- Until COMMIT, no other session's watch() of this table's partition tree passes its check
+    -- against this one's registration (41_locks.sql).
+    PERFORM embeddings_internal.lock_partition_tree(o.source);
     PERFORM embeddings_internal.watch_check_table(o);
     SELECT * INTO previous FROM embeddings.targets tg
     WHERE tg.source = o.source AND tg.embedding_column = o.embedding_column;

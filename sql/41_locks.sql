@@ -99,3 +99,37 @@ BEGIN
     RETURN cardinality(hashes);
 END
 $$;
+
+-- Orders this transaction's watch() of `source` after any other transaction's watch() of a table
+-- of the same partition tree (its root and every partition, at every level; a table outside
+-- any tree is a tree of one), until COMMIT. watch_check_table() refuses a partition beside its
+-- watched parent by reading embeddings.targets: two sessions watching the parent and a
+-- partition at once each read it before the other committed, both passed, and both tables were
+-- watched on one column. The lock is the row (0, md5 of the root's oid) of
+-- embeddings.documents_written, inserted and deleted again as lock_documents() does (target ids
+-- start at 1, so 0 is no target's): no role but the schema's owner can take it. The wait is
+-- bounded by embeddings_internal.lock_wait() (30 s, or a shorter lock_timeout of the caller's),
+-- then lock_not_available, saying what it waited for. The caller's lock_timeout is as it was.
+CREATE FUNCTION embeddings_internal.lock_partition_tree(source regclass) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    saved text := current_setting('lock_timeout');
+    root regclass := coalesce(pg_partition_root(source), source);
+    waited interval := embeddings_internal.lock_wait();
+    tree uuid := md5(root::oid::text)::uuid;
+BEGIN
+    PERFORM set_config('lock_timeout', greatest(1, (extract(epoch FROM waited) * 1000)::bigint) || 'ms', true);
+    BEGIN
+        INSERT INTO embeddings.documents_written (target_id, key_md5) VALUES (0, tree) ON CONFLICT DO NOTHING;
+        DELETE FROM embeddings.documents_written d WHERE d.target_id = 0 AND d.key_md5 = tree;
+    EXCEPTION WHEN lock_not_available THEN
+        PERFORM set_config('lock_timeout', saved, true);
+        RAISE EXCEPTION 'could not watch %: another session''s watch() of % (or of a partition of it) has not committed within % s',
+                source, root, round(extract(epoch FROM waited)::numeric, 2)
+            USING ERRCODE = 'lock_not_available',
+                  HINT = 'Commit or roll back that transaction, then call again; or allow a longer wait with '
+                         'SET embeddings.lock_wait = ''5min''.';
+    END;
+    PERFORM set_config('lock_timeout', saved, true);
+END
+$$;

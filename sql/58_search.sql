@@ -139,7 +139,8 @@ BEGIN
                   HINT = embeddings_internal.watched_columns_hint(source,
                              format('SELECT embeddings.watch(%L, ''<content column>'');', source::text));
     ELSIF cardinality(found) > 1 THEN
-        RAISE EXCEPTION '% has several embedding columns: name one', source
+        RAISE EXCEPTION '% has several embedding columns: name one, embedding_column => %', source,
+                (SELECT string_agg(quote_literal(f.embedding_column), ' or ' ORDER BY f.id) FROM unnest(found) f)
             USING ERRCODE = 'ambiguous_column';
     END IF;
     RETURN found[1];

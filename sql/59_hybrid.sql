@@ -37,9 +37,49 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   config::text, expr, E'(\\w)\\.(?=\\w)', E'\\1 ', E'\\m(or|Or|oR)\\M', E'\\1_', E'-(?=[-\\s!&|()<]|$)')
 $$;
 
+-- A question in websearch syntax with each term given again left out: a word, a -word or a
+-- "quoted phrase" (in any case) seen before between the same two ORs, and a run of terms
+-- between two ORs seen before, in any order (with its OR). The query is the same (x AND x is x, X OR X is
+-- X), and far cheaper to rank: "a b" 32 times was 32 phrases, each scored by ts_rank_cd in
+-- every row (about 2 s on 2,000 rows). Read as every_word_query_sql() reads it: only OR in
+-- capitals is the operator, and only between terms (first, last or doubled it is a word: the
+-- question is left as it is); a "-" touching no word is a space (left out); a quoted phrase
+-- ends at the next `"` or at the end. The question as it is when nothing is left out. Only its
+-- first 4,096 terms are read (fulltext_words() keeps 64 words; a question's keywords come
+-- first): a 1 MiB question costs its split and sorts of 4,096 terms (0.4-0.5 s, as before this
+-- function), not sorts of its 175,000 (1.5-1.7 s). PL/pgSQL for its plan, kept between calls.
+CREATE FUNCTION embeddings_internal.websearch_distinct(question text) RETURNS text
+LANGUAGE plpgsql IMMUTABLE STRICT SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (WITH found AS (  -- the terms and ORs, in order
+        SELECT m.i, m.found[1] AS term, m.found[1] = 'OR' AS op
+        FROM (SELECT * FROM regexp_matches(question, E'-?"[^"]*(?:"|$)|[^\\s"]+', 'g') WITH ORDINALITY AS m(found, i)
+              LIMIT 4096) m
+        WHERE m.found[1] !~ '^-+$'
+    ), terms AS (  -- each with its OR-group (the ORs before it); the first of its kind there
+        SELECT t.*, t.op OR t.i = min(t.i) OVER (PARTITION BY t.grp, t.op, lower(t.term)) AS first
+        FROM (SELECT f.*, count(*) FILTER (WHERE f.op) OVER (ORDER BY f.i) AS grp,
+                     f.op AND (lag(f.op) OVER (ORDER BY f.i) IS NOT FALSE
+                               OR lead(f.op) OVER (ORDER BY f.i) IS NOT FALSE) AS word_or
+              FROM found f) t
+    ), groups AS (  -- each OR-group's terms, those given again left out; the first such group
+        SELECT g.*, g.grp = min(g.grp) OVER (PARTITION BY g.same) AS first
+        FROM (SELECT tr.grp, string_agg(tr.term, ' ' ORDER BY tr.i) FILTER (WHERE NOT tr.op AND tr.first) AS kept,
+                     array_agg(lower(tr.term) ORDER BY lower(tr.term)) FILTER (WHERE NOT tr.op AND tr.first) AS same,
+                     bool_or(NOT tr.first) AS dropped, bool_or(tr.word_or) AS word_or
+              FROM terms tr GROUP BY tr.grp) g
+    )
+    SELECT CASE WHEN bool_or(gr.dropped OR NOT gr.first) AND NOT bool_or(gr.word_or)
+                THEN string_agg(CASE WHEN gr.grp > 0 THEN 'OR ' ELSE '' END || gr.kept, ' ' ORDER BY gr.grp) FILTER (WHERE gr.first)
+                ELSE question END
+    FROM groups gr);
+END
+$$;
+
 -- The words of hybrid search's question that its full-text side reads (docs/sql.md): the first
 -- 64 runs of characters between white space; in a question without websearch syntax (no `"`,
--- no word "or", no word starting with "-") a word seen before (in any case) is left out first.
+-- no word "or", no word starting with "-") a word seen before (in any case) is left out first,
+-- in one with it a term (websearch_distinct()).
 -- The every-word query is a tree with an AND per word: 20,000 words overflowed the stack, and
 -- "password reset" 8,000 times kept a backend ranking for 35 s (ts_rank_cd of an every-word
 -- query of 16,000 items); a question's keywords fit in 64 words, and the vector side reads the
@@ -50,6 +90,9 @@ DECLARE
     -- Read once (in the statement below, once a word: quadratic in the question).
     syntax boolean := question ~ E'"|(^|\\s)-|(^|\\s)[oO][rR](\\s|$)';
 BEGIN
+    IF syntax THEN
+        question := embeddings_internal.websearch_distinct(question);
+    END IF;
     RETURN (
         SELECT coalesce(string_agg(w.word, ' ' ORDER BY w.i), '')
         FROM (SELECT k.word, k.i, row_number() OVER (ORDER BY k.i) AS n
@@ -280,19 +323,35 @@ BEGIN
 END
 $$;
 
--- hybrid_search()'s tuning checked (`text_w`: the text weight, its default applied), as the
--- worker checks it for the CLI and HTTP (worker/retrieval/fusion.py): a weight or rrf_k that
--- is NaN or infinite is refused too, not fused into NaN scores.
+-- hybrid_search()'s tuning checked (`text_w`: the text weight, its default applied), for every
+-- caller: the CLI and POST /search refuse the same tuning before they embed the question, with
+-- the same message but for its "embeddings.hybrid_search: " (worker/retrieval/fusion.py; a 400
+-- over HTTP). rrf_k and each weight: 0, or from 1e-6 to 1e6: beyond, the fusion's
+-- arithmetic over- or underflows (1.7e308 and 5e-324 were Postgres's "value out of range",
+-- naming no argument), and within it is any ratio of weights one could mean; NaN (which
+-- compares above every number) and infinities are refused, not fused into NaN scores. The
+-- weights not both 0: no ranking would count, every score 0.
 CREATE FUNCTION embeddings_internal.hybrid_tuning_check(k integer, depth integer, rrf_k double precision,
                                                         vector_weight double precision, text_w double precision,
                                                         text_match text, fusion text) RETURNS void
 LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    names CONSTANT text[] := ARRAY['rrf_k', 'vector_weight', 'text_weight'];
+    given CONSTANT double precision[] := ARRAY[rrf_k, vector_weight, text_w];
 BEGIN
-    -- (NaN compares above every number, 'Infinity' included: `< 'Infinity'` refuses both)
-    IF k IS NULL OR k < 1 OR depth IS NULL OR depth < 1 OR rrf_k IS NULL OR rrf_k < 0 OR NOT rrf_k < 'Infinity'
-       OR vector_weight IS NULL OR vector_weight < 0 OR NOT vector_weight < 'Infinity'
-       OR text_w < 0 OR NOT text_w < 'Infinity' THEN
-        RAISE EXCEPTION 'embeddings.hybrid_search: k and depth must be at least 1, rrf_k and the weights at least 0 and finite'
+    IF k IS NULL OR k < 1 OR depth IS NULL OR depth < 1 THEN
+        RAISE EXCEPTION 'embeddings.hybrid_search: k and depth must be at least 1'
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    FOR i IN 1..3 LOOP
+        IF given[i] IS NULL OR NOT (given[i] = 0 OR given[i] BETWEEN 1e-6 AND 1e6) THEN
+            RAISE EXCEPTION 'embeddings.hybrid_search: % must be a number of at least 0: 0 or from 1e-06 to 1e+06', names[i]
+                USING ERRCODE = 'invalid_parameter_value',
+                      DETAIL = format('%s is %s.', names[i], coalesce(given[i]::text, 'NULL'));
+        END IF;
+    END LOOP;
+    IF vector_weight = 0 AND text_w = 0 THEN
+        RAISE EXCEPTION 'embeddings.hybrid_search: vector_weight and text_weight cannot both be 0'
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
     IF text_match IS NULL OR text_match NOT IN ('all', 'any') THEN

@@ -79,6 +79,7 @@ DECLARE
         'embeddings_internal.hybrid_tuning_check(integer, integer, double precision, double precision, double precision, text, text)',
         'embeddings_internal.any_lexeme_query(tsvector)',
         'embeddings_internal.fulltext_words(text)',  -- the words hybrid_search()'s full-text side reads
+        'embeddings_internal.websearch_distinct(text)',  -- fulltext_words()' terms given again left out
         -- the tsvector of full-text fields, which the generated store functions write
         'embeddings_internal.fields_tsvector(regconfig, text)',
         'embeddings_internal.store_kinds()',

@@ -218,7 +218,7 @@ CASES: list[tuple[str, bytes, int, str]] = [
             (b'{"table": "docs(", "query": "x"}', 404, "no table"),
             (b'{"table": "docs", "query": "x", "rrf_k": "60"}', 400, '"rrf_k"'),
             (b'{"table": "docs", "query": "x", "rrf_k": ' + b"9" * 400 + b"}", 400, '"rrf_k"'),
-            (b'{"table": "docs", "query": "x", "text_weight": -1}', 400, '"text_weight"'),
+            (b'{"table": "docs", "query": "x", "text_weight": -1}', 400, "text_weight must"),
             (b'{"table": "docs", "query": "x", "depth": 0}', 400, '"depth"'),
             (b'{"table": "docs", "query": "x", "mode": "vector", "depth": 5}', 400, "depth"),
         ]

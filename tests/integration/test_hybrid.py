@@ -5,6 +5,7 @@ generated (chunk tables); filters apply to both rankings."""
 from __future__ import annotations
 
 import random
+import re
 from collections.abc import Callable
 from typing import Any
 
@@ -14,11 +15,13 @@ import pytest
 
 from bench.quality.retrievers import rrf
 from tests.integration.test_search import DIMS, MODEL, Vec, text, toward, unit
+from tests.support.fetch import fetch_value
 from tests.support.stores import STORES, WATCH_ARGS
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
 from worker.retrieval import errors, rankings, search
 from worker.retrieval.fusion import Fusion
+from worker.retrieval.request import SearchRequest
 from worker.retrieval.targets import find_target
 
 Conn = psycopg.Connection[Any]
@@ -187,7 +190,7 @@ def test_tuning_from_outside_sql_reaches_the_fusion(conn: Conn, items: Vec) -> N
         parts += [3 / (5 + r["text_rank"])] if r["text_rank"] else []
         assert r["score"] == pytest.approx(sum(parts))
         assert (r["vector_rank"] or 0) <= 4 and (r["text_rank"] or 0) <= 4
-    with pytest.raises(errors.InvalidSearch, match="weights at least 0"):
+    with pytest.raises(errors.InvalidSearch, match=re.escape(f"text_weight {RANGE}")):
         rankings.run(
             conn,
             rankings.hybrid_ranking(
@@ -398,18 +401,45 @@ def test_a_hybrid_search_without_a_question_is_an_error(conn: Conn, items: Vec) 
         assert found == [(1, None), (2, None), (3, None)]
 
 
-@pytest.mark.parametrize("weight", ["vector_weight", "text_weight", "rrf_k"])
-@pytest.mark.parametrize("value", ["NaN", "Infinity"])
-def test_a_weight_that_is_not_a_finite_number_is_refused(
-    conn: Conn, items: Vec, weight: str, value: str
+RANGE = "must be a number of at least 0: 0 or from 1e-06 to 1e+06"
+
+
+@pytest.mark.parametrize(
+    ("tuning", "message", "given"),
+    [
+        (
+            {"vector_weight": 0.0, "text_weight": 0.0},
+            "vector_weight and text_weight cannot both be 0",
+            None,
+        ),
+        ({"rrf_k": 1e7}, f"rrf_k {RANGE}", "rrf_k is 10000000."),
+        ({"text_weight": 5e-7}, f"text_weight {RANGE}", "text_weight is 5e-07."),
+        ({"vector_weight": -1.0}, f"vector_weight {RANGE}", "vector_weight is -1."),
+        ({"vector_weight": float("nan")}, f"vector_weight {RANGE}", "vector_weight is NaN."),
+        ({"text_weight": float("inf")}, f"text_weight {RANGE}", "text_weight is Infinity."),
+        ({"rrf_k": float("-inf")}, f"rrf_k {RANGE}", "rrf_k is -Infinity."),
+    ],
+)
+def test_bad_tuning_is_refused_alike_from_sql_and_from_outside(
+    conn: Conn, items: Vec, tuning: dict[str, float], message: str, given: str | None
 ) -> None:
-    """As the CLI and HTTP refuse it (worker/retrieval/fusion.py), not fused into NaN scores."""
-    with pytest.raises(psycopg.errors.InvalidParameterValue, match="weights at least 0 and finite"):
+    """hybrid_search() took both weights 0 and any weight up to 1.7e308, which only the CLI
+    and HTTP refused (worker/retrieval/fusion.py), in words of their own; NaN and infinities
+    it refused without saying which argument. Now SQL refuses what they refuse, and they say
+    what SQL says (but for the function's name)."""
+    named = ", ".join(f"{name} => %({name})s::double precision" for name in tuning)
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as in_sql:
         conn.execute(
-            f"SELECT * FROM embeddings.hybrid_search('items', 'folder', %s::halfvec, k => 3,"
-            f" {weight} => %s::double precision)",
-            (text(items), value),
+            "SELECT * FROM embeddings.hybrid_search('items', 'folder', %(q)s::halfvec, k => 3,"
+            f" {named})",
+            {"q": text(items), **tuning},
         )
+    assert in_sql.value.diag.message_primary == f"embeddings.hybrid_search: {message}"
+    assert in_sql.value.diag.message_detail == given
+    # POST /search and `embed-worker search` (which names the flags) parse the request so.
+    with pytest.raises(ValueError) as outside:
+        SearchRequest.parse({"table": "items", "query": "folder", **tuning})
+    assert str(outside.value) == message
 
 
 def test_enable_fts_without_a_configuration_is_an_error_naming_it(conn: Conn, items: Vec) -> None:
@@ -453,6 +483,72 @@ def test_the_full_text_side_reads_the_question_s_first_64_words(
         assert matched(f"directory tree {excluded} -tree") == {5}  # "-tree" the 65th
         assert matched(f"directory tree {excluded[:-4]} -tree") == set()  # the 64th
     assert matched("directory tree " * 8000) == {5}
+
+
+def test_terms_repeated_in_websearch_syntax_are_read_once(conn: Conn, items: Vec) -> None:
+    """A word repeated was read once only in a question without websearch syntax: `"a b" "a b"
+    ...` made the every-word query 32 phrases in its 64 words, each scored by ts_rank_cd in
+    every row (about 2 s on 2,000 rows). A term given again between the same ORs, and a run of
+    terms given again between ORs, say nothing more (x AND x is x, X OR X is X)."""
+
+    def words(question: str) -> str:
+        return str(fetch_value(conn, "SELECT embeddings_internal.fulltext_words(%s)", (question,)))
+
+    assert words('"directory tree" ' * 8000) == '"directory tree"'
+    assert words('"directory tree" ' * 100 + "urlopen") == '"directory tree" urlopen'
+    assert words('"Directory tree" -fox "directory TREE" -fox tree') == '"Directory tree" -fox tree'
+    assert words("urlopen OR tree fox fox OR urlopen OR fox tree") == "urlopen OR tree fox"
+    assert words('tree - - "fox" fox') == 'tree - - "fox" fox'  # nothing given again: as it is
+    # An OR first, last or doubled is a word, not the operator: the question is left as it is.
+    assert words("OR tree tree") == "OR tree tree"
+    assert words("tree tree OR OR fox") == "tree tree OR OR fox"
+    target = find_target(conn, "items")
+    for text_match in ("all", "any"):
+        fusion = Fusion(text_match=text_match)
+        once, repeated = (
+            rankings.run(conn, rankings.hybrid_ranking(target, q, items, 8, fusion=fusion))
+            for q in ('"directory tree"', '"directory tree" ' * 32)
+        )
+        assert once == repeated
+
+
+def test_a_question_read_once_matches_what_it_matched(conn: Conn) -> None:
+    """websearch_distinct() leaves the every-word query's matches as they were, over random
+    questions of words, -words, "phrases", ORs (any case) and lone "-" and quotes."""
+    rnd = random.Random(7)
+    vocab = ["ant", "bee", "cat", "dog"]
+    conn.execute("CREATE TEMP TABLE docs (v tsvector)")
+    with conn.cursor() as cur:
+        cur.executemany(
+            "INSERT INTO docs VALUES (to_tsvector('simple', %s))",
+            [(" ".join(rnd.choices(vocab, k=rnd.randint(0, 6))),) for _ in range(200)],
+        )
+    query = fetch_value(conn, "SELECT embeddings_internal.every_word_query_sql('simple', '$1')")
+    conn.execute(
+        f"CREATE FUNCTION pg_temp.q(text) RETURNS tsquery LANGUAGE sql AS $f$ SELECT {query} $f$"
+    )
+
+    def term() -> str:
+        roll = rnd.random()
+        if roll < 0.3:
+            return '"' + " ".join(rnd.choices(vocab, k=rnd.randint(1, 3))) + '"'
+        if roll < 0.45:
+            return "-" + rnd.choice(vocab)
+        if roll < 0.6:
+            return "OR"
+        if roll < 0.65:
+            return rnd.choice(['"', "-", "or", '"' + rnd.choice(vocab)])
+        return rnd.choice(vocab).upper() if rnd.random() < 0.2 else rnd.choice(vocab)
+
+    for _ in range(500):
+        question = " ".join(term() for _ in range(rnd.randint(1, 9)))
+        differ = fetch_value(
+            conn,
+            "SELECT count(*) FROM docs WHERE (v @@ pg_temp.q(%(q)s)) IS DISTINCT FROM"
+            " (v @@ pg_temp.q(embeddings_internal.websearch_distinct(%(q)s)))",
+            {"q": question},
+        )
+        assert differ == 0, question
 
 
 def test_hybrid_on_a_target_without_full_text_is_refused(conn: Conn, items: Vec) -> None:

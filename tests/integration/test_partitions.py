@@ -4,12 +4,14 @@ partitions created or attached later, rows moving between partitions, detaching.
 from __future__ import annotations
 
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.support.jobs import clear_queue, messages, queued_keys
+from tests.support.process import wait_for
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -147,3 +149,64 @@ def test_a_table_one_of_whose_partitions_is_watched_is_refused_on_the_same_colum
     assert conn.execute("SELECT source::text FROM embeddings.targets").fetchall() == [
         ("events_2025",)
     ]
+
+
+@pytest.mark.parametrize("first", ["docs", "docs_eu"])
+def test_a_table_and_its_partition_watched_at_once_in_two_sessions_make_one_target(
+    dsn: str, conn: Conn, minilm: str, first: str
+) -> None:
+    """Each session's check read the targets before the other committed: both passed it, and
+    both tables were watched on one column (each row embedded twice, by two triggers). The
+    second now waits, boundedly, for the first's transaction, and is then refused."""
+    conn.execute(
+        "CREATE TABLE docs (region text, id bigint, body text, embedding halfvec(384),"
+        " PRIMARY KEY (region, id)) PARTITION BY LIST (region)"
+    )
+    conn.execute("CREATE TABLE docs_eu PARTITION OF docs FOR VALUES IN ('eu')")
+    second = "docs_eu" if first == "docs" else "docs"
+    with psycopg.connect(dsn) as one, psycopg.connect(dsn, autocommit=True) as two:
+        one.execute("SELECT embeddings.watch(%s, 'body', model => %s)", (first, minilm))
+        other = two.info.backend_pid
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(
+                two.execute, "SELECT embeddings.watch(%s, 'body', model => %s)", (second, minilm)
+            )
+            wait_for(
+                lambda: (
+                    conn.execute(
+                        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                        (other,),
+                    ).fetchone()
+                    == (True,)
+                ),
+                timeout=30,
+                what="the second watch() to wait for the first",
+            )
+            one.commit()
+            with pytest.raises(psycopg.errors.ObjectInUse, match="rows would be embedded twice"):
+                call.result(timeout=60)
+    assert conn.execute("SELECT source::text FROM embeddings.targets").fetchall() == [(first,)]
+
+
+def test_a_watch_waiting_for_another_of_its_partition_tree_gives_up_in_time(
+    dsn: str, conn: Conn, minilm: str
+) -> None:
+    """The wait is bounded (embeddings.lock_wait, or a shorter lock_timeout), names what it
+    waited for, and leaves the caller's lock_timeout as it was."""
+    conn.execute(
+        "CREATE TABLE docs (region text, id bigint, body text, embedding halfvec(384),"
+        " PRIMARY KEY (region, id)) PARTITION BY LIST (region)"
+    )
+    conn.execute("CREATE TABLE docs_eu PARTITION OF docs FOR VALUES IN ('eu')")
+    with psycopg.connect(dsn) as one, psycopg.connect(dsn, autocommit=True) as two:
+        one.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+        two.execute("SET embeddings.lock_wait = '200ms'")
+        with pytest.raises(
+            psycopg.errors.LockNotAvailable,
+            match=r"could not watch public\.docs_eu: another session's watch\(\) of public\.docs"
+            r" \(or of a partition of it\) has not committed within 0\.20 s",
+        ):
+            two.execute("SELECT embeddings.watch('docs_eu', 'body', model => %s)", (minilm,))
+        assert two.execute("SHOW lock_timeout").fetchone() == ("0",)
+        one.rollback()
+        two.execute("SELECT embeddings.watch('docs_eu', 'body', model => %s)", (minilm,))

@@ -326,7 +326,12 @@ def test_a_table_of_two_targets_is_searched_by_naming_the_column(conn: Conn, que
     )
     conn.execute("UPDATE items SET title_embedding = %s", (text(query),))
     statement = "SELECT key, content FROM embeddings.search('items', %s::halfvec, 1, NULL, %s)"
-    with pytest.raises(psycopg.errors.AmbiguousColumn, match="several embedding columns"):
+    # SQL names them too (it said "name one" without saying which there are).
+    with pytest.raises(
+        psycopg.errors.AmbiguousColumn,
+        match=r"^public\.items has several embedding columns: name one, embedding_column =>"
+        " 'embedding' or 'title_embedding'",
+    ):
         conn.execute(statement, (text(query), None))
     # POST /search and `embed-worker search`: the request is incomplete, a 400 (InvalidSearch;
     # before: a ConfigError, answered 404 as a table not found), naming what to pass.

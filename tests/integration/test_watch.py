@@ -7,6 +7,8 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.support import stores
+from tests.support.fetch import fetch_value
 from tests.support.jobs import messages, queued_keys
 
 Conn = psycopg.Connection[Any]
@@ -360,6 +362,20 @@ def test_unwatch_of_null_is_an_error_naming_the_argument(
             psycopg.errors.WrongObjectType,
             "pgmq.meta is a table of embed-worker's own",
         ),
+        # The system catalogs: a superuser's watch() would give information_schema's tables a
+        # column and triggers (pg_catalog's refused them with a bare "permission denied").
+        (
+            "",
+            "embeddings.watch('pg_catalog.pg_description', 'description')",
+            psycopg.errors.WrongObjectType,
+            r"^pg_description is a table of the system catalogs \(pg_catalog\): it cannot be watched",
+        ),
+        (
+            "",
+            "embeddings.watch('information_schema.sql_features', 'feature_name', key => '{feature_id, sub_feature_id}')",
+            psycopg.errors.WrongObjectType,
+            r"^information_schema\.sql_features is a table of the system catalogs \(information_schema\)",
+        ),
     ],
 )
 def test_bad_input_is_a_clear_error_and_creates_nothing(
@@ -384,6 +400,32 @@ def test_bad_input_is_a_clear_error_and_creates_nothing(
         == columns_before
     )
     assert messages(conn) == []
+
+
+@pytest.mark.parametrize(("store", "kind"), [("side", "side"), ("chunks", "chunk")])
+def test_another_targets_side_or_chunk_table_is_refused(
+    conn: Conn, minilm: str, store: str, kind: str
+) -> None:
+    """The worker writes it: watched, each vector written would queue a job of its own. It was
+    accepted."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    target = stores.watch(conn, store, minilm)
+    table = fetch_value(conn, "SELECT store_table::text FROM embeddings.targets")
+    # A content function of its rows: it is not refused for want of a text column.
+    conn.execute(
+        f"CREATE FUNCTION as_text({table}) RETURNS text STABLE LANGUAGE sql AS 'SELECT $1::text'"
+    )
+    with pytest.raises(
+        psycopg.errors.WrongObjectType,
+        match=rf"^public\.{table} is the {kind} table of target public\.docs\.embedding:"
+        " it cannot be watched",
+    ) as refused:
+        conn.execute(
+            "SELECT embeddings.watch(%s, 'as_text', embedding_column => 'again', model => %s)",
+            (table, minilm),
+        )
+    assert refused.value.diag.message_hint == "Watch public.docs, the table whose rows they embed."
+    assert conn.execute("SELECT array_agg(id) FROM embeddings.targets").fetchone() == ([target],)
 
 
 def test_a_column_name_written_in_sql_quotes_is_answered_with_the_name_to_pass(

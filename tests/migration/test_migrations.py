@@ -377,3 +377,50 @@ def test_upgrade_with_every_kind_of_target_equals_fresh_install(
     finally:
         cluster.drop_database(upgraded)
         cluster.drop_database(fresh)
+
+
+def test_upgrade_takes_back_what_grant_worker_gave_a_role_built_into_postgres(
+    cluster: Cluster,
+) -> None:
+    """0.3.0's grant_worker() took roles built into Postgres, which 0.4.0 refuses (each member
+    would be a worker role, and read rows' content through the targets' functions): the
+    upgrade failed on them (the reinstall grants each registered worker role again, and
+    pg_monitor is refused), and kept their grants. Now it revokes what grant_worker() gave
+    them, drops their rows and says so: the schema is a fresh install's."""
+    with fixture_roles(cluster):
+        upgraded = restore(cluster, "at_0019")
+        fresh = cluster.create_database(prefix="fresh")
+        try:
+            with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
+                for role in ("pg_monitor", "pg_read_all_stats"):
+                    conn.execute("SELECT embeddings.grant_worker(%s)", (role,))
+                assert conn.execute(
+                    "SELECT has_table_privilege('pg_monitor', 'embeddings.failures', 'DELETE'),"
+                    " has_function_privilege('pg_read_all_stats',"
+                    " 'embeddings.lock_target_version(integer)', 'EXECUTE')"
+                ).fetchone() == (True, True)
+            upgrade = schema.migrate(cluster.dsn(upgraded))
+            said = [n for n in upgrade.notices if "was a worker role" in n]
+            assert [n.split(" is built")[0] for n in said] == [
+                "embeddings: role pg_monitor",
+                "embeddings: role pg_read_all_stats",
+            ], upgrade.notices
+            with psycopg.connect(cluster.dsn(fresh)) as conn:
+                schema.install(conn)
+                conn.commit()
+            with psycopg.connect(cluster.dsn(fresh), autocommit=True) as conn:
+                watch_docs(conn)  # the same user objects on both sides
+                conn.execute(f"GRANT SELECT ON embeddings.status TO {MONITOR}")
+            assert pg_dump_schema(cluster.dsn(upgraded)) == pg_dump_schema(cluster.dsn(fresh))
+            with psycopg.connect(cluster.dsn(upgraded), autocommit=True) as conn:
+                roles = conn.execute("SELECT role_name FROM embeddings.worker_roles").fetchall()
+                assert roles == [(ROLE,)]
+                held = conn.execute(
+                    "SELECT has_table_privilege('pg_monitor', 'embeddings.failures', 'DELETE'),"
+                    " has_function_privilege('pg_read_all_stats',"
+                    " 'embeddings_internal.lock_target_version(integer)', 'EXECUTE')"
+                ).fetchone()
+                assert held == (False, False)
+        finally:
+            cluster.drop_database(upgraded)
+            cluster.drop_database(fresh)

@@ -23,10 +23,10 @@ from typing import Any
 # index scan and the full-text ranking's scoring must produce (as pgvector caps
 # hnsw.ef_search at 1000).
 MAX_DEPTH = 1000
-# The range of rrf_k and the weights, besides 0: beyond it hybrid_search()'s arithmetic over-
-# or underflows (1.7e308 and 5e-324 were Postgres's "value out of range", naming no field),
-# and within it any ratio of weights one could mean (a millionth of the other's, and less:
-# 0) is there.
+# The range of rrf_k and the weights, besides 0, and that the weights are not both 0, are
+# hybrid_search()'s rules (hybrid_tuning_check() in sql/59_hybrid.sql says why), checked here
+# too so that a request is refused before its question is embedded, in the words SQL uses
+# without its "embeddings.hybrid_search: " (tests/integration/test_hybrid.py compares them).
 SMALLEST, LARGEST = 1e-6, 1e6
 TEXT_MATCHES = ("all", "any")  # every word of the query, or any of them
 FUSIONS = ("convex", "rrf")  # weighted scores, or reciprocal ranks
@@ -83,11 +83,10 @@ class Fusion:
             value = getattr(self, name)
             if value is not None and not (value == 0 or SMALLEST <= value <= LARGEST):
                 raise ValueError(
-                    f'"{name}" must be a number of at least 0: 0 or from {SMALLEST:g} to'
-                    f" {LARGEST:g}, not {value:g}"
+                    f"{name} must be a number of at least 0: 0 or from {SMALLEST:g} to {LARGEST:g}"
                 )
         if self.vector_weight == 0 and self.text_weight == 0:
-            raise ValueError('"vector_weight" and "text_weight" cannot both be 0')
+            raise ValueError("vector_weight and text_weight cannot both be 0")
         if not 1 <= self.depth <= MAX_DEPTH:
             raise ValueError(f'"depth" must be an integer from 1 to {MAX_DEPTH}, not {self.depth}')
         return self

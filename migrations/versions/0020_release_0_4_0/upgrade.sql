@@ -54,3 +54,43 @@ CREATE INDEX IF NOT EXISTS failures_row_key_text ON embeddings.failures USING ha
 ALTER TABLE embeddings.documents DROP CONSTRAINT IF EXISTS documents_state_check,
     ADD CONSTRAINT documents_state_check CHECK (state IN ('in_progress', 'over_ceiling', 'no_text'));
 SELECT pg_catalog.set_config('embeddings.following', 'off', true);
+
+-- Worker roles that grant_worker() took before 0.4.0 and refuses now: the roles built into
+-- Postgres (pg_monitor, ...: sql/80_roles.sql says why; PUBLIC it always refused, as a role
+-- pg_roles does not list). Every member of such a role (a monitoring agent's login, a database
+-- owner) could run the targets' functions, which read and write watched tables as their
+-- owners, and write the dead letters and long documents' progress. What grant_worker() gave it
+-- is taken back here and its row goes, with a NOTICE naming what was revoked. (Kept, they failed
+-- the upgrade too: the reinstall after this file grants every registered worker role again, and
+-- grant_worker() refuses these now.) Taken back: every right on schema embeddings, its tables
+-- and views and its functions (the targets' included), a grant made by hand included: such a
+-- role reads what PUBLIC reads and nothing more (docs/security.md), and the reinstall would
+-- keep a right on our functions and views of a role that is no worker role. And on schema pgmq
+-- and pgmq.meta, but for pg_monitor, to which pgmq grants them itself (its grants on our
+-- queues' tables every install takes back: embeddings_internal.revoke_pgmq_grants()).
+DO $$
+DECLARE
+    w embeddings.worker_roles;
+    grantee text;
+    fn regprocedure;
+BEGIN
+    FOR w IN SELECT * FROM embeddings.worker_roles r WHERE r.role_name ~ '^pg_' ORDER BY r.role_name LOOP
+        DELETE FROM embeddings.worker_roles r WHERE r.role_name = w.role_name;
+        CONTINUE WHEN NOT EXISTS (SELECT FROM pg_roles r WHERE r.rolname = w.role_name);
+        grantee := quote_ident(w.role_name);
+        EXECUTE format('REVOKE ALL ON ALL TABLES IN SCHEMA embeddings FROM %s', grantee);
+        FOR fn IN SELECT p.oid::regprocedure FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                  WHERE n.nspname IN ('embeddings', 'embeddings_internal') LOOP
+            EXECUTE format('REVOKE ALL ON FUNCTION %s FROM %s', fn, grantee);
+        END LOOP;
+        EXECUTE format('REVOKE ALL ON SCHEMA embeddings FROM %s', grantee);
+        IF w.role_name <> 'pg_monitor' THEN
+            EXECUTE format('REVOKE ALL ON pgmq.meta FROM %s', grantee);
+            EXECUTE format('REVOKE ALL ON SCHEMA pgmq FROM %s', grantee);
+        END IF;
+        RAISE NOTICE 'embeddings: role % is built into Postgres and was a worker role (grant_worker() refuses it since 0.4.0: each of its members was one); revoked from it every right on schema embeddings, its tables, views and functions%',
+            grantee, CASE WHEN w.role_name <> 'pg_monitor' THEN ', and on schema pgmq and pgmq.meta' ELSE '' END
+            USING HINT = 'Make a role for the worker alone: CREATE ROLE embed_worker LOGIN PASSWORD ''...''; SELECT embeddings.grant_worker(''embed_worker'');';
+    END LOOP;
+END
+$$;
