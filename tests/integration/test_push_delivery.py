@@ -113,3 +113,27 @@ def test_the_answer_keeps_the_order_the_jobs_were_sent_in(
 
     assert result.failed == []
     assert result.completed == sent
+
+
+def test_dispatch_fills_a_request_by_rows_up_to_the_workers_limit(conn: Conn, minilm: str) -> None:
+    """watch()'s triggers' jobs carry up to 128 keys: 10 of them (dispatch()'s default batch_size) are
+    1,280 rows, more than a worker embeds for one request."""
+    conn.execute("CREATE TABLE big (id bigint PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('big', 'body', model => %s)", (minilm,))
+    conn.execute("INSERT INTO big SELECT g, 'row ' || g FROM generate_series(1, 1500) g")
+
+    def rows(request: Jobs) -> int:
+        return sum(len(job["keys"]) for job in request)
+
+    requests = [r[0] for r in conn.execute("SELECT * FROM embeddings.dispatch_batches(10, 1)")]
+    assert [rows(r) for r in requests] == [push.MAX_ROWS]  # 8 jobs of 128 keys
+    # The jobs no request had room for are visible again now, their read not counted.
+    queue = "pgmq.q_embedding_jobs"
+    left = conn.execute(
+        f"SELECT count(*), max(read_ct), bool_and(vt <= clock_timestamp()) FROM {queue}"
+        " WHERE read_ct = 0"
+    ).fetchone()
+    assert left == (4, 0, True), left
+
+    requests = [r[0] for r in conn.execute("SELECT * FROM embeddings.dispatch_batches()")]
+    assert [rows(r) for r in requests] == [1500 - push.MAX_ROWS]

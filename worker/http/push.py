@@ -35,7 +35,7 @@ if TYPE_CHECKING:
     from worker.pipeline.targets import TargetRegistry
 
 MAX_JOBS = 1000
-MAX_ROWS = 1024  # rows one request may make the worker embed
+MAX_ROWS = 1024  # rows one request may make the worker embed (dispatch_batches() fills to it)
 MAX_CONCURRENT_REQUESTS = 2  # the model uses every core already: more would only queue
 BUSY_WAIT_SECONDS = 30.0  # how long a request waits for a slot before it is answered "busy"
 SLOTS = threading.BoundedSemaphore(MAX_CONCURRENT_REQUESTS)
