@@ -6,8 +6,11 @@
 -- `timeout_seconds` pass, then the next dispatch retries it.
 
 -- The request bodies: leases up to batch_size * max_requests jobs (pgmq.read, visibility
--- timeout timeout_seconds) and returns one JSON array of jobs per request. dispatch() posts
--- them; tests and other HTTP clients can post them themselves.
+-- timeout timeout_seconds) and returns one JSON array of jobs per request: at most batch_size
+-- jobs and at most 1024 rows (the jobs' keys, embeddings.message_key_count()) in each, the
+-- most a worker embeds for one request (worker/http/push.py: MAX_ROWS); a job of more rows
+-- goes alone. Jobs read that no request has room for are handed back at once, their read not
+-- counted. dispatch() posts them; tests and other HTTP clients can post them themselves.
 CREATE FUNCTION embeddings.dispatch_batches(
     batch_size integer DEFAULT 10,
     max_requests integer DEFAULT 10,
@@ -16,9 +19,16 @@ CREATE FUNCTION embeddings.dispatch_batches(
 ) RETURNS SETOF jsonb
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
+    max_rows CONSTANT integer := 1024;
     wanted integer := batch_size * max_requests;
     live jsonb[];
     backfill jsonb[] := '{}';
+    job jsonb;
+    body jsonb := '[]';
+    body_rows integer := 0;
+    job_rows integer;
+    requests integer := 0;
+    left_over jsonb[] := '{}';
 BEGIN
     PERFORM embeddings_internal.move_inbox(queue);  -- the triggers' keys (22_inbox.sql)
     live := ARRAY(SELECT r.message || jsonb_build_object('jobId', r.msg_id)
@@ -31,11 +41,34 @@ BEGIN
                           FROM pgmq.read(embeddings_internal.backfill_queue(queue), timeout_seconds, wanted - cardinality(live)) AS r
                           ORDER BY r.msg_id);
     END IF;
-    RETURN QUERY
-        SELECT jsonb_agg(j.job ORDER BY j.n)
-        FROM unnest(live || backfill) WITH ORDINALITY AS j(job, n)
-        GROUP BY (j.n - 1) / batch_size
-        ORDER BY (j.n - 1) / batch_size;
+    FOREACH job IN ARRAY live || backfill LOOP
+        job_rows := greatest(embeddings.message_key_count(job), 1);
+        IF jsonb_array_length(body) > 0
+           AND (jsonb_array_length(body) >= batch_size OR body_rows + job_rows > max_rows) THEN
+            RETURN NEXT body;
+            requests := requests + 1;
+            body := '[]';
+            body_rows := 0;
+        END IF;
+        IF requests >= max_requests THEN
+            left_over := left_over || job;
+        ELSE
+            body := body || jsonb_build_array(job);
+            body_rows := body_rows + job_rows;
+        END IF;
+    END LOOP;
+    IF jsonb_array_length(body) > 0 THEN
+        RETURN NEXT body;
+    END IF;
+    -- No room for these: visible again now, as if never read (each lane's queue table).
+    EXECUTE format('UPDATE pgmq.%I q SET vt = clock_timestamp(), read_ct = greatest(q.read_ct - 1, 0)'
+                   ' WHERE q.msg_id = ANY($1)', 'q_' || queue)
+    USING ARRAY(SELECT (j ->> 'jobId')::bigint FROM unnest(left_over) j WHERE j ->> 'lane' IS NULL);
+    IF cardinality(backfill) > 0 THEN
+        EXECUTE format('UPDATE pgmq.%I q SET vt = clock_timestamp(), read_ct = greatest(q.read_ct - 1, 0)'
+                       ' WHERE q.msg_id = ANY($1)', 'q_' || embeddings_internal.backfill_queue(queue))
+        USING ARRAY(SELECT (j ->> 'jobId')::bigint FROM unnest(left_over) j WHERE j ->> 'lane' = 'backfill');
+    END IF;
 END
 $$;
 COMMENT ON FUNCTION embeddings.dispatch_batches IS

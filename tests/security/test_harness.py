@@ -40,6 +40,7 @@ from tests.support.process import WorkerProcess, run_cli
 from tests.support.provider_server import ProviderServer
 from tests.support.rerank_server import RerankServer
 from worker import exceptions, schema
+from worker.http import push
 from worker.models.files import ModelLocation
 from worker.models.loaded import LoadedModels
 from worker.models.query_batch import QueryBatchers
@@ -445,6 +446,36 @@ def _hostile_documents(ctx: Context) -> None:
     ], failed
 
 
+def _push(ctx: Context) -> None:
+    """Push mode: embeddings.dispatch_batches() (the schema's owner) leases the jobs of the
+    owner's new rows, in requests of at most push.MAX_ROWS rows, and the work of POST
+    /functions/v1/embed (worker/http/push.py) embeds them as the worker role, every batch on
+    one connection the owner's code runs in."""
+    with ctx.roles.connect(ctx.roles.owner) as owner:
+        owner.execute(  # (literals: the owner's session has overloads of || and + planted)
+            "INSERT INTO docs_row VALUES (1001, 'p1'), (1002, 'p2'), (1003, 'p3'), (1004, 'p4'),"
+            " (1005, 'p5')"
+        )
+    with ctx.roles.connect() as su:
+        bodies = [r[0] for r in su.execute("SELECT * FROM embeddings.dispatch_batches(2, 10)")]
+    settings = case_settings(ctx.roles.worker_dsn, MINILM, ctx.model_path)
+    worker = in_process_worker(settings, ctx.embedders, batch_size=2)
+    pushed = push.Push(
+        dsn=worker.dsn,
+        settings=worker.settings,
+        lanes=worker.lanes,
+        registry=worker.registry,
+        embedders=worker.embedders,
+    )
+    for body in bodies:
+        result = push.process(pushed, body)
+        assert result.failed == [], result.failed
+    with ctx.roles.connect() as su:
+        assert su.execute("SELECT count(embedding) FROM docs_row WHERE id > 1000").fetchone() == (
+            5,
+        )
+
+
 def _uninstall(ctx: Context) -> None:
     with ctx.roles.connect() as su:
         schema.uninstall(su)
@@ -528,6 +559,7 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
             "ALTER TABLE docs_side_embeddings ALTER COLUMN id TYPE uuid USING md5(id::text)::uuid",
         ),
     ),
+    "push mode (dispatch_batches, POST /functions/v1/embed's work)": ((SUPERUSER,), _push),
     "migrate": ((SUPERUSER,), lambda ctx: ctx.cli("migrate")),
     "deploy (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("deploy", "systemd")),
     "uninstall": ((SUPERUSER,), _uninstall),

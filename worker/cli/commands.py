@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import math
+import os
 import sys
 from typing import TYPE_CHECKING, Literal
 
@@ -105,10 +107,16 @@ def run(args: argparse.Namespace, settings: Settings) -> int:
 
         http_server = server.serve(worker, settings)
     try:
-        return worker.run()
+        code = worker.run()
     finally:
         if http_server is not None:
             http_server.shutdown()
+    if worker.abandoned:
+        # A request's thread is still running the model: the interpreter's exit would abort
+        # under it (exit 134). Its jobs were handed back; end the process now.
+        logging.shutdown()
+        os._exit(code)
+    return code
 
 
 # --- status -----------------------------------------------------------------------------------

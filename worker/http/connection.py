@@ -29,6 +29,7 @@ from worker.http.protocol import (
     BUSY,
     CONTINUE,
     MAX_HEAD,
+    STOPPING,
     Answer,
     BadFraming,
     BadRequest,
@@ -51,6 +52,7 @@ class Host(Protocol):
     loop: asyncio.AbstractEventLoop
     limits: Limits
     service: Service
+    closing: bool  # the worker is stopping: no more work is taken
 
     def waiting(self, connection: Connection) -> None: ...
 
@@ -163,7 +165,8 @@ class Connection:
         """An authenticated request: a slot, its body, a thread that computes its answer and
         sends it; the slot is given back before any lingering."""
         if not self.front.take(Lane.WORK):
-            return await self._finish(request, BUSY, unread=bool(request.length))
+            refusal = STOPPING if self.front.closing else BUSY
+            return await self._finish(request, refusal, unread=bool(request.length))
         self.front.busy(self)
         close = request.close
         try:

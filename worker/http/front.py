@@ -29,6 +29,7 @@ import logging
 import queue
 import socket
 import threading
+import time
 from collections.abc import Callable
 
 from worker import exceptions, metrics
@@ -119,6 +120,8 @@ class Front:
         self._threads = {lane: Threads(f"http-{lane.value}") for lane in self._in_use}
         self._waiting: dict[Connection, None] = {}  # in the order they began waiting
         self._connections: set[asyncio.Task[None]] = set()
+        self.closing = False  # draining: POST requests get 503 (the loop's thread sets it)
+        self._idle = asyncio.Event()  # no lane's place in use (while closing)
         self._main = self.loop.create_task(self._accept())
         self._thread = threading.Thread(target=self._run, name="http", daemon=True)
 
@@ -130,9 +133,31 @@ class Front:
     def start(self) -> None:
         self._thread.start()
 
+    def drain(self, deadline: float) -> bool:
+        """Takes no more work (503: the worker is stopping) and waits until every request in
+        progress was answered, or `deadline` (time.monotonic()) passes; True when none is
+        left. A worker's shutdown calls it first, so that no request is cut off unanswered."""
+        if not self._thread.is_alive():
+            return True
+        drained = asyncio.run_coroutine_threadsafe(self._drained(), self.loop)
+        try:
+            return drained.result(timeout=max(deadline - time.monotonic(), 0))
+        except TimeoutError:
+            drained.cancel()
+            return False
+
+    async def _drained(self) -> bool:
+        self.closing = True
+        while any(self._in_use.values()):
+            self._idle.clear()
+            await self._idle.wait()
+        return True
+
     def close(self) -> None:
-        """Stops accepting and closes every connection; threads computing an answer finish
-        on their own (daemon threads: they do not hold up the process's exit)."""
+        """Stops accepting and closes every connection. Threads still computing an answer
+        (past drain()'s deadline) are daemon threads: they do not hold up the process's exit;
+        the worker hands back their jobs and ends the process without waiting for them
+        (worker/process/runner.py)."""
         if self._thread.is_alive():
             self.loop.call_soon_threadsafe(self._main.cancel)
             self._thread.join(10)
@@ -198,7 +223,10 @@ class Front:
 
     # --- the lanes --------------------------------------------------------------------------
     def take(self, lane: Lane) -> bool:
-        """A place in `lane`, if one is free (else the request is answered 503)."""
+        """A place in `lane`, if one is free and the front is not closing (else the request
+        is answered 503)."""
+        if self.closing and lane is Lane.WORK:
+            return False
         if self._in_use[lane] >= self._capacity[lane]:
             metrics.HTTP_CLOSED.labels("busy").inc()
             return False
@@ -207,6 +235,8 @@ class Front:
 
     def give_back(self, lane: Lane) -> None:
         self._in_use[lane] -= 1
+        if not any(self._in_use.values()):
+            self._idle.set()
 
     def answer(self, route: Route, request: Request) -> Answer:
         """What `route` answers, whatever it raises (a route's bug is a 500, logged)."""

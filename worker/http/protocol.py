@@ -250,6 +250,9 @@ class Answer:
 BUSY = Answer.error(
     HTTPStatus.SERVICE_UNAVAILABLE, "too many concurrent requests; retry shortly", retry_after=1
 )
+STOPPING = Answer.error(
+    HTTPStatus.SERVICE_UNAVAILABLE, "the worker is stopping; retry shortly", retry_after=5
+)
 
 
 def render(answer: Answer, *, head_only: bool, close: bool) -> bytes:

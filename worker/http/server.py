@@ -86,6 +86,11 @@ class Server:
     def start(self) -> None:
         self.front.start()
 
+    def drain(self, deadline: float) -> bool:
+        """Stops taking POST requests (503) and waits until the requests in progress are
+        answered, or `deadline` (time.monotonic()) passes; True when none is left."""
+        return self.front.drain(deadline)
+
     def shutdown(self) -> None:
         self.front.close()
         self.work.close()
@@ -211,6 +216,7 @@ def serve(worker: Worker, settings: Settings) -> Server:
                 lanes=worker.lanes,
                 registry=worker.registry,
                 embedders=worker.embedders,
+                stopping=worker.stopping,
             ),
         ),
         failure=lambda: worker.failure,
@@ -225,6 +231,9 @@ def serve(worker: Worker, settings: Settings) -> Server:
         ),
     )
     server.start()
+    # On SIGTERM the worker waits, within its grace period, for the requests in progress:
+    # push requests hand back what they did not start, and every request is answered.
+    worker.drain = server.drain
     logger.info("HTTP on %s", server.url)
     if server.post_refusal:
         logger.warning("%s", server.post_refusal)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from worker.process.startup import DefaultModel
 
 MAX_INPUTS = 256  # texts per /embed request
+STOPPING_RETRY_AFTER = 5  # seconds: a worker restarting, or another one, takes jobs by then
 
 
 class Work:
@@ -127,16 +128,21 @@ class Work:
             result = push.process(self.push, bodies.request_json(request.body))
         except push.InvalidRequest as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        headers = {
+            "x-completed-jobs": str(len(result.completed)),
+            "x-failed-jobs": str(len(result.failed)),
+        }
+        answer = {"completedJobs": result.completed, "failedJobs": result.failed}
+        if result.handed_back and result.handed_back == len(result.failed) + len(result.completed):
+            # The worker is stopping and did none of it: every job is back in the queue.
+            return Answer.json(
+                HTTPStatus.SERVICE_UNAVAILABLE,
+                {"error": "the worker is stopping: every job was handed back", **answer},
+                headers={**headers, "Retry-After": str(STOPPING_RETRY_AFTER)},
+            )
         # 200 whatever the jobs' fates, exactly as the guide's Edge Function: monitoring
         # written for it checks status_code = 200 and reads the counts from the headers.
-        return Answer.json(
-            HTTPStatus.OK,
-            {"completedJobs": result.completed, "failedJobs": result.failed},
-            headers={
-                "x-completed-jobs": str(len(result.completed)),
-                "x-failed-jobs": str(len(result.failed)),
-            },
-        )
+        return Answer.json(HTTPStatus.OK, answer, headers=headers)
 
     def search(self, request: Request) -> Answer:
         from worker.retrieval import errors

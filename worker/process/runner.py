@@ -143,6 +143,12 @@ class Worker:
             end=self.fetcher.end,
             wake=self._wake,
         )
+        # The HTTP side's requests in progress, waited for on shutdown (worker/http/server.py
+        # sets it): given a deadline, True once every one was answered.
+        self.drain: Callable[[float], bool] | None = None
+        # A request was still embedding when the grace period ended: its jobs were handed
+        # back, and the process must end without waiting for its thread (`run` does).
+        self.abandoned = False
         self._threads: list[threading.Thread] = []
         self._stop_requested_at: float | None = None
         self._interrupted_by: signal.Signals | None = None  # the signal that stopped a run
@@ -228,6 +234,12 @@ class Worker:
                 logger.warning("grace period over: handing back what is still in flight")
                 hand_back(self.dsn, self.lanes, self.settings.lock_timeout_ms)
                 break
+        if self.drain is not None and self.failure is None and not self.drain(self._deadline()):
+            # Push requests (POST /functions/v1/embed) stop between batches: one still
+            # embedding now has a batch longer than the grace period.
+            logger.warning("grace period over: handing back the jobs of requests in progress")
+            hand_back(self.dsn, self.lanes, self.settings.lock_timeout_ms)
+            self.abandoned = True
         self.finished.set()
         self._wake()
         for thread in self._threads:
@@ -242,6 +254,11 @@ class Worker:
             return exits.interrupted(self._interrupted_by)
         logger.info("embed-worker stopped")
         return exits.OK
+
+    def _deadline(self) -> float:
+        """When the grace period of the stop requested ends (time.monotonic())."""
+        started = self._stop_requested_at
+        return (started if started is not None else time.monotonic()) + self.settings.grace_seconds
 
     def request_stop(self, why: str = "requested") -> None:
         if not self.stopping.is_set():
