@@ -120,7 +120,11 @@ class _Done:
 def _process(push: Push, requested: list[tuple[int, dict[str, Any]]], lane: Lane) -> PushResult:
     done: dict[int, _Done] = {}
     over: set[int] = set()
-    conn = db.connect(push.dsn, lock_timeout_ms=push.settings.lock_timeout_ms)
+    conn = db.connect(
+        push.dsn,
+        lock_timeout_ms=push.settings.lock_timeout_ms,
+        per_transaction=push.settings.per_transaction,
+    )
     try:
         db.register_vector_types(conn)
         with db.translated():
