@@ -147,10 +147,24 @@ def connect(
                 "password (in DATABASE_URL, PGPASSWORD or ~/.pgpass)"
             ) from None
         raise exceptions.ConnectionLost(
-            f"cannot connect to {describe(dsn)}: {redact(str(exc).strip())}"
+            f"cannot connect to {describe(dsn)}: {redact(str(exc).strip())}{_pool_full(exc)}"
         ) from None
     except psycopg.ProgrammingError as exc:
         raise exceptions.ConfigError(f"invalid DATABASE_URL: {redact(str(exc))}") from None
+
+
+def _pool_full(exc: psycopg.Error) -> str:
+    """What to check when a pooler dropped us for a full pool: PgBouncer's query_wait_timeout
+    (our session's first statement waited that long in its queue for a server connection),
+    else nothing."""
+    if "query_wait_timeout" not in str(exc):
+        return ""
+    return (
+        " (the pooler's pool for this user and database is full: each of its server connections"
+        " is held by a client; in session mode a worker holds up to 3 + EMBED_SEARCH_POOL_SIZE"
+        " + 3: raise the pool's size, e.g. PgBouncer's default_pool_size, or use transaction"
+        " mode with EMBED_POOL_MODE=transaction; docs/poolers.md#connections)"
+    )
 
 
 def _check_encoding(conn: Connection, dsn: str) -> None:

@@ -17,7 +17,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tests.support import pgbouncer
 from tests.support.jobs import JOBS
 from tests.support.process import WorkerProcess, wait_for
-from worker import db
+from worker import db, exceptions
 
 Conn = psycopg.Connection[Any]
 
@@ -228,3 +228,24 @@ def test_transaction_mode_runs_nothing_another_client_left_in_the_server_session
     finally:
         worker.stop()
     assert conn.execute("SELECT by_role FROM evil.calls").fetchall() == []
+
+
+def test_a_full_session_pool_says_to_check_the_pool_size(dsn: str) -> None:
+    """A session-mode pool whose server connections are all held: our connection's first
+    statement waits in the pooler's queue until its query_wait_timeout drops us, and the error
+    the worker logs ("database unavailable (...); retrying") says what to check."""
+    if reason := pgbouncer.available():
+        pytest.skip(reason)
+    params = conninfo_to_dict(dsn)
+    with pgbouncer.transaction_pooler(
+        int(str(params["port"])), ["postgres"], mode="session", query_wait_timeout=2
+    ) as port:
+        pooled = make_conninfo(dsn, port=str(port))
+        with psycopg.connect(pooled, autocommit=True) as holder:
+            holder.execute("SELECT 1")  # holds the pool's one server connection
+            with pytest.raises(exceptions.ConnectionLost) as lost:
+                db.connect(pooled, connect_timeout=5)
+    message = str(lost.value)
+    assert "query_wait_timeout" in message
+    assert "pool for this user and database is full" in message
+    assert "default_pool_size" in message
