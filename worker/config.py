@@ -77,6 +77,12 @@ class Settings(FromEnvironment):
     # The longest any statement of ours waits for a lock (ms; 0: as the role and database say).
     # A row, table or registration another session holds longer waits for a later batch.
     lock_timeout_ms: int = field(default=500, metadata={"env": "EMBED_LOCK_TIMEOUT_MS"})
+    # What sits between the worker and the database: `session` (a direct connection, or a
+    # pooler in session mode: each client connection keeps one server session) or
+    # `transaction` (a pooler in transaction mode, PgBouncer's or Supavisor's port 6543: each
+    # transaction may run in another server session, so each resets the one it runs in and
+    # sets the worker's settings for itself alone; docs/poolers.md).
+    pool_mode: str = field(default="session", metadata={"env": "EMBED_POOL_MODE"})
     # A worker's session is replaced once it served this many watched tables (sessions.py says
     # why: memory); 0: never.
     session_max_tables: int = field(default=100, metadata={"env": "EMBED_SESSION_MAX_TABLES"})
@@ -169,6 +175,12 @@ class Settings(FromEnvironment):
         return db.resolve_dsn(self.database_url, devdb_port=self.devdb_port)
 
     @property
+    def per_transaction(self) -> bool:
+        """Whether the worker's connections reach the database through a transaction pooler
+        (EMBED_POOL_MODE=transaction): worker/session_guard.py, per_transaction."""
+        return self.pool_mode == "transaction"
+
+    @property
     def model_location(self) -> ModelLocation:
         """Where model names resolve: EMBED_MODEL_PATH's directories, then EMBED_CACHE_DIR."""
         return ModelLocation.of(self.model_path, self.cache_dir)
@@ -234,6 +246,7 @@ _CHOICES = (
     ("model_variant", ("fp32", "int8")),
     ("log_format", ("text", "json")),
     ("listen", _LISTEN),
+    ("pool_mode", ("session", "transaction")),
 )
 _AT_LEAST = (  # (name, lowest, why that lowest); None (unset) passes
     ("batch_size", 1, ""),

@@ -93,13 +93,16 @@ def connect(
     connect_timeout: int = 10,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     unbounded: bool = False,
+    per_transaction: bool = False,
 ) -> Connection:
     """A new connection, autocommit by default: every transaction of ours is explicit. No
     statement on it waits longer than `lock_timeout_ms` for a lock (EMBED_LOCK_TIMEOUT_MS; 0:
     as the role and the database say). `unbounded`: no lock or statement timeout at all,
     whatever the role or the database set, for a statement that waits for others by design
     (CREATE INDEX CONCURRENTLY waits for every older transaction), in a thread nothing waits
-    for."""
+    for. `per_transaction`: behind a transaction pooler (EMBED_POOL_MODE=transaction), each
+    transaction resets the server session it runs in and sets ours for itself alone
+    (worker/session_guard.py)."""
     try:
         conninfo = make_conninfo(
             dsn, application_name=APPLICATION_NAME, connect_timeout=str(connect_timeout)
@@ -122,6 +125,7 @@ def connect(
             conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED
             conn.lock_timeout_ms = 0 if unbounded else lock_timeout_ms or None
             conn.statement_timeout_ms = 0 if unbounded else None
+            conn.per_transaction = per_transaction
             conn.reset_session()  # queries.sql: session_reset
             if not autocommit:
                 conn.commit()
@@ -143,10 +147,24 @@ def connect(
                 "password (in DATABASE_URL, PGPASSWORD or ~/.pgpass)"
             ) from None
         raise exceptions.ConnectionLost(
-            f"cannot connect to {describe(dsn)}: {redact(str(exc).strip())}"
+            f"cannot connect to {describe(dsn)}: {redact(str(exc).strip())}{_pool_full(exc)}"
         ) from None
     except psycopg.ProgrammingError as exc:
         raise exceptions.ConfigError(f"invalid DATABASE_URL: {redact(str(exc))}") from None
+
+
+def _pool_full(exc: psycopg.Error) -> str:
+    """What to check when a pooler dropped us for a full pool: PgBouncer's query_wait_timeout
+    (our session's first statement waited that long in its queue for a server connection),
+    else nothing."""
+    if "query_wait_timeout" not in str(exc):
+        return ""
+    return (
+        " (the pooler's pool for this user and database is full: each of its server connections"
+        " is held by a client; in session mode a worker holds up to 3 + EMBED_SEARCH_POOL_SIZE"
+        " + 3: raise the pool's size, e.g. PgBouncer's default_pool_size, or use transaction"
+        " mode with EMBED_POOL_MODE=transaction; docs/poolers.md#connections)"
+    )
 
 
 def _check_encoding(conn: Connection, dsn: str) -> None:
@@ -168,20 +186,24 @@ def pool(
     name: str,
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS,
     reset: Callable[[session_guard.GuardedConnection], None] | None = None,
+    per_transaction: bool = False,
 ) -> ConnectionPool[session_guard.GuardedConnection]:
     """Connections kept open for short requests (POST /search), made as connect() makes them
     and handed out as they are: no statement is sent when one is taken (a broken one is found
     by its first statement: the caller asks again, worker/retrieval/search.py). `reset`: run
     on each connection given back, on a thread of the pool's, before another user may take it
     (SearchConnections DISCARDs there what its user's session left). Closed until the first
-    `open()`: a worker whose HTTP side never searches opens none."""
+    `open()`: a worker whose HTTP side never searches opens none. `per_transaction`: as
+    connect()'s; such a connection is never `clean` (no session is ours between two
+    transactions), so a search sends no statements of its own in one pipeline."""
     conninfo = make_conninfo(dsn, application_name=APPLICATION_NAME, connect_timeout="10")
 
     def configure(conn: session_guard.GuardedConnection) -> None:
         conn.isolation_level = psycopg.IsolationLevel.READ_COMMITTED  # (as connect() says why)
         conn.lock_timeout_ms = lock_timeout_ms or None
+        conn.per_transaction = per_transaction
         conn.reset_session()
-        conn.clean = True  # a new session: nothing ran in it yet
+        conn.clean = not per_transaction  # a new session: nothing ran in it yet
         conn.pooled = True
 
     return ConnectionPool(
@@ -235,6 +257,15 @@ def bounded(conn: Connection, ms: int, label: object = None) -> Iterator[None]:
             yield
     else:
         yield
+
+
+def execute_alone(conn: Connection, statement: bytes) -> None:
+    """`statement`, one that no transaction block may hold (CREATE INDEX CONCURRENTLY), sent
+    on its own (worker/session_guard.py: GuardedConnection.execute_alone)."""
+    if isinstance(conn, session_guard.GuardedConnection):
+        conn.execute_alone(statement)
+    else:
+        conn.execute(statement)
 
 
 def ended_by_watchdog(conn: Connection | None) -> object:

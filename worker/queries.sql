@@ -942,6 +942,38 @@ SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
        pg_catalog.set_config('standard_conforming_strings', 'on', false),
        pg_catalog.set_config('default_transaction_isolation', 'read committed', false);
 
+-- name: transaction_discard
+-- Behind a transaction pooler (EMBED_POOL_MODE=transaction), first in each transaction of ours,
+-- in the exchange of its first statement (worker/session_guard.py: per_transaction): whatever the
+-- server session carries from the clients that used it before, gone for this transaction and
+-- after it: every setting (RESET ALL: a search path with someone's schema first, a 1 ms
+-- statement_timeout, default_transaction_read_only, session_replication_role), the role (SET
+-- ROLE and SET SESSION AUTHORIZATION, which RESET ALL keeps), cursors, LISTENs, session advisory
+-- locks (one held there would let our transaction-level ones through), temporary tables,
+-- sequence state. Not DEALLOCATE ALL (session_discard has it): we never run a prepared statement
+-- by name, and PgBouncer 1.21 and later keeps its own prepared statements on server sessions
+-- that DEALLOCATE ALL would take from under its other clients; not the cached plans
+-- (session_discard_plans): they are our own functions' (fixed search paths), and dropping them
+-- in every transaction would plan every function again. Sent one statement at a time (a
+-- pipeline takes one a message); transaction_settings follows.
+CLOSE ALL;
+SET SESSION AUTHORIZATION DEFAULT;
+RESET ALL;
+UNLISTEN *;
+SELECT pg_catalog.pg_advisory_unlock_all();
+DISCARD TEMP;
+DISCARD SEQUENCES;
+
+-- name: transaction_settings
+-- After transaction_discard: session_reset's settings (it says why each), for this transaction
+-- alone (set_config(..., true)), so that none outlives our COMMIT on a server session the pooler
+-- then hands to another client. The isolation level is the transaction's BEGIN's.
+-- ours: sets settings, runs no one else's code
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),
+       pg_catalog.set_config('DateStyle', 'ISO', true),
+       pg_catalog.set_config('IntervalStyle', 'postgres', true),
+       pg_catalog.set_config('standard_conforming_strings', 'on', true);
+
 -- name: session_start_path
 -- The search path the session started with, what RESET restores (pg_settings.reset_val): read
 -- once, after the connection's first session_reset in the same exchange (worker/session_guard.py:
@@ -962,23 +994,24 @@ SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 -- name: session_lock_timeout
 -- After every session_reset (worker/session_guard.py): no statement waits longer than {ms} for
 -- a lock (EMBED_LOCK_TIMEOUT_MS), whatever the role or the database set; a session setting, as
--- the reset's own are. {ms} is a literal: the statement goes in the reset's exchange.
+-- the reset's own are ({local} false), or the transaction's alone behind a transaction pooler
+-- ({local} true: transaction_settings). {ms} is a literal: the statement goes in the reset's exchange.
 -- ours: sets a setting, runs no one else's code
-SELECT pg_catalog.set_config('lock_timeout', {ms}, false);
+SELECT pg_catalog.set_config('lock_timeout', {ms}, {local});
 
 -- name: session_statement_timeout
 -- After every session_reset, on a connection made to wait for others by design (db.connect's
 -- `unbounded`: the index builder's CREATE INDEX CONCURRENTLY): the statement_timeout {ms},
--- whatever the role or the database set.
+-- whatever the role or the database set ({local}: as session_lock_timeout's).
 -- ours: sets a setting, runs no one else's code
-SELECT pg_catalog.set_config('statement_timeout', {ms}, false);
+SELECT pg_catalog.set_config('statement_timeout', {ms}, {local});
 
 -- name: session_client_check
 -- With session_lock_timeout (PostgreSQL 14 and later): a statement of ours whose client is gone
 -- (a worker killed while a table owner's code ran, and went on, in its session) ends within a
--- second instead of running on, holding its locks.
+-- second instead of running on, holding its locks ({local}: as session_lock_timeout's).
 -- ours: sets a setting, runs no one else's code
-SELECT pg_catalog.set_config('client_connection_check_interval', '1s', false);
+SELECT pg_catalog.set_config('client_connection_check_interval', '1s', {local});
 
 -- name: statement_bound
 -- The statements that may run a table owner's code (its triggers, its content function) in

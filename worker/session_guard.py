@@ -23,6 +23,15 @@ Nothing we run waits without bound. Every reset also sets the connection's `lock
 longer than that for a lock; and inside `bounded()`, every statement that may run someone else's
 code gets a `statement_timeout` too (SET LOCAL, re-applied after each reset), so that a table
 owner's trigger or content function that sleeps holds up the worker no longer than its bound.
+
+Behind a transaction pooler (EMBED_POOL_MODE=transaction: docs/poolers.md) the session is not
+ours between two transactions: the next one may run in a server session that other clients used
+before and will use after. There the connection is `per_transaction`: every transaction of ours
+begins by discarding what the server session carries (`transaction_discard`: RESET ALL, the
+session's role, cursors, advisory locks, temporary tables) and pins our settings for that
+transaction only (`set_config(..., true)`), both sent in the same exchange as the transaction's
+first statement (a pipeline); a statement outside a transaction gets one of its own. Nothing of
+ours outlives a COMMIT, and nothing another client left reaches our statements.
 """
 
 from __future__ import annotations
@@ -62,16 +71,31 @@ class GuardedCursor(psycopg.Cursor[Any]):
     def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
         conn = self.connection
         assert isinstance(conn, GuardedConnection)
-        conn.before_statement(query)
+        if conn.needs_transaction():
+            with conn.transaction():
+                return self.execute(query, params, **kwargs)
+        pending = conn.before_statement(query)
         try:
-            return super().execute(query, params, **kwargs)
+            if not pending:
+                return super().execute(query, params, **kwargs)
+            # The reset and the statement in one exchange: a transaction pooler keeps them on
+            # one server session (the transaction's), and the reset costs no round trip.
+            with conn.pipeline():
+                with psycopg.Cursor(conn) as cur:
+                    for statement in pending:
+                        cur.execute(statement)
+                super().execute(query, params, **kwargs)
+            return self
         finally:
             conn.after_statement(query)
 
     def executemany(self, query: Any, params_seq: Iterable[Any], **kwargs: Any) -> None:
         conn = self.connection
         assert isinstance(conn, GuardedConnection)
-        conn.before_statement(query)
+        if conn.needs_transaction():
+            with conn.transaction():
+                return self.executemany(query, params_seq, **kwargs)
+        conn.run_pending(conn.before_statement(query))
         try:
             super().executemany(query, params_seq, **kwargs)
         finally:
@@ -80,7 +104,11 @@ class GuardedCursor(psycopg.Cursor[Any]):
     def stream(self, query: Any, params: Any = None, **kwargs: Any) -> Iterator[Any]:
         conn = self.connection
         assert isinstance(conn, GuardedConnection)
-        conn.before_statement(query)
+        if conn.needs_transaction():
+            with conn.transaction():
+                yield from self.stream(query, params, **kwargs)
+            return
+        conn.run_pending(conn.before_statement(query))
         try:
             yield from super().stream(query, params, **kwargs)
         finally:
@@ -122,10 +150,35 @@ class GuardedConnection(psycopg.Connection[Any]):
     # dropped (plans_for()), kept for its next searches (discard_session(keeping_plans_of=));
     # None: no plans kept. A search of any other target drops them first.
     plans_of: int | None = None
+    # Behind a transaction pooler (EMBED_POOL_MODE=transaction): each transaction resets the
+    # server session it runs in and sets ours for itself alone (the module's docstring).
+    per_transaction = False
+
+    def needs_transaction(self) -> bool:
+        """Whether a statement must be given a transaction of its own first: behind a
+        transaction pooler, a statement outside one (its reset must share its server session)."""
+        return (
+            self.per_transaction
+            and self._pipeline is None
+            and self.pgconn.transaction_status == pq.TransactionStatus.IDLE
+        )
+
+    def run_pending(self, pending: list[str] | None) -> None:
+        """before_statement()'s reset, in an exchange of its own (for what cannot be pipelined)."""
+        if pending:
+            with psycopg.Cursor(self) as cur:
+                for statement in pending:
+                    cur.execute(statement)
 
     def reset_session(self) -> None:
         """RESET ALL and our settings, now (a plain cursor: this statement is not guarded);
-        the first reset also reads start_path, in the same exchange."""
+        the first reset also reads start_path, in the same exchange. Per transaction: only
+        start_path is read (each transaction resets the session it runs in)."""
+        if self.per_transaction:
+            row = self.execute(queries.get("session_start_path")).fetchone()
+            if self.start_path is None and row is not None:
+                self.start_path = row[0]
+            return
         first = self.start_path is None
         then = queries.get("session_start_path") if first else None
         rows = self._reset(queries.get("session_reset"), bound=None, then=then)
@@ -141,9 +194,15 @@ class GuardedConnection(psycopg.Connection[Any]):
         the same exchange, in the session as it is now clean, whose rows are returned: a
         search's last statement costs no exchange of its own (worker/retrieval/targets.py).
         `keeping_plans_of`: the target plans_for() gave the session to: its cached plans stay
-        for its next searches (any other: they are dropped too)."""
+        for its next searches (any other: they are dropped too). Per transaction: nothing to
+        discard (no session is ours between transactions; each resets the one it runs in), so
+        only `then` runs, in a transaction of its own."""
         if then is not None and not _ours(then):
             raise ValueError("discard_session() runs only statements of ours after the reset")
+        if self.per_transaction:
+            self._ran_others = False
+            self.plans_of = None
+            return [] if then is None else self.execute(then).fetchall()
         parts = [queries.get("session_discard")]
         if keeping_plans_of is None or self.plans_of != keeping_plans_of:
             parts.append(queries.get("session_discard_plans"))
@@ -168,6 +227,19 @@ class GuardedConnection(psycopg.Connection[Any]):
         cursor.execute(query, params)
         return cursor
 
+    def execute_alone(self, statement: bytes) -> None:
+        """`statement`, one of ours that no transaction block may hold (CREATE INDEX
+        CONCURRENTLY, worker/process/index_builder.py). Per transaction it goes alone, with no
+        reset before it (one in its exchange would make a transaction block of the two), in
+        whatever server session serves it: it names everything schema-qualified and runs no one
+        else's code, so what that session carries can make it fail (a statement_timeout: the
+        build is tried again), not make it run anything else. Elsewhere: as execute()."""
+        if not self.per_transaction:
+            self.execute(statement)
+            return
+        with psycopg.Cursor(self) as cur:
+            cur.execute(statement)
+
     def plans_for(self, target: int | None) -> str | None:
         """The statement that drops the session's cached plans unless they were kept for
         `target`'s searches (None: a table whose target is not known yet), to send before the
@@ -187,7 +259,8 @@ class GuardedConnection(psycopg.Connection[Any]):
         if self.lock_timeout_ms is not None:
             parts.append(self._setting("session_lock_timeout", self.lock_timeout_ms))
             if self.info.server_version >= CLIENT_CHECK_SINCE:
-                parts.append(queries.get("session_client_check"))
+                check = queries.compose("session_client_check", local=sql.SQL("false"))
+                parts.append(check.as_string(self))
         if self.statement_timeout_ms is not None:
             parts.append(self._setting("session_statement_timeout", self.statement_timeout_ms))
         if bound is not None:
@@ -206,8 +279,11 @@ class GuardedConnection(psycopg.Connection[Any]):
         self._bound_set = bound
         return rows
 
-    def _setting(self, name: str, ms: int) -> str:
-        return queries.compose(name, ms=sql.Literal(f"{ms}ms")).as_string(self)
+    def _setting(self, name: str, ms: int, local: sql.SQL | None = None) -> str:
+        """Setting `name`'s statement for `ms`; `local`: true for the transaction only
+        (per transaction), false (the default) for the session."""
+        local = sql.SQL("false") if local is None else local
+        return queries.compose(name, ms=sql.Literal(f"{ms}ms"), local=local).as_string(self)
 
     @contextmanager
     def bounded(self, ms: int, label: object = None) -> Iterator[None]:
@@ -227,12 +303,39 @@ class GuardedConnection(psycopg.Connection[Any]):
         finally:
             self._bound_ms, self._bound_label = outer, outer_label
 
-    def before_statement(self, query: Any = None) -> None:
+    def _transaction_reset(self, bound: int | None) -> list[str]:
+        """Per transaction: the statements that discard what the server session carries and
+        set ours for this transaction alone (`bound`: a statement timeout too), to send before
+        the statement that needs them, in its exchange. The transaction's isolation level is its
+        BEGIN's (db.connect), whatever the session's default."""
+        reset = [s.strip() for s in queries.get("transaction_discard").split(";") if s.strip()]
+        reset.append(queries.get("transaction_settings"))
+        local = sql.SQL("true")
+        if self.lock_timeout_ms is not None:
+            reset.append(self._setting("session_lock_timeout", self.lock_timeout_ms, local))
+            if self.info.server_version >= CLIENT_CHECK_SINCE:
+                reset.append(queries.compose("session_client_check", local=local).as_string(self))
+        if self.statement_timeout_ms is not None:
+            ms = self.statement_timeout_ms
+            reset.append(self._setting("session_statement_timeout", ms, local))
+        if bound is not None:
+            reset.append(self._setting("statement_bound", bound))
+        self.resets += 1
+        self._distrusted = False
+        self._bound_set = bound
+        return reset
+
+    def before_statement(self, query: Any = None) -> list[str] | None:
+        """Resets a distrusted session before `query`; per transaction, returns the reset's
+        statements instead, for the caller to send in the statement's exchange."""
         self.clean = False
         if self.pgconn.transaction_status == pq.TransactionStatus.INERROR:
-            return
+            return None
         bound = None if query is None or _ours(query) else self._bound_ms
-        if self._distrusted:
+        pending = None
+        if self._distrusted and self.per_transaction:
+            pending = self._transaction_reset(bound)
+        elif self._distrusted:
             self._reset(queries.get("session_reset"), bound=bound)
         elif bound is not None and self._bound_set != bound:
             with psycopg.Cursor(self) as cur:
@@ -240,6 +343,7 @@ class GuardedConnection(psycopg.Connection[Any]):
             self._bound_set = bound
         if bound is not None:
             self.running_bounded = (time.monotonic() + bound / 1000, self._bound_label)
+        return pending
 
     def after_statement(self, query: Any) -> None:
         self.running_bounded = None
@@ -274,6 +378,8 @@ class GuardedConnection(psycopg.Connection[Any]):
         # Deferred triggers fire at COMMIT, after the last statement we could reset before.
         if self.pgconn.transaction_status == pq.TransactionStatus.IDLE:
             self._bound_set = None  # SET LOCAL ended with the transaction
+            if self.per_transaction:  # so did our settings; the next may run in another session
+                self._distrusted = True
             if self._ran_others:
                 self._distrusted = True
                 self._ran_others = False

@@ -101,6 +101,7 @@ class Session:
     deadline: float | None = None
     lock_timeout_ms: int = DEFAULT_LOCK_TIMEOUT_MS
     max_tables: int = 0  # 0: never replaced for the tables it served
+    per_transaction: bool = False  # behind a transaction pooler (EMBED_POOL_MODE): db.connect
     _conn: Connection | None = field(default=None, init=False)
     _tables: set[int] = field(default_factory=set, init=False)  # target ids served on _conn
 
@@ -118,7 +119,11 @@ class Session:
             reraise=True,
         ):
             with attempt:
-                conn = connect(self.dsn, lock_timeout_ms=self.lock_timeout_ms)
+                conn = connect(
+                    self.dsn,
+                    lock_timeout_ms=self.lock_timeout_ms,
+                    per_transaction=self.per_transaction,
+                )
                 try:
                     read_only = takes_no_writes(conn)
                     if read_only is not None:

@@ -17,7 +17,7 @@ from psycopg.conninfo import conninfo_to_dict, make_conninfo
 from tests.support import pgbouncer
 from tests.support.jobs import JOBS
 from tests.support.process import WorkerProcess, wait_for
-from worker import db
+from worker import db, exceptions
 
 Conn = psycopg.Connection[Any]
 
@@ -151,3 +151,101 @@ def test_worker_connections_prepare_nothing_a_pooler_could_lose(dsn: str) -> Non
         finally:
             ours.close()
             other.close()
+
+
+# What the worker's session_reset pins: none of it may reach another client of the pool.
+WORKER_SETTINGS = (
+    "SELECT current_setting('search_path'), current_setting('lock_timeout'),"
+    " current_setting('client_connection_check_interval'), current_setting('statement_timeout')"
+)
+
+
+def test_transaction_mode_leaves_other_clients_of_the_pool_none_of_its_settings(
+    conn: Conn, pooled_dsn: str, worker_env: dict[str, str]
+) -> None:
+    """EMBED_POOL_MODE=transaction: the worker's settings are its transactions' own (SET
+    LOCAL), so the client that gets the server connection next (the one server connection of
+    this user: any client of the worker's role) finds the role's defaults, not
+    `pg_catalog, pg_temp` (`select count(*) from documents` failed so) or our lock_timeout."""
+    make_counted_docs(conn)
+    with psycopg.connect(pooled_dsn, autocommit=True) as other:
+        defaults = other.execute(WORKER_SETTINGS).fetchone()
+    assert defaults is not None and defaults[0] != "pg_catalog, pg_temp"
+    worker = WorkerProcess(pooled_dsn, {**worker_env, "EMBED_POOL_MODE": "transaction"})
+    try:
+        worker.wait_ready()
+        insert(conn, 1, 100)
+        wait_for(
+            lambda: count(conn, "SELECT count(embedding) FROM docs") == 100,
+            timeout=60,
+            what="the rows to be embedded",
+        )
+        # While the worker runs (between its transactions) and after it stopped.
+        with psycopg.connect(pooled_dsn, autocommit=True) as other:
+            for _ in range(20):
+                assert other.execute(WORKER_SETTINGS).fetchone() == defaults
+        worker.signal(signal.SIGTERM)
+        assert worker.wait_exit(30) == 0, worker.log_text()[-3000:]
+    finally:
+        worker.stop()
+    with psycopg.connect(pooled_dsn, autocommit=True) as other:
+        assert other.execute(WORKER_SETTINGS).fetchone() == defaults
+
+
+def test_transaction_mode_runs_nothing_another_client_left_in_the_server_session(
+    conn: Conn, pooled_dsn: str, worker_env: dict[str, str]
+) -> None:
+    """Another client of the worker's pool plants a search path with an exact-type overload of
+    a function our statements call by name (clock_timestamp(), read_jobs') on the one server
+    connection: every transaction of the worker discards it first, so the overload never runs
+    and every row is embedded."""
+    make_counted_docs(conn)
+    conn.execute("CREATE SCHEMA evil")
+    conn.execute("GRANT USAGE ON SCHEMA evil TO PUBLIC")
+    conn.execute("CREATE TABLE evil.calls (by_role name)")
+    conn.execute("GRANT INSERT ON evil.calls TO PUBLIC")
+    conn.execute(
+        """CREATE FUNCTION evil.clock_timestamp() RETURNS timestamptz LANGUAGE plpgsql AS $$
+           BEGIN INSERT INTO evil.calls VALUES (current_user);
+                 RETURN pg_catalog.clock_timestamp(); END $$"""
+    )
+    env = {**worker_env, "EMBED_POOL_MODE": "transaction", "EMBED_BATCH_SIZE": "4"}
+    worker = WorkerProcess(pooled_dsn, env)
+    try:
+        worker.wait_ready()
+        with psycopg.connect(pooled_dsn, autocommit=True) as planter:
+
+            def embedded_while_planting() -> bool:
+                # Left on the server session between two transactions of the worker's, again
+                # and again: a reset of the session the worker made before it does not help.
+                planter.execute("SET search_path = evil, pg_catalog")
+                return count(conn, "SELECT count(embedding) FROM docs") == 200
+
+            insert(conn, 1, 200)
+            wait_for(embedded_while_planting, timeout=90, what="the rows to be embedded")
+        worker.signal(signal.SIGTERM)
+        assert worker.wait_exit(30) == 0, worker.log_text()[-3000:]
+    finally:
+        worker.stop()
+    assert conn.execute("SELECT by_role FROM evil.calls").fetchall() == []
+
+
+def test_a_full_session_pool_says_to_check_the_pool_size(dsn: str) -> None:
+    """A session-mode pool whose server connections are all held: our connection's first
+    statement waits in the pooler's queue until its query_wait_timeout drops us, and the error
+    the worker logs ("database unavailable (...); retrying") says what to check."""
+    if reason := pgbouncer.available():
+        pytest.skip(reason)
+    params = conninfo_to_dict(dsn)
+    with pgbouncer.transaction_pooler(
+        int(str(params["port"])), ["postgres"], mode="session", query_wait_timeout=2
+    ) as port:
+        pooled = make_conninfo(dsn, port=str(port))
+        with psycopg.connect(pooled, autocommit=True) as holder:
+            holder.execute("SELECT 1")  # holds the pool's one server connection
+            with pytest.raises(exceptions.ConnectionLost) as lost:
+                db.connect(pooled, connect_timeout=5)
+    message = str(lost.value)
+    assert "query_wait_timeout" in message
+    assert "pool for this user and database is full" in message
+    assert "default_pool_size" in message

@@ -36,12 +36,18 @@ def _listening(port: int) -> bool:
 
 @contextmanager
 def transaction_pooler(
-    server_port: int, users: Iterable[str], *, pool_size: int = 1
+    server_port: int,
+    users: Iterable[str],
+    *,
+    pool_size: int = 1,
+    mode: str = "transaction",
+    query_wait_timeout: int = 120,
 ) -> Iterator[int]:
-    """Runs PgBouncer with `pool_mode = transaction` and `pool_size` server connections per
-    database and user; yields the port it listens on. One server connection (the default)
-    makes every client of a user share it, so any session state one of them leaves behind is
-    visible to the next."""
+    """Runs PgBouncer with `pool_mode = transaction` (or `mode`) and `pool_size` server
+    connections per database and user; yields the port it listens on. One server connection
+    (the default) makes every client of a user share it, so any session state one of them
+    leaves behind is visible to the next. `query_wait_timeout`: PgBouncer's (its default), the
+    seconds a client's query waits for a server connection before the client is dropped."""
     directory = Path(tempfile.mkdtemp(prefix="pgbouncer-"))
     port = free_port()
     (directory / "userlist.txt").write_text("".join(f'"{u}" ""\n' for u in users))
@@ -56,8 +62,9 @@ listen_port = {port}
 unix_socket_dir =
 auth_type = trust
 auth_file = {directory / "userlist.txt"}
-pool_mode = transaction
+pool_mode = {mode}
 default_pool_size = {pool_size}
+query_wait_timeout = {query_wait_timeout}
 max_client_conn = 200
 admin_users = postgres
 logfile = {directory / "pgbouncer.log"}

@@ -81,7 +81,8 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
     if not args.lock_wait >= 0:
         raise exceptions.ConfigError("--lock-wait takes a number of seconds, 0 or more")
     output.say_database(dsn, settings.database_url)
-    db.connect(dsn).close()  # an unreachable database is reported plainly, not through Alembic
+    # An unreachable database is reported plainly, not through Alembic.
+    db.connect(dsn, per_transaction=settings.per_transaction).close()
     try:
         migration = schema.migrate(dsn, lock_wait=args.lock_wait)
     except exceptions.EmbedWorkerError:

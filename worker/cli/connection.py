@@ -17,7 +17,9 @@ def connect(settings: Settings, *, searcher: bool = False) -> db.Connection:
     else:
         dsn = settings.dsn
         output.say_database(dsn, settings.database_url)
-    conn = db.connect(dsn, lock_timeout_ms=settings.lock_timeout_ms)
+    conn = db.connect(
+        dsn, lock_timeout_ms=settings.lock_timeout_ms, per_transaction=settings.per_transaction
+    )
     if searcher:  # whose rights and row-level security decide what the answer holds
         output.say(f"searching as role {conn.info.user}")
     with db.translated():

@@ -52,7 +52,12 @@ def run(dsn: str, settings: Settings) -> int:
 
 def check(dsn: str, settings: Settings) -> list[Finding]:
     try:
-        conn = db.connect(dsn, connect_timeout=5, lock_timeout_ms=settings.lock_timeout_ms)
+        conn = db.connect(
+            dsn,
+            connect_timeout=5,
+            lock_timeout_ms=settings.lock_timeout_ms,
+            per_transaction=settings.per_transaction,
+        )
     except exceptions.AuthenticationFailed as exc:
         return [Finding("FAIL", "database", str(exc), "check the password, then run doctor again")]
     except exceptions.EmbedWorkerError as exc:

@@ -48,7 +48,7 @@ def _default_model(settings: Settings) -> str:
 
     dsn = settings.dsn
     try:
-        with db.connect(dsn, connect_timeout=3) as conn:
+        with db.connect(dsn, connect_timeout=3, per_transaction=settings.per_transaction) as conn:
             found = database_default_model(conn)
     except exceptions.EmbedWorkerError as exc:
         name = settings.default_model(None)
@@ -101,7 +101,9 @@ def _remote_models_if_registered(name: str, settings: Settings) -> dict[str, Rem
     if name in catalog.REGISTRY or files.looks_like_path(name):
         return {}
     try:
-        with db.connect(settings.dsn, connect_timeout=3) as conn:
+        with db.connect(
+            settings.dsn, connect_timeout=3, per_transaction=settings.per_transaction
+        ) as conn:
             return load_remote_models(conn)
     except exceptions.EmbedWorkerError:
         return {}

@@ -25,7 +25,12 @@ def registered(settings: Settings) -> tuple[list[RemoteSpec], list[RerankerSpec]
     """The database's remote models and remote rerankers; None (with a note on stderr) when the
     database cannot be read: `model list` still lists the local models."""
     try:
-        with db.connect(settings.dsn, connect_timeout=3) as conn, db.translated():
+        with (
+            db.connect(
+                settings.dsn, connect_timeout=3, per_transaction=settings.per_transaction
+            ) as conn,
+            db.translated(),
+        ):
             if not schema.installed(conn):
                 return [], []
             return list(in_database(conn)[0].values()), list(rerankers(conn)[0].values())

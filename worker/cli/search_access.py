@@ -24,7 +24,12 @@ def findings(conn: db.Connection, settings: Settings) -> list[Finding]:
     url = settings.search_database_url
     if url:
         try:
-            with db.connect(url, connect_timeout=5, lock_timeout_ms=settings.lock_timeout_ms) as c:
+            with db.connect(
+                url,
+                connect_timeout=5,
+                lock_timeout_ms=settings.lock_timeout_ms,
+                per_transaction=settings.per_transaction,
+            ) as c:
                 role, quoted, searched_database = _identity(c)
         except exceptions.EmbedWorkerError as exc:
             return [

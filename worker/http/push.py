@@ -209,7 +209,11 @@ def _process(push: Push, requested: list[tuple[int, int]], lane: Lane) -> dict[i
     done: dict[int, _Done] = {}
     over: set[int] = set()
     handed_back: set[int] = set()
-    conn = db.connect(push.dsn, lock_timeout_ms=push.settings.lock_timeout_ms)
+    conn = db.connect(
+        push.dsn,
+        lock_timeout_ms=push.settings.lock_timeout_ms,
+        per_transaction=push.settings.per_transaction,
+    )
     try:
         db.register_vector_types(conn)
         with db.translated():

@@ -35,6 +35,7 @@ class ReadinessProbe:
         embedders: LoadedModels,
         default_model: DefaultModel,
         stopped: Callable[[], bool],  # the worker's pipeline ended, or a thread of it failed
+        per_transaction: bool = False,  # EMBED_POOL_MODE=transaction (db.connect)
     ) -> None:
         self.dsn = dsn
         self.queue = queue
@@ -42,6 +43,7 @@ class ReadinessProbe:
         self.embedders = embedders
         self.default_model = default_model
         self.stopped = stopped
+        self.per_transaction = per_transaction
         self._lock = threading.Lock()
         self._checked_at = float("-inf")
         self._db_error: str | None = "not checked yet"
@@ -69,7 +71,9 @@ class ReadinessProbe:
             if time.monotonic() - self._checked_at < 1.0:
                 return self._db_error
             try:
-                with db.connect(self.dsn, connect_timeout=2) as conn:
+                with db.connect(
+                    self.dsn, connect_timeout=2, per_transaction=self.per_transaction
+                ) as conn:
                     read_only = db.takes_no_writes(conn)  # (and the database answers)
                 self._db_error = None if read_only is None else str(read_only)
                 if self._db_error is None:

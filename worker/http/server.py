@@ -228,6 +228,7 @@ def serve(worker: Worker, settings: Settings) -> Server:
             embedders=worker.embedders,
             default_model=worker.default_model,
             stopped=stopped,
+            per_transaction=settings.per_transaction,
         ),
     )
     server.start()

@@ -48,6 +48,7 @@ class Work:
             max_size=settings.search_pool_size,
             lock_timeout_ms=settings.lock_timeout_ms,
             max_tables=settings.session_max_tables,
+            per_transaction=settings.per_transaction,
         )
         # Questions (/search's, /embed's) to one model embedded together.
         self.questions = QueryBatchers(

@@ -114,12 +114,14 @@ def mismatch(target_name: str, recorded_text: str, ours: str, *, shadow: bool) -
     )
 
 
-def check_at_startup(dsn: str, targets: Iterable[Target], embedders: LoadedModels) -> None:
+def check_at_startup(
+    dsn: str, targets: Iterable[Target], embedders: LoadedModels, *, per_transaction: bool = False
+) -> None:
     """Says at start-up which targets hold vectors of another revision or variant of their
     model than this worker runs: it does not write there (their jobs are deferred with the
     reason) unless the target is re-embedded (embeddings.rewatch())."""
     try:
-        conn = db.connect(dsn, connect_timeout=5)
+        conn = db.connect(dsn, connect_timeout=5, per_transaction=per_transaction)
     except exceptions.EmbedWorkerError:
         return
     try:

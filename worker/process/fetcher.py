@@ -59,7 +59,8 @@ class Fetcher:
         s = self.settings
         backfill = Backfiller(s.queue, s.batch_size, s.owner_code_timeout_seconds)
         object.__setattr__(self, "backfill", backfill)  # (frozen)
-        object.__setattr__(self, "indexer", IndexBuilder(self.dsn, s.queue))
+        indexer = IndexBuilder(self.dsn, s.queue, per_transaction=s.per_transaction)
+        object.__setattr__(self, "indexer", indexer)
         elsewhere = WorkElsewhere(s.queue, s.owner_code_timeout_seconds)
         object.__setattr__(self, "elsewhere", elsewhere)
 
@@ -70,6 +71,7 @@ class Fetcher:
             self.stopping,
             lock_timeout_ms=self.settings.lock_timeout_ms,
             max_tables=self.settings.session_max_tables,
+            per_transaction=self.settings.per_transaction,
         )
         self.watchdog.watch(session)
         try:

@@ -59,8 +59,9 @@ class IndexBuilder:
     the next try. A partitioned table's index is built one partition per run (the partition's
     index, then its attachment to the parent's), until the parent's is valid."""
 
-    def __init__(self, dsn: str, queue: str) -> None:
+    def __init__(self, dsn: str, queue: str, *, per_transaction: bool = False) -> None:
         self.dsn = dsn
+        self.per_transaction = per_transaction
         self.queue = queue
         self._thread: threading.Thread | None = None
         self._build: _Build | None = None
@@ -190,19 +191,22 @@ class IndexBuilder:
             # minutes on a large table, in a thread of its own that nothing waits for. Cut
             # short, it would leave an invalid index and start over at each try. What one
             # table's users hold, the fetcher's looks bound (_look).
-            with db.connect(self.dsn, unbounded=True) as conn, db.translated():
+            with (
+                db.connect(self.dsn, unbounded=True, per_transaction=self.per_transaction) as conn,
+                db.translated(),
+            ):
                 build.pid = conn.info.backend_pid
                 build.connection = conn
                 if self._stopping.is_set():
                     return
                 if cleanup:
-                    conn.execute(cleanup.encode())
+                    db.execute_alone(conn, cleanup.encode())
                 logger.info(
                     "target %d: building its deferred index: %s", target_id, "; ".join(statements)
                 )
                 started = time.monotonic()
                 for statement in statements:  # each at top level (CONCURRENTLY)
-                    conn.execute(statement.encode())
+                    db.execute_alone(conn, statement.encode())
                 conn.execute(queries.get("deferred_index_built"), {"target_id": target_id})
                 logger.info(
                     "target %d: index built in %.1f s", target_id, time.monotonic() - started

@@ -25,6 +25,7 @@ class Keeper:
 
     dsn: str
     lock_timeout_ms: int  # EMBED_LOCK_TIMEOUT_MS: the longest its statements wait for a lock
+    per_transaction: bool  # EMBED_POOL_MODE=transaction (db.connect)
     lanes: Lanes  # whose leases it renews and whose gauges it refreshes
     vt_seconds: int  # a lease's length: renewed every third of it
     finished: threading.Event  # the pipeline has drained: the keeper ends
@@ -42,7 +43,11 @@ class Keeper:
         """Renews the leases of jobs in flight (every third of the lease), completes model
         changes, refreshes the queue gauges and shows progress, until the pipeline drains."""
         session = sessions.Session(
-            self.dsn, "keeper", self.finished, lock_timeout_ms=self.lock_timeout_ms
+            self.dsn,
+            "keeper",
+            self.finished,
+            lock_timeout_ms=self.lock_timeout_ms,
+            per_transaction=self.per_transaction,
         )
         renew_every = self.vt_seconds / 3
         last_renew = last_gauges = time.monotonic()

@@ -118,7 +118,7 @@ class Worker:
         self._wake_pipe = WakePipe()
         self.waiter = Waiter(settings.queue, self.stopping, self._wake_pipe.read_fd)
         # Ends a pipeline session whose table owner's code ignores its bound.
-        self.watchdog = Watchdog(self.dsn, settings.lock_timeout_ms)
+        self.watchdog = Watchdog(self.dsn, settings.lock_timeout_ms, settings.per_transaction)
         self.fetcher = Fetcher(
             dsn=self.dsn,
             settings=settings,
@@ -199,6 +199,7 @@ class Worker:
             started=self.started,
             held=self.held,
             lock_timeout_ms=self.settings.lock_timeout_ms,
+            per_transaction=self.settings.per_transaction,
         ).run()
         keeper = _keeper(self)
         embedder = functools.partial(
@@ -232,7 +233,7 @@ class Worker:
                 and time.monotonic() - self._stop_requested_at > self.settings.grace_seconds
             ):
                 logger.warning("grace period over: handing back what is still in flight")
-                hand_back(self.dsn, self.lanes, self.settings.lock_timeout_ms)
+                hand_back(self.dsn, self.lanes, self.settings)
                 break
         if self.drain is not None and self.failure is None and not self.drain(self._deadline()):
             # Push requests (POST /functions/v1/embed) stop between batches: one still
@@ -246,7 +247,7 @@ class Worker:
             thread.join(timeout=2)
         if self.failure is not None:
             logger.error("worker stopped by an internal error: %r", self.failure)
-            hand_back(self.dsn, self.lanes, self.settings.lock_timeout_ms)
+            hand_back(self.dsn, self.lanes, self.settings)
             return exits.FAILURE
         if self.once and self._interrupted_by is not None:
             # `--once` promised a drained queue: a script must not go on as if it were.
@@ -272,7 +273,7 @@ class Worker:
         name = signal.Signals(signum).name
         if self.stopping.is_set():
             logger.warning("second %s: handing back jobs in flight and exiting now", name)
-            hand_back(self.dsn, self.lanes, self.settings.lock_timeout_ms)
+            hand_back(self.dsn, self.lanes, self.settings)
             logging.shutdown()
             os._exit(exits.interrupted(signal.Signals(signum)) if self.once else exits.OK)
         self._interrupted_by = signal.Signals(signum)
@@ -303,6 +304,7 @@ def _keeper(worker: Worker) -> Keeper:
     return Keeper(
         dsn=worker.dsn,
         lock_timeout_ms=worker.settings.lock_timeout_ms,
+        per_transaction=worker.settings.per_transaction,
         lanes=worker.lanes,
         vt_seconds=worker.settings.vt_seconds,
         finished=worker.finished,

@@ -117,6 +117,7 @@ class Startup:
     started: threading.Event  # set once connected, the schema present and the models tried
     held: HeldJobs  # held jobs of the targets it can serve: taken at once, not after their wait
     lock_timeout_ms: int  # EMBED_LOCK_TIMEOUT_MS: the longest its statements wait for a lock
+    per_transaction: bool  # EMBED_POOL_MODE=transaction (db.connect)
 
     def run(self) -> None:
         targets = self.connect_and_read_targets()
@@ -130,7 +131,10 @@ class Startup:
         fetcher starts (worker/process/held.py): a worker started to serve them takes them."""
         try:
             with db.connect(
-                self.dsn, connect_timeout=5, lock_timeout_ms=self.lock_timeout_ms
+                self.dsn,
+                connect_timeout=5,
+                lock_timeout_ms=self.lock_timeout_ms,
+                per_transaction=self.per_transaction,
             ) as conn:
                 self.held.release(conn)
         except exceptions.EmbedWorkerError as exc:
@@ -146,6 +150,7 @@ class Startup:
             self.stopping,
             deadline=deadline,
             lock_timeout_ms=self.lock_timeout_ms,
+            per_transaction=self.per_transaction,
         )
         systemd.notify(status=f"connecting to {db.describe(self.dsn)}")
         try:
@@ -241,7 +246,9 @@ class Startup:
                 continue  # logged; the change's jobs wait until it loads
         for problem in problems.values():
             logger.error("target not servable: %s", problem)
-        provenance.check_at_startup(self.dsn, ours, self.embedders)
+        provenance.check_at_startup(
+            self.dsn, ours, self.embedders, per_transaction=self.per_transaction
+        )
         self.started.set()
         problem = self.default.problem()
         # Ready for systemd means started: a missing model is reported, not waited for (the

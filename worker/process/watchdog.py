@@ -32,9 +32,10 @@ GRACE_SECONDS = 0.25
 class Watchdog:
     """The sessions whose bounded statements it watches (the fetcher's, the writer's)."""
 
-    def __init__(self, dsn: str, lock_timeout_ms: int) -> None:
+    def __init__(self, dsn: str, lock_timeout_ms: int, per_transaction: bool = False) -> None:
         self.dsn = dsn
         self.lock_timeout_ms = lock_timeout_ms
+        self.per_transaction = per_transaction
         self._sessions: list[sessions.Session] = []
         self._lock = threading.Lock()
 
@@ -69,7 +70,10 @@ class Watchdog:
         try:
             with (
                 db.connect(
-                    self.dsn, connect_timeout=3, lock_timeout_ms=self.lock_timeout_ms
+                    self.dsn,
+                    connect_timeout=3,
+                    lock_timeout_ms=self.lock_timeout_ms,
+                    per_transaction=self.per_transaction,
                 ) as conn,
                 db.translated(),
             ):

@@ -45,6 +45,7 @@ class Writer:
             vectors=True,
             lock_timeout_ms=self.settings.lock_timeout_ms,
             max_tables=self.settings.session_max_tables,
+            per_transaction=self.settings.per_transaction,
         )
         self.watchdog.watch(session)
         try:
@@ -120,7 +121,7 @@ class Writer:
                 return
 
 
-def hand_back(dsn: str, lanes: Lanes, lock_timeout_ms: int) -> None:
+def hand_back(dsn: str, lanes: Lanes, settings: Settings) -> None:
     """Makes every job held in `lanes` visible again at once (a fresh, short-lived
     connection)."""
     for lane in lanes:
@@ -128,7 +129,12 @@ def hand_back(dsn: str, lanes: Lanes, lock_timeout_ms: int) -> None:
         if not held:
             continue
         try:
-            conn = db.connect(dsn, connect_timeout=3, lock_timeout_ms=lock_timeout_ms)
+            conn = db.connect(
+                dsn,
+                connect_timeout=3,
+                lock_timeout_ms=settings.lock_timeout_ms,
+                per_transaction=settings.per_transaction,
+            )
             try:
                 with db.translated(), conn.transaction():
                     conn.execute(queries.get("short_statement_timeout"))

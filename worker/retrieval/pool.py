@@ -32,6 +32,7 @@ class SearchConnections:
         max_size: int,
         lock_timeout_ms: int = db.DEFAULT_LOCK_TIMEOUT_MS,
         max_tables: int = 0,
+        per_transaction: bool = False,
     ) -> None:
         """`dsn`: the search role's when one is configured (EMBED_SEARCH_DATABASE_URL), whose
         rights, row-level security included, decide what an answer holds; `max_size`: the
@@ -39,7 +40,8 @@ class SearchConnections:
         the longest a search waits for a lock (EMBED_LOCK_TIMEOUT_MS); `max_tables`: a
         connection that searched more different tables is replaced when given back
         (EMBED_SESSION_MAX_TABLES; 0: never): its session keeps each table's search functions
-        compiled, about 0.16 MB a table, until it ends."""
+        compiled, about 0.16 MB a table, until it ends; `per_transaction`: behind a transaction
+        pooler (EMBED_POOL_MODE=transaction: db.pool)."""
         self.dsn = dsn
         self.max_size = max_size
         self.max_tables = max_tables
@@ -53,6 +55,7 @@ class SearchConnections:
             name="search",
             lock_timeout_ms=lock_timeout_ms,
             reset=_leave_clean,
+            per_transaction=per_transaction,
         )
         self._opened = False
         self._lock = threading.Lock()

@@ -99,6 +99,7 @@ class SearchService:
             max_size=settings.search_pool_size,
             lock_timeout_ms=settings.lock_timeout_ms,
             max_tables=settings.session_max_tables,
+            per_transaction=settings.per_transaction,
         )
         rerankers = LoadedRerankers(
             settings.model_location, settings.threads, api_key=settings.api_key
