@@ -92,3 +92,34 @@ def test_a_new_model_of_another_dimension_than_registered_holds_only_the_change(
     row = conn.execute("SELECT held_jobs, deferred_reason FROM embeddings.status").fetchone()
     assert row is not None and row[0] > 0, row
     assert f"has 32 dimensions, the model produces {WIDE_DIMS}" in str(row[1]), row
+    # Its fix is a registration of the right dimensions, not a model made loadable (finding 3).
+    fix = fetch_value(conn, "SELECT fix FROM embeddings.stopped WHERE state = 'held'")
+    assert f"SELECT embeddings.register_model('NEW_NAME', {WIDE_DIMS}, ...)" in fix, fix
+    assert "refuses to change the dimensions of a model in use" in fix, fix
+    assert "SELECT embeddings.watch('public.docs', 'body', model => 'NEW_NAME')" in fix, fix
+    assert "SELECT embeddings.cancel_change('public.docs', 'embedding')" in fix, fix
+    assert "EMBED_MODEL_PATH" not in fix and "loadable" not in fix, fix
+
+
+def test_a_remote_model_answering_other_dimensions_than_registered_is_told_to_register_them(
+    conn: Conn, tiny_models: tuple[str, str], run_once: Callable[..., Worker]
+) -> None:
+    """Registered with 512 dimensions, the server answers 384: the fix is a registration of
+    384 under a new name, not the provider made reachable or its key valid."""
+    with ProviderServer(kind="openai", dims=384) as provider:
+        conn.execute(
+            "SELECT embeddings.register_model('remote-512', 512, 'openai', %s, 'test-model',"
+            " credential => '', timeout_seconds => 0.5)",
+            (provider.base_url,),
+        )
+        conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO docs VALUES (1, 'a document')")
+        conn.execute("SELECT embeddings.watch('docs', 'body', model => 'remote-512')")
+        run_once(model=tiny_models[0])
+    reason, fix = conn.execute(
+        "SELECT reason, fix FROM embeddings.stopped WHERE state = 'held'"
+    ).fetchone() or ("", "")
+    assert "answered 384-dimensional vectors" in str(reason), reason
+    assert "SELECT embeddings.register_model('NEW_NAME', 384, ...), provider 'openai'" in fix
+    assert "SELECT embeddings.watch('public.docs', 'body', model => 'NEW_NAME')" in fix, fix
+    assert "reachable" not in fix and "key valid" not in fix, fix
