@@ -98,12 +98,28 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT p.problem FROM embeddings_internal.target_problems(ARRAY[t.id]) p
 $$;
 
--- What makes target t's held jobs go: the model the worker cannot load made loadable (during a
--- model change the change's: the application's rows are embedded by the old model without it,
--- worker/pipeline/shadow.py), or the change cancelled, or the table on another model.
-CREATE FUNCTION embeddings_internal.held_fix(t embeddings.targets) RETURNS text
+-- What makes target t's held jobs go, held for `reason`: the model the worker cannot load made
+-- loadable (during a model change the change's: the application's rows are embedded by the old
+-- model without it, worker/pipeline/shadow.py), or the change cancelled, or the table on another
+-- model. A model that produces other dimensions than registered cannot be made to serve by the
+-- worker's side: registered right under a new name (register_model() refuses to change the
+-- dimensions of a model in use) and changed to. The worker's messages of that case
+-- (worker/models/remote/protocol.py, worker/pipeline/shadow.py, worker/target.py) are matched.
+CREATE FUNCTION embeddings_internal.held_fix(t embeddings.targets, reason text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format('make the target servable: %s, or %s; a column that fits the model. The worker '
+    SELECT CASE WHEN dims.produced IS NOT NULL
+           THEN format('register the model with the dimensions it produces under a new name '
+                       '(SELECT embeddings.register_model(''NEW_NAME'', %s, ...), %s: register_model() '
+                       'refuses to change the dimensions of a model in use) and change to it: %s; or %s',
+                       dims.produced,
+                       CASE WHEN m.provider IS DISTINCT FROM 'local'
+                            THEN format('provider %L, endpoint %L and remote model %L as %s has them',
+                                        m.provider, m.endpoint, m.remote_model, m.name)
+                            ELSE format('provider ''local'', a directory NEW_NAME/ holding %s''s files', m.name) END,
+                       replace(w.call, '''NAME''', '''NEW_NAME'''),
+                       CASE WHEN mc.model IS NOT NULL THEN w.cancel
+                            ELSE 'move the table to a model the worker has: ' || w.call END)
+           ELSE format('make the target servable: %s, or %s; a column that fits the model. The worker '
                   'retries its jobs every minute',
                   CASE WHEN m.provider IS DISTINCT FROM 'local'
                        THEN format('its provider reachable from the worker (model %s at %s: the '
@@ -116,20 +132,28 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                    'download %1$s`, or EMBED_MODEL_PATH naming a directory that '
                                    'holds %1$s/)', m.name) END,
                   CASE WHEN mc.model IS NOT NULL
-                       THEN format('the change to it cancelled: SELECT embeddings.cancel_change(%L, %L)',
-                                   t.source::text, t.embedding_column)
-                       -- The target as it is: watch() without its column would start another
-                       -- target, and a chunked one re-watched without chunk_tokens is refused.
-                       ELSE format('the table on a model the worker has: SELECT embeddings.watch(%L, %L, '
-                                   '%smodel => ''NAME''%s); (and SELECT embeddings.set_default_model(''NAME''); '
-                                   'for watch() without a model)', t.source::text,
-                                   coalesce(t.content_column::text, t.content_function::regproc::text),
-                                   CASE WHEN t.embedding_column <> 'embedding'
-                                        THEN format('embedding_column => %L, ', t.embedding_column) END,
-                                   CASE WHEN t.chunk_tokens IS NOT NULL
-                                        THEN format(', chunk_tokens => %s', t.chunk_tokens) END) END)
+                       THEN 'the change to it cancelled: ' || w.cancel
+                       ELSE format('the table on a model the worker has: %s; (and SELECT '
+                                   'embeddings.set_default_model(''NAME''); for watch() without a model)',
+                                   w.call) END) END
     FROM embeddings.models m
     LEFT JOIN embeddings.model_changes mc ON mc.target_id = t.id
+    -- The target as it is: watch() without its column would start another target, and a
+    -- chunked one re-watched without chunk_tokens is refused.
+    CROSS JOIN LATERAL (
+        SELECT format('SELECT embeddings.watch(%L, %L, %smodel => ''NAME''%s)', t.source::text,
+                      coalesce(t.content_column::text, t.content_function::regproc::text),
+                      CASE WHEN t.embedding_column <> 'embedding'
+                           THEN format('embedding_column => %L, ', t.embedding_column) END,
+                      CASE WHEN t.chunk_tokens IS NOT NULL
+                           THEN format(', chunk_tokens => %s', t.chunk_tokens) END) AS call,
+               format('SELECT embeddings.cancel_change(%L, %L)', t.source::text, t.embedding_column) AS cancel
+    ) w
+    CROSS JOIN LATERAL (
+        SELECT coalesce(substring(held_fix.reason FROM 'answered (\d+)-dimensional vectors; .* is registered with \d+ dimensions'),
+                        substring(held_fix.reason FROM 'has \d+ dimensions, the model produces (\d+)'),
+                        substring(held_fix.reason FROM 'but model .* produces (\d+) dimensions')) AS produced
+    ) dims
     WHERE m.name = coalesce(mc.model, t.model)
 $$;
 
@@ -156,7 +180,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         UNION ALL
         -- Deferred by the worker (a target with a problem is deferred for that problem).
         SELECT 2, 'held', format('its jobs are held, put back without an attempt (not failed): %s', d.reason),
-               embeddings_internal.held_fix(t), d.since
+               embeddings_internal.held_fix(t, d.reason), d.since
         FROM embeddings.deferrals d
         WHERE p.problem IS NULL AND d.target_id = t.id AND d.last_seen > now() - alarm.deferral_fresh
           AND d.last_seen >= t.updated_at  -- not a hold of the definition watch() replaced

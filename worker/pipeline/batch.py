@@ -60,6 +60,12 @@ class Fate:
     retry_in: int | None
 
 
+# A target that cannot be served (model missing, dimension mismatch) has its jobs put back
+# this long, without counting an attempt (held: a worker that can serve the target takes them
+# at once, worker/process/held.py); a remote model's wait as long as their provider said.
+DEFER_SECONDS = 60
+
+
 @dataclass
 class Row:
     target: Target
@@ -112,7 +118,7 @@ class Batch:
     # 'model revision variant' as embeddings.provenance records it (worker/pipeline/provenance.py)
     producers: dict[int, tuple[str | None, str | None]] = field(default_factory=dict)
     # deferred targets whose jobs come back after their own delay (a remote model's provider
-    # said when: Retry-After, its circuit breaker), not after write.DEFER_SECONDS
+    # said when: Retry-After, its circuit breaker), not after DEFER_SECONDS
     defer_seconds: dict[int, float] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)  # of long documents (chunked targets)
     # When the load stage stops waiting for its documents' parses (time.monotonic(); set by the

@@ -15,7 +15,7 @@ from worker import exceptions, metrics
 from worker.models.loaded import LoadedModels
 from worker.models.remote.client import RemoteModel
 from worker.pipeline import provenance, remote
-from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.batch import DEFER_SECONDS, Batch, Row, RowState
 from worker.target import Target
 
 
@@ -23,45 +23,88 @@ def embed(embedders: LoadedModels, batch: Batch, target: Target, rows: list[Row]
     """Embeds the rows of a plain target: with its model (rows that need it), and during a
     change with the new model too. Returns the tokens, or None when the target is deferred (the
     reason in batch.deferred). The new model's tokens are counted apart (its own metric label,
-    the batch's stats); the returned count is the target model's."""
+    the batch's stats); the returned count is the target model's.
+
+    Whatever keeps the new model from serving (it cannot load, its dimensions do not fit the
+    shadow column, its provider cannot answer now) holds only the change's part: the
+    application's rows are embedded and written with the target's model all the same, their new
+    vectors left empty (the change queues them again before it completes), and only the
+    change's own rows wait (docs/model-changes.md)."""
     try:
-        shadow_model = _shadow_model(embedders, target, rows)
         model = _primary_model(embedders, target, rows)
     except exceptions.ModelError as exc:
         batch.deferred[target.id] = str(exc)
         return None
-    problem = (target.problem(model.dim) if model else None) or _shadow_problem(
-        target, shadow_model
-    )
+    problem = target.problem(model.dim) if model else None
     if problem:
         batch.deferred[target.id] = problem
         return None
+    shadow_model, change_problem = _shadow_model(embedders, target)
+    if change_problem:
+        if _change_waits(batch, target, rows, change_problem, None):
+            return None
+        shadow_model = None
     primary = [r for r in rows if not r.shadow_only]
     tokens = embed_rows(model, primary, "vector") if model else 0
     if shadow_model is not None:
-        both = [r for r in rows if r.state is RowState.EMBEDDED or r.shadow_only]
-        shadow_tokens = embed_rows(shadow_model, both, "shadow_vector")
+        shadow_tokens = _embed_new(batch, target, shadow_model, rows)
         metrics.TOKENS.labels(target.shadow_model).inc(shadow_tokens)
         batch.stats[target.id].tokens += shadow_tokens
+    served = shadow_model is not None and any(r.shadow_vector is not None for r in rows)
     batch.producers[target.id] = (
         provenance.producer(model) if model is not None and primary else None,
-        provenance.producer(shadow_model) if shadow_model is not None else None,
+        provenance.producer(shadow_model) if served else None,
     )
     return tokens
 
 
-def _shadow_model(embedders: LoadedModels, target: Target, rows: list[Row]) -> Any:
-    """The new model of a change in progress (None without one). When it cannot be loaded, the
-    application's rows are still served with the target's model (their new vectors are left
-    empty: the change queues them again before it completes); the change's own jobs wait."""
-    if target.shadow_model is None:
-        return None
+def _embed_new(batch: Batch, target: Target, model: Any, rows: list[Row]) -> int:
+    """The new model's vectors of the rows the target's model embedded and of the change's own
+    rows. A provider that cannot answer now holds only the change's rows: the application's
+    keep their vector (written; the new one left empty)."""
+    live = [r for r in rows if r.state is RowState.EMBEDDED and not r.shadow_only]
+    both = [r for r in rows if r.state is RowState.EMBEDDED or r.shadow_only]
     try:
-        return embedders.get(target.shadow_model)
-    except exceptions.ModelError:
-        if any(row.shadow_only for row in rows):
-            raise
-        return None
+        tokens = embed_rows(model, both, "shadow_vector")
+    except exceptions.ProviderError as exc:  # (none of them answered: remote.embed_rows)
+        if not live:
+            raise  # the change's rows alone: the target waits (stages.embed says why)
+        _change_waits(batch, target, rows, f"{target.name}: {exc}", exc.retry_after)
+        return 0
+    for row in live:
+        if row.state is RowState.POSTPONED:  # its new vector could not be had now
+            row.state, row.error, row.retry_after = RowState.EMBEDDED, None, None
+    return tokens
+
+
+def _change_waits(
+    batch: Batch, target: Target, rows: list[Row], why: str, retry_after: float | None
+) -> bool:
+    """The new model cannot serve the change's rows (`why`): they wait, spending no attempt.
+    When they are all the batch has of the target, the target is deferred, `why` shown in
+    status (True); else they go back to the queue on their own, the rest written (False)."""
+    if all(row.shadow_only for row in rows):
+        batch.deferred[target.id] = why
+        if retry_after is not None:
+            batch.defer_seconds[target.id] = retry_after
+        return True
+    for row in rows:
+        if row.shadow_only and row.state is RowState.READY:
+            row.state, row.error = RowState.POSTPONED, why
+            row.retry_after = DEFER_SECONDS if retry_after is None else retry_after
+    return False
+
+
+def _shadow_model(embedders: LoadedModels, target: Target) -> tuple[Any, str | None]:
+    """The new model of a change in progress (None without one), or why it cannot serve the
+    change: it cannot be loaded, or its dimensions do not fit the shadow column."""
+    if target.shadow_model is None:
+        return None, None
+    try:
+        model = embedders.get(target.shadow_model)
+    except exceptions.ModelError as exc:
+        return None, str(exc)
+    return model, _shadow_problem(target, model)
 
 
 def _primary_model(embedders: LoadedModels, target: Target, rows: list[Row]) -> Any:

@@ -29,17 +29,12 @@ from worker import db, metrics, queries
 from worker.config import Settings
 from worker.pipeline import bounds, deferrals, faults, fingerprints, provenance, stores
 from worker.pipeline import jobs as jobqueue
-from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.batch import DEFER_SECONDS, Batch, Row, RowState
 from worker.pipeline.settlement import Settlement, WriteOutcome, settle
 from worker.pipeline.stores.base import Store
 from worker.target import Target
 
 logger = logging.getLogger(__name__)
-
-# A target that cannot be served (model missing, dimension mismatch) has its jobs put back
-# this long, without counting an attempt (held: a worker that can serve the target takes them
-# at once, worker/process/held.py).
-DEFER_SECONDS = 60
 
 
 def write(

@@ -10,6 +10,14 @@ failure opens it again for twice as long (up to MAX_OPEN_SECONDS).
 Rate limits are not failures: a 429 says the provider is up and wants us slower. Its
 Retry-After throttles every request to the provider until then (`throttle`), so that the
 other in-flight slots do not each collect a 429 of their own.
+
+Every outcome of a probe settles the breaker, or the circuit would stay open with no request
+ever let through again: an answer (success(): vectors, or a refusal, a rejected input, vectors
+of another dimension: the provider is up, the fault is the registration's or the input's)
+closes it; a failure opens it for longer; a 429 (throttle()) keeps it open, not
+longer, until the Retry-After ends, when the next probe goes. A probe that ends any other way
+(never sent: a long throttle, a key that cannot be sent; an exception) gives its slot back as
+it ends (`admit()`'s `finally`), the breaker as it was.
 """
 
 from __future__ import annotations
@@ -26,6 +34,10 @@ logger = logging.getLogger(__name__)
 THRESHOLD = 5
 OPEN_SECONDS = 5.0
 MAX_OPEN_SECONDS = 300.0
+
+
+class Probe:
+    """The one request let through while the circuit is open (compared by identity)."""
 
 
 class Breaker:
@@ -47,7 +59,7 @@ class Breaker:
         self._failures = 0
         self._open_for = open_seconds
         self._open_until: float | None = None  # None: closed
-        self._probing = False
+        self._probe: Probe | None = None  # the request let through half-open, while under way
         self._throttled_until = 0.0
         self.last_error: str | None = None
         metrics.PROVIDER_CIRCUIT_OPEN.labels(provider).set(0)
@@ -57,17 +69,27 @@ class Breaker:
         with self._lock:
             return self._open_until is not None
 
-    def check(self) -> None:
-        """Raises ProviderUnavailable while open; lets one probe through once the open time
-        is over."""
+    def admit(self) -> Probe | None:
+        """Raises ProviderUnavailable while open; once the open time is over lets one request
+        through as the probe (returned: its sender calls release() with it when the request
+        ends, however it ends)."""
         with self._lock:
             if self._open_until is None:
-                return
+                return None
             remaining = self._open_until - self.clock()
-            if remaining <= 0 and not self._probing:
-                self._probing = True  # half-open: this caller is the probe
-                return
+            if remaining <= 0 and self._probe is None:
+                self._probe = probe = Probe()  # half-open: this caller is the probe
+                return probe
             raise exceptions.ProviderUnavailable(self._reason(), retry_after=max(remaining, 1.0))
+
+    def release(self, probe: Probe | None) -> None:
+        """The request admit() let through has ended: a probe whose outcome did not settle
+        the breaker gives its slot back, the breaker as it was (the next request probes)."""
+        if probe is None:
+            return
+        with self._lock:
+            if self._probe is probe:
+                self._probe = None
 
     def throttled_for(self) -> float:
         """Seconds left of the provider's last Retry-After (0 when none)."""
@@ -75,8 +97,14 @@ class Breaker:
             return max(self._throttled_until - self.clock(), 0.0)
 
     def throttle(self, seconds: float) -> None:
+        """The provider said 429 (or is loading its model) for `seconds`: not a failure. A
+        probe's 429 keeps the circuit open until then, when the next probe goes."""
         with self._lock:
             self._throttled_until = max(self._throttled_until, self.clock() + seconds)
+            if self._probe is not None:
+                self._probe = None
+                assert self._open_until is not None
+                self._open_until = max(self._open_until, self._throttled_until)
 
     def success(self) -> None:
         with self._lock:
@@ -84,7 +112,7 @@ class Breaker:
             self._failures = 0
             self._open_for = self.base_open
             self._open_until = None
-            self._probing = False
+            self._probe = None
         if was_open:
             logger.info("provider %s answers again: circuit closed", self.provider)
         metrics.PROVIDER_CIRCUIT_OPEN.labels(self.provider).set(0)
@@ -93,8 +121,8 @@ class Breaker:
         with self._lock:
             self.last_error = error
             self._failures += 1
-            if self._probing:  # the probe failed: open again, for longer
-                self._probing = False
+            if self._probe is not None:  # the probe failed: open again, for longer
+                self._probe = None
                 self._open_for = min(self._open_for * 2, self.max_open)
                 self._open_until = self.clock() + self._open_for
                 opened = False

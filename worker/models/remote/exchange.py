@@ -10,9 +10,11 @@ the endpoint's timeout and the answer read no further than the caller's bound. T
 
   2xx                 the caller's parser reads the body; BadResponse is a bad answer (retried,
                       a failure for the breaker), DimensionMismatch a registration that may be
-                      wrong (retried, then ProviderRefused; not the provider's health)
+                      wrong (retried, then ProviderRefused; the provider is up: a success for
+                      the breaker, like every answer below but 429 and 5xx)
   429, 503 "loading"  the provider throttled for Retry-After (or Hugging Face's estimated_time),
-                      waited up to the inline wait and retried; longer: ProviderUnavailable
+                      waited up to the inline wait and retried; longer: ProviderUnavailable;
+                      neither success nor failure (a probe's: the next probe after the wait)
   401, 403, 404, 405  ProviderRefused: the key or the registration is wrong
   400, 413, 422       InputRejected: the provider refuses these inputs
   5xx, timeouts, connection errors, answers over the bound
@@ -169,12 +171,20 @@ class Exchange:
     def _attempt(
         self, body: dict[str, Any], limit: int, parse: Callable[[bytes], T], policy: Policy
     ) -> T:
-        endpoint = self.endpoint
         try:
-            self.breaker.check()
+            probe = self.breaker.admit()
         except exceptions.ProviderUnavailable:
             self._count("circuit_open")
             raise
+        try:
+            return self._send(body, limit, parse, policy)
+        finally:  # a probe's slot, however the attempt ended (breaker.py)
+            self.breaker.release(probe)
+
+    def _send(
+        self, body: dict[str, Any], limit: int, parse: Callable[[bytes], T], policy: Policy
+    ) -> T:
+        endpoint = self.endpoint
         throttled = self.breaker.throttled_for()
         if throttled > policy.max_inline_wait:
             raise exceptions.ProviderUnavailable(
@@ -228,8 +238,9 @@ class Exchange:
                 answer = parse(response.body)
             except DimensionMismatch as exc:
                 # Once may be a garbled answer: asked again. Every time: the registration's
-                # dimensions are wrong (refused). Either way not the provider's health.
+                # dimensions are wrong (refused). Either way the provider is up and answers.
                 self._count("bad_response")
+                self.breaker.success()
                 raise _Retry("bad_response", str(exc), refused=True) from None
             except BadResponse as exc:
                 self._count("bad_response")
@@ -252,6 +263,7 @@ class Exchange:
             raise _Retry("rate_limited", f"{what}: {message}", retry_after=wait)
         if status in (401, 403, 404, 405):
             self._count("refused")
+            self.breaker.success()  # (up and answering: the key or the registration is wrong)
             missing = (
                 f"no such endpoint or model: {endpoint.url} for {endpoint.remote_model}"
                 if endpoint.remote_model
@@ -267,6 +279,7 @@ class Exchange:
             )
         if status in (400, 413, 422):
             self._count("rejected")
+            self.breaker.success()  # (up and answering: the inputs are at fault)
             raise exceptions.InputRejected(
                 f"{describe} refused the input: HTTP {status}: {message}"
             )

@@ -1,0 +1,125 @@
+"""A model change whose new model cannot serve keeps only the change waiting: the application's
+rows written meanwhile get the old model's vector at once (docs/model-changes.md: "the
+application's rows are still embedded with the old model meanwhile").
+
+Before the fix only a new model that failed to load did so: a remote new model whose provider
+failed, or a new model whose dimensions do not fit the change's column, held the target's live
+jobs with the change's (the row written during the change had no vector at all).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import psycopg
+import pytest
+
+from tests.integration.conftest import WIDE, WIDE_DIMS
+from tests.support.fetch import fetch_value
+from tests.support.provider_server import ProviderServer
+from worker.models.remote import breaker as breakers
+from worker.models.remote import client
+from worker.process.runner import Worker
+
+Conn = psycopg.Connection[Any]
+ROWS = 10
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(client, "BACKOFF", lambda state: 0.01)
+    breakers.reset()
+    yield
+    breakers.reset()
+
+
+@pytest.fixture
+def old_model(conn: Conn, tiny_models: tuple[str, str], run_once: Callable[..., Worker]) -> str:
+    """`docs` of ROWS rows, embedded with tiny-a."""
+    old = tiny_models[0]
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute(
+        "INSERT INTO docs SELECT i, 'document number ' || i FROM generate_series(1, %s) i",
+        (ROWS,),
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (old,))
+    run_once(model=old)
+    assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (ROWS,)
+    return old
+
+
+def write_during_the_change(conn: Conn, run_once: Callable[..., Worker], old: str) -> None:
+    """The application inserts a row and edits one while the change waits; a worker runs.
+    Both have the old model's vector, searchable; the change still waits, its reason shown."""
+    conn.execute("INSERT INTO docs VALUES (11, 'written during the change')")
+    conn.execute("UPDATE docs SET body = 'edited during the change' WHERE id = 1")
+    run_once(model=old)
+    rows = dict(conn.execute("SELECT id, embedding IS NOT NULL FROM docs").fetchall())
+    assert rows[11] and rows[1], rows
+    assert conn.execute("SELECT count(*) FROM embeddings.model_changes").fetchone() == (1,)
+    assert fetch_value(conn, "SELECT model FROM embeddings.targets") == old
+
+
+def test_a_remote_new_model_whose_provider_fails_holds_only_the_change(
+    conn: Conn, old_model: str, run_once: Callable[..., Worker]
+) -> None:
+    with ProviderServer(kind="openai", dims=32) as provider:
+        provider.down = True
+        conn.execute(
+            "SELECT embeddings.register_model('remote-32', 32, 'openai', %s, 'test-model',"
+            " credential => '', timeout_seconds => 0.5)",
+            (provider.base_url,),
+        )
+        conn.execute("SELECT embeddings.watch('docs', 'body', model => 'remote-32')")
+        write_during_the_change(conn, run_once, old_model)
+        assert provider.requests  # the new model was asked, and failed
+    row = conn.execute("SELECT held_jobs, deferred_reason FROM embeddings.status").fetchone()
+    assert row is not None and row[0] > 0 and "HTTP 500" in str(row[1]), row
+
+
+def test_a_new_model_of_another_dimension_than_registered_holds_only_the_change(
+    conn: Conn, old_model: str, run_once: Callable[..., Worker]
+) -> None:
+    """tiny-wide (48-d) registered with 32 dimensions: the change's column is halfvec(32)."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES (%s, 32, 512, 'mean')",
+        (WIDE,),
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (WIDE,))
+    write_during_the_change(conn, run_once, old_model)
+    row = conn.execute("SELECT held_jobs, deferred_reason FROM embeddings.status").fetchone()
+    assert row is not None and row[0] > 0, row
+    assert f"has 32 dimensions, the model produces {WIDE_DIMS}" in str(row[1]), row
+    # Its fix is a registration of the right dimensions, not a model made loadable (finding 3).
+    fix = fetch_value(conn, "SELECT fix FROM embeddings.stopped WHERE state = 'held'")
+    assert f"SELECT embeddings.register_model('NEW_NAME', {WIDE_DIMS}, ...)" in fix, fix
+    assert "refuses to change the dimensions of a model in use" in fix, fix
+    assert "SELECT embeddings.watch('public.docs', 'body', model => 'NEW_NAME')" in fix, fix
+    assert "SELECT embeddings.cancel_change('public.docs', 'embedding')" in fix, fix
+    assert "EMBED_MODEL_PATH" not in fix and "loadable" not in fix, fix
+
+
+def test_a_remote_model_answering_other_dimensions_than_registered_is_told_to_register_them(
+    conn: Conn, tiny_models: tuple[str, str], run_once: Callable[..., Worker]
+) -> None:
+    """Registered with 512 dimensions, the server answers 384: the fix is a registration of
+    384 under a new name, not the provider made reachable or its key valid."""
+    with ProviderServer(kind="openai", dims=384) as provider:
+        conn.execute(
+            "SELECT embeddings.register_model('remote-512', 512, 'openai', %s, 'test-model',"
+            " credential => '', timeout_seconds => 0.5)",
+            (provider.base_url,),
+        )
+        conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+        conn.execute("INSERT INTO docs VALUES (1, 'a document')")
+        conn.execute("SELECT embeddings.watch('docs', 'body', model => 'remote-512')")
+        run_once(model=tiny_models[0])
+    reason, fix = conn.execute(
+        "SELECT reason, fix FROM embeddings.stopped WHERE state = 'held'"
+    ).fetchone() or ("", "")
+    assert "answered 384-dimensional vectors" in str(reason), reason
+    assert "SELECT embeddings.register_model('NEW_NAME', 384, ...), provider 'openai'" in fix
+    assert "SELECT embeddings.watch('public.docs', 'body', model => 'NEW_NAME')" in fix, fix
+    assert "reachable" not in fix and "key valid" not in fix, fix
