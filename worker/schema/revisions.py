@@ -15,7 +15,7 @@ from psycopg.sql import Identifier
 
 from worker import exceptions, queries
 from worker.db import Connection
-from worker.schema import files
+from worker.schema import files, privileges
 from worker.schema.install import ensure_pgmq, install, reinstall_code, run_files
 
 logger = logging.getLogger(__name__)
@@ -43,6 +43,8 @@ def upgrade_release(name: str) -> None:
         return
     _require_head("upgrade")
     conn = revision_connection()
+    if "public_before" not in attributes:  # before any state file grants anything
+        attributes["public_before"] = privileges.public_privileges(conn)
     ensure_pgmq(conn)
     folder = files.versions_dir() / name
     run_files(conn, [p for p in (folder / "upgrade.sql", folder / "tables.sql") if p.is_file()])
@@ -65,9 +67,16 @@ def release_steps(module_file: str) -> tuple[Callable[[], None], Callable[[], No
 
 def finish_upgrade(conn: Connection) -> None:
     """After the pending revisions ran (migrations/env.py): the code reinstalled from `sql/`,
-    once, when a revision changed state."""
-    if _attributes().pop("state_changed", False):
-        reinstall_code(conn, files.install_files())
+    once, when a revision changed state; what it kept of others' rights goes in the result
+    `migrate` prints."""
+    attributes = _attributes()
+    if attributes.pop("state_changed", False):
+        kept = reinstall_code(conn, files.install_files(), attributes.pop("public_before", None))
+        migration = attributes.get("migration")
+        if migration is not None:
+            migration.kept += kept
+        for line in kept:
+            logger.debug("%s", line)
 
 
 def _attributes() -> dict[str, Any]:
