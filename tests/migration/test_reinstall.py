@@ -12,7 +12,8 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.migration.scenarios import queued_keys
+from tests.migration.scenarios import queued_keys, restore
+from tests.support.cluster import Cluster
 from tests.support.schema_dump import pg_dump_schema
 from worker import exceptions, schema
 from worker.schema import code
@@ -173,3 +174,22 @@ def test_a_reinstall_beyond_the_lock_table_is_refused_with_the_setting_that_fits
     assert refused is not None
     assert "1,000 watched tables" in refused and "max_locks_per_transaction = 512" in refused
     assert code.lock_shortage(1000, 512, 114) is None
+
+
+def test_migrate_runs_under_a_database_s_statement_timeout(cluster: Cluster) -> None:
+    """A statement_timeout set for the database (for its applications: `ALTER DATABASE ... SET`)
+    failed migrate with 'canceling statement due to statement timeout' in the middle of sql/'s
+    files; migrate's own bounds are its lock waits (--lock-wait), so it runs without one."""
+    upgraded = restore(cluster, "at_0019_every_kind")
+    fresh = cluster.create_database(prefix="fresh")
+    try:
+        for name in (upgraded, fresh):
+            with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
+                admin.execute(f'ALTER DATABASE "{name}" SET statement_timeout = 100')
+        assert schema.migrate(cluster.dsn(upgraded)).applied == ["0020"]
+        assert schema.migrate(cluster.dsn(fresh)).applied[-1] == "0020"
+        with psycopg.connect(cluster.dsn(fresh)) as conn:  # the setting is still the database's
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("100ms",)
+    finally:
+        cluster.drop_database(upgraded)
+        cluster.drop_database(fresh)
