@@ -640,6 +640,21 @@ SELECT k FROM {clear_failing}(%(keys)s::text[]{key_arrays}) AS k;
 -- Whether the embeddings schema is installed (its targets table is there).
 SELECT to_regclass('embeddings.targets') IS NOT NULL;
 
+-- name: installed_schema_revision
+-- The release revision whose tables an installed schema has, told by what each release added to
+-- them (0.4.0 targets.store_table, 0.3.0 targets.rerank_model, 0.2.0 embeddings.inbox): where
+-- Alembic's record of it is missing (worker/schema/revisions.py: install_initial).
+-- ours: reads only the catalog, runs no one else's code
+SELECT CASE
+    WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = 'embeddings.targets'::regclass AND a.attname = 'store_table'
+                   AND NOT a.attisdropped) THEN '0020'
+    WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = 'embeddings.targets'::regclass AND a.attname = 'rerank_model'
+                   AND NOT a.attisdropped) THEN '0019'
+    WHEN pg_catalog.to_regclass('embeddings.inbox') IS NOT NULL THEN '0002'
+    ELSE '0001' END;
+
 -- name: schema_revision_defined
 -- Whether the schema records its revision for worker roles (embeddings_internal.schema_revision(), since
 -- 0.3.0): a schema without it is of an older release.
