@@ -14,6 +14,7 @@ import pytest
 
 from tests.migration.scenarios import queued_keys, restore
 from tests.support.cluster import Cluster
+from tests.support.login_roles import login_role
 from tests.support.schema_dump import pg_dump_schema
 from worker import exceptions, schema
 from worker.schema import code
@@ -193,3 +194,22 @@ def test_migrate_runs_under_a_database_s_statement_timeout(cluster: Cluster) -> 
     finally:
         cluster.drop_database(upgraded)
         cluster.drop_database(fresh)
+
+
+def test_migrate_as_a_worker_role_says_who_must_run_it(dsn: str, conn: Conn) -> None:
+    """The systemd steps ran `migrate` with the worker's env file: it answered `permission
+    denied for table embed_worker_alembic_version` alone. It says whose URL to use."""
+    with login_role(conn, dsn, "worker") as worker_dsn:
+        role = psycopg.conninfo.conninfo_to_dict(worker_dsn)["user"]
+        conn.execute("SELECT embeddings.grant_worker(%s)", (role,))
+        ran = subprocess.run(
+            [sys.executable, "-m", "worker", "migrate", "--database-url", worker_dsn],
+            capture_output=True,
+            text=True,
+            env=os.environ,
+            timeout=120,
+        )
+    assert ran.returncode == 1, ran.stderr
+    assert "permission denied" in ran.stderr and "Traceback" not in ran.stderr
+    assert f"the owner of schema embeddings) or a superuser, and {role} is neither" in ran.stderr
+    assert "the installer's DATABASE_URL, not the worker's" in ran.stderr
