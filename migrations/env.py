@@ -35,6 +35,7 @@ def run(connection: Connection) -> None:
         driver = connection.connection.driver_connection
         assert isinstance(driver, psycopg.Connection)
         schema.use_installer_path(driver)
+        locks.own_bounds(driver)  # not a statement_timeout set for the applications
         # One migrator at a time; the lock ends with the transaction. Tried, never waited
         # for: any login can take an advisory lock, so a wait for it is retried until
         # --lock-wait like the tables' (worker/schema/locks.py).

@@ -640,6 +640,21 @@ SELECT k FROM {clear_failing}(%(keys)s::text[]{key_arrays}) AS k;
 -- Whether the embeddings schema is installed (its targets table is there).
 SELECT to_regclass('embeddings.targets') IS NOT NULL;
 
+-- name: installed_schema_revision
+-- The release revision whose tables an installed schema has, told by what each release added to
+-- them (0.4.0 targets.store_table, 0.3.0 targets.rerank_model, 0.2.0 embeddings.inbox): where
+-- Alembic's record of it is missing (worker/schema/revisions.py: install_initial).
+-- ours: reads only the catalog, runs no one else's code
+SELECT CASE
+    WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = 'embeddings.targets'::regclass AND a.attname = 'store_table'
+                   AND NOT a.attisdropped) THEN '0020'
+    WHEN EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                 WHERE a.attrelid = 'embeddings.targets'::regclass AND a.attname = 'rerank_model'
+                   AND NOT a.attisdropped) THEN '0019'
+    WHEN pg_catalog.to_regclass('embeddings.inbox') IS NOT NULL THEN '0002'
+    ELSE '0001' END;
+
 -- name: schema_revision_defined
 -- Whether the schema records its revision for worker roles (embeddings_internal.schema_revision(), since
 -- 0.3.0): a schema without it is of an older release.
@@ -682,22 +697,30 @@ LOCK TABLE {tables} IN ACCESS EXCLUSIVE MODE;
 SELECT pg_catalog.pg_try_advisory_xact_lock(%(key)s::bigint);
 
 -- name: migration_lock_holders
--- Sessions other than this one holding any lock on a table `migrate` locks, or its advisory
+-- Sessions other than this one holding a lock on a table `migrate` locks, or its advisory
 -- lock %(key)s (a bigint key below 2^32: classid 0, objid the key, objsubid 1): who keeps it
--- waiting (worker/schema/locks.py).
+-- waiting (worker/schema/locks.py). One row per session, naming the tables it holds (not their
+-- indexes or our views: a session that holds a table's holds them too), schema-qualified.
 -- ours: reads only the catalog and our tables, runs no one else's code
 SELECT a.pid, a.application_name, a.state,
        pg_catalog.date_part('epoch', pg_catalog.now() - coalesce(a.xact_start, a.backend_start))::float8,
-       CASE WHEN l.locktype = 'advisory' THEN 'the advisory lock of migrate' ELSE l.relation::regclass::text END
-FROM pg_catalog.pg_locks l JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
-WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid()
-  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
-  AND ((l.locktype = 'relation'
-        AND (l.relation IN (SELECT c.oid FROM pg_catalog.pg_class c WHERE c.relnamespace = 'embeddings'::regnamespace)
-             OR l.relation IN (SELECT CASE WHEN e.key = 'source' OR e.key LIKE E'%%\\_table' THEN e.value::regclass END
-                               FROM embeddings.targets t
-                               CROSS JOIN LATERAL pg_catalog.jsonb_each_text(pg_catalog.to_jsonb(t)) AS e)))
-       OR (l.locktype = 'advisory' AND l.classid = 0 AND l.objsubid = 1 AND l.objid = %(key)s::bigint::oid))
+       pg_catalog.string_agg(DISTINCT h.what, ', ')
+FROM (SELECT l.pid,
+             CASE WHEN l.locktype = 'advisory' THEN 'the advisory lock of migrate'
+                  ELSE pg_catalog.format('%%I.%%I', n.nspname, c.relname) END AS what
+      FROM pg_catalog.pg_locks l
+      LEFT JOIN pg_catalog.pg_class c ON c.oid = l.relation
+      LEFT JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
+      WHERE l.granted AND l.pid <> pg_catalog.pg_backend_pid()
+        AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+        AND ((l.locktype = 'relation' AND c.relkind IN ('r', 'p')
+              AND (c.relnamespace = 'embeddings'::regnamespace
+                   OR l.relation IN (SELECT CASE WHEN e.key = 'source' OR e.key LIKE E'%%\\_table' THEN e.value::regclass END
+                                     FROM embeddings.targets t
+                                     CROSS JOIN LATERAL pg_catalog.jsonb_each_text(pg_catalog.to_jsonb(t)) AS e)))
+             OR (l.locktype = 'advisory' AND l.classid = 0 AND l.objsubid = 1 AND l.objid = %(key)s::bigint::oid))) AS h
+JOIN pg_catalog.pg_stat_activity a ON a.pid = h.pid
+GROUP BY a.pid, a.application_name, a.state, a.xact_start, a.backend_start
 ORDER BY a.xact_start NULLS LAST, a.pid
 LIMIT 10;
 

@@ -268,7 +268,8 @@ def test_migrate_gives_up_on_a_lock_held_too_long_and_changes_nothing(
     empty_dsn: str, release_0_2_0: release.Release
 ) -> None:
     """A transaction that keeps a watched table locked past `--lock-wait`: migrate stops,
-    names the session that holds it, and leaves the 0.2.0 schema as it was."""
+    names the session that holds it, once, with the tables it holds, and leaves the 0.2.0
+    schema as it was."""
     _watched_0_2_0(empty_dsn, release_0_2_0)
     with psycopg.connect(empty_dsn) as holder, psycopg.connect(empty_dsn, autocommit=True) as obs:
         holder.execute("UPDATE up_rows SET body = 'held' WHERE id = 1")
@@ -280,6 +281,10 @@ def test_migrate_gives_up_on_a_lock_held_too_long_and_changes_nothing(
         holder.rollback()
         assert migrate.returncode != 0
         assert f"pid {holder.info.backend_pid}" in output and "--lock-wait" in output, output
+        # The session once, with the tables it holds (not their indexes, nor our views: a
+        # kilobyte of the same pid), schema-qualified.
+        assert output.count(f"pid {holder.info.backend_pid} ") == 1, output
+        assert "public.up_rows" in output and "_pkey" not in output, output
         assert "Traceback" not in output
         assert obs.execute(
             "SELECT to_regprocedure('embeddings_internal.schema_revision()') IS NULL"

@@ -12,7 +12,9 @@ from typing import Any
 import psycopg
 import pytest
 
-from tests.migration.scenarios import queued_keys
+from tests.migration.scenarios import queued_keys, restore
+from tests.support.cluster import Cluster
+from tests.support.login_roles import login_role
 from tests.support.schema_dump import pg_dump_schema
 from worker import exceptions, schema
 from worker.schema import code
@@ -173,3 +175,41 @@ def test_a_reinstall_beyond_the_lock_table_is_refused_with_the_setting_that_fits
     assert refused is not None
     assert "1,000 watched tables" in refused and "max_locks_per_transaction = 512" in refused
     assert code.lock_shortage(1000, 512, 114) is None
+
+
+def test_migrate_runs_under_a_database_s_statement_timeout(cluster: Cluster) -> None:
+    """A statement_timeout set for the database (for its applications: `ALTER DATABASE ... SET`)
+    failed migrate with 'canceling statement due to statement timeout' in the middle of sql/'s
+    files; migrate's own bounds are its lock waits (--lock-wait), so it runs without one."""
+    upgraded = restore(cluster, "at_0019_every_kind")
+    fresh = cluster.create_database(prefix="fresh")
+    try:
+        for name in (upgraded, fresh):
+            with psycopg.connect(cluster.admin_dsn, autocommit=True) as admin:
+                admin.execute(f'ALTER DATABASE "{name}" SET statement_timeout = 100')
+        assert schema.migrate(cluster.dsn(upgraded)).applied == ["0020"]
+        assert schema.migrate(cluster.dsn(fresh)).applied[-1] == "0020"
+        with psycopg.connect(cluster.dsn(fresh)) as conn:  # the setting is still the database's
+            assert conn.execute("SHOW statement_timeout").fetchone() == ("100ms",)
+    finally:
+        cluster.drop_database(upgraded)
+        cluster.drop_database(fresh)
+
+
+def test_migrate_as_a_worker_role_says_who_must_run_it(dsn: str, conn: Conn) -> None:
+    """The systemd steps ran `migrate` with the worker's env file: it answered `permission
+    denied for table embed_worker_alembic_version` alone. It says whose URL to use."""
+    with login_role(conn, dsn, "worker") as worker_dsn:
+        role = psycopg.conninfo.conninfo_to_dict(worker_dsn)["user"]
+        conn.execute("SELECT embeddings.grant_worker(%s)", (role,))
+        ran = subprocess.run(
+            [sys.executable, "-m", "worker", "migrate", "--database-url", worker_dsn],
+            capture_output=True,
+            text=True,
+            env=os.environ,
+            timeout=120,
+        )
+    assert ran.returncode == 1, ran.stderr
+    assert "permission denied" in ran.stderr and "Traceback" not in ran.stderr
+    assert f"the owner of schema embeddings) or a superuser, and {role} is neither" in ran.stderr
+    assert "the installer's DATABASE_URL, not the worker's" in ran.stderr

@@ -1,7 +1,8 @@
 """A database at one of the revisions 0002-0018 that main carried before release 0.2.0
 squashed them (people who followed main): `migrate` re-stamps it as 0001 and upgrades it to
 0.2.0. The database is fixtures/at_0018.sql.gz (made by fixtures/make_at_0018.py at revision
-0018, work in every state); nothing waiting in it may be lost, and the worker then finishes it."""
+0018, work in every state); nothing waiting in it may be lost, and the worker then finishes it.
+A schema whose revision is not recorded at all is named, with the revision to record."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ from psycopg.conninfo import make_conninfo
 from tests.migration.scenarios import fixture_roles, queued_keys, restore
 from tests.support.cluster import Cluster
 from tests.support.schema_dump import our_objects
-from worker import schema
+from worker import exceptions, schema
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
@@ -157,3 +158,35 @@ def test_0002_of_main_before_the_squash_is_told_from_the_release_by_its_schema(
             assert (again.restamped_from, again.applied) == (None, [])
         finally:
             cluster.drop_database(name)
+
+
+def test_a_schema_restored_without_its_revision_is_named_and_stamped_as_said(
+    cluster: Cluster, dsn: str
+) -> None:
+    """A 0.3.0 database whose Alembic table is gone (only schema `embeddings` restored): migrate
+    took it for an empty one and failed on `column t.store_table does not exist`. It names the
+    table, the release the schema's tables are of, and the SQL that records it; nothing is
+    changed; run as said, the upgrade goes through. Today's schema without it is installed over."""
+    with fixture_roles(cluster):
+        name = restore(cluster, "at_0019")
+        try:
+            with psycopg.connect(cluster.dsn(name), autocommit=True) as conn:
+                conn.execute(f"DROP TABLE public.{schema.VERSION_TABLE}")
+            with pytest.raises(exceptions.EmbedWorkerError) as refused:
+                schema.migrate(cluster.dsn(name))
+            message = str(refused.value)
+            assert f"public.{schema.VERSION_TABLE}" in message and "revision 0019" in message
+            with psycopg.connect(cluster.dsn(name), autocommit=True) as conn:
+                assert schema.current_revision(conn) is None
+                assert conn.execute("SELECT to_regnamespace('embeddings_internal')").fetchone() == (
+                    None,
+                )
+                for statement in message.splitlines()[1:3]:
+                    conn.execute(statement.strip())
+            assert schema.migrate(cluster.dsn(name)).applied == ["0020"]
+        finally:
+            cluster.drop_database(name)
+
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute(f"DROP TABLE public.{schema.VERSION_TABLE}")
+    assert schema.migrate(dsn).applied[-1] == schema.head_revision()

@@ -9,7 +9,9 @@ import os
 import sys
 from typing import TYPE_CHECKING, Literal
 
-from worker import db, exceptions, exits, schema
+import psycopg
+
+from worker import db, exceptions, exits, queries, schema
 from worker.cli import embedding, output
 from worker.cli.connection import connect
 from worker.config import PG_INTEGER_MAX, SECONDS_MAX, Settings
@@ -82,16 +84,36 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
         raise exceptions.ConfigError("--lock-wait takes a number of seconds, 0 or more")
     output.say_database(dsn, settings.database_url)
     # An unreachable database is reported plainly, not through Alembic.
-    db.connect(dsn, per_transaction=settings.per_transaction).close()
+    with db.connect(dsn, per_transaction=settings.per_transaction) as probe:
+        row = probe.execute(queries.get("current_role")).fetchone()
+    role = str(row[0]) if row else "this role"
     try:
         migration = schema.migrate(dsn, lock_wait=args.lock_wait)
     except exceptions.EmbedWorkerError:
         raise
     except Exception as exc:  # psycopg/SQLAlchemy errors from inside Alembic
-        raise exceptions.DatabaseError(f"migration failed: {db.redact(str(exc))}") from exc
+        message = f"migration failed: {db.redact(str(exc))}"
+        if _denied(exc):
+            message += (
+                f". migrate changes the schema: it runs as the role that installed it (the "
+                f"owner of schema embeddings) or a superuser, and {role} is neither (a worker "
+                "role may not). Run it with the installer's DATABASE_URL, not the worker's "
+                "(docs/upgrading.md)"
+            )
+        raise exceptions.DatabaseError(message) from exc
     # `applied 0002 (0.2.0)`, or `already at ...`; NOTICEs
     output.print_lines(migration.lines())
     return exits.OK
+
+
+def _denied(exc: BaseException) -> bool:
+    """Whether a permission error is at the root of `exc` (SQLAlchemy keeps psycopg's in .orig)."""
+    seen: BaseException | None = exc
+    while seen is not None:
+        if isinstance(getattr(seen, "orig", seen), psycopg.errors.InsufficientPrivilege):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
 
 
 def run(args: argparse.Namespace, settings: Settings) -> int:

@@ -9,12 +9,12 @@ how an upgrade moves them. Dropping the code also drops what
 only we hang on it: the notification trigger on each pgmq queue table and our event triggers,
 which the files and 99_regenerate.sql create again. Anything else that depends on the code (a
 view of the user's over embeddings.status, say) would be lost, so the reinstall refuses first.
+What others were granted or denied on the code is kept by `privileges`.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 from worker import exceptions
 from worker.db import Connection
@@ -61,28 +61,6 @@ WHERE d.deptype IN ('n', 'a')
 ORDER BY 1, 2
 """
 
-# Grants on the code to roles other than its owner and the registered worker roles (whose
-# grants embeddings.grant_worker() makes again): a monitoring role's SELECT on
-# embeddings.status, say. PUBLIC's are left to the files (they REVOKE or GRANT on purpose).
-_EXTRA_GRANTS = """
-SELECT format('GRANT %%s ON FUNCTION %%s TO %%I%%s',
-              a.privilege_type, p.oid::regprocedure, r.rolname,
-              CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END),
-       'function', p.oid::regprocedure::text
-FROM pg_proc p CROSS JOIN LATERAL aclexplode(p.proacl) a JOIN pg_roles r ON r.oid = a.grantee
-WHERE ((p.pronamespace = to_regnamespace('embeddings') AND p.proname !~ '^embeddings_[0-9]+_')
-       OR p.pronamespace = to_regnamespace('embeddings_internal'))
-  AND a.grantee <> p.proowner AND r.rolname <> ALL (%(workers)s)
-UNION ALL
-SELECT format('GRANT %%s ON %%s TO %%I%%s', a.privilege_type, c.oid::regclass, r.rolname,
-              CASE WHEN a.is_grantable THEN ' WITH GRANT OPTION' ELSE '' END),
-       'view', c.oid::regclass::text
-FROM pg_class c CROSS JOIN LATERAL aclexplode(c.relacl) a JOIN pg_roles r ON r.oid = a.grantee
-WHERE c.relnamespace = to_regnamespace('embeddings') AND c.relkind IN ('v', 'm')
-  AND a.grantee <> c.relowner AND r.rolname <> ALL (%(workers)s)
-ORDER BY 1
-"""
-
 # What the drop takes with it: the notification triggers that releases before 0.2.0 put on
 # pgmq's queue tables (0.2.0 has none: workers look for jobs, sql/20_queue.sql), our event
 # triggers (the files and sql/99_regenerate.sql create them again), then views, then functions,
@@ -120,13 +98,6 @@ WHERE e.evtname LIKE 'embeddings\\_%'
   AND e.evtowner <> (SELECT oid FROM pg_roles WHERE rolname = current_user)
 ORDER BY 1
 """
-
-
-@dataclass(frozen=True)
-class Grant:
-    statement: str
-    kind: str  # 'function' or 'view'
-    identity: str  # regprocedure or regclass text
 
 
 # What a reinstall locks until the migration's COMMIT (one transaction: an upgrade is all or
@@ -216,19 +187,6 @@ def refuse_foreign_dependents(conn: Connection) -> None:
         )
 
 
-def extra_grants(conn: Connection) -> list[Grant]:
-    """The grants on the code that the files would not make again (see _EXTRA_GRANTS)."""
-    if not _installed(conn):
-        return []
-    workers: list[str] = []
-    if conn.execute("SELECT to_regclass('embeddings.worker_roles') IS NOT NULL").fetchone() == (
-        True,
-    ):
-        workers = [r[0] for r in conn.execute("SELECT role_name FROM embeddings.worker_roles")]
-    rows = conn.execute(_EXTRA_GRANTS, {"workers": workers}).fetchall()
-    return [Grant(statement, kind, identity) for statement, kind, identity in rows]
-
-
 def drop_code(conn: Connection) -> None:
     """Drops the code and what hangs on it only (refuse_foreign_dependents ran first: without
     CASCADE, anything it missed makes the drop fail instead of going with it)."""
@@ -237,14 +195,3 @@ def drop_code(conn: Connection) -> None:
     for (statement,) in conn.execute(_DROPS).fetchall():
         logger.debug("%s", statement[:200])
         conn.execute(statement)
-
-
-def restore_grants(conn: Connection, grants: list[Grant]) -> None:
-    """Makes `grants` again on the objects that still exist under the same identity."""
-    for grant in grants:
-        check = "to_regprocedure(%s)" if grant.kind == "function" else "to_regclass(%s)"
-        row = conn.execute(f"SELECT {check} IS NOT NULL", (grant.identity,)).fetchone()
-        if row and row[0]:
-            conn.execute(grant.statement)
-        else:
-            logger.warning("not granted again, %s is gone: %s", grant.identity, grant.statement)

@@ -1,5 +1,6 @@
 """Installing the schema: sql/'s files run with the installer's search path, pgmq ensured,
-and the code reinstall (functions and views dropped, the files run, grants kept: `code`)."""
+and the code reinstall (functions and views dropped, the files run: `code`; grants and
+revocations kept: `privileges`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pathlib import Path
 
 from worker import queries
 from worker.db import Connection
-from worker.schema import code, files
+from worker.schema import code, files, privileges
 
 logger = logging.getLogger(__name__)
 
@@ -52,16 +53,27 @@ def install(conn: Connection) -> None:
     reinstall_code(conn, files.install_files())
 
 
-def reinstall_code(conn: Connection, paths: list[Path]) -> None:
+def reinstall_code(
+    conn: Connection,
+    paths: list[Path],
+    public_before: privileges.PublicPrivileges | None = None,
+) -> list[str]:
     """Drops the schema's functions and views, runs `paths`, regenerates what depends on them
-    (see the module docstring). Refuses, before dropping anything, when an object of someone
-    else's depends on them."""
+    (see the module docstring), and keeps what others were granted or denied on them
+    (`privileges`): lines saying what it kept or could not. Refuses, before dropping anything,
+    when an object of someone else's depends on them. `public_before`: what PUBLIC held before
+    the upgrade began (before the revisions' state files granted anything), else now."""
     code.refuse_foreign_dependents(conn)
     code.refuse_short_lock_table(conn)
-    grants = code.extra_grants(conn)
+    if public_before is None:
+        public_before = privileges.public_privileges(conn)
+    grants = privileges.extra_grants(conn)
     code.drop_code(conn)
     run_files(conn, paths)  # the last, 99_regenerate.sql, regenerates targets and queues
-    code.restore_grants(conn, grants)
+    privileges.restore_grants(conn, grants)
+    files_granted = privileges.public_privileges(conn) or {}
+    kept = privileges.keep_public_revocations(conn, public_before, files_granted)
+    return kept + privileges.carry_to_internals(conn, grants, files_granted)
 
 
 def use_installer_path(conn: Connection) -> None:

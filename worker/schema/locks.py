@@ -30,6 +30,15 @@ class LocksBusy(exceptions.DatabaseError):
     """One try could not take the migration's locks within its statement timeout."""
 
 
+def own_bounds(conn: Connection) -> None:
+    """No statement timeout for the rest of the migration's transaction: a `statement_timeout`
+    set for the database or the role is meant for the applications' statements, and one of the
+    migration's (a whole sql/ file in one exchange, a thousand tables' triggers regenerated)
+    takes longer; its waits are bounded where it waits, for its locks (`take`: LOCK_SECONDS a
+    try, `--lock-wait` in all)."""
+    conn.execute(queries.get("set_local_statement_timeout"), {"ms": "0"})
+
+
 def serialize(conn: Connection, key: int) -> None:
     """One `migrate` at a time: the transaction's advisory lock `key`, if free; LocksBusy if
     not (another migrate runs, or some session holds that key), to be tried again."""

@@ -58,9 +58,11 @@ class Migration:
     current: str | None = None
     restamped_from: str | None = None
     notices: list[str] = field(default_factory=list)  # in order, each once
+    kept: list[str] = field(default_factory=list)  # others' rights kept (schema.privileges)
 
     def lines(self) -> list[str]:
-        """One line per revision applied (or where the database is), then the NOTICEs."""
+        """One line per revision applied (or where the database is), what the upgrade kept of
+        others' rights, then the NOTICEs."""
         out = []
         if self.restamped_from:
             out.append(
@@ -69,7 +71,7 @@ class Migration:
         out += [f"applied {rev} ({files.release_of(rev)})" for rev in self.applied]
         if not self.applied:
             out.append(f"already at {self.current} ({files.release_of(self.current)})")
-        return out + [f"notice: {n}" for n in self.notices]
+        return out + self.kept + [f"notice: {n}" for n in self.notices]
 
 
 def _run_alembic(

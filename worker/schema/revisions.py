@@ -15,7 +15,7 @@ from psycopg.sql import Identifier
 
 from worker import exceptions, queries
 from worker.db import Connection
-from worker.schema import files
+from worker.schema import files, privileges
 from worker.schema.install import ensure_pgmq, install, reinstall_code, run_files
 
 logger = logging.getLogger(__name__)
@@ -31,8 +31,34 @@ def install_initial() -> None:
     later revisions' state changes are for databases at older releases: they are skipped."""
     _require_head("install")
     conn = revision_connection()
+    _refuse_unrecorded_older_schema(conn)
     install(conn)
     _attributes()["installed_fresh"] = True
+
+
+def _refuse_unrecorded_older_schema(conn: Connection) -> None:
+    """Alembic finds no revision recorded, yet the schema is installed (by hand, or restored
+    without the version table: `pg_dump -n embeddings` leaves it out). A schema of this release
+    is installed over, as a reinstall; an older one would get this release's code over its
+    tables (the upgrade failed on the first column it lacked): EmbedWorkerError, saying which
+    revision to record, and how."""
+    if not installed(conn):
+        return
+    row = conn.execute(queries.get("installed_schema_revision")).fetchone()
+    at = str(row[0]) if row else "0001"
+    if at == head_revision():
+        return
+    table = f"public.{VERSION_TABLE}"
+    raise exceptions.EmbedWorkerError(
+        f"the embeddings schema is installed, but {table}, where migrate records its "
+        "revision, is missing or empty: the schema was installed by hand, or restored without "
+        f"that table (pg_dump -n embeddings leaves it out). Its tables are release "
+        f"{files.release_of(at)}'s (revision {at}). Restore that table with the schema, or "
+        "record the revision as the schema's owner, then migrate again:\n"
+        f"  CREATE TABLE IF NOT EXISTS {table} (version_num varchar(32) PRIMARY KEY);\n"
+        f"  INSERT INTO {table} VALUES ('{at}');\n"
+        "Nothing was changed"
+    )
 
 
 def upgrade_release(name: str) -> None:
@@ -43,6 +69,8 @@ def upgrade_release(name: str) -> None:
         return
     _require_head("upgrade")
     conn = revision_connection()
+    if "public_before" not in attributes:  # before any state file grants anything
+        attributes["public_before"] = privileges.public_privileges(conn)
     ensure_pgmq(conn)
     folder = files.versions_dir() / name
     run_files(conn, [p for p in (folder / "upgrade.sql", folder / "tables.sql") if p.is_file()])
@@ -65,9 +93,16 @@ def release_steps(module_file: str) -> tuple[Callable[[], None], Callable[[], No
 
 def finish_upgrade(conn: Connection) -> None:
     """After the pending revisions ran (migrations/env.py): the code reinstalled from `sql/`,
-    once, when a revision changed state."""
-    if _attributes().pop("state_changed", False):
-        reinstall_code(conn, files.install_files())
+    once, when a revision changed state; what it kept of others' rights goes in the result
+    `migrate` prints."""
+    attributes = _attributes()
+    if attributes.pop("state_changed", False):
+        kept = reinstall_code(conn, files.install_files(), attributes.pop("public_before", None))
+        migration = attributes.get("migration")
+        if migration is not None:
+            migration.kept += kept
+        for line in kept:
+            logger.debug("%s", line)
 
 
 def _attributes() -> dict[str, Any]:
