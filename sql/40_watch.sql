@@ -352,7 +352,11 @@ BEGIN
                            'unchanged chunks.' END,
                   HINT = 'Leave clear_on_update out (or pass clear_on_update => false), or use store => ''row''.';
     END IF;
-    clear_updates := coalesce(o.clear_on_update, NOT side);
+    -- Not given: as it is for a watched table that keeps its store; else the store's default.
+    clear_updates := coalesce(o.clear_on_update,
+                              CASE WHEN NOT chunked AND previous.store_kind = embeddings_internal.plain_store_kind(side)
+                                   THEN previous.clear_on_update END,
+                              NOT side);
     IF side THEN
         side_name := embeddings_internal.watch_side_table(o, previous);
         vec_rel := to_regclass(side_name);
@@ -386,6 +390,8 @@ CREATE FUNCTION embeddings_internal.watch_model_change(o embeddings_internal.wat
                                               previous embeddings.targets)
 RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    differing text[];
 BEGIN
     IF previous.id IS NULL OR embeddings_internal.store_has_chunks(previous) OR previous.problem IS NOT NULL
        OR o.chunk_tokens IS NOT NULL OR o.chunk_overlap IS NOT NULL OR o.chunk_table IS NOT NULL
@@ -394,14 +400,24 @@ BEGIN
            AND NOT EXISTS (SELECT FROM embeddings.model_changes mc WHERE mc.target_id = previous.id)) THEN
         RETURN NULL;
     END IF;
-    IF previous.content_column IS DISTINCT FROM plan.content_col
-       OR previous.content_function IS DISTINCT FROM plan.content_fn
-       OR previous.key_columns <> plan.key_names OR previous.replica <> o.replica
-       OR previous.has_triggers <> o.triggers OR previous.clear_on_update <> plan.clear_updates
-       OR previous.queue <> o.queue THEN
-        RAISE EXCEPTION 'a model change cannot change other settings of %.% at the same time', o.source, o.embedding_column
+    -- Each setting given that differs from the target's, named with both values.
+    differing := array_remove(ARRAY[
+        CASE WHEN previous.content_column IS DISTINCT FROM plan.content_col
+                  OR previous.content_function IS DISTINCT FROM plan.content_fn
+             THEN format('content (%s, given %s)', coalesce(previous.content_column::text, previous.content_function::regproc::text), o.content) END,
+        CASE WHEN previous.key_columns <> plan.key_names
+             THEN format('key (%s, given %s)', array_to_string(previous.key_columns, ', '), array_to_string(plan.key_names, ', ')) END,
+        CASE WHEN previous.replica <> o.replica THEN format('replica (%s, given %s)', previous.replica::text, o.replica::text) END,
+        CASE WHEN previous.has_triggers <> o.triggers THEN format('triggers (%s, given %s)', previous.has_triggers::text, o.triggers::text) END,
+        CASE WHEN previous.clear_on_update <> plan.clear_updates
+             THEN format('clear_on_update (%s, given %s)', previous.clear_on_update::text, plan.clear_updates::text) END,
+        CASE WHEN previous.queue <> o.queue THEN format('queue (%s, given %s)', previous.queue, o.queue) END], NULL);
+    IF cardinality(differing) > 0 THEN
+        RAISE EXCEPTION 'a model change cannot change other settings of %.% at the same time: %', o.source, o.embedding_column,
+                array_to_string(differing, '; ')
             USING ERRCODE = 'feature_not_supported',
-                  HINT = 'Call watch() with the current model and the new settings first, then with the new model.';
+                  HINT = 'Call watch() with the current model and the new settings first, then with the new model '
+                         '(or leave the settings out: a setting not given stays as it is).';
     END IF;
     RETURN embeddings_internal.start_change(previous, o.model, o.keep_old);
 END
@@ -797,8 +813,8 @@ CREATE FUNCTION embeddings.watch(
     embedding_column name DEFAULT 'embedding',
     model text DEFAULT NULL,  -- NULL: embeddings.default_model(), see embeddings.set_default_model()
     triggers boolean DEFAULT true,
-    clear_on_update boolean DEFAULT NULL,  -- NULL: true for store => 'row', false for the others
-    queue text DEFAULT 'embedding_jobs',
+    clear_on_update boolean DEFAULT NULL,  -- NULL: a watched table's own (same store), else true for store => 'row', false for the others
+    queue text DEFAULT NULL,  -- NULL: a watched table's own, else 'embedding_jobs'
     key name[] DEFAULT NULL,
     replica boolean DEFAULT false,
     chunk_tokens integer DEFAULT NULL,
@@ -832,7 +848,12 @@ BEGIN
                         embeddings.default_model());
     o.triggers := watch.triggers;
     o.clear_on_update := watch.clear_on_update;
-    o.queue := watch.queue;
+    -- Not given: a watched table's own queue (a one-line model change of a target on another
+    -- queue changes its model only); a new target's, the default queue.
+    o.queue := coalesce(watch.queue,
+                        (SELECT tg.queue FROM embeddings.targets tg
+                         WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column),
+                        'embedding_jobs');
     o.key := watch.key;
     o.replica := watch.replica;
     o.chunk_tokens := watch.chunk_tokens;

@@ -57,6 +57,38 @@ $$;
 CREATE FUNCTION embeddings_internal.missing_index_name(target_id integer) RETURNS name
 LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$ SELECT ('embeddings_' || target_id || '_change_missing')::name $$;
 
+-- The names a swap with keep_old gives the old column and its HNSW index (kept_column(), and
+-- the index's name with `_previous`) must be free when the change starts: a column or index
+-- kept by an earlier change would make every swap fail. Raises, naming it and how to drop it,
+-- when `keep_old` and either is taken.
+CREATE FUNCTION embeddings_internal.check_keep_old(t embeddings.targets, keep_old boolean) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    kept name := embeddings_internal.kept_column(t.embedding_column);
+    rel_schema name := (SELECT n.nspname FROM pg_class cl JOIN pg_namespace n ON n.oid = cl.relnamespace
+                        WHERE cl.oid = t.store_table);
+    kept_index name := (SELECT left(ic.relname, 54) || '_previous' FROM pg_class ic
+                        WHERE ic.oid = embeddings_internal.hnsw_index(t.store_table, t.embedding_column));
+BEGIN
+    IF NOT keep_old THEN
+        RETURN;
+    END IF;
+    IF embeddings_internal.attnum_of(t.store_table, kept) IS NOT NULL THEN
+        RAISE EXCEPTION 'column %.% exists (kept from an earlier change?): keep_old => true would keep the old column under that name',
+                t.store_table, kept
+            USING ERRCODE = 'duplicate_column',
+                  HINT = format('Drop it first (ALTER TABLE %s DROP COLUMN %I; its index goes with it), or change with keep_old => false.',
+                                t.store_table, kept);
+    END IF;
+    IF to_regclass(format('%I.%I', rel_schema, kept_index)) IS NOT NULL THEN
+        RAISE EXCEPTION 'relation %.% exists (kept from an earlier change?): keep_old => true would keep the old index under that name',
+                quote_ident(rel_schema), quote_ident(kept_index)
+            USING ERRCODE = 'duplicate_table',
+                  HINT = format('Drop it first (DROP INDEX %I.%I), or change with keep_old => false.', rel_schema, kept_index);
+    END IF;
+END
+$$;
+
 -- Starts changing target t's model to `new_model` (see the top of this file). A change to the
 -- model already being changed to only updates keep_old; a change to another model replaces it;
 -- a change back to the target's own model cancels it. `reembed` starts a change even to the
@@ -88,6 +120,7 @@ BEGIN
     END IF;
     SELECT * INTO c FROM embeddings.model_changes mc WHERE mc.target_id = t.id;
     IF FOUND AND c.model = new_model AND NOT reembed THEN
+        PERFORM embeddings_internal.check_keep_old(t, keep_old AND NOT c.keep_old);
         UPDATE embeddings.model_changes mc SET keep_old = start_change.keep_old WHERE mc.target_id = t.id;
         RETURN t.id;
     END IF;
@@ -107,11 +140,7 @@ BEGIN
         RAISE EXCEPTION 'column %.% exists: a model change needs that name for its shadow column', vec_rel, shadow
             USING ERRCODE = 'duplicate_column', HINT = 'Rename or drop that column, then watch() again.';
     END IF;
-    IF keep_old AND embeddings_internal.attnum_of(vec_rel, embeddings_internal.kept_column(t.embedding_column)) IS NOT NULL THEN
-        RAISE EXCEPTION 'column %.% exists (kept from an earlier change?)', vec_rel,
-                embeddings_internal.kept_column(t.embedding_column)
-            USING ERRCODE = 'duplicate_column', HINT = 'Drop it first, or change with keep_old => false.';
-    END IF;
+    PERFORM embeddings_internal.check_keep_old(t, keep_old);
     PERFORM set_config('embeddings.following', 'on', true);  -- our DDL: nothing to follow
     EXECUTE format('ALTER TABLE %s ADD COLUMN %I %I.halfvec(%s)', vec_rel, shadow, vschema, dims);
     EXECUTE format('CREATE INDEX ON %s USING hnsw (%I %I.halfvec_cosine_ops)', vec_rel, shadow, vschema);
@@ -356,8 +385,12 @@ BEGIN
     EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', vec_rel, t.embedding_column,
                    CASE WHEN c.keep_old THEN embeddings_internal.kept_column(t.embedding_column)
                         ELSE 'embeddings_' || t.id || '_replaced' END);
-    IF old_index IS NOT NULL THEN
+    -- The old index frees its name for the new one: kept beside its column, or dropped with it
+    -- (renamed, it would take `<index>_previous`, which an earlier keep_old may hold).
+    IF old_index IS NOT NULL AND c.keep_old THEN
         EXECUTE format('ALTER INDEX %s RENAME TO %I', old_index, left(old_index_name, 54) || '_previous');
+    ELSIF old_index IS NOT NULL THEN
+        EXECUTE format('DROP INDEX %s', old_index);
     END IF;
     EXECUTE format('ALTER TABLE %s RENAME COLUMN %I TO %I', vec_rel, c.shadow_column, t.embedding_column);
     IF new_index IS NOT NULL AND old_index_name IS NOT NULL THEN
@@ -427,11 +460,15 @@ $$;
 
 -- Tries to complete every change in progress (the worker calls it when its queues are idle;
 -- anyone may call it). A table busy past the lock timeout is left for the next call. Returns
--- one row per change: target id and complete_change()'s answer.
+-- one row per change: target id and complete_change()'s answer. A swap that fails (a view or
+-- trigger of the user's uses the old column, a name taken) is recorded in the change
+-- (swap_error, since when: the stopped state swap_failed, sql/52_stopped.sql) until a call
+-- gets past it: it does not go away by waiting.
 CREATE FUNCTION embeddings_internal.complete_changes(OUT target_id integer, OUT result text) RETURNS SETOF record
 LANGUAGE plpgsql SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     id integer;
+    detail text;
 BEGIN
     -- Not while a target cannot be served (its problem: watch() again first).
     FOR id IN SELECT mc.target_id FROM embeddings.model_changes mc
@@ -448,15 +485,29 @@ BEGIN
                 swap_holders = (SELECT embeddings_internal.lock_holders(tg.source) FROM embeddings.targets tg WHERE tg.id = mc.target_id)
             WHERE mc.target_id = id;
         WHEN dependent_objects_still_exist THEN
-            -- A view or trigger of the user's uses the old column: it cannot be dropped.
-            result := format('the old column cannot be dropped (%s): drop what uses it, or cancel '
-                             'and change again with keep_old => true', SQLERRM);
+            -- A view or trigger of the user's uses the old column: it cannot be dropped. The
+            -- DETAIL names what uses it; the column by the name the user knows, not the one
+            -- the swap renamed it to.
+            GET STACKED DIAGNOSTICS detail = PG_EXCEPTION_DETAIL;
+            SELECT format('could not complete: the old column %s.%I cannot be dropped (%s)', tg.store_table,
+                          tg.embedding_column, replace(replace(detail, E'\n', '; '), 'embeddings_' || tg.id || '_replaced',
+                                                       quote_ident(tg.embedding_column)))
+            INTO result FROM embeddings.targets tg WHERE tg.id = complete_changes.target_id;
         WHEN OTHERS THEN
             result := 'could not complete: ' || SQLERRM;  -- never fails the caller (the worker)
         END;
         IF result NOT LIKE 'table busy%' THEN
             UPDATE embeddings.model_changes mc SET swap_attempts = 0, swap_waiting_since = NULL, swap_holders = NULL
             WHERE mc.target_id = id AND mc.swap_attempts > 0;
+        END IF;
+        IF result LIKE 'could not complete%' THEN
+            UPDATE embeddings.model_changes mc
+            SET swap_error = result,
+                swap_failed_since = CASE WHEN mc.swap_error = result THEN mc.swap_failed_since ELSE now() END
+            WHERE mc.target_id = id AND mc.swap_error IS DISTINCT FROM result;
+        ELSIF result NOT LIKE 'table busy%' THEN  -- past the failure (or not there yet)
+            UPDATE embeddings.model_changes mc SET swap_error = NULL, swap_failed_since = NULL
+            WHERE mc.target_id = id AND mc.swap_error IS NOT NULL;
         END IF;
         RETURN NEXT;
     END LOOP;

@@ -21,6 +21,10 @@
 --                     another transaction for longer than embeddings_internal.swap_wait_alarm() (status
 --                     shows the wait from the first attempt: embeddings.status's swap_* columns)
 --                     (44_changes.sql records each attempt; 41_locks.sql bounds them).
+--   swap_failed       a model change is complete but its swap fails (a view or trigger of the
+--                     user's uses the old column, a name the swap needs is taken): recorded by
+--                     complete_changes() (44_changes.sql) with its error; it does not go away
+--                     by waiting.
 --   backfill_stalled  a backfill (62_backfill.sql) has queued nothing, and none of the target's
 --                     rows was embedded, for embeddings_internal.backfill_stall_alarm(): no worker
 --                     serves its queue.
@@ -196,7 +200,20 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
         FROM embeddings.model_changes mc
         WHERE mc.target_id = t.id AND mc.swap_waiting_since <= now() - alarm.swap_wait_alarm
         UNION ALL
-        SELECT 4, 'backfill_stalled',
+        SELECT 4, 'swap_failed',
+               format('the swap to model %s fails: %s', mc.model, mc.swap_error),
+               CASE WHEN mc.swap_error LIKE '%cannot be dropped%'
+                    THEN format('drop or alter what uses the old column (named above), or keep it: SELECT '
+                                'embeddings.rewatch(%L, %L, model => %L, keep_old => true) (the swap keeps it as %I); '
+                                'the swap retries by itself', t.source::text, t.embedding_column, mc.model,
+                                embeddings_internal.kept_column(t.embedding_column))
+                    ELSE format('fix the cause the reason names; the swap retries by itself (or abandon the change: '
+                                'SELECT embeddings.cancel_change(%L, %L))', t.source::text, t.embedding_column) END,
+               mc.swap_failed_since
+        FROM embeddings.model_changes mc
+        WHERE mc.target_id = t.id AND mc.swap_error IS NOT NULL
+        UNION ALL
+        SELECT 5, 'backfill_stalled',
                format('its backfill has queued no rows since %s and no row was embedded since (%s rows scanned '
                       'so far)', to_char(coalesce(b.stepped_at, b.started_at), 'YYYY-MM-DD HH24:MI:SS TZ'), b.scanned_rows),
                format('start a worker for queue %s (`embed-worker run`), or see why it stopped (its log; '
@@ -207,7 +224,7 @@ LANGUAGE sql STABLE SECURITY DEFINER SET search_path = pg_catalog, pg_temp AS $$
           AND NOT EXISTS (SELECT FROM embeddings.throughput tp
                           WHERE tp.target_id = t.id AND tp.minute > now() - alarm.backfill_stall_alarm)
         UNION ALL
-        SELECT 5, 'over_ceiling',
+        SELECT 6, 'over_ceiling',
                format('%s document(s) longer than the ceiling of %s bytes (EMBED_MAX_DOCUMENT_BYTES) were not '
                       'embedded; the longest has %s bytes', count(*), max(d.ceiling_bytes), max(d.bytes)),
                'raise EMBED_MAX_DOCUMENT_BYTES and `embed-worker failures --retry`, or shorten the documents',

@@ -12,7 +12,11 @@ CREATE TABLE IF NOT EXISTS embeddings.model_changes (
     -- table held, since when, and by whom at the last one. Reset by any other outcome.
     swap_attempts      integer NOT NULL DEFAULT 0,
     swap_waiting_since timestamptz,
-    swap_holders       text
+    swap_holders       text,
+    -- The swap failing (complete_changes()): its error, and since when it has been the same.
+    -- Reset by a call that gets past it.
+    swap_error         text,
+    swap_failed_since  timestamptz
 );
 GRANT SELECT ON embeddings.model_changes TO PUBLIC;
 COMMENT ON TABLE embeddings.model_changes IS 'Model changes in progress: the shadow column being filled with the new model''s vectors';

@@ -11,6 +11,7 @@ import pytest
 
 from tests.support.fakehub import COMMIT, FakeHub, tiny_files, tiny_spec
 from worker import exceptions
+from worker.cli import main as cli
 from worker.config import Settings
 from worker.models import catalog, download
 from worker.models.loaded import MAX_REMEMBERED_FAILURES, LoadedModels
@@ -152,3 +153,27 @@ def test_load_failures_are_remembered_in_bounded_memory(
     remembered = embedders.failures()
     assert len(remembered) == MAX_REMEMBERED_FAILURES
     assert "no-such-model-99" in remembered and "no-such-model-0" not in remembered
+
+
+@pytest.mark.parametrize("switch", ["EMBED_OFFLINE", "HF_HUB_OFFLINE"])
+def test_model_download_refuses_while_downloads_are_off(
+    switch: str,
+    hub: FakeHub,
+    tiny_repo: dict[str, bytes],
+    embed_env: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """EMBED_OFFLINE=1 means never download a model (docs/configuration.md), HF_HUB_OFFLINE=1
+    the same: `model download` says so (exit 2) and fetches nothing; its advice is not the
+    command that was just refused."""
+    monkeypatch.setenv(switch, "1")
+
+    assert cli.main(["model", "download", "tiny"]) == 2
+
+    assert [p for p in hub.downloads() if "/resolve/" in p or "__cdn" in p] == []
+    assert not (embed_env / "tiny").exists()
+    said = capsys.readouterr().err
+    assert f"downloads are off ({switch}=1)" in said
+    assert f"on a machine that reaches the hub, with {switch} unset" in said
+    assert "model download tiny" not in said

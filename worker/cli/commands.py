@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 import psycopg
 
 from worker import db, exceptions, exits, queries, schema
-from worker.cli import embedding, output
+from worker.cli import embedding, hints, output
 from worker.cli.connection import connect
 from worker.config import PG_INTEGER_MAX, SECONDS_MAX, Settings
 
@@ -207,6 +207,16 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
             + remote.list_rows(settings),
         )
         return exits.OK
+    off_by = settings.downloads.off_by
+    if off_by is not None:
+        # Downloads are off by the operator's word (docs/configuration.md): this command would
+        # download, so it refuses rather than fetch anyway or fail inside huggingface_hub.
+        raise exceptions.ConfigError(
+            f"model download: downloads are off ({off_by}=1), and this command only downloads."
+            f" Run it on a machine that reaches the hub, with {off_by} unset, and copy the"
+            f" directory it prints to {settings.model_location.cache.absolute() / args.name};"
+            f" or {hints.model_on_path(args.name, settings)}"
+        )
     variant: catalog.Variant | Literal["all"] = args.download_variant or settings.model_variant
     path = download.download(
         args.name,

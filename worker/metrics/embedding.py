@@ -138,12 +138,19 @@ TARGET_DEFERRED = Gauge(
 TARGET_STOPPED = Gauge(
     "embed_worker_target_stopped",
     "1 while something stops the target's progress, by state (problem, held, swap_waiting, "
-    "backfill_stalled, over_ceiling: sql/52_stopped.sql), 0 once it cleared; the same rows "
-    "embed-worker status and doctor show",
+    "swap_failed, backfill_stalled, over_ceiling: sql/52_stopped.sql), 0 once it cleared; the "
+    "same rows embed-worker status and doctor show",
     ["target", "state"],
     registry=REGISTRY,
 )
-STOPPED_STATES = ("problem", "held", "swap_waiting", "backfill_stalled", "over_ceiling")
+STOPPED_STATES = (
+    "problem",
+    "held",
+    "swap_waiting",
+    "swap_failed",
+    "backfill_stalled",
+    "over_ceiling",
+)
 
 # Remote models (worker/models/remote/): per provider (the endpoint's host[:port]) and model.
 PROVIDER_OUTCOMES = (

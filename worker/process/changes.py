@@ -30,6 +30,7 @@ class Completer:
     def __init__(self) -> None:
         self._next = float("-inf")
         self._busy = 0  # calls in a row that found a table held
+        self._failing: dict[int, str] = {}  # the swap failure last logged, by target id
 
     def run(self, conn: db.Connection, registry: TargetRegistry, *, force: bool) -> bool:
         """Completes the changes that are complete (at most every CHECK_SECONDS, less often
@@ -45,6 +46,8 @@ class Completer:
         self._next = now + self._pause(any(r.startswith("table busy") for _, r in results))
         progressed = False
         for target_id, result in results:
+            if not result.startswith(("could not complete", "table busy")):
+                self._failing.pop(target_id, None)  # past its failure: a new one is news
             if result == "done":
                 logger.info("model change of target %d completed: columns swapped", target_id)
                 registry.invalidate()
@@ -53,7 +56,16 @@ class Completer:
                 logger.info("model change of target %d: %s", target_id, result)
                 progressed = True
             elif result.startswith("could not complete"):
-                logger.warning("model change of target %d: %s", target_id, result)
+                # Recorded by the database (the stopped state swap_failed, with its fix): said
+                # once here, not at every call, and again only when it says something else.
+                if self._failing.get(target_id) != result:
+                    logger.warning(
+                        "model change of target %d: %s (the swap retries by itself; embed-worker"
+                        " status and doctor show it as stopped, swap_failed, with the fix)",
+                        target_id,
+                        result,
+                    )
+                self._failing[target_id] = result
             elif result.startswith("table busy") and self._busy in (1, 5, 20):
                 logger.warning(
                     "model change of target %d: the swap waits for its table lock (%d attempts):"

@@ -53,6 +53,10 @@ CREATE INDEX IF NOT EXISTS failures_row_key_text ON embeddings.failures USING ha
 -- that sweep() stops queuing them again. (The constraint's name is the one CREATE TABLE gives.)
 ALTER TABLE embeddings.documents DROP CONSTRAINT IF EXISTS documents_state_check,
     ADD CONSTRAINT documents_state_check CHECK (state IN ('in_progress', 'over_ceiling', 'no_text'));
+-- A model change's swap that fails (sql/44_changes.sql: complete_changes()), recorded for the
+-- stopped state swap_failed (sql/52_stopped.sql).
+ALTER TABLE embeddings.model_changes ADD COLUMN IF NOT EXISTS swap_error text,
+    ADD COLUMN IF NOT EXISTS swap_failed_since timestamptz;
 SELECT pg_catalog.set_config('embeddings.following', 'off', true);
 
 -- Worker roles that grant_worker() took before 0.4.0 and refuses now: the roles built into
