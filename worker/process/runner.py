@@ -239,7 +239,7 @@ class Worker:
             # Push requests (POST /functions/v1/embed) stop between batches: one still
             # embedding now has a batch longer than the grace period.
             logger.warning("grace period over: handing back the jobs of requests in progress")
-            hand_back(self.dsn, self.lanes, self.settings.lock_timeout_ms)
+            hand_back(self.dsn, self.lanes, self.settings)
             self.abandoned = True
         self.finished.set()
         self._wake()
