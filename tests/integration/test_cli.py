@@ -239,6 +239,13 @@ def test_search_mode_hybrid_and_its_tuning(conn: Conn, dsn: str, minilm: str) ->
     assert convex.returncode == 0, convex.stderr
     scores = [h["score"] for h in json.loads(convex.stdout)]
     assert json.loads(convex.stdout)[0]["key"] == "a" and scores == sorted(scores, reverse=True)
+    # The table shows the score it is ordered by (it showed only the similarity, which a hybrid
+    # ranking does not follow: the reader saw rows out of order).
+    table = run_cli(*(a for a in hybrid if a != "--json"), "-k", "3")
+    assert table.returncode == 0, table.stderr
+    header, _, *lines = table.stdout.splitlines()
+    assert header.split()[:3] == ["score", "similarity", "key"], header
+    assert [float(line.split()[0]) for line in lines] == pytest.approx(scores, abs=1e-4)
     args = (*hybrid, "--fusion", "rrf")
     result = run_cli(*args, "-k", "3")
     assert result.returncode == 0, result.stderr
