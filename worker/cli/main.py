@@ -66,7 +66,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", statement_timeout_message(exc))
         return exits.FAILURE
     except exceptions.EmbedWorkerError as exc:
-        logger.error("%s", exc)
+        if not exc.logged:  # (a model's load failure is logged where it fails, once)
+            logger.error("%s", exc)
         return exits.FAILURE
     except KeyboardInterrupt:
         return exits.interrupted(signal.SIGINT)
