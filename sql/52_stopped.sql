@@ -100,10 +100,20 @@ $$;
 
 -- What makes target t's held jobs go: the model the worker cannot load made loadable (during a
 -- model change the change's: the application's rows are embedded by the old model without it,
--- worker/pipeline/shadow.py), or the change cancelled, or the table on another model.
+-- worker/pipeline/shadow.py), or the change cancelled, or the table on another model. Where the
+-- embedding column's dimensions are not the model's (outside a change, whose new column is its
+-- own), no model load helps, nor a model change (the old model's rows are held meanwhile): the
+-- column made to fit the model.
 CREATE FUNCTION embeddings_internal.held_fix(t embeddings.targets) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT format('make the target servable: %s, or %s; a column that fits the model. The worker '
+    SELECT CASE WHEN mc.model IS NULL AND col.dims > 0 AND col.dims <> m.dimensions
+                THEN format('make the column fit the model: model %s produces %s dimensions, the column '
+                            'holds %s, so loading the model does not help. ALTER TABLE %s ALTER COLUMN %I '
+                            'TYPE %s(%s) USING NULL; (its vectors, of the wrong size, go: `embed-worker '
+                            'sweep` queues rows left without one). The worker retries its jobs every minute',
+                            m.name, m.dimensions, col.dims, t.store_table::text, t.embedding_column,
+                            col.type_name, m.dimensions)
+           ELSE format('make the target servable: %s, or %s; a column that fits the model. The worker '
                   'retries its jobs every minute',
                   CASE WHEN m.provider IS DISTINCT FROM 'local'
                        THEN format('its provider reachable from the worker (model %s at %s: the '
@@ -118,18 +128,25 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                   CASE WHEN mc.model IS NOT NULL
                        THEN format('the change to it cancelled: SELECT embeddings.cancel_change(%L, %L)',
                                    t.source::text, t.embedding_column)
-                       -- The target as it is: watch() without its column would start another
-                       -- target, and a chunked one re-watched without chunk_tokens is refused.
-                       ELSE format('the table on a model the worker has: SELECT embeddings.watch(%L, %L, '
-                                   '%smodel => ''NAME''%s); (and SELECT embeddings.set_default_model(''NAME''); '
-                                   'for watch() without a model)', t.source::text,
-                                   coalesce(t.content_column::text, t.content_function::regproc::text),
-                                   CASE WHEN t.embedding_column <> 'embedding'
-                                        THEN format('embedding_column => %L, ', t.embedding_column) END,
-                                   CASE WHEN t.chunk_tokens IS NOT NULL
-                                        THEN format(', chunk_tokens => %s', t.chunk_tokens) END) END)
+                       ELSE 'the table on a model the worker has: ' || rewatch.statement END) END
     FROM embeddings.models m
     LEFT JOIN embeddings.model_changes mc ON mc.target_id = t.id
+    -- The embedding column as the catalog has it now: its type and dimensions (0: none given).
+    LEFT JOIN LATERAL (
+        SELECT ty.typname::text AS type_name, a.atttypmod AS dims
+        FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+        WHERE a.attrelid = t.store_table AND a.attname = t.embedding_column AND NOT a.attisdropped
+          AND ty.typname IN ('vector', 'halfvec')) col ON true
+    -- The target as it is: watch() without its column would start another target, and a
+    -- chunked one re-watched without chunk_tokens is refused.
+    CROSS JOIN LATERAL (
+        SELECT format('SELECT embeddings.watch(%L, %L, %smodel => ''NAME''%s); (and SELECT '
+                      'embeddings.set_default_model(''NAME''); for watch() without a model)', t.source::text,
+                      coalesce(t.content_column::text, t.content_function::regproc::text),
+                      CASE WHEN t.embedding_column <> 'embedding'
+                           THEN format('embedding_column => %L, ', t.embedding_column) END,
+                      CASE WHEN t.chunk_tokens IS NOT NULL
+                           THEN format(', chunk_tokens => %s', t.chunk_tokens) END) AS statement) rewatch
     WHERE m.name = coalesce(mc.model, t.model)
 $$;
 

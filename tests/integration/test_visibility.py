@@ -19,6 +19,8 @@ from tests.support.fetch import fetch_value
 from tests.support.jobs import dead_letters
 from tests.support.process import run_cli
 from worker import queries
+from worker.cli import doctor
+from worker.config import Settings
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -257,6 +259,43 @@ def test_a_redefined_target_no_longer_shows_the_old_definitions_hold(
     assert conn.execute("SELECT state FROM embeddings.stopped").fetchall() == []
     run_once()
     assert status_row(conn)["embedded_rows"] == 2
+
+
+@pytest.mark.parametrize("store", stores.ALL_STORES)
+def test_jobs_held_by_a_column_of_other_dimensions_get_a_fix_that_fits_the_column(
+    conn: Conn,
+    dsn: str,
+    settings: Settings,
+    run_once: Callable[..., Worker],
+    minilm: str,
+    store: str,
+) -> None:
+    """A column whose dimensions are not the model's holds the jobs of a model that loads:
+    the fix `status` and `doctor` print alters the column (it said to make the loaded model
+    loadable), and it works as pasted; doctor asks nobody whether a worker runs beside the
+    held target's old jobs (a worker held them)."""
+    stores.texts_table(conn, {1: "hello", 2: "world"})
+    options: dict[str, Any] = {"side": {"store": "side"}, "chunks": {"chunk_tokens": 64}}
+    stores.watch_with(conn, model=minilm, **options.get(store, {}))
+    store_table = fetch_value(conn, "SELECT store_table::text FROM embeddings.targets")
+    conn.execute(f"ALTER TABLE {store_table} ALTER COLUMN embedding TYPE halfvec(10) USING NULL")
+    run_once()
+    fix = str(fetch_value(conn, "SELECT fix FROM embeddings.stopped WHERE state = 'held'"))
+    assert "loadable" not in fix and "model download" not in fix, fix
+    assert "produces 384 dimensions, the column holds 10" in fix, fix
+
+    for lane in ("embedding_jobs", "embedding_jobs_backfill"):  # jobs an hour old
+        conn.execute(f"UPDATE pgmq.q_{lane} SET enqueued_at = now() - interval '1 hour'")
+    found = doctor.check(dsn, settings)
+    assert not [f for f in found if "is a worker running?" in f.fix], found
+    held = [f for f in found if f.check == "target public.docs.embedding"]
+    assert [f.fix for f in held] == [fix]
+
+    altered = re.search(r"ALTER TABLE .*? USING NULL;", fix)
+    assert altered is not None, fix
+    conn.execute(altered.group(0))
+    run_once()
+    assert fetch_value(conn, "SELECT embedded_rows FROM embeddings.status") == 2
 
 
 @pytest.mark.parametrize(
