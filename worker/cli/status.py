@@ -1,6 +1,6 @@
 """`embed-worker status [TABLE]`: one row per target (TABLE's alone, if given), with progress
 bars and an ETA where work is pending, why jobs wait when the worker defers them, and `--watch`
-to refresh in place.
+to refresh in place (with `--json`, a line of JSON a refresh).
 
 Reads `embeddings.status`, whose row counts are estimates for large tables (its `estimated`
 column; shown with a `~`) so that a status costs the same at ten rows or ten million;
@@ -8,6 +8,7 @@ column; shown with a `~`) so that a status costs the same at ten rows or ten mil
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -259,6 +260,15 @@ def watch(
     *,
     exact: bool = False,
     targets: list[int] | None = None,
+    as_json: bool = False,
 ) -> None:
-    """Redraws the status every `interval` seconds until Ctrl-C (worker/cli/redraw.py)."""
+    """Redraws the status every `interval` seconds until Ctrl-C (worker/cli/redraw.py); with
+    `as_json`, writes it as one line of JSON each time instead (newline-delimited JSON: the
+    same document as `status --json`, on one line)."""
+    if as_json:
+        redraw.stream(
+            interval,
+            lambda: json.dumps(fetch(conn, exact=exact, targets=targets), default=str),
+        )
+        return
     redraw.every(interval, header, lambda: render(fetch(conn, exact=exact, targets=targets)))
