@@ -610,6 +610,23 @@ GROUP BY 1, 2, 3, 4;
 -- What stops the progress of the targets of queue %(queue)s (sql/52_stopped.sql), one row per
 -- state: the source of /readyz's stopped_targets and the embed_worker_target_stopped gauge.
 SELECT target, state, reason, fix, since FROM embeddings_internal.stopped_targets() WHERE queue = %(queue)s;
+-- name: unserved_targets
+-- `run --once`'s end (worker/process/unserved.py): the targets of queue %(queue)s whose jobs
+-- are held or that cannot be served (sql/52_stopped.sql).
+-- ours: touches only our tables and the catalog, runs no one else's code
+SELECT DISTINCT target_id FROM embeddings_internal.stopped_targets()
+WHERE queue = %(queue)s AND state IN ('held', 'problem');
+
+-- name: unserved_jobs
+-- Of the targets with ids %(targets)s (status_only narrows the count to them), those with jobs
+-- waiting: how many, and why (the problem, else why the worker holds them).
+SELECT s.target, s.pending_jobs,
+       coalesce((SELECT e ->> 'reason' FROM pg_catalog.jsonb_array_elements(s.stopped) e
+                 WHERE e ->> 'state' = 'problem' LIMIT 1), s.deferred_reason, s.problem)
+FROM embeddings.status s
+WHERE s.target_id OPERATOR(pg_catalog.=) ANY (%(targets)s::integer[]) AND s.pending_jobs > 0
+ORDER BY s.target;
+
 -- name: record_fingerprints
 -- The fingerprints (content and definition) of the vectors this write transaction stores: what
 -- embeddings.sweep(verify => true) checks each row's vector against (sql/64_verify.sql).

@@ -1,8 +1,9 @@
 """The `embed-worker` command line.
 
 Exit codes: 0 success; 1 a runtime failure (database, model, HTTP) or, for `doctor`, a problem
-found; 2 bad usage or configuration. Every environment variable has a flag; flags win. Global
-options (connection, logging, model location) go before or after the subcommand.
+found; 2 bad usage or configuration; 3 `run --once` left jobs it could not serve (held). Every
+environment variable has a flag; flags win. Global options (connection, logging, model
+location) go before or after the subcommand.
 """
 
 from __future__ import annotations
