@@ -1037,6 +1037,22 @@ ORDER BY target;
 -- a slice of the verifying pass (sql/64_verify.sql); returns the rows queued.
 SELECT embeddings.sweep(max_rows => %(max_rows)s, verify => %(verify)s);
 
+-- name: count_lock_holders
+-- `status`: the sessions that hold, or wait for, a lock that stops a count of the tables of
+-- the targets with ids %(targets)s (ACCESS EXCLUSIVE: every other mode lets a count read), as
+-- migration_lock_holders names them: who to ask, or end.
+-- ours: reads only the catalog and our tables, runs no one else's code
+SELECT t.id, l.relation::regclass::text, a.pid, a.application_name, a.state,
+       pg_catalog.date_part('epoch', pg_catalog.now() - a.xact_start)::float8, l.granted
+FROM embeddings.targets t
+JOIN pg_catalog.pg_locks l ON l.locktype = 'relation' AND l.relation IN (t.source, t.store_table)
+JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+WHERE t.id OPERATOR(pg_catalog.=) ANY (%(targets)s::integer[])
+  AND l.mode = 'AccessExclusiveLock' AND l.pid <> pg_catalog.pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+ORDER BY t.id, l.granted DESC, a.xact_start NULLS LAST, a.pid
+LIMIT 50;
+
 -- name: verification
 -- How far each target's verifying sweep got (`status`, `sweep`): the last complete pass and
 -- the pass in progress.

@@ -129,7 +129,10 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
     if any(r["estimated"] for r in rows):
         lines.append("")
         lines.append(ESTIMATE_NOTE)
-    if any(r["cleared_rows"] is None or embedded_estimate(r) is None for r in rows):
+    if any(
+        (r["cleared_rows"] is None or embedded_estimate(r) is None) and not r.get("counts_skipped")
+        for r in rows
+    ):
         lines.append("")
         lines.append(UNKNOWN_NOTE)
     return lines
@@ -139,6 +142,13 @@ def notes(r: dict[str, Any]) -> list[str]:
     """What a target's table line cannot say: a model change, a deferral, a backfill, an index
     waiting for it; each note preceded by a blank line."""
     lines: list[str] = []
+    if r.get("counts_skipped"):
+        lines.append("")
+        lines.append(
+            f"{r['target']}: ? counts skipped, not waited for: its table is locked:"
+            f" {r['counts_skipped']}. They show once that lock is released; end that"
+            " session's transaction (SELECT pg_terminate_backend(<pid>)) if it should not hold it"
+        )
     if r["change_model"]:
         done, total = r["change_done_rows"] or 0, r["change_total_rows"] or 0
         eta = r["change_eta_seconds"]
