@@ -109,9 +109,19 @@ $$;
 -- worker's side: registered right under a new name (register_model() refuses to change the
 -- dimensions of a model in use) and changed to. The worker's messages of that case
 -- (worker/models/remote/protocol.py, worker/pipeline/shadow.py, worker/target.py) are matched.
+-- Where the embedding column's dimensions are not the model's (outside a change, whose new
+-- column is its own), no model load helps, nor a model change (the old model's rows are held
+-- meanwhile): the column made to fit the model.
 CREATE FUNCTION embeddings_internal.held_fix(t embeddings.targets, reason text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
-    SELECT CASE WHEN dims.produced IS NOT NULL
+    SELECT CASE WHEN mc.model IS NULL AND col.dims > 0 AND col.dims <> m.dimensions
+                THEN format('make the column fit the model: model %s produces %s dimensions, the column '
+                            'holds %s, so loading the model does not help. ALTER TABLE %s ALTER COLUMN %I '
+                            'TYPE %s(%s) USING NULL; (its vectors, of the wrong size, go: `embed-worker '
+                            'sweep` queues rows left without one). The worker retries its jobs every minute',
+                            m.name, m.dimensions, col.dims, t.store_table::text, t.embedding_column,
+                            col.type_name, m.dimensions)
+           WHEN dims.produced IS NOT NULL
            THEN format('register the model with the dimensions it produces under a new name '
                        '(SELECT embeddings.register_model(''NEW_NAME'', %s, ...), %s: register_model() '
                        'refuses to change the dimensions of a model in use) and change to it: %s; or %s',
@@ -142,6 +152,12 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                                    w.call) END) END
     FROM embeddings.models m
     LEFT JOIN embeddings.model_changes mc ON mc.target_id = t.id
+    -- The embedding column as the catalog has it now: its type and dimensions (0: none given).
+    LEFT JOIN LATERAL (
+        SELECT ty.typname::text AS type_name, a.atttypmod AS dims
+        FROM pg_attribute a JOIN pg_type ty ON ty.oid = a.atttypid
+        WHERE a.attrelid = t.store_table AND a.attname = t.embedding_column AND NOT a.attisdropped
+          AND ty.typname IN ('vector', 'halfvec')) col ON true
     -- The target as it is: watch() without its column would start another target, and a
     -- chunked one re-watched without chunk_tokens is refused.
     CROSS JOIN LATERAL (

@@ -11,6 +11,10 @@ from __future__ import annotations
 class EmbedWorkerError(Exception):
     """embed-worker failed."""
 
+    # Set where the failure was logged as it happened (a model's load: worker/models/loaded.py),
+    # so that a command that ends on it does not log the same failure a second time.
+    logged: bool = False
+
     def __init__(self, message: str | None = None) -> None:
         super().__init__(message or (self.__doc__ or "").strip())
 

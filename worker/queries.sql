@@ -624,6 +624,23 @@ GROUP BY 1, 2, 3, 4;
 -- What stops the progress of the targets of queue %(queue)s (sql/52_stopped.sql), one row per
 -- state: the source of /readyz's stopped_targets and the embed_worker_target_stopped gauge.
 SELECT target, state, reason, fix, since FROM embeddings_internal.stopped_targets() WHERE queue = %(queue)s;
+-- name: unserved_targets
+-- `run --once`'s end (worker/process/unserved.py): the targets of queue %(queue)s whose jobs
+-- are held or that cannot be served (sql/52_stopped.sql).
+-- ours: touches only our tables and the catalog, runs no one else's code
+SELECT DISTINCT target_id FROM embeddings_internal.stopped_targets()
+WHERE queue = %(queue)s AND state IN ('held', 'problem');
+
+-- name: unserved_jobs
+-- Of the targets with ids %(targets)s (status_only narrows the count to them), those with jobs
+-- waiting: how many, and why (the problem, else why the worker holds them).
+SELECT s.target, s.pending_jobs,
+       coalesce((SELECT e ->> 'reason' FROM pg_catalog.jsonb_array_elements(s.stopped) e
+                 WHERE e ->> 'state' = 'problem' LIMIT 1), s.deferred_reason, s.problem)
+FROM embeddings.status s
+WHERE s.target_id OPERATOR(pg_catalog.=) ANY (%(targets)s::integer[]) AND s.pending_jobs > 0
+ORDER BY s.target;
+
 -- name: record_fingerprints
 -- The fingerprints (content and definition) of the vectors this write transaction stores: what
 -- embeddings.sweep(verify => true) checks each row's vector against (sql/64_verify.sql).
@@ -1089,6 +1106,22 @@ ORDER BY target;
 -- One embeddings.sweep() (`embed-worker sweep`): rows that lost their job, and with %(verify)s
 -- a slice of the verifying pass (sql/64_verify.sql); returns the rows queued.
 SELECT embeddings.sweep(max_rows => %(max_rows)s, verify => %(verify)s);
+
+-- name: count_lock_holders
+-- `status`: the sessions that hold, or wait for, a lock that stops a count of the tables of
+-- the targets with ids %(targets)s (ACCESS EXCLUSIVE: every other mode lets a count read), as
+-- migration_lock_holders names them: who to ask, or end.
+-- ours: reads only the catalog and our tables, runs no one else's code
+SELECT t.id, l.relation::regclass::text, a.pid, a.application_name, a.state,
+       pg_catalog.date_part('epoch', pg_catalog.now() - a.xact_start)::float8, l.granted
+FROM embeddings.targets t
+JOIN pg_catalog.pg_locks l ON l.locktype = 'relation' AND l.relation IN (t.source, t.store_table)
+JOIN pg_catalog.pg_stat_activity a ON a.pid = l.pid
+WHERE t.id OPERATOR(pg_catalog.=) ANY (%(targets)s::integer[])
+  AND l.mode = 'AccessExclusiveLock' AND l.pid <> pg_catalog.pg_backend_pid()
+  AND l.database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database())
+ORDER BY t.id, l.granted DESC, a.xact_start NULLS LAST, a.pid
+LIMIT 50;
 
 -- name: verification
 -- How far each target's verifying sweep got (`status`, `sweep`): the last complete pass and

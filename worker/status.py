@@ -78,9 +78,39 @@ def fetch(
     _add_retrying(conn, rows)
     _add_verification(conn, rows)
     _add_documents(conn, rows)
+    _add_locked(conn, rows)
     for row in rows:
         row["eta_seconds"] = eta_seconds(row)
     return rows
+
+
+def _add_locked(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
+    """Each row's `counts_skipped`: why its counts are `?` where they were to be exact (a small
+    table, or --exact) and another session's lock on its table stopped the count (status
+    never waits for a table's lock: the count gave up at the session's lock_timeout): which
+    session holds or awaits that lock, as migrate names the sessions it waits for. None where
+    nothing did; left None where the locks cannot be read."""
+    for row in rows:
+        row["counts_skipped"] = None
+    unknown = {r["target_id"]: r for r in rows if r["total_rows"] is None and not r["estimated"]}
+    if not unknown:
+        return
+    try:
+        with db.translated(), conn.transaction():  # a savepoint where one is open (doctor)
+            found = conn.execute(
+                queries.get("count_lock_holders"), {"targets": list(unknown)}
+            ).fetchall()
+    except (psycopg.Error, exceptions.EmbedWorkerError):
+        return
+    holders: dict[int, list[str]] = {}
+    for target_id, table, pid, application, state, age, granted in found:
+        holders.setdefault(target_id, []).append(
+            f"pid {pid} ({application or 'no application_name'}, {state or 'state not shown'}"
+            + (f", transaction open {age:.0f} s" if age is not None else "")
+            + f") {'holds' if granted else 'waits for'} ACCESS EXCLUSIVE on {table}"
+        )
+    for target_id, said in holders.items():
+        unknown[target_id]["counts_skipped"] = "; ".join(said)
 
 
 VERIFICATION = ("verified_rows", "last_verified", "verify_pass_rows", "verify_pass_started")

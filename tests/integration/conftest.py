@@ -24,7 +24,7 @@ from tests.support.models import (
     shared_models_dir,
     tiny_reranker_dir,
 )
-from worker import config
+from worker import config, exits
 from worker.config import Settings
 from worker.models.embedder import Embedder
 from worker.models.loaded import LoadedModels
@@ -157,11 +157,13 @@ def role(conn: psycopg.Connection[Any]) -> Iterator[str]:
 
 @pytest.fixture
 def run_once(settings: Settings, embedders: LoadedModels) -> Iterator[Callable[..., Worker]]:
-    """Runs `embed-worker run --once` in-process; returns the finished Worker."""
+    """Runs `embed-worker run --once` in-process; returns the finished Worker. `expect`: its
+    exit code, or the codes it may have (exits.UNSERVED where the run leaves held jobs)."""
 
-    def run(**overrides: Any) -> Worker:
+    def run(expect: int | tuple[int, ...] = exits.OK, **overrides: Any) -> Worker:
         worker = in_process_worker(settings, embedders, once=True, **overrides)
-        assert worker.run() == 0
+        code = worker.run()
+        assert code in (expect if isinstance(expect, tuple) else (expect,)), code
         return worker
 
     yield run

@@ -239,6 +239,13 @@ def test_search_mode_hybrid_and_its_tuning(conn: Conn, dsn: str, minilm: str) ->
     assert convex.returncode == 0, convex.stderr
     scores = [h["score"] for h in json.loads(convex.stdout)]
     assert json.loads(convex.stdout)[0]["key"] == "a" and scores == sorted(scores, reverse=True)
+    # The table shows the score it is ordered by (it showed only the similarity, which a hybrid
+    # ranking does not follow: the reader saw rows out of order).
+    table = run_cli(*(a for a in hybrid if a != "--json"), "-k", "3")
+    assert table.returncode == 0, table.stderr
+    header, _, *lines = table.stdout.splitlines()
+    assert header.split()[:3] == ["score", "similarity", "key"], header
+    assert [float(line.split()[0]) for line in lines] == pytest.approx(scores, abs=1e-4)
     args = (*hybrid, "--fusion", "rrf")
     result = run_cli(*args, "-k", "3")
     assert result.returncode == 0, result.stderr
@@ -324,6 +331,36 @@ def test_status_watch_refreshes_in_place(conn: Conn, dsn: str) -> None:
     os.close(primary)
     assert seen.count(b"\x1b[H\x1b[J") >= 2
     assert b"no watched tables" in seen
+
+
+def test_status_watch_of_one_table_as_json_is_a_line_of_json_a_refresh(
+    conn: Conn, dsn: str
+) -> None:
+    """`status TABLE --watch --json`: one JSON document a line each refresh, of that table
+    alone (it printed the human table, the frames and their headers, and after Ctrl-C the
+    table again)."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 384, 512, 'mean')"
+    )
+    for table in ("docs", "other"):
+        conn.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, body text)")
+        conn.execute(f"SELECT embeddings.watch('{table}', 'body', model => 'absent-model')")
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "worker", "status", "docs", "--watch", "0.2", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "DATABASE_URL": dsn},
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines = [proc.stdout.readline(), proc.stdout.readline()]  # two refreshes
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0
+    for line in lines + rest.splitlines():
+        document = json.loads(line)
+        assert [r["target"] for r in document] == ["public.docs.embedding"], line
 
 
 def test_doctor_names_each_problem_with_its_fix(conn: Conn, dsn: str) -> None:

@@ -22,6 +22,7 @@ from tests.integration.conftest import WIDE, WIDE_DIMS
 from tests.support.fetch import fetch_value
 from tests.support.in_flight import stop_worker
 from tests.support.process import WorkerProcess, cli_json, wait_for
+from worker import exits
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.models.query_batch import QueryBatchers
@@ -458,7 +459,7 @@ def test_a_worker_of_another_variant_does_not_mix_vectors(
     conn.execute("UPDATE embeddings.provenance SET variant = 'int8'")  # as if int8 produced them
     conn.execute("INSERT INTO docs VALUES (11, 'one more')")
     caplog.clear()
-    run_once(model=old)
+    run_once(model=old, expect=exits.UNSERVED)  # the new row's job held: not mixing
     startup = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
     assert any("were produced by" in m and "int8" in m for m in startup), startup
     row = conn.execute("SELECT pending_jobs, deferred_reason FROM embeddings.status").fetchone()
@@ -491,7 +492,7 @@ def test_a_missing_new_model_does_not_stop_the_application_s_rows(
     conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
     conn.execute("INSERT INTO docs VALUES (11, 'written during the change')")
     conn.execute("UPDATE docs SET body = 'edited during the change' WHERE id = 1")
-    run_once(model=old)
+    run_once(model=old, expect=exits.UNSERVED)  # the change's jobs held
     # The application's rows have the old model's vectors (searchable); the change waits.
     rows = dict(conn.execute("SELECT id, embedding IS NOT NULL FROM docs").fetchall())
     assert rows[11] and rows[1]
@@ -551,7 +552,7 @@ def test_cancelling_a_held_change_ends_its_hold(
     deferral aged out (/readyz degraded meanwhile)."""
     old = embedded_docs(10)[0]
     change_to_absent_model(conn)
-    run_once(model=old)
+    run_once(model=old, expect=exits.UNSERVED)
     assert stopped_states(conn) == ["held"]
     with psycopg.connect(dsn) as cancel:
         cancel.execute("SELECT now()")  # its transaction begins (now() is its start)

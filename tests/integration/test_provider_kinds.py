@@ -14,7 +14,7 @@ import pytest
 from tests.support.defaults import assert_sql_defaults_are_the_classes
 from tests.support.jobs import deferred_reason
 from tests.support.process import run_cli
-from worker import exceptions
+from worker import exceptions, exits
 from worker.models.remote import keys, providers
 from worker.models.remote.spec import RemoteSpec
 from worker.pipeline.targets import load_remote_models
@@ -158,7 +158,7 @@ def test_a_target_of_an_unknown_kind_waits_saying_why(
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs VALUES (1, 'a'), (2, 'b')")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => 'newer')")
-    run_once(max_attempts=1)
+    run_once(max_attempts=1, expect=exits.UNSERVED)
     reason = deferred_reason(conn)
     assert "remote model newer is not served: unknown provider 'cohere'" in reason
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)

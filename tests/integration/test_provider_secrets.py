@@ -16,7 +16,7 @@ from prometheus_client import generate_latest
 from tests.integration.test_providers import drain
 from tests.support.jobs import deferred_reason, messages
 from tests.support.provider_server import ProviderServer
-from worker import metrics
+from worker import exits, metrics
 from worker.cli import doctor
 from worker.cli.findings import Finding
 from worker.config import Settings
@@ -89,7 +89,7 @@ def test_the_key_goes_only_where_it_is_sent(
     # A wrong key next: the 401's message echoes it too; the target waits with that error.
     os.environ["OPENAI_API_KEY"] = KEY[:-4] + "WXYZ"
     conn.execute("UPDATE docs SET body = 'changed' WHERE id = 1")
-    run_once(max_attempts=1)
+    run_once(max_attempts=1, expect=exits.UNSERVED)
     reason = deferred_reason(conn)
     assert "credential 'openai' was refused" in reason
 
@@ -194,7 +194,7 @@ def test_a_key_file_that_cannot_be_used_defers_the_target_with_a_clear_error(
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs VALUES (1, 'one')")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => 'remote-8')")
-    run_once(max_attempts=1)
+    run_once(max_attempts=1, expect=exits.UNSERVED)
     (reason,) = conn.execute(
         "SELECT deferred_reason FROM embeddings_internal.target_status(true)"
     ).fetchone() or (None,)

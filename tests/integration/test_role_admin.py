@@ -25,6 +25,7 @@ from psycopg.conninfo import make_conninfo
 
 from tests.support.jobs import JOBS, expire_leases
 from tests.support.stores import STORES, WATCH_ARGS, vectors
+from worker import exits
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -166,7 +167,7 @@ def waits_until_given_along(site: Site, work: Callable[..., Worker], the_other: 
     wait (deferred, no attempt spent) until `the_other` ("ALTER <object>") is given along too;
     then every row is embedded."""
     site.write(10)
-    work(max_attempts=1)
+    work(max_attempts=1, expect=exits.UNSERVED)
     assert site.count("SELECT count(*) FROM embeddings.failures") == 0
     site.conn.execute(f"{the_other} OWNER TO {site.heir}")
     site.write(20)
@@ -308,7 +309,7 @@ def test_the_table_of_a_chunked_target_given_to_another_role(
     with site.connect(site.writer) as app:
         app.execute("INSERT INTO app.notes VALUES (2, 'another note')")
         app.execute("UPDATE app.notes SET body = body || ' (edited)'")
-    work(max_attempts=1)
+    work(max_attempts=1, expect=exits.UNSERVED)
     assert site.count("SELECT count(*) FROM embeddings.failures") == 0
     site.conn.execute(f"ALTER FUNCTION app.note_text(app.notes) OWNER TO {site.heir}")
     work()
@@ -322,7 +323,7 @@ def test_the_schema_given_to_another_role(site: Site, work: Callable[..., Worker
     # the jobs wait, spending no attempt, until the owner may use the schema again.
     site.conn.execute(f"ALTER SCHEMA app OWNER TO {site.heir}")
     site.write(10)
-    work(max_attempts=1)
+    work(max_attempts=1, expect=exits.UNSERVED)
     assert site.count("SELECT count(*) FROM embeddings.failures") == 0
     assert site.count(f"SELECT count(*) FROM {JOBS}") > 0
     site.conn.execute(f"GRANT USAGE ON SCHEMA app TO {site.owner}")

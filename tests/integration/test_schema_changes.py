@@ -14,6 +14,7 @@ import pytest
 from tests.support import stores
 from tests.support.jobs import JOBS, queued_keys
 from tests.support.process import wait_for
+from worker import exits
 from worker.pipeline import write
 from worker.pipeline.targets import load
 from worker.process.runner import Worker
@@ -93,7 +94,7 @@ def test_dropping_the_content_column_defers_the_target_visibly(
     status = conn.execute("SELECT problem FROM embeddings.status").fetchone()
     assert status is not None and "body was dropped" in str(status[0])
     # Its queued job waits (deferred, not failed) until the target is watched again.
-    run_once()
+    run_once(expect=exits.UNSERVED)
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
     conn.execute("ALTER TABLE docs ADD COLUMN body text")
     conn.execute("UPDATE docs SET body = 'new content'")
@@ -141,7 +142,7 @@ def test_a_content_column_retyped_to_what_watch_refuses_holds_its_jobs_until_it_
     assert [r[0] for r in conn.execute("SELECT state FROM embeddings.stopped")] == ["problem"]
     assert f"content column body {refused}" in str(load(conn)[docs].problem())
 
-    run_once()
+    run_once(expect=exits.UNSERVED)
     assert embedded(conn) == {1: False, 2: False}  # neither row's base64, number or JSON
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
     assert queued_keys(conn, docs) == [1, 2]  # held, not lost

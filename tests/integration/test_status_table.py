@@ -70,3 +70,31 @@ def test_an_exact_status_of_one_table_counts_that_table_alone(conn: Conn) -> Non
         assert conn.execute("SELECT count(*) FROM embeddings.status_exact").fetchone() == (2,)
     assert [(r["target"], r["total_rows"]) for r in rows] == [("public.docs.embedding", 2)]
     assert after["docs"] > before["docs"] and after["notes"] == before["notes"], (before, after)
+
+
+def test_a_count_a_lock_stops_names_who_holds_the_lock(conn: Conn, dsn: str) -> None:
+    """`status --exact` beside a session that holds its table locked: `?` with the session that
+    holds the lock, as migrate names them (it printed `?` and a note telling to ANALYZE the
+    table or run `status --exact`, the command just run)."""
+    from worker import db, status
+    from worker.cli.status import UNKNOWN_NOTE, render
+
+    stores.texts_table(conn, {1: "one", 2: "two"})
+    conn.execute("SELECT embeddings.watch('docs', 'body')")
+    with psycopg.connect(dsn, application_name="nightly-rebuild") as locker:
+        locker.execute("LOCK TABLE docs IN ACCESS EXCLUSIVE MODE")
+        pid = locker.info.backend_pid
+        with db.connect(dsn, lock_timeout_ms=100) as reader:
+            (row,) = status.fetch(reader, exact=True)
+    assert row["total_rows"] is None
+    skipped = row["counts_skipped"]
+    assert f"pid {pid} (nightly-rebuild, " in skipped and "holds ACCESS EXCLUSIVE on" in skipped
+    lines = render([row])
+    said = next(line for line in lines if "counts skipped" in line)
+    assert said.startswith("public.docs.embedding: ? counts skipped, not waited for: its table")
+    assert f"pid {pid} (nightly-rebuild" in said
+    assert UNKNOWN_NOTE not in lines
+
+    with db.connect(dsn) as reader:  # released: counted, nothing skipped
+        (row,) = status.fetch(reader, exact=True)
+    assert (row["total_rows"], row["counts_skipped"]) == (2, None)

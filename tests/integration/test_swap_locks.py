@@ -14,6 +14,7 @@ import psycopg
 import pytest
 
 from tests.integration.test_model_change import in_change, make_table, models, target_model
+from worker import exits
 from worker import status as status_model
 from worker.cli import status
 from worker.process.runner import Worker
@@ -166,7 +167,7 @@ def test_a_change_started_while_the_old_model_s_jobs_are_held_swaps_only_with_ev
         " VALUES ('absent-model', 32, 512, 'mean')"
     )
     make_table(conn, 10, model="absent-model")
-    run_once(model=models[0])
+    run_once(model=models[0], expect=exits.UNSERVED)
     assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (0,)
 
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (models[1],))

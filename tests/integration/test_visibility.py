@@ -18,7 +18,9 @@ from tests.support import stores
 from tests.support.fetch import fetch_value
 from tests.support.jobs import dead_letters
 from tests.support.process import run_cli
-from worker import queries
+from worker import exits, queries
+from worker.cli import doctor
+from worker.config import Settings
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -38,7 +40,7 @@ def test_status_says_why_jobs_wait_until_the_target_is_served(
 ) -> None:
     stores.watch_absent_model(conn)
 
-    run_once()
+    run_once(expect=exits.UNSERVED)
 
     row = status_row(conn)
     assert row["pending_jobs"] == 1
@@ -206,7 +208,7 @@ def test_a_target_without_its_embedding_column_is_deferred_and_shown(
     conn.execute("ALTER EVENT TRIGGER embeddings_follow_schema_changes DISABLE")
     conn.execute("ALTER TABLE docs RENAME COLUMN embedding TO old_embedding")
 
-    run_once()
+    run_once(expect=exits.UNSERVED)  # docs' job left, held
 
     assert conn.execute("SELECT embedding IS NOT NULL FROM notes").fetchone() == (True,)
     reasons = dict(conn.execute("SELECT target, deferred_reason FROM embeddings.status").fetchall())
@@ -218,11 +220,18 @@ def test_jobs_held_for_a_model_that_cannot_load_show_as_held_with_the_reason(
     conn: Conn, dsn: str, run_once: Callable[..., Worker]
 ) -> None:
     """Not as `deferred`, the word of a retry's backoff: operators must tell "waiting on a model
-    that cannot load" from "failed, retried later" (status, --json, doctor alike)."""
+    that cannot load" from "failed, retried later" (status, --json, doctor alike). `run --once`
+    says so too: exit 3 and a line naming what it left and why (it exited 0, so that a cron
+    job or CI step took the held jobs for done)."""
     stores.watch_absent_model(conn, "(1, 'hello'), (2, 'world')")
-    run_once()
+    run_once(expect=exits.UNSERVED)
 
     env = {"DATABASE_URL": dsn}
+    again = run_cli("run", "--once", "--no-progress", env=env)  # the jobs wait out their minute
+    assert again.returncode == exits.UNSERVED == 3, again.stderr
+    (said,) = [line for line in again.stderr.splitlines() if "run --once left" in line]
+    assert "left 2 job(s) of 1 table(s) it could not serve (held, not failed)" in said, said
+    assert "public.docs.embedding: 2 job(s), " in said and "absent-model" in said, said
     found = run_cli("status", "--json", env=env, check=True)
     (row,) = json.loads(found.stdout)
     assert row["held_jobs"] == row["pending_jobs"] == 2
@@ -246,7 +255,7 @@ def test_a_redefined_target_no_longer_shows_the_old_definitions_hold(
     `held` for the old model, beside a fix naming the new one, until a worker served it: up to
     five minutes with none running. The deferral counts only if seen since the redefinition."""
     stores.watch_absent_model(conn, "(1, 'hello'), (2, 'world')")
-    run_once()
+    run_once(expect=exits.UNSERVED)
     assert [r[0] for r in conn.execute("SELECT state FROM embeddings.stopped")] == ["held"]
 
     conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
@@ -257,6 +266,43 @@ def test_a_redefined_target_no_longer_shows_the_old_definitions_hold(
     assert conn.execute("SELECT state FROM embeddings.stopped").fetchall() == []
     run_once()
     assert status_row(conn)["embedded_rows"] == 2
+
+
+@pytest.mark.parametrize("store", stores.ALL_STORES)
+def test_jobs_held_by_a_column_of_other_dimensions_get_a_fix_that_fits_the_column(
+    conn: Conn,
+    dsn: str,
+    settings: Settings,
+    run_once: Callable[..., Worker],
+    minilm: str,
+    store: str,
+) -> None:
+    """A column whose dimensions are not the model's holds the jobs of a model that loads:
+    the fix `status` and `doctor` print alters the column (it said to make the loaded model
+    loadable), and it works as pasted; doctor asks nobody whether a worker runs beside the
+    held target's old jobs (a worker held them)."""
+    stores.texts_table(conn, {1: "hello", 2: "world"})
+    options: dict[str, Any] = {"side": {"store": "side"}, "chunks": {"chunk_tokens": 64}}
+    stores.watch_with(conn, model=minilm, **options.get(store, {}))
+    store_table = fetch_value(conn, "SELECT store_table::text FROM embeddings.targets")
+    conn.execute(f"ALTER TABLE {store_table} ALTER COLUMN embedding TYPE halfvec(10) USING NULL")
+    run_once(expect=exits.UNSERVED)
+    fix = str(fetch_value(conn, "SELECT fix FROM embeddings.stopped WHERE state = 'held'"))
+    assert "loadable" not in fix and "model download" not in fix, fix
+    assert "produces 384 dimensions, the column holds 10" in fix, fix
+
+    for lane in ("embedding_jobs", "embedding_jobs_backfill"):  # jobs an hour old
+        conn.execute(f"UPDATE pgmq.q_{lane} SET enqueued_at = now() - interval '1 hour'")
+    found = doctor.check(dsn, settings)
+    assert not [f for f in found if "is a worker running?" in f.fix], found
+    held = [f for f in found if f.check == "target public.docs.embedding"]
+    assert [f.fix for f in held] == [fix]
+
+    altered = re.search(r"ALTER TABLE .*? USING NULL;", fix)
+    assert altered is not None, fix
+    conn.execute(altered.group(0))
+    run_once()
+    assert fetch_value(conn, "SELECT embedded_rows FROM embeddings.status") == 2
 
 
 @pytest.mark.parametrize(
@@ -280,7 +326,7 @@ def test_the_held_fix_s_watch_moves_the_target_to_a_model_the_worker_has(
     }
     options = by_store.get(store, {})
     stores.watch_with(conn, model="absent-model", embedding_column=column, **options)
-    run_once()
+    run_once(expect=exits.UNSERVED)
     fix = str(fetch_value(conn, "SELECT fix FROM embeddings.stopped WHERE state = 'held'"))
     found = re.search(r"SELECT embeddings\.watch\(.*?\);", fix)
     assert found is not None, fix

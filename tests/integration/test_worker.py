@@ -16,6 +16,7 @@ from psycopg.types.json import Jsonb
 from tests.support import stores
 from tests.support.in_flight import InFlight
 from tests.support.jobs import clear_queue, messages
+from worker import exits
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline.batch import RowState
@@ -275,7 +276,9 @@ def test_a_target_whose_model_is_missing_is_deferred_not_failed(
     conn: Conn, run_once: Callable[..., Worker]
 ) -> None:
     stores.watch_absent_model(conn)
-    run_once()  # --once: the deferred job is invisible for a minute, so the run ends
+    run_once(
+        expect=exits.UNSERVED
+    )  # --once: the deferred job is invisible for a minute, so the run ends
     row = conn.execute(
         "SELECT read_ct, vt > now() + interval '30 seconds' FROM pgmq.q_embedding_jobs_backfill"
     ).fetchone()
@@ -290,7 +293,7 @@ def test_a_dimension_mismatch_is_deferred_for_that_target_only(
     # own registry; a column altered after watch() can.
     stores.watched_table(conn, "all-MiniLM-L6-v2", "VALUES (1, 'hello')", "wide")
     conn.execute("ALTER TABLE wide ALTER COLUMN embedding TYPE halfvec(768)")
-    run_once()
+    run_once(expect=exits.UNSERVED)
     assert all(v is not None for v in stored(conn).values())  # the other target proceeds
     assert conn.execute("SELECT embedding FROM wide").fetchone() == (None,)
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
@@ -308,7 +311,7 @@ def test_a_dropped_content_function_defers_its_target_only(
     conn.execute("DROP FUNCTION note_text(notes)")
     conn.execute("INSERT INTO notes VALUES (1, 'hello')")  # the write still succeeds
     caplog.set_level(logging.INFO, logger="worker")
-    run_once()
+    run_once(expect=exits.UNSERVED)
     assert all(v is not None for v in stored(conn).values())  # the other target proceeds
     assert conn.execute("SELECT embedding FROM notes").fetchone() == (None,)
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)

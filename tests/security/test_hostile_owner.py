@@ -16,6 +16,7 @@ from tests.security.conftest import Roles, contained
 from tests.support.jobs import clear_queue, queued_keys
 from tests.support.models import MINILM
 from tests.support.stores import STORES
+from worker import exits
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -289,7 +290,7 @@ def test_the_owner_cannot_call_the_generated_functions_into_running_as_someone_e
             writer.execute("UPDATE docs SET body = body || ' (edited)' WHERE id = 1")
             writer.execute("INSERT INTO docs VALUES (5, 'deleted by the app')")
             writer.execute("DELETE FROM docs WHERE id = 5")
-        run_once(database_url=roles.worker_dsn)
+        run_once(database_url=roles.worker_dsn, expect=exits.UNSERVED)
         with roles.connect() as su:
             su.execute("SELECT embeddings.sweep()")
             su.execute("SELECT * FROM embeddings_internal.complete_changes()")
@@ -346,7 +347,7 @@ def test_force_row_level_security_defers_the_target_with_its_reason(
         owner.execute("ALTER TABLE docs ENABLE ROW LEVEL SECURITY")
         owner.execute("ALTER TABLE docs FORCE ROW LEVEL SECURITY")
         owner.execute("CREATE POLICY only_one ON docs USING (id = 1)")
-    run_once(database_url=roles.worker_dsn)
+    run_once(database_url=roles.worker_dsn, expect=exits.UNSERVED)
     with roles.connect() as su:
         row = su.execute(
             "SELECT problem, pending_jobs, embedded_rows FROM embeddings.status WHERE target_id = %s",

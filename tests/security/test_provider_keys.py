@@ -18,6 +18,7 @@ import pytest
 from tests.integration.test_provider_secrets import everything_in_the_database
 from tests.support.jobs import expire_leases, messages
 from tests.support.provider_server import ProviderServer
+from worker import exits
 from worker.cli import doctor
 from worker.config import Settings
 from worker.models.remote import breaker as breakers
@@ -95,7 +96,8 @@ def test_a_malformed_key_defers_its_provider_only_and_is_printed_nowhere(
         conn.execute(f"INSERT INTO {table} VALUES (1, 'one'), (2, 'two')")
         conn.execute(f"SELECT embeddings.watch('{table}', 'body', {options})")
 
-    run_once(max_attempts=1)  # returns 0: the worker never exits over one provider
+    # exit 3, not a crash: the worker never stops over one provider; it says what it left
+    run_once(max_attempts=1, expect=exits.UNSERVED)
 
     assert unembedded(conn, "local_docs") == 0
     assert unembedded(conn, "docs") == 2
@@ -165,7 +167,7 @@ def test_a_key_goes_over_plain_http_only_to_a_literal_loopback_address(
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
     conn.execute("INSERT INTO docs VALUES (1, 'one')")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => 'far')")
-    run_once(max_attempts=1)
+    run_once(max_attempts=1, expect=exits.UNSERVED)
     reason = deferred(conn)["public.docs.embedding"]
     assert reason is not None and "plain http" in reason and endpoint in reason, reason
     assert provider.requests == []

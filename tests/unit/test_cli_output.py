@@ -3,8 +3,11 @@ acted on by the terminal (worker/cli/output.py)."""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
+from tests.support.process import run_cli
 from worker import escapes
 from worker.cli import output
 
@@ -36,3 +39,17 @@ def test_sql_for_an_operator_keeps_its_names_when_shown() -> None:
         'GRANT SELECT ON public.U&"no""tes\\001b[2J\\\\x", plain, "Mixed" TO U&"app\\202e";'
     )
     assert escapes.visible(shown) == shown
+
+
+def test_a_model_that_fails_to_load_is_logged_once(tmp_path: Path) -> None:
+    """`embed` (and `search`) with a model that cannot load: one log line for the one failure
+    (the load's own, then the command's catch-all said it again)."""
+    broken = tmp_path / "broken"
+    broken.mkdir()
+    (broken / "tokenizer.json").write_text("{}")  # no model.onnx
+
+    result = run_cli("embed", "--model", str(broken), "hello")
+
+    assert result.returncode == 1, result.stderr
+    said = [line for line in result.stderr.splitlines() if "is not a model directory" in line]
+    assert len(said) == 1, result.stderr

@@ -63,3 +63,32 @@ def test_the_verification_fix_offers_pg_cron_only_where_it_runs_jobs() -> None:
     assert "schedule_sweep" not in elsewhere.fix and "sweep --verify" in elsewhere.fix
     fresh = {1: now - timedelta(minutes=1)}
     assert verification_finding(rows, 86400.0, "", now, watched=fresh).level == "ok"
+
+
+def test_the_verification_finding_counts_the_tables_that_wait_for_their_first_pass() -> None:
+    """A table watched within the max age has no pass yet: the finding says how many are
+    verified and how many wait, not "every watched table verified" (it said so beside a table
+    never verified)."""
+    from datetime import UTC, datetime, timedelta
+
+    from worker.cli.verification import verification_finding
+
+    now = datetime(2026, 11, 23, tzinfo=UTC)
+    rows = [
+        {"target": "public.old.embedding", "target_id": 1, "last_verified": now},
+        {"target": "public.new.embedding", "target_id": 2, "last_verified": None},
+    ]
+    watched = {1: now - timedelta(days=9), 2: now - timedelta(minutes=1)}
+    found = verification_finding(rows, 86400.0, "", now, watched=watched)
+    assert found.level == "ok"
+    assert "every watched table" not in found.detail
+    assert found.detail.startswith("1 of 2 watched table(s) verified against their content")
+    assert "1 more watched within 24.0 h wait for their first pass" in found.detail
+    assert "public.new.embedding" in found.detail
+
+    rows[0]["last_verified"] = now - timedelta(days=2)  # stale: the warning counts both too
+    stale = verification_finding(rows, 86400.0, "", now, watched=watched)
+    assert stale.level == "warn" and "1 of 2 watched table(s) not verified" in stale.detail
+    assert "1 more watched within 24.0 h wait for their first pass" in stale.detail
+    alone = verification_finding(rows[:1], 86400.0, "", now, watched=watched)
+    assert "wait for their first pass" not in alone.detail

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import logging
 import math
 import os
@@ -156,10 +157,13 @@ def status(args: argparse.Namespace, settings: Settings) -> int:
         if args.watch is not None:
             dsn = settings.dsn
             header = output.database_line(dsn, settings.database_url)
-            try:
-                watch(conn, args.watch, header, exact=args.exact, targets=targets)
-            except KeyboardInterrupt:
-                return exits.OK
+            with contextlib.suppress(KeyboardInterrupt):  # a second Ctrl-C
+                watch(
+                    conn, args.watch, header, exact=args.exact, targets=targets, as_json=args.json
+                )
+            # (Ctrl-C ends it: the last frame, or line, was the last word; another print would
+            # break the stream of one JSON document a line.)
+            return exits.OK
         show(conn, as_json=args.json, exact=args.exact, targets=targets)
     return exits.OK
 

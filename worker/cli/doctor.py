@@ -247,7 +247,14 @@ def _queue(rows: list[dict[str, object]], dsn: str, tables: dict[int, str]) -> l
                     "fix the cause above; the worker tries the held jobs again every minute",
                 )
             )
-        elif pending and isinstance(oldest, float) and oldest > BACKLOG_SECONDS:
+        elif (
+            pending
+            and isinstance(oldest, float)
+            and oldest > BACKLOG_SECONDS
+            # Held or unservable: its jobs wait for the fix its stop names, whatever runs (a
+            # held one's deferral says a worker ran): no backlog to ask about workers for.
+            and not any(s["state"] in ("held", "problem") for s in stops)
+        ):
             rate = float(str(r["rows_per_second"]))
             out.append(
                 Finding(

@@ -145,11 +145,19 @@ def search(args: argparse.Namespace, settings: Settings) -> int:
         print(f"no rows of {args.table} {which} (see `{status_hint}`)")
         return exits.OK
     reranked = results[0]["rerank_score"] is not None  # then ordered by that score
+    # A hybrid search ranks by its fused score, not the similarity: the column it is ordered
+    # by is shown (after the reranker's, which orders a reranked search).
+    fused = results[0]["score"] is not None
     located = any(r["headings"] or r["page"] for r in results)  # documents: where each chunk is
     output.print_table(
-        ["rerank"] * reranked + ["similarity", "key"] + ["section"] * located + ["content"],
+        ["rerank"] * reranked
+        + ["score"] * fused
+        + ["similarity", "key"]
+        + ["section"] * located
+        + ["content"],
         [
             ([f"{r['rerank_score']:.3f}"] if reranked else [])
+            + ([f"{r['score']:.4f}"] if fused else [])
             + [
                 "-" if r["similarity"] is None else f"{r['similarity']:.3f}",
                 str(r["key"]),

@@ -1,8 +1,9 @@
 """The `embed-worker` command line.
 
 Exit codes: 0 success; 1 a runtime failure (database, model, HTTP) or, for `doctor`, a problem
-found; 2 bad usage or configuration. Every environment variable has a flag; flags win. Global
-options (connection, logging, model location) go before or after the subcommand.
+found; 2 bad usage or configuration; 3 `run --once` left jobs it could not serve (held). Every
+environment variable has a flag; flags win. Global options (connection, logging, model
+location) go before or after the subcommand.
 """
 
 from __future__ import annotations
@@ -66,7 +67,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         logger.error("%s", statement_timeout_message(exc))
         return exits.FAILURE
     except exceptions.EmbedWorkerError as exc:
-        logger.error("%s", exc)
+        if not exc.logged:  # (a model's load failure is logged where it fails, once)
+            logger.error("%s", exc)
         return exits.FAILURE
     except KeyboardInterrupt:
         return exits.interrupted(signal.SIGINT)

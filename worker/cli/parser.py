@@ -74,7 +74,11 @@ def _migrate_options(migrate: argparse.ArgumentParser) -> None:
 
 
 def _run_options(run: argparse.ArgumentParser) -> None:
-    run.add_argument("--once", action="store_true", help="drain the queue, then exit 0")
+    run.add_argument(
+        "--once",
+        action="store_true",
+        help="drain the queue, then exit 0 (3 when it left jobs it could not serve)",
+    )
     run.add_argument(
         "--model",
         help="the model for POST /embed when a request names none; default: the database's "

@@ -1,5 +1,5 @@
 """A frame redrawn every few seconds until Ctrl-C (`status --watch`): in place on a terminal, one
-timestamped frame after another otherwise.
+timestamped frame after another otherwise; or, with `--json`, one line of JSON a refresh.
 
 Ctrl-C sets an event here instead of raising KeyboardInterrupt wherever it lands: one that
 lands while Python runs a finalizer (psycopg's cursors and connections have them, and each frame
@@ -33,6 +33,16 @@ def every(interval: float, header: str, frame: Callable[[], list[str]]) -> None:
             text = [f"{header}, {stamp} (every {interval:g} s; Ctrl-C to stop)", ""]
             text += [visible(line) for line in lines]  # a tenant's names: shown, not obeyed
             sys.stdout.write((CLEAR_SCREEN if in_place else "\n") + "\n".join(text) + "\n")
+            sys.stdout.flush()
+            stop.wait(interval)
+
+
+def stream(interval: float, document: Callable[[], str]) -> None:
+    """Writes `document()` as one line every `interval` seconds until Ctrl-C (`status --watch
+    --json`: newline-delimited JSON, one document per refresh, for a program to read)."""
+    with ctrl_c() as stop:
+        while not stop.is_set():
+            sys.stdout.write(document() + "\n")
             sys.stdout.flush()
             stop.wait(interval)
 

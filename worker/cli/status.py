@@ -1,6 +1,6 @@
 """`embed-worker status [TABLE]`: one row per target (TABLE's alone, if given), with progress
 bars and an ETA where work is pending, why jobs wait when the worker defers them, and `--watch`
-to refresh in place.
+to refresh in place (with `--json`, a line of JSON a refresh).
 
 Reads `embeddings.status`, whose row counts are estimates for large tables (its `estimated`
 column; shown with a `~`) so that a status costs the same at ten rows or ten million;
@@ -8,6 +8,7 @@ column; shown with a `~`) so that a status costs the same at ten rows or ten mil
 
 from __future__ import annotations
 
+import json
 from datetime import UTC, datetime
 from typing import Any
 
@@ -130,7 +131,10 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
     if any(r["estimated"] for r in rows):
         lines.append("")
         lines.append(ESTIMATE_NOTE)
-    if any(r["cleared_rows"] is None or embedded_estimate(r) is None for r in rows):
+    if any(
+        (r["cleared_rows"] is None or embedded_estimate(r) is None) and not r.get("counts_skipped")
+        for r in rows
+    ):
         lines.append("")
         lines.append(UNKNOWN_NOTE)
     return lines
@@ -140,6 +144,13 @@ def notes(r: dict[str, Any]) -> list[str]:
     """What a target's table line cannot say: a model change, a deferral, a backfill, an index
     waiting for it; each note preceded by a blank line."""
     lines: list[str] = []
+    if r.get("counts_skipped"):
+        lines.append("")
+        lines.append(
+            f"{r['target']}: ? counts skipped, not waited for: its table is locked:"
+            f" {r['counts_skipped']}. They show once that lock is released; end that"
+            " session's transaction (SELECT pg_terminate_backend(<pid>)) if it should not hold it"
+        )
     if r["change_model"]:
         done, total = r["change_done_rows"] or 0, r["change_total_rows"] or 0
         eta = r["change_eta_seconds"]
@@ -268,6 +279,15 @@ def watch(
     *,
     exact: bool = False,
     targets: list[int] | None = None,
+    as_json: bool = False,
 ) -> None:
-    """Redraws the status every `interval` seconds until Ctrl-C (worker/cli/redraw.py)."""
+    """Redraws the status every `interval` seconds until Ctrl-C (worker/cli/redraw.py); with
+    `as_json`, writes it as one line of JSON each time instead (newline-delimited JSON: the
+    same document as `status --json`, on one line)."""
+    if as_json:
+        redraw.stream(
+            interval,
+            lambda: json.dumps(fetch(conn, exact=exact, targets=targets), default=str),
+        )
+        return
     redraw.every(interval, header, lambda: render(fetch(conn, exact=exact, targets=targets)))

@@ -39,12 +39,13 @@ def verification_finding(
     now = now or datetime.now(UTC)
     watched = watched or {}
     limit = output.age(max_age)
-    stale, due = [], []
+    stale, due, waiting = [], [], []
     for r in rows:
         finished: datetime | None = r.get("last_verified")
         since = watched.get(r.get("target_id", -1))
         if finished is None and since is not None and (now - since).total_seconds() <= max_age:
-            continue  # watched within max age: no pass is due yet
+            waiting.append(r)  # watched within max age: no pass is due yet
+            continue
         due.append(r)
         if finished is None:
             stale.append(f"{r['target']} (never)")
@@ -56,7 +57,8 @@ def verification_finding(
             "warn",
             "verification",
             f"{len(stale)} of {len(rows)} watched table(s) not verified against their content "
-            f"within {limit} (EMBED_VERIFY_MAX_AGE_SECONDS): {', '.join(stale)}",
+            f"within {limit} (EMBED_VERIFY_MAX_AGE_SECONDS): {', '.join(stale)}"
+            + _waiting(waiting, limit),
             "schedule the verifying sweep: SELECT embeddings.schedule_sweep(verify => true); "
             f"(pg_cron), or {scheduler}"
             if cron_here
@@ -70,11 +72,28 @@ def verification_finding(
             f"no watched table is due for verification yet (each within {limit} of being watched)",
         )
     oldest = min(r["last_verified"] for r in due)
+    # Tables still within their first max age are not verified yet: "every table" would claim
+    # a pass that has not run on them.
+    verified = (
+        f"{len(due)} of {len(rows)} watched table(s) verified against their content"
+        if waiting
+        else "every watched table verified against its content"
+    )
     return Finding(
         "ok",
         "verification",
-        f"every watched table verified against its content within {limit}; the oldest last "
-        f"pass finished {_when(oldest, now)}",
+        f"{verified} within {limit}; the oldest last "
+        f"pass finished {_when(oldest, now)}" + _waiting(waiting, limit),
+    )
+
+
+def _waiting(waiting: list[dict[str, Any]], limit: str) -> str:
+    """What a finding adds for the tables not due yet: how many, and that they wait."""
+    if not waiting:
+        return ""
+    return (
+        f"; {len(waiting)} more watched within {limit} wait for their first pass (not due yet):"
+        f" {', '.join(str(r['target']) for r in waiting)}"
     )
 
 

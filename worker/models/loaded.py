@@ -132,13 +132,16 @@ class LoadedModels:
             self._remember(model, str(exc))
             metrics.model_load_failed(model)
             logger.error("model %s unavailable: %s", model, exc)
+            exc.logged = True
             raise
         except Exception as exc:  # a corrupt file surfaces as onnxruntime's own errors
             message = f"model {model!r} failed to load: {exc}"
             self._remember(model, message)
             metrics.model_load_failed(model)
             logger.error("%s", message)
-            raise exceptions.ModelError(message) from exc
+            failed = exceptions.ModelError(message)
+            failed.logged = True
+            raise failed from exc
         logger.info(
             "model %s loaded (%s, %d dimensions, %d max tokens) in %.1f s",
             model,

@@ -40,7 +40,7 @@ from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline.lanes import Lanes
 from worker.pipeline.targets import TargetRegistry
-from worker.process import systemd
+from worker.process import systemd, unserved
 from worker.process.embedding import embed_batches
 from worker.process.fetcher import Fetcher
 from worker.process.handoffs import Handoffs
@@ -254,6 +254,11 @@ class Worker:
             logger.warning("stopped by %s before the queue drained", self._interrupted_by.name)
             return exits.interrupted(self._interrupted_by)
         logger.info("embed-worker stopped")
+        if self.once and (
+            left := unserved.left(self.dsn, self.settings.queue, self.settings.lock_timeout_ms)
+        ):
+            logger.error("%s", left)  # a script must not take what is left for done
+            return exits.UNSERVED
         return exits.OK
 
     def _deadline(self) -> float:
