@@ -170,9 +170,9 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                format('SELECT embeddings.cancel_change(%L, %L)', t.source::text, t.embedding_column) AS cancel
     ) w
     CROSS JOIN LATERAL (
-        SELECT coalesce(substring(held_fix.reason FROM 'answered (\d+)-dimensional vectors; .* is registered with \d+ dimensions'),
-                        substring(held_fix.reason FROM 'has \d+ dimensions, the model produces (\d+)'),
-                        substring(held_fix.reason FROM 'but model .* produces (\d+) dimensions')) AS produced
+        SELECT coalesce(substring(held_fix.reason FROM 'answered ([0-9]+)-dimensional vectors; .* is registered with [0-9]+ dimensions'),
+                        substring(held_fix.reason FROM 'has [0-9]+ dimensions, the model produces ([0-9]+)'),
+                        substring(held_fix.reason FROM 'but model .* produces ([0-9]+) dimensions')) AS produced
     ) dims
     WHERE m.name = coalesce(mc.model, t.model)
 $$;

@@ -18,6 +18,7 @@ import pytest
 from tests.integration.conftest import WIDE, WIDE_DIMS
 from tests.support.fetch import fetch_value
 from tests.support.provider_server import ProviderServer
+from worker import exits
 from worker.models.remote import breaker as breakers
 from worker.models.remote import client
 from worker.process.runner import Worker
@@ -54,7 +55,7 @@ def write_during_the_change(conn: Conn, run_once: Callable[..., Worker], old: st
     Both have the old model's vector, searchable; the change still waits, its reason shown."""
     conn.execute("INSERT INTO docs VALUES (11, 'written during the change')")
     conn.execute("UPDATE docs SET body = 'edited during the change' WHERE id = 1")
-    run_once(model=old)
+    run_once(model=old, expect=exits.UNSERVED)  # the change's jobs stay held
     rows = dict(conn.execute("SELECT id, embedding IS NOT NULL FROM docs").fetchall())
     assert rows[11] and rows[1], rows
     assert conn.execute("SELECT count(*) FROM embeddings.model_changes").fetchone() == (1,)
@@ -115,7 +116,7 @@ def test_a_remote_model_answering_other_dimensions_than_registered_is_told_to_re
         conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
         conn.execute("INSERT INTO docs VALUES (1, 'a document')")
         conn.execute("SELECT embeddings.watch('docs', 'body', model => 'remote-512')")
-        run_once(model=tiny_models[0])
+        run_once(model=tiny_models[0], expect=exits.UNSERVED)
     reason, fix = conn.execute(
         "SELECT reason, fix FROM embeddings.stopped WHERE state = 'held'"
     ).fetchone() or ("", "")

@@ -9,7 +9,7 @@ from typing import Any
 import psycopg
 
 from tests.support.in_flight import in_process_worker
-from worker import config, db
+from worker import config, db, exits
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline import jobs as jobqueue
@@ -85,7 +85,7 @@ def test_a_start_leaves_held_the_jobs_of_a_change_to_a_model_it_cannot_load(
         " VALUES ('absent-model', 32, 512, 'mean')"
     )
     conn.execute("SELECT embeddings.rewatch('docs', model => 'absent-model')")
-    run_once(model=model)  # holds the change's jobs
+    run_once(model=model, expect=exits.UNSERVED)  # holds the change's jobs
     before = held_jobs(conn)
     assert before, "the change's jobs were not held"
 
