@@ -53,4 +53,10 @@ CREATE INDEX IF NOT EXISTS failures_row_key_text ON embeddings.failures USING ha
 -- that sweep() stops queuing them again. (The constraint's name is the one CREATE TABLE gives.)
 ALTER TABLE embeddings.documents DROP CONSTRAINT IF EXISTS documents_state_check,
     ADD CONSTRAINT documents_state_check CHECK (state IN ('in_progress', 'over_ceiling', 'no_text'));
+-- Dead letters of deleted rows, resolved by sweep() a step at a time (sql/60_sweep.sql:
+-- resolve_gone_failures()): its cursor, and the index it walks (by target, then id), which
+-- serves what the index by target alone served.
+ALTER TABLE embeddings.sweep_cursors ADD COLUMN IF NOT EXISTS failures_after bigint;
+CREATE INDEX IF NOT EXISTS failures_target_id_id ON embeddings.failures (target_id, id);
+DROP INDEX IF EXISTS embeddings.failures_target_id;
 SELECT pg_catalog.set_config('embeddings.following', 'off', true);
