@@ -65,6 +65,61 @@ BEGIN
 END
 $$;
 
+-- One step of resolving target t's dead letters whose row is gone: the next `max_rows` of them,
+-- in id order from where the last step stopped (sweep_cursors.failures_after), whose rows are
+-- asked of the target's embeddings_<id>_existing() as the table's owner (sql/64_verify.sql); the
+-- letters of keys no row has are deleted here, where no code of the owner's runs. A side or
+-- chunk table's DELETE queues a job, which finds its row gone and resolves the letter
+-- (worker/pipeline/deferrals.py); a row store's queues none (a DELETE trigger would cost every
+-- application's deletes): without this its letter was counted in failed_jobs for good. Bounded:
+-- 100,000 dead letters take 100 sweeps of 1,000, each an index range of (target_id, id). A
+-- letter the worker replaces meanwhile (its row inserted and failed again) has a new id, and is
+-- kept. Returns the number of dead letters resolved.
+CREATE FUNCTION embeddings_internal.resolve_gone_failures(t embeddings.targets, max_rows integer) RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    nkeys integer := cardinality(t.key_columns);
+    after bigint;
+    scanned integer;
+    last_id bigint;
+    resolved integer;
+BEGIN
+    IF NOT EXISTS (SELECT FROM embeddings.failures f WHERE f.target_id = t.id AND f.row_key IS NOT NULL) THEN
+        RETURN 0;  -- (nearly every target: no key arrays to render)
+    END IF;
+    SELECT sc.failures_after INTO after FROM embeddings.sweep_cursors sc WHERE sc.target_id = t.id;
+    EXECUTE format($q$
+        WITH batch AS MATERIALIZED (
+            SELECT f.id, f.row_key FROM embeddings.failures f
+            WHERE f.target_id = $1 AND f.id > $2 AND f.row_key IS NOT NULL
+            ORDER BY f.target_id, f.id LIMIT $3  -- the index's order (failures_target_id_id): no sort
+        ),
+        living AS (
+            SELECT e.k FROM embeddings.%I(
+                (SELECT pg_catalog.array_agg(b.row_key::text ORDER BY b.id) FROM batch b)%s) AS e(k)
+        ),
+        gone AS (
+            DELETE FROM embeddings.failures f USING batch b
+            WHERE f.id = b.id AND b.row_key::text NOT IN (SELECT l.k FROM living l)
+            RETURNING 1
+        )
+        SELECT (SELECT count(*) FROM batch)::int, (SELECT max(b.id) FROM batch b), (SELECT count(*) FROM gone)::int
+        $q$,
+        'embeddings_' || t.id || '_existing',
+        (SELECT string_agg(format(', (SELECT pg_catalog.array_agg(%s ORDER BY b.id) FROM batch b)',
+                                  CASE WHEN nkeys = 1 THEN 'b.row_key #>> ''{}''' ELSE format('b.row_key ->> %s', i - 1) END),
+                           '' ORDER BY i)
+         FROM generate_series(1, nkeys) i))
+    INTO scanned, last_id, resolved
+    USING t.id, coalesce(after, 0), max_rows;
+    -- The end of the target's dead letters: the next step starts over.
+    INSERT INTO embeddings.sweep_cursors AS sc (target_id, failures_after)
+    VALUES (t.id, CASE WHEN scanned < max_rows THEN NULL ELSE last_id END)
+    ON CONFLICT (target_id) DO UPDATE SET failures_after = excluded.failures_after;
+    RETURN resolved;
+END
+$$;
+
 -- With `verify`, also a slice of the verifying pass (sql/64_verify.sql): rows whose vector is not
 -- that of their current content and definition are queued too.
 CREATE FUNCTION embeddings.sweep(
@@ -91,6 +146,11 @@ BEGIN
     FOR t IN SELECT * FROM embeddings.targets ORDER BY id LOOP
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source)
                       OR t.problem IS NOT NULL;  -- table dropped, or not served
+        BEGIN  -- (its failure costs only this step: never the sweep)
+            PERFORM embeddings_internal.resolve_gone_failures(t, max_rows);
+        EXCEPTION WHEN OTHERS THEN
+            RAISE WARNING 'embeddings.sweep(): dead letters of deleted rows of %.% not resolved: %', t.source, t.embedding_column, SQLERRM;
+        END;
         IF EXISTS (SELECT FROM embeddings.backfills b WHERE b.target_id = t.id) THEN
             -- Its existing rows are still being queued (62_backfill.sql): a backfill step instead
             -- of a slice (which would queue the rows ahead of the backfill twice), when its

@@ -39,6 +39,16 @@ class DatabaseError(EmbedWorkerError):
     """A database operation failed."""
 
 
+class SchemaMismatch(DatabaseError):
+    """The database's schema is not the one this package's code calls (not installed, of an
+    older release, of a newer one): a command stops before it runs a statement of the schema,
+    saying what to run (exit 1, as `run --once`); a waiting worker's POST routes that use the
+    schema answer 503 with it, to be asked again in `retry_after` seconds (the worker's
+    start-up looks at the schema again every 10 s)."""
+
+    retry_after = 10
+
+
 class ConnectionLost(DatabaseError):
     """The database connection was lost."""
 

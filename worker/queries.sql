@@ -673,15 +673,23 @@ SELECT CASE
     ELSE '0001' END;
 
 -- name: schema_revision_defined
--- Whether the schema records its revision for worker roles (embeddings_internal.schema_revision(), since
--- 0.3.0): a schema without it is of an older release.
+-- Where the schema records its revision for worker roles: 'internal' (this release's
+-- embeddings_internal.schema_revision()), '0.3.0' (that release kept it in schema embeddings;
+-- today's schema keeps a forwarder of that name, so the internal one is looked for first), or
+-- NULL (neither: a schema of 0.2.0 or older).
 -- ours: reads only the catalog, runs no one else's code
-SELECT to_regprocedure('embeddings_internal.schema_revision()') IS NOT NULL;
+SELECT CASE WHEN to_regprocedure('embeddings_internal.schema_revision()') IS NOT NULL THEN 'internal'
+            WHEN to_regprocedure('embeddings.schema_revision()') IS NOT NULL THEN '0.3.0' END;
 
 -- name: schema_revision
 -- The Alembic revision the schema was migrated to (NULL: installed without Alembic's record).
 -- ours: reads only our tables, runs no one else's code
 SELECT embeddings_internal.schema_revision();
+
+-- name: schema_revision_0_3_0
+-- schema_revision of a 0.3.0 schema, which kept the function in schema embeddings.
+-- ours: reads only our tables, runs no one else's code
+SELECT embeddings.schema_revision();
 
 -- name: migration_tables
 -- The tables `migrate` locks before it changes anything (worker/schema/locks.py): ours, and

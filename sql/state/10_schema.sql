@@ -237,7 +237,9 @@ CREATE TABLE IF NOT EXISTS embeddings.failures (
     last_error text NOT NULL,
     failed_at  timestamptz NOT NULL DEFAULT now()
 );
-CREATE INDEX IF NOT EXISTS failures_target_id ON embeddings.failures (target_id);
+-- A target's dead letters in id order: sweep() walks them a step at a time from a cursor
+-- (sql/60_sweep.sql: resolve_gone_failures()); by target alone too (failures, status).
+CREATE INDEX IF NOT EXISTS failures_target_id_id ON embeddings.failures (target_id, id);
 -- A row's earlier dead letter, found when it is dead-lettered again (worker/queries.sql:
 -- record_failures). Hash: a key of any length (a btree entry holds at most ~2.7 kB).
 CREATE INDEX IF NOT EXISTS failures_row_key ON embeddings.failures USING hash (row_key);

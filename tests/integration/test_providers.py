@@ -314,6 +314,7 @@ def test_a_provider_that_is_down_opens_its_circuit_and_defers_its_target(
         embedders=worker.embedders,
         default_model=worker.default_model,
         stopped=lambda: True,
+        waiting=worker.waiting,
     )
     (deferred,) = probe.unservable_targets().items()
     assert deferred[0] == "public.docs.embedding" and "circuit open" in deferred[1]

@@ -55,6 +55,51 @@ def test_dead_lettered_rows_wait_for_a_retry(conn: Conn, docs: int) -> None:
     assert 7 not in queued_keys(conn, docs)
 
 
+def failed_keys(conn: Conn) -> list[Any]:
+    return [k for (k,) in conn.execute("SELECT row_key FROM embeddings.failures ORDER BY id")]
+
+
+@pytest.mark.parametrize("verify", [False, True])
+def test_the_dead_letters_of_deleted_rows_are_resolved(conn: Conn, docs: int, verify: bool) -> None:
+    """A row store's DELETE queues no job that would find the row gone: its dead letter stayed
+    for good, counted in status's failed_jobs (and doctor's FAIL)."""
+    conn.execute("CREATE TABLE pairs (a int, b text, body text, PRIMARY KEY (a, b))")
+    conn.execute("INSERT INTO pairs VALUES (1, 'x', 'one'), (2, 'y', 'two')")
+    row = conn.execute("SELECT embeddings.watch('pairs', 'body')").fetchone()
+    assert row is not None
+    pairs = int(row[0])
+    dead_letters(conn, [7, 8, 9], target_id=docs)
+    dead_letters(conn, [[1, "x"], [2, "y"]], target_id=pairs)
+    conn.execute("DELETE FROM docs WHERE id IN (8, 9)")
+    conn.execute("DELETE FROM pairs WHERE a = 2")
+
+    conn.execute("SELECT embeddings.sweep(verify => %s)", (verify,))
+    assert failed_keys(conn) == [7, [1, "x"]]
+    counted = "SELECT sum(failed_jobs)::int FROM embeddings.status"
+    assert conn.execute(counted).fetchone() == (2,)
+
+
+def test_resolving_dead_letters_is_bounded_and_wraps_around(conn: Conn, docs: int) -> None:
+    """100,000 dead letters of deleted rows: a sweep of 1,000 rows resolves at most 1,000 of
+    them (the next from where the last stopped), and those of rows there are stay."""
+    dead_letters(conn, [3], target_id=docs)
+    conn.execute(
+        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
+        " last_error) SELECT %s, 'public.docs.embedding', to_jsonb(g), 'embedding_jobs',"
+        " jsonb_build_object('target', %s, 'keys', jsonb_build_array(g)), 5, 'boom'"
+        " FROM generate_series(1000, 100999) g",
+        (docs, docs),
+    )
+    dead_letters(conn, [4], target_id=docs)
+    left = "SELECT count(*)::int FROM embeddings.failures"
+    sweep(conn)
+    assert conn.execute(left).fetchone() == (100_002 - 999,)  # (3 was one of the first 1,000)
+    sweep(conn, max_rows=50_000)
+    sweep(conn, max_rows=50_000)
+    assert failed_keys(conn) == [3, 4]
+    assert sweep(conn) == 0 and failed_keys(conn) == [3, 4]  # (wrapped around: nothing more)
+
+
 def test_supabase_shaped_jobs_count_as_pending(conn: Conn) -> None:
     conn.execute("CREATE TABLE documents (id int PRIMARY KEY, content text)")
     conn.execute("INSERT INTO documents VALUES (1, 'a'), (2, 'b')")

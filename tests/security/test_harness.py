@@ -139,6 +139,28 @@ def _forget_jobs_then(statement: str) -> Callable[[Context], None]:
     return run
 
 
+def _sweep_beside_dead_letters(ctx: Context) -> None:
+    """sweep() with a dead letter of a row there (key 1) and of a row gone (key 99999) in every
+    watched table: their rows are asked of each table's embeddings_<id>_existing(), as its
+    owner (resolve_gone_failures(), sql/60_sweep.sql); the letters of rows gone are resolved."""
+    with ctx.roles.connect() as su:
+        su.execute("SET search_path = pg_catalog, pg_temp")  # (past the planted overloads)
+        su.execute(
+            "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message,"
+            " attempts, last_error) SELECT t.id, t.source::text, k.key, t.queue,"
+            " jsonb_build_object('target', t.id, 'keys', jsonb_build_array(k.key)), 5, 'boom'"
+            " FROM embeddings.targets t, (VALUES ('1'::jsonb), ('99999')) AS k(key)"
+        )
+    _forget_jobs_then("SELECT embeddings.sweep()")(ctx)
+    with ctx.roles.connect() as su:
+        su.execute("SET search_path = pg_catalog, pg_temp")
+        left = su.execute(
+            "SELECT row_key::int, count(*) FROM embeddings.failures GROUP BY 1 ORDER BY 1"
+        ).fetchall()
+        targets = su.execute("SELECT count(*) FROM embeddings.targets").fetchone()
+    assert targets is not None and left == [(1, targets[0])], left
+
+
 def _http_search(ctx: Context) -> None:
     """What POST /search runs (worker/http/work.py: Work.search), on the pooled connections it
     uses (worker/retrieval/pool.py), as the search role (EMBED_SEARCH_DATABASE_URL), the
@@ -487,7 +509,7 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     "the worker, every store kind": ((WORKER, SUPERUSER), _worker),
     "a model change and its swap": ((SUPERUSER,), _model_change),
     "a remote model against a stand-in": ((SUPERUSER,), _remote_model),
-    "sweep()": ((SUPERUSER,), _forget_jobs_then("SELECT embeddings.sweep()")),
+    "sweep()": ((SUPERUSER,), _sweep_beside_dead_letters),
     "verify (sweep(verify => true))": (
         (SUPERUSER,),
         _forget_jobs_then("SELECT embeddings.verify(1000)"),

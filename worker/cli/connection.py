@@ -1,4 +1,5 @@
-"""The command line's connection to a database that has our schema installed."""
+"""The command line's connection to a database that has our schema installed, of this
+package's release."""
 
 from __future__ import annotations
 
@@ -8,7 +9,8 @@ from worker.config import Settings
 
 
 def connect(settings: Settings, *, searcher: bool = False) -> db.Connection:
-    """A connection to the database with our schema; says on stderr which database it is.
+    """A connection to the database with our schema, of this package's release (else
+    SchemaMismatch, saying what to run); says on stderr which database it is.
     `searcher`: as the role POST /search searches as (worker/http/work.py), whose rights and
     row-level security decide what an answer holds: EMBED_SEARCH_DATABASE_URL's, when set."""
     if searcher and settings.search_database_url:
@@ -22,12 +24,22 @@ def connect(settings: Settings, *, searcher: bool = False) -> db.Connection:
     )
     if searcher:  # whose rights and row-level security decide what the answer holds
         output.say(f"searching as role {conn.info.user}")
-    with db.translated():
-        missing = not schema.installed(conn)
-    if missing:
+    migrate = hints.command("migrate", settings.dsn)
+    try:
+        with db.translated():
+            missing = not schema.installed(conn)
+            # Of this package's release, as `run` checks it (worker/process/startup.py): an
+            # older schema lacks what the commands call, and said so as raw SQL errors.
+            mismatch = None if missing else schema.mismatch(conn, migrate=migrate)
+    except BaseException:
         conn.close()
-        raise exceptions.DatabaseError(
+        raise
+    if missing or mismatch is not None:
+        conn.close()
+        raise exceptions.SchemaMismatch(
             f"the embeddings schema is not installed in {db.describe(dsn)}: run "
-            f"`{hints.command('migrate', settings.dsn)}` (or `make migrate` for the local cluster)"
+            f"`{migrate}` (or `make migrate` for the local cluster)"
+            if missing
+            else str(mismatch)
         )
     return conn

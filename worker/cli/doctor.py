@@ -146,6 +146,12 @@ def _schema(conn: db.Connection, dsn: str, found: list[Finding]) -> bool:
             )
         )
         return False
+    # Of this package's release, as `run` and the other commands check it: the checks below
+    # call what an older schema lacks (raw SQL errors), and a newer one is a later release's.
+    mismatch = schema.mismatch(conn, migrate=hints.command("migrate", dsn))
+    if mismatch is not None:
+        found.append(Finding("FAIL", "schema", mismatch.found, mismatch.fix))
+        return False
     found.append(Finding("ok", "schema", "the embeddings schema is installed"))
     return True
 

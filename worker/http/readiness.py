@@ -19,7 +19,7 @@ from worker.process import held
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels
     from worker.pipeline.targets import TargetRegistry
-    from worker.process.startup import DefaultModel
+    from worker.process.startup import DefaultModel, Waiting
 
 
 class ReadinessProbe:
@@ -36,7 +36,9 @@ class ReadinessProbe:
         default_model: DefaultModel,
         stopped: Callable[[], bool],  # the worker's pipeline ended, or a thread of it failed
         per_transaction: bool = False,  # EMBED_POOL_MODE=transaction (db.connect)
+        waiting: Waiting,  # what start-up waits for: the schema's release, a queue
     ) -> None:
+        self.waiting = waiting
         self.dsn = dsn
         self.queue = queue
         self.registry = registry
@@ -54,7 +56,12 @@ class ReadinessProbe:
 
     def problems(self) -> list[str]:
         found = []
-        model_problem = self.default_model.problem()
+        waiting = self.waiting.problem
+        # What start-up waits for, named (`migrate`, a watch()), rather than the default model's
+        # "starting": no model is loaded before it.
+        model_problem = None if waiting else self.default_model.problem()
+        if waiting:
+            found.append(f"starting: {waiting}")
         if model_problem:
             found.append(f"model {self.default_model.name()}: {model_problem}")
         if self.stopped():

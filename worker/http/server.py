@@ -151,10 +151,15 @@ class Server:
 
     def failed(self, request: Request, exc: Exception) -> Answer:
         if isinstance(
-            exc, exceptions.ModelError | exceptions.ConnectionLost | exceptions.Contention
+            exc,
+            exceptions.ModelError
+            | exceptions.ConnectionLost
+            | exceptions.Contention
+            | exceptions.SchemaMismatch,
         ):
             # The request may succeed later: when, where the provider or its breaker knows
-            # (another session's lock on the table: in a second).
+            # (another session's lock on the table: in a second; a schema being migrated: when
+            # start-up looks again).
             return Answer.error(
                 HTTPStatus.SERVICE_UNAVAILABLE, str(exc), retry_after=retry_after(exc)
             )
@@ -210,6 +215,7 @@ def serve(worker: Worker, settings: Settings) -> Server:
             registry=worker.registry,
             embedders=worker.embedders,
             default_model=worker.default_model,
+            waiting=worker.waiting,
             push=push.Push(
                 dsn=worker.dsn,
                 settings=settings,
@@ -229,6 +235,7 @@ def serve(worker: Worker, settings: Settings) -> Server:
             default_model=worker.default_model,
             stopped=stopped,
             per_transaction=settings.per_transaction,
+            waiting=worker.waiting,
         ),
     )
     server.start()

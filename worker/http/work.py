@@ -21,7 +21,7 @@ if TYPE_CHECKING:
     from worker.config import Settings
     from worker.models.loaded import LoadedModels
     from worker.pipeline.targets import TargetRegistry
-    from worker.process.startup import DefaultModel
+    from worker.process.startup import DefaultModel, Waiting
 
 MAX_INPUTS = 256  # texts per /embed request
 STOPPING_RETRY_AFTER = 5  # seconds: a worker restarting, or another one, takes jobs by then
@@ -37,8 +37,10 @@ class Work:
         embedders: LoadedModels,
         default_model: DefaultModel,
         push: push.Push,
+        waiting: Waiting,
     ) -> None:
         self.registry = registry
+        self.waiting = waiting
         self.embedders = embedders
         self.default_model = default_model
         self.push = push
@@ -124,7 +126,15 @@ class Work:
             f'"model" must name a known model ({", ".join(allowed)}), not a path or another name',
         )
 
+    def check_schema(self) -> None:
+        """While start-up waits for the schema (not installed, of another release), the routes
+        that use it answer 503 with what to run, not the raw error of a statement it lacks."""
+        problem = self.waiting.schema
+        if problem is not None:
+            raise exceptions.SchemaMismatch(problem)
+
     def push_jobs(self, request: Request) -> Answer:
+        self.check_schema()
         try:
             result = push.process(self.push, bodies.request_json(request.body))
         except push.InvalidRequest as exc:
@@ -153,6 +163,7 @@ class Work:
             asked = SearchRequest.parse(bodies.request_json(request.body))
         except ValueError as exc:
             raise BadRequest(HTTPStatus.BAD_REQUEST, str(exc)) from None
+        self.check_schema()
         # As the search role when one is configured: what it may SELECT, row-level security
         # included, is what the answer holds (the worker's own role reads no user table).
         try:

@@ -46,7 +46,13 @@ from worker.process.fetcher import Fetcher
 from worker.process.handoffs import Handoffs
 from worker.process.held import HeldJobs
 from worker.process.keeper import Keeper
-from worker.process.startup import DefaultModel, Startup, announce, startup_timeout_message
+from worker.process.startup import (
+    DefaultModel,
+    Startup,
+    Waiting,
+    announce,
+    startup_timeout_message,
+)
 from worker.process.stopped import StoppedTargets
 from worker.process.wakeups import Waiter, WakePipe
 from worker.process.watchdog import Watchdog
@@ -104,6 +110,7 @@ class Worker:
         self.stopping = threading.Event()  # no more reading
         self.finished = threading.Event()  # the pipeline has drained
         self.started = threading.Event()  # connected, schema present, models tried
+        self.waiting = Waiting()  # what start-up waits for (the schema's release), said meanwhile
         self.default_model = DefaultModel(
             settings=settings,
             registry=self.registry,
@@ -200,6 +207,7 @@ class Worker:
             held=self.held,
             lock_timeout_ms=self.settings.lock_timeout_ms,
             per_transaction=self.settings.per_transaction,
+            waiting=self.waiting,
         ).run()
         keeper = _keeper(self)
         embedder = functools.partial(

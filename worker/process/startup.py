@@ -49,6 +49,20 @@ def announce(settings: Settings) -> None:
         logger.warning("%s", crowded)
 
 
+class Waiting:
+    """What start-up waits for, as it last looked (None: nothing, or not looked yet): `schema`,
+    why the schema cannot be served (not installed, of an older or a newer release), and
+    `problem`, whatever it waits for (that, or a queue no watch() made yet). /readyz names the
+    problem; the POST routes that use the schema answer 503 with `schema` (worker/http/)."""
+
+    def __init__(self) -> None:
+        self.schema: str | None = None
+        self.problem: str | None = None
+
+    def found(self, schema: str | None, problem: str | None) -> None:
+        self.schema, self.problem = schema, problem
+
+
 @dataclass(frozen=True, kw_only=True)
 class DefaultModel:
     """The model for POST /embed when a request names none, and the one /readyz waits for:
@@ -118,6 +132,7 @@ class Startup:
     held: HeldJobs  # held jobs of the targets it can serve: taken at once, not after their wait
     lock_timeout_ms: int  # EMBED_LOCK_TIMEOUT_MS: the longest its statements wait for a lock
     per_transaction: bool  # EMBED_POOL_MODE=transaction (db.connect)
+    waiting: Waiting  # what it waits for, said by /readyz and the POST routes meanwhile
 
     def run(self) -> None:
         targets = self.connect_and_read_targets()
@@ -159,8 +174,10 @@ class Startup:
                     conn = session.get()
                     with db.translated():
                         installed = schema.installed(conn)
-                        problem = schema.mismatch(conn) if installed else MISSING_SCHEMA
+                        mismatch = schema.mismatch(conn) if installed else MISSING_SCHEMA
+                        problem = None if mismatch is None else str(mismatch)
                         no_queue = self.missing_queue(conn) if problem is None else None
+                    self.waiting.found(problem, problem or no_queue)
                     if problem is None and no_queue is None:
                         targets = self.registry.refresh(conn)
                         self.check_configured_model(conn)

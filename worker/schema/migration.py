@@ -13,9 +13,10 @@ from typing import Any
 import psycopg
 import tenacity
 
+from worker import db, exceptions
 from worker.db import Connection
 from worker.schema import files, locks
-from worker.schema.revisions import current_revision
+from worker.schema.revisions import current_revision, head_revision, known_revision
 
 logger = logging.getLogger(__name__)
 
@@ -82,6 +83,7 @@ def _run_alembic(
 ) -> Migration:
     """`action` in one transaction, tried again with backoff while the tables it locks first
     are in use (worker/locks.py), for up to `lock_wait` seconds."""
+    _refuse_newer(dsn)
     retrying = tenacity.Retrying(
         wait=locks.RETRY,
         retry=tenacity.retry_if_exception_type(locks.LocksBusy),
@@ -100,6 +102,22 @@ def _run_alembic(
             f"({tries} tries; {exc}): {held}. Nothing was changed. End those "
             "transactions, or wait longer with `migrate --lock-wait SECONDS`"
         ) from None
+
+
+def _refuse_newer(dsn: str) -> None:
+    """A database a later release migrated is that release's to migrate (Alembic said only
+    "Can't locate revision identified by '0021'")."""
+    with db.connect(dsn) as conn:
+        at = current_revision(conn)
+    if at is None or known_revision(at):
+        return
+    head = head_revision()
+    raise exceptions.SchemaMismatch(
+        f"the database's schema is at revision {at}, newer than this package (release "
+        f"{files.release_of(head)}, revision {head}): a later release migrated it; use that "
+        "release's embed-worker (its migrate, its worker) in place of this one "
+        "(docs/upgrading.md)"
+    )
 
 
 def _log_busy(state: tenacity.RetryCallState) -> None:

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -197,40 +198,79 @@ def head_revision() -> str:
     return str(head)
 
 
-def mismatch(conn: Connection) -> str | None:
-    """Why this package's worker cannot serve the database's schema (None: it can). A schema
-    of an older release lacks what today's code calls: it must be migrated first. A schema
-    newer than this package was migrated by a later release, whose worker replaces this one."""
-    from alembic.script import ScriptDirectory
+@dataclass(frozen=True)
+class Mismatch:
+    """Why this package cannot serve the database's schema: what the schema is (`found`) and
+    what to do (`fix`); as one line, `found: fix`. `newer`: migrated by a later release."""
 
+    found: str
+    fix: str
+    newer: bool = False
+
+    def __str__(self) -> str:
+        return f"{self.found}: {self.fix}"
+
+
+def mismatch(conn: Connection, *, migrate: str = "embed-worker migrate") -> Mismatch | None:
+    """Why this package's worker and commands cannot serve the database's schema (None: they
+    can). A schema of an older release lacks what today's code calls: it must be migrated
+    first (`migrate`: the command to say, as it would be pasted). A schema newer than this
+    package was migrated by a later release, whose worker and commands replace these. One
+    look at the catalog, and one call of the schema's revision function where it has one."""
     head = head_revision()
     mine = f"release {files.release_of(head)} (revision {head})"
     upgrade = (
-        f"run `embed-worker migrate` of {mine} to upgrade it (docs/upgrading.md); the worker "
+        f"run `{migrate}` of {mine} to upgrade it (docs/upgrading.md); the worker "
         "of the older release keeps serving meanwhile"
     )
-    row = conn.execute(queries.get("schema_revision_defined")).fetchone()
-    if not row or not row[0]:
-        return f"the database's schema is of an older release than this worker's: {upgrade}"
-    try:
-        found = conn.execute(queries.get("schema_revision")).fetchone()
-    except psycopg.errors.InsufficientPrivilege:
-        # A role that is not a worker role (grant_worker()) cannot tell: the checks of what
-        # it runs later say what it lacks.
+    where, at = _recorded_revision(conn)
+    if where == "internal" and at in (None, head):
+        # (None: no Alembic record, installed by hand or restored without it, served as is;
+        # or a role that is not a worker role, which cannot tell: the checks of what it runs
+        # later say what it lacks)
         return None
-    at = found[0] if found else None
-    if at is None or at == head:
-        return None  # (no Alembic record: installed by hand or restored without it; served as is)
-    script = ScriptDirectory.from_config(files.alembic_config())
-    if at in {s.revision for s in script.walk_revisions()} or at in SQUASHED_REVISIONS:
-        return (
+    if at not in (None, head) and at not in SQUASHED_REVISIONS and known_revision(at):
+        return Mismatch(
             f"the database's schema is release {files.release_of(at)} (revision {at}), "
-            f"older than this worker's: {upgrade}"
+            "older than this worker's",
+            upgrade,
         )
-    return (
-        f"the database's schema is at revision {at}, newer than this worker ({mine}): a later "
-        "release migrated it; replace this worker with that release's (docs/upgrading.md)"
-    )
+    if where == "internal" and at is not None and not known_revision(at):
+        return Mismatch(
+            f"the database's schema is at revision {at}, newer than this worker ({mine})",
+            "a later release migrated it; use that release's embed-worker (its worker and its "
+            "commands) in place of this one (docs/upgrading.md)",
+            newer=True,
+        )
+    # Without this release's revision function (0.2.0 recorded none for worker roles; 0.3.0
+    # kept its own in schema embeddings), or at a revision of main squashed into 0.2.0.
+    return Mismatch("the database's schema is of an older release than this worker's", upgrade)
+
+
+def _recorded_revision(conn: Connection) -> tuple[str | None, str | None]:
+    """Where the schema's revision function is ('internal', '0.3.0' or None: see the query
+    schema_revision_defined), and the revision it says (None: none recorded, no function, or
+    this role may not run it)."""
+    row = conn.execute(queries.get("schema_revision_defined")).fetchone()
+    where = row[0] if row else None
+    if where is None:
+        return None, None
+    try:
+        found = conn.execute(
+            queries.get("schema_revision" if where == "internal" else "schema_revision_0_3_0")
+        ).fetchone()
+    except psycopg.errors.InsufficientPrivilege:
+        return where, None
+    return where, (found[0] if found else None)
+
+
+def known_revision(at: str) -> bool:
+    """Whether revision `at` is one this package knows (its own, an older release's, or one of
+    main's squashed into 0.2.0): not one a later release made."""
+    from alembic.script import ScriptDirectory
+
+    script = ScriptDirectory.from_config(files.alembic_config())
+    return at in {s.revision for s in script.walk_revisions()} or at in SQUASHED_REVISIONS
 
 
 def _version_table() -> Identifier:

@@ -57,6 +57,12 @@ ALTER TABLE embeddings.documents DROP CONSTRAINT IF EXISTS documents_state_check
 -- stopped state swap_failed (sql/52_stopped.sql).
 ALTER TABLE embeddings.model_changes ADD COLUMN IF NOT EXISTS swap_error text,
     ADD COLUMN IF NOT EXISTS swap_failed_since timestamptz;
+-- Dead letters of deleted rows, resolved by sweep() a step at a time (sql/60_sweep.sql:
+-- resolve_gone_failures()): its cursor, and the index it walks (by target, then id), which
+-- serves what the index by target alone served.
+ALTER TABLE embeddings.sweep_cursors ADD COLUMN IF NOT EXISTS failures_after bigint;
+CREATE INDEX IF NOT EXISTS failures_target_id_id ON embeddings.failures (target_id, id);
+DROP INDEX IF EXISTS embeddings.failures_target_id;
 SELECT pg_catalog.set_config('embeddings.following', 'off', true);
 
 -- Worker roles that grant_worker() took before 0.4.0 and refuses now: the roles built into
