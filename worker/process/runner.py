@@ -263,7 +263,12 @@ class Worker:
             return exits.interrupted(self._interrupted_by)
         logger.info("embed-worker stopped")
         if self.once and (
-            left := unserved.left(self.dsn, self.settings.queue, self.settings.lock_timeout_ms)
+            left := unserved.left(
+                self.dsn,
+                self.settings.queue,
+                self.settings.lock_timeout_ms,
+                self.settings.per_transaction,
+            )
         ):
             logger.error("%s", left)  # a script must not take what is left for done
             return exits.UNSERVED

@@ -21,12 +21,17 @@ logger = logging.getLogger(__name__)
 MAX_NAMED = 5  # targets named in the line; the rest counted
 
 
-def left(dsn: str, queue: str, lock_timeout_ms: int) -> str | None:
+def left(dsn: str, queue: str, lock_timeout_ms: int, per_transaction: bool = False) -> str | None:
     """The line saying which of `queue`'s targets still have jobs this worker could not serve,
     how many and why; None when there are none (or the database cannot say: the run's own
     outcome stands, with a warning)."""
     try:
-        with db.connect(dsn, lock_timeout_ms=lock_timeout_ms) as conn, db.translated():
+        with (
+            db.connect(
+                dsn, lock_timeout_ms=lock_timeout_ms, per_transaction=per_transaction
+            ) as conn,
+            db.translated(),
+        ):
             found = _held_targets(conn, queue)
     except (psycopg.Error, exceptions.EmbedWorkerError) as exc:
         logger.warning("could not check for jobs left unserved: %s", exc)
