@@ -96,5 +96,5 @@ def test_a_start_leaves_held_the_jobs_of_a_change_to_a_model_it_cannot_load(
         api_key=config.api_key_from_env,
         threads=embedders.threads,
     )
-    assert in_process_worker(settings, fresh, once=True, model=model).run() == 0
+    assert in_process_worker(settings, fresh, once=True, model=model).run() == exits.UNSERVED
     assert held_jobs(conn) == before

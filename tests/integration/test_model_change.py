@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import WIDE, WIDE_DIMS
+from tests.support.deferred_indexes import hnsw_index_names
 from tests.support.fetch import fetch_value
 from tests.support.in_flight import stop_worker
 from tests.support.process import WorkerProcess, cli_json, wait_for
@@ -251,14 +252,7 @@ def test_a_dimension_change_swaps_in_a_column_of_the_new_dimension_and_keeps_the
         "SELECT count(embedding), count(embedding_previous) FROM docs"
     ).fetchone() == (100, 100)
     # The HNSW index went with its column: the new column's index has the old index's name.
-    indexes = dict(
-        conn.execute(
-            "SELECT a.attname, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-            " JOIN pg_am am ON am.oid = c.relam AND am.amname = 'hnsw'"
-            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
-            " WHERE i.indrelid = 'docs'::regclass"
-        ).fetchall()
-    )
+    indexes = hnsw_index_names(conn, "docs")
     assert set(indexes) == {"embedding", "embedding_previous"}
     assert indexes["embedding"] == "docs_embedding_idx"
     # Rows written after the swap are embedded with the new model into the new column.

@@ -22,6 +22,7 @@ from tests.integration.test_model_change import (
     models,
     target_model,
 )
+from tests.support.deferred_indexes import hnsw_index_names
 from tests.support.process import run_cli
 from worker import status as status_model
 from worker.pipeline.targets import TargetRegistry
@@ -31,18 +32,6 @@ from worker.process.runner import Worker
 Conn = psycopg.Connection[Any]
 
 __all__ = ["embedded_docs", "models"]  # the fixtures, used by name
-
-
-def hnsw_indexes(conn: Conn) -> dict[str, str]:
-    """The HNSW indexes of docs: column name -> index name."""
-    return dict(
-        conn.execute(
-            "SELECT a.attname, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
-            " JOIN pg_am am ON am.oid = c.relam AND am.amname = 'hnsw'"
-            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
-            " WHERE i.indrelid = 'docs'::regclass"
-        ).fetchall()
-    )
 
 
 def test_a_swap_blocked_by_a_view_is_stopped_with_its_fix_logged_once(
@@ -107,7 +96,7 @@ def test_a_change_after_a_keep_old_change_completes(
     )
     run_once(model=old)
     assert target_model(conn) == new
-    assert hnsw_indexes(conn) == {
+    assert hnsw_index_names(conn, "docs") == {
         "embedding": "docs_embedding_idx",
         "embedding_previous": "docs_embedding_idx_previous",
     }
@@ -117,7 +106,7 @@ def test_a_change_after_a_keep_old_change_completes(
     run_once(model=new)
     assert not in_change(conn)
     assert conn.execute("SELECT count(*) FROM embeddings.stopped").fetchone() == (0,)
-    assert hnsw_indexes(conn) == {
+    assert hnsw_index_names(conn, "docs") == {
         "embedding": "docs_embedding_idx",
         "embedding_previous": "docs_embedding_idx_previous",
     }

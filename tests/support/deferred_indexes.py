@@ -37,6 +37,19 @@ def hnsw_indexes(conn: Conn, table: str) -> list[tuple[str, bool]]:
     ).fetchall()
 
 
+def hnsw_index_names(conn: Conn, table: str) -> dict[str, str]:
+    """The HNSW indexes of `table`, by column: column name -> index name."""
+    return dict(
+        conn.execute(
+            "SELECT a.attname, c.relname FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+            " JOIN pg_am am ON am.oid = c.relam AND am.amname = 'hnsw'"
+            " JOIN pg_attribute a ON a.attrelid = i.indrelid AND a.attnum = i.indkey[0]"
+            " WHERE i.indrelid = %s::regclass",
+            (table,),
+        ).fetchall()
+    )
+
+
 def build_waits(conn: Conn, table: str) -> bool:
     """Whether a CREATE INDEX CONCURRENTLY on `table` (in schema public) waits for a lock."""
     return bool(
