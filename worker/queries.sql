@@ -983,12 +983,10 @@ DISCARD PLANS;
 -- changed row) where REPEATABLE READ and SERIALIZABLE fail the whole transaction (40001); two
 -- workers and an application writing at once failed most batches so, spending the rows'
 -- attempts (docs/reliability.md, "Isolation and conflicts").
+-- The settings themselves are session_settings', which follows in the same exchange
+-- (worker/session_guard.py: _settings), as it follows transaction_discard behind a pooler.
 RESET ALL;
-SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
-       pg_catalog.set_config('DateStyle', 'ISO', false),
-       pg_catalog.set_config('IntervalStyle', 'postgres', false),
-       pg_catalog.set_config('standard_conforming_strings', 'on', false),
-       pg_catalog.set_config('default_transaction_isolation', 'read committed', false);
+SELECT pg_catalog.set_config('default_transaction_isolation', 'read committed', false);
 
 -- name: transaction_discard
 -- Behind a transaction pooler (EMBED_POOL_MODE=transaction), first in each transaction of ours,
@@ -1003,7 +1001,7 @@ SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', false),
 -- that DEALLOCATE ALL would take from under its other clients; not the cached plans
 -- (session_discard_plans): they are our own functions' (fixed search paths), and dropping them
 -- in every transaction would plan every function again. Sent one statement at a time (a
--- pipeline takes one a message); transaction_settings follows.
+-- pipeline takes one a message); session_settings follows.
 CLOSE ALL;
 SET SESSION AUTHORIZATION DEFAULT;
 RESET ALL;
@@ -1012,15 +1010,16 @@ SELECT pg_catalog.pg_advisory_unlock_all();
 DISCARD TEMP;
 DISCARD SEQUENCES;
 
--- name: transaction_settings
--- After transaction_discard: session_reset's settings (it says why each), for this transaction
--- alone (set_config(..., true)), so that none outlives our COMMIT on a server session the pooler
--- then hands to another client. The isolation level is the transaction's BEGIN's.
+-- name: session_settings
+-- Our settings (session_reset says why each): after session_reset's RESET ALL for the session
+-- ({local} false), or after transaction_discard behind a transaction pooler for this transaction
+-- alone ({local} true: none outlives our COMMIT on a server session the pooler then hands to
+-- another client; the isolation level is then the transaction's BEGIN's).
 -- ours: sets settings, runs no one else's code
-SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true),
-       pg_catalog.set_config('DateStyle', 'ISO', true),
-       pg_catalog.set_config('IntervalStyle', 'postgres', true),
-       pg_catalog.set_config('standard_conforming_strings', 'on', true);
+SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', {local}),
+       pg_catalog.set_config('DateStyle', 'ISO', {local}),
+       pg_catalog.set_config('IntervalStyle', 'postgres', {local}),
+       pg_catalog.set_config('standard_conforming_strings', 'on', {local});
 
 -- name: session_start_path
 -- The search path the session started with, what RESET restores (pg_settings.reset_val): read

@@ -255,16 +255,7 @@ class GuardedConnection(psycopg.Connection[Any]):
         """`script`, then our bounds (the lock timeout; `bound`: a statement timeout, local to
         the transaction), then `then`, in one exchange: scripts without parameters are one
         simple query. The rows of `then` (none without it)."""
-        parts = [script.rstrip().rstrip(";")]
-        if self.lock_timeout_ms is not None:
-            parts.append(self._setting("session_lock_timeout", self.lock_timeout_ms))
-            if self.info.server_version >= CLIENT_CHECK_SINCE:
-                check = queries.compose("session_client_check", local=sql.SQL("false"))
-                parts.append(check.as_string(self))
-        if self.statement_timeout_ms is not None:
-            parts.append(self._setting("session_statement_timeout", self.statement_timeout_ms))
-        if bound is not None:
-            parts.append(self._setting("statement_bound", bound))
+        parts = [script.rstrip().rstrip(";"), *self._settings(local=False, bound=bound)]
         if then is not None:
             parts.append(then.rstrip().rstrip(";"))
         rows: list[tuple[Any, ...]] = []
@@ -278,6 +269,25 @@ class GuardedConnection(psycopg.Connection[Any]):
         self._distrusted = False
         self._bound_set = bound
         return rows
+
+    def _settings(self, *, local: bool, bound: int | None) -> list[str]:
+        """Our settings' statements, to follow a RESET ALL (session_reset, or
+        transaction_discard): the pinned ones (session_settings), the lock timeout and the
+        connection check, the statement timeout, and `bound` (a statement timeout local to the
+        transaction). `local`: for the transaction alone (behind a transaction pooler), else
+        for the session."""
+        flag = sql.SQL("true" if local else "false")
+        parts = [queries.compose("session_settings", local=flag).as_string(self)]
+        if self.lock_timeout_ms is not None:
+            parts.append(self._setting("session_lock_timeout", self.lock_timeout_ms, flag))
+            if self.info.server_version >= CLIENT_CHECK_SINCE:
+                parts.append(queries.compose("session_client_check", local=flag).as_string(self))
+        if self.statement_timeout_ms is not None:
+            ms = self.statement_timeout_ms
+            parts.append(self._setting("session_statement_timeout", ms, flag))
+        if bound is not None:
+            parts.append(self._setting("statement_bound", bound))
+        return parts
 
     def _setting(self, name: str, ms: int, local: sql.SQL | None = None) -> str:
         """Setting `name`'s statement for `ms`; `local`: true for the transaction only
@@ -308,18 +318,9 @@ class GuardedConnection(psycopg.Connection[Any]):
         set ours for this transaction alone (`bound`: a statement timeout too), to send before
         the statement that needs them, in its exchange. The transaction's isolation level is its
         BEGIN's (db.connect), whatever the session's default."""
-        reset = [s.strip() for s in queries.get("transaction_discard").split(";") if s.strip()]
-        reset.append(queries.get("transaction_settings"))
-        local = sql.SQL("true")
-        if self.lock_timeout_ms is not None:
-            reset.append(self._setting("session_lock_timeout", self.lock_timeout_ms, local))
-            if self.info.server_version >= CLIENT_CHECK_SINCE:
-                reset.append(queries.compose("session_client_check", local=local).as_string(self))
-        if self.statement_timeout_ms is not None:
-            ms = self.statement_timeout_ms
-            reset.append(self._setting("session_statement_timeout", ms, local))
-        if bound is not None:
-            reset.append(self._setting("statement_bound", bound))
+        discard = queries.get("transaction_discard").split(";")
+        reset = [s.strip() for s in discard if s.strip()]
+        reset += self._settings(local=True, bound=bound)
         self.resets += 1
         self._distrusted = False
         self._bound_set = bound

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import pglast
 from pglast import ast
+from psycopg import sql
 
 from tests.support import sql_names
 from tests.support.sql_literals import plain_literals_with_backslashes
@@ -75,9 +76,11 @@ def test_every_function_that_calls_pgmq_reads_it_under_standard_strings() -> Non
 
 
 def test_our_sessions_read_standard_strings() -> None:
-    assert "pg_catalog.set_config('standard_conforming_strings', 'on', false)" in queries.get(
-        "session_reset"
-    )
+    """session_settings, for the session (after session_reset) and for a transaction alone
+    (behind a transaction pooler)."""
+    for local in ("false", "true"):
+        settings = queries.compose("session_settings", local=sql.SQL(local)).as_string()
+        assert f"pg_catalog.set_config('standard_conforming_strings', 'on', {local})" in settings
 
 
 def test_a_plain_backslash_is_found_at_any_depth() -> None:

@@ -176,8 +176,9 @@ def test_every_statement_we_send_names_only_pg_catalog_unqualified() -> None:
 
 
 def test_our_sessions_search_pg_catalog_only() -> None:
-    """session_reset and migrate's installer_path: pg_catalog, pg_temp, and nothing else."""
-    for name in ("session_reset", "installer_path"):
+    """Our sessions' settings (session_settings, after session_reset or transaction_discard)
+    and migrate's installer_path: pg_catalog, pg_temp, and nothing else."""
+    for name in ("session_settings", "installer_path"):
         text = queries.get(name)
         assert "'search_path', 'pg_catalog, pg_temp'" in text, name
         assert "current_setting('search_path')" not in text
