@@ -106,8 +106,12 @@ $$;
 -- watched parent by reading embeddings.targets: two sessions watching the parent and a
 -- partition at once each read it before the other committed, both passed, and both tables were
 -- watched on one column. The lock is the row (0, md5 of the root's oid) of
--- embeddings.documents_written, inserted and deleted again as lock_documents() does (target ids
--- start at 1, so 0 is no target's): no role but the schema's owner can take it. The wait is
+-- embeddings.documents_written (target ids start at 1, so 0 is no target's): no role but the
+-- schema's owner can take it. The row is updated and kept, not inserted and deleted again as
+-- lock_documents() does: a REPEATABLE READ or SERIALIZABLE caller's snapshot predates the wait,
+-- so its check would not see the other watch() it waited for; updating a row another transaction
+-- updated after that snapshot fails with serialization_failure, as any such write does, where a
+-- row inserted and deleted by the other would have left no trace to fail on. The wait is
 -- bounded by embeddings_internal.lock_wait() (30 s, or a shorter lock_timeout of the caller's),
 -- then lock_not_available, saying what it waited for. The caller's lock_timeout is as it was.
 CREATE FUNCTION embeddings_internal.lock_partition_tree(source regclass) RETURNS void
@@ -120,8 +124,8 @@ DECLARE
 BEGIN
     PERFORM set_config('lock_timeout', greatest(1, (extract(epoch FROM waited) * 1000)::bigint) || 'ms', true);
     BEGIN
-        INSERT INTO embeddings.documents_written (target_id, key_md5) VALUES (0, tree) ON CONFLICT DO NOTHING;
-        DELETE FROM embeddings.documents_written d WHERE d.target_id = 0 AND d.key_md5 = tree;
+        INSERT INTO embeddings.documents_written AS d (target_id, key_md5) VALUES (0, tree)
+        ON CONFLICT (target_id, key_md5) DO UPDATE SET key_md5 = d.key_md5;
     EXCEPTION WHEN lock_not_available THEN
         PERFORM set_config('lock_timeout', saved, true);
         RAISE EXCEPTION 'could not watch %: another session''s watch() of % (or of a partition of it) has not committed within % s',

@@ -210,3 +210,42 @@ def test_a_watch_waiting_for_another_of_its_partition_tree_gives_up_in_time(
         assert two.execute("SHOW lock_timeout").fetchone() == ("0",)
         one.rollback()
         two.execute("SELECT embeddings.watch('docs_eu', 'body', model => %s)", (minilm,))
+
+
+def test_a_watch_in_a_repeatable_read_transaction_beside_another_of_its_tree_fails_to_serialize(
+    dsn: str, conn: Conn, minilm: str
+) -> None:
+    """A REPEATABLE READ transaction's snapshot is older than the lock it waited for: its check
+    read the targets as they were before the other watch() committed, passed, and both tables
+    were watched on one column. It now fails as such transactions fail on any concurrent write
+    (serialization_failure: run it again), and nothing of it is kept."""
+    conn.execute(
+        "CREATE TABLE docs (region text, id bigint, body text, embedding halfvec(384),"
+        " PRIMARY KEY (region, id)) PARTITION BY LIST (region)"
+    )
+    conn.execute("CREATE TABLE docs_eu PARTITION OF docs FOR VALUES IN ('eu')")
+    with psycopg.connect(dsn) as one, psycopg.connect(dsn) as two:
+        two.isolation_level = psycopg.IsolationLevel.REPEATABLE_READ
+        two.execute("SELECT 1")  # the snapshot is taken here, before the first watch() commits
+        one.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (minilm,))
+        other = two.info.backend_pid
+        with ThreadPoolExecutor(1) as pool:
+            call = pool.submit(
+                two.execute, "SELECT embeddings.watch('docs_eu', 'body', model => %s)", (minilm,)
+            )
+            wait_for(
+                lambda: (
+                    conn.execute(
+                        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
+                        (other,),
+                    ).fetchone()
+                    == (True,)
+                ),
+                timeout=30,
+                what="the second watch() to wait for the first",
+            )
+            one.commit()
+            with pytest.raises(psycopg.errors.SerializationFailure):
+                call.result(timeout=60)
+        two.rollback()
+    assert conn.execute("SELECT source::text FROM embeddings.targets").fetchall() == [("docs",)]
