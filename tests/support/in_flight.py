@@ -45,10 +45,16 @@ def stop_worker(worker: Worker, thread: threading.Thread, timeout: float = 60) -
     the test's teardown, once pytest has closed the test's capture ("Logging error: I/O
     operation on closed file")."""
     worker.request_stop("test over")
+    join_threads(worker, thread, timeout=timeout)
+
+
+def join_threads(worker: Worker, *more: threading.Thread, timeout: float = 60) -> None:
+    """Joins `more` and every thread of `worker`'s pipeline (run() gives them 2 s, and returns
+    with one still in a statement); fails the test if one is still running after `timeout`."""
     deadline = time.monotonic() + timeout
-    for each in (thread, *worker.threads):
+    for each in (*more, *worker.threads):
         each.join(timeout=max(0.0, deadline - time.monotonic()))
-    left = [each.name for each in (thread, *worker.threads) if each.is_alive()]
+    left = [each.name for each in (*more, *worker.threads) if each.is_alive()]
     assert not left, f"the worker did not stop within {timeout} s: {left} still running"
 
 
@@ -65,6 +71,8 @@ def run_within(worker: Worker, seconds: float) -> list[int]:
     the test rather than hanging it); the exit code it ended with, if it did."""
     thread, exits = run_in_thread(worker)
     thread.join(seconds)
+    if exits:
+        join_threads(worker)
     return exits
 
 
@@ -76,6 +84,8 @@ def run_until(worker: Worker, ready: Callable[[], bool], then: Callable[[], None
     wait_for(lambda: not thread.is_alive() or ready(), what="the worker to be ready (or end)")
     then()
     thread.join(60)
+    if exits:
+        join_threads(worker)
     return exits
 
 
