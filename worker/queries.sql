@@ -865,9 +865,9 @@ SELECT q.name FROM embeddings.queues q WHERE q.live_queue IS NULL ORDER BY q.nam
 -- failures. Run without parameters (its `%I` is format()'s). The functions are read in one pass
 -- over our schema, grouped by the target id in their names: a pass per target (a regular
 -- expression per function per target) took 40 s at 1,000 targets. The queue's table is found in
--- pg_class by pgmq's name for it (pgmq.format_table_name: 'q_' and the queue name, lowercased),
--- not by calling pgmq: a role without USAGE on schema pgmq (the very one doctor must tell to
--- grant_worker()) could not even name that function, and doctor ended with no report.
+-- pg_class by its lane's name (embeddings_internal.lane_table(), pgmq's naming rule), asked only
+-- of a role with USAGE on schema pgmq: one without (the very one doctor must tell to
+-- grant_worker()) could not even name pgmq's function, and doctor ended with no report.
 WITH functions AS (
     SELECT substring(p.proname FROM '^embeddings_([0-9]+)_')::integer AS target_id,
            bool_and(has_function_privilege(p.oid, 'EXECUTE')) AS can_run
@@ -883,7 +883,9 @@ SELECT embeddings_internal.target_name(t), t.model, a.atttypmod, coalesce(f.can_
 FROM embeddings.targets t JOIN pg_attribute a ON a.attrelid = t.source
  AND a.attname = t.embedding_column AND NOT a.attisdropped
 LEFT JOIN functions f ON f.target_id = t.id
-LEFT JOIN pg_class q ON q.relnamespace = 'pgmq'::regnamespace AND q.relname = 'q_' || lower(t.queue)
+LEFT JOIN pg_class q ON q.relnamespace = 'pgmq'::regnamespace
+ AND q.relname = CASE WHEN has_schema_privilege('pgmq', 'USAGE')  -- (CASE: never asked without)
+                      THEN embeddings_internal.lane_table(t.queue, 'live') END
 ORDER BY t.id;
 
 -- name: targets_have_key_column
