@@ -676,10 +676,15 @@ SELECT CASE
 -- Where the schema records its revision for worker roles: 'internal' (this release's
 -- embeddings_internal.schema_revision()), '0.3.0' (that release kept it in schema embeddings;
 -- today's schema keeps a forwarder of that name, so the internal one is looked for first), or
--- NULL (neither: a schema of 0.2.0 or older).
+-- NULL (neither: a schema of 0.2.0 or older). Read from pg_proc, not by to_regprocedure(),
+-- which raises for a role without USAGE on the schema (a monitoring role where PUBLIC's
+-- rights were revoked: every command stopped there, before its own statements).
 -- ours: reads only the catalog, runs no one else's code
-SELECT CASE WHEN to_regprocedure('embeddings_internal.schema_revision()') IS NOT NULL THEN 'internal'
-            WHEN to_regprocedure('embeddings.schema_revision()') IS NOT NULL THEN '0.3.0' END;
+SELECT CASE WHEN 'embeddings_internal' = ANY (found.schemas) THEN 'internal'
+            WHEN 'embeddings' = ANY (found.schemas) THEN '0.3.0' END
+FROM (SELECT ARRAY(SELECT n.nspname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                   WHERE p.proname = 'schema_revision' AND p.pronargs = 0
+                     AND n.nspname IN ('embeddings', 'embeddings_internal')) AS schemas) found;
 
 -- name: schema_revision
 -- The Alembic revision the schema was migrated to (NULL: installed without Alembic's record).
