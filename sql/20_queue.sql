@@ -205,6 +205,17 @@ LANGUAGE sql IMMUTABLE PARALLEL SAFE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN length(queue_name) <= 38 THEN queue_name || '_backfill'
                 ELSE left(queue_name, 28) || '_' || left(md5(queue_name), 8) || '_backfill' END
 $$;
+
+-- The pgmq table (in schema pgmq) that holds the jobs of lane `lane` ('live' or 'backfill') of
+-- live queue `queue_name`, by pgmq's own naming rule (pgmq.format_table_name()): the one place
+-- that says where a lane's jobs are, for SQL that reads or updates them directly
+-- (dispatch_batches(), doctor's check of what the worker role may do).
+CREATE FUNCTION embeddings_internal.lane_table(queue_name text, lane text) RETURNS text
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT pgmq.format_table_name(CASE lane WHEN 'live' THEN queue_name
+                                            WHEN 'backfill' THEN embeddings_internal.backfill_queue(queue_name) END,
+                                  'q')
+$$;
 -- lanes: END
 
 -- Sends `keys` (row keys of one target: scalars, or JSON arrays for composite keys) as job

@@ -74,18 +74,21 @@ $$;
 -- application's deletes): without this its letter was counted in failed_jobs for good. Bounded:
 -- 100,000 dead letters take 100 sweeps of 1,000, each an index range of (target_id, id). A
 -- letter the worker replaces meanwhile (its row inserted and failed again) has a new id, and is
--- kept. Returns the number of dead letters resolved.
-CREATE FUNCTION embeddings_internal.resolve_gone_failures(t embeddings.targets, max_rows integer) RETURNS integer
+-- kept. Returns the number of dead letters resolved, and whether the target has more after those
+-- this step looked at (the next step goes on from there).
+CREATE FUNCTION embeddings_internal.resolve_gone_failures(t embeddings.targets, max_rows integer,
+                                                          OUT resolved integer, OUT more boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     nkeys integer := cardinality(t.key_columns);
     after bigint;
     scanned integer;
     last_id bigint;
-    resolved integer;
 BEGIN
+    resolved := 0;
+    more := false;
     IF NOT EXISTS (SELECT FROM embeddings.failures f WHERE f.target_id = t.id AND f.row_key IS NOT NULL) THEN
-        RETURN 0;  -- (nearly every target: no key arrays to render)
+        RETURN;  -- (nearly every target: no key arrays to render)
     END IF;
     SELECT sc.failures_after INTO after FROM embeddings.sweep_cursors sc WHERE sc.target_id = t.id;
     EXECUTE format($q$
@@ -112,11 +115,13 @@ BEGIN
          FROM generate_series(1, nkeys) i))
     INTO scanned, last_id, resolved
     USING t.id, coalesce(after, 0), max_rows;
+    more := scanned >= max_rows AND EXISTS (
+        SELECT FROM embeddings.failures f
+        WHERE f.target_id = t.id AND f.id > last_id AND f.row_key IS NOT NULL);
     -- The end of the target's dead letters: the next step starts over.
     INSERT INTO embeddings.sweep_cursors AS sc (target_id, failures_after)
-    VALUES (t.id, CASE WHEN scanned < max_rows THEN NULL ELSE last_id END)
+    VALUES (t.id, CASE WHEN more THEN last_id END)
     ON CONFLICT (target_id) DO UPDATE SET failures_after = excluded.failures_after;
-    RETURN resolved;
 END
 $$;
 
@@ -135,6 +140,8 @@ DECLARE
     scanned integer;
     enqueued integer;
     total integer := 0;
+    resolved integer;
+    more_failures boolean;
     q record;
 BEGIN
     IF max_rows IS NULL OR max_rows < 1 THEN
@@ -147,7 +154,14 @@ BEGIN
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source)
                       OR t.problem IS NOT NULL;  -- table dropped, or not served
         BEGIN  -- (its failure costs only this step: never the sweep)
-            PERFORM embeddings_internal.resolve_gone_failures(t, max_rows);
+            SELECT r.resolved, r.more INTO resolved, more_failures
+            FROM embeddings_internal.resolve_gone_failures(t, max_rows) r;
+            -- (said as the step's WARNING below is: sweep() returns the rows it queued)
+            IF resolved > 0 OR more_failures THEN
+                RAISE NOTICE '%', format('embeddings.sweep(): resolved %s dead letter(s) of deleted rows of %s%s',
+                    resolved, embeddings_internal.target_name(t),
+                    CASE WHEN more_failures THEN format('; more are left to look at: the next sweep takes the next %s', max_rows) ELSE '' END);
+            END IF;
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'embeddings.sweep(): dead letters of deleted rows of %.% not resolved: %', t.source, t.embedding_column, SQLERRM;
         END;

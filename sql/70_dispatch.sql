@@ -29,6 +29,7 @@ DECLARE
     job_rows integer;
     requests integer := 0;
     left_over jsonb[] := '{}';
+    lane text;
 BEGIN
     PERFORM embeddings_internal.move_inbox(queue);  -- the triggers' keys (22_inbox.sql)
     live := ARRAY(SELECT r.message || jsonb_build_object('jobId', r.msg_id)
@@ -60,15 +61,15 @@ BEGIN
     IF jsonb_array_length(body) > 0 THEN
         RETURN NEXT body;
     END IF;
-    -- No room for these: visible again now, as if never read (each lane's queue table).
-    EXECUTE format('UPDATE pgmq.%I q SET vt = clock_timestamp(), read_ct = greatest(q.read_ct - 1, 0)'
-                   ' WHERE q.msg_id = ANY($1)', 'q_' || queue)
-    USING ARRAY(SELECT (j ->> 'jobId')::bigint FROM unnest(left_over) j WHERE j ->> 'lane' IS NULL);
-    IF cardinality(backfill) > 0 THEN
+    -- No room for these: visible again now, as if never read, in their lane's queue table (a
+    -- backfill job says its lane; job ids are per queue).
+    FOR lane IN SELECT DISTINCT CASE WHEN j ->> 'lane' = 'backfill' THEN 'backfill' ELSE 'live' END
+                FROM unnest(left_over) j LOOP
         EXECUTE format('UPDATE pgmq.%I q SET vt = clock_timestamp(), read_ct = greatest(q.read_ct - 1, 0)'
-                       ' WHERE q.msg_id = ANY($1)', 'q_' || embeddings_internal.backfill_queue(queue))
-        USING ARRAY(SELECT (j ->> 'jobId')::bigint FROM unnest(left_over) j WHERE j ->> 'lane' = 'backfill');
-    END IF;
+                       ' WHERE q.msg_id = ANY($1)', embeddings_internal.lane_table(queue, lane))
+        USING ARRAY(SELECT (j ->> 'jobId')::bigint FROM unnest(left_over) j
+                    WHERE CASE WHEN j ->> 'lane' = 'backfill' THEN 'backfill' ELSE 'live' END = lane);
+    END LOOP;
 END
 $$;
 COMMENT ON FUNCTION embeddings.dispatch_batches IS

@@ -98,6 +98,7 @@ DECLARE
         'embeddings_internal.pending_count(embeddings.targets)',
         'embeddings_internal.queue_pending(text, double precision)',
         'embeddings_internal.backfill_queue(text)',
+        'embeddings_internal.lane_table(text, text)',  -- doctor's check of the worker role's rights
         -- names as the caller's sessions resolve them (docs/security.md), and as status shows them
         'embeddings_internal.session_start_path()',
         'embeddings_internal.named_in_path(text, boolean, text)',

@@ -49,6 +49,15 @@ class SchemaMismatch(DatabaseError):
     retry_after = 10
 
 
+class RegistryUnread(DatabaseError):
+    """A worker has not read the database's registry yet (start-up waits for the database or a
+    queue, or has not looked yet): what only the registry says (the database's default model, a
+    model registered there) is not known, so POST /embed asked for it answers 503 with what
+    start-up waits for, to be asked again in `retry_after` seconds."""
+
+    retry_after = 10
+
+
 class ConnectionLost(DatabaseError):
     """The database connection was lost."""
 

@@ -676,10 +676,15 @@ SELECT CASE
 -- Where the schema records its revision for worker roles: 'internal' (this release's
 -- embeddings_internal.schema_revision()), '0.3.0' (that release kept it in schema embeddings;
 -- today's schema keeps a forwarder of that name, so the internal one is looked for first), or
--- NULL (neither: a schema of 0.2.0 or older).
+-- NULL (neither: a schema of 0.2.0 or older). Read from pg_proc, not by to_regprocedure(),
+-- which raises for a role without USAGE on the schema (a monitoring role where PUBLIC's
+-- rights were revoked: every command stopped there, before its own statements).
 -- ours: reads only the catalog, runs no one else's code
-SELECT CASE WHEN to_regprocedure('embeddings_internal.schema_revision()') IS NOT NULL THEN 'internal'
-            WHEN to_regprocedure('embeddings.schema_revision()') IS NOT NULL THEN '0.3.0' END;
+SELECT CASE WHEN 'embeddings_internal' = ANY (found.schemas) THEN 'internal'
+            WHEN 'embeddings' = ANY (found.schemas) THEN '0.3.0' END
+FROM (SELECT ARRAY(SELECT n.nspname::text FROM pg_proc p JOIN pg_namespace n ON n.oid = p.pronamespace
+                   WHERE p.proname = 'schema_revision' AND p.pronargs = 0
+                     AND n.nspname IN ('embeddings', 'embeddings_internal')) AS schemas) found;
 
 -- name: schema_revision
 -- The Alembic revision the schema was migrated to (NULL: installed without Alembic's record).
@@ -865,9 +870,9 @@ SELECT q.name FROM embeddings.queues q WHERE q.live_queue IS NULL ORDER BY q.nam
 -- failures. Run without parameters (its `%I` is format()'s). The functions are read in one pass
 -- over our schema, grouped by the target id in their names: a pass per target (a regular
 -- expression per function per target) took 40 s at 1,000 targets. The queue's table is found in
--- pg_class by pgmq's name for it (pgmq.format_table_name: 'q_' and the queue name, lowercased),
--- not by calling pgmq: a role without USAGE on schema pgmq (the very one doctor must tell to
--- grant_worker()) could not even name that function, and doctor ended with no report.
+-- pg_class by its lane's name (embeddings_internal.lane_table(), pgmq's naming rule), asked only
+-- of a role with USAGE on schema pgmq: one without (the very one doctor must tell to
+-- grant_worker()) could not even name pgmq's function, and doctor ended with no report.
 WITH functions AS (
     SELECT substring(p.proname FROM '^embeddings_([0-9]+)_')::integer AS target_id,
            bool_and(has_function_privilege(p.oid, 'EXECUTE')) AS can_run
@@ -883,7 +888,9 @@ SELECT embeddings_internal.target_name(t), t.model, a.atttypmod, coalesce(f.can_
 FROM embeddings.targets t JOIN pg_attribute a ON a.attrelid = t.source
  AND a.attname = t.embedding_column AND NOT a.attisdropped
 LEFT JOIN functions f ON f.target_id = t.id
-LEFT JOIN pg_class q ON q.relnamespace = 'pgmq'::regnamespace AND q.relname = 'q_' || lower(t.queue)
+LEFT JOIN pg_class q ON q.relnamespace = 'pgmq'::regnamespace
+ AND q.relname = CASE WHEN has_schema_privilege('pgmq', 'USAGE')  -- (CASE: never asked without)
+                      THEN embeddings_internal.lane_table(t.queue, 'live') END
 ORDER BY t.id;
 
 -- name: targets_have_key_column

@@ -68,6 +68,33 @@ def test_each_kind_of_work_goes_to_its_lane(conn: Conn, tiny_models: tuple[str, 
     assert lane_keys(conn, "embedding_jobs") == []
 
 
+def test_push_mode_hands_back_the_jobs_it_has_no_room_for_in_each_lane(
+    conn: Conn, tiny_models: tuple[str, str]
+) -> None:
+    """dispatch_batches() reads both lanes; what no request has room for is visible again at
+    once in its own lane's queue table, its read not counted (one helper names the table)."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g, 'existing ' || g FROM generate_series(1, 3) g")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (tiny_models[0],))
+    for key in (4, 5):  # two live messages (moved together, they would share one)
+        conn.execute("INSERT INTO docs VALUES (%s, 'written by the application')", (key,))
+        move_inbox(conn)
+
+    bodies = [r[0] for r in conn.execute("SELECT * FROM embeddings.dispatch_batches(1, 1)")]
+
+    assert [[(message_keys(j), j.get("lane")) for j in b] for b in bodies] == [[([4], None)]]
+    for table, keys in (
+        ("q_embedding_jobs", [[4], [5]]),
+        ("q_embedding_jobs_backfill", [[1, 2, 3]]),
+    ):
+        rows = conn.execute(
+            f"SELECT message, read_ct, vt <= clock_timestamp() FROM pgmq.{table} ORDER BY msg_id"
+        ).fetchall()
+        assert [message_keys(m) for m, _, _ in rows] == keys, table
+        left = [(read, visible) for m, read, visible in rows if message_keys(m) != [4]]
+        assert left == [(0, True)], (table, left)
+
+
 def test_retried_dead_letters_go_out_oldest_first_each_queue_made_sure_of_once(
     conn: Conn, tiny_models: tuple[str, str]
 ) -> None:

@@ -98,3 +98,66 @@ def test_a_count_a_lock_stops_names_who_holds_the_lock(conn: Conn, dsn: str) -> 
     with db.connect(dsn) as reader:  # released: counted, nothing skipped
         (row,) = status.fetch(reader, exact=True)
     assert (row["total_rows"], row["counts_skipped"]) == (2, None)
+
+
+# docs/sql.md, embeddings.status: what a monitoring role is granted to read the status.
+MONITORING = (
+    "GRANT USAGE ON SCHEMA embeddings TO {role}; "
+    "GRANT SELECT ON embeddings.status TO {role}; "
+    "GRANT EXECUTE ON FUNCTION embeddings_internal.target_status(boolean) TO {role}"
+)
+# ... and, where PUBLIC's rights were revoked, what `status TABLE` uses of what PUBLIC may
+# (docs/sql.md, embeddings.status).
+ONE_TABLE = (
+    "GRANT USAGE ON SCHEMA embeddings_internal TO {role}; "
+    "GRANT EXECUTE ON FUNCTION embeddings_internal.relation_named(text),"
+    " embeddings_internal.named_in_path(text, boolean, text),"
+    " embeddings_internal.session_start_path() TO {role}; "
+    "GRANT SELECT ON embeddings.targets TO {role}"
+)
+# docs/security.md, "Revoking from PUBLIC".
+HARDENING = [
+    f"REVOKE USAGE ON SCHEMA {ns} FROM PUBLIC; "
+    f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {ns} FROM PUBLIC; "
+    f"REVOKE ALL ON ALL TABLES IN SCHEMA {ns} FROM PUBLIC"
+    for ns in ("embeddings", "embeddings_internal")
+]
+
+
+@pytest.mark.parametrize("hardened", [False, True], ids=["as installed", "PUBLIC revoked"])
+def test_a_monitoring_role_granted_as_documented_reads_one_table_s_status(
+    conn: Conn, dsn: str, hardened: bool
+) -> None:
+    """docs/sql.md's grants for a monitoring role (a pg_monitor login: USAGE on the schema,
+    SELECT on embeddings.status, EXECUTE on target_status) let it run `status`, and `status
+    TABLE` too, on a schema as installed. Where PUBLIC's rights were revoked, `status` stopped
+    at the release check (`permission denied for schema embeddings_internal`: to_regprocedure()
+    of the revision function), and `status TABLE` needs what it uses of PUBLIC's by name, as
+    docs/sql.md says."""
+    from tests.support.login_roles import login_role
+    from tests.support.process import run_cli
+
+    for table in ("docs", "notes"):
+        stores.texts_table(conn, {1: "one"}, table=table)
+        conn.execute(f"SELECT embeddings.watch('{table}', 'body')")
+    if hardened:
+        for statement in HARDENING:
+            conn.execute(statement)
+    with login_role(conn, dsn, "monitor", "pg_monitor") as monitor_dsn:
+        role = psycopg.conninfo.conninfo_to_dict(monitor_dsn)["user"]
+        conn.execute(MONITORING.format(role=role))
+        env = {"DATABASE_URL": monitor_dsn}
+
+        every = run_cli("status", "--json", env=env)
+        assert every.returncode == 0, every.stderr
+        assert len(json.loads(every.stdout)) == 2
+        if hardened:
+            refused = run_cli("status", "notes", env=env)
+            assert refused.returncode == 1, refused.stderr
+            assert "permission denied for schema embeddings_internal" in refused.stderr
+            conn.execute(ONE_TABLE.format(role=role))
+        one = run_cli("status", "notes", "--json", env=env)
+        assert one.returncode == 0, one.stderr
+        assert [r["target"] for r in json.loads(one.stdout)] == ["public.notes.embedding"]
+        plain = run_cli("status", "nosuch", env=env)
+        assert plain.returncode == 2 and "no table nosuch" in plain.stderr, plain.stderr

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import psycopg
 import pytest
 
 from tests.support.jobs import clear_queue, dead_letters, move_inbox, queued_keys
+from tests.support.process import run_cli
 
 Conn = psycopg.Connection[Any]
 
@@ -98,6 +100,51 @@ def test_resolving_dead_letters_is_bounded_and_wraps_around(conn: Conn, docs: in
     sweep(conn, max_rows=50_000)
     assert failed_keys(conn) == [3, 4]
     assert sweep(conn) == 0 and failed_keys(conn) == [3, 4]  # (wrapped around: nothing more)
+
+
+def sweep_says(conn: Conn, max_rows: int = 1000) -> list[str]:
+    """The NOTICEs and WARNINGs of one sweep()."""
+    said: list[str] = []
+    handler = said.append
+    conn.add_notice_handler(lambda diag: handler(diag.message_primary or ""))
+    sweep(conn, max_rows)
+    return said
+
+
+def test_a_sweep_says_how_many_dead_letters_it_resolved_and_whether_more_are_left(
+    conn: Conn, docs: int, dsn: str
+) -> None:
+    """sweep() resolved up to max_rows dead letters of a table each call and said nothing of
+    it: its result counts the rows queued only."""
+    conn.execute(
+        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
+        " last_error) SELECT %s, 'public.docs.embedding', to_jsonb(g), 'embedding_jobs',"
+        " jsonb_build_object('target', %s, 'keys', jsonb_build_array(g)), 5, 'boom'"
+        " FROM generate_series(1000, 1014) g",
+        (docs, docs),
+    )
+    dead_letters(conn, [3], target_id=docs)  # a row there: kept
+    said = "embeddings.sweep(): resolved {} dead letter(s) of deleted rows of public.docs.embedding"
+    more = "; more are left to look at: the next sweep takes the next 10"
+
+    assert sweep_says(conn, max_rows=10) == [said.format(10) + more]
+    assert sweep_says(conn, max_rows=10) == [said.format(5)]  # and 3's, kept
+    assert sweep_says(conn, max_rows=10) == []  # (wrapped around: nothing to resolve)
+    assert failed_keys(conn) == [3]
+
+    conn.execute(
+        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message,"
+        " attempts, last_error) SELECT %s, 'public.docs.embedding', to_jsonb(g),"
+        " 'embedding_jobs', jsonb_build_object('target', %s), 5, 'boom'"
+        " FROM generate_series(2000, 2011) g",
+        (docs, docs),
+    )
+    conn.commit()
+    cli = run_cli("sweep", "--max-rows", "10", env={"DATABASE_URL": dsn}, check=True)
+    assert f"notice: {said.format(9)}{more}\n" in cli.stderr, cli.stderr  # (3 was looked at)
+    assert cli.stdout.startswith("queued 0 row(s)")
+    json_cli = run_cli("sweep", "--max-rows", "10", "--json", env={"DATABASE_URL": dsn})
+    assert json.loads(json_cli.stdout)["said"] == [f"notice: {said.format(3)}"]
 
 
 def test_supabase_shaped_jobs_count_as_pending(conn: Conn) -> None:

@@ -6,6 +6,7 @@ the schema is and what to run, as `run` does (schema.mismatch()), never a raw SQ
 from __future__ import annotations
 
 import json
+import os
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -17,6 +18,7 @@ import pytest
 from tests.migration.scenarios import restore
 from tests.support.cluster import Cluster
 from tests.support.login_roles import login_role
+from tests.support.models import MINILM, require_minilm
 from tests.support.process import WorkerProcess, run_cli, wait_for
 from worker import schema
 
@@ -65,6 +67,40 @@ def test_a_command_on_an_older_schema_says_to_migrate(
     assert " migrate` of release " in result.stderr and "DATABASE_URL=" in result.stderr
     assert "does not exist" not in result.stderr and "Traceback" not in result.stderr
     assert result.stdout == ""
+
+
+def test_embed_needs_the_schema_only_for_what_it_reads_there_and_model_list_checks_it(
+    older: tuple[str, str], tiny_model_paths: str
+) -> None:
+    """`embed` and `model list` did not check the release: `model list` listed the registry of
+    an older schema as this release's, and `embed` with no model took the older schema's
+    default, or named a remote model it then said it could not find. A model named needs no
+    database: it is embedded whatever the schema."""
+    revision, dsn = older
+    env = {"DATABASE_URL": dsn, "EMBED_MODEL_PATH": tiny_model_paths, "EMBED_MODEL": ""}
+
+    path = next(
+        str(Path(entry) / "tiny-a")
+        for entry in tiny_model_paths.split(os.pathsep)
+        if (Path(entry) / "tiny-a").is_dir()
+    )
+    named = run_cli("embed", "--model", path, "hello", env=env)
+    assert named.returncode == 0, named.stderr
+    assert len(json.loads(named.stdout)) == 1
+
+    # (a name that is not the catalog's may be registered in the database, which wins over a
+    # directory of that name)
+    for model in ([], ["--model", "tiny-a"], ["--model", "registered-elsewhere"]):
+        refused = run_cli("embed", *model, "hello", env=env)
+        assert refused.returncode == 1, refused.stdout + refused.stderr
+        assert SAID[revision] in refused.stderr, refused.stderr
+        assert " migrate` of release " in refused.stderr and refused.stdout == ""
+        assert "or name the model with --model or EMBED_MODEL: a catalog model" in refused.stderr
+
+    listed = run_cli("model", "list", env=env)
+    assert listed.returncode == 1, listed.stdout + listed.stderr
+    assert SAID[revision] in listed.stderr and listed.stdout == ""
+    assert "Traceback" not in listed.stderr
 
 
 def test_doctor_on_an_older_schema_fails_its_schema_check_with_the_fix(
@@ -140,12 +176,16 @@ def _post(url: str, body: object) -> tuple[int, dict[str, str], bytes]:
 
 
 def test_a_waiting_worker_answers_searches_503_naming_migrate(
-    cluster: Cluster, tmp_path: Path
+    cluster: Cluster, model_path: str
 ) -> None:
     """A worker started before `migrate` answered POST /search 500 with the raw error, and its
-    /readyz said only `model ...: starting (waiting for the database and the schema)`."""
+    /readyz said only `model ...: starting (waiting for the database and the schema)`. POST
+    /embed with no model embedded with gte-small (the database's default unread), and one
+    naming a model registered there answered 400: both 503 now; one naming a model the worker
+    has without the database is served."""
+    require_minilm()
     name = restore(cluster, "at_0019_every_kind")
-    worker = WorkerProcess(cluster.dsn(name), {"EMBED_MODEL_PATH": str(tmp_path)})
+    worker = WorkerProcess(cluster.dsn(name), {"EMBED_MODEL_PATH": model_path, "EMBED_MODEL": ""})
     try:
         wait_for(
             lambda: any("migrate" in r.get("message", "") for r in worker.log_records()),
@@ -157,6 +197,15 @@ def test_a_waiting_worker_answers_searches_503_naming_migrate(
         assert headers.get("Retry-After") == "10"
         error = json.loads(body)["error"]
         assert error.startswith(SAID["0019"] + ": run `embed-worker migrate` of release"), error
+
+        for asked in ({"input": "x"}, {"input": "x", "model": "registered-elsewhere"}):
+            status, headers, body = _post(worker.url + "/embed", asked)
+            assert status == 503, body
+            assert headers.get("Retry-After") == "10"
+            assert json.loads(body)["error"].startswith(SAID["0019"] + ": run `embed-worker"), body
+        status, _, body = _post(worker.url + "/embed", {"input": "x", "model": MINILM})
+        assert status == 200, body
+        assert len(json.loads(body)["embedding"]) > 0
 
         status, body = worker.get("/readyz")
         assert status == 503, body

@@ -51,6 +51,60 @@ def test_a_value_out_of_bounds_is_a_usage_error_naming_it(
     assert "Traceback" not in result.stderr
 
 
+# Every numeric option, each out of its range (inf, nan, negative, too large): a usage error
+# naming it, before anything connects. `migrate --lock-wait inf` was taken, and retried for ever.
+EVERY_NUMERIC_OPTION = [
+    *(
+        (
+            ["migrate", f"--lock-wait={value}"],
+            "--lock-wait takes a finite number of seconds, from 0",
+        )
+        for value in ("inf", "nan", "-1", "1e300")
+    ),
+    *(
+        (["status", f"--watch={value}"], "--watch takes a positive, finite number of seconds")
+        for value in ("-inf", "0", "-2")
+    ),
+    *(
+        (["plan", "docs", "--tokens-per-row", value], "--tokens-per-row takes a positive")
+        for value in ("inf", "0")
+    ),
+    *(
+        (["search", "docs", "q", f"{option}={value}"], f"{option} must be a number of at least 0")
+        for option in ("--rrf-k", "--vector-weight", "--text-weight")
+        for value in ("inf", "nan", "-1")
+    ),
+    (["search", "docs", "q", "-k=-1"], "-k must be an integer from 1 to 100"),
+    (["search", "docs", "q", "-k", "101"], "-k must be an integer from 1 to 100"),
+    (["search", "docs", "q", "--depth=-1"], "--depth must be an integer from 1 to 1000"),
+    (["search", "docs", "q", "--rerank-depth", "0"], "--rerank-depth must be an integer from 1"),
+    (["sweep", "--max-rows=-1"], "--max-rows must be from 1 to 2147483647"),
+    (["failures", "--limit", "0"], "--limit must be from 1 to"),
+    (["run", "--once", "--batch-size=-1"], "EMBED_BATCH_SIZE: must be at least 1"),
+    (["run", "--once", "--vt-seconds=-1"], "EMBED_VT_SECONDS: must be at least 3"),
+    (["run", "--once", "--max-attempts", "0"], "EMBED_MAX_ATTEMPTS: must be at least 1"),
+    (["run", "--once", "--piece-tokens=-1"], "EMBED_PIECE_TOKENS: must be at least 1"),
+    (["run", "--once", "--max-document-bytes=-1"], "EMBED_MAX_DOCUMENT_BYTES: must not be"),
+    (["run", "--once", "--http-port", "65536"], "EMBED_HTTP_PORT: must be a TCP port"),
+    (["run", "--once", "--threads=-1"], "EMBED_THREADS: must be at least 1"),
+    # argparse's own: an integer option given inf
+    (["sweep", "--max-rows", "inf"], "argument --max-rows: invalid int value: 'inf'"),
+]
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"), EVERY_NUMERIC_OPTION, ids=[" ".join(a) for a, _ in EVERY_NUMERIC_OPTION]
+)
+def test_every_numeric_option_out_of_its_range_is_a_usage_error(
+    argv: list[str], message: str
+) -> None:
+    result = run_cli(*argv, env={"DATABASE_URL": NOWHERE})
+
+    assert result.returncode == 2, result.stderr
+    assert message in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "cannot connect" not in result.stderr
+
+
 def test_any_case_of_a_log_level_is_taken() -> None:
     result = run_cli("deploy", "env", env={"EMBED_LOG_LEVEL": "debug"})
     assert result.returncode == 0, result.stderr

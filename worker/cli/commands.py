@@ -81,8 +81,13 @@ def plan(args: argparse.Namespace, settings: Settings) -> int:
 
 def migrate(args: argparse.Namespace, settings: Settings) -> int:
     dsn = settings.dsn
-    if not args.lock_wait >= 0:
-        raise exceptions.ConfigError("--lock-wait takes a number of seconds, 0 or more")
+    # inf passed `>= 0` and retried for ever (nan and negatives did not); past SECONDS_MAX, as
+    # every other wait of ours, it is no bound anyone means
+    if not 0 <= args.lock_wait <= SECONDS_MAX:
+        raise exceptions.ConfigError(
+            f"--lock-wait takes a finite number of seconds, from 0 to {SECONDS_MAX},"
+            f" not {args.lock_wait:g}"
+        )
     output.say_database(dsn, settings.database_url)
     # An unreachable database is reported plainly, not through Alembic.
     with db.connect(dsn, per_transaction=settings.per_transaction) as probe:

@@ -24,22 +24,31 @@ def connect(settings: Settings, *, searcher: bool = False) -> db.Connection:
     )
     if searcher:  # whose rights and row-level security decide what the answer holds
         output.say(f"searching as role {conn.info.user}")
-    migrate = hints.command("migrate", settings.dsn)
     try:
-        with db.translated():
-            missing = not schema.installed(conn)
-            # Of this package's release, as `run` checks it (worker/process/startup.py): an
-            # older schema lacks what the commands call, and said so as raw SQL errors.
-            mismatch = None if missing else schema.mismatch(conn, migrate=migrate)
+        installed = of_this_release(conn, settings)
     except BaseException:
         conn.close()
         raise
-    if missing or mismatch is not None:
+    if not installed:
         conn.close()
         raise exceptions.SchemaMismatch(
             f"the embeddings schema is not installed in {db.describe(dsn)}: run "
-            f"`{migrate}` (or `make migrate` for the local cluster)"
-            if missing
-            else str(mismatch)
+            f"`{hints.command('migrate', settings.dsn)}` (or `make migrate` for the local cluster)"
         )
     return conn
+
+
+def of_this_release(conn: db.Connection, settings: Settings, *, otherwise: str = "") -> bool:
+    """Whether our schema is installed in the database of `conn` (False: it is not); raises
+    SchemaMismatch, saying what to run and then `otherwise`, when it is of another release. Of
+    this package's release, as `run` checks it (worker/process/startup.py): an older schema
+    lacks what the commands call, and said so as raw SQL errors (or, read for the registry's
+    models, was read as if it were this release's). For the commands that read the schema only
+    when they must (`embed`, `model list`) as for those that always do."""
+    with db.translated():
+        if not schema.installed(conn):
+            return False
+        mismatch = schema.mismatch(conn, migrate=hints.command("migrate", settings.dsn))
+    if mismatch is not None:
+        raise exceptions.SchemaMismatch(f"{mismatch}{otherwise}")
+    return True

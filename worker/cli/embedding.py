@@ -13,7 +13,7 @@ import sys
 from typing import TYPE_CHECKING, Any
 
 from worker import db, exceptions, exits
-from worker.cli import hints, output
+from worker.cli import connection, hints, output
 from worker.cli.connection import connect
 from worker.config import Settings
 from worker.retrieval.fusion import Fusion
@@ -38,6 +38,14 @@ def embed(args: argparse.Namespace, settings: Settings) -> int:
     return exits.OK
 
 
+# How `embed` goes on without the database's schema: a catalog model or a directory's path
+# needs none (any other name may be a model registered there, which wins over a directory).
+NAME_ONE = (
+    "; or name the model with --model or EMBED_MODEL: a catalog model, or a model directory"
+    " by its path, needs no database"
+)
+
+
 def _default_model(settings: Settings) -> str:
     """The default model (Settings.default_model), saying on stderr which one and why: with
     EMBED_MODEL unset it is the database's, so the database is asked when it can be reached."""
@@ -49,7 +57,12 @@ def _default_model(settings: Settings) -> str:
     dsn = settings.dsn
     try:
         with db.connect(dsn, connect_timeout=3, per_transaction=settings.per_transaction) as conn:
+            # (another release's default may not be this one's: say what to run, as the
+            # commands that read the schema do)
+            connection.of_this_release(conn, settings, otherwise=NAME_ONE)
             found = database_default_model(conn)
+    except exceptions.SchemaMismatch:
+        raise
     except exceptions.EmbedWorkerError as exc:
         name = settings.default_model(None)
         print(
@@ -104,7 +117,11 @@ def _remote_models_if_registered(name: str, settings: Settings) -> dict[str, Rem
         with db.connect(
             settings.dsn, connect_timeout=3, per_transaction=settings.per_transaction
         ) as conn:
+            if not connection.of_this_release(conn, settings, otherwise=NAME_ONE):
+                return {}
             return load_remote_models(conn)
+    except exceptions.SchemaMismatch:
+        raise
     except exceptions.EmbedWorkerError:
         return {}
 

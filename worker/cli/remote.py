@@ -10,7 +10,8 @@ import os
 
 from psycopg.rows import dict_row
 
-from worker import db, escapes, exceptions, queries, schema
+from worker import db, escapes, exceptions, queries
+from worker.cli import connection
 from worker.cli.findings import Finding, Level
 from worker.config import Settings
 from worker.models.remote import keys
@@ -23,7 +24,9 @@ logger = logging.getLogger(__name__)
 
 def registered(settings: Settings) -> tuple[list[RemoteSpec], list[RerankerSpec]] | None:
     """The database's remote models and remote rerankers; None (with a note on stderr) when the
-    database cannot be read: `model list` still lists the local models."""
+    database cannot be read: `model list` still lists the local models. A schema of another
+    release is SchemaMismatch (exit 1, what to run), as for every command that reads it: its
+    registry read as this release's would list what the worker could not serve."""
     try:
         with (
             db.connect(
@@ -31,9 +34,11 @@ def registered(settings: Settings) -> tuple[list[RemoteSpec], list[RerankerSpec]
             ) as conn,
             db.translated(),
         ):
-            if not schema.installed(conn):
+            if not connection.of_this_release(conn, settings):
                 return [], []
             return list(in_database(conn)[0].values()), list(rerankers(conn)[0].values())
+    except exceptions.SchemaMismatch:
+        raise
     except exceptions.EmbedWorkerError as exc:
         logger.warning("remote models not listed: the database cannot be read: %s", exc)
         return None

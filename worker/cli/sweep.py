@@ -7,27 +7,51 @@ use `SELECT embeddings.schedule_sweep(verify => true)` where pg_cron is installe
 from __future__ import annotations
 
 import argparse
+import sys
 from typing import Any
 
-from worker import db, queries
+import psycopg
+
+from worker import db, escapes, queries
 from worker.cli import output
 
 
 def run(conn: db.Connection, args: argparse.Namespace) -> dict[str, Any]:
+    # What sweep() says beside the rows it returns (sql/60_sweep.sql): the dead letters of
+    # deleted rows it resolved and whether more are left, a table whose step failed.
+    said: list[str] = []
+
+    def keep(diag: psycopg.errors.Diagnostic) -> None:
+        if diag.message_primary:
+            said.append(
+                f"{(diag.severity_nonlocalized or 'NOTICE').lower()}: {diag.message_primary}"
+            )
+
+    conn.add_notice_handler(keep)
+    try:
+        with db.translated():
+            row = conn.execute(
+                queries.compose("sweep"), {"max_rows": args.max_rows, "verify": args.verify}
+            ).fetchone()
+    finally:
+        conn.remove_notice_handler(keep)
+    queued = int(row[0]) if row else 0
     with db.translated():
-        row = conn.execute(
-            queries.compose("sweep"), {"max_rows": args.max_rows, "verify": args.verify}
-        ).fetchone()
-        queued = int(row[0]) if row else 0
         found = conn.execute(queries.compose("verification")).fetchall()
     names = ("target", "target_id", "verified_rows", "last_verified", "pass_rows", "pass_started")
-    return {"queued": queued, "verification": [dict(zip(names, r, strict=True)) for r in found]}
+    return {
+        "queued": queued,
+        "said": said,
+        "verification": [dict(zip(names, r, strict=True)) for r in found],
+    }
 
 
 def show(result: dict[str, Any], *, as_json: bool) -> None:
     if as_json:
         output.print_json(result)
         return
+    for line in result["said"]:  # (on stderr: stdout is the result)
+        print(escapes.visible(line), file=sys.stderr)
     print(f"queued {result['queued']:,} row(s)")
     rows = [
         [

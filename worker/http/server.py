@@ -155,7 +155,8 @@ class Server:
             exceptions.ModelError
             | exceptions.ConnectionLost
             | exceptions.Contention
-            | exceptions.SchemaMismatch,
+            | exceptions.SchemaMismatch
+            | exceptions.RegistryUnread,
         ):
             # The request may succeed later: when, where the provider or its breaker knows
             # (another session's lock on the table: in a second; a schema being migrated: when

@@ -86,7 +86,10 @@ class Work:
             raise BadRequest(
                 HTTPStatus.BAD_REQUEST, '"input" must be a string or a list of strings'
             )
-        model_name = body.get("model") or self.default_model.name()
+        named = body.get("model")
+        if not named and not self.default_model.settings.model:
+            self.check_registry()  # the default is the database's (EMBED_MODEL unset)
+        model_name = named or self.default_model.name()
         if not isinstance(model_name, str):
             raise BadRequest(HTTPStatus.BAD_REQUEST, '"model" must be a string')
         self.check_model(model_name)
@@ -120,6 +123,7 @@ class Work:
                     "models (set EMBED_MODEL, or run `embed-worker model download` here)",
                 ) from None
             return
+        self.check_registry()  # (it may name a model registered in the database, unread yet)
         allowed = sorted(configured | set(catalog.REGISTRY))
         raise BadRequest(
             HTTPStatus.BAD_REQUEST,
@@ -132,6 +136,21 @@ class Work:
         problem = self.waiting.schema
         if problem is not None:
             raise exceptions.SchemaMismatch(problem)
+
+    def check_registry(self) -> None:
+        """Before start-up read the registry (waiting for `migrate`, the database or a queue),
+        what only the database says is unknown: the default model when EMBED_MODEL is unset,
+        the models registered there. 503 with what start-up waits for, not a vector of another
+        model than the database's default, or a 400 for a model it has not read. A request
+        that names a model the worker has without the database is served meanwhile."""
+        if self.registry.read:
+            return
+        self.check_schema()
+        raise exceptions.RegistryUnread(
+            f"not ready: {self.waiting.problem or 'starting (waiting for the database)'}; POST"
+            " /embed needs the database's default model and registered models, unless it names"
+            ' a model ("model") this worker has without the database'
+        )
 
     def push_jobs(self, request: Request) -> Answer:
         self.check_schema()

@@ -149,6 +149,13 @@ class TargetRegistry:
             return self._refused
 
     @property
+    def read(self) -> bool:
+        """Whether the registry was read at least once (start-up reads it once the database
+        and our schema are there)."""
+        with self._lock:
+            return self._loaded_at > float("-inf")
+
+    @property
     def database_default(self) -> str | None:
         """`embeddings.default_model()` as last read (None before the first read)."""
         with self._lock:
