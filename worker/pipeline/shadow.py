@@ -104,7 +104,7 @@ def _shadow_model(embedders: LoadedModels, target: Target) -> tuple[Any, str | N
         model = embedders.get(target.shadow_model)
     except exceptions.ModelError as exc:
         return None, str(exc)
-    return model, _shadow_problem(target, model)
+    return model, shadow_problem(target, model)
 
 
 def _primary_model(embedders: LoadedModels, target: Target, rows: list[Row]) -> Any:
@@ -121,7 +121,9 @@ def _primary_model(embedders: LoadedModels, target: Target, rows: list[Row]) -> 
         return None
 
 
-def _shadow_problem(target: Target, shadow_model: Any) -> str | None:
+def shadow_problem(target: Target, shadow_model: Any) -> str | None:
+    """Why the new model of `target`'s change cannot fill its shadow column: its vectors are of
+    other dimensions (None when they fit, or when the model is not loaded)."""
     if shadow_model is None or shadow_model.dim == target.shadow_dims:
         return None
     return (
