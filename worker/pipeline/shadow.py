@@ -60,8 +60,9 @@ def embed(embedders: LoadedModels, batch: Batch, target: Target, rows: list[Row]
 
 def _embed_new(batch: Batch, target: Target, model: Any, rows: list[Row]) -> int:
     """The new model's vectors of the rows the target's model embedded and of the change's own
-    rows. A provider that cannot answer now holds only the change's rows: the application's
-    keep their vector (written; the new one left empty)."""
+    rows. A provider that cannot answer now holds only the change's rows, and a text the new
+    model fails on fails only a change's row: the application's keep their vector (written;
+    the new one left empty)."""
     live = [r for r in rows if r.state is RowState.EMBEDDED and not r.shadow_only]
     both = [r for r in rows if r.state is RowState.EMBEDDED or r.shadow_only]
     try:
@@ -72,8 +73,12 @@ def _embed_new(batch: Batch, target: Target, model: Any, rows: list[Row]) -> int
         _change_waits(batch, target, rows, f"{target.name}: {exc}", exc.retry_after)
         return 0
     for row in live:
-        if row.state is RowState.POSTPONED:  # its new vector could not be had now
+        # Its new vector could not be had now, or the new model fails on its text: the old
+        # vector is written all the same (the application's row stays served). The change
+        # queues the row again before it completes, where a failure is the change's own.
+        if row.state in (RowState.POSTPONED, RowState.FAILED):
             row.state, row.error, row.retry_after = RowState.EMBEDDED, None, None
+            row.permanent = False
     return tokens
 
 
