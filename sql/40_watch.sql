@@ -163,6 +163,19 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         otherwise)  -- (no target: the aggregate NULL, and the text with it)
 $$;
 
+-- The key columns target t is watched with, by the names they have now (NULL for no target,
+-- or when one of them is gone: watch() then takes the primary key, or refuses, as for a new
+-- target). watch() keeps it when no key is given.
+CREATE FUNCTION embeddings_internal.watched_key(t embeddings.targets) RETURNS name[]
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT array_agg(a.attname ORDER BY k.ord)
+            FROM unnest(t.key_attnums) WITH ORDINALITY AS k(attnum, ord)
+            JOIN pg_attribute a ON a.attrelid = t.source AND a.attnum = k.attnum AND NOT a.attisdropped
+            HAVING count(*) = cardinality(t.key_attnums));
+END
+$$;
+
 -- watch()'s row key: the primary key, or the unique not-null key named by `key`. Any number of
 -- columns, of any types with an equality operator whose values travel exactly as text.
 CREATE FUNCTION embeddings_internal.watch_key(source regclass, key name[],
@@ -763,7 +776,8 @@ $$;
 --   content           a text column of `source`, or the name of a function taking the
 --                     table's row type and returning text (the Supabase guide's content function)
 --   triggers          false registers without triggers (jobs come from elsewhere, e.g. the
---                     Supabase guide's own util.queue_embeddings triggers)
+--                     Supabase guide's own util.queue_embeddings triggers). NULL: as it is
+--                     for a watched table, else true; so are queue, key and replica
 --   clear_on_update   true: a content change clears the stale embedding at once;
 --                     false: the old embedding stays until the new one lands. NULL: true for
 --                     a row store; false for a side table or a chunked target, which refuse
@@ -772,7 +786,8 @@ $$;
 --                     vectors of unchanged chunks)
 --   queue             the pgmq queue for this table's jobs
 --   key               the row key's columns when the table has no primary key (or another
---                     key should be used): they must form a unique, not-null key
+--                     key should be used): they must form a unique, not-null key. NULL: the
+--                     key a watched table is watched with (not its primary key of now)
 --   replica           true: rows applied by logical replication enqueue too (a subscriber's
 --                     table); the triggers fire ALWAYS
 --   chunk_tokens      not NULL: split each row's content into chunks of at most this many
@@ -812,11 +827,11 @@ CREATE FUNCTION embeddings.watch(
     content text,
     embedding_column name DEFAULT 'embedding',
     model text DEFAULT NULL,  -- NULL: embeddings.default_model(), see embeddings.set_default_model()
-    triggers boolean DEFAULT true,
+    triggers boolean DEFAULT NULL,  -- NULL: a watched table's own, else true
     clear_on_update boolean DEFAULT NULL,  -- NULL: a watched table's own (same store), else true for store => 'row', false for the others
     queue text DEFAULT NULL,  -- NULL: a watched table's own, else 'embedding_jobs'
-    key name[] DEFAULT NULL,
-    replica boolean DEFAULT false,
+    key name[] DEFAULT NULL,  -- NULL: a watched table's own key, else the primary key
+    replica boolean DEFAULT NULL,  -- NULL: a watched table's own, else false
     chunk_tokens integer DEFAULT NULL,
     chunk_overlap integer DEFAULT NULL,
     chunk_table text DEFAULT NULL,
@@ -846,16 +861,17 @@ BEGIN
                          LEFT JOIN embeddings.model_changes mc ON mc.target_id = tg.id
                          WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column),
                         embeddings.default_model());
-    o.triggers := watch.triggers;
+    SELECT * INTO previous FROM embeddings.targets tg
+    WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column;
+    -- Not given: a watched table's own queue, triggers, replica setting and key (a one-line
+    -- model change changes its model only; a watch() again, nothing it was not given); a new
+    -- target's, the default queue, triggers, no replica, the primary key. The key is the one
+    -- watched (by its columns' numbers: a renamed column stays it), not the primary key of now.
+    o.queue := coalesce(watch.queue, previous.queue, 'embedding_jobs');
+    o.triggers := coalesce(watch.triggers, previous.has_triggers, true);
+    o.replica := coalesce(watch.replica, previous.replica, false);
+    o.key := coalesce(watch.key, embeddings_internal.watched_key(previous));
     o.clear_on_update := watch.clear_on_update;
-    -- Not given: a watched table's own queue (a one-line model change of a target on another
-    -- queue changes its model only); a new target's, the default queue.
-    o.queue := coalesce(watch.queue,
-                        (SELECT tg.queue FROM embeddings.targets tg
-                         WHERE tg.source = watch.source AND tg.embedding_column = watch.embedding_column),
-                        'embedding_jobs');
-    o.key := watch.key;
-    o.replica := watch.replica;
     o.chunk_tokens := watch.chunk_tokens;
     o.chunk_overlap := watch.chunk_overlap;
     o.chunk_table := watch.chunk_table;
@@ -873,7 +889,7 @@ BEGIN
     -- against this one's registration (41_locks.sql).
     PERFORM embeddings_internal.lock_partition_tree(o.source);
     PERFORM embeddings_internal.watch_check_table(o);
-    SELECT * INTO previous FROM embeddings.targets tg
+    SELECT * INTO previous FROM embeddings.targets tg  -- (again: after the lock)
     WHERE tg.source = o.source AND tg.embedding_column = o.embedding_column;
     plan := embeddings_internal.watch_resolve(o, previous);
     -- Another model on a watched plain target: a blue/green change (sql/44_changes.sql), which

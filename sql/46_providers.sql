@@ -80,6 +80,91 @@ BEGIN
 END
 $$;
 
+-- Refuses `given`, argument `argument` of function `fn`, outside its range: from `low` to
+-- `high` (NULL: no upper bound; `low_excluded`: more than `low`), naming the argument, its
+-- value and the range. The tables' checks would name only a constraint, after the function
+-- had filled in the rest. NaN and infinity are in no range (NaN sorts above every number):
+-- a timeout of 'Infinity' passed a check of > 0, and the worker would wait for ever.
+-- register_model() (through check_model_arguments()) and register_reranker() call it.
+CREATE FUNCTION embeddings_internal.check_range(fn text, argument text, given numeric, low numeric,
+                                               high numeric, low_excluded boolean DEFAULT false) RETURNS void
+LANGUAGE plpgsql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF given IS NOT NULL AND (given < low OR (low_excluded AND given = low) OR given > high
+                              OR given >= 'Infinity'::numeric) THEN
+        RAISE EXCEPTION '%: % is %, not %', fn, argument,
+                CASE WHEN high IS NULL THEN format('%s or more', low)
+                     WHEN low_excluded THEN format('more than %s and at most %s', low, high)
+                     ELSE format('from %s to %s', low, high) END,
+                given
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
+-- register_model()'s refusals of its arguments, each naming the argument, before anything is
+-- written: a NULL or blank name, NULL dimensions, an unknown provider, a value out of its
+-- range (the table's checks, and the bounds rerankers have: at most 64 requests in flight
+-- and 600 s a request), a credential that is no key's name, a pooling the worker does not do,
+-- and for a local model an argument only a remote one takes (it was dropped without a word).
+CREATE FUNCTION embeddings_internal.check_model_arguments(
+    name text, dimensions integer, provider text, endpoint text, remote_model text, max_tokens integer,
+    send_dimensions boolean, max_inputs integer, max_request_tokens integer, max_in_flight integer,
+    timeout_seconds double precision, price_per_million_tokens numeric, credential text, pooling text
+) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fn CONSTANT text := 'embeddings.register_model()';
+    remote_only text;
+BEGIN
+    -- (a NULL name would be blamed on the endpoint made of it; an empty one is no name to pass)
+    IF name IS NULL OR btrim(name) = '' OR dimensions IS NULL THEN
+        RAISE EXCEPTION '%: %', fn,
+                CASE WHEN name IS NULL THEN 'name must not be NULL' WHEN dimensions IS NULL THEN 'dimensions must not be NULL'
+                     ELSE 'name must not be empty' END
+            USING ERRCODE = CASE WHEN name IS NULL OR dimensions IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END;
+    END IF;
+    IF provider IS DISTINCT FROM 'local' AND NOT EXISTS (SELECT FROM embeddings.provider_defaults() d WHERE d.provider = check_model_arguments.provider) THEN
+        RAISE EXCEPTION 'unknown provider "%"', provider
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = (SELECT string_agg(format('%s (%s)', d.provider, d.description), ', ' ORDER BY d.provider)
+                          FROM embeddings.provider_defaults() d) || ', or local.';
+    END IF;
+    IF provider = 'local' THEN
+        SELECT a.argument INTO remote_only
+        FROM (VALUES (1, 'endpoint', endpoint IS NOT NULL), (2, 'remote_model', remote_model IS NOT NULL),
+                     (3, 'send_dimensions', coalesce(send_dimensions, false)), (4, 'max_inputs', max_inputs IS NOT NULL),
+                     (5, 'max_request_tokens', max_request_tokens IS NOT NULL), (6, 'max_in_flight', max_in_flight IS NOT NULL),
+                     (7, 'timeout_seconds', timeout_seconds IS NOT NULL),
+                     (8, 'price_per_million_tokens', price_per_million_tokens IS NOT NULL),
+                     (9, 'credential', credential IS NOT NULL)) a(n, argument, given)
+        WHERE a.given ORDER BY a.n LIMIT 1;
+        IF remote_only IS NOT NULL THEN
+            RAISE EXCEPTION '%: a local model takes no %: it is an ONNX directory the worker finds by its name', fn, remote_only
+                USING ERRCODE = 'invalid_parameter_value',
+                      HINT = format('Leave %s out, or register a remote provider''s model: provider => %s.', remote_only,
+                                    (SELECT string_agg(quote_literal(d.provider), ' or ' ORDER BY d.provider) FROM embeddings.provider_defaults() d));
+        END IF;
+    END IF;
+    PERFORM embeddings_internal.check_range(fn, 'dimensions', dimensions, 1, 4000);  -- (HNSW's bound on halfvec)
+    PERFORM embeddings_internal.check_range(fn, 'max_tokens', max_tokens, 1, NULL);
+    PERFORM embeddings_internal.check_range(fn, 'max_inputs', max_inputs, 1, NULL);
+    PERFORM embeddings_internal.check_range(fn, 'max_request_tokens', max_request_tokens, 1, NULL);
+    PERFORM embeddings_internal.check_range(fn, 'max_in_flight', max_in_flight, 1, 64);
+    PERFORM embeddings_internal.check_range(fn, 'timeout_seconds', timeout_seconds::numeric, 0, 600, true);
+    PERFORM embeddings_internal.check_range(fn, 'price_per_million_tokens', price_per_million_tokens, 0, NULL);
+    IF credential <> '' AND credential !~ '^[A-Za-z0-9_.-]{1,64}$' THEN
+        RAISE EXCEPTION '%: credential % is not a key''s name', fn, quote_literal(credential)
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The name of the API key the worker sends (letters, digits, ".", "_", "-"; docs/providers.md), never the key itself.';
+    END IF;
+    IF pooling IS NULL OR pooling NOT IN ('mean', 'cls') THEN
+        RAISE EXCEPTION '%: pooling is ''mean'' or ''cls'', not %', fn, coalesce(quote_literal(pooling), 'NULL')
+            USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+END
+$$;
+
 -- Adds or updates model `name`. `provider` 'openai' (any OpenAI-compatible /embeddings
 -- endpoint: `endpoint` is its base URL, the one ending in /v1), 'huggingface' (the Inference
 -- API's feature extraction: `endpoint` is the full URL, by default the serverless one of
@@ -118,20 +203,10 @@ DECLARE
     users text;
     kind record;
 BEGIN
-    -- (a NULL name would be blamed on the endpoint made of it; an empty one is no name to pass)
-    IF name IS NULL OR btrim(name) = '' OR dimensions IS NULL THEN
-        RAISE EXCEPTION 'embeddings.register_model(): %',
-                CASE WHEN name IS NULL THEN 'name must not be NULL' WHEN dimensions IS NULL THEN 'dimensions must not be NULL'
-                     ELSE 'name must not be empty' END
-            USING ERRCODE = CASE WHEN name IS NULL OR dimensions IS NULL THEN 'null_value_not_allowed' ELSE 'invalid_parameter_value' END;
-    END IF;
+    PERFORM embeddings_internal.check_model_arguments(
+        name, dimensions, provider, endpoint, remote_model, max_tokens, send_dimensions, max_inputs,
+        max_request_tokens, max_in_flight, register_model.timeout_seconds, price_per_million_tokens, credential, pooling);
     SELECT * INTO kind FROM embeddings.provider_defaults() d WHERE d.provider = register_model.provider;
-    IF provider IS DISTINCT FROM 'local' AND kind.provider IS NULL THEN
-        RAISE EXCEPTION 'unknown provider "%"', provider
-            USING ERRCODE = 'invalid_parameter_value',
-                  HINT = (SELECT string_agg(format('%s (%s)', d.provider, d.description), ', ' ORDER BY d.provider)
-                          FROM embeddings.provider_defaults() d) || ', or local.';
-    END IF;
     m.name := name;
     m.dimensions := dimensions;
     m.provider := provider;

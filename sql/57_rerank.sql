@@ -105,7 +105,6 @@ CREATE FUNCTION embeddings.register_reranker(
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     kind record;
-    bad record;
     r embeddings.rerankers;
 BEGIN
     PERFORM embeddings_internal.check_reranker_name(name);
@@ -125,20 +124,12 @@ BEGIN
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = format('SELECT embeddings.register_reranker(%L, %L, ''http://127.0.0.1:8080'');', name, provider);
     END IF;
-    -- The limits, as the table's checks bound them (said here by name).
-    SELECT l.what, l.given, l.low, l.high, l.unit INTO bad
-    FROM (VALUES ('max_documents', max_documents, 1, 10000, 'per request'),
-                 ('max_in_flight', max_in_flight, 1, 64, 'requests at once'),
-                 ('max_tokens', max_tokens, 1, 1000000, 'per passage')) l(what, given, low, high, unit)
-    WHERE l.given IS NOT NULL AND NOT l.given BETWEEN l.low AND l.high;
-    IF FOUND THEN
-        RAISE EXCEPTION '% is from % to % %, not %', bad.what, bad.low, bad.high, bad.unit, bad.given
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
-    IF register_reranker.timeout_seconds IS NOT NULL AND NOT (register_reranker.timeout_seconds > 0 AND register_reranker.timeout_seconds <= 600) THEN
-        RAISE EXCEPTION 'timeout_seconds is more than 0 and at most 600, not %', register_reranker.timeout_seconds
-            USING ERRCODE = 'invalid_parameter_value';
-    END IF;
+    -- The limits, as the table's checks bound them (said here by name, with the value given).
+    PERFORM embeddings_internal.check_range('embeddings.register_reranker()', 'max_documents', max_documents, 1, 10000);
+    PERFORM embeddings_internal.check_range('embeddings.register_reranker()', 'max_in_flight', max_in_flight, 1, 64);
+    PERFORM embeddings_internal.check_range('embeddings.register_reranker()', 'max_tokens', max_tokens, 1, 1000000);
+    PERFORM embeddings_internal.check_range('embeddings.register_reranker()', 'timeout_seconds',
+                                            register_reranker.timeout_seconds::numeric, 0, 600, true);
     IF credential IS NOT NULL AND credential <> '' AND credential !~ '^[A-Za-z0-9_.-]{1,64}$' THEN
         RAISE EXCEPTION 'credential % is not a key''s name', quote_literal(credential)
             USING ERRCODE = 'invalid_parameter_value',

@@ -19,6 +19,7 @@ import psycopg
 import pytest
 
 from tests.support.jobs import JOBS, clear_queue
+from tests.support.models import MINILM
 from tests.support.process import WorkerProcess, wait_for
 from tests.support.rawhttp import exchange, read_answer, request
 
@@ -390,6 +391,30 @@ def test_readyz_is_degraded_naming_the_targets_it_cannot_serve(
     body = json.loads(raw)
     assert status == 200 and body["status"] == "degraded"
     assert "absent-model" in body["deferred_targets"]["public.docs.embedding"]
+
+
+def test_readyz_names_a_target_whose_model_change_this_worker_cannot_load(
+    conn: Conn, start_worker: Callable[..., WorkerProcess]
+) -> None:
+    """The target's own model loads (its application's rows are served), the new model of its
+    change does not: the change's jobs wait, and /readyz says so (it listed only targets
+    whose current model could not load)."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 384, 512, 'mean')"
+    )
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MINILM,))
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    worker = start_worker(EMBED_HTTP_TOKEN=TOKEN)
+    worker.wait_ready()
+
+    status, raw = worker.get("/readyz")
+
+    body = json.loads(raw)
+    assert status == 200 and body["status"] == "degraded", body
+    reason = body["deferred_targets"]["public.docs.embedding"]
+    assert "change to model 'absent-model'" in reason and "absent-model" in reason, reason
 
 
 def test_post_routes_are_off_beyond_loopback_without_a_token(

@@ -99,6 +99,79 @@ def test_a_null_or_empty_name_is_refused_naming_the_argument(
     ).fetchone() == (0,)
 
 
+@pytest.mark.parametrize(
+    ("arguments", "message"),
+    [
+        # (each was the table's bare check violation, e.g. models_dimensions_check, or for
+        # pooling a NOT NULL one; a local model's endpoint was accepted and dropped)
+        ("'m', 0", "dimensions is from 1 to 4000, not 0"),
+        ("'m', -3", "dimensions is from 1 to 4000, not -3"),
+        ("'m', 4001", "dimensions is from 1 to 4000, not 4001"),
+        ("'m', 8, max_tokens => 0", "max_tokens is 1 or more, not 0"),
+        ("'m', 8, 'local', max_tokens => -1", "max_tokens is 1 or more, not -1"),
+        ("'m', 8, max_inputs => 0", "max_inputs is 1 or more, not 0"),
+        ("'m', 8, max_request_tokens => -1", "max_request_tokens is 1 or more, not -1"),
+        ("'m', 8, max_in_flight => 0", "max_in_flight is from 1 to 64, not 0"),
+        ("'m', 8, max_in_flight => 65", "max_in_flight is from 1 to 64, not 65"),
+        ("'m', 8, timeout_seconds => 0", "timeout_seconds is more than 0 and at most 600, not 0"),
+        ("'m', 8, timeout_seconds => -1", "timeout_seconds is more than 0 and at most 600, not -1"),
+        (  # (the table took these: the worker would wait for ever)
+            "'m', 8, timeout_seconds => 'Infinity'",
+            "timeout_seconds is more than 0 and at most 600, not Infinity",
+        ),
+        (
+            "'m', 8, timeout_seconds => 'NaN'",
+            "timeout_seconds is more than 0 and at most 600, not NaN",
+        ),
+        (
+            "'m', 8, timeout_seconds => 601",
+            "timeout_seconds is more than 0 and at most 600, not 601",
+        ),
+        (
+            "'m', 8, price_per_million_tokens => -0.5",
+            "price_per_million_tokens is 0 or more, not -0.5",
+        ),
+        (
+            "'m', 8, price_per_million_tokens => 'NaN'",
+            "price_per_million_tokens is 0 or more, not NaN",
+        ),
+        ("'m', 8, credential => 'sk abc'", "credential 'sk abc' is not a key's name"),
+        ("'m', 8, pooling => 'max'", "pooling is 'mean' or 'cls', not 'max'"),
+        ("'m', 8, pooling => NULL", "pooling is 'mean' or 'cls', not NULL"),
+        ("'m', 8, 'local', 'https://x.test/v1'", "a local model takes no endpoint"),
+        ("'m', 8, 'local', remote_model => 'r'", "a local model takes no remote_model"),
+        ("'m', 8, 'local', max_in_flight => 2", "a local model takes no max_in_flight"),
+        ("'m', 8, 'local', credential => ''", "a local model takes no credential"),
+        ("'m', 8, 'local', send_dimensions => true", "a local model takes no send_dimensions"),
+    ],
+)
+def test_register_model_refuses_an_argument_out_of_range_naming_it(
+    conn: Conn, arguments: str, message: str
+) -> None:
+    """Each refusal names the argument, its value and what it may be, before anything is
+    written: here over a registered model of that name, which stays as it was."""
+    conn.execute("SELECT embeddings.register_model('m', 8, endpoint => 'https://x.test/v1')")
+    before = conn.execute("SELECT m FROM embeddings.models m WHERE name = 'm'").fetchone()
+    with pytest.raises(psycopg.errors.InvalidParameterValue) as e:
+        conn.execute(f"SELECT embeddings.register_model({arguments})")
+    said = str(e.value.diag.message_primary)
+    assert said.partition(": it is")[0] == f"embeddings.register_model(): {message}", said
+    after = conn.execute("SELECT m FROM embeddings.models m WHERE name = 'm'").fetchone()
+    assert after == before
+
+
+def test_register_model_takes_the_ends_of_each_range(conn: Conn) -> None:
+    conn.execute(
+        "SELECT embeddings.register_model('m', 4000, endpoint => 'https://x.test/v1',"
+        " max_tokens => 1, max_inputs => 1, max_request_tokens => 1, max_in_flight => 64,"
+        " timeout_seconds => 600, price_per_million_tokens => 0, pooling => 'cls')"
+    )
+    conn.execute("SELECT embeddings.register_model('l', 1, 'local', max_tokens => 1)")
+    assert conn.execute(
+        "SELECT count(*) FROM embeddings.models WHERE name IN ('m', 'l')"
+    ).fetchone() == (2,)
+
+
 def test_a_new_kind_changes_no_table_and_an_unknown_one_is_not_served(
     conn: Conn, caplog: pytest.LogCaptureFixture
 ) -> None:

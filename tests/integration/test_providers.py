@@ -15,7 +15,7 @@ import numpy as np
 import psycopg
 import pytest
 
-from tests.support.jobs import expire_leases, lanes, messages
+from tests.support.jobs import deferred_reason, expire_leases, lanes, messages
 from tests.support.models import shared_models_dir
 from tests.support.provider_server import ProviderServer, fake_vector
 from worker import exits, metrics
@@ -339,6 +339,48 @@ def test_a_provider_that_is_down_opens_its_circuit_and_defers_its_target(
         metrics.REGISTRY.get_sample_value("embed_worker_provider_circuit_open", {"provider": host})
         == 0
     )
+
+
+def test_a_probe_that_meets_a_429_is_the_reason_given_until_the_circuit_closes(
+    conn: Conn,
+    run_once: Callable[..., Worker],
+    provider: ProviderServer,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The provider fails (the circuit opens), then answers the probe with a 429 past the
+    inline wait: /readyz names the 429, not the HTTP 500 the provider no longer answers; once a
+    probe is answered, neither /readyz nor status gives any reason."""
+    monkeypatch.setattr(client, "MAX_INLINE_WAIT_SECONDS", 0.05)
+    watched_docs(conn, register(conn, provider, max_inputs=64))
+    provider.down = True
+    worker = run_once(max_attempts=1, expect=exits.UNSERVED)
+    assert "HTTP 500" in deferred_reason(conn)
+    provider.down, provider.faults, provider.retry_after = False, ["429"], 1.0
+    for _ in range(30):  # (each run after the open time sends the probe)
+        expire_leases(conn)
+        worker = run_once(max_attempts=1, expect=(exits.OK, exits.UNSERVED))
+        if provider.faults_served.get("429"):
+            break
+    probe = ReadinessProbe(
+        worker.dsn,
+        worker.settings.queue,
+        registry=worker.registry,
+        embedders=worker.embedders,
+        default_model=worker.default_model,
+        stopped=lambda: True,
+        waiting=worker.waiting,
+    )
+    (reason,) = probe.unservable_targets().values()
+    assert "rate limited (429)" in reason and "HTTP 500" not in reason, reason
+    drain(conn, run_once)
+    assert probe.unservable_targets() == {}
+    conn.execute(
+        "INSERT INTO docs VALUES (1000, 'a row after')"
+    )  # (a reason shows while jobs wait)
+    row = conn.execute(
+        "SELECT pending_jobs, deferred_reason FROM embeddings_internal.target_status(true)"
+    ).fetchone()
+    assert row == (1, None)
 
 
 def test_the_inputs_own_faults_fail_only_those_rows(

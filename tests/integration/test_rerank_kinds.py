@@ -108,6 +108,10 @@ def test_register_reranker_fills_in_the_kinds_defaults(conn: Conn) -> None:
         ("'x', 'cohere', max_documents => 0", "max_documents is from 1 to 10000"),
         ("'x', 'cohere', max_in_flight => 65", "max_in_flight is from 1 to 64"),
         ("'x', 'cohere', timeout_seconds => 0", "timeout_seconds is more than 0"),
+        (
+            "'x', 'cohere', timeout_seconds => 'Infinity'",
+            "^embeddings.register_reranker\\(\\): timeout_seconds is more than 0 and at most 600, not Infinity\n",
+        ),
         ("'x', 'cohere', max_tokens => -1", "max_tokens is from 1 to 1000000"),
         ("'x', 'cohere', credential => 'sk abc'", "is not a key's name"),
     ],

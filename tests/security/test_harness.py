@@ -109,6 +109,12 @@ def _remote_model(ctx: Context) -> None:
     os.environ["OPENAI_API_KEY"] = REMOTE_KEY
     try:
         with ProviderServer(kind="openai", dims=8, api_key=REMOTE_KEY) as server:
+            # (its argument checks, check_model_arguments() and check_range(), refuse first)
+            with pytest.raises(psycopg.errors.InvalidParameterValue, match="max_in_flight is"):
+                ctx.sql(
+                    f"SELECT embeddings.register_model('remote-8', 8, 'openai', '{server.base_url}',"
+                    " 'test-model', max_in_flight => 0)"
+                )
             ctx.sql(
                 f"SELECT embeddings.register_model('remote-8', 8, 'openai', '{server.base_url}',"
                 f" 'test-model', max_tokens => 40, tokenizer => '{MINILM}')",

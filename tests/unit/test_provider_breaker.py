@@ -187,6 +187,28 @@ def test_a_probe_throttled_past_the_inline_wait_keeps_the_circuit_open_only_unti
     assert not breaker.is_open
 
 
+def test_a_probe_throttled_says_so_while_the_circuit_stays_open_and_nothing_after_it_closes(
+    server: ProviderServer, breaker: breakers.Breaker, clock: Clock
+) -> None:
+    """While a probe's 429 keeps the circuit open, the reason every refused request (and so
+    /readyz, and `status` for the targets deferred by it) gives is the 429, the provider's last
+    word: it said the last failure's, an HTTP 500 the provider no longer answers. Closed
+    again, the breaker gives no reason at all."""
+    open_circuit(server, breaker, clock)
+    server.faults = ["429"]
+    server.retry_after = 60
+    with pytest.raises(exceptions.ProviderUnavailable, match="retry after 60 s"):
+        model(server, breaker).embed(["probe"])
+    reason = breaker.problem() or ""
+    assert "rate limited (429)" in reason and "HTTP 500" not in reason, reason
+    with pytest.raises(exceptions.ProviderUnavailable) as refused:
+        model(server, breaker).embed(["refused while open"])
+    assert "rate limited (429)" in str(refused.value) and "HTTP 500" not in str(refused.value)
+    clock.now += 60
+    assert reaches_provider(server, breaker)
+    assert breaker.problem() is None and breaker.last_error is None
+
+
 def test_a_probe_throttled_within_the_inline_wait_is_retried_and_closes_the_circuit(
     server: ProviderServer, breaker: breakers.Breaker, clock: Clock
 ) -> None:

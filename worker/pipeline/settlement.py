@@ -36,6 +36,9 @@ class Settlement:
     latencies: list[float] = field(default_factory=list)
     fates: dict[RowKey, Fate] = field(default_factory=dict)  # failed rows: retried, or dead
     resent: set[RowKey] = field(default_factory=set)  # rows in `resend` (each once a batch)
+    # rows some job asked both vectors of, not only a model change's new one (once a batch,
+    # when a changing target's row is re-sent)
+    asked_live: set[RowKey] | None = None
 
 
 @dataclass
@@ -180,7 +183,8 @@ def _resend_postponed(
     with the attempts spent before this one; so do long documents with pieces still to go
     (worker/pipeline/pieces.py), marked as going on from their recorded progress, and rows a
     lock held up, after a delay that grows with each time it did (worker/pipeline/bounds.py).
-    A row goes back once, however many of the batch's jobs asked for it: two messages of one
+    A model change's own row goes back as the change's (`shadow`). A row goes back once,
+    however many of the batch's jobs asked for it: two messages of one
     long document would be two chains of pieces, each taking the other's progress for another
     writer's."""
     for state in (RowState.POSTPONED, RowState.PIECE, RowState.BLOCKED):
@@ -193,15 +197,23 @@ def _resend_postponed(
         if not postponed:
             continue
         out.resent.update((target.id, row.key) for row in postponed)
-        chains: dict[int | None, list[Row]] = defaultdict(list)
+        # A model change's own rows (no job of the batch asked for more than their new vector)
+        # stay the change's: re-sent as plain jobs, they were embedded with the old model
+        # again, the vector they have rewritten.
+        if target.in_change and out.asked_live is None:
+            out.asked_live = _asked_live(batch)
+        chains: dict[tuple[int | None, bool], list[Row]] = defaultdict(list)
         for row in postponed:
-            chains[_chunks_done(row, state, job)].append(row)
-        for done, rows in chains.items():
+            shadow = target.in_change and (target.id, row.key) not in (out.asked_live or ())
+            chains[(_chunks_done(row, state, job), shadow)].append(row)
+        for (done, shadow), rows in chains.items():
             message: dict[str, Any] = {
                 "target": target.id,
                 "keys": [job.raw_keys[row.key] for row in rows],
                 "attempts": job.attempts - 1,
             }
+            if shadow:
+                message["shadow"] = True
             if done is not None:
                 message["continued"] = True
                 message["chunks_done"] = done
@@ -211,6 +223,16 @@ def _resend_postponed(
                 message["blocked"] = job.blocked + 1
                 wait = bounds.blocked_delay(job.blocked)
             out.resend.append((message, math.ceil(wait)))
+
+
+def _asked_live(batch: Batch) -> set[tuple[int, str]]:
+    """The rows some job of the batch asked both vectors for (not only a change's new one)."""
+    return {
+        (job.target.id, key)
+        for job in batch.jobs
+        if job.target is not None and not job.shadow
+        for key in job.keys
+    }
 
 
 def _chunks_done(row: Row, state: RowState, job: messages.Job) -> int | None:

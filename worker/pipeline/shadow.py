@@ -60,8 +60,9 @@ def embed(embedders: LoadedModels, batch: Batch, target: Target, rows: list[Row]
 
 def _embed_new(batch: Batch, target: Target, model: Any, rows: list[Row]) -> int:
     """The new model's vectors of the rows the target's model embedded and of the change's own
-    rows. A provider that cannot answer now holds only the change's rows: the application's
-    keep their vector (written; the new one left empty)."""
+    rows. A provider that cannot answer now holds only the change's rows, and a text the new
+    model fails on fails only a change's row: the application's keep their vector (written;
+    the new one left empty)."""
     live = [r for r in rows if r.state is RowState.EMBEDDED and not r.shadow_only]
     both = [r for r in rows if r.state is RowState.EMBEDDED or r.shadow_only]
     try:
@@ -72,8 +73,12 @@ def _embed_new(batch: Batch, target: Target, model: Any, rows: list[Row]) -> int
         _change_waits(batch, target, rows, f"{target.name}: {exc}", exc.retry_after)
         return 0
     for row in live:
-        if row.state is RowState.POSTPONED:  # its new vector could not be had now
+        # Its new vector could not be had now, or the new model fails on its text: the old
+        # vector is written all the same (the application's row stays served). The change
+        # queues the row again before it completes, where a failure is the change's own.
+        if row.state in (RowState.POSTPONED, RowState.FAILED):
             row.state, row.error, row.retry_after = RowState.EMBEDDED, None, None
+            row.permanent = False
     return tokens
 
 
@@ -104,7 +109,7 @@ def _shadow_model(embedders: LoadedModels, target: Target) -> tuple[Any, str | N
         model = embedders.get(target.shadow_model)
     except exceptions.ModelError as exc:
         return None, str(exc)
-    return model, _shadow_problem(target, model)
+    return model, shadow_problem(target, model)
 
 
 def _primary_model(embedders: LoadedModels, target: Target, rows: list[Row]) -> Any:
@@ -121,7 +126,9 @@ def _primary_model(embedders: LoadedModels, target: Target, rows: list[Row]) -> 
         return None
 
 
-def _shadow_problem(target: Target, shadow_model: Any) -> str | None:
+def shadow_problem(target: Target, shadow_model: Any) -> str | None:
+    """Why the new model of `target`'s change cannot fill its shadow column: its vectors are of
+    other dimensions (None when they fit, or when the model is not loaded)."""
     if shadow_model is None or shadow_model.dim == target.shadow_dims:
         return None
     return (

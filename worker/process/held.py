@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING
 
 from worker import db
 from worker.models.remote import breaker as breakers
+from worker.pipeline import shadow
 
 if TYPE_CHECKING:
     from worker.models.loaded import LoadedModels
@@ -36,7 +37,9 @@ logger = logging.getLogger(__name__)
 
 
 def unservable(queue: str, registry: TargetRegistry, embedders: LoadedModels) -> dict[str, str]:
-    """Targets of `queue` the worker cannot serve now, by name, with why (their jobs wait)."""
+    """Targets of `queue` the worker cannot serve now, by name, with why (their jobs wait, or
+    during a model change the change's jobs: the new model cannot serve it, as
+    pipeline/shadow.py holds them)."""
     failed = embedders.failures()
     loaded = embedders.loaded()
     circuits = breakers.open_providers()  # remote models' providers that are down
@@ -46,14 +49,35 @@ def unservable(queue: str, registry: TargetRegistry, embedders: LoadedModels) ->
             continue
         model = loaded.get(target.model)
         problem = target.problem(model.dim if model is not None else None)
-        if problem is None and target.model in failed:
-            problem = failed[target.model]
-        spec = embedders.remote_spec(target.model)
-        if problem is None and spec is not None and spec.host in circuits:
-            problem = circuits[spec.host]
+        if problem is None:
+            problem = _model_problem(target.model, failed, circuits, embedders)
+        if problem is None and target.in_change:
+            problem = _change_problem(target, failed, circuits, embedders)
         if problem is not None:
             found[target.name] = problem
     return found
+
+
+def _model_problem(
+    name: str, failed: dict[str, str], circuits: dict[str, str], embedders: LoadedModels
+) -> str | None:
+    """Why model `name` cannot serve now: it failed to load here, or its provider is down."""
+    if name in failed:
+        return failed[name]
+    spec = embedders.remote_spec(name)
+    return circuits[spec.host] if spec is not None and spec.host in circuits else None
+
+
+def _change_problem(
+    target: Target, failed: dict[str, str], circuits: dict[str, str], embedders: LoadedModels
+) -> str | None:
+    """Why the new model of `target`'s change cannot serve it here: it cannot load, its provider
+    is down, or its vectors do not fit the shadow column."""
+    assert target.shadow_model is not None
+    problem = _model_problem(target.shadow_model, failed, circuits, embedders)
+    if problem is not None:
+        return f"{target.name}: the change to model {target.shadow_model!r} waits: {problem}"
+    return shadow.shadow_problem(target, embedders.loaded().get(target.shadow_model))
 
 
 class HeldJobs:
@@ -75,15 +99,11 @@ class HeldJobs:
         only be held again by the first batch (every start moved them, and the held counts and
         metrics flickered); they are taken once that model loads."""
         loaded = self.embedders.loaded()
-        failed = self.embedders.failures()
-        problems = unservable(self.queue, self.registry, self.embedders)
+        problems = unservable(self.queue, self.registry, self.embedders)  # (changes' included)
         return {
             target.id: target
             for target in self.registry.snapshot().values()
-            if target.queue == self.queue
-            and target.model in loaded
-            and target.name not in problems
-            and not (target.in_change and target.shadow_model in failed)
+            if target.queue == self.queue and target.model in loaded and target.name not in problems
         }
 
     def release(self, conn: db.Connection) -> int:

@@ -96,15 +96,17 @@ class Breaker:
         with self._lock:
             return max(self._throttled_until - self.clock(), 0.0)
 
-    def throttle(self, seconds: float) -> None:
+    def throttle(self, seconds: float, why: str = "rate limited (429)") -> None:
         """The provider said 429 (or is loading its model) for `seconds`: not a failure. A
-        probe's 429 keeps the circuit open until then, when the next probe goes."""
+        probe's 429 keeps the circuit open until then, when the next probe goes; `why` is then
+        the reason the open circuit gives (the provider's last word, not the failure before)."""
         with self._lock:
             self._throttled_until = max(self._throttled_until, self.clock() + seconds)
             if self._probe is not None:
                 self._probe = None
                 assert self._open_until is not None
                 self._open_until = max(self._open_until, self._throttled_until)
+                self.last_error = why
 
     def success(self) -> None:
         with self._lock:
@@ -113,6 +115,7 @@ class Breaker:
             self._open_for = self.base_open
             self._open_until = None
             self._probe = None
+            self.last_error = None  # (a reason is given only while open: none to keep)
         if was_open:
             logger.info("provider %s answers again: circuit closed", self.provider)
         metrics.PROVIDER_CIRCUIT_OPEN.labels(self.provider).set(0)

@@ -254,8 +254,8 @@ class Exchange:
         if status == 429 or loading is not None:
             wait = loading if loading is not None else transport.retry_after(response.headers)
             self._count("rate_limited")
-            self.breaker.throttle(wait if wait is not None else 1.0)
             what = "model loading" if loading is not None else "rate limited (429)"
+            self.breaker.throttle(wait if wait is not None else 1.0, f"{what}: {message}")
             if wait is not None and wait > policy.max_inline_wait:
                 raise exceptions.ProviderUnavailable(
                     f"{describe}: {what}; retry after {wait:.0f} s", retry_after=wait

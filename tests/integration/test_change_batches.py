@@ -1,0 +1,142 @@
+"""A batch of a model change in progress (worker/pipeline/shadow.py) that holds both kinds of
+row: the application's (both vectors wanted) and the change's own (only the new vector), when
+the new model cannot serve at all, and when it fails on some rows only."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import numpy as np
+import psycopg
+import pytest
+
+from tests.support.fetch import fetch_value
+from tests.support.jobs import messages, move_inbox
+from tests.support.provider_server import ProviderServer, fake_vector
+from worker import exits
+from worker.models.loaded import LoadedModels
+from worker.models.remote import breaker as breakers
+from worker.models.remote import client
+from worker.process.runner import Worker
+
+Conn = psycopg.Connection[Any]
+ROWS = 10
+LIVE = {1: "edited during the change", 11: "written during the change"}
+
+
+@pytest.fixture(autouse=True)
+def quick_retries(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    monkeypatch.setattr(client, "BACKOFF", lambda state: 0.01)
+    breakers.reset()
+    yield
+    breakers.reset()
+
+
+@pytest.fixture
+def old_model(conn: Conn, tiny_models: tuple[str, str], run_once: Callable[..., Worker]) -> str:
+    """`docs` of ROWS rows, embedded with tiny-a."""
+    old = tiny_models[0]
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute(
+        "INSERT INTO docs SELECT i, 'document number ' || i FROM generate_series(1, %s) i",
+        (ROWS,),
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (old,))
+    run_once(model=old)
+    assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (ROWS,)
+    return old
+
+
+def one_lane(conn: Conn) -> None:
+    """The application's writes of LIVE and the change's jobs in one queue, so that the worker
+    reads them as one batch: the change's jobs (in the backfill lane) join the live lane."""
+    conn.execute("INSERT INTO docs VALUES (11, %s)", (LIVE[11],))
+    conn.execute("UPDATE docs SET body = %s WHERE id = 1", (LIVE[1],))
+    move_inbox(conn)
+    conn.execute(
+        "SELECT pgmq.send_batch('embedding_jobs', array_agg(message ORDER BY msg_id))"
+        " FROM pgmq.q_embedding_jobs_backfill"
+    )
+    conn.execute("SELECT pgmq.purge_queue('embedding_jobs_backfill')")
+    kinds = {bool(m.get("shadow")) for m in messages(conn)}
+    assert kinds == {True, False}, messages(conn)
+
+
+def shadow_column(conn: Conn) -> str:
+    return str(fetch_value(conn, "SELECT shadow_column FROM embeddings.model_changes"))
+
+
+def assert_old_vectors(conn: Conn, embedders: LoadedModels, old: str) -> None:
+    """The application's rows of LIVE have the old model's vector of their new content."""
+    for key, body in LIVE.items():
+        stored = fetch_value(conn, "SELECT embedding::text FROM docs WHERE id = %s", (key,))
+        got = np.array([float(x) for x in str(stored).strip("[]").split(",")])
+        assert np.allclose(got, embedders.get(old).embed([body])[0], atol=2e-3), key
+
+
+def test_the_application_rows_of_a_mixed_batch_get_the_old_vector_while_the_new_model_cannot_load(
+    conn: Conn, old_model: str, run_once: Callable[..., Worker], embedders: LoadedModels
+) -> None:
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 16, 512, 'mean')"
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    one_lane(conn)
+
+    run_once(model=old_model, max_attempts=1, batch_size=64, expect=(exits.OK, exits.UNSERVED))
+
+    assert_old_vectors(conn, embedders, old_model)
+    column = shadow_column(conn)
+    assert conn.execute(f"SELECT count({column}) FROM docs").fetchone() == (0,)
+    # The change's jobs wait, no attempt spent (max_attempts=1: one would dead-letter them):
+    # every row's key but the application's new row is still queued, for the change.
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    queued = {int(k) for m in messages(conn) for k in m.get("keys", [m.get("id")])}
+    assert queued >= set(range(2, ROWS + 1)), messages(conn)
+    assert all(m.get("shadow") for m in messages(conn)), messages(conn)
+    assert fetch_value(conn, "SELECT model FROM embeddings.targets") == old_model
+    assert conn.execute("SELECT count(*) FROM embeddings.model_changes").fetchone() == (1,)
+
+
+def test_a_row_the_new_model_fails_on_fails_alone_and_the_old_vector_is_kept(
+    conn: Conn, old_model: str, run_once: Callable[..., Worker], embedders: LoadedModels
+) -> None:
+    """The new model (a stand-in provider) refuses one input of the change's rows and one of
+    the application's: every other row gets its new vector in the same batch; the change's row
+    is dead-lettered with the provider's refusal; the application's keeps its old vector."""
+    conn.execute("UPDATE docs SET body = 'document POISON five' WHERE id = 5")
+    run_once(model=old_model)  # (its old vector)
+    LIVE[1] = "edited during the change, POISON"
+    try:
+        with ProviderServer(kind="openai", dims=8) as provider:
+            conn.execute(
+                "SELECT embeddings.register_model('remote-8', 8, 'openai', %s, 'test-model',"
+                " credential => '', timeout_seconds => 0.5)",
+                (provider.base_url,),
+            )
+            conn.execute("SELECT embeddings.watch('docs', 'body', model => 'remote-8')")
+            one_lane(conn)
+            run_once(
+                model=old_model, max_attempts=1, batch_size=64, expect=(exits.OK, exits.UNSERVED)
+            )
+    finally:
+        LIVE[1] = "edited during the change"
+    column = shadow_column(conn)
+    new = dict(conn.execute(f"SELECT id, {column}::text FROM docs").fetchall())
+    bodies = dict(conn.execute("SELECT id, body FROM docs").fetchall())
+    for key, vector in new.items():
+        if "POISON" in bodies[key]:
+            assert vector is None, key
+            continue
+        got = np.array([float(x) for x in str(vector).strip("[]").split(",")])
+        assert np.allclose(got, fake_vector(bodies[key], 8), atol=2e-3), key
+    failures = dict(
+        conn.execute("SELECT row_key::text, last_error FROM embeddings.failures").fetchall()
+    )
+    assert set(failures) == {"5"} and "POISON is not allowed" in failures["5"], failures
+    stored = fetch_value(conn, "SELECT embedding::text FROM docs WHERE id = 1")
+    got = np.array([float(x) for x in str(stored).strip("[]").split(",")])
+    expected = embedders.get(old_model).embed(["edited during the change, POISON"])[0]
+    assert np.allclose(got, expected, atol=2e-3)
