@@ -211,7 +211,7 @@ $$;
 -- that says where a lane's jobs are, for SQL that reads or updates them directly
 -- (dispatch_batches(), doctor's check of what the worker role may do).
 CREATE FUNCTION embeddings_internal.lane_table(queue_name text, lane text) RETURNS text
-LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
+LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
     SELECT pgmq.format_table_name(CASE lane WHEN 'live' THEN queue_name
                                             WHEN 'backfill' THEN embeddings_internal.backfill_queue(queue_name) END,
                                   'q')

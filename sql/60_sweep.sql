@@ -75,7 +75,7 @@ $$;
 -- 100,000 dead letters take 100 sweeps of 1,000, each an index range of (target_id, id). A
 -- letter the worker replaces meanwhile (its row inserted and failed again) has a new id, and is
 -- kept. Returns the number of dead letters resolved, and whether the target has more after those
--- this step looked at (the next step goes on from there).
+-- this step looked at (the next step goes on from there), and says both in a NOTICE.
 CREATE FUNCTION embeddings_internal.resolve_gone_failures(t embeddings.targets, max_rows integer,
                                                           OUT resolved integer, OUT more boolean)
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
@@ -122,6 +122,12 @@ BEGIN
     INSERT INTO embeddings.sweep_cursors AS sc (target_id, failures_after)
     VALUES (t.id, CASE WHEN more THEN last_id END)
     ON CONFLICT (target_id) DO UPDATE SET failures_after = excluded.failures_after;
+    -- Said as sweep()'s skipped steps are (its WARNINGs): sweep() returns the rows it queued.
+    IF resolved > 0 OR more THEN
+        RAISE NOTICE '%', format('embeddings.sweep(): resolved %s dead letter(s) of deleted rows of %s%s',
+            resolved, embeddings_internal.target_name(t),
+            CASE WHEN more THEN format('; more are left to look at: the next sweep takes the next %s', max_rows) ELSE '' END);
+    END IF;
 END
 $$;
 
@@ -140,8 +146,6 @@ DECLARE
     scanned integer;
     enqueued integer;
     total integer := 0;
-    resolved integer;
-    more_failures boolean;
     q record;
 BEGIN
     IF max_rows IS NULL OR max_rows < 1 THEN
@@ -154,14 +158,7 @@ BEGIN
         CONTINUE WHEN NOT EXISTS (SELECT FROM pg_class c WHERE c.oid = t.source)
                       OR t.problem IS NOT NULL;  -- table dropped, or not served
         BEGIN  -- (its failure costs only this step: never the sweep)
-            SELECT r.resolved, r.more INTO resolved, more_failures
-            FROM embeddings_internal.resolve_gone_failures(t, max_rows) r;
-            -- (said as the step's WARNING below is: sweep() returns the rows it queued)
-            IF resolved > 0 OR more_failures THEN
-                RAISE NOTICE '%', format('embeddings.sweep(): resolved %s dead letter(s) of deleted rows of %s%s',
-                    resolved, embeddings_internal.target_name(t),
-                    CASE WHEN more_failures THEN format('; more are left to look at: the next sweep takes the next %s', max_rows) ELSE '' END);
-            END IF;
+            PERFORM embeddings_internal.resolve_gone_failures(t, max_rows);  -- (says what it did)
         EXCEPTION WHEN OTHERS THEN
             RAISE WARNING 'embeddings.sweep(): dead letters of deleted rows of %.% not resolved: %', t.source, t.embedding_column, SQLERRM;
         END;

@@ -38,8 +38,11 @@ OTHERS_CODE = (
 
 
 def _spelled(text: str) -> str:
-    """`embeddings_internal.<name>` as `internal:<name>`: `embeddings_` is a target's functions."""
-    return text.replace("embeddings_internal.", "internal:")
+    """`embeddings_internal.<name>` as `internal:<name>`, and the schema's name as a literal
+    (catalog reads) as `'internal'`: `embeddings_` is a target's functions."""
+    return text.replace("embeddings_internal.", "internal:").replace(
+        "'embeddings_internal'", "'internal'"
+    )
 
 
 def test_statements_that_say_they_run_no_one_elses_code_name_none() -> None:
