@@ -553,6 +553,12 @@ FROM pg_catalog.pg_stat_activity a
 LEFT JOIN pg_catalog.pg_stat_progress_create_index p ON p.pid = a.pid
 WHERE a.pid = %(pid)s;
 
+-- name: server_backend
+-- The server backend running this transaction, as the server says it (doctor's pooler check,
+-- worker/cli/pooler.py: behind a pooler libpq's backend pid is the pooler's cancel key).
+-- ours: reads a value, runs no one else's code
+SELECT pg_catalog.pg_backend_pid();
+
 -- name: index_build_session
 -- Behind a transaction pooler, the server session of a deferred index build of this worker's:
 -- the one session of our role running exactly %(statement)s (worker/process/index_builder.py:
