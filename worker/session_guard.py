@@ -164,6 +164,8 @@ class GuardedConnection(psycopg.Connection[Any]):
     # Per transaction: the key of the advisory lock each transaction of ours takes in its reset
     # (server_session()), drawn at random once per connection: two int4s, 62 random bits.
     _marker: tuple[int, int] | None = None
+    # session_settings as composed (_pinned()): for the session, for the transaction.
+    _pinned_sql: tuple[str | None, str | None] = (None, None)
 
     def needs_transaction(self) -> bool:
         """Whether a statement must be given a transaction of its own first: behind a
@@ -287,11 +289,12 @@ class GuardedConnection(psycopg.Connection[Any]):
         rows: list[tuple[Any, ...]] = []
         with psycopg.Cursor(self) as cur:
             cur.execute(";\n".join(parts))
-            while True:  # to the last result (then's), past our settings' (the server's pid)
-                self._server_pid = server_pid(cur.pgresult) or self._server_pid
-                if not cur.nextset():
-                    break
+            if self._server_pid is None:  # (the session's: read at its first reset)
+                while self._server_pid is None and cur.nextset():
+                    self._server_pid = server_pid(cur.pgresult)
             if then is not None:
+                while cur.nextset():
+                    pass
                 rows = cur.fetchall()
         self.resets += 1
         self._distrusted = False
@@ -305,11 +308,7 @@ class GuardedConnection(psycopg.Connection[Any]):
         transaction). `local`: for the transaction alone (behind a transaction pooler), else
         for the session."""
         flag = sql.SQL("true" if local else "false")
-        high, low = self._transaction_marker() if local else (0, 0)  # (no marker: unused)
-        statement = queries.compose(
-            "session_settings", local=flag, marker_1=sql.Literal(high), marker_2=sql.Literal(low)
-        )
-        parts = [statement.as_string(self)]
+        parts = [self._pinned(local)]
         if self.lock_timeout_ms is not None:
             parts.append(self._setting("session_lock_timeout", self.lock_timeout_ms, flag))
             if self.info.server_version >= CLIENT_CHECK_SINCE:
@@ -320,6 +319,23 @@ class GuardedConnection(psycopg.Connection[Any]):
         if bound is not None:
             parts.append(self._setting("statement_bound", bound))
         return parts
+
+    def _pinned(self, local: bool) -> str:
+        """session_settings, as composed the first time (it changes with `local` alone: the
+        marker is the connection's): every reset sends it, and composing costs."""
+        pinned = self._pinned_sql[local]
+        if pinned is None:
+            high, low = self._transaction_marker() if local else (0, 0)  # (0, 0): never taken
+            pinned = queries.compose(
+                "session_settings",
+                local=sql.SQL("true" if local else "false"),
+                marker_1=sql.Literal(high),
+                marker_2=sql.Literal(low),
+            ).as_string(self)
+            cached = list(self._pinned_sql)
+            cached[local] = pinned
+            self._pinned_sql = (cached[0], cached[1])
+        return pinned
 
     def _setting(self, name: str, ms: int, local: sql.SQL | None = None) -> str:
         """Setting `name`'s statement for `ms`; `local`: true for the transaction only
