@@ -259,6 +259,15 @@ def bounded(conn: Connection, ms: int, label: object = None) -> Iterator[None]:
         yield
 
 
+def server_pid(conn: Connection) -> int | None:
+    """The pid of the server backend that runs `conn`'s statements, as the server says it
+    (worker/server_session.py: behind a pooler libpq's is the pooler's cancel key); None per
+    transaction (each may run in another server session)."""
+    if isinstance(conn, session_guard.GuardedConnection):
+        return conn.server_session().pid
+    return None
+
+
 def execute_alone(conn: Connection, statement: bytes) -> None:
     """`statement`, one that no transaction block may hold (CREATE INDEX CONCURRENTLY), sent
     on its own (worker/session_guard.py: GuardedConnection.execute_alone)."""

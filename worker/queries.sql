@@ -553,6 +553,23 @@ FROM pg_catalog.pg_stat_activity a
 LEFT JOIN pg_catalog.pg_stat_progress_create_index p ON p.pid = a.pid
 WHERE a.pid = %(pid)s;
 
+-- name: server_backend
+-- The server backend running this transaction, as the server says it (doctor's pooler check,
+-- worker/cli/pooler.py: behind a pooler libpq's backend pid is the pooler's cancel key).
+-- ours: reads a value, runs no one else's code
+SELECT pg_catalog.pg_backend_pid();
+
+-- name: index_build_session
+-- Behind a transaction pooler, the server session of a deferred index build of this worker's:
+-- the one session of our role running exactly %(statement)s (worker/process/index_builder.py:
+-- the statement runs alone, in whichever server session the pooler gives it); none when there
+-- is not exactly one.
+SELECT pg_catalog.min(a.pid)
+FROM pg_catalog.pg_stat_activity a
+WHERE a.query OPERATOR(pg_catalog.=) %(statement)s AND a.usename OPERATOR(pg_catalog.=) CURRENT_USER
+  AND a.pid OPERATOR(pg_catalog.<>) pg_catalog.pg_backend_pid()
+HAVING pg_catalog.count(*) OPERATOR(pg_catalog.=) 1;
+
 -- name: deferred_index_built
 -- Forgets a deferred index once a valid HNSW index is on the target's column.
 SELECT embeddings_internal.deferred_index_built(%(target_id)s);
@@ -1021,12 +1038,20 @@ DISCARD SEQUENCES;
 -- Our settings (session_reset says why each): after session_reset's RESET ALL for the session
 -- ({local} false), or after transaction_discard behind a transaction pooler for this transaction
 -- alone ({local} true: none outlives our COMMIT on a server session the pooler then hands to
--- another client; the isolation level is then the transaction's BEGIN's).
+-- another client; the isolation level is then the transaction's BEGIN's). Which server session
+-- runs ours, in the same statement (no exchange of its own: worker/server_session.py), as libpq
+-- cannot say it behind a pooler (its backend pid is the pooler's cancel key): the session's pid,
+-- read from the row; per transaction, whose row arrives only with the exchange's end, the
+-- transaction's marker too, an advisory lock of a key the connection drew at random
+-- ({marker_1}, {marker_2}), held until our transaction ends, which pg_locks shows at once.
 -- ours: sets settings, runs no one else's code
 SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', {local}),
        pg_catalog.set_config('DateStyle', 'ISO', {local}),
        pg_catalog.set_config('IntervalStyle', 'postgres', {local}),
-       pg_catalog.set_config('standard_conforming_strings', 'on', {local});
+       pg_catalog.set_config('standard_conforming_strings', 'on', {local}),
+       pg_catalog.pg_backend_pid() AS server_pid,
+       CASE WHEN {local} THEN pg_catalog.pg_try_advisory_xact_lock({marker_1}, {marker_2}) END
+         AS server_marker;
 
 -- name: session_start_path
 -- The search path the session started with, what RESET restores (pg_settings.reset_val): read
@@ -1049,7 +1074,7 @@ SELECT pg_catalog.set_config('search_path', 'pg_catalog, pg_temp', true);
 -- After every session_reset (worker/session_guard.py): no statement waits longer than {ms} for
 -- a lock (EMBED_LOCK_TIMEOUT_MS), whatever the role or the database set; a session setting, as
 -- the reset's own are ({local} false), or the transaction's alone behind a transaction pooler
--- ({local} true: transaction_settings). {ms} is a literal: the statement goes in the reset's exchange.
+-- ({local} true). {ms} is a literal: the statement goes in the reset's exchange.
 -- ours: sets a setting, runs no one else's code
 SELECT pg_catalog.set_config('lock_timeout', {ms}, {local});
 
@@ -1075,10 +1100,26 @@ SELECT pg_catalog.set_config('client_connection_check_interval', '1s', {local});
 SELECT pg_catalog.set_config('statement_timeout', {ms}, true);
 
 -- name: terminate_backend
--- Ends our session %(pid)s, whose statement ran a table owner's code past its bound and caught
--- the cancel (worker/process/watchdog.py); a role may end its own sessions.
+-- Ends our server session whose statement ran a table owner's code past its bound and caught
+-- the cancel (worker/process/watchdog.py); a role may end its own sessions. The session is the
+-- server's (worker/server_session.py): pid %(pid)s, or behind a transaction pooler the one
+-- holding our transaction's marker (%(marker_1)s, %(marker_2)s), only while it runs that
+-- transaction: once it ended, the pooler may have handed the session to another client. The
+-- pids of the sessions ended. The sessions are found first (MATERIALIZED): a filter beside
+-- pg_terminate_backend() may run after it, on every row.
 -- ours: touches nothing but that session, runs no one else's code
-SELECT pg_catalog.pg_terminate_backend(%(pid)s);
+WITH found AS MATERIALIZED (
+  SELECT %(pid)s::pg_catalog.int4 AS pid WHERE %(pid)s::pg_catalog.int4 IS NOT NULL
+  UNION
+  SELECT l.pid FROM pg_catalog.pg_locks l
+  WHERE l.locktype OPERATOR(pg_catalog.=) 'advisory' AND l.granted
+    AND l.objsubid OPERATOR(pg_catalog.=) 2
+    AND l.classid OPERATOR(pg_catalog.=) %(marker_1)s::pg_catalog.int8::pg_catalog.oid
+    AND l.objid OPERATOR(pg_catalog.=) %(marker_2)s::pg_catalog.int8::pg_catalog.oid
+    AND l.database OPERATOR(pg_catalog.=) (SELECT d.oid FROM pg_catalog.pg_database d
+                                           WHERE d.datname OPERATOR(pg_catalog.=) pg_catalog.current_database())
+)
+SELECT f.pid FROM found f WHERE pg_catalog.pg_terminate_backend(f.pid);
 
 -- name: list_failures
 -- The dead-lettered jobs, oldest first: of the targets %(targets)s and with the ids %(ids)s (NULL:

@@ -32,10 +32,15 @@ session's role, cursors, advisory locks, temporary tables) and pins our settings
 transaction only (`set_config(..., true)`), both sent in the same exchange as the transaction's
 first statement (a pipeline); a statement outside a transaction gets one of its own. Nothing of
 ours outlives a COMMIT, and nothing another client left reaches our statements.
+
+Which server session runs our statements (server_session(): the watchdog ends it) is what the
+server says, never libpq's backend pid, which behind a pooler is the pooler's cancel key
+(worker/server_session.py).
 """
 
 from __future__ import annotations
 
+import secrets
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -45,6 +50,7 @@ import psycopg
 from psycopg import pq, sql
 
 from worker import queries
+from worker.server_session import ServerSession, server_pid
 
 
 def _ours(query: Any) -> bool:
@@ -153,15 +159,37 @@ class GuardedConnection(psycopg.Connection[Any]):
     # Behind a transaction pooler (EMBED_POOL_MODE=transaction): each transaction resets the
     # server session it runs in and sets ours for itself alone (the module's docstring).
     per_transaction = False
+    # The server backend our session runs in, as its last reset's row said (server_session()).
+    _server_pid: int | None = None
+    # Per transaction: the key of the advisory lock each transaction of ours takes in its reset
+    # (server_session()), drawn at random once per connection: two int4s, 62 random bits.
+    _marker: tuple[int, int] | None = None
+    # session_settings as composed (_pinned()): for the session, for the transaction.
+    _pinned_sql: tuple[str | None, str | None] = (None, None)
 
     def needs_transaction(self) -> bool:
         """Whether a statement must be given a transaction of its own first: behind a
-        transaction pooler, a statement outside one (its reset must share its server session)."""
+        transaction pooler, a statement outside one (its reset must share its server session),
+        unless it goes in a pipeline (whose statements share one implicit transaction)."""
         return (
             self.per_transaction
-            and self._pipeline is None
+            and self.pgconn.pipeline_status == pq.PipelineStatus.OFF
             and self.pgconn.transaction_status == pq.TransactionStatus.IDLE
         )
+
+    def server_session(self) -> ServerSession:
+        """How to find the server backend that runs our statements (worker/server_session.py):
+        the pid its last reset's row said; per transaction, the marker, an advisory lock that
+        our transaction's reset takes and its end releases. Read by other threads (the
+        watchdog's) while a statement of ours runs."""
+        if self.per_transaction:
+            return ServerSession(marker=self._transaction_marker())
+        return ServerSession(pid=self._server_pid)
+
+    def _transaction_marker(self) -> tuple[int, int]:
+        if self._marker is None:
+            self._marker = (secrets.randbits(31), secrets.randbits(31))
+        return self._marker
 
     def run_pending(self, pending: list[str] | None) -> None:
         """before_statement()'s reset, in an exchange of its own (for what cannot be pipelined)."""
@@ -261,6 +289,9 @@ class GuardedConnection(psycopg.Connection[Any]):
         rows: list[tuple[Any, ...]] = []
         with psycopg.Cursor(self) as cur:
             cur.execute(";\n".join(parts))
+            if self._server_pid is None:  # (the session's: read at its first reset)
+                while self._server_pid is None and cur.nextset():
+                    self._server_pid = server_pid(cur.pgresult)
             if then is not None:
                 while cur.nextset():
                     pass
@@ -277,7 +308,7 @@ class GuardedConnection(psycopg.Connection[Any]):
         transaction). `local`: for the transaction alone (behind a transaction pooler), else
         for the session."""
         flag = sql.SQL("true" if local else "false")
-        parts = [queries.compose("session_settings", local=flag).as_string(self)]
+        parts = [self._pinned(local)]
         if self.lock_timeout_ms is not None:
             parts.append(self._setting("session_lock_timeout", self.lock_timeout_ms, flag))
             if self.info.server_version >= CLIENT_CHECK_SINCE:
@@ -288,6 +319,23 @@ class GuardedConnection(psycopg.Connection[Any]):
         if bound is not None:
             parts.append(self._setting("statement_bound", bound))
         return parts
+
+    def _pinned(self, local: bool) -> str:
+        """session_settings, as composed the first time (it changes with `local` alone: the
+        marker is the connection's): every reset sends it, and composing costs."""
+        pinned = self._pinned_sql[local]
+        if pinned is None:
+            high, low = self._transaction_marker() if local else (0, 0)  # (0, 0): never taken
+            pinned = queries.compose(
+                "session_settings",
+                local=sql.SQL("true" if local else "false"),
+                marker_1=sql.Literal(high),
+                marker_2=sql.Literal(low),
+            ).as_string(self)
+            cached = list(self._pinned_sql)
+            cached[local] = pinned
+            self._pinned_sql = (cached[0], cached[1])
+        return pinned
 
     def _setting(self, name: str, ms: int, local: sql.SQL | None = None) -> str:
         """Setting `name`'s statement for `ms`; `local`: true for the transaction only

@@ -15,6 +15,7 @@ from worker.cli import (
     hints,
     model_findings,
     output,
+    pooler,
     remote,
     search_access,
     search_memory,
@@ -66,6 +67,7 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
         ]
     with conn, db.translated():
         found = [_database(conn, dsn)]
+        found += pooler.findings(conn, dsn, settings)
         found += _extensions(conn)
         installed = _schema(conn, dsn, found)
         if installed:

@@ -9,6 +9,12 @@ is ready: after TABLE_WAIT_SECONDS of such a wait it is cancelled, and the table
 after the others' (docs/reliability.md, "Bounded waits"). Of the first wait it says every
 OLDER_SAY_SECONDS which sessions it waits for: only they can end it, and a `run --once` waits
 for the build.
+
+The build's session is the server backend's, as the server says it: behind a pooler libpq's
+backend pid is the pooler's cancel key, which pg_stat_activity does not know. Behind a
+transaction pooler each statement of the build runs alone, in whichever server session the
+pooler gives it, with no statement of ours in its exchange to say which: there the session is
+the one of our role running that very statement (queries.sql: index_build_session).
 """
 
 from __future__ import annotations
@@ -43,7 +49,8 @@ class _Build:
 
     target_id: int
     connection: db.Connection | None = None  # its session, once connected
-    pid: int | None = None  # that session's backend (read once: the connection may be closing)
+    pid: int | None = None  # that session's server backend (read once: it may be closing)
+    statement: str | None = None  # the statement it runs (per transaction: how pid is found)
     held_since: float | None = None  # when a look first found it waiting for its table
     older_since: float | None = None  # ... for transactions older than it
     older_said: float = 0.0  # when that wait was last logged
@@ -127,10 +134,13 @@ class IndexBuilder:
         """Cancels the build under way when it has waited for its table's users for
         TABLE_WAIT_SECONDS and another table's index is ready."""
         build, now = self._build, time.monotonic()
-        if build is None or build.connection is None or build.pid is None or now < self._next_look:
+        if build is None or build.connection is None or now < self._next_look:
             return
         self._next_look = now + LOOK_SECONDS
-        waits_for, holders = self._waits(conn, build.pid)
+        pid = self.build_pid(conn)
+        if pid is None:
+            return
+        waits_for, holders = self._waits(conn, pid)
         if waits_for == "older":
             self._say_older(build, holders, now)
         else:
@@ -159,6 +169,19 @@ class IndexBuilder:
             build.connection.cancel_safe(timeout=5.0)
         except psycopg.Error as exc:  # (it ended meanwhile)
             logger.debug("target %d: no cancel: %s", build.target_id, exc)
+
+    def build_pid(self, conn: db.Connection) -> int | None:
+        """The server backend of the build under way (None: none, or not found): the one its
+        connection's reset named; per transaction, the one running its statement now, looked up
+        on `conn`."""
+        build = self._build
+        if build is None or not self.per_transaction:
+            return None if build is None else build.pid
+        statement = build.statement
+        if statement is None:
+            return None
+        rows = _read(conn, "index_build_session", {"statement": statement})
+        return rows[0][0] if rows else None
 
     def _waits(self, conn: db.Connection, pid: int) -> tuple[str | None, list[int]]:
         """What session `pid` waits for ('table': what its table's users hold; 'older':
@@ -195,17 +218,19 @@ class IndexBuilder:
                 db.connect(self.dsn, unbounded=True, per_transaction=self.per_transaction) as conn,
                 db.translated(),
             ):
-                build.pid = conn.info.backend_pid
+                build.pid = db.server_pid(conn)
                 build.connection = conn
                 if self._stopping.is_set():
                     return
                 if cleanup:
+                    build.statement = cleanup
                     db.execute_alone(conn, cleanup.encode())
                 logger.info(
                     "target %d: building its deferred index: %s", target_id, "; ".join(statements)
                 )
                 started = time.monotonic()
                 for statement in statements:  # each at top level (CONCURRENTLY)
+                    build.statement = statement
                     db.execute_alone(conn, statement.encode())
                 conn.execute(queries.get("deferred_index_built"), {"target_id": target_id})
                 logger.info(

@@ -12,6 +12,11 @@ a role may end its own sessions). The thread that ran the statement gets Connect
 from its connection whose code it was (`ended_by`), and goes on with its batch on a new
 connection: that target's rows a row at a time, then without the row whose code it was, which
 fails (an attempt, as any row whose code ran past its bound).
+
+The session ended is the server backend that runs the statement, as the server says it
+(worker/server_session.py): behind a pooler libpq's backend pid is the pooler's cancel key, and
+ending it ended an unrelated backend or none. Behind a transaction pooler, only while that
+backend still runs our transaction, whose marker it holds.
 """
 
 from __future__ import annotations
@@ -21,6 +26,7 @@ import threading
 import time
 
 from worker import db, exceptions, queries, sessions
+from worker.server_session import ServerSession
 from worker.session_guard import GuardedConnection
 
 logger = logging.getLogger(__name__)
@@ -50,9 +56,9 @@ class Watchdog:
             if overdue:
                 self.end(overdue)
 
-    def overdue(self) -> list[tuple[str, GuardedConnection, int, object]]:
+    def overdue(self) -> list[tuple[str, GuardedConnection, ServerSession, object]]:
         """The watched sessions whose bounded statement ran GRACE_SECONDS past its bound: name,
-        connection, backend pid, the statement's label."""
+        connection, the server session running it, the statement's label."""
         with self._lock:
             sessions = list(self._sessions)
         now = time.monotonic()
@@ -62,11 +68,14 @@ class Watchdog:
             if not isinstance(conn, GuardedConnection):
                 continue
             running = conn.running_bounded
-            if running is not None and now >= running[0] + GRACE_SECONDS:
-                found.append((session.name, conn, conn.pgconn.backend_pid, running[1]))
+            if running is None or now < running[0] + GRACE_SECONDS:
+                continue
+            found.append((session.name, conn, conn.server_session(), running[1]))
         return found
 
-    def end(self, overdue: list[tuple[str, GuardedConnection, int, object]]) -> None:
+    def end(self, overdue: list[tuple[str, GuardedConnection, ServerSession, object]]) -> list[int]:
+        """Ends the sessions of `overdue`; the server backends' pids ended."""
+        ended: list[int] = []
         try:
             with (
                 db.connect(
@@ -77,15 +86,21 @@ class Watchdog:
                 ) as conn,
                 db.translated(),
             ):
-                for name, watched, pid, label in overdue:
-                    watched.ended_by = label
+                for name, watched, server, label in overdue:
+                    watched.ended_by = label  # (before: its thread reads it once ended)
+                    rows = conn.execute(queries.get("terminate_backend"), server.params())
+                    pids = [int(pid) for (pid,) in rows.fetchall()]
+                    if not pids:  # (its statement and transaction ended meanwhile)
+                        watched.ended_by = None
+                        continue
+                    ended += pids
                     logger.warning(
                         "%s: a statement running a table owner's code (%s) went on past its"
-                        " bound, catching the cancel: its session (pid %d) is ended",
+                        " bound, catching the cancel: its session (pid %s) is ended",
                         name,
                         label,
-                        pid,
+                        ", ".join(map(str, pids)),
                     )
-                    conn.execute(queries.get("terminate_backend"), {"pid": pid})
         except exceptions.EmbedWorkerError as exc:
             logger.warning("watchdog: could not end an overdue session (%s)", exc)
+        return ended
