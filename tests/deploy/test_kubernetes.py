@@ -21,6 +21,7 @@ import yaml
 from tests.deploy.keda_schema import POSTGRESQL_AUTH_PARAMETERS, SCHEMAS
 from tests.unit.test_packaging import SHUTDOWN_STEPS_SECONDS
 from worker.config import Settings
+from worker.http.exposure import post_refusal
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
@@ -147,6 +148,26 @@ def test_probes_use_the_workers_routes_and_port(resources: dict[str, dict[str, A
         assert worker[probe]["httpGet"]["port"] in (port["name"], port["containerPort"])
     service = resources["Service"]["spec"]
     assert service["ports"][0]["targetPort"] == port["name"]
+
+
+def test_the_post_routes_serve_with_the_manifests_env(
+    resources: dict[str, dict[str, Any]],
+) -> None:
+    """The Deployment listened on 0.0.0.0 with neither EMBED_HTTP_TOKEN nor
+    EMBED_HTTP_ALLOW_UNAUTHENTICATED: every POST the Service carries (/embed, /search) answered
+    403. Its env, a secret's value standing in for each secretKeyRef, as the server judges it."""
+    env: dict[str, str] = {}
+    for entry in container(resources)["env"]:
+        if "value" in entry:
+            env[entry["name"]] = str(entry["value"])
+            continue
+        ref = entry["valueFrom"]["secretKeyRef"]
+        # An optional secret left out would bring back the 403s, silently.
+        assert not ref.get("optional", False), entry["name"]
+        env[entry["name"]] = f"<{ref['name']}/{ref['key']}>"
+    settings = Settings.from_env(env)
+    assert post_refusal(settings) is None
+    assert settings.http_token, "off loopback, the POST routes need a token, not an opt-out"
 
 
 def test_every_setting_is_one_the_worker_reads(resources: dict[str, dict[str, Any]]) -> None:
