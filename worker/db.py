@@ -51,9 +51,15 @@ def resolve_dsn(
     env = os.environ if env is None else env
     if url:
         return url
-    if any(env.get(name) for name in _PG_ENV):
+    if uses_pg_environment(env):
         return ""
     return f"postgresql://postgres@127.0.0.1:{devdb_port}/embed"
+
+
+def uses_pg_environment(env: Mapping[str, str] | None = None) -> bool:
+    """Whether libpq's PG* variables name the database (resolve_dsn without a URL)."""
+    env = os.environ if env is None else env
+    return any(env.get(name) for name in _PG_ENV)
 
 
 _URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@")

@@ -162,12 +162,15 @@ def test_database_up_says_what_readyz_says(
     def up() -> float:
         return total(scrape(worker), "embed_worker_database_up")
 
-    assert up() == 1
+    def ready() -> float:
+        return total(scrape(worker), "embed_worker_ready")
+
+    assert up() == 1 and ready() == 1
     with frozen(conn):
         wait_for(lambda: worker.get("/readyz")[0] == 503, 30, 0.1, "/readyz to answer 503")
-        assert up() == 0
+        assert up() == 0 and ready() == 0
     wait_for(lambda: worker.get("/readyz")[0] == 200, 30, 0.1, "/readyz to answer 200")
-    assert up() == 1
+    assert up() == 1 and ready() == 1
 
 
 def _without_scrapes(found: dict[tuple[str, str], float]) -> dict[tuple[str, str], float]:

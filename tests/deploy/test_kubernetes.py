@@ -21,9 +21,12 @@ import yaml
 from tests.deploy.keda_schema import POSTGRESQL_AUTH_PARAMETERS, SCHEMAS
 from tests.unit.test_packaging import SHUTDOWN_STEPS_SECONDS
 from worker.config import Settings
+from worker.http import push
+from worker.http.exposure import post_refusal
 
 ROOT = Path(__file__).resolve().parents[2]
 KUBE = ROOT / "deploy" / "kubernetes"
+SCALING = ROOT / "docs" / "scaling.md"
 KUBERNETES_VERSION = "1.29.0"  # the oldest release still commonly supported by providers
 EXTRA_ENV = {"HF_HOME"}  # read by huggingface_hub, not by Settings
 
@@ -149,6 +152,26 @@ def test_probes_use_the_workers_routes_and_port(resources: dict[str, dict[str, A
     assert service["ports"][0]["targetPort"] == port["name"]
 
 
+def test_the_post_routes_serve_with_the_manifests_env(
+    resources: dict[str, dict[str, Any]],
+) -> None:
+    """The Deployment listened on 0.0.0.0 with neither EMBED_HTTP_TOKEN nor
+    EMBED_HTTP_ALLOW_UNAUTHENTICATED: every POST the Service carries (/embed, /search) answered
+    403. Its env, a secret's value standing in for each secretKeyRef, as the server judges it."""
+    env: dict[str, str] = {}
+    for entry in container(resources)["env"]:
+        if "value" in entry:
+            env[entry["name"]] = str(entry["value"])
+            continue
+        ref = entry["valueFrom"]["secretKeyRef"]
+        # An optional secret left out would bring back the 403s, silently.
+        assert not ref.get("optional", False), entry["name"]
+        env[entry["name"]] = f"<{ref['name']}/{ref['key']}>"
+    settings = Settings.from_env(env)
+    assert post_refusal(settings) is None
+    assert settings.http_token, "off loopback, the POST routes need a token, not an opt-out"
+
+
 def test_every_setting_is_one_the_worker_reads(resources: dict[str, dict[str, Any]]) -> None:
     known = {f.metadata["env"] for f in fields(Settings)} | {"EMBED_MODEL_PATH", "EMBED_CACHE_DIR"}
     assert set(env_of(resources)) - EXTRA_ENV <= known
@@ -214,3 +237,22 @@ def test_disruption_budget_and_service_select_the_pods(
     assert pdb["selector"]["matchLabels"].items() <= labels.items()
     assert resources["Service"]["spec"]["selector"].items() <= labels.items()
     assert pdb.get("maxUnavailable") == 1  # never blocks a drain of a single replica
+
+
+def test_the_connection_budget_in_the_docs_is_the_workers(
+    resources: dict[str, dict[str, Any]],
+) -> None:
+    """docs/scaling.md said each worker keeps 3 connections; the search pool adds up to
+    EMBED_SEARCH_POOL_SIZE (9 were open after 6 searches at once). Its figures, from the code:
+    the fetcher, writer and keeper; the search pool; an index build; /readyz, push mode's
+    requests and the watchdog; and KEDA's maxReplicaCount times that."""
+    pipeline, index_build, readyz, watchdog = 3, 1, 1, 1
+    others = index_build + readyz + push.MAX_CONCURRENT_REQUESTS + watchdog
+    per_worker = pipeline + Settings().search_pool_size + others
+    replicas = resources["ScaledObject"]["spec"]["maxReplicaCount"]
+    text = " ".join(SCALING.read_text().split())
+    assert f"at most 3 + `EMBED_SEARCH_POOL_SIZE` + {others} connections" in text
+    assert f"at most {per_worker} connections with the defaults" in text
+    assert (
+        f"{replicas} replicas may open {replicas} × {per_worker} = {replicas * per_worker}" in text
+    )

@@ -5,8 +5,12 @@ it CONCURRENTLY once the backfill ended (worker/process/index_builder.py, sql/62
 
 from __future__ import annotations
 
+import re
+import shutil
+import subprocess
 import threading
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import psycopg
@@ -28,6 +32,7 @@ from worker.process import index_builder
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
+DOCS = Path(__file__).resolve().parents[2] / "docs"
 
 
 def index_deferred(conn: Conn, target: int) -> bool | None:
@@ -252,3 +257,42 @@ def test_an_index_another_session_is_building_is_not_offered(
         writer.rollback()
     thread.join(30)
     assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", True)]
+
+
+@pytest.mark.parametrize("page", ["scaling.md", "sql.md"])
+def test_the_documented_build_by_hand_drops_a_broken_build_and_builds_the_index(
+    conn: Conn, dsn: str, tiny_models: tuple[str, str], page: str
+) -> None:
+    """The SQL the docs give a table's owner, as written, in psql: docs/scaling.md's read a
+    column deferred_index_ready() does not return (`statement`), and docs/sql.md's left out
+    `cleanup`, so CREATE INDEX ... IF NOT EXISTS took an interrupted build's invalid index for
+    the index and built nothing."""
+    psql = shutil.which("psql")
+    if psql is None:
+        pytest.skip("psql not installed")
+    (sql,) = [
+        block
+        for block in re.findall(r"```sql\n(.*?)```", (DOCS / page).read_text(), re.S)
+        if "FROM embeddings.deferred_index_ready" in block
+    ]
+    target = deferred_table(conn, "docs", tiny_models[0], kept_rows=0)
+    clear_queue(conn)  # (as if a worker had done them)
+    conn.execute("SELECT embeddings_internal.backfill_next('embedding_jobs', 1000)")  # (its end)
+    # What an interrupted CONCURRENTLY build leaves: an invalid index of the name.
+    conn.execute(
+        "CREATE INDEX docs_embedding_hnsw ON docs USING hnsw (embedding halfvec_cosine_ops)"
+    )
+    conn.execute(
+        "UPDATE pg_index SET indisvalid = false WHERE indexrelid = 'docs_embedding_hnsw'::regclass"
+    )
+    assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", False)]
+    result = subprocess.run(
+        [psql, "-X", "-v", "ON_ERROR_STOP=1", "-d", dsn],
+        input=sql,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert hnsw_indexes(conn, "docs") == [("docs_embedding_hnsw", True)]
+    assert fetch_value(conn, "SELECT embeddings_internal.deferred_index_built(%s)", (target,))

@@ -1,6 +1,6 @@
 """The KEDA ScaledObject's query (deploy/kubernetes/scaledobject.yaml), run as the worker's
-least-privilege role on a real database: it returns the number of rows waiting, as one
-integer, and 0 when idle."""
+least-privilege role on a real database: it returns the number of rows waiting that a worker
+can serve, as one integer, and 0 when idle."""
 
 from __future__ import annotations
 
@@ -51,5 +51,17 @@ def test_the_scaler_query_counts_waiting_rows_as_the_worker_role(
 
     waiting = scalar(worker_dsn, query)
     assert isinstance(waiting, int) and waiting == 340
+
+    # The jobs of a table no worker serves now (held, deferred_reason says why) bring no
+    # worker: they were counted, scaling up to maxReplicaCount for rows nobody could embed
+    # and never down to minReplicaCount 0.
+    notes = conn.execute("SELECT id FROM embeddings.targets WHERE source = 'notes'::regclass")
+    (notes_id,) = notes.fetchone() or (None,)
+    with psycopg.connect(worker_dsn) as worker:  # (what a worker records when it defers them)
+        worker.execute(
+            "SELECT embeddings_internal.note_deferrals(%s, %s, %s)",
+            ([notes_id], ["model all-MiniLM-L6-v2 is not available here"], [1]),
+        )
+    assert scalar(worker_dsn, query) == 300
     conn.execute(f"DROP OWNED BY {role}")
     conn.execute(f"DROP ROLE {role}")

@@ -10,6 +10,7 @@ A freeze stands in for a standby here: the worker asks the server the same quest
 from __future__ import annotations
 
 import logging
+import math
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from typing import Any
@@ -20,12 +21,22 @@ import pytest
 from tests.integration.conftest import Running
 from tests.support.fault_scenario import terminate_worker_connections
 from tests.support.process import wait_for
+from worker import metrics
 from worker.cli import doctor
 from worker.config import Settings
 
 Conn = psycopg.Connection[Any]
 
 FROZEN = "its transactions are read-only by default"
+QUEUE_GAUGES = (
+    "embed_worker_queue_jobs",
+    "embed_worker_queue_visible_jobs",
+    "embed_worker_queue_oldest_job_age_seconds",
+)
+
+
+def queue_gauges() -> list[float]:
+    return [metrics.REGISTRY.get_sample_value(name) or 0.0 for name in QUEUE_GAUGES]
 
 
 @contextmanager
@@ -69,7 +80,19 @@ def test_a_worker_waits_out_a_database_that_takes_no_writes(
             what="the worker to say that the database takes no writes",
         )
         assert worker.thread.is_alive() and worker.worker.failure is None
+        # Unknown, not their last reading: a frozen visible_jobs > 0 made EmbedWorkerStalled
+        # fire, whose runbook says to restart the worker.
+        wait_for(
+            lambda: all(math.isnan(v) for v in queue_gauges()),
+            timeout=20,
+            what="the queue gauges to say they cannot be read",
+        )
     wait_for(lambda: embedded(conn) == 6, timeout=60, what="the rows written meanwhile embedded")
+    wait_for(
+        lambda: not any(math.isnan(v) for v in queue_gauges()),
+        timeout=20,
+        what="the queue gauges read again",
+    )
     assert worker.worker.failure is None
 
 

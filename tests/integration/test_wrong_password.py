@@ -14,7 +14,7 @@ import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
-from tests.support.cluster import Cluster
+from tests.support.cluster import Cluster, free_port
 from tests.support.process import run_cli
 from worker import db, exceptions, sessions
 
@@ -68,3 +68,27 @@ def test_doctor_says_to_check_the_password(password_user: str) -> None:
     assert "authentication failed for user" in result.stdout
     assert "check the password" in result.stdout
     assert "set DATABASE_URL" not in result.stdout
+
+
+def test_doctor_says_why_it_cannot_connect(dsn: str) -> None:
+    """With the database down, doctor said `fix: set DATABASE_URL (or --database-url)`, which
+    was set, and printed the server's message with a literal \\n\\t."""
+    down = make_conninfo(dsn, port=free_port())
+    result = run_cli("doctor", env={"DATABASE_URL": down})
+    assert result.returncode == 1
+    assert "\\n" not in result.stdout and "\\t" not in result.stdout, result.stdout
+    assert "set DATABASE_URL" not in result.stdout
+    assert "runs and accepts connections from here" in result.stdout
+
+    missing = make_conninfo(dsn, dbname=f"gone_{uuid.uuid4().hex[:8]}")
+    result = run_cli("doctor", env={"DATABASE_URL": missing})
+    assert result.returncode == 1
+    assert "does not exist" in result.stdout
+    assert "create the database" in result.stdout and "set DATABASE_URL" not in result.stdout
+
+
+def test_doctor_says_to_set_database_url_when_nothing_names_a_database() -> None:
+    env = {name: "" for name in ("DATABASE_URL", *db._PG_ENV)}
+    result = run_cli("doctor", env={**env, "DEVDB_PORT": str(free_port())})
+    assert result.returncode == 1
+    assert "set DATABASE_URL (or --database-url)" in result.stdout, result.stdout

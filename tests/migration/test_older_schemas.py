@@ -211,6 +211,11 @@ def test_a_waiting_worker_answers_searches_503_naming_migrate(
         assert status == 503, body
         (problem,) = json.loads(body)["problems"]
         assert problem.startswith(f"starting: {SAID['0019']}: run `embed-worker migrate`"), body
+        # /metrics said database_up 1 and had no model_loaded series: no alert could fire.
+        status, body = worker.get("/metrics")
+        assert status == 200
+        assert b"\nembed_worker_database_up 1.0\n" in body
+        assert b"\nembed_worker_ready 0.0\n" in body
         assert worker.proc.poll() is None
     finally:
         worker.stop()

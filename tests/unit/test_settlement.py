@@ -67,6 +67,25 @@ def test_exhausted_rows_are_dead_lettered_one_by_one() -> None:
         (2, {"target": 1, "keys": [2]}, 3, "boom 2"),
         (3, {"target": 1, "keys": [3]}, 3, "boom 3"),
     ]
+    # Its row 1 was stored: the job is done (`done` missed it, and EmbedWorkerStalled paged
+    # while rows were embedded).
+    assert out.done == [1]
+
+
+def test_a_job_is_done_when_any_of_its_rows_was_settled() -> None:
+    whole, partial, lost = (
+        job({"target": 1, "keys": keys, "attempts": 2}, T, msg_id=m)
+        for m, keys in ((1, [1, 2]), (2, [3, 4]), (3, [5, 6]))
+    )
+    out = settlement.settle(
+        batch_with(
+            (whole, {"1": W, "2": G}), (partial, {"3": W, "4": F}), (lost, {"5": F, "6": F})
+        ),
+        SETTINGS,
+        NOW,
+    )
+    assert out.done == [1, 2]  # the job all of whose rows were dead-lettered did nothing
+    assert out.archive == [2, 3] and len(out.dead) == 3
 
 
 def test_invalid_keys_are_dead_at_once_and_the_rest_proceeds() -> None:

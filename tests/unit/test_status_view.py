@@ -7,6 +7,7 @@ from typing import Any
 
 from worker import status as status_model
 from worker.cli import status
+from worker.escapes import label, visible
 
 
 def row(**overrides: Any) -> dict[str, Any]:
@@ -127,3 +128,18 @@ def test_rows_bound_to_fail_get_no_eta() -> None:
     # Beside rows that will pass, the ETA counts only those.
     mixed = row(pending_jobs=10, rows_per_second=1.0, retrying_rows=1, estimated=False)
     assert mixed["eta_seconds"] == 9.0
+
+
+def test_two_names_never_show_as_one() -> None:
+    """`we\\ird"t` + newline + `ab` and `we\\ird"t\\nab` (a backslash, then n) both showed as
+    public."we\\ird""t\\nab".embedding; backslashes are doubled, as /metrics labels are."""
+    newline, backslash_n = 'public."we\\ird""t\nab".embedding', 'public."we\\ird""t\\nab".embedding'
+    shown = {}
+    for name in (newline, backslash_n):
+        lines = [visible(line) for line in status.render([row(target=name, estimated=False)])]
+        shown[name] = lines[2].split()[0]  # the table's first row, as print_lines shows it
+    assert shown == {
+        newline: 'public."we\\\\ird""t\\nab".embedding',
+        backslash_n: 'public."we\\\\ird""t\\\\nab".embedding',
+    }
+    assert shown[newline] == label(newline)  # as /metrics writes it

@@ -41,7 +41,11 @@ def run(dsn: str, settings: Settings) -> int:
     findings = check(dsn, settings)
     lines = []
     for f in findings:
-        lines.append(f"{f.level:<4}  {f.check}: {f.detail}")
+        # A server's message may run on several lines ("...\n\tIs the server running"): each
+        # its own line, rather than shown escaped as \n\t within one.
+        first, *more = f.detail.splitlines() or [""]
+        lines.append(f"{f.level:<4}  {f.check}: {first}")
+        lines.extend(f"      {line.strip()}" for line in more if line.strip())
         if f.fix:
             lines.append(f"      fix: {f.fix}")
     output.print_lines(lines)
@@ -62,9 +66,7 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
     except exceptions.AuthenticationFailed as exc:
         return [Finding("FAIL", "database", str(exc), "check the password, then run doctor again")]
     except exceptions.EmbedWorkerError as exc:
-        return [
-            Finding("FAIL", "database", str(exc), "set DATABASE_URL (or --database-url)"),
-        ]
+        return [Finding("FAIL", "database", str(exc), _connect_fix(str(exc), dsn, settings))]
     with conn, db.translated():
         found = [_database(conn, dsn)]
         found += pooler.findings(conn, dsn, settings)
@@ -76,6 +78,24 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
             found += search_memory.findings(conn)
         found += _cron(conn)
     return found
+
+
+def _connect_fix(error: str, dsn: str, settings: Settings) -> str:
+    """What to do when the database cannot be reached: the variable is set only when it is
+    not (nor PG*), the database made when it is missing, else the server looked at."""
+    if not settings.database_url and not db.uses_pg_environment():
+        return (
+            "set DATABASE_URL (or --database-url): unset, with no PG* variables, the local "
+            f"`make db` cluster is tried ({db.describe(dsn)})"
+        )
+    if "does not exist" in error and "database" in error:
+        return "create the database (CREATE DATABASE), or name an existing one in DATABASE_URL"
+    if error.startswith("invalid DATABASE_URL"):
+        return "correct DATABASE_URL (a postgresql:// URL or a libpq conninfo)"
+    return (
+        f"check that the server at {db.describe(dsn)} runs and accepts connections from here "
+        "(the host and port in DATABASE_URL, listen_addresses, pg_hba.conf, a firewall)"
+    )
 
 
 def _database(conn: db.Connection, dsn: str) -> Finding:

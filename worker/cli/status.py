@@ -69,6 +69,10 @@ def embedded_estimate(row: dict[str, Any]) -> int | None:
 def render(rows: list[dict[str, Any]]) -> list[str]:
     if not rows:
         return ["no watched tables: register one with SELECT embeddings.watch('table', 'column');"]
+    # Each name's backslashes twice, as /metrics labels write them (escapes.label), before the
+    # output writes controls as escapes: a table named with a newline and one named with `\n`
+    # showed as the same name.
+    rows = [{**r, "target": r["target"].replace("\\", "\\\\")} for r in rows]
     table = []
     for r in rows:
         cleared = r["cleared_rows"] or 0

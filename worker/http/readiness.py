@@ -69,6 +69,9 @@ class ReadinessProbe:
         db_error = self.database()
         if db_error:
             found.append(f"database: {db_error}")
+        # A worker waiting for `migrate` reaches its database (database_up 1) and has loaded no
+        # model yet (no model_loaded series): only this says it serves nothing.
+        metrics.READY.set(0 if found else 1)
         return found
 
     def database(self) -> str | None:

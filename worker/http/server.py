@@ -197,7 +197,8 @@ class Server:
         return Answer.json(HTTPStatus.OK, {"status": "ready"})
 
     def _metrics(self, request: Request) -> Answer:
-        self.readiness.database()  # embed_worker_database_up: as /readyz sees the database now
+        # embed_worker_ready and embed_worker_database_up: as /readyz sees the worker now
+        self.readiness.problems()
         return Answer(HTTPStatus.OK, generate_latest(metrics.REGISTRY), CONTENT_TYPE_LATEST)
 
 

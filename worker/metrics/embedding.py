@@ -111,6 +111,13 @@ DATABASE_UP = Gauge(  # set by worker/http/readiness.py, for /readyz and each sc
     "most once a second); 0 when it does not answer, or refuses writes (a standby, read-only)",
     registry=REGISTRY,
 )
+READY = Gauge(  # set by worker/http/readiness.py, with /readyz's answer
+    "embed_worker_ready",
+    "1 when /readyz answers 200 (at each scrape and each /readyz); 0 while it answers 503: "
+    "start-up waits (for `migrate`, a queue), the default model is not loaded, the database "
+    "does not answer or refuses writes, or the pipeline stopped",
+    registry=REGISTRY,
+)
 MODEL_INFO_KEYS = ("name", "variant", "dimensions", "max_tokens")  # set by worker.process.runner
 MODEL = InfoOnceSet(  # no sample while no default model is loaded
     "embed_worker_model", "The default model of this worker, once loaded", registry=REGISTRY

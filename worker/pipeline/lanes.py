@@ -18,6 +18,7 @@ two give about twice that latency. Jobs of the two queues have separate ids: lea
 
 from __future__ import annotations
 
+import math
 import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -128,3 +129,13 @@ class Lanes:
         metrics.QUEUE_JOBS.set(jobs)
         metrics.QUEUE_VISIBLE.set(visible)
         metrics.QUEUE_OLDEST.set(oldest)
+
+    def gauges_unknown(self) -> None:
+        """The queue gauges NaN while they cannot be read (the database is down): their last
+        reading, kept, read as a queue that waits with no progress (EmbedWorkerStalled), and
+        NaN compares false in every alert."""
+        for lane in self:
+            metrics.LANE_JOBS.labels(lane.name).set(math.nan)
+            metrics.LANE_OLDEST.labels(lane.name).set(math.nan)
+        for gauge in (metrics.QUEUE_JOBS, metrics.QUEUE_VISIBLE, metrics.QUEUE_OLDEST):
+            gauge.set(math.nan)

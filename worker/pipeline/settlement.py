@@ -34,6 +34,10 @@ class Settlement:
     resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)
     dead: list[jobqueue.DeadLetter] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
+    # Jobs finished with at least one of their rows settled (stored, cleared, gone, stale):
+    # deleted, or archived once their failed rows were dead-lettered (embed_worker_jobs_total's
+    # `done`, which EmbedWorkerStalled watches; `delete` alone missed the latter).
+    done: list[int] = field(default_factory=list)
     fates: dict[RowKey, Fate] = field(default_factory=dict)  # failed rows: retried, or dead
     resent: set[RowKey] = field(default_factory=set)  # rows in `resend` (each once a batch)
     # rows some job asked both vectors of, not only a model change's new one (once a batch,
@@ -127,6 +131,7 @@ def settle(
         _resend_postponed(out, batch, job, target, outcome)
         if not failed and not job.bad_keys:
             out.delete.append(job.msg_id)
+            out.done.append(job.msg_id)
             out.latencies.append((now - job.enqueued_at).total_seconds())
             continue
         exhausted = job.attempts >= settings.max_attempts
@@ -172,6 +177,8 @@ def settle(
                 )
             )
         (out.archive if dead else out.delete).append(job.msg_id)
+        if len(failed) < len(job.keys):
+            out.done.append(job.msg_id)  # (its other rows are settled)
     return out
 
 

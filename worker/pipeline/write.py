@@ -255,7 +255,7 @@ def _write_one_by_one(
 def _count(batch: Batch, settlement: Settlement) -> None:
     """Metrics of a committed batch. Rows of deferred targets are not counted: their jobs went
     back to the queue as they were (metrics.row_outcome maps the other states)."""
-    metrics.JOBS.labels("done").inc(len(settlement.delete))
+    metrics.JOBS.labels("done").inc(len(settlement.done))
     metrics.JOBS.labels("retried").inc(len(settlement.retry) + len(settlement.resend))
     metrics.JOBS.labels("dead").inc(len(settlement.dead))
     metrics.JOBS.labels("deferred").inc(len(settlement.defer) + len(settlement.defer_for))

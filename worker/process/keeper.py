@@ -57,6 +57,11 @@ class Keeper:
             while not self.finished.wait(0.5 if progress else 1.0):
                 now = time.monotonic()
                 try:
+                    if session.current() is None:
+                        # Lost (here, or in a statement that caught it): get() waits for the
+                        # database, and the queue gauges say unknown meanwhile.
+                        self.lanes.gauges_unknown()
+                        last_gauges = float("-inf")  # (read as soon as it is back)
                     conn = session.get()
                     if now - last_renew >= renew_every:
                         for lane in self.lanes:
@@ -79,6 +84,8 @@ class Keeper:
                 except (exceptions.ConnectionLost, exceptions.ReadOnlyTransaction):
                     session.lost()  # (a new one waits for a database that takes writes)
                 except exceptions.DatabaseError as exc:
+                    self.lanes.gauges_unknown()
+                    last_gauges = float("-inf")
                     logger.warning("keeper: %s", exc)
         finally:
             if progress:
