@@ -89,6 +89,33 @@ BEGIN
 END
 $$;
 
+-- Target t's held jobs, of both lanes, made visible now; returns how many. Held is what the
+-- worker's defer_jobs marked (worker/queries.sql: `held`, its target and the vt it set) and
+-- what no one touched since, as release_held_jobs there: a job leased, retried or released
+-- since has another vt and is left alone. Only jobs not visible are candidates, found by
+-- pgmq's vt index: the time is a parameter (clock_timestamp() in the condition, volatile, made
+-- it a scan of the whole lane, every visible job of a backlog included).
+CREATE FUNCTION embeddings_internal.release_held(t embeddings.targets) RETURNS bigint
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
+DECLARE
+    lane text;
+    moved bigint;
+    released bigint := 0;
+BEGIN
+    FOREACH lane IN ARRAY ARRAY[t.queue, embeddings_internal.backfill_queue(t.queue)] LOOP
+        EXECUTE format($q$
+            UPDATE pgmq.%I q SET vt = $2
+            WHERE q.vt > $2
+              AND q.message #> '{held,until}' = pg_catalog.to_jsonb(EXTRACT(epoch FROM q.vt))
+              AND q.message #> '{held,target}' = pg_catalog.to_jsonb($1)
+            $q$, pgmq.format_table_name(lane, 'q')) USING t.id, pg_catalog.clock_timestamp();
+        GET DIAGNOSTICS moved = ROW_COUNT;
+        released := released + moved;
+    END LOOP;
+    RETURN released;
+END
+$$;
+
 -- Starts changing target t's model to `new_model` (see the top of this file). A change to the
 -- model already being changed to only updates keep_old; a change to another model replaces it;
 -- a change back to the target's own model cancels it. `reembed` starts a change even to the
@@ -150,6 +177,13 @@ BEGIN
     -- In-flight batches read under the old definition are handed back and redone with both models.
     UPDATE embeddings.targets tg SET version = tg.version + 1, updated_at = now()
     WHERE tg.id = t.id RETURNING * INTO t;
+    -- Jobs the worker held for the old definition (its model cannot load, say) are taken at
+    -- once: a worker that has the new model serves them now (while the old model cannot load,
+    -- with the new vector alone: worker/pipeline/shadow.py), and one that cannot holds them
+    -- again, under the new definition, where status shows why. Left held, they waited out
+    -- their minute unseen: status ignores a hold of the definition replaced, `run --once`
+    -- left them behind, and the swap waited for them.
+    PERFORM embeddings_internal.release_held(t);
     DELETE FROM embeddings.provenance p WHERE p.target_id = t.id AND p.shadow;
     -- Every row with content, queued in key ranges on the backfill lane after this transaction
     -- (62_backfill.sql): one bounded step here, not the whole table under the lock.
