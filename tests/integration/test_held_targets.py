@@ -3,12 +3,13 @@ deferred_targets shows them: known from the database's definitions, not only fro
 
 from __future__ import annotations
 
+import contextlib
 from typing import Any
 
 import psycopg
 
 from tests.integration.conftest import TINY_DIMS
-from worker import db
+from worker import db, exceptions
 from worker.models.loaded import LoadedModels
 from worker.pipeline.lanes import Lanes
 from worker.pipeline.targets import TargetRegistry
@@ -40,3 +41,34 @@ def test_an_idle_worker_learns_a_target_became_unservable(
 
     unservable = held.unservable("embedding_jobs", registry, embedders)
     assert list(unservable) == ["public.docs.embedding"], unservable
+
+
+def test_a_change_off_a_model_that_cannot_load_is_served_by_the_new_model_alone(
+    conn: Conn, dsn: str, tiny_models: tuple[str, str], embedders: LoadedModels
+) -> None:
+    """During a change whose old model cannot load here, every row gets the new model's vector
+    only (pipeline/shadow.py): the target is servable, its held jobs are taken as soon as the
+    new model loads, and /readyz does not list it."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('ghost', %s, 512, 'mean')",
+        (TINY_DIMS,),
+    )
+    with contextlib.suppress(exceptions.ModelError):
+        embedders.get("ghost")  # on no disk: it failed to load here
+    new = tiny_models[0]
+    embedders.get(new)
+    conn.execute(
+        f"CREATE TABLE docs (id int PRIMARY KEY, body text, embedding halfvec({TINY_DIMS}))"
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'ghost')")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (new,))
+    registry = TargetRegistry()
+    with db.connect(dsn) as worker_conn:
+        targets = registry.refresh(worker_conn)
+    (target,) = targets.values()
+    assert target.in_change and target.shadow_model == new
+
+    assert held.unservable("embedding_jobs", registry, embedders) == {}
+    jobs = held.HeldJobs("embedding_jobs", Lanes("embedding_jobs", 64), registry, embedders)
+    assert target.id in jobs.servable()

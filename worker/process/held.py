@@ -51,8 +51,11 @@ def unservable(queue: str, registry: TargetRegistry, embedders: LoadedModels) ->
         problem = target.problem(model.dim if model is not None else None)
         if problem is None:
             problem = _model_problem(target.model, failed, circuits, embedders)
-        if problem is None and target.in_change:
-            problem = _change_problem(target, failed, circuits, embedders)
+            if target.in_change:
+                change = _change_problem(target, failed, circuits, embedders)
+                # Its old model unservable, its rows get the new model's vector alone
+                # (pipeline/shadow.py): the change's problem, if any, is the target's.
+                problem = change if problem is None or change is not None else None
         if problem is not None:
             found[target.name] = problem
     return found
@@ -97,13 +100,16 @@ class HeldJobs:
         stops this worker from serving. A target in a model change whose new model failed to
         load here is not: the change's jobs are held for that model, and released they would
         only be held again by the first batch (every start moved them, and the held counts and
-        metrics flickered); they are taken once that model loads."""
+        metrics flickered); they are taken once that model loads. One whose old model cannot
+        load is, once its new model is loaded: every row gets the new vector alone."""
         loaded = self.embedders.loaded()
         problems = unservable(self.queue, self.registry, self.embedders)  # (changes' included)
         return {
             target.id: target
             for target in self.registry.snapshot().values()
-            if target.queue == self.queue and target.model in loaded and target.name not in problems
+            if target.queue == self.queue
+            and (target.model in loaded or (target.in_change and target.shadow_model in loaded))
+            and target.name not in problems
         }
 
     def release(self, conn: db.Connection) -> int:
