@@ -40,7 +40,6 @@ server says, never libpq's backend pid, which behind a pooler is the pooler's ca
 
 from __future__ import annotations
 
-import secrets
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -51,6 +50,7 @@ from psycopg import pq, sql
 
 from worker import queries
 from worker.server_session import ServerSession, server_pid
+from worker.session_settings import OurSettings, setting
 
 
 def _ours(query: Any) -> bool:
@@ -65,10 +65,6 @@ def _ours(query: Any) -> bool:
     if isinstance(query, sql.SQL):
         return query.as_string().startswith(queries.OURS)
     return False
-
-
-# client_connection_check_interval: PostgreSQL 14 and later.
-CLIENT_CHECK_SINCE = 140000
 
 
 class GuardedCursor(psycopg.Cursor[Any]):
@@ -161,11 +157,7 @@ class GuardedConnection(psycopg.Connection[Any]):
     per_transaction = False
     # The server backend our session runs in, as its last reset's row said (server_session()).
     _server_pid: int | None = None
-    # Per transaction: the key of the advisory lock each transaction of ours takes in its reset
-    # (server_session()), drawn at random once per connection: two int4s, 62 random bits.
-    _marker: tuple[int, int] | None = None
-    # session_settings as composed (_pinned()): for the session, for the transaction.
-    _pinned_sql: tuple[str | None, str | None] = (None, None)
+    _our_settings: OurSettings | None = None  # (_settings(): made at the first reset)
 
     def needs_transaction(self) -> bool:
         """Whether a statement must be given a transaction of its own first: behind a
@@ -183,13 +175,13 @@ class GuardedConnection(psycopg.Connection[Any]):
         our transaction's reset takes and its end releases. Read by other threads (the
         watchdog's) while a statement of ours runs."""
         if self.per_transaction:
-            return ServerSession(marker=self._transaction_marker())
+            return ServerSession(marker=self._settings_of_ours().marker())
         return ServerSession(pid=self._server_pid)
 
-    def _transaction_marker(self) -> tuple[int, int]:
-        if self._marker is None:
-            self._marker = (secrets.randbits(31), secrets.randbits(31))
-        return self._marker
+    def _settings_of_ours(self) -> OurSettings:
+        if self._our_settings is None:
+            self._our_settings = OurSettings()
+        return self._our_settings
 
     def run_pending(self, pending: list[str] | None) -> None:
         """before_statement()'s reset, in an exchange of its own (for what cannot be pipelined)."""
@@ -302,46 +294,16 @@ class GuardedConnection(psycopg.Connection[Any]):
         return rows
 
     def _settings(self, *, local: bool, bound: int | None) -> list[str]:
-        """Our settings' statements, to follow a RESET ALL (session_reset, or
-        transaction_discard): the pinned ones (session_settings), the lock timeout and the
-        connection check, the statement timeout, and `bound` (a statement timeout local to the
-        transaction). `local`: for the transaction alone (behind a transaction pooler), else
-        for the session."""
-        flag = sql.SQL("true" if local else "false")
-        parts = [self._pinned(local)]
-        if self.lock_timeout_ms is not None:
-            parts.append(self._setting("session_lock_timeout", self.lock_timeout_ms, flag))
-            if self.info.server_version >= CLIENT_CHECK_SINCE:
-                parts.append(queries.compose("session_client_check", local=flag).as_string(self))
-        if self.statement_timeout_ms is not None:
-            ms = self.statement_timeout_ms
-            parts.append(self._setting("session_statement_timeout", ms, flag))
-        if bound is not None:
-            parts.append(self._setting("statement_bound", bound))
-        return parts
-
-    def _pinned(self, local: bool) -> str:
-        """session_settings, as composed the first time (it changes with `local` alone: the
-        marker is the connection's): every reset sends it, and composing costs."""
-        pinned = self._pinned_sql[local]
-        if pinned is None:
-            high, low = self._transaction_marker() if local else (0, 0)  # (0, 0): never taken
-            pinned = queries.compose(
-                "session_settings",
-                local=sql.SQL("true" if local else "false"),
-                marker_1=sql.Literal(high),
-                marker_2=sql.Literal(low),
-            ).as_string(self)
-            cached = list(self._pinned_sql)
-            cached[local] = pinned
-            self._pinned_sql = (cached[0], cached[1])
-        return pinned
-
-    def _setting(self, name: str, ms: int, local: sql.SQL | None = None) -> str:
-        """Setting `name`'s statement for `ms`; `local`: true for the transaction only
-        (per transaction), false (the default) for the session."""
-        local = sql.SQL("false") if local is None else local
-        return queries.compose(name, ms=sql.Literal(f"{ms}ms"), local=local).as_string(self)
+        """Our settings' statements, to follow a RESET ALL (worker/session_settings.py).
+        `local`: for the transaction alone (behind a transaction pooler), else for the
+        session; `bound`: a statement timeout local to the transaction too."""
+        return self._settings_of_ours().statements(
+            self,
+            local=local,
+            bound=bound,
+            lock_timeout_ms=self.lock_timeout_ms,
+            statement_timeout_ms=self.statement_timeout_ms,
+        )
 
     @contextmanager
     def bounded(self, ms: int, label: object = None) -> Iterator[None]:
@@ -388,7 +350,7 @@ class GuardedConnection(psycopg.Connection[Any]):
             self._reset(queries.get("session_reset"), bound=bound)
         elif bound is not None and self._bound_set != bound:
             with psycopg.Cursor(self) as cur:
-                cur.execute(self._setting("statement_bound", bound))
+                cur.execute(setting(self, "statement_bound", bound))
             self._bound_set = bound
         if bound is not None:
             self.running_bounded = (time.monotonic() + bound / 1000, self._bound_label)

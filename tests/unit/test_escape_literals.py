@@ -79,7 +79,12 @@ def test_our_sessions_read_standard_strings() -> None:
     """session_settings, for the session (after session_reset) and for a transaction alone
     (behind a transaction pooler)."""
     for local in ("false", "true"):
-        settings = queries.compose("session_settings", local=sql.SQL(local)).as_string()
+        settings = queries.compose(
+            "session_settings",
+            local=sql.SQL(local),
+            marker_1=sql.Literal(1),
+            marker_2=sql.Literal(2),
+        ).as_string()
         assert f"pg_catalog.set_config('standard_conforming_strings', 'on', {local})" in settings
 
 
