@@ -374,8 +374,11 @@ BEGIN
         PERFORM embeddings_internal.start_backfill(t, registered.reembed);
         PERFORM set_config('embeddings.following', 'off', true);
     END IF;
-    IF o.fts IS NOT NULL AND o.fts IS DISTINCT FROM t.fts_config THEN
-        PERFORM embeddings.enable_fts(o.source, o.fts, o.embedding_column);
+    -- Another configuration, or the target's own on a chunk table without its column: a new
+    -- one (chunk_table => another table), which search would otherwise read for a column it lacks.
+    IF (o.fts IS NOT NULL AND o.fts IS DISTINCT FROM t.fts_config)
+       OR (t.fts_config IS NOT NULL AND embeddings_internal.attnum_of(t.store_table, t.fts_column) IS NULL) THEN
+        PERFORM embeddings.enable_fts(o.source, coalesce(o.fts, t.fts_config), o.embedding_column);
     END IF;
     PERFORM embeddings_internal.ensure_chunk_offsets(t.store_table);  -- after the full-text column: it says why
     RETURN t.id;

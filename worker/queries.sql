@@ -828,6 +828,21 @@ CROSS JOIN LATERAL (VALUES (t.source), (t.store_table)) AS r(rel)
 WHERE NOT pg_catalog.has_any_column_privilege(%(role)s, r.rel, 'SELECT')
 ORDER BY 1;
 
+-- name: fulltext_columns_missing
+-- The targets with full-text search (fts_config) whose store lacks their tsvector column: their
+-- hybrid and BM25 searches fail (doctor's full-text check), each with the enable_fts() call
+-- that makes the column again, its arguments quoted.
+SELECT t.source::regclass::text, t.fts_config::text, t.store_table::regclass::text, t.fts_column,
+       pg_catalog.concat('SELECT embeddings.enable_fts(', pg_catalog.quote_literal(t.source::regclass::text), ', ',
+                         pg_catalog.quote_literal(t.fts_config::text), ', ',
+                         pg_catalog.quote_literal(t.embedding_column), ');')
+FROM embeddings.targets t
+WHERE t.fts_config IS NOT NULL
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                  WHERE a.attrelid = t.store_table AND a.attname = t.fts_column
+                    AND a.attnum > 0 AND NOT a.attisdropped)
+ORDER BY t.id;
+
 -- name: search_index_sizes
 -- The HNSW indexes a search walks (on each target's vector table, its partitions' included),
 -- each with its size in bytes, largest first, the index scans it served since the statistics

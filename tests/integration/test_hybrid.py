@@ -17,6 +17,7 @@ from bench.quality.retrievers import rrf
 from tests.integration.test_search import DIMS, MODEL, Vec, text, toward, unit
 from tests.support.fetch import fetch_value
 from tests.support.stores import STORES, WATCH_ARGS
+from worker import exceptions
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
 from worker.retrieval import errors, rankings, search
@@ -727,3 +728,20 @@ def test_a_model_changed_while_the_query_is_embedded_means_the_query_again(
 
     assert search.ranked(conn, load, target, "anything", 2, mode="vector") == []
     assert loads == [minilm, "gte-small"]
+
+
+def test_a_store_without_its_full_text_column_is_our_fault_not_the_callers(
+    conn: Conn, items: Vec
+) -> None:
+    """An undefined column in our own statements (a store without the tsvector column its
+    target says it has) is a fault of ours, a 500 (CLI exit 1), where 0.3.0 answered it as the
+    caller's bad search (400, exit 2); a filter naming no column still is the caller's."""
+    conn.execute("SET embeddings.following = 'on'")  # as if our DDL: not followed
+    conn.execute("ALTER TABLE items DROP COLUMN embedding_fts")
+    conn.execute("RESET embeddings.following")
+    target = find_target(conn, "items")
+    with pytest.raises(exceptions.DatabaseError, match="embedding_fts") as raised:
+        rankings.run(conn, rankings.hybrid_ranking(target, "urlopen", items, 3))
+    assert not isinstance(raised.value, errors.InvalidSearch)
+    with pytest.raises(errors.InvalidSearch, match="has no column nope"):
+        rankings.run(conn, rankings.by_vector_ranking(target, items, 3, {"nope": 1}))
