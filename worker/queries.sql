@@ -436,8 +436,9 @@ SELECT version FROM embeddings.targets WHERE id OPERATOR(pg_catalog.=) %(target)
 -- The %(k)s rows (documents, for a chunked target) of table %(source)s (its oid) nearest to
 -- %(query)s among those matching %(filter)s: embeddings.search() (sql/58_search.sql), with the
 -- caller's rights. The table by its oid, which its target read (not its target's id): a search
--- then plans no read of embeddings.targets of its own (about 0.15 ms a search).
-SELECT key, distance, content, seq, start_offset, end_offset, headings, page
+-- then plans no read of embeddings.targets of its own (about 0.15 ms a search). The key as its
+-- JSON text, which the worker reads without turning a numeric's digits into a float's.
+SELECT key::pg_catalog.text, distance, content, seq, start_offset, end_offset, headings, page
 FROM embeddings.search(%(source)s::pg_catalog.regclass,
                        %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name);
 
@@ -445,8 +446,8 @@ FROM embeddings.search(%(source)s::pg_catalog.regclass,
 -- The %(k)s documents best by the fusion of the vector ranking of %(query)s and the full-text
 -- ranking of %(text)s, tuned as %(fusion)s, %(rrf_k)s, %(vector_weight)s, %(text_weight)s (NULL:
 -- the fusion's default), %(depth)s and %(text_match)s say: embeddings.hybrid_search()
--- (sql/59_hybrid.sql) of table %(source)s (its oid, as for search).
-SELECT key, score, content, seq, distance, vector_rank, text_rank, start_offset, end_offset, headings, page
+-- (sql/59_hybrid.sql) of table %(source)s (its oid, as for search), the key as its JSON text.
+SELECT key::pg_catalog.text, score, content, seq, distance, vector_rank, text_rank, start_offset, end_offset, headings, page
 FROM embeddings.hybrid_search(%(source)s::pg_catalog.regclass,
                               %(text)s, %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name,
                               rrf_k => %(rrf_k)s::double precision,
