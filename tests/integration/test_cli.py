@@ -295,6 +295,10 @@ def test_search_mode_hybrid_and_its_tuning(conn: Conn, dsn: str, minilm: str) ->
     ]:
         refused = run_cli(*args, *bad)
         assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+    # The default convex fusion has no rank constant: --rrf-k would be ignored (0.3.0 did).
+    refused = run_cli(*hybrid, "--rrf-k", "10")
+    assert refused.returncode == 2
+    assert "--rrf-k is for --fusion 'rrf': the convex one has no" in refused.stderr
     vector = run_cli(
         "search", "notes", "rmtree", "--mode", "vector", "--depth", "5", "--database-url", dsn
     )

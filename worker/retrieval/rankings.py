@@ -97,7 +97,7 @@ def hybrid_ranking(
     SQL function's defaults)."""
     fusion = fusion or Fusion()
     params = {
-        "rrf_k": fusion.rrf_k,
+        "rrf_k": fusion.rank_constant,
         "vector_weight": fusion.vector_weight,
         "text_weight": fusion.text_weight,
         "depth": fusion.depth,
