@@ -208,6 +208,11 @@ SELECT name, provider, endpoint, remote_model, dimensions, max_tokens, pooling, 
        credential, tokenizer
 FROM embeddings.models WHERE provider <> 'local' ORDER BY name;
 
+-- name: local_models
+-- The names of the registry's local models (provider 'local': the catalog's, and those
+-- register_model() added for a directory on EMBED_MODEL_PATH): POST /embed may name one.
+SELECT name FROM embeddings.models WHERE provider = 'local' ORDER BY name;
+
 -- name: target_versions
 -- The definition version of every registered target (a registry read under an older one is
 -- refreshed before a batch is served with it).
