@@ -271,6 +271,43 @@ BEGIN
 END
 $$;
 
+-- watch()'s check of a chunked target `previous` keeping its chunk table `table_name` with a
+-- model of `dims` dimensions: a chunk table's vector column has one dimension, and a chunked
+-- target changes its model in place (no blue/green change: docs/model-changes.md), so a model
+-- of another is refused, saying so and how to move the chunks to a new table for it (where
+-- ensure_chunk_table() would call the target's own table "not a chunk table").
+CREATE FUNCTION embeddings_internal.watch_check_chunk_dims(o embeddings_internal.watch_options, previous embeddings.targets,
+                                                  table_name text, dims integer)
+RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    held integer;
+    moved text;
+BEGIN
+    IF previous.store_kind IS DISTINCT FROM 'chunks' OR previous.store_table IS DISTINCT FROM to_regclass(table_name) THEN
+        RETURN;
+    END IF;
+    SELECT a.atttypmod INTO held FROM pg_attribute a
+    WHERE a.attrelid = previous.store_table AND a.attname = o.embedding_column AND a.attnum > 0 AND NOT a.attisdropped;
+    IF held IS NULL OR held < 1 OR held = dims THEN
+        RETURN;  -- (no such column, or no dimension: ensure_chunk_table() says what is wrong)
+    END IF;
+    -- The hint's table: beside the chunk table, named after it and the new dimension.
+    SELECT CASE WHEN c.relnamespace = s.relnamespace THEN quote_ident(c.relname || '_' || dims)
+                ELSE format('%I.%I', n.nspname, c.relname || '_' || dims) END INTO moved
+    FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace, pg_class s
+    WHERE c.oid = previous.store_table AND s.oid = o.source;
+    RAISE EXCEPTION 'model % makes %-dimensional vectors, and the chunk table % of % holds %-dimensional ones',
+            o.model, dims, embeddings_internal.display_name(previous.store_table), o.source, held
+        USING ERRCODE = 'feature_not_supported',
+              DETAIL = 'A chunked target changes its model in place, in its chunk table, whose vector column has one dimension.',
+              HINT = format('Move its chunks to a new table for the new model: watch() again with chunk_table => %L. '
+                            'Every document is embedded again into it (search finds only those done meanwhile); %s is kept, '
+                            'no longer written: DROP TABLE it once the new one is filled (docs/model-changes.md).',
+                            moved, embeddings_internal.display_name(previous.store_table));
+END
+$$;
+
 -- watch()'s registration of a chunked target whose chunks are in `chunks`: a new row of
 -- embeddings.targets (no embedding_attnum: the embedding column is in the chunk table), or
 -- `previous` updated (a new version: in-flight writes under the old definition are rejected),
@@ -355,6 +392,7 @@ BEGIN
     o.chunk_overlap := coalesce(o.chunk_overlap, o.chunk_tokens / 10);
     PERFORM embeddings_internal.watch_check_chunks(o, previous, document_format, context_header);
     table_name := embeddings_internal.watch_chunk_table(o, previous);
+    PERFORM embeddings_internal.watch_check_chunk_dims(o, previous, table_name, plan.dims);
 
     unchanged := embeddings_internal.watch_same(o, plan, previous) AND previous.problem IS NULL
        AND previous.store_table = to_regclass(table_name)
@@ -374,8 +412,11 @@ BEGIN
         PERFORM embeddings_internal.start_backfill(t, registered.reembed);
         PERFORM set_config('embeddings.following', 'off', true);
     END IF;
-    IF o.fts IS NOT NULL AND o.fts IS DISTINCT FROM t.fts_config THEN
-        PERFORM embeddings.enable_fts(o.source, o.fts, o.embedding_column);
+    -- Another configuration, or the target's own on a chunk table without its column: a new
+    -- one (chunk_table => another table), which search would otherwise read for a column it lacks.
+    IF (o.fts IS NOT NULL AND o.fts IS DISTINCT FROM t.fts_config)
+       OR (t.fts_config IS NOT NULL AND embeddings_internal.attnum_of(t.store_table, t.fts_column) IS NULL) THEN
+        PERFORM embeddings.enable_fts(o.source, coalesce(o.fts, t.fts_config), o.embedding_column);
     END IF;
     PERFORM embeddings_internal.ensure_chunk_offsets(t.store_table);  -- after the full-text column: it says why
     RETURN t.id;

@@ -80,8 +80,10 @@ BEGIN
         SELECT a.atttypid::regtype INTO ty FROM pg_attribute a
         WHERE a.attrelid = t.source AND a.attname = col AND a.attnum > 0 AND NOT a.attisdropped;
         IF ty IS NULL THEN
+            -- (COLUMN: the caller's column, which the worker answers as a bad search; an
+            -- undefined column of our own statements is a fault of ours: worker/retrieval/errors.py)
             RAISE EXCEPTION 'embeddings: search filter: % has no column %', t.source, quote_ident(col)
-                USING ERRCODE = 'undefined_column';
+                USING ERRCODE = 'undefined_column', COLUMN = col;
         END IF;
         IF NOT embeddings_internal.builtin_scalar(ty) THEN
             RAISE EXCEPTION 'embeddings: search filter: column % is of type %; filters take columns of built-in scalar types', quote_ident(col), ty

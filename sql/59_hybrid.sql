@@ -362,6 +362,15 @@ BEGIN
         RAISE EXCEPTION 'embeddings.hybrid_search: fusion is ''convex'' (weighted scores) or ''rrf'' (reciprocal ranks), not %', coalesce(quote_literal(fusion), 'NULL')
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- The rank constant is rrf's alone: the convex fusion would ignore it, as a vector search
+    -- ignores all of these (the worker refuses both). Its default, 60, is taken from any call
+    -- (it changes nothing, and a 0.3.0 worker passes it in every search: a rolling upgrade).
+    IF fusion = 'convex' AND rrf_k <> 60 THEN
+        RAISE EXCEPTION 'embeddings.hybrid_search: rrf_k is for fusion ''rrf'': the convex one has no rank constant'
+            USING ERRCODE = 'invalid_parameter_value',
+                  DETAIL = format('rrf_k is %s.', rrf_k),
+                  HINT = 'Pass fusion => ''rrf'' too, or leave rrf_k out.';
+    END IF;
 END
 $$;
 

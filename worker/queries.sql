@@ -208,6 +208,11 @@ SELECT name, provider, endpoint, remote_model, dimensions, max_tokens, pooling, 
        credential, tokenizer
 FROM embeddings.models WHERE provider <> 'local' ORDER BY name;
 
+-- name: local_models
+-- The names of the registry's local models (provider 'local': the catalog's, and those
+-- register_model() added for a directory on EMBED_MODEL_PATH): POST /embed may name one.
+SELECT name FROM embeddings.models WHERE provider = 'local' ORDER BY name;
+
 -- name: target_versions
 -- The definition version of every registered target (a registry read under an older one is
 -- refreshed before a batch is served with it).
@@ -436,8 +441,9 @@ SELECT version FROM embeddings.targets WHERE id OPERATOR(pg_catalog.=) %(target)
 -- The %(k)s rows (documents, for a chunked target) of table %(source)s (its oid) nearest to
 -- %(query)s among those matching %(filter)s: embeddings.search() (sql/58_search.sql), with the
 -- caller's rights. The table by its oid, which its target read (not its target's id): a search
--- then plans no read of embeddings.targets of its own (about 0.15 ms a search).
-SELECT key, distance, content, seq, start_offset, end_offset, headings, page
+-- then plans no read of embeddings.targets of its own (about 0.15 ms a search). The key as its
+-- JSON text, which the worker reads without turning a numeric's digits into a float's.
+SELECT key::pg_catalog.text, distance, content, seq, start_offset, end_offset, headings, page
 FROM embeddings.search(%(source)s::pg_catalog.regclass,
                        %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name);
 
@@ -445,8 +451,8 @@ FROM embeddings.search(%(source)s::pg_catalog.regclass,
 -- The %(k)s documents best by the fusion of the vector ranking of %(query)s and the full-text
 -- ranking of %(text)s, tuned as %(fusion)s, %(rrf_k)s, %(vector_weight)s, %(text_weight)s (NULL:
 -- the fusion's default), %(depth)s and %(text_match)s say: embeddings.hybrid_search()
--- (sql/59_hybrid.sql) of table %(source)s (its oid, as for search).
-SELECT key, score, content, seq, distance, vector_rank, text_rank, start_offset, end_offset, headings, page
+-- (sql/59_hybrid.sql) of table %(source)s (its oid, as for search), the key as its JSON text.
+SELECT key::pg_catalog.text, score, content, seq, distance, vector_rank, text_rank, start_offset, end_offset, headings, page
 FROM embeddings.hybrid_search(%(source)s::pg_catalog.regclass,
                               %(text)s, %(query)s, %(k)s, %(filter)s::jsonb, %(column)s::name,
                               rrf_k => %(rrf_k)s::double precision,
@@ -849,6 +855,21 @@ FROM embeddings.targets t
 CROSS JOIN LATERAL (VALUES (t.source), (t.store_table)) AS r(rel)
 WHERE NOT pg_catalog.has_any_column_privilege(%(role)s, r.rel, 'SELECT')
 ORDER BY 1;
+
+-- name: fulltext_columns_missing
+-- The targets with full-text search (fts_config) whose store lacks their tsvector column: their
+-- hybrid and BM25 searches fail (doctor's full-text check), each with the enable_fts() call
+-- that makes the column again, its arguments quoted.
+SELECT t.source::regclass::text, t.fts_config::text, t.store_table::regclass::text, t.fts_column,
+       pg_catalog.concat('SELECT embeddings.enable_fts(', pg_catalog.quote_literal(t.source::regclass::text), ', ',
+                         pg_catalog.quote_literal(t.fts_config::text), ', ',
+                         pg_catalog.quote_literal(t.embedding_column), ');')
+FROM embeddings.targets t
+WHERE t.fts_config IS NOT NULL
+  AND NOT EXISTS (SELECT FROM pg_catalog.pg_attribute a
+                  WHERE a.attrelid = t.store_table AND a.attname = t.fts_column
+                    AND a.attnum > 0 AND NOT a.attisdropped)
+ORDER BY t.id;
 
 -- name: search_index_sizes
 -- The HNSW indexes a search walks (on each target's vector table, its partitions' included),

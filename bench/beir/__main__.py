@@ -3,7 +3,8 @@ product's own search functions (docs/retrieval-quality.md).
 
     python -m bench.beir DATA [--model NAME] [--model-path DIRS] [--chunked [TOKENS]]
                               [--hybrid name=value,...]... [--watch name=value,...]
-                              [--setup-sql SQL]... [--results FILE] [--runs DIR]
+                              [--title-weights W,W,...] [--setup-sql SQL]... [--threads N]
+                              [--results FILE] [--runs DIR]
 
 DATA: a folder with corpus.jsonl, queries.jsonl and qrels/test.tsv (each may be gzipped).
 --model: any model the worker can run, by name: a catalog model (downloaded once, or found on
@@ -18,6 +19,8 @@ DATA: a folder with corpus.jsonl, queries.jsonl and qrels/test.tsv (each may be 
 --title-weights: full-text fields: the content function joins the title and the body with
   chr(31); after every ranking, the full-text and hybrid rankings again with the title weighted
   each of these (`enable_fts(title_weight => W)` on the same vectors), e.g. `1,2,3`.
+--setup-sql: SQL run once the schema is installed, before the table is watched (repeatable).
+--threads: the worker's inference threads (EMBED_THREADS; default 2).
 --results: where the JSON goes (default bench/results/beir-<dataset>[-chunked].json).
 --runs: also write every ranking as a TREC run file in DIR (for trec_eval by hand).
 
@@ -44,22 +47,96 @@ DEFAULT_CHUNK_TOKENS = 200
 
 
 def parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m bench.beir", description=__doc__.split("\n")[0])
-    p.add_argument("data", type=Path, help="a folder of a dataset in BEIR's layout")
-    p.add_argument("--model", default="all-MiniLM-L6-v2")
+    # The docstring's first paragraph says what it does, its last where the database is; each
+    # option's help is its paragraph there, in argparse's words.
+    paragraphs = __doc__.split("\n\n")
+    p = argparse.ArgumentParser(
+        prog="python -m bench.beir",
+        description=" ".join(paragraphs[0].split()),
+        epilog=" ".join(paragraphs[-1].split()),
+    )
+    p.add_argument(
+        "data",
+        type=Path,
+        help="a folder of a dataset in BEIR's layout: corpus.jsonl, queries.jsonl and"
+        " qrels/test.tsv (each may be gzipped)",
+    )
+    p.add_argument(
+        "--model",
+        default="all-MiniLM-L6-v2",
+        metavar="NAME",
+        help="any model the worker can run, by name: a catalog model (downloaded once, or found"
+        " on --model-path), a model directory's name on --model-path, or a remote model that"
+        " --setup-sql registers (default %(default)s)",
+    )
     p.add_argument(
         "--model-path",
         default=os.environ.get("EMBED_MODEL_PATH") or str(SHARED_MODELS),
-        help="EMBED_MODEL_PATH for the worker and the queries",
+        metavar="DIRS",
+        help="EMBED_MODEL_PATH for the worker and the queries (default: that variable, else"
+        " ../shared/models)",
     )
-    p.add_argument("--chunked", nargs="?", type=int, const=DEFAULT_CHUNK_TOKENS, default=None)
-    p.add_argument("--hybrid", action="append", default=[], metavar="name=value,...")
-    p.add_argument("--watch", default="", metavar="name=value,...")
-    p.add_argument("--title-weights", default="", metavar="W,W,...")
-    p.add_argument("--setup-sql", action="append", default=[], metavar="SQL")
-    p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--results", type=Path, default=None)
-    p.add_argument("--runs", type=Path, default=None)
+    p.add_argument(
+        "--chunked",
+        nargs="?",
+        type=int,
+        const=DEFAULT_CHUNK_TOKENS,
+        default=None,
+        metavar="TOKENS",
+        help="watch in chunks of TOKENS (default %(const)s): a document ranks by its best chunk",
+    )
+    p.add_argument(
+        "--hybrid",
+        action="append",
+        default=[],
+        metavar="name=value,...",
+        help="also score hybrid_search() with these options (repeatable), e.g. fusion=rrf or"
+        " text_match=all,text_weight=2",
+    )
+    p.add_argument(
+        "--watch",
+        default="",
+        metavar="name=value,...",
+        help="extra watch() arguments, e.g. fts_title_weight=2 (full-text fields: the content"
+        " function then joins the title and the body with chr(31))",
+    )
+    p.add_argument(
+        "--title-weights",
+        default="",
+        metavar="W,W,...",
+        help="full-text fields (title and body joined with chr(31)): after every ranking, the"
+        " full-text and hybrid rankings again with the title weighted each of these"
+        " (enable_fts(title_weight => W) on the same vectors), e.g. 1,2,3",
+    )
+    p.add_argument(
+        "--setup-sql",
+        action="append",
+        default=[],
+        metavar="SQL",
+        help="SQL run once the schema is installed, before the table is watched (repeatable),"
+        " e.g. SELECT embeddings.register_model(...) for a remote model",
+    )
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=2,
+        metavar="N",
+        help="the worker's inference threads (EMBED_THREADS; default %(default)s)",
+    )
+    p.add_argument(
+        "--results",
+        type=Path,
+        default=None,
+        metavar="FILE",
+        help="where the JSON goes (default bench/results/beir-<dataset>[-chunked<TOKENS>].json)",
+    )
+    p.add_argument(
+        "--runs",
+        type=Path,
+        default=None,
+        metavar="DIR",
+        help="also write every ranking as a TREC run file in DIR (for trec_eval by hand)",
+    )
     return p
 
 

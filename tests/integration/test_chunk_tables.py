@@ -10,6 +10,7 @@ from typing import Any
 import psycopg
 import pytest
 
+from tests.integration.conftest import WIDE, WIDE_DIMS
 from tests.integration.test_chunks import long_text
 from tests.support import stores
 from tests.support.jobs import clear_queue, messages, queued_keys
@@ -239,6 +240,41 @@ def test_a_chunked_target_watched_with_another_model_is_re_embedded_with_it(
     assert conn.execute(
         "SELECT model FROM embeddings.provenance WHERE target_id = %s AND NOT shadow", (tiny_docs,)
     ).fetchone() == (tiny_models[1],)
+
+
+def test_a_chunked_target_s_model_of_another_dimension_says_so_and_moves_to_a_new_table(
+    conn: Conn, tiny_docs: int, run_once: Callable[..., Worker]
+) -> None:
+    """A chunk table holds one dimension: watch() with a model of another names that, not
+    "not a chunk table for" its own chunk table (0.3.0), and hints the move docs/model-changes.md
+    describes. Following it, the documents are embedded into the new table, searched from it,
+    and the old table is kept until dropped, which leaves the target as it is."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES (%s, %s, 512, 'mean')",
+        (WIDE, WIDE_DIMS),
+    )
+    run_once()
+    with pytest.raises(psycopg.errors.FeatureNotSupported) as refused:
+        watch_chunked(conn, "docs", "body", WIDE)
+    diag = refused.value.diag
+    assert diag.message_primary == (
+        f"model {WIDE} makes {WIDE_DIMS}-dimensional vectors, and the chunk table docs_chunks"
+        " of public.docs holds 32-dimensional ones"
+    )
+    assert diag.message_hint is not None and (
+        f"chunk_table => 'docs_chunks_{WIDE_DIMS}'" in diag.message_hint
+    )
+    watch_chunked(conn, "docs", "body", WIDE, chunk_table=f"docs_chunks_{WIDE_DIMS}")
+    run_once()
+    assert chunk_counts(conn, f"docs_chunks_{WIDE_DIMS}", "id") == chunk_counts(
+        conn, "docs_chunks", "id"
+    )
+    assert stores.columns(conn, f"docs_chunks_{WIDE_DIMS}")[4][1] == f"halfvec({WIDE_DIMS})"
+    conn.execute("DROP TABLE docs_chunks")
+    assert conn.execute(
+        "SELECT chunk_table::text, model FROM embeddings.targets WHERE id = %s", (tiny_docs,)
+    ).fetchone() == (f"docs_chunks_{WIDE_DIMS}", WIDE)
 
 
 @pytest.mark.parametrize(

@@ -121,6 +121,32 @@ def test_watch_with_fts_turns_full_text_search_on_for_a_chunked_target(
     assert watch(conn, minilm, chunk_tokens=64, fts="english") == target  # nothing to do again
 
 
+@pytest.mark.parametrize("fts_again", [False, True])
+def test_a_full_text_chunked_target_moved_to_a_new_chunk_table_keeps_its_full_text(
+    conn: Conn, minilm: str, run_once: Callable[..., Worker], fts_again: bool
+) -> None:
+    """chunk_table => another table: the new table gets the target's tsvector column and GIN
+    index too (the target still says fts_config 'english'; 0.3.0 left the new table without
+    them, and hybrid_search() failed on `column c.fts does not exist`), whether or not fts =>
+    is passed again."""
+    conn.execute("CREATE TABLE mv (id int PRIMARY KEY, body text)")
+    watch_options: dict[str, Any] = {"chunk_tokens": 64}
+    stores.watch_with(conn, "mv", model=minilm, fts="english", **watch_options)
+    conn.execute("INSERT INTO mv VALUES (1, 'refunds take fourteen days')")
+    again = {"fts": "english"} if fts_again else {}
+    stores.watch_with(conn, "mv", model=minilm, chunk_table="mv_chunks2", **watch_options, **again)
+    assert "fts" in [c for c, _ in column_types(conn, "mv_chunks2")]
+    assert conn.execute(
+        "SELECT count(*) FROM pg_index i JOIN pg_class c ON c.oid = i.indexrelid"
+        " JOIN pg_am am ON am.oid = c.relam WHERE i.indrelid = 'mv_chunks2'::regclass"
+        " AND am.amname = 'gin'"
+    ).fetchone() == (1,)
+    run_once()
+    assert conn.execute(
+        "SELECT key FROM embeddings.hybrid_search('mv', 'refund', NULL, 3)"
+    ).fetchall() == [(1,)]
+
+
 def test_watch_is_idempotent_and_re_watch_with_new_settings_re_queues(
     conn: Conn, docs: int, minilm: str
 ) -> None:

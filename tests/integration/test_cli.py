@@ -97,6 +97,28 @@ def test_embed_dash_reads_standard_input(monkeypatch: pytest.MonkeyPatch, minilm
     assert "loaded" not in result.stderr  # no model-load INFO line in a command's output
 
 
+def test_search_gives_numeric_keys_exactly_in_json_and_in_its_table(
+    conn: Conn, dsn: str, minilm: str
+) -> None:
+    """As embeddings.search() has them, as strings (docs/http.md): --json gave
+    100000000000000000000.25 as 1e+20 and 1.50 as 1.5, the table the same."""
+    conn.execute("CREATE TABLE tk (d date, n numeric, body text, PRIMARY KEY (d, n))")
+    conn.execute(
+        "INSERT INTO tk VALUES ('2024-01-02', 100000000000000000000.25, 'cats sleep'),"
+        " ('2024-01-03', 1.50, 'stocks fell')"
+    )
+    conn.execute("SELECT embeddings.watch('tk', 'body', model => %s)", (minilm,))
+    assert run_cli("run", "--once", "--database-url", dsn).returncode == 0
+    result = run_cli("search", "tk", "cats", "--json", "--database-url", dsn)
+    assert result.returncode == 0, result.stderr
+    assert [r["key"] for r in json.loads(result.stdout)] == [
+        ["2024-01-02", "100000000000000000000.25"],
+        ["2024-01-03", "1.50"],
+    ]
+    table = run_cli("search", "tk", "cats", "--database-url", dsn).stdout
+    assert "100000000000000000000.25" in table and "'1.50'" in table
+
+
 def test_search_prints_no_model_load_line_and_hints_work_as_printed(
     conn: Conn, dsn: str, minilm: str
 ) -> None:
@@ -273,6 +295,10 @@ def test_search_mode_hybrid_and_its_tuning(conn: Conn, dsn: str, minilm: str) ->
     ]:
         refused = run_cli(*args, *bad)
         assert refused.returncode != 0 and message in refused.stderr, refused.stderr
+    # The default convex fusion has no rank constant: --rrf-k would be ignored (0.3.0 did).
+    refused = run_cli(*hybrid, "--rrf-k", "10")
+    assert refused.returncode == 2
+    assert "--rrf-k is for --fusion 'rrf': the convex one has no" in refused.stderr
     vector = run_cli(
         "search", "notes", "rmtree", "--mode", "vector", "--depth", "5", "--database-url", dsn
     )

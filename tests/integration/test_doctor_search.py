@@ -139,3 +139,33 @@ def test_doctor_warns_of_a_search_role_in_another_database(
         f"warn  search: EMBED_SEARCH_DATABASE_URL connects to database {other!r}, the worker's"
         f" DATABASE_URL to {mine!r}: POST /search looks for the tables there"
     ) in out, out
+
+
+def test_doctor_fails_a_full_text_target_whose_store_lacks_its_column(
+    conn: Conn, dsn: str, minilm: str
+) -> None:
+    """A target with full-text search whose store has no tsvector column (0.3.0 left one so
+    after `chunk_table =>` moved it) fails every hybrid search: doctor says so, with the fix,
+    and the fix works."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 64,"
+        " fts => 'english')",
+        (minilm,),
+    )
+    assert "full-text search" not in run_cli("doctor", "--database-url", dsn).stdout
+    conn.execute("SET embeddings.following = 'on'")  # as our DDL: not followed
+    conn.execute("ALTER TABLE docs_chunks DROP COLUMN fts")
+    conn.execute("RESET embeddings.following")
+    result = run_cli("doctor", "--database-url", dsn)
+    assert result.returncode == 1
+    line = next(x for x in result.stdout.splitlines() if "full-text search:" in x)
+    assert line.split()[0] == "FAIL"
+    assert (
+        "public.docs's target has full-text search (english), but its store public.docs_chunks"
+        " has no column fts: its hybrid and BM25 searches fail" in line
+    )
+    fix = "SELECT embeddings.enable_fts('public.docs', 'english', 'embedding');"
+    assert fix in result.stdout
+    conn.execute(fix)
+    assert "full-text search" not in run_cli("doctor", "--database-url", dsn).stdout

@@ -3,15 +3,22 @@ added without its label would be counted as `other`, with the 404s."""
 
 from __future__ import annotations
 
+import json
 import socket
+import urllib.error
 import urllib.request
 from collections.abc import Callable
+from typing import Any
 
+import psycopg
 import pytest
 
-from worker import metrics
+from tests.integration.conftest import WIDE, WIDE_DIMS
+from tests.support.in_flight import in_process_worker, join_threads
+from worker import config, exits, metrics
 from worker.config import Settings
 from worker.http.server import serve
+from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
 
 
@@ -58,3 +65,43 @@ def test_an_ipv6_address_is_listened_on(
         assert (server.post_refusal is None) == (host == "::1")  # loopback: POST without token
     finally:
         server.shutdown()
+
+
+def test_embed_takes_a_local_model_the_database_registered_and_only_such(
+    conn: psycopg.Connection[Any], settings: Settings, tiny_model_paths: str
+) -> None:
+    """POST /embed may name a registry model present on disk (docs/http.md): one that
+    register_model(..., 'local') added, not only the catalog's (0.3.0 answered 400, "must name a
+    known model"); a model directory on EMBED_MODEL_PATH nobody registered stays refused. Models
+    of its own: the session's may have loaded it already."""
+    conn.execute("SELECT embeddings.register_model(%s, %s, 'local')", (WIDE, WIDE_DIMS))
+    models = LoadedModels(
+        location=settings.model_location,
+        downloads=settings.downloads,
+        api_key=config.api_key_from_env,
+        threads=1,
+    )
+    worker = in_process_worker(settings, models, once=True)
+    assert worker.run() == exits.OK
+    join_threads(worker)
+    server = serve(worker, settings.with_overrides(http_port=0))
+    try:
+        status, body = post_json(server.url + "/embed", {"input": "hello", "model": WIDE})
+        assert status == 200, body
+        assert len(body["embedding"]) == WIDE_DIMS
+        status, body = post_json(server.url + "/embed", {"input": "hello", "model": "tiny-b"})
+        assert status == 400 and "must name a known model" in body["error"], body
+        assert WIDE in body["error"]
+    finally:
+        server.shutdown()
+
+
+def post_json(url: str, body: dict[str, Any]) -> tuple[int, dict[str, Any]]:
+    request = urllib.request.Request(
+        url, json.dumps(body).encode(), {"Content-Type": "application/json"}
+    )
+    try:
+        with urllib.request.urlopen(request, timeout=30) as answer:
+            return answer.status, json.loads(answer.read())
+    except urllib.error.HTTPError as refused:
+        return refused.code, json.loads(refused.read())

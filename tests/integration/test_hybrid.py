@@ -17,6 +17,7 @@ from bench.quality.retrievers import rrf
 from tests.integration.test_search import DIMS, MODEL, Vec, text, toward, unit
 from tests.support.fetch import fetch_value
 from tests.support.stores import STORES, WATCH_ARGS
+from worker import exceptions
 from worker.models.loaded import LoadedModels
 from worker.process.runner import Worker
 from worker.retrieval import errors, rankings, search
@@ -402,6 +403,27 @@ def test_a_hybrid_search_without_a_question_is_an_error(conn: Conn, items: Vec) 
 
 
 RANGE = "must be a number of at least 0: 0 or from 1e-06 to 1e+06"
+RRF_ONLY = "is for fusion 'rrf': the convex one has no rank constant"
+
+
+def test_rrf_k_is_taken_with_fusion_rrf_only(conn: Conn, items: Vec) -> None:
+    """With rrf it ranks; with the convex fusion it would be ignored, so it is refused, but
+    for its default (a 0.3.0 worker passes rrf_k => 60 in every search); CLI and HTTP refuse
+    it whenever it is given without "fusion": "rrf"."""
+    search_sql = (
+        "SELECT key FROM embeddings.hybrid_search('items', 'folder', %s::halfvec, k => 3,"
+        " rrf_k => %s{})"
+    )
+    found = conn.execute(search_sql.format(", fusion => 'rrf'"), (text(items), 10)).fetchall()
+    assert len(found) == 3
+    assert conn.execute(search_sql.format(""), (text(items), 60)).fetchall()
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match=re.escape(RRF_ONLY)):
+        conn.execute(search_sql.format(", fusion => 'convex'"), (text(items), 10))
+    asked = {"table": "items", "query": "folder", "rrf_k": 60}
+    with pytest.raises(ValueError, match=re.escape(f"rrf_k {RRF_ONLY}")):
+        SearchRequest.parse(asked)
+    fusion = SearchRequest.parse({**asked, "fusion": "rrf"}).fusion
+    assert fusion is not None and fusion.rank_constant == 60
 
 
 @pytest.mark.parametrize(
@@ -418,6 +440,8 @@ RANGE = "must be a number of at least 0: 0 or from 1e-06 to 1e+06"
         ({"vector_weight": float("nan")}, f"vector_weight {RANGE}", "vector_weight is NaN."),
         ({"text_weight": float("inf")}, f"text_weight {RANGE}", "text_weight is Infinity."),
         ({"rrf_k": float("-inf")}, f"rrf_k {RANGE}", "rrf_k is -Infinity."),
+        # Ignored by the default convex fusion (0.3.0 took it and ignored it).
+        ({"rrf_k": 10.0}, f"rrf_k {RRF_ONLY}", "rrf_k is 10."),
     ],
 )
 def test_bad_tuning_is_refused_alike_from_sql_and_from_outside(
@@ -727,3 +751,20 @@ def test_a_model_changed_while_the_query_is_embedded_means_the_query_again(
 
     assert search.ranked(conn, load, target, "anything", 2, mode="vector") == []
     assert loads == [minilm, "gte-small"]
+
+
+def test_a_store_without_its_full_text_column_is_our_fault_not_the_callers(
+    conn: Conn, items: Vec
+) -> None:
+    """An undefined column in our own statements (a store without the tsvector column its
+    target says it has) is a fault of ours, a 500 (CLI exit 1), where 0.3.0 answered it as the
+    caller's bad search (400, exit 2); a filter naming no column still is the caller's."""
+    conn.execute("SET embeddings.following = 'on'")  # as if our DDL: not followed
+    conn.execute("ALTER TABLE items DROP COLUMN embedding_fts")
+    conn.execute("RESET embeddings.following")
+    target = find_target(conn, "items")
+    with pytest.raises(exceptions.DatabaseError, match="embedding_fts") as raised:
+        rankings.run(conn, rankings.hybrid_ranking(target, "urlopen", items, 3))
+    assert not isinstance(raised.value, errors.InvalidSearch)
+    with pytest.raises(errors.InvalidSearch, match="has no column nope"):
+        rankings.run(conn, rankings.by_vector_ranking(target, items, 3, {"nope": 1}))

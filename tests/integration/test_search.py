@@ -185,6 +185,16 @@ def test_bad_filters_are_refused(conn: Conn, chunked: dict[int, Vec], query: Vec
             "3f1c1d3e-0000-4000-8000-000000000001",
         ),
         ("a int, b text, PRIMARY KEY (a, b)", ["7", "'x'"], [7, "x"]),
+        # Numerics exact, as strings (docs/http.md): not 1e+20 and 1.5, as psycopg's JSON
+        # loader made them.
+        (
+            "a date, b numeric, PRIMARY KEY (a, b)",
+            ["'2024-01-02'", "100000000000000000000.25"],
+            ["2024-01-02", "100000000000000000000.25"],
+        ),
+        ("id numeric PRIMARY KEY", ["1.50"], "1.50"),
+        ("id numeric PRIMARY KEY", ["2"], "2"),
+        ("id double precision PRIMARY KEY", ["0.1"], "0.1"),
     ],
 )
 def test_keys_keep_their_type_in_json(

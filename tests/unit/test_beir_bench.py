@@ -119,3 +119,15 @@ def test_hybrid_options_from_the_command_line() -> None:
     variant = rankings.hybrid_variant({"text_match": "all", "text_weight": 2})
     assert variant.body == {"mode": "hybrid", "text_match": "all", "text_weight": 2}
     assert variant.label == "hybrid, `hybrid_search(text_match => 'all', text_weight => 2)`"
+
+
+def test_the_help_says_what_the_bench_does_and_every_option() -> None:
+    """`python -m bench.beir -h` cut its description at the docstring's first line ("...in
+    BEIR's layout, through the") and most options had no help."""
+    from bench.beir.__main__ import parser
+
+    p = parser()
+    assert "through the product's own search functions" in " ".join(p.format_help().split())
+    assert p.epilog and "BENCH_DATABASE_URL" in p.epilog
+    for action in p._actions:
+        assert action.help, f"{action.option_strings or action.dest} has no help"

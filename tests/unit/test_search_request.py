@@ -16,15 +16,18 @@ BASE = {"table": "docs", "query": "where is the door"}
 def test_without_tuning_hybrid_search_keeps_its_defaults() -> None:
     assert SearchRequest.parse({**BASE, "mode": "hybrid"}).fusion is None
     assert Fusion() == Fusion(
-        rrf_k=60, vector_weight=1, text_weight=None, depth=100, text_match="any", fusion="convex"
+        rrf_k=None, vector_weight=1, text_weight=None, depth=100, text_match="any", fusion="convex"
     )
+    assert Fusion().rank_constant == 60  # hybrid_search()'s default, sent as rrf_k
 
 
 def test_tuning_is_read_from_the_body() -> None:
     request = SearchRequest.parse(
-        {**BASE, "rrf_k": 10, "vector_weight": 0.5, "text_weight": 2, "depth": 40}
+        {**BASE, "rrf_k": 10, "vector_weight": 0.5, "text_weight": 2, "depth": 40, "fusion": "rrf"}
     )
-    assert request.fusion == Fusion(rrf_k=10.0, vector_weight=0.5, text_weight=2.0, depth=40)
+    assert request.fusion == Fusion(
+        rrf_k=10.0, vector_weight=0.5, text_weight=2.0, depth=40, fusion="rrf"
+    )
     assert request.mode == "auto"
     # One field alone: the others keep their defaults; 0 is a weight (that ranking ignored).
     only = SearchRequest.parse({**BASE, "mode": "hybrid", "text_weight": 0})
@@ -67,6 +70,9 @@ def test_text_match_and_fusion_are_read_from_the_body_with_the_other_defaults() 
         ({"text_weight": 5e-324}, "text_weight must be a number of at least 0: 0 or"),
         ({"rrf_k": 1e7}, "rrf_k must be a number of at least 0: 0 or from 1e-06 to 1e"),
         ({"mode": "vector", "depth": 5}, 'depth: these tune hybrid search, not "mode": "vector"'),
+        # The convex fusion (the default) has no rank constant: it would be ignored.
+        ({"rrf_k": 10}, "rrf_k is for fusion 'rrf': the convex one has no rank constant"),
+        ({"rrf_k": 60, "fusion": "convex"}, "rrf_k is for fusion 'rrf'"),
     ],
 )
 def test_bad_tuning_is_refused_naming_the_field(fields: dict[str, Any], message: str) -> None:
@@ -85,6 +91,7 @@ def test_bad_tuning_is_refused_naming_the_field(fields: dict[str, Any], message:
         ),
         (["--depth", "0"], "--depth must be an integer from 1 to 1000"),
         (["--mode", "vector", "--text-match", "any"], "--text-match: these tune hybrid search"),
+        (["--rrf-k", "5"], "--rrf-k is for --fusion 'rrf': the convex one has no rank constant"),
     ],
 )
 def test_the_command_line_checks_a_search_as_http_does_naming_its_flags(

@@ -18,6 +18,7 @@ from worker.cli import (
     pooler,
     remote,
     search_access,
+    search_fulltext,
     search_memory,
     verification,
 )
@@ -75,6 +76,7 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
         if installed:
             found += _targets(conn, dsn, settings)
             found += search_access.findings(conn, settings)
+            found += search_fulltext.findings(conn)
             found += search_memory.findings(conn)
         found += _cron(conn)
     return found

@@ -107,13 +107,16 @@ class Work:
 
     def check_model(self, name: str) -> None:
         """Only models already loaded or configured (the default, the targets'), or registry
-        models already on disk: a request never names a path, never starts a download."""
+        models already on disk (the catalog's, or the database's local ones as the worker last
+        read them): a request never names a path, never starts a download, and never loads a
+        model nobody registered."""
         configured = {self.default_model.name()} | {
             t.model for t in self.registry.snapshot().values()
         }
         if name in self.embedders.loaded() or name in configured:
             return
-        if name in catalog.REGISTRY and not files.looks_like_path(name):
+        registered = set(catalog.REGISTRY) | self.registry.local_models()
+        if name in registered and not files.looks_like_path(name):
             try:
                 self.embedders.location.locate(name)
             except exceptions.ModelNotFound:
@@ -124,7 +127,7 @@ class Work:
                 ) from None
             return
         self.check_registry()  # (it may name a model registered in the database, unread yet)
-        allowed = sorted(configured | set(catalog.REGISTRY))
+        allowed = sorted(configured | registered)
         raise BadRequest(
             HTTPStatus.BAD_REQUEST,
             f'"model" must name a known model ({", ".join(allowed)}), not a path or another name',

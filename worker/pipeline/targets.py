@@ -123,6 +123,7 @@ class TargetRegistry:
         self._database_default: str | None = None
         self._remote: dict[str, RemoteSpec] = {}
         self._refused: dict[str, str] = {}  # remote models of a kind this worker does not know
+        self._local: frozenset[str] = frozenset()  # the registry's local models' names
         self._loaded_at = float("-inf")
         self._lock = threading.Lock()
 
@@ -130,11 +131,14 @@ class TargetRegistry:
         targets = load(conn)
         default = database_default_model(conn)
         remote, refused = load_remote_registry(conn)
+        with db.translated():
+            local = frozenset(str(name) for (name,) in conn.execute(queries.get("local_models")))
         with self._lock:
             self._targets = targets
             self._database_default = default
             self._remote = remote
             self._refused = refused
+            self._local = local
             self._loaded_at = time.monotonic()
         return targets
 
@@ -147,6 +151,12 @@ class TargetRegistry:
         """The registry's remote models this worker cannot serve, with why, as last read."""
         with self._lock:
             return self._refused
+
+    def local_models(self) -> frozenset[str]:
+        """The names of the registry's local models (register_model(..., 'local'), and the
+        catalog's), as last read: those POST /embed may name when present on disk."""
+        with self._lock:
+            return self._local
 
     @property
     def read(self) -> bool:

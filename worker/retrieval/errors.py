@@ -8,10 +8,13 @@ from contextlib import contextmanager
 
 from worker import db, exceptions
 
-# SQLSTATEs of a search the caller got wrong (a filter naming no column, a bad comparison, a
-# column type filters do not take, a value of the wrong type) or may not make (no SELECT on
-# the table).
-BAD_SEARCH = {"42703", "22023", "0A000", "22P02", "22003", "22007", "22008"}
+# SQLSTATEs of a search the caller got wrong (a bad comparison, a column type filters do not
+# take, a value of the wrong type).
+BAD_SEARCH = {"22023", "0A000", "22P02", "22003", "22007", "22008"}
+# undefined_column: a bad search only when the error names the caller's column (a filter's,
+# sql/58_search.sql: search_filter_sql() says which); one of our own statements' is our fault
+# (a store without the column its target says it has): a 500, not the caller's 400.
+UNDEFINED_COLUMN = "42703"
 
 
 class InvalidSearch(exceptions.ConfigError):
@@ -43,11 +46,17 @@ def search_errors() -> Iterator[None]:
         ) from exc
     except exceptions.DatabaseError as exc:
         state = getattr(exc.__cause__, "sqlstate", None)
-        if state in BAD_SEARCH:
+        if state in BAD_SEARCH or (state == UNDEFINED_COLUMN and _names_a_column(exc)):
             raise InvalidSearch(_told(exc)) from exc
         if db.denied(exc):
             raise SearchDenied(_told(exc)) from exc
         raise
+
+
+def _names_a_column(exc: exceptions.DatabaseError) -> bool:
+    """Whether the error carries a column name field (RAISE ... USING COLUMN): the filter's."""
+    diag = getattr(exc.__cause__, "diag", None)
+    return bool(diag is not None and diag.column_name)
 
 
 def _told(exc: exceptions.DatabaseError) -> str:

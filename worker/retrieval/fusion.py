@@ -30,11 +30,12 @@ MAX_DEPTH = 1000
 SMALLEST, LARGEST = 1e-6, 1e6
 TEXT_MATCHES = ("all", "any")  # every word of the query, or any of them
 FUSIONS = ("convex", "rrf")  # weighted scores, or reciprocal ranks
+RRF_K = 60.0  # hybrid_search()'s rank constant unless given (rrf's alone)
 
 
 @dataclass(frozen=True)
 class Fusion:
-    rrf_k: float = 60.0
+    rrf_k: float | None = None  # None: RRF_K; given, for fusion "rrf" only (checked())
     vector_weight: float = 1.0
     text_weight: float | None = None  # None: the fusion's own (sql/59_hybrid.sql says why)
     depth: int = 100
@@ -89,4 +90,13 @@ class Fusion:
             raise ValueError("vector_weight and text_weight cannot both be 0")
         if not 1 <= self.depth <= MAX_DEPTH:
             raise ValueError(f'"depth" must be an integer from 1 to {MAX_DEPTH}, not {self.depth}')
+        # Ignored by the convex fusion, so refused, as tuning with "mode": "vector" is (SQL
+        # takes its default 60 from anyone: hybrid_tuning_check() says why).
+        if self.rrf_k is not None and self.fusion != "rrf":
+            raise ValueError("rrf_k is for fusion 'rrf': the convex one has no rank constant")
         return self
+
+    @property
+    def rank_constant(self) -> float:
+        """rrf_k as hybrid_search() takes it: RRF_K unless given."""
+        return RRF_K if self.rrf_k is None else self.rrf_k

@@ -15,7 +15,7 @@ from pgvector import HalfVector
 from worker import db, queries
 from worker.retrieval.errors import search_errors
 from worker.retrieval.fusion import Fusion
-from worker.retrieval.results import search_result
+from worker.retrieval.results import search_key, search_result
 from worker.target import Target
 
 
@@ -27,6 +27,7 @@ class Ranking:
     query: str
     params: dict[str, Any]
     hybrid: bool
+    key_types: tuple[str, ...]  # the target's (Target.key_types): how its keys are typed
 
     def results(self, rows: list[tuple[Any, ...]]) -> list[dict[str, Any]]:
         if not self.hybrid:
@@ -40,7 +41,7 @@ class Ranking:
             ]
         return [
             search_result(
-                key,
+                search_key(key, self.key_types),
                 distance,
                 content,
                 seq,
@@ -79,7 +80,7 @@ def by_vector_ranking(
         "filter": None if filter is None else json.dumps(filter),
         "column": target.embedding_column,
     }
-    return Ranking(queries.get("search"), params, hybrid=False)
+    return Ranking(queries.get("search"), params, hybrid=False, key_types=target.key_types)
 
 
 def hybrid_ranking(
@@ -96,7 +97,7 @@ def hybrid_ranking(
     SQL function's defaults)."""
     fusion = fusion or Fusion()
     params = {
-        "rrf_k": fusion.rrf_k,
+        "rrf_k": fusion.rank_constant,
         "vector_weight": fusion.vector_weight,
         "text_weight": fusion.text_weight,
         "depth": fusion.depth,
@@ -109,4 +110,4 @@ def hybrid_ranking(
         "filter": None if filter is None else json.dumps(filter),
         "column": target.embedding_column,
     }
-    return Ranking(queries.get("hybrid_search"), params, hybrid=True)
+    return Ranking(queries.get("hybrid_search"), params, hybrid=True, key_types=target.key_types)

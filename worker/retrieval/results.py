@@ -3,7 +3,31 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
+
+# Key types whose values JSON carries as numbers that are not integers (to_jsonb() of a numeric,
+# a real or a double precision): given as a string of their exact text, as docs/http.md's rule
+# has every key but an integer one. A JSON number would be parsed as a double by most clients
+# (and by Python's json, before this): 100000000000000000000.25 came back 1e+20, 1.50 as 1.5.
+EXACT_TEXT_TYPES = frozenset({"numeric", "float4", "float8"})
+
+
+def search_key(text: str, key_types: tuple[str, ...]) -> Any:
+    """A result's key from its JSON text (the SQL functions' `key`, sql/58_search.sql), typed
+    as docs/http.md#post-search says: a number with a fraction or exponent never parsed as a
+    float (its text: a domain's over numeric, whose type is not known here, stays exact too),
+    and a key of EXACT_TEXT_TYPES a string of its text; a composite key, each column's so."""
+    value = json.loads(text, parse_float=str)
+    if len(key_types) == 1:
+        return _typed(value, key_types[0])
+    return [_typed(part, key_type) for part, key_type in zip(value, key_types, strict=True)]
+
+
+def _typed(value: Any, key_type: str) -> Any:
+    if key_type in EXACT_TEXT_TYPES and isinstance(value, int) and not isinstance(value, bool):
+        return str(value)  # (an integral numeric: "2", as "2.50" is a string)
+    return value
 
 
 def search_result(
