@@ -1165,6 +1165,11 @@ SELECT id, created_at FROM embeddings.targets;
 -- embeddings.schedule_sweep() needs it here.
 SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron');
 
+-- name: cron_database
+-- The database pg_cron runs jobs in (cron.database_name; NULL: pg_cron not loaded) and this one
+-- (`doctor`: schedule_sweep() works only there).
+SELECT current_setting('cron.database_name', true), current_database();
+
 -- name: models_have_providers
 -- Whether embeddings.models has remote models' columns (a schema before 0.2.0 has not).
 SELECT EXISTS (SELECT FROM information_schema.columns WHERE table_schema = 'embeddings'
