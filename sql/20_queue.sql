@@ -18,7 +18,9 @@ CREATE FUNCTION embeddings_internal.keys_per_message() RETURNS integer
 LANGUAGE sql IMMUTABLE PARALLEL SAFE
 RETURN 128;
 
--- How many row keys a job message carries (a message of another shape: 1). Like every function
+-- How many row keys a job message carries (a message of another shape: 1, as it is one job a worker
+-- takes: the Supabase guide's carries a row; one no worker reads, `{}` or NULL, is dead-lettered
+-- by the worker that takes it; docs/sql.md). Like every function
 -- with a SQL-standard body (RETURN, BEGIN ATOMIC), its names were bound when migrate created it
 -- (under pg_catalog only), so it needs no SET search_path, which would keep the planner from
 -- inlining it into the statements that call it once per message (status, sweep, the inbox's move).
@@ -79,17 +81,28 @@ RETURNS boolean
 LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     deadline timestamptz := clock_timestamp() + make_interval(secs => greatest(timeout_ms, 0) / 1000.0);
-    -- The earliest visibility timeout of either lane: visible now when it has passed.
-    next_job_query text := format(
-        'SELECT least((SELECT min(q.vt) FROM pgmq.%I q), %s)',
-        pgmq.format_table_name(queue_name, 'q'),
-        CASE WHEN backfill THEN format('(SELECT min(b.vt) FROM pgmq.%I b)',
-                                       pgmq.format_table_name(embeddings_internal.backfill_queue(queue_name), 'q'))
-             ELSE 'NULL' END);
+    live_table text;
+    lane_table text;
+    next_job_query text;
     next_job timestamptz;
     looked_at text;
     snapshot text;
 BEGIN
+    -- A queue that is none is said so (else the EXECUTE below fails with pgmq's table names).
+    IF queue_name IS NULL THEN
+        RAISE EXCEPTION 'embeddings.wait_for_jobs(): queue_name must not be NULL' USING ERRCODE = 'invalid_parameter_value';
+    END IF;
+    live_table := format('pgmq.%I', pgmq.format_table_name(queue_name, 'q'));
+    lane_table := format('pgmq.%I', pgmq.format_table_name(embeddings_internal.backfill_queue(queue_name), 'q'));
+    IF to_regclass(live_table) IS NULL OR (backfill AND to_regclass(lane_table) IS NULL) THEN
+        RAISE EXCEPTION 'embeddings.wait_for_jobs(): no queue "%"%', queue_name,
+                CASE WHEN to_regclass(live_table) IS NULL THEN '' ELSE ' with a backfill lane (backfill => false waits on it alone)' END
+            USING ERRCODE = 'invalid_parameter_value',
+                  HINT = 'The queues are those watch() made (embeddings.targets.queue; embedding_jobs unless named).';
+    END IF;
+    -- The earliest visibility timeout of either lane: visible now when it has passed.
+    next_job_query := format('SELECT least((SELECT min(q.vt) FROM %s q), %s)', live_table,
+                             CASE WHEN backfill THEN format('(SELECT min(b.vt) FROM %s b)', lane_table) ELSE 'NULL' END);
     LOOP
         snapshot := pg_current_snapshot()::text;
         IF snapshot IS DISTINCT FROM looked_at OR clock_timestamp() >= next_job THEN

@@ -243,13 +243,21 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     table_parts text[];
     table_name text;
+    name_bytes integer;
 BEGIN
     IF o.chunk_table IS NULL AND previous.store_kind = 'chunks' THEN
         SELECT format('%I.%I', n.nspname, c.relname) INTO table_name
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = previous.store_table;
     ELSIF o.chunk_table IS NULL THEN
-        SELECT format('%I.%I', n.nspname, c.relname || '_chunks') INTO table_name
+        SELECT format('%I.%I', n.nspname, c.relname || '_chunks'), pg_catalog.octet_length(c.relname || '_chunks')
+        INTO table_name, name_bytes
         FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = o.source;
+        -- (Postgres would cut it, to the table's own name for a name of 63 bytes)
+        IF name_bytes > current_setting('max_identifier_length')::integer THEN
+            RAISE EXCEPTION 'the chunk table''s name % is % bytes, over Postgres'' %', table_name, name_bytes,
+                    current_setting('max_identifier_length')
+                USING ERRCODE = 'name_too_long', HINT = 'Name the table with chunk_table => ''...''.';
+        END IF;
     ELSE
         table_parts := parse_ident(o.chunk_table);
         table_name := CASE cardinality(table_parts)

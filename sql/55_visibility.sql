@@ -34,6 +34,9 @@ COMMENT ON FUNCTION embeddings.default_model IS
 CREATE FUNCTION embeddings.set_default_model(name text) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
+    IF name IS NULL THEN
+        RAISE EXCEPTION 'embeddings.set_default_model(): name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
     IF NOT EXISTS (SELECT FROM embeddings.models m WHERE m.name = set_default_model.name) THEN
         RAISE EXCEPTION 'unknown model "%"', name
             USING ERRCODE = 'invalid_parameter_value',

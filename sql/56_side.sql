@@ -122,11 +122,20 @@ LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     parts text[];
     found text;
+    schema_name name;
+    derived text;
 BEGIN
     IF side_table IS NULL THEN
-        SELECT format('%I.%I', n.nspname, c.relname || CASE WHEN embedding_column = 'embedding' THEN '_embeddings'
-                                                            ELSE '_' || embedding_column END)
-        INTO found FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source;
+        SELECT n.nspname, c.relname || CASE WHEN embedding_column = 'embedding' THEN '_embeddings'
+                                            ELSE '_' || embedding_column END
+        INTO schema_name, derived FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace WHERE c.oid = source;
+        found := format('%I.%I', schema_name, derived);
+        -- (Postgres would cut it, to the table's own name for a name of 63 bytes)
+        IF pg_catalog.octet_length(derived) > current_setting('max_identifier_length')::integer THEN
+            RAISE EXCEPTION 'the side table''s name % is % bytes, over Postgres'' %', found, pg_catalog.octet_length(derived),
+                    current_setting('max_identifier_length')
+                USING ERRCODE = 'name_too_long', HINT = 'Name the table with side_table => ''...''.';
+        END IF;
         RETURN found;
     END IF;
     BEGIN

@@ -49,6 +49,24 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
         jsonb_build_object('id', t.id))
 $$;
 
+-- Refuses a search filter's value for column `col` (the key's JSON: a scalar, an array, an
+-- object of comparisons) that the column's type `base` cannot read, naming the key and the
+-- type: else the search fails as it runs with Postgres' "invalid input syntax for type integer"
+-- alone. Every value of the key in one cast (one subtransaction a key, whatever the values).
+CREATE FUNCTION embeddings_internal.search_filter_check(col text, base text, val jsonb) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    given text[] := ARRAY(SELECT v #>> '{}' FROM pg_catalog.jsonb_path_query(val, 'strict $.**') AS v
+                          WHERE jsonb_typeof(v) NOT IN ('object', 'array', 'null'));
+BEGIN
+    EXECUTE format('SELECT count(x::%s) FROM unnest($1) AS x', base) USING given;
+EXCEPTION WHEN data_exception THEN
+    RAISE EXCEPTION 'embeddings: search filter: % is a column of type %, which cannot read this value: %',
+            quote_ident(col), base, SQLERRM
+        USING ERRCODE = SQLSTATE;
+END
+$$;
+
 -- The SQL condition (on row alias `s` of t's table) of a structured filter: a JSON object
 -- whose keys are column names of built-in scalar types, each value either a JSON scalar
 -- (equality; null: IS NULL), an array (any of them, null among them matching NULL), or an object of comparisons
@@ -90,6 +108,7 @@ BEGIN
                 USING ERRCODE = 'feature_not_supported';
         END IF;
         base := format_type(embeddings_internal.base_type(ty), NULL);
+        PERFORM embeddings_internal.search_filter_check(col, base, val);
         column_sql := embeddings_internal.as_base_sql(ty, format('s.%I', col));
         value_sql := format('($%s OPERATOR(pg_catalog.->) %L)', param, col);
         IF jsonb_typeof(val) = 'null' THEN

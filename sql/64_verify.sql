@@ -365,7 +365,7 @@ COMMENT ON FUNCTION embeddings.verify IS
 -- Per target: how far its verification is. `verified_rows` the rows of the last complete pass,
 -- `last_verified` when it finished; `pass_rows` the rows of the pass in progress.
 CREATE VIEW embeddings.verification AS
-SELECT format('%s.%I', t.source, t.embedding_column) AS target,
+SELECT embeddings_internal.target_name(t) AS target,  -- as status and failures name it
        t.id AS target_id,
        c.last_pass_rows AS verified_rows,
        c.last_pass_finished AS last_verified,

@@ -76,6 +76,7 @@ DECLARE
         'embeddings_internal.search_run(text, anyelement, jsonb)',
         'embeddings_internal.set_hnsw(text, text)',
         'embeddings_internal.search_filter_sql(embeddings.targets, jsonb, integer)',
+        'embeddings_internal.search_filter_check(text, text, jsonb)',  -- search_filter_sql()'s refusal of a value
         'embeddings_internal.hybrid_tuning_check(integer, integer, double precision, double precision, double precision, text, text)',
         'embeddings_internal.any_lexeme_query(tsvector)',
         'embeddings_internal.fulltext_words(text)',  -- the words hybrid_search()'s full-text side reads

@@ -384,6 +384,26 @@ SELECT found.*
 FROM source LEFT JOIN LATERAL ({targets}) AS found ON true
 WHERE source.oid IS NOT NULL;
 
+-- name: unwatched_relation
+-- What relation %(table)s (as search_target finds it, in the path %(path)s) is, when it is not
+-- watched: its kind (pg_class.relkind), for a partition the nearest ancestor watched (to search
+-- instead: watch() refuses a partition of a watched table), and for a view the watched tables
+-- its query reads (watch() takes tables only). None when there is no such relation.
+-- ours: touches only our tables and the catalog, runs no one else's code
+WITH rel AS (SELECT embeddings_internal.named_in_path(%(table)s, false, %(path)s)::oid AS oid)
+SELECT c.relkind::text AS kind,
+       (SELECT embeddings_internal.display_name(a.relid::regclass)
+        FROM pg_partition_ancestors(c.oid) WITH ORDINALITY AS a(relid, n)
+        WHERE a.relid <> c.oid AND EXISTS (SELECT FROM embeddings.targets t WHERE t.source = a.relid)
+        ORDER BY a.n LIMIT 1) AS watched_parent,
+       ARRAY(SELECT DISTINCT embeddings_internal.display_name(d.refobjid::regclass)
+             FROM pg_rewrite r
+             JOIN pg_depend d ON d.classid = 'pg_rewrite'::regclass AND d.objid = r.oid
+             WHERE r.ev_class = c.oid AND d.refclassid = 'pg_class'::regclass AND d.refobjid <> c.oid
+               AND EXISTS (SELECT FROM embeddings.targets t WHERE t.source = d.refobjid)
+             ORDER BY 1) AS watched_read
+FROM rel JOIN pg_class c ON c.oid = rel.oid;
+
 -- name: tables_alike
 -- The tables the caller may read (%(watched)s: the watched ones only) whose names are
 -- %(table)s's but for case, as a default search path spells them (`"Documents"`,
@@ -1213,6 +1233,11 @@ SELECT id, created_at FROM embeddings.targets;
 -- Whether pg_cron is installed in this database (it runs jobs in cron.database_name only):
 -- embeddings.schedule_sweep() needs it here.
 SELECT EXISTS (SELECT FROM pg_extension WHERE extname = 'pg_cron');
+
+-- name: cron_database
+-- The database pg_cron runs jobs in (cron.database_name; NULL: pg_cron not loaded) and this one
+-- (`doctor`: schedule_sweep() works only there).
+SELECT current_setting('cron.database_name', true), current_database();
 
 -- name: models_have_providers
 -- Whether embeddings.models has remote models' columns (a schema before 0.2.0 has not).

@@ -87,6 +87,6 @@ def scheduled(conn: Conn, verify: bool) -> None:
     assert run == ("succeeded", command)
     verified = conn.execute(
         "SELECT verified_rows, queued_by_last_pass, last_verified IS NOT NULL"
-        " FROM embeddings.verification WHERE target = 'cron_docs.embedding'"
+        " FROM embeddings.verification WHERE target = 'public.cron_docs.embedding'"
     ).fetchone()
     assert verified == ((10, 10, True) if verify else (None, None, False))

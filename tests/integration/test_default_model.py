@@ -148,3 +148,12 @@ def test_doctor_says_where_a_model_without_a_download_goes(conn: Conn, dsn: str)
     line, fix = doctor_lines(result.stdout, "model in-house")
     assert line.startswith("FAIL")
     assert "/srv/models/in-house/ holding tokenizer.json and model.onnx" in fix
+
+
+def test_set_default_model_refuses_null(conn: Conn) -> None:
+    """set_default_model(NULL) said unknown model "<NULL>"."""
+    with pytest.raises(psycopg.errors.NullValueNotAllowed) as refused:
+        conn.execute("SELECT embeddings.set_default_model(NULL)")
+    assert str(refused.value.diag.message_primary) == (
+        "embeddings.set_default_model(): name must not be NULL"
+    )

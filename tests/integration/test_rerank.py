@@ -206,3 +206,22 @@ def test_the_command_line_reranks(
     refused = run_cli(*args, "--no-rerank", "--rerank-depth", "5", env=env)
     assert refused.returncode != 0
     assert "--rerank-depth: there is no rerank stage with --no-rerank" in refused.stderr
+
+
+def test_a_tables_reranker_that_is_not_there_is_said_with_the_rerankers_and_how_to_get_one(
+    conn: Conn, docs: None, embedders: LoadedModels, tmp_path: Path
+) -> None:
+    """set_rerank() cannot know the cross-encoder directories of the workers, so it takes any
+    name; a search then said "Known models: gte-small, ...; download one with `embed-worker
+    model download NAME`", which fetches no reranker. It names the registered rerankers and the
+    two ways to get one."""
+    conn.execute("SELECT embeddings.register_reranker('cohere-rr', 'cohere')")
+    conn.execute("SELECT embeddings.set_rerank('docs', 'no-such-reranker')")
+    with pytest.raises(rerank.RerankerUnavailable) as caught:
+        searched(conn, embedders, str(tmp_path), k=3)
+    said = str(caught.value)
+    assert said.startswith("reranker no-such-reranker (the table's, set by set_rerank()): ")
+    assert f"no cross-encoder directory no-such-reranker/ (looked in {tmp_path}" in said
+    assert "registered rerankers: cohere-rr" in said
+    assert "embeddings.register_reranker()" in said and "model.onnx, tokenizer.json" in said
+    assert "Known models" not in said and "model download" not in said

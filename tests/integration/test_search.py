@@ -165,8 +165,17 @@ def test_bad_filters_are_refused(conn: Conn, chunked: dict[int, Vec], query: Vec
     for bad, message in [
         ({"nope": 1}, "has no column"),
         ({"tenant": {"like": 1}}, "comparisons are"),
-        ({"tenant": "x"}, "invalid input syntax"),
-        ({"tenant": "1; DROP TABLE docs"}, "invalid input syntax"),
+        # (the key and its column's type named: Postgres' error alone said neither)
+        (
+            {"tenant": "x"},
+            "search filter: tenant is a column of type integer, which cannot read this value:"
+            ' invalid input syntax for type integer: "x"',
+        ),
+        ({"tenant": "1; DROP TABLE docs"}, "tenant is a column of type integer"),
+        ({"id": [1, "two"]}, 'id is a column of type integer.*"two"'),
+        ({"id": {"gte": 1, "lt": "9x"}}, 'id is a column of type integer.*"9x"'),
+        ({"id": {"in": [1, 2.5]}}, 'id is a column of type integer.*"2.5"'),
+        ({"id": 99999999999}, "id is a column of type integer.*out of range"),
     ]:
         with pytest.raises(errors.InvalidSearch, match=message):
             searched(conn, "docs", query, 3, filter=bad)
@@ -525,3 +534,37 @@ def test_a_column_the_table_is_not_watched_with_is_answered_with_those_it_is(con
         str(info.value)
         == "plain is not watched: SELECT embeddings.watch('plain', 'content_column');"
     )
+
+
+def test_a_view_or_a_partition_not_watched_is_answered_with_what_to_search(conn: Conn) -> None:
+    """The hint for a relation not watched was watch() for every kind, which refuses a view
+    (not a table) and a partition of a watched table (its rows would be embedded twice): a
+    view is told the watched tables it reads, a partition its watched parent."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (MODEL,))
+    conn.execute("CREATE VIEW docs_v AS SELECT id, body FROM docs")
+    conn.execute("CREATE MATERIALIZED VIEW docs_m AS SELECT id, body FROM docs")
+    conn.execute("CREATE VIEW numbers AS SELECT 1 AS id")
+    conn.execute("CREATE TABLE parts (id int, body text, PRIMARY KEY (id)) PARTITION BY RANGE (id)")
+    conn.execute("CREATE TABLE parts_1 PARTITION OF parts FOR VALUES FROM (0) TO (100)")
+    conn.execute("CREATE TABLE parts_1a PARTITION OF parts FOR VALUES FROM (100) TO (200)")
+    conn.execute("SELECT embeddings.watch('parts', 'body', model => %s)", (MODEL,))
+    conn.execute("CREATE TABLE alone (id int, body text) PARTITION BY RANGE (id)")
+    conn.execute("CREATE TABLE alone_1 PARTITION OF alone FOR VALUES FROM (0) TO (100)")
+    cannot = "which cannot be watched (watch() takes tables)"
+    for table, answer in (
+        ("docs_v", f"docs_v is a view, {cannot}: search the watched table it reads, docs"),
+        (
+            "docs_m",
+            f"docs_m is a materialized view, {cannot}: search the watched table it reads, docs",
+        ),
+        ("numbers", f"numbers is a view, {cannot}: watch a table it reads, and search that"),
+        ("parts_1", "parts_1 is a partition of parts, which is watched: search parts"),
+        (
+            "alone_1",
+            "alone_1 is not watched: SELECT embeddings.watch('alone_1', 'content_column');",
+        ),
+    ):
+        with pytest.raises(exceptions.TargetError) as info:
+            find_target(conn, table)
+        assert str(info.value) == answer

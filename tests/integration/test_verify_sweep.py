@@ -358,3 +358,18 @@ def test_doctor_says_when_the_vectors_were_last_verified(
     assert "216.0 h ago" in old.detail
     settings = settings.with_overrides(verify_max_age_seconds=10 * 86400)
     assert finding().level == "ok"
+
+
+def test_verification_names_targets_as_status_and_failures_do(
+    conn: Conn, minilm: str, run_once: RunOnce
+) -> None:
+    """verification.target was the regclass text, which drops the schema on the caller's
+    search_path (`docs.embedding`, where status says `public.docs.embedding`): joined on target,
+    the two lost every row of a table in public."""
+    watched_docs(conn, minilm, run_once)
+    conn.execute("SET search_path = public, pg_catalog")
+    verify(conn)
+    joined = conn.execute(
+        "SELECT s.target FROM embeddings.status s JOIN embeddings.verification v USING (target)"
+    ).fetchall()
+    assert joined == [("public.docs.embedding",)]

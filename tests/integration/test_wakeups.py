@@ -194,3 +194,13 @@ def test_the_waiter_looks_less_often_after_a_quiet_spell() -> None:
     finally:
         os.close(read_fd)
         os.close(write_fd)
+
+
+def test_a_queue_that_is_none_is_refused_by_name(conn: Conn) -> None:
+    """An unknown queue failed with pgmq's internals: relation "pgmq.q_nosuchq" does not
+    exist, and the internal query that read it."""
+    for queue, said in (("nosuchq", 'no queue "nosuchq"'), (None, "queue_name must not be NULL")):
+        with pytest.raises(psycopg.errors.InvalidParameterValue) as refused:
+            conn.execute("SELECT embeddings.wait_for_jobs(%s, 500)", (queue,))
+        assert str(refused.value.diag.message_primary) == f"embeddings.wait_for_jobs(): {said}"
+        conn.rollback()

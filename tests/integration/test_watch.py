@@ -545,3 +545,37 @@ def test_an_unknown_model_is_answered_with_the_closest_name_and_register_model(c
     with pytest.raises(psycopg.errors.InvalidParameterValue) as far:
         conn.execute("SELECT embeddings.watch('t', 'body', model => 'text-embedding-3-small')")
     assert "Did you mean" not in (far.value.diag.message_hint or "")
+
+
+@pytest.mark.parametrize(
+    ("name", "kind"),
+    [
+        ("t" * 63, "side"),
+        ("t" * 63, "chunks"),
+        ("é" * 30, "chunks"),  # 60 bytes: `_chunks` makes 67, over 63 in 37 characters
+        ("é" * 29, "side"),  # 58 bytes: `_embeddings` makes 69
+    ],
+)
+def test_a_derived_store_table_name_too_long_is_refused_with_what_to_pass(
+    conn: Conn, name: str, kind: str
+) -> None:
+    """`<table>_embeddings` and `<table>_chunks` of a long name were cut by Postgres to 63
+    bytes, the table's own name: watch() said the table was watched or not made by us. It says
+    the name is too long and which option to pass; the option given, the table is watched."""
+    conn.execute(f'CREATE TABLE "{name}" (id int PRIMARY KEY, body text)')
+    options = "store => 'side'" if kind == "side" else "chunk_tokens => 64"
+    option, suffix = ("side_table", "_embeddings") if kind == "side" else ("chunk_table", "_chunks")
+    with pytest.raises(psycopg.errors.NameTooLong) as refused:
+        conn.execute(f"SELECT embeddings.watch('\"{name}\"', 'body', {options})")
+    conn.rollback()
+    derived = name + suffix
+    quoted = fetch_value(conn, "SELECT format('%%I', %s::text)", (derived,))
+    assert str(refused.value.diag.message_primary) == (
+        f"the {'side' if kind == 'side' else 'chunk'} table's name public.{quoted} is "
+        f"{len(derived.encode())} bytes, over Postgres' 63"
+    )
+    assert refused.value.diag.message_hint == f"Name the table with {option} => '...'."
+    conn.execute(
+        f"SELECT embeddings.watch('\"{name}\"', 'body', {options}, {option} => 'short_store')"
+    )
+    assert conn.execute("SELECT to_regclass('short_store') IS NOT NULL").fetchone() == (True,)

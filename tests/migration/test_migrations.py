@@ -111,6 +111,36 @@ def test_up_down_up_keeps_user_data(empty_dsn: str) -> None:
         assert keys is not None and sorted(keys[0]) == [2, 3]
 
 
+def test_downgrade_refuses_when_objects_of_others_depend_on_the_schema(empty_dsn: str) -> None:
+    """DROP SCHEMA ... CASCADE would take a user's view over embeddings.status (or a foreign key
+    to our tables) along: the downgrade names them, says what to do and changes nothing; once
+    they are gone it removes ours from targets of every kind (their triggers, policies and
+    functions on user tables are ours, not named)."""
+    schema.migrate(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        watch_every_kind_0_3_0(conn)
+        conn.execute("CREATE VIEW my_status AS SELECT target, pending_jobs FROM embeddings.status")
+        conn.execute("CREATE TABLE notes_about (target integer REFERENCES embeddings.targets (id))")
+    before = pg_dump_schema(empty_dsn)
+
+    with pytest.raises(exceptions.EmbedWorkerError) as refused:
+        schema.downgrade(empty_dsn)
+
+    message = str(refused.value)
+    assert "rule _RETURN on view public.my_status (uses view embeddings.status)" in message
+    assert "constraint notes_about_target_fkey on table public.notes_about (uses" in message
+    assert "Drop them" in message and "nothing was changed" in message
+    assert message.count("\n  ") == 2, message  # the user's two objects only
+    assert pg_dump_schema(empty_dsn) == before
+
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        conn.execute("DROP VIEW my_status")
+        conn.execute("DROP TABLE notes_about")
+    schema.downgrade(empty_dsn)
+    with psycopg.connect(empty_dsn, autocommit=True) as conn:
+        assert objects_of_ours(conn) == Ours(schema=0, triggers=0, queue=0, event_triggers=0)
+
+
 def test_downgrade_keeps_a_queue_that_existed_before(empty_dsn: str) -> None:
     with psycopg.connect(empty_dsn, autocommit=True) as conn:
         conn.execute("CREATE EXTENSION pgmq")

@@ -268,6 +268,8 @@ def _sql_search(ctx: Context) -> None:
     vector = "(SELECT embedding FROM docs_row WHERE id = 1 AND embedding IS NOT NULL)"
     ctx.sql(
         f"SELECT * FROM embeddings.search('docs_row', {vector}, 3)",
+        # A filter's condition and the check of its values (search_filter_check()).
+        f"""SELECT * FROM embeddings.search('docs_row', {vector}, 3, '{{"id": {{"in": [1, 2]}}}}')""",
         f"SELECT * FROM embeddings.search('docs_side', {vector}, 3)",
         f"SELECT * FROM embeddings.match_chunks('docs_chunked', {vector}, 3)",
         f"SELECT * FROM embeddings.search('docs_document', {vector}, 3)",
@@ -294,6 +296,9 @@ def _sql_search(ctx: Context) -> None:
     assert "is watched with embedding_column => 'embedding'." in str(
         refused.value.diag.message_hint
     )
+    # A filter value its column's type cannot read: refused naming the key and the type.
+    with pytest.raises(psycopg.errors.InvalidTextRepresentation, match="id is a column of type"):
+        ctx.sql(f"""SELECT * FROM embeddings.search('docs_row', {vector}, 3, '{{"id": "x"}}')""")
 
 
 def _failures_retry(ctx: Context) -> None:

@@ -7,6 +7,8 @@ from __future__ import annotations
 import re
 from dataclasses import MISSING, fields
 
+import pytest
+
 from tests.support.docs import DOCS
 from worker.config import Settings
 
@@ -172,3 +174,21 @@ def test_the_development_map_names_every_module_of_the_package() -> None:
     }
     modules.add("queries.sql")
     assert package_map() == modules
+
+
+def test_the_upgrade_guide_quotes_what_migrate_prints(monkeypatch: pytest.MonkeyPatch) -> None:
+    """`already at 0020 (0.4.0)` is what a released build prints; a build of the open release
+    (from git) says `0.4.0, unreleased`, and a tester following the guide was told neither."""
+    from worker.schema import files
+    from worker.schema.migration import Migration
+    from worker.schema.revisions import head_revision
+
+    head = head_revision()
+    building = Migration(current=head).lines()[0]
+    monkeypatch.setattr(files, "RELEASED_REVISIONS", {**files.RELEASED_REVISIONS, head: ""})
+    released = Migration(current=head).lines()[0]
+    guide = (DOCS / "upgrading.md").read_text()
+    quoted = set(re.findall(r"already at [^`\"]*\)", guide))
+    unreleased = released.removesuffix(")") + ", unreleased)"
+    assert released in quoted and quoted <= {released, unreleased}
+    assert building in quoted  # (the released line once the release is made)

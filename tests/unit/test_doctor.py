@@ -92,3 +92,26 @@ def test_the_verification_finding_counts_the_tables_that_wait_for_their_first_pa
     assert "1 more watched within 24.0 h wait for their first pass" in stale.detail
     alone = verification_finding(rows[:1], 86400.0, "", now, watched=watched)
     assert "wait for their first pass" not in alone.detail
+
+
+@pytest.mark.parametrize(
+    ("here", "cron_database", "level", "says"),
+    [
+        (True, "app", "ok", "preloaded, installed in this database"),
+        (False, "app", "ok", "`embed-worker migrate` creates the extension here"),
+        (False, "postgres", "ok", "runs jobs in database postgres only (cron.database_name)"),
+    ],
+)
+def test_pg_cron_preloaded_for_another_database_is_said_so(
+    here: bool, cron_database: str, level: str, says: str
+) -> None:
+    """doctor said "ok pg_cron: preloaded" in a database where pg_cron runs no jobs
+    (cron.database_name names another), and schedule_sweep() failed there."""
+    from worker.cli.doctor import cron_finding
+
+    found = cron_finding(here=here, cron_database=cron_database, database="app", dsn="")
+    assert (found.level, found.check) == (level, "pg_cron")
+    assert says in found.detail
+    if cron_database != "app":
+        assert "schedule_sweep() cannot schedule here" in found.detail
+        assert "sweep" in found.fix and "cron.schedule_in_database" in found.fix

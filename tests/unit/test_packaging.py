@@ -7,6 +7,7 @@ runs on the unit when the machine has it.
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 import shutil
@@ -340,6 +341,22 @@ def test_every_setting_is_in_the_env_example() -> None:
     assert not missing, f"add to embed-worker.env.example: {missing}"
 
 
+def test_the_env_example_shows_defaults_or_says_it_is_an_example() -> None:
+    """Its header says the value shown is the default: a value that is not (a URL, a port the
+    image sets) says so on the comment line above it."""
+    lines = (ROOT / "embed-worker.env.example").read_text().splitlines()
+    default = Settings.from_env({})
+    unmarked = [
+        line
+        for above, line in itertools.pairwise(lines)
+        if (m := re.fullmatch(r"#([A-Z_]+)=(.+)", line))
+        and m.group(1) in settings_variables()
+        and Settings.from_env({m.group(1): m.group(2)}) != default
+        and "(an example: " not in above
+    ]
+    assert unmarked == []
+
+
 def test_every_setting_is_in_the_operating_table() -> None:
     doc = (ROOT / "docs" / "configuration.md").read_text()
     rows = re.findall(r"(?m)^\| (`[A-Z_]+`(?:, `[A-Z_]+`)*) \|", doc)
@@ -412,7 +429,7 @@ def test_pointers_in_the_operating_files_name_sections_that_exist() -> None:
         (path, doc, heading)
         for path in files
         if path.is_file()
-        for doc, heading in re.findall(r"([\w/]+\.md), \"([^\"]+)\"", path.read_text())
+        for doc, heading in re.findall(r"([\w/]+\.md),? \(?\"([^\"]+)\"", path.read_text())
     ]
     assert pointers, "no pointer found: the pattern no longer matches how the files cite docs"
     missing = [(p.name, d, h) for p, d, h in pointers if h not in _headings(ROOT / d)]

@@ -78,7 +78,7 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
             found += search_access.findings(conn, settings)
             found += search_fulltext.findings(conn)
             found += search_memory.findings(conn)
-        found += _cron(conn)
+        found += _cron(conn, dsn)
     return found
 
 
@@ -316,7 +316,7 @@ def _queue(rows: list[dict[str, object]], dsn: str, tables: dict[int, str]) -> l
     return out
 
 
-def _cron(conn: db.Connection) -> list[Finding]:
+def _cron(conn: db.Connection, dsn: str) -> list[Finding]:
     available = conn.execute(queries.get("pg_cron_available")).fetchone()
     if not available or not available[0]:
         return [Finding("ok", "pg_cron", "not available on this server (optional)")]
@@ -326,7 +326,10 @@ def _cron(conn: db.Connection) -> list[Finding]:
     except psycopg.Error:
         return [Finding("ok", "pg_cron", "this role cannot read shared_preload_libraries")]
     if preload and "pg_cron" in preload[0]:
-        return [Finding("ok", "pg_cron", "preloaded")]
+        here = conn.execute(queries.get("pg_cron_here")).fetchone()
+        names = conn.execute(queries.get("cron_database")).fetchone()
+        assert here is not None and names is not None
+        return [cron_finding(here=here[0], cron_database=names[0], database=names[1], dsn=dsn)]
     return [
         Finding(
             "warn",
@@ -337,6 +340,28 @@ def _cron(conn: db.Connection) -> list[Finding]:
             "then `embed-worker migrate`",
         )
     ]
+
+
+def cron_finding(*, here: bool, cron_database: str | None, database: str, dsn: str) -> Finding:
+    """pg_cron, preloaded: it runs jobs in one database only (cron.database_name), where
+    schedule_sweep() works; in any other, it fails ("pg_cron is not installed in this
+    database"), so the sweep is scheduled from there or by another scheduler."""
+    if here:
+        return Finding("ok", "pg_cron", "preloaded, installed in this database")
+    if cron_database in (None, database):
+        return Finding(
+            "ok", "pg_cron", "preloaded; `embed-worker migrate` creates the extension here"
+        )
+    # (ok: pg_cron is optional, and the verification check warns when no sweep verifies)
+    return Finding(
+        "ok",
+        "pg_cron",
+        f"preloaded, but it runs jobs in database {cron_database} only (cron.database_name), "
+        f"not in {database}: embeddings.schedule_sweep() cannot schedule here",
+        f"run `{hints.command('sweep', dsn)}` from your scheduler, or from database "
+        f"{cron_database}: SELECT cron.schedule_in_database('embeddings-sweep', '* * * * *', "
+        f"'SELECT embeddings.sweep()', {escapes.shown_literal(database)});",
+    )
 
 
 def _grant_worker_fix(who: str) -> str:

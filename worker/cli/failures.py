@@ -36,6 +36,7 @@ def run(conn: db.Connection, args: argparse.Namespace, dsn: str) -> int:
             # --retry re-queues what the same command without it lists: --limit N included, so
             # a user who narrowed the list to what they checked re-queues no more than that
             every = args.table is None and args.ids is None and args.limit is None
+            _refuse_unknown_ids(conn, chosen, args)
             ids = None if every else [row[0] for row in _listed(conn, chosen, args.limit)]
             retried = conn.execute(queries.get("retry_failures"), {"ids": ids}).fetchone()
             print(f"re-queued {retried[0] if retried else 0} dead-lettered job(s)", file=sys.stderr)
@@ -58,6 +59,23 @@ def _targets(conn: db.Connection, table: str | None) -> list[int] | None:
     if not ids:
         raise exceptions.ConfigError(f"{name} is not watched: it has no dead letters")
     return ids
+
+
+def _refuse_unknown_ids(
+    conn: db.Connection, chosen: dict[str, Any], args: argparse.Namespace
+) -> None:
+    """ConfigError naming the --id values that are no dead letter (of TABLE, when given),
+    before anything is re-queued: a mistyped id was "re-queued 0", exit 0, beside the others."""
+    if not args.ids:
+        return
+    known = {row[0] for row in _listed(conn, chosen, None)}
+    unknown = list(dict.fromkeys(i for i in args.ids if i not in known))
+    if unknown:
+        of = f" of {args.table}" if args.table is not None else ""
+        raise exceptions.ConfigError(
+            f"no dead letter with id {', '.join(map(str, unknown))}{of}: nothing was re-queued "
+            "(`failures` lists them)"
+        )
 
 
 def _listed(conn: db.Connection, chosen: dict[str, Any], limit: int | None) -> list[Any]:

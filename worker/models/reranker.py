@@ -63,7 +63,16 @@ class CrossEncoder(onnx.OnnxModel):
         """Load a cross-encoder directory by path, or by name from `location`. Never opens a
         network connection: a model that is not on disk raises ModelNotFound."""
         spec = os.fspath(name_or_path)
-        directory = location.locate(spec)
+        try:
+            directory = location.locate(spec)
+        except exceptions.ModelNotFound:
+            if files.looks_like_path(spec) or location.incomplete(spec):
+                raise  # a path, or a directory that lacks a file: said as for any model
+            # (not the embedding models' catalog and `model download`, which has no reranker)
+            where = ", ".join(str(p) for p in location.search_dirs())
+            raise exceptions.ModelNotFound(
+                f"no cross-encoder directory {spec}/ (looked in {where})"
+            ) from None
         info = files.ModelDir.read(directory, name=directory.name)
         if info.fp32_file is None:
             raise exceptions.ModelNotFound(f"{directory} holds no fp32 model.onnx")

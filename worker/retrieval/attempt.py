@@ -245,6 +245,8 @@ def _reranker(conn: db.Connection, stage: rerank.RerankPlan, load: LoadReranker 
         # names and this worker lacks is the operator's, and may be served later: a 503.
         if stage.asked and registration is None:
             raise rerank.unknown(conn, stage.model) from None
+        if registration is None:
+            raise rerank.missing(conn, stage.model, exc) from exc
         raise rerank.RerankerUnavailable(f"reranker {stage.model}: {exc}") from exc
     except exceptions.ModelError as exc:
         raise rerank.RerankerUnavailable(f"reranker {stage.model}: {exc}") from exc

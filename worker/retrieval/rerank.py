@@ -71,22 +71,47 @@ def plan(request: SearchRequest, target: Target) -> RerankPlan | None:
 def unknown(conn: db.Connection, name: str) -> UnknownReranker:
     """The error for a search naming reranker `name`, which nothing serves: the rerankers that
     are registered, and the one it nearly names."""
+    return UnknownReranker(
+        f"no reranker {name!r}: {_registered(conn, name)}, and no cross-encoder directory of that "
+        f"name is where the worker looks for models (EMBED_MODEL_PATH); {_HOW_TO_GET_ONE}"
+    )
+
+
+def missing(conn: db.Connection, name: str, error: exceptions.ModelError) -> RerankerUnavailable:
+    """The error for a search of a table whose reranker (set_rerank(): any name, the workers'
+    directories are not known to the database) this worker cannot find: the rerankers that are
+    registered, and how to get one."""
+    return RerankerUnavailable(
+        f"reranker {name} (the table's, set by set_rerank()): {error}; "
+        f"{_registered(conn, name)}; {_HOW_TO_GET_ONE}"
+    )
+
+
+# What a reranker is and where it comes from (docs/rag.md, "Reranking").
+_HOW_TO_GET_ONE = (
+    "register a remote rerank API with embeddings.register_reranker(), or copy an exported ONNX "
+    "cross-encoder directory (model.onnx, tokenizer.json) named so onto EMBED_MODEL_PATH (the "
+    "model catalog has none to download)"
+)
+
+
+def _registered(conn: db.Connection, name: str) -> str:
+    """Says that `name` is not registered, with the rerankers that are and the one it nearly
+    names."""
     try:
         with db.translated():
             registered = [row[0] for row in conn.execute(queries.get("rerankers"), {"name": None})]
     except exceptions.DatabaseError:
         registered = []  # (a role that may not read the registry: no list to offer)
     close = difflib.get_close_matches(name, registered, n=1)
-    return UnknownReranker(
-        f"no reranker {name!r}: none is registered under that name"
+    return (
+        "none is registered under that name"
         + (f" (did you mean {close[0]!r}?)" if close else "")
         + (
             f"; registered rerankers: {', '.join(registered)}"
             if registered
             else "; no reranker is registered (embeddings.register_reranker())"
         )
-        + ", and no cross-encoder directory of that name is where the worker looks for models "
-        "(EMBED_MODEL_PATH)"
     )
 
 

@@ -79,8 +79,46 @@ def not_watched(conn: db.Connection, table: str, column: str | None = None, then
                 f"{table} is not watched with embedding column {column!r}: its embedding {are}"
                 f" {watched}"
             )
+    unwatchable = _unwatchable(conn, table)
+    if unwatchable is not None:
+        return unwatchable
     hint = f"SELECT embeddings.watch({escapes.shown_literal(table)}, 'content_column');{then}"
     return f"{table} is not watched: {hint}"
+
+
+# Relations watch() refuses as "not a table", by pg_class.relkind.
+_NOT_TABLES = {
+    "v": "a view",
+    "m": "a materialized view",
+    "f": "a foreign table",
+    "S": "a sequence",
+    "i": "an index",
+    "I": "an index",
+    "c": "a composite type",
+    "t": "a TOAST table",
+}
+
+
+def _unwatchable(conn: db.Connection, table: str) -> str | None:
+    """What to say of `table`, not watched, when watch() would refuse it too: a view or other
+    relation that is no table (search the watched tables it reads), a partition of a watched
+    table (search that: watching the partition would embed its rows twice); None for a table
+    watch() takes."""
+    params = {"table": table, "path": start_path(conn)}
+    with db.translated():
+        row = conn.execute(queries.get("unwatched_relation"), params).fetchone()
+    if row is None:
+        return None
+    kind, parent, read = row
+    if parent is not None:
+        return f"{table} is a partition of {parent}, which is watched: search {parent}"
+    if kind not in _NOT_TABLES:
+        return None
+    said = f"{table} is {_NOT_TABLES[kind]}, which cannot be watched (watch() takes tables)"
+    if read:
+        tables = "table it reads, " if len(read) == 1 else "tables it reads, "
+        return f"{said}: search the watched {tables}{' or '.join(read)}"
+    return f"{said}: watch a table it reads, and search that"
 
 
 def no_table(

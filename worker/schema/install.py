@@ -8,7 +8,9 @@ import importlib.resources
 import logging
 from pathlib import Path
 
-from worker import queries
+import psycopg
+
+from worker import exceptions, queries
 from worker.db import Connection
 from worker.schema import code, files, privileges
 
@@ -83,5 +85,11 @@ def use_installer_path(conn: Connection) -> None:
 
 
 def uninstall(conn: Connection) -> None:
-    """Removes the schema installed by `install` (user data stays)."""
-    run_files(conn, [files.sql_dir() / "uninstall.sql"])
+    """Removes the schema installed by `install` (user data stays). Raises EmbedWorkerError,
+    naming them, when objects not ours depend on the schema (uninstall.sql refuses to drop them
+    along; the caller's transaction undoes the rest)."""
+    try:
+        run_files(conn, [files.sql_dir() / "uninstall.sql"])
+    except psycopg.errors.DependentObjectsStillExist as exc:
+        diag = exc.diag
+        raise exceptions.EmbedWorkerError(f"{diag.message_primary}\n{diag.message_hint}") from None
