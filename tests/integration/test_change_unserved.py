@@ -5,6 +5,10 @@ application's rows are still embedded with the old model meanwhile").
 Before the fix only a new model that failed to load did so: a remote new model whose provider
 failed, or a new model whose dimensions do not fit the change's column, held the target's live
 jobs with the change's (the row written during the change had no vector at all).
+
+And a batch of such a change that holds both kinds of row (worker/pipeline/shadow.py): the
+application's (both vectors wanted) and the change's own (only the new vector), when the new
+model cannot serve at all, and when it fails on some rows only.
 """
 
 from __future__ import annotations
@@ -12,19 +16,23 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
+import numpy as np
 import psycopg
 import pytest
 
 from tests.integration.conftest import WIDE, WIDE_DIMS
 from tests.support.fetch import fetch_value
-from tests.support.provider_server import ProviderServer
+from tests.support.jobs import messages, move_inbox
+from tests.support.provider_server import ProviderServer, fake_vector
 from worker import exits
+from worker.models.loaded import LoadedModels
 from worker.models.remote import breaker as breakers
 from worker.models.remote import client
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 ROWS = 10
+LIVE = {1: "edited during the change", 11: "written during the change"}
 
 
 @pytest.fixture(autouse=True)
@@ -124,3 +132,97 @@ def test_a_remote_model_answering_other_dimensions_than_registered_is_told_to_re
     assert "SELECT embeddings.register_model('NEW_NAME', 384, ...), provider 'openai'" in fix
     assert "SELECT embeddings.watch('public.docs', 'body', model => 'NEW_NAME')" in fix, fix
     assert "reachable" not in fix and "key valid" not in fix, fix
+
+
+def one_lane(conn: Conn) -> None:
+    """The application's writes of LIVE and the change's jobs in one queue, so that the worker
+    reads them as one batch: the change's jobs (in the backfill lane) join the live lane."""
+    conn.execute("INSERT INTO docs VALUES (11, %s)", (LIVE[11],))
+    conn.execute("UPDATE docs SET body = %s WHERE id = 1", (LIVE[1],))
+    move_inbox(conn)
+    conn.execute(
+        "SELECT pgmq.send_batch('embedding_jobs', array_agg(message ORDER BY msg_id))"
+        " FROM pgmq.q_embedding_jobs_backfill"
+    )
+    conn.execute("SELECT pgmq.purge_queue('embedding_jobs_backfill')")
+    kinds = {bool(m.get("shadow")) for m in messages(conn)}
+    assert kinds == {True, False}, messages(conn)
+
+
+def shadow_column(conn: Conn) -> str:
+    return str(fetch_value(conn, "SELECT shadow_column FROM embeddings.model_changes"))
+
+
+def assert_old_vectors(conn: Conn, embedders: LoadedModels, old: str) -> None:
+    """The application's rows of LIVE have the old model's vector of their new content."""
+    for key, body in LIVE.items():
+        stored = fetch_value(conn, "SELECT embedding::text FROM docs WHERE id = %s", (key,))
+        got = np.array([float(x) for x in str(stored).strip("[]").split(",")])
+        assert np.allclose(got, embedders.get(old).embed([body])[0], atol=2e-3), key
+
+
+def test_the_application_rows_of_a_mixed_batch_get_the_old_vector_while_the_new_model_cannot_load(
+    conn: Conn, old_model: str, run_once: Callable[..., Worker], embedders: LoadedModels
+) -> None:
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('absent-model', 16, 512, 'mean')"
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'absent-model')")
+    one_lane(conn)
+
+    run_once(model=old_model, max_attempts=1, batch_size=64, expect=(exits.OK, exits.UNSERVED))
+
+    assert_old_vectors(conn, embedders, old_model)
+    column = shadow_column(conn)
+    assert conn.execute(f"SELECT count({column}) FROM docs").fetchone() == (0,)
+    # The change's jobs wait, no attempt spent (max_attempts=1: one would dead-letter them):
+    # every row's key but the application's new row is still queued, for the change.
+    assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    queued = {int(k) for m in messages(conn) for k in m.get("keys", [m.get("id")])}
+    assert queued >= set(range(2, ROWS + 1)), messages(conn)
+    assert all(m.get("shadow") for m in messages(conn)), messages(conn)
+    assert fetch_value(conn, "SELECT model FROM embeddings.targets") == old_model
+    assert conn.execute("SELECT count(*) FROM embeddings.model_changes").fetchone() == (1,)
+
+
+def test_a_row_the_new_model_fails_on_fails_alone_and_the_old_vector_is_kept(
+    conn: Conn, old_model: str, run_once: Callable[..., Worker], embedders: LoadedModels
+) -> None:
+    """The new model (a stand-in provider) refuses one input of the change's rows and one of
+    the application's: every other row gets its new vector in the same batch; the change's row
+    is dead-lettered with the provider's refusal; the application's keeps its old vector."""
+    conn.execute("UPDATE docs SET body = 'document POISON five' WHERE id = 5")
+    run_once(model=old_model)  # (its old vector)
+    LIVE[1] = "edited during the change, POISON"
+    try:
+        with ProviderServer(kind="openai", dims=8) as provider:
+            conn.execute(
+                "SELECT embeddings.register_model('remote-8', 8, 'openai', %s, 'test-model',"
+                " credential => '', timeout_seconds => 0.5)",
+                (provider.base_url,),
+            )
+            conn.execute("SELECT embeddings.watch('docs', 'body', model => 'remote-8')")
+            one_lane(conn)
+            run_once(
+                model=old_model, max_attempts=1, batch_size=64, expect=(exits.OK, exits.UNSERVED)
+            )
+    finally:
+        LIVE[1] = "edited during the change"
+    column = shadow_column(conn)
+    new = dict(conn.execute(f"SELECT id, {column}::text FROM docs").fetchall())
+    bodies = dict(conn.execute("SELECT id, body FROM docs").fetchall())
+    for key, vector in new.items():
+        if "POISON" in bodies[key]:
+            assert vector is None, key
+            continue
+        got = np.array([float(x) for x in str(vector).strip("[]").split(",")])
+        assert np.allclose(got, fake_vector(bodies[key], 8), atol=2e-3), key
+    failures = dict(
+        conn.execute("SELECT row_key::text, last_error FROM embeddings.failures").fetchall()
+    )
+    assert set(failures) == {"5"} and "POISON is not allowed" in failures["5"], failures
+    stored = fetch_value(conn, "SELECT embedding::text FROM docs WHERE id = 1")
+    got = np.array([float(x) for x in str(stored).strip("[]").split(",")])
+    expected = embedders.get(old_model).embed(["edited during the change, POISON"])[0]
+    assert np.allclose(got, expected, atol=2e-3)

@@ -171,17 +171,7 @@ def test_a_table_and_its_partition_watched_at_once_in_two_sessions_make_one_targ
             call = pool.submit(
                 two.execute, "SELECT embeddings.watch(%s, 'body', model => %s)", (second, minilm)
             )
-            wait_for(
-                lambda: (
-                    conn.execute(
-                        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
-                        (other,),
-                    ).fetchone()
-                    == (True,)
-                ),
-                timeout=30,
-                what="the second watch() to wait for the first",
-            )
+            waits_for_a_lock(conn, other)
             one.commit()
             with pytest.raises(psycopg.errors.ObjectInUse, match="rows would be embedded twice"):
                 call.result(timeout=60)
@@ -233,19 +223,23 @@ def test_a_watch_in_a_repeatable_read_transaction_beside_another_of_its_tree_fai
             call = pool.submit(
                 two.execute, "SELECT embeddings.watch('docs_eu', 'body', model => %s)", (minilm,)
             )
-            wait_for(
-                lambda: (
-                    conn.execute(
-                        "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s",
-                        (other,),
-                    ).fetchone()
-                    == (True,)
-                ),
-                timeout=30,
-                what="the second watch() to wait for the first",
-            )
+            waits_for_a_lock(conn, other)
             one.commit()
             with pytest.raises(psycopg.errors.SerializationFailure):
                 call.result(timeout=60)
         two.rollback()
     assert conn.execute("SELECT source::text FROM embeddings.targets").fetchall() == [("docs",)]
+
+
+def waits_for_a_lock(conn: Conn, pid: int) -> None:
+    """Until session `pid` (the second watch()) waits for a lock (the first's)."""
+    wait_for(
+        lambda: (
+            conn.execute(
+                "SELECT wait_event_type = 'Lock' FROM pg_stat_activity WHERE pid = %s", (pid,)
+            ).fetchone()
+            == (True,)
+        ),
+        timeout=30,
+        what="the second watch() to wait for the first",
+    )

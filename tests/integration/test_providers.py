@@ -307,15 +307,7 @@ def test_a_provider_that_is_down_opens_its_circuit_and_defers_its_target(
     ).fetchone()
     assert row is not None and "circuit open" in row[0] and "HTTP 500" in row[0]
     host = f"127.0.0.1:{provider.port}"
-    probe = ReadinessProbe(  # as /readyz asks (worker/http/server.py: serve())
-        worker.dsn,
-        worker.settings.queue,
-        registry=worker.registry,
-        embedders=worker.embedders,
-        default_model=worker.default_model,
-        stopped=lambda: True,
-        waiting=worker.waiting,
-    )
+    probe = readiness(worker)
     (deferred,) = probe.unservable_targets().items()
     assert deferred[0] == "public.docs.embedding" and "circuit open" in deferred[1]
     # The fix is the provider's, not a local model's (issue 37): the endpoint named, no key.
@@ -361,15 +353,7 @@ def test_a_probe_that_meets_a_429_is_the_reason_given_until_the_circuit_closes(
         worker = run_once(max_attempts=1, expect=(exits.OK, exits.UNSERVED))
         if provider.faults_served.get("429"):
             break
-    probe = ReadinessProbe(
-        worker.dsn,
-        worker.settings.queue,
-        registry=worker.registry,
-        embedders=worker.embedders,
-        default_model=worker.default_model,
-        stopped=lambda: True,
-        waiting=worker.waiting,
-    )
+    probe = readiness(worker)
     (reason,) = probe.unservable_targets().values()
     assert "rate limited (429)" in reason and "HTTP 500" not in reason, reason
     drain(conn, run_once)
@@ -473,3 +457,16 @@ def test_blue_green_changes_between_a_local_and_a_remote_model_both_ways(
     assert all(np.allclose(back[i], local[i], atol=2e-3) for i in local)
     producers = conn.execute("SELECT model FROM embeddings.provenance WHERE NOT shadow").fetchall()
     assert producers == [(minilm,)]
+
+
+def readiness(worker: Worker) -> ReadinessProbe:
+    """/readyz's probe of a finished worker, as serve() makes it (worker/http/server.py)."""
+    return ReadinessProbe(
+        worker.dsn,
+        worker.settings.queue,
+        registry=worker.registry,
+        embedders=worker.embedders,
+        default_model=worker.default_model,
+        stopped=lambda: True,
+        waiting=worker.waiting,
+    )
