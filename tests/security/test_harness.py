@@ -302,12 +302,22 @@ def _sql_search(ctx: Context) -> None:
 
 
 def _failures_retry(ctx: Context) -> None:
-    """Dead letters listed and re-queued by table (named as the role's own sessions find it:
-    relation_named(), past the overloads planted in its path), by id, then all."""
+    """Dead letters (one of each watched table's, planted) listed and re-queued by id, by
+    table (named as the role's own sessions find it: relation_named(), past the overloads
+    planted in its path), then all; an id that is no dead letter is refused."""
+    with ctx.roles.connect() as su:
+        su.execute("SET search_path = pg_catalog, pg_temp")  # (past the planted overloads)
+        ids = su.execute(
+            "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message,"
+            " attempts, last_error) SELECT t.id, t.source::text, '1', t.queue,"
+            " jsonb_build_object('target', t.id, 'keys', jsonb_build_array(1)), 5, 'boom'"
+            " FROM embeddings.targets t RETURNING id"
+        ).fetchall()
     ctx.cli("failures", "docs_row", "--limit", "5")
+    ctx.cli("failures", "--id", str(ids[0][0]), "--id", str(ids[-1][0]), "--retry")
     ctx.cli("failures", "docs_row", "--retry")
-    ctx.cli("failures", "--id", "1", "--id", "2", "--retry")
     ctx.cli("failures", "--retry")
+    ctx.cli("failures", "--id", str(ids[0][0]), "--retry", refused=True)  # (re-queued above)
 
 
 def _status(ctx: Context) -> None:
