@@ -82,7 +82,7 @@ LANGUAGE plpgsql VOLATILE SET search_path = pg_catalog, pg_temp SET standard_con
 DECLARE
     deadline timestamptz := clock_timestamp() + make_interval(secs => greatest(timeout_ms, 0) / 1000.0);
     live_table text;
-    lane_table text;
+    backfill_table text;
     next_job_query text;
     next_job timestamptz;
     looked_at text;
@@ -92,9 +92,9 @@ BEGIN
     IF queue_name IS NULL THEN
         RAISE EXCEPTION 'embeddings.wait_for_jobs(): queue_name must not be NULL' USING ERRCODE = 'invalid_parameter_value';
     END IF;
-    live_table := format('pgmq.%I', pgmq.format_table_name(queue_name, 'q'));
-    lane_table := format('pgmq.%I', pgmq.format_table_name(embeddings_internal.backfill_queue(queue_name), 'q'));
-    IF to_regclass(live_table) IS NULL OR (backfill AND to_regclass(lane_table) IS NULL) THEN
+    live_table := format('pgmq.%I', embeddings_internal.lane_table(queue_name, 'live'));
+    backfill_table := format('pgmq.%I', embeddings_internal.lane_table(queue_name, 'backfill'));
+    IF to_regclass(live_table) IS NULL OR (backfill AND to_regclass(backfill_table) IS NULL) THEN
         RAISE EXCEPTION 'embeddings.wait_for_jobs(): no queue "%"%', queue_name,
                 CASE WHEN to_regclass(live_table) IS NULL THEN '' ELSE ' with a backfill lane (backfill => false waits on it alone)' END
             USING ERRCODE = 'invalid_parameter_value',
@@ -102,7 +102,7 @@ BEGIN
     END IF;
     -- The earliest visibility timeout of either lane: visible now when it has passed.
     next_job_query := format('SELECT least((SELECT min(q.vt) FROM %s q), %s)', live_table,
-                             CASE WHEN backfill THEN format('(SELECT min(b.vt) FROM %s b)', lane_table) ELSE 'NULL' END);
+                             CASE WHEN backfill THEN format('(SELECT min(b.vt) FROM %s b)', backfill_table) ELSE 'NULL' END);
     LOOP
         snapshot := pg_current_snapshot()::text;
         IF snapshot IS DISTINCT FROM looked_at OR clock_timestamp() >= next_job THEN
@@ -222,7 +222,8 @@ $$;
 -- The pgmq table (in schema pgmq) that holds the jobs of lane `lane` ('live' or 'backfill') of
 -- live queue `queue_name`, by pgmq's own naming rule (pgmq.format_table_name()): the one place
 -- that says where a lane's jobs are, for SQL that reads or updates them directly
--- (dispatch_batches(), doctor's check of what the worker role may do).
+-- (wait_for_jobs(), release_held(), dispatch_batches(), doctor's check of what the worker role
+-- may do).
 CREATE FUNCTION embeddings_internal.lane_table(queue_name text, lane text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
     SELECT pgmq.format_table_name(CASE lane WHEN 'live' THEN queue_name

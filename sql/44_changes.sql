@@ -102,13 +102,13 @@ DECLARE
     moved bigint;
     released bigint := 0;
 BEGIN
-    FOREACH lane IN ARRAY ARRAY[t.queue, embeddings_internal.backfill_queue(t.queue)] LOOP
+    FOREACH lane IN ARRAY ARRAY['live', 'backfill'] LOOP
         EXECUTE format($q$
             UPDATE pgmq.%I q SET vt = $2
             WHERE q.vt > $2
               AND q.message #> '{held,until}' = pg_catalog.to_jsonb(EXTRACT(epoch FROM q.vt))
               AND q.message #> '{held,target}' = pg_catalog.to_jsonb($1)
-            $q$, pgmq.format_table_name(lane, 'q')) USING t.id, pg_catalog.clock_timestamp();
+            $q$, embeddings_internal.lane_table(t.queue, lane)) USING t.id, pg_catalog.clock_timestamp();
         GET DIAGNOSTICS moved = ROW_COUNT;
         released := released + moved;
     END LOOP;
