@@ -18,7 +18,7 @@ import pytest
 from tests.support.jobs import deferred_reason, expire_leases, lanes, messages
 from tests.support.models import shared_models_dir
 from tests.support.provider_server import ProviderServer, fake_vector
-from worker import exits, metrics
+from worker import db, exits, metrics
 from worker.config import Settings
 from worker.http.readiness import ReadinessProbe
 from worker.models import onnx
@@ -331,6 +331,26 @@ def test_a_provider_that_is_down_opens_its_circuit_and_defers_its_target(
         metrics.REGISTRY.get_sample_value("embed_worker_provider_circuit_open", {"provider": host})
         == 0
     )
+
+
+def test_a_change_off_a_remote_model_whose_provider_is_down_holds_the_target(
+    conn: Conn,
+    run_once: Callable[..., Worker],
+    provider: ProviderServer,
+    tiny_models: tuple[str, str],
+) -> None:
+    """Its new model loaded, a change is served by the new model alone only when the old one
+    cannot load (pipeline/shadow.py); an old model whose provider's circuit is open still
+    defers the application's rows: /readyz names the target, with that reason."""
+    watched_docs(conn, register(conn, provider))
+    provider.down = True
+    worker = run_once(max_attempts=1, expect=exits.UNSERVED)  # (the circuit opens)
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (tiny_models[0],))
+    worker.embedders.get(tiny_models[0])
+    with db.connect(worker.dsn) as reading:
+        worker.registry.refresh(reading)  # (the change, as the next batch reads it)
+    (reason,) = readiness(worker).unservable_targets().values()
+    assert "circuit open" in reason, reason
 
 
 def test_a_probe_that_meets_a_429_is_the_reason_given_until_the_circuit_closes(

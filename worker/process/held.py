@@ -51,11 +51,11 @@ def unservable(queue: str, registry: TargetRegistry, embedders: LoadedModels) ->
         problem = target.problem(model.dim if model is not None else None)
         if problem is None:
             problem = _model_problem(target.model, failed, circuits, embedders)
-            if target.in_change:
-                change = _change_problem(target, failed, circuits, embedders)
-                # Its old model unservable, its rows get the new model's vector alone
-                # (pipeline/shadow.py): the change's problem, if any, is the target's.
-                problem = change if problem is None or change is not None else None
+            if target.in_change and (problem is None or target.model in failed):
+                # The change's new model decides, and serves alone when the old one cannot
+                # load (pipeline/shadow.py: every row gets the new vector only); an old model
+                # that loaded but cannot answer (its provider down) still defers the rows.
+                problem = _change_problem(target, failed, circuits, embedders)
         if problem is not None:
             found[target.name] = problem
     return found
