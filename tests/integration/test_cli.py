@@ -539,6 +539,9 @@ def test_failures_of_one_table_or_some_ids_are_listed_and_retried_alone(
         code, _, err = failures(*argv, "--retry")
         assert code == 2 and f"{unknown}: nothing was re-queued" in err, err
         assert len(left()) == 2
+        # Listed, such an id said "no dead-lettered jobs", exit 0, as if that row had none.
+        code, out, err = failures(*argv)
+        assert code == 2 and f"{unknown} (`failures` lists them)" in err and not out, err
     code, _, err = failures("--limit", "1", "--retry")  # what `failures --limit 1` lists, no more
     assert code == 0 and "re-queued 1 dead-lettered job(s)" in err
     assert left() == [("public.notes.embedding", 3)]

@@ -32,11 +32,11 @@ def check(args: argparse.Namespace) -> None:
 def run(conn: db.Connection, args: argparse.Namespace, dsn: str) -> int:
     with db.translated():
         chosen = {"targets": _targets(conn, args.table), "ids": args.ids}
+        _refuse_unknown_ids(conn, chosen, args)
         if args.retry:
             # --retry re-queues what the same command without it lists: --limit N included, so
             # a user who narrowed the list to what they checked re-queues no more than that
             every = args.table is None and args.ids is None and args.limit is None
-            _refuse_unknown_ids(conn, chosen, args)
             ids = None if every else [row[0] for row in _listed(conn, chosen, args.limit)]
             retried = conn.execute(queries.get("retry_failures"), {"ids": ids}).fetchone()
             print(f"re-queued {retried[0] if retried else 0} dead-lettered job(s)", file=sys.stderr)
@@ -65,16 +65,18 @@ def _refuse_unknown_ids(
     conn: db.Connection, chosen: dict[str, Any], args: argparse.Namespace
 ) -> None:
     """ConfigError naming the --id values that are no dead letter (of TABLE, when given),
-    before anything is re-queued: a mistyped id was "re-queued 0", exit 0, beside the others."""
+    before anything is listed or re-queued: a mistyped id was "re-queued 0", exit 0, beside the
+    others, and listed as "no dead-lettered jobs", exit 0, as if that row had none."""
     if not args.ids:
         return
     known = {row[0] for row in _listed(conn, chosen, None)}
     unknown = list(dict.fromkeys(i for i in args.ids if i not in known))
     if unknown:
         of = f" of {args.table}" if args.table is not None else ""
+        done = ": nothing was re-queued" if args.retry else ""
         raise exceptions.ConfigError(
-            f"no dead letter with id {', '.join(map(str, unknown))}{of}: nothing was re-queued "
-            "(`failures` lists them)"
+            f"no dead letter with id {', '.join(map(str, unknown))}{of}{done}"
+            " (`failures` lists them)"
         )
 
 
