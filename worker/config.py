@@ -17,6 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, TypeVar
 
+from worker import conninfo
 from worker.environment import FromEnvironment
 from worker.models import files
 from worker.models.catalog import DEFAULT_MODEL, Variant
@@ -170,9 +171,8 @@ class Settings(FromEnvironment):
     @property
     def dsn(self) -> str:
         """The database: DATABASE_URL, else libpq's PG* variables, else the `make db` cluster."""
-        from worker import db
 
-        return db.resolve_dsn(self.database_url, devdb_port=self.devdb_port)
+        return conninfo.resolve_dsn(self.database_url, devdb_port=self.devdb_port)
 
     @property
     def per_transaction(self) -> bool:

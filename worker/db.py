@@ -1,5 +1,6 @@
-"""Connections: finding the database, connecting, and translating errors (a worker thread's
-connection that comes back when lost: worker/sessions.py).
+"""Connections: connecting, and translating errors (which database a DSN names and how to print
+it: worker/conninfo.py; a worker thread's connection that comes back when lost:
+worker/sessions.py).
 
 This is the one boundary where psycopg errors become `worker.exceptions` errors: a broken
 connection becomes `ConnectionLost` (the caller reconnects), anything else `DatabaseError`.
@@ -8,26 +9,24 @@ connection becomes `ConnectionLost` (the caller reconnects), anything else `Data
 from __future__ import annotations
 
 import logging
-import os
 import re
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 import psycopg
-from psycopg.conninfo import conninfo_to_dict, make_conninfo
+from psycopg.conninfo import make_conninfo
 from psycopg_pool import ConnectionPool
 
 from worker import exceptions, queries, session_guard
+from worker.conninfo import describe, redact
 
 logger = logging.getLogger(__name__)
 
-DEVDB_PORT = 54329
 APPLICATION_NAME = "embed-worker"
 # The server's answer to a wrong password (libpq has no SQLSTATE for a failed connection).
 _AUTHENTICATION = re.compile(r'authentication failed for user "(?P<user>[^"]*)"')
-_PG_ENV = ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE")
 # The longest any of our statements waits for a lock, in ms (EMBED_LOCK_TIMEOUT_MS's default).
 DEFAULT_LOCK_TIMEOUT_MS = 500
 # SQLSTATEs of a wait cut short: a lock not granted within lock_timeout, a statement past its
@@ -39,57 +38,6 @@ TRANSACTION_CONFLICTS = frozenset({"40001", "40P01"})  # serialization failure, 
 READ_ONLY_TRANSACTION = "25006"
 
 Connection = psycopg.Connection[Any]
-
-
-def resolve_dsn(
-    url: str | None, env: Mapping[str, str] | None = None, *, devdb_port: int = DEVDB_PORT
-) -> str:
-    """DATABASE_URL when given; else the standard PG* variables (libpq reads them itself, so
-    the empty conninfo); else the local `make db` cluster on `devdb_port` (DEVDB_PORT, from the
-    Settings: `settings.dsn`). `env` (default: the process environment) is only looked at for
-    libpq's own PG* variables."""
-    env = os.environ if env is None else env
-    if url:
-        return url
-    if uses_pg_environment(env):
-        return ""
-    return f"postgresql://postgres@127.0.0.1:{devdb_port}/embed"
-
-
-def uses_pg_environment(env: Mapping[str, str] | None = None) -> bool:
-    """Whether libpq's PG* variables name the database (resolve_dsn without a URL)."""
-    env = os.environ if env is None else env
-    return any(env.get(name) for name in _PG_ENV)
-
-
-_URL_PASSWORD = re.compile(r"(postgres(?:ql)?://[^:/@\s]*:)[^@\s]*@")
-# A value already redacted (*** then only the quotes that close the text around it) is left as
-# it is: a hint redacts its connection string and the log filter redacts the line again, and a
-# second pass taking `***'` for a value ate the shell quote that closes it. A quoted value takes
-# what follows its closing quote up to a space, so that *** never comes out with more after it.
-_KV_PASSWORD = re.compile(
-    r"""(password\s*=\s*)(?!\*\*\*['"]*(?:\s|$))('(?:[^'\\]|\\.)*'\S*|\S+)""", re.IGNORECASE
-)
-
-
-def redact(text: str) -> str:
-    """`text` with any password in a connection string replaced by ***; idempotent: what it
-    returns, it returns unchanged."""
-    text = _URL_PASSWORD.sub(r"\1***@", text)
-    return _KV_PASSWORD.sub(r"\1***", text)
-
-
-def describe(dsn: str) -> str:
-    """A password-free summary of where `dsn` points, for logs."""
-    try:
-        params = conninfo_to_dict(dsn)
-    except psycopg.ProgrammingError:
-        return "<invalid connection string>"
-    params.pop("password", None)
-    host = params.get("host") or os.environ.get("PGHOST") or "localhost"
-    port = params.get("port") or os.environ.get("PGPORT") or "5432"
-    db = params.get("dbname") or os.environ.get("PGDATABASE") or params.get("user") or ""
-    return f"{host}:{port}/{db}"
 
 
 def connect(

@@ -11,7 +11,7 @@ import sys
 from datetime import UTC, datetime
 from typing import Any
 
-from worker import db
+from worker import conninfo
 from worker.escapes import visible
 
 # Attributes every LogRecord has; anything else was passed with `extra=` and goes into JSON.
@@ -23,7 +23,7 @@ class RedactingFilter(logging.Filter):
 
     def filter(self, record: logging.LogRecord) -> bool:
         message = record.getMessage()
-        redacted = db.redact(message)
+        redacted = conninfo.redact(message)
         if redacted != message:
             record.msg, record.args = redacted, None
         return True
@@ -48,7 +48,7 @@ class JsonFormatter(logging.Formatter):
         }
         entry.update({k: v for k, v in vars(record).items() if k not in _STANDARD})
         if record.exc_info:
-            entry["exception"] = db.redact(self.formatException(record.exc_info))
+            entry["exception"] = conninfo.redact(self.formatException(record.exc_info))
         return json.dumps(entry, default=str)
 
 
@@ -67,7 +67,7 @@ class TextFormatter(logging.Formatter):
         return super().formatMessage(record)
 
     def formatException(self, ei: Any) -> str:
-        return db.redact(super().formatException(ei))
+        return conninfo.redact(super().formatException(ei))
 
 
 def configure(log_format: str = "text", level: str = "INFO") -> None:

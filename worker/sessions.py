@@ -13,13 +13,12 @@ from dataclasses import KW_ONLY, dataclass, field
 import psycopg
 import tenacity
 
-from worker import exceptions, metrics
+from worker import conninfo, exceptions, metrics
 from worker.backoff import Backoff
 from worker.db import (
     DEFAULT_LOCK_TIMEOUT_MS,
     Connection,
     connect,
-    describe,
     register_vector_types,
     takes_no_writes,
 )
@@ -127,7 +126,9 @@ class Session:
                 try:
                     read_only = takes_no_writes(conn)
                     if read_only is not None:
-                        raise exceptions.DatabaseReadOnly(f"{describe(self.dsn)} {read_only}")
+                        raise exceptions.DatabaseReadOnly(
+                            f"{conninfo.describe(self.dsn)} {read_only}"
+                        )
                     if self.vectors:
                         register_vector_types(conn)
                 except BaseException:
@@ -136,7 +137,7 @@ class Session:
                 self._conn = conn
                 reachable(self.dsn)  # (the other sessions waiting to reconnect retry now)
                 if attempt.retry_state.attempt_number > 1:
-                    logger.info("%s: reconnected to %s", self.name, describe(self.dsn))
+                    logger.info("%s: reconnected to %s", self.name, conninfo.describe(self.dsn))
         assert self._conn is not None
         return self._conn
 

@@ -16,7 +16,7 @@ from psycopg.conninfo import make_conninfo
 
 from tests.support.cluster import Cluster, free_port
 from tests.support.process import run_cli
-from worker import db, exceptions, sessions
+from worker import conninfo, db, exceptions, sessions
 
 
 @pytest.fixture
@@ -88,7 +88,7 @@ def test_doctor_says_why_it_cannot_connect(dsn: str) -> None:
 
 
 def test_doctor_says_to_set_database_url_when_nothing_names_a_database() -> None:
-    env = {name: "" for name in ("DATABASE_URL", *db._PG_ENV)}
+    env = {name: "" for name in ("DATABASE_URL", *conninfo.PG_ENV)}
     result = run_cli("doctor", env={**env, "DEVDB_PORT": str(free_port())})
     assert result.returncode == 1
     assert "set DATABASE_URL (or --database-url)" in result.stdout, result.stdout

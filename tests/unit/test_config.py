@@ -11,7 +11,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from worker import config, db, exceptions, exits
+from worker import config, conninfo, exceptions, exits
 from worker.config import Settings
 from worker.secret import Secret
 
@@ -93,10 +93,10 @@ def test_every_positive_setting_refuses_zero(name: str) -> None:
 
 
 def test_database_url_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert db.resolve_dsn("postgresql://x@h/db", {}) == "postgresql://x@h/db"
-    assert db.resolve_dsn(None, {"PGHOST": "db.internal"}) == ""
-    assert db.resolve_dsn(None, {}) == "postgresql://postgres@127.0.0.1:54329/embed"
-    assert db.resolve_dsn(None, {}, devdb_port=6000).endswith(":6000/embed")
+    assert conninfo.resolve_dsn("postgresql://x@h/db", {}) == "postgresql://x@h/db"
+    assert conninfo.resolve_dsn(None, {"PGHOST": "db.internal"}) == ""
+    assert conninfo.resolve_dsn(None, {}) == "postgresql://postgres@127.0.0.1:54329/embed"
+    assert conninfo.resolve_dsn(None, {}, devdb_port=6000).endswith(":6000/embed")
     for name in ("PGHOST", "PGHOSTADDR", "PGPORT", "PGDATABASE", "PGUSER", "PGSERVICE"):
         monkeypatch.delenv(name, raising=False)
     assert Settings.from_env({"DEVDB_PORT": "6000"}).dsn.endswith("@127.0.0.1:6000/embed")
@@ -114,9 +114,9 @@ def test_database_url_resolution(monkeypatch: pytest.MonkeyPatch) -> None:
     ],
 )
 def test_passwords_are_redacted(text: str, expected: str) -> None:
-    assert db.redact(text) == expected
-    assert db.redact(expected) == expected
-    assert db.describe("postgresql://app:s3cret@db:5433/x") == "db:5433/x"
+    assert conninfo.redact(text) == expected
+    assert conninfo.redact(expected) == expected
+    assert conninfo.describe("postgresql://app:s3cret@db:5433/x") == "db:5433/x"
 
 
 def test_a_redacted_hint_keeps_its_quotes_through_the_log_filter() -> None:
@@ -145,8 +145,8 @@ _PIECES = ["password=", "PASSWORD = ", "postgresql://u:", "***", "pw", *"'\"\\ \
 def test_redaction_is_idempotent(pieces: list[str]) -> None:
     """What redact() returns it returns unchanged: a line redacted twice (a hint, then the log
     filter) reads as redacted once."""
-    once = db.redact("".join(pieces))
-    assert db.redact(once) == once
+    once = conninfo.redact("".join(pieces))
+    assert conninfo.redact(once) == once
 
 
 @pytest.mark.parametrize(
@@ -185,7 +185,7 @@ def test_listen_accepts_auto_true_false_only() -> None:
 
 # Environment variables that others define and read; we only look at them, where they live.
 READ_ELSEWHERE = {
-    "worker/db.py": "libpq's PG* variables: which database an empty conninfo means",
+    "worker/conninfo.py": "libpq's PG* variables: which database an empty conninfo means",
     "worker/process/systemd.py": "NOTIFY_SOCKET: systemd's notification protocol",
 }
 

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Literal
 
 import psycopg
 
-from worker import db, exceptions, exits, queries, schema
+from worker import conninfo, db, exceptions, exits, queries, schema
 from worker.cli import embedding, hints, output
 from worker.cli.connection import connect
 from worker.config import PG_INTEGER_MAX, SECONDS_MAX, Settings
@@ -98,7 +98,7 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
     except exceptions.EmbedWorkerError:
         raise
     except Exception as exc:  # psycopg/SQLAlchemy errors from inside Alembic
-        message = f"migration failed: {db.redact(str(exc))}"
+        message = f"migration failed: {conninfo.redact(str(exc))}"
         if _denied(exc):
             message += (
                 f". migrate changes the schema: it runs as the role that installed it (the "

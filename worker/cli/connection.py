@@ -3,7 +3,7 @@ package's release."""
 
 from __future__ import annotations
 
-from worker import db, exceptions, schema
+from worker import conninfo, db, exceptions, schema
 from worker.cli import hints, output
 from worker.config import Settings
 
@@ -32,7 +32,7 @@ def connect(settings: Settings, *, searcher: bool = False) -> db.Connection:
     if not installed:
         conn.close()
         raise exceptions.SchemaMismatch(
-            f"the embeddings schema is not installed in {db.describe(dsn)}: run "
+            f"the embeddings schema is not installed in {conninfo.describe(dsn)}: run "
             f"`{hints.command('migrate', settings.dsn)}` (or `make migrate` for the local cluster)"
         )
     return conn

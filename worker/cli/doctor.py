@@ -10,7 +10,7 @@ import shlex
 
 import psycopg
 
-from worker import db, escapes, exceptions, exits, queries, schema
+from worker import conninfo, db, escapes, exceptions, exits, queries, schema
 from worker.cli import (
     hints,
     model_findings,
@@ -85,17 +85,17 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
 def _connect_fix(error: str, dsn: str, settings: Settings) -> str:
     """What to do when the database cannot be reached: the variable is set only when it is
     not (nor PG*), the database made when it is missing, else the server looked at."""
-    if not settings.database_url and not db.uses_pg_environment():
+    if not settings.database_url and not conninfo.uses_pg_environment():
         return (
             "set DATABASE_URL (or --database-url): unset, with no PG* variables, the local "
-            f"`make db` cluster is tried ({db.describe(dsn)})"
+            f"`make db` cluster is tried ({conninfo.describe(dsn)})"
         )
     if "does not exist" in error and "database" in error:
         return "create the database (CREATE DATABASE), or name an existing one in DATABASE_URL"
     if error.startswith("invalid DATABASE_URL"):
         return "correct DATABASE_URL (a postgresql:// URL or a libpq conninfo)"
     return (
-        f"check that the server at {db.describe(dsn)} runs and accepts connections from here "
+        f"check that the server at {conninfo.describe(dsn)} runs and accepts connections from here "
         "(the host and port in DATABASE_URL, listen_addresses, pg_hba.conf, a firewall)"
     )
 
@@ -103,9 +103,9 @@ def _connect_fix(error: str, dsn: str, settings: Settings) -> str:
 def _database(conn: db.Connection, dsn: str) -> Finding:
     read_only = db.takes_no_writes(conn)
     if read_only is None:
-        return Finding("ok", "database", f"connected to {db.describe(dsn)}")
+        return Finding("ok", "database", f"connected to {conninfo.describe(dsn)}")
     why, fix = read_only
-    detail = f"{db.describe(dsn)} takes no writes: {why}; the worker waits until it does"
+    detail = f"{conninfo.describe(dsn)} takes no writes: {why}; the worker waits until it does"
     return Finding("FAIL", "database", detail, fix)
 
 

@@ -12,7 +12,7 @@ import re
 import sys
 from typing import TYPE_CHECKING, Any
 
-from worker import db, exceptions, exits
+from worker import conninfo, db, exceptions, exits
 from worker.cli import connection, hints, output
 from worker.cli.connection import connect
 from worker.config import Settings
@@ -73,9 +73,9 @@ def _default_model(settings: Settings) -> str:
         return name
     name = settings.default_model(found)
     why = (
-        f"the database's default model, embeddings.default_model() in {db.describe(dsn)}"
+        f"the database's default model, embeddings.default_model() in {conninfo.describe(dsn)}"
         if found
-        else f"the built-in default: {db.describe(dsn)} names no default model"
+        else f"the built-in default: {conninfo.describe(dsn)} names no default model"
     )
     print(f"embed-worker: model {name} ({why})", file=sys.stderr)
     return name

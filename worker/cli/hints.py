@@ -14,7 +14,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from worker import db
+from worker import conninfo
 from worker.config import Settings
 from worker.models import catalog
 from worker.models.files import DEFAULT_CACHE_DIR
@@ -42,7 +42,7 @@ def command(arguments: str, dsn: str | None, env: Mapping[str, str] | None = Non
     directory a model was found in) set in front of it."""
     prefix = ""
     if dsn:  # even when DATABASE_URL is set here: `make` may have set it, not the user's shell
-        prefix = f"DATABASE_URL={shlex.quote(db.redact(dsn))} "
+        prefix = f"DATABASE_URL={shlex.quote(conninfo.redact(dsn))} "
     for name, value in (env or {}).items():
         prefix += f"{name}={shlex.quote(value)} "
     return f"{prefix}{executable()} {arguments}"

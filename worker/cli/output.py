@@ -10,7 +10,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from worker import db
+from worker import conninfo
 from worker.escapes import visible
 
 
@@ -56,7 +56,7 @@ def preview(text: str | None, width: int = 90) -> str:
 
 def database_line(dsn: str, explicit: str | None) -> str:
     """Which database a command talks to, and why that one."""
-    where = db.describe(dsn)
+    where = conninfo.describe(dsn)
     if explicit:
         return f"database {where}"
     if dsn == "":

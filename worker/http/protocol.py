@@ -24,7 +24,7 @@ from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler
 from typing import Any
 
-from worker import db
+from worker import conninfo
 
 MAX_REQUEST_LINE = 8192  # bytes; a longer request line is answered 414
 MAX_HEAD = 65536  # bytes of request line and headers together; more is answered 431
@@ -244,7 +244,7 @@ class Answer:
             headers["WWW-Authenticate"] = "Bearer"
         if retry_after is not None:
             headers["Retry-After"] = str(retry_after)
-        return cls.json(status, {"error": db.redact(message)}, headers)
+        return cls.json(status, {"error": conninfo.redact(message)}, headers)
 
 
 BUSY = Answer.error(

@@ -25,7 +25,7 @@ from datetime import UTC, datetime
 
 import psycopg
 
-from worker import db, metrics, queries
+from worker import conninfo, db, metrics, queries
 from worker.config import Settings
 from worker.pipeline import bounds, deferrals, faults, fingerprints, provenance, stores
 from worker.pipeline import jobs as jobqueue
@@ -182,7 +182,7 @@ def _write_target(
             if db.unavailable(exc):
                 # The target's functions cannot write as its owner now (sql/32_access.sql):
                 # its jobs wait, no row fails.
-                outcome.deferred[target.id] = f"{target.name}: {db.redact(str(exc).strip())}"
+                outcome.deferred[target.id] = f"{target.name}: {conninfo.redact(str(exc).strip())}"
                 return
             if exc.sqlstate == db.LOCK_NOT_AVAILABLE:
                 # Its table, side or chunk table, or a document another worker is writing,
@@ -249,7 +249,7 @@ def _write_one_by_one(
                 outcome.fail(row, bounds.owner_code_error("storing the embedding", bound))
                 outcome.block(rows[i + 1 :])
                 return
-            outcome.fail(row, f"storing the embedding failed: {db.redact(str(exc).strip())}")
+            outcome.fail(row, f"storing the embedding failed: {conninfo.redact(str(exc).strip())}")
 
 
 def _count(batch: Batch, settlement: Settlement) -> None:

@@ -9,7 +9,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from worker import db, exceptions, metrics, queries, schema, sessions
+from worker import conninfo, db, exceptions, metrics, queries, schema, sessions
 from worker.config import Settings
 from worker.models import catalog, files
 from worker.models.loaded import LoadedModels
@@ -37,7 +37,7 @@ def startup_timeout_message(exc: exceptions.StatementTimeout) -> str:
 def announce(settings: Settings) -> None:
     logger.info(
         "embed-worker starting: database %s, queue %s%s, model %s (%s), batch %d",
-        db.describe(settings.dsn),
+        conninfo.describe(settings.dsn),
         settings.queue,
         "" if settings.pull else " (push only: no pulling)",
         settings.model or "the database's default",
@@ -167,7 +167,7 @@ class Startup:
             lock_timeout_ms=self.lock_timeout_ms,
             per_transaction=self.per_transaction,
         )
-        systemd.notify(status=f"connecting to {db.describe(self.dsn)}")
+        systemd.notify(status=f"connecting to {conninfo.describe(self.dsn)}")
         try:
             while not self.stopping.is_set():
                 try:

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 
-from worker import db, exceptions
+from worker import conninfo, db, exceptions
 
 # SQLSTATEs of a search the caller got wrong (a bad comparison, a column type filters do not
 # take, a value of the wrong type).
@@ -72,4 +72,4 @@ def _told(exc: exceptions.DatabaseError) -> str:
         for label, text in (("DETAIL", diag.message_detail), ("HINT", diag.message_hint))
         if text
     ]
-    return db.redact("\n".join(parts))
+    return conninfo.redact("\n".join(parts))

@@ -16,7 +16,7 @@ import psycopg
 from psycopg import pq
 from psycopg_pool import PoolTimeout
 
-from worker import db, exceptions, metrics
+from worker import conninfo, db, exceptions, metrics
 from worker.session_guard import GuardedConnection
 
 logger = logging.getLogger(__name__)
@@ -86,7 +86,7 @@ class SearchConnections:
                     self._count_tables(conn)
         except PoolTimeout:
             raise exceptions.ConnectionLost(
-                f"no connection to {db.describe(self.dsn)} for the search within "
+                f"no connection to {conninfo.describe(self.dsn)} for the search within "
                 f"{CONNECTION_TIMEOUT:.0f} s"
             ) from None
 
