@@ -1,11 +1,11 @@
 """The worker threads' connections: one each, that comes back when lost (`Session`), and waits
-for a database that takes writes; woken when the database is reachable again (`reachable`)."""
+for a database that takes writes; woken when the database is reachable again
+(worker/outages.py)."""
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections.abc import Iterable
 from contextlib import suppress
 from dataclasses import KW_ONLY, dataclass, field
@@ -13,7 +13,7 @@ from dataclasses import KW_ONLY, dataclass, field
 import psycopg
 import tenacity
 
-from worker import conninfo, exceptions, metrics
+from worker import conninfo, exceptions, metrics, outages
 from worker.backoff import Backoff
 from worker.db import (
     DEFAULT_LOCK_TIMEOUT_MS,
@@ -27,50 +27,9 @@ logger = logging.getLogger(__name__)
 
 # 0.5 s doubling to 30 s (times 1 to 1.5), like psycopg_pool: gentle on a database that is
 # restarting, with every worker's sessions knocking. A session does not sleep out the rest of
-# its wait once another connection of this process got through (`reachable`).
+# its wait once the database was reached again: by another connection of this process, or by
+# the probe that looks for it meanwhile (worker/outages.py).
 RECONNECT = Backoff(0.5, 30.0, spread=(1.0, 1.5))
-# How often a session waiting out its backoff looks whether the database was reached meanwhile
-# (its stop event cuts the wait short at once).
-REACHED_CHECK_SECONDS = 0.1
-
-
-class _Reached:
-    """How many times a connection of this process reached each database (by DSN): a session in
-    its reconnect backoff retries as soon as the count moves. Without it, the pipeline's
-    sessions slept out waits of up to 45 s after the database came back, while /readyz (a
-    connection of its own) already said ready."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._counts: dict[str, int] = {}
-
-    def count(self, dsn: str) -> int:
-        with self._lock:
-            return self._counts.get(dsn, 0)
-
-    def note(self, dsn: str) -> None:
-        with self._lock:
-            self._counts[dsn] = self._counts.get(dsn, 0) + 1
-
-
-_REACHED = _Reached()
-
-
-def reachable(dsn: str) -> None:
-    """The database of `dsn` answered and takes writes (a session connected, /readyz's check):
-    the sessions waiting to reconnect to it retry now."""
-    _REACHED.note(dsn)
-
-
-def wait_to_reconnect(dsn: str, seconds: float, stop: threading.Event) -> None:
-    """Waits `seconds` (a reconnect's backoff), less when `stop` is set or `dsn` is reached."""
-    before = _REACHED.count(dsn)
-    deadline = time.monotonic() + seconds
-    while not stop.is_set() and _REACHED.count(dsn) == before:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            return
-        stop.wait(min(remaining, REACHED_CHECK_SECONDS))
 
 
 @dataclass(eq=False, repr=False)  # one per thread, compared by identity; its DSN never printed
@@ -79,8 +38,9 @@ class Session:
 
     `get()` returns the live connection, reconnecting with exponential backoff and jitter
     (`RECONNECT`) until it succeeds or `stop` is set; a wait ends early once the database is
-    reachable again (another session or /readyz's check got through: `reachable`). By default it
-    never gives up on its own: a worker waits out a database restart instead of crash-looping.
+    reachable again (another session, /readyz's check or the probe that looks for it while
+    sessions wait got through: worker/outages.py). By default it never gives up on its own: a
+    worker waits out a database restart instead of crash-looping.
     With `deadline` (seconds) it raises ConnectionLost once that much time has gone by, which is
     what a one-shot run wants: fail with the reason rather than wait for a database that is not
     there.
@@ -135,7 +95,8 @@ class Session:
                     conn.close()
                     raise
                 self._conn = conn
-                reachable(self.dsn)  # (the other sessions waiting to reconnect retry now)
+                # (the other sessions waiting to reconnect retry now)
+                outages.reachable(self.dsn)
                 if attempt.retry_state.attempt_number > 1:
                     logger.info("%s: reconnected to %s", self.name, conninfo.describe(self.dsn))
         assert self._conn is not None
@@ -148,7 +109,9 @@ class Session:
         return self.deadline is not None and elapsed >= self.deadline
 
     def _sleep(self, seconds: float) -> None:
-        wait_to_reconnect(self.dsn, seconds, self.stop)
+        outages.wait_to_reconnect(
+            self.dsn, seconds, self.stop, per_transaction=self.per_transaction
+        )
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
         outcome = state.outcome

@@ -4,19 +4,22 @@ service should, but logs at ERROR "authentication failed for user X: check the p
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
 from psycopg.conninfo import make_conninfo
 
 from tests.support.cluster import Cluster, free_port
-from tests.support.process import run_cli
+from tests.support.process import run_cli, wait_for
 from worker import conninfo, db, exceptions, sessions
+from worker.backoff import Backoff
 
 
 @pytest.fixture
@@ -59,6 +62,46 @@ def test_a_wrong_password_is_named_and_retried_at_error(
     assert retries and all(r.levelno == logging.ERROR for r in retries)
     assert "check the password" in retries[0].getMessage()
     assert "database unavailable" not in caplog.text
+
+
+def test_a_wrong_password_is_looked_at_once_by_the_probe_then_left_to_the_backoff(
+    password_user: str, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The probe looks often for a database that does not answer (worker/outages.py); one that
+    answers and refuses does not end by itself: the probe looks once, then leaves it to the
+    sessions' own backoff rather than knock four times a second at a server that logs every
+    refused login."""
+    looks: list[str] = []
+    connect = db.connect
+
+    def counted(dsn: str, **kwargs: Any) -> db.Connection:
+        looks.append(dsn)  # (the probe's: the session calls its own import of db.connect)
+        return connect(dsn, **kwargs)
+
+    monkeypatch.setattr(db, "connect", counted)
+    monkeypatch.setattr(sessions, "RECONNECT", Backoff(0.2, 0.2))
+    stop = threading.Event()
+    session = sessions.Session(password_user, "test", stop)
+
+    def get() -> None:
+        with contextlib.suppress(exceptions.AuthenticationFailed):  # (its end, once stopped)
+            session.get()
+
+    thread = threading.Thread(target=get, daemon=True)
+    with caplog.at_level(logging.ERROR, logger="worker.sessions"):
+        thread.start()
+        try:
+            wait_for(lambda: looks, timeout=30, what="the probe's first look")
+            retried = len(caplog.records)
+            wait_for(
+                lambda: len(caplog.records) >= retried + 8,
+                timeout=30,
+                what="the session retrying (2 s: 8 looks of a probe still knocking)",
+            )
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+    assert looks == [password_user]
 
 
 def test_doctor_says_to_check_the_password(password_user: str) -> None:

@@ -13,7 +13,7 @@ import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING
 
-from worker import db, exceptions, metrics, sessions
+from worker import db, exceptions, metrics, outages
 from worker.process import held
 
 if TYPE_CHECKING:
@@ -89,7 +89,7 @@ class ReadinessProbe:
                 if self._db_error is None:
                     # Ready: the pipeline's sessions waiting to reconnect retry now, rather than
                     # fetching only after the rest of their backoff (up to 45 s).
-                    sessions.reachable(self.dsn)
+                    outages.reachable(self.dsn)
             except exceptions.EmbedWorkerError as exc:
                 self._db_error = str(exc)
             self._checked_at = time.monotonic()
