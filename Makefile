@@ -11,6 +11,7 @@ DEVDB_PORT ?= 54329
 DEVDB_NAME ?= embed
 DEVDB_URL := postgresql://postgres@127.0.0.1:$(DEVDB_PORT)/$(DEVDB_NAME)
 STAMP := $(VENV)/.installed
+BENCH_STAMP := $(VENV)/.installed-bench
 
 .PHONY: help install db db-stop migrate run demo test lint bench bench-beir postgres-deps test-deps \
 	clean freeze-release dist infinity test-models fuzz golden
@@ -125,18 +126,22 @@ test-deps:
 
 # The sentence-transformers column needs `$(BIN)/pip install torch sentence-transformers` first
 # (a benchmark-only install: several hundred MB, never a dependency of the worker).
-bench: postgres-deps
+# The bench's extras, installed once (again when pyproject.toml changes), as `install` does.
+$(BENCH_STAMP): $(STAMP) pyproject.toml
 	@$(BIN)/python -m pip install -q -e '.[dev,bench]'
+	@touch $@
+
+bench: postgres-deps $(BENCH_STAMP)
 	@$(BIN)/python -m bench $(BENCH_ARGS)
 	@$(BIN)/python -m bench.faults
 	@$(BIN)/python -m bench.report
 
 # Retrieval quality on a dataset in BEIR's layout (corpus.jsonl, queries.jsonl, qrels/test.tsv,
 # gzipped or not), through the product's own search: `make bench-beir DATA=../shared/beir/nfcorpus`.
-# BEIR_ARGS for more (`--model NAME`, `--chunked`, `--hybrid fusion=rrf`: python -m bench.beir -h).
-bench-beir: postgres-deps
+# BEIR_ARGS for more (`--model NAME`, `--chunked`, `--hybrid fusion=rrf`, `--sample 30` for a
+# quick slice: python -m bench.beir -h).
+bench-beir: postgres-deps $(BENCH_STAMP)
 	@test -n "$(DATA)" || { echo "usage: make bench-beir DATA=<folder of a BEIR dataset>" >&2; exit 2; }
-	@$(BIN)/python -m pip install -q -e '.[dev,bench]'
 	@$(BIN)/python -m bench.beir $(DATA) $(BEIR_ARGS)
 
 # Everything `make` made in this checkout, and the local cluster's data wherever it lives (as

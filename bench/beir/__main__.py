@@ -4,7 +4,7 @@ product's own search functions (docs/retrieval-quality.md).
     python -m bench.beir DATA [--model NAME] [--model-path DIRS] [--chunked [TOKENS]]
                               [--hybrid name=value,...]... [--watch name=value,...]
                               [--title-weights W,W,...] [--setup-sql SQL]... [--threads N]
-                              [--results FILE] [--runs DIR]
+                              [--sample QUERIES] [--results FILE] [--runs DIR]
 
 DATA: a folder with corpus.jsonl, queries.jsonl and qrels/test.tsv (each may be gzipped).
 --model: any model the worker can run, by name: a catalog model (downloaded once, or found on
@@ -21,10 +21,13 @@ DATA: a folder with corpus.jsonl, queries.jsonl and qrels/test.tsv (each may be 
   each of these (`enable_fts(title_weight => W)` on the same vectors), e.g. `1,2,3`.
 --setup-sql: SQL run once the schema is installed, before the table is watched (repeatable).
 --threads: the worker's inference threads (EMBED_THREADS; default 2).
+--sample: a quick slice: QUERIES test queries (the same ones every time), the documents judged
+  for them and as many others; its figures run higher than the whole set's.
 --results: where the JSON goes (default bench/results/beir-<dataset>[-chunked].json).
 --runs: also write every ranking as a TREC run file in DIR (for trec_eval by hand).
 
-The database: a throwaway cluster of its own, or BENCH_DATABASE_URL's server (a superuser's).
+The database: a throwaway cluster of its own, or BENCH_DATABASE_URL's server (a superuser's);
+stopped (or its database dropped) on SIGTERM and Ctrl-C too.
 """
 
 from __future__ import annotations
@@ -32,6 +35,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import sys
 from pathlib import Path
 from typing import Any
@@ -124,6 +128,14 @@ def parser() -> argparse.ArgumentParser:
         help="the worker's inference threads (EMBED_THREADS; default %(default)s)",
     )
     p.add_argument(
+        "--sample",
+        type=int,
+        default=None,
+        metavar="QUERIES",
+        help="a quick slice: QUERIES test queries (the same ones every time), the documents"
+        " judged for them and as many others; its figures run higher than the whole set's",
+    )
+    p.add_argument(
         "--results",
         type=Path,
         default=None,
@@ -144,6 +156,8 @@ def measure(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
     """The figures of `args` (this parser's) on a database with the schema installed, printed
     as a table; also `python -m bench --only beir`'s section."""
     data = dataset.load(args.data)
+    if args.sample is not None:
+        data = dataset.sample(data, args.sample)
     chosen = rankings.default_rankings()
     chosen += [rankings.hybrid_variant(rankings.parse_option_list(h)) for h in args.hybrid]
     options = run.Options(
@@ -163,17 +177,29 @@ def measure(dsn: str, args: argparse.Namespace) -> dict[str, Any]:
 def results_path(args: argparse.Namespace) -> Path:
     if args.results is not None:
         return Path(args.results)
-    suffix = f"-chunked{args.chunked}" if args.chunked else ""
+    suffix = f"-sample{args.sample}" if args.sample is not None else ""
+    suffix += f"-chunked{args.chunked}" if args.chunked else ""
     return ROOT / "results" / f"beir-{Path(args.data).resolve().name}{suffix}.json"
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
-        dataset.load(args.data)  # a wrong folder says so before a cluster starts
+        data = dataset.load(args.data)  # a wrong folder says so before a cluster starts
+        if args.sample is not None:
+            data = dataset.sample(data, args.sample)
     except dataset.DatasetError as exc:
         print(f"bench-beir: {exc}", file=sys.stderr)
         return 2
+    # SIGTERM (`timeout`, a CI's cancel) unwinds like Ctrl-C, so that the cluster below stops:
+    # killed outright, the bench left its throwaway cluster running.
+    signal.signal(signal.SIGTERM, _stop)
+    print(
+        f"bench-beir: {data.name}: {len(data.documents):,} documents, {len(data.queries):,}"
+        " queries; starting a database",
+        file=sys.stderr,
+        flush=True,
+    )
     with session_cluster(fast=False, external_env="BENCH_DATABASE_URL") as cluster:
         database = cluster.create_database(prefix="beir")
         try:
@@ -187,6 +213,10 @@ def main(argv: list[str] | None = None) -> int:
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"bench-beir: wrote {path}", file=sys.stderr)
     return 0
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt(f"signal {signum}")
 
 
 if __name__ == "__main__":

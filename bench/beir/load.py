@@ -110,7 +110,13 @@ def embed(dsn: str, model: str, model_path: str, **settings: str | int) -> Embed
     NFCorpus's 3,633 once, moving figures in the fourth decimal)."""
     env = worker_process.worker_env(dsn, model, Path(model_path), **settings)
     started = time.perf_counter()
-    cost = worker_process.wait(worker_process.start(env, "--once", "--no-progress"), started)
+    process = worker_process.start(env, "--once", "--no-progress")
+    try:
+        cost = worker_process.wait(process, started)
+    except BaseException:  # (SIGTERM or Ctrl-C: the worker must not outlive its database)
+        process.terminate()
+        process.wait(timeout=60)
+        raise
     if cost.returncode != 0:
         raise RuntimeError(f"embed-worker run --once exited {cost.returncode}")
     with psycopg.connect(dsn, autocommit=True) as conn:

@@ -189,7 +189,19 @@ def run(
             watch_options=options.watch_options,
             fields=bool(options.title_weights),
         )
+    print(
+        f"bench-beir: embedding {len(dataset.documents):,} documents with {options.model}"
+        " (embed-worker run --once)",
+        file=sys.stderr,
+        flush=True,
+    )
     embedded = load.embed(dsn, options.model, options.model_path, EMBED_THREADS=options.threads)
+    print(
+        f"bench-beir: embedded in {embedded.wall_s:.0f} s; ranking {len(dataset.queries):,}"
+        f" queries {len(rankings)} ways",
+        file=sys.stderr,
+        flush=True,
+    )
     vectors = query_vectors(dsn, options, dataset.queries)
     worker = SearchingWorker(dsn, options)
     figures: dict[str, Any] = {}

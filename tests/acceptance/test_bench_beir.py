@@ -19,6 +19,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import psycopg
 import pytest
 
 from tests.support.cluster import REPO, Cluster
@@ -204,3 +205,39 @@ def test_the_bench_weighs_the_title_for_each_weight_asked(tmp_path: Path, cluste
     assert rankings["fulltext[title=1]"]["ndcg@10"] == second
     assert rankings["fulltext[title=2]"]["ndcg@10"] == 1.0
     assert rankings["fulltext[title=2]"]["label"].endswith(", title weight 2")
+
+
+def test_a_terminated_bench_leaves_no_database_nor_worker_behind(
+    tmp_path: Path, cluster: Cluster
+) -> None:
+    """SIGTERM (`timeout`, a cancelled CI job) while the worker embeds: the bench left its
+    throwaway cluster running, as it did nothing on SIGTERM; it now unwinds as on Ctrl-C, its
+    worker stopped and its database (here: on BENCH_DATABASE_URL's server) dropped. It also
+    says each stage on stderr: it was silent for minutes."""
+    model = require_minilm()
+    data = tmp_path / "tiny-beir"
+    write_dataset(data)
+    env = {**os.environ, "BENCH_DATABASE_URL": cluster.admin_dsn}
+    bench = subprocess.Popen(
+        [sys.executable, "-m", "bench.beir", str(data), "--model", MINILM,
+         "--model-path", str(model.parent), "--results", str(tmp_path / "beir.json")],
+        cwd=REPO, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert bench.stderr is not None
+    said = []
+    for line in bench.stderr:
+        said.append(line)
+        if "bench-beir: embedding 8 documents" in line:
+            break
+    assert said and "8 documents, 3 queries; starting a database" in said[0], said
+    bench.terminate()
+    assert bench.wait(timeout=120) != 0
+    bench.stderr.close()
+    with psycopg.connect(cluster.admin_dsn, autocommit=True) as conn:
+        left = conn.execute(
+            "SELECT datname FROM pg_database WHERE datname LIKE 'beir%'"
+            " UNION ALL SELECT application_name FROM pg_stat_activity"
+            " WHERE application_name = 'embed-worker' AND datname LIKE 'beir%'"
+        ).fetchall()
+    assert left == []
+    assert not (tmp_path / "beir.json").exists()

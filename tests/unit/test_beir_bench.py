@@ -131,3 +131,23 @@ def test_the_help_says_what_the_bench_does_and_every_option() -> None:
     assert p.epilog and "BENCH_DATABASE_URL" in p.epilog
     for action in p._actions:
         assert action.help, f"{action.option_strings or action.dest} has no help"
+
+
+def test_a_sample_keeps_its_queries_their_judged_documents_and_as_many_others() -> None:
+    """`--sample N`: there was no way to look at a slice but to cut the files by hand."""
+    documents = [dataset.Document(f"d{i}", "", f"text {i}") for i in range(40)]
+    qrels = {f"q{i}": {f"d{i}": 1, f"d{i + 10}": 2} for i in range(10)}
+    full = dataset.Dataset(
+        "set", documents, {q: f"query {q}" for q in qrels}, qrels, {"corpus.jsonl": "x"}
+    )
+    slice_ = dataset.sample(full, 3)
+    assert slice_ == dataset.sample(full, 3)  # the same slice every time
+    assert slice_.name == "set-sample3" and len(slice_.queries) == 3
+    assert slice_.qrels == {q: qrels[q] for q in slice_.queries}
+    judged = {d for grades in slice_.qrels.values() for d in grades}
+    kept = {d.id for d in slice_.documents}
+    assert judged <= kept and len(kept) == 2 * len(judged)
+    assert [d.id for d in slice_.documents] == [d.id for d in documents if d.id in kept]
+    assert dataset.sample(full, 99) is full
+    with pytest.raises(dataset.DatasetError, match="at least one query"):
+        dataset.sample(full, 0)
