@@ -625,6 +625,16 @@ SELECT target_id, shadow, concat_ws(' ', model, revision, variant) FROM embeddin
 -- Completes the model changes whose every row has its new vector (embeddings_internal.complete_change).
 SELECT target_id, result FROM embeddings_internal.complete_changes();
 
+-- name: change_definitions
+-- Each model change in progress as its swap depends on it, one digest per change: the target's
+-- definition version, the change (its model, shadow column, keep_old) and the new model's
+-- registration. A failing swap's pause starts over when one changes (worker/process/changes.py).
+SELECT mc.target_id,
+       md5(concat_ws(' ', t.version, mc.model, mc.shadow_column, mc.keep_old, m::text))
+FROM embeddings.model_changes mc
+JOIN embeddings.targets t ON t.id = mc.target_id
+LEFT JOIN embeddings.models m ON m.name = mc.model;
+
 -- model change: END
 
 -- name: target_lanes

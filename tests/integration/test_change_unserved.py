@@ -13,21 +13,29 @@ model cannot serve at all, and when it fails on some rows only.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import psycopg
 import pytest
 
-from tests.integration.conftest import WIDE, WIDE_DIMS
+from tests.integration.conftest import TINY_DIMS, TINY_MODELS, WIDE, WIDE_DIMS
 from tests.support.fetch import fetch_value
+from tests.support.in_flight import in_process_worker
 from tests.support.jobs import messages, move_inbox
 from tests.support.provider_server import ProviderServer, fake_vector
-from worker import exits
+from worker import config, db, exits
+from worker.config import Settings
+from worker.models import files
 from worker.models.loaded import LoadedModels
 from worker.models.remote import breaker as breakers
 from worker.models.remote import client
+from worker.pipeline import jobs as jobqueue
+from worker.pipeline import stages, write
+from worker.pipeline.targets import TargetRegistry
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -226,3 +234,59 @@ def test_a_row_the_new_model_fails_on_fails_alone_and_the_old_vector_is_kept(
     got = np.array([float(x) for x in str(stored).strip("[]").split(",")])
     expected = embedders.get(old_model).embed(["edited during the change, POISON"])[0]
     assert np.allclose(got, expected, atol=2e-3)
+
+
+def test_the_change_rows_of_a_mixed_batch_go_back_held_for_a_worker_that_has_the_new_model(
+    conn: Conn,
+    old_model: str,
+    settings: Settings,
+    dsn: str,
+    embedders: LoadedModels,
+    tmp_path: Path,
+) -> None:
+    """The change's own rows of a mixed batch go back held for their target, as a deferral's
+    jobs do, and the batch says why in status. Before the fix they went back unmarked and no
+    reason was recorded: a worker started later with the new model waited out their minute
+    (its start takes held jobs only), and its `run --once` left the change unfinished."""
+    conn.execute(
+        "INSERT INTO embeddings.models (name, dimensions, max_tokens, pooling)"
+        " VALUES ('late-model', %s, 512, 'mean')",
+        (TINY_DIMS,),
+    )
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => 'late-model')")
+    target_id = fetch_value(conn, "SELECT id FROM embeddings.targets")
+    one_lane(conn)
+
+    # One batch of both kinds of row, by a worker that cannot load the new model.
+    queue = jobqueue.Queue(settings.queue)
+    with db.connect(dsn) as worker_conn:
+        db.register_vector_types(worker_conn)
+        batch = stages.read(worker_conn, queue, TargetRegistry(), settings)
+        assert batch is not None and len(batch.jobs) == len(messages(conn)), batch
+        stages.load(worker_conn, batch, embedders)
+        stages.embed(embedders, batch)
+        write.write(worker_conn, queue, batch, settings)
+
+    assert_old_vectors(conn, embedders, old_model)
+    change = messages(conn)
+    assert change and all(m.get("shadow") for m in change), change
+    assert all(m.get("held", {}).get("target") == target_id for m in change), change
+    row = conn.execute("SELECT held_jobs, deferred_reason FROM embeddings.status").fetchone()
+    assert row is not None and row[0] > 0 and "late-model" in str(row[1]), row
+
+    # A worker of its own (a new process's loaded models) that finds the new model on its path:
+    # its start takes the held jobs, and its run completes the change.
+    arrived = tmp_path / "models"
+    arrived.mkdir()
+    (arrived / "late-model").symlink_to(embedders.location.locate(TINY_MODELS[1]))
+    path = os.pathsep.join([str(arrived), *map(str, embedders.location.path)])
+    fresh = LoadedModels(
+        location=files.ModelLocation.of(path, embedders.location.cache),
+        downloads=embedders.downloads,
+        api_key=config.api_key_from_env,
+        threads=embedders.threads,
+    )
+    assert in_process_worker(settings, fresh, once=True, model=old_model).run() == exits.OK
+    assert fetch_value(conn, "SELECT model FROM embeddings.targets") == "late-model"
+    assert conn.execute("SELECT count(*) FROM embeddings.model_changes").fetchone() == (0,)
+    assert conn.execute("SELECT count(embedding) FROM docs").fetchone() == (ROWS + 1,)

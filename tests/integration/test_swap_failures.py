@@ -8,6 +8,7 @@ sql/52_stopped.sql, worker/process/changes.py).
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -149,3 +150,75 @@ def test_keep_old_with_a_column_kept_by_an_earlier_change_is_refused_at_start(
             (old,),
         )
     assert in_change(conn)
+
+
+class CountedCalls:
+    """A worker connection that notes when (on the test's clock) it runs complete_changes(),
+    the rest passed through as it is."""
+
+    def __init__(self, conn: Conn, clock: Callable[[], float]) -> None:
+        self.conn = conn
+        self.clock = clock
+        self.calls: list[float] = []
+
+    def execute(self, query: Any, params: Any = None) -> Any:
+        if "complete_changes()" in query.as_string(self.conn):
+            self.calls.append(self.clock())
+        return self.conn.execute(query, params)
+
+
+def test_a_failing_swap_is_tried_less_and_less_often_and_at_once_when_its_change_changes(
+    conn: Conn, embedded_docs: EmbeddedDocs, run_once: Callable[..., Worker]
+) -> None:
+    """A keeper round every second for ten minutes (a clock of the test's: no waiting). Each
+    try of a failing swap takes the table's lock and runs the swap's DDL before it rolls back;
+    before the fix one came every CHECK_SECONDS (2 s), for as long as the view stayed."""
+    old, new, _ = embedded_docs(5)
+    conn.execute("CREATE VIEW docs_v AS SELECT id, embedding FROM docs")
+    conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (new,))
+    run_once(model=old)  # every new vector written; the swap cannot drop the old column
+    assert in_change(conn)
+    registry = TargetRegistry()
+    registry.refresh(conn)
+    now = [0.0]
+    completer = Completer(clock=lambda: now[0])
+    keeper = CountedCalls(conn, lambda: now[0])
+
+    def rounds(seconds: int) -> list[float]:
+        """The keeper's rounds for `seconds` more seconds; the times of the tries among them."""
+        first = len(keeper.calls)
+        for _ in range(seconds):
+            completer.run(keeper, registry, force=False)  # type: ignore[arg-type]
+            now[0] += 1
+        return keeper.calls[first:]
+
+    tries = rounds(600)
+    gaps = [b - a for a, b in itertools.pairwise(tries)]
+    assert len(tries) < 25, tries  # (every 2 s: 300)
+    assert gaps[0] <= 4 and min(gaps[-3:]) >= 30, gaps  # 2 s doubling, capped at 60 s, +-50%
+    assert max(gaps) <= 90, gaps
+
+    def just_tried() -> None:
+        """Rounds up to the next try: the one after it is 2 s away at least (its pause)."""
+        for _ in range(120):
+            if rounds(1):
+                return
+        raise AssertionError(f"no try in 120 s: {keeper.calls}")
+
+    # The new model's registration changes: tried again at the next round, the pause starting
+    # over (2 s, 4 s...).
+    just_tried()
+    conn.execute("UPDATE embeddings.models SET description = 'redescribed' WHERE name = %s", (new,))
+    at = now[0]
+    retried = rounds(10)
+    assert retried[0] == at and len(retried) >= 2, (at, retried)
+
+    # The fix status gives (keep the old column), which changes the change alone: the swap
+    # goes through at the next round, not after the pause.
+    just_tried()
+    conn.execute(
+        "SELECT embeddings.rewatch('docs', 'embedding', model => %s, keep_old => true)", (new,)
+    )
+    at = now[0]
+    assert rounds(1) == [at], (at, keeper.calls[-3:])
+    assert target_model(conn) == new and not in_change(conn)

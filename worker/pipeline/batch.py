@@ -120,6 +120,10 @@ class Batch:
     # deferred targets whose jobs come back after their own delay (a remote model's provider
     # said when: Retry-After, its circuit breaker), not after DEFER_SECONDS
     defer_seconds: dict[int, float] = field(default_factory=dict)
+    # targets in a model change whose own rows (only the new vector missing) this batch holds
+    # for the new model, which cannot serve them, while their application's rows are written:
+    # target id -> why (worker/pipeline/shadow.py). Those rows go back held, the reason noted.
+    change_held: dict[int, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)  # of long documents (chunked targets)
     # When the load stage stops waiting for its documents' parses (time.monotonic(); set by the
     # first wait): one short wait per batch, whatever its targets (worker/pipeline/chunks/).

@@ -1,7 +1,9 @@
 """What a batch's outcome tells `status` and `failures`, written in the batch's transaction.
 
 - A target whose jobs were deferred (model missing, dimensions that do not fit...) gets its
-  reason recorded in `embeddings.deferrals`; `embeddings.status` shows it while jobs wait. A
+  reason recorded in `embeddings.deferrals`; `embeddings.status` shows it while jobs wait. So
+  does a target in a model change whose own rows went back held while its application's were
+  written (the new model cannot serve them: Batch.change_held). A
   target the batch wrote for again loses its deferral, but for a target in a model change
   whose new model the batch did not use: its application's rows are embedded by the old model
   while the new one cannot load (worker/pipeline/shadow.py), and the change's jobs are still
@@ -66,18 +68,29 @@ def record(conn: db.Connection, batch: Batch, state_of: Callable[[Row], RowState
         )
         if whole:
             _note(conn, "clear_deferrals", {"target_ids": sorted(whole)})
-    if batch.deferred:
+    # (a change's rows held only if they went back held: not when the write handed the target
+    # back, redefined, or deferred it whole)
+    held = {
+        row.target.id
+        for row in batch.rows.values()
+        if row.shadow_only and state_of(row).value == "postponed"
+    }
+    reasons = {t: why for t, why in batch.change_held.items() if t in held}
+    reasons.update(batch.deferred)
+    if reasons:
         jobs: dict[int, int] = defaultdict(int)
         for job in batch.jobs:
-            if job.target is not None and job.target.id in batch.deferred:
+            if job.target is not None and (
+                job.target.id in batch.deferred or (job.shadow and job.target.id in reasons)
+            ):
                 jobs[job.target.id] += 1
-        ids = list(batch.deferred)
+        ids = list(reasons)
         _note(
             conn,
             "note_deferrals",
             {
                 "target_ids": ids,
-                "reasons": [batch.deferred[i] for i in ids],
+                "reasons": [reasons[i] for i in ids],
                 "jobs": [jobs[i] for i in ids],
             },
         )

@@ -112,6 +112,28 @@ class Queue:
                 params = {"msg_ids": list(targets), "target_ids": list(targets.values())}
                 conn.execute(self._q("defer_jobs"), {**params, "delay": delay})
 
+    def send_held(
+        self, conn: db.Connection, messages: Sequence[tuple[dict[str, Any], int]]
+    ) -> None:
+        """Sends new jobs (message, delay), each held for the target its message names, as
+        defer() marks them: release_held() ends their wait early."""
+        groups: dict[tuple[int, int], list[dict[str, Any]]] = {}
+        for message, delay in messages:
+            groups.setdefault((message["target"], delay), []).append(message)
+        # A group at a time: the ids sent are those of one target and one delay, whatever the
+        # order in which send_jobs returns them.
+        for (target_id, delay), group in groups.items():
+            with db.translated():
+                rows = conn.execute(
+                    self._q("send_jobs"),
+                    {
+                        "queue": self.name,
+                        "messages": [Jsonb(m) for m in group],
+                        "delays": [delay] * len(group),
+                    },
+                ).fetchall()
+            self.defer(conn, {int(row[0]): target_id for row in rows}, delay)
+
     def release_held(self, conn: db.Connection, target_ids: Iterable[int]) -> int:
         """Makes the held jobs of these targets visible now; returns how many."""
         ids = sorted(set(target_ids))

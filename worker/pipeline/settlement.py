@@ -32,6 +32,9 @@ class Settlement:
     defer_for: dict[int, int] = field(default_factory=dict)  # msg_id -> its own delay (remote)
     release: list[int] = field(default_factory=list)  # target redefined: redo at once
     resend: list[tuple[dict[str, Any], int]] = field(default_factory=list)
+    # a model change's own rows its new model cannot serve now (Batch.change_held): re-sent
+    # held for their target, as `defer` is, so that a worker that can serve them takes them
+    hold: list[tuple[dict[str, Any], int]] = field(default_factory=list)
     dead: list[jobqueue.DeadLetter] = field(default_factory=list)
     latencies: list[float] = field(default_factory=list)
     # Jobs finished with at least one of their rows settled (stored, cleared, gone, stale):
@@ -190,7 +193,8 @@ def _resend_postponed(
     with the attempts spent before this one; so do long documents with pieces still to go
     (worker/pipeline/pieces.py), marked as going on from their recorded progress, and rows a
     lock held up, after a delay that grows with each time it did (worker/pipeline/bounds.py).
-    A model change's own row goes back as the change's (`shadow`). A row goes back once,
+    A model change's own row goes back as the change's (`shadow`), held for its target when
+    the change's new model could not serve it (`hold`). A row goes back once,
     however many of the batch's jobs asked for it: two messages of one
     long document would be two chains of pieces, each taking the other's progress for another
     writer's."""
@@ -229,7 +233,8 @@ def _resend_postponed(
             if state is RowState.BLOCKED:
                 message["blocked"] = job.blocked + 1
                 wait = bounds.blocked_delay(job.blocked)
-            out.resend.append((message, math.ceil(wait)))
+            held = shadow and state is RowState.POSTPONED and target.id in batch.change_held
+            (out.hold if held else out.resend).append((message, math.ceil(wait)))
 
 
 def _asked_live(batch: Batch) -> set[tuple[int, str]]:

@@ -87,16 +87,20 @@ def _change_waits(
 ) -> bool:
     """The new model cannot serve the change's rows (`why`): they wait, spending no attempt.
     When they are all the batch has of the target, the target is deferred, `why` shown in
-    status (True); else they go back to the queue on their own, the rest written (False)."""
+    status (True); else they go back to the queue on their own, held for the target as a
+    deferral's jobs are (a worker that can serve the change takes them at once) and `why`
+    shown in status all the same, the rest written (False)."""
     if all(row.shadow_only for row in rows):
         batch.deferred[target.id] = why
         if retry_after is not None:
             batch.defer_seconds[target.id] = retry_after
         return True
-    for row in rows:
-        if row.shadow_only and row.state is RowState.READY:
-            row.state, row.error = RowState.POSTPONED, why
-            row.retry_after = DEFER_SECONDS if retry_after is None else retry_after
+    waiting = [row for row in rows if row.shadow_only and row.state is RowState.READY]
+    for row in waiting:
+        row.state, row.error = RowState.POSTPONED, why
+        row.retry_after = DEFER_SECONDS if retry_after is None else retry_after
+    if waiting:
+        batch.change_held[target.id] = why
     return False
 
 

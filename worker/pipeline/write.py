@@ -88,6 +88,7 @@ def write(
             queue.defer(conn, held, delay)
         queue.defer(conn, {m: target_of.get(m) for m in settlement.release}, 0)
         queue.send(conn, settlement.resend)
+        queue.send_held(conn, settlement.hold)
         jobqueue.record_failures(conn, queue.home, settlement.dead)
         # Deferral reasons for status; dead letters of rows now written or cleared resolved.
         noted = dataclasses.replace(batch, deferred={**batch.deferred, **outcome.deferred})
@@ -258,7 +259,8 @@ def _count(batch: Batch, settlement: Settlement) -> None:
     metrics.JOBS.labels("done").inc(len(settlement.done))
     metrics.JOBS.labels("retried").inc(len(settlement.retry) + len(settlement.resend))
     metrics.JOBS.labels("dead").inc(len(settlement.dead))
-    metrics.JOBS.labels("deferred").inc(len(settlement.defer) + len(settlement.defer_for))
+    deferred = len(settlement.defer) + len(settlement.defer_for) + len(settlement.hold)
+    metrics.JOBS.labels("deferred").inc(deferred)
     metrics.JOBS.labels("released").inc(len(settlement.release))
     targets = {job.target.id: job.target.name for job in batch.jobs if job.target is not None}
     for target_id, name in targets.items():
