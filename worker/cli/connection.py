@@ -3,7 +3,7 @@ package's release."""
 
 from __future__ import annotations
 
-from worker import db, exceptions, schema
+from worker import db, exceptions, pooler, schema
 from worker.cli import hints, output
 from worker.config import Settings
 
@@ -19,6 +19,7 @@ def connect(settings: Settings, *, searcher: bool = False) -> db.Connection:
     else:
         dsn = settings.dsn
         output.say_database(dsn, settings.database_url)
+    refuse_misconfigured(dsn, settings)
     conn = db.connect(
         dsn, lock_timeout_ms=settings.lock_timeout_ms, per_transaction=settings.per_transaction
     )
@@ -36,6 +37,18 @@ def connect(settings: Settings, *, searcher: bool = False) -> db.Connection:
             f"`{hints.command('migrate', settings.dsn)}` (or `make migrate` for the local cluster)"
         )
     return conn
+
+
+def refuse_misconfigured(dsn: str, settings: Settings) -> None:
+    """EMBED_POOL_MODE=session behind a transaction pooler: refused (ConfigError), before any
+    session setting of ours is made there, on a connection of its own made per transaction
+    (worker/pooler.py). Nothing to check with EMBED_POOL_MODE=transaction."""
+    if settings.per_transaction:
+        return
+    with db.connect(dsn, lock_timeout_ms=settings.lock_timeout_ms, per_transaction=True) as probe:
+        pooler.refuse(
+            probe, dsn, pool_mode=settings.pool_mode, lock_timeout_ms=settings.lock_timeout_ms
+        )
 
 
 def of_this_release(conn: db.Connection, settings: Settings, *, otherwise: str = "") -> bool:

@@ -110,7 +110,8 @@ class Worker:
         self.stopping = threading.Event()  # no more reading
         self.finished = threading.Event()  # the pipeline has drained
         self.started = threading.Event()  # connected, schema present, models tried
-        self.waiting = Waiting()  # what start-up waits for (the schema's release), said meanwhile
+        # What start-up waits for (the pooler's check, the schema's release), said meanwhile.
+        self.waiting = Waiting(checking_pooler=not settings.per_transaction)
         self.default_model = DefaultModel(
             settings=settings,
             registry=self.registry,
