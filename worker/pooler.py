@@ -73,13 +73,14 @@ def observe(conn: db.Connection, dsn: str, *, lock_timeout_ms: int) -> Pooler:
     return Pooler("transaction", shared)
 
 
-def misconfigured(pooler: Pooler, pool_mode: str) -> str | None:
-    """Why EMBED_POOL_MODE=`pool_mode` must not run behind `pooler`; None when it may (any mode
-    works on the server itself and behind a session pooler, transaction mode everywhere)."""
+def misconfigured(pooler: Pooler, pool_mode: str, url: str = "DATABASE_URL") -> str | None:
+    """Why EMBED_POOL_MODE=`pool_mode` must not run behind `pooler`, which `url` (the variable)
+    reaches; None when it may (any mode works on the server itself and behind a session pooler,
+    transaction mode everywhere)."""
     if pooler.kind != "transaction" or pool_mode == "transaction":
         return None
     return (
-        f"EMBED_POOL_MODE={pool_mode}, but the database is reached through a transaction pooler"
+        f"EMBED_POOL_MODE={pool_mode}, but {url} reaches a transaction pooler"
         f" ({pooler.seen}): each transaction runs in whichever server session the pooler hands"
         " it, so embed-worker's session settings (search_path = pg_catalog, pg_temp) would reach"
         " the pool's other clients, what they set would reach its statements, and the worker's"
@@ -87,21 +88,29 @@ def misconfigured(pooler: Pooler, pool_mode: str) -> str | None:
     )
 
 
-def refuse(conn: db.Connection, dsn: str, *, pool_mode: str, lock_timeout_ms: int) -> None:
+def refuse(
+    conn: db.Connection,
+    dsn: str,
+    *,
+    pool_mode: str,
+    lock_timeout_ms: int,
+    url: str = "DATABASE_URL",
+) -> None:
     """ConfigError when EMBED_POOL_MODE=`pool_mode` must not run behind what `conn` (made per
-    transaction, to `dsn`) runs behind. A second connection that fails (a full session pool:
-    a transaction pooler has room for it) leaves the mode unchecked, said in a warning.
+    transaction, to `dsn`: `url`'s) runs behind. A second connection that fails (a full session
+    pool: a transaction pooler has room for it) leaves the mode unchecked, said in a warning.
     `conn`'s own errors are raised (ConnectionLost: not reached)."""
     pooler = observe(conn, dsn, lock_timeout_ms=lock_timeout_ms)
     if pooler.kind == "unchecked":
         logger.warning(
-            "behind a pooler, whose kind was not seen (%s): EMBED_POOL_MODE=%s not checked"
+            "%s: behind a pooler, whose kind was not seen (%s): EMBED_POOL_MODE=%s not checked"
             " against it (docs/poolers.md)",
+            url,
             pooler.seen,
             pool_mode,
         )
         return
-    why = misconfigured(pooler, pool_mode)
+    why = misconfigured(pooler, pool_mode, url)
     if why is not None:
         raise exceptions.ConfigError(why)
 

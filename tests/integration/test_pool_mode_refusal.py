@@ -61,12 +61,9 @@ def search_paths(pooled: str, pool_size: int) -> list[str]:
         return [str(fetch_value(client, SEARCH_PATH)) for client in clients]
 
 
-def assert_refused(result: subprocess.CompletedProcess[str]) -> None:
+def assert_refused(result: subprocess.CompletedProcess[str], url: str = "DATABASE_URL") -> None:
     assert result.returncode == exits.USAGE, result.stderr[-3000:]
-    assert (
-        "EMBED_POOL_MODE=session, but the database is reached through a transaction pooler ("
-        in (result.stderr)
-    )
+    assert f"EMBED_POOL_MODE=session, but {url} reaches a transaction pooler (" in result.stderr
     assert "set EMBED_POOL_MODE=transaction (docs/poolers.md)" in result.stderr
 
 
@@ -98,6 +95,25 @@ def test_the_commands_refuse_session_mode_behind_a_transaction_pooler(conn: Conn
             assert_refused(result)
         result = run_cli("status", "--database-url", pooled, env={"EMBED_POOL_MODE": "transaction"})
         assert result.returncode == exits.OK, result.stderr
+
+
+def test_the_search_role_s_url_behind_a_transaction_pooler_is_refused_too(
+    conn: Conn, dsn: str, minilm: str
+) -> None:
+    """POST /search's connections (EMBED_SEARCH_DATABASE_URL) made session settings on the pool
+    that URL reaches, whatever DATABASE_URL reached: `run` refuses it at start, as `search`
+    as that role does."""
+    watched_docs(conn, minilm)
+    with through(dsn, pool_size=3) as pooled:
+        env = {"EMBED_POOL_MODE": "session", "EMBED_SEARCH_DATABASE_URL": pooled}
+        refused = run_cli("run", "--once", "--database-url", dsn, env=env)
+        assert_refused(refused, "EMBED_SEARCH_DATABASE_URL")
+        searched = run_cli("search", "docs", "cats", env={**env, "DATABASE_URL": dsn})
+        assert_refused(searched, "EMBED_SEARCH_DATABASE_URL")
+        env["EMBED_POOL_MODE"] = "transaction"
+        result = run_cli("run", "--once", "--database-url", dsn, env=env)
+        assert result.returncode == exits.OK, result.stderr[-3000:]
+    assert embedded(conn) == 2
 
 
 def test_session_mode_starts_on_the_server_itself_and_behind_a_session_pooler(

@@ -209,6 +209,7 @@ class Worker:
             lock_timeout_ms=self.settings.lock_timeout_ms,
             per_transaction=self.settings.per_transaction,
             waiting=self.waiting,
+            search_dsn=self.settings.search_database_url,
         ).run()
         keeper = _keeper(self)
         embedder = functools.partial(

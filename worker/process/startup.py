@@ -137,6 +137,7 @@ class Startup:
     lock_timeout_ms: int  # EMBED_LOCK_TIMEOUT_MS: the longest its statements wait for a lock
     per_transaction: bool  # EMBED_POOL_MODE=transaction (db.connect)
     waiting: Waiting  # what it waits for, said by /readyz and the POST routes meanwhile
+    search_dsn: str | None = None  # EMBED_SEARCH_DATABASE_URL: POST /search's role's
 
     def run(self) -> None:
         if not self.check_pool_mode():
@@ -183,6 +184,7 @@ class Startup:
                     pooler.refuse(
                         conn, self.dsn, pool_mode="session", lock_timeout_ms=self.lock_timeout_ms
                     )
+                    self.check_search_pool_mode()
                     self.waiting.checking_pooler = False
                     return True
                 except exceptions.ConnectionLost:
@@ -192,6 +194,35 @@ class Startup:
             return False
         finally:
             probe.close()
+
+    def check_search_pool_mode(self) -> None:
+        """check_pool_mode() for EMBED_SEARCH_DATABASE_URL, which POST /search connects to, once:
+        the pipeline does not wait for it (a search database that cannot be reached now leaves
+        it unchecked, with a warning)."""
+        if self.search_dsn is None or self.search_dsn == self.dsn:
+            return
+        try:
+            with db.connect(
+                self.search_dsn,
+                connect_timeout=5,
+                lock_timeout_ms=self.lock_timeout_ms,
+                per_transaction=True,
+            ) as conn:
+                pooler.refuse(
+                    conn,
+                    self.search_dsn,
+                    pool_mode="session",
+                    lock_timeout_ms=self.lock_timeout_ms,
+                    url="EMBED_SEARCH_DATABASE_URL",
+                )
+        except exceptions.ConfigError:
+            raise
+        except exceptions.EmbedWorkerError as exc:
+            logger.warning(
+                "EMBED_SEARCH_DATABASE_URL not reached: EMBED_POOL_MODE=session not checked"
+                " against what is in front of it (docs/poolers.md): %s",
+                exc,
+            )
 
     def connect_and_read_targets(self) -> dict[int, Target] | None:
         """Waits for the database and our schema (a worker may start before `migrate` ran)."""
