@@ -236,12 +236,14 @@ $$;
 -- The chunk table of watch()'s chunked target, schema-qualified and quoted: chunk_table as given
 -- (optionally schema-qualified), else the target's own (watched again after the table was
 -- renamed or moved: its chunks stay where they are, as a side table's vectors do), else
--- <table>_chunks beside the source. Refused when it holds another target's chunks.
+-- <table>_chunks beside the source. Refused when it holds another target's chunks, and either
+-- name past max_identifier_length.
 CREATE FUNCTION embeddings_internal.watch_chunk_table(o embeddings_internal.watch_options, previous embeddings.targets)
 RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     table_parts text[];
+    part text;
     table_name text;
     name_bytes integer;
 BEGIN
@@ -269,6 +271,16 @@ BEGIN
             RAISE EXCEPTION 'invalid chunk_table "%": a table name, optionally schema-qualified', o.chunk_table
                 USING ERRCODE = 'invalid_parameter_value';
         END IF;
+        -- (Postgres would cut it to 63 bytes, silently: another table's name, or another schema's)
+        FOREACH part IN ARRAY table_parts LOOP
+            IF pg_catalog.octet_length(part) > current_setting('max_identifier_length')::integer THEN
+                RAISE EXCEPTION 'chunk_table => %: the name % is % bytes, over Postgres'' %', quote_literal(o.chunk_table),
+                        format('%I', part), pg_catalog.octet_length(part), current_setting('max_identifier_length')
+                    USING ERRCODE = 'name_too_long',
+                          HINT = 'Postgres would cut it to its first ' || current_setting('max_identifier_length')
+                                 || ' bytes (max_identifier_length): name a shorter table (or schema).';
+            END IF;
+        END LOOP;
     END IF;
     IF EXISTS (SELECT FROM embeddings.targets tg
                WHERE tg.store_table = to_regclass(table_name) AND tg.id IS DISTINCT FROM previous.id) THEN

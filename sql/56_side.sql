@@ -116,11 +116,12 @@ $$;
 -- The side table's name, schema-qualified and quoted: `side_table` as given (optionally
 -- schema-qualified; unqualified, beside the source), else `<table>_embeddings` beside the
 -- source, `<table>_<embedding_column>` for an embedding column not named 'embedding' (a second
--- target of the table).
+-- target of the table). Either name refused past max_identifier_length.
 CREATE FUNCTION embeddings_internal.side_table_name(source regclass, side_table text, embedding_column name) RETURNS text
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     parts text[];
+    part text;
     found text;
     schema_name name;
     derived text;
@@ -152,6 +153,16 @@ BEGIN
         RAISE EXCEPTION 'invalid side_table "%": a table name, optionally schema-qualified', side_table
             USING ERRCODE = 'invalid_parameter_value';
     END IF;
+    -- (Postgres would cut it to 63 bytes, silently: another table's name, or another schema's)
+    FOREACH part IN ARRAY parts LOOP
+        IF pg_catalog.octet_length(part) > current_setting('max_identifier_length')::integer THEN
+            RAISE EXCEPTION 'side_table => %: the name % is % bytes, over Postgres'' %', quote_literal(side_table),
+                    format('%I', part), pg_catalog.octet_length(part), current_setting('max_identifier_length')
+                USING ERRCODE = 'name_too_long',
+                      HINT = 'Postgres would cut it to its first ' || current_setting('max_identifier_length')
+                             || ' bytes (max_identifier_length): name a shorter table (or schema).';
+        END IF;
+    END LOOP;
     RETURN found;
 END
 $$;

@@ -172,3 +172,47 @@ END
 $$;
 COMMENT ON FUNCTION embeddings.grant_worker IS
     'Gives an existing role exactly what `embed-worker run` needs; watch() extends it to tables watched later. Schema owner only.';
+
+-- Gives `role_name`, by name, what searches run of ours with their caller's rights, which PUBLIC
+-- has on a schema as installed: USAGE on both schemas, the registry's targets and rerankers to
+-- read, EXECUTE on embeddings_internal.public_functions() (search(), hybrid_search(),
+-- match_chunks() and the internals they call) and on each target's functions that searches
+-- run as their caller (its search, nearest, rankings and store policy's visible()). Where an
+-- administrator revoked PUBLIC's rights (docs/security.md), a search role (POST /search's,
+-- an application's) keeps searching; what it finds stays what its own SELECT on the tables
+-- and their row-level security let it read. Nothing that PUBLIC lacks as installed is given.
+-- Targets watched later: their functions are PUBLIC's as made.
+CREATE FUNCTION embeddings.grant_search(role_name name) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    fn regprocedure;
+BEGIN
+    IF role_name IS NULL THEN
+        RAISE EXCEPTION 'embeddings.grant_search(): role_name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF role_name = 'public' THEN
+        RAISE EXCEPTION 'PUBLIC has what grant_search() gives unless it was revoked: grant it to the role that searches'
+            USING ERRCODE = 'reserved_name',
+                  HINT = 'CREATE ROLE app_search LOGIN PASSWORD ''...''; SELECT embeddings.grant_search(''app_search'');';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
+        RAISE EXCEPTION 'role "%" does not exist', role_name
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('CREATE ROLE %I LOGIN PASSWORD ''...''; first.', role_name);
+    END IF;
+    EXECUTE format('GRANT USAGE ON SCHEMA embeddings, embeddings_internal TO %I', role_name);
+    EXECUTE format('GRANT SELECT ON embeddings.targets, embeddings.rerankers TO %I', role_name);
+    FOREACH fn IN ARRAY embeddings_internal.public_functions() LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
+    END LOOP;
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'embeddings'::regnamespace
+          AND p.proname ~ '^embeddings_[0-9]+_(search|nearest|text_ranking|bm25_ranking|visible)$'
+    LOOP
+        EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO %I', fn, role_name);
+    END LOOP;
+END
+$$;
+COMMENT ON FUNCTION embeddings.grant_search IS
+    'Gives an existing role by name what searches use of ours that PUBLIC has as installed, for a database where PUBLIC''s rights were revoked. Schema owner only.';

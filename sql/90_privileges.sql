@@ -12,27 +12,99 @@
 -- EXECUTE against the real caller, so nothing here relies on current_user inside a SECURITY
 -- DEFINER function. The functions generated per target (embeddings_<id>_*) are granted as they
 -- are made (sql/30_triggers.sql, sql/32_access.sql) and are not listed here.
---
--- The list names halfvec unqualified: the vector extension's schema is searched while it is read.
-SELECT pg_catalog.set_config('search_path', 'pg_catalog, ' || pg_catalog.quote_ident(embeddings.vector_schema()) || ', pg_temp', true);
+
+-- What PUBLIC may execute of ours, as installed: the API's searches and readers, and the
+-- internals they run with their caller's rights. This file grants them to PUBLIC; where an
+-- administrator revoked that (docs/security.md), embeddings.grant_search() grants them to a
+-- role by name.
+CREATE FUNCTION embeddings_internal.public_functions() RETURNS regprocedure[]
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    -- The lists name halfvec unqualified: read with the vector extension's schema in the path
+    -- (for this call alone: the function's own search_path comes back at its end).
+    PERFORM pg_catalog.set_config('search_path', 'pg_catalog, ' || pg_catalog.quote_ident(embeddings.vector_schema()) || ', pg_temp', true);
+    DECLARE
+        -- The public API: what users call, and may rely on across releases.
+        -- Anyone (PUBLIC): they write nothing, and read with their caller's rights.
+        api_anyone CONSTANT regprocedure[] := ARRAY[
+            'embeddings.search(regclass, halfvec, integer, jsonb, name)',
+            'embeddings.hybrid_search(regclass, text, halfvec, integer, jsonb, name, double precision, double precision, double precision, integer, text, text)',
+            'embeddings.match_chunks(regclass, halfvec, integer)',
+            'embeddings.default_model()',
+            'embeddings.provider_defaults()',
+            'embeddings.reranker_defaults()',
+            'embeddings.vector_schema()',
+            'embeddings.message_key_count(jsonb)',
+            'embeddings.deferred_index_ready(text)',
+            'embeddings.backfill_step_keys()',
+            'embeddings.index_defer_rows()',
+            'embeddings.worker_functions()'
+        ]::regprocedure[];
+        -- Internal, but run with their caller's rights by the API above and by the functions
+        -- generated per target (a search, a hybrid search's rankings, deferred_index_ready()), or
+        -- resolving a name the caller typed as its own sessions would: anyone may execute them;
+        -- users are told not to call them (docs/sql.md). Each writes nothing.
+        internal_anyone CONSTANT regprocedure[] := ARRAY[
+            -- search(), hybrid_search(), match_chunks() and the generated search and rankings
+            'embeddings_internal.search_target(regclass, name)',
+            'embeddings_internal.watched_columns_hint(regclass, text)',  -- search_target()'s refusal
+            'embeddings_internal.search_answer(embeddings.targets, halfvec, integer, jsonb)',
+            'embeddings_internal.search_rows_estimate(embeddings.targets)',
+            'embeddings_internal.search_run(text, anyelement, jsonb)',
+            'embeddings_internal.set_hnsw(text, text)',
+            'embeddings_internal.search_filter_sql(embeddings.targets, jsonb, integer)',
+            'embeddings_internal.search_filter_check(text, text, jsonb)',  -- search_filter_sql()'s refusal of a value
+            'embeddings_internal.hybrid_tuning_check(integer, integer, double precision, double precision, double precision, text, text)',
+            'embeddings_internal.any_lexeme_query(tsvector)',
+            'embeddings_internal.fulltext_words(text)',  -- the words hybrid_search()'s full-text side reads
+            'embeddings_internal.websearch_distinct(text)',  -- fulltext_words()' terms given again left out
+            -- the tsvector of full-text fields, which the generated store functions write
+            'embeddings_internal.fields_tsvector(regconfig, text)',
+            'embeddings_internal.store_kinds()',
+            'embeddings_internal.store_has_chunks(embeddings.targets)',
+            'embeddings_internal.key_json_sql(embeddings.targets, text)',
+            'embeddings_internal.key_part_json_sql(regtype, text)',
+            'embeddings_internal.key_equal_sql(embeddings.targets, text, text)',
+            'embeddings_internal.key_operator(regtype, integer)',
+            'embeddings_internal.text_sql(regtype, text)',
+            'embeddings_internal.builtin_or_other_sql(regtype, text, text, text)',
+            'embeddings_internal.as_base_sql(regtype, text)',
+            'embeddings_internal.builtin_scalar(regtype)',
+            'embeddings_internal.base_type(regtype)',
+            -- deferred_index_ready()
+            'embeddings_internal.deferred_index_name(embeddings.targets)',
+            'embeddings_internal.pending_count(embeddings.targets)',
+            'embeddings_internal.queue_pending(text, double precision)',
+            'embeddings_internal.backfill_queue(text)',
+            'embeddings_internal.lane_table(text, text)',  -- doctor's check of the worker role's rights
+            -- names as the caller's sessions resolve them (docs/security.md), and as status shows them
+            'embeddings_internal.session_start_path()',
+            'embeddings_internal.named_in_path(text, boolean, text)',
+            'embeddings_internal.relation_named(text)',
+            'embeddings_internal.function_named(text)',
+            'embeddings_internal.display_name(regclass)',
+            'embeddings_internal.target_name(embeddings.targets)',
+            'embeddings_internal.leaf_relations(regclass)',
+            -- why a target cannot be served, read whenever a search or a worker loads the targets
+            'embeddings_internal.access_problem(embeddings.targets)',
+            'embeddings_internal.access_problems(integer[])',
+            'embeddings_internal.target_problems(integer[])',
+            'embeddings_internal.content_type_problem(regtype, boolean)',
+            -- what every guard around a table owner's code calls, as its caller: the worker roles,
+            -- the schema's owner, and the table's owner, whoever that is (sql/32_access.sql); they
+            -- set the caller's own settings, nothing else
+            'embeddings_internal.guarded_settings()',
+            'embeddings_internal.guard_save()',
+            'embeddings_internal.guard_restore(text[])'
+        ]::regprocedure[];
+    BEGIN
+        RETURN api_anyone || internal_anyone;
+    END;
+END
+$$;
+
 DO $$
 DECLARE
-    -- The public API: what users call, and may rely on across releases.
-    -- Anyone (PUBLIC): they write nothing, and read with their caller's rights.
-    api_anyone CONSTANT regprocedure[] := ARRAY[
-        'embeddings.search(regclass, halfvec, integer, jsonb, name)',
-        'embeddings.hybrid_search(regclass, text, halfvec, integer, jsonb, name, double precision, double precision, double precision, integer, text, text)',
-        'embeddings.match_chunks(regclass, halfvec, integer)',
-        'embeddings.default_model()',
-        'embeddings.provider_defaults()',
-        'embeddings.reranker_defaults()',
-        'embeddings.vector_schema()',
-        'embeddings.message_key_count(jsonb)',
-        'embeddings.deferred_index_ready(text)',
-        'embeddings.backfill_step_keys()',
-        'embeddings.index_defer_rows()',
-        'embeddings.worker_functions()'
-    ]::regprocedure[];
     -- The schema's owner only (it owns them: nothing to grant). Each writes the registry, a
     -- queue or a watched table's triggers.
     api_owner CONSTANT regprocedure[] := ARRAY[
@@ -56,70 +128,19 @@ DECLARE
         'embeddings.verify(integer)',
         'embeddings.dispatch(text, integer, integer, text, integer, text)',
         'embeddings.dispatch_batches(integer, integer, integer, text)',
-        'embeddings.grant_worker(name)'
+        'embeddings.grant_worker(name)',
+        'embeddings.grant_search(name)'
     ]::regprocedure[];
     -- The schema's owner and the worker roles (embeddings.worker_functions() lists them).
     api_owner_and_workers CONSTANT regprocedure[] := ARRAY[
         'embeddings.retry_failures(bigint[])',
         'embeddings.wait_for_jobs(text, integer, boolean, integer)'
     ]::regprocedure[];
-    -- Internal, but run with their caller's rights by the API above and by the functions
-    -- generated per target (a search, a hybrid search's rankings, deferred_index_ready()), or
-    -- resolving a name the caller typed as its own sessions would: anyone may execute them;
-    -- users are told not to call them (docs/sql.md). Each writes nothing.
-    internal_anyone CONSTANT regprocedure[] := ARRAY[
-        -- search(), hybrid_search(), match_chunks() and the generated search and rankings
-        'embeddings_internal.search_target(regclass, name)',
-        'embeddings_internal.watched_columns_hint(regclass, text)',  -- search_target()'s refusal
-        'embeddings_internal.search_answer(embeddings.targets, halfvec, integer, jsonb)',
-        'embeddings_internal.search_rows_estimate(embeddings.targets)',
-        'embeddings_internal.search_run(text, anyelement, jsonb)',
-        'embeddings_internal.set_hnsw(text, text)',
-        'embeddings_internal.search_filter_sql(embeddings.targets, jsonb, integer)',
-        'embeddings_internal.search_filter_check(text, text, jsonb)',  -- search_filter_sql()'s refusal of a value
-        'embeddings_internal.hybrid_tuning_check(integer, integer, double precision, double precision, double precision, text, text)',
-        'embeddings_internal.any_lexeme_query(tsvector)',
-        'embeddings_internal.fulltext_words(text)',  -- the words hybrid_search()'s full-text side reads
-        'embeddings_internal.websearch_distinct(text)',  -- fulltext_words()' terms given again left out
-        -- the tsvector of full-text fields, which the generated store functions write
-        'embeddings_internal.fields_tsvector(regconfig, text)',
-        'embeddings_internal.store_kinds()',
-        'embeddings_internal.store_has_chunks(embeddings.targets)',
-        'embeddings_internal.key_json_sql(embeddings.targets, text)',
-        'embeddings_internal.key_part_json_sql(regtype, text)',
-        'embeddings_internal.key_equal_sql(embeddings.targets, text, text)',
-        'embeddings_internal.key_operator(regtype, integer)',
-        'embeddings_internal.text_sql(regtype, text)',
-        'embeddings_internal.builtin_or_other_sql(regtype, text, text, text)',
-        'embeddings_internal.as_base_sql(regtype, text)',
-        'embeddings_internal.builtin_scalar(regtype)',
-        'embeddings_internal.base_type(regtype)',
-        -- deferred_index_ready()
-        'embeddings_internal.deferred_index_name(embeddings.targets)',
-        'embeddings_internal.pending_count(embeddings.targets)',
-        'embeddings_internal.queue_pending(text, double precision)',
-        'embeddings_internal.backfill_queue(text)',
-        'embeddings_internal.lane_table(text, text)',  -- doctor's check of the worker role's rights
-        -- names as the caller's sessions resolve them (docs/security.md), and as status shows them
-        'embeddings_internal.session_start_path()',
-        'embeddings_internal.named_in_path(text, boolean, text)',
-        'embeddings_internal.relation_named(text)',
-        'embeddings_internal.function_named(text)',
-        'embeddings_internal.display_name(regclass)',
-        'embeddings_internal.target_name(embeddings.targets)',
-        'embeddings_internal.leaf_relations(regclass)',
-        -- why a target cannot be served, read whenever a search or a worker loads the targets
-        'embeddings_internal.access_problem(embeddings.targets)',
-        'embeddings_internal.access_problems(integer[])',
-        'embeddings_internal.target_problems(integer[])',
-        'embeddings_internal.content_type_problem(regtype, boolean)',
-        -- what every guard around a table owner's code calls, as its caller: the worker roles,
-        -- the schema's owner, and the table's owner, whoever that is (sql/32_access.sql); they
-        -- set the caller's own settings, nothing else
-        'embeddings_internal.guarded_settings()',
-        'embeddings_internal.guard_save()',
-        'embeddings_internal.guard_restore(text[])'
-    ]::regprocedure[];
+    -- Anyone's (PUBLIC's), listed above: the API's among them.
+    public_functions CONSTANT regprocedure[] := embeddings_internal.public_functions();
+    api_anyone CONSTANT regprocedure[] := ARRAY(SELECT f FROM unnest(public_functions) f
+                                                JOIN pg_proc p ON p.oid = f
+                                                WHERE p.pronamespace = 'embeddings'::regnamespace);
     fn regprocedure;
     ty regtype;
 BEGIN
@@ -150,7 +171,7 @@ BEGIN
         EXECUTE format('COMMENT ON TYPE %s IS %L', ty,
                        'Internal to embed-worker, not to be used: not part of its API (docs/sql.md), it may change in any release.');
     END LOOP;
-    FOREACH fn IN ARRAY api_anyone || internal_anyone LOOP
+    FOREACH fn IN ARRAY public_functions LOOP
         EXECUTE format('GRANT EXECUTE ON FUNCTION %s TO PUBLIC', fn);
     END LOOP;
     -- The owner's and the workers' are granted by grant_worker(), from worker_functions().

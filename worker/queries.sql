@@ -580,8 +580,8 @@ LEFT JOIN pg_catalog.pg_stat_progress_create_index p ON p.pid = a.pid
 WHERE a.pid = %(pid)s;
 
 -- name: server_backend
--- The server backend running this transaction, as the server says it (doctor's pooler check,
--- worker/cli/pooler.py: behind a pooler libpq's backend pid is the pooler's cancel key).
+-- The server backend running this transaction, as the server says it (the pooler check at start
+-- and doctor's, worker/pooler.py: behind a pooler libpq's backend pid is the pooler's cancel key).
 -- ours: reads a value, runs no one else's code
 SELECT pg_catalog.pg_backend_pid();
 

@@ -76,7 +76,8 @@ def test_worker_through_pgbouncer_transaction_mode(
     # A poll interval longer than the test: rows inserted while the worker idles are found only
     # because it looks for them (embeddings.wait_for_jobs), which a pooler does not get in the
     # way of as it did of LISTEN.
-    worker = WorkerProcess(pooled_dsn, {**worker_env, "EMBED_POLL_SECONDS": "120"})
+    env = {**worker_env, "EMBED_POOL_MODE": "transaction", "EMBED_POLL_SECONDS": "120"}
+    worker = WorkerProcess(pooled_dsn, env)
     try:
         worker.wait_ready()
         for first in range(1, 200, 50):  # idle in between: each statement needs a poll
@@ -106,7 +107,8 @@ def test_sigterm_through_pgbouncer_hands_back_and_leaves_no_session_state(
     insert(conn, 1, 2000)
     # No grace: the batch in flight is handed back at once on a fresh connection, the path that
     # sets a statement timeout.
-    worker = WorkerProcess(pooled_dsn, {**worker_env, "EMBED_GRACE_SECONDS": "0"})
+    env = {**worker_env, "EMBED_POOL_MODE": "transaction", "EMBED_GRACE_SECONDS": "0"}
+    worker = WorkerProcess(pooled_dsn, env)
     try:
         wait_for(
             lambda: count(conn, "SELECT count(embedding) FROM docs") >= 64,

@@ -1,6 +1,7 @@
 """doctor's pooler check, through a real PgBouncer (worker/cli/pooler.py, docs/poolers.md):
 behind a transaction pooler with EMBED_POOL_MODE=session, the worker's settings reach the
-pool's other clients and theirs reach the worker; doctor said nothing of it."""
+pool's other clients and theirs reach the worker; doctor said nothing of it. The worker and the
+commands refuse that now (tests/integration/test_pool_mode_refusal.py): doctor fails it."""
 
 from __future__ import annotations
 
@@ -22,7 +23,7 @@ def pooler_line(dsn: str, pool_mode: str) -> list[str]:
 
 
 @pytest.mark.parametrize("pool_size", [1, 3])
-def test_doctor_warns_behind_a_transaction_pooler_unless_the_pool_mode_says_so(
+def test_doctor_fails_behind_a_transaction_pooler_unless_the_pool_mode_says_so(
     dsn: str, pool_size: int
 ) -> None:
     if reason := pgbouncer.available():
@@ -32,7 +33,8 @@ def test_doctor_warns_behind_a_transaction_pooler_unless_the_pool_mode_says_so(
     with pgbouncer.transaction_pooler(server, [user], pool_size=pool_size) as port:
         pooled = make_conninfo(dsn, port=str(port))
         warned = pooler_line(pooled, "session")
-        assert warned[0].startswith("warn  pooler: a transaction pooler ("), warned
+        # (the worker refuses to start there: worker/pooler.py)
+        assert warned[0].startswith("FAIL  pooler: a transaction pooler ("), warned
         assert "but EMBED_POOL_MODE=session" in warned[0]
         assert (
             warned[1].strip()

@@ -10,6 +10,7 @@ import psycopg
 import pytest
 
 from tests.support import stores
+from tests.support.hardening import HARDENING
 
 Conn = psycopg.Connection[Any]
 
@@ -115,13 +116,6 @@ ONE_TABLE = (
     " embeddings_internal.session_start_path() TO {role}; "
     "GRANT SELECT ON embeddings.targets TO {role}"
 )
-# docs/security.md, "Revoking from PUBLIC".
-HARDENING = [
-    f"REVOKE USAGE ON SCHEMA {ns} FROM PUBLIC; "
-    f"REVOKE ALL ON ALL FUNCTIONS IN SCHEMA {ns} FROM PUBLIC; "
-    f"REVOKE ALL ON ALL TABLES IN SCHEMA {ns} FROM PUBLIC"
-    for ns in ("embeddings", "embeddings_internal")
-]
 
 
 @pytest.mark.parametrize("hardened", [False, True], ids=["as installed", "PUBLIC revoked"])

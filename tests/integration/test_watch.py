@@ -579,3 +579,40 @@ def test_a_derived_store_table_name_too_long_is_refused_with_what_to_pass(
         f"SELECT embeddings.watch('\"{name}\"', 'body', {options}, {option} => 'short_store')"
     )
     assert conn.execute("SELECT to_regclass('short_store') IS NOT NULL").fetchone() == (True,)
+
+
+@pytest.mark.parametrize(
+    ("given", "too_long", "option"),
+    [
+        ("s" * 64, "s" * 64, "side_table"),
+        ("public." + "c" * 64, "c" * 64, "chunk_table"),
+        ('"' + "é" * 32 + '"', "é" * 32, "side_table"),  # 64 bytes in 32 characters
+        ("x" * 64 + ".store", "x" * 64, "chunk_table"),  # the schema's name: another schema
+    ],
+)
+def test_an_explicit_store_table_name_too_long_is_refused_naming_the_option(
+    conn: Conn, given: str, too_long: str, option: str
+) -> None:
+    """`side_table =>` / `chunk_table =>` past 63 bytes were cut by Postgres (the side table
+    without even a NOTICE): watch() made, or took, a table of another name than the one given.
+    As for the names it derives, it refuses, naming the option and the limit; nothing is made."""
+    conn.execute("CREATE TABLE t (id int PRIMARY KEY, body text)")
+    conn.execute(f'CREATE SCHEMA "{"x" * 63}"')  # where the schema's name cut lands
+    kind = "store => 'side'" if option == "side_table" else "chunk_tokens => 64"
+    with pytest.raises(psycopg.errors.NameTooLong) as refused:
+        conn.execute(f"SELECT embeddings.watch('t', 'body', {kind}, {option} => %s)", (given,))
+    conn.rollback()
+    quoted = fetch_value(conn, "SELECT format('%%I', %s::text)", (too_long,))
+    literal = fetch_value(conn, "SELECT quote_literal(%s::text)", (given,))
+    assert str(refused.value.diag.message_primary) == (
+        f"{option} => {literal}: the name {quoted} is {len(too_long.encode())} bytes,"
+        " over Postgres' 63"
+    )
+    assert "(max_identifier_length): name a shorter table (or schema)" in str(
+        refused.value.diag.message_hint
+    )
+    assert fetch_value(conn, "SELECT count(*) FROM embeddings.targets") == 0
+    made = "SELECT count(*) FROM pg_class WHERE relname ~ '^(s{63}|c{63}|é{31}|store)$'"
+    assert fetch_value(conn, made) == 0
+    conn.execute(f"SELECT embeddings.watch('t', 'body', {kind}, {option} => %s)", ("a" * 63,))
+    assert fetch_value(conn, "SELECT to_regclass(%s) IS NOT NULL", ("a" * 63,))

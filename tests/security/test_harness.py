@@ -34,6 +34,7 @@ from tests.security.conftest import Roles, create_roles, drop_roles
 from tests.support.cluster import Cluster
 from tests.support.docs import DOCS
 from tests.support.documents import encrypted, pdf_bytes
+from tests.support.hardening import HARDENING
 from tests.support.in_flight import in_process_worker
 from tests.support.models import MINILM, require_minilm
 from tests.support.process import WorkerProcess, run_cli
@@ -299,6 +300,19 @@ def _sql_search(ctx: Context) -> None:
     # A filter value its column's type cannot read: refused naming the key and the type.
     with pytest.raises(psycopg.errors.InvalidTextRepresentation, match="id is a column of type"):
         ctx.sql(f"""SELECT * FROM embeddings.search('docs_row', {vector}, 3, '{{"id": "x"}}')""")
+
+
+def _hardened_sql_search(ctx: Context) -> None:
+    """The searches of `search (SQL)` where an administrator revoked PUBLIC's rights on our
+    schemas (docs/security.md) and gave the application role what searches use of ours by name
+    (embeddings.grant_search()): the hostile owner's code runs as before, as the owner or the
+    searcher, never with more."""
+    with ctx.roles.connect() as su:
+        su.execute("SET search_path = pg_catalog, pg_temp")  # (past the planted overloads)
+        for statement in HARDENING:
+            su.execute(statement)
+        su.execute("SELECT embeddings.grant_search(%s)", (ctx.roles.writer,))
+    _sql_search(ctx)
 
 
 def _failures_retry(ctx: Context) -> None:
@@ -571,6 +585,10 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
         ),
     ),
     "search (SQL)": ((APPLICATION, SUPERUSER), _sql_search),
+    "search (SQL) where PUBLIC's rights were revoked (grant_search())": (
+        (APPLICATION,),
+        _hardened_sql_search,
+    ),
     "search (HTTP)": ((APPLICATION,), _http_search),
     "search (HTTP server)": ((APPLICATION,), _http_server_search),
     "search (CLI)": (

@@ -14,7 +14,7 @@ import psycopg
 
 from worker import conninfo, db, exceptions, exits, queries, schema
 from worker.cli import embedding, hints, output
-from worker.cli.connection import connect
+from worker.cli.connection import connect, refuse_misconfigured
 from worker.config import PG_INTEGER_MAX, SECONDS_MAX, Settings
 
 if TYPE_CHECKING:  # the models are imported when a command embeds: the others start faster
@@ -89,6 +89,7 @@ def migrate(args: argparse.Namespace, settings: Settings) -> int:
             f" not {args.lock_wait:g}"
         )
     output.say_database(dsn, settings.database_url)
+    refuse_misconfigured(dsn, settings)
     # An unreachable database is reported plainly, not through Alembic.
     with db.connect(dsn, per_transaction=settings.per_transaction) as probe:
         row = probe.execute(queries.get("current_role")).fetchone()

@@ -3,7 +3,7 @@ package's release."""
 
 from __future__ import annotations
 
-from worker import conninfo, db, exceptions, schema
+from worker import conninfo, db, exceptions, pooler, schema
 from worker.cli import hints, output
 from worker.config import Settings
 
@@ -19,6 +19,10 @@ def connect(settings: Settings, *, searcher: bool = False) -> db.Connection:
     else:
         dsn = settings.dsn
         output.say_database(dsn, settings.database_url)
+    searching_apart = searcher and bool(settings.search_database_url)
+    refuse_misconfigured(
+        dsn, settings, url="EMBED_SEARCH_DATABASE_URL" if searching_apart else "DATABASE_URL"
+    )
     conn = db.connect(
         dsn, lock_timeout_ms=settings.lock_timeout_ms, per_transaction=settings.per_transaction
     )
@@ -36,6 +40,23 @@ def connect(settings: Settings, *, searcher: bool = False) -> db.Connection:
             f"`{hints.command('migrate', settings.dsn)}` (or `make migrate` for the local cluster)"
         )
     return conn
+
+
+def refuse_misconfigured(dsn: str, settings: Settings, *, url: str = "DATABASE_URL") -> None:
+    """EMBED_POOL_MODE=session behind a transaction pooler, which `dsn` (`url`'s) reaches:
+    refused (ConfigError), before any session setting of ours is made there, on a connection of
+    its own made per transaction (worker/pooler.py). Nothing to check with
+    EMBED_POOL_MODE=transaction."""
+    if settings.per_transaction:
+        return
+    with db.connect(dsn, lock_timeout_ms=settings.lock_timeout_ms, per_transaction=True) as probe:
+        pooler.refuse(
+            probe,
+            dsn,
+            pool_mode=settings.pool_mode,
+            lock_timeout_ms=settings.lock_timeout_ms,
+            url=url,
+        )
 
 
 def of_this_release(conn: db.Connection, settings: Settings, *, otherwise: str = "") -> bool:

@@ -81,8 +81,11 @@ class ReadinessProbe:
             if time.monotonic() - self._checked_at < 1.0:
                 return self._db_error
             try:
+                # Per transaction until start-up saw no transaction pooler in front (Waiting):
+                # nothing of this session may outlive its transactions there.
+                per_transaction = self.per_transaction or self.waiting.checking_pooler
                 with db.connect(
-                    self.dsn, connect_timeout=2, per_transaction=self.per_transaction
+                    self.dsn, connect_timeout=2, per_transaction=per_transaction
                 ) as conn:
                     read_only = db.takes_no_writes(conn)  # (and the database answers)
                 self._db_error = None if read_only is None else str(read_only)

@@ -135,7 +135,14 @@ class Work:
 
     def check_schema(self) -> None:
         """While start-up waits for the schema (not installed, of another release), the routes
-        that use it answer 503 with what to run, not the raw error of a statement it lacks."""
+        that use it answer 503 with what to run, not the raw error of a statement it lacks; and
+        before it saw that no transaction pooler is in front (EMBED_POOL_MODE=session:
+        worker/pooler.py), 503 too, so that no session of theirs is made there first."""
+        if self.waiting.checking_pooler:
+            raise exceptions.RegistryUnread(
+                "not ready: starting (EMBED_POOL_MODE=session: looking at what DATABASE_URL"
+                " reaches, a transaction pooler refused)"
+            )
         problem = self.waiting.schema
         if problem is not None:
             raise exceptions.SchemaMismatch(problem)

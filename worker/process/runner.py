@@ -110,7 +110,8 @@ class Worker:
         self.stopping = threading.Event()  # no more reading
         self.finished = threading.Event()  # the pipeline has drained
         self.started = threading.Event()  # connected, schema present, models tried
-        self.waiting = Waiting()  # what start-up waits for (the schema's release), said meanwhile
+        # What start-up waits for (the pooler's check, the schema's release), said meanwhile.
+        self.waiting = Waiting(checking_pooler=not settings.per_transaction)
         self.default_model = DefaultModel(
             settings=settings,
             registry=self.registry,
@@ -208,6 +209,7 @@ class Worker:
             lock_timeout_ms=self.settings.lock_timeout_ms,
             per_transaction=self.settings.per_transaction,
             waiting=self.waiting,
+            search_dsn=self.settings.search_database_url,
         ).run()
         keeper = _keeper(self)
         embedder = functools.partial(

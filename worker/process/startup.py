@@ -9,7 +9,7 @@ import logging
 import threading
 from dataclasses import dataclass, field
 
-from worker import conninfo, db, exceptions, metrics, queries, schema, sessions
+from worker import conninfo, db, exceptions, metrics, pooler, queries, schema, sessions
 from worker.config import Settings
 from worker.models import catalog, files
 from worker.models.loaded import LoadedModels
@@ -53,11 +53,15 @@ class Waiting:
     """What start-up waits for, as it last looked (None: nothing, or not looked yet): `schema`,
     why the schema cannot be served (not installed, of an older or a newer release), and
     `problem`, whatever it waits for (that, or a queue no watch() made yet). /readyz names the
-    problem; the POST routes that use the schema answer 503 with `schema` (worker/http/)."""
+    problem; the POST routes that use the schema answer 503 with `schema` (worker/http/).
+    `checking_pooler`: EMBED_POOL_MODE=session, and no transaction pooler seen in front yet
+    (Startup.check_pool_mode): meanwhile the HTTP side makes no session of its own there
+    (/readyz connects per transaction; the POST routes that use the database answer 503)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, checking_pooler: bool = False) -> None:
         self.schema: str | None = None
         self.problem: str | None = None
+        self.checking_pooler = checking_pooler
 
     def found(self, schema: str | None, problem: str | None) -> None:
         self.schema, self.problem = schema, problem
@@ -133,8 +137,11 @@ class Startup:
     lock_timeout_ms: int  # EMBED_LOCK_TIMEOUT_MS: the longest its statements wait for a lock
     per_transaction: bool  # EMBED_POOL_MODE=transaction (db.connect)
     waiting: Waiting  # what it waits for, said by /readyz and the POST routes meanwhile
+    search_dsn: str | None = None  # EMBED_SEARCH_DATABASE_URL: POST /search's role's
 
     def run(self) -> None:
+        if not self.check_pool_mode():
+            return  # stopped while waiting for the database
         targets = self.connect_and_read_targets()
         if targets is None:
             return  # stopped while waiting for the database
@@ -154,6 +161,68 @@ class Startup:
                 self.held.release(conn)
         except exceptions.EmbedWorkerError as exc:
             logger.warning("held jobs not taken yet (the keeper tries again): %s", exc)
+
+    def check_pool_mode(self) -> bool:
+        """EMBED_POOL_MODE=session behind a transaction pooler is refused (ConfigError: exit 2),
+        before any connection of ours sets a session setting there (worker/pooler.py): on a
+        connection of its own, made per transaction, waiting for the database as start-up does.
+        False when stopped while waiting."""
+        if self.per_transaction:
+            return True  # (works behind any pooler, or none)
+        probe = sessions.Session(
+            self.dsn,
+            "startup",
+            self.stopping,
+            deadline=0.0 if self.once else None,
+            lock_timeout_ms=self.lock_timeout_ms,
+            per_transaction=True,
+        )
+        try:
+            while not self.stopping.is_set():
+                try:
+                    conn = probe.get()
+                    pooler.refuse(
+                        conn, self.dsn, pool_mode="session", lock_timeout_ms=self.lock_timeout_ms
+                    )
+                    self.check_search_pool_mode()
+                    self.waiting.checking_pooler = False
+                    return True
+                except exceptions.ConnectionLost:
+                    if self.once:
+                        raise
+                    probe.lost()
+            return False
+        finally:
+            probe.close()
+
+    def check_search_pool_mode(self) -> None:
+        """check_pool_mode() for EMBED_SEARCH_DATABASE_URL, which POST /search connects to, once:
+        the pipeline does not wait for it (a search database that cannot be reached now leaves
+        it unchecked, with a warning)."""
+        if self.search_dsn is None or self.search_dsn == self.dsn:
+            return
+        try:
+            with db.connect(
+                self.search_dsn,
+                connect_timeout=5,
+                lock_timeout_ms=self.lock_timeout_ms,
+                per_transaction=True,
+            ) as conn:
+                pooler.refuse(
+                    conn,
+                    self.search_dsn,
+                    pool_mode="session",
+                    lock_timeout_ms=self.lock_timeout_ms,
+                    url="EMBED_SEARCH_DATABASE_URL",
+                )
+        except exceptions.ConfigError:
+            raise
+        except exceptions.EmbedWorkerError as exc:
+            logger.warning(
+                "EMBED_SEARCH_DATABASE_URL not reached: EMBED_POOL_MODE=session not checked"
+                " against what is in front of it (docs/poolers.md): %s",
+                exc,
+            )
 
     def connect_and_read_targets(self) -> dict[int, Target] | None:
         """Waits for the database and our schema (a worker may start before `migrate` ran)."""

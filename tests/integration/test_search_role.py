@@ -1,0 +1,173 @@
+"""A read-only search role, granted what the docs tell (docs/http.md: USAGE on the table's schema,
+SELECT on the table and its store; docs/sql.md: the status grants), searches and reads the status
+as installed and where PUBLIC's rights were revoked (docs/security.md, "Revoking from PUBLIC").
+There it could not: search() and hybrid_search() stopped at `permission denied for function
+search`, then at each internal function they run with their caller's rights and at each
+target's generated search functions; embeddings.grant_search() gives it those by name."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from typing import Any
+
+import psycopg
+import pytest
+from psycopg.conninfo import conninfo_to_dict
+
+from tests.integration.test_status_table import MONITORING
+from tests.support import stores
+from tests.support.fetch import fetch_value
+from tests.support.hardening import HARDENING
+from tests.support.login_roles import login_role
+from tests.support.process import run_cli
+from worker.process.runner import Worker
+
+Conn = psycopg.Connection[Any]
+
+VECTOR = "(SELECT embedding FROM docs WHERE id = 1)"
+# What the role runs: each store kind's search and hybrid search, a filter, match_chunks().
+SEARCHES = {
+    "search, row": f"SELECT count(*) FROM embeddings.search('docs', {VECTOR}, 3)",
+    "search, filter": f"""SELECT count(*) FROM embeddings.search('docs', {VECTOR}, 3,
+                                 '{{"id": {{"in": [1, 2]}}}}')""",
+    "search, side": f"SELECT count(*) FROM embeddings.search('side', {VECTOR}, 3)",
+    "search, chunks": f"SELECT count(*) FROM embeddings.search('notes', {VECTOR}, 3)",
+    "hybrid, row": f"SELECT count(*) FROM embeddings.hybrid_search('docs', 'cats', {VECTOR}, 3)",
+    "hybrid, side, every word, rrf": f"""SELECT count(*) FROM embeddings.hybrid_search('side',
+        'birds sing', {VECTOR}, 3, text_match => 'all', fusion => 'rrf')""",
+    "hybrid, chunks": f"SELECT count(*) FROM embeddings.hybrid_search('notes', 'stocks', {VECTOR}, 3)",
+    "match_chunks": f"SELECT count(*) FROM embeddings.match_chunks('notes', {VECTOR}, 3)",
+    "status": "SELECT count(*) FROM embeddings.status",
+}
+TEXTS = {
+    "docs": {1: "cats sleep all day", 2: "dogs bark at cats", 3: "stocks fell"},
+    "side": {1: "birds sing", 2: "birds fly south", 3: "fish swim"},
+    "notes": {1: "stocks fell sharply", 2: "markets rose", 3: "cats again"},
+}
+
+
+def watched(conn: Conn, model: str) -> None:
+    """docs (row store), side (a side table), notes (chunks), full-text search on each."""
+    options = {"docs": "", "side": ", store => 'side'", "notes": ", chunk_tokens => 64"}
+    for table, texts in TEXTS.items():
+        stores.texts_table(conn, texts, table=table)
+        conn.execute(
+            f"SELECT embeddings.watch('{table}', 'body', model => %s{options[table]})", (model,)
+        )
+        conn.execute(f"SELECT embeddings.enable_fts('{table}')")
+
+
+def searched(dsn: str) -> dict[str, str]:
+    """Each of SEARCHES as the role of `dsn`: its count, or the error's first line."""
+    found = {}
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for name, query in SEARCHES.items():
+            try:
+                found[name] = str(fetch_value(conn, query))
+            except psycopg.Error as exc:
+                found[name] = str(exc).splitlines()[0]
+    return found
+
+
+@pytest.mark.parametrize("hardened", [False, True], ids=["as installed", "PUBLIC revoked"])
+def test_a_search_role_granted_as_documented_searches_and_reads_the_status(
+    conn: Conn, dsn: str, minilm: str, run_once: Callable[..., Worker], hardened: bool
+) -> None:
+    watched(conn, minilm)
+    run_once()
+    if hardened:
+        for statement in HARDENING:
+            conn.execute(statement)
+    with login_role(conn, dsn, "app_search") as search_dsn:
+        role = conninfo_to_dict(search_dsn)["user"]
+        # docs/http.md's search role, and docs/sql.md's status grants
+        conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        conn.execute(f"GRANT SELECT ON docs, side, side_embeddings, notes, notes_chunks TO {role}")
+        conn.execute(MONITORING.format(role=role))
+        expected = {name: "3" for name in SEARCHES}  # (status: a row per target)
+        expected["search, filter"] = "2"
+        found = searched(search_dsn)
+        if hardened:
+            # (the status's grants give USAGE on schema embeddings: what stops a search now is
+            # its function, then each internal one it runs as its caller, then the target's)
+            assert found.pop("status") == "3"
+            assert set(found.values()) == {
+                "permission denied for function search",
+                "permission denied for function hybrid_search",
+                "permission denied for function match_chunks",
+            }
+            conn.execute("SELECT embeddings.grant_search(%s)", (role,))
+            found = searched(search_dsn)
+        assert found == expected
+        # embed-worker search as that role (POST /search's code), its question embedded here
+        result = run_cli(
+            "search", "docs", "cats", "-k", "2", "--json", env={"DATABASE_URL": search_dsn}
+        )
+        assert result.returncode == 0, result.stderr
+        # A table watched afterwards: its functions are PUBLIC's as made.
+        stores.texts_table(conn, {1: "later"}, table="later")
+        conn.execute("SELECT embeddings.watch('later', 'body', model => %s)", (minilm,))
+        conn.execute(f"GRANT SELECT ON later TO {role}")
+        run_once()
+        with psycopg.connect(search_dsn, autocommit=True) as searcher:
+            later = f"SELECT count(*) FROM embeddings.search('later', {VECTOR}, 3)"
+            assert fetch_value(searcher, later) == 1
+
+
+# Functions of ours an explicit grant names `role` in (its oid: 0 for PUBLIC; a NULL acl is
+# PUBLIC's default), leaving out trigger functions (never called) and the forwarders kept for
+# workers of 0.3.0 (which no search of this release calls).
+EXECUTABLE = """
+SELECT p.oid::regprocedure::text FROM pg_proc p
+WHERE p.pronamespace IN ('embeddings'::regnamespace, 'embeddings_internal'::regnamespace)
+  AND p.prorettype NOT IN ('trigger'::regtype, 'event_trigger'::regtype)
+  AND coalesce(obj_description(p.oid, 'pg_proc'), '') NOT LIKE '%%kept for workers of release 0.3.0%%'
+  AND CASE WHEN p.proacl IS NULL THEN %(role)s = 0
+           ELSE EXISTS (SELECT FROM aclexplode(p.proacl) a
+                        WHERE a.grantee = %(role)s AND a.privilege_type = 'EXECUTE') END
+"""
+READABLE = """
+SELECT c.oid::regclass::text FROM pg_class c
+WHERE c.relnamespace IN ('embeddings'::regnamespace, 'embeddings_internal'::regnamespace)
+  AND EXISTS (SELECT FROM aclexplode(c.relacl) a WHERE a.grantee = %(role)s AND a.privilege_type = 'SELECT')
+"""
+
+
+def test_grant_search_gives_what_public_has_as_installed_and_nothing_more(
+    conn: Conn, dsn: str, minilm: str
+) -> None:
+    """On a schema as installed, the role is granted by name exactly the functions PUBLIC may
+    execute (every target's generated ones for its searches among them), and reads none of our
+    tables PUBLIC may not read; so a kind of generated function made PUBLIC's is one
+    grant_search() gives too."""
+    watched(conn, minilm)
+    with login_role(conn, dsn, "app_search") as search_dsn:
+        role = conninfo_to_dict(search_dsn)["user"]
+        conn.execute("SELECT embeddings.grant_search(%s)", (role,))
+        oid = fetch_value(conn, "SELECT %s::regrole::oid", (role,))
+
+        def of(query: str, grantee: int) -> set[str]:
+            return {r[0] for r in conn.execute(query, {"role": grantee}).fetchall()}
+
+        assert of(EXECUTABLE, oid) == of(EXECUTABLE, 0)
+        assert any("embeddings_" in f and "_visible()" in f for f in of(EXECUTABLE, oid))
+        assert of(READABLE, oid) == {"embeddings.targets", "embeddings.rerankers"}
+        assert of(READABLE, oid) <= of(READABLE, 0)
+        schemas = "SELECT has_schema_privilege(%s, n, 'USAGE') FROM unnest(ARRAY['embeddings', 'embeddings_internal', 'pgmq']) n"
+        assert [r[0] for r in conn.execute(schemas, (role,)).fetchall()] == [True, True, False]
+
+
+@pytest.mark.parametrize(
+    ("role", "error", "message"),
+    [
+        ("public", psycopg.errors.ReservedName, "PUBLIC has what grant_search() gives"),
+        (None, psycopg.errors.NullValueNotAllowed, "role_name must not be NULL"),
+        ("no_such_role", psycopg.errors.UndefinedObject, 'role "no_such_role" does not exist'),
+    ],
+)
+def test_grant_search_refuses_public_and_a_role_that_is_not_there(
+    conn: Conn, role: str | None, error: type[psycopg.Error], message: str
+) -> None:
+    with pytest.raises(error, match=re.escape(message)):
+        conn.execute("SELECT embeddings.grant_search(%s)", (role,))
