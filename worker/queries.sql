@@ -632,8 +632,10 @@ SELECT target_id, result FROM embeddings_internal.complete_changes();
 -- model change: END
 
 -- name: target_lanes
--- The queue and table of each target in %(target_ids)s: where `status` looks for its retries.
-SELECT t.id, t.queue, n.nspname, c.relname, t.embedding_column
+-- The pgmq tables of each target's lanes (embeddings_internal.lane_table(), pgmq's naming rule)
+-- and its table, for the targets in %(target_ids)s: where `status` looks for their retries.
+SELECT t.id, embeddings_internal.lane_table(t.queue, 'live'), embeddings_internal.lane_table(t.queue, 'backfill'),
+       n.nspname, c.relname, t.embedding_column
 FROM embeddings.targets t
 JOIN pg_class c ON c.oid = t.source
 JOIN pg_namespace n ON n.oid = c.relnamespace
