@@ -387,11 +387,11 @@ BEGIN
     EXECUTE format(
         'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
         'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
-        pgmq.format_table_name(from_queue, 'q'), to_queue) USING target_id;
+        embeddings_internal.lane_table(from_queue, 'live'), to_queue) USING target_id;
     EXECUTE format(
         'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
         'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
-        pgmq.format_table_name(embeddings_internal.backfill_queue(from_queue), 'q'),
+        embeddings_internal.lane_table(from_queue, 'backfill'),
         embeddings_internal.backfill_queue(to_queue)) USING target_id;
 END
 $$;
@@ -488,10 +488,10 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_s
 DECLARE
     lane text;
 BEGIN
-    FOREACH lane IN ARRAY ARRAY[queue, embeddings_internal.backfill_queue(queue)] LOOP
-        IF to_regclass(format('pgmq.%I', pgmq.format_table_name(lane, 'q'))) IS NOT NULL THEN
+    FOREACH lane IN ARRAY ARRAY['live', 'backfill'] LOOP
+        IF to_regclass(format('pgmq.%I', embeddings_internal.lane_table(queue, lane))) IS NOT NULL THEN
             EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',
-                           pgmq.format_table_name(lane, 'q')) USING target_id;
+                           embeddings_internal.lane_table(queue, lane)) USING target_id;
         END IF;
     END LOOP;
 END
@@ -951,9 +951,9 @@ BEGIN
     END IF;
     DELETE FROM embeddings.inbox i WHERE i.target = t.id;
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',
-                   pgmq.format_table_name(t.queue, 'q')) USING t.id;
+                   embeddings_internal.lane_table(t.queue, 'live')) USING t.id;
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1)',  -- lanes
-                   pgmq.format_table_name(embeddings_internal.backfill_queue(t.queue), 'q')) USING t.id;
+                   embeddings_internal.lane_table(t.queue, 'backfill')) USING t.id;
     DELETE FROM embeddings.targets tg WHERE tg.id = t.id;
 END
 $$;

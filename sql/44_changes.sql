@@ -271,7 +271,7 @@ BEGIN
     END IF;
     PERFORM set_config('embeddings.following', following, true);
     EXECUTE format('DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1, ''shadow'', true)',
-                   pgmq.format_table_name(embeddings_internal.backfill_queue(t.queue), 'q')) USING t.id;
+                   embeddings_internal.lane_table(t.queue, 'backfill')) USING t.id;
     -- The change's backfill becomes an ordinary one again, from the first key: rows it would
     -- have reached (a backfill it replaced, say) still get their vector of the current model.
     UPDATE embeddings.backfills b SET lane = 'backfill', every_row = false, after_key = NULL
@@ -312,7 +312,7 @@ BEGIN
               SELECT NULL, key_json, false FROM embeddings.inbox i,
                    LATERAL embeddings_internal.message_keys(pg_catalog.jsonb_build_object('columns', i.columns)) AS key_json
               WHERE i.target = $1) s
-        $q$, pgmq.format_table_name(t.queue, 'q'), embeddings_internal.guide_job_sql(t, 'm'))
+        $q$, embeddings_internal.lane_table(t.queue, 'live'), embeddings_internal.guide_job_sql(t, 'm'))
         INTO keys, held USING t.id;
     keys := coalesce(keys, '{}');
 END
@@ -335,7 +335,7 @@ DECLARE
     held bigint;
 BEGIN
     EXECUTE format('SELECT count(*) FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1, ''shadow'', true)',
-                   pgmq.format_table_name(embeddings_internal.backfill_queue(t.queue), 'q'))
+                   embeddings_internal.lane_table(t.queue, 'backfill'))
         INTO change_jobs USING t.id;
     IF change_jobs > 0 THEN
         RETURN format('%s jobs of the change are waiting', change_jobs);
@@ -573,7 +573,7 @@ BEGIN
         -- (all of them once it ended), less the change's jobs still queued.
         EXECUTE format('SELECT coalesce(sum(embeddings.message_key_count(message)), 0) FROM pgmq.%I '
                        'WHERE message @> jsonb_build_object(''target'', $1, ''shadow'', true)',
-                       pgmq.format_table_name(embeddings_internal.backfill_queue(t.queue), 'q'))
+                       embeddings_internal.lane_table(t.queue, 'backfill'))
             INTO queued USING t.id;
         change_total_rows := c.rows_total;
         change_done_rows := greatest(least(coalesce(

@@ -37,8 +37,8 @@ BEGIN
         SELECT m.message -> 'id' FROM pgmq.%1$I m WHERE %2$s
         UNION ALL
         SELECT f.row_key FROM embeddings.failures f WHERE f.target_id = $1 AND f.row_key IS NOT NULL
-        $q$, pgmq.format_table_name(t.queue, 'q'), embeddings_internal.guide_job_sql(t, 'm'),
-        pgmq.format_table_name(embeddings_internal.backfill_queue(t.queue), 'q'))
+        $q$, embeddings_internal.lane_table(t.queue, 'live'), embeddings_internal.guide_job_sql(t, 'm'),
+        embeddings_internal.lane_table(t.queue, 'backfill'))
     USING t.id;
 END
 $$;

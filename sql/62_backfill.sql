@@ -139,7 +139,7 @@ DECLARE
     lane_full boolean;
 BEGIN
     EXECUTE format('SELECT count(*) >= $1 FROM (SELECT FROM pgmq.%I LIMIT $1) q',
-                   pgmq.format_table_name(embeddings_internal.backfill_queue(queue), 'q'))
+                   embeddings_internal.lane_table(queue, 'backfill'))
         INTO lane_full USING max_keys / embeddings_internal.keys_per_message() + 1;
     RETURN lane_full;
 END

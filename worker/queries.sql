@@ -84,12 +84,16 @@ WHERE q.msg_id = d.msg_id;
 -- pgmq.read), a retry or a release all set another vt, so a job another worker is processing
 -- never matches, and a message locked meanwhile is checked again once its lock is released.
 -- Compared as JSON values (no cast that a malformed message could make fail); `until` in epoch
--- seconds (exact to the microsecond, whatever the sessions' time zones). Scans the queue: run
--- when a target becomes servable, not per batch.
+-- seconds (exact to the microsecond, whatever the sessions' time zones). Only jobs not visible
+-- are candidates, found by pgmq's vt index: "now" is the statement's time, one instant that the
+-- planner knows (a stable function, as embeddings_internal.release_held()'s parameter), for the
+-- condition and the new vt alike; clock_timestamp() (volatile) in the condition made it a scan
+-- of the whole lane, every visible job of a backlog included. Run when a target becomes
+-- servable, not per batch.
 -- ours: touches only our tables and pgmq's, runs no one else's code
 UPDATE {queue_table} q
-SET vt = clock_timestamp()
-WHERE q.vt > clock_timestamp()
+SET vt = pg_catalog.statement_timestamp()
+WHERE q.vt > pg_catalog.statement_timestamp()
   AND q.message #> '{{held,until}}' = to_jsonb(extract(epoch FROM q.vt))
   AND q.message #> '{{held,target}}' IN (SELECT to_jsonb(t) FROM unnest(%(target_ids)s::integer[]) AS t)
 RETURNING q.msg_id;
@@ -638,8 +642,10 @@ LEFT JOIN embeddings.models m ON m.name = mc.model;
 -- model change: END
 
 -- name: target_lanes
--- The queue and table of each target in %(target_ids)s: where `status` looks for its retries.
-SELECT t.id, t.queue, n.nspname, c.relname, t.embedding_column
+-- The pgmq tables of each target's lanes (embeddings_internal.lane_table(), pgmq's naming rule)
+-- and its table, for the targets in %(target_ids)s: where `status` looks for their retries.
+SELECT t.id, embeddings_internal.lane_table(t.queue, 'live'), embeddings_internal.lane_table(t.queue, 'backfill'),
+       n.nspname, c.relname, t.embedding_column
 FROM embeddings.targets t
 JOIN pg_class c ON c.oid = t.source
 JOIN pg_namespace n ON n.oid = c.relnamespace

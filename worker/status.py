@@ -16,7 +16,6 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from worker import db, exceptions, queries
-from worker.pipeline import jobs
 
 COLUMNS = (
     "target",
@@ -165,11 +164,11 @@ def _add_retrying(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
             targets = conn.execute(
                 queries.compose("target_lanes"), {"target_ids": list(busy)}
             ).fetchall()
-            by_name = {(schema, table, column): tid for tid, _, schema, table, column in targets}
-            queues = {queue for _, queue, *_ in targets}
-            for lane in sorted(queues | {jobs.backfill_queue_name(q) for q in queues}):
+            by_name = {(schema, table, column): tid for tid, _, _, schema, table, column in targets}
+            lanes = {lane for _, live, backfill, *_ in targets for lane in (live, backfill)}
+            for lane in sorted(lanes):
                 cur = conn.execute(
-                    queries.compose("retrying_keys", queue_table=queries.queue_table(lane))
+                    queries.compose("retrying_keys", queue_table=sql.Identifier("pgmq", lane))
                 )
                 for tid, schema, table, column, keys, error, attempts in cur:
                     target_id = (
