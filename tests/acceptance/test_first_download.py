@@ -8,6 +8,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import subprocess
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -139,3 +141,68 @@ def test_sigterm_does_not_wait_for_a_download(
     assert not (cache / "gte-small").exists()
     leftovers = [p.name for p in cache.iterdir() if p.name.startswith(".gte-small.")]
     assert leftovers == []
+
+
+# --- the commands -------------------------------------------------------------------------------
+
+
+def _command(env: dict[str, str], *argv: str) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        [sys.executable, "-m", "worker", *argv],
+        env={**os.environ, **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def test_a_killed_model_download_leaves_nothing_once_run_again(
+    hub: FakeHub, downloading_env: dict[str, str], tmp_path: Path
+) -> None:
+    """kill -9 mid-transfer: its staging directory stayed in the cache for good."""
+    killed = _command(downloading_env, "model", "download", "gte-small")
+    wait_for(lambda: hub.content_started(MODEL_FILE), 60, what="the weights' transfer")
+    killed.kill()
+    killed.communicate(timeout=30)
+    cache = tmp_path / "cache"
+    assert [p for p in cache.iterdir() if p.name.startswith(".gte-small.")] != []
+
+    hub.release()
+    again = _command(downloading_env, "model", "download", "gte-small")
+    _, err = again.communicate(timeout=120)
+
+    assert again.returncode == 0, err
+    assert [p.name for p in cache.iterdir() if p.name.startswith(".gte-small.")] == []
+    assert (cache / "gte-small" / MODEL_FILE).is_file()
+
+
+def test_a_cut_transfer_says_so_once_and_quietly(
+    hub: FakeHub, downloading_env: dict[str, str]
+) -> None:
+    """A transfer cut short: the message said "On a machine without access to the hub" (it was
+    reached), huggingface_hub's retry warnings came out twice, and every HTTP request was an INFO
+    line."""
+    hub.cut_off("Supabase/gte-small", MODEL_FILE)
+
+    command = _command(downloading_env, "model", "download", "gte-small")
+    _, err = command.communicate(timeout=120)
+
+    assert command.returncode == 1, err
+    assert f"the transfer of {MODEL_FILE} from {hub.endpoint} failed" in err
+    assert "without access to the hub" not in err
+    assert "HTTP Request:" not in err
+    retries = [line for line in err.splitlines() if "Error while downloading" in line]
+    assert retries and all(line.startswith("20") for line in retries), err  # ours: timestamped
+
+
+def test_embed_says_it_downloads_on_first_use(
+    hub: FakeHub, downloading_env: dict[str, str]
+) -> None:
+    hub.release()
+
+    command = _command(downloading_env, "embed", "hello world")
+    out, err = command.communicate(timeout=120)
+
+    assert command.returncode == 0, err
+    assert len(json.loads(out)[0]) == 384
+    assert "model gte-small is not on this machine: downloading Supabase/gte-small" in err

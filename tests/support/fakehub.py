@@ -5,7 +5,7 @@ on: `X-Repo-Commit`, an `ETag` (the git blob sha1 of a small file) and, for LFS 
 a 302 to a second "CDN" origin with `X-Linked-Etag` (the sha256) and `X-Linked-Size`. Unknown
 repositories, revisions and files get the hub's 404s with `X-Error-Code`. A file can be served
 corrupted (bytes flipped, same size) while the hub still reports the checksum of the original;
-a file's transfer can fail (an HTTP status), be cut halfway, or crawl until `release()`.
+a file's transfer can fail (an HTTP status), be cut off, or crawl until `release()`.
 
     with FakeHub() as hub:
         hub.add("org/model", {"tokenizer.json": b"...", "onnx/model.onnx": b"..."})
@@ -88,7 +88,7 @@ class _Repo:
     files: dict[str, bytes]
     corrupted: set[str] = field(default_factory=set)
     failing: dict[str, int] = field(default_factory=dict)  # path -> HTTP status answered
-    cut: set[str] = field(default_factory=set)  # content cut halfway, the connection closed
+    cut: set[str] = field(default_factory=set)  # the connection closed before the content
     slow: dict[str, float] = field(default_factory=dict)  # path -> seconds its content takes
 
 
@@ -127,7 +127,7 @@ class FakeHub:
         self.repos[repo_id].failing[path] = status
 
     def cut_off(self, repo_id: str, path: str) -> None:
-        """Send half of `path`'s content, then close the connection."""
+        """Send `path`'s headers, then close the connection instead of the content."""
         self.repos[repo_id].cut.add(path)
 
     def crawl(self, repo_id: str, path: str, seconds: float) -> None:
@@ -251,8 +251,7 @@ class FakeHub:
             def _send(self, repo: _Repo, file_path: str, data: bytes) -> None:
                 """The content, as the file's fault says: whole, cut halfway, or crawling."""
                 if file_path in repo.cut:
-                    self.wfile.write(data[: len(data) // 2])
-                    self.wfile.flush()
+                    # (none of it: a client that resumes makes no progress, and gives up)
                     self.close_connection = True
                     self.connection.shutdown(socket.SHUT_RDWR)
                     return

@@ -94,6 +94,8 @@ class LoadedModels:
         # wait for one when it serves other models meanwhile.
         self._stopping = threading.Event()
         self._wait_for_downloads = True
+        # Told of each download as it starts (a command says it on stderr: its logs are quiet).
+        self.on_download: Callable[[str], None] | None = None
         # Remote models (worker/models/remote/): their registrations as the worker last read
         # them (follow()), and the RemoteModel built from each.
         self.api_key: ApiKey = api_key
@@ -217,6 +219,8 @@ class LoadedModels:
         pending = Download(model, f"{spec.repo_id}@{spec.revision[:12]} into {self.location.cache}")
         with self._lock:
             self._downloads[model] = pending
+        if self.on_download is not None:
+            self.on_download(f"model {model} is not on this machine: downloading {pending.source}")
         thread = threading.Thread(
             target=self._download, args=(pending, spec), name=f"download {model}", daemon=True
         )
