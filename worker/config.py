@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, TypeVar
 
-from worker import conninfo
+from worker import conninfo, environment
 from worker.environment import FromEnvironment
 from worker.models import files
 from worker.models.catalog import DEFAULT_MODEL, Variant
@@ -191,7 +191,13 @@ class Settings(FromEnvironment):
         off_by = "EMBED_OFFLINE" if self.offline else None
         if off_by is None and self.hf_hub_offline:
             off_by = "HF_HUB_OFFLINE"
-        return DownloadPolicy(off_by=off_by, endpoint=self.hf_endpoint)
+        if off_by is None:
+            return DownloadPolicy(endpoint=self.hf_endpoint)
+        # Messages say the setting as the operator wrote it (EMBED_OFFLINE=yes): the process's
+        # value when it is the one that turned downloads off, else 1 (set another way).
+        raw = os.environ.get(off_by, "").strip()
+        value = raw if environment.is_true(raw) else "1"
+        return DownloadPolicy(off_by=off_by, endpoint=self.hf_endpoint, off_value=value)
 
     def api_key(self, credential: str) -> tuple[Secret | None, str]:
         """The key of `credential` (a model's or a reranker's row's `credential`) and where it

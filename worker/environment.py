@@ -53,6 +53,11 @@ class FromEnvironment:
         return replace(self, **{k: v for k, v in overrides.items() if v is not None}).validated()
 
 
+def is_true(raw: str) -> bool:
+    """Whether `raw` is a value that turns a boolean setting on (1, true, yes, on)."""
+    return raw.strip().lower() in _TRUE
+
+
 def parse(env: str, type_name: str, raw: str) -> Any:
     """The value of variable `env` (`raw`, as set) for a field of type `type_name`."""
     if type_name.startswith("Secret"):

@@ -35,6 +35,16 @@ class DownloadError(ModelError):
     """The model download failed."""
 
 
+class CacheNotWritable(DownloadError):
+    """The model cache (EMBED_CACHE_DIR, --cache-dir) cannot be written: a configuration error
+    for a command (exit 2); for a worker, the reason its model's jobs are held."""
+
+
+class ModelDownloading(ModelError):
+    """The model is being downloaded in the background (worker/models/loaded.py): its targets'
+    jobs are held until it loads."""
+
+
 class DatabaseError(EmbedWorkerError):
     """A database operation failed."""
 

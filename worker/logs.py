@@ -79,5 +79,5 @@ def configure(log_format: str = "text", level: str = "INFO") -> None:
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
     # Third-party chatter that says nothing to an operator at INFO.
-    for noisy in ("alembic.runtime.plugins", "httpx", "huggingface_hub"):
+    for noisy in ("alembic.runtime.plugins", "httpx", "httpx2", "huggingface_hub", "hf_xet"):
         logging.getLogger(noisy).setLevel(logging.WARNING)

@@ -4,7 +4,8 @@
 on: `X-Repo-Commit`, an `ETag` (the git blob sha1 of a small file) and, for LFS files (`.onnx`),
 a 302 to a second "CDN" origin with `X-Linked-Etag` (the sha256) and `X-Linked-Size`. Unknown
 repositories, revisions and files get the hub's 404s with `X-Error-Code`. A file can be served
-corrupted (bytes flipped, same size) while the hub still reports the checksum of the original.
+corrupted (bytes flipped, same size) while the hub still reports the checksum of the original;
+a file's transfer can fail (an HTTP status), be cut off, or crawl until `release()`.
 
     with FakeHub() as hub:
         hub.add("org/model", {"tokenizer.json": b"...", "onnx/model.onnx": b"..."})
@@ -14,6 +15,7 @@ corrupted (bytes flipped, same size) while the hub still reports the checksum of
 from __future__ import annotations
 
 import hashlib
+import socket
 import threading
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
@@ -85,6 +87,9 @@ class _Repo:
     commit: str
     files: dict[str, bytes]
     corrupted: set[str] = field(default_factory=set)
+    failing: dict[str, int] = field(default_factory=dict)  # path -> HTTP status answered
+    cut: set[str] = field(default_factory=set)  # the connection closed before the content
+    slow: dict[str, float] = field(default_factory=dict)  # path -> seconds its content takes
 
 
 class FakeHub:
@@ -94,6 +99,7 @@ class FakeHub:
         self.repos: dict[str, _Repo] = {}
         self.requests: list[tuple[str, str]] = []  # (method, path), in arrival order
         self._lock = threading.Lock()
+        self._released = threading.Event()  # slow transfers finish at once
         self._hub = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._cdn = ThreadingHTTPServer(("127.0.0.1", 0), self._handler())
         self._threads = [
@@ -116,6 +122,26 @@ class FakeHub:
         """Serve `path` with flipped bytes while reporting the original's checksums."""
         self.repos[repo_id].corrupted.add(path)
 
+    def fail(self, repo_id: str, path: str, status: int) -> None:
+        """Answer every request for `path` with HTTP `status` (500, 429, ...)."""
+        self.repos[repo_id].failing[path] = status
+
+    def cut_off(self, repo_id: str, path: str) -> None:
+        """Send `path`'s headers, then close the connection instead of the content."""
+        self.repos[repo_id].cut.add(path)
+
+    def crawl(self, repo_id: str, path: str, seconds: float) -> None:
+        """Spread `path`'s content over `seconds` (a slow link) until release() is called."""
+        self.repos[repo_id].slow[path] = seconds
+
+    def release(self) -> None:
+        """Slow transfers in progress and to come send the rest of their content at once."""
+        self._released.set()
+
+    def content_started(self, path_end: str) -> bool:
+        """Whether a GET of content whose path ends with `path_end` has arrived."""
+        return any(p.endswith(path_end) for p in self.downloads())
+
     def downloads(self) -> list[str]:
         """Paths of completed GETs of file content, hub and CDN alike."""
         with self._lock:
@@ -132,6 +158,7 @@ class FakeHub:
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
+        self._released.set()  # (a crawling transfer would hold its handler thread)
         for server in (self._hub, self._cdn):
             server.shutdown()
             server.server_close()
@@ -180,6 +207,8 @@ class FakeHub:
                     return self._error(404, "RevisionNotFound")
                 if file_path not in repo.files:
                     return self._error(404, "EntryNotFound", commit=repo.commit)
+                if file_path in repo.failing:
+                    return self._error(repo.failing[file_path], "Fault", commit=repo.commit)
                 original = repo.files[file_path]
                 if file_path.endswith(".onnx"):  # LFS: the metadata is on the redirect
                     self.send_response(302)
@@ -200,7 +229,7 @@ class FakeHub:
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if body:
-                    self.wfile.write(data)
+                    self._send(repo, file_path, data)
                 return None
 
             def _serve_cdn(self, path: str, *, body: bool) -> None:
@@ -209,13 +238,36 @@ class FakeHub:
                 repo = hub.repos.get(repo_id)
                 if repo is None or file_path not in repo.files:
                     return self._error(404, "EntryNotFound")
+                if file_path in repo.failing:
+                    return self._error(repo.failing[file_path], "Fault")
                 data = hub._served(repo, file_path)
                 self.send_response(200)
                 self.send_header("Content-Length", str(len(data)))
                 self.end_headers()
                 if body:
-                    self.wfile.write(data)
+                    self._send(repo, file_path, data)
                 return None
+
+            def _send(self, repo: _Repo, file_path: str, data: bytes) -> None:
+                """The content, as the file's fault says: whole, cut halfway, or crawling."""
+                if file_path in repo.cut:
+                    # (none of it: a client that resumes makes no progress, and gives up)
+                    self.close_connection = True
+                    self.connection.shutdown(socket.SHUT_RDWR)
+                    return
+                seconds = repo.slow.get(file_path)
+                if seconds is None:
+                    self.wfile.write(data)
+                    return
+                pieces = 100
+                step = max(1, -(-len(data) // pieces))
+                try:
+                    for start in range(0, len(data), step):
+                        self.wfile.write(data[start : start + step])
+                        self.wfile.flush()
+                        hub._released.wait(seconds / pieces)
+                except OSError:
+                    self.close_connection = True  # the client went away (stopped, abandoned)
 
             def _error(self, status: int, code: str, *, commit: str | None = None) -> None:
                 self.send_response(status)

@@ -4,12 +4,14 @@ checksum-verified, and never when downloads are off."""
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 from tests.support.fakehub import COMMIT, FakeHub, tiny_files, tiny_spec
+from tests.support.process import wait_for
 from worker import exceptions
 from worker.cli import main as cli
 from worker.config import Settings
@@ -177,3 +179,41 @@ def test_model_download_refuses_while_downloads_are_off(
     assert f"downloads are off ({switch}=1)" in said
     assert f"on a machine that reaches the hub, with {switch} unset" in said
     assert "model download tiny" not in said
+
+
+def test_a_worker_serves_on_while_a_model_downloads(
+    hub: FakeHub, tiny_repo: dict[str, bytes]
+) -> None:
+    """A worker's get() of a model that downloads says so at once (its targets are held with
+    that reason) instead of waiting for the download; the model is loaded once it is in."""
+    hub.crawl("test-org/tiny", "onnx/model.onnx", seconds=600)
+    embedders = models()
+    embedders.serve_while_downloading(threading.Event(), wait=False)
+
+    with pytest.raises(exceptions.ModelDownloading, match="downloading test-org/tiny"):
+        embedders.get("tiny")
+    assert "model tiny: downloading test-org/tiny" in embedders.downloading()["tiny"]
+    with pytest.raises(exceptions.ModelDownloading):
+        embedders.get("tiny")  # (one download)
+
+    hub.release()
+    wait_for(lambda: "tiny" in embedders.loaded(), 30, what="the model loaded")
+    assert embedders.downloading() == {}
+    assert len([p for p in hub.downloads() if p.endswith("model.onnx")]) == 1
+
+
+def test_a_stop_ends_a_wait_for_a_download(hub: FakeHub, tiny_repo: dict[str, bytes]) -> None:
+    """A one-shot run waits for its model's download; its stop does not."""
+    hub.crawl("test-org/tiny", "onnx/model.onnx", seconds=600)
+    stop = threading.Event()
+    embedders = models()
+    embedders.serve_while_downloading(stop, wait=True)
+    timer = threading.Timer(0.5, stop.set)
+    timer.start()
+
+    started = time.monotonic()
+    with pytest.raises(exceptions.ModelError, match="stopped while downloading"):
+        embedders.get("tiny")
+
+    assert time.monotonic() - started < 5
+    timer.join()

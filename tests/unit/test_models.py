@@ -16,6 +16,7 @@ from worker import exceptions
 from worker.config import Settings
 from worker.models import catalog, download, files
 from worker.models.embedder import Embedder
+from worker.models.hub import GIT_SHA1, SHA256
 
 pytestmark = pytest.mark.usefixtures("embed_env")
 
@@ -52,8 +53,8 @@ def test_registry_entries(name: str, repo_id: str, pooling: str, max_tokens: int
         pooling,
         max_tokens,
     )
-    assert download.GIT_SHA1.match(spec.revision), "revisions are commits, never branches"
-    assert all(f.sha256 is None or download.SHA256.match(f.sha256) for f in spec.files)
+    assert GIT_SHA1.match(spec.revision), "revisions are commits, never branches"
+    assert all(f.sha256 is None or SHA256.match(f.sha256) for f in spec.files)
     paths = {f.path for f in spec.files}
     assert {"tokenizer.json", "onnx/model.onnx"} <= paths
 

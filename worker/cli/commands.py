@@ -18,7 +18,7 @@ from worker.cli.connection import connect, refuse_misconfigured
 from worker.config import PG_INTEGER_MAX, SECONDS_MAX, Settings
 
 if TYPE_CHECKING:  # the models are imported when a command embeds: the others start faster
-    pass
+    from worker.models.files import ModelRow
 
 
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -194,6 +194,16 @@ def failures(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # --- models -----------------------------------------------------------------------------------
+def _presence(row: ModelRow, settings: Settings) -> str:
+    """yes, no, or damaged: a downloaded file whose size is not the one recorded (truncated),
+    and the command that fetches it again."""
+    if not row.present:
+        return "no"
+    if row.damaged:
+        return f"damaged ({', '.join(row.damaged)}): {hints.model_download(row.name, settings)}"
+    return "yes"
+
+
 def model(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli import remote
     from worker.models import catalog, download, files
@@ -208,7 +218,7 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
                     str(r.dim or "?"),
                     r.pooling,
                     str(r.max_tokens),
-                    "yes" if r.present else "no",
+                    _presence(r, settings),
                     str(r.location or "-"),
                     r.source,
                 ]
@@ -217,22 +227,25 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
             + remote.list_rows(settings),
         )
         return exits.OK
-    off_by = settings.downloads.off_by
-    if off_by is not None:
+    if args.name not in catalog.REGISTRY:
+        raise exceptions.ConfigError(f"model download: {download.unknown_message(args.name)}")
+    policy = settings.downloads
+    if policy.off_by is not None:
         # Downloads are off by the operator's word (docs/configuration.md): this command would
         # download, so it refuses rather than fetch anyway or fail inside huggingface_hub.
         raise exceptions.ConfigError(
-            f"model download: downloads are off ({off_by}=1), and this command only downloads."
-            f" Run it on a machine that reaches the hub, with {off_by} unset, and copy the"
-            f" directory it prints to {settings.model_location.cache.absolute() / args.name};"
+            f"model download: downloads are off ({policy.off_as_set}), and this command only"
+            f" downloads. Run it on a machine that reaches the hub, with {policy.off_by} unset,"
+            " and copy the directory it prints to"
+            f" {settings.model_location.cache.absolute() / args.name};"
             f" or {hints.model_on_path(args.name, settings)}"
         )
     variant: catalog.Variant | Literal["all"] = args.download_variant or settings.model_variant
-    path = download.download(
-        args.name,
-        variant=variant,
-        location=settings.model_location,
-        endpoint=settings.downloads.endpoint,
-    )
+    try:
+        path = download.download(
+            args.name, variant=variant, location=settings.model_location, endpoint=policy.endpoint
+        )
+    except exceptions.CacheNotWritable as exc:
+        raise exceptions.ConfigError(f"model download: {exc}") from exc
     print(f"{args.name} is in {path}", file=sys.stderr)
     return exits.OK

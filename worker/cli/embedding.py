@@ -87,6 +87,8 @@ def _models(settings: Settings, remote: dict[str, RemoteSpec]) -> LoadedModels:
     registered in the database (`remote`: embeddings.register_model())."""
     models = settings.loaded_models(retry_after=0.0)
     models.follow(lambda: remote)
+    # (its logs are quiet: a first use would otherwise wait for the download in silence)
+    models.on_download = lambda news: print(f"embed-worker: {news}", file=sys.stderr)
     return models
 
 

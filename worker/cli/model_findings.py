@@ -110,7 +110,8 @@ def _missing_model(name: str, settings: Settings) -> Finding:
     return Finding(
         "FAIL",
         check,
-        f"not present (looked in {searched}) and downloads are off ({off_by}=1)",
+        f"not present (looked in {searched}) and downloads are off"
+        f" ({settings.downloads.off_as_set})",
         f"`{fetch}` where the hub is reachable (it fills {location.cache.absolute() / name}/: "
         f"copy that directory here if it ran on another machine); or {offline_use}",
     )

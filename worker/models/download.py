@@ -12,42 +12,52 @@ and `settings.model_location`).
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import fcntl
-import hashlib
-import json
 import logging
 import os
 import re
 import shutil
+import stat
 import sys
 import tempfile
-from collections.abc import Iterator
+import threading
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Literal, TypeVar
 
 from worker import exceptions
-from worker.models.catalog import REGISTRY, ModelSpec, RemoteFile, Variant
-from worker.models.files import ONNX_FP32, ModelLocation, looks_like_path, read_json
+from worker.models import hub
+from worker.models.catalog import REGISTRY, ModelSpec, Variant
+from worker.models.files import CACHE_DIR, MODEL_PATH, ONNX_FP32, ModelLocation, looks_like_path
+from worker.models.manifest import MANIFEST, Manifest
 
 logger = logging.getLogger(__name__)
 
-MANIFEST = "embed-worker.json"  # written by download(): repo, revision, sha256 of each file
-SHA256 = re.compile(r"^[0-9a-f]{64}$")
-GIT_SHA1 = re.compile(r"^[0-9a-f]{40}$")
+T = TypeVar("T")
+LOCK_POLL_SECONDS = 0.25  # how often a wait for another process's download looks again
+
+__all__ = ["MANIFEST", "DownloadPolicy", "download", "ensure", "plan"]
 
 
 @dataclass(frozen=True)
 class DownloadPolicy:
     """Whether a missing registry model may be downloaded, and from where (`settings.downloads`).
 
-    `off_by` names the setting that turned downloads off (EMBED_OFFLINE or HF_HUB_OFFLINE), for
-    messages; None: downloads are on. `endpoint` is the hub address (HF_ENDPOINT); None:
-    huggingface_hub's default, https://huggingface.co."""
+    `off_by` names the setting that turned downloads off (EMBED_OFFLINE or HF_HUB_OFFLINE), and
+    `off_value` its value as set, for messages; None: downloads are on. `endpoint` is the hub
+    address (HF_ENDPOINT); None: huggingface_hub's default, https://huggingface.co."""
 
     off_by: str | None = None
     endpoint: str | None = None
+    off_value: str = "1"  # off_by's value as set (yes, true, on, 1), for messages
+
+    @property
+    def off_as_set(self) -> str:
+        """The setting that turned downloads off, as the operator wrote it: EMBED_OFFLINE=yes."""
+        return f"{self.off_by}={self.off_value}"
 
 
 # --- download ------------------------------------------------------------------------------------
@@ -59,61 +69,101 @@ def download(
     variant: Variant | Literal["all"] = "fp32",
     location: ModelLocation,
     endpoint: str | None = None,
+    stop: threading.Event | None = None,
 ) -> Path:
     """Fetch a registry model at its pinned revision into the cache; return its directory.
 
-    Files already downloaded (recorded in the directory's manifest) are kept. Every new file is
-    checked against its pinned sha256, or against the hub's own report where none is pinned,
-    before it enters the cache (`location.cache`): a mismatch raises `DownloadError` and leaves
-    nothing behind. `endpoint` is the hub address (default:
-    huggingface_hub's, https://huggingface.co).
+    Files already downloaded are checked against the directory's manifest (their size, then
+    their sha256) and kept when they match; a damaged one (truncated, overwritten) is fetched
+    again. Every new file is checked against its pinned sha256, or against the hub's own report
+    where none is pinned, before it enters the cache (`location.cache`): a mismatch raises
+    `DownloadError` and leaves nothing behind. `endpoint` is the hub address (default:
+    huggingface_hub's, https://huggingface.co). `stop` ends the download (`hub.Stopped`): the
+    wait for another process's download of the same model, or the transfer at its next chunk.
     """
     spec = REGISTRY.get(name)
     if spec is None:
-        raise exceptions.ModelNotFound(
-            f"unknown model {name!r}; `embed-worker model download` knows: {', '.join(REGISTRY)}"
-        )
+        raise exceptions.ModelNotFound(unknown_message(name))
     if variant not in ("fp32", "int8", "all"):
         raise ValueError(f"variant must be fp32, int8 or all, not {variant!r}")
     root = location.cache
     dest = root / spec.name
-    with _download_lock(root, spec.name):
-        manifest = _read_manifest(dest, spec)
-        missing = [f for f in spec.files_for(variant) if f.path not in manifest]
+    stop = stop or threading.Event()
+    with _download_lock(root, spec.name, stop):
+        _sweep_staging(root, spec.name)
+        manifest = Manifest.read(dest, spec)
+        for path in manifest.damaged(dest, deep=True):
+            logger.warning(
+                "%s in %s is damaged (not the size or sha256 recorded when it was downloaded):"
+                " fetching it again",
+                path,
+                dest,
+            )
+            manifest.forget(path)
+        missing = [f for f in spec.files_for(variant) if f.path not in manifest.files]
         if not missing:
-            logger.info("%s (%s) is already in %s", spec.name, variant, dest)
+            logger.info("%s (%s) is already in %s, its files verified", spec.name, variant, dest)
             return dest
-        staging = Path(tempfile.mkdtemp(prefix=f".{spec.name}.", dir=root))
+        staging = _cache_op(root, lambda: Path(tempfile.mkdtemp(prefix=_staging(spec), dir=root)))
+        _STAGING.add(staging)
         try:
             with _progress_bars():
                 for remote in missing:
                     logger.info("downloading %s/%s", spec.repo_id, remote.path)
-                    digest = _fetch_verified(spec, remote, staging, endpoint, variant)
-                    if digest is not None:
-                        manifest[remote.path] = digest
+                    got = hub.fetch_verified(
+                        spec, remote, staging, endpoint=endpoint, variant=variant, stop=stop
+                    )
+                    if got is not None:
+                        manifest.record(remote.path, *got)
             shutil.rmtree(staging / ".cache", ignore_errors=True)  # huggingface_hub's bookkeeping
-            _install(staging, dest, spec, manifest)
+            _cache_op(root, lambda: _install(staging, dest, spec, manifest))
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+            _STAGING.discard(staging)
     logger.info("downloaded %s@%s (%s) into %s", spec.repo_id, spec.revision, variant, dest)
     return dest
 
 
-def _read_manifest(dest: Path, spec: ModelSpec) -> dict[str, str]:
-    """Files already verified for this revision that are still on disk."""
-    data = read_json(dest / MANIFEST)
-    if data.get("repo_id") != spec.repo_id or data.get("revision") != spec.revision:
-        return {}
-    files = data.get("files", {})
-    if not isinstance(files, dict):
-        return {}
-    return {path: str(digest) for path, digest in files.items() if (dest / path).is_file()}
+def unknown_message(name: str) -> str:
+    return f"unknown model {name!r}; `embed-worker model download` knows: {', '.join(REGISTRY)}"
 
 
-def _install(staging: Path, dest: Path, spec: ModelSpec, files: dict[str, str]) -> None:
+def _staging(spec: ModelSpec) -> str:
+    """The prefix of a download's staging directory in the cache (tempfile adds 8 characters)."""
+    return f".{spec.name}.staging-"
+
+
+# The staging directories of downloads in progress in this process. A worker that stops does not
+# wait for a download (it runs on a daemon thread): what it fetched so far goes at exit.
+_STAGING: set[Path] = set()
+
+
+@atexit.register
+def _remove_abandoned() -> None:
+    for staging in list(_STAGING):
+        shutil.rmtree(staging, ignore_errors=True)
+
+
+def _sweep_staging(root: Path, name: str) -> None:
+    """Removes the staging directories a download of `name` left behind when its process was
+    killed (its `finally` never ran). Called with the model's download lock held: no download
+    of that model into this cache is in progress, so every one of them is stale. (The names of
+    releases before 0.4.0 had no "staging-": `.NAME.` and 8 characters.)"""
+    stale = re.compile(rf"^\.{re.escape(name)}\.(staging-)?[a-z0-9_]{{8}}$")
+    try:
+        found = [p for p in root.iterdir() if p.is_dir() and stale.match(p.name)]
+    except OSError:
+        return
+    for path in found:
+        logger.info("removing %s, left by an interrupted download", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _install(staging: Path, dest: Path, spec: ModelSpec, manifest: Manifest) -> None:
     """Move verified files from `staging` into `dest` and record them in the manifest."""
-    manifest = {"repo_id": spec.repo_id, "revision": spec.revision, "files": files}
-    (staging / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=True) + "\n")
+    manifest.write(staging, spec)
+    # mkdtemp made the directory 0700: readable by the service user only if it downloaded it.
+    _readable_as_umask(staging)
     if not dest.exists():
         os.replace(staging, dest)  # one rename: the directory appears complete or not at all
         return
@@ -126,136 +176,27 @@ def _install(staging: Path, dest: Path, spec: ModelSpec, files: dict[str, str]) 
     os.replace(staging / MANIFEST, dest / MANIFEST)
 
 
-def _fetch_verified(
-    spec: ModelSpec,
-    remote: RemoteFile,
-    staging: Path,
-    endpoint: str | None,
-    variant: Variant | Literal["all"],
-) -> str | None:
-    """Download one file into `staging` and verify it; returns its sha256, None if skipped."""
-    import huggingface_hub  # imported here: listing and loading models must not pay for it
+def _readable_as_umask(staging: Path) -> None:
+    """Gives `staging` the mode a plain mkdir gets under this process's umask (0755 with 022),
+    found by making one: reading the umask means setting it, for every thread at once."""
+    probe = staging / ".mode"
+    probe.mkdir()
+    mode = stat.S_IMODE(probe.stat().st_mode)
+    probe.rmdir()
+    staging.chmod(mode)
 
-    url = huggingface_hub.hf_hub_url(
-        spec.repo_id, remote.path, revision=spec.revision, endpoint=endpoint
-    )
+
+def _cache_op(root: Path, operation: Callable[[], T]) -> T:
+    """`operation` on the cache; a cache this process cannot write is a configuration error
+    naming the setting, not a traceback of the errno."""
     try:
-        meta = huggingface_hub.get_hf_file_metadata(url)
-        if meta.commit_hash not in (None, spec.revision):
-            raise exceptions.DownloadError(
-                f"{url}: the hub answered for commit {meta.commit_hash}, not the pinned "
-                f"{spec.revision}"
-            )
-        reported = _normalize_etag(meta.etag)
-        if remote.sha256 and SHA256.match(reported or "") and reported != remote.sha256:
-            raise exceptions.DownloadError(
-                f"{spec.repo_id}/{remote.path}@{spec.revision[:12]}: the hub reports sha256 "
-                f"{reported}, but {remote.sha256} is pinned; refusing to download it"
-            )
-        local = Path(
-            huggingface_hub.hf_hub_download(
-                spec.repo_id,
-                remote.path,
-                revision=spec.revision,
-                local_dir=staging,
-                endpoint=endpoint,
-            )
-        )
-    except _not_on_hub_errors() as exc:
-        raise exceptions.DownloadError(
-            f"the hub has no {spec.repo_id} at revision {spec.revision} ({exc})"
+        return operation()
+    except OSError as exc:
+        raise exceptions.CacheNotWritable(
+            f"cannot write the model cache {root.absolute()} ({exc.strerror or exc}): set "
+            f"{CACHE_DIR} (or --cache-dir) to a directory this user can write, or put the model "
+            f"on {MODEL_PATH}"
         ) from exc
-    except _missing_entry_errors() as exc:
-        if remote.optional:
-            logger.info("%s has no %s; skipped (optional)", spec.repo_id, remote.path)
-            return None
-        raise exceptions.DownloadError(
-            f"{spec.repo_id}@{spec.revision[:12]} has no {remote.path} ({exc})"
-        ) from exc
-    except _network_errors() as exc:
-        raise exceptions.DownloadError(_unreachable_message(spec, variant, endpoint, exc)) from exc
-    return _verify(local, spec, remote, reported)
-
-
-def _verify(local: Path, spec: ModelSpec, remote: RemoteFile, reported: str | None) -> str:
-    sha256, git_sha1 = _digests(local)
-    label = f"{spec.repo_id}/{remote.path}@{spec.revision[:12]}"
-    if remote.sha256 is not None:
-        expected, actual, kind = remote.sha256, sha256, "pinned sha256"
-    elif reported is not None and SHA256.match(reported):
-        expected, actual, kind = reported, sha256, "sha256 reported by the hub"
-    elif reported is not None and GIT_SHA1.match(reported):
-        expected, actual, kind = reported, git_sha1, "git blob sha1 reported by the hub"
-    else:
-        raise exceptions.DownloadError(f"{label}: no checksum to verify it against; refused")
-    if actual != expected:
-        local.unlink(missing_ok=True)
-        raise exceptions.DownloadError(
-            f"{label}: checksum mismatch ({kind} {expected}, downloaded file {actual}); "
-            "the file was discarded, nothing was added to the cache"
-        )
-    logger.debug("%s verified against the %s", label, kind)
-    return sha256
-
-
-def _digests(path: Path) -> tuple[str, str]:
-    """sha256 of the content and its git blob sha1 (what the hub reports for non-LFS files)."""
-    sha256 = hashlib.sha256()
-    git = hashlib.sha1(f"blob {path.stat().st_size}\0".encode(), usedforsecurity=False)
-    with path.open("rb") as fh:
-        while chunk := fh.read(1 << 20):
-            sha256.update(chunk)
-            git.update(chunk)
-    return sha256.hexdigest(), git.hexdigest()
-
-
-def _normalize_etag(etag: str | None) -> str | None:
-    if not etag:
-        return None
-    return etag.removeprefix("W/").strip('"').lower()
-
-
-def _unreachable_message(
-    spec: ModelSpec, variant: str, endpoint: str | None, exc: BaseException
-) -> str:
-    import huggingface_hub.constants
-
-    where = endpoint or huggingface_hub.constants.ENDPOINT
-    command = f"embed-worker model download {spec.name} --variant {variant}"
-    return (
-        f"cannot download {spec.name} from {where} ({type(exc).__name__}: {exc}). "
-        f"On a machine without access to the hub, run `{command}` "
-        "where it has access and copy the model directory over, then set EMBED_MODEL_PATH to its "
-        "parent directory (or HF_ENDPOINT to a reachable mirror)."
-    )
-
-
-def _not_on_hub_errors() -> tuple[type[BaseException], ...]:
-    from huggingface_hub import errors
-
-    return (errors.RepositoryNotFoundError, errors.RevisionNotFoundError)
-
-
-def _missing_entry_errors() -> tuple[type[BaseException], ...]:
-    from huggingface_hub import errors
-
-    return (errors.RemoteEntryNotFoundError,)
-
-
-def _network_errors() -> tuple[type[BaseException], ...]:
-    """What the hub client raises when the hub is unreachable or refuses, across its versions."""
-    from huggingface_hub import errors
-
-    found: list[type[BaseException]] = [errors.HfHubHTTPError, errors.OfflineModeIsEnabled, OSError]
-    for module in ("httpx2", "httpx", "requests"):
-        try:
-            http = __import__(module)
-        except ImportError:
-            continue
-        base = getattr(http, "HTTPError", None) or getattr(http, "RequestException", None)
-        if isinstance(base, type) and issubclass(base, BaseException):
-            found.append(base)
-    return tuple(found)
 
 
 # --- fetch on first use --------------------------------------------------------------------------
@@ -267,6 +208,7 @@ def ensure(
     variant: Variant = "fp32",
     location: ModelLocation,
     policy: DownloadPolicy,
+    stop: threading.Event | None = None,
 ) -> Path:
     """The model directory for `name_or_path`, downloading a registry model on first use.
 
@@ -274,6 +216,20 @@ def ensure(
     absent is downloaded into the cache unless the policy says downloads are off; then, and for
     unknown names, `ModelNotFound` says exactly what to fetch and where to put it.
     """
+    found = plan(name_or_path, variant=variant, location=location, policy=policy)
+    if isinstance(found, Path):
+        return found
+    return download(
+        found.name, variant=variant, location=location, endpoint=policy.endpoint, stop=stop
+    )
+
+
+def plan(
+    name_or_path: str, *, variant: Variant = "fp32", location: ModelLocation, policy: DownloadPolicy
+) -> Path | ModelSpec:
+    """The model directory of `name_or_path` on disk, or the registry model that must be
+    downloaded first (`ensure()` downloads it; the worker does it in the background). Never
+    touches the network; raises `ModelNotFound` as `ensure()` does."""
     spec = None if looks_like_path(name_or_path) else REGISTRY.get(name_or_path)
     try:
         found = location.locate(name_or_path)
@@ -284,7 +240,7 @@ def ensure(
             raise  # the operator put an incomplete copy on EMBED_MODEL_PATH: say what it lacks
         if policy.off_by is not None:
             raise exceptions.ModelNotFound(
-                offline_message(spec, variant, location, policy.off_by)
+                offline_message(spec, variant, location, policy)
             ) from exc
     else:
         # A cached int8-only download (`model download --variant int8`) asked for fp32: fetch
@@ -301,34 +257,44 @@ def ensure(
         spec.revision[:12],
         location.cache,
     )
-    return download(spec.name, variant=variant, location=location, endpoint=policy.endpoint)
+    return spec
 
 
-def offline_message(spec: ModelSpec, variant: Variant, location: ModelLocation, off_by: str) -> str:
+def offline_message(
+    spec: ModelSpec, variant: Variant, location: ModelLocation, policy: DownloadPolicy
+) -> str:
     dest = location.cache.absolute() / spec.name
     files = ", ".join(f.path for f in spec.files_for(variant) if not f.optional)
     return (
-        f"model {spec.name!r} is not present and downloads are off ({off_by}=1). Fetch it where "
-        f"the hub is reachable with `embed-worker model download {spec.name} --variant {variant}` "
-        f"and copy the directory to {dest}, or put it in a directory named {spec.name} under a "
-        f"directory of EMBED_MODEL_PATH (an absolute path, e.g. EMBED_MODEL_PATH=/srv/models). "
-        f"The files: {files} from https://huggingface.co/{spec.repo_id} at revision "
-        f"{spec.revision}."
+        f"model {spec.name!r} is not present and downloads are off ({policy.off_as_set}). Fetch "
+        f"it where the hub is reachable with `embed-worker model download {spec.name} --variant "
+        f"{variant}` and copy the directory to {dest}, or put it in a directory named {spec.name}"
+        f" under a directory of EMBED_MODEL_PATH (an absolute path, e.g. "
+        f"EMBED_MODEL_PATH=/srv/models). The files: {files} from "
+        f"https://huggingface.co/{spec.repo_id} at revision {spec.revision}."
     )
 
 
 @contextlib.contextmanager
-def _download_lock(root: Path, name: str) -> Iterator[None]:
+def _download_lock(root: Path, name: str, stop: threading.Event) -> Iterator[None]:
     """An exclusive lock per model and cache: concurrent processes download once; the others
-    wait here, then find the files in the manifest."""
+    wait here, then find the files in the manifest. The wait polls, so that `stop` ends it."""
     locks = root / ".locks"
-    locks.mkdir(parents=True, exist_ok=True)
-    with (locks / f"{name}.lock").open("a") as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            logger.info("another process is downloading %s into %s; waiting for it", name, root)
-            fcntl.flock(handle, fcntl.LOCK_EX)
+    _cache_op(root, lambda: locks.mkdir(parents=True, exist_ok=True))
+    with _cache_op(root, lambda: (locks / f"{name}.lock").open("a")) as handle:
+        said = False
+        while True:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if not said:
+                    logger.info(
+                        "another process is downloading %s into %s; waiting for it", name, root
+                    )
+                    said = True
+            if stop.wait(LOCK_POLL_SECONDS):
+                raise hub.Stopped(f"stopped while waiting for another download of {name}")
         try:
             yield
         finally:

@@ -33,6 +33,7 @@ from typing import Any
 
 from worker import exceptions
 from worker.models.catalog import REGISTRY, ModelSpec, Pooling, known_models
+from worker.models.manifest import Manifest
 
 logger = logging.getLogger(__name__)
 
@@ -245,6 +246,7 @@ class ModelRow:
     present: bool
     location: Path | None
     source: str  # "hub repo@revision" for registry models, "local" otherwise
+    damaged: tuple[str, ...] = ()  # files whose size is not the manifest's (a download's)
 
 
 def list_models(location: ModelLocation) -> list[ModelRow]:
@@ -264,6 +266,9 @@ def list_models(location: ModelLocation) -> list[ModelRow]:
                 present=found is not None,
                 location=found,
                 source=f"{spec.repo_id}@{spec.revision[:12]}",
+                damaged=tuple(Manifest.read(found, spec).damaged(found, deep=False))
+                if found is not None
+                else (),
             )
         )
     seen = set(REGISTRY)

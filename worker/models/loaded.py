@@ -1,9 +1,14 @@
 """The models this process has loaded: each once, shared by every target that uses it.
 
-A registry model that is not on disk is downloaded on first use (`download.ensure`). Loading can
-fail (downloads off, hub unreachable, corrupt file). The failure is remembered and the load
-retried after `retry_after` seconds, so a worker started before the model arrived recovers by
-itself, without hammering the disk or the hub meanwhile. A model being loaded or downloaded
+A registry model that is not on disk is downloaded on first use, on a thread of its own
+(`download.plan`, then `download.download`), and loaded there once it is in. Meanwhile get()
+waits for it, or, in a worker that serves other models (`serve_while_downloading`), raises
+`ModelDownloading` at once: the model's targets are held with that reason while the others are
+served. A stop (the worker's) ends the download: the wait for another process's download of it,
+or the transfer at its next chunk; what it left in the cache is swept by the next download.
+Loading can fail (downloads off, hub unreachable, corrupt file). The failure is remembered and
+the load retried after `retry_after` seconds, so a worker started before the model arrived
+recovers by itself, without hammering the disk or the hub meanwhile. A model being loaded
 holds only its own lock: models already loaded keep serving.
 
 Where models are found and whether they may be downloaded is given at construction (from the
@@ -17,13 +22,13 @@ import threading
 import time
 from collections import OrderedDict
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from worker import escapes, exceptions, metrics
-from worker.models import download, files, onnx
-from worker.models.catalog import Variant
+from worker.models import download, files, hub, onnx
+from worker.models.catalog import REGISTRY, ModelSpec, Variant
 from worker.models.embedder import Embedder
 from worker.models.remote import keys
 from worker.models.remote.client import RemoteModel
@@ -36,6 +41,7 @@ Model = Embedder | RemoteModel  # what get() gives: a local model, or a remote o
 
 logger = logging.getLogger(__name__)
 
+T = TypeVar("T")
 MAX_REMEMBERED_FAILURES = 32  # bounded: the names asked for are not ours to bound
 
 
@@ -43,6 +49,23 @@ MAX_REMEMBERED_FAILURES = 32  # bounded: the names asked for are not ours to bou
 class LoadFailure:
     error: str
     at: float
+
+
+@dataclass
+class Download:
+    """A registry model being downloaded, then loaded, on a thread of its own."""
+
+    model: str
+    source: str  # what is fetched and where to: for messages
+    started: float = field(default_factory=time.monotonic)
+    done: threading.Event = field(default_factory=threading.Event)
+    failure: BaseException | None = None  # why it ended without a model (once done)
+
+    def reason(self) -> str:
+        return (
+            f"downloading {self.source} (for {time.monotonic() - self.started:.0f} s); "
+            "its tables' jobs are held until it loads"
+        )
 
 
 class LoadedModels:
@@ -66,6 +89,13 @@ class LoadedModels:
         self._failed: OrderedDict[str, LoadFailure] = OrderedDict()
         self._lock = threading.Lock()  # guards the dictionaries
         self._loading: dict[str, threading.Lock] = {}  # one per model, held while loading
+        self._downloads: dict[str, Download] = {}  # in progress
+        # Set by a worker (serve_while_downloading): its stop ends downloads, and get() does not
+        # wait for one when it serves other models meanwhile.
+        self._stopping = threading.Event()
+        self._wait_for_downloads = True
+        # Told of each download as it starts (a command says it on stderr: its logs are quiet).
+        self.on_download: Callable[[str], None] | None = None
         # Remote models (worker/models/remote/): their registrations as the worker last read
         # them (follow()), and the RemoteModel built from each.
         self.api_key: ApiKey = api_key
@@ -83,6 +113,13 @@ class LoadedModels:
         those it cannot serve with why (refused_remote_models)."""
         self._remote_specs = remote_specs
         self._refused_remote = refused
+
+    def serve_while_downloading(self, stopping: threading.Event, *, wait: bool) -> None:
+        """A worker's models: `stopping` ends their downloads (and the waits for them), and
+        unless `wait` (a one-shot run, which waits to embed every row) get() raises
+        ModelDownloading while a model downloads instead of waiting for it."""
+        self._stopping = stopping
+        self._wait_for_downloads = wait
 
     def remote_spec(self, model: str) -> RemoteSpec | None:
         return self._remote_specs().get(model)
@@ -107,41 +144,65 @@ class LoadedModels:
                 failure = self._failed.get(model)
                 if failure and time.monotonic() - failure.at < self.retry_after:
                     raise exceptions.ModelError(failure.error)
-            embedder = self._load(model)
-            with self._lock:
-                self._failed.pop(model, None)
-                self._loaded[model] = embedder
-            metrics.model_loaded(model)
-            return embedder
+                pending = self._downloads.get(model)
+            if pending is None:
+                started = time.monotonic()
+                found = self._loads(model, lambda: self._plan(model))
+                if isinstance(found, Path):
+                    loaded = self._loads(model, lambda: self._embedder(model, found))
+                    return self._keep(model, loaded, started)
+                pending = self._start_download(model, found)
+        return self._await(pending)
+
+    def _await(self, pending: Download) -> Embedder:
+        """The model `pending` downloads, once loaded; ModelDownloading at once when this
+        process serves other models meanwhile; ModelError when it failed or was stopped."""
+        if not self._wait_for_downloads:
+            raise exceptions.ModelDownloading(pending.reason())
+        while not pending.done.wait(0.2):
+            if self._stopping.is_set():
+                raise exceptions.ModelError(f"model {pending.model}: stopped while downloading")
+        if pending.failure is not None:
+            raise pending.failure
+        with self._lock:
+            return self._loaded[pending.model]
+
+    def downloading(self) -> dict[str, str]:
+        """Models being downloaded, with the reason their targets wait."""
+        with self._lock:
+            pending = list(self._downloads.values())
+        return {d.model: f"model {d.model}: {d.reason()}" for d in pending}
 
     def failures(self) -> dict[str, str]:
         """Models that failed to load recently, with why."""
         with self._lock:
             return {name: failure.error for name, failure in self._failed.items()}
 
-    def _load(self, model: str) -> Embedder:
-        started = time.monotonic()
+    def _plan(self, model: str) -> Path | ModelSpec:
+        return download.plan(
+            model, variant=self.variant, location=self.location, policy=self.downloads
+        )
+
+    def _embedder(self, model: str, directory: Path) -> Embedder:
         try:
-            directory = download.ensure(
-                model, variant=self.variant, location=self.location, policy=self.downloads
-            )
-            embedder = Embedder.load(
+            return Embedder.load(
                 directory, variant=self.variant, threads=self.threads, location=self.location
             )
-        except exceptions.ModelError as exc:
-            self._remember(model, str(exc))
-            metrics.model_load_failed(model)
-            logger.error("model %s unavailable: %s", model, exc)
-            exc.logged = True
-            raise
-        except Exception as exc:  # a corrupt file surfaces as onnxruntime's own errors
-            message = f"model {model!r} failed to load: {exc}"
-            self._remember(model, message)
-            metrics.model_load_failed(model)
-            logger.error("%s", message)
-            failed = exceptions.ModelError(message)
-            failed.logged = True
-            raise failed from exc
+        except Exception as exc:
+            if directory != self.location.cache / model or model not in REGISTRY:
+                raise
+            # A damaged download (a truncated model.onnx: INVALID_PROTOBUF): say what repairs it.
+            said = str(exc) if isinstance(exc, exceptions.ModelError) else f"{exc}"
+            raise exceptions.ModelError(
+                f"model {model!r} failed to load: {said}; `embed-worker model download {model}`"
+                " checks the downloaded files and fetches the damaged ones again"
+            ) from exc
+
+    def _keep(self, model: str, embedder: Embedder, started: float) -> Embedder:
+        with self._lock:
+            self._failed.pop(model, None)
+            self._loaded[model] = embedder
+        metrics.model_loaded(model)
         logger.info(
             "model %s loaded (%s, %d dimensions, %d max tokens) in %.1f s",
             model,
@@ -151,6 +212,61 @@ class LoadedModels:
             time.monotonic() - started,
         )
         return embedder
+
+    def _start_download(self, model: str, spec: ModelSpec) -> Download:
+        """Downloads `spec` on a daemon thread, then loads it: a stopping process does not wait
+        for it (its staging directory is swept by the next download of the model)."""
+        pending = Download(model, f"{spec.repo_id}@{spec.revision[:12]} into {self.location.cache}")
+        with self._lock:
+            self._downloads[model] = pending
+        if self.on_download is not None:
+            self.on_download(f"model {model} is not on this machine: downloading {pending.source}")
+        thread = threading.Thread(
+            target=self._download, args=(pending, spec), name=f"download {model}", daemon=True
+        )
+        thread.start()
+        return pending
+
+    def _download(self, pending: Download, spec: ModelSpec) -> None:
+        model = pending.model
+        try:
+            directory = self._loads(
+                model,
+                lambda: download.download(
+                    spec.name,
+                    variant=self.variant,
+                    location=self.location,
+                    endpoint=self.downloads.endpoint,
+                    stop=self._stopping,
+                ),
+            )
+            loaded = self._loads(model, lambda: self._embedder(model, directory))
+            self._keep(model, loaded, pending.started)  # (the time said: download included)
+        except BaseException as exc:
+            pending.failure = exc
+        finally:
+            with self._lock:
+                self._downloads.pop(model, None)
+            pending.done.set()
+
+    def _loads(self, model: str, step: Callable[[], T]) -> T:
+        """`step` of loading `model`; its failure remembered (retried after `retry_after`),
+        logged once and raised as a ModelError."""
+        try:
+            return step()
+        except exceptions.ModelError as exc:
+            failed = exc
+        except Exception as exc:  # a corrupt file surfaces as onnxruntime's own errors
+            failed = exceptions.ModelError(f"model {model!r} failed to load: {exc}")
+            failed.__cause__ = exc
+        if isinstance(failed, hub.Stopped) and self._stopping.is_set():
+            logger.info("model %s: download stopped (the worker is stopping)", model)
+            raise failed
+        self._remember(model, str(failed))
+        metrics.model_load_failed(model)
+        logger.error("model %s unavailable: %s", model, failed)
+        failed.logged = True
+        raise failed
 
     def forget_unused(self, in_use: set[str]) -> None:
         """Forgets the failed loads of models not `in_use` (no longer the default nor any

@@ -122,9 +122,9 @@ def _primary_model(embedders: LoadedModels, target: Target, rows: list[Row]) -> 
     the old model can no longer maintain)."""
     try:
         return embedders.get(target.model)
-    except exceptions.ModelError:
-        if not target.in_change:
-            raise
+    except exceptions.ModelError as exc:
+        if not target.in_change or isinstance(exc, exceptions.ModelDownloading):
+            raise  # (one that downloads is not one that cannot load: its rows wait for it)
         for row in rows:
             row.shadow_only = True
         return None

@@ -41,6 +41,9 @@ def unservable(queue: str, registry: TargetRegistry, embedders: LoadedModels) ->
     during a model change the change's jobs: the new model cannot serve it, as
     pipeline/shadow.py holds them)."""
     failed = embedders.failures()
+    # A model being downloaded holds its targets as one that failed to load does, except
+    # during a change: an old model that downloads is not one that cannot load.
+    unavailable = {**failed, **embedders.downloading()}
     loaded = embedders.loaded()
     circuits = breakers.open_providers()  # remote models' providers that are down
     found = {}
@@ -50,12 +53,12 @@ def unservable(queue: str, registry: TargetRegistry, embedders: LoadedModels) ->
         model = loaded.get(target.model)
         problem = target.problem(model.dim if model is not None else None)
         if problem is None:
-            problem = _model_problem(target.model, failed, circuits, embedders)
+            problem = _model_problem(target.model, unavailable, circuits, embedders)
             if target.in_change and (problem is None or target.model in failed):
                 # The change's new model decides, and serves alone when the old one cannot
                 # load (pipeline/shadow.py: every row gets the new vector only); an old model
                 # that loaded but cannot answer (its provider down) still defers the rows.
-                problem = _change_problem(target, failed, circuits, embedders)
+                problem = _change_problem(target, unavailable, circuits, embedders)
         if problem is not None:
             found[target.name] = problem
     return found

@@ -108,6 +108,9 @@ class Worker:
         self.embedders.follow(self.registry.remote_models, self.registry.refused_remote_models)
         self.held = HeldJobs(settings.queue, self.lanes, self.registry, self.embedders)
         self.stopping = threading.Event()  # no more reading
+        # A model downloading on first use holds only its own targets' jobs (a one-shot run
+        # waits for it), and a stop ends the download.
+        self.embedders.serve_while_downloading(self.stopping, wait=once)
         self.finished = threading.Event()  # the pipeline has drained
         self.started = threading.Event()  # connected, schema present, models tried
         # What start-up waits for (the pooler's check, the schema's release), said meanwhile.
@@ -263,6 +266,9 @@ class Worker:
             # `--once` promised a drained queue: a script must not go on as if it were.
             logger.warning("stopped by %s before the queue drained", self._interrupted_by.name)
             return exits.interrupted(self._interrupted_by)
+        for model in self.embedders.downloading():
+            # (on a daemon thread: the exit ends it; the next start fetches the model again)
+            logger.info("the download of model %s is abandoned", model)
         logger.info("embed-worker stopped")
         if self.once and (
             left := unserved.left(

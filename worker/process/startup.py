@@ -309,7 +309,8 @@ class Startup:
 
     def load_models(self, targets: dict[int, Target]) -> None:
         """Loads the default model and those of our queue's targets; reports unservable
-        targets."""
+        targets. A registry model not on disk is downloaded in the background (a one-shot run
+        waits for it): start-up goes on, its targets held until it loads (LoadedModels)."""
         ours = [t for t in targets.values() if t.queue == self.queue]
         problems: dict[int, str] = {}  # target id -> why; each reported once
         for model in sorted({self.default.name()} | {t.model for t in ours}):
