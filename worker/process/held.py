@@ -55,7 +55,6 @@ def _unservable(
     """unservable(), by target id."""
     failed = embedders.failures()
     loaded = embedders.loaded()
-    circuits = breakers.open_providers()  # remote models' providers that are down
     found = {}
     for target in registry.snapshot().values():
         if target.queue != queue:
@@ -63,34 +62,31 @@ def _unservable(
         model = loaded.get(target.model)
         problem = target.problem(model.dim if model is not None else None)
         if problem is None:
-            problem = _model_problem(target.model, failed, circuits, embedders)
+            problem = _model_problem(target.model, failed, embedders)
             if target.in_change and (problem is None or target.model in failed):
                 # The change's new model decides, and serves alone when the old one cannot
                 # load (pipeline/shadow.py: every row gets the new vector only); an old model
                 # that loaded but cannot answer (its provider down) still defers the rows.
-                problem = _change_problem(target, failed, circuits, embedders)
+                problem = _change_problem(target, failed, embedders)
         if problem is not None:
             found[target.id] = (target, problem)
     return found
 
 
-def _model_problem(
-    name: str, failed: dict[str, str], circuits: dict[str, str], embedders: LoadedModels
-) -> str | None:
-    """Why model `name` cannot serve now: it failed to load here, or its provider is down."""
+def _model_problem(name: str, failed: dict[str, str], embedders: LoadedModels) -> str | None:
+    """Why model `name` cannot serve now: it failed to load here, or a circuit of its provider
+    is open (the host's, or the model's own: breaker.py)."""
     if name in failed:
         return failed[name]
     spec = embedders.remote_spec(name)
-    return circuits[spec.host] if spec is not None and spec.host in circuits else None
+    return breakers.problem_of(spec.host, name) if spec is not None else None
 
 
-def _change_problem(
-    target: Target, failed: dict[str, str], circuits: dict[str, str], embedders: LoadedModels
-) -> str | None:
+def _change_problem(target: Target, failed: dict[str, str], embedders: LoadedModels) -> str | None:
     """Why the new model of `target`'s change cannot serve it here: it cannot load, its provider
     is down, or its vectors do not fit the shadow column."""
     assert target.shadow_model is not None
-    problem = _model_problem(target.shadow_model, failed, circuits, embedders)
+    problem = _model_problem(target.shadow_model, failed, embedders)
     if problem is not None:
         return f"{target.name}: the change to model {target.shadow_model!r} waits: {problem}"
     return shadow.shadow_problem(target, embedders.loaded().get(target.shadow_model))
