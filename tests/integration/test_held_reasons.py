@@ -6,6 +6,7 @@ another run stored."""
 from __future__ import annotations
 
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -14,9 +15,14 @@ import pytest
 
 from tests.support import stores
 from tests.support.in_flight import in_process_worker, join_threads
-from worker import config, exits
+from worker import config, db, exceptions, exits
 from worker.config import Settings
+from worker.models.download import DownloadPolicy
+from worker.models.files import ModelLocation
 from worker.models.loaded import LoadedModels
+from worker.pipeline.lanes import Lanes
+from worker.pipeline.targets import TargetRegistry
+from worker.process.held import HeldJobs
 
 Conn = psycopg.Connection[Any]
 
@@ -65,3 +71,38 @@ def test_a_run_that_fails_otherwise_says_its_own_reason_not_the_one_before(
     (reason,) = conn.execute("SELECT deferred_reason FROM embeddings.status").fetchone() or ("",)
     assert "not a model directory" in reason, reason
     assert reason != before
+
+
+def test_a_worker_records_its_reason_for_held_jobs_again_when_it_changes(
+    conn: Conn, dsn: str, settings: Settings, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The keeper's round (HeldJobs.release) records the worker's reason for the targets whose
+    jobs are held, at its first round and whenever the reason changes; a target with no job
+    held gets no record (status and the stopped state `held` would say jobs wait)."""
+    caplog.set_level(logging.INFO)
+    stores.watch_absent_model(conn, "(1, 'hello'), (2, 'world')")
+    stores.watched_table(conn, "absent-model", "SELECT 1, NULL WHERE false", table="notes")
+    run_once_with(settings, caplog, offline=True)  # (holds the jobs of docs)
+    models = LoadedModels(
+        location=ModelLocation.of(str(tmp_path), tmp_path / "cache"),
+        downloads=DownloadPolicy(off_by="EMBED_OFFLINE"),
+        api_key=config.api_key_from_env,
+        retry_after=0,
+    )
+    registry = TargetRegistry()
+    broken = tmp_path / "absent-model"
+    with db.connect(dsn) as worker_conn:
+        registry.refresh(worker_conn)
+        held = HeldJobs("embedding_jobs", Lanes("embedding_jobs", 64), registry, models)
+        for fail in ("not a model directory", f"looked in {tmp_path}"):
+            if fail == "not a model directory":
+                broken.mkdir()
+                (broken / "model.onnx").write_bytes(b"not a model")
+            else:
+                shutil.rmtree(broken)
+            with pytest.raises(exceptions.ModelError, match=fail):
+                models.get("absent-model")
+            held.release(worker_conn)
+            rows = conn.execute("SELECT target_id, reason, jobs FROM embeddings.deferrals")
+            ((_, reason, jobs),) = rows.fetchall()  # (docs only: notes holds no job)
+            assert fail in reason and jobs > 0, reason
