@@ -132,3 +132,21 @@ def test_a_missing_key_is_the_models_reason_whatever_the_hosts_circuit(
     keyless = model("keyless", breaker, server.base_url, credential="openai")
     with pytest.raises(exceptions.ProviderRefused, match="no API key for credential 'openai'"):
         keyless.embed(["its own problem first"])
+
+
+def test_a_rate_limit_holds_back_the_hosts_models_naming_the_model_it_met(
+    server: ProviderServer, breaker: breakers.Breaker
+) -> None:
+    """A 429 is the host's (every request to it waits out the Retry-After), not a failure: the
+    other models' rows wait saying whose request met it, and no circuit opens."""
+    server.model_faults["limited-upstream"] = "429"
+    server.retry_after = 30  # (past the inline wait)
+    with pytest.raises(exceptions.ProviderUnavailable, match=r"rate limited \(429\); retry"):
+        model("limited", breaker, server.base_url).embed(["met the limit"])
+    sent = len(server.requests)
+    with pytest.raises(
+        exceptions.ProviderUnavailable, match=r"rate limited \(429 to model limited\)"
+    ):
+        model("other", breaker, server.base_url).embed(["waits"])
+    assert len(server.requests) == sent
+    assert not breaker.is_open and breaker.problem("other") is None
