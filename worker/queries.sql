@@ -98,6 +98,19 @@ WHERE q.vt > pg_catalog.statement_timestamp()
   AND q.message #> '{{held,target}}' IN (SELECT to_jsonb(t) FROM unnest(%(target_ids)s::integer[]) AS t)
 RETURNING q.msg_id;
 
+-- name: held_job_counts
+-- How many jobs each of these targets has held (what defer_jobs marked and no one touched
+-- since, as release_held_jobs finds them): a worker that cannot serve a target records why
+-- for those jobs, though it never leased them (worker/process/held.py). Scans the queue: run
+-- when a target's reason changes, not per batch.
+-- ours: touches only our tables and pgmq's, runs no one else's code
+SELECT q.message #> '{{held,target}}', count(*)
+FROM {queue_table} q
+WHERE q.vt > clock_timestamp()
+  AND q.message #> '{{held,until}}' = to_jsonb(extract(epoch FROM q.vt))
+  AND q.message #> '{{held,target}}' IN (SELECT to_jsonb(t) FROM unnest(%(target_ids)s::integer[]) AS t)
+GROUP BY 1;
+
 -- name: retry_jobs
 -- Backs failed jobs off: each becomes visible again after its own delay (as pgmq.set_vt), and
 -- carries its last error, so that `status` tells the jobs waiting for another attempt from
@@ -692,10 +705,12 @@ WHERE queue = %(queue)s AND state IN ('held', 'problem');
 
 -- name: unserved_jobs
 -- Of the targets with ids %(targets)s (status_only narrows the count to them), those with jobs
--- waiting: how many, and why (the problem, else why the worker holds them).
-SELECT s.target, s.pending_jobs,
-       coalesce((SELECT e ->> 'reason' FROM pg_catalog.jsonb_array_elements(s.stopped) e
-                 WHERE e ->> 'state' = 'problem' LIMIT 1), s.deferred_reason, s.problem)
+-- waiting: id, name, how many, the problem that stops them, why a worker holds them (as the
+-- last worker to say so recorded it), and status's problem.
+SELECT s.target_id, s.target, s.pending_jobs,
+       (SELECT e ->> 'reason' FROM pg_catalog.jsonb_array_elements(s.stopped) e
+        WHERE e ->> 'state' = 'problem' LIMIT 1),
+       s.deferred_reason, s.problem
 FROM embeddings.status s
 WHERE s.target_id OPERATOR(pg_catalog.=) ANY (%(targets)s::integer[]) AND s.pending_jobs > 0
 ORDER BY s.target;

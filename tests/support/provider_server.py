@@ -18,7 +18,8 @@ answers passed back. Either way each request may be given a fault first:
   shuffled   the data in reverse order, indexes intact (valid: the client must reorder)
 
 Faults are taken from `faults` (a list, consumed in order, one per request) or chosen by
-`fault_for(inputs)`.
+`fault_for(inputs)`; `model_faults` gives one to every request naming a model (OpenAI's
+`model`): one model of a shared gateway failing while the others answer.
 
 Token limits are enforced as the APIs do when set: `max_input_tokens` per input (OpenAI: 400
 "This model's maximum context length is N tokens, however you requested M tokens ...";
@@ -79,6 +80,7 @@ class ProviderServer:
         self.token_level = token_level  # huggingface: token vectors, unpooled
         self.faults: list[str | None] = []  # None: this request answered well
         self.fault_for: Callable[[list[str]], str | None] | None = None
+        self.model_faults: dict[str, str] = {}  # the request's "model" -> its fault
         self.down = False
         self.retry_after = 1.0
         self.stall_seconds = 3.0
@@ -126,10 +128,12 @@ class ProviderServer:
         return f"http://127.0.0.1:{self.port}/models/test-org/test-model"
 
     # --- behaviour ----------------------------------------------------------------------------
-    def _next_fault(self, inputs: list[str]) -> str | None:
+    def _next_fault(self, inputs: list[str], model: Any = None) -> str | None:
         with self._lock:
             if self.down:
                 return "500"
+            if isinstance(model, str) and model in self.model_faults:
+                return self.model_faults[model]
             if self.faults:
                 return self.faults.pop(0)
         if self.fault_for is not None:
@@ -191,7 +195,7 @@ class ProviderServer:
                     status, error = refusal
                     server.token_refusals.append(json.dumps(error))
                     return self._json(status, error)
-                fault = server._next_fault(inputs)
+                fault = server._next_fault(inputs, body.get("model"))
                 server._record(
                     fault, {"inputs": inputs, "authorization": auth, "body": body, "tokens": tokens}
                 )

@@ -52,11 +52,16 @@ def breaker(server: ProviderServer, clock: Clock) -> breakers.Breaker:
 
 
 def model(
-    server: ProviderServer, breaker: breakers.Breaker, *, dims: int = 8, key: str | None = None
+    server: ProviderServer,
+    breaker: breakers.Breaker,
+    *,
+    dims: int = 8,
+    key: str | None = None,
+    name: str | None = None,
 ) -> RemoteModel:
     spec = RemoteSpec.from_row(
         {
-            "name": f"m{dims}",
+            "name": name or f"m{dims}",
             "provider": "openai",
             "endpoint": server.base_url,
             "remote_model": "test-model",
@@ -90,9 +95,16 @@ def open_circuit(server: ProviderServer, breaker: breakers.Breaker, clock: Clock
 
 
 def reaches_provider(server: ProviderServer, breaker: breakers.Breaker) -> bool:
+    return reaches_provider_as(server, breaker)
+
+
+def reaches_provider_as(
+    server: ProviderServer, breaker: breakers.Breaker, name: str | None = None
+) -> bool:
+    """Whether model `name` (m8) reaches the provider (and is answered)."""
     before = len(server.requests)
     try:
-        model(server, breaker).embed(["healthy again"])
+        model(server, breaker, name=name).embed(["healthy again"])
     except exceptions.ProviderUnavailable:
         return False
     return len(server.requests) > before
@@ -102,7 +114,6 @@ def reaches_provider(server: ProviderServer, breaker: breakers.Breaker) -> bool:
     ("fault", "error"),
     [
         (None, None),
-        ("wrong_count", exceptions.ProviderUnavailable),  # a bad answer every time
         ("reset", exceptions.ProviderUnavailable),  # no answer
     ],
 )
@@ -128,6 +139,25 @@ def test_a_probe_that_is_answered_closes_and_one_that_fails_reopens_for_longer(
     clock.now += OPEN
     assert reaches_provider(server, breaker)
     assert not breaker.is_open
+
+
+def test_a_probe_answered_badly_closes_the_hosts_circuit_and_opens_the_models(
+    server: ProviderServer, breaker: breakers.Breaker, clock: Clock
+) -> None:
+    """The host answered: its other models go on; the model answered badly (a vector missing,
+    every time) waits on its own circuit (tests/unit/test_provider_circuits.py)."""
+    open_circuit(server, breaker, clock)
+    server.fault_for = lambda inputs: "wrong_count"
+    with pytest.raises(exceptions.ProviderUnavailable, match="bad answer"):
+        model(server, breaker).embed(["probe"])
+    server.fault_for = None
+    assert not breaker.is_open
+    assert "model m8 at" in (breaker.problem("m8") or "")
+    assert reaches_provider_as(server, breaker, "another")  # another model of the host
+    assert not reaches_provider(server, breaker)
+    clock.now += OPEN
+    assert reaches_provider(server, breaker)
+    assert breaker.problem("m8") is None
 
 
 def test_a_probe_answered_with_vectors_of_another_dimension_closes_the_circuit(

@@ -207,8 +207,9 @@ PROVIDER_IN_FLIGHT = Gauge(
 )
 PROVIDER_CIRCUIT_OPEN = Gauge(
     "embed_worker_provider_circuit_open",
-    "1 while the provider's circuit breaker is open (it failed repeatedly: its targets' jobs "
-    "are deferred, not failed, until a probe request succeeds), else 0",
+    "1 while the circuit of the provider's host is open (the host failed repeatedly: the "
+    "targets of every model it serves are deferred, not failed, until a probe request is "
+    "answered), else 0",
     ["provider"],
     registry=REGISTRY,
 )

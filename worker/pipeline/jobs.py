@@ -143,6 +143,15 @@ class Queue:
             rows = conn.execute(self._q("release_held_jobs"), {"target_ids": ids}).fetchall()
         return len(rows)
 
+    def held_counts(self, conn: db.Connection, target_ids: Iterable[int]) -> dict[int, int]:
+        """How many jobs each of these targets has held (none: absent)."""
+        ids = sorted(set(target_ids))
+        if not ids:
+            return {}
+        with db.translated():
+            rows = conn.execute(self._q("held_job_counts"), {"target_ids": ids}).fetchall()
+        return {int(target): int(count) for target, count in rows}
+
     def retry(
         self, conn: db.Connection, delays: Mapping[int, int], errors: Mapping[int, str]
     ) -> None:

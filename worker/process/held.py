@@ -16,14 +16,20 @@ while some target is unservable. Only on that change, not while a target stays s
 target this worker itself defers for a reason it cannot see beforehand (another producer's
 vectors in the column, say) is not released again and again, and a scan of the queue is not
 paid per batch.
+
+The other way round, a worker that cannot serve a target records why for the target's held
+jobs when its reason is new or changes (note_reasons): jobs an earlier run held wait out their
+minute unread by this one, and `status` would give that run's reason (reasons are per target,
+embeddings.deferrals: the latest worker's).
 """
 
 from __future__ import annotations
 
 import logging
+from collections import defaultdict
 from typing import TYPE_CHECKING
 
-from worker import db
+from worker import db, queries
 from worker.models.remote import breaker as breakers
 from worker.pipeline import shadow
 
@@ -40,12 +46,18 @@ def unservable(queue: str, registry: TargetRegistry, embedders: LoadedModels) ->
     """Targets of `queue` the worker cannot serve now, by name, with why (their jobs wait, or
     during a model change the change's jobs: the new model cannot serve it, as
     pipeline/shadow.py holds them)."""
+    return {target.name: why for target, why in _unservable(queue, registry, embedders).values()}
+
+
+def _unservable(
+    queue: str, registry: TargetRegistry, embedders: LoadedModels
+) -> dict[int, tuple[Target, str]]:
+    """unservable(), by target id."""
     failed = embedders.failures()
     # A model being downloaded holds its targets as one that failed to load does, except
     # during a change: an old model that downloads is not one that cannot load.
     unavailable = {**failed, **embedders.downloading()}
     loaded = embedders.loaded()
-    circuits = breakers.open_providers()  # remote models' providers that are down
     found = {}
     for target in registry.snapshot().values():
         if target.queue != queue:
@@ -53,34 +65,31 @@ def unservable(queue: str, registry: TargetRegistry, embedders: LoadedModels) ->
         model = loaded.get(target.model)
         problem = target.problem(model.dim if model is not None else None)
         if problem is None:
-            problem = _model_problem(target.model, unavailable, circuits, embedders)
+            problem = _model_problem(target.model, unavailable, embedders)
             if target.in_change and (problem is None or target.model in failed):
                 # The change's new model decides, and serves alone when the old one cannot
                 # load (pipeline/shadow.py: every row gets the new vector only); an old model
                 # that loaded but cannot answer (its provider down) still defers the rows.
-                problem = _change_problem(target, unavailable, circuits, embedders)
+                problem = _change_problem(target, unavailable, embedders)
         if problem is not None:
-            found[target.name] = problem
+            found[target.id] = (target, problem)
     return found
 
 
-def _model_problem(
-    name: str, failed: dict[str, str], circuits: dict[str, str], embedders: LoadedModels
-) -> str | None:
-    """Why model `name` cannot serve now: it failed to load here, or its provider is down."""
+def _model_problem(name: str, failed: dict[str, str], embedders: LoadedModels) -> str | None:
+    """Why model `name` cannot serve now: it failed to load here, or a circuit of its provider
+    is open (the host's, or the model's own: breaker.py)."""
     if name in failed:
         return failed[name]
     spec = embedders.remote_spec(name)
-    return circuits[spec.host] if spec is not None and spec.host in circuits else None
+    return breakers.problem_of(spec.host, name) if spec is not None else None
 
 
-def _change_problem(
-    target: Target, failed: dict[str, str], circuits: dict[str, str], embedders: LoadedModels
-) -> str | None:
+def _change_problem(target: Target, failed: dict[str, str], embedders: LoadedModels) -> str | None:
     """Why the new model of `target`'s change cannot serve it here: it cannot load, its provider
     is down, or its vectors do not fit the shadow column."""
     assert target.shadow_model is not None
-    problem = _model_problem(target.shadow_model, failed, circuits, embedders)
+    problem = _model_problem(target.shadow_model, failed, embedders)
     if problem is not None:
         return f"{target.name}: the change to model {target.shadow_model!r} waits: {problem}"
     return shadow.shadow_problem(target, embedders.loaded().get(target.shadow_model))
@@ -97,8 +106,9 @@ class HeldJobs:
         self.registry = registry
         self.embedders = embedders
         self._servable: set[int] = set()  # as last checked: nothing, before the first check
+        self._noted: dict[int, str] = {}  # the reasons last recorded (note_reasons)
 
-    def servable(self) -> dict[int, Target]:
+    def servable(self, reasons: dict[int, str] | None = None) -> dict[int, Target]:
         """Our queue's targets whose model is loaded (built, for a remote one) and that nothing
         stops this worker from serving. A target in a model change whose new model failed to
         load here is not: the change's jobs are held for that model, and released they would
@@ -106,20 +116,26 @@ class HeldJobs:
         metrics flickered); they are taken once that model loads. One whose old model cannot
         load is, once its new model is loaded: every row gets the new vector alone."""
         loaded = self.embedders.loaded()
-        problems = unservable(self.queue, self.registry, self.embedders)  # (changes' included)
+        problems = self.reasons() if reasons is None else reasons  # (changes' included)
         return {
             target.id: target
             for target in self.registry.snapshot().values()
             if target.queue == self.queue
             and (target.model in loaded or (target.in_change and target.shadow_model in loaded))
-            and target.name not in problems
+            and target.id not in problems
         }
+
+    def reasons(self) -> dict[int, str]:
+        """Why this worker cannot serve each target of its queue that it cannot serve now, by
+        target id: its own reasons, whatever another worker recorded."""
+        found = _unservable(self.queue, self.registry, self.embedders)
+        return {target_id: why for target_id, (_, why) in found.items()}
 
     def release(self, conn: db.Connection) -> int:
         """Makes the held jobs of the targets that became servable since the last call visible
         now, in both lanes; returns how many."""
         with db.translated():
-            if unservable(self.queue, self.registry, self.embedders):
+            if self.reasons():
                 # A redefinition can make it servable as well as a model that loads: watch()
                 # moving the table to a model this worker has, a model change's swap. So while
                 # something is unservable, the definitions are read again (one query) before
@@ -130,7 +146,8 @@ class HeldJobs:
                 # queue): a target that became unservable meanwhile (its content column
                 # dropped) is then known as such here, and in /readyz's deferred_targets.
                 self.registry.current(conn)
-        servable = self.servable()
+        reasons = self.reasons()  # (as the definitions are now)
+        servable = self.servable(reasons)
         became = set(servable) - self._servable
         released = 0
         for lane in self.lanes:
@@ -140,4 +157,31 @@ class HeldJobs:
         if released:
             names = ", ".join(sorted(servable[t].name for t in became))
             logger.info("took %d held job(s) of %s: servable by this worker now", released, names)
+        self.note_reasons(conn, reasons)
         return released
+
+    def note_reasons(self, conn: db.Connection, reasons: dict[int, str]) -> None:
+        """Records this worker's reason for the held jobs of each target it cannot serve, when
+        the reason is new or changed (a model that failed to load, a provider's circuit that
+        opened): jobs held by an earlier run, or another worker, wait out their minute unread
+        by this one, and status (and `run --once`'s last line) gave that run's reason, an
+        EMBED_OFFLINE=1 that was no longer this one's problem. Only targets with held jobs:
+        one with none holds nothing, and is told by the batch that defers its next jobs."""
+        changed = {t: why for t, why in reasons.items() if self._noted.get(t) != why}
+        if changed:
+            held: dict[int, int] = defaultdict(int)
+            for lane in self.lanes:
+                for target_id, jobs in lane.queue.held_counts(conn, changed).items():
+                    held[target_id] += jobs
+            ids = [t for t in changed if held[t]]
+            if ids:
+                with db.translated():
+                    conn.execute(
+                        queries.compose("note_deferrals"),
+                        {
+                            "target_ids": ids,
+                            "reasons": [changed[t] for t in ids],
+                            "jobs": [held[t] for t in ids],
+                        },
+                    )
+        self._noted = reasons  # (after the note: one that failed is tried again)

@@ -276,6 +276,7 @@ class Worker:
                 self.settings.queue,
                 self.settings.lock_timeout_ms,
                 self.settings.per_transaction,
+                own={**self.writer.held_for, **self.held.reasons()},  # (as it is now, first)
             )
         ):
             logger.error("%s", left)  # a script must not take what is left for done

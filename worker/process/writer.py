@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import threading
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from worker import db, exceptions, metrics, queries, sessions
 from worker.config import Settings
@@ -36,6 +36,9 @@ class Writer:
     end: Callable[[Batch], None]  # a batch is no longer in flight
     wake: Callable[[], None]  # wakes the main thread and a fetcher waiting for work
     rows_done: int = 0  # rows written, for the progress line
+    # Why this worker's batches held each target, as its last written batch of the target said
+    # (none once one served it): `run --once`'s last line says this run's reason.
+    held_for: dict[int, str] = field(default_factory=dict)
 
     def run(self) -> None:
         session = sessions.Session(
@@ -83,6 +86,7 @@ class Writer:
                 session.served(batch.target_ids)
                 stages.log_batch(batch)
                 self.rows_done += sum(1 for r in batch.rows.values() if r.state is RowState.WRITTEN)
+                self._held(batch)
                 return
             except exceptions.ConnectionLost as exc:
                 ended_for = db.ended_by_watchdog(conn)
@@ -119,6 +123,14 @@ class Writer:
                 if isinstance(exc, exceptions.ReadOnlyTransaction):
                     session.lost()  # (a new one waits for a database that takes writes)
                 return
+
+    def _held(self, batch: Batch) -> None:
+        for target_id in batch.target_ids:
+            why = batch.deferred.get(target_id) or batch.change_held.get(target_id)
+            if why:
+                self.held_for[target_id] = why
+            else:
+                self.held_for.pop(target_id, None)
 
 
 def hand_back(dsn: str, lanes: Lanes, settings: Settings) -> None:

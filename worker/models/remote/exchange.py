@@ -2,23 +2,30 @@
 whatever it asks for: a remote model's vectors (client.py: RemoteModel) or a remote reranker's
 scores (reranker.py: RemoteReranker).
 
-Before a request goes: the provider's circuit breaker (breaker.py) and what is left of its last
+Before a request goes: the key, looked up before every request and refused where it may not
+go (keys.py: a key that is missing is that model's reason, whatever its provider's state); the
+provider's circuits (breaker.py: the host's and the model's own) and what is left of its last
 Retry-After, up to the policy's inline wait (longer: ProviderUnavailable at once, with
-retry_after); the key, looked up before every request and refused where it may not go
-(keys.py). The request is a JSON POST through transport.Connections, the whole exchange within
-the endpoint's timeout and the answer read no further than the caller's bound. Then the status:
+retry_after). The request is a JSON POST through transport.Connections, the whole exchange
+within the endpoint's timeout and the answer read no further than the caller's bound. Then the
+status:
 
   2xx                 the caller's parser reads the body; BadResponse is a bad answer (retried,
-                      a failure for the breaker), DimensionMismatch a registration that may be
-                      wrong (retried, then ProviderRefused; the provider is up: a success for
-                      the breaker, like every answer below but 429 and 5xx)
+                      a failure of the model's: the host answered), DimensionMismatch a
+                      registration that may be wrong (retried, then ProviderRefused; the
+                      provider is up: a success for the breaker, like every answer below but
+                      429 and 5xx)
   429, 503 "loading"  the provider throttled for Retry-After (or Hugging Face's estimated_time),
                       waited up to the inline wait and retried; longer: ProviderUnavailable;
                       neither success nor failure (a probe's: the next probe after the wait)
   401, 403, 404, 405  ProviderRefused: the key or the registration is wrong
   400, 413, 422       InputRejected: the provider refuses these inputs
-  5xx, timeouts, connection errors, answers over the bound
-                      retried, each a failure for the breaker
+  5xx, connection errors (none made, or one dropped)
+                      retried, each a failure of the host's (every model it serves waits once
+                      its circuit opens)
+  no answer within the timeout once sent, an answer over the bound
+                      retried, each a failure of the model's (its own circuit: the host's other
+                      models go on)
 
 Retries follow the policy: its attempts, its backoff (worker/backoff.py) or the Retry-After
 hint, whichever is longer; after the last, ProviderUnavailable. Every attempt counts in
@@ -171,29 +178,38 @@ class Exchange:
     def _attempt(
         self, body: dict[str, Any], limit: int, parse: Callable[[bytes], T], policy: Policy
     ) -> T:
+        # The key first: a model without one has that reason, not its provider's circuit's.
+        key = keys.key_for(self.endpoint, self._api_key)
         try:
-            probe = self.breaker.admit()
+            probe = self.breaker.admit(self.name)
         except exceptions.ProviderUnavailable:
             self._count("circuit_open")
             raise
         try:
-            return self._send(body, limit, parse, policy)
+            return self._send(body, limit, parse, policy, key)
         finally:  # a probe's slot, however the attempt ended (breaker.py)
             self.breaker.release(probe)
 
     def _send(
-        self, body: dict[str, Any], limit: int, parse: Callable[[bytes], T], policy: Policy
+        self,
+        body: dict[str, Any],
+        limit: int,
+        parse: Callable[[bytes], T],
+        policy: Policy,
+        key: Secret | None,
     ) -> T:
         endpoint = self.endpoint
         throttled = self.breaker.throttled_for()
         if throttled > policy.max_inline_wait:
+            by = self.breaker.throttled_by()
             raise exceptions.ProviderUnavailable(
-                f"{endpoint.describe()}: rate limited (429); retry after {throttled:.0f} s",
+                f"{endpoint.describe()}: rate limited (429"
+                + (f" to model {by}" if by and by != self.name else "")
+                + f"); retry after {throttled:.0f} s",
                 retry_after=throttled,
             )
         if throttled > 0:
             policy.sleep(throttled)
-        key = keys.key_for(endpoint, self._api_key)
         headers = {
             "Content-Type": "application/json",
             "Accept": "application/json",
@@ -216,7 +232,10 @@ class Exchange:
             outcome = _OUTCOMES.get(exc.kind, "connection_error")
             what = "bad answer" if outcome == "bad_response" else outcome.replace("_", " ")
             self._count(outcome)
-            self.breaker.failure(f"{what}: {exc}")
+            if exc.host:
+                self.breaker.failure(f"{what}: {exc}", self.name)
+            else:  # (sent, and the answer late or too large: this model's)
+                self.breaker.model_failure(f"{what}: {exc}", self.name)
             raise _Retry(outcome, f"{what}: {exc}") from None
         finally:
             self._flight(-1)
@@ -240,14 +259,17 @@ class Exchange:
                 # Once may be a garbled answer: asked again. Every time: the registration's
                 # dimensions are wrong (refused). Either way the provider is up and answers.
                 self._count("bad_response")
-                self.breaker.success()
+                self.breaker.success(self.name)
                 raise _Retry("bad_response", str(exc), refused=True) from None
             except BadResponse as exc:
+                # The host answered (its circuit closes); the answer to this model is wrong.
                 self._count("bad_response")
-                self.breaker.failure(f"bad answer: {exc}")
-                raise _Retry("bad_response", f"bad answer: {keys.clean(str(exc), key)}") from None
+                why = f"bad answer: {keys.clean(str(exc), key)}"
+                self.breaker.success()
+                self.breaker.model_failure(why, self.name)
+                raise _Retry("bad_response", why) from None
             self._count("ok")
-            self.breaker.success()
+            self.breaker.success(self.name)
             return answer
         message = keys.clean(protocol.error_message(response.body), key)
         loading = protocol.loading_seconds(response.body) if status == 503 else None
@@ -255,7 +277,9 @@ class Exchange:
             wait = loading if loading is not None else transport.retry_after(response.headers)
             self._count("rate_limited")
             what = "model loading" if loading is not None else "rate limited (429)"
-            self.breaker.throttle(wait if wait is not None else 1.0, f"{what}: {message}")
+            self.breaker.throttle(
+                wait if wait is not None else 1.0, f"{what}: {message}", self.name
+            )
             if wait is not None and wait > policy.max_inline_wait:
                 raise exceptions.ProviderUnavailable(
                     f"{describe}: {what}; retry after {wait:.0f} s", retry_after=wait
@@ -263,7 +287,8 @@ class Exchange:
             raise _Retry("rate_limited", f"{what}: {message}", retry_after=wait)
         if status in (401, 403, 404, 405):
             self._count("refused")
-            self.breaker.success()  # (up and answering: the key or the registration is wrong)
+            # (up and answering: the key or the registration is wrong)
+            self.breaker.success(self.name)
             missing = (
                 f"no such endpoint or model: {endpoint.url} for {endpoint.remote_model}"
                 if endpoint.remote_model
@@ -279,12 +304,12 @@ class Exchange:
             )
         if status in (400, 413, 422):
             self._count("rejected")
-            self.breaker.success()  # (up and answering: the inputs are at fault)
+            self.breaker.success(self.name)  # (up and answering: the inputs are at fault)
             raise exceptions.InputRejected(
                 f"{describe} refused the input: HTTP {status}: {message}"
             )
         self._count("server_error")
-        self.breaker.failure(f"HTTP {status}: {message}")
+        self.breaker.failure(f"HTTP {status}: {message}", self.name)
         raise _Retry(
             "server_error", f"HTTP {status}: {message}", transport.retry_after(response.headers)
         )

@@ -23,18 +23,22 @@ MAX_RESPONSE_BYTES = 256 * 1024 * 1024  # 2048 inputs x 3072 floats as JSON text
 
 
 class TransportError(Exception):
-    """No usable HTTP answer: `kind` is "timeout", "connection" or "too_large"."""
+    """No usable HTTP answer: `kind` is "timeout", "connection" or "too_large". `host`: the
+    failure is the host's (no connection, or one dropped), not the answer's to this request
+    (none within the timeout once sent, one too large): what a provider's circuits tell apart
+    (breaker.py)."""
 
-    def __init__(self, kind: str, message: str) -> None:
+    def __init__(self, kind: str, message: str, *, host: bool = True) -> None:
         super().__init__(message)
         self.kind = kind
+        self.host = host
 
 
 class AnswerTooLarge(TransportError):
     """The answer is longer than the request's bound: reading stopped there."""
 
     def __init__(self, limit: int) -> None:
-        super().__init__("too_large", f"the answer is larger than {limit:,} bytes")
+        super().__init__("too_large", f"the answer is larger than {limit:,} bytes", host=False)
 
 
 class Unsendable(Exception):
@@ -80,6 +84,8 @@ class Connections:
             raise Unsendable("cannot be sent in a header (a line break or another character)")
         for attempt in (0, 1):
             conn, fresh = self._connection(key, timeout)
+            if conn.sock is None:
+                self._connect(conn, key, timeout)
             try:
                 conn.request("POST", path, body=body, headers=headers)
                 response = conn.getresponse()
@@ -93,7 +99,10 @@ class Connections:
                 raise
             except TimeoutError as exc:
                 self._drop(key)
-                raise TransportError("timeout", f"no answer within {timeout:g} s") from exc
+                # Connected, and sent: the host took the request, and this answer is late.
+                raise TransportError(
+                    "timeout", f"no answer within {timeout:g} s", host=False
+                ) from exc
             except (http.client.HTTPException, OSError) as exc:
                 self._drop(key)
                 # A kept-alive connection the server closed meanwhile fails on first use: once
@@ -102,6 +111,17 @@ class Connections:
                     continue
                 raise TransportError("connection", f"{type(exc).__name__}: {exc}") from exc
         raise AssertionError("unreachable")
+
+    def _connect(self, conn: http.client.HTTPConnection, key: Key, timeout: float) -> None:
+        """Opens `conn` (TLS included): a failure here is the host's, whatever the request."""
+        try:
+            conn.connect()
+        except TimeoutError as exc:
+            self._drop(key)
+            raise TransportError("timeout", f"no connection within {timeout:g} s") from exc
+        except OSError as exc:
+            self._drop(key)
+            raise TransportError("connection", f"{type(exc).__name__}: {exc}") from exc
 
     def close(self) -> None:
         with self._lock:
