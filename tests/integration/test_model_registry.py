@@ -5,12 +5,16 @@ change or default needs; and watch()'s hint for an unknown model says how to reg
 
 from __future__ import annotations
 
+import re
+from collections.abc import Callable
 from typing import Any
 
 import psycopg
 import pytest
 
+from tests.support.process import cli_json, run_cli
 from worker.models import catalog
+from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
 
@@ -83,8 +87,17 @@ def test_a_built_in_model_registered_without_a_provider_is_its_own_row(conn: Con
         "SELECT embeddings.register_model('bge-small-en-v1.5', 384, description => 'ours')"
     )
 
-    assert row(conn, "bge-small-en-v1.5") == installed == (
-        "local", 384, "cls", 512, "BAAI/bge-small-en-v1.5", None,
+    assert (
+        row(conn, "bge-small-en-v1.5")
+        == installed
+        == (
+            "local",
+            384,
+            "cls",
+            512,
+            "BAAI/bge-small-en-v1.5",
+            None,
+        )
     )
 
 
@@ -172,12 +185,15 @@ def test_unregister_model_refuses_a_model_in_use_changing_to_or_the_default(conn
     conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
     conn.execute("SELECT embeddings.watch('docs', 'body', model => 'used', backfill => false)")
 
-    with pytest.raises(psycopg.errors.ObjectInUse, match=r"model used is in use \(public.docs.embedding\)"):
+    with pytest.raises(
+        psycopg.errors.ObjectInUse, match=r"model used is in use \(public.docs.embedding\)"
+    ):
         conn.execute("SELECT embeddings.unregister_model('used')")
 
     conn.execute("SELECT embeddings.watch('docs', 'body', model => 'next')")  # a change, in flight
     with pytest.raises(
-        psycopg.errors.ObjectInUse, match=r"next is in use \(public.docs.embedding \(changing to it\)\)"
+        psycopg.errors.ObjectInUse,
+        match=r"next is in use \(public.docs.embedding \(changing to it\)\)",
     ) as e:
         conn.execute("SELECT embeddings.unregister_model('next')")
     assert "cancel_change" in (e.value.diag.message_hint or "")
@@ -209,3 +225,42 @@ def test_the_unknown_model_hint_says_how_to_register_a_local_model(conn: Conn) -
 
     hint = e.value.diag.message_hint or ""
     assert "provider => 'local'" in hint and "INSERT" not in hint, hint
+
+
+# --- the worker, `embed`, `model list` and doctor: one meaning per name -------------------------
+
+
+def test_a_built_in_name_left_as_a_remote_model_is_the_built_in_model_everywhere(
+    conn: Conn, dsn: str, minilm: str, run_once: Callable[..., Worker]
+) -> None:
+    """A table watched on the built-in MiniLM, then the name made a remote model of 64
+    dimensions (by an earlier release's register_model()): the worker kept calling the remote
+    endpoint for it while `embed` ran the built-in model and `model list` showed both. Now the
+    name is the built-in model for all of them, and the row is named as ignored, with its fix."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute(
+        "SELECT embeddings.watch('docs', 'body', model => %s, backfill => false)", (minilm,)
+    )
+    shadow_built_in(conn, minilm, 64)
+    register(conn, "far-8")  # a remote model of its own name, listed as such
+    conn.execute("INSERT INTO docs VALUES (1, 'hello there')")
+
+    run_once()
+
+    stored = conn.execute("SELECT embedding::text FROM docs WHERE id = 1").fetchone()
+    assert stored is not None and stored[0] is not None
+    env = {"DATABASE_URL": dsn, "EMBED_MODEL": ""}
+    [vector] = cli_json("embed", "--model", minilm, "hello there", env=env)
+    assert len(vector) == 384
+    listed = run_cli("model", "list", env=env)
+    names = [line.split()[0] for line in listed.stdout.splitlines()[1:] if line.strip()]
+    assert names.count(minilm) == 1, listed.stdout
+    assert f"register_model('{minilm}', 384, provider => 'local')" in listed.stderr
+    far = next(line.split() for line in listed.stdout.splitlines() if line.startswith("far-8"))
+    assert far[1:3] == ["8", "-"], far  # a remote model's vectors come pooled
+    doctor = run_cli("doctor", env=env)
+    assert re.search(
+        rf"^FAIL\s+model {minilm}'s registration: the registry holds {minilm} as a remote",
+        doctor.stdout,
+        re.MULTILINE,
+    ), doctor.stdout
