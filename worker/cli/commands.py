@@ -18,7 +18,7 @@ from worker.cli.connection import connect
 from worker.config import PG_INTEGER_MAX, SECONDS_MAX, Settings
 
 if TYPE_CHECKING:  # the models are imported when a command embeds: the others start faster
-    pass
+    from worker.models.files import ModelRow
 
 
 def dispatch(args: argparse.Namespace, settings: Settings) -> int:
@@ -193,6 +193,16 @@ def failures(args: argparse.Namespace, settings: Settings) -> int:
 
 
 # --- models -----------------------------------------------------------------------------------
+def _dim(row: ModelRow) -> str:
+    """`model list`'s dim: `rerank` for a cross-encoder, and where it was read when the ONNX
+    file does not declare it (config.json's hidden_size: what the embedder assumes then)."""
+    if row.reranker:
+        return "rerank"
+    if row.dim is None:
+        return "?"
+    return f"{row.dim} ({row.dim_from})" if row.dim_from else str(row.dim)
+
+
 def model(args: argparse.Namespace, settings: Settings) -> int:
     from worker.cli import remote
     from worker.models import catalog, download, files
@@ -204,10 +214,10 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
             [
                 [
                     r.name,
-                    str(r.dim or "?"),
+                    _dim(r),
                     r.pooling,
-                    str(r.max_tokens),
-                    "yes" if r.present else "no",
+                    str(r.max_tokens or "-"),
+                    "yes" if r.present else (f"no: {r.problem}" if r.problem else "no"),
                     str(r.location or "-"),
                     r.source,
                 ]
