@@ -226,8 +226,9 @@ $$;
 -- endpoint: `endpoint` is its base URL, the one ending in /v1), 'huggingface' (the Inference
 -- API's feature extraction: `endpoint` is the full URL, by default the serverless one of
 -- `remote_model`) or 'local' (an ONNX model directory the worker finds by `name`). Left NULL,
--- `provider` is the model's own when it is registered already (re-registering a model to change
--- a limit never moves it to another provider: naming one does), 'local' for a built-in model,
+-- `provider` is the model's own when it is registered already, and so are its `endpoint`,
+-- `remote_model` and `credential` left NULL (registering a model again to change a limit never
+-- sends its texts, or a key, elsewhere: naming a provider does), 'local' for a built-in model,
 -- else 'openai'. A built-in model's name (built_in_models()) stays that model: local, of its
 -- dimensions and pooling (its limits, source and pooling filled in from it). Limits left
 -- NULL get the provider's defaults below, written into the row so that `model list` shows what
@@ -263,12 +264,14 @@ DECLARE
     m embeddings.models;
     built_in record;
     kind record;
+    kept boolean;
     problem text;
     users text;
 BEGIN
     SELECT * INTO old FROM embeddings.models mo WHERE mo.name = register_model.name FOR UPDATE;
     SELECT * INTO built_in FROM embeddings_internal.built_in_models() b WHERE b.name = register_model.name;
     m.provider := coalesce(provider, CASE WHEN built_in.name IS NOT NULL THEN 'local' END, old.provider, 'openai');
+    kept := provider IS NULL AND old.provider = m.provider;  -- (where its requests go, then, too)
     m.pooling := coalesce(pooling, built_in.pooling, 'mean');
     PERFORM embeddings_internal.check_model_arguments(
         name, dimensions, m.provider, endpoint, remote_model, max_tokens, send_dimensions, max_inputs,
@@ -289,9 +292,11 @@ BEGIN
         m.max_tokens := coalesce(max_tokens, built_in.max_tokens, 512);
         m.source := built_in.source;  -- (NULL: a directory of yours, nothing to download)
     ELSE
-        m.remote_model := coalesce(remote_model, name);
-        m.endpoint := rtrim(coalesce(endpoint, replace(kind.endpoint, '{model}', m.remote_model)), '/');
-        m.credential := CASE WHEN credential IS NULL THEN m.provider ELSE nullif(credential, '') END;
+        m.remote_model := coalesce(remote_model, CASE WHEN kept THEN old.remote_model END, name);
+        m.endpoint := rtrim(coalesce(endpoint, CASE WHEN kept THEN old.endpoint END,
+                                     replace(kind.endpoint, '{model}', m.remote_model)), '/');
+        m.credential := CASE WHEN credential IS NOT NULL THEN nullif(credential, '')
+                             WHEN kept THEN old.credential ELSE m.provider END;
         PERFORM embeddings_internal.check_endpoint(name, m.endpoint, m.credential);
         m.source := m.endpoint;
         -- The provider's documented limits (docs/providers.md cites them); a self-hosted server's

@@ -125,6 +125,25 @@ def test_re_registering_a_model_without_naming_a_provider_keeps_its_provider(con
     assert row(conn, "text-embedding-3-small")[0] == "openai"  # type: ignore[index]
 
 
+def test_re_registering_a_remote_model_without_naming_a_provider_keeps_where_it_goes(
+    conn: Conn,
+) -> None:
+    """A self-hosted server's model, registered again to raise a limit: its endpoint, model id
+    and credential stay (they became OpenAI's defaults: the texts, and the key of credential
+    'openai', went to api.openai.com); naming the provider starts from its defaults."""
+    conn.execute(
+        "SELECT embeddings.register_model('gpu', 1024, 'openai', 'http://127.0.0.1:9/v1',"
+        " 'BAAI/bge-m3', credential => '')"
+    )
+    where = "SELECT endpoint, remote_model, credential, max_in_flight FROM embeddings.models WHERE name = 'gpu'"
+
+    conn.execute("SELECT embeddings.register_model('gpu', 1024, max_in_flight => 8)")
+
+    assert conn.execute(where).fetchone() == ("http://127.0.0.1:9/v1", "BAAI/bge-m3", None, 8)
+    conn.execute("SELECT embeddings.register_model('gpu', 1024, 'openai')")
+    assert conn.execute(where).fetchone() == ("https://api.openai.com/v1", "gpu", "openai", 4)
+
+
 def shadow_built_in(conn: Conn, name: str = "gte-small", dimensions: int = 64) -> None:
     """What register_model() let an earlier release do: a built-in name made a remote model."""
     conn.execute(
