@@ -45,7 +45,8 @@ END
 $$;
 
 -- The HINT of an "unknown model" error: the closest known name (a typo is the usual cause),
--- the known ones, and how to add one (providers.md's register_model() for a remote model).
+-- the known ones, and how to add one (register_model(): providers.md for a remote model,
+-- models.md for a directory of one's own).
 CREATE FUNCTION embeddings_internal.unknown_model_hint(name text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT concat_ws(' ',
@@ -55,8 +56,8 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
          ORDER BY embeddings_internal.edit_distance(m.name, unknown_model_hint.name), m.name LIMIT 1),
         format('Known models: %s.', coalesce(
             (SELECT string_agg(m.name, ', ' ORDER BY m.name) FROM embeddings.models m), 'none')),
-        'Add a remote one with embeddings.register_model() (docs/providers.md), a local one with'
-        ' INSERT INTO embeddings.models (docs/usage.md).')
+        'Register it with embeddings.register_model(): a remote provider''s model (docs/providers.md),'
+        ' or a model directory of yours with provider => ''local'' (docs/models.md).')
 $$;
 
 -- Enqueues the keys of the rows of `rel` (target t's table, or one of its partitions: a
@@ -519,9 +520,12 @@ END
 $$;
 
 -- watch()'s checks of its options alone: none NULL that must not be, no name empty, `source`
--- a table, the model known.
+-- a table, the model known (and, for a built-in model, registered as the worker runs it).
 CREATE FUNCTION embeddings_internal.watch_check(o embeddings_internal.watch_options) RETURNS void
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m embeddings.models;
+    problem text;
 BEGIN
     IF o.source IS NULL OR o.content IS NULL OR o.embedding_column IS NULL OR o.model IS NULL
        OR o.triggers IS NULL OR o.queue IS NULL OR o.replica IS NULL
@@ -537,10 +541,19 @@ BEGIN
     IF (SELECT c.relkind FROM pg_class c WHERE c.oid = o.source) NOT IN ('r', 'p') THEN
         RAISE EXCEPTION '% is not a table', o.source USING ERRCODE = 'wrong_object_type';
     END IF;
-    IF NOT EXISTS (SELECT FROM embeddings.models m WHERE m.name = o.model) THEN
+    SELECT * INTO m FROM embeddings.models mo WHERE mo.name = o.model;
+    IF NOT FOUND THEN
         RAISE EXCEPTION 'unknown model "%"', o.model
             USING ERRCODE = 'invalid_parameter_value',
                   HINT = embeddings_internal.unknown_model_hint(o.model);
+    END IF;
+    -- A built-in model's row that an earlier release let register_model() redefine (a remote
+    -- model under its name, other dimensions): the worker runs the built-in model all the same,
+    -- so a column made for the row would never be filled.
+    problem := embeddings_internal.built_in_mismatch(m.name, m.provider, m.dimensions, NULL);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'model % is registered otherwise than the worker runs it: %', o.model, problem
+            USING ERRCODE = 'invalid_parameter_value', HINT = embeddings_internal.built_in_hint(o.model);
     END IF;
 END
 $$;

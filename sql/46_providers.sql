@@ -165,10 +165,72 @@ BEGIN
 END
 $$;
 
+-- The models the worker ships by name (worker/models/catalog.py: REGISTRY, whose entries these
+-- are: tests/integration/test_model_registry.py compares them). A built-in name is that model
+-- everywhere, the worker's files and the registry's row alike: the worker runs it from its own
+-- directory (downloaded at a pinned revision), whatever a row of embeddings.models says, so
+-- register_model() refuses to make one a remote model or to give it other dimensions, and
+-- unregister_model() keeps its row. The install's rows of these models: sql/state/10_schema.sql.
+CREATE FUNCTION embeddings_internal.built_in_models()
+RETURNS TABLE (name text, dimensions integer, max_tokens integer, pooling text, source text)
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    VALUES ('gte-small', 384, 512, 'mean', 'Supabase/gte-small'),
+           ('all-MiniLM-L6-v2', 384, 256, 'mean', 'sentence-transformers/all-MiniLM-L6-v2'),
+           ('bge-small-en-v1.5', 384, 512, 'cls', 'BAAI/bge-small-en-v1.5')
+$$;
+
+-- Why a model of built-in name `name` (built_in_models()) cannot be `provider`'s with
+-- `dimensions` and `pooling` (NULL: not checked); NULL when it can, or when `name` is no
+-- built-in model's. register_model() refuses such a registration; watch() refuses a row left so
+-- by an earlier release (one registered the built-in name as a remote model: the worker serves
+-- the built-in model under that name, not the remote one).
+CREATE FUNCTION embeddings_internal.built_in_mismatch(name text, provider text, dimensions integer, pooling text)
+RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT CASE WHEN built_in_mismatch.provider IS DISTINCT FROM 'local'
+                THEN format('%s is a built-in model, which the worker runs from its own files: it cannot be %s''s remote model',
+                            b.name, built_in_mismatch.provider)
+                WHEN built_in_mismatch.dimensions IS DISTINCT FROM b.dimensions
+                THEN format('%s is a built-in model of %s dimensions, not %s', b.name, b.dimensions, built_in_mismatch.dimensions)
+                WHEN built_in_mismatch.pooling <> b.pooling
+                THEN format('%s is a built-in model with %s pooling, not %s', b.name, b.pooling, built_in_mismatch.pooling) END
+    FROM embeddings_internal.built_in_models() b WHERE b.name = built_in_mismatch.name
+$$;
+
+-- The HINT of a refused registration under a built-in name: the built-in model's own row, and
+-- a name of its own for anything else.
+CREATE FUNCTION embeddings_internal.built_in_hint(name text) RETURNS text
+LANGUAGE sql IMMUTABLE SET search_path = pg_catalog, pg_temp AS $$
+    SELECT format('Register another model under a name of its own (SELECT embeddings.register_model(''my-%s'', ...)); '
+                  'SELECT embeddings.register_model(%L, %s, provider => ''local''); is the built-in model''s own row. '
+                  'Built-in models: %s.',
+                  b.name, b.name, b.dimensions,
+                  (SELECT string_agg(a.name, ', ' ORDER BY a.name) FROM embeddings_internal.built_in_models() a))
+    FROM embeddings_internal.built_in_models() b WHERE b.name = built_in_hint.name
+$$;
+
+-- The targets that use model `name`, and those changing to it, by name (NULL: none): what
+-- register_model() may not change the vectors of, and unregister_model() may not remove.
+CREATE FUNCTION embeddings_internal.model_users(name text) RETURNS text
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN (SELECT string_agg(u, ', ' ORDER BY u) FROM (
+        SELECT embeddings_internal.target_name(t) AS u FROM embeddings.targets t WHERE t.model = model_users.name
+        UNION ALL
+        SELECT embeddings_internal.target_name(t) || ' (changing to it)' FROM embeddings.model_changes c
+        JOIN embeddings.targets t ON t.id = c.target_id WHERE c.model = model_users.name) x);
+END
+$$;
+
 -- Adds or updates model `name`. `provider` 'openai' (any OpenAI-compatible /embeddings
 -- endpoint: `endpoint` is its base URL, the one ending in /v1), 'huggingface' (the Inference
 -- API's feature extraction: `endpoint` is the full URL, by default the serverless one of
--- `remote_model`) or 'local' (an ONNX model directory the worker finds by `name`). Limits left
+-- `remote_model`) or 'local' (an ONNX model directory the worker finds by `name`). Left NULL,
+-- `provider` is the model's own when it is registered already, and so are its `endpoint`,
+-- `remote_model` and `credential` left NULL (registering a model again to change a limit never
+-- sends its texts, or a key, elsewhere: naming a provider does), 'local' for a built-in model,
+-- else 'openai'. A built-in model's name (built_in_models()) stays that model: local, of its
+-- dimensions and pooling (its limits, source and pooling filled in from it). Limits left
 -- NULL get the provider's defaults below, written into the row so that `model list` shows what
 -- the worker uses. `credential` names the API key the worker sends (default: the provider's
 -- name; NULL for an endpoint without authentication: pass ''). `tokenizer` names a local
@@ -181,7 +243,7 @@ $$;
 CREATE FUNCTION embeddings.register_model(
     name text,
     dimensions integer,
-    provider text DEFAULT 'openai',
+    provider text DEFAULT NULL,
     endpoint text DEFAULT NULL,
     remote_model text DEFAULT NULL,
     max_tokens integer DEFAULT NULL,
@@ -193,35 +255,48 @@ CREATE FUNCTION embeddings.register_model(
     price_per_million_tokens numeric DEFAULT NULL,
     credential text DEFAULT NULL,
     tokenizer text DEFAULT NULL,
-    pooling text DEFAULT 'mean',
+    pooling text DEFAULT NULL,
     description text DEFAULT NULL
 ) RETURNS text
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     old embeddings.models;
     m embeddings.models;
-    users text;
+    built_in record;
     kind record;
+    kept boolean;
+    problem text;
+    users text;
 BEGIN
+    SELECT * INTO old FROM embeddings.models mo WHERE mo.name = register_model.name FOR UPDATE;
+    SELECT * INTO built_in FROM embeddings_internal.built_in_models() b WHERE b.name = register_model.name;
+    m.provider := coalesce(provider, CASE WHEN built_in.name IS NOT NULL THEN 'local' END, old.provider, 'openai');
+    kept := provider IS NULL AND old.provider = m.provider;  -- (where its requests go, then, too)
+    m.pooling := coalesce(pooling, built_in.pooling, 'mean');
     PERFORM embeddings_internal.check_model_arguments(
-        name, dimensions, provider, endpoint, remote_model, max_tokens, send_dimensions, max_inputs,
-        max_request_tokens, max_in_flight, register_model.timeout_seconds, price_per_million_tokens, credential, pooling);
-    SELECT * INTO kind FROM embeddings.provider_defaults() d WHERE d.provider = register_model.provider;
+        name, dimensions, m.provider, endpoint, remote_model, max_tokens, send_dimensions, max_inputs,
+        max_request_tokens, max_in_flight, register_model.timeout_seconds, price_per_million_tokens, credential, m.pooling);
+    problem := embeddings_internal.built_in_mismatch(name, m.provider, dimensions, m.pooling);
+    IF problem IS NOT NULL THEN
+        RAISE EXCEPTION 'embeddings.register_model(): %', problem
+            USING ERRCODE = 'invalid_parameter_value', HINT = embeddings_internal.built_in_hint(name);
+    END IF;
+    SELECT * INTO kind FROM embeddings.provider_defaults() d WHERE d.provider = m.provider;
     m.name := name;
     m.dimensions := dimensions;
-    m.provider := provider;
-    m.pooling := pooling;
     m.description := description;
     m.is_default := false;
     m.send_dimensions := coalesce(send_dimensions, false);
     m.tokenizer := nullif(tokenizer, '');
-    IF provider = 'local' THEN
-        m.max_tokens := coalesce(max_tokens, 512);
-        m.source := NULL;
+    IF m.provider = 'local' THEN
+        m.max_tokens := coalesce(max_tokens, built_in.max_tokens, 512);
+        m.source := built_in.source;  -- (NULL: a directory of yours, nothing to download)
     ELSE
-        m.remote_model := coalesce(remote_model, name);
-        m.endpoint := rtrim(coalesce(endpoint, replace(kind.endpoint, '{model}', m.remote_model)), '/');
-        m.credential := CASE WHEN credential IS NULL THEN provider ELSE nullif(credential, '') END;
+        m.remote_model := coalesce(remote_model, CASE WHEN kept THEN old.remote_model END, name);
+        m.endpoint := rtrim(coalesce(endpoint, CASE WHEN kept THEN old.endpoint END,
+                                     replace(kind.endpoint, '{model}', m.remote_model)), '/');
+        m.credential := CASE WHEN credential IS NOT NULL THEN nullif(credential, '')
+                             WHEN kept THEN old.credential ELSE m.provider END;
         PERFORM embeddings_internal.check_endpoint(name, m.endpoint, m.credential);
         m.source := m.endpoint;
         -- The provider's documented limits (docs/providers.md cites them); a self-hosted server's
@@ -233,14 +308,9 @@ BEGIN
         m.timeout_seconds := coalesce(register_model.timeout_seconds, 60);
         m.price_per_million_tokens := price_per_million_tokens;
     END IF;
-    SELECT * INTO old FROM embeddings.models mo WHERE mo.name = register_model.name FOR UPDATE;
-    IF FOUND AND (old.provider, old.remote_model, old.dimensions, old.send_dimensions)
+    IF old.name IS NOT NULL AND (old.provider, old.remote_model, old.dimensions, old.send_dimensions)
                  IS DISTINCT FROM (m.provider, m.remote_model, m.dimensions, m.send_dimensions) THEN
-        SELECT string_agg(u, ', ') INTO users FROM (
-            SELECT embeddings_internal.target_name(t) AS u FROM embeddings.targets t WHERE t.model = register_model.name
-            UNION ALL
-            SELECT embeddings_internal.target_name(t) || ' (changing to it)' FROM embeddings.model_changes c
-            JOIN embeddings.targets t ON t.id = c.target_id WHERE c.model = register_model.name) x;
+        users := embeddings_internal.model_users(name);
         IF users IS NOT NULL THEN
             RAISE EXCEPTION 'model % is in use (%): its provider, remote model, dimensions and send_dimensions decide its vectors', name, users
                 USING ERRCODE = 'object_in_use',
@@ -268,6 +338,48 @@ END
 $$;
 COMMENT ON FUNCTION embeddings.register_model IS
     'Adds or updates a model by name: a local ONNX directory or a remote provider''s model. Schema owner only.';
+
+-- Removes model `name` from the registry; false when there was none. Refused for a built-in
+-- model (its row stays: watch() and the worker know it by name; register_model(name,
+-- dimensions, provider => 'local') undoes a registration under its name), while a target uses
+-- it or is changing to it (the target's vectors are its; move the table to another model, or
+-- cancel the change, first), and while it is the database's default (watch() without a model
+-- would name it: set_default_model() another first). Workers forget it at their next read of
+-- the registry; a search or `embed` naming it fails from then on, saying it is unknown. Schema
+-- owner only, like register_model().
+CREATE FUNCTION embeddings.unregister_model(name text) RETURNS boolean
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    m embeddings.models;
+    users text;
+BEGIN
+    -- (the row locked first: a watch() naming the model waits for this, then finds it gone)
+    SELECT * INTO m FROM embeddings.models mo WHERE mo.name = unregister_model.name FOR UPDATE;
+    IF NOT FOUND THEN
+        RETURN false;
+    END IF;
+    IF EXISTS (SELECT FROM embeddings_internal.built_in_models() b WHERE b.name = m.name) THEN
+        RAISE EXCEPTION 'model % is built in: the worker ships it, and its row stays', name
+            USING ERRCODE = 'invalid_parameter_value', HINT = embeddings_internal.built_in_hint(name);
+    END IF;
+    users := embeddings_internal.model_users(name);
+    IF users IS NOT NULL THEN
+        RAISE EXCEPTION 'model % is in use (%)', name, users
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Move each table to another model first (SELECT embeddings.watch(<table>, <content>, model => <other>)), '
+                         'or cancel its change (SELECT embeddings.cancel_change(<table>)).';
+    END IF;
+    IF m.is_default THEN
+        RAISE EXCEPTION 'model % is the database''s default model, which watch() uses when none is named', name
+            USING ERRCODE = 'object_in_use',
+                  HINT = 'Make another model the default first: SELECT embeddings.set_default_model(<name>);';
+    END IF;
+    DELETE FROM embeddings.models mo WHERE mo.name = unregister_model.name;
+    RETURN true;
+END
+$$;
+COMMENT ON FUNCTION embeddings.unregister_model IS
+    'Removes a model no target uses and that is not the default; built-in models stay. Schema owner only.';
 
 -- Records who produced the vectors a watched column already holds (vectors brought from
 -- elsewhere: docs/model-changes.md, "Bringing your own vectors"), so that the worker writes

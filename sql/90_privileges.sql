@@ -119,6 +119,7 @@ DECLARE
         'embeddings.disable_fts(regclass, name)',
         'embeddings.set_rerank(regclass, text, integer, name)',
         'embeddings.register_model(text, integer, text, text, text, integer, boolean, integer, integer, integer, double precision, numeric, text, text, text, text)',
+        'embeddings.unregister_model(text)',
         'embeddings.set_default_model(text)',
         'embeddings.register_reranker(text, text, text, text, integer, integer, double precision, text, text, integer)',
         'embeddings.unregister_reranker(text)',

@@ -80,7 +80,8 @@ COMMENT ON SCHEMA embeddings_internal IS 'embed-worker''s internals: not to be c
 GRANT USAGE ON SCHEMA embeddings_internal TO PUBLIC;
 
 -- Models the worker can run. Dimensions decide the embedding column's type at watch() time;
--- the worker checks them against the model it loads. Add your own with an INSERT.
+-- the worker checks them against the model it loads. Add your own with register_model()
+-- (sql/46_providers.sql); the built-in models' rows are below.
 CREATE TABLE IF NOT EXISTS embeddings.models (
     name        text PRIMARY KEY,
     dimensions  integer NOT NULL CHECK (dimensions BETWEEN 1 AND 4000),

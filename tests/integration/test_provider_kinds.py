@@ -137,7 +137,6 @@ def test_a_null_or_empty_name_is_refused_naming_the_argument(
         ),
         ("'m', 8, credential => 'sk abc'", "credential 'sk abc' is not a key's name"),
         ("'m', 8, pooling => 'max'", "pooling is 'mean' or 'cls', not 'max'"),
-        ("'m', 8, pooling => NULL", "pooling is 'mean' or 'cls', not NULL"),
         ("'m', 8, 'local', 'https://x.test/v1'", "a local model takes no endpoint"),
         ("'m', 8, 'local', remote_model => 'r'", "a local model takes no remote_model"),
         ("'m', 8, 'local', max_in_flight => 2", "a local model takes no max_in_flight"),

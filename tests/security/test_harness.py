@@ -360,6 +360,37 @@ def _unknown_model(ctx: Context) -> None:
             ctx.sql(statement)
 
 
+def _models_registered(ctx: Context) -> None:
+    """A registration under a built-in model's name refused (built_in_mismatch(),
+    built_in_hint()), a mistaken one made and unregistered; unregister_model() refused for a
+    built-in model, a model a target is changing to (model_users()) and the default."""
+    with pytest.raises(psycopg.errors.InvalidParameterValue, match="is a built-in model"):
+        ctx.sql(
+            "SELECT embeddings.register_model('gte-small', 64, 'openai', 'http://127.0.0.1:9/v1',"
+            " credential => '')"
+        )
+    ctx.sql(
+        "SELECT embeddings.register_model('mistake', 8, 'openai', 'http://127.0.0.1:9/v1',"
+        " credential => '')",
+        "SELECT embeddings.register_model('mistake', 8, max_in_flight => 2)",  # stays openai
+        "SELECT embeddings.unregister_model('mistake')",
+    )
+    ctx.sql("SELECT embeddings.watch('docs_row', 'body', model => 'tiny-a')")  # a change to it
+    for statement, error in (
+        ("SELECT embeddings.unregister_model('gte-small')", psycopg.errors.InvalidParameterValue),
+        ("SELECT embeddings.unregister_model('tiny-a')", psycopg.errors.ObjectInUse),
+    ):
+        with pytest.raises(error):
+            ctx.sql(statement)
+    ctx.sql(
+        "SELECT embeddings.cancel_change('docs_row')",
+        "SELECT embeddings.set_default_model('tiny-a')",
+    )
+    with pytest.raises(psycopg.errors.ObjectInUse, match="default model"):
+        ctx.sql("SELECT embeddings.unregister_model('tiny-a')")
+    ctx.sql("SELECT embeddings.set_default_model('gte-small')")
+
+
 def _named_fixes(ctx: Context) -> None:
     """The refusals that name what to pass: watch() given column names in SQL's quotes
     (unquoted_identifier(), column_names_hint() read the owner's columns), and a search and a
@@ -602,6 +633,7 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
     "failures --retry (a table's, an id's, all)": ((SUPERUSER, WORKER), _failures_retry),
     "sweep (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("sweep", "--verify")),
     "an unknown model refused": ((SUPERUSER,), _unknown_model),
+    "models registered, refused and unregistered": ((SUPERUSER,), _models_registered),
     "refusals that name what to pass (quoted columns, a table named but for case or unquoted)": (
         (SUPERUSER,),
         _named_fixes,

@@ -93,6 +93,14 @@ def _attempts(world: World) -> dict[str, list[str]]:
         "record vectors' fingerprints (`record_fingerprints()`, in its write transaction)": [
             f"SELECT embeddings_internal.record_fingerprints({world.target}, false, ARRAY['1'], ARRAY['x'])"
         ],
+        "register, change or unregister a model, or make one the default (`register_model()`,"
+        " `unregister_model()`, `set_default_model()`, writing `embeddings.models`)": [
+            "SELECT embeddings.register_model('spare', 8, 'openai', 'http://127.0.0.1:9/v1',"
+            " credential => '')",
+            "SELECT embeddings.unregister_model('no-such-model')",
+            "SELECT embeddings.set_default_model('all-MiniLM-L6-v2')",
+            "UPDATE embeddings.models SET endpoint = 'https://embed.evil.example'",
+        ],
         "register, change or unregister a remote reranker (`register_reranker()`,"
         " `unregister_reranker()`, `embeddings.rerankers`)": [
             "SELECT embeddings.register_reranker('spare-rr', 'cohere')",

@@ -254,16 +254,6 @@ def test_list_shows_known_models_and_local_directories(
     assert (local.dim, local.pooling, local.max_tokens, local.source) == (32, "mean", 512, "local")
 
 
-def test_list_skips_an_unreadable_local_directory(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    broken = _model_dir(tmp_path, "broken")
-    (broken / "config.json").write_text("{not json")
-    monkeypatch.setenv("EMBED_MODEL_PATH", str(tmp_path))
-
-    assert "broken" not in {row.name for row in files.list_models(here())}
-
-
 # --- download ------------------------------------------------------------------------------------
 
 

@@ -195,13 +195,24 @@ def failures(args: argparse.Namespace, settings: Settings) -> int:
 
 # --- models -----------------------------------------------------------------------------------
 def _presence(row: ModelRow, settings: Settings) -> str:
-    """yes, no, or damaged: a downloaded file whose size is not the one recorded (truncated),
-    and the command that fetches it again."""
+    """yes; no (with why, when a directory of the name is there but not usable); or damaged: a
+    downloaded file whose size is not the one recorded (truncated), and the command that
+    fetches it again."""
     if not row.present:
-        return "no"
+        return f"no: {row.problem}" if row.problem else "no"
     if row.damaged:
         return f"damaged ({', '.join(row.damaged)}): {hints.model_download(row.name, settings)}"
     return "yes"
+
+
+def _dim(row: ModelRow) -> str:
+    """`model list`'s dim: `rerank` for a cross-encoder, and where it was read when the ONNX
+    file does not declare it (config.json's hidden_size: what the embedder assumes then)."""
+    if row.reranker:
+        return "rerank"
+    if row.dim is None:
+        return "?"
+    return f"{row.dim} ({row.dim_from})" if row.dim_from else str(row.dim)
 
 
 def model(args: argparse.Namespace, settings: Settings) -> int:
@@ -215,9 +226,9 @@ def model(args: argparse.Namespace, settings: Settings) -> int:
             [
                 [
                     r.name,
-                    str(r.dim or "?"),
+                    _dim(r),
                     r.pooling,
-                    str(r.max_tokens),
+                    str(r.max_tokens or "-"),
                     _presence(r, settings),
                     str(r.location or "-"),
                     r.source,

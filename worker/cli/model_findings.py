@@ -11,7 +11,7 @@ from worker.cli import hints, remote
 from worker.cli.findings import Finding, Level
 from worker.config import Settings
 from worker.models import catalog
-from worker.models.remote.spec import RemoteSpec
+from worker.models.remote.spec import RemoteSpec, built_in_fix
 from worker.pipeline.targets import database_default_model
 
 
@@ -21,7 +21,10 @@ def findings(conn: db.Connection, settings: Settings, readable: bool) -> list[Fi
     watched = {m for (m,) in conn.execute(queries.get("watched_models")).fetchall()}
     database_default = database_default_model(conn) if readable else None
     out = [_default_model(settings, database_default)]
-    remote_models, refused = remote.in_database(conn) if readable else ({}, {})
+    remote_models, refused, built_in = remote.in_database(conn) if readable else ({}, {}, {})
+    for model in sorted(built_in):  # rows an earlier release let be made: ignored
+        fix = f"put the row back: {built_in_fix(model)}"
+        out.append(Finding("FAIL", f"model {model}'s registration", built_in[model], fix))
     for model in sorted({settings.default_model(database_default)} | watched):
         spec = remote_models.get(model)
         if model in refused:  # a provider kind this worker does not know: no key serves it

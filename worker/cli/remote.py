@@ -14,10 +14,10 @@ from worker import db, escapes, exceptions, queries
 from worker.cli import connection
 from worker.cli.findings import Finding, Level
 from worker.config import Settings
-from worker.models.remote import keys
+from worker.models.remote import keys, providers
 from worker.models.remote.keys import Keyed
 from worker.models.remote.rerank_spec import RerankerSpec
-from worker.models.remote.spec import RemoteSpec, specs_of
+from worker.models.remote.spec import RemoteSpec, built_in_fix, built_in_rows, specs_of
 
 logger = logging.getLogger(__name__)
 
@@ -26,7 +26,8 @@ def registered(settings: Settings) -> tuple[list[RemoteSpec], list[RerankerSpec]
     """The database's remote models and remote rerankers; None (with a note on stderr) when the
     database cannot be read: `model list` still lists the local models. A schema of another
     release is SchemaMismatch (exit 1, what to run), as for every command that reads it: its
-    registry read as this release's would list what the worker could not serve."""
+    registry read as this release's would list what the worker could not serve. The remote
+    models the worker does not serve are not listed: a warning on stderr says why, each."""
     try:
         with (
             db.connect(
@@ -36,7 +37,12 @@ def registered(settings: Settings) -> tuple[list[RemoteSpec], list[RerankerSpec]
         ):
             if not connection.of_this_release(conn, settings):
                 return [], []
-            return list(in_database(conn)[0].values()), list(rerankers(conn)[0].values())
+            specs, refused, built_in = in_database(conn)
+            for name, why in refused.items():
+                logger.warning("remote model %s not listed: it is not served: %s", name, why)
+            for name, why in built_in.items():
+                logger.warning("remote model %s not listed: %s: %s", name, why, built_in_fix(name))
+            return list(specs.values()), list(rerankers(conn)[0].values())
     except exceptions.SchemaMismatch:
         raise
     except exceptions.EmbedWorkerError as exc:
@@ -44,14 +50,17 @@ def registered(settings: Settings) -> tuple[list[RemoteSpec], list[RerankerSpec]
         return None
 
 
-def in_database(conn: db.Connection) -> tuple[dict[str, RemoteSpec], dict[str, str]]:
+def in_database(
+    conn: db.Connection,
+) -> tuple[dict[str, RemoteSpec], dict[str, str], dict[str, str]]:
     """The remote models of an installed schema by name (none before 0.2.0's: `migrate` adds
-    them), and those of a provider kind this worker does not know, with why."""
+    them); those of a provider kind this worker does not know, with why; and those under a
+    built-in model's name, which the worker ignores (spec.built_in_rows()), with why."""
     found = conn.execute(queries.get("models_have_providers")).fetchone()
     if not found or not found[0]:
-        return {}, {}
+        return {}, {}, {}
     rows = conn.cursor(row_factory=dict_row).execute(queries.get("remote_models")).fetchall()
-    return specs_of(rows)
+    return (*specs_of(rows), built_in_rows(rows))
 
 
 def rerankers(conn: db.Connection) -> tuple[dict[str, RerankerSpec], dict[str, str]]:
@@ -100,8 +109,8 @@ def key_problem(spec: Keyed, settings: Settings) -> tuple[str, str | None]:
 
 def list_rows(settings: Settings) -> list[list[str]]:
     """`model list` rows of the remote models and rerankers: name, dim (`rerank` for a
-    reranker), pooling, max tokens, present (the key: found in the environment or not needed),
-    where (the endpoint's host), source."""
+    reranker), pooling (`-` where the provider's vectors come pooled), max tokens, present (the
+    key: found in the environment or not needed), where (the endpoint's host), source."""
     rows = []
     models, rerank_apis = registered(settings) or ([], [])
     for spec in models:
@@ -109,7 +118,7 @@ def list_rows(settings: Settings) -> list[list[str]]:
             [
                 spec.name,
                 str(spec.dimensions),
-                spec.pooling,
+                spec.pooling if providers.of(spec.provider).pools_tokens else "-",
                 str(spec.max_tokens),
                 f"remote ({_key(spec, settings)})",
                 spec.host,

@@ -23,6 +23,7 @@ directories of `EMBED_MODEL_PATH` (`<dir>/<name>/`), then the download cache `EM
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -32,6 +33,7 @@ from pathlib import Path
 from typing import Any
 
 from worker import exceptions
+from worker.models import onnx_outputs
 from worker.models.catalog import REGISTRY, ModelSpec, Pooling, known_models
 from worker.models.manifest import Manifest
 
@@ -122,18 +124,7 @@ def _not_a_model_dir(path: Path) -> str:
     elif not path.is_dir():
         what = "is not a directory"
     else:
-        missing = [
-            name
-            for name, present in (
-                (
-                    "model.onnx (or onnx/model.onnx)",
-                    _first_file(path, (*ONNX_FP32, *ONNX_INT8)) is not None,
-                ),
-                ("tokenizer.json", (path / "tokenizer.json").is_file()),
-            )
-            if not present
-        ]
-        what = f"is not a model directory: {' and '.join(missing)} missing"
+        what = f"is not a model directory: {' and '.join(_missing(path))} missing"
     return (
         f"{path} {what}. A model directory holds tokenizer.json and model.onnx "
         "(or onnx/model.onnx)."
@@ -240,60 +231,121 @@ class ModelRow:
     """One line of `embed-worker model list`."""
 
     name: str
-    dim: int | None
-    pooling: Pooling
-    max_tokens: int
+    dim: int | None  # a built-in model's; a directory's, as its ONNX file declares it
+    pooling: str  # "-": a cross-encoder, or a directory that is not usable
+    max_tokens: int | None
     present: bool
     location: Path | None
     source: str  # "hub repo@revision" for registry models, "local" otherwise
     damaged: tuple[str, ...] = ()  # files whose size is not the manifest's (a download's)
+    problem: str | None = None  # why the directory found here is no model to use (not present)
+    dim_from: str | None = None  # where `dim` was read when the ONNX file does not say: config.json
+    reranker: bool = False  # a cross-encoder's directory: scores, no vectors
 
 
 def list_models(location: ModelLocation) -> list[ModelRow]:
-    """Known models with where each is found, then other model directories on the search path."""
-    rows: list[ModelRow] = []
-    for spec in known_models():
-        try:
-            found: Path | None = location.locate(spec.name)
-        except exceptions.ModelNotFound:
-            found = None
-        rows.append(
-            ModelRow(
-                name=spec.name,
-                dim=spec.dim,
-                pooling=spec.pooling,
-                max_tokens=spec.max_tokens,
-                present=found is not None,
-                location=found,
-                source=f"{spec.repo_id}@{spec.revision[:12]}",
-                damaged=tuple(Manifest.read(found, spec).damaged(found, deep=False))
-                if found is not None
-                else (),
-            )
-        )
+    """Known models with where each is found, then other model directories on the search path,
+    those that cannot be used too (a file missing, a config that cannot be read), with why."""
+    rows = [_known_row(spec, location) for spec in known_models()]
     seen = set(REGISTRY)
     for base in location.path:
         for candidate in _subdirs(base):
-            if candidate.name in seen or not is_model_dir(candidate):
+            if candidate.name in seen or not _holds_model_files(candidate):
                 continue
             seen.add(candidate.name)
-            try:
-                info = ModelDir.read(candidate)
-            except exceptions.ModelError as exc:
-                logger.warning("skipping %s in the model list: %s", candidate, exc)
-                continue
-            rows.append(
-                ModelRow(
-                    name=candidate.name,
-                    dim=info.hidden_size,
-                    pooling=info.pooling,
-                    max_tokens=info.max_tokens,
-                    present=True,
-                    location=candidate,
-                    source="local",
-                )
-            )
+            rows.append(_directory_row(candidate))
     return rows
+
+
+def _known_row(spec: ModelSpec, location: ModelLocation) -> ModelRow:
+    """A built-in model: where it is, or why the directory of its name is not usable (a file
+    missing; a model of other dimensions, which Embedder.load refuses too)."""
+    problem = None
+    found: Path | None
+    try:
+        found = location.locate(spec.name)
+    except exceptions.ModelNotFound:
+        found = next(iter(location.incomplete(spec.name)), None)
+        if found is not None:
+            problem = f"{' and '.join(_missing(found))} missing"
+    else:
+        declared = _declared(found)
+        if declared is not None and declared[0] not in (None, spec.dim):
+            problem = f"its ONNX file produces {declared[0]} dimensions, not {spec.dim}"
+    return ModelRow(
+        name=spec.name,
+        dim=spec.dim,
+        pooling=spec.pooling,
+        max_tokens=spec.max_tokens,
+        present=found is not None and problem is None,
+        location=found,
+        source=f"{spec.repo_id}@{spec.revision[:12]}",
+        damaged=tuple(Manifest.read(found, spec).damaged(found, deep=False))
+        if found is not None and problem is None
+        else (),
+        problem=problem,
+    )
+
+
+def _directory_row(path: Path) -> ModelRow:
+    """A directory on the search path: its dimensions as its ONNX file declares them
+    (config.json's hidden_size may say another: a model's projection, or a wrong copy), else
+    config.json's, saying so; or why it is not usable."""
+    unusable = ModelRow(path.name, None, "-", None, False, path, "local")
+    missing = _missing(path)
+    if missing:
+        return dataclasses.replace(unusable, problem=f"{' and '.join(missing)} missing")
+    try:
+        info = ModelDir.read(path)
+    except exceptions.ModelError as exc:
+        return dataclasses.replace(unusable, problem=str(exc).replace(f"{path}{os.sep}", ""))
+    dim, reranker = _declared(path) or (None, False)
+    return ModelRow(
+        name=path.name,
+        dim=dim or info.hidden_size,
+        pooling="-" if reranker else info.pooling,
+        max_tokens=info.max_tokens,
+        present=True,
+        location=path,
+        source="local",
+        dim_from="config.json" if dim is None and info.hidden_size and not reranker else None,
+        reranker=reranker,
+    )
+
+
+def _declared(path: Path) -> tuple[int | None, bool] | None:
+    """What the ONNX file of model directory `path` declares: the dimensions of its vectors
+    (None: not a number there), and whether it is a cross-encoder's (no hidden states, a
+    (pairs, 1) output); None when the file cannot be read as ONNX."""
+    model_file = _first_file(path, (*ONNX_FP32, *ONNX_INT8))
+    shapes = onnx_outputs.outputs(model_file) if model_file is not None else None
+    if shapes is None:
+        return None
+    dim = onnx_outputs.hidden_dim(shapes)
+    return dim, dim is None and any(shape[-1:] == (1,) for shape in shapes.values())
+
+
+def _missing(path: Path) -> list[str]:
+    """What `path` lacks to be a model directory (is_model_dir())."""
+    return [
+        name
+        for name, present in (
+            (
+                "model.onnx (or onnx/model.onnx)",
+                _first_file(path, (*ONNX_FP32, *ONNX_INT8)) is not None,
+            ),
+            ("tokenizer.json", (path / "tokenizer.json").is_file()),
+        )
+        if not present
+    ]
+
+
+def _holds_model_files(path: Path) -> bool:
+    """A directory meant as a model's, usable or not: one of a model directory's files in it
+    (another folder on the search path, or a hidden one such as a download's staging, is not)."""
+    return not path.name.startswith(".") and any(
+        (path / f).exists() for f in ("tokenizer.json", "config.json", "onnx", *ONNX_FP32)
+    )
 
 
 def _subdirs(base: Path) -> Iterator[Path]:

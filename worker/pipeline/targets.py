@@ -15,7 +15,7 @@ from psycopg import sql
 from psycopg.rows import dict_row
 
 from worker import db, queries
-from worker.models.remote.spec import RemoteSpec, specs_of
+from worker.models.remote.spec import RemoteSpec, built_in_fix, built_in_rows, specs_of
 from worker.target import Target
 
 logger = logging.getLogger(__name__)
@@ -110,6 +110,8 @@ def load_remote_registry(conn: db.Connection) -> tuple[dict[str, RemoteSpec], di
     specs, refused = specs_of(rows)
     for name, why in refused.items():  # its targets wait, saying why (LoadedModels.get)
         logger.error("remote model %s is not served: %s", name, why)
+    for name, why in built_in_rows(rows).items():  # the built-in model is served instead
+        logger.error("remote model %s is not served: %s: %s", name, why, built_in_fix(name))
     return specs, refused
 
 

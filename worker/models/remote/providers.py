@@ -79,6 +79,9 @@ class Provider:
     max_tokens: ClassVar[int]  # per input
     max_inputs: ClassVar[int]  # per request
     max_request_tokens: ClassVar[int | None]  # per request (None: no documented limit)
+    # Whether a registration's pooling is used: the kind's answers may be token vectors, pooled
+    # here (`model list` shows "-" for the others: their vectors come pooled).
+    pools_tokens: ClassVar[bool] = False
 
     def url(self, spec: Registration) -> str:
         """Where a request goes, from the registered endpoint."""
@@ -156,6 +159,7 @@ class HuggingFace(Provider):
     max_tokens = 512
     max_inputs = 32
     max_request_tokens = None
+    pools_tokens = True
 
     def url(self, spec: Registration) -> str:
         return spec.endpoint

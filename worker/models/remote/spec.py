@@ -14,6 +14,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from worker import exceptions
+from worker.models import catalog
 from worker.models.remote import providers
 
 # For rows inserted by hand with limits left NULL (register_model() fills them in): the
@@ -141,10 +142,14 @@ _LOOPBACK_V6 = ipaddress.IPv6Address("::1")
 
 def specs_of(rows: list[dict[str, Any]]) -> tuple[dict[str, RemoteSpec], dict[str, str]]:
     """The registry's remote models by name, and by name the rows this worker cannot serve
-    with why (a provider kind it does not know: a newer release's row, or one set by hand)."""
+    with why (a provider kind it does not know: a newer release's row, or one set by hand).
+    A row under a built-in model's name is neither (built_in_rows()): that name is the
+    built-in model, for the worker as for `embed` and `model list`."""
     specs: dict[str, RemoteSpec] = {}
     refused: dict[str, str] = {}
     for row in rows:
+        if row["name"] in catalog.REGISTRY:
+            continue
         try:
             spec = RemoteSpec.from_row(row)
         except exceptions.ConfigError as exc:
@@ -152,3 +157,31 @@ def specs_of(rows: list[dict[str, Any]]) -> tuple[dict[str, RemoteSpec], dict[st
             continue
         specs[spec.name] = spec
     return specs, refused
+
+
+def built_in_rows(rows: list[dict[str, Any]]) -> dict[str, str]:
+    """By name, the registry's remote models under a built-in model's name (catalog.REGISTRY),
+    with what is served instead (built_in_fix(): how to put the row back). register_model()
+    refuses them since 0.4.0 (sql/46_providers.sql: built_in_mismatch()); an earlier release
+    let it make one. Such a row is ignored: the built-in model is what its name means
+    everywhere."""
+    found = {}
+    for row in rows:
+        spec = catalog.REGISTRY.get(str(row["name"]))
+        if spec is not None:
+            found[spec.name] = (
+                f"the registry holds {spec.name} as a remote model ({row['provider']}"
+                f" {row['remote_model']}, {row['dimensions']} dimensions), but {spec.name} is a"
+                f" built-in model: the worker runs the built-in {spec.name} ({spec.dim}"
+                " dimensions) and ignores that row"
+            )
+    return found
+
+
+def built_in_fix(name: str) -> str:
+    """How to put back the row of built-in model `name` that built_in_rows() names."""
+    spec = catalog.REGISTRY[name]
+    return (
+        f"SELECT embeddings.register_model('{spec.name}', {spec.dim}, provider => 'local');"
+        " and register the remote model under a name of its own"
+    )
