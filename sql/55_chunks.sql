@@ -35,7 +35,9 @@
 -- The source table gets no embedding column (embeddings.targets.embedding_attnum is NULL). Its
 -- triggers are the generated ones of any target (sql/30_triggers.sql), minus the clear trigger: a
 -- changed document keeps its old chunks until its new ones land (the old vectors are what makes
--- reuse possible); like a side-table target it has triggers that follow deletes and truncations.
+-- reuse possible), or until its new content fails for good (the worker then deletes them with
+-- the chunk write, in the transaction that dead-letters the row: worker/pipeline/chunks/writing.py);
+-- like a side-table target it has triggers that follow deletes and truncations.
 -- The chunk table's key columns follow renames of the source's (embeddings_internal.follow_store_keys,
 -- sql/56_side.sql, called by the schema-change event trigger).
 

@@ -524,6 +524,15 @@ SET digest = excluded.digest, state = excluded.state, bytes = excluded.bytes,
 DELETE FROM embeddings.documents
 WHERE target_id = %(target_id)s AND row_key = ANY(%(keys)s::text[]);
 
+-- name: forget_other_documents
+-- Documents that failed for good, their chunks removed (same transaction): no progress of a
+-- chain of pieces, no record of an earlier content; the record of the content that failed (its
+-- ceiling) stays.
+DELETE FROM embeddings.documents d
+USING unnest(%(keys)s::text[], %(digests)s::text[]) AS n(key, digest)
+WHERE d.target_id = %(target_id)s AND d.row_key = n.key
+  AND (d.state = 'in_progress' OR d.digest IS DISTINCT FROM n.digest);
+
 -- name: note_over_ceiling
 -- Documents whose content (`digests`) is over the worker's ceiling: their jobs fail at once.
 INSERT INTO embeddings.documents AS d (target_id, row_key, digest, state, bytes, ceiling_bytes, target_version)
