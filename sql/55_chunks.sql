@@ -453,6 +453,17 @@ BEGIN
     WHERE tg.source = match_chunks.source AND tg.store_kind = 'chunks'
     ORDER BY tg.id LIMIT 1;
     IF NOT FOUND THEN
+        SELECT * INTO t FROM embeddings.targets tg  -- a chunk table itself: its target's table
+        WHERE tg.store_table = match_chunks.source AND tg.source <> match_chunks.source AND tg.store_kind = 'chunks'
+        ORDER BY tg.id LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION '% is the chunk table of target %: pass %', embeddings_internal.display_name(source),
+                    embeddings_internal.target_name(t),
+                    embeddings_internal.display_name(t.source)
+                USING ERRCODE = 'undefined_object',
+                      HINT = format('SELECT * FROM embeddings.match_chunks(%L, ...) finds the chunks of its documents.',
+                                    embeddings_internal.display_name(t.source));
+        END IF;
         RAISE EXCEPTION '% is not watched in chunks', source
             USING ERRCODE = 'undefined_object',
                   HINT = 'SELECT embeddings.watch(''<table>'', ''<content>'', chunk_tokens => 200) first.';
