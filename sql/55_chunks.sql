@@ -35,7 +35,9 @@
 -- The source table gets no embedding column (embeddings.targets.embedding_attnum is NULL). Its
 -- triggers are the generated ones of any target (sql/30_triggers.sql), minus the clear trigger: a
 -- changed document keeps its old chunks until its new ones land (the old vectors are what makes
--- reuse possible); like a side-table target it has triggers that follow deletes and truncations.
+-- reuse possible), or until its new content fails for good (the worker then deletes them with
+-- the chunk write, in the transaction that dead-letters the row: worker/pipeline/chunks/writing.py);
+-- like a side-table target it has triggers that follow deletes and truncations.
 -- The chunk table's key columns follow renames of the source's (embeddings_internal.follow_store_keys,
 -- sql/56_side.sql, called by the schema-change event trigger).
 
@@ -463,6 +465,17 @@ BEGIN
     WHERE tg.source = match_chunks.source AND tg.store_kind = 'chunks'
     ORDER BY tg.id LIMIT 1;
     IF NOT FOUND THEN
+        SELECT * INTO t FROM embeddings.targets tg  -- a chunk table itself: its target's table
+        WHERE tg.store_table = match_chunks.source AND tg.source <> match_chunks.source AND tg.store_kind = 'chunks'
+        ORDER BY tg.id LIMIT 1;
+        IF FOUND THEN
+            RAISE EXCEPTION '% is the chunk table of target %: pass %', embeddings_internal.display_name(source),
+                    embeddings_internal.target_name(t),
+                    embeddings_internal.display_name(t.source)
+                USING ERRCODE = 'undefined_object',
+                      HINT = format('SELECT * FROM embeddings.match_chunks(%L, ...) finds the chunks of its documents.',
+                                    embeddings_internal.display_name(t.source));
+        END IF;
         RAISE EXCEPTION '% is not watched in chunks', source
             USING ERRCODE = 'undefined_object',
                   HINT = 'SELECT embeddings.watch(''<table>'', ''<content>'', chunk_tokens => 200) first.';

@@ -145,15 +145,27 @@ BEGIN
 END
 $$;
 
--- The target of `source` to search: the one of `embedding_column`, or its only one.
+-- The target of `source` to search: the one of `embedding_column`, or its only one. A chunk or
+-- side table is not watched itself (watch() refuses it): the error names its target's table.
 CREATE FUNCTION embeddings_internal.search_target(source regclass, embedding_column name DEFAULT NULL) RETURNS embeddings.targets
 LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     found embeddings.targets[];  -- one look at the registry, every search
+    owner embeddings.targets;
 BEGIN
     SELECT array_agg(t ORDER BY t.id) INTO found FROM embeddings.targets t
     WHERE t.source = search_target.source AND (search_target.embedding_column IS NULL OR t.embedding_column = search_target.embedding_column);
     IF found IS NULL THEN
+        SELECT * INTO owner FROM embeddings.targets t WHERE t.store_table = search_target.source AND t.source <> search_target.source
+        ORDER BY t.id LIMIT 1;
+        IF owner.id IS NOT NULL THEN  -- (undefined_object, as for any table not watched)
+            RAISE EXCEPTION '% is the % table of target %: search %', embeddings_internal.display_name(source),
+                    CASE owner.store_kind WHEN 'chunks' THEN 'chunk' ELSE owner.store_kind END,
+                    embeddings_internal.target_name(owner), embeddings_internal.display_name(owner.source)
+                USING ERRCODE = 'undefined_object',
+                      HINT = format('Name %s, the table whose rows it holds the vectors of.',
+                                    embeddings_internal.display_name(owner.source));
+        END IF;
         RAISE EXCEPTION '% is not watched%', source,
             CASE WHEN embedding_column IS NULL THEN '' ELSE format(' with embedding column %I', embedding_column) END
             USING ERRCODE = 'undefined_object',

@@ -404,11 +404,17 @@ WHERE source.oid IS NOT NULL;
 -- name: unwatched_relation
 -- What relation %(table)s (as search_target finds it, in the path %(path)s) is, when it is not
 -- watched: its kind (pg_class.relkind), for a partition the nearest ancestor watched (to search
--- instead: watch() refuses a partition of a watched table), and for a view the watched tables
--- its query reads (watch() takes tables only). None when there is no such relation.
+-- instead: watch() refuses a partition of a watched table), for a view the watched tables
+-- its query reads (watch() takes tables only), and for the chunk or side table of a target
+-- the kind of store, the target and its table (to search instead: watch() refuses it too).
+-- None when there is no such relation.
 -- ours: touches only our tables and the catalog, runs no one else's code
 WITH rel AS (SELECT embeddings_internal.named_in_path(%(table)s, false, %(path)s)::oid AS oid)
 SELECT c.relkind::text AS kind,
+       (SELECT jsonb_build_array(CASE t.store_kind WHEN 'chunks' THEN 'chunk' ELSE t.store_kind END,
+                                 embeddings_internal.target_name(t), embeddings_internal.display_name(t.source))
+        FROM embeddings.targets t WHERE t.store_table = c.oid AND t.source <> c.oid
+        ORDER BY t.id LIMIT 1) AS store_of,
        (SELECT embeddings_internal.display_name(a.relid::regclass)
         FROM pg_partition_ancestors(c.oid) WITH ORDINALITY AS a(relid, n)
         WHERE a.relid <> c.oid AND EXISTS (SELECT FROM embeddings.targets t WHERE t.source = a.relid)
@@ -540,6 +546,15 @@ SET digest = excluded.digest, state = excluded.state, bytes = excluded.bytes,
 -- no settling for want of text.
 DELETE FROM embeddings.documents
 WHERE target_id = %(target_id)s AND row_key = ANY(%(keys)s::text[]);
+
+-- name: forget_other_documents
+-- Documents that failed for good, their chunks removed (same transaction): no progress of a
+-- chain of pieces, no record of an earlier content; the record of the content that failed (its
+-- ceiling) stays.
+DELETE FROM embeddings.documents d
+USING unnest(%(keys)s::text[], %(digests)s::text[]) AS n(key, digest)
+WHERE d.target_id = %(target_id)s AND d.row_key = n.key
+  AND (d.state = 'in_progress' OR d.digest IS DISTINCT FROM n.digest);
 
 -- name: note_over_ceiling
 -- Documents whose content (`digests`) is over the worker's ceiling: their jobs fail at once.

@@ -4,11 +4,12 @@
 From `embeddings.status` (row counts estimated for large tables: its `estimated` column) or,
 exact, `embeddings.status_exact`; with what the view does not hold added from our other tables
 and the queues: rows waiting for a retry, the verifying sweep's progress, long documents in
-progress, and the ETA (the pending rows at the recent rate).
+progress, and the ETA (the pending rows at the recent rate, a document in pieces at its own).
 """
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
 from typing import Any
 
 import psycopg
@@ -138,14 +139,43 @@ def _add_verification(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
             )
 
 
-def eta_seconds(row: dict[str, Any]) -> float | None:
+def eta_seconds(row: dict[str, Any], now: datetime | None = None) -> float | None:
     """Pending rows at the recent rate, leaving out rows that failed and wait for another
-    attempt (a rate says nothing of them); None when nothing else is pending or nothing moves."""
-    rate = row["rows_per_second"] or 0.0
-    fresh = (row["pending_jobs"] or 0) - (row.get("retrying_rows") or 0)
-    if fresh <= 0 or rate <= 0 or row["deferred_reason"]:
+    attempt (a rate says nothing of them), and documents embedded in pieces, each timed by
+    its own chunks left (document_eta_seconds(): a rate of rows says nothing of a document of
+    40,000 chunks); the longest of these, since they go on side by side, each measured so.
+    None when nothing else is pending, or something pending has no rate yet."""
+    if row["deferred_reason"]:
         return None
-    return float(fresh) / float(rate)
+    documents = row.get("documents_in_progress") or []
+    fresh = (row["pending_jobs"] or 0) - (row.get("retrying_rows") or 0) - len(documents)
+    rate = row["rows_per_second"] or 0.0
+    etas: list[float] = []
+    if fresh > 0:
+        if rate <= 0:
+            return None
+        etas.append(float(fresh) / float(rate))
+    now = now or datetime.now(UTC)
+    for doc in documents:
+        left = document_eta_seconds(doc, now)
+        if left is None:
+            return None
+        etas.append(left)
+    return max(etas, default=None)
+
+
+def document_eta_seconds(doc: dict[str, Any], now: datetime) -> float | None:
+    """A document in pieces' chunks left at its own pace: the chunks it committed over the time
+    since its first piece was (the piece in flight stands in for the first's, whose time the
+    record does not hold); None until a second piece is recorded."""
+    done, started, updated = doc["chunks_done"], doc["started_at"], doc["updated_at"]
+    if not done or started is None or updated is None or updated <= started:
+        return None
+    elapsed = float((now - started).total_seconds())
+    if elapsed <= 0:
+        return None
+    left = max((doc["chunks_estimated"] or done) - done, 0)
+    return float(left) * elapsed / float(done)
 
 
 def _add_retrying(conn: db.Connection, rows: list[dict[str, Any]]) -> None:

@@ -412,6 +412,17 @@ def test_status_and_doctor_show_a_document_in_pieces_and_one_over_the_ceiling(
     shown = "\n".join(status.render([row]))
     assert "docs.embedding: document 1 (" in shown and "embedded in pieces" in shown
     assert f"{in_pieces['chunks_done']}/~{in_pieces['chunks_estimated']} chunks" in shown
+    # One piece says nothing of the pace of the others; a second one does: the document's ETA
+    # is its chunks left at that pace, and the bar counts its chunks (the rows beside it are few).
+    assert row["eta_seconds"] is None and "no pace yet" in shown
+    doc.step()
+    (row,) = status_model.fetch(conn)
+    (in_pieces,) = row["documents_in_progress"]
+    share = in_pieces["chunks_done"] / in_pieces["chunks_estimated"]
+    assert row["eta_seconds"] is not None and row["eta_seconds"] > 0
+    assert "to go" in "\n".join(status.render([row]))
+    done, total = status.progress(row, row["total_rows"] - row["cleared_rows"])
+    assert done / total == pytest.approx(share, abs=0.01)
 
     # A ceiling lowered under documents: the one in progress and a new one.
     conn.execute("INSERT INTO docs VALUES (2, %s)", (long_text(10),))

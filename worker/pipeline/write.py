@@ -156,11 +156,13 @@ def _write_target(
             ("clear", target.id, None),
         ):
             fingerprints.clear_failing(conn, target, failing)
-    # What rows gone (deleted since queued) left in a side or chunk table goes too.
+    # What rows gone (deleted since queued) left in a side or chunk table goes too; so does
+    # what rows that fail for good (dead-lettered by this transaction) hold of an older content.
     gone = [r for r in rows if r.state is RowState.GONE] if store.follows_deletes else []
-    if not embedded and not blank and not gone:
+    dropped = [r for r in failing if r.permanent]
+    if not embedded and not blank and not gone and not dropped:
         return
-    rows = embedded + blank + gone
+    rows = embedded + blank + gone + dropped
     owner_code_seconds = batch.limits.owner_code_seconds
     if ("write", target.id) in batch.ignored_bound:
         bounds.OVERRUNS.note(conn, target.id)  # (the watchdog ended its session)
@@ -174,6 +176,7 @@ def _write_target(
                     stored = store.write(conn, target, embedded, blank)
                     if gone:
                         store.forget(conn, target, gone)
+                    stored.update(store.drop(conn, target, dropped))
                 outcome.record({(target.id, key): state for key, state in stored.items()})
                 fingerprints.record_written(conn, target, embedded, stored)  # (key checks)
             return
@@ -216,7 +219,8 @@ def _write_one_by_one(
     ran_over: str | None = None,
 ) -> None:
     """Writes `rows` one at a time, each where its state before this write says (a vector, a
-    clear, a row gone: the rolled-back savepoint changed nothing), failing only those refused.
+    clear, a row gone, a row failed for good: the rolled-back savepoint changed nothing),
+    failing only those refused (one failed for good stays failed, its error saying so).
     A row held up by a lock, or whose owner code runs past its bound alone (it fails: the code
     is the row's), leaves the rows after it for a later batch: each would wait as long. So does
     `ran_over`, the row whose triggers caught the cancel of their bound in an earlier try of
@@ -235,6 +239,8 @@ def _write_one_by_one(
                         stored = store.write(conn, target, [row], [])
                     elif row.state is RowState.BLANK:
                         stored = store.write(conn, target, [], [row])
+                    elif row.state is RowState.FAILED:
+                        stored = store.drop(conn, target, [row])
                     else:
                         store.forget(conn, target, [row])
                 outcome.record({(target.id, key): state for key, state in stored.items()})
@@ -245,12 +251,15 @@ def _write_one_by_one(
             if exc.sqlstate == db.LOCK_NOT_AVAILABLE:
                 outcome.block(rows[i:])
                 return
+            # (a row failed for good keeps its own error first: its old vectors stayed)
+            said = f"{row.error}; removing its old vectors" if row.state is RowState.FAILED else ""
             if exc.sqlstate == db.QUERY_CANCELED:
                 bounds.OVERRUNS.note(conn, target.id)
-                outcome.fail(row, bounds.owner_code_error("storing the embedding", bound))
+                outcome.fail(row, bounds.owner_code_error(said or "storing the embedding", bound))
                 outcome.block(rows[i + 1 :])
                 return
-            outcome.fail(row, f"storing the embedding failed: {conninfo.redact(str(exc).strip())}")
+            error = conninfo.redact(str(exc).strip())
+            outcome.fail(row, f"{said or 'storing the embedding'} failed: {error}")
 
 
 def _count(batch: Batch, settlement: Settlement) -> None:

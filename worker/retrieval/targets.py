@@ -102,14 +102,22 @@ _NOT_TABLES = {
 def _unwatchable(conn: db.Connection, table: str) -> str | None:
     """What to say of `table`, not watched, when watch() would refuse it too: a view or other
     relation that is no table (search the watched tables it reads), a partition of a watched
-    table (search that: watching the partition would embed its rows twice); None for a table
+    table (search that: watching the partition would embed its rows twice), the chunk or side
+    table of a target (search the target's table, whose rows its rows are); None for a table
     watch() takes."""
     params = {"table": table, "path": start_path(conn)}
     with db.translated():
         row = conn.execute(queries.get("unwatched_relation"), params).fetchone()
     if row is None:
         return None
-    kind, parent, read = row
+    kind, store_of, parent, read = row
+    if store_of is not None:
+        store, target, source = store_of
+        held = "chunks" if store == "chunk" else "vectors"
+        return (
+            f"{table} is the {store} table of target {target}: search {source} instead,"
+            f" the table whose rows its {held} embed"
+        )
     if parent is not None:
         return f"{table} is a partition of {parent}, which is watched: search {parent}"
     if kind not in _NOT_TABLES:

@@ -81,6 +81,40 @@ def store(
     return outcome
 
 
+def drop(conn: db.Connection, target: Target, failed: list[Row]) -> dict[str, RowState]:
+    """Documents that failed for good (unreadable, over the ceiling), inside the transaction
+    that dead-letters them: the chunks they hold are of an earlier content, which the row no
+    longer has, and go (the chunk write with a count of 0, as for blank content), with any
+    record of that content (a chain of pieces, no text, a ceiling), where the row's content is
+    still the one that failed. A row whose content changed since it was loaded is STALE instead:
+    its chunks stay (they may be its newer content's, written meanwhile) and it is not
+    dead-lettered (its newer job reads the new content). Returns those rows' outcome (by key)."""
+    if not failed:
+        return {}
+    lock_documents(conn, target, failed)  # (after any other writer of these documents)
+    found = conn.execute(
+        target.query("write_chunks"),
+        {
+            **target.key_params([r.key for r in failed]),
+            "hashes": [r.digest for r in failed],
+            "counts": [0] * len(failed),
+            **_chunk_params(target, []),
+        },
+    ).fetchall()
+    current = {key for key, is_current, _ in found if is_current}
+    settled = [r for r in failed if r.key in current]
+    if settled:
+        conn.execute(
+            queries.compose("forget_other_documents"),
+            {
+                "target_id": target.id,
+                "keys": [r.key for r in settled],
+                "digests": [r.digest for r in settled],
+            },
+        )
+    return {r.key: RowState.STALE for r in failed if r.key not in current}
+
+
 def _chunk_params(target: Target, embedded: list[Row]) -> dict[str, Any]:
     """The chunk write's arrays, one entry per chunk of the `embedded` documents: its document's
     key, position, text, hash, vector, offsets, and a document's heading path and page (NULL

@@ -54,6 +54,14 @@ class Store(ABC):
         clears those of `blank`, for the rows whose content is still the one loaded. Returns each
         row's new state by key, leaving the rows untouched (the transaction may roll back)."""
 
+    def drop(self, conn: db.Connection, target: Target, failed: list[Row]) -> dict[str, RowState]:
+        """Write stage, inside the transaction that dead-letters them: what the store holds of
+        rows that failed for good (`permanent`: a document that cannot be read) goes, where
+        their content is still the one that failed. Returns the new state (by key) of those
+        whose content changed since (STALE: not failed; their newer job reads it). Nothing,
+        unless a store's rows can fail for good (only a chunk store's documents do)."""
+        return {}
+
     def forget(self, conn: db.Connection, target: Target, gone: list[Row]) -> None:
         """Write stage: deletes what rows gone from the table left in the store (only called
         when `follows_deletes`). Their states stay GONE."""

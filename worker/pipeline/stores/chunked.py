@@ -22,6 +22,7 @@ class ChunkStore(Store):
     prepare = staticmethod(reading.prepare)
     embed = staticmethod(embedding.embed_target)
     write = staticmethod(writing.store)
+    drop = staticmethod(writing.drop)  # a document that cannot be read: its old chunks go
 
     def forget(self, conn: db.Connection, target: Target, gone: list[Row]) -> None:
         forget_rows(conn, target, gone)
