@@ -406,6 +406,97 @@ def test_invalid_utf8_is_refused_with_the_offending_byte() -> None:
         extract(b"# Caf\xe9", format="markdown", max_bytes=CEILING)
 
 
+LATIN = "Caf\u00e9 cr\u00e8me, 5 \u20ac"  # é è in Latin-1, € in windows-1252 (0x80)
+
+
+@pytest.mark.parametrize(
+    "declaration",
+    [
+        '<meta charset="iso-8859-1">',
+        "<META CHARSET=latin1>",
+        '<meta http-equiv="Content-Type" content="text/html; charset=windows-1252">',
+        "<meta content='text/html;charset=\"ISO-8859-1\"' http-equiv=content-type />",
+    ],
+)
+def test_an_html_page_is_read_in_the_charset_its_meta_declares(declaration: str) -> None:
+    """It failed: "html document: not valid UTF-8: byte 0xe9 at offset 64". ISO-8859-1 is
+    read as windows-1252, as browsers read it (the Encoding Standard)."""
+    page = f"<html><head>{declaration}<title>Men\u00fb</title></head><body><p>{LATIN}</p>"
+    document = extract(page.encode("cp1252"), max_bytes=CEILING)
+    assert (document.format, document.title, document.text) == ("html", "Men\u00fb", LATIN)
+    assert extract(page.encode("cp1252"), format="html", max_bytes=CEILING).text == LATIN
+
+
+@pytest.mark.parametrize(
+    ("declaration", "text"),
+    [
+        ("<meta charset=shift_jis>", "\u65e5\u672c\u8a9e"),
+        ("<meta charset=KOI8-R>", "\u041f\u0440\u0438\u0432\u0435\u0442"),
+        ("<meta charset=gb2312>", "\u4e2d\u6587"),
+        ("<meta charset=windows-1251>", "\u041f\u0440\u0438\u0432\u0435\u0442"),
+    ],
+)
+def test_other_declared_charsets_are_read_too(declaration: str, text: str) -> None:
+    codec = {"shift_jis": "cp932", "gb2312": "gb18030"}.get(declaration[14:-1].lower())
+    data = f"{declaration}<p>{text}</p>".encode(codec or declaration[14:-1])
+    assert extract(data, format="html", max_bytes=CEILING).text == text
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        b"<!-- <meta charset=latin1> --><p>Caf\xe9</p>",  # in a comment: no declaration
+        b"<p>" + b"x" * 1024 + b'</p><meta charset="latin1"><p>Caf\xe9</p>',  # past 1,024 bytes
+        b"<meta charset=utf-7><p>Caf\xe9</p>",  # not an encoding browsers read
+        b"<meta charset=no-such-thing><p>Caf\xe9</p>",
+    ],
+)
+def test_a_charset_browsers_would_not_take_leaves_the_page_utf8(page: bytes) -> None:
+    with pytest.raises(exceptions.DocumentError, match=r"^html document: not valid UTF-8: byte"):
+        extract(page, format="html", max_bytes=CEILING)
+
+
+def test_a_declared_charset_is_only_html_s_and_a_byte_order_mark_wins_over_it() -> None:
+    """UTF-7 would make `+ADw-script+AD4-` a <script>: browsers refuse it, so do we."""
+    page = "\ufeff<meta charset=latin1><p>Caf\u00e9 +ADw-b+AD4-</p>".encode()
+    assert extract(page, max_bytes=CEILING).text == "Caf\u00e9 +ADw-b+AD4-"
+    with pytest.raises(exceptions.DocumentError, match=r"^markdown document: not valid UTF-8"):
+        extract(b"<meta charset=latin1>\n# Caf\xe9", format="markdown", max_bytes=CEILING)
+
+
+def test_bytes_not_of_the_charset_a_page_declares_are_named() -> None:
+    with pytest.raises(
+        exceptions.DocumentError,
+        match=r"^html document: not valid shift_jis \(its <meta> charset\): byte 0x81 at "
+        r"offset 27$",
+    ):
+        extract(b"<meta charset=shift_jis><p>\x81 </p>", format="html", max_bytes=CEILING)
+
+
+@pytest.mark.parametrize(
+    ("format", "data", "reason"),
+    [
+        ("pdf", hostile.png(), "not a PDF (it is a PNG image)"),
+        ("pdf", docx_bytes([("Normal", "x")]), "not a PDF (it is a DOCX document)"),
+        ("pdf", b"<!DOCTYPE html><p>x</p>", "not a PDF (it is an HTML page)"),
+        ("pdf", b"", "not a PDF (it is empty)"),
+        ("docx", pdf_bytes([["x"]]), "not a DOCX document (it is a PDF)"),
+        ("docx", b"\xff\xd8\xff\xe0 jfif", "not a DOCX document (it is a JPEG image)"),
+        ("html", hostile.png(), "not HTML (it is a PNG image)"),
+        ("markdown", pdf_bytes([["x"]]), "not Markdown (it is a PDF)"),
+        ("text", docx_bytes([("Normal", "x")]), "not text (it is a DOCX document)"),
+    ],
+)
+def test_bytes_not_of_the_declared_format_are_refused_saying_what_they_are(
+    format: str, data: bytes, reason: str
+) -> None:
+    """A PNG in a column watched with format => 'pdf' failed as "pdf document: cannot be read
+    (PdfStreamError: Stream has ended unexpectedly)"."""
+    with pytest.raises(exceptions.DocumentError) as refused:
+        extract(data, format=format, max_bytes=CEILING)
+    assert str(refused.value) == f"{format} document: {reason}"
+
+
 def test_a_corrupt_docx_is_refused_naming_the_format() -> None:
     data = _zip(["word/document.xml"])  # a document.xml that is no Word XML
     with pytest.raises(exceptions.DocumentError, match=r"^docx document: cannot be read"):
