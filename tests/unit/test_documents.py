@@ -157,6 +157,8 @@ def test_what_a_head_holds_stays_out_of_the_text() -> None:
         "<script>var x = '<p>';</script></head><body><p>Body.</p></body></html>"
     )
     assert extract(page, format="html", max_bytes=0).text == "Body."
+    unclosed = "<head><noscript><link rel=icon><body><p>Body.</p>"  # <body> ends it all
+    assert extract(unclosed, format="html", max_bytes=0).text == "Body."
 
 
 @pytest.mark.parametrize(

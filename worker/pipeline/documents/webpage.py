@@ -84,7 +84,7 @@ class _Parser(HTMLParser):
         self._link: tuple[int, bool] | None = None
 
     def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag not in _HEAD_CONTENT and self._in_head():
+        if self._ends_head(tag):
             self._close_hidden("head")
         if tag == "title" and self._title_text is None:
             self._title, self._title_length = [], 0
@@ -103,7 +103,7 @@ class _Parser(HTMLParser):
             self._pre += tag == "pre"
 
     def handle_startendtag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
-        if tag not in _HEAD_CONTENT and self._in_head():
+        if self._ends_head(tag):
             self._close_hidden("head")
         if tag in _BLOCKS:  # <br/>, <hr/>
             self._start_block(tag)
@@ -157,6 +157,13 @@ class _Parser(HTMLParser):
     def _in_head(self) -> bool:
         """Whether the element we are in is a <head>, not yet closed."""
         return bool(self._hidden) and self._hidden[-1] == "head"
+
+    def _ends_head(self, tag: str) -> bool:
+        """Whether a start tag ends a <head> left open: one of the body's, right in the head;
+        a <body>, wherever in it (in a <noscript> or <template> never closed)."""
+        if tag == "body":
+            return self._open["head"] > 0
+        return tag not in _HEAD_CONTENT and self._in_head()
 
     def _close_hidden(self, tag: str) -> None:
         """Closes the innermost open `tag` and the hidden elements inside it."""
