@@ -50,6 +50,13 @@ CORPUS = (
     ),
     Hostile("pdf", "exception", "cut in half", make.pdf_truncated, "pdf document: cannot be read"),
     Hostile(
+        "pdf",
+        "exception",
+        "a PNG image",
+        make.png,
+        r"^pdf document: not a PDF \(it is a PNG image\)",
+    ),
+    Hostile(
         "pdf", "encoding", "not a PDF", lambda: b"%PDF-1.4\n\xff\xfe garbage", "cannot be read"
     ),
     # DOCX
@@ -66,7 +73,13 @@ CORPUS = (
         "docx", "super-linear", "elements nested 200,000 deep", make.docx_deep, "Excessive depth"
     ),
     Hostile("docx", "derived size", "a 40 KB title and heading", make.docx_huge_title, DONE),
-    Hostile("docx", "exception", "a zip of no Word XML", make.zip_not_docx, "cannot be read"),
+    Hostile(
+        "docx",
+        "exception",
+        "a zip of no Word XML",
+        make.zip_not_docx,
+        r"^docx document: not a DOCX document \(it is a zip archive that is not a DOCX",
+    ),
     Hostile(
         "docx",
         "encoding",

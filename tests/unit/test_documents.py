@@ -131,6 +131,132 @@ def test_html_without_a_title_takes_its_first_h1_and_survives_bad_markup() -> No
     assert bodies(document) == [(("Guide",), "Unclosed text")]
 
 
+@pytest.mark.parametrize(
+    "page",
+    [
+        "<html><head><title>Returns</title><p>Refunds take 14 days to reach your card.</p>"
+        "<p>Ships by air.</p></html>",
+        "<html><head><title>Returns</title>Refunds take 14 days to reach your card.<br>"
+        "Ships by air.</html>",
+        "<head><title>Returns</title><meta charset=utf-8><style>p {}</style><div>"
+        "<p>Refunds take 14 days to reach your card.</p><p>Ships by air.</p></div>",
+    ],
+)
+def test_a_head_left_open_ends_where_the_body_starts(page: str) -> None:
+    """HTML may leave out </head> and <body>: the first tag of the body, or its first text,
+    ends the head, as browsers read it. All the body's text was dropped: `no_text`."""
+    document = extract(page.encode(), max_bytes=CEILING)
+    assert document.title == "Returns"
+    assert document.text == "Refunds take 14 days to reach your card.\n\nShips by air."
+
+
+def test_what_a_head_holds_stays_out_of_the_text() -> None:
+    page = (
+        "<html><head><title>T</title>\n <meta charset=utf-8>\n<style>p { x: 1 }</style>"
+        "<noscript><p>Enable scripts</p></noscript><template><p>row</p></template>"
+        "<script>var x = '<p>';</script></head><body><p>Body.</p></body></html>"
+    )
+    assert extract(page, format="html", max_bytes=0).text == "Body."
+    unclosed = "<head><noscript><link rel=icon><body><p>Body.</p>"  # <body> ends it all
+    assert extract(unclosed, format="html", max_bytes=0).text == "Body."
+
+
+@pytest.mark.parametrize(
+    ("page", "expected"),
+    [
+        (
+            "<h3>Note</h3><p>a</p><h3>Unclosed<div>Important text about refunds in a div</div>",
+            [(("Note",), "a"), (("Unclosed",), "Important text about refunds in a div")],
+        ),
+        (
+            "<p>intro</p><h1>Unclosed heading about refunds<p>after</p>",
+            [((), "intro"), (("Unclosed heading about refunds",), "after")],
+        ),
+        ("<html><body><h1>deep heading", [(("deep heading",), "")]),
+        (
+            "<h1>Guide<p>Refunds take 14 days.</p><h2>Shipping<p>By air.</p>",
+            [(("Guide",), "Refunds take 14 days."), (("Guide", "Shipping"), "By air.")],
+        ),
+        ("<h1>One<h2>Two</h2><p>x</p>", [(("One",), ""), (("One", "Two"), "x")]),
+        # Blocks inside a heading before its text are its text; a line break is a space.
+        ("<h1><div>Title</div></h1><p>x</p>", [(("Title",), "x")]),
+        ("<h2>Line one<br>line two</h2><p>x</p>", [(("Line one line two",), "x")]),
+    ],
+)
+def test_a_heading_left_open_ends_at_the_next_block(
+    page: str, expected: list[tuple[tuple[str, ...], str]]
+) -> None:
+    """The text after a heading never closed was the heading's, cut at 200 characters, or
+    lost with it at the end of the page."""
+    assert bodies(extract(page, format="html", max_bytes=0)) == expected
+
+
+def test_a_heading_keeps_all_its_words_in_the_text_and_its_path_is_bounded() -> None:
+    words = " ".join(f"word{k}" for k in range(100))  # 689 characters
+    document = extract(f"<h2>{words}</h2><p>Body.</p>", format="html", max_bytes=0)
+    assert document.text == f"{words}\n\nBody."
+    assert [len(h) for h in document.sections[0].headings] == [MAX_HEADING]
+
+
+def test_a_comment_never_closed_holds_the_rest_of_the_page() -> None:
+    """As browsers read it: 2 MB after an unclosed `<!--` were the page's text."""
+    page = "<p>Shown.</p><!-- never closed " + "<p>hidden text</p>" * 120_000
+    assert extract(page, format="html", max_bytes=0).text == "Shown."
+
+
+@pytest.mark.parametrize(
+    ("page", "text"),
+    [
+        ("<p>a</p><!-->b<p>c</p>", "a\n\nb\n\nc"),  # an empty comment, as browsers end it
+        ("<p>a</p><!--->b", "a\n\nb"),
+        ("<p>a</p><!-- x --!>b", "a\n\nb"),
+        ("<p>a</p><!-- x -- >y -->b", "a\n\nb"),
+    ],
+)
+def test_a_comment_ends_where_browsers_end_it(page: str, text: str) -> None:
+    assert extract(page, format="html", max_bytes=0).text == text
+
+
+_WORD = st.integers(0, 999).map(lambda n: f"w{n}")
+# A text node: words, spaces either side (inline elements join what they hold unspaced).
+_TEXT = st.lists(_WORD, min_size=1, max_size=3).map(lambda words: f" {' '.join(words)} ")
+_TAGS = (
+    *(f"h{n}" for n in range(1, 7)),
+    *("p", "div", "section", "blockquote", "ul", "ol", "li", "table", "tr", "td", "pre"),
+    *("span", "b", "em", 'a href="/x"'),
+)
+
+
+def _element(tag: str, children: list[str], closed: bool) -> str:
+    end = f"</{tag.split(maxsplit=1)[0]}>" if closed else ""
+    return f"<{tag}>{''.join(children)}{end}"
+
+
+_NODES = st.recursive(
+    _TEXT | st.just("<br>"),
+    lambda children: st.builds(
+        _element, st.sampled_from(_TAGS), st.lists(children, max_size=4), st.booleans()
+    ),
+    max_leaves=30,
+)
+_PROLOGUES = (
+    "",
+    "<html><body>",
+    "<html><head><title>T</title>",
+    "<!DOCTYPE html><html><head><title>T</title></head><body>",
+)
+
+
+@given(st.sampled_from(_PROLOGUES), st.lists(_NODES, min_size=1, max_size=6))
+def test_every_word_of_a_page_is_in_its_text(prologue: str, nodes: list[str]) -> None:
+    """docs/documents.md: every word of the document is in some chunk; so first in its text
+    (which holds its headings), whatever the nesting of headings and blocks, closed or not."""
+    page = prologue + "".join(nodes)
+    document = extract(page, format="html", max_bytes=0)
+    words = set(re.findall(r"w\d+", "".join(nodes)))
+    assert words <= set(document.text.split()), page
+
+
 # One heading, "Installation", as documentation generators write its permalink.
 PERMALINKS = {
     "sphinx": '<h2>Installation<a class="headerlink" href="#installation" '
@@ -280,6 +406,97 @@ def test_invalid_utf8_is_refused_with_the_offending_byte() -> None:
         extract(b"Caf\xe9 au lait", max_bytes=CEILING)
     with pytest.raises(exceptions.DocumentError, match=r"^markdown document: not valid UTF-8"):
         extract(b"# Caf\xe9", format="markdown", max_bytes=CEILING)
+
+
+LATIN = "Caf\u00e9 cr\u00e8me, 5 \u20ac"  # é è in Latin-1, € in windows-1252 (0x80)
+
+
+@pytest.mark.parametrize(
+    "declaration",
+    [
+        '<meta charset="iso-8859-1">',
+        "<META CHARSET=latin1>",
+        '<meta http-equiv="Content-Type" content="text/html; charset=windows-1252">',
+        "<meta content='text/html;charset=\"ISO-8859-1\"' http-equiv=content-type />",
+    ],
+)
+def test_an_html_page_is_read_in_the_charset_its_meta_declares(declaration: str) -> None:
+    """It failed: "html document: not valid UTF-8: byte 0xe9 at offset 64". ISO-8859-1 is
+    read as windows-1252, as browsers read it (the Encoding Standard)."""
+    page = f"<html><head>{declaration}<title>Men\u00fb</title></head><body><p>{LATIN}</p>"
+    document = extract(page.encode("cp1252"), max_bytes=CEILING)
+    assert (document.format, document.title, document.text) == ("html", "Men\u00fb", LATIN)
+    assert extract(page.encode("cp1252"), format="html", max_bytes=CEILING).text == LATIN
+
+
+@pytest.mark.parametrize(
+    ("declaration", "text"),
+    [
+        ("<meta charset=shift_jis>", "\u65e5\u672c\u8a9e"),
+        ("<meta charset=KOI8-R>", "\u041f\u0440\u0438\u0432\u0435\u0442"),
+        ("<meta charset=gb2312>", "\u4e2d\u6587"),
+        ("<meta charset=windows-1251>", "\u041f\u0440\u0438\u0432\u0435\u0442"),
+    ],
+)
+def test_other_declared_charsets_are_read_too(declaration: str, text: str) -> None:
+    codec = {"shift_jis": "cp932", "gb2312": "gb18030"}.get(declaration[14:-1].lower())
+    data = f"{declaration}<p>{text}</p>".encode(codec or declaration[14:-1])
+    assert extract(data, format="html", max_bytes=CEILING).text == text
+
+
+@pytest.mark.parametrize(
+    "page",
+    [
+        b"<!-- <meta charset=latin1> --><p>Caf\xe9</p>",  # in a comment: no declaration
+        b"<p>" + b"x" * 1024 + b'</p><meta charset="latin1"><p>Caf\xe9</p>',  # past 1,024 bytes
+        b"<meta charset=utf-7><p>Caf\xe9</p>",  # not an encoding browsers read
+        b"<meta charset=no-such-thing><p>Caf\xe9</p>",
+    ],
+)
+def test_a_charset_browsers_would_not_take_leaves_the_page_utf8(page: bytes) -> None:
+    with pytest.raises(exceptions.DocumentError, match=r"^html document: not valid UTF-8: byte"):
+        extract(page, format="html", max_bytes=CEILING)
+
+
+def test_a_declared_charset_is_only_html_s_and_a_byte_order_mark_wins_over_it() -> None:
+    """UTF-7 would make `+ADw-script+AD4-` a <script>: browsers refuse it, so do we."""
+    page = "\ufeff<meta charset=latin1><p>Caf\u00e9 +ADw-b+AD4-</p>".encode()
+    assert extract(page, max_bytes=CEILING).text == "Caf\u00e9 +ADw-b+AD4-"
+    with pytest.raises(exceptions.DocumentError, match=r"^markdown document: not valid UTF-8"):
+        extract(b"<meta charset=latin1>\n# Caf\xe9", format="markdown", max_bytes=CEILING)
+
+
+def test_bytes_not_of_the_charset_a_page_declares_are_named() -> None:
+    with pytest.raises(
+        exceptions.DocumentError,
+        match=r"^html document: not valid shift_jis \(its <meta> charset\): byte 0x81 at "
+        r"offset 27$",
+    ):
+        extract(b"<meta charset=shift_jis><p>\x81 </p>", format="html", max_bytes=CEILING)
+
+
+@pytest.mark.parametrize(
+    ("format", "data", "reason"),
+    [
+        ("pdf", hostile.png(), "not a PDF (it is a PNG image)"),
+        ("pdf", docx_bytes([("Normal", "x")]), "not a PDF (it is a DOCX document)"),
+        ("pdf", b"<!DOCTYPE html><p>x</p>", "not a PDF (it is an HTML page)"),
+        ("pdf", b"", "not a PDF (it is empty)"),
+        ("docx", pdf_bytes([["x"]]), "not a DOCX document (it is a PDF)"),
+        ("docx", b"\xff\xd8\xff\xe0 jfif", "not a DOCX document (it is a JPEG image)"),
+        ("html", hostile.png(), "not HTML (it is a PNG image)"),
+        ("markdown", pdf_bytes([["x"]]), "not Markdown (it is a PDF)"),
+        ("text", docx_bytes([("Normal", "x")]), "not text (it is a DOCX document)"),
+    ],
+)
+def test_bytes_not_of_the_declared_format_are_refused_saying_what_they_are(
+    format: str, data: bytes, reason: str
+) -> None:
+    """A PNG in a column watched with format => 'pdf' failed as "pdf document: cannot be read
+    (PdfStreamError: Stream has ended unexpectedly)"."""
+    with pytest.raises(exceptions.DocumentError) as refused:
+        extract(data, format=format, max_bytes=CEILING)
+    assert str(refused.value) == f"{format} document: {reason}"
 
 
 def test_a_corrupt_docx_is_refused_naming_the_format() -> None:

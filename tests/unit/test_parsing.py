@@ -102,6 +102,22 @@ def test_a_parse_past_its_memory_is_refused_its_allocations(process: ParseProces
     assert isinstance(process.parse(job(b"after")), ExtractedDocument)
 
 
+def test_a_parse_that_leaves_no_memory_to_spare_is_the_memory_budget_every_time(
+    process: ParseProcess,
+) -> None:
+    """A QA pass's 25,000-page PDF (7.3 MB) failed, the same bytes, now as "parsing needed more
+    than 96 MiB", now as "the parser crashed (exit status 1)": the parse left no memory to
+    spare, the child's handler failed on its first allocation, before it lifted RLIMIT_AS, and
+    the exception left the process (`SystemError: error return without exception set`). Half
+    of these parses crashed before; each of them is the memory budget's failure now."""
+    data = pdf_bytes([[f"Page {k}."] for k in range(3_000)])  # 0.9 MB, about 16 MiB to read
+    budgets = range(8, 14)  # MiB: where the parse runs out differs from one to the next
+    found = [process.parse(job(data, budget=Budget(30.0, 30, mib * MIB))) for mib in budgets]
+    assert [str(outcome) for outcome in found] == [
+        f"document: parsing needed more than {mib} MiB (EMBED_PARSE_MEMORY_MB)" for mib in budgets
+    ]
+
+
 def test_a_parse_process_that_dies_is_a_crash_named_by_its_signal() -> None:
     """Killed mid-parse with SIGSEGV, as a C extension's bug would: a crash, and the next parse
     has a new process."""

@@ -1,6 +1,7 @@
 """Which format a document's bytes are in: PDF and DOCX by their signature, HTML and Markdown
 by what their text starts with or holds, plain UTF-8 text otherwise. Bytes that are none of
-these (another binary format, text that is not UTF-8) are refused here, by name."""
+these (another binary format, text that is not UTF-8) are refused here, by name; so are bytes
+that are not the format a target declares (a PNG in a column of PDFs), saying what they are."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import re
 import zipfile
 
 from worker import exceptions
+from worker.pipeline.documents import charsets
 
 FORMATS = ("pdf", "docx", "html", "markdown", "text")
 
@@ -31,6 +33,17 @@ _KNOWN_BINARY = {
     b"\x1f\x8b": "a gzip archive",
     b"PK\x03\x04": "a zip archive that is not a DOCX (no word/document.xml)",
 }
+_BINARY = "binary data of a format we do not read"
+# What bytes of each format are, in a message ("it is an HTML page")...
+_WHAT = {
+    "pdf": "a PDF",
+    "docx": "a DOCX document",
+    "html": "an HTML page",
+    "markdown": "Markdown text",
+    "text": "text",
+}
+# ...and what bytes declared a format are not ("not HTML").
+_NAMES = {"pdf": "a PDF", "docx": "a DOCX document", "html": "HTML", "markdown": "Markdown"}
 
 
 def check_format(format: str) -> str:
@@ -42,21 +55,52 @@ def check_format(format: str) -> str:
 def detect(data: bytes) -> str:
     """The format of `data`; DocumentError when it is a binary format we do not read."""
     head = data[:_SNIFF]
-    if b"%PDF-" in data[:1024]:  # the header may follow some junk (the PDF spec allows it)
+    if _is_pdf(data):
         return "pdf"
     if head.startswith(b"PK\x03\x04") and _is_docx(data):
         return "docx"
-    for signature, name in _KNOWN_BINARY.items():
-        if head.startswith(signature):
-            raise exceptions.DocumentError("unknown", f"not a format we read: {name}")
+    known = _known_binary(head)
+    if known is not None:
+        raise exceptions.DocumentError("unknown", f"not a format we read: {known}")
     if b"\x00" in head:
-        raise exceptions.DocumentError("unknown", "binary data of a format we do not read")
+        raise exceptions.DocumentError("unknown", _BINARY)
     body = head.removeprefix(b"\xef\xbb\xbf")
     if _HTML_START.match(body):
         return "html"
     if _MARKDOWN_HEADING.search(body) or _MARKDOWN_OTHER.search(body):
         return "markdown"
     return "text"
+
+
+def check_declared(format: str, data: bytes) -> None:
+    """DocumentError when bytes declared a PDF or a DOCX (watch()'s `format`) are not one,
+    saying what they are: a PNG in a column of PDFs is "not a PDF (it is a PNG image)", not the
+    error pypdf raises reading it as one."""
+    signed = {"pdf": _is_pdf, "docx": _is_docx}.get(format)
+    if signed is not None and not signed(data):
+        raise exceptions.DocumentError(format, f"not {_NAMES[format]} (it is {describe(data)})")
+
+
+def describe(data: bytes) -> str:
+    """What `data` is, as a message says it: "a PNG image", "an HTML page", "text"..."""
+    if not data:
+        return "empty"
+    try:
+        return _WHAT[detect(data)]
+    except exceptions.DocumentError:
+        return _known_binary(data[:_SNIFF]) or _BINARY
+
+
+def _is_pdf(data: bytes) -> bool:
+    return b"%PDF-" in data[:1024]  # the header may follow some junk (the PDF spec allows it)
+
+
+def _known_binary(head: bytes) -> str | None:
+    """The binary format we do not read that `head` starts with, by name."""
+    for signature, name in _KNOWN_BINARY.items():
+        if head.startswith(signature):
+            return name
+    return None
 
 
 def _is_docx(data: bytes) -> bool:
@@ -68,15 +112,29 @@ def _is_docx(data: bytes) -> bool:
 
 
 def decode_text(format: str, data: bytes) -> str:
-    """UTF-8 text (a byte-order mark dropped); DocumentError naming the first bad byte, or the
-    first NUL (valid UTF-8, but no Postgres text can hold it: the chunks could not be stored)."""
+    """UTF-8 text (a byte-order mark dropped), or an HTML page in the encoding its <meta>
+    declares (charsets.py); DocumentError naming the first bad byte, or the first NUL (valid
+    UTF-8, but no Postgres text can hold it: the chunks could not be stored), or the binary
+    format the bytes are in (a PDF in a column of Markdown)."""
+    declared = charsets.declared(data) if format == "html" else None
     try:
-        text = data.decode("utf-8-sig")
+        text = declared.decode(data) if declared else data.decode("utf-8-sig")
     except UnicodeDecodeError as exc:
-        raise exceptions.DocumentError(
-            format, f"not valid UTF-8: byte 0x{data[exc.start]:02x} at offset {exc.start}"
-        ) from None
+        encoding = "UTF-8"
+        if declared is not None and declared.codec != "utf-8":
+            encoding = f"{declared.label} (its <meta> charset)"
+        reason = f"not valid {encoding}: byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        raise exceptions.DocumentError(format, _binary_reason(format, data) or reason) from None
     nul = data.find(b"\x00")
     if nul >= 0:
-        raise exceptions.DocumentError(format, f"a NUL byte at offset {nul}: not text")
+        reason = f"a NUL byte at offset {nul}: not text"
+        raise exceptions.DocumentError(format, _binary_reason(format, data) or reason)
     return text
+
+
+def _binary_reason(format: str, data: bytes) -> str | None:
+    """Why bytes declared a text format are not: the binary format they are in, if known."""
+    head = data[:_SNIFF]
+    if _is_pdf(data) or head.startswith(b"PK\x03\x04") or _known_binary(head) is not None:
+        return f"not {_NAMES.get(format, format)} (it is {describe(data)})"
+    return None

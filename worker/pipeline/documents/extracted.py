@@ -122,8 +122,9 @@ class TextBuilder:
 
     def heading(self, level: int, text: str) -> None:
         """A heading of `level` (1 the highest): it ends the current section and starts one.
-        Past MAX_SECTIONS sections a heading is a paragraph of the last one."""
-        text = headline(text)
+        The text holds all of it; the heading path, its first MAX_HEADING characters. Past
+        MAX_SECTIONS sections a heading is a paragraph of the last one."""
+        text = collapse_spaces(text)
         if not text:
             return
         if len(self._sections) >= MAX_SECTIONS - 1:
@@ -133,7 +134,7 @@ class TextBuilder:
         self._close_section(self._length)
         while self._path and self._path[-1][0] >= level:
             self._path.pop()
-        self._path.append((level, text))
+        self._path.append((level, clip(text, MAX_HEADING)))
         self._append(text)
         self._section_start = self._length
 

@@ -1,11 +1,12 @@
 """A document in, its text out: `extract(content, max_bytes=..., format=None)`.
 
 Bytes are detected (worker/pipeline/documents/detection.py) unless `format` says what they
-are; a str is plain text unless `format` says it holds HTML or Markdown. Whatever goes wrong
-on these bytes, in detection or in a format's library, becomes one DocumentError that names the
-format and the reason: the bytes are the problem, and they fail the same way on a retry. Only
-MemoryError passes through as itself (the parse process tells it apart: a budget, not the
-bytes; worker/pipeline/parsing/).
+are (bytes said to be a PDF or DOCX that are not are refused, saying what they are); a str is
+plain text unless `format` says it holds HTML or Markdown. Whatever goes wrong on these bytes,
+in detection or in a format's library, becomes one DocumentError that names the format and the
+reason: the bytes are the problem, and they fail the same way on a retry. Only MemoryError
+passes through as itself (the parse process tells it apart: a budget, not the bytes;
+worker/pipeline/parsing/).
 
 The worker never calls this in its own process for a document: a parse process does, under a
 time, CPU and memory budget (worker/pipeline/parsing/); plain text needs no parse.
@@ -32,6 +33,8 @@ def extract(
         if isinstance(content, str):
             document = _extract_text(found, content, max_bytes)
         else:
+            if format is not None:
+                detection.check_declared(format, content)
             found = format or detection.detect(content)
             document = _extract_bytes(found, content, max_bytes)
     except (exceptions.DocumentError, MemoryError):

@@ -14,7 +14,11 @@ Measured with the 120 MiB-XML DOCX (21 million empty elements): under RLIMIT_AS 
 allocation surfaces as an XMLSyntaxError ("unknown error"), pypdf's and zlib's as MemoryError;
 a parse is told apart as out of memory by either a MemoryError or a peak address space within
 MEMORY_MARGIN of the limit. RLIMIT_DATA gives the same, but leaves mmap'd memory uncounted on
-kernels before 4.7.
+kernels before 4.7. A parse that runs out may leave not a byte to spare, so the first thing its
+handler does is lift RLIMIT_AS, allocating nothing: with pypdf reading a 25,000-page PDF, the
+handler's first allocation failed, the exception left the process (`SystemError: error return
+without exception set`, exit status 1: "crashed") about half the time. Whatever still escapes
+a parse is answered as its memory budget (nothing else in the handler can fail).
 """
 
 from __future__ import annotations
@@ -36,6 +40,9 @@ from worker.pipeline.documents.extraction import extract
 from worker.pipeline.parsing import wire
 
 MEMORY_MARGIN = 0.1  # of the budget: a parse that peaked this close to its limit ran out
+# RLIMIT_AS lifted (to its hard limit, which the process never changes), made before any parse:
+# lifting it must allocate nothing, when a parse has left no memory to spare.
+_NO_LIMIT = (resource.getrlimit(resource.RLIMIT_AS)[1],) * 2
 _PR_SET_PDEATHSIG = 1
 
 
@@ -50,8 +57,14 @@ def main() -> None:
             return  # the worker closed our stdin: it is done with us
         content = _content(header, payload)
         del payload  # (the content is all the parse needs: its memory is not the budget's)
-        answer(answers, *parse(header, content))
+        try:
+            reply = parse(header, content)
+        except BaseException:  # parse()'s own handler failed: out of memory before the lift
+            resource.setrlimit(resource.RLIMIT_AS, _NO_LIMIT)
+            _set_limits(None, None)
+            reply = {"kind": wire.MEMORY, "peak": _status("VmPeak")}, b""
         del content
+        answer(answers, *reply)
 
 
 def parse(header: wire.Header, content: bytes | str) -> tuple[wire.Header, bytes]:
@@ -64,6 +77,8 @@ def parse(header: wire.Header, content: bytes | str) -> tuple[wire.Header, bytes
     try:
         document = extract(content, max_bytes=int(header["max_bytes"]), format=header["format"])
     except BaseException as exc:  # extract() wraps every library's exception in DocumentError
+        # First, and allocating nothing: the parse may have left not a byte to spare.
+        resource.setrlimit(resource.RLIMIT_AS, _NO_LIMIT)
         _set_limits(None, None)
         if _ran_out(exc, peak_before, limit, budget):
             return {"kind": wire.MEMORY, "peak": _status("VmPeak")}, b""
