@@ -46,9 +46,8 @@ def service() -> Iterator[ParseService]:
 
 
 def outcome(service: ParseService, found: DocumentId, timeout: float) -> Outcome:
-    service.wait([found], time.monotonic() + timeout)
-    result = service.take(found)
-    assert result is not None, f"{found} not parsed within {timeout} s"
+    result = wait_for(lambda: service.take(found), timeout, what=f"{found} parsed")
+    assert result is not None
     return result
 
 
@@ -133,11 +132,12 @@ def test_suspects_never_hold_every_process() -> None:
 def test_a_parse_an_earlier_wait_gave_up_on_holds_up_only_a_wait_with_nothing_else(
     service: ParseService,
 ) -> None:
-    """A batch whose other rows are ready (`busy`), or one of whose parses is done, does not
-    wait again for a slow parse that an earlier batch waited for; a batch with nothing else to
-    do waits for it (the pace of its row's re-reads)."""
+    """A slow parse held up every batch its row rode in, a second each, and another target's
+    rows in it. Waited for once, it holds up only a batch with nothing else to do (the pace of
+    its row's re-reads): not one whose other rows are ready (`busy`), nor one with a parse done."""
     slow, page = key(1, "slow"), key(2, "page")
     service.submit(slow, job(SLOW, LONG), processes=2)
+    wait_for(lambda: running(service, slow), 10, what="the slow parse")
     service.wait([slow], time.monotonic() + 0.2)  # the first batch's wait: given up on
     service.wait([slow], time.monotonic() + 60, busy=True)
     service.submit(page, job(PAGE), processes=2)

@@ -239,9 +239,10 @@ def service() -> Iterator[ParseService]:
 
 
 def outcome(service: ParseService, found: DocumentId, timeout: float = 60) -> Outcome:
-    service.wait([found], time.monotonic() + timeout)
-    result = service.take(found)
-    assert result is not None, f"{found} not parsed"
+    """The parse's outcome, waited for (a batch's wait would not wait again for a parse an
+    earlier wait gave up on)."""
+    result = wait_for(lambda: service.take(found), timeout, what=f"{found} parsed")
+    assert result is not None
     return result
 
 

@@ -8,7 +8,8 @@ All asked for first, no target's parse waits for another target's wait. And a pa
 earlier batch already waited for (a slow one: a large file, or a hostile one running into its
 budget) holds up a batch only when the batch has nothing else to do: another target's rows,
 plain or parsed, ride in a batch with a slow file's row without waiting for it. (The wait of a
-batch with nothing else is what paces the re-reads of a row whose parse goes on.)"""
+batch with nothing else is what paces the re-reads of a row whose parse goes on: its job comes
+back at once, and `run --once` goes on while it does.)"""
 
 from __future__ import annotations
 

@@ -1,22 +1,24 @@
 """ParseService: the worker's parse processes, the parses waiting for one, and the results
 waiting for their rows.
 
-The load stage submits a document's parse and waits a short while for it (reading.py); a parse
-that is not done by then goes on here while its row is postponed, and its outcome (a document
-or a failure) waits in `_results` until the row's job comes back for it. Parses are keyed by
+The load stage submits its documents' parses and waits a short while for them
+(worker/pipeline/chunks/parses.py); a parse that is not done by then goes on here while its row
+is postponed, and its outcome (a document or a failure) waits in `_results` until the row's job
+comes back for it. Parses are keyed by
 pieces.DocumentId (the database, the target's id and definition version, the row's key and its
 content's md5): a job that comes back finds its parse, a changed row gets a new one.
 
 Fairness: each target (a database's target: its table and column, whoever owns it) has its
 own queue of parses; a free process takes the next parse of the target with the fewest parses
 running, the least recently served first, and no target has more than all processes but one at
-once (when there are two or more, as by default): one target's hostile files can delay another
-target's documents by one parse's budget at most, and only while they are new. A parse that ran
-out of a budget (time, CPU, memory) or crashed makes its document a suspect: its retries run
-in a lane of their own, at most all processes but one at once, and wait behind the parses asked
-for after them for their budget's time (unless the processes have nothing else to do). So a
-retry of a hostile file never holds every process, and a target's new documents pass its own
-suspect files (a Markdown file does not wait behind two retries of a file that ran out of time).
+once (when there are two or more, as by default): one target's files, whatever they do, leave a
+process to the others. A parse that ran out of a budget (time, CPU, memory) or crashed makes its
+document a suspect: its retries run at most all processes but one at once, whatever their
+targets, and wait behind the parses asked for after them for their budget's time (unless no
+other parse could run). So retries of hostile files never hold every process, and a target's new
+documents pass its own suspect files (a Markdown file does not wait behind two retries of files
+that ran out of time). What is left: two targets' new hostile files at once can hold two
+processes for one budget.
 
 Bounds: at most MAX_QUEUED parses (MAX_QUEUED_PER_TARGET per target, MAX_QUEUED_BYTES of
 content) wait for a process; a parse past them is not taken (its row is postponed and asks
@@ -129,9 +131,9 @@ class ParseService:
 
     def wait(self, keys: Iterable[DocumentId], deadline: float, *, busy: bool = False) -> None:
         """Until these parses are done (or forgotten), or `deadline` (time.monotonic()) passed.
-        A parse that an earlier wait gave up on (not done by its deadline: a slow one) holds up
-        only a wait with nothing else to do: not `busy` (the caller has other work ready) and
-        none of these parses done."""
+        A parse that an earlier wait gave up on (not done by its deadline: a slow one, maybe a
+        hostile file's) holds up only a wait with nothing else to do: not `busy` (the caller
+        has other rows ready) and none of these parses done."""
         wanted = set(keys)
         with self._changed:
             while True:
@@ -144,7 +146,7 @@ class ParseService:
                 if busy or any(key in state.results for key in wanted):
                     awaited = [e for e in pending if not e.waited_out]
                 else:
-                    awaited = pending
+                    awaited = pending  # (the pace of its row's re-reads)
                 left = deadline - time.monotonic()
                 if not awaited:
                     return
