@@ -107,7 +107,7 @@ class Settings(FromEnvironment):
     )
     parse_cpu_seconds: int = field(default=20, metadata={"env": "EMBED_PARSE_CPU_SECONDS"})
     parse_memory_mb: int = field(default=96, metadata={"env": "EMBED_PARSE_MEMORY_MB"})
-    parse_processes: int = field(default=1, metadata={"env": "EMBED_PARSE_PROCESSES"})
+    parse_processes: int = field(default=2, metadata={"env": "EMBED_PARSE_PROCESSES"})
     # `doctor` warns when a watched table's last verifying pass (sweep(verify => true)) finished
     # longer ago than this, or never: 8 days, a weekly pass with a day to finish.
     verify_max_age_seconds: float = field(

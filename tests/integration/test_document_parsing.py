@@ -13,7 +13,7 @@ import pytest
 from tests.integration.test_document_targets import chunk_rows, files
 from tests.support import hostile_files as hostile
 from worker import metrics
-from worker.pipeline.chunks import reading
+from worker.pipeline.chunks import parses
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -78,7 +78,7 @@ def test_a_file_not_parsed_within_the_batchs_wait_comes_back_without_an_attempt(
 ) -> None:
     """With no wait at all, no parse is ever done within its batch: every file is postponed
     while its parse goes on, and embedded when its job comes back for the outcome."""
-    monkeypatch.setattr(reading, "PARSE_WAIT_SECONDS", 0.0)
+    monkeypatch.setattr(parses, "PARSE_WAIT_SECONDS", 0.0)
     conn.execute("CREATE TABLE notes (id int PRIMARY KEY, body text)")
     conn.execute("INSERT INTO notes VALUES (1, 'A plain row of another table.')")
     conn.execute("SELECT embeddings.watch('notes', 'body', model => 'all-MiniLM-L6-v2')")

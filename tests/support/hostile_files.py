@@ -115,6 +115,28 @@ def pdf_inflation_bomb(megabytes: int = 400) -> bytes:
     return pdf_page_with_stream(stream, filtered=True)
 
 
+def pdf_slow_text(pages: int = 400, strings: int = 20_000, padding: int = 900_000) -> bytes:
+    """Pages that all show one content stream of `strings` strings (inflated from ~5 KB):
+    pypdf reads it for each page, tens of microseconds a string, so the parse runs into its
+    time budget whatever the machine (about 8 million strings; 50 pages took 14 s here) with
+    each page's memory small. `padding` bytes of an unreferenced stream make the file
+    ~0.9 MiB: a time budget of about 14 s (docs/documents.md)."""
+    stream = zlib.compress(b"BT /F1 12 Tf " + b"(x) Tj " * strings + b"ET", 9)
+    font = (
+        b"/Resources << /Font << /F1 << /Type /Font /Subtype /Type1 /BaseFont /Helvetica >> >> >>"
+    )
+    kids = b" ".join(b"%d 0 R" % (4 + k) for k in range(pages))
+    return pdf_of(
+        [
+            b"<< /Type /Catalog /Pages 2 0 R >>",
+            b"<< /Type /Pages /Kids [%s] /Count %d >>" % (kids, pages),
+            b"<< /Length %d /Filter /FlateDecode >>\nstream\n%s\nendstream" % (len(stream), stream),
+            *[_PAGE.replace(b"4 0 R", b"3 0 R") % font] * pages,
+            b"<< /Length %d >>\nstream\n%s\nendstream" % (padding, b"\0" * padding),
+        ]
+    )
+
+
 def pdf_deep_arrays(depth: int = 200_000) -> bytes:
     """A resource dictionary holding an array nested `depth` deep."""
     return pdf_page_with_stream(

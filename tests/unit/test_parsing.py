@@ -255,9 +255,10 @@ def service() -> Iterator[ParseService]:
 
 
 def outcome(service: ParseService, found: DocumentId, timeout: float = 60) -> Outcome:
-    service.wait([found], time.monotonic() + timeout)
-    result = service.take(found)
-    assert result is not None, f"{found} not parsed"
+    """The parse's outcome, waited for (a batch's wait would not wait again for a parse an
+    earlier wait gave up on)."""
+    result = wait_for(lambda: service.take(found), timeout, what=f"{found} parsed")
+    assert result is not None
     return result
 
 
@@ -324,7 +325,7 @@ def test_closing_kills_the_running_parse_and_the_next_submit_starts_again(
     slow = key(1, "slow")
     long_budget = Budget(seconds=60, cpu_seconds=60, memory_bytes=64 * MIB)
     service.submit(slow, job(hostile.html_unclosed_quotes(), budget=long_budget), processes=1)
-    wait_for(lambda: service._state.running[1], 10, what="the parse to start")
+    wait_for(lambda: service._state.running[("db", 1)], 10, what="the parse to start")
     (running,) = [p._process for p in service._processes.values()]
     assert running is not None
     service.close()

@@ -125,9 +125,6 @@ class Batch:
     # target id -> why (worker/pipeline/shadow.py). Those rows go back held, the reason noted.
     change_held: dict[int, str] = field(default_factory=dict)
     limits: Limits = field(default_factory=Limits)  # of long documents (chunked targets)
-    # When the load stage stops waiting for its documents' parses (time.monotonic(); set by the
-    # first wait): one short wait per batch, whatever its targets (worker/pipeline/chunks/).
-    parse_deadline: float | None = None
     # Statements of a table owner's code that ran past their bound and caught its cancel, so
     # that the watchdog ended the session (worker/process/watchdog.py), by stage ("load",
     # "write") and target: None when it was the statement of the target's rows together (they

@@ -20,6 +20,7 @@ from worker.models.loaded import LoadedModels
 from worker.pipeline import bounds, faults, messages, pieces, stores
 from worker.pipeline import jobs as jobqueue
 from worker.pipeline.batch import Batch, Row, RowState
+from worker.pipeline.chunks import parses as chunk_parses
 from worker.pipeline.chunks import writing as chunk_writing
 from worker.pipeline.parsing import service as parsing
 from worker.pipeline.targets import TargetRegistry
@@ -112,8 +113,10 @@ def load(conn: db.Connection, batch: Batch, models: LoadedModels) -> None:
         for row in rows:
             _apply_loaded(row, found)
     # What each kind of store needs beyond the content (chunked targets: split, find the vectors
-    # already stored).
-    for target, ready in batch.by_target(RowState.READY).items():
+    # already stored); documents' parses asked for first, every target's, with one wait.
+    groups = batch.by_target(RowState.READY)
+    chunk_parses.ask(conn, batch, groups)
+    for target, ready in groups.items():
         try:
             stores.of(target).prepare(conn, batch, target, ready, models)
         except (exceptions.LockUnavailable, exceptions.StatementTimeout) as exc:

@@ -3,8 +3,9 @@ document (a bytea column, or a format given to watch(): docs/documents.md) extra
 split a section at a time, each chunk with its context header (worker/pipeline/documents/).
 
 A document is parsed in a parse process, never in the worker's own (worker/pipeline/parsing/):
-the load stage asks for the parses of its documents (`request`), waits a short while (`wait`),
-and opens those done; a document whose parse is not done yet opens as None, and its row comes
+the load stage asks for the parses of every target's documents of the batch and waits a short
+while (worker/pipeline/chunks/parses.py), then opens those done; a document whose parse is not
+done yet opens as None (asked for again, `request`, if its queue was full), and its row comes
 back for it. Plain text is not parsed, and pays nothing of this. A document that cannot be read
 raises DocumentError naming its format (the caller fails that row alone, for good: the same
 bytes fail the same way again); one whose parse ran out of its budget or crashed raises
@@ -13,7 +14,6 @@ ParseFailed (the row fails this attempt)."""
 from __future__ import annotations
 
 import base64
-from collections.abc import Iterable
 from typing import Any, Protocol
 
 from worker.pipeline.chunking import ChunkSource, Splitter
@@ -35,10 +35,6 @@ class ChunkReader(Protocol):
         """Asks for the content's parse, when it needs one."""
         ...
 
-    def wait(self, keys: Iterable[DocumentId], deadline: float) -> None:
-        """Until these parses are done, or the deadline (time.monotonic()) passed."""
-        ...
-
     def open(self, key: DocumentId, content: str) -> ChunkSource | None:
         """The row's chunks, read as far as they are taken; None while its parse is not done."""
         ...
@@ -57,9 +53,6 @@ class TextReader:
         self._splitter = splitter
 
     def request(self, key: DocumentId, content: str) -> None:
-        return
-
-    def wait(self, keys: Iterable[DocumentId], deadline: float) -> None:
         return
 
     def open(self, key: DocumentId, content: str) -> ChunkSource:
@@ -94,15 +87,8 @@ class DocumentReader:
 
     def request(self, key: DocumentId, content: str) -> None:
         if self.parses:
-            size = input_size(content, is_bytes=self._is_bytes)
-            job = Parse(
-                content, self._format, self._is_bytes, self._max_bytes, self._budgets.for_size(size)
-            )
+            job = parse_of(content, self._format, self._is_bytes, self._max_bytes, self._budgets)
             self._parser.submit(key, job, processes=self._budgets.processes)
-
-    def wait(self, keys: Iterable[DocumentId], deadline: float) -> None:
-        if self.parses:
-            self._parser.wait(keys, deadline)
 
     def open(self, key: DocumentId, content: str) -> ChunkSource | None:
         if not self.parses:
@@ -120,6 +106,26 @@ class DocumentReader:
 
     def size(self, content: str, stream: ChunkSource) -> int:
         return len(stream.text.encode())
+
+
+def parse_of(
+    content: str, format: str | None, is_bytes: bool, max_bytes: int, budgets: Budgets
+) -> Parse:
+    """The parse of a row's content as `format` (None: detected), within its size's budget."""
+    size = input_size(content, is_bytes=is_bytes)
+    return Parse(content, format, is_bytes, max_bytes, budgets.for_size(size))
+
+
+def parse_for(target: Target, limits: Limits, content: str) -> Parse | None:
+    """The parse a chunked target's row needs before it is read; None when it needs none
+    (plain text, or format 'text'): what DocumentReader.request asks for."""
+    format = target.document_format
+    if target.chunk_tokens is None or format in (None, "text"):
+        return None
+    detected = None if format == "auto" else format
+    return parse_of(
+        content, detected, target.content_bytes, limits.max_document_bytes, limits.parsing
+    )
 
 
 def stored_bytes(target: Target, content: str) -> int:

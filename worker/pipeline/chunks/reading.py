@@ -4,7 +4,6 @@ the ceiling failed (worker/pipeline/chunks/__init__.py has the whole path)."""
 
 from __future__ import annotations
 
-import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -23,10 +22,6 @@ if TYPE_CHECKING:
 # Reuse lookups per batch at most: each round reads more chunks where stored vectors left
 # budget over.
 MAX_ROUNDS = 64
-# How long a batch waits for its documents' parses (worker/pipeline/parsing/): a document not
-# parsed by then is postponed (re-queued, no attempt counted) while its parse goes on, and does
-# not hold up the rest of the batch.
-PARSE_WAIT_SECONDS = 1.0
 
 
 @dataclass
@@ -83,8 +78,7 @@ def _prepare_target(
         return
     committed = _committed(conn, batch, target, rows)
     rows = [r for r in rows if r.state is RowState.READY]
-    if reader.parses:
-        _request_parses(conn, batch, target, rows, reader)
+    # (Their parses were asked for, and waited for, before any target's: chunks/parses.py.)
     documents: dict[str, Document] = {}
     for _ in range(MAX_ROUNDS):
         taken: list[tuple[Row, DocumentChunks, list[int]]] = []
@@ -142,26 +136,6 @@ def _committed(
         for key, digest, state, done, current in found
         if state == "in_progress" and current and digest == _digest(rows, key)
     }
-
-
-def _request_parses(
-    conn: db.Connection, batch: Batch, target: Target, rows: list[Row], reader: ChunkReader
-) -> None:
-    """Asks for the parse of each row's document (not of a long document's next piece: the cache
-    holds it parsed) and waits for them, at most until the batch's parse deadline. Every row's is
-    asked for, also of rows past the batch's budget: parsed meanwhile, they are ready when they
-    come back."""
-    keys = []
-    for row in rows:
-        assert row.content is not None and row.digest is not None
-        key = pieces.document_id(conn, target.id, target.version, row.key, row.digest)
-        if not pieces.CACHE.holds(key):
-            reader.request(key, row.content)
-            keys.append(key)
-    if keys:
-        if batch.parse_deadline is None:
-            batch.parse_deadline = time.monotonic() + PARSE_WAIT_SECONDS
-        reader.wait(keys, batch.parse_deadline)
 
 
 def _superseded(

@@ -35,7 +35,7 @@ class Budgets:
     timeout_seconds: float = 30.0
     cpu_seconds: int = 20
     memory_mb: int = 96
-    processes: int = 1
+    processes: int = 2
 
     def for_size(self, size: int) -> Budget:
         """The budget of a parse of `size` input bytes."""

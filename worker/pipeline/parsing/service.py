@@ -1,16 +1,24 @@
 """ParseService: the worker's parse processes, the parses waiting for one, and the results
 waiting for their rows.
 
-The load stage submits a document's parse and waits a short while for it (reading.py); a parse
-that is not done by then goes on here while its row is postponed, and its outcome (a document
-or a failure) waits in `_results` until the row's job comes back for it. Parses are keyed by
+The load stage submits its documents' parses and waits a short while for them
+(worker/pipeline/chunks/parses.py); a parse that is not done by then goes on here while its row
+is postponed, and its outcome (a document or a failure) waits in `_results` until the row's job
+comes back for it. Parses are keyed by
 pieces.DocumentId (the database, the target's id and definition version, the row's key and its
 content's md5): a job that comes back finds its parse, a changed row gets a new one.
 
-Fairness: each target has its own queue of parses; a free process takes the next parse of the
-target with the fewest parses running, the least recently served first, and no target has
-more than all processes but one at once (when there are two or more): one target's hostile
-files can delay another target's documents by one parse's budget at most.
+Fairness: each target (a database's target: its table and column, whoever owns it) has its
+own queue of parses; a free process takes the next parse of the target with the fewest parses
+running, the least recently served first, and no target has more than all processes but one at
+once (when there are two or more, as by default): one target's files, whatever they do, leave a
+process to the others. A parse that ran out of a budget (time, CPU, memory) or crashed makes its
+document a suspect: its retries run at most all processes but one at once, whatever their
+targets, and wait behind the parses asked for after them for their budget's time (unless no
+other parse could run). So retries of hostile files never hold every process, and a target's new
+documents pass its own suspect files (a Markdown file does not wait behind two retries of files
+that ran out of time). What is left: two targets' new hostile files at once can hold two
+processes for one budget.
 
 Bounds: at most MAX_QUEUED parses (MAX_QUEUED_PER_TARGET per target, MAX_QUEUED_BYTES of
 content) wait for a process; a parse past them is not taken (its row is postponed and asks
@@ -40,6 +48,9 @@ MAX_QUEUED_BYTES = 16 * 2**20
 MAX_RESULTS = 64
 MAX_RESULT_BYTES = 16 * 2**20
 RESULT_SECONDS = 600.0
+MAX_SUSPECTS = 4096  # documents remembered as suspects, the most recent
+
+Tenant = tuple[str, int]  # a database's target: the parses scheduled fairly
 
 
 @dataclass
@@ -51,10 +62,13 @@ class _Entry:
     outcome: Outcome | None = None
     done_at: float = 0.0
     running: bool = False
+    suspect: bool = False  # an earlier parse of the same document ran out of a budget
+    due: float = 0.0  # when its turn comes (time.monotonic()): a suspect's after its budget
+    waited_out: bool = False  # a batch's wait ended while it was not done
 
     @property
-    def tenant(self) -> int:
-        return self.key[1]
+    def tenant(self) -> Tenant:
+        return (self.key[0], self.key[1])
 
     @property
     def held_bytes(self) -> int:
@@ -65,9 +79,11 @@ class _Entry:
 @dataclass
 class _State:
     entries: dict[DocumentId, _Entry] = field(default_factory=dict)  # every parse we know of
-    queues: dict[int, deque[_Entry]] = field(default_factory=dict)  # per target, in turn
-    running: Counter[int] = field(default_factory=Counter)  # parses running, per target
-    served: dict[int, int] = field(default_factory=dict)  # when each target was last served
+    queues: dict[Tenant, deque[_Entry]] = field(default_factory=dict)  # per target, in turn
+    running: Counter[Tenant] = field(default_factory=Counter)  # parses running, per target
+    served: dict[Tenant, int] = field(default_factory=dict)  # when each target was last served
+    suspects: OrderedDict[DocumentId, None] = field(default_factory=OrderedDict)  # oldest first
+    suspects_running: int = 0
     turns: int = 0  # parses handed out so far (the clock of `served`)
     results: OrderedDict[DocumentId, _Entry] = field(
         default_factory=OrderedDict
@@ -95,7 +111,8 @@ class ParseService:
             if key in state.entries:
                 return True
             _drop_superseded(state, key)
-            queue = state.queues.get(key[1])
+            tenant = (key[0], key[1])
+            queue = state.queues.get(tenant)
             queued = sum(len(q) for q in state.queues.values())
             queued_bytes = sum(len(e.job.content) for q in state.queues.values() for e in q)
             if queue and (
@@ -104,21 +121,38 @@ class ParseService:
                 or queued_bytes + len(job.content) > MAX_QUEUED_BYTES
             ):
                 return False
-            entry = _Entry(key, job)
+            entry = _Entry(key, job, suspect=key in state.suspects, due=time.monotonic())
+            if entry.suspect:
+                entry.due += job.budget.seconds
             state.entries[key] = entry
-            state.queues.setdefault(key[1], deque()).append(entry)
+            state.queues.setdefault(tenant, deque()).append(entry)
             self._changed.notify_all()
             return True
 
-    def wait(self, keys: Iterable[DocumentId], deadline: float) -> None:
-        """Until these parses are done (or forgotten), or `deadline` (time.monotonic()) passed."""
+    def wait(self, keys: Iterable[DocumentId], deadline: float, *, busy: bool = False) -> None:
+        """Until these parses are done (or forgotten), or `deadline` (time.monotonic()) passed.
+        A parse that an earlier wait gave up on (not done by its deadline: a slow one, maybe a
+        hostile file's) holds up only a wait with nothing else to do: not `busy` (the caller
+        has other rows ready) and none of these parses done."""
         wanted = set(keys)
         with self._changed:
             while True:
                 state = self._state
-                pending = [k for k in wanted if k in state.entries and k not in state.results]
+                pending = [
+                    entry
+                    for key in wanted
+                    if (entry := state.entries.get(key)) is not None and key not in state.results
+                ]
+                if busy or any(key in state.results for key in wanted):
+                    awaited = [e for e in pending if not e.waited_out]
+                else:
+                    awaited = pending  # (the pace of its row's re-reads)
                 left = deadline - time.monotonic()
-                if not pending or left <= 0:
+                if not awaited:
+                    return
+                if left <= 0:
+                    for entry in pending:
+                        entry.waited_out = True
                     return
                 self._changed.wait(left)
 
@@ -219,35 +253,62 @@ class ParseService:
         with self._changed:
             state = self._state
             state.running[entry.tenant] -= 1
+            state.suspects_running -= entry.suspect
             if not state.running[entry.tenant] and entry.tenant not in state.queues:
                 del state.running[entry.tenant]  # nothing of it left: forgotten
                 state.served.pop(entry.tenant, None)
             entry.running, entry.outcome, entry.done_at = False, outcome, time.monotonic()
-            if state.entries.get(entry.key) is entry:
-                if generation == self._generation:
+            if generation == self._generation:
+                _note_suspect(state, entry.key, outcome)
+                if state.entries.get(entry.key) is entry:
                     state.results[entry.key] = entry
                     _trim(state)
-                else:
-                    del state.entries[entry.key]
+            elif state.entries.get(entry.key) is entry:
+                del state.entries[entry.key]
             self._changed.notify_all()
 
 
 def _pick(state: _State, cap: int) -> _Entry | None:
     """Takes the next parse: of the target with the fewest running (under `cap`), the least
-    recently served first (one never served, or not since its queue last emptied, first)."""
-    ready = [t for t in state.queues if state.running[t] < cap]
-    if not ready:
+    recently served first (one never served, or not since its queue last emptied, first); of
+    its parses, the first due. A suspect's comes only once it is due, unless nothing else can
+    run, and while fewer than `cap` suspects' run."""
+    suspects_open = state.suspects_running < cap
+    allowed = [
+        entry
+        for tenant, queue in state.queues.items()
+        if state.running[tenant] < cap
+        for entry in queue
+        if suspects_open or not entry.suspect
+    ]
+    if not allowed:
         return None
-    target = min(ready, key=lambda t: (state.running[t], state.served.get(t, -1)))
-    queue = state.queues[target]
-    entry = queue.popleft()
+    now = time.monotonic()
+    due = [e for e in allowed if e.due <= now] or allowed
+    entry = min(due, key=lambda e: (state.running[e.tenant], state.served.get(e.tenant, -1), e.due))
+    queue = state.queues[entry.tenant]
+    queue.remove(entry)
     if not queue:
-        del state.queues[target]
-    state.running[target] += 1
+        del state.queues[entry.tenant]
+    state.running[entry.tenant] += 1
+    state.suspects_running += entry.suspect
     state.turns += 1
-    state.served[target] = state.turns
+    state.served[entry.tenant] = state.turns
     entry.running = True
     return entry
+
+
+def _note_suspect(state: _State, key: DocumentId, outcome: Outcome) -> None:
+    """Remembers a document whose parse ran out of a budget or crashed (ParseFailed) as a
+    suspect, the most recent MAX_SUSPECTS of them; one that parsed, or failed as a document
+    does (for good), is one no more."""
+    if not isinstance(outcome, exceptions.ParseFailed):
+        state.suspects.pop(key, None)
+        return
+    state.suspects[key] = None
+    state.suspects.move_to_end(key)
+    while len(state.suspects) > MAX_SUSPECTS:
+        state.suspects.popitem(last=False)
 
 
 def _drop_superseded(state: _State, key: DocumentId) -> None:
@@ -256,11 +317,11 @@ def _drop_superseded(state: _State, key: DocumentId) -> None:
     for other in [k for k in state.entries if (k[0], k[1], k[3]) == row]:
         entry = state.entries.pop(other)  # a running one ends within its budget, unheard
         state.results.pop(other, None)
-        queue = state.queues.get(other[1])
+        queue = state.queues.get(entry.tenant)
         if queue is not None and entry in queue:
             queue.remove(entry)
             if not queue:
-                del state.queues[other[1]]
+                del state.queues[entry.tenant]
 
 
 def _trim(state: _State) -> None:
