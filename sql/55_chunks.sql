@@ -366,11 +366,8 @@ BEGIN
                OR previous.store_table <> chunks
                OR previous.document_format IS DISTINCT FROM watch_chunks_register.document_format
                OR previous.context_header IS DISTINCT FROM watch_chunks_register.context_header;
-    IF previous.queue <> o.queue THEN  -- the live lane's jobs
-        EXECUTE format(
-            'WITH moved AS (DELETE FROM pgmq.%I WHERE message @> jsonb_build_object(''target'', $1) RETURNING message) '
-            'SELECT count(*) FROM moved, LATERAL pgmq.send(%L, moved.message)',
-            pgmq.format_table_name(previous.queue, 'q'), o.queue) USING previous.id;
+    IF previous.queue <> o.queue THEN  -- both lanes' jobs, as a plain target's (40_watch.sql)
+        PERFORM embeddings_internal.move_target_jobs(previous.id, previous.queue, o.queue);
     END IF;
     UPDATE embeddings.targets tg
     SET content_column = plan.content_col, content_function = plan.content_fn, model = o.model,

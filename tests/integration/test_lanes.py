@@ -174,6 +174,23 @@ def test_unwatch_and_a_queue_move_take_both_lanes(conn: Conn, tiny_models: tuple
     assert lane_keys(conn, "other_jobs") == lane_keys(conn, "other_jobs_backfill") == []
 
 
+def test_a_chunked_targets_queue_move_takes_both_lanes(
+    conn: Conn, tiny_models: tuple[str, str]
+) -> None:
+    """A chunked target moved to another queue moved its live jobs only: its backfill jobs
+    stayed in the old queue's backfill lane, beside the new ones watch() queued there."""
+    conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs SELECT g, 'existing ' || g FROM generate_series(1, 3) g")
+    watch = "SELECT embeddings.watch('docs', 'body', model => %s, chunk_tokens => 50{})"
+    conn.execute(watch.format(""), (tiny_models[0],))
+    conn.execute("INSERT INTO docs VALUES (4, 'live')")
+    assert set(lane_keys(conn, "embedding_jobs_backfill")) == {1, 2, 3}
+    conn.execute(watch.format(", queue => 'other_jobs'"), (tiny_models[0],))
+    assert messages(conn) == [] and lane_keys(conn, "embedding_jobs_backfill") == []
+    assert lane_keys(conn, "other_jobs") == [4]
+    assert sorted(lane_keys(conn, "other_jobs_backfill")) == [1, 2, 3]
+
+
 def test_a_model_change_of_a_table_with_a_composite_key(
     conn: Conn,
     tiny_models: tuple[str, str],
