@@ -79,6 +79,35 @@ BEGIN
 END
 $$;
 
+-- The refusals grant_worker() and grant_search() make of the role they are given (`purpose`:
+-- 'worker' or 'search'), before they grant anything: NULL; PUBLIC (every role would be a
+-- worker role; PUBLIC has what grant_search() gives unless it was revoked); for a worker role,
+-- a role built into Postgres (pg_monitor, pg_database_owner, ...: Postgres reserves the prefix
+-- pg_), each of whose members would be one; a role that does not exist. Reads pg_roles only.
+CREATE FUNCTION embeddings_internal.check_grantee(role_name name, purpose text) RETURNS void
+LANGUAGE plpgsql STABLE SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    IF role_name IS NULL THEN
+        RAISE EXCEPTION 'embeddings.grant_%(): role_name must not be NULL', purpose USING ERRCODE = 'null_value_not_allowed';
+    END IF;
+    IF role_name = 'public' AND purpose = 'search' THEN
+        RAISE EXCEPTION 'PUBLIC has what grant_search() gives unless it was revoked: grant it to the role that searches'
+            USING ERRCODE = 'reserved_name',
+                  HINT = 'CREATE ROLE app_search LOGIN PASSWORD ''...''; SELECT embeddings.grant_search(''app_search'');';
+    ELSIF role_name = 'public' OR role_name ~ '^pg_' AND purpose = 'worker' THEN
+        RAISE EXCEPTION '%', CASE WHEN role_name = 'public' THEN 'PUBLIC cannot be a worker role: every role would be one'
+                                  ELSE format('role %I is built into Postgres and cannot be a worker role: each of its members would be one', role_name) END
+            USING ERRCODE = 'reserved_name',
+                  HINT = 'Make a role for the worker alone: CREATE ROLE embed_worker LOGIN PASSWORD ''...''; SELECT embeddings.grant_worker(''embed_worker'');';
+    END IF;
+    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
+        RAISE EXCEPTION 'role "%" does not exist', role_name
+            USING ERRCODE = 'undefined_object',
+                  HINT = format('CREATE ROLE %I LOGIN PASSWORD ''...''; first.', role_name);
+    END IF;
+END
+$$;
+
 -- Gives `role_name`, a role of the installer's, what the worker needs. Never PUBLIC nor a role
 -- built into Postgres (pg_monitor, pg_read_all_stats, pg_database_owner, ...: Postgres reserves
 -- the prefix pg_): every login that is a member of one (a monitoring agent's, any database
@@ -93,20 +122,7 @@ DECLARE
     rel regclass;
     col name;
 BEGIN
-    IF role_name IS NULL THEN
-        RAISE EXCEPTION 'embeddings.grant_worker(): role_name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF role_name = 'public' OR role_name ~ '^pg_' THEN
-        RAISE EXCEPTION '%', CASE WHEN role_name = 'public' THEN 'PUBLIC cannot be a worker role: every role would be one'
-                                  ELSE format('role %I is built into Postgres and cannot be a worker role: each of its members would be one', role_name) END
-            USING ERRCODE = 'reserved_name',
-                  HINT = 'Make a role for the worker alone: CREATE ROLE embed_worker LOGIN PASSWORD ''...''; SELECT embeddings.grant_worker(''embed_worker'');';
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
-        RAISE EXCEPTION 'role "%" does not exist', role_name
-            USING ERRCODE = 'undefined_object',
-                  HINT = format('CREATE ROLE %I LOGIN PASSWORD ''...''; first.', role_name);
-    END IF;
+    PERFORM embeddings_internal.check_grantee(role_name, 'worker');
     EXECUTE format('GRANT USAGE ON SCHEMA embeddings, embeddings_internal, pgmq TO %I', role_name);
     EXECUTE format('GRANT SELECT ON embeddings.targets, embeddings.models, embeddings.queues, embeddings.status, embeddings.status_exact TO %I', role_name);
     EXECUTE format('GRANT SELECT, INSERT, DELETE ON embeddings.failures TO %I', role_name);
@@ -187,19 +203,7 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
     fn regprocedure;
 BEGIN
-    IF role_name IS NULL THEN
-        RAISE EXCEPTION 'embeddings.grant_search(): role_name must not be NULL' USING ERRCODE = 'null_value_not_allowed';
-    END IF;
-    IF role_name = 'public' THEN
-        RAISE EXCEPTION 'PUBLIC has what grant_search() gives unless it was revoked: grant it to the role that searches'
-            USING ERRCODE = 'reserved_name',
-                  HINT = 'CREATE ROLE app_search LOGIN PASSWORD ''...''; SELECT embeddings.grant_search(''app_search'');';
-    END IF;
-    IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = role_name) THEN
-        RAISE EXCEPTION 'role "%" does not exist', role_name
-            USING ERRCODE = 'undefined_object',
-                  HINT = format('CREATE ROLE %I LOGIN PASSWORD ''...''; first.', role_name);
-    END IF;
+    PERFORM embeddings_internal.check_grantee(role_name, 'search');
     EXECUTE format('GRANT USAGE ON SCHEMA embeddings, embeddings_internal TO %I', role_name);
     EXECUTE format('GRANT SELECT ON embeddings.targets, embeddings.rerankers TO %I', role_name);
     FOREACH fn IN ARRAY embeddings_internal.public_functions() LOOP
