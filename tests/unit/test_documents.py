@@ -522,6 +522,50 @@ def test_a_declared_charset_is_only_html_s_and_a_byte_order_mark_wins_over_it() 
         extract(b"<meta charset=latin1>\n# Caf\xe9", format="markdown", max_bytes=CEILING)
 
 
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_a_page_in_utf16_with_a_byte_order_mark_is_read_in_it(codec: str) -> None:
+    """It was refused: "unknown document: binary data of a format we do not read", or as
+    HTML "not valid UTF-8: byte 0xff at offset 0". The mark decides over a <meta> (WHATWG)."""
+    page = f"\ufeff<html><head><meta charset=latin1><title>Men\u00fb</title></head><p>{LATIN}</p>"
+    for format in (None, "html"):
+        document = extract(page.encode(codec), format=format, max_bytes=CEILING)
+        assert (document.format, document.title, document.text) == ("html", "Men\u00fb", LATIN)
+    markdown = extract(f"\ufeff# {LATIN}\n\nBody.".encode(codec), max_bytes=CEILING)
+    assert (markdown.format, markdown.title, markdown.text) == (
+        "markdown",
+        LATIN,
+        f"# {LATIN}\n\nBody.",
+    )
+    assert extract(f"\ufeff{LATIN}".encode(codec), max_bytes=CEILING).text == LATIN
+
+
+@pytest.mark.parametrize(
+    ("data", "format", "reason"),
+    [
+        # a lone surrogate, a last odd byte: named where they are
+        (
+            b"\xff\xfe<\x00p\x00\x00\xdcx\x00",
+            "html",
+            "not valid UTF-16LE (its byte-order mark): bytes 0x00 0xdc at offset 6",
+        ),
+        (
+            b"\xfe\xff\x00a\x00",
+            "text",
+            "not valid UTF-16BE (its byte-order mark): byte 0x00 at offset 4",
+        ),
+        ("\ufeffab\x00c".encode("utf-16-le"), "text", "a NUL character at offset 6: not text"),
+        # the byte after a UTF-8 mark: it named the byte 3 before it ("byte 0x43 at offset 3")
+        (b"\xef\xbb\xbfCaf\xe9", "text", "not valid UTF-8: byte 0xe9 at offset 6"),
+    ],
+)
+def test_bytes_not_of_the_encoding_a_byte_order_mark_decides_are_named(
+    data: bytes, format: str, reason: str
+) -> None:
+    with pytest.raises(exceptions.DocumentError) as refused:
+        extract(data, format=format, max_bytes=CEILING)
+    assert str(refused.value) == f"{format} document: {reason}"
+
+
 def test_bytes_not_of_the_charset_a_page_declares_are_named() -> None:
     with pytest.raises(
         exceptions.DocumentError,
