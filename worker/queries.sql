@@ -1220,10 +1220,24 @@ LIMIT %(limit)s;
 
 -- name: table_targets
 -- `failures TABLE`, `status TABLE`: table %(table)s as the caller's own sessions find it
--- (relation_named), its name as Postgres quotes it and the ids of its targets; NULL when there
--- is none.
+-- (relation_named), its name as Postgres quotes it, the ids of its targets, and when it is the
+-- chunk or side table of a target (its rows are that target's), the kind of store, the target's
+-- name, its table and its id; NULL when there is none. (Names made here, as target_name() and
+-- display_name() make them: a monitoring role may run no more of ours than relation_named(),
+-- docs/sql.md.)
 SELECT r.rel::pg_catalog.text,
-       ARRAY(SELECT t.id FROM embeddings.targets t WHERE t.source OPERATOR(pg_catalog.=) r.rel ORDER BY t.id)
+       ARRAY(SELECT t.id FROM embeddings.targets t WHERE t.source OPERATOR(pg_catalog.=) r.rel ORDER BY t.id),
+       (SELECT pg_catalog.jsonb_build_array(
+                   CASE WHEN t.store_kind OPERATOR(pg_catalog.=) 'chunks' THEN 'chunk' ELSE t.store_kind END,
+                   pg_catalog.format('%%I.%%I.%%I', n.nspname, c.relname, t.embedding_column),
+                   CASE WHEN n.nspname OPERATOR(pg_catalog.=) 'public' THEN pg_catalog.quote_ident(c.relname)
+                        ELSE pg_catalog.format('%%I.%%I', n.nspname, c.relname) END,
+                   t.id)
+        FROM embeddings.targets t
+        JOIN pg_catalog.pg_class c ON c.oid OPERATOR(pg_catalog.=) t.source
+        JOIN pg_catalog.pg_namespace n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+        WHERE t.store_table OPERATOR(pg_catalog.=) r.rel AND t.source OPERATOR(pg_catalog.<>) r.rel
+        ORDER BY t.id LIMIT 1)
 FROM (SELECT embeddings_internal.relation_named(%(table)s::pg_catalog.text) AS rel) r;
 
 -- name: retry_failures

@@ -445,15 +445,18 @@ def test_doctor_on_an_empty_database_asks_only_for_migrate(empty_dsn: str) -> No
 
     assert result.returncode == 1
     out = result.stdout
-    assert re.search(
-        r"ok    pgvector: version [\d.]+ available on the server; `embed-worker migrate`", out
+    # (a warning when the server's pgvector is older than 0.8.3: its HNSW vacuum race)
+    vector = re.search(
+        r"(ok  |warn)  pgvector: version [\d.]+ available on the server; `embed-worker migrate`",
+        out,
     )
+    assert vector is not None, out
     assert re.search(
         r"ok    pgmq: version [\d.]+ available on the server; `embed-worker migrate`", out
     )
     assert "FAIL  schema: the embeddings schema is not installed" in out
     assert "install pgvector" not in out
-    assert "\n1 problem(s), 0 warning(s)" in out
+    assert f"\n1 problem(s), {int(vector.group(1) == 'warn')} warning(s)" in out
 
 
 def test_an_unknown_embed_model_is_a_usage_error_naming_the_variable(dsn: str) -> None:

@@ -75,8 +75,41 @@ def test_the_command_line_names_them_too(
         "note_vectors is the side table of target public.notes.embedding: search notes instead,"
         " the table whose rows its vectors embed"
     ) in capsys.readouterr().err
-    assert cli.main(["status", "files_chunks"]) == 2
-    assert CHUNKS in capsys.readouterr().err
+
+
+def test_status_and_failures_of_a_chunk_table_are_its_target_s_and_plan_names_the_table(
+    files: None,
+    conn: Conn,
+    settings: Settings,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """`failures files_chunks` said "files_chunks is not watched: it has no dead letters" and
+    `status files_chunks` "search files instead"; `plan files_chunks` offered to plan watching
+    it (watch() refuses it). A chunk table's rows are its target's: its status and dead letters
+    are listed, saying whose; plan names the table to plan."""
+    monkeypatch.setenv("DATABASE_URL", settings.dsn)
+    conn.execute(
+        "INSERT INTO embeddings.failures (target_id, target, row_key, queue, message, attempts,"
+        " last_error) SELECT t.id, embeddings_internal.target_name(t), to_jsonb(1),"
+        " 'embedding_jobs', jsonb_build_object('target', t.id, 'keys', jsonb_build_array(1)), 5,"
+        " 'boom' FROM embeddings.targets t ORDER BY t.id"
+    )
+    whose = "files_chunks is the chunk table of target public.files.embedding: "
+    assert cli.main(["failures", "files_chunks", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [f["target"] for f in json.loads(out)] == ["public.files.embedding"]
+    assert whose + "its dead letters are those of files, listed here" in err
+    assert cli.main(["failures", "note_vectors", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [f["target"] for f in json.loads(out)] == ["public.notes.embedding"]
+    assert "note_vectors is the side table of target public.notes.embedding: " in err
+    assert cli.main(["status", "files_chunks", "--json"]) == 0
+    out, err = capsys.readouterr()
+    assert [r["target"] for r in json.loads(out)] == ["public.files.embedding"]
+    assert whose + "its status is that target's, shown here" in err
+    assert cli.main(["plan", "files_chunks"]) == 2
+    assert CHUNKS.replace("search files", "plan files") in capsys.readouterr().err
 
 
 def test_sql_search_and_match_chunks_name_them_too(files: None, conn: Conn) -> None:

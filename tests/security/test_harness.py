@@ -328,6 +328,7 @@ def _failures_retry(ctx: Context) -> None:
             " FROM embeddings.targets t RETURNING id"
         ).fetchall()
     ctx.cli("failures", "docs_row", "--limit", "5")
+    ctx.cli("failures", "docs_chunked_chunks", "--limit", "5")  # (its target's)
     ctx.cli("failures", "--id", str(ids[0][0]), "--id", str(ids[-1][0]), "--retry")
     ctx.cli("failures", "docs_row", "--retry")
     ctx.cli("failures", "--retry")
@@ -335,9 +336,11 @@ def _failures_retry(ctx: Context) -> None:
 
 
 def _status(ctx: Context) -> None:
-    """Every table's status, then one table's (named as the role's own sessions find it)."""
+    """Every table's status, then one table's (named as the role's own sessions find it), and
+    a chunk table's (its target's)."""
     ctx.cli("status", "--json")
     ctx.cli("status", "docs_row", "--json")
+    ctx.cli("status", "docs_chunked_chunks", "--json")
 
 
 def _plan(ctx: Context) -> None:

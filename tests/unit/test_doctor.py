@@ -5,14 +5,14 @@ from __future__ import annotations
 
 import pytest
 
-from worker.cli.doctor import pgmq_finding, vector_finding
+from worker.cli.extension_findings import pgmq_finding, vector_finding
 
 
 @pytest.mark.parametrize(
     ("installed", "offered", "level", "says"),
     [
-        ("0.8.0", "0.8.0", "ok", "version 0.8.0"),
-        (None, "0.8.0", "ok", "`embed-worker migrate` creates the extension"),
+        ("0.8.3", "0.8.3", "ok", "version 0.8.3"),
+        (None, "0.8.4", "ok", "`embed-worker migrate` creates the extension"),
         ("0.6.2", "0.8.0", "FAIL", "has no halfvec"),
         (None, "0.6.2", "FAIL", "the server offers only 0.6.2"),
         (None, None, "FAIL", "has no pgvector >= 0.7"),
@@ -27,6 +27,33 @@ def test_pgvector_needs_installing_on_the_server_only_when_it_offers_none(
     assert ("install pgvector >= 0.7 on the database server" in found.fix) == (
         installed is None and level == "FAIL"
     )
+
+
+@pytest.mark.parametrize(
+    ("installed", "offered", "level"),
+    [
+        ("0.8.0", "0.8.0", "warn"),
+        ("0.7.4", "0.8.2", "warn"),
+        (None, "0.8.0", "warn"),  # the version `migrate` would create
+        ("0.8.0", "0.8.3", "ok"),  # the server's library runs, whatever the database's version
+        ("0.8.3", None, "ok"),
+        ("0.9.0", "0.10.1", "ok"),
+    ],
+)
+def test_a_pgvector_with_the_hnsw_vacuum_race_is_warned_of(
+    installed: str | None, offered: str | None, level: str
+) -> None:
+    """pgvector before 0.8.3 (its CHANGELOG: "Fixed possible index corruption with HNSW
+    vacuuming"): a VACUUM of an HNSW index concurrent with inserts can corrupt it, and it then
+    fails "different halfvec dimensions 384 and 0". doctor said `ok  pgvector: version 0.8.0`."""
+    found = vector_finding(installed, offered)
+    assert (found.level, found.check) == (level, "pgvector")
+    if level == "warn":
+        assert "fixed in 0.8.3" in found.detail and "different halfvec dimensions" in found.detail
+        assert found.fix.startswith("upgrade pgvector on the database server to 0.8.3 or later")
+        assert "REINDEX" in found.fix
+    else:
+        assert "vacuum" not in found.detail and not found.fix
 
 
 @pytest.mark.parametrize(

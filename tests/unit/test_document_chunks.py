@@ -105,6 +105,26 @@ def test_html_and_docx_sections_become_chunks(tokenizer: object) -> None:
         ]
 
 
+def test_a_heading_over_200_characters_is_found_by_all_its_words(tokenizer: object) -> None:
+    """Its words past the 200th character were in the text but in no chunk (the path held its
+    first 199 characters): they are now the start of its section's first chunk, and the
+    header holds the whole words before them."""
+    words = [f"clause{k}" for k in range(60)]  # 469 characters
+    body = "Refunds take 14 days."
+    splitter = DocumentSplitter(tokenizer, 128, 8)
+    for document in (
+        extract(f"<h2>{' '.join(words)}</h2><p>{body}</p>", format="html", max_bytes=0),
+        extract(f"## {' '.join(words)}\n\n{body}\n", format="markdown", max_bytes=0),
+    ):
+        chunks = splitter.split(document)
+        check(document.text, chunks, splitter)
+        first = chunks[0]
+        held = first.headings[-1].removesuffix("…").split()
+        assert held == words[: len(held)] and first.header == f"\n{first.headings[-1]}\n\n"
+        assert first.chunk.text.split()[: len(words) - len(held)] == words[len(held) :]
+        assert body in " ".join(c.chunk.text for c in chunks)
+
+
 def test_a_document_whose_only_text_is_headings_is_chunked_by_its_headings(
     tokenizer: object,
 ) -> None:

@@ -195,7 +195,63 @@ def test_a_heading_keeps_all_its_words_in_the_text_and_its_path_is_bounded() -> 
     words = " ".join(f"word{k}" for k in range(100))  # 689 characters
     document = extract(f"<h2>{words}</h2><p>Body.</p>", format="html", max_bytes=0)
     assert document.text == f"{words}\n\nBody."
-    assert [len(h) for h in document.sections[0].headings] == [MAX_HEADING]
+    (path,) = document.sections[0].headings
+    assert len(path) <= MAX_HEADING and path == " ".join(f"word{k}" for k in range(30)) + "…"
+    assert bodies(document) == [
+        ((path,), " ".join(f"word{k}" for k in range(30, 100)) + "\n\nBody.")
+    ]
+
+
+def _heading_pages(words: list[str], gap: str) -> dict[str, bytes | str]:
+    """One heading of `words` (spaces `gap` between them) over a body, in each format."""
+    heading = gap.join(words)
+    setext_lines = "\n".join(" ".join(words[k : k + 7]) for k in range(0, len(words), 7))
+    return {
+        "html": f"<h2>{heading}</h2><p>Body text.</p>",
+        "markdown": f"## {heading} {{#anchor}}\n\nBody text.\n",
+        "setext": f"{setext_lines}\n-------\n\nBody text.\n",
+        "docx": docx_bytes([("Heading 2", heading), ("Normal", "Body text.")]),
+    }
+
+
+@given(
+    st.lists(st.text("abcdefghij", min_size=1, max_size=12), min_size=1, max_size=70),
+    st.sampled_from([" ", "  ", "\t"]),
+    st.sampled_from(["html", "markdown", "setext", "docx"]),
+)
+def test_the_words_of_a_heading_past_its_cut_are_in_its_section_s_text(
+    words: list[str], gap: str, kind: str
+) -> None:
+    """A heading over 200 characters: its path held the first 199 and an ellipsis, and its
+    section's text started after the heading's line, so the words past the cut were in the
+    text but in no chunk. Now the path holds the whole words that fit and the section's text
+    starts at the first word it does not hold."""
+    words = [f"{w}{k}" for k, w in enumerate(words)]  # each word once, so each is found once
+    data = _heading_pages(words, gap)[kind]
+    document = extract(data, format="markdown" if kind == "setext" else kind, max_bytes=0)
+    (section,) = [s for s in document.sections if s.headings]
+    (path,) = section.headings
+    assert len(path) <= MAX_HEADING
+    held = path.removesuffix("…").split()
+    body = document.text[section.start : section.end].split()
+    assert held + body[: len(words) - len(held)] == words, (path, body)
+    assert body[len(words) - len(held) :][-2:] == ["Body", "text."]
+    if path.endswith("…"):
+        assert len(" ".join(words)) > MAX_HEADING
+    else:
+        assert held == words
+
+
+def test_a_setext_heading_s_lines_past_the_first_eight_are_its_section_s_text() -> None:
+    """Its text is its paragraph's first 8 lines: the lines after them were in no section."""
+    source = "\n".join(f"line{k}" for k in range(12)) + "\n-----\n\nBody.\n"
+    document = extract(source, format="markdown", max_bytes=0)
+    assert bodies(document) == [
+        (
+            (" ".join(f"line{k}" for k in range(8)),),
+            "line8\nline9\nline10\nline11\n-----\n\nBody.\n",
+        )
+    ]
 
 
 def test_a_comment_never_closed_holds_the_rest_of_the_page() -> None:
@@ -464,6 +520,50 @@ def test_a_declared_charset_is_only_html_s_and_a_byte_order_mark_wins_over_it() 
     assert extract(page, max_bytes=CEILING).text == "Caf\u00e9 +ADw-b+AD4-"
     with pytest.raises(exceptions.DocumentError, match=r"^markdown document: not valid UTF-8"):
         extract(b"<meta charset=latin1>\n# Caf\xe9", format="markdown", max_bytes=CEILING)
+
+
+@pytest.mark.parametrize("codec", ["utf-16-le", "utf-16-be"])
+def test_a_page_in_utf16_with_a_byte_order_mark_is_read_in_it(codec: str) -> None:
+    """It was refused: "unknown document: binary data of a format we do not read", or as
+    HTML "not valid UTF-8: byte 0xff at offset 0". The mark decides over a <meta> (WHATWG)."""
+    page = f"\ufeff<html><head><meta charset=latin1><title>Men\u00fb</title></head><p>{LATIN}</p>"
+    for format in (None, "html"):
+        document = extract(page.encode(codec), format=format, max_bytes=CEILING)
+        assert (document.format, document.title, document.text) == ("html", "Men\u00fb", LATIN)
+    markdown = extract(f"\ufeff# {LATIN}\n\nBody.".encode(codec), max_bytes=CEILING)
+    assert (markdown.format, markdown.title, markdown.text) == (
+        "markdown",
+        LATIN,
+        f"# {LATIN}\n\nBody.",
+    )
+    assert extract(f"\ufeff{LATIN}".encode(codec), max_bytes=CEILING).text == LATIN
+
+
+@pytest.mark.parametrize(
+    ("data", "format", "reason"),
+    [
+        # a lone surrogate, a last odd byte: named where they are
+        (
+            b"\xff\xfe<\x00p\x00\x00\xdcx\x00",
+            "html",
+            "not valid UTF-16LE (its byte-order mark): bytes 0x00 0xdc at offset 6",
+        ),
+        (
+            b"\xfe\xff\x00a\x00",
+            "text",
+            "not valid UTF-16BE (its byte-order mark): byte 0x00 at offset 4",
+        ),
+        ("\ufeffab\x00c".encode("utf-16-le"), "text", "a NUL character at offset 6: not text"),
+        # the byte after a UTF-8 mark: it named the byte 3 before it ("byte 0x43 at offset 3")
+        (b"\xef\xbb\xbfCaf\xe9", "text", "not valid UTF-8: byte 0xe9 at offset 6"),
+    ],
+)
+def test_bytes_not_of_the_encoding_a_byte_order_mark_decides_are_named(
+    data: bytes, format: str, reason: str
+) -> None:
+    with pytest.raises(exceptions.DocumentError) as refused:
+        extract(data, format=format, max_bytes=CEILING)
+    assert str(refused.value) == f"{format} document: {reason}"
 
 
 def test_bytes_not_of_the_charset_a_page_declares_are_named() -> None:

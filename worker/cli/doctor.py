@@ -22,20 +22,11 @@ from worker.cli import (
     search_memory,
     verification,
 )
+from worker.cli.extension_findings import pgmq_finding, vector_finding
 from worker.cli.findings import Finding
 from worker.config import Settings
 
 BACKLOG_SECONDS = 300.0  # a job older than this, with no rate to drain it, is a backlog
-MIN_VECTOR = (0, 7)  # halfvec
-MIN_PGMQ = (1, 4)  # pgmq.format_table_name, read_with_poll
-
-
-def _version(text: str | None) -> tuple[int, ...]:
-    parts = []
-    for part in (text or "").split("."):
-        digits = "".join(ch for ch in part if ch.isdigit())
-        parts.append(int(digits) if digits else 0)
-    return tuple(parts)
 
 
 def run(dsn: str, settings: Settings) -> int:
@@ -117,46 +108,6 @@ def _extensions(conn: db.Connection) -> list[Finding]:
         vector_finding(have.get("vector"), offered.get("vector")),
         pgmq_finding(have.get("pgmq"), offered.get("pgmq"), bool(pgmq_schema and pgmq_schema[0])),
     ]
-
-
-def vector_finding(installed: str | None, offered: str | None) -> Finding:
-    """pgvector, from the version in this database and the one the server offers: `migrate`
-    creates the extension when the server has a version with halfvec; only a server without
-    one needs pgvector installed on it."""
-    if installed is not None and _version(installed) >= MIN_VECTOR:
-        return Finding("ok", "pgvector", f"version {installed}")
-    if installed is not None:
-        fix = "ALTER EXTENSION vector UPDATE (pgvector >= 0.7 on the server)"
-        return Finding("FAIL", "pgvector", f"version {installed} has no halfvec", fix)
-    if offered is not None and _version(offered) >= MIN_VECTOR:
-        return Finding(
-            "ok",
-            "pgvector",
-            f"version {offered} available on the server; `embed-worker migrate` creates the "
-            "extension in this database",
-        )
-    server = f"the server offers only {offered}, which" if offered else "the server"
-    return Finding(
-        "FAIL",
-        "pgvector",
-        f"not installed, and {server} has no pgvector >= 0.7 (halfvec)",
-        "install pgvector >= 0.7 on the database server, then `embed-worker migrate`",
-    )
-
-
-def pgmq_finding(installed: str | None, offered: str | None, as_sql: bool) -> Finding:
-    """pgmq: the extension, or the SQL `migrate` installs where the server lacks it."""
-    if installed is not None and _version(installed) < MIN_PGMQ:
-        fix = "ALTER EXTENSION pgmq UPDATE (pgmq >= 1.4)"
-        return Finding("FAIL", "pgmq", f"version {installed} is too old", fix)
-    if installed is not None or as_sql:
-        return Finding("ok", "pgmq", f"version {installed or 'installed as SQL'}")
-    where = (
-        f"version {offered} available on the server; `embed-worker migrate` creates the extension"
-        if offered
-        else "not on the server as an extension; `embed-worker migrate` installs it as plain SQL"
-    )
-    return Finding("ok", "pgmq", f"{where} in this database")
 
 
 def _schema(conn: db.Connection, dsn: str, found: list[Finding]) -> bool:

@@ -51,11 +51,16 @@ def run(conn: db.Connection, args: argparse.Namespace, dsn: str) -> int:
 
 
 def _targets(conn: db.Connection, table: str | None) -> list[int] | None:
-    """The ids of `table`'s targets (None: no table given), or ConfigError naming what the
-    caller may have meant."""
+    """The ids of `table`'s targets (None: no table given): of a chunk or side table, its
+    target's, whose rows its rows are (said on stderr); or ConfigError naming what the caller
+    may have meant."""
     if table is None:
         return None
-    name, ids = table_targets(conn, table)
+    name, ids, store_of = table_targets(conn, table)
+    if not ids and store_of is not None and store_of.target_id is not None:
+        said = f"its dead letters are those of {store_of.source}, listed here"
+        print(store_of.said(name, said), file=sys.stderr)
+        return [store_of.target_id]
     if not ids:
         raise exceptions.ConfigError(f"{name} is not watched: it has no dead letters")
     return ids

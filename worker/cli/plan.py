@@ -41,7 +41,7 @@ from psycopg.rows import dict_row
 from worker import db, exceptions, queries
 from worker.cli import output
 from worker.models.remote.tokens import BYTES_PER_TOKEN
-from worker.retrieval.targets import NOT_A_NAME, no_table, not_watched
+from worker.retrieval.targets import NOT_A_NAME, no_table, not_watched, unwatchable
 
 # pg_class.relkind of what plan refuses (watch() takes 'r' and 'p' only), in words.
 RELATION_KINDS = {
@@ -97,6 +97,9 @@ def make(
     with db.translated():
         name, row_type = _relation(conn, table)
         target = _target(conn, table, column)
+        refused = unwatchable(conn, table, "plan") if target is None else None
+        if refused is not None:  # a chunk table, a partition of a watched table
+            raise exceptions.ConfigError(refused)
         if target is None and column is not None and _watched(conn, table):
             # watched with other columns: said as search says it (they are named)
             raise exceptions.ConfigError(not_watched(conn, table, column))

@@ -9,6 +9,7 @@ column; shown with a `~`) so that a status costs the same at ten rows or ten mil
 from __future__ import annotations
 
 import json
+import sys
 from datetime import UTC, datetime
 from typing import Any
 
@@ -276,14 +277,18 @@ def verification(r: dict[str, Any]) -> str:
 
 
 def chosen_targets(conn: db.Connection, table: str | None) -> list[int] | None:
-    """The ids of `table`'s targets (None: every target's status), or ConfigError when it
-    names no table, or one not watched."""
+    """The ids of `table`'s targets (None: every target's status): of a chunk or side table,
+    its target's, whose rows its rows are (said on stderr); or ConfigError when it names no
+    table, or one not watched."""
     if table is None:
         return None
     with db.translated():
-        name, ids = table_targets(conn, table)
+        name, ids, store_of = table_targets(conn, table)
+    if not ids and store_of is not None and store_of.target_id is not None:
+        print(store_of.said(name, "its status is that target's, shown here"), file=sys.stderr)
+        return [store_of.target_id]
     if not ids:  # a usage error here, as `failures` has it (a search's is the table's)
-        raise exceptions.ConfigError(not_watched(conn, name))
+        raise exceptions.ConfigError(not_watched(conn, name, verb="name"))
     return ids
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import threading
 from collections import OrderedDict
+from dataclasses import dataclass
 from typing import Any
 
 from psycopg import ClientCursor, errors, sql
@@ -52,22 +53,48 @@ def find_target(
     return target_of(found[0])
 
 
-def table_targets(conn: db.Connection, table: str) -> tuple[str, list[int]]:
-    """`table` as the caller's own sessions find it (its name as Postgres quotes it) and the
-    ids of its targets, none when it is not watched; ConfigError naming what the caller may
-    have meant when it names no table (`failures TABLE`, `status TABLE`)."""
+@dataclass(frozen=True)
+class StoreOf:
+    """The target whose chunks (or vectors) a chunk (or side) table holds: watch() refuses that
+    table, and its rows are the target's, so a command naming it means the target."""
+
+    store: str  # "chunk" or "side"
+    target: str  # the target's name
+    source: str  # the table whose rows it embeds
+    target_id: int | None = None
+
+    def said(self, table: str, then: str) -> str:
+        """`table is the chunk table of target T: <then>`."""
+        return f"{table} is the {self.store} table of target {self.target}: {then}"
+
+    def instead(self, table: str, verb: str) -> str:
+        """What to say to a command that takes only the target's table: `verb` that."""
+        held = "chunks" if self.store == "chunk" else "vectors"
+        return self.said(
+            table, f"{verb} {self.source} instead, the table whose rows its {held} embed"
+        )
+
+
+def table_targets(conn: db.Connection, table: str) -> tuple[str, list[int], StoreOf | None]:
+    """`table` as the caller's own sessions find it (its name as Postgres quotes it), the
+    ids of its targets, none when it is not watched, and the target whose chunk or side table
+    it is, if it is one; ConfigError naming what the caller may have meant when it names no
+    table (`failures TABLE`, `status TABLE`)."""
     try:
         row = conn.execute(queries.get("table_targets"), {"table": table}).fetchone()
     except NOT_A_NAME as exc:
         raise exceptions.ConfigError(no_table(conn, table, watched=True, error=exc)) from None
     if row is None or row[0] is None:
         raise exceptions.ConfigError(no_table(conn, table, watched=True))
-    return row[0], list(row[1])
+    return row[0], list(row[1]), StoreOf(*row[2]) if row[2] is not None else None
 
 
-def not_watched(conn: db.Connection, table: str, column: str | None = None, then: str = "") -> str:
+def not_watched(
+    conn: db.Connection, table: str, column: str | None = None, then: str = "", verb: str = "search"
+) -> str:
     """What to say of a table found but not watched (with `column`, when given): the columns
-    it is watched with, if any, else the watch() to run (`then` after it)."""
+    it is watched with, if any, else the watch() to run (`then` after it); to a table watch()
+    refuses, what to `verb` (search, plan) instead."""
     if column is not None:
         params = {"table": table, "column": None, "target": None, "path": start_path(conn)}
         with db.translated():
@@ -79,9 +106,9 @@ def not_watched(conn: db.Connection, table: str, column: str | None = None, then
                 f"{table} is not watched with embedding column {column!r}: its embedding {are}"
                 f" {watched}"
             )
-    unwatchable = _unwatchable(conn, table)
-    if unwatchable is not None:
-        return unwatchable
+    refused = unwatchable(conn, table, verb)
+    if refused is not None:
+        return refused
     hint = f"SELECT embeddings.watch({escapes.shown_literal(table)}, 'content_column');{then}"
     return f"{table} is not watched: {hint}"
 
@@ -99,11 +126,11 @@ _NOT_TABLES = {
 }
 
 
-def _unwatchable(conn: db.Connection, table: str) -> str | None:
+def unwatchable(conn: db.Connection, table: str, verb: str) -> str | None:
     """What to say of `table`, not watched, when watch() would refuse it too: a view or other
-    relation that is no table (search the watched tables it reads), a partition of a watched
-    table (search that: watching the partition would embed its rows twice), the chunk or side
-    table of a target (search the target's table, whose rows its rows are); None for a table
+    relation that is no table (`verb` the watched tables it reads), a partition of a watched
+    table (`verb` that: watching the partition would embed its rows twice), the chunk or side
+    table of a target (`verb` the target's table, whose rows its rows are); None for a table
     watch() takes."""
     params = {"table": table, "path": start_path(conn)}
     with db.translated():
@@ -112,21 +139,16 @@ def _unwatchable(conn: db.Connection, table: str) -> str | None:
         return None
     kind, store_of, parent, read = row
     if store_of is not None:
-        store, target, source = store_of
-        held = "chunks" if store == "chunk" else "vectors"
-        return (
-            f"{table} is the {store} table of target {target}: search {source} instead,"
-            f" the table whose rows its {held} embed"
-        )
+        return StoreOf(*store_of).instead(table, verb)
     if parent is not None:
-        return f"{table} is a partition of {parent}, which is watched: search {parent}"
+        return f"{table} is a partition of {parent}, which is watched: {verb} {parent}"
     if kind not in _NOT_TABLES:
         return None
     said = f"{table} is {_NOT_TABLES[kind]}, which cannot be watched (watch() takes tables)"
     if read:
         tables = "table it reads, " if len(read) == 1 else "tables it reads, "
-        return f"{said}: search the watched {tables}{' or '.join(read)}"
-    return f"{said}: watch a table it reads, and search that"
+        return f"{said}: {verb} the watched {tables}{' or '.join(read)}"
+    return f"{said}: watch a table it reads, and {verb} that"
 
 
 def no_table(

@@ -1,14 +1,17 @@
-"""The character encoding an HTML page's bytes declare: a <meta charset> (or an http-equiv
-Content-Type's charset) within its first 1,024 bytes, found as browsers' prescan finds it
-(WHATWG HTML, "prescan a byte stream to determine its encoding"; comments skipped, the first
-<meta> naming an encoding wins), and its bytes decoded as browsers decode them.
+"""The character encoding of a text document's bytes: the one its byte-order mark decides, for any
+text format; else, for an HTML page, a <meta charset> (or an http-equiv Content-Type's charset)
+within its first 1,024 bytes, found as browsers' prescan finds it (WHATWG HTML, "prescan a byte
+stream to determine its encoding"; comments skipped, the first <meta> naming an encoding wins);
+else UTF-8. Its bytes are decoded as browsers decode them.
 
-Only the Encoding Standard's encodings are taken, as Python's codecs: a label browsers do not
-know (UTF-7, which browsers refuse, or a Python-only codec such as `unicode_escape`) is no
-declaration, and the page is read as UTF-8. Where the standard reads a label as another
-encoding, so do we: ISO-8859-1, Latin-1 and ASCII as windows-1252 (whose five unassigned bytes
-are the C1 controls), Shift_JIS as windows-31J, UTF-16 declared in a page that a <meta> could be
-read from as UTF-8."""
+A byte-order mark wins over any <meta> (WHATWG Encoding, "BOM sniff"): EF BB BF is UTF-8, FE FF
+UTF-16BE, FF FE UTF-16LE. A <meta> past the first 1,024 bytes declares nothing, in browsers too:
+the prescan reads no further. Only the Encoding Standard's encodings are taken, as Python's
+codecs: a label browsers do not know (UTF-7, which browsers refuse, or a Python-only codec such
+as `unicode_escape`) is no declaration, and the page is read as UTF-8. Where the standard reads a
+label as another encoding, so do we: ISO-8859-1, Latin-1 and ASCII as windows-1252 (whose five
+unassigned bytes are the C1 controls), Shift_JIS as windows-31J, UTF-16 declared in a page that a
+<meta> could be read from as UTF-8."""
 
 from __future__ import annotations
 
@@ -78,25 +81,63 @@ _WINDOWS_1252 = "".join(
 
 @dataclass(frozen=True)
 class Declared:
-    """An encoding a page declares: its label as written, and the codec that decodes it."""
+    """An encoding a document declares: its label as written, the codec that decodes it, what
+    declares it (in a message: "not valid shift_jis (its <meta> charset)"), and how many bytes
+    of byte-order mark come before its text."""
 
     label: str
     codec: str
+    by: str = "its <meta> charset"
+    mark: int = 0
 
     def decode(self, data: bytes) -> str:
-        """The page's text; UnicodeDecodeError at the first byte its encoding does not map."""
-        if self.codec == "utf-8":
-            return data.decode("utf-8-sig")
-        if self.codec == "cp1252":
-            return codecs.charmap_decode(data, "strict", _WINDOWS_1252)[0]
-        return data.decode(self.codec)
+        """The document's text; UnicodeDecodeError at the first byte its encoding does not map
+        (its offset in `data`, the mark included)."""
+        body = data[self.mark :]
+        try:
+            if self.codec == "cp1252":
+                return codecs.charmap_decode(body, "strict", _WINDOWS_1252)[0]
+            return body.decode(self.codec)
+        except UnicodeDecodeError as exc:
+            start, end = exc.start + self.mark, exc.end + self.mark
+            raise UnicodeDecodeError(exc.encoding, data, start, end, exc.reason) from None
+
+
+# The byte-order marks, and the encoding each decides.
+_MARKS = (
+    (codecs.BOM_UTF8, "UTF-8", "utf-8"),
+    (codecs.BOM_UTF16_BE, "UTF-16BE", "utf-16-be"),
+    (codecs.BOM_UTF16_LE, "UTF-16LE", "utf-16-le"),
+)
+UTF8 = Declared("UTF-8", "utf-8", "the default")
+
+
+def marked(data: bytes) -> Declared | None:
+    """The encoding the byte-order mark `data` starts with decides; None without one."""
+    for mark, label, codec in _MARKS:
+        if data.startswith(mark):
+            return Declared(label, codec, "its byte-order mark", len(mark))
+    return None
+
+
+def as_utf8(head: bytes) -> bytes:
+    """The first bytes of a document as UTF-8, for sniffing its format: UTF-16 (by its mark)
+    transcoded, its last character maybe cut and any bad one replaced; a UTF-8 mark dropped."""
+    found = marked(head)
+    if found is None:
+        return head
+    if found.codec == "utf-8":
+        return head[found.mark :]
+    even = head[found.mark : len(head) - (len(head) - found.mark) % 2]
+    return even.decode(found.codec, errors="replace").encode()
 
 
 def declared(data: bytes) -> Declared | None:
-    """The encoding the page in `data` declares in a <meta> within its first PRESCAN bytes;
-    None when it declares none that browsers would take (a byte-order mark wins over any)."""
-    if data.startswith(codecs.BOM_UTF8):
-        return None
+    """The encoding the page in `data` declares: its byte-order mark's, else a <meta>'s within
+    its first PRESCAN bytes; None when it declares none that browsers would take."""
+    found = marked(data)
+    if found is not None:
+        return found
     for token in _TOKEN.finditer(data[:PRESCAN]):
         if token.group(1) is None:
             continue  # a comment or another tag

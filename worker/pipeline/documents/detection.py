@@ -62,9 +62,9 @@ def detect(data: bytes) -> str:
     known = _known_binary(head)
     if known is not None:
         raise exceptions.DocumentError("unknown", f"not a format we read: {known}")
-    if b"\x00" in head:
+    body = charsets.as_utf8(head)
+    if b"\x00" in body:  # (not in UTF-16 bytes: in the text they are)
         raise exceptions.DocumentError("unknown", _BINARY)
-    body = head.removeprefix(b"\xef\xbb\xbf")
     if _HTML_START.match(body):
         return "html"
     if _MARKDOWN_HEADING.search(body) or _MARKDOWN_OTHER.search(body):
@@ -112,24 +112,37 @@ def _is_docx(data: bytes) -> bool:
 
 
 def decode_text(format: str, data: bytes) -> str:
-    """UTF-8 text (a byte-order mark dropped), or an HTML page in the encoding its <meta>
-    declares (charsets.py); DocumentError naming the first bad byte, or the first NUL (valid
-    UTF-8, but no Postgres text can hold it: the chunks could not be stored), or the binary
-    format the bytes are in (a PDF in a column of Markdown)."""
-    declared = charsets.declared(data) if format == "html" else None
+    """The text of a document's bytes, in the encoding its byte-order mark decides (UTF-8 or
+    UTF-16, whatever the format), else an HTML page's <meta> declares (charsets.py), else UTF-8;
+    DocumentError naming the first bad byte, or the first NUL (valid, but no Postgres text can
+    hold it: the chunks could not be stored), or the binary format the bytes are in (a PDF in a
+    column of Markdown)."""
+    declared = charsets.declared(data) if format == "html" else charsets.marked(data)
+    encoding = declared or charsets.UTF8
     try:
-        text = declared.decode(data) if declared else data.decode("utf-8-sig")
+        text = encoding.decode(data)
     except UnicodeDecodeError as exc:
-        encoding = "UTF-8"
-        if declared is not None and declared.codec != "utf-8":
-            encoding = f"{declared.label} (its <meta> charset)"
-        reason = f"not valid {encoding}: byte 0x{data[exc.start]:02x} at offset {exc.start}"
+        said = encoding.label if encoding.codec == "utf-8" else f"{encoding.label} ({encoding.by})"
+        reason = f"not valid {said}: {_bad_bytes(encoding, data, exc)} at offset {exc.start}"
         raise exceptions.DocumentError(format, _binary_reason(format, data) or reason) from None
-    nul = data.find(b"\x00")
+    nul = text.find("\x00")
     if nul >= 0:
-        reason = f"a NUL byte at offset {nul}: not text"
+        if encoding.codec.startswith("utf-16"):  # two bytes of it
+            unit, at = "character", encoding.mark + len(text[:nul].encode(encoding.codec))
+        else:  # (every other encoding here is a superset of ASCII: its NUL is the byte 0)
+            unit, at = "byte", data.find(b"\x00")
+        reason = f"a NUL {unit} at offset {at}: not text"
         raise exceptions.DocumentError(format, _binary_reason(format, data) or reason)
     return text
+
+
+def _bad_bytes(encoding: charsets.Declared, data: bytes, exc: UnicodeDecodeError) -> str:
+    """The bytes a decoding stopped at: the byte, or UTF-16's code unit (a lone surrogate) or
+    last odd byte."""
+    if not encoding.codec.startswith("utf-16"):
+        return f"byte 0x{data[exc.start]:02x}"
+    unit = data[exc.start : min(exc.end, exc.start + 2)]
+    return ("bytes " if len(unit) > 1 else "byte ") + " ".join(f"0x{b:02x}" for b in unit)
 
 
 def _binary_reason(format: str, data: bytes) -> str | None:

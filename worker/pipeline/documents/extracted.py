@@ -1,10 +1,11 @@
 """ExtractedDocument: what every format becomes, the text and where its sections and pages are;
 and TextBuilder, which the formats that are not text already (HTML, DOCX) write it with.
 
-Every size derived from a document is bounded here, whatever the bytes: a title or heading is
-cut at MAX_TITLE or MAX_HEADING characters, a heading path is at most MAX_DEPTH deep, a document
-has at most MAX_SECTIONS sections (later headings stay in the text of the last one) and a PDF at
-most MAX_PAGES pages. So the context header in front of every chunk is bounded too."""
+Every size derived from a document is bounded here, whatever the bytes: a title is cut at
+MAX_TITLE characters, a heading in a heading path at MAX_HEADING (on a word boundary, the words
+past it left in the section's text: cut_heading()), a heading path is at most MAX_DEPTH deep, a
+document has at most MAX_SECTIONS sections (later headings stay in the text of the last one) and
+a PDF at most MAX_PAGES pages. So the context header in front of every chunk is bounded too."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ MAX_SECTIONS = 20_000
 MAX_PAGES = 20_000
 
 _SPACES = re.compile(r"\s+")
+_WORD = re.compile(r"\S+")  # what collapse_spaces() keeps apart
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,25 @@ def clip(text: str, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 1].rstrip() + "…"
 
 
+def cut_heading(text: str, limit: int = MAX_HEADING) -> tuple[str, int]:
+    """A heading as a heading path holds it, and the offset in `text` of the first word it does
+    not hold (len(text): none). The path holds the heading's words, spaces collapsed, when they
+    fit in `limit` characters; else the words that fit before an ellipsis (a first word that
+    does not fit alone is cut in it). The section's text starts at that offset, so that the
+    words past the cut are in a chunk's text, while the header in front of every chunk of the
+    section stays within the model's budget."""
+    whole = collapse_spaces(text)
+    if len(whole) <= limit:
+        return whole, len(text)
+    length = -1
+    for word in _WORD.finditer(text):
+        length += 1 + len(word.group())  # the space before it and the word
+        if length > limit - 1:  # (the ellipsis takes one)
+            held = collapse_spaces(text[: word.start()])
+            return (held or whole[: limit - 1]) + "…", word.start()
+    raise AssertionError("a heading over its limit has a word past it")
+
+
 def headline(text: str, limit: int = MAX_HEADING) -> str:
     """A heading's or title's text: its spaces collapsed, cut at `limit` characters."""
     return clip(collapse_spaces(text), limit)
@@ -114,6 +135,7 @@ class TextBuilder:
         self._path: list[tuple[int, str]] = []  # (level, text) of the current headings
         self._sections: list[Section] = []
         self._section_start = 0
+        self._rest: int | None = None  # where the words past a cut heading start
 
     def paragraph(self, text: str) -> None:
         """A block of text, as it is (collapse its spaces first where the format wants it)."""
@@ -122,8 +144,9 @@ class TextBuilder:
 
     def heading(self, level: int, text: str) -> None:
         """A heading of `level` (1 the highest): it ends the current section and starts one.
-        The text holds all of it; the heading path, its first MAX_HEADING characters. Past
-        MAX_SECTIONS sections a heading is a paragraph of the last one."""
+        The text holds all of it; the heading path, what cut_heading() keeps, and the section's
+        text starts at the words it does not. Past MAX_SECTIONS sections a heading is a
+        paragraph of the last one."""
         text = collapse_spaces(text)
         if not text:
             return
@@ -134,9 +157,12 @@ class TextBuilder:
         self._close_section(self._length)
         while self._path and self._path[-1][0] >= level:
             self._path.pop()
-        self._path.append((level, clip(text, MAX_HEADING)))
+        held, rest = cut_heading(text)
+        self._path.append((level, held))
+        start = self._length + (2 if self._parts else 0)  # after the blank line before it
         self._append(text)
         self._section_start = self._length
+        self._rest = start + rest if rest < len(text) else None
 
     def build(self) -> ExtractedDocument:
         text = "".join(self._parts)
@@ -154,8 +180,11 @@ class TextBuilder:
         self._length += len(text)
 
     def _close_section(self, end: int) -> None:
-        # The body starts after the blank line that follows its heading (or the text's start).
+        # The body starts after the blank line that follows its heading (or the text's start),
+        # or at the words of its heading that its path does not hold.
         start = min(self._section_start + (2 if self._section_start else 0), end)
+        if self._rest is not None:
+            start, self._rest = self._rest, None
         if self._path or end > start:
             path = tuple(text for _, text in self._path)
             self._sections.append(Section(path, start, end))

@@ -6,7 +6,8 @@ nothing about where a section ends, and the model reads it well enough as it is.
 Linear in the text: a line is looked at once, by patterns that cannot backtrack (no pattern
 holds two quantifiers that can match the same characters), and a heading's closing `#`s are
 taken off by string methods. A document has at most MAX_SECTIONS sections: later headings stay
-in the text of the last one."""
+in the text of the last one. A heading longer than a heading path holds (cut_heading()) leaves
+its words past the cut in its section's text."""
 
 from __future__ import annotations
 
@@ -19,13 +20,14 @@ from worker.pipeline.documents.extracted import (
     ExtractedDocument,
     Section,
     clip,
-    headline,
+    cut_heading,
 )
 
 _ATX = re.compile(r" {0,3}(#{1,6})(?:[ \t]|$)")  # the opening sequence; the text follows
 _SETEXT = re.compile(r" {0,3}(=+|-+)[ \t]*")
 _FENCE = re.compile(r" {0,3}(`{3,}|~{3,})")
 _LINE = re.compile(r"[^\n]*\n?")
+_SETEXT_LINES = 8  # a setext heading's text is its paragraph's first lines; the rest, its body's
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,7 @@ class _Heading:
     text: str
     start: int  # where its first line starts
     end: int  # where the line after it starts
+    body: int  # where its section's text starts: `end`, or its words past the cut
 
 
 def extract(text: str) -> ExtractedDocument:
@@ -48,7 +51,7 @@ def extract(text: str) -> ExtractedDocument:
             path.pop()
         path.append((heading.level, heading.text))
         end = headings[k + 1].start if k + 1 < len(headings) else len(text)
-        sections.append(Section(tuple(t for _, t in path), heading.end, end))
+        sections.append(Section(tuple(t for _, t in path), heading.body, end))
     first = headings[0] if headings else None
     title = clip(first.text, MAX_TITLE) if first is not None and first.level == 1 else None
     return ExtractedDocument("markdown", text, title, tuple(sections))
@@ -77,7 +80,7 @@ def _headings(text: str) -> list[_Heading]:
             if len(found) == MAX_SECTIONS - 1:
                 break
         elif content.strip() and not content.startswith("    "):
-            if len(paragraph) < 8:  # a setext heading's text is its paragraph's first lines
+            if len(paragraph) <= _SETEXT_LINES:  # (one more says where the rest starts)
                 paragraph.append((start, content))
         else:
             paragraph = []
@@ -101,14 +104,34 @@ def _heading(
     paragraph), else None."""
     atx = _ATX.match(content)
     if atx:
-        text = _without_attributes(_atx_text(content[atx.end() :]))
-        return _Heading(len(atx.group(1)), headline(text), start, end)
+        after = content[atx.end() :]
+        text = _without_attributes(_atx_text(after))
+        held, rest = cut_heading(text)
+        # (_atx_text() took off the spaces before the text, and only spaces)
+        at = start + atx.end() + len(after) - len(after.lstrip(" \t"))
+        return _Heading(len(atx.group(1)), held, start, end, at + rest if rest < len(text) else end)
     underline = _SETEXT.fullmatch(content)
     if underline and paragraph:
         level = 1 if underline.group(1)[0] == "=" else 2
-        title = headline(_without_attributes(" ".join(line for _, line in paragraph).rstrip()))
-        return _Heading(level, title, paragraph[0][0], end)
+        lines = paragraph[:_SETEXT_LINES]
+        text = _without_attributes(" ".join(line for _, line in lines).rstrip())
+        held, rest = cut_heading(text)
+        body = _in_source(lines, rest) if rest < len(text) else end
+        if len(paragraph) > _SETEXT_LINES:  # the lines past the first ones: text, not lost
+            body = min(body, paragraph[_SETEXT_LINES][0])
+        return _Heading(level, held, paragraph[0][0], end, body)
     return None
+
+
+def _in_source(paragraph: list[tuple[int, str]], offset: int) -> int:
+    """Where the character at `offset` of the paragraph's lines joined by spaces (not one of
+    those spaces) is in the source."""
+    joined = 0
+    for start, line in paragraph:
+        if offset < joined + len(line):
+            return start + offset - joined
+        joined += len(line) + 1
+    raise AssertionError("an offset past the paragraph")
 
 
 def _atx_text(rest: str) -> str:
