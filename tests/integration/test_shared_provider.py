@@ -63,6 +63,14 @@ def reasons(conn: Conn) -> dict[str, tuple[int, str | None]]:
     return {str(t): (int(n), why) for t, n, why in rows}
 
 
+def held_fixes(conn: Conn) -> dict[str, str]:
+    """The fix of each held target, as `status`, `doctor` and /readyz show it."""
+    rows = conn.execute(
+        "SELECT target, fix FROM embeddings_internal.stopped_targets() WHERE state = 'held'"
+    )
+    return {str(t): str(fix) for t, fix in rows}
+
+
 @pytest.mark.parametrize(("fault", "said"), [("malformed", "bad answer"), ("timeout", "timeout")])
 def test_one_failing_model_holds_back_only_its_own_table_each_with_its_reason(
     conn: Conn,
@@ -92,6 +100,11 @@ def test_one_failing_model_holds_back_only_its_own_table_each_with_its_reason(
     assert "no API key for credential 'openai'" in why and said not in why, why
     assert not breakers.for_provider(host).is_open
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    # The fix of a model's own circuit is that model's, not its host's (the host answers).
+    fix = held_fixes(conn)["public.failing.embedding"]
+    assert "make model failing's requests succeed" in fix, fix
+    assert "remote model 'failing-upstream'" in fix and "timeout_seconds (0.5)" in fix, fix
+    assert "the network open" not in fix, fix
 
 
 def test_a_host_that_fails_holds_back_its_models_naming_the_failure_and_the_model(
@@ -109,3 +122,6 @@ def test_a_host_that_fails_holds_back_its_models_naming_the_failure_and_the_mode
     assert why is not None and f"the provider at {host} is failing (HTTP 500: " in why, found
     assert ", from model first)" in why or ", from model second)" in why, why
     assert "circuit open" in why
+    fix = held_fixes(conn)["public.second.embedding"]
+    assert f"its provider reachable from the worker (model second at http://{host}" in fix, fix
+    assert "the network open" in fix, fix
