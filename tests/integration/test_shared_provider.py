@@ -18,9 +18,13 @@ import pytest
 
 from tests.support.jobs import expire_leases
 from tests.support.provider_server import ProviderServer
-from worker import exits
+from worker import db, exits
+from worker.models.loaded import LoadedModels
 from worker.models.remote import breaker as breakers
 from worker.models.remote import client
+from worker.pipeline.lanes import Lanes
+from worker.pipeline.targets import TargetRegistry
+from worker.process.held import HeldJobs
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -125,3 +129,35 @@ def test_a_host_that_fails_holds_back_its_models_naming_the_failure_and_the_mode
     fix = held_fixes(conn)["public.second.embedding"]
     assert f"its provider reachable from the worker (model second at http://{host}" in fix, fix
     assert "the network open" in fix, fix
+
+
+def test_a_model_s_open_circuit_held_by_a_batch_then_the_keeper_keeps_its_since(
+    conn: Conn,
+    dsn: str,
+    run_once: Callable[..., Worker],
+    provider: ProviderServer,
+    embedders: LoadedModels,
+) -> None:
+    """A batch that meets a model's open circuit records the circuit's reason for the held
+    jobs, and so does the keeper's round (HeldJobs) for the same circuit: one text, so the
+    deferral's `since` says since when the jobs wait. Before, the batch put the table's name
+    first and the keeper did not, and `since` started again with each of them."""
+    provider.model_faults["failing-upstream"] = "malformed"
+    watched(conn, provider, "failing")
+    host = f"127.0.0.1:{provider.port}"
+    for _ in range(3):  # (the circuit opens, then batches meet it open)
+        run_once(max_attempts=1, expect=exits.UNSERVED)
+        expire_leases(conn)
+    assert breakers.problem_of(host, "failing") is not None
+    run_once(max_attempts=1, expect=exits.UNSERVED)  # (its jobs held: they wait out the circuit)
+    deferral = "SELECT reason, since FROM embeddings.deferrals"
+    by_batch = conn.execute(deferral).fetchone()
+    assert by_batch is not None and "model failing at" in by_batch[0], by_batch
+
+    registry = TargetRegistry()
+    with db.connect(dsn) as worker_conn:
+        registry.refresh(worker_conn)
+        HeldJobs("embedding_jobs", Lanes("embedding_jobs", 64), registry, embedders).release(
+            worker_conn
+        )
+    assert conn.execute(deferral).fetchone() == by_batch
