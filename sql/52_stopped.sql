@@ -112,6 +112,8 @@ $$;
 -- Where the embedding column's dimensions are not the model's (outside a change, whose new
 -- column is its own), no model load helps, nor a model change (the old model's rows are held
 -- meanwhile): the column made to fit the model.
+-- A remote model whose own circuit is open (its answers malformed or late while its host
+-- answers) needs its answers mended or more time, not its host reachable.
 CREATE FUNCTION embeddings_internal.held_fix(t embeddings.targets, reason text) RETURNS text
 LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
     SELECT CASE WHEN mc.model IS NULL AND col.dims > 0 AND col.dims <> m.dimensions
@@ -132,6 +134,20 @@ LANGUAGE sql STABLE SET search_path = pg_catalog, pg_temp AS $$
                             ELSE format('provider ''local'', a directory NEW_NAME/ holding %s''s files', m.name) END,
                        replace(w.call, '''NAME''', '''NEW_NAME'''),
                        CASE WHEN mc.model IS NOT NULL THEN w.cancel
+                            ELSE 'move the table to a model the worker has: ' || w.call END)
+           -- The model's own circuit (worker/models/remote/breaker.py): its host answers, its
+           -- requests fail; the host's fix (the endpoint up, the network open) is not this one.
+           WHEN m.provider IS DISTINCT FROM 'local'
+                AND strpos(held_fix.reason, format('model %s at ', m.name)) > 0
+                AND strpos(held_fix.reason, ' is failing (') > 0
+           THEN format('make model %1$s''s requests succeed: its provider at %2$s answers, but its answers '
+                       'to remote model %3$L are malformed or too large, or come later than its '
+                       'timeout_seconds (%4$s): check what the provider serves as %3$L, or give it longer '
+                       '(SELECT embeddings.register_model(%1$L, %5$s, timeout_seconds => SECONDS)); or %6$s. '
+                       'The worker probes the model by itself and takes its jobs once it answers',
+                       m.name, substring(m.endpoint FROM '^[a-z]+://[^/?#]+'), m.remote_model,
+                       m.timeout_seconds, m.dimensions,
+                       CASE WHEN mc.model IS NOT NULL THEN 'the change to it cancelled: ' || w.cancel
                             ELSE 'move the table to a model the worker has: ' || w.call END)
            ELSE format('make the target servable: %s, or %s; a column that fits the model. The worker '
                   'retries its jobs every minute',

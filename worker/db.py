@@ -27,6 +27,15 @@ logger = logging.getLogger(__name__)
 APPLICATION_NAME = "embed-worker"
 # The server's answer to a wrong password (libpq has no SQLSTATE for a failed connection).
 _AUTHENTICATION = re.compile(r'authentication failed for user "(?P<user>[^"]*)"')
+# Its answers that turn a connection away for now (no SQLSTATE either): the slots are full
+# (53300: max_connections, or the role's or the database's CONNECTION LIMIT), or it is starting
+# up, shutting down, in recovery, or a standby not open for reads (57P03).
+_BUSY = re.compile(
+    r"sorry, too many clients already|remaining connection slots are reserved"
+    r"|too many connections for (role|database)"
+    r"|the database system is (starting up|shutting down|in recovery mode"
+    r"|not yet accepting connections|not accepting connections)"
+)
 # The longest any of our statements waits for a lock, in ms (EMBED_LOCK_TIMEOUT_MS's default).
 DEFAULT_LOCK_TIMEOUT_MS = 500
 # SQLSTATEs of a wait cut short: a lock not granted within lock_timeout, a statement past its
@@ -94,24 +103,30 @@ def connect(
                 f"cannot set up a session at {describe(dsn)}: its {exceptions.SESSION_TIMEOUT}"
                 f" cancelled our first statements; {exceptions.TIMEOUT_FIX}"
             ) from None
-        refused = _AUTHENTICATION.search(str(exc))
-        if refused:
-            raise exceptions.AuthenticationFailed(
-                f"authentication failed for user {refused['user']} at {describe(dsn)}: check the "
-                "password (in DATABASE_URL, PGPASSWORD or ~/.pgpass)"
-            ) from None
-        raise exceptions.ConnectionLost(
-            f"cannot connect to {describe(dsn)}: {redact(str(exc).strip())}{_pool_full(exc)}"
-        ) from None
+        raise connect_failure(dsn, str(exc)) from None
     except psycopg.ProgrammingError as exc:
         raise exceptions.ConfigError(f"invalid DATABASE_URL: {redact(str(exc))}") from None
 
 
-def _pool_full(exc: psycopg.Error) -> str:
+def connect_failure(dsn: str, message: str) -> exceptions.ConnectionLost:
+    """What libpq's `message` of a connection attempt to `dsn` that failed says, as ours."""
+    refused = _AUTHENTICATION.search(message)
+    if refused:
+        return exceptions.AuthenticationFailed(
+            f"authentication failed for user {refused['user']} at {describe(dsn)}: check the "
+            "password (in DATABASE_URL, PGPASSWORD or ~/.pgpass)"
+        )
+    failure = exceptions.ServerBusy if _BUSY.search(message) else exceptions.ConnectionLost
+    return failure(
+        f"cannot connect to {describe(dsn)}: {redact(message.strip())}{_pool_full(message)}"
+    )
+
+
+def _pool_full(message: str) -> str:
     """What to check when a pooler dropped us for a full pool: PgBouncer's query_wait_timeout
     (our session's first statement waited that long in its queue for a server connection),
     else nothing."""
-    if "query_wait_timeout" not in str(exc):
+    if "query_wait_timeout" not in message:
         return ""
     return (
         " (the pooler's pool for this user and database is full: each of its server connections"

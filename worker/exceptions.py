@@ -77,6 +77,12 @@ class AuthenticationFailed(ConnectionLost):
     the worker waits), but reported as what it is."""
 
 
+class ServerBusy(ConnectionLost):
+    """The server answered and turned the connection away for now: its connection slots are
+    full (SQLSTATE 53300), or it is starting up, shutting down or in recovery (57P03). An outage
+    that ends by itself, but knocking more often only adds to the load (worker/outages.py)."""
+
+
 class SessionTimedOut(ConnectionLost):
     """The session's own statement_timeout (SESSION_TIMEOUT) cancelled the statements that set
     it up: retried as a lost connection (the setting may be changed

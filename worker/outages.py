@@ -10,18 +10,33 @@ for the first 10 s of an outage, then a fortieth of its age (at most 2 s), jitte
 what it adds to an outage is under 0.3 s or 3% of it (at most 2.4 s). When it gets through,
 every waiting session retries at once.
 
-A server that answers and refuses (wrong password, read-only, a session cut short) is no outage
-that ends by itself: the probe leaves it to the sessions' own backoff until one gets through.
+A server that answers and turns connections away for now (its slots full, "too many clients";
+starting up, shutting down or in recovery) ends the outage by itself, but four knocks a second
+only add to what it is short of: while it answers so, the probe knocks at its slowest pace (every
+2 s, jittered). A server that answers and refuses (wrong password, read-only, a session cut
+short) is no outage that ends by itself: the probe leaves it to the sessions' own backoff until
+one gets through.
+
+The probe is a thread of every worker whose sessions wait (Worker.threads, `probe_of`): joined
+on stop with the others, and it gives up a connection attempt under way at once when nobody
+waits any longer (_knock), not after its connect timeout.
 """
 
 from __future__ import annotations
 
+import enum
 import random
+import select
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
-from worker import db, exceptions
+import psycopg
+from psycopg import pq
+from psycopg.conninfo import make_conninfo
+
+from worker import conninfo, db, exceptions
 
 # How often a session waiting out its backoff looks whether the database was reached meanwhile
 # (its stop event cuts the wait short at once).
@@ -32,14 +47,27 @@ PROBE_SHORTEST = 0.25
 PROBE_LONGEST = 2.0
 PROBE_SHARE = 0.025
 PROBE_JITTER = (0.8, 1.2)
-PROBE_CONNECT_TIMEOUT = 2  # seconds; libpq's least (a host that drops packets ends it)
+PROBE_CONNECT_TIMEOUT = 2.0  # seconds (a host that drops packets ends it)
 PROBE_THREAD = "reconnect-probe"
+# How often a knock asks whether to give up while the server has not answered yet.
+KNOCK_CHECK_SECONDS = 0.1
 
 
-def probe_interval(age: float, rng: random.Random | None = None) -> float:
-    """Seconds from one probe to the next, `age` seconds into an outage."""
-    base = min(PROBE_LONGEST, max(PROBE_SHORTEST, age * PROBE_SHARE))
+def probe_interval(age: float, rng: random.Random | None = None, *, busy: bool = False) -> float:
+    """Seconds from one probe to the next, `age` seconds into an outage; `busy`: the server
+    turned the last knock away for now (ServerBusy), the slowest pace at once."""
+    base = PROBE_LONGEST if busy else min(PROBE_LONGEST, max(PROBE_SHORTEST, age * PROBE_SHARE))
     return base * (rng or _RANDOM).uniform(*PROBE_JITTER)
+
+
+class Found(enum.Enum):
+    """What one look of the probe found."""
+
+    REACHED = "answers and takes writes"
+    SILENT = "does not answer (yet)"
+    BUSY = "answers and turns connections away for now"
+    REFUSED = "answers and refuses"
+    GIVEN_UP = "nobody waits any longer"
 
 
 @dataclass
@@ -49,7 +77,8 @@ class _Database:
     reached: int = 0  # how many times a connection of the process got through
     waiting: int = 0  # sessions in their reconnect backoff now
     down_since: float | None = None  # (time.monotonic()) the first wait since it was reached
-    probe: threading.Thread | None = None
+    probe: threading.Thread | None = None  # None from the moment it decided to end
+    thread: threading.Thread | None = None  # the last probe's, until it ended (probe_of)
     refused: bool = False  # the probe found it answering and refusing: left to the sessions
 
 
@@ -67,6 +96,14 @@ def _note_reached(state: _Database) -> None:
     state.down_since = None
     state.refused = False
     _CHANGED.notify_all()
+
+
+def probe_of(dsn: str) -> threading.Thread | None:
+    """The thread of the probe that looks for `dsn`'s database, while it runs."""
+    with _CHANGED:
+        state = _DATABASES.get(dsn)
+        thread = state.thread if state is not None else None
+    return thread if thread is not None and thread.is_alive() else None
 
 
 def reachable(dsn: str) -> None:
@@ -95,6 +132,7 @@ def wait_to_reconnect(
                 name=PROBE_THREAD,
                 daemon=True,
             )
+            state.thread = state.probe
             state.probe.start()
     deadline = time.monotonic() + seconds
     try:
@@ -118,23 +156,26 @@ def _probe(dsn: str, state: _Database, before: int, per_transaction: bool) -> No
     """The probe's thread: looks for the database until it is reached (count `before` moved),
     nobody waits for it any longer, or it answers and refuses. Silent: the sessions log what
     they see."""
+
+    def over() -> bool:  # (read without the lock by _knock: a stale answer costs 0.1 s)
+        return not state.waiting or state.reached != before
+
+    busy = False
     try:
         while True:
             with _CHANGED:
                 down_since = state.down_since
                 age = 0.0 if down_since is None else time.monotonic() - down_since
-                _CHANGED.wait_for(
-                    lambda: not state.waiting or state.reached != before,
-                    timeout=probe_interval(age),
-                )
-                if not state.waiting or state.reached != before:
+                _CHANGED.wait_for(over, timeout=probe_interval(age, busy=busy))
+                if over():
                     state.probe = None
                     return
-            found = _look(dsn, per_transaction)
-            if found is False:
+            found = _look(dsn, per_transaction, over)
+            if found in (Found.SILENT, Found.BUSY, Found.GIVEN_UP):
+                busy = found is Found.BUSY  # (given up: the next check ends the probe)
                 continue
             with _CHANGED:  # (one step: a session that waits again from now on starts a probe)
-                if found:
+                if found is Found.REACHED:
                     _note_reached(state)
                 else:
                     state.refused = True
@@ -146,21 +187,63 @@ def _probe(dsn: str, state: _Database, before: int, per_transaction: bool) -> No
         raise
 
 
-def _look(dsn: str, per_transaction: bool) -> bool | None:
-    """True: the database answers and takes writes; False: it does not answer (yet); None: it
-    answers and refuses."""
+def _look(dsn: str, per_transaction: bool, over: Callable[[], bool]) -> Found:
+    """Whether the database answers and takes writes: a knock first, given up once `over()`,
+    then (it answered) a session as the sessions make theirs, to ask whether it takes writes."""
     try:
-        with db.connect(
-            dsn, connect_timeout=PROBE_CONNECT_TIMEOUT, per_transaction=per_transaction
-        ) as conn:
-            return None if db.takes_no_writes(conn) else True
+        if not _knock(dsn, timeout=PROBE_CONNECT_TIMEOUT, give_up=over):
+            return Found.GIVEN_UP
+        with db.connect(dsn, connect_timeout=2, per_transaction=per_transaction) as conn:
+            return Found.REFUSED if db.takes_no_writes(conn) else Found.REACHED
+    except exceptions.ServerBusy:
+        return Found.BUSY
     except (
         exceptions.AuthenticationFailed,
         exceptions.SessionTimedOut,
         exceptions.DatabaseReadOnly,
     ):
-        return None
+        return Found.REFUSED
     except exceptions.ConnectionLost:
-        return False
+        return Found.SILENT
     except exceptions.EmbedWorkerError:
-        return None
+        return Found.REFUSED
+
+
+def _knock(dsn: str, *, timeout: float, give_up: Callable[[], bool]) -> bool:
+    """One connection attempt to `dsn`, made as db.connect() makes one but given up as soon as
+    `give_up()` says so (asked every KNOCK_CHECK_SECONDS): db.connect() waits out its whole
+    connect timeout (libpq's least is 2 s) for a host that drops packets. True once the server
+    accepted a session (closed at once: no statement is sent), False when given up; a failure
+    raises as db.connect()'s does, `timeout` (seconds) passed as ConnectionLost."""
+    try:
+        params = make_conninfo(dsn, application_name=db.APPLICATION_NAME)
+    except psycopg.ProgrammingError as exc:
+        raise exceptions.ConfigError(f"invalid DATABASE_URL: {conninfo.redact(str(exc))}") from None
+    deadline = time.monotonic() + timeout
+    pgconn = pq.PGconn.connect_start(params.encode())
+    try:
+        # (libpq: after PQconnectStart, poll as if PQconnectPoll had said WRITING)
+        status = pq.PollingStatus.FAILED
+        if pgconn.status != pq.ConnStatus.BAD:
+            status = pq.PollingStatus.WRITING
+        while status != pq.PollingStatus.OK:
+            if status == pq.PollingStatus.FAILED:
+                raise db.connect_failure(dsn, pgconn.get_error_message())
+            if give_up():
+                return False
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise exceptions.ConnectionLost(
+                    f"cannot connect to {conninfo.describe(dsn)}: timeout expired"
+                )
+            try:
+                sock = [pgconn.socket]  # (it may change: libpq tries the DSN's hosts in turn)
+            except psycopg.OperationalError:
+                raise db.connect_failure(dsn, pgconn.get_error_message()) from None
+            reading = status == pq.PollingStatus.READING
+            wait = min(left, KNOCK_CHECK_SECONDS)
+            select.select(sock if reading else [], [] if reading else sock, [], wait)
+            status = pq.PollingStatus(pgconn.connect_poll())
+        return True
+    finally:
+        pgconn.finish()

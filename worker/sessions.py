@@ -63,6 +63,7 @@ class Session:
     per_transaction: bool = False  # behind a transaction pooler (EMBED_POOL_MODE): db.connect
     _conn: Connection | None = field(default=None, init=False)
     _tables: set[int] = field(default_factory=set, init=False)  # target ids served on _conn
+    _failure: BaseException | None = field(default=None, init=False)  # the last attempt's
 
     def get(self) -> Connection:
         if self._conn is not None and not self._conn.closed:
@@ -112,10 +113,16 @@ class Session:
         outages.wait_to_reconnect(
             self.dsn, seconds, self.stop, per_transaction=self.per_transaction
         )
+        if self.stop.is_set() and self._failure is not None:
+            # No attempt after a wait the stop ended (the last one's failure is get()'s):
+            # against a host that drops packets it would take its whole connect timeout (10 s)
+            # out of the stop's grace period.
+            raise self._failure
 
     def _log_retry(self, state: tenacity.RetryCallState) -> None:
         outcome = state.outcome
         error = outcome.exception() if outcome is not None else None
+        self._failure = error
         delay = state.next_action.sleep if state.next_action else 0.0
         if isinstance(
             error,

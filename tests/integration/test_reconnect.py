@@ -9,6 +9,7 @@ import contextlib
 import functools
 import logging
 import threading
+import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
@@ -18,7 +19,8 @@ import psycopg
 import pytest
 
 from tests.integration.conftest import Running
-from tests.support.cluster import Cluster, free_port
+from tests.support import tcp_proxy
+from tests.support.cluster import Cluster, free_port, session_cluster
 from tests.support.fetch import fetch_value
 from tests.support.process import wait_for
 from worker import exceptions, outages, sessions
@@ -187,3 +189,106 @@ def test_one_probe_for_all_the_waiting_sessions_ended_by_their_stop(
 def _get(session: sessions.Session) -> None:
     with contextlib.suppress(exceptions.ConnectionLost):  # (how a stopped session's get() ends)
         session.get()
+
+
+@pytest.fixture
+def crowded() -> Iterator[Cluster]:
+    """A cluster of its own with 4 connection slots (none reserved), for a test to fill."""
+    with session_cluster(external_env="EMBED_TEST_NO_EXTERNAL_CLUSTER") as found:
+        with psycopg.connect(found.admin_dsn, autocommit=True) as conn:
+            conn.execute("ALTER SYSTEM SET max_connections = 4")
+            conn.execute("ALTER SYSTEM SET superuser_reserved_connections = 0")
+        found.stop()
+        found.start()
+        yield found
+
+
+# How long the probe's knocks are counted for while the server turns them away.
+WINDOW_SECONDS = 3.0
+
+
+def test_the_probe_knocks_at_its_slowest_pace_while_the_server_is_full(
+    crowded: Cluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Every connection slot taken ("sorry, too many clients already", SQLSTATE 53300): the
+    probe does not add four knocks a second to what the server is short of, but knocks every
+    2 s (jittered by 20%: at most 2 in a 3 s window), and still finds it once a slot is free.
+    Before, it knocked every 0.25 s (about 12 in the window)."""
+    knocks: list[float] = []
+    look = outages._look
+
+    def counted(*args: Any) -> Any:
+        knocks.append(time.monotonic())
+        return look(*args)
+
+    monkeypatch.setattr(outages, "_look", counted)
+    monkeypatch.setattr(sessions, "RECONNECT", Backoff(3600.0, 3600.0))
+    held = []
+    with contextlib.ExitStack() as stack:
+        while True:  # (the slots, taken until the server says it has none left)
+            try:
+                held.append(stack.enter_context(psycopg.connect(crowded.admin_dsn)))
+            except psycopg.OperationalError as exc:
+                assert "too many clients" in str(exc), exc
+                break
+        stop = threading.Event()
+        session = sessions.Session(crowded.admin_dsn, "fetcher", stop)
+        thread = threading.Thread(target=_get, args=(session,), daemon=True)
+        thread.start()
+        try:
+            wait_for(lambda: knocks, timeout=10, what="the probe's first knock")
+            time.sleep(WINDOW_SECONDS)  # (a window to count knocks in, not a wait for work)
+            first = knocks[0]
+            counted_knocks = [k for k in knocks if k - first < WINDOW_SECONDS]
+            assert len(counted_knocks) <= 2, f"{len(counted_knocks)} knocks in {WINDOW_SECONDS} s"
+            held.pop().close()  # a slot free: the probe finds the server, the session goes on
+            thread.join(timeout=10)
+            assert not thread.is_alive(), "the session did not connect once a slot was free"
+            assert session.current() is not None
+        finally:
+            stop.set()
+            thread.join(timeout=10)
+            session.close()
+
+
+def test_a_stop_during_an_outage_ends_the_probe_with_the_worker(
+    dsn: str,
+    tiny_models: tuple[str, str],
+    running: Callable[..., Running],
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The database's host drops packets (the proxy holds each new connection unanswered)
+    while the worker's sessions wait to reconnect: the probe is inside a connection attempt
+    when the worker stops. The probe is one of the worker's threads and gone when run()
+    returns (its attempt given up once nobody waits). Before, it was no thread of the
+    worker's and outlived it by up to its connect timeout (2 s); and the sessions, their wait
+    ended by the stop, tried once more, which took their connect timeout (10 s)."""
+    model = tiny_models[0]
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        conn.execute("CREATE TABLE docs (id int PRIMARY KEY, body text)")
+        conn.execute("SELECT embeddings.watch('docs', 'body', model => %s)", (model,))
+        conn.execute("INSERT INTO docs VALUES (1, 'before the outage')")
+    monkeypatch.setattr(sessions, "RECONNECT", Backoff(3600.0, 3600.0))
+    with tcp_proxy.proxy(dsn) as front:
+        run = running(model=model, poll_seconds=0.2, database_url=front.dsn)
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            embedded = "SELECT embedding IS NOT NULL FROM docs WHERE id = 1"
+            wait_for(lambda: fetch_value(conn, embedded), timeout=60, what="the first row")
+        front.set_mode("slam")
+        wait_for(
+            functools.partial(logged, caplog, "fetcher: database unavailable"),
+            timeout=60,
+            what="the fetcher waiting to reconnect",
+        )
+        wait_for(probes, timeout=10, what="the probe")
+        front.set_mode("hold")
+        wait_for(lambda: front.accepted["hold"], timeout=10, what="a knock, held unanswered")
+        assert set(probes()) <= set(run.worker.threads), "the probe is no thread of the worker's"
+        run.worker.request_stop("test over")
+        run.thread.join(timeout=30)
+        assert not run.thread.is_alive(), "the worker did not stop"
+        assert not probes(), "the probe outlived the worker"
+    # Nor did a session try again once the stop ended its wait (that attempt waited out its
+    # whole connect timeout, 10 s, held unanswered).
+    assert not logged(caplog, "timeout expired"), caplog.messages

@@ -18,9 +18,13 @@ import pytest
 
 from tests.support.jobs import expire_leases
 from tests.support.provider_server import ProviderServer
-from worker import exits
+from worker import db, exits
+from worker.models.loaded import LoadedModels
 from worker.models.remote import breaker as breakers
 from worker.models.remote import client
+from worker.pipeline.lanes import Lanes
+from worker.pipeline.targets import TargetRegistry
+from worker.process.held import HeldJobs
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -63,6 +67,14 @@ def reasons(conn: Conn) -> dict[str, tuple[int, str | None]]:
     return {str(t): (int(n), why) for t, n, why in rows}
 
 
+def held_fixes(conn: Conn) -> dict[str, str]:
+    """The fix of each held target, as `status`, `doctor` and /readyz show it."""
+    rows = conn.execute(
+        "SELECT target, fix FROM embeddings_internal.stopped_targets() WHERE state = 'held'"
+    )
+    return {str(t): str(fix) for t, fix in rows}
+
+
 @pytest.mark.parametrize(("fault", "said"), [("malformed", "bad answer"), ("timeout", "timeout")])
 def test_one_failing_model_holds_back_only_its_own_table_each_with_its_reason(
     conn: Conn,
@@ -92,6 +104,11 @@ def test_one_failing_model_holds_back_only_its_own_table_each_with_its_reason(
     assert "no API key for credential 'openai'" in why and said not in why, why
     assert not breakers.for_provider(host).is_open
     assert conn.execute("SELECT count(*) FROM embeddings.failures").fetchone() == (0,)
+    # The fix of a model's own circuit is that model's, not its host's (the host answers).
+    fix = held_fixes(conn)["public.failing.embedding"]
+    assert "make model failing's requests succeed" in fix, fix
+    assert "remote model 'failing-upstream'" in fix and "timeout_seconds (0.5)" in fix, fix
+    assert "the network open" not in fix, fix
 
 
 def test_a_host_that_fails_holds_back_its_models_naming_the_failure_and_the_model(
@@ -109,3 +126,38 @@ def test_a_host_that_fails_holds_back_its_models_naming_the_failure_and_the_mode
     assert why is not None and f"the provider at {host} is failing (HTTP 500: " in why, found
     assert ", from model first)" in why or ", from model second)" in why, why
     assert "circuit open" in why
+    fix = held_fixes(conn)["public.second.embedding"]
+    assert f"its provider reachable from the worker (model second at http://{host}" in fix, fix
+    assert "the network open" in fix, fix
+
+
+def test_a_model_s_open_circuit_held_by_a_batch_then_the_keeper_keeps_its_since(
+    conn: Conn,
+    dsn: str,
+    run_once: Callable[..., Worker],
+    provider: ProviderServer,
+    embedders: LoadedModels,
+) -> None:
+    """A batch that meets a model's open circuit records the circuit's reason for the held
+    jobs, and so does the keeper's round (HeldJobs) for the same circuit: one text, so the
+    deferral's `since` says since when the jobs wait. Before, the batch put the table's name
+    first and the keeper did not, and `since` started again with each of them."""
+    provider.model_faults["failing-upstream"] = "malformed"
+    watched(conn, provider, "failing")
+    host = f"127.0.0.1:{provider.port}"
+    for _ in range(3):  # (the circuit opens, then batches meet it open)
+        run_once(max_attempts=1, expect=exits.UNSERVED)
+        expire_leases(conn)
+    assert breakers.problem_of(host, "failing") is not None
+    run_once(max_attempts=1, expect=exits.UNSERVED)  # (its jobs held: they wait out the circuit)
+    deferral = "SELECT reason, since FROM embeddings.deferrals"
+    by_batch = conn.execute(deferral).fetchone()
+    assert by_batch is not None and "model failing at" in by_batch[0], by_batch
+
+    registry = TargetRegistry()
+    with db.connect(dsn) as worker_conn:
+        registry.refresh(worker_conn)
+        HeldJobs("embedding_jobs", Lanes("embedding_jobs", 64), registry, embedders).release(
+            worker_conn
+        )
+    assert conn.execute(deferral).fetchone() == by_batch

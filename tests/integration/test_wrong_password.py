@@ -18,7 +18,7 @@ from psycopg.conninfo import make_conninfo
 
 from tests.support.cluster import Cluster, free_port
 from tests.support.process import run_cli, wait_for
-from worker import conninfo, db, exceptions, sessions
+from worker import conninfo, db, exceptions, outages, sessions
 from worker.backoff import Backoff
 
 
@@ -72,13 +72,13 @@ def test_a_wrong_password_is_looked_at_once_by_the_probe_then_left_to_the_backof
     sessions' own backoff rather than knock four times a second at a server that logs every
     refused login."""
     looks: list[str] = []
-    connect = db.connect
+    look = outages._look
 
-    def counted(dsn: str, **kwargs: Any) -> db.Connection:
-        looks.append(dsn)  # (the probe's: the session calls its own import of db.connect)
-        return connect(dsn, **kwargs)
+    def counted(dsn: str, *args: Any) -> Any:
+        looks.append(dsn)
+        return look(dsn, *args)
 
-    monkeypatch.setattr(db, "connect", counted)
+    monkeypatch.setattr(outages, "_look", counted)
     monkeypatch.setattr(sessions, "RECONNECT", Backoff(0.2, 0.2))
     stop = threading.Event()
     session = sessions.Session(password_user, "test", stop)

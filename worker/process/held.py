@@ -65,7 +65,7 @@ def _unservable(
         model = loaded.get(target.model)
         problem = target.problem(model.dim if model is not None else None)
         if problem is None:
-            problem = _model_problem(target.model, unavailable, embedders)
+            problem = _model_problem(target, target.model, unavailable, embedders)
             if target.in_change and (problem is None or target.model in failed):
                 # The change's new model decides, and serves alone when the old one cannot
                 # load (pipeline/shadow.py: every row gets the new vector only); an old model
@@ -76,22 +76,36 @@ def _unservable(
     return found
 
 
-def _model_problem(name: str, failed: dict[str, str], embedders: LoadedModels) -> str | None:
-    """Why model `name` cannot serve now: it failed to load here, or a circuit of its provider
-    is open (the host's, or the model's own: breaker.py)."""
+def _model_problem(
+    target: Target, name: str, failed: dict[str, str], embedders: LoadedModels
+) -> str | None:
+    """Why model `name` cannot serve `target` now: it failed to load here, or a circuit of its
+    provider is open (_circuit_problem)."""
     if name in failed:
         return failed[name]
+    return _circuit_problem(target, name, embedders)
+
+
+def _circuit_problem(target: Target, name: str, embedders: LoadedModels) -> str | None:
+    """Why `target`'s model `name` cannot be asked now: a circuit of its provider is open (the
+    host's, or the model's own: breaker.py). Said as a batch that meets the open circuit says
+    it (stages.embed, shadow.py: the target's name first): both record the reason for the held
+    jobs (note_deferrals), and another text would start the deferral's `since` over."""
     spec = embedders.remote_spec(name)
-    return breakers.problem_of(spec.host, name) if spec is not None else None
+    circuit = breakers.problem_of(spec.host, name) if spec is not None else None
+    return f"{target.name}: {circuit}" if circuit is not None else None
 
 
 def _change_problem(target: Target, failed: dict[str, str], embedders: LoadedModels) -> str | None:
     """Why the new model of `target`'s change cannot serve it here: it cannot load, its provider
     is down, or its vectors do not fit the shadow column."""
     assert target.shadow_model is not None
-    problem = _model_problem(target.shadow_model, failed, embedders)
-    if problem is not None:
-        return f"{target.name}: the change to model {target.shadow_model!r} waits: {problem}"
+    if target.shadow_model in failed:
+        why = failed[target.shadow_model]
+        return f"{target.name}: the change to model {target.shadow_model!r} waits: {why}"
+    circuit = _circuit_problem(target, target.shadow_model, embedders)
+    if circuit is not None:
+        return circuit
     return shadow.shadow_problem(target, embedders.loaded().get(target.shadow_model))
 
 

@@ -35,7 +35,7 @@ from collections.abc import Callable
 from types import FrameType
 from typing import Any
 
-from worker import exceptions, exits
+from worker import exceptions, exits, outages
 from worker.config import Settings
 from worker.models.loaded import LoadedModels
 from worker.pipeline.lanes import Lanes
@@ -166,10 +166,12 @@ class Worker:
 
     @property
     def threads(self) -> tuple[threading.Thread, ...]:
-        """The pipeline's threads, once started. run() gives each a moment (2 s) to end and
+        """The pipeline's threads, once started, and the probe that looks for the database while
+        they wait to reconnect (worker/outages.py). run() gives each a moment (2 s) to end and
         returns: one still in a statement ends after it. A process that goes on after run()
         (the tests' in-process workers) joins them, or they log after it moved on."""
-        return tuple(self._threads)
+        probe = outages.probe_of(self.dsn)
+        return (*self._threads, *([probe] if probe is not None else []))
 
     # --- lifecycle ------------------------------------------------------------------------------
     def run(self) -> int:
@@ -195,6 +197,7 @@ class Worker:
         finally:
             if self.signals:
                 self.signals.restore()
+            self._join_probe()  # (start-up's waits too: stopped while it waited for the database)
             self._wake_pipe.close_unless_in_use(self._threads)
 
     def start(self) -> None:
@@ -258,6 +261,7 @@ class Worker:
         self._wake()
         for thread in self._threads:
             thread.join(timeout=2)
+        self._join_probe()
         if self.failure is not None:
             logger.error("worker stopped by an internal error: %r", self.failure)
             hand_back(self.dsn, self.lanes, self.settings)
@@ -282,6 +286,13 @@ class Worker:
             logger.error("%s", left)  # a script must not take what is left for done
             return exits.UNSERVED
         return exits.OK
+
+    def _join_probe(self) -> None:
+        """Joins the probe that looked for the database while our sessions waited: it ends once
+        none waits any longer, giving up a connection attempt under way at once."""
+        probe = outages.probe_of(self.dsn)
+        if probe is not None:
+            probe.join(timeout=2)
 
     def _deadline(self) -> float:
         """When the grace period of the stop requested ends (time.monotonic())."""
