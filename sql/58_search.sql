@@ -448,13 +448,17 @@ BEGIN
 END
 $$;
 
--- Makes target t's search functions (search_code()) and its store's policy; EXECUTE to PUBLIC.
+-- Makes target t's search functions (search_code()) and its store's policy; EXECUTE to PUBLIC,
+-- or where PUBLIC's on search() was revoked, to those that have search() (sql/80_roles.sql).
+-- Every maker of those functions comes here: watch(), the event triggers, enable_fts(), a
+-- model change, the upgrade's regeneration (sql/99_regenerate.sql).
 CREATE FUNCTION embeddings_internal.generate_search(t embeddings.targets) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 BEGIN
     PERFORM embeddings_internal.run_code(ARRAY(SELECT c.statement FROM embeddings_internal.search_code(t) c
                                                WHERE c.name NOT LIKE E'%\\_visible'));
     PERFORM embeddings_internal.generate_store_policy(t);  -- (sql/54_stores.sql)
+    PERFORM embeddings_internal.follow_search_grants(t);
 END
 $$;
 

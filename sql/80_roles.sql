@@ -197,7 +197,7 @@ COMMENT ON FUNCTION embeddings.grant_worker IS
 -- administrator revoked PUBLIC's rights (docs/security.md), a search role (POST /search's,
 -- an application's) keeps searching; what it finds stays what its own SELECT on the tables
 -- and their row-level security let it read. Nothing that PUBLIC lacks as installed is given.
--- Targets watched later: their functions are PUBLIC's as made.
+-- Targets watched later, and those whose functions are made again, follow (follow_search_grants()).
 CREATE FUNCTION embeddings.grant_search(role_name name) RETURNS void
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
@@ -220,3 +220,43 @@ END
 $$;
 COMMENT ON FUNCTION embeddings.grant_search IS
     'Gives an existing role by name what searches use of ours that PUBLIC has as installed, for a database where PUBLIC''s rights were revoked. Schema owner only.';
+
+-- Target t's search functions (search_code(), sql/58_search.sql: those run as their caller,
+-- which grant_search() gives by name), just made by generate_search(), given as search() is
+-- given: where an administrator revoked PUBLIC's EXECUTE on embeddings.search()
+-- (docs/security.md, "Revoking from PUBLIC"), they are not PUBLIC's either, and are every
+-- role's that may execute search() by a grant of its own (the search roles of grant_search(),
+-- a worker role of grant_worker() made before the revocation). search()'s ACL is the record, no
+-- table: it is the entry point every search goes through (hybrid_search() and match_chunks()
+-- are granted with it, by the same list), and its name needs no list read. As installed (PUBLIC
+-- has search()) nothing changes: what CREATE FUNCTION made, PUBLIC's.
+CREATE FUNCTION embeddings_internal.follow_search_grants(t embeddings.targets) RETURNS void
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+DECLARE
+    entry oid := to_regprocedure(format('embeddings.search(regclass, %I.halfvec, integer, jsonb, name)',
+                                        embeddings.vector_schema()));
+    acl aclitem[];
+    entry_owner oid;
+    fn regprocedure;
+    grantee name;
+BEGIN
+    SELECT p.proacl, p.proowner INTO acl, entry_owner FROM pg_proc p WHERE p.oid = entry;
+    IF acl IS NULL OR EXISTS (SELECT FROM aclexplode(acl) a WHERE a.grantee = 0 AND a.privilege_type = 'EXECUTE') THEN
+        RETURN;
+    END IF;
+    FOR fn IN
+        SELECT p.oid::regprocedure FROM pg_proc p
+        WHERE p.pronamespace = 'embeddings'::regnamespace
+          AND p.proname ~ ('^embeddings_' || t.id || '_(search|nearest|text_ranking|bm25_ranking|visible)$')
+    LOOP
+        EXECUTE embeddings_internal.render('REVOKE ALL ON FUNCTION %(fn)s FROM PUBLIC', jsonb_build_object('fn', fn::text));
+        FOR grantee IN
+            SELECT DISTINCT r.rolname FROM aclexplode(acl) a JOIN pg_roles r ON r.oid = a.grantee
+            WHERE a.privilege_type = 'EXECUTE' AND a.grantee <> entry_owner
+        LOOP
+            EXECUTE embeddings_internal.render('GRANT EXECUTE ON FUNCTION %(fn)s TO %(role)I',
+                                               jsonb_build_object('fn', fn::text, 'role', grantee));
+        END LOOP;
+    END LOOP;
+END
+$$;

@@ -45,6 +45,11 @@ class ModelDownloading(ModelError):
     jobs are held until it loads."""
 
 
+class ModelNotDownloaded(ModelError):
+    """A registry model that is not on this machine was asked for where nothing may start its
+    download (an HTTP request: worker/models/loaded.py, `get(..., download=False)`)."""
+
+
 class DatabaseError(EmbedWorkerError):
     """A database operation failed."""
 

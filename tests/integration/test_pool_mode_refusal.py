@@ -97,6 +97,34 @@ def test_the_commands_refuse_session_mode_behind_a_transaction_pooler(conn: Conn
         assert result.returncode == exits.OK, result.stderr
 
 
+def test_embed_and_model_list_refuse_session_mode_behind_a_transaction_pooler(
+    conn: Conn, dsn: str, minilm: str
+) -> None:
+    """`embed` asks the database for its default model (EMBED_MODEL unset) or for a remote
+    model of the name it was given, and `model list` for the registered ones: in session mode
+    behind a transaction pooler they connected without the check, their session settings on a
+    server session of the pool. Refused before any, as the other commands; a model named by its
+    path needs no database, and embeds."""
+    conn.execute("SELECT embeddings.set_default_model(%s)", (minilm,))
+    with through(dsn, pool_size=3) as pooled:
+        path = search_paths(pooled, 1)[0]
+        session = {"EMBED_POOL_MODE": "session", "EMBED_MODEL": "", "DATABASE_URL": pooled}
+        for argv in (
+            ("embed", "cats"),
+            ("embed", "--model", "some-remote", "cats"),
+            ("model", "list"),
+        ):
+            assert_refused(run_cli(*argv, env=session))
+        assert search_paths(pooled, 3) == [path] * 3
+        assert run_cli("embed", "--model", minilm, "cats", env=session).returncode == exits.OK
+        transaction = {**session, "EMBED_POOL_MODE": "transaction"}
+        embedded_there = run_cli("embed", "cats", env=transaction)
+        assert embedded_there.returncode == exits.OK, embedded_there.stderr[-3000:]
+        assert f"model {minilm} (the database's default model" in embedded_there.stderr
+        listed = run_cli("model", "list", env=transaction)
+        assert listed.returncode == exits.OK, listed.stderr[-3000:]
+
+
 def test_the_search_role_s_url_behind_a_transaction_pooler_is_refused_too(
     conn: Conn, dsn: str, minilm: str
 ) -> None:

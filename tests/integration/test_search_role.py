@@ -105,7 +105,7 @@ def test_a_search_role_granted_as_documented_searches_and_reads_the_status(
             "search", "docs", "cats", "-k", "2", "--json", env={"DATABASE_URL": search_dsn}
         )
         assert result.returncode == 0, result.stderr
-        # A table watched afterwards: its functions are PUBLIC's as made.
+        # A table watched afterwards: its search functions are given as search() is.
         stores.texts_table(conn, {1: "later"}, table="later")
         conn.execute("SELECT embeddings.watch('later', 'body', model => %s)", (minilm,))
         conn.execute(f"GRANT SELECT ON later TO {role}")
@@ -171,3 +171,63 @@ def test_grant_search_refuses_public_and_a_role_that_is_not_there(
 ) -> None:
     with pytest.raises(error, match=re.escape(message)):
         conn.execute("SELECT embeddings.grant_search(%s)", (role,))
+
+
+# The functions each target's searches run as their caller (grant_search() gives them by name).
+SEARCH_FUNCTIONS = """
+SELECT p.oid::regprocedure::text, p.oid::bigint, has_function_privilege('public', p.oid, 'EXECUTE'),
+       has_function_privilege(%s, p.oid, 'EXECUTE')
+FROM pg_proc p
+WHERE p.pronamespace = 'embeddings'::regnamespace
+  AND p.proname ~ '^embeddings_[0-9]+_(search|nearest|text_ranking|bm25_ranking|visible)$'
+ORDER BY 1
+"""
+
+
+@pytest.mark.parametrize("hardened", [False, True], ids=["as installed", "PUBLIC revoked"])
+def test_search_functions_made_after_grant_search_follow_the_revocation_from_public(
+    conn: Conn, dsn: str, minilm: str, run_once: Callable[..., Worker], hardened: bool
+) -> None:
+    """Where PUBLIC's EXECUTE on search() was revoked, a target's search functions made
+    afterwards (a table watched later, a watched one altered: the event trigger regenerates
+    them) are not PUBLIC's either, and are the search roles': those that may
+    execute search(). As installed, they stay PUBLIC's."""
+    watched(conn, minilm)
+    if hardened:
+        for statement in HARDENING:
+            conn.execute(statement)
+    with login_role(conn, dsn, "app_search") as search_dsn:
+        role = conninfo_to_dict(search_dsn)["user"]
+        conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}")
+        conn.execute("SELECT embeddings.grant_search(%s)", (role,))
+        side_id = fetch_value(
+            conn, "SELECT id FROM embeddings.targets WHERE source = 'side'::regclass"
+        )
+        before = {r[0]: r[1] for r in conn.execute(SEARCH_FUNCTIONS, (role,)).fetchall()}
+        # Regenerated: ALTER TABLE (the event trigger); made: a side store with full-text
+        # search watched afterwards (its search, rankings and visible()).
+        conn.execute("ALTER TABLE notes ADD COLUMN extra integer")
+        conn.execute("ALTER TABLE docs ADD COLUMN extra integer")
+        stores.texts_table(conn, {1: "later birds", 2: "later fish"}, table="later")
+        conn.execute(
+            "SELECT embeddings.watch('later', 'body', model => %s, store => 'side')", (minilm,)
+        )
+        conn.execute("SELECT embeddings.enable_fts('later')")
+        made = conn.execute(SEARCH_FUNCTIONS, (role,)).fetchall()
+        # every one made again (notes' and docs' regenerated, later's new), side's kept
+        remade = {name for name, oid, _, _ in made if before.get(name) != oid}
+        assert {name for name in before if name not in remade} == {
+            name for name in before if name.startswith(f"embeddings.embeddings_{side_id}_")
+        }
+        assert any("_nearest(" in name for name in remade)
+        assert any("_visible(" in name for name in remade - set(before))
+        assert {(public, searcher) for _, _, public, searcher in made} == {(not hardened, True)}
+        conn.execute(f"GRANT SELECT ON docs, side, side_embeddings, notes, notes_chunks TO {role}")
+        conn.execute(f"GRANT SELECT ON later, later_embeddings TO {role}")
+        run_once()
+        expected = {name: "3" for name in SEARCHES if name != "status"}
+        expected["search, filter"] = "2"
+        assert {n: v for n, v in searched(search_dsn).items() if n != "status"} == expected
+        with psycopg.connect(search_dsn, autocommit=True) as searcher:
+            later = f"SELECT count(*) FROM embeddings.hybrid_search('later', 'birds', {VECTOR}, 3)"
+            assert fetch_value(searcher, later) == 2

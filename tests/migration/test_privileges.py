@@ -154,3 +154,38 @@ def test_what_an_upgrade_carries_is_what_docs_sql_md_lets_a_role_be_given() -> N
     reference = (Path(__file__).parents[2] / "docs" / "sql.md").read_text()
     for internal in privileges.CARRIED:
         assert f"`EXECUTE` on `{internal}`" in reference, internal
+
+
+def test_a_reinstall_over_a_hardened_schema_keeps_a_search_role_searching(
+    dsn: str, conn: Conn
+) -> None:
+    """Where PUBLIC's rights were revoked, a role given grant_search() keeps searching after the
+    next release's reinstall: its grant on search() is made again, and the target's search
+    functions (made again too, by sql/99_regenerate.sql) follow search()'s grants, not
+    PUBLIC's."""
+    conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
+    conn.execute("INSERT INTO docs VALUES (1, 'cats sleep'), (2, 'dogs bark')")
+    conn.execute("SELECT embeddings.watch('docs', 'body')")
+    conn.execute("SELECT embeddings.enable_fts('docs')")
+    conn.execute("UPDATE docs SET embedding = array_fill(0.1::real, ARRAY[384])::halfvec")
+    hybrid = """SELECT count(*) FROM embeddings.hybrid_search('docs', 'cats',
+                    (SELECT embedding FROM docs WHERE id = 1), 2)"""
+    search_functions = """SELECT bool_or(has_function_privilege('public', p.oid, 'EXECUTE')),
+                                 bool_and(has_function_privilege(%s, p.oid, 'EXECUTE'))
+                          FROM pg_proc p WHERE p.proname ~ '^embeddings_[0-9]+_(search|text_ranking|bm25_ranking)$'"""
+    with login_role(conn, dsn, "app_search") as search_dsn:
+        role = psycopg.conninfo.conninfo_to_dict(search_dsn)["user"]
+        for statement in HARDENING:
+            conn.execute(statement)
+        conn.execute(f"GRANT USAGE ON SCHEMA public TO {role}; GRANT SELECT ON docs TO {role}")
+        conn.execute("SELECT embeddings.grant_search(%s)", (role,))
+        with psycopg.connect(search_dsn, autocommit=True) as searcher:
+            assert searcher.execute(hybrid).fetchone() == (2,)
+
+        with psycopg.connect(dsn) as other:
+            schema.reinstall_code(other, schema.files.install_files())
+            other.commit()
+
+        assert conn.execute(search_functions, (role,)).fetchone() == (False, True)
+        with psycopg.connect(search_dsn, autocommit=True) as searcher:
+            assert searcher.execute(hybrid).fetchone() == (2,)

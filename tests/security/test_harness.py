@@ -306,12 +306,29 @@ def _hardened_sql_search(ctx: Context) -> None:
     """The searches of `search (SQL)` where an administrator revoked PUBLIC's rights on our
     schemas (docs/security.md) and gave the application role what searches use of ours by name
     (embeddings.grant_search()): the hostile owner's code runs as before, as the owner or the
-    searcher, never with more."""
+    searcher, never with more. The owner then alters its tables, and the event trigger makes
+    their search functions again: the searcher's as search() is (follow_search_grants()), not
+    PUBLIC's."""
+    searched = ("docs_row", "docs_side", "docs_chunked", "docs_document")
     with ctx.roles.connect() as su:
         su.execute("SET search_path = pg_catalog, pg_temp")  # (past the planted overloads)
         for statement in HARDENING:
             su.execute(statement)
         su.execute("SELECT embeddings.grant_search(%s)", (ctx.roles.writer,))
+    for table in searched:
+        with ctx.roles.connect(ctx.roles.owner) as owner:  # (each hook leaves it read-only)
+            owner.execute(f"ALTER TABLE {table} ADD COLUMN altered integer")
+    with ctx.roles.connect() as su:
+        made = su.execute(
+            "SELECT pg_catalog.bool_or(pg_catalog.has_function_privilege('public', p.oid, 'EXECUTE')),"
+            " pg_catalog.bool_and(pg_catalog.has_function_privilege(%s, p.oid, 'EXECUTE')),"
+            " pg_catalog.count(*) FROM pg_catalog.pg_proc p JOIN embeddings.targets t"
+            " ON p.proname OPERATOR(pg_catalog.~) ('^embeddings_' OPERATOR(pg_catalog.||) t.id"
+            " OPERATOR(pg_catalog.||) '_(search|nearest|text_ranking|bm25_ranking|visible)$')"
+            " WHERE t.source OPERATOR(pg_catalog.=) ANY (%s::pg_catalog.regclass[])",
+            (ctx.roles.writer, list(searched)),
+        ).fetchone()
+    assert made is not None and made[:2] == (False, True) and made[2] >= 6, made
     _sql_search(ctx)
 
 

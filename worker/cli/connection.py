@@ -42,14 +42,21 @@ def connect(settings: Settings, *, searcher: bool = False) -> db.Connection:
     return conn
 
 
-def refuse_misconfigured(dsn: str, settings: Settings, *, url: str = "DATABASE_URL") -> None:
+def refuse_misconfigured(
+    dsn: str, settings: Settings, *, url: str = "DATABASE_URL", connect_timeout: int = 10
+) -> None:
     """EMBED_POOL_MODE=session behind a transaction pooler, which `dsn` (`url`'s) reaches:
     refused (ConfigError), before any session setting of ours is made there, on a connection of
     its own made per transaction (worker/pooler.py). Nothing to check with
     EMBED_POOL_MODE=transaction."""
     if settings.per_transaction:
         return
-    with db.connect(dsn, lock_timeout_ms=settings.lock_timeout_ms, per_transaction=True) as probe:
+    with db.connect(
+        dsn,
+        connect_timeout=connect_timeout,
+        lock_timeout_ms=settings.lock_timeout_ms,
+        per_transaction=True,
+    ) as probe:
         pooler.refuse(
             probe,
             dsn,
@@ -57,6 +64,15 @@ def refuse_misconfigured(dsn: str, settings: Settings, *, url: str = "DATABASE_U
             lock_timeout_ms=settings.lock_timeout_ms,
             url=url,
         )
+
+
+def connect_if_reachable(settings: Settings) -> db.Connection:
+    """A connection to DATABASE_URL for a command that reads the database only when it can be
+    reached (`embed`, `model list`: an EmbedWorkerError from here means "go on without it"),
+    made as the other commands make theirs: EMBED_POOL_MODE=session behind a transaction pooler
+    refused first (ConfigError, exit 2), before any session setting of ours reaches the pool."""
+    refuse_misconfigured(settings.dsn, settings, connect_timeout=3)
+    return db.connect(settings.dsn, connect_timeout=3, per_transaction=settings.per_transaction)
 
 
 def of_this_release(conn: db.Connection, settings: Settings, *, otherwise: str = "") -> bool:

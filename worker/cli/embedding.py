@@ -56,12 +56,12 @@ def _default_model(settings: Settings) -> str:
 
     dsn = settings.dsn
     try:
-        with db.connect(dsn, connect_timeout=3, per_transaction=settings.per_transaction) as conn:
+        with connection.connect_if_reachable(settings) as conn:
             # (another release's default may not be this one's: say what to run, as the
             # commands that read the schema do)
             connection.of_this_release(conn, settings, otherwise=NAME_ONE)
             found = database_default_model(conn)
-    except exceptions.SchemaMismatch:
+    except (exceptions.SchemaMismatch, exceptions.ConfigError):
         raise
     except exceptions.EmbedWorkerError as exc:
         name = settings.default_model(None)
@@ -116,13 +116,11 @@ def _remote_models_if_registered(name: str, settings: Settings) -> dict[str, Rem
     if name in catalog.REGISTRY or files.looks_like_path(name):
         return {}
     try:
-        with db.connect(
-            settings.dsn, connect_timeout=3, per_transaction=settings.per_transaction
-        ) as conn:
+        with connection.connect_if_reachable(settings) as conn:
             if not connection.of_this_release(conn, settings, otherwise=NAME_ONE):
                 return {}
             return load_remote_models(conn)
-    except exceptions.SchemaMismatch:
+    except (exceptions.SchemaMismatch, exceptions.ConfigError):
         raise
     except exceptions.EmbedWorkerError:
         return {}

@@ -29,12 +29,7 @@ def registered(settings: Settings) -> tuple[list[RemoteSpec], list[RerankerSpec]
     registry read as this release's would list what the worker could not serve. The remote
     models the worker does not serve are not listed: a warning on stderr says why, each."""
     try:
-        with (
-            db.connect(
-                settings.dsn, connect_timeout=3, per_transaction=settings.per_transaction
-            ) as conn,
-            db.translated(),
-        ):
+        with connection.connect_if_reachable(settings) as conn, db.translated():
             if not connection.of_this_release(conn, settings):
                 return [], []
             specs, refused, built_in = in_database(conn)
@@ -43,7 +38,7 @@ def registered(settings: Settings) -> tuple[list[RemoteSpec], list[RerankerSpec]
             for name, why in built_in.items():
                 logger.warning("remote model %s not listed: %s: %s", name, why, built_in_fix(name))
             return list(specs.values()), list(rerankers(conn)[0].values())
-    except exceptions.SchemaMismatch:
+    except (exceptions.SchemaMismatch, exceptions.ConfigError):
         raise
     except exceptions.EmbedWorkerError as exc:
         logger.warning("remote models not listed: the database cannot be read: %s", exc)

@@ -59,7 +59,8 @@ class ReadinessProbe:
         waiting = self.waiting.problem
         # What start-up waits for, named (`migrate`, a watch()), rather than the default model's
         # "starting": no model is loaded before it.
-        model_problem = None if waiting else self.default_model.problem()
+        # (never a download: the worker's keeper retries one that failed)
+        model_problem = None if waiting else self.default_model.problem(download=False)
         if waiting:
             found.append(f"starting: {waiting}")
         if model_problem:

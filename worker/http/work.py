@@ -5,6 +5,7 @@ and answers it, or raises BadRequest with the status and the reason."""
 
 from __future__ import annotations
 
+import functools
 from http import HTTPStatus
 from typing import TYPE_CHECKING
 
@@ -52,9 +53,10 @@ class Work:
             max_tables=settings.session_max_tables,
             per_transaction=settings.per_transaction,
         )
-        # Questions (/search's, /embed's) to one model embedded together.
+        # Questions (/search's, /embed's) to one model embedded together. A request never
+        # starts a model's download (docs/security.md, HTTP): 503, not downloaded or downloading.
         self.questions = QueryBatchers(
-            embedders.get,
+            functools.partial(embedders.get, download=False),
             max_batch=settings.query_batch_size,
             max_wait=settings.query_batch_wait_ms / 1000,
         )

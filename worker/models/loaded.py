@@ -6,6 +6,9 @@ waits for it, or, in a worker that serves other models (`serve_while_downloading
 `ModelDownloading` at once: the model's targets are held with that reason while the others are
 served. A stop (the worker's) ends the download: the wait for another process's download of it,
 or the transfer at its next chunk; what it left in the cache is swept by the next download.
+Only the process's own work starts a download (its start, its batches, its keeper retrying
+the default model); a request (POST /embed, POST /search, /readyz: `get(..., download=False)`)
+never does: it is answered at once that the model is not downloaded, or downloading, and why.
 Loading can fail (downloads off, hub unreachable, corrupt file). The failure is remembered and
 the load retried after `retry_after` seconds, so a worker started before the model arrived
 recovers by itself, without hammering the disk or the hub meanwhile. A model being loaded
@@ -124,9 +127,12 @@ class LoadedModels:
     def remote_spec(self, model: str) -> RemoteSpec | None:
         return self._remote_specs().get(model)
 
-    def get(self, model: str) -> Model:
+    def get(self, model: str, *, download: bool = True) -> Model:
         """The loaded model, loading (or downloading) it on first use; raises ModelError when
-        unavailable. A remote model is built from its registration (no weights to load)."""
+        unavailable. A remote model is built from its registration (no weights to load).
+        `download`=False (a request's): a model on disk is loaded, but one that is not is never
+        fetched, nor waited for: ModelNotDownloaded, or ModelDownloading while a download of the
+        process's own runs, at once."""
         spec = self.remote_spec(model)
         if spec is not None:
             return self._remote_model(spec)
@@ -151,8 +157,22 @@ class LoadedModels:
                 if isinstance(found, Path):
                     loaded = self._loads(model, lambda: self._embedder(model, found))
                     return self._keep(model, loaded, started)
+                if not download:
+                    raise self._not_downloaded(model, failure)
                 pending = self._start_download(model, found)
+        if not download:
+            raise exceptions.ModelDownloading(pending.reason())
         return self._await(pending)
+
+    def _not_downloaded(
+        self, model: str, failure: LoadFailure | None
+    ) -> exceptions.ModelNotDownloaded:
+        why = f": its last download failed ({failure.error})" if failure else ""
+        return exceptions.ModelNotDownloaded(
+            f"model {model} is not downloaded on this machine{why}; requests never start a"
+            " download: the worker fetches it itself (at start, for its tables, and retrying"
+            f" its default model), or `embed-worker model download {model}` does"
+        )
 
     def _await(self, pending: Download) -> Embedder:
         """The model `pending` downloads, once loaded; ModelDownloading at once when this

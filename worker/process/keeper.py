@@ -1,6 +1,6 @@
 """The keeper thread of a worker: leases of jobs in flight renewed, model changes completed,
-held jobs of targets that became servable taken, queue gauges refreshed, the progress line of a
-one-shot run."""
+held jobs of targets that became servable taken, queue gauges refreshed, the default model's
+failed download retried, the progress line of a one-shot run."""
 
 from __future__ import annotations
 
@@ -36,6 +36,11 @@ class Keeper:
     complete_changes: Callable[[db.Connection], object] | None
     # Forgets the failed loads of models nothing uses any more (their gauge leaves /metrics).
     forget_unused_models: Callable[[], object]
+    # Loads the default model if it is not (DefaultModel.problem), downloading it: after a
+    # failed download, at most every retry_after seconds. The worker's own retry, as no
+    # request (/readyz, POST /embed) starts a download; nothing for a one-shot run, which
+    # waited for it at start.
+    load_default_model: Callable[[], object]
     # Rows written so far, for the progress line of `run --once` on a terminal; None: no line.
     rows_done: Callable[[], int] | None
 
@@ -56,6 +61,7 @@ class Keeper:
         try:
             while not self.finished.wait(0.5 if progress else 1.0):
                 now = time.monotonic()
+                self.load_default_model()  # (no database needed)
                 try:
                     if session.current() is None:
                         # Lost (here, or in a statement that caught it): get() waits for the

@@ -7,7 +7,8 @@ Threads, each with its own connection:
            embed_batches() below
   writer   stores vectors and settles jobs in one short transaction, or hands batches back
            (worker/process/writer.py)
-  keeper   renews the leases of jobs in flight, refreshes queue gauges, shows progress
+  keeper   renews the leases of jobs in flight, refreshes queue gauges, shows progress,
+           retries the default model's failed download
            (worker/process/keeper.py)
   watchdog ends a fetcher's or writer's session whose table owner's code ignores its bound
            (worker/process/watchdog.py; it connects only then)
@@ -352,5 +353,8 @@ def _keeper(worker: Worker) -> Keeper:
             (lambda conn: changes.run(conn, worker.registry, force=False)) if changes else None
         ),
         forget_unused_models=lambda: worker.embedders.forget_unused(worker.default_model.in_use()),
+        load_default_model=(
+            (lambda: None) if worker.once else lambda: worker.default_model.problem(download=True)
+        ),
         rows_done=(lambda: worker.writer.rows_done) if worker.progress and worker.once else None,
     )

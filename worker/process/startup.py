@@ -91,18 +91,21 @@ class DefaultModel:
             | {t.shadow_model for t in targets if t.shadow_model is not None}
         )
 
-    def problem(self) -> str | None:
+    def problem(self, *, download: bool) -> str | None:
         """Why the default model is not loaded (None when it is). Tries to load it, at most
         every `retry_after` seconds, so a model downloaded after startup makes the worker
         ready without a restart. The default follows the database's (set_default_model()) when
-        EMBED_MODEL is unset: a new default must load before the worker says ready for it."""
+        EMBED_MODEL is unset: a new default must load before the worker says ready for it.
+        `download`: whether a registry model not on disk may be fetched (the worker's start and
+        its keeper, which retries a failed download); /readyz's is False: a probe never makes
+        the process fetch a model."""
         if not self.started.is_set():
             return "starting (waiting for the database and the schema)"
         name = self.name()
         default = self.embedders.loaded().get(name) if self.ready.is_set() else None
         if default is None:
             try:
-                default = self.embedders.get(name)
+                default = self.embedders.get(name, download=download)
             except exceptions.ModelError as exc:
                 # No default model loaded: no embed_worker_model_info (a former default's
                 # labels would say it is loaded).
@@ -337,7 +340,7 @@ class Startup:
             self.dsn, ours, self.embedders, per_transaction=self.per_transaction
         )
         self.started.set()
-        problem = self.default.problem()
+        problem = self.default.problem(download=True)
         # Ready for systemd means started: a missing model is reported, not waited for (the
         # worker loads it when it appears; /readyz says 503 until then).
         systemd.notify(

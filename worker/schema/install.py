@@ -75,6 +75,7 @@ def reinstall_code(
     privileges.restore_grants(conn, grants)
     files_granted = privileges.public_privileges(conn) or {}
     kept = privileges.keep_public_revocations(conn, public_before, files_granted)
+    privileges.follow_search_grants(conn)
     return kept + privileges.carry_to_internals(conn, grants, files_granted)
 
 

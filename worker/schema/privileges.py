@@ -15,7 +15,8 @@ Three things an operator did would go with it:
   lacked before the upgrade on an object of ours that existed then (under its name, or in
   schema embeddings before 0.4.0 moved it to embeddings_internal) is taken back again after the
   files granted it (`public_privileges`, `keep_public_revocations`). An object new in the
-  release gets the files' grants: its schema's USAGE decides whether PUBLIC reaches it.
+  release gets the files' grants: its schema's USAGE decides whether PUBLIC reaches it. The
+  targets' search functions, made again, then follow search()'s grants (`follow_search_grants`).
 """
 
 from __future__ import annotations
@@ -186,6 +187,18 @@ def keep_public_revocations(
     return [
         "kept PUBLIC's revocations (it had none of these before the upgrade): " + "; ".join(parts)
     ]
+
+
+def follow_search_grants(conn: Connection) -> None:
+    """Every target's search functions given as search() is now that its grants are back:
+    sql/99_regenerate.sql made them while PUBLIC still had search() (the files grant it), so
+    they were PUBLIC's, and keep_public_revocations() took that back from any made before; the
+    search roles' grants on them (grant_search()'s) went with the functions dropped."""
+    conn.execute(
+        "SELECT embeddings_internal.follow_search_grants(t) FROM embeddings.targets t"
+        " WHERE EXISTS (SELECT FROM pg_catalog.pg_class c"
+        " WHERE c.oid OPERATOR(pg_catalog.=) t.source)"
+    )
 
 
 def _by_object(item: tuple[Key, frozenset[str]]) -> tuple[str, str]:
