@@ -103,6 +103,8 @@ def unqueued_rows(row: dict[str, Any], changed_since_analyze: int | None = None)
     total, embedded, cleared = row["total_rows"], row["embedded_rows"], row["cleared_rows"]
     if total is None or embedded is None or cleared is None:
         return None
+    if row.get("chunks") is not None and row.get("documents_no_text") is None:
+        return None  # a chunked target's documents with no text, not read (no grant)
     wanted = total - cleared - (row.get("documents_no_text") or 0)
     wanted -= row.get("documents_over_ceiling") or 0
     gap = wanted - embedded - row["pending_jobs"] - row["failed_jobs"]
@@ -269,7 +271,8 @@ def _add_documents(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
     time: key, chunks done and estimated, since when), `documents_over_ceiling` (documents
     the worker refuses, EMBED_MAX_DOCUMENT_BYTES) and `documents_no_text` (documents with no
     text to embed, settled without a chunk), from embeddings.document_progress. Left empty
-    where it cannot be read (a role without the worker's grants)."""
+    where it cannot be read (a role without the worker's grants), but for `documents_no_text`
+    of chunked targets: None, not known."""
     for row in rows:
         row.update(documents_in_progress=[], documents_over_ceiling=0, documents_no_text=0)
     by_id = {row["target_id"]: row for row in rows}
@@ -277,6 +280,9 @@ def _add_documents(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
         with db.translated(), conn.transaction():  # a savepoint where one is open (doctor)
             found = conn.execute(queries.compose("long_documents")).fetchall()
     except (psycopg.Error, exceptions.EmbedWorkerError):
+        for row in rows:  # not known: unqueued_rows() must not count them as unqueued
+            if row["chunks"] is not None:
+                row["documents_no_text"] = None
         return
     for target_id, key, state, done, estimated, size, ceiling, started, updated in found:
         target = by_id.get(target_id)

@@ -230,3 +230,7 @@ def test_unqueued_rows_is_a_lower_bound_or_unknown() -> None:
     # rows changed since the ANALYZE may have their vector now: nothing claimed
     assert status_model.unqueued_rows(estimate, changed_since_analyze=3) == 0
     assert status_model.unqueued_rows({**estimate, "pending_jobs": 1}, 0) is None
+    # a chunked target's documents with no text get no vector: not read, not known
+    chunked = {**exact, "embedded_rows": 4, "pending_jobs": 0, "chunks": 9}
+    assert status_model.unqueued_rows({**chunked, "documents_no_text": 1}) == 2
+    assert status_model.unqueued_rows({**chunked, "documents_no_text": None}) is None
