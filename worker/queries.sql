@@ -900,6 +900,20 @@ SELECT current_setting('shared_preload_libraries');
 -- `doctor`: each target's table as a command names it (in our sessions' path: qualified).
 SELECT id, source::text FROM embeddings.targets;
 
+-- name: subscribed_targets
+-- `doctor`: targets watched without replica => true whose table (or a partition of it) a
+-- logical-replication subscription of this database writes to: rows the apply worker writes
+-- fire no ordinary trigger, so they are never queued. pg_subscription_rel, as any role reads it.
+-- ours: reads only the catalog and our tables, runs no one else's code
+SELECT DISTINCT t.source::text, s.subname::text
+FROM embeddings.targets t
+JOIN pg_catalog.pg_subscription_rel r
+  ON r.srrelid = t.source
+  OR t.source IN (SELECT a.relid FROM pg_catalog.pg_partition_ancestors(r.srrelid) AS a)
+JOIN pg_catalog.pg_subscription s ON s.oid = r.srsubid
+WHERE NOT t.replica AND t.has_triggers
+ORDER BY 1, 2;
+
 -- name: current_role
 -- The role this connection runs as.
 SELECT current_user;
@@ -1257,6 +1271,17 @@ SELECT pg_catalog.set_config('embeddings.counted_targets', %(targets)s, true);
 SELECT {columns} FROM {view}
 WHERE %(targets)s::integer[] IS NULL OR target_id OPERATOR(pg_catalog.=) ANY (%(targets)s::integer[])
 ORDER BY target;
+
+-- name: changed_since_analyze
+-- `status`: of the targets with ids %(targets)s whose vectors live in their own table, the rows
+-- inserted, updated or deleted since each leaf's last ANALYZE (the statistics system's count,
+-- no scan): how far the statistics an estimate of embedded rows comes from may lag behind.
+-- ours: reads only the catalog, the statistics system and our tables, runs no one else's code
+SELECT t.id, pg_catalog.sum(pg_catalog.pg_stat_get_mod_since_analyze(l.leaf))::bigint
+FROM embeddings.targets t
+CROSS JOIN LATERAL embeddings_internal.leaf_relations(t.source) AS l(leaf)
+WHERE t.id OPERATOR(pg_catalog.=) ANY (%(targets)s::integer[]) AND t.store_table = t.source
+GROUP BY t.id;
 
 -- name: sweep
 -- One embeddings.sweep() (`embed-worker sweep`): rows that lost their job, and with %(verify)s

@@ -79,9 +79,60 @@ def fetch(
     _add_verification(conn, rows)
     _add_documents(conn, rows)
     _add_locked(conn, rows)
+    _add_unqueued(conn, rows)
     for row in rows:
         row["eta_seconds"] = eta_seconds(row)
     return rows
+
+
+# An estimate leaves out gaps under this share of the table's rows: the statistics system's
+# count of changed rows may lag the last batch's commit by a second or so.
+UNQUEUED_ESTIMATE_MARGIN = 0.01
+
+
+def unqueued_rows(row: dict[str, Any], changed_since_analyze: int | None = None) -> int | None:
+    """At least how many rows have content but no vector, and no job to give them one (their
+    writes were not queued: a logical-replication subscriber watched without `replica =>
+    true`, triggers disabled); `embeddings.sweep()` queues them. Rows that should have a
+    vector, less those with one, less every pending job and dead letter (each of which might
+    be one of them): a lower bound, from the counts status already has. None where it cannot
+    be told: a content function's blank rows are not counted; an estimate (large tables) only
+    where the vectors live in the table, no job is pending, and the gap is more than the rows
+    changed since the statistics were taken (`changed_since_analyze`, None: not known) could
+    explain (the embedded estimate moves only when the table is analyzed)."""
+    total, embedded, cleared = row["total_rows"], row["embedded_rows"], row["cleared_rows"]
+    if total is None or embedded is None or cleared is None:
+        return None
+    if row.get("chunks") is not None and row.get("documents_no_text") is None:
+        return None  # a chunked target's documents with no text, not read (no grant)
+    wanted = total - cleared - (row.get("documents_no_text") or 0)
+    wanted -= row.get("documents_over_ceiling") or 0
+    gap = wanted - embedded - row["pending_jobs"] - row["failed_jobs"]
+    if row["estimated"]:
+        if changed_since_analyze is None or row["pending_jobs"]:
+            return None
+        gap -= changed_since_analyze
+        if gap <= total * UNQUEUED_ESTIMATE_MARGIN:
+            return 0
+    return max(int(gap), 0)
+
+
+def _add_unqueued(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
+    """Each row's `unqueued_rows` (unqueued_rows()), with the rows changed since the last
+    ANALYZE read for estimated targets (left None where they cannot be read)."""
+    changed: dict[int, int] = {}
+    estimated = [r["target_id"] for r in rows if r["estimated"] and not r["pending_jobs"]]
+    if estimated:
+        try:
+            with db.translated(), conn.transaction():  # a savepoint where one is open (doctor)
+                found = conn.execute(
+                    queries.get("changed_since_analyze"), {"targets": estimated}
+                ).fetchall()
+            changed = {target_id: int(n) for target_id, n in found if n is not None}
+        except (psycopg.Error, exceptions.EmbedWorkerError):
+            pass
+    for row in rows:
+        row["unqueued_rows"] = unqueued_rows(row, changed.get(row["target_id"]))
 
 
 def _add_locked(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
@@ -220,7 +271,8 @@ def _add_documents(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
     time: key, chunks done and estimated, since when), `documents_over_ceiling` (documents
     the worker refuses, EMBED_MAX_DOCUMENT_BYTES) and `documents_no_text` (documents with no
     text to embed, settled without a chunk), from embeddings.document_progress. Left empty
-    where it cannot be read (a role without the worker's grants)."""
+    where it cannot be read (a role without the worker's grants), but for `documents_no_text`
+    of chunked targets: None, not known."""
     for row in rows:
         row.update(documents_in_progress=[], documents_over_ceiling=0, documents_no_text=0)
     by_id = {row["target_id"]: row for row in rows}
@@ -228,6 +280,9 @@ def _add_documents(conn: db.Connection, rows: list[dict[str, Any]]) -> None:
         with db.translated(), conn.transaction():  # a savepoint where one is open (doctor)
             found = conn.execute(queries.compose("long_documents")).fetchall()
     except (psycopg.Error, exceptions.EmbedWorkerError):
+        for row in rows:  # not known: unqueued_rows() must not count them as unqueued
+            if row["chunks"] is not None:
+                row["documents_no_text"] = None
         return
     for target_id, key, state, done, estimated, size, ceiling, started, updated in found:
         target = by_id.get(target_id)

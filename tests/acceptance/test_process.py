@@ -282,4 +282,5 @@ def test_a_second_worker_that_would_oversubscribe_the_cores_says_so(
     record = wait_for(warned, timeout=10, what="the second worker's warning")
     assert record is not None
     assert record["level"] == "warning"
-    assert re.search(r"set EMBED_THREADS=\d+ on each", record["message"])
+    # (on one core, a worker of one thread can lower nothing: it is told to run fewer)
+    assert re.search(r"set EMBED_THREADS=\d+ on each|run 1 or fewer here", record["message"])

@@ -57,6 +57,7 @@ def test_a_document_without_text_is_settled_once_and_counted(
     assert swept(conn, files, verify=True) == []
     (row,) = fetch(conn)
     assert row["documents_no_text"] == 3
+    assert row["unqueued_rows"] == 0  # settled documents are not rows left without a job
     shown = "\n".join(render([row]))
     assert "public.files.embedding: 3 document(s) with no text to embed" in shown
     assert "done" in shown.splitlines()[2]  # the progress: nothing left to embed

@@ -14,6 +14,9 @@ import pytest
 
 from tests.support.cluster import Cluster
 from tests.support.jobs import queued_keys
+from worker import status
+from worker.cli import doctor
+from worker.config import Settings
 from worker.process.runner import Worker
 
 Conn = psycopg.Connection[Any]
@@ -45,6 +48,7 @@ def test_replicated_rows_enqueue_on_a_replica_target(
     publisher: Conn,
     run_once: Callable[..., Worker],
     minilm: str,
+    settings: Settings,
     replica: bool,
 ) -> None:
     conn.execute("CREATE TABLE docs (id bigint PRIMARY KEY, body text)")
@@ -78,6 +82,14 @@ def test_replicated_rows_enqueue_on_a_replica_target(
         queued = sorted(queued_keys(conn, target[0]))
         if not replica:
             assert queued == []
+            # Never "done" (QA 5b, finding 3): two rows no job will ever embed; doctor names
+            # the subscription that writes to the table.
+            (row,) = status.fetch(conn)
+            assert (row["pending_jobs"], row["unqueued_rows"]) == (0, 2), row
+            found = {f.check: f for f in doctor.check(dsn, settings)}
+            said = found["replication public.docs"]
+            assert said.level == "warn" and f"subscription {slot} writes to" in said.detail
+            assert "replica => true" in said.fix
             return
         # The initial copy (row 1), the insert and the update (row 2).
         assert queued == [1, 2, 2]
@@ -85,6 +97,7 @@ def test_replicated_rows_enqueue_on_a_replica_target(
         assert conn.execute(
             "SELECT id, embedding IS NOT NULL FROM docs ORDER BY id"
         ).fetchall() == [(1, True), (2, True)]
+        assert not [f for f in doctor.check(dsn, settings) if f.check.startswith("replication")]
         # A replicated change of the content clears the stale vector at once.
         publisher.execute("UPDATE docs SET body = 'changed again' WHERE id = 1")
         eventually(

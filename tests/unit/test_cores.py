@@ -63,3 +63,16 @@ def test_three_workers_of_two_threads_on_two_cores_are_told_what_to_set() -> Non
 def test_one_worker_with_more_threads_than_cores_is_told() -> None:
     told = cores.oversubscription(threads=8, cores=2, workers=1)
     assert told is not None and "EMBED_THREADS=8" in told and "EMBED_THREADS=2 or fewer" in told
+
+
+def test_a_worker_on_one_thread_is_not_told_to_set_one_thread() -> None:
+    """QA 5b, nit 9: three workers of EMBED_THREADS=1 on two cores were told "this one embeds
+    on 1 threads ... set EMBED_THREADS=1 on each": the setting they had."""
+    told = cores.oversubscription(threads=1, cores=2, workers=3)
+    assert told is not None
+    assert "EMBED_THREADS" not in told and "1 threads" not in told
+    assert "3 embed-worker processes" in told and "run 2 or fewer here" in told
+    single = cores.oversubscription(threads=1, cores=1, workers=2)
+    assert single is not None and "on this machine of 1 core:" in single
+    two = cores.oversubscription(threads=2, cores=1, workers=2)
+    assert two is not None and "4 threads on 1 core," in two and "EMBED_THREADS=1" in two

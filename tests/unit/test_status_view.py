@@ -202,3 +202,35 @@ def test_a_document_with_one_piece_written_has_no_eta_yet() -> None:
     assert "no pace yet" in next(x for x in lines if "embedded in pieces" in x)
     # Rows alone beside it are timed at their rate as before.
     assert row(estimated=False, pending_jobs=2, rows_per_second=0.5)["eta_seconds"] == 4.0
+
+
+def test_rows_no_job_waits_for_are_not_done() -> None:
+    """QA 5b, finding 3: exact counts with rows short of a vector and no job (a subscriber
+    watched without replica => true) showed "done"."""
+    unqueued = row(estimated=False, total_rows=5, embedded_rows=0, pending_jobs=0)
+    unqueued["unqueued_rows"] = status_model.unqueued_rows(unqueued)
+    assert unqueued["unqueued_rows"] == 5
+
+    lines = status.render([unqueued])
+    assert "not queued" in target_line(lines) and "done" not in target_line(lines)
+    assert any("not queued: 5 row(s) have content but no vector" in x for x in lines)
+
+
+def test_unqueued_rows_is_a_lower_bound_or_unknown() -> None:
+    exact = {"estimated": False, "total_rows": 10, "cleared_rows": 2, "failed_jobs": 1}
+    # every pending job and dead letter might be one of the rows without a vector
+    assert status_model.unqueued_rows({**exact, "embedded_rows": 4, "pending_jobs": 2}) == 1
+    assert status_model.unqueued_rows({**exact, "embedded_rows": 8, "pending_jobs": 3}) == 0
+    # a content function's blank rows are not counted: not known
+    unknown = {**exact, "cleared_rows": None, "embedded_rows": 4, "pending_jobs": 0}
+    assert status_model.unqueued_rows(unknown) is None
+    estimate = {**exact, "estimated": True, "embedded_rows": 4, "pending_jobs": 0}
+    assert status_model.unqueued_rows(estimate) is None  # changed rows not known
+    assert status_model.unqueued_rows(estimate, changed_since_analyze=0) == 3
+    # rows changed since the ANALYZE may have their vector now: nothing claimed
+    assert status_model.unqueued_rows(estimate, changed_since_analyze=3) == 0
+    assert status_model.unqueued_rows({**estimate, "pending_jobs": 1}, 0) is None
+    # a chunked target's documents with no text get no vector: not read, not known
+    chunked = {**exact, "embedded_rows": 4, "pending_jobs": 0, "chunks": 9}
+    assert status_model.unqueued_rows({**chunked, "documents_no_text": 1}) == 2
+    assert status_model.unqueued_rows({**chunked, "documents_no_text": None}) is None

@@ -17,6 +17,7 @@ from worker.cli import (
     output,
     pooler,
     remote,
+    replication,
     search_access,
     search_fulltext,
     search_memory,
@@ -66,6 +67,7 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
         installed = _schema(conn, dsn, found)
         if installed:
             found += _targets(conn, dsn, settings)
+            found += replication.findings(conn)
             found += search_access.findings(conn, settings)
             found += search_fulltext.findings(conn)
             found += search_memory.findings(conn)
@@ -245,6 +247,18 @@ def _queue(rows: list[dict[str, object]], dsn: str, tables: dict[int, str]) -> l
                     f"recent rate {rate:.1f}/s",
                     f"is a worker running? `{hints.command('run', dsn)}`; if it is, add workers"
                     " or EMBED_THREADS",
+                )
+            )
+        unqueued = r.get("unqueued_rows")
+        if isinstance(unqueued, int) and unqueued > 0:
+            out.append(
+                Finding(
+                    "warn",
+                    f"queue {name}",
+                    f"{'~' if r['estimated'] else ''}{unqueued:,} row(s) have content but no"
+                    " vector, and no job waits for them (a logical-replication subscriber"
+                    " watched without replica => true, or the table's triggers disabled)",
+                    f"`{hints.command('sweep', dsn)}` until it queues nothing",
                 )
             )
         failed = int(str(r["failed_jobs"]))

@@ -101,6 +101,8 @@ def render(rows: list[dict[str, Any]]) -> list[str]:
         pending = r["pending_jobs"]
         estimated = bool(r["estimated"])
         shown = bar(*progress(r, wanted)) if pending else "done" if wanted else "-"
+        if not pending and r.get("unqueued_rows"):
+            shown = "not queued"  # never "done" while rows wait for a job no one queued
         if r.get("stopped"):
             shown = "stopped"  # never "done" while something stops it (see its notes)
         if r["deferred_reason"]:
@@ -201,6 +203,18 @@ def notes(r: dict[str, Any]) -> list[str]:
             f" {bar(done, estimated)} {done:,}/~{estimated:,} chunks,"
             f" started {output.age(_seconds_since(doc['started_at']))} ago,"
             + (f" ~{output.age(left)} to go" if left is not None else " no pace yet")
+        )
+    if r.get("unqueued_rows"):
+        lines.append("")
+        lines.append(
+            f"{r['target']}: not queued: {'~' if r['estimated'] else ''}{r['unqueued_rows']:,}"
+            " row(s) have content but no vector, and no job waits for them (their writes"
+            " queued nothing: a logical-replication subscriber watched without replica =>"
+            " true, or the table's triggers disabled)"
+        )
+        lines.append(
+            "  fix: `embed-worker sweep` (SELECT embeddings.sweep()) until it queues nothing;"
+            " on a subscriber, watch the table again with replica => true"
         )
     if r.get("documents_no_text"):
         lines.append("")

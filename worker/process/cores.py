@@ -75,21 +75,34 @@ def workers_here() -> int:
 
 def oversubscription(threads: int, cores: int, workers: int) -> str | None:
     """What to tell the operator when `workers` workers of `threads` threads each would need
-    more than `cores` cores; None when they fit."""
+    more than `cores` cores; None when they fit, or when this one already takes no more than
+    its share (a worker that takes more says so itself as it starts: telling this one to set
+    what it has set, EMBED_THREADS=1, fixed nothing)."""
     if workers * threads <= cores:
         return None
     fits = max(1, cores // workers)
     if workers == 1:
         return (
-            f"EMBED_THREADS={threads} is more than the {cores} cores this worker may use: the "
-            f"threads take turns and slow Postgres too; set EMBED_THREADS={cores} or fewer"
+            f"EMBED_THREADS={threads} is more than the {_count(cores, 'core')} this worker may"
+            f" use: the threads take turns and slow Postgres too; set EMBED_THREADS={cores} or"
+            " fewer"
+        )
+    if threads <= fits:  # one thread, and more workers than cores: no setting of this one fits
+        return (
+            f"{workers} embed-worker processes run on this machine of {_count(cores, 'core')}:"
+            " more workers than cores, so even on one thread each they take turns and slow"
+            f" Postgres; run {cores} or fewer here"
         )
     return (
         f"{workers} embed-worker processes run on this machine, and this one embeds on "
         f"{threads} threads: if the others do too, that is {workers * threads} threads on "
-        f"{cores} cores, which slow each other and Postgres; set EMBED_THREADS={fits} on each "
-        f"(cores / workers), or run fewer workers here"
+        f"{_count(cores, 'core')}, which slow each other and Postgres; set EMBED_THREADS={fits}"
+        " on each (cores / workers), or run fewer workers here"
     )
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'' if n == 1 else 's'}"
 
 
 def warning(threads: int | None) -> str | None:
