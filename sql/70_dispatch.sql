@@ -3,7 +3,9 @@
 -- POST /functions/v1/embed through pg_net. For deployments where the worker only runs on
 -- demand (scaled to zero, woken by HTTP); schedule it with pg_cron like the guide's
 -- util.process_embeddings(). A job the worker does not complete stays leased until
--- `timeout_seconds` pass, then the next dispatch retries it.
+-- `timeout_seconds` pass, then the next dispatch retries it; a job whose post never reached
+-- the worker (or that the worker did not take) is given its read back by the next dispatch
+-- and posted again at once (settle_dispatched()).
 
 -- The requests to make: leases up to batch_size * max_requests jobs (pgmq.read, visibility
 -- timeout timeout_seconds) and returns one request per JSON array of jobs: at most batch_size
@@ -127,44 +129,57 @@ LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_s
 DECLARE
     ttl interval := coalesce(nullif(current_setting('pg_net.ttl', true), '')::interval, interval '6 hours');
     since timestamptz;
-    answered embeddings.dispatched;
-    lane text;
+    -- the jobs of the failed requests, one element each
+    requests bigint[];
+    queues text[];
+    lanes text[];
+    msg_ids bigint[];
+    read_cts integer[];
+    vts timestamptz[];
+    failed bigint[];  -- the failed requests
+    back bigint[] := '{}';  -- a request's id per job given back
+    lane_queue record;
     lane_table text;
-    moved integer;
-    back integer;
-    given integer := 0;
 BEGIN
     SELECT min(d.sent_at) INTO since FROM embeddings.dispatched d WHERE d.answered_at IS NULL;
-    -- (pg_net indexes its answers by time only: those since our oldest unanswered request)
-    FOR answered IN
-        UPDATE embeddings.dispatched d
-        SET answered_at = r.created, status_code = r.status_code,
-            error = CASE WHEN r.status_code BETWEEN 200 AND 299 THEN NULL
-                         WHEN r.status_code IS NULL THEN coalesce(r.error_msg, CASE WHEN r.timed_out THEN 'timed out' END, 'no answer')
-                         ELSE 'HTTP ' || r.status_code || coalesce(': ' || left(r.content, 200), '') END
-        FROM net._http_response r
-        WHERE since IS NOT NULL AND d.answered_at IS NULL AND r.created >= since AND r.id = d.request_id
-        RETURNING d.*
-    LOOP
-        CONTINUE WHEN answered.error IS NULL;
-        back := 0;
-        FOR lane IN SELECT DISTINCT l FROM unnest(answered.lanes) l LOOP
-            lane_table := embeddings_internal.lane_table(answered.queue, lane);
-            CONTINUE WHEN to_regclass(format('pgmq.%I', lane_table)) IS NULL;  -- the queue dropped since
-            EXECUTE format('WITH back AS (UPDATE pgmq.%I q SET vt = clock_timestamp(), read_ct = q.read_ct - 1'
-                           ' FROM unnest($1, $2, $3, $4) AS j (lane, msg_id, read_ct, vt)'
-                           ' WHERE j.lane = $5 AND q.msg_id = j.msg_id AND q.read_ct = j.read_ct AND q.vt = j.vt'
-                           ' RETURNING 1) SELECT count(*) FROM back', lane_table)
-            INTO moved USING answered.lanes, answered.msg_ids, answered.read_cts, answered.vts, lane;
-            back := back + moved;
-        END LOOP;
-        UPDATE embeddings.dispatched d SET given_back = back WHERE d.request_id = answered.request_id;
-        given := given + back;
+    IF since IS NULL THEN
+        requests := '{}';
+    ELSE
+        -- (pg_net indexes its answers by time only: those since our oldest unanswered request)
+        WITH answered AS (
+            UPDATE embeddings.dispatched d
+            SET answered_at = r.created, status_code = r.status_code,
+                error = CASE WHEN r.status_code BETWEEN 200 AND 299 THEN NULL
+                             WHEN r.status_code IS NULL THEN coalesce(r.error_msg, CASE WHEN r.timed_out THEN 'timed out' END, 'no answer')
+                             ELSE 'HTTP ' || r.status_code || coalesce(': ' || left(r.content, 200), '') END
+            FROM net._http_response r
+            WHERE d.answered_at IS NULL AND r.created >= since AND r.id = d.request_id
+            RETURNING d.*
+        )
+        SELECT coalesce(array_agg(a.request_id), '{}'), array_agg(a.queue), array_agg(j.lane), array_agg(j.msg_id),
+               array_agg(j.read_ct), array_agg(j.vt), coalesce(array_agg(DISTINCT a.request_id), '{}')
+        INTO requests, queues, lanes, msg_ids, read_cts, vts, failed
+        FROM answered a, unnest(a.lanes, a.msg_ids, a.read_cts, a.vts) AS j (lane, msg_id, read_ct, vt)
+        WHERE a.error IS NOT NULL;
+    END IF;
+    FOR lane_queue IN SELECT DISTINCT q, l FROM unnest(queues, lanes) AS x (q, l) LOOP
+        lane_table := embeddings_internal.lane_table(lane_queue.q, lane_queue.l);
+        CONTINUE WHEN to_regclass(format('pgmq.%I', lane_table)) IS NULL;  -- the queue dropped since
+        EXECUTE format('WITH back AS (UPDATE pgmq.%I q SET vt = clock_timestamp(), read_ct = q.read_ct - 1'
+                       ' FROM unnest($1, $2, $3, $4, $5, $6) AS j (request_id, queue, lane, msg_id, read_ct, vt)'
+                       ' WHERE j.queue = $7 AND j.lane = $8 AND q.msg_id = j.msg_id AND q.read_ct = j.read_ct AND q.vt = j.vt'
+                       ' RETURNING j.request_id) SELECT $9 || coalesce(array_agg(request_id), ''{}'') FROM back', lane_table)
+        INTO back USING requests, queues, lanes, msg_ids, read_cts, vts, lane_queue.q, lane_queue.l, back;
     END LOOP;
+    IF cardinality(failed) > 0 THEN
+        UPDATE embeddings.dispatched d
+        SET given_back = (SELECT count(*) FROM unnest(back) b WHERE b = d.request_id)
+        WHERE d.request_id = ANY (failed);
+    END IF;
     DELETE FROM embeddings.dispatched d
     WHERE (d.answered_at IS NOT NULL AND (d.error IS NULL OR d.answered_at < now() - interval '1 hour'))
        OR d.sent_at < now() - ttl;
-    RETURN given;
+    RETURN cardinality(back);
 END
 $$;
 
