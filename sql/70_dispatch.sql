@@ -137,6 +137,7 @@ DECLARE
     read_cts integer[];
     vts timestamptz[];
     failed bigint[];  -- the failed requests
+    went_well bigint[];  -- the requests the worker took: forgotten at once
     back bigint[] := '{}';  -- a request's id per job given back
     lane_queue record;
     lane_table text;
@@ -157,10 +158,12 @@ BEGIN
             RETURNING d.*
         )
         SELECT coalesce(array_agg(a.request_id), '{}'), array_agg(a.queue), array_agg(j.lane), array_agg(j.msg_id),
-               array_agg(j.read_ct), array_agg(j.vt), coalesce(array_agg(DISTINCT a.request_id), '{}')
-        INTO requests, queues, lanes, msg_ids, read_cts, vts, failed
+               array_agg(j.read_ct), array_agg(j.vt), coalesce(array_agg(DISTINCT a.request_id), '{}'),
+               ARRAY(SELECT o.request_id FROM answered o WHERE o.error IS NULL)
+        INTO requests, queues, lanes, msg_ids, read_cts, vts, failed, went_well
         FROM answered a, unnest(a.lanes, a.msg_ids, a.read_cts, a.vts) AS j (lane, msg_id, read_ct, vt)
         WHERE a.error IS NOT NULL;
+        DELETE FROM embeddings.dispatched d WHERE d.request_id = ANY (went_well);
     END IF;
     FOR lane_queue IN SELECT DISTINCT q, l FROM unnest(queues, lanes) AS x (q, l) LOOP
         lane_table := embeddings_internal.lane_table(lane_queue.q, lane_queue.l);
@@ -176,9 +179,10 @@ BEGIN
         SET given_back = (SELECT count(*) FROM unnest(back) b WHERE b = d.request_id)
         WHERE d.request_id = ANY (failed);
     END IF;
+    -- (by the index on sent_at: only the requests old enough to go are read)
     DELETE FROM embeddings.dispatched d
-    WHERE (d.answered_at IS NOT NULL AND (d.error IS NULL OR d.answered_at < now() - interval '1 hour'))
-       OR d.sent_at < now() - ttl;
+    WHERE d.sent_at < now() - least(ttl, interval '1 hour')
+      AND (d.answered_at < now() - interval '1 hour' OR d.sent_at < now() - ttl);
     RETURN cardinality(back);
 END
 $$;

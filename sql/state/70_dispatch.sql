@@ -24,5 +24,6 @@ CREATE TABLE IF NOT EXISTS embeddings.dispatched (
     given_back  integer
 );
 CREATE INDEX IF NOT EXISTS dispatched_unanswered ON embeddings.dispatched (sent_at) WHERE answered_at IS NULL;
+CREATE INDEX IF NOT EXISTS dispatched_sent_at ON embeddings.dispatched (sent_at);  -- what to forget
 REVOKE ALL ON embeddings.dispatched FROM PUBLIC;
 COMMENT ON TABLE embeddings.dispatched IS 'Push mode: the requests embeddings.dispatch() made with pg_net, until their answer is read';

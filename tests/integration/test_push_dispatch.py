@@ -122,7 +122,10 @@ def test_requests_are_forgotten(conn: Conn, net: pg_net.Net, jobs: list[int]) ->
     net.answer(conn)
     fetch_value(conn, "SELECT embeddings_internal.settle_dispatched()")
     assert fetch_value(conn, "SELECT count(*) FROM embeddings.dispatched") == len(jobs)
-    conn.execute("UPDATE embeddings.dispatched SET answered_at = now() - interval '61 minutes'")
+    conn.execute(
+        "UPDATE embeddings.dispatched SET sent_at = now() - interval '62 minutes',"
+        " answered_at = now() - interval '61 minutes'"
+    )
     dispatch(conn, net.url(None))  # (unanswered yet: kept)
     assert fetch_value(conn, "SELECT count(*) FROM embeddings.dispatched") == len(jobs)
     conn.execute(
