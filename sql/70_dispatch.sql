@@ -3,28 +3,33 @@
 -- POST /functions/v1/embed through pg_net. For deployments where the worker only runs on
 -- demand (scaled to zero, woken by HTTP); schedule it with pg_cron like the guide's
 -- util.process_embeddings(). A job the worker does not complete stays leased until
--- `timeout_seconds` pass, then the next dispatch retries it.
+-- `timeout_seconds` pass, then the next dispatch retries it; a job whose post never reached
+-- the worker (or that the worker did not take) is given its read back by the next dispatch
+-- and posted again at once (settle_dispatched()).
 
--- The request bodies: leases up to batch_size * max_requests jobs (pgmq.read, visibility
--- timeout timeout_seconds) and returns one JSON array of jobs per request: at most batch_size
+-- The requests to make: leases up to batch_size * max_requests jobs (pgmq.read, visibility
+-- timeout timeout_seconds) and returns one request per JSON array of jobs: at most batch_size
 -- jobs and at most 1024 rows (the jobs' keys, embeddings.message_key_count()) in each, the
 -- most a worker embeds for one request (worker/http/push.py: MAX_ROWS); a job of more rows
--- goes alone. Jobs read that no request has room for are handed back at once, their read not
--- counted. dispatch() posts them; tests and other HTTP clients can post them themselves.
-CREATE FUNCTION embeddings.dispatch_batches(
-    batch_size integer DEFAULT 10,
-    max_requests integer DEFAULT 10,
-    timeout_seconds integer DEFAULT 300,
-    queue text DEFAULT 'embedding_jobs'
-) RETURNS SETOF jsonb
+-- goes alone. With each body, the reads of its jobs (each job's lane, msg_id, and the read_ct
+-- and vt this read gave it): dispatch() records them, and gives a job its read back only while
+-- its message is still in that read (settle_dispatched()). Jobs read that no request has room
+-- for are handed back at once, their read not counted.
+CREATE FUNCTION embeddings_internal.dispatch_requests(
+    batch_size integer, max_requests integer, timeout_seconds integer, queue text,
+    OUT body jsonb, OUT lanes text[], OUT msg_ids bigint[], OUT read_cts integer[], OUT vts timestamptz[]
+) RETURNS SETOF record
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
 DECLARE
     max_rows CONSTANT integer := 1024;
     wanted integer := batch_size * max_requests;
-    live jsonb[];
-    backfill jsonb[] := '{}';
+    jobs jsonb[];
+    job_cts integer[];
+    job_vts timestamptz[];
+    more_jobs jsonb[];
+    more_cts integer[];
+    more_vts timestamptz[];
     job jsonb;
-    body jsonb := '[]';
     body_rows integer := 0;
     job_rows integer;
     requests integer := 0;
@@ -32,34 +37,54 @@ DECLARE
     lane text;
 BEGIN
     PERFORM embeddings_internal.move_inbox(queue);  -- the triggers' keys (22_inbox.sql)
-    live := ARRAY(SELECT r.message || jsonb_build_object('jobId', r.msg_id)
-                  FROM pgmq.read(queue, timeout_seconds, wanted) AS r ORDER BY r.msg_id);
+    SELECT coalesce(array_agg(r.message || jsonb_build_object('jobId', r.msg_id) ORDER BY r.msg_id), '{}'),
+           coalesce(array_agg(r.read_ct ORDER BY r.msg_id), '{}'), coalesce(array_agg(r.vt ORDER BY r.msg_id), '{}')
+    INTO jobs, job_cts, job_vts
+    FROM pgmq.read(queue, timeout_seconds, wanted) AS r;
     -- lanes: backfill work fills what the live queue leaves; its jobs say their lane (job ids
     -- are per queue).
-    IF cardinality(live) < wanted
-       AND EXISTS (SELECT FROM embeddings.queues q WHERE q.name = embeddings_internal.backfill_queue(dispatch_batches.queue)) THEN
-        backfill := ARRAY(SELECT r.message || jsonb_build_object('jobId', r.msg_id, 'lane', 'backfill')
-                          FROM pgmq.read(embeddings_internal.backfill_queue(queue), timeout_seconds, wanted - cardinality(live)) AS r
-                          ORDER BY r.msg_id);
+    IF cardinality(jobs) < wanted
+       AND EXISTS (SELECT FROM embeddings.queues q WHERE q.name = embeddings_internal.backfill_queue(dispatch_requests.queue)) THEN
+        SELECT coalesce(array_agg(r.message || jsonb_build_object('jobId', r.msg_id, 'lane', 'backfill') ORDER BY r.msg_id), '{}'),
+               coalesce(array_agg(r.read_ct ORDER BY r.msg_id), '{}'), coalesce(array_agg(r.vt ORDER BY r.msg_id), '{}')
+        INTO more_jobs, more_cts, more_vts
+        FROM pgmq.read(embeddings_internal.backfill_queue(queue), timeout_seconds, wanted - cardinality(jobs)) AS r;
+        jobs := jobs || more_jobs;
+        job_cts := job_cts || more_cts;
+        job_vts := job_vts || more_vts;
     END IF;
-    FOREACH job IN ARRAY live || backfill LOOP
+    body := '[]';
+    lanes := '{}';
+    msg_ids := '{}';
+    read_cts := '{}';
+    vts := '{}';
+    FOR i IN 1 .. cardinality(jobs) LOOP
+        job := jobs[i];
         job_rows := greatest(embeddings.message_key_count(job), 1);
         IF jsonb_array_length(body) > 0
            AND (jsonb_array_length(body) >= batch_size OR body_rows + job_rows > max_rows) THEN
-            RETURN NEXT body;
+            RETURN NEXT;
             requests := requests + 1;
             body := '[]';
+            lanes := '{}';
+            msg_ids := '{}';
+            read_cts := '{}';
+            vts := '{}';
             body_rows := 0;
         END IF;
         IF requests >= max_requests THEN
             left_over := left_over || job;
         ELSE
             body := body || jsonb_build_array(job);
+            lanes := lanes || (CASE WHEN job ->> 'lane' = 'backfill' THEN 'backfill' ELSE 'live' END)::text;
+            msg_ids := msg_ids || (job ->> 'jobId')::bigint;
+            read_cts := read_cts || job_cts[i];
+            vts := vts || job_vts[i];
             body_rows := body_rows + job_rows;
         END IF;
     END LOOP;
     IF jsonb_array_length(body) > 0 THEN
-        RETURN NEXT body;
+        RETURN NEXT;
     END IF;
     -- No room for these: visible again now, as if never read, in their lane's queue table (a
     -- backfill job says its lane; job ids are per queue).
@@ -72,10 +97,99 @@ BEGIN
     END LOOP;
 END
 $$;
+
+-- The request bodies of dispatch_requests(): dispatch() posts them; tests and other HTTP
+-- clients can post them themselves.
+CREATE FUNCTION embeddings.dispatch_batches(
+    batch_size integer DEFAULT 10,
+    max_requests integer DEFAULT 10,
+    timeout_seconds integer DEFAULT 300,
+    queue text DEFAULT 'embedding_jobs'
+) RETURNS SETOF jsonb
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
+BEGIN
+    RETURN QUERY SELECT r.body FROM embeddings_internal.dispatch_requests(batch_size, max_requests, timeout_seconds, queue) AS r;
+END
+$$;
 COMMENT ON FUNCTION embeddings.dispatch_batches IS
     'Leases jobs and returns them as the request bodies dispatch() posts. Schema owner only.';
 
--- Posts each batch with pg_net (asynchronously: responses land in net._http_response).
+-- pg_net's answers to the requests dispatch() made (embeddings.dispatched), read at the start of
+-- each dispatch(). A request pg_net could not deliver (no HTTP status: connection refused, a
+-- timeout) or that the worker did not take (any status but 2xx: the push route answers 200 for
+-- every body it takes, whatever the jobs' fates; 401 a wrong token, 503 stopping or not ready,
+-- 404 a wrong URL) gives each of its jobs its read back and makes it visible now, only while
+-- the message is still in the read dispatch() made (the same read_ct and vt): a job the worker
+-- did receive (leased again, renewed, failed with a backoff, handed back) or that was read again
+-- since is left alone, so the worker's own failures stay attempts. Returns the jobs given back.
+-- Forgets answered requests that went well, failed ones after an hour (doctor's window) and
+-- unanswered ones after pg_net's TTL (its answer is gone by then).
+CREATE FUNCTION embeddings_internal.settle_dispatched() RETURNS integer
+LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp SET standard_conforming_strings = on AS $$
+DECLARE
+    ttl interval := coalesce(nullif(current_setting('pg_net.ttl', true), '')::interval, interval '6 hours');
+    since timestamptz;
+    -- the jobs of the failed requests, one element each
+    requests bigint[];
+    queues text[];
+    lanes text[];
+    msg_ids bigint[];
+    read_cts integer[];
+    vts timestamptz[];
+    failed bigint[];  -- the failed requests
+    went_well bigint[];  -- the requests the worker took: forgotten at once
+    back bigint[] := '{}';  -- a request's id per job given back
+    lane_queue record;
+    lane_table text;
+BEGIN
+    SELECT min(d.sent_at) INTO since FROM embeddings.dispatched d WHERE d.answered_at IS NULL;
+    IF since IS NULL THEN
+        requests := '{}';
+    ELSE
+        -- (pg_net indexes its answers by time only: those since our oldest unanswered request)
+        WITH answered AS (
+            UPDATE embeddings.dispatched d
+            SET answered_at = r.created, status_code = r.status_code,
+                error = CASE WHEN r.status_code BETWEEN 200 AND 299 THEN NULL
+                             WHEN r.status_code IS NULL THEN coalesce(r.error_msg, CASE WHEN r.timed_out THEN 'timed out' END, 'no answer')
+                             ELSE 'HTTP ' || r.status_code || coalesce(': ' || left(r.content, 200), '') END
+            FROM net._http_response r
+            WHERE d.answered_at IS NULL AND r.created >= since AND r.id = d.request_id
+            RETURNING d.*
+        )
+        SELECT coalesce(array_agg(a.request_id), '{}'), array_agg(a.queue), array_agg(j.lane), array_agg(j.msg_id),
+               array_agg(j.read_ct), array_agg(j.vt), coalesce(array_agg(DISTINCT a.request_id), '{}'),
+               ARRAY(SELECT o.request_id FROM answered o WHERE o.error IS NULL)
+        INTO requests, queues, lanes, msg_ids, read_cts, vts, failed, went_well
+        FROM answered a, unnest(a.lanes, a.msg_ids, a.read_cts, a.vts) AS j (lane, msg_id, read_ct, vt)
+        WHERE a.error IS NOT NULL;
+        DELETE FROM embeddings.dispatched d WHERE d.request_id = ANY (went_well);
+    END IF;
+    FOR lane_queue IN SELECT DISTINCT q, l FROM unnest(queues, lanes) AS x (q, l) LOOP
+        lane_table := embeddings_internal.lane_table(lane_queue.q, lane_queue.l);
+        CONTINUE WHEN to_regclass(format('pgmq.%I', lane_table)) IS NULL;  -- the queue dropped since
+        EXECUTE format('WITH back AS (UPDATE pgmq.%I q SET vt = clock_timestamp(), read_ct = q.read_ct - 1'
+                       ' FROM unnest($1, $2, $3, $4, $5, $6) AS j (request_id, queue, lane, msg_id, read_ct, vt)'
+                       ' WHERE j.queue = $7 AND j.lane = $8 AND q.msg_id = j.msg_id AND q.read_ct = j.read_ct AND q.vt = j.vt'
+                       ' RETURNING j.request_id) SELECT $9 || coalesce(array_agg(request_id), ''{}'') FROM back', lane_table)
+        INTO back USING requests, queues, lanes, msg_ids, read_cts, vts, lane_queue.q, lane_queue.l, back;
+    END LOOP;
+    IF cardinality(failed) > 0 THEN
+        UPDATE embeddings.dispatched d
+        SET given_back = (SELECT count(*) FROM unnest(back) b WHERE b = d.request_id)
+        WHERE d.request_id = ANY (failed);
+    END IF;
+    -- (by the index on sent_at: only the requests old enough to go are read)
+    DELETE FROM embeddings.dispatched d
+    WHERE d.sent_at < now() - least(ttl, interval '1 hour')
+      AND (d.answered_at < now() - interval '1 hour' OR d.sent_at < now() - ttl);
+    RETURN cardinality(back);
+END
+$$;
+
+-- Posts each batch with pg_net (asynchronously: responses land in net._http_response), and
+-- records each request (embeddings.dispatched) after settling those of earlier runs whose
+-- answer came (settle_dispatched()): an undelivered post is not an attempt.
 -- `token` is sent as a bearer token (the worker's EMBED_HTTP_TOKEN). Returns the number of
 -- requests made.
 CREATE FUNCTION embeddings.dispatch(
@@ -88,20 +202,35 @@ CREATE FUNCTION embeddings.dispatch(
 ) RETURNS integer
 LANGUAGE plpgsql SET search_path = pg_catalog, pg_temp AS $$
 DECLARE
-    body jsonb;
+    request record;
+    request_id bigint;
     requests integer := 0;
 BEGIN
     IF to_regprocedure('net.http_post(text, jsonb, jsonb, jsonb, integer)') IS NULL THEN
         RAISE EXCEPTION 'pg_net is not installed in this database'
             USING HINT = 'CREATE EXTENSION pg_net (it must be in shared_preload_libraries), or run the worker in pull mode (`embed-worker run`).';
     END IF;
-    FOR body IN SELECT * FROM embeddings.dispatch_batches(batch_size, max_requests, timeout_seconds, queue) LOOP
+    IF has_table_privilege('net._http_response', 'SELECT') THEN
+        PERFORM embeddings_internal.settle_dispatched();
+    ELSE
+        RAISE WARNING 'embeddings.dispatch(): % cannot read net._http_response: posts that failed count as attempts', current_user
+            USING HINT = 'GRANT SELECT ON net._http_response TO the role that runs dispatch().';
+    END IF;
+    FOR request IN SELECT * FROM embeddings_internal.dispatch_requests(batch_size, max_requests, timeout_seconds, queue) LOOP
         EXECUTE 'SELECT net.http_post(url => $1, body => $2, headers => $3, timeout_milliseconds => $4)'
-        USING url, body,
+        INTO request_id
+        USING url, request.body,
               jsonb_strip_nulls(jsonb_build_object(
                   'Content-Type', 'application/json',
                   'Authorization', 'Bearer ' || token)),
               timeout_seconds * 1000;
+        -- (a request id pg_net gives again, its sequence restarted, replaces the old request)
+        INSERT INTO embeddings.dispatched AS d (request_id, queue, lanes, msg_ids, read_cts, vts)
+        VALUES (request_id, dispatch.queue, request.lanes, request.msg_ids, request.read_cts, request.vts)
+        ON CONFLICT ON CONSTRAINT dispatched_pkey DO UPDATE
+        SET queue = excluded.queue, lanes = excluded.lanes, msg_ids = excluded.msg_ids,
+            read_cts = excluded.read_cts, vts = excluded.vts, sent_at = excluded.sent_at,
+            answered_at = NULL, status_code = NULL, error = NULL, given_back = NULL;
         requests := requests + 1;
     END LOOP;
     RETURN requests;

@@ -1437,3 +1437,25 @@ WITH own AS (
 )
 SELECT coalesce((SELECT width FROM own), (SELECT width FROM leaves)), (SELECT per_row FROM out_of_line);
 
+
+-- name: failed_posts
+-- Push mode: the requests of the last hour embeddings.dispatch() made that failed (pg_net
+-- could not deliver them, or the worker did not take them), as the next dispatch() read their
+-- answers: how many, the jobs given back, the first error and when it was sent; and how many
+-- requests of more than a minute ago wait for that read still (dispatch() not run since).
+SELECT pg_catalog.count(*) FILTER (WHERE d.error IS NOT NULL AND d.answered_at > pg_catalog.now() - interval '1 hour'),
+       pg_catalog.sum(d.given_back) FILTER (WHERE d.error IS NOT NULL AND d.answered_at > pg_catalog.now() - interval '1 hour'),
+       (pg_catalog.array_agg(d.error ORDER BY d.sent_at)
+            FILTER (WHERE d.error IS NOT NULL AND d.answered_at > pg_catalog.now() - interval '1 hour'))[1],
+       pg_catalog.min(d.sent_at) FILTER (WHERE d.error IS NOT NULL AND d.answered_at > pg_catalog.now() - interval '1 hour'),
+       pg_catalog.count(*) FILTER (WHERE d.answered_at IS NULL AND d.sent_at < pg_catalog.now() - interval '1 minute')
+FROM embeddings.dispatched d
+
+-- name: unread_failed_posts
+-- Push mode: of the requests dispatch() made that it has not read the answer of (it has not run
+-- since), those pg_net answered with a failure (no status, or not 2xx), and the first error.
+SELECT pg_catalog.count(*),
+       (pg_catalog.array_agg(COALESCE(r.error_msg, 'HTTP ' || r.status_code) ORDER BY d.sent_at))[1]
+FROM embeddings.dispatched d
+JOIN net._http_response r ON r.id = d.request_id AND r.created >= d.sent_at
+WHERE d.answered_at IS NULL AND (r.status_code IS NULL OR r.status_code NOT BETWEEN 200 AND 299)

@@ -27,13 +27,16 @@ from typing import Any
 
 import psycopg
 import pytest
+from psycopg.conninfo import make_conninfo
 
 from tests.integration.conftest import case_settings, register_tiny_models
 from tests.security import harness
 from tests.security.conftest import Roles, create_roles, drop_roles
+from tests.support import pg_net
 from tests.support.cluster import Cluster
 from tests.support.docs import DOCS
 from tests.support.documents import encrypted, pdf_bytes
+from tests.support.fetch import fetch_value
 from tests.support.hardening import HARDENING
 from tests.support.in_flight import in_process_worker
 from tests.support.models import MINILM, require_minilm
@@ -584,6 +587,31 @@ def _push(ctx: Context) -> None:
         )
 
 
+def _dispatch(ctx: Context) -> None:
+    """Push mode's dispatch() (the schema's owner) posts the owner's new rows' jobs through pg_net
+    (tests/support/pg_net.py: a stand-in where the server has none): first to a port nothing
+    listens on, then to a server that takes them (200). The next run gives the refused jobs
+    their read back (settle_dispatched(), in pgmq's tables only); the taken ones keep theirs."""
+    with ctx.roles.connect(ctx.roles.owner) as owner:
+        owner.execute("INSERT INTO docs_row VALUES (1011, 'd1'), (1012, 'd2')")
+    admin_dsn = make_conninfo(ctx.roles.dsn, dbname="postgres")
+    with ctx.roles.connect() as su, pg_net.net_for(su, admin_dsn) as net:
+        refused = fetch_value(
+            su, "SELECT embeddings.dispatch(%s, timeout_seconds => 1)", (net.url(None),)
+        )
+        assert refused > 0
+        net.answer(su)
+        assert fetch_value(
+            su, "SELECT embeddings.dispatch(%s, timeout_seconds => 1)", (net.url(200),)
+        )
+        net.answer(su)
+        fetch_value(su, "SELECT embeddings_internal.settle_dispatched()")
+        given_back = su.execute(
+            "SELECT status_code, given_back > 0 FROM embeddings.dispatched ORDER BY request_id"
+        ).fetchall()
+        assert given_back == [(None, True)] * refused, given_back
+
+
 def _uninstall(ctx: Context) -> None:
     with ctx.roles.connect() as su:
         schema.uninstall(su)
@@ -673,6 +701,7 @@ OPERATIONS: dict[str, tuple[tuple[str, ...], Callable[[Context], None]]] = {
         ),
     ),
     "push mode (dispatch_batches, POST /functions/v1/embed's work)": ((SUPERUSER,), _push),
+    "push mode's dispatch() (pg_net, or a stand-in where it is absent)": ((SUPERUSER,), _dispatch),
     "migrate": ((SUPERUSER,), lambda ctx: ctx.cli("migrate")),
     "deploy (CLI)": ((SUPERUSER,), lambda ctx: ctx.cli("deploy", "systemd")),
     "uninstall": ((SUPERUSER,), _uninstall),

@@ -71,7 +71,7 @@ def test_every_function_that_calls_pgmq_reads_it_under_standard_strings() -> Non
             }
             if ("standard_conforming_strings", "on") not in settings:
                 unset.add(f"{path.name}: {name}")
-    assert "embeddings.sweep" in calling and "embeddings.dispatch_batches" in calling
+    assert "embeddings.sweep" in calling and "embeddings_internal.dispatch_requests" in calling
     assert not unset, "add SET standard_conforming_strings = on:\n" + "\n".join(sorted(unset))
 
 

@@ -16,6 +16,7 @@ from worker.cli import (
     model_findings,
     output,
     pooler,
+    push_findings,
     remote,
     replication,
     search_access,
@@ -71,6 +72,7 @@ def check(dsn: str, settings: Settings) -> list[Finding]:
             found += search_access.findings(conn, settings)
             found += search_fulltext.findings(conn)
             found += search_memory.findings(conn)
+            found += push_findings.findings(conn)
         found += _cron(conn, dsn)
     return found
 

@@ -1,2 +1,21 @@
 -- Release 0.4.0, revision 0020: the tables new in 0.4.0, as sql/ makes them, after upgrade.sql
 -- (docs/development.md, "Schema changes"). Idempotent.
+
+-- The requests of push mode (sql/state/70_dispatch.sql: its definition, kept equal).
+CREATE TABLE IF NOT EXISTS embeddings.dispatched (
+    request_id  bigint PRIMARY KEY,
+    queue       text NOT NULL,
+    lanes       text[] NOT NULL,
+    msg_ids     bigint[] NOT NULL,
+    read_cts    integer[] NOT NULL,
+    vts         timestamptz[] NOT NULL,
+    sent_at     timestamptz NOT NULL DEFAULT now(),
+    answered_at timestamptz,
+    status_code integer,
+    error       text,
+    given_back  integer
+);
+CREATE INDEX IF NOT EXISTS dispatched_unanswered ON embeddings.dispatched (sent_at) WHERE answered_at IS NULL;
+CREATE INDEX IF NOT EXISTS dispatched_sent_at ON embeddings.dispatched (sent_at);  -- what to forget
+REVOKE ALL ON embeddings.dispatched FROM PUBLIC;
+COMMENT ON TABLE embeddings.dispatched IS 'Push mode: the requests embeddings.dispatch() made with pg_net, until their answer is read';
